@@ -1,0 +1,85 @@
+# shopmesh — every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_VERSION := 3.11
+BUF_VERSION    := 1.75.0
+TOOLS          := .tools
+# uv: the one on PATH, else a copy installed into .tools from PyPI.
+UV             := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/uv/bin/uv)
+BUF            := $(TOOLS)/node_modules/.bin/buf
+VENV_BIN       := .venv/bin
+PYTEST_ARGS    ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+# --- tools ---------------------------------------------------------------------------------------
+
+$(TOOLS)/uv/bin/uv:
+	@command -v python3 >/dev/null || { echo "error: python3 is missing: install Python $(PYTHON_VERSION)"; exit 1; }
+	python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS)/uv uv
+
+$(BUF):
+	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (buf comes from npm as @bufbuild/buf)"; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+.PHONY: check-python
+check-python:
+	@python$(PYTHON_VERSION) --version >/dev/null 2>&1 || { \
+	  echo "error: python$(PYTHON_VERSION) is missing: install Python $(PYTHON_VERSION) (uv cannot download interpreters here)"; exit 1; }
+
+.PHONY: setup
+setup: check-python $(if $(filter $(TOOLS)/%,$(UV)),$(UV)) $(BUF) ## Install everything (idempotent): uv, the locked Python deps, buf
+	$(UV) sync --locked --python $(PYTHON_VERSION) --all-packages
+
+# --- contracts -----------------------------------------------------------------------------------
+
+.PHONY: proto
+proto: setup ## Regenerate Python messages, gRPC stubs and .pyi from protos/
+	$(VENV_BIN)/python libs/contracts/generate.py
+
+.PHONY: buf-lint
+buf-lint: $(BUF)
+	cd protos && ../$(BUF) lint && ../$(BUF) format --diff --exit-code
+
+BREAKING_AGAINST ?= .git\#branch=main,subdir=protos
+.PHONY: breaking
+breaking: $(BUF) ## Check protos/ for breaking changes against main (FILE rules)
+	$(BUF) breaking protos --against '$(BREAKING_AGAINST)'
+
+.PHONY: check-generated
+check-generated: proto
+	@if [ -n "$$(git status --porcelain -- libs/contracts/src)" ]; then \
+	  git status --short -- libs/contracts/src; \
+	  echo "error: generated contracts are stale: run 'make proto' and commit libs/contracts/src"; exit 1; fi
+
+# --- quality -------------------------------------------------------------------------------------
+
+.PHONY: lint
+lint: setup buf-lint check-generated ## ruff, mypy --strict on libs/, buf lint, generated-code freshness
+	$(VENV_BIN)/ruff check .
+	$(VENV_BIN)/ruff format --check .
+	$(VENV_BIN)/mypy
+
+.PHONY: fmt
+fmt: setup ## Format Python and protos in place
+	$(VENV_BIN)/ruff check --fix .
+	$(VENV_BIN)/ruff format .
+	cd protos && ../$(BUF) format -w
+
+.PHONY: test
+test: lint ## Lint, then every test (unit, contract, e2e)
+	$(VENV_BIN)/pytest $(PYTEST_ARGS)
+
+# --- benchmarks ----------------------------------------------------------------------------------
+
+.PHONY: bench-chassis
+bench-chassis: setup ## Throughput and p50/p99: bare grpc.aio vs the chassis vs sync grpc.server
+	$(VENV_BIN)/python tests/bench/bench_chassis.py
+
+.PHONY: clean
+clean: ## Remove tools, the virtualenv and local data
+	rm -rf $(TOOLS) .venv .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""shopmesh's service chassis: everything cross-cutting, written once for every service."""

@@ -1,0 +1,60 @@
+"""Process entry points: set up logs and traces, serve until a signal, run shutdown hooks, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, NoReturn
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from shopmesh_chassis.config import ConfigError, ServiceSettings
+from shopmesh_chassis.logs import configure_logging
+from shopmesh_chassis.server import ChassisServer, ServiceBinding
+from shopmesh_chassis.tracing import configure_tracing
+
+log = logging.getLogger("shopmesh.app")
+
+ShutdownHook = Callable[[], Awaitable[None]]
+
+
+def setup_observability(settings: ServiceSettings) -> TracerProvider:
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    return configure_tracing(
+        settings.service_name, settings.otel_exporter_otlp_endpoint, settings.otel_traces_sampler_ratio
+    )
+
+
+async def serve(
+    settings: ServiceSettings,
+    bindings: Sequence[ServiceBinding],
+    *,
+    tracer_provider: TracerProvider | None = None,
+    on_shutdown: Sequence[ShutdownHook] = (),
+) -> None:
+    """Serve `bindings` until SIGTERM/SIGINT, drain, then run `on_shutdown` hooks in order."""
+    server = ChassisServer(settings, bindings, tracer_provider=tracer_provider)
+    await server.start()
+    server.install_signal_handlers()
+    try:
+        await server.wait_stopped()
+    finally:
+        for hook in on_shutdown:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook failed")
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
+    """Run a service's async main; bad configuration exits 2 with one line on stderr."""
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        print(f"{exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)

@@ -1,0 +1,91 @@
+"""A client circuit breaker: consecutive failures open it, a half-open probe closes it again.
+
+Hand-written because it must count gRPC status codes inside an aio client interceptor and run on an
+injectable clock for tests; the async breaker libraries (aiobreaker, purgatory) wrap coroutines, not
+calls whose outcome arrives as a status.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    # Consecutive failures that open the breaker.
+    failure_threshold: int = 5
+    # How long it stays open before letting a probe through.
+    reset_timeout_seconds: float = 5.0
+    # Probes allowed at once while half-open; every other call fails fast.
+    half_open_max_calls: int = 1
+
+
+class CircuitBreaker:
+    """State machine only; the interceptor in `client` asks `allow()` and reports outcomes."""
+
+    def __init__(self, config: BreakerConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or BreakerConfig()
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probes = 0
+
+    @property
+    def state(self) -> BreakerState:
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.config.reset_timeout_seconds:
+            self._state = BreakerState.HALF_OPEN
+            self._probes = 0
+        return self._state
+
+    def retry_after(self) -> float:
+        """Seconds until the breaker will let a probe through (0 when it would now)."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self.config.reset_timeout_seconds - (self._clock() - self._opened_at))
+
+    def allow(self) -> bool:
+        """May a call go out now? A True in half-open state takes a probe slot."""
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and self._probes < self.config.half_open_max_calls:
+            self._probes += 1
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._probes = 0
+
+    def record_failure(self) -> None:
+        if self._state is BreakerState.HALF_OPEN:
+            self._open()
+            return
+        self._failures += 1
+        if self._failures >= self.config.failure_threshold:
+            self._open()
+
+    def record_neutral(self) -> None:
+        """An outcome that says nothing about the target's health (e.g. a client error)."""
+        if self._state is BreakerState.HALF_OPEN:
+            # The probe reached a live server that answered; that is health enough.
+            self.record_success()
+        else:
+            self._failures = 0
+
+    def _open(self) -> None:
+        self._state = BreakerState.OPEN
+        self._opened_at = self._clock()
+        self._failures = 0
+        self._probes = 0

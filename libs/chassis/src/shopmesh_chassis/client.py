@@ -1,0 +1,240 @@
+"""Client channels with the chassis' resilience: default deadline, deadline propagation, retries
+for idempotent methods (gRPC service-config retry policy), a circuit breaker, tracing, and helpers for
+idempotency keys.
+
+Which methods are retried is read from the contracts: a method is retried only when its proto declares
+`option idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor_pb2 import MethodOptions
+from grpc.aio import ClientCallDetails, Metadata
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.trace import TracerProvider
+
+from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.breaker import BreakerConfig, CircuitBreaker
+from shopmesh_chassis.grpc_errors import to_rpc_status
+
+IDEMPOTENCY_KEY = "idempotency-key"
+
+# Outcomes that say the target is unhealthy; anything else (including client errors) does not.
+BREAKER_FAILURES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+_CHASSIS_DOMAIN = "shopmesh.chassis"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """gRPC's retry policy (gRFC A6), applied to idempotent methods only."""
+
+    max_attempts: int = 4
+    initial_backoff_seconds: float = 0.05
+    max_backoff_seconds: float = 1.0
+    backoff_multiplier: float = 2.0
+    retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE",)
+    # Retry throttling: a channel stops retrying when most recent calls failed (no retry storms).
+    throttle_max_tokens: int = 10
+    throttle_token_ratio: float = 0.1
+
+
+def is_idempotent(method: MethodDescriptor) -> bool:
+    level = method.GetOptions().idempotency_level
+    return level in (MethodOptions.NO_SIDE_EFFECTS, MethodOptions.IDEMPOTENT)
+
+
+def service_config(services: Iterable[ServiceDescriptor], retry: RetryPolicy | None = None) -> str:
+    """The JSON service config that retries exactly the idempotent methods of `services`."""
+    retry = retry or RetryPolicy()
+    names = [
+        {"service": service.full_name, "method": method.name}
+        for service in services
+        for method in service.methods
+        if is_idempotent(method)
+    ]
+    config: dict[str, Any] = {
+        "retryThrottling": {
+            "maxTokens": retry.throttle_max_tokens,
+            "tokenRatio": retry.throttle_token_ratio,
+        }
+    }
+    if names:
+        config["methodConfig"] = [
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": retry.max_attempts,
+                    "initialBackoff": f"{retry.initial_backoff_seconds}s",
+                    "maxBackoff": f"{retry.max_backoff_seconds}s",
+                    "backoffMultiplier": retry.backoff_multiplier,
+                    "retryableStatusCodes": list(retry.retryable_status_codes),
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+def _local_error(code: grpc.StatusCode, message: str, error: errors.DomainError) -> grpc.aio.AioRpcError:
+    status = to_rpc_status(error, _CHASSIS_DOMAIN)
+    status.code = code.value[0]
+    return grpc.aio.AioRpcError(
+        code=code,
+        initial_metadata=Metadata(),
+        trailing_metadata=Metadata(("grpc-status-details-bin", status.SerializeToString())),
+        details=message,
+    )
+
+
+Continuation = Callable[[ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]]
+
+
+class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Every call gets a deadline: the caller's, else the default; never later than the inbound call's."""
+
+    def __init__(self, default_timeout_seconds: float) -> None:
+        self._default = default_timeout_seconds
+
+    async def intercept_unary_unary(
+        self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
+    ) -> Any:
+        timeout = client_call_details.timeout
+        if timeout is None:
+            timeout = self._default
+        remaining = call_context.inbound_time_remaining()
+        if remaining is not None:
+            if remaining <= 0:
+                raise _local_error(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "the inbound call's deadline has passed",
+                    errors.DomainError("deadline exceeded", reason="INBOUND_DEADLINE_EXCEEDED"),
+                )
+            timeout = min(timeout, remaining)
+        details = ClientCallDetails(
+            client_call_details.method,
+            timeout,
+            client_call_details.metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
+
+
+class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Fails fast with UNAVAILABLE (reason CIRCUIT_OPEN, RetryInfo) while the target's breaker is open."""
+
+    def __init__(self, target: str, breaker: CircuitBreaker) -> None:
+        self._target = target
+        self.breaker = breaker
+
+    async def intercept_unary_unary(
+        self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
+    ) -> Any:
+        if not self.breaker.allow():
+            raise _local_error(
+                grpc.StatusCode.UNAVAILABLE,
+                f"circuit open for {self._target}",
+                errors.Unavailable(
+                    f"circuit open for {self._target}",
+                    reason="CIRCUIT_OPEN",
+                    retry_after_seconds=self.breaker.retry_after(),
+                    metadata={"target": self._target},
+                ),
+            )
+        call = await continuation(client_call_details, request)
+        try:
+            code = await call.code()
+        except BaseException:
+            # Cancelled by our caller: says nothing about the target; free the probe slot.
+            self.breaker.record_neutral()
+            raise
+        if code == grpc.StatusCode.OK:
+            self.breaker.record_success()
+        elif code in BREAKER_FAILURES:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_neutral()
+        return call
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    default_timeout_seconds: float = 5.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerConfig | None = field(default_factory=BreakerConfig)
+    tracing: bool = True
+
+
+class ResilientChannel:
+    """A grpc.aio channel to one target with the chassis' client interceptors; use it to build stubs."""
+
+    def __init__(
+        self,
+        target: str,
+        services: Sequence[ServiceDescriptor],
+        options: ClientOptions | None = None,
+        *,
+        breaker: CircuitBreaker | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        options = options or ClientOptions()
+        self.target = target
+        self.breaker = breaker or (CircuitBreaker(options.breaker) if options.breaker else None)
+        interceptors: list[grpc.aio.ClientInterceptor] = [DeadlineInterceptor(options.default_timeout_seconds)]
+        if options.tracing:
+            interceptors.extend(aio_client_interceptors(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
+        if self.breaker is not None:
+            interceptors.append(BreakerInterceptor(target, self.breaker))
+        self.channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", service_config(services, options.retry)),
+                ("grpc.service_config_disable_resolution", 1),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_permit_without_calls", 0),
+            ],
+            interceptors=interceptors,
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> ResilientChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
+
+
+def idempotency_metadata(key: str, metadata: Iterable[tuple[str, str]] = ()) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying `key` as the idempotency key (plus any other pairs given)."""
+    if not key or len(key) > 255:
+        raise ValueError("an idempotency key must have 1 to 255 characters")
+    return (*tuple(metadata), (IDEMPOTENCY_KEY, key))
+
+
+def idempotency_key_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The idempotency key an inbound call carries, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == IDEMPOTENCY_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return None

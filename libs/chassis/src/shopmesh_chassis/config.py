@@ -1,0 +1,82 @@
+"""Typed configuration from the environment (pydantic-settings).
+
+Every service extends `ServiceSettings` with its own fields. Variable names are the field names in
+upper case (`GRPC_PORT`, `DATABASE_URL`, ...). Invalid configuration stops startup with one line that
+names each bad variable: `load_settings` raises `ConfigError`, and `shopmesh_chassis.run` prints it
+and exits with status 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Configuration that cannot start a service; the message is one line naming the variables."""
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every shopmesh service has."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    service_name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9-]*$")
+    # The ErrorInfo.domain of this service's errors; defaults to `shopmesh.<service_name>`.
+    error_domain: str = ""
+
+    grpc_host: str = "127.0.0.1"
+    # 0 picks a free port (tests); the bound port is logged and exposed by the server.
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    grpc_max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    grpc_keepalive_time_seconds: float = Field(default=30.0, gt=0)
+    grpc_keepalive_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Connections are recycled so that clients re-resolve and rebalance over new replicas.
+    grpc_max_connection_age_seconds: float = Field(default=300.0, gt=0)
+    grpc_max_connection_age_grace_seconds: float = Field(default=30.0, ge=0)
+
+    # -1 disables the metrics endpoint; 0 picks a free port.
+    metrics_port: int = Field(default=9464, ge=-1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    # Drain: health turns NOT_SERVING for `drain_delay_seconds` (load balancers notice and stop
+    # sending), then the server refuses new calls and gives in-flight ones `shutdown_grace_seconds`.
+    drain_delay_seconds: float = Field(default=0.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # OpenTelemetry: spans are always made (trace ids in logs, W3C propagation); they are exported
+    # over OTLP/gRPC only when an endpoint is set.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_traces_sampler_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    # Default deadline of outbound calls made through the chassis' client channels.
+    client_default_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @property
+    def resolved_error_domain(self) -> str:
+        return self.error_domain or f"shopmesh.{self.service_name}"
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ())) or "?"
+    variable = location.split(".")[0].upper()
+    given = error.get("input")
+    shown = "" if error.get("type") == "missing" or isinstance(given, dict) else f"={given!r}"
+    return f"{variable}{shown}: {error.get('msg', 'invalid')}"
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Read `cls` from the environment; `overrides` win over the environment (tests, defaults)."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(e)) for e in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None

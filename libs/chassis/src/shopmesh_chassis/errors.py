@@ -1,0 +1,124 @@
+"""The domain-error hierarchy.
+
+Domain code raises these; it never imports grpc. The transport layer (`grpc_errors`) maps each class
+to a gRPC status code with google.rpc details, so every service answers a client mistake the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid field: `field` is a path into the request (e.g. `items[2].quantity`)."""
+
+    field: str
+    description: str
+    reason: str = ""
+
+
+class DomainError(Exception):
+    """Base of every error a domain may raise on purpose.
+
+    `reason` is a stable UPPER_SNAKE_CASE identifier a client can branch on (sent as ErrorInfo.reason);
+    `message` is for humans; `metadata` adds machine-readable context (ErrorInfo.metadata).
+    `domain` defaults to the serving service's error domain (`shopmesh.<service>`).
+    """
+
+    default_reason = "DOMAIN_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        domain: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.domain = domain
+
+
+class InvalidArgument(DomainError):
+    """The request itself is wrong, whatever the system's state (INVALID_ARGUMENT + BadRequest)."""
+
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[FieldViolation] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        domain: str | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata, domain=domain)
+        self.violations = tuple(violations)
+
+
+class NotFound(DomainError):
+    """A named entity does not exist (NOT_FOUND)."""
+
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    """The entity a client tried to create exists already (ALREADY_EXISTS)."""
+
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    """The system is not in a state that allows the operation; retrying as is will not help."""
+
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(DomainError):
+    """A concurrency conflict; the client may retry the whole operation (ABORTED)."""
+
+    default_reason = "ABORTED"
+
+
+class Unauthenticated(DomainError):
+    """The caller is not authenticated (UNAUTHENTICATED)."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but not allowed (PERMISSION_DENIED)."""
+
+    default_reason = "PERMISSION_DENIED"
+
+
+class _Retryable(DomainError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        domain: str | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata, domain=domain)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ResourceExhausted(_Retryable):
+    """A quota or rate limit is used up (RESOURCE_EXHAUSTED + RetryInfo)."""
+
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(_Retryable):
+    """A dependency or the service itself cannot answer now (UNAVAILABLE + RetryInfo)."""
+
+    default_reason = "UNAVAILABLE"

@@ -1,0 +1,141 @@
+"""Maps domain errors to gRPC statuses with google.rpc details, and reads them back on the client.
+
+Errors are sent with `context.abort_with_status` before any response message, so the response is
+trailers-only: gRPC's own retries and a mesh's outlier detection see the status.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from shopmesh_chassis import errors
+
+STATUS_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    whole = math.floor(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def to_rpc_status(error: errors.DomainError, default_domain: str) -> status_pb2.Status:
+    """The google.rpc.Status for a domain error: ErrorInfo always, BadRequest and RetryInfo when known."""
+    code = status_code_for(error)
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason,
+                domain=error.domain or default_domain,
+                metadata=error.metadata,
+            )
+        )
+    ]
+    if isinstance(error, errors.InvalidArgument) and error.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description, reason=v.reason
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    retry_after = getattr(error, "retry_after_seconds", None)
+    if retry_after is not None:
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(retry_after))))
+    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+
+
+def internal_status(trace_id: str | None) -> status_pb2.Status:
+    """What the client sees for an unexpected exception: a reference to the logs, nothing else."""
+    message = "internal error"
+    if trace_id:
+        message += f" (trace_id={trace_id})"
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=message)
+
+
+def to_grpc_status(status: status_pb2.Status) -> grpc.Status:
+    return rpc_status.to_status(status)
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """The google.rpc details of a failed call, decoded for clients and tests."""
+
+    code: grpc.StatusCode
+    message: str
+    error_info: error_details_pb2.ErrorInfo | None = None
+    field_violations: list[error_details_pb2.BadRequest.FieldViolation] = field(default_factory=list)
+    retry_delay_seconds: float | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self.error_info.reason if self.error_info is not None else None
+
+
+def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
+    """Decode `grpc-status-details-bin` from a failed aio call (empty details when there are none)."""
+    code = error.code()
+    message = error.details() or ""
+    raw = None
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            raw = value
+    if raw is None:
+        return ErrorDetails(code=code, message=message)
+    status = status_pb2.Status.FromString(raw if isinstance(raw, bytes) else raw.encode())
+    info = None
+    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    retry_delay = None
+    for detail in status.details:
+        if detail.TypeName() == "google.rpc.ErrorInfo":
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.TypeName() == "google.rpc.BadRequest":
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations.extend(bad_request.field_violations)
+        elif detail.TypeName() == "google.rpc.RetryInfo":
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    return ErrorDetails(
+        code=code,
+        message=status.message or message,
+        error_info=info,
+        field_violations=violations,
+        retry_delay_seconds=retry_delay,
+    )

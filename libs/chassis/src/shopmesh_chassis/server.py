@@ -1,0 +1,135 @@
+"""gRPC server bootstrap: servicers, health (overall and per service), reflection, metrics, tracing,
+error mapping, limits, keepalive, and graceful drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.trace import TracerProvider
+
+from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.metrics import ServerMetrics
+from shopmesh_chassis.server_interceptor import ChassisServerInterceptor
+
+log = logging.getLogger("shopmesh.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One servicer and how to add it: `register` is the generated `add_XServicer_to_server`."""
+
+    descriptor: ServiceDescriptor
+    servicer: object
+    register: Callable[[Any, grpc.aio.Server], None]
+
+
+class ChassisServer:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        bindings: Sequence[ServiceBinding],
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bindings = tuple(bindings)
+        self.metrics = ServerMetrics()
+        self.health = HealthServicer()
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._stopped = asyncio.Event()
+        self._draining: asyncio.Task[None] | None = None
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+            ChassisServerInterceptor(self.metrics, settings.resolved_error_domain),
+        ]
+        ms = 1000
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+            options=[
+                ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time_seconds * ms)),
+                ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout_seconds * ms)),
+                ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_seconds * ms)),
+                (
+                    "grpc.max_connection_age_grace_ms",
+                    int(settings.grpc_max_connection_age_grace_seconds * ms),
+                ),
+                # Accept client keepalive pings as often as our own clients send them.
+                ("grpc.http2.min_ping_interval_without_data_ms", 10 * ms),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        for binding in self.bindings:
+            binding.register(binding.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [
+                *(b.descriptor.full_name for b in self.bindings),
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.grpc_host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start serving, and report SERVING for the server and each service."""
+        bind = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        self.port = self.server.add_insecure_port(bind)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port {bind}")
+        if self.settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+        await self.server.start()
+        for binding in self.bindings:
+            await self.health.set(binding.descriptor.full_name, SERVING)
+        await self.health.set("", SERVING)
+        log.info(
+            "serving %s on %s",
+            ", ".join(b.descriptor.full_name for b in self.bindings),
+            self.address,
+            extra={"grpc_port": self.port, "metrics_port": self.metrics_port},
+        )
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_drain, sig)
+
+    def request_drain(self, sig: signal.Signals | None = None) -> None:
+        """Start draining once; later signals are ignored (the grace period bounds the wait)."""
+        if self._draining is None:
+            if sig is not None:
+                log.info("received %s, draining", sig.name)
+            self._draining = asyncio.get_running_loop().create_task(self.drain())
+
+    async def drain(self) -> None:
+        """NOT_SERVING for drain_delay, then refuse new calls and let in-flight ones finish (grace)."""
+        await self.health.enter_graceful_shutdown()
+        if self.settings.drain_delay_seconds:
+            await asyncio.sleep(self.settings.drain_delay_seconds)
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        self.metrics.close()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()

@@ -1,0 +1,128 @@
+"""Test helpers: run a chassis server in-process or as a subprocess on a free port, and wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.server import ChassisServer, ServiceBinding
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+async def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
+    """The grpc.health.v1 status of `service` at `address`, or None when it does not answer."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # typeshed types the sync stub only
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return None
+        return int(response.status)
+
+
+async def wait_serving(address: str, timeout: float = 20.0, service: str = "") -> None:
+    """Poll health until SERVING; raises TimeoutError naming the address otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await health_status(address, service) == health_pb2.HealthCheckResponse.SERVING:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{address} was not SERVING within {timeout}s")
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(
+    settings: ServiceSettings, bindings: Sequence[ServiceBinding]
+) -> AsyncIterator[ChassisServer]:
+    """A started ChassisServer in this event loop; drained on exit."""
+    server = ChassisServer(settings, bindings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.drain()
+
+
+@dataclass
+class ServiceProcess:
+    """A service running as its own process, its output captured to a log file."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+    def signal(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    port: int,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
+) -> ServiceProcess:
+    """Start `argv` (e.g. [sys.executable, "-m", "pkg"]) with GRPC_PORT=port; does not wait for health."""
+    full_env: dict[str, Any] = {**os.environ, "GRPC_HOST": host, "GRPC_PORT": str(port), **(env or {})}
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(list(argv), env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+    log_file.close()
+    return ServiceProcess(process=process, address=f"{host}:{port}", log_path=log_path)
+
+
+async def start_process_serving(
+    argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None, timeout: float = 20.0
+) -> ServiceProcess:
+    """Start a service process on a free port and wait until it is SERVING (or fail with its log)."""
+    proc = start_process(argv, port=free_port(), log_path=log_path, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.process.poll() is not None:
+                raise RuntimeError(f"{argv} exited with {proc.process.returncode}:\n{proc.output()}")
+            if await health_status(proc.address) == health_pb2.HealthCheckResponse.SERVING:
+                return proc
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{argv} not SERVING within {timeout}s:\n{proc.output()}")
+    except BaseException:
+        proc.stop()
+        raise
+
+
+PYTHON = sys.executable

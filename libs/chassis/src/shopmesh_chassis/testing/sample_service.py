@@ -1,0 +1,102 @@
+"""The sample servicer (contract `shopmesh.sample.v1`): the smallest complete chassis service.
+
+Run it as a process with `python -m shopmesh_chassis.testing.sample_service`; tests and the chassis
+benchmark use it to exercise drain, errors, retries, deadlines and the breaker over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+
+from shopmesh_chassis import app, errors
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.config import ServiceSettings, load_settings
+from shopmesh_chassis.server import ServiceBinding
+
+DESCRIPTOR = sample_pb2.DESCRIPTOR.services_by_name["SampleService"]
+
+_ERRORS: dict[int, errors.DomainError] = {
+    sample_pb2.ERROR_KIND_INVALID_ARGUMENT: errors.InvalidArgument(
+        "message must not be empty",
+        [errors.FieldViolation("message", "must not be empty", "REQUIRED")],
+    ),
+    sample_pb2.ERROR_KIND_NOT_FOUND: errors.NotFound(
+        "sample thing_1 not found", reason="THING_NOT_FOUND", metadata={"id": "thing_1"}
+    ),
+    sample_pb2.ERROR_KIND_ALREADY_EXISTS: errors.AlreadyExists("thing_1 exists", reason="THING_EXISTS"),
+    sample_pb2.ERROR_KIND_FAILED_PRECONDITION: errors.FailedPrecondition("thing_1 is closed", reason="THING_CLOSED"),
+    sample_pb2.ERROR_KIND_ABORTED: errors.Aborted("concurrent update", reason="CONFLICT"),
+    sample_pb2.ERROR_KIND_UNAUTHENTICATED: errors.Unauthenticated("no credentials"),
+    sample_pb2.ERROR_KIND_PERMISSION_DENIED: errors.PermissionDenied("not yours"),
+    sample_pb2.ERROR_KIND_RESOURCE_EXHAUSTED: errors.ResourceExhausted(
+        "rate limit", reason="RATE_LIMITED", retry_after_seconds=1.5
+    ),
+    sample_pb2.ERROR_KIND_UNAVAILABLE: errors.Unavailable("try later", reason="BACKEND_DOWN", retry_after_seconds=0.25),
+}
+
+
+class SampleServicer(sample_pb2_grpc.SampleServiceServicer):
+    def __init__(self) -> None:
+        self.attempts: Counter[str] = Counter()
+
+    async def _behave(self, behaviour: sample_pb2.Behaviour) -> int:
+        attempt = 0
+        if behaviour.attempt_key:
+            self.attempts[behaviour.attempt_key] += 1
+            attempt = self.attempts[behaviour.attempt_key]
+            if attempt <= behaviour.fail_first_attempts:
+                raise errors.Unavailable(f"attempt {attempt} fails on purpose", reason="INJECTED_FAILURE")
+        if behaviour.sleep_ms:
+            await asyncio.sleep(min(behaviour.sleep_ms, 60_000) / 1000)
+        return attempt
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        remaining = context.time_remaining()
+        attempt = await self._behave(request.behaviour)
+        return sample_pb2.EchoResponse(
+            message=request.message,
+            attempt=attempt,
+            deadline_remaining_seconds=remaining if remaining is not None else 0.0,
+        )
+
+    async def Record(self, request: sample_pb2.RecordRequest, context: Any) -> sample_pb2.RecordResponse:
+        attempt = await self._behave(request.behaviour)
+        return sample_pb2.RecordResponse(message=request.message, attempt=attempt)
+
+    async def Fail(self, request: sample_pb2.FailRequest, context: Any) -> sample_pb2.FailResponse:
+        if request.kind == sample_pb2.ERROR_KIND_UNEXPECTED:
+            raise RuntimeError("secret internal detail: db password is hunter2")
+        error = _ERRORS.get(request.kind)
+        if error is not None:
+            raise error
+        return sample_pb2.FailResponse()
+
+    async def Relay(self, request: sample_pb2.RelayRequest, context: Any) -> sample_pb2.RelayResponse:
+        if not request.target:
+            raise errors.InvalidArgument("target is required", [errors.FieldViolation("target", "required")])
+        async with ResilientChannel(request.target, [DESCRIPTOR], ClientOptions(breaker=None)) as channel:
+            stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+            echo = await stub.Echo(request.echo)
+        return sample_pb2.RelayResponse(echo=echo)
+
+
+def binding(servicer: SampleServicer | None = None) -> ServiceBinding:
+    return ServiceBinding(DESCRIPTOR, servicer or SampleServicer(), sample_pb2_grpc.add_SampleServiceServicer_to_server)
+
+
+class SampleSettings(ServiceSettings):
+    service_name: str = "sample"
+
+
+async def _main() -> None:
+    settings = load_settings(SampleSettings)
+    provider = app.setup_observability(settings)
+    await app.serve(settings, [binding()], tracer_provider=provider)
+
+
+if __name__ == "__main__":
+    app.run(_main)

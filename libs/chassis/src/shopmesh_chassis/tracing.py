@@ -1,0 +1,42 @@
+"""OpenTelemetry tracing: a tracer provider per process, W3C trace-context propagation, OTLP export.
+
+Spans are exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, through a batch processor whose
+queue drops spans when full: a missing or slow collector never blocks or fails a request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+log = logging.getLogger(__name__)
+
+
+def configure_tracing(service_name: str, endpoint: str | None, sampler_ratio: float = 1.0) -> TracerProvider:
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: service_name}),
+        sampler=ParentBased(TraceIdRatioBased(sampler_ratio)),
+    )
+    if endpoint:
+        # Imported lazily: the exporter pulls in a second gRPC client stack we need only when used.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=5)))
+        log.info("exporting spans over OTLP", extra={"endpoint": endpoint})
+    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator()]))
+    # The first provider set wins for the process; tests that run several servers share it.
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def current_trace_id() -> str:
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""

@@ -1,0 +1,98 @@
+"""The client circuit breaker opens after consecutive failures, fails fast, and closes again."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+
+from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.server import ChassisServer
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_state_machine() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=10), clock)
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_success()  # a success resets the count: failures must be consecutive
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
+    assert breaker.retry_after() == 10
+    clock.now += 10
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow()
+    assert not breaker.allow()  # one probe at a time
+    breaker.record_failure()  # the probe failed: open again for a full period
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 10
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow()
+
+
+def test_client_errors_do_not_open_the_breaker() -> None:
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2))
+    breaker.record_failure()
+    breaker.record_neutral()  # e.g. NOT_FOUND: the server is healthy
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+
+
+async def test_breaker_opens_fails_fast_and_closes_again(server: ChassisServer, servicer: SampleServicer) -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=3, reset_timeout_seconds=30), clock)
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        failing = sample_pb2.RecordRequest(behaviour=sample_pb2.Behaviour(attempt_key="k", fail_first_attempts=3))
+
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Record(failing)
+            assert details_of(caught.value).reason == "INJECTED_FAILURE"
+        assert breaker.state is BreakerState.OPEN
+
+        # Open: the call fails fast with UNAVAILABLE / CIRCUIT_OPEN and never reaches the server.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Record(failing)
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.UNAVAILABLE
+        assert details.reason == "CIRCUIT_OPEN"
+        assert details.retry_delay_seconds == pytest.approx(30)
+        assert servicer.attempts["k"] == 3
+
+        # After the reset timeout one probe goes through; it succeeds and the breaker closes.
+        clock.now += 30
+        assert (await stub.Record(failing)).attempt == 4
+        assert breaker.state is BreakerState.CLOSED
+        assert (await stub.Record(failing)).attempt == 5
+
+
+async def test_unreachable_target_opens_the_breaker() -> None:
+    from shopmesh_chassis.testing import free_port
+
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=60))
+    options = ClientOptions(default_timeout_seconds=2.0)
+    async with ResilientChannel(f"127.0.0.1:{free_port()}", [DESCRIPTOR], options, breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Record(sample_pb2.RecordRequest())
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Record(sample_pb2.RecordRequest())
+        assert details_of(caught.value).reason == "CIRCUIT_OPEN"

@@ -1,0 +1,59 @@
+"""Configuration comes from the environment, typed; bad configuration stops startup with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from shopmesh_chassis.config import ConfigError, ServiceSettings, load_settings
+from shopmesh_chassis.testing.sample_service import SampleSettings
+
+
+def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_PORT", "6000")
+    monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", "2.5")
+    settings = load_settings(SampleSettings)
+    assert settings.grpc_port == 6000
+    assert settings.shutdown_grace_seconds == 2.5
+    assert settings.resolved_error_domain == "shopmesh.sample"
+
+
+def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_PORT", "not-a-port")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SampleSettings)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("invalid configuration: GRPC_PORT='not-a-port'")
+
+
+def test_missing_required_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SERVICE_NAME", raising=False)
+    with pytest.raises(ConfigError, match=r"SERVICE_NAME: Field required"):
+        load_settings(ServiceSettings)
+
+
+def test_every_bad_variable_is_listed_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_PORT", "70000")
+    monkeypatch.setenv("LOG_LEVEL", "LOUD")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SampleSettings)
+    assert "GRPC_PORT=" in str(caught.value)
+    assert "LOG_LEVEL=" in str(caught.value)
+
+
+def test_bad_configuration_stops_the_process_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"],
+        env={"GRPC_PORT": "abc", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: GRPC_PORT='abc': Input should be a valid integer, unable to parse string as an integer"
+    ]

@@ -1,0 +1,43 @@
+"""Every outbound call has a deadline, and it never outlives the inbound call that made it."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.server import ChassisServer
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR
+
+
+async def test_calls_without_a_deadline_get_the_default(server: ChassisServer) -> None:
+    options = ClientOptions(default_timeout_seconds=3.0, breaker=None)
+    async with ResilientChannel(server.address, [DESCRIPTOR], options) as channel:
+        response = await sample_pb2_grpc.SampleServiceStub(channel.channel).Echo(sample_pb2.EchoRequest())
+    assert 2.0 < response.deadline_remaining_seconds <= 3.0
+
+
+async def test_outbound_call_inherits_the_shorter_inbound_deadline(
+    stub: sample_pb2_grpc.SampleServiceStub, server: ChassisServer
+) -> None:
+    # The relay's own client channel would give the downstream call 5 s; the inbound call has 1 s.
+    relayed = await stub.Relay(
+        sample_pb2.RelayRequest(target=server.address, echo=sample_pb2.EchoRequest(message="m")), timeout=1.0
+    )
+    assert relayed.echo.message == "m"
+    assert 0 < relayed.echo.deadline_remaining_seconds <= 1.0
+
+
+async def test_outbound_call_is_cut_off_when_the_inbound_deadline_expires(
+    stub: sample_pb2_grpc.SampleServiceStub, server: ChassisServer
+) -> None:
+    slow = sample_pb2.EchoRequest(behaviour=sample_pb2.Behaviour(sleep_ms=5_000))
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Relay(sample_pb2.RelayRequest(target=server.address, echo=slow), timeout=0.5)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Not a timing assertion on speed: only that the 5 s downstream sleep was not waited for.
+    assert time.monotonic() - started < 4.0

@@ -1,0 +1,101 @@
+"""Domain errors reach the client as the right status with google.rpc details; nothing leaks."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.logs import TraceContextFilter
+from shopmesh_chassis.testing.sample_service import SampleServicer
+
+CASES = [
+    (sample_pb2.ERROR_KIND_INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+    (sample_pb2.ERROR_KIND_NOT_FOUND, grpc.StatusCode.NOT_FOUND, "THING_NOT_FOUND"),
+    (sample_pb2.ERROR_KIND_ALREADY_EXISTS, grpc.StatusCode.ALREADY_EXISTS, "THING_EXISTS"),
+    (sample_pb2.ERROR_KIND_FAILED_PRECONDITION, grpc.StatusCode.FAILED_PRECONDITION, "THING_CLOSED"),
+    (sample_pb2.ERROR_KIND_ABORTED, grpc.StatusCode.ABORTED, "CONFLICT"),
+    (sample_pb2.ERROR_KIND_UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    (sample_pb2.ERROR_KIND_PERMISSION_DENIED, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    (sample_pb2.ERROR_KIND_RESOURCE_EXHAUSTED, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
+    (sample_pb2.ERROR_KIND_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "BACKEND_DOWN"),
+]
+
+
+@pytest.mark.parametrize(("kind", "code", "reason"), CASES)
+async def test_each_domain_error_maps_to_its_status_with_error_info(
+    stub: sample_pb2_grpc.SampleServiceStub, kind: int, code: grpc.StatusCode, reason: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Fail(sample_pb2.FailRequest(kind=kind))  # type: ignore[arg-type]
+    details = details_of(caught.value)
+    assert details.code == code
+    assert details.error_info is not None
+    assert details.error_info.reason == reason
+    assert details.error_info.domain == "shopmesh.sample"
+
+
+async def test_invalid_argument_carries_field_violations(stub: sample_pb2_grpc.SampleServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Fail(sample_pb2.FailRequest(kind=sample_pb2.ERROR_KIND_INVALID_ARGUMENT))
+    violations = details_of(caught.value).field_violations
+    assert [(v.field, v.description, v.reason) for v in violations] == [("message", "must not be empty", "REQUIRED")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "seconds"),
+    [(sample_pb2.ERROR_KIND_RESOURCE_EXHAUSTED, 1.5), (sample_pb2.ERROR_KIND_UNAVAILABLE, 0.25)],
+)
+async def test_retryable_errors_carry_retry_info(
+    stub: sample_pb2_grpc.SampleServiceStub, kind: int, seconds: float
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Fail(sample_pb2.FailRequest(kind=kind))  # type: ignore[arg-type]
+    assert details_of(caught.value).retry_delay_seconds == pytest.approx(seconds)
+
+
+async def test_not_found_carries_error_metadata(stub: sample_pb2_grpc.SampleServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Fail(sample_pb2.FailRequest(kind=sample_pb2.ERROR_KIND_NOT_FOUND))
+    info = details_of(caught.value).error_info
+    assert info is not None
+    assert dict(info.metadata) == {"id": "thing_1"}
+
+
+async def test_unexpected_exception_is_internal_and_leaks_nothing(
+    stub: sample_pb2_grpc.SampleServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(TraceContextFilter("sample"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Fail(sample_pb2.FailRequest(kind=sample_pb2.ERROR_KIND_UNEXPECTED))
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "hunter2" not in (error.details() or "")
+    assert "RuntimeError" not in (error.details() or "")
+    assert "hunter2" not in str(error.trailing_metadata())
+    # The client gets a trace id to quote; the log holds the traceback under that id.
+    assert "trace_id=" in (error.details() or "")
+    trace_id = (error.details() or "").split("trace_id=")[1].rstrip(")")
+    logged = [r for r in caplog.records if r.exc_info and "hunter2" in str(r.exc_info[1])]
+    assert [getattr(r, "trace_id", None) for r in logged] == [trace_id]
+
+
+async def test_errors_are_trailers_only(stub: sample_pb2_grpc.SampleServiceStub) -> None:
+    call = stub.Fail(sample_pb2.FailRequest(kind=sample_pb2.ERROR_KIND_NOT_FOUND))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call
+    # In a trailers-only response the status travels in the only HEADERS frame; gRPC surfaces
+    # that frame as trailing metadata and reports no initial metadata.
+    assert not await call.initial_metadata()
+    trailing = await call.trailing_metadata()
+    assert any(key == "grpc-status-details-bin" for key, _ in trailing)
+
+
+async def test_success_after_errors_keeps_serving(
+    stub: sample_pb2_grpc.SampleServiceStub, servicer: SampleServicer
+) -> None:
+    for kind in (sample_pb2.ERROR_KIND_UNEXPECTED, sample_pb2.ERROR_KIND_NOT_FOUND):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Fail(sample_pb2.FailRequest(kind=kind))
+    assert (await stub.Echo(sample_pb2.EchoRequest(message="still here"))).message == "still here"

