@@ -4,14 +4,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from shopmesh.sample.v1 import sample_pb2_grpc
 
+from shopmesh.sample.v1 import sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
-from shopmesh_chassis.tracing import configure_tracing
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, SampleSettings, binding
+from shopmesh_chassis.tracing import configure_tracing
 
 
 @pytest.fixture(scope="session", autouse=True)

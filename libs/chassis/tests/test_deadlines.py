@@ -6,8 +6,8 @@ import time
 
 import grpc
 import pytest
-from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.testing.sample_service import SampleServicer

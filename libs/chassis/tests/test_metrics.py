@@ -7,8 +7,8 @@ import urllib.request
 
 import grpc
 import pytest
-from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding

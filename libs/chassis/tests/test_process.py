@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.testing import ServiceProcess, health_status, start_process_serving
 
 SAMPLE = [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"]

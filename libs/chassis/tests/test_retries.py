@@ -6,8 +6,8 @@ import json
 
 import grpc
 import pytest
-from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import service_config
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
 

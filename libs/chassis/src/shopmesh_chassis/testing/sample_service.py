@@ -11,7 +11,6 @@ from collections import Counter
 from typing import Any
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
-
 from shopmesh_chassis import app, errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import ServiceSettings, load_settings
