@@ -62,6 +62,28 @@ class ServiceSettings(BaseSettings):
         return self.error_domain or f"shopmesh.{self.service_name}"
 
 
+class DatabaseSettings(ServiceSettings):
+    """For services that own a database: SQLite under DATA_DIR unless DATABASE_URL says otherwise."""
+
+    data_dir: str = ".data"
+    # e.g. postgresql://catalog:secret@db:5432/catalog ; empty = sqlite file <DATA_DIR>/<SERVICE_NAME>.db
+    database_url: str = ""
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir}/{self.service_name}.db"
+
+
+class EventSettings(ServiceSettings):
+    """For services that publish to or consume from NATS JetStream."""
+
+    nats_url: str = "nats://127.0.0.1:14222"
+    # How long JetStream remembers message ids to drop duplicate publishes (outbox retries).
+    nats_duplicate_window_seconds: float = Field(default=900.0, gt=0)
+
+
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 

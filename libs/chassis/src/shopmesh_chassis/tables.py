@@ -1,0 +1,58 @@
+"""Tables the chassis keeps in every service's database (migrated by the `chassis` Alembic branch)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# Stored outcomes of idempotent requests (Stripe's semantics; see `idempotency`).
+idempotency_records = Table(
+    "chassis_idempotency_records",
+    metadata,
+    Column("scope", String(300), primary_key=True),  # caller and method
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # in_progress | completed
+    Column("status_code", Integer, nullable=True),  # gRPC code of the stored outcome
+    Column("response", LargeBinary, nullable=True),  # serialized response message (OK)
+    Column("status", LargeBinary, nullable=True),  # serialized google.rpc.Status (errors)
+    Column("locked_until", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_chassis_idempotency_created_at", "created_at"),
+)
+
+# The transactional outbox: events written in the same transaction as the state change they describe.
+outbox_events = Table(
+    "chassis_outbox_events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("subject", String(200), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("headers", Text, nullable=False),  # JSON object: traceparent, content type, ...
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("ix_chassis_outbox_unpublished", "published_at", "seq"),
+)
+
+# Events a consumer has applied: the consumer-side half of exactly-once effects.
+processed_events = Table(
+    "chassis_processed_events",
+    metadata,
+    Column("consumer", String(100), primary_key=True),
+    Column("event_id", String(64), primary_key=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,143 @@
+"""The topology of shopmesh, declared once: services, their local ports, the call graph, the events.
+
+Everything that needs to know who calls whom derives it from here or is tested against it: the local
+launcher (`make run`), Kubernetes NetworkPolicies, mesh authorization, the architecture document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    # The Python package that runs it (`python -m <module>`).
+    module: str
+    # gRPC service names it serves (for health checks and docs).
+    grpc_services: tuple[str, ...]
+    # Local ports for `make run`; on Kubernetes every pod uses the same container ports.
+    grpc_port: int
+    metrics_port: int
+    # Services it calls over gRPC.
+    calls: tuple[str, ...] = ()
+    # Owns a database (SQLite locally, PostgreSQL on Kubernetes).
+    has_database: bool = True
+    # Publishes to / consumes from NATS JetStream.
+    publishes: tuple[str, ...] = ()
+    consumes: tuple[str, ...] = ()
+    # Not needed for the shop to work: callers fall back when it fails.
+    critical: bool = True
+    owns: tuple[str, ...] = field(default=())
+
+    @property
+    def uses_nats(self) -> bool:
+        return bool(self.publishes or self.consumes)
+
+    @property
+    def address_variable(self) -> str:
+        """The environment variable through which callers learn this service's address."""
+        return f"{self.name.upper()}_ADDRESS"
+
+
+# Event subjects (NATS JetStream). Streams: ORDERS (orders.v1.>) and PAYMENTS (payments.v1.>).
+ORDER_CONFIRMED = "orders.v1.order_confirmed"
+ORDER_CANCELLED = "orders.v1.order_cancelled"
+PAYMENT_CAPTURED = "payments.v1.payment_captured"
+PAYMENT_REFUNDED = "payments.v1.payment_refunded"
+
+STREAMS: dict[str, tuple[str, ...]] = {
+    "ORDERS": ("orders.v1.>",),
+    "PAYMENTS": ("payments.v1.>",),
+}
+
+SERVICES: dict[str, Service] = {
+    s.name: s
+    for s in (
+        Service(
+            name="gateway",
+            module="shopmesh_gateway",
+            grpc_services=("shopmesh.gateway.v1.ShopService",),
+            grpc_port=50050,
+            metrics_port=9460,
+            calls=("users", "catalog", "inventory", "orders", "recommendations", "notifications"),
+            has_database=False,
+            owns=("nothing: stateless; rate-limit buckets in memory per replica",),
+        ),
+        Service(
+            name="users",
+            module="shopmesh_users",
+            grpc_services=("shopmesh.users.v1.UsersService",),
+            grpc_port=50051,
+            metrics_port=9461,
+            owns=("accounts", "password hashes", "signing keys"),
+        ),
+        Service(
+            name="catalog",
+            module="shopmesh_catalog",
+            grpc_services=("shopmesh.catalog.v1.CatalogService",),
+            grpc_port=50052,
+            metrics_port=9462,
+            owns=("products", "categories", "prices"),
+        ),
+        Service(
+            name="inventory",
+            module="shopmesh_inventory",
+            grpc_services=("shopmesh.inventory.v1.InventoryService",),
+            grpc_port=50053,
+            metrics_port=9463,
+            owns=("stock levels", "reservations"),
+        ),
+        Service(
+            name="orders",
+            module="shopmesh_orders",
+            grpc_services=("shopmesh.orders.v1.OrdersService",),
+            grpc_port=50054,
+            metrics_port=9464,
+            calls=("catalog", "inventory", "payments"),
+            publishes=(ORDER_CONFIRMED, ORDER_CANCELLED),
+            owns=("orders", "saga state", "outbox"),
+        ),
+        Service(
+            name="payments",
+            module="shopmesh_payments",
+            grpc_services=("shopmesh.payments.v1.PaymentsService",),
+            grpc_port=50055,
+            metrics_port=9465,
+            publishes=(PAYMENT_CAPTURED, PAYMENT_REFUNDED),
+            owns=("payments", "refunds", "idempotency records", "the fake processor's ledger"),
+        ),
+        Service(
+            name="notifications",
+            module="shopmesh_notifications",
+            grpc_services=("shopmesh.notifications.v1.NotificationsService",),
+            grpc_port=50056,
+            metrics_port=9466,
+            consumes=(ORDER_CONFIRMED, ORDER_CANCELLED),
+            owns=("sent notifications", "processed event ids"),
+        ),
+        Service(
+            name="recommendations",
+            module="shopmesh_recommendations",
+            grpc_services=("shopmesh.recommendations.v1.RecommendationsService",),
+            grpc_port=50057,
+            metrics_port=9467,
+            calls=("catalog",),
+            consumes=(ORDER_CONFIRMED,),
+            critical=False,
+            owns=("co-purchase counts (derived from order events)",),
+        ),
+    )
+}
+
+
+def callers_of(name: str) -> tuple[str, ...]:
+    """The services that call `name` (plus "clients" for the gateway)."""
+    callers = tuple(s.name for s in SERVICES.values() if name in s.calls)
+    return ("clients", *callers) if name == "gateway" else callers
+
+
+# Local defaults for `make run`. The embedded nats-server avoids 4222, where a system NATS may listen.
+LOCAL_HOST = "127.0.0.1"
+LOCAL_NATS_PORT = 14222
+LOCAL_NATS_MONITOR_PORT = 18222

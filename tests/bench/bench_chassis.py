@@ -1,0 +1,546 @@
+"""Chassis benchmark: the same trivial Echo served by a bare grpc.aio server (a), the chassis with tracing
+and metrics on (b), and a sync grpc.server with 10 threads (c), at concurrency 1 and 32.
+
+Each server runs in its own process (this script re-invoked with `--serve KIND`), so the load generator
+(a grpc.aio client in this process) never shares a GIL with it. Besides client-side throughput and
+latency, the server's CPU time over the measured window is read from /proc: on a small machine the
+Python client saturates a core before a fast server does, and CPU per call is the fairer comparison.
+
+    .venv/bin/python tests/bench/bench_chassis.py                # full run (~2.5 min), table on stdout
+    .venv/bin/python tests/bench/bench_chassis.py --quick        # smoke run (< 30 s)
+    .venv/bin/python tests/bench/bench_chassis.py --write docs/benchmarks.md
+    .venv/bin/python tests/bench/bench_chassis.py --servers a,b,a+metrics,a+tracing,a+both   # diagnosis
+
+Benchmarks report figures; nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import os
+import platform
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+
+ECHO_METHOD = "/shopmesh.sample.v1.SampleService/Echo"
+SYNC_THREADS = 10
+CONCURRENCIES = (1, 32)
+TARGET_B_OVER_A = 0.85
+TARGET_B_OVER_C = 1.25
+DOC_TITLE = "# Benchmarks"
+DOC_SECTION = "## Chassis (`make bench-chassis`)"
+
+
+# --- the servers ---------------------------------------------------------------------------------
+
+
+class EchoServicer(sample_pb2_grpc.SampleServiceServicer):
+    """The trivial handler of (a), (b) and the diagnostic variants."""
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        return sample_pb2.EchoResponse(message=request.message)
+
+
+class SyncEchoServicer(sample_pb2_grpc.SampleServiceServicer):
+    """The same handler for the thread-pool server (c)."""
+
+    def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        return sample_pb2.EchoResponse(message=request.message)
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    label: str
+    description: str
+
+
+SERVER_KINDS: dict[str, ServerKind] = {
+    "a": ServerKind("a", "bare `grpc.aio.server`, no interceptors"),
+    "b": ServerKind("b", "`ChassisServer`, tracing (sampler 1.0, no exporter) and metrics on"),
+    "c": ServerKind("c", f"sync `grpc.server`, {SYNC_THREADS}-thread pool"),
+    # Diagnostic variants: not part of the default run.
+    "b-sampled": ServerKind("b'", "`ChassisServer` as (b) but OTEL_TRACES_SAMPLER_RATIO=0.01"),
+    "a+metrics": ServerKind("a+metrics", "bare aio + the chassis interceptor (metrics, deadline, errors) only"),
+    "a+tracing": ServerKind("a+tracing", "bare aio + the OpenTelemetry interceptor (SDK provider, sampler 1.0) only"),
+    "a+noop-tracing": ServerKind("a+noop-tracing", "bare aio + the OpenTelemetry interceptor with no tracer provider"),
+    "a+both": ServerKind("a+both", "bare aio + both interceptors, in the chassis' order"),
+}
+DEFAULT_SERVERS = ("a", "b", "c")
+
+
+def _announce(port: int) -> None:
+    # The parent reads this line to learn the bound port; everything else a server says goes to stderr.
+    print(f"PORT {port}", flush=True)
+
+
+async def _serve_aio(kind: str, port: int) -> None:
+    # Imported here: the chassis and OpenTelemetry stay out of the load generator and the sync server.
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    from shopmesh_chassis import app
+    from shopmesh_chassis.config import load_settings
+    from shopmesh_chassis.server import ChassisServer, ServiceBinding
+    from shopmesh_chassis.server_interceptor import ChassisServerInterceptor
+    from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleSettings
+
+    # Pinned so that the caller's OTEL_* or METRICS_PORT variables cannot change what is measured.
+    ratio = 0.01 if kind == "b-sampled" else 1.0
+    settings = load_settings(
+        SampleSettings,
+        grpc_port=port,
+        metrics_port=0,
+        otel_traces_sampler_ratio=ratio,
+        otel_exporter_otlp_endpoint=None,
+    )
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+
+    if kind in ("b", "b-sampled"):
+        provider = app.setup_observability(settings)
+        binding = ServiceBinding(DESCRIPTOR, EchoServicer(), sample_pb2_grpc.add_SampleServiceServicer_to_server)
+        chassis = ChassisServer(settings, [binding], tracer_provider=provider)
+        await chassis.start()
+        _announce(chassis.port)
+        await stop.wait()
+        await chassis.drain()
+        provider.shutdown()
+        return
+
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if kind in ("a+tracing", "a+both"):
+        interceptors.append(aio_server_interceptor(tracer_provider=app.setup_observability(settings)))
+    elif kind == "a+noop-tracing":
+        interceptors.append(aio_server_interceptor())
+    if kind in ("a+metrics", "a+both"):
+        from shopmesh_chassis.metrics import ServerMetrics
+
+        interceptors.append(ChassisServerInterceptor(ServerMetrics(), settings.resolved_error_domain))
+    server = grpc.aio.server(interceptors=interceptors)
+    sample_pb2_grpc.add_SampleServiceServicer_to_server(EchoServicer(), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    _announce(bound)
+    await stop.wait()
+    await server.stop(None)
+
+
+def _serve_sync(port: int) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=SYNC_THREADS))
+    sample_pb2_grpc.add_SampleServiceServicer_to_server(SyncEchoServicer(), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
+    _announce(bound)
+    # A timed wait: the main thread must wake up now and then for Python to run the signal handler.
+    while not stop.wait(0.5):
+        pass
+    server.stop(None)
+
+
+def serve(kind: str, port: int) -> None:
+    if kind == "c":
+        _serve_sync(port)
+    else:
+        asyncio.run(_serve_aio(kind, port))
+
+
+# --- the load generator --------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a whole process (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces; fields after it are fixed. utime, stime: fields 14, 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Window:
+    """What the workers share: whether to record yet, whether to stop, and what they recorded."""
+
+    recording: bool = False
+    stopped: bool = False
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured cell of one repetition."""
+
+    calls_per_second: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us_per_call: float
+    server_cpu_percent: float
+    client_cpu_percent: float
+    errors: int
+
+
+async def _worker(stub: sample_pb2_grpc.SampleServiceStub, window: Window) -> None:
+    request = sample_pb2.EchoRequest(message="ping")
+    while not window.stopped:
+        start = time.perf_counter()
+        try:
+            await stub.Echo(request)
+        except grpc.aio.AioRpcError:
+            window.errors += 1
+            continue
+        if window.recording:
+            window.latencies.append(time.perf_counter() - start)
+
+
+async def measure(
+    stubs: Sequence[sample_pb2_grpc.SampleServiceStub], pid: int, concurrency: int, warmup: float, duration: float
+) -> Sample:
+    window = Window()
+    workers = [asyncio.create_task(_worker(stubs[i % len(stubs)], window)) for i in range(concurrency)]
+    await asyncio.sleep(warmup)
+    window.recording = True
+    server_cpu, client_cpu, start = _cpu_seconds(pid), time.process_time(), time.perf_counter()
+    await asyncio.sleep(duration)
+    window.recording, window.stopped = False, True
+    elapsed = time.perf_counter() - start
+    server_cpu, client_cpu = _cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
+    await asyncio.gather(*workers)
+    latencies = window.latencies
+    if len(latencies) < 2:
+        raise RuntimeError(f"only {len(latencies)} successful calls in {elapsed:.1f}s ({window.errors} errors)")
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Sample(
+        calls_per_second=len(latencies) / elapsed,
+        p50_ms=cuts[49] * 1000,
+        p99_ms=cuts[98] * 1000,
+        server_cpu_us_per_call=server_cpu / len(latencies) * 1e6,
+        server_cpu_percent=server_cpu / elapsed * 100,
+        client_cpu_percent=client_cpu / elapsed * 100,
+        errors=window.errors,
+    )
+
+
+class ServerProcess:
+    """One server in a child process: started, ready for calls, and stopped by SIGTERM."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._stderr = tempfile.TemporaryFile()
+        self._process: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--serve",
+            self.kind,
+            "--port",
+            "0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        assert self._process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+        except TimeoutError:
+            line = b""
+        match = re.fullmatch(rb"PORT (\d+)\s*", line)
+        if match is None:
+            await self.stop()
+            raise RuntimeError(f"server {self.kind} did not start:\n{self.stderr()}")
+        self.port = int(match[1])
+
+    async def wait_ready(self, stub: sample_pb2_grpc.SampleServiceStub, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await stub.Echo(sample_pb2.EchoRequest(message="ready?"), timeout=1.0)
+                return
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self._process is None or self._process.returncode is not None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._process.wait(), 15)
+        except TimeoutError:
+            self._process.kill()
+            await self._process.wait()
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+
+async def run_server(kind: str, concurrencies: Sequence[int], args: argparse.Namespace) -> dict[int, Sample]:
+    server = ServerProcess(kind)
+    await server.start()
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") for _ in range(args.channels)]
+    try:
+        stubs = [sample_pb2_grpc.SampleServiceStub(channel) for channel in channels]
+        await server.wait_ready(stubs[0])
+        return {c: await measure(stubs, server.pid, c, args.warmup, args.measure) for c in concurrencies}
+    finally:
+        for channel in channels:
+            await channel.close()
+        await server.stop()
+
+
+def _rotations(kinds: Sequence[str], repeats: int) -> list[list[str]]:
+    """Each repetition starts with a different server, so that no server always runs first or last."""
+    return [[kinds[(r + i) % len(kinds)] for i in range(len(kinds))] for r in range(repeats)]
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, dict[int, list[Sample]]]:
+    results: dict[str, dict[int, list[Sample]]] = {k: {c: [] for c in args.concurrency} for k in args.servers}
+    for repetition, order in enumerate(_rotations(args.servers, args.repeats), start=1):
+        for kind in order:
+            print(f"run {repetition}/{args.repeats}: server {kind} ...", file=sys.stderr, flush=True)
+            for concurrency, sample in (await run_server(kind, args.concurrency, args)).items():
+                results[kind][concurrency].append(sample)
+                print(
+                    f"  C={concurrency:<3} {sample.calls_per_second:8.0f} calls/s  p50 {sample.p50_ms:.3f} ms  "
+                    f"p99 {sample.p99_ms:.3f} ms  server {sample.server_cpu_us_per_call:.0f} us/call",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return results
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The median over repetitions of each figure of one (server, concurrency)."""
+
+    kind: str
+    concurrency: int
+    calls_per_second: float
+    calls_per_second_range: tuple[float, float]
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us_per_call: float
+    server_cpu_percent: float
+    client_cpu_percent: float
+    errors: int
+
+    @classmethod
+    def of(cls, kind: str, concurrency: int, samples: Sequence[Sample]) -> Cell:
+        def median(get: Callable[[Sample], float]) -> float:
+            return statistics.median(get(s) for s in samples)
+
+        rates = [s.calls_per_second for s in samples]
+        return cls(
+            kind=kind,
+            concurrency=concurrency,
+            calls_per_second=median(lambda s: s.calls_per_second),
+            calls_per_second_range=(min(rates), max(rates)),
+            p50_ms=median(lambda s: s.p50_ms),
+            p99_ms=median(lambda s: s.p99_ms),
+            server_cpu_us_per_call=median(lambda s: s.server_cpu_us_per_call),
+            server_cpu_percent=median(lambda s: s.server_cpu_percent),
+            client_cpu_percent=median(lambda s: s.client_cpu_percent),
+            errors=sum(s.errors for s in samples),
+        )
+
+
+def table(cells: Sequence[Cell]) -> str:
+    lines = [
+        "| server | C | calls/s (median) | calls/s (runs min–max) | p50 ms | p99 ms "
+        "| server CPU µs/call | server CPU % | client CPU % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for cell in cells:
+        low, high = cell.calls_per_second_range
+        errors = f" ({cell.errors} errors)" if cell.errors else ""
+        lines.append(
+            f"| {SERVER_KINDS[cell.kind].label}{errors} | {cell.concurrency} | {cell.calls_per_second:,.0f} "
+            f"| {low:,.0f}–{high:,.0f} | {cell.p50_ms:.3f} | {cell.p99_ms:.3f} "
+            f"| {cell.server_cpu_us_per_call:.0f} | {cell.server_cpu_percent:.0f} | {cell.client_cpu_percent:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def legend(kinds: Sequence[str]) -> str:
+    return "\n".join(f"- **{SERVER_KINDS[k].label}**: {SERVER_KINDS[k].description}" for k in kinds)
+
+
+def ratios(cells: Sequence[Cell], concurrencies: Sequence[int]) -> tuple[str, str]:
+    """The ratio lines and the targets line; either is empty when a, b or c was not measured."""
+    by_key = {(c.kind, c.concurrency): c for c in cells}
+    lines = [
+        "| C | b/a throughput | b/c throughput | a/b server CPU per call | c/b server CPU per call |",
+        "|--:|--:|--:|--:|--:|",
+    ]
+    for concurrency in concurrencies:
+        a, b, c = (by_key.get((k, concurrency)) for k in ("a", "b", "c"))
+        if a is None or b is None or c is None:
+            return "", ""
+        lines.append(
+            f"| {concurrency} | {b.calls_per_second / a.calls_per_second:.2f} "
+            f"| {b.calls_per_second / c.calls_per_second:.2f} "
+            f"| {a.server_cpu_us_per_call / b.server_cpu_us_per_call:.2f} "
+            f"| {c.server_cpu_us_per_call / b.server_cpu_us_per_call:.2f} |"
+        )
+    top = max(concurrencies)
+    a, b, c = (by_key[(k, top)] for k in ("a", "b", "c"))
+    b_over_a, b_over_c = b.calls_per_second / a.calls_per_second, b.calls_per_second / c.calls_per_second
+
+    def verdict(value: float, target: float) -> str:
+        return "met" if value >= target else "**not met**"
+
+    targets = (
+        f"Targets at C={top} (throughput): b/a = {b_over_a:.2f} (target ≥ {TARGET_B_OVER_A}: "
+        f"{verdict(b_over_a, TARGET_B_OVER_A)}), b/c = {b_over_c:.2f} (target ≥ {TARGET_B_OVER_C}: "
+        f"{verdict(b_over_c, TARGET_B_OVER_C)})."
+    )
+    return "\n".join(lines), targets
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}" for name in ("grpcio", "opentelemetry-sdk", "prometheus-client")
+    )
+    return (
+        f"{len(os.sched_getaffinity(0))} CPUs ({model[1].strip() if model else 'unknown CPU'}), "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, {versions}"
+    )
+
+
+HOW_TO_READ = """\
+How to read this:
+
+- Every server runs the same trivial handler (`EchoResponse(message=request.message)`) in its own
+  process; the load generator is one grpc.aio client process with C workers looping unary calls on
+  {channels} channel(s). Figures are medians over the repetitions; the min–max column shows the spread.
+- On a 2-core machine the Python client itself needs about a core: when *client CPU %* is near 100 the
+  client, not the server, sets the throughput, which compresses the throughput ratios toward 1 and
+  hides server overhead. **Server CPU µs/call** (user + system time of the server process over the
+  measured window, from `/proc/<pid>/stat`, divided by the calls completed) does not depend on who
+  is the bottleneck and is the fairer efficiency figure; *a/b* and *c/b server CPU per call* are its
+  ratios (above 1: b is cheaper per call).
+- p50/p99 are client-side round-trip latencies, including the client's own event-loop queueing at
+  C=32. The targets are checked on throughput at C=32, as the issue states them."""
+
+
+def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]) -> str:
+    cells = [Cell.of(k, c, results[k][c]) for c in args.concurrency for k in args.servers]
+    ratio_table, targets = ratios(cells, args.concurrency)
+    command = (
+        f"`.venv/bin/python tests/bench/bench_chassis.py --warmup {args.warmup:g} --measure {args.measure:g} "
+        f"--repeats {args.repeats} --channels {args.channels}`"
+    )
+    parts = [
+        DOC_SECTION,
+        f"Command: `make bench-chassis`, which runs {command} "
+        f"({args.warmup:g} s warm-up and {args.measure:g} s measured per cell, {args.repeats} repetition(s)).",
+        f"Machine: {machine()}.",
+        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+        legend(args.servers),
+        table(cells),
+    ]
+    if ratio_table:
+        parts += [ratio_table, targets]
+    parts.append(HOW_TO_READ.format(channels=args.channels))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the chassis section of the benchmarks document, keeping any other section."""
+    text = path.read_text() if path.exists() else f"{DOC_TITLE}\n"
+    start = text.find(DOC_SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        following = text.find("\n## ", start + len(DOC_SECTION))
+        rest = "" if following < 0 else "\n" + text[following + 1 :]
+        text = text[:start] + section + rest
+    path.write_text(text)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _kinds(value: str) -> list[str]:
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in SERVER_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown server kind(s) {unknown}; choose from {', '.join(SERVER_KINDS)}")
+    return kinds
+
+
+def _concurrencies(value: str) -> list[int]:
+    return [int(c) for c in value.split(",")]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", choices=SERVER_KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
+    parser.add_argument("--measure", type=float, default=6.0, help="seconds measured per cell (default 6)")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions; figures are medians (default 3)")
+    parser.add_argument("--channels", type=int, default=1, help="client channels the workers share (default 1)")
+    parser.add_argument(
+        "--concurrency", type=_concurrencies, default=list(CONCURRENCIES), help="comma-separated (default 1,32)"
+    )
+    parser.add_argument(
+        "--servers",
+        type=_kinds,
+        default=list(DEFAULT_SERVERS),
+        help=f"comma-separated server kinds (default a,b,c); all: {', '.join(SERVER_KINDS)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 s warm-up, 1.5 s measured, 1 repetition")
+    parser.add_argument("--write", type=Path, metavar="FILE", help="also write the results into FILE's chassis section")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.warmup, args.measure, args.repeats = 0.5, 1.5, 1
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.serve:
+        with contextlib.suppress(KeyboardInterrupt):
+            serve(args.serve, args.port)
+        return
+    results = asyncio.run(run_all(args))
+    section = report(args, results)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+        print(f"wrote {args.write}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
