@@ -1,28 +1,56 @@
-"""What an inbound call hands to the outbound calls it makes: its deadline (and later, identity).
+"""What an inbound call hands to the outbound calls it makes: its deadline and the caller's identity.
 
-The server interceptor sets these per RPC (each RPC runs in its own asyncio task, so context variables
-are per call); the client interceptors read them.
+The server interceptor enters a context per RPC (each RPC runs in its own asyncio task, so context
+variables are per call); the client interceptors read it.
 """
 
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
+from collections.abc import Iterable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any
 
-_inbound_deadline: ContextVar[float | None] = ContextVar("shopmesh_inbound_deadline", default=None)
+USER_ID = "x-user-id"
+CALLER = "x-caller"
 
 
-def set_inbound_deadline(time_remaining: float | None) -> object:
-    """Record the inbound call's deadline (seconds from now, None for none); returns a reset token."""
+@dataclass(frozen=True, slots=True)
+class InboundCall:
+    deadline: float | None  # time.monotonic() value, None when the call has none
+    user_id: str | None  # the authenticated end user, as asserted by the gateway
+    caller: str | None  # the calling service, as it names itself (the mesh authenticates it)
+
+
+_current: ContextVar[InboundCall | None] = ContextVar("shopmesh_inbound_call", default=None)
+
+
+def _metadata_value(metadata: Iterable[Any] | None, key: str) -> str | None:
+    for item in metadata or ():
+        if item[0] == key:
+            value = item[1]
+            return value if isinstance(value, str) else bytes(value).decode()
+    return None
+
+
+def enter(time_remaining: float | None, metadata: Iterable[Any] | None) -> Token[InboundCall | None]:
     deadline = None if time_remaining is None else time.monotonic() + time_remaining
-    return _inbound_deadline.set(deadline)
+    call = InboundCall(deadline, _metadata_value(metadata, USER_ID), _metadata_value(metadata, CALLER))
+    return _current.set(call)
 
 
-def reset_inbound_deadline(token: object) -> None:
-    _inbound_deadline.reset(token)  # type: ignore[arg-type]
+def leave(token: Token[InboundCall | None]) -> None:
+    _current.reset(token)
+
+
+def current() -> InboundCall | None:
+    return _current.get()
 
 
 def inbound_time_remaining() -> float | None:
     """Seconds left before the inbound call's deadline, or None outside a call or without a deadline."""
-    deadline = _inbound_deadline.get()
-    return None if deadline is None else deadline - time.monotonic()
+    call = _current.get()
+    if call is None or call.deadline is None:
+        return None
+    return call.deadline - time.monotonic()

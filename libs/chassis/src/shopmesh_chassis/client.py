@@ -103,11 +103,13 @@ def _local_error(code: grpc.StatusCode, message: str, error: errors.DomainError)
 Continuation = Callable[[ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]]
 
 
-class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Every call gets a deadline: the caller's, else the default; never later than the inbound call's."""
+class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Every call gets a deadline — the caller's, else the default, never later than the inbound call's —
+    and carries who is calling: this service (`x-caller`) and the end user it acts for (`x-user-id`)."""
 
-    def __init__(self, default_timeout_seconds: float) -> None:
+    def __init__(self, default_timeout_seconds: float, caller: str | None) -> None:
         self._default = default_timeout_seconds
+        self._caller = caller
 
     async def intercept_unary_unary(
         self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
@@ -115,6 +117,7 @@ class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         timeout = client_call_details.timeout
         if timeout is None:
             timeout = self._default
+        inbound = call_context.current()
         remaining = call_context.inbound_time_remaining()
         if remaining is not None:
             if remaining <= 0:
@@ -124,10 +127,15 @@ class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                     errors.DomainError("deadline exceeded", reason="INBOUND_DEADLINE_EXCEEDED"),
                 )
             timeout = min(timeout, remaining)
+        metadata = Metadata(*(client_call_details.metadata or ()))
+        if self._caller and not metadata.get_all(call_context.CALLER):
+            metadata.add(call_context.CALLER, self._caller)
+        if inbound is not None and inbound.user_id and not metadata.get_all(call_context.USER_ID):
+            metadata.add(call_context.USER_ID, inbound.user_id)
         details = ClientCallDetails(
             client_call_details.method,
             timeout,
-            client_call_details.metadata,
+            metadata,
             client_call_details.credentials,
             client_call_details.wait_for_ready,
         )
@@ -174,6 +182,8 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 @dataclass(frozen=True)
 class ClientOptions:
     default_timeout_seconds: float = 5.0
+    # This service's name, sent as `x-caller` (idempotency scopes, logs); None sends nothing.
+    caller: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerConfig | None = field(default_factory=BreakerConfig)
     tracing: bool = True
@@ -194,7 +204,9 @@ class ResilientChannel:
         options = options or ClientOptions()
         self.target = target
         self.breaker = breaker or (CircuitBreaker(options.breaker) if options.breaker else None)
-        interceptors: list[grpc.aio.ClientInterceptor] = [DeadlineInterceptor(options.default_timeout_seconds)]
+        interceptors: list[grpc.aio.ClientInterceptor] = [
+            OutboundContextInterceptor(options.default_timeout_seconds, options.caller)
+        ]
         if options.tracing:
             interceptors.extend(aio_client_interceptors(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
         if self.breaker is not None:

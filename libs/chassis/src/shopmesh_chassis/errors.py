@@ -122,3 +122,18 @@ class Unavailable(_Retryable):
     """A dependency or the service itself cannot answer now (UNAVAILABLE + RetryInfo)."""
 
     default_reason = "UNAVAILABLE"
+
+
+class ReplayedError(DomainError):
+    """A stored error outcome replayed for a retried idempotent request.
+
+    `status` is the serialized google.rpc.Status first sent; the server sends it again unchanged.
+    """
+
+    def __init__(self, status: bytes, message: str) -> None:
+        super().__init__(message, reason="REPLAYED")
+        self.status = status
+
+
+# Errors after which a retry with the same idempotency key should run the operation again.
+TRANSIENT_ERRORS: tuple[type[DomainError], ...] = (Unavailable, Aborted, ResourceExhausted)

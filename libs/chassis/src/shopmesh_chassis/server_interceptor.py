@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from google.rpc import status_pb2
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.grpc_errors import internal_status, status_code_for, to_grpc_status, to_rpc_status
@@ -27,6 +28,8 @@ _PASS_THROUGH_AS_UNAVAILABLE = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
@@ -76,13 +79,17 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> Any:
-        token = call_context.set_inbound_deadline(context.time_remaining())
+        token = call_context.enter(context.time_remaining(), context.invocation_metadata())
         metrics.started.inc()
         metrics.in_flight.inc()
         code = grpc.StatusCode.OK
         start = time.perf_counter()
         try:
             return await behavior(request, context)
+        except errors.ReplayedError as exc:
+            stored = status_pb2.Status.FromString(exc.status)
+            code = _CODES.get(stored.code, grpc.StatusCode.UNKNOWN)
+            await self._abort(context, to_grpc_status(stored))
         except errors.DomainError as exc:
             code = status_code_for(exc)
             await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)))
@@ -104,7 +111,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             metrics.in_flight.dec()
             metrics.handling.observe(time.perf_counter() - start)
             metrics.handled(code).inc()
-            call_context.reset_inbound_deadline(token)
+            call_context.leave(token)
 
     async def _dependency_failed(
         self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: grpc.aio.AioRpcError

@@ -32,9 +32,7 @@ def upgrade() -> None:
     op.create_index("ix_chassis_idempotency_created_at", "chassis_idempotency_records", ["created_at"])
     op.create_table(
         "chassis_outbox_events",
-        sa.Column(
-            "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("event_id", sa.String(64), nullable=False, unique=True),
         sa.Column("subject", sa.String(200), nullable=False),
         sa.Column("payload", sa.LargeBinary, nullable=False),

@@ -1,0 +1,224 @@
+"""Idempotency keys with Stripe's semantics, for any unary RPC whose effect lives in the service's database.
+
+- same key + same request   → the stored outcome is replayed (response or error), the operation does not run;
+- same key + other request  → INVALID_ARGUMENT, reason IDEMPOTENCY_KEY_REUSED;
+- same key while the first request still runs → ABORTED, reason IDEMPOTENCY_KEY_IN_USE;
+- keys are scoped per caller and method and kept at least `retention` (default 48 h).
+
+The operation runs in the same database transaction that stores its outcome, so the effect and the
+record commit together or not at all. A claim carries a lease: when the process dies mid-operation,
+nothing was committed, and a retry after the lease takes the key over and runs the operation again.
+Transient failures (UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED) and unexpected exceptions store nothing,
+so a retry tries again; every other domain error is stored and replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
+from shopmesh_chassis.tables import idempotency_records as records
+
+log = logging.getLogger("shopmesh.idempotency")
+
+ResponseT = TypeVar("ResponseT", bound=Message)
+Operation = Callable[[AsyncSession], Awaitable[ResponseT]]
+
+MAX_KEY_LENGTH = 255
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything here is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def validate_key(key: str | None) -> str:
+    """The request's idempotency key, or INVALID_ARGUMENT saying why it is unusable."""
+    field = "idempotency-key"
+    if not key:
+        raise errors.InvalidArgument(
+            "this method needs an idempotency-key header",
+            [errors.FieldViolation(field, "required", "REQUIRED")],
+            reason="IDEMPOTENCY_KEY_MISSING",
+        )
+    if len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+        raise errors.InvalidArgument(
+            "the idempotency key must be 1 to 255 printable ASCII characters",
+            [errors.FieldViolation(field, "1 to 255 printable ASCII characters", "INVALID_FORMAT")],
+            reason="IDEMPOTENCY_KEY_INVALID",
+        )
+    return key
+
+
+def scope_for(method: str) -> str:
+    """Keys are scoped per caller (service and end user, from the inbound call) and per method."""
+    inbound = call_context.current()
+    caller = (inbound.caller if inbound else None) or "-"
+    user = (inbound.user_id if inbound else None) or "-"
+    return f"{caller}|{user}|{method}"
+
+
+def request_fingerprint(request: Message) -> str:
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+class IdempotencyStore:
+    def __init__(
+        self,
+        database: Database,
+        error_domain: str,
+        *,
+        lease: timedelta = timedelta(seconds=30),
+        retention: timedelta = timedelta(hours=48),
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._db = database
+        self._domain = error_domain
+        self._lease = lease
+        self._retention = retention
+        self._clock = clock
+
+    async def run(
+        self,
+        *,
+        method: str,
+        key: str | None,
+        request: Message,
+        response_type: type[ResponseT],
+        operation: Operation[ResponseT],
+    ) -> ResponseT:
+        """Run `operation` at most once per (scope, key); replay its outcome to every retry."""
+        key = validate_key(key)
+        scope = scope_for(method)
+        fingerprint = request_fingerprint(request)
+        stored = await self._claim(scope, key, fingerprint)
+        if stored is not None:
+            return self._replay(stored, response_type)
+        try:
+            async with self._db.transaction() as session:
+                response = await operation(session)
+                await self._complete(session, scope, key, 0, response=response.SerializeToString())
+            return response
+        except errors.TRANSIENT_ERRORS:
+            await self._release(scope, key)
+            raise
+        except errors.DomainError as exc:
+            status = to_rpc_status(exc, self._domain)
+            async with self._db.transaction() as session:
+                await self._complete(
+                    session, scope, key, status_code_for(exc).value[0], status=status.SerializeToString()
+                )
+            raise
+        except BaseException:
+            await self._release(scope, key)
+            raise
+
+    async def purge_expired(self) -> int:
+        """Delete records past the retention period; returns how many."""
+        cutoff = self._clock() - self._retention
+        async with self._db.transaction() as session:
+            result = await session.execute(delete(records).where(records.c.created_at < cutoff))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def _claim(self, scope: str, key: str, fingerprint: str) -> Any | None:
+        """Take the key (returns None) or return the completed record to replay; raise otherwise."""
+        now = self._clock()
+        try:
+            async with self._db.transaction() as session:
+                row = (
+                    await session.execute(
+                        select(records).where(records.c.scope == scope, records.c.key == key).with_for_update()
+                    )
+                ).one_or_none()
+                if row is None or _aware(row.created_at) < now - self._retention:
+                    if row is not None:
+                        await session.execute(delete(records).where(records.c.scope == scope, records.c.key == key))
+                    await session.execute(
+                        insert(records).values(
+                            scope=scope,
+                            key=key,
+                            request_hash=fingerprint,
+                            state=IN_PROGRESS,
+                            locked_until=now + self._lease,
+                            created_at=now,
+                        )
+                    )
+                    return None
+                if row.request_hash != fingerprint:
+                    raise errors.InvalidArgument(
+                        "this idempotency key was used with a different request",
+                        [errors.FieldViolation("idempotency-key", "already used with a different request")],
+                        reason="IDEMPOTENCY_KEY_REUSED",
+                    )
+                if row.state == COMPLETED:
+                    return row
+                if _aware(row.locked_until) > now:
+                    raise errors.Aborted(
+                        "a request with this idempotency key is still in progress; retry shortly",
+                        reason="IDEMPOTENCY_KEY_IN_USE",
+                    )
+                # The first attempt's lease ran out (its process died): take the key over.
+                log.warning("taking over an abandoned idempotency key", extra={"scope": scope})
+                await session.execute(
+                    update(records)
+                    .where(records.c.scope == scope, records.c.key == key)
+                    .values(locked_until=now + self._lease)
+                )
+                return None
+        except IntegrityError:
+            # Another request inserted the same key between our read and our insert (PostgreSQL).
+            raise errors.Aborted(
+                "a request with this idempotency key is still in progress; retry shortly",
+                reason="IDEMPOTENCY_KEY_IN_USE",
+            ) from None
+
+    async def _complete(
+        self,
+        session: AsyncSession,
+        scope: str,
+        key: str,
+        code: int,
+        *,
+        response: bytes | None = None,
+        status: bytes | None = None,
+    ) -> None:
+        await session.execute(
+            update(records)
+            .where(records.c.scope == scope, records.c.key == key)
+            .values(state=COMPLETED, status_code=code, response=response, status=status)
+        )
+
+    async def _release(self, scope: str, key: str) -> None:
+        try:
+            async with self._db.transaction() as session:
+                await session.execute(
+                    delete(records).where(
+                        records.c.scope == scope, records.c.key == key, records.c.state == IN_PROGRESS
+                    )
+                )
+        except Exception:
+            # The lease still frees the key; a failed release only delays a retry.
+            log.exception("could not release idempotency key")
+
+    @staticmethod
+    def _replay(row: Any, response_type: type[ResponseT]) -> ResponseT:
+        if row.status_code == 0:
+            return response_type.FromString(row.response)
+        raise errors.ReplayedError(row.status, "replayed stored error")

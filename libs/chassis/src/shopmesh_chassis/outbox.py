@@ -1,0 +1,152 @@
+"""The transactional outbox: events are rows written in the same transaction as the state change they
+announce; a relay publishes them to JetStream in order, with the event id as de-duplication id, and
+marks them published only after the stream acknowledged them. A relay killed between publishing and
+marking publishes again after restart, and JetStream drops the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+from google.protobuf.message import Message
+from opentelemetry import propagate
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.events import EVENT_TYPE
+from shopmesh_chassis.tables import outbox_events as outbox
+
+log = logging.getLogger("shopmesh.outbox")
+
+_PG_RELAY_LOCK = 0x5350_4F42  # "SPOB": one publishing relay per database, so order holds across replicas
+
+
+def new_event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+async def add_event(session: AsyncSession, *, subject: str, message: Message, event_id: str) -> None:
+    """Record `message` for publication; commits or rolls back with the caller's transaction."""
+    headers: dict[str, str] = {"Content-Type": "application/protobuf", EVENT_TYPE: message.DESCRIPTOR.full_name}
+    propagate.inject(headers)  # the trace continues in whoever consumes the event
+    await session.execute(
+        insert(outbox).values(
+            event_id=event_id,
+            subject=subject,
+            payload=message.SerializeToString(),
+            headers=json.dumps(headers),
+            created_at=datetime.now(UTC),
+            attempts=0,
+        )
+    )
+
+
+class Publisher(Protocol):
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool: ...
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        database: Database,
+        publisher: Publisher,
+        *,
+        batch_size: int = 100,
+        poll_interval: float = 0.5,
+        max_backoff: float = 5.0,
+        on_published: Callable[[str], None] | None = None,
+    ) -> None:
+        self._db = database
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._on_published = on_published
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Publish soon: call after committing a transaction that added events."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = self._poll_interval
+        while True:
+            try:
+                published = await self.publish_pending()
+                backoff = self._poll_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # NATS away or the database busy: keep the events, try again later, in order.
+                log.warning("outbox relay pass failed, retrying in %.1fs: %s", backoff, exc)
+                published = 0
+                backoff = min(backoff * 2, self._max_backoff)
+            if published:
+                continue  # there may be more right behind this batch
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+
+    async def publish_pending(self) -> int:
+        """One pass: publish the oldest unpublished events in order; returns how many were sent."""
+        async with self._db.engine.connect() as lock_connection:
+            if self._db.dialect == "postgresql":
+                got = await lock_connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_RELAY_LOCK})
+                await lock_connection.commit()
+                if not got:
+                    return 0
+            try:
+                return await self._publish_batch()
+            finally:
+                if self._db.dialect == "postgresql":
+                    await lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_RELAY_LOCK})
+                    await lock_connection.commit()
+
+    async def _publish_batch(self) -> int:
+        async with self._db.transaction() as session:
+            rows = (
+                await session.execute(
+                    select(outbox.c.seq, outbox.c.event_id, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.seq)
+                    .limit(self._batch_size)
+                )
+            ).all()
+        sent: list[int] = []
+        try:
+            # Not inside a transaction: publishing waits on the network and must not hold database locks.
+            for row in rows:
+                await self._publisher.publish(
+                    row.subject, row.payload, msg_id=row.event_id, headers=json.loads(row.headers)
+                )
+                sent.append(row.seq)
+                if self._on_published is not None:
+                    self._on_published(row.event_id)
+        finally:
+            if sent:
+                async with self._db.transaction() as session:
+                    await session.execute(
+                        update(outbox)
+                        .where(outbox.c.seq.in_(sent))
+                        .values(published_at=datetime.now(UTC), attempts=outbox.c.attempts + 1)
+                    )
+        return len(sent)

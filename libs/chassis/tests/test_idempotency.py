@@ -1,0 +1,189 @@
+"""Idempotency keys behave as Stripe's: replay, reuse detection, in-flight duplicates, leases, retention."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from google.protobuf import wrappers_pb2
+from google.rpc import status_pb2
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_chassis import errors
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.idempotency import IdempotencyStore
+from shopmesh_chassis.migrations import migrate
+
+scratch = MetaData()
+effects = Table("effects", scratch, Column("id", Integer, primary_key=True), Column("what", String(50)))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite:///{tmp_path}/idem.db")
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    await migrate(database, versions)
+    async with database.engine.begin() as conn:
+        await conn.run_sync(scratch.create_all)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(db: Database, clock: Clock) -> IdempotencyStore:
+    return IdempotencyStore(db, "shopmesh.test", lease=timedelta(seconds=30), clock=clock)
+
+
+async def count_effects(db: Database) -> int:
+    async with db.transaction() as session:
+        return int((await session.execute(select(func.count()).select_from(effects))).scalar_one())
+
+
+def request(text: str) -> wrappers_pb2.StringValue:
+    return wrappers_pb2.StringValue(value=text)
+
+
+def effect(result: str = "done") -> object:
+    async def operation(session: AsyncSession) -> wrappers_pb2.StringValue:
+        await session.execute(insert(effects).values(what=result))
+        return wrappers_pb2.StringValue(value=result)
+
+    return operation
+
+
+async def run(store: IdempotencyStore, key: str | None, req: wrappers_pb2.StringValue, op: object) -> str:
+    response = await store.run(
+        method="Charge",
+        key=key,
+        request=req,
+        response_type=wrappers_pb2.StringValue,
+        operation=op,  # type: ignore[arg-type]
+    )
+    return response.value
+
+
+async def test_same_key_and_request_replays_the_response_without_running_again(
+    store: IdempotencyStore, db: Database
+) -> None:
+    assert await run(store, "k1", request("a"), effect("first")) == "first"
+    assert await run(store, "k1", request("a"), effect("second")) == "first"
+    assert await count_effects(db) == 1
+
+
+async def test_same_key_with_a_different_request_is_rejected(store: IdempotencyStore) -> None:
+    await run(store, "k1", request("a"), effect())
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await run(store, "k1", request("b"), effect())
+    assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_missing_key_is_invalid_argument(store: IdempotencyStore) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await run(store, None, request("a"), effect())
+    assert caught.value.reason == "IDEMPOTENCY_KEY_MISSING"
+
+
+async def test_duplicate_while_the_first_runs_is_aborted(store: IdempotencyStore, db: Database) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(session: AsyncSession) -> wrappers_pb2.StringValue:
+        started.set()
+        await release.wait()
+        return wrappers_pb2.StringValue(value="slow")
+
+    # The slow operation holds SQLite's write lock; the duplicate's claim must not wait for it, so the
+    # first request runs its operation outside the claim transaction (which already committed).
+    first = asyncio.create_task(run(store, "k1", request("a"), slow))
+    await started.wait()
+    second_store = IdempotencyStore(db, "shopmesh.test", clock=store._clock)
+    with pytest.raises(errors.Aborted) as caught:
+        await asyncio.wait_for(run(second_store, "k1", request("a"), effect()), timeout=0.5)
+    assert caught.value.reason == "IDEMPOTENCY_KEY_IN_USE"
+    release.set()
+    assert await first == "slow"
+
+
+async def test_domain_errors_are_stored_and_replayed(store: IdempotencyStore, db: Database) -> None:
+    calls = 0
+
+    async def declined(session: AsyncSession) -> wrappers_pb2.StringValue:
+        nonlocal calls
+        calls += 1
+        raise errors.FailedPrecondition("card declined", reason="CARD_DECLINED")
+
+    with pytest.raises(errors.FailedPrecondition):
+        await run(store, "k1", request("a"), declined)
+    with pytest.raises(errors.ReplayedError) as replayed:
+        await run(store, "k1", request("a"), declined)
+    status = status_pb2.Status.FromString(replayed.value.status)
+    assert status.message == "card declined"
+    assert calls == 1
+
+
+async def test_transient_errors_are_not_stored(store: IdempotencyStore, db: Database) -> None:
+    async def unavailable(session: AsyncSession) -> wrappers_pb2.StringValue:
+        await session.execute(insert(effects).values(what="rolled back"))
+        raise errors.Unavailable("processor down")
+
+    with pytest.raises(errors.Unavailable):
+        await run(store, "k1", request("a"), unavailable)
+    assert await count_effects(db) == 0
+    assert await run(store, "k1", request("a"), effect("retried")) == "retried"
+
+
+async def test_effect_and_record_commit_together(store: IdempotencyStore, db: Database) -> None:
+    async def crashes(session: AsyncSession) -> wrappers_pb2.StringValue:
+        await session.execute(insert(effects).values(what="half"))
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        await run(store, "k1", request("a"), crashes)
+    assert await count_effects(db) == 0
+    assert await run(store, "k1", request("a"), effect("again")) == "again"
+    assert await count_effects(db) == 1
+
+
+async def test_abandoned_key_is_taken_over_after_its_lease(store: IdempotencyStore, clock: Clock) -> None:
+    # Simulate a process that claimed the key and died: claim, never complete.
+    await store._claim("-|-|Charge", "k1", "f")
+    with pytest.raises(errors.Aborted):
+        await store._claim("-|-|Charge", "k1", "f")
+    clock.now += timedelta(seconds=31)
+    assert await store._claim("-|-|Charge", "k1", "f") is None
+
+
+async def test_keys_expire_after_retention(store: IdempotencyStore, clock: Clock) -> None:
+    await run(store, "k1", request("a"), effect("old"))
+    clock.now += timedelta(hours=49)
+    assert await store.purge_expired() == 1
+    assert await run(store, "k1", request("b"), effect("new")) == "new"
+
+
+async def test_keys_are_scoped_per_method(store: IdempotencyStore) -> None:
+    await run(store, "k1", request("a"), effect())
+    other = await store.run(
+        method="Refund",
+        key="k1",
+        request=request("b"),
+        response_type=wrappers_pb2.StringValue,
+        operation=effect("refund"),  # type: ignore[arg-type]
+    )
+    assert other.value == "refund"
