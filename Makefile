@@ -11,6 +11,8 @@ UV             := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/uv/bin/uv)
 BUF            := $(TOOLS)/node_modules/.bin/buf
 VENV_BIN       := .venv/bin
 PYTEST_ARGS    ?=
+# Every service's Python package (services/<name>/src/shopmesh_<name>), for mypy.
+SERVICE_PACKAGES := $(notdir $(wildcard services/*/src/shopmesh_*))
 
 .PHONY: help
 help: ## List the targets
@@ -51,10 +53,8 @@ breaking: $(BUF) ## Check protos/ for breaking changes against main (FILE rules)
 	$(BUF) breaking protos --against '$(BREAKING_AGAINST)'
 
 .PHONY: check-generated
-check-generated: proto
-	@if [ -n "$$(git status --porcelain -- libs/contracts/src)" ]; then \
-	  git status --short -- libs/contracts/src; \
-	  echo "error: generated contracts are stale: run 'make proto' and commit libs/contracts/src"; exit 1; fi
+check-generated: setup
+	$(VENV_BIN)/python libs/contracts/generate.py --check
 
 # --- quality -------------------------------------------------------------------------------------
 
@@ -63,6 +63,7 @@ lint: setup buf-lint check-generated ## ruff, mypy --strict on libs/, buf lint, 
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy
+	$(VENV_BIN)/mypy --strict -p shopmesh_platform $(addprefix -p ,$(SERVICE_PACKAGES))
 
 .PHONY: fmt
 fmt: setup ## Format Python and protos in place
@@ -73,6 +74,13 @@ fmt: setup ## Format Python and protos in place
 .PHONY: test
 test: lint ## Lint, then every test (unit, contract, e2e)
 	$(VENV_BIN)/pytest $(PYTEST_ARGS)
+
+# --- running -------------------------------------------------------------------------------------
+
+.PHONY: run
+RUN_ARGS ?=
+run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset")
+	$(VENV_BIN)/python -m shopmesh_platform.run $(RUN_ARGS)
 
 # --- benchmarks ----------------------------------------------------------------------------------
 

@@ -11,9 +11,11 @@ breaking changes.
 
 from __future__ import annotations
 
+import filecmp
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,33 +24,66 @@ OUT = ROOT / "libs" / "contracts" / "src"
 PACKAGE = OUT / "shopmesh"
 
 
-def main() -> int:
+def generate(out: Path) -> int:
+    """Write the package for every .proto under protos/ into `out` (which must not exist yet)."""
     sources = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
     if not sources:
-        print("generate: no .proto files under protos/", file=sys.stderr)
-        return 1
-    shutil.rmtree(PACKAGE, ignore_errors=True)
-    PACKAGE.mkdir(parents=True)
+        raise SystemExit("generate: no .proto files under protos/")
+    package = out / "shopmesh"
+    package.mkdir(parents=True)
     bin_dir = Path(sys.executable).parent
     cmd = [
         sys.executable,
         "-m",
         "grpc_tools.protoc",
         f"--proto_path={PROTOS}",
-        f"--python_out={OUT}",
-        f"--grpc_python_out={OUT}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
-        f"--mypy_out={OUT}",
-        f"--mypy_grpc_out={OUT}",
+        f"--mypy_out=quiet:{out}",
+        f"--mypy_grpc_out=quiet:{out}",
         *sources,
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)
     # Regular packages (not namespace packages) so that mypy, hatchling and importlib agree.
-    for directory in [PACKAGE, *(d for d in PACKAGE.rglob("*") if d.is_dir())]:
+    for directory in [package, *(d for d in package.rglob("*") if d.is_dir())]:
         (directory / "__init__.py").touch()
-    (PACKAGE / "py.typed").touch()
-    print(f"generate: {len(sources)} proto files -> {PACKAGE.relative_to(ROOT)}")
+    (package / "py.typed").touch()
+    return len(sources)
+
+
+def _differences(left: Path, right: Path) -> list[str]:
+    comparison = filecmp.dircmp(left, right, ignore=["__pycache__"])
+    found = [f"only in {left}: {n}" for n in comparison.left_only] + [
+        f"only in {right}: {n}" for n in comparison.right_only
+    ]
+    for name in comparison.common_files:
+        if (left / name).read_bytes() != (right / name).read_bytes():
+            found.append(f"differs: {right / name}")
+    for name in comparison.common_dirs:
+        found.extend(_differences(left / name, right / name))
+    return found
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as scratch:
+        count = generate(Path(scratch) / "out")
+        fresh = Path(scratch) / "out" / "shopmesh"
+        if "--check" in sys.argv[1:]:
+            stale = _differences(fresh, PACKAGE) if PACKAGE.exists() else [f"missing: {PACKAGE}"]
+            if stale:
+                print("\n".join(stale), file=sys.stderr)
+                print(
+                    "error: generated contracts are stale: run `make proto` and commit libs/contracts/src",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"generate: {PACKAGE.relative_to(ROOT)} matches {count} proto files")
+            return 0
+        shutil.rmtree(PACKAGE, ignore_errors=True)
+        shutil.copytree(fresh, PACKAGE)
+    print(f"generate: {count} proto files -> {PACKAGE.relative_to(ROOT)}")
     return 0
 
 

@@ -3,8 +3,8 @@ and metrics on (b), and a sync grpc.server with 10 threads (c), at concurrency 1
 
 Each server runs in its own process (this script re-invoked with `--serve KIND`), so the load generator
 (a grpc.aio client in this process) never shares a GIL with it. Besides client-side throughput and
-latency, the server's CPU time over the measured window is read from /proc: on a small machine the
-Python client saturates a core before a fast server does, and CPU per call is the fairer comparison.
+latency, the server's CPU time over the measured window is read from /proc: on a small machine client
+and server compete for the same cores, and the server's CPU per call is the fairer comparison.
 
     .venv/bin/python tests/bench/bench_chassis.py                # full run (~2.5 min), table on stdout
     .venv/bin/python tests/bench/bench_chassis.py --quick        # smoke run (< 30 s)
@@ -34,13 +34,18 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
+
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
-ECHO_METHOD = "/shopmesh.sample.v1.SampleService/Echo"
 SYNC_THREADS = 10
+# The defaults, which `make bench-chassis` uses: about 2.5 minutes on 2 cores.
+WARMUP_SECONDS = 2.0
+MEASURE_SECONDS = 6.0
+REPEATS = 3
+CHANNELS = 1
 CONCURRENCIES = (1, 32)
 TARGET_B_OVER_A = 0.85
 TARGET_B_OVER_C = 1.25
@@ -96,6 +101,7 @@ async def _serve_aio(kind: str, port: int) -> None:
 
     from shopmesh_chassis import app
     from shopmesh_chassis.config import load_settings
+    from shopmesh_chassis.metrics import ServerMetrics
     from shopmesh_chassis.server import ChassisServer, ServiceBinding
     from shopmesh_chassis.server_interceptor import ChassisServerInterceptor
     from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleSettings
@@ -129,8 +135,6 @@ async def _serve_aio(kind: str, port: int) -> None:
     elif kind == "a+noop-tracing":
         interceptors.append(aio_server_interceptor())
     if kind in ("a+metrics", "a+both"):
-        from shopmesh_chassis.metrics import ServerMetrics
-
         interceptors.append(ChassisServerInterceptor(ServerMetrics(), settings.resolved_error_domain))
     server = grpc.aio.server(interceptors=interceptors)
     sample_pb2_grpc.add_SampleServiceServicer_to_server(EchoServicer(), server)
@@ -165,6 +169,13 @@ def serve(kind: str, port: int) -> None:
 # --- the load generator --------------------------------------------------------------------------
 
 
+def _busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores), from /proc/stat."""
+    with Path("/proc/stat").open() as stat:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in stat.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a whole process (all its threads), from /proc/<pid>/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -193,6 +204,7 @@ class Sample:
     server_cpu_us_per_call: float
     server_cpu_percent: float
     client_cpu_percent: float
+    other_cpu_percent: float
     errors: int
 
 
@@ -216,11 +228,16 @@ async def measure(
     workers = [asyncio.create_task(_worker(stubs[i % len(stubs)], window)) for i in range(concurrency)]
     await asyncio.sleep(warmup)
     window.recording = True
-    server_cpu, client_cpu, start = _cpu_seconds(pid), time.process_time(), time.perf_counter()
+    busy, server_cpu, client_cpu = _busy_seconds(), _cpu_seconds(pid), time.process_time()
+    start = time.perf_counter()
     await asyncio.sleep(duration)
     window.recording, window.stopped = False, True
     elapsed = time.perf_counter() - start
-    server_cpu, client_cpu = _cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
+    busy, server_cpu, client_cpu = (
+        _busy_seconds() - busy,
+        _cpu_seconds(pid) - server_cpu,
+        time.process_time() - client_cpu,
+    )
     await asyncio.gather(*workers)
     latencies = window.latencies
     if len(latencies) < 2:
@@ -233,6 +250,8 @@ async def measure(
         server_cpu_us_per_call=server_cpu / len(latencies) * 1e6,
         server_cpu_percent=server_cpu / elapsed * 100,
         client_cpu_percent=client_cpu / elapsed * 100,
+        # Whatever else ran on the machine meanwhile: the figures are only as good as this is small.
+        other_cpu_percent=max(busy - server_cpu - client_cpu, 0.0) / elapsed * 100,
         errors=window.errors,
     )
 
@@ -240,9 +259,9 @@ async def measure(
 class ServerProcess:
     """One server in a child process: started, ready for calls, and stopped by SIGTERM."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, stderr: IO[bytes]) -> None:
         self.kind = kind
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = stderr
         self._process: asyncio.subprocess.Process | None = None
         self.port = 0
 
@@ -300,17 +319,18 @@ class ServerProcess:
 
 
 async def run_server(kind: str, concurrencies: Sequence[int], args: argparse.Namespace) -> dict[int, Sample]:
-    server = ServerProcess(kind)
-    await server.start()
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") for _ in range(args.channels)]
-    try:
-        stubs = [sample_pb2_grpc.SampleServiceStub(channel) for channel in channels]
-        await server.wait_ready(stubs[0])
-        return {c: await measure(stubs, server.pid, c, args.warmup, args.measure) for c in concurrencies}
-    finally:
-        for channel in channels:
-            await channel.close()
-        await server.stop()
+    with tempfile.TemporaryFile() as stderr:
+        server = ServerProcess(kind, stderr)
+        await server.start()
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") for _ in range(args.channels)]
+        try:
+            stubs = [sample_pb2_grpc.SampleServiceStub(channel) for channel in channels]
+            await server.wait_ready(stubs[0])
+            return {c: await measure(stubs, server.pid, c, args.warmup, args.measure) for c in concurrencies}
+        finally:
+            for channel in channels:
+                await channel.close()
+            await server.stop()
 
 
 def _rotations(kinds: Sequence[str], repeats: int) -> list[list[str]]:
@@ -327,7 +347,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, dict[int, list[Sample]]
                 results[kind][concurrency].append(sample)
                 print(
                     f"  C={concurrency:<3} {sample.calls_per_second:8.0f} calls/s  p50 {sample.p50_ms:.3f} ms  "
-                    f"p99 {sample.p99_ms:.3f} ms  server {sample.server_cpu_us_per_call:.0f} us/call",
+                    f"p99 {sample.p99_ms:.3f} ms  server {sample.server_cpu_us_per_call:.0f} us/call  "
+                    f"other CPU {sample.other_cpu_percent:.0f}%",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -350,6 +371,7 @@ class Cell:
     server_cpu_us_per_call: float
     server_cpu_percent: float
     client_cpu_percent: float
+    other_cpu_percent: float
     errors: int
 
     @classmethod
@@ -368,23 +390,25 @@ class Cell:
             server_cpu_us_per_call=median(lambda s: s.server_cpu_us_per_call),
             server_cpu_percent=median(lambda s: s.server_cpu_percent),
             client_cpu_percent=median(lambda s: s.client_cpu_percent),
+            other_cpu_percent=median(lambda s: s.other_cpu_percent),
             errors=sum(s.errors for s in samples),
         )
 
 
 def table(cells: Sequence[Cell]) -> str:
     lines = [
-        "| server | C | calls/s (median) | calls/s (runs min–max) | p50 ms | p99 ms "
-        "| server CPU µs/call | server CPU % | client CPU % |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server | C | calls/s (median) | calls/s (runs min-max) | p50 ms | p99 ms "
+        "| server CPU µs/call | server CPU % | client CPU % | other CPU % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for cell in cells:
         low, high = cell.calls_per_second_range
         errors = f" ({cell.errors} errors)" if cell.errors else ""
         lines.append(
             f"| {SERVER_KINDS[cell.kind].label}{errors} | {cell.concurrency} | {cell.calls_per_second:,.0f} "
-            f"| {low:,.0f}–{high:,.0f} | {cell.p50_ms:.3f} | {cell.p99_ms:.3f} "
-            f"| {cell.server_cpu_us_per_call:.0f} | {cell.server_cpu_percent:.0f} | {cell.client_cpu_percent:.0f} |"
+            f"| {low:,.0f}-{high:,.0f} | {cell.p50_ms:.3f} | {cell.p99_ms:.3f} "
+            f"| {cell.server_cpu_us_per_call:.0f} | {cell.server_cpu_percent:.0f} | {cell.client_cpu_percent:.0f} "
+            f"| {cell.other_cpu_percent:.0f} |"
         )
     return "\n".join(lines)
 
@@ -442,13 +466,17 @@ How to read this:
 
 - Every server runs the same trivial handler (`EchoResponse(message=request.message)`) in its own
   process; the load generator is one grpc.aio client process with C workers looping unary calls on
-  {channels} channel(s). Figures are medians over the repetitions; the min–max column shows the spread.
-- On a 2-core machine the Python client itself needs about a core: when *client CPU %* is near 100 the
-  client, not the server, sets the throughput, which compresses the throughput ratios toward 1 and
-  hides server overhead. **Server CPU µs/call** (user + system time of the server process over the
-  measured window, from `/proc/<pid>/stat`, divided by the calls completed) does not depend on who
-  is the bottleneck and is the fairer efficiency figure; *a/b* and *c/b server CPU per call* are its
-  ratios (above 1: b is cheaper per call).
+  {channels} channel(s). Figures are medians over the repetitions; the min-max column shows the spread.
+- Server and client share the machine's cores, and each Python process runs its Python code on one
+  core at a time (grpc's C threads add a little beyond 100 %). A *server CPU %* near or above 100 means
+  the server set the pace; a *client CPU %* near 100 means the client did, which compresses the
+  throughput ratios toward 1 and hides server overhead. **Server CPU µs/call** (user + system time of
+  the server process over the measured window, from `/proc/<pid>/stat`, divided by the calls
+  completed) depends far less on which side is the bottleneck, and is the fairer efficiency figure;
+  *a/b* and *c/b server CPU per call* are its ratios (below 1: b costs more per call).
+- *Other CPU %* is what the rest of the machine used during the window (from `/proc/stat`); when it
+  is not near 0, something else competed for the cores and the figures are noisier than the spread
+  suggests.
 - p50/p99 are client-side round-trip latencies, including the client's own event-loop queueing at
   C=32. The targets are checked on throughput at C=32, as the issue states them."""
 
@@ -458,12 +486,15 @@ def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]
     ratio_table, targets = ratios(cells, args.concurrency)
     command = (
         f"`.venv/bin/python tests/bench/bench_chassis.py --warmup {args.warmup:g} --measure {args.measure:g} "
-        f"--repeats {args.repeats} --channels {args.channels}`"
+        f"--repeats {args.repeats} --channels {args.channels} --concurrency {','.join(map(str, args.concurrency))} "
+        f"--servers {','.join(args.servers)}`"
     )
     parts = [
         DOC_SECTION,
-        f"Command: `make bench-chassis`, which runs {command} "
-        f"({args.warmup:g} s warm-up and {args.measure:g} s measured per cell, {args.repeats} repetition(s)).",
+        f"Command: {command}, i.e. {args.warmup:g} s warm-up and {args.measure:g} s measured per cell, "
+        f"{args.repeats} repetition(s). `make bench-chassis` runs the script with its defaults "
+        f"(`--warmup {WARMUP_SECONDS:g} --measure {MEASURE_SECONDS:g} --repeats {REPEATS} --channels {CHANNELS} "
+        f"--concurrency {','.join(map(str, CONCURRENCIES))} --servers {','.join(DEFAULT_SERVERS)}`).",
         f"Machine: {machine()}.",
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
         legend(args.servers),
@@ -491,8 +522,12 @@ def write_section(path: Path, section: str) -> None:
 # --- command line --------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default."""
+
+
 def _kinds(value: str) -> list[str]:
-    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    kinds = list(dict.fromkeys(k.strip() for k in value.split(",") if k.strip()))
     unknown = [k for k in kinds if k not in SERVER_KINDS]
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(f"unknown server kind(s) {unknown}; choose from {', '.join(SERVER_KINDS)}")
@@ -504,21 +539,19 @@ def _concurrencies(value: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--serve", choices=SERVER_KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
-    parser.add_argument("--measure", type=float, default=6.0, help="seconds measured per cell (default 6)")
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions; figures are medians (default 3)")
-    parser.add_argument("--channels", type=int, default=1, help="client channels the workers share (default 1)")
-    parser.add_argument(
-        "--concurrency", type=_concurrencies, default=list(CONCURRENCIES), help="comma-separated (default 1,32)"
-    )
+    parser.add_argument("--warmup", type=float, default=WARMUP_SECONDS, help="seconds of load before measuring")
+    parser.add_argument("--measure", type=float, default=MEASURE_SECONDS, help="seconds measured per cell")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="repetitions; figures are their medians")
+    parser.add_argument("--channels", type=int, default=CHANNELS, help="client channels the workers share")
+    parser.add_argument("--concurrency", type=_concurrencies, default=list(CONCURRENCIES), help="comma-separated")
     parser.add_argument(
         "--servers",
         type=_kinds,
         default=list(DEFAULT_SERVERS),
-        help=f"comma-separated server kinds (default a,b,c); all: {', '.join(SERVER_KINDS)}",
+        help=f"comma-separated server kinds, among: {', '.join(SERVER_KINDS)}",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 s warm-up, 1.5 s measured, 1 repetition")
     parser.add_argument("--write", type=Path, metavar="FILE", help="also write the results into FILE's chassis section")

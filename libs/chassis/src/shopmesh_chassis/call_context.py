@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from contextvars import Context, ContextVar, Token, copy_context
+from dataclasses import dataclass, replace
 from typing import Any
 
 USER_ID = "x-user-id"
@@ -54,3 +54,13 @@ def inbound_time_remaining() -> float | None:
     if call is None or call.deadline is None:
         return None
     return call.deadline - time.monotonic()
+
+
+def detached_context() -> Context:
+    """A copy of the current context without the inbound deadline, for work that must outlive the call
+    (a saga that runs to completion even when its caller gives up). Trace and identity stay."""
+    context = copy_context()
+    call = _current.get()
+    if call is not None:
+        context.run(_current.set, replace(call, deadline=None))
+    return context

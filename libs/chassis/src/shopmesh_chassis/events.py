@@ -6,8 +6,10 @@ outbox relay sends each event's id as that header, so re-publishing after a cras
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import nats
 from nats.aio.client import Client
@@ -61,3 +63,70 @@ class JetStreamPublisher:
 
     async def close(self) -> None:
         await self._client.drain()
+
+
+# A publisher that connects in the background, so that a service starts and serves while NATS is away:
+# the outbox keeps the events, and the relay's passes fail and back off until the stream exists.
+class NotConnected(ConnectionError):
+    """NATS has not been reached yet; the relay keeps the event and tries again."""
+
+
+class DeferredJetStream:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        stream: str,
+        subjects: list[str],
+        duplicate_window_seconds: float,
+        max_retry_delay: float = 10.0,
+    ) -> None:
+        self._url = url
+        self._name = name
+        self._stream = stream
+        self._subjects = subjects
+        self._duplicate_window = duplicate_window_seconds
+        self._max_retry_delay = max_retry_delay
+        self._client: Client | None = None
+        self._publisher: JetStreamPublisher | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Connect and declare the stream in the background; `on_ready` runs once both are done."""
+        self._task = asyncio.get_running_loop().create_task(self._connect(on_ready), name="jetstream-connect")
+
+    async def _connect(self, on_ready: Callable[[], None]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                if self._client is None:
+                    self._client = await connect(self._url, name=self._name)
+                await ensure_stream(self._client.jetstream(), self._stream, self._subjects, self._duplicate_window)
+                break
+            except Exception as exc:
+                # Refused (auth), or connected while JetStream does not answer yet (starting, no quorum).
+                log.warning("NATS stream %s not ready, retrying in %.1fs: %s", self._stream, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_retry_delay)
+        self._publisher = JetStreamPublisher(self._client)
+        log.info("connected to NATS; stream %s is ready", self._stream)
+        on_ready()
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]) -> bool:
+        if self._publisher is None:
+            raise NotConnected(f"not connected to NATS at {self._url} yet")
+        return await self._publisher.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._publisher is not None:
+            await self._publisher.close()  # drains: what was published is flushed first
+        elif self._client is not None:
+            await self._client.close()
+        self._publisher = None
+        self._client = None

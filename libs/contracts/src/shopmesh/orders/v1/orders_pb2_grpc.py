@@ -82,16 +82,18 @@ class OrdersServiceServicer:
         order is recorded.
         - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
         matching cancel_reason. ErrorInfo reason INSUFFICIENT_STOCK (metadata
-        "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, or
-        RESERVATION_EXPIRED (payment succeeded too late; it was refunded).
+        "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
+        (payments stayed unavailable through the retries; nothing was charged
+        and the stock was released), or RESERVATION_EXPIRED (payment succeeded
+        too late; it was refunded).
         - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed;
         retry shortly.
-        - UNAVAILABLE with RetryInfo, reason PAYMENT_UNAVAILABLE or
-        DEPENDENCY_UNAVAILABLE: the order stays PENDING with its stock reserved;
-        retry with the same key to resume. If the saga has not finished when the
-        reservation expires, the server cancels the order (cancel_reason
-        PAYMENT_UNAVAILABLE or RESERVATION_EXPIRED) and retries replay that
-        failure.
+        - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
+        not price the order (no order recorded), or the saga is waiting for
+        inventory or payments (the order stays PENDING, metadata "order_id").
+        Retry with the same key to get its outcome; the server also resumes it
+        by itself, and cancels it if it cannot finish before the reservation
+        would expire.
 
         IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
         creates a second order or a second charge).

@@ -1,0 +1,77 @@
+"""AIP-158 pagination: page sizes, and opaque page tokens that carry the last key of a page and are
+bound to the request's filters.
+
+A token is base64url (unpadded) of the JSON `{"k": [last key...], "f": "<hash of the filters>"}`. Keyset
+pagination keeps pages stable while rows are added (the seed may add products on a restart); the filter
+hash makes a token used with other filters an error instead of a silently wrong page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+
+Key = tuple[str | int, ...]
+
+
+def _filters_hash(filters: Mapping[str, str]) -> str:
+    canonical = json.dumps(dict(sorted(filters.items())), separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def encode_page_token(last_key: Sequence[str | int], filters: Mapping[str, str]) -> str:
+    payload = json.dumps({"k": list(last_key), "f": _filters_hash(filters)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def invalid_page_token(description: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid page_token: {description}",
+        [FieldViolation("page_token", description, INVALID_PAGE_TOKEN)],
+        reason=INVALID_PAGE_TOKEN,
+    )
+
+
+def decode_page_token(token: str, filters: Mapping[str, str], shape: Sequence[type]) -> Key:
+    """The last key carried by `token`, whose items must have the types in `shape` (str or int).
+
+    Raises InvalidArgument (reason INVALID_PAGE_TOKEN) for anything this module did not produce for the
+    same filters, so a client mistake never becomes INTERNAL.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise invalid_page_token("not a page token issued by this service") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("k"), list) or "f" not in payload:
+        raise invalid_page_token("not a page token issued by this service")
+    if payload["f"] != _filters_hash(filters):
+        raise invalid_page_token("the page token belongs to a request with other filters")
+    key = payload["k"]
+    # bool is an int to isinstance, but never a key item.
+    if len(key) != len(shape) or not all(
+        isinstance(item, kind) and not isinstance(item, bool) for item, kind in zip(key, shape, strict=True)
+    ):
+        raise invalid_page_token("not a page token issued by this service")
+    return tuple(key)
+
+
+def page_size(value: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
+    """0 means the default; above the maximum is coerced; negative is a client error."""
+    if value < 0:
+        raise InvalidArgument(
+            "page_size must not be negative",
+            [FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE")],
+            reason="VALIDATION_FAILED",
+        )
+    return default if value == 0 else min(value, maximum)

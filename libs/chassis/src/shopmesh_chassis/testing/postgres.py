@@ -1,0 +1,80 @@
+"""A throwaway PostgreSQL server for tests, from the installed server binaries, on a free port.
+
+pytest-postgresql cannot be used as root (PostgreSQL refuses to run as root and the library does not
+switch users), and CI here runs as root: so as root every server command runs as the `postgres` system
+user, in a data folder that user owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from shopmesh_chassis.testing import free_port
+
+
+def postgres_bin() -> Path:
+    """The newest installed server's bin folder (or $POSTGRES_BIN); a clear error when there is none."""
+    if configured := os.environ.get("POSTGRES_BIN"):
+        return Path(configured)
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    if not candidates:
+        raise RuntimeError(
+            "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin): "
+            "install them (Debian: apt-get install postgresql-15) or set POSTGRES_BIN"
+        )
+    return candidates[-1].parent
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    port: int
+    data_dir: Path
+    bin_dir: Path
+
+    def create_database(self) -> str:
+        """A new empty database on this server; returns its SQLAlchemy (asyncpg) URL."""
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        _run(self.bin_dir, "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+
+def _run(bin_dir: Path, tool: str, *args: str) -> None:
+    command = [str(bin_dir / tool), *args]
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """Start a server (initdb, trust auth, fsync off: it is thrown away) and remove it afterwards."""
+    bin_dir = postgres_bin()
+    # Under /tmp rather than pytest's tmp_path, whose root-only parents the postgres user cannot enter.
+    data_dir = Path(tempfile.mkdtemp(prefix="shopmesh-pg-"))
+    if os.geteuid() == 0:
+        account = pwd.getpwnam("postgres")
+        os.chown(data_dir, account.pw_uid, account.pw_gid)
+    data_dir.chmod(0o700)
+    port = free_port()
+    try:
+        _run(bin_dir, "initdb", "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--no-sync")
+        options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        _run(bin_dir, "pg_ctl", "-D", str(data_dir), "-o", options, "-l", str(data_dir / "server.log"), "-w", "start")
+    except subprocess.CalledProcessError as error:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise RuntimeError(f"cannot start PostgreSQL: {error.stderr.decode(errors='replace')}") from None
+    try:
+        yield PostgresServer(port=port, data_dir=data_dir, bin_dir=bin_dir)
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _run(bin_dir, "pg_ctl", "-D", str(data_dir), "-m", "immediate", "stop")
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,75 @@
+"""Where the stack's child processes' output goes: prefixed on the console, or into one file per process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol, TextIO
+
+# Bright, distinguishable foreground colours; a service keeps its colour for the whole run.
+_COLOURS = ("36", "33", "35", "32", "34", "91", "96", "93", "95", "92")
+_RESET = "\033[0m"
+
+
+class LogSink(Protocol):
+    """Receives every line a child process writes (stdout and stderr merged), without its newline."""
+
+    def __call__(self, name: str, line: str) -> None: ...
+
+
+def _colour_wanted(stream: TextIO) -> bool:
+    # https://no-color.org, and no escape codes in files, pipes or dumb terminals.
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class ConsoleSink:
+    """Writes `<name padded> | <line>`, coloured per process when the stream is a terminal."""
+
+    def __init__(self, names: Iterable[str] = (), *, stream: TextIO | None = None, colour: bool | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdout
+        self._colour = _colour_wanted(self._stream) if colour is None else colour
+        self._colours: dict[str, str] = {}
+        self._width = 0
+        for name in names:
+            self._register(name)
+
+    def _register(self, name: str) -> str:
+        if name not in self._colours:
+            self._colours[name] = _COLOURS[len(self._colours) % len(_COLOURS)]
+            self._width = max(self._width, len(name))
+        return self._colours[name]
+
+    def __call__(self, name: str, line: str) -> None:
+        colour = self._register(name)
+        prefix = f"{name:<{self._width}} |"
+        if self._colour:
+            prefix = f"\033[{colour}m{prefix}{_RESET}"
+        # Flushed per line: the output is often a pipe (`make run | tee`), where it would sit in a buffer.
+        self._stream.write(f"{prefix} {line}\n")
+        self._stream.flush()
+
+
+class FileLogSink:
+    """Appends each process's lines to `<directory>/<name>.log` and keeps them in memory for assertions."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.lines: dict[str, list[str]] = {}
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.log"
+
+    def text(self, name: str) -> str:
+        return "\n".join(self.lines.get(name, []))
+
+    def __call__(self, name: str, line: str) -> None:
+        self.lines.setdefault(name, []).append(line)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Opened per line: no handle outlives a test, and a restarted process appends to the same file.
+        with self.path(name).open("a", encoding="utf-8") as file:
+            file.write(line + "\n")

@@ -1,0 +1,183 @@
+"""`make run`: NATS and every service that exists, on the topology's local ports, until Ctrl-C.
+
+    python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
+
+Prints a table of what runs where and grpcurl commands to try; each process's output is prefixed with its
+name. Ctrl-C (or SIGTERM, or the terminal closing) stops the services callers first, then NATS, and exits
+0; a second Ctrl-C kills whatever is still running. Exit status 1 when the stack cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .stack import NATS, PortPlan, Stack, StackError, existing_services
+from .topology import SERVICES
+
+READY_LINE = "shopmesh is running. Ctrl-C stops everything."
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m shopmesh_platform.run",
+        description="Run NATS and every installed service locally until Ctrl-C.",
+    )
+    parser.add_argument("--data-dir", default=".data", type=Path, help="databases and NATS data (default: .data)")
+    parser.add_argument(
+        "--services",
+        default=None,
+        type=lambda value: [name.strip() for name in value.split(",") if name.strip()],
+        help="comma-separated subset to start (default: every service whose package is installed)",
+    )
+    parser.add_argument("--reset", action="store_true", help="delete the data directory first")
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="let the OS pick every port instead of the topology's local ones (beside another stack; tests)",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
+    parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds each process has to get ready")
+    return parser.parse_args(argv)
+
+
+def reset_data_dir(data_dir: Path) -> None:
+    """Delete `data_dir`, refusing anything that looks like more than a data directory (`--data-dir .`)."""
+    target = data_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if target in (cwd, *cwd.parents, Path.home().resolve()) or (target / ".git").exists():
+        raise StackError(f"refusing to --reset {data_dir}: it is not a data directory")
+    if target.exists():
+        shutil.rmtree(target)
+
+
+def _grpcurl() -> str:
+    # As a developer types it from the repository root: `.venv/bin/grpcurl`.
+    binary = Path(sys.executable).parent / "grpcurl"
+    relative = os.path.relpath(binary)
+    return relative if not relative.startswith("..") else str(binary)
+
+
+def grpcurl_commands(stack: Stack) -> list[str]:
+    """Commands that work against the services of this stack: reflection, health, one real call."""
+    if not stack.services:
+        return []
+    grpcurl = _grpcurl()
+    first = "catalog" if "catalog" in stack.services else stack.services[0]
+    address = stack.address(first)
+    commands = [
+        [grpcurl, "-plaintext", address, "list"],
+        [grpcurl, "-plaintext", address, "grpc.health.v1.Health/Check"],
+    ]
+    if first == "catalog":
+        list_products = "shopmesh.catalog.v1.CatalogService/ListProducts"
+        commands.append([grpcurl, "-plaintext", "-d", '{"page_size": 3}', address, list_products])
+    elif first in SERVICES:
+        commands.append([grpcurl, "-plaintext", address, "describe", SERVICES[first].grpc_services[0]])
+    return [shlex.join(command) for command in commands]
+
+
+def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
+    rows = [("SERVICE", "GRPC", "METRICS", "STATE", "PID")]
+    rows.append((NATS, stack.nats_url, stack.nats_monitor_url or "-", "ready", str(stack.pid(NATS))))
+    present = set(existing_services())
+    for name, service in SERVICES.items():
+        if name in stack.services:
+            state = "SERVING"
+            row = (name, stack.address(name), stack.metrics_url(name) or "-", state, str(stack.pid(name)))
+        else:
+            if name not in present:
+                state = f"absent (no package {service.module})"
+            else:
+                state = "not started (--services)" if selected is not None else "not started"
+            row = (name, "-", "-", state, "-")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def banner(stack: Stack, selected: Sequence[str] | None) -> str:
+    lines = ["", f"shopmesh: {len(stack.services)} service(s) and NATS, data in {stack.data_dir}", ""]
+    lines.append(render_table(stack, selected))
+    commands = grpcurl_commands(stack)
+    if commands:
+        lines += ["", "Try:", *(f"  {command}" for command in commands)]
+    elif existing_services():
+        lines += ["", "No service selected (--services): only NATS runs."]
+    else:
+        lines += ["", "No service package is installed yet (services/*/): only NATS runs."]
+    lines += ["", READY_LINE, ""]
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    stack = Stack(
+        args.data_dir,
+        ports=PortPlan.free() if args.free_ports else PortPlan.local(),
+        services=args.services,
+        log_format=args.log_format,
+        startup_timeout=args.startup_timeout,
+    )
+    if args.reset:
+        # Not under a stack that still runs on this data: its ports would be taken.
+        stack.check_ports()
+        reset_data_dir(args.data_dir)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    stop_requested = asyncio.Event()
+    starting = True
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop_requested.is_set():
+            print(f"\n{sig.name} again: killing everything now", flush=True)
+            stack.kill_all()
+            return
+        stop_requested.set()
+        print(f"\n{sig.name}: stopping the services (callers first), then NATS ...", flush=True)
+        if starting:
+            # Stack.start stops what it had started when it is cancelled.
+            main_task.cancel()
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for sig in handled:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        names = ", ".join([NATS, *stack.services])
+        print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
+        try:
+            await stack.start()
+        except asyncio.CancelledError:
+            return 0
+        starting = False
+        print(banner(stack, args.services), flush=True)
+        await stop_requested.wait()
+        codes = await stack.stop()
+        failed = {name: code for name, code in codes.items() if code not in (0, None)}
+        print("stopped" + (f"; exit statuses other than 0: {failed}" if failed else " cleanly"), flush=True)
+        return 0
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

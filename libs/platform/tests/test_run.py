@@ -1,0 +1,192 @@
+"""`python -m shopmesh_platform.run`, the command behind `make run`, as a developer runs it.
+
+It adapts to what is installed: with the catalog package it runs the catalog and proves it SERVING
+and the printed grpcurl commands working; without it, NATS alone, and the table says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+from grpc_health.v1 import health_pb2
+
+from shopmesh_chassis.testing import health_status
+from shopmesh_platform import run
+from shopmesh_platform.stack import StackError
+from shopmesh_platform.topology import SERVICES
+
+REPOSITORY = Path(__file__).resolve().parents[3]
+CATALOG_INSTALLED = importlib.util.find_spec("shopmesh_catalog") is not None
+
+
+def table_rows(lines: list[str]) -> dict[str, dict[str, str]]:
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines:
+        cells = line.split()
+        if line.startswith("  ") and cells and cells[0] in ("nats", *SERVICES):
+            rows[cells[0]] = {"grpc": cells[1], "metrics": cells[2], "state": " ".join(cells[3:-1]), "pid": cells[-1]}
+    return rows
+
+
+def printed_commands(lines: list[str]) -> list[str]:
+    """The indented lines under "Try:"."""
+    if "Try:" not in lines:
+        return []
+    following = lines[lines.index("Try:") + 1 :]
+    commands = [line.strip() for line in following[: following.index("")]]
+    # Written as a developer copies them at the repository root (`.venv/bin/grpcurl ...`).
+    grpcurl = os.path.relpath(Path(sys.executable).parent / "grpcurl", REPOSITORY)
+    assert all(command.startswith(f"{grpcurl} ") for command in commands)
+    return commands
+
+
+def gone(pid: int) -> bool:
+    """No process left in the group; an orphan that exited counts even before init reaps it."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    status = Path(f"/proc/{pid}/status")
+    with contextlib.suppress(FileNotFoundError):
+        return "State:\tZ" in status.read_text()
+    return False
+
+
+async def read_until_ready(stream: asyncio.StreamReader, lines: list[str]) -> None:
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            raise AssertionError("run exited before it was ready:\n" + "\n".join(lines))
+        lines.append(raw.decode(errors="replace").rstrip("\n"))
+        if lines[-1] == run.READY_LINE:
+            return
+
+
+async def start_launcher(data_dir: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "shopmesh_platform.run", "--data-dir", str(data_dir), "--free-ports", *args),
+        cwd=REPOSITORY,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def stop_launcher(process: asyncio.subprocess.Process) -> None:
+    """When a test fails half-way: the launcher stops its children on SIGTERM."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def run_printed_command(command: str) -> str:
+    argv = shlex.split(command)
+    process = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPOSITORY, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, f"{command}: {err.decode()}"
+    return out.decode()
+
+
+async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    # Only the catalog (when installed), so that services still being written do not decide this test.
+    selected = "catalog" if CATALOG_INSTALLED else ""
+    process = await start_launcher(tmp_path / "data", "--services", selected)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await asyncio.wait_for(read_until_ready(process.stdout, lines), 90)
+        rows = table_rows(lines)
+
+        assert rows["nats"]["state"] == "ready"
+        nc = await nats.connect(rows["nats"]["grpc"], connect_timeout=2)
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+        assert any(line.split(" | ")[0].strip() == "nats" and "Server is ready" in line for line in lines)
+
+        commands = printed_commands(lines)
+        if CATALOG_INSTALLED:
+            assert rows["catalog"]["state"] == "SERVING"
+            assert await health_status(rows["catalog"]["grpc"]) == health_pb2.HealthCheckResponse.SERVING
+            assert any(line.split(" | ")[0].strip() == "catalog" for line in lines)
+            assert len(commands) == 3
+            outputs = [await run_printed_command(command) for command in commands]
+            assert "shopmesh.catalog.v1.CatalogService" in outputs[0].split()
+            assert json.loads(outputs[1]) == {"status": "SERVING"}
+            assert 1 <= len(json.loads(outputs[2])["products"]) <= 3
+        else:
+            assert commands == []
+            assert rows["catalog"]["state"].startswith("absent (no package shopmesh_catalog)")
+        for name, service in SERVICES.items():
+            if name != "catalog" or not CATALOG_INSTALLED:
+                assert rows[name]["state"] in ("not started (--services)", f"absent (no package {service.module})")
+
+        process.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await stop_launcher(process)
+
+    assert process.returncode == 0, rest.decode()
+    assert "stopped cleanly" in rest.decode()
+    pids = [int(row["pid"]) for row in rows.values() if row["pid"] != "-"]
+    assert pids
+    assert all(gone(pid) for pid in pids)
+
+
+async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) -> None:
+    process = await start_launcher(tmp_path / "data", "--services", "")
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await asyncio.wait_for(read_until_ready(process.stdout, lines), 60)
+        nats_pid = int(table_rows(lines)["nats"]["pid"])
+
+        process.kill()  # no chance to stop anything itself
+        await process.wait()
+    finally:
+        await stop_launcher(process)
+
+    # The kernel sends the orphan SIGTERM (PR_SET_PDEATHSIG); it shuts down on its own.
+    for _ in range(150):
+        if gone(nats_pid):
+            break
+        await asyncio.sleep(0.1)
+    assert gone(nats_pid), "nats-server outlived its killed launcher"
+
+
+def test_an_unknown_service_exits_1_naming_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--data-dir", str(tmp_path), "--services", "catalog,warehouse"]) == 1
+    error = capsys.readouterr().err
+    assert "unknown service(s) warehouse" in error
+    assert "gateway, users, catalog" in error
+
+
+def test_reset_wipes_a_data_directory_but_refuses_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    (data / "nats").mkdir(parents=True)
+    (data / "catalog.db").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+
+    run.reset_data_dir(Path("data"))
+    assert not data.exists()
+    with pytest.raises(StackError, match="refusing to --reset"):
+        run.reset_data_dir(Path("."))
+    assert tmp_path.exists()

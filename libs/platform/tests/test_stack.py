@@ -1,0 +1,228 @@
+"""The Stack with a real nats-server and two chassis sample services as processes, as the e2e tests use it."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2
+
+from shopmesh_chassis.testing import health_status
+from shopmesh_platform.logsink import ConsoleSink
+from shopmesh_platform.stack import NATS, PortInUse, PortPlan, ServiceSpec, Stack, StackError, start_waves
+from shopmesh_platform.topology import SERVICES
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+SAMPLE = (sys.executable, "-m", "shopmesh_chassis.testing.sample_service")
+
+# beta calls alpha. Before it becomes the sample service, it reports what the launcher handed it and
+# refuses to start unless alpha is already SERVING: the stack must start callees first.
+BETA = (
+    sys.executable,
+    "-c",
+    "import asyncio, os, runpy, sys\n"
+    "from shopmesh_chassis.testing import health_status\n"
+    "status = asyncio.run(health_status(os.environ['ALPHA_ADDRESS']))\n"
+    "print('handed', 'ALPHA_ADDRESS=' + os.environ['ALPHA_ADDRESS'], 'NATS_URL=' + os.environ['NATS_URL'],"
+    " 'DATA_DIR=' + os.environ['DATA_DIR'], flush=True)\n"
+    "if status != 1:\n"
+    "    sys.exit(f'alpha was not SERVING when beta started: {status}')\n"
+    "runpy.run_module('shopmesh_chassis.testing.sample_service', run_name='__main__', alter_sys=True)\n",
+)
+
+
+def sample_specs() -> list[ServiceSpec]:
+    return [
+        ServiceSpec("alpha", SAMPLE, env={"SERVICE_NAME": "alpha"}),
+        ServiceSpec("beta", BETA, calls=("alpha",), env={"SERVICE_NAME": "beta"}),
+    ]
+
+
+def gone(pid: int | None) -> bool:
+    """True when neither the process nor anything in its process group is left."""
+    assert pid is not None
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# One stack for the tests that only look at it: starting one costs about two seconds.
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(tmp_path_factory.mktemp("running") / "data", specs=sample_specs()) as stack:
+        yield stack
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_every_service_answers_serving_on_its_own_port(running: Stack) -> None:
+    assert running.services == ["alpha", "beta"]
+    assert running.address("alpha") != running.address("beta")
+    for name in running.services:
+        assert await health_status(running.address(name)) == SERVING
+        assert running.is_running(name)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_callees_are_serving_before_callers_start_and_callers_get_their_addresses(running: Stack) -> None:
+    assert running.logs is not None
+    handed = [line for line in running.logs.lines["beta"] if line.startswith("handed ")]
+    assert handed == [
+        f"handed ALPHA_ADDRESS={running.address('alpha')} NATS_URL={running.nats_url} DATA_DIR={running.data_dir}"
+    ]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_each_process_output_is_kept_and_written_to_its_log_file(running: Stack) -> None:
+    assert running.logs is not None
+    for name in ("alpha", "beta"):
+        port = running.address(name).rsplit(":", 1)[1]
+        assert any(f"shopmesh.sample.v1.SampleService on 127.0.0.1:{port}" in line for line in running.logs.lines[name])
+        assert running.logs.path(name).read_text().splitlines() == running.logs.lines[name]
+    assert any("Server is ready" in line for line in running.logs.lines[NATS])
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_nats_serves_jetstream_and_keeps_its_data_under_the_data_dir(running: Stack) -> None:
+    nc = await nats.connect(running.nats_url, connect_timeout=2)
+    try:
+        js = nc.jetstream()
+        await js.account_info()
+        await js.add_stream(name="ORDERS", subjects=["orders.v1.>"])
+        ack = await js.publish("orders.v1.order_confirmed", b"{}")
+        assert ack.seq == 1
+    finally:
+        await nc.close()
+    assert (running.data_dir / "nats" / "jetstream").is_dir()
+
+
+# A stack of its own for each test that changes it.
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(tmp_path / "data", specs=sample_specs()) as started:
+        yield started
+
+
+async def test_a_killed_service_restarts_on_the_same_port_and_serves_again(stack: Stack) -> None:
+    address, old_pid = stack.address("alpha"), stack.pid("alpha")
+
+    assert await stack.kill_service("alpha") == -signal.SIGKILL
+    assert not stack.is_running("alpha")
+    assert await health_status(address) is None
+    assert await health_status(stack.address("beta")) == SERVING
+
+    await stack.start_service("alpha")
+    assert stack.address("alpha") == address
+    assert stack.pid("alpha") != old_pid
+    assert await health_status(address) == SERVING
+    assert gone(old_pid)
+
+
+async def test_a_restarted_nats_still_has_its_streams(stack: Stack) -> None:
+    nc = await nats.connect(stack.nats_url, connect_timeout=2)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="PAYMENTS", subjects=["payments.v1.>"])
+        await js.publish("payments.v1.payment_captured", b"{}")
+    finally:
+        await nc.close()
+
+    await stack.kill_service(NATS)
+    await stack.start_service(NATS)
+
+    nc = await nats.connect(stack.nats_url, connect_timeout=2)
+    try:
+        info = await nc.jetstream().stream_info("PAYMENTS")
+        assert info.state.messages == 1
+    finally:
+        await nc.close()
+
+
+async def test_stop_drains_callers_first_then_nats_and_leaves_no_process(tmp_path: Path) -> None:
+    arrivals: list[tuple[str, str]] = []
+    stack = Stack(
+        tmp_path / "data",
+        ports=PortPlan.free(["alpha", "beta"]),
+        specs=sample_specs(),
+        log_sink=lambda name, line: arrivals.append((name, line)),
+    )
+    await stack.start()
+    pids = {name: stack.pid(name) for name in ["alpha", "beta", NATS]}
+
+    codes = await stack.stop()
+
+    # Every chassis service drains on SIGTERM and exits 0; nats-server shuts down cleanly too.
+    assert codes == {"beta": 0, "alpha": 0, NATS: 0}
+    assert all(gone(pid) for pid in pids.values())
+    lines = [f"{name} | {line}" for name, line in arrivals]
+    beta_stopped = next(i for i, line in enumerate(lines) if line.startswith("beta | ") and line.endswith("stopped"))
+    alpha_draining = next(i for i, line in enumerate(lines) if line.startswith("alpha | ") and "SIGTERM" in line)
+    nats_trapped = next(i for i, line in enumerate(lines) if line.startswith("nats | ") and "Trapped" in line)
+    assert beta_stopped < alpha_draining < nats_trapped
+
+
+async def test_a_service_exiting_during_startup_fails_start_with_its_prefixed_output(tmp_path: Path) -> None:
+    console = io.StringIO()
+    early = (sys.executable, "-c", "import sys; print('boom: no database'); sys.exit(3)")
+    stack = Stack(
+        tmp_path / "data",
+        ports=PortPlan.free(["alpha", "early"]),
+        specs=[
+            ServiceSpec("alpha", SAMPLE, env={"SERVICE_NAME": "alpha"}),
+            ServiceSpec("early", early, calls=("alpha",)),
+        ],
+        log_sink=ConsoleSink(stream=console),
+    )
+
+    with pytest.raises(StackError, match="early exited with status 3 before it was ready") as failure:
+        await stack.start()
+
+    assert "early | boom: no database" in str(failure.value)
+    assert "early | boom: no database\n" in console.getvalue()
+    assert "alpha | " in console.getvalue()
+    assert gone(stack.pid("alpha"))
+    assert gone(stack.pid(NATS))
+
+
+async def test_a_taken_port_fails_start_naming_it_before_anything_runs(tmp_path: Path) -> None:
+    plan = PortPlan.free(["alpha", "beta"])
+    stack = Stack(tmp_path / "data", ports=plan, specs=sample_specs(), log_sink=lambda name, line: None)
+    with socket.socket() as squatter:
+        squatter.bind((plan.host, plan.services["beta"].grpc))
+        squatter.listen()
+        with pytest.raises(PortInUse, match=rf"port {plan.services['beta'].grpc} \(beta gRPC\) is already in use"):
+            await stack.start()
+    assert stack.pid(NATS) is None
+    assert stack.pid("alpha") is None
+
+
+def test_topology_services_start_after_every_service_they_call() -> None:
+    specs = [ServiceSpec(name, (), calls=service.calls) for name, service in SERVICES.items()]
+    waves = start_waves(specs)
+    wave_of = {name: index for index, wave in enumerate(waves) for name in wave}
+    assert sorted(wave_of) == sorted(SERVICES)
+    for name, service in SERVICES.items():
+        assert all(wave_of[callee] < wave_of[name] for callee in service.calls), name
+    assert waves[-1] == ["gateway"]
+
+
+def test_a_call_cycle_is_refused() -> None:
+    with pytest.raises(StackError, match="call cycle among a, b"):
+        start_waves([ServiceSpec("a", (), calls=("b",)), ServiceSpec("b", (), calls=("a",)), ServiceSpec("c", ())])
+
+
+def test_console_lines_are_prefixed_with_the_padded_name_and_coloured_only_when_asked() -> None:
+    plain, coloured = io.StringIO(), io.StringIO()
+    ConsoleSink(["nats", "inventory"], stream=plain)("nats", "ready")
+    ConsoleSink(["nats"], stream=coloured, colour=True)("nats", "ready")
+    assert plain.getvalue() == "nats      | ready\n"
+    assert coloured.getvalue() == "\033[36mnats |\033[0m ready\n"

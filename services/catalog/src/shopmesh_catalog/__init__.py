@@ -1,0 +1,1 @@
+"""shopmesh's product catalog: products, categories and prices; browse, search, batch get."""

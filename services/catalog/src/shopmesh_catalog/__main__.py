@@ -1,0 +1,3 @@
+from shopmesh_catalog.wiring import main
+
+main()

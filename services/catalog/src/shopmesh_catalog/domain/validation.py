@@ -1,0 +1,208 @@
+"""Validation of requests and of the data loaded into the catalog.
+
+Requests: INVALID_ARGUMENT with one FieldViolation per bad field, ErrorInfo reason VALIDATION_FAILED, or
+INVALID_PAGE_TOKEN when the page token is bad. Each `validate_*` returns the query the store runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from shopmesh_catalog.domain.models import CategoryData, ProductData
+from shopmesh_catalog.domain.search import search_terms
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+from shopmesh_chassis.pagination import INVALID_PAGE_TOKEN, decode_page_token, encode_page_token
+
+VALIDATION_FAILED = "VALIDATION_FAILED"
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+MAX_BATCH_IDS = 100
+# Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
+MAX_ID_LENGTH = 64
+MAX_QUERY_LENGTH = 200
+MAX_NAME_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 5000
+MAX_CATEGORIES = 100
+
+PRODUCT_ID = re.compile(r"^prod_[a-z0-9_]+$")
+CATEGORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ListProductsQuery:
+    limit: int
+    category: str
+    # (name, id) of the last product of the previous page.
+    after: tuple[str, str] | None
+
+    def next_page_token(self, last_name: str, last_id: str) -> str:
+        return encode_page_token((last_name, last_id), _list_filters(self.category))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchProductsQuery:
+    terms: tuple[str, ...]
+    category: str
+    limit: int
+    # (relevance, id) of the last product of the previous page.
+    after: tuple[int, str] | None
+
+    def next_page_token(self, last_relevance: int, last_id: str) -> str:
+        return encode_page_token((last_relevance, last_id), _search_filters(self.terms, self.category))
+
+
+def _list_filters(category: str) -> dict[str, str]:
+    return {"rpc": "ListProducts", "category": category}
+
+
+def _search_filters(terms: tuple[str, ...], category: str) -> dict[str, str]:
+    # Bound to the terms, not the raw text: "  Wool  socks" and "wool socks" are the same search.
+    return {"rpc": "SearchProducts", "category": category, "query": " ".join(terms)}
+
+
+def _fail(violations: Sequence[FieldViolation]) -> InvalidArgument:
+    reason = INVALID_PAGE_TOKEN if any(v.field == "page_token" for v in violations) else VALIDATION_FAILED
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return InvalidArgument(f"invalid request: {summary}", violations, reason=reason)
+
+
+def _page_limit(page_size: int, violations: list[FieldViolation]) -> int:
+    if page_size < 0:
+        violations.append(FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE"))
+    if page_size <= 0:
+        return DEFAULT_PAGE_SIZE
+    return min(page_size, MAX_PAGE_SIZE)
+
+
+def _check_id(value: str, field: str, violations: list[FieldViolation], *, required: bool) -> None:
+    if not value:
+        if required:
+            violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
+    elif len(value) > MAX_ID_LENGTH:
+        violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+
+
+def _after_key(
+    page_token: str, filters: dict[str, str], shape: tuple[type, type], violations: list[FieldViolation]
+) -> tuple[str | int, ...] | None:
+    if not page_token:
+        return None
+    try:
+        return decode_page_token(page_token, filters, shape)
+    except InvalidArgument as exc:
+        violations.extend(exc.violations)
+        return None
+
+
+def validate_list_products(page_size: int, page_token: str, category: str) -> ListProductsQuery:
+    violations: list[FieldViolation] = []
+    limit = _page_limit(page_size, violations)
+    _check_id(category, "category", violations, required=False)
+    after = _after_key(page_token, _list_filters(category), (str, str), violations)
+    if violations:
+        raise _fail(violations)
+    return ListProductsQuery(
+        limit=limit, category=category, after=(str(after[0]), str(after[1])) if after is not None else None
+    )
+
+
+def validate_search_products(query: str, category: str, page_size: int, page_token: str) -> SearchProductsQuery:
+    violations: list[FieldViolation] = []
+    text = query.strip()
+    if not text:
+        violations.append(FieldViolation("query", "must not be empty", "REQUIRED"))
+    elif len(text) > MAX_QUERY_LENGTH:
+        violations.append(FieldViolation("query", f"must be at most {MAX_QUERY_LENGTH} characters", "TOO_LONG"))
+    _check_id(category, "category", violations, required=False)
+    limit = _page_limit(page_size, violations)
+    terms = search_terms(text)
+    after = _after_key(page_token, _search_filters(terms, category), (int, str), violations)
+    if violations:
+        raise _fail(violations)
+    return SearchProductsQuery(
+        terms=terms,
+        category=category,
+        limit=limit,
+        after=(int(after[0]), str(after[1])) if after is not None else None,
+    )
+
+
+def validate_product_id(product_id: str) -> str:
+    violations: list[FieldViolation] = []
+    _check_id(product_id, "product_id", violations, required=True)
+    if violations:
+        raise _fail(violations)
+    return product_id
+
+
+def validate_product_ids(product_ids: Sequence[str]) -> tuple[str, ...]:
+    violations: list[FieldViolation] = []
+    if not product_ids:
+        violations.append(FieldViolation("product_ids", "at least 1 id is required", "REQUIRED"))
+    elif len(product_ids) > MAX_BATCH_IDS:
+        violations.append(FieldViolation("product_ids", f"at most {MAX_BATCH_IDS} ids are allowed", "TOO_MANY"))
+    for index, product_id in enumerate(product_ids):
+        _check_id(product_id, f"product_ids[{index}]", violations, required=True)
+    if violations:
+        raise _fail(violations)
+    return tuple(product_ids)
+
+
+def _category_violations(index: int, category: CategoryData) -> list[FieldViolation]:
+    path = f"categories[{index}]"
+    violations = []
+    if not CATEGORY_ID.fullmatch(category.id):
+        violations.append(FieldViolation(f"{path}.id", f"must match {CATEGORY_ID.pattern}", "INVALID_FORMAT"))
+    if not category.display_name.strip() or len(category.display_name) > MAX_NAME_LENGTH:
+        violations.append(FieldViolation(f"{path}.display_name", f"must be 1-{MAX_NAME_LENGTH} characters", "LENGTH"))
+    return violations
+
+
+def _product_violations(index: int, product: ProductData, category_ids: set[str]) -> list[FieldViolation]:
+    path = f"products[{index}]"
+    violations = []
+    if len(product.id) > MAX_ID_LENGTH or not PRODUCT_ID.fullmatch(product.id):
+        description = f"must match {PRODUCT_ID.pattern}, at most {MAX_ID_LENGTH} characters"
+        violations.append(FieldViolation(f"{path}.id", description, "INVALID_FORMAT"))
+    if not product.name.strip() or len(product.name) > MAX_NAME_LENGTH:
+        violations.append(FieldViolation(f"{path}.name", f"must be 1-{MAX_NAME_LENGTH} characters", "LENGTH"))
+    if len(product.description) > MAX_DESCRIPTION_LENGTH:
+        violations.append(
+            FieldViolation(f"{path}.description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters", "TOO_LONG")
+        )
+    if product.category not in category_ids:
+        violations.append(FieldViolation(f"{path}.category", "must be the id of a category", "UNKNOWN_CATEGORY"))
+    if product.price.amount_minor <= 0:
+        violations.append(FieldViolation(f"{path}.price.amount_minor", "must be greater than 0", "OUT_OF_RANGE"))
+    if not CURRENCY.fullmatch(product.price.currency):
+        violations.append(FieldViolation(f"{path}.price.currency", f"must match {CURRENCY.pattern}", "INVALID_FORMAT"))
+    if product.image_url:
+        url = urlsplit(product.image_url)
+        if url.scheme != "https" or not url.netloc:
+            violations.append(FieldViolation(f"{path}.image_url", "must be an absolute https URL", "INVALID_FORMAT"))
+    return violations
+
+
+def catalog_data_violations(
+    categories: Sequence[CategoryData], products: Sequence[ProductData]
+) -> list[FieldViolation]:
+    """What is wrong with data to be loaded into the catalog (the seed): the rules of the contract's
+    Product and Category messages, unique ids, and every product in a known category."""
+    violations: list[FieldViolation] = []
+    if len(categories) > MAX_CATEGORIES:
+        violations.append(FieldViolation("categories", f"at most {MAX_CATEGORIES} categories", "TOO_MANY"))
+    for kind, ids in (("categories", [c.id for c in categories]), ("products", [p.id for p in products])):
+        for index, value in enumerate(ids):
+            if value in ids[:index]:
+                violations.append(FieldViolation(f"{kind}[{index}].id", f"duplicate id {value!r}", "DUPLICATE"))
+    for index, category in enumerate(categories):
+        violations.extend(_category_violations(index, category))
+    category_ids = {c.id for c in categories}
+    for index, product in enumerate(products):
+        violations.extend(_product_violations(index, product, category_ids))
+    return violations

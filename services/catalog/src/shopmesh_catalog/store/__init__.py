@@ -1,0 +1,1 @@
+"""The catalog's tables and repositories (SQLAlchemy 2, SQLite and PostgreSQL alike)."""

@@ -1,0 +1,101 @@
+"""Startup loads the seed idempotently: restarts neither duplicate nor overwrite; SEED_CATALOG turns it off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import func, select, update
+
+from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh_catalog import seed
+from shopmesh_catalog.domain.models import Money, ProductData
+from shopmesh_catalog.settings import CatalogSettings
+from shopmesh_catalog.store.tables import categories, products
+from shopmesh_catalog.wiring import Catalog, build
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.errors import InvalidArgument
+
+from .conftest import catalog_settings
+
+if TYPE_CHECKING:
+    # Only the .pyi declares the async stub's type; at run time the stub class serves both.
+    from shopmesh.catalog.v1.catalog_pb2_grpc import CatalogServiceAsyncStub
+
+
+async def counts(catalog: Catalog) -> tuple[int, int]:
+    async with catalog.database.transaction() as session:
+        category_count = await session.scalar(select(func.count()).select_from(categories))
+        product_count = await session.scalar(select(func.count()).select_from(products))
+    return int(category_count or 0), int(product_count or 0)
+
+
+async def test_a_restart_neither_duplicates_nor_overwrites_seeded_products(tmp_path: Path) -> None:
+    first = await build(catalog_settings(tmp_path))
+    try:
+        assert await counts(first) == (6, 36)
+        # An operator repriced a product; the next start must keep the new price.
+        async with first.database.transaction() as session:
+            await session.execute(
+                update(products).where(products.c.id == "prod_chef_knife").values(price_amount_minor=7900)
+            )
+        knife_before = await first.application.get_product("prod_chef_knife")
+    finally:
+        await first.database.dispose()
+
+    second = await build(catalog_settings(tmp_path))
+    try:
+        assert await counts(second) == (6, 36)
+        knife_after = await second.application.get_product("prod_chef_knife")
+        assert knife_after.price == Money(7900, "USD")
+        assert knife_after.created_at == knife_before.created_at
+    finally:
+        await second.database.dispose()
+
+
+async def test_a_restart_adds_seed_products_that_are_missing(tmp_path: Path) -> None:
+    first = await build(catalog_settings(tmp_path))
+    try:
+        async with first.database.transaction() as session:
+            await session.execute(products.delete().where(products.c.id == "prod_headlamp"))
+        assert await counts(first) == (6, 35)
+    finally:
+        await first.database.dispose()
+
+    second = await build(catalog_settings(tmp_path))
+    try:
+        assert await counts(second) == (6, 36)
+        assert (await second.application.get_product("prod_headlamp")).name == "Rechargeable Headlamp, 400 lm"
+    finally:
+        await second.database.dispose()
+
+
+@pytest.mark.parametrize("seed_catalog", [False])
+async def test_without_the_seed_the_catalog_is_empty(stub: CatalogServiceAsyncStub) -> None:
+    listed = await stub.ListProducts(catalog_pb2.ListProductsRequest())
+    assert list(listed.products) == []
+    assert list((await stub.ListCategories(catalog_pb2.ListCategoriesRequest())).categories) == []
+
+
+def test_seed_catalog_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEED_CATALOG", "false")
+    assert load_settings(CatalogSettings).seed_catalog is False
+    monkeypatch.delenv("SEED_CATALOG")
+    assert load_settings(CatalogSettings).seed_catalog is True
+
+
+def test_default_ports_are_the_catalogs_local_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRPC_PORT", raising=False)
+    monkeypatch.delenv("METRICS_PORT", raising=False)
+    settings = load_settings(CatalogSettings)
+    assert (settings.service_name, settings.grpc_port, settings.metrics_port) == ("catalog", 50052, 9462)
+
+
+@pytest.mark.parametrize("seed_catalog", [False])
+async def test_invalid_catalog_data_is_rejected_before_anything_is_written(catalog: Catalog) -> None:
+    bad = ProductData("prod_bad", "Bad", "", "kitchen", Money(0, "USD"), "")
+    with pytest.raises(InvalidArgument) as caught:
+        await catalog.application.load(seed.CATEGORIES, [*seed.PRODUCTS, bad])
+    assert [v.field for v in caught.value.violations] == [f"products[{len(seed.PRODUCTS)}].price.amount_minor"]
+    assert await counts(catalog) == (0, 0)

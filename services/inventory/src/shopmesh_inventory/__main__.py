@@ -1,0 +1,3 @@
+from shopmesh_inventory.wiring import main
+
+main()

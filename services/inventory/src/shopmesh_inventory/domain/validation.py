@@ -1,0 +1,110 @@
+"""Request validation as the contract states it: one FieldViolation per bad field, all reported at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+from shopmesh_inventory.domain.models import ReservationItem
+
+# common/v1/money.proto: "An id field is at most 64 characters."
+MAX_ID_LENGTH = 64
+MAX_STOCK_QUERY_IDS = 100
+MAX_RESERVATION_ITEMS = 50
+MIN_QUANTITY = 1
+MAX_QUANTITY = 1000
+MIN_TTL = timedelta(seconds=1)
+MAX_TTL = timedelta(hours=1)
+DEFAULT_TTL = timedelta(minutes=15)
+
+VALIDATION_FAILED = "VALIDATION_FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveCommand:
+    order_id: str
+    items: tuple[ReservationItem, ...]  # sorted by product_id
+    ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class SetStockCommand:
+    product_id: str
+    on_hand: int
+
+
+def _check(what: str, violations: list[FieldViolation]) -> None:
+    if violations:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        raise InvalidArgument(f"invalid {what}: {summary}", violations, reason=VALIDATION_FAILED)
+
+
+def _id_violation(path: str, value: str) -> FieldViolation | None:
+    if not value:
+        return FieldViolation(path, "is required", "REQUIRED")
+    if len(value) > MAX_ID_LENGTH:
+        return FieldViolation(path, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG")
+    return None
+
+
+def _collect(*found: FieldViolation | None) -> list[FieldViolation]:
+    return [v for v in found if v is not None]
+
+
+def stock_query(product_ids: Sequence[str]) -> tuple[str, ...]:
+    """GetStock: 1-100 non-empty ids; duplicates are allowed (one answer per id, in request order)."""
+    violations: list[FieldViolation] = []
+    if not product_ids:
+        violations.append(FieldViolation("product_ids", "at least one product id is required", "REQUIRED"))
+    elif len(product_ids) > MAX_STOCK_QUERY_IDS:
+        violations.append(
+            FieldViolation("product_ids", f"at most {MAX_STOCK_QUERY_IDS} product ids per request", "TOO_MANY")
+        )
+    violations += _collect(*(_id_violation(f"product_ids[{i}]", p) for i, p in enumerate(product_ids)))
+    _check("GetStock request", violations)
+    return tuple(product_ids)
+
+
+def reserve_command(order_id: str, items: Sequence[ReservationItem], ttl_seconds: float | None) -> ReserveCommand:
+    """Reserve: `ttl_seconds` None means the default TTL; items come back sorted by product_id."""
+    violations = _collect(_id_violation("order_id", order_id))
+    if not items:
+        violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
+    elif len(items) > MAX_RESERVATION_ITEMS:
+        violations.append(FieldViolation("items", f"at most {MAX_RESERVATION_ITEMS} items", "TOO_MANY"))
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        bad_id = _id_violation(f"items[{i}].product_id", item.product_id)
+        if bad_id is not None:
+            violations.append(bad_id)
+        elif item.product_id in seen:
+            violations.append(
+                FieldViolation(f"items[{i}].product_id", f"duplicate product id {item.product_id!r}", "DUPLICATE")
+            )
+        seen.add(item.product_id)
+        if not MIN_QUANTITY <= item.quantity <= MAX_QUANTITY:
+            violations.append(
+                FieldViolation(
+                    f"items[{i}].quantity", f"must be between {MIN_QUANTITY} and {MAX_QUANTITY}", "OUT_OF_RANGE"
+                )
+            )
+    if ttl_seconds is not None and not MIN_TTL.total_seconds() <= ttl_seconds <= MAX_TTL.total_seconds():
+        violations.append(FieldViolation("ttl", "must be between 1 second and 1 hour", "OUT_OF_RANGE"))
+    _check("Reserve request", violations)
+    ttl = DEFAULT_TTL if ttl_seconds is None else timedelta(seconds=ttl_seconds)
+    return ReserveCommand(order_id=order_id, items=tuple(sorted(items)), ttl=ttl)
+
+
+def reservation_id(value: str) -> str:
+    _check("request", _collect(_id_violation("reservation_id", value)))
+    return value
+
+
+def set_stock_command(product_id: str, on_hand: int) -> SetStockCommand:
+    violations = _collect(_id_violation("product_id", product_id))
+    if on_hand < 0:
+        violations.append(FieldViolation("on_hand", "must not be negative", "OUT_OF_RANGE"))
+    _check("SetStock request", violations)
+    return SetStockCommand(product_id=product_id, on_hand=on_hand)

@@ -1,0 +1,22 @@
+"""The inventory service's settings (environment variables; see docs/chassis.md for the common ones)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shopmesh_chassis.config import DatabaseSettings
+
+
+class InventorySettings(DatabaseSettings):
+    service_name: str = "inventory"
+    grpc_port: int = Field(default=50053, ge=0, le=65535)
+    metrics_port: int = Field(default=9463, ge=-1, le=65535)
+
+    # How often PENDING reservations past expires_at are recorded as EXPIRED and their units freed.
+    # Reads and Reserve already treat them as expired in between; the sweep keeps `reserved` exact.
+    reservation_sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    # Reservations expired per batch; each one in its own short transaction.
+    reservation_sweep_batch_size: int = Field(default=100, ge=1, le=10_000)
+
+    # At startup, create stock records for the demo shop's products that have none (never overwrites).
+    seed_stock: bool = True

@@ -1,0 +1,1 @@
+"""Tables and repositories of the inventory database; SQLite and PostgreSQL alike. No business rules."""

@@ -1,0 +1,391 @@
+"""Every InventoryService RPC over a real gRPC socket against a real SQLite database.
+
+The service runs on a clock the tests move (`clock.advance`), so expiry is exact and instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import grpc
+import pytest
+
+from shopmesh.inventory.v1 import inventory_pb2
+from shopmesh_inventory.application import Inventory
+from shopmesh_inventory.domain.models import StockLevel
+
+from .conftest import FakeClock
+from .inventory_calls import (
+    Stub,
+    commit,
+    error_of,
+    get_reservation,
+    metadata,
+    release,
+    reserve,
+    set_stock,
+    stock,
+    violations,
+)
+
+ReservationCall = Callable[[Stub, str], Awaitable[inventory_pb2.Reservation]]
+
+PENDING = inventory_pb2.RESERVATION_STATE_PENDING
+COMMITTED = inventory_pb2.RESERVATION_STATE_COMMITTED
+RELEASED = inventory_pb2.RESERVATION_STATE_RELEASED
+EXPIRED = inventory_pb2.RESERVATION_STATE_EXPIRED
+
+
+# --- GetStock -----------------------------------------------------------------------------------
+
+
+async def test_get_stock_answers_in_request_order_with_zero_for_unknown_products(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 7)
+    response = await stub.GetStock(inventory_pb2.GetStockRequest(product_ids=["prod_unknown", "prod_a", "prod_a"]))
+    assert [(s.product_id, s.available, s.reserved, s.on_hand) for s in response.stock_levels] == [
+        ("prod_unknown", 0, 0, 0),
+        ("prod_a", 7, 0, 7),
+        ("prod_a", 7, 0, 7),
+    ]
+
+
+async def test_get_stock_rejects_no_ids_too_many_ids_and_empty_ids(stub: Stub) -> None:
+    cases = [
+        ([], [("product_ids", "REQUIRED")]),
+        (["prod_a"] * 101, [("product_ids", "TOO_MANY")]),
+        (["prod_a", ""], [("product_ids[1]", "REQUIRED")]),
+        (["p" * 65], [("product_ids[0]", "TOO_LONG")]),
+    ]
+    for product_ids, expected in cases:
+        details = await error_of(stub.GetStock(inventory_pb2.GetStockRequest(product_ids=product_ids)))
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.reason == "VALIDATION_FAILED"
+        assert violations(details) == expected
+
+
+async def test_get_stock_counts_units_of_expired_unswept_reservations_as_available(
+    stub: Stub, clock: FakeClock
+) -> None:
+    await set_stock(stub, "prod_a", 10)
+    await reserve(stub, "ord_1", {"prod_a": 4}, ttl_seconds=5)
+    assert await stock(stub, "prod_a") == (6, 4, 10)
+    clock.advance(5)
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+
+
+# --- Reserve ------------------------------------------------------------------------------------
+
+
+async def test_reserve_holds_units_and_returns_a_pending_reservation_sorted_by_product(
+    stub: Stub, clock: FakeClock
+) -> None:
+    await set_stock(stub, "prod_a", 10)
+    await set_stock(stub, "prod_b", 10)
+    reservation = await reserve(stub, "ord_1", {"prod_b": 1, "prod_a": 3}, ttl_seconds=90)
+    assert reservation.id.startswith("res_")
+    assert reservation.order_id == "ord_1"
+    assert reservation.state == PENDING
+    assert [(i.product_id, i.quantity) for i in reservation.items] == [("prod_a", 3), ("prod_b", 1)]
+    assert reservation.created_at.ToDatetime(tzinfo=clock.now.tzinfo) == clock.now
+    assert reservation.updated_at == reservation.created_at
+    assert reservation.expires_at.ToDatetime(tzinfo=clock.now.tzinfo) == clock.now + timedelta(seconds=90)
+    assert await stock(stub, "prod_a") == (7, 3, 10)
+    assert await stock(stub, "prod_b") == (9, 1, 10)
+
+
+async def test_reserve_without_ttl_expires_after_15_minutes(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 1)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 1})
+    assert reservation.expires_at.seconds - reservation.created_at.seconds == 15 * 60
+
+
+async def test_reserve_is_all_or_nothing_and_names_every_product_short_of_stock(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 10)
+    await set_stock(stub, "prod_b", 1)
+    details = await error_of(reserve(stub, "ord_1", {"prod_a": 5, "prod_b": 2, "prod_unknown": 1}))
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.reason == "INSUFFICIENT_STOCK"
+    assert metadata(details) == {"product_ids": "prod_b,prod_unknown"}
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+    assert await stock(stub, "prod_b") == (1, 0, 1)
+    # Nothing was recorded for the order, so it may try again with what is there.
+    retried = await reserve(stub, "ord_1", {"prod_a": 5, "prod_b": 1})
+    assert retried.state == PENDING
+
+
+async def test_reserve_may_take_exactly_the_available_units(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 4)
+    await reserve(stub, "ord_1", {"prod_a": 3})
+    await reserve(stub, "ord_2", {"prod_a": 1})
+    assert await stock(stub, "prod_a") == (0, 4, 4)
+    details = await error_of(reserve(stub, "ord_3", {"prod_a": 1}))
+    assert details.reason == "INSUFFICIENT_STOCK"
+
+
+async def test_repeated_reserve_with_the_same_items_in_any_order_returns_the_same_reservation_once(
+    stub: Stub,
+) -> None:
+    await set_stock(stub, "prod_a", 10)
+    await set_stock(stub, "prod_b", 10)
+    first = await reserve(stub, "ord_1", {"prod_a": 2, "prod_b": 1}, ttl_seconds=60)
+    again = await reserve(stub, "ord_1", {"prod_b": 1, "prod_a": 2}, ttl_seconds=600)
+    assert again == first
+    assert await stock(stub, "prod_a") == (8, 2, 10)
+
+
+async def test_repeated_reserve_returns_the_existing_reservation_whatever_its_state(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 10)
+    first = await reserve(stub, "ord_1", {"prod_a": 2})
+    await commit(stub, first.id)
+    again = await reserve(stub, "ord_1", {"prod_a": 2})
+    assert (again.id, again.state) == (first.id, COMMITTED)
+    assert await stock(stub, "prod_a") == (8, 0, 8)
+
+
+async def test_reserve_for_an_order_with_different_items_fails_as_idempotency_key_reused(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 10)
+    first = await reserve(stub, "ord_1", {"prod_a": 2})
+    details = await error_of(reserve(stub, "ord_1", {"prod_a": 3}))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert metadata(details) == {"order_id": "ord_1", "reservation_id": first.id}
+    assert await stock(stub, "prod_a") == (8, 2, 10)
+
+
+async def test_reserve_rejects_each_invalid_field_with_a_violation(stub: Stub) -> None:
+    details = await error_of(reserve(stub, "", {"": 1, "prod_a": 0, "prod_b": 1001}, ttl_seconds=0.5))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "VALIDATION_FAILED"
+    assert violations(details) == [
+        ("order_id", "REQUIRED"),
+        ("items[0].product_id", "REQUIRED"),
+        ("items[1].quantity", "OUT_OF_RANGE"),
+        ("items[2].quantity", "OUT_OF_RANGE"),
+        ("ttl", "OUT_OF_RANGE"),
+    ]
+
+
+async def test_reserve_rejects_duplicate_products_too_many_items_and_ttl_over_an_hour(stub: Stub) -> None:
+    duplicate = inventory_pb2.ReserveRequest(
+        order_id="ord_1",
+        items=[inventory_pb2.ReservationItem(product_id="prod_a", quantity=1)] * 2,
+    )
+    assert violations(await error_of(stub.Reserve(duplicate))) == [("items[1].product_id", "DUPLICATE")]
+    too_many = {f"prod_{i}": 1 for i in range(51)}
+    assert violations(await error_of(reserve(stub, "ord_1", too_many))) == [("items", "TOO_MANY")]
+    assert violations(await error_of(reserve(stub, "ord_1", {}))) == [("items", "REQUIRED")]
+    long_ttl = reserve(stub, "ord_1", {"prod_a": 1}, ttl_seconds=3600.5)
+    assert violations(await error_of(long_ttl)) == [("ttl", "OUT_OF_RANGE")]
+
+
+async def test_reserve_frees_units_of_expired_unswept_reservations_before_giving_up(
+    stub: Stub, clock: FakeClock
+) -> None:
+    await set_stock(stub, "prod_a", 3)
+    stale = await reserve(stub, "ord_1", {"prod_a": 3}, ttl_seconds=5)
+    clock.advance(5)
+    fresh = await reserve(stub, "ord_2", {"prod_a": 3})
+    assert fresh.state == PENDING
+    assert (await get_reservation(stub, stale.id)).state == EXPIRED
+    assert await stock(stub, "prod_a") == (0, 3, 3)
+
+
+# --- CommitReservation --------------------------------------------------------------------------
+
+
+async def test_commit_moves_the_reserved_units_out_of_stock(stub: Stub, clock: FakeClock) -> None:
+    await set_stock(stub, "prod_a", 10)
+    await set_stock(stub, "prod_b", 5)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 3, "prod_b": 5})
+    clock.advance(10)
+    committed = await commit(stub, reservation.id)
+    assert committed.state == COMMITTED
+    assert committed.updated_at.ToDatetime(tzinfo=clock.now.tzinfo) == clock.now
+    assert committed.expires_at == reservation.expires_at
+    assert await stock(stub, "prod_a") == (7, 0, 7)
+    assert await stock(stub, "prod_b") == (0, 0, 0)
+
+
+async def test_committing_twice_returns_the_committed_reservation_without_further_effect(
+    stub: Stub, clock: FakeClock
+) -> None:
+    await set_stock(stub, "prod_a", 10)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 3})
+    first = await commit(stub, reservation.id)
+    clock.advance(3600)  # long past expires_at: a committed reservation does not expire
+    assert await commit(stub, reservation.id) == first
+    assert await stock(stub, "prod_a") == (7, 0, 7)
+
+
+async def test_commit_after_expires_at_fails_as_expired_and_frees_the_units(stub: Stub, clock: FakeClock) -> None:
+    await set_stock(stub, "prod_a", 10)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 3}, ttl_seconds=30)
+    clock.advance(30)
+    details = await error_of(commit(stub, reservation.id))
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.reason == "RESERVATION_EXPIRED"
+    assert metadata(details) == {"reservation_id": reservation.id}
+    expired = await get_reservation(stub, reservation.id)
+    assert expired.state == EXPIRED
+    assert expired.updated_at == reservation.expires_at
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+    assert (await error_of(commit(stub, reservation.id))).reason == "RESERVATION_EXPIRED"
+
+
+async def test_commit_of_a_released_reservation_fails_as_released(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 10)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 3})
+    await release(stub, reservation.id)
+    details = await error_of(commit(stub, reservation.id))
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.reason == "RESERVATION_RELEASED"
+    assert metadata(details) == {"reservation_id": reservation.id}
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+
+
+# --- ReleaseReservation -------------------------------------------------------------------------
+
+
+async def test_release_of_a_pending_reservation_returns_its_units_once(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 10)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 4})
+    released = await release(stub, reservation.id)
+    assert released.state == RELEASED
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+    assert await release(stub, reservation.id) == released
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+
+
+async def test_release_of_a_committed_reservation_restocks_its_units_once(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 10)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 4})
+    await commit(stub, reservation.id)
+    assert await stock(stub, "prod_a") == (6, 0, 6)
+    released = await release(stub, reservation.id)
+    assert released.state == RELEASED
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+    await release(stub, reservation.id)
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+
+
+async def test_release_of_an_expired_reservation_returns_it_as_expired(stub: Stub, clock: FakeClock) -> None:
+    await set_stock(stub, "prod_a", 10)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 4}, ttl_seconds=5)
+    clock.advance(6)
+    released = await release(stub, reservation.id)
+    assert released.state == EXPIRED
+    assert await release(stub, reservation.id) == released
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+
+
+# --- errors common to the reservation RPCs ------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", [commit, release, get_reservation])
+async def test_unknown_reservation_is_not_found(stub: Stub, call: ReservationCall) -> None:
+    details = await error_of(call(stub, "res_missing"))
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.reason == "RESERVATION_NOT_FOUND"
+    assert metadata(details) == {"reservation_id": "res_missing"}
+
+
+@pytest.mark.parametrize("call", [commit, release, get_reservation])
+@pytest.mark.parametrize(("reservation_id", "reason"), [("", "REQUIRED"), ("r" * 65, "TOO_LONG")])
+async def test_reservation_id_must_be_given_and_fit_an_id(
+    stub: Stub, call: ReservationCall, reservation_id: str, reason: str
+) -> None:
+    details = await error_of(call(stub, reservation_id))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "VALIDATION_FAILED"
+    assert violations(details) == [("reservation_id", reason)]
+
+
+# --- GetReservation -----------------------------------------------------------------------------
+
+
+async def test_get_reservation_returns_it_and_reports_a_pending_one_past_expires_at_as_expired(
+    stub: Stub, clock: FakeClock
+) -> None:
+    await set_stock(stub, "prod_a", 10)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 1}, ttl_seconds=5)
+    assert await get_reservation(stub, reservation.id) == reservation
+    clock.advance(5)
+    seen = await get_reservation(stub, reservation.id)
+    assert seen.state == EXPIRED
+    assert seen.updated_at == reservation.expires_at
+
+
+# --- SetStock -----------------------------------------------------------------------------------
+
+
+async def test_set_stock_creates_the_record_and_sets_an_absolute_value(stub: Stub) -> None:
+    created = await set_stock(stub, "prod_new", 5)
+    assert (created.product_id, created.available, created.reserved, created.on_hand) == ("prod_new", 5, 0, 5)
+    assert await set_stock(stub, "prod_new", 5) == created
+    assert (await set_stock(stub, "prod_new", 0)).on_hand == 0
+
+
+async def test_set_stock_keeps_reserved_units_and_refuses_to_go_below_them(stub: Stub) -> None:
+    await set_stock(stub, "prod_a", 10)
+    await reserve(stub, "ord_1", {"prod_a": 4})
+    lowered = await set_stock(stub, "prod_a", 4)
+    assert (lowered.available, lowered.reserved, lowered.on_hand) == (0, 4, 4)
+    details = await error_of(set_stock(stub, "prod_a", 3))
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.reason == "STOCK_BELOW_RESERVED"
+    assert metadata(details) == {"product_id": "prod_a", "reserved": "4"}
+    assert await stock(stub, "prod_a") == (0, 4, 4)
+
+
+async def test_set_stock_may_go_below_units_of_expired_reservations(stub: Stub, clock: FakeClock) -> None:
+    await set_stock(stub, "prod_a", 10)
+    await reserve(stub, "ord_1", {"prod_a": 4}, ttl_seconds=5)
+    clock.advance(5)
+    lowered = await set_stock(stub, "prod_a", 1)
+    assert (lowered.available, lowered.reserved, lowered.on_hand) == (1, 0, 1)
+
+
+async def test_set_stock_rejects_an_empty_product_and_negative_on_hand(stub: Stub) -> None:
+    details = await error_of(stub.SetStock(inventory_pb2.SetStockRequest(product_id="", on_hand=-1)))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(details) == [("product_id", "REQUIRED"), ("on_hand", "OUT_OF_RANGE")]
+
+
+# --- application: sweep and seed ----------------------------------------------------------------
+
+
+async def test_sweep_records_expiry_of_overdue_reservations_only_and_frees_their_units(
+    stub: Stub, inventory: Inventory, clock: FakeClock
+) -> None:
+    await set_stock(stub, "prod_a", 10)
+    short = await reserve(stub, "ord_1", {"prod_a": 2}, ttl_seconds=5)
+    long = await reserve(stub, "ord_2", {"prod_a": 3}, ttl_seconds=60)
+    committed = await reserve(stub, "ord_3", {"prod_a": 1}, ttl_seconds=5)
+    await commit(stub, committed.id)
+    clock.advance(5)
+    assert await inventory.sweep_expired() == 1
+    assert await inventory.sweep_expired() == 0
+    assert (await get_reservation(stub, short.id)).state == EXPIRED
+    assert (await get_reservation(stub, long.id)).state == PENDING
+    assert (await get_reservation(stub, committed.id)).state == COMMITTED
+    assert await stock(stub, "prod_a") == (6, 3, 9)
+
+
+async def test_sweep_works_through_more_overdue_reservations_than_one_batch(
+    stub: Stub, make_inventory: Callable[..., Inventory], clock: FakeClock
+) -> None:
+    await set_stock(stub, "prod_a", 10)
+    for n in range(5):
+        await reserve(stub, f"ord_{n}", {"prod_a": 1}, ttl_seconds=5)
+    clock.advance(5)
+    assert await make_inventory(clock, sweep_batch_size=2).sweep_expired() == 5
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+
+
+async def test_seed_creates_missing_stock_records_and_never_overwrites(stub: Stub, inventory: Inventory) -> None:
+    await set_stock(stub, "prod_a", 1)
+    assert await inventory.seed_stock({"prod_a": 100, "prod_b": 100, "prod_c": 3}) == 2
+    assert await inventory.seed_stock({"prod_a": 100, "prod_b": 100, "prod_c": 3}) == 0
+    levels = await inventory.get_stock(["prod_a", "prod_b", "prod_c"])
+    assert levels == [StockLevel("prod_a", 1, 0), StockLevel("prod_b", 100, 0), StockLevel("prod_c", 3, 0)]

@@ -1,0 +1,1 @@
+"""shopmesh orders: the checkout saga's orchestrator."""

@@ -1,0 +1,3 @@
+from shopmesh_orders.wiring import main
+
+main()

@@ -1,0 +1,289 @@
+"""The orders use cases: place, get, list, cancel. Validation and state rules live in the domain; the
+saga driver does the cross-service work; this layer sequences them and owns idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+
+from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.idempotency import validate_key
+from shopmesh_chassis.pagination import decode_page_token, encode_page_token, invalid_page_token
+from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
+from shopmesh_orders.domain.ports import Catalog
+from shopmesh_orders.domain.validation import (
+    Card,
+    PlaceOrder,
+    check_owner,
+    validate_cancel_reason,
+    validate_order_id,
+    validate_place_order,
+)
+from shopmesh_orders.saga import LeaseHeld, SagaDriver
+from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository
+
+log = logging.getLogger("shopmesh.orders")
+
+# How long a retried PlaceOrder waits for another driver to finish the same order before saying so.
+_WAIT_FOR_OTHER_DRIVER_SECONDS = 5.0
+
+
+def new_order_id() -> str:
+    return f"ord_{uuid.uuid4().hex}"
+
+
+class OrdersApplication:
+    def __init__(
+        self,
+        database: Database,
+        catalog: Catalog,
+        saga: SagaDriver,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._db = database
+        self._catalog = catalog
+        self._saga = saga
+        self._clock = clock
+        self._running: set[asyncio.Task[Order]] = set()
+
+    # --- PlaceOrder -------------------------------------------------------------------------------
+
+    async def place_order(self, command: PlaceOrder, key: str | None, scope: str, fingerprint: str) -> Order:
+        validate_place_order(command, self._clock().date())
+        check_owner(command.user_id, _caller_user())
+        key = validate_key(key)
+        origin = IdempotentOrigin(scope, key, fingerprint)
+        existing = await self._by_origin(origin)
+        if existing is not None:
+            return await self._settle(existing.id, command.card, None)
+        lines = await self._price(command)
+        now = self._clock()
+        order = Order(
+            id=new_order_id(),
+            user_id=command.user_id,
+            email=command.email,
+            currency=command.currency,
+            lines=lines,
+            address=command.address,
+            created_at=now,
+            updated_at=now,
+        )
+        owner = self._saga.new_lease_owner()
+        try:
+            async with self._db.transaction() as session:
+                await OrderRepository(session).add(order, origin, owner, self._saga.lease_until())
+        except IntegrityError:
+            # The same key arrived twice at once; the other request recorded the order first.
+            existing = await self._by_origin(origin)
+            if existing is None:
+                raise
+            return await self._settle(existing.id, command.card, None)
+        log.info("order %s recorded", order.id, extra={"order_id": order.id})
+        return await self._settle(order.id, command.card, owner)
+
+    async def _by_origin(self, origin: IdempotentOrigin) -> Order | None:
+        async with self._db.transaction() as session:
+            found = await OrderRepository(session).get_by_origin(origin.scope, origin.key)
+        if found is None:
+            return None
+        order, request_hash = found
+        if request_hash != origin.request_hash:
+            raise errors.InvalidArgument(
+                "this idempotency key was used with a different request",
+                [errors.FieldViolation("idempotency-key", "already used with a different request")],
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"order_id": order.id},
+            )
+        return order
+
+    async def _price(self, command: PlaceOrder) -> tuple[OrderLine, ...]:
+        priced = await self._catalog.price([item.product_id for item in command.items])
+        mismatched = [p for p in priced.values() if p.currency != command.currency]
+        if mismatched:
+            raise errors.InvalidArgument(
+                f"products are not priced in {command.currency}",
+                [
+                    errors.FieldViolation(
+                        f"items[{index}].product_id",
+                        f"priced in {priced[item.product_id].currency}",
+                        "CURRENCY_MISMATCH",
+                    )
+                    for index, item in enumerate(command.items)
+                    if priced[item.product_id].currency != command.currency
+                ],
+                reason="CURRENCY_MISMATCH",
+            )
+        return tuple(
+            OrderLine(item.product_id, priced[item.product_id].name, item.quantity, priced[item.product_id].price_minor)
+            for item in command.items
+        )
+
+    async def _settle(self, order_id: str, card: Card | None, owner: str | None) -> Order:
+        """Drive the order's saga to its end and answer with its outcome.
+
+        The saga runs in its own task, detached from the caller's deadline: a caller that gives up
+        must not leave an order half-done. The task is shielded, so it goes on after the RPC ends.
+        """
+        order = await self._load(order_id)
+        if not order.is_terminal:
+            task = asyncio.get_running_loop().create_task(
+                self._saga.drive(order_id, card, owner), context=call_context.detached_context()
+            )
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            try:
+                order = await asyncio.shield(task)
+            except LeaseHeld:
+                order = await self._wait_for_other_driver(order_id)
+        return _outcome(order)
+
+    async def _wait_for_other_driver(self, order_id: str) -> Order:
+        deadline = asyncio.get_running_loop().time() + _WAIT_FOR_OTHER_DRIVER_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
+            order = await self._load(order_id)
+            if order.is_terminal:
+                return order
+            await asyncio.sleep(0.1)
+        raise errors.Aborted(
+            "this order is still being processed; retry with the same idempotency key",
+            reason="IDEMPOTENCY_KEY_IN_USE",
+            metadata={"order_id": order_id},
+        )
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    async def get_order(self, order_id: str) -> Order:
+        return await self._load(validate_order_id(order_id), owner_check=True)
+
+    async def list_orders(self, user_id: str, size: int, page_token: str) -> tuple[list[Order], str]:
+        if not user_id:
+            raise errors.InvalidArgument(
+                "user_id is required", [errors.FieldViolation("user_id", "required", "REQUIRED")]
+            )
+        check_owner(user_id, _caller_user())
+        filters = {"user_id": user_id}
+        after = None
+        if page_token:
+            created_at, order_id = decode_page_token(page_token, filters, (str, str))
+            try:
+                after = (datetime.fromisoformat(str(created_at)), str(order_id))
+            except ValueError:
+                raise invalid_page_token("not a page token issued by this service") from None
+        async with self._db.transaction() as session:
+            page = await OrderRepository(session).list_for_user(user_id, size + 1, after)
+        token = ""
+        if len(page) > size:
+            page = page[:size]
+            last = page[-1]
+            token = encode_page_token([last.created_at.isoformat(), last.id], filters)
+        return page, token
+
+    # --- CancelOrder ------------------------------------------------------------------------------
+
+    async def cancel_order(self, order_id: str, reason: str, key: str | None, fingerprint: str) -> Order:
+        validate_order_id(order_id)
+        validate_cancel_reason(reason)
+        key = validate_key(key)
+        async with self._db.transaction() as session:
+            repository = OrderRepository(session)
+            order = await self._visible(await repository.get(order_id), order_id)
+            cancel_key, cancel_hash = await repository.cancel_origin(order_id)
+            if cancel_key == key:
+                if cancel_hash != fingerprint:
+                    raise errors.InvalidArgument(
+                        "this idempotency key was used with a different request",
+                        [errors.FieldViolation("idempotency-key", "already used with a different request")],
+                        reason="IDEMPOTENCY_KEY_REUSED",
+                    )
+            else:
+                requested = order.cancellation_requested(reason, self._clock())
+                await repository.save(requested)
+                await repository.set_cancel_origin(order_id, key, fingerprint)
+        order = await self._load(order_id)
+        if not order.is_terminal:
+            try:
+                order = await asyncio.shield(
+                    asyncio.get_running_loop().create_task(
+                        self._saga.drive(order_id, None), context=call_context.detached_context()
+                    )
+                )
+            except LeaseHeld:
+                order = await self._wait_for_other_driver(order_id)
+        return order
+
+    # --- recovery ---------------------------------------------------------------------------------
+
+    async def resume_unfinished(self, limit: int = 50) -> int:
+        """Drive every saga no live driver holds (after a crash, or one that waited on a dependency)."""
+        async with self._db.transaction() as session:
+            order_ids = await OrderRepository(session).unfinished(self._clock(), limit)
+        for order_id in order_ids:
+            try:
+                order = await self._saga.drive(order_id, None)
+                log.info("resumed order %s: %s", order_id, order.state.value, extra={"order_id": order_id})
+            except (LeaseHeld, errors.Unavailable) as exc:
+                log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
+            except Exception:
+                log.exception("resuming order %s failed", order_id, extra={"order_id": order_id})
+        return len(order_ids)
+
+    async def run_recovery(self, interval: float) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.resume_unfinished()
+            await asyncio.sleep(interval)
+
+    async def wait_running(self, timeout: float) -> None:
+        """On shutdown: give sagas driven for callers a moment to finish (leases cover the rest)."""
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=timeout)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    async def _load(self, order_id: str, owner_check: bool = False) -> Order:
+        async with self._db.transaction() as session:
+            order = await OrderRepository(session).get(order_id)
+        return await self._visible(order, order_id) if owner_check else _require(order, order_id)
+
+    async def _visible(self, order: Order | None, order_id: str) -> Order:
+        """Another user's order is reported exactly like a missing one."""
+        caller = _caller_user()
+        if order is None or (caller is not None and order.user_id != caller):
+            raise errors.NotFound(
+                f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id}
+            )
+        return order
+
+
+def _require(order: Order | None, order_id: str) -> Order:
+    if order is None:
+        raise errors.NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id})
+    return order
+
+
+def _caller_user() -> str | None:
+    inbound = call_context.current()
+    return inbound.user_id if inbound else None
+
+
+def _outcome(order: Order) -> Order:
+    """PlaceOrder's answer: the order if it was placed; its cancellation as an error otherwise."""
+    if order.state is OrderState.CONFIRMED or order.cancel_code is CancelCode.CUSTOMER_REQUESTED:
+        return order
+    if order.state is OrderState.CANCELLED and order.cancel_code is not None:
+        metadata = {"order_id": order.id}
+        raise errors.FailedPrecondition(order.cancel_message, reason=order.cancel_code.value, metadata=metadata)
+    raise errors.Unavailable(
+        f"order {order.id} is still being processed; retry with the same idempotency key",
+        reason="DEPENDENCY_UNAVAILABLE",
+        retry_after_seconds=1.0,
+        metadata={"order_id": order.id},
+    )

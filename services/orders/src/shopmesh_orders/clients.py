@@ -1,0 +1,187 @@
+"""gRPC adapters for the saga's ports: proto in and out, and each status translated into the domain's terms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.common.v1 import money_pb2
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh_chassis import errors
+from shopmesh_chassis.client import idempotency_metadata
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_orders.domain.model import CancelCode
+from shopmesh_orders.domain.ports import (
+    InsufficientStock,
+    PaymentRecord,
+    PaymentRefused,
+    PricedProduct,
+    ReservationExpired,
+)
+from shopmesh_orders.domain.validation import Card, CartLine
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+def _unavailable(
+    service: str, error: grpc.aio.AioRpcError, reason: str = "DEPENDENCY_UNAVAILABLE"
+) -> errors.Unavailable:
+    return errors.Unavailable(
+        f"{service} is unavailable ({error.code().name})",
+        reason=reason,
+        retry_after_seconds=1.0,
+        metadata={"dependency": service},
+    )
+
+
+def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:
+    # A status the contract does not promise here is a bug on one side; let the chassis answer INTERNAL.
+    return RuntimeError(f"{service} answered {error.code().name}: {error.details()}")
+
+
+class CatalogClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        self._timeout = timeout
+
+    async def price(self, product_ids: Sequence[str]) -> dict[str, PricedProduct]:
+        try:
+            response = await self._stub.BatchGetProducts(
+                catalog_pb2.BatchGetProductsRequest(product_ids=list(product_ids)), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                details = details_of(error)
+                missing = details.error_info.metadata.get("product_ids", "") if details.error_info else ""
+                raise errors.NotFound(
+                    f"unknown products: {missing}", reason="PRODUCT_NOT_FOUND", metadata={"product_ids": missing}
+                ) from None
+            if error.code() in _TRANSIENT:
+                raise _unavailable("catalog", error) from None
+            raise _unexpected("catalog", error) from None
+        return {p.id: PricedProduct(p.id, p.name, p.price.amount_minor, p.price.currency) for p in response.products}
+
+
+class InventoryClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        self._timeout = timeout
+
+    async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+        request = inventory_pb2.ReserveRequest(
+            order_id=order_id,
+            items=[inventory_pb2.ReservationItem(product_id=i.product_id, quantity=i.quantity) for i in items],
+        )
+        request.ttl.FromMilliseconds(int(ttl_seconds * 1000))
+        try:
+            response = await self._stub.Reserve(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            details = details_of(error)
+            if details.reason == "INSUFFICIENT_STOCK":
+                ids = details.error_info.metadata.get("product_ids", "") if details.error_info else ""
+                raise InsufficientStock([p for p in ids.split(",") if p]) from None
+            if error.code() in _TRANSIENT:
+                raise _unavailable("inventory", error) from None
+            raise _unexpected("inventory", error) from None
+        return response.reservation.id
+
+    async def commit(self, reservation_id: str) -> None:
+        try:
+            await self._stub.CommitReservation(
+                inventory_pb2.CommitReservationRequest(reservation_id=reservation_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if details_of(error).reason in ("RESERVATION_EXPIRED", "RESERVATION_RELEASED"):
+                raise ReservationExpired(reservation_id) from None
+            if error.code() in _TRANSIENT:
+                raise _unavailable("inventory", error) from None
+            raise _unexpected("inventory", error) from None
+
+    async def release(self, reservation_id: str) -> None:
+        try:
+            await self._stub.ReleaseReservation(
+                inventory_pb2.ReleaseReservationRequest(reservation_id=reservation_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _TRANSIENT:
+                raise _unavailable("inventory", error) from None
+            raise _unexpected("inventory", error) from None
+
+
+_REFUSALS = {"CARD_DECLINED": CancelCode.CARD_DECLINED, "INSUFFICIENT_FUNDS": CancelCode.INSUFFICIENT_FUNDS}
+
+
+class PaymentsClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = payments_pb2_grpc.PaymentsServiceStub(channel)
+        self._timeout = timeout
+
+    async def charge(self, order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str) -> str:
+        request = payments_pb2.ChargeRequest(
+            order_id=order_id,
+            amount=money_pb2.Money(amount_minor=amount_minor, currency=currency),
+            card=payments_pb2.PaymentCard(
+                number=card.number, exp_month=card.exp_month, exp_year=card.exp_year, cvv=card.cvv
+            ),
+        )
+        try:
+            response = await self._stub.Charge(
+                request, timeout=self._timeout, metadata=idempotency_metadata(idempotency_key)
+            )
+        except grpc.aio.AioRpcError as error:
+            details = details_of(error)
+            refusal = _REFUSALS.get(details.reason or "")
+            if refusal is not None:
+                payment_id = details.error_info.metadata.get("payment_id", "") if details.error_info else ""
+                raise PaymentRefused(refusal, payment_id) from None
+            if error.code() in _TRANSIENT:
+                raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                # Orders validated the card like payments does; a disagreement is treated as a decline.
+                raise PaymentRefused(CancelCode.CARD_DECLINED, "") from None
+            raise _unexpected("payments", error) from None
+        return response.payment.id
+
+    async def payments_for(self, order_id: str) -> list[PaymentRecord]:
+        try:
+            response = await self._stub.ListPayments(
+                payments_pb2.ListPaymentsRequest(order_id=order_id, page_size=100), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _TRANSIENT:
+                raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
+            raise _unexpected("payments", error) from None
+        records = []
+        for payment in response.payments:
+            declined = (
+                _REFUSALS.get(payment.decline_reason) if payment.state == payments_pb2.PAYMENT_STATE_DECLINED else None
+            )
+            records.append(
+                PaymentRecord(
+                    payment_id=payment.id,
+                    captured=payment.state == payments_pb2.PAYMENT_STATE_CAPTURED,
+                    declined=declined,
+                )
+            )
+        return records
+
+    async def refund(self, payment_id: str, reason: str, idempotency_key: str) -> None:
+        try:
+            await self._stub.Refund(
+                payments_pb2.RefundRequest(payment_id=payment_id, reason=reason),
+                timeout=self._timeout,
+                metadata=idempotency_metadata(idempotency_key),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _TRANSIENT:
+                raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
+            raise _unexpected("payments", error) from None

@@ -1,0 +1,170 @@
+"""The order aggregate and its saga state machine. Pure: no I/O, no gRPC, no SQL."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from shopmesh_chassis import errors
+
+
+class OrderState(enum.StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+
+
+class SagaStep(enum.StrEnum):
+    """What the saga must do next. Persisted with the order, so a restarted driver knows where to go on."""
+
+    RESERVE = "RESERVE"  # reserve the stock
+    CHARGE = "CHARGE"  # stock reserved: charge the card (the pivot)
+    COMMIT = "COMMIT"  # charged: commit the reservation
+    COMPENSATE = "COMPENSATE"  # failed before the pivot: undo any charge, release the stock, cancel
+    REFUND = "REFUND"  # past the pivot but cancelled (reservation expired, customer request): refund, release
+    DONE = "DONE"
+
+
+class CancelCode(enum.StrEnum):
+    """Why an order was cancelled; each equals the ErrorInfo reason PlaceOrder answers with."""
+
+    CUSTOMER_REQUESTED = "CUSTOMER_REQUESTED"
+    INSUFFICIENT_STOCK = "INSUFFICIENT_STOCK"
+    CARD_DECLINED = "CARD_DECLINED"
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    PAYMENT_UNAVAILABLE = "PAYMENT_UNAVAILABLE"
+    RESERVATION_EXPIRED = "RESERVATION_EXPIRED"
+
+
+CANCEL_MESSAGES: dict[CancelCode, str] = {
+    CancelCode.INSUFFICIENT_STOCK: "Some items are out of stock; nothing was charged.",
+    CancelCode.CARD_DECLINED: "Your card was declined.",
+    CancelCode.INSUFFICIENT_FUNDS: "Your card has insufficient funds.",
+    CancelCode.PAYMENT_UNAVAILABLE: "Payment could not be processed right now; nothing was charged.",
+    CancelCode.RESERVATION_EXPIRED: "The order took too long to complete; any payment was refunded.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    full_name: str
+    street: str
+    city: str
+    postal_code: str
+    country: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    product_id: str
+    product_name: str
+    quantity: int
+    unit_price_minor: int
+
+    @property
+    def total_minor(self) -> int:
+        return self.unit_price_minor * self.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: str
+    user_id: str
+    email: str
+    currency: str
+    lines: tuple[OrderLine, ...]
+    address: Address
+    created_at: datetime
+    updated_at: datetime
+    state: OrderState = OrderState.PENDING
+    step: SagaStep = SagaStep.RESERVE
+    reservation_id: str = ""
+    payment_id: str = ""
+    cancel_code: CancelCode | None = None
+    cancel_message: str = ""
+    # Write-ahead marks: set before the remote call, so a resumed saga knows the call may have happened.
+    reserve_attempted: bool = False
+    charge_attempted_at: datetime | None = None
+    refunded: bool = False
+    # Bumped on every persisted change: the store's optimistic-concurrency check.
+    version: int = field(default=1)
+
+    @property
+    def total_minor(self) -> int:
+        return sum(line.total_minor for line in self.lines)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.step is SagaStep.DONE
+
+    def _require(self, *steps: SagaStep) -> None:
+        if self.step not in steps:
+            raise errors.FailedPrecondition(
+                f"order {self.id} is at saga step {self.step}, not {'/'.join(steps)}",
+                reason="ILLEGAL_SAGA_TRANSITION",
+                metadata={"order_id": self.id, "step": self.step.value},
+            )
+
+    def _next(self, now: datetime, **changes: object) -> Order:
+        return replace(self, updated_at=now, version=self.version + 1, **changes)  # type: ignore[arg-type]
+
+    def reserving(self, now: datetime) -> Order:
+        self._require(SagaStep.RESERVE)
+        return self._next(now, reserve_attempted=True)
+
+    def reserved(self, reservation_id: str, now: datetime) -> Order:
+        self._require(SagaStep.RESERVE)
+        return self._next(now, reservation_id=reservation_id, step=SagaStep.CHARGE)
+
+    def charging(self, now: datetime) -> Order:
+        self._require(SagaStep.CHARGE)
+        return self._next(now, charge_attempted_at=now)
+
+    def charged(self, payment_id: str, now: datetime) -> Order:
+        self._require(SagaStep.CHARGE)
+        return self._next(now, payment_id=payment_id, step=SagaStep.COMMIT)
+
+    def committed(self, now: datetime) -> Order:
+        self._require(SagaStep.COMMIT)
+        return self._next(now, step=SagaStep.DONE, state=OrderState.CONFIRMED)
+
+    def failed_before_pivot(self, code: CancelCode, now: datetime, payment_id: str = "") -> Order:
+        """Reserve or charge failed for good: compensate (release; refund a charge that did happen)."""
+        self._require(SagaStep.RESERVE, SagaStep.CHARGE)
+        return self._next(
+            now,
+            step=SagaStep.COMPENSATE,
+            cancel_code=code,
+            cancel_message=CANCEL_MESSAGES[code],
+            payment_id=payment_id or self.payment_id,
+        )
+
+    def nothing_reserved(self) -> Order:
+        """Inventory refused the reservation outright: compensation has no stock to release."""
+        return replace(self, reserve_attempted=False)
+
+    def failed_after_pivot(self, code: CancelCode, now: datetime) -> Order:
+        """Charged, but the reservation can no longer be committed: refund and cancel."""
+        self._require(SagaStep.COMMIT)
+        return self._next(now, step=SagaStep.REFUND, cancel_code=code, cancel_message=CANCEL_MESSAGES[code])
+
+    def cancellation_requested(self, message: str, now: datetime) -> Order:
+        if self.state is not OrderState.CONFIRMED or self.step is not SagaStep.DONE:
+            raise errors.FailedPrecondition(
+                f"order {self.id} is {self.state.value} and cannot be cancelled",
+                reason="ORDER_NOT_CANCELLABLE",
+                metadata={"order_id": self.id, "state": f"ORDER_STATE_{self.state.value}"},
+            )
+        return self._next(now, step=SagaStep.REFUND, cancel_code=CancelCode.CUSTOMER_REQUESTED, cancel_message=message)
+
+    def payment_found(self, payment_id: str, now: datetime) -> Order:
+        return self._next(now, payment_id=payment_id)
+
+    def refund_done(self, now: datetime) -> Order:
+        self._require(SagaStep.COMPENSATE, SagaStep.REFUND)
+        return self._next(now, refunded=True)
+
+    def compensated(self, now: datetime) -> Order:
+        self._require(SagaStep.COMPENSATE, SagaStep.REFUND)
+        return self._next(now, step=SagaStep.DONE, state=OrderState.CANCELLED)

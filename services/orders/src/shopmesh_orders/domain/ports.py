@@ -1,0 +1,70 @@
+"""What the saga needs from other services, in the orders domain's own words.
+
+The adapters in `clients.py` implement these over gRPC; unit tests use in-memory fakes.
+Every method raises `shopmesh_chassis.errors.Unavailable` when the other side cannot answer now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shopmesh_orders.domain.model import CancelCode, OrderLine
+from shopmesh_orders.domain.validation import Card, CartLine
+
+
+@dataclass(frozen=True, slots=True)
+class PricedProduct:
+    product_id: str
+    name: str
+    price_minor: int
+    currency: str
+
+
+class InsufficientStock(Exception):
+    def __init__(self, product_ids: Sequence[str]) -> None:
+        super().__init__(f"insufficient stock for {', '.join(product_ids)}")
+        self.product_ids = tuple(product_ids)
+
+
+class ReservationExpired(Exception):
+    """The reservation can no longer be committed (expired or released)."""
+
+
+class PaymentRefused(Exception):
+    """The card was charged and said no: a definitive answer, recorded by payments as `payment_id`."""
+
+    def __init__(self, code: CancelCode, payment_id: str) -> None:
+        super().__init__(code.value)
+        self.code = code
+        self.payment_id = payment_id
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    payment_id: str
+    captured: bool  # captured and not refunded
+    declined: CancelCode | None
+
+
+class Catalog(Protocol):
+    async def price(self, product_ids: Sequence[str]) -> dict[str, PricedProduct]: ...
+
+
+class Inventory(Protocol):
+    async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str: ...
+    async def commit(self, reservation_id: str) -> None: ...
+    async def release(self, reservation_id: str) -> None: ...
+
+
+class Payments(Protocol):
+    async def charge(
+        self, order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str
+    ) -> str: ...
+    async def payments_for(self, order_id: str) -> list[PaymentRecord]: ...
+    async def refund(self, payment_id: str, reason: str, idempotency_key: str) -> None: ...
+
+
+def cart_of(lines: Sequence[OrderLine]) -> tuple[CartLine, ...]:
+    return tuple(CartLine(line.product_id, line.quantity) for line in lines)

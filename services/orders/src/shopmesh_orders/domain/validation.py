@@ -1,0 +1,136 @@
+"""Request validation: every rule of the contract, one FieldViolation per bad field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from shopmesh_chassis import errors
+from shopmesh_chassis.errors import FieldViolation
+from shopmesh_orders.domain.model import Address
+
+MAX_ITEMS = 50
+MAX_QUANTITY = 100
+MAX_ID = 64
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+COUNTRY = re.compile(r"^[A-Z]{2}$")
+# Deliberately simple: one @, something on both sides, a dot in the domain. The mail server decides.
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class CartLine:
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    number: str
+    exp_month: int
+    exp_year: int
+    cvv: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    user_id: str
+    items: tuple[CartLine, ...]
+    currency: str
+    address: Address
+    email: str
+    card: Card | None
+
+
+def luhn_ok(number: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(number)):
+        digit = int(char)
+        if index % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def _text(violations: list[FieldViolation], field: str, value: str, low: int, high: int) -> None:
+    if not value.strip():
+        violations.append(FieldViolation(field, "required", "REQUIRED"))
+    elif not low <= len(value) <= high:
+        violations.append(FieldViolation(field, f"must have {low} to {high} characters", "INVALID_LENGTH"))
+
+
+def validate_card(card: Card | None, today: date, violations: list[FieldViolation]) -> None:
+    if card is None or not card.number:
+        violations.append(FieldViolation("card", "required", "REQUIRED"))
+        return
+    if not card.number.isdigit() or not 12 <= len(card.number) <= 19 or not luhn_ok(card.number):
+        violations.append(FieldViolation("card.number", "not a valid card number", "INVALID_CARD_NUMBER"))
+    if not 1 <= card.exp_month <= 12:
+        violations.append(FieldViolation("card.exp_month", "must be 1 to 12", "OUT_OF_RANGE"))
+    elif (card.exp_year, card.exp_month) < (today.year, today.month):
+        violations.append(FieldViolation("card.exp_year", "the card has expired", "CARD_EXPIRED"))
+    if not (card.cvv.isdigit() and 3 <= len(card.cvv) <= 4):
+        violations.append(FieldViolation("card.cvv", "must be 3 or 4 digits", "INVALID_CVV"))
+
+
+def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
+    violations: list[FieldViolation] = []
+    _text(violations, "user_id", command.user_id, 1, MAX_ID)
+    if not command.items:
+        violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
+    elif len(command.items) > MAX_ITEMS:
+        violations.append(FieldViolation("items", f"at most {MAX_ITEMS} items", "TOO_MANY"))
+    seen: set[str] = set()
+    for index, item in enumerate(command.items):
+        _text(violations, f"items[{index}].product_id", item.product_id, 1, MAX_ID)
+        if item.product_id in seen:
+            violations.append(FieldViolation(f"items[{index}].product_id", "appears twice", "DUPLICATE"))
+        seen.add(item.product_id)
+        if not 1 <= item.quantity <= MAX_QUANTITY:
+            violations.append(
+                FieldViolation(f"items[{index}].quantity", f"must be 1 to {MAX_QUANTITY}", "OUT_OF_RANGE")
+            )
+    if not CURRENCY.match(command.currency):
+        violations.append(FieldViolation("currency", "an upper-case ISO 4217 code, e.g. USD", "INVALID_FORMAT"))
+    address = command.address
+    _text(violations, "shipping_address.full_name", address.full_name, 1, 100)
+    _text(violations, "shipping_address.street", address.street, 1, 200)
+    _text(violations, "shipping_address.city", address.city, 1, 100)
+    _text(violations, "shipping_address.postal_code", address.postal_code, 1, 20)
+    if not COUNTRY.match(address.country):
+        violations.append(
+            FieldViolation("shipping_address.country", "an upper-case ISO 3166-1 alpha-2 code", "INVALID_FORMAT")
+        )
+    if not command.email or len(command.email) > 254 or not EMAIL.match(command.email):
+        violations.append(FieldViolation("email", "a valid e-mail address", "INVALID_FORMAT"))
+    validate_card(command.card, today, violations)
+    if violations:
+        raise errors.InvalidArgument("the order request is invalid", violations, reason="VALIDATION_FAILED")
+    return command
+
+
+def validate_order_id(order_id: str) -> str:
+    if not order_id or len(order_id) > MAX_ID:
+        raise errors.InvalidArgument(
+            "order_id is required",
+            [FieldViolation("order_id", f"required, at most {MAX_ID} characters", "REQUIRED")],
+            reason="VALIDATION_FAILED",
+        )
+    return order_id
+
+
+def validate_cancel_reason(reason: str) -> str:
+    if len(reason) > 500:
+        raise errors.InvalidArgument(
+            "reason is too long",
+            [FieldViolation("reason", "at most 500 characters", "INVALID_LENGTH")],
+            reason="VALIDATION_FAILED",
+        )
+    return reason
+
+
+def check_owner(user_id: str, caller_user_id: str | None) -> None:
+    """When the gateway asserts who is calling, the request may only name that user."""
+    if caller_user_id is not None and caller_user_id != user_id:
+        raise errors.PermissionDenied("you can only act for yourself", reason="USER_MISMATCH")

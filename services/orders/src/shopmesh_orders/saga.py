@@ -1,0 +1,282 @@
+"""The checkout saga's driver: runs the order's next step until the saga is done, persisting every step.
+
+reserve stock → charge (the pivot) → commit the reservation → CONFIRMED.
+A definitive failure before the pivot compensates (undo any charge, release the stock) → CANCELLED.
+Past the pivot the saga only moves forward, except when the reservation can no longer be committed:
+then it refunds, releases and cancels. Every step is idempotent on the other side (inventory keys by
+order id, payments by `<order_id>:charge` / `<order_id>:refund`), so running a step again after a crash
+is safe. Transitions into CONFIRMED / CANCELLED write their event to the outbox in the same transaction.
+
+Only one driver works on an order at a time: it holds a lease in the database (renewed on every step);
+a driver that dies leaves the lease to run out, and the recovery loop takes the order over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_chassis import errors
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.outbox import add_event, new_event_id
+from shopmesh_orders import codec
+from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
+from shopmesh_orders.domain.ports import (
+    InsufficientStock,
+    Inventory,
+    PaymentRefused,
+    Payments,
+    ReservationExpired,
+    cart_of,
+)
+from shopmesh_orders.domain.validation import Card
+from shopmesh_orders.settings import OrdersSettings
+from shopmesh_orders.store.repository import OrderRepository
+
+log = logging.getLogger("shopmesh.orders.saga")
+
+ORDER_CONFIRMED = "orders.v1.order_confirmed"
+ORDER_CANCELLED = "orders.v1.order_cancelled"
+
+
+class LeaseHeld(Exception):
+    """Another driver is working on this order right now."""
+
+
+def charge_key(order_id: str) -> str:
+    return f"{order_id}:charge"
+
+
+def refund_key(order_id: str) -> str:
+    return f"{order_id}:refund"
+
+
+class SagaDriver:
+    def __init__(
+        self,
+        database: Database,
+        inventory: Inventory,
+        payments: Payments,
+        settings: OrdersSettings,
+        *,
+        on_event: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._db = database
+        self._inventory = inventory
+        self._payments = payments
+        self._settings = settings
+        self._on_event = on_event
+        self._clock = clock
+
+    @staticmethod
+    def new_lease_owner() -> str:
+        return f"saga-{uuid.uuid4().hex}"
+
+    def lease_until(self) -> datetime:
+        return self._clock() + self._lease()
+
+    async def drive(self, order_id: str, card: Card | None, owner: str | None = None) -> Order:
+        """Run the saga of `order_id` until it is done or a dependency stays unavailable.
+
+        `card` is known only to the PlaceOrder call that carries it; a resumed saga has none (cards are
+        never stored) and settles the charge step by asking payments what happened.
+        Raises `errors.Unavailable` when the saga must wait; the order stays PENDING with its lease
+        released, and the recovery loop (or a retried PlaceOrder) continues it.
+        """
+        owner = owner or self.new_lease_owner()
+        if not await self._claim(order_id, owner):
+            raise LeaseHeld(order_id)
+        try:
+            order = await self._load(order_id)
+            while not order.is_terminal:
+                order = await self._attempt(order, card, owner)
+            return order
+        finally:
+            await self._release(order_id, owner)
+
+    async def _attempt(self, order: Order, card: Card | None, owner: str) -> Order:
+        """One step, retried a few times while its dependency is unavailable."""
+        attempts = self._settings.step_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._step(order, card, owner)
+            except errors.Unavailable:
+                # The step may have persisted a write-ahead mark before failing: continue from the database.
+                order = await self._load(order.id)
+                if attempt == attempts:
+                    return await self._gave_up(order, owner)
+                await asyncio.sleep(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    async def _gave_up(self, order: Order, owner: str) -> Order:
+        """A dependency stayed unavailable for all attempts of this step."""
+        now = self._clock()
+        if order.step is SagaStep.CHARGE and order.charge_attempted_at is not None:
+            # Payments stayed unavailable: cancel before the pivot. COMPENSATE asks payments whether
+            # a charge got through anyway and refunds it before the stock is released.
+            return await self._transition(owner, order.failed_before_pivot(CancelCode.PAYMENT_UNAVAILABLE, now))
+        if order.step in (SagaStep.RESERVE, SagaStep.CHARGE) and self._expired(order):
+            code = CancelCode.RESERVATION_EXPIRED if order.step is SagaStep.RESERVE else CancelCode.PAYMENT_UNAVAILABLE
+            return await self._transition(owner, order.failed_before_pivot(code, now))
+        raise errors.Unavailable(
+            f"order {order.id} is waiting for a dependency at step {order.step.value}",
+            reason="DEPENDENCY_UNAVAILABLE",
+            retry_after_seconds=1.0,
+            metadata={"order_id": order.id, "step": order.step.value},
+        )
+
+    def _expired(self, order: Order) -> bool:
+        return self._clock() > order.created_at + timedelta(seconds=self._settings.reservation_ttl_seconds)
+
+    async def _step(self, order: Order, card: Card | None, owner: str) -> Order:
+        now = self._clock()
+        match order.step:
+            case SagaStep.RESERVE:
+                order = await self._transition(owner, order.reserving(now))
+                try:
+                    reservation_id = await self._inventory.reserve(
+                        order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
+                    )
+                except InsufficientStock:
+                    failed = order.failed_before_pivot(CancelCode.INSUFFICIENT_STOCK, now)
+                    # Inventory records nothing when it refuses: there is no stock to release.
+                    return await self._transition(owner, failed.nothing_reserved())
+                return await self._transition(owner, order.reserved(reservation_id, self._clock()))
+
+            case SagaStep.CHARGE:
+                if card is None:
+                    return await self._settle_charge_without_card(order, owner)
+                order = await self._transition(owner, order.charging(now))
+                try:
+                    payment_id = await self._payments.charge(
+                        order.id, order.total_minor, order.currency, card, charge_key(order.id)
+                    )
+                except PaymentRefused as refused:
+                    return await self._transition(
+                        owner, order.failed_before_pivot(refused.code, self._clock(), refused.payment_id)
+                    )
+                return await self._transition(owner, order.charged(payment_id, self._clock()))
+
+            case SagaStep.COMMIT:
+                try:
+                    await self._inventory.commit(order.reservation_id)
+                except ReservationExpired:
+                    return await self._transition(owner, order.failed_after_pivot(CancelCode.RESERVATION_EXPIRED, now))
+                return await self._finish(owner, order.committed(self._clock()))
+
+            case SagaStep.COMPENSATE | SagaStep.REFUND:
+                return await self._compensate(order, owner)
+
+            case SagaStep.DONE:
+                return order
+        raise AssertionError(order.step)
+
+    async def _settle_charge_without_card(self, order: Order, owner: str) -> Order:
+        """Resumed at the pivot without the card: find out from payments whether the charge happened."""
+        if order.charge_attempted_at is not None:
+            # A charge call may still be running on payments; its deadline bounds it.
+            settled_at = order.charge_attempted_at + timedelta(seconds=self._settings.step_timeout_seconds * 2)
+            if self._clock() < settled_at:
+                raise errors.Unavailable("waiting for an earlier charge attempt to settle", reason="CHARGE_IN_DOUBT")
+        records = await self._payments.payments_for(order.id)
+        captured = [r for r in records if r.captured]
+        if captured:
+            return await self._transition(owner, order.charged(captured[0].payment_id, self._clock()))
+        refused = next((r for r in records if r.declined is not None), None)
+        if refused is not None and refused.declined is not None:
+            return await self._transition(
+                owner, order.failed_before_pivot(refused.declined, self._clock(), refused.payment_id)
+            )
+        # Never charged, and nobody can charge it now: give the stock back.
+        return await self._transition(owner, order.failed_before_pivot(CancelCode.PAYMENT_UNAVAILABLE, self._clock()))
+
+    async def _compensate(self, order: Order, owner: str) -> Order:
+        if not order.refunded:
+            to_refund: list[str] = []
+            if order.step is SagaStep.REFUND and order.payment_id:
+                to_refund = [order.payment_id]
+            elif order.charge_attempted_at is not None:
+                # The charge's outcome may be unknown (payments unavailable): ask, and undo what went through.
+                to_refund = [r.payment_id for r in await self._payments.payments_for(order.id) if r.captured]
+            for payment_id in to_refund:
+                reason = order.cancel_message or (order.cancel_code.value if order.cancel_code else "cancelled")
+                await self._payments.refund(payment_id, reason, refund_key(order.id))
+            if to_refund:
+                order = await self._transition(owner, order.refund_done(self._clock()))
+        if order.reservation_id:
+            await self._inventory.release(order.reservation_id)
+        elif order.reserve_attempted:
+            # Reserve's outcome is unknown: it is keyed by order id, so asking again names the reservation
+            # (or makes one), and releasing it leaves the stock as it was.
+            try:
+                reservation_id = await self._inventory.reserve(
+                    order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
+                )
+            except InsufficientStock:
+                reservation_id = ""
+            if reservation_id:
+                await self._inventory.release(reservation_id)
+        return await self._finish(owner, order.compensated(self._clock()))
+
+    async def _finish(self, owner: str, after: Order) -> Order:
+        """The terminal transition and its event, in one transaction."""
+        now = self._clock()
+        event_id = new_event_id()
+        async with self._db.transaction() as session:
+            await self._save(session, after, owner)
+            if after.state is OrderState.CONFIRMED:
+                event = codec.confirmed_event(after, event_id, now)
+                await add_event(session, subject=ORDER_CONFIRMED, message=event, event_id=event_id)
+            else:
+                cancelled = codec.cancelled_event(after, event_id, now)
+                await add_event(session, subject=ORDER_CANCELLED, message=cancelled, event_id=event_id)
+        self._on_event()
+        log.info("order %s %s", after.id, after.state.value.lower(), extra={"order_id": after.id, "event_id": event_id})
+        await self._maybe_pause(after)
+        return after
+
+    async def _transition(self, owner: str, after: Order) -> Order:
+        async with self._db.transaction() as session:
+            await self._save(session, after, owner)
+        await self._maybe_pause(after)
+        return after
+
+    async def _save(self, session: AsyncSession, order: Order, owner: str) -> None:
+        repository = OrderRepository(session)
+        await repository.save(order)
+        await repository.renew(order.id, owner, self.lease_until())
+
+    async def _maybe_pause(self, order: Order) -> None:
+        fault = self._settings.fault_pause_after_step
+        if fault and fault.upper() == self._fault_point(order):
+            log.warning("fault injection: pausing after %s (FAULT_PAUSE_AFTER_STEP)", fault)
+            await asyncio.Event().wait()
+
+    @staticmethod
+    def _fault_point(order: Order) -> str:
+        # Named after what has just been done: "RESERVED" (next: CHARGE), "CHARGED" (next: COMMIT).
+        return {SagaStep.CHARGE: "RESERVED", SagaStep.COMMIT: "CHARGED"}.get(order.step, "")
+
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self._settings.saga_lease_seconds)
+
+    async def _claim(self, order_id: str, owner: str) -> bool:
+        async with self._db.transaction() as session:
+            return await OrderRepository(session).claim(order_id, owner, self._clock(), self.lease_until())
+
+    async def _release(self, order_id: str, owner: str) -> None:
+        async with self._db.transaction() as session:
+            await OrderRepository(session).release(order_id, owner)
+
+    async def _load(self, order_id: str) -> Order:
+        async with self._db.transaction() as session:
+            order = await OrderRepository(session).get(order_id)
+        if order is None:
+            raise errors.NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND")
+        return order

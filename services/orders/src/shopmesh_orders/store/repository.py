@@ -1,0 +1,198 @@
+"""Orders in the database. Every save is an optimistic-concurrency check on `version`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_chassis import errors
+from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
+from shopmesh_orders.store.tables import order_lines, orders
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _row_values(order: Order) -> dict[str, Any]:
+    return {
+        "state": order.state.value,
+        "step": order.step.value,
+        "reservation_id": order.reservation_id,
+        "payment_id": order.payment_id,
+        "cancel_code": order.cancel_code.value if order.cancel_code else None,
+        "cancel_message": order.cancel_message,
+        "reserve_attempted": order.reserve_attempted,
+        "charge_attempted_at": order.charge_attempted_at,
+        "refunded": order.refunded,
+        "version": order.version,
+        "updated_at": order.updated_at,
+    }
+
+
+class IdempotentOrigin:
+    """How an order was asked for: lets a retried PlaceOrder find its order and check the request."""
+
+    def __init__(self, scope: str, key: str, request_hash: str) -> None:
+        self.scope = scope
+        self.key = key
+        self.request_hash = request_hash
+
+
+class OrderRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, order: Order, origin: IdempotentOrigin, lease_owner: str, lease_until: datetime) -> None:
+        """Insert a new order, its saga lease already held by the driver that will run it."""
+        await self._session.execute(
+            insert(orders).values(
+                lease_owner=lease_owner,
+                lease_until=lease_until,
+                id=order.id,
+                user_id=order.user_id,
+                email=order.email,
+                currency=order.currency,
+                address=json.dumps(asdict(order.address)),
+                created_at=order.created_at,
+                idempotency_scope=origin.scope,
+                idempotency_key=origin.key,
+                request_hash=origin.request_hash,
+                **_row_values(order),
+            )
+        )
+        await self._session.execute(
+            insert(order_lines),
+            [
+                {
+                    "order_id": order.id,
+                    "position": position,
+                    "product_id": line.product_id,
+                    "product_name": line.product_name,
+                    "quantity": line.quantity,
+                    "unit_price_minor": line.unit_price_minor,
+                }
+                for position, line in enumerate(order.lines)
+            ],
+        )
+
+    async def save(self, order: Order) -> None:
+        """Persist a transition; fails with ABORTED when someone else changed the order meanwhile."""
+        result = await self._session.execute(
+            update(orders)
+            .where(orders.c.id == order.id, orders.c.version == order.version - 1)
+            .values(**_row_values(order))
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise errors.Aborted(f"order {order.id} changed concurrently", reason="CONCURRENT_MODIFICATION")
+
+    async def get(self, order_id: str) -> Order | None:
+        row = (await self._session.execute(select(orders).where(orders.c.id == order_id))).one_or_none()
+        return None if row is None else await self._load(row)
+
+    async def get_by_origin(self, scope: str, key: str) -> tuple[Order, str] | None:
+        row = (
+            await self._session.execute(
+                select(orders).where(orders.c.idempotency_scope == scope, orders.c.idempotency_key == key)
+            )
+        ).one_or_none()
+        return None if row is None else (await self._load(row), row.request_hash)
+
+    async def cancel_origin(self, order_id: str) -> tuple[str | None, str | None]:
+        row = (
+            await self._session.execute(
+                select(orders.c.cancel_key, orders.c.cancel_request_hash).where(orders.c.id == order_id)
+            )
+        ).one()
+        return row.cancel_key, row.cancel_request_hash
+
+    async def set_cancel_origin(self, order_id: str, key: str, request_hash: str) -> None:
+        await self._session.execute(
+            update(orders).where(orders.c.id == order_id).values(cancel_key=key, cancel_request_hash=request_hash)
+        )
+
+    async def list_for_user(self, user_id: str, limit: int, after: tuple[datetime, str] | None) -> list[Order]:
+        query = select(orders).where(orders.c.user_id == user_id)
+        if after is not None:
+            created, order_id = after
+            query = query.where(
+                or_(orders.c.created_at < created, and_(orders.c.created_at == created, orders.c.id < order_id))
+            )
+        rows = (
+            await self._session.execute(query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit))
+        ).all()
+        return [await self._load(row) for row in rows]
+
+    async def claim(self, order_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the saga lease of an unfinished order unless another live driver holds it."""
+        result = await self._session.execute(
+            update(orders)
+            .where(
+                orders.c.id == order_id,
+                orders.c.step != SagaStep.DONE.value,
+                or_(orders.c.lease_owner.is_(None), orders.c.lease_owner == owner, orders.c.lease_until < now),
+            )
+            .values(lease_owner=owner, lease_until=until)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def renew(self, order_id: str, owner: str, until: datetime) -> None:
+        await self._session.execute(
+            update(orders).where(orders.c.id == order_id, orders.c.lease_owner == owner).values(lease_until=until)
+        )
+
+    async def release(self, order_id: str, owner: str) -> None:
+        await self._session.execute(
+            update(orders)
+            .where(orders.c.id == order_id, orders.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
+
+    async def unfinished(self, now: datetime, limit: int) -> list[str]:
+        """Orders whose saga is not done and that no live driver holds."""
+        rows = await self._session.execute(
+            select(orders.c.id)
+            .where(
+                orders.c.step != SagaStep.DONE.value,
+                or_(orders.c.lease_owner.is_(None), orders.c.lease_until < now),
+            )
+            .order_by(orders.c.created_at)
+            .limit(limit)
+        )
+        return [row.id for row in rows]
+
+    async def _load(self, row: Any) -> Order:
+        lines = (
+            await self._session.execute(
+                select(order_lines).where(order_lines.c.order_id == row.id).order_by(order_lines.c.position)
+            )
+        ).all()
+        return Order(
+            id=row.id,
+            user_id=row.user_id,
+            email=row.email,
+            currency=row.currency,
+            lines=tuple(
+                OrderLine(line.product_id, line.product_name, line.quantity, line.unit_price_minor) for line in lines
+            ),
+            address=Address(**json.loads(row.address)),
+            created_at=_aware(row.created_at) or datetime.now(UTC),
+            updated_at=_aware(row.updated_at) or datetime.now(UTC),
+            state=OrderState(row.state),
+            step=SagaStep(row.step),
+            reservation_id=row.reservation_id,
+            payment_id=row.payment_id,
+            cancel_code=CancelCode(row.cancel_code) if row.cancel_code else None,
+            cancel_message=row.cancel_message,
+            reserve_attempted=row.reserve_attempted,
+            charge_attempted_at=_aware(row.charge_attempted_at),
+            refunded=row.refunded,
+            version=row.version,
+        )

@@ -1,0 +1,91 @@
+"""The composition root of orders: settings, database, clients, saga, outbox relay, recovery, server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.inventory.v1 import inventory_pb2
+from shopmesh.orders.v1 import orders_pb2_grpc
+from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis import app
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.events import DeferredJetStream
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.outbox import OutboxRelay
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
+from shopmesh_orders.saga import SagaDriver
+from shopmesh_orders.settings import OrdersSettings
+from shopmesh_orders.store.tables import metadata
+from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
+
+VERSIONS = Path(__file__).parent / "migrations" / "versions"
+STREAM = "ORDERS"
+SUBJECTS = ["orders.v1.>"]
+
+
+async def _main() -> None:
+    settings = load_settings(OrdersSettings)
+    tracer_provider = app.setup_observability(settings)
+    database = Database(settings.resolved_database_url)
+    await migrate(database, VERSIONS, metadata)
+
+    client_options = ClientOptions(default_timeout_seconds=settings.step_timeout_seconds, caller="orders")
+    catalog = ResilientChannel(
+        settings.catalog_address, [catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]], client_options
+    )
+    inventory = ResilientChannel(
+        settings.inventory_address, [inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]], client_options
+    )
+    payments = ResilientChannel(
+        settings.payments_address, [payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]], client_options
+    )
+
+    # Connects in the background: orders serves while NATS is away; the outbox keeps the events.
+    publisher = DeferredJetStream(
+        settings.nats_url,
+        name=settings.service_name,
+        stream=STREAM,
+        subjects=SUBJECTS,
+        duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+    )
+    relay = OutboxRelay(database, publisher)
+    publisher.start(on_ready=relay.wake)
+    relay.start()
+
+    saga = SagaDriver(
+        database,
+        InventoryClient(inventory.channel, settings.step_timeout_seconds),
+        PaymentsClient(payments.channel, settings.step_timeout_seconds),
+        settings,
+        on_event=relay.wake,
+    )
+    application = OrdersApplication(database, CatalogClient(catalog.channel, settings.step_timeout_seconds), saga)
+    recovery = asyncio.get_running_loop().create_task(application.run_recovery(settings.recovery_interval_seconds))
+
+    async def stop_background() -> None:
+        recovery.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recovery
+        await application.wait_running(timeout=settings.shutdown_grace_seconds)
+        await relay.stop()
+        for channel in (catalog, inventory, payments):
+            await channel.close()
+        await publisher.close()
+
+    binding = ServiceBinding(
+        DESCRIPTOR, OrdersServicer(application), orders_pb2_grpc.add_OrdersServiceServicer_to_server
+    )
+    await app.serve(
+        settings, [binding], tracer_provider=tracer_provider, on_shutdown=[stop_background, database.dispose]
+    )
+
+
+def main() -> None:
+    app.run(_main)

@@ -1,0 +1,142 @@
+"""The order state machine and request validation, without I/O."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, date, datetime
+
+import pytest
+
+from shopmesh_chassis import errors
+from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
+from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder, luhn_ok, validate_place_order
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+ADDRESS = Address("Ada Lovelace", "1 Analytical Way", "London", "N1 7AA", "GB")
+GOOD_CARD = Card("4242424242424242", 12, 2030, "123")
+
+
+def order() -> Order:
+    return Order(
+        id="ord_1",
+        user_id="usr_1",
+        email="ada@example.com",
+        currency="USD",
+        lines=(OrderLine("prod_a", "A", 2, 1250), OrderLine("prod_b", "B", 1, 500)),
+        address=ADDRESS,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def test_total_is_the_sum_of_line_totals() -> None:
+    assert order().total_minor == 2 * 1250 + 500
+
+
+def test_happy_path_walks_reserve_charge_commit_to_confirmed() -> None:
+    o = order().reserving(NOW).reserved("res_1", NOW).charging(NOW).charged("pay_1", NOW).committed(NOW)
+    assert (o.state, o.step, o.reservation_id, o.payment_id) == (OrderState.CONFIRMED, SagaStep.DONE, "res_1", "pay_1")
+    assert o.version == 6
+
+
+def test_failure_before_the_pivot_compensates_then_cancels() -> None:
+    o = order().reserved("res_1", NOW).failed_before_pivot(CancelCode.CARD_DECLINED, NOW, "pay_x")
+    assert o.step is SagaStep.COMPENSATE
+    assert o.payment_id == "pay_x"
+    done = o.compensated(NOW)
+    assert (done.state, done.cancel_code) == (OrderState.CANCELLED, CancelCode.CARD_DECLINED)
+    assert done.cancel_message == "Your card was declined."
+
+
+def test_after_the_pivot_only_reservation_expiry_turns_back() -> None:
+    charged = order().reserved("res_1", NOW).charged("pay_1", NOW)
+    with pytest.raises(errors.FailedPrecondition):
+        charged.failed_before_pivot(CancelCode.CARD_DECLINED, NOW)
+    refunding = charged.failed_after_pivot(CancelCode.RESERVATION_EXPIRED, NOW)
+    assert refunding.step is SagaStep.REFUND
+    assert refunding.refund_done(NOW).compensated(NOW).refunded
+
+
+@pytest.mark.parametrize(
+    "transition",
+    [
+        lambda o: o.charged("pay", NOW),
+        lambda o: o.committed(NOW),
+        lambda o: o.compensated(NOW),
+        lambda o: o.failed_after_pivot(CancelCode.RESERVATION_EXPIRED, NOW),
+    ],
+)
+def test_illegal_transitions_are_failed_preconditions(transition: object) -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        transition(order())  # type: ignore[operator]
+    assert caught.value.reason == "ILLEGAL_SAGA_TRANSITION"
+
+
+def test_only_a_confirmed_order_can_be_cancelled_by_the_customer() -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        order().cancellation_requested("changed my mind", NOW)
+    assert caught.value.reason == "ORDER_NOT_CANCELLABLE"
+    assert caught.value.metadata["state"] == "ORDER_STATE_PENDING"
+    confirmed = replace(order(), state=OrderState.CONFIRMED, step=SagaStep.DONE)
+    requested = confirmed.cancellation_requested("changed my mind", NOW)
+    assert (requested.step, requested.cancel_code) == (SagaStep.REFUND, CancelCode.CUSTOMER_REQUESTED)
+
+
+def command(**changes: object) -> PlaceOrder:
+    base = PlaceOrder(
+        user_id="usr_1",
+        items=(CartLine("prod_a", 2),),
+        currency="USD",
+        address=ADDRESS,
+        email="ada@example.com",
+        card=GOOD_CARD,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def violations(cmd: PlaceOrder) -> list[str]:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_place_order(cmd, date(2026, 11, 25))
+    return sorted(v.field for v in caught.value.violations)
+
+
+def test_a_valid_command_passes() -> None:
+    assert validate_place_order(command(), date(2026, 11, 25)) == command()
+
+
+def test_each_bad_field_gets_its_own_violation() -> None:
+    bad = command(
+        user_id="",
+        items=(CartLine("prod_a", 0), CartLine("prod_a", 101)),
+        currency="usd",
+        address=Address("", "x", "y", "z", "gb"),
+        email="not-an-email",
+        card=Card("4242424242424241", 13, 2030, "12"),
+    )
+    assert violations(bad) == [
+        "card.cvv",
+        "card.exp_month",
+        "card.number",
+        "currency",
+        "email",
+        "items[0].quantity",
+        "items[1].product_id",
+        "items[1].quantity",
+        "shipping_address.country",
+        "shipping_address.full_name",
+        "user_id",
+    ]
+
+
+def test_empty_cart_and_missing_card_are_rejected() -> None:
+    assert violations(command(items=(), card=None)) == ["card", "items"]
+
+
+def test_expired_card_is_rejected() -> None:
+    assert violations(command(card=Card("4242424242424242", 10, 2026, "123"))) == ["card.exp_year"]
+
+
+def test_luhn() -> None:
+    assert luhn_ok("4242424242424242")
+    assert luhn_ok("4000000000000002")
+    assert not luhn_ok("4242424242424241")

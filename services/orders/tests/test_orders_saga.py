@@ -1,0 +1,269 @@
+"""The checkout saga against fakes of inventory and payments, with the real orders database.
+
+Each test states an end-to-end invariant of the saga: what is charged, what stock is held, which event
+is in the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from shopmesh.orders.v1 import events_pb2
+from shopmesh_chassis import errors
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.tables import outbox_events
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.model import Address, CancelCode, OrderState, SagaStep
+from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
+from shopmesh_orders.saga import LeaseHeld, SagaDriver
+from shopmesh_orders.settings import OrdersSettings
+from shopmesh_orders.store.repository import OrderRepository
+
+from .conftest import FakeCatalog, FakeInventory, FakePayments
+
+GOOD = Card("4242424242424242", 12, 2030, "123")
+DECLINED = Card("4000000000000002", 12, 2030, "123")
+PROCESSOR_DOWN = Card("4000000000000119", 12, 2030, "123")
+
+
+def command(card: Card = GOOD, *items: CartLine) -> PlaceOrder:
+    return PlaceOrder(
+        user_id="usr_1",
+        items=items or (CartLine("prod_a", 2),),
+        currency="USD",
+        address=Address("Ada Lovelace", "1 Analytical Way", "London", "N1 7AA", "GB"),
+        email="ada@example.com",
+        card=card,
+    )
+
+
+@pytest.fixture
+def saga(database: Database, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings) -> SagaDriver:
+    return SagaDriver(database, inventory, payments, settings)
+
+
+@pytest.fixture
+def app(database: Database, catalog: FakeCatalog, saga: SagaDriver) -> OrdersApplication:
+    return OrdersApplication(database, catalog, saga)
+
+
+async def place(app: OrdersApplication, cmd: PlaceOrder, key: str = "key-1") -> str:
+    fingerprint = hashlib.sha256(repr(cmd).encode()).hexdigest()
+    return (await app.place_order(cmd, key, scope="usr_1|PlaceOrder", fingerprint=fingerprint)).id
+
+
+async def events(database: Database) -> list[tuple[str, bytes]]:
+    async with database.transaction() as session:
+        rows = (
+            await session.execute(
+                select(outbox_events.c.subject, outbox_events.c.payload).order_by(outbox_events.c.seq)
+            )
+        ).all()
+    return [(row.subject, row.payload) for row in rows]
+
+
+async def test_successful_checkout_confirms_charges_once_and_commits_stock(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    order_id = await place(app, command())
+    order = await app.get_order(order_id)
+    assert order.state is OrderState.CONFIRMED
+    assert order.total_minor == 2500
+    assert payments.captured() == 1
+    assert inventory.on_hand["prod_a"] == 3
+    assert inventory.reserved("prod_a") == 0
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_confirmed"
+    event = events_pb2.OrderConfirmed.FromString(payload)
+    assert (event.order_id, event.total.amount_minor, event.email) == (order_id, 2500, "ada@example.com")
+
+
+async def test_declined_card_cancels_and_gives_the_stock_back(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(DECLINED))
+    assert caught.value.reason == "CARD_DECLINED"
+    order = await app.get_order(caught.value.metadata["order_id"])
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CARD_DECLINED)
+    assert payments.captured() == 0
+    assert inventory.reserved("prod_a") == 0
+    assert inventory.on_hand["prod_a"] == 5
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    assert not events_pb2.OrderCancelled.FromString(payload).refunded
+
+
+async def test_insufficient_stock_cancels_without_charging(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(GOOD, CartLine("prod_b", 2)))
+    assert caught.value.reason == "INSUFFICIENT_STOCK"
+    assert payments.charge_calls == 0
+    assert "release" not in inventory.calls
+
+
+async def test_payments_unavailable_is_retried_then_compensated(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(PROCESSOR_DOWN))
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    assert payments.charge_calls == settings.step_attempts
+    assert payments.captured() == 0
+    assert inventory.reserved("prod_a") == 0
+
+
+async def test_replayed_place_order_returns_the_same_order_and_charges_once(
+    app: OrdersApplication, payments: FakePayments
+) -> None:
+    first = await place(app, command())
+    again = await place(app, command())
+    assert first == again
+    assert payments.captured() == 1
+
+
+async def test_replayed_failed_order_replays_the_failure(app: OrdersApplication, payments: FakePayments) -> None:
+    for _ in range(2):
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command(DECLINED))
+        assert caught.value.reason == "CARD_DECLINED"
+    assert payments.charge_calls == 1
+
+
+async def test_same_key_with_another_request_is_rejected(app: OrdersApplication) -> None:
+    await place(app, command())
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await place(app, command(GOOD, CartLine("prod_a", 1)))
+    assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_unknown_product_records_no_order(app: OrdersApplication, database: Database) -> None:
+    with pytest.raises(errors.NotFound) as caught:
+        await place(app, command(GOOD, CartLine("prod_zzz", 1)))
+    assert caught.value.reason == "PRODUCT_NOT_FOUND"
+    assert await app.list_orders("usr_1", 10, "") == ([], "")
+
+
+async def test_inventory_down_leaves_the_order_pending_for_recovery(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    assert (await app.get_order(order_id)).state is OrderState.PENDING
+    inventory.down = False
+    assert await app.resume_unfinished() == 1
+    # Resumed without the card (never stored): payments never saw a charge, so the order is cancelled.
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.PAYMENT_UNAVAILABLE)
+    assert inventory.reserved("prod_a") == 0
+    assert payments.charge_calls == 0
+
+
+async def _crash_at(database: Database, order_id: str, step: SagaStep, **fields: object) -> None:
+    """Make the order look as a killed driver left it: at `step`, lease run out."""
+    async with database.transaction() as session:
+        repo = OrderRepository(session)
+        order = await repo.get(order_id)
+        assert order is not None
+        await repo.save(replace(order, step=step, state=OrderState.PENDING, version=order.version + 1, **fields))  # type: ignore[arg-type]
+        await repo.release(order_id, "nobody")
+
+
+async def test_resume_after_a_crash_past_the_charge_confirms_without_charging_again(
+    app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    order_id = await place(app, command())
+    # As if the driver died right after the charge was captured, before the commit.
+    reservation_id = (await app.get_order(order_id)).reservation_id
+    inventory.reservations[reservation_id] = (order_id, (CartLine("prod_a", 2),), "PENDING")
+    inventory.on_hand["prod_a"] += 2
+    await _crash_at(database, order_id, SagaStep.COMMIT)
+    assert await app.resume_unfinished() == 1
+    assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
+    assert payments.captured() == 1
+    assert inventory.on_hand["prod_a"] == 3
+
+
+async def test_resume_at_the_pivot_asks_payments_what_happened(
+    app: OrdersApplication,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    database: Database,
+    settings: OrdersSettings,
+) -> None:
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    inventory.down = False
+    # The dead driver had reserved and sent the charge, and payments captured it.
+    reservation_id = await inventory.reserve(order_id, [CartLine("prod_a", 2)], 60)
+    payment_id = await payments.charge(order_id, 2500, "USD", GOOD, f"{order_id}:charge")
+    long_ago = datetime.now(UTC) - timedelta(seconds=60)
+    await _crash_at(database, order_id, SagaStep.CHARGE, reservation_id=reservation_id, charge_attempted_at=long_ago)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.payment_id) == (OrderState.CONFIRMED, payment_id)
+    assert payments.captured() == 1
+
+
+async def test_reservation_expired_after_charge_refunds_and_cancels(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    inventory.expire_on_commit = True
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    assert caught.value.reason == "RESERVATION_EXPIRED"
+    assert payments.captured() == 0
+    assert len(payments.refunds) == 1
+    (_, payload) = (await events(database))[-1]
+    assert events_pb2.OrderCancelled.FromString(payload).refunded
+
+
+async def test_customer_cancellation_refunds_and_restocks(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    order_id = await place(app, command())
+    cancelled = await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert (cancelled.state, cancelled.cancel_code) == (OrderState.CANCELLED, CancelCode.CUSTOMER_REQUESTED)
+    assert cancelled.cancel_message == "changed my mind"
+    assert payments.captured() == 0
+    assert inventory.on_hand["prod_a"] == 5
+    # The same key replays; another key finds the order no longer cancellable.
+    assert (await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")).id == order_id
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await app.cancel_order(order_id, "again", "cancel-2", "f2")
+    assert caught.value.reason == "ORDER_NOT_CANCELLABLE"
+
+
+async def test_a_second_driver_cannot_take_a_held_order(
+    app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory
+) -> None:
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    owner = saga.new_lease_owner()
+    assert await saga._claim(order_id, owner)
+    with pytest.raises(LeaseHeld):
+        await saga.drive(order_id, None)
+
+
+async def test_list_orders_pages_newest_first(app: OrdersApplication) -> None:
+    ids = [await place(app, command(GOOD, CartLine("prod_a", 1)), key=f"k{i}") for i in range(3)]
+    first, token = await app.list_orders("usr_1", 2, "")
+    second, last = await app.list_orders("usr_1", 2, token)
+    assert [o.id for o in first + second] == list(reversed(ids))
+    assert last == ""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await app.list_orders("usr_2", 2, token)
+    assert caught.value.reason == "INVALID_PAGE_TOKEN"

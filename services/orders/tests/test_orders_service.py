@@ -1,0 +1,113 @@
+"""OrdersService over a real gRPC socket: statuses, details, metadata — the contract as clients see it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
+from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.saga import SagaDriver
+from shopmesh_orders.settings import OrdersSettings
+from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
+
+from .conftest import FakeCatalog, FakeInventory, FakePayments
+
+
+@pytest.fixture
+async def stub(
+    settings: OrdersSettings, database: Database, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments
+) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
+    app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
+    binding = ServiceBinding(DESCRIPTOR, OrdersServicer(app), orders_pb2_grpc.add_OrdersServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, caller="gateway")) as channel,
+    ):
+        yield orders_pb2_grpc.OrdersServiceStub(channel.channel)
+
+
+def request(card: str = "4242424242424242", user_id: str = "usr_1") -> orders_pb2.PlaceOrderRequest:
+    return orders_pb2.PlaceOrderRequest(
+        user_id=user_id,
+        items=[orders_pb2.CartItem(product_id="prod_a", quantity=1)],
+        currency="USD",
+        shipping_address=orders_pb2.ShippingAddress(
+            full_name="Ada Lovelace", street="1 Analytical Way", city="London", postal_code="N1 7AA", country="GB"
+        ),
+        email="ada@example.com",
+        card=payments_pb2.PaymentCard(number=card, exp_month=12, exp_year=2030, cvv="123"),
+    )
+
+
+async def test_place_and_get_order(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))
+    assert placed.order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    assert placed.order.total.amount_minor == 1250
+    got = await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=placed.order.id))
+    assert got.order == placed.order
+
+
+async def test_place_order_without_idempotency_key_is_invalid(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(request())
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_MISSING")
+
+
+async def test_invalid_request_lists_field_violations(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    bad = request()
+    bad.items[0].quantity = 0
+    bad.currency = "dollars"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(bad, metadata=idempotency_metadata("k1"))
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(v.field for v in details.field_violations) == ["currency", "items[0].quantity"]
+
+
+async def test_declined_card_is_failed_precondition_naming_the_order(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(request("4000000000000002"), metadata=idempotency_metadata("k1"))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED")
+    assert details.error_info is not None
+    order = await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=details.error_info.metadata["order_id"]))
+    assert order.order.state == orders_pb2.ORDER_STATE_CANCELLED
+    assert order.order.cancel_reason.code == orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED
+
+
+async def test_a_user_cannot_order_for_someone_else(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(request(user_id="usr_2"), metadata=idempotency_metadata("k1", [("x-user-id", "usr_1")]))
+    assert details_of(caught.value).reason == "USER_MISMATCH"
+
+
+async def test_another_users_order_looks_missing(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1", [("x-user-id", "usr_1")]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=placed.order.id), metadata=[("x-user-id", "usr_2")])
+    assert details_of(caught.value).reason == "ORDER_NOT_FOUND"
+
+
+async def test_cancel_confirmed_order(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))
+    cancelled = await stub.CancelOrder(
+        orders_pb2.CancelOrderRequest(order_id=placed.order.id, reason="too slow"), metadata=idempotency_metadata("c1")
+    )
+    assert cancelled.order.state == orders_pb2.ORDER_STATE_CANCELLED
+    assert cancelled.order.cancel_reason.code == orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED
+
+
+async def test_list_orders_rejects_a_negative_page_size(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1", page_size=-1))
+    assert details_of(caught.value).field_violations[0].field == "page_size"

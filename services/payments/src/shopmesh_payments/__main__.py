@@ -1,0 +1,3 @@
+from shopmesh_payments.wiring import main
+
+main()

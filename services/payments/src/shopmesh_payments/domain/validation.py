@@ -1,0 +1,175 @@
+"""Validation of requests: INVALID_ARGUMENT with one FieldViolation per bad field.
+
+ErrorInfo reason: INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong (a caller can tell
+its user exactly that), INVALID_PAGE_TOKEN for a bad page token, VALIDATION_FAILED otherwise. Messages and
+descriptions never repeat a card number or CVV. Each `validate_*` returns what the use case runs with.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+from shopmesh_chassis.pagination import (
+    INVALID_PAGE_TOKEN,
+    decode_page_token,
+    encode_page_token,
+    invalid_page_token,
+)
+from shopmesh_payments.domain import cards
+from shopmesh_payments.domain.models import Card, Money, Payment
+
+VALIDATION_FAILED = "VALIDATION_FAILED"
+INVALID_CARD_NUMBER = "INVALID_CARD_NUMBER"
+CARD_EXPIRED = "CARD_EXPIRED"
+# Reasons that name the whole problem when every violation has them.
+_SPECIFIC_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED, INVALID_PAGE_TOKEN})
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+# Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
+MAX_ID_LENGTH = 64
+MAX_REFUND_REASON_LENGTH = 500
+CURRENCY = re.compile(r"[A-Z]{3}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeCommand:
+    order_id: str
+    amount: Money
+    card: Card
+
+
+@dataclass(frozen=True, slots=True)
+class RefundCommand:
+    payment_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListPaymentsQuery:
+    order_id: str
+    limit: int
+    # (created_at, id) of the last payment of the previous page; pages run newest first.
+    after: tuple[datetime, str] | None
+
+    def next_page_token(self, last: Payment) -> str:
+        return encode_page_token((_micros(last.created_at), last.id), _list_filters(self.order_id))
+
+
+def _micros(instant: datetime) -> int:
+    return (instant - _EPOCH) // timedelta(microseconds=1)
+
+
+def _list_filters(order_id: str) -> dict[str, str]:
+    return {"rpc": "ListPayments", "order_id": order_id}
+
+
+def _fail(violations: Sequence[FieldViolation]) -> InvalidArgument:
+    reasons = {v.reason for v in violations}
+    reason = reasons.pop() if len(reasons) == 1 and reasons <= _SPECIFIC_REASONS else VALIDATION_FAILED
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return InvalidArgument(f"invalid request: {summary}", violations, reason=reason)
+
+
+def _check_id(value: str, field: str, violations: list[FieldViolation]) -> None:
+    if not value:
+        violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
+    elif len(value) > MAX_ID_LENGTH:
+        violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+
+
+def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> None:
+    if amount is None:
+        violations.append(FieldViolation("amount", "is required", "REQUIRED"))
+        return
+    if amount.amount_minor <= 0:
+        violations.append(FieldViolation("amount.amount_minor", "must be greater than 0", "OUT_OF_RANGE"))
+    if not CURRENCY.fullmatch(amount.currency):
+        violations.append(
+            FieldViolation("amount.currency", "must be a three-letter ISO 4217 code in upper case", "INVALID_FORMAT")
+        )
+
+
+def _check_card(card: Card | None, today: date, violations: list[FieldViolation]) -> None:
+    if card is None:
+        violations.append(FieldViolation("card", "is required", "REQUIRED"))
+        return
+    if not cards.is_well_formed_number(card.number):
+        violations.append(FieldViolation("card.number", "must be 12 to 19 digits", INVALID_CARD_NUMBER))
+    elif not cards.luhn_valid(card.number):
+        violations.append(FieldViolation("card.number", "fails the Luhn check", INVALID_CARD_NUMBER))
+    month_ok = 1 <= card.exp_month <= 12
+    year_ok = cards.MIN_EXP_YEAR <= card.exp_year <= cards.MAX_EXP_YEAR
+    if not month_ok:
+        violations.append(FieldViolation("card.exp_month", "must be 1 to 12", "OUT_OF_RANGE"))
+    if not year_ok:
+        violations.append(FieldViolation("card.exp_year", "must be a four-digit year", "OUT_OF_RANGE"))
+    if month_ok and year_ok and cards.is_expired(card.exp_month, card.exp_year, today):
+        # As Stripe does: blame the year when it is past, else the month of this year.
+        field = "card.exp_year" if card.exp_year < today.year else "card.exp_month"
+        violations.append(FieldViolation(field, "the card has expired", CARD_EXPIRED))
+    if not cards.is_well_formed_cvv(card.cvv):
+        violations.append(FieldViolation("card.cvv", "must be 3 or 4 digits", "INVALID_FORMAT"))
+
+
+def validate_charge(order_id: str, amount: Money | None, card: Card | None, today: date) -> ChargeCommand:
+    """`amount` and `card` are None when the request leaves them unset."""
+    violations: list[FieldViolation] = []
+    _check_id(order_id, "order_id", violations)
+    _check_amount(amount, violations)
+    _check_card(card, today, violations)
+    # amount and card are never None here without a violation saying so; the test only narrows their types.
+    if violations or amount is None or card is None:
+        raise _fail(violations)
+    return ChargeCommand(order_id=order_id, amount=amount, card=card)
+
+
+def validate_refund(payment_id: str, reason: str) -> RefundCommand:
+    violations: list[FieldViolation] = []
+    _check_id(payment_id, "payment_id", violations)
+    if len(reason) > MAX_REFUND_REASON_LENGTH:
+        violations.append(
+            FieldViolation("reason", f"must be at most {MAX_REFUND_REASON_LENGTH} characters", "TOO_LONG")
+        )
+    if violations:
+        raise _fail(violations)
+    return RefundCommand(payment_id=payment_id, reason=reason)
+
+
+def validate_payment_id(payment_id: str) -> str:
+    violations: list[FieldViolation] = []
+    _check_id(payment_id, "payment_id", violations)
+    if violations:
+        raise _fail(violations)
+    return payment_id
+
+
+def _after_key(page_token: str, order_id: str, violations: list[FieldViolation]) -> tuple[datetime, str] | None:
+    if not page_token:
+        return None
+    try:
+        micros, last_id = decode_page_token(page_token, _list_filters(order_id), (int, str))
+        return _EPOCH + timedelta(microseconds=int(micros)), str(last_id)
+    except InvalidArgument as exc:
+        violations.extend(exc.violations)
+    except OverflowError:
+        # A forged token whose instant no datetime can hold.
+        violations.extend(invalid_page_token("not a page token issued by this service").violations)
+    return None
+
+
+def validate_list_payments(order_id: str, page_size: int, page_token: str) -> ListPaymentsQuery:
+    violations: list[FieldViolation] = []
+    _check_id(order_id, "order_id", violations)
+    if page_size < 0:
+        violations.append(FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE"))
+    limit = min(page_size, MAX_PAGE_SIZE) if page_size > 0 else DEFAULT_PAGE_SIZE
+    after = _after_key(page_token, order_id, violations)
+    if violations:
+        raise _fail(violations)
+    return ListPaymentsQuery(order_id=order_id, limit=limit, after=after)

@@ -1,0 +1,16 @@
+"""The payments service's settings: a database, NATS for its events, and how long idempotency keys live."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shopmesh_chassis.config import DatabaseSettings, EventSettings
+
+
+class PaymentsSettings(DatabaseSettings, EventSettings):
+    service_name: str = "payments"
+    grpc_port: int = Field(default=50055, ge=0, le=65535)
+    metrics_port: int = Field(default=9465, ge=-1, le=65535)
+    # The contract promises callers at least 24 hours in which a retry replays the stored outcome.
+    idempotency_retention_hours: float = Field(default=48.0, ge=24.0)
+    idempotency_purge_interval_seconds: float = Field(default=3600.0, gt=0)

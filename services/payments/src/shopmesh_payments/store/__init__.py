@@ -1,0 +1,1 @@
+"""Tables and repositories of the payments database; no business rules."""

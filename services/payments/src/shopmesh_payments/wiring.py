@@ -1,0 +1,101 @@
+"""The composition root: settings, database, migrations, the fake processor, idempotency, the outbox relay
+and its NATS connection, housekeeping, the servicer; then serve until told to stop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import NoReturn
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh.payments.v1.payments_pb2_grpc import add_PaymentsServiceServicer_to_server
+from shopmesh_chassis import app
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.events import DeferredJetStream
+from shopmesh_chassis.idempotency import IdempotencyStore
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.outbox import OutboxRelay
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_payments import event_messages
+from shopmesh_payments.application import PaymentsApplication, ProcessorFactory, utcnow
+from shopmesh_payments.domain.processor import CardProcessor
+from shopmesh_payments.fake_processor import FakeCardProcessor
+from shopmesh_payments.migrations import VERSIONS
+from shopmesh_payments.periodic import Periodic
+from shopmesh_payments.settings import PaymentsSettings
+from shopmesh_payments.store.ledger import ProcessorLedger
+from shopmesh_payments.store.tables import metadata
+from shopmesh_payments.transport import DESCRIPTOR, PaymentsServicer
+
+
+def builtin_processor(clock: Callable[[], datetime]) -> ProcessorFactory:
+    def processor_for(session: AsyncSession) -> CardProcessor:
+        return FakeCardProcessor(ProcessorLedger(session), clock)
+
+    return processor_for
+
+
+class PaymentsRuntime:
+    """The servicer and the background work it relies on: the outbox relay, the NATS connection it
+    publishes through (made in the background, so the service serves while NATS is away), and the purge
+    of expired idempotency keys."""
+
+    def __init__(
+        self,
+        settings: PaymentsSettings,
+        database: Database,
+        *,
+        processor_for: ProcessorFactory | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.idempotency = IdempotencyStore(
+            database,
+            settings.resolved_error_domain,
+            retention=timedelta(hours=settings.idempotency_retention_hours),
+        )
+        self.jetstream = DeferredJetStream(
+            settings.nats_url,
+            name=settings.service_name,
+            stream=event_messages.STREAM,
+            subjects=event_messages.STREAM_SUBJECTS,
+            duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+        )
+        self.relay = OutboxRelay(database, self.jetstream)
+        self.purge = Periodic(
+            "idempotency-purge", settings.idempotency_purge_interval_seconds, self.idempotency.purge_expired
+        )
+        application = PaymentsApplication(database, processor_for or builtin_processor(clock), clock)
+        servicer = PaymentsServicer(application, self.idempotency, self.relay.wake)
+        self.binding = ServiceBinding(DESCRIPTOR, servicer, add_PaymentsServiceServicer_to_server)
+
+    def start(self) -> None:
+        # Events committed while NATS was away go out as soon as it is reachable.
+        self.jetstream.start(on_ready=self.relay.wake)
+        self.relay.start()
+        self.purge.start()
+
+    async def stop(self) -> None:
+        await self.purge.stop()
+        await self.relay.stop()
+        await self.jetstream.close()
+
+
+async def _main() -> None:
+    settings = load_settings(PaymentsSettings)
+    tracer_provider = app.setup_observability(settings)
+    database = Database(settings.resolved_database_url)
+    await migrate(database, VERSIONS, metadata)
+    runtime = PaymentsRuntime(settings, database)
+    runtime.start()
+    await app.serve(
+        settings,
+        [runtime.binding],
+        tracer_provider=tracer_provider,
+        on_shutdown=[runtime.stop, database.dispose],
+    )
+
+
+def main() -> NoReturn:
+    app.run(_main)

@@ -1,0 +1,257 @@
+"""Idempotency keys over gRPC (Stripe's semantics, from the chassis) and the promise behind them: a card is
+never charged twice for one order, whatever is retried, sequentially or concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+import grpc
+import pytest
+
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh_chassis import call_context
+from shopmesh_chassis.config import ConfigError, load_settings
+from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+from shopmesh_payments.periodic import Periodic
+from shopmesh_payments.settings import PaymentsSettings
+
+from .conftest import BACKENDS, DECLINES, UNAVAILABLE, Payments, charge_request
+
+
+async def failure(call: Awaitable[Any]) -> ErrorDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return details_of(caught.value)
+
+
+@pytest.fixture
+async def plain_stub(payments: Payments) -> AsyncIterator[payments_pb2_grpc.PaymentsServiceAsyncStub]:
+    """A channel without the chassis' retries, so a test sees each attempt's own answer."""
+    async with grpc.aio.insecure_channel(payments.address) as channel:
+        yield payments_pb2_grpc.PaymentsServiceStub(channel)
+
+
+def as_orders(key: str) -> tuple[tuple[str, str], ...]:
+    return (("x-caller", "orders"), ("idempotency-key", key))
+
+
+# --- replay, reuse, missing key --------------------------------------------------------------------------
+
+
+async def test_the_same_key_and_request_replay_the_payment_without_charging_again(payments: Payments) -> None:
+    first = await payments.charge(charge_request("ord_1"), key="ord_1:charge")
+    again = await payments.charge(charge_request("ord_1"), key="ord_1:charge")
+    assert again == first
+    assert payments.processor.charges == 1
+    assert await payments.ledger("ord_1") == [("CAPTURED", "")]
+    assert len(await payments.outbox()) == 1
+
+
+@BACKENDS
+async def test_a_decline_is_stored_and_replayed_for_the_same_key_without_a_second_attempt(payments: Payments) -> None:
+    first = await failure(payments.charge(charge_request("ord_1", number=DECLINES), key="ord_1:charge"))
+    again = await failure(payments.charge(charge_request("ord_1", number=DECLINES), key="ord_1:charge"))
+    assert (again.code, again.reason, again.message) == (first.code, first.reason, first.message)
+    assert first.error_info is not None
+    assert again.error_info is not None
+    assert again.error_info.metadata == first.error_info.metadata
+    assert payments.processor.charges == 1
+    assert await payments.ledger("ord_1") == [("DECLINED", "CARD_DECLINED")]
+
+
+async def test_the_same_key_with_a_different_request_is_idempotency_key_reused(payments: Payments) -> None:
+    await payments.charge(charge_request("ord_1", amount_minor=1000), key="ord_1:charge")
+    details = await failure(payments.charge(charge_request("ord_1", amount_minor=2000), key="ord_1:charge"))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REUSED")
+    assert [v.field for v in details.field_violations] == ["idempotency-key"]
+
+
+async def test_another_card_under_the_same_key_is_a_different_request(payments: Payments) -> None:
+    await payments.charge(charge_request("ord_1", cvv="123"), key="ord_1:charge")
+    details = await failure(payments.charge(charge_request("ord_1", cvv="124"), key="ord_1:charge"))
+    assert details.reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_charge_without_an_idempotency_key_is_idempotency_key_missing(payments: Payments) -> None:
+    details = await failure(payments.stub().Charge(charge_request("ord_1")))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_MISSING")
+    assert payments.processor.charges == 0
+
+
+async def test_a_key_longer_than_255_characters_is_rejected(payments: Payments) -> None:
+    details = await failure(payments.stub().Charge(charge_request("ord_1"), metadata=(("idempotency-key", "k" * 256),)))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")
+
+
+# --- transient failures are not stored ---------------------------------------------------------------------
+
+
+async def test_an_unavailable_processor_is_not_stored_so_a_retry_with_the_same_key_charges(
+    payments: Payments, plain_stub: payments_pb2_grpc.PaymentsServiceAsyncStub
+) -> None:
+    payments.processor.fail_first = 1
+    details = await failure(plain_stub.Charge(charge_request("ord_1"), metadata=as_orders("ord_1:charge")))
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "PROCESSOR_UNAVAILABLE",
+        1.0,
+    )
+    retried = await plain_stub.Charge(charge_request("ord_1"), metadata=as_orders("ord_1:charge"))
+    assert retried.payment.state == payments_pb2.PAYMENT_STATE_CAPTURED
+    assert payments.processor.charges == 2
+    assert await payments.ledger("ord_1") == [("CAPTURED", "")]
+
+
+async def test_the_unavailable_test_card_is_tried_again_on_every_retry(
+    payments: Payments, plain_stub: payments_pb2_grpc.PaymentsServiceAsyncStub
+) -> None:
+    for attempt in (1, 2):
+        request = charge_request("ord_1", number=UNAVAILABLE)
+        details = await failure(plain_stub.Charge(request, metadata=as_orders("ord_1:charge")))
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "PROCESSOR_UNAVAILABLE")
+        assert payments.processor.charges == attempt
+    assert await payments.ledger("ord_1") == []
+
+
+async def test_the_client_channel_retries_an_unavailable_charge_with_the_same_key_and_charges_once(
+    payments: Payments,
+) -> None:
+    payments.processor.fail_first = 2
+    response = await payments.charge(charge_request("ord_1"), key="ord_1:charge")
+    assert response.payment.state == payments_pb2.PAYMENT_STATE_CAPTURED
+    assert payments.processor.charges == 3
+    assert await payments.ledger("ord_1") == [("CAPTURED", "")]
+
+
+async def test_a_duplicate_while_the_first_still_runs_is_aborted_idempotency_key_in_use(payments: Payments) -> None:
+    running, release = asyncio.Event(), asyncio.Event()
+
+    async def first_attempt(session: object) -> payments_pb2.ChargeResponse:
+        running.set()
+        await release.wait()
+        return payments_pb2.ChargeResponse()
+
+    # The first request, as another replica would be running it for the same caller ("orders").
+    token = call_context.enter(None, [("x-caller", "orders")])
+    try:
+        first = asyncio.create_task(
+            payments.runtime.idempotency.run(
+                method="Charge",
+                key="ord_1:charge",
+                request=charge_request("ord_1"),
+                response_type=payments_pb2.ChargeResponse,
+                operation=first_attempt,
+            )
+        )
+    finally:
+        call_context.leave(token)
+    await running.wait()
+    details = await failure(payments.charge(charge_request("ord_1"), key="ord_1:charge"))
+    assert (details.code, details.reason) == (grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_IN_USE")
+    release.set()
+    await first
+    assert payments.processor.charges == 0
+
+
+# --- scopes: per caller and per method ---------------------------------------------------------------------
+
+
+async def test_the_same_key_from_two_callers_names_two_independent_requests(payments: Payments) -> None:
+    from_orders = await payments.charge(charge_request("ord_1"), key="shared-key", caller="orders")
+    from_ops = await payments.charge(charge_request("ord_2"), key="shared-key", caller="ops")
+    assert from_orders.payment.order_id == "ord_1"
+    assert from_ops.payment.order_id == "ord_2"
+    assert from_orders.payment.id != from_ops.payment.id
+    assert payments.processor.charges == 2
+
+
+async def test_the_same_key_for_charge_and_refund_names_two_independent_requests(payments: Payments) -> None:
+    captured = (await payments.charge(charge_request("ord_1"), key="k")).payment
+    refunded = (await payments.refund(captured.id, key="k")).payment
+    assert refunded.state == payments_pb2.PAYMENT_STATE_REFUNDED
+
+
+# --- never two charges for one order ------------------------------------------------------------------------
+
+
+@BACKENDS
+async def test_a_second_charge_of_a_charged_order_under_another_key_is_order_already_charged(
+    payments: Payments,
+) -> None:
+    first = (await payments.charge(charge_request("ord_1"), key="attempt-1")).payment
+    details = await failure(payments.charge(charge_request("ord_1", amount_minor=999), key="attempt-2"))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ORDER_ALREADY_CHARGED")
+    assert details.error_info is not None
+    assert details.error_info.metadata == {"payment_id": first.id, "order_id": "ord_1"}
+    replayed = await failure(payments.charge(charge_request("ord_1", amount_minor=999), key="attempt-2"))
+    assert replayed.reason == "ORDER_ALREADY_CHARGED"
+    assert payments.processor.charges == 1
+    assert await payments.ledger("ord_1") == [("CAPTURED", "")]
+
+
+async def test_a_refunded_order_is_not_charged_again(payments: Payments) -> None:
+    first = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
+    await payments.refund(first.id, key="ord_1:refund")
+    details = await failure(payments.charge(charge_request("ord_1"), key="ord_1:charge-again"))
+    assert details.reason == "ORDER_ALREADY_CHARGED"
+    assert await payments.ledger("ord_1") == [("CAPTURED", "")]
+
+
+@BACKENDS
+async def test_concurrent_charges_of_one_order_under_different_keys_capture_exactly_once(payments: Payments) -> None:
+    keys = [f"attempt-{n}" for n in range(8)]
+    outcomes = await asyncio.gather(
+        *(payments.charge(charge_request("ord_1"), key=key) for key in keys), return_exceptions=True
+    )
+    captured = [o for o in outcomes if isinstance(o, payments_pb2.ChargeResponse)]
+    refused = [details_of(o) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(captured) == 1
+    assert len(refused) == len(keys) - 1
+    assert {(d.code, d.reason) for d in refused} == {(grpc.StatusCode.FAILED_PRECONDITION, "ORDER_ALREADY_CHARGED")}
+    assert {d.error_info.metadata["payment_id"] for d in refused if d.error_info} == {captured[0].payment.id}
+    assert await payments.ledger("ord_1") == [("CAPTURED", "")]
+    assert await payments.outbox() == [("payments.v1.payment_captured", False)]
+
+
+@BACKENDS
+async def test_concurrent_retries_under_one_key_capture_exactly_once(payments: Payments) -> None:
+    outcomes = await asyncio.gather(
+        *(payments.charge(charge_request("ord_1"), key="ord_1:charge") for _ in range(6)), return_exceptions=True
+    )
+    captured = {o.payment.id for o in outcomes if isinstance(o, payments_pb2.ChargeResponse)}
+    others = {(details_of(o).code, details_of(o).reason) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)}
+    assert len(captured) == 1
+    assert others <= {(grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_IN_USE")}
+    assert await payments.ledger("ord_1") == [("CAPTURED", "")]
+
+
+@BACKENDS
+async def test_a_declined_order_can_be_paid_with_another_card(payments: Payments) -> None:
+    await failure(payments.charge(charge_request("ord_1", number=DECLINES), key="attempt-1"))
+    paid = await payments.charge(charge_request("ord_1"), key="attempt-2")
+    assert paid.payment.state == payments_pb2.PAYMENT_STATE_CAPTURED
+    assert await payments.ledger("ord_1") == [("DECLINED", "CARD_DECLINED"), ("CAPTURED", "")]
+
+
+# --- retention ---------------------------------------------------------------------------------------------
+
+
+def test_keys_are_kept_at_least_24_hours() -> None:
+    assert load_settings(PaymentsSettings).idempotency_retention_hours == 48
+    with pytest.raises(ConfigError, match="IDEMPOTENCY_RETENTION_HOURS"):
+        load_settings(PaymentsSettings, idempotency_retention_hours=23)
+
+
+async def test_the_purge_runs_in_the_background_until_stopped() -> None:
+    ran = asyncio.Event()
+
+    async def purge() -> int:
+        ran.set()
+        return 0
+
+    periodic = Periodic("purge", 3600, purge)
+    periodic.start()
+    await asyncio.wait_for(ran.wait(), timeout=5)
+    await periodic.stop()

@@ -1,0 +1,309 @@
+"""PaymentsService over a real gRPC socket against a real SQLite database: every RPC, its happy paths and
+each documented error (code, ErrorInfo reason, field violations)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from shopmesh.common.v1 import money_pb2
+from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis.client import idempotency_metadata
+from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+
+from .conftest import BACKENDS, DECLINES, INSUFFICIENT_FUNDS, SUCCEEDS, UNAVAILABLE, Payments, charge_request
+
+
+async def failure(call: Awaitable[Any]) -> ErrorDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return details_of(caught.value)
+
+
+def bytes_at_rest(data_dir: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in data_dir.glob("payments.db*"))
+
+
+def fields(details: ErrorDetails) -> dict[str, str]:
+    return {v.field: v.reason for v in details.field_violations}
+
+
+# --- Charge ----------------------------------------------------------------------------------------------
+
+
+async def test_charge_captures_the_amount_and_keeps_only_the_last_four_digits(payments: Payments) -> None:
+    response = await payments.charge(charge_request("ord_1", amount_minor=1250), key="ord_1:charge")
+    payment = response.payment
+    assert payment.id.startswith("pay_")
+    assert (payment.order_id, payment.amount.amount_minor, payment.amount.currency) == ("ord_1", 1250, "USD")
+    assert (payment.state, payment.card_last4, payment.decline_reason) == (
+        payments_pb2.PAYMENT_STATE_CAPTURED,
+        "4242",
+        "",
+    )
+    assert payment.HasField("created_at")
+    assert not payment.HasField("refunded_at")
+    assert await payments.ledger("ord_1") == [("CAPTURED", "")]
+    assert await payments.outbox() == [("payments.v1.payment_captured", False)]
+
+
+async def test_any_other_luhn_valid_card_is_captured_like_the_success_card(payments: Payments) -> None:
+    response = await payments.charge(charge_request("ord_1", number="5555555555554444"), key="k")
+    assert (response.payment.state, response.payment.card_last4) == (payments_pb2.PAYMENT_STATE_CAPTURED, "4444")
+
+
+@pytest.mark.parametrize(
+    ("number", "reason"), [(DECLINES, "CARD_DECLINED"), (INSUFFICIENT_FUNDS, "INSUFFICIENT_FUNDS")]
+)
+async def test_a_declined_card_records_a_declined_payment_readable_with_get_payment(
+    payments: Payments, number: str, reason: str
+) -> None:
+    details = await failure(payments.charge(charge_request("ord_1", number=number), key="ord_1:charge"))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, reason)
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.payments"
+    assert details.error_info.metadata["order_id"] == "ord_1"
+    payment_id = details.error_info.metadata["payment_id"]
+    stored = (await payments.stub().GetPayment(payments_pb2.GetPaymentRequest(payment_id=payment_id))).payment
+    assert (stored.state, stored.decline_reason, stored.order_id) == (
+        payments_pb2.PAYMENT_STATE_DECLINED,
+        reason,
+        "ord_1",
+    )
+    assert await payments.ledger("ord_1") == [("DECLINED", reason)]
+    assert await payments.outbox() == []
+
+
+async def test_the_processor_being_unavailable_answers_unavailable_with_retry_info_and_records_nothing(
+    payments: Payments,
+) -> None:
+    details = await failure(payments.charge(charge_request("ord_1", number=UNAVAILABLE), key="ord_1:charge"))
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "PROCESSOR_UNAVAILABLE",
+        1.0,
+    )
+    listed = await payments.stub().ListPayments(payments_pb2.ListPaymentsRequest(order_id="ord_1"))
+    assert list(listed.payments) == []
+    assert await payments.ledger("ord_1") == []
+    assert await payments.outbox() == []
+
+
+async def test_charge_reports_every_invalid_field_with_a_violation(payments: Payments) -> None:
+    request = payments_pb2.ChargeRequest(
+        order_id="",
+        amount=money_pb2.Money(amount_minor=-5, currency="us"),
+        card=payments_pb2.PaymentCard(number="4242 4242 4242 4242", exp_month=0, exp_year=99, cvv="12"),
+    )
+    details = await failure(payments.charge(request, key="k"))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert fields(details) == {
+        "order_id": "REQUIRED",
+        "amount.amount_minor": "OUT_OF_RANGE",
+        "amount.currency": "INVALID_FORMAT",
+        "card.number": "INVALID_CARD_NUMBER",
+        "card.exp_month": "OUT_OF_RANGE",
+        "card.exp_year": "OUT_OF_RANGE",
+        "card.cvv": "INVALID_FORMAT",
+    }
+    assert "4242" not in details.message
+
+
+async def test_charge_without_amount_or_card_names_both_as_required(payments: Payments) -> None:
+    details = await failure(payments.charge(payments_pb2.ChargeRequest(order_id="ord_1"), key="k"))
+    assert fields(details) == {"amount": "REQUIRED", "card": "REQUIRED"}
+
+
+async def test_a_card_failing_the_luhn_check_is_invalid_card_number(payments: Payments) -> None:
+    details = await failure(payments.charge(charge_request(number="4242424242424241"), key="k"))
+    assert (details.code, details.reason, fields(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_CARD_NUMBER",
+        {"card.number": "INVALID_CARD_NUMBER"},
+    )
+
+
+async def test_an_expired_card_is_card_expired(payments: Payments) -> None:
+    details = await failure(payments.charge(charge_request(exp_month=1, exp_year=2020), key="k"))
+    assert (details.code, details.reason, fields(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CARD_EXPIRED",
+        {"card.exp_year": "CARD_EXPIRED"},
+    )
+
+
+async def test_a_rejected_request_stores_nothing_under_its_key(payments: Payments) -> None:
+    await failure(payments.charge(charge_request("ord_1", number="4242424242424241"), key="k"))
+    # The same key now carries a corrected request: validation failures are not outcomes of the key.
+    response = await payments.charge(charge_request("ord_1"), key="k")
+    assert response.payment.state == payments_pb2.PAYMENT_STATE_CAPTURED
+
+
+async def test_the_database_never_holds_the_card_number_or_the_cvv(payments: Payments, tmp_path: Path) -> None:
+    await payments.charge(charge_request("ord_1", number=SUCCEEDS, cvv="9876"), key="k1")
+    await failure(payments.charge(charge_request("ord_2", number=DECLINES, cvv="9876"), key="k2"))
+    await payments.database.dispose()  # closes the connections: SQLite folds the WAL into the file
+    at_rest = bytes_at_rest(tmp_path)
+    assert b"payments" in at_rest
+    for secret in (SUCCEEDS, DECLINES, "9876"):
+        assert secret.encode() not in at_rest
+
+
+# --- Refund ----------------------------------------------------------------------------------------------
+
+
+@BACKENDS
+async def test_refund_refunds_a_captured_payment_in_full_and_records_the_event(payments: Payments) -> None:
+    captured = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
+    refunded = (await payments.refund(captured.id, key="ord_1:refund", reason="order cancelled")).payment
+    assert (refunded.id, refunded.state, refunded.refund_reason) == (
+        captured.id,
+        payments_pb2.PAYMENT_STATE_REFUNDED,
+        "order cancelled",
+    )
+    assert refunded.HasField("refunded_at")
+    assert refunded.amount == captured.amount
+    stored = (await payments.stub().GetPayment(payments_pb2.GetPaymentRequest(payment_id=captured.id))).payment
+    assert stored == refunded
+    assert await payments.outbox() == [
+        ("payments.v1.payment_captured", False),
+        ("payments.v1.payment_refunded", False),
+    ]
+
+
+@BACKENDS
+async def test_refunding_a_refunded_payment_returns_it_unchanged_whatever_the_key(payments: Payments) -> None:
+    captured = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
+    first = (await payments.refund(captured.id, key="refund-1", reason="first")).payment
+    again = (await payments.refund(captured.id, key="refund-2", reason="second")).payment
+    assert again == first
+    assert again.refund_reason == "first"
+    assert [subject for subject, _ in await payments.outbox()].count("payments.v1.payment_refunded") == 1
+
+
+async def test_refunding_a_declined_payment_is_payment_not_refundable(payments: Payments) -> None:
+    declined = await failure(payments.charge(charge_request("ord_1", number=DECLINES), key="ord_1:charge"))
+    assert declined.error_info is not None
+    details = await failure(payments.refund(declined.error_info.metadata["payment_id"], key="ord_1:refund"))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_NOT_REFUNDABLE")
+
+
+async def test_refunding_an_unknown_payment_is_payment_not_found(payments: Payments) -> None:
+    details = await failure(payments.refund("pay_missing", key="k"))
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "PAYMENT_NOT_FOUND")
+
+
+async def test_refund_validates_the_payment_id_and_the_reason_length(payments: Payments) -> None:
+    details = await failure(payments.refund("", key="k", reason="x" * 501))
+    assert (details.code, fields(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {"payment_id": "REQUIRED", "reason": "TOO_LONG"},
+    )
+
+
+async def test_refund_without_an_idempotency_key_is_idempotency_key_missing(payments: Payments) -> None:
+    captured = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
+    details = await failure(payments.stub().Refund(payments_pb2.RefundRequest(payment_id=captured.id)))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_MISSING")
+
+
+async def test_refund_with_a_reused_key_and_another_request_is_idempotency_key_reused(payments: Payments) -> None:
+    captured = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
+    await payments.refund(captured.id, key="ord_1:refund", reason="one")
+    details = await failure(payments.refund(captured.id, key="ord_1:refund", reason="two"))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REUSED")
+
+
+# --- GetPayment -----------------------------------------------------------------------------------------
+
+
+async def test_get_payment_of_an_unknown_id_is_payment_not_found(payments: Payments) -> None:
+    details = await failure(payments.stub().GetPayment(payments_pb2.GetPaymentRequest(payment_id="pay_nope")))
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "PAYMENT_NOT_FOUND")
+    assert details.error_info is not None
+    assert details.error_info.metadata["payment_id"] == "pay_nope"
+
+
+@pytest.mark.parametrize(("payment_id", "reason"), [("", "REQUIRED"), ("p" * 65, "TOO_LONG")])
+async def test_get_payment_validates_the_id(payments: Payments, payment_id: str, reason: str) -> None:
+    details = await failure(payments.stub().GetPayment(payments_pb2.GetPaymentRequest(payment_id=payment_id)))
+    assert (details.code, fields(details)) == (grpc.StatusCode.INVALID_ARGUMENT, {"payment_id": reason})
+
+
+# --- ListPayments ---------------------------------------------------------------------------------------
+
+
+@BACKENDS
+async def test_list_payments_pages_through_an_orders_payments_newest_first(payments: Payments) -> None:
+    made = []
+    for attempt, number in enumerate([DECLINES, INSUFFICIENT_FUNDS, SUCCEEDS]):
+        try:
+            made.append((await payments.charge(charge_request("ord_1", number=number), key=f"k{attempt}")).payment.id)
+        except grpc.aio.AioRpcError as exc:
+            info = details_of(exc).error_info
+            assert info is not None
+            made.append(info.metadata["payment_id"])
+    await payments.charge(charge_request("ord_other"), key="other")
+    stub = payments.stub()
+    seen: list[str] = []
+    states: list[int] = []
+    token = ""
+    while True:
+        request = payments_pb2.ListPaymentsRequest(order_id="ord_1", page_size=2, page_token=token)
+        page = await stub.ListPayments(request)
+        assert len(page.payments) <= 2
+        seen.extend(p.id for p in page.payments)
+        states.extend(p.state for p in page.payments)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(made))
+    assert states == [
+        payments_pb2.PAYMENT_STATE_CAPTURED,
+        payments_pb2.PAYMENT_STATE_DECLINED,
+        payments_pb2.PAYMENT_STATE_DECLINED,
+    ]
+
+
+async def test_list_payments_of_an_order_without_payments_is_empty(payments: Payments) -> None:
+    page = await payments.stub().ListPayments(payments_pb2.ListPaymentsRequest(order_id="ord_none"))
+    assert (list(page.payments), page.next_page_token) == ([], "")
+
+
+async def test_list_payments_rejects_a_page_token_of_another_order(payments: Payments) -> None:
+    await failure(payments.charge(charge_request("ord_a", number=DECLINES), key="a1"))
+    await payments.charge(charge_request("ord_a"), key="a2")
+    await payments.charge(charge_request("ord_b"), key="b")
+    stub = payments.stub()
+    first = await stub.ListPayments(payments_pb2.ListPaymentsRequest(order_id="ord_a", page_size=1))
+    assert first.next_page_token
+    details = await failure(
+        stub.ListPayments(payments_pb2.ListPaymentsRequest(order_id="ord_b", page_token=first.next_page_token))
+    )
+    assert (details.code, details.reason, fields(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+        {"page_token": "INVALID_PAGE_TOKEN"},
+    )
+
+
+async def test_list_payments_validates_order_id_page_size_and_page_token(payments: Payments) -> None:
+    details = await failure(
+        payments.stub().ListPayments(payments_pb2.ListPaymentsRequest(order_id="", page_size=-1, page_token="%%"))
+    )
+    assert (details.code, details.reason, fields(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "VALIDATION_FAILED",
+        {"order_id": "REQUIRED", "page_size": "OUT_OF_RANGE", "page_token": "INVALID_PAGE_TOKEN"},
+    )
+
+
+async def test_reads_need_no_idempotency_key_and_accept_one(payments: Payments) -> None:
+    page = await payments.stub().ListPayments(
+        payments_pb2.ListPaymentsRequest(order_id="ord_1"), metadata=idempotency_metadata("ignored")
+    )
+    assert list(page.payments) == []

@@ -1,0 +1,110 @@
+"""A small typed client for the core services, as the end-to-end tests use them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import nats
+
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
+from shopmesh_platform.stack import Stack
+
+GOOD_CARD = "4242424242424242"
+DECLINED_CARD = "4000000000000002"
+PROCESSOR_DOWN_CARD = "4000000000000119"
+
+
+def place_request(
+    user_id: str, product_id: str, quantity: int = 1, card: str = GOOD_CARD
+) -> orders_pb2.PlaceOrderRequest:
+    return orders_pb2.PlaceOrderRequest(
+        user_id=user_id,
+        items=[orders_pb2.CartItem(product_id=product_id, quantity=quantity)],
+        currency="USD",
+        shipping_address=orders_pb2.ShippingAddress(
+            full_name="Grace Hopper", street="1 Compiler Road", city="Arlington", postal_code="22201", country="US"
+        ),
+        email="grace@example.com",
+        card=payments_pb2.PaymentCard(number=card, exp_month=12, exp_year=2031, cvv="123"),
+    )
+
+
+@dataclass
+class Shop:
+    catalog: catalog_pb2_grpc.CatalogServiceStub
+    inventory: inventory_pb2_grpc.InventoryServiceStub
+    orders: orders_pb2_grpc.OrdersServiceStub
+    payments: payments_pb2_grpc.PaymentsServiceStub
+    nats_url: str
+
+    async def set_stock(self, product_id: str, on_hand: int) -> None:
+        await self.inventory.SetStock(inventory_pb2.SetStockRequest(product_id=product_id, on_hand=on_hand))
+
+    async def stock(self, product_id: str) -> inventory_pb2.StockLevel:
+        response = await self.inventory.GetStock(inventory_pb2.GetStockRequest(product_ids=[product_id]))
+        return response.stock_levels[0]
+
+    async def place(self, request: orders_pb2.PlaceOrderRequest, key: str | None = None) -> orders_pb2.Order:
+        response = await self.orders.PlaceOrder(
+            request, metadata=idempotency_metadata(key or str(uuid.uuid4())), timeout=30
+        )
+        return response.order
+
+    async def order(self, order_id: str) -> orders_pb2.Order:
+        return (await self.orders.GetOrder(orders_pb2.GetOrderRequest(order_id=order_id))).order
+
+    async def payments_for(self, order_id: str) -> list[payments_pb2.Payment]:
+        response = await self.payments.ListPayments(payments_pb2.ListPaymentsRequest(order_id=order_id))
+        return list(response.payments)
+
+    async def captured(self, order_id: str) -> int:
+        return sum(1 for p in await self.payments_for(order_id) if p.state == payments_pb2.PAYMENT_STATE_CAPTURED)
+
+    async def order_events(self) -> list[tuple[str, str]]:
+        """(subject, order_id) of every message on the ORDERS stream, in stream order."""
+        client = await nats.connect(self.nats_url)
+        try:
+            js = client.jetstream()
+            info = await js.stream_info("ORDERS")
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                msg = await js.get_msg("ORDERS", seq)
+                event_type = (
+                    events_pb2.OrderConfirmed if msg.subject.endswith("confirmed") else events_pb2.OrderCancelled
+                )
+                out.append((msg.subject, event_type.FromString(msg.data).order_id))
+            return out
+        finally:
+            await client.close()
+
+
+@asynccontextmanager
+async def shop_client(stack: Stack) -> AsyncIterator[Shop]:
+    options = ClientOptions(breaker=None, caller="e2e-tests", default_timeout_seconds=30)
+    channels = {
+        name: ResilientChannel(stack.address(name), [descriptor], options)
+        for name, descriptor in (
+            ("catalog", catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]),
+            ("inventory", inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]),
+            ("orders", orders_pb2.DESCRIPTOR.services_by_name["OrdersService"]),
+            ("payments", payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]),
+        )
+    }
+    try:
+        yield Shop(
+            catalog=catalog_pb2_grpc.CatalogServiceStub(channels["catalog"].channel),
+            inventory=inventory_pb2_grpc.InventoryServiceStub(channels["inventory"].channel),
+            orders=orders_pb2_grpc.OrdersServiceStub(channels["orders"].channel),
+            payments=payments_pb2_grpc.PaymentsServiceStub(channels["payments"].channel),
+            nats_url=stack.nats_url,
+        )
+    finally:
+        for channel in channels.values():
+            await channel.close()

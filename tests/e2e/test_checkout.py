@@ -1,0 +1,134 @@
+"""The checkout saga end to end: real catalog, inventory, payments and orders processes, a real
+nats-server, real SQLite databases, real gRPC — started by the same launcher as `make run`."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from shopmesh.orders.v1 import orders_pb2
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_platform.stack import Stack
+
+from .shop import DECLINED_CARD, PROCESSOR_DOWN_CARD, Shop, place_request, shop_client
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CORE = ["catalog", "inventory", "payments", "orders"]
+ORDERS_ENV = {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_dir: Path) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(module_dir, services=CORE, env={"orders": ORDERS_ENV}) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def shop(stack: Stack) -> AsyncIterator[Shop]:
+    async with shop_client(stack) as client:
+        yield client
+
+
+def user() -> str:
+    return f"usr_{uuid.uuid4().hex[:10]}"
+
+
+async def test_successful_checkout_confirms_captures_once_and_commits_stock(shop: Shop) -> None:
+    await shop.set_stock("prod_chef_knife", 10)
+    order = await shop.place(place_request(user(), "prod_chef_knife", 2))
+    assert order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    assert order.total.amount_minor == 2 * 8900
+    assert await shop.captured(order.id) == 1
+    stock = await shop.stock("prod_chef_knife")
+    assert (stock.on_hand, stock.reserved, stock.available) == (8, 0, 8)
+    assert (await shop.order(order.id)).state == orders_pb2.ORDER_STATE_CONFIRMED
+
+
+async def test_declined_card_cancels_and_puts_the_stock_back(shop: Shop) -> None:
+    await shop.set_stock("prod_french_press", 5)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.place(place_request(user(), "prod_french_press", 1, DECLINED_CARD))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED")
+    assert details.error_info is not None
+    order = await shop.order(details.error_info.metadata["order_id"])
+    assert order.state == orders_pb2.ORDER_STATE_CANCELLED
+    assert order.cancel_reason.code == orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED
+    assert await shop.captured(order.id) == 0
+    stock = await shop.stock("prod_french_press")
+    assert (stock.available, stock.reserved) == (5, 0)
+
+
+async def test_insufficient_stock_cancels_and_charges_nothing(shop: Shop) -> None:
+    await shop.set_stock("prod_camp_stove", 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.place(place_request(user(), "prod_camp_stove", 3))
+    details = details_of(caught.value)
+    assert details.reason == "INSUFFICIENT_STOCK"
+    assert details.error_info is not None
+    order_id = details.error_info.metadata["order_id"]
+    assert (await shop.order(order_id)).state == orders_pb2.ORDER_STATE_CANCELLED
+    assert await shop.payments_for(order_id) == []
+    assert (await shop.stock("prod_camp_stove")).available == 1
+
+
+def charge_attempts(stack: Stack, code: str) -> float:
+    url = stack.metrics_url("payments")
+    assert url is not None
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("grpc_server_handled_total{") and 'grpc_method="Charge"' in line and f'"{code}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_payments_unavailable_is_retried_then_compensated(shop: Shop, stack: Stack) -> None:
+    await shop.set_stock("prod_headlamp", 4)
+    before = await asyncio.to_thread(charge_attempts, stack, "UNAVAILABLE")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.place(place_request(user(), "prod_headlamp", 1, PROCESSOR_DOWN_CARD))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_UNAVAILABLE")
+    # gRPC retried each Charge (IDEMPOTENT in the contract) and the saga retried the step.
+    assert await asyncio.to_thread(charge_attempts, stack, "UNAVAILABLE") - before > 2
+    assert details.error_info is not None
+    order_id = details.error_info.metadata["order_id"]
+    assert await shop.captured(order_id) == 0
+    stock = await shop.stock("prod_headlamp")
+    assert (stock.available, stock.reserved) == (4, 0)
+
+
+async def test_replayed_place_order_returns_the_same_order_and_charges_once(shop: Shop) -> None:
+    await shop.set_stock("prod_soy_candle", 10)
+    request = place_request(user(), "prod_soy_candle", 1)
+    first = await shop.place(request, key="replay-key-1")
+    again = await shop.place(request, key="replay-key-1")
+    assert again.id == first.id
+    assert await shop.captured(first.id) == 1
+    assert (await shop.stock("prod_soy_candle")).on_hand == 9
+
+
+async def test_each_terminal_order_has_exactly_one_event(shop: Shop) -> None:
+    await shop.set_stock("prod_wool_throw", 3)
+    confirmed = await shop.place(place_request(user(), "prod_wool_throw", 1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await shop.place(place_request(user(), "prod_wool_throw", 1, DECLINED_CARD))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    cancelled_id = details_of(caught.value).error_info.metadata["order_id"]  # type: ignore[union-attr]
+    events: list[tuple[str, str]] = []
+    for _ in range(100):  # the relay publishes asynchronously; bounded wait
+        events = await shop.order_events()
+        if {confirmed.id, cancelled_id} <= {order_id for _, order_id in events}:
+            break
+        await asyncio.sleep(0.1)
+    assert [e for e in events if e[1] == confirmed.id] == [("orders.v1.order_confirmed", confirmed.id)]
+    assert [e for e in events if e[1] == cancelled_id] == [("orders.v1.order_cancelled", cancelled_id)]
