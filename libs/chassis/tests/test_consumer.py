@@ -1,0 +1,164 @@
+"""Event consumption: at-least-once delivery, one effect per event id, retries, and a dead-letter stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.events import ensure_stream
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
+
+scratch = MetaData()
+effects = Table("effects", scratch, Column("id", Integer, primary_key=True), Column("event_id", String(64)))
+
+
+@pytest.fixture
+def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
+    with nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+async def client(nats_srv: NatsServer) -> AsyncIterator[Client]:
+    nc = await nats.connect(nats_srv.url)
+    await ensure_stream(nc.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600)
+    yield nc
+    await nc.close()
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite:///{tmp_path}/consumer.db")
+    (tmp_path / "versions").mkdir()
+    await migrate(database, tmp_path / "versions")
+    async with database.engine.begin() as conn:
+        await conn.run_sync(scratch.create_all)
+    yield database
+    await database.dispose()
+
+
+async def publish(client: Client, event_id: str, body: bytes = b"x") -> None:
+    await client.jetstream().publish("things.v1.happened", body, headers={"Nats-Msg-Id": event_id})
+
+
+async def applied(db: Database) -> Counter[str]:
+    async with db.transaction() as session:
+        rows = (await session.execute(select(effects.c.event_id))).scalars().all()
+    return Counter(rows)
+
+
+def consumer(db: Database, url: str, handler: object, **kwargs: object) -> EventConsumer:
+    return EventConsumer(
+        db,
+        url,
+        durable="tester",
+        stream="THINGS",
+        stream_subjects=["things.v1.>"],
+        subjects=["things.v1.happened"],
+        handler=handler,  # type: ignore[arg-type]
+        backoff_seconds=(0.05,),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def until(condition: object, attempts: int = 200) -> None:
+    for _ in range(attempts):
+        if await condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition never held")
+
+
+async def record(session: AsyncSession, event: Event) -> None:
+    await session.execute(insert(effects).values(event_id=event.event_id))
+
+
+async def test_each_event_is_applied_once(db: Database, client: Client, nats_srv: NatsServer) -> None:
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    for event_id in ("e1", "e2", "e3"):
+        await publish(client, event_id)
+
+    async def all_applied() -> bool:
+        return await applied(db) == Counter({"e1": 1, "e2": 1, "e3": 1})
+
+    await until(all_applied)
+    await running.stop()
+
+
+async def test_a_redelivered_event_has_no_second_effect(db: Database, nats_srv: NatsServer) -> None:
+    running = consumer(db, nats_srv.url, record)
+    event = Event("e1", "things.v1.happened", b"x", {"Nats-Msg-Id": "e1"}, attempt=1)
+    assert await running._apply(event)
+    # As after a crash between commit and ack: the same event arrives again.
+    assert not await running._apply(Event("e1", "things.v1.happened", b"x", {"Nats-Msg-Id": "e1"}, attempt=2))
+    assert await applied(db) == Counter({"e1": 1})
+
+
+async def test_a_failing_handler_is_retried_until_it_succeeds(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    attempts: Counter[str] = Counter()
+
+    async def flaky(session: AsyncSession, event: Event) -> None:
+        attempts[event.event_id] += 1
+        if attempts[event.event_id] < 3:
+            raise ConnectionError("SMTP server busy")
+        await record(session, event)
+
+    running = consumer(db, nats_srv.url, flaky)
+    running.start()
+    await publish(client, "e1")
+
+    async def done() -> bool:
+        return await applied(db) == Counter({"e1": 1})
+
+    await until(done)
+    assert attempts["e1"] == 3
+    await running.stop()
+
+
+async def test_a_poison_message_is_parked_and_later_messages_still_flow(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    async def picky(session: AsyncSession, event: Event) -> None:
+        if event.payload == b"poison":
+            raise ValueError("cannot parse")
+        await record(session, event)
+
+    running = consumer(db, nats_srv.url, picky, max_attempts=3)
+    running.start()
+    await publish(client, "bad", b"poison")
+    await publish(client, "good", b"fine")
+
+    async def good_applied() -> bool:
+        return await applied(db) == Counter({"good": 1})
+
+    await until(good_applied)
+
+    async def parked() -> bool:
+        try:
+            info = await client.jetstream().stream_info(DEAD_LETTER_STREAM)
+        except Exception:
+            return False
+        return info.state.messages == 1
+
+    await until(parked)
+    message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
+    assert message.data == b"poison"
+    assert message.subject == "deadletter.tester.things.v1.happened"
+    assert message.headers is not None
+    assert message.headers["Shopmesh-Original-Event-Id"] == "bad"
+    assert message.headers["Shopmesh-Attempts"] == "3"
+    await running.stop()
