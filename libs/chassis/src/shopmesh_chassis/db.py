@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 log = logging.getLogger("shopmesh.db")
+
+READ_ONLY = "shopmesh_read_only"
 
 
 def sqlite_url(data_dir: str | Path, service_name: str) -> str:
@@ -68,7 +72,9 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads take a snapshot (WAL lets them run beside the writer); everything else takes the write lock.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -78,6 +84,9 @@ class Database:
         self.url = normalize_url(url)
         self.engine = create_engine(self.url, pool_size=pool_size)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in
+        # growing steps in a worker thread (long tails under load); queueing here is FIFO and wakes at once.
+        self._writer = asyncio.Lock() if is_sqlite(self.url) else None
 
     @property
     def dialect(self) -> str:
@@ -85,9 +94,27 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in one transaction: committed on success, rolled back on any exception."""
-        async with self.sessions() as session, session.begin():
+        """A session in one transaction: committed on success, rolled back on any exception.
+
+        Do not open a transaction while holding another in the same task: on SQLite they would wait for
+        each other."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self._writer is not None:
+                await stack.enter_async_context(self._writer)
+            session = await stack.enter_async_context(self.sessions())
+            await stack.enter_async_context(session.begin())
             yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads only: a consistent snapshot that never waits for (or blocks) the writer."""
+        async with self.sessions() as session:
+            if self._writer is not None:
+                await session.connection(execution_options={READ_ONLY: True})
+            try:
+                yield session
+            finally:
+                await session.rollback()  # nothing to keep: end the snapshot
 
     async def dispose(self) -> None:
         await self.engine.dispose()

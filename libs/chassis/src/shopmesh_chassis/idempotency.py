@@ -79,6 +79,13 @@ def request_fingerprint(request: Message) -> str:
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
+def _in_use() -> errors.Aborted:
+    return errors.Aborted(
+        "a request with this idempotency key is still in progress; retry shortly",
+        reason="IDEMPOTENCY_KEY_IN_USE",
+    )
+
+
 class IdempotencyStore:
     def __init__(
         self,
@@ -140,6 +147,18 @@ class IdempotencyStore:
     async def _claim(self, scope: str, key: str, fingerprint: str) -> Any | None:
         """Take the key (returns None) or return the completed record to replay; raise otherwise."""
         now = self._clock()
+        # A look without the write lock first: a retry of a finished or running request is answered at
+        # once instead of queueing behind the writer (on SQLite, the very request it duplicates).
+        async with self._db.read() as session:
+            seen = (
+                await session.execute(select(records).where(records.c.scope == scope, records.c.key == key))
+            ).one_or_none()
+        if seen is not None and _aware(seen.created_at) >= now - self._retention:
+            self._check_same_request(seen, fingerprint)
+            if seen.state == COMPLETED:
+                return seen
+            if _aware(seen.locked_until) > now:
+                raise _in_use()
         try:
             async with self._db.transaction() as session:
                 row = (
@@ -161,19 +180,11 @@ class IdempotencyStore:
                         )
                     )
                     return None
-                if row.request_hash != fingerprint:
-                    raise errors.InvalidArgument(
-                        "this idempotency key was used with a different request",
-                        [errors.FieldViolation("idempotency-key", "already used with a different request")],
-                        reason="IDEMPOTENCY_KEY_REUSED",
-                    )
+                self._check_same_request(row, fingerprint)
                 if row.state == COMPLETED:
                     return row
                 if _aware(row.locked_until) > now:
-                    raise errors.Aborted(
-                        "a request with this idempotency key is still in progress; retry shortly",
-                        reason="IDEMPOTENCY_KEY_IN_USE",
-                    )
+                    raise _in_use()
                 # The first attempt's lease ran out (its process died): take the key over.
                 log.warning("taking over an abandoned idempotency key", extra={"scope": scope})
                 await session.execute(
@@ -184,10 +195,16 @@ class IdempotencyStore:
                 return None
         except IntegrityError:
             # Another request inserted the same key between our read and our insert (PostgreSQL).
-            raise errors.Aborted(
-                "a request with this idempotency key is still in progress; retry shortly",
-                reason="IDEMPOTENCY_KEY_IN_USE",
-            ) from None
+            raise _in_use() from None
+
+    @staticmethod
+    def _check_same_request(row: Any, fingerprint: str) -> None:
+        if row.request_hash != fingerprint:
+            raise errors.InvalidArgument(
+                "this idempotency key was used with a different request",
+                [errors.FieldViolation("idempotency-key", "already used with a different request")],
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )
 
     async def _complete(
         self,

@@ -29,7 +29,7 @@ class CatalogApplication:
 
     async def list_products(self, page_size: int, page_token: str, category: str) -> ProductPage:
         query = validation.validate_list_products(page_size, page_token, category)
-        async with self._database.transaction() as session:
+        async with self._database.read() as session:
             found = await CatalogRepository(session).list_products(query)
         page = found[: query.limit]
         more = len(found) > query.limit
@@ -38,7 +38,7 @@ class CatalogApplication:
 
     async def get_product(self, product_id: str) -> Product:
         product_id = validation.validate_product_id(product_id)
-        async with self._database.transaction() as session:
+        async with self._database.read() as session:
             found = await CatalogRepository(session).products_by_id([product_id])
         if product_id not in found:
             raise product_not_found(product_id)
@@ -46,13 +46,13 @@ class CatalogApplication:
 
     async def batch_get_products(self, product_ids: Sequence[str]) -> tuple[Product, ...]:
         product_ids = validation.validate_product_ids(product_ids)
-        async with self._database.transaction() as session:
+        async with self._database.read() as session:
             found = await CatalogRepository(session).products_by_id(product_ids)
         return batch_in_request_order(product_ids, found)
 
     async def search_products(self, query: str, category: str, page_size: int, page_token: str) -> ProductPage:
         search = validation.validate_search_products(query, category, page_size, page_token)
-        async with self._database.transaction() as session:
+        async with self._database.read() as session:
             found = await CatalogRepository(session).search_products(search)
         page = found[: search.limit]
         more = len(found) > search.limit
@@ -60,7 +60,7 @@ class CatalogApplication:
         return ProductPage(tuple(product for _, product in page), token)
 
     async def list_categories(self) -> list[Category]:
-        async with self._database.transaction() as session:
+        async with self._database.read() as session:
             return await CatalogRepository(session).list_categories()
 
     async def load(self, categories: Sequence[CategoryData], products: Sequence[ProductData]) -> None:

@@ -49,7 +49,7 @@ class Inventory:
     async def get_stock(self, product_ids: Sequence[str]) -> list[StockLevel]:
         ids = validation.stock_query(product_ids)
         now = self._clock()
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             levels = await StockRepository(session).levels(set(ids))
             overdue = await ReservationRepository(session).overdue_units(set(ids), now)
         # Units of overdue reservations are available even before the sweep records the expiry.

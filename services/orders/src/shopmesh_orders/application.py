@@ -90,7 +90,7 @@ class OrdersApplication:
         return await self._settle(order.id, command.card, owner)
 
     async def _by_origin(self, origin: IdempotentOrigin) -> Order | None:
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             found = await OrderRepository(session).get_by_origin(origin.scope, origin.key)
         if found is None:
             return None
@@ -177,7 +177,7 @@ class OrdersApplication:
                 after = (datetime.fromisoformat(str(created_at)), str(order_id))
             except ValueError:
                 raise invalid_page_token("not a page token issued by this service") from None
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             page = await OrderRepository(session).list_for_user(user_id, size + 1, after)
         token = ""
         if len(page) > size:
@@ -223,7 +223,7 @@ class OrdersApplication:
 
     async def resume_unfinished(self, limit: int = 50) -> int:
         """Drive every saga no live driver holds (after a crash, or one that waited on a dependency)."""
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             order_ids = await OrderRepository(session).unfinished(self._clock(), limit)
         for order_id in order_ids:
             try:
@@ -249,7 +249,7 @@ class OrdersApplication:
     # --- helpers ----------------------------------------------------------------------------------
 
     async def _load(self, order_id: str, owner_check: bool = False) -> Order:
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             order = await OrderRepository(session).get(order_id)
         return await self._visible(order, order_id) if owner_check else _require(order, order_id)
 

@@ -275,7 +275,7 @@ class SagaDriver:
             await OrderRepository(session).release(order_id, owner)
 
     async def _load(self, order_id: str) -> Order:
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             order = await OrderRepository(session).get(order_id)
         if order is None:
             raise errors.NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND")

@@ -99,7 +99,7 @@ class PaymentsApplication:
 
     async def get_payment(self, payment_id: str) -> Payment:
         payment_id = validate_payment_id(payment_id)
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             payment = await PaymentRepository(session).get(payment_id)
         if payment is None:
             raise rules.payment_not_found(payment_id)
@@ -107,7 +107,7 @@ class PaymentsApplication:
 
     async def list_payments(self, order_id: str, page_size: int, page_token: str) -> PaymentPage:
         query: ListPaymentsQuery = validate_list_payments(order_id, page_size, page_token)
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             found, more = await PaymentRepository(session).list_for_order(query.order_id, query.limit, query.after)
         token = query.next_page_token(found[-1]) if more and found else ""
         return PaymentPage(payments=tuple(found), next_page_token=token)

@@ -1,0 +1,69 @@
+"""Database behaviour every service relies on: serialized writers, non-blocking reads, URL handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, update
+
+from shopmesh_chassis.db import Database, normalize_url
+
+scratch = MetaData()
+counter = Table("counter", scratch, Column("id", Integer, primary_key=True), Column("value", Integer))
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite:///{tmp_path}/t.db")
+    async with database.engine.begin() as conn:
+        await conn.run_sync(scratch.create_all)
+    async with database.transaction() as session:
+        await session.execute(insert(counter).values(id=1, value=0))
+    yield database
+    await database.dispose()
+
+
+async def test_concurrent_read_modify_write_transactions_lose_no_update(db: Database) -> None:
+    async def increment() -> None:
+        async with db.transaction() as session:
+            value = (await session.execute(select(counter.c.value))).scalar_one()
+            await asyncio.sleep(0)  # let the others run between the read and the write
+            await session.execute(update(counter).values(value=value + 1))
+
+    await asyncio.gather(*(increment() for _ in range(50)))
+    async with db.read() as session:
+        assert (await session.execute(select(counter.c.value))).scalar_one() == 50
+
+
+async def test_a_read_does_not_wait_for_an_open_write(db: Database) -> None:
+    writing, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_write() -> None:
+        async with db.transaction() as session:
+            await session.execute(update(counter).values(value=99))
+            writing.set()
+            await release.wait()
+
+    writer = asyncio.create_task(slow_write())
+    await writing.wait()
+    async with db.read() as session:
+        # The snapshot from before the uncommitted write, and no waiting for it.
+        assert (await session.execute(select(counter.c.value))).scalar_one() == 0
+        assert (await session.execute(select(func.count()).select_from(counter))).scalar_one() == 1
+    release.set()
+    await writer
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+asyncpg://u:p@h:5432/d"),
+        ("postgresql://u:p@h/d", "postgresql+asyncpg://u:p@h/d"),
+        ("sqlite:////tmp/x.db", "sqlite+aiosqlite:////tmp/x.db"),
+    ],
+)
+def test_database_urls_people_paste_are_accepted(given: str, expected: str) -> None:
+    assert normalize_url(given) == expected

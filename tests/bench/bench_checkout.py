@@ -1,0 +1,186 @@
+"""Checkout benchmark (`make bench-checkout`): checkouts per second and latency at fixed arrival rates.
+
+Open loop: requests are sent on a fixed schedule (rate R for D seconds) whether or not earlier ones have
+answered, and each latency is measured from the moment its request was *due*, so queueing in an
+overloaded system is counted (no coordinated omission). Each checkout is a real PlaceOrder through
+orders: catalog prices it, inventory reserves, payments charges, inventory commits, the outbox relay
+publishes OrderConfirmed to a real nats-server. Every service is its own process, as under `make run`,
+with SQLite databases, JSON logs at INFO, tracing and metrics on.
+
+The *saturation rate* is the highest offered rate that the system still completes (≥ 95 % of the offered
+rate, no errors) with p99 under one second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
+from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis.client import idempotency_metadata
+from shopmesh_platform.stack import Stack
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import machine, write_section
+
+HEADING = "## Checkout (`make bench-checkout`)"
+RATES = (10, 25, 50, 75, 100, 150)
+TARGET_RATE = 50
+TARGET_P99_MS = 30.0
+PRODUCT = "prod_chef_knife"
+
+
+@dataclass(frozen=True)
+class Result:
+    rate: float
+    offered: int
+    completed: int
+    errors: int
+    seconds: float
+    latencies_ms: tuple[float, ...]
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.seconds
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def sustained(self) -> bool:
+        return self.errors == 0 and self.throughput >= 0.95 * self.rate and self.percentile(0.99) < 1000
+
+
+def request(user: str) -> orders_pb2.PlaceOrderRequest:
+    return orders_pb2.PlaceOrderRequest(
+        user_id=user,
+        items=[orders_pb2.CartItem(product_id=PRODUCT, quantity=1)],
+        currency="USD",
+        shipping_address=orders_pb2.ShippingAddress(
+            full_name="Bench Mark", street="1 Load Street", city="Berlin", postal_code="10115", country="DE"
+        ),
+        email="bench@example.com",
+        card=payments_pb2.PaymentCard(number="4242424242424242", exp_month=12, exp_year=2031, cvv="123"),
+    )
+
+
+async def run_rate(stub: orders_pb2_grpc.OrdersServiceStub, rate: float, seconds: float) -> Result:
+    count = int(rate * seconds)
+    latencies: list[float] = []
+    errors = 0
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.1
+
+    async def one(index: int) -> None:
+        nonlocal errors
+        due = start + index / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        try:
+            await stub.PlaceOrder(
+                request(f"usr_bench_{index % 50}"), metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30
+            )
+        except grpc.aio.AioRpcError:
+            errors += 1
+            return
+        latencies.append((loop.time() - due) * 1000)
+
+    began = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    elapsed = max(seconds, time.monotonic() - began - 0.1)
+    return Result(rate, count, len(latencies), errors, elapsed, tuple(latencies))
+
+
+async def bench(rates: Sequence[float], seconds: float, warmup: float) -> list[Result]:
+    with tempfile.TemporaryDirectory() as data:
+        stack = Stack.for_tests(Path(data), services=["catalog", "inventory", "payments", "orders"])
+        async with stack:
+            async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
+                await inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
+                    inventory_pb2.SetStockRequest(product_id=PRODUCT, on_hand=1_000_000)
+                )
+            async with grpc.aio.insecure_channel(stack.address("orders")) as channel:
+                stub = orders_pb2_grpc.OrdersServiceStub(channel)
+                await run_rate(stub, 10, warmup)  # connections, caches, SQLite pages
+                results = []
+                for rate in rates:
+                    result = await run_rate(stub, rate, seconds)
+                    results.append(result)
+                    print(line(result), flush=True)
+                    if result.percentile(0.99) > 5000:
+                        break  # far past saturation: higher rates only queue more
+                return results
+
+
+def line(r: Result) -> str:
+    return (
+        f"| {r.rate:g} | {r.throughput:.1f} | {r.completed}/{r.offered} | {r.errors} | "
+        f"{r.percentile(0.5):.1f} | {r.percentile(0.99):.1f} | {max(r.latencies_ms, default=float('nan')):.1f} | "
+        f"{'yes' if r.sustained else 'no'} |"
+    )
+
+
+def report(results: Sequence[Result], seconds: float, command: str) -> str:
+    header = (
+        "| offered rate (checkouts/s) | completed/s | completed/offered | errors | p50 ms | p99 ms | max ms | sustained |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    sustained = [r.rate for r in results if r.sustained]
+    saturation = f"{max(sustained):g} checkouts/s" if sustained else "below the lowest rate measured"
+    at_target = next((r for r in results if r.rate == TARGET_RATE), None)
+    if at_target is None:
+        verdict = f"not measured at {TARGET_RATE}/s"
+    else:
+        p99 = at_target.percentile(0.99)
+        verdict = f"p99 at {TARGET_RATE}/s = {p99:.1f} ms (target ≤ {TARGET_P99_MS:g} ms: {'met' if p99 <= TARGET_P99_MS else 'NOT met'})"
+    return (
+        "\n\n".join(
+            [
+                HEADING,
+                f"Command: `{command}` ({seconds:g} s per rate).",
+                f"Machine: {machine()}.",
+                f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+                header + "\n" + "\n".join(line(r) for r in results),
+                f"Saturation (highest rate sustained: ≥ 95 % completed, no errors, p99 < 1 s): **{saturation}**. {verdict}.",
+                "Latency is measured from each request's scheduled send time (open loop), so it includes queueing "
+                "once the system falls behind. The load generator, the four services and nats-server share the "
+                "machine's cores.",
+            ]
+        )
+        + "\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default=",".join(map(str, RATES)), help="offered rates, checkouts/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--write", type=Path, default=None, help="update this benchmarks document")
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+    print("| offered | completed/s | completed/offered | errors | p50 ms | p99 ms | max ms | sustained |")
+    results = asyncio.run(bench(rates, args.seconds, args.warmup))
+    command = f".venv/bin/python tests/bench/bench_checkout.py --rates {args.rates} --seconds {args.seconds:g}"
+    text = report(results, args.seconds, command)
+    print(text)
+    if args.write:
+        write_section(args.write, HEADING, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Shared by the benchmarks: the machine line and writing one section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+
+DOC_TITLE = "# Benchmarks"
+
+
+def machine(packages: tuple[str, ...] = ("grpcio",)) -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in packages)
+    return (
+        f"{len(os.sched_getaffinity(0))} CPUs ({model[1].strip() if model else 'unknown CPU'}), "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, {versions}"
+    )
+
+
+def write_section(path: Path, heading: str, section: str) -> None:
+    """Replace the section that starts with `heading` (a `## ` line), keeping every other section."""
+    text = path.read_text() if path.exists() else f"{DOC_TITLE}\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        following = text.find("\n## ", start + len(heading))
+        rest = "" if following < 0 else "\n" + text[following + 1 :]
+        text = text[:start] + section + rest
+    path.write_text(text)
