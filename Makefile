@@ -88,6 +88,10 @@ run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl
 bench-chassis: setup ## Throughput and p50/p99: bare grpc.aio vs the chassis vs sync grpc.server
 	$(VENV_BIN)/python tests/bench/bench_chassis.py
 
+.PHONY: bench-checkout
+bench-checkout: setup ## Checkouts/s and p50/p99 at fixed arrival rates (open loop) through orders
+	$(VENV_BIN)/python tests/bench/bench_checkout.py --write docs/benchmarks.md
+
 .PHONY: clean
 clean: ## Remove tools, the virtualenv and local data
 	rm -rf $(TOOLS) .venv .data .pytest_cache .mypy_cache .ruff_cache
