@@ -75,6 +75,8 @@ class OrdersApplication:
             address=command.address,
             created_at=now,
             updated_at=now,
+            # The reserve call follows at once; marking it now saves a transaction.
+            reserve_attempted=True,
         )
         owner = self._saga.new_lease_owner()
         try:
@@ -87,7 +89,7 @@ class OrdersApplication:
                 raise
             return await self._settle(existing.id, command.card, None)
         log.info("order %s recorded", order.id, extra={"order_id": order.id})
-        return await self._settle(order.id, command.card, owner)
+        return await self._settle(order.id, command.card, owner, order)
 
     async def _by_origin(self, origin: IdempotentOrigin) -> Order | None:
         async with self._db.read() as session:
@@ -126,16 +128,18 @@ class OrdersApplication:
             for item in command.items
         )
 
-    async def _settle(self, order_id: str, card: Card | None, owner: str | None) -> Order:
+    async def _settle(
+        self, order_id: str, card: Card | None, owner: str | None, recorded: Order | None = None
+    ) -> Order:
         """Drive the order's saga to its end and answer with its outcome.
 
         The saga runs in its own task, detached from the caller's deadline: a caller that gives up
         must not leave an order half-done. The task is shielded, so it goes on after the RPC ends.
         """
-        order = await self._load(order_id)
+        order = recorded or await self._load(order_id)
         if not order.is_terminal:
             task = asyncio.get_running_loop().create_task(
-                self._saga.drive(order_id, card, owner), context=call_context.detached_context()
+                self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context()
             )
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -204,8 +208,7 @@ class OrdersApplication:
                         reason="IDEMPOTENCY_KEY_REUSED",
                     )
             else:
-                requested = order.cancellation_requested(reason, self._clock())
-                await repository.save(requested)
+                await repository.save(order.cancellation_requested(reason, self._clock()))
                 await repository.set_cancel_origin(order_id, key, fingerprint)
         order = await self._load(order_id)
         if not order.is_terminal:

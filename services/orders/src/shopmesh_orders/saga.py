@@ -44,6 +44,10 @@ ORDER_CONFIRMED = "orders.v1.order_confirmed"
 ORDER_CANCELLED = "orders.v1.order_cancelled"
 
 
+# A charge mark younger than this was written by this driver just before (with the reservation).
+_FRESH = timedelta(seconds=1)
+
+
 class LeaseHeld(Exception):
     """Another driver is working on this order right now."""
 
@@ -81,24 +85,33 @@ class SagaDriver:
     def lease_until(self) -> datetime:
         return self._clock() + self._lease()
 
-    async def drive(self, order_id: str, card: Card | None, owner: str | None = None) -> Order:
+    async def drive(
+        self, order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+    ) -> Order:
         """Run the saga of `order_id` until it is done or a dependency stays unavailable.
 
         `card` is known only to the PlaceOrder call that carries it; a resumed saga has none (cards are
         never stored) and settles the charge step by asking payments what happened.
+        `owner` and `order` come from the PlaceOrder that just recorded the order with its lease held:
+        then there is nothing to claim or load.
         Raises `errors.Unavailable` when the saga must wait; the order stays PENDING with its lease
         released, and the recovery loop (or a retried PlaceOrder) continues it.
         """
-        owner = owner or self.new_lease_owner()
-        if not await self._claim(order_id, owner):
-            raise LeaseHeld(order_id)
+        if owner is None or order is None:
+            owner = owner or self.new_lease_owner()
+            if not await self._claim(order_id, owner):
+                raise LeaseHeld(order_id)
+            order = None
         try:
-            order = await self._load(order_id)
+            if order is None:
+                order = await self._load(order_id)
             while not order.is_terminal:
                 order = await self._attempt(order, card, owner)
             return order
         finally:
-            await self._release(order_id, owner)
+            # The terminal transition gave the lease up in its own transaction.
+            if order is None or not order.is_terminal:
+                await self._release(order_id, owner)
 
     async def _attempt(self, order: Order, card: Card | None, owner: str) -> Order:
         """One step, retried a few times while its dependency is unavailable."""
@@ -138,7 +151,8 @@ class SagaDriver:
         now = self._clock()
         match order.step:
             case SagaStep.RESERVE:
-                order = await self._transition(owner, order.reserving(now))
+                if not order.reserve_attempted:
+                    order = await self._transition(owner, order.reserving(now))
                 try:
                     reservation_id = await self._inventory.reserve(
                         order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
@@ -147,12 +161,17 @@ class SagaDriver:
                     failed = order.failed_before_pivot(CancelCode.INSUFFICIENT_STOCK, now)
                     # Inventory records nothing when it refuses: there is no stock to release.
                     return await self._transition(owner, failed.nothing_reserved())
-                return await self._transition(owner, order.reserved(reservation_id, self._clock()))
+                reserved = order.reserved(reservation_id, self._clock())
+                if card is not None:
+                    # The charge follows at once: mark it attempted in the same transaction.
+                    reserved = reserved.charging(self._clock())
+                return await self._transition(owner, reserved)
 
             case SagaStep.CHARGE:
                 if card is None:
                     return await self._settle_charge_without_card(order, owner)
-                order = await self._transition(owner, order.charging(now))
+                if order.charge_attempted_at is None or now - order.charge_attempted_at > _FRESH:
+                    order = await self._transition(owner, order.charging(now))
                 try:
                     payment_id = await self._payments.charge(
                         order.id, order.total_minor, order.currency, card, charge_key(order.id)
@@ -229,7 +248,8 @@ class SagaDriver:
         now = self._clock()
         event_id = new_event_id()
         async with self._db.transaction() as session:
-            await self._save(session, after, owner)
+            after = await self._save(session, after, owner)
+            await OrderRepository(session).release(after.id, owner)
             if after.state is OrderState.CONFIRMED:
                 event = codec.confirmed_event(after, event_id, now)
                 await add_event(session, subject=ORDER_CONFIRMED, message=event, event_id=event_id)
@@ -243,14 +263,15 @@ class SagaDriver:
 
     async def _transition(self, owner: str, after: Order) -> Order:
         async with self._db.transaction() as session:
-            await self._save(session, after, owner)
+            after = await self._save(session, after, owner)
         await self._maybe_pause(after)
         return after
 
-    async def _save(self, session: AsyncSession, order: Order, owner: str) -> None:
+    async def _save(self, session: AsyncSession, order: Order, owner: str) -> Order:
         repository = OrderRepository(session)
-        await repository.save(order)
+        saved = await repository.save(order)
         await repository.renew(order.id, owner, self.lease_until())
+        return saved
 
     async def _maybe_pause(self, order: Order) -> None:
         fault = self._settings.fault_pause_after_step

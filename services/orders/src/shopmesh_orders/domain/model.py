@@ -87,7 +87,7 @@ class Order:
     reserve_attempted: bool = False
     charge_attempted_at: datetime | None = None
     refunded: bool = False
-    # Bumped on every persisted change: the store's optimistic-concurrency check.
+    # The version stored with the order: the store's optimistic-concurrency check bumps it on each save.
     version: int = field(default=1)
 
     @property
@@ -107,7 +107,7 @@ class Order:
             )
 
     def _next(self, now: datetime, **changes: object) -> Order:
-        return replace(self, updated_at=now, version=self.version + 1, **changes)  # type: ignore[arg-type]
+        return replace(self, updated_at=now, **changes)  # type: ignore[arg-type]
 
     def reserving(self, now: datetime) -> Order:
         self._require(SagaStep.RESERVE)

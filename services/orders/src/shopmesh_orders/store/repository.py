@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,15 +83,18 @@ class OrderRepository:
             ],
         )
 
-    async def save(self, order: Order) -> None:
-        """Persist a transition; fails with ABORTED when someone else changed the order meanwhile."""
+    async def save(self, order: Order) -> Order:
+        """Persist a transition of the order as loaded at `order.version`; ABORTED when someone else changed
+        it meanwhile. Returns the order at its new version."""
+        saved = replace(order, version=order.version + 1)
         result = await self._session.execute(
             update(orders)
-            .where(orders.c.id == order.id, orders.c.version == order.version - 1)
-            .values(**_row_values(order))
+            .where(orders.c.id == order.id, orders.c.version == order.version)
+            .values(**_row_values(saved))
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise errors.Aborted(f"order {order.id} changed concurrently", reason="CONCURRENT_MODIFICATION")
+        return saved
 
     async def get(self, order_id: str) -> Order | None:
         row = (await self._session.execute(select(orders).where(orders.c.id == order_id))).one_or_none()
