@@ -92,6 +92,8 @@ bench-chassis: setup ## Throughput and p50/p99: bare grpc.aio vs the chassis vs 
 bench-checkout: setup ## Checkouts/s and p50/p99 at fixed arrival rates (open loop) through orders
 	$(VENV_BIN)/python tests/bench/bench_checkout.py --write docs/benchmarks.md
 
+include k8s/k8s.mk
+
 .PHONY: clean
 clean: ## Remove tools, the virtualenv and local data
 	rm -rf $(TOOLS) .venv .data .pytest_cache .mypy_cache .ruff_cache

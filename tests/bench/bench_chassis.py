@@ -6,10 +6,13 @@ Each server runs in its own process (this script re-invoked with `--serve KIND`)
 latency, the server's CPU time over the measured window is read from /proc: on a small machine client
 and server compete for the same cores, and the server's CPU per call is the fairer comparison.
 
-    .venv/bin/python tests/bench/bench_chassis.py                # full run (~2.5 min), table on stdout
+    .venv/bin/python tests/bench/bench_chassis.py                # full run: ~2.5 min on a quiet machine
     .venv/bin/python tests/bench/bench_chassis.py --quick        # smoke run (< 30 s)
     .venv/bin/python tests/bench/bench_chassis.py --write docs/benchmarks.md
-    .venv/bin/python tests/bench/bench_chassis.py --servers a,b,a+metrics,a+tracing,a+both   # diagnosis
+    .venv/bin/python tests/bench/bench_chassis.py --servers a,a+metrics,a+noop-tracing,a+tracing,a+both,b,b-sampled
+
+The last one prices each part of the chassis on top of the bare server (diagnosis). When other processes
+compete for the cores, a run takes longer: each cell waits for a quiet machine and may be measured again.
 
 Benchmarks report figures; nothing here asserts a timing.
 """
@@ -47,6 +50,12 @@ MEASURE_SECONDS = 6.0
 REPEATS = 3
 CHANNELS = 1
 CONCURRENCIES = (1, 32)
+# Other processes compete for the same 2 cores: each cell waits (a bounded time) for the machine to be
+# quiet, and a cell measured while the rest of the machine used more than this share of a core is
+# measured again, keeping the least disturbed attempt.
+MAX_OTHER_CPU_PERCENT = 20.0
+QUIET_WAIT_SECONDS = 30.0
+RETRIES = 2
 TARGET_B_OVER_A = 0.85
 TARGET_B_OVER_C = 1.25
 DOC_TITLE = "# Benchmarks"
@@ -256,6 +265,16 @@ async def measure(
     )
 
 
+async def wait_for_quiet(max_percent: float, max_wait: float) -> None:
+    """Wait until the machine (our idle server and client included) is below max_percent of a core."""
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        busy, start = _busy_seconds(), time.perf_counter()
+        await asyncio.sleep(1.0)
+        if (_busy_seconds() - busy) / (time.perf_counter() - start) * 100 <= max_percent:
+            return
+
+
 class ServerProcess:
     """One server in a child process: started, ready for calls, and stopped by SIGTERM."""
 
@@ -326,7 +345,21 @@ async def run_server(kind: str, concurrencies: Sequence[int], args: argparse.Nam
         try:
             stubs = [sample_pb2_grpc.SampleServiceStub(channel) for channel in channels]
             await server.wait_ready(stubs[0])
-            return {c: await measure(stubs, server.pid, c, args.warmup, args.measure) for c in concurrencies}
+            samples: dict[int, Sample] = {}
+            for concurrency in concurrencies:
+                attempts: list[Sample] = []
+                while len(attempts) <= args.retries:
+                    await wait_for_quiet(args.max_other_cpu, args.quiet_wait)
+                    attempts.append(await measure(stubs, server.pid, concurrency, args.warmup, args.measure))
+                    if attempts[-1].other_cpu_percent <= args.max_other_cpu:
+                        break
+                    print(
+                        f"  C={concurrency:<3} other processes used {attempts[-1].other_cpu_percent:.0f}% of a core",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                samples[concurrency] = min(attempts, key=lambda s: s.other_cpu_percent)
+            return samples
         finally:
             for channel in channels:
                 await channel.close()
@@ -474,8 +507,11 @@ How to read this:
   the server process over the measured window, from `/proc/<pid>/stat`, divided by the calls
   completed) depends far less on which side is the bottleneck, and is the fairer efficiency figure;
   *a/b* and *c/b server CPU per call* are its ratios (below 1: b costs more per call).
-- *Other CPU %* is what the rest of the machine used during the window (from `/proc/stat`); when it
-  is not near 0, something else competed for the cores and the figures are noisier than the spread
+- *Other CPU %* is what the rest of the machine used during the window (from `/proc/stat`, including
+  the kernel's network processing). Each cell first waited up to {quiet_wait:g} s for the machine to be
+  below {max_other:g} % of a core, and was measured again (up to {retries} time(s), keeping the least
+  disturbed attempt) when other processes exceeded that during the window. When it is still well above
+  a few percent, something else competed for the cores and that cell is noisier than the spread
   suggests.
 - p50/p99 are client-side round-trip latencies, including the client's own event-loop queueing at
   C=32. The targets are checked on throughput at C=32, as the issue states them."""
@@ -487,14 +523,16 @@ def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]
     command = (
         f"`.venv/bin/python tests/bench/bench_chassis.py --warmup {args.warmup:g} --measure {args.measure:g} "
         f"--repeats {args.repeats} --channels {args.channels} --concurrency {','.join(map(str, args.concurrency))} "
-        f"--servers {','.join(args.servers)}`"
+        f"--servers {','.join(args.servers)} --max-other-cpu {args.max_other_cpu:g} "
+        f"--quiet-wait {args.quiet_wait:g} --retries {args.retries}`"
     )
     parts = [
         DOC_SECTION,
         f"Command: {command}, i.e. {args.warmup:g} s warm-up and {args.measure:g} s measured per cell, "
         f"{args.repeats} repetition(s). `make bench-chassis` runs the script with its defaults "
         f"(`--warmup {WARMUP_SECONDS:g} --measure {MEASURE_SECONDS:g} --repeats {REPEATS} --channels {CHANNELS} "
-        f"--concurrency {','.join(map(str, CONCURRENCIES))} --servers {','.join(DEFAULT_SERVERS)}`).",
+        f"--concurrency {','.join(map(str, CONCURRENCIES))} --servers {','.join(DEFAULT_SERVERS)} "
+        f"--max-other-cpu {MAX_OTHER_CPU_PERCENT:g} --quiet-wait {QUIET_WAIT_SECONDS:g} --retries {RETRIES}`).",
         f"Machine: {machine()}.",
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
         legend(args.servers),
@@ -502,7 +540,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]
     ]
     if ratio_table:
         parts += [ratio_table, targets]
-    parts.append(HOW_TO_READ.format(channels=args.channels))
+    parts.append(
+        HOW_TO_READ.format(
+            channels=args.channels, max_other=args.max_other_cpu, quiet_wait=args.quiet_wait, retries=args.retries
+        )
+    )
     return "\n\n".join(parts) + "\n"
 
 
@@ -553,11 +595,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=list(DEFAULT_SERVERS),
         help=f"comma-separated server kinds, among: {', '.join(SERVER_KINDS)}",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 s warm-up, 1.5 s measured, 1 repetition")
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=MAX_OTHER_CPU_PERCENT,
+        help="measure a cell again when other processes used more than this %% of a core meanwhile",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=QUIET_WAIT_SECONDS, help="seconds a cell waits at most for a quiet machine"
+    )
+    parser.add_argument("--retries", type=int, default=RETRIES, help="how many times a cell may be measured again")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 0.5 s warm-up, 1.5 s measured, 1 repetition, no waiting for quiet, no retries",
+    )
     parser.add_argument("--write", type=Path, metavar="FILE", help="also write the results into FILE's chassis section")
     args = parser.parse_args(argv)
     if args.quick:
-        args.warmup, args.measure, args.repeats = 0.5, 1.5, 1
+        args.warmup, args.measure, args.repeats, args.retries, args.quiet_wait = 0.5, 1.5, 1, 0, 0.0
     return args
 
 

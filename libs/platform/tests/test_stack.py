@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
+import smtplib
 import socket
 import sys
 from collections.abc import AsyncIterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import nats
@@ -17,7 +20,8 @@ from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.testing import health_status
 from shopmesh_platform.logsink import ConsoleSink
-from shopmesh_platform.stack import NATS, PortInUse, PortPlan, ServiceSpec, Stack, StackError, start_waves
+from shopmesh_platform.smtp_sink import read_mail
+from shopmesh_platform.stack import NATS, SMTP, PortInUse, PortPlan, ServiceSpec, Stack, StackError, start_waves
 from shopmesh_platform.topology import SERVICES
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -35,6 +39,16 @@ BETA = (
     " 'DATA_DIR=' + os.environ['DATA_DIR'], flush=True)\n"
     "if status != 1:\n"
     "    sys.exit(f'alpha was not SERVING when beta started: {status}')\n"
+    "runpy.run_module('shopmesh_chassis.testing.sample_service', run_name='__main__', alter_sys=True)\n",
+)
+
+
+# A service that sends e-mail: it reports the mail server the launcher handed it, then serves.
+MAILER = (
+    sys.executable,
+    "-c",
+    "import os, runpy\n"
+    "print('smtp', os.environ['SMTP_HOST'] + ':' + os.environ['SMTP_PORT'], flush=True)\n"
     "runpy.run_module('shopmesh_chassis.testing.sample_service', run_name='__main__', alter_sys=True)\n",
 )
 
@@ -226,3 +240,50 @@ def test_console_lines_are_prefixed_with_the_padded_name_and_coloured_only_when_
     ConsoleSink(["nats"], stream=coloured, colour=True)("nats", "ready")
     assert plain.getvalue() == "nats      | ready\n"
     assert coloured.getvalue() == "\033[36mnats |\033[0m ready\n"
+
+
+async def send_email(address: str, message_id: str) -> None:
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "shop@shopmesh.example", "ada@example.com", "Hello"
+    message["Message-ID"] = message_id
+    message.set_content("Hello")
+    host, port = address.rsplit(":", 1)
+
+    def deliver() -> None:
+        with smtplib.SMTP(host, int(port), timeout=5) as client:
+            client.send_message(message)
+
+    await asyncio.to_thread(deliver)
+
+
+async def test_a_service_that_sends_email_gets_an_smtp_sink_that_stores_mail_and_restarts_like_nats(
+    tmp_path: Path,
+) -> None:
+    spec = ServiceSpec("mailer", MAILER, env={"SERVICE_NAME": "mailer"}, uses_smtp=True)
+    stack = Stack.for_tests(tmp_path / "data", specs=[spec])
+    await stack.start()
+    try:
+        assert stack.smtp_address is not None
+        assert stack.logs is not None
+        assert f"smtp {stack.smtp_address}" in stack.logs.lines["mailer"]
+        await send_email(stack.smtp_address, "<evt_1@shopmesh.notifications>")
+
+        assert await stack.kill_service(SMTP) == -signal.SIGKILL
+        await stack.start_service(SMTP)
+        await send_email(stack.smtp_address, "<evt_2@shopmesh.notifications>")
+
+        assert [m["Message-ID"] for m in read_mail(stack.smtp_dir)] == [
+            "<evt_1@shopmesh.notifications>",
+            "<evt_2@shopmesh.notifications>",
+        ]
+        assert any("stored evt_2@shopmesh.notifications.eml" in line for line in stack.logs.lines[SMTP])
+    finally:
+        codes = await stack.stop()
+    assert codes == {"mailer": 0, SMTP: 0, NATS: 0}
+
+
+def test_without_a_service_that_sends_email_no_smtp_sink_is_planned_to_run(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, ports=PortPlan.free(["alpha", "beta"]), specs=sample_specs())
+    assert stack.smtp_address is None
+    with pytest.raises(StackError, match="'smtp' is not part of this stack"):
+        stack.pid(SMTP)

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import exc
 
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted, NotFound, Unavailable
 from shopmesh_chassis.testing import free_port
 from shopmesh_inventory.application import Inventory
-from shopmesh_inventory.store.errors import database_errors_as_domain_errors
 
 
 class _PostgresError(Exception):

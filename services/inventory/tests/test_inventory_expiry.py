@@ -11,7 +11,6 @@ import grpc
 
 from shopmesh.inventory.v1 import inventory_pb2
 from shopmesh_inventory.application import Inventory
-from shopmesh_inventory.sweeper import ExpirySweeper
 
 from .conftest import serving
 from .inventory_calls import commit, error_of, get_reservation, metadata, reserve, set_stock, stock
@@ -36,63 +35,3 @@ async def test_reservation_with_a_one_second_ttl_expires_and_then_cannot_be_comm
         assert details.code == grpc.StatusCode.FAILED_PRECONDITION
         assert details.reason == "RESERVATION_EXPIRED"
         assert metadata(details) == {"reservation_id": reservation.id}
-
-
-async def test_sweeper_sweeps_repeatedly_and_stops_cleanly() -> None:
-    swept = asyncio.Event()
-    runs = 0
-
-    async def sweep() -> int:
-        nonlocal runs
-        runs += 1
-        if runs == 3:
-            swept.set()
-        return 0
-
-    sweeper = ExpirySweeper(sweep, interval_seconds=0.01)
-    sweeper.start()
-    assert sweeper.running
-    await asyncio.wait_for(swept.wait(), timeout=10)
-    await sweeper.stop()
-    assert not sweeper.running
-
-
-async def test_sweeper_keeps_running_after_a_failed_sweep() -> None:
-    recovered = asyncio.Event()
-    runs = 0
-
-    async def sweep() -> int:
-        nonlocal runs
-        runs += 1
-        if runs == 1:
-            raise ConnectionError("database went away")
-        recovered.set()
-        return 0
-
-    sweeper = ExpirySweeper(sweep, interval_seconds=0.01)
-    sweeper.start()
-    await asyncio.wait_for(recovered.wait(), timeout=10)
-    await sweeper.stop()
-
-
-async def test_stopping_the_sweeper_lets_a_sweep_in_progress_finish() -> None:
-    started, finished = asyncio.Event(), asyncio.Event()
-
-    async def sweep() -> int:
-        started.set()
-        await asyncio.sleep(0.05)
-        finished.set()
-        return 0
-
-    sweeper = ExpirySweeper(sweep, interval_seconds=60)
-    sweeper.start()
-    await asyncio.wait_for(started.wait(), timeout=10)
-    await sweeper.stop()
-    assert finished.is_set()
-
-
-async def test_stopping_a_sweeper_that_never_started_does_nothing() -> None:
-    async def sweep() -> int:
-        return 0
-
-    await ExpirySweeper(sweep, interval_seconds=1).stop()

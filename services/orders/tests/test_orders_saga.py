@@ -267,3 +267,32 @@ async def test_list_orders_pages_newest_first(app: OrdersApplication) -> None:
     with pytest.raises(errors.InvalidArgument) as caught:
         await app.list_orders("usr_2", 2, token)
     assert caught.value.reason == "INVALID_PAGE_TOKEN"
+
+
+async def test_a_driver_whose_lease_was_taken_over_reports_the_other_drivers_outcome(
+    app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    original_reserve = inventory.reserve
+
+    async def slow_reserve(order_id: str, items: object, ttl_seconds: float) -> str:
+        # While this step is slow, the lease runs out and the recovery loop drives the order itself.
+        inventory.reserve = original_reserve  # type: ignore[method-assign]
+        async with database.transaction() as session:
+            await OrderRepository(session).release(order_id, "expired")
+            from sqlalchemy import update
+
+            from shopmesh_orders.store.tables import orders
+
+            await session.execute(
+                update(orders).where(orders.c.id == order_id).values(lease_until=None, lease_owner=None)
+            )
+        await app.resume_unfinished()
+        return await original_reserve(order_id, items, ttl_seconds)  # type: ignore[arg-type]
+
+    inventory.reserve = slow_reserve  # type: ignore[method-assign]
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    # The recovery driver had no card: it cancelled and released; the caller is told so, not ABORTED.
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    assert payments.captured() == 0
+    assert inventory.reserved("prod_a") == 0

@@ -14,7 +14,7 @@ from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import call_context
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
-from shopmesh_payments.periodic import Periodic
+from shopmesh_chassis.periodic import Periodic
 from shopmesh_payments.settings import PaymentsSettings
 
 from .conftest import BACKENDS, DECLINES, UNAVAILABLE, Payments, charge_request

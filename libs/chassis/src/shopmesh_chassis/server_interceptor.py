@@ -16,6 +16,7 @@ import grpc
 from google.rpc import status_pb2
 
 from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.db_errors import as_domain_error
 from shopmesh_chassis.grpc_errors import internal_status, status_code_for, to_grpc_status, to_rpc_status
 from shopmesh_chassis.metrics import MethodMetrics, ServerMetrics
 from shopmesh_chassis.tracing import current_trace_id
@@ -102,7 +103,14 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             raise
         except grpc.aio.AioRpcError as exc:
             code = await self._dependency_failed(context, method, exc)
-        except Exception:
+        except Exception as exc:
+            mapped = as_domain_error(exc)
+            if mapped is not None:
+                # The database is away or lost a race: say so (UNAVAILABLE / ABORTED), as the contracts do.
+                log.warning("database trouble in %s: %s", method, exc, extra={"grpc_method": method})
+                code = status_code_for(mapped)
+                await self._abort(context, to_grpc_status(to_rpc_status(mapped, self._domain)))
+                return None
             code = grpc.StatusCode.INTERNAL
             trace_id = current_trace_id()
             log.exception("unexpected error in %s", method, extra={"grpc_method": method})

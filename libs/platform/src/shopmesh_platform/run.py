@@ -1,4 +1,4 @@
-"""`make run`: NATS and every service that exists, on the topology's local ports, until Ctrl-C.
+"""`make run`: NATS, the SMTP sink and every service that exists, on the topology's local ports, until Ctrl-C.
 
     python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
 
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .stack import NATS, PortPlan, Stack, StackError, existing_services
+from .stack import NATS, SMTP, PortPlan, Stack, StackError, existing_services
 from .topology import SERVICES
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
@@ -87,6 +87,8 @@ def grpcurl_commands(stack: Stack) -> list[str]:
 def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     rows = [("SERVICE", "GRPC", "METRICS", "STATE", "PID")]
     rows.append((NATS, stack.nats_url, stack.nats_monitor_url or "-", "ready", str(stack.pid(NATS))))
+    if stack.smtp_address is not None:
+        rows.append((SMTP, f"smtp://{stack.smtp_address}", "-", "ready", str(stack.pid(SMTP))))
     present = set(existing_services())
     for name, service in SERVICES.items():
         if name in stack.services:
@@ -108,6 +110,8 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
 def banner(stack: Stack, selected: Sequence[str] | None) -> str:
     lines = ["", f"shopmesh: {len(stack.services)} service(s) and NATS, data in {stack.data_dir}", ""]
     lines.append(render_table(stack, selected))
+    if stack.smtp_address is not None:
+        lines += ["", f"E-mails are not delivered: the SMTP sink stores each one as a file in {stack.smtp_dir}"]
     commands = grpcurl_commands(stack)
     if commands:
         lines += ["", "Try:", *(f"  {command}" for command in commands)]
@@ -152,7 +156,7 @@ async def run(args: argparse.Namespace) -> int:
     for sig in handled:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        names = ", ".join([NATS, *stack.services])
+        names = ", ".join([NATS, *([SMTP] if stack.smtp_address else []), *stack.services])
         print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
         try:
             await stack.start()

@@ -1,4 +1,5 @@
-"""The local stack: a nats-server and every service that exists, each its own process, port and database.
+"""The local stack: a nats-server, an SMTP sink and every service that exists, each its own process, port
+and database.
 
 `make run` (`shopmesh_platform.run`) and the end-to-end tests start shopmesh the same way, through `Stack`:
 
@@ -10,9 +11,11 @@
 What runs comes from `topology.SERVICES` (a service exists when its package is importable) unless a test
 passes its own `ServiceSpec`s; where it listens comes from a `PortPlan`. Services start callees before
 callers, concurrently within a wave, each once the previous wave is SERVING; they stop callers first, and
-NATS starts first and stops last. POSIX only: children run in their own process groups (so a terminal's
-Ctrl-C reaches the launcher alone, which then stops them in order) and are stopped with signals; on Linux
-the kernel also sends them SIGTERM should the launcher die without stopping them.
+NATS starts first and stops last. When a service sends e-mail, the SMTP sink (`smtp_sink`) starts after
+NATS and stops before it; the e-mails land in `stack.smtp_dir`. POSIX only: children run in their own
+process groups (so a terminal's Ctrl-C reaches the launcher alone, which then stops them in order) and are
+stopped with signals; on Linux the kernel also sends them SIGTERM should the launcher die without stopping
+them.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.testing import health_status
 
 from .logsink import ConsoleSink, FileLogSink, LogSink
-from .topology import LOCAL_HOST, LOCAL_NATS_MONITOR_PORT, LOCAL_NATS_PORT, SERVICES
+from .topology import LOCAL_HOST, LOCAL_NATS_MONITOR_PORT, LOCAL_NATS_PORT, LOCAL_SMTP_PORT, SERVICES
 
 NATS = "nats"
+SMTP = "smtp"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 10.0
 # Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
@@ -77,6 +81,8 @@ class PortPlan:
     nats_monitor: int | None
     services: Mapping[str, ServicePorts]
     host: str = LOCAL_HOST
+    # The SMTP sink, started only for services that send e-mail; None: no sink.
+    smtp: int | None = None
 
     @classmethod
     def local(cls) -> PortPlan:
@@ -85,6 +91,7 @@ class PortPlan:
             nats=LOCAL_NATS_PORT,
             nats_monitor=LOCAL_NATS_MONITOR_PORT,
             services={name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()},
+            smtp=LOCAL_SMTP_PORT,
         )
 
     @classmethod
@@ -92,10 +99,10 @@ class PortPlan:
         """Ports the OS picks, for the topology's services (default) or the given names: tests run beside
         each other and beside a developer's `make run`."""
         wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
-        ports = iter(_free_ports(host, 2 + len(wanted) * (2 if metrics else 1)))
-        nats, monitor = next(ports), next(ports)
+        ports = iter(_free_ports(host, 3 + len(wanted) * (2 if metrics else 1)))
+        nats, monitor, smtp = next(ports), next(ports), next(ports)
         services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
-        return cls(nats=nats, nats_monitor=monitor, services=services, host=host)
+        return cls(nats=nats, nats_monitor=monitor, services=services, host=host, smtp=smtp)
 
     def ports_of(self, name: str) -> ServicePorts:
         try:
@@ -131,6 +138,8 @@ class ServiceSpec:
     # Services it calls: they start before it and stop after it.
     calls: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    # Sends e-mail: the stack then runs the SMTP sink (when the port plan has a port for it).
+    uses_smtp: bool = False
 
     @property
     def address_variable(self) -> str:
@@ -167,7 +176,12 @@ def topology_specs(names: Iterable[str] | None = None) -> list[ServiceSpec]:
         if absent:
             raise StackError(f"no installed package for {', '.join(absent)}: is it under services/ and synced?")
     return [
-        ServiceSpec(name=name, argv=(sys.executable, "-m", SERVICES[name].module), calls=SERVICES[name].calls)
+        ServiceSpec(
+            name=name,
+            argv=(sys.executable, "-m", SERVICES[name].module),
+            calls=SERVICES[name].calls,
+            uses_smtp=SERVICES[name].sends_email,
+        )
         for name in selected
     ]
 
@@ -200,7 +214,8 @@ class _Child:
     name: str
     argv: tuple[str, ...]
     env: dict[str, str]
-    # What "ready" means: SERVING for this grpc.health.v1 service, or None for nats-server.
+    # What "ready" means: SERVING for this grpc.health.v1 service, or None for nats-server and the SMTP
+    # sink (accepting connections).
     health_service: str | None
     address: str
     process: asyncio.subprocess.Process | None = None
@@ -232,7 +247,8 @@ class Stack:
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         """
-        data_dir: NATS stores under <data_dir>/nats; every service gets DATA_DIR=<data_dir> (its SQLite file).
+        data_dir: NATS stores under <data_dir>/nats, the SMTP sink under <data_dir>/mail; every service gets
+            DATA_DIR=<data_dir> (its SQLite file).
         ports: default `PortPlan.local()`.
         services: names to start; default every topology service that exists (or every one of `specs`).
         specs: what can be started instead of the topology's services (tests: the chassis sample service).
@@ -256,10 +272,14 @@ class Stack:
         self.log_format = log_format
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
-        self._log_sink = log_sink if log_sink is not None else ConsoleSink([NATS, *(s.name for s in self.specs)])
+        self._nats = self._nats_child()
+        self._smtp = self._smtp_child() if any(spec.uses_smtp for spec in self.specs) else None
+        infrastructure = [NATS] if self._smtp is None else [NATS, SMTP]
+        self._log_sink = (
+            log_sink if log_sink is not None else ConsoleSink([*infrastructure, *(s.name for s in self.specs)])
+        )
         # Tests read a process's whole output here (`stack.logs.text("catalog")`).
         self.logs = log_sink if isinstance(log_sink, FileLogSink) else None
-        self._nats = self._nats_child()
         extra = env or {}
         # A misspelt name would silently run a fault-injection test without its fault.
         stray = [name for name in extra if name not in {spec.name for spec in self.specs}]
@@ -310,6 +330,14 @@ class Stack:
             argv += ["-m", str(self.ports.nats_monitor)]
         return _Child(NATS, tuple(argv), dict(os.environ), None, f"{self.ports.host}:{self.ports.nats}")
 
+    def _smtp_child(self) -> _Child | None:
+        if self.ports.smtp is None:
+            return None
+        host, port = self.ports.host, str(self.ports.smtp)
+        argv = (sys.executable, "-m", "shopmesh_platform.smtp_sink", "--host", host, "--port", port)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return _Child(SMTP, (*argv, "--dir", str(self.smtp_dir)), env, None, f"{host}:{port}")
+
     def _service_child(self, spec: ServiceSpec, shared: Mapping[str, str], extra: Mapping[str, str]) -> _Child:
         ports = self.ports.ports_of(spec.name)
         env = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE_VARIABLES}
@@ -324,6 +352,8 @@ class Stack:
         )
         for name in self.ports.services:
             env[address_variable(name)] = self.ports.address(name)
+        if self.ports.smtp is not None:
+            env.update(SMTP_HOST=self.ports.host, SMTP_PORT=str(self.ports.smtp))
         env["METRICS_PORT"] = str(ports.metrics)
         env.update(shared)
         env.update(spec.env)
@@ -347,6 +377,16 @@ class Stack:
     def nats_monitor_url(self) -> str | None:
         monitor = self.ports.nats_monitor
         return None if monitor is None else f"http://{self.ports.host}:{monitor}"
+
+    @property
+    def smtp_dir(self) -> Path:
+        """Where the SMTP sink stores every e-mail it receives (`<Message-ID>.eml`)."""
+        return self.data_dir / "mail"
+
+    @property
+    def smtp_address(self) -> str | None:
+        """host:port of the SMTP sink, None when this stack runs none."""
+        return None if self._smtp is None else self._smtp.address
 
     def address(self, name: str) -> str:
         """host:port of a service's gRPC server (also for services of the plan that this stack does not run)."""
@@ -379,6 +419,8 @@ class Stack:
     def _child(self, name: str) -> _Child:
         if name == NATS:
             return self._nats
+        if name == SMTP and self._smtp is not None:
+            return self._smtp
         try:
             return self._children[name]
         except KeyError:
@@ -398,7 +440,7 @@ class Stack:
         await self.stop()
 
     async def start(self) -> None:
-        """Start NATS, then the services wave by wave, each wave once the previous one is SERVING.
+        """Start NATS and the SMTP sink, then the services wave by wave, each wave once the previous one is SERVING.
         On any failure (or cancellation) everything started is stopped before the error propagates."""
         if self._started:
             raise StackError("the stack is already started")
@@ -410,6 +452,8 @@ class Stack:
         atexit.register(self.kill_all)
         try:
             await self._start_child(self._nats)
+            if self._smtp is not None:
+                await self._start_child(self._smtp)
             for wave in self.waves:
                 await _all([self._start_child(self._children[name]) for name in wave])
         except BaseException:
@@ -418,12 +462,14 @@ class Stack:
 
     async def stop(self) -> dict[str, int | None]:
         """SIGTERM the services callers first (each wave at once), SIGKILL what outlives stop_timeout,
-        then NATS. Returns each process's exit status (None: never started)."""
+        then the SMTP sink and NATS. Returns each process's exit status (None: never started)."""
         codes: dict[str, int | None] = {}
         try:
             for wave in reversed(self.waves):
                 results = await asyncio.gather(*(self._stop_child(self._children[name]) for name in wave))
                 codes.update(zip(wave, results, strict=True))
+            if self._smtp is not None:
+                codes[SMTP] = await self._stop_child(self._smtp)
             codes[NATS] = await self._stop_child(self._nats)
         finally:
             # A stop that was itself cancelled or failed must still leave no process behind.
@@ -434,24 +480,24 @@ class Stack:
 
     def kill_all(self) -> None:
         """SIGKILL every running process of the stack at once, without waiting (last resort)."""
-        for child in [*self._children.values(), self._nats]:
+        for child in [*self._children.values(), *([self._smtp] if self._smtp else []), self._nats]:
             if child.running and child.process is not None:
                 child.stopping = True
                 _signal(child.process, signal.SIGKILL)
 
     async def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float | None = None) -> int:
-        """Send `sig` to one process ("nats" included) and wait for it to exit (SIGKILL after `timeout`)."""
+        """Send `sig` to one process ("nats" and "smtp" included) and wait for it to exit (SIGKILL after `timeout`)."""
         code = await self._stop_child(self._child(name), sig, timeout)
         if code is None:
             raise StackError(f"{name} was never started")
         return code
 
     async def kill_service(self, name: str) -> int:
-        """SIGKILL one process ("nats" included), as a crash would; returns its exit status."""
+        """SIGKILL one process ("nats" and "smtp" included), as a crash would; returns its exit status."""
         return await self.stop_service(name, signal.SIGKILL)
 
     async def start_service(self, name: str, *, wait: bool = True, env: Mapping[str, str] | None = None) -> None:
-        """(Re)start one stopped process ("nats" included) with the same command, environment, port and
+        """(Re)start one stopped process ("nats" and "smtp" included) with the same command, environment, port and
         database — `env` changes variables from this start on (e.g. to lift a fault); unless `wait` is
         false, return once it is ready (SERVING)."""
         child = self._child(name)
@@ -466,7 +512,7 @@ class Stack:
             await self._launch(child)
 
     async def wait_serving(self, name: str, timeout: float | None = None) -> None:
-        """Wait until `name` is ready: SERVING for a service, accepting connections for NATS."""
+        """Wait until `name` is ready: SERVING for a service, accepting connections for NATS and SMTP."""
         await self._wait_ready(self._child(name), self.startup_timeout if timeout is None else timeout)
 
     # --- one process -------------------------------------------------------------------------------
@@ -478,6 +524,8 @@ class Stack:
         wanted: list[tuple[str, int]] = [("NATS", self.ports.nats)]
         if self.ports.nats_monitor is not None:
             wanted.append(("NATS monitoring", self.ports.nats_monitor))
+        if self._smtp is not None and self.ports.smtp is not None:
+            wanted.append(("SMTP sink", self.ports.smtp))
         for spec in self.specs:
             wanted.append((f"{spec.name} gRPC", self.ports.ports_of(spec.name).grpc))
             metrics = self._metrics_port(spec.name)
@@ -566,10 +614,11 @@ class Stack:
         if child.health_service is not None:
             status = await health_status(child.address, child.health_service)
             return status == health_pb2.HealthCheckResponse.SERVING
-        if self.ports.nats_monitor is not None:
+        if child is self._nats and self.ports.nats_monitor is not None:
             # /healthz answers 200 only once JetStream is ready too, not just the client port.
             return await _http_ok(self.ports.host, self.ports.nats_monitor, "/healthz")
-        return await _accepts(self.ports.host, self.ports.nats)
+        host, port = child.address.rsplit(":", 1)
+        return await _accepts(host, int(port))
 
     def _failure(self, child: _Child, what: str) -> str:
         lines = list(child.recent)[-FAILURE_LINES:]

@@ -28,6 +28,8 @@ class Service:
     consumes: tuple[str, ...] = ()
     # Not needed for the shop to work: callers fall back when it fails.
     critical: bool = True
+    # Sends e-mail over SMTP (locally: to the stack's SMTP sink).
+    sends_email: bool = False
     owns: tuple[str, ...] = field(default=())
 
     @property
@@ -114,6 +116,7 @@ SERVICES: dict[str, Service] = {
             grpc_port=50056,
             metrics_port=9466,
             consumes=(ORDER_CONFIRMED, ORDER_CANCELLED),
+            sends_email=True,
             owns=("sent notifications", "processed event ids"),
         ),
         Service(
@@ -141,3 +144,5 @@ def callers_of(name: str) -> tuple[str, ...]:
 LOCAL_HOST = "127.0.0.1"
 LOCAL_NATS_PORT = 14222
 LOCAL_NATS_MONITOR_PORT = 18222
+# The local SMTP sink (`shopmesh_platform.smtp_sink`) that stands in for a mail provider.
+LOCAL_SMTP_PORT = 8025

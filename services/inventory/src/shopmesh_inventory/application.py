@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted
 from shopmesh_inventory.domain import reservations as rules
 from shopmesh_inventory.domain import validation
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, StockLevel
-from shopmesh_inventory.store.errors import database_errors_as_domain_errors
 from shopmesh_inventory.store.repositories import ReservationRepository, StockRepository
 
 log = logging.getLogger("shopmesh.inventory")

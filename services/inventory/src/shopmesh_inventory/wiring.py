@@ -9,13 +9,13 @@ from shopmesh_chassis import app
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_inventory.application import Inventory
 from shopmesh_inventory.migrations import VERSIONS
 from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_inventory.settings import InventorySettings
 from shopmesh_inventory.store.tables import metadata
-from shopmesh_inventory.sweeper import ExpirySweeper
 from shopmesh_inventory.transport import DESCRIPTOR, InventoryServicer
 
 log = logging.getLogger("shopmesh.inventory")
@@ -36,7 +36,9 @@ async def _main() -> None:
     if settings.seed_stock:
         created = await inventory.seed_stock(SEED_STOCK)
         log.info("seeded stock of %d products", created, extra={"seeded": created})
-    sweeper = ExpirySweeper(inventory.sweep_expired, settings.reservation_sweep_interval_seconds)
+    sweeper = Periodic(
+        "reservation-expiry-sweeper", settings.reservation_sweep_interval_seconds, inventory.sweep_expired
+    )
     sweeper.start()
     await app.serve(
         settings,

@@ -108,6 +108,11 @@ class SagaDriver:
             while not order.is_terminal:
                 order = await self._attempt(order, card, owner)
             return order
+        except errors.Aborted as exc:
+            if exc.reason != "CONCURRENT_MODIFICATION":
+                raise
+            # Our lease ran out during a slow step and another driver took the order over: it finishes it.
+            raise LeaseHeld(order_id) from exc
         finally:
             # The terminal transition gave the lease up in its own transaction.
             if order is None or not order.is_terminal:

@@ -17,13 +17,13 @@ from shopmesh_chassis.events import DeferredJetStream
 from shopmesh_chassis.idempotency import IdempotencyStore
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay
+from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_payments import event_messages
 from shopmesh_payments.application import PaymentsApplication, ProcessorFactory, utcnow
 from shopmesh_payments.domain.processor import CardProcessor
 from shopmesh_payments.fake_processor import FakeCardProcessor
 from shopmesh_payments.migrations import VERSIONS
-from shopmesh_payments.periodic import Periodic
 from shopmesh_payments.settings import PaymentsSettings
 from shopmesh_payments.store.ledger import ProcessorLedger
 from shopmesh_payments.store.tables import metadata

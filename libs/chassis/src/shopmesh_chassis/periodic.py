@@ -1,4 +1,8 @@
-"""The background task that records expired reservations (`Inventory.sweep_expired`) on an interval."""
+"""Background housekeeping: a job run now and then every `interval_seconds` until stopped.
+
+A failing run is logged and the next one comes on schedule. Stopping lets a run in progress finish its
+transaction (cancelling it only past a timeout), so shutdown never leaves half a sweep behind.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-log = logging.getLogger("shopmesh.inventory.sweeper")
+log = logging.getLogger("shopmesh.periodic")
 
 
-class ExpirySweeper:
-    """Runs `sweep` every `interval_seconds` until stopped; a failed sweep is logged and retried."""
-
-    def __init__(self, sweep: Callable[[], Awaitable[int]], interval_seconds: float) -> None:
-        self._sweep = sweep
+class Periodic:
+    def __init__(self, name: str, interval_seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        self.name = name
         self._interval = interval_seconds
+        self._job = job
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -25,10 +28,10 @@ class ExpirySweeper:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="reservation-expiry-sweeper")
+            self._stopping.clear()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Let a sweep in progress finish its transaction, then end; cancel it only past `timeout`."""
         if self._task is None:
             return
         self._stopping.set()
@@ -38,13 +41,14 @@ class ExpirySweeper:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._task = None
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                await self._sweep()
+                result = await self._job()
+                log.debug("%s done: %s", self.name, result)
             except Exception:
-                # A database blip must not end expiry for the life of the process.
-                log.exception("reservation sweep failed")
+                log.exception("%s failed; next run in %.1fs", self.name, self._interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._interval)

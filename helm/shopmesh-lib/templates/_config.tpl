@@ -1,0 +1,134 @@
+{{/*
+shopmesh-lib.config — every setting of one service, resolved once, as YAML:
+  the service chart's value (.Values.x), else the environment's (.Values.global.x), else the default here.
+Templates read it with:  {{- $c := include "shopmesh-lib.config" . | fromYaml }}
+
+Why not merge a defaults dict: sprig's merge/mergeOverwrite treat `false` and 0 as "empty", so a
+service could never turn a default `true` off. `dig` looks at key presence, so `false` wins when set.
+*/}}
+{{- define "shopmesh-lib.config" -}}
+{{- $v := .Values | toYaml | fromYaml -}}
+{{- $g := $v.global | default dict -}}
+{{- $name := required "service.name is required (the topology name: catalog, orders, ...)" (dig "service" "name" "" $v) -}}
+{{- $c := dict "name" $name "namespace" .Release.Namespace -}}
+{{- $_ := set $c "grpcServices" (dig "service" "grpcServices" list $v) -}}
+{{- $_ := set $c "module" (printf "shopmesh_%s" $name) -}}
+{{- $_ := set $c "environment" (dig "environment" "dev" $g) -}}
+
+{{- /* Ports: the same in every pod (docs/chassis.md: GRPC_PORT, METRICS_PORT). */ -}}
+{{- $_ := set $c "grpcPort" 50051 -}}
+{{- $_ := set $c "metricsPort" 9464 -}}
+
+{{- /* Image: <registry>/<repository>:<tag>[@<digest>]; skaffold injects repository, tag and digest. */ -}}
+{{- $registry := dig "image" "registry" (dig "imageRegistry" "" $g) $v -}}
+{{- $repository := required "image.repository is required" (dig "image" "repository" "" $v) -}}
+{{- $tag := dig "image" "tag" "" $v | default (dig "imageTag" "" $g) | default .Chart.AppVersion -}}
+{{- $digest := dig "image" "digest" "" $v -}}
+{{- $ref := $repository -}}
+{{- if $registry }}{{ $ref = printf "%s/%s" (trimSuffix "/" $registry) $repository }}{{ end -}}
+{{- if $tag }}{{ $ref = printf "%s:%s" $ref $tag }}{{ end -}}
+{{- if $digest }}{{ $ref = printf "%s@%s" $ref $digest }}{{ end -}}
+{{- $_ := set $c "image" $ref -}}
+{{- $_ := set $c "imageDigest" $digest -}}
+{{- $_ := set $c "imagePullPolicy" (dig "image" "pullPolicy" (dig "imagePullPolicy" "Always" $g) $v) -}}
+
+{{- /* Replicas, autoscaling, disruption budget. */ -}}
+{{- $_ := set $c "replicas" (dig "replicaCount" (dig "replicaCount" 1 $g) $v) -}}
+{{- $_ := set $c "autoscaling" (dict
+    "enabled" (dig "autoscaling" "enabled" (dig "autoscaling" "enabled" false $g) $v)
+    "minReplicas" (dig "autoscaling" "minReplicas" (dig "autoscaling" "minReplicas" 2 $g) $v)
+    "maxReplicas" (dig "autoscaling" "maxReplicas" (dig "autoscaling" "maxReplicas" 4 $g) $v)
+    "targetCPUUtilizationPercentage" (dig "autoscaling" "targetCPUUtilizationPercentage" (dig "autoscaling" "targetCPUUtilizationPercentage" 75 $g) $v)) -}}
+{{- $_ := set $c "pdb" (dict
+    "enabled" (dig "podDisruptionBudget" "enabled" (dig "podDisruptionBudget" "enabled" false $g) $v)
+    "minAvailable" (dig "podDisruptionBudget" "minAvailable" (dig "podDisruptionBudget" "minAvailable" 1 $g) $v)) -}}
+
+{{- /* Resources: the environment's sizing for this service (global.resources.<name>), else the chart's. */ -}}
+{{- $_ := set $c "resources" (dig "resources" $name (dig "resources" dict $v) $g) -}}
+
+{{- /* Drain (docs/chassis.md): NOT_SERVING for drainDelay, then in-flight calls get shutdownGrace. */ -}}
+{{- $drain := dig "drain" "drainDelaySeconds" (dig "drain" "drainDelaySeconds" 5 $g) $v -}}
+{{- $grace := dig "drain" "shutdownGraceSeconds" (dig "drain" "shutdownGraceSeconds" 10 $g) $v -}}
+{{- $tgp := dig "drain" "terminationGracePeriodSeconds" (dig "drain" "terminationGracePeriodSeconds" 30 $g) $v -}}
+{{- if ge (addf $drain $grace) (float64 $tgp) -}}
+{{- fail (printf "drain: drainDelaySeconds (%v) + shutdownGraceSeconds (%v) must stay below terminationGracePeriodSeconds (%v), or the kubelet kills calls in flight" $drain $grace $tgp) -}}
+{{- end -}}
+{{- $_ := set $c "drain" (dict "drainDelaySeconds" $drain "shutdownGraceSeconds" $grace "terminationGracePeriodSeconds" $tgp) -}}
+
+{{- /* Probes (native gRPC against grpc.health.v1). The startup probe allows for migrations. */ -}}
+{{- $_ := set $c "probes" (dict
+    "readinessPeriodSeconds" (dig "probes" "readinessPeriodSeconds" 3 $v)
+    "livenessPeriodSeconds" (dig "probes" "livenessPeriodSeconds" 10 $v)
+    "startupFailureThreshold" (dig "probes" "startupFailureThreshold" 60 $v)) -}}
+
+{{- /* Database: SQLite under /data (an emptyDir) or PostgreSQL via DATABASE_URL from a Secret. */ -}}
+{{- $dbEnabled := dig "database" "enabled" false $v -}}
+{{- $dbMode := dig "database" "mode" (dig "database" "mode" "sqlite" $g) $v -}}
+{{- if not (has $dbMode (list "sqlite" "postgres")) -}}
+{{- fail (printf "database.mode must be sqlite or postgres, not %q" $dbMode) -}}
+{{- end -}}
+{{- $_ := set $c "database" (dict
+    "enabled" $dbEnabled
+    "mode" $dbMode
+    "existingSecret" (dig "database" "existingSecret" (printf "%s-database" $name) $v)
+    "secretKey" (dig "database" "secretKey" "DATABASE_URL" $v)
+    "dataSizeLimit" (dig "database" "dataSizeLimit" "1Gi" $v)
+    "port" (dig "database" "port" 5432 $g)
+    "peers" (dig "database" "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "postgresql")))) $g)) -}}
+
+{{- /* Events: NATS JetStream when the service publishes or consumes. */ -}}
+{{- $publishes := dig "events" "publishes" list $v -}}
+{{- $consumes := dig "events" "consumes" list $v -}}
+{{- $_ := set $c "nats" (dict
+    "enabled" (or (gt (len $publishes) 0) (gt (len $consumes) 0))
+    "publishes" $publishes
+    "consumes" $consumes
+    "url" (dig "nats" "url" "nats://nats.shopmesh-infra.svc.cluster.local:4222" $g)
+    "port" (dig "nats" "port" 4222 $g)
+    "peers" (dig "nats" "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "nats")))) $g)) -}}
+
+{{- /* E-mail over SMTP (topology: sends_email). Dev: the Mailpit sink of k8s/infra. */ -}}
+{{- $smtp := dig "smtp" dict $g -}}
+{{- $_ := set $c "email" (dict
+    "enabled" (dig "email" "enabled" false $v)
+    "host" (dig "host" "mailpit.shopmesh-infra.svc.cluster.local" $smtp)
+    "port" (dig "port" 1025 $smtp)
+    "useTLS" (dig "useTLS" false $smtp)
+    "existingSecret" (dig "existingSecret" "" $smtp)
+    "peers" (dig "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "mailpit")))) $smtp)) -}}
+
+{{- /* The call graph (checked against shopmesh_platform.topology by tests/k8s). */ -}}
+{{- $_ := set $c "callers" (dig "callers" list $v) -}}
+{{- $_ := set $c "calls" (dig "calls" list $v) -}}
+
+{{- /* NetworkPolicy peers outside the service graph. */ -}}
+{{- $np := dig "networkPolicy" dict $g -}}
+{{- $_ := set $c "networkPolicy" (dict
+    "enabled" (dig "networkPolicy" "enabled" (dig "enabled" true $np) $v)
+    "clients" (dig "clients" list $np)
+    "dns" (dig "dns" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "kube-system")) "podSelector" (dict "matchLabels" (dict "k8s-app" "kube-dns")))) $np)
+    "scrapers" (dig "scrapers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "monitoring")))) $np)
+    "extraEgress" (concat (dig "extraEgress" list $np) (dig "networkPolicy" "extraEgress" list $v))
+    "extraIngress" (concat (dig "extraIngress" list $np) (dig "networkPolicy" "extraIngress" list $v))) -}}
+
+{{- /* Service mesh: "" (none), istio or linkerd. The mesh's own resources come with the mesh charts. */ -}}
+{{- $mesh := dig "mesh" "" $g -}}
+{{- if not (has $mesh (list "" "istio" "linkerd")) -}}
+{{- fail (printf "global.mesh must be empty, istio or linkerd, not %q" $mesh) -}}
+{{- end -}}
+{{- $_ := set $c "mesh" $mesh -}}
+
+{{- /* Observability and other settings. */ -}}
+{{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v) -}}
+{{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v) -}}
+{{- $_ := set $c "otel" (dict
+    "endpoint" (dig "otel" "endpoint" "" $g)
+    "port" (dig "otel" "port" 4317 $g)
+    "peers" (dig "otel" "peers" list $g)) -}}
+{{- $_ := set $c "env" (dig "env" dict $v) -}}
+{{- $_ := set $c "podAnnotations" (merge (dig "podAnnotations" dict $v) (dig "podAnnotations" dict $g)) -}}
+{{- $_ := set $c "podLabels" (merge (dig "podLabels" dict $v) (dig "podLabels" dict $g)) -}}
+{{- $_ := set $c "tests" (dict "enabled" (dig "tests" "enabled" (dig "tests" "enabled" true $g) $v)) -}}
+{{- $_ := set $c "topologySpread" (dig "topologySpread" (dig "topologySpread" true $g) $v) -}}
+{{- toYaml $c -}}
+{{- end -}}

@@ -1,0 +1,176 @@
+{{/*
+The Deployment of one service.
+
+Drain, and why there is no preStop hook: on SIGTERM the chassis itself turns grpc.health.v1 to
+NOT_SERVING and keeps answering for DRAIN_DELAY_SECONDS (>= one readiness period, so the readiness
+probe sees NOT_SERVING and the endpoint leaves the Service while calls still succeed), then refuses new
+calls and gives in-flight ones SHUTDOWN_GRACE_SECONDS. A `preStop: sleep` would only repeat that delay
+(and the image's final stage runs the interpreter directly, with no shell). The config template fails
+the render unless DRAIN_DELAY_SECONDS + SHUTDOWN_GRACE_SECONDS < terminationGracePeriodSeconds, so the
+kubelet's SIGKILL never cuts a call the chassis is still finishing.
+*/}}
+{{- define "shopmesh-lib.deployment" -}}
+{{- $c := .c -}}
+{{- $root := .root -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+  {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c "container" true) }}
+  annotations:
+    {{- . | trim | nindent 4 }}
+  {{- end }}
+spec:
+  {{- if not $c.autoscaling.enabled }}
+  replicas: {{ $c.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  template:
+    metadata:
+      labels:
+        {{- include "shopmesh-lib.labels" . | nindent 8 }}
+        {{- if eq $c.mesh "istio" }}
+        sidecar.istio.io/inject: "true"
+        {{- end }}
+        {{- with $c.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        # The chassis serves Prometheus metrics on METRICS_PORT (go-grpc-prometheus names).
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $c.metricsPort | quote }}
+        prometheus.io/path: /metrics
+        checksum/config: {{ include "shopmesh-lib.configmap" . | sha256sum }}
+        {{- if eq $c.mesh "linkerd" }}
+        linkerd.io/inject: enabled
+        {{- end }}
+        {{- with $c.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ $c.name }}
+      # The services never talk to the Kubernetes API.
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: {{ $c.drain.terminationGracePeriodSeconds }}
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 10001
+        runAsGroup: 10001
+        fsGroup: 10001
+        seccompProfile:
+          type: RuntimeDefault
+      {{- if $c.topologySpread }}
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector:
+            matchLabels:
+              {{- include "shopmesh-lib.selectorLabels" $c | nindent 14 }}
+        - maxSkew: 1
+          topologyKey: topology.kubernetes.io/zone
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector:
+            matchLabels:
+              {{- include "shopmesh-lib.selectorLabels" $c | nindent 14 }}
+      {{- end }}
+      containers:
+        - name: {{ $c.name }}
+          image: {{ $c.image | quote }}
+          imagePullPolicy: {{ $c.imagePullPolicy }}
+          ports:
+            - name: grpc
+              containerPort: {{ $c.grpcPort }}
+              protocol: TCP
+            - name: metrics
+              containerPort: {{ $c.metricsPort }}
+              protocol: TCP
+          envFrom:
+            - configMapRef:
+                name: {{ $c.name }}
+          {{- if include "shopmesh-lib.secretEnv" $c }}
+          env:
+            {{- if and $c.database.enabled (eq $c.database.mode "postgres") }}
+            - name: DATABASE_URL
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $c.database.existingSecret }}
+                  key: {{ $c.database.secretKey }}
+            {{- end }}
+            {{- if and $c.email.enabled $c.email.existingSecret }}
+            - name: SMTP_USERNAME
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $c.email.existingSecret }}
+                  key: SMTP_USERNAME
+            - name: SMTP_PASSWORD
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $c.email.existingSecret }}
+                  key: SMTP_PASSWORD
+            {{- end }}
+          {{- end }}
+          # Native gRPC probes: the kubelet calls grpc.health.v1.Health/Check on the gRPC port.
+          startupProbe:
+            grpc:
+              port: {{ $c.grpcPort }}
+            periodSeconds: 2
+            timeoutSeconds: 2
+            failureThreshold: {{ $c.probes.startupFailureThreshold }}
+          readinessProbe:
+            grpc:
+              port: {{ $c.grpcPort }}
+            periodSeconds: {{ $c.probes.readinessPeriodSeconds }}
+            timeoutSeconds: 2
+            successThreshold: 1
+            failureThreshold: 1
+          livenessProbe:
+            grpc:
+              port: {{ $c.grpcPort }}
+            periodSeconds: {{ $c.probes.livenessPeriodSeconds }}
+            timeoutSeconds: 2
+            failureThreshold: 3
+          resources:
+            {{- toYaml $c.resources | nindent 12 }}
+          securityContext:
+            allowPrivilegeEscalation: false
+            privileged: false
+            readOnlyRootFilesystem: true
+            runAsNonRoot: true
+            runAsUser: 10001
+            runAsGroup: 10001
+            capabilities:
+              drop: ["ALL"]
+            seccompProfile:
+              type: RuntimeDefault
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            {{- if and $c.database.enabled (eq $c.database.mode "sqlite") }}
+            - name: data
+              mountPath: /data
+            {{- end }}
+      volumes:
+        # The root filesystem is read-only: Python's temporary files go to /tmp.
+        - name: tmp
+          emptyDir:
+            sizeLimit: 64Mi
+        {{- if and $c.database.enabled (eq $c.database.mode "sqlite") }}
+        # Dev: the SQLite database lives as long as the pod (DATA_DIR=/data).
+        - name: data
+          emptyDir:
+            sizeLimit: {{ $c.database.dataSizeLimit }}
+        {{- end }}
+{{- end -}}

@@ -1,0 +1,149 @@
+{{/*
+The service's NetworkPolicy: it selects the service's pods, so everything not listed is denied.
+Ingress: its callers (from `callers`, the topology's callers_of), the helm test pods, Prometheus.
+Egress: DNS, the services it calls (`calls`), NATS if it publishes or consumes, PostgreSQL if it owns a
+database there, the SMTP relay if it sends e-mail, the OTLP collector if configured, the mesh's control plane if meshed.
+tests/k8s checks the rendered rules against shopmesh_platform.topology.
+*/}}
+{{- define "shopmesh-lib.networkpolicy" -}}
+{{- $c := .c -}}
+{{- $serviceCallers := without $c.callers "clients" -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    {{- if $serviceCallers }}
+    # The services that call this one.
+    - from:
+        {{- range $serviceCallers }}
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/name: {{ . }}
+              app.kubernetes.io/part-of: shopmesh
+        {{- end }}
+      ports:
+        - protocol: TCP
+          port: {{ $c.grpcPort }}
+    {{- end }}
+    {{- if has "clients" $c.callers }}
+    # Clients from outside the service graph (the edge).
+    - ports:
+        - protocol: TCP
+          port: {{ $c.grpcPort }}
+      {{- with $c.networkPolicy.clients }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    {{- end }}
+    # `helm test` pods check health over gRPC.
+    - from:
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/component: helm-test
+              app.kubernetes.io/part-of: shopmesh
+      ports:
+        - protocol: TCP
+          port: {{ $c.grpcPort }}
+    # Prometheus scrapes the metrics port.
+    - from:
+        {{- toYaml $c.networkPolicy.scrapers | nindent 8 }}
+      ports:
+        - protocol: TCP
+          port: {{ $c.metricsPort }}
+    {{- with $c.networkPolicy.extraIngress }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  egress:
+    # DNS.
+    - to:
+        {{- toYaml $c.networkPolicy.dns | nindent 8 }}
+      ports:
+        - protocol: UDP
+          port: 53
+        - protocol: TCP
+          port: 53
+    {{- if $c.calls }}
+    # The services this one calls.
+    - to:
+        {{- range $c.calls }}
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/name: {{ . }}
+              app.kubernetes.io/part-of: shopmesh
+        {{- end }}
+      ports:
+        - protocol: TCP
+          port: {{ $c.grpcPort }}
+    {{- end }}
+    {{- if $c.nats.enabled }}
+    # NATS JetStream: it publishes or consumes events.
+    - to:
+        {{- toYaml $c.nats.peers | nindent 8 }}
+      ports:
+        - protocol: TCP
+          port: {{ $c.nats.port }}
+    {{- end }}
+    {{- if and $c.database.enabled (eq $c.database.mode "postgres") }}
+    # Its own PostgreSQL database.
+    - to:
+        {{- toYaml $c.database.peers | nindent 8 }}
+      ports:
+        - protocol: TCP
+          port: {{ $c.database.port }}
+    {{- end }}
+    {{- if $c.email.enabled }}
+    # The SMTP relay: it sends e-mail.
+    - to:
+        {{- toYaml $c.email.peers | nindent 8 }}
+      ports:
+        - protocol: TCP
+          port: {{ $c.email.port }}
+    {{- end }}
+    {{- if and $c.otel.endpoint $c.otel.peers }}
+    # The OpenTelemetry collector (OTLP/gRPC).
+    - to:
+        {{- toYaml $c.otel.peers | nindent 8 }}
+      ports:
+        - protocol: TCP
+          port: {{ $c.otel.port }}
+    {{- end }}
+    {{- if eq $c.mesh "istio" }}
+    # Istio: the sidecar fetches config and certificates from istiod.
+    - to:
+        - namespaceSelector:
+            matchLabels:
+              kubernetes.io/metadata.name: istio-system
+          podSelector:
+            matchLabels:
+              app: istiod
+      ports:
+        - protocol: TCP
+          port: 15012
+    {{- end }}
+    {{- if eq $c.mesh "linkerd" }}
+    # Linkerd: the proxy talks to the destination, identity and policy controllers.
+    - to:
+        - namespaceSelector:
+            matchLabels:
+              kubernetes.io/metadata.name: linkerd
+      ports:
+        - protocol: TCP
+          port: 8080
+        - protocol: TCP
+          port: 8086
+        - protocol: TCP
+          port: 8090
+    {{- end }}
+    {{- with $c.networkPolicy.extraEgress }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}

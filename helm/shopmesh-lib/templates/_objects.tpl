@@ -1,0 +1,134 @@
+{{- define "shopmesh-lib.serviceaccount" -}}
+{{- $c := .c -}}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+# No token unless a pod asks for one: the services never call the Kubernetes API.
+automountServiceAccountToken: false
+{{- end -}}
+
+{{- define "shopmesh-lib.service-object" -}}
+{{- $c := .c -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "shopmesh-lib.selectorLabels" $c | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ $c.grpcPort }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: grpc
+    - name: metrics
+      port: {{ $c.metricsPort }}
+      targetPort: metrics
+      protocol: TCP
+      appProtocol: http
+{{- end -}}
+
+{{/* Non-secret settings, as the chassis reads them (docs/chassis.md). DATABASE_URL comes from a Secret. */}}
+{{- define "shopmesh-lib.configmap" -}}
+{{- $c := .c -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+data:
+  SERVICE_NAME: {{ $c.name | quote }}
+  GRPC_HOST: "0.0.0.0"
+  GRPC_PORT: {{ $c.grpcPort | quote }}
+  METRICS_HOST: "0.0.0.0"
+  METRICS_PORT: {{ $c.metricsPort | quote }}
+  DRAIN_DELAY_SECONDS: {{ $c.drain.drainDelaySeconds | quote }}
+  SHUTDOWN_GRACE_SECONDS: {{ $c.drain.shutdownGraceSeconds | quote }}
+  LOG_LEVEL: {{ $c.logLevel | quote }}
+  LOG_FORMAT: {{ $c.logFormat | quote }}
+  {{- if $c.database.enabled }}
+  DATA_DIR: "/data"
+  {{- end }}
+  {{- if $c.nats.enabled }}
+  NATS_URL: {{ $c.nats.url | quote }}
+  {{- end }}
+  {{- range $callee := $c.calls }}
+  {{ include "shopmesh-lib.addressVariable" $callee }}: {{ include "shopmesh-lib.address" (dict "service" $callee "namespace" $c.namespace) | quote }}
+  {{- end }}
+  {{- if $c.email.enabled }}
+  SMTP_HOST: {{ $c.email.host | quote }}
+  SMTP_PORT: {{ $c.email.port | quote }}
+  SMTP_USE_TLS: {{ $c.email.useTLS | quote }}
+  {{- end }}
+  {{- with $c.otel.endpoint }}
+  OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+  {{- end }}
+  {{- range $key, $value := $c.env }}
+  {{ $key }}: {{ $value | toString | quote }}
+  {{- end }}
+{{- end -}}
+
+{{- define "shopmesh-lib.hpa" -}}
+{{- $c := .c -}}
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ $c.name }}
+  minReplicas: {{ $c.autoscaling.minReplicas }}
+  maxReplicas: {{ $c.autoscaling.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $c.autoscaling.targetCPUUtilizationPercentage }}
+  behavior:
+    scaleDown:
+      # Scale in slowly: every removed pod drains (DRAIN_DELAY_SECONDS + in-flight calls).
+      stabilizationWindowSeconds: 300
+      policies:
+        - type: Pods
+          value: 1
+          periodSeconds: 60
+{{- end -}}
+
+{{- define "shopmesh-lib.pdb" -}}
+{{- $c := .c -}}
+{{- $replicas := ternary $c.autoscaling.minReplicas $c.replicas $c.autoscaling.enabled -}}
+{{- if le (int $replicas) (int $c.pdb.minAvailable) -}}
+{{- fail (printf "podDisruptionBudget: minAvailable %v with %v replica(s) would block every node drain; raise replicaCount / autoscaling.minReplicas" $c.pdb.minAvailable $replicas) -}}
+{{- end -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  minAvailable: {{ $c.pdb.minAvailable }}
+  unhealthyPodEvictionPolicy: AlwaysAllow
+  selector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+{{- end -}}

@@ -1,0 +1,33 @@
+{{/*
+shopmesh-lib.service — every object of one shopmesh service. A service chart's only template:
+  {{ include "shopmesh-lib.service" . }}
+*/}}
+{{- define "shopmesh-lib.service" -}}
+{{- $c := include "shopmesh-lib.config" . | fromYaml -}}
+{{- $ctx := dict "root" . "c" $c -}}
+{{ include "shopmesh-lib.serviceaccount" $ctx }}
+---
+{{ include "shopmesh-lib.configmap" $ctx }}
+---
+{{ include "shopmesh-lib.service-object" $ctx }}
+---
+{{ include "shopmesh-lib.deployment" $ctx }}
+{{- if $c.autoscaling.enabled }}
+---
+{{ include "shopmesh-lib.hpa" $ctx }}
+{{- end }}
+{{- if $c.pdb.enabled }}
+---
+{{ include "shopmesh-lib.pdb" $ctx }}
+{{- end }}
+{{- if $c.networkPolicy.enabled }}
+---
+{{ include "shopmesh-lib.networkpolicy" $ctx }}
+{{- end }}
+{{- if $c.tests.enabled }}
+---
+{{ include "shopmesh-lib.test-networkpolicy" $ctx }}
+---
+{{ include "shopmesh-lib.test-pod" $ctx }}
+{{- end }}
+{{- end -}}

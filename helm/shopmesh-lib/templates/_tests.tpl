@@ -1,0 +1,131 @@
+{{/*
+`helm test`: a pod (from the service's own image: it has grpcio and grpc_health) checks the service's
+grpc.health.v1 status over the Service address: overall ("") and each gRPC service it serves. The
+umbrella chart runs every service's hook, so `helm test shopmesh` checks the whole system.
+*/}}
+{{- define "shopmesh-lib.healthcheck.py" -}}
+import sys
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+target, names = sys.argv[1], ["", *sys.argv[2:]]
+with grpc.insecure_channel(target) as channel:
+    stub = health_pb2_grpc.HealthStub(channel)
+    failed = 0
+    for name in names:
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10, wait_for_ready=True).status
+            text = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        except grpc.RpcError as exc:
+            status, text = None, f"{exc.code().name}: {exc.details()}"
+        ok = status == health_pb2.HealthCheckResponse.SERVING
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {target} {name or '(overall)'}: {text}", flush=True)
+sys.exit(1 if failed else 0)
+{{- end -}}
+
+{{- define "shopmesh-lib.test-networkpolicy" -}}
+{{- $c := .c -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ $c.name }}-health-test
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+  annotations:
+    helm.sh/hook: test
+    helm.sh/hook-weight: "-5"
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+spec:
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/name: {{ $c.name }}-health-test
+      app.kubernetes.io/component: helm-test
+  policyTypes: [Ingress, Egress]
+  ingress: []
+  egress:
+    - to:
+        {{- toYaml $c.networkPolicy.dns | nindent 8 }}
+      ports:
+        - protocol: UDP
+          port: 53
+        - protocol: TCP
+          port: 53
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "shopmesh-lib.selectorLabels" $c | nindent 14 }}
+      ports:
+        - protocol: TCP
+          port: {{ $c.grpcPort }}
+{{- end -}}
+
+{{- define "shopmesh-lib.test-pod" -}}
+{{- $c := .c -}}
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {{ $c.name }}-health-test
+  namespace: {{ $c.namespace }}
+  labels:
+    app.kubernetes.io/name: {{ $c.name }}-health-test
+    app.kubernetes.io/component: helm-test
+    app.kubernetes.io/part-of: shopmesh
+    app.kubernetes.io/instance: {{ .root.Release.Name }}
+    app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+    {{- if eq $c.mesh "istio" }}
+    sidecar.istio.io/inject: "false"
+    {{- end }}
+  annotations:
+    helm.sh/hook: test
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+    # Not meshed: a sidecar would keep the pod from completing (docs/kubernetes.md#helm-test).
+    {{- if eq $c.mesh "linkerd" }}
+    linkerd.io/inject: disabled
+    {{- end }}
+    {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c "container" false "testPod" true) }}
+    {{- . | trim | nindent 4 }}
+    {{- end }}
+spec:
+  restartPolicy: Never
+  serviceAccountName: {{ $c.name }}
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 10001
+    runAsGroup: 10001
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: grpc-health
+      image: {{ $c.image | quote }}
+      imagePullPolicy: {{ $c.imagePullPolicy }}
+      command:
+        - /app/.venv/bin/python
+        - -c
+        - |
+          {{- include "shopmesh-lib.healthcheck.py" . | nindent 10 }}
+        - {{ include "shopmesh-lib.address" (dict "service" $c.name "namespace" $c.namespace) | quote }}
+        {{- range $c.grpcServices }}
+        - {{ . | quote }}
+        {{- end }}
+      resources:
+        requests:
+          cpu: 50m
+          memory: 64Mi
+        limits:
+          cpu: 500m
+          memory: 128Mi
+      securityContext:
+        allowPrivilegeEscalation: false
+        privileged: false
+        readOnlyRootFilesystem: true
+        runAsNonRoot: true
+        runAsUser: 10001
+        runAsGroup: 10001
+        capabilities:
+          drop: ["ALL"]
+        seccompProfile:
+          type: RuntimeDefault
+{{- end -}}

@@ -1,0 +1,62 @@
+# Kubernetes delivery: images, Helm charts, kind, skaffold (docs/kubernetes.md).
+# Included from the root Makefile (`include k8s/k8s.mk`); uses its TOOLS, UV, VENV_BIN, PYTHON_VERSION.
+# The cluster-side targets need kind / skaffold / helm / docker / kubectl on your machine: their scripts
+# check and name what is missing; nothing is downloaded for you.
+
+CHECKOV_VERSION := 3.3.30
+# checkov lives in its own tool environment: its pins (packaging<24, ...) would downgrade the workspace.
+CHECKOV         := $(TOOLS)/bin/checkov
+CHECKOV_STAMP   := $(TOOLS)/checkov-$(CHECKOV_VERSION).stamp
+KIND_CLUSTER    ?= shopmesh
+PROFILE         ?=
+export KIND_CLUSTER PROFILE
+
+$(CHECKOV_STAMP): | $(if $(filter $(TOOLS)/%,$(UV)),$(UV))
+	UV_TOOL_DIR=$(TOOLS)/uv-tools UV_TOOL_BIN_DIR=$(TOOLS)/bin $(UV) tool install --force --python $(PYTHON_VERSION) checkov==$(CHECKOV_VERSION)
+	touch $@
+
+.PHONY: k8s-tools
+k8s-tools: setup $(CHECKOV_STAMP) ## Install checkov (pinned, isolated) beside the locked dev tools (helm SDK, hadolint, kubernetes-validate)
+
+# `make test` runs tests/k8s, which needs checkov: add it to the root Makefile's test prerequisites.
+test: k8s-tools
+
+.PHONY: dockerfiles
+dockerfiles: setup ## Write services/<name>/Dockerfile from k8s/docker/Dockerfile.template for every service that exists
+	$(VENV_BIN)/python k8s/dockerfiles.py
+
+.PHONY: hadolint
+hadolint: setup ## Lint every service's Dockerfile
+	$(VENV_BIN)/hadolint services/*/Dockerfile
+
+.PHONY: helm-deps
+helm-deps: setup ## Resolve chart dependencies in place (service charts, then the umbrella; charts/ is gitignored)
+	$(VENV_BIN)/python k8s/render.py deps
+
+.PHONY: render
+render: setup ## Render every chart x value set (default, staging, istio, linkerd) and the dev infra into ./render/
+	$(VENV_BIN)/python k8s/render.py render --out render
+
+.PHONY: kind-up
+kind-up: ## Create the kind cluster + local registry (localhost:5001), namespaces, NATS, PostgreSQL, Mailpit
+	k8s/scripts/kind-up.sh
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster and the local registry
+	k8s/scripts/kind-down.sh
+
+.PHONY: mesh-istio
+mesh-istio: ## Install Istio (with CNI) into the kind cluster (needs istioctl)
+	k8s/scripts/mesh-istio.sh
+
+.PHONY: mesh-linkerd
+mesh-linkerd: ## Install Linkerd (with CNI) into the kind cluster (needs the linkerd CLI)
+	k8s/scripts/mesh-linkerd.sh
+
+.PHONY: skaffold-dev
+skaffold-dev: helm-deps ## Build, deploy to kind, port-forward the gateway to :50051, rebuild on change (PROFILE=istio|linkerd)
+	k8s/scripts/skaffold-dev.sh
+
+.PHONY: deploy-staging
+deploy-staging: helm-deps ## helm upgrade --install into staging + helm test (STAGING_CONTEXT, REGISTRY, IMAGE_TAG)
+	k8s/scripts/deploy-staging.sh

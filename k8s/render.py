@@ -1,0 +1,130 @@
+"""Render shopmesh's Helm charts offline with the Helm v4 SDK (helm-python-sdk), no helm binary needed.
+
+    .venv/bin/python k8s/render.py render [--out render]   every chart x every value set -> render/<set>/<chart>/
+    .venv/bin/python k8s/render.py deps                    `helm dependency update`, in place, in order
+
+Charts: the library chart (helm/shopmesh-lib), one chart per topology service (helm/<service>), the
+umbrella (helm/shopmesh). Value sets: `default` (the charts' own values) and one per environment file
+beside the umbrella chart (helm/shopmesh/values-<set>.yaml), which hold only `global:` settings and so
+apply to the umbrella and to each service chart alone. tests/k8s imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+
+ROOT = Path(__file__).resolve().parent.parent
+HELM = ROOT / "helm"
+INFRA = ROOT / "k8s" / "infra"
+LIBRARY = "shopmesh-lib"
+UMBRELLA = "shopmesh"
+NAMESPACE = "shopmesh"
+VALUE_SETS = ("default", "staging", "istio", "linkerd")
+
+sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
+from shopmesh_platform.topology import SERVICES  # noqa: E402
+
+
+def service_charts() -> list[str]:
+    return list(SERVICES)
+
+
+def all_charts() -> list[str]:
+    return [*service_charts(), UMBRELLA]
+
+
+def values_file(value_set: str, helm_dir: Path = HELM) -> Path | None:
+    return None if value_set == "default" else helm_dir / UMBRELLA / f"values-{value_set}.yaml"
+
+
+def values_for(value_set: str, helm_dir: Path = HELM) -> dict[str, Any]:
+    path = values_file(value_set, helm_dir)
+    return {} if path is None else helm.values_from_yaml(path.read_text())
+
+
+def update_dependencies(helm_dir: Path = HELM) -> None:
+    """`helm dependency update` for every service chart, then the umbrella (it packages them)."""
+    for chart in all_charts():
+        helm.dependency_update(helm_dir / chart, skip_refresh=True)
+
+
+@contextmanager
+def prepared_copy() -> Iterator[Path]:
+    """A throw-away copy of helm/ with every dependency resolved: the work tree stays untouched."""
+    with tempfile.TemporaryDirectory(prefix="shopmesh-helm-") as tmp:
+        copy = Path(tmp) / "helm"
+        shutil.copytree(HELM, copy, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+        update_dependencies(copy)
+        yield copy
+
+
+def render(helm_dir: Path, chart: str, value_set: str, *, namespace: str = NAMESPACE) -> dict[str, str]:
+    """Template path -> rendered manifest (hooks included, empty files dropped), as `helm template`."""
+    release = UMBRELLA if chart == UMBRELLA else chart
+    with helm.Chart.load(helm_dir / chart) as loaded:
+        out = loaded.render(values_for(value_set, helm_dir), name=release, namespace=namespace, is_install=True)
+    return {path: text for path, text in sorted(out.items()) if text.strip() and not path.endswith("NOTES.txt")}
+
+
+def lint(helm_dir: Path, chart: str, value_set: str) -> dict[str, Any]:
+    return helm.lint(helm_dir / chart, values_for(value_set, helm_dir), namespace=NAMESPACE, kube_version="v1.32.0")
+
+
+def infra_manifests() -> dict[str, str]:
+    """The dev cluster's plain manifests (k8s/namespaces.yaml and k8s/infra, as `kubectl apply -k` reads
+    them: the kustomization only lists resources)."""
+    kustomization = helm.values_from_yaml((INFRA / "kustomization.yaml").read_text())
+    files = {"namespaces.yaml": (ROOT / "k8s" / "namespaces.yaml").read_text()}
+    files.update({name: (INFRA / name).read_text() for name in kustomization["resources"]})
+    return files
+
+
+def write_all(helm_dir: Path, out: Path) -> list[Path]:
+    """Render every chart with every value set into out/<set>/<chart>/<template path>; the dev
+    infrastructure into out/infra/."""
+    if out.exists():
+        shutil.rmtree(out)
+    written = []
+    for name, text in infra_manifests().items():
+        target = out / "infra" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        written.append(target)
+    for value_set in VALUE_SETS:
+        for chart in all_charts():
+            for path, text in render(helm_dir, chart, value_set).items():
+                target = out / value_set / chart / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text if text.endswith("\n") else text + "\n")
+                written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    render_cmd = sub.add_parser("render", help="write every rendered manifest to a folder for review")
+    render_cmd.add_argument("--out", type=Path, default=ROOT / "render")
+    sub.add_parser("deps", help="resolve chart dependencies in place (charts/, Chart.lock; both gitignored)")
+    args = parser.parse_args(argv)
+    if args.command == "deps":
+        update_dependencies()
+        print(f"dependencies resolved under {HELM}/*/charts/")
+        return 0
+    with prepared_copy() as helm_dir:
+        written = write_all(helm_dir, args.out)
+    print(f"{len(written)} files in {args.out}/: <value set>/<chart>/ (value sets: {', '.join(VALUE_SETS)}), infra/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

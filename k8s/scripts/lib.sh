@@ -1,0 +1,28 @@
+# Shared by the k8s/scripts: fail early, and say exactly which tool is missing and where to get it.
+set -euo pipefail
+
+KIND_CLUSTER="${KIND_CLUSTER:-shopmesh}"
+REGISTRY_NAME="${REGISTRY_NAME:-kind-registry}"
+REGISTRY_PORT="${REGISTRY_PORT:-5001}"
+
+# require TOOL HINT...: exit 1 with a message naming every missing tool (checked all at once).
+require() {
+  local missing=()
+  while [ "$#" -gt 0 ]; do
+    command -v "$1" >/dev/null 2>&1 || missing+=("  - $1: $2")
+    shift 2
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "error: missing tools (this project does not download them):" >&2
+    printf '%s\n' "${missing[@]}" >&2
+    exit 1
+  fi
+}
+
+HINT_DOCKER="a container engine with the docker CLI: https://docs.docker.com/engine/install/"
+HINT_KIND="kind >= 0.24: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
+HINT_KUBECTL="kubectl 1.32: https://kubernetes.io/docs/tasks/tools/"
+HINT_HELM="helm >= 3.14 (or 4): https://helm.sh/docs/intro/install/"
+HINT_SKAFFOLD="skaffold >= 2.16 (schema skaffold/v4beta13): https://skaffold.dev/docs/install/"
+HINT_ISTIOCTL="istioctl: https://istio.io/latest/docs/setup/getting-started/#download"
+HINT_LINKERD="the linkerd CLI: https://linkerd.io/2/getting-started/#step-1-install-the-cli"

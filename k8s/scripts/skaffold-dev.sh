@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# skaffold dev against the kind cluster: build every image, push it to the local registry, deploy the
+# umbrella chart, port-forward the gateway to localhost:50051, rebuild on change. PROFILE: istio|linkerd.
+source "$(dirname "$0")/lib.sh"
+require docker "$HINT_DOCKER" kind "$HINT_KIND" kubectl "$HINT_KUBECTL" helm "$HINT_HELM" skaffold "$HINT_SKAFFOLD"
+cd "$(dirname "$0")/../.."
+if ! kind get clusters | grep -qx "$KIND_CLUSTER"; then
+  echo "error: no kind cluster '$KIND_CLUSTER': run make kind-up first" >&2
+  exit 1
+fi
+exec skaffold dev --kube-context "kind-${KIND_CLUSTER}" --default-repo "localhost:${REGISTRY_PORT}" \
+  --port-forward ${PROFILE:+--profile "$PROFILE"}

@@ -1,0 +1,55 @@
+"""Database failures as the contracts name them (ABORTED, UNAVAILABLE) instead of INTERNAL.
+
+The server interceptor applies `as_domain_error` to every exception a handler lets through; the
+decorator does the same at a use case's boundary, for code that must react to it (retry, compensate).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from sqlalchemy import exc
+
+from shopmesh_chassis.errors import Aborted, DomainError, Unavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# PostgreSQL serialization_failure and deadlock_detected: the transaction lost a race; retrying it works.
+_CONFLICT_SQLSTATES = {"40001", "40P01"}
+_RETRY_AFTER_SECONDS = 0.5
+
+
+def as_domain_error(error: BaseException) -> DomainError | None:
+    """ABORTED for a lost concurrency race, UNAVAILABLE for an unreachable, locked or exhausted database."""
+    if isinstance(error, exc.DBAPIError):
+        if getattr(error.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+            return Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
+        if isinstance(error, exc.OperationalError | exc.InterfaceError) or error.connection_invalidated:
+            return Unavailable(
+                "database unavailable", reason="DATABASE_UNAVAILABLE", retry_after_seconds=_RETRY_AFTER_SECONDS
+            )
+        return None
+    if isinstance(error, exc.TimeoutError | OSError):  # connection pool exhausted; cannot connect
+        return Unavailable(
+            "database unavailable", reason="DATABASE_UNAVAILABLE", retry_after_seconds=_RETRY_AFTER_SECONDS
+        )
+    return None
+
+
+def database_errors_as_domain_errors(operation: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Concurrency conflicts become ABORTED; an unreachable, locked or exhausted database UNAVAILABLE."""
+
+    @functools.wraps(operation)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await operation(*args, **kwargs)
+        except (exc.DBAPIError, exc.TimeoutError, OSError) as error:
+            mapped = as_domain_error(error)
+            if mapped is None:
+                raise
+            raise mapped from error
+
+    return wrapper

@@ -1,0 +1,67 @@
+"""Background housekeeping jobs run on schedule, survive failures and stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shopmesh_chassis.periodic import Periodic
+
+
+async def test_job_sweeps_repeatedly_and_stops_cleanly() -> None:
+    swept = asyncio.Event()
+    runs = 0
+
+    async def sweep() -> int:
+        nonlocal runs
+        runs += 1
+        if runs == 3:
+            swept.set()
+        return 0
+
+    job = Periodic("job", 0.01, sweep)
+    job.start()
+    assert job.running
+    await asyncio.wait_for(swept.wait(), timeout=10)
+    await job.stop()
+    assert not job.running
+
+
+async def test_job_keeps_running_after_a_failed_sweep() -> None:
+    recovered = asyncio.Event()
+    runs = 0
+
+    async def sweep() -> int:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise ConnectionError("database went away")
+        recovered.set()
+        return 0
+
+    job = Periodic("job", 0.01, sweep)
+    job.start()
+    await asyncio.wait_for(recovered.wait(), timeout=10)
+    await job.stop()
+
+
+async def test_stopping_the_job_lets_a_sweep_in_progress_finish() -> None:
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    async def sweep() -> int:
+        started.set()
+        await asyncio.sleep(0.05)
+        finished.set()
+        return 0
+
+    job = Periodic("job", 60, sweep)
+    job.start()
+    await asyncio.wait_for(started.wait(), timeout=10)
+    await job.stop()
+    assert finished.is_set()
+
+
+async def test_stopping_a_job_that_never_started_does_nothing() -> None:
+    async def sweep() -> int:
+        return 0
+
+    await Periodic("job", 1, sweep).stop()

@@ -1,0 +1,142 @@
+"""A local mail server that keeps every e-mail it receives as a file: the SMTP server of `make run` and
+of the tests, in place of a real mail provider.
+
+    python -m shopmesh_platform.smtp_sink --host 127.0.0.1 --port 8025 --dir .data/mail
+
+Each message is stored as `<dir>/<Message-ID>.eml` (the Message-ID made safe for a file name), written
+atomically; a message whose Message-ID was stored before replaces that file. A sender that re-sends an
+e-mail after a crash (same Message-ID) therefore leaves one file, as a mail client would show one
+message. One log line per message on stdout. Nothing is relayed anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+log = logging.getLogger("shopmesh.smtp_sink")
+
+HOSTNAME = "shopmesh-smtp-sink"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
+_MAX_NAME = 200
+
+
+def file_name(message_id: str, content: bytes) -> str:
+    """`<evt_1@shopmesh.notifications>` → `evt_1@shopmesh.notifications.eml`; without a Message-ID, a
+    name derived from the content (the same bytes sent twice are still one file)."""
+    safe = _UNSAFE.sub("_", message_id.strip().strip("<>")).strip("._")[:_MAX_NAME]
+    if not safe:
+        safe = f"no-message-id-{hashlib.sha256(content).hexdigest()[:16]}"
+    return f"{safe}.eml"
+
+
+def read_mail(directory: Path) -> list[EmailMessage]:
+    """Every stored e-mail, parsed (for tests and for looking at what was sent)."""
+    parser = BytesParser(policy=policy.default)
+    return [parser.parsebytes(path.read_bytes()) for path in sorted(directory.glob("*.eml"))]
+
+
+class MailFolder:
+    """The aiosmtpd handler: accept every message and store it under `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        headers = BytesParser(policy=policy.default).parsebytes(content, headersonly=True)
+        name = file_name(str(headers.get("Message-ID", "")), content)
+        target = self.directory / name
+        replaced = target.exists()
+        partial = self.directory / f".{name}.{uuid.uuid4().hex}.tmp"
+        partial.write_bytes(content)
+        os.replace(partial, target)
+        log.info(
+            "%s %s from %s to %s: %s",
+            "replaced" if replaced else "stored",
+            name,
+            envelope.mail_from,
+            ", ".join(envelope.rcpt_tos),
+            headers.get("Subject", ""),
+        )
+        return f"250 OK stored as {name}"
+
+
+@dataclass
+class SmtpSink:
+    host: str
+    port: int
+    directory: Path
+    server: asyncio.Server
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def start_sink(directory: Path, host: str = "127.0.0.1", port: int = 0) -> SmtpSink:
+    """Listen on host:port (0: a free port) in the running event loop."""
+    handler = MailFolder(directory)
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(handler, hostname=HOSTNAME, enable_SMTPUTF8=True), host, port
+    )
+    bound = int(server.sockets[0].getsockname()[1])
+    return SmtpSink(host, bound, directory, server)
+
+
+@contextlib.asynccontextmanager
+async def smtp_sink(directory: Path, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[SmtpSink]:
+    sink = await start_sink(directory, host, port)
+    try:
+        yield sink
+    finally:
+        await sink.close()
+
+
+async def _serve(directory: Path, host: str, port: int) -> None:
+    sink = await start_sink(directory, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("SMTP sink listening on %s:%d, storing e-mails under %s", host, sink.port, directory)
+    await stop.wait()
+    await sink.close()
+    log.info("SMTP sink stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m shopmesh_platform.smtp_sink",
+        description="A local SMTP server that stores every e-mail it receives as a file.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8025)
+    parser.add_argument("--dir", type=Path, default=Path(".data/mail"), help="where e-mails are stored")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # aiosmtpd logs every connection and command; one line per stored message is what we want.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    asyncio.run(_serve(args.dir.absolute(), args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

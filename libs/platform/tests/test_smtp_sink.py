@@ -1,0 +1,70 @@
+"""The local SMTP sink: a real SMTP conversation (smtplib) stores each e-mail as a file named after its
+Message-ID, and the same Message-ID sent twice is one file."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from shopmesh_platform.smtp_sink import SmtpSink, file_name, read_mail, smtp_sink
+
+
+def email(message_id: str | None, subject: str = "Your order") -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "shop@shopmesh.example"
+    message["To"] = "ada@example.com"
+    message["Subject"] = subject
+    if message_id is not None:
+        message["Message-ID"] = message_id
+    message.set_content("Grüße")
+    return message
+
+
+async def send(sink: SmtpSink, message: EmailMessage) -> None:
+    def deliver() -> None:
+        with smtplib.SMTP(sink.host, sink.port, timeout=5) as client:
+            client.send_message(message)
+
+    await asyncio.to_thread(deliver)
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[SmtpSink]:
+    async with smtp_sink(tmp_path / "mail") as started:
+        yield started
+
+
+async def test_each_email_is_stored_as_a_file_named_after_its_message_id(sink: SmtpSink) -> None:
+    await send(sink, email("<evt_1@shopmesh.notifications>"))
+    await send(sink, email("<evt_2@shopmesh.notifications>"))
+    assert sorted(p.name for p in sink.directory.iterdir()) == [
+        "evt_1@shopmesh.notifications.eml",
+        "evt_2@shopmesh.notifications.eml",
+    ]
+    first = read_mail(sink.directory)[0]
+    assert first["Subject"] == "Your order"
+    assert first.get_content().rstrip() == "Grüße"
+
+
+async def test_the_same_message_id_sent_again_replaces_the_file(sink: SmtpSink) -> None:
+    await send(sink, email("<evt_1@shopmesh.notifications>", "first copy"))
+    await send(sink, email("<evt_1@shopmesh.notifications>", "second copy"))
+    (stored,) = read_mail(sink.directory)
+    assert stored["Subject"] == "second copy"
+
+
+async def test_an_email_without_message_id_is_kept_under_a_name_derived_from_its_content(sink: SmtpSink) -> None:
+    await send(sink, email(None))
+    (path,) = sink.directory.glob("*.eml")
+    assert path.name.startswith("no-message-id-")
+
+
+def test_file_names_keep_only_safe_characters() -> None:
+    assert file_name("<../../etc/passwd>", b"") == "etc_passwd.eml"
+    assert file_name("<a b/c@d>", b"") == "a_b_c@d.eml"
+    assert file_name("", b"x") == file_name("  ", b"x") != file_name("", b"y")

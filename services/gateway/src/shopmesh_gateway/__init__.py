@@ -1,0 +1,1 @@
+"""shopmesh gateway: the public ShopService in front of the internal services."""

@@ -1,0 +1,3 @@
+from shopmesh_gateway.wiring import main
+
+main()

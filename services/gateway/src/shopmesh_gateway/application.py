@@ -1,0 +1,141 @@
+"""The gateway's composed use cases: the product page (parallel, with a fallback) and checkout.
+
+Every other method is a plain delegation and goes from the transport to its client directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.gateway.v1 import shop_pb2
+from shopmesh.orders.v1 import orders_pb2
+from shopmesh.recommendations.v1 import recommendations_pb2
+from shopmesh_chassis import errors
+from shopmesh_chassis.client import new_idempotency_key
+from shopmesh_chassis.idempotency import validate_key
+from shopmesh_gateway.domain.product_page import recommendation_limit, shown
+
+log = logging.getLogger("shopmesh.gateway")
+
+RecommendedProduct = recommendations_pb2.RecommendedProduct
+
+
+class ProductSource(Protocol):
+    async def get_product(self, product_id: str) -> catalog_pb2.Product: ...
+
+    async def products_in_category(self, category: str, limit: int) -> list[catalog_pb2.Product]: ...
+
+
+class StockSource(Protocol):
+    async def available(self, product_id: str) -> int: ...
+
+
+class RecommendationSource(Protocol):
+    async def for_product(self, product_id: str, limit: int, timeout: float) -> list[RecommendedProduct]: ...
+
+
+class AccountSource(Protocol):
+    async def email_of(self, user_id: str) -> str: ...
+
+
+class OrderPlacer(Protocol):
+    async def place(self, request: orders_pb2.PlaceOrderRequest, idempotency_key: str) -> orders_pb2.Order: ...
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    product: catalog_pb2.Product
+    available: int
+    recommendations: list[RecommendedProduct]
+    degraded: bool
+
+
+def _as_recommendation(product: catalog_pb2.Product) -> RecommendedProduct:
+    # Score 0: the contract's mark of a fallback entry, which nothing ranked.
+    return RecommendedProduct(
+        product_id=product.id, score=0.0, name=product.name, price=product.price, image_url=product.image_url
+    )
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    failures = [e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)]
+    return failures[0] if failures else group
+
+
+class ProductPages:
+    """Product, stock and recommendations fetched at once. Product and stock are required: the first of
+    them to fail fails the page and cancels the rest, so a dead catalog answers at once instead of after
+    the recommendations' budget. Recommendations are optional: past their budget, or failed, the page
+    shows other products of the same category instead and says so."""
+
+    def __init__(
+        self,
+        catalog: ProductSource,
+        inventory: StockSource,
+        recommendations: RecommendationSource,
+        recommendations_budget_seconds: float,
+    ) -> None:
+        self._catalog = catalog
+        self._inventory = inventory
+        self._recommendations = recommendations
+        self._budget = recommendations_budget_seconds
+
+    async def page(self, product_id: str, max_recommendations: int) -> ProductPage:
+        limit = recommendation_limit(product_id, max_recommendations)
+        try:
+            async with asyncio.TaskGroup() as group:
+                product = group.create_task(self._catalog.get_product(product_id))
+                available = group.create_task(self._inventory.available(product_id))
+                recommended = group.create_task(self._recommended(product_id, limit, product))
+        except BaseExceptionGroup as failed:
+            raise _first_failure(failed) from None
+        picks, degraded = recommended.result()
+        return ProductPage(product.result(), available.result(), picks, degraded)
+
+    async def _recommended(
+        self, product_id: str, limit: int, product: asyncio.Task[catalog_pb2.Product]
+    ) -> tuple[list[RecommendedProduct], bool]:
+        try:
+            async with asyncio.timeout(self._budget):
+                ranked = await self._recommendations.for_product(product_id, limit, self._budget)
+            return shown(ranked, product_id, limit, lambda r: r.product_id), False
+        except (errors.DomainError, TimeoutError) as exc:
+            log.warning("recommendations failed, showing the fallback: %r", exc, extra={"product_id": product_id})
+        category = (await product).category
+        try:
+            # One more than shown: the product itself is usually among its category's first page.
+            candidates = await self._catalog.products_in_category(category, limit + 1)
+        except errors.DomainError as exc:
+            log.warning("fallback recommendations failed: %r", exc, extra={"product_id": product_id})
+            return [], True
+        return [_as_recommendation(p) for p in shown(candidates, product_id, limit, lambda p: p.id)], True
+
+
+def idempotency_key(sent: str | None) -> str:
+    """The client's idempotency key when it sent one (INVALID_ARGUMENT if unusable), else a new UUIDv4."""
+    return validate_key(sent) if sent else new_idempotency_key()
+
+
+class Checkout:
+    def __init__(self, accounts: AccountSource, orders: OrderPlacer) -> None:
+        self._accounts = accounts
+        self._orders = orders
+
+    async def place(self, user_id: str, request: shop_pb2.PlaceOrderRequest, key: str) -> orders_pb2.Order:
+        # The contract: an empty e-mail means the address of the caller's account.
+        email = request.email or await self._accounts.email_of(user_id)
+        order_request = orders_pb2.PlaceOrderRequest(
+            user_id=user_id,
+            items=request.items,
+            currency=request.currency,
+            email=email,
+        )
+        if request.HasField("shipping_address"):
+            order_request.shipping_address.CopyFrom(request.shipping_address)
+        if request.HasField("card"):
+            order_request.card.CopyFrom(request.card)
+        return await self._orders.place(order_request, key)

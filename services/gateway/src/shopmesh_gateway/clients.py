@@ -1,0 +1,165 @@
+"""gRPC adapters for the internal services: deadlines, the caller's identity, and failed calls translated
+(`downstream.calling`).
+
+The identity is always given explicitly (`x-user-id` = the verified token subject): the chassis' client
+interceptor would otherwise take it from the inbound call, whose metadata the client wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
+from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from shopmesh.users.v1 import users_pb2, users_pb2_grpc
+from shopmesh_chassis import call_context
+from shopmesh_chassis.client import idempotency_metadata
+from shopmesh_gateway.downstream import calling, unavailable
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def acting_for(user_id: str) -> Metadata:
+    return ((call_context.USER_ID, user_id),)
+
+
+class UsersClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = users_pb2_grpc.UsersServiceStub(channel)
+        self._timeout = timeout
+
+    async def register(self, request: users_pb2.RegisterRequest) -> users_pb2.User:
+        with calling("users"):
+            response = await self._stub.Register(request, timeout=self._timeout)
+        return response.user
+
+    async def login(self, request: users_pb2.LoginRequest) -> users_pb2.LoginResponse:
+        with calling("users"):
+            return await self._stub.Login(request, timeout=self._timeout)
+
+    async def email_of(self, user_id: str) -> str:
+        with calling("users"):
+            response = await self._stub.GetUser(
+                users_pb2.GetUserRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
+            )
+        return response.user.email
+
+    async def jwks(self) -> Sequence[Mapping[str, str]]:
+        try:
+            response = await self._stub.GetJwks(users_pb2.GetJwksRequest(), timeout=self._timeout)
+        except grpc.aio.AioRpcError:
+            # The contract's only error is UNAVAILABLE; whatever went wrong, there is no key set now.
+            raise unavailable("users") from None
+        # Proto3 sends absent members as "": leave them out, as a JWK would.
+        members = ("kid", "kty", "crv", "alg", "x", "use")
+        return [{m: getattr(k, m) for m in members if getattr(k, m)} for k in response.keys]
+
+
+class CatalogClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        self._timeout = timeout
+
+    async def get_product(self, product_id: str) -> catalog_pb2.Product:
+        with calling("catalog"):
+            response = await self._stub.GetProduct(
+                catalog_pb2.GetProductRequest(product_id=product_id), timeout=self._timeout
+            )
+        return response.product
+
+    async def products_in_category(self, category: str, limit: int) -> list[catalog_pb2.Product]:
+        with calling("catalog"):
+            response = await self._stub.ListProducts(
+                catalog_pb2.ListProductsRequest(category=category, page_size=limit), timeout=self._timeout
+            )
+        return list(response.products)
+
+    async def list_products(self, request: catalog_pb2.ListProductsRequest) -> catalog_pb2.ListProductsResponse:
+        with calling("catalog"):
+            return await self._stub.ListProducts(request, timeout=self._timeout)
+
+    async def search_products(self, request: catalog_pb2.SearchProductsRequest) -> catalog_pb2.SearchProductsResponse:
+        with calling("catalog"):
+            return await self._stub.SearchProducts(request, timeout=self._timeout)
+
+
+class InventoryClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        self._timeout = timeout
+
+    async def available(self, product_id: str) -> int:
+        with calling("inventory"):
+            response = await self._stub.GetStock(
+                inventory_pb2.GetStockRequest(product_ids=[product_id]), timeout=self._timeout
+            )
+        return max(0, response.stock_levels[0].available) if response.stock_levels else 0
+
+
+class RecommendationsClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = recommendations_pb2_grpc.RecommendationsServiceStub(channel)
+
+    async def for_product(
+        self, product_id: str, limit: int, timeout: float
+    ) -> list[recommendations_pb2.RecommendedProduct]:
+        with calling("recommendations"):
+            response = await self._stub.ListRecommendations(
+                recommendations_pb2.ListRecommendationsRequest(product_id=product_id, max_results=limit),
+                timeout=timeout,
+            )
+        return list(response.recommendations)
+
+
+class OrdersClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = orders_pb2_grpc.OrdersServiceStub(channel)
+        self._timeout = timeout
+
+    async def place(self, request: orders_pb2.PlaceOrderRequest, idempotency_key: str) -> orders_pb2.Order:
+        with calling("orders"):
+            response = await self._stub.PlaceOrder(
+                request,
+                timeout=self._timeout,
+                metadata=idempotency_metadata(idempotency_key, acting_for(request.user_id)),
+            )
+        return response.order
+
+    async def get(self, user_id: str, order_id: str) -> orders_pb2.Order:
+        with calling("orders"):
+            response = await self._stub.GetOrder(
+                orders_pb2.GetOrderRequest(order_id=order_id), timeout=self._timeout, metadata=acting_for(user_id)
+            )
+        return response.order
+
+    async def list(self, request: orders_pb2.ListOrdersRequest) -> orders_pb2.ListOrdersResponse:
+        with calling("orders"):
+            return await self._stub.ListOrders(request, timeout=self._timeout, metadata=acting_for(request.user_id))
+
+    async def cancel(
+        self, user_id: str, request: orders_pb2.CancelOrderRequest, idempotency_key: str
+    ) -> orders_pb2.Order:
+        with calling("orders"):
+            response = await self._stub.CancelOrder(
+                request, timeout=self._timeout, metadata=idempotency_metadata(idempotency_key, acting_for(user_id))
+            )
+        return response.order
+
+
+class NotificationsClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = notifications_pb2_grpc.NotificationsServiceStub(channel)
+        self._timeout = timeout
+
+    async def list(
+        self, request: notifications_pb2.ListNotificationsRequest
+    ) -> notifications_pb2.ListNotificationsResponse:
+        with calling("notifications"):
+            return await self._stub.ListNotifications(
+                request, timeout=self._timeout, metadata=acting_for(request.user_id)
+            )

@@ -1,0 +1,1 @@
+"""The gateway's rules, free of I/O: product-page validation and selection, rate-limit buckets."""

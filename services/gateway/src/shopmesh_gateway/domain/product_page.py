@@ -1,0 +1,48 @@
+"""The product page's rules: what a valid request is, and which recommendations may be shown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+
+DEFAULT_RECOMMENDATIONS = 4
+MAX_RECOMMENDATIONS = 20
+MAX_ID_LENGTH = 64
+
+T = TypeVar("T")
+
+
+def recommendation_limit(product_id: str, max_recommendations: int) -> int:
+    """The number of recommendations to show; INVALID_ARGUMENT for an unusable request."""
+    violations = []
+    if not product_id:
+        violations.append(FieldViolation("product_id", "required", "REQUIRED"))
+    elif len(product_id) > MAX_ID_LENGTH:
+        violations.append(FieldViolation("product_id", f"at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+    if max_recommendations < 0:
+        violations.append(FieldViolation("max_recommendations", "must not be negative", "NEGATIVE"))
+    if violations:
+        raise InvalidArgument("invalid product page request", violations, reason="VALIDATION_FAILED")
+    if max_recommendations == 0:
+        return DEFAULT_RECOMMENDATIONS
+    return min(max_recommendations, MAX_RECOMMENDATIONS)
+
+
+def shown(candidates: Iterable[T], product_id: str, limit: int, id_of: Callable[[T], str]) -> list[T]:
+    """At most `limit` candidates, in order, never the product itself and no product twice.
+
+    Applied to the recommendations service's answer as well as to the fallback list: the page's promise
+    holds whichever source filled it."""
+    seen = {product_id}
+    out: list[T] = []
+    for candidate in candidates:
+        if len(out) >= limit:
+            break
+        candidate_id = id_of(candidate)
+        if candidate_id in seen:
+            continue
+        seen.add(candidate_id)
+        out.append(candidate)
+    return out

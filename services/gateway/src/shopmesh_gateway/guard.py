@@ -1,0 +1,139 @@
+"""The gateway's admission of each call: who the caller is, whether it may call now, and for whom the
+internal calls it makes are made.
+
+`public` and `protected` decorate the ShopService methods. Both rate-limit per client; `protected`
+first verifies the bearer token and hands the handler the token's subject. Both replace the inbound
+call context the chassis made from the client's metadata: a client-sent `x-user-id` must never be what
+the chassis' client interceptor forwards to internal services.
+
+Decorators rather than a server interceptor: the chassis' interceptor is the innermost one and maps
+domain errors to statuses, so an interceptor outside it could not answer with a domain error, and
+`app.serve` takes no extra interceptors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from shopmesh_chassis import call_context, errors
+from shopmesh_gateway.domain.rate_limit import TokenBuckets
+from shopmesh_gateway.tokens import TOKEN_INVALID, TOKEN_MISSING, TokenVerifier
+
+AUTHORIZATION = "authorization"
+RATE_LIMITED = "RATE_LIMITED"
+_BEARER = "bearer"
+
+Context = Any  # grpc.aio.ServicerContext; its stubs are generic in ways the servicer base class is not
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+
+
+def _metadata_values(context: Context, key: str) -> list[str]:
+    values = []
+    for item_key, value in context.invocation_metadata() or ():
+        if item_key == key:
+            values.append(value if isinstance(value, str) else bytes(value).decode(errors="replace"))
+    return values
+
+
+def bearer_token(context: Context) -> str:
+    """The token of the `authorization: Bearer <token>` header; UNAUTHENTICATED when there is none."""
+    values = _metadata_values(context, AUTHORIZATION)
+    if not values or not values[0].strip():
+        raise errors.Unauthenticated("this method needs an authorization: Bearer <token> header", reason=TOKEN_MISSING)
+    if len(values) > 1:
+        raise errors.Unauthenticated("send one authorization header", reason=TOKEN_INVALID)
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() != _BEARER or not token.strip():
+        raise errors.Unauthenticated("the authorization header must be: Bearer <token>", reason=TOKEN_INVALID)
+    return token.strip()
+
+
+def client_address(peer: str) -> str:
+    """The IP address of a gRPC peer string ("ipv4:10.0.0.7:50412", "ipv6:[::1]:50412"), or the whole
+    string for other transports."""
+    kind, _, rest = urllib.parse.unquote(peer).partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in rest:
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer
+
+
+# chassis-candidate: the chassis' server interceptor takes `x-user-id` from any caller, which is right
+# behind the mesh and wrong at the edge; an edge service needs a supported way to say whom it acts for.
+@contextlib.contextmanager
+def acting_for(context: Context, user_id: str | None) -> Iterator[None]:
+    """The chassis' inbound call context made anew from the verified user id alone (and the deadline):
+    nothing the client sent as `x-user-id` or `x-caller` is what internal calls then carry."""
+    asserted = [] if user_id is None else [(call_context.USER_ID, user_id)]
+    token = call_context.enter(context.time_remaining(), asserted)
+    try:
+        yield
+    finally:
+        call_context.leave(token)
+
+
+class Guard:
+    def __init__(self, verifier: TokenVerifier, buckets: TokenBuckets) -> None:
+        self._verifier = verifier
+        self._buckets = buckets
+
+    def limit(self, client: str) -> None:
+        retry_after = self._buckets.take(client)
+        if retry_after > 0:
+            raise errors.ResourceExhausted(
+                "too many requests; retry later", reason=RATE_LIMITED, retry_after_seconds=retry_after
+            )
+
+    def admit_anonymous(self, context: Context) -> None:
+        self.limit(f"addr:{client_address(context.peer())}")
+
+    async def admit_user(self, context: Context) -> str:
+        try:
+            user_id = await self._verifier.subject(bearer_token(context))
+        except errors.Unauthenticated:
+            # Failed attempts count against the address, so guessing tokens is rate-limited too.
+            self.admit_anonymous(context)
+            raise
+        self.limit(f"user:{user_id}")
+        return user_id
+
+
+class Guarded(Protocol):
+    guard: Guard
+
+
+ServicerT = TypeVar("ServicerT", bound=Guarded)
+Handler = Callable[[ServicerT, RequestT, Context], Awaitable[ResponseT]]
+UserHandler = Callable[[ServicerT, RequestT, Context, str], Awaitable[ResponseT]]
+
+
+def public(
+    method: Handler[ServicerT, RequestT, ResponseT],
+) -> Handler[ServicerT, RequestT, ResponseT]:
+    @functools.wraps(method)
+    async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
+        self.guard.admit_anonymous(context)
+        with acting_for(context, None):
+            return await method(self, request, context)
+
+    return handler
+
+
+def protected(
+    method: UserHandler[ServicerT, RequestT, ResponseT],
+) -> Handler[ServicerT, RequestT, ResponseT]:
+    """The handler gets the verified user id as its last argument."""
+
+    @functools.wraps(method)
+    async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
+        # Fetching the key set is an internal call too: made for nobody, like a public method's.
+        with acting_for(context, None):
+            user_id = await self.guard.admit_user(context)
+        with acting_for(context, user_id):
+            return await method(self, request, context, user_id)
+
+    return handler

@@ -1,0 +1,48 @@
+"""The gateway's settings: where the internal services are, each one's time budget, rate limits, tokens.
+
+The gateway owns no data, so it extends ServiceSettings (no database)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shopmesh_chassis.config import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    service_name: str = "gateway"
+    grpc_port: int = Field(default=50050, ge=0, le=65535)
+    metrics_port: int = Field(default=9460, ge=-1, le=65535)
+
+    users_address: str = "127.0.0.1:50051"
+    catalog_address: str = "127.0.0.1:50052"
+    inventory_address: str = "127.0.0.1:50053"
+    orders_address: str = "127.0.0.1:50054"
+    notifications_address: str = "127.0.0.1:50056"
+    recommendations_address: str = "127.0.0.1:50057"
+
+    # Deadline of each outbound call, never later than the client's own deadline.
+    catalog_timeout_seconds: float = Field(default=2.0, gt=0)
+    inventory_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Recommendations are optional on the product page: past this budget the fallback list is shown.
+    recommendations_timeout_seconds: float = Field(default=0.3, gt=0)
+    # Login hashes a password (argon2id), which takes a noticeable fraction of a second by design.
+    users_timeout_seconds: float = Field(default=5.0, gt=0)
+    # PlaceOrder runs the whole checkout saga (reserve, charge, commit) before it answers.
+    orders_timeout_seconds: float = Field(default=15.0, gt=0)
+    notifications_timeout_seconds: float = Field(default=2.0, gt=0)
+
+    # Token bucket per client (the token's subject, else the peer address), in memory per replica.
+    rate_limit_per_second: float = Field(default=20.0, gt=0)
+    rate_limit_burst: int = Field(default=40, ge=1)
+    # Buckets kept at once; the least recently used is dropped beyond it, so memory stays bounded.
+    rate_limit_max_clients: int = Field(default=100_000, ge=1)
+
+    # Access tokens, as the users contract fixes them.
+    jwt_issuer: str = "shopmesh-users"
+    jwt_audience: str = "shopmesh"
+    # Tolerated clock skew between users (which stamps iat/nbf/exp) and the gateway.
+    jwt_leeway_seconds: float = Field(default=5.0, ge=0)
+    # The users contract: cache the key set up to 5 minutes, refetch on an unknown kid at most every 30 s.
+    jwks_max_age_seconds: float = Field(default=300.0, gt=0)
+    jwks_min_refetch_interval_seconds: float = Field(default=30.0, ge=0)

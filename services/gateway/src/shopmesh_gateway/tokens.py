@@ -1,0 +1,154 @@
+"""Access-token verification: EdDSA JWTs from users, checked locally against its cached JSON Web Key Set.
+
+The users contract fixes the rules: the key whose kid matches the token's, the "iss", "aud" and "exp"
+claims (and "nbf" when present); the key set is cached up to 5 minutes and refetched on an unknown kid
+at most every 30 seconds, so that a key rotation is picked up without a refetch per forged token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from shopmesh_chassis import errors
+
+log = logging.getLogger("shopmesh.gateway.tokens")
+
+ALGORITHM = "EdDSA"
+TOKEN_MISSING = "TOKEN_MISSING"
+TOKEN_INVALID = "TOKEN_INVALID"
+TOKEN_EXPIRED = "TOKEN_EXPIRED"
+MAX_SUBJECT_LENGTH = 64
+
+# Fetches the published keys, each in JWK form ({"kid", "kty", "crv", "alg", "x", "use"}); raises
+# shopmesh_chassis.errors.Unavailable when the key set cannot be had now.
+FetchJwks = Callable[[], Awaitable[Sequence[Mapping[str, str]]]]
+
+
+def _usable_keys(jwks: Sequence[Mapping[str, str]]) -> dict[str, jwt.PyJWK]:
+    keys: dict[str, jwt.PyJWK] = {}
+    for jwk in jwks:
+        kid = jwk.get("kid", "")
+        if not kid or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or jwk.get("use", "sig") != "sig":
+            log.warning("ignoring a published key that cannot verify EdDSA tokens", extra={"kid": kid})
+            continue
+        try:
+            keys[kid] = jwt.PyJWK(dict(jwk), algorithm=ALGORITHM)
+        except (jwt.PyJWKError, jwt.InvalidKeyError):
+            log.warning("ignoring a malformed published key", extra={"kid": kid})
+    return keys
+
+
+class JwksCache:
+    """The verification keys by kid, refetched when older than `max_age` or when a kid is unknown.
+
+    Refetches are at least `min_refetch_interval` apart, so neither forged kids nor an unreachable users
+    service cause a fetch per request. When a refetch fails the keys already known keep serving: a key
+    stays published until every token it signed has expired, so stale keys can only miss new ones.
+    Only while no key set was ever obtained does a failure fail the verification (UNAVAILABLE).
+    """
+
+    def __init__(
+        self,
+        fetch: FetchJwks,
+        *,
+        max_age_seconds: float = 300.0,
+        min_refetch_interval_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._max_age = max_age_seconds
+        self._min_interval = min_refetch_interval_seconds
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] | None = None
+        self._fetched_at = 0.0
+        self._attempted_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> jwt.PyJWK | None:
+        """The key with this kid, or None when the key set does not have it."""
+        if self._keys is None:
+            await self._refetch(required=True)
+        elif kid not in self._keys or self._clock() - self._fetched_at >= self._max_age:
+            await self._refetch(required=False)
+        return (self._keys or {}).get(kid)
+
+    async def _refetch(self, *, required: bool) -> None:
+        async with self._lock:
+            # Re-checked under the lock: another caller may have fetched while this one waited.
+            if required and self._keys is not None:
+                return
+            if (
+                not required
+                and self._attempted_at is not None
+                and self._clock() - self._attempted_at < self._min_interval
+            ):
+                return
+            self._attempted_at = self._clock()
+            try:
+                jwks = await self._fetch()
+            except errors.Unavailable:
+                if required:
+                    raise
+                log.warning("could not refetch the key set; verifying with the keys already known")
+                return
+            self._keys = _usable_keys(jwks)
+            self._fetched_at = self._clock()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRules:
+    issuer: str
+    audience: str
+    leeway_seconds: float = 0.0
+
+
+def _invalid(message: str) -> errors.Unauthenticated:
+    return errors.Unauthenticated(message, reason=TOKEN_INVALID)
+
+
+class TokenVerifier:
+    """Turns an access token into the user id it was issued to, or UNAUTHENTICATED saying why not."""
+
+    def __init__(self, keys: JwksCache, rules: TokenRules) -> None:
+        self._keys = keys
+        self._rules = rules
+
+    async def subject(self, token: str) -> str:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise _invalid("the access token is malformed") from None
+        kid = header.get("kid")
+        if header.get("alg") != ALGORITHM or not isinstance(kid, str) or not kid:
+            raise _invalid("the access token is not an EdDSA token with a key id")
+        key = await self._keys.key(kid)
+        if key is None:
+            raise _invalid("the access token is signed by an unknown key")
+        claims = self._decode(token, key)
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_LENGTH:
+            raise _invalid("the access token has no usable subject")
+        return subject
+
+    def _decode(self, token: str, key: jwt.PyJWK) -> dict[str, Any]:
+        try:
+            return jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                issuer=self._rules.issuer,
+                audience=self._rules.audience,
+                leeway=self._rules.leeway_seconds,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise errors.Unauthenticated("the access token has expired", reason=TOKEN_EXPIRED) from None
+        except jwt.InvalidTokenError as exc:
+            raise _invalid(f"the access token is invalid: {exc}") from None

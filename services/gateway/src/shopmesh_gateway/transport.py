@@ -1,0 +1,165 @@
+"""The ShopService servicer: shop requests to internal requests and back, behind the guard."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.notifications.v1 import notifications_pb2
+from shopmesh.orders.v1 import orders_pb2
+from shopmesh.users.v1 import users_pb2
+from shopmesh_chassis import errors
+from shopmesh_chassis.client import IDEMPOTENCY_KEY, idempotency_key_of
+from shopmesh_chassis.grpc_errors import to_rpc_status
+from shopmesh_gateway.application import Checkout, ProductPages, idempotency_key
+from shopmesh_gateway.clients import CatalogClient, NotificationsClient, OrdersClient, UsersClient
+from shopmesh_gateway.guard import Context, Guard, protected, public
+
+DESCRIPTOR = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
+
+T = TypeVar("T")
+
+
+class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        users: UsersClient,
+        catalog: CatalogClient,
+        orders: OrdersClient,
+        notifications: NotificationsClient,
+        product_pages: ProductPages,
+        checkout: Checkout,
+        error_domain: str,
+    ) -> None:
+        self.guard = guard
+        self._users = users
+        self._catalog = catalog
+        self._orders = orders
+        self._notifications = notifications
+        self._product_pages = product_pages
+        self._checkout = checkout
+        self._error_domain = error_domain
+
+    @public
+    async def Register(self, request: shop_pb2.RegisterRequest, context: Context) -> shop_pb2.RegisterResponse:
+        user = await self._users.register(
+            users_pb2.RegisterRequest(email=request.email, password=request.password, display_name=request.display_name)
+        )
+        return shop_pb2.RegisterResponse(user=user)
+
+    @public
+    async def Login(self, request: shop_pb2.LoginRequest, context: Context) -> shop_pb2.LoginResponse:
+        login = await self._users.login(users_pb2.LoginRequest(email=request.email, password=request.password))
+        return shop_pb2.LoginResponse(
+            access_token=login.access_token,
+            token_type=login.token_type,
+            expires_at=login.expires_at,
+            user_id=login.user_id,
+        )
+
+    @public
+    async def ListProducts(
+        self, request: shop_pb2.ListProductsRequest, context: Context
+    ) -> shop_pb2.ListProductsResponse:
+        page = await self._catalog.list_products(
+            catalog_pb2.ListProductsRequest(
+                page_size=request.page_size, page_token=request.page_token, category=request.category
+            )
+        )
+        return shop_pb2.ListProductsResponse(products=page.products, next_page_token=page.next_page_token)
+
+    @public
+    async def SearchProducts(
+        self, request: shop_pb2.SearchProductsRequest, context: Context
+    ) -> shop_pb2.SearchProductsResponse:
+        page = await self._catalog.search_products(
+            catalog_pb2.SearchProductsRequest(
+                query=request.query,
+                category=request.category,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        )
+        return shop_pb2.SearchProductsResponse(products=page.products, next_page_token=page.next_page_token)
+
+    @public
+    async def GetProductPage(
+        self, request: shop_pb2.GetProductPageRequest, context: Context
+    ) -> shop_pb2.GetProductPageResponse:
+        page = await self._product_pages.page(request.product_id, request.max_recommendations)
+        return shop_pb2.GetProductPageResponse(
+            product=page.product,
+            availability=shop_pb2.ProductAvailability(in_stock=page.available > 0, available_quantity=page.available),
+            recommendations=page.recommendations,
+            recommendations_degraded=page.degraded,
+        )
+
+    @protected
+    async def PlaceOrder(
+        self, request: shop_pb2.PlaceOrderRequest, context: Context, user_id: str
+    ) -> shop_pb2.PlaceOrderResponse:
+        key = idempotency_key(idempotency_key_of(context))
+        order = await self._returning_key(context, key, self._checkout.place(user_id, request, key))
+        return shop_pb2.PlaceOrderResponse(order=order)
+
+    @protected
+    async def GetOrder(
+        self, request: shop_pb2.GetOrderRequest, context: Context, user_id: str
+    ) -> shop_pb2.GetOrderResponse:
+        return shop_pb2.GetOrderResponse(order=await self._orders.get(user_id, request.order_id))
+
+    @protected
+    async def ListOrders(
+        self, request: shop_pb2.ListOrdersRequest, context: Context, user_id: str
+    ) -> shop_pb2.ListOrdersResponse:
+        page = await self._orders.list(
+            orders_pb2.ListOrdersRequest(user_id=user_id, page_size=request.page_size, page_token=request.page_token)
+        )
+        return shop_pb2.ListOrdersResponse(orders=page.orders, next_page_token=page.next_page_token)
+
+    @protected
+    async def CancelOrder(
+        self, request: shop_pb2.CancelOrderRequest, context: Context, user_id: str
+    ) -> shop_pb2.CancelOrderResponse:
+        key = idempotency_key(idempotency_key_of(context))
+        cancel = orders_pb2.CancelOrderRequest(order_id=request.order_id, reason=request.reason)
+        order = await self._returning_key(context, key, self._orders.cancel(user_id, cancel, key))
+        return shop_pb2.CancelOrderResponse(order=order)
+
+    @protected
+    async def ListNotifications(
+        self, request: shop_pb2.ListNotificationsRequest, context: Context, user_id: str
+    ) -> shop_pb2.ListNotificationsResponse:
+        page = await self._notifications.list(
+            notifications_pb2.ListNotificationsRequest(
+                user_id=user_id, page_size=request.page_size, page_token=request.page_token
+            )
+        )
+        return shop_pb2.ListNotificationsResponse(
+            notifications=page.notifications, next_page_token=page.next_page_token
+        )
+
+    async def _returning_key(self, context: Context, key: str, operation: Awaitable[T]) -> T:
+        """Runs `operation` and sends the idempotency key used in the response trailers, on success and on
+        error, so that the client can retry the same operation after any failure."""
+        # chassis-candidate: the chassis' server interceptor replaces the trailers a handler set when it
+        # maps a domain error; until it merges them, errors that must carry a trailer are sent from here.
+        try:
+            result = await operation
+        except errors.DomainError as exc:
+            if isinstance(exc, errors.ReplayedError):
+                status = status_pb2.Status.FromString(exc.status)
+            else:
+                status = to_rpc_status(exc, self._error_domain)
+            failure = rpc_status.to_status(status)
+            await context.abort(failure.code, failure.details, (*failure.trailing_metadata, (IDEMPOTENCY_KEY, key)))
+            raise
+        context.set_trailing_metadata(((IDEMPOTENCY_KEY, key),))
+        return result

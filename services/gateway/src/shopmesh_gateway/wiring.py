@@ -1,0 +1,115 @@
+"""The composition root of the gateway: settings, one resilient channel per internal service, the token
+verifier, the rate limiter, the servicer, serve(). No database: the gateway keeps nothing."""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import FileDescriptor
+from opentelemetry.sdk.trace import TracerProvider
+
+from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.gateway.v1 import shop_pb2_grpc
+from shopmesh.inventory.v1 import inventory_pb2
+from shopmesh.notifications.v1 import notifications_pb2
+from shopmesh.orders.v1 import orders_pb2
+from shopmesh.recommendations.v1 import recommendations_pb2
+from shopmesh.users.v1 import users_pb2
+from shopmesh_chassis import app
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_gateway.application import Checkout, ProductPages
+from shopmesh_gateway.clients import (
+    CatalogClient,
+    InventoryClient,
+    NotificationsClient,
+    OrdersClient,
+    RecommendationsClient,
+    UsersClient,
+)
+from shopmesh_gateway.domain.rate_limit import TokenBuckets
+from shopmesh_gateway.guard import Guard
+from shopmesh_gateway.settings import GatewaySettings
+from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
+from shopmesh_gateway.transport import DESCRIPTOR, ShopServicer
+
+
+class Channels:
+    """One ResilientChannel (deadlines, retries of idempotent methods, circuit breaker) per service."""
+
+    def __init__(self, settings: GatewaySettings, tracer_provider: TracerProvider | None = None) -> None:
+        options = ClientOptions(default_timeout_seconds=settings.client_default_timeout_seconds, caller="gateway")
+
+        def channel(address: str, contract: FileDescriptor, service: str) -> ResilientChannel:
+            return ResilientChannel(
+                address, [contract.services_by_name[service]], options, tracer_provider=tracer_provider
+            )
+
+        self.users = channel(settings.users_address, users_pb2.DESCRIPTOR, "UsersService")
+        self.catalog = channel(settings.catalog_address, catalog_pb2.DESCRIPTOR, "CatalogService")
+        self.inventory = channel(settings.inventory_address, inventory_pb2.DESCRIPTOR, "InventoryService")
+        self.orders = channel(settings.orders_address, orders_pb2.DESCRIPTOR, "OrdersService")
+        self.notifications = channel(
+            settings.notifications_address, notifications_pb2.DESCRIPTOR, "NotificationsService"
+        )
+        self.recommendations = channel(
+            settings.recommendations_address, recommendations_pb2.DESCRIPTOR, "RecommendationsService"
+        )
+
+    async def close(self) -> None:
+        for channel in (
+            self.users,
+            self.catalog,
+            self.inventory,
+            self.orders,
+            self.notifications,
+            self.recommendations,
+        ):
+            await channel.close()
+
+
+def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopServicer:
+    users = UsersClient(channels.users.channel, settings.users_timeout_seconds)
+    catalog = CatalogClient(channels.catalog.channel, settings.catalog_timeout_seconds)
+    inventory = InventoryClient(channels.inventory.channel, settings.inventory_timeout_seconds)
+    recommendations = RecommendationsClient(channels.recommendations.channel)
+    orders = OrdersClient(channels.orders.channel, settings.orders_timeout_seconds)
+    notifications = NotificationsClient(channels.notifications.channel, settings.notifications_timeout_seconds)
+    verifier = TokenVerifier(
+        JwksCache(
+            users.jwks,
+            max_age_seconds=settings.jwks_max_age_seconds,
+            min_refetch_interval_seconds=settings.jwks_min_refetch_interval_seconds,
+        ),
+        TokenRules(settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway_seconds),
+    )
+    buckets = TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_max_clients)
+    return ShopServicer(
+        Guard(verifier, buckets),
+        users=users,
+        catalog=catalog,
+        orders=orders,
+        notifications=notifications,
+        product_pages=ProductPages(catalog, inventory, recommendations, settings.recommendations_timeout_seconds),
+        checkout=Checkout(users, orders),
+        error_domain=settings.resolved_error_domain,
+    )
+
+
+def binding(servicer: ShopServicer) -> ServiceBinding:
+    return ServiceBinding(DESCRIPTOR, servicer, shop_pb2_grpc.add_ShopServiceServicer_to_server)
+
+
+async def _main() -> None:
+    settings = load_settings(GatewaySettings)
+    tracer_provider = app.setup_observability(settings)
+    channels = Channels(settings, tracer_provider)
+    await app.serve(
+        settings,
+        [binding(build_servicer(settings, channels))],
+        tracer_provider=tracer_provider,
+        on_shutdown=[channels.close],
+    )
+
+
+def main() -> None:
+    app.run(_main)

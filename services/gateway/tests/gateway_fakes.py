@@ -1,0 +1,149 @@
+"""In-process stand-ins for users, recommendations and notifications, served over real gRPC by the
+chassis. They let the service tests mint tokens with their own key (expired ones included), make
+recommendations fail or hang on demand, and see the metadata the gateway sends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from shopmesh.common.v1 import money_pb2
+from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from shopmesh.users.v1 import users_pb2, users_pb2_grpc
+from shopmesh_chassis import errors
+from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import serve_in_process
+
+from .gateway_keys import SigningKey
+
+PASSWORD = "correct horse battery"
+
+
+def user_id_header(context: Any) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-user-id":
+            return str(value)
+    return None
+
+
+@dataclass
+class FakeUsers(users_pb2_grpc.UsersServiceServicer):
+    key: SigningKey = field(default_factory=SigningKey)
+    accounts: dict[str, str] = field(default_factory=dict)  # e-mail → user id
+
+    async def Register(self, request: users_pb2.RegisterRequest, context: Any) -> users_pb2.RegisterResponse:
+        if request.email in self.accounts:
+            raise errors.AlreadyExists("taken", reason="EMAIL_ALREADY_REGISTERED")
+        user_id = f"usr_{len(self.accounts) + 1}"
+        self.accounts[request.email] = user_id
+        return users_pb2.RegisterResponse(
+            user=users_pb2.User(id=user_id, email=request.email, display_name=request.display_name)
+        )
+
+    async def Login(self, request: users_pb2.LoginRequest, context: Any) -> users_pb2.LoginResponse:
+        user_id = self.accounts.get(request.email)
+        if user_id is None or request.password != PASSWORD:
+            raise errors.Unauthenticated("wrong e-mail or password", reason="INVALID_CREDENTIALS")
+        return users_pb2.LoginResponse(
+            access_token=self.key.token(user_id),
+            token_type="Bearer",
+            expires_at=timestamp_pb2.Timestamp(seconds=4_000_000_000),
+            user_id=user_id,
+        )
+
+    async def GetUser(self, request: users_pb2.GetUserRequest, context: Any) -> users_pb2.GetUserResponse:
+        return users_pb2.GetUserResponse(
+            user=users_pb2.User(id=request.user_id, email=f"{request.user_id}@users.example")
+        )
+
+    async def GetJwks(self, request: users_pb2.GetJwksRequest, context: Any) -> users_pb2.GetJwksResponse:
+        return users_pb2.GetJwksResponse(keys=[users_pb2.Jwk(**self.key.jwk)])
+
+
+@dataclass
+class FakeRecommendations(recommendations_pb2_grpc.RecommendationsServiceServicer):
+    mode: str = "ok"  # ok | fail | hang
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def ListRecommendations(
+        self, request: recommendations_pb2.ListRecommendationsRequest, context: Any
+    ) -> recommendations_pb2.ListRecommendationsResponse:
+        if self.mode == "fail":
+            raise errors.Unavailable("injected", reason="FAULT_INJECTED")
+        if self.mode == "hang":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        return recommendations_pb2.ListRecommendationsResponse(
+            recommendations=[
+                recommendations_pb2.RecommendedProduct(
+                    product_id=product_id,
+                    score=score,
+                    name=product_id,
+                    price=money_pb2.Money(amount_minor=1000, currency="USD"),
+                )
+                for product_id, score in (("prod_french_press", 0.9), ("prod_burr_grinder", 0.7))
+            ][: request.max_results]
+        )
+
+
+@dataclass
+class FakeNotifications(notifications_pb2_grpc.NotificationsServiceServicer):
+    seen_user_ids: list[str | None] = field(default_factory=list)
+
+    async def ListNotifications(
+        self, request: notifications_pb2.ListNotificationsRequest, context: Any
+    ) -> notifications_pb2.ListNotificationsResponse:
+        header = user_id_header(context)
+        self.seen_user_ids.append(header)
+        if header is not None and header != request.user_id:
+            raise errors.PermissionDenied("not yours", reason="USER_MISMATCH")
+        return notifications_pb2.ListNotificationsResponse(
+            notifications=[notifications_pb2.Notification(id="ntf_1", user_id=request.user_id, subject="Hello")]
+        )
+
+
+@dataclass
+class Fakes:
+    users: FakeUsers
+    recommendations: FakeRecommendations
+    notifications: FakeNotifications
+    addresses: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def fakes_serving() -> AsyncIterator[Fakes]:
+    fakes = Fakes(FakeUsers(), FakeRecommendations(), FakeNotifications(), {})
+    servers = [
+        ("users", fakes.users, users_pb2, "UsersService", users_pb2_grpc.add_UsersServiceServicer_to_server),
+        (
+            "recommendations",
+            fakes.recommendations,
+            recommendations_pb2,
+            "RecommendationsService",
+            recommendations_pb2_grpc.add_RecommendationsServiceServicer_to_server,
+        ),
+        (
+            "notifications",
+            fakes.notifications,
+            notifications_pb2,
+            "NotificationsService",
+            notifications_pb2_grpc.add_NotificationsServiceServicer_to_server,
+        ),
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for name, servicer, module, service, register in servers:
+            settings = ServiceSettings(service_name=name, grpc_port=0, metrics_port=-1)
+            binding = ServiceBinding(module.DESCRIPTOR.services_by_name[service], servicer, register)
+            server = await stack.enter_async_context(serve_in_process(settings, [binding]))
+            fakes.addresses[name] = server.address
+        yield fakes

@@ -1,0 +1,81 @@
+"""The per-client token buckets, on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from shopmesh_gateway.domain.rate_limit import TokenBuckets
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_a_new_client_gets_its_whole_burst_at_once_then_is_refused(clock: FakeClock) -> None:
+    buckets = TokenBuckets(rate=2.0, burst=3, max_keys=10, clock=clock)
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)
+
+
+def test_the_retry_delay_is_the_time_until_the_next_whole_token(clock: FakeClock) -> None:
+    buckets = TokenBuckets(rate=4.0, burst=1, max_keys=10, clock=clock)
+    buckets.take("a")
+    clock.now += 0.1
+    assert buckets.take("a") == pytest.approx(0.15)
+
+
+def test_tokens_refill_at_the_rate_and_a_refused_request_costs_nothing(clock: FakeClock) -> None:
+    buckets = TokenBuckets(rate=2.0, burst=2, max_keys=10, clock=clock)
+    buckets.take("a")
+    buckets.take("a")
+    assert buckets.take("a") > 0
+    clock.now += 0.5
+    assert buckets.take("a") == 0.0
+    assert buckets.take("a") > 0
+
+
+def test_an_idle_bucket_fills_up_to_the_burst_and_no_further(clock: FakeClock) -> None:
+    buckets = TokenBuckets(rate=10.0, burst=2, max_keys=10, clock=clock)
+    buckets.take("a")
+    clock.now += 3600
+    assert [buckets.take("a") for _ in range(3)][2] > 0
+
+
+def test_clients_have_separate_buckets(clock: FakeClock) -> None:
+    buckets = TokenBuckets(rate=1.0, burst=1, max_keys=10, clock=clock)
+    assert buckets.take("a") == 0.0
+    assert buckets.take("a") > 0
+    assert buckets.take("b") == 0.0
+
+
+def test_the_number_of_buckets_is_bounded_by_forgetting_the_least_recently_used(clock: FakeClock) -> None:
+    buckets = TokenBuckets(rate=1.0, burst=1, max_keys=2, clock=clock)
+    buckets.take("a")
+    buckets.take("b")
+    buckets.take("a")  # refused, but "a" is now the most recently used
+    buckets.take("c")  # forgets "b"
+    assert len(buckets) == 2
+    assert buckets.take("a") > 0, "a recently used bucket is kept"
+    assert buckets.take("b") == 0.0, "a forgotten client starts again with a full bucket"
+
+
+def test_many_clients_never_grow_the_table_past_its_bound(clock: FakeClock) -> None:
+    buckets = TokenBuckets(rate=1.0, burst=5, max_keys=100, clock=clock)
+    for i in range(10_000):
+        buckets.take(f"client-{i}")
+    assert len(buckets) == 100
+
+
+@pytest.mark.parametrize(("rate", "burst", "max_keys"), [(0.0, 1, 1), (1.0, 0, 1), (1.0, 1, 0)])
+def test_unusable_limits_are_refused(rate: float, burst: int, max_keys: int) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        TokenBuckets(rate=rate, burst=burst, max_keys=max_keys)

@@ -1,0 +1,417 @@
+"""The gateway over a real socket, in front of real catalog, inventory, payments and orders processes and
+in-process stand-ins for users (so that the tests hold the signing key), recommendations and
+notifications. The client is a plain gRPC channel, as a shop front-end's would be."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2
+from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+from shopmesh_chassis.testing import free_port, serve_in_process
+from shopmesh_gateway.settings import GatewaySettings
+from shopmesh_gateway.wiring import Channels, binding, build_servicer
+from shopmesh_platform.stack import Stack
+
+from .gateway_fakes import PASSWORD, Fakes, fakes_serving
+from .gateway_keys import SigningKey, tampered
+
+if TYPE_CHECKING:
+    from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CORE = ["catalog", "inventory", "payments", "orders"]
+GOOD_CARD = "4242424242424242"
+DECLINED_CARD = "4000000000000002"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(tmp_path_factory.mktemp("gateway-stack"), services=CORE) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fakes() -> AsyncIterator[Fakes]:
+    async with fakes_serving() as serving:
+        yield serving
+
+
+@contextlib.asynccontextmanager
+async def gateway(stack: Stack, fakes: Fakes, **overrides: Any) -> AsyncIterator[Shop]:
+    """A gateway in this process, and a plain client channel to it."""
+    addresses = {f"{name}_address": stack.address(name) for name in CORE if name != "payments"}
+    addresses.update({f"{name}_address": address for name, address in fakes.addresses.items()})
+    settings = load_settings(GatewaySettings, grpc_port=0, metrics_port=-1, **{**addresses, **overrides})
+    channels = Channels(settings)
+    try:
+        async with (
+            serve_in_process(settings, [binding(build_servicer(settings, channels))]) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            yield shop_pb2_grpc.ShopServiceStub(channel)
+    finally:
+        await channels.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shop(stack: Stack, fakes: Fakes) -> AsyncIterator[Shop]:
+    async with gateway(stack, fakes) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def inventory(stack: Stack) -> AsyncIterator[inventory_pb2_grpc.InventoryServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
+        yield inventory_pb2_grpc.InventoryServiceStub(channel)
+
+
+@pytest.fixture(autouse=True)
+def recommendations_work(fakes: Fakes) -> None:
+    fakes.recommendations.mode = "ok"
+    fakes.recommendations.cancelled.clear()
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def token_for(fakes: Fakes, user_id: str | None = None) -> tuple[tuple[str, str], ...]:
+    return bearer(fakes.users.key.token(user_id or f"usr_{uuid.uuid4().hex[:10]}"))
+
+
+async def failure(call: Any) -> ErrorDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return details_of(caught.value)
+
+
+def order_request(product_id: str = "prod_chef_knife", card: str = GOOD_CARD, email: str = "") -> Any:
+    return shop_pb2.PlaceOrderRequest(
+        items=[orders_pb2.CartItem(product_id=product_id, quantity=1)],
+        currency="USD",
+        shipping_address=orders_pb2.ShippingAddress(
+            full_name="Ada Lovelace", street="12 Analytical Row", city="London", postal_code="N1 9GU", country="GB"
+        ),
+        email=email,
+        card=payments_pb2.PaymentCard(number=card, exp_month=12, exp_year=2035, cvv="123"),
+    )
+
+
+async def place(shop: Shop, auth: Sequence[tuple[str, str]], key: str | None = None, **fields: Any) -> Any:
+    metadata = (*auth, *((("idempotency-key", key),) if key else ()))
+    return shop.PlaceOrder(order_request(**fields), metadata=metadata, timeout=30)
+
+
+# --- public methods ------------------------------------------------------------------------------
+
+
+async def test_register_and_login_delegate_to_users(shop: Shop) -> None:
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    registered = await shop.Register(shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name="Ada"))
+    assert registered.user.email == email
+    login = await shop.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD))
+    assert (login.user_id, login.token_type) == (registered.user.id, "Bearer")
+    assert login.access_token.count(".") == 2
+
+
+async def test_users_errors_reach_the_client_unchanged(shop: Shop) -> None:
+    details = await failure(shop.Login(shop_pb2.LoginRequest(email="nobody@example.com", password="wrong-password")))
+    assert details.code == grpc.StatusCode.UNAUTHENTICATED
+    assert details.error_info is not None
+    assert (details.reason, details.error_info.domain) == ("INVALID_CREDENTIALS", "shopmesh.users")
+
+
+async def test_list_products_pages_through_a_category(shop: Shop) -> None:
+    first = await shop.ListProducts(shop_pb2.ListProductsRequest(category="kitchen", page_size=4))
+    assert len(first.products) == 4
+    assert {p.category for p in first.products} == {"kitchen"}
+    second = await shop.ListProducts(
+        shop_pb2.ListProductsRequest(category="kitchen", page_size=4, page_token=first.next_page_token)
+    )
+    assert not {p.id for p in first.products} & {p.id for p in second.products}
+
+
+async def test_catalog_validation_errors_pass_through_with_their_details(shop: Shop) -> None:
+    details = await failure(shop.ListProducts(shop_pb2.ListProductsRequest(page_size=-1)))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.catalog"
+    assert [v.field for v in details.field_violations] == ["page_size"]
+    bad_token = await failure(shop.ListProducts(shop_pb2.ListProductsRequest(page_token="not-a-token")))
+    assert bad_token.reason == "INVALID_PAGE_TOKEN"
+
+
+async def test_search_products_finds_matches(shop: Shop) -> None:
+    found = await shop.SearchProducts(shop_pb2.SearchProductsRequest(query="knife"))
+    assert "prod_chef_knife" in [p.id for p in found.products]
+
+
+async def test_product_page_combines_product_stock_and_recommendations(
+    shop: Shop, inventory: inventory_pb2_grpc.InventoryServiceAsyncStub
+) -> None:
+    await inventory.SetStock(inventory_pb2.SetStockRequest(product_id="prod_pour_over_kettle", on_hand=6))
+    page = await shop.GetProductPage(
+        shop_pb2.GetProductPageRequest(product_id="prod_pour_over_kettle", max_recommendations=1)
+    )
+    assert page.product.id == "prod_pour_over_kettle"
+    assert (page.availability.in_stock, page.availability.available_quantity) == (True, 6)
+    assert [r.product_id for r in page.recommendations] == ["prod_french_press"]
+    assert not page.recommendations_degraded
+
+
+async def test_product_page_of_a_product_out_of_stock_says_so(
+    shop: Shop, inventory: inventory_pb2_grpc.InventoryServiceAsyncStub
+) -> None:
+    await inventory.SetStock(inventory_pb2.SetStockRequest(product_id="prod_ceramic_vase", on_hand=0))
+    page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_ceramic_vase"))
+    assert (page.availability.in_stock, page.availability.available_quantity) == (False, 0)
+
+
+async def test_product_page_falls_back_to_the_category_when_recommendations_fail(shop: Shop, fakes: Fakes) -> None:
+    fakes.recommendations.mode = "fail"
+    page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"))
+    assert page.recommendations_degraded
+    assert len(page.recommendations) == 4
+    assert "prod_chef_knife" not in [r.product_id for r in page.recommendations]
+    assert {r.score for r in page.recommendations} == {0.0}
+    assert all(r.name and r.price.currency == "USD" for r in page.recommendations)
+
+
+async def test_product_page_does_not_wait_for_hanging_recommendations(shop: Shop, fakes: Fakes) -> None:
+    fakes.recommendations.mode = "hang"
+    page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=10)
+    assert page.recommendations_degraded
+    assert page.recommendations
+    await asyncio.wait_for(fakes.recommendations.cancelled.wait(), 5)
+
+
+async def test_product_page_of_an_unknown_product_is_the_catalogs_not_found(shop: Shop) -> None:
+    details = await failure(shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_nope")))
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND")
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.catalog"
+
+
+async def test_product_page_validates_its_request(shop: Shop) -> None:
+    details = await failure(shop.GetProductPage(shop_pb2.GetProductPageRequest(max_recommendations=-1)))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.gateway"
+    assert [v.field for v in details.field_violations] == ["product_id", "max_recommendations"]
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+PROTECTED = {
+    "PlaceOrder": order_request(),
+    "GetOrder": shop_pb2.GetOrderRequest(order_id="ord_x"),
+    "ListOrders": shop_pb2.ListOrdersRequest(),
+    "CancelOrder": shop_pb2.CancelOrderRequest(order_id="ord_x"),
+    "ListNotifications": shop_pb2.ListNotificationsRequest(),
+}
+
+
+@pytest.mark.parametrize("method", sorted(PROTECTED))
+async def test_every_protected_method_without_a_token_is_token_missing(shop: Shop, method: str) -> None:
+    details = await failure(getattr(shop, method)(PROTECTED[method]))
+    assert details.code == grpc.StatusCode.UNAUTHENTICATED
+    assert details.error_info is not None
+    assert (details.reason, details.error_info.domain) == ("TOKEN_MISSING", "shopmesh.gateway")
+
+
+async def test_an_expired_token_is_token_expired(shop: Shop, fakes: Fakes) -> None:
+    expired = fakes.users.key.token("usr_alice", expires_in=-120)
+    details = await failure(shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=bearer(expired)))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
+
+
+async def test_a_tampered_token_is_token_invalid(shop: Shop, fakes: Fakes) -> None:
+    genuine = fakes.users.key.token("usr_alice")
+    forged = tampered(genuine, iss="shopmesh-users", aud="shopmesh", sub="usr_bob", exp=9_999_999_999)
+    details = await failure(shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=bearer(forged)))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+
+
+async def test_a_token_signed_by_another_key_is_token_invalid(shop: Shop, fakes: Fakes) -> None:
+    impostor = SigningKey(kid=fakes.users.key.kid).token("usr_alice")
+    details = await failure(shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=bearer(impostor)))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+
+
+async def test_a_token_of_an_unpublished_key_is_token_invalid(shop: Shop) -> None:
+    stranger = SigningKey().token("usr_alice")
+    details = await failure(shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=bearer(stranger)))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+
+
+# --- orders --------------------------------------------------------------------------------------
+
+
+async def test_place_order_acts_for_the_token_subject_and_returns_the_clients_key(shop: Shop, fakes: Fakes) -> None:
+    call = await place(shop, token_for(fakes, "usr_ada"), key="checkout-ada-1", email="ada@example.com")
+    response = await call
+    assert response.order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    assert (response.order.user_id, response.order.email) == ("usr_ada", "ada@example.com")
+    assert ("idempotency-key", "checkout-ada-1") in list(await call.trailing_metadata())
+
+
+async def test_place_order_without_a_key_gets_a_generated_one_in_the_trailers(shop: Shop, fakes: Fakes) -> None:
+    call = await place(shop, token_for(fakes))
+    await call
+    keys = [value for key, value in await call.trailing_metadata() if key == "idempotency-key"]
+    assert len(keys) == 1
+    assert uuid.UUID(str(keys[0])).version == 4
+
+
+async def test_place_order_replayed_with_the_same_key_returns_the_same_order(shop: Shop, fakes: Fakes) -> None:
+    auth = token_for(fakes)
+    first = await await_call(place(shop, auth, key="replay-me"))
+    again = await await_call(place(shop, auth, key="replay-me"))
+    assert again.order.id == first.order.id
+
+
+async def await_call(call: Any) -> Any:
+    return await (await call)
+
+
+async def test_place_order_without_an_email_uses_the_accounts_address(shop: Shop, fakes: Fakes) -> None:
+    response = await await_call(place(shop, token_for(fakes, "usr_grace")))
+    assert response.order.email == "usr_grace@users.example"
+
+
+async def test_a_declined_card_reaches_the_client_as_orders_said_it_with_the_key(shop: Shop, fakes: Fakes) -> None:
+    call = await place(shop, token_for(fakes), key="declined-1", card=DECLINED_CARD)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED")
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.orders"
+    assert details.error_info.metadata["order_id"].startswith("ord_")
+    assert ("idempotency-key", "declined-1") in list(caught.value.trailing_metadata() or ())
+
+
+async def test_orders_validation_errors_keep_the_clients_field_paths(shop: Shop, fakes: Fakes) -> None:
+    request = order_request()
+    request.items[0].quantity = 0
+    call = shop.PlaceOrder(request, metadata=token_for(fakes), timeout=30)
+    details = await failure(call)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "items[0].quantity" in [v.field for v in details.field_violations]
+
+
+async def test_an_unusable_idempotency_key_is_invalid_argument(shop: Shop, fakes: Fakes) -> None:
+    details = await failure(await place(shop, token_for(fakes), key="k" * 256))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")
+
+
+async def test_get_list_and_cancel_see_only_the_callers_orders(shop: Shop, fakes: Fakes) -> None:
+    alice, bob = token_for(fakes, "usr_alice_o"), token_for(fakes, "usr_bob_o")
+    order = (await await_call(place(shop, alice))).order
+    assert (await shop.GetOrder(shop_pb2.GetOrderRequest(order_id=order.id), metadata=alice)).order.id == order.id
+    listed = await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=alice)
+    assert [o.id for o in listed.orders] == [order.id]
+    assert list((await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=bob)).orders) == []
+    not_bobs = await failure(shop.GetOrder(shop_pb2.GetOrderRequest(order_id=order.id), metadata=bob))
+    assert (not_bobs.code, not_bobs.reason) == (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
+    bob_cancels = await failure(shop.CancelOrder(shop_pb2.CancelOrderRequest(order_id=order.id), metadata=bob))
+    assert bob_cancels.code == grpc.StatusCode.NOT_FOUND
+
+    call = shop.CancelOrder(
+        shop_pb2.CancelOrderRequest(order_id=order.id, reason="changed my mind"),
+        metadata=(*alice, ("idempotency-key", "cancel-1")),
+    )
+    cancelled = await call
+    assert cancelled.order.state == orders_pb2.ORDER_STATE_CANCELLED
+    assert ("idempotency-key", "cancel-1") in list(await call.trailing_metadata())
+    again = await failure(
+        shop.CancelOrder(shop_pb2.CancelOrderRequest(order_id=order.id), metadata=(*alice, ("idempotency-key", "c2")))
+    )
+    assert (again.code, again.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ORDER_NOT_CANCELLABLE")
+
+
+async def test_a_client_sent_user_id_never_reaches_the_internal_services(shop: Shop, fakes: Fakes) -> None:
+    victim, attacker = token_for(fakes, "usr_victim"), token_for(fakes, "usr_attacker")
+    victims_order = (await await_call(place(shop, victim))).order
+    spoofed = (*attacker, ("x-user-id", "usr_victim"))
+
+    missing = await failure(shop.GetOrder(shop_pb2.GetOrderRequest(order_id=victims_order.id), metadata=spoofed))
+    assert missing.reason == "ORDER_NOT_FOUND"
+    assert list((await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=spoofed)).orders) == []
+    placed = (await await_call(place(shop, spoofed))).order
+    assert placed.user_id == "usr_attacker"
+
+    fakes.notifications.seen_user_ids.clear()
+    listed = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=spoofed)
+    assert [n.user_id for n in listed.notifications] == ["usr_attacker"]
+    await shop.ListProducts(shop_pb2.ListProductsRequest(), metadata=(("x-user-id", "usr_victim"),))
+    assert fakes.notifications.seen_user_ids == ["usr_attacker"]
+
+
+async def test_list_notifications_lists_the_callers(shop: Shop, fakes: Fakes) -> None:
+    listed = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=token_for(fakes, "usr_n"))
+    assert [(n.id, n.user_id) for n in listed.notifications] == [("ntf_1", "usr_n")]
+
+
+# --- limits and failures -------------------------------------------------------------------------
+
+
+async def test_a_burst_over_the_limit_is_resource_exhausted_with_retry_info(stack: Stack, fakes: Fakes) -> None:
+    async with gateway(stack, fakes, rate_limit_burst=3, rate_limit_per_second=0.01) as limited:
+        alice, bob = token_for(fakes), token_for(fakes)
+        for _ in range(3):
+            await limited.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=alice)
+        details = await failure(limited.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=alice))
+        assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+        assert details.error_info is not None
+        assert details.error_info.domain == "shopmesh.gateway"
+        assert details.retry_delay_seconds is not None
+        assert details.retry_delay_seconds > 0
+        await limited.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=bob)
+
+
+async def test_anonymous_callers_within_the_limit_are_never_refused(stack: Stack, fakes: Fakes) -> None:
+    async with gateway(stack, fakes, rate_limit_burst=5, rate_limit_per_second=0.01) as limited:
+        for _ in range(5):
+            await limited.ListProducts(shop_pb2.ListProductsRequest(page_size=1))
+        details = await failure(limited.ListProducts(shop_pb2.ListProductsRequest(page_size=1)))
+        assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_stopped_catalog_fails_the_page_at_once_without_waiting_for_recommendations(
+    stack: Stack, fakes: Fakes
+) -> None:
+    fakes.recommendations.mode = "hang"
+    dead = f"127.0.0.1:{free_port()}"
+    # Recommendations get far more time than the client gives the call: a page that waited for them
+    # would end in the client's DEADLINE_EXCEEDED, not in the catalog's UNAVAILABLE.
+    async with gateway(stack, fakes, catalog_address=dead, recommendations_timeout_seconds=600) as shop:
+        for _ in range(7):  # through the breaker opening after 5 failures
+            details = await failure(
+                shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=5)
+            )
+            assert details.code == grpc.StatusCode.UNAVAILABLE
+            assert details.error_info is not None
+            assert (details.reason, details.error_info.domain) == ("DEPENDENCY_UNAVAILABLE", "shopmesh.gateway")
+            assert details.error_info.metadata["dependency"] == "catalog"
+            assert details.retry_delay_seconds is not None
+
+
+async def test_protected_methods_are_unavailable_while_no_key_set_can_be_fetched(stack: Stack, fakes: Fakes) -> None:
+    async with gateway(stack, fakes, users_address=f"127.0.0.1:{free_port()}") as shop:
+        details = await failure(shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=token_for(fakes)))
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")

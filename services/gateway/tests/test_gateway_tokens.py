@@ -1,0 +1,210 @@
+"""Access-token verification against a cached key set, with keys made in the test and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import jwt
+import pytest
+
+from shopmesh_chassis import errors
+from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
+
+from .gateway_keys import AUDIENCE, ISSUER, SigningKey, tampered
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeUsers:
+    """GetJwks as users serves it; `down` makes it UNAVAILABLE."""
+
+    def __init__(self, *keys: SigningKey) -> None:
+        self.keys = list(keys)
+        self.fetches = 0
+        self.down = False
+
+    async def jwks(self) -> Sequence[Mapping[str, str]]:
+        self.fetches += 1
+        await asyncio.sleep(0)
+        if self.down:
+            raise errors.Unavailable("users is down")
+        return [key.jwk for key in self.keys]
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return SigningKey()
+
+
+@pytest.fixture
+def users(key: SigningKey) -> FakeUsers:
+    return FakeUsers(key)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def verifier(users: FakeUsers, clock: FakeClock) -> TokenVerifier:
+    cache = JwksCache(users.jwks, max_age_seconds=300, min_refetch_interval_seconds=30, clock=clock)
+    return TokenVerifier(cache, TokenRules(ISSUER, AUDIENCE, leeway_seconds=5))
+
+
+async def reason_of(verifier: TokenVerifier, token: str) -> str:
+    with pytest.raises(errors.Unauthenticated) as caught:
+        await verifier.subject(token)
+    return caught.value.reason
+
+
+async def test_a_valid_token_yields_its_subject(verifier: TokenVerifier, key: SigningKey) -> None:
+    assert await verifier.subject(key.token("usr_alice")) == "usr_alice"
+
+
+async def test_an_expired_token_is_token_expired(verifier: TokenVerifier, key: SigningKey) -> None:
+    assert await reason_of(verifier, key.token(expires_in=-60)) == "TOKEN_EXPIRED"
+
+
+async def test_a_token_expired_within_the_leeway_still_passes(verifier: TokenVerifier, key: SigningKey) -> None:
+    assert await verifier.subject(key.token("usr_alice", expires_in=-2)) == "usr_alice"
+
+
+async def test_a_tampered_payload_is_token_invalid(verifier: TokenVerifier, key: SigningKey) -> None:
+    forged = tampered(key.token("usr_alice"), iss=ISSUER, aud=AUDIENCE, sub="usr_admin", exp=9_999_999_999)
+    assert await reason_of(verifier, forged) == "TOKEN_INVALID"
+
+
+async def test_a_token_signed_by_another_key_under_a_known_kid_is_token_invalid(
+    verifier: TokenVerifier, key: SigningKey
+) -> None:
+    impostor = SigningKey(kid=key.kid)
+    assert await reason_of(verifier, impostor.token()) == "TOKEN_INVALID"
+
+
+async def test_a_token_of_an_unpublished_key_is_token_invalid(verifier: TokenVerifier) -> None:
+    assert await reason_of(verifier, SigningKey().token()) == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": "someone-else"},
+        {"aud": "another-audience"},
+        {"exp": None},
+        {"sub": None},
+        {"sub": ""},
+        {"sub": "u" * 65},
+        {"nbf": 9_999_999_999},
+    ],
+    ids=["issuer", "audience", "no-exp", "no-sub", "empty-sub", "long-sub", "not-yet-valid"],
+)
+async def test_tokens_with_wrong_or_missing_claims_are_token_invalid(
+    verifier: TokenVerifier, key: SigningKey, claims: dict[str, object]
+) -> None:
+    assert await reason_of(verifier, key.token(**claims)) == "TOKEN_INVALID"
+
+
+async def test_a_token_of_another_algorithm_is_token_invalid(verifier: TokenVerifier, key: SigningKey) -> None:
+    hs256 = jwt.encode({"sub": "usr_alice"}, "s" * 32, algorithm="HS256", headers={"kid": key.kid})
+    assert await reason_of(verifier, hs256) == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize("garbage", ["", "not-a-jwt", "a.b.c", "eyJhbGciOiJub25lIn0.e30."])
+async def test_malformed_tokens_are_token_invalid(verifier: TokenVerifier, garbage: str) -> None:
+    assert await reason_of(verifier, garbage) == "TOKEN_INVALID"
+
+
+async def test_the_key_set_is_fetched_once_and_cached(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers
+) -> None:
+    for _ in range(5):
+        await verifier.subject(key.token())
+    assert users.fetches == 1
+
+
+async def test_concurrent_first_verifications_share_one_fetch(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers
+) -> None:
+    await asyncio.gather(*(verifier.subject(key.token()) for _ in range(10)))
+    assert users.fetches == 1
+
+
+async def test_the_key_set_is_refetched_once_it_is_five_minutes_old(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers, clock: FakeClock
+) -> None:
+    await verifier.subject(key.token())
+    clock.now += 299
+    await verifier.subject(key.token())
+    assert users.fetches == 1
+    clock.now += 1
+    await verifier.subject(key.token())
+    assert users.fetches == 2
+
+
+async def test_an_unknown_kid_refetches_at_most_every_30_seconds(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers, clock: FakeClock
+) -> None:
+    await verifier.subject(key.token())
+    stranger = SigningKey()
+    for _ in range(5):
+        assert await reason_of(verifier, stranger.token()) == "TOKEN_INVALID"
+    assert users.fetches == 1, "the set fetched a moment ago is not fetched again"
+    clock.now += 30
+    for _ in range(5):
+        await reason_of(verifier, stranger.token())
+    assert users.fetches == 2
+
+
+async def test_a_rotated_in_key_is_picked_up_by_the_refetch_on_its_unknown_kid(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers, clock: FakeClock
+) -> None:
+    await verifier.subject(key.token())
+    clock.now += 31
+    rotated = SigningKey()
+    users.keys.insert(0, rotated)
+    assert await verifier.subject(rotated.token("usr_bob")) == "usr_bob"
+    assert await verifier.subject(key.token("usr_alice")) == "usr_alice", "the older key stays usable"
+
+
+async def test_known_keys_keep_verifying_while_users_is_down(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers, clock: FakeClock
+) -> None:
+    await verifier.subject(key.token())
+    users.down = True
+    clock.now += 600
+    assert await verifier.subject(key.token("usr_alice")) == "usr_alice"
+    assert await verifier.subject(key.token("usr_alice")) == "usr_alice"
+    assert users.fetches == 2, "a failed refetch is not retried on every request"
+
+
+async def test_without_any_key_set_an_unreachable_users_service_is_unavailable(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers
+) -> None:
+    users.down = True
+    with pytest.raises(errors.Unavailable):
+        await verifier.subject(key.token())
+    users.down = False
+    assert await verifier.subject(key.token("usr_alice")) == "usr_alice", "recovers without waiting"
+
+
+async def test_published_keys_that_cannot_verify_eddsa_are_ignored(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers
+) -> None:
+    rsa_like = {**SigningKey().jwk, "kty": "RSA"}
+    broken = {**SigningKey().jwk, "x": "not base64url of 32 bytes"}
+
+    async def jwks() -> Sequence[Mapping[str, str]]:
+        return [rsa_like, broken, key.jwk]
+
+    users.jwks = jwks  # type: ignore[method-assign]
+    cache = JwksCache(users.jwks)
+    strict = TokenVerifier(cache, TokenRules(ISSUER, AUDIENCE))
+    assert await strict.subject(key.token("usr_alice")) == "usr_alice"

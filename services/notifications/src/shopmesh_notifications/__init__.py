@@ -1,0 +1,1 @@
+"""shopmesh notifications: one e-mail per order event, delivered over SMTP."""

@@ -1,0 +1,3 @@
+from shopmesh_notifications.wiring import main
+
+main()

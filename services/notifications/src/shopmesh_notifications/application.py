@@ -1,0 +1,44 @@
+"""The read side: a user's notifications, newest first, in keyset pages bound to the user."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from shopmesh_chassis import call_context
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.pagination import decode_page_token, encode_page_token, invalid_page_token, page_size
+from shopmesh_notifications.domain.model import Notification
+from shopmesh_notifications.domain.validation import check_owner, validate_list_request
+from shopmesh_notifications.store.repository import NotificationRepository
+
+
+class NotificationsApplication:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def list_notifications(
+        self, user_id: str, requested_page_size: int, page_token: str
+    ) -> tuple[list[Notification], str]:
+        validate_list_request(user_id, requested_page_size)
+        check_owner(user_id, _caller_user())
+        size = page_size(requested_page_size)
+        filters = {"user_id": user_id}
+        after = None
+        if page_token:
+            created_at, notification_id = decode_page_token(page_token, filters, (str, str))
+            try:
+                after = (datetime.fromisoformat(str(created_at)), str(notification_id))
+            except ValueError:
+                raise invalid_page_token("not a page token issued by this service") from None
+        async with self._db.transaction() as session:
+            page = await NotificationRepository(session).list_for_user(user_id, size + 1, after)
+        token = ""
+        if len(page) > size:
+            page = page[:size]
+            token = encode_page_token([page[-1].created_at.isoformat(), page[-1].id], filters)
+        return page, token
+
+
+def _caller_user() -> str | None:
+    inbound = call_context.current()
+    return inbound.user_id if inbound else None

@@ -1,0 +1,101 @@
+"""Protobuf ↔ domain: order events in (from JetStream), notifications out (to ListNotifications)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shopmesh.notifications.v1 import notifications_pb2
+from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent
+from shopmesh_notifications.domain.model import Notification
+
+ORDER_CONFIRMED = "orders.v1.order_confirmed"
+ORDER_CANCELLED = "orders.v1.order_cancelled"
+SUBJECTS = (ORDER_CONFIRMED, ORDER_CANCELLED)
+
+_STATES = {
+    "PENDING": notifications_pb2.NOTIFICATION_STATE_PENDING,
+    "SENT": notifications_pb2.NOTIFICATION_STATE_SENT,
+    "FAILED": notifications_pb2.NOTIFICATION_STATE_FAILED,
+}
+_KINDS = {
+    EventKind.ORDER_CONFIRMED: notifications_pb2.NOTIFICATION_KIND_ORDER_CONFIRMED,
+    EventKind.ORDER_CANCELLED: notifications_pb2.NOTIFICATION_KIND_ORDER_CANCELLED,
+}
+_CHANNELS = {"EMAIL": notifications_pb2.NOTIFICATION_CHANNEL_EMAIL}
+
+
+def _lines(items: list[orders_pb2.OrderItem]) -> tuple[Line, ...]:
+    return tuple(
+        Line(
+            product_name=item.product_name or item.product_id,
+            quantity=item.quantity,
+            unit_price_minor=item.unit_price.amount_minor,
+            line_total_minor=item.line_total.amount_minor,
+        )
+        for item in items
+    )
+
+
+def order_event(subject: str, event_id: str, payload: bytes) -> OrderEvent:
+    """The event a message carries; `event_id` is its `Nats-Msg-Id` (the contract makes them equal).
+
+    Raises InvalidEvent for a payload that is not the subject's message, or a subject not consumed here."""
+    try:
+        if subject == ORDER_CONFIRMED:
+            confirmed = events_pb2.OrderConfirmed.FromString(payload)
+            return OrderEvent(
+                kind=EventKind.ORDER_CONFIRMED,
+                event_id=event_id,
+                order_id=confirmed.order_id,
+                user_id=confirmed.user_id,
+                email=confirmed.email,
+                currency=confirmed.total.currency,
+                lines=_lines(list(confirmed.items)),
+                total_minor=confirmed.total.amount_minor,
+            )
+        if subject == ORDER_CANCELLED:
+            cancelled = events_pb2.OrderCancelled.FromString(payload)
+            return OrderEvent(
+                kind=EventKind.ORDER_CANCELLED,
+                event_id=event_id,
+                order_id=cancelled.order_id,
+                user_id=cancelled.user_id,
+                email=cancelled.email,
+                currency=cancelled.total.currency,
+                lines=_lines(list(cancelled.items)),
+                total_minor=cancelled.total.amount_minor,
+                reason=cancelled.reason.message,
+                refunded=cancelled.refunded,
+            )
+    except DecodeError as exc:
+        raise InvalidEvent(f"{subject} {event_id or '?'}: not a valid protobuf payload: {exc}") from None
+    raise InvalidEvent(f"{subject} {event_id or '?'}: not an event notifications consumes")
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def notification_to_proto(notification: Notification) -> notifications_pb2.Notification:
+    message = notifications_pb2.Notification(
+        id=notification.id,
+        user_id=notification.user_id,
+        order_id=notification.order_id,
+        channel=_CHANNELS[notification.channel.value],
+        recipient=notification.recipient,
+        subject=notification.subject,
+        state=_STATES[notification.state.value],
+        kind=_KINDS[notification.kind],
+        event_id=notification.event_id,
+        failure_reason=notification.failure_reason,
+        created_at=_timestamp(notification.created_at),
+    )
+    if notification.sent_at is not None:
+        message.sent_at.CopyFrom(_timestamp(notification.sent_at))
+    return message

@@ -1,0 +1,76 @@
+"""What the customer reads: subject and plain-text body of an order e-mail, and its Message-ID."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shopmesh_notifications.domain.events import EventKind, OrderEvent
+from shopmesh_notifications.domain.money import format_money
+
+MESSAGE_ID_DOMAIN = "shopmesh.notifications"
+# RFC 5322 dot-atom text: what may stand left of the @ of a Message-ID without quoting.
+_NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Email:
+    subject: str
+    body: str
+
+
+def message_id_for(event_id: str) -> str:
+    """One Message-ID per event: every copy of an event's e-mail (a resend after a crash) carries it, so
+    the mail server, the mailbox and our SMTP sink see one message, not two."""
+    local = _NOT_ATOM.sub("_", event_id).strip(".") or "event"
+    return f"<{local}@{MESSAGE_ID_DOMAIN}>"
+
+
+def subject_for(event: OrderEvent) -> str:
+    if event.kind is EventKind.ORDER_CONFIRMED:
+        return f"Your shopmesh order {event.order_id} is confirmed"
+    return f"Your shopmesh order {event.order_id} was cancelled"
+
+
+def _lines(event: OrderEvent) -> list[str]:
+    rows = [
+        (
+            f"{line.quantity} x {line.product_name}",
+            f"{format_money(line.unit_price_minor, event.currency)} each",
+            format_money(line.line_total_minor, event.currency),
+        )
+        for line in event.lines
+    ]
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [f"  {item:<{widths[0]}}  {each:>{widths[1]}}  {total:>{widths[2]}}" for item, each, total in rows]
+
+
+def render(event: OrderEvent) -> Email:
+    total = format_money(event.total_minor, event.currency)
+    if event.kind is EventKind.ORDER_CONFIRMED:
+        opening = [f"Thank you for your order. Order {event.order_id} is confirmed and is being prepared.", ""]
+        closing = [f"Total charged: {total}"]
+    else:
+        opening = [f"Your order {event.order_id} was cancelled."]
+        if event.reason:
+            opening.append(f"Reason: {event.reason}")
+        opening.append("")
+        closing = [f"Order total: {total}"]
+        if event.refunded:
+            closing.append(f"Your payment of {total} was refunded to your card.")
+        else:
+            closing.append("Nothing was charged to your card.")
+    body = [
+        "Hello,",
+        "",
+        *opening,
+        "Items:",
+        *_lines(event),
+        "",
+        *closing,
+        "",
+        "The shopmesh team",
+    ]
+    return Email(subject_for(event), "\n".join(body) + "\n")

@@ -1,0 +1,70 @@
+"""The order events notifications reacts to, as plain data, and the checks that make one sendable.
+
+An event that fails them is poison: no retry can make it valid, so the consumer retries it a few times
+(a bug fixed by a redeploy in between would let it through) and then parks it on the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+MAX_ID = 64
+MAX_EMAIL = 254
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+# Deliberately simple, as orders validates it: one @, something on both sides, a dot in the domain.
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class InvalidEvent(ValueError):
+    """The event cannot produce a notification (unparsable, or missing what an e-mail needs)."""
+
+
+class EventKind(Enum):
+    ORDER_CONFIRMED = "ORDER_CONFIRMED"
+    ORDER_CANCELLED = "ORDER_CANCELLED"
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    product_name: str
+    quantity: int
+    unit_price_minor: int
+    line_total_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    kind: EventKind
+    event_id: str
+    order_id: str
+    user_id: str
+    email: str
+    currency: str
+    lines: tuple[Line, ...]
+    total_minor: int
+    # Cancellations only: the customer-facing explanation, and whether a captured payment was refunded.
+    reason: str = ""
+    refunded: bool = False
+
+
+def validate_event(event: OrderEvent) -> OrderEvent:
+    problems: list[str] = []
+    for name, value in (("event id", event.event_id), ("order_id", event.order_id), ("user_id", event.user_id)):
+        if not value:
+            problems.append(f"{name} is empty")
+        elif len(value) > MAX_ID:
+            problems.append(f"{name} is longer than {MAX_ID} characters")
+        elif not value.isprintable() or any(char.isspace() for char in value):
+            # An id goes into a subject line and mail headers, where a line break would forge headers.
+            problems.append(f"{name} has spaces or control characters")
+    if not event.email:
+        problems.append("email is empty")
+    elif len(event.email) > MAX_EMAIL or not EMAIL.match(event.email):
+        problems.append("email is not an e-mail address")
+    if not CURRENCY.match(event.currency):
+        problems.append("total.currency is not an ISO 4217 code")
+    if problems:
+        raise InvalidEvent(f"{event.kind.value} {event.event_id or '?'}: {'; '.join(problems)}")
+    return event

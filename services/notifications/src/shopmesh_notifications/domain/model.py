@@ -1,0 +1,89 @@
+"""A notification and its delivery state machine: PENDING → SENT, or PENDING → FAILED after the last
+attempt (or at once when the mail server refuses it for good). SENT and FAILED are final."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import Enum
+
+from shopmesh_chassis import errors
+from shopmesh_notifications.domain.events import EventKind
+
+MAX_FAILURE_REASON = 500
+
+
+class Channel(Enum):
+    EMAIL = "EMAIL"
+
+
+class State(Enum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Delivery attempts: the first at once, then after base, 2 * base, 4 * base, ... at most `max_delay`."""
+
+    max_attempts: int
+    base_delay_seconds: float
+    max_delay_seconds: float
+
+    def delay_after(self, attempts: int) -> timedelta:
+        seconds = self.base_delay_seconds * 2 ** max(attempts - 1, 0)
+        return timedelta(seconds=min(seconds, self.max_delay_seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: str
+    user_id: str
+    order_id: str
+    channel: Channel
+    recipient: str
+    subject: str
+    body: str
+    # The e-mail's Message-ID, derived from the event id: a re-sent copy is recognisably the same e-mail.
+    message_id: str
+    kind: EventKind
+    event_id: str
+    created_at: datetime
+    state: State = State.PENDING
+    # Delivery attempts that ended (an attempt cut short by a crash is not counted).
+    attempts: int = 0
+    # When a PENDING notification is due for its next attempt (or its sender's claim runs out).
+    next_attempt_at: datetime | None = None
+    sent_at: datetime | None = None
+    # Why the latest attempt failed (for operators, while it is retried); failure_reason once FAILED.
+    last_error: str = ""
+    failure_reason: str = ""
+
+    def _require_pending(self) -> None:
+        if self.state is not State.PENDING:
+            raise errors.FailedPrecondition(
+                f"notification {self.id} is {self.state.value}, not PENDING",
+                reason="NOTIFICATION_NOT_PENDING",
+                metadata={"notification_id": self.id},
+            )
+
+    def sent(self, at: datetime) -> Notification:
+        self._require_pending()
+        return replace(self, state=State.SENT, attempts=self.attempts + 1, sent_at=at, next_attempt_at=None)
+
+    def delivery_failed(self, reason: str, at: datetime, policy: RetryPolicy, *, permanent: bool) -> Notification:
+        """One attempt failed: try again after the policy's delay, or give up for good."""
+        self._require_pending()
+        attempts = self.attempts + 1
+        error = reason[:MAX_FAILURE_REASON] or "delivery failed"
+        if permanent or attempts >= policy.max_attempts:
+            return replace(
+                self,
+                state=State.FAILED,
+                attempts=attempts,
+                next_attempt_at=None,
+                last_error=error,
+                failure_reason=error,
+            )
+        return replace(self, attempts=attempts, next_attempt_at=at + policy.delay_after(attempts), last_error=error)

@@ -1,0 +1,66 @@
+"""The consumer's handler: an order event becomes a PENDING notification, in the transaction in which
+the chassis records the event id — so each event yields exactly one notification, however often it is
+delivered. Nothing is sent here: the sender delivers it after the commit, outside any transaction."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_chassis.consumer import Event
+from shopmesh_notifications.codec import order_event
+from shopmesh_notifications.domain.emails import message_id_for, render
+from shopmesh_notifications.domain.events import validate_event
+from shopmesh_notifications.domain.model import Channel, Notification
+from shopmesh_notifications.store.repository import NotificationRepository
+
+log = logging.getLogger("shopmesh.notifications")
+
+
+def new_notification_id() -> str:
+    return f"ntf_{uuid.uuid4().hex}"
+
+
+class NotificationIntake:
+    def __init__(
+        self,
+        *,
+        on_committed: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._on_committed = on_committed
+        self._clock = clock
+
+    async def __call__(self, session: AsyncSession, event: Event) -> None:
+        """Raises InvalidEvent for a poison message: the consumer retries it, then dead-letters it."""
+        order = validate_event(order_event(event.subject, event.event_id, event.payload))
+        email = render(order)
+        now = self._clock()
+        notification = Notification(
+            id=new_notification_id(),
+            user_id=order.user_id,
+            order_id=order.order_id,
+            channel=Channel.EMAIL,
+            recipient=order.email,
+            subject=email.subject,
+            body=email.body,
+            message_id=message_id_for(order.event_id),
+            kind=order.kind,
+            event_id=order.event_id,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        await NotificationRepository(session).add(notification)
+        # chassis-candidate: the consumer could call back once an event's transaction has committed;
+        # until then the session says so. The sender must not look before the row is visible.
+        sa_event.listen(session.sync_session, "after_commit", self._committed, once=True)
+        log.info("notification %s recorded for %s", notification.id, event.event_id, extra={"order_id": order.order_id})
+
+    def _committed(self, _session: Any) -> None:
+        self._on_committed()

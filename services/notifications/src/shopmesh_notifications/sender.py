@@ -1,0 +1,161 @@
+"""The sender: delivers PENDING notifications one by one, outside any database transaction.
+
+Each attempt is claimed first (a conditional UPDATE moves the notification's next attempt to the end of
+the claim), then sent, then its outcome recorded. A sender killed after the mail server accepted an
+e-mail but before SENT was recorded sends it again once the claim runs out: at least once, with the
+same Message-ID, which mail servers, mail clients and the local SMTP sink recognise as one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from shopmesh_chassis.db import Database
+from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
+from shopmesh_notifications.mailer import DeliveryFailed
+from shopmesh_notifications.store.repository import NotificationRepository
+
+log = logging.getLogger("shopmesh.notifications.sender")
+
+
+class Mailer(Protocol):
+    async def send(self, notification: Notification) -> None: ...
+
+
+class NotificationSender:
+    def __init__(
+        self,
+        database: Database,
+        mailer: Mailer,
+        policy: RetryPolicy,
+        *,
+        claim_seconds: float,
+        idle_poll_seconds: float = 5.0,
+        batch_size: int = 50,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._db = database
+        self._mailer = mailer
+        self._policy = policy
+        self._claim = timedelta(seconds=claim_seconds)
+        self._idle_poll = idle_poll_seconds
+        self._batch_size = batch_size
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Look for due notifications now: call after committing one."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="notification-sender")
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Let the attempt in flight finish (within `grace_seconds`), then stop."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self.send_due()
+                pause = await self._until_next_due()
+                backoff = 0.5
+            except Exception as exc:
+                # The database busy or away: nothing is lost, the notifications stay PENDING.
+                log.warning("sending notifications failed, retrying in %.1fs: %s", backoff, exc)
+                pause = backoff
+                backoff = min(backoff * 2, self._idle_poll)
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=pause)
+
+    async def _until_next_due(self) -> float:
+        async with self._db.transaction() as session:
+            due_at = await NotificationRepository(session).next_due_at()
+        if due_at is None:
+            return self._idle_poll
+        return min(max((due_at - self._clock()).total_seconds(), 0.0), self._idle_poll)
+
+    async def send_due(self) -> int:
+        """Attempt every notification that is due now; returns how many attempts were made."""
+        attempts = 0
+        while not self._stopping:
+            async with self._db.transaction() as session:
+                due = await NotificationRepository(session).due(self._clock(), self._batch_size)
+            if not due:
+                break
+            for notification_id in due:
+                if self._stopping:
+                    break
+                attempts += await self._attempt(notification_id)
+        return attempts
+
+    async def _attempt(self, notification_id: str) -> int:
+        now = self._clock()
+        async with self._db.transaction() as session:
+            notification = await NotificationRepository(session).claim(notification_id, now, now + self._claim)
+        if notification is None:
+            return 0  # another sender took it, or it is no longer due
+        try:
+            await self._mailer.send(notification)
+        except DeliveryFailed as failure:
+            outcome = notification.delivery_failed(
+                failure.reason, self._clock(), self._policy, permanent=failure.permanent
+            )
+        except Exception as error:
+            # Not the mail server's answer but our own fault: counted like any failed attempt, so that it
+            # ends FAILED instead of being claimed again forever.
+            log.exception("sending notification %s broke", notification.id)
+            outcome = notification.delivery_failed(
+                f"{type(error).__name__}: {error}", self._clock(), self._policy, permanent=False
+            )
+        else:
+            outcome = notification.sent(self._clock())
+        async with self._db.transaction() as session:
+            await NotificationRepository(session).record_delivery(outcome)
+        self._log(outcome)
+        return 1
+
+    @staticmethod
+    def _log(notification: Notification) -> None:
+        extra = {"order_id": notification.order_id, "event_id": notification.event_id}
+        if notification.state is State.SENT:
+            # No address in the logs: they are kept longer and read more widely than the database.
+            log.info("notification %s sent", notification.id, extra=extra)
+        elif notification.state is State.FAILED:
+            log.error(
+                "notification %s failed after %d attempt(s): %s",
+                notification.id,
+                notification.attempts,
+                notification.failure_reason,
+                extra=extra,
+            )
+        else:
+            log.warning(
+                "notification %s not sent (attempt %d), next attempt at %s: %s",
+                notification.id,
+                notification.attempts,
+                notification.next_attempt_at.isoformat() if notification.next_attempt_at else "?",
+                notification.last_error,
+                extra=extra,
+            )

@@ -1,0 +1,139 @@
+"""Notifications in the database. Claims and outcomes are single conditional UPDATEs, so that replicas
+sending side by side never both send one notification, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_notifications.domain.events import EventKind
+from shopmesh_notifications.domain.model import Channel, Notification, State
+from shopmesh_notifications.store.tables import notifications
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite gives back naive datetimes; everything stored is UTC.
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _delivery_values(notification: Notification) -> dict[str, Any]:
+    return {
+        "state": notification.state.value,
+        "attempts": notification.attempts,
+        "next_attempt_at": notification.next_attempt_at,
+        "sent_at": notification.sent_at,
+        "last_error": notification.last_error,
+        "failure_reason": notification.failure_reason,
+    }
+
+
+def _from_row(row: Any) -> Notification:
+    return Notification(
+        id=row.id,
+        user_id=row.user_id,
+        order_id=row.order_id,
+        channel=Channel(row.channel),
+        recipient=row.recipient,
+        subject=row.subject,
+        body=row.body,
+        message_id=row.message_id,
+        kind=EventKind(row.kind),
+        event_id=row.event_id,
+        created_at=_aware(row.created_at) or datetime.now(UTC),
+        state=State(row.state),
+        attempts=row.attempts,
+        next_attempt_at=_aware(row.next_attempt_at),
+        sent_at=_aware(row.sent_at),
+        last_error=row.last_error,
+        failure_reason=row.failure_reason,
+    )
+
+
+class NotificationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, notification: Notification) -> None:
+        await self._session.execute(
+            insert(notifications).values(
+                id=notification.id,
+                user_id=notification.user_id,
+                order_id=notification.order_id,
+                channel=notification.channel.value,
+                recipient=notification.recipient,
+                subject=notification.subject,
+                body=notification.body,
+                message_id=notification.message_id,
+                kind=notification.kind.value,
+                event_id=notification.event_id,
+                created_at=notification.created_at,
+                **_delivery_values(notification),
+            )
+        )
+
+    async def get(self, notification_id: str) -> Notification | None:
+        row = (
+            await self._session.execute(select(notifications).where(notifications.c.id == notification_id))
+        ).one_or_none()
+        return None if row is None else _from_row(row)
+
+    async def list_for_user(self, user_id: str, limit: int, after: tuple[datetime, str] | None) -> list[Notification]:
+        """Newest first; `after` is the (created_at, id) of the last notification of the previous page."""
+        query = select(notifications).where(notifications.c.user_id == user_id)
+        if after is not None:
+            created, notification_id = after
+            query = query.where(
+                or_(
+                    notifications.c.created_at < created,
+                    and_(notifications.c.created_at == created, notifications.c.id < notification_id),
+                )
+            )
+        query = query.order_by(notifications.c.created_at.desc(), notifications.c.id.desc()).limit(limit)
+        return [_from_row(row) for row in (await self._session.execute(query)).all()]
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        """PENDING notifications whose next attempt is due, oldest first."""
+        rows = await self._session.execute(
+            select(notifications.c.id)
+            .where(notifications.c.state == State.PENDING.value, notifications.c.next_attempt_at <= now)
+            .order_by(notifications.c.next_attempt_at, notifications.c.created_at)
+            .limit(limit)
+        )
+        return [row.id for row in rows]
+
+    async def next_due_at(self) -> datetime | None:
+        """When the earliest PENDING notification becomes due (None: nothing is pending)."""
+        value = await self._session.scalar(
+            select(func.min(notifications.c.next_attempt_at)).where(notifications.c.state == State.PENDING.value)
+        )
+        return _aware(value)
+
+    async def claim(self, notification_id: str, now: datetime, until: datetime) -> Notification | None:
+        """Take a due notification for one delivery attempt: until `until` nobody else picks it up. A
+        sender that dies meanwhile leaves it to be picked up again once the claim runs out."""
+        result = await self._session.execute(
+            update(notifications)
+            .where(
+                notifications.c.id == notification_id,
+                notifications.c.state == State.PENDING.value,
+                notifications.c.next_attempt_at <= now,
+            )
+            .values(next_attempt_at=until)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return await self.get(notification_id)
+
+    async def record_delivery(self, notification: Notification) -> bool:
+        """Store the outcome of an attempt; False when the notification was no longer PENDING."""
+        result = await self._session.execute(
+            update(notifications)
+            .where(notifications.c.id == notification.id, notifications.c.state == State.PENDING.value)
+            .values(**_delivery_values(notification))
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]

@@ -1,0 +1,90 @@
+"""The composition root of notifications: settings, database, the order-event consumer, the SMTP
+sender, the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shopmesh.notifications.v1 import notifications_pb2_grpc
+from shopmesh_chassis import app
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.consumer import EventConsumer
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_notifications.application import NotificationsApplication
+from shopmesh_notifications.codec import SUBJECTS
+from shopmesh_notifications.domain.model import RetryPolicy
+from shopmesh_notifications.intake import NotificationIntake
+from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
+from shopmesh_notifications.sender import NotificationSender
+from shopmesh_notifications.settings import NotificationsSettings
+from shopmesh_notifications.store.tables import metadata
+from shopmesh_notifications.transport import DESCRIPTOR, NotificationsServicer
+
+VERSIONS = Path(__file__).parent / "migrations" / "versions"
+DURABLE = "notifications"
+STREAM = "ORDERS"
+STREAM_SUBJECTS = ["orders.v1.>"]
+
+
+def build_sender(settings: NotificationsSettings, database: Database) -> NotificationSender:
+    mailer = SmtpMailer(
+        SmtpOptions(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.mail_from,
+            timeout_seconds=settings.smtp_timeout_seconds,
+            use_tls=settings.smtp_use_tls,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value(),
+        )
+    )
+    policy = RetryPolicy(settings.send_max_attempts, settings.send_backoff_seconds, settings.send_max_backoff_seconds)
+    return NotificationSender(database, mailer, policy, claim_seconds=2 * settings.smtp_timeout_seconds)
+
+
+def build_consumer(settings: NotificationsSettings, database: Database, sender: NotificationSender) -> EventConsumer:
+    return EventConsumer(
+        database,
+        settings.nats_url,
+        durable=DURABLE,
+        stream=STREAM,
+        stream_subjects=STREAM_SUBJECTS,
+        subjects=list(SUBJECTS),
+        handler=NotificationIntake(on_committed=sender.wake),
+        max_attempts=settings.consumer_max_attempts,
+        backoff_seconds=settings.consumer_backoff_seconds,
+        ack_wait_seconds=settings.consumer_ack_wait_seconds,
+        duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+    )
+
+
+async def _main() -> None:
+    settings = load_settings(NotificationsSettings)
+    tracer_provider = app.setup_observability(settings)
+    database = Database(settings.resolved_database_url)
+    await migrate(database, VERSIONS, metadata)
+
+    sender = build_sender(settings, database)
+    # Keeps trying in the background: the service serves ListNotifications while NATS is away.
+    consumer = build_consumer(settings, database, sender)
+    sender.start()
+    consumer.start()
+
+    async def stop_background() -> None:
+        await consumer.stop()
+        await sender.stop(grace_seconds=settings.shutdown_grace_seconds)
+
+    binding = ServiceBinding(
+        DESCRIPTOR,
+        NotificationsServicer(NotificationsApplication(database)),
+        notifications_pb2_grpc.add_NotificationsServiceServicer_to_server,
+    )
+    await app.serve(
+        settings, [binding], tracer_provider=tracer_provider, on_shutdown=[stop_background, database.dispose]
+    )
+
+
+def main() -> None:
+    app.run(_main)

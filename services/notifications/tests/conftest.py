@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
+from shopmesh_notifications.settings import NotificationsSettings
+from shopmesh_notifications.store.tables import metadata
+from shopmesh_notifications.wiring import VERSIONS
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> NotificationsSettings:
+    return load_settings(NotificationsSettings, grpc_port=0, metrics_port=-1, data_dir=str(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, settings: NotificationsSettings) -> AsyncIterator[Database]:
+    """The store-backed tests run on SQLite and on a real PostgreSQL."""
+    url = settings.resolved_database_url
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").create_database()
+    db = Database(url)
+    await migrate(db, VERSIONS, metadata)
+    yield db
+    await db.dispose()

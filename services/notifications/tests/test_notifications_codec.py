@@ -1,0 +1,86 @@
+"""Order events in, notifications out: the contract's shapes mapped to the domain's and back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from shopmesh.common.v1 import money_pb2
+from shopmesh.notifications.v1 import notifications_pb2
+from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED, notification_to_proto, order_event
+from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line
+from shopmesh_notifications.domain.model import Channel, Notification
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def test_an_order_confirmed_payload_becomes_an_order_event_with_the_message_id_as_event_id() -> None:
+    payload = events_pb2.OrderConfirmed(
+        event_id="evt_payload",
+        order_id="ord_1",
+        user_id="usr_1",
+        email="ada@example.com",
+        items=[
+            orders_pb2.OrderItem(
+                product_id="prod_1",
+                product_name="Chef knife",
+                quantity=2,
+                unit_price=money_pb2.Money(amount_minor=8900, currency="USD"),
+                line_total=money_pb2.Money(amount_minor=17800, currency="USD"),
+            )
+        ],
+        total=money_pb2.Money(amount_minor=17800, currency="USD"),
+    ).SerializeToString()
+
+    event = order_event(ORDER_CONFIRMED, "evt_1", payload)
+
+    assert (event.kind, event.event_id, event.order_id, event.user_id) == (
+        EventKind.ORDER_CONFIRMED,
+        "evt_1",
+        "ord_1",
+        "usr_1",
+    )
+    assert (event.email, event.currency, event.total_minor) == ("ada@example.com", "USD", 17800)
+    assert event.lines == (Line("Chef knife", 2, 8900, 17800),)
+
+
+def test_an_order_cancelled_payload_carries_the_reason_message_and_the_refund() -> None:
+    cancelled = events_pb2.OrderCancelled(order_id="ord_1", user_id="usr_1", email="a@b.example", refunded=True)
+    cancelled.reason.message = "Your card was declined."
+    event = order_event(ORDER_CANCELLED, "evt_2", cancelled.SerializeToString())
+    assert (event.kind, event.reason, event.refunded) == (EventKind.ORDER_CANCELLED, "Your card was declined.", True)
+
+
+@pytest.mark.parametrize(
+    ("subject", "payload", "problem"),
+    [
+        (ORDER_CONFIRMED, b"\xff\xfenot a protobuf", "not a valid protobuf payload"),
+        ("orders.v1.order_shipped", b"", "not an event notifications consumes"),
+    ],
+)
+def test_a_payload_that_is_not_the_subjects_event_is_invalid(subject: str, payload: bytes, problem: str) -> None:
+    with pytest.raises(InvalidEvent, match=problem):
+        order_event(subject, "evt_1", payload)
+
+
+def test_a_pending_notification_has_no_sent_at_and_a_sent_one_has() -> None:
+    pending = Notification(
+        id="ntf_1",
+        user_id="usr_1",
+        order_id="ord_1",
+        channel=Channel.EMAIL,
+        recipient="ada@example.com",
+        subject="s",
+        body="b",
+        message_id="<evt_1@shopmesh.notifications>",
+        kind=EventKind.ORDER_CANCELLED,
+        event_id="evt_1",
+        created_at=NOW,
+    )
+    message = notification_to_proto(pending)
+    assert message.state == notifications_pb2.NOTIFICATION_STATE_PENDING
+    assert message.kind == notifications_pb2.NOTIFICATION_KIND_ORDER_CANCELLED
+    assert not message.HasField("sent_at")
+    assert notification_to_proto(pending.sent(NOW)).sent_at.ToDatetime(tzinfo=UTC) == NOW

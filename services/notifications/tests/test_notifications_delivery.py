@@ -1,0 +1,394 @@
+"""From order event to e-mail with real parts: a nats-server with JetStream, the chassis consumer, the
+SMTP sender against the local SMTP sink (aiosmtpd), SQLite (and PostgreSQL for the main path), and
+ListNotifications over a real gRPC socket."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from nats.aio.client import Client
+
+from shopmesh.common.v1 import money_pb2
+from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.events import ensure_stream
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
+from shopmesh_notifications.application import NotificationsApplication
+from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
+from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
+from shopmesh_notifications.intake import NotificationIntake
+from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
+from shopmesh_notifications.sender import NotificationSender
+from shopmesh_notifications.settings import NotificationsSettings
+from shopmesh_notifications.store.repository import NotificationRepository
+from shopmesh_notifications.transport import DESCRIPTOR, NotificationsServicer
+from shopmesh_notifications.wiring import build_consumer, build_sender
+from shopmesh_platform.smtp_sink import MailFolder, SmtpSink, read_mail, start_sink
+
+Stub = notifications_pb2_grpc.NotificationsServiceStub
+PENDING, SENT, FAILED = (
+    notifications_pb2.NOTIFICATION_STATE_PENDING,
+    notifications_pb2.NOTIFICATION_STATE_SENT,
+    notifications_pb2.NOTIFICATION_STATE_FAILED,
+)
+sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
+async def until(condition: Callable[[], Any], what: str, attempts: int = 200) -> Any:
+    """Poll until `condition` returns (or awaits to) something truthy: a bounded wait, not a timing
+    assertion."""
+    for _ in range(attempts):
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def confirmed_event(event_id: str, order_id: str, user_id: str = "usr_1", email: str = "ada@example.com") -> bytes:
+    usd = money_pb2.Money
+    return events_pb2.OrderConfirmed(
+        event_id=event_id,
+        order_id=order_id,
+        user_id=user_id,
+        email=email,
+        items=[
+            orders_pb2.OrderItem(
+                product_id="prod_chef_knife",
+                product_name="Chef knife",
+                quantity=2,
+                unit_price=usd(amount_minor=8900, currency="USD"),
+                line_total=usd(amount_minor=17800, currency="USD"),
+            )
+        ],
+        total=usd(amount_minor=17800, currency="USD"),
+    ).SerializeToString()
+
+
+def cancelled_event(event_id: str, order_id: str, user_id: str = "usr_1") -> bytes:
+    event = events_pb2.OrderCancelled(
+        event_id=event_id,
+        order_id=order_id,
+        user_id=user_id,
+        email="ada@example.com",
+        total=money_pb2.Money(amount_minor=500, currency="USD"),
+        refunded=False,
+    )
+    event.reason.code = orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED
+    event.reason.message = "Your card was declined."
+    return event.SerializeToString()
+
+
+def mail_for(directory: Path, order_id: str) -> list[EmailMessage]:
+    return [message for message in read_mail(directory) if message["X-Shopmesh-Order-Id"] == order_id]
+
+
+@pytest.fixture
+def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
+    with nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+async def js_client(nats_srv: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_srv.url)
+    await ensure_stream(client.jetstream(), "ORDERS", ["orders.v1.>"], duplicate_window=900)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[SmtpSink]:
+    started = await start_sink(tmp_path / "mail")
+    yield started
+    await started.close()
+
+
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    """Settings a test changes (parametrize this fixture)."""
+    return {}
+
+
+@dataclass
+class Running:
+    settings: NotificationsSettings
+    database: Database
+    sender: NotificationSender
+    consumer: EventConsumer
+    stub: Stub
+    js: Client
+    sink: SmtpSink
+
+    async def publish(self, subject: str, payload: bytes, event_id: str) -> None:
+        await self.js.jetstream().publish(subject, payload, headers={"Nats-Msg-Id": event_id})
+
+    async def listed(self, user_id: str = "usr_1") -> list[notifications_pb2.Notification]:
+        response = await self.stub.ListNotifications(notifications_pb2.ListNotificationsRequest(user_id=user_id))
+        return list(response.notifications)
+
+    async def stored(self, event_id: str) -> Notification | None:
+        async with self.database.transaction() as session:
+            for item in await NotificationRepository(session).list_for_user("usr_1", 100, None):
+                if item.event_id == event_id:
+                    return item
+        return None
+
+
+@pytest.fixture
+async def running(
+    tmp_path: Path,
+    database: Database,
+    nats_srv: NatsServer,
+    js_client: Client,
+    sink: SmtpSink,
+    overrides: dict[str, Any],
+) -> AsyncIterator[Running]:
+    """The service as wiring builds it, in this process: consumer, sender, servicer."""
+    settings = load_settings(
+        NotificationsSettings,
+        grpc_port=0,
+        metrics_port=-1,
+        data_dir=str(tmp_path),
+        nats_url=nats_srv.url,
+        smtp_port=sink.port,
+        smtp_timeout_seconds=2,
+        consumer_max_attempts=3,
+        consumer_backoff_seconds=(0.05,),
+        send_backoff_seconds=0.05,
+        send_max_backoff_seconds=0.2,
+        **overrides,
+    )
+    sender = build_sender(settings, database)
+    consumer = build_consumer(settings, database, sender)
+    servicer = NotificationsServicer(NotificationsApplication(database))
+    binding = ServiceBinding(DESCRIPTOR, servicer, notifications_pb2_grpc.add_NotificationsServiceServicer_to_server)
+    sender.start()
+    consumer.start()
+    try:
+        async with (
+            serve_in_process(settings, [binding]) as server,
+            ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+        ):
+            yield Running(settings, database, sender, consumer, Stub(channel.channel), js_client, sink)
+    finally:
+        await consumer.stop()
+        await sender.stop()
+
+
+async def test_an_order_confirmation_is_mailed_once_and_listed_as_sent(running: Running) -> None:
+    await running.publish(ORDER_CONFIRMED, confirmed_event("evt_1", "ord_1"), "evt_1")
+
+    mails = await until(lambda: mail_for(running.sink.directory, "ord_1"), "the e-mail")
+    (mail,) = mails
+    assert mail["Subject"] == "Your shopmesh order ord_1 is confirmed"
+    assert mail["To"] == "ada@example.com"
+    assert mail["Message-ID"] == "<evt_1@shopmesh.notifications>"
+    body = mail.get_content()
+    assert "2 x Chef knife" in body
+    assert "Total charged: USD 178.00" in body
+
+    async def sent() -> list[notifications_pb2.Notification]:
+        listed = await running.listed()
+        return listed if listed and listed[0].state == SENT else []
+
+    (notification,) = await until(sent, "SENT")
+    assert (notification.order_id, notification.event_id) == ("ord_1", "evt_1")
+    assert notification.kind == notifications_pb2.NOTIFICATION_KIND_ORDER_CONFIRMED
+    assert notification.HasField("sent_at")
+
+
+@sqlite_only
+async def test_a_cancellation_is_mailed_with_its_reason(running: Running) -> None:
+    await running.publish(ORDER_CANCELLED, cancelled_event("evt_2", "ord_2"), "evt_2")
+
+    (mail,) = await until(lambda: mail_for(running.sink.directory, "ord_2"), "the e-mail")
+    assert mail["Subject"] == "Your shopmesh order ord_2 was cancelled"
+    assert "Reason: Your card was declined." in mail.get_content()
+    (listed,) = await running.listed()
+    assert listed.kind == notifications_pb2.NOTIFICATION_KIND_ORDER_CANCELLED
+
+
+@sqlite_only
+async def test_a_redelivered_event_records_no_second_notification_and_sends_no_second_email(
+    running: Running,
+) -> None:
+    payload = confirmed_event("evt_3", "ord_3")
+    # As after a crash between the commit and the ack: the same event is delivered again.
+    assert await running.consumer._apply(Event("evt_3", ORDER_CONFIRMED, payload, {"Nats-Msg-Id": "evt_3"}, 1))
+    assert not await running.consumer._apply(Event("evt_3", ORDER_CONFIRMED, payload, {"Nats-Msg-Id": "evt_3"}, 2))
+
+    await until(lambda: mail_for(running.sink.directory, "ord_3"), "the e-mail")
+    await until(lambda: running.stored("evt_3"), "the notification")
+    assert [n.event_id for n in await running.listed()] == ["evt_3"]
+    assert len(mail_for(running.sink.directory, "ord_3")) == 1
+
+
+@sqlite_only
+@pytest.mark.parametrize("overrides", [{"send_max_attempts": 100}])
+async def test_while_the_mail_server_is_down_the_notification_stays_pending_and_is_sent_once_it_is_back(
+    running: Running,
+) -> None:
+    port, directory = running.sink.port, running.sink.directory
+    await running.sink.close()
+    await running.publish(ORDER_CONFIRMED, confirmed_event("evt_4", "ord_4"), "evt_4")
+
+    async def retried() -> bool:
+        stored = await running.stored("evt_4")
+        return stored is not None and stored.attempts >= 2
+
+    await until(retried, "two failed attempts")
+    stored = await running.stored("evt_4")
+    assert stored is not None
+    assert stored.state is State.PENDING
+    assert stored.last_error != ""
+    assert [n.state for n in await running.listed()] == [PENDING]
+
+    back = await start_sink(directory, port=port)
+    try:
+        await until(lambda: mail_for(directory, "ord_4"), "the e-mail once the server is back")
+
+        async def sent() -> bool:
+            return [n.state for n in await running.listed()] == [SENT]
+
+        await until(sent, "SENT")
+        assert len(mail_for(directory, "ord_4")) == 1
+    finally:
+        await back.close()
+
+
+@sqlite_only
+@pytest.mark.parametrize("overrides", [{"send_max_attempts": 2}])
+async def test_a_notification_whose_attempts_all_fail_ends_failed_with_the_reason(running: Running) -> None:
+    await running.sink.close()
+    await running.publish(ORDER_CONFIRMED, confirmed_event("evt_5", "ord_5"), "evt_5")
+
+    async def failed() -> list[notifications_pb2.Notification]:
+        listed = await running.listed()
+        return listed if listed and listed[0].state == FAILED else []
+
+    (notification,) = await until(failed, "FAILED")
+    assert notification.failure_reason != ""
+    assert not notification.HasField("sent_at")
+
+
+class Bouncer(MailFolder):
+    """A mail server that does not know bounce@example.com, for good."""
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.startswith("bounce@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+@sqlite_only
+async def test_a_recipient_the_mail_server_refuses_for_good_fails_at_once(running: Running, tmp_path: Path) -> None:
+    port = running.sink.port
+    await running.sink.close()
+    bouncer = Bouncer(tmp_path / "bounced")
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(bouncer), "127.0.0.1", port)
+    try:
+        await running.publish(ORDER_CONFIRMED, confirmed_event("evt_6", "ord_6", email="bounce@example.com"), "evt_6")
+
+        async def failed() -> list[notifications_pb2.Notification]:
+            listed = await running.listed()
+            return listed if listed and listed[0].state == FAILED else []
+
+        (notification,) = await until(failed, "FAILED")
+        assert "550" in notification.failure_reason
+        stored = await running.stored("evt_6")
+        assert stored is not None
+        assert stored.attempts == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@sqlite_only
+async def test_poison_messages_are_dead_lettered_and_later_messages_still_flow(running: Running) -> None:
+    await running.publish(ORDER_CONFIRMED, b"\xff\xfenot a protobuf", "evt_garbage")
+    await running.publish(ORDER_CONFIRMED, confirmed_event("evt_noemail", "ord_x", email=""), "evt_noemail")
+    await running.publish(ORDER_CONFIRMED, confirmed_event("evt_7", "ord_7"), "evt_7")
+
+    await until(lambda: mail_for(running.sink.directory, "ord_7"), "the later e-mail")
+
+    js = running.js.jetstream()
+
+    async def parked() -> bool:
+        try:
+            info = await js.stream_info(DEAD_LETTER_STREAM)
+        except Exception:
+            return False
+        return info.state.messages == 2
+
+    await until(parked, "two dead-lettered messages")
+    originals = set()
+    for sequence in (1, 2):
+        message = await js.get_msg(DEAD_LETTER_STREAM, sequence)
+        assert message.subject == f"deadletter.notifications.{ORDER_CONFIRMED}"
+        assert message.headers is not None
+        assert message.headers["Shopmesh-Attempts"] == "3"
+        originals.add(message.headers["Shopmesh-Original-Event-Id"])
+    assert originals == {"evt_garbage", "evt_noemail"}
+    assert [n.event_id for n in await running.listed()] == ["evt_7"]
+
+
+@sqlite_only
+async def test_an_email_sent_again_after_a_crash_is_one_message_in_the_mailbox(
+    database: Database, sink: SmtpSink
+) -> None:
+    payload = confirmed_event("evt_8", "ord_8")
+    async with database.transaction() as session:
+        await NotificationIntake()(session, Event("evt_8", ORDER_CONFIRMED, payload, {}, 1))
+    mailer = SmtpMailer(SmtpOptions("127.0.0.1", sink.port, "shop@shopmesh.example", timeout_seconds=2))
+    sends: list[str] = []
+
+    class CountingMailer:
+        async def send(self, notification: Notification) -> None:
+            sends.append(notification.id)
+            await mailer.send(notification)
+
+    now = datetime.now(UTC)
+    policy = RetryPolicy(3, 0.05, 0.2)
+    # A sender that claims the notification and has the server accept it, then dies before recording it.
+    async with database.transaction() as session:
+        (due,) = await NotificationRepository(session).due(now, 10)
+        claimed = await NotificationRepository(session).claim(due, now, now + timedelta(seconds=4))
+    assert claimed is not None
+    await CountingMailer().send(claimed)
+
+    # Before the claim runs out, nobody sends it again; after, the next sender does.
+    early = NotificationSender(database, CountingMailer(), policy, claim_seconds=4, clock=lambda: now)
+    assert await early.send_due() == 0
+    later = NotificationSender(
+        database, CountingMailer(), policy, claim_seconds=4, clock=lambda: now + timedelta(seconds=5)
+    )
+    assert await later.send_due() == 1
+
+    assert len(sends) == 2
+    (mail,) = mail_for(sink.directory, "ord_8")
+    assert mail["Message-ID"] == "<evt_8@shopmesh.notifications>"
+    async with database.transaction() as session:
+        (stored,) = await NotificationRepository(session).list_for_user("usr_1", 10, None)
+    assert (stored.state, stored.attempts) == (State.SENT, 1)

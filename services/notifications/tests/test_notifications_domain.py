@@ -1,0 +1,172 @@
+"""The notifications domain without I/O: money, e-mail rendering, event checks, the delivery state machine,
+request validation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shopmesh_chassis import errors
+from shopmesh_notifications.domain.emails import message_id_for, render
+from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent, validate_event
+from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy, State
+from shopmesh_notifications.domain.money import format_money
+from shopmesh_notifications.domain.validation import check_owner, validate_list_request
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+POLICY = RetryPolicy(max_attempts=3, base_delay_seconds=1.0, max_delay_seconds=3.0)
+
+
+def confirmed(**changes: object) -> OrderEvent:
+    event = OrderEvent(
+        kind=EventKind.ORDER_CONFIRMED,
+        event_id="evt_1",
+        order_id="ord_1",
+        user_id="usr_1",
+        email="ada@example.com",
+        currency="USD",
+        lines=(Line("Chef knife", 2, 8900, 17800), Line("French press", 1, 3450, 3450)),
+        total_minor=21250,
+    )
+    return replace(event, **changes)  # type: ignore[arg-type]
+
+
+def pending() -> Notification:
+    return Notification(
+        id="ntf_1",
+        user_id="usr_1",
+        order_id="ord_1",
+        channel=Channel.EMAIL,
+        recipient="ada@example.com",
+        subject="Your shopmesh order ord_1 is confirmed",
+        body="Hello",
+        message_id="<evt_1@shopmesh.notifications>",
+        kind=EventKind.ORDER_CONFIRMED,
+        event_id="evt_1",
+        created_at=NOW,
+        next_attempt_at=NOW,
+    )
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "text"),
+    [
+        (1234, "USD", "USD 12.34"),
+        (5, "EUR", "EUR 0.05"),
+        (123456789, "USD", "USD 1,234,567.89"),
+        (500, "JPY", "JPY 500"),
+        (1234567, "KWD", "KWD 1,234.567"),
+        (-250, "USD", "-USD 2.50"),
+    ],
+)
+def test_money_is_formatted_with_the_currencys_minor_unit(amount: int, currency: str, text: str) -> None:
+    assert format_money(amount, currency) == text
+
+
+def test_the_message_id_is_derived_from_the_event_id_alone() -> None:
+    assert message_id_for("evt_1") == "<evt_1@shopmesh.notifications>"
+    assert message_id_for("evt_1") == message_id_for("evt_1")
+    assert message_id_for("evt 1<x>") == "<evt_1_x_@shopmesh.notifications>"
+
+
+def test_a_confirmation_names_the_order_its_items_and_its_total() -> None:
+    email = render(confirmed())
+    assert email.subject == "Your shopmesh order ord_1 is confirmed"
+    assert "2 x Chef knife" in email.body
+    assert "USD 89.00 each" in email.body
+    assert "USD 178.00" in email.body
+    assert "1 x French press" in email.body
+    assert "Total charged: USD 212.50" in email.body
+
+
+def test_a_cancellation_gives_the_reason_and_says_whether_money_was_refunded() -> None:
+    declined = render(confirmed(kind=EventKind.ORDER_CANCELLED, reason="Your card was declined."))
+    assert declined.subject == "Your shopmesh order ord_1 was cancelled"
+    assert "Reason: Your card was declined." in declined.body
+    assert "Nothing was charged to your card." in declined.body
+
+    refunded = render(confirmed(kind=EventKind.ORDER_CANCELLED, reason="too slow", refunded=True))
+    assert "Your payment of USD 212.50 was refunded to your card." in refunded.body
+
+
+def test_a_sendable_event_passes_its_checks() -> None:
+    assert validate_event(confirmed()) == confirmed()
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"email": ""}, "email is empty"),
+        ({"email": "not-an-address"}, "email is not an e-mail address"),
+        ({"order_id": ""}, "order_id is empty"),
+        ({"user_id": "u" * 65}, "user_id is longer than 64 characters"),
+        ({"order_id": "ord_1\nBcc: everyone@example.com"}, "order_id has spaces or control characters"),
+        ({"event_id": ""}, "event id is empty"),
+        ({"currency": ""}, "total.currency is not an ISO 4217 code"),
+    ],
+)
+def test_an_event_that_cannot_become_an_email_is_invalid(changes: dict[str, str], problem: str) -> None:
+    with pytest.raises(InvalidEvent, match=problem):
+        validate_event(confirmed(**changes))
+
+
+def test_a_sent_notification_records_when_and_counts_the_attempt() -> None:
+    sent = pending().sent(NOW)
+    assert (sent.state, sent.sent_at, sent.attempts, sent.next_attempt_at) == (State.SENT, NOW, 1, None)
+    assert sent.failure_reason == ""
+
+
+def test_a_failed_attempt_is_retried_after_a_growing_delay_capped_by_the_policy() -> None:
+    first = pending().delivery_failed("connection refused", NOW, POLICY, permanent=False)
+    assert (first.state, first.attempts, first.next_attempt_at) == (State.PENDING, 1, NOW + timedelta(seconds=1))
+    assert (first.last_error, first.failure_reason) == ("connection refused", "")
+    second = first.delivery_failed("connection refused", NOW, POLICY, permanent=False)
+    assert second.next_attempt_at == NOW + timedelta(seconds=2)
+    assert RetryPolicy(10, 1.0, 3.0).delay_after(5) == timedelta(seconds=3)
+
+
+def test_the_last_allowed_attempt_failing_makes_the_notification_failed_with_its_reason() -> None:
+    notification = pending()
+    for _ in range(POLICY.max_attempts):
+        notification = notification.delivery_failed("connection refused", NOW, POLICY, permanent=False)
+    assert (notification.state, notification.attempts) == (State.FAILED, 3)
+    assert notification.failure_reason == "connection refused"
+    assert notification.next_attempt_at is None
+
+
+def test_a_permanent_refusal_fails_the_notification_at_once() -> None:
+    failed = pending().delivery_failed("SMTP 550: no such user", NOW, POLICY, permanent=True)
+    assert (failed.state, failed.attempts, failed.failure_reason) == (State.FAILED, 1, "SMTP 550: no such user")
+
+
+@pytest.mark.parametrize("final", [pending().sent(NOW), pending().delivery_failed("x", NOW, POLICY, permanent=True)])
+def test_a_sent_or_failed_notification_takes_no_further_delivery_outcome(final: Notification) -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        final.sent(NOW)
+    assert caught.value.reason == "NOTIFICATION_NOT_PENDING"
+    with pytest.raises(errors.FailedPrecondition):
+        final.delivery_failed("again", NOW, POLICY, permanent=False)
+
+
+def test_list_request_validation_reports_every_bad_field() -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_list_request("", -1)
+    assert caught.value.reason == "VALIDATION_FAILED"
+    assert [(v.field, v.reason) for v in caught.value.violations] == [
+        ("user_id", "REQUIRED"),
+        ("page_size", "OUT_OF_RANGE"),
+    ]
+    with pytest.raises(errors.InvalidArgument) as too_long:
+        validate_list_request("u" * 65, 0)
+    assert [(v.field, v.reason) for v in too_long.value.violations] == [("user_id", "INVALID_LENGTH")]
+    validate_list_request("usr_1", 0)
+
+
+def test_only_the_asserted_user_may_list_their_notifications() -> None:
+    check_owner("usr_1", None)
+    check_owner("usr_1", "usr_1")
+    with pytest.raises(errors.PermissionDenied) as caught:
+        check_owner("usr_1", "usr_2")
+    assert caught.value.reason == "USER_MISMATCH"

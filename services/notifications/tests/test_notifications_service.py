@@ -1,0 +1,181 @@
+"""ListNotifications over a real gRPC socket, on SQLite and PostgreSQL: pages, ownership, every error."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_notifications.application import NotificationsApplication
+from shopmesh_notifications.domain.events import EventKind
+from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy
+from shopmesh_notifications.settings import NotificationsSettings
+from shopmesh_notifications.store.repository import NotificationRepository
+from shopmesh_notifications.transport import DESCRIPTOR, NotificationsServicer
+
+Stub = notifications_pb2_grpc.NotificationsServiceStub
+START = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+# Requests refused before any query: SQLite is enough.
+sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
+def notification(index: int, user_id: str = "usr_1", created_at: datetime | None = None) -> Notification:
+    return Notification(
+        id=f"ntf_{index:03d}",
+        user_id=user_id,
+        order_id=f"ord_{index}",
+        channel=Channel.EMAIL,
+        recipient="ada@example.com",
+        subject=f"Your shopmesh order ord_{index} is confirmed",
+        body="Hello",
+        message_id=f"<evt_{index}@shopmesh.notifications>",
+        kind=EventKind.ORDER_CONFIRMED,
+        event_id=f"evt_{index}",
+        created_at=created_at or START + timedelta(seconds=index),
+        next_attempt_at=START,
+    )
+
+
+async def seed(database: Database, *notifications: Notification) -> None:
+    async with database.transaction() as session:
+        for item in notifications:
+            await NotificationRepository(session).add(item)
+
+
+@pytest.fixture
+async def stub(settings: NotificationsSettings, database: Database) -> AsyncIterator[Stub]:
+    servicer = NotificationsServicer(NotificationsApplication(database))
+    binding = ServiceBinding(DESCRIPTOR, servicer, notifications_pb2_grpc.add_NotificationsServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, caller="gateway")) as channel,
+    ):
+        yield Stub(channel.channel)
+
+
+def listing(
+    user_id: str = "usr_1", page_size: int = 0, page_token: str = ""
+) -> notifications_pb2.ListNotificationsRequest:
+    return notifications_pb2.ListNotificationsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+
+
+async def test_a_users_notifications_are_listed_newest_first_with_every_field(stub: Stub, database: Database) -> None:
+    sent = notification(2).sent(START + timedelta(minutes=1))
+    failed = notification(3).delivery_failed("SMTP 550: no such user", START, RetryPolicy(3, 1, 1), permanent=True)
+    await seed(database, notification(1), sent, failed, notification(4, user_id="usr_2"))
+
+    response = await stub.ListNotifications(listing())
+
+    assert [n.id for n in response.notifications] == ["ntf_003", "ntf_002", "ntf_001"]
+    assert response.next_page_token == ""
+    newest, middle, oldest = response.notifications
+    assert newest.state == notifications_pb2.NOTIFICATION_STATE_FAILED
+    assert newest.failure_reason == "SMTP 550: no such user"
+    assert not newest.HasField("sent_at")
+    assert middle.state == notifications_pb2.NOTIFICATION_STATE_SENT
+    assert middle.sent_at.ToDatetime(tzinfo=UTC) == START + timedelta(minutes=1)
+    assert middle.failure_reason == ""
+    assert oldest == notifications_pb2.Notification(
+        id="ntf_001",
+        user_id="usr_1",
+        order_id="ord_1",
+        channel=notifications_pb2.NOTIFICATION_CHANNEL_EMAIL,
+        recipient="ada@example.com",
+        subject="Your shopmesh order ord_1 is confirmed",
+        state=notifications_pb2.NOTIFICATION_STATE_PENDING,
+        kind=notifications_pb2.NOTIFICATION_KIND_ORDER_CONFIRMED,
+        event_id="evt_1",
+        created_at=oldest.created_at,
+    )
+    assert oldest.created_at.ToDatetime(tzinfo=UTC) == START + timedelta(seconds=1)
+
+
+async def test_pages_cover_every_notification_once_even_with_equal_timestamps(stub: Stub, database: Database) -> None:
+    await seed(database, *(notification(i, created_at=START if i % 2 else None) for i in range(1, 8)))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListNotifications(listing(page_size=3, page_token=token))
+        assert len(page.notifications) <= 3
+        seen += [n.id for n in page.notifications]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == [f"ntf_{i:03d}" for i in range(1, 8)]
+    assert len(seen) == len(set(seen))
+
+
+async def test_page_size_zero_means_twenty_and_above_a_hundred_means_a_hundred(stub: Stub, database: Database) -> None:
+    await seed(database, *(notification(i) for i in range(1, 102)))
+    default = await stub.ListNotifications(listing())
+    assert len(default.notifications) == 20
+    coerced = await stub.ListNotifications(listing(page_size=500))
+    assert len(coerced.notifications) == 100
+    assert coerced.next_page_token != ""
+
+
+@sqlite_only
+async def test_a_user_without_notifications_gets_an_empty_list(stub: Stub) -> None:
+    response = await stub.ListNotifications(listing("usr_nobody"))
+    assert list(response.notifications) == []
+    assert response.next_page_token == ""
+
+
+async def test_the_asserted_user_may_list_their_own_notifications(stub: Stub, database: Database) -> None:
+    await seed(database, notification(1))
+    response = await stub.ListNotifications(listing(), metadata=[("x-user-id", "usr_1")])
+    assert [n.id for n in response.notifications] == ["ntf_001"]
+
+
+@sqlite_only
+async def test_listing_another_users_notifications_is_permission_denied(stub: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListNotifications(listing("usr_1"), metadata=[("x-user-id", "usr_2")])
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "USER_MISMATCH")
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    ("request_", "violations"),
+    [
+        (listing(""), [("user_id", "REQUIRED")]),
+        (listing("u" * 65), [("user_id", "INVALID_LENGTH")]),
+        (listing(page_size=-1), [("page_size", "OUT_OF_RANGE")]),
+        (listing("", page_size=-5), [("user_id", "REQUIRED"), ("page_size", "OUT_OF_RANGE")]),
+    ],
+)
+async def test_an_invalid_request_names_each_bad_field(
+    stub: Stub, request_: notifications_pb2.ListNotificationsRequest, violations: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListNotifications(request_)
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert [(v.field, v.reason) for v in details.field_violations] == violations
+
+
+@sqlite_only
+async def test_a_malformed_page_token_is_invalid(stub: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListNotifications(listing(page_token="not-a-token!"))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+    assert [v.field for v in details.field_violations] == ["page_token"]
+
+
+async def test_a_page_token_used_for_another_user_is_invalid(stub: Stub, database: Database) -> None:
+    await seed(database, notification(1), notification(2))
+    first = await stub.ListNotifications(listing(page_size=1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListNotifications(listing("usr_2", page_size=1, page_token=first.next_page_token))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")

@@ -1,0 +1,1 @@
+"""shopmesh recommendations: products related to a product or a user, learned from confirmed orders."""

@@ -1,0 +1,3 @@
+from shopmesh_recommendations.wiring import main
+
+main()

@@ -1,0 +1,112 @@
+"""The use cases: recommend for a product or a user; learn from a confirmed order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_chassis.db import Database
+from shopmesh_recommendations.domain.copurchase import purchase_effects
+from shopmesh_recommendations.domain.models import CatalogProduct, ConfirmedOrder, Recommendation
+from shopmesh_recommendations.domain.ports import Catalog
+from shopmesh_recommendations.domain.ranking import Candidate, Ranked, by_count, by_popularity, interleave, rank
+from shopmesh_recommendations.domain.validation import ProductSubject, validate_request
+from shopmesh_recommendations.store.repository import RecommendationsRepository
+
+log = logging.getLogger("shopmesh.recommendations")
+
+# A user's history considered: their most often bought products. Bounds the queries for heavy buyers.
+HISTORY_LIMIT = 200
+# Categories a user's "same category" fill comes from: those of their most often bought products.
+USER_CATEGORY_SOURCES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    tiers: list[list[Candidate]]
+    exclude: set[str]
+    # Summaries already at hand (from category listings): no catalog call needed for these.
+    known: dict[str, CatalogProduct]
+
+
+class RecommendationsApplication:
+    def __init__(self, database: Database, catalog: Catalog) -> None:
+        self._db = database
+        self._catalog = catalog
+
+    async def recommend(self, product_id: str | None, user_id: str | None, max_results: int) -> list[Recommendation]:
+        query = validate_request(product_id, user_id, max_results)
+        if isinstance(query.subject, ProductSubject):
+            candidates = await self._for_product(query.subject.product_id, query.limit)
+        else:
+            candidates = await self._for_user(query.subject.user_id, query.limit)
+        return await self._summarized(rank(candidates.tiers, candidates.exclude), candidates.known, query.limit)
+
+    async def _for_product(self, product_id: str, limit: int) -> _Candidates:
+        """Bought together with it; then its category, popular first; then popular anywhere.
+        An unknown product has no co-purchases and no category: popular products only."""
+        product = await self._catalog.product(product_id)
+        siblings = await self._catalog.products_in_category(product.category) if product is not None else ()
+        # With as many popular products as places plus exclusions, the list is full whenever it can be.
+        pool = limit + 1
+        async with self._db.transaction() as session:
+            repository = RecommendationsRepository(session)
+            together = await repository.co_purchase_counts([product_id], pool)
+            popular = await repository.most_popular(pool)
+            popularity = await repository.popularity([p.id for p in siblings])
+        tiers = [by_count(together), by_popularity([p.id for p in siblings], popularity), by_count(popular)]
+        return _Candidates(tiers, {product_id}, {p.id: p for p in siblings})
+
+    async def _for_user(self, user_id: str, limit: int) -> _Candidates:
+        """Bought together with what they bought; then the categories they buy most from; then popular.
+        Nothing they bought already. An unknown user has no history: popular products only."""
+        async with self._db.transaction() as session:
+            history = await RecommendationsRepository(session).purchases_of(user_id, HISTORY_LIMIT)
+        bought = list(history)
+        sources = bought[:USER_CATEGORY_SOURCES]
+        favourites = await self._catalog.products(sources) if sources else {}
+        categories = dict.fromkeys(favourites[p].category for p in sources if p in favourites)
+        listings = await asyncio.gather(*(self._catalog.products_in_category(c) for c in categories))
+        siblings = [p for listing in listings for p in listing]
+        pool = limit + len(bought)
+        async with self._db.transaction() as session:
+            repository = RecommendationsRepository(session)
+            together = await repository.co_purchase_counts(bought, pool)
+            popular = await repository.most_popular(pool)
+            popularity = await repository.popularity([p.id for p in siblings])
+        fill = interleave([[p.id for p in listing] for listing in listings])
+        tiers = [by_count(together), by_popularity(fill, popularity), by_count(popular)]
+        return _Candidates(tiers, set(bought), {p.id: p for p in siblings})
+
+    async def _summarized(
+        self, ranked: Sequence[Ranked], known: Mapping[str, CatalogProduct], limit: int
+    ) -> list[Recommendation]:
+        """The first `limit` ranked products the catalog still has, with their summaries. Products that
+        left the catalog are skipped and the next ones move up, so a short list means few candidates."""
+        summaries = dict(known)
+        chosen: list[Recommendation] = []
+        cursor = 0
+        while len(chosen) < limit and cursor < len(ranked):
+            batch = ranked[cursor : cursor + limit - len(chosen)]
+            cursor += len(batch)
+            unknown = [r.product_id for r in batch if r.product_id not in summaries]
+            if unknown:
+                summaries.update(await self._catalog.products(unknown))
+            chosen.extend(Recommendation(summaries[r.product_id], r.score) for r in batch if r.product_id in summaries)
+        return chosen
+
+    async def record_order(self, session: AsyncSession, order: ConfirmedOrder) -> None:
+        """Count what the order teaches, in the caller's transaction (the one that records the event id)."""
+        effects = purchase_effects(order)
+        await RecommendationsRepository(session).record(effects)
+        log.info(
+            "learned from order %s: %d products, %d pairs",
+            order.order_id,
+            len(effects.products),
+            len(effects.pairs),
+            extra={"order_id": order.order_id},
+        )

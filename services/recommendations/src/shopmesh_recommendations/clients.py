@@ -1,0 +1,139 @@
+"""The catalog adapter: the `Catalog` port over gRPC, with a short-lived cache in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh_chassis import errors
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_recommendations.cache import TtlCache
+from shopmesh_recommendations.domain.models import CatalogProduct
+
+# Catalog limits (catalog.proto): ListProducts pages hold at most 100, BatchGetProducts takes at most 100.
+CATEGORY_PAGE_SIZE = 100
+BATCH_LIMIT = 100
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+def _failed(call: str, error: grpc.aio.AioRpcError) -> Exception:
+    if error.code() in _TRANSIENT:
+        return errors.Unavailable(
+            f"the catalog is unavailable ({error.code().name})",
+            reason="DEPENDENCY_UNAVAILABLE",
+            retry_after_seconds=1.0,
+            metadata={"dependency": "catalog"},
+        )
+    # A status the catalog's contract does not promise for our (validated) request is a bug on one side.
+    return RuntimeError(f"catalog {call} answered {error.code().name}: {error.details()}")
+
+
+def _product(message: catalog_pb2.Product) -> CatalogProduct:
+    return CatalogProduct(
+        id=message.id,
+        name=message.name,
+        category=message.category,
+        price_minor=message.price.amount_minor,
+        currency=message.price.currency,
+        image_url=message.image_url,
+    )
+
+
+class CatalogClient:
+    """Products and category listings are cached for a short while (the contract lets the summaries lag
+    the catalog): a product page asks for the same category again and again. Unknown products are cached
+    too, so a crawler asking for made-up ids does not turn into catalog traffic."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        timeout: float,
+        products: TtlCache[str, CatalogProduct | None],
+        categories: TtlCache[str, tuple[CatalogProduct, ...]],
+    ) -> None:
+        self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        self._timeout = timeout
+        self._products = products
+        self._categories = categories
+
+    async def product(self, product_id: str) -> CatalogProduct | None:
+        cached = self._products.get(product_id)
+        if cached is not None:
+            return cached.value
+        try:
+            response = await self._stub.GetProduct(
+                catalog_pb2.GetProductRequest(product_id=product_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                self._products.put(product_id, None)
+                return None
+            raise _failed("GetProduct", error) from None
+        product = _product(response.product)
+        self._products.put(product_id, product)
+        return product
+
+    async def products_in_category(self, category: str) -> Sequence[CatalogProduct]:
+        cached = self._categories.get(category)
+        if cached is not None:
+            return cached.value
+        try:
+            # The first page only: candidates to fill a list of at most 20, not the whole category.
+            response = await self._stub.ListProducts(
+                catalog_pb2.ListProductsRequest(category=category, page_size=CATEGORY_PAGE_SIZE),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failed("ListProducts", error) from None
+        listed = tuple(_product(p) for p in response.products)
+        self._categories.put(category, listed)
+        for product in listed:
+            self._products.put(product.id, product)
+        return listed
+
+    async def products(self, product_ids: Sequence[str]) -> dict[str, CatalogProduct]:
+        found: dict[str, CatalogProduct] = {}
+        wanted: list[str] = []
+        for product_id in dict.fromkeys(product_ids):
+            cached = self._products.get(product_id)
+            if cached is None:
+                wanted.append(product_id)
+            elif cached.value is not None:
+                found[product_id] = cached.value
+        for start in range(0, len(wanted), BATCH_LIMIT):
+            found.update(await self._batch_get(wanted[start : start + BATCH_LIMIT]))
+        return found
+
+    async def _batch_get(self, product_ids: list[str]) -> dict[str, CatalogProduct]:
+        """BatchGetProducts is all or nothing: a product that left the catalog since it was bought fails
+        the whole call, naming the missing ids; ask again without them. Each round drops at least one id."""
+        while product_ids:
+            try:
+                response = await self._stub.BatchGetProducts(
+                    catalog_pb2.BatchGetProductsRequest(product_ids=product_ids), timeout=self._timeout
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise _failed("BatchGetProducts", error) from None
+                info = details_of(error).error_info
+                missing = {p for p in info.metadata.get("product_ids", "").split(",") if p} if info else set()
+                if not missing & set(product_ids):
+                    raise _failed("BatchGetProducts", error) from None
+                for product_id in missing:
+                    self._products.put(product_id, None)
+                product_ids = [p for p in product_ids if p not in missing]
+                continue
+            products = {p.id: _product(p) for p in response.products}
+            for product in products.values():
+                self._products.put(product.id, product)
+            return products
+        return {}

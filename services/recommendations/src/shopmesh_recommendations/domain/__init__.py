@@ -1,0 +1,1 @@
+"""The recommendations rules: request validation, co-purchase counting, ranking. No I/O, no grpc, no SQL."""

@@ -1,0 +1,33 @@
+"""What recommendations are made of: catalog products as this service sees them, and confirmed orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogProduct:
+    """The part of a catalog product that recommendations need: its category and its display summary."""
+
+    id: str
+    name: str
+    category: str
+    price_minor: int
+    currency: str
+    image_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    product: CatalogProduct
+    # In (0, 1]; only comparable within one answer.
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmedOrder:
+    """An order that was paid for: the only evidence of taste this service learns from."""
+
+    order_id: str
+    user_id: str
+    product_ids: tuple[str, ...]

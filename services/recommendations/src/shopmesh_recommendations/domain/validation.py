@@ -1,0 +1,64 @@
+"""Validation of ListRecommendations: exactly one subject, a non-empty id, a sane max_results.
+
+INVALID_ARGUMENT with one FieldViolation per bad field and ErrorInfo reason VALIDATION_FAILED.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+
+VALIDATION_FAILED = "VALIDATION_FAILED"
+
+DEFAULT_MAX_RESULTS = 5
+MAX_RESULTS = 20
+# Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
+MAX_ID_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ProductSubject:
+    product_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserSubject:
+    user_id: str
+
+
+Subject = ProductSubject | UserSubject
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationQuery:
+    subject: Subject
+    limit: int
+
+
+def _check_id(value: str, field: str, violations: list[FieldViolation]) -> None:
+    if not value:
+        violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
+    elif len(value) > MAX_ID_LENGTH:
+        violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+
+
+def validate_request(product_id: str | None, user_id: str | None, max_results: int) -> RecommendationQuery:
+    """`product_id` / `user_id` are None when that member of the `subject` oneof is not set."""
+    violations: list[FieldViolation] = []
+    subject: Subject | None = None
+    if product_id is not None:
+        _check_id(product_id, "product_id", violations)
+        subject = ProductSubject(product_id)
+    elif user_id is not None:
+        _check_id(user_id, "user_id", violations)
+        subject = UserSubject(user_id)
+    else:
+        violations.append(FieldViolation("subject", "set product_id or user_id", "REQUIRED"))
+    if max_results < 0:
+        violations.append(FieldViolation("max_results", "must not be negative", "OUT_OF_RANGE"))
+    if violations or subject is None:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        raise InvalidArgument(f"invalid request: {summary}", violations, reason=VALIDATION_FAILED)
+    limit = DEFAULT_MAX_RESULTS if max_results == 0 else min(max_results, MAX_RESULTS)
+    return RecommendationQuery(subject=subject, limit=limit)

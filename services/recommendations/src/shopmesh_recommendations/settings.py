@@ -1,0 +1,35 @@
+"""The recommendations service's settings: database, NATS, where the catalog is, and the fault switch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shopmesh_chassis.config import DatabaseSettings, EventSettings
+
+FaultMode = Literal["none", "slow", "fail"]
+
+
+class RecommendationsSettings(DatabaseSettings, EventSettings):
+    service_name: str = "recommendations"
+    grpc_port: int = Field(default=50057, ge=0, le=65535)
+    metrics_port: int = Field(default=9467, ge=-1, le=65535)
+
+    catalog_address: str = "127.0.0.1:50052"
+    # Recommendations sit on the product page's critical path although they are optional: a slow
+    # catalog must not make them slow, so catalog calls get a short deadline of their own.
+    catalog_timeout_seconds: float = Field(default=1.0, gt=0)
+    # How long catalog answers (products, category listings) are reused; the contract allows summaries
+    # to lag the catalog.
+    catalog_cache_seconds: float = Field(default=30.0, ge=0)
+    catalog_cache_entries: int = Field(default=10_000, ge=1)
+
+    # FAULT_MODE, for demos and resilience tests of callers (the gateway's fallback):
+    #   none: normal service;
+    #   slow: ListRecommendations waits FAULT_DELAY_SECONDS before it answers (a caller's deadline
+    #         cancels the wait);
+    #   fail: ListRecommendations answers UNAVAILABLE, ErrorInfo reason FAULT_INJECTED.
+    # Health stays SERVING in every mode: the service is up, its answers are what is degraded.
+    fault_mode: FaultMode = "none"
+    fault_delay_seconds: float = Field(default=2.0, ge=0)

@@ -1,0 +1,104 @@
+"""Reading and counting purchases. Portable SQL only: every statement runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_recommendations.domain.copurchase import PurchaseEffects
+from shopmesh_recommendations.store.tables import co_purchases, product_purchases, user_purchases
+
+
+class RecommendationsRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def record(self, effects: PurchaseEffects) -> None:
+        """Add one to every count the order touches."""
+        if effects.pairs:
+            await self._increment(
+                co_purchases,
+                ("product_id", "other_product_id"),
+                [{"product_id": a, "other_product_id": b, "count": 1} for a, b in effects.pairs],
+            )
+        if effects.user_id and effects.products:
+            await self._increment(
+                user_purchases,
+                ("user_id", "product_id"),
+                [{"user_id": effects.user_id, "product_id": p, "count": 1} for p in effects.products],
+            )
+        if effects.products:
+            await self._increment(
+                product_purchases, ("product_id",), [{"product_id": p, "count": 1} for p in effects.products]
+            )
+
+    async def _increment(self, table: Table, key: Sequence[str], rows: list[dict[str, Any]]) -> None:
+        """INSERT ... ON CONFLICT (key) DO UPDATE SET count = count + excluded.count.
+
+        An atomic increment: replicas consuming concurrently never lose an update as a read-then-write
+        could. SQLite and PostgreSQL both have this upsert; only the dialect's insert() differs.
+        """
+        insert = self._dialect_insert(table)
+        statement = insert.on_conflict_do_update(
+            index_elements=[table.c[k] for k in key], set_={"count": table.c.count + insert.excluded.count}
+        )
+        await self._session.execute(statement, rows)
+
+    def _dialect_insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        dialect = self._session.get_bind().dialect.name
+        if dialect == "postgresql":
+            return postgresql.insert(table)
+        if dialect == "sqlite":
+            return sqlite.insert(table)
+        raise RuntimeError(f"unsupported database {dialect!r}: recommendations run on SQLite or PostgreSQL")
+
+    async def co_purchase_counts(self, product_ids: Sequence[str], limit: int) -> dict[str, int]:
+        """Products bought together with any of `product_ids`, summed over them, most first.
+
+        The sources themselves may appear (bought with one another); the caller excludes them.
+        """
+        if not product_ids:
+            return {}
+        total = func.sum(co_purchases.c.count).label("total")
+        rows = await self._session.execute(
+            select(co_purchases.c.other_product_id, total)
+            .where(co_purchases.c.product_id.in_(list(product_ids)))
+            .group_by(co_purchases.c.other_product_id)
+            .order_by(total.desc(), co_purchases.c.other_product_id)
+            .limit(limit)
+        )
+        return {product_id: int(summed) for product_id, summed in rows}
+
+    async def purchases_of(self, user_id: str, limit: int) -> dict[str, int]:
+        """The user's products, most often bought first."""
+        rows = await self._session.execute(
+            select(user_purchases.c.product_id, user_purchases.c.count)
+            .where(user_purchases.c.user_id == user_id)
+            .order_by(user_purchases.c.count.desc(), user_purchases.c.product_id)
+            .limit(limit)
+        )
+        # Rows are tuples: `row.count` would be tuple.count, hence the unpacking.
+        return {product_id: int(count) for product_id, count in rows}
+
+    async def most_popular(self, limit: int) -> dict[str, int]:
+        rows = await self._session.execute(
+            select(product_purchases.c.product_id, product_purchases.c.count)
+            .order_by(product_purchases.c.count.desc(), product_purchases.c.product_id)
+            .limit(limit)
+        )
+        return {product_id: int(count) for product_id, count in rows}
+
+    async def popularity(self, product_ids: Sequence[str]) -> Mapping[str, int]:
+        """Orders per product, for those of `product_ids` ever bought."""
+        if not product_ids:
+            return {}
+        rows = await self._session.execute(
+            select(product_purchases.c.product_id, product_purchases.c.count).where(
+                product_purchases.c.product_id.in_(list(product_ids))
+            )
+        )
+        return {product_id: int(count) for product_id, count in rows}

@@ -1,0 +1,34 @@
+"""The recommendations tables. Every count is a number of confirmed orders (see domain.copurchase)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, Integer, MetaData, String, Table
+
+metadata = MetaData()
+
+# Orders that contained both products; each pair is stored in both directions.
+co_purchases = Table(
+    "co_purchases",
+    metadata,
+    Column("product_id", String(64), primary_key=True),
+    Column("other_product_id", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+# Orders of a user that contained the product.
+user_purchases = Table(
+    "user_purchases",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("product_id", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+# Orders that contained the product, over all users: "popular" without scanning every user's history.
+product_purchases = Table(
+    "product_purchases",
+    metadata,
+    Column("product_id", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Index("ix_product_purchases_count", "count", "product_id"),
+)

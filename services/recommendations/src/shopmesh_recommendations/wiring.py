@@ -1,0 +1,103 @@
+"""Composition root: settings, database, migrations, catalog client, event consumer, servicer, serve()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.recommendations.v1 import recommendations_pb2_grpc
+from shopmesh_chassis import app
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.consumer import EventConsumer
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_recommendations.application import RecommendationsApplication
+from shopmesh_recommendations.cache import TtlCache
+from shopmesh_recommendations.clients import CatalogClient
+from shopmesh_recommendations.domain.models import CatalogProduct
+from shopmesh_recommendations.faults import with_fault_injection
+from shopmesh_recommendations.order_events import (
+    DURABLE,
+    ORDER_CONFIRMED,
+    STREAM,
+    STREAM_SUBJECTS,
+    order_confirmed_handler,
+)
+from shopmesh_recommendations.settings import RecommendationsSettings
+from shopmesh_recommendations.store.tables import metadata
+from shopmesh_recommendations.transport import DESCRIPTOR, RecommendationsServicer
+
+VERSIONS = Path(__file__).resolve().parent / "migrations" / "versions"
+CATALOG_SERVICE = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """The service ready to serve: its binding, and what to start and stop around serving."""
+
+    database: Database
+    catalog_channel: ResilientChannel
+    consumer: EventConsumer
+    binding: ServiceBinding
+
+    async def close(self) -> None:
+        await self.consumer.stop()
+        await self.catalog_channel.close()
+        await self.database.dispose()
+
+
+async def build(settings: RecommendationsSettings) -> Recommendations:
+    """Migrate the database and assemble the service; the event consumer is built but not started."""
+    database = Database(settings.resolved_database_url)
+    try:
+        await migrate(database, VERSIONS, metadata)
+    except BaseException:
+        await database.dispose()
+        raise
+    channel = ResilientChannel(
+        settings.catalog_address,
+        [CATALOG_SERVICE],
+        ClientOptions(default_timeout_seconds=settings.catalog_timeout_seconds, caller=settings.service_name),
+    )
+    catalog = CatalogClient(
+        channel.channel,
+        settings.catalog_timeout_seconds,
+        products=TtlCache[str, CatalogProduct | None](settings.catalog_cache_seconds, settings.catalog_cache_entries),
+        categories=TtlCache[str, tuple[CatalogProduct, ...]](
+            settings.catalog_cache_seconds, settings.catalog_cache_entries
+        ),
+    )
+    application = RecommendationsApplication(database, catalog)
+    consumer = EventConsumer(
+        database,
+        settings.nats_url,
+        durable=DURABLE,
+        stream=STREAM,
+        stream_subjects=STREAM_SUBJECTS,
+        subjects=[ORDER_CONFIRMED],
+        handler=order_confirmed_handler(application),
+        duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+    )
+    servicer = with_fault_injection(
+        RecommendationsServicer(application), settings.fault_mode, settings.fault_delay_seconds
+    )
+    binding = ServiceBinding(
+        DESCRIPTOR, servicer, recommendations_pb2_grpc.add_RecommendationsServiceServicer_to_server
+    )
+    return Recommendations(database=database, catalog_channel=channel, consumer=consumer, binding=binding)
+
+
+async def _main() -> None:
+    settings = load_settings(RecommendationsSettings)
+    provider = app.setup_observability(settings)
+    service = await build(settings)
+    # Serves while NATS is away: the consumer keeps reconnecting, JetStream keeps the events meanwhile.
+    service.consumer.start()
+    await app.serve(settings, [service.binding], tracer_provider=provider, on_shutdown=[service.close])
+
+
+def main() -> None:
+    app.run(_main)

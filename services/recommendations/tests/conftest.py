@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
+from shopmesh_chassis.tracing import configure_tracing
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tracing() -> None:
+    # As in a service process: spans exist (trace ids in logs and errors), nothing is exported.
+    configure_tracing("recommendations-tests", endpoint=None)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server

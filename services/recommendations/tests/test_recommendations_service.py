@@ -1,0 +1,435 @@
+"""RecommendationsService over a real gRPC socket and SQLite, with a real catalog process (its seed) and
+a real nats-server carrying OrderConfirmed events — the contract as the gateway sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import nats
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2
+from sqlalchemy import select
+
+from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.consumer import Event
+from shopmesh_chassis.events import ensure_stream
+from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+from shopmesh_chassis.server import ChassisServer
+from shopmesh_chassis.tables import processed_events
+from shopmesh_chassis.testing import (
+    ServiceProcess,
+    free_port,
+    health_status,
+    serve_in_process,
+    start_process_serving,
+)
+from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
+from shopmesh_recommendations.settings import RecommendationsSettings
+from shopmesh_recommendations.wiring import Recommendations, build
+
+if TYPE_CHECKING:
+    from shopmesh.recommendations.v1.recommendations_pb2_grpc import RecommendationsServiceAsyncStub
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+# From the catalog's seed (services/catalog/src/shopmesh_catalog/seed.py).
+KITCHEN = {
+    "prod_chef_knife",
+    "prod_cast_iron_skillet",
+    "prod_pour_over_kettle",
+    "prod_cutting_board",
+    "prod_french_press",
+    "prod_burr_grinder",
+}
+CHEF_KNIFE_PRICE = 8900
+# Generous: a loaded CI machine can take many seconds to import and migrate.
+STARTUP_TIMEOUT = 60.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def catalog(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
+    """The real catalog, seeded as in production; read-only, so one process serves the whole module."""
+    data_dir = tmp_path_factory.mktemp("catalog")
+    process = await start_process_serving(
+        [sys.executable, "-m", "shopmesh_catalog"],
+        log_path=data_dir / "catalog.log",
+        env={"DATA_DIR": str(data_dir), "DATABASE_URL": "", "METRICS_PORT": "-1"},
+        timeout=STARTUP_TIMEOUT,
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
+    with nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+def settings_for(tmp_path: Path, catalog_address: str, nats_url: str, **overrides: Any) -> RecommendationsSettings:
+    # database_url="" pins the SQLite file in tmp_path even when DATABASE_URL is set in the environment.
+    values: dict[str, Any] = {
+        "grpc_port": 0,
+        "metrics_port": -1,
+        "data_dir": str(tmp_path),
+        "database_url": "",
+        "catalog_address": catalog_address,
+        "nats_url": nats_url,
+    }
+    return load_settings(RecommendationsSettings, **{**values, **overrides})
+
+
+@dataclass
+class Running:
+    stub: RecommendationsServiceAsyncStub
+    service: Recommendations
+    server: ChassisServer
+
+
+@asynccontextmanager
+async def running(settings: RecommendationsSettings, *, consume: bool = False) -> AsyncIterator[Running]:
+    service = await build(settings)
+    if consume:
+        service.consumer.start()
+    try:
+        async with (
+            serve_in_process(settings, [service.binding]) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            yield Running(recommendations_pb2_grpc.RecommendationsServiceStub(channel), service, server)
+    finally:
+        await service.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def live(tmp_path: Path, catalog: ServiceProcess, nats_srv: NatsServer) -> AsyncIterator[Running]:
+    """The service as deployed: catalog calls and the OrderConfirmed consumer running."""
+    async with running(settings_for(tmp_path, catalog.address, nats_srv.url), consume=True) as service:
+        yield service
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def offline(tmp_path: Path, catalog: ServiceProcess) -> AsyncIterator[Running]:
+    """Catalog calls only; no events (for requests that need no purchase history)."""
+    async with running(settings_for(tmp_path, catalog.address, f"nats://127.0.0.1:{free_port()}")) as service:
+        yield service
+
+
+def confirmed(user_id: str, *product_ids: str) -> events_pb2.OrderConfirmed:
+    return events_pb2.OrderConfirmed(
+        event_id=f"evt_{uuid.uuid4().hex}",
+        order_id=f"ord_{uuid.uuid4().hex[:12]}",
+        user_id=user_id,
+        email="grace@example.com",
+        items=[orders_pb2.OrderItem(product_id=p, product_name=p, quantity=1) for p in product_ids],
+    )
+
+
+async def publish(nats_url: str, *events: events_pb2.OrderConfirmed) -> None:
+    """As the orders outbox relay publishes them: serialized, with the event id as Nats-Msg-Id."""
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        await ensure_stream(js, "ORDERS", ["orders.v1.>"], duplicate_window=900)
+        for event in events:
+            await js.publish(
+                "orders.v1.order_confirmed", event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id}
+            )
+    finally:
+        await client.close()
+
+
+async def until_processed(service: Running, *events: events_pb2.OrderConfirmed) -> None:
+    wanted = {e.event_id for e in events}
+    for _ in range(400):
+        async with service.service.database.transaction() as session:
+            done = set((await session.execute(select(processed_events.c.event_id))).scalars())
+        if wanted <= done:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"events never processed: {sorted(wanted - done)}")
+
+
+async def learn(service: Running, nats_url: str, *events: events_pb2.OrderConfirmed) -> None:
+    await publish(nats_url, *events)
+    await until_processed(service, *events)
+
+
+async def for_product(service: Running, product_id: str, max_results: int = 0) -> list[str]:
+    response = await service.stub.ListRecommendations(
+        recommendations_pb2.ListRecommendationsRequest(product_id=product_id, max_results=max_results)
+    )
+    return [r.product_id for r in response.recommendations]
+
+
+async def for_user(service: Running, user_id: str, max_results: int = 0) -> list[str]:
+    response = await service.stub.ListRecommendations(
+        recommendations_pb2.ListRecommendationsRequest(user_id=user_id, max_results=max_results)
+    )
+    return [r.product_id for r in response.recommendations]
+
+
+async def error_of(call: Awaitable[Any]) -> ErrorDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return details_of(caught.value)
+
+
+# --- recommendations for a product ------------------------------------------------------------------
+
+
+async def test_a_product_with_no_history_is_filled_from_its_category_without_itself(offline: Running) -> None:
+    response = await offline.stub.ListRecommendations(
+        recommendations_pb2.ListRecommendationsRequest(product_id="prod_chef_knife", max_results=10)
+    )
+    ids = [r.product_id for r in response.recommendations]
+    assert sorted(ids) == sorted(KITCHEN - {"prod_chef_knife"})
+    scores = [r.score for r in response.recommendations]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 < s <= 1 for s in scores)
+
+
+async def test_recommendations_carry_the_catalog_summary(offline: Running) -> None:
+    response = await offline.stub.ListRecommendations(
+        recommendations_pb2.ListRecommendationsRequest(product_id="prod_cutting_board")
+    )
+    knife = next(r for r in response.recommendations if r.product_id == "prod_chef_knife")
+    assert knife.name == "8-inch Chef's Knife"
+    assert (knife.price.amount_minor, knife.price.currency) == (CHEF_KNIFE_PRICE, "USD")
+    assert knife.image_url == "https://images.shopmesh.example/products/chef-knife.jpg"
+
+
+async def test_products_bought_together_come_first_most_often_first(live: Running, nats_srv: NatsServer) -> None:
+    await learn(
+        live,
+        nats_srv.url,
+        confirmed("usr_1", "prod_chef_knife", "prod_book_sourdough", "prod_headlamp"),
+        confirmed("usr_2", "prod_chef_knife", "prod_book_sourdough"),
+        confirmed("usr_3", "prod_chef_knife", "prod_cutting_board"),
+    )
+    ids = await for_product(live, "prod_chef_knife", max_results=10)
+    # Co-purchases (2, 1, 1 orders) first, across categories; then the rest of the kitchen.
+    assert ids[:3] == ["prod_book_sourdough", "prod_cutting_board", "prod_headlamp"]
+    assert set(ids[3:]) == KITCHEN - {"prod_chef_knife", "prod_cutting_board"}
+    assert len(ids) == len(set(ids))
+    assert "prod_chef_knife" not in ids
+
+
+async def test_co_purchases_are_learned_in_both_directions(live: Running, nats_srv: NatsServer) -> None:
+    await learn(live, nats_srv.url, confirmed("usr_1", "prod_chef_knife", "prod_rain_jacket"))
+    assert (await for_product(live, "prod_rain_jacket"))[0] == "prod_chef_knife"
+    assert (await for_product(live, "prod_chef_knife"))[0] == "prod_rain_jacket"
+
+
+async def test_the_same_event_delivered_twice_counts_once(live: Running, nats_srv: NatsServer) -> None:
+    event = confirmed("usr_1", "prod_chef_knife", "prod_headlamp")
+    await learn(live, nats_srv.url, event, confirmed("usr_2", "prod_chef_knife", "prod_rain_jacket"))
+    await learn(live, nats_srv.url, confirmed("usr_3", "prod_chef_knife", "prod_rain_jacket"))
+    # As after a crash between commit and ack: JetStream delivers the first event once more.
+    redelivered = Event(event.event_id, "orders.v1.order_confirmed", event.SerializeToString(), {}, attempt=2)
+    assert not await live.service.consumer._apply(redelivered)
+    assert (await for_product(live, "prod_chef_knife"))[:2] == ["prod_rain_jacket", "prod_headlamp"]
+
+
+async def test_a_co_purchased_product_the_catalog_no_longer_has_is_skipped(live: Running, nats_srv: NatsServer) -> None:
+    await learn(
+        live,
+        nats_srv.url,
+        confirmed("usr_1", "prod_chef_knife", "prod_discontinued"),
+        confirmed("usr_2", "prod_chef_knife", "prod_discontinued"),
+        confirmed("usr_3", "prod_chef_knife", "prod_headlamp"),
+    )
+    ids = await for_product(live, "prod_chef_knife", max_results=3)
+    assert ids[0] == "prod_headlamp"
+    assert "prod_discontinued" not in ids
+    assert len(ids) == 3
+
+
+async def test_an_unknown_product_gets_popular_products(live: Running, nats_srv: NatsServer) -> None:
+    await learn(
+        live,
+        nats_srv.url,
+        confirmed("usr_1", "prod_headlamp", "prod_e_reader"),
+        confirmed("usr_2", "prod_headlamp"),
+    )
+    assert await for_product(live, "prod_does_not_exist") == ["prod_headlamp", "prod_e_reader"]
+
+
+async def test_an_unknown_product_without_any_sales_gets_an_empty_list(offline: Running) -> None:
+    assert await for_product(offline, "prod_does_not_exist") == []
+
+
+async def test_max_results_defaults_to_five_and_is_capped_at_twenty(live: Running, nats_srv: NatsServer) -> None:
+    everything = [
+        *KITCHEN,
+        *("prod_linen_duvet", "prod_wool_throw", "prod_ceramic_vase", "prod_desk_lamp", "prod_soy_candle"),
+        *("prod_bath_towels", "prod_trail_daypack", "prod_insulated_bottle", "prod_camp_stove", "prod_headlamp"),
+        *("prod_sleeping_bag", "prod_trekking_poles", "prod_wireless_earbuds", "prod_mechanical_keyboard"),
+        *("prod_usb_c_charger", "prod_e_reader"),
+    ]
+    assert len(everything) == 22
+    await learn(live, nats_srv.url, confirmed("usr_1", *everything))
+    assert len(await for_product(live, "prod_chef_knife")) == 5
+    assert len(await for_product(live, "prod_chef_knife", max_results=500)) == 20
+
+
+# --- recommendations for a user ---------------------------------------------------------------------
+
+
+async def test_a_user_gets_what_others_bought_with_their_purchases_but_nothing_they_own(
+    live: Running, nats_srv: NatsServer
+) -> None:
+    await learn(
+        live,
+        nats_srv.url,
+        confirmed("usr_ada", "prod_chef_knife"),
+        confirmed("usr_ada", "prod_headlamp"),
+        confirmed("usr_bob", "prod_chef_knife", "prod_cutting_board"),
+        confirmed("usr_cy", "prod_headlamp", "prod_camp_stove"),
+        confirmed("usr_cy", "prod_chef_knife", "prod_camp_stove"),
+    )
+    ids = await for_user(live, "usr_ada", max_results=20)
+    assert ids[:2] == ["prod_camp_stove", "prod_cutting_board"]  # 2 and 1 co-purchases with what she owns
+    assert not {"prod_chef_knife", "prod_headlamp"} & set(ids)
+    assert len(ids) == len(set(ids))
+    # Filled with the categories she buys from: the kitchen and the outdoors.
+    assert {"prod_french_press", "prod_sleeping_bag"} <= set(ids)
+
+
+async def test_an_unknown_user_gets_popular_products(live: Running, nats_srv: NatsServer) -> None:
+    await learn(
+        live,
+        nats_srv.url,
+        confirmed("usr_1", "prod_e_reader", "prod_headlamp"),
+        confirmed("usr_2", "prod_e_reader"),
+    )
+    assert await for_user(live, "usr_nobody") == ["prod_e_reader", "prod_headlamp"]
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "violations"),
+    [
+        (recommendations_pb2.ListRecommendationsRequest(), [("subject", "REQUIRED")]),
+        (recommendations_pb2.ListRecommendationsRequest(product_id=""), [("product_id", "REQUIRED")]),
+        (recommendations_pb2.ListRecommendationsRequest(user_id=""), [("user_id", "REQUIRED")]),
+        (recommendations_pb2.ListRecommendationsRequest(product_id="p" * 65), [("product_id", "TOO_LONG")]),
+        (
+            recommendations_pb2.ListRecommendationsRequest(user_id="usr_1", max_results=-1),
+            [("max_results", "OUT_OF_RANGE")],
+        ),
+    ],
+    ids=["no-subject", "empty-product-id", "empty-user-id", "too-long-id", "negative-max-results"],
+)
+async def test_invalid_requests_are_invalid_argument_with_field_violations(
+    offline: Running,
+    request_: recommendations_pb2.ListRecommendationsRequest,
+    violations: list[tuple[str, str]],
+) -> None:
+    details = await error_of(offline.stub.ListRecommendations(request_))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.recommendations"
+    assert [(v.field, v.reason) for v in details.field_violations] == violations
+
+
+async def test_catalog_down_is_unavailable_dependency_unavailable(tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    async with running(settings_for(tmp_path, nowhere, f"nats://{nowhere}")) as service:
+        details = await error_of(for_product(service, "prod_chef_knife"))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    assert details.error_info is not None
+    assert details.error_info.metadata["dependency"] == "catalog"
+    assert details.retry_delay_seconds is not None
+
+
+# --- fault injection (FAULT_MODE) -------------------------------------------------------------------
+
+
+async def test_fault_mode_fail_answers_unavailable_fault_injected(tmp_path: Path, catalog: ServiceProcess) -> None:
+    settings = settings_for(tmp_path, catalog.address, f"nats://127.0.0.1:{free_port()}", fault_mode="fail")
+    async with running(settings) as service:
+        details = await error_of(for_product(service, "prod_chef_knife"))
+        # The service is up; only its answers fail, so load balancers keep it and callers must cope.
+        assert await health_status(service.server.address) == health_pb2.HealthCheckResponse.SERVING
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "FAULT_INJECTED")
+
+
+async def test_fault_mode_slow_outlasts_a_callers_deadline_and_the_wait_is_cancelled_with_the_call(
+    tmp_path: Path, catalog: ServiceProcess
+) -> None:
+    settings = settings_for(
+        tmp_path, catalog.address, f"nats://127.0.0.1:{free_port()}", fault_mode="slow", fault_delay_seconds=60
+    )
+    async with running(settings) as service:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub.ListRecommendations(
+                recommendations_pb2.ListRecommendationsRequest(product_id="prod_chef_knife"), timeout=0.2
+            )
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        labels = {
+            "grpc_type": "unary",
+            "grpc_service": "shopmesh.recommendations.v1.RecommendationsService",
+            "grpc_method": "ListRecommendations",
+            "grpc_code": "CANCELLED",
+        }
+        registry = service.server.metrics.registry
+        for _ in range(200):
+            if registry.get_sample_value("grpc_server_handled_total", labels) == 1.0:
+                break
+            await asyncio.sleep(0.025)
+        # The handler did not sleep on for a minute: the server cancelled it when the deadline passed.
+        assert registry.get_sample_value("grpc_server_handled_total", labels) == 1.0
+
+
+async def test_fault_mode_slow_still_answers_a_patient_caller(tmp_path: Path, catalog: ServiceProcess) -> None:
+    settings = settings_for(
+        tmp_path, catalog.address, f"nats://127.0.0.1:{free_port()}", fault_mode="slow", fault_delay_seconds=0.05
+    )
+    async with running(settings) as service:
+        assert set(await for_product(service, "prod_chef_knife")) <= KITCHEN
+
+
+async def test_the_fault_switch_works_from_the_environment_of_a_real_process(
+    tmp_path: Path, catalog: ServiceProcess
+) -> None:
+    process = await start_process_serving(
+        [sys.executable, "-m", "shopmesh_recommendations"],
+        log_path=tmp_path / "recommendations.log",
+        env={
+            "DATA_DIR": str(tmp_path),
+            "DATABASE_URL": "",
+            "METRICS_PORT": "-1",
+            "CATALOG_ADDRESS": catalog.address,
+            # NATS is away: the service serves anyway, its consumer keeps trying in the background.
+            "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+            "FAULT_MODE": "fail",
+        },
+        timeout=STARTUP_TIMEOUT,
+    )
+    try:
+        async with grpc.aio.insecure_channel(process.address) as channel:
+            stub = recommendations_pb2_grpc.RecommendationsServiceStub(channel)
+            details = await error_of(
+                stub.ListRecommendations(recommendations_pb2.ListRecommendationsRequest(product_id="prod_chef_knife"))
+            )
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "FAULT_INJECTED")
+    finally:
+        process.stop()
+    assert process.process.returncode == 0
+    assert "fault injection is on: FAULT_MODE=fail" in process.output()

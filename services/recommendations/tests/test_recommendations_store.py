@@ -1,0 +1,78 @@
+"""The counting store on SQLite and on a real PostgreSQL: upserts that add up, also concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import migrate
+from shopmesh_recommendations.domain.copurchase import purchase_effects
+from shopmesh_recommendations.domain.models import ConfirmedOrder
+from shopmesh_recommendations.store.repository import RecommendationsRepository
+from shopmesh_recommendations.store.tables import metadata
+from shopmesh_recommendations.wiring import VERSIONS
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite+aiosqlite:///{tmp_path}/recommendations.db"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").create_database()
+    db = Database(url)
+    await migrate(db, VERSIONS, metadata)
+    yield db
+    await db.dispose()
+
+
+async def record(db: Database, order_id: str, user_id: str, *product_ids: str) -> None:
+    async with db.transaction() as session:
+        await RecommendationsRepository(session).record(
+            purchase_effects(ConfirmedOrder(order_id, user_id, product_ids))
+        )
+
+
+async def test_orders_add_up_co_purchases_user_purchases_and_popularity(database: Database) -> None:
+    await record(database, "ord_1", "usr_1", "prod_a", "prod_b", "prod_c")
+    await record(database, "ord_2", "usr_1", "prod_a", "prod_b")
+    await record(database, "ord_3", "usr_2", "prod_b")
+    async with database.transaction() as session:
+        repository = RecommendationsRepository(session)
+        assert await repository.co_purchase_counts(["prod_a"], 10) == {"prod_b": 2, "prod_c": 1}
+        assert await repository.co_purchase_counts(["prod_c"], 10) == {"prod_a": 1, "prod_b": 1}
+        assert await repository.purchases_of("usr_1", 10) == {"prod_a": 2, "prod_b": 2, "prod_c": 1}
+        assert await repository.purchases_of("usr_2", 10) == {"prod_b": 1}
+        assert await repository.most_popular(2) == {"prod_b": 3, "prod_a": 2}
+        assert await repository.popularity(["prod_c", "prod_unknown"]) == {"prod_c": 1}
+
+
+async def test_co_purchases_of_several_products_are_summed_most_first(database: Database) -> None:
+    await record(database, "ord_1", "u", "prod_a", "prod_x")
+    await record(database, "ord_2", "u", "prod_b", "prod_x", "prod_y")
+    await record(database, "ord_3", "u", "prod_b", "prod_y")
+    await record(database, "ord_4", "u", "prod_a", "prod_y")
+    async with database.transaction() as session:
+        counts = await RecommendationsRepository(session).co_purchase_counts(["prod_a", "prod_b"], 10)
+    assert list(counts.items()) == [("prod_y", 3), ("prod_x", 2)]
+
+
+async def test_concurrent_orders_of_the_same_products_lose_no_increment(database: Database) -> None:
+    await asyncio.gather(*(record(database, f"ord_{i}", f"usr_{i % 3}", "prod_a", "prod_b") for i in range(12)))
+    async with database.transaction() as session:
+        repository = RecommendationsRepository(session)
+        assert await repository.co_purchase_counts(["prod_a"], 10) == {"prod_b": 12}
+        assert await repository.most_popular(10) == {"prod_a": 12, "prod_b": 12}
+        assert await repository.purchases_of("usr_0", 10) == {"prod_a": 4, "prod_b": 4}
+
+
+async def test_nothing_recorded_means_empty_answers(database: Database) -> None:
+    async with database.transaction() as session:
+        repository = RecommendationsRepository(session)
+        assert await repository.co_purchase_counts([], 10) == {}
+        assert await repository.co_purchase_counts(["prod_a"], 10) == {}
+        assert await repository.purchases_of("usr_1", 10) == {}
+        assert await repository.most_popular(10) == {}
+        assert await repository.popularity([]) == {}

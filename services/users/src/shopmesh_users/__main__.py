@@ -1,0 +1,3 @@
+from shopmesh_users.wiring import main
+
+main()

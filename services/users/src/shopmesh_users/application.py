@@ -1,0 +1,161 @@
+"""The users service's use cases: validate with the domain, hash and sign through the adapters, read and
+write through the store, each database step in its own short transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
+
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import database_errors_as_domain_errors
+from shopmesh_users.domain import keys as key_schedule
+from shopmesh_users.domain.errors import email_already_registered, invalid_credentials, no_signing_key, user_not_found
+from shopmesh_users.domain.keys import SigningKey
+from shopmesh_users.domain.models import User, new_user_id
+from shopmesh_users.domain.tokens import build_access_claims, new_token_id
+from shopmesh_users.domain.validation import validate_login, validate_registration, validate_user_id
+from shopmesh_users.passwords import Passwords
+from shopmesh_users.signing import generate_key_material, sign_access_token
+from shopmesh_users.store.repository import SigningKeyRepository, UserRepository, is_duplicate_email
+
+log = logging.getLogger("shopmesh.users")
+
+Clock = Callable[[], datetime]
+RotationCondition = Callable[[Sequence[SigningKey], datetime], bool]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    token_lifetime: timedelta
+    publish_ahead: timedelta
+    # Zero: no periodic rotation.
+    rotation_interval: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    access_token: str
+    expires_at: datetime
+    user_id: str
+
+
+class UsersApplication:
+    def __init__(self, database: Database, passwords: Passwords, policy: KeyPolicy, clock: Clock = utc_now) -> None:
+        self._database = database
+        self._passwords = passwords
+        self._policy = policy
+        self._clock = clock
+
+    # --- accounts ----------------------------------------------------------------------------------
+
+    @database_errors_as_domain_errors
+    async def register(self, email: str, password: str, display_name: str) -> User:
+        registration = validate_registration(email, password, display_name)
+        password_hash = await self._passwords.hash(registration.password)
+        user = User(new_user_id(), registration.email, registration.display_name, self._clock())
+        try:
+            async with self._database.transaction() as session:
+                await UserRepository(session).add(user, password_hash)
+        except IntegrityError as error:
+            if is_duplicate_email(error):
+                raise email_already_registered(user.email) from None
+            raise
+        log.info("user registered", extra={"user_id": user.id})
+        return user
+
+    @database_errors_as_domain_errors
+    async def login(self, email: str, password: str) -> IssuedToken:
+        credentials = validate_login(email, password)
+        # Account and keys in one read, for a known and an unknown e-mail alike: both paths then do the
+        # same database work and the same hashing, and take about as long.
+        async with self._database.transaction() as session:
+            account = await UserRepository(session).account_by_email(credentials.email)
+            keys = await SigningKeyRepository(session).all()
+        matched = await self._passwords.verify(account.password_hash if account else None, credentials.password)
+        if account is None or not matched:
+            raise invalid_credentials()
+        if self._passwords.needs_rehash(account.password_hash):
+            await self._upgrade_password_hash(account.user.id, account.password_hash, credentials.password)
+        now = self._clock()
+        key = key_schedule.signing_key(keys, now)
+        if key is None:
+            raise no_signing_key()
+        claims = build_access_claims(account.user.id, now, self._policy.token_lifetime, new_token_id())
+        return IssuedToken(sign_access_token(claims, key), claims.expires_at, account.user.id)
+
+    async def _upgrade_password_hash(self, user_id: str, old_hash: str, password: str) -> None:
+        new_hash = await self._passwords.hash(password)
+        async with self._database.transaction() as session:
+            await UserRepository(session).replace_password_hash(user_id, old_hash, new_hash)
+        log.info("password hash upgraded to the configured argon2 parameters", extra={"user_id": user_id})
+
+    @database_errors_as_domain_errors
+    async def get_user(self, user_id: str) -> User:
+        user_id = validate_user_id(user_id)
+        async with self._database.transaction() as session:
+            user = await UserRepository(session).by_id(user_id)
+        if user is None:
+            raise user_not_found(user_id)
+        return user
+
+    # --- signing keys ------------------------------------------------------------------------------
+
+    @database_errors_as_domain_errors
+    async def published_jwks(self) -> list[Mapping[str, str]]:
+        """The public JWKs verifiers need now, newest first."""
+        async with self._database.transaction() as session:
+            keys = await SigningKeyRepository(session).all()
+        return [k.public_jwk for k in key_schedule.published_keys(keys, self._clock(), self._policy.token_lifetime)]
+
+    async def ensure_signing_key(self) -> None:
+        """At startup: make a key that signs at once if none can sign now (a new database).
+
+        The first key skips the publish-ahead: no verifier can hold a token of this service yet, and one
+        that meets the unknown kid refetches the JWKS."""
+        await self._rotate(timedelta(0), lambda keys, now: key_schedule.signing_key(keys, now) is None)
+
+    async def rotate_keys(self) -> SigningKey | None:
+        """Publish a new key now; it signs after the publish-ahead delay, when the current key retires.
+        None when another replica added a key at the same moment (that key serves instead)."""
+        return await self._rotate(self._policy.publish_ahead, lambda _keys, _now: True)
+
+    async def rotate_keys_if_due(self) -> SigningKey | None:
+        """`rotate_keys` when the newest key is as old as the rotation interval; None otherwise."""
+        interval = self._policy.rotation_interval
+        return await self._rotate(
+            self._policy.publish_ahead, lambda keys, now: key_schedule.rotation_due(keys, now, interval)
+        )
+
+    async def _rotate(self, publish_ahead: timedelta, condition: RotationCondition) -> SigningKey | None:
+        material = generate_key_material()
+        try:
+            async with self._database.transaction() as session:
+                repository = SigningKeyRepository(session)
+                keys = await repository.all()
+                now = self._clock()
+                if not condition(keys, now):
+                    return None
+                rotation = key_schedule.plan_rotation(keys, material, now, publish_ahead, self._policy.token_lifetime)
+                await repository.add(rotation.new_key)
+                if rotation.replaced is not None:
+                    await repository.retire(rotation.replaced.kid, rotation.new_key.activates_at)
+                await repository.delete(rotation.expired)
+        except IntegrityError:
+            log.info("another replica added a signing key at the same moment; keeping theirs")
+            return None
+        new_key = rotation.new_key
+        log.info(
+            "signing key %s published; it signs from %s",
+            new_key.kid,
+            new_key.activates_at.isoformat(),
+            extra={"kid": new_key.kid, "replaced": rotation.replaced.kid if rotation.replaced else None},
+        )
+        return new_key

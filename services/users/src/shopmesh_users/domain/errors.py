@@ -1,0 +1,30 @@
+"""The users service's errors, with the ErrorInfo reasons the contract names."""
+
+from __future__ import annotations
+
+from shopmesh_chassis.errors import AlreadyExists, NotFound, Unauthenticated, Unavailable
+
+EMAIL_ALREADY_REGISTERED = "EMAIL_ALREADY_REGISTERED"
+INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+USER_NOT_FOUND = "USER_NOT_FOUND"
+NO_SIGNING_KEY = "NO_SIGNING_KEY"
+
+
+def email_already_registered(email: str) -> AlreadyExists:
+    return AlreadyExists(
+        "an account with this e-mail address exists", reason=EMAIL_ALREADY_REGISTERED, metadata={"email": email}
+    )
+
+
+def invalid_credentials() -> Unauthenticated:
+    # One message and no metadata for an unknown e-mail and a wrong password alike: the caller must not
+    # learn which accounts exist.
+    return Unauthenticated("invalid e-mail or password", reason=INVALID_CREDENTIALS)
+
+
+def user_not_found(user_id: str) -> NotFound:
+    return NotFound(f"user {user_id!r} not found", reason=USER_NOT_FOUND, metadata={"user_id": user_id})
+
+
+def no_signing_key() -> Unavailable:
+    return Unavailable("no signing key is active; retry shortly", reason=NO_SIGNING_KEY, retry_after_seconds=1.0)

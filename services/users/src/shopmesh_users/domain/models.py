@@ -1,0 +1,46 @@
+"""What the users service knows about an account."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A registered user as others may see it: never the password or its hash."""
+
+    id: str
+    email: str
+    display_name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user with the stored password hash: only login reads it."""
+
+    user: User
+    password_hash: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A validated Register request: e-mail normalized, display name trimmed."""
+
+    email: str
+    password: str = field(repr=False)
+    display_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A validated Login request: the e-mail normalized as at registration."""
+
+    email: str
+    password: str = field(repr=False)
+
+
+def new_user_id() -> str:
+    return f"usr_{secrets.token_hex(16)}"

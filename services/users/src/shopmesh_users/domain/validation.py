@@ -1,0 +1,100 @@
+"""Validation of requests: INVALID_ARGUMENT with one FieldViolation per bad field, ErrorInfo reason
+VALIDATION_FAILED. Each `validate_*` returns the normalized command the application runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+from shopmesh_users.domain.models import Credentials, Registration
+
+VALIDATION_FAILED = "VALIDATION_FAILED"
+
+MAX_EMAIL_LENGTH = 254
+# RFC 5321 limits the local part to 64 octets; an address with a longer one cannot receive mail.
+MAX_EMAIL_LOCAL_PART_LENGTH = 64
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 128
+MAX_DISPLAY_NAME_LENGTH = 50
+# Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
+MAX_ID_LENGTH = 64
+
+# The dot-atom local part of RFC 5322 and a DNS host name with an alphabetic top-level label: what a
+# sign-up form accepts. Quoted local parts and address literals are legal but not worth the confusion.
+_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+EMAIL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}$")
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _fail(violations: Sequence[FieldViolation]) -> InvalidArgument:
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return InvalidArgument(f"invalid request: {summary}", violations, reason=VALIDATION_FAILED)
+
+
+def _email_violation(email: str) -> FieldViolation | None:
+    if not email:
+        return FieldViolation("email", "must not be empty", "REQUIRED")
+    if len(email) > MAX_EMAIL_LENGTH:
+        return FieldViolation("email", f"must be at most {MAX_EMAIL_LENGTH} characters", "TOO_LONG")
+    if not EMAIL.match(email) or len(email.partition("@")[0]) > MAX_EMAIL_LOCAL_PART_LENGTH:
+        return FieldViolation("email", "must be a valid e-mail address", "INVALID_FORMAT")
+    return None
+
+
+def _password_violation(password: str) -> FieldViolation | None:
+    if not password:
+        return FieldViolation("password", "must not be empty", "REQUIRED")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return FieldViolation("password", f"must be at least {MIN_PASSWORD_LENGTH} characters", "TOO_SHORT")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return FieldViolation("password", f"must be at most {MAX_PASSWORD_LENGTH} characters", "TOO_LONG")
+    return None
+
+
+def _display_name_violation(display_name: str) -> FieldViolation | None:
+    if not display_name:
+        return FieldViolation("display_name", "must not be empty", "REQUIRED")
+    if len(display_name) > MAX_DISPLAY_NAME_LENGTH:
+        return FieldViolation("display_name", f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters", "TOO_LONG")
+    return None
+
+
+def validate_registration(email: str, password: str, display_name: str) -> Registration:
+    normalized = normalize_email(email)
+    name = display_name.strip()
+    violations = [
+        v
+        for v in (_email_violation(normalized), _password_violation(password), _display_name_violation(name))
+        if v is not None
+    ]
+    if violations:
+        raise _fail(violations)
+    # The password is kept exactly as typed: spaces may be part of it.
+    return Registration(email=normalized, password=password, display_name=name)
+
+
+def validate_login(email: str, password: str) -> Credentials:
+    """Only emptiness is checked: any other e-mail or password fails as INVALID_CREDENTIALS, so a
+    malformed address is not told apart from an unknown one."""
+    normalized = normalize_email(email)
+    violations: list[FieldViolation] = []
+    if not normalized:
+        violations.append(FieldViolation("email", "must not be empty", "REQUIRED"))
+    if not password:
+        violations.append(FieldViolation("password", "must not be empty", "REQUIRED"))
+    if violations:
+        raise _fail(violations)
+    return Credentials(email=normalized, password=password)
+
+
+def validate_user_id(user_id: str) -> str:
+    if not user_id:
+        raise _fail([FieldViolation("user_id", "must not be empty", "REQUIRED")])
+    if len(user_id) > MAX_ID_LENGTH:
+        raise _fail([FieldViolation("user_id", f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG")])
+    return user_id

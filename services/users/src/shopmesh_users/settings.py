@@ -1,0 +1,38 @@
+"""The users service's settings: its database, token lifetime, signing-key rotation, argon2 costs."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from shopmesh_chassis.config import DatabaseSettings
+
+
+class UsersSettings(DatabaseSettings):
+    service_name: str = "users"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int = Field(default=9461, ge=-1, le=65535)
+
+    # Lifetime of an access token (its "exp" - "iat"); the contract's default is one hour.
+    token_lifetime_seconds: int = Field(default=3600, ge=60)
+    # How long a new signing key is published before it signs. The contract promises at least one
+    # verifier cache period (5 minutes); less is only for tests.
+    key_publish_ahead_seconds: int = Field(default=300, ge=0)
+    # Periodic rotation: a new key when the newest one is this old; 0 turns it off.
+    key_rotation_interval_seconds: int = Field(default=7 * 24 * 3600, ge=0)
+    # How often the background task checks whether rotation is due.
+    key_rotation_check_seconds: float = Field(default=60.0, gt=0)
+
+    # argon2id costs; the defaults are argon2-cffi's (RFC 9106's low-memory profile). Raising them later
+    # is safe: stored hashes are upgraded at each user's next successful login.
+    password_hash_time_cost: int = Field(default=3, ge=1)
+    password_hash_memory_kib: int = Field(default=65536, ge=8)
+    password_hash_parallelism: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UsersSettings:
+        if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
+            raise ValueError("PASSWORD_HASH_MEMORY_KIB must be at least 8 x PASSWORD_HASH_PARALLELISM (argon2)")
+        if 0 < self.key_rotation_interval_seconds <= self.key_publish_ahead_seconds:
+            # Otherwise every rotation would replace a key that has not signed anything yet.
+            raise ValueError("KEY_ROTATION_INTERVAL_SECONDS must exceed KEY_PUBLISH_AHEAD_SECONDS (or be 0)")
+        return self

@@ -1,0 +1,104 @@
+"""Users and signing keys in one session (one transaction). Portable SQL only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shopmesh_users.domain.keys import SigningKey
+from shopmesh_users.domain.models import Account, User
+from shopmesh_users.store.tables import signing_keys, users
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def is_duplicate_email(error: IntegrityError) -> bool:
+    """Whether an insert failed on `uq_users_email`. SQLite names the column ("UNIQUE constraint failed:
+    users.email"), PostgreSQL the constraint; user ids are random, so no other unique check can fail."""
+    return "email" in str(error.orig)
+
+
+def _user(row: Any) -> User:
+    return User(id=row.id, email=row.email, display_name=row.display_name, created_at=_utc(row.created_at))
+
+
+def _signing_key(row: Any) -> SigningKey:
+    return SigningKey(
+        kid=row.kid,
+        generation=row.generation,
+        public_jwk=json.loads(row.public_jwk),
+        private_key_pem=row.private_key_pem,
+        created_at=_utc(row.created_at),
+        activates_at=_utc(row.activates_at),
+        retired_at=_utc(row.retired_at) if row.retired_at is not None else None,
+    )
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, user: User, password_hash: str) -> None:
+        """Raises IntegrityError (see `is_duplicate_email`) when the e-mail is taken."""
+        await self._session.execute(
+            insert(users).values(
+                id=user.id,
+                email=user.email,
+                display_name=user.display_name,
+                password_hash=password_hash,
+                created_at=user.created_at,
+            )
+        )
+
+    async def by_id(self, user_id: str) -> User | None:
+        row = (await self._session.execute(select(users).where(users.c.id == user_id))).first()
+        return _user(row) if row is not None else None
+
+    async def account_by_email(self, email: str) -> Account | None:
+        row = (await self._session.execute(select(users).where(users.c.email == email))).first()
+        return Account(user=_user(row), password_hash=row.password_hash) if row is not None else None
+
+    async def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> None:
+        # Conditional: a hash changed in between (by another login's upgrade) is left alone.
+        await self._session.execute(
+            update(users).where(users.c.id == user_id, users.c.password_hash == old_hash).values(password_hash=new_hash)
+        )
+
+
+class SigningKeyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def all(self) -> list[SigningKey]:
+        rows = await self._session.execute(select(signing_keys).order_by(signing_keys.c.generation))
+        return [_signing_key(row) for row in rows]
+
+    async def add(self, key: SigningKey) -> None:
+        """Raises IntegrityError when another key has the same generation (a concurrent rotation)."""
+        await self._session.execute(
+            insert(signing_keys).values(
+                kid=key.kid,
+                generation=key.generation,
+                private_key_pem=key.private_key_pem,
+                public_jwk=json.dumps(dict(key.public_jwk), sort_keys=True),
+                created_at=key.created_at,
+                activates_at=key.activates_at,
+                retired_at=key.retired_at,
+            )
+        )
+
+    async def retire(self, kid: str, retired_at: datetime) -> None:
+        await self._session.execute(update(signing_keys).where(signing_keys.c.kid == kid).values(retired_at=retired_at))
+
+    async def delete(self, kids: Sequence[str]) -> None:
+        if kids:
+            await self._session.execute(delete(signing_keys).where(signing_keys.c.kid.in_(list(kids))))

@@ -1,0 +1,37 @@
+"""The users service's tables (migrated by the `users` Alembic branch; this metadata mirrors the
+migrations)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, UniqueConstraint
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("email", String(254), nullable=False),
+    Column("display_name", String(50), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # The one guard against duplicate accounts, also when two registrations race.
+    UniqueConstraint("email", name="uq_users_email"),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("generation", Integer, nullable=False),
+    # Stored unencrypted: encrypting keys at rest (a KMS or a key-encryption key from a secret) is out
+    # of scope here; the database's own access control is what protects them.
+    Column("private_key_pem", Text, nullable=False),
+    # The public key as the JWK that GetJwks serves (JSON).
+    Column("public_jwk", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("activates_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True), nullable=True),
+    # Two replicas rotating at once both try the next generation; only one insert succeeds.
+    UniqueConstraint("generation", name="uq_signing_keys_generation"),
+)

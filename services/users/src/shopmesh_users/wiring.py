@@ -1,0 +1,80 @@
+"""Composition root: settings, database and migrations, the first signing key, the rotation task, the
+servicer; then serve until told to stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shopmesh.users.v1 import users_pb2_grpc
+from shopmesh_chassis import app
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.periodic import Periodic
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_users.application import Clock, KeyPolicy, UsersApplication, utc_now
+from shopmesh_users.migrations import VERSIONS
+from shopmesh_users.passwords import Passwords
+from shopmesh_users.settings import UsersSettings
+from shopmesh_users.store.tables import metadata
+from shopmesh_users.transport import DESCRIPTOR, UsersServicer
+
+
+@dataclass(frozen=True)
+class Users:
+    """The users service ready to serve: its binding, and what to start and close around serving."""
+
+    database: Database
+    application: UsersApplication
+    rotator: Periodic
+    binding: ServiceBinding
+
+
+def key_policy(settings: UsersSettings) -> KeyPolicy:
+    return KeyPolicy(
+        token_lifetime=timedelta(seconds=settings.token_lifetime_seconds),
+        publish_ahead=timedelta(seconds=settings.key_publish_ahead_seconds),
+        rotation_interval=timedelta(seconds=settings.key_rotation_interval_seconds),
+    )
+
+
+def passwords(settings: UsersSettings) -> Passwords:
+    return Passwords(
+        time_cost=settings.password_hash_time_cost,
+        memory_kib=settings.password_hash_memory_kib,
+        parallelism=settings.password_hash_parallelism,
+    )
+
+
+async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
+    """Migrate the database and make sure a key can sign; the rotator is built but not started."""
+    database = Database(settings.resolved_database_url)
+    try:
+        await migrate(database, VERSIONS, metadata)
+        application = UsersApplication(database, passwords(settings), key_policy(settings), clock)
+        await application.ensure_signing_key()
+    except BaseException:
+        await database.dispose()
+        raise
+    rotator = Periodic("signing-key-rotation", settings.key_rotation_check_seconds, application.rotate_keys_if_due)
+    binding = ServiceBinding(DESCRIPTOR, UsersServicer(application), users_pb2_grpc.add_UsersServiceServicer_to_server)
+    return Users(database=database, application=application, rotator=rotator, binding=binding)
+
+
+async def _main() -> None:
+    settings = load_settings(UsersSettings)
+    provider = app.setup_observability(settings)
+    users = await build(settings)
+    users.rotator.start()
+    await app.serve(
+        settings,
+        [users.binding],
+        tracer_provider=provider,
+        # The rotator first: it must finish its transaction before the database closes.
+        on_shutdown=[users.rotator.stop, users.database.dispose],
+    )
+
+
+def main() -> None:
+    app.run(_main)

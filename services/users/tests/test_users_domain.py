@@ -1,0 +1,256 @@
+"""The users domain without I/O: validation, token claims, the signing-key schedule; and the pure helpers
+beside it (JWK thumbprints, argon2 hashing, settings)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shopmesh_chassis.config import ConfigError, load_settings
+from shopmesh_chassis.errors import InvalidArgument
+from shopmesh_users.domain.keys import (
+    KeyMaterial,
+    SigningKey,
+    plan_rotation,
+    published_keys,
+    rotation_due,
+    signing_key,
+)
+from shopmesh_users.domain.tokens import AUDIENCE, ISSUER, build_access_claims
+from shopmesh_users.domain.validation import (
+    validate_login,
+    validate_registration,
+    validate_user_id,
+)
+from shopmesh_users.passwords import Passwords
+from shopmesh_users.settings import UsersSettings
+from shopmesh_users.signing import jwk_thumbprint
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+FIVE_MINUTES = timedelta(minutes=5)
+PASSWORD = "long enough"
+
+
+def violations(error: pytest.ExceptionInfo[InvalidArgument]) -> list[tuple[str, str]]:
+    return [(v.field, v.reason) for v in error.value.violations]
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+
+def test_registration_normalizes_email_and_trims_display_name_but_keeps_the_password_as_typed() -> None:
+    registration = validate_registration("  Ann.Lee+shop@Example.COM ", " pass word ", "  Ann Lee ")
+    assert registration.email == "ann.lee+shop@example.com"
+    assert registration.display_name == "Ann Lee"
+    assert registration.password == " pass word "
+
+
+def test_registration_accepts_the_limits_of_every_field() -> None:
+    email = f"{'a' * 64}@{'b' * 63}.{'c' * 63}.{'d' * 58}.io"
+    assert len(email) == 254
+    registration = validate_registration(email, "p" * 128, "n" * 50)
+    assert registration.email == email
+    assert validate_registration("a@b.io", "p" * 8, "n").display_name == "n"
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "display_name", "expected"),
+    [
+        ("", PASSWORD, "Ann", [("email", "REQUIRED")]),
+        ("   ", PASSWORD, "Ann", [("email", "REQUIRED")]),
+        ("ann", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
+        ("ann@example", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
+        ("ann@@example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
+        ("an n@example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
+        ("ann.@example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
+        (f"{'a' * 65}@example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
+        (f"a@{'b' * 60}.{'c' * 60}.{'d' * 60}.{'e' * 60}.{'f' * 60}.io", PASSWORD, "Ann", [("email", "TOO_LONG")]),
+        ("ann@example.com", "", "Ann", [("password", "REQUIRED")]),
+        ("ann@example.com", "7 chars", "Ann", [("password", "TOO_SHORT")]),
+        ("ann@example.com", "p" * 129, "Ann", [("password", "TOO_LONG")]),
+        ("ann@example.com", PASSWORD, "", [("display_name", "REQUIRED")]),
+        ("ann@example.com", PASSWORD, "   ", [("display_name", "REQUIRED")]),
+        ("ann@example.com", PASSWORD, "n" * 51, [("display_name", "TOO_LONG")]),
+        ("", "", "", [("email", "REQUIRED"), ("password", "REQUIRED"), ("display_name", "REQUIRED")]),
+    ],
+)
+def test_registration_rejects_each_bad_field_with_one_violation(
+    email: str, password: str, display_name: str, expected: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        validate_registration(email, password, display_name)
+    assert error.value.reason == "VALIDATION_FAILED"
+    assert violations(error) == expected
+
+
+def test_login_normalizes_the_email_as_registration_does() -> None:
+    credentials = validate_login("  ANN@example.com\t", "whatever")
+    assert credentials.email == "ann@example.com"
+    assert credentials.password == "whatever"
+
+
+def test_login_checks_only_emptiness_so_a_malformed_email_is_just_unknown() -> None:
+    assert validate_login("not an address", "x").email == "not an address"
+    with pytest.raises(InvalidArgument) as error:
+        validate_login("  ", "")
+    assert violations(error) == [("email", "REQUIRED"), ("password", "REQUIRED")]
+
+
+@pytest.mark.parametrize(("user_id", "reason"), [("", "REQUIRED"), ("u" * 65, "TOO_LONG")])
+def test_user_id_must_be_present_and_at_most_64_characters(user_id: str, reason: str) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        validate_user_id(user_id)
+    assert violations(error) == [("user_id", reason)]
+    assert validate_user_id("u" * 64) == "u" * 64
+
+
+# --- token claims ----------------------------------------------------------------------------------
+
+
+def test_access_claims_carry_the_contract_claims_with_whole_second_times() -> None:
+    claims = build_access_claims("usr_1", T0 + timedelta(microseconds=999_999), HOUR, "jti-1")
+    issued = int(T0.timestamp())
+    assert claims.as_dict() == {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "usr_1",
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + 3600,
+        "jti": "jti-1",
+    }
+    assert claims.expires_at == T0 + HOUR
+    assert (ISSUER, AUDIENCE) == ("shopmesh-users", "shopmesh")
+
+
+# --- the signing-key schedule ----------------------------------------------------------------------
+
+
+def material(n: int) -> KeyMaterial:
+    return KeyMaterial(kid=f"k{n}", public_jwk={"kid": f"k{n}"}, private_key_pem=f"pem{n}")
+
+
+def rotate(keys: list[SigningKey], n: int, now: datetime, ahead: timedelta = FIVE_MINUTES) -> list[SigningKey]:
+    """`keys` after a rotation at `now` that adds key k<n>, as the store would apply it."""
+    rotation = plan_rotation(keys, material(n), now, ahead, HOUR)
+    retired_at = rotation.new_key.activates_at
+    kept = [
+        replace(k, retired_at=retired_at) if rotation.replaced is not None and k.kid == rotation.replaced.kid else k
+        for k in keys
+        if k.kid not in rotation.expired
+    ]
+    return [*kept, rotation.new_key]
+
+
+def kids(keys: list[SigningKey]) -> list[str]:
+    return [k.kid for k in keys]
+
+
+def signer(keys: list[SigningKey], at: datetime) -> str | None:
+    key = signing_key(keys, at)
+    return key.kid if key is not None else None
+
+
+def test_first_key_signs_at_once_when_planned_without_publish_ahead() -> None:
+    keys = rotate([], 1, T0, ahead=timedelta(0))
+    assert keys[0].generation == 1
+    assert signer(keys, T0) == "k1"
+    assert signer([], T0) is None
+
+
+def test_a_new_key_is_published_at_once_and_signs_only_after_the_publish_ahead_delay() -> None:
+    keys = rotate(rotate([], 1, T0, ahead=timedelta(0)), 2, T0 + HOUR)
+    assert kids(published_keys(keys, T0 + HOUR, HOUR)) == ["k2", "k1"]
+    assert signer(keys, T0 + HOUR + FIVE_MINUTES - timedelta(microseconds=1)) == "k1"
+    assert signer(keys, T0 + HOUR + FIVE_MINUTES) == "k2"
+
+
+def test_the_replaced_key_retires_when_its_successor_activates_and_stays_published_one_token_lifetime() -> None:
+    keys = rotate(rotate([], 1, T0, ahead=timedelta(0)), 2, T0 + HOUR)
+    old = next(k for k in keys if k.kid == "k1")
+    retired_at = T0 + HOUR + FIVE_MINUTES
+    assert old.retired_at == retired_at
+    assert kids(published_keys(keys, retired_at + HOUR - timedelta(microseconds=1), HOUR)) == ["k2", "k1"]
+    assert kids(published_keys(keys, retired_at + HOUR, HOUR)) == ["k2"]
+
+
+def test_a_rotation_deletes_keys_whose_tokens_have_all_expired() -> None:
+    keys = rotate(rotate([], 1, T0, ahead=timedelta(0)), 2, T0 + HOUR)
+    still_published = rotate(keys, 3, T0 + HOUR + FIVE_MINUTES + HOUR - timedelta(seconds=1))
+    assert kids(still_published) == ["k1", "k2", "k3"]
+    after_expiry = rotate(keys, 3, T0 + 3 * HOUR)
+    assert kids(after_expiry) == ["k2", "k3"]
+    assert [k.generation for k in after_expiry] == [2, 3]
+
+
+def test_rotating_again_before_the_pending_key_activates_hands_over_in_generation_order() -> None:
+    keys = rotate(rotate(rotate([], 1, T0, ahead=timedelta(0)), 2, T0 + HOUR), 3, T0 + HOUR + timedelta(minutes=1))
+    assert signer(keys, T0 + HOUR + timedelta(minutes=5)) == "k2"
+    assert signer(keys, T0 + HOUR + timedelta(minutes=6)) == "k3"
+    assert kids(published_keys(keys, T0 + HOUR + timedelta(minutes=6), HOUR)) == ["k3", "k2", "k1"]
+
+
+def test_rotation_is_due_when_the_newest_key_is_as_old_as_the_interval() -> None:
+    week = timedelta(days=7)
+    keys = rotate([], 1, T0, ahead=timedelta(0))
+    assert not rotation_due(keys, T0 + week - timedelta(seconds=1), week)
+    assert rotation_due(keys, T0 + week, week)
+    assert rotation_due([], T0, week)
+    # The newest key counts, even before it signs: one rotation per interval, not one per check.
+    assert not rotation_due(rotate(keys, 2, T0 + week), T0 + week + timedelta(minutes=1), week)
+
+
+def test_a_zero_rotation_interval_turns_periodic_rotation_off() -> None:
+    keys = rotate([], 1, T0, ahead=timedelta(0))
+    assert not rotation_due(keys, T0 + timedelta(days=3650), timedelta(0))
+    assert not rotation_due([], T0, timedelta(0))
+
+
+# --- beside the domain: kid thumbprints, argon2, settings ----------------------------------------
+
+
+def test_kid_is_the_rfc_7638_thumbprint_of_the_public_key() -> None:
+    # RFC 8037, appendix A.3: the thumbprint of the Ed25519 key of appendix A.2.
+    x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+    assert jwk_thumbprint("OKP", "Ed25519", x) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+
+
+async def test_passwords_verify_only_the_right_password_and_say_no_without_a_hash() -> None:
+    passwords = Passwords(time_cost=1, memory_kib=8192, parallelism=1)
+    stored = await passwords.hash("correct horse")
+    assert stored.startswith("$argon2id$v=19$m=8192,t=1,p=1$")
+    assert "correct horse" not in stored
+    assert await passwords.verify(stored, "correct horse")
+    assert not await passwords.verify(stored, "correct horsE")
+    assert not await passwords.verify(None, "correct horse")
+    assert not await passwords.verify("not a hash", "correct horse")
+
+
+async def test_passwords_ask_for_a_rehash_only_when_the_parameters_changed() -> None:
+    cheap = Passwords(time_cost=1, memory_kib=8192, parallelism=1)
+    stored = await cheap.hash("correct horse")
+    assert not cheap.needs_rehash(stored)
+    assert Passwords(time_cost=2, memory_kib=8192, parallelism=1).needs_rehash(stored)
+
+
+def test_settings_defaults_follow_the_topology_and_the_contract() -> None:
+    settings = UsersSettings()
+    assert (settings.service_name, settings.grpc_port, settings.metrics_port) == ("users", 50051, 9461)
+    assert settings.token_lifetime_seconds == 3600
+    assert settings.key_publish_ahead_seconds == 300
+    assert settings.key_rotation_interval_seconds == 7 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"password_hash_memory_kib": 16, "password_hash_parallelism": 4}, "PASSWORD_HASH_MEMORY_KIB"),
+        ({"key_rotation_interval_seconds": 300, "key_publish_ahead_seconds": 300}, "KEY_ROTATION_INTERVAL_SECONDS"),
+    ],
+)
+def test_inconsistent_settings_stop_startup_naming_the_variable(overrides: dict[str, int], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(UsersSettings, **overrides)

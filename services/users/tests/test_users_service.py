@@ -1,0 +1,311 @@
+"""UsersService over a real gRPC socket against a real SQLite database: every RPC, its happy paths and
+each documented error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import jwt
+import pytest
+from sqlalchemy import func, select
+
+from shopmesh.users.v1 import users_pb2
+from shopmesh.users.v1.users_pb2_grpc import UsersServiceStub, add_UsersServiceServicer_to_server
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import free_port, serve_in_process
+from shopmesh_users.application import UsersApplication
+from shopmesh_users.signing import jwk_thumbprint
+from shopmesh_users.store.tables import users as users_table
+from shopmesh_users.token_verifier import verify_access_token
+from shopmesh_users.transport import DESCRIPTOR, UsersServicer
+from shopmesh_users.wiring import Users, key_policy, passwords
+
+from .conftest import (
+    PASSWORD,
+    FakeClock,
+    error_of,
+    jwks_document,
+    login,
+    published_kids,
+    register,
+    running,
+    users_settings,
+    violations_of,
+)
+
+if TYPE_CHECKING:
+    from shopmesh.users.v1.users_pb2_grpc import UsersServiceAsyncStub
+
+
+async def stored_hash(users: Users, email: str) -> str:
+    async with users.database.transaction() as session:
+        return str(await session.scalar(select(users_table.c.password_hash).where(users_table.c.email == email)))
+
+
+async def account_count(users: Users) -> int:
+    async with users.database.transaction() as session:
+        return int(await session.scalar(select(func.count()).select_from(users_table)) or 0)
+
+
+# --- Register --------------------------------------------------------------------------------------
+
+
+async def test_register_returns_the_user_with_normalized_email_and_trimmed_display_name(
+    stub: UsersServiceAsyncStub, clock: FakeClock
+) -> None:
+    user = await register(stub, email="  Ann.Lee@Example.COM ", display_name="  Ann Lee  ")
+    assert user.id.startswith("usr_")
+    assert len(user.id) <= 64
+    assert user.email == "ann.lee@example.com"
+    assert user.display_name == "Ann Lee"
+    assert user.created_at.ToDatetime(clock.now.tzinfo) == clock.now
+
+
+async def test_register_stores_only_a_salted_argon2id_hash_of_the_password(
+    stub: UsersServiceAsyncStub, users: Users
+) -> None:
+    await register(stub, email="ann@example.com")
+    await register(stub, email="bob@example.com")
+    ann, bob = await stored_hash(users, "ann@example.com"), await stored_hash(users, "bob@example.com")
+    assert ann.startswith("$argon2id$")
+    assert PASSWORD not in ann
+    assert ann != bob  # same password, different salts
+
+
+async def test_register_of_an_email_taken_in_another_case_fails_with_already_exists(
+    stub: UsersServiceAsyncStub, users: Users
+) -> None:
+    await register(stub, email="ann@example.com")
+    details = await error_of(register(stub, email=" ANN@example.com", display_name="Other Ann"))
+    assert details.code == grpc.StatusCode.ALREADY_EXISTS
+    assert details.reason == "EMAIL_ALREADY_REGISTERED"
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.users"
+    assert await account_count(users) == 1
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "display_name", "expected"),
+    [
+        ("", PASSWORD, "Ann", [("email", "REQUIRED")]),
+        ("ann.example.com", PASSWORD, "Ann", [("email", "INVALID_FORMAT")]),
+        (f"{'a' * 250}@x.io", PASSWORD, "Ann", [("email", "TOO_LONG")]),
+        ("ann@example.com", "", "Ann", [("password", "REQUIRED")]),
+        ("ann@example.com", "short", "Ann", [("password", "TOO_SHORT")]),
+        ("ann@example.com", "p" * 129, "Ann", [("password", "TOO_LONG")]),
+        ("ann@example.com", PASSWORD, " ", [("display_name", "REQUIRED")]),
+        ("ann@example.com", PASSWORD, "n" * 51, [("display_name", "TOO_LONG")]),
+        ("bad", "short", "", [("email", "INVALID_FORMAT"), ("password", "TOO_SHORT"), ("display_name", "REQUIRED")]),
+    ],
+)
+async def test_register_rejects_invalid_fields_with_one_violation_each_and_creates_nothing(
+    stub: UsersServiceAsyncStub,
+    users: Users,
+    email: str,
+    password: str,
+    display_name: str,
+    expected: list[tuple[str, str]],
+) -> None:
+    details = await error_of(register(stub, email=email, password=password, display_name=display_name))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "VALIDATION_FAILED"
+    assert violations_of(details) == expected
+    assert await account_count(users) == 0
+
+
+async def test_concurrent_registrations_of_one_email_create_exactly_one_account(
+    stub: UsersServiceAsyncStub, users: Users
+) -> None:
+    async def attempt(n: int) -> str:
+        try:
+            await register(stub, email="Race@Example.com" if n % 2 else "race@example.com", display_name=f"R{n}")
+        except grpc.aio.AioRpcError as error:
+            return f"{error.code().name}:{details_of(error).reason}"
+        return "OK"
+
+    outcomes = Counter(await asyncio.gather(*(attempt(n) for n in range(10))))
+    assert outcomes == {"OK": 1, "ALREADY_EXISTS:EMAIL_ALREADY_REGISTERED": 9}
+    assert await account_count(users) == 1
+
+
+# --- Login -----------------------------------------------------------------------------------------
+
+
+async def test_login_returns_a_bearer_token_that_verifies_with_the_published_jwks_alone(
+    stub: UsersServiceAsyncStub,
+) -> None:
+    user = await register(stub)
+    response = await login(stub)
+    assert response.token_type == "Bearer"
+    assert response.user_id == user.id
+    claims = verify_access_token(response.access_token, await jwks_document(stub))
+    assert claims["sub"] == user.id
+
+
+async def test_login_token_has_the_contract_header_and_claims(stub: UsersServiceAsyncStub, clock: FakeClock) -> None:
+    user = await register(stub)
+    response = await login(stub)
+    header = jwt.get_unverified_header(response.access_token)
+    assert header == {"alg": "EdDSA", "typ": "JWT", "kid": (await published_kids(stub))[0]}
+    claims = verify_access_token(response.access_token, await jwks_document(stub))
+    issued_at = int(clock.now.timestamp())
+    assert claims == {
+        "iss": "shopmesh-users",
+        "aud": "shopmesh",
+        "sub": user.id,
+        "iat": issued_at,
+        "nbf": issued_at,
+        "exp": issued_at + 3600,
+        "jti": claims["jti"],
+    }
+    assert response.expires_at.seconds == claims["exp"]
+    assert response.expires_at.nanos == 0
+
+
+async def test_token_lifetime_follows_the_setting(tmp_path: Path, clock: FakeClock) -> None:
+    async with running(users_settings(tmp_path, token_lifetime_seconds=900), clock) as (_, stub):
+        await register(stub)
+        claims = verify_access_token((await login(stub)).access_token, await jwks_document(stub))
+    assert claims["exp"] - claims["iat"] == 900
+
+
+async def test_every_login_mints_a_token_with_a_new_jti(stub: UsersServiceAsyncStub) -> None:
+    await register(stub)
+    document = await jwks_document(stub)
+    tokens = [(await login(stub)).access_token for _ in range(3)]
+    assert len({verify_access_token(t, document)["jti"] for t in tokens}) == 3
+
+
+async def test_login_normalizes_the_email_before_lookup(stub: UsersServiceAsyncStub) -> None:
+    user = await register(stub, email="ann@example.com")
+    assert (await login(stub, email="  ANN@Example.com ")).user_id == user.id
+
+
+async def test_login_with_a_wrong_password_and_with_an_unknown_email_fail_identically(
+    stub: UsersServiceAsyncStub,
+) -> None:
+    await register(stub, email="ann@example.com")
+    wrong_password = await error_of(login(stub, email="ann@example.com", password="not the password"))
+    unknown_email = await error_of(login(stub, email="nobody@example.com", password=PASSWORD))
+    malformed_email = await error_of(login(stub, email="nobody", password=PASSWORD))
+    for details in (wrong_password, unknown_email, malformed_email):
+        assert details.code == grpc.StatusCode.UNAUTHENTICATED
+        assert details.reason == "INVALID_CREDENTIALS"
+    assert wrong_password == unknown_email == malformed_email
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "expected"),
+    [
+        ("", PASSWORD, [("email", "REQUIRED")]),
+        ("ann@example.com", "", [("password", "REQUIRED")]),
+        (" ", "", [("email", "REQUIRED"), ("password", "REQUIRED")]),
+    ],
+)
+async def test_login_with_an_empty_email_or_password_fails_with_invalid_argument(
+    stub: UsersServiceAsyncStub, email: str, password: str, expected: list[tuple[str, str]]
+) -> None:
+    details = await error_of(login(stub, email=email, password=password))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "VALIDATION_FAILED"
+    assert violations_of(details) == expected
+
+
+async def test_login_upgrades_a_hash_made_with_weaker_argon2_parameters(tmp_path: Path, clock: FakeClock) -> None:
+    async with running(users_settings(tmp_path), clock) as (users, stub):
+        await register(stub)
+        assert ",t=1," in await stored_hash(users, "ann@example.com")
+    async with running(users_settings(tmp_path, password_hash_time_cost=2), clock) as (users, stub):
+        await login(stub)
+        upgraded = await stored_hash(users, "ann@example.com")
+        assert upgraded.startswith("$argon2id$v=19$m=8192,t=2,p=1$")
+        await login(stub)
+        assert await stored_hash(users, "ann@example.com") == upgraded
+
+
+# --- GetUser ---------------------------------------------------------------------------------------
+
+
+async def test_get_user_returns_the_registered_user(stub: UsersServiceAsyncStub) -> None:
+    user = await register(stub)
+    response = await stub.GetUser(users_pb2.GetUserRequest(user_id=user.id))
+    assert response.user == user
+
+
+async def test_get_user_of_an_unknown_id_fails_with_not_found(stub: UsersServiceAsyncStub) -> None:
+    details = await error_of(stub.GetUser(users_pb2.GetUserRequest(user_id="usr_missing")))
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.reason == "USER_NOT_FOUND"
+    assert details.error_info is not None
+    assert dict(details.error_info.metadata) == {"user_id": "usr_missing"}
+
+
+@pytest.mark.parametrize(("user_id", "reason"), [("", "REQUIRED"), ("u" * 65, "TOO_LONG")])
+async def test_get_user_with_an_empty_or_too_long_id_fails_with_invalid_argument(
+    stub: UsersServiceAsyncStub, user_id: str, reason: str
+) -> None:
+    details = await error_of(stub.GetUser(users_pb2.GetUserRequest(user_id=user_id)))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations_of(details) == [("user_id", reason)]
+
+
+# --- GetJwks ---------------------------------------------------------------------------------------
+
+
+async def test_get_jwks_json_is_a_standard_jwks_of_one_ed25519_key(stub: UsersServiceAsyncStub) -> None:
+    document = await jwks_document(stub)
+    assert list(document) == ["keys"]
+    [key] = document["keys"]
+    assert set(key) == {"kid", "kty", "crv", "alg", "x", "use"}
+    assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("OKP", "Ed25519", "EdDSA", "sig")
+    assert len(key["x"]) == 43
+    assert key["kid"] == jwk_thumbprint("OKP", "Ed25519", key["x"])
+    [parsed] = jwt.PyJWKSet.from_dict(document).keys
+    assert (parsed.key_id, parsed.algorithm_name, parsed.public_key_use) == (key["kid"], "EdDSA", "sig")
+
+
+async def test_a_restarted_service_keeps_its_key_and_still_verifies_its_earlier_tokens(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with running(users_settings(tmp_path), clock) as (_, stub):
+        await register(stub)
+        token = (await login(stub)).access_token
+        before = await published_kids(stub)
+    async with running(users_settings(tmp_path), clock) as (_, stub):
+        assert await published_kids(stub) == before
+        assert verify_access_token(token, await jwks_document(stub))["iss"] == "shopmesh-users"
+
+
+# --- an unreachable database -----------------------------------------------------------------------
+
+
+async def test_every_rpc_fails_with_unavailable_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    settings = users_settings(tmp_path)
+    # Nothing listens there: connecting fails at once, as when the database is down.
+    database = Database(f"postgresql://postgres@127.0.0.1:{free_port()}/users")
+    application = UsersApplication(database, passwords(settings), key_policy(settings))
+    binding = ServiceBinding(DESCRIPTOR, UsersServicer(application), add_UsersServiceServicer_to_server)
+    try:
+        async with (
+            serve_in_process(settings, [binding]) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            stub: UsersServiceAsyncStub = UsersServiceStub(channel)
+            calls = [
+                register(stub),
+                login(stub),
+                stub.GetUser(users_pb2.GetUserRequest(user_id="usr_1")),
+                stub.GetJwks(users_pb2.GetJwksRequest()),
+            ]
+            for call in calls:
+                details = await error_of(call)
+                assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+                assert details.retry_delay_seconds is not None
+    finally:
+        await database.dispose()

@@ -1,0 +1,110 @@
+"""The gateway's graceful degradation with every real service running: recommendations stopped or slowed
+past their budget still leave the product page answering in time with the fallback list; a stopped
+catalog fails the page at once with UNAVAILABLE instead of hanging."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_platform.stack import Stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+# The gateway's budget for recommendations, and the deadline a client gives the whole page: a page that
+# waited for slow recommendations (FAULT_DELAY_SECONDS) would miss the client's deadline.
+RECOMMENDATIONS_BUDGET = 1.0
+PAGE_DEADLINE = 4.0
+FAULT_DELAY_SECONDS = 5.0
+PRODUCT = "prod_trail_daypack"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_dir: Path) -> AsyncIterator[Stack]:
+    env = {"gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": str(RECOMMENDATIONS_BUDGET)}}
+    async with Stack.for_tests(module_dir, env=env) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shop(stack: Stack) -> AsyncIterator[Any]:
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        yield shop_pb2_grpc.ShopServiceStub(channel)
+
+
+async def product_page(shop: Any) -> shop_pb2.GetProductPageResponse:
+    page: shop_pb2.GetProductPageResponse = await shop.GetProductPage(
+        shop_pb2.GetProductPageRequest(product_id=PRODUCT, max_recommendations=3), timeout=PAGE_DEADLINE
+    )
+    return page
+
+
+def assert_fallback(page: shop_pb2.GetProductPageResponse) -> None:
+    assert page.product.id == PRODUCT
+    assert page.recommendations_degraded
+    assert page.recommendations, "other products of the category"
+    assert PRODUCT not in [r.product_id for r in page.recommendations]
+    assert {r.score for r in page.recommendations} == {0.0}
+
+
+async def test_the_page_shows_ranked_recommendations_while_the_service_is_healthy(shop: Any) -> None:
+    # A freshly started recommendations service may miss its first budgets (cold caches); bounded wait.
+    for _ in range(20):
+        page = await product_page(shop)
+        if not page.recommendations_degraded:
+            break
+        await asyncio.sleep(0.25)
+    assert not page.recommendations_degraded
+    assert PRODUCT not in [r.product_id for r in page.recommendations]
+
+
+async def test_with_recommendations_stopped_the_page_answers_with_the_fallback(stack: Stack, shop: Any) -> None:
+    await stack.stop_service("recommendations")
+    try:
+        for _ in range(3):
+            assert_fallback(await product_page(shop))
+    finally:
+        await stack.start_service("recommendations")
+
+
+async def test_with_recommendations_slower_than_their_budget_the_page_answers_in_time(stack: Stack, shop: Any) -> None:
+    await stack.stop_service("recommendations")
+    await stack.start_service(
+        "recommendations", env={"FAULT_MODE": "slow", "FAULT_DELAY_SECONDS": str(FAULT_DELAY_SECONDS)}
+    )
+    try:
+        assert_fallback(await product_page(shop))
+    finally:
+        await stack.stop_service("recommendations")
+        await stack.start_service("recommendations", env={"FAULT_MODE": "none"})
+
+
+async def test_with_the_catalog_stopped_the_page_fails_fast_with_unavailable(stack: Stack, shop: Any) -> None:
+    # Slow recommendations as well: the page must fail on the catalog without sitting out their budget.
+    await stack.stop_service("recommendations")
+    await stack.start_service(
+        "recommendations", env={"FAULT_MODE": "slow", "FAULT_DELAY_SECONDS": str(FAULT_DELAY_SECONDS)}
+    )
+    await stack.stop_service("catalog")
+    try:
+        for _ in range(7):  # the first failures, then through the gateway's open circuit breaker
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await product_page(shop)
+            elapsed = time.monotonic() - started
+            details = details_of(caught.value)
+            assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+            assert elapsed < RECOMMENDATIONS_BUDGET < PAGE_DEADLINE, f"took {elapsed:.2f}s"
+    finally:
+        await stack.start_service("catalog")
+        await stack.stop_service("recommendations")
+        await stack.start_service("recommendations", env={"FAULT_MODE": "none"})

@@ -1,0 +1,243 @@
+"""Order e-mails end to end: real catalog, inventory, payments, orders and notifications processes, a real
+nats-server and the SMTP sink, started by the same launcher as `make run`.
+
+notifications is killed with SIGKILL while it works through a stream of events and restarted: every
+event still yields exactly one e-mail and one SENT notification. A poison message lands on the
+dead-letter stream without holding up the messages behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+
+from shopmesh.common.v1 import money_pb2
+from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
+from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_platform.smtp_sink import read_mail
+from shopmesh_platform.stack import Stack
+
+from .shop import Shop, place_request, shop_client
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SERVICES = ["catalog", "inventory", "payments", "orders", "notifications"]
+ENV = {
+    "orders": {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"},
+    "notifications": {
+        "CONSUMER_MAX_ATTEMPTS": "3",
+        "CONSUMER_BACKOFF_SECONDS": "[0.1]",
+        # What a killed process had fetched comes back after this; what it had claimed, after 2 x 2 s.
+        "CONSUMER_ACK_WAIT_SECONDS": "3",
+        "SMTP_TIMEOUT_SECONDS": "2",
+        "SEND_BACKOFF_SECONDS": "0.1",
+        "SEND_MAX_BACKOFF_SECONDS": "0.5",
+    },
+}
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, attempts: int = 400) -> T:
+    """Poll until `probe` returns a value (bounded: a wait, not a timing assertion)."""
+    for _ in range(attempts):
+        try:
+            value = await probe()
+        except grpc.aio.AioRpcError as error:
+            # A restarted server: the channel reconnects with backoff, as a real client's would.
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            value = None
+        if value is not None:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def user() -> str:
+    return f"usr_{uuid.uuid4().hex[:10]}"
+
+
+def mails_by_order(stack: Stack) -> Counter[str]:
+    return Counter(str(message["X-Shopmesh-Order-Id"]) for message in read_mail(stack.smtp_dir))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_dir: Path) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(module_dir, services=SERVICES, env=ENV) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def shop(stack: Stack) -> AsyncIterator[Shop]:
+    async with shop_client(stack) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def notifications(stack: Stack) -> AsyncIterator[notifications_pb2_grpc.NotificationsServiceStub]:
+    descriptor = notifications_pb2.DESCRIPTOR.services_by_name["NotificationsService"]
+    options = ClientOptions(breaker=None, caller="e2e-tests", default_timeout_seconds=10)
+    async with ResilientChannel(stack.address("notifications"), [descriptor], options) as channel:
+        yield notifications_pb2_grpc.NotificationsServiceStub(channel.channel)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def jetstream(stack: Stack) -> AsyncIterator[Client]:
+    client = await nats.connect(stack.nats_url)
+    yield client
+    await client.close()
+
+
+async def listed(
+    stub: notifications_pb2_grpc.NotificationsServiceStub, user_id: str
+) -> list[notifications_pb2.Notification]:
+    out: list[notifications_pb2.Notification] = []
+    token = ""
+    while True:
+        page = await stub.ListNotifications(
+            notifications_pb2.ListNotificationsRequest(user_id=user_id, page_size=100, page_token=token)
+        )
+        out += page.notifications
+        token = page.next_page_token
+        if not token:
+            return out
+
+
+def confirmed(order_id: str, event_id: str, user_id: str) -> bytes:
+    payload = events_pb2.OrderConfirmed(
+        event_id=event_id,
+        order_id=order_id,
+        user_id=user_id,
+        email="burst@example.com",
+        items=[
+            orders_pb2.OrderItem(
+                product_id="prod_burst",
+                product_name="Burst item",
+                quantity=1,
+                unit_price=money_pb2.Money(amount_minor=100, currency="USD"),
+                line_total=money_pb2.Money(amount_minor=100, currency="USD"),
+            )
+        ],
+        total=money_pb2.Money(amount_minor=100, currency="USD"),
+    )
+    return payload.SerializeToString()
+
+
+async def test_a_placed_order_gets_its_confirmation_email(
+    stack: Stack, shop: Shop, notifications: notifications_pb2_grpc.NotificationsServiceStub
+) -> None:
+    await shop.set_stock("prod_chef_knife", 10)
+    customer = user()
+    placed = await shop.place(place_request(customer, "prod_chef_knife", 2))
+    order = await shop.order(placed.id)
+    assert order.state == orders_pb2.ORDER_STATE_CONFIRMED
+
+    async def arrived() -> list[EmailMessage] | None:
+        mails = [m for m in read_mail(stack.smtp_dir) if m["X-Shopmesh-Order-Id"] == order.id]
+        return mails or None
+
+    (mail,) = await eventually(arrived, "the confirmation e-mail in the SMTP sink")
+    assert mail["To"] == "grace@example.com"
+    assert mail["Subject"] == f"Your shopmesh order {order.id} is confirmed"
+
+    async def sent() -> list[notifications_pb2.Notification] | None:
+        found = await listed(notifications, customer)
+        return found if found and found[0].state == notifications_pb2.NOTIFICATION_STATE_SENT else None
+
+    (notification,) = await eventually(sent, "the notification SENT")
+    assert notification.order_id == order.id
+
+
+async def test_sigkill_mid_stream_then_restart_loses_no_email_and_duplicates_none(
+    stack: Stack, shop: Shop, notifications: notifications_pb2_grpc.NotificationsServiceStub, jetstream: Client
+) -> None:
+    await shop.set_stock("prod_french_press", 20)
+    customer = user()
+    orders = [(await shop.place(place_request(customer, "prod_french_press"))).id for _ in range(2)]
+
+    # A burst straight onto the stream, as after a busy minute of checkouts.
+    burst_user = user()
+    burst = {f"ord_burst_{uuid.uuid4().hex[:16]}": f"evt_{uuid.uuid4().hex}" for _ in range(40)}
+    burst_orders = list(burst)
+    js = jetstream.jetstream()
+    for order_id, event_id in burst.items():
+        payload = confirmed(order_id, event_id, burst_user)
+        await js.publish("orders.v1.order_confirmed", payload, headers={"Nats-Msg-Id": event_id})
+
+    async def some_sent() -> bool | None:
+        counts = mails_by_order(stack)
+        return True if any(counts[o] for o in burst_orders) else None
+
+    await eventually(some_sent, "the first e-mails of the burst")
+    await stack.kill_service("notifications")
+
+    # Orders confirmed while notifications is down: their events wait in JetStream.
+    orders += [(await shop.place(place_request(customer, "prod_french_press"))).id for _ in range(2)]
+
+    await stack.start_service("notifications")
+
+    everything = orders + burst_orders
+
+    async def all_arrived() -> Counter[str] | None:
+        counts = mails_by_order(stack)
+        return counts if all(counts[o] for o in everything) else None
+
+    counts = await eventually(all_arrived, "an e-mail for every order", attempts=600)
+    assert {o: counts[o] for o in everything} == dict.fromkeys(everything, 1)
+
+    async def all_sent(user_id: str, expected: int) -> list[notifications_pb2.Notification] | None:
+        found = await listed(notifications, user_id)
+        done = len(found) == expected and all(n.state == notifications_pb2.NOTIFICATION_STATE_SENT for n in found)
+        return found if done else None
+
+    burst_listed = await eventually(lambda: all_sent(burst_user, len(burst)), "every burst notification SENT")
+    assert sorted(n.event_id for n in burst_listed) == sorted(burst.values())
+    customer_listed = await eventually(lambda: all_sent(customer, len(orders)), "every order notification SENT")
+    assert sorted(n.order_id for n in customer_listed) == sorted(orders)
+
+
+async def test_a_poison_message_is_dead_lettered_and_later_orders_are_still_mailed(
+    stack: Stack, shop: Shop, jetstream: Client
+) -> None:
+    js = jetstream.jetstream()
+    poison_id = f"evt_poison_{uuid.uuid4().hex}"
+    await js.publish(
+        "orders.v1.order_confirmed", b"\x00garbage, not an OrderConfirmed", headers={"Nats-Msg-Id": poison_id}
+    )
+
+    await shop.set_stock("prod_camp_stove", 5)
+    later = await shop.place(place_request(user(), "prod_camp_stove"))
+
+    async def mailed() -> bool | None:
+        return True if mails_by_order(stack)[later.id] == 1 else None
+
+    await eventually(mailed, "the later order's e-mail")
+
+    async def parked() -> bool | None:
+        try:
+            info = await js.stream_info("DEADLETTER")
+        except Exception:
+            return None
+        if not info.state.messages:
+            return None  # the stream exists (consumers declare it) but nothing is parked yet
+        for sequence in range(max(1, info.state.first_seq), info.state.last_seq + 1):
+            message = await js.get_msg("DEADLETTER", sequence)
+            if message.headers and message.headers.get("Shopmesh-Original-Event-Id") == poison_id:
+                assert message.subject == "deadletter.notifications.orders.v1.order_confirmed"
+                assert message.data == b"\x00garbage, not an OrderConfirmed"
+                return True
+        return None
+
+    await eventually(parked, "the poison message on the DEADLETTER stream")

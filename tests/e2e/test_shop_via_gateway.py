@@ -1,0 +1,207 @@
+"""The shop as a client sees it: every call goes to the gateway only, in front of every real service, a
+real nats-server and the SMTP sink, started by the same launcher as `make run`.
+
+register → login → browse → product page → place order → get order → the confirmation e-mail arrives;
+plus the gateway's authentication with tokens the real users service signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import jwt
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2
+from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+from shopmesh_platform.smtp_sink import read_mail
+from shopmesh_platform.stack import Stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ENV = {
+    "orders": {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"},
+    "notifications": {"SEND_BACKOFF_SECONDS": "0.1", "SEND_MAX_BACKOFF_SECONDS": "0.5"},
+    # Room for a cold recommendations service on a busy machine: this module is about the happy path.
+    "gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": "2"},
+}
+PASSWORD = "correct horse battery staple"
+T = TypeVar("T")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_dir: Path) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(module_dir, env=ENV) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shop(stack: Stack) -> AsyncIterator[Any]:
+    # A plain channel: what a front-end has, nothing of the chassis.
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        yield shop_pb2_grpc.ShopServiceStub(channel)
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, attempts: int = 300) -> T:
+    """Poll until `probe` returns a value (bounded: a wait, not a timing assertion)."""
+    for _ in range(attempts):
+        value = await probe()
+        if value is not None:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def failure(call: Awaitable[Any]) -> ErrorDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return details_of(caught.value)
+
+
+async def signed_up(shop: Any, name: str) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """A new account: (user id, e-mail, authorization metadata)."""
+    email = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
+    await shop.Register(shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name=name.title()))
+    login = await shop.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD))
+    return login.user_id, email, (("authorization", f"Bearer {login.access_token}"),)
+
+
+def order_for(product_id: str, email: str = "") -> shop_pb2.PlaceOrderRequest:
+    return shop_pb2.PlaceOrderRequest(
+        items=[orders_pb2.CartItem(product_id=product_id, quantity=1)],
+        currency="USD",
+        shipping_address=orders_pb2.ShippingAddress(
+            full_name="Grace Hopper", street="1 Compiler Road", city="Arlington", postal_code="22201", country="US"
+        ),
+        email=email,
+        card=payments_pb2.PaymentCard(number="4242424242424242", exp_month=12, exp_year=2031, cvv="123"),
+    )
+
+
+def confirmation_to(stack: Stack, order_id: str) -> EmailMessage | None:
+    for message in read_mail(stack.smtp_dir):
+        if str(message["X-Shopmesh-Order-Id"]) == order_id:
+            return message
+    return None
+
+
+async def test_a_customer_registers_browses_orders_and_gets_the_confirmation_email(stack: Stack, shop: Any) -> None:
+    user_id, email, auth = await signed_up(shop, "grace")
+
+    kitchen = await shop.ListProducts(shop_pb2.ListProductsRequest(category="kitchen", page_size=5))
+    assert kitchen.products
+    assert {p.category for p in kitchen.products} == {"kitchen"}
+    found = await shop.SearchProducts(shop_pb2.SearchProductsRequest(query="french press"))
+    product = found.products[0]
+    assert product.id == "prod_french_press"
+
+    async def ranked_page() -> Any:
+        # A freshly started recommendations service may miss its first budgets (cold caches).
+        page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id=product.id, max_recommendations=3))
+        return None if page.recommendations_degraded else page
+
+    page = await eventually(ranked_page, "a product page with ranked recommendations", attempts=20)
+    assert page.product.id == product.id
+    assert page.availability.in_stock
+    assert page.availability.available_quantity > 0
+    assert product.id not in [r.product_id for r in page.recommendations]
+    assert len(page.recommendations) <= 3
+
+    key = str(uuid.uuid4())
+    call = shop.PlaceOrder(order_for(product.id), metadata=(*auth, ("idempotency-key", key)), timeout=30)
+    placed = (await call).order
+    assert placed.state == orders_pb2.ORDER_STATE_CONFIRMED
+    assert (placed.user_id, placed.email) == (user_id, email), "the account's address when none is given"
+    assert ("idempotency-key", key) in list(await call.trailing_metadata())
+
+    fetched = await shop.GetOrder(shop_pb2.GetOrderRequest(order_id=placed.id), metadata=auth)
+    assert fetched.order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    listed = await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth)
+    assert [o.id for o in listed.orders] == [placed.id]
+
+    async def mail() -> EmailMessage | None:
+        return await asyncio.to_thread(confirmation_to, stack, placed.id)
+
+    message = await eventually(mail, f"a confirmation e-mail for {placed.id}")
+    assert email in str(message["To"])
+    assert placed.id in str(message["Subject"])
+
+    async def notified() -> list[Any] | None:
+        page = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=auth)
+        return [n for n in page.notifications if n.order_id == placed.id] or None
+
+    (notification,) = await eventually(notified, f"the notification of {placed.id} listed")
+    assert notification.recipient == email
+
+
+async def test_a_declined_card_reaches_the_client_with_the_orders_error(shop: Any) -> None:
+    _, _, auth = await signed_up(shop, "declined")
+    request = order_for("prod_chef_knife", email="declined@example.com")
+    request.card.number = "4000000000000002"
+    details = await failure(shop.PlaceOrder(request, metadata=auth, timeout=30))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED")
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.orders"
+
+
+async def test_protected_methods_need_a_token(shop: Any) -> None:
+    details = await failure(shop.ListOrders(shop_pb2.ListOrdersRequest()))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
+
+
+async def test_a_users_token_with_a_tampered_payload_is_token_invalid(shop: Any) -> None:
+    _, _, auth = await signed_up(shop, "mallory")
+    genuine = auth[0][1].removeprefix("Bearer ")
+    header, _payload, signature = genuine.split(".")
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    claims["sub"] = "usr_someone_else"
+    forged_payload = jwt.encode(claims, "x" * 32, algorithm="HS256").split(".")[1]
+    forged = f"{header}.{forged_payload}.{signature}"
+    details = await failure(
+        shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=(("authorization", f"Bearer {forged}"),))
+    )
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+
+
+async def test_a_token_signed_by_another_key_under_the_users_kid_is_token_invalid(shop: Any) -> None:
+    user_id, _, auth = await signed_up(shop, "eve")
+    genuine = auth[0][1].removeprefix("Bearer ")
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    forged = jwt.encode(
+        claims,
+        Ed25519PrivateKey.generate(),
+        algorithm="EdDSA",
+        headers={"kid": jwt.get_unverified_header(genuine)["kid"]},
+    )
+    assert jwt.decode(forged, options={"verify_signature": False})["sub"] == user_id
+    details = await failure(
+        shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=(("authorization", f"Bearer {forged}"),))
+    )
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
+
+
+async def test_a_client_claiming_another_user_id_still_acts_only_as_its_token_says(shop: Any) -> None:
+    victim_id, _, victim = await signed_up(shop, "victim")
+    _, _, attacker = await signed_up(shop, "attacker")
+    victims_order = (await shop.PlaceOrder(order_for("prod_soy_candle"), metadata=victim, timeout=30)).order
+    spoofed = (*attacker, ("x-user-id", victim_id))
+
+    missing = await failure(shop.GetOrder(shop_pb2.GetOrderRequest(order_id=victims_order.id), metadata=spoofed))
+    assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
+    assert list((await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=spoofed)).orders) == []
+    cancel = await failure(shop.CancelOrder(shop_pb2.CancelOrderRequest(order_id=victims_order.id), metadata=spoofed))
+    assert cancel.code == grpc.StatusCode.NOT_FOUND
+    own = (await shop.PlaceOrder(order_for("prod_soy_candle"), metadata=spoofed, timeout=30)).order
+    assert own.user_id != victim_id
+    notifications = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=spoofed)
+    assert all(n.user_id != victim_id for n in notifications.notifications)

@@ -1,0 +1,80 @@
+"""Fixtures of the Kubernetes delivery tests: the charts rendered once per session with the real Helm v4
+SDK (k8s/render.py), every value set, into a folder that checkov and kubernetes-validate read."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .k8skit import Docs, render, tool
+
+
+@pytest.fixture(scope="session")
+def helm_dir() -> Iterator[Path]:
+    with render.prepared_copy() as copy:
+        yield copy
+
+
+@pytest.fixture(scope="session")
+def render_dir(helm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("render") / "render"
+    render.write_all(helm_dir, out)
+    yield out
+    if _checkov["process"] is not None and _checkov["process"].poll() is None:
+        _checkov["process"].kill()
+
+
+_checkov: dict[str, subprocess.Popen[str] | None] = {"process": None}
+
+
+@pytest.fixture(scope="session")
+def checkov_report(render_dir: Path) -> subprocess.Popen[str]:
+    """checkov over the whole render folder, once. Started as soon as the manifests exist (see
+    `start_checkov`), so that its half minute overlaps the other tests."""
+    return start_checkov(render_dir)
+
+
+def start_checkov(render_dir: Path) -> subprocess.Popen[str]:
+    if _checkov["process"] is None:
+        _checkov["process"] = subprocess.Popen(
+            [
+                tool("checkov"),
+                "--directory",
+                str(render_dir),
+                "--framework",
+                "kubernetes",
+                "--output",
+                "json",
+                "--compact",
+                "--skip-download",
+                "--soft-fail",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    return _checkov["process"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkov_early(request: pytest.FixtureRequest) -> None:
+    """Start checkov in the background at the beginning of a session that will run its test."""
+    if any(item.name == "test_checkov_finds_nothing" for item in request.session.items):
+        start_checkov(request.getfixturevalue("render_dir"))
+
+
+@pytest.fixture(scope="session")
+def rendered(render_dir: Path) -> dict[tuple[str, str], Docs]:
+    """(value set, chart) -> every object the chart renders (hooks included)."""
+    result: dict[tuple[str, str], Docs] = {}
+    for value_set in render.VALUE_SETS:
+        for chart in render.all_charts():
+            docs: Docs = []
+            for path in sorted((render_dir / value_set / chart).rglob("*.yaml")):
+                docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+            result[value_set, chart] = docs
+    return result

@@ -1,0 +1,47 @@
+"""Helpers of the Kubernetes delivery tests: k8s/render.py and k8s/dockerfiles.py as modules, tools, lookups."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None, path
+    assert spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load("shopmesh_k8s_render", ROOT / "k8s" / "render.py")
+dockerfiles = _load("shopmesh_k8s_dockerfiles", ROOT / "k8s" / "dockerfiles.py")
+
+Docs = list[dict[str, Any]]
+
+
+def tool(name: str) -> str:
+    """A command-line tool from the venv, .tools/bin or PATH; fails the test (never skips) if missing."""
+    for candidate in (ROOT / ".venv" / "bin" / name, ROOT / ".tools" / "bin" / name):
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is missing: run `make k8s-tools` (or `make setup`)", pytrace=False)
+    return found
+
+
+def find(docs: Docs, kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]

@@ -1,0 +1,132 @@
+"""Every chart renders and lints with the Helm v4 SDK for every value set; every rendered object is valid
+against the Kubernetes 1.32 schemas in strict mode; checkov finds nothing; hadolint finds nothing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate import utils as kv_utils
+
+from shopmesh_platform.topology import SERVICES
+
+from .k8skit import ROOT, Docs, dockerfiles, render, tool
+
+KUBERNETES_VERSION = "1.32.0"  # the kubectl this project tests against
+CASES = [(value_set, chart) for value_set in render.VALUE_SETS for chart in render.all_charts()]
+
+
+def test_helm_sdk_is_helm_4() -> None:
+    assert helm.helm_sdk_version().startswith("v4."), helm.helm_sdk_version()
+
+
+@pytest.mark.parametrize(("value_set", "chart"), CASES)
+def test_chart_renders_every_object(rendered: dict[tuple[str, str], Docs], value_set: str, chart: str) -> None:
+    docs = rendered[value_set, chart]
+    names = SERVICES if chart == render.UMBRELLA else [chart]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for name in names:
+        expected = {"ServiceAccount", "ConfigMap", "Service", "Deployment", "NetworkPolicy"}
+        if value_set == "staging":
+            expected |= {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
+        for kind in expected:
+            assert (kind, name) in kinds, f"{chart} ({value_set}) renders no {kind}/{name}"
+        assert ("Pod", f"{name}-health-test") in kinds, f"{chart} ({value_set}) has no helm test pod for {name}"
+    assert all(d["metadata"].get("namespace") == render.NAMESPACE for d in docs if d["kind"] != "Namespace")
+
+
+@pytest.mark.parametrize(("value_set", "chart"), CASES)
+def test_helm_lint_reports_no_error(helm_dir: Path, value_set: str, chart: str) -> None:
+    report = render.lint(helm_dir, chart, value_set)
+    errors = [m for m in report["messages"] if m["severity"] >= 3] + list(report.get("errors") or [])
+    assert not errors, errors
+
+
+def test_library_chart_lints(helm_dir: Path) -> None:
+    report = helm.lint(helm_dir / render.LIBRARY)
+    assert not [m for m in report["messages"] if m["severity"] >= 3], report
+    assert not report.get("errors"), report
+
+
+def _unique_objects(render_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every rendered object once (the umbrella and a service chart alone render many identical ones)."""
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    for path in sorted(render_dir.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                seen.setdefault(json.dumps(doc, sort_keys=True), (str(path.relative_to(render_dir)), doc))
+    return list(seen.values())
+
+
+def test_every_object_validates_against_kubernetes_schemas_strict(
+    render_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kubernetes-validate re-reads its JSON schemas for every object; read each file once.
+    monkeypatch.setattr(kv_utils, "schema_contents", functools.lru_cache(maxsize=None)(kv_utils.schema_contents))
+    failures = []
+    objects = _unique_objects(render_dir)
+    for where, doc in objects:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except (kv_utils.ValidationError, kv_utils.SchemaNotFoundError) as exc:
+            failures.append(f"{where}: {doc['kind']}/{doc['metadata']['name']}: {getattr(exc, 'message', exc)}")
+    assert len(objects) > 100
+    assert not failures, "\n".join(failures)
+
+
+def test_kubernetes_validate_rejects_an_unknown_field() -> None:
+    """Strict mode is really on: an unexpected property fails."""
+    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "bogus": 1}, "data": {}}
+    with pytest.raises(kv_utils.ValidationError):
+        kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
+
+
+def test_checkov_finds_nothing(checkov_report: subprocess.Popen[str]) -> None:
+    """One checkov run over every rendered set and the dev infra: no failed check, and every skipped
+    check carries its reason (the charts' `checkov.io/skip-*: ID=reason` annotations)."""
+    stdout, stderr = checkov_report.communicate(timeout=600)
+    assert checkov_report.returncode == 0, stderr[-3000:]
+    reports = json.loads(stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for r in reports
+        for c in r["results"]["failed_checks"]
+    ]
+    assert not failed, "\n".join(failed)
+    skipped = [c for r in reports for c in r["results"]["skipped_checks"]]
+    unexplained = [
+        f"{c['check_id']} {c['resource']}"
+        for c in skipped
+        if (c["check_result"].get("suppress_comment") or "No comment provided").strip() == "No comment provided"
+    ]
+    assert not unexplained, unexplained
+    assert sum(r["summary"]["passed"] for r in reports) > 1000
+    assert sum(r["summary"]["parsing_errors"] for r in reports) == 0
+
+
+def test_dockerfiles_exist_and_follow_the_template() -> None:
+    assert not dockerfiles.problems(), dockerfiles.problems()
+
+
+def test_hadolint_finds_nothing() -> None:
+    files = sorted(str(p) for p in (ROOT / "services").glob("*/Dockerfile"))
+    assert files, "no Dockerfile under services/"
+    proc = subprocess.run([tool("hadolint"), "--no-color", *files], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not proc.stdout.strip(), proc.stdout
+
+
+def test_hadolint_is_really_linting(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian\nRUN apt-get install -y curl\n")
+    proc = subprocess.run([tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True, check=False)
+    assert proc.returncode != 0
+    assert "DL3006" in proc.stdout

@@ -1,0 +1,360 @@
+"""The pieces agree with each other and with the one place the system is declared
+(libs/platform/src/shopmesh_platform/topology.py): charts, NetworkPolicies, environment, probes, drain,
+images, skaffold, the dev infrastructure, the Makefile and the docs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from shopmesh_platform.topology import SERVICES, callers_of
+
+from .k8skit import ROOT, Docs, find, render
+
+GRPC_PORT = 50051  # every pod (docs/chassis.md; the task's cluster convention)
+METRICS_PORT = 9464
+NATS_PORT = 4222
+POSTGRES_PORT = 5432
+SMTP_PORT = 1025
+NAMES = list(SERVICES)
+
+
+def chart_values(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "helm" / name / "values.yaml").read_text())
+
+
+def skaffold() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+
+
+def service_docs(rendered: dict[tuple[str, str], Docs], value_set: str, name: str) -> Docs:
+    return rendered[value_set, name]
+
+
+def peers_by_port(rules: list[dict[str, Any]], key: str) -> dict[int, list[dict[str, Any]]]:
+    """port -> the peers (from/to entries) allowed on it; an absent peer list is {"anywhere": True}."""
+    result: dict[int, list[dict[str, Any]]] = {}
+    for rule in rules:
+        for port in rule.get("ports", []):
+            result.setdefault(port["port"], []).extend(rule.get(key, [{"anywhere": True}]))
+    return result
+
+
+def service_names(peers: list[dict[str, Any]]) -> set[str]:
+    """The shopmesh services among NetworkPolicy peers (pods selected by app.kubernetes.io/name)."""
+    names = set()
+    for peer in peers:
+        labels = peer.get("podSelector", {}).get("matchLabels", {})
+        in_graph = labels.get("app.kubernetes.io/part-of") == "shopmesh" and "namespaceSelector" not in peer
+        if in_graph and labels.get("app.kubernetes.io/component") != "helm-test":
+            names.add(labels["app.kubernetes.io/name"])
+    return names
+
+
+# --- charts and values against the topology ---------------------------------------------------------
+
+
+def test_every_topology_service_has_a_chart_on_the_library() -> None:
+    for name in NAMES:
+        chart = yaml.safe_load((ROOT / "helm" / name / "Chart.yaml").read_text())
+        assert chart["name"] == name
+        assert chart["dependencies"] == [
+            {"name": "shopmesh-lib", "version": "0.1.0", "repository": "file://../shopmesh-lib"}
+        ]
+        templates = list((ROOT / "helm" / name / "templates").iterdir())
+        assert [t.name for t in templates] == ["service.yaml"], "a service chart holds only values"
+    charts = {p.name for p in (ROOT / "helm").iterdir() if (p / "Chart.yaml").is_file()}
+    assert charts == {*NAMES, render.LIBRARY, render.UMBRELLA}
+
+
+def test_umbrella_depends_on_every_service_chart() -> None:
+    chart = yaml.safe_load((ROOT / "helm" / "shopmesh" / "Chart.yaml").read_text())
+    assert [(d["name"], d["repository"], d["condition"]) for d in chart["dependencies"]] == [
+        (name, f"file://../{name}", f"{name}.enabled") for name in NAMES
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chart_values_match_the_topology(name: str) -> None:
+    service, values = SERVICES[name], chart_values(name)
+    assert values["service"]["name"] == name
+    assert values["service"]["grpcServices"] == list(service.grpc_services)
+    assert values["callers"] == list(callers_of(name))
+    assert values["calls"] == list(service.calls)
+    assert values["database"]["enabled"] == service.has_database
+    assert values["events"]["publishes"] == list(service.publishes)
+    assert values["events"]["consumes"] == list(service.consumes)
+    assert values.get("email", {}).get("enabled", False) == service.sends_email
+
+
+# --- NetworkPolicies: the allow-lists are the call graph ---------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+@pytest.mark.parametrize("name", NAMES)
+def test_network_policy_allows_exactly_the_call_graph(
+    rendered: dict[tuple[str, str], Docs], value_set: str, name: str
+) -> None:
+    service = SERVICES[name]
+    for docs in (service_docs(rendered, value_set, name), rendered[value_set, render.UMBRELLA]):
+        policy = find(docs, "NetworkPolicy", name)["spec"]
+        assert policy["podSelector"]["matchLabels"] == {
+            "app.kubernetes.io/name": name,
+            "app.kubernetes.io/part-of": "shopmesh",
+        }
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        ingress = peers_by_port(policy["ingress"], "from")
+        egress = peers_by_port(policy["egress"], "to")
+        assert set(ingress) == {GRPC_PORT, METRICS_PORT}, "ingress only on the gRPC and metrics ports"
+
+        callers = [c for c in callers_of(name) if c != "clients"]
+        assert service_names(ingress[GRPC_PORT]) == set(callers)
+        open_to_anyone = {"anywhere": True} in ingress[GRPC_PORT]
+        assert open_to_anyone == ("clients" in callers_of(name)), "only the edge takes calls from outside"
+        assert service_names(egress.get(GRPC_PORT, [])) == set(service.calls)
+
+        assert (NATS_PORT in egress) == service.uses_nats
+        postgres = service.has_database and value_set == "staging"
+        assert (POSTGRES_PORT in egress) == postgres, "PostgreSQL egress only for its own database there"
+        assert (SMTP_PORT in egress) == service.sends_email
+        assert 53 in egress, "DNS"
+        assert set(egress) <= {53, GRPC_PORT, NATS_PORT, POSTGRES_PORT, SMTP_PORT, 15012, 8080, 8086, 8090}
+
+
+def test_umbrella_denies_by_default(rendered: dict[tuple[str, str], Docs]) -> None:
+    for value_set in render.VALUE_SETS:
+        deny = find(rendered[value_set, render.UMBRELLA], "NetworkPolicy", "shopmesh-default-deny")["spec"]
+        assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+# --- environment, ports, probes, drain -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+@pytest.mark.parametrize("name", NAMES)
+def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs], value_set: str, name: str) -> None:
+    service = SERVICES[name]
+    docs = service_docs(rendered, value_set, name)
+    env = find(docs, "ConfigMap", name)["data"]
+    deployment = find(docs, "Deployment", name)
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    svc = find(docs, "Service", name)["spec"]
+
+    # The chassis listens where the pod, the probes, the Service and the scrape annotations point.
+    assert env["GRPC_HOST"] == "0.0.0.0"
+    assert env["METRICS_HOST"] == "0.0.0.0"
+    assert int(env["GRPC_PORT"]) == GRPC_PORT
+    assert int(env["METRICS_PORT"]) == METRICS_PORT
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == GRPC_PORT, f"{probe}: native gRPC probe on the gRPC port"
+    grpc_port = next(p for p in svc["ports"] if p["name"] == "grpc")
+    assert grpc_port == {
+        "name": "grpc",
+        "port": GRPC_PORT,
+        "targetPort": "grpc",
+        "protocol": "TCP",
+        "appProtocol": "grpc",
+    }
+    assert any(p["name"] == "metrics" and p["port"] == METRICS_PORT for p in svc["ports"])
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+
+    # Callers learn addresses through the topology's variables; NATS_URL only where events flow.
+    addresses = {k: v for k, v in env.items() if k.endswith("_ADDRESS")}
+    assert addresses == {
+        SERVICES[c].address_variable: f"{c}.{render.NAMESPACE}.svc.cluster.local:{GRPC_PORT}" for c in service.calls
+    }
+    assert ("NATS_URL" in env) == service.uses_nats
+    assert env["SERVICE_NAME"] == name
+
+    # Drain: the chassis' delay and grace fit in the kubelet's grace period, and the delay covers a
+    # readiness period (+ its timeout), so endpoints see NOT_SERVING before new calls are refused.
+    drain, grace = float(env["DRAIN_DELAY_SECONDS"]), float(env["SHUTDOWN_GRACE_SECONDS"])
+    assert drain + grace < pod["spec"]["terminationGracePeriodSeconds"]
+    readiness = container["readinessProbe"]
+    assert drain >= readiness["periodSeconds"] + readiness["timeoutSeconds"] - 0.001
+    assert "lifecycle" not in container, "no preStop: the chassis drains itself (see _deployment.tpl)"
+
+    # Read-only root filesystem: /tmp always, /data for SQLite; DATABASE_URL from a Secret for PostgreSQL.
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"]
+    assert security["runAsNonRoot"]
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["runAsUser"] == 10001
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])}
+    if service.has_database and value_set == "staging":
+        assert secret_env["DATABASE_URL"] == {"name": f"{name}-database", "key": "DATABASE_URL"}
+        assert mounts == {"/tmp"}
+    elif service.has_database:
+        assert env["DATA_DIR"] == "/data"
+        assert mounts == {"/tmp", "/data"}
+        assert "DATABASE_URL" not in secret_env
+    else:
+        assert mounts == {"/tmp"}
+        assert "DATABASE_URL" not in secret_env
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_staging_runs_two_replicas_with_budget_and_autoscaler(rendered: dict[tuple[str, str], Docs], name: str) -> None:
+    docs = rendered["staging", render.UMBRELLA]
+    hpa = find(docs, "HorizontalPodAutoscaler", name)["spec"]
+    assert hpa["minReplicas"] >= 2
+    assert hpa["maxReplicas"] > hpa["minReplicas"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    pdb = find(docs, "PodDisruptionBudget", name)["spec"]
+    assert pdb["minAvailable"] < hpa["minReplicas"]
+    staging = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values-staging.yaml").read_text())["global"]
+    container = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == staging["resources"][name], "staging sizing comes from values-staging.yaml"
+    assert set(staging["resources"]) == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_helm_test_hook_checks_the_service_over_grpc(rendered: dict[tuple[str, str], Docs], name: str) -> None:
+    for docs in (rendered["default", name], rendered["default", render.UMBRELLA]):
+        pod = find(docs, "Pod", f"{name}-health-test")
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        command = pod["spec"]["containers"][0]["command"]
+        assert "grpc_health.v1" in command[2]
+        assert command[3:] == [
+            f"{name}.{render.NAMESPACE}.svc.cluster.local:{GRPC_PORT}",
+            *SERVICES[name].grpc_services,
+        ]
+
+
+# --- images: Dockerfiles, skaffold and charts agree ---------------------------------------------------
+
+
+def test_skaffold_has_an_artifact_per_service_matching_the_charts() -> None:
+    config = skaffold()
+    assert config["apiVersion"].startswith("skaffold/v4")
+    assert config["kind"] == "Config"
+    artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
+    assert set(artifacts) == {f"shopmesh-{n}" for n in NAMES}
+    (release,) = config["deploy"]["helm"]["releases"]
+    assert release["chartPath"] == "helm/shopmesh"
+    templates = release["setValueTemplates"]
+    for name in NAMES:
+        image = f"shopmesh-{name}"
+        assert artifacts[image]["context"] == "."
+        assert artifacts[image]["docker"]["dockerfile"] == f"services/{name}/Dockerfile"
+        assert chart_values(name)["image"]["repository"] == image, "the chart expects the artifact's image"
+        variable = image.replace("-", "_")
+        assert templates[f"{name}.image.repository"] == f"{{{{.IMAGE_REPO_{variable}}}}}"
+        assert templates[f"{name}.image.tag"] == f"{{{{.IMAGE_TAG_{variable}}}}}"
+        assert templates[f"{name}.image.digest"] == f"{{{{.IMAGE_DIGEST_{variable}}}}}"
+    assert config["portForward"] == [
+        {
+            "resourceType": "service",
+            "resourceName": "gateway",
+            "namespace": "shopmesh",
+            "port": 50051,
+            "localPort": 50051,
+        }
+    ]
+    profiles = {p["name"]: p for p in config["profiles"]}
+    assert set(profiles) == {"istio", "linkerd", "staging"}
+    for name, profile in profiles.items():
+        added = [p["value"] for p in profile["patches"] if p["path"].endswith("valuesFiles/-")]
+        assert added == [f"helm/shopmesh/values-{name}.yaml"]
+        assert (ROOT / added[0]).is_file()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if (ROOT / "services" / n / "Dockerfile").is_file()])
+def test_dockerfile_runs_the_service_as_the_topology_says(name: str) -> None:
+    text = (ROOT / "services" / name / "Dockerfile").read_text()
+    assert f'ENTRYPOINT ["/app/.venv/bin/python", "-m", "{SERVICES[name].module}"]' in text
+    assert f"--package shopmesh-{name}" in text
+    assert "--frozen" in text
+    assert "--no-dev" in text
+    assert "USER 10001:10001" in text
+    assert "EXPOSE 50051 9464" in text
+    assert text.count("\nFROM ") == 2, "multi-stage: builder + runtime"
+    runtime = text.split("\nFROM ")[2]
+    assert "uv " not in runtime, "the final stage installs nothing"
+    assert "apt-get" not in runtime, "the final stage installs nothing"
+    # The template copies the chassis and the contracts: the service may depend on nothing else of ours.
+    project = (ROOT / "services" / name / "pyproject.toml").read_text()
+    ours = set(re.findall(r'"(shopmesh-[a-z-]+)', project.split("[build-system]")[0])) - {f"shopmesh-{name}"}
+    assert ours <= {"shopmesh-chassis", "shopmesh-contracts"}, f"Dockerfile template copies no {ours}"
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "*"
+    assert "!uv.lock" in lines
+    assert "!libs/chassis/" in lines
+    assert "!services/" in lines
+
+
+# --- dev infrastructure ------------------------------------------------------------------------------
+
+
+def test_dev_postgres_has_a_database_and_user_per_service() -> None:
+    docs = [d for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / "postgresql.yaml").read_text()) if d]
+    sql = find(docs, "Secret", "postgresql")["stringData"]["10-shopmesh-databases.sql"]
+    owners = dict(re.findall(r"CREATE DATABASE (\w+) OWNER (\w+);", sql))
+    expected = {n for n, s in SERVICES.items() if s.has_database}
+    assert owners == {n: n for n in expected}, "one database per service, owned by its own user"
+    assert set(re.findall(r"CREATE USER (\w+) ", sql)) == expected
+    secrets = [d for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / "database-secrets.yaml").read_text()) if d]
+    urls = {d["metadata"]["name"]: d["stringData"]["DATABASE_URL"] for d in secrets}
+    assert urls == {
+        f"{n}-database": f"postgresql://{n}:dev-only-{n}@postgresql.shopmesh-infra.svc.cluster.local:5432/{n}"
+        for n in expected
+    }
+    assert all(d["metadata"]["namespace"] == render.NAMESPACE for d in secrets)
+
+
+def test_dev_infra_matches_the_charts_defaults() -> None:
+    values = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values.yaml").read_text())["global"]
+    assert values["nats"]["url"] == "nats://nats.shopmesh-infra.svc.cluster.local:4222"
+    assert values["smtp"]["host"] == "mailpit.shopmesh-infra.svc.cluster.local"
+    assert values["smtp"]["port"] == SMTP_PORT
+    kustomization = yaml.safe_load((ROOT / "k8s" / "infra" / "kustomization.yaml").read_text())
+    objects = [
+        d for f in kustomization["resources"] for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / f).read_text()) if d
+    ]
+    services = {d["metadata"]["name"]: d for d in objects if d["kind"] == "Service"}
+    assert {p["port"] for p in services["nats"]["spec"]["ports"]} == {NATS_PORT}
+    assert {p["port"] for p in services["postgresql"]["spec"]["ports"]} == {POSTGRES_PORT}
+    assert SMTP_PORT in {p["port"] for p in services["mailpit"]["spec"]["ports"]}
+
+
+# --- Makefile and docs ------------------------------------------------------------------------------
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text() + (ROOT / "k8s" / "k8s.mk").read_text()
+    return set(re.findall(r"^([a-zA-Z][a-zA-Z0-9_-]*):", text, re.MULTILINE))
+
+
+def test_make_targets_exist() -> None:
+    assert "include k8s/k8s.mk" in (ROOT / "Makefile").read_text().splitlines()
+    assert {
+        "kind-up",
+        "kind-down",
+        "skaffold-dev",
+        "deploy-staging",
+        "render",
+        "mesh-istio",
+        "mesh-linkerd",
+    } <= make_targets()
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/kubernetes.md"])
+def test_documented_make_commands_exist(doc: str) -> None:
+    text = (ROOT / doc).read_text()
+    used = set(re.findall(r"(?m)^\s*(?:\$ )?make ([a-z][a-z0-9-]*)", text))
+    used |= set(re.findall(r"`make ([a-z][a-z0-9-]*)", text))
+    missing = used - make_targets()
+    assert not missing, f"{doc} mentions make targets that do not exist: {sorted(missing)}"
