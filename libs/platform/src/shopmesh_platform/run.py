@@ -70,13 +70,19 @@ def grpcurl_commands(stack: Stack) -> list[str]:
     if not stack.services:
         return []
     grpcurl = _grpcurl()
-    first = "catalog" if "catalog" in stack.services else stack.services[0]
+    # The gateway is the one address a client needs; without it, catalog shows the same browsing.
+    first = next((name for name in ("gateway", "catalog") if name in stack.services), stack.services[0])
     address = stack.address(first)
     commands = [
         [grpcurl, "-plaintext", address, "list"],
         [grpcurl, "-plaintext", address, "grpc.health.v1.Health/Check"],
     ]
-    if first == "catalog":
+    if first == "gateway":
+        list_products = "shopmesh.gateway.v1.ShopService/ListProducts"
+        commands.append([grpcurl, "-plaintext", "-d", '{"page_size": 3}', address, list_products])
+        page = "shopmesh.gateway.v1.ShopService/GetProductPage"
+        commands.append([grpcurl, "-plaintext", "-d", '{"product_id": "prod_chef_knife"}', address, page])
+    elif first == "catalog":
         list_products = "shopmesh.catalog.v1.CatalogService/ListProducts"
         commands.append([grpcurl, "-plaintext", "-d", '{"page_size": 3}', address, list_products])
     elif first in SERVICES:
