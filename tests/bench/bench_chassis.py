@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import datetime
 import os
-import platform
 import re
 import signal
 import statistics
@@ -35,13 +34,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
 import grpc
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import machine, write_section
 
 SYNC_THREADS = 10
 # The defaults, which `make bench-chassis` uses: about 2.5 minutes on 2 cores.
@@ -58,8 +59,9 @@ QUIET_WAIT_SECONDS = 30.0
 RETRIES = 2
 TARGET_B_OVER_A = 0.85
 TARGET_B_OVER_C = 1.25
-DOC_TITLE = "# Benchmarks"
+PACKAGES = ("grpcio", "opentelemetry-sdk", "prometheus-client")
 DOC_SECTION = "## Chassis (`make bench-chassis`)"
+SCRIPT = ".venv/bin/python tests/bench/bench_chassis.py"
 
 
 # --- the servers ---------------------------------------------------------------------------------
@@ -482,18 +484,6 @@ def ratios(cells: Sequence[Cell], concurrencies: Sequence[int]) -> tuple[str, st
     return "\n".join(lines), targets
 
 
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    versions = ", ".join(
-        f"{name} {metadata.version(name)}" for name in ("grpcio", "opentelemetry-sdk", "prometheus-client")
-    )
-    return (
-        f"{len(os.sched_getaffinity(0))} CPUs ({model[1].strip() if model else 'unknown CPU'}), "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, {versions}"
-    )
-
-
 HOW_TO_READ = """\
 How to read this:
 
@@ -517,23 +507,29 @@ How to read this:
   C=32. The targets are checked on throughput at C=32, as the issue states them."""
 
 
+def _flags(args: argparse.Namespace) -> str:
+    """The options that reproduce a run (every one spelled out, so that changed defaults show)."""
+    return (
+        f"--warmup {args.warmup:g} --measure {args.measure:g} --repeats {args.repeats} --channels {args.channels} "
+        f"--concurrency {','.join(map(str, args.concurrency))} --servers {','.join(args.servers)} "
+        f"--max-other-cpu {args.max_other_cpu:g} --quiet-wait {args.quiet_wait:g} --retries {args.retries}"
+    )
+
+
 def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]) -> str:
     cells = [Cell.of(k, c, results[k][c]) for c in args.concurrency for k in args.servers]
     ratio_table, targets = ratios(cells, args.concurrency)
-    command = (
-        f"`.venv/bin/python tests/bench/bench_chassis.py --warmup {args.warmup:g} --measure {args.measure:g} "
-        f"--repeats {args.repeats} --channels {args.channels} --concurrency {','.join(map(str, args.concurrency))} "
-        f"--servers {','.join(args.servers)} --max-other-cpu {args.max_other_cpu:g} "
-        f"--quiet-wait {args.quiet_wait:g} --retries {args.retries}`"
-    )
+    defaults = parse_args([])
+    flags = _flags(args)
+    if flags == _flags(defaults):
+        command = f"`make bench-chassis`, i.e. `{SCRIPT}` with its defaults: `{flags}`"
+    else:
+        command = f"`{SCRIPT} {flags}` (`make bench-chassis` runs `{SCRIPT}` with `{_flags(defaults)}`)"
     parts = [
         DOC_SECTION,
-        f"Command: {command}, i.e. {args.warmup:g} s warm-up and {args.measure:g} s measured per cell, "
-        f"{args.repeats} repetition(s). `make bench-chassis` runs the script with its defaults "
-        f"(`--warmup {WARMUP_SECONDS:g} --measure {MEASURE_SECONDS:g} --repeats {REPEATS} --channels {CHANNELS} "
-        f"--concurrency {','.join(map(str, CONCURRENCIES))} --servers {','.join(DEFAULT_SERVERS)} "
-        f"--max-other-cpu {MAX_OTHER_CPU_PERCENT:g} --quiet-wait {QUIET_WAIT_SECONDS:g} --retries {RETRIES}`).",
-        f"Machine: {machine()}.",
+        f"Command: {command}. That is {args.warmup:g} s warm-up and {args.measure:g} s measured per cell, "
+        f"{args.repeats} repetition(s).",
+        f"Machine: {machine(PACKAGES)}.",
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
         legend(args.servers),
         table(cells),
@@ -546,19 +542,6 @@ def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]
         )
     )
     return "\n\n".join(parts) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the chassis section of the benchmarks document, keeping any other section."""
-    text = path.read_text() if path.exists() else f"{DOC_TITLE}\n"
-    start = text.find(DOC_SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = text.find("\n## ", start + len(DOC_SECTION))
-        rest = "" if following < 0 else "\n" + text[following + 1 :]
-        text = text[:start] + section + rest
-    path.write_text(text)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -627,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     section = report(args, results)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, DOC_SECTION, section)
         print(f"wrote {args.write}", file=sys.stderr)
 
 

@@ -1,0 +1,31 @@
+"""The benchmarks still run end to end (short, figures not asserted: speed is measured, never tested)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def run(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, check=False, cwd=HERE.parents[1]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_chassis_benchmark_runs_and_reports_every_server() -> None:
+    out = run(str(HERE / "bench_chassis.py"), "--quick")
+    assert "## Chassis (`make bench-chassis`)" in out
+    assert "b/a" in out
+    for server in ("| a |", "| b |", "| c |"):
+        assert server in out
+
+
+def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
+    out = run(str(HERE / "bench_checkout.py"), "--rates", "5", "--seconds", "1", "--warmup", "0.5")
+    assert "## Checkout (`make bench-checkout`)" in out
+    assert "| 5 |" in out
