@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shopmesh_chassis import call_context, errors
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, as_utc
 from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
 from shopmesh_chassis.tables import idempotency_records as records
 
@@ -42,11 +42,6 @@ COMPLETED = "completed"
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything here is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def validate_key(key: str | None) -> str:
@@ -153,11 +148,11 @@ class IdempotencyStore:
             seen = (
                 await session.execute(select(records).where(records.c.scope == scope, records.c.key == key))
             ).one_or_none()
-        if seen is not None and _aware(seen.created_at) >= now - self._retention:
+        if seen is not None and as_utc(seen.created_at) >= now - self._retention:
             self._check_same_request(seen, fingerprint)
             if seen.state == COMPLETED:
                 return seen
-            if _aware(seen.locked_until) > now:
+            if as_utc(seen.locked_until) > now:
                 raise _in_use()
         try:
             async with self._db.transaction() as session:
@@ -166,7 +161,7 @@ class IdempotencyStore:
                         select(records).where(records.c.scope == scope, records.c.key == key).with_for_update()
                     )
                 ).one_or_none()
-                if row is None or _aware(row.created_at) < now - self._retention:
+                if row is None or as_utc(row.created_at) < now - self._retention:
                     if row is not None:
                         await session.execute(delete(records).where(records.c.scope == scope, records.c.key == key))
                     await session.execute(
@@ -183,7 +178,7 @@ class IdempotencyStore:
                 self._check_same_request(row, fingerprint)
                 if row.state == COMPLETED:
                     return row
-                if _aware(row.locked_until) > now:
+                if as_utc(row.locked_until) > now:
                     raise _in_use()
                 # The first attempt's lease ran out (its process died): take the key over.
                 log.warning("taking over an abandoned idempotency key", extra={"scope": scope})

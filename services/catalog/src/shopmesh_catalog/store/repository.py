@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Insert, and_, case, func, literal, or_, select
@@ -14,6 +14,7 @@ from shopmesh_catalog.domain.models import Category, CategoryData, Money, Produc
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, fold
 from shopmesh_catalog.domain.validation import ListProductsQuery, SearchProductsQuery
 from shopmesh_catalog.store.tables import categories, products
+from shopmesh_chassis.db import as_utc
 
 _PRODUCT_COLUMNS = (
     products.c.id,
@@ -27,11 +28,6 @@ _PRODUCT_COLUMNS = (
 )
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _product(row: Any) -> Product:
     return Product(
         id=row.id,
@@ -40,7 +36,7 @@ def _product(row: Any) -> Product:
         category=row.category_id,
         price=Money(row.price_amount_minor, row.price_currency),
         image_url=row.image_url,
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
     )
 
 

@@ -8,21 +8,17 @@ on PostgreSQL (the UPDATE takes the row lock and re-checks its WHERE clause on t
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Insert, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shopmesh_chassis.db import as_utc
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
 from shopmesh_inventory.domain.reservations import StockEffect, Transition
 from shopmesh_inventory.store.tables import reservation_items, reservations, stock
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes (we only ever store UTC); PostgreSQL aware ones.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 async def _rowcount(session: AsyncSession, statement: Any) -> int:
@@ -168,7 +164,7 @@ class ReservationRepository:
             order_id=row.order_id,
             items=tuple(ReservationItem(i.product_id, i.quantity) for i in items),
             state=ReservationState(row.state),
-            created_at=_utc(row.created_at),
-            expires_at=_utc(row.expires_at),
-            updated_at=_utc(row.updated_at),
+            created_at=as_utc(row.created_at),
+            expires_at=as_utc(row.expires_at),
+            updated_at=as_utc(row.updated_at),
         )

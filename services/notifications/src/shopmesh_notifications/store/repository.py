@@ -3,22 +3,16 @@ sending side by side never both send one notification, on SQLite and PostgreSQL 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shopmesh_chassis.db import as_utc
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.store.tables import notifications
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite gives back naive datetimes; everything stored is UTC.
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _delivery_values(notification: Notification) -> dict[str, Any]:
@@ -44,11 +38,11 @@ def _from_row(row: Any) -> Notification:
         message_id=row.message_id,
         kind=EventKind(row.kind),
         event_id=row.event_id,
-        created_at=_aware(row.created_at) or datetime.now(UTC),
+        created_at=as_utc(row.created_at),
         state=State(row.state),
         attempts=row.attempts,
-        next_attempt_at=_aware(row.next_attempt_at),
-        sent_at=_aware(row.sent_at),
+        next_attempt_at=as_utc(row.next_attempt_at),
+        sent_at=as_utc(row.sent_at),
         last_error=row.last_error,
         failure_reason=row.failure_reason,
     )
@@ -111,7 +105,7 @@ class NotificationRepository:
         value = await self._session.scalar(
             select(func.min(notifications.c.next_attempt_at)).where(notifications.c.state == State.PENDING.value)
         )
-        return _aware(value)
+        return as_utc(value)
 
     async def claim(self, notification_id: str, now: datetime, until: datetime) -> Notification | None:
         """Take a due notification for one delivery attempt: until `until` nobody else picks it up. A

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.db import as_utc
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.store.tables import order_lines, orders
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _row_values(order: Order) -> dict[str, Any]:
@@ -186,8 +181,8 @@ class OrderRepository:
                 OrderLine(line.product_id, line.product_name, line.quantity, line.unit_price_minor) for line in lines
             ),
             address=Address(**json.loads(row.address)),
-            created_at=_aware(row.created_at) or datetime.now(UTC),
-            updated_at=_aware(row.updated_at) or datetime.now(UTC),
+            created_at=as_utc(row.created_at),
+            updated_at=as_utc(row.updated_at),
             state=OrderState(row.state),
             step=SagaStep(row.step),
             reservation_id=row.reservation_id,
@@ -195,7 +190,7 @@ class OrderRepository:
             cancel_code=CancelCode(row.cancel_code) if row.cancel_code else None,
             cancel_message=row.cancel_message,
             reserve_attempted=row.reserve_attempted,
-            charge_attempted_at=_aware(row.charge_attempted_at),
+            charge_attempted_at=as_utc(row.charge_attempted_at),
             refunded=row.refunded,
             version=row.version,
         )

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shopmesh_chassis.db import as_utc
 from shopmesh_payments.domain.models import Money, Payment, PaymentState
 from shopmesh_payments.store.tables import order_charges, payments
-
-
-def aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored here is UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _payment(row: Any) -> Payment:
@@ -28,8 +24,8 @@ def _payment(row: Any) -> Payment:
         decline_reason=row.decline_reason,
         refund_reason=row.refund_reason,
         processor_charge_id=row.processor_charge_id,
-        created_at=aware(row.created_at),
-        refunded_at=aware(row.refunded_at) if row.refunded_at is not None else None,
+        created_at=as_utc(row.created_at),
+        refunded_at=as_utc(row.refunded_at),
     )
 
 

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shopmesh_chassis.db import as_utc
 from shopmesh_users.domain.keys import SigningKey
 from shopmesh_users.domain.models import Account, User
 from shopmesh_users.store.tables import signing_keys, users
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def is_duplicate_email(error: IntegrityError) -> bool:
@@ -28,7 +24,7 @@ def is_duplicate_email(error: IntegrityError) -> bool:
 
 
 def _user(row: Any) -> User:
-    return User(id=row.id, email=row.email, display_name=row.display_name, created_at=_utc(row.created_at))
+    return User(id=row.id, email=row.email, display_name=row.display_name, created_at=as_utc(row.created_at))
 
 
 def _signing_key(row: Any) -> SigningKey:
@@ -37,9 +33,9 @@ def _signing_key(row: Any) -> SigningKey:
         generation=row.generation,
         public_jwk=json.loads(row.public_jwk),
         private_key_pem=row.private_key_pem,
-        created_at=_utc(row.created_at),
-        activates_at=_utc(row.activates_at),
-        retired_at=_utc(row.retired_at) if row.retired_at is not None else None,
+        created_at=as_utc(row.created_at),
+        activates_at=as_utc(row.activates_at),
+        retired_at=as_utc(row.retired_at) if row.retired_at is not None else None,
     )
 
 
