@@ -11,13 +11,6 @@ from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, SampleSettings, binding
-from shopmesh_chassis.tracing import configure_tracing
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _tracing() -> None:
-    # As in a service process: spans exist (trace ids in logs and errors), nothing is exported.
-    configure_tracing("chassis-tests", endpoint=None)
 
 
 def sample_settings(**overrides: Any) -> SampleSettings:

@@ -13,12 +13,6 @@ from shopmesh_catalog.wiring import Catalog, build
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
-from shopmesh_chassis.tracing import configure_tracing
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _tracing() -> None:
-    configure_tracing("catalog-tests", endpoint=None)
 
 
 def catalog_settings(data_dir: Path, **overrides: Any) -> CatalogSettings:

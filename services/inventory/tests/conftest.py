@@ -3,7 +3,7 @@ PostgreSQL, and a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,19 +17,12 @@ from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database, sqlite_url
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import serve_in_process
-from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
-from shopmesh_chassis.tracing import configure_tracing
+from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_inventory.application import Clock, Inventory, utc_now
 from shopmesh_inventory.migrations import VERSIONS
 from shopmesh_inventory.settings import InventorySettings
 from shopmesh_inventory.store.tables import metadata
 from shopmesh_inventory.wiring import binding
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _tracing() -> None:
-    # As in a service process: spans exist (trace ids in logs and errors), nothing is exported.
-    configure_tracing("inventory-tests", endpoint=None)
 
 
 @dataclass
@@ -48,12 +41,6 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 11, 26, 12, 0, tzinfo=UTC))
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -8,7 +8,6 @@ import pytest
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
-from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 from shopmesh_notifications.settings import NotificationsSettings
 from shopmesh_notifications.store.tables import metadata
 from shopmesh_notifications.wiring import VERSIONS
@@ -17,12 +16,6 @@ from shopmesh_notifications.wiring import VERSIONS
 @pytest.fixture
 def settings(tmp_path: Path) -> NotificationsSettings:
     return load_settings(NotificationsSettings, grpc_port=0, metrics_port=-1, data_dir=str(tmp_path))
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

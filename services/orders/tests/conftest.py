@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +10,6 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
-from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
     InsufficientStock,
@@ -149,12 +148,6 @@ def settings(tmp_path: Path) -> OrdersSettings:
         step_timeout_seconds=0.05,
         saga_lease_seconds=5,
     )
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -22,8 +22,6 @@ from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import free_port, serve_in_process
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer
-from shopmesh_chassis.testing.postgres import postgres_server as start_postgres
-from shopmesh_chassis.tracing import configure_tracing
 from shopmesh_payments.application import utcnow
 from shopmesh_payments.domain.models import Card, Money
 from shopmesh_payments.domain.payments import processor_unavailable
@@ -38,11 +36,6 @@ SUCCEEDS = "4242424242424242"
 DECLINES = "4000000000000002"
 INSUFFICIENT_FUNDS = "4000000000009995"
 UNAVAILABLE = "4000000000000119"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _tracing() -> None:
-    configure_tracing("payments-tests", endpoint=None)
 
 
 def payments_settings(data_dir: Path, **overrides: Any) -> PaymentsSettings:
@@ -182,18 +175,12 @@ async def running_payments(data_dir: Path, *, background: bool = False, **overri
         await database.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    with start_postgres() as server:
-        yield server
-
-
 @pytest.fixture
 async def payments(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Payments]:
     """On SQLite; on PostgreSQL as well for tests marked with BACKENDS."""
     overrides: dict[str, Any] = {}
     if getattr(request, "param", "sqlite") == "postgresql":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
+        server: PostgresServer = request.getfixturevalue("postgres")
         overrides["database_url"] = server.create_database()
     async with running_payments(tmp_path, **overrides) as service:
         yield service

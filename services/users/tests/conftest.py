@@ -3,7 +3,7 @@ on SQLite (or PostgreSQL), and helpers to read errors and JWKS documents."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,8 +18,6 @@ from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import serve_in_process
-from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
-from shopmesh_chassis.tracing import configure_tracing
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.wiring import Users, build
 
@@ -28,11 +26,6 @@ if TYPE_CHECKING:
     from shopmesh.users.v1.users_pb2_grpc import UsersServiceAsyncStub
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _tracing() -> None:
-    configure_tracing("users-tests", endpoint=None)
 
 
 def users_settings(data_dir: Path, **overrides: Any) -> UsersSettings:
@@ -98,12 +91,6 @@ def users(service: tuple[Users, UsersServiceAsyncStub]) -> Users:
 @pytest.fixture
 def stub(service: tuple[Users, UsersServiceAsyncStub]) -> UsersServiceAsyncStub:
     return service[1]
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with postgres_server() as server:
-        yield server
 
 
 async def error_of(call: Awaitable[Any]) -> ErrorDetails:

@@ -1,0 +1,26 @@
+"""Fixtures every shopmesh test suite shares, loaded for the whole run (`-p` in pyproject's addopts).
+
+- tracing as in a service process: spans exist (trace ids in logs and errors), nothing is exported;
+- `postgres`: one throwaway PostgreSQL server for the whole session; tests make their own databases on
+  it with `postgres.create_database()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
+from shopmesh_chassis.tracing import configure_tracing
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tracing() -> None:
+    configure_tracing("shopmesh-tests", endpoint=None)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
