@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
+import grpc
 import nats
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -15,6 +18,8 @@ from shopmesh.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
 from shopmesh_platform.stack import Stack
+
+T = TypeVar("T")
 
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
@@ -108,3 +113,26 @@ async def shop_client(stack: Stack) -> AsyncIterator[Shop]:
     finally:
         for channel in channels.values():
             await channel.close()
+
+
+def user() -> str:
+    """A fresh user id, so tests sharing one stack never see each other's orders."""
+    return f"usr_{uuid.uuid4().hex[:10]}"
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], what: str, attempts: int = 300, interval: float = 0.1
+) -> T:
+    """Poll until `probe` returns a value (bounded: a wait, not a timing assertion)."""
+    for _ in range(attempts):
+        try:
+            value = await probe()
+        except grpc.aio.AioRpcError as error:
+            # A restarted server: the client's channel reconnects with backoff, as a real client's would.
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            value = None
+        if value is not None:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"never happened: {what}")

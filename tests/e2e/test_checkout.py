@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_platform.stack import Stack
 
-from .shop import DECLINED_CARD, PROCESSOR_DOWN_CARD, Shop, place_request, shop_client
+from .shop import DECLINED_CARD, PROCESSOR_DOWN_CARD, Shop, place_request, shop_client, user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -35,10 +34,6 @@ async def stack(module_dir: Path) -> AsyncIterator[Stack]:
 async def shop(stack: Stack) -> AsyncIterator[Shop]:
     async with shop_client(stack) as client:
         yield client
-
-
-def user() -> str:
-    return f"usr_{uuid.uuid4().hex[:10]}"
 
 
 async def test_successful_checkout_confirms_captures_once_and_commits_stock(shop: Shop) -> None:

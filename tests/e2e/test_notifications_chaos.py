@@ -8,15 +8,12 @@ dead-letter stream without holding up the messages behind it.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TypeVar
 
-import grpc
 import nats
 import pytest
 import pytest_asyncio
@@ -29,7 +26,7 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
-from .shop import Shop, place_request, shop_client
+from .shop import Shop, eventually, place_request, shop_client, user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -46,27 +43,6 @@ ENV = {
         "SEND_MAX_BACKOFF_SECONDS": "0.5",
     },
 }
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, attempts: int = 400) -> T:
-    """Poll until `probe` returns a value (bounded: a wait, not a timing assertion)."""
-    for _ in range(attempts):
-        try:
-            value = await probe()
-        except grpc.aio.AioRpcError as error:
-            # A restarted server: the channel reconnects with backoff, as a real client's would.
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            value = None
-        if value is not None:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
-
-def user() -> str:
-    return f"usr_{uuid.uuid4().hex[:10]}"
 
 
 def mails_by_order(stack: Stack) -> Counter[str]:
@@ -194,7 +170,7 @@ async def test_sigkill_mid_stream_then_restart_loses_no_email_and_duplicates_non
         counts = mails_by_order(stack)
         return counts if all(counts[o] for o in everything) else None
 
-    counts = await eventually(all_arrived, "an e-mail for every order", attempts=600)
+    counts = await eventually(all_arrived, "an e-mail for every order")
     assert {o: counts[o] for o in everything} == dict.fromkeys(everything, 1)
 
     async def all_sent(user_id: str, expected: int) -> list[notifications_pb2.Notification] | None:

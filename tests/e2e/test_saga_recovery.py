@@ -7,37 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
-import grpc
 import pytest
 
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh_platform.stack import Stack
 
-from .shop import Shop, place_request, shop_client
+from .shop import Shop, eventually, place_request, shop_client
 
 CORE = ["catalog", "inventory", "payments", "orders"]
 ORDERS_ENV = {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"}
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, attempts: int = 300) -> T:
-    """Poll until `probe` returns a value (bounded: a wait, not a timing assertion)."""
-    for _ in range(attempts):
-        try:
-            value = await probe()
-        except grpc.aio.AioRpcError as error:
-            # A restarted server: the client's channel reconnects with backoff, as a real client's would.
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            value = None
-        if value is not None:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def paused_order(shop: Shop, user_id: str, field: str) -> orders_pb2.Order:

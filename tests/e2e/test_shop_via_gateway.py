@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import jwt
@@ -27,6 +27,8 @@ from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
+from .shop import eventually
+
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ENV = {
@@ -36,7 +38,6 @@ ENV = {
     "gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": "2"},
 }
 PASSWORD = "correct horse battery staple"
-T = TypeVar("T")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -50,16 +51,6 @@ async def shop(stack: Stack) -> AsyncIterator[Any]:
     # A plain channel: what a front-end has, nothing of the chassis.
     async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
         yield shop_pb2_grpc.ShopServiceStub(channel)
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, attempts: int = 300) -> T:
-    """Poll until `probe` returns a value (bounded: a wait, not a timing assertion)."""
-    for _ in range(attempts):
-        value = await probe()
-        if value is not None:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def failure(call: Awaitable[Any]) -> ErrorDetails:
