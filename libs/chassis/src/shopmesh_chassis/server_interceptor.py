@@ -145,7 +145,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
     async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
         # abort() rather than abort_with_status(): the OpenTelemetry context proxy records the code
         # only through abort(). Either way nothing was sent yet, so the response is trailers-only.
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        # Trailers the handler set (e.g. the idempotency key used) go out with the error too.
+        handler_set = tuple(context.trailing_metadata() or ())
+        await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata))
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:

@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from google.rpc import status_pb2
-from grpc_status import rpc_status
-
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.users.v1 import users_pb2
-from shopmesh_chassis import errors
 from shopmesh_chassis.client import IDEMPOTENCY_KEY, idempotency_key_of
-from shopmesh_chassis.grpc_errors import to_rpc_status
 from shopmesh_gateway.application import Checkout, ProductPages, idempotency_key
 from shopmesh_gateway.clients import CatalogClient, NotificationsClient, OrdersClient, UsersClient
 from shopmesh_gateway.guard import Context, Guard, protected, public
@@ -36,7 +31,6 @@ class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
         notifications: NotificationsClient,
         product_pages: ProductPages,
         checkout: Checkout,
-        error_domain: str,
     ) -> None:
         self.guard = guard
         self._users = users
@@ -45,7 +39,6 @@ class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
         self._notifications = notifications
         self._product_pages = product_pages
         self._checkout = checkout
-        self._error_domain = error_domain
 
     @public
     async def Register(self, request: shop_pb2.RegisterRequest, context: Context) -> shop_pb2.RegisterResponse:
@@ -149,17 +142,6 @@ class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
     async def _returning_key(self, context: Context, key: str, operation: Awaitable[T]) -> T:
         """Runs `operation` and sends the idempotency key used in the response trailers, on success and on
         error, so that the client can retry the same operation after any failure."""
-        # chassis-candidate: the chassis' server interceptor replaces the trailers a handler set when it
-        # maps a domain error; until it merges them, errors that must carry a trailer are sent from here.
-        try:
-            result = await operation
-        except errors.DomainError as exc:
-            if isinstance(exc, errors.ReplayedError):
-                status = status_pb2.Status.FromString(exc.status)
-            else:
-                status = to_rpc_status(exc, self._error_domain)
-            failure = rpc_status.to_status(status)
-            await context.abort(failure.code, failure.details, (*failure.trailing_metadata, (IDEMPOTENCY_KEY, key)))
-            raise
+        # Set first: the chassis sends handler-set trailers with an error status as well.
         context.set_trailing_metadata(((IDEMPOTENCY_KEY, key),))
-        return result
+        return await operation

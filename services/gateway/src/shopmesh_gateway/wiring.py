@@ -91,7 +91,6 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
         notifications=notifications,
         product_pages=ProductPages(catalog, inventory, recommendations, settings.recommendations_timeout_seconds),
         checkout=Checkout(users, orders),
-        error_domain=settings.resolved_error_domain,
     )
 
 
