@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
 from shopmesh_chassis.db import Database
@@ -80,7 +80,7 @@ async def until(condition: object, attempts: int = 200) -> None:
     raise AssertionError("condition never held")
 
 
-async def record(session: AsyncSession, event: Event) -> None:
+async def record(session: AsyncConnection, event: Event) -> None:
     await session.execute(insert(effects).values(event_id=event.event_id))
 
 
@@ -106,12 +106,35 @@ async def test_a_redelivered_event_has_no_second_effect(db: Database, nats_srv: 
     assert await applied(db) == Counter({"e1": 1})
 
 
+async def test_on_applied_runs_after_the_commit_once_per_applied_event(db: Database, nats_srv: NatsServer) -> None:
+    committed: list[str] = []
+    running = consumer(db, nats_srv.url, record, on_applied=lambda event: committed.append(event.event_id))
+    event = Event("e1", "things.v1.happened", b"x", {"Nats-Msg-Id": "e1"}, attempt=1)
+    assert await running._apply(event)
+    assert committed == ["e1"]
+    assert not await running._apply(event)  # a duplicate applies nothing, so nothing is announced
+    assert committed == ["e1"]
+
+
+async def test_on_applied_is_not_called_when_the_handler_fails(db: Database, nats_srv: NatsServer) -> None:
+    async def broken(session: AsyncConnection, event: Event) -> None:
+        await record(session, event)
+        raise RuntimeError("handler failed after writing")
+
+    committed: list[str] = []
+    running = consumer(db, nats_srv.url, broken, on_applied=lambda event: committed.append(event.event_id))
+    with pytest.raises(RuntimeError):
+        await running._apply(Event("e1", "things.v1.happened", b"x", {"Nats-Msg-Id": "e1"}, attempt=1))
+    assert committed == []
+    assert await applied(db) == Counter()  # rolled back
+
+
 async def test_a_failing_handler_is_retried_until_it_succeeds(
     db: Database, client: Client, nats_srv: NatsServer
 ) -> None:
     attempts: Counter[str] = Counter()
 
-    async def flaky(session: AsyncSession, event: Event) -> None:
+    async def flaky(session: AsyncConnection, event: Event) -> None:
         attempts[event.event_id] += 1
         if attempts[event.event_id] < 3:
             raise ConnectionError("SMTP server busy")
@@ -132,7 +155,7 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(
 async def test_a_poison_message_is_parked_and_later_messages_still_flow(
     db: Database, client: Client, nats_srv: NatsServer
 ) -> None:
-    async def picky(session: AsyncSession, event: Event) -> None:
+    async def picky(session: AsyncConnection, event: Event) -> None:
         if event.payload == b"poison":
             raise ValueError("cannot parse")
         await record(session, event)

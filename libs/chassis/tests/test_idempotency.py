@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 from google.rpc import status_pb2
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
@@ -62,7 +62,7 @@ def request(text: str) -> wrappers_pb2.StringValue:
 
 
 def effect(result: str = "done") -> object:
-    async def operation(session: AsyncSession) -> wrappers_pb2.StringValue:
+    async def operation(session: AsyncConnection) -> wrappers_pb2.StringValue:
         await session.execute(insert(effects).values(what=result))
         return wrappers_pb2.StringValue(value=result)
 
@@ -104,7 +104,7 @@ async def test_missing_key_is_invalid_argument(store: IdempotencyStore) -> None:
 async def test_duplicate_while_the_first_runs_is_aborted(store: IdempotencyStore, db: Database) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
-    async def slow(session: AsyncSession) -> wrappers_pb2.StringValue:
+    async def slow(session: AsyncConnection) -> wrappers_pb2.StringValue:
         started.set()
         await release.wait()
         return wrappers_pb2.StringValue(value="slow")
@@ -124,7 +124,7 @@ async def test_duplicate_while_the_first_runs_is_aborted(store: IdempotencyStore
 async def test_domain_errors_are_stored_and_replayed(store: IdempotencyStore, db: Database) -> None:
     calls = 0
 
-    async def declined(session: AsyncSession) -> wrappers_pb2.StringValue:
+    async def declined(session: AsyncConnection) -> wrappers_pb2.StringValue:
         nonlocal calls
         calls += 1
         raise errors.FailedPrecondition("card declined", reason="CARD_DECLINED")
@@ -139,7 +139,7 @@ async def test_domain_errors_are_stored_and_replayed(store: IdempotencyStore, db
 
 
 async def test_transient_errors_are_not_stored(store: IdempotencyStore, db: Database) -> None:
-    async def unavailable(session: AsyncSession) -> wrappers_pb2.StringValue:
+    async def unavailable(session: AsyncConnection) -> wrappers_pb2.StringValue:
         await session.execute(insert(effects).values(what="rolled back"))
         raise errors.Unavailable("processor down")
 
@@ -150,7 +150,7 @@ async def test_transient_errors_are_not_stored(store: IdempotencyStore, db: Data
 
 
 async def test_effect_and_record_commit_together(store: IdempotencyStore, db: Database) -> None:
-    async def crashes(session: AsyncSession) -> wrappers_pb2.StringValue:
+    async def crashes(session: AsyncConnection) -> wrappers_pb2.StringValue:
         await session.execute(insert(effects).values(what="half"))
         raise RuntimeError("bug")
 

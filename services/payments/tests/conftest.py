@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh.common.v1 import money_pb2
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -76,7 +76,7 @@ class ProcessorSpy:
         self.charges = 0
         self.fail_first = 0
 
-    def __call__(self, session: AsyncSession) -> CardProcessor:
+    def __call__(self, session: AsyncConnection) -> CardProcessor:
         return _SpiedProcessor(self, self._builtin(session))
 
 

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import MSG_ID, connect, ensure_stream
@@ -46,7 +46,7 @@ class Event:
     attempt: int
 
 
-Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
 
 
 class EventConsumer:
@@ -60,6 +60,7 @@ class EventConsumer:
         stream_subjects: Sequence[str],
         subjects: Sequence[str],
         handler: Handler,
+        on_applied: Callable[[Event], None] | None = None,
         max_attempts: int = 5,
         backoff_seconds: Sequence[float] = (0.5, 1.0, 2.0, 5.0, 10.0),
         batch_size: int = 20,
@@ -73,6 +74,8 @@ class EventConsumer:
         self._stream_subjects = list(stream_subjects)
         self._subjects = list(subjects)
         self._handler = handler
+        # Called once the handler's transaction has committed (e.g. to wake a worker that reads its rows).
+        self._on_applied = on_applied
         self._max_attempts = max_attempts
         self._backoff = list(backoff_seconds)
         self._batch_size = batch_size
@@ -180,6 +183,8 @@ class EventConsumer:
                     consumer=self._durable, event_id=event.event_id, processed_at=datetime.now(UTC)
                 )
             )
+        if self._on_applied is not None:
+            self._on_applied(event)
         return True
 
     async def _failed(self, message: Msg, event: Event, error: Exception) -> None:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,11 +14,17 @@ from typing import Any, overload
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from shopmesh_chassis.sqlite_inline import inline_connector
 
 log = logging.getLogger("shopmesh.db")
 
 READ_ONLY = "shopmesh_read_only"
+
+# How long SQLite waits for a lock another process holds. Calls run on the event loop (sqlite_inline), so
+# the whole service waits with it: this bounds that. Inside a service, writers queue on an asyncio lock.
+_SQLITE_BUSY_SECONDS = 5.0
 
 
 @overload
@@ -55,10 +60,10 @@ def normalize_url(url: str) -> str:
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     url = normalize_url(url)
     if is_sqlite(url):
-        database = make_url(url).database
-        if database and database != ":memory:":
+        database = make_url(url).database or ":memory:"
+        if database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, async_creator=inline_connector(database, timeout=_SQLITE_BUSY_SECONDS))
         _serialize_sqlite_writers(engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -79,7 +84,7 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_SECONDS * 1000)}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -90,12 +95,15 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
 
 
 class Database:
-    """An engine and its session factory; `transaction()` is the unit of work."""
+    """An engine; `transaction()` is the unit of work, `read()` a snapshot.
+
+    Both hand out SQLAlchemy Core connections, not ORM sessions: the stores speak Core (tables and
+    statements, no mapped classes), and a session's bookkeeping cost ~0.2 ms per transaction for nothing
+    (docs/benchmarks.md)."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = normalize_url(url)
         self.engine = create_engine(self.url, pool_size=pool_size)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in
         # growing steps in a worker thread (long tails under load); queueing here is FIFO and wakes at once.
         self._writer = asyncio.Lock() if is_sqlite(self.url) else None
@@ -105,28 +113,26 @@ class Database:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in one transaction: committed on success, rolled back on any exception.
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in one transaction: committed on success, rolled back on any exception.
 
         Do not open a transaction while holding another in the same task: on SQLite they would wait for
         each other."""
-        async with contextlib.AsyncExitStack() as stack:
-            if self._writer is not None:
-                await stack.enter_async_context(self._writer)
-            session = await stack.enter_async_context(self.sessions())
-            await stack.enter_async_context(session.begin())
-            yield session
+        if self._writer is None:
+            async with self.engine.begin() as connection:
+                yield connection
+            return
+        async with self._writer, self.engine.begin() as connection:
+            yield connection
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads only: a consistent snapshot that never waits for (or blocks) the writer."""
-        async with self.sessions() as session:
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads only: a consistent snapshot that never waits for (or blocks) the writer.
+        Nothing is kept: the transaction is rolled back at the end."""
+        async with self.engine.connect() as connection:
             if self._writer is not None:
-                await session.connection(execution_options={READ_ONLY: True})
-            try:
-                yield session
-            finally:
-                await session.rollback()  # nothing to keep: end the snapshot
+                connection = await connection.execution_options(**{READ_ONLY: True})
+            yield connection
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database, as_utc
@@ -33,7 +33,16 @@ from shopmesh_chassis.tables import idempotency_records as records
 log = logging.getLogger("shopmesh.idempotency")
 
 ResponseT = TypeVar("ResponseT", bound=Message)
-Operation = Callable[[AsyncSession], Awaitable[ResponseT]]
+Operation = Callable[[AsyncConnection], Awaitable[ResponseT]]
+
+# Built once (see db.py on the cost of building statements); every keyed request runs them.
+_THIS_KEY = (records.c.scope == bindparam("b_scope"), records.c.key == bindparam("b_key"))
+_FIND = select(records).where(*_THIS_KEY)
+_FIND_FOR_UPDATE = _FIND.with_for_update()
+_INSERT = insert(records)
+_UPDATE = update(records).where(*_THIS_KEY)
+_DELETE = delete(records).where(*_THIS_KEY)
+_DELETE_IN_PROGRESS = _DELETE.where(records.c.state == bindparam("b_state"))
 
 MAX_KEY_LENGTH = 255
 IN_PROGRESS = "in_progress"
@@ -137,17 +146,16 @@ class IdempotencyStore:
         cutoff = self._clock() - self._retention
         async with self._db.transaction() as session:
             result = await session.execute(delete(records).where(records.c.created_at < cutoff))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return int(result.rowcount or 0)
 
     async def _claim(self, scope: str, key: str, fingerprint: str) -> Any | None:
         """Take the key (returns None) or return the completed record to replay; raise otherwise."""
         now = self._clock()
         # A look without the write lock first: a retry of a finished or running request is answered at
         # once instead of queueing behind the writer (on SQLite, the very request it duplicates).
+        this_key = {"b_scope": scope, "b_key": key}
         async with self._db.read() as session:
-            seen = (
-                await session.execute(select(records).where(records.c.scope == scope, records.c.key == key))
-            ).one_or_none()
+            seen = (await session.execute(_FIND, this_key)).one_or_none()
         if seen is not None and as_utc(seen.created_at) >= now - self._retention:
             self._check_same_request(seen, fingerprint)
             if seen.state == COMPLETED:
@@ -156,23 +164,20 @@ class IdempotencyStore:
                 raise _in_use()
         try:
             async with self._db.transaction() as session:
-                row = (
-                    await session.execute(
-                        select(records).where(records.c.scope == scope, records.c.key == key).with_for_update()
-                    )
-                ).one_or_none()
+                row = (await session.execute(_FIND_FOR_UPDATE, this_key)).one_or_none()
                 if row is None or as_utc(row.created_at) < now - self._retention:
                     if row is not None:
-                        await session.execute(delete(records).where(records.c.scope == scope, records.c.key == key))
+                        await session.execute(_DELETE, this_key)
                     await session.execute(
-                        insert(records).values(
-                            scope=scope,
-                            key=key,
-                            request_hash=fingerprint,
-                            state=IN_PROGRESS,
-                            locked_until=now + self._lease,
-                            created_at=now,
-                        )
+                        _INSERT,
+                        {
+                            "scope": scope,
+                            "key": key,
+                            "request_hash": fingerprint,
+                            "state": IN_PROGRESS,
+                            "locked_until": now + self._lease,
+                            "created_at": now,
+                        },
                     )
                     return None
                 self._check_same_request(row, fingerprint)
@@ -182,11 +187,7 @@ class IdempotencyStore:
                     raise _in_use()
                 # The first attempt's lease ran out (its process died): take the key over.
                 log.warning("taking over an abandoned idempotency key", extra={"scope": scope})
-                await session.execute(
-                    update(records)
-                    .where(records.c.scope == scope, records.c.key == key)
-                    .values(locked_until=now + self._lease)
-                )
+                await session.execute(_UPDATE, {**this_key, "locked_until": now + self._lease})
                 return None
         except IntegrityError:
             # Another request inserted the same key between our read and our insert (PostgreSQL).
@@ -203,7 +204,7 @@ class IdempotencyStore:
 
     async def _complete(
         self,
-        session: AsyncSession,
+        session: AsyncConnection,
         scope: str,
         key: str,
         code: int,
@@ -212,19 +213,21 @@ class IdempotencyStore:
         status: bytes | None = None,
     ) -> None:
         await session.execute(
-            update(records)
-            .where(records.c.scope == scope, records.c.key == key)
-            .values(state=COMPLETED, status_code=code, response=response, status=status)
+            _UPDATE,
+            {
+                "b_scope": scope,
+                "b_key": key,
+                "state": COMPLETED,
+                "status_code": code,
+                "response": response,
+                "status": status,
+            },
         )
 
     async def _release(self, scope: str, key: str) -> None:
         try:
             async with self._db.transaction() as session:
-                await session.execute(
-                    delete(records).where(
-                        records.c.scope == scope, records.c.key == key, records.c.state == IN_PROGRESS
-                    )
-                )
+                await session.execute(_DELETE_IN_PROGRESS, {"b_scope": scope, "b_key": key, "b_state": IN_PROGRESS})
         except Exception:
             # The lease still frees the key; a failed release only delays a retry.
             log.exception("could not release idempotency key")

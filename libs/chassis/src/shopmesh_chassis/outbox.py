@@ -17,8 +17,8 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 from opentelemetry import propagate
-from sqlalchemy import insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import EVENT_TYPE
@@ -29,23 +29,31 @@ log = logging.getLogger("shopmesh.outbox")
 _PG_RELAY_LOCK = 0x5350_4F42  # "SPOB": one publishing relay per database, so order holds across replicas
 
 
+# Built once: the relay and every state change run these (see db.py on the cost of building statements).
+_INSERT = insert(outbox)
+_MARK_PUBLISHED = (
+    update(outbox).where(outbox.c.seq.in_(bindparam("b_seqs", expanding=True))).values(attempts=outbox.c.attempts + 1)
+)
+
+
 def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
 
 
-async def add_event(session: AsyncSession, *, subject: str, message: Message, event_id: str) -> None:
+async def add_event(session: AsyncConnection, *, subject: str, message: Message, event_id: str) -> None:
     """Record `message` for publication; commits or rolls back with the caller's transaction."""
     headers: dict[str, str] = {"Content-Type": "application/protobuf", EVENT_TYPE: message.DESCRIPTOR.full_name}
     propagate.inject(headers)  # the trace continues in whoever consumes the event
     await session.execute(
-        insert(outbox).values(
-            event_id=event_id,
-            subject=subject,
-            payload=message.SerializeToString(),
-            headers=json.dumps(headers),
-            created_at=datetime.now(UTC),
-            attempts=0,
-        )
+        _INSERT,
+        {
+            "event_id": event_id,
+            "subject": subject,
+            "payload": message.SerializeToString(),
+            "headers": json.dumps(headers),
+            "created_at": datetime.now(UTC),
+            "attempts": 0,
+        },
     )
 
 
@@ -66,10 +74,15 @@ class OutboxRelay:
     ) -> None:
         self._db = database
         self._publisher = publisher
-        self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._on_published = on_published
+        self._pending = (
+            select(outbox.c.seq, outbox.c.event_id, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+            .where(outbox.c.published_at.is_(None))
+            .order_by(outbox.c.seq)
+            .limit(batch_size)
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -108,29 +121,25 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """One pass: publish the oldest unpublished events in order; returns how many were sent."""
+        if self._db.dialect != "postgresql":
+            # SQLite: one process owns the file, and this relay is its only publisher.
+            return await self._publish_batch()
         async with self._db.engine.connect() as lock_connection:
-            if self._db.dialect == "postgresql":
-                got = await lock_connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_RELAY_LOCK})
-                await lock_connection.commit()
-                if not got:
-                    return 0
+            got = await lock_connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_RELAY_LOCK})
+            await lock_connection.commit()
+            if not got:
+                return 0
             try:
                 return await self._publish_batch()
             finally:
-                if self._db.dialect == "postgresql":
-                    await lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_RELAY_LOCK})
-                    await lock_connection.commit()
+                await lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_RELAY_LOCK})
+                await lock_connection.commit()
 
     async def _publish_batch(self) -> int:
-        async with self._db.transaction() as session:
-            rows = (
-                await session.execute(
-                    select(outbox.c.seq, outbox.c.event_id, outbox.c.subject, outbox.c.payload, outbox.c.headers)
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.seq)
-                    .limit(self._batch_size)
-                )
-            ).all()
+        # A snapshot read: rows are only ever marked by the one relay holding the lock, so nothing here
+        # needs the write lock (on SQLite it would queue behind the service's own writers).
+        async with self._db.read() as session:
+            rows = (await session.execute(self._pending)).all()
         sent: list[int] = []
         try:
             # Not inside a transaction: publishing waits on the network and must not hold database locks.
@@ -145,8 +154,7 @@ class OutboxRelay:
             if sent:
                 async with self._db.transaction() as session:
                     await session.execute(
-                        update(outbox)
-                        .where(outbox.c.seq.in_(sent))
-                        .values(published_at=datetime.now(UTC), attempts=outbox.c.attempts + 1)
+                        _MARK_PUBLISHED,
+                        {"b_seqs": sent, "published_at": datetime.now(UTC)},
                     )
         return len(sent)

@@ -15,7 +15,6 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh_chassis.config import ServiceSettings
@@ -54,8 +53,7 @@ class ChassisServer:
         self._stopped = asyncio.Event()
         self._draining: asyncio.Task[None] | None = None
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
-            ChassisServerInterceptor(self.metrics, settings.resolved_error_domain),
+            ChassisServerInterceptor(self.metrics, settings.resolved_error_domain, tracer_provider)
         ]
         ms = 1000
         self.server = grpc.aio.server(

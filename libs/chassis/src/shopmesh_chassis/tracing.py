@@ -13,7 +13,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def configure_tracing(service_name: str, endpoint: str | None, sampler_ratio: float = 1.0) -> TracerProvider:
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: service_name}),
-        sampler=ParentBased(TraceIdRatioBased(sampler_ratio)),
+        sampler=ParentBased(TraceIdRatioBased(sampler_ratio)) if endpoint else ALWAYS_OFF,
     )
     if endpoint:
         # Imported lazily: the exporter pulls in a second gRPC client stack we need only when used.

@@ -8,10 +8,8 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import event as sa_event
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.consumer import Event
 from shopmesh_notifications.codec import order_event
@@ -31,13 +29,11 @@ class NotificationIntake:
     def __init__(
         self,
         *,
-        on_committed: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._on_committed = on_committed
         self._clock = clock
 
-    async def __call__(self, session: AsyncSession, event: Event) -> None:
+    async def __call__(self, session: AsyncConnection, event: Event) -> None:
         """Raises InvalidEvent for a poison message: the consumer retries it, then dead-letters it."""
         order = validate_event(order_event(event.subject, event.event_id, event.payload))
         email = render(order)
@@ -57,10 +53,4 @@ class NotificationIntake:
             next_attempt_at=now,
         )
         await NotificationRepository(session).add(notification)
-        # chassis-candidate: the consumer could call back once an event's transaction has committed;
-        # until then the session says so. The sender must not look before the row is visible.
-        sa_event.listen(session.sync_session, "after_commit", self._committed, once=True)
         log.info("notification %s recorded for %s", notification.id, event.event_id, extra={"order_id": order.order_id})
-
-    def _committed(self, _session: Any) -> None:
-        self._on_committed()

@@ -52,7 +52,9 @@ def build_consumer(settings: NotificationsSettings, database: Database, sender: 
         stream=STREAM,
         stream_subjects=STREAM_SUBJECTS,
         subjects=list(SUBJECTS),
-        handler=NotificationIntake(on_committed=sender.wake),
+        handler=NotificationIntake(),
+        # The sender must not look for the new notification before its transaction has committed.
+        on_applied=lambda _event: sender.wake(),
         max_attempts=settings.consumer_max_attempts,
         backoff_seconds=settings.consumer_backoff_seconds,
         ack_wait_seconds=settings.consumer_ack_wait_seconds,

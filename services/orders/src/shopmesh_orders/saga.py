@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
@@ -36,7 +36,7 @@ from shopmesh_orders.domain.ports import (
 )
 from shopmesh_orders.domain.validation import Card
 from shopmesh_orders.settings import OrdersSettings
-from shopmesh_orders.store.repository import OrderRepository
+from shopmesh_orders.store.repository import Lease, OrderRepository
 
 log = logging.getLogger("shopmesh.orders.saga")
 
@@ -253,8 +253,7 @@ class SagaDriver:
         now = self._clock()
         event_id = new_event_id()
         async with self._db.transaction() as session:
-            after = await self._save(session, after, owner)
-            await OrderRepository(session).release(after.id, owner)
+            after = await OrderRepository(session).save(after, Lease(owner, None))
             if after.state is OrderState.CONFIRMED:
                 event = codec.confirmed_event(after, event_id, now)
                 await add_event(session, subject=ORDER_CONFIRMED, message=event, event_id=event_id)
@@ -272,11 +271,8 @@ class SagaDriver:
         await self._maybe_pause(after)
         return after
 
-    async def _save(self, session: AsyncSession, order: Order, owner: str) -> Order:
-        repository = OrderRepository(session)
-        saved = await repository.save(order)
-        await repository.renew(order.id, owner, self.lease_until())
-        return saved
+    async def _save(self, session: AsyncConnection, order: Order, owner: str) -> Order:
+        return await OrderRepository(session).save(order, Lease(owner, self.lease_until()))
 
     async def _maybe_pause(self, order: Order) -> None:
         fault = self._settings.fault_pause_after_step

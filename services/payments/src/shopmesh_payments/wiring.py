@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import NoReturn
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh.payments.v1.payments_pb2_grpc import add_PaymentsServiceServicer_to_server
 from shopmesh_chassis import app
@@ -31,7 +31,7 @@ from shopmesh_payments.transport import DESCRIPTOR, PaymentsServicer
 
 
 def builtin_processor(clock: Callable[[], datetime]) -> ProcessorFactory:
-    def processor_for(session: AsyncSession) -> CardProcessor:
+    def processor_for(session: AsyncConnection) -> CardProcessor:
         return FakeCardProcessor(ProcessorLedger(session), clock)
 
     return processor_for

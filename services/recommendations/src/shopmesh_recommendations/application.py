@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import Database
 from shopmesh_recommendations.domain.copurchase import purchase_effects
@@ -99,7 +99,7 @@ class RecommendationsApplication:
             chosen.extend(Recommendation(summaries[r.product_id], r.score) for r in batch if r.product_id in summaries)
         return chosen
 
-    async def record_order(self, session: AsyncSession, order: ConfirmedOrder) -> None:
+    async def record_order(self, session: AsyncConnection, order: ConfirmedOrder) -> None:
         """Count what the order teaches, in the caller's transaction (the one that records the event id)."""
         effects = purchase_effects(order)
         await RecommendationsRepository(session).record(effects)

@@ -5,7 +5,7 @@ The consumer calls it inside the transaction that records the event id, so each 
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh.orders.v1 import events_pb2
 from shopmesh_chassis.consumer import Event, Handler
@@ -30,7 +30,7 @@ def confirmed_order(payload: bytes) -> ConfirmedOrder:
 
 
 def order_confirmed_handler(application: RecommendationsApplication) -> Handler:
-    async def handle(session: AsyncSession, event: Event) -> None:
+    async def handle(session: AsyncConnection, event: Event) -> None:
         await application.record_order(session, confirmed_order(event.payload))
 
     return handle

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
@@ -52,10 +53,10 @@ async def wait_serving(address: str, timeout: float = 20.0, service: str = "") -
 
 @contextlib.asynccontextmanager
 async def serve_in_process(
-    settings: ServiceSettings, bindings: Sequence[ServiceBinding]
+    settings: ServiceSettings, bindings: Sequence[ServiceBinding], *, tracer_provider: TracerProvider | None = None
 ) -> AsyncIterator[ChassisServer]:
     """A started ChassisServer in this event loop; drained on exit."""
-    server = ChassisServer(settings, bindings)
+    server = ChassisServer(settings, bindings, tracer_provider=tracer_provider)
     await server.start()
     try:
         yield server

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Insert, and_, case, func, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_catalog.domain.models import Category, CategoryData, Money, Product, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, fold
@@ -45,14 +45,14 @@ def _contains(column: Any, term: str) -> ColumnElement[bool]:
     return column.contains(term, autoescape=True)  # type: ignore[no-any-return]
 
 
-def _insert_skipping_existing(session: AsyncSession, table: Any) -> Insert:
+def _insert_skipping_existing(session: AsyncConnection, table: Any) -> Insert:
     """INSERT that skips rows whose primary key exists (ON CONFLICT DO NOTHING, on both databases).
 
     The caller inserts only the ids it did not find, but replicas starting together on PostgreSQL may
     both find the same id missing: the loser's row is skipped instead of failing its startup. An existing
     row is never overwritten.
     """
-    dialect = session.get_bind().dialect.name
+    dialect = session.dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     if dialect == "sqlite":
@@ -63,7 +63,7 @@ def _insert_skipping_existing(session: AsyncSession, table: Any) -> Insert:
 class CatalogRepository:
     """The catalog's rows in one session (one transaction)."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def list_products(self, query: ListProductsQuery) -> list[Product]:

@@ -11,23 +11,52 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Insert, func, insert, select, update
+from sqlalchemy import CursorResult, Insert, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import as_utc
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
 from shopmesh_inventory.domain.reservations import StockEffect, Transition
 from shopmesh_inventory.store.tables import reservation_items, reservations, stock
 
+# The statements of Reserve / Commit / Release are built once, with bound parameters: building one costs
+# SQLAlchemy more than running it, and a reused statement also reuses its compiled form.
+_HOLD = (
+    update(stock)
+    .where(
+        stock.c.product_id == bindparam("b_product_id"), stock.c.on_hand - stock.c.reserved >= bindparam("b_quantity")
+    )
+    .values(reserved=stock.c.reserved + bindparam("b_quantity"))
+)
+_MOVE = (
+    update(stock)
+    .where(stock.c.product_id == bindparam("b_product_id"))
+    .values(on_hand=stock.c.on_hand + bindparam("b_on_hand"), reserved=stock.c.reserved + bindparam("b_reserved"))
+)
+_RECORD = (
+    update(reservations)
+    .where(reservations.c.id == bindparam("b_id"), reservations.c.state == bindparam("b_source"))
+    .values(state=bindparam("b_state"), updated_at=bindparam("b_updated_at"))
+)
+_INSERT_RESERVATION = insert(reservations)
+_INSERT_ITEMS = insert(reservation_items)
+_BY_ID = select(reservations).where(reservations.c.id == bindparam("b_key"))
+_BY_ORDER = select(reservations).where(reservations.c.order_id == bindparam("b_key"))
+_ITEMS = (
+    select(reservation_items.c.product_id, reservation_items.c.quantity)
+    .where(reservation_items.c.reservation_id == bindparam("b_id"))
+    .order_by(reservation_items.c.product_id)
+)
 
-async def _rowcount(session: AsyncSession, statement: Any) -> int:
-    result = cast(CursorResult[Any], await session.execute(statement))
+
+async def _rowcount(session: AsyncConnection, statement: Any, parameters: dict[str, Any] | None = None) -> int:
+    result = cast(CursorResult[Any], await session.execute(statement, parameters))
     return result.rowcount
 
 
 class StockRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def levels(self, product_ids: Collection[str]) -> dict[str, StockLevel]:
@@ -39,25 +68,17 @@ class StockRepository:
 
     async def hold(self, product_id: str, quantity: int) -> bool:
         """Reserve `quantity` units if that many are available; False (and no change) otherwise."""
-        statement = (
-            update(stock)
-            .where(stock.c.product_id == product_id, stock.c.on_hand - stock.c.reserved >= quantity)
-            .values(reserved=stock.c.reserved + quantity)
-        )
-        return await _rowcount(self._session, statement) == 1
+        return await _rowcount(self._session, _HOLD, {"b_product_id": product_id, "b_quantity": quantity}) == 1
 
     async def move(self, items: Iterable[ReservationItem], effect: StockEffect) -> None:
         """Apply a transition's effect to each item's stock, in product order (the lock order)."""
         for item in sorted(items):
-            statement = (
-                update(stock)
-                .where(stock.c.product_id == item.product_id)
-                .values(
-                    on_hand=stock.c.on_hand + effect.on_hand * item.quantity,
-                    reserved=stock.c.reserved + effect.reserved * item.quantity,
-                )
-            )
-            if await _rowcount(self._session, statement) != 1:
+            parameters = {
+                "b_product_id": item.product_id,
+                "b_on_hand": effect.on_hand * item.quantity,
+                "b_reserved": effect.reserved * item.quantity,
+            }
+            if await _rowcount(self._session, _MOVE, parameters) != 1:
                 # A reservation's units were held on this row, and stock rows are never deleted.
                 raise RuntimeError(f"stock record of {item.product_id!r} is missing")
 
@@ -78,35 +99,36 @@ class StockRepository:
 
     def _insert_ignoring_existing(self) -> Insert:
         # Another replica (or request) may create the same record between our read and our insert.
-        if self._session.get_bind().dialect.name == "postgresql":
+        if self._session.dialect.name == "postgresql":
             return postgresql.insert(stock).on_conflict_do_nothing(index_elements=[stock.c.product_id])
         return sqlite.insert(stock).on_conflict_do_nothing(index_elements=[stock.c.product_id])
 
 
 class ReservationRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def get(self, reservation_id: str) -> Reservation | None:
-        return await self._one(reservations.c.id == reservation_id)
+        return await self._one(_BY_ID, reservation_id)
 
     async def get_by_order(self, order_id: str) -> Reservation | None:
-        return await self._one(reservations.c.order_id == order_id)
+        return await self._one(_BY_ORDER, order_id)
 
     async def add(self, reservation: Reservation) -> None:
         """Insert a new reservation; a second one for the same order raises IntegrityError."""
         await self._session.execute(
-            insert(reservations).values(
-                id=reservation.id,
-                order_id=reservation.order_id,
-                state=reservation.state.value,
-                expires_at=reservation.expires_at,
-                created_at=reservation.created_at,
-                updated_at=reservation.updated_at,
-            )
+            _INSERT_RESERVATION,
+            {
+                "id": reservation.id,
+                "order_id": reservation.order_id,
+                "state": reservation.state.value,
+                "expires_at": reservation.expires_at,
+                "created_at": reservation.created_at,
+                "updated_at": reservation.updated_at,
+            },
         )
         await self._session.execute(
-            insert(reservation_items),
+            _INSERT_ITEMS,
             [
                 {"reservation_id": reservation.id, "product_id": i.product_id, "quantity": i.quantity}
                 for i in reservation.items
@@ -118,12 +140,13 @@ class ReservationRepository:
 
         False means a concurrent request moved it first; nothing was written.
         """
-        statement = (
-            update(reservations)
-            .where(reservations.c.id == changed.id, reservations.c.state == transition.source.value)
-            .values(state=changed.state.value, updated_at=changed.updated_at)
-        )
-        return await _rowcount(self._session, statement) == 1
+        parameters = {
+            "b_id": changed.id,
+            "b_source": transition.source.value,
+            "b_state": changed.state.value,
+            "b_updated_at": changed.updated_at,
+        }
+        return await _rowcount(self._session, _RECORD, parameters) == 1
 
     async def overdue_ids(self, now: datetime, limit: int, product_ids: Collection[str] | None = None) -> list[str]:
         """Ids of PENDING reservations past expires_at, oldest first; only those holding `product_ids` if given."""
@@ -150,15 +173,11 @@ class ReservationRepository:
         )
         return {row.product_id: int(row.units) for row in await self._session.execute(statement)}
 
-    async def _one(self, condition: Any) -> Reservation | None:
-        row = (await self._session.execute(select(reservations).where(condition))).one_or_none()
+    async def _one(self, query: Any, key: str) -> Reservation | None:
+        row = (await self._session.execute(query, {"b_key": key})).one_or_none()
         if row is None:
             return None
-        items = await self._session.execute(
-            select(reservation_items.c.product_id, reservation_items.c.quantity)
-            .where(reservation_items.c.reservation_id == row.id)
-            .order_by(reservation_items.c.product_id)
-        )
+        items = await self._session.execute(_ITEMS, {"b_id": row.id})
         return Reservation(
             id=row.id,
             order_id=row.order_id,

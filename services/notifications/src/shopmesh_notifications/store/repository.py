@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import as_utc
 from shopmesh_notifications.domain.events import EventKind
@@ -49,7 +49,7 @@ def _from_row(row: Any) -> Notification:
 
 
 class NotificationRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def add(self, notification: Notification) -> None:
@@ -119,7 +119,7 @@ class NotificationRepository:
             )
             .values(next_attempt_at=until)
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             return None
         return await self.get(notification_id)
 
@@ -130,4 +130,4 @@ class NotificationRepository:
             .where(notifications.c.id == notification.id, notifications.c.state == State.PENDING.value)
             .values(**_delivery_values(notification))
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return bool(result.rowcount == 1)

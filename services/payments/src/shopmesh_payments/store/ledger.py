@@ -5,17 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import insert, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_payments.domain.models import Money
 from shopmesh_payments.store.tables import processor_charges
+
+_INSERT = insert(processor_charges)  # built once: every charge records one
 
 CAPTURED = "CAPTURED"
 DECLINED = "DECLINED"
 
 
 class ProcessorLedger:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def record(
@@ -29,16 +31,17 @@ class ProcessorLedger:
         now: datetime,
     ) -> None:
         await self._session.execute(
-            insert(processor_charges).values(
-                id=charge_id,
-                reference=reference,
-                amount_minor=amount.amount_minor,
-                currency=amount.currency,
-                card_last4=card_last4,
-                outcome=DECLINED if decline_code else CAPTURED,
-                decline_code=decline_code,
-                created_at=now,
-            )
+            _INSERT,
+            {
+                "id": charge_id,
+                "reference": reference,
+                "amount_minor": amount.amount_minor,
+                "currency": amount.currency,
+                "card_last4": card_last4,
+                "outcome": DECLINED if decline_code else CAPTURED,
+                "decline_code": decline_code,
+                "created_at": now,
+            },
         )
 
     async def refund(self, charge_id: str, amount: Money, now: datetime) -> bool:
@@ -54,4 +57,4 @@ class ProcessorLedger:
             )
             .values(refunded_at=now)
         )
-        return int(result.rowcount or 0) == 1  # type: ignore[attr-defined]
+        return int(result.rowcount or 0) == 1

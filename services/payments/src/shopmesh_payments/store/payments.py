@@ -5,13 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import as_utc
 from shopmesh_payments.domain.models import Money, Payment, PaymentState
 from shopmesh_payments.store.tables import order_charges, payments
+
+# Built once: the charge path runs these on every order (building a statement costs more than running it).
+# Claiming an order is one INSERT that does nothing when the order is taken; on PostgreSQL a concurrent
+# claim waits for the first transaction, then does nothing (it committed) or inserts (it rolled back).
+_CLAIM = {
+    "postgresql": postgresql.insert(order_charges).on_conflict_do_nothing(index_elements=[order_charges.c.order_id]),
+    "sqlite": sqlite.insert(order_charges).on_conflict_do_nothing(index_elements=[order_charges.c.order_id]),
+}
+_HOLDER = select(order_charges.c.payment_id).where(order_charges.c.order_id == bindparam("b_order_id"))
+_INSERT_PAYMENT = insert(payments)
 
 
 def _payment(row: Any) -> Payment:
@@ -30,26 +40,16 @@ def _payment(row: Any) -> Payment:
 
 
 class PaymentRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def claim_order(self, order_id: str, payment_id: str, now: datetime) -> str | None:
-        """Reserve `order_id` for `payment_id`; returns None, or the id of the payment that holds it.
-
-        A single INSERT against the primary key: on PostgreSQL a concurrent claim waits for the first
-        transaction and then fails; the savepoint keeps this transaction usable to read the winner.
-        """
-        try:
-            async with self._session.begin_nested():
-                await self._session.execute(
-                    insert(order_charges).values(order_id=order_id, payment_id=payment_id, created_at=now)
-                )
-        except IntegrityError:
-            holder = await self._session.scalar(
-                select(order_charges.c.payment_id).where(order_charges.c.order_id == order_id)
-            )
-            return str(holder)
-        return None
+        """Reserve `order_id` for `payment_id`; returns None, or the id of the payment that holds it."""
+        claim = _CLAIM[self._session.dialect.name]
+        result = await self._session.execute(claim, {"order_id": order_id, "payment_id": payment_id, "created_at": now})
+        if int(result.rowcount or 0) == 1:
+            return None
+        return str(await self._session.scalar(_HOLDER, {"b_order_id": order_id}))
 
     async def release_order(self, order_id: str, payment_id: str) -> None:
         await self._session.execute(
@@ -58,19 +58,20 @@ class PaymentRepository:
 
     async def add(self, payment: Payment) -> None:
         await self._session.execute(
-            insert(payments).values(
-                id=payment.id,
-                order_id=payment.order_id,
-                amount_minor=payment.amount.amount_minor,
-                currency=payment.amount.currency,
-                state=payment.state.value,
-                card_last4=payment.card_last4,
-                decline_reason=payment.decline_reason,
-                refund_reason=payment.refund_reason,
-                processor_charge_id=payment.processor_charge_id,
-                created_at=payment.created_at,
-                refunded_at=payment.refunded_at,
-            )
+            _INSERT_PAYMENT,
+            {
+                "id": payment.id,
+                "order_id": payment.order_id,
+                "amount_minor": payment.amount.amount_minor,
+                "currency": payment.amount.currency,
+                "state": payment.state.value,
+                "card_last4": payment.card_last4,
+                "decline_reason": payment.decline_reason,
+                "refund_reason": payment.refund_reason,
+                "processor_charge_id": payment.processor_charge_id,
+                "created_at": payment.created_at,
+                "refunded_at": payment.refunded_at,
+            },
         )
 
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
@@ -87,7 +88,7 @@ class PaymentRepository:
             .where(payments.c.id == payment.id, payments.c.state == PaymentState.CAPTURED.value)
             .values(state=payment.state.value, refund_reason=payment.refund_reason, refunded_at=payment.refunded_at)
         )
-        return int(result.rowcount or 0) == 1  # type: ignore[attr-defined]
+        return int(result.rowcount or 0) == 1
 
     async def list_for_order(
         self, order_id: str, limit: int, after: tuple[datetime, str] | None

@@ -7,14 +7,14 @@ from typing import Any
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_recommendations.domain.copurchase import PurchaseEffects
 from shopmesh_recommendations.store.tables import co_purchases, product_purchases, user_purchases
 
 
 class RecommendationsRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def record(self, effects: PurchaseEffects) -> None:
@@ -49,7 +49,7 @@ class RecommendationsRepository:
         await self._session.execute(statement, rows)
 
     def _dialect_insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        dialect = self._session.get_bind().dialect.name
+        dialect = self._session.dialect.name
         if dialect == "postgresql":
             return postgresql.insert(table)
         if dialect == "sqlite":

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import as_utc
 from shopmesh_users.domain.keys import SigningKey
@@ -40,7 +40,7 @@ def _signing_key(row: Any) -> SigningKey:
 
 
 class UserRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def add(self, user: User, password_hash: str) -> None:
@@ -71,7 +71,7 @@ class UserRepository:
 
 
 class SigningKeyRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
     async def all(self) -> list[SigningKey]:

@@ -1,0 +1,119 @@
+"""Tracing: the chassis' server span continues the caller's W3C trace, carries OpenTelemetry's RPC
+attributes and status, and records nothing when nothing would export it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
+from shopmesh_chassis.tracing import configure_tracing
+
+from .conftest import sample_settings
+
+ECHO = "/shopmesh.sample.v1.SampleService/Echo"
+FAIL = "/shopmesh.sample.v1.SampleService/Fail"
+
+
+@pytest.fixture
+def exported() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()  # samples everything, as with an exporter configured at ratio 1.0
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+@pytest.fixture
+async def traced_stub(
+    exported: tuple[TracerProvider, InMemorySpanExporter],
+) -> AsyncIterator[sample_pb2_grpc.SampleServiceStub]:
+    provider, _ = exported
+    async with (
+        serve_in_process(sample_settings(), [binding()], tracer_provider=provider) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None), tracer_provider=provider) as ch,
+    ):
+        yield sample_pb2_grpc.SampleServiceStub(ch.channel)
+
+
+def _server_spans(exporter: InMemorySpanExporter) -> list[trace.Span]:
+    return [s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.SERVER]  # type: ignore[misc]
+
+
+async def test_server_span_continues_the_callers_trace_with_rpc_attributes(
+    traced_stub: sample_pb2_grpc.SampleServiceStub, exported: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = exported
+    with provider.get_tracer("test").start_as_current_span("caller") as caller:
+        await traced_stub.Echo(sample_pb2.EchoRequest(message="hi"))
+
+    (server,) = _server_spans(exporter)
+    client = next(s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.CLIENT)
+    assert server.name == ECHO
+    assert server.context.trace_id == caller.get_span_context().trace_id
+    assert server.parent is not None
+    assert server.parent.span_id == client.context.span_id
+    assert server.attributes is not None
+    assert dict(server.attributes) | {"net.peer.port": "any"} == {
+        "rpc.system": "grpc",
+        "rpc.service": "shopmesh.sample.v1.SampleService",
+        "rpc.method": "Echo",
+        "rpc.grpc.status_code": 0,
+        "net.peer.ip": "127.0.0.1",
+        "net.peer.port": "any",
+        "net.peer.name": "localhost",
+    }
+    assert server.status.status_code is trace.StatusCode.UNSET
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "is_error"),
+    [
+        (sample_pb2.ERROR_KIND_INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT, False),  # the client's mistake
+        (sample_pb2.ERROR_KIND_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, True),
+        (sample_pb2.ERROR_KIND_UNEXPECTED, grpc.StatusCode.INTERNAL, True),
+    ],
+)
+async def test_server_span_records_the_status_and_marks_server_failures_as_errors(
+    traced_stub: sample_pb2_grpc.SampleServiceStub,
+    exported: tuple[TracerProvider, InMemorySpanExporter],
+    kind: int,
+    code: grpc.StatusCode,
+    is_error: bool,
+) -> None:
+    _, exporter = exported
+    with pytest.raises(grpc.aio.AioRpcError):
+        await traced_stub.Fail(sample_pb2.FailRequest(kind=kind), wait_for_ready=False)
+    server = _server_spans(exporter)[-1]
+    assert server.name == FAIL
+    assert server.attributes is not None
+    assert server.attributes["rpc.grpc.status_code"] == code.value[0]
+    assert (server.status.status_code is trace.StatusCode.ERROR) is is_error
+    # An unexpected exception is on the span, for whoever reads the trace; the client saw only INTERNAL.
+    assert any(e.name == "exception" for e in server.events) is (code is grpc.StatusCode.INTERNAL)
+
+
+def test_without_an_exporter_nothing_is_recorded_but_trace_ids_still_exist() -> None:
+    provider = configure_tracing("sample", endpoint=None)
+    assert provider.sampler is ALWAYS_OFF
+    span = provider.get_tracer("test").start_span("work")
+    assert not span.is_recording()
+    assert span.get_span_context().is_valid  # logs and INTERNAL errors still quote a trace id
+
+
+def test_with_an_exporter_the_callers_sampling_decision_is_followed() -> None:
+    provider = configure_tracing("sample", endpoint="http://127.0.0.1:1", sampler_ratio=0.25)
+    try:
+        assert isinstance(provider.sampler, ParentBased)
+    finally:
+        provider.shutdown()
