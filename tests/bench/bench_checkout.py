@@ -9,6 +9,10 @@ with SQLite databases, JSON logs at INFO, tracing and metrics on.
 
 The *saturation rate* is the highest offered rate that the system still completes (≥ 95 % of the offered
 rate, no errors) with p99 under one second.
+
+Before the rates, a serial phase places orders one after another and reads each process's CPU time
+from /proc: CPU milliseconds per checkout, per service, say where the capacity goes (on 2 cores,
+50 checkouts/s at low latency needs well under 40 ms of CPU per checkout in all).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import machine, write_section
 
 HEADING = "## Checkout (`make bench-checkout`)"
+SERVICES = ("catalog", "inventory", "payments", "orders")
 RATES = (10, 25, 50, 75, 100, 150)
 TARGET_RATE = 50
 TARGET_P99_MS = 30.0
@@ -64,6 +71,59 @@ class Result:
     @property
     def sustained(self) -> bool:
         return self.errors == 0 and self.throughput >= 0.95 * self.rate and self.percentile(0.99) < 1000
+
+
+@dataclass(frozen=True)
+class Serial:
+    """Checkouts placed one at a time: their latency and what each process spent on them."""
+
+    count: int
+    latencies_ms: tuple[float, ...]
+    cpu_ms_per_checkout: dict[str, float]
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+async def run_serial(stub: orders_pb2_grpc.OrdersServiceStub, stack: Stack, count: int) -> Serial:
+    pids = {name: pid for name in (*SERVICES, "nats") if (pid := stack.pid(name)) is not None}
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    own = _own_cpu_seconds()
+    latencies = []
+    for index in range(count):
+        started = time.perf_counter()
+        await stub.PlaceOrder(
+            request(f"usr_bench_{index % 50}"), metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30
+        )
+        latencies.append((time.perf_counter() - started) * 1000)
+    cpu = {name: (_cpu_seconds(pids[name]) - spent) * 1000 / count for name, spent in before.items()}
+    cpu["load generator"] = (_own_cpu_seconds() - own) * 1000 / count
+    return Serial(count, tuple(latencies), cpu)
+
+
+def serial_report(serial: Serial) -> str:
+    names = list(serial.cpu_ms_per_checkout)
+    header = "| " + " | ".join(names) + " | all |\n|" + "--:|" * (len(names) + 1)
+    values = [serial.cpu_ms_per_checkout[n] for n in names]
+    row = "| " + " | ".join(f"{v:.1f}" for v in values) + f" | {sum(values):.1f} |"
+    return (
+        f"Serial: {serial.count} checkouts one after another: p50 {serial.percentile(0.5):.1f} ms, "
+        f"p99 {serial.percentile(0.99):.1f} ms, mean {statistics.fmean(serial.latencies_ms):.1f} ms. "
+        "CPU milliseconds per checkout, by process:\n\n" + header + "\n" + row
+    )
 
 
 def request(user: str) -> orders_pb2.PlaceOrderRequest:
@@ -105,7 +165,7 @@ async def run_rate(stub: orders_pb2_grpc.OrdersServiceStub, rate: float, seconds
     return Result(rate, count, len(latencies), errors, elapsed, tuple(latencies))
 
 
-async def bench(rates: Sequence[float], seconds: float, warmup: float) -> list[Result]:
+async def bench(rates: Sequence[float], seconds: float, warmup: float, serial: int) -> tuple[Serial, list[Result]]:
     with tempfile.TemporaryDirectory() as data:
         stack = Stack.for_tests(Path(data), services=["catalog", "inventory", "payments", "orders"])
         async with stack:
@@ -116,6 +176,8 @@ async def bench(rates: Sequence[float], seconds: float, warmup: float) -> list[R
             async with grpc.aio.insecure_channel(stack.address("orders")) as channel:
                 stub = orders_pb2_grpc.OrdersServiceStub(channel)
                 await run_rate(stub, 10, warmup)  # connections, caches, SQLite pages
+                measured = await run_serial(stub, stack, serial)
+                print(serial_report(measured), flush=True)
                 results = []
                 for rate in rates:
                     result = await run_rate(stub, rate, seconds)
@@ -123,7 +185,7 @@ async def bench(rates: Sequence[float], seconds: float, warmup: float) -> list[R
                     print(line(result), flush=True)
                     if result.percentile(0.99) > 5000:
                         break  # far past saturation: higher rates only queue more
-                return results
+                return measured, results
 
 
 def line(r: Result) -> str:
@@ -134,7 +196,7 @@ def line(r: Result) -> str:
     )
 
 
-def report(results: Sequence[Result], seconds: float, command: str) -> str:
+def report(serial: Serial, results: Sequence[Result], seconds: float, command: str) -> str:
     header = (
         "| offered rate (checkouts/s) | completed/s | completed/offered | errors "
         "| p50 ms | p99 ms | max ms | sustained |\n|---|---|---|---|---|---|---|---|"
@@ -155,6 +217,7 @@ def report(results: Sequence[Result], seconds: float, command: str) -> str:
                 f"Command: `{command}` ({seconds:g} s per rate).",
                 f"Machine: {machine()}.",
                 f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+                serial_report(serial),
                 header + "\n" + "\n".join(line(r) for r in results),
                 "Saturation (highest rate sustained: ≥ 95 % completed, no errors, p99 < 1 s): "
                 f"**{saturation}**. {verdict}.",
@@ -172,13 +235,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rates", default=",".join(map(str, RATES)), help="offered rates, checkouts/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--serial", type=int, default=200, help="checkouts placed one at a time, for CPU per checkout")
     parser.add_argument("--write", type=Path, default=None, help="update this benchmarks document")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     print("| offered | completed/s | completed/offered | errors | p50 ms | p99 ms | max ms | sustained |")
-    results = asyncio.run(bench(rates, args.seconds, args.warmup))
-    command = f".venv/bin/python tests/bench/bench_checkout.py --rates {args.rates} --seconds {args.seconds:g}"
-    text = report(results, args.seconds, command)
+    serial, results = asyncio.run(bench(rates, args.seconds, args.warmup, args.serial))
+    command = (
+        f".venv/bin/python tests/bench/bench_checkout.py --rates {args.rates} --seconds {args.seconds:g} "
+        f"--serial {args.serial}"
+    )
+    text = report(serial, results, args.seconds, command)
     print(text)
     if args.write:
         write_section(args.write, HEADING, text)

@@ -26,6 +26,8 @@ def test_chassis_benchmark_runs_and_reports_every_server() -> None:
 
 
 def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
-    out = run(str(HERE / "bench_checkout.py"), "--rates", "5", "--seconds", "1", "--warmup", "0.5")
+    out = run(str(HERE / "bench_checkout.py"), "--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3")
     assert "## Checkout (`make bench-checkout`)" in out
+    assert "CPU milliseconds per checkout" in out
+    assert "| catalog | inventory | payments | orders | nats | load generator | all |" in out
     assert "| 5 |" in out

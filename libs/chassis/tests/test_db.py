@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, Table, event, func, insert, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from shopmesh_chassis.db import Database, normalize_url
 
@@ -67,3 +70,33 @@ async def test_a_read_does_not_wait_for_an_open_write(db: Database) -> None:
 )
 def test_database_urls_people_paste_are_accepted(given: str, expected: str) -> None:
     assert normalize_url(given) == expected
+
+
+async def test_sqlite_statements_run_on_the_event_loops_thread(db: Database) -> None:
+    """No hand-off to a worker thread per call (what aiosqlite does): SQLite runs where the loop runs."""
+
+    @event.listens_for(db.engine.sync_engine, "connect")
+    def _probe(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function("executing_thread", 0, threading.get_ident)
+
+    await db.engine.dispose()  # new connections, with the probe
+    async with db.read() as connection:
+        executed_on = (await connection.execute(text("SELECT executing_thread()"))).scalar_one()
+    assert executed_on == threading.get_ident()
+
+
+async def test_sqlite_errors_reach_the_caller_and_roll_back(db: Database) -> None:
+    async def update_then_fail() -> None:
+        async with db.transaction() as connection:
+            await connection.execute(update(counter).values(value=7))
+            await connection.execute(text("UPDATE missing_table SET x = 1"))
+
+    with pytest.raises(OperationalError, match="no such table"):
+        await update_then_fail()
+    async with db.read() as connection:
+        assert (await connection.execute(select(counter.c.value))).scalar_one() == 0
+    # The connection went back to the pool in working order.
+    async with db.transaction() as connection:
+        await connection.execute(update(counter).values(value=8))
+    async with db.read() as connection:
+        assert (await connection.execute(select(counter.c.value))).scalar_one() == 8

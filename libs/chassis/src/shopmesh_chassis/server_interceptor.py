@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import grpc
 from google.rpc import status_pb2
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import TracerProvider
@@ -122,18 +123,18 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata: tuple[Any, ...] = tuple(context.invocation_metadata() or ())
-            carried = any(key in fields for key, _ in metadata)
-            with self._tracer.start_as_current_span(
-                method,
-                context=propagate.extract(metadata, getter=_GETTER) if carried else None,
-                kind=trace.SpanKind.SERVER,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
+            parent = propagate.extract(metadata, getter=_GETTER) if any(k in fields for k, _ in metadata) else None
+            # start_span + attach rather than start_as_current_span: two context-manager layers fewer on
+            # every call (the span is ended and detached in the finally below either way).
+            span = self._tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            try:
                 if span.is_recording():
                     span.set_attributes(_peer_attributes(context.peer()))
                 return await self._handle(behavior, metrics, method, request, context, metadata, span)
+            finally:
+                otel_context.detach(token)
+                span.end()
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary,
