@@ -42,7 +42,7 @@ import grpc
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import machine, write_section
+from report import machine, process_cpu_seconds, write_section
 
 SYNC_THREADS = 10
 # The defaults, which `make bench-chassis` uses: about 4 minutes on 2 cores. Five repetitions because
@@ -199,14 +199,6 @@ def _busy_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a whole process (all its threads), from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name (field 2) may hold spaces; fields after it are fixed. utime, stime: fields 14, 15.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Window:
     """What the workers share: whether to record yet, whether to stop, and what they recorded."""
@@ -251,14 +243,14 @@ async def measure(
     workers = [asyncio.create_task(_worker(stubs[i % len(stubs)], window)) for i in range(concurrency)]
     await asyncio.sleep(warmup)
     window.recording = True
-    busy, server_cpu, client_cpu = _busy_seconds(), _cpu_seconds(pid), time.process_time()
+    busy, server_cpu, client_cpu = _busy_seconds(), process_cpu_seconds(pid), time.process_time()
     start = time.perf_counter()
     await asyncio.sleep(duration)
     window.recording, window.stopped = False, True
     elapsed = time.perf_counter() - start
     busy, server_cpu, client_cpu = (
         _busy_seconds() - busy,
-        _cpu_seconds(pid) - server_cpu,
+        process_cpu_seconds(pid) - server_cpu,
         time.process_time() - client_cpu,
     )
     await asyncio.gather(*workers)

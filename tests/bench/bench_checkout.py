@@ -39,7 +39,7 @@ from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_platform.stack import Stack
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import machine, write_section
+from report import machine, process_cpu_seconds, write_section
 
 HEADING = "## Checkout (`make bench-checkout`)"
 SERVICES = ("catalog", "inventory", "payments", "orders")
@@ -86,13 +86,6 @@ class Serial:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -100,7 +93,7 @@ def _own_cpu_seconds() -> float:
 
 async def run_serial(stub: orders_pb2_grpc.OrdersServiceStub, stack: Stack, count: int) -> Serial:
     pids = {name: pid for name in (*SERVICES, "nats") if (pid := stack.pid(name)) is not None}
-    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
     own = _own_cpu_seconds()
     latencies = []
     for index in range(count):
@@ -109,7 +102,7 @@ async def run_serial(stub: orders_pb2_grpc.OrdersServiceStub, stack: Stack, coun
             request(f"usr_bench_{index % 50}"), metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30
         )
         latencies.append((time.perf_counter() - started) * 1000)
-    cpu = {name: (_cpu_seconds(pids[name]) - spent) * 1000 / count for name, spent in before.items()}
+    cpu = {name: (process_cpu_seconds(pids[name]) - spent) * 1000 / count for name, spent in before.items()}
     cpu["load generator"] = (_own_cpu_seconds() - own) * 1000 / count
     return Serial(count, tuple(latencies), cpu)
 

@@ -21,6 +21,14 @@ def machine(packages: tuple[str, ...] = ("grpcio",)) -> str:
     )
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a whole process (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces; fields after it are fixed. utime, stime: fields 14, 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_section(path: Path, heading: str, section: str) -> None:
     """Replace the section that starts with `heading` (a `## ` line), keeping every other section."""
     text = path.read_text() if path.exists() else f"{DOC_TITLE}\n"

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
 
-from sqlalchemy import event
+from sqlalchemy import Insert, Table, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -36,6 +38,19 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@functools.cache
+def insert_skipping_existing(dialect: str, table: Table) -> Insert:
+    """`INSERT .. ON CONFLICT DO NOTHING` on SQLite and PostgreSQL: a row whose key exists is skipped,
+    never overwritten, and `rowcount` says how many were inserted. On PostgreSQL a concurrent insert of
+    the same key waits for the other transaction, then skips (it committed) or inserts (it rolled back).
+    Built once per (dialect, table)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise ValueError(f"unsupported database {dialect!r}: shopmesh runs on SQLite or PostgreSQL")
 
 
 def sqlite_url(data_dir: str | Path, service_name: str) -> str:

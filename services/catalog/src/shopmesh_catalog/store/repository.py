@@ -6,15 +6,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, and_, bindparam, case, func, literal, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_catalog.domain.models import Category, CategoryData, Money, Product, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, fold
 from shopmesh_catalog.domain.validation import ListProductsQuery, SearchProductsQuery
 from shopmesh_catalog.store.tables import categories, products
-from shopmesh_chassis.db import as_utc
+from shopmesh_chassis.db import as_utc, insert_skipping_existing
 
 _PRODUCT_COLUMNS = (
     products.c.id,
@@ -46,21 +45,6 @@ def _product(row: Any) -> Product:
 def _contains(column: Any, term: str) -> ColumnElement[bool]:
     # autoescape: a % or _ typed by a user is a literal character, not a wildcard (LIKE ... ESCAPE '/').
     return column.contains(term, autoescape=True)  # type: ignore[no-any-return]
-
-
-def _insert_skipping_existing(session: AsyncConnection, table: Any) -> Insert:
-    """INSERT that skips rows whose primary key exists (ON CONFLICT DO NOTHING, on both databases).
-
-    The caller inserts only the ids it did not find, but replicas starting together on PostgreSQL may
-    both find the same id missing: the loser's row is skipped instead of failing its startup. An existing
-    row is never overwritten.
-    """
-    dialect = session.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    raise RuntimeError(f"unsupported database {dialect!r}: the catalog runs on SQLite or PostgreSQL")
 
 
 class CatalogRepository:
@@ -130,19 +114,22 @@ class CatalogRepository:
     async def insert_missing(
         self, new_categories: Sequence[CategoryData], new_products: Sequence[ProductData], now: datetime
     ) -> tuple[int, int]:
-        """Insert the categories and products whose ids are not stored yet; returns how many of each."""
+        """Insert the categories and products whose ids are not stored yet; returns how many of each.
+
+        Replicas starting together on PostgreSQL may both find an id missing: the loser's row is skipped
+        instead of failing its startup, and a stored row is never overwritten."""
         stored_categories = set(await self._session.scalars(select(categories.c.id)))
         missing_categories = [c for c in new_categories if c.id not in stored_categories]
         if missing_categories:
             await self._session.execute(
-                _insert_skipping_existing(self._session, categories),
+                insert_skipping_existing(self._session.dialect.name, categories),
                 [{"id": c.id, "display_name": c.display_name} for c in missing_categories],
             )
         stored_products = set(await self._session.scalars(select(products.c.id)))
         missing_products = [p for p in new_products if p.id not in stored_products]
         if missing_products:
             await self._session.execute(
-                _insert_skipping_existing(self._session, products),
+                insert_skipping_existing(self._session.dialect.name, products),
                 [
                     {
                         "id": p.id,

@@ -11,11 +11,10 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Insert, bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import as_utc
+from shopmesh_chassis.db import as_utc, insert_skipping_existing
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
 from shopmesh_inventory.domain.reservations import StockEffect, Transition
 from shopmesh_inventory.store.tables import reservation_items, reservations, stock
@@ -94,14 +93,9 @@ class StockRepository:
         existing = set((await self.levels(on_hand.keys())).keys())
         missing = [{"product_id": p, "on_hand": n, "reserved": 0} for p, n in on_hand.items() if p not in existing]
         if missing:
-            await self._session.execute(self._insert_ignoring_existing(), missing)
+            # Another replica (or request) may create the same record between our read and our insert.
+            await self._session.execute(insert_skipping_existing(self._session.dialect.name, stock), missing)
         return len(missing)
-
-    def _insert_ignoring_existing(self) -> Insert:
-        # Another replica (or request) may create the same record between our read and our insert.
-        if self._session.dialect.name == "postgresql":
-            return postgresql.insert(stock).on_conflict_do_nothing(index_elements=[stock.c.product_id])
-        return sqlite.insert(stock).on_conflict_do_nothing(index_elements=[stock.c.product_id])
 
 
 class ReservationRepository:

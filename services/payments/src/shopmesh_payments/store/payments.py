@@ -6,20 +6,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import as_utc
+from shopmesh_chassis.db import as_utc, insert_skipping_existing
 from shopmesh_payments.domain.models import Money, Payment, PaymentState
 from shopmesh_payments.store.tables import order_charges, payments
 
 # Built once: the charge path runs these on every order (building a statement costs more than running it).
-# Claiming an order is one INSERT that does nothing when the order is taken; on PostgreSQL a concurrent
-# claim waits for the first transaction, then does nothing (it committed) or inserts (it rolled back).
-_CLAIM = {
-    "postgresql": postgresql.insert(order_charges).on_conflict_do_nothing(index_elements=[order_charges.c.order_id]),
-    "sqlite": sqlite.insert(order_charges).on_conflict_do_nothing(index_elements=[order_charges.c.order_id]),
-}
 _HOLDER = select(order_charges.c.payment_id).where(order_charges.c.order_id == bindparam("b_order_id"))
 _INSERT_PAYMENT = insert(payments)
 
@@ -45,7 +38,8 @@ class PaymentRepository:
 
     async def claim_order(self, order_id: str, payment_id: str, now: datetime) -> str | None:
         """Reserve `order_id` for `payment_id`; returns None, or the id of the payment that holds it."""
-        claim = _CLAIM[self._session.dialect.name]
+        # One INSERT that skips an order already claimed (a concurrent claim waits for the first, then skips).
+        claim = insert_skipping_existing(self._session.dialect.name, order_charges)
         result = await self._session.execute(claim, {"order_id": order_id, "payment_id": payment_id, "created_at": now})
         if int(result.rowcount or 0) == 1:
             return None
