@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -40,17 +41,23 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def dialect_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The INSERT of `dialect` (SQLite or PostgreSQL), which has `on_conflict_do_nothing/do_update`:
+    both databases have the same upsert, only the construct's module differs."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"unsupported database {dialect!r}: shopmesh runs on SQLite or PostgreSQL")
+
+
 @functools.cache
 def insert_skipping_existing(dialect: str, table: Table) -> Insert:
-    """`INSERT .. ON CONFLICT DO NOTHING` on SQLite and PostgreSQL: a row whose key exists is skipped,
-    never overwritten, and `rowcount` says how many were inserted. On PostgreSQL a concurrent insert of
-    the same key waits for the other transaction, then skips (it committed) or inserts (it rolled back).
-    Built once per (dialect, table)."""
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    raise ValueError(f"unsupported database {dialect!r}: shopmesh runs on SQLite or PostgreSQL")
+    """`INSERT .. ON CONFLICT DO NOTHING`: a row whose key exists is skipped, never overwritten, and
+    `rowcount` says how many were inserted. On PostgreSQL a concurrent insert of the same key waits for
+    the other transaction, then skips (it committed) or inserts (it rolled back). Built once per
+    (dialect, table)."""
+    return dialect_insert(dialect, table).on_conflict_do_nothing()
 
 
 def sqlite_url(data_dir: str | Path, service_name: str) -> str:
@@ -133,11 +140,7 @@ class Database:
 
         Do not open a transaction while holding another in the same task: on SQLite they would wait for
         each other."""
-        if self._writer is None:
-            async with self.engine.begin() as connection:
-                yield connection
-            return
-        async with self._writer, self.engine.begin() as connection:
+        async with self._writer or contextlib.nullcontext(), self.engine.begin() as connection:
             yield connection
 
     @asynccontextmanager

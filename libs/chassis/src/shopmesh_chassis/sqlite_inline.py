@@ -47,6 +47,8 @@ class InlineConnection(aiosqlite.Connection):
         self._tx = _RunNow()  # type: ignore[assignment]
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Every cursor/execute/fetch/commit comes through here: call directly, without the future and
+        # partial that aiosqlite's queue needs (`_RunNow` serves only the few calls that bypass this).
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
         return fn(*args, **kwargs)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import as_utc, insert_skipping_existing
@@ -50,8 +50,7 @@ _ITEMS = (
 
 
 async def _rowcount(session: AsyncConnection, statement: Any, parameters: dict[str, Any] | None = None) -> int:
-    result = cast(CursorResult[Any], await session.execute(statement, parameters))
-    return result.rowcount
+    return (await session.execute(statement, parameters)).rowcount
 
 
 class StockRepository:

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shopmesh_chassis.db import dialect_insert
 from shopmesh_recommendations.domain.copurchase import PurchaseEffects
 from shopmesh_recommendations.store.tables import co_purchases, product_purchases, user_purchases
 
@@ -42,19 +42,11 @@ class RecommendationsRepository:
         An atomic increment: replicas consuming concurrently never lose an update as a read-then-write
         could. SQLite and PostgreSQL both have this upsert; only the dialect's insert() differs.
         """
-        insert = self._dialect_insert(table)
+        insert = dialect_insert(self._session.dialect.name, table)
         statement = insert.on_conflict_do_update(
             index_elements=[table.c[k] for k in key], set_={"count": table.c.count + insert.excluded.count}
         )
         await self._session.execute(statement, rows)
-
-    def _dialect_insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        dialect = self._session.dialect.name
-        if dialect == "postgresql":
-            return postgresql.insert(table)
-        if dialect == "sqlite":
-            return sqlite.insert(table)
-        raise RuntimeError(f"unsupported database {dialect!r}: recommendations run on SQLite or PostgreSQL")
 
     async def co_purchase_counts(self, product_ids: Sequence[str], limit: int) -> dict[str, int]:
         """Products bought together with any of `product_ids`, summed over them, most first.
