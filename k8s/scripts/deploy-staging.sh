@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install or upgrade the whole system into staging with Helm, from images CI already pushed, then run
 # the `helm test` hooks (every service's gRPC health). Needs: STAGING_CONTEXT (kube context), REGISTRY
-# (e.g. registry.example.com/shopmesh), IMAGE_TAG (the tag CI pushed); the <service>-database Secrets.
+# (e.g. registry.example.com/shopmesh), IMAGE_TAG (the tag CI pushed); the <service>-database Secrets
+# and the orders-idempotency / payments-idempotency Secrets (docs/kubernetes.md).
 source "$(dirname "$0")/lib.sh"
 require helm "$HINT_HELM" kubectl "$HINT_KUBECTL"
 cd "$(dirname "$0")/../.."

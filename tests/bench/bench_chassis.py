@@ -9,7 +9,7 @@ and server compete for the same cores, and the server's CPU per call is the fair
     .venv/bin/python tests/bench/bench_chassis.py                # full run: ~4 min on a quiet machine
     .venv/bin/python tests/bench/bench_chassis.py --quick        # smoke run (< 30 s)
     .venv/bin/python tests/bench/bench_chassis.py --write docs/benchmarks.md
-    .venv/bin/python tests/bench/bench_chassis.py --servers a,a+chassis,a+noop-tracing,a+tracing,b,b-recording
+    .venv/bin/python tests/bench/bench_chassis.py --servers a,a-uvloop,a+chassis,a+noop-tracing,a+tracing,b,b-recording
 
 The last one prices each part of the chassis on top of the bare server (diagnosis). When other processes
 compete for the cores, a run takes longer: each cell waits for a quiet machine and may be measured again.
@@ -93,11 +93,12 @@ SERVER_KINDS: dict[str, ServerKind] = {
     "a": ServerKind("a", "bare `grpc.aio.server`, no interceptors"),
     "b": ServerKind(
         "b",
-        "`ChassisServer` as services run it: server spans and metrics on; spans are recorded only when an "
-        "OTLP exporter is configured, and none is here",
+        "`ChassisServer` as services run it: on the chassis' event loop (uvloop), server spans and metrics "
+        "on; spans are recorded only when an OTLP exporter is configured, and none is here",
     ),
     "c": ServerKind("c", f"sync `grpc.server`, {SYNC_THREADS}-thread pool"),
     # Diagnostic variants: not part of the default run.
+    "a-uvloop": ServerKind("a-uvloop", "bare `grpc.aio.server` as (a), on uvloop: what the event loop alone gives"),
     "b-recording": ServerKind(
         "b'", "`ChassisServer` as (b) but every span recorded (as with an exporter at ratio 1.0), none exported"
     ),
@@ -182,9 +183,21 @@ def _serve_sync(port: int) -> None:
     server.stop(None)
 
 
+# Kinds that run as the chassis runs a service: on its event loop (uvloop unless EVENT_LOOP says otherwise).
+_ON_CHASSIS_LOOP = ("b", "b-recording")
+
+
 def serve(kind: str, port: int) -> None:
     if kind == "c":
         _serve_sync(port)
+    elif kind in _ON_CHASSIS_LOOP:
+        from shopmesh_chassis import app
+
+        app.run_on_event_loop(_serve_aio(kind, port))
+    elif kind == "a-uvloop":
+        import uvloop
+
+        uvloop.run(_serve_aio("a", port))
     else:
         asyncio.run(_serve_aio(kind, port))
 
@@ -305,6 +318,8 @@ class ServerProcess:
             "0",
             stdout=asyncio.subprocess.PIPE,
             stderr=self._stderr,
+            # The chassis' default loop is what is measured, whatever the caller's EVENT_LOOP says.
+            env={k: v for k, v in os.environ.items() if k != "EVENT_LOOP"},
         )
         assert self._process.stdout is not None
         try:

@@ -4,12 +4,15 @@ images, skaffold, the dev infrastructure, the Makefile and the docs."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any
 
 import pytest
 import yaml
 
+from shopmesh_chassis.config import IdempotencySettings, ServiceSettings, load_settings
+from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_platform.topology import SERVICES, callers_of
 
 from .k8skit import ROOT, Docs, find, render
@@ -24,6 +27,13 @@ NAMES = list(SERVICES)
 
 def chart_values(name: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "helm" / name / "values.yaml").read_text())
+
+
+def keeps_idempotency_records(name: str) -> bool:
+    """From the service's own settings class: does it read IDEMPOTENCY_FINGERPRINT_KEY?"""
+    module = importlib.import_module(f"shopmesh_{name}.settings")
+    classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, ServiceSettings)]
+    return any(issubclass(c, IdempotencySettings) for c in classes)
 
 
 def skaffold() -> dict[str, Any]:
@@ -201,6 +211,14 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
     else:
         assert mounts == {"/tmp"}
         assert "DATABASE_URL" not in secret_env
+    # A service that keeps idempotency records refuses DATABASE_URL without its fingerprint key.
+    if keeps_idempotency_records(name) and "DATABASE_URL" in secret_env:
+        assert secret_env["IDEMPOTENCY_FINGERPRINT_KEY"] == {
+            "name": f"{name}-idempotency",
+            "key": "IDEMPOTENCY_FINGERPRINT_KEY",
+        }
+    else:
+        assert "IDEMPOTENCY_FINGERPRINT_KEY" not in secret_env
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -315,6 +333,19 @@ def test_dev_postgres_has_a_database_and_user_per_service() -> None:
     assert all(d["metadata"]["namespace"] == render.NAMESPACE for d in secrets)
 
 
+def test_dev_infra_has_a_fingerprint_key_for_each_service_that_keeps_idempotency_records() -> None:
+    secrets = [d for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / "idempotency-secrets.yaml").read_text()) if d]
+    keys = {d["metadata"]["name"]: d["stringData"]["IDEMPOTENCY_FINGERPRINT_KEY"] for d in secrets}
+    expected = {n for n in NAMES if keeps_idempotency_records(n)}
+    assert expected == {"orders", "payments"}
+    assert set(keys) == {f"{n}-idempotency" for n in expected}
+    assert all(len(key) >= 32 for key in keys.values()), "the services refuse shorter keys"
+    assert len(set(keys.values())) == len(keys), "one key per service"
+    assert {n for n in NAMES if chart_values(n).get("idempotency", {}).get("enabled")} == expected
+    kustomization = yaml.safe_load((ROOT / "k8s" / "infra" / "kustomization.yaml").read_text())
+    assert "idempotency-secrets.yaml" in kustomization["resources"]
+
+
 def test_dev_infra_matches_the_charts_defaults() -> None:
     values = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values.yaml").read_text())["global"]
     assert values["nats"]["url"] == "nats://nats.shopmesh-infra.svc.cluster.local:4222"
@@ -358,3 +389,17 @@ def test_documented_make_commands_exist(doc: str) -> None:
     used |= set(re.findall(r"`make ([a-z][a-z0-9-]*)", text))
     missing = used - make_targets()
     assert not missing, f"{doc} mentions make targets that do not exist: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("value_set", ["default", "istio", "linkerd"])
+def test_the_gateway_trusts_only_its_own_pods_loopback_for_forwarded_client_addresses(
+    rendered: dict[tuple[str, str], Docs], value_set: str
+) -> None:
+    # Under a mesh the sidecar relays every client from loopback; nothing else connects from there.
+    for name in NAMES:
+        env = find(service_docs(rendered, value_set, name), "ConfigMap", name)["data"]
+        if name == "gateway":
+            settings = load_settings(GatewaySettings, trusted_proxies=env["TRUSTED_PROXIES"])
+            assert [str(n) for n in settings.trusted_proxy_networks] == ["127.0.0.0/8", "::1/128"]
+        else:
+            assert "TRUSTED_PROXIES" not in env

@@ -76,6 +76,13 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "port" (dig "database" "port" 5432 $g)
     "peers" (dig "database" "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "postgresql")))) $g)) -}}
 
+{{- /* Idempotency records: their request fingerprints are HMACs under IDEMPOTENCY_FINGERPRINT_KEY, from a
+     Secret with PostgreSQL (with SQLite the service generates a key into /data itself). */ -}}
+{{- $_ := set $c "idempotency" (dict
+    "enabled" (and $dbEnabled (dig "idempotency" "enabled" false $v))
+    "existingSecret" (dig "idempotency" "existingSecret" (printf "%s-idempotency" $name) $v)
+    "secretKey" (dig "idempotency" "secretKey" "IDEMPOTENCY_FINGERPRINT_KEY" $v)) -}}
+
 {{- /* Events: NATS JetStream when the service publishes or consumes. */ -}}
 {{- $publishes := dig "events" "publishes" list $v -}}
 {{- $consumes := dig "events" "consumes" list $v -}}

@@ -108,6 +108,13 @@ spec:
                 secretKeyRef:
                   name: {{ $c.database.existingSecret }}
                   key: {{ $c.database.secretKey }}
+            {{- if $c.idempotency.enabled }}
+            - name: IDEMPOTENCY_FINGERPRINT_KEY
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $c.idempotency.existingSecret }}
+                  key: {{ $c.idempotency.secretKey }}
+            {{- end }}
             {{- end }}
             {{- if and $c.email.enabled $c.email.existingSecret }}
             - name: SMTP_USERNAME

@@ -44,16 +44,27 @@ def test_every_bad_variable_is_listed_on_one_line(monkeypatch: pytest.MonkeyPatc
     assert "LOG_LEVEL=" in str(caught.value)
 
 
-def test_bad_configuration_stops_the_process_with_one_line() -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "GRPC_PORT",
+            "abc",
+            "invalid configuration: GRPC_PORT='abc': Input should be a valid integer, unable to parse string as an "
+            "integer",
+        ),
+        # Read before the event loop starts (app.run), and reported the same way.
+        ("EVENT_LOOP", "trio", "invalid configuration: EVENT_LOOP='trio': Input should be 'uvloop' or 'asyncio'"),
+    ],
+)
+def test_bad_configuration_stops_the_process_with_one_line(variable: str, value: str, line: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"],
-        env={"GRPC_PORT": "abc", "PATH": "/usr/bin:/bin"},
+        env={variable: value, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "invalid configuration: GRPC_PORT='abc': Input should be a valid integer, unable to parse string as an integer"
-    ]
+    assert result.stderr.strip().splitlines() == [line]

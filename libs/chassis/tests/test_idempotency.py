@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hashlib
+import hmac
+import stat
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,9 +18,13 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.config import ConfigError, IdempotencySettings, load_settings
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.idempotency import IdempotencyStore
+from shopmesh_chassis.idempotency import IdempotencyStore, RequestFingerprint, fingerprint_key
 from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.tables import idempotency_records
+
+FINGERPRINT = RequestFingerprint(b"test-fingerprint-key-of-32-bytes")
 
 scratch = MetaData()
 effects = Table("effects", scratch, Column("id", Integer, primary_key=True), Column("what", String(50)))
@@ -49,7 +57,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def store(db: Database, clock: Clock) -> IdempotencyStore:
-    return IdempotencyStore(db, "shopmesh.test", lease=timedelta(seconds=30), clock=clock)
+    return IdempotencyStore(db, "shopmesh.test", fingerprint=FINGERPRINT, lease=timedelta(seconds=30), clock=clock)
 
 
 async def count_effects(db: Database) -> int:
@@ -113,7 +121,7 @@ async def test_duplicate_while_the_first_runs_is_aborted(store: IdempotencyStore
     # first request runs its operation outside the claim transaction (which already committed).
     first = asyncio.create_task(run(store, "k1", request("a"), slow))
     await started.wait()
-    second_store = IdempotencyStore(db, "shopmesh.test", clock=store._clock)
+    second_store = IdempotencyStore(db, "shopmesh.test", fingerprint=FINGERPRINT, clock=store._clock)
     with pytest.raises(errors.Aborted) as caught:
         await asyncio.wait_for(run(second_store, "k1", request("a"), effect()), timeout=0.5)
     assert caught.value.reason == "IDEMPOTENCY_KEY_IN_USE"
@@ -187,3 +195,62 @@ async def test_keys_are_scoped_per_method(store: IdempotencyStore) -> None:
         operation=effect("refund"),  # type: ignore[arg-type]
     )
     assert other.value == "refund"
+
+
+# --- fingerprints ------------------------------------------------------------------------------------------
+
+
+async def test_the_stored_fingerprint_is_an_hmac_under_the_key_not_a_plain_hash(
+    store: IdempotencyStore, db: Database
+) -> None:
+    # Requests carry card numbers: what is stored must not be checkable against guesses without the key.
+    secret = wrappers_pb2.StringValue(value="4242424242424242")
+    await run(store, "k1", secret, effect())
+    async with db.read() as session:
+        stored = (await session.execute(select(idempotency_records.c.request_hash))).scalar_one()
+    encoded = secret.SerializeToString(deterministic=True)
+    assert stored != hashlib.sha256(encoded).hexdigest()
+    assert stored == hmac.new(b"test-fingerprint-key-of-32-bytes", encoded, hashlib.sha256).hexdigest()
+
+
+def test_a_fingerprint_differs_by_request_and_by_key() -> None:
+    other_key = RequestFingerprint(b"another-fingerprint-key-32-bytes")
+    assert FINGERPRINT(request("a")) == FINGERPRINT(request("a"))
+    assert FINGERPRINT(request("a")) != FINGERPRINT(request("b"))
+    assert FINGERPRINT(request("a")) != other_key(request("a"))
+    with pytest.raises(ValueError, match="32 bytes"):
+        RequestFingerprint(b"short")
+
+
+def test_the_configured_fingerprint_key_is_used(tmp_path: Path) -> None:
+    settings = load_settings(
+        IdempotencySettings, service_name="svc", data_dir=str(tmp_path), idempotency_fingerprint_key="x" * 40
+    )
+    assert fingerprint_key(settings) == b"x" * 40
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_a_configured_key_one_is_generated_once_into_the_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(IdempotencySettings, service_name="svc", data_dir=str(tmp_path / "data"))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: fingerprint_key(settings), range(16)))
+    assert len(keys) == 1
+    (key,) = keys
+    assert len(key) == 64
+    stored = tmp_path / "data" / "svc.fingerprint-key"
+    assert stored.read_text() == key.decode()
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    # Restarts find the same key, so a replay after a restart still matches.
+    assert fingerprint_key(settings) == key
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["svc.fingerprint-key"]
+
+
+def test_a_database_url_without_a_fingerprint_key_stops_startup_naming_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(IdempotencySettings, service_name="svc", database_url="postgresql://db/svc")
+    assert str(caught.value) == (
+        "invalid configuration: IDEMPOTENCY_FINGERPRINT_KEY is required when DATABASE_URL is set "
+        "(32+ characters, from a Secret)"
+    )
+    with pytest.raises(ConfigError, match="IDEMPOTENCY_FINGERPRINT_KEY"):
+        load_settings(IdempotencySettings, service_name="svc", idempotency_fingerprint_key="too-short")

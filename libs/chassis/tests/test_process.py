@@ -98,3 +98,28 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(sample_process: Ser
     # Stopped: new calls are refused.
     assert await health_status(sample_process.address) is None
     assert "received SIGTERM, draining" in sample_process.output()
+
+
+def _serving_record(process: ServiceProcess) -> dict[str, object]:
+    for line in process.output().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if str(record.get("message", "")).startswith("serving "):
+                return dict(record)
+    raise AssertionError(f"no 'serving' log line in:\n{process.output()}")
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(None, "uvloop"), ("asyncio", "asyncio"), ("uvloop", "uvloop")])
+async def test_services_run_on_uvloop_unless_event_loop_says_asyncio(
+    tmp_path: Path, configured: str | None, expected: str
+) -> None:
+    env = {"METRICS_PORT": "-1"} | ({"EVENT_LOOP": configured} if configured else {})
+    proc = await start_process_serving(SAMPLE, log_path=tmp_path / "sample.log", env=env)
+    try:
+        assert _serving_record(proc)["event_loop"] == expected
+        # And it serves on that loop: a call goes through.
+        async with grpc.aio.insecure_channel(proc.address) as channel:
+            response = await sample_pb2_grpc.SampleServiceStub(channel).Echo(sample_pb2.EchoRequest(message="hi"))
+        assert response.message == "hi"
+    finally:
+        proc.stop()

@@ -3,6 +3,7 @@ of internal services' failures, without a server."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -11,10 +12,12 @@ import pytest
 from grpc.aio import Metadata
 
 from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.grpc_errors import to_rpc_status
 from shopmesh_gateway.domain.rate_limit import TokenBuckets
 from shopmesh_gateway.downstream import calling, translate
 from shopmesh_gateway.guard import Guard, acting_for, bearer_token, client_address
+from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
 
 from .gateway_keys import AUDIENCE, ISSUER, SigningKey
@@ -70,6 +73,62 @@ def test_a_missing_or_malformed_authorization_header_is_unauthenticated(
 )
 def test_the_client_address_is_the_peer_ip_without_the_port(peer: str, address: str) -> None:
     assert client_address(peer) == address
+
+
+SIDECAR = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+INGRESS = [*SIDECAR, ipaddress.ip_network("10.244.0.0/16")]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "address"),
+    [
+        # No trusted proxies: the header is the client's word and ignored.
+        ("ipv4:203.0.113.9:5000", ["198.51.100.1"], [], "203.0.113.9"),
+        ("ipv4:127.0.0.1:5000", ["198.51.100.1"], [], "127.0.0.1"),
+        # Behind a sidecar: the address the proxy chain vouches for.
+        ("ipv4:127.0.0.6:5000", ["198.51.100.1"], SIDECAR, "198.51.100.1"),
+        ("ipv6:[::1]:5000", ["2001:db8::7"], SIDECAR, "2001:db8::7"),
+        # Spoofed entries left of the one a trusted proxy appended are never believed.
+        ("ipv4:127.0.0.6:5000", ["6.6.6.6, 198.51.100.1"], SIDECAR, "198.51.100.1"),
+        ("ipv4:127.0.0.6:5000", ["6.6.6.6", "198.51.100.1"], SIDECAR, "198.51.100.1"),
+        # Sidecar, then an ingress pod (trusted) that appended the real client.
+        ("ipv4:127.0.0.6:5000", ["6.6.6.6, 198.51.100.1, 10.244.1.5"], INGRESS, "198.51.100.1"),
+        # Ports and brackets as some proxies write them.
+        ("ipv4:127.0.0.6:5000", ["198.51.100.1:4711"], SIDECAR, "198.51.100.1"),
+        ("ipv4:127.0.0.6:5000", ["[2001:db8::7]:4711"], SIDECAR, "2001:db8::7"),
+        # A direct client is believed as it is, whatever it sends.
+        ("ipv4:203.0.113.9:5000", ["198.51.100.1"], SIDECAR, "203.0.113.9"),
+        # Nothing forwarded, or garbage: the last address we can stand behind.
+        ("ipv4:127.0.0.6:5000", [], SIDECAR, "127.0.0.6"),
+        ("ipv4:127.0.0.6:5000", ["not-an-address"], SIDECAR, "127.0.0.6"),
+        ("ipv4:127.0.0.6:5000", ["10.244.1.5"], INGRESS, "10.244.1.5"),
+    ],
+)
+def test_the_client_address_is_the_first_one_no_trusted_proxy_vouches_for(
+    peer: str, forwarded: list[str], trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network], address: str
+) -> None:
+    assert client_address(peer, forwarded, trusted) == address
+
+
+async def test_clients_behind_a_trusted_sidecar_get_a_bucket_each() -> None:
+    verifier = TokenVerifier(JwksCache(StaticKeys(SigningKey()).jwks), TokenRules(ISSUER, AUDIENCE))
+    guard = Guard(verifier, TokenBuckets(rate=0.001, burst=1, max_keys=100), SIDECAR)
+    via_sidecar = "ipv4:127.0.0.6:5000"
+    guard.admit_anonymous(FakeContext([("x-forwarded-for", "198.51.100.1")], via_sidecar))
+    guard.admit_anonymous(FakeContext([("x-forwarded-for", "198.51.100.2")], via_sidecar))
+    with pytest.raises(errors.ResourceExhausted):
+        # The same client again, whatever it puts left of what the sidecar vouches for.
+        guard.admit_anonymous(FakeContext([("x-forwarded-for", "1.1.1.1, 198.51.100.1")], via_sidecar))
+
+
+def test_trusted_proxies_are_read_as_networks_and_a_bad_one_stops_startup() -> None:
+    settings = load_settings(GatewaySettings, trusted_proxies="127.0.0.0/8, ::1/128,10.0.0.7")
+    assert [str(n) for n in settings.trusted_proxy_networks] == ["127.0.0.0/8", "::1/128", "10.0.0.7/32"]
+    assert load_settings(GatewaySettings).trusted_proxy_networks == ()
+    with pytest.raises(ConfigError) as caught:
+        load_settings(GatewaySettings, trusted_proxies="127.0.0.0/8,localhost")
+    assert "TRUSTED_PROXIES=" in str(caught.value)
+    assert "'localhost' is not a network" in str(caught.value)
 
 
 def test_acting_for_replaces_a_client_sent_user_id_and_caller() -> None:

@@ -12,6 +12,7 @@ from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.idempotency import RequestFingerprint
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.application import OrdersApplication
@@ -27,7 +28,11 @@ async def stub(
     settings: OrdersSettings, database: Database, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments
 ) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
     app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
-    binding = ServiceBinding(DESCRIPTOR, OrdersServicer(app), orders_pb2_grpc.add_OrdersServiceServicer_to_server)
+    binding = ServiceBinding(
+        DESCRIPTOR,
+        OrdersServicer(app, RequestFingerprint(b"k" * 32)),
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
+    )
     async with (
         serve_in_process(settings, [binding]) as server,
         ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, caller="gateway")) as channel,

@@ -47,6 +47,7 @@ def payments_settings(data_dir: Path, **overrides: Any) -> PaymentsSettings:
         "data_dir": str(data_dir),
         "database_url": "",
         "nats_url": f"nats://127.0.0.1:{free_port()}",
+        "idempotency_fingerprint_key": "payments-tests-fingerprint-key-0123456789",
     }
     return load_settings(PaymentsSettings, **{**values, **overrides})
 

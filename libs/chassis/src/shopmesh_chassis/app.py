@@ -8,9 +8,10 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
+import uvloop
 from opentelemetry.sdk.trace import TracerProvider
 
-from shopmesh_chassis.config import ConfigError, ServiceSettings
+from shopmesh_chassis.config import ConfigError, RuntimeSettings, ServiceSettings, load_settings
 from shopmesh_chassis.logs import configure_logging
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 from shopmesh_chassis.tracing import configure_tracing
@@ -50,10 +51,24 @@ async def serve(
             tracer_provider.shutdown()
 
 
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
-    """Run a service's async main; bad configuration exits 2 with one line on stderr."""
+def run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` to completion on the configured event loop (EVENT_LOOP, uvloop by default)."""
     try:
-        asyncio.run(main())
+        event_loop = load_settings(RuntimeSettings).event_loop
+    except ConfigError:
+        main.close()  # never awaited: say so quietly rather than with a RuntimeWarning
+        raise
+    if event_loop == "uvloop":
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
+    """Run a service's async main on the configured event loop; bad configuration exits 2 with one line
+    on stderr."""
+    try:
+        run_on_event_loop(main())
     except ConfigError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(2)

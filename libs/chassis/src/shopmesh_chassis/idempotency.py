@@ -14,8 +14,13 @@ so a retry tries again; every other domain error is stored and replayed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import logging
+import os
+import secrets
+import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -26,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.config import IdempotencySettings
 from shopmesh_chassis.db import Database, as_utc
 from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
 from shopmesh_chassis.tables import idempotency_records as records
@@ -79,8 +85,41 @@ def scope_for(method: str) -> str:
     return f"{caller}|{user}|{method}"
 
 
-def request_fingerprint(request: Message) -> str:
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+class RequestFingerprint:
+    """HMAC-SHA256 of a request's deterministic encoding: equal for a retry, different for another request.
+
+    Keyed because requests carry card numbers and CVVs: a plain hash stored beside them would let anyone
+    holding a database dump confirm guesses (a card number has few unknown digits)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("a fingerprint key needs at least 32 bytes")
+        self._key = key
+
+    def __call__(self, request: Message) -> str:
+        return hmac.new(self._key, request.SerializeToString(deterministic=True), hashlib.sha256).hexdigest()
+
+
+def fingerprint_key(settings: IdempotencySettings) -> bytes:
+    """IDEMPOTENCY_FINGERPRINT_KEY, or (local SQLite only) a key generated once into DATA_DIR and reused,
+    so that replays still match after a restart."""
+    if settings.idempotency_fingerprint_key is not None:
+        return settings.idempotency_fingerprint_key.get_secret_value().encode()
+    path = os.path.join(settings.data_dir, f"{settings.service_name}.fingerprint-key")
+    if not os.path.exists(path):
+        os.makedirs(settings.data_dir, exist_ok=True)
+        # Written aside, then linked into place: a process starting at the same moment either wins the
+        # link or reads the winner's whole key, never a half-written one.
+        descriptor, staged = tempfile.mkstemp(dir=settings.data_dir, prefix=".fingerprint-key-")
+        try:
+            with os.fdopen(descriptor, "w", encoding="ascii") as out:
+                out.write(secrets.token_hex(32))
+            with contextlib.suppress(FileExistsError):
+                os.link(staged, path)
+        finally:
+            os.unlink(staged)
+    with open(path, encoding="ascii") as stored:
+        return stored.read().strip().encode()
 
 
 def _in_use() -> errors.Aborted:
@@ -96,12 +135,14 @@ class IdempotencyStore:
         database: Database,
         error_domain: str,
         *,
+        fingerprint: RequestFingerprint,
         lease: timedelta = timedelta(seconds=30),
         retention: timedelta = timedelta(hours=48),
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._db = database
         self._domain = error_domain
+        self._fingerprint = fingerprint
         self._lease = lease
         self._retention = retention
         self._clock = clock
@@ -118,7 +159,7 @@ class IdempotencyStore:
         """Run `operation` at most once per (scope, key); replay its outcome to every retry."""
         key = validate_key(key)
         scope = scope_for(method)
-        fingerprint = request_fingerprint(request)
+        fingerprint = self._fingerprint(request)
         stored = await self._claim(scope, key, fingerprint)
         if stored is not None:
             return self._replay(stored, response_type)

@@ -104,7 +104,11 @@ class ChassisServer:
             "serving %s on %s",
             ", ".join(b.descriptor.full_name for b in self.bindings),
             self.address,
-            extra={"grpc_port": self.port, "metrics_port": self.metrics_port},
+            extra={
+                "grpc_port": self.port,
+                "metrics_port": self.metrics_port,
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+            },
         )
 
     def install_signal_handlers(self) -> None:

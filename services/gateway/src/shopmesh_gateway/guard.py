@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from shopmesh_chassis import call_context, errors
@@ -24,6 +25,7 @@ from shopmesh_gateway.domain.rate_limit import TokenBuckets
 from shopmesh_gateway.tokens import TOKEN_INVALID, TOKEN_MISSING, TokenVerifier
 
 AUTHORIZATION = "authorization"
+FORWARDED_FOR = "x-forwarded-for"
 RATE_LIMITED = "RATE_LIMITED"
 _BEARER = "bearer"
 
@@ -53,13 +55,55 @@ def bearer_token(context: Context) -> str:
     return token.strip()
 
 
-def client_address(peer: str) -> str:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def peer_address(peer: str) -> str:
     """The IP address of a gRPC peer string ("ipv4:10.0.0.7:50412", "ipv6:[::1]:50412"), or the whole
     string for other transports."""
     kind, _, rest = urllib.parse.unquote(peer).partition(":")
     if kind in ("ipv4", "ipv6") and ":" in rest:
         return rest.rsplit(":", 1)[0].strip("[]")
     return peer
+
+
+def _forwarded_ip(entry: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An X-Forwarded-For entry as an address: `203.0.113.9`, `2001:db8::1`, `[2001:db8::1]:443`,
+    `203.0.113.9:443`; None when it is none of these."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        entry = entry[1:].partition("]")[0]
+    elif entry.count(":") == 1:
+        entry = entry.partition(":")[0]
+    try:
+        return ipaddress.ip_address(entry)
+    except ValueError:
+        return None
+
+
+def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies: Sequence[Network] = ()) -> str:
+    """Who the client is, for rate limiting: the peer's address, unless the peer is a trusted proxy.
+
+    Behind a sidecar or an ingress every call comes from the proxy, and limiting per peer would put all
+    clients in one bucket. So, as RFC 7239 advises, X-Forwarded-For is walked from the right, past each
+    trusted proxy, to the first address no trusted proxy vouches for. Entries further left are whatever
+    the client wrote and are never believed; without trusted proxies the header is ignored entirely."""
+    address = peer_address(peer)
+    hops = [entry for value in forwarded_for for entry in value.split(",")]
+    while hops and _trusted(address, trusted_proxies):
+        ip = _forwarded_ip(hops.pop())
+        if ip is None:
+            break  # a malformed entry: stop at the last proxy we trust rather than guess
+        address = str(ip)
+    return address
 
 
 # chassis-candidate: the chassis' server interceptor takes `x-user-id` from any caller, which is right
@@ -77,9 +121,10 @@ def acting_for(context: Context, user_id: str | None) -> Iterator[None]:
 
 
 class Guard:
-    def __init__(self, verifier: TokenVerifier, buckets: TokenBuckets) -> None:
+    def __init__(self, verifier: TokenVerifier, buckets: TokenBuckets, trusted_proxies: Sequence[Network] = ()) -> None:
         self._verifier = verifier
         self._buckets = buckets
+        self._trusted_proxies = tuple(trusted_proxies)
 
     def limit(self, client: str) -> None:
         retry_after = self._buckets.take(client)
@@ -89,7 +134,8 @@ class Guard:
             )
 
     def admit_anonymous(self, context: Context) -> None:
-        self.limit(f"addr:{client_address(context.peer())}")
+        forwarded = _metadata_values(context, FORWARDED_FOR) if self._trusted_proxies else []
+        self.limit(f"addr:{client_address(context.peer(), forwarded, self._trusted_proxies)}")
 
     async def admit_user(self, context: Context) -> str:
         try:

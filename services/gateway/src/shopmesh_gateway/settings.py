@@ -4,7 +4,9 @@ The gateway owns no data, so it extends ServiceSettings (no database)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+
+from pydantic import Field, field_validator
 
 from shopmesh_chassis.config import ServiceSettings
 
@@ -37,6 +39,24 @@ class GatewaySettings(ServiceSettings):
     rate_limit_burst: int = Field(default=40, ge=1)
     # Buckets kept at once; the least recently used is dropped beyond it, so memory stays bounded.
     rate_limit_max_clients: int = Field(default=100_000, ge=1)
+    # Comma-separated networks of proxies in front of the gateway (a sidecar: 127.0.0.0/8,::1/128; an
+    # ingress: its pods' range). A call from one of them is limited by the X-Forwarded-For address it
+    # vouches for instead of its own. Empty: the peer's address, X-Forwarded-For ignored.
+    trusted_proxies: str = ""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not a network (e.g. 127.0.0.0/8, ::1/128, 10.0.0.7)") from None
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(e.strip()) for e in self.trusted_proxies.split(",") if e.strip())
 
     # Access tokens, as the users contract fixes them.
     jwt_issuer: str = "shopmesh-users"

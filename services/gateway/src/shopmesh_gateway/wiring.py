@@ -84,7 +84,7 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
     )
     buckets = TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_max_clients)
     return ShopServicer(
-        Guard(verifier, buckets),
+        Guard(verifier, buckets, settings.trusted_proxy_networks),
         users=users,
         catalog=catalog,
         orders=orders,

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shopmesh_chassis.config import DatabaseSettings, EventSettings
+from shopmesh_chassis.config import EventSettings, IdempotencySettings
 
 
-class OrdersSettings(DatabaseSettings, EventSettings):
+class OrdersSettings(IdempotencySettings, EventSettings):
     service_name: str = "orders"
     grpc_port: int = 50054
     metrics_port: int = 9464

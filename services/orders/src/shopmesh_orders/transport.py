@@ -6,7 +6,7 @@ from typing import Any
 
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh_chassis.client import idempotency_key_of
-from shopmesh_chassis.idempotency import request_fingerprint
+from shopmesh_chassis.idempotency import RequestFingerprint
 from shopmesh_chassis.pagination import page_size
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.codec import order_to_proto
@@ -30,8 +30,9 @@ def _command(request: orders_pb2.PlaceOrderRequest) -> PlaceOrder:
 
 
 class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
-    def __init__(self, application: OrdersApplication) -> None:
+    def __init__(self, application: OrdersApplication, fingerprint: RequestFingerprint) -> None:
         self._app = application
+        self._fingerprint = fingerprint
 
     async def PlaceOrder(self, request: orders_pb2.PlaceOrderRequest, context: Any) -> orders_pb2.PlaceOrderResponse:
         order = await self._app.place_order(
@@ -39,7 +40,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
             idempotency_key_of(context),
             # Scoped to the user placing the order, as the contract says, whoever relays the call.
             scope=f"{request.user_id}|PlaceOrder",
-            fingerprint=request_fingerprint(request),
+            fingerprint=self._fingerprint(request),
         )
         return orders_pb2.PlaceOrderResponse(order=order_to_proto(order))
 
@@ -52,6 +53,6 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
 
     async def CancelOrder(self, request: orders_pb2.CancelOrderRequest, context: Any) -> orders_pb2.CancelOrderResponse:
         order = await self._app.cancel_order(
-            request.order_id, request.reason, idempotency_key_of(context), request_fingerprint(request)
+            request.order_id, request.reason, idempotency_key_of(context), self._fingerprint(request)
         )
         return orders_pb2.CancelOrderResponse(order=order_to_proto(order))

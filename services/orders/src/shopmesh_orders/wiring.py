@@ -15,6 +15,7 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import DeferredJetStream
+from shopmesh_chassis.idempotency import RequestFingerprint, fingerprint_key
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.server import ServiceBinding
@@ -80,7 +81,9 @@ async def _main() -> None:
         await publisher.close()
 
     binding = ServiceBinding(
-        DESCRIPTOR, OrdersServicer(application), orders_pb2_grpc.add_OrdersServiceServicer_to_server
+        DESCRIPTOR,
+        OrdersServicer(application, RequestFingerprint(fingerprint_key(settings))),
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
     )
     await app.serve(
         settings, [binding], tracer_provider=tracer_provider, on_shutdown=[stop_background, database.dispose]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shopmesh_chassis.config import DatabaseSettings, EventSettings
+from shopmesh_chassis.config import EventSettings, IdempotencySettings
 
 
-class PaymentsSettings(DatabaseSettings, EventSettings):
+class PaymentsSettings(IdempotencySettings, EventSettings):
     service_name: str = "payments"
     grpc_port: int = Field(default=50055, ge=0, le=65535)
     metrics_port: int = Field(default=9465, ge=-1, le=65535)

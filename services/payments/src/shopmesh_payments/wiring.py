@@ -14,7 +14,7 @@ from shopmesh_chassis import app
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import DeferredJetStream
-from shopmesh_chassis.idempotency import IdempotencyStore
+from shopmesh_chassis.idempotency import IdempotencyStore, RequestFingerprint, fingerprint_key
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.periodic import Periodic
@@ -53,6 +53,7 @@ class PaymentsRuntime:
         self.idempotency = IdempotencyStore(
             database,
             settings.resolved_error_domain,
+            fingerprint=RequestFingerprint(fingerprint_key(settings)),
             retention=timedelta(hours=settings.idempotency_retention_hours),
         )
         self.jetstream = DeferredJetStream(
