@@ -29,6 +29,24 @@ def chart_values(name: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "helm" / name / "values.yaml").read_text())
 
 
+def secret_files_of(
+    pod_spec: dict[str, Any], container: dict[str, Any], env: dict[str, str]
+) -> dict[str, tuple[str, str]]:
+    """File name in SECRETS_DIR -> (Secret, key), from the projected volume mounted read-only there."""
+    mount = next((m for m in container["volumeMounts"] if m["mountPath"] == env.get("SECRETS_DIR")), None)
+    if mount is None:
+        assert "SECRETS_DIR" not in env
+        return {}
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+    assert volume["projected"]["defaultMode"] == 0o440
+    return {
+        item["path"]: (source["secret"]["name"], item["key"])
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+
+
 def keeps_idempotency_records(name: str) -> bool:
     """From the service's own settings class: does it read IDEMPOTENCY_FINGERPRINT_KEY?"""
     module = importlib.import_module(f"shopmesh_{name}.settings")
@@ -200,25 +218,24 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
     assert security["runAsUser"] == 10001
     assert pod["spec"]["automountServiceAccountToken"] is False
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])}
+    # Secrets reach the chassis as files in SECRETS_DIR (a projected volume), never as environment.
+    assert not [e for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+    secret_files = secret_files_of(pod["spec"], container, env)
     if service.has_database and value_set == "staging":
-        assert secret_env["DATABASE_URL"] == {"name": f"{name}-database", "key": "DATABASE_URL"}
-        assert mounts == {"/tmp"}
+        assert secret_files["DATABASE_URL"] == (f"{name}-database", "DATABASE_URL")
+        assert mounts == {"/tmp", env["SECRETS_DIR"]}
     elif service.has_database:
         assert env["DATA_DIR"] == "/data"
         assert mounts == {"/tmp", "/data"}
-        assert "DATABASE_URL" not in secret_env
+        assert "DATABASE_URL" not in secret_files
     else:
         assert mounts == {"/tmp"}
-        assert "DATABASE_URL" not in secret_env
+        assert "DATABASE_URL" not in secret_files
     # A service that keeps idempotency records refuses DATABASE_URL without its fingerprint key.
-    if keeps_idempotency_records(name) and "DATABASE_URL" in secret_env:
-        assert secret_env["IDEMPOTENCY_FINGERPRINT_KEY"] == {
-            "name": f"{name}-idempotency",
-            "key": "IDEMPOTENCY_FINGERPRINT_KEY",
-        }
+    if keeps_idempotency_records(name) and "DATABASE_URL" in secret_files:
+        assert secret_files["IDEMPOTENCY_FINGERPRINT_KEY"] == (f"{name}-idempotency", "IDEMPOTENCY_FINGERPRINT_KEY")
     else:
-        assert "IDEMPOTENCY_FINGERPRINT_KEY" not in secret_env
+        assert "IDEMPOTENCY_FINGERPRINT_KEY" not in secret_files
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -83,6 +83,9 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "existingSecret" (dig "idempotency" "existingSecret" (printf "%s-idempotency" $name) $v)
     "secretKey" (dig "idempotency" "secretKey" "IDEMPOTENCY_FINGERPRINT_KEY" $v)) -}}
 
+{{- /* Where the Secrets' keys appear as files (SECRETS_DIR): DATABASE_URL, IDEMPOTENCY_FINGERPRINT_KEY, SMTP_*. */ -}}
+{{- $_ := set $c "secretsDir" "/run/secrets/shopmesh" -}}
+
 {{- /* Events: NATS JetStream when the service publishes or consumes. */ -}}
 {{- $publishes := dig "events" "publishes" list $v -}}
 {{- $consumes := dig "events" "consumes" list $v -}}

@@ -19,7 +19,7 @@ metadata:
   namespace: {{ $c.namespace }}
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
-  {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c "container" true) }}
+  {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c) }}
   annotations:
     {{- . | trim | nindent 4 }}
   {{- end }}
@@ -100,35 +100,6 @@ spec:
           envFrom:
             - configMapRef:
                 name: {{ $c.name }}
-          {{- if include "shopmesh-lib.secretEnv" $c }}
-          env:
-            {{- if and $c.database.enabled (eq $c.database.mode "postgres") }}
-            - name: DATABASE_URL
-              valueFrom:
-                secretKeyRef:
-                  name: {{ $c.database.existingSecret }}
-                  key: {{ $c.database.secretKey }}
-            {{- if $c.idempotency.enabled }}
-            - name: IDEMPOTENCY_FINGERPRINT_KEY
-              valueFrom:
-                secretKeyRef:
-                  name: {{ $c.idempotency.existingSecret }}
-                  key: {{ $c.idempotency.secretKey }}
-            {{- end }}
-            {{- end }}
-            {{- if and $c.email.enabled $c.email.existingSecret }}
-            - name: SMTP_USERNAME
-              valueFrom:
-                secretKeyRef:
-                  name: {{ $c.email.existingSecret }}
-                  key: SMTP_USERNAME
-            - name: SMTP_PASSWORD
-              valueFrom:
-                secretKeyRef:
-                  name: {{ $c.email.existingSecret }}
-                  key: SMTP_PASSWORD
-            {{- end }}
-          {{- end }}
           # Native gRPC probes: the kubelet calls grpc.health.v1.Health/Check on the gRPC port.
           startupProbe:
             grpc:
@@ -169,6 +140,13 @@ spec:
             - name: data
               mountPath: /data
             {{- end }}
+            {{- if include "shopmesh-lib.secretEnv" $c }}
+            # Secrets as files, one per variable, read by the chassis (SECRETS_DIR in the ConfigMap):
+            # never in the process environment, which children inherit and /proc shows.
+            - name: secrets
+              mountPath: {{ $c.secretsDir }}
+              readOnly: true
+            {{- end }}
       volumes:
         # The root filesystem is read-only: Python's temporary files go to /tmp.
         - name: tmp
@@ -179,5 +157,35 @@ spec:
         - name: data
           emptyDir:
             sizeLimit: {{ $c.database.dataSizeLimit }}
+        {{- end }}
+        {{- if include "shopmesh-lib.secretEnv" $c }}
+        - name: secrets
+          projected:
+            # 0440: readable by the service's group (fsGroup 10001), by nobody else.
+            defaultMode: 288
+            sources:
+              {{- if and $c.database.enabled (eq $c.database.mode "postgres") }}
+              - secret:
+                  name: {{ $c.database.existingSecret }}
+                  items:
+                    - key: {{ $c.database.secretKey }}
+                      path: DATABASE_URL
+              {{- if $c.idempotency.enabled }}
+              - secret:
+                  name: {{ $c.idempotency.existingSecret }}
+                  items:
+                    - key: {{ $c.idempotency.secretKey }}
+                      path: IDEMPOTENCY_FINGERPRINT_KEY
+              {{- end }}
+              {{- end }}
+              {{- if and $c.email.enabled $c.email.existingSecret }}
+              - secret:
+                  name: {{ $c.email.existingSecret }}
+                  items:
+                    - key: SMTP_USERNAME
+                      path: SMTP_USERNAME
+                    - key: SMTP_PASSWORD
+                      path: SMTP_PASSWORD
+              {{- end }}
         {{- end }}
 {{- end -}}

@@ -37,16 +37,13 @@ rendering is skipped; tests/k8s fails on any skip without a reason.
 {{- if not .c.imageDigest }}
 checkov.io/skip-image-digest: CKV_K8S_43=Image referenced by tag in this rendering; skaffold and CI set image.digest to pin it
 {{- end }}
-{{- if and (include "shopmesh-lib.secretEnv" .c) .container }}
-checkov.io/skip-secret-env: CKV_K8S_35=The chassis reads settings (DATABASE_URL, IDEMPOTENCY_FINGERPRINT_KEY, SMTP_PASSWORD) from the environment only; no file-based secrets yet
-{{- end }}
 {{- if .testPod }}
 checkov.io/skip-liveness: CKV_K8S_8=A helm test pod runs one health check and exits; a liveness probe does not apply
 checkov.io/skip-readiness: CKV_K8S_9=A helm test pod runs one health check and exits; it serves nothing to be ready for
 {{- end }}
 {{- end -}}
 
-{{/* Non-empty when the container gets variables from Secrets (DATABASE_URL and the fingerprint key, SMTP credentials). */}}
+{{/* Non-empty when the container reads Secrets (DATABASE_URL and the fingerprint key, SMTP credentials) as files. */}}
 {{- define "shopmesh-lib.secretEnv" -}}
 {{- if or (and .database.enabled (eq .database.mode "postgres")) (and .email.enabled .email.existingSecret) -}}
 true

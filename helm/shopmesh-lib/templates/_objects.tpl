@@ -37,7 +37,7 @@ spec:
       appProtocol: http
 {{- end -}}
 
-{{/* Non-secret settings, as the chassis reads them (docs/chassis.md). DATABASE_URL comes from a Secret. */}}
+{{/* Non-secret settings, as the chassis reads them (docs/chassis.md). Secrets come as files from SECRETS_DIR. */}}
 {{- define "shopmesh-lib.configmap" -}}
 {{- $c := .c -}}
 apiVersion: v1
@@ -59,6 +59,9 @@ data:
   LOG_FORMAT: {{ $c.logFormat | quote }}
   {{- if $c.database.enabled }}
   DATA_DIR: "/data"
+  {{- end }}
+  {{- if include "shopmesh-lib.secretEnv" $c }}
+  SECRETS_DIR: {{ $c.secretsDir | quote }}
   {{- end }}
   {{- if $c.nats.enabled }}
   NATS_URL: {{ $c.nats.url | quote }}

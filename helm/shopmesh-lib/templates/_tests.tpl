@@ -83,7 +83,7 @@ metadata:
     {{- if eq $c.mesh "linkerd" }}
     linkerd.io/inject: disabled
     {{- end }}
-    {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c "container" false "testPod" true) }}
+    {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c "testPod" true) }}
     {{- . | trim | nindent 4 }}
     {{- end }}
 spec:

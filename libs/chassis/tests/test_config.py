@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from shopmesh_chassis.config import ConfigError, ServiceSettings, load_settings
+from shopmesh_chassis.config import ConfigError, IdempotencySettings, ServiceSettings, load_settings
 from shopmesh_chassis.testing.sample_service import SampleSettings
 
 
@@ -18,6 +19,30 @@ def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert settings.grpc_port == 6000
     assert settings.shutdown_grace_seconds == 2.5
     assert settings.resolved_error_domain == "shopmesh.sample"
+
+
+def test_secrets_are_read_from_files_in_secrets_dir_named_after_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As Kubernetes mounts a Secret: one file per key, the value as written (often with a newline).
+    (tmp_path / "DATABASE_URL").write_text("postgresql://orders:s3cret@db:5432/orders\n")
+    (tmp_path / "IDEMPOTENCY_FINGERPRINT_KEY").write_text("f" * 40)
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("SERVICE_NAME", "orders")
+    settings = load_settings(IdempotencySettings)
+    assert settings.database_url == "postgresql://orders:s3cret@db:5432/orders"
+    assert settings.idempotency_fingerprint_key is not None
+    assert settings.idempotency_fingerprint_key.get_secret_value() == "f" * 40
+    # The environment still wins over a file (a one-off override while debugging).
+    monkeypatch.setenv("DATABASE_URL", "postgresql://elsewhere/orders")
+    assert load_settings(IdempotencySettings).database_url == "postgresql://elsewhere/orders"
+
+
+def test_a_secrets_dir_that_is_not_a_directory_stops_startup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SampleSettings)
+    assert str(caught.value) == f"invalid configuration: SECRETS_DIR={str(tmp_path / 'missing')!r}: not a directory"
 
 
 def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,11 +3,12 @@
 Every service extends `ServiceSettings` with its own fields. Variable names are the field names in
 upper case (`GRPC_PORT`, `DATABASE_URL`, ...). Invalid configuration stops startup with one line that
 names each bad variable: `load_settings` raises `ConfigError`, and `shopmesh_chassis.run` prints it
-and exits with status 2.
+and exits with status 2. Secrets may come as files instead (SECRETS_DIR, see `load_settings`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -125,10 +126,22 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{variable}{shown}: {error.get('msg', 'invalid')}"
 
 
+SECRETS_DIR = "SECRETS_DIR"
+
+
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
-    """Read `cls` from the environment; `overrides` win over the environment (tests, defaults)."""
+    """Read `cls` from the environment, then from files in SECRETS_DIR when it is set (one file per
+    variable, named after it: a Kubernetes Secret mounted as a volume); `overrides` win over both.
+
+    Secrets as files rather than environment variables: a process's environment is copied to every
+    child and shows in /proc/<pid>/environ and crash reports; a file is read once, by this process."""
+    secrets_dir = os.environ.get(SECRETS_DIR, "")
+    if secrets_dir and not os.path.isdir(secrets_dir):
+        raise ConfigError(f"invalid configuration: {SECRETS_DIR}={secrets_dir!r}: not a directory")
     try:
-        return cls(**overrides)
+        # pydantic-settings' init option; passed as a mapping, which its mypy plugin does not model.
+        source_options: dict[str, Any] = {"_secrets_dir": secrets_dir or None}
+        return cls(**overrides, **source_options)
     except ValidationError as exc:
         problems = "; ".join(_describe(dict(e)) for e in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None

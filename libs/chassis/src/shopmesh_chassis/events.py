@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 import nats
@@ -23,16 +24,59 @@ MSG_ID = "Nats-Msg-Id"
 EVENT_TYPE = "Shopmesh-Event-Type"
 
 
+class ConnectionLog:
+    """What a NATS connection says about itself, one line each, with no tracebacks.
+
+    nats-py's default error callback logs every failed reconnect attempt with a full traceback (twice a
+    second here, for as long as NATS is away). An unreachable broker is an expected state for a service
+    with an outbox, not a bug: say once that the connection was lost, repeat the same error at most
+    every `repeat_after` seconds, and say when it is back."""
+
+    def __init__(self, url: str, *, repeat_after: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._url = url
+        self._repeat_after = repeat_after
+        self._clock = clock
+        self._last: tuple[str, float] | None = None
+        self._client: Client | None = None
+
+    def watch(self, client: Client) -> None:
+        """The connection these callbacks belong to, so that closing it is not reported as a loss."""
+        self._client = client
+
+    async def error(self, exc: Exception) -> None:
+        said = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        now = self._clock()
+        if self._last is not None and self._last[0] == said and now - self._last[1] < self._repeat_after:
+            return
+        self._last = (said, now)
+        log.warning("NATS at %s: %s", self._url, said, extra={"nats_url": self._url})
+
+    async def disconnected(self) -> None:
+        if self._client is not None and self._client.is_closed:
+            return  # closed on purpose (shutdown), not lost
+        log.warning("lost the connection to NATS at %s; reconnecting", self._url, extra={"nats_url": self._url})
+
+    async def reconnected(self) -> None:
+        self._last = None
+        log.info("reconnected to NATS at %s", self._url, extra={"nats_url": self._url})
+
+
 async def connect(url: str, *, name: str) -> Client:
     """A connection that keeps reconnecting forever: the outbox keeps events while NATS is away."""
-    return await nats.connect(
+    said = ConnectionLog(url)
+    client = await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
         allow_reconnect=True,
+        error_cb=said.error,
+        disconnected_cb=said.disconnected,
+        reconnected_cb=said.reconnected,
     )
+    said.watch(client)
+    return client
 
 
 async def ensure_stream(js: JetStreamContext, name: str, subjects: list[str], duplicate_window: float) -> None:

@@ -1,0 +1,76 @@
+"""What a service's NATS connection logs while the broker is away: a few plain lines, not a traceback
+per reconnect attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from shopmesh_chassis import events
+from shopmesh_chassis.testing import free_port
+from shopmesh_chassis.testing.nats_server import nats_server
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_same_error_is_said_once_a_minute_and_again_after_a_reconnect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    said = events.ConnectionLog("nats://broker:4222", clock=clock)
+    caplog.set_level(logging.INFO, logger="shopmesh.events")
+    refused = ConnectionRefusedError(111, "Connection refused")
+    for _ in range(10):  # five seconds of attempts every 0.5 s
+        await said.error(refused)
+        clock.now += 0.5
+    await said.error(TimeoutError("nats: timeout"))  # another error: said at once
+    clock.now += 60
+    await said.error(TimeoutError("nats: timeout"))  # a minute later: said again
+    await said.reconnected()
+    await said.error(TimeoutError("nats: timeout"))  # a new outage starts a new story
+    assert [r.getMessage() for r in caplog.records] == [
+        "NATS at nats://broker:4222: ConnectionRefusedError: [Errno 111] Connection refused",
+        "NATS at nats://broker:4222: TimeoutError: nats: timeout",
+        "NATS at nats://broker:4222: TimeoutError: nats: timeout",
+        "reconnected to NATS at nats://broker:4222",
+        "NATS at nats://broker:4222: TimeoutError: nats: timeout",
+    ]
+
+
+async def test_a_broker_outage_is_logged_in_plain_lines_and_the_connection_comes_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = free_port()
+    with nats_server(tmp_path / "before", port=port) as server:
+        client = await events.connect(server.url, name="outage-test")
+    try:
+        # The broker is gone: nats-py retries every 0.5 s (several attempts in this window).
+        await asyncio.sleep(2.5)
+        with nats_server(tmp_path / "after", port=port):
+            for _ in range(100):
+                if client.is_connected:
+                    break
+                await asyncio.sleep(0.1)
+            assert client.is_connected
+    finally:
+        await client.close()
+    ours = [r for r in caplog.records if r.name.startswith(("shopmesh.events", "nats"))]
+    assert [r for r in ours if r.exc_info] == [], "no tracebacks for an expected outage"
+    messages = [r.getMessage() for r in ours if r.levelno >= logging.INFO]
+    url = f"nats://127.0.0.1:{port}"
+    assert f"lost the connection to NATS at {url}; reconnecting" in messages
+    assert f"reconnected to NATS at {url}" in messages
+    errors = [m for m in messages if m.startswith(f"NATS at {url}: ")]
+    assert 1 <= len(errors) <= 2, errors
+    # Closing the connection at shutdown is not reported as a loss.
+    assert messages.count(f"lost the connection to NATS at {url}; reconnecting") == 1
