@@ -16,8 +16,8 @@ from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
 from .conftest import sample_settings
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+def scrape(port: int, host: str = "127.0.0.1") -> str:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
 
 
@@ -43,3 +43,18 @@ async def test_metrics_endpoint_counts_requests_by_method_and_code() -> None:
         'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="Fail",'
         'grpc_service="shopmesh.sample.v1.SampleService",grpc_type="unary"} 1.0'
     ) in text
+
+
+async def test_the_server_and_its_metrics_listen_on_an_ipv6_address() -> None:
+    # GRPC_HOST / METRICS_HOST as a user writes them for an IPv6-only or dual-stack cluster.
+    settings = sample_settings(grpc_host="::1", metrics_host="::1", metrics_port=0)
+    async with (
+        serve_in_process(settings, [binding()]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+    ):
+        assert server.address == f"[::1]:{server.port}"
+        response = await sample_pb2_grpc.SampleServiceStub(channel.channel).Echo(sample_pb2.EchoRequest(message="v6"))
+        assert response.message == "v6"
+        assert server.metrics_port
+        text = await asyncio.to_thread(scrape, server.metrics_port, "[::1]")
+    assert 'grpc_server_started_total{grpc_method="Echo"' in text

@@ -36,6 +36,13 @@ class ServiceBinding:
     register: Callable[[Any, grpc.aio.Server], None]
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port` as gRPC targets write it: an IPv6 literal in brackets (`[::]:50051`, `[::1]:50051`)."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
 class ChassisServer:
     def __init__(
         self,
@@ -86,11 +93,11 @@ class ChassisServer:
 
     @property
     def address(self) -> str:
-        return f"{self.settings.grpc_host}:{self.port}"
+        return host_port(self.settings.grpc_host, self.port)
 
     async def start(self) -> None:
         """Bind, start serving, and report SERVING for the server and each service."""
-        bind = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        bind = host_port(self.settings.grpc_host, self.settings.grpc_port)
         self.port = self.server.add_insecure_port(bind)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {bind}")
