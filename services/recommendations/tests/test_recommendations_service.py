@@ -138,21 +138,40 @@ def confirmed(user_id: str, *product_ids: str) -> events_pb2.OrderConfirmed:
     )
 
 
-async def publish(nats_url: str, *events: events_pb2.OrderConfirmed) -> None:
+OrderEvent = events_pb2.OrderConfirmed | events_pb2.OrderCancelled
+
+
+def cancelled(order: events_pb2.OrderConfirmed) -> events_pb2.OrderCancelled:
+    """The confirmed order, cancelled by its customer (refunded, restocked)."""
+    return events_pb2.OrderCancelled(
+        event_id=f"evt_{uuid.uuid4().hex}",
+        order_id=order.order_id,
+        user_id=order.user_id,
+        email=order.email,
+        items=order.items,
+        reason=orders_pb2.CancelReason(code=orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED),
+        refunded=True,
+    )
+
+
+async def publish(nats_url: str, *events: OrderEvent) -> None:
     """As the orders outbox relay publishes them: serialized, with the event id as Nats-Msg-Id."""
     client = await nats.connect(nats_url)
     try:
         js = client.jetstream()
         await ensure_stream(js, "ORDERS", ["orders.v1.>"], duplicate_window=900)
         for event in events:
-            await js.publish(
-                "orders.v1.order_confirmed", event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id}
+            subject = (
+                "orders.v1.order_confirmed"
+                if isinstance(event, events_pb2.OrderConfirmed)
+                else "orders.v1.order_cancelled"
             )
+            await js.publish(subject, event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id})
     finally:
         await client.close()
 
 
-async def until_processed(service: Running, *events: events_pb2.OrderConfirmed) -> None:
+async def until_processed(service: Running, *events: OrderEvent) -> None:
     wanted = {e.event_id for e in events}
     for _ in range(400):
         async with service.service.database.transaction() as session:
@@ -163,7 +182,7 @@ async def until_processed(service: Running, *events: events_pb2.OrderConfirmed) 
     raise AssertionError(f"events never processed: {sorted(wanted - done)}")
 
 
-async def learn(service: Running, nats_url: str, *events: events_pb2.OrderConfirmed) -> None:
+async def learn(service: Running, nats_url: str, *events: OrderEvent) -> None:
     await publish(nats_url, *events)
     await until_processed(service, *events)
 
@@ -242,6 +261,27 @@ async def test_the_same_event_delivered_twice_counts_once(live: Running, nats_sr
     redelivered = Event(event.event_id, "orders.v1.order_confirmed", event.SerializeToString(), {}, attempt=2)
     assert not await live.service.consumer._apply(redelivered)
     assert (await for_product(live, "prod_chef_knife"))[:2] == ["prod_rain_jacket", "prod_headlamp"]
+
+
+async def test_a_confirmed_order_cancelled_later_no_longer_counts(live: Running, nats_srv: NatsServer) -> None:
+    kept = confirmed("usr_1", "prod_chef_knife", "prod_headlamp")
+    returned = confirmed("usr_2", "prod_chef_knife", "prod_rain_jacket")
+    also_returned = confirmed("usr_3", "prod_chef_knife", "prod_rain_jacket")
+    await learn(live, nats_srv.url, kept, returned, also_returned)
+    assert (await for_product(live, "prod_chef_knife"))[:2] == ["prod_rain_jacket", "prod_headlamp"]
+    await learn(live, nats_srv.url, cancelled(returned), cancelled(also_returned))
+    # The rain jacket is no longer "bought with" the knife; the headlamp, still kept, is.
+    assert (await for_product(live, "prod_chef_knife"))[0] == "prod_headlamp"
+    assert "prod_chef_knife" not in (await for_product(live, "prod_rain_jacket", max_results=20))[:1]
+    assert await for_user(live, "usr_2", max_results=20) == await for_user(live, "usr_never_bought", max_results=20)
+
+
+async def test_an_order_cancelled_before_confirmation_changes_nothing(live: Running, nats_srv: NatsServer) -> None:
+    await learn(live, nats_srv.url, confirmed("usr_1", "prod_chef_knife", "prod_headlamp"))
+    before = await for_product(live, "prod_chef_knife", max_results=10)
+    declined = confirmed("usr_2", "prod_chef_knife", "prod_headlamp")  # never published as confirmed
+    await learn(live, nats_srv.url, cancelled(declined))
+    assert await for_product(live, "prod_chef_knife", max_results=10) == before
 
 
 async def test_a_co_purchased_product_the_catalog_no_longer_has_is_skipped(live: Running, nats_srv: NatsServer) -> None:

@@ -11,7 +11,7 @@ import pytest
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
 from shopmesh_recommendations.domain.copurchase import purchase_effects
-from shopmesh_recommendations.domain.models import ConfirmedOrder
+from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
 from shopmesh_recommendations.store.repository import RecommendationsRepository
 from shopmesh_recommendations.store.tables import metadata
 from shopmesh_recommendations.wiring import VERSIONS
@@ -28,10 +28,28 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     await db.dispose()
 
 
-async def record(db: Database, order_id: str, user_id: str, *product_ids: str) -> None:
+async def record(db: Database, order_id: str, user_id: str, *product_ids: str) -> bool:
     async with db.transaction() as session:
-        await RecommendationsRepository(session).record(
+        return await RecommendationsRepository(session).record(
             purchase_effects(ConfirmedOrder(order_id, user_id, product_ids))
+        )
+
+
+async def take_back(db: Database, order_id: str, user_id: str, *product_ids: str) -> bool:
+    async with db.transaction() as session:
+        return await RecommendationsRepository(session).take_back(
+            purchase_effects(CancelledOrder(order_id, user_id, product_ids))
+        )
+
+
+async def counts(db: Database) -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]:
+    async with db.read() as session:
+        repository = RecommendationsRepository(session)
+        return (
+            await repository.co_purchase_counts(["prod_a"], 10),
+            await repository.co_purchase_counts(["prod_c"], 10),
+            await repository.purchases_of("usr_1", 10),
+            await repository.most_popular(10),
         )
 
 
@@ -76,3 +94,32 @@ async def test_nothing_recorded_means_empty_answers(database: Database) -> None:
         assert await repository.purchases_of("usr_1", 10) == {}
         assert await repository.most_popular(10) == {}
         assert await repository.popularity([]) == {}
+
+
+async def test_a_cancelled_confirmed_order_takes_back_exactly_what_it_added(database: Database) -> None:
+    await record(database, "ord_1", "usr_1", "prod_a", "prod_b")
+    before = await counts(database)
+    assert await record(database, "ord_2", "usr_1", "prod_a", "prod_b", "prod_c")
+    assert await take_back(database, "ord_2", "usr_1", "prod_a", "prod_b", "prod_c")
+    assert await counts(database) == before
+    # Rows that fell to zero are gone, not kept at count 0: prod_c was bought with nothing any more.
+    assert before[1] == {}
+    assert before[3] == {"prod_a": 1, "prod_b": 1}
+
+
+async def test_an_order_never_counted_is_not_taken_back(database: Database) -> None:
+    await record(database, "ord_1", "usr_1", "prod_a", "prod_b")
+    before = await counts(database)
+    # Cancelled before confirmation (declined card, no stock): nothing was counted, nothing changes.
+    assert not await take_back(database, "ord_9", "usr_1", "prod_a", "prod_b")
+    assert await counts(database) == before
+    # And a cancellation seen twice takes back once.
+    assert await take_back(database, "ord_1", "usr_1", "prod_a", "prod_b")
+    assert not await take_back(database, "ord_1", "usr_1", "prod_a", "prod_b")
+    assert await counts(database) == ({}, {}, {}, {})
+
+
+async def test_an_order_counts_once_even_if_confirmed_twice(database: Database) -> None:
+    assert await record(database, "ord_1", "usr_1", "prod_a", "prod_b")
+    assert not await record(database, "ord_1", "usr_1", "prod_a", "prod_b")
+    assert (await counts(database))[0] == {"prod_b": 1}

@@ -126,7 +126,7 @@ SERVICES: dict[str, Service] = {
             grpc_port=50057,
             metrics_port=9467,
             calls=("catalog",),
-            consumes=(ORDER_CONFIRMED,),
+            consumes=(ORDER_CONFIRMED, ORDER_CANCELLED),
             critical=False,
             owns=("co-purchase counts (derived from order events)",),
         ),

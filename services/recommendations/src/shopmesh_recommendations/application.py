@@ -1,4 +1,4 @@
-"""The use cases: recommend for a product or a user; learn from a confirmed order."""
+"""The use cases: recommend for a product or a user; learn from a confirmed order, unlearn a cancelled one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import Database
 from shopmesh_recommendations.domain.copurchase import purchase_effects
-from shopmesh_recommendations.domain.models import CatalogProduct, ConfirmedOrder, Recommendation
+from shopmesh_recommendations.domain.models import CancelledOrder, CatalogProduct, ConfirmedOrder, Recommendation
 from shopmesh_recommendations.domain.ports import Catalog
 from shopmesh_recommendations.domain.ranking import Candidate, Ranked, by_count, by_popularity, interleave, rank
 from shopmesh_recommendations.domain.validation import ProductSubject, validate_request
@@ -102,7 +102,9 @@ class RecommendationsApplication:
     async def record_order(self, session: AsyncConnection, order: ConfirmedOrder) -> None:
         """Count what the order teaches, in the caller's transaction (the one that records the event id)."""
         effects = purchase_effects(order)
-        await RecommendationsRepository(session).record(effects)
+        if not await RecommendationsRepository(session).record(effects):
+            log.info("order %s was counted already", order.order_id, extra={"order_id": order.order_id})
+            return
         log.info(
             "learned from order %s: %d products, %d pairs",
             order.order_id,
@@ -110,3 +112,9 @@ class RecommendationsApplication:
             len(effects.pairs),
             extra={"order_id": order.order_id},
         )
+
+    async def forget_order(self, session: AsyncConnection, order: CancelledOrder) -> None:
+        """Take back what a confirmed order taught once it is cancelled; an order cancelled before it was
+        confirmed was never counted, and nothing changes."""
+        if await RecommendationsRepository(session).take_back(purchase_effects(order)):
+            log.info("unlearned cancelled order %s", order.order_id, extra={"order_id": order.order_id})

@@ -1,36 +1,57 @@
-"""The OrderConfirmed handler for the chassis' event consumer: event payload → domain → store.
+"""The order-event handler for the chassis' event consumer: event payload → domain → store.
 
-The consumer calls it inside the transaction that records the event id, so each event counts once.
+OrderConfirmed adds to the counts; OrderCancelled takes a confirmed order's counts back. The consumer
+calls it inside the transaction that records the event id, so each event counts once, and the stream
+delivers an order's confirmation before its cancellation (orders' outbox publishes in order).
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh.orders.v1 import events_pb2
 from shopmesh_chassis.consumer import Event, Handler
 from shopmesh_recommendations.application import RecommendationsApplication
-from shopmesh_recommendations.domain.models import ConfirmedOrder
+from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
 
 STREAM = "ORDERS"
 # The whole stream's subjects, as orders declares them: whoever starts first creates the stream.
 STREAM_SUBJECTS = ["orders.v1.>"]
 ORDER_CONFIRMED = "orders.v1.order_confirmed"
+ORDER_CANCELLED = "orders.v1.order_cancelled"
+SUBJECTS = [ORDER_CONFIRMED, ORDER_CANCELLED]
 DURABLE = "recommendations"
 
 
 def confirmed_order(payload: bytes) -> ConfirmedOrder:
     """Decode the event; a payload that is not an OrderConfirmed raises (retried, then dead-lettered)."""
-    event = events_pb2.OrderConfirmed.FromString(payload)
-    return ConfirmedOrder(
-        order_id=event.order_id,
-        user_id=event.user_id,
-        product_ids=tuple(item.product_id for item in event.items),
+    return _order(ConfirmedOrder, events_pb2.OrderConfirmed.FromString(payload))
+
+
+def cancelled_order(payload: bytes) -> CancelledOrder:
+    """Decode the event; a payload that is not an OrderCancelled raises (retried, then dead-lettered)."""
+    return _order(CancelledOrder, events_pb2.OrderCancelled.FromString(payload))
+
+
+OrderT = TypeVar("OrderT", ConfirmedOrder, CancelledOrder)
+
+
+def _order(model: type[OrderT], event: events_pb2.OrderConfirmed | events_pb2.OrderCancelled) -> OrderT:
+    return model(
+        order_id=event.order_id, user_id=event.user_id, product_ids=tuple(item.product_id for item in event.items)
     )
 
 
-def order_confirmed_handler(application: RecommendationsApplication) -> Handler:
+def order_events_handler(application: RecommendationsApplication) -> Handler:
     async def handle(session: AsyncConnection, event: Event) -> None:
-        await application.record_order(session, confirmed_order(event.payload))
+        if event.subject == ORDER_CONFIRMED:
+            await application.record_order(session, confirmed_order(event.payload))
+        elif event.subject == ORDER_CANCELLED:
+            await application.forget_order(session, cancelled_order(event.payload))
+        else:
+            # Only the subjects above are subscribed; anything else is a wiring mistake worth dead-lettering.
+            raise ValueError(f"recommendations does not handle {event.subject}")
 
     return handle

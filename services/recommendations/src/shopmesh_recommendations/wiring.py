@@ -21,10 +21,10 @@ from shopmesh_recommendations.domain.models import CatalogProduct
 from shopmesh_recommendations.faults import with_fault_injection
 from shopmesh_recommendations.order_events import (
     DURABLE,
-    ORDER_CONFIRMED,
     STREAM,
     STREAM_SUBJECTS,
-    order_confirmed_handler,
+    SUBJECTS,
+    order_events_handler,
 )
 from shopmesh_recommendations.settings import RecommendationsSettings
 from shopmesh_recommendations.store.tables import metadata
@@ -77,8 +77,8 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
         durable=DURABLE,
         stream=STREAM,
         stream_subjects=STREAM_SUBJECTS,
-        subjects=[ORDER_CONFIRMED],
-        handler=order_confirmed_handler(application),
+        subjects=SUBJECTS,
+        handler=order_events_handler(application),
         duplicate_window_seconds=settings.nats_duplicate_window_seconds,
     )
     servicer = with_fault_injection(

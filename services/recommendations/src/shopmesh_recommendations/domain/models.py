@@ -1,4 +1,5 @@
-"""What recommendations are made of: catalog products as this service sees them, and confirmed orders."""
+"""What recommendations are made of: catalog products as this service sees them, and confirmed orders
+(and cancellations of them)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ class Recommendation:
 @dataclass(frozen=True, slots=True)
 class ConfirmedOrder:
     """An order that was paid for: the only evidence of taste this service learns from."""
+
+    order_id: str
+    user_id: str
+    product_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelledOrder:
+    """An order that was cancelled. If it had been confirmed (and counted), what it taught is taken back:
+    a customer who returns a purchase did not, in the end, buy those products together."""
 
     order_id: str
     user_id: str

@@ -3,38 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, and_, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import dialect_insert
+from shopmesh_chassis.db import dialect_insert, insert_skipping_existing
 from shopmesh_recommendations.domain.copurchase import PurchaseEffects
-from shopmesh_recommendations.store.tables import co_purchases, product_purchases, user_purchases
+from shopmesh_recommendations.store.tables import co_purchases, counted_orders, product_purchases, user_purchases
+
+_FORGET_ORDER = delete(counted_orders).where(counted_orders.c.order_id == bindparam("b_order_id"))
 
 
 class RecommendationsRepository:
     def __init__(self, session: AsyncConnection) -> None:
         self._session = session
 
-    async def record(self, effects: PurchaseEffects) -> None:
-        """Add one to every count the order touches."""
-        if effects.pairs:
-            await self._increment(
-                co_purchases,
-                ("product_id", "other_product_id"),
-                [{"product_id": a, "other_product_id": b, "count": 1} for a, b in effects.pairs],
-            )
-        if effects.user_id and effects.products:
-            await self._increment(
-                user_purchases,
-                ("user_id", "product_id"),
-                [{"user_id": effects.user_id, "product_id": p, "count": 1} for p in effects.products],
-            )
-        if effects.products:
-            await self._increment(
-                product_purchases, ("product_id",), [{"product_id": p, "count": 1} for p in effects.products]
-            )
+    async def record(self, effects: PurchaseEffects) -> bool:
+        """Add one to every count the order touches; False (and nothing added) if it was counted before."""
+        marked = await self._session.execute(
+            insert_skipping_existing(self._session.dialect.name, counted_orders),
+            {"order_id": effects.order_id, "counted_at": datetime.now(UTC)},
+        )
+        if marked.rowcount == 0:
+            return False
+        for table, key, rows in _counted_rows(effects):
+            await self._increment(table, key, [{**row, "count": 1} for row in rows])
+        return True
+
+    async def take_back(self, effects: PurchaseEffects) -> bool:
+        """Subtract what `record` added for this order; False (and nothing changed) if it was never counted.
+
+        Rows that reach zero are deleted, so a product nobody kept is not "bought together" at count 0."""
+        forgotten = await self._session.execute(_FORGET_ORDER, {"b_order_id": effects.order_id})
+        if forgotten.rowcount == 0:
+            return False
+        for table, key, rows in _counted_rows(effects):
+            await self._decrement(table, key, rows)
+        return True
+
+    async def _decrement(self, table: Table, key: Sequence[str], rows: list[dict[str, Any]]) -> None:
+        # Bound as b_<column>: SQLAlchemy reserves a table's column names for its own binds in UPDATE.
+        this_row = and_(*(table.c[k] == bindparam(f"b_{k}") for k in key))
+        bound = [{f"b_{k}": v for k, v in row.items()} for row in rows]
+        await self._session.execute(update(table).where(this_row).values(count=table.c.count - 1), bound)
+        await self._session.execute(delete(table).where(this_row, table.c.count <= 0), bound)
 
     async def _increment(self, table: Table, key: Sequence[str], rows: list[dict[str, Any]]) -> None:
         """INSERT ... ON CONFLICT (key) DO UPDATE SET count = count + excluded.count.
@@ -94,3 +108,17 @@ class RecommendationsRepository:
             )
         )
         return {product_id: int(count) for product_id, count in rows}
+
+
+def _counted_rows(effects: PurchaseEffects) -> list[tuple[Table, tuple[str, ...], list[dict[str, Any]]]]:
+    """The count rows one order touches, per table: (table, its key columns, one key per row)."""
+    touched: list[tuple[Table, tuple[str, ...], list[dict[str, Any]]]] = []
+    if effects.pairs:
+        pairs = [{"product_id": a, "other_product_id": b} for a, b in effects.pairs]
+        touched.append((co_purchases, ("product_id", "other_product_id"), pairs))
+    if effects.user_id and effects.products:
+        owned = [{"user_id": effects.user_id, "product_id": p} for p in effects.products]
+        touched.append((user_purchases, ("user_id", "product_id"), owned))
+    if effects.products:
+        touched.append((product_purchases, ("product_id",), [{"product_id": p} for p in effects.products]))
+    return touched

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, MetaData, String, Table
+from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table
 
 metadata = MetaData()
 
@@ -31,4 +31,13 @@ product_purchases = Table(
     Column("product_id", String(64), primary_key=True),
     Column("count", Integer, nullable=False),
     Index("ix_product_purchases_count", "count", "product_id"),
+)
+
+# The orders the counts include: an order is counted once, and a cancellation takes back only what an
+# order that was counted added (most cancellations come before confirmation and were never counted).
+counted_orders = Table(
+    "counted_orders",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("counted_at", DateTime(timezone=True), nullable=False),
 )
