@@ -58,14 +58,16 @@ async def applied(db: Database) -> Counter[str]:
     return Counter(rows)
 
 
-def consumer(db: Database, url: str, handler: object, **kwargs: object) -> EventConsumer:
+def consumer(
+    db: Database, url: str, handler: object, subjects: tuple[str, ...] = ("things.v1.happened",), **kwargs: object
+) -> EventConsumer:
     return EventConsumer(
         db,
         url,
         durable="tester",
         stream="THINGS",
         stream_subjects=["things.v1.>"],
-        subjects=["things.v1.happened"],
+        subjects=list(subjects),
         handler=handler,  # type: ignore[arg-type]
         backoff_seconds=(0.05,),
         **kwargs,  # type: ignore[arg-type]
@@ -78,6 +80,13 @@ async def until(condition: object, attempts: int = 200) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition never held")
+
+
+async def until_applied(db: Database, expected: Counter[str]) -> None:
+    async def reached() -> bool:
+        return await applied(db) == expected
+
+    await until(reached)
 
 
 async def record(session: AsyncConnection, event: Event) -> None:
@@ -143,11 +152,7 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(
     running = consumer(db, nats_srv.url, flaky)
     running.start()
     await publish(client, "e1")
-
-    async def done() -> bool:
-        return await applied(db) == Counter({"e1": 1})
-
-    await until(done)
+    await until_applied(db, Counter({"e1": 1}))
     assert attempts["e1"] == 3
     await running.stop()
 
@@ -185,3 +190,21 @@ async def test_a_poison_message_is_parked_and_later_messages_still_flow(
     assert message.headers["Shopmesh-Original-Event-Id"] == "bad"
     assert message.headers["Shopmesh-Attempts"] == "3"
     await running.stop()
+
+
+async def test_a_durable_created_for_fewer_subjects_gets_the_new_ones(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    # A release that consumes one more subject than the durable it finds on the server.
+    first = consumer(db, nats_srv.url, record)
+    first.start()
+    await publish(client, "e1")
+    await until_applied(db, Counter({"e1": 1}))
+    await first.stop()
+    await client.jetstream().publish("things.v1.changed", b"x", headers={"Nats-Msg-Id": "e2"})
+    second = consumer(db, nats_srv.url, record, subjects=("things.v1.happened", "things.v1.changed"))
+    second.start()
+    await until_applied(db, Counter({"e1": 1, "e2": 1}))
+    await second.stop()
+    info = await client.jetstream().consumer_info("THINGS", "tester")
+    assert sorted(info.config.filter_subjects or []) == ["things.v1.changed", "things.v1.happened"]

@@ -122,6 +122,7 @@ class EventConsumer:
         await ensure_stream(js, self._stream, self._stream_subjects, self._duplicate_window)
         await ensure_stream(js, DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], self._duplicate_window)
         config = ConsumerConfig(
+            name=self._durable,
             durable_name=self._durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -131,12 +132,10 @@ class EventConsumer:
             filter_subjects=self._subjects if len(self._subjects) > 1 else None,
             filter_subject=self._subjects[0] if len(self._subjects) == 1 else None,
         )
-        subscription = await js.pull_subscribe(
-            self._subjects[0] if len(self._subjects) == 1 else "",
-            durable=self._durable,
-            stream=self._stream,
-            config=config,
-        )
+        # Create the durable, or bring an existing one to this configuration (a release that consumes one
+        # more subject): pull_subscribe alone would bind to an existing durable as it was first created.
+        await js.add_consumer(self._stream, config)
+        subscription = await js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
         log.info("consuming %s from %s as %s", ",".join(self._subjects), self._stream, self._durable)
         while True:
             try:
