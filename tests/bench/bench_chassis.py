@@ -63,6 +63,7 @@ TARGET_B_OVER_A = 0.85
 TARGET_B_OVER_C = 1.25
 PACKAGES = ("grpcio", "opentelemetry-sdk", "prometheus-client")
 DOC_SECTION = "## Chassis (`make bench-chassis`)"
+DOC_SECTION_IO = "## Chassis with an I/O-bound handler (`bench_chassis.py --sleep-ms N`)"
 SCRIPT = ".venv/bin/python tests/bench/bench_chassis.py"
 
 
@@ -70,16 +71,21 @@ SCRIPT = ".venv/bin/python tests/bench/bench_chassis.py"
 
 
 class EchoServicer(sample_pb2_grpc.SampleServiceServicer):
-    """The trivial handler of (a), (b) and the diagnostic variants."""
+    """The handler of (a), (b) and the diagnostic variants: trivial, or waiting `behaviour.sleep_ms` as a
+    handler waits for its database (`--sleep-ms`)."""
 
     async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        if request.behaviour.sleep_ms:
+            await asyncio.sleep(request.behaviour.sleep_ms / 1000)
         return sample_pb2.EchoResponse(message=request.message)
 
 
 class SyncEchoServicer(sample_pb2_grpc.SampleServiceServicer):
-    """The same handler for the thread-pool server (c)."""
+    """The same handler for the thread-pool server (c): a wait holds one of its threads."""
 
     def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        if request.behaviour.sleep_ms:
+            time.sleep(request.behaviour.sleep_ms / 1000)
         return sample_pb2.EchoResponse(message=request.message)
 
 
@@ -236,8 +242,7 @@ class Sample:
     errors: int
 
 
-async def _worker(stub: sample_pb2_grpc.SampleServiceStub, window: Window) -> None:
-    request = sample_pb2.EchoRequest(message="ping")
+async def _worker(stub: sample_pb2_grpc.SampleServiceStub, window: Window, request: sample_pb2.EchoRequest) -> None:
     while not window.stopped:
         start = time.perf_counter()
         try:
@@ -250,10 +255,16 @@ async def _worker(stub: sample_pb2_grpc.SampleServiceStub, window: Window) -> No
 
 
 async def measure(
-    stubs: Sequence[sample_pb2_grpc.SampleServiceStub], pid: int, concurrency: int, warmup: float, duration: float
+    stubs: Sequence[sample_pb2_grpc.SampleServiceStub],
+    pid: int,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    sleep_ms: int = 0,
 ) -> Sample:
     window = Window()
-    workers = [asyncio.create_task(_worker(stubs[i % len(stubs)], window)) for i in range(concurrency)]
+    request = sample_pb2.EchoRequest(message="ping", behaviour=sample_pb2.Behaviour(sleep_ms=sleep_ms))
+    workers = [asyncio.create_task(_worker(stubs[i % len(stubs)], window, request)) for i in range(concurrency)]
     await asyncio.sleep(warmup)
     window.recording = True
     busy, server_cpu, client_cpu = _busy_seconds(), process_cpu_seconds(pid), time.process_time()
@@ -371,7 +382,9 @@ async def run_server(kind: str, concurrencies: Sequence[int], args: argparse.Nam
                 attempts: list[Sample] = []
                 while len(attempts) <= args.retries:
                     await wait_for_quiet(args.max_other_cpu, args.quiet_wait)
-                    attempts.append(await measure(stubs, server.pid, concurrency, args.warmup, args.measure))
+                    attempts.append(
+                        await measure(stubs, server.pid, concurrency, args.warmup, args.measure, args.sleep_ms)
+                    )
                     if attempts[-1].other_cpu_percent <= args.max_other_cpu:
                         break
                     print(
@@ -530,9 +543,11 @@ def ratios(
 HOW_TO_READ = """\
 How to read this:
 
-- Every server runs the same trivial handler (`EchoResponse(message=request.message)`) in its own
-  process; the load generator is one grpc.aio client process with C workers looping unary calls on
-  {channels} channel(s). Figures are medians over the repetitions; the min-max column shows the spread.
+- Every server runs the same handler in its own process: trivial (`EchoResponse(message=request.message)`),
+  or with `--sleep-ms N` one that first waits N ms as a handler waits for its database (`asyncio.sleep`
+  on the aio servers, `time.sleep` holding one of the thread pool's threads on c); the load generator
+  is one grpc.aio client process with C workers looping unary calls on {channels} channel(s). Figures
+  are medians over the repetitions; the min-max column shows the spread.
 - Each repetition measures a, b and c minutes apart (each repetition starting with a different one);
   the *paired* ratios divide figures of the same repetition, so a machine that drifts between
   repetitions moves both sides of a ratio alike. A target counts as met only when both the ratio of
@@ -560,7 +575,13 @@ def _flags(args: argparse.Namespace) -> str:
         f"--warmup {args.warmup:g} --measure {args.measure:g} --repeats {args.repeats} --channels {args.channels} "
         f"--concurrency {','.join(map(str, args.concurrency))} --servers {','.join(args.servers)} "
         f"--max-other-cpu {args.max_other_cpu:g} --quiet-wait {args.quiet_wait:g} --retries {args.retries}"
+        f" --sleep-ms {args.sleep_ms}"
     )
+
+
+def section(args: argparse.Namespace) -> str:
+    """Where a run's report goes in docs/benchmarks.md: the trivial handler's section, or the I/O-bound one."""
+    return DOC_SECTION_IO if args.sleep_ms else DOC_SECTION
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]) -> str:
@@ -573,7 +594,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]
     else:
         command = f"`{SCRIPT} {flags}` (`make bench-chassis` runs `{SCRIPT}` with `{_flags(defaults)}`)"
     parts = [
-        DOC_SECTION,
+        section(args),
         f"Command: {command}. That is {args.warmup:g} s warm-up and {args.measure:g} s measured per cell, "
         f"{args.repeats} repetition(s).",
         f"Machine: {machine(PACKAGES)}.",
@@ -583,6 +604,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[int, list[Sample]]]
     ]
     if ratio_table:
         parts += [ratio_table, targets]
+        if args.sleep_ms:
+            parts.append(
+                f"Each call waits {args.sleep_ms} ms in its handler. The issue states its targets for the "
+                "trivial handler (the section above); they are checked here only for comparison."
+            )
     parts.append(
         HOW_TO_READ.format(
             channels=args.channels, max_other=args.max_other_cpu, quiet_wait=args.quiet_wait, retries=args.retries
@@ -636,6 +662,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--retries", type=int, default=RETRIES, help="how many times a cell may be measured again")
     parser.add_argument(
+        "--sleep-ms",
+        type=int,
+        default=0,
+        help="milliseconds each handler call waits (an I/O-bound handler); 0 = the trivial handler of the targets",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 0.5 s warm-up, 1.5 s measured, 1 repetition, no waiting for quiet, no retries",
@@ -654,10 +686,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             serve(args.serve, args.port)
         return
     results = asyncio.run(run_all(args))
-    section = report(args, results)
-    print(section)
+    text = report(args, results)
+    print(text)
     if args.write:
-        write_section(args.write, DOC_SECTION, section)
+        write_section(args.write, section(args), text)
         print(f"wrote {args.write}", file=sys.stderr)
 
 

@@ -25,6 +25,13 @@ def test_chassis_benchmark_runs_and_reports_every_server() -> None:
         assert server in out
 
 
+def test_chassis_benchmark_runs_with_an_io_bound_handler_in_its_own_section() -> None:
+    out = run(str(HERE / "bench_chassis.py"), "--quick", "--sleep-ms", "2", "--concurrency", "8")
+    assert "## Chassis with an I/O-bound handler (`bench_chassis.py --sleep-ms N`)" in out
+    assert "--sleep-ms 2" in out
+    assert "Each call waits 2 ms in its handler." in out
+
+
 def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
     out = run(str(HERE / "bench_checkout.py"), "--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3")
     assert "## Checkout (`make bench-checkout`)" in out
