@@ -140,7 +140,7 @@ spec:
             - name: data
               mountPath: /data
             {{- end }}
-            {{- if include "shopmesh-lib.secretEnv" $c }}
+            {{- if include "shopmesh-lib.secretFiles" $c }}
             # Secrets as files, one per variable, read by the chassis (SECRETS_DIR in the ConfigMap):
             # never in the process environment, which children inherit and /proc shows.
             - name: secrets
@@ -158,7 +158,7 @@ spec:
           emptyDir:
             sizeLimit: {{ $c.database.dataSizeLimit }}
         {{- end }}
-        {{- if include "shopmesh-lib.secretEnv" $c }}
+        {{- if include "shopmesh-lib.secretFiles" $c }}
         - name: secrets
           projected:
             # 0440: readable by the service's group (fsGroup 10001), by nobody else.

@@ -60,7 +60,7 @@ data:
   {{- if $c.database.enabled }}
   DATA_DIR: "/data"
   {{- end }}
-  {{- if include "shopmesh-lib.secretEnv" $c }}
+  {{- if include "shopmesh-lib.secretFiles" $c }}
   SECRETS_DIR: {{ $c.secretsDir | quote }}
   {{- end }}
   {{- if $c.nats.enabled }}

@@ -81,14 +81,6 @@ def _forwarded_ip(entry: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
         return None
 
 
-def _trusted(address: str, proxies: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in proxies)
-
-
 def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies: Sequence[Network] = ()) -> str:
     """Who the client is, for rate limiting: the peer's address, unless the peer is a trusted proxy.
 
@@ -97,13 +89,17 @@ def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies
     trusted proxy, to the first address no trusted proxy vouches for. Entries further left are whatever
     the client wrote and are never believed; without trusted proxies the header is ignored entirely."""
     address = peer_address(peer)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP transport (unix socket): nobody to trust
     hops = [entry for value in forwarded_for for entry in value.split(",")]
-    while hops and _trusted(address, trusted_proxies):
-        ip = _forwarded_ip(hops.pop())
-        if ip is None:
+    while hops and any(ip in network for network in trusted_proxies):
+        forwarded = _forwarded_ip(hops.pop())
+        if forwarded is None:
             break  # a malformed entry: stop at the last proxy we trust rather than guess
-        address = str(ip)
-    return address
+        ip = forwarded
+    return str(ip)
 
 
 # chassis-candidate: the chassis' server interceptor takes `x-user-id` from any caller, which is right

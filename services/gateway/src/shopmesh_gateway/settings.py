@@ -47,16 +47,12 @@ class GatewaySettings(ServiceSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
-        for entry in filter(None, (e.strip() for e in value.split(","))):
-            try:
-                ipaddress.ip_network(entry)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not a network (e.g. 127.0.0.0/8, ::1/128, 10.0.0.7)") from None
+        _parse_networks(value)
         return value
 
     @property
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(e.strip()) for e in self.trusted_proxies.split(",") if e.strip())
+        return _parse_networks(self.trusted_proxies)
 
     # Access tokens, as the users contract fixes them.
     jwt_issuer: str = "shopmesh-users"
@@ -66,3 +62,14 @@ class GatewaySettings(ServiceSettings):
     # The users contract: cache the key set up to 5 minutes, refetch on an unknown kid at most every 30 s.
     jwks_max_age_seconds: float = Field(default=300.0, gt=0)
     jwks_min_refetch_interval_seconds: float = Field(default=30.0, ge=0)
+
+
+def _parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """`127.0.0.0/8, ::1/128,10.0.0.7` → networks; ValueError naming the first entry that is none."""
+    networks = []
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not a network (e.g. 127.0.0.0/8, ::1/128, 10.0.0.7)") from None
+    return tuple(networks)
