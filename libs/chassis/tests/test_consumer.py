@@ -11,10 +11,9 @@ import nats
 import pytest
 from nats.aio.client import Client
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
@@ -42,7 +41,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = Database(f"sqlite:///{tmp_path}/consumer.db")
     (tmp_path / "versions").mkdir()
     await migrate(database, tmp_path / "versions")
-    async with database.engine.begin() as conn:
+    async with database.transaction() as conn:
         await conn.run_sync(scratch.create_all)
     yield database
     await database.dispose()
@@ -89,7 +88,7 @@ async def until_applied(db: Database, expected: Counter[str]) -> None:
     await until(reached)
 
 
-async def record(session: AsyncConnection, event: Event) -> None:
+async def record(session: DbConnection, event: Event) -> None:
     await session.execute(insert(effects).values(event_id=event.event_id))
 
 
@@ -126,7 +125,7 @@ async def test_on_applied_runs_after_the_commit_once_per_applied_event(db: Datab
 
 
 async def test_on_applied_is_not_called_when_the_handler_fails(db: Database, nats_srv: NatsServer) -> None:
-    async def broken(session: AsyncConnection, event: Event) -> None:
+    async def broken(session: DbConnection, event: Event) -> None:
         await record(session, event)
         raise RuntimeError("handler failed after writing")
 
@@ -143,7 +142,7 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(
 ) -> None:
     attempts: Counter[str] = Counter()
 
-    async def flaky(session: AsyncConnection, event: Event) -> None:
+    async def flaky(session: DbConnection, event: Event) -> None:
         attempts[event.event_id] += 1
         if attempts[event.event_id] < 3:
             raise ConnectionError("SMTP server busy")
@@ -160,7 +159,7 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(
 async def test_a_poison_message_is_parked_and_later_messages_still_flow(
     db: Database, client: Client, nats_srv: NatsServer
 ) -> None:
-    async def picky(session: AsyncConnection, event: Event) -> None:
+    async def picky(session: DbConnection, event: Event) -> None:
         if event.payload == b"poison":
             raise ValueError("cannot parse")
         await record(session, event)

@@ -21,7 +21,7 @@ counter = Table("counter", scratch, Column("id", Integer, primary_key=True), Col
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = Database(f"sqlite:///{tmp_path}/t.db")
-    async with database.engine.begin() as conn:
+    async with database.transaction() as conn:
         await conn.run_sync(scratch.create_all)
     async with database.transaction() as session:
         await session.execute(insert(counter).values(id=1, value=0))
@@ -65,7 +65,8 @@ async def test_a_read_does_not_wait_for_an_open_write(db: Database) -> None:
     [
         ("postgres://u:p@h:5432/d", "postgresql+asyncpg://u:p@h:5432/d"),
         ("postgresql://u:p@h/d", "postgresql+asyncpg://u:p@h/d"),
-        ("sqlite:////tmp/x.db", "sqlite+aiosqlite:////tmp/x.db"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ("sqlite+aiosqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
     ],
 )
 def test_database_urls_people_paste_are_accepted(given: str, expected: str) -> None:
@@ -75,11 +76,11 @@ def test_database_urls_people_paste_are_accepted(given: str, expected: str) -> N
 async def test_sqlite_statements_run_on_the_event_loops_thread(db: Database) -> None:
     """No hand-off to a worker thread per call (what aiosqlite does): SQLite runs where the loop runs."""
 
-    @event.listens_for(db.engine.sync_engine, "connect")
+    @event.listens_for(db.sync_engine, "connect")
     def _probe(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.create_function("executing_thread", 0, threading.get_ident)
 
-    await db.engine.dispose()  # new connections, with the probe
+    await db.dispose()  # new connections, with the probe
     async with db.read() as connection:
         executed_on = (await connection.execute(text("SELECT executing_thread()"))).scalar_one()
     assert executed_on == threading.get_ident()

@@ -15,11 +15,10 @@ import pytest
 from google.protobuf import wrappers_pb2
 from google.rpc import status_pb2
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.config import ConfigError, IdempotencySettings, load_settings
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.idempotency import IdempotencyStore, RequestFingerprint, fingerprint_key
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.tables import idempotency_records
@@ -44,7 +43,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     versions = tmp_path / "versions"
     versions.mkdir()
     await migrate(database, versions)
-    async with database.engine.begin() as conn:
+    async with database.transaction() as conn:
         await conn.run_sync(scratch.create_all)
     yield database
     await database.dispose()
@@ -70,7 +69,7 @@ def request(text: str) -> wrappers_pb2.StringValue:
 
 
 def effect(result: str = "done") -> object:
-    async def operation(session: AsyncConnection) -> wrappers_pb2.StringValue:
+    async def operation(session: DbConnection) -> wrappers_pb2.StringValue:
         await session.execute(insert(effects).values(what=result))
         return wrappers_pb2.StringValue(value=result)
 
@@ -112,7 +111,7 @@ async def test_missing_key_is_invalid_argument(store: IdempotencyStore) -> None:
 async def test_duplicate_while_the_first_runs_is_aborted(store: IdempotencyStore, db: Database) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
-    async def slow(session: AsyncConnection) -> wrappers_pb2.StringValue:
+    async def slow(session: DbConnection) -> wrappers_pb2.StringValue:
         started.set()
         await release.wait()
         return wrappers_pb2.StringValue(value="slow")
@@ -132,7 +131,7 @@ async def test_duplicate_while_the_first_runs_is_aborted(store: IdempotencyStore
 async def test_domain_errors_are_stored_and_replayed(store: IdempotencyStore, db: Database) -> None:
     calls = 0
 
-    async def declined(session: AsyncConnection) -> wrappers_pb2.StringValue:
+    async def declined(session: DbConnection) -> wrappers_pb2.StringValue:
         nonlocal calls
         calls += 1
         raise errors.FailedPrecondition("card declined", reason="CARD_DECLINED")
@@ -147,7 +146,7 @@ async def test_domain_errors_are_stored_and_replayed(store: IdempotencyStore, db
 
 
 async def test_transient_errors_are_not_stored(store: IdempotencyStore, db: Database) -> None:
-    async def unavailable(session: AsyncConnection) -> wrappers_pb2.StringValue:
+    async def unavailable(session: DbConnection) -> wrappers_pb2.StringValue:
         await session.execute(insert(effects).values(what="rolled back"))
         raise errors.Unavailable("processor down")
 
@@ -158,7 +157,7 @@ async def test_transient_errors_are_not_stored(store: IdempotencyStore, db: Data
 
 
 async def test_effect_and_record_commit_together(store: IdempotencyStore, db: Database) -> None:
-    async def crashes(session: AsyncConnection) -> wrappers_pb2.StringValue:
+    async def crashes(session: DbConnection) -> wrappers_pb2.StringValue:
         await session.execute(insert(effects).values(what="half"))
         raise RuntimeError("bug")
 

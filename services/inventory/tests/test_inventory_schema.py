@@ -25,5 +25,5 @@ def _differences(connection: Connection) -> list[Any]:
 
 @BACKENDS
 async def test_migrated_schema_matches_the_store_tables(database: Database) -> None:
-    async with database.engine.connect() as connection:
+    async with database.read() as connection:
         assert await connection.run_sync(_differences) == []

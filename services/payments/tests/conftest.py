@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh.common.v1 import money_pb2
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
 from shopmesh_chassis.config import load_settings
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import free_port, serve_in_process
@@ -77,7 +76,7 @@ class ProcessorSpy:
         self.charges = 0
         self.fail_first = 0
 
-    def __call__(self, session: AsyncConnection) -> CardProcessor:
+    def __call__(self, session: DbConnection) -> CardProcessor:
         return _SpiedProcessor(self, self._builtin(session))
 
 

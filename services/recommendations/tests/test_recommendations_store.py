@@ -19,7 +19,7 @@ from shopmesh_recommendations.wiring import VERSIONS
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite+aiosqlite:///{tmp_path}/recommendations.db"
+    url = f"sqlite:///{tmp_path}/recommendations.db"
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres").create_database()
     db = Database(url)

@@ -83,7 +83,7 @@ class DatabaseSettings(ServiceSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{self.data_dir}/{self.service_name}.db"
+        return f"sqlite:///{self.data_dir}/{self.service_name}.db"
 
 
 class IdempotencySettings(DatabaseSettings):

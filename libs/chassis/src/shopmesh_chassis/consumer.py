@@ -22,9 +22,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import MSG_ID, connect, ensure_stream
 from shopmesh_chassis.tables import processed_events
 
@@ -46,7 +45,7 @@ class Event:
     attempt: int
 
 
-Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+Handler = Callable[[DbConnection, Event], Awaitable[None]]
 
 
 class EventConsumer:

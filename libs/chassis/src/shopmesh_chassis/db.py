@@ -1,33 +1,130 @@
 """Databases: one per service. SQLite by default (a file under the data folder), PostgreSQL when
-`DATABASE_URL` points at one (asyncpg). SQLAlchemy 2 async engines; Alembic migrations at startup.
+`DATABASE_URL` points at one (asyncpg). SQLAlchemy 2 Core; Alembic migrations at startup.
+
+Stores see one interface, `DbConnection`, on both: on PostgreSQL it is SQLAlchemy's `AsyncConnection`
+(asyncpg, statements wait on the network); on SQLite a plain SQLAlchemy connection whose calls run on
+the event loop's thread (`SqliteConnection`, below, says why).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Never, ParamSpec, Protocol, TypeVar, TypeVarTuple, overload
 
-from sqlalchemy import Insert, Table, event
+import sqlalchemy
+from sqlalchemy import CursorResult, Dialect, Executable, Insert, ScalarResult, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine.interfaces import _CoreAnyExecuteParams, _CoreSingleExecuteParams
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
-from shopmesh_chassis.sqlite_inline import inline_connector
+if TYPE_CHECKING:
+    from sqlalchemy.sql.selectable import TypedReturnsRows
+    from sqlalchemy.util.typing import TupleAny
 
 log = logging.getLogger("shopmesh.db")
 
 READ_ONLY = "shopmesh_read_only"
 
-# How long SQLite waits for a lock another process holds. Calls run on the event loop (sqlite_inline), so
-# the whole service waits with it: this bounds that. Inside a service, writers queue on an asyncio lock.
+# How long SQLite waits for a lock another process holds. Calls run on the event loop, so the whole
+# service waits with it: this bounds that. Inside a service, writers queue on an asyncio lock.
 _SQLITE_BUSY_SECONDS = 5.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class DbConnection(Protocol):
+    """What a store may do with the connection `Database.transaction()` / `read()` hands out.
+
+    SQLAlchemy's `AsyncConnection` is one (PostgreSQL); `SqliteConnection` is the other. The overloads
+    are SQLAlchemy's, so that typed statements give typed rows on both."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    @overload
+    async def execute(
+        self, statement: TypedReturnsRows[*Ts], parameters: _CoreAnyExecuteParams | None = None
+    ) -> CursorResult[*Ts]: ...
+    @overload
+    async def execute(
+        self, statement: Executable, parameters: _CoreAnyExecuteParams | None = None
+    ) -> CursorResult[*TupleAny]: ...
+
+    @overload
+    async def scalar(
+        self, statement: TypedReturnsRows[Never], parameters: _CoreSingleExecuteParams | None = None
+    ) -> Any | None: ...
+    @overload
+    async def scalar(
+        self, statement: TypedReturnsRows[T], parameters: _CoreSingleExecuteParams | None = None
+    ) -> T | None: ...
+    @overload
+    async def scalar(self, statement: Executable, parameters: _CoreSingleExecuteParams | None = None) -> Any: ...
+
+    @overload
+    async def scalars(
+        self, statement: TypedReturnsRows[T], parameters: _CoreAnyExecuteParams | None = None
+    ) -> ScalarResult[T]: ...
+    @overload
+    async def scalars(
+        self, statement: Executable, parameters: _CoreAnyExecuteParams | None = None
+    ) -> ScalarResult[Any]: ...
+
+    async def run_sync(
+        self, fn: Callable[Concatenate[sqlalchemy.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+
+class SqliteConnection:
+    """A SQLAlchemy connection to the service's SQLite file, called inline on the event loop's thread.
+
+    Why not SQLAlchemy's async engine (aiosqlite): with WAL and `synchronous=NORMAL` a SQLite statement
+    takes microseconds and a commit does not fsync, but the async adaptation around it (a greenlet per
+    call, aiosqlite's cursor coroutines and, without more, a hand-off to a worker thread per call) costs
+    several times the work: a two-statement transaction took 0.62 ms of CPU through the async engine
+    with calls already inline, 0.26 ms this way (docs/benchmarks.md). The price is the one inline calls
+    always had: while SQLite waits for a lock held by another *process*, the loop waits too (bounded by
+    the busy timeout). In shopmesh one process owns each SQLite file, and writers inside it queue on
+    `Database`'s asyncio lock before they reach SQLite, so SQLite itself never has to wait; PostgreSQL
+    is the choice for more than one process per database.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: sqlalchemy.Connection) -> None:
+        self._connection = connection
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._connection.dialect
+
+    async def execute(
+        self, statement: Executable, parameters: _CoreAnyExecuteParams | None = None
+    ) -> CursorResult[*TupleAny]:
+        return self._connection.execute(statement, parameters)
+
+    async def scalar(self, statement: Executable, parameters: _CoreSingleExecuteParams | None = None) -> Any:
+        return self._connection.scalar(statement, parameters)
+
+    async def scalars(
+        self, statement: Executable, parameters: _CoreAnyExecuteParams | None = None
+    ) -> ScalarResult[Any]:
+        return self._connection.scalars(statement, parameters)
+
+    async def run_sync(
+        self, fn: Callable[Concatenate[sqlalchemy.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return fn(self._connection, *args, **kwargs)
 
 
 @overload
@@ -61,7 +158,7 @@ def insert_skipping_existing(dialect: str, table: Table) -> Insert:
 
 
 def sqlite_url(data_dir: str | Path, service_name: str) -> str:
-    return f"sqlite+aiosqlite:///{Path(data_dir) / service_name}.db"
+    return f"sqlite:///{Path(data_dir) / service_name}.db"
 
 
 def is_sqlite(url: str) -> bool:
@@ -69,29 +166,43 @@ def is_sqlite(url: str) -> bool:
 
 
 def normalize_url(url: str) -> str:
-    """Accept the URLs people paste (`postgresql://`, `postgres://`) and pick the async drivers."""
+    """Accept the URLs people paste (`postgresql://`, `postgres://`, `sqlite+aiosqlite://`) and pick the
+    drivers shopmesh runs on: asyncpg for PostgreSQL, the standard library's sqlite3 for SQLite."""
     parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.get_driver_name() != "asyncpg":
         parsed = parsed.set(drivername="postgresql+asyncpg")
-    elif backend == "sqlite" and parsed.get_driver_name() != "aiosqlite":
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite")
     return parsed.render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    url = normalize_url(url)
-    if is_sqlite(url):
-        database = make_url(url).database or ":memory:"
-        if database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, async_creator=inline_connector(database, timeout=_SQLITE_BUSY_SECONDS))
-        _serialize_sqlite_writers(engine)
-        return engine
+def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
+    database = make_url(url).database or ":memory:"
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sqlalchemy.create_engine(
+        url,
+        # Calls come from the loop's thread, except that the pool may close a connection it
+        # garbage-collects from another one; SQLite's serialized threading mode makes that safe.
+        connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_SECONDS},
+        poolclass=QueuePool,
+        # A full pool would block the event loop's thread while the connections it waits for can only
+        # come back through that loop: never wait, open one more (connections beyond pool_size are
+        # closed when returned). Calls run inline, so a task holds a connection only while it awaits
+        # something else inside a transaction, which stores do not.
+        pool_size=pool_size,
+        max_overflow=-1,
+    )
+    _serialize_sqlite_writers(engine)
+    return engine
+
+
+def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
+def _serialize_sqlite_writers(engine: Engine) -> None:
     """Every SQLite transaction starts with BEGIN IMMEDIATE.
 
     pysqlite's default deferred BEGIN lets two transactions read, then both try to write, and one dies
@@ -99,7 +210,7 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
     read-check-write such as a stock reservation is serialized exactly as on PostgreSQL.
     """
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy issues BEGIN itself, below
         cursor = dbapi_connection.cursor()
@@ -109,48 +220,84 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_SECONDS * 1000)}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sqlalchemy.Connection) -> None:
         # Reads take a snapshot (WAL lets them run beside the writer); everything else takes the write lock.
+        # Straight to sqlite3: through SQLAlchemy's execution path this statement cost as much as a query.
         read_only = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        dbapi_connection = connection.connection.dbapi_connection
+        assert dbapi_connection is not None
+        dbapi_connection.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Database:
-    """An engine; `transaction()` is the unit of work, `read()` a snapshot.
+    """A service's database; `transaction()` is the unit of work, `read()` a snapshot.
 
-    Both hand out SQLAlchemy Core connections, not ORM sessions: the stores speak Core (tables and
-    statements, no mapped classes), and a session's bookkeeping cost ~0.2 ms per transaction for nothing
-    (docs/benchmarks.md)."""
+    Both hand out SQLAlchemy Core connections (`DbConnection`), not ORM sessions: the stores speak Core
+    (tables and statements, no mapped classes), and a session's bookkeeping cost ~0.2 ms per transaction
+    for nothing (docs/benchmarks.md)."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = normalize_url(url)
-        self.engine = create_engine(self.url, pool_size=pool_size)
+        self._sqlite: Engine | None = None
+        self._postgres: AsyncEngine | None = None
+        if is_sqlite(self.url):
+            self._sqlite = create_sqlite_engine(self.url)
+        else:
+            self._postgres = create_postgres_engine(self.url, pool_size=pool_size)
         # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in
-        # growing steps in a worker thread (long tails under load); queueing here is FIFO and wakes at once.
-        self._writer = asyncio.Lock() if is_sqlite(self.url) else None
+        # growing steps (long tails under load); queueing here is FIFO and wakes at once.
+        self._writer = asyncio.Lock() if self._sqlite is not None else None
 
     @property
     def dialect(self) -> str:
-        return self.engine.dialect.name
+        return self.sync_engine.dialect.name
+
+    @property
+    def sync_engine(self) -> Engine:
+        """The engine SQLAlchemy's events attach to (on PostgreSQL, the one inside the async engine)."""
+        if self._sqlite is not None:
+            return self._sqlite
+        assert self._postgres is not None
+        return self._postgres.sync_engine
+
+    @property
+    def postgres_engine(self) -> AsyncEngine:
+        """The async engine, for what only PostgreSQL has (session-level advisory locks)."""
+        if self._postgres is None:
+            raise TypeError(f"{self.url} is not a PostgreSQL database")
+        return self._postgres
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self) -> AsyncIterator[DbConnection]:
         """A connection in one transaction: committed on success, rolled back on any exception.
 
         Do not open a transaction while holding another in the same task: on SQLite they would wait for
         each other."""
-        async with self._writer or contextlib.nullcontext(), self.engine.begin() as connection:
-            yield connection
+        if self._sqlite is not None:
+            assert self._writer is not None
+            async with self._writer:
+                with self._sqlite.begin() as connection:
+                    yield SqliteConnection(connection)
+            return
+        assert self._postgres is not None
+        async with self._postgres.begin() as async_connection:
+            yield async_connection
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[DbConnection]:
         """A connection for reads only: a consistent snapshot that never waits for (or blocks) the writer.
         Nothing is kept: the transaction is rolled back at the end."""
-        async with self.engine.connect() as connection:
-            if self._writer is not None:
-                connection = await connection.execution_options(**{READ_ONLY: True})
-            yield connection
+        if self._sqlite is not None:
+            with self._sqlite.connect() as connection:
+                yield SqliteConnection(connection.execution_options(**{READ_ONLY: True}))
+            return
+        assert self._postgres is not None
+        async with self._postgres.connect() as async_connection:
+            yield async_connection
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        if self._sqlite is not None:
+            self._sqlite.dispose()
+        if self._postgres is not None:
+            await self._postgres.dispose()

@@ -28,18 +28,17 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import IdempotencySettings
-from shopmesh_chassis.db import Database, as_utc
+from shopmesh_chassis.db import Database, DbConnection, as_utc
 from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
 from shopmesh_chassis.tables import idempotency_records as records
 
 log = logging.getLogger("shopmesh.idempotency")
 
 ResponseT = TypeVar("ResponseT", bound=Message)
-Operation = Callable[[AsyncConnection], Awaitable[ResponseT]]
+Operation = Callable[[DbConnection], Awaitable[ResponseT]]
 
 # Built once (see db.py on the cost of building statements); every keyed request runs them.
 _THIS_KEY = (records.c.scope == bindparam("b_scope"), records.c.key == bindparam("b_key"))
@@ -245,7 +244,7 @@ class IdempotencyStore:
 
     async def _complete(
         self,
-        session: AsyncConnection,
+        session: DbConnection,
         scope: str,
         key: str,
         code: int,

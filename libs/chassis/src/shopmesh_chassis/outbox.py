@@ -18,9 +18,8 @@ from typing import Protocol
 from google.protobuf.message import Message
 from opentelemetry import propagate
 from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import EVENT_TYPE
 from shopmesh_chassis.tables import outbox_events as outbox
 
@@ -40,7 +39,7 @@ def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
 
 
-async def add_event(session: AsyncConnection, *, subject: str, message: Message, event_id: str) -> None:
+async def add_event(session: DbConnection, *, subject: str, message: Message, event_id: str) -> None:
     """Record `message` for publication; commits or rolls back with the caller's transaction."""
     headers: dict[str, str] = {"Content-Type": "application/protobuf", EVENT_TYPE: message.DESCRIPTOR.full_name}
     propagate.inject(headers)  # the trace continues in whoever consumes the event
@@ -124,7 +123,7 @@ class OutboxRelay:
         if self._db.dialect != "postgresql":
             # SQLite: one process owns the file, and this relay is its only publisher.
             return await self._publish_batch()
-        async with self._db.engine.connect() as lock_connection:
+        async with self._db.postgres_engine.connect() as lock_connection:
             got = await lock_connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_RELAY_LOCK})
             await lock_connection.commit()
             if not got:

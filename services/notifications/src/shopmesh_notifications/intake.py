@@ -9,9 +9,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from shopmesh_chassis.consumer import Event
+from shopmesh_chassis.db import DbConnection
 from shopmesh_notifications.codec import order_event
 from shopmesh_notifications.domain.emails import message_id_for, render
 from shopmesh_notifications.domain.events import validate_event
@@ -33,7 +32,7 @@ class NotificationIntake:
     ) -> None:
         self._clock = clock
 
-    async def __call__(self, session: AsyncConnection, event: Event) -> None:
+    async def __call__(self, session: DbConnection, event: Event) -> None:
         """Raises InvalidEvent for a poison message: the consumer retries it, then dead-letters it."""
         order = validate_event(order_event(event.subject, event.event_id, event.payload))
         email = render(order)

@@ -88,7 +88,9 @@ class OrdersApplication:
             if existing is None:
                 raise
             return await self._settle(existing.id, command.card, None)
-        log.info("order %s recorded", order.id, extra={"order_id": order.id})
+        # INFO is for outcomes (the saga logs CONFIRMED / CANCELLED): a line per step cost a tenth of a
+        # millisecond each on the checkout path.
+        log.debug("order %s recorded", order.id, extra={"order_id": order.id})
         return await self._settle(order.id, command.card, owner, order)
 
     async def _by_origin(self, origin: IdempotentOrigin) -> Order | None:

@@ -19,10 +19,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from shopmesh_chassis import errors
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.outbox import add_event, new_event_id
 from shopmesh_orders import codec
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
@@ -271,7 +269,7 @@ class SagaDriver:
         await self._maybe_pause(after)
         return after
 
-    async def _save(self, session: AsyncConnection, order: Order, owner: str) -> Order:
+    async def _save(self, session: DbConnection, order: Order, owner: str) -> Order:
         return await OrderRepository(session).save(order, Lease(owner, self.lease_until()))
 
     async def _maybe_pause(self, order: Order) -> None:

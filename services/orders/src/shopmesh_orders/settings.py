@@ -14,6 +14,11 @@ class OrdersSettings(IdempotencySettings, EventSettings):
     inventory_address: str = "127.0.0.1:50053"
     payments_address: str = "127.0.0.1:50055"
 
+    # Prices asked of catalog are remembered this long (0 = ask for every order): a price change
+    # reaches new orders at most this much later. Products not in the catalog are never remembered.
+    catalog_price_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+    catalog_price_cache_products: int = Field(default=10_000, ge=1)
+
     # How long inventory holds the stock while payment runs; also the deadline of the whole saga.
     reservation_ttl_seconds: float = Field(default=120.0, ge=1, le=3600)
     # Saga-level attempts of a step whose dependency stays UNAVAILABLE after gRPC's own retries.

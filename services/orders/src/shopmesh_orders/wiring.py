@@ -20,7 +20,8 @@ from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_orders.application import OrdersApplication
-from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
+from shopmesh_orders.clients import CachedCatalog, CatalogClient, InventoryClient, PaymentsClient
+from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.tables import metadata
@@ -67,7 +68,10 @@ async def _main() -> None:
         settings,
         on_event=relay.wake,
     )
-    application = OrdersApplication(database, CatalogClient(catalog.channel, settings.step_timeout_seconds), saga)
+    pricing: Catalog = CatalogClient(catalog.channel, settings.step_timeout_seconds)
+    if settings.catalog_price_cache_seconds > 0:
+        pricing = CachedCatalog(pricing, settings.catalog_price_cache_seconds, settings.catalog_price_cache_products)
+    application = OrdersApplication(database, pricing, saga)
     recovery = asyncio.get_running_loop().create_task(application.run_recovery(settings.recovery_interval_seconds))
 
     async def stop_background() -> None:

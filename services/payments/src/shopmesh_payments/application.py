@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from shopmesh_chassis import errors
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.outbox import add_event, new_event_id
 from shopmesh_payments import event_messages
 from shopmesh_payments.domain import payments as rules
@@ -30,7 +28,7 @@ from shopmesh_payments.domain.validation import (
 from shopmesh_payments.store.payments import PaymentRepository
 
 # The processor works in the transaction it is given (the built-in one keeps its ledger there).
-ProcessorFactory = Callable[[AsyncConnection], CardProcessor]
+ProcessorFactory = Callable[[DbConnection], CardProcessor]
 
 
 def utcnow() -> datetime:
@@ -51,7 +49,7 @@ class PaymentsApplication:
     def validate_refund(self, payment_id: str, reason: str) -> RefundCommand:
         return validate_refund(payment_id, reason)
 
-    async def charge(self, session: AsyncConnection, command: ChargeCommand) -> Payment:
+    async def charge(self, session: DbConnection, command: ChargeCommand) -> Payment:
         """Capture the amount, or record the decline. An order is captured at most once: its claim
         commits with the capture, and a declined attempt gives the claim back."""
         repository = PaymentRepository(session)
@@ -75,7 +73,7 @@ class PaymentsApplication:
             )
         return payment
 
-    async def refund(self, session: AsyncConnection, command: RefundCommand) -> Payment:
+    async def refund(self, session: DbConnection, command: RefundCommand) -> Payment:
         repository = PaymentRepository(session)
         payment = await repository.get(command.payment_id, for_update=True)
         if payment is None:

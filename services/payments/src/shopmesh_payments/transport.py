@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh.common.v1 import money_pb2
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_key_of
+from shopmesh_chassis.db import DbConnection
 from shopmesh_chassis.idempotency import IdempotencyStore
 from shopmesh_payments.application import PaymentsApplication
 from shopmesh_payments.domain.models import Card, Money, Payment, PaymentState
@@ -77,7 +77,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         # Validated before the key is claimed: a malformed request is not an outcome worth storing.
         command = self._app.validate_charge(request.order_id, _money(request), _card(request))
 
-        async def operation(session: AsyncConnection) -> payments_pb2.ChargeResponse:
+        async def operation(session: DbConnection) -> payments_pb2.ChargeResponse:
             return payments_pb2.ChargeResponse(payment=payment_to_proto(await self._app.charge(session, command)))
 
         response = await self._idempotency.run(
@@ -100,7 +100,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     async def Refund(self, request: payments_pb2.RefundRequest, context: Any) -> payments_pb2.RefundResponse:
         command = self._app.validate_refund(request.payment_id, request.reason)
 
-        async def operation(session: AsyncConnection) -> payments_pb2.RefundResponse:
+        async def operation(session: DbConnection) -> payments_pb2.RefundResponse:
             return payments_pb2.RefundResponse(payment=payment_to_proto(await self._app.refund(session, command)))
 
         response = await self._idempotency.run(

@@ -7,12 +7,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import NoReturn
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from shopmesh.payments.v1.payments_pb2_grpc import add_PaymentsServiceServicer_to_server
 from shopmesh_chassis import app
 from shopmesh_chassis.config import load_settings
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import DeferredJetStream
 from shopmesh_chassis.idempotency import IdempotencyStore, RequestFingerprint, fingerprint_key
 from shopmesh_chassis.migrations import migrate
@@ -31,7 +29,7 @@ from shopmesh_payments.transport import DESCRIPTOR, PaymentsServicer
 
 
 def builtin_processor(clock: Callable[[], datetime]) -> ProcessorFactory:
-    def processor_for(session: AsyncConnection) -> CardProcessor:
+    def processor_for(session: DbConnection) -> CardProcessor:
         return FakeCardProcessor(ProcessorLedger(session), clock)
 
     return processor_for

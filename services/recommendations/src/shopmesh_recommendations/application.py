@@ -7,9 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_recommendations.domain.copurchase import purchase_effects
 from shopmesh_recommendations.domain.models import CancelledOrder, CatalogProduct, ConfirmedOrder, Recommendation
 from shopmesh_recommendations.domain.ports import Catalog
@@ -99,7 +97,7 @@ class RecommendationsApplication:
             chosen.extend(Recommendation(summaries[r.product_id], r.score) for r in batch if r.product_id in summaries)
         return chosen
 
-    async def record_order(self, session: AsyncConnection, order: ConfirmedOrder) -> None:
+    async def record_order(self, session: DbConnection, order: ConfirmedOrder) -> None:
         """Count what the order teaches, in the caller's transaction (the one that records the event id)."""
         effects = purchase_effects(order)
         if not await RecommendationsRepository(session).record(effects):
@@ -113,7 +111,7 @@ class RecommendationsApplication:
             extra={"order_id": order.order_id},
         )
 
-    async def forget_order(self, session: AsyncConnection, order: CancelledOrder) -> None:
+    async def forget_order(self, session: DbConnection, order: CancelledOrder) -> None:
         """Take back what a confirmed order taught once it is cancelled; an order cancelled before it was
         confirmed was never counted, and nothing changes."""
         if await RecommendationsRepository(session).take_back(purchase_effects(order)):

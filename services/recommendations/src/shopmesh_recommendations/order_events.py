@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from shopmesh.orders.v1 import events_pb2
 from shopmesh_chassis.consumer import Event, Handler
+from shopmesh_chassis.db import DbConnection
 from shopmesh_recommendations.application import RecommendationsApplication
 from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
 
@@ -45,7 +44,7 @@ def _order(model: type[OrderT], event: events_pb2.OrderConfirmed | events_pb2.Or
 
 
 def order_events_handler(application: RecommendationsApplication) -> Handler:
-    async def handle(session: AsyncConnection, event: Event) -> None:
+    async def handle(session: DbConnection, event: Event) -> None:
         if event.subject == ORDER_CONFIRMED:
             await application.record_order(session, confirmed_order(event.payload))
         elif event.subject == ORDER_CANCELLED:

@@ -45,6 +45,6 @@ def _upgrade(connection: Connection, config: Config) -> None:
 async def migrate(database: Database, versions_dir: Path, metadata: MetaData | None = None) -> None:
     """Bring the database to the newest schema of the chassis and of the service."""
     config = alembic_config(versions_dir, metadata)
-    async with database.engine.begin() as connection:
+    async with database.transaction() as connection:
         await connection.run_sync(_upgrade, config)
     log.info("database schema is up to date", extra={"versions": str(versions_dir)})

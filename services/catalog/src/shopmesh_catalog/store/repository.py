@@ -7,13 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_catalog.domain.models import Category, CategoryData, Money, Product, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, fold
 from shopmesh_catalog.domain.validation import ListProductsQuery, SearchProductsQuery
 from shopmesh_catalog.store.tables import categories, products
-from shopmesh_chassis.db import as_utc, insert_skipping_existing
+from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing
 
 _PRODUCT_COLUMNS = (
     products.c.id,
@@ -50,7 +49,7 @@ def _contains(column: Any, term: str) -> ColumnElement[bool]:
 class CatalogRepository:
     """The catalog's rows in one session (one transaction)."""
 
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def list_products(self, query: ListProductsQuery) -> list[Product]:

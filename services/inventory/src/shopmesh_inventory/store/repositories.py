@@ -12,9 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import as_utc, insert_skipping_existing
+from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
 from shopmesh_inventory.domain.reservations import StockEffect, Transition
 from shopmesh_inventory.store.tables import reservation_items, reservations, stock
@@ -49,12 +48,12 @@ _ITEMS = (
 )
 
 
-async def _rowcount(session: AsyncConnection, statement: Any, parameters: dict[str, Any] | None = None) -> int:
+async def _rowcount(session: DbConnection, statement: Any, parameters: dict[str, Any] | None = None) -> int:
     return (await session.execute(statement, parameters)).rowcount
 
 
 class StockRepository:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def levels(self, product_ids: Collection[str]) -> dict[str, StockLevel]:
@@ -98,7 +97,7 @@ class StockRepository:
 
 
 class ReservationRepository:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def get(self, reservation_id: str) -> Reservation | None:

@@ -7,9 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import as_utc
+from shopmesh_chassis.db import DbConnection, as_utc
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.store.tables import notifications
@@ -49,7 +48,7 @@ def _from_row(row: Any) -> Notification:
 
 
 class NotificationRepository:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def add(self, notification: Notification) -> None:

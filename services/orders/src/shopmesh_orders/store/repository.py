@@ -13,10 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.db import as_utc
+from shopmesh_chassis.db import DbConnection, as_utc
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.store.tables import order_lines, orders
 
@@ -67,7 +66,7 @@ class IdempotentOrigin:
 
 
 class OrderRepository:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def add(self, order: Order, origin: IdempotentOrigin, lease_owner: str, lease_until: datetime) -> None:

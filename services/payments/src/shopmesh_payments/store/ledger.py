@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import insert, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shopmesh_chassis.db import DbConnection
 from shopmesh_payments.domain.models import Money
 from shopmesh_payments.store.tables import processor_charges
 
@@ -17,7 +17,7 @@ DECLINED = "DECLINED"
 
 
 class ProcessorLedger:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def record(

@@ -6,9 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import as_utc, insert_skipping_existing
+from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing
 from shopmesh_payments.domain.models import Money, Payment, PaymentState
 from shopmesh_payments.store.tables import order_charges, payments
 
@@ -33,7 +32,7 @@ def _payment(row: Any) -> Payment:
 
 
 class PaymentRepository:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def claim_order(self, order_id: str, payment_id: str, now: datetime) -> str | None:

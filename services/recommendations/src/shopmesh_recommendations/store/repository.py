@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import dialect_insert, insert_skipping_existing
+from shopmesh_chassis.db import DbConnection, dialect_insert, insert_skipping_existing
 from shopmesh_recommendations.domain.copurchase import PurchaseEffects
 from shopmesh_recommendations.store.tables import co_purchases, counted_orders, product_purchases, user_purchases
 
@@ -17,7 +16,7 @@ _FORGET_ORDER = delete(counted_orders).where(counted_orders.c.order_id == bindpa
 
 
 class RecommendationsRepository:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def record(self, effects: PurchaseEffects) -> bool:

@@ -9,9 +9,8 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shopmesh_chassis.db import as_utc
+from shopmesh_chassis.db import DbConnection, as_utc
 from shopmesh_users.domain.keys import SigningKey
 from shopmesh_users.domain.models import Account, User
 from shopmesh_users.store.tables import signing_keys, users
@@ -40,7 +39,7 @@ def _signing_key(row: Any) -> SigningKey:
 
 
 class UserRepository:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def add(self, user: User, password_hash: str) -> None:
@@ -71,7 +70,7 @@ class UserRepository:
 
 
 class SigningKeyRepository:
-    def __init__(self, session: AsyncConnection) -> None:
+    def __init__(self, session: DbConnection) -> None:
         self._session = session
 
     async def all(self) -> list[SigningKey]:
