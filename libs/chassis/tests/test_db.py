@@ -101,3 +101,24 @@ async def test_sqlite_errors_reach_the_caller_and_roll_back(db: Database) -> Non
         await connection.execute(update(counter).values(value=8))
     async with db.read() as connection:
         assert (await connection.execute(select(counter.c.value))).scalar_one() == 8
+
+
+async def test_more_concurrent_sqlite_reads_than_the_pool_keeps_never_block_the_loop(db: Database) -> None:
+    """A pool that waited for a free connection would block the loop thread that has to give one back."""
+    all_open, release = asyncio.Event(), asyncio.Event()
+    opened = 0
+
+    async def hold_a_read() -> int:
+        nonlocal opened
+        async with db.read() as connection:
+            value = (await connection.execute(select(counter.c.value))).scalar_one()
+            opened += 1
+            if opened == 20:
+                all_open.set()
+            await release.wait()
+            return int(value)
+
+    readers = [asyncio.create_task(hold_a_read()) for _ in range(20)]  # the pool keeps 5
+    await asyncio.wait_for(all_open.wait(), timeout=5)
+    release.set()
+    assert await asyncio.gather(*readers) == [0] * 20

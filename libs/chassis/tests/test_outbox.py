@@ -141,3 +141,57 @@ async def test_relay_keeps_events_while_nats_is_down_and_sends_them_later(db: Da
         assert [event_id for event_id, _ in await stream_contents(nc)] == ids
         await relay.stop()
     await nc.close()
+
+
+async def wait_for_stream(client: Client, count: int, seconds: float = 10.0) -> list[tuple[str, str]]:
+    """The stream's contents once it holds `count` messages (or whatever it holds after `seconds`)."""
+    for _ in range(int(seconds / 0.05)):
+        contents = await stream_contents(client)
+        if len(contents) >= count:
+            return contents
+        await asyncio.sleep(0.05)
+    return await stream_contents(client)
+
+
+async def test_a_running_relay_sends_more_events_than_one_batch_without_waiting_for_its_poll(
+    db: Database, client: Client
+) -> None:
+    ids = await add(db, "a", "b", "c", "d", "e")
+    # The poll interval is far beyond the wait below: only the relay's own continuation can send the rest.
+    relay = OutboxRelay(db, JetStreamPublisher(client), batch_size=2, poll_interval=600)
+    relay.start()
+    try:
+        assert await wait_for_stream(client, 5) == list(zip(ids, ["a", "b", "c", "d", "e"], strict=True))
+    finally:
+        await relay.stop()
+
+
+class AddsAnEventWhilePublishing:
+    """The first publish lets another transaction commit an event and wake the relay, as a saga would."""
+
+    def __init__(self, inner: JetStreamPublisher, db: Database) -> None:
+        self.inner = inner
+        self.db = db
+        self.relay: OutboxRelay | None = None
+        self.added: list[str] = []
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool:
+        if not self.added and self.relay is not None:
+            self.added = await add(self.db, "committed during the pass")
+            self.relay.wake()
+        return await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+
+async def test_an_event_committed_while_the_relay_publishes_is_sent_without_waiting_for_its_poll(
+    db: Database, client: Client
+) -> None:
+    first = await add(db, "first")
+    publisher = AddsAnEventWhilePublishing(JetStreamPublisher(client), db)
+    relay = OutboxRelay(db, publisher, poll_interval=600)
+    publisher.relay = relay
+    relay.start()
+    try:
+        contents = await wait_for_stream(client, 2)
+    finally:
+        await relay.stop()
+    assert contents == list(zip([*first, *publisher.added], ["first", "committed during the pass"], strict=True))

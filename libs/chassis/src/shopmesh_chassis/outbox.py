@@ -73,6 +73,7 @@ class OutboxRelay:
     ) -> None:
         self._db = database
         self._publisher = publisher
+        self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._on_published = on_published
@@ -102,6 +103,10 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = self._poll_interval
         while True:
+            # Cleared before the pass, not after: an event committed while the pass runs sets it again,
+            # and the wait below returns at once for it. So a pass that found fewer events than a
+            # batch needs no second, empty read to be sure it missed nothing.
+            self._wake.clear()
             try:
                 published = await self.publish_pending()
                 backoff = self._poll_interval
@@ -112,9 +117,8 @@ class OutboxRelay:
                 log.warning("outbox relay pass failed, retrying in %.1fs: %s", backoff, exc)
                 published = 0
                 backoff = min(backoff * 2, self._max_backoff)
-            if published:
-                continue  # there may be more right behind this batch
-            self._wake.clear()
+            if published >= self._batch_size:
+                continue  # a full batch: there may be more right behind it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
 
