@@ -92,6 +92,10 @@ bench-chassis: setup ## Throughput and p50/p99: bare grpc.aio vs the chassis vs 
 bench-checkout: setup ## Checkouts/s and p50/p99 at fixed arrival rates (open loop) through orders
 	$(VENV_BIN)/python tests/bench/bench_checkout.py --write docs/benchmarks.md
 
+.PHONY: bench-db
+bench-db: setup ## CPU per transaction of the chassis' Database on SQLite (write, write + read, snapshot read)
+	$(VENV_BIN)/python tests/bench/bench_db.py --write docs/benchmarks.md
+
 include k8s/k8s.mk
 
 .PHONY: clean

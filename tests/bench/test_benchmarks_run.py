@@ -33,8 +33,20 @@ def test_chassis_benchmark_runs_with_an_io_bound_handler_in_its_own_section() ->
 
 
 def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
-    out = run(str(HERE / "bench_checkout.py"), "--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3")
+    out = run(
+        str(HERE / "bench_checkout.py"),
+        *("--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3", "--repeats", "2"),
+    )
     assert "## Checkout (`make bench-checkout`)" in out
     assert "CPU milliseconds per checkout" in out
     assert "| catalog | inventory | payments | orders | nats | load generator | all |" in out
     assert "| 5 |" in out
+    assert "Host speed before each repetition" in out
+    assert "median of 2 runs" in out or "not measured at 50/s" in out
+
+
+def test_database_benchmark_runs_and_reports_every_transaction_shape() -> None:
+    out = run(str(HERE / "bench_db.py"), "--transactions", "50", "--repeats", "1")
+    assert "## Database transactions (`make bench-db`)" in out
+    for shape in ("write transaction, one UPDATE", "write transaction, INSERT + SELECT", "read snapshot, one SELECT"):
+        assert f"| {shape} |" in out

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shopmesh.db")
 
-READ_ONLY = "shopmesh_read_only"
-
 # How long SQLite waits for a lock another process holds. Calls run on the event loop, so the whole
 # service waits with it: this bounds that. Inside a service, writers queue on an asyncio lock.
 _SQLITE_BUSY_SECONDS = 5.0
@@ -194,7 +192,7 @@ def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
         pool_size=pool_size,
         max_overflow=-1,
     )
-    _serialize_sqlite_writers(engine)
+    _configure_sqlite_connections(engine)
     return engine
 
 
@@ -202,17 +200,18 @@ def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-def _serialize_sqlite_writers(engine: Engine) -> None:
-    """Every SQLite transaction starts with BEGIN IMMEDIATE.
+def _configure_sqlite_connections(engine: Engine) -> None:
+    """WAL, no fsync per commit, foreign keys, the busy timeout; and no transaction begun by sqlite3.
 
-    pysqlite's default deferred BEGIN lets two transactions read, then both try to write, and one dies
-    with "database is locked". IMMEDIATE takes the write lock up front (waiting on busy_timeout), so a
-    read-check-write such as a stock reservation is serialized exactly as on PostgreSQL.
+    pysqlite would begin transactions itself, deferred: two transactions could both read, then both
+    try to write, and one dies with "database is locked". With its own transaction handling off,
+    `Database` begins each transaction explicitly (BEGIN IMMEDIATE for writers, so a read-check-write
+    such as a stock reservation is serialized exactly as on PostgreSQL).
     """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy issues BEGIN itself, below
+        dbapi_connection.isolation_level = None  # Database.transaction() / read() issue BEGIN
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -220,14 +219,14 @@ def _serialize_sqlite_writers(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_SECONDS * 1000)}")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: sqlalchemy.Connection) -> None:
-        # Reads take a snapshot (WAL lets them run beside the writer); everything else takes the write lock.
-        # Straight to sqlite3: through SQLAlchemy's execution path this statement cost as much as a query.
-        read_only = connection.get_execution_options().get(READ_ONLY, False)
-        dbapi_connection = connection.connection.dbapi_connection
-        assert dbapi_connection is not None
-        dbapi_connection.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+def _begin_sqlite(connection: sqlalchemy.Connection, statement: str) -> None:
+    # Straight to sqlite3, not through a "begin" event: any connection-level listener sends every
+    # statement through SQLAlchemy's event dispatch (~35 µs per statement here, docs/benchmarks.md),
+    # and through SQLAlchemy's execution path this statement cost as much as a query.
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    dbapi_connection.execute(statement)
 
 
 class Database:
@@ -277,7 +276,10 @@ class Database:
         if self._sqlite is not None:
             assert self._writer is not None
             async with self._writer:
-                with self._sqlite.begin() as connection:
+                # SQLAlchemy's transaction for the bookkeeping (commit / rollback at the end; its BEGIN
+                # is a no-op on pysqlite), sqlite3's for the lock: IMMEDIATE takes the write lock now.
+                with self._sqlite.connect() as connection, connection.begin():
+                    _begin_sqlite(connection, "BEGIN IMMEDIATE")
                     yield SqliteConnection(connection)
             return
         assert self._postgres is not None
@@ -290,7 +292,10 @@ class Database:
         Nothing is kept: the transaction is rolled back at the end."""
         if self._sqlite is not None:
             with self._sqlite.connect() as connection:
-                yield SqliteConnection(connection.execution_options(**{READ_ONLY: True}))
+                # A deferred BEGIN: a snapshot at the first read, which WAL lets run beside the writer.
+                # Nothing is committed: closing the connection rolls it back.
+                _begin_sqlite(connection, "BEGIN")
+                yield SqliteConnection(connection)
             return
         assert self._postgres is not None
         async with self._postgres.connect() as async_connection:
