@@ -1,12 +1,31 @@
-"""Structured logs: one JSON object a line, carrying the service name and the current trace/span ids."""
+"""Structured logs: one JSON object a line, carrying the service name and the current trace/span ids.
+
+Records are formatted where they are logged (the trace ids live in the caller's context) and written
+to stderr by a thread of their own (the standard library's QueueHandler / QueueListener): a write to
+stderr is a system call that wakes whoever reads the pipe, and when that reader falls behind (a slow
+log collector, a full pipe) it blocks. On the event loop's thread that would stop every call the
+service is serving; here it only delays the log.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import queue
 import sys
+from logging.handlers import QueueHandler, QueueListener
+from typing import TextIO
 
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
+
+# How many formatted lines may wait for the writer thread before new ones are dropped (and counted):
+# memory stays bounded when stderr stays blocked.
+MAX_PENDING_LINES = 10_000
+# At exit, how long the queued lines may take to be written before the process leaves without them
+# (stderr blocked for good must not keep a stopping service alive).
+FLUSH_SECONDS = 5.0
 
 
 class TraceContextFilter(logging.Filter):
@@ -28,21 +47,85 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(service_name: str, level: str = "INFO", fmt: str = "json") -> None:
-    """Route the root logger to stderr in the chosen format; replaces handlers set earlier."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(TraceContextFilter(service_name))
+class _NonBlockingQueueHandler(QueueHandler):
+    """Hands formatted records to the writer thread and never waits for it.
+
+    When the queue is full the record is dropped; the next record that gets through carries
+    `dropped_log_lines`, how many went missing before it."""
+
+    def __init__(self, pending: queue.Queue[logging.LogRecord | None]) -> None:
+        super().__init__(pending)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if self.dropped:
+            record.dropped_log_lines = self.dropped  # a field of its own in the JSON line
+        prepared: logging.LogRecord = super().prepare(record)
+        return prepared
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+        else:
+            self.dropped = 0
+
+
+class _Writer(QueueListener):
+    """The standard listener, with a bounded stop: `QueueListener.stop` would wait forever for a writer
+    stuck on a blocked stderr, and its end-of-queue marker raises when the queue is full."""
+
+    def __init__(self, pending: queue.Queue[logging.LogRecord | None], *handlers: logging.Handler) -> None:
+        super().__init__(pending, *handlers)
+        self._pending = pending
+
+    def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._pending.put(None, timeout=FLUSH_SECONDS)  # None: the listener's end-of-queue marker
+        thread.join(FLUSH_SECONDS)  # a daemon thread: the process can leave without it
+        self._thread = None
+
+
+_listener: _Writer | None = None
+
+
+def configure_logging(service_name: str, level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Route the root logger to `stream` (stderr) in the chosen format; replaces handlers set earlier."""
+    global _listener
     if fmt == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(trace_id)s %(span_id)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            )
+        formatter: logging.Formatter = JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(trace_id)s %(span_id)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(trace_id)s] %(message)s"))
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(trace_id)s] %(message)s")
+    pending: queue.Queue[logging.LogRecord | None] = queue.Queue(MAX_PENDING_LINES)
+    handler = _NonBlockingQueueHandler(pending)
+    handler.addFilter(TraceContextFilter(service_name))
+    handler.setFormatter(formatter)  # QueueHandler.prepare formats here, in the caller's thread
+    writer = logging.StreamHandler(stream or sys.stderr)
+    writer.setFormatter(logging.Formatter("%(message)s"))  # the line, as formatted above
+    if _listener is not None:
+        _listener.stop()
+    _listener = _Writer(pending, writer)
+    _listener.start()
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def flush_logs() -> None:
+    """Write every queued line and stop the writer thread (at exit; logging again restarts nothing)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+atexit.register(flush_logs)

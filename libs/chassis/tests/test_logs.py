@@ -1,0 +1,103 @@
+"""Logs: JSON lines with trace ids, written by a thread of their own so a blocked stderr never blocks
+the event loop, and nothing queued is lost at exit."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from shopmesh_chassis import logs
+from shopmesh_chassis.logs import MAX_PENDING_LINES, configure_logging, flush_logs
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    flush_logs()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_line_is_json_with_the_callers_trace_and_span_ids() -> None:
+    out = io.StringIO()
+    configure_logging("sample", stream=out)
+    span = TracerProvider().get_tracer("test").start_span("work")
+    from opentelemetry import trace
+
+    with trace.use_span(span, end_on_exit=True):
+        logging.getLogger("shopmesh.test").info("order %s confirmed", "ord_1", extra={"order_id": "ord_1"})
+    flush_logs()  # the writer thread has written everything once this returns
+    line = json.loads(out.getvalue().strip())
+    assert line["message"] == "order ord_1 confirmed"
+    assert line["service"] == "sample"
+    assert line["order_id"] == "ord_1"
+    assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert line["span_id"] == format(span.get_span_context().span_id, "016x")
+
+
+def test_a_blocked_stderr_does_not_block_the_caller_and_lost_lines_are_counted() -> None:
+    read_end, write_end = os.pipe()
+    blocked = os.fdopen(write_end, "w", buffering=1)
+    configure_logging("sample", stream=blocked)
+    log = logging.getLogger("shopmesh.test")
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logs._NonBlockingQueueHandler)
+    # Nobody reads the pipe. Far more than it holds (64 KiB) plus the queue: with a direct write the
+    # caller would hang at the first full pipe. It returns; the writer thread is the one that waits.
+    done = threading.Event()
+
+    def flood() -> None:
+        for i in range(MAX_PENDING_LINES + 2000):
+            log.info("line %d", i)
+        done.set()
+
+    threading.Thread(target=flood, daemon=True).start()
+    assert done.wait(timeout=60), "logging blocked the caller"
+    assert handler.dropped > 0
+
+    written: list[bytes] = []
+    reader = threading.Thread(target=lambda: written.extend(iter(lambda: os.read(read_end, 65536), b"")), daemon=True)
+    reader.start()  # the pipe drains, the writer thread catches up
+    for _ in range(600):
+        if handler.queue.empty():  # type: ignore[attr-defined]
+            break
+        time.sleep(0.05)
+    log.info("after the jam")
+    flush_logs()
+    blocked.close()
+    reader.join(timeout=30)
+    os.close(read_end)
+    lines = [json.loads(line) for line in b"".join(written).decode().splitlines()]
+    after = [line for line in lines if line["message"] == "after the jam"]
+    assert len(after) == 1
+    assert after[0]["dropped_log_lines"] == handler_dropped_before(lines)
+
+
+def handler_dropped_before(lines: list[dict[str, object]]) -> int:
+    """The lines the flood lost: every 'line N' not written."""
+    written = sum(1 for line in lines if str(line["message"]).startswith("line "))
+    return MAX_PENDING_LINES + 2000 - written
+
+
+def test_lines_still_queued_at_exit_are_written() -> None:
+    program = (
+        "import logging\n"
+        "from shopmesh_chassis.logs import configure_logging\n"
+        "configure_logging('sample')\n"
+        "for i in range(2000): logging.getLogger('x').info('line %d', i)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
+    assert messages == [f"line {i}" for i in range(2000)]
