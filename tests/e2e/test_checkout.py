@@ -127,3 +127,23 @@ async def test_each_terminal_order_has_exactly_one_event(shop: Shop) -> None:
         await asyncio.sleep(0.1)
     assert [e for e in events if e[1] == confirmed.id] == [("orders.v1.order_confirmed", confirmed.id)]
     assert [e for e in events if e[1] == cancelled_id] == [("orders.v1.order_cancelled", cancelled_id)]
+
+
+async def test_recently_priced_products_can_be_ordered_while_catalog_is_down(shop: Shop, stack: Stack) -> None:
+    """Orders remembers the prices catalog gave it (CATALOG_PRICE_CACHE_SECONDS, 30 s by default): a
+    catalog restart does not stop checkouts of products priced moments ago; others fail as UNAVAILABLE."""
+    await shop.set_stock("prod_desk_lamp", 5)
+    await shop.set_stock("prod_ceramic_vase", 5)
+    first = await shop.place(place_request(user(), "prod_desk_lamp", 1))
+    await stack.stop_service("catalog")
+    try:
+        again = await shop.place(place_request(user(), "prod_desk_lamp", 1))
+        assert again.state == orders_pb2.ORDER_STATE_CONFIRMED
+        assert again.total.amount_minor == first.total.amount_minor
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.place(place_request(user(), "prod_ceramic_vase", 1))
+        details = details_of(caught.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+        assert (await shop.stock("prod_ceramic_vase")).available == 5  # nothing was reserved for it
+    finally:
+        await stack.start_service("catalog")
