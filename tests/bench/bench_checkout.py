@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -41,12 +43,14 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.client import idempotency_metadata
+from shopmesh_chassis.testing.postgres import PostgresServer, postgres_bin, postgres_server
 from shopmesh_platform.stack import Stack
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import machine, process_cpu_seconds, write_section
 
 HEADING = "## Checkout (`make bench-checkout`)"
+POSTGRES_HEADING = "## Checkout on PostgreSQL (`bench_checkout.py --database postgresql`)"
 SERVICES = ("catalog", "inventory", "payments", "orders")
 RATES = (10, 25, 50, 75, 100, 150)
 TARGET_RATE = 50
@@ -106,9 +110,24 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-async def run_serial(stub: orders_pb2_grpc.OrdersServiceStub, stack: Stack, count: int) -> Serial:
+def server_cpu_seconds(postmaster: int) -> float:
+    """CPU time of a PostgreSQL server: the postmaster and every process it started (the backends)."""
+    total = process_cpu_seconds(postmaster)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == postmaster:
+                    total += process_cpu_seconds(int(entry.name))
+    return total
+
+
+async def run_serial(
+    stub: orders_pb2_grpc.OrdersServiceStub, stack: Stack, count: int, postmaster: int | None = None
+) -> Serial:
     pids = {name: pid for name in (*SERVICES, "nats") if (pid := stack.pid(name)) is not None}
     before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
+    postgres_before = server_cpu_seconds(postmaster) if postmaster else 0.0
     own = _own_cpu_seconds()
     latencies = []
     for index in range(count):
@@ -118,6 +137,8 @@ async def run_serial(stub: orders_pb2_grpc.OrdersServiceStub, stack: Stack, coun
         )
         latencies.append((time.perf_counter() - started) * 1000)
     cpu = {name: (process_cpu_seconds(pids[name]) - spent) * 1000 / count for name, spent in before.items()}
+    if postmaster:
+        cpu["postgres"] = (server_cpu_seconds(postmaster) - postgres_before) * 1000 / count
     cpu["load generator"] = (_own_cpu_seconds() - own) * 1000 / count
     return Serial(count, tuple(latencies), cpu)
 
@@ -179,11 +200,26 @@ class Repetition:
     results: tuple[Result, ...]
 
 
+def postgres_env(server: PostgresServer) -> dict[str, dict[str, str]]:
+    """A database of its own for every service on one throwaway server, as in a cluster with one
+    PostgreSQL per service, and the fingerprint keys PostgreSQL mode requires."""
+    env = {name: {"DATABASE_URL": server.create_database()} for name in SERVICES}
+    for name in ("orders", "payments"):
+        env[name]["IDEMPOTENCY_FINGERPRINT_KEY"] = secrets.token_hex(32)
+    return env
+
+
 async def bench(
-    rates: Sequence[float], seconds: float, warmup: float, serial: int, repeats: int
+    rates: Sequence[float], seconds: float, warmup: float, serial: int, repeats: int, database: str
 ) -> tuple[Serial, list[Repetition]]:
-    with tempfile.TemporaryDirectory() as data:
-        stack = Stack.for_tests(Path(data), services=["catalog", "inventory", "payments", "orders"])
+    with tempfile.TemporaryDirectory() as data, contextlib.ExitStack() as resources:
+        env: dict[str, dict[str, str]] = {}
+        postmaster = None
+        if database == "postgresql":
+            server = resources.enter_context(postgres_server())
+            env = postgres_env(server)
+            postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+        stack = Stack.for_tests(Path(data), services=list(SERVICES), env=env)
         async with stack:
             async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
                 await inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
@@ -192,7 +228,7 @@ async def bench(
             async with grpc.aio.insecure_channel(stack.address("orders")) as channel:
                 stub = orders_pb2_grpc.OrdersServiceStub(channel)
                 await run_rate(stub, 10, warmup)  # connections, caches, SQLite pages
-                measured = await run_serial(stub, stack, serial)
+                measured = await run_serial(stub, stack, serial, postmaster)
                 print(serial_report(measured), flush=True)
                 repetitions = []
                 for repetition in range(1, repeats + 1):
@@ -236,7 +272,9 @@ def summary_line(rate: float, runs: Sequence[Result]) -> str:
     )
 
 
-def report(serial: Serial, repetitions: Sequence[Repetition], seconds: float, command: str) -> str:
+def report(
+    serial: Serial, repetitions: Sequence[Repetition], seconds: float, command: str, database: str = "sqlite"
+) -> str:
     header = (
         "| offered rate (checkouts/s) | completed/s (median) | completed/offered (all runs) | errors "
         "| p50 ms (median) | p99 ms (median) | p99 ms (runs min-max) | max ms | runs sustained |\n"
@@ -263,8 +301,17 @@ def report(serial: Serial, repetitions: Sequence[Repetition], seconds: float, co
     return (
         "\n\n".join(
             [
-                HEADING,
+                POSTGRES_HEADING if database == "postgresql" else HEADING,
                 f"Command: `{command}` ({seconds:g} s per rate and repetition).",
+                *(
+                    [
+                        "Each service has its own database on one throwaway PostgreSQL server started by the "
+                        f"benchmark (PostgreSQL {postgres_bin().parent.name}, "
+                        "`fsync=off`: it is thrown away), on the same cores as everything else."
+                    ]
+                    if database == "postgresql"
+                    else []
+                ),
                 f"Machine: {machine()}.",
                 f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
                 serial_report(serial),
@@ -288,19 +335,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--serial", type=int, default=200, help="checkouts placed one at a time, for CPU per checkout")
     parser.add_argument("--repeats", type=int, default=3, help="times every rate is run (figures: medians)")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="SQLite files (as `make run`) or a throwaway PostgreSQL server from the installed binaries, "
+        "with its own section in the document",
+    )
     parser.add_argument("--write", type=Path, default=None, help="update this benchmarks document")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     print("| offered | completed/s | completed/offered | errors | p50 ms | p99 ms | max ms | sustained |")
-    serial, repetitions = asyncio.run(bench(rates, args.seconds, args.warmup, args.serial, args.repeats))
+    serial, repetitions = asyncio.run(bench(rates, args.seconds, args.warmup, args.serial, args.repeats, args.database))
     command = (
         f".venv/bin/python tests/bench/bench_checkout.py --rates {args.rates} --seconds {args.seconds:g} "
         f"--serial {args.serial} --repeats {args.repeats}"
-    )
-    text = report(serial, repetitions, args.seconds, command)
+    ) + (" --database postgresql" if args.database == "postgresql" else "")
+    text = report(serial, repetitions, args.seconds, command, args.database)
     print(text)
     if args.write:
-        write_section(args.write, HEADING, text)
+        write_section(args.write, POSTGRES_HEADING if args.database == "postgresql" else HEADING, text)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,13 @@ def test_database_benchmark_runs_and_reports_every_transaction_shape() -> None:
     assert "## Database transactions (`make bench-db`)" in out
     for shape in ("write transaction, one UPDATE", "write transaction, INSERT + SELECT", "read snapshot, one SELECT"):
         assert f"| {shape} |" in out
+
+
+def test_checkout_benchmark_runs_on_postgresql_in_its_own_section() -> None:
+    out = run(
+        str(HERE / "bench_checkout.py"),
+        *("--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3", "--repeats", "1"),
+        *("--database", "postgresql"),
+    )
+    assert "## Checkout on PostgreSQL (`bench_checkout.py --database postgresql`)" in out
+    assert "| catalog | inventory | payments | orders | nats | postgres | load generator | all |" in out
