@@ -3,9 +3,11 @@
 Open loop: requests are sent on a fixed schedule (rate R for D seconds) whether or not earlier ones have
 answered, and each latency is measured from the moment its request was *due*, so queueing in an
 overloaded system is counted (no coordinated omission). Each checkout is a real PlaceOrder through
-orders: catalog prices it, inventory reserves, payments charges, inventory commits, the outbox relay
-publishes OrderConfirmed to a real nats-server. Every service is its own process, as under `make run`,
-with SQLite databases, JSON logs at INFO, tracing and metrics on.
+orders: priced from catalog (or the prices orders remembers), inventory reserves, payments charges,
+inventory commits, the outbox relay publishes OrderConfirmed to a real nats-server. Every service is
+its own process, as under `make run`, with SQLite databases, JSON logs at INFO, tracing and metrics on.
+`--database postgresql` runs the same with every service on its own database of a throwaway PostgreSQL
+server (the Kubernetes configuration) and writes its own section.
 
 The rates are run `--repeats` times (every rate once, then again), and each figure is reported as the
 median over the repetitions with the range beside it: this host's speed drifts by up to a factor of two within
