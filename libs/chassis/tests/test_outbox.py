@@ -19,6 +19,7 @@ from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
+from shopmesh_chassis.testing.postgres import PostgresServer
 
 SUBJECT = "tests.v1.thing_happened"
 
@@ -195,3 +196,45 @@ async def test_an_event_committed_while_the_relay_publishes_is_sent_without_wait
     finally:
         await relay.stop()
     assert contents == list(zip([*first, *publisher.added], ["first", "committed during the pass"], strict=True))
+
+
+class CountingPublisher:
+    def __init__(self, inner: JetStreamPublisher) -> None:
+        self.inner = inner
+        self.published: list[str] = []
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool:
+        self.published.append(msg_id)
+        return await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+
+async def test_two_replicas_relays_on_postgresql_publish_every_event_once_in_order(
+    postgres: PostgresServer, client: Client, tmp_path: Path
+) -> None:
+    url = postgres.create_database()
+    replicas = [Database(url), Database(url)]
+    (tmp_path / "versions").mkdir()
+    await migrate(replicas[0], tmp_path / "versions")
+    publishers = [CountingPublisher(JetStreamPublisher(client)) for _ in replicas]
+    relays = [
+        OutboxRelay(db, publisher, batch_size=3, poll_interval=0.05)
+        for db, publisher in zip(replicas, publishers, strict=True)
+    ]
+    for relay in relays:
+        relay.start()
+    ids: list[str] = []
+    try:
+        # Events keep coming, from both replicas, while both relays run.
+        for i in range(30):
+            ids += await add(replicas[i % 2], f"e{i}")
+            relays[i % 2].wake()
+            await asyncio.sleep(0.005)
+        contents = await wait_for_stream(client, len(ids))
+    finally:
+        for relay in relays:
+            await relay.stop()
+        for db in replicas:
+            await db.dispose()
+    assert [event_id for event_id, _ in contents] == ids
+    # One relay at a time holds the lock and marks what it sent before letting go: nothing is sent twice.
+    assert sorted(publishers[0].published + publishers[1].published) == sorted(ids)
