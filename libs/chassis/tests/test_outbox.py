@@ -11,12 +11,12 @@ import nats
 import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import JetStreamPublisher, ensure_stream
 from shopmesh_chassis.migrations import migrate
-from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
+from shopmesh_chassis.outbox import _PG_RELAY_LOCK, OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer
@@ -198,6 +198,9 @@ async def test_an_event_committed_while_the_relay_publishes_is_sent_without_wait
     assert contents == list(zip([*first, *publisher.added], ["first", "committed during the pass"], strict=True))
 
 
+_LOCK_HOLDERS = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND granted")
+
+
 class CountingPublisher:
     def __init__(self, inner: JetStreamPublisher) -> None:
         self.inner = inner
@@ -238,3 +241,43 @@ async def test_two_replicas_relays_on_postgresql_publish_every_event_once_in_ord
     assert [event_id for event_id, _ in contents] == ids
     # One relay at a time holds the lock and marks what it sent before letting go: nothing is sent twice.
     assert sorted(publishers[0].published + publishers[1].published) == sorted(ids)
+
+
+async def test_a_relay_whose_lock_connection_dies_takes_the_lock_again_and_goes_on(
+    postgres: PostgresServer, client: Client, tmp_path: Path
+) -> None:
+    url = postgres.create_database()
+    database, other = Database(url), Database(url)
+    (tmp_path / "versions").mkdir()
+    await migrate(database, tmp_path / "versions")
+    relay = OutboxRelay(database, JetStreamPublisher(client), poll_interval=0.05, max_backoff=0.2)
+    relay.start()
+    try:
+        ids = await add(database, "before")
+        assert [event_id for event_id, _ in await wait_for_stream(client, 1)] == ids
+        # The lock's connection is killed (a failover, an idle-connection reaper); the lock goes with it.
+        async with other.transaction() as session:
+            killed = await session.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND objid = :k AND granted"
+                ),
+                {"k": _PG_RELAY_LOCK},
+            )
+        assert killed == 1
+        for i in range(3):
+            ids += await add(database, f"after {i}")
+            relay.wake()
+        contents = await wait_for_stream(client, len(ids))
+        # It publishes as the lock's holder again, not on a reconnected session that lost the lock.
+        async with other.read() as session:
+            holders = await session.scalar(_LOCK_HOLDERS, {"k": _PG_RELAY_LOCK})
+    finally:
+        await relay.stop()
+        async with other.read() as session:
+            holders_after_stop = await session.scalar(_LOCK_HOLDERS, {"k": _PG_RELAY_LOCK})
+        await database.dispose()
+        await other.dispose()
+    assert [event_id for event_id, _ in contents] == ids
+    assert holders == 1
+    assert holders_after_stop == 0  # a stopped relay lets the next replica lead at once

@@ -11,13 +11,14 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 from opentelemetry import propagate
 from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import EVENT_TYPE
@@ -85,6 +86,9 @@ class OutboxRelay:
         )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # PostgreSQL: the connection holding the relay lock, and whether it holds it (see _lead).
+        self._leader: AsyncConnection | None = None
+        self._leading = False
 
     def wake(self) -> None:
         """Publish soon: call after committing a transaction that added events."""
@@ -99,6 +103,7 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._step_down()
 
     async def _run(self) -> None:
         backoff = self._poll_interval
@@ -126,22 +131,58 @@ class OutboxRelay:
         """One pass: publish the oldest unpublished events in order; returns how many were sent."""
         if self._db.dialect != "postgresql":
             # SQLite: one process owns the file, and this relay is its only publisher.
-            return await self._publish_batch()
-        async with self._db.postgres_engine.connect() as lock_connection:
-            got = await lock_connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_RELAY_LOCK})
-            await lock_connection.commit()
-            if not got:
-                return 0
-            try:
-                return await self._publish_batch()
-            finally:
-                await lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_RELAY_LOCK})
-                await lock_connection.commit()
+            return await self._publish_batch(self._db.read, self._db.transaction)
+        if not await self._lead():
+            return 0
+        try:
+            return await self._publish_batch(self._on_leader, self._on_leader)
+        except BaseException:
+            # The lock's connection may be gone, and the lock with it: let go, take it again next pass.
+            await self._step_down()
+            raise
 
-    async def _publish_batch(self) -> int:
+    async def _lead(self) -> bool:
+        """Whether this relay holds the relay lock of the database, taking it now if it is free.
+
+        The lock is a session-level advisory lock, kept across passes on a connection of its own: taking
+        and releasing it every pass cost four round trips per event. The leader reads and marks events on
+        that same connection, so losing it (and the lock with it) fails the pass instead of going unseen.
+        """
+        if self._leader is None:
+            self._leader = await self._db.postgres_engine.connect()
+            self._leading = False
+        if not self._leading:
+            async with self._on_leader() as connection:
+                self._leading = bool(
+                    await connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_RELAY_LOCK})
+                )
+        return self._leading
+
+    @contextlib.asynccontextmanager
+    async def _on_leader(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction on the lock's connection."""
+        assert self._leader is not None
+        async with self._leader.begin():
+            yield self._leader
+
+    async def _step_down(self) -> None:
+        """Close the lock's connection for good: the server releases the lock with it (returned to the
+        pool instead, the connection would go on holding it)."""
+        leader, self._leader, self._leading = self._leader, None, False
+        if leader is not None:
+            with contextlib.suppress(Exception):
+                await leader.invalidate()
+            with contextlib.suppress(Exception):
+                await leader.close()
+
+    async def _publish_batch(
+        self,
+        read: Callable[[], contextlib.AbstractAsyncContextManager[Any]],
+        write: Callable[[], contextlib.AbstractAsyncContextManager[Any]],
+    ) -> int:
         # A snapshot read: rows are only ever marked by the one relay holding the lock, so nothing here
         # needs the write lock (on SQLite it would queue behind the service's own writers).
-        async with self._db.read() as session:
+        async with read() as session:
             rows = (await session.execute(self._pending)).all()
         sent: list[int] = []
         try:
@@ -155,7 +196,7 @@ class OutboxRelay:
                     self._on_published(row.event_id)
         finally:
             if sent:
-                async with self._db.transaction() as session:
+                async with write() as session:
                     await session.execute(
                         _MARK_PUBLISHED,
                         {"b_seqs": sent, "published_at": datetime.now(UTC)},
