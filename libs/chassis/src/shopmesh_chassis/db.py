@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,8 +27,6 @@ from sqlalchemy.pool import QueuePool
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
     from sqlalchemy.util.typing import TupleAny
-
-log = logging.getLogger("shopmesh.db")
 
 # How long SQLite waits for a lock another process holds. Calls run on the event loop, so the whole
 # service waits with it: this bounds that. Inside a service, writers queue on an asyncio lock.

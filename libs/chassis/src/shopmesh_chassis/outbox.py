@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from google.protobuf.message import Message
 from opentelemetry import propagate
@@ -177,8 +177,8 @@ class OutboxRelay:
 
     async def _publish_batch(
         self,
-        read: Callable[[], contextlib.AbstractAsyncContextManager[Any]],
-        write: Callable[[], contextlib.AbstractAsyncContextManager[Any]],
+        read: Callable[[], contextlib.AbstractAsyncContextManager[DbConnection]],
+        write: Callable[[], contextlib.AbstractAsyncContextManager[DbConnection]],
     ) -> int:
         # A snapshot read: rows are only ever marked by the one relay holding the lock, so nothing here
         # needs the write lock (on SQLite it would queue behind the service's own writers).
