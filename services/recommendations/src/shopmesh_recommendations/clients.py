@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Callable, Sequence
 
 import grpc
+from cachetools import TTLCache
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_recommendations.cache import TtlCache
 from shopmesh_recommendations.domain.models import CatalogProduct
 
 # Catalog limits (catalog.proto): ListProducts pages hold at most 100, BatchGetProducts takes at most 100.
@@ -51,41 +53,43 @@ def _product(message: catalog_pb2.Product) -> CatalogProduct:
 class CatalogClient:
     """Products and category listings are cached for a short while (the contract lets the summaries lag
     the catalog): a product page asks for the same category again and again. Unknown products are cached
-    too, so a crawler asking for made-up ids does not turn into catalog traffic."""
+    too, so a crawler asking for made-up ids does not turn into catalog traffic. Entries live
+    `cache_seconds` (0: nothing is remembered); beyond `cache_entries` per cache the least recently used
+    go first. Each replica warms its own."""
 
     def __init__(
         self,
         channel: grpc.aio.Channel,
         timeout: float,
-        products: TtlCache[str, CatalogProduct | None],
-        categories: TtlCache[str, tuple[CatalogProduct, ...]],
+        cache_seconds: float,
+        cache_entries: int,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
         self._timeout = timeout
-        self._products = products
-        self._categories = categories
+        self._products: TTLCache[str, CatalogProduct | None] = TTLCache(cache_entries, cache_seconds, timer)
+        self._categories: TTLCache[str, tuple[CatalogProduct, ...]] = TTLCache(cache_entries, cache_seconds, timer)
 
     async def product(self, product_id: str) -> CatalogProduct | None:
-        cached = self._products.get(product_id)
-        if cached is not None:
-            return cached.value
+        with contextlib.suppress(KeyError):  # a cached None ("the catalog does not know it") is a hit
+            return self._products[product_id]
         try:
             response = await self._stub.GetProduct(
                 catalog_pb2.GetProductRequest(product_id=product_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                self._products.put(product_id, None)
+                self._products[product_id] = None
                 return None
             raise _failed("GetProduct", error) from None
         product = _product(response.product)
-        self._products.put(product_id, product)
+        self._products[product_id] = product
         return product
 
     async def products_in_category(self, category: str) -> Sequence[CatalogProduct]:
         cached = self._categories.get(category)
         if cached is not None:
-            return cached.value
+            return cached
         try:
             # The first page only: candidates to fill a list of at most 20, not the whole category.
             response = await self._stub.ListProducts(
@@ -95,20 +99,21 @@ class CatalogClient:
         except grpc.aio.AioRpcError as error:
             raise _failed("ListProducts", error) from None
         listed = tuple(_product(p) for p in response.products)
-        self._categories.put(category, listed)
-        for product in listed:
-            self._products.put(product.id, product)
+        self._categories[category] = listed
+        self._products.update((product.id, product) for product in listed)
         return listed
 
     async def products(self, product_ids: Sequence[str]) -> dict[str, CatalogProduct]:
         found: dict[str, CatalogProduct] = {}
         wanted: list[str] = []
         for product_id in dict.fromkeys(product_ids):
-            cached = self._products.get(product_id)
-            if cached is None:
+            try:
+                cached = self._products[product_id]
+            except KeyError:
                 wanted.append(product_id)
-            elif cached.value is not None:
-                found[product_id] = cached.value
+                continue
+            if cached is not None:
+                found[product_id] = cached
         for start in range(0, len(wanted), BATCH_LIMIT):
             found.update(await self._batch_get(wanted[start : start + BATCH_LIMIT]))
         return found
@@ -128,12 +133,10 @@ class CatalogClient:
                 missing = {p for p in info.metadata.get("product_ids", "").split(",") if p} if info else set()
                 if not missing & set(product_ids):
                     raise _failed("BatchGetProducts", error) from None
-                for product_id in missing:
-                    self._products.put(product_id, None)
+                self._products.update(dict.fromkeys(missing))
                 product_ids = [p for p in product_ids if p not in missing]
                 continue
             products = {p.id: _product(p) for p in response.products}
-            for product in products.values():
-                self._products.put(product.id, product)
+            self._products.update(products)
             return products
         return {}

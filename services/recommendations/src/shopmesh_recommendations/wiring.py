@@ -15,9 +15,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_recommendations.application import RecommendationsApplication
-from shopmesh_recommendations.cache import TtlCache
 from shopmesh_recommendations.clients import CatalogClient
-from shopmesh_recommendations.domain.models import CatalogProduct
 from shopmesh_recommendations.faults import with_fault_injection
 from shopmesh_recommendations.order_events import (
     DURABLE,
@@ -65,10 +63,8 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
     catalog = CatalogClient(
         channel.channel,
         settings.catalog_timeout_seconds,
-        products=TtlCache[str, CatalogProduct | None](settings.catalog_cache_seconds, settings.catalog_cache_entries),
-        categories=TtlCache[str, tuple[CatalogProduct, ...]](
-            settings.catalog_cache_seconds, settings.catalog_cache_entries
-        ),
+        cache_seconds=settings.catalog_cache_seconds,
+        cache_entries=settings.catalog_cache_entries,
     )
     application = RecommendationsApplication(database, catalog)
     consumer = EventConsumer(
