@@ -2,8 +2,10 @@
 
 Open loop: requests are sent on a fixed schedule (rate R for D seconds) whether or not earlier ones have
 answered, and each latency is measured from the moment its request was *due*, so queueing in an
-overloaded system is counted (no coordinated omission). Each checkout is a real PlaceOrder through
-orders: priced from catalog (or the prices orders remembers), inventory reserves, payments charges,
+overloaded system is counted (no coordinated omission). Each checkout is a real PlaceOrder of one unit
+of one catalog product, the products taken in turn (`--products N`: the first N of the catalog's seed;
+default all, so orders' price cache misses as it would in a shop, once per product and time to live):
+priced from catalog (or the prices orders remembers), inventory reserves, payments charges,
 inventory commits, the outbox relay publishes OrderConfirmed to a real nats-server. Every service is
 its own process, as under `make run`, with SQLite databases, JSON logs at INFO, tracing and metrics on.
 `--database postgresql` runs the same with every service on its own database of a throwaway PostgreSQL
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import gc
 import os
 import secrets
 import statistics
@@ -35,12 +38,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2
@@ -54,10 +58,10 @@ from report import machine, process_cpu_seconds, write_section
 HEADING = "## Checkout (`make bench-checkout`)"
 POSTGRES_HEADING = "## Checkout on PostgreSQL (`bench_checkout.py --database postgresql`)"
 SERVICES = ("catalog", "inventory", "payments", "orders")
-RATES = (10, 25, 50, 75, 100, 150)
+RATES = (10, 25, 50, 75, 100, 150, 200)
 TARGET_RATE = 50
 TARGET_P99_MS = 30.0
-PRODUCT = "prod_chef_knife"
+STOCK = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -124,20 +128,38 @@ def server_cpu_seconds(postmaster: int) -> float:
     return total
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The load generator's own garbage collector off while it measures: a full collection of its
+    thousands of scheduled requests paused its loop for 50-70 ms, which the latencies then counted as
+    the system's (the services run with their startup heap frozen, app.freeze_startup_heap)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 async def run_serial(
-    stub: orders_pb2_grpc.OrdersServiceStub, stack: Stack, count: int, postmaster: int | None = None
+    stub: orders_pb2_grpc.OrdersServiceStub,
+    products: Sequence[str],
+    stack: Stack,
+    count: int,
+    postmaster: int | None = None,
 ) -> Serial:
     pids = {name: pid for name in (*SERVICES, "nats") if (pid := stack.pid(name)) is not None}
     before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
     postgres_before = server_cpu_seconds(postmaster) if postmaster else 0.0
     own = _own_cpu_seconds()
     latencies = []
-    for index in range(count):
-        started = time.perf_counter()
-        await stub.PlaceOrder(
-            request(f"usr_bench_{index % 50}"), metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30
-        )
-        latencies.append((time.perf_counter() - started) * 1000)
+    with collector_paused():
+        for index in range(count):
+            started = time.perf_counter()
+            await stub.PlaceOrder(
+                request(index, products), metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30
+            )
+            latencies.append((time.perf_counter() - started) * 1000)
     cpu = {name: (process_cpu_seconds(pids[name]) - spent) * 1000 / count for name, spent in before.items()}
     if postmaster:
         cpu["postgres"] = (server_cpu_seconds(postmaster) - postgres_before) * 1000 / count
@@ -157,10 +179,11 @@ def serial_report(serial: Serial) -> str:
     )
 
 
-def request(user: str) -> orders_pb2.PlaceOrderRequest:
+def request(index: int, products: Sequence[str]) -> orders_pb2.PlaceOrderRequest:
+    """The index-th checkout: one of 50 users buys one unit of the next product in turn."""
     return orders_pb2.PlaceOrderRequest(
-        user_id=user,
-        items=[orders_pb2.CartItem(product_id=PRODUCT, quantity=1)],
+        user_id=f"usr_bench_{index % 50}",
+        items=[orders_pb2.CartItem(product_id=products[index % len(products)], quantity=1)],
         currency="USD",
         shipping_address=orders_pb2.ShippingAddress(
             full_name="Bench Mark", street="1 Load Street", city="Berlin", postal_code="10115", country="DE"
@@ -170,12 +193,14 @@ def request(user: str) -> orders_pb2.PlaceOrderRequest:
     )
 
 
-async def run_rate(stub: orders_pb2_grpc.OrdersServiceStub, rate: float, seconds: float) -> Result:
+async def run_rate(
+    stub: orders_pb2_grpc.OrdersServiceStub, products: Sequence[str], rate: float, seconds: float
+) -> Result:
     count = int(rate * seconds)
     latencies: list[float] = []
     errors = 0
     loop = asyncio.get_running_loop()
-    start = loop.time() + 0.1
+    start = 0.0  # set just before the requests are scheduled
 
     async def one(index: int) -> None:
         nonlocal errors
@@ -183,15 +208,17 @@ async def run_rate(stub: orders_pb2_grpc.OrdersServiceStub, rate: float, seconds
         await asyncio.sleep(max(0.0, due - loop.time()))
         try:
             await stub.PlaceOrder(
-                request(f"usr_bench_{index % 50}"), metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30
+                request(index, products), metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30
             )
         except grpc.aio.AioRpcError:
             errors += 1
             return
         latencies.append((loop.time() - due) * 1000)
 
-    began = time.monotonic()
-    await asyncio.gather(*(one(i) for i in range(count)))
+    with collector_paused():
+        began = time.monotonic()
+        start = loop.time() + 0.1
+        await asyncio.gather(*(one(i) for i in range(count)))
     elapsed = max(seconds, time.monotonic() - began - 0.1)
     return Result(rate, count, len(latencies), errors, elapsed, tuple(latencies))
 
@@ -211,9 +238,29 @@ def postgres_env(server: PostgresServer) -> dict[str, dict[str, str]]:
     return env
 
 
+async def stocked_products(stack: Stack, count: int) -> list[str]:
+    """The first `count` products of the catalog (0: all), each stocked so that no run sells out."""
+    products: list[str] = []
+    page_token = ""
+    async with grpc.aio.insecure_channel(stack.address("catalog")) as channel:
+        catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+        while True:
+            page = await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=100, page_token=page_token))
+            products.extend(p.id for p in page.products)
+            page_token = page.next_page_token
+            if not page_token or (count and len(products) >= count):
+                break
+    products = products[:count] if count else products
+    async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
+        inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+        for product in products:
+            await inventory.SetStock(inventory_pb2.SetStockRequest(product_id=product, on_hand=STOCK))
+    return products
+
+
 async def bench(
-    rates: Sequence[float], seconds: float, warmup: float, serial: int, repeats: int, database: str
-) -> tuple[Serial, list[Repetition]]:
+    rates: Sequence[float], seconds: float, warmup: float, serial: int, repeats: int, database: str, products: int
+) -> tuple[Serial, list[Repetition], int]:
     with tempfile.TemporaryDirectory() as data, contextlib.ExitStack() as resources:
         env: dict[str, dict[str, str]] = {}
         postmaster = None
@@ -223,14 +270,12 @@ async def bench(
             postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
         stack = Stack.for_tests(Path(data), services=list(SERVICES), env=env)
         async with stack:
-            async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
-                await inventory_pb2_grpc.InventoryServiceStub(channel).SetStock(
-                    inventory_pb2.SetStockRequest(product_id=PRODUCT, on_hand=1_000_000)
-                )
+            bought = await stocked_products(stack, products)
+            print(f"{len(bought)} product(s), bought in turn", flush=True)
             async with grpc.aio.insecure_channel(stack.address("orders")) as channel:
                 stub = orders_pb2_grpc.OrdersServiceStub(channel)
-                await run_rate(stub, 10, warmup)  # connections, caches, SQLite pages
-                measured = await run_serial(stub, stack, serial, postmaster)
+                await run_rate(stub, bought, 10, warmup)  # connections, caches, SQLite pages
+                measured = await run_serial(stub, bought, stack, serial, postmaster)
                 print(serial_report(measured), flush=True)
                 repetitions = []
                 for repetition in range(1, repeats + 1):
@@ -238,13 +283,13 @@ async def bench(
                     print(f"repetition {repetition}: host speed {speed:.1f} ms", flush=True)
                     results = []
                     for rate in rates:
-                        result = await run_rate(stub, rate, seconds)
+                        result = await run_rate(stub, bought, rate, seconds)
                         results.append(result)
                         print(line(result), flush=True)
                         if result.percentile(0.99) > 5000:
                             break  # far past saturation: higher rates only queue more
                     repetitions.append(Repetition(speed, tuple(results)))
-                return measured, repetitions
+                return measured, repetitions, len(bought)
 
 
 def line(r: Result) -> str:
@@ -275,7 +320,12 @@ def summary_line(rate: float, runs: Sequence[Result]) -> str:
 
 
 def report(
-    serial: Serial, repetitions: Sequence[Repetition], seconds: float, command: str, database: str = "sqlite"
+    serial: Serial,
+    repetitions: Sequence[Repetition],
+    seconds: float,
+    command: str,
+    products: int,
+    database: str = "sqlite",
 ) -> str:
     header = (
         "| offered rate (checkouts/s) | completed/s (median) | completed/offered (all runs) | errors "
@@ -314,6 +364,8 @@ def report(
                     if database == "postgresql"
                     else []
                 ),
+                f"Each checkout buys one unit of one of {products} catalog product(s), taken in turn, "
+                "so orders' price cache misses once per product and time to live, as in a shop.",
                 f"Machine: {machine()}.",
                 f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
                 serial_report(serial),
@@ -344,16 +396,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="SQLite files (as `make run`) or a throwaway PostgreSQL server from the installed binaries, "
         "with its own section in the document",
     )
+    parser.add_argument(
+        "--products",
+        type=int,
+        default=0,
+        help="buy the first N catalog products in turn (0: all of them; 1: every checkout the same product)",
+    )
     parser.add_argument("--write", type=Path, default=None, help="update this benchmarks document")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     print("| offered | completed/s | completed/offered | errors | p50 ms | p99 ms | max ms | sustained |")
-    serial, repetitions = asyncio.run(bench(rates, args.seconds, args.warmup, args.serial, args.repeats, args.database))
+    serial, repetitions, products = asyncio.run(
+        bench(rates, args.seconds, args.warmup, args.serial, args.repeats, args.database, args.products)
+    )
     command = (
-        f".venv/bin/python tests/bench/bench_checkout.py --rates {args.rates} --seconds {args.seconds:g} "
-        f"--serial {args.serial} --repeats {args.repeats}"
-    ) + (" --database postgresql" if args.database == "postgresql" else "")
-    text = report(serial, repetitions, args.seconds, command, args.database)
+        (
+            f".venv/bin/python tests/bench/bench_checkout.py --rates {args.rates} --seconds {args.seconds:g} "
+            f"--serial {args.serial} --repeats {args.repeats}"
+        )
+        + (" --database postgresql" if args.database == "postgresql" else "")
+        + (f" --products {args.products}" if args.products else "")
+    )
+    text = report(serial, repetitions, args.seconds, command, products, args.database)
     print(text)
     if args.write:
         write_section(args.write, POSTGRES_HEADING if args.database == "postgresql" else HEADING, text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
     assert "| catalog | inventory | payments | orders | nats | load generator | all |" in out
     assert "| 5 |" in out
     assert "Host speed before each repetition" in out
+    bought = re.search(r"one unit of one of (\d+) catalog product", out)
+    assert bought is not None
+    assert int(bought.group(1)) > 1, "by default the checkouts spread over the whole catalog"
     assert "median of 2 runs" in out or "not measured at 50/s" in out
 
 
