@@ -151,6 +151,7 @@ async def _serve_aio(kind: str, port: int) -> None:
             provider = TracerProvider()  # samples everything; no processor, so nothing leaves the process
         binding = ServiceBinding(DESCRIPTOR, EchoServicer(), sample_pb2_grpc.add_SampleServiceServicer_to_server)
         chassis = ChassisServer(settings, [binding], tracer_provider=provider)
+        app.freeze_startup_heap()  # as app.serve does before a service's port opens
         await chassis.start()
         _announce(chassis.port)
         await stop.wait()

@@ -100,13 +100,17 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(sample_process: Ser
     assert "received SIGTERM, draining" in sample_process.output()
 
 
-def _serving_record(process: ServiceProcess) -> dict[str, object]:
+def _record(process: ServiceProcess, message_start: str) -> dict[str, object]:
     for line in process.output().splitlines():
         if line.startswith("{"):
             record = json.loads(line)
-            if str(record.get("message", "")).startswith("serving "):
+            if str(record.get("message", "")).startswith(message_start):
                 return dict(record)
-    raise AssertionError(f"no 'serving' log line in:\n{process.output()}")
+    raise AssertionError(f"no '{message_start}' log line in:\n{process.output()}")
+
+
+def _serving_record(process: ServiceProcess) -> dict[str, object]:
+    return _record(process, "serving ")
 
 
 @pytest.mark.parametrize(("configured", "expected"), [(None, "uvloop"), ("asyncio", "asyncio"), ("uvloop", "uvloop")])
@@ -123,3 +127,14 @@ async def test_services_run_on_uvloop_unless_event_loop_says_asyncio(
         assert response.message == "hi"
     finally:
         proc.stop()
+
+
+async def test_the_startup_heap_is_frozen_out_of_the_garbage_collectors_way_before_the_port_opens(
+    sample_process: ServiceProcess,
+) -> None:
+    output = sample_process.output()
+    frozen = _record(sample_process, "startup heap frozen")["frozen_objects"]
+    # The modules, descriptors and the server's configuration alone are tens of thousands of objects.
+    assert isinstance(frozen, int)
+    assert frozen > 10_000
+    assert output.index("startup heap frozen") < output.index('"serving ')
