@@ -37,7 +37,7 @@ def freeze_startup_heap() -> int:
     tables and compiled statements) that live as long as the process. Every full collection walked all
     of them: under load each service paused its event loop for 50-170 ms every 20 s or so, the largest
     part of the checkout's p99 (docs/benchmarks.md). Frozen, they are never walked again. The price:
-    a frozen object that later becomes part of unreachable cycle is never freed, and startup objects
+    a frozen object that later becomes part of an unreachable cycle is never freed, and startup objects
     hardly ever die.
     """
     gc.collect()
