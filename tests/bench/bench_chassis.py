@@ -99,7 +99,8 @@ SERVER_KINDS: dict[str, ServerKind] = {
     "a": ServerKind("a", "bare `grpc.aio.server`, no interceptors"),
     "b": ServerKind(
         "b",
-        "`ChassisServer` as services run it: on the chassis' event loop (uvloop), server spans and metrics "
+        "`ChassisServer` as services run it: on the chassis' event loop (uvloop), startup heap frozen, server "
+        "spans and metrics "
         "on; spans are recorded only when an OTLP exporter is configured, and none is here",
     ),
     "c": ServerKind("c", f"sync `grpc.server`, {SYNC_THREADS}-thread pool"),
