@@ -13,6 +13,7 @@ from shopmesh_chassis.errors import InvalidArgument
 from shopmesh_users.domain.keys import (
     KeyMaterial,
     SigningKey,
+    plan_revocation,
     plan_rotation,
     published_keys,
     rotation_due,
@@ -191,6 +192,17 @@ def test_rotating_again_before_the_pending_key_activates_hands_over_in_generatio
     assert signer(keys, T0 + HOUR + timedelta(minutes=5)) == "k2"
     assert signer(keys, T0 + HOUR + timedelta(minutes=6)) == "k3"
     assert kids(published_keys(keys, T0 + HOUR + timedelta(minutes=6), HOUR)) == ["k3", "k2", "k1"]
+
+
+def test_a_revocation_deletes_every_key_and_its_successor_signs_at_once() -> None:
+    keys = rotate(rotate([], 1, T0, ahead=timedelta(0)), 2, T0 + HOUR)  # k1 signing, k2 pending
+    revocation = plan_revocation(keys, material(3), T0 + HOUR + timedelta(minutes=1))
+    assert revocation.expired == ("k1", "k2")
+    assert revocation.replaced is None
+    new = revocation.new_key
+    assert (new.kid, new.generation) == ("k3", 3)
+    assert signer([new], T0 + HOUR + timedelta(minutes=1)) == "k3"
+    assert kids(published_keys([new], T0 + HOUR + timedelta(minutes=1), HOUR)) == ["k3"]
 
 
 def test_rotation_is_due_when_the_newest_key_is_as_old_as_the_interval() -> None:

@@ -14,7 +14,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import database_errors_as_domain_errors
 from shopmesh_users.domain import keys as key_schedule
 from shopmesh_users.domain.errors import email_already_registered, invalid_credentials, no_signing_key, user_not_found
-from shopmesh_users.domain.keys import SigningKey
+from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
 from shopmesh_users.domain.models import User, new_user_id
 from shopmesh_users.domain.tokens import build_access_claims, new_token_id
 from shopmesh_users.domain.validation import validate_login, validate_registration, validate_user_id
@@ -25,7 +25,14 @@ from shopmesh_users.store.repository import SigningKeyRepository, UserRepository
 log = logging.getLogger("shopmesh.users")
 
 Clock = Callable[[], datetime]
-RotationCondition = Callable[[Sequence[SigningKey], datetime], bool]
+# Whether to change the keys at all, given the stored ones and the time.
+KeyCondition = Callable[[Sequence[SigningKey], datetime], bool]
+# The change: the key to add and those to retire or delete.
+KeyPlan = Callable[[Sequence[SigningKey], KeyMaterial, datetime], Rotation]
+
+
+def _always(_keys: Sequence[SigningKey], _now: datetime) -> bool:
+    return True
 
 
 def utc_now() -> datetime:
@@ -120,30 +127,54 @@ class UsersApplication:
 
         The first key skips the publish-ahead: no verifier can hold a token of this service yet, and one
         that meets the unknown kid refetches the JWKS."""
-        await self._rotate(timedelta(0), lambda keys, now: key_schedule.signing_key(keys, now) is None)
+        await self._change_keys(
+            self._rotation(timedelta(0)), when=lambda keys, now: key_schedule.signing_key(keys, now) is None
+        )
 
     async def rotate_keys(self) -> SigningKey | None:
         """Publish a new key now; it signs after the publish-ahead delay, when the current key retires.
         None when another replica added a key at the same moment (that key serves instead)."""
-        return await self._rotate(self._policy.publish_ahead, lambda _keys, _now: True)
+        rotation = await self._change_keys(self._rotation(self._policy.publish_ahead))
+        return rotation.new_key if rotation else None
 
     async def rotate_keys_if_due(self) -> SigningKey | None:
         """`rotate_keys` when the newest key is as old as the rotation interval; None otherwise."""
         interval = self._policy.rotation_interval
-        return await self._rotate(
-            self._policy.publish_ahead, lambda keys, now: key_schedule.rotation_due(keys, now, interval)
+        rotation = await self._change_keys(
+            self._rotation(self._policy.publish_ahead),
+            when=lambda keys, now: key_schedule.rotation_due(keys, now, interval),
         )
+        return rotation.new_key if rotation else None
 
-    async def _rotate(self, publish_ahead: timedelta, condition: RotationCondition) -> SigningKey | None:
+    async def revoke_keys(self) -> Rotation:
+        """Delete every key and add one that signs at once (a key may have leaked): tokens signed so far
+        stop verifying once verifiers refetch the key set (the gateway: within JWKS_MAX_AGE_SECONDS)."""
+        for _ in range(3):
+            # None only when a replica's periodic rotation took the same generation: plan again on top.
+            rotation = await self._change_keys(key_schedule.plan_revocation)
+            if rotation is not None:
+                log.warning(
+                    "every signing key revoked; %s signs from now on",
+                    rotation.new_key.kid,
+                    extra={"kid": rotation.new_key.kid, "revoked": list(rotation.expired)},
+                )
+                return rotation
+        raise RuntimeError("signing keys kept changing under the revocation; run it again")
+
+    def _rotation(self, publish_ahead: timedelta) -> KeyPlan:
+        lifetime = self._policy.token_lifetime
+        return lambda keys, material, now: key_schedule.plan_rotation(keys, material, now, publish_ahead, lifetime)
+
+    async def _change_keys(self, plan: KeyPlan, when: KeyCondition = _always) -> Rotation | None:
         material = generate_key_material()
         try:
             async with self._database.transaction() as session:
                 repository = SigningKeyRepository(session)
                 keys = await repository.all()
                 now = self._clock()
-                if not condition(keys, now):
+                if not when(keys, now):
                     return None
-                rotation = key_schedule.plan_rotation(keys, material, now, publish_ahead, self._policy.token_lifetime)
+                rotation = plan(keys, material, now)
                 await repository.add(rotation.new_key)
                 if rotation.replaced is not None:
                     await repository.retire(rotation.replaced.kid, rotation.new_key.activates_at)
@@ -158,4 +189,4 @@ class UsersApplication:
             new_key.activates_at.isoformat(),
             extra={"kid": new_key.kid, "replaced": rotation.replaced.kid if rotation.replaced else None},
         )
-        return new_key
+        return rotation

@@ -1,8 +1,11 @@
 """Composition root: settings, database and migrations, the first signing key, the rotation task, the
-servicer; then serve until told to stop."""
+servicer; then serve until told to stop. `python -m shopmesh_users revoke-keys` instead replaces every
+signing key at once and exits (for a key that may have leaked; docs/auth.md)."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -76,5 +79,28 @@ async def _main() -> None:
     )
 
 
-def main() -> None:
-    app.run(_main)
+async def _revoke_keys() -> None:
+    settings = load_settings(UsersSettings)
+    users = await build(settings)
+    try:
+        rotation = await users.application.revoke_keys()
+    finally:
+        await users.database.dispose()
+    print(
+        f"revoked {len(rotation.expired)} signing key(s) ({', '.join(rotation.expired) or 'none'}); "
+        f"{rotation.new_key.kid} signs from now on. Tokens signed before stop verifying once verifiers "
+        "refetch the key set (the gateway: within JWKS_MAX_AGE_SECONDS)."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shopmesh_users", description="The shopmesh users service.")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("serve", "revoke-keys"),
+        default="serve",
+        help="serve (default), or revoke-keys: replace every signing key with one that signs at once, then exit",
+    )
+    command = parser.parse_args(argv).command
+    app.run(_revoke_keys if command == "revoke-keys" else _main)

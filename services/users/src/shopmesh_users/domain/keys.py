@@ -3,7 +3,8 @@
 A key's life: created and published in the JWKS at once; signs from `activates_at` (publish-ahead later,
 so verifiers that cache the JWKS have it before they meet a token it signed); stops signing at
 `retired_at`, when its successor activates; stays published until the last token it signed has expired
-(`retired_at` + token lifetime); then it is deleted.
+(`retired_at` + token lifetime); then it is deleted. A revocation (a key may have leaked) ends every
+key's life at once: all are deleted, and their successor signs from the moment it is created.
 
 Keys are numbered by `generation`; the store keeps generations unique, so two replicas that rotate at
 the same moment cannot both add a key: one insert fails and that replica keeps the other's key.
@@ -78,6 +79,19 @@ def rotation_due(keys: Sequence[SigningKey], now: datetime, interval: timedelta)
     return latest is None or latest.created_at + interval <= now
 
 
+def _successor(keys: Sequence[SigningKey], material: KeyMaterial, now: datetime, activates_at: datetime) -> SigningKey:
+    """`material` as the key of the next generation, created at `now`."""
+    latest = newest(keys)
+    return SigningKey(
+        kid=material.kid,
+        generation=latest.generation + 1 if latest is not None else 1,
+        public_jwk=material.public_jwk,
+        private_key_pem=material.private_key_pem,
+        created_at=now,
+        activates_at=activates_at,
+    )
+
+
 def plan_rotation(
     keys: Sequence[SigningKey],
     material: KeyMaterial,
@@ -87,15 +101,16 @@ def plan_rotation(
 ) -> Rotation:
     """Add `material` as the next key: published now, signing from `now + publish_ahead`, when the
     current newest key retires."""
-    latest = newest(keys)
-    activates_at = now + publish_ahead
-    new_key = SigningKey(
-        kid=material.kid,
-        generation=latest.generation + 1 if latest is not None else 1,
-        public_jwk=material.public_jwk,
-        private_key_pem=material.private_key_pem,
-        created_at=now,
-        activates_at=activates_at,
-    )
     expired = tuple(k.kid for k in keys if not k.published_at(now, token_lifetime))
-    return Rotation(new_key=new_key, replaced=latest, expired=expired)
+    return Rotation(
+        new_key=_successor(keys, material, now, now + publish_ahead), replaced=newest(keys), expired=expired
+    )
+
+
+def plan_revocation(keys: Sequence[SigningKey], material: KeyMaterial, now: datetime) -> Rotation:
+    """Replace every key with `material`, which signs at once: for a key that may have leaked.
+
+    Every key goes, not only the newest: a leak of one private key is usually a leak of the store that
+    holds them all. Tokens they signed stop verifying as soon as verifiers refetch the key set; their
+    holders log in again."""
+    return Rotation(new_key=_successor(keys, material, now, now), replaced=None, expired=tuple(k.kid for k in keys))
