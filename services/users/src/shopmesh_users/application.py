@@ -148,7 +148,8 @@ class UsersApplication:
 
     async def revoke_keys(self) -> Rotation:
         """Delete every key and add one that signs at once (a key may have leaked): tokens signed so far
-        stop verifying once verifiers refetch the key set (the gateway: within JWKS_MAX_AGE_SECONDS)."""
+        stop verifying once verifiers refetch the key set (the gateway: at the latest after
+        JWKS_MAX_AGE_SECONDS)."""
         for _ in range(3):
             # None only when a replica's periodic rotation took the same generation: plan again on top.
             rotation = await self._change_keys(key_schedule.plan_revocation)

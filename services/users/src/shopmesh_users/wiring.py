@@ -89,7 +89,7 @@ async def _revoke_keys() -> None:
     print(
         f"revoked {len(rotation.expired)} signing key(s) ({', '.join(rotation.expired) or 'none'}); "
         f"{rotation.new_key.kid} signs from now on. Tokens signed before stop verifying once verifiers "
-        "refetch the key set (the gateway: within JWKS_MAX_AGE_SECONDS)."
+        "refetch the key set (the gateway: at the latest after JWKS_MAX_AGE_SECONDS; docs/auth.md)."
     )
 
 
