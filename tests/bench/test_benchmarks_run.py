@@ -43,6 +43,7 @@ def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
     assert "| catalog | inventory | payments | orders | nats | load generator | all |" in out
     assert "| 5 |" in out
     assert "Host speed before each repetition" in out
+    assert "| repetition | host speed ms | p50 ms at 5/s | p99 ms at 50/s |" in out
     bought = re.search(r"one unit of one of (\d+) catalog product", out)
     assert bought is not None
     assert int(bought.group(1)) > 1, "by default the checkouts spread over the whole catalog"
