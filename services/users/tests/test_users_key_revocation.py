@@ -15,7 +15,7 @@ import pytest
 from shopmesh_users.token_verifier import verify_access_token
 from shopmesh_users.wiring import Users
 
-from .conftest import FakeClock, jwks_document, login, published_kids, register
+from .conftest import FakeClock, jwks_document, login, published_kids, register, running, users_settings
 
 if TYPE_CHECKING:
     from shopmesh.users.v1.users_pb2_grpc import UsersServiceAsyncStub
@@ -57,6 +57,18 @@ async def test_revoke_keys_replaces_every_key_and_tokens_signed_before_stop_veri
     new_token = (await login(stub)).access_token
     assert jwt.get_unverified_header(new_token)["kid"] == new_kid
     assert verify_access_token(new_token, document)["sub"]
+
+
+async def test_revoke_keys_on_a_new_database_revokes_nothing_and_leaves_one_key_that_signs(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    result = revoke_keys(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "revoked 0 signing key(s) (none);" in result.stdout
+    clock.now = datetime.now(UTC)
+    async with running(users_settings(tmp_path), clock) as (_users, stub):
+        [kid] = await published_kids(stub)  # the service found a key that signs and added none
+        assert f"; {kid} signs from now on" in result.stdout
 
 
 def test_an_unknown_command_is_refused_with_usage_and_exit_code_2(tmp_path: Path) -> None:

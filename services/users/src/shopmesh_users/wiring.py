@@ -50,12 +50,20 @@ def passwords(settings: UsersSettings) -> Passwords:
     )
 
 
-async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
-    """Migrate the database and make sure a key can sign; the rotator is built but not started."""
+async def _migrated(settings: UsersSettings, clock: Clock) -> tuple[Database, UsersApplication]:
     database = Database(settings.resolved_database_url)
     try:
         await migrate(database, VERSIONS, metadata)
-        application = UsersApplication(database, passwords(settings), key_policy(settings), clock)
+    except BaseException:
+        await database.dispose()
+        raise
+    return database, UsersApplication(database, passwords(settings), key_policy(settings), clock)
+
+
+async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
+    """Migrate the database and make sure a key can sign; the rotator is built but not started."""
+    database, application = await _migrated(settings, clock)
+    try:
         await application.ensure_signing_key()
     except BaseException:
         await database.dispose()
@@ -80,12 +88,11 @@ async def _main() -> None:
 
 
 async def _revoke_keys() -> None:
-    settings = load_settings(UsersSettings)
-    users = await build(settings)
+    database, application = await _migrated(load_settings(UsersSettings), utc_now)
     try:
-        rotation = await users.application.revoke_keys()
+        rotation = await application.revoke_keys()
     finally:
-        await users.database.dispose()
+        await database.dispose()
     print(
         f"revoked {len(rotation.expired)} signing key(s) ({', '.join(rotation.expired) or 'none'}); "
         f"{rotation.new_key.kid} signs from now on. Tokens signed before stop verifying once verifiers "
