@@ -320,9 +320,8 @@ def summary_line(rate: float, runs: Sequence[Result]) -> str:
 
 
 def phases(repetitions: Sequence[Repetition]) -> str:
-    """Per repetition, two gauges of the host's phase beside the figure the target is about: the probe
-    before it, and the p50 at the lowest rate (requests hardly overlap there, so it moves with the host,
-    not with queueing)."""
+    """Per repetition, two gauges of the host's speed beside the figure the target is about: the probe
+    before it, and the p50 at the lowest rate (requests hardly overlap there, so queueing adds little)."""
     lowest = min((r.rate for rep in repetitions for r in rep.results), default=float("nan"))
 
     def cell(rep: Repetition, rate: float, q: float) -> str:
@@ -335,7 +334,8 @@ def phases(repetitions: Sequence[Repetition]) -> str:
     ]
     return (
         "Host speed before each repetition (CPU ms of a fixed pure-Python loop; lower is faster), and the "
-        "p50 at the lowest rate, where requests hardly overlap: this host's speed drifts, and both move with it.\n\n"
+        "p50 at the lowest rate, where requests hardly overlap: two gauges of how fast the host ran (neither "
+        "separates its slow phases cleanly).\n\n"
         f"| repetition | host speed ms | p50 ms at {lowest:g}/s | p99 ms at {TARGET_RATE}/s |\n|--:|--:|--:|--:|\n"
         + "\n".join(rows)
     )
