@@ -1,0 +1,132 @@
+"""The wire conventions of docs/contracts.md as a checker: what a failed call must look like on the wire.
+
+Used by the contract test against the running stack, and tested itself against a server that breaks
+each convention on purpose (test_conventions_checker.py), so that a green contract run means something.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, MethodDescriptor
+from google.rpc import error_details_pb2, status_pb2
+
+import shopmesh
+from shopmesh_platform.topology import SERVICES
+
+# Codes that always mean the server failed, whatever the request: never an answer to a client's input.
+SERVER_FAULTS = {
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
+# Request metadata a field violation may name instead of a field of the message.
+METADATA_KEYS = {"authorization", "idempotency-key", "x-user-id"}
+REASON = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
+# What must never reach a client: Python internals, the database's words.
+LEAKS = re.compile(r"Traceback|File \"|sqlalchemy|sqlite|asyncpg|Exception|Error\(", re.IGNORECASE)
+
+
+def contract_methods() -> list[tuple[str, MethodDescriptor]]:
+    """(service, RPC) for every RPC that the topology's services serve, from the generated contracts."""
+    for module in pkgutil.walk_packages(shopmesh.__path__, "shopmesh."):
+        if module.name.endswith("_pb2"):
+            importlib.import_module(module.name)
+    pool = descriptor_pool.Default()
+    return [
+        (name, method)
+        for name, service in SERVICES.items()
+        for full_name in service.grpc_services
+        for method in pool.FindServiceByName(full_name).methods
+    ]
+
+
+def resolves(descriptor: Descriptor, path: str) -> bool:
+    """Whether a field path of a violation (`items[0].quantity`, `shipping_address.country`) names a field."""
+    current: Descriptor | None = descriptor
+    parts = path.split(".")
+    for index, part in enumerate(parts):
+        name = re.sub(r"\[\d+\]$", "", part)
+        if current is None:
+            return False
+        if name in current.oneofs_by_name and index == len(parts) - 1:
+            return True  # "exactly one of" names the oneof (`subject`), not one of its members
+        if name not in current.fields_by_name:
+            return False
+        current = current.fields_by_name[name].message_type
+    return True
+
+
+def error_contract_violations(service: str, method: MethodDescriptor, error: grpc.Call) -> list[str]:
+    """Every way a failed call breaks the conventions (empty: it keeps them)."""
+    code = error.code()
+    problems = []
+    if code in SERVER_FAULTS:
+        problems.append(f"{code.name}: a server fault as the answer to a request ({error.details()!r})")
+    if initial := error.initial_metadata():
+        problems.append(f"not trailers-only: initial metadata {list(initial)}")
+    raw = next((value for key, value in error.trailing_metadata() or () if key == "grpc-status-details-bin"), None)
+    if raw is None:
+        return [*problems, f"{code.name} without google.rpc.Status details ({error.details()!r})"]
+    status = status_pb2.Status.FromString(raw if isinstance(raw, bytes) else raw.encode())
+    if status.code != code.value[0]:
+        problems.append(f"details say code {status.code}, the call {code.name}")
+    if LEAKS.search(status.message or "") or LEAKS.search(error.details() or ""):
+        problems.append(f"message shows internals: {status.message!r}")
+    info = error_details_pb2.ErrorInfo()
+    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    has_info = False
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+            has_info = True
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend(bad.field_violations)
+    if not has_info:
+        problems.append(f"{code.name} without ErrorInfo ({status.message!r})")
+    else:
+        if not REASON.match(info.reason):
+            problems.append(f"reason {info.reason!r} is not UPPER_SNAKE_CASE")
+        own = f"shopmesh.{service}"
+        # The gateway passes a downstream service's error through (a declined card is orders' answer).
+        if not (info.domain == own or (service == "gateway" and info.domain.startswith("shopmesh."))):
+            problems.append(f"domain {info.domain!r}, expected {own!r}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        if not violations and info.reason != "IDEMPOTENCY_KEY_REUSED":
+            problems.append(f"INVALID_ARGUMENT {info.reason} without field violations ({status.message!r})")
+        for violation in violations:
+            if violation.field not in METADATA_KEYS and not resolves(method.input_type, violation.field):
+                problems.append(f"violation names {violation.field!r}, not a field of {method.input_type.name}")
+            if not violation.description:
+                problems.append(f"violation of {violation.field!r} has no description")
+    return problems
+
+
+def call(
+    channel: grpc.Channel, service: str, method: MethodDescriptor, request: Any, meta: Sequence[tuple[str, str]]
+) -> list[str]:
+    """Send `request` to `method`; how the answer breaks the conventions (empty: OK, or a conforming error)."""
+    response_type = message_factory.GetMessageClass(method.output_type)
+    rpc = channel.unary_unary(
+        f"/{method.containing_service.full_name}/{method.name}",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response_type.FromString,
+    )
+    try:
+        rpc.with_call(request, metadata=tuple(meta), timeout=30)
+    except grpc.RpcError as error:
+        # The blocking API's errors are also the call's outcome (code, details, metadata).
+        return error_contract_violations(service, method, typing.cast(grpc.Call, error))
+    return []

@@ -1,0 +1,126 @@
+"""The contract test's checker catches each way an answer can break the wire conventions: a plain
+grpc.aio server (no chassis) breaks one convention per request, over a real socket, and the checker must
+name it; a conforming answer must pass. Also: every RPC of the contracts has a parseable exemplar."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from shopmesh.catalog.v1 import catalog_pb2
+
+from .conventions import call, contract_methods
+from .exemplars import TEMPLATES, exemplar
+
+GET_PRODUCT = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].methods_by_name["GetProduct"]
+
+
+def _status(
+    code: int,
+    message: str,
+    reason: str = "PRODUCT_NOT_FOUND",
+    domain: str = "shopmesh.catalog",
+    field: str | None = None,
+) -> grpc.Status:
+    details = []
+    if reason:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain))
+        details.append(info)
+    if field is not None:
+        bad = any_pb2.Any()
+        bad.Pack(error_details_pb2.BadRequest(field_violations=[{"field": field, "description": "required"}]))
+        details.append(bad)
+    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
+
+
+# product_id → (what the server answers, what the checker must say; "" = nothing).
+BEHAVIOURS: dict[str, tuple[grpc.Status | None, str]] = {
+    "conforming": (_status(code_pb2.NOT_FOUND, "product p not found"), ""),
+    "conforming-field": (
+        _status(code_pb2.INVALID_ARGUMENT, "bad", reason="INVALID_PRODUCT_ID", field="product_id"),
+        "",
+    ),
+    "internal": (_status(code_pb2.INTERNAL, "internal error", reason="INTERNAL"), "INTERNAL: a server fault"),
+    "headers-first": (_status(code_pb2.NOT_FOUND, "product p not found"), "not trailers-only"),
+    "bare": (None, "without google.rpc.Status details"),
+    "no-info": (_status(code_pb2.NOT_FOUND, "product p not found", reason=""), "without ErrorInfo"),
+    "camel-reason": (_status(code_pb2.NOT_FOUND, "gone", reason="productNotFound"), "is not UPPER_SNAKE_CASE"),
+    "foreign-domain": (_status(code_pb2.NOT_FOUND, "gone", domain="shopmesh.orders"), "expected 'shopmesh.catalog'"),
+    "leak": (_status(code_pb2.NOT_FOUND, 'Traceback (most recent call last): File "x.py"'), "shows internals"),
+    "unknown-field": (
+        _status(code_pb2.INVALID_ARGUMENT, "bad", reason="INVALID", field="colour"),
+        "not a field of GetProductRequest",
+    ),
+    "no-violations": (_status(code_pb2.INVALID_ARGUMENT, "bad", reason="INVALID"), "without field violations"),
+}
+
+
+async def _get_product(
+    request: catalog_pb2.GetProductRequest, context: grpc.aio.ServicerContext
+) -> catalog_pb2.GetProductResponse:
+    status, _ = BEHAVIOURS[request.product_id]
+    if request.product_id == "headers-first":
+        await context.send_initial_metadata((("x-served-by", "checker"),))
+    if status is None:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "product p not found")
+    assert status is not None
+    await context.abort_with_status(status)
+    raise AssertionError("unreachable")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def address() -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "shopmesh.catalog.v1.CatalogService",
+        {
+            "GetProduct": grpc.unary_unary_rpc_method_handler(
+                _get_product,
+                request_deserializer=catalog_pb2.GetProductRequest.FromString,
+                response_serializer=catalog_pb2.GetProductResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def channel(address: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(address) as opened:
+        yield opened
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("behaviour", list(BEHAVIOURS))
+async def test_the_checker_names_the_convention_an_answer_breaks(behaviour: str, channel: grpc.Channel) -> None:
+    request = catalog_pb2.GetProductRequest(product_id=behaviour)
+    # Blocking call on a worker thread, as in the contract test; the server runs on this test's loop.
+    problems = await asyncio.to_thread(call, channel, "catalog", GET_PRODUCT, request, ())
+    expected = BEHAVIOURS[behaviour][1]
+    if not expected:
+        assert problems == []
+    else:
+        assert any(expected in problem for problem in problems), problems
+
+
+def test_every_rpc_of_the_contracts_has_an_exemplar_that_parses() -> None:
+    methods = [method for _, method in contract_methods()]
+    assert sorted(TEMPLATES) == sorted(m.full_name for m in methods)
+    values = {"run": "r", "password": "p", "email": "e", "user": "u", "product": "p1", "other_product": "p2"}
+    values |= {"category": "c", "page_token": "t", "order": "o", "payment": "pay", "reservation": "res"}
+    for method in methods:
+        request = exemplar(method, values)
+        assert not re.search(r"\{[a-z_]+\}", str(request)), f"{method.full_name}: a placeholder left: {request}"
