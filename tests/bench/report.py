@@ -29,6 +29,20 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def host_cpu_ticks() -> tuple[int, int]:
+    """(stolen, all) clock ticks of the whole machine so far, from /proc/stat's first line. *Stolen* is the
+    time the hypervisor ran something else while this virtual machine had work: the share of a window
+    it takes is the host's phase, measured rather than guessed."""
+    with Path("/proc/stat").open() as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    elapsed = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / elapsed if elapsed > 0 else 0.0
+
+
 def write_section(path: Path, heading: str, section: str) -> None:
     """Replace the section that starts with `heading` (a `## ` line), keeping every other section."""
     text = path.read_text() if path.exists() else f"{DOC_TITLE}\n"

@@ -42,8 +42,13 @@ def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
     assert "CPU milliseconds per checkout" in out
     assert "| catalog | inventory | payments | orders | nats | load generator | all |" in out
     assert "| 5 |" in out
-    assert "Host speed before each repetition" in out
-    assert "| repetition | host speed ms | p50 ms at 5/s | p99 ms at 50/s |" in out
+    assert "The host's phase in each repetition" in out
+    assert (
+        "| repetition | host speed ms | p50 ms at 5/s | steal % at 50/s | CPU ms per checkout at 50/s "
+        "| p99 ms at 50/s |" in out
+    )
+    # Each rate's line (printed as it runs) carries the window's steal and CPU per checkout.
+    assert re.search(r"\| 5 \| .* \| steal \d+\.\d %, \d+\.\d CPU ms per checkout", out)
     bought = re.search(r"one unit of one of (\d+) catalog product", out)
     assert bought is not None
     assert int(bought.group(1)) > 1, "by default the checkouts spread over the whole catalog"
