@@ -42,7 +42,7 @@ import grpc
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import machine, process_cpu_seconds, write_section
+from report import host_cpu_ticks, machine, process_cpu_seconds, steal_percent, write_section
 
 SYNC_THREADS = 10
 # The defaults, which `make bench-chassis` uses: about 4 minutes on 2 cores. Five repetitions because
@@ -241,6 +241,7 @@ class Sample:
     server_cpu_percent: float
     client_cpu_percent: float
     other_cpu_percent: float
+    steal_percent: float
     errors: int
 
 
@@ -270,10 +271,12 @@ async def measure(
     await asyncio.sleep(warmup)
     window.recording = True
     busy, server_cpu, client_cpu = _busy_seconds(), process_cpu_seconds(pid), time.process_time()
+    ticks = host_cpu_ticks()
     start = time.perf_counter()
     await asyncio.sleep(duration)
     window.recording, window.stopped = False, True
     elapsed = time.perf_counter() - start
+    stolen = steal_percent(ticks, host_cpu_ticks())
     busy, server_cpu, client_cpu = (
         _busy_seconds() - busy,
         process_cpu_seconds(pid) - server_cpu,
@@ -293,6 +296,7 @@ async def measure(
         client_cpu_percent=client_cpu / elapsed * 100,
         # Whatever else ran on the machine meanwhile: the figures are only as good as this is small.
         other_cpu_percent=max(busy - server_cpu - client_cpu, 0.0) / elapsed * 100,
+        steal_percent=stolen,
         errors=window.errors,
     )
 
@@ -417,7 +421,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, dict[int, list[Sample]]
                 print(
                     f"  C={concurrency:<3} {sample.calls_per_second:8.0f} calls/s  p50 {sample.p50_ms:.3f} ms  "
                     f"p99 {sample.p99_ms:.3f} ms  server {sample.server_cpu_us_per_call:.0f} us/call  "
-                    f"other CPU {sample.other_cpu_percent:.0f}%",
+                    f"other CPU {sample.other_cpu_percent:.0f}%  steal {sample.steal_percent:.0f}%",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -441,6 +445,7 @@ class Cell:
     server_cpu_percent: float
     client_cpu_percent: float
     other_cpu_percent: float
+    steal_percent: float
     errors: int
 
     @classmethod
@@ -460,6 +465,7 @@ class Cell:
             server_cpu_percent=median(lambda s: s.server_cpu_percent),
             client_cpu_percent=median(lambda s: s.client_cpu_percent),
             other_cpu_percent=median(lambda s: s.other_cpu_percent),
+            steal_percent=median(lambda s: s.steal_percent),
             errors=sum(s.errors for s in samples),
         )
 
@@ -467,8 +473,8 @@ class Cell:
 def table(cells: Sequence[Cell]) -> str:
     lines = [
         "| server | C | calls/s (median) | calls/s (runs min-max) | p50 ms | p99 ms "
-        "| server CPU µs/call | server CPU % | client CPU % | other CPU % |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server CPU µs/call | server CPU % | client CPU % | other CPU % | steal % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for cell in cells:
         low, high = cell.calls_per_second_range
@@ -477,7 +483,7 @@ def table(cells: Sequence[Cell]) -> str:
             f"| {SERVER_KINDS[cell.kind].label}{errors} | {cell.concurrency} | {cell.calls_per_second:,.0f} "
             f"| {low:,.0f}-{high:,.0f} | {cell.p50_ms:.3f} | {cell.p99_ms:.3f} "
             f"| {cell.server_cpu_us_per_call:.0f} | {cell.server_cpu_percent:.0f} | {cell.client_cpu_percent:.0f} "
-            f"| {cell.other_cpu_percent:.0f} |"
+            f"| {cell.other_cpu_percent:.0f} | {cell.steal_percent:.0f} |"
         )
     return "\n".join(lines)
 
@@ -566,7 +572,8 @@ How to read this:
   below {max_other:g} % of a core, and was measured again (up to {retries} time(s), keeping the least
   disturbed attempt) when other processes exceeded that during the window. When it is still well above
   a few percent, something else competed for the cores and that cell is noisier than the spread
-  suggests.
+  suggests. *Steal %* is the share of the machine's CPU time the hypervisor gave to other guests while
+  this one had work (`/proc/stat`): a virtual machine with 2 vCPUs and 30 % steal has about 1.4 cores.
 - p50/p99 are client-side round-trip latencies, including the client's own event-loop queueing at
   C=32. The targets are checked on throughput at C=32, as the issue states them."""
 

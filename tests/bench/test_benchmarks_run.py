@@ -24,6 +24,7 @@ def test_chassis_benchmark_runs_and_reports_every_server() -> None:
     assert "b/a" in out
     for server in ("| a |", "| b |", "| c |"):
         assert server in out
+    assert "| other CPU % | steal % |" in out
 
 
 def test_chassis_benchmark_runs_with_an_io_bound_handler_in_its_own_section() -> None:
