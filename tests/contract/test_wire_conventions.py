@@ -1,6 +1,6 @@
 """Every RPC of every service keeps the wire conventions (docs/contracts.md) for any request a client can
 send: generated requests, from nonsense to almost right, go over real gRPC to the whole stack started by
-the same launcher as `make run`.
+the same launcher as `make run`, once on SQLite and once on PostgreSQL.
 
 For each answer that is not OK, the test demands what a client, a mesh and an on-call engineer rely on:
 no INTERNAL / UNKNOWN (a client mistake is never the server's fault), trailers-only (no initial
@@ -11,13 +11,15 @@ key at fault), and nothing of the server's internals in the message. When the ru
 service still runs and answers its health check.
 
 Hypothesis draws the requests (tests/contract/requests.py). The draws are fixed (`derandomize`), so CI
-is repeatable; `CONTRACT_EXAMPLES=500 CONTRACT_RANDOM=1 pytest tests/contract` explores further.
+is repeatable; `CONTRACT_EXAMPLES=1200 CONTRACT_RANDOM=1 pytest tests/contract` explores further.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.testing import health_status
+from shopmesh_chassis.testing.postgres import postgres_server
 from shopmesh_platform.stack import Stack
 from shopmesh_platform.topology import SERVICES
 
@@ -71,10 +74,21 @@ class Known:
     values: dict[str, str]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(module_dir: Path) -> AsyncIterator[Stack]:
-    async with Stack.for_tests(module_dir, env=ENV) as running:
-        yield running
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgresql"])
+async def stack(module_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """The whole stack on SQLite files (`make run`) and on PostgreSQL (Kubernetes), which refuses what
+    SQLite takes (a NUL in a text value, for one): a client mistake must not reach either as INTERNAL."""
+    with contextlib.ExitStack() as resources:
+        env = {name: dict(values) for name, values in ENV.items()}
+        if request.param == "postgresql":
+            server = resources.enter_context(postgres_server())
+            for name, service in SERVICES.items():
+                if service.has_database:
+                    env.setdefault(name, {}).update(
+                        DATABASE_URL=server.create_database(), IDEMPOTENCY_FINGERPRINT_KEY=secrets.token_hex(32)
+                    )
+        async with Stack.for_tests(module_dir / request.param, env=env) as running:
+            yield running
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

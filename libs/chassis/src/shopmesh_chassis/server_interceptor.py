@@ -32,6 +32,7 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db_errors import as_domain_error
 from shopmesh_chassis.grpc_errors import internal_status, status_code_for, to_grpc_status, to_rpc_status
 from shopmesh_chassis.metrics import MethodMetrics, ServerMetrics
+from shopmesh_chassis.text_fields import check_no_nul
 from shopmesh_chassis.tracing import current_trace_id
 
 log = logging.getLogger("shopmesh.server")
@@ -158,6 +159,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         code = grpc.StatusCode.OK
         start = time.perf_counter()
         try:
+            check_no_nul(request)
             return await behavior(request, context)
         except errors.ReplayedError as exc:
             stored = status_pb2.Status.FromString(exc.status)

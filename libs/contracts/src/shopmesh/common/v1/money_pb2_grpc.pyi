@@ -12,6 +12,11 @@ Time
   Instants are google.protobuf.Timestamp (UTC); spans of time are
   google.protobuf.Duration. Timestamp fields end in "_at".
 
+Text
+  String fields are UTF-8 and never contain U+0000 (NUL): a request with one
+  in any field, at any depth, fails with INVALID_ARGUMENT, ErrorInfo reason
+  NUL_CHARACTER and one BadRequest violation per field that holds it.
+
 Pagination (Google AIP-158)
   List and search requests carry `int32 page_size` and `string page_token`;
   responses carry `string next_page_token`.
