@@ -56,6 +56,27 @@ def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
     assert "median of 2 runs" in out or "not measured at 50/s" in out
 
 
+def test_checkout_benchmark_keeps_the_vcpus_awake_in_its_own_section_and_stops_its_spinners() -> None:
+    out = run(
+        str(HERE / "bench_checkout.py"),
+        *("--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3", "--repeats", "1", "--keep-awake"),
+    )
+    assert "## Checkout with the vCPUs kept from halting (`bench_checkout.py --keep-awake`)" in out
+    assert "--repeats 1 --keep-awake`" in out
+    assert "A SCHED_IDLE busy loop ran on every CPU throughout" in out
+    spinners = [
+        entry.name for entry in Path("/proc").iterdir() if entry.name.isdigit() and "SCHED_IDLE" in _cmdline(entry)
+    ]
+    assert spinners == []
+
+
+def _cmdline(process: Path) -> str:
+    try:
+        return (process / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_database_benchmark_runs_and_reports_every_transaction_shape() -> None:
     out = run(str(HERE / "bench_db.py"), "--transactions", "50", "--repeats", "1")
     assert "## Database transactions (`make bench-db`)" in out
