@@ -34,11 +34,15 @@ def test_chassis_benchmark_runs_with_an_io_bound_handler_in_its_own_section() ->
     assert "Each call waits 2 ms in its handler." in out
 
 
-def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
-    out = run(
-        str(HERE / "bench_checkout.py"),
-        *("--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3", "--repeats", "2"),
+def quick_checkout(*extra: str) -> str:
+    """The checkout benchmark at one low rate for a second: it runs end to end, figures unchecked."""
+    return run(
+        str(HERE / "bench_checkout.py"), "--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3", *extra
     )
+
+
+def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
+    out = quick_checkout("--repeats", "2")
     assert "## Checkout (`make bench-checkout`)" in out
     assert "CPU milliseconds per checkout" in out
     assert "| catalog | inventory | payments | orders | nats | load generator | all |" in out
@@ -57,10 +61,7 @@ def test_checkout_benchmark_runs_and_reports_a_rate() -> None:
 
 
 def test_checkout_benchmark_keeps_the_vcpus_awake_in_its_own_section_and_stops_its_spinners() -> None:
-    out = run(
-        str(HERE / "bench_checkout.py"),
-        *("--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3", "--repeats", "1", "--keep-awake"),
-    )
+    out = quick_checkout("--repeats", "1", "--keep-awake")
     assert "## Checkout with the vCPUs kept from halting (`bench_checkout.py --keep-awake`)" in out
     assert "--repeats 1 --keep-awake`" in out
     assert "A SCHED_IDLE busy loop ran on every CPU throughout" in out
@@ -85,10 +86,6 @@ def test_database_benchmark_runs_and_reports_every_transaction_shape() -> None:
 
 
 def test_checkout_benchmark_runs_on_postgresql_in_its_own_section() -> None:
-    out = run(
-        str(HERE / "bench_checkout.py"),
-        *("--rates", "5", "--seconds", "1", "--warmup", "0.5", "--serial", "3", "--repeats", "1"),
-        *("--database", "postgresql"),
-    )
+    out = quick_checkout("--repeats", "1", "--database", "postgresql")
     assert "## Checkout on PostgreSQL (`bench_checkout.py --database postgresql`)" in out
     assert "| catalog | inventory | payments | orders | nats | postgres | load generator | all |" in out
