@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import uuid
@@ -230,6 +231,20 @@ async def test_every_service_still_serves_after_the_generated_requests(stack: St
     for name in SERVICES:
         assert stack.is_running(name), f"{name} exited: {stack.recent_lines(name)[-20:]}"
         assert await health_status(stack.address(name)) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_no_service_logged_an_error_or_hid_a_database_failure(stack: Stack) -> None:
+    """A fault can hide behind a conforming answer: an unexpected exception logged at ERROR, or a database
+    error the chassis turned into UNAVAILABLE ("database trouble"). Neither may come from a request."""
+    assert stack.logs is not None
+    troubles = []
+    for name in SERVICES:
+        for line in stack.logs.lines.get(name, []):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("level") in ("ERROR", "CRITICAL") or "database trouble" in record.get("message", ""):
+                    troubles.append(f"{name}: {record.get('message')}")
+    assert troubles == []
 
 
 async def test_the_generated_orders_of_the_known_user_each_settled_their_money_once(stack: Stack, known: Known) -> None:
