@@ -39,6 +39,7 @@ COMMON_STRINGS = (
     "Grace Hopper",
     "10115",
 )
+# Around a known value: right shape, wrong value (NUL is refused by every service: docs/chassis.md).
 PADS = (" ", "\t", "\n", "\x00")
 _INT_BOUNDS = {
     FieldDescriptor.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
@@ -54,10 +55,7 @@ def strings(known: Sequence[str]) -> st.SearchStrategy[str]:
         st.just(""),
         st.text(max_size=24),
         st.text(alphabet=st.characters(codec="ascii"), min_size=200, max_size=3000),
-        # A known value with something around it: right shape, wrong value.
-        st.builds(
-            lambda v, pad: f"{pad}{v}{pad}", st.sampled_from((*known, *COMMON_STRINGS)), st.sampled_from(" \t\n\x00")
-        ),
+        st.builds(lambda v, pad: f"{pad}{v}{pad}", st.sampled_from((*known, *COMMON_STRINGS)), st.sampled_from(PADS)),
     )
 
 

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh.inventory.v1 import inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
@@ -94,70 +94,48 @@ async def stack(module_dir: Path, request: pytest.FixtureRequest) -> AsyncIterat
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def known(stack: Stack) -> Known:
-    """A user with a token, an order, its payment, a reservation, the catalog's ids."""
+    """A user with a token, an order, its payment, a reservation, the catalog's ids; the order and the
+    reservation are made from the exemplars, as valid requests."""
+    by_name = {method.full_name: method for _, method in METHODS}
+    email = f"contract-{uuid.uuid4().hex[:8]}@example.com"
+    async with grpc.aio.insecure_channel(stack.address("catalog")) as channel:
+        catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+        first_page = await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=3))
+        categories = (await catalog.ListCategories(catalog_pb2.ListCategoriesRequest())).categories
     async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
         shop = shop_pb2_grpc.ShopServiceStub(channel)
-        email = f"contract-{uuid.uuid4().hex[:8]}@example.com"
         await shop.Register(shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name="Contract"))
         login = await shop.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD))
-        auth = (("authorization", f"Bearer {login.access_token}"),)
-        async with grpc.aio.insecure_channel(stack.address("catalog")) as catalog_channel:
-            catalog = catalog_pb2_grpc.CatalogServiceStub(catalog_channel)
-            first_page = await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=3))
-            products = first_page.products
-            categories = (await catalog.ListCategories(catalog_pb2.ListCategoriesRequest())).categories
+        values = {
+            "run": uuid.uuid4().hex[:12],
+            "password": PASSWORD,
+            "email": email,
+            "user": login.user_id,
+            "product": first_page.products[0].id,
+            "other_product": first_page.products[1].id,
+            "category": categories[0].id,
+            "page_token": first_page.next_page_token,
+        }
         placed = await shop.PlaceOrder(
-            shop_pb2.PlaceOrderRequest(
-                items=[orders_pb2.CartItem(product_id=products[0].id, quantity=1)],
-                currency=products[0].price.currency,
-                shipping_address=orders_pb2.ShippingAddress(
-                    full_name="Grace Hopper",
-                    street="1 Compiler Road",
-                    city="Arlington",
-                    postal_code="22201",
-                    country="US",
-                ),
-                card=payments_pb2.PaymentCard(number="4242424242424242", exp_month=12, exp_year=2031, cvv="123"),
-            ),
-            metadata=(*auth, *idempotency_metadata(str(uuid.uuid4()))),
+            exemplar(by_name["shopmesh.gateway.v1.ShopService.PlaceOrder"], values),
+            metadata=(("authorization", f"Bearer {login.access_token}"), *idempotency_metadata(str(uuid.uuid4()))),
             timeout=30,
         )
-    order_id = placed.order.id
     async with grpc.aio.insecure_channel(stack.address("payments")) as channel:
         payments = payments_pb2_grpc.PaymentsServiceStub(channel)
-        paid = await payments.ListPayments(payments_pb2.ListPaymentsRequest(order_id=order_id))
+        paid = await payments.ListPayments(payments_pb2.ListPaymentsRequest(order_id=placed.order.id))
     async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
         inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
         reserved = await inventory.Reserve(
-            inventory_pb2.ReserveRequest(
-                order_id=f"ord_contract_{uuid.uuid4().hex[:8]}",
-                items=[inventory_pb2.ReservationItem(product_id=products[1].id, quantity=1)],
-            ),
+            exemplar(by_name["shopmesh.inventory.v1.InventoryService.Reserve"], values),
             metadata=idempotency_metadata(str(uuid.uuid4())),
         )
-    values = {
-        "run": uuid.uuid4().hex[:12],
-        "password": PASSWORD,
-        "email": email,
-        "user": login.user_id,
-        "product": products[0].id,
-        "other_product": products[1].id,
-        "category": categories[0].id,
-        "page_token": first_page.next_page_token,
-        "order": order_id,
-        "payment": paid.payments[0].id,
-        "reservation": reserved.reservation.id,
-    }
+    values |= {"order": placed.order.id, "payment": paid.payments[0].id, "reservation": reserved.reservation.id}
     strings = (
-        first_page.next_page_token,
-        login.user_id,
-        order_id,
-        reserved.reservation.id,
+        *(value for name, value in values.items() if name not in ("run", "password")),
         reserved.reservation.order_id,
-        *(p.id for p in paid.payments),
-        *(p.id for p in products),
-        *(c.id for c in categories),
-        email,
+        *(p.id for p in first_page.products[2:]),
+        *(c.id for c in categories[1:]),
     )
     return Known(strings=strings, user_id=login.user_id, access_token=login.access_token, values=values)
 
