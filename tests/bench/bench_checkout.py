@@ -59,6 +59,14 @@ from report import host_cpu_ticks, machine, process_cpu_seconds, steal_percent, 
 HEADING = "## Checkout (`make bench-checkout`)"
 POSTGRES_HEADING = "## Checkout on PostgreSQL (`bench_checkout.py --database postgresql`)"
 AWAKE_HEADING = "## Checkout with the vCPUs kept from halting (`bench_checkout.py --keep-awake`)"
+# Each configuration has its own section, so that no run replaces another configuration's.
+HEADINGS = {
+    ("sqlite", False): HEADING,
+    ("postgresql", False): POSTGRES_HEADING,
+    ("sqlite", True): AWAKE_HEADING,
+    ("postgresql", True): "## Checkout on PostgreSQL with the vCPUs kept from halting "
+    "(`bench_checkout.py --database postgresql --keep-awake`)",
+}
 # One per CPU at SCHED_IDLE: it runs only when nothing else wants the CPU, and is preempted at once.
 _SPINNER = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
 SERVICES = ("catalog", "inventory", "payments", "orders")
@@ -364,8 +372,9 @@ def summary_line(rate: float, runs: Sequence[Result]) -> str:
 
 
 def phases(repetitions: Sequence[Repetition]) -> str:
-    """Per repetition, two gauges of the host's speed beside the figure the target is about: the probe
-    before it, and the p50 at the lowest rate (requests hardly overlap there, so queueing adds little)."""
+    """Per repetition, gauges of the host beside the figure the target is about: the probe before it, the
+    p50 at the lowest rate (requests hardly overlap there, so queueing adds little), and the steal and
+    CPU per checkout in the window at the target rate."""
     lowest = min((r.rate for rep in repetitions for r in rep.results), default=float("nan"))
 
     def cell(rep: Repetition, rate: float, figure: Callable[[Result], float]) -> str:
@@ -392,13 +401,6 @@ def phases(repetitions: Sequence[Repetition]) -> str:
         f"| CPU ms per checkout at {TARGET_RATE}/s | p99 ms at {TARGET_RATE}/s |\n|--:|--:|--:|--:|--:|--:|\n"
         + "\n".join(rows)
     )
-
-
-def heading_for(database: str, keep_awake: bool) -> str:
-    """Each configuration has its own section, so that no run replaces another configuration's."""
-    if database == "postgresql":
-        return POSTGRES_HEADING.replace("`)", " --keep-awake`)") if keep_awake else POSTGRES_HEADING
-    return AWAKE_HEADING if keep_awake else HEADING
 
 
 def report(
@@ -515,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         + (f" --products {args.products}" if args.products else "")
         + (" --keep-awake" if args.keep_awake else "")
     )
-    heading = heading_for(args.database, args.keep_awake)
+    heading = HEADINGS[args.database, args.keep_awake]
     text = report(serial, repetitions, args.seconds, command, products, heading, args.database)
     print(text)
     if args.write:
