@@ -42,7 +42,7 @@ import grpc
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import host_cpu_ticks, machine, process_cpu_seconds, steal_percent, write_section
+from report import host_ticks, machine, process_cpu_seconds, write_section
 
 SYNC_THREADS = 10
 # The defaults, which `make bench-chassis` uses: about 4 minutes on 2 cores. Five repetitions because
@@ -213,13 +213,6 @@ def serve(kind: str, port: int) -> None:
 # --- the load generator --------------------------------------------------------------------------
 
 
-def _busy_seconds() -> float:
-    """CPU time the whole machine spent busy (all cores), from /proc/stat."""
-    with Path("/proc/stat").open() as stat:
-        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in stat.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Window:
     """What the workers share: whether to record yet, whether to stop, and what they recorded."""
@@ -270,18 +263,14 @@ async def measure(
     workers = [asyncio.create_task(_worker(stubs[i % len(stubs)], window, request)) for i in range(concurrency)]
     await asyncio.sleep(warmup)
     window.recording = True
-    busy, server_cpu, client_cpu = _busy_seconds(), process_cpu_seconds(pid), time.process_time()
-    ticks = host_cpu_ticks()
+    ticks, server_cpu, client_cpu = host_ticks(), process_cpu_seconds(pid), time.process_time()
     start = time.perf_counter()
     await asyncio.sleep(duration)
     window.recording, window.stopped = False, True
     elapsed = time.perf_counter() - start
-    stolen = steal_percent(ticks, host_cpu_ticks())
-    busy, server_cpu, client_cpu = (
-        _busy_seconds() - busy,
-        process_cpu_seconds(pid) - server_cpu,
-        time.process_time() - client_cpu,
-    )
+    after = host_ticks()
+    stolen, busy = after.steal_percent_since(ticks), after.busy_seconds_since(ticks)
+    server_cpu, client_cpu = process_cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
     await asyncio.gather(*workers)
     latencies = window.latencies
     if len(latencies) < 2:
@@ -305,9 +294,9 @@ async def wait_for_quiet(max_percent: float, max_wait: float) -> None:
     """Wait until the machine (our idle server and client included) is below max_percent of a core."""
     deadline = time.monotonic() + max_wait
     while time.monotonic() < deadline:
-        busy, start = _busy_seconds(), time.perf_counter()
+        ticks, start = host_ticks(), time.perf_counter()
         await asyncio.sleep(1.0)
-        if (_busy_seconds() - busy) / (time.perf_counter() - start) * 100 <= max_percent:
+        if host_ticks().busy_seconds_since(ticks) / (time.perf_counter() - start) * 100 <= max_percent:
             return
 
 

@@ -32,7 +32,6 @@ import contextlib
 import datetime
 import gc
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -50,11 +49,11 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_chassis.testing.postgres import PostgresServer, postgres_bin, postgres_server
-from shopmesh_platform.stack import Stack
+from shopmesh_chassis.testing.postgres import postgres_bin, postgres_server
+from shopmesh_platform.stack import Stack, postgres_env
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import host_cpu_ticks, machine, process_cpu_seconds, steal_percent, write_section
+from report import host_ticks, machine, process_cpu_seconds, write_section
 
 HEADING = "## Checkout (`make bench-checkout`)"
 POSTGRES_HEADING = "## Checkout on PostgreSQL (`bench_checkout.py --database postgresql`)"
@@ -263,12 +262,12 @@ async def run_rate(
         latencies.append((loop.time() - due) * 1000)
 
     with collector_paused():
-        ticks, cpu = host_cpu_ticks(), sum(map(process_cpu_seconds, pids))
+        ticks, cpu = host_ticks(), sum(map(process_cpu_seconds, pids))
         began = time.monotonic()
         start = loop.time() + 0.1
         await asyncio.gather(*(one(i) for i in range(count)))
         elapsed = max(seconds, time.monotonic() - began - 0.1)
-        stolen = steal_percent(ticks, host_cpu_ticks())
+        stolen = host_ticks().steal_percent_since(ticks)
         spent_ms = (sum(map(process_cpu_seconds, pids)) - cpu) * 1000
     per_checkout = spent_ms / len(latencies) if pids and latencies else float("nan")
     return Result(rate, count, len(latencies), errors, elapsed, tuple(latencies), stolen, per_checkout)
@@ -278,15 +277,6 @@ async def run_rate(
 class Repetition:
     host_speed_ms: float
     results: tuple[Result, ...]
-
-
-def postgres_env(server: PostgresServer) -> dict[str, dict[str, str]]:
-    """A database of its own for every service on one throwaway server, as in a cluster with one
-    PostgreSQL per service, and the fingerprint keys PostgreSQL mode requires."""
-    env = {name: {"DATABASE_URL": server.create_database()} for name in SERVICES}
-    for name in ("orders", "payments"):
-        env[name]["IDEMPOTENCY_FINGERPRINT_KEY"] = secrets.token_hex(32)
-    return env
 
 
 async def stocked_products(stack: Stack, count: int) -> list[str]:
@@ -317,7 +307,7 @@ async def bench(
         postmaster = None
         if database == "postgresql":
             server = resources.enter_context(postgres_server())
-            env = postgres_env(server)
+            env = postgres_env(server, SERVICES)
             postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
         stack = Stack.for_tests(Path(data), services=list(SERVICES), env=env)
         async with stack:
@@ -409,8 +399,8 @@ def report(
     seconds: float,
     command: str,
     products: int,
-    heading: str = HEADING,
     database: str = "sqlite",
+    keep_awake: bool = False,
 ) -> str:
     header = (
         "| offered rate (checkouts/s) | completed/s (median) | completed/offered (all runs) | errors "
@@ -437,14 +427,14 @@ def report(
     return (
         "\n\n".join(
             [
-                heading,
+                HEADINGS[database, keep_awake],
                 f"Command: `{command}` ({seconds:g} s per rate and repetition).",
                 *(
                     [
                         "A SCHED_IDLE busy loop ran on every CPU throughout, so that no vCPU halted: the "
                         "hypervisor's wake-up latency (steal) is kept out, as on dedicated cores."
                     ]
-                    if "--keep-awake" in command
+                    if keep_awake
                     else []
                 ),
                 *(
@@ -517,11 +507,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         + (f" --products {args.products}" if args.products else "")
         + (" --keep-awake" if args.keep_awake else "")
     )
-    heading = HEADINGS[args.database, args.keep_awake]
-    text = report(serial, repetitions, args.seconds, command, products, heading, args.database)
+    text = report(serial, repetitions, args.seconds, command, products, args.database, args.keep_awake)
     print(text)
     if args.write:
-        write_section(args.write, heading, text)
+        write_section(args.write, HEADINGS[args.database, args.keep_awake], text)
 
 
 if __name__ == "__main__":

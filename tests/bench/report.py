@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -29,18 +30,29 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def host_cpu_ticks() -> tuple[int, int]:
-    """(stolen, all) clock ticks of the whole machine so far, from /proc/stat's first line. *Stolen* is the
-    time the hypervisor ran something else while this virtual machine had work: the share of a window
-    it takes is the host's phase, measured rather than guessed."""
+@dataclass(frozen=True)
+class HostTicks:
+    """The whole machine's clock ticks so far (all cores), from one read of /proc/stat's first line."""
+
+    busy: int  # user + nice + system + irq + softirq
+    # Time the hypervisor ran something else while this virtual machine had work: the share of a
+    # window it takes is the host's phase, measured rather than guessed.
+    stolen: int
+    total: int
+
+    def busy_seconds_since(self, before: HostTicks) -> float:
+        return (self.busy - before.busy) / os.sysconf("SC_CLK_TCK")
+
+    def steal_percent_since(self, before: HostTicks) -> float:
+        elapsed = self.total - before.total
+        return 100.0 * (self.stolen - before.stolen) / elapsed if elapsed > 0 else 0.0
+
+
+def host_ticks() -> HostTicks:
     with Path("/proc/stat").open() as stat:
-        ticks = [int(v) for v in stat.readline().split()[1:9]]
-    return ticks[7], sum(ticks)
-
-
-def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
-    elapsed = after[1] - before[1]
-    return 100.0 * (after[0] - before[0]) / elapsed if elapsed > 0 else 0.0
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
+    busy = user + nice + system + irq + softirq
+    return HostTicks(busy=busy, stolen=steal, total=busy + idle + iowait + steal)
 
 
 def write_section(path: Path, heading: str, section: str) -> None:

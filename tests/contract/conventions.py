@@ -16,9 +16,10 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor
-from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 import shopmesh
+from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_platform.topology import SERVICES
 
 # Codes that always mean the server failed, whatever the request: never an answer to a client's input.
@@ -75,26 +76,18 @@ def error_contract_violations(service: str, method: MethodDescriptor, error: grp
         problems.append(f"{code.name}: a server fault as the answer to a request ({error.details()!r})")
     if initial := error.initial_metadata():
         problems.append(f"not trailers-only: initial metadata {list(initial)}")
-    raw = next((value for key, value in error.trailing_metadata() or () if key == "grpc-status-details-bin"), None)
-    if raw is None:
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError as mismatch:  # the details' code is not the call's
+        return [*problems, str(mismatch)]
+    if status is None:
         return [*problems, f"{code.name} without google.rpc.Status details ({error.details()!r})"]
-    status = status_pb2.Status.FromString(raw if isinstance(raw, bytes) else raw.encode())
-    if status.code != code.value[0]:
-        problems.append(f"details say code {status.code}, the call {code.name}")
     if LEAKS.search(status.message or "") or LEAKS.search(error.details() or ""):
         problems.append(f"message shows internals: {status.message!r}")
-    info = error_details_pb2.ErrorInfo()
-    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
-    has_info = False
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-            has_info = True
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations.extend(bad.field_violations)
-    if not has_info:
+    # The chassis' own client-side decoding of the details (ErrorInfo, BadRequest).
+    decoded = details_of(typing.cast(grpc.aio.AioRpcError, error))
+    info, violations = decoded.error_info, decoded.field_violations
+    if info is None:
         problems.append(f"{code.name} without ErrorInfo ({status.message!r})")
     else:
         if not REASON.match(info.reason):
@@ -104,8 +97,9 @@ def error_contract_violations(service: str, method: MethodDescriptor, error: grp
         if not (info.domain == own or (service == "gateway" and info.domain.startswith("shopmesh."))):
             problems.append(f"domain {info.domain!r}, expected {own!r}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        if not violations and info.reason != "IDEMPOTENCY_KEY_REUSED":
-            problems.append(f"INVALID_ARGUMENT {info.reason} without field violations ({status.message!r})")
+        reason = info.reason if info is not None else None
+        if not violations and reason != "IDEMPOTENCY_KEY_REUSED":
+            problems.append(f"INVALID_ARGUMENT {reason} without field violations ({status.message!r})")
         for violation in violations:
             if violation.field not in METADATA_KEYS and not resolves(method.input_type, violation.field):
                 problems.append(f"violation names {violation.field!r}, not a field of {method.input_type.name}")

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.testing import health_status
-from shopmesh_chassis.testing.postgres import postgres_server
-from shopmesh_platform.stack import Stack
+from shopmesh_chassis.testing.postgres import PostgresServer
+from shopmesh_platform.stack import Stack, postgres_env
 from shopmesh_platform.topology import SERVICES
 
 from .conventions import call, contract_methods
@@ -79,17 +78,13 @@ class Known:
 async def stack(module_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """The whole stack on SQLite files (`make run`) and on PostgreSQL (Kubernetes), which refuses what
     SQLite takes (a NUL in a text value, for one): a client mistake must not reach either as INTERNAL."""
-    with contextlib.ExitStack() as resources:
-        env = {name: dict(values) for name, values in ENV.items()}
-        if request.param == "postgresql":
-            server = resources.enter_context(postgres_server())
-            for name, service in SERVICES.items():
-                if service.has_database:
-                    env.setdefault(name, {}).update(
-                        DATABASE_URL=server.create_database(), IDEMPOTENCY_FINGERPRINT_KEY=secrets.token_hex(32)
-                    )
-        async with Stack.for_tests(module_dir / request.param, env=env) as running:
-            yield running
+    env = {name: dict(values) for name, values in ENV.items()}
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        for name, values in postgres_env(server).items():
+            env.setdefault(name, {}).update(values)
+    async with Stack.for_tests(module_dir / request.param, env=env) as running:
+        yield running
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

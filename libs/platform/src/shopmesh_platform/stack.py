@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -39,6 +40,7 @@ from typing import Any, Literal
 from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.testing import health_status
+from shopmesh_chassis.testing.postgres import PostgresServer
 
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .topology import LOCAL_HOST, LOCAL_NATS_MONITOR_PORT, LOCAL_NATS_PORT, LOCAL_SMTP_PORT, SERVICES
@@ -200,6 +202,18 @@ def start_waves(specs: Sequence[ServiceSpec]) -> list[list[str]]:
         waves.append(wave)
         placed.update(wave)
     return waves
+
+
+def postgres_env(server: PostgresServer, names: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
+    """Per-service environment that puts every service with a database (of `names`; default: all) on a
+    database of its own on `server`, as in a cluster with one PostgreSQL per service, with the
+    idempotency fingerprint key that PostgreSQL mode requires (`Stack(env=...)`)."""
+    chosen = SERVICES if names is None else {name: SERVICES[name] for name in names}
+    return {
+        name: {"DATABASE_URL": server.create_database(), "IDEMPOTENCY_FINGERPRINT_KEY": secrets.token_hex(32)}
+        for name, service in chosen.items()
+        if service.has_database
+    }
 
 
 def nats_server_binary() -> Path:
