@@ -40,7 +40,7 @@ from shopmesh.inventory.v1 import inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_chassis.testing import health_status
+from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_platform.stack import Stack, postgres_env
 from shopmesh_platform.topology import SERVICES
@@ -246,11 +246,11 @@ async def test_the_generated_orders_of_the_known_user_each_settled_their_money_o
 
         # A saga that met the processor-down test card may still be retrying (its PlaceOrder answered
         # UNAVAILABLE, as documented): wait, bounded, for it to end before judging the money.
-        for _ in range(60):
-            placed = await orders_of_the_user()
-            if all(order.state != orders_pb2.ORDER_STATE_PENDING for order in placed):
-                break
-            await asyncio.sleep(0.5)
+        async def none_pending() -> bool:
+            return all(order.state != orders_pb2.ORDER_STATE_PENDING for order in await orders_of_the_user())
+
+        await eventually(none_pending, "every order the generated calls placed out of PENDING", interval=0.5)
+        placed = await orders_of_the_user()
         assert placed, "the generated calls placed no order"
         for order in placed:
             paid = await payments.ListPayments(payments_pb2.ListPaymentsRequest(order_id=order.id, page_size=50))

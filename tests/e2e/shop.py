@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh_chassis import testing
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
 from shopmesh_platform.stack import Stack
 
@@ -120,19 +120,16 @@ def user() -> str:
     return f"usr_{uuid.uuid4().hex[:10]}"
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], what: str, attempts: int = 300, interval: float = 0.1
-) -> T:
-    """Poll until `probe` returns a value (bounded: a wait, not a timing assertion)."""
-    for _ in range(attempts):
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
+    """`testing.eventually` over gRPC calls that may meet a restarting server: UNAVAILABLE counts as
+    "not yet", since the client's channel reconnects with backoff, as a real client's would."""
+
+    async def answered() -> T | None:
         try:
-            value = await probe()
+            return await probe()
         except grpc.aio.AioRpcError as error:
-            # A restarted server: the client's channel reconnects with backoff, as a real client's would.
             if error.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
-            value = None
-        if value is not None:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"never happened: {what}")
+            return None
+
+    return await testing.eventually(answered, what, timeout=timeout)

@@ -14,6 +14,7 @@ import pytest_asyncio
 
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.testing import eventually
 from shopmesh_platform.stack import Stack
 
 from .shop import DECLINED_CARD, PROCESSOR_DOWN_CARD, Shop, place_request, shop_client, user
@@ -119,12 +120,12 @@ async def test_each_terminal_order_has_exactly_one_event(shop: Shop) -> None:
         await shop.place(place_request(user(), "prod_wool_throw", 1, DECLINED_CARD))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     cancelled_id = details_of(caught.value).error_info.metadata["order_id"]  # type: ignore[union-attr]
-    events: list[tuple[str, str]] = []
-    for _ in range(100):  # the relay publishes asynchronously; bounded wait
+
+    async def both_published() -> list[tuple[str, str]] | None:
         events = await shop.order_events()
-        if {confirmed.id, cancelled_id} <= {order_id for _, order_id in events}:
-            break
-        await asyncio.sleep(0.1)
+        return events if {confirmed.id, cancelled_id} <= {order_id for _, order_id in events} else None
+
+    events = await eventually(both_published, "both orders' events on the stream")
     assert [e for e in events if e[1] == confirmed.id] == [("orders.v1.order_confirmed", confirmed.id)]
     assert [e for e in events if e[1] == cancelled_id] == [("orders.v1.order_cancelled", cancelled_id)]
 

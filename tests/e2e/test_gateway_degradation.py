@@ -4,7 +4,6 @@ catalog fails the page at once with UNAVAILABLE instead of hanging."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest_asyncio
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.testing import eventually
 from shopmesh_platform.stack import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -58,12 +58,11 @@ def assert_fallback(page: shop_pb2.GetProductPageResponse) -> None:
 
 async def test_the_page_shows_ranked_recommendations_while_the_service_is_healthy(shop: Any) -> None:
     # A freshly started recommendations service may miss its first budgets (cold caches); bounded wait.
-    for _ in range(20):
+    async def ranked() -> shop_pb2.GetProductPageResponse | None:
         page = await product_page(shop)
-        if not page.recommendations_degraded:
-            break
-        await asyncio.sleep(0.25)
-    assert not page.recommendations_degraded
+        return None if page.recommendations_degraded else page
+
+    page = await eventually(ranked, "a product page with ranked recommendations", timeout=10)
     assert PRODUCT not in [r.product_id for r in page.recommendations]
 
 

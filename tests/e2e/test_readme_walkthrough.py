@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shopmesh_chassis.testing import eventually
 from shopmesh_platform.stack import PortPlan, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,11 +52,10 @@ async def test_readme_walkthrough_runs_verbatim(tmp_path: Path) -> None:
         assert "Unauthenticated" in err
         order_id = re.search(r"placed (ord_\w+)", out)
         assert order_id is not None
-        # The confirmation e-mail reaches the SMTP sink, as the README says (bounded wait, not a timing).
-        for _ in range(100):
+
+        # The confirmation e-mail reaches the SMTP sink, as the README says.
+        def mailed() -> bool:
             mails = [p.read_text(errors="replace") for p in (tmp_path / ".data" / "mail").glob("*.eml")]
-            if any(order_id.group(1) in mail for mail in mails):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"no e-mail for {order_id.group(1)} in the SMTP sink")
+            return any(order_id.group(1) in mail for mail in mails)
+
+        await eventually(mailed, f"an e-mail for {order_id.group(1)} in the SMTP sink")

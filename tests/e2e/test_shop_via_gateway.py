@@ -101,7 +101,7 @@ async def test_a_customer_registers_browses_orders_and_gets_the_confirmation_ema
         page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id=product.id, max_recommendations=3))
         return None if page.recommendations_degraded else page
 
-    page = await eventually(ranked_page, "a product page with ranked recommendations", attempts=20)
+    page = await eventually(ranked_page, "a product page with ranked recommendations", timeout=10)
     assert page.product.id == product.id
     assert page.availability.in_stock
     assert page.availability.available_quantity > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
 scratch = MetaData()
@@ -73,19 +73,11 @@ def consumer(
     )
 
 
-async def until(condition: object, attempts: int = 200) -> None:
-    for _ in range(attempts):
-        if await condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition never held")
-
-
 async def until_applied(db: Database, expected: Counter[str]) -> None:
     async def reached() -> bool:
         return await applied(db) == expected
 
-    await until(reached)
+    await eventually(reached, f"effects {dict(expected)} applied")
 
 
 async def record(session: DbConnection, event: Event) -> None:
@@ -101,7 +93,7 @@ async def test_each_event_is_applied_once(db: Database, client: Client, nats_srv
     async def all_applied() -> bool:
         return await applied(db) == Counter({"e1": 1, "e2": 1, "e3": 1})
 
-    await until(all_applied)
+    await eventually(all_applied, "e1, e2 and e3 applied once each")
     await running.stop()
 
 
@@ -172,7 +164,7 @@ async def test_a_poison_message_is_parked_and_later_messages_still_flow(
     async def good_applied() -> bool:
         return await applied(db) == Counter({"good": 1})
 
-    await until(good_applied)
+    await eventually(good_applied, "the good event applied")
 
     async def parked() -> bool:
         try:
@@ -181,7 +173,7 @@ async def test_a_poison_message_is_parked_and_later_messages_still_flow(
             return False
         return info.state.messages == 1
 
-    await until(parked)
+    await eventually(parked, "the poison message dead-lettered")
     message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
     assert message.data == b"poison"
     assert message.subject == "deadletter.tester.things.v1.happened"

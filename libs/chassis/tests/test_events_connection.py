@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shopmesh_chassis import events
-from shopmesh_chassis.testing import free_port
+from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import nats_server
 
 
@@ -57,11 +57,7 @@ async def test_a_broker_outage_is_logged_in_plain_lines_and_the_connection_comes
         # The broker is gone: nats-py retries every 0.5 s (several attempts in this window).
         await asyncio.sleep(2.5)
         with nats_server(tmp_path / "after", port=port):
-            for _ in range(100):
-                if client.is_connected:
-                    break
-                await asyncio.sleep(0.1)
-            assert client.is_connected
+            await eventually(lambda: client.is_connected, "the client reconnected", interval=0.1)
     finally:
         await client.close()
     ours = [r for r in caplog.records if r.name.startswith(("shopmesh.events", "nats"))]

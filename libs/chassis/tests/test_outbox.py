@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from shopmesh_chassis.events import JetStreamPublisher, ensure_stream
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import _PG_RELAY_LOCK, OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.tables import outbox_events
+from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer
 
@@ -133,25 +133,26 @@ async def test_relay_keeps_events_while_nats_is_down_and_sends_them_later(db: Da
         )
     assert unpublished == ids
     with nats_server(store, port=port):
-        # Back up: the relay's retries deliver the event (bounded wait, not a timing assertion).
-        for _ in range(200):
-            with contextlib.suppress(Exception):
-                if [event_id for event_id, _ in await stream_contents(nc)] == ids:
-                    break
-            await asyncio.sleep(0.1)
-        assert [event_id for event_id, _ in await stream_contents(nc)] == ids
+        # Back up: the relay's retries deliver the event.
+        async def delivered() -> bool:
+            try:
+                return [event_id for event_id, _ in await stream_contents(nc)] == ids
+            except nats.errors.Error:  # the test's own client may still be reconnecting
+                return False
+
+        await eventually(delivered, "the event kept while NATS was down on the stream", interval=0.1)
         await relay.stop()
     await nc.close()
 
 
-async def wait_for_stream(client: Client, count: int, seconds: float = 10.0) -> list[tuple[str, str]]:
-    """The stream's contents once it holds `count` messages (or whatever it holds after `seconds`)."""
-    for _ in range(int(seconds / 0.05)):
+async def wait_for_stream(client: Client, count: int) -> list[tuple[str, str]]:
+    """The stream's contents once it holds `count` messages or more (the caller checks which)."""
+
+    async def enough() -> list[tuple[str, str]] | None:
         contents = await stream_contents(client)
-        if len(contents) >= count:
-            return contents
-        await asyncio.sleep(0.05)
-    return await stream_contents(client)
+        return contents if len(contents) >= count else None
+
+    return await eventually(enough, f"{count} message(s) on the stream")
 
 
 async def test_a_running_relay_sends_more_events_than_one_batch_without_waiting_for_its_poll(

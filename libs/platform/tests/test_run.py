@@ -20,7 +20,7 @@ import nats
 import pytest
 from grpc_health.v1 import health_pb2
 
-from shopmesh_chassis.testing import health_status
+from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform import run
 from shopmesh_platform.stack import StackError
 from shopmesh_platform.topology import SERVICES
@@ -163,11 +163,7 @@ async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) 
         await stop_launcher(process)
 
     # The kernel sends the orphan SIGTERM (PR_SET_PDEATHSIG); it shuts down on its own.
-    for _ in range(150):
-        if gone(nats_pid):
-            break
-        await asyncio.sleep(0.1)
-    assert gone(nats_pid), "nats-server outlived its killed launcher"
+    await eventually(lambda: gone(nats_pid), "nats-server gone after its launcher was killed", timeout=15)
 
 
 def test_an_unknown_service_exits_1_naming_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,8 +5,7 @@ ListNotifications over a real gRPC socket."""
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -27,7 +26,7 @@ from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.server import ServiceBinding
-from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
@@ -48,19 +47,6 @@ PENDING, SENT, FAILED = (
     notifications_pb2.NOTIFICATION_STATE_FAILED,
 )
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
-
-
-async def until(condition: Callable[[], Any], what: str, attempts: int = 200) -> Any:
-    """Poll until `condition` returns (or awaits to) something truthy: a bounded wait, not a timing
-    assertion."""
-    for _ in range(attempts):
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def confirmed_event(event_id: str, order_id: str, user_id: str = "usr_1", email: str = "ada@example.com") -> bytes:
@@ -197,7 +183,7 @@ async def running(
 async def test_an_order_confirmation_is_mailed_once_and_listed_as_sent(running: Running) -> None:
     await running.publish(ORDER_CONFIRMED, confirmed_event("evt_1", "ord_1"), "evt_1")
 
-    mails = await until(lambda: mail_for(running.sink.directory, "ord_1"), "the e-mail")
+    mails = await eventually(lambda: mail_for(running.sink.directory, "ord_1"), "the e-mail")
     (mail,) = mails
     assert mail["Subject"] == "Your shopmesh order ord_1 is confirmed"
     assert mail["To"] == "ada@example.com"
@@ -210,7 +196,7 @@ async def test_an_order_confirmation_is_mailed_once_and_listed_as_sent(running: 
         listed = await running.listed()
         return listed if listed and listed[0].state == SENT else []
 
-    (notification,) = await until(sent, "SENT")
+    (notification,) = await eventually(sent, "SENT")
     assert (notification.order_id, notification.event_id) == ("ord_1", "evt_1")
     assert notification.kind == notifications_pb2.NOTIFICATION_KIND_ORDER_CONFIRMED
     assert notification.HasField("sent_at")
@@ -220,7 +206,7 @@ async def test_an_order_confirmation_is_mailed_once_and_listed_as_sent(running: 
 async def test_a_cancellation_is_mailed_with_its_reason(running: Running) -> None:
     await running.publish(ORDER_CANCELLED, cancelled_event("evt_2", "ord_2"), "evt_2")
 
-    (mail,) = await until(lambda: mail_for(running.sink.directory, "ord_2"), "the e-mail")
+    (mail,) = await eventually(lambda: mail_for(running.sink.directory, "ord_2"), "the e-mail")
     assert mail["Subject"] == "Your shopmesh order ord_2 was cancelled"
     assert "Reason: Your card was declined." in mail.get_content()
     (listed,) = await running.listed()
@@ -236,8 +222,8 @@ async def test_a_redelivered_event_records_no_second_notification_and_sends_no_s
     assert await running.consumer._apply(Event("evt_3", ORDER_CONFIRMED, payload, {"Nats-Msg-Id": "evt_3"}, 1))
     assert not await running.consumer._apply(Event("evt_3", ORDER_CONFIRMED, payload, {"Nats-Msg-Id": "evt_3"}, 2))
 
-    await until(lambda: mail_for(running.sink.directory, "ord_3"), "the e-mail")
-    await until(lambda: running.stored("evt_3"), "the notification")
+    await eventually(lambda: mail_for(running.sink.directory, "ord_3"), "the e-mail")
+    await eventually(lambda: running.stored("evt_3"), "the notification")
     assert [n.event_id for n in await running.listed()] == ["evt_3"]
     assert len(mail_for(running.sink.directory, "ord_3")) == 1
 
@@ -255,7 +241,7 @@ async def test_while_the_mail_server_is_down_the_notification_stays_pending_and_
         stored = await running.stored("evt_4")
         return stored is not None and stored.attempts >= 2
 
-    await until(retried, "two failed attempts")
+    await eventually(retried, "two failed attempts")
     stored = await running.stored("evt_4")
     assert stored is not None
     assert stored.state is State.PENDING
@@ -264,12 +250,12 @@ async def test_while_the_mail_server_is_down_the_notification_stays_pending_and_
 
     back = await start_sink(directory, port=port)
     try:
-        await until(lambda: mail_for(directory, "ord_4"), "the e-mail once the server is back")
+        await eventually(lambda: mail_for(directory, "ord_4"), "the e-mail once the server is back")
 
         async def sent() -> bool:
             return [n.state for n in await running.listed()] == [SENT]
 
-        await until(sent, "SENT")
+        await eventually(sent, "SENT")
         assert len(mail_for(directory, "ord_4")) == 1
     finally:
         await back.close()
@@ -285,7 +271,7 @@ async def test_a_notification_whose_attempts_all_fail_ends_failed_with_the_reaso
         listed = await running.listed()
         return listed if listed and listed[0].state == FAILED else []
 
-    (notification,) = await until(failed, "FAILED")
+    (notification,) = await eventually(failed, "FAILED")
     assert notification.failure_reason != ""
     assert not notification.HasField("sent_at")
 
@@ -315,7 +301,7 @@ async def test_a_recipient_the_mail_server_refuses_for_good_fails_at_once(runnin
             listed = await running.listed()
             return listed if listed and listed[0].state == FAILED else []
 
-        (notification,) = await until(failed, "FAILED")
+        (notification,) = await eventually(failed, "FAILED")
         assert "550" in notification.failure_reason
         stored = await running.stored("evt_6")
         assert stored is not None
@@ -331,7 +317,7 @@ async def test_poison_messages_are_dead_lettered_and_later_messages_still_flow(r
     await running.publish(ORDER_CONFIRMED, confirmed_event("evt_noemail", "ord_x", email=""), "evt_noemail")
     await running.publish(ORDER_CONFIRMED, confirmed_event("evt_7", "ord_7"), "evt_7")
 
-    await until(lambda: mail_for(running.sink.directory, "ord_7"), "the later e-mail")
+    await eventually(lambda: mail_for(running.sink.directory, "ord_7"), "the later e-mail")
 
     js = running.js.jetstream()
 
@@ -342,7 +328,7 @@ async def test_poison_messages_are_dead_lettered_and_later_messages_still_flow(r
             return False
         return info.state.messages == 2
 
-    await until(parked, "two dead-lettered messages")
+    await eventually(parked, "two dead-lettered messages")
     originals = set()
     for sequence in (1, 2):
         message = await js.get_msg(DEAD_LETTER_STREAM, sequence)

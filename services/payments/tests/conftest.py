@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,16 +138,6 @@ class Payments:
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    """Wait until `check` holds; background work (relay, NATS reconnects) gets a bounded time, and the
-    caller asserts the outcome afterwards."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

@@ -10,10 +10,10 @@ import nats
 from nats.aio.client import Client
 
 from shopmesh.payments.v1 import events_pb2
-from shopmesh_chassis.testing import free_port
+from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
-from .conftest import Payments, charge_request, eventually, running_payments
+from .conftest import Payments, charge_request, running_payments
 
 
 async def stream_messages(client: Client) -> list[tuple[str, dict[str, str], bytes]]:
@@ -40,7 +40,7 @@ async def test_capture_and_refund_reach_the_stream_once_each_with_the_event_id_a
         await payments.charge(charge_request("ord_1", amount_minor=4200), key="ord_1:charge")  # replayed
         await payments.refund(captured.id, key="ord_1:refund", reason="cancelled")
         await payments.refund(captured.id, key="ord_1:refund-again", reason="cancelled")  # already refunded
-        await eventually(lambda: all_published(payments))
+        await eventually(lambda: all_published(payments), "every outbox event published")
         assert await payments.outbox() == [
             ("payments.v1.payment_captured", True),
             ("payments.v1.payment_refunded", True),
@@ -81,7 +81,7 @@ async def test_the_service_serves_while_nats_is_away_and_publishes_once_it_is_ba
         captured = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
         assert await payments.outbox() == [("payments.v1.payment_captured", False)]
         with nats_server(tmp_path / "nats", port=port) as server:
-            await eventually(lambda: all_published(payments))
+            await eventually(lambda: all_published(payments), "every outbox event published")
             assert await payments.outbox() == [("payments.v1.payment_captured", True)]
             client = await nats.connect(server.url)
             try:

@@ -3,7 +3,6 @@ a real nats-server carrying OrderConfirmed events — the contract as the gatewa
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -29,6 +28,7 @@ from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.tables import processed_events
 from shopmesh_chassis.testing import (
     ServiceProcess,
+    eventually,
     free_port,
     health_status,
     serve_in_process,
@@ -173,13 +173,12 @@ async def publish(nats_url: str, *events: OrderEvent) -> None:
 
 async def until_processed(service: Running, *events: OrderEvent) -> None:
     wanted = {e.event_id for e in events}
-    for _ in range(400):
-        async with service.service.database.transaction() as session:
-            done = set((await session.execute(select(processed_events.c.event_id))).scalars())
-        if wanted <= done:
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"events never processed: {sorted(wanted - done)}")
+
+    async def processed() -> bool:
+        async with service.service.database.read() as session:
+            return wanted <= set((await session.execute(select(processed_events.c.event_id))).scalars())
+
+    await eventually(processed, f"events {sorted(wanted)} processed", interval=0.025)
 
 
 async def learn(service: Running, nats_url: str, *events: OrderEvent) -> None:
@@ -429,12 +428,13 @@ async def test_fault_mode_slow_outlasts_a_callers_deadline_and_the_wait_is_cance
             "grpc_code": "CANCELLED",
         }
         registry = service.server.metrics.registry
-        for _ in range(200):
-            if registry.get_sample_value("grpc_server_handled_total", labels) == 1.0:
-                break
-            await asyncio.sleep(0.025)
         # The handler did not sleep on for a minute: the server cancelled it when the deadline passed.
-        assert registry.get_sample_value("grpc_server_handled_total", labels) == 1.0
+        await eventually(
+            lambda: registry.get_sample_value("grpc_server_handled_total", labels) == 1.0,
+            "the call counted as CANCELLED",
+            timeout=10,
+            interval=0.025,
+        )
 
 
 async def test_fault_mode_slow_still_answers_a_patient_caller(tmp_path: Path, catalog: ServiceProcess) -> None:

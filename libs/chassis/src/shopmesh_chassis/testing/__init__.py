@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
+import reprlib
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,6 +23,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,6 +53,32 @@ async def wait_serving(address: str, timeout: float = 20.0, service: str = "") -
             return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{address} was not SERVING within {timeout}s")
+
+
+@overload
+async def eventually(
+    condition: Callable[[], Awaitable[T]], what: str, *, timeout: float = ..., interval: float = ...
+) -> T: ...
+@overload
+async def eventually(condition: Callable[[], T], what: str, *, timeout: float = ..., interval: float = ...) -> T: ...
+async def eventually(condition: Callable[[], Any], what: str, *, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Call `condition` until it returns (or awaits to) something truthy, and return that.
+
+    For outcomes that background work brings about (a relay publishing, a consumer catching up, a
+    process exiting): a bounded wait, never a timing assertion, so the timeout is generous and only
+    a condition that never holds fails, with AssertionError naming `what` and the last value seen.
+    Exceptions from `condition` propagate; a caller that expects some (a restarting server) turns
+    them into a falsy value itself."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"never happened within {timeout:g} s: {what} (last seen: {reprlib.repr(value)})")
+        await asyncio.sleep(interval)
 
 
 @contextlib.asynccontextmanager
