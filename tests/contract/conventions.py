@@ -108,18 +108,22 @@ def error_contract_violations(service: str, method: MethodDescriptor, error: grp
     return problems
 
 
-def call(
-    channel: grpc.Channel, service: str, method: MethodDescriptor, request: Any, meta: Sequence[tuple[str, str]]
-) -> list[str]:
-    """Send `request` to `method`; how the answer breaks the conventions (empty: OK, or a conforming error)."""
+def unary(channel: grpc.Channel | grpc.aio.Channel, method: MethodDescriptor) -> Any:
+    """A callable for `method` on a blocking or an asyncio channel, (de)serializing its own messages."""
     response_type = message_factory.GetMessageClass(method.output_type)
-    rpc = channel.unary_unary(
+    return channel.unary_unary(
         f"/{method.containing_service.full_name}/{method.name}",
         request_serializer=lambda m: m.SerializeToString(),
         response_deserializer=response_type.FromString,
     )
+
+
+def call(
+    channel: grpc.Channel, service: str, method: MethodDescriptor, request: Any, meta: Sequence[tuple[str, str]]
+) -> list[str]:
+    """Send `request` to `method`; how the answer breaks the conventions (empty: OK, or a conforming error)."""
     try:
-        rpc.with_call(request, metadata=tuple(meta), timeout=30)
+        unary(channel, method).with_call(request, metadata=tuple(meta), timeout=30)
     except grpc.RpcError as error:
         # The blocking API's errors are also the call's outcome (code, details, metadata).
         return error_contract_violations(service, method, typing.cast(grpc.Call, error))

@@ -7,8 +7,10 @@ no INTERNAL / UNKNOWN (a client mistake is never the server's fault), trailers-o
 metadata: the status travels in the only HEADERS frame, where a mesh sees it), `google.rpc.Status`
 details matching the status code, an ErrorInfo with an UPPER_SNAKE_CASE reason in a `shopmesh.*`
 domain, field violations for INVALID_ARGUMENT that name a real field of the request (or the metadata
-key at fault), and nothing of the server's internals in the message. When the run is over every
-service still runs and answers its health check.
+key at fault), and nothing of the server's internals in the message. Two conventions about calls in
+sequence are checked for every RPC they apply to: duplicates of an IDEMPOTENT call sent at once end in
+one outcome, and paging through a list gives each item once. When the run is over every service still
+runs and answers its health check.
 
 Hypothesis draws the requests (tests/contract/requests.py). The draws are fixed (`derandomize`), so CI
 is repeatable; `CONTRACT_EXAMPLES=1200 CONTRACT_RANDOM=1 pytest tests/contract` explores further.
@@ -29,6 +31,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
@@ -40,12 +43,14 @@ from shopmesh.inventory.v1 import inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.pagination import INVALID_PAGE_TOKEN, MAX_PAGE_SIZE
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_platform.stack import Stack, postgres_env
 from shopmesh_platform.topology import SERVICES
 
-from .conventions import call, contract_methods
+from .conventions import call, contract_methods, error_contract_violations, unary
 from .exemplars import exemplar
 from .requests import messages, mutations
 
@@ -89,14 +94,20 @@ async def stack(module_dir: Path, request: pytest.FixtureRequest) -> AsyncIterat
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def known(stack: Stack) -> Known:
-    """A user with a token, an order, its payment, a reservation, the catalog's ids; the order and the
-    reservation are made from the exemplars, as valid requests."""
+    return await entities(stack)
+
+
+async def entities(stack: Stack) -> Known:
+    """A new user with a token, an order, its payment, a reservation, the catalog's ids; the order and
+    the reservation are made from the exemplars, as valid requests."""
     by_name = {method.full_name: method for _, method in METHODS}
     email = f"contract-{uuid.uuid4().hex[:8]}@example.com"
     async with grpc.aio.insecure_channel(stack.address("catalog")) as channel:
         catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
         first_page = await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=3))
         categories = (await catalog.ListCategories(catalog_pb2.ListCategoriesRequest())).categories
+        # The category the exemplars search "coffee" in: one where that finds something to page through.
+        coffee = await catalog.SearchProducts(catalog_pb2.SearchProductsRequest(query="coffee", page_size=1))
     async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
         shop = shop_pb2_grpc.ShopServiceStub(channel)
         await shop.Register(shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name="Contract"))
@@ -108,7 +119,7 @@ async def known(stack: Stack) -> Known:
             "user": login.user_id,
             "product": first_page.products[0].id,
             "other_product": first_page.products[1].id,
-            "category": categories[0].id,
+            "category": coffee.products[0].category,
             "page_token": first_page.next_page_token,
         }
         placed = await shop.PlaceOrder(
@@ -130,7 +141,7 @@ async def known(stack: Stack) -> Known:
         *(value for name, value in values.items() if name not in ("run", "password")),
         reserved.reservation.order_id,
         *(p.id for p in first_page.products[2:]),
-        *(c.id for c in categories[1:]),
+        *(c.id for c in categories),
     )
     return Known(strings=strings, user_id=login.user_id, access_token=login.access_token, values=values)
 
@@ -198,6 +209,148 @@ async def test_any_request_gets_an_answer_that_keeps_the_wire_conventions(
         assert not problems, f"{method.full_name}({request}) with {meta}: " + "; ".join(problems)
 
     await asyncio.to_thread(answered_by_the_conventions)
+
+
+def is_idempotent(method: MethodDescriptor) -> bool:
+    return method.GetOptions().idempotency_level == descriptor_pb2.MethodOptions.IDEMPOTENT
+
+
+IDEMPOTENT_METHODS = [(service, method) for service, method in METHODS if is_idempotent(method)]
+DUPLICATES = 6
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one call answered, in the terms its duplicates must agree on."""
+
+    code: grpc.StatusCode
+    response: bytes = b""  # the response, serialized deterministically, when OK
+    reason: str = ""  # the ErrorInfo reason otherwise
+    problems: tuple[str, ...] = ()  # how an error broke the wire conventions
+
+    @property
+    def settled(self) -> bool:
+        """Not an answer to retry: ABORTED (the key is in use) and UNAVAILABLE are."""
+        return self.code not in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
+
+    def same(self) -> tuple[Any, ...]:
+        return (self.code, self.response, self.reason)
+
+    def __str__(self) -> str:
+        if self.code == grpc.StatusCode.OK:
+            return f"OK {self.response.hex()[:16]}..."
+        return f"{self.code.name} {self.reason}"
+
+
+async def outcome(
+    channel: grpc.aio.Channel, service: str, method: MethodDescriptor, request: Any, meta: tuple[tuple[str, str], ...]
+) -> Outcome:
+    try:
+        answer = await unary(channel, method)(request, metadata=meta, timeout=30)
+        return Outcome(grpc.StatusCode.OK, response=answer.SerializeToString(deterministic=True))
+    except grpc.aio.AioRpcError as error:
+        info = details_of(error).error_info
+        problems = error_contract_violations(service, method, error)
+        return Outcome(error.code(), reason=info.reason if info else "", problems=tuple(problems))
+
+
+@pytest.mark.parametrize(
+    ("service", "method"), IDEMPOTENT_METHODS, ids=[f"{s}.{m.name}" for s, m in IDEMPOTENT_METHODS]
+)
+async def test_duplicates_of_an_idempotent_call_sent_at_once_end_in_one_outcome(
+    service: str, method: MethodDescriptor, stack: Stack
+) -> None:
+    """A client, a proxy or gRPC's own retry policy may send a call again before the first has answered.
+    For every RPC the contracts mark IDEMPOTENT: the same request with the same key, sent several times
+    at once and once more afterwards, gets one outcome. Each answer is that outcome, or ABORTED /
+    UNAVAILABLE (retry: the key is in use), and the retry afterwards gets it too; never a server fault,
+    never a second, different success. Fresh entities per RPC, so the call does its work for real."""
+    fresh = await entities(stack)
+    request = exemplar(method, fresh.values)
+    meta: tuple[tuple[str, str], ...] = (("idempotency-key", str(uuid.uuid4())), ("x-user-id", fresh.user_id))
+    if service == "gateway":
+        meta += (("authorization", f"Bearer {fresh.access_token}"),)
+    async with grpc.aio.insecure_channel(stack.address(service)) as channel:
+        at_once = await asyncio.gather(*(outcome(channel, service, method, request, meta) for _ in range(DUPLICATES)))
+        afterwards = await outcome(channel, service, method, request, meta)
+    answers = [*at_once, afterwards]
+    assert [a.problems for a in answers if a.problems] == []
+    assert afterwards.settled, f"the retry after the duplicates still got {afterwards.code.name} {afterwards.reason}"
+    outcomes = {a.same() for a in answers if a.settled}
+    assert len(outcomes) == 1, "more than one outcome: " + ", ".join(map(str, answers))
+
+
+def is_paginated(method: MethodDescriptor) -> bool:
+    """AIP-158 as the conventions state it: page_size and page_token in, next_page_token out."""
+    return {"page_size", "page_token"} <= set(method.input_type.fields_by_name) and (
+        "next_page_token" in method.output_type.fields_by_name
+    )
+
+
+PAGINATED_METHODS = [(service, method) for service, method in METHODS if is_paginated(method)]
+
+
+def listed_field(method: MethodDescriptor) -> str:
+    """The response's list: its one repeated message field."""
+    (name,) = [f.name for f in method.output_type.fields if f.is_repeated and f.message_type is not None]
+    return name
+
+
+async def walk(
+    channel: grpc.aio.Channel, method: MethodDescriptor, first: Any, meta: tuple[tuple[str, str], ...], size: int
+) -> tuple[list[list[str]], list[str]]:
+    """Every page of the list, from the first to the one without next_page_token: the ids on each page,
+    and the tokens that led to the pages after the first."""
+    pages: list[list[str]] = []
+    tokens: list[str] = []
+    request = type(first)()
+    request.CopyFrom(first)
+    request.page_size = size
+    request.page_token = ""
+    for _ in range(1000):
+        page = await unary(channel, method)(request, metadata=meta, timeout=30)
+        pages.append([item.id for item in getattr(page, listed_field(method))])
+        if not page.next_page_token:
+            return pages, tokens
+        tokens.append(page.next_page_token)
+        request.page_token = page.next_page_token
+    raise AssertionError(f"{method.full_name} gave a next_page_token on each of 1,000 pages of {size}")
+
+
+@pytest.mark.parametrize(("service", "method"), PAGINATED_METHODS, ids=[f"{s}.{m.name}" for s, m in PAGINATED_METHODS])
+async def test_paging_through_a_list_gives_each_item_once_and_refuses_a_broken_token(
+    service: str, method: MethodDescriptor, stack: Stack, known: Known
+) -> None:
+    """For every RPC that pages (AIP-158 in the conventions): small pages hold at most page_size items,
+    the walk ends, and no item comes twice or goes missing against whole-list reads before and after
+    (the list may grow meanwhile: notifications arrive, sagas finish; nothing is ever deleted). A token
+    cut short is INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN, naming page_token. Runs after the
+    generated calls, so the known user has orders, payments and notifications to page through."""
+    first = exemplar(method, known.values)
+    meta: tuple[tuple[str, str], ...] = (("x-user-id", known.user_id),)
+    if service == "gateway":
+        meta += (("authorization", f"Bearer {known.access_token}"),)
+    async with grpc.aio.insecure_channel(stack.address(service)) as channel:
+        before = [item for page in (await walk(channel, method, first, meta, MAX_PAGE_SIZE))[0] for item in page]
+        size = max(1, len(before) // 3)
+        pages, tokens = await walk(channel, method, first, meta, size)
+        after = [item for page in (await walk(channel, method, first, meta, MAX_PAGE_SIZE))[0] for item in page]
+        broken = None
+        if tokens:
+            request = type(first)()
+            request.CopyFrom(first)
+            request.page_size, request.page_token = size, tokens[0][:-2]
+            broken = await outcome(channel, service, method, request, meta)
+    assert before, f"{method.full_name} listed nothing for the exemplar: nothing to page through"
+    assert all(len(page) <= size for page in pages), [len(page) for page in pages]
+    walked = [item for page in pages for item in page]
+    assert len(walked) == len(set(walked)), f"an item on two pages of {size}: {walked}"
+    assert len(before) == len(set(before))
+    assert len(after) == len(set(after))
+    assert set(before) <= set(walked) <= set(after), (before, walked, after)
+    if broken is not None:
+        refused = (grpc.StatusCode.INVALID_ARGUMENT, INVALID_PAGE_TOKEN, ())
+        assert (broken.code, broken.reason, broken.problems) == refused
 
 
 async def test_every_service_still_serves_after_the_generated_requests(stack: Stack) -> None:
