@@ -10,7 +10,7 @@ import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
-from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
 
 from .conftest import sample_settings
@@ -32,7 +32,14 @@ async def test_metrics_endpoint_counts_requests_by_method_and_code() -> None:
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Fail(sample_pb2.FailRequest(kind=sample_pb2.ERROR_KIND_NOT_FOUND))
         assert server.metrics_port
-        text = await asyncio.to_thread(scrape, server.metrics_port)
+        metrics_port = server.metrics_port
+
+        # The status reaches the client as the handler aborts; the counters move a moment later.
+        async def counted_the_failure() -> str | None:
+            text = await asyncio.to_thread(scrape, metrics_port)
+            return text if 'grpc_code="NOT_FOUND",grpc_method="Fail"' in text else None
+
+        text = await eventually(counted_the_failure, "the failed call counted")
 
     labels = 'grpc_method="Echo",grpc_service="shopmesh.sample.v1.SampleService",grpc_type="unary"'
     assert f'grpc_server_handled_total{{grpc_code="OK",{labels}}} 3.0' in text

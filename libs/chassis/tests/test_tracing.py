@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
-from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
 from shopmesh_chassis.tracing import configure_tracing
 
@@ -94,7 +94,9 @@ async def test_server_span_records_the_status_and_marks_server_failures_as_error
     _, exporter = exported
     with pytest.raises(grpc.aio.AioRpcError):
         await traced_stub.Fail(sample_pb2.FailRequest(kind=kind), wait_for_ready=False)
-    server = _server_spans(exporter)[-1]
+    # The status reaches the client as the handler aborts; the span ends a moment later, as it unwinds.
+    # (UNAVAILABLE is retried by the channel: one span per attempt, alike.)
+    server = (await eventually(lambda: _server_spans(exporter), "the server span of Fail exported"))[-1]
     assert server.name == FAIL
     assert server.attributes is not None
     assert server.attributes["rpc.grpc.status_code"] == code.value[0]

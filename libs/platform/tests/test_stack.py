@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2
 
-from shopmesh_chassis.testing import health_status
+from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform.logsink import ConsoleSink
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import NATS, SMTP, PortInUse, PortPlan, ServiceSpec, Stack, StackError, start_waves
@@ -276,7 +276,11 @@ async def test_a_service_that_sends_email_gets_an_smtp_sink_that_stores_mail_and
             "<evt_1@shopmesh.notifications>",
             "<evt_2@shopmesh.notifications>",
         ]
-        assert any("stored evt_2@shopmesh.notifications.eml" in line for line in stack.logs.lines[SMTP])
+        logs = stack.logs
+        await eventually(
+            lambda: any("stored evt_2@shopmesh.notifications.eml" in line for line in logs.lines[SMTP]),
+            "the restarted sink's log line for evt_2",
+        )
     finally:
         codes = await stack.stop()
     assert codes == {"mailer": 0, SMTP: 0, NATS: 0}
