@@ -122,3 +122,36 @@ async def test_more_concurrent_sqlite_reads_than_the_pool_keeps_never_block_the_
     await asyncio.wait_for(all_open.wait(), timeout=5)
     release.set()
     assert await asyncio.gather(*readers) == [0] * 20
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def either_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "postgresql":
+        database = Database(request.getfixturevalue("postgres").create_database())
+    else:
+        database = Database(f"sqlite:///{tmp_path}/t.db")
+    async with database.transaction() as conn:
+        await conn.run_sync(scratch.create_all)
+    yield database
+    await database.dispose()
+
+
+async def test_a_read_sees_one_snapshot_while_writers_commit(either_db: Database) -> None:
+    """What `read()` promises on both databases: its statements see the database as of its first one,
+    so two reads that belong together (stock levels, then the units reserved) agree with each other."""
+
+    async def count(session: Any) -> int:
+        return int((await session.execute(select(func.count()).select_from(counter))).scalar_one())
+
+    async with either_db.read() as session:
+        assert await count(session) == 0
+        async with either_db.transaction() as writer:
+            await writer.execute(insert(counter).values(id=1, value=1))
+        assert await count(session) == 0
+    async with either_db.read() as session:
+        assert await count(session) == 1
+    # The pooled connection the reads used writes again: the read-only setting left with the read.
+    async with either_db.transaction() as writer:
+        await writer.execute(update(counter).values(value=2))
+    async with either_db.read() as session:
+        assert (await session.execute(select(counter.c.value))).scalar_one() == 2

@@ -237,10 +237,18 @@ class Database:
         self.url = normalize_url(url)
         self._sqlite: Engine | None = None
         self._postgres: AsyncEngine | None = None
+        self._postgres_reader: AsyncEngine | None = None
         if is_sqlite(self.url):
             self._sqlite = create_sqlite_engine(self.url)
         else:
             self._postgres = create_postgres_engine(self.url, pool_size=pool_size)
+            # PostgreSQL's default, READ COMMITTED, gives each statement its own snapshot; a read-only
+            # REPEATABLE READ transaction gives a whole `read()` one, as WAL does on SQLite, and never
+            # fails to serialize. Same pool: the BEGIN carries the settings (no extra round trip), and a
+            # connection returned to the pool is reset to the defaults for writers.
+            self._postgres_reader = self._postgres.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
         # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in
         # growing steps (long tails under load); queueing here is FIFO and wakes at once.
         self._writer = asyncio.Lock() if self._sqlite is not None else None
@@ -295,7 +303,8 @@ class Database:
                 yield SqliteConnection(connection)
             return
         assert self._postgres is not None
-        async with self._postgres.connect() as async_connection:
+        assert self._postgres_reader is not None
+        async with self._postgres_reader.connect() as async_connection:
             yield async_connection
 
     async def dispose(self) -> None:
