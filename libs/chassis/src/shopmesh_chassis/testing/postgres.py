@@ -46,6 +46,19 @@ class PostgresServer:
         _run(self.bin_dir, "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
 
+    def stop(self) -> None:
+        """Shut the server down at once, cutting its connections, as a crash or a failover would."""
+        _run(self.bin_dir, "pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
+
+    def start(self) -> None:
+        """Start it again, same port and data."""
+        _start(self.bin_dir, self.data_dir, self.port)
+
+
+def _start(bin_dir: Path, data_dir: Path, port: int) -> None:
+    options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    _run(bin_dir, "pg_ctl", "-D", str(data_dir), "-o", options, "-l", str(data_dir / "server.log"), "-w", "start")
+
 
 def _run(bin_dir: Path, tool: str, *args: str) -> None:
     command = [str(bin_dir / tool), *args]
@@ -67,8 +80,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     port = free_port()
     try:
         _run(bin_dir, "initdb", "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--no-sync")
-        options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        _run(bin_dir, "pg_ctl", "-D", str(data_dir), "-o", options, "-l", str(data_dir / "server.log"), "-w", "start")
+        _start(bin_dir, data_dir, port)
     except subprocess.CalledProcessError as error:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise RuntimeError(f"cannot start PostgreSQL: {error.stderr.decode(errors='replace')}") from None

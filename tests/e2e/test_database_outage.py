@@ -1,0 +1,135 @@
+"""PostgreSQL going away under the running checkout services, as when its pod restarts or fails over on
+Kubernetes: a restart between calls costs no call (each pool checks a connection before handing it
+out); while the database is down every call answers UNAVAILABLE with the contracts' details, never
+INTERNAL, and no process dies; once it is back the services heal by themselves, and the outbox relay,
+which holds a connection of its own, publishes again."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh_chassis.client import idempotency_metadata
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
+from shopmesh_platform.stack import Stack, postgres_env
+
+from .shop import Shop, place_request, shop_client, user
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CORE = ["catalog", "inventory", "payments", "orders"]
+PRODUCT = "prod_chef_knife"
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[PostgresServer]:
+    # Its own server, not the session's: this module stops and starts it.
+    with postgres_server() as server:
+        yield server
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_dir: Path, database: PostgresServer) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(module_dir, services=CORE, env=postgres_env(database, CORE)) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def shop(stack: Stack) -> AsyncIterator[Shop]:
+    async with shop_client(stack) as client:
+        yield client
+
+
+Call = Callable[[], Awaitable[Any]]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def each_service(stack: Stack) -> AsyncIterator[dict[str, Call]]:
+    """One call per service that reaches its database, over plain channels: no retries that could hide a
+    failed attempt."""
+    channels = {name: grpc.aio.insecure_channel(stack.address(name)) for name in CORE}
+    catalog = catalog_pb2_grpc.CatalogServiceStub(channels["catalog"])
+    inventory = inventory_pb2_grpc.InventoryServiceStub(channels["inventory"])
+    payments = payments_pb2_grpc.PaymentsServiceStub(channels["payments"])
+    orders = orders_pb2_grpc.OrdersServiceStub(channels["orders"])
+    customer = user()
+    try:
+        yield {
+            "catalog.GetProduct": lambda: catalog.GetProduct(catalog_pb2.GetProductRequest(product_id=PRODUCT)),
+            "inventory.SetStock": lambda: inventory.SetStock(
+                inventory_pb2.SetStockRequest(product_id=PRODUCT, on_hand=1000)
+            ),
+            "payments.ListPayments": lambda: payments.ListPayments(
+                payments_pb2.ListPaymentsRequest(order_id="ord_unknown")
+            ),
+            "orders.ListOrders": lambda: orders.ListOrders(
+                orders_pb2.ListOrdersRequest(user_id=customer), metadata=(("x-user-id", customer),)
+            ),
+            "orders.PlaceOrder": lambda: orders.PlaceOrder(
+                place_request(customer, PRODUCT), metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30
+            ),
+        }
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+async def test_a_database_restart_between_calls_costs_no_call(
+    each_service: dict[str, Call], database: PostgresServer
+) -> None:
+    for call in each_service.values():
+        await call()  # every pool holds a connection now
+    database.stop()
+    database.start()
+    for name, call in each_service.items():
+        try:
+            await call()
+        except grpc.aio.AioRpcError as error:
+            pytest.fail(f"{name} after the restart: {error.code().name} {error.details()}")
+
+
+async def test_while_the_database_is_down_calls_answer_unavailable_and_the_services_heal_after(
+    stack: Stack, each_service: dict[str, Call], database: PostgresServer, shop: Shop
+) -> None:
+    before = await shop.place(place_request(user(), PRODUCT))
+    database.stop()
+    try:
+        for name, call in each_service.items():
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call()
+            error = caught.value
+            details = details_of(error)
+            assert (error.code(), details.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"), name
+            assert details.retry_delay_seconds, f"{name}: UNAVAILABLE without RetryInfo"
+            assert not error.initial_metadata(), f"{name}: not trailers-only"
+    finally:
+        database.start()
+    for name in CORE:
+        assert stack.is_running(name), f"{name} exited during the outage"
+
+    async def placed() -> orders_pb2.Order | None:
+        try:
+            return await shop.place(place_request(user(), PRODUCT))
+        except grpc.aio.AioRpcError:
+            return None  # a pool may still be finding out that the database is back
+
+    after = await eventually(placed, "an order placed once the database is back")
+    assert (before.state, after.state) == (orders_pb2.ORDER_STATE_CONFIRMED, orders_pb2.ORDER_STATE_CONFIRMED)
+
+    async def both_published() -> bool:
+        published = {order_id for _, order_id in await shop.order_events()}
+        return {before.id, after.id} <= published
+
+    await eventually(both_published, "OrderConfirmed of the orders from before and after the outage on NATS")
