@@ -2,10 +2,13 @@
 Kubernetes: a restart between calls costs no call (each pool checks a connection before handing it
 out); while the database is down every call answers UNAVAILABLE with the contracts' details, never
 INTERNAL, and no process dies; once it is back the services heal by themselves, and the outbox relay,
-which holds a connection of its own, publishes again."""
+which holds a connection of its own, publishes again. Sagas in flight when it stops end terminal with
+money and stock conserved."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,6 +34,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CORE = ["catalog", "inventory", "payments", "orders"]
 PRODUCT = "prod_chef_knife"
+# Sagas that met the outage are resumed soon after it (defaults: every 2 s, 10 s leases).
+ORDERS_ENV = {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,9 @@ def database() -> Iterator[PostgresServer]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(module_dir: Path, database: PostgresServer) -> AsyncIterator[Stack]:
-    async with Stack.for_tests(module_dir, services=CORE, env=postgres_env(database, CORE)) as running:
+    env = postgres_env(database, CORE)
+    env["orders"] |= ORDERS_ENV
+    async with Stack.for_tests(module_dir, services=CORE, env=env) as running:
         yield running
 
 
@@ -133,3 +140,55 @@ async def test_while_the_database_is_down_calls_answer_unavailable_and_the_servi
         return {before.id, after.id} <= published
 
     await eventually(both_published, "OrderConfirmed of the orders from before and after the outage on NATS")
+
+
+async def test_sagas_in_flight_when_the_database_stops_end_terminal_with_money_and_stock_conserved(
+    database: PostgresServer, shop: Shop
+) -> None:
+    """Checkouts at every step when all four databases vanish (one server, as a shared cluster would
+    have it): each order that exists ends CONFIRMED with one capture or CANCELLED with none, no stock is
+    lost or left reserved, and each terminal order has its one event."""
+    product, stock = "prod_headlamp", 100
+    await shop.set_stock(product, stock)
+    customers = [user() for _ in range(16)]
+
+    async def checkout(customer: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        with contextlib.suppress(grpc.aio.AioRpcError):  # some meet the outage; the orders tell
+            await shop.place(place_request(customer, product))
+
+    # Three waves: the first finishes, the second is in flight when the database stops, the third starts
+    # while it is away (the client's retries may carry it past the restart).
+    delays = [0.0] * 4 + [0.25] * 8 + [0.35] * 4
+    placing = [asyncio.create_task(checkout(c, delay)) for c, delay in zip(customers, delays, strict=True)]
+    await asyncio.sleep(0.27)
+    database.stop()
+    await asyncio.sleep(2)
+    database.start()
+    await asyncio.gather(*placing)
+
+    async def terminal_orders(customer: str) -> tuple[list[orders_pb2.Order]] | None:
+        try:
+            listed = await shop.orders.ListOrders(orders_pb2.ListOrdersRequest(user_id=customer))
+        except grpc.aio.AioRpcError:
+            return None
+        if any(order.state == orders_pb2.ORDER_STATE_PENDING for order in listed.orders):
+            return None
+        return (list(listed.orders),)  # none at all when the checkout never got to create one
+
+    settled: list[orders_pb2.Order] = []
+    for customer in customers:
+        (found,) = await eventually(lambda c=customer: terminal_orders(c), f"the orders of {customer} terminal")
+        settled += found
+    assert settled, "no checkout got as far as an order"
+    confirmed = [o for o in settled if o.state == orders_pb2.ORDER_STATE_CONFIRMED]
+    for order in settled:
+        assert await shop.captured(order.id) == (1 if order in confirmed else 0), order
+    level = await shop.stock(product)
+    assert (level.on_hand, level.reserved) == (stock - len(confirmed), 0)
+
+    async def one_event_each() -> bool:
+        events = [order_id for _, order_id in await shop.order_events()]
+        return all(events.count(order.id) == 1 for order in settled)
+
+    await eventually(one_event_each, "one event for each order")
