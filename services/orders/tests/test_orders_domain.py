@@ -72,6 +72,16 @@ def test_illegal_transitions_are_failed_preconditions(transition: object) -> Non
     assert caught.value.reason == "ILLEGAL_SAGA_TRANSITION"
 
 
+def test_a_second_cancellation_while_the_first_runs_is_refused_as_already_being_cancelled() -> None:
+    confirmed = replace(order(), state=OrderState.CONFIRMED, step=SagaStep.DONE)
+    cancelling = confirmed.cancellation_requested("changed my mind", NOW)
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        cancelling.cancellation_requested("changed my mind again", NOW)
+    assert caught.value.reason == "ORDER_NOT_CANCELLABLE"
+    assert caught.value.metadata["state"] == "ORDER_STATE_CONFIRMED"
+    assert "already being cancelled" in str(caught.value)
+
+
 def test_only_a_confirmed_order_can_be_cancelled_by_the_customer() -> None:
     with pytest.raises(errors.FailedPrecondition) as caught:
         order().cancellation_requested("changed my mind", NOW)

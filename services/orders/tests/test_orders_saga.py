@@ -6,6 +6,7 @@ is in the outbox.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -243,6 +244,29 @@ async def test_customer_cancellation_refunds_and_restocks(
     with pytest.raises(errors.FailedPrecondition) as caught:
         await app.cancel_order(order_id, "again", "cancel-2", "f2")
     assert caught.value.reason == "ORDER_NOT_CANCELLABLE"
+
+
+async def test_a_cancellation_while_another_runs_is_refused_as_already_being_cancelled(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = await place(app, command())
+    refund, refunding, release = payments.refund, asyncio.Event(), asyncio.Event()
+
+    async def slow_refund(payment_id: str, reason: str, idempotency_key: str) -> None:
+        refunding.set()
+        await release.wait()
+        await refund(payment_id, reason, idempotency_key)
+
+    monkeypatch.setattr(payments, "refund", slow_refund)
+    first = asyncio.create_task(app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"))
+    await refunding.wait()
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await app.cancel_order(order_id, "me too", "cancel-2", "f2")
+    assert (caught.value.reason, caught.value.metadata["state"]) == ("ORDER_NOT_CANCELLABLE", "ORDER_STATE_CONFIRMED")
+    assert "already being cancelled" in str(caught.value)
+    release.set()
+    assert (await first).state is OrderState.CANCELLED
+    assert len(payments.refunds) == 1
 
 
 async def test_a_second_driver_cannot_take_a_held_order(

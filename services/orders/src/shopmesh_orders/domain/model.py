@@ -151,8 +151,13 @@ class Order:
 
     def cancellation_requested(self, message: str, now: datetime) -> Order:
         if self.state is not OrderState.CONFIRMED or self.step is not SagaStep.DONE:
+            # A CONFIRMED order whose saga runs again is being cancelled (the only way back from DONE):
+            # say so, rather than that a confirmed order cannot be cancelled.
+            being_cancelled = self.state is OrderState.CONFIRMED
             raise errors.FailedPrecondition(
-                f"order {self.id} is {self.state.value} and cannot be cancelled",
+                f"order {self.id} is already being cancelled"
+                if being_cancelled
+                else f"order {self.id} is {self.state.value} and cannot be cancelled",
                 reason="ORDER_NOT_CANCELLABLE",
                 metadata={"order_id": self.id, "state": f"ORDER_STATE_{self.state.value}"},
             )

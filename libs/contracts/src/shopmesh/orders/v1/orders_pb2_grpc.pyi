@@ -123,7 +123,8 @@ class OrdersServiceStub:
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
     - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
       {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
-      PENDING (still being placed) or already CANCELLED.
+      PENDING (still being placed), already being cancelled by a request with
+      another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
     - ABORTED (reason IDEMPOTENCY_KEY_IN_USE), UNAVAILABLE (the refund or
       release could not be done; the order stays CONFIRMED, retry with the
       same key).
@@ -207,7 +208,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
     - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
       {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
-      PENDING (still being placed) or already CANCELLED.
+      PENDING (still being placed), already being cancelled by a request with
+      another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
     - ABORTED (reason IDEMPOTENCY_KEY_IN_USE), UNAVAILABLE (the refund or
       release could not be done; the order stays CONFIRMED, retry with the
       same key).
@@ -312,7 +314,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
         - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
           {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
-          PENDING (still being placed) or already CANCELLED.
+          PENDING (still being placed), already being cancelled by a request with
+          another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
         - ABORTED (reason IDEMPOTENCY_KEY_IN_USE), UNAVAILABLE (the refund or
           release could not be done; the order stays CONFIRMED, retry with the
           same key).
