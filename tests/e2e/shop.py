@@ -21,6 +21,10 @@ from shopmesh_platform.stack import Stack
 
 T = TypeVar("T")
 
+# The services a checkout runs through, and orders' settings that resume an interrupted saga within a
+# second or so instead of the production defaults (2 s recovery interval, 10 s leases).
+CHECKOUT_SERVICES = ["catalog", "inventory", "payments", "orders"]
+FAST_RECOVERY = {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"}
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
 PROCESSOR_DOWN_CARD = "4000000000000119"

@@ -17,17 +17,23 @@ from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.stack import Stack
 
-from .shop import DECLINED_CARD, PROCESSOR_DOWN_CARD, Shop, place_request, shop_client, user
+from .shop import (
+    CHECKOUT_SERVICES,
+    DECLINED_CARD,
+    FAST_RECOVERY,
+    PROCESSOR_DOWN_CARD,
+    Shop,
+    place_request,
+    shop_client,
+    user,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-CORE = ["catalog", "inventory", "payments", "orders"]
-ORDERS_ENV = {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(module_dir: Path) -> AsyncIterator[Stack]:
-    async with Stack.for_tests(module_dir, services=CORE, env={"orders": ORDERS_ENV}) as running:
+    async with Stack.for_tests(module_dir, services=CHECKOUT_SERVICES, env={"orders": FAST_RECOVERY}) as running:
         yield running
 
 

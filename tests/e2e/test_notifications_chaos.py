@@ -26,13 +26,13 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
-from .shop import Shop, eventually, place_request, shop_client, user
+from .shop import FAST_RECOVERY, Shop, eventually, place_request, shop_client, user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SERVICES = ["catalog", "inventory", "payments", "orders", "notifications"]
 ENV = {
-    "orders": {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"},
+    "orders": FAST_RECOVERY,
     "notifications": {
         "CONSUMER_MAX_ATTEMPTS": "3",
         "CONSUMER_BACKOFF_SECONDS": "[0.1]",

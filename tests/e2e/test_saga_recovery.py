@@ -14,10 +14,7 @@ import pytest
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh_platform.stack import Stack
 
-from .shop import Shop, eventually, place_request, shop_client
-
-CORE = ["catalog", "inventory", "payments", "orders"]
-ORDERS_ENV = {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"}
+from .shop import CHECKOUT_SERVICES, FAST_RECOVERY, Shop, eventually, place_request, shop_client
 
 
 async def paused_order(shop: Shop, user_id: str, field: str) -> orders_pb2.Order:
@@ -49,8 +46,8 @@ async def terminal(shop: Shop, order_id: str) -> orders_pb2.Order:
 async def test_sigkill_mid_saga_then_restart_reaches_a_terminal_state_with_invariants(
     tmp_path: Path, pause_after: str, visible_field: str, expected: int
 ) -> None:
-    env = {"orders": {**ORDERS_ENV, "FAULT_PAUSE_AFTER_STEP": pause_after}}
-    async with Stack.for_tests(tmp_path, services=CORE, env=env) as stack, shop_client(stack) as shop:
+    env = {"orders": {**FAST_RECOVERY, "FAULT_PAUSE_AFTER_STEP": pause_after}}
+    async with Stack.for_tests(tmp_path, services=CHECKOUT_SERVICES, env=env) as stack, shop_client(stack) as shop:
         await shop.set_stock("prod_e_reader", 5)
         user_id = f"usr_{uuid.uuid4().hex[:10]}"
         placing = asyncio.create_task(shop.place(place_request(user_id, "prod_e_reader", 2)))

@@ -27,12 +27,12 @@ from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
-from .shop import eventually
+from .shop import FAST_RECOVERY, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ENV = {
-    "orders": {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"},
+    "orders": FAST_RECOVERY,
     "notifications": {"SEND_BACKOFF_SECONDS": "0.1", "SEND_MAX_BACKOFF_SECONDS": "0.5"},
     # Room for a cold recommendations service on a busy machine: this module is about the happy path.
     "gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": "2"},
