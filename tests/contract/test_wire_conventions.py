@@ -146,15 +146,18 @@ async def entities(stack: Stack) -> Known:
     return Known(strings=strings, user_id=login.user_id, access_token=login.access_token, values=values)
 
 
+def valid_metadata(known: Known, service: str, key: str) -> tuple[tuple[str, str], ...]:
+    """What a well-behaved caller of `service` sends: an idempotency key, the user, and (to the gateway
+    only) the user's token."""
+    meta: tuple[tuple[str, str], ...] = (("idempotency-key", key), ("x-user-id", known.user_id))
+    if service == "gateway":
+        meta += (("authorization", f"Bearer {known.access_token}"),)
+    return meta
+
+
 def metadata(known: Known, service: str) -> st.SearchStrategy[tuple[tuple[str, str], ...]]:
     """Request metadata as clients send it, and as they get it wrong."""
-    valid = st.uuids().map(
-        lambda key: (
-            ("idempotency-key", str(key)),
-            ("x-user-id", known.user_id),
-            *((("authorization", f"Bearer {known.access_token}"),) if service == "gateway" else ()),
-        )
-    )
+    valid = st.uuids().map(lambda key: valid_metadata(known, service, str(key)))
     return st.one_of(valid, _any_metadata(known, service))
 
 
@@ -267,9 +270,7 @@ async def test_duplicates_of_an_idempotent_call_sent_at_once_end_in_one_outcome(
     never a second, different success. Fresh entities per RPC, so the call does its work for real."""
     fresh = await entities(stack)
     request = exemplar(method, fresh.values)
-    meta: tuple[tuple[str, str], ...] = (("idempotency-key", str(uuid.uuid4())), ("x-user-id", fresh.user_id))
-    if service == "gateway":
-        meta += (("authorization", f"Bearer {fresh.access_token}"),)
+    meta = valid_metadata(fresh, service, str(uuid.uuid4()))
     async with grpc.aio.insecure_channel(stack.address(service)) as channel:
         at_once = await asyncio.gather(*(outcome(channel, service, method, request, meta) for _ in range(DUPLICATES)))
         afterwards = await outcome(channel, service, method, request, meta)
@@ -296,6 +297,18 @@ def listed_field(method: MethodDescriptor) -> str:
     return name
 
 
+def flat(pages: list[list[str]]) -> list[str]:
+    return [item for page in pages for item in page]
+
+
+def page_request(first: Any, size: int, token: str) -> Any:
+    """`first` (a valid list request) asking for the page of `size` that `token` leads to."""
+    request = type(first)()
+    request.CopyFrom(first)
+    request.page_size, request.page_token = size, token
+    return request
+
+
 async def walk(
     channel: grpc.aio.Channel, method: MethodDescriptor, first: Any, meta: tuple[tuple[str, str], ...], size: int
 ) -> tuple[list[list[str]], list[str]]:
@@ -303,13 +316,11 @@ async def walk(
     and the tokens that led to the pages after the first."""
     pages: list[list[str]] = []
     tokens: list[str] = []
-    request = type(first)()
-    request.CopyFrom(first)
-    request.page_size = size
-    request.page_token = ""
+    rpc, listed = unary(channel, method), listed_field(method)
+    request = page_request(first, size, "")
     for _ in range(1000):
-        page = await unary(channel, method)(request, metadata=meta, timeout=30)
-        pages.append([item.id for item in getattr(page, listed_field(method))])
+        page = await rpc(request, metadata=meta, timeout=30)
+        pages.append([item.id for item in getattr(page, listed)])
         if not page.next_page_token:
             return pages, tokens
         tokens.append(page.next_page_token)
@@ -327,23 +338,22 @@ async def test_paging_through_a_list_gives_each_item_once_and_refuses_a_broken_t
     cut short is INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN, naming page_token. Runs after the
     generated calls, so the known user has orders, payments and notifications to page through."""
     first = exemplar(method, known.values)
-    meta: tuple[tuple[str, str], ...] = (("x-user-id", known.user_id),)
-    if service == "gateway":
-        meta += (("authorization", f"Bearer {known.access_token}"),)
+    meta = valid_metadata(known, service, str(uuid.uuid4()))
     async with grpc.aio.insecure_channel(stack.address(service)) as channel:
-        before = [item for page in (await walk(channel, method, first, meta, MAX_PAGE_SIZE))[0] for item in page]
+
+        async def whole_list() -> list[str]:
+            return flat((await walk(channel, method, first, meta, MAX_PAGE_SIZE))[0])
+
+        before = await whole_list()
         size = max(1, len(before) // 3)
         pages, tokens = await walk(channel, method, first, meta, size)
-        after = [item for page in (await walk(channel, method, first, meta, MAX_PAGE_SIZE))[0] for item in page]
+        after = await whole_list()
         broken = None
         if tokens:
-            request = type(first)()
-            request.CopyFrom(first)
-            request.page_size, request.page_token = size, tokens[0][:-2]
-            broken = await outcome(channel, service, method, request, meta)
+            broken = await outcome(channel, service, method, page_request(first, size, tokens[0][:-2]), meta)
     assert before, f"{method.full_name} listed nothing for the exemplar: nothing to page through"
     assert all(len(page) <= size for page in pages), [len(page) for page in pages]
-    walked = [item for page in pages for item in page]
+    walked = flat(pages)
     assert len(walked) == len(set(walked)), f"an item on two pages of {size}: {walked}"
     assert len(before) == len(set(before))
     assert len(after) == len(set(after))

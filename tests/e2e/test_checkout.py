@@ -24,7 +24,6 @@ from .shop import (
     PROCESSOR_DOWN_CARD,
     Shop,
     place_request,
-    shop_client,
     user,
 )
 
@@ -35,12 +34,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def stack(module_dir: Path) -> AsyncIterator[Stack]:
     async with Stack.for_tests(module_dir, services=CHECKOUT_SERVICES, env={"orders": FAST_RECOVERY}) as running:
         yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def shop(stack: Stack) -> AsyncIterator[Shop]:
-    async with shop_client(stack) as client:
-        yield client
 
 
 async def test_successful_checkout_confirms_captures_once_and_commits_stock(shop: Shop) -> None:

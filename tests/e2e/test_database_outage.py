@@ -28,7 +28,7 @@ from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 from shopmesh_platform.stack import Stack, postgres_env
 
-from .shop import CHECKOUT_SERVICES, FAST_RECOVERY, Shop, place_request, shop_client, user
+from .shop import CHECKOUT_SERVICES, FAST_RECOVERY, Shop, place_request, user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -48,12 +48,6 @@ async def stack(module_dir: Path, database: PostgresServer) -> AsyncIterator[Sta
     env["orders"] |= FAST_RECOVERY
     async with Stack.for_tests(module_dir, services=CHECKOUT_SERVICES, env=env) as running:
         yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def shop(stack: Stack) -> AsyncIterator[Shop]:
-    async with shop_client(stack) as client:
-        yield client
 
 
 Call = Callable[[], Awaitable[Any]]

@@ -26,7 +26,7 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
-from .shop import FAST_RECOVERY, Shop, eventually, place_request, shop_client, user
+from .shop import FAST_RECOVERY, Shop, eventually, place_request, user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -53,12 +53,6 @@ def mails_by_order(stack: Stack) -> Counter[str]:
 async def stack(module_dir: Path) -> AsyncIterator[Stack]:
     async with Stack.for_tests(module_dir, services=SERVICES, env=ENV) as running:
         yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def shop(stack: Stack) -> AsyncIterator[Shop]:
-    async with shop_client(stack) as client:
-        yield client
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -1,0 +1,19 @@
+"""Fixtures the end-to-end modules share; each module starts its own `stack`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from shopmesh_platform.stack import Stack
+
+from .shop import Shop, shop_client
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def shop(stack: Stack) -> AsyncIterator[Shop]:
+    """A client of the checkout services of the module's stack (modules that talk to the gateway
+    define their own `shop`)."""
+    async with shop_client(stack) as client:
+        yield client
