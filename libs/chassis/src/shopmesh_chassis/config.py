@@ -40,6 +40,7 @@ class ServiceSettings(RuntimeSettings):
     grpc_host: str = "127.0.0.1"
     # 0 picks a free port (tests); the bound port is logged and exposed by the server.
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # Calls admitted into handlers at once; more are shed with RESOURCE_EXHAUSTED (health checks never are).
     grpc_max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     grpc_keepalive_time_seconds: float = Field(default=30.0, gt=0)
     grpc_keepalive_timeout_seconds: float = Field(default=10.0, gt=0)

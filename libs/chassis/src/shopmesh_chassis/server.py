@@ -60,12 +60,16 @@ class ChassisServer:
         self._stopped = asyncio.Event()
         self._draining: asyncio.Task[None] | None = None
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            ChassisServerInterceptor(self.metrics, settings.resolved_error_domain, tracer_provider)
+            ChassisServerInterceptor(
+                self.metrics,
+                settings.resolved_error_domain,
+                tracer_provider,
+                max_in_flight=settings.grpc_max_concurrent_rpcs,
+            )
         ]
         ms = 1000
         self.server = grpc.aio.server(
             interceptors=interceptors,
-            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             options=[
                 ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time_seconds * ms)),
                 ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout_seconds * ms)),

@@ -87,14 +87,31 @@ def _peer_attributes(peer: str) -> dict[str, str]:
     return attributes
 
 
+# Health checks are never shed: a kubelet probe refused under load would restart a busy pod (and pile its
+# calls onto the others) or take it out of the endpoints, which is load balancing's job, not the probe's.
+_NEVER_SHED = "/grpc.health.v1.Health/"
+
+# How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
+SHED_RETRY_AFTER_SECONDS = 0.1
+
+
 class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, metrics: ServerMetrics, error_domain: str, tracer_provider: TracerProvider | None = None
+        self,
+        metrics: ServerMetrics,
+        error_domain: str,
+        tracer_provider: TracerProvider | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self._metrics = metrics
         self._domain = error_domain
         self._tracer = trace.get_tracer("shopmesh_chassis.server", tracer_provider=tracer_provider)
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+        # Load shedding here rather than with grpc.aio.server(maximum_concurrent_rpcs=...): gRPC's limiter
+        # refuses health checks too, sends no ErrorInfo / RetryInfo, and runs before any interceptor, so
+        # the refused calls are missing from the metrics.
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
 
     async def intercept_service(
         self,
@@ -121,6 +138,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
         # The headers the configured propagators read: without any of them there is no context to extract.
         fields = frozenset(propagate.get_global_textmap().fields)
+        shed = self._max_in_flight is not None and not method.startswith(_NEVER_SHED)
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata: tuple[Any, ...] = tuple(context.invocation_metadata() or ())
@@ -132,7 +150,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if span.is_recording():
                     span.set_attributes(_peer_attributes(context.peer()))
-                return await self._handle(behavior, metrics, method, request, context, metadata, span)
+                return await self._handle(behavior, metrics, method, request, context, metadata, span, shed)
             finally:
                 otel_context.detach(token)
                 span.end()
@@ -152,13 +170,21 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         context: grpc.aio.ServicerContext[Any, Any],
         metadata: tuple[Any, ...],
         span: trace.Span,
+        shed: bool,
     ) -> Any:
         token = call_context.enter(context.time_remaining(), metadata)
         metrics.started.inc()
         metrics.in_flight.inc()
         code = grpc.StatusCode.OK
         start = time.perf_counter()
+        admitted = not shed or self._admit()
         try:
+            if not admitted:
+                raise errors.ResourceExhausted(
+                    f"the server is handling its limit of {self._max_in_flight} calls; retry shortly",
+                    reason="SERVER_OVERLOADED",
+                    retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
+                )
             check_no_nul(request)
             return await behavior(request, context)
         except errors.ReplayedError as exc:
@@ -192,6 +218,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 span.record_exception(exc)
             await self._abort(context, to_grpc_status(internal_status(trace_id)))
         finally:
+            if shed and admitted:
+                self._in_flight -= 1
             metrics.in_flight.dec()
             metrics.handling.observe(time.perf_counter() - start)
             metrics.handled(code).inc()
@@ -200,6 +228,13 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 if code in _SERVER_ERRORS:
                     span.set_status(trace.StatusCode.ERROR, code.name)
+
+    def _admit(self) -> bool:
+        """Take a slot of the in-flight limit, or say there is none (the loop is one thread: no lock)."""
+        if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
+            return False
+        self._in_flight += 1
+        return True
 
     async def _dependency_failed(
         self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: grpc.aio.AioRpcError

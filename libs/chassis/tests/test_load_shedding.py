@@ -1,0 +1,88 @@
+"""GRPC_MAX_CONCURRENT_RPCS: a server at its limit sheds new calls at once instead of queueing them, with
+the chassis' error details and metrics, and never sheds a health check."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.server import ChassisServer
+from shopmesh_chassis.server_interceptor import SHED_RETRY_AFTER_SECONDS
+from shopmesh_chassis.testing import eventually, health_status, serve_in_process
+from shopmesh_chassis.testing.sample_service import SampleServicer, binding
+
+from .conftest import sample_settings
+
+LIMIT = 2
+SLOW = sample_pb2.EchoRequest(message="slow", behaviour=sample_pb2.Behaviour(sleep_ms=1_500))
+ECHO = {"grpc_type": "unary", "grpc_service": "shopmesh.sample.v1.SampleService", "grpc_method": "Echo"}
+
+
+@pytest.fixture
+async def limited() -> AsyncIterator[ChassisServer]:
+    async with serve_in_process(sample_settings(grpc_max_concurrent_rpcs=LIMIT), [binding(SampleServicer())]) as s:
+        yield s
+
+
+def sample(server: ChassisServer, name: str, **labels: str) -> float:
+    return server.metrics.registry.get_sample_value(name, {**ECHO, **labels}) or 0.0
+
+
+async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_rest_complete(
+    limited: ChassisServer,
+) -> None:
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        busy = [asyncio.ensure_future(stub.Echo(SLOW, timeout=30)) for _ in range(LIMIT)]
+        await eventually(
+            lambda: sample(limited, "grpc_server_in_flight_requests") == LIMIT, "both slow calls in their handler"
+        )
+
+        refused = stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await refused
+        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = details_of(raised.value)
+        assert details.error_info is not None
+        assert details.error_info.reason == "SERVER_OVERLOADED"
+        assert details.retry_delay_seconds == pytest.approx(SHED_RETRY_AFTER_SECONDS)
+        # Refused before the slow calls answered, and trailers-only, like every error of the chassis.
+        assert not any(call.done() for call in busy)
+        assert not await refused.initial_metadata()
+        # Shed load shows in the metrics as what it is.
+        assert sample(limited, "grpc_server_handled_total", grpc_code="RESOURCE_EXHAUSTED") == 1
+
+        assert [r.message for r in await asyncio.gather(*busy)] == ["slow"] * LIMIT
+        # With the slots free again the server takes calls as before.
+        assert (await stub.Echo(sample_pb2.EchoRequest(message="again"), timeout=30)).message == "again"
+    assert sample(limited, "grpc_server_handled_total", grpc_code="OK") == LIMIT + 1
+
+
+async def test_health_checks_are_answered_while_the_server_is_at_its_limit(limited: ChassisServer) -> None:
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        busy = [asyncio.ensure_future(stub.Echo(SLOW, timeout=30)) for _ in range(LIMIT)]
+        await eventually(
+            lambda: sample(limited, "grpc_server_in_flight_requests") == LIMIT, "both slow calls in their handler"
+        )
+        # A kubelet probe refused here would restart a pod for being busy.
+        for _ in range(3):
+            assert await health_status(limited.address, timeout=5) == health_pb2.HealthCheckResponse.SERVING
+        assert not any(call.done() for call in busy)
+        await asyncio.gather(*busy)
+
+
+async def test_failed_calls_give_their_slot_back(limited: ChassisServer) -> None:
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        for kind in (sample_pb2.ERROR_KIND_UNEXPECTED, sample_pb2.ERROR_KIND_NOT_FOUND) * LIMIT:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Fail(sample_pb2.FailRequest(kind=kind), timeout=30)
+        answers = await asyncio.gather(*(stub.Echo(SLOW, timeout=30) for _ in range(LIMIT)))
+        assert [a.message for a in answers] == ["slow"] * LIMIT
