@@ -86,3 +86,25 @@ async def test_failed_calls_give_their_slot_back(limited: ChassisServer) -> None
                 await stub.Fail(sample_pb2.FailRequest(kind=kind), timeout=30)
         answers = await asyncio.gather(*(stub.Echo(SLOW, timeout=30) for _ in range(LIMIT)))
         assert [a.message for a in answers] == ["slow"] * LIMIT
+
+
+async def test_a_caller_of_a_shedding_server_answers_its_own_caller_unavailable_with_retry_info(
+    limited: ChassisServer, stub: sample_pb2_grpc.SampleServiceStub
+) -> None:
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        busy = [
+            asyncio.ensure_future(sample_pb2_grpc.SampleServiceStub(channel).Echo(SLOW, timeout=30))
+            for _ in range(LIMIT)
+        ]
+        await eventually(
+            lambda: sample(limited, "grpc_server_in_flight_requests") == LIMIT, "both slow calls in their handler"
+        )
+        # `stub` is another chassis server whose Relay handler calls the shedding one and does not catch.
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Relay(sample_pb2.RelayRequest(target=limited.address, echo=sample_pb2.EchoRequest(message="x")))
+        await asyncio.gather(*busy)
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    details = details_of(raised.value)
+    assert details.error_info is not None
+    assert details.error_info.reason == "DEPENDENCY_UNAVAILABLE"
+    assert details.retry_delay_seconds is not None

@@ -29,6 +29,39 @@ STATUS_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
 }
 
 
+# Statuses of an outbound call that say "not now" rather than "no": the dependency is down, too slow,
+# shedding load, or cancelled the call on its side (a cancellation of our own call reaches the handler
+# as asyncio.CancelledError instead).
+TRANSIENT_CODES: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
+
+
+def dependency_unavailable(
+    dependency: str | None,
+    code: grpc.StatusCode | None = None,
+    *,
+    reason: str = DEPENDENCY_UNAVAILABLE,
+    retry_after_seconds: float = 1.0,
+) -> errors.Unavailable:
+    """What a service answers its own caller when a call to `dependency` failed with a transient status:
+    UNAVAILABLE with RetryInfo, and the dependency's name in ErrorInfo's metadata when it is known."""
+    name = dependency or "a dependency"
+    return errors.Unavailable(
+        f"{name} is unavailable" + (f" ({code.name})" if code is not None else ""),
+        reason=reason,
+        retry_after_seconds=retry_after_seconds,
+        metadata={"dependency": dependency} if dependency else None,
+    )
+
+
 def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         code = STATUS_CODES.get(cls)

@@ -30,19 +30,19 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db_errors import as_domain_error
-from shopmesh_chassis.grpc_errors import internal_status, status_code_for, to_grpc_status, to_rpc_status
+from shopmesh_chassis.grpc_errors import (
+    TRANSIENT_CODES,
+    dependency_unavailable,
+    internal_status,
+    status_code_for,
+    to_grpc_status,
+    to_rpc_status,
+)
 from shopmesh_chassis.metrics import MethodMetrics, ServerMetrics
 from shopmesh_chassis.text_fields import check_no_nul
 from shopmesh_chassis.tracing import current_trace_id
 
 log = logging.getLogger("shopmesh.server")
-
-# Statuses from a dependency that mean "try later" to our own caller as well.
-_PASS_THROUGH_AS_UNAVAILABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -138,7 +138,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
         # The headers the configured propagators read: without any of them there is no context to extract.
         fields = frozenset(propagate.get_global_textmap().fields)
-        shed = self._max_in_flight is not None and not method.startswith(_NEVER_SHED)
+        # Whether this method's calls count against the in-flight limit (and may be shed).
+        limited = self._max_in_flight is not None and not method.startswith(_NEVER_SHED)
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata: tuple[Any, ...] = tuple(context.invocation_metadata() or ())
@@ -150,7 +151,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if span.is_recording():
                     span.set_attributes(_peer_attributes(context.peer()))
-                return await self._handle(behavior, metrics, method, request, context, metadata, span, shed)
+                return await self._handle(behavior, metrics, method, request, context, metadata, span, limited)
             finally:
                 otel_context.detach(token)
                 span.end()
@@ -170,14 +171,14 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         context: grpc.aio.ServicerContext[Any, Any],
         metadata: tuple[Any, ...],
         span: trace.Span,
-        shed: bool,
+        limited: bool,
     ) -> Any:
         token = call_context.enter(context.time_remaining(), metadata)
         metrics.started.inc()
         metrics.in_flight.inc()
         code = grpc.StatusCode.OK
         start = time.perf_counter()
-        admitted = not shed or self._admit()
+        admitted = not limited or self._admit()
         try:
             if not admitted:
                 raise errors.ResourceExhausted(
@@ -218,7 +219,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 span.record_exception(exc)
             await self._abort(context, to_grpc_status(internal_status(trace_id)))
         finally:
-            if shed and admitted:
+            if limited and admitted:
                 self._in_flight -= 1
             metrics.in_flight.dec()
             metrics.handling.observe(time.perf_counter() - start)
@@ -240,10 +241,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: grpc.aio.AioRpcError
     ) -> grpc.StatusCode:
         """An outbound call failed and the handler did not handle it."""
-        if exc.code() in _PASS_THROUGH_AS_UNAVAILABLE:
-            error = errors.Unavailable(
-                "a dependency is unavailable", reason="DEPENDENCY_UNAVAILABLE", retry_after_seconds=1.0
-            )
+        if exc.code() in TRANSIENT_CODES:
+            # "Try later" from a dependency means the same to our own caller.
+            error = dependency_unavailable(None, exc.code())
             await self._abort(context, to_grpc_status(to_rpc_status(error, self._domain)))
             return grpc.StatusCode.UNAVAILABLE
         log.error(

@@ -15,19 +15,11 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable
 
-DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
 # Errors the gateway's own client channels make up (circuit open, inbound deadline passed).
 _LOCAL_DOMAIN = "shopmesh.chassis"
 _DETAILS_KEY = "grpc-status-details-bin"
-_TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 _DEFAULT_RETRY_AFTER_SECONDS = 1.0
 
 
@@ -58,12 +50,7 @@ def _retry_after(status: status_pb2.Status | None) -> float:
 
 
 def unavailable(service: str, retry_after_seconds: float = _DEFAULT_RETRY_AFTER_SECONDS) -> errors.Unavailable:
-    return errors.Unavailable(
-        f"{service} is unavailable",
-        reason=DEPENDENCY_UNAVAILABLE,
-        retry_after_seconds=retry_after_seconds,
-        metadata={"dependency": service},
-    )
+    return dependency_unavailable(service, retry_after_seconds=retry_after_seconds)
 
 
 # chassis-candidate: relaying a dependency's error unchanged is what any backend-for-frontend or proxy
@@ -77,7 +64,7 @@ def translate(service: str, error: grpc.aio.AioRpcError) -> Exception:
         raw, status = found
         if status.code == error.code().value[0] and _error_info_domain(status) != _LOCAL_DOMAIN:
             return errors.ReplayedError(raw, status.message)
-    if error.code() in _TRANSIENT:
+    if error.code() in TRANSIENT_CODES:
         return unavailable(service, _retry_after(found[1] if found else None))
     return error
 

@@ -14,7 +14,7 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.grpc_errors import DEPENDENCY_UNAVAILABLE, TRANSIENT_CODES, dependency_unavailable, details_of
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
     Catalog,
@@ -26,24 +26,12 @@ from shopmesh_orders.domain.ports import (
 )
 from shopmesh_orders.domain.validation import Card, CartLine
 
-_TRANSIENT = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.CANCELLED,
-}
+# The steps are idempotent, so a dependency's lost race (ABORTED) is worth another try as well.
+_TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 
 
-def _unavailable(
-    service: str, error: grpc.aio.AioRpcError, reason: str = "DEPENDENCY_UNAVAILABLE"
-) -> errors.Unavailable:
-    return errors.Unavailable(
-        f"{service} is unavailable ({error.code().name})",
-        reason=reason,
-        retry_after_seconds=1.0,
-        metadata={"dependency": service},
-    )
+def _unavailable(service: str, error: grpc.aio.AioRpcError, reason: str = DEPENDENCY_UNAVAILABLE) -> errors.Unavailable:
+    return dependency_unavailable(service, error.code(), reason=reason)
 
 
 def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:

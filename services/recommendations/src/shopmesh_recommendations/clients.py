@@ -10,31 +10,20 @@ import grpc
 from cachetools import TTLCache
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of
 from shopmesh_recommendations.domain.models import CatalogProduct
 
 # Catalog limits (catalog.proto): ListProducts pages hold at most 100, BatchGetProducts takes at most 100.
 CATEGORY_PAGE_SIZE = 100
 BATCH_LIMIT = 100
 
-_TRANSIENT = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.CANCELLED,
-}
+# Reads only: a lost race (ABORTED) on the catalog's side is worth another try as well.
+_TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 
 
 def _failed(call: str, error: grpc.aio.AioRpcError) -> Exception:
     if error.code() in _TRANSIENT:
-        return errors.Unavailable(
-            f"the catalog is unavailable ({error.code().name})",
-            reason="DEPENDENCY_UNAVAILABLE",
-            retry_after_seconds=1.0,
-            metadata={"dependency": "catalog"},
-        )
+        return dependency_unavailable("catalog", error.code())
     # A status the catalog's contract does not promise for our (validated) request is a bug on one side.
     return RuntimeError(f"catalog {call} answered {error.code().name}: {error.details()}")
 
