@@ -133,6 +133,10 @@ class ErrorDetails:
     error_info: error_details_pb2.ErrorInfo | None = None
     field_violations: list[error_details_pb2.BadRequest.FieldViolation] = field(default_factory=list)
     retry_delay_seconds: float | None = None
+    # The google.rpc.Status as it came (serialized, to relay it unchanged) and the code inside it, which
+    # only a broken peer makes differ from `code`; both None when the call carried no details.
+    raw_status: bytes | None = None
+    status_code: int | None = None
 
     @property
     def reason(self) -> str | None:
@@ -149,7 +153,8 @@ def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
             raw = value
     if raw is None:
         return ErrorDetails(code=code, message=message)
-    status = status_pb2.Status.FromString(raw if isinstance(raw, bytes) else raw.encode())
+    raw_status = raw if isinstance(raw, bytes) else raw.encode()
+    status = status_pb2.Status.FromString(raw_status)
     info = None
     violations: list[error_details_pb2.BadRequest.FieldViolation] = []
     retry_delay = None
@@ -171,4 +176,6 @@ def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
         error_info=info,
         field_violations=violations,
         retry_delay_seconds=retry_delay,
+        raw_status=raw_status,
+        status_code=status.code,
     )

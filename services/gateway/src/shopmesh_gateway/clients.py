@@ -19,7 +19,8 @@ from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 from shopmesh_chassis import call_context
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_gateway.downstream import calling, unavailable
+from shopmesh_chassis.grpc_errors import dependency_unavailable
+from shopmesh_gateway.downstream import calling
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -54,7 +55,7 @@ class UsersClient:
             response = await self._stub.GetJwks(users_pb2.GetJwksRequest(), timeout=self._timeout)
         except grpc.aio.AioRpcError:
             # The contract's only error is UNAVAILABLE; whatever went wrong, there is no key set now.
-            raise unavailable("users") from None
+            raise dependency_unavailable("users") from None
         # Proto3 sends absent members as "": leave them out, as a JWK would.
         members = ("kid", "kty", "crv", "alg", "x", "use")
         return [{m: getattr(k, m) for m in members if getattr(k, m)} for k in response.keys]

@@ -12,45 +12,12 @@ import contextlib
 from collections.abc import Iterator
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable
+from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of
 
 # Errors the gateway's own client channels make up (circuit open, inbound deadline passed).
 _LOCAL_DOMAIN = "shopmesh.chassis"
-_DETAILS_KEY = "grpc-status-details-bin"
-_DEFAULT_RETRY_AFTER_SECONDS = 1.0
-
-
-def _status_of(error: grpc.aio.AioRpcError) -> tuple[bytes, status_pb2.Status] | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == _DETAILS_KEY:
-            raw = value if isinstance(value, bytes) else value.encode()
-            return raw, status_pb2.Status.FromString(raw)
-    return None
-
-
-def _error_info_domain(status: status_pb2.Status) -> str | None:
-    for detail in status.details:
-        if detail.TypeName() == "google.rpc.ErrorInfo":
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.domain)
-    return None
-
-
-def _retry_after(status: status_pb2.Status | None) -> float:
-    for detail in status.details if status is not None else ():
-        if detail.TypeName() == "google.rpc.RetryInfo":
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            return float(retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9)
-    return _DEFAULT_RETRY_AFTER_SECONDS
-
-
-def unavailable(service: str, retry_after_seconds: float = _DEFAULT_RETRY_AFTER_SECONDS) -> errors.Unavailable:
-    return dependency_unavailable(service, retry_after_seconds=retry_after_seconds)
 
 
 # chassis-candidate: relaying a dependency's error unchanged is what any backend-for-frontend or proxy
@@ -59,13 +26,15 @@ def translate(service: str, error: grpc.aio.AioRpcError) -> Exception:
     """The exception that makes the gateway answer for `error`: a replay of the internal service's status,
     the gateway's UNAVAILABLE, or `error` itself (a status without details that no contract promises,
     which the chassis logs and answers as INTERNAL)."""
-    found = _status_of(error)
-    if found is not None:
-        raw, status = found
-        if status.code == error.code().value[0] and _error_info_domain(status) != _LOCAL_DOMAIN:
-            return errors.ReplayedError(raw, status.message)
+    details = details_of(error)
+    made_here = details.error_info is not None and details.error_info.domain == _LOCAL_DOMAIN
+    if details.raw_status is not None and details.status_code == error.code().value[0] and not made_here:
+        return errors.ReplayedError(details.raw_status, details.message)
     if error.code() in TRANSIENT_CODES:
-        return unavailable(service, _retry_after(found[1] if found else None))
+        # The dependency's own RetryInfo, when it sent one, is the best hint to pass on.
+        if details.retry_delay_seconds is not None:
+            return dependency_unavailable(service, retry_after_seconds=details.retry_delay_seconds)
+        return dependency_unavailable(service)
     return error
 
 
