@@ -8,6 +8,8 @@ plus the gateway's authentication with tokens the real users service signed.
 from __future__ import annotations
 
 import asyncio
+import functools
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from email.message import EmailMessage
@@ -19,6 +21,7 @@ import jwt
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
@@ -196,3 +199,36 @@ async def test_a_client_claiming_another_user_id_still_acts_only_as_its_token_sa
     assert own.user_id != victim_id
     notifications = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=spoofed)
     assert all(n.user_id != victim_id for n in notifications.notifications)
+
+
+def scraped(stack: Stack, service: str, name: str, labels: dict[str, str]) -> float:
+    """One sample of `service`'s metrics endpoint, as Prometheus would scrape it (0 when absent)."""
+    url = stack.metrics_url(service)
+    assert url is not None
+    with urllib.request.urlopen(url, timeout=5) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    for family in families:
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_every_service_on_the_event_path_shows_it_in_its_metrics(stack: Stack, shop: Any) -> None:
+    _, _, auth = await signed_up(shop, "ada")
+    call = shop.PlaceOrder(order_for("prod_chef_knife"), metadata=(*auth, ("idempotency-key", str(uuid.uuid4()))))
+    assert (await call).order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    confirmed = "orders.v1.order_confirmed"
+    expectations = [
+        ("orders", "shopmesh_outbox_events_published_total", {"subject": confirmed}),
+        ("payments", "shopmesh_outbox_events_published_total", {"subject": "payments.v1.payment_captured"}),
+        ("notifications", "shopmesh_events_consumed_total", {"subject": confirmed, "outcome": "applied"}),
+        ("recommendations", "shopmesh_events_consumed_total", {"subject": confirmed, "outcome": "applied"}),
+    ]
+    for service, name, labels in expectations:
+        probe = functools.partial(asyncio.to_thread, scraped, stack, service, name, labels)
+        await eventually(probe, f"{service} reporting {name}{labels}")
+    # The relays have caught up: nothing waits in an outbox.
+    waiting = "shopmesh_outbox_oldest_unpublished_age_seconds"
+    for service in ("orders", "payments"):
+        assert await asyncio.to_thread(scraped, stack, service, waiting, {}) == 0

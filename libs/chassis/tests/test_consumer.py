@@ -9,11 +9,13 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
 from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import ensure_stream
+from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
@@ -199,3 +201,25 @@ async def test_a_durable_created_for_fewer_subjects_gets_the_new_ones(
     await second.stop()
     info = await client.jetstream().consumer_info("THINGS", "tester")
     assert sorted(info.config.filter_subjects or []) == ["things.v1.changed", "things.v1.happened"]
+
+
+async def test_the_consumer_counts_each_outcome_by_subject(db: Database, client: Client, nats_srv: NatsServer) -> None:
+    async def picky(session: DbConnection, event: Event) -> None:
+        if event.payload == b"poison":
+            raise ValueError("cannot parse")
+        await record(session, event)
+
+    registry = CollectorRegistry()
+    running = consumer(db, nats_srv.url, picky, max_attempts=3, metrics=EventMetrics(registry))
+    running.start()
+    await publish(client, "bad", b"poison")
+    await publish(client, "good", b"fine")
+
+    def count(outcome: str) -> float:
+        labels = {"consumer": "tester", "subject": "things.v1.happened", "outcome": outcome}
+        return registry.get_sample_value("shopmesh_events_consumed_total", labels) or 0.0
+
+    await eventually(lambda: count("dead_lettered") == 1, "the poison message counted as dead-lettered")
+    await running.stop()
+    # Three deliveries of the poison message: two retried, the last parked; the good one applied once.
+    assert (count("applied"), count("retried"), count("dead_lettered"), count("duplicate")) == (1, 2, 1, 0)

@@ -10,10 +10,12 @@ import nats
 import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import JetStreamPublisher, ensure_stream
+from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import _PG_RELAY_LOCK, OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.tables import outbox_events
@@ -114,13 +116,18 @@ async def test_relay_killed_between_publish_and_mark_causes_no_duplicate(db: Dat
     assert await stream_contents(client) == list(zip(ids, ["a", "b", "c"], strict=True))
 
 
-async def test_relay_keeps_events_while_nats_is_down_and_sends_them_later(db: Database, tmp_path: Path) -> None:
+async def test_relay_keeps_events_while_nats_is_down_sends_them_later_and_its_metrics_say_so(
+    db: Database, tmp_path: Path
+) -> None:
     with nats_server(tmp_path / "nats2") as server:
         nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         await ensure_stream(nc.jetstream(), "TESTS", ["tests.v1.>"], duplicate_window=600)
         port, store = server.port, server.store_dir
     # NATS is down. The relay runs, fails its passes, and keeps the event.
-    relay = OutboxRelay(db, JetStreamPublisher(nc, timeout=0.5), poll_interval=0.05, max_backoff=0.2)
+    registry = CollectorRegistry()
+    relay = OutboxRelay(
+        db, JetStreamPublisher(nc, timeout=0.5), poll_interval=0.05, max_backoff=0.2, metrics=EventMetrics(registry)
+    )
     relay.start()
     ids = await add(db, "while down")
     relay.wake()
@@ -132,6 +139,16 @@ async def test_relay_keeps_events_while_nats_is_down_and_sends_them_later(db: Da
             .all()
         )
     assert unpublished == ids
+    # An operator sees it: failed passes, and an oldest waiting event that keeps getting older.
+    await eventually(
+        lambda: (registry.get_sample_value("shopmesh_outbox_relay_failures_total") or 0) >= 1, "a failed pass counted"
+    )
+
+    def oldest_age() -> float:
+        return registry.get_sample_value("shopmesh_outbox_oldest_unpublished_age_seconds") or 0.0
+
+    age = await eventually(oldest_age, "an age of the oldest waiting event")
+    await eventually(lambda: oldest_age() > age + 0.2, "the waiting event getting older")
     with nats_server(store, port=port):
         # Back up: the relay's retries deliver the event.
         async def delivered() -> bool:
@@ -142,6 +159,9 @@ async def test_relay_keeps_events_while_nats_is_down_and_sends_them_later(db: Da
 
         await eventually(delivered, "the event kept while NATS was down on the stream", interval=0.1)
         await relay.stop()
+    published = registry.get_sample_value("shopmesh_outbox_events_published_total", {"subject": SUBJECT})
+    assert published == len(ids)
+    assert oldest_age() == 0
     await nc.close()
 
 

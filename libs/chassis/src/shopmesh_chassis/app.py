@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh_chassis.config import ConfigError, RuntimeSettings, ServiceSettings, load_settings
 from shopmesh_chassis.logs import configure_logging
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 from shopmesh_chassis.tracing import configure_tracing
 
@@ -51,9 +52,11 @@ async def serve(
     *,
     tracer_provider: TracerProvider | None = None,
     on_shutdown: Sequence[ShutdownHook] = (),
+    metrics: ServerMetrics | None = None,
 ) -> None:
-    """Serve `bindings` until SIGTERM/SIGINT, drain, then run `on_shutdown` hooks in order."""
-    server = ChassisServer(settings, bindings, tracer_provider=tracer_provider)
+    """Serve `bindings` until SIGTERM/SIGINT, drain, then run `on_shutdown` hooks in order. `metrics`: the
+    service's own, when its relay or consumers record into it (else the server makes its own)."""
+    server = ChassisServer(settings, bindings, tracer_provider=tracer_provider, metrics=metrics)
     # Before the port opens: the one full collection must not pause calls.
     frozen = freeze_startup_heap()
     log.info("startup heap frozen: %d objects", frozen, extra={"frozen_objects": frozen})

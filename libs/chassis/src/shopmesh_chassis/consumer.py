@@ -25,6 +25,7 @@ from sqlalchemy import insert, select
 
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import MSG_ID, connect, ensure_stream
+from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.tables import processed_events
 
 log = logging.getLogger("shopmesh.consumer")
@@ -65,6 +66,7 @@ class EventConsumer:
         batch_size: int = 20,
         ack_wait_seconds: float = 30.0,
         duplicate_window_seconds: float = 900.0,
+        metrics: EventMetrics | None = None,
     ) -> None:
         self._db = database
         self._url = nats_url
@@ -80,6 +82,7 @@ class EventConsumer:
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
         self._duplicate_window = duplicate_window_seconds
+        self._metrics = metrics
         self._client: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -160,8 +163,13 @@ class EventConsumer:
                 await self._failed(message, event, exc)
                 return
         await message.ack()
+        self._count(event, "applied" if applied else "duplicate")
         if not applied:
             log.info("event %s was already processed by %s", event_id, self._durable)
+
+    def _count(self, event: Event, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.consumed.labels(self._durable, event.subject, outcome).inc()
 
     async def _apply(self, event: Event) -> bool:
         """Run the handler once per event id; False when this consumer had already applied it."""
@@ -208,6 +216,7 @@ class EventConsumer:
                 f"{self.dead_letter_subject}.{event.subject}", event.payload, headers=headers
             )
             await message.ack()
+            self._count(event, "dead_lettered")
             return
         delay = self._backoff[min(event.attempt - 1, len(self._backoff) - 1)]
         log.warning(
@@ -220,3 +229,4 @@ class EventConsumer:
             extra={"event_id": event.event_id},
         )
         await message.nak(delay=delay)
+        self._count(event, "retried")

@@ -1,7 +1,9 @@
-"""Prometheus metrics for gRPC servers, in go-grpc-prometheus' names so existing dashboards work.
+"""Prometheus metrics for gRPC servers, in go-grpc-prometheus' names so existing dashboards work, and for
+the event side of a service (outbox relay, consumers) under `shopmesh_`.
 
 Each server gets its own registry (several servers can share a test process), served over HTTP on a
-separate port by prometheus-client.
+separate port by prometheus-client. A service that relays or consumes events makes its `ServerMetrics`
+first, hands `.events` to its relay and consumers, and passes the same object to `app.serve`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ class ServerMetrics:
             "grpc_server_in_flight_requests", "RPCs being handled now.", labels, registry=self.registry
         )
         self._http: WSGIServer | None = None
+        self._events: EventMetrics | None = None
+
+    @property
+    def events(self) -> EventMetrics:
+        """The event metrics in this registry, made on first use (services without events show none)."""
+        if self._events is None:
+            self._events = EventMetrics(self.registry)
+        return self._events
 
     def for_method(self, full_method: str, rpc_type: str = "unary") -> MethodMetrics:
         service, _, method = full_method.lstrip("/").partition("/")
@@ -80,3 +90,35 @@ class ServerMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class EventMetrics:
+    """What an on-call engineer asks of the asynchronous path: are events leaving (relay), are they being
+    handled (consumers), and is anything stuck."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "shopmesh_outbox_events_published",
+            "Events the outbox relay published and JetStream acknowledged, by subject.",
+            ("subject",),
+            registry=registry,
+        )
+        self.relay_failures = Counter(
+            "shopmesh_outbox_relay_failures",
+            "Relay passes that failed (NATS or the database away); their events wait, in order, for the next.",
+            registry=registry,
+        )
+        self.oldest_unpublished = Gauge(
+            "shopmesh_outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest event the relay has read and not yet published; 0 when it has caught up. "
+            "Growing means events are stuck in the outbox.",
+            registry=registry,
+        )
+        self.consumed = Counter(
+            "shopmesh_events_consumed",
+            "Events a consumer took off its stream, by outcome: applied; duplicate (applied before, "
+            "acknowledged again); retried (the handler failed, redelivered later); dead_lettered (parked "
+            "after its last attempt).",
+            ("consumer", "subject", "outcome"),
+            registry=registry,
+        )

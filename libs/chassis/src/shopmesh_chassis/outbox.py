@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import EVENT_TYPE
+from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.tables import outbox_events as outbox
 
 log = logging.getLogger("shopmesh.outbox")
@@ -71,6 +72,7 @@ class OutboxRelay:
         poll_interval: float = 0.5,
         max_backoff: float = 5.0,
         on_published: Callable[[str], None] | None = None,
+        metrics: EventMetrics | None = None,
     ) -> None:
         self._db = database
         self._publisher = publisher
@@ -78,8 +80,20 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._on_published = on_published
+        self._metrics = metrics
+        # When the oldest event read and not yet published was created (None: caught up, or not known).
+        self._oldest_unpublished: datetime | None = None
+        if metrics is not None:
+            metrics.oldest_unpublished.set_function(self.oldest_unpublished_age)
         self._pending = (
-            select(outbox.c.seq, outbox.c.event_id, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+            select(
+                outbox.c.seq,
+                outbox.c.event_id,
+                outbox.c.subject,
+                outbox.c.payload,
+                outbox.c.headers,
+                outbox.c.created_at,
+            )
             .where(outbox.c.published_at.is_(None))
             .order_by(outbox.c.seq)
             .limit(batch_size)
@@ -89,6 +103,16 @@ class OutboxRelay:
         # PostgreSQL: the connection holding the relay lock, and whether it holds it (see _lead).
         self._leader: AsyncConnection | None = None
         self._leading = False
+
+    def oldest_unpublished_age(self) -> float:
+        """Seconds since the oldest event this relay read but could not publish yet was written; 0 when
+        its last pass published everything it read."""
+        oldest = self._oldest_unpublished
+        if oldest is None:
+            return 0.0
+        if oldest.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+            oldest = oldest.replace(tzinfo=UTC)
+        return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
 
     def wake(self) -> None:
         """Publish soon: call after committing a transaction that added events."""
@@ -120,6 +144,8 @@ class OutboxRelay:
             except Exception as exc:
                 # NATS away or the database busy: keep the events, try again later, in order.
                 log.warning("outbox relay pass failed, retrying in %.1fs: %s", backoff, exc)
+                if self._metrics is not None:
+                    self._metrics.relay_failures.inc()
                 published = 0
                 backoff = min(backoff * 2, self._max_backoff)
             if published >= self._batch_size:
@@ -192,9 +218,13 @@ class OutboxRelay:
                     row.subject, row.payload, msg_id=row.event_id, headers=json.loads(row.headers)
                 )
                 sent.append(row.seq)
+                if self._metrics is not None:
+                    self._metrics.published.labels(row.subject).inc()
                 if self._on_published is not None:
                     self._on_published(row.event_id)
         finally:
+            # The first row not sent is the oldest still waiting; a batch sent whole leaves none known.
+            self._oldest_unpublished = rows[len(sent)].created_at if len(sent) < len(rows) else None
             if sent:
                 async with write() as session:
                     await session.execute(

@@ -50,10 +50,12 @@ class ChassisServer:
         bindings: Sequence[ServiceBinding],
         *,
         tracer_provider: TracerProvider | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.bindings = tuple(bindings)
-        self.metrics = ServerMetrics()
+        # A service's own metrics object when it has event metrics to serve too (see metrics.py).
+        self.metrics = metrics or ServerMetrics()
         self.health = HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None

@@ -10,6 +10,7 @@ from shopmesh_chassis import app
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.consumer import EventConsumer
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.metrics import EventMetrics, ServerMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_notifications.application import NotificationsApplication
@@ -44,7 +45,12 @@ def build_sender(settings: NotificationsSettings, database: Database) -> Notific
     return NotificationSender(database, mailer, policy, claim_seconds=2 * settings.smtp_timeout_seconds)
 
 
-def build_consumer(settings: NotificationsSettings, database: Database, sender: NotificationSender) -> EventConsumer:
+def build_consumer(
+    settings: NotificationsSettings,
+    database: Database,
+    sender: NotificationSender,
+    metrics: EventMetrics | None = None,
+) -> EventConsumer:
     return EventConsumer(
         database,
         settings.nats_url,
@@ -59,6 +65,7 @@ def build_consumer(settings: NotificationsSettings, database: Database, sender: 
         backoff_seconds=settings.consumer_backoff_seconds,
         ack_wait_seconds=settings.consumer_ack_wait_seconds,
         duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+        metrics=metrics,
     )
 
 
@@ -70,7 +77,8 @@ async def _main() -> None:
 
     sender = build_sender(settings, database)
     # Keeps trying in the background: the service serves ListNotifications while NATS is away.
-    consumer = build_consumer(settings, database, sender)
+    metrics = ServerMetrics()
+    consumer = build_consumer(settings, database, sender, metrics.events)
     sender.start()
     consumer.start()
 
@@ -84,7 +92,11 @@ async def _main() -> None:
         notifications_pb2_grpc.add_NotificationsServiceServicer_to_server,
     )
     await app.serve(
-        settings, [binding], tracer_provider=tracer_provider, on_shutdown=[stop_background, database.dispose]
+        settings,
+        [binding],
+        tracer_provider=tracer_provider,
+        on_shutdown=[stop_background, database.dispose],
+        metrics=metrics,
     )
 
 

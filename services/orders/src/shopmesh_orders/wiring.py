@@ -16,6 +16,7 @@ from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import DeferredJetStream
 from shopmesh_chassis.idempotency import RequestFingerprint, fingerprint_key
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.server import ServiceBinding
@@ -57,7 +58,8 @@ async def _main() -> None:
         subjects=SUBJECTS,
         duplicate_window_seconds=settings.nats_duplicate_window_seconds,
     )
-    relay = OutboxRelay(database, publisher)
+    metrics = ServerMetrics()
+    relay = OutboxRelay(database, publisher, metrics=metrics.events)
     publisher.start(on_ready=relay.wake)
     relay.start()
 
@@ -90,7 +92,11 @@ async def _main() -> None:
         orders_pb2_grpc.add_OrdersServiceServicer_to_server,
     )
     await app.serve(
-        settings, [binding], tracer_provider=tracer_provider, on_shutdown=[stop_background, database.dispose]
+        settings,
+        [binding],
+        tracer_provider=tracer_provider,
+        on_shutdown=[stop_background, database.dispose],
+        metrics=metrics,
     )
 
 

@@ -13,6 +13,7 @@ from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import DeferredJetStream
 from shopmesh_chassis.idempotency import IdempotencyStore, RequestFingerprint, fingerprint_key
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.periodic import Periodic
@@ -61,7 +62,8 @@ class PaymentsRuntime:
             subjects=event_messages.STREAM_SUBJECTS,
             duplicate_window_seconds=settings.nats_duplicate_window_seconds,
         )
-        self.relay = OutboxRelay(database, self.jetstream)
+        self.metrics = ServerMetrics()
+        self.relay = OutboxRelay(database, self.jetstream, metrics=self.metrics.events)
         self.purge = Periodic(
             "idempotency-purge", settings.idempotency_purge_interval_seconds, self.idempotency.purge_expired
         )
@@ -93,6 +95,7 @@ async def _main() -> None:
         [runtime.binding],
         tracer_provider=tracer_provider,
         on_shutdown=[runtime.stop, database.dispose],
+        metrics=runtime.metrics,
     )
 
 

@@ -12,6 +12,7 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.consumer import EventConsumer
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_recommendations.application import RecommendationsApplication
@@ -40,6 +41,7 @@ class Recommendations:
     catalog_channel: ResilientChannel
     consumer: EventConsumer
     binding: ServiceBinding
+    metrics: ServerMetrics
 
     async def close(self) -> None:
         await self.consumer.stop()
@@ -67,6 +69,7 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
         cache_entries=settings.catalog_cache_entries,
     )
     application = RecommendationsApplication(database, catalog)
+    metrics = ServerMetrics()
     consumer = EventConsumer(
         database,
         settings.nats_url,
@@ -76,6 +79,7 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
         subjects=SUBJECTS,
         handler=order_events_handler(application),
         duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+        metrics=metrics.events,
     )
     servicer = with_fault_injection(
         RecommendationsServicer(application), settings.fault_mode, settings.fault_delay_seconds
@@ -83,7 +87,9 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
     binding = ServiceBinding(
         DESCRIPTOR, servicer, recommendations_pb2_grpc.add_RecommendationsServiceServicer_to_server
     )
-    return Recommendations(database=database, catalog_channel=channel, consumer=consumer, binding=binding)
+    return Recommendations(
+        database=database, catalog_channel=channel, consumer=consumer, binding=binding, metrics=metrics
+    )
 
 
 async def _main() -> None:
@@ -92,7 +98,9 @@ async def _main() -> None:
     service = await build(settings)
     # Serves while NATS is away: the consumer keeps reconnecting, JetStream keeps the events meanwhile.
     service.consumer.start()
-    await app.serve(settings, [service.binding], tracer_provider=provider, on_shutdown=[service.close])
+    await app.serve(
+        settings, [service.binding], tracer_provider=provider, on_shutdown=[service.close], metrics=service.metrics
+    )
 
 
 def main() -> None:
