@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from typing import TypeVar
 
 import grpc
 import nats
+from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -137,3 +139,16 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeou
             return None
 
     return await testing.eventually(answered, what, timeout=timeout)
+
+
+def scraped(stack: Stack, service: str, name: str, labels: dict[str, str]) -> float:
+    """One sample of `service`'s metrics endpoint, as Prometheus would scrape it (0 when absent)."""
+    url = stack.metrics_url(service)
+    assert url is not None
+    with urllib.request.urlopen(url, timeout=5) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    for family in families:
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

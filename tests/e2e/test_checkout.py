@@ -4,7 +4,6 @@ nats-server, real SQLite databases, real gRPC — started by the same launcher a
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .shop import (
     PROCESSOR_DOWN_CARD,
     Shop,
     place_request,
+    scraped,
     user,
 )
 
@@ -47,8 +47,9 @@ async def test_successful_checkout_confirms_captures_once_and_commits_stock(shop
     assert (await shop.order(order.id)).state == orders_pb2.ORDER_STATE_CONFIRMED
 
 
-async def test_declined_card_cancels_and_puts_the_stock_back(shop: Shop) -> None:
+async def test_declined_card_cancels_puts_the_stock_back_and_is_counted_by_reason(shop: Shop, stack: Stack) -> None:
     await shop.set_stock("prod_french_press", 5)
+    declined_before = await asyncio.to_thread(cancelled_orders, stack, "CARD_DECLINED")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await shop.place(place_request(user(), "prod_french_press", 1, DECLINED_CARD))
     details = details_of(caught.value)
@@ -60,6 +61,7 @@ async def test_declined_card_cancels_and_puts_the_stock_back(shop: Shop) -> None
     assert await shop.captured(order.id) == 0
     stock = await shop.stock("prod_french_press")
     assert (stock.available, stock.reserved) == (5, 0)
+    assert await asyncio.to_thread(cancelled_orders, stack, "CARD_DECLINED") == declined_before + 1
 
 
 async def test_insufficient_stock_cancels_and_charges_nothing(shop: Shop) -> None:
@@ -76,14 +78,13 @@ async def test_insufficient_stock_cancels_and_charges_nothing(shop: Shop) -> Non
 
 
 def charge_attempts(stack: Stack, code: str) -> float:
-    url = stack.metrics_url("payments")
-    assert url is not None
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith("grpc_server_handled_total{") and 'grpc_method="Charge"' in line and f'"{code}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    labels = {"grpc_method": "Charge", "grpc_code": code}
+    return scraped(stack, "payments", "grpc_server_handled_total", labels)
+
+
+def cancelled_orders(stack: Stack, reason: str) -> float:
+    labels = {"state": "CANCELLED", "reason": reason}
+    return scraped(stack, "orders", "shopmesh_orders_finished_total", labels)
 
 
 async def test_payments_unavailable_is_retried_then_compensated(shop: Shop, stack: Stack) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from email.message import EmailMessage
@@ -21,7 +20,6 @@ import jwt
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
@@ -30,7 +28,7 @@ from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
-from .shop import FAST_RECOVERY, eventually
+from .shop import FAST_RECOVERY, eventually, scraped
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -201,19 +199,6 @@ async def test_a_client_claiming_another_user_id_still_acts_only_as_its_token_sa
     assert all(n.user_id != victim_id for n in notifications.notifications)
 
 
-def scraped(stack: Stack, service: str, name: str, labels: dict[str, str]) -> float:
-    """One sample of `service`'s metrics endpoint, as Prometheus would scrape it (0 when absent)."""
-    url = stack.metrics_url(service)
-    assert url is not None
-    with urllib.request.urlopen(url, timeout=5) as response:
-        families = text_string_to_metric_families(response.read().decode())
-    for family in families:
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
 async def test_every_service_on_the_event_path_shows_it_in_its_metrics(stack: Stack, shop: Any) -> None:
     _, _, auth = await signed_up(shop, "ada")
     call = shop.PlaceOrder(order_for("prod_chef_knife"), metadata=(*auth, ("idempotency-key", str(uuid.uuid4()))))
@@ -221,6 +206,7 @@ async def test_every_service_on_the_event_path_shows_it_in_its_metrics(stack: St
     confirmed = "orders.v1.order_confirmed"
     expectations = [
         ("orders", "shopmesh_outbox_events_published_total", {"subject": confirmed}),
+        ("orders", "shopmesh_orders_finished_total", {"state": "CONFIRMED", "reason": ""}),
         ("payments", "shopmesh_outbox_events_published_total", {"subject": "payments.v1.payment_captured"}),
         ("notifications", "shopmesh_events_consumed_total", {"subject": confirmed, "outcome": "applied"}),
         ("recommendations", "shopmesh_events_consumed_total", {"subject": confirmed, "outcome": "applied"}),

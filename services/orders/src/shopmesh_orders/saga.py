@@ -67,6 +67,7 @@ class SagaDriver:
         settings: OrdersSettings,
         *,
         on_event: Callable[[], None] = lambda: None,
+        on_finished: Callable[[Order], None] = lambda order: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = database
@@ -74,6 +75,8 @@ class SagaDriver:
         self._payments = payments
         self._settings = settings
         self._on_event = on_event
+        # Called once the terminal transition has committed (e.g. to count how orders end).
+        self._on_finished = on_finished
         self._clock = clock
 
     @staticmethod
@@ -259,6 +262,7 @@ class SagaDriver:
                 cancelled = codec.cancelled_event(after, event_id, now)
                 await add_event(session, subject=ORDER_CANCELLED, message=cancelled, event_id=event_id)
         self._on_event()
+        self._on_finished(after)
         log.info("order %s %s", after.id, after.state.value.lower(), extra={"order_id": after.id, "event_id": event_id})
         await self._maybe_pause(after)
         return after

@@ -23,6 +23,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import CachedCatalog, CatalogClient, InventoryClient, PaymentsClient
 from shopmesh_orders.domain.ports import Catalog
+from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.tables import metadata
@@ -69,6 +70,7 @@ async def _main() -> None:
         PaymentsClient(payments.channel, settings.step_timeout_seconds),
         settings,
         on_event=relay.wake,
+        on_finished=OrderMetrics(metrics.registry).finished,
     )
     pricing: Catalog = CatalogClient(catalog.channel, settings.step_timeout_seconds)
     if settings.catalog_price_cache_seconds > 0:
