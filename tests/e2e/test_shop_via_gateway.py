@@ -218,3 +218,16 @@ async def test_every_service_on_the_event_path_shows_it_in_its_metrics(stack: St
     waiting = "shopmesh_outbox_oldest_unpublished_age_seconds"
     for service in ("orders", "payments"):
         assert await asyncio.to_thread(scraped, stack, service, waiting, {}) == 0
+
+
+async def test_services_report_the_circuit_breaker_in_front_of_each_dependency(stack: Stack) -> None:
+    callers = {
+        "gateway": ("users", "catalog", "inventory", "orders", "notifications", "recommendations"),
+        "orders": ("catalog", "inventory", "payments"),
+        "recommendations": ("catalog",),
+    }
+    for caller, dependencies in callers.items():
+        for dependency in dependencies:
+            labels = {"dependency": dependency, "state": "closed"}
+            closed = await asyncio.to_thread(scraped, stack, caller, "shopmesh_client_breaker_state", labels)
+            assert closed == 1, f"{caller} reports its breaker to {dependency} closed"

@@ -9,6 +9,7 @@ from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
 
@@ -96,3 +97,34 @@ async def test_unreachable_target_opens_the_breaker() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Record(sample_pb2.RecordRequest())
         assert details_of(caught.value).reason == "CIRCUIT_OPEN"
+
+
+def test_the_breakers_state_and_openings_are_reported_to_prometheus() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=10), clock)
+    metrics = ServerMetrics()
+    metrics.watch_breaker("payments", breaker)
+    metrics.watch_breaker("nobody", None)  # a channel built without a breaker: nothing to report
+
+    def reported() -> tuple[str, float]:
+        states = [
+            s
+            for s in BreakerState
+            if metrics.registry.get_sample_value(
+                "shopmesh_client_breaker_state", {"dependency": "payments", "state": s.value}
+            )
+        ]
+        opened = metrics.registry.get_sample_value("shopmesh_client_breaker_opened_total", {"dependency": "payments"})
+        assert len(states) == 1, states
+        return states[0].value, opened or 0.0
+
+    assert reported() == ("closed", 0)
+    breaker.record_failure()
+    breaker.record_failure()
+    assert reported() == ("open", 1)
+    clock.now += 10
+    assert reported() == ("half_open", 1)
+    assert breaker.allow()  # the probe goes out, and fails: open again
+    breaker.record_failure()
+    assert reported() == ("open", 2)
+    assert metrics.registry.get_sample_value("shopmesh_client_breaker_state", {"dependency": "nobody"}) is None

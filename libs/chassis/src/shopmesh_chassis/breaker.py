@@ -39,12 +39,21 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probes = 0
+        # How many times it has opened, for metrics.
+        self.opened = 0
 
     @property
     def state(self) -> BreakerState:
-        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.config.reset_timeout_seconds:
+        if self.observed_state() is not self._state:  # open past its timeout: a probe may go now
             self._state = BreakerState.HALF_OPEN
             self._probes = 0
+        return self._state
+
+    def observed_state(self) -> BreakerState:
+        """`state` without its side effect (an open breaker past its timeout turns half-open only when a
+        call asks): for metrics, read from the scrape's thread."""
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.config.reset_timeout_seconds:
+            return BreakerState.HALF_OPEN
         return self._state
 
     def retry_after(self) -> float:
@@ -86,6 +95,7 @@ class CircuitBreaker:
 
     def _open(self) -> None:
         self._state = BreakerState.OPEN
+        self.opened += 1
         self._opened_at = self._clock()
         self._failures = 0
         self._probes = 0

@@ -8,11 +8,16 @@ first, hands `.events` to its relay and consumers, and passes the same object to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shopmesh_chassis.breaker import BreakerState, CircuitBreaker
 
 # Buckets sized for RPCs: 0.5 ms up to 10 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -60,6 +65,16 @@ class ServerMetrics:
         )
         self._http: WSGIServer | None = None
         self._events: EventMetrics | None = None
+        self._breakers: BreakerCollector | None = None
+
+    def watch_breaker(self, dependency: str, breaker: CircuitBreaker | None) -> None:
+        """Report the circuit breaker of the channel to `dependency` (a ResilientChannel's `.breaker`)."""
+        if breaker is None:
+            return
+        if self._breakers is None:
+            self._breakers = BreakerCollector()
+            self.registry.register(self._breakers)
+        self._breakers.watch(dependency, breaker)
 
     @property
     def events(self) -> EventMetrics:
@@ -122,3 +137,34 @@ class EventMetrics:
             ("consumer", "subject", "outcome"),
             registry=registry,
         )
+
+
+class BreakerCollector(Collector):
+    """The state of each watched client circuit breaker, read when Prometheus scrapes: nothing is added to
+    the call path."""
+
+    def __init__(self) -> None:
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def watch(self, dependency: str, breaker: CircuitBreaker) -> None:
+        self._breakers[dependency] = breaker
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "shopmesh_client_breaker_state",
+            "1 for the current state of the circuit breaker in front of each dependency: closed (calls go "
+            "out), open (calls fail fast with UNAVAILABLE), half_open (a probe call decides).",
+            labels=("dependency", "state"),
+        )
+        opened = CounterMetricFamily(
+            "shopmesh_client_breaker_opened",
+            "Times the circuit breaker in front of each dependency opened.",
+            labels=("dependency",),
+        )
+        for dependency, breaker in sorted(self._breakers.items()):
+            current = breaker.observed_state()
+            for candidate in BreakerState:
+                state.add_metric((dependency, candidate.value), 1.0 if candidate is current else 0.0)
+            opened.add_metric((dependency,), float(breaker.opened))
+        yield state
+        yield opened

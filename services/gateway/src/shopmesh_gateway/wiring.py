@@ -16,6 +16,7 @@ from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis import app
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_gateway.application import Checkout, ProductPages
 from shopmesh_gateway.clients import (
@@ -55,15 +56,18 @@ class Channels:
             settings.recommendations_address, recommendations_pb2.DESCRIPTOR, "RecommendationsService"
         )
 
+    def by_dependency(self) -> dict[str, ResilientChannel]:
+        return {
+            "users": self.users,
+            "catalog": self.catalog,
+            "inventory": self.inventory,
+            "orders": self.orders,
+            "notifications": self.notifications,
+            "recommendations": self.recommendations,
+        }
+
     async def close(self) -> None:
-        for channel in (
-            self.users,
-            self.catalog,
-            self.inventory,
-            self.orders,
-            self.notifications,
-            self.recommendations,
-        ):
+        for channel in self.by_dependency().values():
             await channel.close()
 
 
@@ -102,11 +106,15 @@ async def _main() -> None:
     settings = load_settings(GatewaySettings)
     tracer_provider = app.setup_observability(settings)
     channels = Channels(settings, tracer_provider)
+    metrics = ServerMetrics()
+    for dependency, channel in channels.by_dependency().items():
+        metrics.watch_breaker(dependency, channel.breaker)
     await app.serve(
         settings,
         [binding(build_servicer(settings, channels))],
         tracer_provider=tracer_provider,
         on_shutdown=[channels.close],
+        metrics=metrics,
     )
 
 

@@ -60,6 +60,8 @@ async def _main() -> None:
         duplicate_window_seconds=settings.nats_duplicate_window_seconds,
     )
     metrics = ServerMetrics()
+    for dependency, resilient in (("catalog", catalog), ("inventory", inventory), ("payments", payments)):
+        metrics.watch_breaker(dependency, resilient.breaker)
     relay = OutboxRelay(database, publisher, metrics=metrics.events)
     publisher.start(on_ready=relay.wake)
     relay.start()

@@ -70,6 +70,7 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
     )
     application = RecommendationsApplication(database, catalog)
     metrics = ServerMetrics()
+    metrics.watch_breaker("catalog", channel.breaker)
     consumer = EventConsumer(
         database,
         settings.nats_url,
