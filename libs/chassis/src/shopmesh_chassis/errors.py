@@ -124,6 +124,10 @@ class Unavailable(_Retryable):
     default_reason = "UNAVAILABLE"
 
 
+# The reason of an UNAVAILABLE that a service answers because something it depends on is not answering.
+DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
+
+
 class ReplayedError(DomainError):
     """A stored error outcome replayed for a retried idempotent request.
 

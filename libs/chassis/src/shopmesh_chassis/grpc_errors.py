@@ -41,14 +41,12 @@ TRANSIENT_CODES: frozenset[grpc.StatusCode] = frozenset(
     }
 )
 
-DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
-
 
 def dependency_unavailable(
     dependency: str | None,
     code: grpc.StatusCode | None = None,
     *,
-    reason: str = DEPENDENCY_UNAVAILABLE,
+    reason: str = errors.DEPENDENCY_UNAVAILABLE,
     retry_after_seconds: float = 1.0,
 ) -> errors.Unavailable:
     """What a service answers its own caller when a call to `dependency` failed with a transient status:

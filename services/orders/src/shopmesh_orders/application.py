@@ -288,7 +288,7 @@ def _outcome(order: Order) -> Order:
         raise errors.FailedPrecondition(order.cancel_message, reason=order.cancel_code.value, metadata=metadata)
     raise errors.Unavailable(
         f"order {order.id} is still being processed; retry with the same idempotency key",
-        reason="DEPENDENCY_UNAVAILABLE",
+        reason=errors.DEPENDENCY_UNAVAILABLE,
         retry_after_seconds=1.0,
         metadata={"order_id": order.id},
     )

@@ -14,7 +14,7 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_chassis.grpc_errors import DEPENDENCY_UNAVAILABLE, TRANSIENT_CODES, dependency_unavailable, details_of
+from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
     Catalog,
@@ -30,7 +30,9 @@ from shopmesh_orders.domain.validation import Card, CartLine
 _TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 
 
-def _unavailable(service: str, error: grpc.aio.AioRpcError, reason: str = DEPENDENCY_UNAVAILABLE) -> errors.Unavailable:
+def _unavailable(
+    service: str, error: grpc.aio.AioRpcError, reason: str = errors.DEPENDENCY_UNAVAILABLE
+) -> errors.Unavailable:
     return dependency_unavailable(service, error.code(), reason=reason)
 
 

@@ -145,7 +145,7 @@ class SagaDriver:
             return await self._transition(owner, order.failed_before_pivot(code, now))
         raise errors.Unavailable(
             f"order {order.id} is waiting for a dependency at step {order.step.value}",
-            reason="DEPENDENCY_UNAVAILABLE",
+            reason=errors.DEPENDENCY_UNAVAILABLE,
             retry_after_seconds=1.0,
             metadata={"order_id": order.id, "step": order.step.value},
         )
