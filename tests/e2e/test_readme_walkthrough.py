@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.stack import PortPlan, Stack
@@ -50,6 +51,15 @@ async def test_readme_walkthrough_runs_verbatim(tmp_path: Path) -> None:
         assert '"state": "ORDER_STATE_CONFIRMED"' in out
         assert "CARD_DECLINED" in err
         assert "Unauthenticated" in err
+        # Both checkouts counted on orders' metrics endpoint, the declined one under its reason.
+        exposed = "\n".join(line for line in out.splitlines() if line.startswith("shopmesh_orders_finished"))
+        finished = {
+            (sample.labels["state"], sample.labels["reason"]): sample.value
+            for family in text_string_to_metric_families(exposed)
+            for sample in family.samples
+        }
+        assert finished[("CONFIRMED", "")] >= 1
+        assert finished[("CANCELLED", "CARD_DECLINED")] >= 1
         order_id = re.search(r"placed (ord_\w+)", out)
         assert order_id is not None
 
