@@ -209,6 +209,7 @@ async def test_every_service_on_the_event_path_shows_it_in_its_metrics(stack: St
         ("orders", "shopmesh_orders_finished_total", {"state": "CONFIRMED", "reason": ""}),
         ("payments", "shopmesh_outbox_events_published_total", {"subject": "payments.v1.payment_captured"}),
         ("notifications", "shopmesh_events_consumed_total", {"subject": confirmed, "outcome": "applied"}),
+        ("notifications", "shopmesh_notifications_delivery_attempts_total", {"outcome": "sent"}),
         ("recommendations", "shopmesh_events_consumed_total", {"subject": confirmed, "outcome": "applied"}),
     ]
     for service, name, labels in expectations:

@@ -25,6 +25,7 @@ from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import ensure_stream
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
@@ -33,6 +34,7 @@ from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
 from shopmesh_notifications.intake import NotificationIntake
 from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
+from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_notifications.sender import NotificationSender
 from shopmesh_notifications.settings import NotificationsSettings
 from shopmesh_notifications.store.repository import NotificationRepository
@@ -123,6 +125,11 @@ class Running:
     stub: Stub
     js: Client
     sink: SmtpSink
+    metrics: ServerMetrics
+
+    def attempts(self, outcome: str) -> float:
+        labels = {"outcome": outcome}
+        return self.metrics.registry.get_sample_value("shopmesh_notifications_delivery_attempts_total", labels) or 0
 
     async def publish(self, subject: str, payload: bytes, event_id: str) -> None:
         await self.js.jetstream().publish(subject, payload, headers={"Nats-Msg-Id": event_id})
@@ -163,8 +170,9 @@ async def running(
         send_max_backoff_seconds=0.2,
         **overrides,
     )
-    sender = build_sender(settings, database)
-    consumer = build_consumer(settings, database, sender)
+    metrics = ServerMetrics()
+    sender = build_sender(settings, database, NotificationMetrics(metrics.registry))
+    consumer = build_consumer(settings, database, sender, metrics.events)
     servicer = NotificationsServicer(NotificationsApplication(database))
     binding = ServiceBinding(DESCRIPTOR, servicer, notifications_pb2_grpc.add_NotificationsServiceServicer_to_server)
     sender.start()
@@ -174,7 +182,7 @@ async def running(
             serve_in_process(settings, [binding]) as server,
             ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
         ):
-            yield Running(settings, database, sender, consumer, Stub(channel.channel), js_client, sink)
+            yield Running(settings, database, sender, consumer, Stub(channel.channel), js_client, sink, metrics)
     finally:
         await consumer.stop()
         await sender.stop()
@@ -257,6 +265,9 @@ async def test_while_the_mail_server_is_down_the_notification_stays_pending_and_
 
         await eventually(sent, "SENT")
         assert len(mail_for(directory, "ord_4")) == 1
+        # Each attempt counted by how it ended.
+        assert running.attempts("retrying") >= 2
+        assert (running.attempts("sent"), running.attempts("failed")) == (1, 0)
     finally:
         await back.close()
 
@@ -274,6 +285,7 @@ async def test_a_notification_whose_attempts_all_fail_ends_failed_with_the_reaso
     (notification,) = await eventually(failed, "FAILED")
     assert notification.failure_reason != ""
     assert not notification.HasField("sent_at")
+    assert (running.attempts("retrying"), running.attempts("failed"), running.attempts("sent")) == (1, 1, 0)
 
 
 class Bouncer(MailFolder):

@@ -38,6 +38,7 @@ class NotificationSender:
         idle_poll_seconds: float = 5.0,
         batch_size: int = 50,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_attempt: Callable[[Notification], None] = lambda notification: None,
     ) -> None:
         self._db = database
         self._mailer = mailer
@@ -46,6 +47,8 @@ class NotificationSender:
         self._idle_poll = idle_poll_seconds
         self._batch_size = batch_size
         self._clock = clock
+        # Called with the notification as each attempt left it (sent, retrying or failed), once recorded.
+        self._on_attempt = on_attempt
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -134,6 +137,7 @@ class NotificationSender:
         async with self._db.transaction() as session:
             await NotificationRepository(session).record_delivery(outcome)
         self._log(outcome)
+        self._on_attempt(outcome)
         return 1
 
     @staticmethod

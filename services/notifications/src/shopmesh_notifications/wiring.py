@@ -18,6 +18,7 @@ from shopmesh_notifications.codec import SUBJECTS
 from shopmesh_notifications.domain.model import RetryPolicy
 from shopmesh_notifications.intake import NotificationIntake
 from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
+from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_notifications.sender import NotificationSender
 from shopmesh_notifications.settings import NotificationsSettings
 from shopmesh_notifications.store.tables import metadata
@@ -29,7 +30,9 @@ STREAM = "ORDERS"
 STREAM_SUBJECTS = ["orders.v1.>"]
 
 
-def build_sender(settings: NotificationsSettings, database: Database) -> NotificationSender:
+def build_sender(
+    settings: NotificationsSettings, database: Database, metrics: NotificationMetrics | None = None
+) -> NotificationSender:
     mailer = SmtpMailer(
         SmtpOptions(
             host=settings.smtp_host,
@@ -42,7 +45,13 @@ def build_sender(settings: NotificationsSettings, database: Database) -> Notific
         )
     )
     policy = RetryPolicy(settings.send_max_attempts, settings.send_backoff_seconds, settings.send_max_backoff_seconds)
-    return NotificationSender(database, mailer, policy, claim_seconds=2 * settings.smtp_timeout_seconds)
+    return NotificationSender(
+        database,
+        mailer,
+        policy,
+        claim_seconds=2 * settings.smtp_timeout_seconds,
+        on_attempt=metrics.attempted if metrics is not None else lambda notification: None,
+    )
 
 
 def build_consumer(
@@ -75,9 +84,9 @@ async def _main() -> None:
     database = Database(settings.resolved_database_url)
     await migrate(database, VERSIONS, metadata)
 
-    sender = build_sender(settings, database)
-    # Keeps trying in the background: the service serves ListNotifications while NATS is away.
     metrics = ServerMetrics()
+    sender = build_sender(settings, database, NotificationMetrics(metrics.registry))
+    # Keeps trying in the background: the service serves ListNotifications while NATS is away.
     consumer = build_consumer(settings, database, sender, metrics.events)
     sender.start()
     consumer.start()

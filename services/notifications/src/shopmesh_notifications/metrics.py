@@ -1,0 +1,26 @@
+"""Notifications' own metrics, beside the chassis' gRPC and event ones on the same endpoint: what became
+of each delivery attempt. `failed` (given up) is the one to alert on: a customer got no e-mail.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+from shopmesh_notifications.domain.model import Notification, State
+
+# The state a notification is left in after an attempt, as the metric's label.
+_OUTCOMES = {State.SENT: "sent", State.PENDING: "retrying", State.FAILED: "failed"}
+
+
+class NotificationMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._attempts = Counter(
+            "shopmesh_notifications_delivery_attempts",
+            "E-mail delivery attempts, by outcome: sent; retrying (failed, another attempt is due later); "
+            "failed (given up after the last attempt or a permanent refusal).",
+            ("outcome",),
+            registry=registry,
+        )
+
+    def attempted(self, notification: Notification) -> None:
+        self._attempts.labels(_OUTCOMES[notification.state]).inc()
