@@ -82,7 +82,6 @@ class Result:
     rate: float
     offered: int
     completed: int
-    errors: int
     seconds: float
     latencies_ms: tuple[float, ...]
     # The host during the window: the share of CPU time the hypervisor stole, and the CPU the services
@@ -91,6 +90,10 @@ class Result:
     cpu_ms_per_checkout: float = float("nan")
     # What the failed checkouts were told: status code and message, with how many got each.
     failures: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def errors(self) -> int:
+        return sum(count for _, count in self.failures)
 
     @property
     def throughput(self) -> float:
@@ -274,15 +277,7 @@ async def run_rate(
         spent_ms = (sum(map(process_cpu_seconds, pids)) - cpu) * 1000
     per_checkout = spent_ms / len(latencies) if pids and latencies else float("nan")
     return Result(
-        rate,
-        count,
-        len(latencies),
-        failures.total(),
-        elapsed,
-        tuple(latencies),
-        stolen,
-        per_checkout,
-        tuple(failures.most_common()),
+        rate, count, len(latencies), elapsed, tuple(latencies), stolen, per_checkout, tuple(failures.most_common())
     )
 
 

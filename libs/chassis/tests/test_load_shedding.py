@@ -34,15 +34,23 @@ def sample(server: ChassisServer, name: str, **labels: str) -> float:
     return server.metrics.registry.get_sample_value(name, {**ECHO, **labels}) or 0.0
 
 
+async def at_the_limit(
+    server: ChassisServer, stub: sample_pb2_grpc.SampleServiceStub
+) -> list[asyncio.Future[sample_pb2.EchoResponse]]:
+    """LIMIT slow calls, returned once all of them are in their handler (the server is full)."""
+    busy = [asyncio.ensure_future(stub.Echo(SLOW, timeout=30)) for _ in range(LIMIT)]
+    await eventually(
+        lambda: sample(server, "grpc_server_in_flight_requests") == LIMIT, "the slow calls in their handler"
+    )
+    return busy
+
+
 async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_rest_complete(
     limited: ChassisServer,
 ) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
-        busy = [asyncio.ensure_future(stub.Echo(SLOW, timeout=30)) for _ in range(LIMIT)]
-        await eventually(
-            lambda: sample(limited, "grpc_server_in_flight_requests") == LIMIT, "both slow calls in their handler"
-        )
+        busy = await at_the_limit(limited, stub)
 
         refused = stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -67,10 +75,7 @@ async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_res
 async def test_health_checks_are_answered_while_the_server_is_at_its_limit(limited: ChassisServer) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
-        busy = [asyncio.ensure_future(stub.Echo(SLOW, timeout=30)) for _ in range(LIMIT)]
-        await eventually(
-            lambda: sample(limited, "grpc_server_in_flight_requests") == LIMIT, "both slow calls in their handler"
-        )
+        busy = await at_the_limit(limited, stub)
         # A kubelet probe refused here would restart a pod for being busy.
         for _ in range(3):
             assert await health_status(limited.address, timeout=5) == health_pb2.HealthCheckResponse.SERVING
@@ -92,13 +97,7 @@ async def test_a_caller_of_a_shedding_server_answers_its_own_caller_unavailable_
     limited: ChassisServer, stub: sample_pb2_grpc.SampleServiceStub
 ) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
-        busy = [
-            asyncio.ensure_future(sample_pb2_grpc.SampleServiceStub(channel).Echo(SLOW, timeout=30))
-            for _ in range(LIMIT)
-        ]
-        await eventually(
-            lambda: sample(limited, "grpc_server_in_flight_requests") == LIMIT, "both slow calls in their handler"
-        )
+        busy = await at_the_limit(limited, sample_pb2_grpc.SampleServiceStub(channel))
         # `stub` is another chassis server whose Relay handler calls the shedding one and does not catch.
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Relay(sample_pb2.RelayRequest(target=limited.address, echo=sample_pb2.EchoRequest(message="x")))

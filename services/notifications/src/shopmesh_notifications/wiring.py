@@ -31,7 +31,7 @@ STREAM_SUBJECTS = ["orders.v1.>"]
 
 
 def build_sender(
-    settings: NotificationsSettings, database: Database, metrics: NotificationMetrics | None = None
+    settings: NotificationsSettings, database: Database, metrics: NotificationMetrics
 ) -> NotificationSender:
     mailer = SmtpMailer(
         SmtpOptions(
@@ -50,7 +50,7 @@ def build_sender(
         mailer,
         policy,
         claim_seconds=2 * settings.smtp_timeout_seconds,
-        on_attempt=metrics.attempted if metrics is not None else lambda notification: None,
+        on_attempt=metrics.attempted,
     )
 
 
@@ -58,7 +58,7 @@ def build_consumer(
     settings: NotificationsSettings,
     database: Database,
     sender: NotificationSender,
-    metrics: EventMetrics | None = None,
+    metrics: EventMetrics,
 ) -> EventConsumer:
     return EventConsumer(
         database,
