@@ -82,6 +82,11 @@ RUN_ARGS ?=
 run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset")
 	$(VENV_BIN)/python -m shopmesh_platform.run $(RUN_ARGS)
 
+.PHONY: deadletters
+ARGS ?= list
+deadletters: setup ## Events the local stack's consumers parked: ARGS="list" (default) | "show SEQ" | "replay SEQ ..." | "discard SEQ ..."
+	env -u NATS_URL $(VENV_BIN)/shopmesh-deadletters $(ARGS)
+
 # --- benchmarks ----------------------------------------------------------------------------------
 
 .PHONY: bench-chassis

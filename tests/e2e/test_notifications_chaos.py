@@ -3,11 +3,16 @@ nats-server and the SMTP sink, started by the same launcher as `make run`.
 
 notifications is killed with SIGKILL while it works through a stream of events and restarted: every
 event still yields exactly one e-mail and one SENT notification. A poison message lands on the
-dead-letter stream without holding up the messages behind it.
+dead-letter stream without holding up the messages behind it, and the operator's command lists it,
+replays it to notifications and discards it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -26,7 +31,7 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
-from .shop import FAST_RECOVERY, Shop, eventually, place_request, user
+from .shop import FAST_RECOVERY, Shop, eventually, place_request, scraped, user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -211,3 +216,44 @@ async def test_a_poison_message_is_dead_lettered_and_later_orders_are_still_mail
         return None
 
     await eventually(parked, "the poison message on the DEADLETTER stream")
+
+
+def deadletters(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's command, as installed in the virtualenv (and in every service image)."""
+    command = Path(sys.executable).with_name("shopmesh-deadletters")
+    return subprocess.run(
+        [str(command), "--nats-url", stack.nats_url, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_an_operator_sees_replays_and_discards_a_parked_message_with_the_command(
+    stack: Stack, jetstream: Client
+) -> None:
+    poison_id = f"evt_poison_{uuid.uuid4().hex}"
+    await jetstream.jetstream().publish(
+        "orders.v1.order_confirmed", b"\x00still not an OrderConfirmed", headers={"Nats-Msg-Id": poison_id}
+    )
+
+    async def listed() -> list[dict[str, object]]:
+        result = await asyncio.to_thread(deadletters, stack, "list", "--consumer", "notifications", "--json")
+        assert result.returncode == 0, result.stderr
+        return [row for line in result.stdout.splitlines() if (row := json.loads(line))["event_id"] == poison_id]
+
+    async def parked_anew(known: set[object]) -> list[dict[str, object]] | None:
+        return [row for row in await listed() if row["sequence"] not in known] or None
+
+    (first,) = await eventually(lambda: parked_anew(set()), "the poison message listed")
+    assert (first["subject"], first["attempts"]) == ("orders.v1.order_confirmed", 3)
+    gauge = {"consumer": "notifications"}
+    assert scraped(stack, "notifications", "shopmesh_events_dead_letters", gauge) >= 1
+
+    # Replayed to notifications, which still cannot read it: parked again, under a new sequence.
+    replayed = await asyncio.to_thread(deadletters, stack, "replay", str(first["sequence"]))
+    assert replayed.returncode == 0, replayed.stderr
+    (again,) = await eventually(lambda: parked_anew({first["sequence"]}), "the replay parked again")
+    assert again["attempts"] == 3
+    assert [row["sequence"] for row in await listed()] == [again["sequence"]]
+
+    discarded = await asyncio.to_thread(deadletters, stack, "discard", str(again["sequence"]))
+    assert discarded.returncode == 0, discarded.stderr
+    assert await listed() == []

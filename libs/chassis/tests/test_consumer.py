@@ -3,87 +3,21 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
-from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
+from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import Database, DbConnection
-from shopmesh_chassis.events import ensure_stream
+from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM
 from shopmesh_chassis.metrics import EventMetrics
-from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import eventually
-from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
+from shopmesh_chassis.testing.nats_server import NatsServer
 
-scratch = MetaData()
-effects = Table("effects", scratch, Column("id", Integer, primary_key=True), Column("event_id", String(64)))
+from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
 
-
-@pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path / "nats") as server:
-        yield server
-
-
-@pytest.fixture
-async def client(nats_srv: NatsServer) -> AsyncIterator[Client]:
-    nc = await nats.connect(nats_srv.url)
-    await ensure_stream(nc.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600)
-    yield nc
-    await nc.close()
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite:///{tmp_path}/consumer.db")
-    (tmp_path / "versions").mkdir()
-    await migrate(database, tmp_path / "versions")
-    async with database.transaction() as conn:
-        await conn.run_sync(scratch.create_all)
-    yield database
-    await database.dispose()
-
-
-async def publish(client: Client, event_id: str, body: bytes = b"x") -> None:
-    await client.jetstream().publish("things.v1.happened", body, headers={"Nats-Msg-Id": event_id})
-
-
-async def applied(db: Database) -> Counter[str]:
-    async with db.transaction() as session:
-        rows = (await session.execute(select(effects.c.event_id))).scalars().all()
-    return Counter(rows)
-
-
-def consumer(
-    db: Database, url: str, handler: object, subjects: tuple[str, ...] = ("things.v1.happened",), **kwargs: object
-) -> EventConsumer:
-    return EventConsumer(
-        db,
-        url,
-        durable="tester",
-        stream="THINGS",
-        stream_subjects=["things.v1.>"],
-        subjects=list(subjects),
-        handler=handler,  # type: ignore[arg-type]
-        backoff_seconds=(0.05,),
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-async def until_applied(db: Database, expected: Counter[str]) -> None:
-    async def reached() -> bool:
-        return await applied(db) == expected
-
-    await eventually(reached, f"effects {dict(expected)} applied")
-
-
-async def record(session: DbConnection, event: Event) -> None:
-    await session.execute(insert(effects).values(event_id=event.event_id))
+__all__ = ["client", "db"]  # fixtures, used by name
 
 
 async def test_each_event_is_applied_once(db: Database, client: Client, nats_srv: NatsServer) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -24,12 +24,6 @@ from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer
 
 SUBJECT = "tests.v1.thing_happened"
-
-
-@pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ ListNotifications over a real gRPC socket."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -22,13 +22,14 @@ from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
-from shopmesh_chassis.consumer import DEAD_LETTER_STREAM, Event, EventConsumer
+from shopmesh_chassis.consumer import Event, EventConsumer
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM
 from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import eventually, serve_in_process
-from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
+from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
@@ -87,12 +88,6 @@ def cancelled_event(event_id: str, order_id: str, user_id: str = "usr_1") -> byt
 
 def mail_for(directory: Path, order_id: str) -> list[EmailMessage]:
     return [message for message in read_mail(directory) if message["X-Shopmesh-Order-Id"] == order_id]
-
-
-@pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import free_port, serve_in_process
-from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_payments.application import utcnow
 from shopmesh_payments.domain.models import Card, Money
@@ -175,9 +174,3 @@ async def payments(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
 
 BACKENDS = pytest.mark.parametrize("payments", ["sqlite", "postgresql"], indirect=True)
-
-
-@pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path / "nats") as server:
-        yield server

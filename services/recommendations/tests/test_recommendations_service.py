@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from shopmesh_chassis.testing import (
     serve_in_process,
     start_process_serving,
 )
-from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
+from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_recommendations.settings import RecommendationsSettings
 from shopmesh_recommendations.wiring import Recommendations, build
 
@@ -71,12 +71,6 @@ async def catalog(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ser
         yield process
     finally:
         process.stop()
-
-
-@pytest.fixture
-def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 def settings_for(tmp_path: Path, catalog_address: str, nats_url: str, **overrides: Any) -> RecommendationsSettings:

@@ -4,7 +4,9 @@ A durable pull consumer gets every message at least once. Each message is handle
 transaction that also records its event id in `chassis_processed_events`: a redelivered event finds its
 id and is acknowledged without a second effect. A handler that fails is retried with backoff (`nak` with a
 delay, so other messages flow meanwhile); after `max_attempts` deliveries the message is parked on the
-dead-letter stream and acknowledged, so one poison message never blocks the rest.
+dead-letter stream and acknowledged, so one poison message never blocks the rest. Each consumer also reads
+its own replay subject, where an operator sends parked messages back once their cause is fixed
+(deadletters.py).
 """
 
 from __future__ import annotations
@@ -17,22 +19,35 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
 from sqlalchemy import insert, select
 
 from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.deadletters import (
+    ATTEMPTS,
+    BOOKKEEPING_HEADERS,
+    DEAD_LETTER_STREAM,
+    ERROR,
+    ORIGINAL_EVENT_ID,
+    ORIGINAL_SUBJECT,
+    REPLAY_STREAM,
+    REPLAYED_FROM,
+    ensure_dead_letter_streams,
+    parked_subject,
+    replay_durable,
+    replay_filter,
+)
 from shopmesh_chassis.events import MSG_ID, connect, ensure_stream
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.tables import processed_events
 
 log = logging.getLogger("shopmesh.consumer")
 tracer = trace.get_tracer("shopmesh.consumer")
-
-DEAD_LETTER_STREAM = "DEADLETTER"
-DEAD_LETTER_PREFIX = "deadletter"
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,7 @@ class EventConsumer:
         ack_wait_seconds: float = 30.0,
         duplicate_window_seconds: float = 900.0,
         metrics: EventMetrics | None = None,
+        dead_letter_poll_seconds: float = 30.0,
     ) -> None:
         self._db = database
         self._url = nats_url
@@ -83,12 +99,10 @@ class EventConsumer:
         self._ack_wait = ack_wait_seconds
         self._duplicate_window = duplicate_window_seconds
         self._metrics = metrics
+        self._dead_letter_poll = dead_letter_poll_seconds
+        self._parked = asyncio.Event()
         self._client: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
-
-    @property
-    def dead_letter_subject(self) -> str:
-        return f"{DEAD_LETTER_PREFIX}.{self._durable}"
 
     def start(self) -> None:
         self._tasks = [asyncio.get_running_loop().create_task(self._run(), name=f"consumer-{self._durable}")]
@@ -122,41 +136,70 @@ class EventConsumer:
             self._client = await connect(self._url, name=self._durable)
         js = self._client.jetstream()
         await ensure_stream(js, self._stream, self._stream_subjects, self._duplicate_window)
-        await ensure_stream(js, DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], self._duplicate_window)
+        await ensure_dead_letter_streams(js, self._duplicate_window)
+        events = await self._subscribe(js, self._stream, self._durable, self._subjects)
+        replays = await self._subscribe(
+            js, REPLAY_STREAM, replay_durable(self._durable), [replay_filter(self._durable)]
+        )
+        log.info("consuming %s from %s as %s", ",".join(self._subjects), self._stream, self._durable)
+        # Both pull loops share the connection; one failing ends both, and _run starts them again.
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(self._pull(events, replayed=False))
+            loops.create_task(self._pull(replays, replayed=True))
+            if self._metrics is not None:
+                loops.create_task(self._count_dead_letters(js, self._metrics))
+
+    async def _subscribe(
+        self, js: JetStreamContext, stream: str, durable: str, subjects: list[str]
+    ) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(
-            name=self._durable,
-            durable_name=self._durable,
+            name=durable,
+            durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._ack_wait,
             # Redelivery is bounded by our own count (then the dead-letter stream), not the server's.
             max_deliver=-1,
-            filter_subjects=self._subjects if len(self._subjects) > 1 else None,
-            filter_subject=self._subjects[0] if len(self._subjects) == 1 else None,
+            filter_subjects=subjects if len(subjects) > 1 else None,
+            filter_subject=subjects[0] if len(subjects) == 1 else None,
         )
         # Create the durable, or bring an existing one to this configuration (a release that consumes one
         # more subject): pull_subscribe alone would bind to an existing durable as it was first created.
-        await js.add_consumer(self._stream, config)
-        subscription = await js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
-        log.info("consuming %s from %s as %s", ",".join(self._subjects), self._stream, self._durable)
+        await js.add_consumer(stream, config)
+        return await js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    async def _pull(self, subscription: JetStreamContext.PullSubscription, *, replayed: bool) -> None:
         while True:
             try:
                 messages = await subscription.fetch(self._batch_size, timeout=1.0)
             except TimeoutError:
                 continue
             for message in messages:
-                await self._deliver(message)
+                await self._deliver(message, replayed=replayed)
 
-    async def _deliver(self, message: Msg) -> None:
-        headers = dict(message.headers or {})
-        event_id = headers.get(MSG_ID, "")
-        attempt = message.metadata.num_delivered if message.metadata else 1
-        event = Event(event_id, message.subject, message.data, headers, attempt)
-        context = propagate.extract(headers)
+    async def _count_dead_letters(self, js: JetStreamContext, metrics: EventMetrics) -> None:
+        """Keep the parked-message gauge current: a replay or discard happens in another process."""
+        mine = parked_subject(self._durable, ">")
+        while True:
+            try:
+                info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=mine)
+                metrics.dead_letters.labels(self._durable).set(sum((info.state.subjects or {}).values()))
+            except (nats.errors.Error, TimeoutError) as exc:
+                # A gauge a little stale is better than interrupting consumption over it.
+                log.warning("could not count %s's dead letters: %s", self._durable, exc)
+            self._parked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._parked.wait(), self._dead_letter_poll)
+
+    async def _deliver(self, message: Msg, *, replayed: bool) -> None:
+        event = self._event(message, replayed=replayed)
+        context = propagate.extract(event.headers)
         with tracer.start_as_current_span(
-            f"consume {message.subject}", context=context, kind=trace.SpanKind.CONSUMER
+            f"consume {event.subject}", context=context, kind=trace.SpanKind.CONSUMER
         ) as span:
-            span.set_attribute("messaging.message.id", event_id)
+            span.set_attribute("messaging.message.id", event.event_id)
+            if replayed:
+                span.set_attribute("shopmesh.replayed_from", (message.headers or {}).get(REPLAYED_FROM, ""))
             try:
                 applied = await self._apply(event)
             except Exception as exc:
@@ -165,7 +208,19 @@ class EventConsumer:
         await message.ack()
         self._count(event, "applied" if applied else "duplicate")
         if not applied:
-            log.info("event %s was already processed by %s", event_id, self._durable)
+            log.info("event %s was already processed by %s", event.event_id, self._durable)
+
+    def _event(self, message: Msg, *, replayed: bool) -> Event:
+        headers = dict(message.headers or {})
+        attempt = message.metadata.num_delivered if message.metadata else 1
+        if not replayed:
+            return Event(headers.get(MSG_ID, ""), message.subject, message.data, headers, attempt)
+        # A replay: the event as first delivered, under its own id, without the dead letter's bookkeeping.
+        event_id = headers.get(ORIGINAL_EVENT_ID, "")
+        original = {k: v for k, v in headers.items() if k not in BOOKKEEPING_HEADERS} | {MSG_ID: event_id}
+        subject = headers.get(ORIGINAL_SUBJECT) or message.subject.split(".", 2)[-1]
+        log.info("replaying event %s (dead letter %s)", event_id, headers.get(REPLAYED_FROM, "?"))
+        return Event(event_id, subject, message.data, original, attempt)
 
     def _count(self, event: Event, outcome: str) -> None:
         if self._metrics is not None:
@@ -195,28 +250,32 @@ class EventConsumer:
 
     async def _failed(self, message: Msg, event: Event, error: Exception) -> None:
         if event.attempt >= self._max_attempts:
+            where = parked_subject(self._durable, event.subject)
             log.error(
                 "event %s failed %d times, parking it on %s: %s",
                 event.event_id,
                 event.attempt,
-                self.dead_letter_subject,
+                where,
                 error,
                 extra={"event_id": event.event_id},
             )
             assert self._client is not None
+            # The park's id names the delivery that failed (stream and sequence): the same delivery parked
+            # twice (a crash before the ack) is one dead letter, while the same event parked again after a
+            # replay within the duplicate window is a new one, not dropped as a duplicate.
+            delivery = f"{message.metadata.stream}:{message.metadata.sequence.stream}" if message.metadata else ""
             headers = {
                 **{k: v for k, v in event.headers.items() if k != MSG_ID},
-                MSG_ID: f"{self._durable}:{event.event_id}",
-                "Shopmesh-Original-Subject": event.subject,
-                "Shopmesh-Original-Event-Id": event.event_id,
-                "Shopmesh-Error": json.dumps(f"{type(error).__name__}: {error}")[:500],
-                "Shopmesh-Attempts": str(event.attempt),
+                MSG_ID: f"{self._durable}:{event.event_id}:{delivery}",
+                ORIGINAL_SUBJECT: event.subject,
+                ORIGINAL_EVENT_ID: event.event_id,
+                ERROR: json.dumps(f"{type(error).__name__}: {error}")[:500],
+                ATTEMPTS: str(event.attempt),
             }
-            await self._client.jetstream().publish(
-                f"{self.dead_letter_subject}.{event.subject}", event.payload, headers=headers
-            )
+            await self._client.jetstream().publish(where, event.payload, headers=headers)
             await message.ack()
             self._count(event, "dead_lettered")
+            self._parked.set()
             return
         delay = self._backoff[min(event.attempt - 1, len(self._backoff) - 1)]
         log.warning(

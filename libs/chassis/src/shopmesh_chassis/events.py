@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError
 
 log = logging.getLogger("shopmesh.events")
@@ -79,9 +79,16 @@ async def connect(url: str, *, name: str) -> Client:
     return client
 
 
-async def ensure_stream(js: JetStreamContext, name: str, subjects: list[str], duplicate_window: float) -> None:
+async def ensure_stream(
+    js: JetStreamContext,
+    name: str,
+    subjects: list[str],
+    duplicate_window: float,
+    *,
+    retention: RetentionPolicy = RetentionPolicy.LIMITS,
+) -> None:
     """Create the stream, or bring an existing one to this configuration."""
-    config = StreamConfig(name=name, subjects=subjects, duplicate_window=duplicate_window)
+    config = StreamConfig(name=name, subjects=subjects, duplicate_window=duplicate_window, retention=retention)
     try:
         await js.add_stream(config)
     except BadRequestError:

@@ -137,6 +137,13 @@ class EventMetrics:
             ("consumer", "subject", "outcome"),
             registry=registry,
         )
+        self.dead_letters = Gauge(
+            "shopmesh_events_dead_letters",
+            "Messages this consumer parked on the DEADLETTER stream that nobody has replayed or discarded "
+            "yet (shopmesh-deadletters); read from NATS every 30 s and after each park. Above 0: look.",
+            ("consumer",),
+            registry=registry,
+        )
 
 
 class BreakerCollector(Collector):

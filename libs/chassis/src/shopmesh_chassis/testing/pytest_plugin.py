@@ -2,15 +2,18 @@
 
 - tracing as in a service process: spans exist (trace ids in logs and errors), nothing is exported;
 - `postgres`: one throwaway PostgreSQL server for the whole session; tests make their own databases on
-  it with `postgres.create_database()`.
+  it with `postgres.create_database()`;
+- `nats_srv`: a nats-server with JetStream of the test's own, on a free port, its store under tmp_path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 from shopmesh_chassis.tracing import configure_tracing
 
@@ -23,4 +26,10 @@ def _tracing() -> None:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
+    with nats_server(tmp_path / "nats") as server:
         yield server

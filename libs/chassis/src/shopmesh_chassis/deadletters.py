@@ -1,0 +1,159 @@
+"""The dead-letter stream: where consumers park the events they could not apply, and the way back.
+
+`EventConsumer` parks a message after its last attempt as `deadletter.<consumer>.<subject>` on the
+`DEADLETTER` stream, with its original headers and why it failed, and acknowledges it so the messages
+behind it flow. Once the cause is gone (a bug deployed away, a row that was missing now there), an
+operator replays it: the message moves to `replay.<consumer>.<subject>` on the `REPLAY` stream, which
+only that consumer reads, and leaves `DEADLETTER`. The consumer applies it as it would have the first
+time, under the same event id (an event applied in the meantime has no second effect), and parks it
+again if it still fails. Other consumers of the subject never see a replay: they had applied the event.
+
+`shopmesh-deadletters` (deadletters_cli.py) is the operator's command for this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg, RetentionPolicy
+from nats.js.errors import NotFoundError
+
+from shopmesh_chassis.events import MSG_ID, ensure_stream
+
+DEAD_LETTER_STREAM = "DEADLETTER"
+DEAD_LETTER_PREFIX = "deadletter"
+REPLAY_STREAM = "REPLAY"
+REPLAY_PREFIX = "replay"
+
+# Headers a parked message carries besides the original ones.
+ORIGINAL_SUBJECT = "Shopmesh-Original-Subject"
+ORIGINAL_EVENT_ID = "Shopmesh-Original-Event-Id"
+ERROR = "Shopmesh-Error"
+ATTEMPTS = "Shopmesh-Attempts"
+# On a replayed message: the dead-letter sequence it was replayed from (for logs and traces).
+REPLAYED_FROM = "Shopmesh-Replayed-From"
+BOOKKEEPING_HEADERS = frozenset({MSG_ID, ORIGINAL_SUBJECT, ORIGINAL_EVENT_ID, ERROR, ATTEMPTS, REPLAYED_FROM})
+
+
+def parked_subject(consumer: str, subject: str) -> str:
+    return f"{DEAD_LETTER_PREFIX}.{consumer}.{subject}"
+
+
+def replay_subject(consumer: str, subject: str) -> str:
+    return f"{REPLAY_PREFIX}.{consumer}.{subject}"
+
+
+def replay_filter(consumer: str) -> str:
+    return f"{REPLAY_PREFIX}.{consumer}.>"
+
+
+def replay_durable(consumer: str) -> str:
+    return f"{consumer}-replay"
+
+
+async def ensure_dead_letter_streams(js: JetStreamContext, duplicate_window: float) -> None:
+    """Declare both streams. REPLAY is a work queue: a replayed message is gone once its consumer acks it."""
+    await ensure_stream(js, DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], duplicate_window)
+    await ensure_stream(
+        js, REPLAY_STREAM, [f"{REPLAY_PREFIX}.>"], duplicate_window, retention=RetentionPolicy.WORK_QUEUE
+    )
+
+
+class NoSuchDeadLetter(LookupError):
+    def __init__(self, sequence: int) -> None:
+        super().__init__(f"no dead letter with sequence {sequence} (`list` shows what is parked)")
+        self.sequence = sequence
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One parked message, as `DEADLETTER` holds it."""
+
+    sequence: int
+    consumer: str
+    subject: str
+    event_id: str
+    attempts: int
+    error: str
+    parked_at: datetime | None
+    payload: bytes
+    headers: Mapping[str, str]
+
+    @classmethod
+    def from_message(cls, message: RawStreamMsg) -> DeadLetter:
+        headers: dict[str, str] = dict(message.headers or {})
+        # deadletter.<consumer>.<subject...>: the consumer's name has no dots (NATS forbids them in names).
+        _prefix, consumer, subject = (message.subject or "").split(".", 2)
+        attempts = headers.get(ATTEMPTS, "0")
+        return cls(
+            sequence=message.seq or 0,
+            consumer=consumer,
+            subject=headers.get(ORIGINAL_SUBJECT, subject),
+            event_id=headers.get(ORIGINAL_EVENT_ID, ""),
+            attempts=int(attempts) if attempts.isdigit() else 0,
+            error=headers.get(ERROR, ""),
+            parked_at=message.time,
+            payload=message.data or b"",
+            headers=headers,
+        )
+
+
+class DeadLetters:
+    """List, replay and discard parked messages."""
+
+    def __init__(self, js: JetStreamContext, *, duplicate_window_seconds: float = 900.0) -> None:
+        self._js = js
+        self._duplicate_window = duplicate_window_seconds
+
+    async def list(self, consumer: str | None = None) -> list[DeadLetter]:
+        """Every parked message (of one consumer if given), oldest first."""
+        wanted = f"{DEAD_LETTER_PREFIX}.{consumer}.>" if consumer else f"{DEAD_LETTER_PREFIX}.>"
+        try:
+            await self._js.stream_info(DEAD_LETTER_STREAM)
+        except NotFoundError:
+            return []  # no consumer has started yet, so none has parked anything
+        found: list[DeadLetter] = []
+        sequence = 1
+        while True:
+            try:
+                message = await self._js.get_msg(DEAD_LETTER_STREAM, sequence, subject=wanted, next=True)
+            except NotFoundError:
+                return found
+            found.append(DeadLetter.from_message(message))
+            sequence = (message.seq or sequence) + 1
+
+    async def get(self, sequence: int) -> DeadLetter:
+        try:
+            return DeadLetter.from_message(await self._js.get_msg(DEAD_LETTER_STREAM, sequence))
+        except NotFoundError:
+            raise NoSuchDeadLetter(sequence) from None
+
+    async def replay(self, sequence: int) -> DeadLetter:
+        """Hand the message back to the consumer that parked it, then remove it from `DEADLETTER`.
+
+        Publish first, delete second: a command that dies in between leaves the message parked, and
+        running it again publishes under the same message id, which `REPLAY` drops as a duplicate."""
+        letter = await self.get(sequence)
+        await ensure_dead_letter_streams(self._js, self._duplicate_window)
+        # The parked message's own id is unique per park (it names the delivery that failed), so a message
+        # parked again after a failed replay gets a new replay id, while a repeated command does not.
+        parked_id = letter.headers.get(MSG_ID, f"{letter.consumer}:{letter.event_id}:{sequence}")
+        headers = {**letter.headers, MSG_ID: f"replay:{parked_id}", REPLAYED_FROM: str(sequence)}
+        await self._js.publish(replay_subject(letter.consumer, letter.subject), letter.payload, headers=headers)
+        await self._delete(sequence)
+        return letter
+
+    async def discard(self, sequence: int) -> DeadLetter:
+        """Remove the message for good (an event that must not be applied any more)."""
+        letter = await self.get(sequence)
+        await self._delete(sequence)
+        return letter
+
+    async def _delete(self, sequence: int) -> None:
+        # Removed by a concurrent command already: what was asked for holds.
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_msg(DEAD_LETTER_STREAM, sequence)

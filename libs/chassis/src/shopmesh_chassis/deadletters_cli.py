@@ -1,0 +1,199 @@
+"""shopmesh-deadletters: see, replay or discard the events consumers parked on the dead-letter stream.
+
+    shopmesh-deadletters list [--consumer NAME] [--json]
+    shopmesh-deadletters show SEQ
+    shopmesh-deadletters replay SEQ [SEQ ...] | --all [--consumer NAME]
+    shopmesh-deadletters discard SEQ [SEQ ...]
+
+NATS is `--nats-url`, else `NATS_URL` (as the services read it), else the local stack's. In a cluster,
+run it inside a pod that consumes events: `kubectl exec deploy/notifications -- shopmesh-deadletters list`.
+Exit status: 0 done, 1 a sequence was not parked or NATS could not be reached, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib
+import json
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import nats
+import nats.errors
+from google.protobuf import descriptor_pool, json_format, message_factory
+from nats.aio.client import Client
+
+from shopmesh_chassis.config import EventSettings
+from shopmesh_chassis.deadletters import DeadLetter, DeadLetters, NoSuchDeadLetter
+from shopmesh_chassis.events import EVENT_TYPE
+
+LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="shopmesh-deadletters", description=(__doc__ or "").splitlines()[0].partition(": ")[2]
+    )
+    parser.add_argument(
+        "--nats-url", default=os.environ.get("NATS_URL", LOCAL_NATS_URL), help="default: $NATS_URL or %(default)s"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="the parked messages, oldest first")
+    listing.add_argument("--consumer", help="only those this consumer parked")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = commands.add_parser("show", help="one parked message: headers and decoded payload")
+    show.add_argument("sequence", type=int)
+    replay = commands.add_parser("replay", help="hand messages back to the consumer that parked them")
+    replay.add_argument("sequences", type=int, nargs="*", metavar="SEQ")
+    replay.add_argument("--all", action="store_true", help="every parked message (of --consumer if given)")
+    replay.add_argument("--consumer", help="with --all: only those this consumer parked")
+    discard = commands.add_parser("discard", help="remove messages for good")
+    discard.add_argument("sequences", type=int, nargs="+", metavar="SEQ")
+    args = parser.parse_args(argv)
+    if args.command == "replay" and bool(args.sequences) == args.all:
+        parser.error("replay takes sequence numbers or --all, not both")
+    if args.command == "replay" and args.consumer and not args.all:
+        parser.error("replay --consumer goes with --all")
+    return args
+
+
+def decoded(letter: DeadLetter) -> object:
+    """The payload as JSON when it is a contract message the header names, else base64."""
+    type_name = letter.headers.get(EVENT_TYPE, "")
+    if type_name:
+        _load_contracts()
+        try:
+            message_class = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(type_name))
+            return json_format.MessageToDict(message_class.FromString(letter.payload))
+        except Exception:  # unknown type, or bytes that do not parse as it: show them raw
+            pass
+    return {"base64": base64.b64encode(letter.payload).decode()}
+
+
+def _load_contracts() -> None:
+    """Import every generated message module, so the descriptor pool knows every event type."""
+    import shopmesh
+
+    for module in pkgutil.walk_packages(shopmesh.__path__, "shopmesh."):
+        if module.name.endswith("_pb2"):
+            importlib.import_module(module.name)
+
+
+def as_row(letter: DeadLetter) -> dict[str, object]:
+    return {
+        "sequence": letter.sequence,
+        "parked_at": letter.parked_at.isoformat() if letter.parked_at else None,
+        "consumer": letter.consumer,
+        "subject": letter.subject,
+        "event_id": letter.event_id,
+        "attempts": letter.attempts,
+        "error": _error_text(letter),
+    }
+
+
+def _error_text(letter: DeadLetter) -> str:
+    # The consumer stores the error JSON-quoted (a header value cannot hold every character).
+    try:
+        text = json.loads(letter.error)
+    except ValueError:
+        return letter.error
+    return text if isinstance(text, str) else letter.error
+
+
+def print_table(letters: list[DeadLetter], out: TextIO) -> None:
+    if not letters:
+        print("no dead letters", file=out)
+        return
+    rows = [
+        (
+            str(letter.sequence),
+            letter.parked_at.strftime("%Y-%m-%d %H:%M:%S") if letter.parked_at else "?",
+            letter.consumer,
+            letter.subject,
+            letter.event_id,
+            str(letter.attempts),
+            _error_text(letter),
+        )
+        for letter in letters
+    ]
+    header = ("SEQ", "PARKED (UTC)", "CONSUMER", "SUBJECT", "EVENT ID", "ATTEMPTS", "ERROR")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1], file=out)
+
+
+async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    seen: list[Exception] = []
+
+    async def remember(error: Exception) -> None:
+        # nats-py would log each attempt with a traceback; the command says what went wrong once.
+        seen.append(error)
+
+    try:
+        # One attempt and one retry (nats-py's count), then give up: an operator is waiting.
+        client: Client = await nats.connect(
+            args.nats_url,
+            connect_timeout=3,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
+            error_cb=remember,
+        )
+    except Exception as exc:
+        cause = seen[-1] if seen else exc
+        print(f"error: cannot reach NATS at {args.nats_url}: {type(cause).__name__}: {cause}", file=err)
+        return 1
+    try:
+        letters = DeadLetters(client.jetstream())
+        if args.command == "list":
+            found = await letters.list(args.consumer)
+            if args.json:
+                for letter in found:
+                    print(json.dumps(as_row(letter)), file=out)
+            else:
+                print_table(found, out)
+            return 0
+        if args.command == "show":
+            letter = await letters.get(args.sequence)
+            shown = {**as_row(letter), "headers": dict(letter.headers), "payload": decoded(letter)}
+            print(json.dumps(shown, indent=2), file=out)
+            return 0
+        if args.command == "replay" and args.all:
+            sequences = [letter.sequence for letter in await letters.list(args.consumer)]
+            if not sequences:
+                print("no dead letters to replay", file=out)
+        else:
+            sequences = args.sequences
+        act = letters.replay if args.command == "replay" else letters.discard
+        status = 0
+        for sequence in sequences:
+            try:
+                letter = await act(sequence)
+            except NoSuchDeadLetter as exc:
+                print(f"error: {exc}", file=err)
+                status = 1
+                continue
+            done = "replayed to" if args.command == "replay" else "discarded, was for"
+            print(f"{sequence}: {done} {letter.consumer} ({letter.subject}, event {letter.event_id})", file=out)
+        return status
+    except NoSuchDeadLetter as exc:
+        print(f"error: {exc}", file=err)
+        return 1
+    except nats.errors.Error as exc:  # JetStream not enabled, a timeout, a refused request
+        print(f"error: NATS at {args.nats_url}: {type(exc).__name__}: {exc}", file=err)
+        return 1
+    finally:
+        await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(run(parse_args(argv), sys.stdout, sys.stderr))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""What the consumer and dead-letter tests share: a NATS server, a database, and a recording handler."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+
+from shopmesh_chassis.consumer import Event, EventConsumer
+from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.events import ensure_stream
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.nats_server import NatsServer
+
+scratch = MetaData()
+effects = Table("effects", scratch, Column("id", Integer, primary_key=True), Column("event_id", String(64)))
+
+
+@pytest.fixture
+async def client(nats_srv: NatsServer) -> AsyncIterator[Client]:
+    nc = await nats.connect(nats_srv.url)
+    await ensure_stream(nc.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600)
+    yield nc
+    await nc.close()
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite:///{tmp_path}/consumer.db")
+    (tmp_path / "versions").mkdir()
+    await migrate(database, tmp_path / "versions")
+    async with database.transaction() as conn:
+        await conn.run_sync(scratch.create_all)
+    yield database
+    await database.dispose()
+
+
+async def publish(client: Client, event_id: str, body: bytes = b"x") -> None:
+    await client.jetstream().publish("things.v1.happened", body, headers={"Nats-Msg-Id": event_id})
+
+
+async def applied(db: Database) -> Counter[str]:
+    async with db.transaction() as session:
+        rows = (await session.execute(select(effects.c.event_id))).scalars().all()
+    return Counter(rows)
+
+
+def consumer(
+    db: Database, url: str, handler: object, subjects: tuple[str, ...] = ("things.v1.happened",), **kwargs: object
+) -> EventConsumer:
+    return EventConsumer(
+        db,
+        url,
+        durable="tester",
+        stream="THINGS",
+        stream_subjects=["things.v1.>"],
+        subjects=list(subjects),
+        handler=handler,  # type: ignore[arg-type]
+        backoff_seconds=(0.05,),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def until_applied(db: Database, expected: Counter[str]) -> None:
+    async def reached() -> bool:
+        return await applied(db) == expected
+
+    await eventually(reached, f"effects {dict(expected)} applied")
+
+
+async def record(session: DbConnection, event: Event) -> None:
+    await session.execute(insert(effects).values(event_id=event.event_id))

@@ -1,0 +1,300 @@
+"""Dead letters: what a consumer parked can be listed, replayed to that consumer alone, or discarded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
+
+from shopmesh.orders.v1 import events_pb2
+from shopmesh_chassis.consumer import Event, EventConsumer
+from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.deadletters import (
+    ERROR,
+    ORIGINAL_EVENT_ID,
+    ORIGINAL_SUBJECT,
+    DeadLetter,
+    DeadLetters,
+    NoSuchDeadLetter,
+)
+from shopmesh_chassis.events import EVENT_TYPE, MSG_ID
+from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.testing import eventually, free_port
+from shopmesh_chassis.testing.nats_server import NatsServer
+
+from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
+
+__all__ = ["client", "db"]  # fixtures, used by name
+
+SUBJECT = "things.v1.happened"
+
+
+class Switch:
+    """A handler that fails until it is fixed, as one does until a bug fix is deployed."""
+
+    def __init__(self) -> None:
+        self.fixed = False
+        self.calls: Counter[str] = Counter()
+
+    async def __call__(self, session: DbConnection, event: Event) -> None:
+        self.calls[event.event_id] += 1
+        if not self.fixed:
+            raise ValueError("no such customer")
+        await record(session, event)
+
+
+async def parked(client: Client, count: int) -> list[DeadLetter]:
+    letters = DeadLetters(client.jetstream())
+
+    async def listed() -> list[DeadLetter] | None:
+        found = await letters.list()
+        return found if len(found) == count else None
+
+    result = await eventually(listed, f"{count} dead letter(s)")
+    assert result is not None
+    return result
+
+
+def counted(registry: CollectorRegistry, outcome: str, consumer: str = "tester") -> float:
+    labels = {"consumer": consumer, "subject": SUBJECT, "outcome": outcome}
+    return registry.get_sample_value("shopmesh_events_consumed_total", labels) or 0.0
+
+
+def parked_now(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value("shopmesh_events_dead_letters", {"consumer": "tester"})
+
+
+async def test_a_parked_event_is_listed_with_who_parked_it_and_why(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    running = consumer(db, nats_srv.url, Switch(), max_attempts=2)
+    running.start()
+    await publish(client, "e1")
+    [letter] = await parked(client, 1)
+    await running.stop()
+    assert (letter.consumer, letter.subject, letter.event_id, letter.attempts) == ("tester", SUBJECT, "e1", 2)
+    assert json.loads(letter.error) == "ValueError: no such customer"
+    assert letter.payload == b"x"
+    assert letter.parked_at is not None
+    assert await DeadLetters(client.jetstream()).list(consumer="someone-else") == []
+
+
+async def test_a_replayed_event_is_applied_once_and_leaves_the_dead_letters(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    handler = Switch()
+    registry = CollectorRegistry()
+    running = consumer(
+        db, nats_srv.url, handler, max_attempts=2, metrics=EventMetrics(registry), dead_letter_poll_seconds=0.1
+    )
+    running.start()
+    await publish(client, "e1")
+    [letter] = await parked(client, 1)
+    await eventually(lambda: parked_now(registry) == 1, "the parked message counted")
+    handler.fixed = True  # the fix is deployed
+    await DeadLetters(client.jetstream()).replay(letter.sequence)
+    await until_applied(db, Counter({"e1": 1}))
+    await eventually(lambda: parked_now(registry) == 0, "the gauge down to 0 after the replay")
+    await running.stop()
+    assert await DeadLetters(client.jetstream()).list() == []
+    assert handler.calls["e1"] == 3  # two failed deliveries, then the replay
+    assert (counted(registry, "retried"), counted(registry, "dead_lettered"), counted(registry, "applied")) == (1, 1, 1)
+
+
+async def test_a_replay_reaches_only_the_consumer_that_parked_it(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    seen: list[str] = []
+
+    async def bystander(session: DbConnection, event: Event) -> None:
+        seen.append(event.event_id)
+
+    handler = Switch()
+    running = consumer(db, nats_srv.url, handler, max_attempts=1)
+    other = EventConsumer(
+        db, nats_srv.url, durable="bystander", stream="THINGS", stream_subjects=["things.v1.>"],
+        subjects=[SUBJECT], handler=bystander,
+    )  # fmt: skip
+    running.start()
+    other.start()
+    await publish(client, "e1")
+    [letter] = await parked(client, 1)
+    await eventually(lambda: seen == ["e1"], "the bystander applied e1")
+    handler.fixed = True
+    await DeadLetters(client.jetstream()).replay(letter.sequence)
+    await until_applied(db, Counter({"e1": 1}))
+    # The bystander reads the stream after the replay as well: a later event reaches it, the replay not.
+    await publish(client, "e2")
+    await eventually(lambda: "e2" in seen, "the bystander applied e2")
+    await running.stop()
+    await other.stop()
+    assert seen == ["e1", "e2"]
+
+
+async def test_a_replay_that_fails_again_is_parked_again_not_dropped_as_a_duplicate(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    # Within the duplicate window, a park published under the same id as the first would vanish.
+    handler = Switch()
+    running = consumer(db, nats_srv.url, handler, max_attempts=2)
+    running.start()
+    await publish(client, "e1")
+    letters = DeadLetters(client.jetstream())
+    [first] = await parked(client, 1)
+    await letters.replay(first.sequence)
+    await eventually(lambda: handler.calls["e1"] == 4, "the replay delivered twice")
+    [second] = await parked(client, 1)
+    assert second.sequence != first.sequence
+    assert (second.event_id, second.subject, second.attempts) == ("e1", SUBJECT, 2)
+    handler.fixed = True
+    await letters.replay(second.sequence)
+    await until_applied(db, Counter({"e1": 1}))
+    await running.stop()
+
+
+async def test_replaying_an_event_applied_meanwhile_has_no_second_effect(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    registry = CollectorRegistry()
+    running = consumer(db, nats_srv.url, record, metrics=EventMetrics(registry))
+    running.start()
+    await publish(client, "e1")
+    await until_applied(db, Counter({"e1": 1}))
+    # As parked by a replica that ran a broken release while this one applied the event.
+    await client.jetstream().publish(
+        f"deadletter.tester.{SUBJECT}",
+        b"x",
+        headers={MSG_ID: "old-park", ORIGINAL_SUBJECT: SUBJECT, ORIGINAL_EVENT_ID: "e1", ERROR: '"boom"'},
+    )
+    [letter] = await parked(client, 1)
+    await DeadLetters(client.jetstream()).replay(letter.sequence)
+    await eventually(lambda: counted(registry, "duplicate") == 1, "the replay recognised as applied")
+    await running.stop()
+    assert await applied(db) == Counter({"e1": 1})
+
+
+class DeleteFailsOnce:
+    """JetStream whose first delete is lost, as when the command dies between its two steps."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self.failed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._js, name)
+
+    async def delete_msg(self, stream: str, sequence: int) -> bool:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("connection lost")
+        return await self._js.delete_msg(stream, sequence)
+
+
+async def test_a_replay_repeated_after_a_crash_is_delivered_once(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    handler = Switch()
+    registry = CollectorRegistry()
+    running = consumer(db, nats_srv.url, handler, max_attempts=1, metrics=EventMetrics(registry))
+    running.start()
+    await publish(client, "e1")
+    [letter] = await parked(client, 1)
+    handler.fixed = True
+    flaky = DeleteFailsOnce(client.jetstream())
+    letters = DeadLetters(flaky)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        await letters.replay(letter.sequence)
+    assert [left.sequence for left in await letters.list()] == [letter.sequence]  # still parked
+    await letters.replay(letter.sequence)
+    await until_applied(db, Counter({"e1": 1}))
+    # Give a second copy, had one been published, the time to arrive: the first did within the wait above.
+    await publish(client, "e2")
+    await until_applied(db, Counter({"e1": 1, "e2": 1}))
+    await running.stop()
+    assert await letters.list() == []
+    assert (counted(registry, "applied"), counted(registry, "duplicate")) == (2, 0)
+
+
+async def test_discarding_removes_the_message_for_good(db: Database, client: Client, nats_srv: NatsServer) -> None:
+    running = consumer(db, nats_srv.url, Switch(), max_attempts=1)
+    running.start()
+    await publish(client, "e1")
+    [letter] = await parked(client, 1)
+    letters = DeadLetters(client.jetstream())
+    await letters.discard(letter.sequence)
+    assert await letters.list() == []
+    with pytest.raises(NoSuchDeadLetter, match=f"no dead letter with sequence {letter.sequence}"):
+        await letters.replay(letter.sequence)
+    await running.stop()
+    assert await applied(db) == Counter()
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shopmesh_chassis.deadletters_cli", "--nats-url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_command_lists_shows_replays_and_discards(db: Database, client: Client, nats_srv: NatsServer) -> None:
+    handler = Switch()
+    running = consumer(db, nats_srv.url, handler, max_attempts=1)
+    running.start()
+    confirmed = events_pb2.OrderConfirmed(order_id="o-1", user_id="u-1")
+    await client.jetstream().publish(
+        SUBJECT, confirmed.SerializeToString(), headers={MSG_ID: "e1", EVENT_TYPE: "shopmesh.orders.v1.OrderConfirmed"}
+    )
+    await publish(client, "e2")
+    first, second = await parked(client, 2)
+
+    listed = await asyncio.to_thread(cli, nats_srv.url, "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:3] == ["SEQ", "PARKED", "(UTC)"]
+    assert [row.split()[0] for row in rows] == [str(first.sequence), str(second.sequence)]
+    assert rows[0].split()[3:6] == ["tester", SUBJECT, "e1"]
+    assert rows[0].endswith("ValueError: no such customer")
+
+    as_json = await asyncio.to_thread(cli, nats_srv.url, "list", "--json")
+    assert [json.loads(line)["event_id"] for line in as_json.stdout.splitlines()] == ["e1", "e2"]
+
+    shown = await asyncio.to_thread(cli, nats_srv.url, "show", str(first.sequence))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["payload"] == {"orderId": "o-1", "userId": "u-1"}
+
+    handler.fixed = True
+    replayed = await asyncio.to_thread(cli, nats_srv.url, "replay", str(first.sequence), "999")
+    assert replayed.returncode == 1
+    assert f"{first.sequence}: replayed to tester ({SUBJECT}, event e1)" in replayed.stdout
+    assert "no dead letter with sequence 999" in replayed.stderr
+    await until_applied(db, Counter({"e1": 1}))
+
+    discarded = await asyncio.to_thread(cli, nats_srv.url, "discard", str(second.sequence))
+    assert discarded.returncode == 0, discarded.stderr
+    emptied = await asyncio.to_thread(cli, nats_srv.url, "list")
+    assert emptied.stdout.strip() == "no dead letters"
+    await running.stop()
+    assert await applied(db) == Counter({"e1": 1})
+
+
+def test_the_command_says_in_one_line_when_nats_is_unreachable() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = cli(url, "list")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot reach NATS at {url}: ConnectionRefusedError"), line
+
+
+def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServer) -> None:
+    result = cli(nats_srv.url, "list")
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "no dead letters", "")
