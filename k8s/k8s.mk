@@ -7,6 +7,9 @@ CHECKOV_VERSION := 3.3.30
 # checkov lives in its own tool environment: its pins (packaging<24, ...) would downgrade the workspace.
 CHECKOV         := $(TOOLS)/bin/checkov
 CHECKOV_STAMP   := $(TOOLS)/checkov-$(CHECKOV_VERSION).stamp
+# The Prometheus Operator's CRD schemas, as validators (tests/k8s checks ServiceMonitor/PrometheusRule).
+PROM_MODELS_VERSION := 6.0.0
+PROM_MODELS_STAMP   := $(TOOLS)/prometheus-operator-models-$(PROM_MODELS_VERSION).stamp
 KIND_CLUSTER    ?= shopmesh
 PROFILE         ?=
 export KIND_CLUSTER PROFILE
@@ -15,8 +18,13 @@ $(CHECKOV_STAMP): | $(if $(filter $(TOOLS)/%,$(UV)),$(UV))
 	UV_TOOL_DIR=$(TOOLS)/uv-tools UV_TOOL_BIN_DIR=$(TOOLS)/bin $(UV) tool install --force --python $(PYTHON_VERSION) checkov==$(CHECKOV_VERSION)
 	touch $@
 
+$(PROM_MODELS_STAMP):
+	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (the Prometheus Operator schemas come from npm)"; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @kubernetes-models/prometheus-operator@$(PROM_MODELS_VERSION)
+	touch $@
+
 .PHONY: k8s-tools
-k8s-tools: setup $(CHECKOV_STAMP) ## Install checkov (pinned, isolated) beside the locked dev tools (helm SDK, hadolint, kubernetes-validate)
+k8s-tools: setup $(CHECKOV_STAMP) $(PROM_MODELS_STAMP) ## Install checkov (pinned, isolated) and the Prometheus Operator schemas beside the locked dev tools (helm SDK, hadolint, kubernetes-validate)
 
 # `make test` runs tests/k8s, which needs checkov: add it to the root Makefile's test prerequisites.
 test: k8s-tools
@@ -34,7 +42,7 @@ helm-deps: setup ## Resolve chart dependencies in place (service charts, then th
 	$(VENV_BIN)/python k8s/render.py deps
 
 .PHONY: render
-render: setup ## Render every chart x value set (default, staging, istio, linkerd) and the dev infra into ./render/
+render: setup ## Render every chart x value set (default, staging, istio, linkerd, monitoring) and the dev infra into ./render/
 	$(VENV_BIN)/python k8s/render.py render --out render
 
 .PHONY: kind-up

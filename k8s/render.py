@@ -28,7 +28,7 @@ INFRA = ROOT / "k8s" / "infra"
 LIBRARY = "shopmesh-lib"
 UMBRELLA = "shopmesh"
 NAMESPACE = "shopmesh"
-VALUE_SETS = ("default", "staging", "istio", "linkerd")
+VALUE_SETS = ("default", "staging", "istio", "linkerd", "monitoring")
 
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
 from shopmesh_platform.topology import SERVICES  # noqa: E402

@@ -135,6 +135,16 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "endpoint" (dig "otel" "endpoint" "" $g)
     "port" (dig "otel" "port" 4317 $g)
     "peers" (dig "otel" "peers" list $g)) -}}
+{{- /* Prometheus Operator objects (_monitoring.tpl); alerts: the service chart's own, beside the library's. */ -}}
+{{- $mon := dig "monitoring" dict $g -}}
+{{- $_ := set $c "monitoring" (dict
+    "enabled" (dig "enabled" false $mon)
+    "interval" (dig "interval" "15s" $mon)
+    "labels" (dig "labels" dict $mon)
+    "errorRatio" (dig "errorRatio" 0.05 $mon)
+    "latencyP99Seconds" (dig "latencyP99Seconds" 1 $mon)
+    "runbookUrl" (dig "runbookUrl" "https://github.com/shopmesh/shopmesh/blob/main/docs/operations.md" $mon)
+    "alerts" (dig "alerts" list $v)) -}}
 {{- $_ := set $c "env" (dig "env" dict $v) -}}
 {{- $_ := set $c "podAnnotations" (merge (dig "podAnnotations" dict $v) (dig "podAnnotations" dict $g)) -}}
 {{- $_ := set $c "podLabels" (merge (dig "podLabels" dict $v) (dig "podLabels" dict $g)) -}}

@@ -24,6 +24,12 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 ---
 {{ include "shopmesh-lib.networkpolicy" $ctx }}
 {{- end }}
+{{- if $c.monitoring.enabled }}
+---
+{{ include "shopmesh-lib.servicemonitor" $ctx }}
+---
+{{ include "shopmesh-lib.prometheusrule" $ctx }}
+{{- end }}
 {{- if $c.tests.enabled }}
 ---
 {{ include "shopmesh-lib.test-networkpolicy" $ctx }}

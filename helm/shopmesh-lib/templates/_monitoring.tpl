@@ -1,0 +1,118 @@
+{{/*
+Monitoring with the Prometheus Operator (kube-prometheus-stack): a ServiceMonitor for the metrics port and
+a PrometheusRule with the alerts this service's role calls for. On when global.monitoring.enabled (the
+monitoring.coreos.com/v1 CRDs must be installed); helm/shopmesh/values-monitoring.yaml turns it on.
+
+Every expression selects this service's series by the labels a ServiceMonitor scrape gives them:
+job (the Service's name) and namespace. A service chart adds alerts of its own under `alerts:`, writing
+__selector__ where those two matchers go. docs/operations.md is the runbook: what each alert means and
+what to do.
+*/}}
+
+{{- define "shopmesh-lib.servicemonitor" -}}
+{{- $c := .c -}}
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+    {{- with $c.monitoring.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  namespaceSelector:
+    matchNames:
+      - {{ $c.namespace }}
+  endpoints:
+    - port: metrics
+      path: /metrics
+      scheme: http
+      interval: {{ $c.monitoring.interval }}
+{{- end -}}
+
+{{- define "shopmesh-lib.alert" -}}
+{{- $c := .c -}}
+{{- $selector := printf "job=%q, namespace=%q" $c.name $c.namespace -}}
+- alert: {{ .rule.alert }}
+  expr: {{ .rule.expr | replace "__selector__" $selector | quote }}
+  for: {{ .rule.for }}
+  labels:
+    severity: {{ .rule.severity }}
+    service: {{ $c.name }}
+  annotations:
+    summary: {{ .rule.summary | quote }}
+    description: {{ .rule.description | quote }}
+    runbook_url: {{ printf "%s#%s" $c.monitoring.runbookUrl (lower .rule.alert) | quote }}
+{{- end -}}
+
+{{- define "shopmesh-lib.prometheusrule" -}}
+{{- $c := .c -}}
+{{- $m := $c.monitoring -}}
+{{- $serverErrors := `UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED` -}}
+{{- $rules := list
+  (dict
+    "alert" "ShopmeshServiceDown"
+    "expr" "absent(up{__selector__} == 1)"
+    "for" "5m" "severity" "critical"
+    "summary" (printf "%s: no pod answers Prometheus" $c.name)
+    "description" "No pod of the service has been scraped successfully for 5 minutes: it is down, not ready, or its metrics port is unreachable.")
+  (dict
+    "alert" "ShopmeshServerErrors"
+    "expr" (printf "sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__, grpc_code=~%q}[5m])) / sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__}[5m])) > %v" $serverErrors $m.errorRatio)
+    "for" "5m" "severity" "critical"
+    "summary" (printf "%s: calls failing on the server side" $c.name)
+    "description" (printf "More than %v%% of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} calls end in a server-side status (%s) for 5 minutes; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) do not count." (mulf $m.errorRatio 100) (replace "|" ", " $serverErrors)))
+  (dict
+    "alert" "ShopmeshSlowCalls"
+    "expr" (printf "histogram_quantile(0.99, sum by (le, grpc_service, grpc_method) (rate(grpc_server_handling_seconds_bucket{__selector__}[5m]))) > %v" $m.latencyP99Seconds)
+    "for" "10m" "severity" "warning"
+    "summary" (printf "%s: p99 latency above %vs" $c.name $m.latencyP99Seconds)
+    "description" "The 99th percentile of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} has been {{ $value | humanizeDuration }} for 10 minutes.")
+-}}
+{{- if $c.nats.publishes -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshOutboxStuck"
+    "expr" "max(shopmesh_outbox_oldest_unpublished_age_seconds{__selector__}) > 60"
+    "for" "2m" "severity" "critical"
+    "summary" (printf "%s: events are not leaving the outbox" $c.name)
+    "description" "The oldest unpublished event is {{ $value | humanizeDuration }} old: the relay cannot publish to NATS JetStream (NATS down, unreachable, or refusing). Consumers see nothing new until it recovers; nothing is lost.") -}}
+{{- end -}}
+{{- if $c.nats.consumes -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshDeadLetters"
+    "expr" "max by (consumer) (shopmesh_events_dead_letters{__selector__}) > 0"
+    "for" "1m" "severity" "warning"
+    "summary" (printf "%s: events parked on the dead-letter stream" $c.name)
+    "description" "{{ $value }} event(s) that consumer {{ $labels.consumer }} could not apply wait on DEADLETTER: list them with shopmesh-deadletters, fix the cause, then replay or discard them.") -}}
+{{- end -}}
+{{- if $c.calls -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshCircuitOpen"
+    "expr" "max by (dependency) (shopmesh_client_breaker_state{__selector__, state=\"open\"}) > 0"
+    "for" "5m" "severity" "warning"
+    "summary" (printf "%s: circuit breaker open in front of a dependency" $c.name)
+    "description" "Calls from this service to {{ $labels.dependency }} have failed fast (UNAVAILABLE CIRCUIT_OPEN) for 5 minutes: the dependency is down or failing.") -}}
+{{- end -}}
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+    {{- with $m.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  groups:
+    - name: shopmesh-{{ $c.name }}
+      rules:
+        {{- range $rule := concat $rules $m.alerts }}
+        {{- include "shopmesh-lib.alert" (dict "c" $c "rule" $rule) | nindent 8 }}
+        {{- end }}
+{{- end -}}

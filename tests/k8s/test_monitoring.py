@@ -1,0 +1,181 @@
+"""With values-monitoring.yaml every service gets a ServiceMonitor on its metrics port and the alerts its role
+calls for; the objects are valid Prometheus Operator resources, and every alert's PromQL parses, selects
+the service's own series and names only metrics the services really export. Without it, neither."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import promql_parser
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from shopmesh_chassis.breaker import CircuitBreaker
+from shopmesh_chassis.metrics import ServerMetrics
+from shopmesh_notifications.metrics import NotificationMetrics
+from shopmesh_orders.metrics import OrderMetrics
+from shopmesh_platform.topology import SERVICES
+
+from .k8skit import ROOT, Docs, find, render
+
+MONITORING = "monitoring"
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# Alerts a service chart adds of its own (helm/<service>/values.yaml `alerts:`).
+OWN_ALERTS = {"notifications": {"ShopmeshEmailsFailed"}, "orders": {"ShopmeshCheckoutsCancelledByOutages"}}
+# Series Prometheus itself adds for every target.
+SYNTHETIC = {"up"}
+EQUAL = promql_parser.MatchOp.Equal
+
+
+def expected_alerts(name: str) -> set[str]:
+    service = SERVICES[name]
+    alerts = {"ShopmeshServiceDown", "ShopmeshServerErrors", "ShopmeshSlowCalls"}
+    if service.publishes:
+        alerts.add("ShopmeshOutboxStuck")
+    if service.consumes:
+        alerts.add("ShopmeshDeadLetters")
+    if service.calls:
+        alerts.add("ShopmeshCircuitOpen")
+    return alerts | OWN_ALERTS.get(name, set())
+
+
+def exported_metric_names() -> set[str]:
+    """What the services' endpoints can show, from the real metric objects (chassis and service-specific)."""
+    metrics = ServerMetrics(CollectorRegistry())
+    metrics.events  # noqa: B018 - made on first use, as services that publish or consume do
+    metrics.watch_breaker("dependency", CircuitBreaker())
+    OrderMetrics(metrics.registry)
+    NotificationMetrics(metrics.registry)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names = set()
+    family: Metric
+    for family in metrics.registry.collect():
+        names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+    return names
+
+
+def alerts_of(docs: Docs, name: str) -> list[dict[str, Any]]:
+    rule = find(docs, "PrometheusRule", name)
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def selectors(expr: str) -> list[promql_parser.VectorSelector]:
+    found: list[promql_parser.VectorSelector] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append(node)
+        elif isinstance(node, promql_parser.MatrixSelector):
+            visit(node.vector_selector)
+        for attribute in ("expr", "lhs", "rhs", "param"):
+            child = getattr(node, attribute, None)
+            if isinstance(child, promql_parser.Expr):
+                visit(child)
+        for child in getattr(node, "args", None) or []:
+            visit(child)
+
+    visit(promql_parser.parse(expr))
+    return found
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_each_service_is_scraped_on_its_metrics_port(rendered: dict[tuple[str, str], Docs], name: str) -> None:
+    docs = rendered[MONITORING, name]
+    monitor = find(docs, "ServiceMonitor", name)
+    service = find(docs, "Service", name)
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items(), "the ServiceMonitor selects another Service"
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [render.NAMESPACE]
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_each_service_gets_the_alerts_its_role_calls_for(rendered: dict[tuple[str, str], Docs], name: str) -> None:
+    alerts = alerts_of(rendered[MONITORING, name], name)
+    assert {a["alert"] for a in alerts} == expected_alerts(name)
+    for alert in alerts:
+        assert alert["labels"] == {"severity": alert["labels"]["severity"], "service": name}
+        assert alert["labels"]["severity"] in {"critical", "warning"}
+        assert alert["annotations"]["runbook_url"].endswith(f"docs/operations.md#{alert['alert'].lower()}")
+
+
+def test_every_alert_has_its_section_in_the_runbook(rendered: dict[tuple[str, str], Docs]) -> None:
+    runbook = (ROOT / "docs" / "operations.md").read_text()
+    names = {a["alert"] for name in SERVICES for a in alerts_of(rendered[MONITORING, name], name)}
+    missing = [alert for alert in sorted(names) if f"\n### {alert}\n" not in runbook]
+    assert not missing, f"docs/operations.md has no section for {missing}"
+
+
+def test_every_alert_selects_its_own_services_series_by_exported_names(rendered: dict[tuple[str, str], Docs]) -> None:
+    exported = exported_metric_names() | SYNTHETIC
+    problems = []
+    for name in SERVICES:
+        for alert in alerts_of(rendered[MONITORING, name], name):
+            try:
+                found = selectors(alert["expr"])
+            except ValueError as exc:
+                problems.append(f"{name} {alert['alert']}: not PromQL: {exc}")
+                continue
+            assert found, alert["expr"]
+            for selector in found:
+                if selector.name not in exported:
+                    problems.append(f"{name} {alert['alert']}: no service exports {selector.name}")
+                matchers = {(m.name, m.value) for m in selector.matchers.matchers if m.op == EQUAL}
+                if not {("job", name), ("namespace", render.NAMESPACE)} <= matchers:
+                    problems.append(f"{name} {alert['alert']}: {selector.name} is not limited to {name}'s series")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checks_see_a_misspelled_metric_and_a_missing_selector() -> None:
+    [selector] = selectors('max(shopmesh_outbox_oldest_unpublished_age{job="orders"}) > 60')
+    assert selector.name not in exported_metric_names()
+    assert {m.name for m in selector.matchers.matchers} == {"job"}
+    with pytest.raises(ValueError, match="parenthes"):
+        promql_parser.parse("sum(rate(up[5m])")
+
+
+def test_monitoring_objects_validate_against_the_prometheus_operator_schemas(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    objects = [d for name in SERVICES for d in rendered[MONITORING, name] if d["kind"] in MONITORING_KINDS]
+    assert len(objects) == 2 * len(SERVICES)
+    assert not validate_with_operator_schemas(objects)
+    broken = json.loads(json.dumps(objects[0]))
+    broken["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    assert validate_with_operator_schemas([broken]), "the schema check accepted an invalid interval"
+
+
+def validate_with_operator_schemas(objects: Docs) -> list[str]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: install Node.js 20+ (the Prometheus Operator schemas run on it)", pytrace=False)
+    tools = ROOT / ".tools"
+    if not (tools / "node_modules" / "@kubernetes-models" / "prometheus-operator").is_dir():
+        pytest.fail("the Prometheus Operator schemas are missing: run `make k8s-tools`", pytrace=False)
+    result = subprocess.run(
+        [node, str(ROOT / "tests" / "k8s" / "validate_monitoring.mjs"), str(tools)],
+        input=json.dumps(objects),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    problems: list[str] = json.loads(result.stdout)
+    return problems
+
+
+@pytest.mark.parametrize("value_set", [s for s in render.VALUE_SETS if s != MONITORING])
+def test_without_monitoring_values_no_operator_object_is_rendered(
+    rendered: dict[tuple[str, str], Docs], value_set: str
+) -> None:
+    # A cluster without the Prometheus Operator's CRDs would refuse the whole release.
+    kinds = {d["kind"] for chart in render.all_charts() for d in rendered[value_set, chart]}
+    assert not kinds & MONITORING_KINDS
