@@ -23,6 +23,7 @@ from shopmesh_chassis.deadletters import (
     DeadLetter,
     DeadLetters,
     NoSuchDeadLetter,
+    ensure_dead_letter_streams,
 )
 from shopmesh_chassis.events import EVENT_TYPE, MSG_ID
 from shopmesh_chassis.metrics import EventMetrics
@@ -80,10 +81,17 @@ async def test_a_parked_event_is_listed_with_who_parked_it_and_why(
     [letter] = await parked(client, 1)
     await running.stop()
     assert (letter.consumer, letter.subject, letter.event_id, letter.attempts) == ("tester", SUBJECT, "e1", 2)
-    assert json.loads(letter.error) == "ValueError: no such customer"
+    assert letter.error == "ValueError: no such customer"
     assert letter.payload == b"x"
     assert letter.parked_at is not None
     assert await DeadLetters(client.jetstream()).list(consumer="someone-else") == []
+
+
+async def test_a_message_published_there_by_hand_is_listed_not_fatal(client: Client) -> None:
+    await ensure_dead_letter_streams(client.jetstream(), duplicate_window=60)
+    await client.jetstream().publish("deadletter.oops", b"?")
+    [letter] = await DeadLetters(client.jetstream()).list()
+    assert (letter.consumer, letter.subject, letter.event_id, letter.attempts) == ("oops", "", "", 0)
 
 
 async def test_a_replayed_event_is_applied_once_and_leaves_the_dead_letters(

@@ -14,6 +14,7 @@ again if it still fails. Other consumers of the subject never see a replay: they
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,7 +79,7 @@ class DeadLetter:
     subject: str
     event_id: str
     attempts: int
-    error: str
+    error: str  # why the last attempt failed: "<exception type>: <message>"
     parked_at: datetime | None
     payload: bytes
     headers: Mapping[str, str]
@@ -87,7 +88,10 @@ class DeadLetter:
     def from_message(cls, message: RawStreamMsg) -> DeadLetter:
         headers: dict[str, str] = dict(message.headers or {})
         # deadletter.<consumer>.<subject...>: the consumer's name has no dots (NATS forbids them in names).
-        _prefix, consumer, subject = (message.subject or "").split(".", 2)
+        # Anything else on the stream (published by hand) is still listed, with what can be read of it.
+        parts = (message.subject or "").split(".", 2)
+        consumer = parts[1] if len(parts) > 1 else ""
+        subject = parts[2] if len(parts) > 2 else ""
         attempts = headers.get(ATTEMPTS, "0")
         return cls(
             sequence=message.seq or 0,
@@ -95,11 +99,20 @@ class DeadLetter:
             subject=headers.get(ORIGINAL_SUBJECT, subject),
             event_id=headers.get(ORIGINAL_EVENT_ID, ""),
             attempts=int(attempts) if attempts.isdigit() else 0,
-            error=headers.get(ERROR, ""),
+            error=_error_text(headers.get(ERROR, "")),
             parked_at=message.time,
             payload=message.data or b"",
             headers=headers,
         )
+
+
+def _error_text(header: str) -> str:
+    # The consumer stores the error JSON-quoted (a header value cannot hold every character).
+    try:
+        text = json.loads(header)
+    except ValueError:
+        return header
+    return text if isinstance(text, str) else header
 
 
 class DeadLetters:

@@ -92,17 +92,8 @@ def as_row(letter: DeadLetter) -> dict[str, object]:
         "subject": letter.subject,
         "event_id": letter.event_id,
         "attempts": letter.attempts,
-        "error": _error_text(letter),
+        "error": letter.error,
     }
-
-
-def _error_text(letter: DeadLetter) -> str:
-    # The consumer stores the error JSON-quoted (a header value cannot hold every character).
-    try:
-        text = json.loads(letter.error)
-    except ValueError:
-        return letter.error
-    return text if isinstance(text, str) else letter.error
 
 
 def print_table(letters: list[DeadLetter], out: TextIO) -> None:
@@ -117,7 +108,7 @@ def print_table(letters: list[DeadLetter], out: TextIO) -> None:
             letter.subject,
             letter.event_id,
             str(letter.attempts),
-            _error_text(letter),
+            letter.error,
         )
         for letter in letters
     ]
