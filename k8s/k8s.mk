@@ -68,3 +68,13 @@ skaffold-dev: helm-deps ## Build, deploy to kind, port-forward the gateway to :5
 .PHONY: deploy-staging
 deploy-staging: helm-deps ## helm upgrade --install into staging + helm test (STAGING_CONTEXT, REGISTRY, IMAGE_TAG)
 	k8s/scripts/deploy-staging.sh
+
+.PHONY: dashboards check-dashboards
+dashboards: setup ## Write helm/shopmesh/dashboards/shopmesh.json (the Grafana dashboard) from k8s/dashboards.py
+	$(VENV_BIN)/python k8s/dashboards.py
+
+check-dashboards: setup
+	$(VENV_BIN)/python k8s/dashboards.py --check
+
+# `make lint` fails when the committed dashboard is not what k8s/dashboards.py writes.
+lint: check-dashboards

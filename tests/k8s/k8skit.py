@@ -1,4 +1,4 @@
-"""Helpers of the Kubernetes delivery tests: k8s/render.py and k8s/dockerfiles.py as modules, tools, lookups."""
+"""Helpers of the Kubernetes delivery tests: the k8s/ scripts (render, dockerfiles, dashboards), tools, lookups."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 render = _load("shopmesh_k8s_render", ROOT / "k8s" / "render.py")
 dockerfiles = _load("shopmesh_k8s_dockerfiles", ROOT / "k8s" / "dockerfiles.py")
+dashboards = _load("shopmesh_k8s_dashboards", ROOT / "k8s" / "dashboards.py")
 
 Docs = list[dict[str, Any]]
 

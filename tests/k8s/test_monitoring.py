@@ -1,6 +1,7 @@
 """With values-monitoring.yaml every service gets a ServiceMonitor on its metrics port and the alerts its role
-calls for; the objects are valid Prometheus Operator resources, and every alert's PromQL parses, selects
-the service's own series and names only metrics the services really export. Without it, neither."""
+calls for, and the umbrella ships the Grafana dashboard; the objects are valid Prometheus Operator
+resources, and every alert's and panel's PromQL parses, selects the right series and names only metrics
+the services really export. Without it, none of them."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, Docs, find, render
+from .k8skit import ROOT, Docs, dashboards, find, render
 
 MONITORING = "monitoring"
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -29,6 +30,7 @@ OWN_ALERTS = {"notifications": {"ShopmeshEmailsFailed"}, "orders": {"ShopmeshChe
 # Series Prometheus itself adds for every target.
 SYNTHETIC = {"up"}
 EQUAL = promql_parser.MatchOp.Equal
+RE = promql_parser.MatchOp.Re
 
 
 def expected_alerts(name: str) -> set[str]:
@@ -61,6 +63,10 @@ def exported_metric_names() -> set[str]:
 def alerts_of(docs: Docs, name: str) -> list[dict[str, Any]]:
     rule = find(docs, "PrometheusRule", name)
     return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def matchers_of(selector: promql_parser.VectorSelector) -> set[tuple[str, str, str]]:
+    return {(m.name, str(m.op), m.value) for m in selector.matchers.matchers}
 
 
 def selectors(expr: str) -> list[promql_parser.VectorSelector]:
@@ -127,8 +133,8 @@ def test_every_alert_selects_its_own_services_series_by_exported_names(rendered:
             for selector in found:
                 if selector.name not in exported:
                     problems.append(f"{name} {alert['alert']}: no service exports {selector.name}")
-                matchers = {(m.name, m.value) for m in selector.matchers.matchers if m.op == EQUAL}
-                if not {("job", name), ("namespace", render.NAMESPACE)} <= matchers:
+                wanted = {("job", str(EQUAL), name), ("namespace", str(EQUAL), render.NAMESPACE)}
+                if not wanted <= matchers_of(selector):
                     problems.append(f"{name} {alert['alert']}: {selector.name} is not limited to {name}'s series")
     assert not problems, "\n".join(problems)
 
@@ -173,9 +179,34 @@ def validate_with_operator_schemas(objects: Docs) -> list[str]:
 
 
 @pytest.mark.parametrize("value_set", [s for s in render.VALUE_SETS if s != MONITORING])
-def test_without_monitoring_values_no_operator_object_is_rendered(
+def test_without_monitoring_values_no_monitoring_object_is_rendered(
     rendered: dict[tuple[str, str], Docs], value_set: str
 ) -> None:
     # A cluster without the Prometheus Operator's CRDs would refuse the whole release.
-    kinds = {d["kind"] for chart in render.all_charts() for d in rendered[value_set, chart]}
-    assert not kinds & MONITORING_KINDS
+    docs = [d for chart in render.all_charts() for d in rendered[value_set, chart]]
+    assert not {d["kind"] for d in docs} & MONITORING_KINDS
+    assert "shopmesh-dashboards" not in {d["metadata"]["name"] for d in docs}
+
+
+def test_the_umbrella_ships_the_dashboard_as_generated(rendered: dict[tuple[str, str], Docs]) -> None:
+    assert dashboards.OUTPUT.read_text() == dashboards.rendered(), "run `make dashboards`"
+    config_map = find(rendered[MONITORING, render.UMBRELLA], "ConfigMap", "shopmesh-dashboards")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(config_map["data"]["shopmesh.json"])
+    assert shipped == json.loads(dashboards.rendered())
+    assert {v["name"] for v in shipped["templating"]["list"]} == {"datasource", "namespace", "service"}
+
+
+def test_every_dashboard_query_names_exported_metrics_of_the_chosen_services() -> None:
+    exported = exported_metric_names()
+    problems = []
+    queries = dashboards.queries()
+    for query in queries:
+        # $__rate_interval is Grafana's, replaced before Prometheus sees the query.
+        for selector in selectors(query.replace("$__rate_interval", "5m")):
+            if selector.name not in exported:
+                problems.append(f"no service exports {selector.name}: {query}")
+            if not {("namespace", str(EQUAL), "$namespace"), ("job", str(RE), "$service")} <= matchers_of(selector):
+                problems.append(f"{selector.name} ignores the namespace or service chosen: {query}")
+    assert len(queries) >= 10
+    assert not problems, "\n".join(problems)

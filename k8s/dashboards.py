@@ -1,0 +1,267 @@
+"""Write (or check) the Grafana dashboard of the whole system, helm/shopmesh/dashboards/shopmesh.json.
+
+    .venv/bin/python k8s/dashboards.py          write it
+    .venv/bin/python k8s/dashboards.py --check  exit 1 if the committed file differs from what this writes
+
+Built with grafanalib from the same metrics the alerts use (docs/chassis.md, docs/operations.md): one row
+per question an on-call engineer asks — are calls failing or slow, do checkouts finish, do events flow,
+is a dependency cut off, do e-mails go out. The umbrella chart ships it as a ConfigMap that Grafana's
+dashboard sidecar (kube-prometheus-stack) loads, when global.monitoring.enabled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from grafanalib._gen import DashboardEncoder
+from grafanalib.core import (
+    Dashboard,
+    GridPos,
+    RowPanel,
+    Target,
+    Template,
+    Templating,
+    TimeSeries,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "helm" / "shopmesh" / "dashboards" / "shopmesh.json"
+DATASOURCE = "${datasource}"
+# Every query is limited to the chosen namespace and services (job = the Service's name, as a
+# ServiceMonitor scrape labels it).
+SELECTOR = 'namespace="$namespace", job=~"$service"'
+SERVER_ERRORS = "UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED"
+
+# (title, unit, description, [(expr, legend)])
+Panel = tuple[str, str, str, list[tuple[str, str]]]
+
+ROWS: list[tuple[str, list[Panel]]] = [
+    (
+        "gRPC calls",
+        [
+            (
+                "Calls per second",
+                "reqps",
+                "Calls each service handled, whatever their status.",
+                [(f"sum by (job) (rate(grpc_server_handled_total{{{SELECTOR}}}[$__rate_interval]))", "{{job}}")],
+            ),
+            (
+                "Server-side errors",
+                "percentunit",
+                f"Share of calls ending in {SERVER_ERRORS.replace('|', ', ')} (alert ShopmeshServerErrors).",
+                [
+                    (
+                        f'sum by (job) (rate(grpc_server_handled_total{{{SELECTOR}, grpc_code=~"{SERVER_ERRORS}"}}'
+                        f"[$__rate_interval])) / sum by (job) "
+                        f"(rate(grpc_server_handled_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}}",
+                    )
+                ],
+            ),
+            (
+                "p99 latency",
+                "s",
+                "99th percentile of the time a service spent on a call (alert ShopmeshSlowCalls).",
+                [
+                    (
+                        "histogram_quantile(0.99, sum by (le, job) "
+                        f"(rate(grpc_server_handling_seconds_bucket{{{SELECTOR}}}[$__rate_interval])))",
+                        "{{job}}",
+                    )
+                ],
+            ),
+            (
+                "Answers other than OK",
+                "reqps",
+                "Every non-OK status by code: client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) as well as "
+                "failures; RESOURCE_EXHAUSTED is rate limiting or load shedding.",
+                [
+                    (
+                        f'sum by (job, grpc_code) (rate(grpc_server_handled_total{{{SELECTOR}, grpc_code!="OK"}}'
+                        "[$__rate_interval]))",
+                        "{{job}} {{grpc_code}}",
+                    )
+                ],
+            ),
+            (
+                "Calls in flight",
+                "short",
+                "Calls being handled now, per service.",
+                [(f"sum by (job) (grpc_server_in_flight_requests{{{SELECTOR}}})", "{{job}}")],
+            ),
+        ],
+    ),
+    (
+        "Checkouts",
+        [
+            (
+                "Checkouts finished",
+                "reqps",
+                "Orders whose saga ended, by state and cancel reason (alert ShopmeshCheckoutsCancelledByOutages).",
+                [
+                    (
+                        f"sum by (state, reason) (rate(shopmesh_orders_finished_total{{{SELECTOR}}}"
+                        "[$__rate_interval]))",
+                        "{{state}} {{reason}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
+        "Events",
+        [
+            (
+                "Events published",
+                "reqps",
+                "Events each outbox relay published and JetStream acknowledged.",
+                [
+                    (
+                        f"sum by (job, subject) (rate(shopmesh_outbox_events_published_total{{{SELECTOR}}}"
+                        "[$__rate_interval]))",
+                        "{{job}} {{subject}}",
+                    )
+                ],
+            ),
+            (
+                "Events consumed",
+                "reqps",
+                "What each consumer did with the events it took: applied, duplicate, retried, dead_lettered.",
+                [
+                    (
+                        f"sum by (consumer, outcome) (rate(shopmesh_events_consumed_total{{{SELECTOR}}}"
+                        "[$__rate_interval]))",
+                        "{{consumer}} {{outcome}}",
+                    )
+                ],
+            ),
+            (
+                "Oldest unpublished event",
+                "s",
+                "Age of the oldest event waiting in each outbox; growing: the relay cannot publish "
+                "(alert ShopmeshOutboxStuck).",
+                [(f"max by (job) (shopmesh_outbox_oldest_unpublished_age_seconds{{{SELECTOR}}})", "{{job}}")],
+            ),
+            (
+                "Dead letters waiting",
+                "short",
+                "Events each consumer parked that nobody has replayed or discarded (alert ShopmeshDeadLetters; "
+                "shopmesh-deadletters).",
+                [(f"max by (consumer) (shopmesh_events_dead_letters{{{SELECTOR}}})", "{{consumer}}")],
+            ),
+        ],
+    ),
+    (
+        "Dependencies and e-mail",
+        [
+            (
+                "Open circuit breakers",
+                "short",
+                "1 while a service's breaker in front of a dependency is open: calls to it fail fast "
+                "(alert ShopmeshCircuitOpen).",
+                [
+                    (
+                        f'max by (job, dependency) (shopmesh_client_breaker_state{{{SELECTOR}, state="open"}})',
+                        "{{job}} → {{dependency}}",
+                    )
+                ],
+            ),
+            (
+                "E-mail delivery attempts",
+                "reqps",
+                "What each attempt to send an e-mail ended as: sent, retrying, failed (alert ShopmeshEmailsFailed).",
+                [
+                    (
+                        f"sum by (outcome) (rate(shopmesh_notifications_delivery_attempts_total{{{SELECTOR}}}"
+                        "[$__rate_interval]))",
+                        "{{outcome}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+]
+
+
+def dashboard() -> Dashboard:
+    panels: list[object] = []
+    y = 0
+    for title, row in ROWS:
+        panels.append(RowPanel(title=title, gridPos=GridPos(h=1, w=24, x=0, y=y)))
+        y += 1
+        for index, (panel_title, unit, description, queries) in enumerate(row):
+            panels.append(
+                TimeSeries(
+                    title=panel_title,
+                    description=description,
+                    dataSource=DATASOURCE,
+                    unit=unit,
+                    targets=[
+                        Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i), datasource=DATASOURCE)
+                        for i, (expr, legend) in enumerate(queries)
+                    ],
+                    gridPos=GridPos(h=8, w=12, x=12 * (index % 2), y=y + 8 * (index // 2)),
+                )
+            )
+        y += 8 * ((len(row) + 1) // 2)
+    variables = [
+        Template(name="datasource", label="Data source", query="prometheus", type="datasource"),
+        Template(
+            name="namespace",
+            label="Namespace",
+            dataSource=DATASOURCE,
+            query="label_values(grpc_server_handled_total, namespace)",
+            default="shopmesh",
+        ),
+        Template(
+            name="service",
+            label="Service",
+            dataSource=DATASOURCE,
+            query='label_values(grpc_server_handled_total{namespace="$namespace"}, job)',
+            includeAll=True,
+            multi=True,
+            allValue=".*",
+            default="$__all",
+        ),
+    ]
+    return Dashboard(
+        title="shopmesh",
+        uid="shopmesh-overview",
+        description="The whole shop: gRPC calls, checkouts, events, dependencies, e-mail (docs/operations.md).",
+        tags=["shopmesh"],
+        timezone="utc",
+        refresh="30s",
+        panels=panels,
+        templating=Templating(list=variables),
+    ).auto_panel_ids()
+
+
+def rendered() -> str:
+    return json.dumps(dashboard().to_json_data(), cls=DashboardEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def queries() -> list[str]:
+    """Every PromQL expression of the dashboard's panels (tests/k8s checks them)."""
+    return [expr for _title, row in ROWS for _panel, _unit, _description, exprs in row for expr, _legend in exprs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    if args.check:
+        if not OUTPUT.is_file() or OUTPUT.read_text() != rendered():
+            print(f"error: {OUTPUT.relative_to(ROOT)} is stale: run `make dashboards`", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(rendered())
+    print(OUTPUT.relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
