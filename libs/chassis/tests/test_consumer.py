@@ -157,3 +157,25 @@ async def test_the_consumer_counts_each_outcome_by_subject(db: Database, client:
     await running.stop()
     # Three deliveries of the poison message: two retried, the last parked; the good one applied once.
     assert (count("applied"), count("retried"), count("dead_lettered"), count("duplicate")) == (1, 2, 1, 0)
+
+
+async def test_an_interrupted_consumer_logs_the_cause_and_recovers(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    await publish(client, "e1")
+    await until_applied(db, Counter({"e1": 1}))
+    # An operator deletes a stream under a running consumer: one of its pull loops fails.
+    await client.jetstream().delete_stream("REPLAY")
+
+    def said_why() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()]
+
+    [line, *_] = await eventually(said_why, "the interruption logged")
+    assert "TaskGroup" not in line, line
+    assert "Error: " in line, line
+    await publish(client, "e2")
+    await until_applied(db, Counter({"e1": 1, "e2": 1}))
+    await running.stop()
+    assert (await client.jetstream().stream_info("REPLAY")).config.name == "REPLAY"  # declared again

@@ -64,6 +64,13 @@ class Event:
 Handler = Callable[[DbConnection, Event], Awaitable[None]]
 
 
+def _cause(error: Exception) -> str:
+    """What went wrong, also when it happened inside the TaskGroup of pull loops (which wraps it)."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_cause(inner) if isinstance(inner, Exception) else repr(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}"
+
+
 class EventConsumer:
     def __init__(
         self,
@@ -127,7 +134,7 @@ class EventConsumer:
                 raise
             except Exception as exc:
                 # NATS away, or the stream not there yet: keep trying; JetStream keeps the messages.
-                log.warning("consumer %s interrupted, retrying in %.1fs: %s", self._durable, delay, exc)
+                log.warning("consumer %s interrupted, retrying in %.1fs: %s", self._durable, delay, _cause(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
