@@ -146,6 +146,12 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 [(f"max by (job) (shopmesh_outbox_oldest_unpublished_age_seconds{{{SELECTOR}}})", "{{job}}")],
             ),
             (
+                "Consumer backlog",
+                "short",
+                "Events each consumer has not applied yet (alert ShopmeshConsumerBacklog).",
+                [(f"max by (consumer) (shopmesh_events_consumer_backlog{{{SELECTOR}}})", "{{consumer}}")],
+            ),
+            (
                 "Dead letters waiting",
                 "short",
                 "Events each consumer parked that nobody has replayed or discarded (alert ShopmeshDeadLetters; "

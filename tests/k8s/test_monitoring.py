@@ -39,7 +39,7 @@ def expected_alerts(name: str) -> set[str]:
     if service.publishes:
         alerts.add("ShopmeshOutboxStuck")
     if service.consumes:
-        alerts.add("ShopmeshDeadLetters")
+        alerts |= {"ShopmeshDeadLetters", "ShopmeshConsumerBacklog"}
     if service.calls:
         alerts.add("ShopmeshCircuitOpen")
     return alerts | OWN_ALERTS.get(name, set())

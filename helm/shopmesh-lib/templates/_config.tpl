@@ -143,6 +143,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "labels" (dig "labels" dict $mon)
     "errorRatio" (dig "errorRatio" 0.05 $mon)
     "latencyP99Seconds" (dig "latencyP99Seconds" 1 $mon)
+    "consumerBacklog" (dig "consumerBacklog" 1000 $mon)
     "runbookUrl" (dig "runbookUrl" "https://github.com/shopmesh/shopmesh/blob/main/docs/operations.md" $mon)
     "alerts" (dig "alerts" list $v)) -}}
 {{- $_ := set $c "env" (dig "env" dict $v) -}}

@@ -84,6 +84,12 @@ spec:
 {{- end -}}
 {{- if $c.nats.consumes -}}
 {{- $rules = append $rules (dict
+    "alert" "ShopmeshConsumerBacklog"
+    "expr" (printf "max by (consumer) (shopmesh_events_consumer_backlog{__selector__}) > %v" $m.consumerBacklog)
+    "for" "10m" "severity" "warning"
+    "summary" (printf "%s: a consumer falls behind its stream" $c.name)
+    "description" (printf "Consumer {{ $labels.consumer }} has had more than %v events not yet applied for 10 minutes ({{ $value }} now): its handler is slow or failing and retrying, or too few replicas run." $m.consumerBacklog)) -}}
+{{- $rules = append $rules (dict
     "alert" "ShopmeshDeadLetters"
     "expr" "max by (consumer) (shopmesh_events_dead_letters{__selector__}) > 0"
     "for" "1m" "severity" "warning"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
@@ -179,3 +180,28 @@ async def test_an_interrupted_consumer_logs_the_cause_and_recovers(
     await until_applied(db, Counter({"e1": 1, "e2": 1}))
     await running.stop()
     assert (await client.jetstream().stream_info("REPLAY")).config.name == "REPLAY"  # declared again
+
+
+async def test_the_backlog_gauge_counts_what_the_consumer_has_not_applied_yet(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(session: DbConnection, event: Event) -> None:
+        await release.wait()
+        await record(session, event)
+
+    registry = CollectorRegistry()
+    running = consumer(db, nats_srv.url, slow, metrics=EventMetrics(registry), gauge_poll_seconds=0.1)
+    running.start()
+    for event_id in ("e1", "e2", "e3"):
+        await publish(client, event_id)
+
+    def backlog() -> float | None:
+        return registry.get_sample_value("shopmesh_events_consumer_backlog", {"consumer": "tester"})
+
+    await eventually(lambda: backlog() == 3, "three events waiting")
+    release.set()
+    await until_applied(db, Counter({"e1": 1, "e2": 1, "e3": 1}))
+    await eventually(lambda: backlog() == 0, "the backlog drained")
+    await running.stop()

@@ -100,7 +100,7 @@ async def test_a_replayed_event_is_applied_once_and_leaves_the_dead_letters(
     handler = Switch()
     registry = CollectorRegistry()
     running = consumer(
-        db, nats_srv.url, handler, max_attempts=2, metrics=EventMetrics(registry), dead_letter_poll_seconds=0.1
+        db, nats_srv.url, handler, max_attempts=2, metrics=EventMetrics(registry), gauge_poll_seconds=0.1
     )
     running.start()
     await publish(client, "e1")

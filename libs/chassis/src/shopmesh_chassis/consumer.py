@@ -89,7 +89,7 @@ class EventConsumer:
         ack_wait_seconds: float = 30.0,
         duplicate_window_seconds: float = 900.0,
         metrics: EventMetrics | None = None,
-        dead_letter_poll_seconds: float = 30.0,
+        gauge_poll_seconds: float = 30.0,
     ) -> None:
         self._db = database
         self._url = nats_url
@@ -106,7 +106,7 @@ class EventConsumer:
         self._ack_wait = ack_wait_seconds
         self._duplicate_window = duplicate_window_seconds
         self._metrics = metrics
-        self._dead_letter_poll = dead_letter_poll_seconds
+        self._gauge_poll = gauge_poll_seconds
         self._parked = asyncio.Event()
         self._client: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -154,7 +154,7 @@ class EventConsumer:
             loops.create_task(self._pull(events, replayed=False))
             loops.create_task(self._pull(replays, replayed=True))
             if self._metrics is not None:
-                loops.create_task(self._count_dead_letters(js, self._metrics))
+                loops.create_task(self._read_gauges(js, self._metrics))
 
     async def _subscribe(
         self, js: JetStreamContext, stream: str, durable: str, subjects: list[str]
@@ -184,19 +184,23 @@ class EventConsumer:
             for message in messages:
                 await self._deliver(message, replayed=replayed)
 
-    async def _count_dead_letters(self, js: JetStreamContext, metrics: EventMetrics) -> None:
-        """Keep the parked-message gauge current: a replay or discard happens in another process."""
+    async def _read_gauges(self, js: JetStreamContext, metrics: EventMetrics) -> None:
+        """Keep the backlog and parked-message gauges current from what NATS knows: other replicas share
+        the durable, and a replay or discard happens in another process."""
         mine = parked_subject(self._durable, ">")
         while True:
             try:
+                state = await js.consumer_info(self._stream, self._durable)
+                backlog = (state.num_pending or 0) + (state.num_ack_pending or 0)
+                metrics.consumer_backlog.labels(self._durable).set(backlog)
                 info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=mine)
                 metrics.dead_letters.labels(self._durable).set(sum((info.state.subjects or {}).values()))
             except (nats.errors.Error, TimeoutError) as exc:
                 # A gauge a little stale is better than interrupting consumption over it.
-                log.warning("could not count %s's dead letters: %s", self._durable, exc)
+                log.warning("could not read %s's backlog and dead letters: %s", self._durable, exc)
             self._parked.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._parked.wait(), self._dead_letter_poll)
+                await asyncio.wait_for(self._parked.wait(), self._gauge_poll)
 
     async def _deliver(self, message: Msg, *, replayed: bool) -> None:
         event = self._event(message, replayed=replayed)

@@ -137,6 +137,14 @@ class EventMetrics:
             ("consumer", "subject", "outcome"),
             registry=registry,
         )
+        self.consumer_backlog = Gauge(
+            "shopmesh_events_consumer_backlog",
+            "Events on the stream this consumer has not applied yet: not delivered, or delivered and not "
+            "acknowledged (being handled, or waiting for a retry). Read from NATS every 30 s; one value per "
+            "durable, whichever replica reports it. Growing: the consumer falls behind.",
+            ("consumer",),
+            registry=registry,
+        )
         self.dead_letters = Gauge(
             "shopmesh_events_dead_letters",
             "Messages this consumer parked on the DEADLETTER stream that nobody has replayed or discarded "
