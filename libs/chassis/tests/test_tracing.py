@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -119,3 +120,19 @@ def test_with_an_exporter_the_callers_sampling_decision_is_followed() -> None:
         assert isinstance(provider.sampler, ParentBased)
     finally:
         provider.shutdown()
+
+
+async def test_health_checks_are_not_traced(
+    exported: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = exported
+    async with (
+        serve_in_process(sample_settings(), [binding()], tracer_provider=provider) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        await sample_pb2_grpc.SampleServiceStub(channel).Echo(sample_pb2.EchoRequest(message="hi"))
+        # The Echo span is exported once its call ends; a health span would have been before it.
+        await eventually(lambda: _server_spans(exporter), "the Echo span exported")
+    assert [span.name for span in _server_spans(exporter)] == [ECHO]

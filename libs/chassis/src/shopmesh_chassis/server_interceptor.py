@@ -89,7 +89,9 @@ def _peer_attributes(peer: str) -> dict[str, str]:
 
 # Health checks are never shed: a kubelet probe refused under load would restart a busy pod (and pile its
 # calls onto the others) or take it out of the endpoints, which is load balancing's job, not the probe's.
-_NEVER_SHED = "/grpc.health.v1.Health/"
+# Health checks are never shed (a busy pod must not fail its probes) and never traced (the kubelet
+# probes every pod every few seconds: thousands of one-span traces that say nothing).
+_HEALTH = "/grpc.health.v1.Health/"
 
 # How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
 SHED_RETRY_AFTER_SECONDS = 0.1
@@ -139,14 +141,19 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         # The headers the configured propagators read: without any of them there is no context to extract.
         fields = frozenset(propagate.get_global_textmap().fields)
         # Whether this method's calls count against the in-flight limit (and may be shed).
-        limited = self._max_in_flight is not None and not method.startswith(_NEVER_SHED)
+        limited = self._max_in_flight is not None and not method.startswith(_HEALTH)
+        traced = not method.startswith(_HEALTH)
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata: tuple[Any, ...] = tuple(context.invocation_metadata() or ())
             parent = propagate.extract(metadata, getter=_GETTER) if any(k in fields for k, _ in metadata) else None
             # start_span + attach rather than start_as_current_span: two context-manager layers fewer on
             # every call (the span is ended and detached in the finally below either way).
-            span = self._tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
+            span = (
+                self._tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
+                if traced
+                else trace.INVALID_SPAN
+            )
             token = otel_context.attach(trace.set_span_in_context(span, parent))
             try:
                 if span.is_recording():
