@@ -82,6 +82,11 @@ RUN_ARGS ?=
 run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset")
 	$(VENV_BIN)/python -m shopmesh_platform.run $(RUN_ARGS)
 
+.PHONY: traces
+ID ?=
+traces: setup ## Traces the local stack recorded: the last 20, or one as a tree of spans (ID=<trace id or a prefix>)
+	$(VENV_BIN)/python -m shopmesh_platform.traces $(ID)
+
 .PHONY: deadletters
 ARGS ?= list
 deadletters: setup ## Events the local stack's consumers parked: ARGS="list" (default) | "show SEQ" | "replay SEQ ..." | "discard SEQ ..."

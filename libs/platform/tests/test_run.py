@@ -24,6 +24,7 @@ from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform import run
 from shopmesh_platform.stack import StackError
 from shopmesh_platform.topology import SERVICES
+from shopmesh_platform.traces import load
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 CATALOG_INSTALLED = importlib.util.find_spec("shopmesh_catalog") is not None
@@ -33,7 +34,7 @@ def table_rows(lines: list[str]) -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
     for line in lines:
         cells = line.split()
-        if line.startswith("  ") and cells and cells[0] in ("nats", *SERVICES):
+        if line.startswith("  ") and cells and cells[0] in ("nats", "smtp", "traces", *SERVICES):
             rows[cells[0]] = {"grpc": cells[1], "metrics": cells[2], "state": " ".join(cells[3:-1]), "pid": cells[-1]}
     return rows
 
@@ -119,6 +120,7 @@ async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on
         finally:
             await nc.close()
         assert any(line.split(" | ")[0].strip() == "nats" and "Server is ready" in line for line in lines)
+        assert rows["traces"]["state"] == "ready"
 
         commands = printed_commands(lines)
         if CATALOG_INSTALLED:
@@ -130,6 +132,12 @@ async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on
             assert "shopmesh.catalog.v1.CatalogService" in outputs[0].split()
             assert json.loads(outputs[1]) == {"status": "SERVING"}
             assert 1 <= len(json.loads(outputs[2])["products"]) <= 3
+            # Every service exports its spans to the launcher's trace sink.
+            list_products = "/shopmesh.catalog.v1.CatalogService/ListProducts"
+            await eventually(
+                lambda: any(t.roots[0]["name"] == list_products for t in load(tmp_path / "data" / "traces")),
+                "the ListProducts span in the trace sink",
+            )
         else:
             assert commands == []
             assert rows["catalog"]["state"].startswith("absent (no package shopmesh_catalog)")
@@ -164,6 +172,14 @@ async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) 
 
     # The kernel sends the orphan SIGTERM (PR_SET_PDEATHSIG); it shuts down on its own.
     await eventually(lambda: gone(nats_pid), "nats-server gone after its launcher was killed", timeout=15)
+
+
+def test_spans_go_to_your_collector_instead_when_you_name_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    assert run.port_plan(free=False).traces is not None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    assert run.port_plan(free=False).traces is None
+    assert run.port_plan(free=True).traces is None
 
 
 def test_an_unknown_service_exits_1_naming_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,16 +1,20 @@
-"""`make run`: NATS, the SMTP sink and every service that exists, on the topology's local ports, until Ctrl-C.
+"""`make run`: NATS, the sinks (mail, traces) and every service that exists, on the topology's local ports,
+until Ctrl-C.
 
     python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
 
 Prints a table of what runs where and grpcurl commands to try; each process's output is prefixed with its
-name. Ctrl-C (or SIGTERM, or the terminal closing) stops the services callers first, then NATS, and exits
-0; a second Ctrl-C kills whatever is still running. Exit status 1 when the stack cannot start.
+name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
+OTEL_EXPORTER_OTLP_ENDPOINT names a collector of your own. Ctrl-C (or SIGTERM, or the terminal closing)
+stops the services callers first, then NATS, and exits 0; a second Ctrl-C kills whatever is still
+running. Exit status 1 when the stack cannot start.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shlex
 import shutil
@@ -19,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .stack import NATS, SMTP, PortPlan, Stack, StackError, existing_services
+from .stack import NATS, SMTP, TRACES, PortPlan, Stack, StackError, existing_services
 from .topology import SERVICES
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
@@ -46,6 +50,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds each process has to get ready")
     return parser.parse_args(argv)
+
+
+def port_plan(free: bool) -> PortPlan:
+    plan = PortPlan.free(traces=True) if free else PortPlan.local()
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        # Your collector gets the spans (the services read the variable); no local sink.
+        plan = dataclasses.replace(plan, traces=None)
+    return plan
 
 
 def reset_data_dir(data_dir: Path) -> None:
@@ -95,6 +107,8 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     rows.append((NATS, stack.nats_url, stack.nats_monitor_url or "-", "ready", str(stack.pid(NATS))))
     if stack.smtp_address is not None:
         rows.append((SMTP, f"smtp://{stack.smtp_address}", "-", "ready", str(stack.pid(SMTP))))
+    if stack.traces_address is not None:
+        rows.append((TRACES, f"otlp://{stack.traces_address}", "-", "ready", str(stack.pid(TRACES))))
     present = set(existing_services())
     for name, service in SERVICES.items():
         if name in stack.services:
@@ -118,6 +132,8 @@ def banner(stack: Stack, selected: Sequence[str] | None) -> str:
     lines.append(render_table(stack, selected))
     if stack.smtp_address is not None:
         lines += ["", f"E-mails are not delivered: the SMTP sink stores each one as a file in {stack.smtp_dir}"]
+    if stack.traces_address is not None:
+        lines.append(f"Traces: every span goes to the trace sink, into {stack.traces_dir}; `make traces` lists them")
     commands = grpcurl_commands(stack)
     if commands:
         lines += ["", "Try:", *(f"  {command}" for command in commands)]
@@ -132,7 +148,7 @@ def banner(stack: Stack, selected: Sequence[str] | None) -> str:
 async def run(args: argparse.Namespace) -> int:
     stack = Stack(
         args.data_dir,
-        ports=PortPlan.free() if args.free_ports else PortPlan.local(),
+        ports=port_plan(args.free_ports),
         services=args.services,
         log_format=args.log_format,
         startup_timeout=args.startup_timeout,

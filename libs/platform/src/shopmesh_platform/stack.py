@@ -1,4 +1,4 @@
-"""The local stack: a nats-server, an SMTP sink and every service that exists, each its own process, port
+"""The local stack: a nats-server, its sinks (mail, traces) and every service that exists, each its own process, port
 and database.
 
 `make run` (`shopmesh_platform.run`) and the end-to-end tests start shopmesh the same way, through `Stack`:
@@ -11,8 +11,10 @@ and database.
 What runs comes from `topology.SERVICES` (a service exists when its package is importable) unless a test
 passes its own `ServiceSpec`s; where it listens comes from a `PortPlan`. Services start callees before
 callers, concurrently within a wave, each once the previous wave is SERVING; they stop callers first, and
-NATS starts first and stops last. When a service sends e-mail, the SMTP sink (`smtp_sink`) starts after
-NATS and stops before it; the e-mails land in `stack.smtp_dir`. POSIX only: children run in their own
+NATS starts first and stops last. The sinks start after NATS and stop before it: the SMTP sink
+(`smtp_sink`) when a service sends e-mail, the e-mails landing in `stack.smtp_dir`; the trace sink
+(`trace_sink`) when the port plan has a port for it (`make run`), every service then exporting its spans
+there over OTLP, into `stack.traces_dir`. POSIX only: children run in their own
 process groups (so a terminal's Ctrl-C reaches the launcher alone, which then stops them in order) and are
 stopped with signals; on Linux the kernel also sends them SIGTERM should the launcher die without stopping
 them.
@@ -43,10 +45,18 @@ from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 
 from .logsink import ConsoleSink, FileLogSink, LogSink
-from .topology import LOCAL_HOST, LOCAL_NATS_MONITOR_PORT, LOCAL_NATS_PORT, LOCAL_SMTP_PORT, SERVICES
+from .topology import (
+    LOCAL_HOST,
+    LOCAL_NATS_MONITOR_PORT,
+    LOCAL_NATS_PORT,
+    LOCAL_SMTP_PORT,
+    LOCAL_TRACES_PORT,
+    SERVICES,
+)
 
 NATS = "nats"
 SMTP = "smtp"
+TRACES = "traces"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 10.0
 # Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
@@ -85,6 +95,9 @@ class PortPlan:
     host: str = LOCAL_HOST
     # The SMTP sink, started only for services that send e-mail; None: no sink.
     smtp: int | None = None
+    # The trace sink (OTLP/gRPC); None: none, and the services export spans only where their
+    # environment says (OTEL_EXPORTER_OTLP_ENDPOINT), as everywhere else.
+    traces: int | None = None
 
     @classmethod
     def local(cls) -> PortPlan:
@@ -94,17 +107,27 @@ class PortPlan:
             nats_monitor=LOCAL_NATS_MONITOR_PORT,
             services={name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()},
             smtp=LOCAL_SMTP_PORT,
+            traces=LOCAL_TRACES_PORT,
         )
 
     @classmethod
-    def free(cls, names: Iterable[str] | None = None, *, metrics: bool = True, host: str = LOCAL_HOST) -> PortPlan:
+    def free(
+        cls,
+        names: Iterable[str] | None = None,
+        *,
+        metrics: bool = True,
+        traces: bool = False,
+        host: str = LOCAL_HOST,
+    ) -> PortPlan:
         """Ports the OS picks, for the topology's services (default) or the given names: tests run beside
-        each other and beside a developer's `make run`."""
+        each other and beside a developer's `make run`. `traces`: run the trace sink too."""
         wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
-        ports = iter(_free_ports(host, 3 + len(wanted) * (2 if metrics else 1)))
-        nats, monitor, smtp = next(ports), next(ports), next(ports)
+        ports = iter(_free_ports(host, 4 + len(wanted) * (2 if metrics else 1)))
+        nats, monitor, smtp, otlp = next(ports), next(ports), next(ports), next(ports)
         services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
-        return cls(nats=nats, nats_monitor=monitor, services=services, host=host, smtp=smtp)
+        return cls(
+            nats=nats, nats_monitor=monitor, services=services, host=host, smtp=smtp, traces=otlp if traces else None
+        )
 
     def ports_of(self, name: str) -> ServicePorts:
         try:
@@ -261,7 +284,7 @@ class Stack:
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         """
-        data_dir: NATS stores under <data_dir>/nats, the SMTP sink under <data_dir>/mail; every service gets
+        data_dir: NATS stores under <data_dir>/nats, the sinks under <data_dir>/mail and /traces; every service gets
             DATA_DIR=<data_dir> (its SQLite file).
         ports: default `PortPlan.local()`.
         services: names to start; default every topology service that exists (or every one of `specs`).
@@ -287,8 +310,15 @@ class Stack:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._nats = self._nats_child()
-        self._smtp = self._smtp_child() if any(spec.uses_smtp for spec in self.specs) else None
-        infrastructure = [NATS] if self._smtp is None else [NATS, SMTP]
+        # Started after NATS in this order, stopped before it in the reverse one.
+        self._sinks: dict[str, _Child] = {}
+        if self.ports.smtp is not None and any(spec.uses_smtp for spec in self.specs):
+            self._sinks[SMTP] = self._sink_child(SMTP, "shopmesh_platform.smtp_sink", self.ports.smtp, self.smtp_dir)
+        if self.ports.traces is not None:
+            self._sinks[TRACES] = self._sink_child(
+                TRACES, "shopmesh_platform.trace_sink", self.ports.traces, self.traces_dir
+            )
+        infrastructure = [NATS, *self._sinks]
         self._log_sink = (
             log_sink if log_sink is not None else ConsoleSink([*infrastructure, *(s.name for s in self.specs)])
         )
@@ -315,14 +345,16 @@ class Stack:
         shared_env: Mapping[str, str] | None = None,
         log_format: Literal["text", "json"] = "json",
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        traces: bool = False,
     ) -> Stack:
         """The stack as tests want it: free ports (for the topology's services and the specs'), so tests
         run beside each other and beside `make run`; each process's output kept and written to
-        <data_dir>/logs/<name>.log (`stack.logs`); JSON logs, as in production."""
+        <data_dir>/logs/<name>.log (`stack.logs`); JSON logs, as in production. `traces`: run the trace
+        sink, every service exporting its spans to it (off: recording spans costs CPU no other test needs)."""
         names = [*SERVICES, *(spec.name for spec in specs or ())]
         return cls(
             data_dir,
-            ports=PortPlan.free(names),
+            ports=PortPlan.free(names, traces=traces),
             services=services,
             specs=specs,
             env=env,
@@ -344,13 +376,11 @@ class Stack:
             argv += ["-m", str(self.ports.nats_monitor)]
         return _Child(NATS, tuple(argv), dict(os.environ), None, f"{self.ports.host}:{self.ports.nats}")
 
-    def _smtp_child(self) -> _Child | None:
-        if self.ports.smtp is None:
-            return None
-        host, port = self.ports.host, str(self.ports.smtp)
-        argv = (sys.executable, "-m", "shopmesh_platform.smtp_sink", "--host", host, "--port", port)
+    def _sink_child(self, name: str, module: str, port: int, directory: Path) -> _Child:
+        host = self.ports.host
+        argv = (sys.executable, "-m", module, "--host", host, "--port", str(port), "--dir", str(directory))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return _Child(SMTP, (*argv, "--dir", str(self.smtp_dir)), env, None, f"{host}:{port}")
+        return _Child(name, argv, env, None, f"{host}:{port}")
 
     def _service_child(self, spec: ServiceSpec, shared: Mapping[str, str], extra: Mapping[str, str]) -> _Child:
         ports = self.ports.ports_of(spec.name)
@@ -368,6 +398,8 @@ class Stack:
             env[address_variable(name)] = self.ports.address(name)
         if self.ports.smtp is not None:
             env.update(SMTP_HOST=self.ports.host, SMTP_PORT=str(self.ports.smtp))
+        if self.ports.traces is not None:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.ports.host}:{self.ports.traces}"
         env["METRICS_PORT"] = str(ports.metrics)
         env.update(shared)
         env.update(spec.env)
@@ -400,7 +432,17 @@ class Stack:
     @property
     def smtp_address(self) -> str | None:
         """host:port of the SMTP sink, None when this stack runs none."""
-        return None if self._smtp is None else self._smtp.address
+        return self._sinks[SMTP].address if SMTP in self._sinks else None
+
+    @property
+    def traces_dir(self) -> Path:
+        """Where the trace sink writes every span it receives (`spans.jsonl`)."""
+        return self.data_dir / "traces"
+
+    @property
+    def traces_address(self) -> str | None:
+        """host:port of the trace sink (OTLP/gRPC), None when this stack runs none."""
+        return self._sinks[TRACES].address if TRACES in self._sinks else None
 
     def address(self, name: str) -> str:
         """host:port of a service's gRPC server (also for services of the plan that this stack does not run)."""
@@ -433,8 +475,8 @@ class Stack:
     def _child(self, name: str) -> _Child:
         if name == NATS:
             return self._nats
-        if name == SMTP and self._smtp is not None:
-            return self._smtp
+        if name in self._sinks:
+            return self._sinks[name]
         try:
             return self._children[name]
         except KeyError:
@@ -454,7 +496,7 @@ class Stack:
         await self.stop()
 
     async def start(self) -> None:
-        """Start NATS and the SMTP sink, then the services wave by wave, each wave once the previous one is SERVING.
+        """Start NATS and the sinks, then the services wave by wave, each wave once the previous one is SERVING.
         On any failure (or cancellation) everything started is stopped before the error propagates."""
         if self._started:
             raise StackError("the stack is already started")
@@ -466,8 +508,8 @@ class Stack:
         atexit.register(self.kill_all)
         try:
             await self._start_child(self._nats)
-            if self._smtp is not None:
-                await self._start_child(self._smtp)
+            for sink in self._sinks.values():
+                await self._start_child(sink)
             for wave in self.waves:
                 await _all([self._start_child(self._children[name]) for name in wave])
         except BaseException:
@@ -476,14 +518,14 @@ class Stack:
 
     async def stop(self) -> dict[str, int | None]:
         """SIGTERM the services callers first (each wave at once), SIGKILL what outlives stop_timeout,
-        then the SMTP sink and NATS. Returns each process's exit status (None: never started)."""
+        then the sinks and NATS. Returns each process's exit status (None: never started)."""
         codes: dict[str, int | None] = {}
         try:
             for wave in reversed(self.waves):
                 results = await asyncio.gather(*(self._stop_child(self._children[name]) for name in wave))
                 codes.update(zip(wave, results, strict=True))
-            if self._smtp is not None:
-                codes[SMTP] = await self._stop_child(self._smtp)
+            for name, sink in reversed(self._sinks.items()):
+                codes[name] = await self._stop_child(sink)
             codes[NATS] = await self._stop_child(self._nats)
         finally:
             # A stop that was itself cancelled or failed must still leave no process behind.
@@ -494,24 +536,25 @@ class Stack:
 
     def kill_all(self) -> None:
         """SIGKILL every running process of the stack at once, without waiting (last resort)."""
-        for child in [*self._children.values(), *([self._smtp] if self._smtp else []), self._nats]:
+        for child in [*self._children.values(), *self._sinks.values(), self._nats]:
             if child.running and child.process is not None:
                 child.stopping = True
                 _signal(child.process, signal.SIGKILL)
 
     async def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float | None = None) -> int:
-        """Send `sig` to one process ("nats" and "smtp" included) and wait for it to exit (SIGKILL after `timeout`)."""
+        """Send `sig` to one process ("nats" and the sinks included) and wait for it to exit (SIGKILL after
+        `timeout`)."""
         code = await self._stop_child(self._child(name), sig, timeout)
         if code is None:
             raise StackError(f"{name} was never started")
         return code
 
     async def kill_service(self, name: str) -> int:
-        """SIGKILL one process ("nats" and "smtp" included), as a crash would; returns its exit status."""
+        """SIGKILL one process ("nats" and the sinks included), as a crash would; returns its exit status."""
         return await self.stop_service(name, signal.SIGKILL)
 
     async def start_service(self, name: str, *, wait: bool = True, env: Mapping[str, str] | None = None) -> None:
-        """(Re)start one stopped process ("nats" and "smtp" included) with the same command, environment, port and
+        """(Re)start one stopped process ("nats" and the sinks included) with the same command, environment, port and
         database — `env` changes variables from this start on (e.g. to lift a fault); unless `wait` is
         false, return once it is ready (SERVING)."""
         child = self._child(name)
@@ -526,7 +569,7 @@ class Stack:
             await self._launch(child)
 
     async def wait_serving(self, name: str, timeout: float | None = None) -> None:
-        """Wait until `name` is ready: SERVING for a service, accepting connections for NATS and SMTP."""
+        """Wait until `name` is ready: SERVING for a service, accepting connections for NATS and the sinks."""
         await self._wait_ready(self._child(name), self.startup_timeout if timeout is None else timeout)
 
     # --- one process -------------------------------------------------------------------------------
@@ -538,8 +581,8 @@ class Stack:
         wanted: list[tuple[str, int]] = [("NATS", self.ports.nats)]
         if self.ports.nats_monitor is not None:
             wanted.append(("NATS monitoring", self.ports.nats_monitor))
-        if self._smtp is not None and self.ports.smtp is not None:
-            wanted.append(("SMTP sink", self.ports.smtp))
+        for sink in self._sinks.values():
+            wanted.append((f"{sink.name} sink", int(sink.address.rsplit(":", 1)[1])))
         for spec in self.specs:
             wanted.append((f"{spec.name} gRPC", self.ports.ports_of(spec.name).grpc))
             metrics = self._metrics_port(spec.name)

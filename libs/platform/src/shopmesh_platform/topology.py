@@ -146,3 +146,5 @@ LOCAL_NATS_PORT = 14222
 LOCAL_NATS_MONITOR_PORT = 18222
 # The local SMTP sink (`shopmesh_platform.smtp_sink`) that stands in for a mail provider.
 LOCAL_SMTP_PORT = 8025
+# The local trace sink (`shopmesh_platform.trace_sink`, OTLP/gRPC), beside 4317 where a collector may listen.
+LOCAL_TRACES_PORT = 14317

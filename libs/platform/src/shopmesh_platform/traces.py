@@ -1,0 +1,143 @@
+"""Read the traces the local trace sink kept (`make traces`): the recent ones, or one as a tree of spans.
+
+    python -m shopmesh_platform.traces                 the last 20 traces, newest last
+    python -m shopmesh_platform.traces 4bf92f35        one trace (any unique prefix of its id)
+
+A trace id is in every JSON log line (`trace_id`) and in the message of an INTERNAL error
+(`trace_id=...`). Each span line shows its offset from the trace's start, its duration, the service,
+the span's kind and name, and its status when it is not OK; children are indented under their parent.
+Events carry the trace on: a consumer's span sits under the span that published the event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from .trace_sink import SPANS_FILE
+
+
+@dataclass(frozen=True)
+class Trace:
+    trace_id: str
+    spans: list[dict[str, Any]]
+
+    @property
+    def start_ns(self) -> int:
+        return min(int(s["start_ns"]) for s in self.spans)
+
+    @property
+    def end_ns(self) -> int:
+        return max(int(s["end_ns"]) for s in self.spans)
+
+    @property
+    def roots(self) -> list[dict[str, Any]]:
+        """Spans without a parent in this trace (the caller's, e.g. grpcurl's, is never exported)."""
+        ids = {s["span_id"] for s in self.spans}
+        return sorted((s for s in self.spans if s["parent_span_id"] not in ids), key=lambda s: int(s["start_ns"]))
+
+    @property
+    def failed(self) -> bool:
+        return any(s["status"] == "error" for s in self.spans)
+
+
+def load(directory: Path) -> list[Trace]:
+    """Every trace in the file, oldest first."""
+    path = directory / SPANS_FILE
+    if not path.is_file():
+        return []
+    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                span = json.loads(line)
+                by_trace[span["trace_id"]].append(span)
+    return sorted((Trace(tid, spans) for tid, spans in by_trace.items()), key=lambda t: t.start_ns)
+
+
+def _ms(nanoseconds: int) -> str:
+    return f"{nanoseconds / 1e6:.1f} ms"
+
+
+def _when(nanoseconds: int) -> str:
+    return datetime.fromtimestamp(nanoseconds / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_list(traces: list[Trace], out: TextIO) -> None:
+    if not traces:
+        print("no traces yet (`make run` records them; call a service first)", file=out)
+        return
+    rows = []
+    for trace in traces:
+        root = trace.roots[0]
+        services = sorted({s["service"] for s in trace.spans})
+        rows.append(
+            (
+                trace.trace_id,
+                _when(trace.start_ns),
+                _ms(trace.end_ns - trace.start_ns),
+                str(len(trace.spans)),
+                ",".join(services),
+                f"{root['service']}: {root['name']}" + ("  ERROR" if trace.failed else ""),
+            )
+        )
+    header = ("TRACE ID", "STARTED (UTC)", "DURATION", "SPANS", "SERVICES", "ROOT")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1], file=out)
+
+
+def print_tree(trace: Trace, out: TextIO) -> None:
+    print(
+        f"trace {trace.trace_id}: {len(trace.spans)} spans, {_ms(trace.end_ns - trace.start_ns)}, "
+        f"started {_when(trace.start_ns)} UTC",
+        file=out,
+    )
+    children: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for span in trace.spans:
+        children[span["parent_span_id"]].append(span)
+
+    def show(span: dict[str, Any], depth: int) -> None:
+        offset = _ms(int(span["start_ns"]) - trace.start_ns)
+        duration = _ms(int(span["end_ns"]) - int(span["start_ns"]))
+        status = ""
+        if span["status"] == "error":
+            status = f"  ERROR {span['status_message']}".rstrip()
+        what = f"{span['service']}  {span['kind']}  {span['name']}{status}"
+        print(f"{'+' + offset:>11} {duration:>10}  {'  ' * depth}{what}", file=out)
+        for child in sorted(children[span["span_id"]], key=lambda s: int(s["start_ns"])):
+            show(child, depth + 1)
+
+    for root in trace.roots:
+        show(root, 0)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shopmesh_platform.traces", description=__doc__.splitlines()[0])
+    parser.add_argument("trace_id", nargs="?", help="show this trace (a unique prefix will do)")
+    parser.add_argument("--dir", type=Path, default=Path(".data/traces"), help="the trace sink's directory")
+    parser.add_argument("--last", type=int, default=20, help="how many traces to list (default %(default)s)")
+    args = parser.parse_args(argv)
+    traces = load(args.dir)
+    if args.trace_id is None:
+        print_list(traces[-args.last :], out)
+        return 0
+    wanted = args.trace_id.lower()
+    matches = [t for t in traces if t.trace_id.startswith(wanted)]
+    if len(matches) != 1:
+        said = "no trace" if not matches else f"{len(matches)} traces"
+        print(f"error: {said} with an id starting {wanted!r} in {args.dir / SPANS_FILE}", file=err)
+        return 1
+    print_tree(matches[0], out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

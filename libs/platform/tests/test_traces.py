@@ -1,0 +1,82 @@
+"""Reading the trace sink's file: the recent traces as a list, one as a tree; unknown ids say so."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from shopmesh_platform.trace_sink import SPANS_FILE
+from shopmesh_platform.traces import main
+
+
+def span(trace: str, span_id: str, parent: str, service: str, name: str, start: float, end: float, **kw: str) -> str:
+    """One line of spans.jsonl; start and end in milliseconds since the epoch."""
+    record = {
+        "trace_id": trace, "span_id": span_id, "parent_span_id": parent, "service": service, "name": name,
+        "kind": kw.get("kind", "server"), "start_ns": int(start * 1e6), "end_ns": int(end * 1e6),
+        "status": kw.get("status", "unset"), "status_message": kw.get("message", ""), "attributes": {},
+    }  # fmt: skip
+    return json.dumps(record) + "\n"
+
+
+def write(directory: Path, *lines: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SPANS_FILE).write_text("".join(lines))
+    return directory
+
+
+def ran(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_a_trace_is_shown_as_a_tree_with_offsets_and_failures(tmp_path: Path) -> None:
+    directory = write(
+        tmp_path,
+        span("aa11", "01", "", "orders", "/o/PlaceOrder", 1000.0, 1050.0),
+        span("aa11", "03", "02", "payments", "/p/Charge", 1012.0, 1020.0, status="error", message="declined"),
+        span("aa11", "02", "01", "orders", "/p/Charge", 1010.0, 1022.5, kind="client"),
+        span("bb22", "09", "", "catalog", "/c/ListProducts", 2000.0, 2001.0),
+    )
+    code, out, _ = ran("aa", "--dir", str(directory))
+    assert code == 0
+    assert out.splitlines() == [
+        "trace aa11: 3 spans, 50.0 ms, started 1970-01-01 00:00:01 UTC",
+        "    +0.0 ms    50.0 ms  orders  server  /o/PlaceOrder",
+        "   +10.0 ms    12.5 ms    orders  client  /p/Charge",
+        "   +12.0 ms     8.0 ms      payments  server  /p/Charge  ERROR declined",
+    ]
+
+
+def test_the_list_shows_the_latest_traces_with_their_root_and_errors(tmp_path: Path) -> None:
+    directory = write(
+        tmp_path,
+        span("bb22", "09", "", "catalog", "/c/ListProducts", 2000.0, 2001.0),
+        span("aa11", "01", "", "orders", "/o/PlaceOrder", 1000.0, 1050.0, status="error"),
+    )
+    code, out, _ = ran("--dir", str(directory), "--last", "5")
+    header, first, second = out.splitlines()
+    assert code == 0
+    assert header.split()[:3] == ["TRACE", "ID", "STARTED"]
+    assert (first.split()[0], second.split()[0]) == ("aa11", "bb22")  # oldest first
+    assert first.endswith("orders: /o/PlaceOrder  ERROR")
+    assert second.endswith("catalog: /c/ListProducts")
+
+
+def test_an_unknown_or_ambiguous_id_exits_1_saying_so(tmp_path: Path) -> None:
+    directory = write(
+        tmp_path,
+        span("aa11", "01", "", "orders", "/o", 1.0, 2.0),
+        span("aa22", "02", "", "orders", "/o", 3.0, 4.0),
+    )
+    assert ran("ff", "--dir", str(directory))[::2] == (
+        1,
+        f"error: no trace with an id starting 'ff' in {directory / SPANS_FILE}\n",
+    )
+    assert ran("aa", "--dir", str(directory))[::2] == (
+        1,
+        f"error: 2 traces with an id starting 'aa' in {directory / SPANS_FILE}\n",
+    )
+    assert ran("--dir", str(tmp_path / "none"))[1] == "no traces yet (`make run` records them; call a service first)\n"

@@ -1,0 +1,97 @@
+"""Traces end to end, as `make run` records them: every service exports its spans over OTLP to the
+local trace sink, and one checkout is one trace, from orders' PlaceOrder through inventory and payments
+to the notifications consumer that got the order's event over NATS. `make traces` shows it as a tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
+from shopmesh_platform.stack import Stack
+from shopmesh_platform.traces import Trace, load
+
+from .shop import CHECKOUT_SERVICES, eventually, place_request, user
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PLACE_ORDER = "shopmesh.orders.v1.OrdersService/PlaceOrder"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_dir: Path) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(module_dir, services=[*CHECKOUT_SERVICES, "notifications"], traces=True) as running:
+        yield running
+
+
+async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> None:
+    # A plain channel, as a front-end's: no trace context of its own, so orders starts the trace.
+    async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
+        inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
+        await inventory.SetStock(inventory_pb2.SetStockRequest(product_id="prod_chef_knife", on_hand=5))
+    async with grpc.aio.insecure_channel(stack.address("orders")) as channel:
+        orders = orders_pb2_grpc.OrdersServiceStub(channel)
+        placed = await orders.PlaceOrder(
+            place_request(user(), "prod_chef_knife"), metadata=(("idempotency-key", str(uuid.uuid4())),)
+        )
+    assert placed.order.state == orders_pb2.ORDER_STATE_CONFIRMED
+
+    def checkout_trace() -> Trace | None:
+        for trace in load(stack.traces_dir):
+            roots = trace.roots
+            if (
+                roots
+                and roots[0]["name"].endswith(PLACE_ORDER)
+                and roots[0]["attributes"].get("shopmesh.order_id", placed.order.id) == placed.order.id
+            ):
+                services = {s["service"] for s in trace.spans}
+                if {"orders", "inventory", "payments", "notifications"} <= services:
+                    return trace
+        return None
+
+    async def arrived() -> Trace | None:
+        return checkout_trace()
+
+    trace = await eventually(arrived, "the checkout's spans from all four services in one trace")
+    by_id = {s["span_id"]: s for s in trace.spans}
+    [root] = trace.roots
+    assert (root["service"], root["kind"]) == ("orders", "server")
+
+    def chain(span: dict[str, object]) -> list[str]:
+        out = []
+        while span["parent_span_id"] in by_id:
+            span = by_id[str(span["parent_span_id"])]
+            out.append(f"{span['service']}:{span['kind']}")
+        return out
+
+    servers = {(s["service"], s["name"].rsplit("/", 1)[-1]) for s in trace.spans if s["kind"] == "server"}
+    wanted = {("catalog", "BatchGetProducts"), ("inventory", "Reserve"), ("payments", "Charge")}
+    assert wanted | {("inventory", "CommitReservation"), ("orders", "PlaceOrder")} == servers
+    [consumed] = [s for s in trace.spans if s["service"] == "notifications" and s["kind"] == "consumer"]
+    assert consumed["name"] == "consume orders.v1.order_confirmed"
+    assert chain(consumed)[-1] == "orders:server"  # under the checkout, through the outbox and NATS
+    assert not trace.failed
+
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shopmesh_platform.traces", trace.trace_id[:12], "--dir", str(stack.traces_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    header, first, *rest = shown.stdout.splitlines()
+    assert header.startswith(f"trace {trace.trace_id}: {len(trace.spans)} spans")
+    assert f"orders  server  {root['name']}" in first
+    assert any("notifications  consumer  consume orders.v1.order_confirmed" in line for line in rest)
