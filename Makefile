@@ -82,6 +82,11 @@ RUN_ARGS ?=
 run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset")
 	$(VENV_BIN)/python -m shopmesh_platform.run $(RUN_ARGS)
 
+.PHONY: shoppers
+SHOPPERS_ARGS ?=
+shoppers: setup ## Simulated shoppers against the local gateway for a minute (SHOPPERS_ARGS="--shoppers 20 --duration 300 --target HOST:PORT")
+	$(VENV_BIN)/python -m shopmesh_platform.shoppers $(SHOPPERS_ARGS)
+
 .PHONY: traces
 ID ?=
 traces: setup ## Traces the local stack recorded: the last 20, or one as a tree of spans (ID=<trace id or a prefix>)

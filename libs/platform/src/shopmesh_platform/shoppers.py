@@ -1,0 +1,231 @@
+"""Simulated shoppers against the gateway, to watch the system work: dashboards, traces, logs, e-mails.
+
+    python -m shopmesh_platform.shoppers [--target 127.0.0.1:50050] [--shoppers 5] [--duration 60]
+
+Each shopper registers and logs in once, then does what a customer does, pausing between steps (`--think`,
+0.5 to 2 s): browses a page of products, searches, opens a product page, and now and then places an order
+(one card in ten is declined), reads it back and lists its e-mails. Through the public API only, as a
+front-end would (a plain channel; every call has a deadline). It is traffic, not a benchmark
+(`make bench-checkout` measures). Every `--report-every` seconds and at the end it prints what each
+method answered. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a
+server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake or a declined card is an
+answer, a fault is a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, TextIO, TypeVar
+
+import grpc
+
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2
+from shopmesh.payments.v1 import payments_pb2
+
+from .topology import LOCAL_HOST, SERVICES
+
+if TYPE_CHECKING:
+    # Only the .pyi declares the async stub's type; at run time the stub class serves both.
+    from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub
+
+T = TypeVar("T")
+
+SERVER_FAULTS = frozenset(
+    {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED}
+)
+GOOD_CARD = "4242424242424242"
+DECLINED_CARD = "4000000000000002"
+SEARCHES = ("coffee", "knife", "lamp", "charger", "kettle", "bag")
+PASSWORD = "shopper password 1234"
+
+
+class Tally:
+    """What each method answered, by status code."""
+
+    def __init__(self) -> None:
+        self.answers: Counter[tuple[str, str]] = Counter()
+
+    async def call(self, method: str, call: Awaitable[T]) -> T | None:
+        try:
+            result = await call
+        except grpc.aio.AioRpcError as error:
+            self.answers[method, error.code().name] += 1
+            return None
+        self.answers[method, "OK"] += 1
+        return result
+
+    @property
+    def faults(self) -> int:
+        return sum(n for (_, code), n in self.answers.items() if grpc.StatusCode[code] in SERVER_FAULTS)
+
+    @property
+    def total(self) -> int:
+        return sum(self.answers.values())
+
+    def line(self, elapsed: float) -> str:
+        codes: Counter[str] = Counter()
+        for (_, code), n in self.answers.items():
+            codes[code] += n
+        said = ", ".join(f"{code} {n}" for code, n in codes.most_common())
+        return f"{elapsed:5.0f} s  {self.total} calls ({self.total / max(elapsed, 1e-9):.1f}/s): {said or 'none yet'}"
+
+    def table(self) -> str:
+        methods = sorted({method for method, _ in self.answers})
+        codes = sorted({code for _, code in self.answers}, key=lambda c: (c != "OK", c))
+        rows = [("METHOD", *codes)]
+        rows += [(m, *(str(self.answers[m, c]) for c in codes)) for m in methods]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(
+                cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+            for row in rows
+        )
+
+
+class Shopper:
+    def __init__(
+        self, stub: ShopServiceAsyncStub, tally: Tally, rng: random.Random, think: tuple[float, float]
+    ) -> None:
+        self._stub = stub
+        self._tally = tally
+        self._rng = rng
+        self._think = think
+        self._auth: tuple[tuple[str, str], ...] = ()
+        self._products: list[str] = []
+        self._orders: list[str] = []
+
+    async def run(self, until: float) -> None:
+        await self._sign_up()
+        while time.monotonic() < until:
+            step = self._rng.choices(
+                (self._browse, self._search, self._look, self._buy, self._check), weights=(3, 2, 4, 2, 1)
+            )[0]
+            await step()
+            await asyncio.sleep(self._rng.uniform(*self._think))
+
+    async def _sign_up(self) -> None:
+        email = f"shopper-{uuid.uuid4().hex[:10]}@example.com"
+        register = shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name="Shopper")
+        await self._tally.call("Register", self._stub.Register(register, timeout=10))
+        login = await self._tally.call(
+            "Login", self._stub.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD), timeout=10)
+        )
+        if login is not None:
+            self._auth = (("authorization", f"Bearer {login.access_token}"),)
+
+    async def _browse(self) -> None:
+        page = await self._tally.call(
+            "ListProducts", self._stub.ListProducts(shop_pb2.ListProductsRequest(page_size=10), timeout=10)
+        )
+        if page is not None:
+            self._products = [p.id for p in page.products] or self._products
+
+    async def _search(self) -> None:
+        request = shop_pb2.SearchProductsRequest(query=self._rng.choice(SEARCHES), page_size=10)
+        await self._tally.call("SearchProducts", self._stub.SearchProducts(request, timeout=10))
+
+    async def _look(self) -> None:
+        if not self._products:
+            await self._browse()
+            return
+        request = shop_pb2.GetProductPageRequest(product_id=self._rng.choice(self._products))
+        await self._tally.call("GetProductPage", self._stub.GetProductPage(request, timeout=10))
+
+    async def _buy(self) -> None:
+        if not self._products or not self._auth:
+            await self._browse()
+            return
+        card = DECLINED_CARD if self._rng.random() < 0.1 else GOOD_CARD
+        request = shop_pb2.PlaceOrderRequest(
+            items=[orders_pb2.CartItem(product_id=self._rng.choice(self._products), quantity=self._rng.randint(1, 2))],
+            currency="USD",
+            shipping_address=orders_pb2.ShippingAddress(
+                full_name="Sam Shopper", street="1 Market Street", city="Springfield", postal_code="12345", country="US"
+            ),
+            card=payments_pb2.PaymentCard(number=card, exp_month=12, exp_year=2031, cvv="123"),
+        )
+        metadata = (*self._auth, ("idempotency-key", str(uuid.uuid4())))
+        placed = await self._tally.call("PlaceOrder", self._stub.PlaceOrder(request, metadata=metadata, timeout=30))
+        if placed is not None:
+            self._orders.append(placed.order.id)
+
+    async def _check(self) -> None:
+        if not self._orders:
+            await self._browse()
+            return
+        request = shop_pb2.GetOrderRequest(order_id=self._rng.choice(self._orders))
+        await self._tally.call("GetOrder", self._stub.GetOrder(request, metadata=self._auth, timeout=10))
+        mail = shop_pb2.ListNotificationsRequest(page_size=10)
+        await self._tally.call("ListNotifications", self._stub.ListNotifications(mail, metadata=self._auth, timeout=10))
+
+
+async def shop(args: argparse.Namespace, out: TextIO) -> Tally:
+    tally = Tally()
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
+        except TimeoutError:
+            raise ConnectionError(f"cannot reach the gateway at {args.target} (is `make run` running?)") from None
+        stub = shop_pb2_grpc.ShopServiceStub(channel)
+        rng = random.Random(args.seed)
+        start = time.monotonic()
+        until = start + args.duration
+        shoppers = [Shopper(stub, tally, random.Random(rng.random()), args.think) for _ in range(args.shoppers)]
+        tasks = [asyncio.create_task(s.run(until)) for s in shoppers]
+        while True:
+            _, pending = await asyncio.wait(tasks, timeout=args.report_every)
+            if not pending:
+                break
+            print(tally.line(time.monotonic() - start), file=out, flush=True)
+        for task in tasks:
+            task.result()  # a shopper's own bug surfaces here, not as a silent gap in the traffic
+    return tally
+
+
+def think_range(value: str) -> tuple[float, float]:
+    low, _, high = value.partition(",")
+    pause = (float(low), float(high or low))
+    if not 0 <= pause[0] <= pause[1]:
+        raise argparse.ArgumentTypeError(f"{value!r}: want MIN,MAX seconds with 0 <= MIN <= MAX")
+    return pause
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shopmesh_platform.shoppers", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default=f"{LOCAL_HOST}:{SERVICES['gateway'].grpc_port}", help="the gateway")
+    parser.add_argument("--shoppers", type=int, default=5, help="how many at once (default %(default)s)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds (default %(default)s)")
+    parser.add_argument("--think", type=think_range, default=(0.5, 2.0), help="pause between steps: MIN,MAX seconds")
+    parser.add_argument("--report-every", type=float, default=10.0, help="seconds between progress lines")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to reach the gateway")
+    parser.add_argument("--seed", type=int, default=None, help="repeat the same choices")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any call got a server fault")
+    args = parser.parse_args(argv)
+    try:
+        tally = asyncio.run(shop(args, out))
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=err)
+        return 1
+    print(
+        f"{tally.total} calls in {args.duration:.0f} s by {args.shoppers} shopper(s):",
+        tally.table(),
+        sep="\n",
+        file=out,
+    )
+    if args.strict and tally.faults:
+        print(f"error: {tally.faults} call(s) got a server fault", file=err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The simulated shoppers report what the gateway answered and, with --strict, fail on a server fault."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+
+import grpc
+
+from shopmesh.gateway.v1 import shop_pb2_grpc
+from shopmesh_chassis.testing import free_port
+from shopmesh_platform.shoppers import main
+
+FAST = ["--shoppers", "2", "--duration", "1", "--think", "0.01,0.05", "--report-every", "0.5"]
+
+
+def ran(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_strict_shoppers_fail_when_the_gateway_answers_with_server_faults() -> None:
+    # A gateway that implements nothing: every call is UNIMPLEMENTED, a fault of the server's own.
+    server = grpc.aio.server()
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop_pb2_grpc.ShopServiceServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        target = f"127.0.0.1:{port}"
+        lenient = await asyncio.to_thread(ran, "--target", target, *FAST)
+        strict = await asyncio.to_thread(ran, "--target", target, *FAST, "--strict")
+    finally:
+        await server.stop(None)
+    assert lenient[0] == 0
+    assert "UNIMPLEMENTED" in lenient[1]
+    assert strict[0] == 1
+    assert re.fullmatch(r"error: [1-9][0-9]* call\(s\) got a server fault\n", strict[2]), strict[2]
+
+
+def test_an_unreachable_gateway_is_said_in_one_line() -> None:
+    target = f"127.0.0.1:{free_port()}"
+    code, _, err = ran("--target", target, *FAST, "--connect-timeout", "0.5")
+    assert code == 1
+    assert err == f"error: cannot reach the gateway at {target} (is `make run` running?)\n"
