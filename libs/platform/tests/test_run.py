@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -202,3 +203,24 @@ def test_reset_wipes_a_data_directory_but_refuses_the_working_directory(
     with pytest.raises(StackError, match="refusing to --reset"):
         run.reset_data_dir(Path("."))
     assert tmp_path.exists()
+
+
+async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_server(tmp_path: Path) -> None:
+    process = await start_launcher(tmp_path / "data", "--services", "catalog", "--postgres")
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await asyncio.wait_for(read_until_ready(process.stdout, lines), 120)
+        [said] = [line for line in lines if line.startswith("Databases: ")]
+        port = int(said.split("127.0.0.1:")[1].split()[0])
+        assert table_rows(lines)["catalog"]["state"] == "SERVING"
+        products = json.loads(await run_printed_command(printed_commands(lines)[2]))["products"]
+        assert products, "the catalog seeded its PostgreSQL database"
+        assert not (tmp_path / "data" / "catalog.db").exists(), "the catalog used SQLite"
+        process.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await stop_launcher(process)
+    assert process.returncode == 0, rest.decode()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the throwaway PostgreSQL outlived the launcher"

@@ -2,18 +2,22 @@
 until Ctrl-C.
 
     python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
+                                    [--postgres]
 
 Prints a table of what runs where and grpcurl commands to try; each process's output is prefixed with its
 name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
 OTEL_EXPORTER_OTLP_ENDPOINT names a collector of your own. Ctrl-C (or SIGTERM, or the terminal closing)
 stops the services callers first, then NATS, and exits 0; a second Ctrl-C kills whatever is still
-running. Exit status 1 when the stack cannot start.
+running. Exit status 1 when the stack cannot start. With --postgres every service that owns data gets a
+database of its own on a throwaway PostgreSQL server started from the installed binaries (as in a cluster,
+one database per service), removed when the stack stops; without it, SQLite files under the data directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -23,7 +27,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .stack import NATS, SMTP, TRACES, PortPlan, Stack, StackError, existing_services
+from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
+
+from .stack import NATS, SMTP, TRACES, PortPlan, Stack, StackError, existing_services, postgres_env
 from .topology import SERVICES
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
@@ -46,6 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--free-ports",
         action="store_true",
         help="let the OS pick every port instead of the topology's local ones (beside another stack; tests)",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a database per service on a throwaway PostgreSQL server (installed binaries), removed on stop",
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds each process has to get ready")
@@ -127,9 +138,15 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     )
 
 
-def banner(stack: Stack, selected: Sequence[str] | None) -> str:
+def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServer | None = None) -> str:
     lines = ["", f"shopmesh: {len(stack.services)} service(s) and NATS, data in {stack.data_dir}", ""]
     lines.append(render_table(stack, selected))
+    if database is not None:
+        lines += [
+            "",
+            f"Databases: one per service on PostgreSQL at 127.0.0.1:{database.port} (user postgres, no password);"
+            " a throwaway server, removed when this stops",
+        ]
     if stack.smtp_address is not None:
         lines += ["", f"E-mails are not delivered: the SMTP sink stores each one as a file in {stack.smtp_dir}"]
     if stack.traces_address is not None:
@@ -146,10 +163,25 @@ def banner(stack: Stack, selected: Sequence[str] | None) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as resources:
+        database = None
+        if args.postgres:
+            print("starting a throwaway PostgreSQL server ...", flush=True)
+            try:
+                database = resources.enter_context(postgres_server())
+            except RuntimeError as exc:  # no server binaries, or initdb / pg_ctl refused
+                raise StackError(str(exc)) from None
+        return await run_stack(args, database)
+
+
+async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -> int:
+    selected = args.services if args.services is not None else existing_services()
+    env = None if database is None else postgres_env(database, [n for n in selected if n in SERVICES])
     stack = Stack(
         args.data_dir,
         ports=port_plan(args.free_ports),
         services=args.services,
+        env=env,
         log_format=args.log_format,
         startup_timeout=args.startup_timeout,
     )
@@ -178,14 +210,15 @@ async def run(args: argparse.Namespace) -> int:
     for sig in handled:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        names = ", ".join([NATS, *([SMTP] if stack.smtp_address else []), *stack.services])
+        sinks = [*([SMTP] if stack.smtp_address else []), *([TRACES] if stack.traces_address else [])]
+        names = ", ".join([NATS, *sinks, *stack.services])
         print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
         try:
             await stack.start()
         except asyncio.CancelledError:
             return 0
         starting = False
-        print(banner(stack, args.services), flush=True)
+        print(banner(stack, args.services, database), flush=True)
         await stop_requested.wait()
         codes = await stack.stop()
         failed = {name: code for name, code in codes.items() if code not in (0, None)}
