@@ -27,6 +27,7 @@ import nats
 import nats.errors
 from google.protobuf import descriptor_pool, json_format, message_factory
 from nats.aio.client import Client
+from tabulate import tabulate
 
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.deadletters import DeadLetter, DeadLetters, NoSuchDeadLetter
@@ -113,9 +114,7 @@ def print_table(letters: list[DeadLetter], out: TextIO) -> None:
         for letter in letters
     ]
     header = ("SEQ", "PARKED (UTC)", "CONSUMER", "SUBJECT", "EVENT ID", "ATTEMPTS", "ERROR")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1], file=out)
+    print(tabulate(rows, headers=header, tablefmt="plain", disable_numparse=True), file=out)
 
 
 async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -27,6 +27,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tabulate import tabulate
+
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 
 from .stack import NATS, SMTP, TRACES, PortPlan, Stack, StackError, existing_services, postgres_env
@@ -114,8 +116,7 @@ def grpcurl_commands(stack: Stack) -> list[str]:
 
 
 def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
-    rows = [("SERVICE", "GRPC", "METRICS", "STATE", "PID")]
-    rows.append((NATS, stack.nats_url, stack.nats_monitor_url or "-", "ready", str(stack.pid(NATS))))
+    rows = [(NATS, stack.nats_url, stack.nats_monitor_url or "-", "ready", str(stack.pid(NATS)))]
     if stack.smtp_address is not None:
         rows.append((SMTP, f"smtp://{stack.smtp_address}", "-", "ready", str(stack.pid(SMTP))))
     if stack.traces_address is not None:
@@ -132,10 +133,10 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
                 state = "not started (--services)" if selected is not None else "not started"
             row = (name, "-", "-", state, "-")
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    table = tabulate(
+        rows, headers=("SERVICE", "GRPC", "METRICS", "STATE", "PID"), tablefmt="plain", disable_numparse=True
     )
+    return "\n".join(f"  {line}".rstrip() for line in table.splitlines())
 
 
 def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServer | None = None) -> str:
@@ -210,8 +211,7 @@ async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -
     for sig in handled:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        sinks = [*([SMTP] if stack.smtp_address else []), *([TRACES] if stack.traces_address else [])]
-        names = ", ".join([NATS, *sinks, *stack.services])
+        names = ", ".join([NATS, *stack.sinks, *stack.services])
         print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
         try:
             await stack.start()

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import grpc
+from tabulate import tabulate
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
@@ -80,15 +81,8 @@ class Tally:
     def table(self) -> str:
         methods = sorted({method for method, _ in self.answers})
         codes = sorted({code for _, code in self.answers}, key=lambda c: (c != "OK", c))
-        rows = [("METHOD", *codes)]
-        rows += [(m, *(str(self.answers[m, c]) for c in codes)) for m in methods]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        return "\n".join(
-            "  ".join(
-                cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-            for row in rows
-        )
+        rows = [(m, *(self.answers[m, c] for c in codes)) for m in methods]
+        return tabulate(rows, headers=("METHOD", *codes), tablefmt="plain")
 
 
 class Shopper:

@@ -11,14 +11,12 @@ message. One log line per message on stdout. Nothing is relayed anywhere.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
 import logging
 import os
 import re
-import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +27,9 @@ from email.parser import BytesParser
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .sink_process import run_sink, until_stopped
+from .topology import LOCAL_SMTP_PORT
 
 log = logging.getLogger("shopmesh.smtp_sink")
 
@@ -112,30 +113,23 @@ async def smtp_sink(directory: Path, host: str = "127.0.0.1", port: int = 0) -> 
 
 async def _serve(directory: Path, host: str, port: int) -> None:
     sink = await start_sink(directory, host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("SMTP sink listening on %s:%d, storing e-mails under %s", host, sink.port, directory)
-    await stop.wait()
+    await until_stopped()
     await sink.close()
     log.info("SMTP sink stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m shopmesh_platform.smtp_sink",
-        description="A local SMTP server that stores every e-mail it receives as a file.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8025)
-    parser.add_argument("--dir", type=Path, default=Path(".data/mail"), help="where e-mails are stored")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     # aiosmtpd logs every connection and command; one line per stored message is what we want.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    asyncio.run(_serve(args.dir.absolute(), args.host, args.port))
-    return 0
+    return run_sink(
+        _serve,
+        argv,
+        prog="python -m shopmesh_platform.smtp_sink",
+        description="A local SMTP server that stores every e-mail it receives as a file.",
+        port=LOCAL_SMTP_PORT,
+        directory=".data/mail",
+    )
 
 
 if __name__ == "__main__":

@@ -310,14 +310,18 @@ class Stack:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._nats = self._nats_child()
-        # Started after NATS in this order, stopped before it in the reverse one.
-        self._sinks: dict[str, _Child] = {}
-        if self.ports.smtp is not None and any(spec.uses_smtp for spec in self.specs):
-            self._sinks[SMTP] = self._sink_child(SMTP, "shopmesh_platform.smtp_sink", self.ports.smtp, self.smtp_dir)
-        if self.ports.traces is not None:
-            self._sinks[TRACES] = self._sink_child(
-                TRACES, "shopmesh_platform.trace_sink", self.ports.traces, self.traces_dir
-            )
+        # The sinks this stack runs, on their planned ports: started after NATS in this order, stopped
+        # before it in the reverse one.
+        sends_email = any(spec.uses_smtp for spec in self.specs)
+        planned = {
+            SMTP: ("shopmesh_platform.smtp_sink", self.ports.smtp if sends_email else None, self.smtp_dir),
+            TRACES: ("shopmesh_platform.trace_sink", self.ports.traces, self.traces_dir),
+        }
+        self._sink_ports = {name: port for name, (_, port, _) in planned.items() if port is not None}
+        self._sinks = {
+            name: self._sink_child(name, planned[name][0], port, planned[name][2])
+            for name, port in self._sink_ports.items()
+        }
         infrastructure = [NATS, *self._sinks]
         self._log_sink = (
             log_sink if log_sink is not None else ConsoleSink([*infrastructure, *(s.name for s in self.specs)])
@@ -423,6 +427,11 @@ class Stack:
     def nats_monitor_url(self) -> str | None:
         monitor = self.ports.nats_monitor
         return None if monitor is None else f"http://{self.ports.host}:{monitor}"
+
+    @property
+    def sinks(self) -> list[str]:
+        """The sinks this stack runs ("smtp", "traces"), in start order."""
+        return list(self._sinks)
 
     @property
     def smtp_dir(self) -> Path:
@@ -581,8 +590,7 @@ class Stack:
         wanted: list[tuple[str, int]] = [("NATS", self.ports.nats)]
         if self.ports.nats_monitor is not None:
             wanted.append(("NATS monitoring", self.ports.nats_monitor))
-        for sink in self._sinks.values():
-            wanted.append((f"{sink.name} sink", int(sink.address.rsplit(":", 1)[1])))
+        wanted += [(f"{name} sink", port) for name, port in self._sink_ports.items()]
         for spec in self.specs:
             wanted.append((f"{spec.name} gRPC", self.ports.ports_of(spec.name).grpc))
             metrics = self._metrics_port(spec.name)

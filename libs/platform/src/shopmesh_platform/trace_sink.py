@@ -10,11 +10,8 @@ one JSON line to `<dir>/spans.jsonl`: trace and span ids, parent, service, name,
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import logging
-import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +22,9 @@ from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from .sink_process import run_sink, until_stopped
+from .topology import LOCAL_TRACES_PORT
 
 log = logging.getLogger("shopmesh.trace_sink")
 
@@ -83,29 +83,22 @@ async def _serve(directory: Path, host: str, port: int) -> None:
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(SpanFile(directory), server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("trace sink listening on %s:%d (OTLP/gRPC), storing spans in %s", host, bound, directory / SPANS_FILE)
-    await stop.wait()
+    await until_stopped()
     # The services flush their last spans as they stop, before the launcher stops the sink.
     await server.stop(grace=2)
     log.info("trace sink stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return run_sink(
+        _serve,
+        argv,
         prog="python -m shopmesh_platform.trace_sink",
         description="A local OTLP/gRPC trace collector that stores every span it receives in a file.",
+        port=LOCAL_TRACES_PORT,
+        directory=".data/traces",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=14317)
-    parser.add_argument("--dir", type=Path, default=Path(".data/traces"), help="where spans.jsonl is written")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    asyncio.run(_serve(args.dir.absolute(), args.host, args.port))
-    return 0
 
 
 if __name__ == "__main__":

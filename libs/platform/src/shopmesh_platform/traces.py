@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from tabulate import tabulate
+
 from .trace_sink import SPANS_FILE
 
 
@@ -89,9 +91,7 @@ def print_list(traces: list[Trace], out: TextIO) -> None:
             )
         )
     header = ("TRACE ID", "STARTED (UTC)", "DURATION", "SPANS", "SERVICES", "ROOT")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1], file=out)
+    print(tabulate(rows, headers=header, tablefmt="plain", disable_numparse=True), file=out)
 
 
 def print_tree(trace: Trace, out: TextIO) -> None:
