@@ -79,8 +79,10 @@ test: lint ## Lint, then every test (unit, contract, e2e)
 
 .PHONY: run
 RUN_ARGS ?=
-run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset")
-	$(VENV_BIN)/python -m shopmesh_platform.run $(RUN_ARGS)
+# MESH=envoy: every service behind a real Envoy sidecar (mTLS with SPIFFE ids, the call graph as policy).
+MESH ?=
+run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset", MESH=envoy)
+	$(VENV_BIN)/python -m shopmesh_platform.run $(if $(MESH),--mesh $(MESH)) $(RUN_ARGS)
 
 .PHONY: shoppers
 SHOPPERS_ARGS ?=

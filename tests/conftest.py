@@ -2,11 +2,75 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import json
+import re
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+
+from shopmesh_platform.shoppers import main as shoppers_main
+from shopmesh_platform.stack import PortPlan, Stack
 
 
 @pytest.fixture(scope="module")
 def module_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+Answers = dict[str, dict[str, int]]
+
+
+@pytest.fixture
+def shoppers() -> Callable[..., Awaitable[Answers]]:
+    """`make shoppers --strict --json` against a gateway, quick-thinking: what each method answered
+    ({"PlaceOrder": {"OK": 3, ...}}); fails the test on a server fault or an unreachable gateway."""
+
+    async def run(target: str, *argv: str) -> Answers:
+        out, err = io.StringIO(), io.StringIO()
+        args = ["--target", target, "--think", "0.01,0.1", *argv, "--strict", "--json"]
+        code = await asyncio.wait_for(asyncio.to_thread(shoppers_main, args, out, err), 120)
+        assert code == 0, err.getvalue() + out.getvalue()
+        answers: Answers = json.loads(out.getvalue())
+        return answers
+
+    return run
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def readme_walkthrough(
+    tmp_path: Path,
+) -> Callable[[str, PortPlan], contextlib.AbstractAsyncContextManager[subprocess.CompletedProcess[str]]]:
+    """Run the ```bash block after `marker` in README.md verbatim, as a user runs it beside `make run`:
+    from a working directory laid out like the repository's (`.venv/` as in a checkout, `.data/` as the
+    launcher's), against a stack on `ports`, which keeps running inside the `async with` (its data in
+    tmp_path/.data); yields bash's result."""
+
+    @contextlib.asynccontextmanager
+    async def run(marker: str, ports: PortPlan) -> AsyncIterator[subprocess.CompletedProcess[str]]:
+        readme = (ROOT / "README.md").read_text()
+        assert marker in readme, f"README.md lost its marker {marker}"
+        block = re.search(r"```bash\n(.*?)```", readme.split(marker, 1)[1], re.DOTALL)
+        assert block, f"no ```bash block after {marker} in README.md"
+        (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+        async with Stack(tmp_path / ".data", ports=ports, log_format="json"):
+            result = await asyncio.to_thread(
+                subprocess.run,
+                ["bash", "-euo", "pipefail", "-c", block.group(1)],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            yield result
+
+    return run

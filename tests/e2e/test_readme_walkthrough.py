@@ -3,46 +3,23 @@ beside `make run` — through the gateway, with every service, NATS and the SMTP
 
 from __future__ import annotations
 
-import asyncio
 import re
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh_chassis.testing import eventually
-from shopmesh_platform.stack import PortPlan, Stack
+from shopmesh_platform.stack import PortPlan
 
-ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- walkthrough -->"
 
 
-def walkthrough() -> str:
-    readme = (ROOT / "README.md").read_text()
-    assert MARKER in readme, "README.md lost its walk-through marker"
-    after = readme.split(MARKER, 1)[1]
-    match = re.search(r"```bash\n(.*?)```", after, re.DOTALL)
-    assert match, "no ```bash block after the walk-through marker"
-    return match.group(1)
-
-
 @pytest.mark.asyncio(loop_scope="function")
-async def test_readme_walkthrough_runs_verbatim(tmp_path: Path) -> None:
-    # A working directory laid out like the repository's: `.venv/` as in a checkout, `.data/` as `make run`'s.
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    stack = Stack(tmp_path / ".data", ports=PortPlan.local(), log_format="json")
-    async with stack:
-        result = await asyncio.to_thread(
-            subprocess.run,
-            ["bash", "-euo", "pipefail", "-c", walkthrough()],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+async def test_readme_walkthrough_runs_verbatim(tmp_path: Path, readme_walkthrough: Callable[..., Any]) -> None:
+    async with readme_walkthrough(MARKER, PortPlan.local()) as result:
         out, err = result.stdout, result.stderr
         assert "shopmesh.gateway.v1.ShopService.PlaceOrder" in out
         assert '"id": "prod_chef_knife"' in out

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -235,18 +234,10 @@ async def test_services_report_the_circuit_breaker_in_front_of_each_dependency(s
             assert closed == 1, f"{caller} reports its breaker to {dependency} closed"
 
 
-async def test_simulated_shoppers_get_answers_and_never_a_server_fault(stack: Stack) -> None:
+async def test_simulated_shoppers_get_answers_and_never_a_server_fault(
+    stack: Stack, shoppers: Callable[..., Awaitable[dict[str, dict[str, int]]]]
+) -> None:
     # `make shoppers` against this stack, fast: every step of every shopper through the public API.
-    argv = ["--target", stack.address("gateway"), "--shoppers", "4", "--duration", "6", "--think", "0.01,0.1"]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shopmesh_platform.shoppers", *argv, "--strict", "--seed", "7",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, err.decode() + out.decode()
-    lines = out.decode().splitlines()
-    table = lines[lines.index(next(line for line in lines if line.startswith("METHOD"))) :]
-    header, *rows = (line.split() for line in table)
-    answered = {row[0]: dict(zip(header[1:], map(int, row[1:]), strict=True)) for row in rows}
+    answered = await shoppers(stack.address("gateway"), "--shoppers", "4", "--duration", "6", "--seed", "7")
     assert {"Register", "Login", "ListProducts", "GetProductPage", "PlaceOrder"} <= answered.keys()
     assert answered["PlaceOrder"]["OK"] > 0

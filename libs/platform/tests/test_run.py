@@ -15,6 +15,8 @@ import shlex
 import signal
 import socket
 import sys
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -23,7 +25,7 @@ from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform import run
-from shopmesh_platform.stack import StackError
+from shopmesh_platform.stack import StackError, sidecar_name
 from shopmesh_platform.topology import SERVICES
 from shopmesh_platform.traces import load
 
@@ -35,7 +37,8 @@ def table_rows(lines: list[str]) -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
     for line in lines:
         cells = line.split()
-        if line.startswith("  ") and cells and cells[0] in ("nats", "smtp", "traces", *SERVICES):
+        names = ("nats", "smtp", "traces", *SERVICES, *(sidecar_name(name) for name in SERVICES))
+        if line.startswith("  ") and cells and cells[0] in names:
             rows[cells[0]] = {"grpc": cells[1], "metrics": cells[2], "state": " ".join(cells[3:-1]), "pid": cells[-1]}
     return rows
 
@@ -94,6 +97,28 @@ async def stop_launcher(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
+@contextlib.asynccontextmanager
+async def launched(data_dir: Path, *args: str, ready_within: float = 90) -> AsyncIterator[tuple[Process, list[str]]]:
+    """The launcher, once it said it is ready (its output so far in the list); stopped with SIGTERM on the
+    way out if the test did not stop it itself."""
+    process = await start_launcher(data_dir, *args)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await asyncio.wait_for(read_until_ready(process.stdout, lines), ready_within)
+        yield process, lines
+    finally:
+        await stop_launcher(process)
+
+
+async def ctrl_c(process: Process) -> str:
+    """Ctrl-C, as in a terminal: the launcher must stop everything and exit 0; returns the rest of its output."""
+    process.send_signal(signal.SIGINT)
+    rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, rest.decode()
+    return rest.decode()
+
+
 async def run_printed_command(command: str) -> str:
     argv = shlex.split(command)
     process = await asyncio.create_subprocess_exec(
@@ -107,11 +132,7 @@ async def run_printed_command(command: str) -> str:
 async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     # Only the catalog (when installed), so that services still being written do not decide this test.
     selected = "catalog" if CATALOG_INSTALLED else ""
-    process = await start_launcher(tmp_path / "data", "--services", selected)
-    assert process.stdout is not None
-    lines: list[str] = []
-    try:
-        await asyncio.wait_for(read_until_ready(process.stdout, lines), 90)
+    async with launched(tmp_path / "data", "--services", selected) as (process, lines):
         rows = table_rows(lines)
 
         assert rows["nats"]["state"] == "ready"
@@ -146,13 +167,7 @@ async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on
             if name != "catalog" or not CATALOG_INSTALLED:
                 assert rows[name]["state"] in ("not started (--services)", f"absent (no package {service.module})")
 
-        process.send_signal(signal.SIGINT)
-        rest, _ = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        await stop_launcher(process)
-
-    assert process.returncode == 0, rest.decode()
-    assert "stopped cleanly" in rest.decode()
+        assert "stopped cleanly" in await ctrl_c(process)
     pids = [int(row["pid"]) for row in rows.values() if row["pid"] != "-"]
     assert pids
     assert all(gone(pid) for pid in pids)
@@ -206,21 +221,31 @@ def test_reset_wipes_a_data_directory_but_refuses_the_working_directory(
 
 
 async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_server(tmp_path: Path) -> None:
-    process = await start_launcher(tmp_path / "data", "--services", "catalog", "--postgres")
-    assert process.stdout is not None
-    lines: list[str] = []
-    try:
-        await asyncio.wait_for(read_until_ready(process.stdout, lines), 120)
+    async with launched(tmp_path / "data", "--services", "catalog", "--postgres", ready_within=120) as (process, lines):
         [said] = [line for line in lines if line.startswith("Databases: ")]
         port = int(said.split("127.0.0.1:")[1].split()[0])
         assert table_rows(lines)["catalog"]["state"] == "SERVING"
         products = json.loads(await run_printed_command(printed_commands(lines)[2]))["products"]
         assert products, "the catalog seeded its PostgreSQL database"
         assert not (tmp_path / "data" / "catalog.db").exists(), "the catalog used SQLite"
-        process.send_signal(signal.SIGINT)
-        rest, _ = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        await stop_launcher(process)
-    assert process.returncode == 0, rest.decode()
+        await ctrl_c(process)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the throwaway PostgreSQL outlived the launcher"
+
+
+async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_prints_a_call_that_works(
+    tmp_path: Path,
+) -> None:
+    async with launched(tmp_path / "data", "--services", "catalog", "--mesh", "envoy") as (process, lines):
+        rows = table_rows(lines)
+        assert rows["catalog"]["state"] == "SERVING"
+        assert rows["catalog-sidecar"]["state"] == "ready"
+        # Plaintext reaches the service only where it listens behind its sidecar (the sidecar's row), not
+        # at its address.
+        assert await health_status(rows["catalog"]["grpc"]) is None
+        assert await health_status(rows["catalog-sidecar"]["grpc"]) == health_pb2.HealthCheckResponse.SERVING
+        [intro] = [line for line in lines if line.startswith("Call catalog as gateway")]
+        command = lines[lines.index(intro) + 1].strip()
+        assert "shopmesh.catalog.v1.CatalogService" in (await run_printed_command(command)).split()
+        assert "stopped cleanly" in await ctrl_c(process)
+    assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")

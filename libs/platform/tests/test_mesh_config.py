@@ -1,0 +1,161 @@
+"""The local mesh's identities and sidecar configurations, as files, before anything runs: what each SVID
+says, who each sidecar admits and where it sends, and that the real Envoy accepts every configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON
+from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
+from shopmesh_platform.stack import PortPlan, Stack, envoy_binary
+from shopmesh_platform.topology import SERVICES, callers_of, local_sidecar_ports
+
+
+def test_an_svid_names_its_service_alone_and_is_signed_by_the_mesh_authority(tmp_path: Path) -> None:
+    identities = issue(tmp_path, ["orders", "payments"])
+    authority = x509.load_pem_x509_certificate(identities.bundle.read_bytes())
+    for service in ("orders", "payments"):
+        svid = identities.svid(service)
+        certificate = x509.load_pem_x509_certificate(svid.certificate.read_bytes())
+        certificate.verify_directly_issued_by(authority)
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.UniformResourceIdentifier) == [spiffe_id(service)]
+        assert names.get_values_for_type(x509.DNSName) == [dns_name(service)]
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        assert not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        assert stat.S_IMODE(svid.key.stat().st_mode) == 0o600, "a private key readable by others"
+    assert spiffe_id("orders") == "spiffe://shopmesh.local/ns/shopmesh/sa/orders"
+
+
+def test_a_new_authority_each_time_so_old_svids_are_not_trusted(tmp_path: Path) -> None:
+    first = x509.load_pem_x509_certificate(issue(tmp_path / "a", ["orders"]).bundle.read_bytes())
+    second = issue(tmp_path / "b", ["orders"])
+    with pytest.raises(InvalidSignature):
+        x509.load_pem_x509_certificate(second.svid("orders").certificate.read_bytes()).verify_directly_issued_by(first)
+
+
+@pytest.fixture(scope="module")
+def configurations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Stack, dict[str, dict[str, Any]]]:
+    stack = Stack(tmp_path_factory.mktemp("mesh"), ports=PortPlan.free(mesh=True, traces=True))
+    return stack, {name: json.loads(path.read_text()) for name, path in stack.write_mesh().items()}
+
+
+def _listener(config: dict[str, Any], name: str) -> dict[str, Any]:
+    [listener] = [item for item in config["static_resources"]["listeners"] if item["name"] == name]
+    return listener
+
+
+def _http_filters(listener: dict[str, Any]) -> list[dict[str, Any]]:
+    [chain] = listener["filter_chains"]
+    [manager] = chain["filters"]
+    filters: list[dict[str, Any]] = manager["typed_config"]["http_filters"]
+    return filters
+
+
+def test_every_sidecar_admits_exactly_the_services_that_call_it_in_the_call_graph(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    stack, configs = configurations
+    assert set(configs) == set(SERVICES)
+    for service, config in configs.items():
+        inbound = _listener(config, "inbound")
+        assert inbound["address"]["socket_address"]["port_value"] == stack.ports.ports_of(service).grpc
+        names = [f["name"] for f in _http_filters(inbound)]
+        if "clients" in callers_of(service):
+            # The edge: plaintext from any client, as behind an ingress gateway.
+            assert "transport_socket" not in inbound["filter_chains"][0]
+            assert names == ["envoy.filters.http.router"]
+            continue
+        tls = inbound["filter_chains"][0]["transport_socket"]["typed_config"]
+        assert tls["require_client_certificate"] is True
+        assert names == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+        rules = _http_filters(inbound)[0]["typed_config"]["rules"]
+        assert rules["action"] == "ALLOW"
+        [policy] = rules["policies"].values()
+        admitted = {p["authenticated"]["principal_name"]["exact"] for p in policy["principals"]}
+        assert admitted == {spiffe_id(caller) for caller in callers_of(service)}, service
+
+
+def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    stack, configs = configurations
+    for service, config in configs.items():
+        clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+        outbound = {c.removeprefix("outbound-") for c in clusters if c.startswith("outbound-")}
+        assert outbound == set(SERVICES[service].calls), service
+        for callee in outbound:
+            cluster = clusters[f"outbound-{callee}"]
+            [endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            assert f"{address['address']}:{address['port_value']}" == stack.address(callee)
+            context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+            matchers = context["validation_context"]["match_typed_subject_alt_names"]
+            assert matchers == [{"san_type": "URI", "matcher": {"exact": spiffe_id(callee)}}]
+            listener = _listener(config, f"outbound-{callee}")
+            assert (
+                listener["address"]["socket_address"]["port_value"] == stack.ports.sidecar_of(service).outbound[callee]
+            )
+            [chain] = listener["filter_chains"]
+            [route] = chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+            assert route["route"]["retry_policy"]["retry_on"] == OUTBOUND_RETRY_ON
+            # The caller's deadline is the only timeout.
+            assert route["route"]["timeout"] == "0s"
+        app = clusters["app"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        assert app["socket_address"]["port_value"] == stack.ports.sidecar_of(service).app
+
+
+async def test_the_real_envoy_accepts_every_sidecar_configuration(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    stack, _ = configurations
+    for service, path in {name: stack.mesh_dir / f"{name}-sidecar.json" for name in SERVICES}.items():
+        process = await asyncio.create_subprocess_exec(
+            str(envoy_binary()),
+            *("--mode", "validate", "--config-path", str(path), "--disable-hot-restart", "--log-level", "warn"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, f"{service}: {out.decode()}"
+        assert f"configuration '{path}' OK" in out.decode()
+        # No deprecated or unsafe setting that Envoy warns about.
+        assert "warning" not in out.decode(), out.decode()
+
+
+def test_every_sidecar_traces_each_call_into_the_stacks_trace_sink(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    stack, configs = configurations
+    for service, config in configs.items():
+        [sink] = [c for c in config["static_resources"]["clusters"] if c["name"] == "traces"]
+        address = sink["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        assert f"{address['address']}:{address['port_value']}" == stack.traces_address
+        for listener in config["static_resources"]["listeners"]:
+            manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            tracer = manager["tracing"]["provider"]["typed_config"]
+            assert tracer["service_name"] == f"{service}-sidecar"
+            assert tracer["grpc_service"]["envoy_grpc"]["cluster_name"] == "traces"
+
+
+def test_the_local_mesh_ports_are_all_distinct_and_follow_the_documented_scheme() -> None:
+    plan = PortPlan.local(mesh=True)
+    assert plan.mesh is not None
+    ports = [plan.nats, plan.nats_monitor, plan.smtp, plan.traces]
+    for name in SERVICES:
+        ports += [plan.ports_of(name).grpc, plan.ports_of(name).metrics]
+        sidecar = plan.sidecar_of(name)
+        ports += [sidecar.app, sidecar.admin, *sidecar.outbound.values()]
+    assert len(ports) == len(set(ports))
+    assert local_sidecar_ports("orders").outbound["inventory"] == 15143
+    assert plan.address("catalog") == "127.0.0.1:50052", "the mesh keeps the published ports of `make run`"
