@@ -51,7 +51,8 @@ from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.testing.postgres import postgres_bin, postgres_server
-from shopmesh_platform.stack import Stack, postgres_env
+from shopmesh_platform.mesh.identity import dns_name
+from shopmesh_platform.stack import Stack, postgres_env, sidecar_name
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import host_ticks, machine, process_cpu_seconds, write_section
@@ -60,12 +61,14 @@ HEADING = "## Checkout (`make bench-checkout`)"
 POSTGRES_HEADING = "## Checkout on PostgreSQL (`bench_checkout.py --database postgresql`)"
 AWAKE_HEADING = "## Checkout with the vCPUs kept from halting (`bench_checkout.py --keep-awake`)"
 # Each configuration has its own section, so that no run replaces another configuration's.
+MESH_HEADING = "## Checkout through the local mesh (`bench_checkout.py --mesh`)"
 HEADINGS = {
-    ("sqlite", False): HEADING,
-    ("postgresql", False): POSTGRES_HEADING,
-    ("sqlite", True): AWAKE_HEADING,
-    ("postgresql", True): "## Checkout on PostgreSQL with the vCPUs kept from halting "
+    ("sqlite", False, False): HEADING,
+    ("postgresql", False, False): POSTGRES_HEADING,
+    ("sqlite", True, False): AWAKE_HEADING,
+    ("postgresql", True, False): "## Checkout on PostgreSQL with the vCPUs kept from halting "
     "(`bench_checkout.py --database postgresql --keep-awake`)",
+    ("sqlite", False, True): MESH_HEADING,
 }
 # One per CPU at SCHED_IDLE: it runs only when nothing else wants the CPU, and is preempted at once.
 _SPINNER = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
@@ -192,7 +195,7 @@ async def run_serial(
     count: int,
     postmaster: int | None = None,
 ) -> Serial:
-    pids = {name: pid for name in (*SERVICES, "nats") if (pid := stack.pid(name)) is not None}
+    pids = processes(stack)
     before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
     postgres_before = server_cpu_seconds(postmaster) if postmaster else 0.0
     own = _own_cpu_seconds()
@@ -237,9 +240,30 @@ def request(index: int, products: Sequence[str]) -> orders_pb2.PlaceOrderRequest
     )
 
 
+def processes(stack: Stack) -> dict[str, int]:
+    """The processes a checkout runs in, besides the load generator: the four services, their sidecars
+    when meshed, and nats-server."""
+    sidecars = [sidecar_name(name) for name in SERVICES if sidecar_name(name) in stack.sidecars]
+    return {name: pid for name in (*SERVICES, *sidecars, "nats") if (pid := stack.pid(name)) is not None}
+
+
 def system_pids(stack: Stack) -> list[int]:
-    """The processes a checkout runs in, besides the load generator: the four services and nats-server."""
-    return [pid for name in (*SERVICES, "nats") if (pid := stack.pid(name)) is not None]
+    return list(processes(stack).values())
+
+
+def channel_to(stack: Stack, name: str) -> grpc.aio.Channel:
+    """A channel to a service; through the mesh, as the gateway (a caller of catalog, inventory and
+    orders in the call graph) with its SVID."""
+    if not stack.sidecars:
+        return grpc.aio.insecure_channel(stack.address(name))
+    directory = stack.mesh_dir
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(directory / "ca.pem").read_bytes(),
+        private_key=(directory / "gateway-key.pem").read_bytes(),
+        certificate_chain=(directory / "gateway.pem").read_bytes(),
+    )
+    override = [("grpc.ssl_target_name_override", dns_name(name))]
+    return grpc.aio.secure_channel(stack.address(name), credentials, options=override)
 
 
 async def run_rate(
@@ -291,7 +315,7 @@ async def stocked_products(stack: Stack, count: int) -> list[str]:
     """The first `count` products of the catalog (0: all), each stocked so that no run sells out."""
     products: list[str] = []
     page_token = ""
-    async with grpc.aio.insecure_channel(stack.address("catalog")) as channel:
+    async with channel_to(stack, "catalog") as channel:
         catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
         while True:
             page = await catalog.ListProducts(catalog_pb2.ListProductsRequest(page_size=100, page_token=page_token))
@@ -300,7 +324,7 @@ async def stocked_products(stack: Stack, count: int) -> list[str]:
             if not page_token or (count and len(products) >= count):
                 break
     products = products[:count] if count else products
-    async with grpc.aio.insecure_channel(stack.address("inventory")) as channel:
+    async with channel_to(stack, "inventory") as channel:
         inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
         for product in products:
             await inventory.SetStock(inventory_pb2.SetStockRequest(product_id=product, on_hand=STOCK))
@@ -308,7 +332,14 @@ async def stocked_products(stack: Stack, count: int) -> list[str]:
 
 
 async def bench(
-    rates: Sequence[float], seconds: float, warmup: float, serial: int, repeats: int, database: str, products: int
+    rates: Sequence[float],
+    seconds: float,
+    warmup: float,
+    serial: int,
+    repeats: int,
+    database: str,
+    products: int,
+    mesh: bool = False,
 ) -> tuple[Serial, list[Repetition], int]:
     with tempfile.TemporaryDirectory() as data, contextlib.ExitStack() as resources:
         env: dict[str, dict[str, str]] = {}
@@ -317,11 +348,11 @@ async def bench(
             server = resources.enter_context(postgres_server())
             env = postgres_env(server, SERVICES)
             postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
-        stack = Stack.for_tests(Path(data), services=list(SERVICES), env=env)
+        stack = Stack.for_tests(Path(data), services=list(SERVICES), env=env, mesh=mesh)
         async with stack:
             bought = await stocked_products(stack, products)
             print(f"{len(bought)} product(s), bought in turn", flush=True)
-            async with grpc.aio.insecure_channel(stack.address("orders")) as channel:
+            async with channel_to(stack, "orders") as channel:
                 stub = orders_pb2_grpc.OrdersServiceStub(channel)
                 await run_rate(stub, bought, 10, warmup)  # connections, caches, SQLite pages
                 measured = await run_serial(stub, bought, stack, serial, postmaster)
@@ -421,6 +452,7 @@ def report(
     products: int,
     database: str = "sqlite",
     keep_awake: bool = False,
+    mesh: bool = False,
 ) -> str:
     header = (
         "| offered rate (checkouts/s) | completed/s (median) | completed/offered (all runs) | errors "
@@ -453,7 +485,7 @@ def report(
     return (
         "\n\n".join(
             [
-                HEADINGS[database, keep_awake],
+                HEADINGS[database, keep_awake, mesh],
                 f"Command: `{command}` ({seconds:g} s per rate and repetition).",
                 *(
                     [
@@ -472,6 +504,16 @@ def report(
                     if database == "postgresql"
                     else []
                 ),
+                *(
+                    [
+                        "Every service behind its own Envoy sidecar (`make run MESH=envoy`, docs/mesh.md): the load "
+                        "generator calls orders' sidecar over mutual TLS as the gateway, and each of orders' calls "
+                        "goes through orders' sidecar and the callee's, two TLS hops more per call; the sidecars' "
+                        "CPU is in the table beside their services'."
+                    ]
+                    if mesh
+                    else []
+                ),
                 f"Each checkout buys one unit of one of {products} catalog product(s), taken in turn, "
                 "so orders' price cache misses once per product and time to live, as in a shop.",
                 f"Machine: {machine()}.",
@@ -483,8 +525,9 @@ def report(
                 f"**{saturation}**. {verdict}.",
                 *([failures_told(runs)] if any(r.failures for rs in runs.values() for r in rs) else []),
                 "Latency is measured from each request's scheduled send time (open loop), so it includes queueing "
-                "once the system falls behind. The load generator, the four services and nats-server share the "
-                "machine's cores.",
+                "once the system falls behind. The load generator, the four services"
+                + (", their sidecars" if mesh else "")
+                + " and nats-server share the machine's cores.",
             ]
         )
         + "\n"
@@ -517,13 +560,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run a SCHED_IDLE busy loop per CPU so that no vCPU halts (measures the code without the "
         "hypervisor's wake-up latency; its own section in the document)",
     )
+    parser.add_argument(
+        "--mesh",
+        action="store_true",
+        help="every service behind its Envoy sidecar (`make run MESH=envoy`; its own section in the document)",
+    )
     parser.add_argument("--write", type=Path, default=None, help="update this benchmarks document")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
+    key = (args.database, args.keep_awake, args.mesh)
+    if key not in HEADINGS:
+        parser.error("--mesh is measured on SQLite without --keep-awake only")
     print("| offered | completed/s | completed/offered | errors | p50 ms | p99 ms | max ms | sustained |")
     with vcpus_kept_awake(args.keep_awake):
         serial, repetitions, products = asyncio.run(
-            bench(rates, args.seconds, args.warmup, args.serial, args.repeats, args.database, args.products)
+            bench(rates, args.seconds, args.warmup, args.serial, args.repeats, args.database, args.products, args.mesh)
         )
     command = (
         (
@@ -533,11 +584,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         + (" --database postgresql" if args.database == "postgresql" else "")
         + (f" --products {args.products}" if args.products else "")
         + (" --keep-awake" if args.keep_awake else "")
+        + (" --mesh" if args.mesh else "")
     )
-    text = report(serial, repetitions, args.seconds, command, products, args.database, args.keep_awake)
+    text = report(serial, repetitions, args.seconds, command, products, args.database, args.keep_awake, args.mesh)
     print(text)
     if args.write:
-        write_section(args.write, HEADINGS[args.database, args.keep_awake], text)
+        write_section(args.write, HEADINGS[key], text)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,15 @@ def test_checkout_benchmark_keeps_the_vcpus_awake_in_its_own_section_and_stops_i
     assert spinners == []
 
 
+def test_checkout_benchmark_runs_through_the_mesh_in_its_own_section_with_the_sidecars_cpu() -> None:
+    out = quick_checkout("--repeats", "1", "--mesh")
+    assert "## Checkout through the local mesh (`bench_checkout.py --mesh`)" in out
+    assert "--repeats 1 --mesh`" in out
+    sidecars = " | ".join(f"{name}-sidecar" for name in ("catalog", "inventory", "payments", "orders"))
+    assert f"| catalog | inventory | payments | orders | {sidecars} | nats | load generator | all |" in out
+    assert "| 5 |" in out
+
+
 def _cmdline(process: Path) -> str:
     try:
         return (process / "cmdline").read_bytes().decode(errors="replace")

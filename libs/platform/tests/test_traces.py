@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from shopmesh_platform.trace_sink import SPANS_FILE
@@ -80,3 +83,20 @@ def test_an_unknown_or_ambiguous_id_exits_1_saying_so(tmp_path: Path) -> None:
         f"error: 2 traces with an id starting 'aa' in {directory / SPANS_FILE}\n",
     )
     assert ran("--dir", str(tmp_path / "none"))[1] == "no traces yet (`make run` records them; call a service first)\n"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    # `make traces ID=... | head`: more output than a pipe holds, and a reader that takes one line.
+    lines = [span("cc" * 16, "root", "", "gateway", "/Shop/PlaceOrder", 0, 100)]
+    lines += [span("cc" * 16, f"{n:016x}", "root", "orders", f"/Orders/Step{n}", 1, 2) for n in range(3000)]
+    directory = write(tmp_path / "traces", *lines)
+    reader = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m shopmesh_platform.traces --dir {shlex.quote(str(directory))} cc | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert reader.stdout.startswith("trace cccc")
+    assert reader.stderr == ""

@@ -6,12 +6,15 @@ in place of a tracing backend (Jaeger, Tempo) that would need a container engine
 It answers OTLP/gRPC `TraceService/Export` (what the services' exporter sends) and appends each span as
 one JSON line to `<dir>/spans.jsonl`: trace and span ids, parent, service, name, kind, start and end
 (Unix nanoseconds), status and attributes. `python -m shopmesh_platform.traces` (`make traces`) reads them.
+When the file reaches MAX_FILE_BYTES it becomes `spans.jsonl.1` (replacing the one before) and a new file
+starts, so a stack left running under `make shoppers` keeps the latest spans in at most twice that.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +32,9 @@ from .topology import LOCAL_TRACES_PORT
 log = logging.getLogger("shopmesh.trace_sink")
 
 SPANS_FILE = "spans.jsonl"
+# The older spans, once SPANS_FILE reached MAX_FILE_BYTES.
+ROTATED_FILE = f"{SPANS_FILE}.1"
+MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 def _value(value: AnyValue) -> Any:
@@ -63,30 +69,41 @@ def span_records(request: trace_service_pb2.ExportTraceServiceRequest) -> Iterat
 
 
 class SpanFile(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int = MAX_FILE_BYTES) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / SPANS_FILE
+        # The standard library's size-based rotation, used as a file writer: one record per export.
+        self._file = logging.handlers.RotatingFileHandler(
+            self.path, maxBytes=max_bytes, backupCount=1, encoding="utf-8"
+        )
+        self._file.setFormatter(logging.Formatter("%(message)s"))
 
     async def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        lines = [json.dumps(record, sort_keys=True) + "\n" for record in span_records(request)]
-        # One write per export, appended: a reader never sees half a batch of lines from two writers.
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write("".join(lines))
+        records = [json.dumps(record, sort_keys=True) for record in span_records(request)]
+        if records:
+            # One write per export, appended (and rotated only between exports): a reader never sees half
+            # a batch.
+            self._file.emit(logging.makeLogRecord({"msg": "\n".join(records)}))
         return trace_service_pb2.ExportTraceServiceResponse()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 async def _serve(directory: Path, host: str, port: int) -> None:
     server = grpc.aio.server()
     # The generated (untyped) registration function of opentelemetry-proto.
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(SpanFile(directory), server)  # type: ignore[no-untyped-call]
+    spans = SpanFile(directory)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(spans, server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     log.info("trace sink listening on %s:%d (OTLP/gRPC), storing spans in %s", host, bound, directory / SPANS_FILE)
     await until_stopped()
     # The services flush their last spans as they stop, before the launcher stops the sink.
     await server.stop(grace=2)
+    spans.close()
     log.info("trace sink stopped")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
-from .trace_sink import SPANS_FILE
+from .trace_sink import ROTATED_FILE, SPANS_FILE
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,16 @@ class Trace:
 
 
 def load(directory: Path) -> list[Trace]:
-    """Every trace in the file, oldest first."""
-    path = directory / SPANS_FILE
-    if not path.is_file():
-        return []
+    """Every trace in the sink's files (the rotated one first), oldest first."""
     by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                span = json.loads(line)
-                by_trace[span["trace_id"]].append(span)
+    for path in (directory / ROTATED_FILE, directory / SPANS_FILE):
+        if not path.is_file():
+            continue
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    span = json.loads(line)
+                    by_trace[span["trace_id"]].append(span)
     return sorted((Trace(tid, spans) for tid, spans in by_trace.items()), key=lambda t: t.start_ns)
 
 
@@ -140,4 +141,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        # `make traces ID=... | head`: the reader left early. Python's documented idiom, so that the
+        # interpreter's final flush does not fail again with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
