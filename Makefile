@@ -84,6 +84,11 @@ MESH ?=
 run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset", MESH=envoy)
 	$(VENV_BIN)/python -m shopmesh_platform.run $(if $(MESH),--mesh $(MESH)) $(RUN_ARGS)
 
+.PHONY: fault
+FAULT_ARGS ?= --show
+fault: setup ## Faults at the sidecars of `make run MESH=envoy` (FAULT_ARGS="recommendations --delay 3s", "catalog --clear"; default --show)
+	$(VENV_BIN)/python -m shopmesh_platform.mesh.faults $(FAULT_ARGS)
+
 .PHONY: shoppers
 SHOPPERS_ARGS ?=
 shoppers: setup ## Simulated shoppers against the local gateway for a minute (SHOPPERS_ARGS="--shoppers 20 --duration 300 --target HOST:PORT")

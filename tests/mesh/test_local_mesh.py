@@ -4,13 +4,14 @@ started by the same launcher.
 What a mesh promises, checked from outside as a client, an attacker and an operator would see it: the
 shop works through it (a shopper's whole journey and the checkout saga cross sidecars over mutual TLS);
 only the callers of the call graph get through to a service, everyone else gets PERMISSION_DENIED from
-the mesh, trailers-only; plaintext and certificates of another authority get no answer at all; and a
-callee that is gone is retried by the caller's sidecar, then answered UNAVAILABLE, and served again once
-it is back.
+the mesh, trailers-only; plaintext and certificates of another authority get no answer at all; faults
+injected at a sidecar (a delay, a status) reach every caller until they are cleared; and a callee that is
+gone is retried by the caller's sidecar, then answered UNAVAILABLE, and served again once it is back.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,8 +23,11 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.testing import eventually
+from shopmesh_platform.mesh.faults import Fault, current_fault, set_fault
+from shopmesh_platform.mesh.faults import main as faults_main
 from shopmesh_platform.mesh.identity import dns_name, issue
 from shopmesh_platform.stack import Stack, sidecar_name
 from shopmesh_platform.topology import SERVICES, callers_of
@@ -162,6 +166,55 @@ async def test_plaintext_and_certificates_of_another_authority_get_no_answer(
         with pytest.raises(grpc.aio.AioRpcError) as impostor:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
     assert impostor.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_delay_injected_at_a_sidecar_degrades_the_product_page_until_it_is_cleared(stack: Stack) -> None:
+    admin = stack.sidecar_admin_url("recommendations")
+    assert admin is not None
+    request = shop_pb2.GetProductPageRequest(product_id="prod_chef_knife")
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        shop = shop_pb2_grpc.ShopServiceStub(channel)
+        assert not (await shop.GetProductPage(request, timeout=10)).recommendations_degraded
+        # Longer than the gateway waits for recommendations (RECOMMENDATIONS_TIMEOUT_SECONDS, 2 s here).
+        set_fault(admin, Fault(delay_ms=3000))
+        try:
+            page = await shop.GetProductPage(request, timeout=10)
+            assert page.product.id == "prod_chef_knife"
+            assert page.recommendations_degraded, "the gateway waited for a late, optional dependency"
+        finally:
+            set_fault(admin, Fault())
+        assert current_fault(admin) == Fault()
+        assert not (await shop.GetProductPage(request, timeout=10)).recommendations_degraded
+
+
+async def test_an_abort_injected_with_the_command_line_answers_every_caller_trailers_only_until_cleared(
+    stack: Stack,
+) -> None:
+    admin = str(stack.sidecar_admin_url("catalog"))
+
+    def fault_command(*argv: str) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        assert faults_main([*argv, "--admin", admin], out, err) == 0, err.getvalue()
+        return out.getvalue()
+
+    assert fault_command("catalog", "--abort", "unavailable") == "catalog: abort UNAVAILABLE on 100 % of calls\n"
+    try:
+        async with as_service(stack, "orders", "catalog") as channel:
+            call = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts(
+                catalog_pb2.ListProductsRequest(page_size=1), timeout=5
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as aborted:
+                await call
+            assert aborted.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert aborted.value.details() == "fault filter abort"
+            assert len(await call.initial_metadata()) == 0
+    finally:
+        assert fault_command("catalog", "--clear") == "catalog: none\n"
+    async with as_service(stack, "orders", "catalog") as channel:
+        page = await catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts(
+            catalog_pb2.ListProductsRequest(page_size=1), timeout=5
+        )
+    assert len(page.products) == 1
 
 
 async def test_a_callee_that_is_gone_is_retried_by_the_callers_sidecar_then_unavailable_then_served_again(

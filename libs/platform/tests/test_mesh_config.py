@@ -71,14 +71,18 @@ def test_every_sidecar_admits_exactly_the_services_that_call_it_in_the_call_grap
         inbound = _listener(config, "inbound")
         assert inbound["address"]["socket_address"]["port_value"] == stack.ports.ports_of(service).grpc
         names = [f["name"] for f in _http_filters(inbound)]
+        # Fault injection is there on every sidecar, and off until `mesh.faults` switches it on.
+        [faults] = [f["typed_config"] for f in _http_filters(inbound) if f["name"] == "envoy.filters.http.fault"]
+        assert faults["delay"]["percentage"]["numerator"] == faults["abort"]["percentage"]["numerator"] == 0
+        assert config["layered_runtime"]["layers"] == [{"name": "faults", "admin_layer": {}}]
         if "clients" in callers_of(service):
             # The edge: plaintext from any client, as behind an ingress gateway.
             assert "transport_socket" not in inbound["filter_chains"][0]
-            assert names == ["envoy.filters.http.router"]
+            assert names == ["envoy.filters.http.fault", "envoy.filters.http.router"]
             continue
         tls = inbound["filter_chains"][0]["transport_socket"]["typed_config"]
         assert tls["require_client_certificate"] is True
-        assert names == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+        assert names == ["envoy.filters.http.rbac", "envoy.filters.http.fault", "envoy.filters.http.router"]
         rules = _http_filters(inbound)[0]["typed_config"]["rules"]
         assert rules["action"] == "ALLOW"
         [policy] = rules["policies"].values()

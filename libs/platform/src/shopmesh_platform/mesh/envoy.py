@@ -109,6 +109,8 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
         "node": {"id": f"{sidecar.service}-sidecar", "cluster": sidecar.service},
         "admin": {"address": _socket(sidecar.host, sidecar.ports.admin)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        # Faults are switched on and off at run time through the admin interface (`mesh.faults`).
+        "layered_runtime": {"layers": [{"name": "faults", "admin_layer": {}}]},
         # A bound on downstream connections (Envoy warns without one); a sidecar sees a handful.
         "overload_manager": {
             "resource_monitors": [
@@ -192,6 +194,7 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities) -> dict[str,
         )
     else:
         hcm["forward_client_cert_details"] = "SANITIZE"
+    http_filters.append(_FAULTS)
     http_filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}})
     hcm["http_filters"] = http_filters
     chain["filters"] = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
@@ -306,6 +309,18 @@ def _access_log(direction: str) -> dict[str, Any]:
         "typed_config": {"@type": _STDOUT_LOG, "log_format": {"json_format": log_format}},
     }
 
+
+# Fault injection on every inbound listener (after the policy: a refused caller is refused, not delayed),
+# off until `mesh.faults` sets the runtime keys of the filter on the sidecar's admin interface: a delay
+# or a gRPC status for a share of the calls the service would get, as Istio's VirtualService faults.
+_FAULTS: dict[str, Any] = {
+    "name": "envoy.filters.http.fault",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "delay": {"fixed_delay": "0.001s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+        "abort": {"grpc_status": 14, "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+    },
+}
 
 # No route timeout of Envoy's own (15 s by default): the caller's gRPC deadline, sent as `grpc-timeout`,
 # bounds the call at every hop.

@@ -1,0 +1,180 @@
+"""Faults injected by a service's sidecar in the local mesh, switched on and off while the stack runs.
+
+    python -m shopmesh_platform.mesh.faults recommendations --delay 3s            every call waits 3 s
+    python -m shopmesh_platform.mesh.faults catalog --abort UNAVAILABLE --percent 30
+    python -m shopmesh_platform.mesh.faults catalog --clear
+    python -m shopmesh_platform.mesh.faults --show                                every sidecar's faults
+
+(`make fault ARGS="..."`.) Each sidecar's inbound listener has Envoy's fault filter, off by default; this
+sets its runtime keys through the sidecar's admin interface (`/runtime_modify`), so a fault applies to the
+next call the service gets, from any caller, and the services never know: the callers see what a slow or
+failing callee looks like (a delay, or the gRPC status, trailers-only), and show how they degrade — the
+gateway's product page without recommendations, orders' saga cancelling a checkout it could not pay
+for. A delay and an abort can be set together (the abort follows the delay). Faults live in the
+sidecar's memory: a restarted stack starts without any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+import grpc
+from tabulate import tabulate
+
+from ..topology import LOCAL_HOST, SERVICES, local_sidecar_ports
+
+# The fault filter's runtime keys (Envoy's defaults for the filter, which the sidecars use).
+DELAY_PERCENT = "fault.http.delay.fixed_delay_percent"
+DELAY_MS = "fault.http.delay.fixed_duration_ms"
+ABORT_PERCENT = "fault.http.abort.abort_percent"
+ABORT_STATUS = "fault.http.abort.grpc_status"
+KEYS = (DELAY_PERCENT, DELAY_MS, ABORT_PERCENT, ABORT_STATUS)
+_CODES = {code.name: code for code in grpc.StatusCode if code is not grpc.StatusCode.OK}
+
+
+class FaultError(RuntimeError):
+    """A sidecar could not be reached or refused the change."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What a sidecar does to the calls it forwards to its service; percent: of the calls, 0 to 100."""
+
+    delay_ms: int = 0
+    abort: grpc.StatusCode | None = None
+    percent: int = 100
+
+    def runtime(self) -> dict[str, str]:
+        """The runtime values that set this fault, and clear what it does not set."""
+        values = dict.fromkeys(KEYS, "")  # an empty value removes the key: the filter's default (off)
+        if self.delay_ms:
+            values.update({DELAY_PERCENT: str(self.percent), DELAY_MS: str(self.delay_ms)})
+        if self.abort is not None:
+            values.update({ABORT_PERCENT: str(self.percent), ABORT_STATUS: str(self.abort.value[0])})
+        return values
+
+    @classmethod
+    def from_runtime(cls, values: Mapping[str, str]) -> Fault:
+        delay_percent = int(values.get(DELAY_PERCENT) or 0)
+        abort_percent = int(values.get(ABORT_PERCENT) or 0)
+        status = values.get(ABORT_STATUS)
+        abort = next((c for c in _CODES.values() if str(c.value[0]) == status), None) if abort_percent else None
+        if not delay_percent and abort is None:
+            return cls()
+        return cls(
+            delay_ms=int(values.get(DELAY_MS) or 0) if delay_percent else 0,
+            abort=abort,
+            percent=max(delay_percent, abort_percent),
+        )
+
+    def __str__(self) -> str:
+        parts = []
+        if self.delay_ms:
+            parts.append(f"delay {self.delay_ms} ms")
+        if self.abort is not None:
+            parts.append(f"abort {self.abort.name}")
+        return f"{', '.join(parts)} on {self.percent} % of calls" if parts else "none"
+
+
+def set_fault(admin_url: str, fault: Fault) -> None:
+    """Set (or, with Fault(delay_ms=0, abort=None), clear) a sidecar's fault."""
+    query = urllib.parse.urlencode(fault.runtime())
+    _request(admin_url, f"/runtime_modify?{query}", method="POST")
+
+
+def current_fault(admin_url: str) -> Fault:
+    entries = json.loads(_request(admin_url, "/runtime?format=json"))["entries"]
+    return Fault.from_runtime({key: entries[key]["final_value"] for key in KEYS if key in entries})
+
+
+def _request(admin_url: str, path: str, method: str = "GET") -> str:
+    request = urllib.request.Request(admin_url + path, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # loopback admin of our own sidecar
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        raise FaultError(
+            f"the sidecar at {admin_url} refused {path}: {exc.code} {exc.read().decode().strip()}"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise FaultError(
+            f"no sidecar answers at {admin_url} ({getattr(exc, 'reason', exc)}): is `make run MESH=envoy` running?"
+        ) from None
+
+
+def local_admin_url(service: str) -> str:
+    """The admin interface of `service`'s sidecar on the local ports of `make run MESH=envoy`."""
+    return f"http://{LOCAL_HOST}:{local_sidecar_ports(service).admin}"
+
+
+def duration_ms(value: str) -> int:
+    """`3s`, `250ms`, `1.5s` → milliseconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", value.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a duration like 3s or 250ms")
+    number, unit = float(match.group(1)), match.group(2)
+    return max(1, round(number * (1000 if unit == "s" else 1)))
+
+
+def status_code(value: str) -> grpc.StatusCode:
+    try:
+        return _CODES[value.upper()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a gRPC status other than OK, e.g. UNAVAILABLE") from None
+
+
+def percentage(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 100:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a whole percentage from 1 to 100")
+    return number
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m shopmesh_platform.mesh.faults", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("service", nargs="?", choices=list(SERVICES), help="the service whose sidecar injects it")
+    parser.add_argument("--delay", type=duration_ms, default=0, help="hold each affected call this long (3s, 250ms)")
+    parser.add_argument("--abort", type=status_code, default=None, help="answer affected calls with this status")
+    parser.add_argument("--percent", type=percentage, default=100, help="share of the calls affected (default 100)")
+    parser.add_argument("--clear", action="store_true", help="remove the service's faults")
+    parser.add_argument("--show", action="store_true", help="print every running sidecar's faults")
+    parser.add_argument("--admin", default=None, help="the sidecar's admin URL (default: the local ports)")
+    args = parser.parse_args(argv)
+    try:
+        if args.show:
+            rows = []
+            for name in [args.service] if args.service else list(SERVICES):
+                url = args.admin or local_admin_url(name)
+                try:
+                    rows.append((name, url, str(current_fault(url))))
+                except FaultError:
+                    rows.append((name, url, "(no sidecar running)"))
+            print(tabulate(rows, headers=("SERVICE", "SIDECAR ADMIN", "FAULT"), tablefmt="plain"), file=out)
+            return 0
+        if args.service is None:
+            parser.error("name the service whose sidecar injects the fault (or --show)")
+        if not args.clear and not args.delay and args.abort is None:
+            parser.error("say what to inject (--delay, --abort) or --clear")
+        fault = Fault() if args.clear else Fault(delay_ms=args.delay, abort=args.abort, percent=args.percent)
+        url = args.admin or local_admin_url(args.service)
+        set_fault(url, fault)
+        print(f"{args.service}: {current_fault(url)}", file=out)
+        return 0
+    except FaultError as exc:
+        print(f"error: {exc}", file=err)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
