@@ -98,9 +98,12 @@ class Shop:
 
 @asynccontextmanager
 async def shop_client(stack: Stack) -> AsyncIterator[Shop]:
+    """Clients of the four core services. Under a mesh they go to each service's own port, around its
+    sidecar, as an operator's port-forward to a pod would: for checking what the services hold, not
+    for traffic the mesh should see."""
     options = ClientOptions(breaker=None, caller="e2e-tests", default_timeout_seconds=30)
     channels = {
-        name: ResilientChannel(stack.address(name), [descriptor], options)
+        name: ResilientChannel(stack.app_address(name), [descriptor], options)
         for name, descriptor in (
             ("catalog", catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]),
             ("inventory", inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]),

