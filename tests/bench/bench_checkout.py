@@ -51,7 +51,7 @@ from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.client import idempotency_metadata
 from shopmesh_chassis.testing.postgres import postgres_bin, postgres_server
-from shopmesh_platform.mesh.identity import dns_name
+from shopmesh_platform.mesh.identity import channel_as
 from shopmesh_platform.stack import Stack, postgres_env, sidecar_name
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -256,14 +256,7 @@ def channel_to(stack: Stack, name: str) -> grpc.aio.Channel:
     orders in the call graph) with its SVID."""
     if not stack.sidecars:
         return grpc.aio.insecure_channel(stack.address(name))
-    directory = stack.mesh_dir
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(directory / "ca.pem").read_bytes(),
-        private_key=(directory / "gateway-key.pem").read_bytes(),
-        certificate_chain=(directory / "gateway.pem").read_bytes(),
-    )
-    override = [("grpc.ssl_target_name_override", dns_name(name))]
-    return grpc.aio.secure_channel(stack.address(name), credentials, options=override)
+    return channel_as(stack.mesh_dir, "gateway", name, stack.address(name))
 
 
 async def run_rate(

@@ -15,7 +15,7 @@ import pytest
 
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_platform.mesh.identity import dns_name
+from shopmesh_platform.mesh.identity import channel_as
 from shopmesh_platform.stack import Stack, sidecar_name
 
 from .shop import CHECKOUT_SERVICES, FAST_RECOVERY, eventually, place_request, shop_client
@@ -27,19 +27,6 @@ STOCK = 1000
 SHOPPERS = 8
 
 
-def as_gateway(stack: Stack) -> grpc.aio.Channel:
-    """orders' address through the mesh, with the gateway's SVID (the gateway calls orders)."""
-    directory = stack.mesh_dir
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(directory / "ca.pem").read_bytes(),
-        private_key=(directory / "gateway-key.pem").read_bytes(),
-        certificate_chain=(directory / "gateway.pem").read_bytes(),
-    )
-    return grpc.aio.secure_channel(
-        stack.address("orders"), credentials, options=[("grpc.ssl_target_name_override", dns_name("orders"))]
-    )
-
-
 @pytest.mark.parametrize("victim", ["payments", "orders"])
 async def test_a_sidecar_killed_mid_checkout_loses_no_order_and_charges_no_card_twice(
     tmp_path: Path, victim: str
@@ -48,7 +35,7 @@ async def test_a_sidecar_killed_mid_checkout_loses_no_order_and_charges_no_card_
     async with (
         Stack.for_tests(tmp_path, services=CHECKOUT_SERVICES, env=env, mesh=True) as stack,
         shop_client(stack) as shop,
-        as_gateway(stack) as channel,
+        channel_as(stack.mesh_dir, "gateway", "orders", stack.address("orders")) as channel,
     ):
         await shop.set_stock(PRODUCT, STOCK)
         orders = orders_pb2_grpc.OrdersServiceStub(channel)

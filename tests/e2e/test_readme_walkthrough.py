@@ -18,6 +18,8 @@ MARKER = "<!-- walkthrough -->"
 
 
 @pytest.mark.asyncio(loop_scope="function")
+# Fixed ports: the launcher may first wait out a client connection holding one (up to a minute).
+@pytest.mark.timeout(300)
 async def test_readme_walkthrough_runs_verbatim(tmp_path: Path, readme_walkthrough: Callable[..., Any]) -> None:
     async with readme_walkthrough(MARKER, PortPlan.local()) as result:
         out, err = result.stdout, result.stderr

@@ -28,9 +28,9 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.mesh.faults import Fault, current_fault, set_fault
 from shopmesh_platform.mesh.faults import main as faults_main
-from shopmesh_platform.mesh.identity import dns_name, issue
+from shopmesh_platform.mesh.identity import bundle_file, channel_as, issue
 from shopmesh_platform.stack import Stack, sidecar_name
-from shopmesh_platform.topology import SERVICES, callers_of
+from shopmesh_platform.topology import SERVICES, is_edge, service_callers
 from shopmesh_platform.traces import load
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -41,7 +41,7 @@ ENV = {
     "gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": "2"},
 }
 # Every service but the edge: reached only over mutual TLS.
-INNER = [name for name in SERVICES if "clients" not in callers_of(name)]
+INNER = [name for name in SERVICES if not is_edge(name)]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -50,23 +50,10 @@ async def stack(module_dir: Path) -> AsyncIterator[Stack]:
         yield running
 
 
-def credentials(directory: Path, service: str) -> grpc.ChannelCredentials:
-    """A client presenting `service`'s SVID from the authority in `directory`."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=(directory / "ca.pem").read_bytes(),
-        private_key=(directory / f"{service}-key.pem").read_bytes(),
-        certificate_chain=(directory / f"{service}.pem").read_bytes(),
-    )
-
-
 def as_service(stack: Stack, caller: str, callee: str, authority: Path | None = None) -> grpc.aio.Channel:
-    """A channel to `callee`'s sidecar, presenting `caller`'s identity (from the stack's authority unless
-    another is given); the sidecar's certificate is verified by its DNS name, as grpcurl -servername."""
-    return grpc.aio.secure_channel(
-        stack.address(callee),
-        credentials(authority or stack.mesh_dir, caller),
-        options=[("grpc.ssl_target_name_override", dns_name(callee))],
-    )
+    """A channel to `callee`'s sidecar presenting `caller`'s identity (from the stack's authority unless
+    another is given)."""
+    return channel_as(authority or stack.mesh_dir, caller, callee, stack.address(callee))
 
 
 def envoy_stats(stack: Stack, service: str) -> dict[str, int]:
@@ -130,7 +117,7 @@ async def test_a_trace_shows_each_hop_through_the_sidecars_between_the_services_
 async def test_only_the_callers_of_the_call_graph_get_through_and_the_rest_get_permission_denied(
     stack: Stack, callee: str
 ) -> None:
-    allowed = set(callers_of(callee))
+    allowed = set(service_callers(callee))
     denied_before = envoy_stats(stack, callee).get("http.inbound.rbac.denied", 0)
     for caller in SERVICES:
         async with as_service(stack, caller, callee) as channel:
@@ -149,23 +136,39 @@ async def test_only_the_callers_of_the_call_graph_get_through_and_the_rest_get_p
 
 
 @pytest.mark.parametrize("callee", ["catalog", "payments"])
+def handshake_failures(stack: Stack, service: str, kind: str) -> int:
+    """How many TLS handshakes the service's inbound listener refused, of a kind (Envoy's listener ssl.*
+    statistics): a refused handshake is no call, so no access-log line says it."""
+    return sum(
+        value
+        for name, value in envoy_stats(stack, service).items()
+        if name.startswith("listener.") and name.endswith(f".ssl.{kind}")
+    )
+
+
+@pytest.mark.parametrize("callee", ["catalog", "payments"])
 async def test_plaintext_and_certificates_of_another_authority_get_no_answer(
     stack: Stack, callee: str, tmp_path: Path
 ) -> None:
-    [caller, *_] = callers_of(callee)
+    [caller, *_] = service_callers(callee)
+    before = handshake_failures(stack, callee, "connection_error")
     async with grpc.aio.insecure_channel(stack.address(callee)) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as plaintext:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
     assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Refused by the sidecar's TLS, not missing: the listener saw the attempt.
+    assert handshake_failures(stack, callee, "connection_error") > before
 
     # The right name, the wrong issuer: a certificate anyone could make.
     forged = tmp_path / "forged"
     issue(forged, [caller])
-    (forged / "ca.pem").write_bytes((stack.mesh_dir / "ca.pem").read_bytes())  # trusts the real sidecar
+    bundle_file(forged).write_bytes(bundle_file(stack.mesh_dir).read_bytes())  # trusts the real sidecar
+    before = handshake_failures(stack, callee, "fail_verify_error")
     async with as_service(stack, caller, callee, authority=forged) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as impostor:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
     assert impostor.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert handshake_failures(stack, callee, "fail_verify_error") > before
 
 
 async def test_a_delay_injected_at_a_sidecar_degrades_the_product_page_until_it_is_cleared(stack: Stack) -> None:

@@ -14,6 +14,8 @@ MARKER = "<!-- mesh walkthrough -->"
 
 
 @pytest.mark.asyncio(loop_scope="function")
+# Fixed ports: the launcher may first wait out a client connection holding one (up to a minute).
+@pytest.mark.timeout(300)
 async def test_readme_mesh_walkthrough_runs_verbatim(readme_walkthrough: Callable[..., Any]) -> None:
     async with readme_walkthrough(MARKER, PortPlan.local(mesh=True)) as result:
         out, err = result.stdout, result.stderr

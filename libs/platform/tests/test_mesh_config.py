@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
 from shopmesh_platform.stack import PortPlan, Stack, envoy_binary
-from shopmesh_platform.topology import SERVICES, callers_of, local_sidecar_ports
+from shopmesh_platform.topology import SERVICES, is_edge, local_sidecar_ports, service_callers
 
 
 def test_an_svid_names_its_service_alone_and_is_signed_by_the_mesh_authority(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_every_sidecar_admits_exactly_the_services_that_call_it_in_the_call_grap
         [faults] = [f["typed_config"] for f in _http_filters(inbound) if f["name"] == "envoy.filters.http.fault"]
         assert faults["delay"]["percentage"]["numerator"] == faults["abort"]["percentage"]["numerator"] == 0
         assert config["layered_runtime"]["layers"] == [{"name": "faults", "admin_layer": {}}]
-        if "clients" in callers_of(service):
+        if is_edge(service):
             # The edge: plaintext from any client, as behind an ingress gateway.
             assert "transport_socket" not in inbound["filter_chains"][0]
             assert names == ["envoy.filters.http.fault", "envoy.filters.http.router"]
@@ -87,7 +87,7 @@ def test_every_sidecar_admits_exactly_the_services_that_call_it_in_the_call_grap
         assert rules["action"] == "ALLOW"
         [policy] = rules["policies"].values()
         admitted = {p["authenticated"]["principal_name"]["exact"] for p in policy["principals"]}
-        assert admitted == {spiffe_id(caller) for caller in callers_of(service)}, service
+        assert admitted == {spiffe_id(caller) for caller in service_callers(service)}, service
 
 
 def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(

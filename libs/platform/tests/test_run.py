@@ -247,5 +247,8 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
         [intro] = [line for line in lines if line.startswith("Call catalog as gateway")]
         command = lines[lines.index(intro) + 1].strip()
         assert "shopmesh.catalog.v1.CatalogService" in (await run_printed_command(command)).split()
+        # The plain commands under "Try:" work too: they go to the catalog's own port.
+        tried = [await run_printed_command(printed) for printed in printed_commands(lines)]
+        assert json.loads(tried[1]) == {"status": "SERVING"}
         assert "stopped cleanly" in await ctrl_c(process)
     assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")

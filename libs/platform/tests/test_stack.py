@@ -252,7 +252,8 @@ async def test_a_port_held_only_by_a_connection_is_waited_for_not_refused(tmp_pa
             lambda: (
                 (
                     "launcher",
-                    f"port(s) {port} (alpha gRPC) held by a closing connection (TIME_WAIT); waiting for the kernel",
+                    f"port(s) {port} (alpha gRPC) held by a client connection (open, or closed and in TIME_WAIT);"
+                    " waiting",
                 )
                 in lines
             ),

@@ -33,9 +33,9 @@ from tabulate import tabulate
 
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 
-from .mesh.identity import dns_name
+from .mesh.identity import bundle_file, dns_name, svid_files
 from .stack import NATS, SMTP, TRACES, PortPlan, Stack, StackError, existing_services, postgres_env, sidecar_name
-from .topology import SERVICES
+from .topology import SERVICES, is_edge
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
 NO_MESH = "none"
@@ -109,6 +109,10 @@ def grpcurl_commands(stack: Stack) -> list[str]:
     # The gateway is the one address a client needs; without it, catalog shows the same browsing.
     first = next((name for name in ("gateway", "catalog") if name in stack.services), stack.services[0])
     address = stack.address(first)
+    if stack.sidecars and not is_edge(first):
+        # Behind its sidecar it takes only mutual TLS (the mesh lines show that call); plaintext reaches it
+        # at its own port, as a port-forward to a pod would.
+        address = stack.app_address(first)
     commands = [
         [grpcurl, "-plaintext", address, "list"],
         [grpcurl, "-plaintext", address, "grpc.health.v1.Health/Check"],
@@ -131,18 +135,19 @@ def mesh_lines(stack: Stack) -> list[str]:
     lines = [
         "Mesh: every service behind an Envoy sidecar at its GRPC address (a <service>-sidecar row: the port it",
         "forwards to, Envoy's metrics); the gateway takes plaintext from clients, every other service only",
-        f"mutual TLS from the services that call it (SPIFFE ids from {stack.mesh_dir / 'ca.pem'}; docs/mesh.md).",
+        f"mutual TLS from the services that call it (SPIFFE ids from {bundle_file(stack.mesh_dir)}; docs/mesh.md).",
     ]
     inner = next((name for name in stack.services if name != "gateway"), None)
     if inner is None:
         return lines
     caller = next((name for name in SERVICES if inner in SERVICES[name].calls), "gateway")
-    directory = os.path.relpath(stack.mesh_dir)
-    directory = directory if not directory.startswith("..") else str(stack.mesh_dir)
+    relative = Path(os.path.relpath(stack.mesh_dir))
+    directory = relative if not str(relative).startswith("..") else stack.mesh_dir
+    svid = svid_files(directory, caller)
     command = [
         _grpcurl(),
-        *("-cacert", f"{directory}/ca.pem"),
-        *("-cert", f"{directory}/{caller}.pem", "-key", f"{directory}/{caller}-key.pem"),
+        *("-cacert", str(bundle_file(directory))),
+        *("-cert", str(svid.certificate), "-key", str(svid.key)),
         *("-servername", dns_name(inner)),
         *(stack.address(inner), "list"),
     ]

@@ -19,7 +19,7 @@ there over OTLP, into `stack.traces_dir`. With a mesh in the port plan (`PortPla
 docs/mesh.md), started before any service and stopped after all of them. POSIX only: children run in their own
 process groups (so a terminal's Ctrl-C reaches the launcher alone, which then stops them in order) and are
 stopped with signals; on Linux the kernel also sends them SIGTERM should the launcher die without stopping
-them.
+them (set through util-linux's `setpriv`, where it is installed: `spawn`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
+import functools
 import importlib.util
 import os
 import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -48,7 +51,7 @@ from shopmesh_chassis.testing.postgres import PostgresServer
 
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
-from .mesh.envoy import Sidecar, SidecarPorts, write_bootstrap
+from .mesh.envoy import Sidecar, write_bootstrap
 from .topology import (
     LOCAL_HOST,
     LOCAL_NATS_MONITOR_PORT,
@@ -56,8 +59,10 @@ from .topology import (
     LOCAL_SMTP_PORT,
     LOCAL_TRACES_PORT,
     SERVICES,
-    callers_of,
+    SidecarPorts,
+    is_edge,
     local_sidecar_ports,
+    service_callers,
 )
 
 NATS = "nats"
@@ -483,8 +488,7 @@ class Stack:
     def _allowed_callers(self, service: str) -> list[str] | None:
         """The mesh policy: the callers of the call graph (None: the edge, open to clients)."""
         if service in SERVICES:
-            callers = callers_of(service)
-            return None if "clients" in callers else list(callers)
+            return None if is_edge(service) else list(service_callers(service))
         return [spec.name for spec in self.specs if service in spec.calls]
 
     def _sink_child(self, name: str, module: str, port: int, directory: Path) -> _Child:
@@ -763,8 +767,11 @@ class Stack:
             if port in seen:
                 raise PortInUse(f"port {port} is planned twice: {seen[port]} and {label}")
             seen[port] = label
-            if _port_free(self.ports.host, port):
+            error = _bind_error(self.ports.host, port)
+            if error is None:
                 continue
+            if error.errno != errno.EADDRINUSE:
+                raise PortInUse(f"cannot listen on {self.ports.host}:{port} ({label}): {error.strerror}")
             if _listening(self.ports.host, port):
                 raise PortInUse(
                     f"port {port} ({label}) is already in use on {self.ports.host}: is another `make run` "
@@ -784,13 +791,14 @@ class Stack:
             ports = ", ".join(f"{port} ({label})" for label, port in held)
             if loop.time() >= deadline:
                 raise PortInUse(
-                    f"port(s) {ports} on {self.ports.host} still held by a connection after "
+                    f"port(s) {ports} on {self.ports.host} still held by a client connection after "
                     f"{PORT_RELEASE_SECONDS:g}s (no server listens there): see `ss -tanp 'sport = :{held[0][1]}'`"
                 )
             if not told:
                 with contextlib.suppress(Exception):
                     self._log_sink(
-                        "launcher", f"port(s) {ports} held by a closing connection (TIME_WAIT); waiting for the kernel"
+                        "launcher",
+                        f"port(s) {ports} held by a client connection (open, or closed and in TIME_WAIT); waiting",
                     )
                 told = True
             await asyncio.sleep(_POLL_SECONDS * 5)
@@ -921,6 +929,9 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> asyncio.subproce
     No preexec_fn: with one, Python starts children with fork(), which runs gRPC's fork handlers in the
     child, and those crash it (SIGSEGV, SIGABRT) about once in ten while the launcher's own gRPC calls
     (health checks, a test's traffic) are in flight. Without one, Python uses vfork(), which runs none."""
+    if shutil.which(argv[0]) is None:
+        # Checked here: through setpriv, a missing program would only show as exit status 127.
+        raise FileNotFoundError(errno.ENOENT, "no such executable", argv[0])
     return await asyncio.create_subprocess_exec(
         *_with_parent_death_signal(argv),
         env=dict(env),
@@ -933,16 +944,27 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> asyncio.subproce
 
 
 def _with_parent_death_signal(argv: Sequence[str]) -> tuple[str, ...]:
-    setpriv = _SETPRIV
+    setpriv = _setpriv()
     if setpriv is None:
         return tuple(argv)
     # The signal is tied to the thread that started setpriv, the launcher's, and survives the exec.
     return (setpriv, "--pdeathsig", "TERM", "--", *argv)
 
 
-# Looked up once: Linux only (a parent-death signal is a Linux feature); elsewhere children are stopped
-# by the launcher alone.
-_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux's setpriv if it can set a parent-death signal (Linux only; BusyBox's and versions
+    before util-linux 2.33 cannot): tried once. Without it children are stopped by the launcher alone."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        return None
+    try:
+        tried = subprocess.run(
+            [setpriv, "--pdeathsig", "TERM", "--", "true"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return setpriv if tried.returncode == 0 else None
 
 
 def _require_file(path: Path, what: str, remedy: str) -> None:
@@ -959,16 +981,17 @@ def _signal(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
             process.send_signal(sig)
 
 
-def _port_free(host: str, port: int) -> bool:
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not bind host:port now (None: it could)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR: a port with only TIME_WAIT leftovers of a stopped stack counts as free;
-        # any listening socket still makes bind fail.
+        # SO_REUSEADDR, as servers bind: TIME_WAIT leftovers of a stopped stack's own servers do not count;
+        # a listening socket, or a client connection's local end (open or in TIME_WAIT), still does.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-        return True
+        except OSError as exc:
+            return exc
+        return None
 
 
 def _listening(host: str, port: int) -> bool:

@@ -6,9 +6,8 @@ launcher (`make run`), Kubernetes NetworkPolicies, mesh authorization, the archi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-from .mesh.envoy import SidecarPorts
 
 
 @dataclass(frozen=True)
@@ -136,10 +135,24 @@ SERVICES: dict[str, Service] = {
 }
 
 
+# In callers_of: callers from outside the service graph (the edge's).
+CLIENTS = "clients"
+
+
 def callers_of(name: str) -> tuple[str, ...]:
-    """The services that call `name` (plus "clients" for the gateway)."""
+    """The services that call `name` (plus CLIENTS for the gateway)."""
     callers = tuple(s.name for s in SERVICES.values() if name in s.calls)
-    return ("clients", *callers) if name == "gateway" else callers
+    return (CLIENTS, *callers) if name == "gateway" else callers
+
+
+def is_edge(name: str) -> bool:
+    """Called from outside the service graph (by clients), not only by services."""
+    return CLIENTS in callers_of(name)
+
+
+def service_callers(name: str) -> tuple[str, ...]:
+    """The services (only) that call `name`."""
+    return tuple(caller for caller in callers_of(name) if caller != CLIENTS)
 
 
 # Local defaults for `make run`. The embedded nats-server avoids 4222, where a system NATS may listen.
@@ -161,6 +174,18 @@ LOCAL_TRACES_PORT = 14317
 LOCAL_SIDECAR_ADMIN_BASE = 15000
 LOCAL_OUTBOUND_PORT_BASE = 15100
 LOCAL_APP_PORT_BASE = 15200
+
+
+@dataclass(frozen=True)
+class SidecarPorts:
+    """The ports of one service's sidecar in the local mesh; its inbound port is the service's gRPC port."""
+
+    # Where the service itself listens, on loopback: only its sidecar calls it.
+    app: int
+    # Envoy's admin interface.
+    admin: int
+    # Callee name → this sidecar's outbound listener for it.
+    outbound: Mapping[str, int]
 
 
 def local_sidecar_ports(name: str) -> SidecarPorts:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..topology import SidecarPorts
 from .identity import MeshIdentities, spiffe_id
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -50,7 +51,8 @@ OUTBOUND_RETRIES = 2
 CONNECT_TIMEOUT = "1s"
 MAX_DOWNSTREAM_CONNECTIONS = 10000
 
-# One JSON line per call that did not end OK (and per refused connection), in the stack's log stream.
+# One JSON line per call that did not end OK, in the stack's log stream. (A connection refused in the TLS
+# handshake is no call: it shows in the listener's ssl.* statistics, not here.)
 _ACCESS_LOG_FORMAT = {
     "method": "%REQ(:PATH)%",
     "grpc_status": "%GRPC_STATUS%",
@@ -62,18 +64,6 @@ _ACCESS_LOG_FORMAT = {
     "duration_ms": "%DURATION%",
     "traceparent": "%REQ(TRACEPARENT)%",
 }
-
-
-@dataclass(frozen=True)
-class SidecarPorts:
-    """The ports of one service's sidecar; its inbound port is the service's published gRPC port."""
-
-    # Where the service itself listens, on loopback: only its sidecar calls it.
-    app: int
-    # Envoy's admin interface.
-    admin: int
-    # Callee name → this sidecar's outbound listener for it.
-    outbound: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -194,6 +184,9 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities) -> dict[str,
         )
     else:
         hcm["forward_client_cert_details"] = "SANITIZE"
+        # The edge: the client's own address goes into x-forwarded-for (the gateway believes it only from
+        # proxies it is told to trust, TRUSTED_PROXIES), and Envoy's internal headers from outside are dropped.
+        hcm["use_remote_address"] = True
     http_filters.append(_FAULTS)
     http_filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}})
     hcm["http_filters"] = http_filters

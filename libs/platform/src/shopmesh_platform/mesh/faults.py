@@ -10,7 +10,8 @@ sets its runtime keys through the sidecar's admin interface (`/runtime_modify`),
 next call the service gets, from any caller, and the services never know: the callers see what a slow or
 failing callee looks like (a delay, or the gRPC status, trailers-only), and show how they degrade — the
 gateway's product page without recommendations, orders' saga cancelling a checkout it could not pay
-for. A delay and an abort can be set together (the abort follows the delay). Faults live in the
+for. A delay and an abort can be set together (the abort follows the delay); each hits `--percent` of the
+calls, drawn independently. Faults live in the
 sidecar's memory: a restarted stack starts without any.
 """
 
@@ -66,7 +67,8 @@ class Fault:
     def from_runtime(cls, values: Mapping[str, str]) -> Fault:
         delay_percent = int(values.get(DELAY_PERCENT) or 0)
         abort_percent = int(values.get(ABORT_PERCENT) or 0)
-        status = values.get(ABORT_STATUS)
+        # Without a status of its own the filter aborts with the configured one, UNAVAILABLE (14).
+        status = values.get(ABORT_STATUS) or str(grpc.StatusCode.UNAVAILABLE.value[0])
         abort = next((c for c in _CODES.values() if str(c.value[0]) == status), None) if abort_percent else None
         if not delay_percent and abort is None:
             return cls()
@@ -154,8 +156,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     try:
         if args.show:
             rows = []
-            for name in [args.service] if args.service else list(SERVICES):
-                url = args.admin or local_admin_url(name)
+            targets = (
+                [(args.service or "(--admin)", args.admin)]
+                if args.admin
+                else [(name, local_admin_url(name)) for name in ([args.service] if args.service else SERVICES)]
+            )
+            for name, url in targets:
                 try:
                     rows.append((name, url, str(current_fault(url))))
                 except FaultError:
