@@ -457,7 +457,6 @@ class Stack:
             "--disable-hot-restart",
             *("--concurrency", "1"),
             *("--log-level", "warn"),
-            *("--service-node", sidecar_name(service), "--service-cluster", service),
         )
         name = sidecar_name(service)
         return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"))
@@ -628,8 +627,8 @@ class Stack:
             return self._nats
         if name in self._sinks:
             return self._sinks[name]
-        sidecar = next((child for child in self._sidecars.values() if child.name == name), None)
-        if sidecar is not None:
+        sidecar = self._sidecars.get(name.removesuffix(SIDECAR_SUFFIX))
+        if sidecar is not None and sidecar.name == name:
             return sidecar
         try:
             return self._children[name]
