@@ -95,10 +95,14 @@ def reset_data_dir(data_dir: Path) -> None:
 
 
 def _grpcurl() -> str:
-    # As a developer types it from the repository root: `.venv/bin/grpcurl`.
-    binary = Path(sys.executable).parent / "grpcurl"
-    relative = os.path.relpath(binary)
-    return relative if not relative.startswith("..") else str(binary)
+    return str(_as_typed(Path(sys.executable).parent / "grpcurl"))
+
+
+def _as_typed(path: Path) -> Path:
+    """`path` as a developer types it from the repository root (`.venv/bin/grpcurl`, `.data/mesh`), or
+    whole when it lies elsewhere."""
+    relative = os.path.relpath(path)
+    return Path(relative) if not relative.startswith("..") else path
 
 
 def grpcurl_commands(stack: Stack) -> list[str]:
@@ -141,8 +145,7 @@ def mesh_lines(stack: Stack) -> list[str]:
     if inner is None:
         return lines
     caller = next((name for name in SERVICES if inner in SERVICES[name].calls), "gateway")
-    relative = Path(os.path.relpath(stack.mesh_dir))
-    directory = relative if not str(relative).startswith("..") else stack.mesh_dir
+    directory = _as_typed(stack.mesh_dir)
     svid = svid_files(directory, caller)
     command = [
         _grpcurl(),

@@ -84,17 +84,15 @@ class Sidecar:
 
 def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
     """The sidecar's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
-    listeners = [_inbound_listener(sidecar, identities)]
+    tracing = _tracing(sidecar.service) if sidecar.traces is not None else None
+    listeners = [_inbound_listener(sidecar, identities, tracing)]
     clusters = [_app_cluster(sidecar)]
     for callee, port in sidecar.ports.outbound.items():
-        listeners.append(_outbound_listener(sidecar, callee, port))
+        listeners.append(_outbound_listener(sidecar, callee, port, tracing))
         clusters.append(_outbound_cluster(sidecar, callee, identities))
     if sidecar.traces is not None:
         sink_host, sink_port = sidecar.traces.rsplit(":", 1)
         clusters.append(_cluster(_TRACES, sink_host, int(sink_port)))
-        for listener in listeners:
-            manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-            manager["tracing"] = _tracing(sidecar.service)
     return {
         "node": {"id": f"{sidecar.service}-sidecar", "cluster": sidecar.service},
         "admin": {"address": _socket(sidecar.host, sidecar.ports.admin)},
@@ -122,34 +120,12 @@ def write_bootstrap(sidecar: Sidecar, identities: MeshIdentities, path: Path) ->
     return path
 
 
-def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
-    http_filters: list[dict[str, Any]] = []
-    chain: dict[str, Any] = {}
-    hcm: dict[str, Any] = {
-        "@type": _HCM,
-        "stat_prefix": "inbound",
-        "codec_type": "HTTP2",
-        "route_config": {
-            "name": "inbound",
-            "virtual_hosts": [
-                {
-                    "name": sidecar.service,
-                    "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "route": {"cluster": "app", **_GRPC_TIMEOUTS},
-                            # The name of the sidecar's span (Envoy's default: "ingress").
-                            "decorator": {"operation": "inbound", "propagate": False},
-                        }
-                    ],
-                }
-            ],
-        },
-        "access_log": [_access_log("inbound")],
-    }
+def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, tracing: dict[str, Any] | None) -> dict[str, Any]:
+    filters: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    transport_socket = None
     if sidecar.allowed_callers is not None:
-        chain["transport_socket"] = {
+        transport_socket = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": _DOWNSTREAM_TLS,
@@ -158,49 +134,28 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities) -> dict[str,
             },
         }
         # The service learns its caller's identity (By=<itself>;URI=<caller>), never a forged one.
-        hcm["forward_client_cert_details"] = "SANITIZE_SET"
-        hcm["set_current_client_cert_details"] = {"uri": True}
-        http_filters.append(
-            {
-                "name": "envoy.filters.http.rbac",
-                "typed_config": {
-                    "@type": _RBAC,
-                    "rules": {
-                        "action": "ALLOW",
-                        "policies": {
-                            "callers-from-the-topology": {
-                                "permissions": [{"any": True}],
-                                "principals": [
-                                    {"authenticated": {"principal_name": {"exact": spiffe_id(caller)}}}
-                                    for caller in sidecar.allowed_callers
-                                ]
-                                # RBAC needs at least one principal; "none" admits nobody.
-                                or [{"not_id": {"any": True}}],
-                            }
-                        },
-                    },
-                },
-            }
-        )
+        settings["forward_client_cert_details"] = "SANITIZE_SET"
+        settings["set_current_client_cert_details"] = {"uri": True}
+        filters.append(_policy(sidecar.allowed_callers))
     else:
-        hcm["forward_client_cert_details"] = "SANITIZE"
+        settings["forward_client_cert_details"] = "SANITIZE"
         # The edge: the client's own address goes into x-forwarded-for (the gateway believes it only from
         # proxies it is told to trust, TRUSTED_PROXIES), and Envoy's internal headers from outside are dropped.
-        hcm["use_remote_address"] = True
-    http_filters.append(_FAULTS)
-    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}})
-    hcm["http_filters"] = http_filters
-    chain["filters"] = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
-    return {
-        "name": "inbound",
-        "address": _socket(sidecar.host, sidecar.inbound_port),
-        # Also the kind of the sidecar's spans: server here, client on the outbound listeners.
-        "traffic_direction": "INBOUND",
-        "filter_chains": [chain],
-    }
+        settings["use_remote_address"] = True
+    filters.append(_faults())
+    manager = _http_manager(
+        "inbound",
+        virtual_host=sidecar.service,
+        route={"cluster": "app", **_GRPC_TIMEOUTS},
+        http_filters=filters,
+        tracing=tracing,
+        **settings,
+    )
+    # The traffic direction is also the kind of the sidecar's spans: server here, client outbound.
+    return _listener("inbound", sidecar.host, sidecar.inbound_port, "INBOUND", manager, transport_socket)
 
 
-def _outbound_listener(sidecar: Sidecar, callee: str, port: int) -> dict[str, Any]:
+def _outbound_listener(sidecar: Sidecar, callee: str, port: int, tracing: dict[str, Any] | None) -> dict[str, Any]:
     route = {
         "cluster": _outbound_name(callee),
         **_GRPC_TIMEOUTS,
@@ -210,36 +165,96 @@ def _outbound_listener(sidecar: Sidecar, callee: str, port: int) -> dict[str, An
             "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
         },
     }
-    hcm = {
+    manager = _http_manager(
+        _outbound_name(callee),
+        virtual_host=callee,
+        route=route,
+        operation=f"outbound to {callee}",
+        tracing=tracing,
+    )
+    return _listener(_outbound_name(callee), sidecar.host, port, "OUTBOUND", manager)
+
+
+def _http_manager(
+    name: str,
+    *,
+    virtual_host: str,
+    route: dict[str, Any],
+    operation: str | None = None,
+    http_filters: list[dict[str, Any]] | None = None,
+    tracing: dict[str, Any] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """An HTTP/2 connection manager sending every request along one route, logging what did not end OK;
+    `operation` names its span (default: the manager's name), `settings` are further fields of it."""
+    manager: dict[str, Any] = {
         "@type": _HCM,
-        "stat_prefix": _outbound_name(callee),
+        "stat_prefix": name,
         "codec_type": "HTTP2",
         "route_config": {
-            "name": _outbound_name(callee),
+            "name": name,
             "virtual_hosts": [
                 {
-                    "name": callee,
+                    "name": virtual_host,
                     "domains": ["*"],
                     "routes": [
                         {
                             "match": {"prefix": "/"},
                             "route": route,
-                            "decorator": {"operation": f"outbound to {callee}", "propagate": False},
+                            # The sidecar's span name (Envoy's default: "ingress" / "egress <host>"), not
+                            # handed on to the next hop.
+                            "decorator": {"operation": operation or name, "propagate": False},
                         }
                     ],
                 }
             ],
         },
-        "access_log": [_access_log(f"outbound to {callee}")],
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
-    }
-    return {
-        "name": _outbound_name(callee),
-        "address": _socket(sidecar.host, port),
-        "traffic_direction": "OUTBOUND",
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        "access_log": [_access_log(operation or name)],
+        "http_filters": [
+            *(http_filters or []),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
         ],
+        **settings,
+    }
+    if tracing is not None:
+        manager["tracing"] = tracing
+    return manager
+
+
+def _listener(
+    name: str,
+    host: str,
+    port: int,
+    direction: str,
+    manager: dict[str, Any],
+    transport_socket: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]
+    }
+    if transport_socket is not None:
+        chain["transport_socket"] = transport_socket
+    return {"name": name, "address": _socket(host, port), "traffic_direction": direction, "filter_chains": [chain]}
+
+
+def _policy(callers: Sequence[str]) -> dict[str, Any]:
+    """RBAC admitting exactly these callers' SPIFFE identities."""
+    principals = [{"authenticated": {"principal_name": {"exact": spiffe_id(caller)}}} for caller in callers]
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": _RBAC,
+            "rules": {
+                "action": "ALLOW",
+                "policies": {
+                    "callers-from-the-topology": {
+                        "permissions": [{"any": True}],
+                        # RBAC needs at least one principal; "none" admits nobody.
+                        "principals": principals or [{"not_id": {"any": True}}],
+                    }
+                },
+            },
+        },
     }
 
 
@@ -303,17 +318,20 @@ def _access_log(direction: str) -> dict[str, Any]:
     }
 
 
-# Fault injection on every inbound listener (after the policy: a refused caller is refused, not delayed),
-# off until `mesh.faults` sets the runtime keys of the filter on the sidecar's admin interface: a delay
-# or a gRPC status for a share of the calls the service would get, as Istio's VirtualService faults.
-_FAULTS: dict[str, Any] = {
-    "name": "envoy.filters.http.fault",
-    "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-        "delay": {"fixed_delay": "0.001s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
-        "abort": {"grpc_status": 14, "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
-    },
-}
+def _faults() -> dict[str, Any]:
+    """Fault injection, on every inbound listener after the policy (a refused caller is refused, not
+    delayed), off until `mesh.faults` sets the filter's runtime keys on the sidecar's admin interface:
+    a delay or a gRPC status for a share of the calls the service would get, as Istio's VirtualService
+    faults."""
+    return {
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "delay": {"fixed_delay": "0.001s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+            "abort": {"grpc_status": 14, "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+        },
+    }
+
 
 # No route timeout of Envoy's own (15 s by default): the caller's gRPC deadline, sent as `grpc-timeout`,
 # bounds the call at every hop.
