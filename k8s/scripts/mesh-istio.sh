@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Istio (with its CNI plugin, so meshed pods need no NET_ADMIN init container and the namespace
 # stays Pod Security "restricted") into the kind cluster. The shopmesh mesh resources (mTLS,
-# authorization from the call graph) come with the mesh charts; deploy with `make skaffold-dev PROFILE=istio`.
+# authorization from the call graph) come with the charts (global.mesh=istio); deploy with `make skaffold-dev PROFILE=istio`.
 source "$(dirname "$0")/lib.sh"
 require istioctl "$HINT_ISTIOCTL" kubectl "$HINT_KUBECTL"
 context="kind-${KIND_CLUSTER}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Linkerd (CRDs, the CNI plugin so meshed pods need no NET_ADMIN init container, the control
-# plane) into the kind cluster. The shopmesh mesh resources come with the mesh charts; deploy with
+# plane) into the kind cluster. The charts bring the mesh policy (global.mesh=linkerd); deploy with
 # `make skaffold-dev PROFILE=linkerd`.
 source "$(dirname "$0")/lib.sh"
 require linkerd "$HINT_LINKERD" kubectl "$HINT_KUBECTL"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -46,3 +48,26 @@ def find(docs: Docs, kind: str, name: str) -> dict[str, Any]:
     matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
     assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
     return matches[0]
+
+
+def validate_custom_resources(objects: Docs) -> list[str]:
+    """Problems of custom resources against their CRD schemas (Prometheus Operator, Istio), from the
+    npm packages `make k8s-tools` installs; an empty list means every object is valid."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: install Node.js 20+ (the custom resources' schemas run on it)", pytrace=False)
+    tools = ROOT / ".tools"
+    for package in ("prometheus-operator", "istio"):
+        if not (tools / "node_modules" / "@kubernetes-models" / package).is_dir():
+            pytest.fail(f"the {package} schemas are missing: run `make k8s-tools`", pytrace=False)
+    result = subprocess.run(
+        [node, str(ROOT / "tests" / "k8s" / "validate_custom_resources.mjs"), str(tools)],
+        input=json.dumps(objects),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    problems: list[str] = json.loads(result.stdout)
+    return problems

@@ -6,8 +6,6 @@ the services really export. Without it, none of them."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from typing import Any
 
 import promql_parser
@@ -21,7 +19,7 @@ from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, Docs, dashboards, find, render
+from .k8skit import ROOT, Docs, dashboards, find, render, validate_custom_resources
 
 MONITORING = "monitoring"
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -152,30 +150,10 @@ def test_monitoring_objects_validate_against_the_prometheus_operator_schemas(
 ) -> None:
     objects = [d for name in SERVICES for d in rendered[MONITORING, name] if d["kind"] in MONITORING_KINDS]
     assert len(objects) == 2 * len(SERVICES)
-    assert not validate_with_operator_schemas(objects)
+    assert not validate_custom_resources(objects)
     broken = json.loads(json.dumps(objects[0]))
     broken["spec"]["endpoints"][0]["interval"] = "15 seconds"
-    assert validate_with_operator_schemas([broken]), "the schema check accepted an invalid interval"
-
-
-def validate_with_operator_schemas(objects: Docs) -> list[str]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is missing: install Node.js 20+ (the Prometheus Operator schemas run on it)", pytrace=False)
-    tools = ROOT / ".tools"
-    if not (tools / "node_modules" / "@kubernetes-models" / "prometheus-operator").is_dir():
-        pytest.fail("the Prometheus Operator schemas are missing: run `make k8s-tools`", pytrace=False)
-    result = subprocess.run(
-        [node, str(ROOT / "tests" / "k8s" / "validate_monitoring.mjs"), str(tools)],
-        input=json.dumps(objects),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    problems: list[str] = json.loads(result.stdout)
-    return problems
+    assert validate_custom_resources([broken]), "the schema check accepted an invalid interval"
 
 
 @pytest.mark.parametrize("value_set", [s for s in render.VALUE_SETS if s != MONITORING])

@@ -19,6 +19,7 @@ from .k8skit import ROOT, Docs, find, render
 
 GRPC_PORT = 50051  # every pod (docs/chassis.md; the task's cluster convention)
 METRICS_PORT = 9464
+LINKERD_INBOUND_PORT = 4143
 NATS_PORT = 4222
 POSTGRES_PORT = 5432
 SMTP_PORT = 1025
@@ -136,6 +137,10 @@ def test_network_policy_allows_exactly_the_call_graph(
         assert policy["policyTypes"] == ["Ingress", "Egress"]
         ingress = peers_by_port(policy["ingress"], "from")
         egress = peers_by_port(policy["egress"], "to")
+        if value_set == "linkerd":
+            # Meshed calls arrive on the Linkerd proxy's inbound port, from the same peers (test_mesh_policy.py).
+            assert ingress.pop(LINKERD_INBOUND_PORT) == ingress[GRPC_PORT]
+            assert egress.pop(LINKERD_INBOUND_PORT, None) == egress.get(GRPC_PORT)
         assert set(ingress) == {GRPC_PORT, METRICS_PORT}, "ingress only on the gRPC and metrics ports"
 
         callers = [c for c in callers_of(name) if c != "clients"]

@@ -121,12 +121,20 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "extraEgress" (concat (dig "extraEgress" list $np) (dig "networkPolicy" "extraEgress" list $v))
     "extraIngress" (concat (dig "extraIngress" list $np) (dig "networkPolicy" "extraIngress" list $v))) -}}
 
-{{- /* Service mesh: "" (none), istio or linkerd. The mesh's own resources come with the mesh charts. */ -}}
+{{- /* Service mesh: "" (none), istio or linkerd: the proxy in every pod, and (unless
+     global.meshPolicy.enabled is false) the mesh's policy objects from the call graph (_mesh.tpl). */ -}}
 {{- $mesh := dig "mesh" "" $g -}}
 {{- if not (has $mesh (list "" "istio" "linkerd")) -}}
 {{- fail (printf "global.mesh must be empty, istio or linkerd, not %q" $mesh) -}}
 {{- end -}}
 {{- $_ := set $c "mesh" $mesh -}}
+{{- $mp := dig "meshPolicy" dict $g -}}
+{{- $_ := set $c "meshPolicy" (dict
+    "enabled" (and (ne $mesh "") (dig "enabled" true $mp))
+    "trustDomain" (dig "trustDomain" "cluster.local" $mp)
+    "ejectAfterConsecutiveErrors" (dig "ejectAfterConsecutiveErrors" 5 $mp)
+    "ejectionSeconds" (dig "ejectionSeconds" 30 $mp)
+    "linkerdInboundPort" (dig "linkerdInboundPort" 4143 $mp)) -}}
 
 {{- /* Observability and other settings. */ -}}
 {{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v) -}}

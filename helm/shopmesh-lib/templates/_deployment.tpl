@@ -52,6 +52,11 @@ spec:
         prometheus.io/port: {{ $c.metricsPort | quote }}
         prometheus.io/path: /metrics
         checksum/config: {{ include "shopmesh-lib.configmap" . | sha256sum }}
+        {{- if eq $c.mesh "istio" }}
+        # Prometheus keeps scraping the service's own port (9464, PERMISSIVE in the PeerAuthentication)
+        # instead of Istio rewriting these annotations to its agent's merged endpoint on 15020.
+        prometheus.istio.io/merge-metrics: "false"
+        {{- end }}
         {{- if eq $c.mesh "linkerd" }}
         linkerd.io/inject: enabled
         {{- end }}

@@ -18,9 +18,14 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end -}}
 
+{{/* A service's host name in the cluster: <service>.<namespace>.svc.cluster.local. */}}
+{{- define "shopmesh-lib.host" -}}
+{{ .service }}.{{ .namespace }}.svc.cluster.local
+{{- end -}}
+
 {{/* The address callers use: <service>.<namespace>.svc.cluster.local:50051. */}}
 {{- define "shopmesh-lib.address" -}}
-{{ .service }}.{{ .namespace }}.svc.cluster.local:50051
+{{ include "shopmesh-lib.host" . }}:50051
 {{- end -}}
 
 {{/* <NAME>_ADDRESS, as shopmesh_platform.topology.Service.address_variable. */}}

@@ -31,14 +31,12 @@ spec:
               app.kubernetes.io/part-of: shopmesh
         {{- end }}
       ports:
-        - protocol: TCP
-          port: {{ $c.grpcPort }}
+        {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
     {{- end }}
     {{- if has "clients" $c.callers }}
     # Clients from outside the service graph (the edge).
     - ports:
-        - protocol: TCP
-          port: {{ $c.grpcPort }}
+        {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
       {{- with $c.networkPolicy.clients }}
       from:
         {{- toYaml . | nindent 8 }}
@@ -51,8 +49,7 @@ spec:
               app.kubernetes.io/component: helm-test
               app.kubernetes.io/part-of: shopmesh
       ports:
-        - protocol: TCP
-          port: {{ $c.grpcPort }}
+        {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
     # Prometheus scrapes the metrics port.
     - from:
         {{- toYaml $c.networkPolicy.scrapers | nindent 8 }}
@@ -81,8 +78,7 @@ spec:
               app.kubernetes.io/part-of: shopmesh
         {{- end }}
       ports:
-        - protocol: TCP
-          port: {{ $c.grpcPort }}
+        {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
     {{- end }}
     {{- if $c.nats.enabled }}
     # NATS JetStream: it publishes or consumes events.
@@ -116,6 +112,15 @@ spec:
         - protocol: TCP
           port: {{ $c.otel.port }}
     {{- end }}
+    {{- include "shopmesh-lib.meshEgress" $c }}
+    {{- with $c.networkPolicy.extraEgress }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/* Egress from a meshed pod's proxy to the mesh's control plane (nothing without a mesh). */}}
+{{- define "shopmesh-lib.meshEgress" -}}
+{{- $c := . -}}
     {{- if eq $c.mesh "istio" }}
     # Istio: the sidecar fetches config and certificates from istiod.
     - to:
@@ -143,7 +148,18 @@ spec:
         - protocol: TCP
           port: 8090
     {{- end }}
-    {{- with $c.networkPolicy.extraEgress }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+{{- end -}}
+
+{{/*
+The ports a gRPC call to a service arrives on: its gRPC port, and under Linkerd also the proxy's inbound
+port, to which a meshed client's proxy connects instead (Linkerd's docs: a NetworkPolicy that blocks it
+blocks all meshed traffic).
+*/}}
+{{- define "shopmesh-lib.grpcPorts" -}}
+- protocol: TCP
+  port: {{ .grpcPort }}
+{{- if eq .mesh "linkerd" }}
+- protocol: TCP
+  port: {{ .meshPolicy.linkerdInboundPort }}
+{{- end }}
 {{- end -}}

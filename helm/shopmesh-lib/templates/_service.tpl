@@ -24,6 +24,10 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 ---
 {{ include "shopmesh-lib.networkpolicy" $ctx }}
 {{- end }}
+{{- if $c.meshPolicy.enabled }}
+---
+{{ include "shopmesh-lib.mesh" $ctx }}
+{{- end }}
 {{- if $c.monitoring.enabled }}
 ---
 {{ include "shopmesh-lib.servicemonitor" $ctx }}
@@ -31,6 +35,8 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 {{ include "shopmesh-lib.prometheusrule" $ctx }}
 {{- end }}
 {{- if $c.tests.enabled }}
+---
+{{ include "shopmesh-lib.test-serviceaccount" $ctx }}
 ---
 {{ include "shopmesh-lib.test-networkpolicy" $ctx }}
 ---

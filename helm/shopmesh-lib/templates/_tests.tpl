@@ -56,8 +56,33 @@ spec:
             matchLabels:
               {{- include "shopmesh-lib.selectorLabels" $c | nindent 14 }}
       ports:
-        - protocol: TCP
-          port: {{ $c.grpcPort }}
+        {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
+    {{- include "shopmesh-lib.meshEgress" $c }}
+{{- end -}}
+
+{{/*
+The test pod's own identity: under a mesh its mTLS identity, which the mesh policy lets call nothing but
+grpc.health.v1.Health (with the service's own ServiceAccount it would be able to call what the service
+calls).
+*/}}
+{{- define "shopmesh-lib.test-serviceaccount" -}}
+{{- $c := .c -}}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ $c.name }}-health-test
+  namespace: {{ $c.namespace }}
+  labels:
+    app.kubernetes.io/name: {{ $c.name }}-health-test
+    app.kubernetes.io/component: helm-test
+    app.kubernetes.io/part-of: shopmesh
+    app.kubernetes.io/instance: {{ .root.Release.Name }}
+    app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+  annotations:
+    helm.sh/hook: test
+    helm.sh/hook-weight: "-10"
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+automountServiceAccountToken: false
 {{- end -}}
 
 {{- define "shopmesh-lib.test-pod" -}}
@@ -74,21 +99,29 @@ metadata:
     app.kubernetes.io/instance: {{ .root.Release.Name }}
     app.kubernetes.io/managed-by: {{ .root.Release.Service }}
     {{- if eq $c.mesh "istio" }}
-    sidecar.istio.io/inject: "false"
+    sidecar.istio.io/inject: "true"
     {{- end }}
   annotations:
     helm.sh/hook: test
     helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
-    # Not meshed: a sidecar would keep the pod from completing (docs/kubernetes.md#helm-test).
+    {{- /* Meshed, so the check goes over the mesh's mTLS as the services' calls do. The proxy runs as a
+         native sidecar (Kubernetes >= 1.29), which stops when the check exits: a plain sidecar container
+         would keep the pod from ever completing. */}}
+    {{- if eq $c.mesh "istio" }}
+    sidecar.istio.io/nativeSidecar: "true"
+    {{- end }}
     {{- if eq $c.mesh "linkerd" }}
-    linkerd.io/inject: disabled
+    linkerd.io/inject: enabled
+    config.beta.linkerd.io/proxy-enable-native-sidecar: "true"
+    # Linkerd before 2.16 reads the alpha name.
+    config.alpha.linkerd.io/proxy-enable-native-sidecar: "true"
     {{- end }}
     {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c "testPod" true) }}
     {{- . | trim | nindent 4 }}
     {{- end }}
 spec:
   restartPolicy: Never
-  serviceAccountName: {{ $c.name }}
+  serviceAccountName: {{ $c.name }}-health-test
   automountServiceAccountToken: false
   enableServiceLinks: false
   securityContext:

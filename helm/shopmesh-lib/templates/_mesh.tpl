@@ -1,0 +1,329 @@
+{{/*
+The service mesh's policy for one service, from the call graph (`callers` in the service chart, kept equal
+to shopmesh_platform.topology by tests/k8s), for global.mesh=istio or linkerd (docs/mesh.md "On Kubernetes").
+The same rules as the local mesh (`make run MESH=envoy`, shopmesh_platform.mesh.envoy):
+
+  - mutual TLS on every service port but the metrics port (Prometheus is not in the mesh) and the
+    gateway's gRPC port (the edge: clients come from outside the mesh);
+  - grpc.health.v1.Health open to anyone who reaches the port (the kubelet's probes, `helm test`);
+  - every other method only to the services that call this one in the graph (by their mTLS identity:
+    their ServiceAccount, which is named after the service);
+  - the mesh retries only what never reached the callee (Istio's default also retries UNAVAILABLE,
+    which would repeat a Charge or a PlaceOrder the callee may have acted on);
+  - an endpoint answering server errors in a row leaves the load balancer for a while (Istio). gRPC
+    errors count because the chassis sends them trailers-only: the status is in the response headers,
+    where Envoy reads it (tests/mesh/test_envoy_sees_trailers_only_errors.py).
+*/}}
+{{- define "shopmesh-lib.mesh" -}}
+{{- $c := .c -}}
+{{- if eq $c.mesh "istio" }}
+{{ include "shopmesh-lib.mesh.istio" . }}
+{{- else if eq $c.mesh "linkerd" }}
+{{ include "shopmesh-lib.mesh.linkerd" . }}
+{{- end }}
+{{- end -}}
+
+{{/* Is this service the edge (called from outside the graph)? "true" or "". */}}
+{{- define "shopmesh-lib.mesh.isEdge" -}}
+{{- if has "clients" .callers }}true{{ end -}}
+{{- end -}}
+
+{{/* The services among the callers ("clients" is outside the graph). */}}
+{{- define "shopmesh-lib.mesh.serviceCallers" -}}
+{{- without .callers "clients" | toYaml -}}
+{{- end -}}
+
+{{- define "shopmesh-lib.mesh.istio" -}}
+{{- $c := .c -}}
+{{- $edge := include "shopmesh-lib.mesh.isEdge" $c -}}
+{{- $callers := include "shopmesh-lib.mesh.serviceCallers" $c | fromYamlArray -}}
+{{- $host := include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace) -}}
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  mtls:
+    mode: STRICT
+  portLevelMtls:
+    # Prometheus scrapes from outside the mesh; the NetworkPolicy admits only the scrapers.
+    {{ $c.metricsPort }}:
+      mode: PERMISSIVE
+    {{- if $edge }}
+    # The edge: clients (an ingress, port-forward) are not in the mesh; the gateway authenticates users.
+    {{ $c.grpcPort }}:
+      mode: PERMISSIVE
+    {{- end }}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  action: ALLOW
+  rules:
+    # Health: the kubelet's probes (rewritten by Istio to the sidecar's agent) and `helm test`.
+    - to:
+        - operation:
+            ports: [{{ $c.grpcPort | quote }}]
+            paths: ["/grpc.health.v1.Health/*"]
+    - to:
+        - operation:
+            ports: [{{ $c.metricsPort | quote }}]
+    {{- if $edge }}
+    # The edge: every method, from anyone the NetworkPolicy lets in.
+    - to:
+        - operation:
+            ports: [{{ $c.grpcPort | quote }}]
+    {{- end }}
+    {{- if $callers }}
+    # Every method, to the services that call this one (docs/architecture.md, the call graph).
+    - from:
+        - source:
+            principals:
+              {{- range $callers }}
+              - {{ printf "%s/ns/%s/sa/%s" $c.meshPolicy.trustDomain $c.namespace . | quote }}
+              {{- end }}
+      to:
+        - operation:
+            ports: [{{ $c.grpcPort | quote }}]
+    {{- end }}
+{{- if $callers }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  hosts:
+    - {{ $host }}
+  http:
+    - route:
+        - destination:
+            host: {{ $host }}
+            port:
+              number: {{ $c.grpcPort }}
+      # Replaces Istio's default (2 retries on connect-failure,refused-stream,unavailable,cancelled,
+      # retriable-status-codes): only failures where the request never reached the service, safe for
+      # every method. The callers' chassis retries UNAVAILABLE of idempotent methods itself, and the
+      # caller's grpc-timeout bounds each call (no route timeout here).
+      retries:
+        attempts: 2
+        retryOn: connect-failure,refused-stream
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: {{ $c.name }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  host: {{ $host }}
+  trafficPolicy:
+    tls:
+      mode: ISTIO_MUTUAL
+    outlierDetection:
+      # gRPC INTERNAL, UNKNOWN, DATA_LOSS, UNAVAILABLE and DEADLINE_EXCEEDED count as 5xx; client mistakes
+      # (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...) map to 4xx and never eject a pod.
+      consecutive5xxErrors: {{ $c.meshPolicy.ejectAfterConsecutiveErrors }}
+      interval: 10s
+      baseEjectionTime: {{ printf "%vs" $c.meshPolicy.ejectionSeconds }}
+      maxEjectionPercent: 50
+      # Below half the pods healthy, balance over all of them: with one replica (dev) ejecting the
+      # only pod would turn a few errors into a whole outage.
+      minHealthPercent: 50
+{{- end }}
+{{- end -}}
+
+{{- define "shopmesh-lib.mesh.linkerd" -}}
+{{- $c := .c -}}
+{{- $edge := include "shopmesh-lib.mesh.isEdge" $c -}}
+{{- $callers := include "shopmesh-lib.mesh.serviceCallers" $c | fromYamlArray -}}
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: {{ $c.name }}-grpc
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  port: grpc
+  # gRPC is HTTP/2. Not `gRPC`: for a gRPC Server Linkerd applies GRPCRoutes, and the routes below (the
+  # per-route authorization: health open, the rest to callers) are HTTPRoutes, which apply to HTTP/2.
+  proxyProtocol: HTTP/2
+  # Only what an AuthorizationPolicy allows on one of the routes below.
+  accessPolicy: deny
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: {{ $c.name }}-metrics
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  port: metrics
+  proxyProtocol: HTTP/1
+  accessPolicy: deny
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata:
+  name: {{ $c.name }}-health
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  parentRefs:
+    - group: policy.linkerd.io
+      kind: Server
+      name: {{ $c.name }}-grpc
+  rules:
+    - matches:
+        - path:
+            type: PathPrefix
+            value: /grpc.health.v1.Health/
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata:
+  name: {{ $c.name }}-rpc
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  parentRefs:
+    - group: policy.linkerd.io
+      kind: Server
+      name: {{ $c.name }}-grpc
+  rules:
+    # Every other method (the longer health prefix wins over this one).
+    - matches:
+        - path:
+            type: PathPrefix
+            value: /
+---
+# Any client, meshed or not: the kubelet's probes are plaintext from the node. The NetworkPolicy still
+# decides who reaches the port at all.
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata:
+  name: {{ $c.name }}-any-network
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  networks:
+    - cidr: 0.0.0.0/0
+    - cidr: ::/0
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: {{ $c.name }}-health
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: HTTPRoute
+    name: {{ $c.name }}-health
+  requiredAuthenticationRefs:
+    - group: policy.linkerd.io
+      kind: NetworkAuthentication
+      name: {{ $c.name }}-any-network
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: {{ $c.name }}-metrics
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: Server
+    name: {{ $c.name }}-metrics
+  requiredAuthenticationRefs:
+    - group: policy.linkerd.io
+      kind: NetworkAuthentication
+      name: {{ $c.name }}-any-network
+{{- if $edge }}
+---
+# The edge: every method from anyone the NetworkPolicy lets in; the gateway authenticates users.
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: {{ $c.name }}-clients
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: HTTPRoute
+    name: {{ $c.name }}-rpc
+  requiredAuthenticationRefs:
+    - group: policy.linkerd.io
+      kind: NetworkAuthentication
+      name: {{ $c.name }}-any-network
+{{- end }}
+{{- if $callers }}
+---
+# The services that call this one, by their mTLS identity (their ServiceAccount).
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata:
+  name: {{ $c.name }}-callers
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  identityRefs:
+    {{- range $callers }}
+    - kind: ServiceAccount
+      name: {{ . }}
+    {{- end }}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: {{ $c.name }}-callers
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: HTTPRoute
+    name: {{ $c.name }}-rpc
+  requiredAuthenticationRefs:
+    - group: policy.linkerd.io
+      kind: MeshTLSAuthentication
+      name: {{ $c.name }}-callers
+{{- end }}
+{{- end -}}

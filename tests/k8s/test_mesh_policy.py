@@ -1,0 +1,401 @@
+"""The mesh's policy on Kubernetes (values-istio.yaml, values-linkerd.yaml) is the call graph of
+libs/platform/src/shopmesh_platform/topology.py, as the local mesh's is (docs/mesh.md): mutual TLS
+everywhere but the metrics port and the edge, health open, every other method only to a service's
+callers, mesh retries only of requests that never reached the service, ejection of failing pods but
+never of the last one; `helm test` goes through the mesh under an identity of its own. Istio's objects
+validate against Istio's CRD schemas; Linkerd's (no schema package exists offline) against the fields
+of Linkerd's CRDs listed below, and every reference between them resolves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from shopmesh_platform.topology import SERVICES, is_edge, service_callers
+
+from .k8skit import Docs, find, render, validate_custom_resources
+
+NAMES = list(SERVICES)
+NS = render.NAMESPACE
+GRPC_PORT = 50051
+METRICS_PORT = 9464
+HEALTH = "/grpc.health.v1.Health/"
+TRUST_DOMAIN = "cluster.local"
+ISTIO_KINDS = {"PeerAuthentication", "AuthorizationPolicy", "VirtualService", "DestinationRule"}
+LINKERD_GROUP = "policy.linkerd.io"
+# Envoy retry conditions under which the request never reached the service: safe for every method.
+NEVER_REACHED = {"connect-failure", "refused-stream", "reset-before-request"}
+
+
+def istio(docs: Docs) -> Docs:
+    return [d for d in docs if d["apiVersion"].endswith(".istio.io/v1")]
+
+
+def linkerd(docs: Docs) -> Docs:
+    return [d for d in docs if d["apiVersion"].startswith(f"{LINKERD_GROUP}/")]
+
+
+def principal(service: str) -> str:
+    return f"{TRUST_DOMAIN}/ns/{NS}/sa/{service}"
+
+
+def istio_grants(policy: dict[str, Any]) -> list[tuple[frozenset[str] | None, str, tuple[str, ...]]]:
+    """(principals, or None for any source; port; paths, () for every path) for each rule."""
+    grants = []
+    for rule in policy["spec"]["rules"]:
+        sources = rule.get("from")
+        principals = None if sources is None else frozenset(p for s in sources for p in s["source"]["principals"])
+        for to in rule["to"]:
+            for port in to["operation"]["ports"]:
+                grants.append((principals, port, tuple(to["operation"].get("paths", ()))))
+    return grants
+
+
+# --- Istio ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_istio_admits_exactly_the_callers_of_each_service_on_grpc(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    for docs in (rendered["istio", name], rendered["istio", render.UMBRELLA]):
+        policy = find(docs, "AuthorizationPolicy", name)
+        assert policy["spec"]["action"] == "ALLOW"
+        assert (
+            policy["spec"]["selector"]["matchLabels"]
+            == find(docs, "Deployment", name)["spec"]["selector"]["matchLabels"]
+        )
+        every_method = [(who, port) for who, port, paths in istio_grants(policy) if not paths]
+        callers = frozenset(principal(c) for c in service_callers(name))
+        expected = [(callers, str(GRPC_PORT))] if callers else []
+        if is_edge(name):
+            expected.append((None, str(GRPC_PORT)))
+        expected.append((None, str(METRICS_PORT)))
+        assert sorted(every_method, key=repr) == sorted(expected, key=repr)
+
+
+def test_istio_principals_are_the_callers_service_accounts(rendered: dict[tuple[str, str], Docs]) -> None:
+    """A principal names a ServiceAccount: each caller's pods must really run as the one named."""
+    docs = rendered["istio", render.UMBRELLA]
+    for name in NAMES:
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == name
+        find(docs, "ServiceAccount", name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_istio_health_is_open_and_nothing_else_is_granted_per_path(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    policy = find(rendered["istio", name], "AuthorizationPolicy", name)
+    per_path = [(who, port, paths) for who, port, paths in istio_grants(policy) if paths]
+    assert per_path == [(None, str(GRPC_PORT), (f"{HEALTH}*",))]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_istio_requires_mutual_tls_except_on_metrics_and_at_the_edge(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    spec = find(rendered["istio", name], "PeerAuthentication", name)["spec"]
+    assert spec["mtls"] == {"mode": "STRICT"}
+    permissive = {port for port, mtls in spec["portLevelMtls"].items() if mtls == {"mode": "PERMISSIVE"}}
+    assert permissive == ({METRICS_PORT, GRPC_PORT} if is_edge(name) else {METRICS_PORT})
+    assert set(spec["portLevelMtls"]) == permissive
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if service_callers(n)])
+def test_istio_retries_only_requests_that_never_reached_the_service(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    """Istio's default would retry UNAVAILABLE too, repeating a Charge or a PlaceOrder the callee may
+    already have acted on; the chassis retries UNAVAILABLE itself, of idempotent methods only."""
+    host = f"{name}.{NS}.svc.cluster.local"
+    spec = find(rendered["istio", name], "VirtualService", name)["spec"]
+    assert spec["hosts"] == [host]
+    (route,) = spec["http"]
+    assert route["route"] == [{"destination": {"host": host, "port": {"number": GRPC_PORT}}}]
+    conditions = set(route["retries"]["retryOn"].split(","))
+    assert conditions <= NEVER_REACHED, conditions - NEVER_REACHED
+    assert 1 <= route["retries"]["attempts"] <= 3
+    assert "timeout" not in route, "the caller's deadline bounds calls"
+    assert "perTryTimeout" not in route["retries"]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if service_callers(n)])
+def test_istio_ejects_failing_pods_but_never_the_last_healthy_half(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    spec = find(rendered["istio", name], "DestinationRule", name)["spec"]
+    assert spec["host"] == f"{name}.{NS}.svc.cluster.local"
+    assert spec["trafficPolicy"]["tls"] == {"mode": "ISTIO_MUTUAL"}
+    outlier = spec["trafficPolicy"]["outlierDetection"]
+    assert outlier["consecutive5xxErrors"] >= 3
+    assert outlier["minHealthPercent"] >= 50, "with one replica, ejecting it would turn errors into an outage"
+    assert outlier["maxEjectionPercent"] <= 50
+    assert outlier["baseEjectionTime"] == "30s"
+    assert outlier["interval"] == "10s"
+
+
+def test_the_edge_gets_no_route_rules(rendered: dict[tuple[str, str], Docs]) -> None:
+    """No service calls the gateway: a VirtualService or DestinationRule for it would configure nothing."""
+    for name in NAMES:
+        kinds = {d["kind"] for d in istio(rendered["istio", name])}
+        assert (("VirtualService" in kinds) and ("DestinationRule" in kinds)) == bool(service_callers(name))
+
+
+def test_istio_namespace_allows_nothing_that_no_service_policy_admits(rendered: dict[tuple[str, str], Docs]) -> None:
+    umbrella = find(rendered["istio", render.UMBRELLA], "AuthorizationPolicy", "shopmesh-allow-nothing")
+    assert umbrella["spec"] == {}
+    assert umbrella["metadata"]["namespace"] == NS
+    for value_set in render.VALUE_SETS:
+        if value_set != "istio":
+            assert not istio(rendered[value_set, render.UMBRELLA]), value_set
+
+
+def test_istio_objects_validate_against_istios_crd_schemas(rendered: dict[tuple[str, str], Docs]) -> None:
+    objects = istio(rendered["istio", render.UMBRELLA])
+    assert {d["kind"] for d in objects} == ISTIO_KINDS
+    assert len(objects) == 4 * len(NAMES) - 2 + 1  # the edge has no VirtualService/DestinationRule; allow-nothing
+    assert validate_custom_resources(objects) == []
+
+
+def test_the_istio_schema_check_sees_a_bad_value_and_a_misspelled_field(rendered: dict[tuple[str, str], Docs]) -> None:
+    policy = find(rendered["istio", "catalog"], "AuthorizationPolicy", "catalog")
+    bad_value = json.loads(json.dumps(policy))
+    bad_value["spec"]["action"] = "PERMIT"
+    misspelled = json.loads(json.dumps(policy))
+    misspelled["spec"]["rules"][-1]["from"][0]["source"]["principal"] = ["x"]
+    problems = validate_custom_resources([bad_value, misspelled])
+    assert len(problems) == 2, problems
+    assert "action" in problems[0]
+    assert "source.principal: unknown field" in problems[1]
+
+
+# --- Linkerd --------------------------------------------------------------------------------------------
+
+# The fields of Linkerd's policy CRDs that a chart may set (linkerd2's charts/linkerd-crds, read on
+# 2026-12-02): apiVersion -> kind -> spec field -> allowed values (None: any value).
+LINKERD_SPEC_FIELDS: dict[str, dict[str, dict[str, set[str] | None]]] = {
+    "policy.linkerd.io/v1beta3": {
+        "Server": {
+            "podSelector": None,
+            "port": None,
+            "proxyProtocol": {"unknown", "HTTP/1", "HTTP/2", "gRPC", "opaque", "TLS"},
+            "accessPolicy": {
+                "deny",
+                "all-unauthenticated",
+                "all-authenticated",
+                "cluster-authenticated",
+                "cluster-unauthenticated",
+                "audit",
+            },
+        },
+        "HTTPRoute": {"parentRefs": None, "rules": None, "hostnames": None},
+    },
+    "policy.linkerd.io/v1alpha1": {
+        "AuthorizationPolicy": {"targetRef": None, "requiredAuthenticationRefs": None},
+        "MeshTLSAuthentication": {"identities": None, "identityRefs": None},
+        "NetworkAuthentication": {"networks": None},
+    },
+}
+REQUIRED = {
+    "Server": {"port", "podSelector"},
+    "HTTPRoute": {"parentRefs", "rules"},
+    "AuthorizationPolicy": {"targetRef", "requiredAuthenticationRefs"},
+    "NetworkAuthentication": {"networks"},
+}
+
+
+def linkerd_problems(objects: Docs) -> list[str]:
+    """Fields and values against LINKERD_SPEC_FIELDS; every targetRef/parentRef/authentication ref names an
+    object among `objects` (or a ServiceAccount the objects' chart renders, for identityRefs)."""
+    problems = []
+    present = {(d["kind"], d["metadata"]["name"]) for d in objects}
+    for d in objects:
+        where = f"{d['kind']}/{d['metadata']['name']}"
+        fields = LINKERD_SPEC_FIELDS.get(d["apiVersion"], {}).get(d["kind"])
+        if fields is None:
+            problems.append(f"{where}: {d['apiVersion']} {d['kind']} is not a Linkerd policy kind we know")
+            continue
+        for key, value in d["spec"].items():
+            if key not in fields:
+                problems.append(f"{where}: spec.{key}: unknown field")
+            elif fields[key] is not None and value not in fields[key]:  # type: ignore[operator]
+                problems.append(f"{where}: spec.{key}: {value!r} is not one of {sorted(fields[key])}")  # type: ignore[arg-type]
+        missing = REQUIRED.get(d["kind"], set()) - set(d["spec"])
+        if d["kind"] == "MeshTLSAuthentication" and len({"identities", "identityRefs"} & set(d["spec"])) != 1:
+            problems.append(f"{where}: exactly one of identities, identityRefs")
+        problems += [f"{where}: spec.{key} is required" for key in sorted(missing)]
+        refs = [d["spec"]["targetRef"]] if "targetRef" in d["spec"] else []
+        refs += d["spec"].get("parentRefs", []) + d["spec"].get("requiredAuthenticationRefs", [])
+        for ref in refs:
+            if ref.get("group") != LINKERD_GROUP or (ref["kind"], ref["name"]) not in present:
+                problems.append(f"{where}: refers to {ref}, which is not rendered beside it")
+    return problems
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_linkerd_servers_cover_every_port_of_the_service(rendered: dict[tuple[str, str], Docs], name: str) -> None:
+    docs = rendered["linkerd", name]
+    deployment = find(docs, "Deployment", name)
+    ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    servers = [d for d in linkerd(docs) if d["kind"] == "Server"]
+    assert {s["spec"]["port"] for s in servers} == ports == {"grpc", "metrics"}
+    for server in servers:
+        assert server["spec"]["podSelector"] == deployment["spec"]["selector"]
+        assert server["spec"]["accessPolicy"] == "deny"
+        expected = "HTTP/2" if server["spec"]["port"] == "grpc" else "HTTP/1"  # HTTPRoutes apply to HTTP/2
+        assert server["spec"]["proxyProtocol"] == expected
+
+
+def routes_of(docs: Docs, server: str) -> dict[str, str]:
+    """HTTPRoute name -> its one path prefix, for the routes attached to `server`."""
+    result = {}
+    for route in (d for d in linkerd(docs) if d["kind"] == "HTTPRoute"):
+        if [p["name"] for p in route["spec"]["parentRefs"]] == [server]:
+            ((match,),) = [rule["matches"] for rule in route["spec"]["rules"]]
+            assert match["path"]["type"] == "PathPrefix"
+            result[route["metadata"]["name"]] = match["path"]["value"]
+    return result
+
+
+def linkerd_grants(docs: Docs) -> dict[str, set[str]]:
+    """Route or Server name -> who its AuthorizationPolicies admit: service names (by mTLS identity) or
+    "any network" (unauthenticated, any address)."""
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in linkerd(docs)}
+    grants: dict[str, set[str]] = {}
+    for policy in (d for d in linkerd(docs) if d["kind"] == "AuthorizationPolicy"):
+        who = grants.setdefault(policy["spec"]["targetRef"]["name"], set())
+        for ref in policy["spec"]["requiredAuthenticationRefs"]:
+            authn = by_name[ref["kind"], ref["name"]]["spec"]
+            if ref["kind"] == "NetworkAuthentication":
+                assert {n["cidr"] for n in authn["networks"]} == {"0.0.0.0/0", "::/0"}
+                who.add("any network")
+            else:
+                assert all(r["kind"] == "ServiceAccount" and "namespace" not in r for r in authn["identityRefs"])
+                who.update(r["name"] for r in authn["identityRefs"])
+    return grants
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_linkerd_admits_the_callers_to_every_method_and_anyone_to_health(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    for docs in (rendered["linkerd", name], rendered["linkerd", render.UMBRELLA]):
+        routes = routes_of(docs, f"{name}-grpc")
+        assert routes == {f"{name}-health": HEALTH, f"{name}-rpc": "/"}
+        grants = linkerd_grants(docs)
+        assert grants[f"{name}-health"] == {"any network"}
+        assert grants[f"{name}-metrics"] == {"any network"}
+        expected = set(service_callers(name)) | ({"any network"} if is_edge(name) else set())
+        assert grants[f"{name}-rpc"] == expected
+        assert f"{name}-grpc" not in grants, "a policy on the whole Server would bypass the routes"
+
+
+def test_linkerd_objects_have_only_the_crds_fields_and_their_references_resolve(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    for chart in render.all_charts():
+        objects = linkerd(rendered["linkerd", chart])
+        assert objects, chart
+        assert linkerd_problems(objects) == [], chart
+
+
+def test_the_linkerd_check_sees_a_bad_value_a_misspelled_field_and_a_dangling_reference(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    objects = json.loads(json.dumps(linkerd(rendered["linkerd", "catalog"])))
+    server = next(d for d in objects if d["kind"] == "Server")
+    server["spec"]["proxyProtocol"] = "grpc"
+    route = next(d for d in objects if d["kind"] == "HTTPRoute")
+    route["spec"]["rule"] = route["spec"].pop("rules")
+    policy = next(d for d in objects if d["kind"] == "AuthorizationPolicy")
+    policy["spec"]["targetRef"]["name"] = "catalog-nothing"
+    problems = " | ".join(linkerd_problems(objects))
+    assert "'grpc' is not one of" in problems
+    assert "spec.rule: unknown field" in problems
+    assert "spec.rules is required" in problems
+    assert "catalog-nothing" in problems
+
+
+# --- both meshes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+@pytest.mark.parametrize("name", NAMES)
+def test_helm_test_goes_through_the_mesh_under_an_identity_of_its_own(
+    rendered: dict[tuple[str, str], Docs], mesh: str, name: str
+) -> None:
+    docs = rendered[mesh, name]
+    pod = find(docs, "Pod", f"{name}-health-test")
+    account = find(docs, "ServiceAccount", f"{name}-health-test")
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert account["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert int(account["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        pod["metadata"]["annotations"].get("helm.sh/hook-weight", "0")
+    )
+    metadata = pod["metadata"]
+    if mesh == "istio":
+        assert metadata["labels"]["sidecar.istio.io/inject"] == "true"
+        assert metadata["annotations"]["sidecar.istio.io/nativeSidecar"] == "true"
+    else:
+        assert metadata["annotations"]["linkerd.io/inject"] == "enabled"
+        assert metadata["annotations"]["config.beta.linkerd.io/proxy-enable-native-sidecar"] == "true"
+    # Its identity may call health and nothing else: it is no service's caller.
+    assert f"{name}-health-test" not in {c for n in NAMES for c in service_callers(n)}
+    # Its proxy reaches the mesh's control plane.
+    egress = find(docs, "NetworkPolicy", f"{name}-health-test")["spec"]["egress"]
+    control_plane = "istio-system" if mesh == "istio" else "linkerd"
+    assert any(
+        peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == control_plane
+        for rule in egress
+        for peer in rule["to"]
+    )
+
+
+@pytest.mark.parametrize("value_set", ["default", "staging", "monitoring"])
+def test_without_a_mesh_no_mesh_object_is_rendered(rendered: dict[tuple[str, str], Docs], value_set: str) -> None:
+    for chart in render.all_charts():
+        docs = rendered[value_set, chart]
+        assert not istio(docs), (value_set, chart)
+        assert not linkerd(docs), (value_set, chart)
+        for pod in (d for d in docs if d["kind"] == "Pod"):
+            assert not {k for k in pod["metadata"].get("annotations", {}) if "istio" in k or "linkerd" in k}
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+def test_mesh_policy_can_be_left_to_the_platform_team(helm_dir: Path, mesh: str) -> None:
+    """global.meshPolicy.enabled=false: the proxies are injected, the policy objects are someone else's."""
+    values = {"global": {"mesh": mesh, "meshPolicy": {"enabled": False}}}
+    with helm.Chart.load(helm_dir / render.UMBRELLA) as chart:
+        out = chart.render(values, name=render.UMBRELLA, namespace=NS, is_install=True)
+    docs = [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    assert not istio(docs)
+    assert not linkerd(docs)
+    template = find(docs, "Deployment", "orders")["spec"]["template"]["metadata"]
+    assert "sidecar.istio.io/inject" in template["labels"] or "linkerd.io/inject" in template["annotations"]
+
+
+@pytest.mark.parametrize("value_set", ["default", "istio", "linkerd"])
+@pytest.mark.parametrize("name", NAMES)
+def test_meshed_calls_pass_the_network_policies(
+    rendered: dict[tuple[str, str], Docs], value_set: str, name: str
+) -> None:
+    """Under Linkerd a meshed client's proxy connects to the server's proxy on its inbound port (4143), not
+    to the gRPC port: wherever a NetworkPolicy lets gRPC through, it must let 4143 through for the same
+    peers, or every meshed call is dropped. Istio keeps the original port."""
+    docs = rendered[value_set, name]
+    service = find(docs, "NetworkPolicy", name)["spec"]
+    test = find(docs, "NetworkPolicy", f"{name}-health-test")["spec"]
+    rules = [(r, "from") for r in service["ingress"]] + [(r, "to") for r in service["egress"] + test["egress"]]
+    grpc_rules = [rule for rule, _ in rules if any(p["port"] == GRPC_PORT for p in rule.get("ports", []))]
+    assert grpc_rules
+    for rule in grpc_rules:
+        ports = {p["port"] for p in rule["ports"]}
+        assert ports == ({GRPC_PORT, 4143} if value_set == "linkerd" else {GRPC_PORT}), rule
+    assert all(4143 not in {p["port"] for p in rule.get("ports", [])} for rule, _ in rules if rule not in grpc_rules)
