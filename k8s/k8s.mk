@@ -7,11 +7,13 @@ CHECKOV_VERSION := 3.3.30
 # checkov lives in its own tool environment: its pins (packaging<24, ...) would downgrade the workspace.
 CHECKOV         := $(TOOLS)/bin/checkov
 CHECKOV_STAMP   := $(TOOLS)/checkov-$(CHECKOV_VERSION).stamp
-# Custom resources' schemas, as validators: the Prometheus Operator's (ServiceMonitor, PrometheusRule) and
-# Istio's (PeerAuthentication, AuthorizationPolicy, VirtualService, DestinationRule); tests/k8s runs them.
-PROM_MODELS_VERSION  := 6.0.0
-ISTIO_MODELS_VERSION := 3.0.1
-CRD_MODELS_STAMP     := $(TOOLS)/crd-models-prometheus-$(PROM_MODELS_VERSION)-istio-$(ISTIO_MODELS_VERSION).stamp
+# Custom resources' schemas, as validators: the Prometheus Operator's (ServiceMonitor, PrometheusRule),
+# Istio's (PeerAuthentication, AuthorizationPolicy, VirtualService, DestinationRule) and the Gateway API's
+# (GRPCRoute, Linkerd's traffic split); tests/k8s runs them.
+PROM_MODELS_VERSION    := 6.0.0
+ISTIO_MODELS_VERSION   := 3.0.1
+GATEWAY_MODELS_VERSION := 2.0.0
+CRD_MODELS_STAMP       := $(TOOLS)/crd-models-prometheus-$(PROM_MODELS_VERSION)-istio-$(ISTIO_MODELS_VERSION)-gateway-$(GATEWAY_MODELS_VERSION).stamp
 KIND_CLUSTER    ?= shopmesh
 PROFILE         ?=
 export KIND_CLUSTER PROFILE
@@ -22,11 +24,11 @@ $(CHECKOV_STAMP): | $(if $(filter $(TOOLS)/%,$(UV)),$(UV))
 
 $(CRD_MODELS_STAMP):
 	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (the custom resources' schemas come from npm)"; exit 1; }
-	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @kubernetes-models/prometheus-operator@$(PROM_MODELS_VERSION) @kubernetes-models/istio@$(ISTIO_MODELS_VERSION)
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @kubernetes-models/prometheus-operator@$(PROM_MODELS_VERSION) @kubernetes-models/istio@$(ISTIO_MODELS_VERSION) @kubernetes-models/gateway-api@$(GATEWAY_MODELS_VERSION)
 	touch $@
 
 .PHONY: k8s-tools
-k8s-tools: setup $(CHECKOV_STAMP) $(CRD_MODELS_STAMP) ## Install checkov (pinned, isolated) and the Prometheus Operator and Istio schemas beside the locked dev tools (helm SDK, hadolint, kubernetes-validate)
+k8s-tools: setup $(CHECKOV_STAMP) $(CRD_MODELS_STAMP) ## Install checkov (pinned, isolated) and the Prometheus Operator, Istio and Gateway API schemas beside the locked dev tools (helm SDK, hadolint, kubernetes-validate)
 
 # `make test` runs tests/k8s, which needs checkov: add it to the root Makefile's test prerequisites.
 test: k8s-tools

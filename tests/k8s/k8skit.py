@@ -51,13 +51,13 @@ def find(docs: Docs, kind: str, name: str) -> dict[str, Any]:
 
 
 def validate_custom_resources(objects: Docs) -> list[str]:
-    """Problems of custom resources against their CRD schemas (Prometheus Operator, Istio), from the
+    """Problems of custom resources against their CRD schemas (Prometheus Operator, Istio, Gateway API), from the
     npm packages `make k8s-tools` installs; an empty list means every object is valid."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is missing: install Node.js 20+ (the custom resources' schemas run on it)", pytrace=False)
     tools = ROOT / ".tools"
-    for package in ("prometheus-operator", "istio"):
+    for package in ("prometheus-operator", "istio", "gateway-api"):
         if not (tools / "node_modules" / "@kubernetes-models" / package).is_dir():
             pytest.fail(f"the {package} schemas are missing: run `make k8s-tools`", pytrace=False)
     result = subprocess.run(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -372,9 +373,7 @@ def test_without_a_mesh_no_mesh_object_is_rendered(rendered: dict[tuple[str, str
 def test_mesh_policy_can_be_left_to_the_platform_team(helm_dir: Path, mesh: str) -> None:
     """global.meshPolicy.enabled=false: the proxies are injected, the policy objects are someone else's."""
     values = {"global": {"mesh": mesh, "meshPolicy": {"enabled": False}}}
-    with helm.Chart.load(helm_dir / render.UMBRELLA) as chart:
-        out = chart.render(values, name=render.UMBRELLA, namespace=NS, is_install=True)
-    docs = [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    docs = render_umbrella(helm_dir, values)
     assert not istio(docs)
     assert not linkerd(docs)
     template = find(docs, "Deployment", "orders")["spec"]["template"]["metadata"]
@@ -399,3 +398,153 @@ def test_meshed_calls_pass_the_network_policies(
         ports = {p["port"] for p in rule["ports"]}
         assert ports == ({GRPC_PORT, 4143} if value_set == "linkerd" else {GRPC_PORT}), rule
     assert all(4143 not in {p["port"] for p in rule.get("ports", [])} for rule, _ in rules if rule not in grpc_rules)
+
+
+# --- canaries: traffic splitting --------------------------------------------------------------------
+
+CANARY = "catalog"
+CANARY_WEIGHT = 20
+CANARY_TAG = "0.2.0-rc1"
+
+
+def render_umbrella(helm_dir: Path, values: dict[str, Any]) -> Docs:
+    with helm.Chart.load(helm_dir / render.UMBRELLA) as chart:
+        out = chart.render(values, name=render.UMBRELLA, namespace=NS, is_install=True)
+    return [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+
+
+def canary_values(mesh: str, **canary: Any) -> dict[str, Any]:
+    settings = {"enabled": True, "weight": CANARY_WEIGHT, "image": {"tag": CANARY_TAG}} | canary
+    return {"global": {"mesh": mesh, "database": {"mode": "postgres"}, "canary": {CANARY: settings}}}
+
+
+@pytest.fixture(scope="module", params=["istio", "linkerd"])
+def with_canary(request: pytest.FixtureRequest, helm_dir: Path) -> tuple[str, Docs]:
+    return request.param, render_umbrella(helm_dir, canary_values(request.param))
+
+
+def pod_labels(docs: Docs, deployment: str) -> dict[str, str]:
+    labels: dict[str, str] = find(docs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_a_canary_runs_its_own_image_beside_the_stable_pods(with_canary: tuple[str, Docs]) -> None:
+    _, docs = with_canary
+    stable = find(docs, "Deployment", CANARY)
+    canary = find(docs, "Deployment", f"{CANARY}-canary")
+    assert stable["spec"]["selector"]["matchLabels"] == find(docs, "Service", CANARY)["spec"]["selector"], (
+        "the stable selector never changes (a Deployment's selector is immutable)"
+    )
+    assert canary["spec"]["selector"]["matchLabels"] == {
+        **stable["spec"]["selector"]["matchLabels"],
+        "shopmesh.io/track": "canary",
+    }
+    assert pod_labels(docs, CANARY)["shopmesh.io/track"] == "stable"
+    assert pod_labels(docs, f"{CANARY}-canary")["shopmesh.io/track"] == "canary"
+    images = [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in (stable, canary)]
+    assert images == [f"shopmesh-{CANARY}:0.1.0", f"shopmesh-{CANARY}:{CANARY_TAG}"]
+    assert canary["spec"]["replicas"] == 1
+    # Everything else about the pods is the same: configuration, probes, security, volumes.
+    strip = {"image": None}
+    pods = [d["spec"]["template"]["spec"] for d in (stable, canary)]
+    containers = [{**p["containers"][0], **strip} for p in pods]
+    assert containers[0] == containers[1]
+    assert {k: v for k, v in pods[0].items() if k != "containers"} == {
+        k: v for k, v in pods[1].items() if k != "containers"
+    }
+    # Only the canary service has one.
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment" and "canary" in d["metadata"]["name"]] == [
+        f"{CANARY}-canary"
+    ]
+
+
+def test_the_mesh_splits_the_callers_calls_by_weight(with_canary: tuple[str, Docs]) -> None:
+    mesh, docs = with_canary
+    host = f"{CANARY}.{NS}.svc.cluster.local"
+    tracks = {t: pod_labels(docs, CANARY if t == "stable" else f"{CANARY}-canary") for t in ("stable", "canary")}
+    if mesh == "istio":
+        (route,) = find(docs, "VirtualService", CANARY)["spec"]["http"]
+        weights = {r["destination"]["subset"]: r["weight"] for r in route["route"]}
+        assert {r["destination"]["host"] for r in route["route"]} == {host}
+        subsets = {s["name"]: s["labels"] for s in find(docs, "DestinationRule", CANARY)["spec"]["subsets"]}
+        assert set(subsets) == set(tracks)
+        for track, selector in subsets.items():
+            assert selects(selector, tracks[track])
+            assert not selects(selector, tracks["canary" if track == "stable" else "stable"])
+        assert route["retries"]["retryOn"] == "connect-failure,refused-stream", "the split keeps the retry policy"
+    else:
+        split = find(docs, "GRPCRoute", f"{CANARY}-split")["spec"]
+        assert split["parentRefs"] == [{"group": "core", "kind": "Service", "name": CANARY, "port": GRPC_PORT}]
+        (rule,) = split["rules"]
+        weights = {}
+        for backend in rule["backendRefs"]:
+            track = backend["name"].removeprefix(f"{CANARY}-")
+            service = find(docs, "Service", backend["name"])["spec"]
+            assert backend["port"] == GRPC_PORT
+            assert {p["port"] for p in service["ports"]} == {GRPC_PORT}
+            assert selects(service["selector"], tracks[track])
+            assert not selects(service["selector"], tracks["canary" if track == "stable" else "stable"])
+            weights[track] = backend["weight"]
+    assert weights == {"stable": 100 - CANARY_WEIGHT, "canary": CANARY_WEIGHT}
+
+
+def test_the_canary_pods_are_under_the_same_policy_as_the_stable_ones(with_canary: tuple[str, Docs]) -> None:
+    mesh, docs = with_canary
+    labels = pod_labels(docs, f"{CANARY}-canary")
+    policies = [find(docs, "NetworkPolicy", CANARY)["spec"]["podSelector"]["matchLabels"]]
+    if mesh == "istio":
+        policies += [
+            find(docs, k, CANARY)["spec"]["selector"]["matchLabels"]
+            for k in ("PeerAuthentication", "AuthorizationPolicy")
+        ]
+    else:
+        policies += [
+            find(docs, "Server", f"{CANARY}-{p}")["spec"]["podSelector"]["matchLabels"] for p in ("grpc", "metrics")
+        ]
+    assert len(policies) == 3
+    assert all(selects(selector, labels) for selector in policies)
+    # And the callers may reach them: the canary pods carry the name the callers' egress rules select.
+    orders_egress = find(docs, "NetworkPolicy", "orders")["spec"]["egress"]
+    assert any(
+        selects(peer.get("podSelector", {}).get("matchLabels", {"-": "-"}), labels)
+        for rule in orders_egress
+        for peer in rule["to"]
+    )
+
+
+def test_canary_objects_validate_against_their_schemas(with_canary: tuple[str, Docs]) -> None:
+    _, docs = with_canary
+    mine = [d for d in docs if d["metadata"]["name"].startswith(CANARY)]
+    custom = [
+        d
+        for d in mine
+        if d["apiVersion"].split("/")[0] in {"security.istio.io", "networking.istio.io", "gateway.networking.k8s.io"}
+    ]
+    assert custom
+    assert validate_custom_resources(custom) == []
+    for doc in (d for d in mine if d["kind"] in {"Deployment", "Service"}):
+        kubernetes_validate.validate(doc, "1.32.0", strict=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"global": {"canary": {CANARY: {"enabled": True}}, "database": {"mode": "postgres"}}}, "needs a mesh"),
+        (
+            canary_values("istio") | {"global": {"mesh": "istio", "canary": {CANARY: {"enabled": True}}}},
+            "database of its own",
+        ),
+        (canary_values("linkerd", weight=120), "must be 0-100"),
+        ({"global": {"mesh": "istio", "canary": {"gateway": {"enabled": True}}}}, "split at your ingress"),
+    ],
+    ids=["no-mesh", "sqlite", "weight", "edge"],
+)
+def test_a_canary_that_cannot_work_fails_the_render_saying_why(
+    helm_dir: Path, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(Exception, match=message):
+        render_umbrella(helm_dir, values)

@@ -1,5 +1,5 @@
 // Validate custom resources against their projects' CRD schemas, as published on npm by kubernetes-models
-// (installed into .tools by `make k8s-tools`): the Prometheus Operator's and Istio's.
+// (installed into .tools by `make k8s-tools`): the Prometheus Operator's, Istio's and the Gateway API's.
 // stdin: a JSON array of objects; stdout: a JSON array of "Kind/name: problem" lines (empty: all valid).
 // Usage: node tests/k8s/validate_custom_resources.mjs <.tools dir> < objects.json
 //
@@ -8,7 +8,7 @@
 // fields are also checked against the package's TypeScript declaration of the kind (<Kind>.d.ts), the
 // same schema written as types: every key of the object must be declared there.
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 
 const tools = process.argv[2];
@@ -16,6 +16,7 @@ const PACKAGES = {
   "monitoring.coreos.com": "prometheus-operator",
   "networking.istio.io": "istio",
   "security.istio.io": "istio",
+  "gateway.networking.k8s.io": "gateway-api",
 };
 
 // --- the declared fields, from <Kind>.d.ts ------------------------------------------------------------
@@ -43,7 +44,7 @@ function merge(a, b) {
   return ANY; // an object or a scalar: do not guess
 }
 
-function parser(tokens, start) {
+function parser(tokens, start, resolve) {
   let at = start;
   const next = () => tokens[at++];
   const peek = () => tokens[at];
@@ -87,7 +88,7 @@ function parser(tokens, start) {
     if (token.startsWith('"') || /^-?\d/.test(token) || ["string", "number", "boolean", "null", "true", "false"].includes(token)) {
       return LEAF;
     }
-    return ANY;
+    return resolve(token); // a named type: declared in another file of the package, or not checked
   }
   function body() {
     const props = new Map();
@@ -108,16 +109,45 @@ function parser(tokens, start) {
     expect("}");
     return { props, index };
   }
-  return { body, skipTo: (token) => { while (next() !== token); } };
+  return { type, body, next, peek };
 }
 
-function declaredFields(declarationFile, kind) {
-  const tokens = tokenize(readFileSync(declarationFile, "utf8"));
-  const at = tokens.findIndex((t, i) => t === "interface" && tokens[i + 1] === `I${kind}`);
-  if (at < 0) throw new Error(`no interface I${kind} in ${declarationFile}`);
-  const p = parser(tokens, at);
-  p.skipTo("{");
-  return p.body();
+// The fields of a declaration file's interface (with what it extends), following the package's own
+// relative imports (gateway-api declares each type in a file of its own; Istio's are inline).
+const declarations = new Map();
+function declaredFields(file) {
+  if (declarations.has(file)) return declarations.get(file);
+  declarations.set(file, ANY); // a type that refers to itself: stop there
+  const tokens = tokenize(readFileSync(file, "utf8"));
+  const imports = new Map();
+  for (let i = 0; i < tokens.length; i++) {
+    if (tokens[i] !== "import" || tokens[i + 1] !== "{") continue;
+    const names = [];
+    for (i += 2; tokens[i] !== "}"; i++) if (tokens[i] !== ",") names.push(tokens[i]);
+    const from = tokens[i + 2]?.replace(/^"|"$/g, "");
+    if (from?.startsWith("./")) for (const name of names) imports.set(name, join(dirname(file), from.replace(/\.js$/, ".d.ts")));
+  }
+  const resolve = (name) => (imports.has(name) && existsSync(imports.get(name)) ? declaredFields(imports.get(name)) : ANY);
+  let node = LEAF;
+  const at = tokens.findIndex((t, i) => t === "interface" && tokens[i - 1] === "export");
+  if (at >= 0) {
+    const p = parser(tokens, at + 2, resolve);
+    let bases = [];
+    if (p.peek() === "extends") {
+      p.next();
+      while (p.peek() !== "{") {
+        const base = p.next();
+        if (base !== ",") bases.push(resolve(base));
+      }
+    }
+    p.next(); // {
+    node = bases.reduce((acc, base) => (base === ANY ? acc : merge(acc, base)), p.body());
+  } else {
+    const alias = tokens.findIndex((t, i) => t === "type" && tokens[i - 1] === "export" && tokens[i + 2] === "=");
+    if (alias >= 0) node = parser(tokens, alias + 3, resolve).type();
+  }
+  declarations.set(file, node);
+  return node;
 }
 
 function unknownFields(value, node, path, found) {
@@ -156,7 +186,7 @@ for (const object of JSON.parse(readFileSync(0, "utf8"))) {
   } catch (error) {
     problems.push(`${name}: ${error.message}`);
   }
-  const fields = declaredFields(join(folder, `${object.kind}.d.ts`), object.kind);
+  const fields = declaredFields(join(folder, `${object.kind}.d.ts`));
   for (const problem of unknownFields(object, fields, "", [])) problems.push(`${name}: ${problem.slice(1)}`);
 }
 process.stdout.write(JSON.stringify(problems));

@@ -24,11 +24,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $repository := required "image.repository is required" (dig "image" "repository" "" $v) -}}
 {{- $tag := dig "image" "tag" "" $v | default (dig "imageTag" "" $g) | default .Chart.AppVersion -}}
 {{- $digest := dig "image" "digest" "" $v -}}
-{{- $ref := $repository -}}
-{{- if $registry }}{{ $ref = printf "%s/%s" (trimSuffix "/" $registry) $repository }}{{ end -}}
-{{- if $tag }}{{ $ref = printf "%s:%s" $ref $tag }}{{ end -}}
-{{- if $digest }}{{ $ref = printf "%s@%s" $ref $digest }}{{ end -}}
-{{- $_ := set $c "image" $ref -}}
+{{- $_ := set $c "image" (include "shopmesh-lib.imageRef" (dict "registry" $registry "repository" $repository "tag" $tag "digest" $digest)) -}}
 {{- $_ := set $c "imageDigest" $digest -}}
 {{- $_ := set $c "imagePullPolicy" (dig "image" "pullPolicy" (dig "imagePullPolicy" "Always" $g) $v) -}}
 
@@ -136,6 +132,35 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "ejectionSeconds" (dig "ejectionSeconds" 30 $mp)
     "linkerdInboundPort" (dig "linkerdInboundPort" 4143 $mp)) -}}
 
+{{- /* Canary (traffic splitting, docs/mesh.md): a second Deployment <name>-canary, same image repository, its
+     own tag/digest; the mesh sends it `weight` percent of the meshed callers' calls. From the service
+     chart's canary:, else the environment's global.canary.<name>. */ -}}
+{{- $cv := dig "canary" (dig "canary" $name dict $g) $v -}}
+{{- $canaryEnabled := dig "enabled" false $cv -}}
+{{- $weight := dig "weight" 10 $cv -}}
+{{- $canaryTag := dig "image" "tag" "" $cv | default $tag -}}
+{{- $canaryDigest := dig "image" "digest" "" $cv -}}
+{{- if $canaryEnabled -}}
+{{- if eq $mesh "" -}}
+{{- fail (printf "canary for %s: traffic splitting needs a mesh (global.mesh istio or linkerd); without one the Service spreads calls by pod count, not by weight" $name) -}}
+{{- end -}}
+{{- if not (and (ge (int $weight) 0) (le (int $weight) 100)) -}}
+{{- fail (printf "canary.weight for %s must be 0-100, not %v" $name $weight) -}}
+{{- end -}}
+{{- if has "clients" (dig "callers" list $v) -}}
+{{- fail (printf "canary for %s: its callers are clients outside the mesh, which spread calls by pod count; split at your ingress instead" $name) -}}
+{{- end -}}
+{{- if and $dbEnabled (eq $dbMode "sqlite") -}}
+{{- fail (printf "canary for %s: with database.mode sqlite the canary would have a database of its own (an emptyDir); use postgres" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $c "canary" (dict
+    "enabled" $canaryEnabled
+    "weight" (int $weight)
+    "replicas" (dig "replicaCount" 1 $cv)
+    "image" (include "shopmesh-lib.imageRef" (dict "registry" $registry "repository" $repository "tag" $canaryTag "digest" $canaryDigest))
+    "imageDigest" $canaryDigest) -}}
+
 {{- /* Observability and other settings. */ -}}
 {{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v) -}}
 {{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v) -}}
@@ -160,4 +185,14 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $_ := set $c "tests" (dict "enabled" (dig "tests" "enabled" (dig "tests" "enabled" true $g) $v)) -}}
 {{- $_ := set $c "topologySpread" (dig "topologySpread" (dig "topologySpread" true $g) $v) -}}
 {{- toYaml $c -}}
+{{- end -}}
+
+
+{{/* An image reference: <registry>/<repository>:<tag>[@<digest>], each part only when set. */}}
+{{- define "shopmesh-lib.imageRef" -}}
+{{- $ref := .repository -}}
+{{- if .registry }}{{ $ref = printf "%s/%s" (trimSuffix "/" .registry) .repository }}{{ end -}}
+{{- if .tag }}{{ $ref = printf "%s:%s" $ref .tag }}{{ end -}}
+{{- if .digest }}{{ $ref = printf "%s@%s" $ref .digest }}{{ end -}}
+{{- $ref -}}
 {{- end -}}

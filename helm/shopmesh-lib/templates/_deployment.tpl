@@ -12,25 +12,38 @@ kubelet's SIGKILL never cuts a call the chassis is still finishing.
 {{- define "shopmesh-lib.deployment" -}}
 {{- $c := .c -}}
 {{- $root := .root -}}
+{{- /* track: "stable" (the Deployment <name>) or "canary" (<name>-canary: its own image and replicas; the
+     mesh splits calls between the two by the pods' shopmesh.io/track label, _mesh.tpl). */ -}}
+{{- $track := .track | default "stable" -}}
+{{- $canary := eq $track "canary" -}}
+{{- $image := ternary $c.canary.image $c.image $canary -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: {{ $c.name }}
+  name: {{ ternary (printf "%s-canary" $c.name) $c.name $canary }}
   namespace: {{ $c.namespace }}
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
-  {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c) }}
+  {{- with include "shopmesh-lib.checkovSkips" (dict "c" (dict "imageDigest" (ternary $c.canary.imageDigest $c.imageDigest $canary))) }}
   annotations:
     {{- . | trim | nindent 4 }}
   {{- end }}
 spec:
-  {{- if not $c.autoscaling.enabled }}
+  {{- if $canary }}
+  replicas: {{ $c.canary.replicas }}
+  {{- else if not $c.autoscaling.enabled }}
   replicas: {{ $c.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
   selector:
     matchLabels:
       {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+      {{- if $canary }}
+      # The canary's own pods only. The stable Deployment's selector (fixed since its first release:
+      # a Deployment's selector cannot change) matches these pods too; its ReplicaSets select by their
+      # pod-template-hash as well, so neither Deployment counts or replaces the other's pods.
+      shopmesh.io/track: canary
+      {{- end }}
   strategy:
     type: RollingUpdate
     rollingUpdate:
@@ -40,6 +53,7 @@ spec:
     metadata:
       labels:
         {{- include "shopmesh-lib.labels" . | nindent 8 }}
+        shopmesh.io/track: {{ $track }}
         {{- if eq $c.mesh "istio" }}
         sidecar.istio.io/inject: "true"
         {{- end }}
@@ -93,7 +107,7 @@ spec:
       {{- end }}
       containers:
         - name: {{ $c.name }}
-          image: {{ $c.image | quote }}
+          image: {{ $image | quote }}
           imagePullPolicy: {{ $c.imagePullPolicy }}
           ports:
             - name: grpc

@@ -114,10 +114,26 @@ spec:
     - {{ $host }}
   http:
     - route:
+        {{- if $c.canary.enabled }}
+        # Traffic splitting: the canary gets canary.weight percent of the calls (subsets below).
         - destination:
             host: {{ $host }}
             port:
               number: {{ $c.grpcPort }}
+            subset: stable
+          weight: {{ sub 100 $c.canary.weight }}
+        - destination:
+            host: {{ $host }}
+            port:
+              number: {{ $c.grpcPort }}
+            subset: canary
+          weight: {{ $c.canary.weight }}
+        {{- else }}
+        - destination:
+            host: {{ $host }}
+            port:
+              number: {{ $c.grpcPort }}
+        {{- end }}
       # Replaces Istio's default (2 retries on connect-failure,refused-stream,unavailable,cancelled,
       # retriable-status-codes): only failures where the request never reached the service, safe for
       # every method. The callers' chassis retries UNAVAILABLE of idempotent methods itself, and the
@@ -148,6 +164,14 @@ spec:
       # Below half the pods healthy, balance over all of them: with one replica (dev) ejecting the
       # only pod would turn a few errors into a whole outage.
       minHealthPercent: 50
+  {{- if $c.canary.enabled }}
+  subsets:
+    {{- range list "stable" "canary" }}
+    - name: {{ . }}
+      labels:
+        shopmesh.io/track: {{ . }}
+    {{- end }}
+  {{- end }}
 {{- end }}
 {{- end -}}
 
@@ -325,5 +349,31 @@ spec:
     - group: policy.linkerd.io
       kind: MeshTLSAuthentication
       name: {{ $c.name }}-callers
+{{- end }}
+{{- if $c.canary.enabled }}
+---
+# Traffic splitting: meshed callers of <name> reach the canary's Service for canary.weight percent of
+# their calls (Gateway API GRPCRoute on the Service, as Linkerd routes outbound gRPC).
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: {{ $c.name }}-split
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+spec:
+  parentRefs:
+    - group: core
+      kind: Service
+      name: {{ $c.name }}
+      port: {{ $c.grpcPort }}
+  rules:
+    - backendRefs:
+        - name: {{ $c.name }}-stable
+          port: {{ $c.grpcPort }}
+          weight: {{ sub 100 $c.canary.weight }}
+        - name: {{ $c.name }}-canary
+          port: {{ $c.grpcPort }}
+          weight: {{ $c.canary.weight }}
 {{- end }}
 {{- end -}}

@@ -28,6 +28,10 @@ spec:
   namespaceSelector:
     matchNames:
       - {{ $c.namespace }}
+  # Series carry the pod's track (shopmesh_io_track="stable" or "canary"): a canary's error rate and
+  # latency read beside the stable pods' (docs/mesh.md, "Canaries").
+  podTargetLabels:
+    - shopmesh.io/track
   endpoints:
     - port: metrics
       path: /metrics

@@ -135,3 +135,37 @@ spec:
     matchLabels:
       {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
 {{- end -}}
+
+
+{{/*
+With a canary: a Service per track (<name>-stable, <name>-canary), the backends among which Linkerd's
+GRPCRoute splits the calls to <name> (_mesh.tpl); also a way to reach one track directly
+(`kubectl port-forward svc/<name>-canary 50051`).
+*/}}
+{{- define "shopmesh-lib.track-services" -}}
+{{- $ctx := . -}}
+{{- $c := .c -}}
+{{- range $i, $track := list "stable" "canary" }}
+{{- if $i }}
+---
+{{- end }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $c.name }}-{{ $track }}
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" $ctx | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "shopmesh-lib.selectorLabels" $c | nindent 4 }}
+    shopmesh.io/track: {{ $track }}
+  ports:
+    - name: grpc
+      port: {{ $c.grpcPort }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: grpc
+{{- end }}
+{{- end -}}

@@ -12,6 +12,12 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 {{ include "shopmesh-lib.service-object" $ctx }}
 ---
 {{ include "shopmesh-lib.deployment" $ctx }}
+{{- if $c.canary.enabled }}
+---
+{{ include "shopmesh-lib.deployment" (merge (dict "track" "canary") $ctx) }}
+---
+{{ include "shopmesh-lib.track-services" $ctx }}
+{{- end }}
 {{- if $c.autoscaling.enabled }}
 ---
 {{ include "shopmesh-lib.hpa" $ctx }}
