@@ -67,11 +67,20 @@ def prepared_copy() -> Iterator[Path]:
         yield copy
 
 
-def render(helm_dir: Path, chart: str, value_set: str, *, namespace: str = NAMESPACE) -> dict[str, str]:
-    """Template path -> rendered manifest (hooks included, empty files dropped), as `helm template`."""
+def render(
+    helm_dir: Path,
+    chart: str,
+    value_set: str,
+    *,
+    namespace: str = NAMESPACE,
+    values: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Template path -> rendered manifest (hooks included, empty files dropped), as `helm template`;
+    `values` (if given) in place of the value set's file."""
     release = UMBRELLA if chart == UMBRELLA else chart
+    chosen = values_for(value_set, helm_dir) if values is None else values
     with helm.Chart.load(helm_dir / chart) as loaded:
-        out = loaded.render(values_for(value_set, helm_dir), name=release, namespace=namespace, is_install=True)
+        out = loaded.render(chosen, name=release, namespace=namespace, is_install=True)
     return {path: text for path, text in sorted(out.items()) if text.strip() and not path.endswith("NOTES.txt")}
 
 

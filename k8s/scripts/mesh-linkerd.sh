@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Install Linkerd (CRDs, the CNI plugin so meshed pods need no NET_ADMIN init container, the control
-# plane) into the kind cluster. The charts bring the mesh policy (global.mesh=linkerd); deploy with
-# `make skaffold-dev PROFILE=linkerd`.
+# plane) into the kind cluster; Linkerd 2.18 or later (Server v1beta3 with accessPolicy, GRPCRoute v1).
+# The charts bring the mesh policy (global.mesh=linkerd); deploy with `make skaffold-dev PROFILE=linkerd`.
 source "$(dirname "$0")/lib.sh"
 require linkerd "$HINT_LINKERD" kubectl "$HINT_KUBECTL"
 context="kind-${KIND_CLUSTER}"
+# The Gateway API's CRDs (standard channel): a canary's GRPCRoute (docs/mesh.md). Linkerd 2.19 and later
+# no longer install them; earlier releases are told not to, so one version is in the cluster.
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.2.1}"
 linkerd --context "$context" check --pre --linkerd-cni-enabled
+kubectl --context "$context" apply --server-side \
+  -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/${GATEWAY_API_VERSION}/standard-install.yaml"
 linkerd --context "$context" install-cni | kubectl --context "$context" apply -f -
-linkerd --context "$context" install --crds | kubectl --context "$context" apply -f -
+linkerd --context "$context" install --crds --set installGatewayAPI=false | kubectl --context "$context" apply -f -
 linkerd --context "$context" install --linkerd-cni-enabled | kubectl --context "$context" apply -f -
 linkerd --context "$context" check
 kubectl --context "$context" annotate namespace shopmesh linkerd.io/inject=enabled --overwrite

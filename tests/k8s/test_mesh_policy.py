@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
@@ -48,7 +47,7 @@ def principal(service: str) -> str:
 def istio_grants(policy: dict[str, Any]) -> list[tuple[frozenset[str] | None, str, tuple[str, ...]]]:
     """(principals, or None for any source; port; paths, () for every path) for each rule."""
     grants = []
-    for rule in policy["spec"]["rules"]:
+    for rule in policy["spec"].get("rules", []):  # none: allow-nothing
         sources = rule.get("from")
         principals = None if sources is None else frozenset(p for s in sources for p in s["source"]["principals"])
         for to in rule["to"]:
@@ -119,6 +118,7 @@ def test_istio_retries_only_requests_that_never_reached_the_service(
     spec = find(rendered["istio", name], "VirtualService", name)["spec"]
     assert spec["hosts"] == [host]
     (route,) = spec["http"]
+    assert route["match"] == [{"port": GRPC_PORT}], "calls to the metrics port keep their own port"
     assert route["route"] == [{"destination": {"host": host, "port": {"number": GRPC_PORT}}}]
     conditions = set(route["retries"]["retryOn"].split(","))
     assert conditions <= NEVER_REACHED, conditions - NEVER_REACHED
@@ -128,18 +128,24 @@ def test_istio_retries_only_requests_that_never_reached_the_service(
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if service_callers(n)])
-def test_istio_ejects_failing_pods_but_never_the_last_healthy_half(
+def test_istio_ejects_pods_answering_server_errors_and_panics_below_half_healthy(
     rendered: dict[tuple[str, str], Docs], name: str
 ) -> None:
     spec = find(rendered["istio", name], "DestinationRule", name)["spec"]
     assert spec["host"] == f"{name}.{NS}.svc.cluster.local"
-    assert spec["trafficPolicy"]["tls"] == {"mode": "ISTIO_MUTUAL"}
+    assert "tls" not in spec["trafficPolicy"], "Istio's automatic mTLS, as the PeerAuthentication requires"
     outlier = spec["trafficPolicy"]["outlierDetection"]
-    assert outlier["consecutive5xxErrors"] >= 3
-    assert outlier["minHealthPercent"] >= 50, "with one replica, ejecting it would turn errors into an outage"
-    assert outlier["maxEjectionPercent"] <= 50
+    assert outlier["consecutive5xxErrors"] == 5
     assert outlier["baseEjectionTime"] == "30s"
     assert outlier["interval"] == "10s"
+    assert outlier["maxEjectionPercent"] == 50
+    # Envoy's panic threshold: below half healthy it balances over every pod, ejected ones included
+    # (with one replica, ejecting it would turn errors into an outage; at 100 ejection would never help).
+    assert outlier["minHealthPercent"] == 50
+    # Both tracks' subsets always, so turning a canary off never leaves a route naming a removed subset.
+    assert spec["subsets"] == [
+        {"name": track, "labels": {"shopmesh.io/track": track}} for track in ("stable", "canary")
+    ]
 
 
 def test_the_edge_gets_no_route_rules(rendered: dict[tuple[str, str], Docs]) -> None:
@@ -179,30 +185,51 @@ def test_the_istio_schema_check_sees_a_bad_value_and_a_misspelled_field(rendered
 
 # --- Linkerd --------------------------------------------------------------------------------------------
 
-# The fields of Linkerd's policy CRDs that a chart may set (linkerd2's charts/linkerd-crds, read on
-# 2026-12-02): apiVersion -> kind -> spec field -> allowed values (None: any value).
-LINKERD_SPEC_FIELDS: dict[str, dict[str, dict[str, set[str] | None]]] = {
-    "policy.linkerd.io/v1beta3": {
-        "Server": {
-            "podSelector": None,
-            "port": None,
-            "proxyProtocol": {"unknown", "HTTP/1", "HTTP/2", "gRPC", "opaque", "TLS"},
-            "accessPolicy": {
-                "deny",
-                "all-unauthenticated",
-                "all-authenticated",
-                "cluster-authenticated",
-                "cluster-unauthenticated",
-                "audit",
-            },
+# The fields of Linkerd's policy CRDs (linkerd2's charts/linkerd-crds, read on 2026-12-02; no schema package
+# exists offline), as far as a chart may set them: a dict is an object of those fields, a one-item list an
+# array of that, a set the allowed values, None any scalar or free-form map (labels).
+Schema = dict[str, Any] | list[Any] | set[str] | None
+REF = {"group": None, "kind": None, "name": None, "namespace": None}
+SELECTOR = {"matchLabels": None, "matchExpressions": [{"key": None, "operator": None, "values": None}]}
+LINKERD_SPECS: dict[tuple[str, str], Schema] = {
+    ("policy.linkerd.io/v1beta3", "Server"): {
+        "podSelector": SELECTOR,
+        "port": None,
+        "proxyProtocol": {"unknown", "HTTP/1", "HTTP/2", "gRPC", "opaque", "TLS"},
+        "accessPolicy": {
+            "deny",
+            "all-unauthenticated",
+            "all-authenticated",
+            "cluster-authenticated",
+            "cluster-unauthenticated",
+            "audit",
         },
-        "HTTPRoute": {"parentRefs": None, "rules": None, "hostnames": None},
     },
-    "policy.linkerd.io/v1alpha1": {
-        "AuthorizationPolicy": {"targetRef": None, "requiredAuthenticationRefs": None},
-        "MeshTLSAuthentication": {"identities": None, "identityRefs": None},
-        "NetworkAuthentication": {"networks": None},
+    ("policy.linkerd.io/v1beta3", "HTTPRoute"): {
+        "parentRefs": [REF | {"port": None, "sectionName": None}],
+        "hostnames": None,
+        "rules": [
+            {
+                "matches": [
+                    {
+                        "path": {"type": {"Exact", "PathPrefix", "RegularExpression"}, "value": None},
+                        "headers": None,
+                        "queryParams": None,
+                        "method": None,
+                    }
+                ],
+                "filters": None,
+                "backendRefs": None,
+                "timeouts": None,
+            }
+        ],
     },
+    ("policy.linkerd.io/v1alpha1", "AuthorizationPolicy"): {
+        "targetRef": {"group": None, "kind": None, "name": None},
+        "requiredAuthenticationRefs": [REF],
+    },
+    ("policy.linkerd.io/v1alpha1", "MeshTLSAuthentication"): {"identities": None, "identityRefs": [REF]},
+    ("policy.linkerd.io/v1alpha1", "NetworkAuthentication"): {"networks": [{"cidr": None, "except": None}]},
 }
 REQUIRED = {
     "Server": {"port", "podSelector"},
@@ -212,22 +239,41 @@ REQUIRED = {
 }
 
 
+def schema_problems(value: Any, schema: Schema, path: str) -> list[str]:
+    if isinstance(schema, set):
+        return [] if value in schema else [f"{path}: {value!r} is not one of {sorted(schema)}"]
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return [f"{path}: not a list"]
+        return [p for i, item in enumerate(value) for p in schema_problems(item, schema[0], f"{path}[{i}]")]
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return [f"{path}: not an object"]
+        return [
+            p
+            for key, item in value.items()
+            for p in (
+                schema_problems(item, schema[key], f"{path}.{key}")
+                if key in schema
+                else [f"{path}.{key}: unknown field"]
+            )
+        ]
+    return []
+
+
 def linkerd_problems(objects: Docs) -> list[str]:
-    """Fields and values against LINKERD_SPEC_FIELDS; every targetRef/parentRef/authentication ref names an
-    object among `objects` (or a ServiceAccount the objects' chart renders, for identityRefs)."""
+    """Fields and values against LINKERD_SPECS; every targetRef/parentRef/authentication ref names an
+    object among `objects`."""
     problems = []
     present = {(d["kind"], d["metadata"]["name"]) for d in objects}
     for d in objects:
         where = f"{d['kind']}/{d['metadata']['name']}"
-        fields = LINKERD_SPEC_FIELDS.get(d["apiVersion"], {}).get(d["kind"])
-        if fields is None:
+        if (d["apiVersion"], d["kind"]) not in LINKERD_SPECS:
             problems.append(f"{where}: {d['apiVersion']} {d['kind']} is not a Linkerd policy kind we know")
             continue
-        for key, value in d["spec"].items():
-            if key not in fields:
-                problems.append(f"{where}: spec.{key}: unknown field")
-            elif fields[key] is not None and value not in fields[key]:  # type: ignore[operator]
-                problems.append(f"{where}: spec.{key}: {value!r} is not one of {sorted(fields[key])}")  # type: ignore[arg-type]
+        problems += [
+            f"{where}: {p}" for p in schema_problems(d["spec"], LINKERD_SPECS[d["apiVersion"], d["kind"]], "spec")
+        ]
         missing = REQUIRED.get(d["kind"], set()) - set(d["spec"])
         if d["kind"] == "MeshTLSAuthentication" and len({"identities", "identityRefs"} & set(d["spec"])) != 1:
             problems.append(f"{where}: exactly one of identities, identityRefs")
@@ -307,7 +353,7 @@ def test_linkerd_objects_have_only_the_crds_fields_and_their_references_resolve(
         assert linkerd_problems(objects) == [], chart
 
 
-def test_the_linkerd_check_sees_a_bad_value_a_misspelled_field_and_a_dangling_reference(
+def test_the_linkerd_check_sees_a_bad_value_misspelled_fields_and_a_dangling_reference(
     rendered: dict[tuple[str, str], Docs],
 ) -> None:
     objects = json.loads(json.dumps(linkerd(rendered["linkerd", "catalog"])))
@@ -317,7 +363,10 @@ def test_the_linkerd_check_sees_a_bad_value_a_misspelled_field_and_a_dangling_re
     route["spec"]["rule"] = route["spec"].pop("rules")
     policy = next(d for d in objects if d["kind"] == "AuthorizationPolicy")
     policy["spec"]["targetRef"]["name"] = "catalog-nothing"
+    network = next(d for d in objects if d["kind"] == "NetworkAuthentication")
+    network["spec"]["networks"][0]["cdir"] = network["spec"]["networks"][0].pop("cidr")
     problems = " | ".join(linkerd_problems(objects))
+    assert "spec.networks[0].cdir: unknown field" in problems
     assert "'grpc' is not one of" in problems
     assert "spec.rule: unknown field" in problems
     assert "spec.rules is required" in problems
@@ -347,8 +396,28 @@ def test_helm_test_goes_through_the_mesh_under_an_identity_of_its_own(
     else:
         assert metadata["annotations"]["linkerd.io/inject"] == "enabled"
         assert metadata["annotations"]["config.beta.linkerd.io/proxy-enable-native-sidecar"] == "true"
-    # Its identity may call health and nothing else: it is no service's caller.
-    assert f"{name}-health-test" not in {c for n in NAMES for c in service_callers(n)}
+    # Its identity may call health and nothing else: no rendered policy names it.
+    umbrella = rendered[mesh, render.UMBRELLA]
+    if mesh == "istio":
+        named = {
+            p
+            for d in umbrella
+            if d["kind"] == "AuthorizationPolicy"
+            for who, _, _ in istio_grants(d)
+            if who
+            for p in who
+        }
+        assert principal(f"{name}-health-test") not in named
+        assert named == {principal(n) for n in NAMES if any(n in service_callers(m) for m in NAMES)}
+    else:
+        named = {
+            r["name"]
+            for d in linkerd(umbrella)
+            if d["kind"] == "MeshTLSAuthentication"
+            for r in d["spec"]["identityRefs"]
+        }
+        assert f"{name}-health-test" not in named
+        assert named == {n for n in NAMES if any(n in service_callers(m) for m in NAMES)}
     # Its proxy reaches the mesh's control plane.
     egress = find(docs, "NetworkPolicy", f"{name}-health-test")["spec"]["egress"]
     control_plane = "istio-system" if mesh == "istio" else "linkerd"
@@ -377,7 +446,10 @@ def test_mesh_policy_can_be_left_to_the_platform_team(helm_dir: Path, mesh: str)
     assert not istio(docs)
     assert not linkerd(docs)
     template = find(docs, "Deployment", "orders")["spec"]["template"]["metadata"]
-    assert "sidecar.istio.io/inject" in template["labels"] or "linkerd.io/inject" in template["annotations"]
+    if mesh == "istio":
+        assert template["labels"]["sidecar.istio.io/inject"] == "true"
+    else:
+        assert template["annotations"]["linkerd.io/inject"] == "enabled"
 
 
 @pytest.mark.parametrize("value_set", ["default", "istio", "linkerd"])
@@ -408,9 +480,8 @@ CANARY_TAG = "0.2.0-rc1"
 
 
 def render_umbrella(helm_dir: Path, values: dict[str, Any]) -> Docs:
-    with helm.Chart.load(helm_dir / render.UMBRELLA) as chart:
-        out = chart.render(values, name=render.UMBRELLA, namespace=NS, is_install=True)
-    return [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    out = render.render(helm_dir, render.UMBRELLA, "custom", values=values)
+    return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
 
 
 def canary_values(mesh: str, **canary: Any) -> dict[str, Any]:
@@ -540,11 +611,25 @@ def test_canary_objects_validate_against_their_schemas(with_canary: tuple[str, D
         ),
         (canary_values("linkerd", weight=120), "must be 0-100"),
         ({"global": {"mesh": "istio", "canary": {"gateway": {"enabled": True}}}}, "split at your ingress"),
+        (
+            {"global": canary_values("istio")["global"] | {"meshPolicy": {"enabled": False}}},
+            "needs a mesh and its policy objects",
+        ),
     ],
-    ids=["no-mesh", "sqlite", "weight", "edge"],
+    ids=["no-mesh", "sqlite", "weight", "edge", "no-mesh-policy"],
 )
 def test_a_canary_that_cannot_work_fails_the_render_saying_why(
     helm_dir: Path, values: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(Exception, match=message):
         render_umbrella(helm_dir, values)
+
+
+def test_the_stable_disruption_budget_counts_only_the_stable_pods(helm_dir: Path) -> None:
+    """Staging (two replicas, a budget of one) with a canary: a drain must not evict every stable pod
+    because the canary's pod still satisfies the budget."""
+    staging = render.values_for("staging", helm_dir)
+    docs = render_umbrella(helm_dir, {"global": staging["global"] | canary_values("linkerd")["global"]})
+    budget = find(docs, "PodDisruptionBudget", CANARY)["spec"]["selector"]["matchLabels"]
+    assert selects(budget, pod_labels(docs, CANARY))
+    assert not selects(budget, pod_labels(docs, f"{CANARY}-canary"))

@@ -103,8 +103,11 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "existingSecret" (dig "existingSecret" "" $smtp)
     "peers" (dig "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "mailpit")))) $smtp)) -}}
 
-{{- /* The call graph (checked against shopmesh_platform.topology by tests/k8s). */ -}}
+{{- /* The call graph (checked against shopmesh_platform.topology by tests/k8s). "clients" among the callers
+     are callers from outside the graph: the service is the edge. */ -}}
 {{- $_ := set $c "callers" (dig "callers" list $v) -}}
+{{- $_ := set $c "serviceCallers" (without $c.callers "clients") -}}
+{{- $_ := set $c "edge" (has "clients" $c.callers) -}}
 {{- $_ := set $c "calls" (dig "calls" list $v) -}}
 
 {{- /* NetworkPolicy peers outside the service graph. */ -}}
@@ -141,13 +144,13 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $canaryTag := dig "image" "tag" "" $cv | default $tag -}}
 {{- $canaryDigest := dig "image" "digest" "" $cv -}}
 {{- if $canaryEnabled -}}
-{{- if eq $mesh "" -}}
-{{- fail (printf "canary for %s: traffic splitting needs a mesh (global.mesh istio or linkerd); without one the Service spreads calls by pod count, not by weight" $name) -}}
+{{- if not $c.meshPolicy.enabled -}}
+{{- fail (printf "canary for %s: traffic splitting needs a mesh and its policy objects (global.mesh istio or linkerd, global.meshPolicy.enabled); without them the Service spreads calls by pod count, not by weight" $name) -}}
 {{- end -}}
 {{- if not (and (ge (int $weight) 0) (le (int $weight) 100)) -}}
 {{- fail (printf "canary.weight for %s must be 0-100, not %v" $name $weight) -}}
 {{- end -}}
-{{- if has "clients" (dig "callers" list $v) -}}
+{{- if $c.edge -}}
 {{- fail (printf "canary for %s: its callers are clients outside the mesh, which spread calls by pod count; split at your ingress instead" $name) -}}
 {{- end -}}
 {{- if and $dbEnabled (eq $dbMode "sqlite") -}}

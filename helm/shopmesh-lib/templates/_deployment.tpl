@@ -24,7 +24,7 @@ metadata:
   namespace: {{ $c.namespace }}
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
-  {{- with include "shopmesh-lib.checkovSkips" (dict "c" (dict "imageDigest" (ternary $c.canary.imageDigest $c.imageDigest $canary))) }}
+  {{- with include "shopmesh-lib.checkovSkips" (dict "imageDigest" (ternary $c.canary.imageDigest $c.imageDigest $canary)) }}
   annotations:
     {{- . | trim | nindent 4 }}
   {{- end }}

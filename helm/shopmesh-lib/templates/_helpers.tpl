@@ -39,7 +39,7 @@ checkov skips, each with its one-line reason. checkov reads any annotation whose
 rendering is skipped; tests/k8s fails on any skip without a reason.
 */}}
 {{- define "shopmesh-lib.checkovSkips" -}}
-{{- if not .c.imageDigest }}
+{{- if not .imageDigest }}
 checkov.io/skip-image-digest: CKV_K8S_43=Image referenced by tag in this rendering; skaffold and CI set image.digest to pin it
 {{- end }}
 {{- if .testPod }}

@@ -5,7 +5,8 @@ The same rules as the local mesh (`make run MESH=envoy`, shopmesh_platform.mesh.
 
   - mutual TLS on every service port but the metrics port (Prometheus is not in the mesh) and the
     gateway's gRPC port (the edge: clients come from outside the mesh);
-  - grpc.health.v1.Health open to anyone who reaches the port (the kubelet's probes, `helm test`);
+  - grpc.health.v1.Health open to anyone who reaches the port (`helm test`, and under Linkerd the
+    kubelet's probes; Istio's agent sends the probes to the app past the proxy);
   - every other method only to the services that call this one in the graph (by their mTLS identity:
     their ServiceAccount, which is named after the service);
   - the mesh retries only what never reached the callee (Istio's default also retries UNAVAILABLE,
@@ -23,28 +24,23 @@ The same rules as the local mesh (`make run MESH=envoy`, shopmesh_platform.mesh.
 {{- end }}
 {{- end -}}
 
-{{/* Is this service the edge (called from outside the graph)? "true" or "". */}}
-{{- define "shopmesh-lib.mesh.isEdge" -}}
-{{- if has "clients" .callers }}true{{ end -}}
-{{- end -}}
-
-{{/* The services among the callers ("clients" is outside the graph). */}}
-{{- define "shopmesh-lib.mesh.serviceCallers" -}}
-{{- without .callers "clients" | toYaml -}}
+{{/* metadata: of a mesh object of the service; .name is the object's name. */}}
+{{- define "shopmesh-lib.mesh.metadata" -}}
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" .ctx | nindent 4 }}
 {{- end -}}
 
 {{- define "shopmesh-lib.mesh.istio" -}}
 {{- $c := .c -}}
-{{- $edge := include "shopmesh-lib.mesh.isEdge" $c -}}
-{{- $callers := include "shopmesh-lib.mesh.serviceCallers" $c | fromYamlArray -}}
+{{- $edge := $c.edge -}}
+{{- $callers := $c.serviceCallers -}}
 {{- $host := include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace) -}}
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata:
-  name: {{ $c.name }}
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $c.name) }}
 spec:
   selector:
     matchLabels:
@@ -63,18 +59,15 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata:
-  name: {{ $c.name }}
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $c.name) }}
 spec:
   selector:
     matchLabels:
       {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
   action: ALLOW
   rules:
-    # Health: the kubelet's probes (rewritten by Istio to the sidecar's agent) and `helm test`.
+    # Health: `helm test` and meshed callers. (The kubelet's probes do not come this way: Istio rewrites
+    # them to its agent, which calls the app past the proxy.)
     - to:
         - operation:
             ports: [{{ $c.grpcPort | quote }}]
@@ -104,35 +97,29 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata:
-  name: {{ $c.name }}
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $c.name) }}
 spec:
   hosts:
     - {{ $host }}
   http:
-    - route:
-        {{- if $c.canary.enabled }}
-        # Traffic splitting: the canary gets canary.weight percent of the calls (subsets below).
+    # Only the gRPC port: a meshed call to the metrics port keeps its own.
+    - match:
+        - port: {{ $c.grpcPort }}
+      {{- if $c.canary.enabled }}
+      # Traffic splitting: the canary gets canary.weight percent of the calls (subsets below).
+      {{- end }}
+      route:
+        {{- range $track, $weight := ternary (dict "stable" (sub 100 $c.canary.weight) "canary" $c.canary.weight) (dict "" 100) $c.canary.enabled }}
         - destination:
             host: {{ $host }}
             port:
               number: {{ $c.grpcPort }}
-            subset: stable
-          weight: {{ sub 100 $c.canary.weight }}
-        - destination:
-            host: {{ $host }}
-            port:
-              number: {{ $c.grpcPort }}
-            subset: canary
-          weight: {{ $c.canary.weight }}
-        {{- else }}
-        - destination:
-            host: {{ $host }}
-            port:
-              number: {{ $c.grpcPort }}
+            {{- with $track }}
+            subset: {{ . }}
+            {{- end }}
+          {{- if $track }}
+          weight: {{ $weight }}
+          {{- end }}
         {{- end }}
       # Replaces Istio's default (2 retries on connect-failure,refused-stream,unavailable,cancelled,
       # retriable-status-codes): only failures where the request never reached the service, safe for
@@ -144,48 +131,39 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata:
-  name: {{ $c.name }}
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $c.name) }}
 spec:
   host: {{ $host }}
   trafficPolicy:
-    tls:
-      mode: ISTIO_MUTUAL
+    # (mTLS: Istio's automatic mutual TLS, required by the PeerAuthentication above.)
     outlierDetection:
-      # gRPC INTERNAL, UNKNOWN, DATA_LOSS, UNAVAILABLE and DEADLINE_EXCEEDED count as 5xx; client mistakes
-      # (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...) map to 4xx and never eject a pod.
+      # gRPC INTERNAL, UNKNOWN, DATA_LOSS, UNIMPLEMENTED, UNAVAILABLE and DEADLINE_EXCEEDED map to 5xx;
+      # client mistakes (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...) to 4xx, which never eject.
       consecutive5xxErrors: {{ $c.meshPolicy.ejectAfterConsecutiveErrors }}
       interval: 10s
       baseEjectionTime: {{ printf "%vs" $c.meshPolicy.ejectionSeconds }}
       maxEjectionPercent: 50
-      # Below half the pods healthy, balance over all of them: with one replica (dev) ejecting the
-      # only pod would turn a few errors into a whole outage.
+      # Envoy's panic threshold: below half the pods healthy it balances over all of them, ejected ones
+      # included; with one replica (dev) ejecting the only pod would turn a few errors into an outage.
       minHealthPercent: 50
-  {{- if $c.canary.enabled }}
+  # Always both tracks, canary or not: turning a canary off then changes only the VirtualService, and
+  # no route ever names a subset that was just removed.
   subsets:
     {{- range list "stable" "canary" }}
     - name: {{ . }}
       labels:
         shopmesh.io/track: {{ . }}
     {{- end }}
-  {{- end }}
 {{- end }}
 {{- end -}}
 
 {{- define "shopmesh-lib.mesh.linkerd" -}}
 {{- $c := .c -}}
-{{- $edge := include "shopmesh-lib.mesh.isEdge" $c -}}
-{{- $callers := include "shopmesh-lib.mesh.serviceCallers" $c | fromYamlArray -}}
+{{- $edge := $c.edge -}}
+{{- $callers := $c.serviceCallers -}}
 apiVersion: policy.linkerd.io/v1beta3
 kind: Server
-metadata:
-  name: {{ $c.name }}-grpc
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-grpc" $c.name)) }}
 spec:
   podSelector:
     matchLabels:
@@ -199,11 +177,7 @@ spec:
 ---
 apiVersion: policy.linkerd.io/v1beta3
 kind: Server
-metadata:
-  name: {{ $c.name }}-metrics
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-metrics" $c.name)) }}
 spec:
   podSelector:
     matchLabels:
@@ -214,11 +188,7 @@ spec:
 ---
 apiVersion: policy.linkerd.io/v1beta3
 kind: HTTPRoute
-metadata:
-  name: {{ $c.name }}-health
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-health" $c.name)) }}
 spec:
   parentRefs:
     - group: policy.linkerd.io
@@ -232,11 +202,7 @@ spec:
 ---
 apiVersion: policy.linkerd.io/v1beta3
 kind: HTTPRoute
-metadata:
-  name: {{ $c.name }}-rpc
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-rpc" $c.name)) }}
 spec:
   parentRefs:
     - group: policy.linkerd.io
@@ -253,11 +219,7 @@ spec:
 # decides who reaches the port at all.
 apiVersion: policy.linkerd.io/v1alpha1
 kind: NetworkAuthentication
-metadata:
-  name: {{ $c.name }}-any-network
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-any-network" $c.name)) }}
 spec:
   networks:
     - cidr: 0.0.0.0/0
@@ -265,11 +227,7 @@ spec:
 ---
 apiVersion: policy.linkerd.io/v1alpha1
 kind: AuthorizationPolicy
-metadata:
-  name: {{ $c.name }}-health
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-health" $c.name)) }}
 spec:
   targetRef:
     group: policy.linkerd.io
@@ -282,11 +240,7 @@ spec:
 ---
 apiVersion: policy.linkerd.io/v1alpha1
 kind: AuthorizationPolicy
-metadata:
-  name: {{ $c.name }}-metrics
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-metrics" $c.name)) }}
 spec:
   targetRef:
     group: policy.linkerd.io
@@ -301,11 +255,7 @@ spec:
 # The edge: every method from anyone the NetworkPolicy lets in; the gateway authenticates users.
 apiVersion: policy.linkerd.io/v1alpha1
 kind: AuthorizationPolicy
-metadata:
-  name: {{ $c.name }}-clients
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-clients" $c.name)) }}
 spec:
   targetRef:
     group: policy.linkerd.io
@@ -321,11 +271,7 @@ spec:
 # The services that call this one, by their mTLS identity (their ServiceAccount).
 apiVersion: policy.linkerd.io/v1alpha1
 kind: MeshTLSAuthentication
-metadata:
-  name: {{ $c.name }}-callers
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-callers" $c.name)) }}
 spec:
   identityRefs:
     {{- range $callers }}
@@ -335,11 +281,7 @@ spec:
 ---
 apiVersion: policy.linkerd.io/v1alpha1
 kind: AuthorizationPolicy
-metadata:
-  name: {{ $c.name }}-callers
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-callers" $c.name)) }}
 spec:
   targetRef:
     group: policy.linkerd.io
@@ -356,11 +298,7 @@ spec:
 # their calls (Gateway API GRPCRoute on the Service, as Linkerd routes outbound gRPC).
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
-metadata:
-  name: {{ $c.name }}-split
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-split" $c.name)) }}
 spec:
   parentRefs:
     - group: core

@@ -7,7 +7,6 @@ tests/k8s checks the rendered rules against shopmesh_platform.topology.
 */}}
 {{- define "shopmesh-lib.networkpolicy" -}}
 {{- $c := .c -}}
-{{- $serviceCallers := without $c.callers "clients" -}}
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -21,10 +20,10 @@ spec:
       {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
   policyTypes: [Ingress, Egress]
   ingress:
-    {{- if $serviceCallers }}
+    {{- if $c.serviceCallers }}
     # The services that call this one.
     - from:
-        {{- range $serviceCallers }}
+        {{- range $c.serviceCallers }}
         - podSelector:
             matchLabels:
               app.kubernetes.io/name: {{ . }}
@@ -33,7 +32,7 @@ spec:
       ports:
         {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
     {{- end }}
-    {{- if has "clients" $c.callers }}
+    {{- if $c.edge }}
     # Clients from outside the service graph (the edge).
     - ports:
         {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}

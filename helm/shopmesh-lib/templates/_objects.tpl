@@ -134,6 +134,8 @@ spec:
   selector:
     matchLabels:
       {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+      # The stable pods only: a canary's pod must not stand in for them while a drain evicts them all.
+      shopmesh.io/track: stable
 {{- end -}}
 
 

@@ -73,11 +73,7 @@ metadata:
   name: {{ $c.name }}-health-test
   namespace: {{ $c.namespace }}
   labels:
-    app.kubernetes.io/name: {{ $c.name }}-health-test
-    app.kubernetes.io/component: helm-test
-    app.kubernetes.io/part-of: shopmesh
-    app.kubernetes.io/instance: {{ .root.Release.Name }}
-    app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+    {{- include "shopmesh-lib.test-labels" . | nindent 4 }}
   annotations:
     helm.sh/hook: test
     helm.sh/hook-weight: "-10"
@@ -93,11 +89,7 @@ metadata:
   name: {{ $c.name }}-health-test
   namespace: {{ $c.namespace }}
   labels:
-    app.kubernetes.io/name: {{ $c.name }}-health-test
-    app.kubernetes.io/component: helm-test
-    app.kubernetes.io/part-of: shopmesh
-    app.kubernetes.io/instance: {{ .root.Release.Name }}
-    app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+    {{- include "shopmesh-lib.test-labels" . | nindent 4 }}
     {{- if eq $c.mesh "istio" }}
     sidecar.istio.io/inject: "true"
     {{- end }}
@@ -112,11 +104,13 @@ metadata:
     {{- end }}
     {{- if eq $c.mesh "linkerd" }}
     linkerd.io/inject: enabled
-    config.beta.linkerd.io/proxy-enable-native-sidecar: "true"
-    # Linkerd before 2.16 reads the alpha name.
+    # One switch, three names over Linkerd's releases (alpha up to 2.18, then beta, now GA); each
+    # release reads its own and ignores the others.
     config.alpha.linkerd.io/proxy-enable-native-sidecar: "true"
+    config.beta.linkerd.io/proxy-enable-native-sidecar: "true"
+    config.linkerd.io/proxy-enable-native-sidecar: "true"
     {{- end }}
-    {{- with include "shopmesh-lib.checkovSkips" (dict "c" $c "testPod" true) }}
+    {{- with include "shopmesh-lib.checkovSkips" (dict "imageDigest" $c.imageDigest "testPod" true) }}
     {{- . | trim | nindent 4 }}
     {{- end }}
 spec:
@@ -161,4 +155,13 @@ spec:
           drop: ["ALL"]
         seccompProfile:
           type: RuntimeDefault
+{{- end -}}
+
+
+{{- define "shopmesh-lib.test-labels" -}}
+app.kubernetes.io/name: {{ .c.name }}-health-test
+app.kubernetes.io/component: helm-test
+app.kubernetes.io/part-of: shopmesh
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end -}}
