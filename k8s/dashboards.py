@@ -95,6 +95,52 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ],
     ),
     (
+        # Every pod carries shopmesh.io/track (stable, or canary while one runs: docs/mesh.md "Canaries"),
+        # which the ServiceMonitor copies onto the series as shopmesh_io_track.
+        "Canaries: stable and canary side by side",
+        [
+            (
+                "Server-side errors by track",
+                "percentunit",
+                "Share of calls ending in a server error, for the stable pods and a canary's apart: a canary "
+                "worse than its stable pods is the reason to abort it.",
+                [
+                    (
+                        f"sum by (job, shopmesh_io_track) "
+                        f'(rate(grpc_server_handled_total{{{SELECTOR}, grpc_code=~"{SERVER_ERRORS}"}}'
+                        f"[$__rate_interval])) / sum by (job, shopmesh_io_track) "
+                        f"(rate(grpc_server_handled_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}} {{shopmesh_io_track}}",
+                    )
+                ],
+            ),
+            (
+                "p99 latency by track",
+                "s",
+                "99th percentile of the time the stable pods and a canary's spent on a call.",
+                [
+                    (
+                        "histogram_quantile(0.99, sum by (le, job, shopmesh_io_track) "
+                        f"(rate(grpc_server_handling_seconds_bucket{{{SELECTOR}}}[$__rate_interval])))",
+                        "{{job}} {{shopmesh_io_track}}",
+                    )
+                ],
+            ),
+            (
+                "Calls per second by track",
+                "reqps",
+                "How the mesh splits the calls: a canary's share follows its weight.",
+                [
+                    (
+                        f"sum by (job, shopmesh_io_track) "
+                        f"(rate(grpc_server_handled_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}} {{shopmesh_io_track}}",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
         "Checkouts",
         [
             (
