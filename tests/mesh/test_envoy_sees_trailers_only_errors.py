@@ -20,30 +20,21 @@ response headers only), although Envoy did read the trailers: the host's rq_erro
 
 from __future__ import annotations
 
-import contextlib
-import json
-import subprocess
-import urllib.request
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
-from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.testing import eventually, serve_in_process
-from shopmesh_chassis.testing.sample_service import SampleServicer, SampleSettings, binding
-from shopmesh_platform.stack import envoy_binary
+from shopmesh_chassis.testing import eventually
+
+from .envoykit import Backend, Mesh
 
 if TYPE_CHECKING:
     from shopmesh.sample.v1.sample_pb2_grpc import SampleServiceAsyncStub
 
-CLUSTER = "backends"
 DOWN = "INSTANCE_DOWN"
 # The response header the control backend sends before its error.
 SENT_FIRST = "x-sent-before-the-error"
@@ -74,26 +65,6 @@ RETRY_UNAVAILABLE_ELSEWHERE: dict[str, Any] = {
     ],
     "host_selection_retry_max_attempts": 5,
 }
-
-_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-
-class Backend(SampleServicer):
-    """The sample service's Echo, answered OK; counts the calls it got, and knows its address once served."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-        self.address = ""
-
-    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
-        self.calls += 1
-        return await self.answer(request, context)
-
-    async def answer(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
-        return await super().Echo(request, context)
 
 
 class DownTrailersOnly(Backend):
@@ -140,195 +111,6 @@ async def echo_calls(address: str, count: int) -> list[Answer]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
         return [await echo(stub) for _ in range(count)]
-
-
-def bootstrap(
-    backends: Sequence[str],
-    *,
-    retry_policy: dict[str, Any] | None = None,
-    outlier_detection: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Envoy's static configuration: one listener sending every call to the cluster of `backends` (round robin,
-    plaintext HTTP/2, as the local mesh's clusters in shopmesh_platform.mesh.envoy), on loopback; the listener
-    and the admin interface on ports the OS picks (port 0)."""
-    route: dict[str, Any] = {"cluster": CLUSTER, "timeout": "5s"}
-    if retry_policy is not None:
-        route["retry_policy"] = retry_policy
-    cluster: dict[str, Any] = {
-        "name": CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "lb_policy": "ROUND_ROBIN",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _HTTP_OPTIONS,
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        # No panic mode (Istio's default, minHealthPercent 0): an ejected host gets no calls at all, even with
-        # half the cluster ejected.
-        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
-        "load_assignment": {
-            "cluster_name": CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(backend)}} for backend in backends]}],
-        },
-    }
-    if outlier_detection is not None:
-        cluster["outlier_detection"] = outlier_detection
-    manager = {
-        "@type": _HCM,
-        "stat_prefix": "ingress",
-        "codec_type": "HTTP2",
-        "route_config": {
-            "name": "all",
-            "virtual_hosts": [
-                {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": route}]}
-            ],
-        },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
-    }
-    listener = {
-        "name": "ingress",
-        "address": _socket("127.0.0.1:0"),
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
-        ],
-    }
-    return {
-        "admin": {"address": _socket("127.0.0.1:0")},
-        "static_resources": {"listeners": [listener], "clusters": [cluster]},
-    }
-
-
-def _socket(address: str) -> dict[str, Any]:
-    host, port = address.rsplit(":", 1)
-    return {"socket_address": {"address": host, "port_value": int(port)}}
-
-
-def _address(socket_address: dict[str, Any]) -> str:
-    return f"{socket_address['address']}:{socket_address['port_value']}"
-
-
-@dataclass(frozen=True)
-class Host:
-    """One endpoint of the cluster as Envoy's admin /clusters tells it."""
-
-    ejected: bool
-    stats: dict[str, int]
-
-
-@dataclass
-class Envoy:
-    process: subprocess.Popen[bytes]
-    log: Path
-    admin_path: Path
-    # host:port of the listener, once it is ready.
-    address: str = ""
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def admin(self) -> str:
-        """host:port of the admin interface, once Envoy has written it; fails with Envoy's output if it exited."""
-        assert self.process.poll() is None, f"envoy exited with {self.process.returncode}:\n{self.output()}"
-        return self.admin_path.read_text().strip() if self.admin_path.exists() else ""
-
-    def get(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://{self.admin()}{path}", timeout=5) as response:
-            body: bytes = response.read()
-            return body.decode()
-
-    def ready(self) -> bool:
-        try:
-            return bool(self.admin()) and self.get("/ready").strip() == "LIVE"
-        except OSError:
-            return False
-
-    def stats(self) -> dict[str, int]:
-        """The cluster's counters and gauges by name, less the `cluster.backends.` prefix (zeros included)."""
-        items = json.loads(self.get(f"/stats?format=json&filter=^cluster\\.{CLUSTER}\\."))["stats"]
-        return {
-            item["name"].removeprefix(f"cluster.{CLUSTER}."): int(item["value"]) for item in items if "value" in item
-        }
-
-    def hosts(self) -> dict[str, Host]:
-        """Each endpoint of the cluster by its address."""
-        [cluster] = [
-            c for c in json.loads(self.get("/clusters?format=json"))["cluster_statuses"] if c["name"] == CLUSTER
-        ]
-        return {
-            _address(host["address"]["socket_address"]): Host(
-                ejected=bool(host["health_status"].get("failed_outlier_check")),
-                stats={stat["name"]: int(stat.get("value", 0)) for stat in host["stats"]},
-            )
-            for host in cluster["host_statuses"]
-        }
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def launch_envoy(config: dict[str, Any], directory: Path) -> Envoy:
-    config_path = directory / "envoy.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    log = directory / "envoy.log"
-    admin_path = directory / "envoy-admin-address"
-    argv = [
-        str(envoy_binary()),
-        *("--config-path", str(config_path)),
-        # Where Envoy writes the admin address it bound (port 0 in the configuration).
-        *("--admin-address-path", str(admin_path)),
-        # As the local mesh's sidecars: no shared memory with any other Envoy on the machine (no base id to
-        # collide on), and one worker, so that one round robin spreads the calls.
-        "--disable-hot-restart",
-        *("--concurrency", "1"),
-        *("--log-level", "warn"),
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    return Envoy(process, log, admin_path)
-
-
-class Mesh:
-    """Backends served by the chassis in this event loop behind an Envoy; the fixture stops everything."""
-
-    def __init__(self, directory: Path, exits: contextlib.AsyncExitStack) -> None:
-        self.directory = directory
-        self.exits = exits
-
-    async def envoy_in_front_of(
-        self,
-        backends: Sequence[Backend],
-        *,
-        retry_policy: dict[str, Any] | None = None,
-        outlier_detection: dict[str, Any] | None = None,
-    ) -> Envoy:
-        settings = load_settings(SampleSettings, grpc_host="127.0.0.1", grpc_port=0, metrics_port=-1)
-        for backend in backends:
-            server = await self.exits.enter_async_context(serve_in_process(settings, [binding(backend)]))
-            backend.address = server.address
-        config = bootstrap(
-            [b.address for b in backends], retry_policy=retry_policy, outlier_detection=outlier_detection
-        )
-        envoy = launch_envoy(config, self.directory)
-        # Stopped before the backends drain (the exit stack unwinds last in, first out).
-        self.exits.callback(envoy.stop)
-        await eventually(envoy.ready, f"envoy's admin /ready answering LIVE (envoy's output: {envoy.log})", timeout=20)
-        [listener] = json.loads(envoy.get("/listeners?format=json"))["listener_statuses"]
-        envoy.address = _address(listener["local_address"]["socket_address"])
-        return envoy
-
-
-@pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    async with contextlib.AsyncExitStack() as exits:
-        yield Mesh(tmp_path, exits)
 
 
 async def test_outlier_detection_ejects_a_backend_whose_errors_are_trailers_only(mesh: Mesh) -> None:

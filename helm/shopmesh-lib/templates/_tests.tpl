@@ -2,24 +2,39 @@
 `helm test`: a pod (from the service's own image: it has grpcio and grpc_health) checks the service's
 grpc.health.v1 status over the Service address: overall ("") and each gRPC service it serves. The
 umbrella chart runs every service's hook, so `helm test shopmesh` checks the whole system.
+Under the mesh policy (`--meshed`) it also checks that the policy is enforced: its identity may call
+health and nothing else, so a call to any other method must come back PERMISSION_DENIED from the mesh
+(a name no service has, so the call could do nothing even where the policy is missing).
+tests/mesh/test_helm_test_hook.py runs this script against a service with and without a policy in front.
 */}}
 {{- define "shopmesh-lib.healthcheck.py" -}}
 import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-target, names = sys.argv[1], ["", *sys.argv[2:]]
+meshed = sys.argv[1] == "--meshed"
+target, *served = sys.argv[2:] if meshed else sys.argv[1:]
+failed = 0
+def report(ok, what, text):
+    global failed
+    failed += not ok
+    print(f"{'ok  ' if ok else 'FAIL'} {target} {what}: {text}", flush=True)
 with grpc.insecure_channel(target) as channel:
     stub = health_pb2_grpc.HealthStub(channel)
-    failed = 0
-    for name in names:
+    for name in ["", *served]:
         try:
             status = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10, wait_for_ready=True).status
             text = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
         except grpc.RpcError as exc:
             status, text = None, f"{exc.code().name}: {exc.details()}"
-        ok = status == health_pb2.HealthCheckResponse.SERVING
-        failed += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {target} {name or '(overall)'}: {text}", flush=True)
+        report(status == health_pb2.HealthCheckResponse.SERVING, name or "(overall)", text)
+    for name in served if meshed else []:
+        try:
+            channel.unary_unary(f"/{name}/HelmTestProbe")(b"", timeout=10, wait_for_ready=True)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+        refused = code == grpc.StatusCode.PERMISSION_DENIED
+        report(refused, f"{name}/* as this test", f"{code.name}, {'refused by the mesh' if refused else 'the mesh let it through'}")
 sys.exit(1 if failed else 0)
 {{- end -}}
 
@@ -133,6 +148,9 @@ spec:
         - -c
         - |
           {{- include "shopmesh-lib.healthcheck.py" . | nindent 10 }}
+        {{- if $c.meshPolicy.enabled }}
+        - --meshed
+        {{- end }}
         - {{ include "shopmesh-lib.address" (dict "service" $c.name "namespace" $c.namespace) | quote }}
         {{- range $c.grpcServices }}
         - {{ . | quote }}

@@ -1,0 +1,122 @@
+"""The `helm test` hook's script (rendered from helm/shopmesh-lib/templates/_tests.tpl, exactly as the test
+pod runs it) against a real chassis server: it passes on a serving service and fails on one that is not;
+under a mesh policy it also proves the policy is enforced — it passes only when every method but health
+comes back PERMISSION_DENIED, here from a real Envoy with the policy's rule for the test's identity (health
+open, the rest refused), and fails against the same service with nothing in front."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from shopmesh.sample.v1 import sample_pb2
+
+from .envoykit import Backend, Mesh
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVED = sample_pb2.DESCRIPTOR.services_by_name["SampleService"].full_name
+# What the mesh policy grants the test pod's identity: grpc.health.v1.Health, nothing else (Istio's
+# AuthorizationPolicy and Linkerd's routes in _mesh.tpl), as Envoy's RBAC filter, which is what Istio
+# configures from an AuthorizationPolicy.
+HEALTH_ONLY = {
+    "name": "envoy.filters.http.rbac",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {
+            "action": "ALLOW",
+            "policies": {
+                "health": {
+                    "permissions": [{"url_path": {"path": {"prefix": "/grpc.health.v1.Health/"}}}],
+                    "principals": [{"any": True}],
+                }
+            },
+        },
+    },
+}
+
+
+def _render_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("shopmesh_k8s_render_for_hook", ROOT / "k8s" / "render.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def commands() -> dict[str, list[str]]:
+    """value set -> the test pod's command, as catalog's chart renders it."""
+    render = _render_module()
+    result = {}
+    with render.prepared_copy() as helm_dir:
+        for value_set in ("default", "istio", "linkerd"):
+            for text in render.render(helm_dir, "catalog", value_set).values():
+                for doc in yaml.safe_load_all(text):
+                    if doc and doc["kind"] == "Pod" and doc["metadata"]["name"] == "catalog-health-test":
+                        result[value_set] = doc["spec"]["containers"][0]["command"]
+    return result
+
+
+async def run_hook(script: str, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+def test_the_hook_checks_the_policy_exactly_where_the_chart_renders_one(commands: dict[str, Any]) -> None:
+    scripts = {tuple(command[:3]) for command in commands.values()}
+    assert len(scripts) == 1, "one script for every value set"
+    address = "catalog.shopmesh.svc.cluster.local:50051"
+    assert commands["default"][3:] == [address, "shopmesh.catalog.v1.CatalogService"]
+    for mesh in ("istio", "linkerd"):
+        assert commands[mesh][3:] == ["--meshed", address, "shopmesh.catalog.v1.CatalogService"]
+
+
+async def test_the_hook_passes_on_a_serving_service(commands: dict[str, list[str]], mesh: Mesh) -> None:
+    backend = Backend()
+    await mesh.serve(backend)
+    code, output = await run_hook(commands["default"][2], backend.address, SERVED)
+    assert code == 0, output
+    assert output.count("ok  ") == 2, output  # overall and the served service
+    assert "FAIL" not in output
+
+
+async def test_the_hook_fails_on_a_service_that_is_not_served(commands: dict[str, list[str]], mesh: Mesh) -> None:
+    backend = Backend()
+    await mesh.serve(backend)
+    code, output = await run_hook(commands["default"][2], backend.address, "shopmesh.catalog.v1.CatalogService")
+    assert code == 1, output
+    assert "FAIL" in output
+    assert "NOT_FOUND" in output
+
+
+async def test_under_a_mesh_policy_the_hook_passes_when_all_but_health_is_refused(
+    commands: dict[str, list[str]], mesh: Mesh
+) -> None:
+    backend = Backend()
+    envoy = await mesh.envoy_in_front_of([backend], http_filters=[HEALTH_ONLY])
+    code, output = await run_hook(commands["istio"][2], "--meshed", envoy.address, SERVED)
+    assert code == 0, output
+    assert f"{SERVED}/* as this test: PERMISSION_DENIED, refused by the mesh" in output
+    assert backend.calls == 0
+
+
+async def test_under_a_mesh_policy_the_hook_fails_where_nothing_enforces_it(
+    commands: dict[str, list[str]], mesh: Mesh
+) -> None:
+    backend = Backend()
+    await mesh.serve(backend)
+    code, output = await run_hook(commands["linkerd"][2], "--meshed", backend.address, SERVED)
+    assert code == 1, output
+    assert "UNIMPLEMENTED, the mesh let it through" in output
