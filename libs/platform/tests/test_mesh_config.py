@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
-from shopmesh_platform.stack import PortPlan, Stack, envoy_binary
+from shopmesh_platform.stack import Canary, PortPlan, Stack, StackError, envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge, local_sidecar_ports, service_callers
 
 
@@ -119,22 +119,26 @@ def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(
         assert app["socket_address"]["port_value"] == stack.ports.sidecar_of(service).app
 
 
+async def envoy_validates(path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        str(envoy_binary()),
+        *("--mode", "validate", "--config-path", str(path), "--disable-hot-restart", "--log-level", "warn"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, f"{path.name}: {out.decode()}"
+    assert f"configuration '{path}' OK" in out.decode()
+    # No deprecated or unsafe setting that Envoy warns about.
+    assert "warning" not in out.decode(), out.decode()
+
+
 async def test_the_real_envoy_accepts_every_sidecar_configuration(
     configurations: tuple[Stack, dict[str, dict[str, Any]]],
 ) -> None:
     stack, _ = configurations
-    for service, path in {name: stack.mesh_dir / f"{name}-sidecar.json" for name in SERVICES}.items():
-        process = await asyncio.create_subprocess_exec(
-            str(envoy_binary()),
-            *("--mode", "validate", "--config-path", str(path), "--disable-hot-restart", "--log-level", "warn"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode == 0, f"{service}: {out.decode()}"
-        assert f"configuration '{path}' OK" in out.decode()
-        # No deprecated or unsafe setting that Envoy warns about.
-        assert "warning" not in out.decode(), out.decode()
+    for name in SERVICES:
+        await envoy_validates(stack.mesh_dir / f"{name}-sidecar.json")
 
 
 def test_every_sidecar_traces_each_call_into_the_stacks_trace_sink(
@@ -163,3 +167,106 @@ def test_the_local_mesh_ports_are_all_distinct_and_follow_the_documented_scheme(
     assert len(ports) == len(set(ports))
     assert local_sidecar_ports("orders").outbound["inventory"] == 15143
     assert plan.address("catalog") == "127.0.0.1:50052", "the mesh keeps the published ports of `make run`"
+
+
+# --- a canary ------------------------------------------------------------------------------------------
+
+CANARY = Canary("catalog", 30)
+# Construction only checks that the canary has a database to share; nothing is started here.
+SHARED_DATABASE = {"catalog": {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/catalog"}}
+
+
+@pytest.fixture(scope="module")
+def canary_configurations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Stack, dict[str, dict[str, Any]]]:
+    ports = PortPlan.free(mesh=True, traces=True, canary=CANARY.service)
+    stack = Stack(tmp_path_factory.mktemp("canary"), ports=ports, canary=CANARY, env=SHARED_DATABASE)
+    return stack, {name: json.loads(path.read_text()) for name, path in stack.write_mesh().items()}
+
+
+def _route(config: dict[str, Any], listener: str) -> dict[str, Any]:
+    [chain] = _listener(config, listener)["filter_chains"]
+    [route] = chain["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    action: dict[str, Any] = route["route"]
+    return action
+
+
+async def test_the_callers_sidecars_split_by_weight_between_a_service_and_its_canary(
+    canary_configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    stack, configs = canary_configurations
+    assert set(configs) == {*SERVICES, "catalog-canary"}
+    for caller in SERVICES:
+        if "catalog" not in SERVICES[caller].calls:
+            assert "weighted_clusters" not in str(configs[caller]), caller
+            continue
+        route = _route(configs[caller], "outbound-catalog")
+        assert route["weighted_clusters"]["clusters"] == [
+            {"name": "outbound-catalog", "weight": 70},
+            {"name": "outbound-catalog-canary", "weight": 30},
+        ]
+        assert route["retry_policy"]["retry_on"] == OUTBOUND_RETRY_ON, "the split keeps the retry policy"
+        clusters = {c["name"]: c for c in configs[caller]["static_resources"]["clusters"]}
+        canary = clusters["outbound-catalog-canary"]
+        [endpoint] = canary["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        assert f"{address['address']}:{address['port_value']}" == stack.address("catalog-canary")
+        # The canary answers with catalog's identity, and only that identity is accepted from it.
+        context = canary["transport_socket"]["typed_config"]["common_tls_context"]
+        assert context["validation_context"]["match_typed_subject_alt_names"] == [
+            {"san_type": "URI", "matcher": {"exact": spiffe_id("catalog")}}
+        ]
+        await envoy_validates(stack.mesh_dir / f"{caller}-sidecar.json")
+
+
+async def test_a_canarys_sidecar_is_its_services_under_a_name_of_its_own(
+    canary_configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    stack, configs = canary_configurations
+    config, stable = configs["catalog-canary"], configs["catalog"]
+    assert config["node"] == {"id": "catalog-canary-sidecar", "cluster": "catalog"}
+    inbound = _listener(config, "inbound")
+    assert inbound["address"]["socket_address"]["port_value"] == stack.ports.ports_of("catalog-canary").grpc
+    # The same policy and identity as the stable sidecar's.
+    assert _http_filters(inbound)[0] == _http_filters(_listener(stable, "inbound"))[0]
+    certificates = inbound["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert certificates["tls_certificates"][0]["certificate_chain"]["filename"].endswith("/catalog.pem")
+    app = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert app["endpoint"]["address"]["socket_address"]["port_value"] == stack.ports.sidecar_of("catalog-canary").app
+    tracer = inbound["filter_chains"][0]["filters"][0]["typed_config"]["tracing"]["provider"]["typed_config"]
+    assert tracer["service_name"] == "catalog-canary-sidecar"
+    assert not (stack.mesh_dir / "catalog-canary.pem").exists(), "no identity of its own"
+    await envoy_validates(stack.mesh_dir / "catalog-canary-sidecar.json")
+
+
+@pytest.mark.parametrize(
+    ("canary", "mesh", "env", "message"),
+    [
+        (Canary("catalog"), False, SHARED_DATABASE, "needs the mesh"),
+        (Canary("gateway"), True, {}, "clients outside the mesh"),
+        (Canary("catalog"), True, {}, "takes PostgreSQL"),
+        (Canary("catalog", 150), True, SHARED_DATABASE, "percentage"),
+        (Canary("nothing"), True, {}, "not a service this stack runs"),
+    ],
+    ids=["no-mesh", "edge", "sqlite", "weight", "unknown"],
+)
+def test_a_canary_the_local_mesh_cannot_honour_is_refused_saying_why(
+    tmp_path: Path, canary: Canary, mesh: bool, env: dict[str, dict[str, str]], message: str
+) -> None:
+    ports = PortPlan.free(mesh=mesh, canary=canary.service if canary.service in SERVICES else None)
+    with pytest.raises(StackError, match=message):
+        Stack(tmp_path, ports=ports, canary=canary, env=env)
+
+
+def test_a_canarys_local_ports_are_distinct_from_everything_else() -> None:
+    for name in SERVICES:
+        plan = PortPlan.local(mesh=True, canary=name)
+        assert plan.mesh is not None
+        ports = [plan.nats, plan.nats_monitor, plan.smtp, plan.traces]
+        for process in [*SERVICES, f"{name}-canary"]:
+            sidecar = plan.sidecar_of(process)
+            ports += [plan.ports_of(process).grpc, plan.ports_of(process).metrics, sidecar.app, sidecar.admin]
+            ports += sidecar.outbound.values()
+        assert len(ports) == len(set(ports)), name
+        canary = plan.sidecar_of(f"{name}-canary")
+        own = [plan.ports_of(f"{name}-canary").grpc, canary.app, canary.admin, *canary.outbound.values()]
+        assert all(port < 32768 for port in own), "below the kernel's ephemeral range (no TIME_WAIT to wait out)"

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform import run
-from shopmesh_platform.stack import StackError, sidecar_name
+from shopmesh_platform.stack import Canary, StackError, sidecar_name
 from shopmesh_platform.topology import SERVICES
 from shopmesh_platform.traces import load
 
@@ -252,3 +252,10 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
         assert json.loads(tried[1]) == {"status": "SERVING"}
         assert "stopped cleanly" in await ctrl_c(process)
     assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")
+
+
+def test_canary_option_takes_a_service_and_an_optional_weight() -> None:
+    assert run.parse_args(["--mesh", "envoy", "--canary", "catalog:25"]).canary == Canary("catalog", 25)
+    assert run.parse_args(["--canary", "catalog"]).canary == Canary("catalog", 10)
+    with pytest.raises(SystemExit):
+        run.parse_args(["--canary", "catalog:a-quarter"])

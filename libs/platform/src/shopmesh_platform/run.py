@@ -2,7 +2,7 @@
 until Ctrl-C.
 
     python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
-                                    [--postgres] [--mesh envoy]
+                                    [--postgres] [--mesh envoy [--canary SERVICE[:WEIGHT]]]
 
 Prints a table of what runs where and grpcurl commands to try; each process's output is prefixed with its
 name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
@@ -12,7 +12,8 @@ running. Exit status 1 when the stack cannot start. With --postgres every servic
 database of its own on a throwaway PostgreSQL server started from the installed binaries (as in a cluster,
 one database per service), removed when the stack stops; without it, SQLite files under the data directory.
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
-call graph as policy (docs/mesh.md).
+call graph as policy (docs/mesh.md); --canary adds a second instance of one service that its callers'
+sidecars send a share of their calls.
 """
 
 from __future__ import annotations
@@ -34,7 +35,19 @@ from tabulate import tabulate
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 
 from .mesh.identity import bundle_file, dns_name, svid_files
-from .stack import NATS, SMTP, TRACES, PortPlan, Stack, StackError, existing_services, postgres_env, sidecar_name
+from .stack import (
+    NATS,
+    SMTP,
+    TRACES,
+    Canary,
+    PortPlan,
+    Stack,
+    StackError,
+    canary_name,
+    existing_services,
+    postgres_env,
+    sidecar_name,
+)
 from .topology import SERVICES, is_edge
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
@@ -71,13 +84,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=NO_MESH,
         help="envoy: every service behind an Envoy sidecar, mTLS with SPIFFE ids, the call graph as policy",
     )
+    parser.add_argument(
+        "--canary",
+        type=parse_canary,
+        default=None,
+        metavar="SERVICE[:WEIGHT]",
+        help="with --mesh envoy (and --postgres for a service with a database): a second instance of SERVICE "
+        "that its callers' sidecars send WEIGHT percent of their calls (default 10)",
+    )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds each process has to get ready")
     return parser.parse_args(argv)
 
 
-def port_plan(free: bool, mesh: bool = False) -> PortPlan:
-    plan = PortPlan.free(traces=True, mesh=mesh) if free else PortPlan.local(mesh=mesh)
+def parse_canary(value: str) -> Canary:
+    service, _, weight = value.partition(":")
+    try:
+        return Canary(service.strip(), int(weight) if weight else Canary.weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE or SERVICE:WEIGHT (a percentage)") from None
+
+
+def port_plan(free: bool, mesh: bool = False, canary: Canary | None = None) -> PortPlan:
+    service = None if canary is None else canary.service
+    plan = PortPlan.free(traces=True, mesh=mesh, canary=service) if free else PortPlan.local(mesh=mesh, canary=service)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         # Your collector gets the spans (the services read the variable); no local sink.
         plan = dataclasses.replace(plan, traces=None)
@@ -178,7 +208,11 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
             else:
                 state = "not started (--services)" if selected is not None else "not started"
             rows.append((name, "-", "-", state, "-"))
-    for name in SERVICES:
+    if stack.canary is not None:
+        canary = canary_name(stack.canary.service)
+        state = f"SERVING, {stack.canary.weight}% of {stack.canary.service}'s calls"
+        rows.append((canary, stack.address(canary), stack.metrics_url(canary) or "-", state, str(stack.pid(canary))))
+    for name in [*SERVICES, *([] if stack.canary is None else [canary_name(stack.canary.service)])]:
         sidecar = sidecar_name(name)
         if sidecar in stack.sidecars:
             # Where it forwards to (the service's own port) and Envoy's own Prometheus metrics.
@@ -191,7 +225,9 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
 
 
 def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServer | None = None) -> str:
-    lines = ["", f"shopmesh: {len(stack.services)} service(s) and NATS, data in {stack.data_dir}", ""]
+    canary = "" if stack.canary is None else f" (and a canary of {stack.canary.service})"
+    count = len(stack.services) - (stack.canary is not None)
+    lines = ["", f"shopmesh: {count} service(s){canary} and NATS, data in {stack.data_dir}", ""]
     lines.append(render_table(stack, selected))
     if database is not None:
         lines += [
@@ -233,11 +269,12 @@ async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -
     env = None if database is None else postgres_env(database, [n for n in selected if n in SERVICES])
     stack = Stack(
         args.data_dir,
-        ports=port_plan(args.free_ports, mesh=args.mesh == ENVOY),
+        ports=port_plan(args.free_ports, mesh=args.mesh == ENVOY, canary=args.canary),
         services=args.services,
         env=env,
         log_format=args.log_format,
         startup_timeout=args.startup_timeout,
+        canary=args.canary,
     )
     if args.reset:
         # Not under a stack that still runs on this data: its ports would be taken.

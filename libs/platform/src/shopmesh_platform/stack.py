@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import errno
 import functools
 import importlib.util
@@ -61,6 +62,7 @@ from .topology import (
     SERVICES,
     SidecarPorts,
     is_edge,
+    local_canary_ports,
     local_sidecar_ports,
     service_callers,
 )
@@ -71,6 +73,8 @@ TRACES = "traces"
 MESH = "mesh"
 # A sidecar's process name: `<service>-sidecar`.
 SIDECAR_SUFFIX = "-sidecar"
+# A canary's process name: `<service>-canary` (its sidecar: `<service>-canary-sidecar`).
+CANARY_SUFFIX = "-canary"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 10.0
 # Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
@@ -91,6 +95,21 @@ class StackError(RuntimeError):
 
 class PortInUse(StackError):
     """A port the stack needs is taken (often by a stack that is still running)."""
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A second instance of a service in the local mesh, as a canary Deployment on Kubernetes
+    (docs/mesh.md, "Canaries"): its own process `<service>-canary` and sidecar, on the service's database,
+    with the service's identity; the sidecars of the service's callers send it `weight` percent of their
+    calls (Envoy's weighted clusters, as Istio's VirtualService weights)."""
+
+    service: str
+    weight: int = 10
+
+
+def canary_name(service: str) -> str:
+    return f"{service}{CANARY_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -119,15 +138,22 @@ class PortPlan:
     mesh: Mapping[str, SidecarPorts] | None = None
 
     @classmethod
-    def local(cls, *, mesh: bool = False) -> PortPlan:
-        """The fixed local ports of the topology (`make run`); `mesh`: with the sidecars' (MESH=envoy)."""
+    def local(cls, *, mesh: bool = False, canary: str | None = None) -> PortPlan:
+        """The fixed local ports of the topology (`make run`); `mesh`: with the sidecars' (MESH=envoy);
+        `canary`: with those of a canary of that service and of its sidecar (`<service>-canary`)."""
+        services = {name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()}
+        sidecars = {name: local_sidecar_ports(name) for name in SERVICES} if mesh else None
+        if canary is not None and sidecars is not None:
+            ports = local_canary_ports(canary)
+            services[canary_name(canary)] = ServicePorts(ports.inbound, ports.metrics)
+            sidecars[canary_name(canary)] = ports.sidecar
         return cls(
             nats=LOCAL_NATS_PORT,
             nats_monitor=LOCAL_NATS_MONITOR_PORT,
-            services={name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()},
+            services=services,
             smtp=LOCAL_SMTP_PORT,
             traces=LOCAL_TRACES_PORT,
-            mesh={name: local_sidecar_ports(name) for name in SERVICES} if mesh else None,
+            mesh=sidecars,
         )
 
     @classmethod
@@ -138,14 +164,21 @@ class PortPlan:
         metrics: bool = True,
         traces: bool = False,
         mesh: bool = False,
+        canary: str | None = None,
         host: str = LOCAL_HOST,
     ) -> PortPlan:
         """Ports the OS picks, for the topology's services (default) or the given names: tests run beside
         each other and beside a developer's `make run`. `traces`: run the trace sink too. `mesh`: a
-        sidecar for each, with an outbound listener for each topology service among `names` it calls."""
+        sidecar for each, with an outbound listener for each topology service among `names` it calls.
+        `canary` (with `mesh`): ports for a canary of that service too (`<service>-canary`)."""
         wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
+        if canary is not None and mesh:
+            wanted.append(canary_name(canary))
         callees = {
-            name: [c for c in SERVICES[name].calls if c in wanted] if name in SERVICES else [] for name in wanted
+            name: [c for c in SERVICES[name.removesuffix(CANARY_SUFFIX)].calls if c in wanted]
+            if name.removesuffix(CANARY_SUFFIX) in SERVICES
+            else []
+            for name in wanted
         }
         sidecar_count = sum(2 + len(callees[name]) for name in wanted) if mesh else 0
         ports = iter(_free_ports(host, 4 + len(wanted) * (2 if metrics else 1) + sidecar_count))
@@ -342,6 +375,7 @@ class Stack:
         log_format: Literal["text", "json"] = "text",
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        canary: Canary | None = None,
     ) -> None:
         """
         data_dir: NATS stores under <data_dir>/nats, the sinks under <data_dir>/mail and /traces; every service gets
@@ -352,6 +386,7 @@ class Stack:
         env: extra environment per service name (e.g. fault injection); wins over everything but the ports.
         shared_env: extra environment for every service.
         log_sink: default prints `<name> | <line>` to stdout.
+        canary: a canary of one of the services (in the mesh; its ports in `ports`, `PortPlan.local(canary=...)`).
         """
         self.data_dir = Path(data_dir).absolute()
         self.ports = ports if ports is not None else PortPlan.local()
@@ -364,6 +399,9 @@ class Stack:
             if unknown:
                 raise StackError(f"no spec for {', '.join(unknown)}; specs: {', '.join(by_name)}")
             selected = [by_name[name] for name in wanted]
+        self.canary = canary
+        if canary is not None:
+            selected.append(self._canary_spec(canary, selected, env or {}))
         self.specs: tuple[ServiceSpec, ...] = tuple(selected)
         self.waves = start_waves(self.specs)
         self.log_format = log_format
@@ -397,8 +435,10 @@ class Stack:
         stray = [name for name in extra if name not in {spec.name for spec in self.specs}]
         if stray:
             raise StackError(f"env given for {', '.join(stray)}, which this stack does not run")
+        # A canary runs with its service's environment (its database above all).
         self._children = {
-            spec.name: self._service_child(spec, shared_env or {}, extra.get(spec.name, {})) for spec in self.specs
+            spec.name: self._service_child(spec, shared_env or {}, extra.get(self._base(spec.name), {}))
+            for spec in self.specs
         }
         self._started = False
 
@@ -415,16 +455,18 @@ class Stack:
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         traces: bool = False,
         mesh: bool = False,
+        canary: Canary | None = None,
     ) -> Stack:
         """The stack as tests want it: free ports (for the topology's services and the specs'), so tests
         run beside each other and beside `make run`; each process's output kept and written to
         <data_dir>/logs/<name>.log (`stack.logs`); JSON logs, as in production. `traces`: run the trace
         sink, every service exporting its spans to it (off: recording spans costs CPU no other test needs).
-        `mesh`: every service behind its Envoy sidecar, as `make run MESH=envoy`."""
+        `mesh`: every service behind its Envoy sidecar, as `make run MESH=envoy`; `canary`: with a canary of one."""
         names = [*SERVICES, *(spec.name for spec in specs or ())]
         return cls(
             data_dir,
-            ports=PortPlan.free(names, traces=traces, mesh=mesh),
+            ports=PortPlan.free(names, traces=traces, mesh=mesh, canary=None if canary is None else canary.service),
+            canary=canary,
             services=services,
             specs=specs,
             env=env,
@@ -435,6 +477,36 @@ class Stack:
         )
 
     # --- wiring ------------------------------------------------------------------------------------
+
+    def _canary_spec(
+        self, canary: Canary, selected: Sequence[ServiceSpec], env: Mapping[str, Mapping[str, str]]
+    ) -> ServiceSpec:
+        """The canary's spec: its service's, under its own name (so it starts in its service's wave)."""
+        name, service = canary_name(canary.service), SERVICES.get(canary.service)
+        spec = next((spec for spec in selected if spec.name == canary.service), None)
+        if self.ports.mesh is None:
+            raise StackError("a canary needs the mesh (--mesh envoy): only the callers' sidecars split the calls")
+        if spec is None or service is None:
+            raise StackError(f"a canary of {canary.service!r}: not a service this stack runs")
+        if is_edge(canary.service):
+            raise StackError(
+                f"a canary of {canary.service}: its callers are clients outside the mesh, whose calls no sidecar splits"
+            )
+        if not 0 <= canary.weight <= 100:
+            raise StackError(f"a canary's weight is a percentage (0-100), not {canary.weight}")
+        if service.has_database and "DATABASE_URL" not in env.get(canary.service, {}):
+            raise StackError(
+                f"a canary of {canary.service} runs on its database beside it: that takes PostgreSQL (--postgres); "
+                "a SQLite file has one process"
+            )
+        if name not in self.ports.services or name not in self.ports.mesh:
+            raise StackError(f"the port plan has no ports for {name} (PortPlan.local/free(canary=...))")
+        return dataclasses.replace(spec, name=name)
+
+    @staticmethod
+    def _base(name: str) -> str:
+        """The service a process is of: a canary's, or the process's own name."""
+        return name.removesuffix(CANARY_SUFFIX)
 
     def _nats_child(self) -> _Child:
         argv = [
@@ -469,20 +541,28 @@ class Stack:
         `start`); returns each service's sidecar configuration file."""
         # Callers of the topology's services that this stack does not run still get an SVID: tests and
         # grpcurl call as them.
-        names = list(dict.fromkeys([*SERVICES, *self._sidecars]))
+        names = list(dict.fromkeys([*SERVICES, *map(self._base, self._sidecars)]))
         identities = identity.issue(self.mesh_dir, names)
-        for service in self._sidecars:
+        splits: dict[str, tuple[str, int]] = {}
+        if self.canary is not None:
+            splits[self.canary.service] = (self.ports.address(canary_name(self.canary.service)), self.canary.weight)
+        for name in self._sidecars:
+            service = self._base(name)
+            outbound = self.ports.sidecar_of(name).outbound
             sidecar = Sidecar(
+                # A canary's sidecar presents its service's SVID: callers' sidecars accept only that identity.
                 service=service,
                 host=self.ports.host,
-                inbound_port=self.ports.ports_of(service).grpc,
-                ports=self.ports.sidecar_of(service),
-                upstreams={callee: self.ports.address(callee) for callee in self.ports.sidecar_of(service).outbound},
+                inbound_port=self.ports.ports_of(name).grpc,
+                ports=self.ports.sidecar_of(name),
+                upstreams={callee: self.ports.address(callee) for callee in outbound},
                 allowed_callers=self._allowed_callers(service),
                 traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
+                track="stable" if name == service else "canary",
+                splits={callee: split for callee, split in splits.items() if callee in outbound},
             )
-            write_bootstrap(sidecar, identities, self._bootstrap_path(service))
-        return {service: self._bootstrap_path(service) for service in self._sidecars}
+            write_bootstrap(sidecar, identities, self._bootstrap_path(name))
+        return {name: self._bootstrap_path(name) for name in self._sidecars}
 
     def _allowed_callers(self, service: str) -> list[str] | None:
         """The mesh policy: the callers of the call graph (None: the edge, open to clients)."""

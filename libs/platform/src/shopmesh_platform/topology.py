@@ -174,6 +174,12 @@ LOCAL_TRACES_PORT = 14317
 LOCAL_SIDECAR_ADMIN_BASE = 15000
 LOCAL_OUTBOUND_PORT_BASE = 15100
 LOCAL_APP_PORT_BASE = 15200
+# A canary (`make run MESH=envoy RUN_ARGS="--postgres --canary catalog:20"`), by its service's place: its
+# sidecar's inbound listener at 15300 + place, its metrics at 15310 + place, the canary itself at
+# 15320 + place, its sidecar's admin interface at 15330 + place and outbound listeners at
+# 15400 + 10 * place + the callee's place.
+LOCAL_CANARY_PORT_BASE = 15300
+LOCAL_CANARY_OUTBOUND_PORT_BASE = 15400
 
 
 @dataclass(frozen=True)
@@ -190,10 +196,41 @@ class SidecarPorts:
 
 def local_sidecar_ports(name: str) -> SidecarPorts:
     """The fixed local ports of `name`'s sidecar (`make run MESH=envoy`)."""
-    places = {other: place for place, other in enumerate(SERVICES)}
+    places = _places()
     place = places[name]
     return SidecarPorts(
         app=LOCAL_APP_PORT_BASE + place,
         admin=LOCAL_SIDECAR_ADMIN_BASE + place,
         outbound={callee: LOCAL_OUTBOUND_PORT_BASE + 10 * place + places[callee] for callee in SERVICES[name].calls},
     )
+
+
+@dataclass(frozen=True)
+class CanaryPorts:
+    """The fixed local ports of a canary of a service and of its sidecar."""
+
+    # Its sidecar's inbound listener: where the callers' sidecars send the canary's share of the calls.
+    inbound: int
+    metrics: int
+    sidecar: SidecarPorts
+
+
+def local_canary_ports(name: str) -> CanaryPorts:
+    places = _places()
+    place = places[name]
+    base = LOCAL_CANARY_PORT_BASE + place
+    return CanaryPorts(
+        inbound=base,
+        metrics=base + 10,
+        sidecar=SidecarPorts(
+            app=base + 20,
+            admin=base + 30,
+            outbound={
+                callee: LOCAL_CANARY_OUTBOUND_PORT_BASE + 10 * place + places[callee] for callee in SERVICES[name].calls
+            },
+        ),
+    )
+
+
+def _places() -> dict[str, int]:
+    return {name: place for place, name in enumerate(SERVICES)}

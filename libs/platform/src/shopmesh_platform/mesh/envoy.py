@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +80,34 @@ class Sidecar:
     allowed_callers: Sequence[str] | None
     # host:port of an OTLP/gRPC receiver (the local trace sink) for the sidecar's own spans; None: none.
     traces: str | None = None
+    # "canary": the sidecar of a canary of `service` (same identity, a name of its own: `<service>-canary-sidecar`).
+    track: str = "stable"
+    # Callee → (its canary's inbound address, the canary's share of the calls in percent): the outbound
+    # route splits by weight between the callee and its canary, as Istio's VirtualService on Kubernetes.
+    splits: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """`<service>-sidecar`, or `<service>-canary-sidecar`: Envoy's node id and its spans' service."""
+        return f"{self.service}-sidecar" if self.track == "stable" else f"{self.service}-{self.track}-sidecar"
 
 
 def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
     """The sidecar's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
-    tracing = _tracing(sidecar.service) if sidecar.traces is not None else None
+    tracing = _tracing(sidecar.name) if sidecar.traces is not None else None
     listeners = [_inbound_listener(sidecar, identities, tracing)]
     clusters = [_app_cluster(sidecar)]
     for callee, port in sidecar.ports.outbound.items():
         listeners.append(_outbound_listener(sidecar, callee, port, tracing))
-        clusters.append(_outbound_cluster(sidecar, callee, identities))
+        clusters.append(_outbound_cluster(sidecar, callee, sidecar.upstreams[callee], identities))
+        if callee in sidecar.splits:
+            canary_address, _ = sidecar.splits[callee]
+            clusters.append(_outbound_cluster(sidecar, callee, canary_address, identities, track="canary"))
     if sidecar.traces is not None:
         sink_host, sink_port = sidecar.traces.rsplit(":", 1)
         clusters.append(_cluster(_TRACES, sink_host, int(sink_port)))
     return {
-        "node": {"id": f"{sidecar.service}-sidecar", "cluster": sidecar.service},
+        "node": {"id": sidecar.name, "cluster": sidecar.service},
         "admin": {"address": _socket(sidecar.host, sidecar.ports.admin)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         # Faults are switched on and off at run time through the admin interface (`mesh.faults`).
@@ -156,8 +169,13 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, tracing: dic
 
 
 def _outbound_listener(sidecar: Sidecar, callee: str, port: int, tracing: dict[str, Any] | None) -> dict[str, Any]:
+    target: dict[str, Any] = {"cluster": _outbound_name(callee)}
+    if callee in sidecar.splits:
+        _, weight = sidecar.splits[callee]
+        clusters = [(_outbound_name(callee), 100 - weight), (_outbound_name(callee, "canary"), weight)]
+        target = {"weighted_clusters": {"clusters": [{"name": n, "weight": w} for n, w in clusters]}}
     route = {
-        "cluster": _outbound_name(callee),
+        **target,
         **_GRPC_TIMEOUTS,
         "retry_policy": {
             "retry_on": OUTBOUND_RETRY_ON,
@@ -262,9 +280,11 @@ def _app_cluster(sidecar: Sidecar) -> dict[str, Any]:
     return _cluster("app", sidecar.host, sidecar.ports.app)
 
 
-def _outbound_cluster(sidecar: Sidecar, callee: str, identities: MeshIdentities) -> dict[str, Any]:
-    host, port = sidecar.upstreams[callee].rsplit(":", 1)
-    cluster = _cluster(_outbound_name(callee), host, int(port))
+def _outbound_cluster(
+    sidecar: Sidecar, callee: str, address: str, identities: MeshIdentities, *, track: str = "stable"
+) -> dict[str, Any]:
+    host, port = address.rsplit(":", 1)
+    cluster = _cluster(_outbound_name(callee, track), host, int(port))
     context = _tls_context(sidecar.service, identities)
     # Only the callee's own identity is accepted: a process on its port without its SVID gets nothing.
     context["validation_context"]["match_typed_subject_alt_names"] = [
@@ -338,7 +358,7 @@ def _faults() -> dict[str, Any]:
 _GRPC_TIMEOUTS: dict[str, Any] = {"timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
 
 
-def _tracing(service: str) -> dict[str, Any]:
+def _tracing(name: str) -> dict[str, Any]:
     """A span per call through the sidecar, in the caller's trace (W3C traceparent in and out), exported
     to the trace sink: a trace shows each hop through the mesh, as Istio's proxies' spans do."""
     return {
@@ -347,14 +367,14 @@ def _tracing(service: str) -> dict[str, Any]:
             "typed_config": {
                 "@type": _OTEL_TRACER,
                 "grpc_service": {"envoy_grpc": {"cluster_name": _TRACES}, "timeout": "1s"},
-                "service_name": f"{service}-sidecar",
+                "service_name": name,
             },
         }
     }
 
 
-def _outbound_name(callee: str) -> str:
-    return f"outbound-{callee}"
+def _outbound_name(callee: str, track: str = "stable") -> str:
+    return f"outbound-{callee}" if track == "stable" else f"outbound-{callee}-{track}"
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
