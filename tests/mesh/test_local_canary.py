@@ -5,6 +5,7 @@ Kubernetes (docs/mesh.md, "Canaries"). Real processes, a real PostgreSQL, real E
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.request
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh_chassis.testing.postgres import PostgresServer
+from shopmesh_platform.mesh import faults
 from shopmesh_platform.mesh.identity import channel_as
 from shopmesh_platform.stack import Canary, Stack, postgres_env
 
@@ -33,6 +35,8 @@ LIST_PRODUCTS = "ListProducts"
 async def stack(module_dir: Path, postgres: PostgresServer) -> AsyncIterator[Stack]:
     # Databases of their own on the session's throwaway server.
     env = postgres_env(postgres, SERVICES)
+    # The canary loads no seed of its own: what it serves, it reads from catalog's database.
+    env["catalog-canary"] = {"SEED_CATALOG": "false"}
     canary = Canary("catalog", WEIGHT)
     async with Stack.for_tests(module_dir, services=SERVICES, env=env, mesh=True, canary=canary) as running:
         yield running
@@ -73,24 +77,61 @@ async def test_the_canary_runs_beside_its_service_behind_a_sidecar_of_its_own(st
     assert product.product.id == "prod_chef_knife"
 
 
-async def test_a_callers_sidecar_splits_its_calls_between_the_service_and_its_canary(stack: Stack) -> None:
-    before = {process: handled(stack, process, LIST_PRODUCTS) for process in ("catalog", "catalog-canary")}
-    # Calls as recommendations makes them: into its sidecar's outbound listener for catalog (plaintext on
-    # loopback, as a pod's own traffic into its proxy).
+def sent(stack: Stack) -> dict[str, int]:
+    """Calls recommendations' sidecar completed to catalog and to its canary (any method, since it started)."""
+    stats = sidecar_stats(stack, "recommendations")
+    return {p: stats.get(f"cluster.outbound-{p}.upstream_rq_completed", 0) for p in ("catalog", "catalog-canary")}
+
+
+async def list_products(stack: Stack, calls: int) -> dict[grpc.StatusCode, int]:
+    """`calls` ListProducts as recommendations makes them: into its sidecar's outbound listener for catalog
+    (plaintext on loopback, as a pod's own traffic into its proxy); their status codes, counted."""
     outbound = stack.ports.sidecar_of("recommendations").outbound["catalog"]
+    codes: dict[grpc.StatusCode, int] = {}
     async with grpc.aio.insecure_channel(f"{stack.ports.host}:{outbound}") as channel:
         stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-        for _ in range(CALLS):
-            await stub.ListProducts(catalog_pb2.ListProductsRequest(page_size=1), timeout=10)
-    served = {process: handled(stack, process, LIST_PRODUCTS) - before[process] for process in before}
+        for _ in range(calls):
+            try:
+                await stub.ListProducts(catalog_pb2.ListProductsRequest(page_size=1), timeout=10)
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+            codes[code] = codes.get(code, 0) + 1
+    return codes
+
+
+async def test_a_callers_sidecar_splits_its_calls_between_the_service_and_its_canary(stack: Stack) -> None:
+    processes = ("catalog", "catalog-canary")
+    before, sent_before = {p: handled(stack, p, LIST_PRODUCTS) for p in processes}, sent(stack)
+    assert await list_products(stack, CALLS) == {grpc.StatusCode.OK: CALLS}
+    served = {p: handled(stack, p, LIST_PRODUCTS) - before[p] for p in processes}
     assert sum(served.values()) == CALLS, served
     # At 50 % each gets some: all 60 to one side would happen once in 2**59 runs.
     assert served["catalog"] > 0, served
     assert served["catalog-canary"] > 0, served
-    stats = sidecar_stats(stack, "recommendations")
-    sent = {
-        track: stats.get(f"cluster.outbound-{cluster}.upstream_rq_completed", 0)
-        for track, cluster in (("catalog", "catalog"), ("catalog-canary", "catalog-canary"))
-    }
-    assert sent == served, "the canary's share went through the caller's sidecar, over mTLS"
-    assert stats["cluster.outbound-catalog-canary.ssl.handshake"] > 0
+    after = sent(stack)
+    assert {p: after[p] - sent_before[p] for p in processes} == served, "each share went through the sidecar"
+    assert sidecar_stats(stack, "recommendations")["cluster.outbound-catalog-canary.ssl.handshake"] > 0
+
+
+async def test_a_fault_on_the_canary_alone_fails_only_its_share_of_the_calls(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make fault FAULT_ARGS="catalog-canary --abort UNAVAILABLE"`: a canary gone bad beside a healthy
+    service; `catalog` then names both sidecars."""
+    monkeypatch.setattr(faults, "local_admin_url", stack.sidecar_admin_url)
+    out = io.StringIO()
+    try:
+        assert faults.main(["catalog-canary", "--abort", "UNAVAILABLE"], out) == 0
+        before = {p: handled(stack, p, LIST_PRODUCTS) for p in ("catalog", "catalog-canary")}
+        codes = await list_products(stack, CALLS)
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+        assert handled(stack, "catalog", LIST_PRODUCTS) - before["catalog"] == codes[grpc.StatusCode.OK]
+        assert handled(stack, "catalog-canary", LIST_PRODUCTS) == before["catalog-canary"], "refused at its sidecar"
+
+        assert faults.main(["catalog", "--abort", "UNAVAILABLE"], out) == 0
+        assert "catalog-canary:" in out.getvalue().splitlines()[-1], "the service's fault is its canary's too"
+        assert await list_products(stack, 10) == {grpc.StatusCode.UNAVAILABLE: 10}
+    finally:
+        assert faults.main(["catalog", "--clear"], out) == 0
+    assert await list_products(stack, 10) == {grpc.StatusCode.OK: 10}

@@ -257,6 +257,26 @@ def test_a_canary_the_local_mesh_cannot_honour_is_refused_saying_why(
         Stack(tmp_path, ports=ports, canary=canary, env=env)
 
 
+def test_a_canary_of_no_topology_service_or_with_no_caller_running_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="not a topology service"):
+        PortPlan.local(mesh=True, canary="nothing")
+    ports = PortPlan.free(["catalog"], mesh=True, canary="catalog")
+    with pytest.raises(StackError, match="would get no calls: run one of its callers too"):
+        Stack(tmp_path, ports=ports, services=["catalog"], canary=Canary("catalog"), env=SHARED_DATABASE)
+
+
+@pytest.mark.parametrize("weight", [0, 100])
+async def test_the_real_envoy_accepts_a_split_that_sends_nothing_or_everything_to_the_canary(
+    tmp_path: Path, weight: int
+) -> None:
+    ports = PortPlan.free(mesh=True, canary="catalog")
+    stack = Stack(tmp_path, ports=ports, canary=Canary("catalog", weight), env=SHARED_DATABASE)
+    stack.write_mesh()
+    route = _route(json.loads((stack.mesh_dir / "recommendations-sidecar.json").read_text()), "outbound-catalog")
+    assert [c["weight"] for c in route["weighted_clusters"]["clusters"]] == [100 - weight, weight]
+    await envoy_validates(stack.mesh_dir / "recommendations-sidecar.json")
+
+
 def test_a_canarys_local_ports_are_distinct_from_everything_else() -> None:
     for name in SERVICES:
         plan = PortPlan.local(mesh=True, canary=name)

@@ -44,6 +44,7 @@ def test_durations_read_as_people_write_them() -> None:
 
 def test_the_local_admin_ports_are_the_sidecars_of_make_run() -> None:
     assert local_admin_url("catalog") == "http://127.0.0.1:15002"
+    assert local_admin_url("catalog-canary") == "http://127.0.0.1:15332"
 
 
 def test_no_sidecar_is_said_in_one_line_and_nonsense_is_refused_by_the_parser() -> None:

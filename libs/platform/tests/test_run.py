@@ -257,5 +257,6 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
 def test_canary_option_takes_a_service_and_an_optional_weight() -> None:
     assert run.parse_args(["--mesh", "envoy", "--canary", "catalog:25"]).canary == Canary("catalog", 25)
     assert run.parse_args(["--canary", "catalog"]).canary == Canary("catalog", 10)
-    with pytest.raises(SystemExit):
-        run.parse_args(["--canary", "catalog:a-quarter"])
+    for wrong in ("catalog:a-quarter", "nothing", "catalog-canary"):
+        with pytest.raises(SystemExit):
+            run.parse_args(["--canary", wrong])

@@ -99,6 +99,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def parse_canary(value: str) -> Canary:
     service, _, weight = value.partition(":")
+    if service.strip() not in SERVICES:
+        raise argparse.ArgumentTypeError(f"{value!r}: {service.strip()!r} is not a service ({', '.join(SERVICES)})")
     try:
         return Canary(service.strip(), int(weight) if weight else Canary.weight)
     except ValueError:

@@ -143,6 +143,8 @@ class PortPlan:
         `canary`: with those of a canary of that service and of its sidecar (`<service>-canary`)."""
         services = {name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()}
         sidecars = {name: local_sidecar_ports(name) for name in SERVICES} if mesh else None
+        if canary is not None and canary not in SERVICES:
+            raise StackError(f"a canary of {canary!r}: not a topology service ({', '.join(SERVICES)})")
         if canary is not None and sidecars is not None:
             ports = local_canary_ports(canary)
             services[canary_name(canary)] = ServicePorts(ports.inbound, ports.metrics)
@@ -435,9 +437,11 @@ class Stack:
         stray = [name for name in extra if name not in {spec.name for spec in self.specs}]
         if stray:
             raise StackError(f"env given for {', '.join(stray)}, which this stack does not run")
-        # A canary runs with its service's environment (its database above all).
+        # A canary runs with its service's environment (its database above all), and its own on top.
         self._children = {
-            spec.name: self._service_child(spec, shared_env or {}, extra.get(self._base(spec.name), {}))
+            spec.name: self._service_child(
+                spec, shared_env or {}, {**extra.get(self._base(spec.name), {}), **extra.get(spec.name, {})}
+            )
             for spec in self.specs
         }
         self._started = False
@@ -501,7 +505,13 @@ class Stack:
             )
         if name not in self.ports.services or name not in self.ports.mesh:
             raise StackError(f"the port plan has no ports for {name} (PortPlan.local/free(canary=...))")
-        return dataclasses.replace(spec, name=name)
+        if not any(canary.service in other.calls for other in selected):
+            callers = ", ".join(service_callers(canary.service))
+            raise StackError(f"a canary of {canary.service} would get no calls: run one of its callers too ({callers})")
+        # Its spans say which track they come from (`shopmesh.track` on the resource; OTel reads the variable).
+        return dataclasses.replace(
+            spec, name=name, env={**spec.env, "OTEL_RESOURCE_ATTRIBUTES": "shopmesh.track=canary"}
+        )
 
     @staticmethod
     def _base(name: str) -> str:

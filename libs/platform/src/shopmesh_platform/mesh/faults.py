@@ -5,6 +5,9 @@
     python -m shopmesh_platform.mesh.faults catalog --clear
     python -m shopmesh_platform.mesh.faults --show                                every sidecar's faults
 
+With a canary (`make run ... --canary catalog`), `catalog` means both of catalog's sidecars, and
+`catalog-canary` the canary's alone: a canary gone bad beside a healthy stable service.
+
 (`make fault ARGS="..."`.) Each sidecar's inbound listener has Envoy's fault filter, off by default; this
 sets its runtime keys through the sidecar's admin interface (`/runtime_modify`), so a fault applies to the
 next call the service gets, from any caller, and the services never know: the callers see what a slow or
@@ -31,7 +34,7 @@ from typing import TextIO
 import grpc
 from tabulate import tabulate
 
-from ..topology import LOCAL_HOST, SERVICES, local_sidecar_ports
+from ..topology import LOCAL_HOST, SERVICES, local_canary_ports, local_sidecar_ports
 
 # The fault filter's runtime keys (Envoy's defaults for the filter, which the sidecars use).
 DELAY_PERCENT = "fault.http.delay.fixed_delay_percent"
@@ -113,9 +116,25 @@ def _request(admin_url: str, path: str, method: str = "GET") -> str:
         ) from None
 
 
-def local_admin_url(service: str) -> str:
-    """The admin interface of `service`'s sidecar on the local ports of `make run MESH=envoy`."""
-    return f"http://{LOCAL_HOST}:{local_sidecar_ports(service).admin}"
+CANARY_SUFFIX = "-canary"
+# What a fault can name: a service (its sidecar, and its canary's when one runs) or a canary alone.
+TARGETS = [*SERVICES, *(f"{name}{CANARY_SUFFIX}" for name in SERVICES)]
+
+
+def local_admin_url(name: str) -> str:
+    """The admin interface of the sidecar of `name` (a service, or `<service>-canary`) on the local ports of
+    `make run MESH=envoy`."""
+    if name.endswith(CANARY_SUFFIX):
+        return f"http://{LOCAL_HOST}:{local_canary_ports(name.removesuffix(CANARY_SUFFIX)).sidecar.admin}"
+    return f"http://{LOCAL_HOST}:{local_sidecar_ports(name).admin}"
+
+
+def _running(url: str) -> bool:
+    try:
+        current_fault(url)
+    except FaultError:
+        return False
+    return True
 
 
 def duration_ms(value: str) -> int:
@@ -145,7 +164,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     parser = argparse.ArgumentParser(
         prog="python -m shopmesh_platform.mesh.faults", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("service", nargs="?", choices=list(SERVICES), help="the service whose sidecar injects it")
+    parser.add_argument(
+        "service",
+        nargs="?",
+        choices=TARGETS,
+        help="the service whose sidecar injects it (<service>-canary: its canary's)",
+    )
     parser.add_argument("--delay", type=duration_ms, default=0, help="hold each affected call this long (3s, 250ms)")
     parser.add_argument("--abort", type=status_code, default=None, help="answer affected calls with this status")
     parser.add_argument("--percent", type=percentage, default=100, help="share of the calls affected (default 100)")
@@ -156,11 +180,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     try:
         if args.show:
             rows = []
-            targets = (
-                [(args.service or "(--admin)", args.admin)]
-                if args.admin
-                else [(name, local_admin_url(name)) for name in ([args.service] if args.service else SERVICES)]
-            )
+            if args.admin:
+                targets = [(args.service or "(--admin)", args.admin)]
+            else:
+                targets = [(name, local_admin_url(name)) for name in ([args.service] if args.service else SERVICES)]
+                # A canary's sidecar only while one runs (one row per service otherwise).
+                canaries = [f"{name}{CANARY_SUFFIX}" for name in SERVICES] if not args.service else []
+                targets += [(name, local_admin_url(name)) for name in canaries if _running(local_admin_url(name))]
             for name, url in targets:
                 try:
                     rows.append((name, url, str(current_fault(url))))
@@ -173,9 +199,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         if not args.clear and not args.delay and args.abort is None:
             parser.error("say what to inject (--delay, --abort) or --clear")
         fault = Fault() if args.clear else Fault(delay_ms=args.delay, abort=args.abort, percent=args.percent)
-        url = args.admin or local_admin_url(args.service)
-        set_fault(url, fault)
-        print(f"{args.service}: {current_fault(url)}", file=out)
+        urls = {args.service: args.admin or local_admin_url(args.service)}
+        canary = f"{args.service}{CANARY_SUFFIX}"
+        if not args.admin and args.service in SERVICES and _running(local_admin_url(canary)):
+            # The service's fault is its canary's too: every call to the service meets it, whichever
+            # track the caller's sidecar picks.
+            urls[canary] = local_admin_url(canary)
+        for name, url in urls.items():
+            set_fault(url, fault)
+            print(f"{name}: {current_fault(url)}", file=out)
         return 0
     except FaultError as exc:
         print(f"error: {exc}", file=err)
