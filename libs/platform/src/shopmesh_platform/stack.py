@@ -513,10 +513,10 @@ class Stack:
             spec, name=name, env={**spec.env, "OTEL_RESOURCE_ATTRIBUTES": "shopmesh.track=canary"}
         )
 
-    @staticmethod
-    def _base(name: str) -> str:
-        """The service a process is of: a canary's, or the process's own name."""
-        return name.removesuffix(CANARY_SUFFIX)
+    def _base(self, name: str) -> str:
+        """The service a process is of: the canary's service for the canary, else the process's own name."""
+        canary = self.canary
+        return canary.service if canary is not None and name == canary_name(canary.service) else name
 
     def _nats_child(self) -> _Child:
         argv = [
