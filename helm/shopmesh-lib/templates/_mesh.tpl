@@ -159,114 +159,38 @@ spec:
 
 {{- define "shopmesh-lib.mesh.linkerd" -}}
 {{- $c := .c -}}
-{{- $edge := $c.edge -}}
-{{- $callers := $c.serviceCallers -}}
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-grpc" $c.name)) }}
-spec:
-  podSelector:
-    matchLabels:
-      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
-  port: grpc
-  # gRPC is HTTP/2. Not `gRPC`: for a gRPC Server Linkerd applies GRPCRoutes, and the routes below (the
-  # per-route authorization: health open, the rest to callers) are HTTPRoutes, which apply to HTTP/2.
-  proxyProtocol: HTTP/2
-  # Only what an AuthorizationPolicy allows on one of the routes below.
-  accessPolicy: deny
+{{- $any := printf "%s-any-network" $c.name -}}
+{{- /* gRPC is HTTP/2. Not `gRPC`: for a gRPC Server Linkerd applies GRPCRoutes, and the routes below (the
+     per-route authorization: health open, the rest to callers) are HTTPRoutes, which apply to HTTP/2.
+     accessPolicy deny: only what an AuthorizationPolicy allows. */ -}}
+{{ include "shopmesh-lib.mesh.linkerd-server" (dict "ctx" . "port" "grpc" "protocol" "HTTP/2") }}
 ---
-apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-metrics" $c.name)) }}
-spec:
-  podSelector:
-    matchLabels:
-      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
-  port: metrics
-  proxyProtocol: HTTP/1
-  accessPolicy: deny
+{{ include "shopmesh-lib.mesh.linkerd-server" (dict "ctx" . "port" "metrics" "protocol" "HTTP/1") }}
 ---
-apiVersion: policy.linkerd.io/v1beta3
-kind: HTTPRoute
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-health" $c.name)) }}
-spec:
-  parentRefs:
-    - group: policy.linkerd.io
-      kind: Server
-      name: {{ $c.name }}-grpc
-  rules:
-    - matches:
-        - path:
-            type: PathPrefix
-            value: /grpc.health.v1.Health/
+{{ include "shopmesh-lib.mesh.linkerd-route" (dict "ctx" . "name" "health" "prefix" "/grpc.health.v1.Health/") }}
 ---
-apiVersion: policy.linkerd.io/v1beta3
-kind: HTTPRoute
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-rpc" $c.name)) }}
-spec:
-  parentRefs:
-    - group: policy.linkerd.io
-      kind: Server
-      name: {{ $c.name }}-grpc
-  rules:
-    # Every other method (the longer health prefix wins over this one).
-    - matches:
-        - path:
-            type: PathPrefix
-            value: /
+{{- /* Every other method (the longer health prefix wins over this one). */}}
+{{ include "shopmesh-lib.mesh.linkerd-route" (dict "ctx" . "name" "rpc" "prefix" "/") }}
 ---
 # Any client, meshed or not: the kubelet's probes are plaintext from the node. The NetworkPolicy still
 # decides who reaches the port at all.
 apiVersion: policy.linkerd.io/v1alpha1
 kind: NetworkAuthentication
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-any-network" $c.name)) }}
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $any) }}
 spec:
   networks:
     - cidr: 0.0.0.0/0
     - cidr: ::/0
 ---
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-health" $c.name)) }}
-spec:
-  targetRef:
-    group: policy.linkerd.io
-    kind: HTTPRoute
-    name: {{ $c.name }}-health
-  requiredAuthenticationRefs:
-    - group: policy.linkerd.io
-      kind: NetworkAuthentication
-      name: {{ $c.name }}-any-network
+{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "health" "target" (list "HTTPRoute" "health") "authn" (list "NetworkAuthentication" $any)) }}
 ---
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-metrics" $c.name)) }}
-spec:
-  targetRef:
-    group: policy.linkerd.io
-    kind: Server
-    name: {{ $c.name }}-metrics
-  requiredAuthenticationRefs:
-    - group: policy.linkerd.io
-      kind: NetworkAuthentication
-      name: {{ $c.name }}-any-network
-{{- if $edge }}
+{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "metrics" "target" (list "Server" "metrics") "authn" (list "NetworkAuthentication" $any)) }}
+{{- if $c.edge }}
 ---
 # The edge: every method from anyone the NetworkPolicy lets in; the gateway authenticates users.
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-clients" $c.name)) }}
-spec:
-  targetRef:
-    group: policy.linkerd.io
-    kind: HTTPRoute
-    name: {{ $c.name }}-rpc
-  requiredAuthenticationRefs:
-    - group: policy.linkerd.io
-      kind: NetworkAuthentication
-      name: {{ $c.name }}-any-network
+{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "clients" "target" (list "HTTPRoute" "rpc") "authn" (list "NetworkAuthentication" $any)) }}
 {{- end }}
-{{- if $callers }}
+{{- if $c.serviceCallers }}
 ---
 # The services that call this one, by their mTLS identity (their ServiceAccount).
 apiVersion: policy.linkerd.io/v1alpha1
@@ -274,23 +198,12 @@ kind: MeshTLSAuthentication
 {{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-callers" $c.name)) }}
 spec:
   identityRefs:
-    {{- range $callers }}
+    {{- range $c.serviceCallers }}
     - kind: ServiceAccount
       name: {{ . }}
     {{- end }}
 ---
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-callers" $c.name)) }}
-spec:
-  targetRef:
-    group: policy.linkerd.io
-    kind: HTTPRoute
-    name: {{ $c.name }}-rpc
-  requiredAuthenticationRefs:
-    - group: policy.linkerd.io
-      kind: MeshTLSAuthentication
-      name: {{ $c.name }}-callers
+{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "callers" "target" (list "HTTPRoute" "rpc") "authn" (list "MeshTLSAuthentication" (printf "%s-callers" $c.name))) }}
 {{- end }}
 {{- if $c.canary.enabled }}
 ---
@@ -314,4 +227,54 @@ spec:
           port: {{ $c.grpcPort }}
           weight: {{ $c.canary.weight }}
 {{- end }}
+{{- end -}}
+
+{{/* A Linkerd Server for one named port of the service's pods: .port, .protocol. */}}
+{{- define "shopmesh-lib.mesh.linkerd-server" -}}
+{{- $c := .ctx.c -}}
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .port)) }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  port: {{ .port }}
+  proxyProtocol: {{ .protocol }}
+  accessPolicy: deny
+{{- end -}}
+
+{{/* An HTTPRoute <service>-<.name> on the gRPC Server, for the paths under .prefix. */}}
+{{- define "shopmesh-lib.mesh.linkerd-route" -}}
+{{- $c := .ctx.c -}}
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .name)) }}
+spec:
+  parentRefs:
+    - group: policy.linkerd.io
+      kind: Server
+      name: {{ $c.name }}-grpc
+  rules:
+    - matches:
+        - path:
+            type: PathPrefix
+            value: {{ .prefix }}
+{{- end -}}
+
+{{/* An AuthorizationPolicy <service>-<.name>: .target (kind, name suffix) admits .authn (kind, name). */}}
+{{- define "shopmesh-lib.mesh.linkerd-authorization" -}}
+{{- $c := .ctx.c -}}
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .name)) }}
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: {{ index .target 0 }}
+    name: {{ $c.name }}-{{ index .target 1 }}
+  requiredAuthenticationRefs:
+    - group: policy.linkerd.io
+      kind: {{ index .authn 0 }}
+      name: {{ index .authn 1 }}
 {{- end -}}

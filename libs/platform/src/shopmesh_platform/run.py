@@ -43,12 +43,11 @@ from .stack import (
     PortPlan,
     Stack,
     StackError,
-    canary_name,
     existing_services,
     postgres_env,
     sidecar_name,
 )
-from .topology import SERVICES, is_edge
+from .topology import SERVICES, canary_name, is_edge
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
 NO_MESH = "none"
@@ -98,11 +97,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def parse_canary(value: str) -> Canary:
-    service, _, weight = value.partition(":")
-    if service.strip() not in SERVICES:
-        raise argparse.ArgumentTypeError(f"{value!r}: {service.strip()!r} is not a service ({', '.join(SERVICES)})")
+    service, _, weight = (part.strip() for part in value.partition(":"))
+    if service not in SERVICES:
+        raise argparse.ArgumentTypeError(f"{value!r}: {service!r} is not a service ({', '.join(SERVICES)})")
     try:
-        return Canary(service.strip(), int(weight) if weight else Canary.weight)
+        return Canary(service, int(weight) if weight else Canary.weight)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE or SERVICE:WEIGHT (a percentage)") from None
 
@@ -210,11 +209,13 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
             else:
                 state = "not started (--services)" if selected is not None else "not started"
             rows.append((name, "-", "-", state, "-"))
+    canaries = []
     if stack.canary is not None:
         canary = canary_name(stack.canary.service)
         state = f"SERVING, {stack.canary.weight}% of {stack.canary.service}'s calls"
         rows.append((canary, stack.address(canary), stack.metrics_url(canary) or "-", state, str(stack.pid(canary))))
-    for name in [*SERVICES, *([] if stack.canary is None else [canary_name(stack.canary.service)])]:
+        canaries.append(canary)
+    for name in [*SERVICES, *canaries]:
         sidecar = sidecar_name(name)
         if sidecar in stack.sidecars:
             # Where it forwards to (the service's own port) and Envoy's own Prometheus metrics.

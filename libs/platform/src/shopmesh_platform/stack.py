@@ -61,6 +61,7 @@ from .topology import (
     LOCAL_TRACES_PORT,
     SERVICES,
     SidecarPorts,
+    canary_name,
     is_edge,
     local_canary_ports,
     local_sidecar_ports,
@@ -73,8 +74,6 @@ TRACES = "traces"
 MESH = "mesh"
 # A sidecar's process name: `<service>-sidecar`.
 SIDECAR_SUFFIX = "-sidecar"
-# A canary's process name: `<service>-canary` (its sidecar: `<service>-canary-sidecar`).
-CANARY_SUFFIX = "-canary"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 10.0
 # Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
@@ -106,10 +105,6 @@ class Canary:
 
     service: str
     weight: int = 10
-
-
-def canary_name(service: str) -> str:
-    return f"{service}{CANARY_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -176,12 +171,11 @@ class PortPlan:
         wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
         if canary is not None and mesh:
             wanted.append(canary_name(canary))
-        callees = {
-            name: [c for c in SERVICES[name.removesuffix(CANARY_SUFFIX)].calls if c in wanted]
-            if name.removesuffix(CANARY_SUFFIX) in SERVICES
-            else []
-            for name in wanted
-        }
+        # A canary calls what its service calls.
+        calls = {name: service.calls for name, service in SERVICES.items()}
+        if canary is not None:
+            calls[canary_name(canary)] = SERVICES[canary].calls
+        callees = {name: [c for c in calls.get(name, ()) if c in wanted] for name in wanted}
         sidecar_count = sum(2 + len(callees[name]) for name in wanted) if mesh else 0
         ports = iter(_free_ports(host, 4 + len(wanted) * (2 if metrics else 1) + sidecar_count))
         nats, monitor, smtp, otlp = next(ports), next(ports), next(ports), next(ports)

@@ -180,6 +180,12 @@ LOCAL_APP_PORT_BASE = 15200
 # 15400 + 10 * place + the callee's place.
 LOCAL_CANARY_PORT_BASE = 15300
 LOCAL_CANARY_OUTBOUND_PORT_BASE = 15400
+# A canary's process name: `<service>-canary` (its sidecar: `<service>-canary-sidecar`).
+CANARY_SUFFIX = "-canary"
+
+
+def canary_name(service: str) -> str:
+    return f"{service}{CANARY_SUFFIX}"
 
 
 @dataclass(frozen=True)

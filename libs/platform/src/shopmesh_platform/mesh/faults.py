@@ -34,7 +34,7 @@ from typing import TextIO
 import grpc
 from tabulate import tabulate
 
-from ..topology import LOCAL_HOST, SERVICES, local_canary_ports, local_sidecar_ports
+from ..topology import CANARY_SUFFIX, LOCAL_HOST, SERVICES, canary_name, local_canary_ports, local_sidecar_ports
 
 # The fault filter's runtime keys (Envoy's defaults for the filter, which the sidecars use).
 DELAY_PERCENT = "fault.http.delay.fixed_delay_percent"
@@ -116,9 +116,8 @@ def _request(admin_url: str, path: str, method: str = "GET") -> str:
         ) from None
 
 
-CANARY_SUFFIX = "-canary"
 # What a fault can name: a service (its sidecar, and its canary's when one runs) or a canary alone.
-TARGETS = [*SERVICES, *(f"{name}{CANARY_SUFFIX}" for name in SERVICES)]
+TARGETS = [*SERVICES, *map(canary_name, SERVICES)]
 
 
 def local_admin_url(name: str) -> str:
@@ -185,8 +184,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             else:
                 targets = [(name, local_admin_url(name)) for name in ([args.service] if args.service else SERVICES)]
                 # A canary's sidecar only while one runs (one row per service otherwise).
-                canaries = [f"{name}{CANARY_SUFFIX}" for name in SERVICES] if not args.service else []
-                targets += [(name, local_admin_url(name)) for name in canaries if _running(local_admin_url(name))]
+                canaries = (
+                    [] if args.service else [(name, local_admin_url(name)) for name in map(canary_name, SERVICES)]
+                )
+                targets += [(name, url) for name, url in canaries if _running(url)]
             for name, url in targets:
                 try:
                     rows.append((name, url, str(current_fault(url))))
@@ -200,11 +201,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             parser.error("say what to inject (--delay, --abort) or --clear")
         fault = Fault() if args.clear else Fault(delay_ms=args.delay, abort=args.abort, percent=args.percent)
         urls = {args.service: args.admin or local_admin_url(args.service)}
-        canary = f"{args.service}{CANARY_SUFFIX}"
-        if not args.admin and args.service in SERVICES and _running(local_admin_url(canary)):
-            # The service's fault is its canary's too: every call to the service meets it, whichever
-            # track the caller's sidecar picks.
-            urls[canary] = local_admin_url(canary)
+        if not args.admin and args.service in SERVICES:
+            canary = canary_name(args.service)
+            if _running(canary_url := local_admin_url(canary)):
+                # The service's fault is its canary's too: every call to the service meets it, whichever
+                # track the caller's sidecar picks.
+                urls[canary] = canary_url
         for name, url in urls.items():
             set_fault(url, fault)
             print(f"{name}: {current_fault(url)}", file=out)
