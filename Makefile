@@ -40,8 +40,9 @@ setup: check-python $(if $(filter $(TOOLS)/%,$(UV)),$(UV)) $(BUF) ## Install eve
 # --- contracts -----------------------------------------------------------------------------------
 
 .PHONY: proto
-proto: setup ## Regenerate Python messages, gRPC stubs and .pyi from protos/
+proto: setup ## Regenerate Python messages, gRPC stubs, .pyi and the public API's descriptor set from protos/
 	$(VENV_BIN)/python libs/contracts/generate.py
+	$(VENV_BIN)/python k8s/http_api.py
 
 .PHONY: buf-lint
 buf-lint: $(BUF)

@@ -80,5 +80,12 @@ dashboards: setup ## Write helm/shopmesh/dashboards/shopmesh.json (the Grafana d
 check-dashboards: setup
 	$(VENV_BIN)/python k8s/dashboards.py --check
 
-# `make lint` fails when the committed dashboard is not what k8s/dashboards.py writes.
-lint: check-dashboards
+.PHONY: http-api check-http-api
+http-api: setup ## Write helm/gateway/files/ (the HTTP/JSON edge's Envoy configuration and the API's descriptor set)
+	$(VENV_BIN)/python k8s/http_api.py
+
+check-http-api: setup
+	$(VENV_BIN)/python k8s/http_api.py --check
+
+# `make lint` fails when the committed dashboard or the gateway chart's files are not what k8s/ writes.
+lint: check-dashboards check-http-api

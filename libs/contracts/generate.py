@@ -7,6 +7,12 @@ difference, so the committed code always matches the contracts.
 Generation uses grpcio-tools' bundled protoc (the same version that pins the protobuf runtime) rather
 than `buf generate`, whose remote plugins need a registry we cannot reach; buf still lints and checks
 breaking changes.
+
+Also written: the public API's descriptor set (`shopmesh/gateway/v1/shop.binpb`: ShopService with every file it
+imports, and google.rpc's error details), which Envoy's gRPC-JSON transcoder reads to serve the API as HTTP/JSON
+(docs/http-api.md). protos/google/api holds googleapis' HTTP annotations, vendored so that buf and protoc resolve
+the import without a registry; they must stay the very files googleapis-common-protos ships, whose generated
+Python (`google.api.annotations_pb2`) the contracts import at run time.
 """
 
 from __future__ import annotations
@@ -22,11 +28,25 @@ ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos"
 OUT = ROOT / "libs" / "contracts" / "src"
 PACKAGE = OUT / "shopmesh"
+# Vendored third-party protos (not generated here: googleapis-common-protos ships their Python).
+VENDORED = PROTOS / "google"
+# The public API, whose descriptor set the HTTP/JSON edge (Envoy) transcodes with.
+PUBLIC_API = "shopmesh/gateway/v1/shop.proto"
+DESCRIPTOR_SET = "shopmesh/gateway/v1/shop.binpb"
+# The error details the services send, so the transcoder can print them as JSON.
+ERROR_DETAILS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+
+
+def googleapis_protos() -> Path:
+    """Where googleapis-common-protos keeps its .proto files (google/api, google/rpc)."""
+    import google.rpc.status_pb2
+
+    return Path(google.rpc.status_pb2.__file__).resolve().parents[2]
 
 
 def generate(out: Path) -> int:
     """Write the package for every .proto under protos/ into `out` (which must not exist yet)."""
-    sources = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
+    sources = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto") if VENDORED not in p.parents)
     if not sources:
         raise SystemExit("generate: no .proto files under protos/")
     package = out / "shopmesh"
@@ -46,6 +66,18 @@ def generate(out: Path) -> int:
         *sources,
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)
+    descriptors = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"--proto_path={PROTOS}",
+        f"--proto_path={googleapis_protos()}",
+        "--include_imports",
+        f"--descriptor_set_out={out / DESCRIPTOR_SET}",
+        PUBLIC_API,
+        *ERROR_DETAILS,
+    ]
+    subprocess.run(descriptors, check=True, cwd=PROTOS)
     # Regular packages (not namespace packages) so that mypy, hatchling and importlib agree.
     for directory in [package, *(d for d in package.rglob("*") if d.is_dir())]:
         (directory / "__init__.py").touch()
@@ -66,12 +98,24 @@ def _differences(left: Path, right: Path) -> list[str]:
     return found
 
 
+def _vendored_drift() -> list[str]:
+    upstream = googleapis_protos()
+    return [
+        f"differs from googleapis-common-protos' {upstream / path.relative_to(PROTOS)}: {path} "
+        "(copy it over: the generated Python of that package is what runs)"
+        for path in sorted(VENDORED.rglob("*.proto"))
+        if not (upstream / path.relative_to(PROTOS)).is_file()
+        or (upstream / path.relative_to(PROTOS)).read_bytes() != path.read_bytes()
+    ]
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         count = generate(Path(scratch) / "out")
         fresh = Path(scratch) / "out" / "shopmesh"
         if "--check" in sys.argv[1:]:
             stale = _differences(fresh, PACKAGE) if PACKAGE.exists() else [f"missing: {PACKAGE}"]
+            stale += _vendored_drift()
             if stale:
                 print("\n".join(stale), file=sys.stderr)
                 print(

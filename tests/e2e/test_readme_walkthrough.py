@@ -48,3 +48,20 @@ async def test_readme_walkthrough_runs_verbatim(tmp_path: Path, readme_walkthrou
             return any(order_id.group(1) in mail for mail in mails)
 
         await eventually(mailed, f"an e-mail for {order_id.group(1)} in the SMTP sink")
+
+
+@pytest.mark.asyncio(loop_scope="function")
+@pytest.mark.timeout(300)
+async def test_readme_http_walkthrough_runs_verbatim(readme_walkthrough: Callable[..., Any]) -> None:
+    async with readme_walkthrough("<!-- http walkthrough -->", PortPlan.local()) as result:
+        out = result.stdout
+    assert '"id":"prod_french_press"' in out, "a search with a '+' for its space"
+    assert '"product":{"id":"prod_chef_knife"' in out
+    assert '"displayName":"Lin"' in out
+    placed = out.split("idempotency-key: readme-http-1", 1)
+    assert len(placed) == 2, "the checkout's key came back as a response header"
+    assert '"state":"ORDER_STATE_CONFIRMED"' in placed[1]
+    assert "HTTP/1.1 404 Not Found" in out
+    assert '"reason":"PRODUCT_NOT_FOUND"' in out
+    assert "HTTP/1.1 401 Unauthorized" in out
+    assert '"reason":"TOKEN_MISSING"' in out

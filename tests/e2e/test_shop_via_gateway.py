@@ -115,6 +115,7 @@ async def test_a_customer_registers_browses_orders_and_gets_the_confirmation_ema
     assert placed.state == orders_pb2.ORDER_STATE_CONFIRMED
     assert (placed.user_id, placed.email) == (user_id, email), "the account's address when none is given"
     assert ("idempotency-key", key) in list(await call.trailing_metadata())
+    assert ("idempotency-key", key) in list(await call.initial_metadata()), "where an HTTP/JSON client reads it"
 
     fetched = await shop.GetOrder(shop_pb2.GetOrderRequest(order_id=placed.id), metadata=auth)
     assert fetched.order.state == orders_pb2.ORDER_STATE_CONFIRMED

@@ -1,4 +1,5 @@
-"""Helpers of the Kubernetes delivery tests: the k8s/ scripts (render, dockerfiles, dashboards), tools, lookups."""
+"""Helpers of the Kubernetes delivery tests: the k8s/ scripts (render, dockerfiles, dashboards, http_api), tools,
+lookups."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def _load(name: str, path: Path) -> ModuleType:
 render = _load("shopmesh_k8s_render", ROOT / "k8s" / "render.py")
 dockerfiles = _load("shopmesh_k8s_dockerfiles", ROOT / "k8s" / "dockerfiles.py")
 dashboards = _load("shopmesh_k8s_dashboards", ROOT / "k8s" / "dashboards.py")
+http_api = _load("shopmesh_k8s_http_api", ROOT / "k8s" / "http_api.py")
 
 Docs = list[dict[str, Any]]
 

@@ -24,6 +24,8 @@ NAMES = list(SERVICES)
 NS = render.NAMESPACE
 GRPC_PORT = 50051
 METRICS_PORT = 9464
+# The edge's HTTP/JSON API (its http-api container): open like the edge's gRPC port.
+HTTP_PORT = 8080
 HEALTH = "/grpc.health.v1.Health/"
 TRUST_DOMAIN = "cluster.local"
 ISTIO_KINDS = {"PeerAuthentication", "AuthorizationPolicy", "VirtualService", "DestinationRule"}
@@ -74,7 +76,7 @@ def test_istio_admits_exactly_the_callers_of_each_service_on_grpc(
         callers = frozenset(principal(c) for c in service_callers(name))
         expected = [(callers, str(GRPC_PORT))] if callers else []
         if is_edge(name):
-            expected.append((None, str(GRPC_PORT)))
+            expected += [(None, str(GRPC_PORT)), (None, str(HTTP_PORT))]
         expected.append((None, str(METRICS_PORT)))
         assert sorted(every_method, key=repr) == sorted(expected, key=repr)
 
@@ -104,7 +106,7 @@ def test_istio_requires_mutual_tls_except_on_metrics_and_at_the_edge(
     spec = find(rendered["istio", name], "PeerAuthentication", name)["spec"]
     assert spec["mtls"] == {"mode": "STRICT"}
     permissive = {port for port, mtls in spec["portLevelMtls"].items() if mtls == {"mode": "PERMISSIVE"}}
-    assert permissive == ({METRICS_PORT, GRPC_PORT} if is_edge(name) else {METRICS_PORT})
+    assert permissive == ({METRICS_PORT, GRPC_PORT, HTTP_PORT} if is_edge(name) else {METRICS_PORT})
     assert set(spec["portLevelMtls"]) == permissive
 
 
@@ -290,13 +292,15 @@ def linkerd_problems(objects: Docs) -> list[str]:
 def test_linkerd_servers_cover_every_port_of_the_service(rendered: dict[tuple[str, str], Docs], name: str) -> None:
     docs = rendered["linkerd", name]
     deployment = find(docs, "Deployment", name)
-    ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"] for container in containers for p in container["ports"]}
     servers = [d for d in linkerd(docs) if d["kind"] == "Server"]
-    assert {s["spec"]["port"] for s in servers} == ports == {"grpc", "metrics"}
+    assert {s["spec"]["port"] for s in servers} == ports == {"grpc", "metrics", *(["http"] if is_edge(name) else [])}
     for server in servers:
         assert server["spec"]["podSelector"] == deployment["spec"]["selector"]
         assert server["spec"]["accessPolicy"] == "deny"
-        expected = "HTTP/2" if server["spec"]["port"] == "grpc" else "HTTP/1"  # HTTPRoutes apply to HTTP/2
+        # gRPC: HTTP/2 (HTTPRoutes apply to it); the HTTP/JSON API takes HTTP/1.1 and HTTP/2: detected.
+        expected = {"grpc": "HTTP/2", "metrics": "HTTP/1", "http": "unknown"}[server["spec"]["port"]]
         assert server["spec"]["proxyProtocol"] == expected
 
 
@@ -342,6 +346,8 @@ def test_linkerd_admits_the_callers_to_every_method_and_anyone_to_health(
         expected = set(service_callers(name)) | ({"any network"} if is_edge(name) else set())
         assert grants[f"{name}-rpc"] == expected
         assert f"{name}-grpc" not in grants, "a policy on the whole Server would bypass the routes"
+        # The edge's HTTP/JSON API is as open as its gRPC methods (and the kubelet probes it).
+        assert grants.get(f"{name}-http") == ({"any network"} if is_edge(name) else None)
 
 
 def test_linkerd_objects_have_only_the_crds_fields_and_their_references_resolve(
@@ -467,7 +473,8 @@ def test_meshed_calls_pass_the_network_policies(
     grpc_rules = [rule for rule, _ in rules if any(p["port"] == GRPC_PORT for p in rule.get("ports", []))]
     assert grpc_rules
     for rule in grpc_rules:
-        ports = {p["port"] for p in rule["ports"]}
+        # The edge's rule for clients admits its HTTP/JSON API too.
+        ports = {p["port"] for p in rule["ports"]} - ({HTTP_PORT} if is_edge(name) else set())
         assert ports == ({GRPC_PORT, 4143} if value_set == "linkerd" else {GRPC_PORT}), rule
     assert all(4143 not in {p["port"] for p in rule.get("ports", [])} for rule, _ in rules if rule not in grpc_rules)
 

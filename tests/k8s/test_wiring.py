@@ -13,13 +13,15 @@ import yaml
 
 from shopmesh_chassis.config import IdempotencySettings, ServiceSettings, load_settings
 from shopmesh_gateway.settings import GatewaySettings
-from shopmesh_platform.topology import SERVICES, callers_of
+from shopmesh_platform.topology import SERVICES, callers_of, is_edge
 
 from .k8skit import ROOT, Docs, find, render
 
 GRPC_PORT = 50051  # every pod (docs/chassis.md; the task's cluster convention)
 METRICS_PORT = 9464
 LINKERD_INBOUND_PORT = 4143
+# The edge's HTTP/JSON API, served by the http-api container of its pods (tests/k8s/test_http_api.py).
+HTTP_PORT = 8080
 NATS_PORT = 4222
 POSTGRES_PORT = 5432
 SMTP_PORT = 1025
@@ -117,6 +119,7 @@ def test_chart_values_match_the_topology(name: str) -> None:
     assert values["events"]["publishes"] == list(service.publishes)
     assert values["events"]["consumes"] == list(service.consumes)
     assert values.get("email", {}).get("enabled", False) == service.sends_email
+    assert values.get("httpApi", {}).get("enabled", False) == is_edge(name), "the edge serves HTTP/JSON too"
 
 
 # --- NetworkPolicies: the allow-lists are the call graph ---------------------------------------------
@@ -141,6 +144,8 @@ def test_network_policy_allows_exactly_the_call_graph(
             # Meshed calls arrive on the Linkerd proxy's inbound port, from the same peers (test_mesh_policy.py).
             assert ingress.pop(LINKERD_INBOUND_PORT) == ingress[GRPC_PORT]
             assert egress.pop(LINKERD_INBOUND_PORT, None) == egress.get(GRPC_PORT)
+        if is_edge(name):
+            assert ingress.pop(HTTP_PORT) == [{"anywhere": True}], "the HTTP/JSON API, as open as the gRPC port"
         assert set(ingress) == {GRPC_PORT, METRICS_PORT}, "ingress only on the gRPC and metrics ports"
 
         callers = [c for c in callers_of(name) if c != "clients"]
@@ -174,7 +179,9 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
     env = find(docs, "ConfigMap", name)["data"]
     deployment = find(docs, "Deployment", name)
     pod = deployment["spec"]["template"]
-    (container,) = pod["spec"]["containers"]
+    container, *others = pod["spec"]["containers"]
+    assert container["name"] == name
+    assert [c["name"] for c in others] == (["http-api"] if is_edge(name) else [])
     svc = find(docs, "Service", name)["spec"]
 
     # The chassis listens where the pod, the probes, the Service and the scrape annotations point.
@@ -292,14 +299,10 @@ def test_skaffold_has_an_artifact_per_service_matching_the_charts() -> None:
         assert templates[f"{name}.image.repository"] == f"{{{{.IMAGE_REPO_{variable}}}}}"
         assert templates[f"{name}.image.tag"] == f"{{{{.IMAGE_TAG_{variable}}}}}"
         assert templates[f"{name}.image.digest"] == f"{{{{.IMAGE_DIGEST_{variable}}}}}"
+    # The gateway's gRPC port and its HTTP/JSON API (the http-api container), the ports clients use.
     assert config["portForward"] == [
-        {
-            "resourceType": "service",
-            "resourceName": "gateway",
-            "namespace": "shopmesh",
-            "port": 50051,
-            "localPort": 50051,
-        }
+        {"resourceType": "service", "resourceName": "gateway", "namespace": "shopmesh", "port": port, "localPort": port}
+        for port in (50051, 8080)
     ]
     profiles = {p["name"]: p for p in config["profiles"]}
     assert set(profiles) == {"istio", "linkerd", "staging"}

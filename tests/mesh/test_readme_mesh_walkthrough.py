@@ -20,6 +20,7 @@ async def test_readme_mesh_walkthrough_runs_verbatim(readme_walkthrough: Callabl
     async with readme_walkthrough(MARKER, PortPlan.local(mesh=True)) as result:
         out, err = result.stdout, result.stderr
     assert '"products"' in out
+    assert '"products":[{"id":' in out, "the HTTP/JSON edge reaches the gateway through its sidecar"
     assert "payments: no answer without a certificate" in out
     assert '"status": "SERVING"' in out
     assert "PermissionDenied" in err

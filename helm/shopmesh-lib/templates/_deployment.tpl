@@ -66,6 +66,9 @@ spec:
         prometheus.io/port: {{ $c.metricsPort | quote }}
         prometheus.io/path: /metrics
         checksum/config: {{ include "shopmesh-lib.configmap" . | sha256sum }}
+        {{- if $c.httpApi.enabled }}
+        checksum/http-api: {{ include "shopmesh-lib.httpApi-configmap" . | sha256sum }}
+        {{- end }}
         {{- if eq $c.mesh "istio" }}
         # Prometheus keeps scraping the service's own port (9464, PERMISSIVE in the PeerAuthentication)
         # instead of Istio rewriting these annotations to its agent's merged endpoint on 15020.
@@ -166,11 +169,17 @@ spec:
               mountPath: {{ $c.secretsDir }}
               readOnly: true
             {{- end }}
+        {{- if $c.httpApi.enabled }}
+        {{- include "shopmesh-lib.httpApi-container" . | nindent 8 }}
+        {{- end }}
       volumes:
         # The root filesystem is read-only: Python's temporary files go to /tmp.
         - name: tmp
           emptyDir:
             sizeLimit: 64Mi
+        {{- if $c.httpApi.enabled }}
+        {{- include "shopmesh-lib.httpApi-volume" . | nindent 8 }}
+        {{- end }}
         {{- if and $c.database.enabled (eq $c.database.mode "sqlite") }}
         # Dev: the SQLite database lives as long as the pod (DATA_DIR=/data).
         - name: data

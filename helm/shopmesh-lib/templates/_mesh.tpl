@@ -56,6 +56,11 @@ spec:
     {{ $c.grpcPort }}:
       mode: PERMISSIVE
     {{- end }}
+    {{- if $c.httpApi.enabled }}
+    # The HTTP/JSON API: browsers and HTTP clients from outside the mesh.
+    {{ $c.httpApi.port }}:
+      mode: PERMISSIVE
+    {{- end }}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -80,6 +85,13 @@ spec:
     - to:
         - operation:
             ports: [{{ $c.grpcPort | quote }}]
+    {{- end }}
+    {{- if $c.httpApi.enabled }}
+    # The HTTP/JSON API (the http-api container): anyone the NetworkPolicy lets in; the service behind it
+    # authenticates users.
+    - to:
+        - operation:
+            ports: [{{ $c.httpApi.port | quote }}]
     {{- end }}
     {{- if $callers }}
     # Every method, to the services that call this one (docs/architecture.md, the call graph).
@@ -189,6 +201,14 @@ spec:
 ---
 # The edge: every method from anyone the NetworkPolicy lets in; the gateway authenticates users.
 {{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "clients" "target" (list "HTTPRoute" "rpc") "authn" (list "NetworkAuthentication" $any)) }}
+{{- end }}
+{{- if $c.httpApi.enabled }}
+---
+{{- /* HTTP/1.1 from browsers and curl, HTTP/2 from gRPC-Web and gRPC clients: Linkerd detects which. */}}
+{{ include "shopmesh-lib.mesh.linkerd-server" (dict "ctx" . "port" "http" "protocol" "unknown") }}
+---
+# The HTTP/JSON API: anyone the NetworkPolicy lets in (and the kubelet's probes of the http-api container).
+{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "http" "target" (list "Server" "http") "authn" (list "NetworkAuthentication" $any)) }}
 {{- end }}
 {{- if $c.serviceCallers }}
 ---

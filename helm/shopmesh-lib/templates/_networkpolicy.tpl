@@ -33,9 +33,13 @@ spec:
         {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
     {{- end }}
     {{- if $c.edge }}
-    # Clients from outside the service graph (the edge).
+    # Clients from outside the service graph (the edge), over gRPC and, with the http-api container, HTTP.
     - ports:
         {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
+        {{- if $c.httpApi.enabled }}
+        - protocol: TCP
+          port: {{ $c.httpApi.port }}
+        {{- end }}
       {{- with $c.networkPolicy.clients }}
       from:
         {{- toYaml . | nindent 8 }}

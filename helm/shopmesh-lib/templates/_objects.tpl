@@ -35,6 +35,14 @@ spec:
       targetPort: metrics
       protocol: TCP
       appProtocol: http
+    {{- if $c.httpApi.enabled }}
+    # The same API over HTTP/JSON and gRPC-Web (the http-api container).
+    - name: http
+      port: {{ $c.httpApi.port }}
+      targetPort: http
+      protocol: TCP
+      appProtocol: http
+    {{- end }}
 {{- end -}}
 
 {{/* Non-secret settings, as the chassis reads them (docs/chassis.md). Secrets come as files from SECRETS_DIR. */}}

@@ -9,6 +9,10 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 ---
 {{ include "shopmesh-lib.configmap" $ctx }}
 ---
+{{- if $c.httpApi.enabled }}
+{{ include "shopmesh-lib.httpApi-configmap" $ctx }}
+---
+{{- end }}
 {{ include "shopmesh-lib.service-object" $ctx }}
 ---
 {{ include "shopmesh-lib.deployment" $ctx }}

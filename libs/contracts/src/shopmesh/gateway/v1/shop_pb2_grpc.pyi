@@ -112,7 +112,9 @@ class ShopServiceStub:
     (for example a UUID per checkout attempt). If it is absent, the gateway
     generates a UUIDv4. Either way the key used is returned in the
     `idempotency-key` response trailer, on success and on error, so the
-    client can retry the same placement after a failure it received.
+    client can retry the same placement after a failure it received; on
+    success also as an `idempotency-key` response header (over HTTP/JSON the
+    only place it is).
 
     IDEMPOTENT: retries with the same idempotency-key never place a second
     order (gRPC retries resend the same headers). Clients that rely on
@@ -145,7 +147,7 @@ class ShopServiceStub:
 
     Idempotency: as for PlaceOrder, the client should send an
     `idempotency-key` header; if absent the gateway generates one, and the key
-    used is returned in the `idempotency-key` response trailer.
+    used is returned in the `idempotency-key` response trailer (and header).
 
     IDEMPOTENT: retries with the same idempotency-key return the first
     outcome; refund and stock release are idempotent downstream.
@@ -222,7 +224,9 @@ class ShopServiceAsyncStub(ShopServiceStub):
     (for example a UUID per checkout attempt). If it is absent, the gateway
     generates a UUIDv4. Either way the key used is returned in the
     `idempotency-key` response trailer, on success and on error, so the
-    client can retry the same placement after a failure it received.
+    client can retry the same placement after a failure it received; on
+    success also as an `idempotency-key` response header (over HTTP/JSON the
+    only place it is).
 
     IDEMPOTENT: retries with the same idempotency-key never place a second
     order (gRPC retries resend the same headers). Clients that rely on
@@ -255,7 +259,7 @@ class ShopServiceAsyncStub(ShopServiceStub):
 
     Idempotency: as for PlaceOrder, the client should send an
     `idempotency-key` header; if absent the gateway generates one, and the key
-    used is returned in the `idempotency-key` response trailer.
+    used is returned in the `idempotency-key` response trailer (and header).
 
     IDEMPOTENT: retries with the same idempotency-key return the first
     outcome; refund and stock release are idempotent downstream.
@@ -365,7 +369,9 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         (for example a UUID per checkout attempt). If it is absent, the gateway
         generates a UUIDv4. Either way the key used is returned in the
         `idempotency-key` response trailer, on success and on error, so the
-        client can retry the same placement after a failure it received.
+        client can retry the same placement after a failure it received; on
+        success also as an `idempotency-key` response header (over HTTP/JSON the
+        only place it is).
 
         IDEMPOTENT: retries with the same idempotency-key never place a second
         order (gRPC retries resend the same headers). Clients that rely on
@@ -416,7 +422,7 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Idempotency: as for PlaceOrder, the client should send an
         `idempotency-key` header; if absent the gateway generates one, and the key
-        used is returned in the `idempotency-key` response trailer.
+        used is returned in the `idempotency-key` response trailer (and header).
 
         IDEMPOTENT: retries with the same idempotency-key return the first
         outcome; refund and stock release are idempotent downstream.

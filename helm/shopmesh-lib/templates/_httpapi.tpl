@@ -1,0 +1,91 @@
+{{/*
+The public API over HTTP/JSON and gRPC-Web (docs/http-api.md): an Envoy container in the pod of a service
+whose chart sets httpApi.enabled (the gateway's). It listens on httpApi.port, transcodes with the API's
+descriptor set and calls the service on loopback. Its configuration and the descriptor set are the service
+chart's files/ (written by k8s/http_api.py from the code `make run` uses), shipped in a ConfigMap.
+*/}}
+
+{{- define "shopmesh-lib.httpApi-configmap" -}}
+{{- $c := .c -}}
+{{- $files := .root.Files -}}
+{{- $config := $files.Get "files/http-api.json" -}}
+{{- $descriptor := $files.Get "files/shop.binpb" -}}
+{{- if not (and $config $descriptor) -}}
+{{- fail (printf "httpApi for %s: the chart needs files/http-api.json and files/shop.binpb (make http-api writes them)" $c.name) -}}
+{{- end -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ $c.name }}-http-api
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+data:
+  http-api.json: |
+    {{- $config | nindent 4 }}
+binaryData:
+  shop.binpb: {{ $descriptor | b64enc }}
+{{- end -}}
+
+{{- define "shopmesh-lib.httpApi-container" -}}
+{{- $c := .c -}}
+- name: http-api
+  image: {{ $c.httpApi.image | quote }}
+  imagePullPolicy: {{ $c.imagePullPolicy }}
+  args:
+    - --config-path
+    - /etc/shopmesh/http-api/http-api.json
+    - --log-level
+    - warn
+    # No shared memory for hot restarts: a pod restarts the container instead.
+    - --disable-hot-restart
+  ports:
+    - name: http
+      containerPort: {{ $c.httpApi.port }}
+      protocol: TCP
+  # Envoy answers /healthz itself (its health_check filter), before transcoding.
+  readinessProbe:
+    httpGet:
+      path: /healthz
+      port: http
+    periodSeconds: {{ $c.probes.readinessPeriodSeconds }}
+    timeoutSeconds: 2
+    failureThreshold: 1
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: http
+    periodSeconds: {{ $c.probes.livenessPeriodSeconds }}
+    timeoutSeconds: 2
+    failureThreshold: 3
+  lifecycle:
+    # Envoy exits at once on SIGTERM. It keeps relaying while the service drains (NOT_SERVING for
+    # drainDelaySeconds, in-flight calls for shutdownGraceSeconds), and stops after it.
+    preStop:
+      sleep:
+        seconds: {{ add $c.drain.drainDelaySeconds $c.drain.shutdownGraceSeconds }}
+  resources:
+    {{- toYaml $c.httpApi.resources | nindent 4 }}
+  securityContext:
+    allowPrivilegeEscalation: false
+    privileged: false
+    readOnlyRootFilesystem: true
+    runAsNonRoot: true
+    runAsUser: 10001
+    runAsGroup: 10001
+    capabilities:
+      drop: ["ALL"]
+    seccompProfile:
+      type: RuntimeDefault
+  volumeMounts:
+    - name: http-api
+      mountPath: /etc/shopmesh/http-api
+      readOnly: true
+{{- end -}}
+
+{{- define "shopmesh-lib.httpApi-volume" -}}
+{{- $c := .c -}}
+- name: http-api
+  configMap:
+    name: {{ $c.name }}-http-api
+{{- end -}}

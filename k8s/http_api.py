@@ -1,0 +1,75 @@
+"""Write (or check) what the gateway's chart ships for its HTTP/JSON edge, under helm/gateway/files/.
+
+    .venv/bin/python k8s/http_api.py          write them
+    .venv/bin/python k8s/http_api.py --check  exit 1 if the committed files differ from what this writes
+
+- `http-api.json`: the Envoy configuration of the `http-api` container in the gateway's pod, from the same
+  `shopmesh_platform.http_api.bootstrap` that `make run` uses: listening on all addresses at 8080, the gateway
+  on loopback, the admin interface on loopback only.
+- `shop.binpb`: the API's descriptor set, as `make proto` generates it beside the stubs.
+
+Helm reads a chart's own files only, so they are copies; `make lint` fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shopmesh_platform.http_api import DESCRIPTOR_FILE, HttpApi, bootstrap, descriptor_set
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = ROOT / "helm" / "gateway" / "files"
+CONFIG = "http-api.json"
+# Where the chart mounts its ConfigMap in the container (helm/shopmesh-lib, _deployment.tpl).
+MOUNT = Path("/etc/shopmesh/http-api")
+PORT = 8080
+ADMIN_PORT = 9901
+GATEWAY = "127.0.0.1:50051"
+
+
+def kubernetes_api() -> HttpApi:
+    return HttpApi(
+        # The container's port, which the pod's Service and NetworkPolicy expose.
+        host="0.0.0.0",
+        port=PORT,
+        admin_host="127.0.0.1",
+        admin_port=ADMIN_PORT,
+        gateway=GATEWAY,
+        descriptor=MOUNT / DESCRIPTOR_FILE,
+    )
+
+
+def rendered() -> dict[str, bytes]:
+    """File name → contents, as the chart should hold them."""
+    config = json.dumps(bootstrap(kubernetes_api()), indent=2) + "\n"
+    return {CONFIG: config.encode(), DESCRIPTOR_FILE: descriptor_set().read_bytes()}
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    files = rendered()
+    if args.check:
+        stale = [name for name, content in files.items() if _read(FILES / name) != content]
+        if stale:
+            names = ", ".join(str((FILES / name).relative_to(ROOT)) for name in stale)
+            print(f"error: {names} stale: run `make http-api`", file=sys.stderr)
+            return 1
+        return 0
+    FILES.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (FILES / name).write_bytes(content)
+        print((FILES / name).relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

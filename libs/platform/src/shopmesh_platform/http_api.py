@@ -1,0 +1,239 @@
+"""The public API over HTTP/JSON and gRPC-Web: an Envoy in front of the gateway (docs/http-api.md).
+
+Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy takes, on one port:
+
+- **HTTP/JSON** (HTTP/1.1 or HTTP/2): `GET /v1/products/{product_id}`, `POST /v1/orders`, ... as the
+  `google.api.http` annotations of shopmesh/gateway/v1/shop.proto map them. Envoy's gRPC-JSON transcoder
+  turns each into a call of ShopService, reading the API's descriptor set (generated beside the stubs,
+  `shopmesh/gateway/v1/shop.binpb`), and the answer back into JSON. An error becomes its HTTP status
+  (INVALID_ARGUMENT → 400, UNAUTHENTICATED → 401, NOT_FOUND → 404, ...) with the google.rpc.Status as the
+  JSON body, details included (field violations, ErrorInfo, RetryInfo). A query parameter or method the
+  API does not have is refused by Envoy itself (400, 404), never guessed at.
+- **gRPC-Web** (`application/grpc-web*`), which browser gRPC clients send; and **gRPC** itself.
+
+Request headers go to the gateway as gRPC metadata (`authorization`, `idempotency-key`, `traceparent`);
+the gateway's response metadata comes back as response headers (`idempotency-key`). Only ShopService is
+reachable through it: health, reflection and every internal service stay off the public port. CORS admits
+any origin: the API authenticates with a bearer token, which a browser never attaches by itself, so a
+foreign page gains nothing a script of its own could not do.
+
+The same configuration serves `make run` (the gateway at its local address) and Kubernetes (a container
+in the gateway's pod, the gateway on loopback: helm/gateway), from `bootstrap()`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .mesh.envoy import GRPC_TIMEOUTS, access_log, cluster, overload_manager, socket_address, tracing
+
+PUBLIC_SERVICE = "shopmesh.gateway.v1.ShopService"
+# The descriptor set generated with the contracts (libs/contracts/generate.py).
+DESCRIPTOR_PACKAGE = "shopmesh.gateway.v1"
+DESCRIPTOR_FILE = "shop.binpb"
+
+_TRANSCODER = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+_GRPC_WEB = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
+_CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+_HEALTH_CHECK = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
+_BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+_CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+# Checkout runs the whole saga before it answers (the gateway gives orders 15 s): an HTTP client sends no
+# gRPC deadline, so the edge bounds the call a little above the gateway's own longest budget. A gRPC-Web
+# client's `grpc-timeout` still wins when it is shorter.
+ROUTE_TIMEOUT = "20s"
+# Answered by Envoy itself (200, or 503 once it drains): the kubelet's probe of the container on Kubernetes.
+HEALTH_PATH = "/healthz"
+# A request body larger than this is refused (413) before it is transcoded or forwarded: no call of the API
+# needs more. (The transcoder's own max_request_body_size bounds only what it buffers, not a unary body.)
+MAX_REQUEST_BYTES = 1024 * 1024
+
+_REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "traceparent", "tracestate")
+_GRPC_WEB_HEADERS = ("x-grpc-web", "x-user-agent", "grpc-timeout")
+_EXPOSED_HEADERS = ("idempotency-key", "grpc-status", "grpc-message", "grpc-status-details-bin")
+
+
+# (Not the HTTP method: the transcoder has made every request a POST by the time the line is written.)
+_HTTP_LOG_FIELDS = {
+    "http_path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+}
+
+
+@dataclass(frozen=True)
+class HttpApi:
+    """Everything the edge's configuration depends on."""
+
+    # Where it listens for HTTP clients.
+    host: str
+    port: int
+    # Envoy's admin interface (readiness: /ready, /stats): never on a public address.
+    admin_host: str
+    admin_port: int
+    # host:port of the gateway's gRPC server (plaintext HTTP/2).
+    gateway: str
+    # The API's descriptor set, as Envoy will find it on its file system.
+    descriptor: Path
+    # host:port of an OTLP/gRPC receiver for the edge's spans; None: none.
+    traces: str | None = None
+    # Envoy's node id and its spans' service name.
+    name: str = "http-api"
+
+
+def descriptor_set() -> Path:
+    """The generated descriptor set of the public API, where the contracts package keeps it."""
+    path = Path(str(importlib.resources.files(DESCRIPTOR_PACKAGE) / DESCRIPTOR_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the API's descriptor set is missing; run `make proto`")
+    return path
+
+
+def bootstrap(api: HttpApi) -> dict[str, Any]:
+    """The edge's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
+    gateway_host, gateway_port = api.gateway.rsplit(":", 1)
+    clusters = [cluster("gateway", gateway_host, int(gateway_port))]
+    span_config = None
+    if api.traces is not None:
+        sink_host, sink_port = api.traces.rsplit(":", 1)
+        clusters.append(cluster("traces", sink_host, int(sink_port)))
+        span_config = tracing(api.name)
+    manager: dict[str, Any] = {
+        "@type": _HCM,
+        "stat_prefix": "http_api",
+        # HTTP/1.1 from curl and browsers, HTTP/2 (gRPC, gRPC-Web over h2c) alike.
+        "codec_type": "AUTO",
+        # The client's own address goes into x-forwarded-for, where the gateway's rate limiter finds it
+        # (it believes it only from the proxies in its TRUSTED_PROXIES).
+        "use_remote_address": True,
+        "route_config": {
+            "name": "public-api",
+            "virtual_hosts": [
+                {
+                    "name": "shop",
+                    "domains": ["*"],
+                    "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
+                    "routes": [
+                        {
+                            # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's
+                            # by the time the route is chosen: ShopService's methods are all there is.
+                            "match": {"prefix": f"/{PUBLIC_SERVICE}/"},
+                            "route": {
+                                "cluster": "gateway",
+                                **GRPC_TIMEOUTS,
+                                "timeout": ROUTE_TIMEOUT,
+                            },
+                            "decorator": {"operation": "public API", "propagate": False},
+                        },
+                        {
+                            # The CORS filter looks the request up before the transcoder rewrites its path: a
+                            # browser's preflight (OPTIONS /v1/orders) needs a route here to find the virtual
+                            # host's policy (not a direct response, which CORS skips). Nothing is forwarded
+                            # by it: the transcoder refuses a path the API does not have. gRPC itself is
+                            # left out, so health and reflection stay unroutable (UNIMPLEMENTED).
+                            "match": {
+                                "prefix": "/",
+                                "headers": [
+                                    {
+                                        "name": "content-type",
+                                        "string_match": {"prefix": "application/grpc"},
+                                        "invert_match": True,
+                                        # A GET or a preflight has no content type at all.
+                                        "treat_missing_header_as_empty": True,
+                                    }
+                                ],
+                            },
+                            "route": {"cluster": "gateway", "timeout": ROUTE_TIMEOUT},
+                        },
+                    ],
+                }
+            ],
+        },
+        # Every request: the HTTP one as the client sent it, and the gRPC method it became.
+        "access_log": [access_log("http-api", only_failures=False, extra=_HTTP_LOG_FIELDS)],
+        "http_filters": [
+            _health_check(),
+            {"name": "envoy.filters.http.cors", "typed_config": {"@type": _CORS}},
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": _BUFFER, "max_request_bytes": MAX_REQUEST_BYTES},
+            },
+            {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": _GRPC_WEB}},
+            {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": _transcoder(api.descriptor)},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
+        ],
+    }
+    if span_config is not None:
+        manager["tracing"] = span_config
+    listener = {
+        "name": "http-api",
+        "address": socket_address(api.host, api.port),
+        "traffic_direction": "INBOUND",
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+    return {
+        "node": {"id": api.name, "cluster": api.name},
+        "admin": {"address": socket_address(api.admin_host, api.admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+        "overload_manager": overload_manager(),
+    }
+
+
+def write_bootstrap(api: HttpApi, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(bootstrap(api), indent=2) + "\n")
+    return path
+
+
+def _health_check() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.health_check",
+        "typed_config": {
+            "@type": _HEALTH_CHECK,
+            "pass_through_mode": False,
+            "headers": [{"name": ":path", "string_match": {"exact": HEALTH_PATH}}],
+        },
+    }
+
+
+def _transcoder(descriptor: Path) -> dict[str, Any]:
+    return {
+        "@type": _TRANSCODER,
+        "proto_descriptor": str(descriptor),
+        "services": [PUBLIC_SERVICE],
+        # Field names as proto3's JSON mapping has them (lowerCamelCase), zero values printed: a client
+        # reads `"inStock": false`, not a missing key.
+        "print_options": {"always_print_primitive_fields": True, "always_print_enums_as_ints": False},
+        # The status and its details as the JSON body, with the HTTP status of the gRPC code.
+        "convert_grpc_status": True,
+        "request_validation_options": {
+            # A path the API does not have is a 404 from the edge, not a call with a guessed method.
+            "reject_unknown_method": True,
+            # `?pageSise=5` is a client's mistake, answered 400, not silently ignored.
+            "reject_unknown_query_parameters": True,
+            "reject_binding_body_field_collisions": True,
+        },
+        # `?query=french+press` is "french press", as HTML forms and URLSearchParams encode a space.
+        "query_param_unescape_plus": True,
+    }
+
+
+def _cors_policy() -> dict[str, Any]:
+    return {
+        "@type": _CORS_POLICY,
+        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+        "allow_methods": "GET, POST, OPTIONS",
+        "allow_headers": ", ".join((*_REQUEST_HEADERS, *_GRPC_WEB_HEADERS)),
+        "expose_headers": ", ".join(_EXPOSED_HEADERS),
+        "max_age": "600",
+    }

@@ -1,0 +1,53 @@
+"""The HTTP/JSON edge's configuration as the stack writes it (its behaviour with a real Envoy in front of
+the real services: tests/e2e/test_http_api.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shopmesh_platform.http_api import PUBLIC_SERVICE, descriptor_set
+from shopmesh_platform.stack import HTTP_API, PortPlan, Stack, StackError
+
+
+def gateway_endpoint(config: dict[str, Any]) -> str:
+    [gateway] = [c for c in config["static_resources"]["clusters"] if c["name"] == "gateway"]
+    address = gateway["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    return f"{address['address']}:{address['port_value']}"
+
+
+def test_in_the_mesh_the_edge_calls_the_gateways_sidecar_not_the_gateway(tmp_path: Path) -> None:
+    plan = PortPlan.free(mesh=True, http=True)
+    stack = Stack(tmp_path, ports=plan, services=["gateway"])
+    config = json.loads(stack.write_http_api().read_text())
+    assert gateway_endpoint(config) == plan.address("gateway")
+    assert gateway_endpoint(config) != f"{plan.host}:{plan.sidecar_of('gateway').app}"
+    assert stack.http_url == f"http://{plan.host}:{plan.http}"
+
+
+def test_only_the_public_service_is_routed_to_the_gateway(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, ports=PortPlan.free(http=True), services=["gateway"])
+    config = json.loads(stack.write_http_api().read_text())
+    [listener] = config["static_resources"]["listeners"]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    [host] = manager["route_config"]["virtual_hosts"]
+    forwarded = [r for r in host["routes"] if "route" in r]
+    grpc_route = next(r for r in forwarded if "headers" not in r["match"])
+    assert grpc_route["match"] == {"prefix": f"/{PUBLIC_SERVICE}/"}
+    # The other route takes no gRPC at all (health, reflection): only what the transcoder rewrote, or a preflight.
+    [other] = [r for r in forwarded if r is not grpc_route]
+    assert other["match"]["headers"][0]["string_match"] == {"prefix": "application/grpc"}
+    assert other["match"]["headers"][0]["invert_match"] is True
+    transcoder = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.grpc_json_transcoder")
+    assert transcoder["typed_config"]["services"] == [PUBLIC_SERVICE]
+    assert transcoder["typed_config"]["proto_descriptor"] == str(descriptor_set())
+
+
+def test_a_stack_without_the_gateway_runs_no_edge(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, ports=PortPlan.free(http=True), services=["catalog"])
+    assert stack.http_url is None
+    with pytest.raises(StackError, match="not part of this stack"):
+        stack.pid(HTTP_API)

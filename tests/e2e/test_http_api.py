@@ -1,0 +1,287 @@
+"""The public API over HTTP/JSON and gRPC-Web, as a browser or `curl` calls it: through the real Envoy that
+`make run` puts in front of the gateway (shopmesh_platform.http_api), every real service behind it.
+
+The routes are the `google.api.http` annotations of shopmesh/gateway/v1/shop.proto; Envoy transcodes with
+the descriptor set generated beside the stubs. Errors keep their gRPC meaning: the HTTP status of the code
+and the google.rpc.Status, details included, as the JSON body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_chassis import testing
+from shopmesh_platform.http_api import MAX_REQUEST_BYTES
+from shopmesh_platform.stack import HTTP_API, Stack
+from shopmesh_platform.traces import load
+
+from .shop import FAST_RECOVERY, eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PASSWORD = "correct horse battery staple"
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_dir: Path) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(module_dir, env={"orders": FAST_RECOVERY}, http=True, traces=True) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    assert stack.http_url is not None
+    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
+        yield client
+
+
+def address(full_name: str = "Grace Hopper") -> dict[str, str]:
+    return {
+        "fullName": full_name,
+        "street": "1 Compiler Road",
+        "city": "Arlington",
+        "postalCode": "22201",
+        "country": "US",
+    }
+
+
+def order(product_id: str, card: str = "4242424242424242") -> dict[str, Any]:
+    return {
+        "items": [{"productId": product_id, "quantity": 1}],
+        "currency": "USD",
+        "shippingAddress": address(),
+        "card": {"number": card, "expMonth": 12, "expYear": 2031, "cvv": "123"},
+    }
+
+
+async def signed_up(http: httpx.AsyncClient, name: str) -> tuple[str, dict[str, str]]:
+    """A new account over HTTP: (its e-mail, the authorization header)."""
+    email = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
+    registered = await http.post("/v1/users", json={"email": email, "password": PASSWORD, "displayName": name})
+    assert registered.status_code == 200, registered.text
+    login = await http.post("/v1/login", json={"email": email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    assert login.json()["tokenType"] == "Bearer"
+    return email, {"authorization": f"Bearer {login.json()['accessToken']}"}
+
+
+def status_of(response: httpx.Response) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the google.rpc.Status JSON body of a failed call."""
+    assert response.headers["content-type"] == "application/json", response.text
+    return response.status_code, response.json()
+
+
+def detail(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    [found] = [d for d in status.get("details", []) if d["@type"] == kind]
+    return found
+
+
+async def test_a_shopper_browses_checks_out_and_cancels_over_http_json(http: httpx.AsyncClient) -> None:
+    email, auth = await signed_up(http, "ada")
+
+    listed = await http.get("/v1/products", params={"pageSize": 2, "category": "kitchen"})
+    assert listed.status_code == 200, listed.text
+    products = listed.json()["products"]
+    assert len(products) == 2
+    assert {p["category"] for p in products} == {"kitchen"}
+    # Money as proto3 JSON has it: int64 minor units as a string, with the currency.
+    assert products[0]["price"]["amountMinor"].isdigit()
+    assert listed.json()["nextPageToken"]
+    found = await http.get("/v1/products:search", params={"query": "french press"})
+    assert found.json()["products"][0]["id"] == "prod_french_press"
+    page = await http.get("/v1/products/prod_french_press", params={"maxRecommendations": 2})
+    assert page.status_code == 200, page.text
+    assert page.json()["product"]["id"] == "prod_french_press"
+    assert page.json()["availability"]["inStock"] is True
+    assert len(page.json()["recommendations"]) <= 2
+
+    key = str(uuid.uuid4())
+    placed = await http.post("/v1/orders", json=order("prod_french_press"), headers={**auth, "idempotency-key": key})
+    assert placed.status_code == 200, placed.text
+    confirmed = placed.json()["order"]
+    assert confirmed["state"] == "ORDER_STATE_CONFIRMED"
+    assert confirmed["email"] == email
+    # The gateway's trailer comes back as a header; the same key again is the same order, charged once.
+    assert placed.headers["idempotency-key"] == key
+    again = await http.post("/v1/orders", json=order("prod_french_press"), headers={**auth, "idempotency-key": key})
+    assert again.json()["order"]["id"] == confirmed["id"]
+
+    fetched = await http.get(f"/v1/orders/{confirmed['id']}", headers=auth)
+    assert fetched.json()["order"]["state"] == "ORDER_STATE_CONFIRMED"
+    mine = await http.get("/v1/orders", headers=auth)
+    assert [o["id"] for o in mine.json()["orders"]] == [confirmed["id"]]
+    cancelled = await http.post(
+        f"/v1/orders/{confirmed['id']}:cancel",
+        json={"reason": "changed my mind"},
+        headers={**auth, "idempotency-key": str(uuid.uuid4())},
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["order"]["state"] == "ORDER_STATE_CANCELLED"
+
+    async def notified() -> list[Any] | None:
+        listed = (await http.get("/v1/notifications", headers=auth)).json()["notifications"]
+        return [n for n in listed if n["orderId"] == confirmed["id"]] or None
+
+    assert await eventually(notified, f"the notifications of {confirmed['id']} listed over HTTP")
+
+
+async def test_client_mistakes_are_http_4xx_with_the_status_and_its_details_as_json(http: httpx.AsyncClient) -> None:
+    code, invalid = status_of(await http.post("/v1/users", json={"email": "not-an-address", "password": "short"}))
+    assert (code, invalid["code"]) == (400, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    violations = {v["field"]: v["reason"] for v in detail(invalid, BAD_REQUEST)["fieldViolations"]}
+    assert violations == {"email": "INVALID_FORMAT", "password": "TOO_SHORT", "display_name": "REQUIRED"}
+
+    email, auth = await signed_up(http, "bob")
+    code, taken = status_of(
+        await http.post("/v1/users", json={"email": email, "password": PASSWORD, "displayName": "Bob"})
+    )
+    assert (code, detail(taken, ERROR_INFO)["reason"]) == (409, "EMAIL_ALREADY_REGISTERED")
+
+    code, missing = status_of(await http.get("/v1/products/prod_no_such_thing"))
+    assert (code, detail(missing, ERROR_INFO)["reason"]) == (404, "PRODUCT_NOT_FOUND")
+    assert detail(missing, ERROR_INFO)["domain"] == "shopmesh.catalog"
+
+    code, anonymous = status_of(await http.get("/v1/orders"))
+    assert (code, detail(anonymous, ERROR_INFO)["reason"]) == (401, "TOKEN_MISSING")
+
+    code, declined = status_of(
+        await http.post("/v1/orders", json=order("prod_chef_knife", "4000000000000002"), headers=auth)
+    )
+    # FAILED_PRECONDITION is a 400 in gRPC's HTTP mapping; the reason tells the client what to do.
+    assert (code, declined["code"]) == (400, grpc.StatusCode.FAILED_PRECONDITION.value[0])
+    assert (detail(declined, ERROR_INFO)["reason"], detail(declined, ERROR_INFO)["domain"]) == (
+        "CARD_DECLINED",
+        "shopmesh.orders",
+    )
+
+    code, negative = status_of(await http.get("/v1/orders", params={"pageSize": -1}, headers=auth))
+    assert (code, detail(negative, BAD_REQUEST)["fieldViolations"][0]["field"]) == (400, "page_size")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "expected"),
+    [
+        # Not a route of the API: refused by the edge, never guessed at.
+        ("GET", "/v1/nothing", {}, 404),
+        ("DELETE", "/v1/orders", {}, 404),
+        # A misspelt query parameter is the client's mistake, not silently ignored.
+        ("GET", "/v1/products", {"pageSise": "2"}, 400),
+        ("GET", "/v1/products", {"pageSize": "two"}, 400),
+        # Health and reflection are the platform's, not the public's.
+        ("POST", "/grpc.health.v1.Health/Check", {}, 404),
+    ],
+)
+async def test_the_edge_refuses_what_the_api_does_not_have(
+    http: httpx.AsyncClient, method: str, path: str, params: dict[str, str], expected: int
+) -> None:
+    response = await http.request(method, path, params=params, json={} if method == "POST" else None)
+    assert response.status_code == expected, response.text
+
+
+async def test_a_malformed_json_body_is_a_400(http: httpx.AsyncClient) -> None:
+    response = await http.post("/v1/login", content=b'{"email": ', headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(http: httpx.AsyncClient) -> None:
+    huge = {"email": "x@example.com", "password": "p" * (MAX_REQUEST_BYTES + 1)}
+    response = await http.post("/v1/login", json=huge)
+    assert response.status_code == 413, response.text
+
+
+async def test_grpc_web_and_grpc_reach_the_same_api_on_the_same_port(stack: Stack, http: httpx.AsyncClient) -> None:
+    message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
+    framed = struct.pack(">BI", 0, len(message)) + message
+    response = await http.post(
+        "/shopmesh.gateway.v1.ShopService/ListProducts",
+        content=framed,
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/grpc-web+proto"
+    body = response.content
+    flags, length = struct.unpack(">BI", body[:5])
+    assert flags == 0
+    assert len(shop_pb2.ListProductsResponse.FromString(body[5 : 5 + length]).products) == 1
+    # gRPC-Web sends the trailers as a last frame (flag 0x80) in the body.
+    assert body[5 + length] == 0x80
+    assert b"grpc-status:0" in body[5 + length + 5 :]
+
+    assert stack.http_url is not None
+    async with grpc.aio.insecure_channel(stack.http_url.removeprefix("http://")) as channel:
+        products = await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=1))
+        assert len(products.products) == 1
+        # Only ShopService is routed: the gateway's health and reflection are not on the public port.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_browser_preflight_is_answered_and_responses_expose_the_idempotency_key(
+    http: httpx.AsyncClient,
+) -> None:
+    origin = "https://shop.example"
+    preflight = await http.options(
+        "/v1/orders",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type,idempotency-key",
+        },
+    )
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == origin
+    allowed = {h.strip() for h in preflight.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "idempotency-key", "x-grpc-web"} <= allowed
+    listed = await http.get("/v1/products", params={"pageSize": 1}, headers={"origin": origin})
+    assert listed.headers["access-control-allow-origin"] == origin
+    assert "idempotency-key" in listed.headers["access-control-expose-headers"]
+
+
+async def test_an_http_request_is_one_trace_from_the_edge_through_the_gateway(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    response = await http.get("/v1/products/prod_chef_knife", headers={"traceparent": traceparent})
+    assert response.status_code == 200, response.text
+
+    def spans() -> list[dict[str, Any]] | None:
+        found = [t for t in load(stack.traces_dir) if t.trace_id == trace_id]
+        services = {s["service"] for t in found for s in t.spans}
+        return found[0].spans if {HTTP_API, "gateway", "catalog", "inventory"} <= services else None
+
+    trace = await eventually(lambda: asyncio.to_thread(spans), "the edge's, gateway's and callees' spans in one trace")
+    [edge] = [s for s in trace if s["service"] == HTTP_API]
+    [gateway] = [s for s in trace if s["service"] == "gateway" and s["kind"] == "server"]
+    assert gateway["parent_span_id"] == edge["span_id"]
+
+
+async def test_a_downstream_outage_is_a_503_the_client_may_retry(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.stop_service("catalog")
+    try:
+        code, unavailable = status_of(await http.get("/v1/products"))
+        assert (code, unavailable["code"]) == (503, grpc.StatusCode.UNAVAILABLE.value[0])
+    finally:
+        await stack.start_service("catalog")
+
+    async def answered() -> bool:
+        # The gateway's breaker for catalog lets a probe through after its open period.
+        return (await http.get("/v1/products")).status_code == 200
+
+    # Polled gently: every call here counts against the gateway's rate limit for this one client address.
+    await testing.eventually(answered, "the products listed again once catalog is back", timeout=30, interval=0.5)

@@ -1,0 +1,135 @@
+"""The edge's HTTP/JSON API on Kubernetes: an Envoy container (`http-api`) in the gateway's pods, configured by
+the same code as `make run`'s (shopmesh_platform.http_api, through k8s/http_api.py), running the Envoy release
+the tests run, with the API's descriptor set from `make proto`. The real Envoy accepts the rendered
+configuration; the Service, probes and drain fit the pod."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shopmesh_platform.http_api import DESCRIPTOR_FILE, HEALTH_PATH, bootstrap, descriptor_set
+from shopmesh_platform.stack import envoy_binary
+from shopmesh_platform.topology import SERVICES, is_edge
+
+from .k8skit import Docs, find, http_api, render
+
+EDGE = next(name for name in SERVICES if is_edge(name))
+PORT = 8080
+MOUNT = "/etc/shopmesh/http-api"
+
+
+def pod_of(docs: Docs, name: str = EDGE) -> dict[str, Any]:
+    return find(docs, "Deployment", name)["spec"]["template"]
+
+
+def container(docs: Docs) -> dict[str, Any]:
+    [found] = [c for c in pod_of(docs)["spec"]["containers"] if c["name"] == "http-api"]
+    return found
+
+
+def files_of(docs: Docs) -> tuple[dict[str, Any], bytes]:
+    """The Envoy configuration and the descriptor set, as the container reads them from its ConfigMap."""
+    config_map = find(docs, "ConfigMap", f"{EDGE}-http-api")
+    return json.loads(config_map["data"]["http-api.json"]), base64.b64decode(config_map["binaryData"][DESCRIPTOR_FILE])
+
+
+def test_the_committed_chart_files_are_what_k8s_http_api_writes() -> None:
+    assert http_api.main(["--check"]) == 0, "run `make http-api` (make lint checks this too)"
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+def test_the_pod_runs_the_configuration_and_descriptor_make_run_uses(
+    rendered: dict[tuple[str, str], Docs], value_set: str
+) -> None:
+    for docs in (rendered[value_set, EDGE], rendered[value_set, render.UMBRELLA]):
+        config, descriptor = files_of(docs)
+        assert descriptor == descriptor_set().read_bytes(), "the descriptor set `make proto` generates"
+        assert config == bootstrap(http_api.kubernetes_api())
+        [listener] = config["static_resources"]["listeners"]
+        assert listener["address"]["socket_address"]["port_value"] == PORT
+        assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1", "admin never off the pod"
+        [gateway] = [c for c in config["static_resources"]["clusters"] if c["name"] == "gateway"]
+        endpoint = gateway["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        assert endpoint["socket_address"] == {"address": "127.0.0.1", "port_value": 50051}, "the gateway in the pod"
+        mount = next(m for m in container(docs)["volumeMounts"] if m["name"] == "http-api")
+        assert mount == {"name": "http-api", "mountPath": MOUNT, "readOnly": True}
+        volume = next(v for v in pod_of(docs)["spec"]["volumes"] if v["name"] == "http-api")
+        assert volume == {"name": "http-api", "configMap": {"name": f"{EDGE}-http-api"}}
+        assert container(docs)["args"][:2] == ["--config-path", f"{MOUNT}/http-api.json"]
+
+
+def test_the_image_is_the_envoy_release_the_tests_run(rendered: dict[tuple[str, str], Docs]) -> None:
+    version = subprocess.run([str(envoy_binary()), "--version"], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"/(\d+\.\d+\.\d+)/", version)
+    assert found, version
+    assert container(rendered["default", EDGE])["image"] == f"envoyproxy/envoy-distroless:v{found.group(1)}"
+
+
+def test_envoy_accepts_the_rendered_configuration(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
+    config, descriptor = files_of(rendered["default", EDGE])
+    (tmp_path / DESCRIPTOR_FILE).write_bytes(descriptor)
+    # Where the pod mounts the ConfigMap, here: the rest as rendered.
+    text = json.dumps(config).replace(f"{MOUNT}/{DESCRIPTOR_FILE}", str(tmp_path / DESCRIPTOR_FILE))
+    assert str(tmp_path) in text
+    (tmp_path / "http-api.json").write_text(text)
+    checked = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "--config-path", str(tmp_path / "http-api.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # And refuses one whose descriptor set is not the API's (the check is real).
+    (tmp_path / DESCRIPTOR_FILE).write_bytes(b"not a descriptor set")
+    broken = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "--config-path", str(tmp_path / "http-api.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert broken.returncode != 0
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+def test_service_probes_and_drain_fit_the_pod(rendered: dict[tuple[str, str], Docs], value_set: str) -> None:
+    docs = rendered[value_set, EDGE]
+    http = container(docs)
+    assert http["ports"] == [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
+    service_port = next(p for p in find(docs, "Service", EDGE)["spec"]["ports"] if p["name"] == "http")
+    assert service_port == {
+        "name": "http",
+        "port": PORT,
+        "targetPort": "http",
+        "protocol": "TCP",
+        "appProtocol": "http",
+    }
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert http[probe]["httpGet"] == {"path": HEALTH_PATH, "port": "http"}, "Envoy answers it itself"
+    # Envoy stops at once on SIGTERM: it keeps relaying until the gateway has drained, and stops in time.
+    env = find(docs, "ConfigMap", EDGE)["data"]
+    drained = float(env["DRAIN_DELAY_SECONDS"]) + float(env["SHUTDOWN_GRACE_SECONDS"])
+    assert http["lifecycle"]["preStop"]["sleep"]["seconds"] == drained
+    assert drained < pod_of(docs)["spec"]["terminationGracePeriodSeconds"]
+    security = http["securityContext"]
+    assert security["readOnlyRootFilesystem"]
+    assert security["runAsNonRoot"]
+    assert security["capabilities"]["drop"] == ["ALL"]
+    annotations = pod_of(docs)["metadata"]["annotations"]
+    assert "checksum/http-api" in annotations, "a new configuration rolls the pods"
+
+
+def test_only_the_edge_runs_it(rendered: dict[tuple[str, str], Docs], helm_dir: Path) -> None:
+    for name in SERVICES:
+        containers = [c["name"] for c in pod_of(rendered["default", name], name)["spec"]["containers"]]
+        assert ("http-api" in containers) == is_edge(name)
+    with pytest.raises(Exception, match="only the edge"):
+        render.render(helm_dir, "catalog", "default", values={"httpApi": {"enabled": True}})
