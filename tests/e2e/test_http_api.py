@@ -158,9 +158,11 @@ async def test_client_mistakes_are_http_4xx_with_the_status_and_its_details_as_j
     code, anonymous = status_of(await http.get("/v1/orders"))
     assert (code, detail(anonymous, ERROR_INFO)["reason"]) == (401, "TOKEN_MISSING")
 
-    code, declined = status_of(
-        await http.post("/v1/orders", json=order("prod_chef_knife", "4000000000000002"), headers=auth)
-    )
+    declined_response = await http.post("/v1/orders", json=order("prod_chef_knife", "4000000000000002"), headers=auth)
+    code, declined = status_of(declined_response)
+    # The key the gateway generated for the attempt, to retry it with: errors are trailers-only, so their
+    # trailers are the response's headers.
+    assert declined_response.headers["idempotency-key"]
     # FAILED_PRECONDITION is a 400 in gRPC's HTTP mapping; the reason tells the client what to do.
     assert (code, declined["code"]) == (400, grpc.StatusCode.FAILED_PRECONDITION.value[0])
     assert (detail(declined, ERROR_INFO)["reason"], detail(declined, ERROR_INFO)["domain"]) == (
@@ -250,6 +252,7 @@ async def test_a_browser_preflight_is_answered_and_responses_expose_the_idempote
     listed = await http.get("/v1/products", params={"pageSize": 1}, headers={"origin": origin})
     assert listed.headers["access-control-allow-origin"] == origin
     assert "idempotency-key" in listed.headers["access-control-expose-headers"]
+    assert "Origin" in listed.headers["vary"], "a shared cache keeps an answer per origin"
 
 
 async def test_an_http_request_is_one_trace_from_the_edge_through_the_gateway(

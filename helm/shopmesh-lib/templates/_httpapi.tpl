@@ -39,6 +39,9 @@ binaryData:
     - warn
     # No shared memory for hot restarts: a pod restarts the container instead.
     - --disable-hot-restart
+    # Worker threads: Envoy's default is one per core of the node, not of the container's CPU limit.
+    - --concurrency
+    - "2"
   ports:
     - name: http
       containerPort: {{ $c.httpApi.port }}
@@ -63,7 +66,8 @@ binaryData:
     # drainDelaySeconds, in-flight calls for shutdownGraceSeconds), and stops after it.
     preStop:
       sleep:
-        seconds: {{ add $c.drain.drainDelaySeconds $c.drain.shutdownGraceSeconds }}
+        # Whole seconds (the API's type), rounded up: the drain settings may be fractional.
+        seconds: {{ addf $c.drain.drainDelaySeconds $c.drain.shutdownGraceSeconds | ceil | int }}
   resources:
     {{- toYaml $c.httpApi.resources | nindent 4 }}
   securityContext:

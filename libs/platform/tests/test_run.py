@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform import run
-from shopmesh_platform.stack import Canary, StackError, sidecar_name
+from shopmesh_platform.stack import Canary, Stack, StackError, sidecar_name
 from shopmesh_platform.topology import SERVICES
 from shopmesh_platform.traces import load
 
@@ -196,6 +196,22 @@ def test_spans_go_to_your_collector_instead_when_you_name_one(monkeypatch: pytes
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
     assert run.port_plan(free=False).traces is None
     assert run.port_plan(free=True).traces is None
+
+
+def test_the_http_api_port_can_be_moved_or_left_out_when_8080_is_taken() -> None:
+    assert run.port_plan(free=False).http == 8080
+    assert run.port_plan(free=False, http_port=18080).http == 18080
+    assert run.port_plan(free=False, http_port=0).http is None
+    assert run.port_plan(free=True).http not in (None, 8080)
+    assert run.port_plan(free=True, http_port=0).http is None
+    assert run.parse_args(["--http-port", "0"]).http_port == 0
+
+
+def test_without_a_gateway_the_banner_offers_no_http_commands(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, ports=run.port_plan(free=True), services=["catalog"])
+    text = run.banner(stack, ["catalog"])
+    assert "HTTP/JSON" not in text
+    assert "only NATS runs" not in text
 
 
 def test_an_unknown_service_exits_1_naming_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

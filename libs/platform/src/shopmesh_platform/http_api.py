@@ -52,7 +52,8 @@ ROUTE_TIMEOUT = "20s"
 # Answered by Envoy itself (200, or 503 once it drains): the kubelet's probe of the container on Kubernetes.
 HEALTH_PATH = "/healthz"
 # A request body larger than this is refused (413) before it is transcoded or forwarded: no call of the API
-# needs more. (The transcoder's own max_request_body_size bounds only what it buffers, not a unary body.)
+# needs more. (With Envoy 1.40 the transcoder's own max_request_body_size let a larger unary JSON body
+# through; the buffer filter does not.)
 MAX_REQUEST_BYTES = 1024 * 1024
 
 _REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "traceparent", "tracestate")
@@ -121,6 +122,11 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                     "name": "shop",
                     "domains": ["*"],
                     "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
+                    # The answer's CORS headers depend on the request's origin: a shared cache keeps one
+                    # copy per origin.
+                    "response_headers_to_add": [
+                        {"header": {"key": "vary", "value": "Origin"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+                    ],
                     "routes": [
                         {
                             # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's

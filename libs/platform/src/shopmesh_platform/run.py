@@ -2,7 +2,7 @@
 until Ctrl-C.
 
     python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
-                                    [--postgres] [--mesh envoy [--canary SERVICE[:WEIGHT]]]
+                                    [--postgres] [--mesh envoy [--canary SERVICE[:WEIGHT]]] [--http-port PORT]
 
 With the gateway, the public API is also served over HTTP/JSON and gRPC-Web (an Envoy at :8080, docs/http-api.md).
 Prints a table of what runs where, grpcurl and curl commands to try; each process's output is prefixed with its
@@ -49,7 +49,7 @@ from .stack import (
     postgres_env,
     sidecar_name,
 )
-from .topology import SERVICES, canary_name, is_edge
+from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
 NO_MESH = "none"
@@ -93,6 +93,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --mesh envoy (and --postgres for a service with a database): a second instance of SERVICE "
         "that its callers' sidecars send WEIGHT percent of their calls (default 10)",
     )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=LOCAL_HTTP_PORT,
+        metavar="PORT",
+        help=f"the gateway's API over HTTP/JSON and gRPC-Web (default {LOCAL_HTTP_PORT}; 0: not served)",
+    )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds each process has to get ready")
     return parser.parse_args(argv)
@@ -108,13 +115,19 @@ def parse_canary(value: str) -> Canary:
         raise argparse.ArgumentTypeError(f"{value!r}: expected SERVICE or SERVICE:WEIGHT (a percentage)") from None
 
 
-def port_plan(free: bool, mesh: bool = False, canary: Canary | None = None) -> PortPlan:
+def port_plan(
+    free: bool, mesh: bool = False, canary: Canary | None = None, http_port: int = LOCAL_HTTP_PORT
+) -> PortPlan:
     service = None if canary is None else canary.service
     plan = (
-        PortPlan.free(traces=True, mesh=mesh, canary=service, http=True)
+        PortPlan.free(traces=True, mesh=mesh, canary=service, http=http_port != 0)
         if free
         else PortPlan.local(mesh=mesh, canary=service)
     )
+    if http_port == 0:
+        plan = dataclasses.replace(plan, http=None, http_admin=None)
+    elif not free:
+        plan = dataclasses.replace(plan, http=http_port)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         # Your collector gets the spans (the services read the variable); no local sink.
         plan = dataclasses.replace(plan, traces=None)
@@ -269,13 +282,13 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
     commands = grpcurl_commands(stack)
     if commands:
         lines += ["", "Try:", *(f"  {command}" for command in commands)]
-    http = curl_commands(stack)
-    if http:
-        lines += [
-            "",
-            f"The same API over HTTP/JSON and gRPC-Web at {stack.http_url} (docs/http-api.md):",
-            *(f"  {command}" for command in http),
-        ]
+        http = curl_commands(stack)
+        if http:
+            lines += [
+                "",
+                f"The same API over HTTP/JSON and gRPC-Web at {stack.http_url} (docs/http-api.md):",
+                *(f"  {command}" for command in http),
+            ]
     elif existing_services():
         lines += ["", "No service selected (--services): only NATS runs."]
     else:
@@ -301,7 +314,7 @@ async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -
     env = None if database is None else postgres_env(database, [n for n in selected if n in SERVICES])
     stack = Stack(
         args.data_dir,
-        ports=port_plan(args.free_ports, mesh=args.mesh == ENVOY, canary=args.canary),
+        ports=port_plan(args.free_ports, mesh=args.mesh == ENVOY, canary=args.canary, http_port=args.http_port),
         services=args.services,
         env=env,
         log_format=args.log_format,

@@ -169,8 +169,9 @@ class ShopServiceServicer:
         generates a UUIDv4. Either way the key used is returned in the
         `idempotency-key` response trailer, on success and on error, so the
         client can retry the same placement after a failure it received; on
-        success also as an `idempotency-key` response header (over HTTP/JSON the
-        only place it is).
+        success also as an `idempotency-key` response header, where an HTTP/JSON
+        client reads it (a successful call's trailers do not reach it; an
+        error's do, as headers, since errors are trailers-only).
 
         IDEMPOTENT: retries with the same idempotency-key never place a second
         order (gRPC retries resend the same headers). Clients that rely on

@@ -113,8 +113,9 @@ class ShopServiceStub:
     generates a UUIDv4. Either way the key used is returned in the
     `idempotency-key` response trailer, on success and on error, so the
     client can retry the same placement after a failure it received; on
-    success also as an `idempotency-key` response header (over HTTP/JSON the
-    only place it is).
+    success also as an `idempotency-key` response header, where an HTTP/JSON
+    client reads it (a successful call's trailers do not reach it; an
+    error's do, as headers, since errors are trailers-only).
 
     IDEMPOTENT: retries with the same idempotency-key never place a second
     order (gRPC retries resend the same headers). Clients that rely on
@@ -225,8 +226,9 @@ class ShopServiceAsyncStub(ShopServiceStub):
     generates a UUIDv4. Either way the key used is returned in the
     `idempotency-key` response trailer, on success and on error, so the
     client can retry the same placement after a failure it received; on
-    success also as an `idempotency-key` response header (over HTTP/JSON the
-    only place it is).
+    success also as an `idempotency-key` response header, where an HTTP/JSON
+    client reads it (a successful call's trailers do not reach it; an
+    error's do, as headers, since errors are trailers-only).
 
     IDEMPOTENT: retries with the same idempotency-key never place a second
     order (gRPC retries resend the same headers). Clients that rely on
@@ -370,8 +372,9 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         generates a UUIDv4. Either way the key used is returned in the
         `idempotency-key` response trailer, on success and on error, so the
         client can retry the same placement after a failure it received; on
-        success also as an `idempotency-key` response header (over HTTP/JSON the
-        only place it is).
+        success also as an `idempotency-key` response header, where an HTTP/JSON
+        client reads it (a successful call's trailers do not reach it; an
+        error's do, as headers, since errors are trailers-only).
 
         IDEMPOTENT: retries with the same idempotency-key never place a second
         order (gRPC retries resend the same headers). Clients that rely on
