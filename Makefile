@@ -115,6 +115,10 @@ bench-chassis: setup ## Throughput and p50/p99: bare grpc.aio vs the chassis vs 
 bench-checkout: setup ## Checkouts/s and p50/p99 at fixed arrival rates (open loop) through orders
 	$(VENV_BIN)/python tests/bench/bench_checkout.py --write docs/benchmarks.md
 
+.PHONY: bench-http
+bench-http: setup ## What the HTTP/JSON edge costs: the same call over gRPC and through Envoy's transcoder
+	$(VENV_BIN)/python tests/bench/bench_http.py --write docs/benchmarks.md
+
 .PHONY: bench-db
 bench-db: setup ## CPU per transaction of the chassis' Database on SQLite (write, write + read, snapshot read)
 	$(VENV_BIN)/python tests/bench/bench_db.py --write docs/benchmarks.md

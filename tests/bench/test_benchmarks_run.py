@@ -100,3 +100,11 @@ def test_checkout_benchmark_runs_on_postgresql_in_its_own_section() -> None:
     out = quick_checkout("--repeats", "1", "--database", "postgresql")
     assert "## Checkout on PostgreSQL (`bench_checkout.py --database postgresql`)" in out
     assert "| catalog | inventory | payments | orders | nats | postgres | load generator | all |" in out
+
+
+def test_http_edge_benchmark_runs_and_reports_both_ways() -> None:
+    out = run(str(HERE / "bench_http.py"), "--seconds", "1", "--warmup", "0.2", "--repeats", "1")
+    assert "## HTTP/JSON edge (`make bench-http`)" in out
+    assert re.search(r"^\| grpc \| [\d,]+ \|", out, re.MULTILINE)
+    assert re.search(r"^\| http \| [\d,]+ \|", out, re.MULTILINE)
+    assert re.search(r"The edge costs \*\*\d+\.\d\d CPU ms per call\*\*", out)
