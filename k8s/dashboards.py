@@ -34,6 +34,8 @@ DATASOURCE = "${datasource}"
 # ServiceMonitor scrape labels it).
 SELECTOR = 'namespace="$namespace", job=~"$service"'
 SERVER_ERRORS = "UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED"
+# The edge's HTTP connection manager (shopmesh_platform.http_api: stat_prefix), as Envoy labels its series.
+HTTP_API = 'envoy_http_conn_manager_prefix="http_api"'
 
 # (title, unit, description, [(expr, legend)])
 Panel = tuple[str, str, str, list[tuple[str, str]]]
@@ -91,6 +93,37 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "short",
                 "Calls being handled now, per service.",
                 [(f"sum by (job) (grpc_server_in_flight_requests{{{SELECTOR}}})", "{{job}}")],
+            ),
+        ],
+    ),
+    (
+        # The gateway pods' http-api container (docs/http-api.md): Envoy's own series, from its metrics port.
+        "HTTP/JSON API (the edge's Envoy)",
+        [
+            (
+                "HTTP requests per second by response class",
+                "reqps",
+                "Requests to the HTTP/JSON and gRPC-Web API by class of HTTP status: 4xx are clients' mistakes "
+                "(as their gRPC codes map), 5xx failures (alert ShopmeshHttpApiErrors).",
+                [
+                    (
+                        f"sum by (job, envoy_response_code_class) (rate(envoy_http_downstream_rq_xx{{{SELECTOR}, "
+                        f"{HTTP_API}}}[$__rate_interval]))",
+                        "{{job}} {{envoy_response_code_class}}xx",
+                    )
+                ],
+            ),
+            (
+                "HTTP p99 latency",
+                "ms",
+                "99th percentile of a request's time in the edge's Envoy, the gateway's answer included.",
+                [
+                    (
+                        "histogram_quantile(0.99, sum by (le, job) "
+                        f"(rate(envoy_http_downstream_rq_time_bucket{{{SELECTOR}, {HTTP_API}}}[$__rate_interval])))",
+                        "{{job}}",
+                    )
+                ],
             ),
         ],
     ),

@@ -5,7 +5,7 @@
 
 - `http-api.json`: the Envoy configuration of the `http-api` container in the gateway's pod, from the same
   `shopmesh_platform.http_api.bootstrap` that `make run` uses: listening on all addresses at 8080, the gateway
-  on loopback, the admin interface on loopback only.
+  on loopback, the admin interface on loopback only, its Prometheus metrics (only those) at 9465.
 - `shop.binpb`: the API's descriptor set, as `make proto` generates it beside the stubs.
 
 Helm reads a chart's own files only, so they are copies; `make lint` fails when they are stale.
@@ -27,6 +27,8 @@ CONFIG = "http-api.json"
 MOUNT = Path("/etc/shopmesh/http-api")
 PORT = 8080
 ADMIN_PORT = 9901
+# Envoy's Prometheus metrics for the ServiceMonitor (the admin interface stays on loopback).
+METRICS_PORT = 9465
 GATEWAY = "127.0.0.1:50051"
 
 
@@ -39,6 +41,7 @@ def kubernetes_api() -> HttpApi:
         admin_port=ADMIN_PORT,
         gateway=GATEWAY,
         descriptor=MOUNT / DESCRIPTOR_FILE,
+        metrics_port=METRICS_PORT,
     )
 
 

@@ -3,16 +3,26 @@ lookups."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+from shopmesh_platform.http_api import DESCRIPTOR_FILE, METRICS_PATH
+from shopmesh_platform.stack import envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,3 +83,65 @@ def validate_custom_resources(objects: Docs) -> list[str]:
     assert result.returncode == 0, result.stderr
     problems: list[str] = json.loads(result.stdout)
     return problems
+
+
+@contextlib.contextmanager
+def running_http_api(config: dict[str, Any], descriptor: bytes, scratch: Path) -> Iterator[dict[int, int]]:
+    """The gateway pod's `http-api` Envoy as rendered, run here: its listeners and admin interface moved from
+    the pod's ports to free loopback ones (yields pod port → local port), the descriptor set where the
+    configuration names it. Ready once its admin interface says so."""
+    text = json.dumps(config).replace(f"{http_api.MOUNT}/{DESCRIPTOR_FILE}", str(scratch / DESCRIPTOR_FILE))
+    (scratch / DESCRIPTOR_FILE).write_bytes(descriptor)
+    moved = json.loads(text)
+    addresses = [listener["address"]["socket_address"] for listener in moved["static_resources"]["listeners"]]
+    addresses.append(moved["admin"]["address"]["socket_address"])
+    ports = {address["port_value"]: _free_port() for address in addresses}
+    for address in addresses:
+        address.update(address="127.0.0.1", port_value=ports[address["port_value"]])
+    for cluster in moved["static_resources"]["clusters"]:
+        for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            address["port_value"] = ports.get(address["port_value"], address["port_value"])
+    (scratch / "http-api.json").write_text(json.dumps(moved))
+    argv = [str(envoy_binary()), "--config-path", str(scratch / "http-api.json"), "--disable-hot-restart"]
+    with subprocess.Popen([*argv, "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as envoy:
+        try:
+            deadline = time.monotonic() + 30
+            while not _answers(f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}/ready"):
+                assert envoy.poll() is None, envoy.stderr.read().decode() if envoy.stderr else "envoy exited"
+                assert time.monotonic() < deadline, "the rendered http-api Envoy was not ready within 30 s"
+                time.sleep(0.1)
+            yield ports
+        finally:
+            envoy.terminate()
+            envoy.wait(10)
+
+
+@functools.cache
+def envoy_metric_names() -> frozenset[str]:
+    """The series names the gateway pod's http-api Envoy exposes to Prometheus (scraped through its metrics
+    listener, as a ServiceMonitor does)."""
+    files = ROOT / "helm" / "gateway" / "files"
+    config = json.loads((files / http_api.CONFIG).read_text())
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running_http_api(config, (files / DESCRIPTOR_FILE).read_bytes(), Path(scratch)) as ports,
+    ):
+        url = f"http://127.0.0.1:{ports[http_api.METRICS_PORT]}{METRICS_PATH}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+    return frozenset(line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and line[0] != "#")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

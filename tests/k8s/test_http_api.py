@@ -10,20 +10,23 @@ import json
 import math
 import re
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from shopmesh_platform.http_api import DESCRIPTOR_FILE, HEALTH_PATH, bootstrap, descriptor_set
+from shopmesh_platform.http_api import DESCRIPTOR_FILE, HEALTH_PATH, METRICS_PATH, bootstrap, descriptor_set
 from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
 
-from .k8skit import Docs, find, http_api, render
+from .k8skit import Docs, find, http_api, render, running_http_api
 
 EDGE = next(name for name in SERVICES if is_edge(name))
 PORT = 8080
+METRICS_PORT = 9465
 MOUNT = "/etc/shopmesh/http-api"
 
 
@@ -54,8 +57,11 @@ def test_the_pod_runs_the_configuration_and_descriptor_make_run_uses(
         config, descriptor = files_of(docs)
         assert descriptor == descriptor_set().read_bytes(), "the descriptor set `make proto` generates"
         assert config == bootstrap(http_api.kubernetes_api())
-        [listener] = config["static_resources"]["listeners"]
-        assert listener["address"]["socket_address"]["port_value"] == PORT
+        listeners = {x["name"]: x["address"]["socket_address"] for x in config["static_resources"]["listeners"]}
+        assert listeners == {
+            "http-api": {"address": "0.0.0.0", "port_value": PORT},
+            "metrics": {"address": "0.0.0.0", "port_value": METRICS_PORT},
+        }
         assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1", "admin never off the pod"
         [gateway] = [c for c in config["static_resources"]["clusters"] if c["name"] == "gateway"]
         endpoint = gateway["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
@@ -105,15 +111,14 @@ def test_envoy_accepts_the_rendered_configuration(rendered: dict[tuple[str, str]
 def test_service_probes_and_drain_fit_the_pod(rendered: dict[tuple[str, str], Docs], value_set: str) -> None:
     docs = rendered[value_set, EDGE]
     http = container(docs)
-    assert http["ports"] == [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
-    service_port = next(p for p in find(docs, "Service", EDGE)["spec"]["ports"] if p["name"] == "http")
-    assert service_port == {
-        "name": "http",
-        "port": PORT,
-        "targetPort": "http",
-        "protocol": "TCP",
-        "appProtocol": "http",
-    }
+    assert http["ports"] == [
+        {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+        {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+    ]
+    service_ports = {p["name"]: p for p in find(docs, "Service", EDGE)["spec"]["ports"]}
+    for name, port in (("http", PORT), ("http-metrics", METRICS_PORT)):
+        expected = {"name": name, "port": port, "targetPort": name, "protocol": "TCP", "appProtocol": "http"}
+        assert service_ports[name] == expected
     for probe in ("readinessProbe", "livenessProbe"):
         assert http[probe]["httpGet"] == {"path": HEALTH_PATH, "port": "http"}, "Envoy answers it itself"
     # Envoy stops at once on SIGTERM: it keeps relaying until the gateway has drained, and stops in time.
@@ -151,3 +156,30 @@ def test_envoy_outlasts_a_fractional_drain_in_whole_seconds(helm_dir: Path) -> N
 def test_a_port_the_configuration_does_not_listen_on_fails_the_render(helm_dir: Path) -> None:
     with pytest.raises(Exception, match=r"httpApi\.port is fixed at 8080"):
         render.render(helm_dir, EDGE, "default", values={"httpApi": {"port": 9090}})
+
+
+def test_the_metrics_port_serves_envoys_metrics_and_nothing_else_of_its_admin_interface(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    config, descriptor = files_of(rendered["default", EDGE])
+    with running_http_api(config, descriptor, tmp_path) as ports:
+        metrics = f"http://127.0.0.1:{ports[METRICS_PORT]}"
+        with urllib.request.urlopen(f"{metrics}{METRICS_PATH}", timeout=10) as response:
+            body = response.read().decode()
+        series = 'envoy_http_downstream_rq_xx{envoy_response_code_class="5",envoy_http_conn_manager_prefix="http_api"}'
+        assert series in body
+        refused = [("GET", "/config_dump"), ("POST", "/quitquitquit"), ("GET", "/stats"), ("POST", METRICS_PATH)]
+        for method, path in refused:
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(urllib.request.Request(f"{metrics}{path}", method=method), timeout=10)
+            assert caught.value.code == 404, (method, path)
+        # While the admin interface itself, on loopback in the pod, has them all.
+        admin = f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}"
+        with urllib.request.urlopen(f"{admin}/config_dump", timeout=10) as response:
+            assert response.status == 200
+
+
+def test_prometheus_scrapes_the_edges_envoy_beside_the_service(rendered: dict[tuple[str, str], Docs]) -> None:
+    docs = rendered["monitoring", EDGE]
+    endpoints = {e["port"]: e["path"] for e in find(docs, "ServiceMonitor", EDGE)["spec"]["endpoints"]}
+    assert endpoints == {"metrics": "/metrics", "http-metrics": METRICS_PATH}

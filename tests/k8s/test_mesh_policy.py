@@ -26,6 +26,7 @@ GRPC_PORT = 50051
 METRICS_PORT = 9464
 # The edge's HTTP/JSON API (its http-api container): open like the edge's gRPC port.
 HTTP_PORT = 8080
+HTTP_METRICS_PORT = 9465
 HEALTH = "/grpc.health.v1.Health/"
 TRUST_DOMAIN = "cluster.local"
 ISTIO_KINDS = {"PeerAuthentication", "AuthorizationPolicy", "VirtualService", "DestinationRule"}
@@ -76,7 +77,7 @@ def test_istio_admits_exactly_the_callers_of_each_service_on_grpc(
         callers = frozenset(principal(c) for c in service_callers(name))
         expected = [(callers, str(GRPC_PORT))] if callers else []
         if is_edge(name):
-            expected += [(None, str(GRPC_PORT)), (None, str(HTTP_PORT))]
+            expected += [(None, str(GRPC_PORT)), (None, str(HTTP_PORT)), (None, str(HTTP_METRICS_PORT))]
         expected.append((None, str(METRICS_PORT)))
         assert sorted(every_method, key=repr) == sorted(expected, key=repr)
 
@@ -106,7 +107,8 @@ def test_istio_requires_mutual_tls_except_on_metrics_and_at_the_edge(
     spec = find(rendered["istio", name], "PeerAuthentication", name)["spec"]
     assert spec["mtls"] == {"mode": "STRICT"}
     permissive = {port for port, mtls in spec["portLevelMtls"].items() if mtls == {"mode": "PERMISSIVE"}}
-    assert permissive == ({METRICS_PORT, GRPC_PORT, HTTP_PORT} if is_edge(name) else {METRICS_PORT})
+    edge = {GRPC_PORT, HTTP_PORT, HTTP_METRICS_PORT}
+    assert permissive == ({METRICS_PORT} | edge if is_edge(name) else {METRICS_PORT})
     assert set(spec["portLevelMtls"]) == permissive
 
 
@@ -295,12 +297,15 @@ def test_linkerd_servers_cover_every_port_of_the_service(rendered: dict[tuple[st
     containers = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"] for container in containers for p in container["ports"]}
     servers = [d for d in linkerd(docs) if d["kind"] == "Server"]
-    assert {s["spec"]["port"] for s in servers} == ports == {"grpc", "metrics", *(["http"] if is_edge(name) else [])}
+    edge = ["http", "http-metrics"] if is_edge(name) else []
+    assert {s["spec"]["port"] for s in servers} == ports == {"grpc", "metrics", *edge}
     for server in servers:
         assert server["spec"]["podSelector"] == deployment["spec"]["selector"]
         assert server["spec"]["accessPolicy"] == "deny"
         # gRPC: HTTP/2 (HTTPRoutes apply to it); the HTTP/JSON API takes HTTP/1.1 and HTTP/2: detected.
-        expected = {"grpc": "HTTP/2", "metrics": "HTTP/1", "http": "unknown"}[server["spec"]["port"]]
+        expected = {"grpc": "HTTP/2", "metrics": "HTTP/1", "http": "unknown", "http-metrics": "HTTP/1"}[
+            server["spec"]["port"]
+        ]
         assert server["spec"]["proxyProtocol"] == expected
 
 
@@ -348,6 +353,7 @@ def test_linkerd_admits_the_callers_to_every_method_and_anyone_to_health(
         assert f"{name}-grpc" not in grants, "a policy on the whole Server would bypass the routes"
         # The edge's HTTP/JSON API is as open as its gRPC methods (and the kubelet probes it).
         assert grants.get(f"{name}-http") == ({"any network"} if is_edge(name) else None)
+        assert grants.get(f"{name}-http-metrics") == ({"any network"} if is_edge(name) else None)
 
 
 def test_linkerd_objects_have_only_the_crds_fields_and_their_references_resolve(

@@ -17,9 +17,9 @@ from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.metrics import OrderMetrics
-from shopmesh_platform.topology import SERVICES
+from shopmesh_platform.topology import SERVICES, is_edge
 
-from .k8skit import ROOT, Docs, dashboards, find, render, validate_custom_resources
+from .k8skit import ROOT, Docs, dashboards, envoy_metric_names, find, render, validate_custom_resources
 
 MONITORING = "monitoring"
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -40,11 +40,14 @@ def expected_alerts(name: str) -> set[str]:
         alerts |= {"ShopmeshDeadLetters", "ShopmeshConsumerBacklog"}
     if service.calls:
         alerts.add("ShopmeshCircuitOpen")
+    if is_edge(name):
+        alerts.add("ShopmeshHttpApiErrors")
     return alerts | OWN_ALERTS.get(name, set())
 
 
 def exported_metric_names() -> set[str]:
-    """What the services' endpoints can show, from the real metric objects (chassis and service-specific)."""
+    """What the scraped endpoints can show: the services', from the real metric objects (chassis and
+    service-specific), and the edge's Envoy's, scraped from a real Envoy running its rendered configuration."""
     metrics = ServerMetrics(CollectorRegistry())
     metrics.events  # noqa: B018 - made on first use, as services that publish or consume do
     metrics.watch_breaker("dependency", CircuitBreaker())
@@ -55,7 +58,7 @@ def exported_metric_names() -> set[str]:
     family: Metric
     for family in metrics.registry.collect():
         names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
-    return names
+    return names | envoy_metric_names()
 
 
 def alerts_of(docs: Docs, name: str) -> list[dict[str, Any]]:
@@ -94,9 +97,12 @@ def test_each_service_is_scraped_on_its_metrics_port(rendered: dict[tuple[str, s
     selected = monitor["spec"]["selector"]["matchLabels"]
     assert selected.items() <= service["metadata"]["labels"].items(), "the ServiceMonitor selects another Service"
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [render.NAMESPACE]
-    [endpoint] = monitor["spec"]["endpoints"]
+    endpoint, *edge = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
     assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    # The edge's http-api container too (tests/k8s/test_http_api.py).
+    assert [e["port"] for e in edge] == (["http-metrics"] if is_edge(name) else [])
+    assert {e["port"] for e in edge} <= {port["name"] for port in service["spec"]["ports"]}
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 

@@ -22,6 +22,7 @@ METRICS_PORT = 9464
 LINKERD_INBOUND_PORT = 4143
 # The edge's HTTP/JSON API, served by the http-api container of its pods (tests/k8s/test_http_api.py).
 HTTP_PORT = 8080
+HTTP_METRICS_PORT = 9465
 NATS_PORT = 4222
 POSTGRES_PORT = 5432
 SMTP_PORT = 1025
@@ -146,6 +147,7 @@ def test_network_policy_allows_exactly_the_call_graph(
             assert egress.pop(LINKERD_INBOUND_PORT, None) == egress.get(GRPC_PORT)
         if is_edge(name):
             assert ingress.pop(HTTP_PORT) == [{"anywhere": True}], "the HTTP/JSON API, as open as the gRPC port"
+            assert ingress.pop(HTTP_METRICS_PORT) == ingress[METRICS_PORT], "its Envoy's metrics: the scrapers"
         assert set(ingress) == {GRPC_PORT, METRICS_PORT}, "ingress only on the gRPC and metrics ports"
 
         callers = [c for c in callers_of(name) if c != "clients"]

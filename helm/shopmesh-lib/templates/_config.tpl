@@ -171,6 +171,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $_ := set $c "httpApi" (dict
     "enabled" (dig "httpApi" "enabled" false $v)
     "port" 8080
+    "metricsPort" 9465
     "image" (dig "httpApi" "image" (dig "image" "envoyproxy/envoy-distroless:v1.40.0" $ha) $v)
     "resources" (dig "httpApi" "resources" (dig "resources" (dict "requests" (dict "cpu" "10m" "memory" "32Mi") "limits" (dict "cpu" "500m" "memory" "128Mi")) $ha) $v)) -}}
 

@@ -46,6 +46,10 @@ binaryData:
     - name: http
       containerPort: {{ $c.httpApi.port }}
       protocol: TCP
+    # Envoy's Prometheus metrics, and only those of its admin interface (which stays on loopback).
+    - name: http-metrics
+      containerPort: {{ $c.httpApi.metricsPort }}
+      protocol: TCP
   # Envoy answers /healthz itself (its health_check filter), before transcoding.
   readinessProbe:
     httpGet:

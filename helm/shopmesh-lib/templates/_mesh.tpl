@@ -57,8 +57,10 @@ spec:
       mode: PERMISSIVE
     {{- end }}
     {{- if $c.httpApi.enabled }}
-    # The HTTP/JSON API: browsers and HTTP clients from outside the mesh.
+    # The HTTP/JSON API: browsers and HTTP clients from outside the mesh; and its Envoy's metrics.
     {{ $c.httpApi.port }}:
+      mode: PERMISSIVE
+    {{ $c.httpApi.metricsPort }}:
       mode: PERMISSIVE
     {{- end }}
 ---
@@ -91,7 +93,7 @@ spec:
     # authenticates users.
     - to:
         - operation:
-            ports: [{{ $c.httpApi.port | quote }}]
+            ports: [{{ $c.httpApi.port | quote }}, {{ $c.httpApi.metricsPort | quote }}]
     {{- end }}
     {{- if $callers }}
     # Every method, to the services that call this one (docs/architecture.md, the call graph).
@@ -209,6 +211,10 @@ spec:
 ---
 # The HTTP/JSON API: anyone the NetworkPolicy lets in (and the kubelet's probes of the http-api container).
 {{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "http" "target" (list "Server" "http") "authn" (list "NetworkAuthentication" $any)) }}
+---
+{{ include "shopmesh-lib.mesh.linkerd-server" (dict "ctx" . "port" "http-metrics" "protocol" "HTTP/1") }}
+---
+{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "http-metrics" "target" (list "Server" "http-metrics") "authn" (list "NetworkAuthentication" $any)) }}
 {{- end }}
 {{- if $c.serviceCallers }}
 ---

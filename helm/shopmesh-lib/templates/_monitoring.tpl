@@ -37,6 +37,13 @@ spec:
       path: /metrics
       scheme: http
       interval: {{ $c.monitoring.interval }}
+    {{- if $c.httpApi.enabled }}
+    # The http-api container's Envoy: requests by response class, latency, transcoding and upstream errors.
+    - port: http-metrics
+      path: /stats/prometheus
+      scheme: http
+      interval: {{ $c.monitoring.interval }}
+    {{- end }}
 {{- end -}}
 
 {{- define "shopmesh-lib.alert" -}}
@@ -99,6 +106,15 @@ spec:
     "for" "1m" "severity" "warning"
     "summary" (printf "%s: events parked on the dead-letter stream" $c.name)
     "description" "{{ $value }} event(s) that consumer {{ $labels.consumer }} could not apply wait on DEADLETTER: list them with shopmesh-deadletters, fix the cause, then replay or discard them.") -}}
+{{- end -}}
+{{- if $c.httpApi.enabled -}}
+{{- $edge := `envoy_http_conn_manager_prefix="http_api"` -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshHttpApiErrors"
+    "expr" (printf "sum(rate(envoy_http_downstream_rq_xx{__selector__, %s, envoy_response_code_class=\"5\"}[5m])) / sum(rate(envoy_http_downstream_rq_xx{__selector__, %s}[5m])) > %v" $edge $edge $m.errorRatio)
+    "for" "5m" "severity" "critical"
+    "summary" (printf "%s: HTTP/JSON requests failing" $c.name)
+    "description" (printf "More than %v%% of the requests to the HTTP/JSON API have been answered 5xx for 5 minutes: the service behind the http-api container fails, or the container cannot reach it." (mulf $m.errorRatio 100))) -}}
 {{- end -}}
 {{- if $c.calls -}}
 {{- $rules = append $rules (dict

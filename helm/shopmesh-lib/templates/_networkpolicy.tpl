@@ -53,12 +53,16 @@ spec:
               app.kubernetes.io/part-of: shopmesh
       ports:
         {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
-    # Prometheus scrapes the metrics port.
+    # Prometheus scrapes the metrics port (and the http-api container's).
     - from:
         {{- toYaml $c.networkPolicy.scrapers | nindent 8 }}
       ports:
         - protocol: TCP
           port: {{ $c.metricsPort }}
+        {{- if $c.httpApi.enabled }}
+        - protocol: TCP
+          port: {{ $c.httpApi.metricsPort }}
+        {{- end }}
     {{- with $c.networkPolicy.extraIngress }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

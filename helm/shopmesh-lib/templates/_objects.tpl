@@ -42,6 +42,11 @@ spec:
       targetPort: http
       protocol: TCP
       appProtocol: http
+    - name: http-metrics
+      port: {{ $c.httpApi.metricsPort }}
+      targetPort: http-metrics
+      protocol: TCP
+      appProtocol: http
     {{- end }}
 {{- end -}}
 

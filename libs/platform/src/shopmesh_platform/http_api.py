@@ -49,6 +49,8 @@ _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 # gRPC deadline, so the edge bounds the call a little above the gateway's own longest budget. A gRPC-Web
 # client's `grpc-timeout` still wins when it is shorter.
 ROUTE_TIMEOUT = "20s"
+# Where the metrics listener (`metrics_port`) serves Envoy's Prometheus metrics.
+METRICS_PATH = "/stats/prometheus"
 # Answered by Envoy itself (200, or 503 once it drains): the kubelet's probe of the container on Kubernetes.
 HEALTH_PATH = "/healthz"
 # A request body larger than this is refused (413) before it is transcoded or forwarded: no call of the API
@@ -86,6 +88,9 @@ class HttpApi:
     descriptor: Path
     # host:port of an OTLP/gRPC receiver for the edge's spans; None: none.
     traces: str | None = None
+    # A listener (on `host`) serving only Envoy's Prometheus metrics from the admin interface, for a scraper
+    # that cannot reach loopback (Kubernetes); None: none (`make run` reads the admin interface directly).
+    metrics_port: int | None = None
     # Envoy's node id and its spans' service name.
     name: str = "http-api"
 
@@ -179,19 +184,70 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     }
     if span_config is not None:
         manager["tracing"] = span_config
-    listener = {
-        "name": "http-api",
-        "address": socket_address(api.host, api.port),
+    listeners = [_listener("http-api", api.host, api.port, manager)]
+    if api.metrics_port is not None:
+        listeners.append(_listener("metrics", api.host, api.metrics_port, _metrics_manager()))
+        clusters.append(_admin_cluster(api))
+    return {
+        "node": {"id": api.name, "cluster": api.name},
+        "admin": {"address": socket_address(api.admin_host, api.admin_port)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "overload_manager": overload_manager(),
+    }
+
+
+def _listener(name: str, host: str, port: int, manager: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": socket_address(host, port),
         "traffic_direction": "INBOUND",
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
         ],
     }
+
+
+def _metrics_manager() -> dict[str, Any]:
+    """`GET /stats/prometheus` relayed to the admin interface, and nothing else of it (as Istio's proxies
+    serve 15090): the admin interface can also stop Envoy or dump its configuration."""
     return {
-        "node": {"id": api.name, "cluster": api.name},
-        "admin": {"address": socket_address(api.admin_host, api.admin_port)},
-        "static_resources": {"listeners": [listener], "clusters": clusters},
-        "overload_manager": overload_manager(),
+        "@type": _HCM,
+        "stat_prefix": "metrics",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "metrics",
+            "virtual_hosts": [
+                {
+                    "name": "metrics",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {
+                                "path": METRICS_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": "admin"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+
+
+def _admin_cluster(api: HttpApi) -> dict[str, Any]:
+    # The admin interface speaks HTTP/1.1 (the shared `cluster` is HTTP/2, for gRPC).
+    return {
+        "name": "admin",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "admin",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": socket_address(api.admin_host, api.admin_port)}}]}
+            ],
+        },
     }
 
 
