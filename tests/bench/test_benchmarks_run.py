@@ -103,8 +103,12 @@ def test_checkout_benchmark_runs_on_postgresql_in_its_own_section() -> None:
 
 
 def test_http_edge_benchmark_runs_and_reports_both_ways() -> None:
-    out = run(str(HERE / "bench_http.py"), "--seconds", "1", "--warmup", "0.2", "--repeats", "1")
+    out = run(
+        str(HERE / "bench_http.py"), "--concurrency", "1,2", "--seconds", "1", "--warmup", "0.2", "--repeats", "1"
+    )
     assert "## HTTP/JSON edge (`make bench-http`)" in out
-    assert re.search(r"^\| grpc \| [\d,]+ \|", out, re.MULTILINE)
-    assert re.search(r"^\| http \| [\d,]+ \|", out, re.MULTILINE)
+    for way in ("grpc", "http"):
+        for concurrency in (1, 2):
+            assert re.search(rf"^\| {way} \| {concurrency} \| [\d,]+ \|", out, re.MULTILINE), (way, concurrency)
     assert re.search(r"The edge costs \*\*\d+\.\d\d CPU ms per call\*\*", out)
+    assert "with 2 callers the" in out

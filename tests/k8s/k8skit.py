@@ -95,7 +95,8 @@ def running_http_api(config: dict[str, Any], descriptor: bytes, scratch: Path) -
     moved = json.loads(text)
     addresses = [listener["address"]["socket_address"] for listener in moved["static_resources"]["listeners"]]
     addresses.append(moved["admin"]["address"]["socket_address"])
-    ports = {address["port_value"]: _free_port() for address in addresses}
+    wanted = sorted({address["port_value"] for address in addresses})
+    ports = dict(zip(wanted, _free_ports(len(wanted)), strict=True))
     for address in addresses:
         address.update(address="127.0.0.1", port_value=ports[address["port_value"]])
     for cluster in moved["static_resources"]["clusters"]:
@@ -114,7 +115,11 @@ def running_http_api(config: dict[str, Any], descriptor: bytes, scratch: Path) -
             yield ports
         finally:
             envoy.terminate()
-            envoy.wait(10)
+            try:
+                envoy.wait(10)
+            except subprocess.TimeoutExpired:
+                envoy.kill()
+                envoy.wait()
 
 
 @functools.cache
@@ -133,10 +138,13 @@ def envoy_metric_names() -> frozenset[str]:
     return frozenset(line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and line[0] != "#")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    # Every socket stays bound until all are picked, so no port is handed out twice.
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _answers(url: str) -> bool:

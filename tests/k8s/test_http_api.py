@@ -183,3 +183,14 @@ def test_prometheus_scrapes_the_edges_envoy_beside_the_service(rendered: dict[tu
     docs = rendered["monitoring", EDGE]
     endpoints = {e["port"]: e["path"] for e in find(docs, "ServiceMonitor", EDGE)["spec"]["endpoints"]}
     assert endpoints == {"metrics": "/metrics", "http-metrics": METRICS_PATH}
+
+
+def test_without_a_drain_there_is_no_zero_second_sleep(helm_dir: Path) -> None:
+    drain = {"drainDelaySeconds": 0, "shutdownGraceSeconds": 0}
+    docs = [
+        d
+        for text in render.render(helm_dir, EDGE, "default", values={"global": {"drain": drain}}).values()
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+    assert "lifecycle" not in container(docs), "a 0 s sleep needs a feature gate some clusters lack"

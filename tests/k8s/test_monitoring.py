@@ -6,10 +6,12 @@ the services really export. Without it, none of them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import promql_parser
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
@@ -22,7 +24,14 @@ from shopmesh_platform.topology import SERVICES, is_edge
 from .k8skit import ROOT, Docs, dashboards, envoy_metric_names, find, render, validate_custom_resources
 
 MONITORING = "monitoring"
-MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule", "PodMonitor"}
+# The mesh proxy's metrics: the injected container's port (by name) and path, and its number. The names
+# are the ones Istio's and Linkerd's injectors give those ports.
+PROXY_METRICS = {
+    "istio": ("http-envoy-prom", "/stats/prometheus", 15090),
+    "linkerd": ("linkerd-admin", "/metrics", 4191),
+}
+SCRAPERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 # Alerts a service chart adds of its own (helm/<service>/values.yaml `alerts:`).
 OWN_ALERTS = {"notifications": {"ShopmeshEmailsFailed"}, "orders": {"ShopmeshCheckoutsCancelledByOutages"}}
 # Series Prometheus itself adds for every target.
@@ -116,6 +125,15 @@ def test_each_service_gets_the_alerts_its_role_calls_for(rendered: dict[tuple[st
         assert alert["annotations"]["runbook_url"].endswith(f"docs/operations.md#{alert['alert'].lower()}")
 
 
+def test_service_down_looks_at_the_services_own_port_only(rendered: dict[tuple[str, str], Docs]) -> None:
+    """The gateway's pods also expose the http-api container's Envoy under the same job: up while the
+    gateway itself is down, it must not keep ShopmeshServiceDown quiet."""
+    for name in SERVICES:
+        [down] = [a for a in alerts_of(rendered[MONITORING, name], name) if a["alert"] == "ShopmeshServiceDown"]
+        [up] = selectors(down["expr"])
+        assert ("endpoint", str(EQUAL), "metrics") in matchers_of(up), down["expr"]
+
+
 def test_every_alert_has_its_section_in_the_runbook(rendered: dict[tuple[str, str], Docs]) -> None:
     runbook = (ROOT / "docs" / "operations.md").read_text()
     names = {a["alert"] for name in SERVICES for a in alerts_of(rendered[MONITORING, name], name)}
@@ -155,7 +173,7 @@ def test_monitoring_objects_validate_against_the_prometheus_operator_schemas(
     rendered: dict[tuple[str, str], Docs],
 ) -> None:
     objects = [d for name in SERVICES for d in rendered[MONITORING, name] if d["kind"] in MONITORING_KINDS]
-    assert len(objects) == 2 * len(SERVICES)
+    assert len(objects) == 2 * len(SERVICES), "no PodMonitor without a mesh"
     assert not validate_custom_resources(objects)
     broken = json.loads(json.dumps(objects[0]))
     broken["spec"]["endpoints"][0]["interval"] = "15 seconds"
@@ -194,3 +212,37 @@ def test_every_dashboard_query_names_exported_metrics_of_the_chosen_services() -
                 problems.append(f"{selector.name} ignores the namespace or service chosen: {query}")
     assert len(queries) >= 10
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def meshed_and_monitored(helm_dir: Path) -> dict[tuple[str, str], Docs]:
+    """(mesh, chart) -> the objects of every service chart under each mesh, with monitoring on."""
+    result = {}
+    for mesh in PROXY_METRICS:
+        values = render.values_for(mesh, helm_dir)
+        values["global"]["monitoring"] = {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}
+        for name in SERVICES:
+            texts = render.render(helm_dir, name, mesh, values=values).values()
+            result[mesh, name] = [d for text in texts for d in yaml.safe_load_all(text) if d]
+    return result
+
+
+@pytest.mark.parametrize("mesh", list(PROXY_METRICS))
+def test_under_a_mesh_each_pods_proxy_is_scraped_too(
+    meshed_and_monitored: dict[tuple[str, str], Docs], mesh: str
+) -> None:
+    port, path, number = PROXY_METRICS[mesh]
+    monitors = []
+    for name in SERVICES:
+        docs = meshed_and_monitored[mesh, name]
+        monitor = find(docs, "PodMonitor", f"{name}-proxy")
+        monitors.append(monitor)
+        assert monitor["spec"]["selector"] == find(docs, "Deployment", name)["spec"]["selector"]
+        [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+        assert (endpoint["port"], endpoint["path"]) == (port, path)
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        # Only the scrapers reach the proxy's metrics port, as the service's own.
+        rules = find(docs, "NetworkPolicy", name)["spec"]["ingress"]
+        reaching = [rule for rule in rules if number in {p["port"] for p in rule.get("ports", [])}]
+        assert [rule.get("from") for rule in reaching] == [SCRAPERS]
+    assert not validate_custom_resources(monitors)

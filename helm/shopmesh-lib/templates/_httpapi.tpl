@@ -65,13 +65,17 @@ binaryData:
     periodSeconds: {{ $c.probes.livenessPeriodSeconds }}
     timeoutSeconds: 2
     failureThreshold: 3
+  {{- /* Whole seconds (the API's type), rounded up: the drain settings may be fractional. */}}
+  {{- $sleep := addf $c.drain.drainDelaySeconds $c.drain.shutdownGraceSeconds | ceil | int }}
+  {{- if gt $sleep 0 }}
   lifecycle:
     # Envoy exits at once on SIGTERM. It keeps relaying while the service drains (NOT_SERVING for
-    # drainDelaySeconds, in-flight calls for shutdownGraceSeconds), and stops after it.
+    # drainDelaySeconds, in-flight calls for shutdownGraceSeconds), and stops after it. (No drain at
+    # all: no hook, since a sleep of 0 s needs a feature gate some clusters lack.)
     preStop:
       sleep:
-        # Whole seconds (the API's type), rounded up: the drain settings may be fractional.
-        seconds: {{ addf $c.drain.drainDelaySeconds $c.drain.shutdownGraceSeconds | ceil | int }}
+        seconds: {{ $sleep }}
+  {{- end }}
   resources:
     {{- toYaml $c.httpApi.resources | nindent 4 }}
   securityContext:

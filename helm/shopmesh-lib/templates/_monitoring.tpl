@@ -46,6 +46,46 @@ spec:
     {{- end }}
 {{- end -}}
 
+{{/*
+Under a mesh, the proxy beside each pod has metrics of its own: Istio's standard metrics (istio_requests_total,
+istio_request_duration_milliseconds, by source and destination workload: what Kiali draws its graph from) and
+Envoy's, on the istio-proxy container's port http-envoy-prom (15090); Linkerd's (request_total,
+response_total, response_latency_ms) on the linkerd-proxy container's port linkerd-admin (4191). A PodMonitor
+scrapes them by those injected ports' names; their job is <namespace>/<name>-proxy, apart from the service's.
+*/}}
+{{- define "shopmesh-lib.podmonitor" -}}
+{{- $c := .c -}}
+apiVersion: monitoring.coreos.com/v1
+kind: PodMonitor
+metadata:
+  name: {{ $c.name }}-proxy
+  namespace: {{ $c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+    {{- with $c.monitoring.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  namespaceSelector:
+    matchNames:
+      - {{ $c.namespace }}
+  podTargetLabels:
+    - shopmesh.io/track
+  podMetricsEndpoints:
+    {{- if eq $c.mesh "istio" }}
+    - port: http-envoy-prom
+      path: /stats/prometheus
+    {{- else }}
+    - port: linkerd-admin
+      path: /metrics
+    {{- end }}
+      scheme: http
+      interval: {{ $c.monitoring.interval }}
+{{- end -}}
+
 {{- define "shopmesh-lib.alert" -}}
 {{- $c := .c -}}
 {{- $selector := printf "job=%q, namespace=%q" $c.name $c.namespace -}}
@@ -68,10 +108,10 @@ spec:
 {{- $rules := list
   (dict
     "alert" "ShopmeshServiceDown"
-    "expr" "absent(up{__selector__} == 1)"
+    "expr" "absent(up{__selector__, endpoint=\"metrics\"} == 1)"
     "for" "5m" "severity" "critical"
     "summary" (printf "%s: no pod answers Prometheus" $c.name)
-    "description" "No pod of the service has been scraped successfully for 5 minutes: it is down, not ready, or its metrics port is unreachable.")
+    "description" "No pod of the service has been scraped successfully on its metrics port for 5 minutes: it is down, not ready, or the port is unreachable. (Only the service's own port counts: the gateway pods' http-api container is scraped under the same job and can be up while the service is not.)")
   (dict
     "alert" "ShopmeshServerErrors"
     "expr" (printf "sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__, grpc_code=~%q}[5m])) / sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__}[5m])) > %v" $serverErrors $m.errorRatio)
@@ -114,7 +154,7 @@ spec:
     "expr" (printf "sum(rate(envoy_http_downstream_rq_xx{__selector__, %s, envoy_response_code_class=\"5\"}[5m])) / sum(rate(envoy_http_downstream_rq_xx{__selector__, %s}[5m])) > %v" $edge $edge $m.errorRatio)
     "for" "5m" "severity" "critical"
     "summary" (printf "%s: HTTP/JSON requests failing" $c.name)
-    "description" (printf "More than %v%% of the requests to the HTTP/JSON API have been answered 5xx for 5 minutes: the service behind the http-api container fails, or the container cannot reach it." (mulf $m.errorRatio 100))) -}}
+    "description" (printf "More than %v%% of the requests to the http-api container have been answered 5xx for 5 minutes: the service behind it fails, or the container cannot reach it. HTTP/JSON requests only: gRPC-Web and gRPC calls through the port answer 200 with their status in trailers (ShopmeshServerErrors covers those)." (mulf $m.errorRatio 100))) -}}
 {{- end -}}
 {{- if $c.calls -}}
 {{- $rules = append $rules (dict

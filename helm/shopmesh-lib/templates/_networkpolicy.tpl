@@ -63,6 +63,11 @@ spec:
         - protocol: TCP
           port: {{ $c.httpApi.metricsPort }}
         {{- end }}
+        {{- if and $c.monitoring.enabled $c.mesh }}
+        # The mesh proxy's own metrics (the PodMonitor <name>-proxy).
+        - protocol: TCP
+          port: {{ include "shopmesh-lib.proxyMetricsPort" $c }}
+        {{- end }}
     {{- with $c.networkPolicy.extraIngress }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -169,4 +174,10 @@ blocks all meshed traffic).
 - protocol: TCP
   port: {{ .meshPolicy.linkerdInboundPort }}
 {{- end }}
+{{- end -}}
+
+
+{{/* The port of the mesh proxy's Prometheus metrics: Istio's 15090, Linkerd's 4191. */}}
+{{- define "shopmesh-lib.proxyMetricsPort" -}}
+{{- if eq .mesh "istio" }}15090{{ else }}4191{{ end -}}
 {{- end -}}

@@ -43,6 +43,10 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 {{ include "shopmesh-lib.servicemonitor" $ctx }}
 ---
 {{ include "shopmesh-lib.prometheusrule" $ctx }}
+{{- if $c.mesh }}
+---
+{{ include "shopmesh-lib.podmonitor" $ctx }}
+{{- end }}
 {{- end }}
 {{- if $c.tests.enabled }}
 ---

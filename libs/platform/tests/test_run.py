@@ -207,6 +207,16 @@ def test_the_http_api_port_can_be_moved_or_left_out_when_8080_is_taken() -> None
     assert run.parse_args(["--http-port", "0"]).http_port == 0
 
 
+@pytest.mark.parametrize(
+    "args", [["--http-port", "70000"], ["--http-port", "web"], ["--free-ports", "--http-port", "18080"]]
+)
+def test_an_http_port_that_cannot_be_honoured_is_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(args)
+    assert exited.value.code == 2
+    assert "--http-port" in capsys.readouterr().err
+
+
 def test_without_a_gateway_the_banner_offers_no_http_commands(tmp_path: Path) -> None:
     stack = Stack(tmp_path, ports=run.port_plan(free=True), services=["catalog"])
     text = run.banner(stack, ["catalog"])

@@ -95,14 +95,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--http-port",
-        type=int,
+        type=parse_port,
         default=LOCAL_HTTP_PORT,
         metavar="PORT",
         help=f"the gateway's API over HTTP/JSON and gRPC-Web (default {LOCAL_HTTP_PORT}; 0: not served)",
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds each process has to get ready")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.free_ports and args.http_port not in (0, LOCAL_HTTP_PORT):
+        parser.error("--http-port with --free-ports: the OS picks that port too (0 leaves the edge out)")
+    return args
+
+
+def parse_port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: a TCP port (1-65535), or 0 for none")
+    return port
 
 
 def parse_canary(value: str) -> Canary:
