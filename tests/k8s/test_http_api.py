@@ -142,14 +142,15 @@ def test_only_the_edge_runs_it(rendered: dict[tuple[str, str], Docs], helm_dir: 
         render.render(helm_dir, "catalog", "default", values={"httpApi": {"enabled": True}})
 
 
+def edge_with_drain(helm_dir: Path, delay: float, grace: float) -> Docs:
+    """The edge's chart rendered with these drain settings."""
+    drain = {"drainDelaySeconds": delay, "shutdownGraceSeconds": grace}
+    texts = render.render(helm_dir, EDGE, "default", values={"global": {"drain": drain}}).values()
+    return [d for text in texts for d in yaml.safe_load_all(text) if d]
+
+
 def test_envoy_outlasts_a_fractional_drain_in_whole_seconds(helm_dir: Path) -> None:
-    drain = {"drainDelaySeconds": 2.4, "shutdownGraceSeconds": 2.4}
-    docs = [
-        d
-        for text in render.render(helm_dir, EDGE, "default", values={"global": {"drain": drain}}).values()
-        for d in yaml.safe_load_all(text)
-        if d
-    ]
+    docs = edge_with_drain(helm_dir, 2.4, 2.4)
     assert container(docs)["lifecycle"]["preStop"]["sleep"]["seconds"] == 5, "4.8 s rounded up, not down"
 
 
@@ -186,11 +187,5 @@ def test_prometheus_scrapes_the_edges_envoy_beside_the_service(rendered: dict[tu
 
 
 def test_without_a_drain_there_is_no_zero_second_sleep(helm_dir: Path) -> None:
-    drain = {"drainDelaySeconds": 0, "shutdownGraceSeconds": 0}
-    docs = [
-        d
-        for text in render.render(helm_dir, EDGE, "default", values={"global": {"drain": drain}}).values()
-        for d in yaml.safe_load_all(text)
-        if d
-    ]
+    docs = edge_with_drain(helm_dir, 0, 0)
     assert "lifecycle" not in container(docs), "a 0 s sleep needs a feature gate some clusters lack"
