@@ -23,6 +23,11 @@ LINKERD_INBOUND_PORT = 4143
 # The edge's HTTP/JSON API, served by the http-api container of its pods (tests/k8s/test_http_api.py).
 HTTP_PORT = 8080
 HTTP_METRICS_PORT = 9465
+HELM_TEST = {
+    "podSelector": {
+        "matchLabels": {"app.kubernetes.io/component": "helm-test", "app.kubernetes.io/part-of": "shopmesh"}
+    }
+}
 NATS_PORT = 4222
 POSTGRES_PORT = 5432
 SMTP_PORT = 1025
@@ -146,7 +151,8 @@ def test_network_policy_allows_exactly_the_call_graph(
             assert ingress.pop(LINKERD_INBOUND_PORT) == ingress[GRPC_PORT]
             assert egress.pop(LINKERD_INBOUND_PORT, None) == egress.get(GRPC_PORT)
         if is_edge(name):
-            assert ingress.pop(HTTP_PORT) == [{"anywhere": True}], "the HTTP/JSON API, as open as the gRPC port"
+            # The HTTP/JSON API: as open as the gRPC port, and to `helm test` (which checks it too).
+            assert ingress.pop(HTTP_PORT) == [{"anywhere": True}, HELM_TEST]
             assert ingress.pop(HTTP_METRICS_PORT) == ingress[METRICS_PORT], "its Envoy's metrics: the scrapers"
         assert set(ingress) == {GRPC_PORT, METRICS_PORT}, "ingress only on the gRPC and metrics ports"
 
@@ -274,10 +280,10 @@ def test_helm_test_hook_checks_the_service_over_grpc(rendered: dict[tuple[str, s
         assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
         command = pod["spec"]["containers"][0]["command"]
         assert "grpc_health.v1" in command[2]
-        assert command[3:] == [
-            f"{name}.{render.NAMESPACE}.svc.cluster.local:{GRPC_PORT}",
-            *SERVICES[name].grpc_services,
-        ]
+        host = f"{name}.{render.NAMESPACE}.svc.cluster.local"
+        # The edge's HTTP/JSON API too, through its Service (tests/mesh/test_helm_test_hook.py runs it).
+        http = ["--http", f"http://{host}:{HTTP_PORT}"] if is_edge(name) else []
+        assert command[3:] == [*http, f"{host}:{GRPC_PORT}", *SERVICES[name].grpc_services]
 
 
 # --- images: Dockerfiles, skaffold and charts agree ---------------------------------------------------

@@ -16,12 +16,15 @@ from typing import Any
 import pytest
 import yaml
 
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.sample.v1 import sample_pb2
+from shopmesh_platform.stack import Stack
 
 from .envoykit import Backend, Mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = sample_pb2.DESCRIPTOR.services_by_name["SampleService"].full_name
+SHOP = shop_pb2.DESCRIPTOR.services_by_name["ShopService"].full_name
 # What the mesh policy grants the test pod's identity: grpc.health.v1.Health, nothing else (Istio's
 # AuthorizationPolicy and Linkerd's routes in _mesh.tpl), as Envoy's RBAC filter, which is what Istio
 # configures from an AuthorizationPolicy.
@@ -120,3 +123,36 @@ async def test_under_a_mesh_policy_the_hook_fails_where_nothing_enforces_it(
     code, output = await run_hook(commands["linkerd"][2], "--meshed", backend.address, SERVED)
     assert code == 1, output
     assert "UNIMPLEMENTED, the mesh let it through" in output
+
+
+@pytest.fixture(scope="module")
+def edge_command() -> list[str]:
+    """The gateway's test pod's command (its chart turns the HTTP/JSON check on), default values."""
+    render = _render_module()
+    with render.prepared_copy() as helm_dir:
+        for text in render.render(helm_dir, "gateway", "default").values():
+            for doc in yaml.safe_load_all(text):
+                if doc and doc["kind"] == "Pod" and doc["metadata"]["name"] == "gateway-health-test":
+                    command: list[str] = doc["spec"]["containers"][0]["command"]
+                    return command
+    raise AssertionError("the gateway chart renders no test pod")
+
+
+async def test_the_edges_hook_checks_its_http_api_and_fails_when_the_gateway_behind_it_is_down(
+    edge_command: list[str], tmp_path: Path
+) -> None:
+    """Against the real gateway and the real Envoy of its HTTP/JSON edge (what the http-api container runs)."""
+    assert edge_command[3] == "--http"
+    async with Stack.for_tests(tmp_path, services=["gateway"], http=True) as stack:
+        assert stack.http_url is not None
+        args = ("--http", stack.http_url, stack.address("gateway"), SHOP)
+        code, output = await run_hook(edge_command[2], *args)
+        assert code == 0, output
+        assert "ok   " + stack.address("gateway") + " HTTP/JSON GET /v1/orders without a token: 401" in output
+        assert "TOKEN_MISSING" in output
+
+        await stack.stop_service("gateway")
+        code, output = await run_hook(edge_command[2], *args)
+        assert code == 1, output
+        assert "FAIL" in output
+        assert "HTTP/JSON GET /v1/orders without a token: 503" in output

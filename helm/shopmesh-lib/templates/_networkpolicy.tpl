@@ -45,7 +45,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
     {{- end }}
-    # `helm test` pods check health over gRPC.
+    # `helm test` pods check health over gRPC (and the edge's HTTP/JSON API).
     - from:
         - podSelector:
             matchLabels:
@@ -53,6 +53,10 @@ spec:
               app.kubernetes.io/part-of: shopmesh
       ports:
         {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
+        {{- if $c.httpApi.enabled }}
+        - protocol: TCP
+          port: {{ $c.httpApi.port }}
+        {{- end }}
     # Prometheus scrapes the metrics port (and the http-api container's).
     - from:
         {{- toYaml $c.networkPolicy.scrapers | nindent 8 }}

@@ -5,14 +5,30 @@ umbrella chart runs every service's hook, so `helm test shopmesh` checks the who
 Under the mesh policy (`--meshed`) it also checks that the policy is enforced: its identity may call
 health and nothing else, so a call to any other method must come back PERMISSION_DENIED from the mesh
 (a name no service has, so the call could do nothing even where the policy is missing).
-tests/mesh/test_helm_test_hook.py runs this script against a service with and without a policy in front.
+For the edge with its http-api container (`--http <base URL>`) it also calls the HTTP/JSON API: GET
+/v1/orders without a token must come back 401 with the gateway's ErrorInfo TOKEN_MISSING as JSON, which
+takes Envoy transcoding with the API's descriptor set, the gateway behind it, and the status mapping, and
+no other service.
+tests/mesh/test_helm_test_hook.py runs this script against a service with and without a policy in front,
+and against a real gateway with and without its HTTP/JSON edge.
 */}}
 {{- define "shopmesh-lib.healthcheck.py" -}}
+import json
 import sys
+import time
+import urllib.error
+import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-meshed = sys.argv[1] == "--meshed"
-target, *served = sys.argv[2:] if meshed else sys.argv[1:]
+args = sys.argv[1:]
+meshed = "--meshed" in args
+args = [arg for arg in args if arg != "--meshed"]
+http = None
+if "--http" in args:
+    at = args.index("--http")
+    http = args[at + 1]
+    del args[at : at + 2]
+target, *served = args
 failed = 0
 def report(ok, what, text):
     global failed
@@ -35,6 +51,26 @@ with grpc.insecure_channel(target) as channel:
             code = exc.code()
         refused = code == grpc.StatusCode.PERMISSION_DENIED
         report(refused, f"{name}/* as this test", f"{code.name}, {'refused by the mesh' if refused else 'the mesh let it through'}")
+def get(url):
+    """(HTTP status, body) of a GET; connection failures are retried for a while (a proxy still starting)."""
+    for attempt in range(10):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError as exc:
+            error = exc
+            time.sleep(2)
+    return None, str(error).encode()
+if http:
+    code, body = get(f"{http}/v1/orders")
+    try:
+        reasons = [d.get("reason") for d in json.loads(body).get("details", [])]
+    except ValueError:
+        reasons = []
+    ok = code == 401 and "TOKEN_MISSING" in reasons
+    report(ok, "HTTP/JSON GET /v1/orders without a token", f"{code} {reasons or body[:200]!r}")
 sys.exit(1 if failed else 0)
 {{- end -}}
 
@@ -72,6 +108,10 @@ spec:
               {{- include "shopmesh-lib.selectorLabels" $c | nindent 14 }}
       ports:
         {{- include "shopmesh-lib.grpcPorts" $c | nindent 8 }}
+        {{- if $c.httpApi.enabled }}
+        - protocol: TCP
+          port: {{ $c.httpApi.port }}
+        {{- end }}
     {{- include "shopmesh-lib.meshEgress" $c }}
 {{- end -}}
 
@@ -150,6 +190,10 @@ spec:
           {{- include "shopmesh-lib.healthcheck.py" . | nindent 10 }}
         {{- if $c.meshPolicy.enabled }}
         - --meshed
+        {{- end }}
+        {{- if $c.httpApi.enabled }}
+        - --http
+        - {{ printf "http://%s:%v" (include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace)) $c.httpApi.port | quote }}
         {{- end }}
         - {{ include "shopmesh-lib.address" (dict "service" $c.name "namespace" $c.namespace) | quote }}
         {{- range $c.grpcServices }}
