@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,18 @@ async def test_an_http_request_is_one_trace_from_the_edge_through_the_gateway(
     [edge] = [s for s in trace if s["service"] == HTTP_API]
     [gateway] = [s for s in trace if s["service"] == "gateway" and s["kind"] == "server"]
     assert gateway["parent_span_id"] == edge["span_id"]
+
+
+async def test_simulated_shoppers_over_http_json_get_answers_and_never_a_server_fault(
+    stack: Stack, shoppers: Callable[..., Awaitable[dict[str, dict[str, int]]]]
+) -> None:
+    # `make shoppers SHOPPERS_ARGS="--http ..."`: every step on its route through the edge, --strict.
+    assert stack.http_url is not None
+    args = ("--http", stack.http_url, "--shoppers", "3", "--duration", "5", "--think", "0.1,0.3", "--seed", "5")
+    answered = await shoppers(stack.address("gateway"), *args)
+    assert {"Register", "Login", "ListProducts", "GetProductPage", "PlaceOrder"} <= answered.keys()
+    assert answered["PlaceOrder"]["OK"] > 0
+    assert answered["Login"] == {"OK": 3}
 
 
 async def test_a_downstream_outage_is_a_503_the_client_may_retry(stack: Stack, http: httpx.AsyncClient) -> None:

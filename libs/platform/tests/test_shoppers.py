@@ -51,3 +51,10 @@ def test_an_unreachable_gateway_is_said_in_one_line() -> None:
     code, _, err = ran("--target", target, *FAST, "--connect-timeout", "0.5")
     assert code == 1
     assert err == f"error: cannot reach the gateway at {target} (is `make run` running?)\n"
+
+
+def test_an_unreachable_http_api_is_said_in_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = ran("--http", url, *FAST, "--connect-timeout", "0.5")
+    assert code == 1
+    assert err == f"error: cannot reach the HTTP/JSON API at {url} (is `make run` running?)\n"

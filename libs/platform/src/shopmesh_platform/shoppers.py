@@ -1,11 +1,13 @@
 """Simulated shoppers against the gateway, to watch the system work: dashboards, traces, logs, e-mails.
 
-    python -m shopmesh_platform.shoppers [--target 127.0.0.1:50050] [--shoppers 5] [--duration 60]
+    python -m shopmesh_platform.shoppers [--target 127.0.0.1:50050 | --http http://127.0.0.1:8080]
+                                         [--shoppers 5] [--duration 60]
 
 Each shopper registers and logs in once, then does what a customer does, pausing between steps (`--think`,
 0.5 to 2 s): browses a page of products, searches, opens a product page, and now and then places an order
 (one card in ten is declined), reads it back and lists its e-mails. Through the public API only, as a
-front-end would (a plain channel; every call has a deadline). It is traffic, not a benchmark
+front-end would (a plain channel; every call has a deadline), or with `--http` over the HTTP/JSON edge in
+front of the gateway, each call on its `google.api.http` route (`http_client`). It is traffic, not a benchmark
 (`make bench-checkout` measures). Every `--report-every` seconds and at the end it prints what each
 method answered. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a
 server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake or a declined card is an
@@ -23,8 +25,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar, cast
 
+import aiohttp
 import grpc
 from tabulate import tabulate
 
@@ -32,7 +35,8 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 
-from .topology import LOCAL_HOST, SERVICES
+from .http_client import HttpCallError, HttpShop
+from .topology import LOCAL_HOST, LOCAL_HTTP_PORT, SERVICES
 
 if TYPE_CHECKING:
     # Only the .pyi declares the async stub's type; at run time the stub class serves both.
@@ -58,7 +62,7 @@ class Tally:
     async def call(self, method: str, call: Awaitable[T]) -> T | None:
         try:
             result = await call
-        except grpc.aio.AioRpcError as error:
+        except (grpc.aio.AioRpcError, HttpCallError) as error:
             self.answers[method, error.code().name] += 1
             return None
         self.answers[method, "OK"] += 1
@@ -170,25 +174,40 @@ class Shopper:
 
 
 async def shop(args: argparse.Namespace, out: TextIO) -> Tally:
-    tally = Tally()
+    if args.http:
+        async with aiohttp.ClientSession(args.http.rstrip("/")) as session:
+            try:
+                async with asyncio.timeout(args.connect_timeout), session.get("/healthz") as ready:
+                    ready.raise_for_status()
+            except (TimeoutError, aiohttp.ClientError):
+                raise ConnectionError(
+                    f"cannot reach the HTTP/JSON API at {args.http} (is `make run` running?)"
+                ) from None
+            # HttpShop answers the stub's calls (same names, requests, metadata, timeout and replies).
+            return await crowd(cast("ShopServiceAsyncStub", HttpShop(session)), args, out)
     async with grpc.aio.insecure_channel(args.target) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         except TimeoutError:
             raise ConnectionError(f"cannot reach the gateway at {args.target} (is `make run` running?)") from None
-        stub = shop_pb2_grpc.ShopServiceStub(channel)
-        rng = random.Random(args.seed)
-        start = time.monotonic()
-        until = start + args.duration
-        shoppers = [Shopper(stub, tally, random.Random(rng.random()), args.think) for _ in range(args.shoppers)]
-        tasks = [asyncio.create_task(s.run(until)) for s in shoppers]
-        while True:
-            _, pending = await asyncio.wait(tasks, timeout=args.report_every)
-            if not pending:
-                break
-            print(tally.line(time.monotonic() - start), file=out, flush=True)
-        for task in tasks:
-            task.result()  # a shopper's own bug surfaces here, not as a silent gap in the traffic
+        return await crowd(shop_pb2_grpc.ShopServiceStub(channel), args, out)
+
+
+async def crowd(stub: ShopServiceAsyncStub, args: argparse.Namespace, out: TextIO) -> Tally:
+    """Every shopper at once until the duration is over, a progress line every report period."""
+    tally = Tally()
+    rng = random.Random(args.seed)
+    start = time.monotonic()
+    until = start + args.duration
+    shoppers = [Shopper(stub, tally, random.Random(rng.random()), args.think) for _ in range(args.shoppers)]
+    tasks = [asyncio.create_task(s.run(until)) for s in shoppers]
+    while True:
+        _, pending = await asyncio.wait(tasks, timeout=args.report_every)
+        if not pending:
+            break
+        print(tally.line(time.monotonic() - start), file=out, flush=True)
+    for task in tasks:
+        task.result()  # a shopper's own bug surfaces here, not as a silent gap in the traffic
     return tally
 
 
@@ -203,6 +222,12 @@ def think_range(value: str) -> tuple[float, float]:
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     parser = argparse.ArgumentParser(prog="python -m shopmesh_platform.shoppers", description=__doc__.splitlines()[0])
     parser.add_argument("--target", default=f"{LOCAL_HOST}:{SERVICES['gateway'].grpc_port}", help="the gateway")
+    parser.add_argument(
+        "--http",
+        default=None,
+        metavar="URL",
+        help=f"shop over the HTTP/JSON edge at URL instead (`make run`'s: http://{LOCAL_HOST}:{LOCAL_HTTP_PORT})",
+    )
     parser.add_argument("--shoppers", type=int, default=5, help="how many at once (default %(default)s)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default %(default)s)")
     parser.add_argument("--think", type=think_range, default=(0.5, 2.0), help="pause between steps: MIN,MAX seconds")

@@ -1,0 +1,109 @@
+"""ShopService over the HTTP/JSON edge, called like the gRPC stub: `await shop.ListProducts(request)`.
+
+Each method follows its `google.api.http` route in the contract (path parameters from the request's fields,
+the other fields as query parameters of a GET or as the JSON body of a POST), with proto3's JSON mapping
+both ways (protobuf's json_format), so the simulated shoppers (`shoppers --http`) exercise the edge as a
+front-end would. A failed call raises HttpCallError carrying the gRPC code from the google.rpc.Status the
+edge returns (or, for the few answers Envoy gives itself in plain text, the code of the HTTP status).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import grpc
+from google.api import annotations_pb2
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+
+from shopmesh.gateway.v1 import shop_pb2
+
+SERVICE = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+# Envoy's own plain-text refusals (a route, parameter or body it cannot transcode): gRPC's HTTP mapping reversed.
+_BY_HTTP_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class HttpCallError(Exception):
+    """A call the edge answered with an error; `code()` as on grpc.aio.AioRpcError."""
+
+    def __init__(self, code: grpc.StatusCode, status: int, message: str) -> None:
+        super().__init__(f"{status} {code.name}: {message}")
+        self._code = code
+        self.status = status
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+
+class HttpShop:
+    """The ShopService stub's calls, over HTTP/JSON through the edge at the session's base URL."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Message]]:
+        method = SERVICE.methods_by_name.get(name)
+        if method is None:
+            raise AttributeError(name)
+
+        async def call(
+            request: Message, metadata: Sequence[tuple[str, str]] = (), timeout: float | None = None
+        ) -> Message:
+            return await self._call(method, request, dict(metadata), timeout)
+
+        return call
+
+    async def _call(
+        self, method: MethodDescriptor, request: Message, headers: Mapping[str, str], timeout: float | None
+    ) -> Message:
+        # googleapis-common-protos has no type stubs: the extension's field is untyped here.
+        rule: Any = method.GetOptions().Extensions[annotations_pb2.http]  # type: ignore[index]
+        verb = rule.WhichOneof("pattern")
+        if verb is None:
+            raise ValueError(f"{method.full_name} has no google.api.http route")
+        fields: dict[str, Any] = json_format.MessageToDict(request)
+        path = getattr(rule, verb)
+        for name in re.findall(r"{(\w+)}", path):
+            field = method.input_type.fields_by_name[name]
+            fields.pop(field.json_name, None)
+            path = path.replace(f"{{{name}}}", urllib.parse.quote(str(getattr(request, name)), safe=""))
+        options: dict[str, Any] = {"headers": headers}
+        if timeout is not None:
+            options["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        if rule.body == "*":
+            options["json"] = fields
+        else:
+            options["params"] = {key: str(value) for key, value in fields.items()}
+        async with self._session.request(verb.upper(), path, **options) as response:
+            text = await response.text()
+            if response.status == 200:
+                reply = message_factory.GetMessageClass(method.output_type)()
+                json_format.Parse(text, reply, ignore_unknown_fields=True)
+                return reply
+            raise _error(response.status, response.content_type, text)
+
+
+def _error(status: int, content_type: str, text: str) -> HttpCallError:
+    if content_type == "application/json":
+        body = json.loads(text) if text else {}
+        code = _CODES.get(int(body.get("code", -1)))
+        if code is not None:
+            return HttpCallError(code, status, str(body.get("message", "")))
+    fallback = grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.UNKNOWN
+    return HttpCallError(_BY_HTTP_STATUS.get(status, fallback), status, text.strip()[:200])
