@@ -22,6 +22,7 @@ from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES, is_edge
 
 from .k8skit import ROOT, Docs, dashboards, envoy_metric_names, find, render, validate_custom_resources
+from .test_mesh_policy import linkerd_problems
 
 MONITORING = "monitoring"
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule", "PodMonitor"}
@@ -245,4 +246,12 @@ def test_under_a_mesh_each_pods_proxy_is_scraped_too(
         rules = find(docs, "NetworkPolicy", name)["spec"]["ingress"]
         reaching = [rule for rule in rules if number in {p["port"] for p in rule.get("ports", [])}]
         assert [rule.get("from") for rule in reaching] == [SCRAPERS]
+        if mesh == "linkerd":
+            # Linkerd applies its default policy to its admin port too: the chart opens it for the scrapes.
+            server = find(docs, "Server", f"{name}-linkerd-admin")
+            assert (server["spec"]["port"], server["spec"]["proxyProtocol"]) == (port, "HTTP/1")
+            policy = find(docs, "AuthorizationPolicy", f"{name}-linkerd-admin")["spec"]
+            assert policy["targetRef"]["name"] == f"{name}-linkerd-admin"
+            assert policy["requiredAuthenticationRefs"][0]["name"] == f"{name}-any-network"
+            assert linkerd_problems([d for d in docs if d["apiVersion"].startswith("policy.linkerd.io/")]) == []
     assert not validate_custom_resources(monitors)

@@ -138,21 +138,29 @@ def edge_command() -> list[str]:
     raise AssertionError("the gateway chart renders no test pod")
 
 
-async def test_the_edges_hook_checks_its_http_api_and_fails_when_the_gateway_behind_it_is_down(
+async def test_the_edges_hook_checks_its_http_api_and_fails_when_that_api_does_not_answer_right(
     edge_command: list[str], tmp_path: Path
 ) -> None:
     """Against the real gateway and the real Envoy of its HTTP/JSON edge (what the http-api container runs)."""
     assert edge_command[3] == "--http"
     async with Stack.for_tests(tmp_path, services=["gateway"], http=True) as stack:
         assert stack.http_url is not None
-        args = ("--http", stack.http_url, stack.address("gateway"), SHOP)
-        code, output = await run_hook(edge_command[2], *args)
+        grpc_target = (stack.address("gateway"), SHOP)
+        code, output = await run_hook(edge_command[2], "--http", stack.http_url, *grpc_target)
         assert code == 0, output
-        assert "ok   " + stack.address("gateway") + " HTTP/JSON GET /v1/orders without a token: 401" in output
-        assert "TOKEN_MISSING" in output
+        assert f"ok   {stack.http_url} GET /v1/orders without a token: 401 ['TOKEN_MISSING']" in output
 
-        await stack.stop_service("gateway")
-        code, output = await run_hook(edge_command[2], *args)
+        # gRPC healthy, but what answers on the HTTP port is not the API (here: the gateway's metrics).
+        metrics = stack.metrics_url("gateway")
+        assert metrics is not None
+        elsewhere = metrics.removesuffix("/metrics")
+        code, output = await run_hook(edge_command[2], "--http", elsewhere, *grpc_target)
         assert code == 1, output
-        assert "FAIL" in output
-        assert "HTTP/JSON GET /v1/orders without a token: 503" in output
+        assert output.count("ok  ") == 2, output  # both health checks
+        assert f"FAIL {elsewhere} GET /v1/orders without a token: 200" in output, "a 200 that is not the API"
+
+        # The gateway behind the edge gone: the edge answers 503.
+        await stack.stop_service("gateway")
+        code, output = await run_hook(edge_command[2], "--http", stack.http_url, *grpc_target)
+        assert code == 1, output
+        assert f"FAIL {stack.http_url} GET /v1/orders without a token: 503" in output

@@ -216,6 +216,15 @@ spec:
 ---
 {{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "http-metrics" "target" (list "Server" "http-metrics") "authn" (list "NetworkAuthentication" $any)) }}
 {{- end }}
+{{- if $c.monitoring.enabled }}
+---
+{{- /* The proxy's own admin port, where the PodMonitor <name>-proxy scrapes (and the kubelet probes the
+     proxy): it is not intercepted, yet Linkerd applies the cluster's default policy to it, which a
+     hardened cluster sets to deny; as `linkerd viz allow-scrapes` does, it is opened to any network. */}}
+{{ include "shopmesh-lib.mesh.linkerd-server" (dict "ctx" . "port" "linkerd-admin" "protocol" "HTTP/1") }}
+---
+{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "linkerd-admin" "target" (list "Server" "linkerd-admin") "authn" (list "NetworkAuthentication" $any)) }}
+{{- end }}
 {{- if $c.serviceCallers }}
 ---
 # The services that call this one, by their mTLS identity (their ServiceAccount).

@@ -30,10 +30,10 @@ if "--http" in args:
     del args[at : at + 2]
 target, *served = args
 failed = 0
-def report(ok, what, text):
+def report(ok, what, text, where=None):
     global failed
     failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {target} {what}: {text}", flush=True)
+    print(f"{'ok  ' if ok else 'FAIL'} {where or target} {what}: {text}", flush=True)
 with grpc.insecure_channel(target) as channel:
     stub = health_pb2_grpc.HealthStub(channel)
     for name in ["", *served]:
@@ -66,11 +66,11 @@ def get(url):
 if http:
     code, body = get(f"{http}/v1/orders")
     try:
-        reasons = [d.get("reason") for d in json.loads(body).get("details", [])]
-    except ValueError:
+        reasons = [d.get("reason") for d in json.loads(body).get("details") or []]
+    except (ValueError, AttributeError, TypeError):  # not JSON, or not a google.rpc.Status
         reasons = []
     ok = code == 401 and "TOKEN_MISSING" in reasons
-    report(ok, "HTTP/JSON GET /v1/orders without a token", f"{code} {reasons or body[:200]!r}")
+    report(ok, "GET /v1/orders without a token", f"{code} {reasons or body[:200]!r}", where=http)
 sys.exit(1 if failed else 0)
 {{- end -}}
 

@@ -8,6 +8,7 @@ import json
 import re
 
 import grpc
+import pytest
 
 from shopmesh.gateway.v1 import shop_pb2_grpc
 from shopmesh_chassis.testing import free_port
@@ -58,3 +59,10 @@ def test_an_unreachable_http_api_is_said_in_one_line() -> None:
     code, _, err = ran("--http", url, *FAST, "--connect-timeout", "0.5")
     assert code == 1
     assert err == f"error: cannot reach the HTTP/JSON API at {url} (is `make run` running?)\n"
+
+
+def test_an_http_url_with_a_path_or_no_scheme_is_refused_before_anything_runs() -> None:
+    for url in ("127.0.0.1:8080", "http://127.0.0.1:8080/api", "ftp://127.0.0.1:8080"):
+        with pytest.raises(SystemExit) as exited:
+            main(["--http", url, *FAST])
+        assert exited.value.code == 2, url

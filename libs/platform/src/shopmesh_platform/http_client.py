@@ -34,6 +34,7 @@ _BY_HTTP_STATUS = {
     404: grpc.StatusCode.UNIMPLEMENTED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    502: grpc.StatusCode.UNAVAILABLE,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -77,8 +78,12 @@ class HttpShop:
         verb = rule.WhichOneof("pattern")
         if verb is None:
             raise ValueError(f"{method.full_name} has no google.api.http route")
+        if verb == "custom":
+            raise ValueError(f"{method.full_name}: custom HTTP verbs are not supported here")
         fields: dict[str, Any] = json_format.MessageToDict(request)
         path = getattr(rule, verb)
+        if re.search(r"{[^}]*[.=][^}]*}", path) or rule.body not in ("", "*"):
+            raise ValueError(f'{method.full_name}: only {{field}} path variables and body "*" are supported here')
         for name in re.findall(r"{(\w+)}", path):
             field = method.input_type.fields_by_name[name]
             fields.pop(field.json_name, None)
@@ -89,20 +94,42 @@ class HttpShop:
         if rule.body == "*":
             options["json"] = fields
         else:
-            options["params"] = {key: str(value) for key, value in fields.items()}
-        async with self._session.request(verb.upper(), path, **options) as response:
-            text = await response.text()
-            if response.status == 200:
+            options["params"] = {key: _query_value(key, value) for key, value in fields.items()}
+        try:
+            async with self._session.request(verb.upper(), path, **options) as response:
+                text = await response.text()
+                if response.status != 200:
+                    raise _error(response.status, response.content_type, text)
                 reply = message_factory.GetMessageClass(method.output_type)()
                 json_format.Parse(text, reply, ignore_unknown_fields=True)
                 return reply
-            raise _error(response.status, response.content_type, text)
+        except TimeoutError:
+            raise HttpCallError(grpc.StatusCode.DEADLINE_EXCEEDED, 0, f"no answer within {timeout} s") from None
+        except aiohttp.ClientError as exc:
+            # A connection refused or reset: what a gRPC client reports as UNAVAILABLE.
+            raise HttpCallError(grpc.StatusCode.UNAVAILABLE, 0, str(exc)) from None
+        except json_format.ParseError as exc:
+            raise HttpCallError(
+                grpc.StatusCode.INTERNAL, 200, f"the answer is not a {method.output_type.name}: {exc}"
+            ) from None
+
+
+def _query_value(key: str, value: Any) -> str:
+    """A query parameter as the transcoder reads it: scalars only (the public API's GETs have no others)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        raise ValueError(f"query parameter {key}: nested and repeated fields are not supported here")
+    return str(value)
 
 
 def _error(status: int, content_type: str, text: str) -> HttpCallError:
     if content_type == "application/json":
-        body = json.loads(text) if text else {}
-        code = _CODES.get(int(body.get("code", -1)))
+        try:
+            body = json.loads(text) if text else {}
+            code = _CODES.get(int(body.get("code", -1)))
+        except (ValueError, AttributeError, TypeError):
+            code = None
         if code is not None:
             return HttpCallError(code, status, str(body.get("message", "")))
     fallback = grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.UNKNOWN

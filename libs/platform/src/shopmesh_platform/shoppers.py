@@ -22,6 +22,7 @@ import json
 import random
 import sys
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Sequence
@@ -175,7 +176,7 @@ class Shopper:
 
 async def shop(args: argparse.Namespace, out: TextIO) -> Tally:
     if args.http:
-        async with aiohttp.ClientSession(args.http.rstrip("/")) as session:
+        async with aiohttp.ClientSession(args.http) as session:
             try:
                 async with asyncio.timeout(args.connect_timeout), session.get("/healthz") as ready:
                     ready.raise_for_status()
@@ -211,6 +212,14 @@ async def crowd(stub: ShopServiceAsyncStub, args: argparse.Namespace, out: TextI
     return tally
 
 
+def base_url(value: str) -> str:
+    """http(s)://host:port, nothing after it (the routes are absolute paths)."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+        raise argparse.ArgumentTypeError(f"{value!r}: want http://HOST:PORT (the edge's base URL, no path)")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def think_range(value: str) -> tuple[float, float]:
     low, _, high = value.partition(",")
     pause = (float(low), float(high or low))
@@ -225,6 +234,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     parser.add_argument(
         "--http",
         default=None,
+        type=base_url,
         metavar="URL",
         help=f"shop over the HTTP/JSON edge at URL instead (`make run`'s: http://{LOCAL_HOST}:{LOCAL_HTTP_PORT})",
     )
