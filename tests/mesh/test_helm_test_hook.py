@@ -54,18 +54,25 @@ def _render_module() -> ModuleType:
     return module
 
 
+def _test_pod_command(render: ModuleType, helm_dir: Path, chart: str, value_set: str) -> list[str]:
+    """The command of the chart's `helm test` pod, as rendered."""
+    for text in render.render(helm_dir, chart, value_set).values():
+        for doc in yaml.safe_load_all(text):
+            if doc and doc["kind"] == "Pod" and doc["metadata"]["name"] == f"{chart}-health-test":
+                command: list[str] = doc["spec"]["containers"][0]["command"]
+                return command
+    raise AssertionError(f"the {chart} chart renders no test pod for {value_set}")
+
+
 @pytest.fixture(scope="module")
 def commands() -> dict[str, list[str]]:
     """value set -> the test pod's command, as catalog's chart renders it."""
     render = _render_module()
-    result = {}
     with render.prepared_copy() as helm_dir:
-        for value_set in ("default", "istio", "linkerd"):
-            for text in render.render(helm_dir, "catalog", value_set).values():
-                for doc in yaml.safe_load_all(text):
-                    if doc and doc["kind"] == "Pod" and doc["metadata"]["name"] == "catalog-health-test":
-                        result[value_set] = doc["spec"]["containers"][0]["command"]
-    return result
+        return {
+            value_set: _test_pod_command(render, helm_dir, "catalog", value_set)
+            for value_set in ("default", "istio", "linkerd")
+        }
 
 
 async def run_hook(script: str, *args: str) -> tuple[int, str]:
@@ -130,12 +137,7 @@ def edge_command() -> list[str]:
     """The gateway's test pod's command (its chart turns the HTTP/JSON check on), default values."""
     render = _render_module()
     with render.prepared_copy() as helm_dir:
-        for text in render.render(helm_dir, "gateway", "default").values():
-            for doc in yaml.safe_load_all(text):
-                if doc and doc["kind"] == "Pod" and doc["metadata"]["name"] == "gateway-health-test":
-                    command: list[str] = doc["spec"]["containers"][0]["command"]
-                    return command
-    raise AssertionError("the gateway chart renders no test pod")
+        return _test_pod_command(render, helm_dir, "gateway", "default")
 
 
 async def test_the_edges_hook_checks_its_http_api_and_fails_when_that_api_does_not_answer_right(

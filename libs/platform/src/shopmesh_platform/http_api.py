@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .mesh.envoy import GRPC_TIMEOUTS, access_log, cluster, overload_manager, socket_address, tracing
+from .mesh.envoy import GRPC_TIMEOUTS, access_log, cluster, listener, overload_manager, socket_address, tracing
 
 PUBLIC_SERVICE = "shopmesh.gateway.v1.ShopService"
 # The descriptor set generated with the contracts (libs/contracts/generate.py).
@@ -184,26 +184,16 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     }
     if span_config is not None:
         manager["tracing"] = span_config
-    listeners = [_listener("http-api", api.host, api.port, manager)]
+    listeners = [listener("http-api", api.host, api.port, "INBOUND", manager)]
     if api.metrics_port is not None:
-        listeners.append(_listener("metrics", api.host, api.metrics_port, _metrics_manager()))
-        clusters.append(_admin_cluster(api))
+        listeners.append(listener("metrics", api.host, api.metrics_port, "INBOUND", _metrics_manager()))
+        # The admin interface speaks HTTP/1.1.
+        clusters.append(cluster("admin", api.admin_host, api.admin_port, http2=False))
     return {
         "node": {"id": api.name, "cluster": api.name},
         "admin": {"address": socket_address(api.admin_host, api.admin_port)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "overload_manager": overload_manager(),
-    }
-
-
-def _listener(name: str, host: str, port: int, manager: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "address": socket_address(host, port),
-        "traffic_direction": "INBOUND",
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
-        ],
     }
 
 
@@ -233,21 +223,6 @@ def _metrics_manager() -> dict[str, Any]:
             ],
         },
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
-    }
-
-
-def _admin_cluster(api: HttpApi) -> dict[str, Any]:
-    # The admin interface speaks HTTP/1.1 (the shared `cluster` is HTTP/2, for gRPC).
-    return {
-        "name": "admin",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "admin",
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": socket_address(api.admin_host, api.admin_port)}}]}
-            ],
-        },
     }
 
 

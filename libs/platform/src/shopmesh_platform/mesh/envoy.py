@@ -169,7 +169,7 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, spans: dict[
         **settings,
     )
     # The traffic direction is also the kind of the sidecar's spans: server here, client outbound.
-    return _listener("inbound", sidecar.host, sidecar.inbound_port, "INBOUND", manager, transport_socket)
+    return listener("inbound", sidecar.host, sidecar.inbound_port, "INBOUND", manager, transport_socket)
 
 
 def _outbound_listener(sidecar: Sidecar, callee: str, port: int, spans: dict[str, Any] | None) -> dict[str, Any]:
@@ -194,7 +194,7 @@ def _outbound_listener(sidecar: Sidecar, callee: str, port: int, spans: dict[str
         operation=f"outbound to {callee}",
         spans=spans,
     )
-    return _listener(_outbound_name(callee), sidecar.host, port, "OUTBOUND", manager)
+    return listener(_outbound_name(callee), sidecar.host, port, "OUTBOUND", manager)
 
 
 def _http_manager(
@@ -243,7 +243,7 @@ def _http_manager(
     return manager
 
 
-def _listener(
+def listener(
     name: str,
     host: str,
     port: int,
@@ -302,22 +302,21 @@ def _outbound_cluster(
     return outbound
 
 
-def cluster(name: str, host: str, port: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": CONNECT_TIMEOUT,
-        "typed_extension_protocol_options": {
+def cluster(name: str, host: str, port: int, *, http2: bool = True) -> dict[str, Any]:
+    """A cluster of one static endpoint, spoken to over HTTP/2 (gRPC), or with `http2=False` HTTP/1.1."""
+    result: dict[str, Any] = {"name": name, "type": "STATIC", "connect_timeout": CONNECT_TIMEOUT}
+    if http2:
+        result["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _HTTP_OPTIONS,
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
-        },
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
-        },
+        }
+    result["load_assignment"] = {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
     }
+    return result
 
 
 def _tls_context(service: str, identities: MeshIdentities) -> dict[str, Any]:
