@@ -9,6 +9,7 @@ and the google.rpc.Status, details included, as the JSON body.
 from __future__ import annotations
 
 import asyncio
+import base64
 import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
@@ -222,6 +224,23 @@ async def test_grpc_web_and_grpc_reach_the_same_api_on_the_same_port(stack: Stac
     # gRPC-Web sends the trailers as a last frame (flag 0x80) in the body.
     assert body[5 + length] == 0x80
     assert b"grpc-status:0" in body[5 + length + 5 :]
+
+    # An error reaches a browser's gRPC-Web client whole: trailers-only, so status and details are headers.
+    missing = shop_pb2.GetProductPageRequest(product_id="prod_no_such_thing").SerializeToString()
+    failed = await http.post(
+        "/shopmesh.gateway.v1.ShopService/GetProductPage",
+        content=struct.pack(">BI", 0, len(missing)) + missing,
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+    )
+    assert failed.status_code == 200
+    assert failed.headers["grpc-status"] == str(grpc.StatusCode.NOT_FOUND.value[0])
+    details = status_pb2.Status.FromString(base64.b64decode(failed.headers["grpc-status-details-bin"] + "=="))
+    reasons = set()
+    for detail in details.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.add(info.reason)
+    assert reasons == {"PRODUCT_NOT_FOUND"}
 
     assert stack.http_url is not None
     async with grpc.aio.insecure_channel(stack.http_url.removeprefix("http://")) as channel:
