@@ -4,8 +4,9 @@ The same public call, `ShopService.ListProducts` (`PAGE_SIZE` products), made tw
 running stack (gateway and catalog, each its own process as under `make run`, with the HTTP/JSON edge):
 
 - **grpc**: a grpc.aio client calls the gateway directly;
-- **http**: an aiohttp client (HTTP/1.1, kept-alive connections) calls `GET /v1/products?pageSize=N` on
-  the edge, which transcodes it into the same gRPC call and the answer into JSON.
+- **http**: an aiohttp client (HTTP/1.1, kept-alive connections, accepting gzip as browsers do) calls
+  `GET /v1/products?pageSize=N` on the edge, which transcodes it into the same gRPC call and the answer
+  into JSON, gzipped.
 
 Closed loop: C workers each send the next call when the previous one answered, for D seconds, the two
 ways interleaved (`--repeats` rounds, each starting with the other one), at each concurrency of
@@ -180,8 +181,8 @@ def report(runs: Sequence[Run], envoy_mib: float, command: str, seconds: float) 
     lowest, highest = concurrencies[0], concurrencies[-1]
     cores = len(os.sched_getaffinity(0))
     summary = (
-        f"The edge costs **{envoy_ms:.2f} CPU ms per call** (Envoy: HTTP parsing, JSON ↔ protobuf, the gRPC hop "
-        f"on loopback; median over every http run). With {lowest} caller(s) it adds "
+        f"The edge costs **{envoy_ms:.2f} CPU ms per call** (Envoy: HTTP parsing, JSON ↔ protobuf, gzip, the gRPC "
+        f"hop on loopback; median over every http run). With {lowest} caller(s) it adds "
         f"**{p50_of('http', lowest) - p50_of('grpc', lowest):+.2f} ms** at the median "
         f"({p50_of('grpc', lowest):.2f} → {p50_of('http', lowest):.2f} ms)"
     )
@@ -202,8 +203,8 @@ def report(runs: Sequence[Run], envoy_mib: float, command: str, seconds: float) 
                 f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
                 f"The call: `ShopService.ListProducts` of {PAGE_SIZE} products, through the gateway to catalog; "
                 f"*grpc* calls the gateway directly, *http* sends `GET /v1/products?pageSize={PAGE_SIZE}` to the "
-                "edge (aiohttp, HTTP/1.1, kept-alive connections), which transcodes it to the same call and the "
-                "answer to JSON. C: concurrent callers (closed loop).",
+                "edge (aiohttp, HTTP/1.1, kept-alive connections, accepting gzip), which transcodes it to the same "
+                "call and the answer to JSON, gzipped. C: concurrent callers (closed loop).",
                 header + "\n" + "\n".join(rows),
                 summary,
             ]

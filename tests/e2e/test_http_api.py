@@ -196,6 +196,22 @@ async def test_the_edge_refuses_what_the_api_does_not_have(
     assert response.status_code == expected, response.text
 
 
+async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx.AsyncClient) -> None:
+    page = {"pageSize": 20}
+    zipped = await http.get("/v1/products", params=page, headers={"accept-encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert len(zipped.json()["products"]) == 20, "httpx undid the gzip: the same JSON"
+    plain = await http.get("/v1/products", params=page, headers={"accept-encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert plain.json() == zipped.json()
+    assert len(zipped.content) == len(plain.content)
+    assert int(zipped.num_bytes_downloaded) < len(plain.content) / 2, "compressed on the wire"
+    # A short answer is not worth compressing.
+    small = await http.get("/v1/orders", headers={"accept-encoding": "gzip"})
+    assert small.status_code == 401
+    assert "content-encoding" not in small.headers
+
+
 async def test_a_malformed_json_body_is_a_400(http: httpx.AsyncClient) -> None:
     response = await http.post("/v1/login", content=b'{"email": ', headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
