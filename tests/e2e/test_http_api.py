@@ -35,6 +35,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PASSWORD = "correct horse battery staple"
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
@@ -194,6 +196,10 @@ async def test_the_edge_refuses_what_the_api_does_not_have(
 ) -> None:
     response = await http.request(method, path, params=params, json={} if method == "POST" else None)
     assert response.status_code == expected, response.text
+    # Answered by Envoy itself, in the API's error shape: a google.rpc.Status with Envoy's reason as message.
+    code, status = status_of(response)
+    assert status["code"] == (UNIMPLEMENTED if code == 404 else INVALID_ARGUMENT), status
+    assert status["message"]
 
 
 async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx.AsyncClient) -> None:
@@ -214,13 +220,14 @@ async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx
 
 async def test_a_malformed_json_body_is_a_400(http: httpx.AsyncClient) -> None:
     response = await http.post("/v1/login", content=b'{"email": ', headers={"content-type": "application/json"})
-    assert response.status_code == 400, response.text
+    assert status_of(response) == (400, {"code": INVALID_ARGUMENT, "message": status_of(response)[1]["message"]})
 
 
 async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(http: httpx.AsyncClient) -> None:
     huge = {"email": "x@example.com", "password": "p" * (MAX_REQUEST_BYTES + 1)}
     response = await http.post("/v1/login", json=huge)
-    assert response.status_code == 413, response.text
+    code, status = status_of(response)
+    assert (code, status["code"]) == (413, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
 
 
 async def test_grpc_web_and_grpc_reach_the_same_api_on_the_same_port(stack: Stack, http: httpx.AsyncClient) -> None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.rpc import code_pb2 as grpc_code
+
 from .mesh.envoy import GRPC_TIMEOUTS, access_log, cluster, listener, overload_manager, socket_address, tracing
 
 PUBLIC_SERVICE = "shopmesh.gateway.v1.ShopService"
@@ -54,6 +56,17 @@ _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 # gRPC deadline, so the edge bounds the call a little above the gateway's own longest budget. A gRPC-Web
 # client's `grpc-timeout` still wins when it is shorter.
 ROUTE_TIMEOUT = "20s"
+# Envoy's own answers to HTTP/JSON clients, by HTTP status → the gRPC code their Status body carries: a path
+# the API does not have is an unknown method (UNIMPLEMENTED), though answered 404 as HTTP has it.
+LOCAL_REPLY_CODES = {
+    400: grpc_code.INVALID_ARGUMENT,
+    404: grpc_code.UNIMPLEMENTED,
+    413: grpc_code.RESOURCE_EXHAUSTED,
+    500: grpc_code.INTERNAL,
+    502: grpc_code.UNAVAILABLE,
+    503: grpc_code.UNAVAILABLE,
+    504: grpc_code.DEADLINE_EXCEEDED,
+}
 # Where the metrics listener (`metrics_port`) serves Envoy's Prometheus metrics.
 METRICS_PATH = "/stats/prometheus"
 # Answered by Envoy itself (200, or 503 once it drains): the kubelet's probe of the container on Kubernetes.
@@ -173,6 +186,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 }
             ],
         },
+        # What Envoy answers itself to an HTTP client (a path or parameter the API does not have, a body too
+        # large, the gateway unreachable) is a google.rpc.Status in JSON too, as the gateway's answers are.
+        "local_reply_config": {"mappers": [_local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()]},
         # Every request: the HTTP one as the client sent it, and the gRPC method it became.
         "access_log": [access_log("http-api", only_failures=False, extra=_HTTP_LOG_FIELDS)],
         "http_filters": [
@@ -254,6 +270,52 @@ def _compressor() -> dict[str, Any]:
             "compressor_library": {"name": "gzip", "typed_config": {"@type": _GZIP}},
         },
     }
+
+
+def _local_reply(status: int, code: int) -> dict[str, Any]:
+    """Envoy's local reply with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
+    grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>}."""
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": status, "runtime_key": f"local_reply_{status}"},
+                            }
+                        }
+                    },
+                    {"or_filter": {"filters": [_not_grpc(), _transcoded()]}},
+                ]
+            }
+        },
+        "body_format_override": {
+            "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
+
+
+def _not_grpc() -> dict[str, Any]:
+    """A request that is not gRPC (nor gRPC-Web), as it came in."""
+    return {
+        "header_filter": {
+            "header": {
+                "name": "content-type",
+                "string_match": {"prefix": "application/grpc"},
+                "invert_match": True,
+                "treat_missing_header_as_empty": True,
+            }
+        }
+    }
+
+
+def _transcoded() -> dict[str, Any]:
+    """An HTTP/JSON request the transcoder has already turned into gRPC (its content type says gRPC by
+    then): the transcoder keeps the path it came with."""
+    return {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}
 
 
 def _health_check() -> dict[str, Any]:

@@ -4,7 +4,7 @@ Each method follows its `google.api.http` route in the contract (path parameters
 the other fields as query parameters of a GET or as the JSON body of a POST), with proto3's JSON mapping
 both ways (protobuf's json_format), so the simulated shoppers (`shoppers --http`) exercise the edge as a
 front-end would. A failed call raises HttpCallError carrying the gRPC code from the google.rpc.Status the
-edge returns (or, for the few answers Envoy gives itself in plain text, the code of the HTTP status).
+edge returns (or, for an answer without one, the code of its HTTP status).
 """
 
 from __future__ import annotations
