@@ -216,6 +216,16 @@ async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx
     small = await http.get("/v1/orders", headers={"accept-encoding": "gzip"})
     assert small.status_code == 401
     assert "content-encoding" not in small.headers
+    assert "Accept-Encoding" in zipped.headers["vary"], "a shared cache keeps both forms apart"
+    # gRPC-Web answers keep their own framing, uncompressed by the edge.
+    message = shop_pb2.ListProductsRequest(page_size=20).SerializeToString()
+    grpc_web = await http.post(
+        "/shopmesh.gateway.v1.ShopService/ListProducts",
+        content=struct.pack(">BI", 0, len(message)) + message,
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "accept-encoding": "gzip"},
+    )
+    assert grpc_web.status_code == 200
+    assert "content-encoding" not in grpc_web.headers
 
 
 async def test_a_malformed_json_body_is_a_400(http: httpx.AsyncClient) -> None:
@@ -270,9 +280,12 @@ async def test_grpc_web_and_grpc_reach_the_same_api_on_the_same_port(stack: Stac
         products = await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=1))
         assert len(products.products) == 1
         # Only ShopService is routed: the gateway's health and reflection are not on the public port.
+        # A client's own x-envoy-original-path does not make its gRPC error an HTTP/JSON one.
+        spoofed = (("x-envoy-original-path", "/v1/products"),)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), metadata=spoofed)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert not (caught.value.details() or "").startswith("{"), "Envoy's own grpc-message, not a JSON body"
 
 
 async def test_a_browser_preflight_is_answered_and_responses_expose_the_idempotency_key(
@@ -335,6 +348,15 @@ async def test_a_downstream_outage_is_a_503_the_client_may_retry(stack: Stack, h
         assert (code, unavailable["code"]) == (503, grpc.StatusCode.UNAVAILABLE.value[0])
     finally:
         await stack.start_service("catalog")
+
+    # The gateway itself gone: Envoy answers in the API's error shape too.
+    await stack.stop_service("gateway")
+    try:
+        code, unreachable = status_of(await http.get("/v1/products"))
+        assert (code, unreachable["code"]) == (503, grpc.StatusCode.UNAVAILABLE.value[0])
+        assert unreachable["message"]
+    finally:
+        await stack.start_service("gateway")
 
     async def answered() -> bool:
         # The gateway's breaker for catalog lets a probe through after its open period.

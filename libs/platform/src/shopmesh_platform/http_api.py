@@ -45,6 +45,7 @@ _HEALTH_CHECK = "type.googleapis.com/envoy.extensions.filters.http.health_check.
 _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 _COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
 _GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
+_HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 # JSON answers at least this long are gzipped for a client that accepts it (a page of products: ~2 KiB, a
 # quarter of it compressed); shorter ones are not worth the CPU.
 COMPRESS_FROM_BYTES = 1024
@@ -193,7 +194,10 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "access_log": [access_log("http-api", only_failures=False, extra=_HTTP_LOG_FIELDS)],
         "http_filters": [
             _health_check(),
-            # First in the chain, so last on the way out: it sees the JSON the transcoder made.
+            # The transcoder marks a request it rewrote with the path it came with (the local replies' mappers
+            # and the access log read it): a client's own copy is dropped first.
+            _drop_client_original_path(),
+            # Early in the chain, so late on the way out: it sees the JSON the transcoder made.
             _compressor(),
             {"name": "envoy.filters.http.cors", "typed_config": {"@type": _CORS}},
             {
@@ -253,6 +257,16 @@ def write_bootstrap(api: HttpApi, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(bootstrap(api), indent=2) + "\n")
     return path
+
+
+def _drop_client_original_path() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _HEADER_MUTATION,
+            "mutations": {"request_mutations": [{"remove": "x-envoy-original-path"}]},
+        },
+    }
 
 
 def _compressor() -> dict[str, Any]:
