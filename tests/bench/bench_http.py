@@ -146,10 +146,6 @@ def line(run: Run) -> str:
     )
 
 
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
 def report(runs: Sequence[Run], envoy_mib: float, command: str, seconds: float) -> str:
     concurrencies = sorted({r.concurrency for r in runs})
     header = (
@@ -158,26 +154,27 @@ def report(runs: Sequence[Run], envoy_mib: float, command: str, seconds: float) 
         + " |\n|---|--:|--:|--:|--:|--:|"
         + "--:|" * len(PROCESSES)
     )
+    cells = {(way, c): [r for r in runs if (r.way, r.concurrency) == (way, c)] for way in WAYS for c in concurrencies}
     rows = []
     for concurrency in concurrencies:
         for way in WAYS:
-            rs = [r for r in runs if (r.way, r.concurrency) == (way, concurrency)]
+            rs = cells[way, concurrency]
             rates = [r.rate for r in rs]
-            cpu = " | ".join(f"{_median([r.cpu_ms[name] for r in rs]):.2f}" for name in PROCESSES)
-            p50 = _median([r.percentile(0.5) for r in rs])
-            p99 = _median([r.percentile(0.99) for r in rs])
+            cpu = " | ".join(f"{statistics.median([r.cpu_ms[name] for r in rs]):.2f}" for name in PROCESSES)
+            p50 = statistics.median([r.percentile(0.5) for r in rs])
+            p99 = statistics.median([r.percentile(0.99) for r in rs])
             rows.append(
-                f"| {way} | {concurrency} | {_median(rates):,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | "
+                f"| {way} | {concurrency} | {statistics.median(rates):,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | "
                 f"{p50:.2f} | {p99:.2f} | {cpu} |"
             )
 
     def p50_of(way: str, concurrency: int) -> float:
-        return _median([r.percentile(0.5) for r in runs if (r.way, r.concurrency) == (way, concurrency)])
+        return statistics.median([r.percentile(0.5) for r in cells[way, concurrency]])
 
     def rate_of(way: str, concurrency: int) -> float:
-        return _median([r.rate for r in runs if (r.way, r.concurrency) == (way, concurrency)])
+        return statistics.median([r.rate for r in cells[way, concurrency]])
 
-    envoy_ms = _median([r.cpu_ms[HTTP_API] for r in runs if r.way == "http"])
+    envoy_ms = statistics.median([r.cpu_ms[HTTP_API] for r in runs if r.way == "http"])
     lowest, highest = concurrencies[0], concurrencies[-1]
     cores = len(os.sched_getaffinity(0))
     summary = (
@@ -192,7 +189,7 @@ def report(runs: Sequence[Run], envoy_mib: float, command: str, seconds: float) 
             f"{rate_of('grpc', highest):,.0f} → {rate_of('http', highest):,.0f} calls/s"
         )
     summary += f". Envoy's resident memory after the run: **{envoy_mib:.0f} MiB**."
-    rounds = len([r for r in runs if (r.way, r.concurrency) == ("grpc", lowest)])
+    rounds = len(cells["grpc", lowest])
     return (
         "\n\n".join(
             [

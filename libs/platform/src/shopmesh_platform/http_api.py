@@ -77,6 +77,14 @@ HEALTH_PATH = "/healthz"
 # through; the buffer filter does not.)
 MAX_REQUEST_BYTES = 1024 * 1024
 
+# A request whose content type is not gRPC's nor gRPC-Web's (a GET or a preflight has none at all).
+_NOT_GRPC = {
+    "name": "content-type",
+    "string_match": {"prefix": "application/grpc"},
+    "invert_match": True,
+    "treat_missing_header_as_empty": True,
+}
+
 _REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "traceparent", "tracestate")
 _GRPC_WEB_HEADERS = ("x-grpc-web", "x-user-agent", "grpc-timeout")
 _EXPOSED_HEADERS = ("idempotency-key", "grpc-status", "grpc-message", "grpc-status-details-bin")
@@ -171,15 +179,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                             # left out, so health and reflection stay unroutable (UNIMPLEMENTED).
                             "match": {
                                 "prefix": "/",
-                                "headers": [
-                                    {
-                                        "name": "content-type",
-                                        "string_match": {"prefix": "application/grpc"},
-                                        "invert_match": True,
-                                        # A GET or a preflight has no content type at all.
-                                        "treat_missing_header_as_empty": True,
-                                    }
-                                ],
+                                "headers": [_NOT_GRPC],
                             },
                             "route": {"cluster": "gateway", "timeout": ROUTE_TIMEOUT},
                         },
@@ -314,16 +314,7 @@ def _local_reply(status: int, code: int) -> dict[str, Any]:
 
 def _not_grpc() -> dict[str, Any]:
     """A request that is not gRPC (nor gRPC-Web), as it came in."""
-    return {
-        "header_filter": {
-            "header": {
-                "name": "content-type",
-                "string_match": {"prefix": "application/grpc"},
-                "invert_match": True,
-                "treat_missing_header_as_empty": True,
-            }
-        }
-    }
+    return {"header_filter": {"header": _NOT_GRPC}}
 
 
 def _transcoded() -> dict[str, Any]:

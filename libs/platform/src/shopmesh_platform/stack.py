@@ -343,6 +343,18 @@ def envoy_binary() -> Path:
     return Path(sys.executable).parent / "envoy"
 
 
+def _envoy_argv(config: Path) -> tuple[str, ...]:
+    """An Envoy of the stack (a sidecar, the HTTP/JSON edge) with its configuration file."""
+    return (
+        str(envoy_binary()),
+        *("--config-path", str(config)),
+        # Several Envoys on one machine: no shared memory for hot restarts between them.
+        "--disable-hot-restart",
+        *("--concurrency", "1"),
+        *("--log-level", "warn"),
+    )
+
+
 def sidecar_name(service: str) -> str:
     return f"{service}{SIDECAR_SUFFIX}"
 
@@ -550,27 +562,14 @@ class Stack:
 
     def _sidecar_child(self, service: str) -> _Child:
         ports = self.ports.sidecar_of(service)
-        argv = (
-            str(envoy_binary()),
-            *("--config-path", str(self._bootstrap_path(service))),
-            # Several Envoys on one machine: no shared memory for hot restarts between them.
-            "--disable-hot-restart",
-            *("--concurrency", "1"),
-            *("--log-level", "warn"),
-        )
+        argv = _envoy_argv(self._bootstrap_path(service))
         name = sidecar_name(service)
         return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"))
 
     def _http_api_child(self) -> _Child:
         assert self.ports.http is not None
         assert self.ports.http_admin is not None
-        argv = (
-            str(envoy_binary()),
-            *("--config-path", str(self._http_api_bootstrap)),
-            "--disable-hot-restart",
-            *("--concurrency", "1"),
-            *("--log-level", "warn"),
-        )
+        argv = _envoy_argv(self._http_api_bootstrap)
         address = f"{self.ports.host}:{self.ports.http}"
         return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.ports.http_admin, "/ready"))
 
