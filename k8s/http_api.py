@@ -7,6 +7,7 @@
   `shopmesh_platform.http_api.bootstrap` that `make run` uses: listening on all addresses at 8080, the gateway
   on loopback, the admin interface on loopback only, its Prometheus metrics (only those) at 9465.
 - `shop.binpb`: the API's descriptor set, as `make proto` generates it beside the stubs.
+- `shop.openapi.json`: the API's OpenAPI document, likewise, which the edge serves at /openapi.json.
 
 Helm reads a chart's own files only, so they are copies; `make lint` fails when they are stale.
 """
@@ -18,7 +19,14 @@ import json
 import sys
 from pathlib import Path
 
-from shopmesh_platform.http_api import DESCRIPTOR_FILE, HttpApi, bootstrap, descriptor_set
+from shopmesh_platform.http_api import (
+    DESCRIPTOR_FILE,
+    OPENAPI_FILE,
+    HttpApi,
+    bootstrap,
+    descriptor_set,
+    openapi_document,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ROOT / "helm" / "gateway" / "files"
@@ -41,6 +49,7 @@ def kubernetes_api() -> HttpApi:
         admin_port=ADMIN_PORT,
         gateway=GATEWAY,
         descriptor=MOUNT / DESCRIPTOR_FILE,
+        openapi=MOUNT / OPENAPI_FILE,
         metrics_port=METRICS_PORT,
     )
 
@@ -48,7 +57,11 @@ def kubernetes_api() -> HttpApi:
 def rendered() -> dict[str, bytes]:
     """File name → contents, as the chart should hold them."""
     config = json.dumps(bootstrap(kubernetes_api()), indent=2) + "\n"
-    return {CONFIG: config.encode(), DESCRIPTOR_FILE: descriptor_set().read_bytes()}
+    return {
+        CONFIG: config.encode(),
+        DESCRIPTOR_FILE: descriptor_set().read_bytes(),
+        OPENAPI_FILE: openapi_document().read_bytes(),
+    }
 
 
 def _read(path: Path) -> bytes | None:

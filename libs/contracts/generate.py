@@ -10,7 +10,9 @@ breaking changes.
 
 Also written: the public API's descriptor set (`shopmesh/gateway/v1/shop.binpb`: ShopService with every file it
 imports, and google.rpc's error details), which Envoy's gRPC-JSON transcoder reads to serve the API as HTTP/JSON
-(docs/http-api.md). protos/google/api holds googleapis' HTTP annotations, vendored so that buf and protoc resolve
+(docs/http-api.md), and the same API's OpenAPI document (`shopmesh/gateway/v1/shop.openapi.json`, from
+shopmesh_platform.openapi, with the proto comments as descriptions), which the edge serves at /openapi.json.
+protos/google/api holds googleapis' HTTP annotations, vendored so that buf and protoc resolve
 the import without a registry; they must stay the very files googleapis-common-protos ships, whose generated
 Python (`google.api.annotations_pb2`) the contracts import at run time.
 """
@@ -18,6 +20,7 @@ Python (`google.api.annotations_pb2`) the contracts import at run time.
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 import subprocess
 import sys
@@ -33,6 +36,10 @@ VENDORED = PROTOS / "google"
 # The public API, whose descriptor set the HTTP/JSON edge (Envoy) transcodes with.
 PUBLIC_API = "shopmesh/gateway/v1/shop.proto"
 DESCRIPTOR_SET = "shopmesh/gateway/v1/shop.binpb"
+OPENAPI = "shopmesh/gateway/v1/shop.openapi.json"
+PUBLIC_SERVICE = "shopmesh.gateway.v1.ShopService"
+# Where `make run` serves the HTTP API (and `make skaffold-dev` port-forwards it).
+OPENAPI_SERVERS = [{"url": "http://localhost:8080", "description": "make run, or make skaffold-dev's port-forward"}]
 # The error details the services send, so the transcoder can print them as JSON.
 ERROR_DETAILS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 
@@ -78,11 +85,28 @@ def generate(out: Path) -> int:
         *ERROR_DETAILS,
     ]
     subprocess.run(descriptors, check=True, cwd=PROTOS)
+    _write_openapi(out, descriptors)
     # Regular packages (not namespace packages) so that mypy, hatchling and importlib agree.
     for directory in [package, *(d for d in package.rglob("*") if d.is_dir())]:
         (directory / "__init__.py").touch()
     (package / "py.typed").touch()
     return len(sources)
+
+
+def _write_openapi(out: Path, descriptors: list[str]) -> None:
+    """The OpenAPI document, from the descriptor set again, this time with the comments (source info) the
+    transcoder does not need."""
+    # Imported here: the contracts are regenerated before anything that uses them is.
+    from shopmesh_platform.openapi import document
+
+    with tempfile.TemporaryDirectory() as scratch:
+        annotated = Path(scratch) / "annotated.binpb"
+        argv = [
+            a if not a.startswith("--descriptor_set_out=") else f"--descriptor_set_out={annotated}" for a in descriptors
+        ]
+        subprocess.run([*argv, "--include_source_info"], check=True, cwd=PROTOS)
+        spec = document(annotated.read_bytes(), PUBLIC_SERVICE, servers=OPENAPI_SERVERS)
+    (out / OPENAPI).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
 
 
 def _differences(left: Path, right: Path) -> list[str]:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis import testing
-from shopmesh_platform.http_api import MAX_REQUEST_BYTES
+from shopmesh_platform.http_api import MAX_REQUEST_BYTES, api_paths
 from shopmesh_platform.stack import HTTP_API, Stack
 from shopmesh_platform.traces import load
 
@@ -183,7 +183,8 @@ async def test_client_mistakes_are_http_4xx_with_the_status_and_its_details_as_j
     [
         # Not a route of the API: refused by the edge, never guessed at.
         ("GET", "/v1/nothing", {}, 404),
-        ("DELETE", "/v1/orders", {}, 404),
+        # A path of the API, with a method it does not take there.
+        ("DELETE", "/v1/orders", {}, 405),
         # A misspelt query parameter is the client's mistake, not silently ignored.
         ("GET", "/v1/products", {"pageSise": "2"}, 400),
         ("GET", "/v1/products", {"pageSize": "two"}, 400),
@@ -198,8 +199,45 @@ async def test_the_edge_refuses_what_the_api_does_not_have(
     assert response.status_code == expected, response.text
     # Answered by Envoy itself, in the API's error shape: a google.rpc.Status with Envoy's reason as message.
     code, status = status_of(response)
-    assert status["code"] == (UNIMPLEMENTED if code == 404 else INVALID_ARGUMENT), status
+    assert status["code"] == (UNIMPLEMENTED if code in (404, 405) else INVALID_ARGUMENT), status
     assert status["message"]
+
+
+async def test_a_method_a_path_does_not_take_is_405_with_the_methods_it_does(http: httpx.AsyncClient) -> None:
+    for template, allowed in api_paths().items():
+        path = template.replace("{product_id}", "prod_x").replace("{order_id}", "ord_x")
+        for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "TRACE"} - set(allowed)):
+            response = await http.request(method, path)
+            assert response.status_code == 405, (method, path, response.text)
+            assert response.headers["allow"] == ", ".join(allowed), (method, path)
+            if method != "HEAD":
+                assert response.json()["code"] == UNIMPLEMENTED
+        # QUERY without content is malformed (RFC 10008), whatever the path; with content it is a 405 too.
+        assert (await http.request("QUERY", path)).status_code == 400
+        assert (await http.request("QUERY", path, json={})).status_code == 405
+    # A method's own path is not taken for another's: `:cancel` is a POST, not GetOrder of "ord_x:cancel".
+    assert (await http.get("/v1/orders/ord_x:cancel")).headers["allow"] == "POST"
+    assert (await http.post("/v1/orders/ord_x:cancel", json={})).status_code == 401, "the method, reached"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # Valid in HTTP, not in gRPC metadata: the gRPC server would answer INTERNAL ("Illegal header key").
+        ("x-trace!id", "1"),
+        # Binary metadata must be base64.
+        ("x-debug-bin", "!!!"),
+        # gRPC's own headers, malformed, from an HTTP/JSON client.
+        ("grpc-timeout", "soon"),
+        ("grpc-encoding", "zip"),
+    ],
+)
+async def test_headers_a_grpc_server_would_refuse_never_make_a_client_request_a_server_error(
+    http: httpx.AsyncClient, header: tuple[str, str]
+) -> None:
+    response = await http.get("/v1/products/prod_nope", headers=[header])
+    assert response.status_code == 404, response.text
+    assert detail(response.json(), ERROR_INFO)["reason"] == "PRODUCT_NOT_FOUND", "answered by the catalog"
 
 
 async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx.AsyncClient) -> None:

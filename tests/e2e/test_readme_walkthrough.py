@@ -65,3 +65,4 @@ async def test_readme_http_walkthrough_runs_verbatim(readme_walkthrough: Callabl
     assert '"reason":"PRODUCT_NOT_FOUND"' in out
     assert "HTTP/1.1 401 Unauthorized" in out
     assert '"reason":"TOKEN_MISSING"' in out
+    assert "'/v1/orders/{order_id}:cancel'" in out, "the OpenAPI document's paths"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from shopmesh_platform.http_api import DESCRIPTOR_FILE, METRICS_PATH
+from shopmesh_platform.http_api import METRICS_PATH
 from shopmesh_platform.stack import envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,12 +86,13 @@ def validate_custom_resources(objects: Docs) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_http_api(config: dict[str, Any], descriptor: bytes, scratch: Path) -> Iterator[dict[int, int]]:
-    """The gateway pod's `http-api` Envoy as rendered, run here: its listeners and admin interface moved from
-    the pod's ports to free loopback ones (yields pod port → local port), the descriptor set where the
-    configuration names it. Ready once its admin interface says so."""
-    text = json.dumps(config).replace(f"{http_api.MOUNT}/{DESCRIPTOR_FILE}", str(scratch / DESCRIPTOR_FILE))
-    (scratch / DESCRIPTOR_FILE).write_bytes(descriptor)
+def running_http_api(files: dict[str, bytes], scratch: Path) -> Iterator[dict[int, int]]:
+    """The gateway pod's `http-api` Envoy as rendered, run here: `files` are its ConfigMap's (file name →
+    contents), put where the configuration names them; its listeners and admin interface moved from the pod's
+    ports to free loopback ones (yields pod port → local port). Ready once its admin interface says so."""
+    for name, content in files.items():
+        (scratch / name).write_bytes(content)
+    text = (scratch / http_api.CONFIG).read_text().replace(f"{http_api.MOUNT}/", f"{scratch}/")
     moved = json.loads(text)
     addresses = [listener["address"]["socket_address"] for listener in moved["static_resources"]["listeners"]]
     addresses.append(moved["admin"]["address"]["socket_address"])
@@ -127,10 +128,9 @@ def envoy_metric_names() -> frozenset[str]:
     """The series names the gateway pod's http-api Envoy exposes to Prometheus (scraped through its metrics
     listener, as a ServiceMonitor does)."""
     files = ROOT / "helm" / "gateway" / "files"
-    config = json.loads((files / http_api.CONFIG).read_text())
     with (
         tempfile.TemporaryDirectory() as scratch,
-        running_http_api(config, (files / DESCRIPTOR_FILE).read_bytes(), Path(scratch)) as ports,
+        running_http_api({path.name: path.read_bytes() for path in files.iterdir()}, Path(scratch)) as ports,
     ):
         url = f"http://127.0.0.1:{ports[http_api.METRICS_PORT]}{METRICS_PATH}"
         with urllib.request.urlopen(url, timeout=10) as response:

@@ -18,7 +18,16 @@ from typing import Any
 import pytest
 import yaml
 
-from shopmesh_platform.http_api import DESCRIPTOR_FILE, HEALTH_PATH, METRICS_PATH, bootstrap, descriptor_set
+from shopmesh_platform.http_api import (
+    DESCRIPTOR_FILE,
+    HEALTH_PATH,
+    METRICS_PATH,
+    OPENAPI_FILE,
+    OPENAPI_PATH,
+    bootstrap,
+    descriptor_set,
+    openapi_document,
+)
 from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
 
@@ -39,10 +48,16 @@ def container(docs: Docs) -> dict[str, Any]:
     return found
 
 
-def files_of(docs: Docs) -> tuple[dict[str, Any], bytes]:
-    """The Envoy configuration and the descriptor set, as the container reads them from its ConfigMap."""
+def files_of(docs: Docs) -> dict[str, bytes]:
+    """The files the container reads from its ConfigMap: name → contents."""
     config_map = find(docs, "ConfigMap", f"{EDGE}-http-api")
-    return json.loads(config_map["data"]["http-api.json"]), base64.b64decode(config_map["binaryData"][DESCRIPTOR_FILE])
+    text = {name: content.encode() for name, content in config_map["data"].items()}
+    return text | {name: base64.b64decode(content) for name, content in config_map["binaryData"].items()}
+
+
+def config_of(docs: Docs) -> dict[str, Any]:
+    """The Envoy configuration of the container."""
+    return json.loads(files_of(docs)[http_api.CONFIG])
 
 
 def test_the_committed_chart_files_are_what_k8s_http_api_writes() -> None:
@@ -54,8 +69,11 @@ def test_the_pod_runs_the_configuration_and_descriptor_make_run_uses(
     rendered: dict[tuple[str, str], Docs], value_set: str
 ) -> None:
     for docs in (rendered[value_set, EDGE], rendered[value_set, render.UMBRELLA]):
-        config, descriptor = files_of(docs)
-        assert descriptor == descriptor_set().read_bytes(), "the descriptor set `make proto` generates"
+        files = files_of(docs)
+        config = json.loads(files[http_api.CONFIG])
+        assert files[DESCRIPTOR_FILE] == descriptor_set().read_bytes(), "the descriptor set `make proto` generates"
+        assert files[OPENAPI_FILE] == openapi_document().read_bytes(), "the OpenAPI document `make proto` writes"
+        assert set(files) == {http_api.CONFIG, DESCRIPTOR_FILE, OPENAPI_FILE}
         assert config == bootstrap(http_api.kubernetes_api())
         listeners = {x["name"]: x["address"]["socket_address"] for x in config["static_resources"]["listeners"]}
         assert listeners == {
@@ -81,10 +99,10 @@ def test_the_image_is_the_envoy_release_the_tests_run(rendered: dict[tuple[str, 
 
 
 def test_envoy_accepts_the_rendered_configuration(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
-    config, descriptor = files_of(rendered["default", EDGE])
-    (tmp_path / DESCRIPTOR_FILE).write_bytes(descriptor)
+    for name, content in files_of(rendered["default", EDGE]).items():
+        (tmp_path / name).write_bytes(content)
     # Where the pod mounts the ConfigMap, here: the rest as rendered.
-    text = json.dumps(config).replace(f"{MOUNT}/{DESCRIPTOR_FILE}", str(tmp_path / DESCRIPTOR_FILE))
+    text = (tmp_path / http_api.CONFIG).read_text().replace(f"{MOUNT}/", f"{tmp_path}/")
     assert str(tmp_path) in text
     (tmp_path / "http-api.json").write_text(text)
     checked = subprocess.run(
@@ -162,8 +180,7 @@ def test_a_port_the_configuration_does_not_listen_on_fails_the_render(helm_dir: 
 def test_the_metrics_port_serves_envoys_metrics_and_nothing_else_of_its_admin_interface(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path
 ) -> None:
-    config, descriptor = files_of(rendered["default", EDGE])
-    with running_http_api(config, descriptor, tmp_path) as ports:
+    with running_http_api(files_of(rendered["default", EDGE]), tmp_path) as ports:
         metrics = f"http://127.0.0.1:{ports[METRICS_PORT]}"
         with urllib.request.urlopen(f"{metrics}{METRICS_PATH}", timeout=10) as response:
             body = response.read().decode()
@@ -189,3 +206,13 @@ def test_prometheus_scrapes_the_edges_envoy_beside_the_service(rendered: dict[tu
 def test_without_a_drain_there_is_no_zero_second_sleep(helm_dir: Path) -> None:
     docs = edge_with_drain(helm_dir, 0, 0)
     assert "lifecycle" not in container(docs), "a 0 s sleep needs a feature gate some clusters lack"
+
+
+def test_the_pod_serves_the_openapi_document_make_proto_writes(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    with running_http_api(files_of(rendered["default", EDGE]), tmp_path) as ports:
+        url = f"http://127.0.0.1:{ports[PORT]}{OPENAPI_PATH}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.headers["content-type"] == "application/json"
+            assert response.read() == openapi_document().read_bytes()

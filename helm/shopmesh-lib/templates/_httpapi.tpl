@@ -1,8 +1,9 @@
 {{/*
 The public API over HTTP/JSON and gRPC-Web (docs/http-api.md): an Envoy container in the pod of a service
 whose chart sets httpApi.enabled (the gateway's). It listens on httpApi.port, transcodes with the API's
-descriptor set and calls the service on loopback. Its configuration and the descriptor set are the service
-chart's files/ (written by k8s/http_api.py from the code `make run` uses), shipped in a ConfigMap.
+descriptor set and calls the service on loopback. Its configuration, the descriptor set and the OpenAPI
+document it serves at /openapi.json are the service chart's files/ (written by k8s/http_api.py from the
+code `make run` uses), shipped in a ConfigMap.
 */}}
 
 {{- define "shopmesh-lib.httpApi-configmap" -}}
@@ -10,8 +11,9 @@ chart's files/ (written by k8s/http_api.py from the code `make run` uses), shipp
 {{- $files := .root.Files -}}
 {{- $config := $files.Get "files/http-api.json" -}}
 {{- $descriptor := $files.Get "files/shop.binpb" -}}
-{{- if not (and $config $descriptor) -}}
-{{- fail (printf "httpApi for %s: the chart needs files/http-api.json and files/shop.binpb (make http-api writes them)" $c.name) -}}
+{{- $openapi := $files.Get "files/shop.openapi.json" -}}
+{{- if not (and $config $descriptor $openapi) -}}
+{{- fail (printf "httpApi for %s: the chart needs files/http-api.json, files/shop.binpb and files/shop.openapi.json (make http-api writes them)" $c.name) -}}
 {{- end -}}
 apiVersion: v1
 kind: ConfigMap
@@ -23,6 +25,8 @@ metadata:
 data:
   http-api.json: |
     {{- $config | nindent 4 }}
+  shop.openapi.json: |
+    {{- $openapi | nindent 4 }}
 binaryData:
   shop.binpb: {{ $descriptor | b64enc }}
 {{- end -}}

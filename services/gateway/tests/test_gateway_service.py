@@ -14,6 +14,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from shopmesh.common.v1 import access_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
@@ -223,6 +224,18 @@ PROTECTED = {
     "CancelOrder": shop_pb2.CancelOrderRequest(order_id="ord_x"),
     "ListNotifications": shop_pb2.ListNotificationsRequest(),
 }
+
+
+async def test_the_protected_methods_are_those_the_contract_says_need_a_token() -> None:
+    """The contract states each method's access (shopmesh.common.v1.access; the OpenAPI document and the
+    HTTP API's fuzz test read it too): the gateway refuses exactly those without a token (below), and
+    serves the others to anyone (the public methods' tests here call without one)."""
+    service = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
+    access = {m.name: m.GetOptions().Extensions[access_pb2.access] for m in service.methods}
+    assert {name for name, level in access.items() if level == access_pb2.ACCESS_AUTHENTICATED} == set(PROTECTED)
+    assert {name for name, level in access.items() if level != access_pb2.ACCESS_AUTHENTICATED} == {
+        name for name, level in access.items() if level == access_pb2.ACCESS_PUBLIC
+    }, "every method states its access"
 
 
 @pytest.mark.parametrize("method", sorted(PROTECTED))

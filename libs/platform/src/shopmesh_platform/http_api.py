@@ -10,6 +10,8 @@ Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy 
   JSON body, details included (field violations, ErrorInfo, RetryInfo). A query parameter or method the
   API does not have is refused by Envoy itself (400, 404), never guessed at.
 - **gRPC-Web** (`application/grpc-web*`), which browser gRPC clients send; and **gRPC** itself.
+- **`GET /openapi.json`**: the API's OpenAPI document (shopmesh_platform.openapi, generated with the
+  contracts), answered by Envoy itself, for Swagger UI and client generators.
 
 Request headers go to the gateway as gRPC metadata (`authorization`, `idempotency-key`, `traceparent`);
 the gateway's response metadata comes back as response headers (`idempotency-key`). Only ShopService is
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,26 @@ PUBLIC_SERVICE = "shopmesh.gateway.v1.ShopService"
 # The descriptor set generated with the contracts (libs/contracts/generate.py).
 DESCRIPTOR_PACKAGE = "shopmesh.gateway.v1"
 DESCRIPTOR_FILE = "shop.binpb"
+OPENAPI_FILE = "shop.openapi.json"
+# Where the edge serves the OpenAPI document.
+OPENAPI_PATH = "/openapi.json"
+# Envoy keeps a direct response's body in memory and refuses a larger file than this at startup (its
+# default, 4 KiB, is far below the document's size).
+MAX_DOCUMENT_BYTES = 1024 * 1024
+_FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+_HEADER_MUTATION_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
+)
+# Request header names a gRPC server refuses as metadata keys (it answers INTERNAL, "Illegal header key"): HTTP
+# allows `!#$%&'*+^`|~` in a name, gRPC only 0-9 a-z _ - . (Envoy has lowercased them). Pseudo-headers
+# (":path") are not matched. RE2 has no lookahead: a name whose first character is not ':' and which holds a
+# character outside gRPC's set.
+INVALID_METADATA_NAME = r"[^:][0-9a-z_.\-]*[^0-9a-z_.\-].*|[^0-9a-z_.:\-].*"
+# Binary metadata: a value that is not base64 is refused by the gRPC server (INTERNAL). The API reads none.
+BINARY_METADATA_NAME = r".+-bin"
+# gRPC's own headers, meaningless in an HTTP/JSON request (the transcoder frames the call itself), and
+# refused by the gRPC server when malformed (INTERNAL): `grpc-timeout: soon`, `grpc-encoding: zip`.
+GRPC_HEADER_NAME = r"grpc-.*"
 
 _TRANSCODER = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 _GRPC_WEB = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
@@ -62,6 +85,7 @@ ROUTE_TIMEOUT = "20s"
 LOCAL_REPLY_CODES = {
     400: grpc_code.INVALID_ARGUMENT,
     404: grpc_code.UNIMPLEMENTED,
+    405: grpc_code.UNIMPLEMENTED,
     413: grpc_code.RESOURCE_EXHAUSTED,
     500: grpc_code.INTERNAL,
     502: grpc_code.UNAVAILABLE,
@@ -118,6 +142,8 @@ class HttpApi:
     # A listener (on `host`) serving only Envoy's Prometheus metrics from the admin interface, for a scraper
     # that cannot reach loopback (Kubernetes); None: none (`make run` reads the admin interface directly).
     metrics_port: int | None = None
+    # The OpenAPI document, as Envoy will find it on its file system, served at OPENAPI_PATH; None: not.
+    openapi: Path | None = None
     # Envoy's node id and its spans' service name.
     name: str = "http-api"
 
@@ -127,6 +153,14 @@ def descriptor_set() -> Path:
     path = Path(str(importlib.resources.files(DESCRIPTOR_PACKAGE) / DESCRIPTOR_FILE))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the API's descriptor set is missing; run `make proto`")
+    return path
+
+
+def openapi_document() -> Path:
+    """The generated OpenAPI document of the public API, where the contracts package keeps it."""
+    path = Path(str(importlib.resources.files(DESCRIPTOR_PACKAGE) / OPENAPI_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the API's OpenAPI document is missing; run `make proto`")
     return path
 
 
@@ -149,6 +183,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "use_remote_address": True,
         "route_config": {
             "name": "public-api",
+            "max_direct_response_body_size_bytes": MAX_DOCUMENT_BYTES,
             "virtual_hosts": [
                 {
                     "name": "shop",
@@ -160,6 +195,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         {"header": {"key": "vary", "value": "Origin"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
                     ],
                     "routes": [
+                        *_openapi_route(api.openapi),
+                        *_method_not_allowed_routes(),
                         {
                             # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's
                             # by the time the route is chosen: ShopService's methods are all there is.
@@ -182,6 +219,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                                 "headers": [_NOT_GRPC],
                             },
                             "route": {"cluster": "gateway", "timeout": ROUTE_TIMEOUT},
+                            # An HTTP/JSON request is routed here before the transcoder rewrites it.
+                            "typed_per_filter_config": {"envoy.filters.http.header_mutation": _no_grpc_headers()},
                         },
                     ],
                 }
@@ -194,9 +233,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "access_log": [access_log("http-api", only_failures=False, extra=_HTTP_LOG_FIELDS)],
         "http_filters": [
             _health_check(),
-            # The transcoder marks a request it rewrote with the path it came with (the local replies' mappers
-            # and the access log read it): a client's own copy is dropped first.
-            _drop_client_original_path(),
+            _header_hygiene(),
             # Early in the chain, so late on the way out: it sees the JSON the transcoder made.
             _compressor(),
             {"name": "envoy.filters.http.cors", "typed_config": {"@type": _CORS}},
@@ -222,6 +259,85 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "overload_manager": overload_manager(),
     }
+
+
+def _openapi_route(document: Path | None) -> list[dict[str, Any]]:
+    """`GET /openapi.json`, answered by Envoy from the file: the transcoder, which would refuse a path the
+    API does not have, is off for it."""
+    if document is None:
+        return []
+    return [
+        {
+            "match": {"path": OPENAPI_PATH, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+            "direct_response": {"status": 200, "body": {"filename": str(document)}},
+            "response_headers_to_add": [
+                {
+                    "header": {"key": "content-type", "value": "application/json"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                },
+                # Envoy's CORS filter passes direct responses by: a Swagger UI on another origin may read it.
+                {
+                    "header": {"key": "access-control-allow-origin", "value": "*"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                },
+            ],
+            "typed_per_filter_config": {
+                "envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}
+            },
+        }
+    ]
+
+
+def _no_grpc_headers() -> dict[str, Any]:
+    return {
+        "@type": _HEADER_MUTATION_PER_ROUTE,
+        "mutations": {"request_mutations": [_remove_matching(GRPC_HEADER_NAME)]},
+    }
+
+
+def api_paths() -> dict[str, list[str]]:
+    """The API's paths (as OpenAPI templates, `/v1/orders/{order_id}`) → their HTTP methods, from the OpenAPI
+    document generated with the contracts."""
+    document = json.loads(openapi_document().read_text())
+    return {path: sorted(verb.upper() for verb in verbs) for path, verbs in document["paths"].items()}
+
+
+def _path_regex(template: str) -> str:
+    """A path of this template (Envoy matches it against the whole path, without the query)."""
+    parts = re.split(r"(\{[^}]+\})", template)
+    # A variable holds no ':': `/v1/orders/{order_id}` must not take in `/v1/orders/ord_1:cancel`, another
+    # method's path (Envoy tries routes in order, and the more specific one passes its own method on).
+    return "".join("[^/:]+" if part.startswith("{") else re.escape(part) for part in parts)
+
+
+def _method_not_allowed_routes() -> list[dict[str, Any]]:
+    """405 with `Allow` for a path the API has, asked with a method it does not take there (HTTP's answer; the
+    transcoder would say 404). A preflight (OPTIONS) goes on to the CORS filter."""
+    return [
+        {
+            "match": {
+                "safe_regex": {"regex": _path_regex(template)},
+                "headers": [
+                    {
+                        "name": ":method",
+                        "string_match": {"safe_regex": {"regex": "|".join([*methods, "OPTIONS"])}},
+                        "invert_match": True,
+                    }
+                ],
+            },
+            "direct_response": {
+                "status": 405,
+                "body": {"inline_string": f"{template} takes {' and '.join(methods)} only"},
+            },
+            "response_headers_to_add": [
+                {"header": {"key": "allow", "value": ", ".join(methods)}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+            "typed_per_filter_config": {
+                "envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}
+            },
+        }
+        for template, methods in api_paths().items()
+    ]
 
 
 def _metrics_manager() -> dict[str, Any]:
@@ -259,14 +375,27 @@ def write_bootstrap(api: HttpApi, path: Path) -> Path:
     return path
 
 
-def _drop_client_original_path() -> dict[str, Any]:
+def _header_hygiene() -> dict[str, Any]:
+    """Request headers dropped before anything reads them: a client's own x-envoy-original-path (the
+    transcoder marks a request it rewrote with the path it came with; the local replies' mappers and the
+    access log read it), and what would reach the gateway as metadata its gRPC server refuses with INTERNAL
+    instead of a client's error (a name gRPC does not allow, binary metadata that may not be base64)."""
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
             "@type": _HEADER_MUTATION,
-            "mutations": {"request_mutations": [{"remove": "x-envoy-original-path"}]},
+            "mutations": {
+                "request_mutations": [
+                    {"remove": "x-envoy-original-path"},
+                    *(_remove_matching(regex) for regex in (INVALID_METADATA_NAME, BINARY_METADATA_NAME)),
+                ]
+            },
         },
     }
+
+
+def _remove_matching(regex: str) -> dict[str, Any]:
+    return {"remove_on_match": {"key_matcher": {"safe_regex": {"regex": regex}}}}
 
 
 def _compressor() -> dict[str, Any]:

@@ -205,6 +205,8 @@ def curl_commands(stack: Stack) -> list[str]:
         ["curl", "-s", f"{stack.http_url}/v1/products?pageSize=3"],
         ["curl", "-s", f"{stack.http_url}/v1/products/prod_chef_knife"],
         ["curl", "-s", "-i", f"{stack.http_url}/v1/orders"],
+        # The API's OpenAPI document, for Swagger UI or a client generator.
+        ["curl", "-s", f"{stack.http_url}/openapi.json"],
     ]
     return [shlex.join(command) for command in commands]
 

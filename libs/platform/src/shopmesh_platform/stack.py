@@ -50,7 +50,7 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 
-from .http_api import HttpApi, descriptor_set
+from .http_api import HttpApi, descriptor_set, openapi_document
 from .http_api import write_bootstrap as write_http_api_bootstrap
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
@@ -589,6 +589,7 @@ class Stack:
             # In the mesh: the gateway's sidecar, which takes plaintext from clients as an ingress would.
             gateway=self.ports.address("gateway"),
             descriptor=descriptor_set(),
+            openapi=openapi_document(),
             traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
         )
         return write_http_api_bootstrap(api, self._http_api_bootstrap)
