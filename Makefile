@@ -40,7 +40,7 @@ setup: check-python $(if $(filter $(TOOLS)/%,$(UV)),$(UV)) $(BUF) ## Install eve
 # --- contracts -----------------------------------------------------------------------------------
 
 .PHONY: proto
-proto: setup ## Regenerate Python messages, gRPC stubs, .pyi and the public API's descriptor set from protos/
+proto: setup ## Regenerate Python messages, gRPC stubs, .pyi, the public API's descriptor set and OpenAPI document from protos/
 	$(VENV_BIN)/python libs/contracts/generate.py
 	$(VENV_BIN)/python k8s/http_api.py
 

@@ -37,7 +37,6 @@ VENDORED = PROTOS / "google"
 PUBLIC_API = "shopmesh/gateway/v1/shop.proto"
 DESCRIPTOR_SET = "shopmesh/gateway/v1/shop.binpb"
 OPENAPI = "shopmesh/gateway/v1/shop.openapi.json"
-PUBLIC_SERVICE = "shopmesh.gateway.v1.ShopService"
 # Where `make run` serves the HTTP API (and `make skaffold-dev` port-forwards it).
 OPENAPI_SERVERS = [{"url": "http://localhost:8080", "description": "make run, or make skaffold-dev's port-forward"}]
 # The error details the services send, so the transcoder can print them as JSON.
@@ -73,19 +72,8 @@ def generate(out: Path) -> int:
         *sources,
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)
-    descriptors = [
-        sys.executable,
-        "-m",
-        "grpc_tools.protoc",
-        f"--proto_path={PROTOS}",
-        f"--proto_path={googleapis_protos()}",
-        "--include_imports",
-        f"--descriptor_set_out={out / DESCRIPTOR_SET}",
-        PUBLIC_API,
-        *ERROR_DETAILS,
-    ]
-    subprocess.run(descriptors, check=True, cwd=PROTOS)
-    _write_openapi(out, descriptors)
+    _write_descriptor_set(out / DESCRIPTOR_SET)
+    _write_openapi(out / OPENAPI)
     # Regular packages (not namespace packages) so that mypy, hatchling and importlib agree.
     for directory in [package, *(d for d in package.rglob("*") if d.is_dir())]:
         (directory / "__init__.py").touch()
@@ -93,20 +81,25 @@ def generate(out: Path) -> int:
     return len(sources)
 
 
-def _write_openapi(out: Path, descriptors: list[str]) -> None:
+def _write_descriptor_set(path: Path, *options: str) -> None:
+    """The public API with every file it imports, and the error details, as one descriptor set."""
+    argv = [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={PROTOS}", f"--proto_path={googleapis_protos()}"]
+    argv += ["--include_imports", *options, f"--descriptor_set_out={path}", PUBLIC_API, *ERROR_DETAILS]
+    subprocess.run(argv, check=True, cwd=PROTOS)
+
+
+def _write_openapi(path: Path) -> None:
     """The OpenAPI document, from the descriptor set again, this time with the comments (source info) the
     transcoder does not need."""
     # Imported here: the contracts are regenerated before anything that uses them is.
+    from shopmesh_platform.http_api import PUBLIC_SERVICE
     from shopmesh_platform.openapi import document
 
     with tempfile.TemporaryDirectory() as scratch:
         annotated = Path(scratch) / "annotated.binpb"
-        argv = [
-            a if not a.startswith("--descriptor_set_out=") else f"--descriptor_set_out={annotated}" for a in descriptors
-        ]
-        subprocess.run([*argv, "--include_source_info"], check=True, cwd=PROTOS)
+        _write_descriptor_set(annotated, "--include_source_info")
         spec = document(annotated.read_bytes(), PUBLIC_SERVICE, servers=OPENAPI_SERVERS)
-    (out / OPENAPI).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+    path.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
 
 
 def _differences(left: Path, right: Path) -> list[str]:

@@ -218,24 +218,31 @@ async def test_a_method_a_path_does_not_take_is_405_with_the_methods_it_does(htt
     # A method's own path is not taken for another's: `:cancel` is a POST, not GetOrder of "ord_x:cancel".
     assert (await http.get("/v1/orders/ord_x:cancel")).headers["allow"] == "POST"
     assert (await http.post("/v1/orders/ord_x:cancel", json={})).status_code == 401, "the method, reached"
+    # While a variable may hold a colon (the transcoder splits off only the API's own verbs).
+    assert (await http.get("/v1/products/prod:x")).status_code == 404, "GetProductPage of 'prod:x'"
+    assert (await http.post("/v1/products/prod:x", json={})).status_code == 405
+    # The document's own path takes GET only.
+    assert (await http.post("/openapi.json")).headers["allow"] == "GET"
 
 
 @pytest.mark.parametrize(
-    "header",
+    "headers",
     [
         # Valid in HTTP, not in gRPC metadata: the gRPC server would answer INTERNAL ("Illegal header key").
-        ("x-trace!id", "1"),
+        [("x-trace!id", "1")],
         # Binary metadata must be base64.
-        ("x-debug-bin", "!!!"),
+        [("x-debug-bin", "!!!")],
         # gRPC's own headers, malformed, from an HTTP/JSON client.
-        ("grpc-timeout", "soon"),
-        ("grpc-encoding", "zip"),
+        [("grpc-timeout", "soon")],
+        [("grpc-encoding", "zip")],
+        # ... which the transcoder also takes for JSON when its content type only looks like gRPC's.
+        [("content-type", "application/grpc-json"), ("grpc-timeout", "soon")],
     ],
 )
 async def test_headers_a_grpc_server_would_refuse_never_make_a_client_request_a_server_error(
-    http: httpx.AsyncClient, header: tuple[str, str]
+    http: httpx.AsyncClient, headers: list[tuple[str, str]]
 ) -> None:
-    response = await http.get("/v1/products/prod_nope", headers=[header])
+    response = await http.get("/v1/products/prod_nope", headers=headers)
     assert response.status_code == 404, response.text
     assert detail(response.json(), ERROR_INFO)["reason"] == "PRODUCT_NOT_FOUND", "answered by the catalog"
 

@@ -4,12 +4,13 @@ the real services: tests/e2e/test_http_api.py)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shopmesh_platform.http_api import PUBLIC_SERVICE, descriptor_set
+from shopmesh_platform.http_api import GRPC_CONTENT_TYPE, PUBLIC_SERVICE, descriptor_set
 from shopmesh_platform.stack import HTTP_API, PortPlan, Stack, StackError
 
 
@@ -34,12 +35,12 @@ def test_only_the_public_service_is_routed_to_the_gateway(tmp_path: Path) -> Non
     [listener] = config["static_resources"]["listeners"]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     [host] = manager["route_config"]["virtual_hosts"]
-    forwarded = [r for r in host["routes"] if "route" in r]
+    forwarded = [r for r in host["routes"] if "route" in r and "prefix" in r["match"]]
     grpc_route = next(r for r in forwarded if "headers" not in r["match"])
     assert grpc_route["match"] == {"prefix": f"/{PUBLIC_SERVICE}/"}
     # The other route takes no gRPC at all (health, reflection): only what the transcoder rewrote, or a preflight.
     [other] = [r for r in forwarded if r is not grpc_route]
-    assert other["match"]["headers"][0]["string_match"] == {"prefix": "application/grpc"}
+    assert other["match"]["headers"][0]["string_match"] == {"safe_regex": {"regex": GRPC_CONTENT_TYPE}}
     assert other["match"]["headers"][0]["invert_match"] is True
     transcoder = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.grpc_json_transcoder")
     assert transcoder["typed_config"]["services"] == [PUBLIC_SERVICE]
@@ -51,3 +52,25 @@ def test_a_stack_without_the_gateway_runs_no_edge(tmp_path: Path) -> None:
     assert stack.http_url is None
     with pytest.raises(StackError, match="not part of this stack"):
         stack.pid(HTTP_API)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "grpc"),
+    [
+        ("application/grpc", True),
+        ("application/grpc+proto", True),
+        ("application/grpc-web", True),
+        ("application/grpc-web+proto", True),
+        ("application/grpc-web-text", True),
+        ("application/grpc-web-text+proto", True),
+        ("application/grpc+proto; charset=utf-8", True),
+        ("application/grpc-json", False),
+        ("application/grpcfoo", False),
+        ("application/json", False),
+        ("", False),
+    ],
+)
+def test_the_edge_takes_for_grpc_exactly_what_envoy_does(content_type: str, grpc: bool) -> None:
+    """What the routes and local replies call gRPC is what Envoy's gRPC filters do: a type that only looks like
+    it (`application/grpc-json`) is an HTTP/JSON request, whose gRPC headers the edge drops."""
+    assert (re.fullmatch(GRPC_CONTENT_TYPE, content_type) is not None) == grpc

@@ -135,6 +135,8 @@ def test_errors_are_a_status_with_the_details_told_apart_by_type(shop: dict[str,
     assert {f"type.googleapis.com/google.rpc.{t}" for t in ("BadRequest", "ErrorInfo", "RetryInfo")} <= types
 
 
+PUBLIC = "option (shopmesh.common.v1.access) = ACCESS_PUBLIC;"
+ROUTE = f'option (google.api.http) = {{post: "/v1/things" body: "*"}}; {PUBLIC}'
 CONTRACT = """
 syntax = "proto3";
 package test.v1;
@@ -142,16 +144,37 @@ import "google/api/annotations.proto";
 import "shopmesh/common/v1/access.proto";
 message Thing {{ string id = 1; map<string, int64> counts = 2; }}
 message GetThingRequest {{ {request} }}
+// How a thing shines.
+enum Shine {{
+  // Not said.
+  SHINE_UNSPECIFIED = 0;
+  // Like the sun.
+  SHINE_BRIGHT = 1;
+}}
+message Outer {{
+  // Inside.
+  message Inner {{
+    // The inner field.
+    Shine shine = 1;
+  }}
+  Inner inner = 1;
+}}
 service ThingService {{
   rpc GetThing(GetThingRequest) returns (Thing) {{
     {options}
+  }}
+  rpc {stream_name}(GetThingRequest) returns ({stream} Outer) {{
+    option (google.api.http) = {{get: "/v1/outer/{{id}}"}};
+    {PUBLIC}
   }}
 }}
 """
 
 
-def contract_of(tmp_path: Path, options: str, request: str = "string id = 1;") -> bytes:
-    (tmp_path / "test.proto").write_text(CONTRACT.format(options=options, request=request))
+def contract_of(tmp_path: Path, options: str, request: str = "string id = 1;", stream: str = "") -> bytes:
+    name = "WatchOuter" if stream else "GetOuter"
+    text = CONTRACT.format(options=options, request=request, stream=stream, stream_name=name, PUBLIC=PUBLIC)
+    (tmp_path / "test.proto").write_text(text)
     return compiled(tmp_path, "test.proto")
 
 
@@ -181,6 +204,19 @@ def test_a_map_is_an_object_of_its_values(tmp_path: Path) -> None:
             "string id = 1; Thing filter = 2;",
             "a message field in a GET",
         ),
+        (f'{PUBLIC} option (google.api.http) = {{get: "/v1/{{id=things/*}}"}};', "string id = 1;", "plain field"),
+        (f'{PUBLIC} option (google.api.http) = {{post: "/v1/things" body: "id"}};', "string id = 1;", 'body "id"'),
+        (
+            f'{PUBLIC} option (google.api.http) = {{get: "/v1/things/{{id}}" response_body: "id"}};',
+            "string id = 1;",
+            "response_body",
+        ),
+        (
+            f'{PUBLIC} option (google.api.http) = {{get: "/v1/things/{{id}}" additional_bindings {{get: "/v2/x"}}}};',
+            "string id = 1;",
+            "additional_bindings",
+        ),
+        (ROUTE, "string id = 1; oneof pick { string a = 2; string b = 3; }", "a oneof"),
     ],
 )
 def test_what_the_document_cannot_state_is_refused_by_name(
@@ -194,3 +230,19 @@ def test_an_unknown_service_is_refused(tmp_path: Path) -> None:
     route = 'option (google.api.http) = {get: "/v1/things/{id}"}; option (shopmesh.common.v1.access) = ACCESS_PUBLIC;'
     with pytest.raises(ContractError, match="not in the descriptor set"):
         document(contract_of(tmp_path, route), "test.v1.OtherService")
+
+
+def test_nested_types_and_enum_values_keep_their_comments(tmp_path: Path) -> None:
+    spec = document(contract_of(tmp_path, ROUTE), "test.v1.ThingService")
+    schemas = spec["components"]["schemas"]
+    assert schemas["test.v1.Outer.Inner"]["description"] == "Inside."
+    assert schemas["test.v1.Outer.Inner"]["properties"]["shine"]["description"] == "The inner field."
+    assert (
+        schemas["test.v1.Shine"]["description"]
+        == "How a thing shines.\n\n- `SHINE_UNSPECIFIED`: Not said.\n- `SHINE_BRIGHT`: Like the sun."
+    )
+
+
+def test_a_streaming_method_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="WatchOuter: a streaming method"):
+        document(contract_of(tmp_path, ROUTE, stream="stream"), "test.v1.ThingService")

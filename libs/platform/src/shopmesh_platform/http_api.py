@@ -7,8 +7,9 @@ Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy 
   turns each into a call of ShopService, reading the API's descriptor set (generated beside the stubs,
   `shopmesh/gateway/v1/shop.binpb`), and the answer back into JSON. An error becomes its HTTP status
   (INVALID_ARGUMENT → 400, UNAUTHENTICATED → 401, NOT_FOUND → 404, ...) with the google.rpc.Status as the
-  JSON body, details included (field violations, ErrorInfo, RetryInfo). A query parameter or method the
-  API does not have is refused by Envoy itself (400, 404), never guessed at.
+  JSON body, details included (field violations, ErrorInfo, RetryInfo). A query parameter or path the
+  API does not have is refused by Envoy itself (400, 404), never guessed at; a path it has, asked with a
+  method it does not take there, is a 405 with `Allow`.
 - **gRPC-Web** (`application/grpc-web*`), which browser gRPC clients send; and **gRPC** itself.
 - **`GET /openapi.json`**: the API's OpenAPI document (shopmesh_platform.openapi, generated with the
   contracts), answered by Envoy itself, for Swagger UI and client generators.
@@ -35,6 +36,7 @@ from typing import Any
 from google.rpc import code_pb2 as grpc_code
 
 from .mesh.envoy import GRPC_TIMEOUTS, access_log, cluster, listener, overload_manager, socket_address, tracing
+from .openapi import PATH_VARIABLE
 
 PUBLIC_SERVICE = "shopmesh.gateway.v1.ShopService"
 # The descriptor set generated with the contracts (libs/contracts/generate.py).
@@ -101,13 +103,19 @@ HEALTH_PATH = "/healthz"
 # through; the buffer filter does not.)
 MAX_REQUEST_BYTES = 1024 * 1024
 
+# The content types Envoy takes for gRPC and gRPC-Web (`application/grpc`, `application/grpc+proto`,
+# `application/grpc-web-text`, ...); anything else, `application/grpc-json` included, the transcoder reads as
+# an HTTP/JSON request.
+GRPC_CONTENT_TYPE = r"application/grpc(-web(-text)?)?(\+[^;]*)?(;.*)?"
 # A request whose content type is not gRPC's nor gRPC-Web's (a GET or a preflight has none at all).
 _NOT_GRPC = {
     "name": "content-type",
-    "string_match": {"prefix": "application/grpc"},
+    "string_match": {"safe_regex": {"regex": GRPC_CONTENT_TYPE}},
     "invert_match": True,
     "treat_missing_header_as_empty": True,
 }
+# On a route answered by Envoy itself: the transcoder would refuse a path the API does not have first.
+_TRANSCODER_OFF = {"envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}}
 
 _REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "traceparent", "tracestate")
 _GRPC_WEB_HEADERS = ("x-grpc-web", "x-user-agent", "grpc-timeout")
@@ -125,7 +133,8 @@ _HTTP_LOG_FIELDS = {
 
 @dataclass(frozen=True)
 class HttpApi:
-    """Everything the edge's configuration depends on."""
+    """Everything the edge's configuration depends on, besides the API itself: its paths come from the
+    OpenAPI document in the contracts package (`api_paths()`), wherever Envoy finds its files."""
 
     # Where it listens for HTTP clients.
     host: str
@@ -150,17 +159,18 @@ class HttpApi:
 
 def descriptor_set() -> Path:
     """The generated descriptor set of the public API, where the contracts package keeps it."""
-    path = Path(str(importlib.resources.files(DESCRIPTOR_PACKAGE) / DESCRIPTOR_FILE))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the API's descriptor set is missing; run `make proto`")
-    return path
+    return _generated(DESCRIPTOR_FILE, "descriptor set")
 
 
 def openapi_document() -> Path:
     """The generated OpenAPI document of the public API, where the contracts package keeps it."""
-    path = Path(str(importlib.resources.files(DESCRIPTOR_PACKAGE) / OPENAPI_FILE))
+    return _generated(OPENAPI_FILE, "OpenAPI document")
+
+
+def _generated(name: str, what: str) -> Path:
+    path = Path(str(importlib.resources.files(DESCRIPTOR_PACKAGE) / name))
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the API's OpenAPI document is missing; run `make proto`")
+        raise FileNotFoundError(f"{path}: the API's {what} is missing; run `make proto`")
     return path
 
 
@@ -195,8 +205,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         {"header": {"key": "vary", "value": "Origin"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
                     ],
                     "routes": [
-                        *_openapi_route(api.openapi),
-                        *_method_not_allowed_routes(),
+                        *_openapi_routes(api.openapi),
+                        *_method_routes(),
                         {
                             # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's
                             # by the time the route is chosen: ShopService's methods are all there is.
@@ -214,13 +224,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                             # host's policy (not a direct response, which CORS skips). Nothing is forwarded
                             # by it: the transcoder refuses a path the API does not have. gRPC itself is
                             # left out, so health and reflection stay unroutable (UNIMPLEMENTED).
-                            "match": {
-                                "prefix": "/",
-                                "headers": [_NOT_GRPC],
-                            },
-                            "route": {"cluster": "gateway", "timeout": ROUTE_TIMEOUT},
-                            # An HTTP/JSON request is routed here before the transcoder rewrites it.
-                            "typed_per_filter_config": {"envoy.filters.http.header_mutation": _no_grpc_headers()},
+                            **_http_json_route({"prefix": "/", "headers": [_NOT_GRPC]}),
                         },
                     ],
                 }
@@ -261,31 +265,32 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     }
 
 
-def _openapi_route(document: Path | None) -> list[dict[str, Any]]:
-    """`GET /openapi.json`, answered by Envoy from the file: the transcoder, which would refuse a path the
-    API does not have, is off for it."""
+def _openapi_routes(document: Path | None) -> list[dict[str, Any]]:
+    """`GET /openapi.json`, answered by Envoy from the file, and 405 for any other method there."""
     if document is None:
         return []
-    return [
-        {
-            "match": {"path": OPENAPI_PATH, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
-            "direct_response": {"status": 200, "body": {"filename": str(document)}},
-            "response_headers_to_add": [
-                {
-                    "header": {"key": "content-type", "value": "application/json"},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                },
-                # Envoy's CORS filter passes direct responses by: a Swagger UI on another origin may read it.
-                {
-                    "header": {"key": "access-control-allow-origin", "value": "*"},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                },
-            ],
-            "typed_per_filter_config": {
-                "envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}
-            },
-        }
-    ]
+    served = {
+        "match": {"path": OPENAPI_PATH, "headers": [_method_in(["GET"])]},
+        "direct_response": {"status": 200, "body": {"filename": str(document)}},
+        "response_headers_to_add": [
+            _set_header("content-type", "application/json"),
+            # Envoy's CORS filter passes direct responses by: a Swagger UI on another origin may read it.
+            _set_header("access-control-allow-origin", "*"),
+        ],
+        "typed_per_filter_config": _TRANSCODER_OFF,
+    }
+    return [served, _method_not_allowed(OPENAPI_PATH, re.escape(OPENAPI_PATH), ["GET"])]
+
+
+def _http_json_route(match: dict[str, Any]) -> dict[str, Any]:
+    """A route an HTTP/JSON request takes before the transcoder rewrites it into a call of the API (then it
+    is routed again, as gRPC). Nothing is forwarded by it: the transcoder refuses a path the API does not
+    have. gRPC's own headers are dropped from it: the transcoder frames the call itself."""
+    return {
+        "match": match,
+        "route": {"cluster": "gateway", "timeout": ROUTE_TIMEOUT},
+        "typed_per_filter_config": {"envoy.filters.http.header_mutation": _no_grpc_headers()},
+    }
 
 
 def _no_grpc_headers() -> dict[str, Any]:
@@ -304,40 +309,49 @@ def api_paths() -> dict[str, list[str]]:
 
 def _path_regex(template: str) -> str:
     """A path of this template (Envoy matches it against the whole path, without the query)."""
-    parts = re.split(r"(\{[^}]+\})", template)
-    # A variable holds no ':': `/v1/orders/{order_id}` must not take in `/v1/orders/ord_1:cancel`, another
-    # method's path (Envoy tries routes in order, and the more specific one passes its own method on).
-    return "".join("[^/:]+" if part.startswith("{") else re.escape(part) for part in parts)
+    parts = PATH_VARIABLE.split(template)
+    # split() keeps the variables' names at the odd places.
+    return "".join("[^/]+" if index % 2 else re.escape(part) for index, part in enumerate(parts))
 
 
-def _method_not_allowed_routes() -> list[dict[str, Any]]:
-    """405 with `Allow` for a path the API has, asked with a method it does not take there (HTTP's answer; the
-    transcoder would say 404). A preflight (OPTIONS) goes on to the CORS filter."""
-    return [
-        {
-            "match": {
-                "safe_regex": {"regex": _path_regex(template)},
-                "headers": [
-                    {
-                        "name": ":method",
-                        "string_match": {"safe_regex": {"regex": "|".join([*methods, "OPTIONS"])}},
-                        "invert_match": True,
-                    }
-                ],
-            },
-            "direct_response": {
-                "status": 405,
-                "body": {"inline_string": f"{template} takes {' and '.join(methods)} only"},
-            },
-            "response_headers_to_add": [
-                {"header": {"key": "allow", "value": ", ".join(methods)}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-            ],
-            "typed_per_filter_config": {
-                "envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}
-            },
-        }
-        for template, methods in api_paths().items()
-    ]
+def _method_routes() -> list[dict[str, Any]]:
+    """For each path of the API: 405 with `Allow` for a method it does not take there (HTTP's answer; the
+    transcoder would say 404), then, for a path with a custom verb, the methods it takes. Envoy tries routes
+    in order: `/v1/orders/{order_id}:cancel` comes first, and its POST is routed there, before
+    `/v1/orders/{order_id}` (whose variable would take in `ord_1:cancel`) could call it a 405. A preflight
+    (OPTIONS) goes on to the CORS filter."""
+    routes = []
+    for template, methods in sorted(api_paths().items(), key=lambda item: ":" not in item[0].rsplit("/", 1)[-1]):
+        regex = _path_regex(template)
+        routes.append(_method_not_allowed(template, regex, methods))
+        if ":" in template.rsplit("/", 1)[-1]:
+            match = {"safe_regex": {"regex": regex}, "headers": [_method_in(methods), _NOT_GRPC]}
+            routes.append(_http_json_route(match))
+    return routes
+
+
+def _method_not_allowed(template: str, regex: str, methods: list[str]) -> dict[str, Any]:
+    return {
+        "match": {
+            "safe_regex": {"regex": regex},
+            "headers": [{**_method_in([*methods, "OPTIONS"]), "invert_match": True}],
+        },
+        "direct_response": {"status": 405, "body": {"inline_string": f"{template} takes {' and '.join(methods)} only"}},
+        "response_headers_to_add": [
+            _set_header("allow", ", ".join(methods)),
+            # A cross-origin HEAD or GET comes without a preflight: its page may read the 405 too.
+            _set_header("access-control-allow-origin", "*"),
+        ],
+        "typed_per_filter_config": _TRANSCODER_OFF,
+    }
+
+
+def _method_in(methods: list[str]) -> dict[str, Any]:
+    return {"name": ":method", "string_match": {"safe_regex": {"regex": "|".join(methods)}}}
+
+
+def _set_header(name: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": name, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
 def _metrics_manager() -> dict[str, Any]:

@@ -13,7 +13,8 @@ What it states, as the transcoder behaves (`_transcoder()` in http_api.py):
 - paths and methods from `google.api.http`; path variables as path parameters; the other fields of a GET
   request as query parameters (JSON names); a `body: "*"` request's remaining fields as its JSON body;
 - field names in their JSON form; int64 as strings, enums by name, Timestamp as RFC 3339, as
-  proto3 JSON prints them (every primitive field printed, `always_print_primitive_fields`);
+  proto3 JSON prints them (no field is marked required: a request may leave any out, and the same message
+  schemas serve requests and responses);
 - security from the method's `(shopmesh.common.v1.access)` option: bearer JWT unless ACCESS_PUBLIC;
 - every error as a google.rpc.Status with its details (ErrorInfo, BadRequest, RetryInfo, ...), the HTTP
   status being gRPC's mapping of the code;
@@ -40,6 +41,7 @@ ERROR_DETAILS_FILE = "google/rpc/error_details.proto"
 SECURITY_SCHEME = "bearerAuth"
 IDEMPOTENCY_KEY = "idempotency-key"
 
+_NOT_A_NUMBER = ["NaN", "Infinity", "-Infinity"]
 _INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
 _UINT32 = {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1}
 # proto3 JSON prints 64-bit integers as strings (a JavaScript number cannot hold them all).
@@ -58,8 +60,9 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldProto.TYPE_SFIXED64: _INT64,
     FieldProto.TYPE_UINT64: _UINT64,
     FieldProto.TYPE_FIXED64: _UINT64,
-    FieldProto.TYPE_DOUBLE: {"type": "number", "format": "double"},
-    FieldProto.TYPE_FLOAT: {"type": "number", "format": "float"},
+    # proto3 JSON writes the values a JSON number cannot hold as strings.
+    FieldProto.TYPE_DOUBLE: {"oneOf": [{"type": "number", "format": "double"}, {"enum": _NOT_A_NUMBER}]},
+    FieldProto.TYPE_FLOAT: {"oneOf": [{"type": "number", "format": "float"}, {"enum": _NOT_A_NUMBER}]},
     FieldProto.TYPE_BYTES: {"type": "string", "format": "byte"},
 }
 # Well-known types have their own JSON forms (proto3 JSON mapping).
@@ -90,7 +93,9 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
 _FILE_MESSAGE, _FILE_ENUM, _FILE_SERVICE = 4, 5, 6
 _MESSAGE_FIELD, _MESSAGE_NESTED, _MESSAGE_ENUM = 2, 3, 4
 _SERVICE_METHOD = 2
-_VARIABLE = re.compile(r"\{([^}=]+)(?:=[^}]*)?\}")
+_ENUM_VALUE = 2
+# A variable of a path template: `{order_id}` in `/v1/orders/{order_id}:cancel` (proto's and OpenAPI's alike).
+PATH_VARIABLE = re.compile(r"\{([^}]+)\}")
 
 
 class ContractError(ValueError):
@@ -174,8 +179,7 @@ def _index(descriptors: descriptor_pb2.FileDescriptorSet) -> _Contract:
         for index, proto in enumerate(file.message_type):
             _index_message(contract, file.name, f"{prefix}.{proto.name}", proto, f"{_FILE_MESSAGE}.{index}")
         for index, enum in enumerate(file.enum_type):
-            contract.enums[f"{prefix}.{enum.name}"] = enum
-            _name_comment(contract, file.name, f"{_FILE_ENUM}.{index}", f"{prefix}.{enum.name}")
+            _index_enum(contract, file.name, f"{prefix}.{enum.name}", enum, f"{_FILE_ENUM}.{index}")
     return contract
 
 
@@ -189,8 +193,14 @@ def _index_message(contract: _Contract, file: str, name: str, proto: descriptor_
     for index, nested in enumerate(proto.nested_type):
         _index_message(contract, file, f"{name}.{nested.name}", nested, f"{path}.{_MESSAGE_NESTED}.{index}")
     for index, enum in enumerate(proto.enum_type):
-        contract.enums[f"{name}.{enum.name}"] = enum
-        _name_comment(contract, file, f"{path}.{_MESSAGE_ENUM}.{index}", f"{name}.{enum.name}")
+        _index_enum(contract, file, f"{name}.{enum.name}", enum, f"{path}.{_MESSAGE_ENUM}.{index}")
+
+
+def _index_enum(contract: _Contract, file: str, name: str, enum: descriptor_pb2.EnumDescriptorProto, path: str) -> None:
+    contract.enums[name] = enum
+    _name_comment(contract, file, path, name)
+    for index, value in enumerate(enum.value):
+        _name_comment(contract, file, f"{path}.{_ENUM_VALUE}.{index}", f"{name}={value.name}")
 
 
 def _name_comment(contract: _Contract, file: str, path: str, name: str) -> None:
@@ -232,6 +242,10 @@ def _operation(
         raise ContractError(f"{name}: no google.api.http route (every method of the public API needs one)")
     if rule.additional_bindings:
         raise ContractError(f"{name}: additional_bindings are not stated in the OpenAPI document yet")
+    if rule.response_body:
+        raise ContractError(f"{name}: response_body is not stated in the OpenAPI document yet")
+    if method.client_streaming or method.server_streaming:
+        raise ContractError(f"{name}: a streaming method is not stated in the OpenAPI document yet")
     template = getattr(rule, verb)
     access = contract.extension(options, ACCESS_OPTION)
     access_name = contract.pool.FindEnumTypeByName("shopmesh.common.v1.Access").values_by_number[access].name
@@ -239,10 +253,12 @@ def _operation(
         raise ContractError(f"{name}: no ({ACCESS_OPTION}) option: say whether it is public")
     request_type = method.input_type.lstrip(".")
     request = contract.messages[f".{request_type}"]
-    variables = [match.group(1) for match in _VARIABLE.finditer(template)]
+    variables = [match.group(1) for match in PATH_VARIABLE.finditer(template)]
     fields = {f.name: f for f in request.field}
     for variable in variables:
-        if "." in variable or variable not in fields or fields[variable].type != FieldProto.TYPE_STRING:
+        if "=" in variable or "." in variable:
+            raise ContractError(f"{name}: path variable {{{variable}}}: only a plain field name is stated yet")
+        if variable not in fields or fields[variable].type != FieldProto.TYPE_STRING:
             raise ContractError(f"{name}: path variable {{{variable}}} is not a string field of {request_type}")
     parameters: list[dict[str, Any]] = [
         {
@@ -377,6 +393,8 @@ class _Schemas:
         proto: descriptor_pb2.DescriptorProto,
         fields: list[descriptor_pb2.FieldDescriptorProto],
     ) -> dict[str, Any]:
+        if any(not f.proto3_optional and f.HasField("oneof_index") for f in fields):
+            raise ContractError(f"{type_name}: a oneof is not stated in the OpenAPI document yet")
         properties = {}
         for proto_field in fields:
             schema = self.field(proto_field)
@@ -415,7 +433,13 @@ class _Schemas:
     def _enum(self, type_name: str) -> dict[str, Any]:
         enum = self._contract.enums[f".{type_name}"]
         schema: dict[str, Any] = {"type": "string", "enum": [value.name for value in enum.value]}
-        description = self._contract.comments.get(f".{type_name}")
+        # The values' own comments, as a list under the type's: JSON Schema has no place per value.
+        values = [
+            f"- `{value.name}`: {' '.join(text.split())}"
+            for value in enum.value
+            if (text := self._contract.comments.get(f".{type_name}={value.name}"))
+        ]
+        description = "\n\n".join(filter(None, [self._contract.comments.get(f".{type_name}"), "\n".join(values)]))
         return {"description": description, **schema} if description else schema
 
     def _details(self) -> dict[str, Any]:
