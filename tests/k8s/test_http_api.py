@@ -105,24 +105,17 @@ def test_envoy_accepts_the_rendered_configuration(rendered: dict[tuple[str, str]
     text = (tmp_path / http_api.CONFIG).read_text().replace(f"{MOUNT}/", f"{tmp_path}/")
     assert str(tmp_path) in text
     (tmp_path / "http-api.json").write_text(text)
-    checked = subprocess.run(
-        [str(envoy_binary()), "--mode", "validate", "--config-path", str(tmp_path / "http-api.json")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    checked = envoy_validates(tmp_path / "http-api.json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # And refuses one whose descriptor set is not the API's (the check is real).
     (tmp_path / DESCRIPTOR_FILE).write_bytes(b"not a descriptor set")
-    broken = subprocess.run(
-        [str(envoy_binary()), "--mode", "validate", "--config-path", str(tmp_path / "http-api.json")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert broken.returncode != 0
+    assert envoy_validates(tmp_path / "http-api.json").returncode != 0
+
+
+def envoy_validates(config: Path) -> subprocess.CompletedProcess[str]:
+    """The real Envoy's verdict on a configuration (`--mode validate`: loaded, never served)."""
+    argv = [str(envoy_binary()), "--mode", "validate", "--config-path", str(config)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.parametrize("value_set", render.VALUE_SETS)

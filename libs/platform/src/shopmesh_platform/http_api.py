@@ -321,13 +321,18 @@ def _method_routes() -> list[dict[str, Any]]:
     `/v1/orders/{order_id}` (whose variable would take in `ord_1:cancel`) could call it a 405. A preflight
     (OPTIONS) goes on to the CORS filter."""
     routes = []
-    for template, methods in sorted(api_paths().items(), key=lambda item: ":" not in item[0].rsplit("/", 1)[-1]):
+    for template, methods in sorted(api_paths().items(), key=lambda item: not _has_custom_verb(item[0])):
         regex = _path_regex(template)
         routes.append(_method_not_allowed(template, regex, methods))
-        if ":" in template.rsplit("/", 1)[-1]:
+        if _has_custom_verb(template):
             match = {"safe_regex": {"regex": regex}, "headers": [_method_in(methods), _NOT_GRPC]}
             routes.append(_http_json_route(match))
     return routes
+
+
+def _has_custom_verb(template: str) -> bool:
+    """`/v1/orders/{order_id}:cancel`, `/v1/products:search` (Google's custom methods)."""
+    return ":" in template.rsplit("/", 1)[-1]
 
 
 def _method_not_allowed(template: str, regex: str, methods: list[str]) -> dict[str, Any]:
