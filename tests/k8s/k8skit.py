@@ -27,6 +27,10 @@ from shopmesh_platform.stack import envoy_binary
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The Kubernetes release the manifests are validated against (the kubectl this project tests against).
+KUBERNETES_VERSION = "1.32.0"
+
+
 def _load(name: str, path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None, path

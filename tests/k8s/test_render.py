@@ -17,9 +17,8 @@ from kubernetes_validate import utils as kv_utils
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, Docs, dockerfiles, render, tool
+from .k8skit import KUBERNETES_VERSION, ROOT, Docs, dockerfiles, render, tool
 
-KUBERNETES_VERSION = "1.32.0"  # the kubectl this project tests against
 # Custom resources (Prometheus Operator, Istio, Linkerd): not in Kubernetes' own schemas.
 CUSTOM_RESOURCE_GROUPS = {"monitoring.coreos.com", "security.istio.io", "networking.istio.io", "policy.linkerd.io"}
 CASES = [(value_set, chart) for value_set in render.VALUE_SETS for chart in render.all_charts()]

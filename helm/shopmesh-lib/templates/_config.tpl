@@ -182,6 +182,18 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- fail (printf "httpApi for %s: only the edge (callers include clients) serves clients over HTTP" $name) -}}
 {{- end -}}
 
+{{- /* Gateway API routes from the cluster's Gateway to the edge (_ingress.tpl): one per protocol, rendered when
+     it names the Gateway listener(s) it attaches to. */ -}}
+{{- $_ := set $c "ingress" (dict
+    "http" (dict "parentRefs" (dig "ingress" "http" "parentRefs" list $v) "hostnames" (dig "ingress" "http" "hostnames" list $v))
+    "grpc" (dict "parentRefs" (dig "ingress" "grpc" "parentRefs" list $v) "hostnames" (dig "ingress" "grpc" "hostnames" list $v))) -}}
+{{- if and (or $c.ingress.http.parentRefs $c.ingress.grpc.parentRefs) (not $c.edge) -}}
+{{- fail (printf "ingress for %s: only the edge (callers include clients) is reached from outside the cluster" $name) -}}
+{{- end -}}
+{{- if and $c.ingress.http.parentRefs (not $c.httpApi.enabled) -}}
+{{- fail (printf "ingress.http for %s: the HTTPRoute leads to the HTTP/JSON port, which needs httpApi.enabled" $name) -}}
+{{- end -}}
+
 {{- /* Observability and other settings. */ -}}
 {{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v) -}}
 {{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v) -}}

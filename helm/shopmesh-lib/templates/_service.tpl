@@ -30,6 +30,14 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 ---
 {{ include "shopmesh-lib.pdb" $ctx }}
 {{- end }}
+{{- if $c.ingress.http.parentRefs }}
+---
+{{ include "shopmesh-lib.ingress-http" $ctx }}
+{{- end }}
+{{- if $c.ingress.grpc.parentRefs }}
+---
+{{ include "shopmesh-lib.ingress-grpc" $ctx }}
+{{- end }}
 {{- if $c.networkPolicy.enabled }}
 ---
 {{ include "shopmesh-lib.networkpolicy" $ctx }}

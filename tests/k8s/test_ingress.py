@@ -1,0 +1,120 @@
+"""Ingress from the cluster's Gateway (Gateway API) to the edge, as the charts render it: an HTTPRoute to the
+HTTP/JSON port and a GRPCRoute to the public gRPC service only, each when it names the listener it attaches
+to; checked against Gateway API's own CRD schemas. (Not run against a Gateway here: no cluster.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from shopmesh_platform.http_api import PUBLIC_SERVICE
+from shopmesh_platform.topology import SERVICES, is_edge
+
+from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, render, validate_custom_resources
+
+EDGE = next(name for name in SERVICES if is_edge(name))
+EXAMPLE = ROOT / "k8s" / "ingress"
+GATEWAY_API = "gateway.networking.k8s.io"
+HTTP = {
+    "parentRefs": [{"name": "shop", "namespace": "ingress", "sectionName": "https"}],
+    "hostnames": ["shop.example.com"],
+}
+GRPC = {
+    "parentRefs": [{"name": "shop", "namespace": "ingress", "sectionName": "grpc"}],
+    "hostnames": ["grpc.shop.example.com"],
+}
+
+
+def rendered_with(helm_dir: Path, chart: str, values: dict[str, Any]) -> Docs:
+    texts = render.render(helm_dir, chart, "default", values=values).values()
+    return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+
+
+def routes(docs: Docs) -> Docs:
+    return [
+        d for d in docs if d["apiVersion"].startswith(f"{GATEWAY_API}/") and d["kind"] in ("HTTPRoute", "GRPCRoute")
+    ]
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+def test_no_value_set_exposes_the_edge_by_itself(rendered: dict[tuple[str, str], Docs], value_set: str) -> None:
+    assert routes(rendered[value_set, EDGE]) == [], "a route needs the platform's Gateway: the user names it"
+
+
+def test_the_http_route_takes_everything_to_the_edges_http_port(helm_dir: Path) -> None:
+    docs = rendered_with(helm_dir, EDGE, {"ingress": {"http": HTTP}})
+    route = find(docs, "HTTPRoute", f"{EDGE}-http")
+    assert (route["spec"]["parentRefs"], route["spec"]["hostnames"]) == (HTTP["parentRefs"], HTTP["hostnames"])
+    [rule] = route["spec"]["rules"]
+    assert "matches" not in rule, "the edge's Envoy refuses what the API does not have"
+    [backend] = rule["backendRefs"]
+    ports = {p["port"]: p["name"] for p in find(docs, "Service", EDGE)["spec"]["ports"]}
+    assert (backend["name"], ports[backend["port"]]) == (EDGE, "http")
+    assert [r["kind"] for r in routes(docs)] == ["HTTPRoute"], "no GRPCRoute unless ingress.grpc names a Gateway"
+    assert validate_custom_resources(routes(docs)) == []
+
+
+def test_the_grpc_route_takes_the_public_service_alone_to_the_grpc_port(helm_dir: Path) -> None:
+    docs = rendered_with(helm_dir, EDGE, {"ingress": {"grpc": GRPC}})
+    route = find(docs, "GRPCRoute", f"{EDGE}-grpc")
+    assert (route["spec"]["parentRefs"], route["spec"]["hostnames"]) == (GRPC["parentRefs"], GRPC["hostnames"])
+    [rule] = route["spec"]["rules"]
+    # Health and reflection stay inside the cluster, as on the HTTP/JSON port.
+    assert rule["matches"] == [{"method": {"type": "Exact", "service": PUBLIC_SERVICE}}]
+    [backend] = rule["backendRefs"]
+    ports = {p["port"]: p["name"] for p in find(docs, "Service", EDGE)["spec"]["ports"]}
+    assert (backend["name"], ports[backend["port"]]) == (EDGE, "grpc")
+    assert [r["kind"] for r in routes(docs)] == ["GRPCRoute"]
+    assert validate_custom_resources(routes(docs)) == []
+
+
+def test_the_umbrella_passes_the_routes_on_and_the_schemas_see_a_bad_one(helm_dir: Path) -> None:
+    docs = rendered_with(helm_dir, render.UMBRELLA, {EDGE: {"ingress": {"http": HTTP, "grpc": GRPC}}})
+    found = routes(docs)
+    assert sorted(r["metadata"]["name"] for r in found) == [f"{EDGE}-grpc", f"{EDGE}-http"]
+    assert validate_custom_resources(found) == []
+    broken = [{**r, "spec": {**r["spec"], "hostnames": ["not a host name"]}} for r in found]
+    assert len(validate_custom_resources(broken)) == 2
+
+
+@pytest.mark.parametrize(
+    ("chart", "values", "problem"),
+    [
+        ("catalog", {"ingress": {"grpc": GRPC}}, "only the edge"),
+        (EDGE, {"ingress": {"http": HTTP}, "httpApi": {"enabled": False}}, "needs httpApi.enabled"),
+    ],
+)
+def test_a_route_that_cannot_lead_anywhere_fails_the_render(
+    helm_dir: Path, chart: str, values: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(Exception, match=problem):
+        render.render(helm_dir, chart, "default", values=values)
+
+
+def test_the_example_gateway_and_values_meet(helm_dir: Path) -> None:
+    """k8s/ingress: the example Gateway and the values that attach the routes to it, as docs/kubernetes.md
+    has a user apply them: every route names a listener of the Gateway that takes its kind, its namespace and
+    its host name."""
+    namespace, gateway = yaml.safe_load_all((EXAMPLE / "gateway.yaml").read_text())
+    assert gateway["metadata"]["namespace"] == namespace["metadata"]["name"]
+    kubernetes_validate.validate(namespace, KUBERNETES_VERSION, strict=True)
+    values = yaml.safe_load((EXAMPLE / "values.yaml").read_text())
+    found = routes(rendered_with(helm_dir, render.UMBRELLA, values))
+    assert validate_custom_resources([gateway, *found]) == []
+    listeners = {listener["name"]: listener for listener in gateway["spec"]["listeners"]}
+    assert sorted(r["kind"] for r in found) == ["GRPCRoute", "HTTPRoute"]
+    for route in found:
+        [parent] = route["spec"]["parentRefs"]
+        assert (parent["name"], parent["namespace"]) == (gateway["metadata"]["name"], gateway["metadata"]["namespace"])
+        listener = listeners[parent["sectionName"]]
+        allowed = listener["allowedRoutes"]
+        assert [k["kind"] for k in allowed["kinds"]] == [route["kind"]]
+        selector = allowed["namespaces"]["selector"]["matchLabels"]
+        assert selector == {"kubernetes.io/metadata.name": route["metadata"]["namespace"]}
+        assert route["spec"]["hostnames"] == [listener["hostname"]]
+    hostnames = [listener["hostname"] for listener in listeners.values()]
+    assert len(set(hostnames)) == len(hostnames), "an HTTPRoute and a GRPCRoute may not share one"
