@@ -19,6 +19,16 @@ require() {
   fi
 }
 
+# The Gateway API's CRDs, standard channel: a canary's GRPCRoute under Linkerd (docs/mesh.md), the edge's
+# ingress routes (docs/kubernetes.md, "Ingress"). One version for every script, so one is in the cluster.
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.2.1}"
+
+# install_gateway_api CONTEXT: the Gateway API's standard CRDs into the cluster of kube context CONTEXT.
+install_gateway_api() {
+  kubectl --context "$1" apply --server-side \
+    -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/${GATEWAY_API_VERSION}/standard-install.yaml"
+}
+
 HINT_DOCKER="a container engine with the docker CLI: https://docs.docker.com/engine/install/"
 HINT_KIND="kind >= 0.24: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
 HINT_KUBECTL="kubectl 1.32: https://kubernetes.io/docs/tasks/tools/"

@@ -5,12 +5,10 @@
 source "$(dirname "$0")/lib.sh"
 require linkerd "$HINT_LINKERD" kubectl "$HINT_KUBECTL"
 context="kind-${KIND_CLUSTER}"
-# The Gateway API's CRDs (standard channel): a canary's GRPCRoute (docs/mesh.md). Linkerd 2.19 and later
-# no longer install them; earlier releases are told not to, so one version is in the cluster.
-GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.2.1}"
 linkerd --context "$context" check --pre --linkerd-cni-enabled
-kubectl --context "$context" apply --server-side \
-  -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/${GATEWAY_API_VERSION}/standard-install.yaml"
+# The Gateway API's CRDs (lib.sh). Linkerd 2.19 and later no longer install them; earlier releases are told
+# not to, so one version is in the cluster.
+install_gateway_api "$context"
 linkerd --context "$context" install-cni | kubectl --context "$context" apply -f -
 linkerd --context "$context" install --crds --set installGatewayAPI=false | kubectl --context "$context" apply -f -
 linkerd --context "$context" install --linkerd-cni-enabled | kubectl --context "$context" apply -f -

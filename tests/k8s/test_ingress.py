@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shopmesh_platform.http_api import PUBLIC_SERVICE
+from shopmesh_platform.http_api import PUBLIC_SERVICE, ROUTE_TIMEOUT
 from shopmesh_platform.topology import SERVICES, is_edge
 
 from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, render, validate_custom_resources
@@ -27,6 +27,11 @@ GRPC = {
     "parentRefs": [{"name": "shop", "namespace": "ingress", "sectionName": "grpc"}],
     "hostnames": ["grpc.shop.example.com"],
 }
+
+
+def _seconds(duration: str) -> float:
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
 
 
 def rendered_with(helm_dir: Path, chart: str, values: dict[str, Any]) -> Docs:
@@ -51,6 +56,8 @@ def test_the_http_route_takes_everything_to_the_edges_http_port(helm_dir: Path) 
     assert (route["spec"]["parentRefs"], route["spec"]["hostnames"]) == (HTTP["parentRefs"], HTTP["hostnames"])
     [rule] = route["spec"]["rules"]
     assert "matches" not in rule, "the edge's Envoy refuses what the API does not have"
+    # Above the edge's own bound, so that a slow checkout ends in the edge's answer, a Status in JSON.
+    assert _seconds(rule["timeouts"]["request"]) > _seconds(ROUTE_TIMEOUT)
     [backend] = rule["backendRefs"]
     ports = {p["port"]: p["name"] for p in find(docs, "Service", EDGE)["spec"]["ports"]}
     assert (backend["name"], ports[backend["port"]]) == (EDGE, "http")
@@ -84,8 +91,10 @@ def test_the_umbrella_passes_the_routes_on_and_the_schemas_see_a_bad_one(helm_di
 @pytest.mark.parametrize(
     ("chart", "values", "problem"),
     [
-        ("catalog", {"ingress": {"grpc": GRPC}}, "only the edge"),
+        ("catalog", {"ingress": {"grpc": GRPC}}, "ingress for catalog: only the edge"),
         (EDGE, {"ingress": {"http": HTTP}, "httpApi": {"enabled": False}}, "needs httpApi.enabled"),
+        (EDGE, {"ingress": {"grpc": GRPC}, "service": {"grpcServices": []}}, "names no service to route"),
+        (EDGE, {"ingress": {"grpc": {"hostnames": ["grpc.shop.example.com"]}}}, "hostnames without parentRefs"),
     ],
 )
 def test_a_route_that_cannot_lead_anywhere_fails_the_render(
@@ -116,5 +125,8 @@ def test_the_example_gateway_and_values_meet(helm_dir: Path) -> None:
         selector = allowed["namespaces"]["selector"]["matchLabels"]
         assert selector == {"kubernetes.io/metadata.name": route["metadata"]["namespace"]}
         assert route["spec"]["hostnames"] == [listener["hostname"]]
-    hostnames = [listener["hostname"] for listener in listeners.values()]
-    assert len(set(hostnames)) == len(hostnames), "an HTTPRoute and a GRPCRoute may not share one"
+        # Cleartext, as `grpcurl -plaintext` and curl speak it (a GRPCRoute's listener takes h2c then).
+        assert listener["protocol"] == "HTTP"
+    # An HTTPRoute and a GRPCRoute are not both accepted with overlapping host names on one listener.
+    attached = {(r["spec"]["parentRefs"][0]["sectionName"], h) for r in found for h in r["spec"]["hostnames"]}
+    assert len(attached) == len(found)

@@ -313,10 +313,12 @@ def test_skaffold_has_an_artifact_per_service_matching_the_charts() -> None:
         for port in (50051, 8080)
     ]
     profiles = {p["name"]: p for p in config["profiles"]}
-    assert set(profiles) == {"istio", "linkerd", "staging"}
+    expected = {name: f"helm/shopmesh/values-{name}.yaml" for name in ("istio", "linkerd", "staging")}
+    expected["ingress"] = "k8s/ingress/values.yaml"
+    assert set(profiles) == set(expected)
     for name, profile in profiles.items():
         added = [p["value"] for p in profile["patches"] if p["path"].endswith("valuesFiles/-")]
-        assert added == [f"helm/shopmesh/values-{name}.yaml"]
+        assert added == [expected[name]]
         assert (ROOT / added[0]).is_file()
 
 

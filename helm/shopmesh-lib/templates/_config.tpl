@@ -186,9 +186,15 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
      it names the Gateway listener(s) it attaches to. */ -}}
 {{- $_ := set $c "ingress" (dict
     "http" (dict "parentRefs" (dig "ingress" "http" "parentRefs" list $v) "hostnames" (dig "ingress" "http" "hostnames" list $v))
-    "grpc" (dict "parentRefs" (dig "ingress" "grpc" "parentRefs" list $v) "hostnames" (dig "ingress" "grpc" "hostnames" list $v))) -}}
+    "grpc" (dict "parentRefs" (dig "ingress" "grpc" "parentRefs" list $v) "hostnames" (dig "ingress" "grpc" "hostnames" list $v))
+    "requestTimeout" "30s") -}}
 {{- if and (or $c.ingress.http.parentRefs $c.ingress.grpc.parentRefs) (not $c.edge) -}}
 {{- fail (printf "ingress for %s: only the edge (callers include clients) is reached from outside the cluster" $name) -}}
+{{- end -}}
+{{- range $kind, $route := pick $c.ingress "http" "grpc" -}}
+{{- if and $route.hostnames (not $route.parentRefs) -}}
+{{- fail (printf "ingress.%s for %s: hostnames without parentRefs attach to nothing; name the Gateway listener" $kind $name) -}}
+{{- end -}}
 {{- end -}}
 {{- if and $c.ingress.http.parentRefs (not $c.httpApi.enabled) -}}
 {{- fail (printf "ingress.http for %s: the HTTPRoute leads to the HTTP/JSON port, which needs httpApi.enabled" $name) -}}

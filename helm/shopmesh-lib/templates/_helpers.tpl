@@ -54,3 +54,12 @@ checkov.io/skip-readiness: CKV_K8S_9=A helm test pod runs one health check and e
 true
 {{- end -}}
 {{- end -}}
+
+{{/* metadata: of one more object of the service (mesh policy, ingress routes); .name is the object's name. */}}
+{{- define "shopmesh-lib.metadata" -}}
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.c.namespace }}
+  labels:
+    {{- include "shopmesh-lib.labels" .ctx | nindent 4 }}
+{{- end -}}

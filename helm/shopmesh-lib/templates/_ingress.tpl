@@ -1,8 +1,9 @@
 {{/*
 Ingress (docs/kubernetes.md, "Ingress"): Gateway API routes from a Gateway the cluster runs (Istio's, Envoy
 Gateway, ...) to the edge's Service. The Gateway is the platform's; a route attaches to the listener(s) its
-parentRefs name. Gateway API does not let an HTTPRoute and a GRPCRoute share a host name on one listener,
-so the two take different listeners or host names.
+parentRefs name. On one listener, an HTTPRoute and a GRPCRoute whose host names overlap (a route without
+any overlaps every other) are not both accepted: give them different listeners, or host names to both.
+Native gRPC goes through the GRPCRoute only: the HTTPRoute's backend speaks HTTP/1.1 (JSON, gRPC-Web).
 */}}
 
 {{/* HTTPRoute <service>-http: everything on its host names to the HTTP/JSON port (HTTP/JSON, gRPC-Web,
@@ -11,11 +12,7 @@ so the two take different listeners or host names.
 {{- $c := .c -}}
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata:
-  name: {{ $c.name }}-http
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" (printf "%s-http" $c.name)) }}
 spec:
   parentRefs:
     {{- toYaml $c.ingress.http.parentRefs | nindent 4 }}
@@ -27,9 +24,11 @@ spec:
     - backendRefs:
         - name: {{ $c.name }}
           port: {{ $c.httpApi.port }}
-      # Checkout runs the whole saga before it answers: the edge's own bound (20 s) is the one that counts.
+      # Checkout runs the whole saga before it answers. Above the edge's own bound (20 s), so that its answer
+      # (a Status in JSON) is the one a client gets; and instead of the implementation's default (Envoy
+      # Gateway: 15 s). Every method is unary: no stream is cut. (Gateway API v1.2+.)
       timeouts:
-        request: 30s
+        request: {{ $c.ingress.requestTimeout }}
 {{- end -}}
 
 {{/* GRPCRoute <service>-grpc: the services it serves to clients (service.grpcServices) to the gRPC port, and
@@ -41,11 +40,7 @@ nothing else: health and reflection stay inside the cluster, as on the HTTP/JSON
 {{- end -}}
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
-metadata:
-  name: {{ $c.name }}-grpc
-  namespace: {{ $c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" . | nindent 4 }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" (printf "%s-grpc" $c.name)) }}
 spec:
   parentRefs:
     {{- toYaml $c.ingress.grpc.parentRefs | nindent 4 }}

@@ -24,14 +24,6 @@ The same rules as the local mesh (`make run MESH=envoy`, shopmesh_platform.mesh.
 {{- end }}
 {{- end -}}
 
-{{/* metadata: of a mesh object of the service; .name is the object's name. */}}
-{{- define "shopmesh-lib.mesh.metadata" -}}
-metadata:
-  name: {{ .name }}
-  namespace: {{ .ctx.c.namespace }}
-  labels:
-    {{- include "shopmesh-lib.labels" .ctx | nindent 4 }}
-{{- end -}}
 
 {{- define "shopmesh-lib.mesh.istio" -}}
 {{- $c := .c -}}
@@ -40,7 +32,7 @@ metadata:
 {{- $host := include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace) -}}
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $c.name) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" $c.name) }}
 spec:
   selector:
     matchLabels:
@@ -66,7 +58,7 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $c.name) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" $c.name) }}
 spec:
   selector:
     matchLabels:
@@ -111,7 +103,7 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $c.name) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" $c.name) }}
 spec:
   hosts:
     - {{ $host }}
@@ -145,7 +137,7 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $c.name) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" $c.name) }}
 spec:
   host: {{ $host }}
   trafficPolicy:
@@ -190,7 +182,7 @@ spec:
 # decides who reaches the port at all.
 apiVersion: policy.linkerd.io/v1alpha1
 kind: NetworkAuthentication
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" $any) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" $any) }}
 spec:
   networks:
     - cidr: 0.0.0.0/0
@@ -230,7 +222,7 @@ spec:
 # The services that call this one, by their mTLS identity (their ServiceAccount).
 apiVersion: policy.linkerd.io/v1alpha1
 kind: MeshTLSAuthentication
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-callers" $c.name)) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" (printf "%s-callers" $c.name)) }}
 spec:
   identityRefs:
     {{- range $c.serviceCallers }}
@@ -246,7 +238,7 @@ spec:
 # their calls (Gateway API GRPCRoute on the Service, as Linkerd routes outbound gRPC).
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" . "name" (printf "%s-split" $c.name)) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" (printf "%s-split" $c.name)) }}
 spec:
   parentRefs:
     - group: core
@@ -269,7 +261,7 @@ spec:
 {{- $c := .ctx.c -}}
 apiVersion: policy.linkerd.io/v1beta3
 kind: Server
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .port)) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .port)) }}
 spec:
   podSelector:
     matchLabels:
@@ -284,7 +276,7 @@ spec:
 {{- $c := .ctx.c -}}
 apiVersion: policy.linkerd.io/v1beta3
 kind: HTTPRoute
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .name)) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .name)) }}
 spec:
   parentRefs:
     - group: policy.linkerd.io
@@ -302,7 +294,7 @@ spec:
 {{- $c := .ctx.c -}}
 apiVersion: policy.linkerd.io/v1alpha1
 kind: AuthorizationPolicy
-{{ include "shopmesh-lib.mesh.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .name)) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" .ctx "name" (printf "%s-%s" $c.name .name)) }}
 spec:
   targetRef:
     group: policy.linkerd.io
