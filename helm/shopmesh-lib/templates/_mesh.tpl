@@ -111,29 +111,28 @@ spec:
     # Only the gRPC port: a meshed call to the metrics port keeps its own.
     - match:
         - port: {{ $c.grpcPort }}
+      {{- with $c.fault }}
+      # A fault for every meshed caller, as a slow or failing pod would be (global.faults.{{ $c.name }};
+      # docs/mesh.md, "Injecting faults"): each part hits {{ .percent }} % of the calls, drawn independently; an
+      # aborted call never reaches the service. (The kubelet's probes do not pass here.)
+      fault:
+        {{- if .delay }}
+        delay:
+          percentage:
+            value: {{ .percent }}
+          fixedDelay: {{ .delay }}
+        {{- end }}
+        {{- if .abort }}
+        abort:
+          percentage:
+            value: {{ .percent }}
+          grpcStatus: {{ .abort }}
+        {{- end }}
+      {{- end }}
       {{- if $c.canary.enabled }}
       # Traffic splitting: the canary gets canary.weight percent of the calls (subsets below).
       {{- end }}
-      route:
-        {{- range $track, $weight := ternary (dict "stable" (sub 100 $c.canary.weight) "canary" $c.canary.weight) (dict "" 100) $c.canary.enabled }}
-        - destination:
-            host: {{ $host }}
-            port:
-              number: {{ $c.grpcPort }}
-            {{- with $track }}
-            subset: {{ . }}
-            {{- end }}
-          {{- if $track }}
-          weight: {{ $weight }}
-          {{- end }}
-        {{- end }}
-      # Replaces Istio's default (2 retries on connect-failure,refused-stream,unavailable,cancelled,
-      # retriable-status-codes): only failures where the request never reached the service, safe for
-      # every method. The callers' chassis retries UNAVAILABLE of idempotent methods itself, and the
-      # caller's grpc-timeout bounds each call (no route timeout here).
-      retries:
-        attempts: 2
-        retryOn: connect-failure,refused-stream
+      {{- include "shopmesh-lib.mesh.istio-route" . | nindent 6 }}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -161,6 +160,32 @@ spec:
         shopmesh.io/track: {{ . }}
     {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The destinations and retries of the service's VirtualService routes (_mesh.tpl, Istio). */}}
+{{- define "shopmesh-lib.mesh.istio-route" -}}
+{{- $c := .c -}}
+{{- $host := include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace) -}}
+route:
+  {{- range $track, $weight := ternary (dict "stable" (sub 100 $c.canary.weight) "canary" $c.canary.weight) (dict "" 100) $c.canary.enabled }}
+  - destination:
+      host: {{ $host }}
+      port:
+        number: {{ $c.grpcPort }}
+      {{- with $track }}
+      subset: {{ . }}
+      {{- end }}
+    {{- if $track }}
+    weight: {{ $weight }}
+    {{- end }}
+  {{- end }}
+# Replaces Istio's default (2 retries on connect-failure,refused-stream,unavailable,cancelled,
+# retriable-status-codes): only failures where the request never reached the service, safe for
+# every method. The callers' chassis retries UNAVAILABLE of idempotent methods itself, and the
+# caller's grpc-timeout bounds each call (no route timeout here).
+retries:
+  attempts: 2
+  retryOn: connect-failure,refused-stream
 {{- end -}}
 
 {{- define "shopmesh-lib.mesh.linkerd" -}}
