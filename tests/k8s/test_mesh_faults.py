@@ -4,6 +4,7 @@ Istio's CRD schemas. Refused where nothing would inject them (Linkerd, no mesh, 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +62,58 @@ def test_the_istio_schema_check_sees_a_bad_fault(helm_dir: Path) -> None:
     assert validate_custom_resources([service]), "a delay that is not a duration string passed"
 
 
+def test_a_percent_as_helm_set_passes_it_is_a_number(helm_dir: Path) -> None:
+    # `--set global.faults.catalog.percent=12.5` arrives as the string "12.5".
+    docs = umbrella(helm_dir, with_faults({"catalog": {"abort": "UNAVAILABLE", "percent": "12.5"}}))
+    assert rpc_route(docs, "catalog")["fault"]["abort"]["percentage"] == {"value": 12.5}
+
+
+def test_with_a_canary_the_fault_hits_both_tracks(helm_dir: Path) -> None:
+    values = with_faults({"catalog": {"delay": "3s"}})
+    values["global"]["database"] = {"mode": "postgres"}
+    values["global"]["canary"] = {"catalog": {"enabled": True, "weight": 20}}
+    route = rpc_route(umbrella(helm_dir, values), "catalog")
+    assert route["fault"]["delay"]["fixedDelay"] == "3s"
+    assert sorted(d["destination"]["subset"] for d in route["route"]) == ["canary", "stable"]
+
+
+def test_a_service_chart_alone_takes_its_fault_from_global_too(helm_dir: Path) -> None:
+    texts = render.render(helm_dir, "catalog", "istio", values=with_faults({"catalog": {"delay": "3s"}})).values()
+    docs = [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+    assert rpc_route(docs, "catalog")["fault"]["delay"]["fixedDelay"] == "3s"
+
+
 @pytest.mark.parametrize(
-    ("faults", "mesh", "problem"),
+    ("faults", "values", "problem"),
     [
-        ({"catalog": {"delay": "3s"}}, "linkerd", "Linkerd has no fault injection"),
-        ({"catalog": {"delay": "3s"}}, "", "Istio's VirtualService injects it"),
-        ({EDGE: {"abort": "UNAVAILABLE"}}, "istio", "callers are outside the mesh"),
-        ({"catalog": {"percent": 50}}, "istio", "give a delay"),
-        ({"catalog": {"delay": "soon"}}, "istio", "not a duration"),
-        ({"catalog": {"abort": "BROKEN"}}, "istio", "not a gRPC status"),
-        ({"catalog": {"abort": "OK"}}, "istio", "not a gRPC status"),
-        ({"catalog": {"abort": "UNAVAILABLE", "percent": 150}}, "istio", "percent must be 0-100"),
+        ({"catalog": {"delay": "3s"}}, {"mesh": "linkerd"}, "Linkerd has no fault injection"),
+        ({"catalog": {"delay": "3s"}}, {"mesh": ""}, "global.mesh istio, with its policy objects"),
+        ({"catalog": {"delay": "3s"}}, {"meshPolicy": {"enabled": False}}, "global.mesh istio, with its policy"),
+        ({EDGE: {"abort": "UNAVAILABLE"}}, {}, "callers are outside the mesh"),
+        ({"paymnets": {"abort": "UNAVAILABLE"}}, {}, 'global.faults.paymnets: no service "paymnets"'),
+        ({"catalog": "3s"}, {}, "a map of delay, abort and percent"),
+        ({"catalog": {"delay": "3s", "precent": 30}}, {}, "unknown keys precent"),
+        ({"catalog": {"percent": 50}}, {}, "give a delay"),
+        ({"catalog": {"delay": "soon"}}, {}, "not a duration"),
+        ({"catalog": {"delay": "0s"}}, {}, "not a duration"),
+        ({"catalog": {"delay": "1.5ms"}}, {}, "not a duration"),
+        ({"catalog": {"abort": "BROKEN"}}, {}, "not a gRPC status"),
+        ({"catalog": {"abort": "OK"}}, {}, "not a gRPC status"),
+        ({"catalog": {"abort": "UNAVAILABLE", "percent": 150}}, {}, "percent must be a number from 0 to 100"),
+        ({"catalog": {"abort": "UNAVAILABLE", "percent": "30%"}}, {}, "percent must be a number from 0 to 100"),
+        ({"catalog": {"abort": "UNAVAILABLE", "percent": True}}, {}, "percent must be a number from 0 to 100"),
     ],
 )
-def test_a_fault_nothing_would_inject_fails_the_render(
-    helm_dir: Path, faults: dict[str, Any], mesh: str, problem: str
+def test_a_fault_nothing_would_inject_as_asked_fails_the_render(
+    helm_dir: Path, faults: dict[str, Any], values: dict[str, Any], problem: str
 ) -> None:
-    with pytest.raises(Exception, match=problem):
-        render.render(helm_dir, render.UMBRELLA, "default", values=with_faults(faults, mesh))
+    settings = with_faults(faults)
+    settings["global"].update(values)
+    with pytest.raises(Exception, match=re.escape(problem)):
+        render.render(helm_dir, render.UMBRELLA, "default", values=settings)
+
+
+def test_a_canary_of_a_service_the_release_does_not_have_fails_the_render(helm_dir: Path) -> None:
+    values = {"global": {"mesh": "istio", "database": {"mode": "postgres"}, "canary": {"catlog": {"enabled": True}}}}
+    with pytest.raises(Exception, match=re.escape('global.canary.catlog: no service "catlog"')):
+        render.render(helm_dir, render.UMBRELLA, "default", values=values)

@@ -170,29 +170,39 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $fv := dig "fault" (dig "faults" $name dict $g) $v -}}
 {{- $_ := set $c "fault" dict -}}
 {{- if $fv -}}
+{{- if not (kindIs "map" $fv) -}}
+{{- fail (printf "fault for %s: a map of delay, abort and percent, not %v" $name $fv) -}}
+{{- end -}}
+{{- with omit $fv "delay" "abort" "percent" -}}
+{{- fail (printf "fault for %s: unknown keys %s (delay, abort, percent)" $name (keys . | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- if eq $mesh "linkerd" -}}
+{{- fail (printf "fault for %s: Linkerd has no fault injection (Istio's VirtualService has; locally, `make fault`)" $name) -}}
+{{- end -}}
 {{- if not (and (eq $mesh "istio") $c.meshPolicy.enabled) -}}
-{{- fail (printf "fault for %s: Istio's VirtualService injects it (global.mesh istio, with its policy objects); Linkerd has no fault injection; locally, `make fault`" $name) -}}
+{{- fail (printf "fault for %s: Istio's VirtualService injects it: global.mesh istio, with its policy objects (meshPolicy.enabled)" $name) -}}
 {{- end -}}
 {{- if $c.edge -}}
 {{- fail (printf "fault for %s: its callers are outside the mesh; no VirtualService of theirs reaches it" $name) -}}
 {{- end -}}
 {{- $delay := toString (dig "delay" "" $fv) -}}
 {{- $abort := toString (dig "abort" "" $fv) -}}
-{{- $percent := dig "percent" 100 $fv -}}
+{{- $percent := toString (dig "percent" 100 $fv) -}}
 {{- if not (or $delay $abort) -}}
 {{- fail (printf "fault for %s: give a delay (e.g. 3s), an abort (a gRPC status, e.g. UNAVAILABLE) or both" $name) -}}
 {{- end -}}
-{{- if and $delay (not (regexMatch "^[0-9]+(\\.[0-9]+)?(ms|s)$" $delay)) -}}
-{{- fail (printf "fault for %s: delay %q is not a duration like 500ms or 3s" $name $delay) -}}
+{{- /* Istio takes whole milliseconds, more than none. */ -}}
+{{- if and $delay (or (not (regexMatch "^([0-9]+ms|[0-9]+(\\.[0-9]{1,3})?s)$" $delay)) (regexMatch "^0*(\\.0*)?m?s$" $delay)) -}}
+{{- fail (printf "fault for %s: delay %q is not a duration of at least 1ms in whole milliseconds, like 500ms or 1.5s" $name $delay) -}}
 {{- end -}}
 {{- $codes := list "CANCELLED" "UNKNOWN" "INVALID_ARGUMENT" "DEADLINE_EXCEEDED" "NOT_FOUND" "ALREADY_EXISTS" "PERMISSION_DENIED" "RESOURCE_EXHAUSTED" "FAILED_PRECONDITION" "ABORTED" "OUT_OF_RANGE" "UNIMPLEMENTED" "INTERNAL" "UNAVAILABLE" "DATA_LOSS" "UNAUTHENTICATED" -}}
 {{- if and $abort (not (has $abort $codes)) -}}
 {{- fail (printf "fault for %s: abort %q is not a gRPC status other than OK (%s)" $name $abort (join ", " $codes)) -}}
 {{- end -}}
-{{- if not (and (ge (float64 $percent) 0.0) (le (float64 $percent) 100.0)) -}}
-{{- fail (printf "fault for %s: percent must be 0-100, not %v" $name $percent) -}}
+{{- if not (and (regexMatch "^[0-9]+(\\.[0-9]+)?$" $percent) (le (float64 $percent) 100.0)) -}}
+{{- fail (printf "fault for %s: percent must be a number from 0 to 100, not %q" $name $percent) -}}
 {{- end -}}
-{{- $_ := set $c "fault" (dict "delay" $delay "abort" $abort "percent" $percent) -}}
+{{- $_ := set $c "fault" (dict "delay" $delay "abort" $abort "percent" (float64 $percent)) -}}
 {{- end -}}
 
 {{- /* The public API over HTTP/JSON and gRPC-Web: an Envoy container beside the service (_httpapi.tpl), on in
