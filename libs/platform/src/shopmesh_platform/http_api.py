@@ -424,7 +424,11 @@ def _compressor() -> dict[str, Any]:
         "typed_config": {
             "@type": _COMPRESSOR,
             "response_direction_config": {
-                "common_config": {"min_content_length": COMPRESS_FROM_BYTES, "content_type": ["application/json"]}
+                "common_config": {
+                    "min_content_length": COMPRESS_FROM_BYTES,
+                    # (Envoy 1.40 deprecates the plain `content_type` list for these matchers.)
+                    "content_type_matcher": [{"prefix": "application/json"}],
+                }
             },
             "request_direction_config": {
                 "common_config": {"enabled": {"default_value": False, "runtime_key": "request_compressor_enabled"}}
