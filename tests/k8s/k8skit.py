@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 from shopmesh_platform.http_api import METRICS_PATH
 from shopmesh_platform.stack import envoy_binary
@@ -58,6 +59,12 @@ def tool(name: str) -> str:
     if found is None:
         pytest.fail(f"{name} is missing: run `make k8s-tools` (or `make setup`)", pytrace=False)
     return found
+
+
+def objects_of(helm_dir: Path, chart: str, values: dict[str, Any]) -> Docs:
+    """Every object `chart` renders with `values` (in place of a value set's file), hooks included."""
+    texts = render.render(helm_dir, chart, "custom", values=values).values()
+    return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
 
 
 def find(docs: Docs, kind: str, name: str) -> dict[str, Any]:

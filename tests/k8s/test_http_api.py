@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from shopmesh_platform.http_api import (
     DESCRIPTOR_FILE,
@@ -31,7 +30,7 @@ from shopmesh_platform.http_api import (
 from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
 
-from .k8skit import Docs, find, http_api, render, running_http_api
+from .k8skit import Docs, find, http_api, objects_of, render, running_http_api
 
 EDGE = next(name for name in SERVICES if is_edge(name))
 PORT = 8080
@@ -156,8 +155,7 @@ def test_only_the_edge_runs_it(rendered: dict[tuple[str, str], Docs], helm_dir: 
 def edge_with_drain(helm_dir: Path, delay: float, grace: float) -> Docs:
     """The edge's chart rendered with these drain settings."""
     drain = {"drainDelaySeconds": delay, "shutdownGraceSeconds": grace}
-    texts = render.render(helm_dir, EDGE, "default", values={"global": {"drain": drain}}).values()
-    return [d for text in texts for d in yaml.safe_load_all(text) if d]
+    return objects_of(helm_dir, EDGE, {"global": {"drain": drain}})
 
 
 def test_envoy_outlasts_a_fractional_drain_in_whole_seconds(helm_dir: Path) -> None:

@@ -14,7 +14,7 @@ import yaml
 from shopmesh_platform.http_api import PUBLIC_SERVICE, ROUTE_TIMEOUT
 from shopmesh_platform.topology import SERVICES, is_edge
 
-from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, render, validate_custom_resources
+from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, render, validate_custom_resources
 
 EDGE = next(name for name in SERVICES if is_edge(name))
 EXAMPLE = ROOT / "k8s" / "ingress"
@@ -34,11 +34,6 @@ def _seconds(duration: str) -> float:
     return float(duration[:-1])
 
 
-def rendered_with(helm_dir: Path, chart: str, values: dict[str, Any]) -> Docs:
-    texts = render.render(helm_dir, chart, "default", values=values).values()
-    return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
-
-
 def routes(docs: Docs) -> Docs:
     return [
         d for d in docs if d["apiVersion"].startswith(f"{GATEWAY_API}/") and d["kind"] in ("HTTPRoute", "GRPCRoute")
@@ -51,7 +46,7 @@ def test_no_value_set_exposes_the_edge_by_itself(rendered: dict[tuple[str, str],
 
 
 def test_the_http_route_takes_everything_to_the_edges_http_port(helm_dir: Path) -> None:
-    docs = rendered_with(helm_dir, EDGE, {"ingress": {"http": HTTP}})
+    docs = objects_of(helm_dir, EDGE, {"ingress": {"http": HTTP}})
     route = find(docs, "HTTPRoute", f"{EDGE}-http")
     assert (route["spec"]["parentRefs"], route["spec"]["hostnames"]) == (HTTP["parentRefs"], HTTP["hostnames"])
     [rule] = route["spec"]["rules"]
@@ -66,7 +61,7 @@ def test_the_http_route_takes_everything_to_the_edges_http_port(helm_dir: Path) 
 
 
 def test_the_grpc_route_takes_the_public_service_alone_to_the_grpc_port(helm_dir: Path) -> None:
-    docs = rendered_with(helm_dir, EDGE, {"ingress": {"grpc": GRPC}})
+    docs = objects_of(helm_dir, EDGE, {"ingress": {"grpc": GRPC}})
     route = find(docs, "GRPCRoute", f"{EDGE}-grpc")
     assert (route["spec"]["parentRefs"], route["spec"]["hostnames"]) == (GRPC["parentRefs"], GRPC["hostnames"])
     [rule] = route["spec"]["rules"]
@@ -80,7 +75,7 @@ def test_the_grpc_route_takes_the_public_service_alone_to_the_grpc_port(helm_dir
 
 
 def test_the_umbrella_passes_the_routes_on_and_the_schemas_see_a_bad_one(helm_dir: Path) -> None:
-    docs = rendered_with(helm_dir, render.UMBRELLA, {EDGE: {"ingress": {"http": HTTP, "grpc": GRPC}}})
+    docs = objects_of(helm_dir, render.UMBRELLA, {EDGE: {"ingress": {"http": HTTP, "grpc": GRPC}}})
     found = routes(docs)
     assert sorted(r["metadata"]["name"] for r in found) == [f"{EDGE}-grpc", f"{EDGE}-http"]
     assert validate_custom_resources(found) == []
@@ -112,7 +107,7 @@ def test_the_example_gateway_and_values_meet(helm_dir: Path) -> None:
     assert gateway["metadata"]["namespace"] == namespace["metadata"]["name"]
     kubernetes_validate.validate(namespace, KUBERNETES_VERSION, strict=True)
     values = yaml.safe_load((EXAMPLE / "values.yaml").read_text())
-    found = routes(rendered_with(helm_dir, render.UMBRELLA, values))
+    found = routes(objects_of(helm_dir, render.UMBRELLA, values))
     assert validate_custom_resources([gateway, *found]) == []
     listeners = {listener["name"]: listener for listener in gateway["spec"]["listeners"]}
     assert sorted(r["kind"] for r in found) == ["GRPCRoute", "HTTPRoute"]

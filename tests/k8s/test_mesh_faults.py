@@ -9,19 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from shopmesh_platform.topology import SERVICES, is_edge
 
-from .k8skit import Docs, find, render, validate_custom_resources
+from .k8skit import Docs, find, objects_of, render, validate_custom_resources
 
 EDGE = next(name for name in SERVICES if is_edge(name))
 ISTIO = {"global": {"mesh": "istio"}}
 
 
 def umbrella(helm_dir: Path, values: dict[str, Any]) -> Docs:
-    texts = render.render(helm_dir, render.UMBRELLA, "istio", values=values).values()
-    return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+    return objects_of(helm_dir, render.UMBRELLA, values)
 
 
 def with_faults(faults: dict[str, Any], mesh: str = "istio") -> dict[str, Any]:
@@ -78,8 +76,7 @@ def test_with_a_canary_the_fault_hits_both_tracks(helm_dir: Path) -> None:
 
 
 def test_a_service_chart_alone_takes_its_fault_from_global_too(helm_dir: Path) -> None:
-    texts = render.render(helm_dir, "catalog", "istio", values=with_faults({"catalog": {"delay": "3s"}})).values()
-    docs = [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+    docs = objects_of(helm_dir, "catalog", with_faults({"catalog": {"delay": "3s"}}))
     assert rpc_route(docs, "catalog")["fault"]["delay"]["fixedDelay"] == "3s"
 
 

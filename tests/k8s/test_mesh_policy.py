@@ -14,11 +14,10 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from shopmesh_platform.topology import SERVICES, is_edge, service_callers
 
-from .k8skit import Docs, find, render, validate_custom_resources
+from .k8skit import Docs, find, objects_of, render, validate_custom_resources
 
 NAMES = list(SERVICES)
 NS = render.NAMESPACE
@@ -493,8 +492,7 @@ CANARY_TAG = "0.2.0-rc1"
 
 
 def render_umbrella(helm_dir: Path, values: dict[str, Any]) -> Docs:
-    out = render.render(helm_dir, render.UMBRELLA, "custom", values=values)
-    return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
+    return objects_of(helm_dir, render.UMBRELLA, values)
 
 
 def canary_values(mesh: str, **canary: Any) -> dict[str, Any]:

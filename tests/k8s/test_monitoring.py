@@ -11,7 +11,6 @@ from typing import Any
 
 import promql_parser
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
@@ -21,7 +20,7 @@ from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES, is_edge
 
-from .k8skit import ROOT, Docs, dashboards, envoy_metric_names, find, render, validate_custom_resources
+from .k8skit import ROOT, Docs, dashboards, envoy_metric_names, find, objects_of, render, validate_custom_resources
 from .test_mesh_policy import linkerd_problems
 
 MONITORING = "monitoring"
@@ -223,8 +222,7 @@ def meshed_and_monitored(helm_dir: Path) -> dict[tuple[str, str], Docs]:
         values = render.values_for(mesh, helm_dir)
         values["global"]["monitoring"] = {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}
         for name in SERVICES:
-            texts = render.render(helm_dir, name, mesh, values=values).values()
-            result[mesh, name] = [d for text in texts for d in yaml.safe_load_all(text) if d]
+            result[mesh, name] = objects_of(helm_dir, name, values)
     return result
 
 
