@@ -5,10 +5,20 @@ SHELL := /bin/bash
 
 PYTHON_VERSION := 3.11
 BUF_VERSION    := 1.75.0
+# The storefront's script and page (libs/platform/src/shopmesh_platform/storefront): lint and format.
+ESLINT_VERSION   := 10.16.0
+PRETTIER_VERSION := 3.10.1
 TOOLS          := .tools
 # uv: the one on PATH, else a copy installed into .tools from PyPI.
 UV             := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/uv/bin/uv)
 BUF            := $(TOOLS)/node_modules/.bin/buf
+ESLINT         := $(TOOLS)/node_modules/.bin/eslint
+PRETTIER       := $(TOOLS)/node_modules/.bin/prettier
+STOREFRONT     := libs/platform/src/shopmesh_platform/storefront
+# The storefront's browser tests drive a real Chromium: Debian's package (Playwright's own browser builds come
+# from a CDN this project does not reach). CHROMIUM=/path/to/chrome uses another Chrome or Chromium.
+CHROMIUM       ?= /usr/bin/chromium
+export CHROMIUM
 VENV_BIN       := .venv/bin
 PYTEST_ARGS    ?=
 # Every service's Python package (services/<name>/src/shopmesh_<name>), for mypy.
@@ -27,6 +37,23 @@ $(TOOLS)/uv/bin/uv:
 $(BUF):
 	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (buf comes from npm as @bufbuild/buf)"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+# One stamp per pinned pair: a new pin installs again.
+$(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp:
+	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (eslint and prettier come from npm)"; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) eslint@$(ESLINT_VERSION) prettier@$(PRETTIER_VERSION)
+	touch $@
+
+.PHONY: browser
+browser: ## Install Debian's Chromium for the storefront's browser tests (as root), unless $(CHROMIUM) is there
+	@test -x "$(CHROMIUM)" || { \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; } || { \
+	    echo "error: $(CHROMIUM) is missing: install Chromium (Debian: sudo apt-get install chromium) or set CHROMIUM=/path/to/chrome"; exit 1; }; \
+	  echo "installing Debian's chromium for the storefront's browser tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	  test -x "$(CHROMIUM)" || { echo "error: apt-get installed chromium, but not at $(CHROMIUM)"; exit 1; }; }
 
 .PHONY: check-python
 check-python:
@@ -60,20 +87,26 @@ check-generated: setup
 # --- quality -------------------------------------------------------------------------------------
 
 .PHONY: lint
-lint: setup buf-lint check-generated ## ruff, mypy --strict on libs/, buf lint, generated-code freshness
+lint: setup buf-lint check-generated js-lint ## ruff, mypy --strict on libs/, buf lint, generated-code freshness, the storefront's eslint and prettier
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy
 	$(VENV_BIN)/mypy --strict -p shopmesh_platform $(addprefix -p ,$(SERVICE_PACKAGES))
 
+.PHONY: js-lint
+js-lint: $(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp
+	$(ESLINT) --config libs/platform/eslint.config.mjs $(STOREFRONT)
+	$(PRETTIER) --print-width 120 --check $(STOREFRONT)
+
 .PHONY: fmt
-fmt: setup ## Format Python and protos in place
+fmt: setup $(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp ## Format Python, protos and the storefront in place
 	$(VENV_BIN)/ruff check --fix .
 	$(VENV_BIN)/ruff format .
+	$(PRETTIER) --print-width 120 --log-level warn --write $(STOREFRONT)
 	cd protos && ../$(BUF) format -w
 
 .PHONY: test
-test: lint ## Lint, then every test (unit, contract, e2e)
+test: lint browser ## Lint, then every test (unit, contract, e2e, the storefront in Chromium)
 	$(VENV_BIN)/pytest $(PYTEST_ARGS)
 
 # --- running -------------------------------------------------------------------------------------

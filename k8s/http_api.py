@@ -8,6 +8,7 @@
   on loopback, the admin interface on loopback only, its Prometheus metrics (only those) at 9465.
 - `shop.binpb`: the API's descriptor set, as `make proto` generates it beside the stubs.
 - `shop.openapi.json`: the API's OpenAPI document, likewise, which the edge serves at /openapi.json.
+- `index.html`, `app.js`, `app.css`: the storefront the edge serves at / (shopmesh_platform/storefront).
 
 Helm reads a chart's own files only, so they are copies; `make lint` fails when they are stale.
 """
@@ -22,10 +23,12 @@ from pathlib import Path
 from shopmesh_platform.http_api import (
     DESCRIPTOR_FILE,
     OPENAPI_FILE,
+    STOREFRONT_FILES,
     HttpApi,
     bootstrap,
     descriptor_set,
     openapi_document,
+    storefront_folder,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +53,7 @@ def kubernetes_api() -> HttpApi:
         gateway=GATEWAY,
         descriptor=MOUNT / DESCRIPTOR_FILE,
         openapi=MOUNT / OPENAPI_FILE,
+        storefront=MOUNT,
         metrics_port=METRICS_PORT,
     )
 
@@ -61,6 +65,7 @@ def rendered() -> dict[str, bytes]:
         CONFIG: config.encode(),
         DESCRIPTOR_FILE: descriptor_set().read_bytes(),
         OPENAPI_FILE: openapi_document().read_bytes(),
+        **{name: (storefront_folder() / name).read_bytes() for name in STOREFRONT_FILES},
     }
 
 

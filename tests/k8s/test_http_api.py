@@ -23,9 +23,12 @@ from shopmesh_platform.http_api import (
     METRICS_PATH,
     OPENAPI_FILE,
     OPENAPI_PATH,
+    STOREFRONT_CSP,
+    STOREFRONT_FILES,
     bootstrap,
     descriptor_set,
     openapi_document,
+    storefront_folder,
 )
 from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
@@ -72,7 +75,9 @@ def test_the_pod_runs_the_configuration_and_descriptor_make_run_uses(
         config = json.loads(files[http_api.CONFIG])
         assert files[DESCRIPTOR_FILE] == descriptor_set().read_bytes(), "the descriptor set `make proto` generates"
         assert files[OPENAPI_FILE] == openapi_document().read_bytes(), "the OpenAPI document `make proto` writes"
-        assert set(files) == {http_api.CONFIG, DESCRIPTOR_FILE, OPENAPI_FILE}
+        for name in STOREFRONT_FILES:
+            assert files[name] == (storefront_folder() / name).read_bytes(), f"the storefront's {name}"
+        assert set(files) == {http_api.CONFIG, DESCRIPTOR_FILE, OPENAPI_FILE, *STOREFRONT_FILES}
         assert config == bootstrap(http_api.kubernetes_api())
         listeners = {x["name"]: x["address"]["socket_address"] for x in config["static_resources"]["listeners"]}
         assert listeners == {
@@ -207,3 +212,12 @@ def test_the_pod_serves_the_openapi_document_make_proto_writes(
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.headers["content-type"] == "application/json"
             assert response.read() == openapi_document().read_bytes()
+
+
+def test_the_pod_serves_the_storefront_make_run_serves(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
+    with running_http_api(files_of(rendered["default", EDGE]), tmp_path) as ports:
+        for name, (path, content_type) in STOREFRONT_FILES.items():
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[PORT]}{path}", timeout=10) as response:
+                assert response.headers["content-type"] == content_type
+                assert response.headers["content-security-policy"] == STOREFRONT_CSP
+                assert response.read() == (storefront_folder() / name).read_bytes()

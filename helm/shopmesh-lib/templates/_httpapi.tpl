@@ -1,9 +1,9 @@
 {{/*
 The public API over HTTP/JSON and gRPC-Web (docs/http-api.md): an Envoy container in the pod of a service
 whose chart sets httpApi.enabled (the gateway's). It listens on httpApi.port, transcodes with the API's
-descriptor set and calls the service on loopback. Its configuration, the descriptor set and the OpenAPI
-document it serves at /openapi.json are the service chart's files/ (written by k8s/http_api.py from the
-code `make run` uses), shipped in a ConfigMap.
+descriptor set and calls the service on loopback. Its configuration, the descriptor set, the OpenAPI
+document it serves at /openapi.json and the storefront it serves at / are the service chart's files/
+(written by k8s/http_api.py from the code `make run` uses), shipped in a ConfigMap.
 */}}
 
 {{- define "shopmesh-lib.httpApi-configmap" -}}
@@ -12,8 +12,15 @@ code `make run` uses), shipped in a ConfigMap.
 {{- $config := $files.Get "files/http-api.json" -}}
 {{- $descriptor := $files.Get "files/shop.binpb" -}}
 {{- $openapi := $files.Get "files/shop.openapi.json" -}}
-{{- if not (and $config $descriptor $openapi) -}}
-{{- fail (printf "httpApi for %s: the chart needs files/http-api.json, files/shop.binpb and files/shop.openapi.json (make http-api writes them)" $c.name) -}}
+{{- $storefront := list "index.html" "app.js" "app.css" -}}
+{{- $missing := list -}}
+{{- range $name := concat (list "http-api.json" "shop.binpb" "shop.openapi.json") $storefront -}}
+{{- if not ($files.Get (printf "files/%s" $name)) -}}
+{{- $missing = append $missing (printf "files/%s" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "httpApi for %s: the chart needs %s (make http-api writes them)" $c.name (join ", " $missing)) -}}
 {{- end -}}
 apiVersion: v1
 kind: ConfigMap
@@ -27,6 +34,10 @@ data:
     {{- $config | nindent 4 }}
   shop.openapi.json: |
     {{- $openapi | nindent 4 }}
+  {{- range $name := $storefront }}
+  {{ $name }}: |
+    {{- $files.Get (printf "files/%s" $name) | nindent 4 }}
+  {{- end }}
 binaryData:
   shop.binpb: {{ $descriptor | b64enc }}
 {{- end -}}

@@ -13,6 +13,8 @@ Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy 
 - **gRPC-Web** (`application/grpc-web*`), which browser gRPC clients send; and **gRPC** itself.
 - **`GET /openapi.json`**: the API's OpenAPI document (shopmesh_platform.openapi, generated with the
   contracts), answered by Envoy itself, for Swagger UI and client generators.
+- **`GET /`**: the storefront (docs/storefront.md), a page and its script that shop through this same
+  HTTP/JSON API from a browser, answered by Envoy itself from the files in `shopmesh_platform/storefront`.
 
 Request headers go to the gateway as gRPC metadata (`authorization`, `idempotency-key`, `traceparent`);
 the gateway's response metadata comes back as response headers (`idempotency-key`). Only ShopService is
@@ -45,6 +47,28 @@ DESCRIPTOR_FILE = "shop.binpb"
 OPENAPI_FILE = "shop.openapi.json"
 # Where the edge serves the OpenAPI document.
 OPENAPI_PATH = "/openapi.json"
+# The storefront's files (in this package's `storefront` folder) → where the edge serves them and as what.
+# Each is sent with STOREFRONT_HEADERS.
+STOREFRONT_FILES = {
+    "index.html": ("/", "text/html; charset=utf-8"),
+    "app.js": ("/assets/app.js", "text/javascript; charset=utf-8"),
+    "app.css": ("/assets/app.css", "text/css; charset=utf-8"),
+}
+# The page runs its own script and style only and talks to this origin only: an injected script or a
+# form posting elsewhere is refused by the browser. The page itself builds every element from data as text,
+# never as HTML; this is the second line.
+STOREFRONT_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+STOREFRONT_HEADERS = {
+    "content-security-policy": STOREFRONT_CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    # No validator to revalidate with (Envoy answers from memory): small files, fetched again, so a new
+    # release is seen at once.
+    "cache-control": "no-cache",
+}
 # Envoy keeps a direct response's body in memory and refuses a larger file than this at startup (its
 # default, 4 KiB, is far below the document's size).
 MAX_DOCUMENT_BYTES = 1024 * 1024
@@ -74,6 +98,8 @@ _HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mut
 # JSON answers at least this long are gzipped for a client that accepts it (a page of products: ~2 KiB, a
 # quarter of it compressed); shorter ones are not worth the CPU.
 COMPRESS_FROM_BYTES = 1024
+# What is worth it: the API's JSON, the storefront's page, style and script.
+COMPRESSED_TYPES = ("application/json", "text/html", "text/css", "text/javascript")
 _CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -153,6 +179,8 @@ class HttpApi:
     metrics_port: int | None = None
     # The OpenAPI document, as Envoy will find it on its file system, served at OPENAPI_PATH; None: not.
     openapi: Path | None = None
+    # The folder holding STOREFRONT_FILES, as Envoy will find it on its file system; None: no storefront.
+    storefront: Path | None = None
     # Envoy's node id and its spans' service name.
     name: str = "http-api"
 
@@ -165,6 +193,11 @@ def descriptor_set() -> Path:
 def openapi_document() -> Path:
     """The generated OpenAPI document of the public API, where the contracts package keeps it."""
     return _generated(OPENAPI_FILE, "OpenAPI document")
+
+
+def storefront_folder() -> Path:
+    """The storefront's files, where this package keeps them."""
+    return Path(str(importlib.resources.files("shopmesh_platform") / "storefront"))
 
 
 def _generated(name: str, what: str) -> Path:
@@ -206,6 +239,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                     ],
                     "routes": [
                         *_openapi_routes(api.openapi),
+                        *_storefront_routes(api.storefront),
                         *_method_routes(),
                         {
                             # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's
@@ -280,6 +314,24 @@ def _openapi_routes(document: Path | None) -> list[dict[str, Any]]:
         "typed_per_filter_config": _TRANSCODER_OFF,
     }
     return [served, _method_not_allowed(OPENAPI_PATH, re.escape(OPENAPI_PATH), ["GET"])]
+
+
+def _storefront_routes(folder: Path | None) -> list[dict[str, Any]]:
+    """Each of STOREFRONT_FILES at its path, answered by Envoy from the file (GET and HEAD), and 405 for any
+    other method there."""
+    if folder is None:
+        return []
+    routes = []
+    for name, (path, content_type) in STOREFRONT_FILES.items():
+        headers = {"content-type": content_type, **STOREFRONT_HEADERS}
+        served = {
+            "match": {"path": path, "headers": [_method_in(["GET", "HEAD"])]},
+            "direct_response": {"status": 200, "body": {"filename": str(folder / name)}},
+            "response_headers_to_add": [_set_header(key, value) for key, value in headers.items()],
+            "typed_per_filter_config": _TRANSCODER_OFF,
+        }
+        routes += [served, _method_not_allowed(path, re.escape(path), ["GET", "HEAD"])]
+    return routes
 
 
 def _http_json_route(match: dict[str, Any]) -> dict[str, Any]:
@@ -418,7 +470,8 @@ def _remove_matching(regex: str) -> dict[str, Any]:
 
 
 def _compressor() -> dict[str, Any]:
-    """gzip for JSON answers when the client's Accept-Encoding allows it; requests are left as they are."""
+    """gzip for JSON answers and the storefront's files when the client's Accept-Encoding allows it; requests
+    are left as they are."""
     return {
         "name": "envoy.filters.http.compressor",
         "typed_config": {
@@ -427,7 +480,7 @@ def _compressor() -> dict[str, Any]:
                 "common_config": {
                     "min_content_length": COMPRESS_FROM_BYTES,
                     # (Envoy 1.40 deprecates the plain `content_type` list for these matchers.)
-                    "content_type_matcher": [{"prefix": "application/json"}],
+                    "content_type_matcher": [{"prefix": prefix} for prefix in COMPRESSED_TYPES],
                 }
             },
             "request_direction_config": {

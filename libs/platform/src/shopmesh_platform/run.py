@@ -303,6 +303,8 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
                 "",
                 f"The same API over HTTP/JSON and gRPC-Web at {stack.http_url} (docs/http-api.md):",
                 *(f"  {command}" for command in http),
+                "",
+                f"The shop in a browser, over that API: {stack.http_url}/ (docs/storefront.md)",
             ]
     elif existing_services():
         lines += ["", "No service selected (--services): only NATS runs."]

@@ -50,7 +50,7 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 
-from .http_api import HttpApi, descriptor_set, openapi_document
+from .http_api import HttpApi, descriptor_set, openapi_document, storefront_folder
 from .http_api import write_bootstrap as write_http_api_bootstrap
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
@@ -590,6 +590,7 @@ class Stack:
             gateway=self.ports.address("gateway"),
             descriptor=descriptor_set(),
             openapi=openapi_document(),
+            storefront=storefront_folder(),
             traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
         )
         return write_http_api_bootstrap(api, self._http_api_bootstrap)

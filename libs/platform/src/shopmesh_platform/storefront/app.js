@@ -1,0 +1,725 @@
+// The storefront (docs/storefront.md): the shop in a browser, over the public HTTP/JSON API that the edge
+// serves on the same origin. Every call is one of ShopService's routes, as /openapi.json describes them;
+// the page keeps no data the API does not give it, except the cart (localStorage, until checkout) and the
+// session's token (sessionStorage: gone with the tab).
+//
+// Elements are built from data as text (textContent), never as HTML: a product name cannot become markup.
+// The edge's Content-Security-Policy refuses any script but this file besides.
+
+const PAGE_SIZE = 12;
+const RECOMMENDATIONS = 4;
+const CART = "shopmesh.cart";
+const SESSION = "shopmesh.session";
+const CHECKOUT = "shopmesh.checkout";
+const BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest";
+const ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo";
+const RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo";
+// gRPC codes the page tells apart (google.rpc.Code).
+const UNAVAILABLE = 14;
+const DEADLINE_EXCEEDED = 4;
+const UNAUTHENTICATED = 16;
+
+// ---- The API ------------------------------------------------------------------------------------------
+
+// A call that did not succeed: the google.rpc.Status the edge answered with, its details read out.
+class ApiError extends Error {
+  constructor(httpStatus, status) {
+    super(status.message || `The shop answered ${httpStatus}.`);
+    this.httpStatus = httpStatus;
+    this.code = status.code ?? 2;
+    const details = Array.isArray(status.details) ? status.details : [];
+    const of = (type) => details.find((detail) => detail["@type"] === type);
+    this.violations = of(BAD_REQUEST)?.fieldViolations ?? [];
+    this.info = of(ERROR_INFO) ?? null;
+    this.retryDelay = of(RETRY_INFO)?.retryDelay ?? null;
+  }
+
+  // The call may have been carried out or not (the shop unreachable, no answer in time): only a retry with
+  // the same idempotency key can tell without doing it twice.
+  get outcomeUnknown() {
+    return this.httpStatus === 0 || this.code === UNAVAILABLE || this.code === DEADLINE_EXCEEDED;
+  }
+}
+
+async function call(method, path, { query = {}, body, auth = false, idempotencyKey } = {}) {
+  const url = new URL(path, location.origin);
+  for (const [name, value] of Object.entries(query)) {
+    if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
+  }
+  const headers = { accept: "application/json" };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
+  if (auth) {
+    const session = currentSession();
+    if (!session) throw new ApiError(401, { code: UNAUTHENTICATED, message: "Please sign in." });
+    headers.authorization = `Bearer ${session.token}`;
+  }
+  let response;
+  try {
+    response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, { code: UNAVAILABLE, message: "The shop could not be reached." });
+  }
+  const text = await response.text();
+  let data;
+  try {
+    data = text ? JSON.parse(text) : {};
+  } catch {
+    data = { message: text };
+  }
+  if (!response.ok) {
+    if (response.status === 401) endSession();
+    throw new ApiError(response.status, data);
+  }
+  return data;
+}
+
+const api = {
+  register: (body) => call("POST", "/v1/users", { body }),
+  login: (body) => call("POST", "/v1/login", { body }),
+  products: (query) => call("GET", "/v1/products", { query: { pageSize: PAGE_SIZE, ...query } }),
+  search: (query) => call("GET", "/v1/products:search", { query: { pageSize: PAGE_SIZE, ...query } }),
+  productPage: (id) =>
+    call("GET", `/v1/products/${encodeURIComponent(id)}`, { query: { maxRecommendations: RECOMMENDATIONS } }),
+  placeOrder: (body, idempotencyKey) => call("POST", "/v1/orders", { body, auth: true, idempotencyKey }),
+  order: (id) => call("GET", `/v1/orders/${encodeURIComponent(id)}`, { auth: true }),
+  orders: (query) => call("GET", "/v1/orders", { query: { pageSize: PAGE_SIZE, ...query }, auth: true }),
+  cancelOrder: (id, idempotencyKey) =>
+    call("POST", `/v1/orders/${encodeURIComponent(id)}:cancel`, {
+      body: { reason: "Cancelled by the customer in the storefront." },
+      auth: true,
+      idempotencyKey,
+    }),
+  notifications: (query) => call("GET", "/v1/notifications", { query: { pageSize: PAGE_SIZE, ...query }, auth: true }),
+};
+
+// ---- What the page keeps --------------------------------------------------------------------------------
+
+function readJson(storage, key, fallback) {
+  try {
+    return JSON.parse(storage.getItem(key)) ?? fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+function currentSession() {
+  const session = readJson(sessionStorage, SESSION, null);
+  if (!session || Date.parse(session.expiresAt) <= Date.now()) return null;
+  return session;
+}
+
+function startSession(login, email) {
+  sessionStorage.setItem(
+    SESSION,
+    JSON.stringify({ token: login.accessToken, userId: login.userId, expiresAt: login.expiresAt, email }),
+  );
+}
+
+function endSession() {
+  sessionStorage.removeItem(SESSION);
+  sessionStorage.removeItem(CHECKOUT);
+  showSession();
+}
+
+const cart = {
+  items: () => readJson(localStorage, CART, []),
+  save(items) {
+    localStorage.setItem(CART, JSON.stringify(items));
+    showCartSize();
+  },
+  add(product, quantity) {
+    const items = cart.items();
+    const line = items.find((item) => item.productId === product.id);
+    if (line) line.quantity += quantity;
+    else items.push({ productId: product.id, name: product.name, unitPrice: product.price, quantity });
+    cart.save(items);
+  },
+  setQuantity(productId, quantity) {
+    cart.save(
+      cart
+        .items()
+        .map((item) => (item.productId === productId ? { ...item, quantity } : item))
+        .filter((item) => item.quantity > 0),
+    );
+  },
+  clear: () => cart.save([]),
+};
+
+// A key unguessable enough to name one checkout (crypto.randomUUID needs a secure context; an http:// host
+// other than localhost is none).
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `web-${Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("")}`;
+}
+
+// The idempotency key of this checkout: the same while the same request's outcome is unknown (sent again,
+// it gets the order the first one placed, never a second charge); a new one for a changed request or after
+// an answer.
+function checkoutKey(request) {
+  const fingerprint = JSON.stringify(request);
+  const pending = readJson(sessionStorage, CHECKOUT, null);
+  if (pending?.fingerprint === fingerprint) return pending.key;
+  const key = newIdempotencyKey();
+  sessionStorage.setItem(CHECKOUT, JSON.stringify({ fingerprint, key }));
+  return key;
+}
+
+// ---- Building the page ----------------------------------------------------------------------------------
+
+// An element: attributes (on* are listeners), then children (strings become text nodes).
+function h(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+    else element.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child !== undefined && child !== null && child !== false) element.append(child);
+  }
+  return element;
+}
+
+// An amount in minor units, exactly (BigInt, no float), in the currency's own format.
+function money({ amountMinor, currency }) {
+  const format = new Intl.NumberFormat("en-US", { style: "currency", currency });
+  const digits = format.resolvedOptions().maximumFractionDigits;
+  const minor = BigInt(amountMinor ?? 0);
+  const magnitude = (minor < 0n ? -minor : minor).toString().padStart(digits + 1, "0");
+  const major = digits ? `${magnitude.slice(0, -digits)}.${magnitude.slice(-digits)}` : magnitude;
+  return format.format(`${minor < 0n ? "-" : ""}${major}`);
+}
+
+function when(timestamp) {
+  return timestamp ? new Date(timestamp).toLocaleString("en-US") : "";
+}
+
+// ORDER_STATE_CONFIRMED → CONFIRMED.
+function enumName(value, prefix) {
+  return String(value ?? "").replace(prefix, "");
+}
+
+// The class of a right-aligned column of numbers.
+const NUMBER = "number";
+
+// A table: its columns ([heading, class]), then its rows.
+function table(attributes, columns, rows) {
+  const headings = h(
+    "tr",
+    {},
+    columns.map(([heading, kind]) => h("th", { class: kind }, heading)),
+  );
+  return h("table", attributes, h("thead", {}, headings), h("tbody", {}, rows));
+}
+
+function thumb(name) {
+  return h("div", { class: "thumb", "aria-hidden": "true" }, (name || "?").charAt(0).toUpperCase());
+}
+
+function errorBox(error) {
+  const box = h("div", { class: "error", role: "alert" }, error.message);
+  const loose = error.violations?.filter((violation) => !violation.shown) ?? [];
+  if (loose.length) {
+    box.append(
+      h(
+        "ul",
+        {},
+        loose.map((violation) => h("li", {}, `${violation.field}: ${violation.description}`)),
+      ),
+    );
+  }
+  if (error.retryDelay) box.append(h("p", {}, `You can try again in ${error.retryDelay}.`));
+  if (error.outcomeUnknown && error.idempotent) {
+    box.append(h("p", {}, "It may or may not have gone through: trying again is safe (it is never done twice)."));
+  }
+  const orderId = error.info?.metadata?.order_id;
+  if (orderId) box.append(h("p", {}, h("a", { href: `#/orders/${encodeURIComponent(orderId)}` }, `Order ${orderId}`)));
+  return box;
+}
+
+function nextPageLink(token, query) {
+  if (!token) return null;
+  const params = new URLSearchParams({ ...query, pageToken: token });
+  return h("p", {}, h("a", { href: `${location.hash.split("?")[0]}?${params}` }, "Next page"));
+}
+
+// A form of labelled inputs, each named by its field in the request (`shipping_address.city`): the
+// server's field violations land beside the input they name. No browser-side checks (novalidate): the
+// service's rules are the rules, and its answers say which field broke which.
+function fieldsForm(fields, submitLabel, onSubmit) {
+  const form = h("form", { class: "fields", novalidate: true });
+  for (const field of fields) {
+    const id = `field-${field.name.replaceAll(/[^a-z0-9]/gi, "-")}`;
+    form.append(
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: id }, field.label),
+        h("input", {
+          id,
+          name: field.name,
+          type: field.type ?? "text",
+          value: field.value ?? "",
+          autocomplete: field.autocomplete ?? "off",
+          inputmode: field.inputmode,
+        }),
+        h("span", { class: "problem", id: `${id}-problem` }),
+      ),
+    );
+  }
+  const button = h("button", { type: "submit" }, submitLabel);
+  const status = h("div", { class: "actions" }, button);
+  form.append(status);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    for (const input of form.querySelectorAll("input")) {
+      input.removeAttribute("aria-invalid");
+      input.removeAttribute("aria-describedby");
+      form.querySelector(`#${input.id}-problem`).textContent = "";
+    }
+    form.querySelector(".error")?.remove();
+    const values = Object.fromEntries(new FormData(form));
+    button.disabled = true;
+    try {
+      await onSubmit(values);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      for (const violation of error.violations) {
+        // `card` (the whole message missing) lands at its first field, `card.number`.
+        const name = CSS.escape(violation.field);
+        const input = form.querySelector(`input[name="${name}"]`) ?? form.querySelector(`input[name^="${name}."]`);
+        if (!input) continue;
+        input.setAttribute("aria-invalid", "true");
+        input.setAttribute("aria-describedby", `${input.id}-problem`);
+        form.querySelector(`#${input.id}-problem`).textContent = violation.description;
+        violation.shown = true;
+      }
+      status.after(errorBox(error));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
+// ---- Views ----------------------------------------------------------------------------------------------
+
+function productCard(product) {
+  const href = `#/products/${encodeURIComponent(product.id)}`;
+  return h(
+    "li",
+    { class: "card" },
+    thumb(product.name),
+    h("h3", {}, h("a", { href }, product.name)),
+    h("div", { class: "price" }, money(product.price)),
+    product.category
+      ? h("a", { class: "muted", href: `#/?category=${encodeURIComponent(product.category)}` }, product.category)
+      : null,
+  );
+}
+
+async function productsView(query) {
+  const searching = Boolean(query.query);
+  const page = searching
+    ? await api.search({ query: query.query, category: query.category, pageToken: query.pageToken })
+    : await api.products({ category: query.category, pageToken: query.pageToken });
+  const title = searching ? `Results for “${query.query}”` : query.category ? `${query.category}` : "All products";
+  const products = page.products ?? [];
+  return [
+    h("h1", {}, title),
+    products.length
+      ? h("ul", { class: "products", "aria-label": "Products" }, products.map(productCard))
+      : h("p", {}, "Nothing found."),
+    nextPageLink(page.nextPageToken, { query: query.query ?? "", category: query.category ?? "" }),
+  ];
+}
+
+async function productView(productId) {
+  const page = await api.productPage(productId);
+  const product = page.product;
+  const available = page.availability?.availableQuantity ?? 0;
+  const quantity = h("input", { id: "quantity", type: "number", min: 1, max: Math.max(available, 1), value: 1 });
+  const added = h("span", { role: "status" });
+  const buy = h(
+    "form",
+    {
+      class: "actions",
+      onsubmit: (event) => {
+        event.preventDefault();
+        const count = Math.max(1, Number.parseInt(quantity.value, 10) || 1);
+        cart.add(product, count);
+        added.textContent = `Added ${count} to your cart.`;
+      },
+    },
+    h("label", { for: "quantity" }, "Quantity"),
+    quantity,
+    h("button", { type: "submit", disabled: !page.availability?.inStock }, "Add to cart"),
+    added,
+  );
+  // Degraded: recommendations did not answer in time, and the gateway filled in products of the same
+  // category. The page sells either way.
+  const recommended = page.recommendations ?? [];
+  const heading = page.recommendationsDegraded ? `More in ${product.category}` : "Customers also bought";
+  return [
+    h(
+      "article",
+      { class: "panel" },
+      thumb(product.name),
+      h("h1", {}, product.name),
+      h("p", { class: "price" }, money(product.price)),
+      h("a", { class: "muted", href: `#/?category=${encodeURIComponent(product.category)}` }, product.category),
+      h("p", {}, product.description),
+      page.availability?.inStock
+        ? h("p", { class: "in-stock" }, `In stock: ${available}`)
+        : h("p", { class: "out-of-stock" }, "Out of stock"),
+      buy,
+    ),
+    recommended.length ? h("h2", {}, heading) : null,
+    recommended.length
+      ? h(
+          "ul",
+          { class: "products", "aria-label": heading },
+          recommended.map((item) => productCard({ id: item.productId, name: item.name, price: item.price })),
+        )
+      : null,
+  ];
+}
+
+function cartTotal(items) {
+  const currencies = new Set(items.map((item) => item.unitPrice.currency));
+  if (currencies.size !== 1) return null;
+  const sum = items.reduce((total, item) => total + BigInt(item.unitPrice.amountMinor) * BigInt(item.quantity), 0n);
+  return { amountMinor: sum.toString(), currency: [...currencies][0] };
+}
+
+function cartView() {
+  const items = cart.items();
+  if (!items.length) return [h("h1", {}, "Your cart"), h("p", {}, "Your cart is empty.")];
+  const rows = items.map((item) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, h("a", { href: `#/products/${encodeURIComponent(item.productId)}` }, item.name)),
+      h(
+        "td",
+        { class: "number" },
+        h("input", {
+          type: "number",
+          min: 0,
+          value: item.quantity,
+          "aria-label": `Quantity of ${item.name}`,
+          onchange: (event) => {
+            cart.setQuantity(item.productId, Math.max(0, Number.parseInt(event.target.value, 10) || 0));
+            route();
+          },
+        }),
+      ),
+      h("td", { class: NUMBER }, money(item.unitPrice)),
+    ),
+  );
+  const total = cartTotal(items);
+  const session = currentSession();
+  return [
+    h("h1", {}, "Your cart"),
+    table({ class: "panel" }, [["Product"], ["Quantity", NUMBER], ["Price", NUMBER]], rows),
+    total
+      ? h("p", {}, "Estimated total: ", h("strong", {}, money(total)), " (the order says what is charged)")
+      : h("p", { class: "error" }, "Your cart holds more than one currency; an order takes one."),
+    h("h2", {}, "Check out"),
+    session && total
+      ? checkoutForm(items, total.currency, session)
+      : h("p", {}, h("a", { href: "#/login?next=%23%2Fcart" }, "Sign in"), " to check out."),
+  ];
+}
+
+function checkoutForm(items, currency, session) {
+  const fields = [
+    { name: "email", label: "E-mail for the receipt", type: "email", value: session.email, autocomplete: "email" },
+    { name: "shipping_address.full_name", label: "Full name", autocomplete: "name" },
+    { name: "shipping_address.street", label: "Street", autocomplete: "street-address" },
+    { name: "shipping_address.city", label: "City", autocomplete: "address-level2" },
+    { name: "shipping_address.postal_code", label: "Postal code", autocomplete: "postal-code" },
+    { name: "shipping_address.country", label: "Country (two letters)", autocomplete: "country" },
+    { name: "card.number", label: "Card number", inputmode: "numeric", autocomplete: "cc-number" },
+    { name: "card.exp_month", label: "Expiry month", inputmode: "numeric", autocomplete: "cc-exp-month" },
+    { name: "card.exp_year", label: "Expiry year", inputmode: "numeric", autocomplete: "cc-exp-year" },
+    { name: "card.cvv", label: "CVV", inputmode: "numeric", autocomplete: "cc-csc" },
+  ];
+  return fieldsForm(fields, "Place order", async (values) => {
+    const whole = (text) => (/^\d+$/.test(text.trim()) ? Number(text) : 0);
+    const request = {
+      items: items.map((item) => ({ productId: item.productId, quantity: item.quantity })),
+      currency,
+      email: values.email,
+      shippingAddress: {
+        fullName: values["shipping_address.full_name"],
+        street: values["shipping_address.street"],
+        city: values["shipping_address.city"],
+        postalCode: values["shipping_address.postal_code"],
+        country: values["shipping_address.country"],
+      },
+      card: {
+        number: values["card.number"].replaceAll(/\s/g, ""),
+        expMonth: whole(values["card.exp_month"]),
+        expYear: whole(values["card.exp_year"]),
+        cvv: values["card.cvv"],
+      },
+    };
+    let answer;
+    try {
+      answer = await api.placeOrder(request, checkoutKey(request));
+    } catch (error) {
+      // Unknown outcome: the key is kept, and placing the same order again gets the first one's answer.
+      if (error instanceof ApiError && error.outcomeUnknown) error.idempotent = true;
+      else sessionStorage.removeItem(CHECKOUT);
+      throw error;
+    }
+    sessionStorage.removeItem(CHECKOUT);
+    cart.clear();
+    flash(`Thank you! Order ${answer.order.id} is ${enumName(answer.order.state, "ORDER_STATE_")}.`, {
+      acrossNavigation: true,
+    });
+    location.hash = `#/orders/${encodeURIComponent(answer.order.id)}`;
+  });
+}
+
+function orderState(order) {
+  const state = enumName(order.state, "ORDER_STATE_");
+  return h("span", { class: `state state-${state}` }, state);
+}
+
+async function ordersView(query) {
+  const page = await api.orders({ pageToken: query.pageToken });
+  const orders = page.orders ?? [];
+  if (!orders.length) return [h("h1", {}, "Your orders"), h("p", {}, "No orders yet.")];
+  return [
+    h("h1", {}, "Your orders"),
+    table(
+      { class: "panel" },
+      [["Order"], ["Placed"], ["State"], ["Total", NUMBER]],
+      orders.map((order) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, h("a", { href: `#/orders/${encodeURIComponent(order.id)}` }, order.id)),
+          h("td", {}, when(order.createdAt)),
+          h("td", {}, orderState(order)),
+          h("td", { class: NUMBER }, money(order.total)),
+        ),
+      ),
+    ),
+    nextPageLink(page.nextPageToken, {}),
+  ];
+}
+
+async function orderView(orderId) {
+  const { order } = await api.order(orderId);
+  const state = enumName(order.state, "ORDER_STATE_");
+  const address = order.shippingAddress ?? {};
+  const cancel =
+    state === "CONFIRMED"
+      ? fieldsForm([], "Cancel order", async () => {
+          // One key per click: CancelOrder answers a repeat of the same key with the same outcome.
+          await api.cancelOrder(order.id, newIdempotencyKey());
+          flash(`Order ${order.id} is being cancelled; the payment is refunded.`);
+          route();
+        })
+      : null;
+  return [
+    h("h1", {}, `Order ${order.id}`),
+    h(
+      "section",
+      { class: "panel" },
+      h("p", {}, "State: ", orderState(order)),
+      order.cancelReason?.message ? h("p", { class: "muted" }, order.cancelReason.message) : null,
+      h("p", {}, `Placed ${when(order.createdAt)}, updated ${when(order.updatedAt)}`),
+      h(
+        "p",
+        {},
+        `Ships to ${[address.fullName, address.street, address.city, address.postalCode, address.country].filter(Boolean).join(", ")}`,
+      ),
+      table(
+        {},
+        [["Product"], ["Quantity", NUMBER], ["Line total", NUMBER]],
+        (order.items ?? []).map((item) =>
+          h(
+            "tr",
+            {},
+            h("td", {}, item.productName),
+            h("td", { class: NUMBER }, String(item.quantity)),
+            h("td", { class: NUMBER }, money(item.lineTotal)),
+          ),
+        ),
+      ),
+      h("p", {}, "Total: ", h("strong", {}, money(order.total))),
+      cancel,
+    ),
+  ];
+}
+
+async function notificationsView(query) {
+  const page = await api.notifications({ pageToken: query.pageToken });
+  const notifications = page.notifications ?? [];
+  return [
+    h("h1", {}, "Notifications"),
+    notifications.length
+      ? h(
+          "ul",
+          { class: "panel", "aria-label": "Notifications" },
+          notifications.map((item) =>
+            h(
+              "li",
+              {},
+              h("strong", {}, item.subject),
+              ` to ${item.recipient} — `,
+              h(
+                "span",
+                { class: `state state-${enumName(item.state, "NOTIFICATION_STATE_")}` },
+                enumName(item.state, "NOTIFICATION_STATE_"),
+              ),
+              item.orderId
+                ? [" (", h("a", { href: `#/orders/${encodeURIComponent(item.orderId)}` }, item.orderId), ")"]
+                : null,
+            ),
+          ),
+        )
+      : h("p", {}, "No notifications yet: an order's e-mail appears here once it is sent."),
+    nextPageLink(page.nextPageToken, {}),
+  ];
+}
+
+function loginView(query) {
+  const next = query.next || "#/";
+  return [
+    h("h1", {}, "Sign in"),
+    fieldsForm(
+      [
+        { name: "email", label: "E-mail", type: "email", autocomplete: "username" },
+        { name: "password", label: "Password", type: "password", autocomplete: "current-password" },
+      ],
+      "Sign in",
+      async (values) => {
+        const login = await api.login({ email: values.email, password: values.password });
+        startSession(login, values.email);
+        showSession();
+        location.hash = next;
+      },
+    ),
+    h("p", {}, "New here? ", h("a", { href: "#/register" }, "Create an account"), "."),
+  ];
+}
+
+function registerView() {
+  return [
+    h("h1", {}, "Create an account"),
+    fieldsForm(
+      [
+        { name: "display_name", label: "Name", autocomplete: "name" },
+        { name: "email", label: "E-mail", type: "email", autocomplete: "username" },
+        { name: "password", label: "Password", type: "password", autocomplete: "new-password" },
+      ],
+      "Create account",
+      async (values) => {
+        await api.register({ email: values.email, password: values.password, displayName: values.display_name });
+        const login = await api.login({ email: values.email, password: values.password });
+        startSession(login, values.email);
+        showSession();
+        flash(`Welcome, ${values.display_name}!`, { acrossNavigation: true });
+        location.hash = "#/";
+      },
+    ),
+  ];
+}
+
+// ---- Routing --------------------------------------------------------------------------------------------
+
+// #/path?query → [pattern, view(match, query), needs a session].
+const ROUTES = [
+  [/^\/$/, (_, query) => productsView(query), false],
+  [/^\/products\/([^/]+)$/, (match) => productView(decodeURIComponent(match[1])), false],
+  [/^\/cart$/, () => cartView(), false],
+  [/^\/orders$/, (_, query) => ordersView(query), true],
+  [/^\/orders\/([^/]+)$/, (match) => orderView(decodeURIComponent(match[1])), true],
+  [/^\/notifications$/, (_, query) => notificationsView(query), true],
+  [/^\/login$/, (_, query) => loginView(query), false],
+  [/^\/register$/, () => registerView(), false],
+];
+
+let shown = 0;
+
+async function route() {
+  const [path, search = ""] = (location.hash.slice(1) || "/").split("?");
+  const query = Object.fromEntries(new URLSearchParams(search));
+  const view = document.getElementById("view");
+  const found = ROUTES.map(([pattern, render, private_]) => [pattern.exec(path), render, private_]).find(
+    ([match]) => match,
+  );
+  const mine = ++shown;
+  let content;
+  if (!found) {
+    content = [h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the shop"))];
+  } else if (found[2] && !currentSession()) {
+    location.hash = `#/login?next=${encodeURIComponent(location.hash)}`;
+    return;
+  } else {
+    view.setAttribute("aria-busy", "true");
+    try {
+      content = await found[1](found[0], query);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      if (error.httpStatus === 401 && found[2]) {
+        location.hash = `#/login?next=${encodeURIComponent(location.hash)}`;
+        return;
+      }
+      content = [errorBox(error)];
+    }
+  }
+  // An older navigation that answers late does not overwrite a newer one.
+  if (mine !== shown) return;
+  view.removeAttribute("aria-busy");
+  view.replaceChildren(...[content].flat().filter(Boolean));
+  document.title = `${view.querySelector("h1")?.textContent ?? "Shop"} · shopmesh`;
+  document.getElementById("search-query").value = query.query ?? "";
+}
+
+let keepFlash = false;
+
+// A message above the page; `acrossNavigation`: said before going to the page it is about.
+function flash(message, { acrossNavigation = false } = {}) {
+  document.getElementById("flash").textContent = message;
+  keepFlash = acrossNavigation;
+}
+
+function showSession() {
+  const session = currentSession();
+  document.body.classList.toggle("is-signed-in", Boolean(session));
+  document.getElementById("who").textContent = session?.email ?? "";
+}
+
+function showCartSize() {
+  const count = cart.items().reduce((total, item) => total + item.quantity, 0);
+  document.getElementById("cart-link").textContent = count ? `Cart (${count})` : "Cart";
+}
+
+document.getElementById("search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const query = document.getElementById("search-query").value.trim();
+  location.hash = query ? `#/?${new URLSearchParams({ query })}` : "#/";
+});
+document.getElementById("sign-out").addEventListener("click", () => {
+  endSession();
+  location.hash = "#/";
+});
+window.addEventListener("hashchange", () => {
+  // A message belongs to the page it was said on, or to the one it led to.
+  if (keepFlash) keepFlash = false;
+  else flash("");
+  route();
+});
+// Another tab changed the cart.
+window.addEventListener("storage", showCartSize);
+
+showSession();
+showCartSize();
+route();

@@ -1,0 +1,358 @@
+"""The storefront (docs/storefront.md) in a real browser: Chromium, driven by Playwright, opens the page the
+edge serves and shops through the public HTTP/JSON API, every real service behind it, as a customer does
+with `make run` and http://127.0.0.1:8080/.
+
+What the tests read is what the customer sees (roles, labels, text); what they check behind it is read
+from the services themselves (the order's payments, the orders a user has).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Route, async_playwright, expect
+
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh_platform.http_api import STOREFRONT_CSP, STOREFRONT_FILES, storefront_folder
+from shopmesh_platform.stack import Stack
+
+from .shop import DECLINED_CARD, FAST_RECOVERY, GOOD_CARD
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PASSWORD = "correct horse battery staple"
+# `make browser` installs Debian's Chromium there; CHROMIUM names another Chrome or Chromium.
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# Long enough for a checkout's whole saga on a slow machine (the edge gives it 20 s).
+SLOW = 25_000
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(module_dir: Path) -> AsyncIterator[Stack]:
+    async with Stack.for_tests(module_dir, env={"orders": FAST_RECOVERY}, http=True) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    if not os.path.isfile(CHROMIUM):  # noqa: ASYNC240 (once, before the browser starts)
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's Chromium, or set CHROMIUM")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        await launched.close()
+
+
+class Tab:
+    """A fresh browser profile (its own storage) on the storefront, which fails the test on any script error
+    or Content-Security-Policy violation."""
+
+    def __init__(self, context: BrowserContext, page: Page, base_url: str) -> None:
+        self.context = context
+        self.page = page
+        self.base_url = base_url
+        self.problems: list[str] = []
+        page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
+        page.on("console", self._console)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        # Chromium logs each answer of 4xx/5xx as "Failed to load resource": the API's errors are expected.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.problems.append(f"console: {message.text}")
+
+    async def open(self, fragment: str = "#/") -> None:
+        await self.page.goto(f"{self.base_url}/{fragment}")
+
+    async def fill(self, fields: dict[str, str]) -> None:
+        for label, value in fields.items():
+            await self.page.get_by_label(label, exact=True).fill(value)
+
+    async def press(self, button: str) -> None:
+        await self.page.get_by_role("button", name=button, exact=True).click()
+
+    async def follow(self, link: str) -> None:
+        await self.page.get_by_role("link", name=link, exact=True).click()
+
+    async def register(self, name: str) -> str:
+        """A new account, signed in; its e-mail."""
+        email = f"{re.sub('[^a-z]', '', name.lower()) or 'shopper'}-{uuid.uuid4().hex[:8]}@example.com"
+        await self.open("#/register")
+        await self.fill({"Name": name, "E-mail": email, "Password": PASSWORD})
+        await self.press("Create account")
+        await expect(self.page.locator("#who")).to_have_text(email)
+        return email
+
+    async def add_to_cart(self, product_id: str, quantity: int = 1) -> None:
+        await self.open(f"#/products/{product_id}")
+        await self.page.get_by_label("Quantity").fill(str(quantity))
+        await self.press("Add to cart")
+        await expect(self.page.get_by_role("status").filter(has_text="to your cart")).to_be_visible()
+
+    async def check_out(self, card: str = GOOD_CARD, **overrides: str) -> None:
+        await self.open("#/cart")
+        fields = {
+            "Full name": "Ada Lovelace",
+            "Street": "1 Analytical Way",
+            "City": "London",
+            "Postal code": "N1 7AA",
+            "Country (two letters)": "GB",
+            "Card number": card,
+            "Expiry month": "12",
+            "Expiry year": "2031",
+            "CVV": "123",
+        }
+        await self.fill(fields | overrides)
+        await self.press("Place order")
+
+    def token(self) -> Awaitable[str]:
+        return self.page.evaluate("JSON.parse(sessionStorage.getItem('shopmesh.session')).token")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def tab(stack: Stack, browser: Browser) -> AsyncIterator[Tab]:
+    assert stack.http_url is not None
+    context = await browser.new_context(locale="en-US")
+    opened = Tab(context, await context.new_page(), stack.http_url)
+    yield opened
+    await context.close()
+    assert not opened.problems, opened.problems
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    assert stack.http_url is not None
+    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
+        yield client
+
+
+async def orders_of(http: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
+    answer = await http.get("/v1/orders", headers={"authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    orders: list[dict[str, Any]] = answer.json()["orders"]
+    return orders
+
+
+async def payments_of(stack: Stack, order_id: str) -> list[payments_pb2.Payment]:
+    async with grpc.aio.insecure_channel(stack.address("payments")) as channel:
+        payments = payments_pb2_grpc.PaymentsServiceStub(channel)
+        answer = await payments.ListPayments(payments_pb2.ListPaymentsRequest(order_id=order_id), timeout=10)
+    return list(answer.payments)
+
+
+def order_id_in(url: str) -> str:
+    found = re.search(r"#/orders/(ord_\w+)$", url)
+    assert found, url
+    return found.group(1)
+
+
+async def test_the_edge_serves_the_page_its_script_and_style_with_their_security_headers(
+    http: httpx.AsyncClient,
+) -> None:
+    for name, (path, content_type) in STOREFRONT_FILES.items():
+        answer = await http.get(path)
+        assert answer.status_code == 200, path
+        assert answer.content == (storefront_folder() / name).read_bytes()
+        assert answer.headers["content-type"] == content_type
+        assert answer.headers["content-security-policy"] == STOREFRONT_CSP
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        head = await http.head(path)
+        assert (head.status_code, head.content) == (200, b"")
+        refused = await http.post(path)
+        assert (refused.status_code, refused.headers["allow"]) == (405, "GET, HEAD")
+    zipped = await http.get("/assets/app.js", headers={"accept-encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+
+
+async def test_a_shopper_searches_registers_and_checks_out_with_one_charge(
+    stack: Stack, tab: Tab, http: httpx.AsyncClient
+) -> None:
+    page = tab.page
+    await tab.open()
+    await expect(page.get_by_role("list", name="Products").get_by_role("listitem")).to_have_count(12)
+    await page.get_by_label("Search products").fill("french press")
+    await tab.press("Search")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Results for “french press”")
+    await page.get_by_role("list", name="Products").get_by_role("link", name="Stainless French Press, 1 L").click()
+    await expect(page.get_by_text(re.compile(r"^In stock: \d+$"))).to_be_visible()
+    await expect(page.get_by_role("list", name="Customers also bought").get_by_role("listitem")).not_to_have_count(0)
+    await page.get_by_label("Quantity").fill("2")
+    await tab.press("Add to cart")
+    await expect(page.get_by_role("link", name="Cart (2)")).to_be_visible()
+
+    # Checking out needs an account; the cart waits in the browser meanwhile.
+    await tab.follow("Cart (2)")
+    await expect(page.get_by_text("Estimated total: $78.00")).to_be_visible()
+    await expect(page.get_by_role("button", name="Place order")).to_have_count(0)
+    email = await tab.register("Ada")
+    await tab.check_out()
+    await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+    order_id = order_id_in(page.url)
+    await expect(page.get_by_role("heading", level=1)).to_have_text(f"Order {order_id}")
+    await expect(
+        page.get_by_role("row", name=re.compile(r"Stainless French Press, 1 L\s+2\s+\$78\.00"))
+    ).to_be_visible()
+    await expect(page.locator("#cart-link")).to_have_text("Cart")
+
+    await tab.follow("Orders")
+    await expect(page.get_by_role("link", name=order_id)).to_be_visible()
+    token = await tab.token()
+    assert [order["id"] for order in await orders_of(http, token)] == [order_id]
+    [payment] = await payments_of(stack, order_id)
+    assert payment.amount.amount_minor == 7800
+    assert (await http.get(f"/v1/orders/{order_id}", headers={"authorization": f"Bearer {token}"})).json()["order"][
+        "email"
+    ] == email
+
+    # The order's e-mail, once notifications has sent it (the page shows what the API lists: reload).
+    await tab.follow("Notifications")
+    confirmed = page.get_by_role("list", name="Notifications").get_by_role("listitem").filter(has_text=order_id)
+    for _ in range(60):
+        if await confirmed.count():
+            break
+        await page.wait_for_timeout(500)
+        await page.reload()
+    await expect(confirmed).to_contain_text("is confirmed")
+
+
+async def test_the_services_field_violations_show_beside_the_fields_they_name(
+    tab: Tab, http: httpx.AsyncClient
+) -> None:
+    page = tab.page
+    await tab.register("Grace")
+    await tab.add_to_cart("prod_chef_knife")
+    # The page checks nothing itself: what it shows is what orders' validation answered (INVALID_ARGUMENT).
+    await tab.check_out(**{"Card number": "", "City": "", "Country (two letters)": "United Kingdom"})
+    await expect(page.get_by_role("alert")).to_be_visible()
+    for label in ("City", "Country (two letters)", "Card number"):
+        field = page.get_by_label(label, exact=True)
+        await expect(field).to_have_attribute("aria-invalid", "true")
+        problem = page.locator(f"#{await field.get_attribute('aria-describedby')}")
+        await expect(problem).not_to_be_empty()
+    await expect(page.get_by_label("Street", exact=True)).not_to_have_attribute("aria-invalid", "true")
+    assert await orders_of(http, await tab.token()) == [], "nothing is placed"
+
+    await tab.fill({"City": "London", "Country (two letters)": "GB", "Card number": GOOD_CARD})
+    await tab.press("Place order")
+    await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+
+
+async def test_a_declined_card_is_told_and_the_cart_kept(tab: Tab, http: httpx.AsyncClient) -> None:
+    page = tab.page
+    await tab.register("Linus")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.check_out(card=DECLINED_CARD)
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("Your card was declined.", timeout=SLOW)
+    await expect(page.locator("#cart-link")).to_have_text("Cart (1)")
+    [cancelled] = await orders_of(http, await tab.token())
+    assert cancelled["state"] == "ORDER_STATE_CANCELLED"
+    await alert.get_by_role("link", name=f"Order {cancelled['id']}").click()
+    await expect(page.get_by_text("State: CANCELLED")).to_be_visible()
+    await expect(page.get_by_text("Your card was declined.")).to_be_visible()
+
+    # Another card is another request (a new idempotency key): it is placed.
+    await tab.check_out(card=GOOD_CARD)
+    await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+    assert len(await orders_of(http, await tab.token())) == 2
+
+
+async def test_a_checkout_whose_answer_was_lost_placed_again_is_one_order_charged_once(
+    stack: Stack, tab: Tab, http: httpx.AsyncClient
+) -> None:
+    page = tab.page
+    await tab.register("Barbara")
+    await tab.add_to_cart("prod_chef_knife")
+    keys: list[str] = []
+
+    async def lose_the_first_answer(route: Route) -> None:
+        keys.append(await route.request.header_value("idempotency-key") or "")
+        if len(keys) == 1:
+            # The order is placed; its answer never reaches the page (a dropped connection, a proxy's timeout).
+            await route.fetch(timeout=SLOW)
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await page.route(re.compile(r"/v1/orders$"), lose_the_first_answer)
+    await tab.check_out()
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("could not be reached", timeout=SLOW)
+    await expect(alert).to_contain_text("trying again is safe")
+    [placed] = await orders_of(http, await tab.token())
+
+    await tab.press("Place order")
+    await expect(page.locator("#flash")).to_contain_text(f"Order {placed['id']} is CONFIRMED", timeout=SLOW)
+    assert len(keys) == 2
+    assert keys[0] == keys[1], "the same checkout, the same idempotency key"
+    assert keys[0].startswith("web-"), keys
+    assert [order["id"] for order in await orders_of(http, await tab.token())] == [placed["id"]]
+    assert len(await payments_of(stack, placed["id"])) == 1
+
+
+async def test_a_customer_cancels_a_confirmed_order_and_is_refunded(stack: Stack, tab: Tab) -> None:
+    page = tab.page
+    await tab.register("Edsger")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.check_out()
+    await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+    order_id = order_id_in(page.url)
+    await tab.press("Cancel order")
+    await expect(page.get_by_text("State: CANCELLED")).to_be_visible(timeout=SLOW)
+    await expect(page.get_by_role("button", name="Cancel order")).to_have_count(0)
+
+    async def refunded() -> bool:
+        [payment] = await payments_of(stack, order_id)
+        return payment.state == payments_pb2.PAYMENT_STATE_REFUNDED
+
+    for _ in range(60):
+        if await refunded():
+            break
+        await page.wait_for_timeout(500)
+    assert await refunded(), "the saga refunds a cancelled order's payment"
+
+
+async def test_with_recommendations_down_the_product_page_still_sells(stack: Stack, tab: Tab) -> None:
+    await stack.stop_service("recommendations")
+    try:
+        await tab.open("#/products/prod_chef_knife")
+        page = tab.page
+        # The gateway's fallback: same-category products, said as such.
+        more = page.get_by_role("list", name="More in kitchen")
+        await expect(more.get_by_role("listitem")).not_to_have_count(0)
+        await tab.press("Add to cart")
+        await expect(page.get_by_role("link", name="Cart (1)")).to_be_visible()
+    finally:
+        await stack.start_service("recommendations")
+
+
+async def test_a_protected_page_asks_to_sign_in_and_returns_there(tab: Tab) -> None:
+    page = tab.page
+    email = await tab.register("Margaret")
+    await tab.press("Sign out")
+    await expect(page.get_by_role("link", name="Sign in")).to_be_visible()
+    await tab.open("#/orders")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
+    await tab.fill({"E-mail": email, "Password": "not the password"})
+    await tab.press("Sign in")
+    await expect(page.get_by_role("alert")).to_be_visible()
+    await tab.fill({"Password": PASSWORD})
+    await tab.press("Sign in")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Your orders")
+
+
+async def test_what_a_customer_types_is_shown_as_text_never_run_as_markup(tab: Tab) -> None:
+    page = tab.page
+    hostile = "<img src=x onerror=\"document.title='owned'\">"
+    await tab.register(hostile)
+    await expect(page.locator("#flash")).to_have_text(f"Welcome, {hostile}!")
+    assert await page.locator("#flash img").count() == 0
+    assert await page.title() != "owned"
