@@ -38,21 +38,23 @@ $(BUF):
 	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (buf comes from npm as @bufbuild/buf)"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-# One stamp per pinned pair: a new pin installs again.
-$(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp:
-	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (eslint and prettier come from npm)"; exit 1; }
+# One stamp per pinned pair: a new pin installs again. After buf: two npm installs into one prefix at once
+# (make -j) would race.
+$(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp: $(BUF)
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
+	  || { echo "error: Node.js $$(node --version) is too old: eslint $(ESLINT_VERSION) needs 20.19 or later"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) eslint@$(ESLINT_VERSION) prettier@$(PRETTIER_VERSION)
 	touch $@
 
 .PHONY: browser
-browser: ## Install Debian's Chromium for the storefront's browser tests (as root), unless $(CHROMIUM) is there
+browser: ## Install Debian's Chromium for the storefront's browser tests (as root, or with sudo that asks no password), unless $(CHROMIUM) is there
 	@test -x "$(CHROMIUM)" || { \
-	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; } || { \
+	  if [ "$$(id -u)" = 0 ]; then as_root=""; elif sudo -n true 2>/dev/null; then as_root="sudo -n"; else as_root=none; fi; \
+	  { command -v apt-get >/dev/null && [ "$$as_root" != none ]; } || { \
 	    echo "error: $(CHROMIUM) is missing: install Chromium (Debian: sudo apt-get install chromium) or set CHROMIUM=/path/to/chrome"; exit 1; }; \
 	  echo "installing Debian's chromium for the storefront's browser tests"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	  $$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	    || { $$as_root apt-get update -qq && $$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
 	  test -x "$(CHROMIUM)" || { echo "error: apt-get installed chromium, but not at $(CHROMIUM)"; exit 1; }; }
 
 .PHONY: check-python
@@ -103,6 +105,7 @@ fmt: setup $(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp ## Forma
 	$(VENV_BIN)/ruff check --fix .
 	$(VENV_BIN)/ruff format .
 	$(PRETTIER) --print-width 120 --log-level warn --write $(STOREFRONT)
+	$(MAKE) --no-print-directory http-api >/dev/null
 	cd protos && ../$(BUF) format -w
 
 .PHONY: test

@@ -81,7 +81,7 @@ check-dashboards: setup
 	$(VENV_BIN)/python k8s/dashboards.py --check
 
 .PHONY: http-api check-http-api
-http-api: setup ## Write helm/gateway/files/ (the HTTP/JSON edge's Envoy configuration, the API's descriptor set and OpenAPI document)
+http-api: setup ## Write helm/gateway/files/ (the HTTP/JSON edge's Envoy configuration, the API's descriptor set and OpenAPI document, the storefront)
 	$(VENV_BIN)/python k8s/http_api.py
 
 check-http-api: setup

@@ -221,8 +221,10 @@ async def test_a_method_a_path_does_not_take_is_405_with_the_methods_it_does(htt
     # While a variable may hold a colon (the transcoder splits off only the API's own verbs).
     assert (await http.get("/v1/products/prod:x")).status_code == 404, "GetProductPage of 'prod:x'"
     assert (await http.post("/v1/products/prod:x", json={})).status_code == 405
-    # The document's own path takes GET only.
-    assert (await http.post("/openapi.json")).headers["allow"] == "GET"
+    # The document's own path takes GET and HEAD only.
+    assert (await http.post("/openapi.json")).headers["allow"] == "GET, HEAD"
+    head = await http.head("/openapi.json")
+    assert (head.status_code, head.content) == (200, b"")
 
 
 @pytest.mark.parametrize(

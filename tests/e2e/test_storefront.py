@@ -19,7 +19,17 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Route, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Locator,
+    Page,
+    Request,
+    Route,
+    async_playwright,
+    expect,
+)
 
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_platform.http_api import STOREFRONT_CSP, STOREFRONT_FILES, storefront_folder
@@ -36,9 +46,16 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SLOW = 25_000
 
 
+ENV = {
+    "orders": FAST_RECOVERY,
+    # Room for a cold recommendations service on a busy machine: its fallback has a test of its own.
+    "gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": "2"},
+}
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(module_dir: Path) -> AsyncIterator[Stack]:
-    async with Stack.for_tests(module_dir, env={"orders": FAST_RECOVERY}, http=True) as running:
+    async with Stack.for_tests(module_dir, env=ENV, http=True) as running:
         yield running
 
 
@@ -71,6 +88,32 @@ class Tab:
 
     async def open(self, fragment: str = "#/") -> None:
         await self.page.goto(f"{self.base_url}/{fragment}")
+        await self.shown()
+
+    async def shown(self) -> None:
+        """Until the page has shown what its view fetched."""
+        await expect(self.page.locator("#view[aria-busy]")).to_have_count(0)
+
+    async def reload_until(self, shows: Locator, what: str) -> None:
+        """Reload the page (it shows what the API answered when it was loaded) until it shows `shows`."""
+        for _ in range(60):
+            if await shows.count():
+                return
+            await self.page.wait_for_timeout(500)
+            await self.page.reload()
+            await self.shown()
+        raise AssertionError(f"the page never showed {what}")
+
+    def idempotency_keys(self, path: str) -> list[str]:
+        """The idempotency keys the page sends with its POSTs to `path`, as it sends them."""
+        keys: list[str] = []
+
+        def sent(request: Request) -> None:
+            if request.method == "POST" and request.url.endswith(path):
+                keys.append(request.headers.get("idempotency-key", ""))
+
+        self.page.on("request", sent)
+        return keys
 
     async def fill(self, fields: dict[str, str]) -> None:
         for label, value in fields.items():
@@ -107,7 +150,7 @@ class Tab:
             "Country (two letters)": "GB",
             "Card number": card,
             "Expiry month": "12",
-            "Expiry year": "2031",
+            "Expiry year (four digits)": "2031",
             "CVV": "123",
         }
         await self.fill(fields | overrides)
@@ -183,7 +226,9 @@ async def test_a_shopper_searches_registers_and_checks_out_with_one_charge(
     await expect(page.get_by_role("heading", level=1)).to_have_text("Results for “french press”")
     await page.get_by_role("list", name="Products").get_by_role("link", name="Stainless French Press, 1 L").click()
     await expect(page.get_by_text(re.compile(r"^In stock: \d+$"))).to_be_visible()
-    await expect(page.get_by_role("list", name="Customers also bought").get_by_role("listitem")).not_to_have_count(0)
+    # (A recommendations service still warming up may miss its budget once: the page then shows the fallback.)
+    ranked = page.get_by_role("list", name="Customers also bought").get_by_role("listitem")
+    await tab.reload_until(ranked, "ranked recommendations")
     await page.get_by_label("Quantity").fill("2")
     await tab.press("Add to cart")
     await expect(page.get_by_role("link", name="Cart (2)")).to_be_visible()
@@ -215,11 +260,7 @@ async def test_a_shopper_searches_registers_and_checks_out_with_one_charge(
     # The order's e-mail, once notifications has sent it (the page shows what the API lists: reload).
     await tab.follow("Notifications")
     confirmed = page.get_by_role("list", name="Notifications").get_by_role("listitem").filter(has_text=order_id)
-    for _ in range(60):
-        if await confirmed.count():
-            break
-        await page.wait_for_timeout(500)
-        await page.reload()
+    await tab.reload_until(confirmed, f"the e-mail about {order_id}")
     await expect(confirmed).to_contain_text("is confirmed")
 
 
@@ -229,18 +270,32 @@ async def test_the_services_field_violations_show_beside_the_fields_they_name(
     page = tab.page
     await tab.register("Grace")
     await tab.add_to_cart("prod_chef_knife")
+    quantity = "Quantity of 8-inch Chef's Knife"
+
+    async def refused(labels: list[str], fine: list[str]) -> None:
+        await expect(page.get_by_role("alert")).to_be_visible()
+        for label in labels:
+            field = page.get_by_label(label, exact=True)
+            await expect(field).to_have_attribute("aria-invalid", "true")
+            problem = page.locator(f"#{await field.get_attribute('aria-describedby')}")
+            await expect(problem).not_to_be_empty()
+        for label in fine:
+            await expect(page.get_by_label(label, exact=True)).not_to_have_attribute("aria-invalid", "true")
+        assert await orders_of(http, await tab.token()) == [], "nothing is placed"
+
     # The page checks nothing itself: what it shows is what orders' validation answered (INVALID_ARGUMENT).
     await tab.check_out(**{"Card number": "", "City": "", "Country (two letters)": "United Kingdom"})
-    await expect(page.get_by_role("alert")).to_be_visible()
-    for label in ("City", "Country (two letters)", "Card number"):
-        field = page.get_by_label(label, exact=True)
-        await expect(field).to_have_attribute("aria-invalid", "true")
-        problem = page.locator(f"#{await field.get_attribute('aria-describedby')}")
-        await expect(problem).not_to_be_empty()
-    await expect(page.get_by_label("Street", exact=True)).not_to_have_attribute("aria-invalid", "true")
-    assert await orders_of(http, await tab.token()) == [], "nothing is placed"
-
+    await refused(["City", "Country (two letters)", "Card number"], ["Street", quantity])
+    # A cart line's complaint (`items[0].quantity`) lands on that line, in the cart above the form; what was
+    # typed into the form stays.
     await tab.fill({"City": "London", "Country (two letters)": "GB", "Card number": GOOD_CARD})
+    await page.get_by_label(quantity).fill("500")
+    await page.get_by_label(quantity).press("Tab")
+    await tab.press("Place order")
+    await refused([quantity], ["City", "Card number"])
+
+    await page.get_by_label(quantity).fill("1")
+    await page.get_by_label(quantity).press("Tab")
     await tab.press("Place order")
     await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
 
@@ -249,6 +304,7 @@ async def test_a_declined_card_is_told_and_the_cart_kept(tab: Tab, http: httpx.A
     page = tab.page
     await tab.register("Linus")
     await tab.add_to_cart("prod_chef_knife")
+    keys = tab.idempotency_keys("/v1/orders")
     await tab.check_out(card=DECLINED_CARD)
     alert = page.get_by_role("alert")
     await expect(alert).to_contain_text("Your card was declined.", timeout=SLOW)
@@ -259,10 +315,16 @@ async def test_a_declined_card_is_told_and_the_cart_kept(tab: Tab, http: httpx.A
     await expect(page.get_by_text("State: CANCELLED")).to_be_visible()
     await expect(page.get_by_text("Your card was declined.")).to_be_visible()
 
-    # Another card is another request (a new idempotency key): it is placed.
+    # A decline settles that checkout: the same one again is a new attempt (the bank may say yes now), with a
+    # new idempotency key, not a replay of the decline.
+    await tab.check_out(card=DECLINED_CARD)
+    await expect(page.get_by_role("alert")).to_contain_text("Your card was declined.", timeout=SLOW)
+    assert len(keys) == 2
+    assert keys[0] != keys[1], keys
+    assert len(await orders_of(http, await tab.token())) == 2
     await tab.check_out(card=GOOD_CARD)
     await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
-    assert len(await orders_of(http, await tab.token())) == 2
+    assert len(await orders_of(http, await tab.token())) == 3
 
 
 async def test_a_checkout_whose_answer_was_lost_placed_again_is_one_order_charged_once(
@@ -289,7 +351,10 @@ async def test_a_checkout_whose_answer_was_lost_placed_again_is_one_order_charge
     await expect(alert).to_contain_text("trying again is safe")
     [placed] = await orders_of(http, await tab.token())
 
-    await tab.press("Place order")
+    # The customer reloads the page and checks out again, as before: the key was kept for this checkout.
+    await page.reload()
+    await tab.shown()
+    await tab.check_out()
     await expect(page.locator("#flash")).to_contain_text(f"Order {placed['id']} is CONFIRMED", timeout=SLOW)
     assert len(keys) == 2
     assert keys[0] == keys[1], "the same checkout, the same idempotency key"
@@ -354,5 +419,5 @@ async def test_what_a_customer_types_is_shown_as_text_never_run_as_markup(tab: T
     hostile = "<img src=x onerror=\"document.title='owned'\">"
     await tab.register(hostile)
     await expect(page.locator("#flash")).to_have_text(f"Welcome, {hostile}!")
-    assert await page.locator("#flash img").count() == 0
-    assert await page.title() != "owned"
+    # The page has no image of its own: any would be the name's markup.
+    assert await page.locator("img").count() == 0

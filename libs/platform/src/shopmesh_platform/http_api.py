@@ -300,11 +300,12 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
 
 
 def _openapi_routes(document: Path | None) -> list[dict[str, Any]]:
-    """`GET /openapi.json`, answered by Envoy from the file, and 405 for any other method there."""
+    """`GET /openapi.json` (and HEAD), answered by Envoy from the file, and 405 for any other method there but
+    OPTIONS (a preflight, for the CORS filter)."""
     if document is None:
         return []
     served = {
-        "match": {"path": OPENAPI_PATH, "headers": [_method_in(["GET"])]},
+        "match": {"path": OPENAPI_PATH, "headers": [_method_in(["GET", "HEAD"])]},
         "direct_response": {"status": 200, "body": {"filename": str(document)}},
         "response_headers_to_add": [
             _set_header("content-type", "application/json"),
@@ -313,12 +314,12 @@ def _openapi_routes(document: Path | None) -> list[dict[str, Any]]:
         ],
         "typed_per_filter_config": _TRANSCODER_OFF,
     }
-    return [served, _method_not_allowed(OPENAPI_PATH, re.escape(OPENAPI_PATH), ["GET"])]
+    return [served, _method_not_allowed(OPENAPI_PATH, re.escape(OPENAPI_PATH), ["GET", "HEAD"])]
 
 
 def _storefront_routes(folder: Path | None) -> list[dict[str, Any]]:
     """Each of STOREFRONT_FILES at its path, answered by Envoy from the file (GET and HEAD), and 405 for any
-    other method there."""
+    other method there but OPTIONS."""
     if folder is None:
         return []
     routes = []

@@ -10,23 +10,46 @@ const PAGE_SIZE = 12;
 const RECOMMENDATIONS = 4;
 const CART = "shopmesh.cart";
 const SESSION = "shopmesh.session";
+// sessionStorage slots of requests whose outcome is not settled yet: their idempotency keys.
 const CHECKOUT = "shopmesh.checkout";
+const CANCEL = "shopmesh.cancel.";
+// The checkout form's id: the cart's quantity inputs, outside it, belong to it.
+const CHECKOUT_FORM = "checkout";
+// A kept key is reused for this long at most (the services keep theirs for 48 hours).
+const KEY_LIFETIME_MS = 24 * 60 * 60 * 1000;
 const BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest";
 const ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo";
 const RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo";
 // gRPC codes the page tells apart (google.rpc.Code).
-const UNAVAILABLE = 14;
+const UNKNOWN = 2;
+const INVALID_ARGUMENT = 3;
 const DEADLINE_EXCEEDED = 4;
+const NOT_FOUND = 5;
+const ALREADY_EXISTS = 6;
+const FAILED_PRECONDITION = 9;
+const ABORTED = 10;
+const INTERNAL = 13;
+const UNAVAILABLE = 14;
 const UNAUTHENTICATED = 16;
+// Answers that may come while the request was carried out, or is still being (ABORTED: another attempt with
+// the same key is running): only the same request with the same key can tell, without doing it twice.
+const OUTCOME_UNKNOWN = new Set([UNKNOWN, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNAVAILABLE]);
+// Answers that settle a request as it was sent: refused (INVALID_ARGUMENT), or carried to an end the service
+// states (FAILED_PRECONDITION: a declined card's cancelled order, an order that cannot be cancelled). Sent
+// again, it would get the same.
+const SETTLED = new Set([INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION]);
 
 // ---- The API ------------------------------------------------------------------------------------------
 
 // A call that did not succeed: the google.rpc.Status the edge answered with, its details read out.
 class ApiError extends Error {
-  constructor(httpStatus, status) {
+  constructor(httpStatus, status, { authRequired = false } = {}) {
     super(status.message || `The shop answered ${httpStatus}.`);
     this.httpStatus = httpStatus;
-    this.code = status.code ?? 2;
+    // A proxy's own error page is no google.rpc.Status: whatever it was, it is not a settled answer.
+    this.code = Number.isInteger(status.code) ? status.code : UNKNOWN;
+    // The call needed the session's token (a 401 then means: sign in again).
+    this.authRequired = authRequired;
     const details = Array.isArray(status.details) ? status.details : [];
     const of = (type) => details.find((detail) => detail["@type"] === type);
     this.violations = of(BAD_REQUEST)?.fieldViolations ?? [];
@@ -34,14 +57,18 @@ class ApiError extends Error {
     this.retryDelay = of(RETRY_INFO)?.retryDelay ?? null;
   }
 
-  // The call may have been carried out or not (the shop unreachable, no answer in time): only a retry with
-  // the same idempotency key can tell without doing it twice.
+  // The call may have been carried out or not (the shop unreachable, no answer in time, a proxy's 5xx).
   get outcomeUnknown() {
-    return this.httpStatus === 0 || this.code === UNAVAILABLE || this.code === DEADLINE_EXCEEDED;
+    return this.httpStatus === 0 || this.httpStatus >= 500 || OUTCOME_UNKNOWN.has(this.code);
+  }
+
+  get settled() {
+    return this.httpStatus !== 0 && this.httpStatus < 500 && SETTLED.has(this.code);
   }
 }
 
 async function call(method, path, { query = {}, body, auth = false, idempotencyKey } = {}) {
+  const authRequired = auth;
   const url = new URL(path, location.origin);
   for (const [name, value] of Object.entries(query)) {
     if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
@@ -51,14 +78,14 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
   if (auth) {
     const session = currentSession();
-    if (!session) throw new ApiError(401, { code: UNAUTHENTICATED, message: "Please sign in." });
+    if (!session) throw new ApiError(401, { code: UNAUTHENTICATED, message: "Please sign in." }, { authRequired });
     headers.authorization = `Bearer ${session.token}`;
   }
   let response;
   try {
     response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   } catch {
-    throw new ApiError(0, { code: UNAVAILABLE, message: "The shop could not be reached." });
+    throw new ApiError(0, { code: UNAVAILABLE, message: "The shop could not be reached." }, { authRequired });
   }
   const text = await response.text();
   let data;
@@ -68,8 +95,9 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
     data = { message: text };
   }
   if (!response.ok) {
-    if (response.status === 401) endSession();
-    throw new ApiError(response.status, data);
+    // The token was refused (expired, or its key revoked): a wrong password at sign-in is no session's end.
+    if (response.status === 401 && auth) endSession();
+    throw new ApiError(response.status, data, { authRequired });
   }
   return data;
 }
@@ -110,15 +138,18 @@ function currentSession() {
 }
 
 function startSession(login, email) {
+  // As users keeps it: the receipt's address is prefilled from it, and orders takes no stray spaces.
+  const account = email.trim().toLowerCase();
   sessionStorage.setItem(
     SESSION,
-    JSON.stringify({ token: login.accessToken, userId: login.userId, expiresAt: login.expiresAt, email }),
+    JSON.stringify({ token: login.accessToken, userId: login.userId, expiresAt: login.expiresAt, email: account }),
   );
 }
 
+// (Pending idempotency keys stay: they are the user's, and a checkout whose answer was lost must be sent with
+// its key again after signing in again.)
 function endSession() {
   sessionStorage.removeItem(SESSION);
-  sessionStorage.removeItem(CHECKOUT);
   showSession();
 }
 
@@ -153,16 +184,26 @@ function newIdempotencyKey() {
   return `web-${Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("")}`;
 }
 
-// The idempotency key of this checkout: the same while the same request's outcome is unknown (sent again,
-// it gets the order the first one placed, never a second charge); a new one for a changed request or after
-// an answer.
-function checkoutKey(request) {
-  const fingerprint = JSON.stringify(request);
-  const pending = readJson(sessionStorage, CHECKOUT, null);
-  if (pending?.fingerprint === fingerprint) return pending.key;
-  const key = newIdempotencyKey();
-  sessionStorage.setItem(CHECKOUT, JSON.stringify({ fingerprint, key }));
-  return key;
+// Sends a request with an idempotency key kept in sessionStorage (`slot`) for this user and this request
+// until an answer settles it. Sent again meanwhile (its answer lost, UNAVAILABLE, a 409 while the first
+// attempt still runs, after signing in again), it carries the same key and gets the first attempt's outcome:
+// never a second order or charge. A changed request, or one sent after success or a settled refusal, gets a
+// new key. `what` is what identifies the request: no card number or CVV (it stays in the tab's storage).
+async function idempotently(slot, what, send) {
+  const fingerprint = JSON.stringify([currentSession()?.userId ?? null, what]);
+  const pending = readJson(sessionStorage, slot, null);
+  const reuse = pending?.fingerprint === fingerprint && Date.now() - pending.since < KEY_LIFETIME_MS;
+  const key = reuse ? pending.key : newIdempotencyKey();
+  if (!reuse) sessionStorage.setItem(slot, JSON.stringify({ fingerprint, key, since: Date.now() }));
+  try {
+    const answer = await send(key);
+    sessionStorage.removeItem(slot);
+    return answer;
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.settled) sessionStorage.removeItem(slot);
+    else if (error.outcomeUnknown) error.retrySafe = true;
+    throw error;
+  }
 }
 
 // ---- Building the page ----------------------------------------------------------------------------------
@@ -181,10 +222,31 @@ function h(tag, attributes = {}, ...children) {
   return element;
 }
 
+// ISO 4217 currencies whose minor unit is not the hundredth (as services/notifications' money.py has them):
+// the browser's own figures (CLDR's) differ for some (IQD 0, HUF 0), and an amount in minor units must be
+// read with ISO's.
+const EXPONENTS = {
+  ...Object.fromEntries(
+    ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV"].map((code) => [
+      code,
+      0,
+    ]),
+  ),
+  ...Object.fromEntries(["XAF", "XOF", "XPF"].map((code) => [code, 0])),
+  ...Object.fromEntries(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"].map((code) => [code, 3])),
+  CLF: 4,
+  UYW: 4,
+};
+
 // An amount in minor units, exactly (BigInt, no float), in the currency's own format.
 function money({ amountMinor, currency }) {
-  const format = new Intl.NumberFormat("en-US", { style: "currency", currency });
-  const digits = format.resolvedOptions().maximumFractionDigits;
+  const digits = EXPONENTS[currency] ?? 2;
+  const format = new Intl.NumberFormat("en-US", {
+    style: "currency",
+    currency,
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
   const minor = BigInt(amountMinor ?? 0);
   const magnitude = (minor < 0n ? -minor : minor).toString().padStart(digits + 1, "0");
   const major = digits ? `${magnitude.slice(0, -digits)}.${magnitude.slice(-digits)}` : magnitude;
@@ -230,7 +292,7 @@ function errorBox(error) {
     );
   }
   if (error.retryDelay) box.append(h("p", {}, `You can try again in ${error.retryDelay}.`));
-  if (error.outcomeUnknown && error.idempotent) {
+  if (error.retrySafe) {
     box.append(h("p", {}, "It may or may not have gone through: trying again is safe (it is never done twice)."));
   }
   const orderId = error.info?.metadata?.order_id;
@@ -241,14 +303,16 @@ function errorBox(error) {
 function nextPageLink(token, query) {
   if (!token) return null;
   const params = new URLSearchParams({ ...query, pageToken: token });
-  return h("p", {}, h("a", { href: `${location.hash.split("?")[0]}?${params}` }, "Next page"));
+  return h("p", {}, h("a", { href: `${location.hash.split("?")[0] || "#/"}?${params}` }, "Next page"));
 }
 
 // A form of labelled inputs, each named by its field in the request (`shipping_address.city`): the
 // server's field violations land beside the input they name. No browser-side checks (novalidate): the
 // service's rules are the rules, and its answers say which field broke which.
-function fieldsForm(fields, submitLabel, onSubmit) {
-  const form = h("form", { class: "fields", novalidate: true });
+// Inputs outside the form may belong to it (the cart's quantities, `items[0].quantity`, by their `form`
+// attribute, with the form's `id`).
+function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
+  const form = h("form", { class: "fields", novalidate: true, id: formId });
   for (const field of fields) {
     const id = `field-${field.name.replaceAll(/[^a-z0-9]/gi, "-")}`;
     form.append(
@@ -271,12 +335,13 @@ function fieldsForm(fields, submitLabel, onSubmit) {
   const button = h("button", { type: "submit" }, submitLabel);
   const status = h("div", { class: "actions" }, button);
   form.append(status);
+  const inputs = () => [...form.elements].filter((element) => element.tagName === "INPUT");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    for (const input of form.querySelectorAll("input")) {
+    for (const input of inputs()) {
       input.removeAttribute("aria-invalid");
       input.removeAttribute("aria-describedby");
-      form.querySelector(`#${input.id}-problem`).textContent = "";
+      problemOf(input).textContent = "";
     }
     form.querySelector(".error")?.remove();
     const values = Object.fromEntries(new FormData(form));
@@ -285,14 +350,17 @@ function fieldsForm(fields, submitLabel, onSubmit) {
       await onSubmit(values);
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
+      if (error.httpStatus === 401 && error.authRequired) {
+        // The session ended (its token expired or was refused): sign in, and come back here.
+        location.hash = `#/login?next=${encodeURIComponent(location.hash || "#/")}`;
+        return;
+      }
       for (const violation of error.violations) {
-        // `card` (the whole message missing) lands at its first field, `card.number`.
-        const name = CSS.escape(violation.field);
-        const input = form.querySelector(`input[name="${name}"]`) ?? form.querySelector(`input[name^="${name}."]`);
+        const input = inputFor(inputs(), violation.field);
         if (!input) continue;
         input.setAttribute("aria-invalid", "true");
-        input.setAttribute("aria-describedby", `${input.id}-problem`);
-        form.querySelector(`#${input.id}-problem`).textContent = violation.description;
+        input.setAttribute("aria-describedby", problemOf(input).id);
+        problemOf(input).textContent = violation.description;
         violation.shown = true;
       }
       status.after(errorBox(error));
@@ -301,6 +369,22 @@ function fieldsForm(fields, submitLabel, onSubmit) {
     }
   });
   return form;
+}
+
+// Where the service's complaint about a request field goes: its input, else the first input of the nearest
+// enclosing message it names (`card` → `card.number`; `items[0].product_id` → `items[0].quantity`).
+function inputFor(inputs, field) {
+  for (let path = field; path; path = path.includes(".") ? path.slice(0, path.lastIndexOf(".")) : "") {
+    const found =
+      inputs.find((input) => input.name === path) ?? inputs.find((input) => input.name.startsWith(`${path}.`));
+    if (found) return found;
+  }
+  return null;
+}
+
+// The element that says what is wrong with an input (`<input id>-problem`).
+function problemOf(input) {
+  return document.getElementById(`${input.id}-problem`);
 }
 
 // ---- Views ----------------------------------------------------------------------------------------------
@@ -396,44 +480,58 @@ function cartTotal(items) {
 function cartView() {
   const items = cart.items();
   if (!items.length) return [h("h1", {}, "Your cart"), h("p", {}, "Your cart is empty.")];
-  const rows = items.map((item) =>
+  const estimate = h("strong", {});
+  const showTotal = () => {
+    const total = cartTotal(cart.items());
+    estimate.textContent = total ? money(total) : "—";
+  };
+  // Each quantity is the request's `items[i].quantity`: the service's complaint about a line lands on it.
+  const rows = items.map((item, index) =>
     h(
       "tr",
       {},
       h("td", {}, h("a", { href: `#/products/${encodeURIComponent(item.productId)}` }, item.name)),
       h(
         "td",
-        { class: "number" },
+        { class: NUMBER },
         h("input", {
+          id: `cart-quantity-${index}`,
+          name: `items[${index}].quantity`,
+          form: CHECKOUT_FORM,
           type: "number",
           min: 0,
           value: item.quantity,
           "aria-label": `Quantity of ${item.name}`,
           onchange: (event) => {
-            cart.setQuantity(item.productId, Math.max(0, Number.parseInt(event.target.value, 10) || 0));
-            route();
+            const quantity = Math.max(0, Number.parseInt(event.target.value, 10) || 0);
+            cart.setQuantity(item.productId, quantity);
+            // A line taken out changes the rows; otherwise what was typed into the form stays.
+            if (quantity === 0) route();
+            else showTotal();
           },
         }),
+        h("span", { class: "problem", id: `cart-quantity-${index}-problem` }),
       ),
       h("td", { class: NUMBER }, money(item.unitPrice)),
     ),
   );
   const total = cartTotal(items);
+  showTotal();
   const session = currentSession();
   return [
     h("h1", {}, "Your cart"),
     table({ class: "panel" }, [["Product"], ["Quantity", NUMBER], ["Price", NUMBER]], rows),
     total
-      ? h("p", {}, "Estimated total: ", h("strong", {}, money(total)), " (the order says what is charged)")
+      ? h("p", {}, "Estimated total: ", estimate, " (the order says what is charged)")
       : h("p", { class: "error" }, "Your cart holds more than one currency; an order takes one."),
     h("h2", {}, "Check out"),
     session && total
-      ? checkoutForm(items, total.currency, session)
+      ? checkoutForm(total.currency, session)
       : h("p", {}, h("a", { href: "#/login?next=%23%2Fcart" }, "Sign in"), " to check out."),
   ];
 }
 
-function checkoutForm(items, currency, session) {
+function checkoutForm(currency, session) {
   const fields = [
     { name: "email", label: "E-mail for the receipt", type: "email", value: session.email, autocomplete: "email" },
     { name: "shipping_address.full_name", label: "Full name", autocomplete: "name" },
@@ -443,13 +541,19 @@ function checkoutForm(items, currency, session) {
     { name: "shipping_address.country", label: "Country (two letters)", autocomplete: "country" },
     { name: "card.number", label: "Card number", inputmode: "numeric", autocomplete: "cc-number" },
     { name: "card.exp_month", label: "Expiry month", inputmode: "numeric", autocomplete: "cc-exp-month" },
-    { name: "card.exp_year", label: "Expiry year", inputmode: "numeric", autocomplete: "cc-exp-year" },
+    { name: "card.exp_year", label: "Expiry year (four digits)", inputmode: "numeric", autocomplete: "cc-exp-year" },
     { name: "card.cvv", label: "CVV", inputmode: "numeric", autocomplete: "cc-csc" },
   ];
-  return fieldsForm(fields, "Place order", async (values) => {
+  const submit = async (values) => {
     const whole = (text) => (/^\d+$/.test(text.trim()) ? Number(text) : 0);
-    const request = {
-      items: items.map((item) => ({ productId: item.productId, quantity: item.quantity })),
+    const card = {
+      number: values["card.number"].replaceAll(/\s/g, ""),
+      expMonth: whole(values["card.exp_month"]),
+      expYear: whole(values["card.exp_year"]),
+      cvv: values["card.cvv"],
+    };
+    const order = {
+      items: cart.items().map((item) => ({ productId: item.productId, quantity: item.quantity })),
       currency,
       email: values.email,
       shippingAddress: {
@@ -459,29 +563,17 @@ function checkoutForm(items, currency, session) {
         postalCode: values["shipping_address.postal_code"],
         country: values["shipping_address.country"],
       },
-      card: {
-        number: values["card.number"].replaceAll(/\s/g, ""),
-        expMonth: whole(values["card.exp_month"]),
-        expYear: whole(values["card.exp_year"]),
-        cvv: values["card.cvv"],
-      },
     };
-    let answer;
-    try {
-      answer = await api.placeOrder(request, checkoutKey(request));
-    } catch (error) {
-      // Unknown outcome: the key is kept, and placing the same order again gets the first one's answer.
-      if (error instanceof ApiError && error.outcomeUnknown) error.idempotent = true;
-      else sessionStorage.removeItem(CHECKOUT);
-      throw error;
-    }
-    sessionStorage.removeItem(CHECKOUT);
+    // The same order to the same card is the same checkout; the card's number and CVV are not kept for it.
+    const what = { ...order, card: { last4: card.number.slice(-4), expMonth: card.expMonth, expYear: card.expYear } };
+    const answer = await idempotently(CHECKOUT, what, (key) => api.placeOrder({ ...order, card }, key));
     cart.clear();
     flash(`Thank you! Order ${answer.order.id} is ${enumName(answer.order.state, "ORDER_STATE_")}.`, {
       acrossNavigation: true,
     });
     location.hash = `#/orders/${encodeURIComponent(answer.order.id)}`;
-  });
+  };
+  return fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM });
 }
 
 function orderState(order) {
@@ -520,8 +612,9 @@ async function orderView(orderId) {
   const cancel =
     state === "CONFIRMED"
       ? fieldsForm([], "Cancel order", async () => {
-          // One key per click: CancelOrder answers a repeat of the same key with the same outcome.
-          await api.cancelOrder(order.id, newIdempotencyKey());
+          // One key per order until a settled answer: a retry after UNAVAILABLE (the refund could not be
+          // done yet) must carry the same key, or orders answers that the order is already being cancelled.
+          await idempotently(`${CANCEL}${order.id}`, order.id, (key) => api.cancelOrder(order.id, key));
           flash(`Order ${order.id} is being cancelled; the payment is refunded.`);
           route();
         })
@@ -621,8 +714,17 @@ function registerView() {
       ],
       "Create account",
       async (values) => {
-        await api.register({ email: values.email, password: values.password, displayName: values.display_name });
-        const login = await api.login({ email: values.email, password: values.password });
+        const credentials = { email: values.email, password: values.password };
+        let login = null;
+        try {
+          await api.register({ ...credentials, displayName: values.display_name });
+        } catch (error) {
+          // Registered by an earlier try whose sign-in then failed: signing in is what is left to do (with
+          // another password, the account is someone else's, as the first answer said).
+          if (!(error instanceof ApiError && error.code === ALREADY_EXISTS)) throw error;
+          login = await api.login(credentials).catch(() => Promise.reject(error));
+        }
+        login ??= await api.login(credentials);
         startSession(login, values.email);
         showSession();
         flash(`Welcome, ${values.display_name}!`, { acrossNavigation: true });
@@ -634,13 +736,13 @@ function registerView() {
 
 // ---- Routing --------------------------------------------------------------------------------------------
 
-// #/path?query → [pattern, view(match, query), needs a session].
+// #/path?query → [pattern, view(match, query), needs a session]. A path's parts reach a view decoded.
 const ROUTES = [
   [/^\/$/, (_, query) => productsView(query), false],
-  [/^\/products\/([^/]+)$/, (match) => productView(decodeURIComponent(match[1])), false],
+  [/^\/products\/([^/]+)$/, (match) => productView(match[1]), false],
   [/^\/cart$/, () => cartView(), false],
   [/^\/orders$/, (_, query) => ordersView(query), true],
-  [/^\/orders\/([^/]+)$/, (match) => orderView(decodeURIComponent(match[1])), true],
+  [/^\/orders\/([^/]+)$/, (match) => orderView(match[1]), true],
   [/^\/notifications$/, (_, query) => notificationsView(query), true],
   [/^\/login$/, (_, query) => loginView(query), false],
   [/^\/register$/, () => registerView(), false],
@@ -648,12 +750,23 @@ const ROUTES = [
 
 let shown = 0;
 
+// A path's parts decoded, or null for a malformed one (`%E0%A4%A`).
+function decoded(match) {
+  try {
+    return match.map((part) => decodeURIComponent(part));
+  } catch {
+    return null;
+  }
+}
+
 async function route() {
+  // The token may have expired since the last page: the header says so.
+  showSession();
   const [path, search = ""] = (location.hash.slice(1) || "/").split("?");
   const query = Object.fromEntries(new URLSearchParams(search));
   const view = document.getElementById("view");
-  const found = ROUTES.map(([pattern, render, private_]) => [pattern.exec(path), render, private_]).find(
-    ([match]) => match,
+  const found = ROUTES.map(([pattern, render, private_]) => [decoded(pattern.exec(path) ?? []), render, private_]).find(
+    ([match]) => match?.length,
   );
   const mine = ++shown;
   let content;
@@ -668,7 +781,8 @@ async function route() {
       content = await found[1](found[0], query);
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
-      if (error.httpStatus === 401 && found[2]) {
+      if (mine !== shown) return;
+      if (error.httpStatus === 401 && error.authRequired) {
         location.hash = `#/login?next=${encodeURIComponent(location.hash)}`;
         return;
       }
