@@ -8,6 +8,7 @@ from the services themselves (the order's payments, the orders a user has).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import uuid
@@ -33,9 +34,10 @@ from playwright.async_api import (
 
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_platform.http_api import STOREFRONT_CSP, STOREFRONT_FILES, storefront_folder
-from shopmesh_platform.stack import Stack
+from shopmesh_platform.stack import HTTP_API, Stack
+from shopmesh_platform.traces import load
 
-from .shop import DECLINED_CARD, FAST_RECOVERY, GOOD_CARD
+from .shop import DECLINED_CARD, FAST_RECOVERY, GOOD_CARD, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -55,7 +57,7 @@ ENV = {
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(module_dir: Path) -> AsyncIterator[Stack]:
-    async with Stack.for_tests(module_dir, env=ENV, http=True) as running:
+    async with Stack.for_tests(module_dir, env=ENV, http=True, traces=True) as running:
         yield running
 
 
@@ -300,7 +302,9 @@ async def test_the_services_field_violations_show_beside_the_fields_they_name(
     await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
 
 
-async def test_a_declined_card_is_told_and_the_cart_kept(tab: Tab, http: httpx.AsyncClient) -> None:
+async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(
+    stack: Stack, tab: Tab, http: httpx.AsyncClient
+) -> None:
     page = tab.page
     await tab.register("Linus")
     await tab.add_to_cart("prod_chef_knife")
@@ -309,6 +313,17 @@ async def test_a_declined_card_is_told_and_the_cart_kept(tab: Tab, http: httpx.A
     alert = page.get_by_role("alert")
     await expect(alert).to_contain_text("Your card was declined.", timeout=SLOW)
     await expect(page.locator("#cart-link")).to_have_text("Cart (1)")
+    # The reference the page gives is the trace its call started: the edge's and every service's spans.
+    reference = await alert.get_by_text(re.compile(r"^Reference: [0-9a-f]{32}$")).text_content()
+    assert reference is not None
+    trace_id = reference.removeprefix("Reference: ")
+
+    def services_in_trace() -> set[str] | None:
+        traces = [trace for trace in load(stack.traces_dir) if trace.trace_id == trace_id]
+        services = {span["service"] for trace in traces for span in trace.spans}
+        return services if {HTTP_API, "gateway", "orders", "payments"} <= services else None
+
+    await eventually(lambda: asyncio.to_thread(services_in_trace), f"the spans of trace {trace_id}")
     [cancelled] = await orders_of(http, await tab.token())
     assert cancelled["state"] == "ORDER_STATE_CANCELLED"
     await alert.get_by_role("link", name=f"Order {cancelled['id']}").click()

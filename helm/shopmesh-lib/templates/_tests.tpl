@@ -8,7 +8,7 @@ health and nothing else, so a call to any other method must come back PERMISSION
 For the edge with its http-api container (`--http <base URL>`) it also calls the HTTP/JSON API: GET
 /v1/orders without a token must come back 401 with the gateway's ErrorInfo TOKEN_MISSING as JSON, which
 takes Envoy transcoding with the API's descriptor set, the gateway behind it, and the status mapping, and
-no other service.
+no other service; GET / must be the storefront's page (the ConfigMap's files reached Envoy).
 tests/mesh/test_helm_test_hook.py runs this script against a service with and without a policy in front,
 and against a real gateway with and without its HTTP/JSON edge.
 */}}
@@ -71,6 +71,10 @@ if http:
         reasons = []
     ok = code == 401 and "TOKEN_MISSING" in reasons
     report(ok, "GET /v1/orders without a token", f"{code} {reasons or body[:200]!r}", where=http)
+    # The storefront, which the edge answers from its ConfigMap's files (no service behind it).
+    code, body = get(f"{http}/")
+    ok = code == 200 and b'src="/assets/app.js"' in body
+    report(ok, "GET / (the storefront)", f"{code} {body[:60]!r}", where=http)
 sys.exit(1 if failed else 0)
 {{- end -}}
 

@@ -43,8 +43,10 @@ const SETTLED = new Set([INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION]);
 
 // A call that did not succeed: the google.rpc.Status the edge answered with, its details read out.
 class ApiError extends Error {
-  constructor(httpStatus, status, { authRequired = false } = {}) {
+  constructor(httpStatus, status, { authRequired = false, traceId = null } = {}) {
     super(status.message || `The shop answered ${httpStatus}.`);
+    // The trace the call started, if it was sent: the reference to quote about it.
+    this.traceId = traceId;
     this.httpStatus = httpStatus;
     // A proxy's own error page is no google.rpc.Status: whatever it was, it is not a settled answer.
     this.code = Number.isInteger(status.code) ? status.code : UNKNOWN;
@@ -76,6 +78,11 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   const headers = { accept: "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
   if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
+  // W3C Trace Context: each call starts a trace, as a browser's OpenTelemetry instrumentation of fetch would.
+  // The edge's span and every service's join it; a failed call shows its trace id as the reference to
+  // quote (`make traces ID=<it>` shows where the call went).
+  const traceId = randomHex(16);
+  headers.traceparent = `00-${traceId}-${randomHex(8)}-01`;
   if (auth) {
     const session = currentSession();
     if (!session) throw new ApiError(401, { code: UNAUTHENTICATED, message: "Please sign in." }, { authRequired });
@@ -85,7 +92,7 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   try {
     response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   } catch {
-    throw new ApiError(0, { code: UNAVAILABLE, message: "The shop could not be reached." }, { authRequired });
+    throw new ApiError(0, { code: UNAVAILABLE, message: "The shop could not be reached." }, { authRequired, traceId });
   }
   const text = await response.text();
   let data;
@@ -97,7 +104,7 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   if (!response.ok) {
     // The token was refused (expired, or its key revoked): a wrong password at sign-in is no session's end.
     if (response.status === 401 && auth) endSession();
-    throw new ApiError(response.status, data, { authRequired });
+    throw new ApiError(response.status, data, { authRequired, traceId });
   }
   return data;
 }
@@ -177,11 +184,17 @@ const cart = {
   clear: () => cart.save([]),
 };
 
-// A key unguessable enough to name one checkout (crypto.randomUUID needs a secure context; an http:// host
-// other than localhost is none).
+// `count` random bytes in hex (crypto.randomUUID needs a secure context; an http:// host other than
+// localhost is none).
+function randomHex(count) {
+  return Array.from(crypto.getRandomValues(new Uint8Array(count)), (byte) => byte.toString(16).padStart(2, "0")).join(
+    "",
+  );
+}
+
+// A key unguessable enough to name one checkout or cancel.
 function newIdempotencyKey() {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return `web-${Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("")}`;
+  return `web-${randomHex(16)}`;
 }
 
 // Sends a request with an idempotency key kept in sessionStorage (`slot`) for this user and this request
@@ -297,6 +310,7 @@ function errorBox(error) {
   }
   const orderId = error.info?.metadata?.order_id;
   if (orderId) box.append(h("p", {}, h("a", { href: `#/orders/${encodeURIComponent(orderId)}` }, `Order ${orderId}`)));
+  if (error.traceId) box.append(h("p", { class: "muted" }, `Reference: ${error.traceId}`));
   return box;
 }
 
