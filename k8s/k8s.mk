@@ -50,7 +50,7 @@ render: setup ## Render every chart x value set (default, staging, istio, linker
 	$(VENV_BIN)/python k8s/render.py render --out render
 
 .PHONY: kind-up
-kind-up: ## Create the kind cluster + local registry (localhost:5001), namespaces, NATS, PostgreSQL, Mailpit
+kind-up: ## Create the kind cluster + local registry (localhost:5001), namespaces, NATS, PostgreSQL, Mailpit, Jaeger
 	k8s/scripts/kind-up.sh
 
 .PHONY: kind-down

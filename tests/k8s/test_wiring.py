@@ -31,6 +31,8 @@ HELM_TEST = {
 NATS_PORT = 4222
 POSTGRES_PORT = 5432
 SMTP_PORT = 1025
+OTLP_PORT = 4317
+JAEGER_UI_PORT = 16686
 NAMES = list(SERVICES)
 
 
@@ -166,8 +168,15 @@ def test_network_policy_allows_exactly_the_call_graph(
         postgres = service.has_database and value_set == "staging"
         assert (POSTGRES_PORT in egress) == postgres, "PostgreSQL egress only for its own database there"
         assert (SMTP_PORT in egress) == service.sends_email
+        assert egress[OTLP_PORT] == [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shopmesh-infra"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "jaeger"}},
+            }
+        ], "spans to the dev trace backend, and nowhere else on its port"
         assert 53 in egress, "DNS"
-        assert set(egress) <= {53, GRPC_PORT, NATS_PORT, POSTGRES_PORT, SMTP_PORT, 15012, 8080, 8086, 8090}
+        allowed = {53, GRPC_PORT, NATS_PORT, POSTGRES_PORT, SMTP_PORT, OTLP_PORT, 15012, 8080, 8086, 8090}
+        assert set(egress) <= allowed
 
 
 def test_umbrella_denies_by_default(rendered: dict[tuple[str, str], Docs]) -> None:
@@ -308,9 +317,12 @@ def test_skaffold_has_an_artifact_per_service_matching_the_charts() -> None:
         assert templates[f"{name}.image.tag"] == f"{{{{.IMAGE_TAG_{variable}}}}}"
         assert templates[f"{name}.image.digest"] == f"{{{{.IMAGE_DIGEST_{variable}}}}}"
     # The gateway's gRPC port and its HTTP/JSON API (the http-api container), the ports clients use.
+    forwards = [("gateway", "shopmesh", 50051), ("gateway", "shopmesh", 8080)]
+    # The dev trace backend's UI (test_dev_infra_matches_the_charts_defaults).
+    forwards.append(("jaeger", "shopmesh-infra", JAEGER_UI_PORT))
     assert config["portForward"] == [
-        {"resourceType": "service", "resourceName": "gateway", "namespace": "shopmesh", "port": port, "localPort": port}
-        for port in (50051, 8080)
+        {"resourceType": "service", "resourceName": name, "namespace": namespace, "port": port, "localPort": port}
+        for name, namespace, port in forwards
     ]
     profiles = {p["name"]: p for p in config["profiles"]}
     expected = {name: f"helm/shopmesh/values-{name}.yaml" for name in ("istio", "linkerd", "staging")}
@@ -394,6 +406,14 @@ def test_dev_infra_matches_the_charts_defaults() -> None:
     assert {p["port"] for p in services["nats"]["spec"]["ports"]} == {NATS_PORT}
     assert {p["port"] for p in services["postgresql"]["spec"]["ports"]} == {POSTGRES_PORT}
     assert SMTP_PORT in {p["port"] for p in services["mailpit"]["spec"]["ports"]}
+    # Every service's spans go to the dev Jaeger, which admits them from the shopmesh namespace.
+    assert values["otel"]["endpoint"] == f"http://jaeger.shopmesh-infra.svc.cluster.local:{OTLP_PORT}"
+    assert values["otel"]["port"] == OTLP_PORT
+    assert {p["port"] for p in services["jaeger"]["spec"]["ports"]} == {OTLP_PORT, JAEGER_UI_PORT}
+    policies = {d["metadata"]["name"]: d for d in objects if d["kind"] == "NetworkPolicy"}
+    [admitted] = policies["jaeger"]["spec"]["ingress"]
+    assert admitted["ports"] == [{"protocol": "TCP", "port": OTLP_PORT}]
+    assert admitted["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shopmesh"}}}]
 
 
 # --- Makefile and docs ------------------------------------------------------------------------------

@@ -244,10 +244,11 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- /* Observability and other settings. */ -}}
 {{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v) -}}
 {{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v) -}}
+{{- /* Spans: OTLP/gRPC to the dev Jaeger of k8s/infra unless global.otel says otherwise ("" = nowhere). */ -}}
 {{- $_ := set $c "otel" (dict
-    "endpoint" (dig "otel" "endpoint" "" $g)
+    "endpoint" (dig "otel" "endpoint" "http://jaeger.shopmesh-infra.svc.cluster.local:4317" $g)
     "port" (dig "otel" "port" 4317 $g)
-    "peers" (dig "otel" "peers" list $g)) -}}
+    "peers" (dig "otel" "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "jaeger")))) $g)) -}}
 {{- /* Prometheus Operator objects (_monitoring.tpl); alerts: the service chart's own, beside the library's. */ -}}
 {{- $mon := dig "monitoring" dict $g -}}
 {{- $_ := set $c "monitoring" (dict
