@@ -5,9 +5,11 @@ SHELL := /bin/bash
 
 PYTHON_VERSION := 3.11
 BUF_VERSION    := 1.75.0
-# The storefront's script and page (libs/platform/src/shopmesh_platform/storefront): lint and format.
+# The storefront's script and page (libs/platform/src/shopmesh_platform/storefront): lint and format, and
+# the accessibility rules its browser tests check each page against.
 ESLINT_VERSION   := 10.16.0
 PRETTIER_VERSION := 3.10.1
+AXE_VERSION      := 4.14.1
 TOOLS          := .tools
 # uv: the one on PATH, else a copy installed into .tools from PyPI.
 UV             := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/uv/bin/uv)
@@ -15,6 +17,7 @@ BUF            := $(TOOLS)/node_modules/.bin/buf
 ESLINT         := $(TOOLS)/node_modules/.bin/eslint
 PRETTIER       := $(TOOLS)/node_modules/.bin/prettier
 STOREFRONT     := libs/platform/src/shopmesh_platform/storefront
+JS_TOOLS       := $(TOOLS)/js-tools-$(ESLINT_VERSION)-$(PRETTIER_VERSION)-$(AXE_VERSION).stamp
 # The storefront's browser tests drive a real Chromium: Debian's package (Playwright's own browser builds come
 # from a CDN this project does not reach). CHROMIUM=/path/to/chrome uses another Chrome or Chromium.
 CHROMIUM       ?= /usr/bin/chromium
@@ -38,16 +41,16 @@ $(BUF):
 	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (buf comes from npm as @bufbuild/buf)"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-# One stamp per pinned pair: a new pin installs again. After buf: two npm installs into one prefix at once
+# One stamp per set of pins: a new pin installs again. After buf: two npm installs into one prefix at once
 # (make -j) would race.
-$(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp: $(BUF)
+$(JS_TOOLS): $(BUF)
 	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
 	  || { echo "error: Node.js $$(node --version) is too old: eslint $(ESLINT_VERSION) needs 20.19 or later"; exit 1; }
-	npm install --silent --no-audit --no-fund --prefix $(TOOLS) eslint@$(ESLINT_VERSION) prettier@$(PRETTIER_VERSION)
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) eslint@$(ESLINT_VERSION) prettier@$(PRETTIER_VERSION) axe-core@$(AXE_VERSION)
 	touch $@
 
 .PHONY: browser
-browser: ## Install Debian's Chromium for the storefront's browser tests (as root, or with sudo that asks no password), unless $(CHROMIUM) is there
+browser: $(JS_TOOLS) ## Install Debian's Chromium for the storefront's browser tests (as root, or with sudo that asks no password), unless $(CHROMIUM) is there
 	@test -x "$(CHROMIUM)" || { \
 	  if [ "$$(id -u)" = 0 ]; then as_root=""; elif sudo -n true 2>/dev/null; then as_root="sudo -n"; else as_root=none; fi; \
 	  { command -v apt-get >/dev/null && [ "$$as_root" != none ]; } || { \
@@ -96,12 +99,12 @@ lint: setup buf-lint check-generated js-lint ## ruff, mypy --strict on libs/, bu
 	$(VENV_BIN)/mypy --strict -p shopmesh_platform $(addprefix -p ,$(SERVICE_PACKAGES))
 
 .PHONY: js-lint
-js-lint: $(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp
+js-lint: $(JS_TOOLS)
 	$(ESLINT) --config libs/platform/eslint.config.mjs $(STOREFRONT)
 	$(PRETTIER) --print-width 120 --check $(STOREFRONT)
 
 .PHONY: fmt
-fmt: setup $(TOOLS)/js-lint-$(ESLINT_VERSION)-$(PRETTIER_VERSION).stamp ## Format Python, protos and the storefront in place
+fmt: setup $(JS_TOOLS) ## Format Python, protos and the storefront in place
 	$(VENV_BIN)/ruff check --fix .
 	$(VENV_BIN)/ruff format .
 	$(PRETTIER) --print-width 120 --log-level warn --write $(STOREFRONT)

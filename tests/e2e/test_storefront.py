@@ -46,6 +46,10 @@ PASSWORD = "correct horse battery staple"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Long enough for a checkout's whole saga on a slow machine (the edge gives it 20 s).
 SLOW = 25_000
+# axe-core, the accessibility rules engine (`make browser` installs it into .tools with the storefront's
+# other npm tools), and the rule sets each page must pass.
+AXE = Path(__file__).resolve().parents[2] / ".tools" / "node_modules" / "axe-core" / "axe.min.js"
+WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 
 
 ENV = {
@@ -436,3 +440,57 @@ async def test_what_a_customer_types_is_shown_as_text_never_run_as_markup(tab: T
     await expect(page.locator("#flash")).to_have_text(f"Welcome, {hostile}!")
     # The page has no image of its own: any would be the name's markup.
     assert await page.locator("img").count() == 0
+
+
+async def test_every_page_passes_axes_wcag_a_and_aa_rules(stack: Stack, browser: Browser) -> None:
+    if not AXE.is_file():
+        pytest.fail(f"{AXE} is missing: `make browser` installs it")
+    assert stack.http_url is not None
+    # axe is a script the page's CSP would refuse: this profile lets it in (the others hold the page to it).
+    context = await browser.new_context(locale="en-US", bypass_csp=True)
+    tab = Tab(context, await context.new_page(), stack.http_url)
+    page = tab.page
+    found: dict[str, list[str]] = {}
+
+    async def check(what: str) -> None:
+        await tab.shown()
+        await page.add_script_tag(path=str(AXE))
+        result = await page.evaluate("(tags) => axe.run(document, {runOnly: {type: 'tag', values: tags}})", WCAG)
+        problems = [
+            f"{v['id']} ({v['impact']}): {v['help']} at {', '.join(str(n['target']) for n in v['nodes'][:3])}"
+            for v in result["violations"]
+        ]
+        if problems:
+            found[what] = problems
+
+    try:
+        for fragment, what in [
+            ("#/", "the product list"),
+            ("#/?query=knife", "search results"),
+            ("#/products/prod_chef_knife", "a product page"),
+        ]:
+            await tab.open(fragment)
+            await check(what)
+        await tab.press("Add to cart")
+        for fragment, what in [("#/cart", "the cart, signed out"), ("#/register", "the registration form")]:
+            await tab.open(fragment)
+            await check(what)
+        await tab.register("Ada")
+        await tab.check_out(**{"City": ""})
+        await expect(page.get_by_role("alert")).to_be_visible()
+        await check("the checkout form with a field refused")
+        await tab.fill({"City": "London"})
+        await tab.press("Place order")
+        await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+        await check("an order, with a message above it")
+        await tab.follow("Orders")
+        await check("the orders")
+        await tab.follow("Notifications")
+        await check("the notifications")
+        await tab.press("Sign out")
+        await tab.open("#/login")
+        await check("the sign-in form")
+    finally:
+        await context.close()
+    assert not found, "\n".join(f"{what}: {problem}" for what, problems in found.items() for problem in problems)
+    assert not tab.problems, tab.problems

@@ -151,7 +151,9 @@ async def test_the_edges_hook_checks_its_http_api_and_fails_when_that_api_does_n
         code, output = await run_hook(edge_command[2], "--http", stack.http_url, *grpc_target)
         assert code == 0, output
         assert f"ok   {stack.http_url} GET /v1/orders without a token: 401 ['TOKEN_MISSING']" in output
-        assert f"ok   {stack.http_url} GET / (the storefront): 200 b'<!doctype html>" in output
+        assert f"ok   {stack.http_url} GET / (the storefront): 200 text/html; charset=utf-8 b'<!doctype html>" in output
+        assert f"ok   {stack.http_url} GET /assets/app.js: 200 text/javascript" in output
+        assert f"ok   {stack.http_url} GET /assets/app.css: 200 text/css" in output
 
         # gRPC healthy, but what answers on the HTTP port is not the API (here: the gateway's metrics).
         metrics = stack.metrics_url("gateway")
@@ -162,6 +164,7 @@ async def test_the_edges_hook_checks_its_http_api_and_fails_when_that_api_does_n
         assert output.count("ok  ") == 2, output  # both health checks
         assert f"FAIL {elsewhere} GET /v1/orders without a token: 200" in output, "a 200 that is not the API"
         assert f"FAIL {elsewhere} GET / (the storefront): 200" in output, "a 200 that is not the storefront"
+        assert f"FAIL {elsewhere} GET /assets/app.css: 200" in output, "a 200 that is not its style sheet"
 
         # The gateway behind the edge gone: the edge answers 503.
         await stack.stop_service("gateway")

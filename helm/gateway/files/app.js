@@ -80,7 +80,7 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   if (idempotencyKey) headers["idempotency-key"] = idempotencyKey;
   // W3C Trace Context: each call starts a trace, as a browser's OpenTelemetry instrumentation of fetch would.
   // The edge's span and every service's join it; a failed call shows its trace id as the reference to
-  // quote (`make traces ID=<it>` shows where the call went).
+  // quote (`make traces ID=<it>` locally, or a trace backend's search, shows where the call went).
   const traceId = randomHex(16);
   headers.traceparent = `00-${traceId}-${randomHex(8)}-01`;
   if (auth) {

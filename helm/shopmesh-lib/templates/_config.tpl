@@ -244,11 +244,27 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- /* Observability and other settings. */ -}}
 {{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v) -}}
 {{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v) -}}
-{{- /* Spans: OTLP/gRPC to the dev Jaeger of k8s/infra unless global.otel says otherwise ("" = nowhere). */ -}}
+{{- /* Spans: OTLP/gRPC to the dev Jaeger of k8s/infra unless global.otel says otherwise ("" = nowhere);
+the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint's. */ -}}
+{{- $devOtel := "http://jaeger.shopmesh-infra.svc.cluster.local:4317" -}}
+{{- $devOtelPeers := list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "jaeger"))) -}}
 {{- $_ := set $c "otel" (dict
-    "endpoint" (dig "otel" "endpoint" "http://jaeger.shopmesh-infra.svc.cluster.local:4317" $g)
+    "endpoint" (dig "otel" "endpoint" $devOtel $g)
     "port" (dig "otel" "port" 4317 $g)
-    "peers" (dig "otel" "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "jaeger")))) $g)) -}}
+    "samplerRatio" (dig "otel" "samplerRatio" 1.0 $g)
+    "peers" (dig "otel" "peers" $devOtelPeers $g)) -}}
+{{- with $c.otel.endpoint -}}
+{{- $endpointPort := regexFind "[0-9]+$" (regexFind ":[0-9]+/?$" .) | default "" -}}
+{{- if ne $endpointPort (toString $c.otel.port) -}}
+{{- fail (printf "global.otel: the endpoint %s and global.otel.port (%v) disagree: the NetworkPolicy lets spans out on the port (give the endpoint its port explicitly)" . $c.otel.port) -}}
+{{- end -}}
+{{- if and (ne . $devOtel) (eq (toJson $c.otel.peers) (toJson $devOtelPeers)) $c.networkPolicy.enabled -}}
+{{- fail (printf "global.otel: the endpoint %s is not the dev Jaeger, but global.otel.peers still selects it: set the peers your collector's pods match, or the NetworkPolicy drops the spans" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if or (lt (float64 $c.otel.samplerRatio) 0.0) (gt (float64 $c.otel.samplerRatio) 1.0) -}}
+{{- fail (printf "global.otel.samplerRatio (%v): a fraction of traces, 0 to 1" $c.otel.samplerRatio) -}}
+{{- end -}}
 {{- /* Prometheus Operator objects (_monitoring.tpl); alerts: the service chart's own, beside the library's. */ -}}
 {{- $mon := dig "monitoring" dict $g -}}
 {{- $_ := set $c "monitoring" (dict

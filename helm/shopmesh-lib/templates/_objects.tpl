@@ -89,6 +89,7 @@ data:
   {{- end }}
   {{- with $c.otel.endpoint }}
   OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+  OTEL_TRACES_SAMPLER_RATIO: {{ $c.otel.samplerRatio | quote }}
   {{- end }}
   {{- range $key, $value := $c.env }}
   {{ $key }}: {{ $value | toString | quote }}

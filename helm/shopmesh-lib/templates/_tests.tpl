@@ -8,7 +8,7 @@ health and nothing else, so a call to any other method must come back PERMISSION
 For the edge with its http-api container (`--http <base URL>`) it also calls the HTTP/JSON API: GET
 /v1/orders without a token must come back 401 with the gateway's ErrorInfo TOKEN_MISSING as JSON, which
 takes Envoy transcoding with the API's descriptor set, the gateway behind it, and the status mapping, and
-no other service; GET / must be the storefront's page (the ConfigMap's files reached Envoy).
+no other service; GET / must be the storefront's page, and its script and style sheet must be served.
 tests/mesh/test_helm_test_hook.py runs this script against a service with and without a policy in front,
 and against a real gateway with and without its HTTP/JSON edge.
 */}}
@@ -52,19 +52,20 @@ with grpc.insecure_channel(target) as channel:
         refused = code == grpc.StatusCode.PERMISSION_DENIED
         report(refused, f"{name}/* as this test", f"{code.name}, {'refused by the mesh' if refused else 'the mesh let it through'}")
 def get(url):
-    """(HTTP status, body) of a GET; connection failures are retried for a while (a proxy still starting)."""
+    """(HTTP status, body, content type) of a GET; connection failures are retried for a while (a proxy
+    still starting)."""
     for attempt in range(10):
         try:
             with urllib.request.urlopen(url, timeout=10) as response:
-                return response.status, response.read()
+                return response.status, response.read(), response.headers.get("content-type", "")
         except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+            return exc.code, exc.read(), exc.headers.get("content-type", "")
         except OSError as exc:
             error = exc
             time.sleep(2)
-    return None, str(error).encode()
+    return None, str(error).encode(), ""
 if http:
-    code, body = get(f"{http}/v1/orders")
+    code, body, _ = get(f"{http}/v1/orders")
     try:
         reasons = [d.get("reason") for d in json.loads(body).get("details") or []]
     except (ValueError, AttributeError, TypeError):  # not JSON, or not a google.rpc.Status
@@ -72,9 +73,13 @@ if http:
     ok = code == 401 and "TOKEN_MISSING" in reasons
     report(ok, "GET /v1/orders without a token", f"{code} {reasons or body[:200]!r}", where=http)
     # The storefront, which the edge answers from its ConfigMap's files (no service behind it).
-    code, body = get(f"{http}/")
-    ok = code == 200 and b'src="/assets/app.js"' in body
-    report(ok, "GET / (the storefront)", f"{code} {body[:60]!r}", where=http)
+    code, body, kind = get(f"{http}/")
+    ok = code == 200 and kind.startswith("text/html") and b'src="/assets/app.js"' in body
+    report(ok, "GET / (the storefront)", f"{code} {kind} {body[:40]!r}", where=http)
+    for asset, expected in (("app.js", "text/javascript"), ("app.css", "text/css")):
+        code, body, kind = get(f"{http}/assets/{asset}")
+        ok = code == 200 and kind.startswith(expected) and len(body) > 0
+        report(ok, f"GET /assets/{asset}", f"{code} {kind} {len(body)} bytes", where=http)
 sys.exit(1 if failed else 0)
 {{- end -}}
 

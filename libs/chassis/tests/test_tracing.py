@@ -3,6 +3,7 @@ attributes and status, and records nothing when nothing would export it."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -18,7 +19,7 @@ from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
-from shopmesh_chassis.tracing import configure_tracing
+from shopmesh_chassis.tracing import configure_tracing, shutdown_tracing
 
 from .conftest import sample_settings
 
@@ -136,3 +137,20 @@ async def test_health_checks_are_not_traced(
         # The Echo span is exported once its call ends; a health span would have been before it.
         await eventually(lambda: _server_spans(exporter), "the Echo span exported")
     assert [span.name for span in _server_spans(exporter)] == [ECHO]
+
+
+def test_a_stopping_process_gives_up_exporting_to_a_collector_that_never_answers() -> None:
+    # A listener that never accepts: the exporter's connection hangs in the backlog, as with a collector
+    # behind a dropped route.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        provider = configure_tracing("sample", f"http://127.0.0.1:{port}")
+        with provider.get_tracer("test").start_as_current_span("queued"):
+            pass
+        assert shutdown_tracing(provider, timeout=0.5) is False, "the export was still waiting"
+
+
+def test_a_stopping_process_without_an_exporter_shuts_tracing_down_at_once() -> None:
+    assert shutdown_tracing(configure_tracing("sample", None), timeout=5) is True

@@ -16,7 +16,7 @@ from shopmesh_chassis.config import ConfigError, RuntimeSettings, ServiceSetting
 from shopmesh_chassis.logs import configure_logging
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
-from shopmesh_chassis.tracing import configure_tracing
+from shopmesh_chassis.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("shopmesh.app")
 
@@ -71,7 +71,7 @@ async def serve(
             except Exception:
                 log.exception("shutdown hook failed")
         if tracer_provider is not None:
-            tracer_provider.shutdown()
+            shutdown_tracing(tracer_provider)
 
 
 def run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -7,6 +7,7 @@ queue drops spans when full: a missing or slow collector never blocks or fails a
 from __future__ import annotations
 
 import logging
+import threading
 
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.composite import CompositePropagator
@@ -35,6 +36,23 @@ def configure_tracing(service_name: str, endpoint: str | None, sampler_ratio: fl
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         trace.set_tracer_provider(provider)
     return provider
+
+
+# How long a stopping process waits for its last spans to be exported: the batch processor's own shutdown
+# waits up to 30 s, retrying, when the collector is away, which would hold every rollout past its drain.
+EXPORT_ON_SHUTDOWN_SECONDS = 3.0
+
+
+def shutdown_tracing(provider: TracerProvider, timeout: float = EXPORT_ON_SHUTDOWN_SECONDS) -> bool:
+    """Export what is queued and stop, giving up after `timeout` (the spans still queued are lost, logged as
+    such). In a daemon thread, so that an unfinished export does not keep the process from exiting."""
+    done = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    done.start()
+    done.join(timeout)
+    if done.is_alive():
+        log.warning("spans not exported within %.0f s of stopping: the collector is away or slow", timeout)
+        return False
+    return True
 
 
 def current_trace_id() -> str:

@@ -1,0 +1,92 @@
+"""Where the services' spans go on Kubernetes: every chart, alone or through the umbrella, in every value set,
+exports to `global.otel.endpoint` (by default the dev Jaeger of k8s/infra, which `make kind-up` runs) and its
+NetworkPolicy lets them out to that collector's pods on its port and nowhere else; a setting that would
+have the spans dropped on the way fails the render instead."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shopmesh_platform.topology import SERVICES
+
+from .k8skit import Docs, find, objects_of, render
+
+ROOT = Path(__file__).resolve().parents[2]
+JAEGER = [d for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / "jaeger.yaml").read_text()) if d]
+
+
+def jaeger(kind: str) -> dict[str, Any]:
+    [found] = [d for d in JAEGER if d["kind"] == kind]
+    return found
+
+
+def otlp_egress(docs: Docs, name: str, port: int) -> list[dict[str, Any]]:
+    policy = find(docs, "NetworkPolicy", name)["spec"]
+    return [
+        peer
+        for rule in policy["egress"]
+        if {"protocol": "TCP", "port": port} in rule.get("ports", [])
+        for peer in rule["to"]
+    ]
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_every_service_exports_its_spans_to_the_dev_jaeger_and_may_reach_it(
+    rendered: dict[tuple[str, str], Docs], value_set: str, name: str
+) -> None:
+    service = jaeger("Service")
+    [otlp] = [p for p in service["spec"]["ports"] if p["name"] == "otlp-grpc"]
+    endpoint = (
+        f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:{otlp['port']}"
+    )
+    pod_labels = jaeger("Deployment")["spec"]["template"]["metadata"]["labels"]
+    for docs in (rendered[value_set, name], rendered[value_set, render.UMBRELLA]):
+        env = find(docs, "ConfigMap", name)["data"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint
+        assert env["OTEL_TRACES_SAMPLER_RATIO"] == "1"
+        [peer] = otlp_egress(docs, name, otlp["port"])
+        assert peer["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": service["metadata"]["namespace"]
+        }
+        assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items(), "the peers select Jaeger's pods"
+
+
+def test_another_collector_with_its_peers_port_and_sampling_is_what_the_services_use(helm_dir: Path) -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]
+    otel = {"endpoint": "http://collector.observability:4319", "port": 4319, "peers": peers, "samplerRatio": 0.1}
+    docs = objects_of(helm_dir, "catalog", {"global": {"otel": otel}})
+    env = find(docs, "ConfigMap", "catalog")["data"]
+    assert (env["OTEL_EXPORTER_OTLP_ENDPOINT"], env["OTEL_TRACES_SAMPLER_RATIO"]) == (otel["endpoint"], "0.1")
+    assert otlp_egress(docs, "catalog", 4319) == peers
+    assert otlp_egress(docs, "catalog", 4317) == []
+
+
+def test_without_an_endpoint_nothing_is_exported_nor_let_out(helm_dir: Path) -> None:
+    docs = objects_of(helm_dir, "catalog", {"global": {"otel": {"endpoint": ""}}})
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in find(docs, "ConfigMap", "catalog")["data"]
+    assert otlp_egress(docs, "catalog", 4317) == []
+
+
+@pytest.mark.parametrize(
+    ("otel", "problem"),
+    [
+        ({"endpoint": "http://collector.observability:4319"}, "global.otel.port (4317) disagree"),
+        ({"endpoint": "http://collector.observability"}, "global.otel.port (4317) disagree"),
+        (
+            {"endpoint": "http://collector.observability:4317"},
+            "is not the dev Jaeger, but global.otel.peers still selects it",
+        ),
+        ({"samplerRatio": 1.5}, "global.otel.samplerRatio (1.5): a fraction of traces, 0 to 1"),
+    ],
+)
+def test_spans_the_network_policy_would_drop_fail_the_render(
+    helm_dir: Path, otel: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(Exception, match=re.escape(problem)):
+        objects_of(helm_dir, "catalog", {"global": {"otel": otel}})
