@@ -1,12 +1,13 @@
 """Measure each service's resident memory idle and under a checkout load, to size Kubernetes requests.
 
-    .venv/bin/python k8s/measure_rss.py [--rate 50] [--seconds 20]
+    .venv/bin/python k8s/measure_rss.py [--rate 50] [--seconds 20] [--traces]
 
 Starts every installed service of the topology (SQLite, real nats-server) as `make run` does, reads
 VmRSS from /proc after startup (idle), then drives PlaceOrder at a fixed rate (each one prices through
 catalog, reserves in inventory, charges in payments, publishes through the outbox) plus catalog reads,
 and reports each process's peak RSS (VmHWM). docs/kubernetes.md#sizing turns the figures into requests
-and limits in helm/shopmesh/values-staging.yaml.
+and limits in helm/shopmesh/values-staging.yaml. `--traces`: every service records its spans and exports them
+over OTLP (to the local trace sink), as on Kubernetes by default.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ async def load(stack: Stack, rate: float, seconds: float) -> tuple[int, int]:
     return ok, errors
 
 
-async def main(rate: float, seconds: float, services: list[str] | None) -> None:
+async def main(rate: float, seconds: float, services: list[str] | None, traces: bool) -> None:
     names = services or existing_services()
     with tempfile.TemporaryDirectory() as data:
-        stack = Stack.for_tests(Path(data), services=names)
+        stack = Stack.for_tests(Path(data), services=names, traces=traces)
         async with stack:
             await asyncio.sleep(5)
             idle = {n: status_kib(pid, "VmRSS") for n in stack.services if (pid := stack.pid(n))}
@@ -104,5 +105,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=50.0, help="checkouts per second")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--services", default=None, help="comma-separated subset (default: every installed one)")
+    parser.add_argument("--traces", action="store_true", help="record and export every span (OTLP to a local sink)")
     args = parser.parse_args()
-    asyncio.run(main(args.rate, args.seconds, args.services.split(",") if args.services else None))
+    asyncio.run(main(args.rate, args.seconds, args.services.split(",") if args.services else None, args.traces))
