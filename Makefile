@@ -101,13 +101,13 @@ lint: setup buf-lint check-generated js-lint ## ruff, mypy --strict on libs/, bu
 .PHONY: js-lint
 js-lint: $(JS_TOOLS)
 	$(ESLINT) --config libs/platform/eslint.config.mjs $(STOREFRONT)
-	$(PRETTIER) --print-width 120 --check $(STOREFRONT)
+	$(PRETTIER) --check $(STOREFRONT)
 
 .PHONY: fmt
 fmt: setup $(JS_TOOLS) ## Format Python, protos and the storefront in place
 	$(VENV_BIN)/ruff check --fix .
 	$(VENV_BIN)/ruff format .
-	$(PRETTIER) --print-width 120 --log-level warn --write $(STOREFRONT)
+	$(PRETTIER) --log-level warn --write $(STOREFRONT)
 	$(MAKE) --no-print-directory http-api >/dev/null
 	cd protos && ../$(BUF) format -w
 

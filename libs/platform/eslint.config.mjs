@@ -9,10 +9,8 @@ export default [
       sourceType: "module",
       globals: Object.fromEntries(
         [
-          "CSS",
           "FormData",
           "Intl",
-          "Node",
           "URL",
           "URLSearchParams",
           "crypto",
@@ -49,7 +47,6 @@ export default [
         { property: "outerHTML", message: "build elements with h(); data is text (textContent)" },
         { property: "insertAdjacentHTML", message: "build elements with h(); data is text (textContent)" },
       ],
-      "no-restricted-globals": ["error", "event", "name", "status"],
     },
   },
 ];

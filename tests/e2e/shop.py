@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import nats
@@ -20,6 +20,7 @@ from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import testing
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
 from shopmesh_platform.stack import Stack
+from shopmesh_platform.traces import load
 
 T = TypeVar("T")
 
@@ -27,6 +28,7 @@ T = TypeVar("T")
 # second or so instead of the production defaults (2 s recovery interval, 10 s leases).
 CHECKOUT_SERVICES = ["catalog", "inventory", "payments", "orders"]
 FAST_RECOVERY = {"SAGA_LEASE_SECONDS": "2", "RECOVERY_INTERVAL_SECONDS": "0.5", "STEP_BACKOFF_SECONDS": "0.05"}
+PASSWORD = "correct horse battery staple"
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
 PROCESSOR_DOWN_CARD = "4000000000000119"
@@ -155,3 +157,8 @@ def scraped(stack: Stack, service: str, name: str, labels: dict[str, str]) -> fl
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+def spans_of_trace(stack: Stack, trace_id: str) -> list[dict[str, Any]]:
+    """Every span the stack's trace sink holds for this trace, whichever process exported it."""
+    return [span for trace in load(stack.traces_dir) if trace.trace_id == trace_id for span in trace.spans]

@@ -27,13 +27,11 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis import testing
 from shopmesh_platform.http_api import MAX_REQUEST_BYTES, api_paths
 from shopmesh_platform.stack import HTTP_API, Stack
-from shopmesh_platform.traces import load
 
-from .shop import FAST_RECOVERY, eventually
+from .shop import FAST_RECOVERY, PASSWORD, eventually, spans_of_trace
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-PASSWORD = "correct horse battery staple"
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
@@ -44,13 +42,6 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 async def stack(module_dir: Path) -> AsyncIterator[Stack]:
     async with Stack.for_tests(module_dir, env={"orders": FAST_RECOVERY}, http=True, traces=True) as running:
         yield running
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    assert stack.http_url is not None
-    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
-        yield client
 
 
 def address(full_name: str = "Grace Hopper") -> dict[str, str]:
@@ -366,9 +357,8 @@ async def test_an_http_request_is_one_trace_from_the_edge_through_the_gateway(
     assert response.status_code == 200, response.text
 
     def spans() -> list[dict[str, Any]] | None:
-        found = [t for t in load(stack.traces_dir) if t.trace_id == trace_id]
-        services = {s["service"] for t in found for s in t.spans}
-        return found[0].spans if {HTTP_API, "gateway", "catalog", "inventory"} <= services else None
+        found = spans_of_trace(stack, trace_id)
+        return found if {HTTP_API, "gateway", "catalog", "inventory"} <= {s["service"] for s in found} else None
 
     trace = await eventually(lambda: asyncio.to_thread(spans), "the edge's, gateway's and callees' spans in one trace")
     [edge] = [s for s in trace if s["service"] == HTTP_API]

@@ -18,7 +18,8 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_platform.stack import Stack
 
-PASSWORD = "correct horse battery staple"
+from .shop import PASSWORD
+
 # The gateway refetches the key set on an unknown kid at most this often (default 30 s: shortened so
 # that the test need not wait out the window docs/auth.md describes).
 REFETCH_INTERVAL_SECONDS = 1.0

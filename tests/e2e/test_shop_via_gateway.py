@@ -28,7 +28,7 @@ from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
-from .shop import FAST_RECOVERY, eventually, scraped
+from .shop import FAST_RECOVERY, PASSWORD, eventually, scraped
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -38,7 +38,6 @@ ENV = {
     # Room for a cold recommendations service on a busy machine: this module is about the happy path.
     "gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": "2"},
 }
-PASSWORD = "correct horse battery staple"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 import pytest_asyncio
@@ -32,16 +31,15 @@ from playwright.async_api import (
     expect,
 )
 
-from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh.payments.v1 import payments_pb2
+from shopmesh_notifications.domain import money
 from shopmesh_platform.http_api import STOREFRONT_CSP, STOREFRONT_FILES, storefront_folder
 from shopmesh_platform.stack import HTTP_API, Stack
-from shopmesh_platform.traces import load
 
-from .shop import DECLINED_CARD, FAST_RECOVERY, GOOD_CARD, eventually
+from .shop import DECLINED_CARD, FAST_RECOVERY, GOOD_CARD, PASSWORD, Shop, eventually, spans_of_trace
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-PASSWORD = "correct horse battery staple"
 # `make browser` installs Debian's Chromium there; CHROMIUM names another Chrome or Chromium.
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Long enough for a checkout's whole saga on a slow machine (the edge gives it 20 s).
@@ -176,25 +174,11 @@ async def tab(stack: Stack, browser: Browser) -> AsyncIterator[Tab]:
     assert not opened.problems, opened.problems
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    assert stack.http_url is not None
-    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
-        yield client
-
-
 async def orders_of(http: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
     answer = await http.get("/v1/orders", headers={"authorization": f"Bearer {token}"})
     assert answer.status_code == 200, answer.text
     orders: list[dict[str, Any]] = answer.json()["orders"]
     return orders
-
-
-async def payments_of(stack: Stack, order_id: str) -> list[payments_pb2.Payment]:
-    async with grpc.aio.insecure_channel(stack.address("payments")) as channel:
-        payments = payments_pb2_grpc.PaymentsServiceStub(channel)
-        answer = await payments.ListPayments(payments_pb2.ListPaymentsRequest(order_id=order_id), timeout=10)
-    return list(answer.payments)
 
 
 def order_id_in(url: str) -> str:
@@ -222,7 +206,7 @@ async def test_the_edge_serves_the_page_its_script_and_style_with_their_security
 
 
 async def test_a_shopper_searches_registers_and_checks_out_with_one_charge(
-    stack: Stack, tab: Tab, http: httpx.AsyncClient
+    shop: Shop, tab: Tab, http: httpx.AsyncClient
 ) -> None:
     page = tab.page
     await tab.open()
@@ -257,7 +241,7 @@ async def test_a_shopper_searches_registers_and_checks_out_with_one_charge(
     await expect(page.get_by_role("link", name=order_id)).to_be_visible()
     token = await tab.token()
     assert [order["id"] for order in await orders_of(http, token)] == [order_id]
-    [payment] = await payments_of(stack, order_id)
+    [payment] = await shop.payments_for(order_id)
     assert payment.amount.amount_minor == 7800
     assert (await http.get(f"/v1/orders/{order_id}", headers={"authorization": f"Bearer {token}"})).json()["order"][
         "email"
@@ -323,8 +307,7 @@ async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(
     trace_id = reference.removeprefix("Reference: ")
 
     def services_in_trace() -> set[str] | None:
-        traces = [trace for trace in load(stack.traces_dir) if trace.trace_id == trace_id]
-        services = {span["service"] for trace in traces for span in trace.spans}
+        services = {span["service"] for span in spans_of_trace(stack, trace_id)}
         return services if {HTTP_API, "gateway", "orders", "payments"} <= services else None
 
     await eventually(lambda: asyncio.to_thread(services_in_trace), f"the spans of trace {trace_id}")
@@ -347,7 +330,7 @@ async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(
 
 
 async def test_a_checkout_whose_answer_was_lost_placed_again_is_one_order_charged_once(
-    stack: Stack, tab: Tab, http: httpx.AsyncClient
+    shop: Shop, tab: Tab, http: httpx.AsyncClient
 ) -> None:
     page = tab.page
     await tab.register("Barbara")
@@ -379,10 +362,10 @@ async def test_a_checkout_whose_answer_was_lost_placed_again_is_one_order_charge
     assert keys[0] == keys[1], "the same checkout, the same idempotency key"
     assert keys[0].startswith("web-"), keys
     assert [order["id"] for order in await orders_of(http, await tab.token())] == [placed["id"]]
-    assert len(await payments_of(stack, placed["id"])) == 1
+    assert len(await shop.payments_for(placed["id"])) == 1
 
 
-async def test_a_customer_cancels_a_confirmed_order_and_is_refunded(stack: Stack, tab: Tab) -> None:
+async def test_a_customer_cancels_a_confirmed_order_and_is_refunded(shop: Shop, tab: Tab) -> None:
     page = tab.page
     await tab.register("Edsger")
     await tab.add_to_cart("prod_chef_knife")
@@ -393,15 +376,11 @@ async def test_a_customer_cancels_a_confirmed_order_and_is_refunded(stack: Stack
     await expect(page.get_by_text("State: CANCELLED")).to_be_visible(timeout=SLOW)
     await expect(page.get_by_role("button", name="Cancel order")).to_have_count(0)
 
-    async def refunded() -> bool:
-        [payment] = await payments_of(stack, order_id)
-        return payment.state == payments_pb2.PAYMENT_STATE_REFUNDED
+    async def refunded() -> bool | None:
+        [payment] = await shop.payments_for(order_id)
+        return True if payment.state == payments_pb2.PAYMENT_STATE_REFUNDED else None
 
-    for _ in range(60):
-        if await refunded():
-            break
-        await page.wait_for_timeout(500)
-    assert await refunded(), "the saga refunds a cancelled order's payment"
+    await eventually(refunded, "the saga refunds a cancelled order's payment")
 
 
 async def test_with_recommendations_down_the_product_page_still_sells(stack: Stack, tab: Tab) -> None:
@@ -494,3 +473,11 @@ async def test_every_page_passes_axes_wcag_a_and_aa_rules(stack: Stack, browser:
         await context.close()
     assert not found, "\n".join(f"{what}: {problem}" for what, problems in found.items() for problem in problems)
     assert not tab.problems, tab.problems
+
+
+async def test_the_page_reads_amounts_in_the_minor_units_notifications_e_mails_use() -> None:
+    script = (storefront_folder() / "app.js").read_text()
+    block = re.search(r"const EXPONENTS = \{(.*?)\};", script, re.DOTALL)
+    assert block, "app.js lost its EXPONENTS table"
+    table = {code: int(digits) for code, digits in re.findall(r"\b([A-Z]{3}): (\d+)", block.group(1))}
+    assert table == money._EXPONENTS

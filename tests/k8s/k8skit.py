@@ -67,6 +67,15 @@ def objects_of(helm_dir: Path, chart: str, values: dict[str, Any]) -> Docs:
     return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
 
 
+def peers_by_port(rules: list[dict[str, Any]], key: str) -> dict[int, list[dict[str, Any]]]:
+    """port -> the peers (from/to entries) allowed on it; an absent peer list is {"anywhere": True}."""
+    result: dict[int, list[dict[str, Any]]] = {}
+    for rule in rules:
+        for port in rule.get("ports", []):
+            result.setdefault(port["port"], []).extend(rule.get(key, [{"anywhere": True}]))
+    return result
+
+
 def find(docs: Docs, kind: str, name: str) -> dict[str, Any]:
     matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
     assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"

@@ -14,9 +14,8 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import Docs, find, objects_of, render
+from .k8skit import ROOT, Docs, find, objects_of, peers_by_port, render
 
-ROOT = Path(__file__).resolve().parents[2]
 JAEGER = [d for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / "jaeger.yaml").read_text()) if d]
 
 
@@ -26,13 +25,7 @@ def jaeger(kind: str) -> dict[str, Any]:
 
 
 def otlp_egress(docs: Docs, name: str, port: int) -> list[dict[str, Any]]:
-    policy = find(docs, "NetworkPolicy", name)["spec"]
-    return [
-        peer
-        for rule in policy["egress"]
-        if {"protocol": "TCP", "port": port} in rule.get("ports", [])
-        for peer in rule["to"]
-    ]
+    return peers_by_port(find(docs, "NetworkPolicy", name)["spec"]["egress"], "to").get(port, [])
 
 
 @pytest.mark.parametrize("value_set", render.VALUE_SETS)
@@ -59,7 +52,7 @@ def test_every_service_exports_its_spans_to_the_dev_jaeger_and_may_reach_it(
 
 def test_another_collector_with_its_peers_port_and_sampling_is_what_the_services_use(helm_dir: Path) -> None:
     peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]
-    otel = {"endpoint": "http://collector.observability:4319", "port": 4319, "peers": peers, "samplerRatio": 0.1}
+    otel = {"endpoint": "http://collector.observability:4319/", "port": 4319, "peers": peers, "samplerRatio": 0.1}
     docs = objects_of(helm_dir, "catalog", {"global": {"otel": otel}})
     env = find(docs, "ConfigMap", "catalog")["data"]
     assert (env["OTEL_EXPORTER_OTLP_ENDPOINT"], env["OTEL_TRACES_SAMPLER_RATIO"]) == (otel["endpoint"], "0.1")
@@ -78,6 +71,8 @@ def test_without_an_endpoint_nothing_is_exported_nor_let_out(helm_dir: Path) -> 
     [
         ({"endpoint": "http://collector.observability:4319"}, "global.otel.port (4317) disagree"),
         ({"endpoint": "http://collector.observability"}, "global.otel.port (4317) disagree"),
+        ({"endpoint": "http://collector1.observability"}, "global.otel.port (4317) disagree"),
+        ({"endpoint": "collector.observability:4319"}, "global.otel.port (4317) disagree"),
         (
             {"endpoint": "http://collector.observability:4317"},
             "is not the dev Jaeger, but global.otel.peers still selects it",

@@ -70,7 +70,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "secretKey" (dig "database" "secretKey" "DATABASE_URL" $v)
     "dataSizeLimit" (dig "database" "dataSizeLimit" "1Gi" $v)
     "port" (dig "database" "port" 5432 $g)
-    "peers" (dig "database" "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "postgresql")))) $g)) -}}
+    "peers" (dig "database" "peers" (include "shopmesh-lib.devInfraPeers" "postgresql" | fromYamlArray) $g)) -}}
 
 {{- /* Idempotency records: their request fingerprints are HMACs under IDEMPOTENCY_FINGERPRINT_KEY, from a
      Secret with PostgreSQL (with SQLite the service generates a key into /data itself). */ -}}
@@ -91,7 +91,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "consumes" $consumes
     "url" (dig "nats" "url" "nats://nats.shopmesh-infra.svc.cluster.local:4222" $g)
     "port" (dig "nats" "port" 4222 $g)
-    "peers" (dig "nats" "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "nats")))) $g)) -}}
+    "peers" (dig "nats" "peers" (include "shopmesh-lib.devInfraPeers" "nats" | fromYamlArray) $g)) -}}
 
 {{- /* E-mail over SMTP (topology: sends_email). Dev: the Mailpit sink of k8s/infra. */ -}}
 {{- $smtp := dig "smtp" dict $g -}}
@@ -101,7 +101,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "port" (dig "port" 1025 $smtp)
     "useTLS" (dig "useTLS" false $smtp)
     "existingSecret" (dig "existingSecret" "" $smtp)
-    "peers" (dig "peers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "mailpit")))) $smtp)) -}}
+    "peers" (dig "peers" (include "shopmesh-lib.devInfraPeers" "mailpit" | fromYamlArray) $smtp)) -}}
 
 {{- /* The call graph (checked against shopmesh_platform.topology by tests/k8s). "clients" among the callers
      are callers from outside the graph: the service is the edge. */ -}}
@@ -247,14 +247,15 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- /* Spans: OTLP/gRPC to the dev Jaeger of k8s/infra unless global.otel says otherwise ("" = nowhere);
 the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint's. */ -}}
 {{- $devOtel := "http://jaeger.shopmesh-infra.svc.cluster.local:4317" -}}
-{{- $devOtelPeers := list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "shopmesh-infra")) "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" "jaeger"))) -}}
+{{- $devOtelPeers := include "shopmesh-lib.devInfraPeers" "jaeger" | fromYamlArray -}}
 {{- $_ := set $c "otel" (dict
     "endpoint" (dig "otel" "endpoint" $devOtel $g)
     "port" (dig "otel" "port" 4317 $g)
     "samplerRatio" (dig "otel" "samplerRatio" 1.0 $g)
     "peers" (dig "otel" "peers" $devOtelPeers $g)) -}}
 {{- with $c.otel.endpoint -}}
-{{- $endpointPort := regexFind "[0-9]+$" (regexFind ":[0-9]+/?$" .) | default "" -}}
+{{- $hostPort := ternary (urlParse .).host . (contains "://" .) -}}
+{{- $endpointPort := regexFind ":[0-9]+$" $hostPort | trimPrefix ":" -}}
 {{- if ne $endpointPort (toString $c.otel.port) -}}
 {{- fail (printf "global.otel: the endpoint %s and global.otel.port (%v) disagree: the NetworkPolicy lets spans out on the port (give the endpoint its port explicitly)" . $c.otel.port) -}}
 {{- end -}}
@@ -262,6 +263,7 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- fail (printf "global.otel: the endpoint %s is not the dev Jaeger, but global.otel.peers still selects it: set the peers your collector's pods match, or the NetworkPolicy drops the spans" .) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The service would refuse it too (OTEL_TRACES_SAMPLER_RATIO), but in a crash loop; the render says it. */ -}}
 {{- if or (lt (float64 $c.otel.samplerRatio) 0.0) (gt (float64 $c.otel.samplerRatio) 1.0) -}}
 {{- fail (printf "global.otel.samplerRatio (%v): a fraction of traces, 0 to 1" $c.otel.samplerRatio) -}}
 {{- end -}}
@@ -292,4 +294,15 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- if .tag }}{{ $ref = printf "%s:%s" $ref .tag }}{{ end -}}
 {{- if .digest }}{{ $ref = printf "%s@%s" $ref .digest }}{{ end -}}
 {{- $ref -}}
+{{- end -}}
+
+{{/* NetworkPolicy peers: the pods of one dev-infrastructure app (k8s/infra) in shopmesh-infra, which the
+settings that reach it (database, nats, smtp, otel) default to. */}}
+{{- define "shopmesh-lib.devInfraPeers" -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: shopmesh-infra
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/name: {{ . }}
 {{- end -}}

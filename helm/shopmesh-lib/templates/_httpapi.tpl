@@ -9,13 +9,15 @@ document it serves at /openapi.json and the storefront it serves at / are the se
 {{- define "shopmesh-lib.httpApi-configmap" -}}
 {{- $c := .c -}}
 {{- $files := .root.Files -}}
-{{- $config := $files.Get "files/http-api.json" -}}
-{{- $descriptor := $files.Get "files/shop.binpb" -}}
-{{- $openapi := $files.Get "files/shop.openapi.json" -}}
-{{- $storefront := list "index.html" "app.js" "app.css" -}}
+{{- /* Text files go in data (as the edge reads them), the descriptor set in binaryData. */ -}}
+{{- $text := list "http-api.json" "shop.openapi.json" "index.html" "app.js" "app.css" -}}
+{{- $contents := dict -}}
 {{- $missing := list -}}
-{{- range $name := concat (list "http-api.json" "shop.binpb" "shop.openapi.json") $storefront -}}
-{{- if not ($files.Get (printf "files/%s" $name)) -}}
+{{- range $name := append $text "shop.binpb" -}}
+{{- $content := $files.Get (printf "files/%s" $name) -}}
+{{- if $content -}}
+{{- $_ := set $contents $name $content -}}
+{{- else -}}
 {{- $missing = append $missing (printf "files/%s" $name) -}}
 {{- end -}}
 {{- end -}}
@@ -30,16 +32,12 @@ metadata:
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
 data:
-  http-api.json: |
-    {{- $config | nindent 4 }}
-  shop.openapi.json: |
-    {{- $openapi | nindent 4 }}
-  {{- range $name := $storefront }}
+  {{- range $name := $text }}
   {{ $name }}: |
-    {{- $files.Get (printf "files/%s" $name) | nindent 4 }}
+    {{- get $contents $name | nindent 4 }}
   {{- end }}
 binaryData:
-  shop.binpb: {{ $descriptor | b64enc }}
+  shop.binpb: {{ get $contents "shop.binpb" | b64enc }}
 {{- end -}}
 
 {{- define "shopmesh-lib.httpApi-container" -}}

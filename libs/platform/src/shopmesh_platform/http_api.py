@@ -70,7 +70,7 @@ STOREFRONT_HEADERS = {
     "cache-control": "no-cache",
 }
 # Envoy keeps a direct response's body in memory and refuses a larger file than this at startup (its
-# default, 4 KiB, is far below the document's size).
+# default, 4 KiB, is far below the OpenAPI document's and the storefront script's sizes).
 MAX_DOCUMENT_BYTES = 1024 * 1024
 _FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 _HEADER_MUTATION_PER_ROUTE = (
@@ -300,39 +300,35 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
 
 
 def _openapi_routes(document: Path | None) -> list[dict[str, Any]]:
-    """`GET /openapi.json` (and HEAD), answered by Envoy from the file, and 405 for any other method there but
-    OPTIONS (a preflight, for the CORS filter)."""
+    """`/openapi.json`, answered by Envoy from the file."""
     if document is None:
         return []
-    served = {
-        "match": {"path": OPENAPI_PATH, "headers": [_method_in(["GET", "HEAD"])]},
-        "direct_response": {"status": 200, "body": {"filename": str(document)}},
-        "response_headers_to_add": [
-            _set_header("content-type", "application/json"),
-            # Envoy's CORS filter passes direct responses by: a Swagger UI on another origin may read it.
-            _set_header("access-control-allow-origin", "*"),
-        ],
-        "typed_per_filter_config": _TRANSCODER_OFF,
-    }
-    return [served, _method_not_allowed(OPENAPI_PATH, re.escape(OPENAPI_PATH), ["GET", "HEAD"])]
+    # Envoy's CORS filter passes direct responses by: a Swagger UI on another origin may read it.
+    headers = {"content-type": "application/json", "access-control-allow-origin": "*"}
+    return _file_routes(OPENAPI_PATH, document, headers)
 
 
 def _storefront_routes(folder: Path | None) -> list[dict[str, Any]]:
-    """Each of STOREFRONT_FILES at its path, answered by Envoy from the file (GET and HEAD), and 405 for any
-    other method there but OPTIONS."""
+    """Each of STOREFRONT_FILES at its path, answered by Envoy from the file."""
     if folder is None:
         return []
-    routes = []
-    for name, (path, content_type) in STOREFRONT_FILES.items():
-        headers = {"content-type": content_type, **STOREFRONT_HEADERS}
-        served = {
-            "match": {"path": path, "headers": [_method_in(["GET", "HEAD"])]},
-            "direct_response": {"status": 200, "body": {"filename": str(folder / name)}},
-            "response_headers_to_add": [_set_header(key, value) for key, value in headers.items()],
-            "typed_per_filter_config": _TRANSCODER_OFF,
-        }
-        routes += [served, _method_not_allowed(path, re.escape(path), ["GET", "HEAD"])]
-    return routes
+    return [
+        route
+        for name, (path, content_type) in STOREFRONT_FILES.items()
+        for route in _file_routes(path, folder / name, {"content-type": content_type, **STOREFRONT_HEADERS})
+    ]
+
+
+def _file_routes(path: str, file: Path, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """GET and HEAD of `path` answered by Envoy with the file (read when it starts) and these headers, and 405
+    for any other method there but OPTIONS (a preflight, for the CORS filter)."""
+    served = {
+        "match": {"path": path, "headers": [_method_in(["GET", "HEAD"])]},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": [_set_header(key, value) for key, value in headers.items()],
+        "typed_per_filter_config": _TRANSCODER_OFF,
+    }
+    return [served, _method_not_allowed(path, re.escape(path), ["GET", "HEAD"])]
 
 
 def _http_json_route(match: dict[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,9 @@ const UNAUTHENTICATED = 16;
 // Answers that may come while the request was carried out, or is still being (ABORTED: another attempt with
 // the same key is running): only the same request with the same key can tell, without doing it twice.
 const OUTCOME_UNKNOWN = new Set([UNKNOWN, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNAVAILABLE]);
-// Answers that settle a request as it was sent: refused (INVALID_ARGUMENT), or carried to an end the service
-// states (FAILED_PRECONDITION: a declined card's cancelled order, an order that cannot be cancelled). Sent
-// again, it would get the same.
+// Answers that settle a request as it was sent: refused (INVALID_ARGUMENT), about something that does not
+// exist (NOT_FOUND: the order or a product), or carried to an end the service states (FAILED_PRECONDITION: a
+// declined card's cancelled order, an order that cannot be cancelled). Sent again, it would get the same.
 const SETTLED = new Set([INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION]);
 
 // ---- The API ------------------------------------------------------------------------------------------
@@ -59,6 +59,11 @@ class ApiError extends Error {
     this.retryDelay = of(RETRY_INFO)?.retryDelay ?? null;
   }
 
+  // The session's token was refused (expired, or its key revoked), or there was none: sign in again.
+  get needsSignIn() {
+    return this.httpStatus === 401 && this.authRequired;
+  }
+
   // The call may have been carried out or not (the shop unreachable, no answer in time, a proxy's 5xx).
   get outcomeUnknown() {
     return this.httpStatus === 0 || this.httpStatus >= 500 || OUTCOME_UNKNOWN.has(this.code);
@@ -70,7 +75,6 @@ class ApiError extends Error {
 }
 
 async function call(method, path, { query = {}, body, auth = false, idempotencyKey } = {}) {
-  const authRequired = auth;
   const url = new URL(path, location.origin);
   for (const [name, value] of Object.entries(query)) {
     if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
@@ -85,14 +89,19 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   headers.traceparent = `00-${traceId}-${randomHex(8)}-01`;
   if (auth) {
     const session = currentSession();
-    if (!session) throw new ApiError(401, { code: UNAUTHENTICATED, message: "Please sign in." }, { authRequired });
+    if (!session)
+      throw new ApiError(401, { code: UNAUTHENTICATED, message: "Please sign in." }, { authRequired: auth });
     headers.authorization = `Bearer ${session.token}`;
   }
   let response;
   try {
     response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   } catch {
-    throw new ApiError(0, { code: UNAVAILABLE, message: "The shop could not be reached." }, { authRequired, traceId });
+    throw new ApiError(
+      0,
+      { code: UNAVAILABLE, message: "The shop could not be reached." },
+      { authRequired: auth, traceId },
+    );
   }
   const text = await response.text();
   let data;
@@ -104,7 +113,7 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   if (!response.ok) {
     // The token was refused (expired, or its key revoked): a wrong password at sign-in is no session's end.
     if (response.status === 401 && auth) endSession();
-    throw new ApiError(response.status, data, { authRequired, traceId });
+    throw new ApiError(response.status, data, { authRequired: auth, traceId });
   }
   return data;
 }
@@ -235,20 +244,36 @@ function h(tag, attributes = {}, ...children) {
   return element;
 }
 
-// ISO 4217 currencies whose minor unit is not the hundredth (as services/notifications' money.py has them):
-// the browser's own figures (CLDR's) differ for some (IQD 0, HUF 0), and an amount in minor units must be
-// read with ISO's.
+// ISO 4217 currencies whose minor unit is not the hundredth (as services/notifications' money.py has them; a
+// test keeps the two equal): the browser's own figures (CLDR's) differ for some (IQD 0, HUF 0), and an amount
+// in minor units must be read with ISO's.
 const EXPONENTS = {
-  ...Object.fromEntries(
-    ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV"].map((code) => [
-      code,
-      0,
-    ]),
-  ),
-  ...Object.fromEntries(["XAF", "XOF", "XPF"].map((code) => [code, 0])),
-  ...Object.fromEntries(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"].map((code) => [code, 3])),
+  BHD: 3,
+  BIF: 0,
   CLF: 4,
+  CLP: 0,
+  DJF: 0,
+  GNF: 0,
+  IQD: 3,
+  ISK: 0,
+  JOD: 3,
+  JPY: 0,
+  KMF: 0,
+  KRW: 0,
+  KWD: 3,
+  LYD: 3,
+  OMR: 3,
+  PYG: 0,
+  RWF: 0,
+  TND: 3,
+  UGX: 0,
+  UYI: 0,
   UYW: 4,
+  VND: 0,
+  VUV: 0,
+  XAF: 0,
+  XOF: 0,
+  XPF: 0,
 };
 
 // An amount in minor units, exactly (BigInt, no float), in the currency's own format.
@@ -364,9 +389,8 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
       await onSubmit(values);
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
-      if (error.httpStatus === 401 && error.authRequired) {
-        // The session ended (its token expired or was refused): sign in, and come back here.
-        location.hash = `#/login?next=${encodeURIComponent(location.hash || "#/")}`;
+      if (error.needsSignIn) {
+        signInAndReturn();
         return;
       }
       for (const violation of error.violations) {
@@ -494,10 +518,11 @@ function cartTotal(items) {
 function cartView() {
   const items = cart.items();
   if (!items.length) return [h("h1", {}, "Your cart"), h("p", {}, "Your cart is empty.")];
-  const estimate = h("strong", {});
+  // A quantity changed updates the total in place (the lines' currencies stay what they were).
+  const total = cartTotal(items);
+  const estimate = h("strong", {}, total ? money(total) : "");
   const showTotal = () => {
-    const total = cartTotal(cart.items());
-    estimate.textContent = total ? money(total) : "—";
+    estimate.textContent = money(cartTotal(cart.items()));
   };
   // Each quantity is the request's `items[i].quantity`: the service's complaint about a line lands on it.
   const rows = items.map((item, index) =>
@@ -529,8 +554,6 @@ function cartView() {
       h("td", { class: NUMBER }, money(item.unitPrice)),
     ),
   );
-  const total = cartTotal(items);
-  showTotal();
   const session = currentSession();
   return [
     h("h1", {}, "Your cart"),
@@ -590,8 +613,9 @@ function checkoutForm(currency, session) {
   return fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM });
 }
 
-function orderState(order) {
-  const state = enumName(order.state, "ORDER_STATE_");
+// An order's or a notification's state (ORDER_STATE_CONFIRMED → CONFIRMED), coloured by what it is.
+function stateBadge(value, prefix) {
+  const state = enumName(value, prefix);
   return h("span", { class: `state state-${state}` }, state);
 }
 
@@ -610,7 +634,7 @@ async function ordersView(query) {
           {},
           h("td", {}, h("a", { href: `#/orders/${encodeURIComponent(order.id)}` }, order.id)),
           h("td", {}, when(order.createdAt)),
-          h("td", {}, orderState(order)),
+          h("td", {}, stateBadge(order.state, "ORDER_STATE_")),
           h("td", { class: NUMBER }, money(order.total)),
         ),
       ),
@@ -638,7 +662,7 @@ async function orderView(orderId) {
     h(
       "section",
       { class: "panel" },
-      h("p", {}, "State: ", orderState(order)),
+      h("p", {}, "State: ", stateBadge(order.state, "ORDER_STATE_")),
       order.cancelReason?.message ? h("p", { class: "muted" }, order.cancelReason.message) : null,
       h("p", {}, `Placed ${when(order.createdAt)}, updated ${when(order.updatedAt)}`),
       h(
@@ -680,11 +704,7 @@ async function notificationsView(query) {
               {},
               h("strong", {}, item.subject),
               ` to ${item.recipient} — `,
-              h(
-                "span",
-                { class: `state state-${enumName(item.state, "NOTIFICATION_STATE_")}` },
-                enumName(item.state, "NOTIFICATION_STATE_"),
-              ),
+              stateBadge(item.state, "NOTIFICATION_STATE_"),
               item.orderId
                 ? [" (", h("a", { href: `#/orders/${encodeURIComponent(item.orderId)}` }, item.orderId), ")"]
                 : null,
@@ -750,19 +770,24 @@ function registerView() {
 
 // ---- Routing --------------------------------------------------------------------------------------------
 
-// #/path?query → [pattern, view(match, query), needs a session]. A path's parts reach a view decoded.
+// #/path?query → the view (given the path's parts, decoded, and the query), and whether it needs a session.
 const ROUTES = [
-  [/^\/$/, (_, query) => productsView(query), false],
-  [/^\/products\/([^/]+)$/, (match) => productView(match[1]), false],
-  [/^\/cart$/, () => cartView(), false],
-  [/^\/orders$/, (_, query) => ordersView(query), true],
-  [/^\/orders\/([^/]+)$/, (match) => orderView(match[1]), true],
-  [/^\/notifications$/, (_, query) => notificationsView(query), true],
-  [/^\/login$/, (_, query) => loginView(query), false],
-  [/^\/register$/, () => registerView(), false],
+  { pattern: /^\/$/, view: (_, query) => productsView(query) },
+  { pattern: /^\/products\/([^/]+)$/, view: ([, id]) => productView(id) },
+  { pattern: /^\/cart$/, view: () => cartView() },
+  { pattern: /^\/orders$/, view: (_, query) => ordersView(query), needsSession: true },
+  { pattern: /^\/orders\/([^/]+)$/, view: ([, id]) => orderView(id), needsSession: true },
+  { pattern: /^\/notifications$/, view: (_, query) => notificationsView(query), needsSession: true },
+  { pattern: /^\/login$/, view: (_, query) => loginView(query) },
+  { pattern: /^\/register$/, view: () => registerView() },
 ];
 
 let shown = 0;
+
+// To the sign-in page, which comes back here once signed in.
+function signInAndReturn() {
+  location.hash = `#/login?next=${encodeURIComponent(location.hash || "#/")}`;
+}
 
 // A path's parts decoded, or null for a malformed one (`%E0%A4%A`).
 function decoded(match) {
@@ -779,25 +804,24 @@ async function route() {
   const [path, search = ""] = (location.hash.slice(1) || "/").split("?");
   const query = Object.fromEntries(new URLSearchParams(search));
   const view = document.getElementById("view");
-  const found = ROUTES.map(([pattern, render, private_]) => [decoded(pattern.exec(path) ?? []), render, private_]).find(
-    ([match]) => match?.length,
-  );
+  const found = ROUTES.find((candidate) => candidate.pattern.test(path));
+  const parts = found ? decoded(found.pattern.exec(path)) : null;
   const mine = ++shown;
   let content;
-  if (!found) {
+  if (!parts) {
     content = [h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the shop"))];
-  } else if (found[2] && !currentSession()) {
-    location.hash = `#/login?next=${encodeURIComponent(location.hash)}`;
+  } else if (found.needsSession && !currentSession()) {
+    signInAndReturn();
     return;
   } else {
     view.setAttribute("aria-busy", "true");
     try {
-      content = await found[1](found[0], query);
+      content = await found.view(parts, query);
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
       if (mine !== shown) return;
-      if (error.httpStatus === 401 && error.authRequired) {
-        location.hash = `#/login?next=${encodeURIComponent(location.hash)}`;
+      if (error.needsSignIn) {
+        signInAndReturn();
         return;
       }
       content = [errorBox(error)];
