@@ -1,7 +1,8 @@
 """Where the services' spans go on Kubernetes: every chart, alone or through the umbrella, in every value set,
 exports to `global.otel.endpoint` (by default the dev Jaeger of k8s/infra, which `make kind-up` runs) and its
 NetworkPolicy lets them out to that collector's pods on its port and nowhere else; a setting that would
-have the spans dropped on the way fails the render instead."""
+have the spans dropped on the way fails the render instead (and likewise a NATS URL, which is reached the same
+way)."""
 
 from __future__ import annotations
 
@@ -69,13 +70,13 @@ def test_without_an_endpoint_nothing_is_exported_nor_let_out(helm_dir: Path) -> 
 @pytest.mark.parametrize(
     ("otel", "problem"),
     [
-        ({"endpoint": "http://collector.observability:4319"}, "global.otel.port (4317) disagree"),
-        ({"endpoint": "http://collector.observability"}, "global.otel.port (4317) disagree"),
-        ({"endpoint": "http://collector1.observability"}, "global.otel.port (4317) disagree"),
-        ({"endpoint": "collector.observability:4319"}, "global.otel.port (4317) disagree"),
+        ({"endpoint": "http://collector.observability:4319"}, "and global.otel.port (4317) disagree"),
+        ({"endpoint": "http://collector.observability"}, "and global.otel.port (4317) disagree"),
+        ({"endpoint": "http://collector1.observability"}, "and global.otel.port (4317) disagree"),
+        ({"endpoint": "collector.observability:4319"}, "and global.otel.port (4317) disagree"),
         (
             {"endpoint": "http://collector.observability:4317"},
-            "is not the dev Jaeger, but global.otel.peers still selects it",
+            "is not the dev infrastructure's, but global.otel.peers still selects its pods",
         ),
         ({"samplerRatio": 1.5}, "global.otel.samplerRatio (1.5): a fraction of traces, 0 to 1"),
     ],
@@ -85,3 +86,25 @@ def test_spans_the_network_policy_would_drop_fail_the_render(
 ) -> None:
     with pytest.raises(Exception, match=re.escape(problem)):
         objects_of(helm_dir, "catalog", {"global": {"otel": otel}})
+
+
+# NATS is reached the same way (global.nats.url, port, peers): the same check guards it.
+@pytest.mark.parametrize(
+    ("nats", "problem"),
+    [
+        ({"url": "nats://nats.messaging:4223"}, "and global.nats.port (4222) disagree"),
+        ({"url": "nats://nats.messaging:4222"}, "is not the dev infrastructure's, but global.nats.peers still selects"),
+    ],
+)
+def test_a_nats_url_the_network_policy_would_not_let_through_fails_the_render(
+    helm_dir: Path, nats: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(Exception, match=re.escape(problem)):
+        objects_of(helm_dir, "orders", {"global": {"nats": nats}})
+
+
+def test_a_nats_url_elsewhere_with_its_peers_is_what_the_services_use(helm_dir: Path) -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "messaging"}}}]
+    docs = objects_of(helm_dir, "orders", {"global": {"nats": {"url": "nats://nats.messaging:4222", "peers": peers}}})
+    assert find(docs, "ConfigMap", "orders")["data"]["NATS_URL"] == "nats://nats.messaging:4222"
+    assert peers_by_port(find(docs, "NetworkPolicy", "orders")["spec"]["egress"], "to")[4222] == peers

@@ -85,13 +85,15 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- /* Events: NATS JetStream when the service publishes or consumes. */ -}}
 {{- $publishes := dig "events" "publishes" list $v -}}
 {{- $consumes := dig "events" "consumes" list $v -}}
+{{- $devNats := "nats://nats.shopmesh-infra.svc.cluster.local:4222" -}}
+{{- $devNatsPeers := include "shopmesh-lib.devInfraPeers" "nats" | fromYamlArray -}}
 {{- $_ := set $c "nats" (dict
     "enabled" (or (gt (len $publishes) 0) (gt (len $consumes) 0))
     "publishes" $publishes
     "consumes" $consumes
-    "url" (dig "nats" "url" "nats://nats.shopmesh-infra.svc.cluster.local:4222" $g)
+    "url" (dig "nats" "url" $devNats $g)
     "port" (dig "nats" "port" 4222 $g)
-    "peers" (dig "nats" "peers" (include "shopmesh-lib.devInfraPeers" "nats" | fromYamlArray) $g)) -}}
+    "peers" (dig "nats" "peers" $devNatsPeers $g)) -}}
 
 {{- /* E-mail over SMTP (topology: sends_email). Dev: the Mailpit sink of k8s/infra. */ -}}
 {{- $smtp := dig "smtp" dict $g -}}
@@ -253,15 +255,11 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
     "port" (dig "otel" "port" 4317 $g)
     "samplerRatio" (dig "otel" "samplerRatio" 1.0 $g)
     "peers" (dig "otel" "peers" $devOtelPeers $g)) -}}
-{{- with $c.otel.endpoint -}}
-{{- $hostPort := ternary (urlParse .).host . (contains "://" .) -}}
-{{- $endpointPort := regexFind ":[0-9]+$" $hostPort | trimPrefix ":" -}}
-{{- if ne $endpointPort (toString $c.otel.port) -}}
-{{- fail (printf "global.otel: the endpoint %s and global.otel.port (%v) disagree: the NetworkPolicy lets spans out on the port (give the endpoint its port explicitly)" . $c.otel.port) -}}
+{{- if $c.nats.enabled -}}
+{{- include "shopmesh-lib.checkEgress" (dict "setting" "nats" "url" $c.nats.url "port" $c.nats.port "peers" $c.nats.peers "devUrl" $devNats "devPeers" $devNatsPeers "enforced" $c.networkPolicy.enabled) -}}
 {{- end -}}
-{{- if and (ne . $devOtel) (eq (toJson $c.otel.peers) (toJson $devOtelPeers)) $c.networkPolicy.enabled -}}
-{{- fail (printf "global.otel: the endpoint %s is not the dev Jaeger, but global.otel.peers still selects it: set the peers your collector's pods match, or the NetworkPolicy drops the spans" .) -}}
-{{- end -}}
+{{- if $c.otel.endpoint -}}
+{{- include "shopmesh-lib.checkEgress" (dict "setting" "otel" "url" $c.otel.endpoint "port" $c.otel.port "peers" $c.otel.peers "devUrl" $devOtel "devPeers" $devOtelPeers "enforced" $c.networkPolicy.enabled) -}}
 {{- end -}}
 {{- /* The service would refuse it too (OTEL_TRACES_SAMPLER_RATIO), but in a crash loop; the render says it. */ -}}
 {{- if or (lt (float64 $c.otel.samplerRatio) 0.0) (gt (float64 $c.otel.samplerRatio) 1.0) -}}
@@ -294,6 +292,20 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- if .tag }}{{ $ref = printf "%s:%s" $ref .tag }}{{ end -}}
 {{- if .digest }}{{ $ref = printf "%s@%s" $ref .digest }}{{ end -}}
 {{- $ref -}}
+{{- end -}}
+
+{{/* Fails the render when the NetworkPolicy would drop what a global.<setting> URL leads to: its port is
+not global.<setting>.port (the port the egress rule opens), or it left the dev infrastructure while
+global.<setting>.peers still selects the dev pods. Renders nothing. */}}
+{{- define "shopmesh-lib.checkEgress" -}}
+{{- $hostPort := ternary (urlParse .url).host .url (contains "://" .url) -}}
+{{- $port := regexFind ":[0-9]+$" $hostPort | trimPrefix ":" -}}
+{{- if ne $port (toString .port) -}}
+{{- fail (printf "global.%s: %s and global.%s.port (%v) disagree: the NetworkPolicy opens the port (give the URL its port explicitly)" .setting .url .setting .port) -}}
+{{- end -}}
+{{- if and .enforced (ne .url .devUrl) (eq (toJson .peers) (toJson .devPeers)) -}}
+{{- fail (printf "global.%s: %s is not the dev infrastructure's, but global.%s.peers still selects its pods: set the peers yours match, or the NetworkPolicy drops the connections" .setting .url .setting) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* NetworkPolicy peers: the pods of one dev-infrastructure app (k8s/infra) in shopmesh-infra, which the
