@@ -481,3 +481,36 @@ async def test_the_page_reads_amounts_in_the_minor_units_notifications_e_mails_u
     assert block, "app.js lost its EXPONENTS table"
     table = {code: int(digits) for code, digits in re.findall(r"\b([A-Z]{3}): (\d+)", block.group(1))}
     assert table == money._EXPONENTS
+
+
+async def test_every_page_fits_a_phones_width(stack: Stack, browser: Browser) -> None:
+    assert stack.http_url is not None
+    context = await browser.new_context(locale="en-US", viewport={"width": 390, "height": 844}, is_mobile=True)
+    tab = Tab(context, await context.new_page(), stack.http_url)
+    wider: dict[str, int] = {}
+
+    async def check(what: str) -> None:
+        await tab.shown()
+        width = await tab.page.evaluate("document.documentElement.scrollWidth")
+        if width > 390:
+            wider[what] = width
+
+    try:
+        await tab.open("#/")
+        await check("the product list")
+        await tab.add_to_cart("prod_chef_knife")
+        await check("a product page")
+        await tab.register("Ada")
+        await tab.check_out(**{"City": ""})
+        await expect(tab.page.get_by_role("alert")).to_be_visible()
+        await check("the cart and the checkout form, a field refused")
+        await tab.fill({"City": "London"})
+        await tab.press("Place order")
+        await expect(tab.page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+        await check("an order")
+        await tab.follow("Orders")
+        await check("the orders")
+    finally:
+        await context.close()
+    assert not wider, f"wider than the screen (390 px), so it scrolls sideways: {wider}"
+    assert not tab.problems, tab.problems
