@@ -9,6 +9,7 @@ from the services themselves (the order's payments, the orders a user has).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import uuid
@@ -160,18 +161,32 @@ class Tab:
         await self.fill(fields | overrides)
         await self.press("Place order")
 
+    async def placed(self, text: str = "is CONFIRMED") -> None:
+        """Until the page says the order it placed is confirmed (it has gone to the order's page)."""
+        await expect(self.page.locator("#flash")).to_contain_text(text, timeout=SLOW)
+
     def token(self) -> Awaitable[str]:
         return self.page.evaluate("JSON.parse(sessionStorage.getItem('shopmesh.session')).token")
 
 
+@contextlib.asynccontextmanager
+async def open_tab(stack: Stack, browser: Browser, **options: Any) -> AsyncIterator[Tab]:
+    """A Tab in a fresh browser profile (en-US, and `options` of the context), closed afterwards; then no script
+    error or CSP violation may have happened in it."""
+    assert stack.http_url is not None
+    context = await browser.new_context(locale="en-US", **options)
+    try:
+        opened = Tab(context, await context.new_page(), stack.http_url)
+        yield opened
+    finally:
+        await context.close()
+    assert not opened.problems, opened.problems
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def tab(stack: Stack, browser: Browser) -> AsyncIterator[Tab]:
-    assert stack.http_url is not None
-    context = await browser.new_context(locale="en-US")
-    opened = Tab(context, await context.new_page(), stack.http_url)
-    yield opened
-    await context.close()
-    assert not opened.problems, opened.problems
+    async with open_tab(stack, browser) as opened:
+        yield opened
 
 
 async def orders_of(http: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
@@ -229,7 +244,7 @@ async def test_a_shopper_searches_registers_and_checks_out_with_one_charge(
     await expect(page.get_by_role("button", name="Place order")).to_have_count(0)
     email = await tab.register("Ada")
     await tab.check_out()
-    await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+    await tab.placed()
     order_id = order_id_in(page.url)
     await expect(page.get_by_role("heading", level=1)).to_have_text(f"Order {order_id}")
     await expect(
@@ -287,7 +302,7 @@ async def test_the_services_field_violations_show_beside_the_fields_they_name(
     await page.get_by_label(quantity).fill("1")
     await page.get_by_label(quantity).press("Tab")
     await tab.press("Place order")
-    await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+    await tab.placed()
 
 
 async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(
@@ -325,7 +340,7 @@ async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(
     assert keys[0] != keys[1], keys
     assert len(await orders_of(http, await tab.token())) == 2
     await tab.check_out(card=GOOD_CARD)
-    await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+    await tab.placed()
     assert len(await orders_of(http, await tab.token())) == 3
 
 
@@ -357,7 +372,7 @@ async def test_a_checkout_whose_answer_was_lost_placed_again_is_one_order_charge
     await page.reload()
     await tab.shown()
     await tab.check_out()
-    await expect(page.locator("#flash")).to_contain_text(f"Order {placed['id']} is CONFIRMED", timeout=SLOW)
+    await tab.placed(f"Order {placed['id']} is CONFIRMED")
     assert len(keys) == 2
     assert keys[0] == keys[1], "the same checkout, the same idempotency key"
     assert keys[0].startswith("web-"), keys
@@ -370,7 +385,7 @@ async def test_a_customer_cancels_a_confirmed_order_and_is_refunded(shop: Shop, 
     await tab.register("Edsger")
     await tab.add_to_cart("prod_chef_knife")
     await tab.check_out()
-    await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+    await tab.placed()
     order_id = order_id_in(page.url)
     await tab.press("Cancel order")
     await expect(page.get_by_text("State: CANCELLED")).to_be_visible(timeout=SLOW)
@@ -424,25 +439,22 @@ async def test_what_a_customer_types_is_shown_as_text_never_run_as_markup(tab: T
 async def test_every_page_passes_axes_wcag_a_and_aa_rules(stack: Stack, browser: Browser) -> None:
     if not AXE.is_file():
         pytest.fail(f"{AXE} is missing: `make browser` installs it")
-    assert stack.http_url is not None
-    # axe is a script the page's CSP would refuse: this profile lets it in (the others hold the page to it).
-    context = await browser.new_context(locale="en-US", bypass_csp=True)
-    tab = Tab(context, await context.new_page(), stack.http_url)
-    page = tab.page
     found: dict[str, list[str]] = {}
+    # axe is a script the page's CSP would refuse: this profile lets it in (the others hold the page to it).
+    async with open_tab(stack, browser, bypass_csp=True) as tab:
+        page = tab.page
 
-    async def check(what: str) -> None:
-        await tab.shown()
-        await page.add_script_tag(path=str(AXE))
-        result = await page.evaluate("(tags) => axe.run(document, {runOnly: {type: 'tag', values: tags}})", WCAG)
-        problems = [
-            f"{v['id']} ({v['impact']}): {v['help']} at {', '.join(str(n['target']) for n in v['nodes'][:3])}"
-            for v in result["violations"]
-        ]
-        if problems:
-            found[what] = problems
+        async def check(what: str) -> None:
+            await tab.shown()
+            await page.add_script_tag(path=str(AXE))
+            result = await page.evaluate("(tags) => axe.run(document, {runOnly: {type: 'tag', values: tags}})", WCAG)
+            problems = [
+                f"{v['id']} ({v['impact']}): {v['help']} at {', '.join(str(n['target']) for n in v['nodes'][:3])}"
+                for v in result["violations"]
+            ]
+            if problems:
+                found[what] = problems
 
-    try:
         for fragment, what in [
             ("#/", "the product list"),
             ("#/?query=knife", "search results"),
@@ -460,7 +472,7 @@ async def test_every_page_passes_axes_wcag_a_and_aa_rules(stack: Stack, browser:
         await check("the checkout form with a field refused")
         await tab.fill({"City": "London"})
         await tab.press("Place order")
-        await expect(page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+        await tab.placed()
         await check("an order, with a message above it")
         await tab.follow("Orders")
         await check("the orders")
@@ -469,10 +481,7 @@ async def test_every_page_passes_axes_wcag_a_and_aa_rules(stack: Stack, browser:
         await tab.press("Sign out")
         await tab.open("#/login")
         await check("the sign-in form")
-    finally:
-        await context.close()
     assert not found, "\n".join(f"{what}: {problem}" for what, problems in found.items() for problem in problems)
-    assert not tab.problems, tab.problems
 
 
 async def test_the_page_reads_amounts_in_the_minor_units_notifications_e_mails_use() -> None:
@@ -484,18 +493,15 @@ async def test_the_page_reads_amounts_in_the_minor_units_notifications_e_mails_u
 
 
 async def test_every_page_fits_a_phones_width(stack: Stack, browser: Browser) -> None:
-    assert stack.http_url is not None
-    context = await browser.new_context(locale="en-US", viewport={"width": 390, "height": 844}, is_mobile=True)
-    tab = Tab(context, await context.new_page(), stack.http_url)
     wider: dict[str, int] = {}
+    async with open_tab(stack, browser, viewport={"width": 390, "height": 844}, is_mobile=True) as tab:
 
-    async def check(what: str) -> None:
-        await tab.shown()
-        width = await tab.page.evaluate("document.documentElement.scrollWidth")
-        if width > 390:
-            wider[what] = width
+        async def check(what: str) -> None:
+            await tab.shown()
+            width = await tab.page.evaluate("document.documentElement.scrollWidth")
+            if width > 390:
+                wider[what] = width
 
-    try:
         await tab.open("#/")
         await check("the product list")
         await tab.add_to_cart("prod_chef_knife")
@@ -506,11 +512,8 @@ async def test_every_page_fits_a_phones_width(stack: Stack, browser: Browser) ->
         await check("the cart and the checkout form, a field refused")
         await tab.fill({"City": "London"})
         await tab.press("Place order")
-        await expect(tab.page.locator("#flash")).to_contain_text("is CONFIRMED", timeout=SLOW)
+        await tab.placed()
         await check("an order")
         await tab.follow("Orders")
         await check("the orders")
-    finally:
-        await context.close()
     assert not wider, f"wider than the screen (390 px), so it scrolls sideways: {wider}"
-    assert not tab.problems, tab.problems
