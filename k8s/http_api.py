@@ -5,7 +5,10 @@
 
 - `http-api.json`: the Envoy configuration of the `http-api` container in the gateway's pod, from the same
   `shopmesh_platform.http_api.bootstrap` that `make run` uses: listening on all addresses at 8080, the gateway
-  on loopback, the admin interface on loopback only, its Prometheus metrics (only those) at 9465.
+  on loopback, the admin interface on loopback only, its Prometheus metrics (only those) at 9465. No spans.
+- `http-api-traced.json`: the same, with a span per request (the edge's, which the gateway's join) sent to the
+  `traces` cluster, which it leaves out: the chart adds it when Envoy starts (`--config-yaml`), where
+  `global.otel` says, with the sampling ratio (Envoy has no environment variables in its configuration).
 - `shop.binpb`: the API's descriptor set, as `make proto` generates it beside the stubs.
 - `shop.openapi.json`: the API's OpenAPI document, likewise, which the edge serves at /openapi.json.
 - `index.html`, `app.js`, `app.css`: the storefront the edge serves at / (shopmesh_platform/storefront).
@@ -34,6 +37,7 @@ from shopmesh_platform.http_api import (
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ROOT / "helm" / "gateway" / "files"
 CONFIG = "http-api.json"
+TRACED_CONFIG = "http-api-traced.json"
 # Where the chart mounts its ConfigMap in the container (helm/shopmesh-lib, _deployment.tpl).
 MOUNT = Path("/etc/shopmesh/http-api")
 PORT = 8080
@@ -43,7 +47,7 @@ METRICS_PORT = 9465
 GATEWAY = "127.0.0.1:50051"
 
 
-def kubernetes_api() -> HttpApi:
+def kubernetes_api(*, traced: bool = False) -> HttpApi:
     return HttpApi(
         # The container's port, which the pod's Service and NetworkPolicy expose.
         host="0.0.0.0",
@@ -55,18 +59,23 @@ def kubernetes_api() -> HttpApi:
         openapi=MOUNT / OPENAPI_FILE,
         storefront=MOUNT,
         metrics_port=METRICS_PORT,
+        traces_cluster_at_start=traced,
     )
 
 
 def rendered() -> dict[str, bytes]:
     """File name → contents, as the chart should hold them."""
-    config = json.dumps(bootstrap(kubernetes_api()), indent=2) + "\n"
     return {
-        CONFIG: config.encode(),
+        CONFIG: _json(bootstrap(kubernetes_api())),
+        TRACED_CONFIG: _json(bootstrap(kubernetes_api(traced=True))),
         DESCRIPTOR_FILE: descriptor_set().read_bytes(),
         OPENAPI_FILE: openapi_document().read_bytes(),
         **{name: (storefront_folder() / name).read_bytes() for name in STOREFRONT_FILES},
     }
+
+
+def _json(config: dict[str, object]) -> bytes:
+    return (json.dumps(config, indent=2) + "\n").encode()
 
 
 def _read(path: Path) -> bytes | None:

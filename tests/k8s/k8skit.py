@@ -106,14 +106,17 @@ def validate_custom_resources(objects: Docs) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_http_api(files: dict[str, bytes], scratch: Path) -> Iterator[dict[int, int]]:
+def running_http_api(files: dict[str, bytes], scratch: Path, args: list[str] | None = None) -> Iterator[dict[int, int]]:
     """The gateway pod's `http-api` Envoy as rendered, run here: `files` are its ConfigMap's (file name →
-    contents), put where the configuration names them; its listeners and admin interface moved from the pod's
-    ports to free loopback ones (yields pod port → local port). Ready once its admin interface says so."""
+    contents), put where `args` (the container's; by default the untraced configuration alone) name them; the
+    configuration's listeners and admin interface moved from the pod's ports to free loopback ones (yields pod
+    port → local port), what a --config-yaml in `args` adds used as it is. Ready once its admin interface says
+    so."""
     for name, content in files.items():
         (scratch / name).write_bytes(content)
-    text = (scratch / http_api.CONFIG).read_text().replace(f"{http_api.MOUNT}/", f"{scratch}/")
-    moved = json.loads(text)
+    args = [arg.replace(f"{http_api.MOUNT}/", f"{scratch}/") for arg in args or ["--config-path", http_api.CONFIG]]
+    config = scratch / Path(args[args.index("--config-path") + 1]).name
+    moved = json.loads(config.read_text().replace(f"{http_api.MOUNT}/", f"{scratch}/"))
     addresses = [listener["address"]["socket_address"] for listener in moved["static_resources"]["listeners"]]
     addresses.append(moved["admin"]["address"]["socket_address"])
     wanted = sorted({address["port_value"] for address in addresses})
@@ -124,9 +127,11 @@ def running_http_api(files: dict[str, bytes], scratch: Path) -> Iterator[dict[in
         for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
             address = endpoint["endpoint"]["address"]["socket_address"]
             address["port_value"] = ports.get(address["port_value"], address["port_value"])
-    (scratch / "http-api.json").write_text(json.dumps(moved))
-    argv = [str(envoy_binary()), "--config-path", str(scratch / "http-api.json"), "--disable-hot-restart"]
-    with subprocess.Popen([*argv, "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as envoy:
+    config.write_text(json.dumps(moved))
+    args[args.index("--config-path") + 1] = str(config)
+    quiet = [] if "--log-level" in args else ["--log-level", "warn"]
+    argv = [str(envoy_binary()), *args, *quiet, *([] if "--disable-hot-restart" in args else ["--disable-hot-restart"])]
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as envoy:
         try:
             deadline = time.monotonic() + 30
             while not _answers(f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}/ready"):
@@ -135,12 +140,33 @@ def running_http_api(files: dict[str, bytes], scratch: Path) -> Iterator[dict[in
                 time.sleep(0.1)
             yield ports
         finally:
-            envoy.terminate()
-            try:
-                envoy.wait(10)
-            except subprocess.TimeoutExpired:
-                envoy.kill()
-                envoy.wait()
+            _stop(envoy)
+
+
+@contextlib.contextmanager
+def trace_sink(folder: Path) -> Iterator[int]:
+    """`make run`'s trace collector (OTLP/gRPC), storing what it receives under `folder`; yields its port."""
+    [port] = _free_ports(1)
+    argv = [sys.executable, "-m", "shopmesh_platform.trace_sink", "--port", str(port), "--dir", str(folder)]
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as sink:
+        try:
+            deadline = time.monotonic() + 30
+            while not _accepts(port):
+                assert sink.poll() is None, sink.stderr.read().decode() if sink.stderr else "the trace sink exited"
+                assert time.monotonic() < deadline, "the trace sink did not listen within 30 s"
+                time.sleep(0.1)
+            yield port
+        finally:
+            _stop(sink)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @functools.cache
@@ -165,6 +191,14 @@ def _free_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def _answers(url: str) -> bool:

@@ -10,7 +10,9 @@ import json
 import math
 import re
 import subprocess
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,12 @@ from shopmesh_platform.http_api import (
     openapi_document,
     storefront_folder,
 )
+from shopmesh_platform.mesh.envoy import TRACES_CLUSTER, cluster
 from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
+from shopmesh_platform.traces import load
 
-from .k8skit import Docs, find, http_api, objects_of, render, running_http_api
+from .k8skit import Docs, find, http_api, objects_of, render, running_http_api, trace_sink
 
 EDGE = next(name for name in SERVICES if is_edge(name))
 PORT = 8080
@@ -77,8 +81,9 @@ def test_the_pod_runs_the_configuration_and_descriptor_make_run_uses(
         assert files[OPENAPI_FILE] == openapi_document().read_bytes(), "the OpenAPI document `make proto` writes"
         for name in STOREFRONT_FILES:
             assert files[name] == (storefront_folder() / name).read_bytes(), f"the storefront's {name}"
-        assert set(files) == {http_api.CONFIG, DESCRIPTOR_FILE, OPENAPI_FILE, *STOREFRONT_FILES}
+        assert set(files) == {http_api.CONFIG, http_api.TRACED_CONFIG, DESCRIPTOR_FILE, OPENAPI_FILE, *STOREFRONT_FILES}
         assert config == bootstrap(http_api.kubernetes_api())
+        assert json.loads(files[http_api.TRACED_CONFIG]) == bootstrap(http_api.kubernetes_api(traced=True))
         listeners = {x["name"]: x["address"]["socket_address"] for x in config["static_resources"]["listeners"]}
         assert listeners == {
             "http-api": {"address": "0.0.0.0", "port_value": PORT},
@@ -92,7 +97,8 @@ def test_the_pod_runs_the_configuration_and_descriptor_make_run_uses(
         assert mount == {"name": "http-api", "mountPath": MOUNT, "readOnly": True}
         volume = next(v for v in pod_of(docs)["spec"]["volumes"] if v["name"] == "http-api")
         assert volume == {"name": "http-api", "configMap": {"name": f"{EDGE}-http-api"}}
-        assert container(docs)["args"][:2] == ["--config-path", f"{MOUNT}/http-api.json"]
+        # Traced when the services are (the value sets leave global.otel at the dev Jaeger).
+        assert container(docs)["args"][:2] == ["--config-path", f"{MOUNT}/{http_api.TRACED_CONFIG}"]
 
 
 def test_the_image_is_the_envoy_release_the_tests_run(rendered: dict[tuple[str, str], Docs]) -> None:
@@ -102,23 +108,31 @@ def test_the_image_is_the_envoy_release_the_tests_run(rendered: dict[tuple[str, 
     assert container(rendered["default", EDGE])["image"] == f"envoyproxy/envoy-distroless:v{found.group(1)}"
 
 
-def test_envoy_accepts_the_rendered_configuration(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
-    for name, content in files_of(rendered["default", EDGE]).items():
-        (tmp_path / name).write_bytes(content)
-    # Where the pod mounts the ConfigMap, here: the rest as rendered.
-    text = (tmp_path / http_api.CONFIG).read_text().replace(f"{MOUNT}/", f"{tmp_path}/")
-    assert str(tmp_path) in text
-    (tmp_path / "http-api.json").write_text(text)
-    checked = envoy_validates(tmp_path / "http-api.json")
+@pytest.mark.parametrize("otel", [{}, {"endpoint": ""}], ids=["traced", "untraced"])
+def test_envoy_accepts_the_rendered_configuration(helm_dir: Path, tmp_path: Path, otel: dict[str, Any]) -> None:
+    docs = objects_of(helm_dir, EDGE, {"global": {"otel": otel}})
+    unpack(files_of(docs), tmp_path)
+    args = [arg.replace(f"{MOUNT}/", f"{tmp_path}/") for arg in container(docs)["args"]]
+    assert str(tmp_path) in (tmp_path / http_api.CONFIG).read_text()
+    checked = envoy_validates(args)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # And refuses one whose descriptor set is not the API's (the check is real).
     (tmp_path / DESCRIPTOR_FILE).write_bytes(b"not a descriptor set")
-    assert envoy_validates(tmp_path / "http-api.json").returncode != 0
+    assert envoy_validates(args).returncode != 0
 
 
-def envoy_validates(config: Path) -> subprocess.CompletedProcess[str]:
-    """The real Envoy's verdict on a configuration (`--mode validate`: loaded, never served)."""
-    argv = [str(envoy_binary()), "--mode", "validate", "--config-path", str(config)]
+def unpack(files: dict[str, bytes], folder: Path) -> None:
+    """The ConfigMap's files into `folder`, the configurations naming them there rather than where the pod
+    mounts them."""
+    for name, content in files.items():
+        if name in (http_api.CONFIG, http_api.TRACED_CONFIG):
+            content = content.replace(f"{MOUNT}/".encode(), f"{folder}/".encode())
+        (folder / name).write_bytes(content)
+
+
+def envoy_validates(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The real Envoy's verdict on a container's arguments (`--mode validate`: loaded, never served)."""
+    argv = [str(envoy_binary()), "--mode", "validate", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -221,3 +235,149 @@ def test_the_pod_serves_the_storefront_make_run_serves(rendered: dict[tuple[str,
                 assert response.headers["content-type"] == content_type
                 assert response.headers["content-security-policy"] == STOREFRONT_CSP
                 assert response.read() == (storefront_folder() / name).read_bytes()
+
+
+# The edge's spans: where the services' go (global.otel), with their sampling.
+
+
+def overlay_of(docs: Docs) -> dict[str, Any]:
+    """What the container merges into its configuration file at start (--config-yaml)."""
+    args = container(docs)["args"]
+    merged: dict[str, Any] = json.loads(args[args.index("--config-yaml") + 1])
+    return merged
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+def test_the_edge_sends_its_spans_where_the_services_send_theirs(
+    rendered: dict[tuple[str, str], Docs], value_set: str
+) -> None:
+    docs = rendered[value_set, EDGE]
+    env = find(docs, "ConfigMap", EDGE)["data"]
+    collector = urllib.parse.urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert collector.hostname is not None
+    assert collector.port is not None
+    overlay = overlay_of(docs)
+    assert overlay["static_resources"]["clusters"] == [
+        cluster(TRACES_CLUSTER, collector.hostname, collector.port, dns=True)
+    ]
+    [layer] = overlay["layered_runtime"]["layers"]
+    sampling = layer["static_layer"]["tracing.random_sampling"]
+    assert sampling["numerator"] / 10_000 == float(env["OTEL_TRACES_SAMPLER_RATIO"])
+    # Whatever the denominator says, Envoy draws out of 10,000 (a MILLION made every ratio ≥ 0.01 trace all).
+    assert sampling["denominator"] == "TEN_THOUSAND"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "host", "port"),
+    [
+        ("http://collector.observability:4319/", "collector.observability", 4319),
+        ("otel:4320", "otel", 4320),
+        ("http://[fd00::1]:4317", "fd00::1", 4317),
+    ],
+)
+def test_another_collector_and_ratio_reach_the_edges_configuration(
+    helm_dir: Path, endpoint: str, host: str, port: int
+) -> None:
+    otel = {"endpoint": endpoint, "port": port, "samplerRatio": 0.125, "peers": [{"podSelector": {}}]}
+    overlay = overlay_of(objects_of(helm_dir, EDGE, {"global": {"otel": otel}}))
+    assert overlay["static_resources"]["clusters"] == [cluster(TRACES_CLUSTER, host, port, dns=True)]
+    assert overlay["layered_runtime"]["layers"][0]["static_layer"]["tracing.random_sampling"]["numerator"] == 1250
+
+
+def test_without_an_endpoint_the_edge_makes_no_spans(helm_dir: Path) -> None:
+    docs = objects_of(helm_dir, EDGE, {"global": {"otel": {"endpoint": ""}}})
+    assert container(docs)["args"][:2] == ["--config-path", f"{MOUNT}/{http_api.CONFIG}"]
+    assert "--config-yaml" not in container(docs)["args"]
+    assert "tracing" not in json.dumps(config_of(docs)), "the untraced configuration"
+
+
+@pytest.mark.parametrize(
+    ("otel", "problem"),
+    [
+        ({"endpoint": "https://collector.example.com:4317"}, "the edge's Envoy (httpApi) sends its spans without TLS"),
+        ({"endpoint": "HTTPS://collector.example.com:4317"}, "the edge's Envoy (httpApi) sends its spans without TLS"),
+        ({"samplerRatio": 0.00004}, "the edge's Envoy (httpApi) samples in steps of 0.0001, so it would trace nothing"),
+    ],
+)
+def test_spans_the_edge_could_not_send_as_the_services_do_fail_the_render(
+    helm_dir: Path, otel: dict[str, Any], problem: str
+) -> None:
+    otel = {"endpoint": "http://collector.example.com:4317", "peers": [{"podSelector": {}}], **otel}
+    with pytest.raises(Exception, match=re.escape(problem)):
+        objects_of(helm_dir, EDGE, {"global": {"otel": otel}})
+
+
+def edge_spans(folder: Path, wanted: int, wait: float = 15) -> list[dict[str, Any]]:
+    """The spans the edge exported into the trace sink's `folder`, once there are `wanted` (Envoy sends them
+    in batches, at least every 5 s), or all there are after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        spans = [span for trace in load(folder) for span in trace.spans if span["service"] == "http-api"]
+        if len(spans) >= wanted or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.2)
+
+
+def run_traced_edge(helm_dir: Path, scratch: Path, sink_port: int, ratio: float) -> Any:
+    """The edge's Envoy as the chart renders it with a collector at `sink_port` on loopback."""
+    otel = {"endpoint": f"http://127.0.0.1:{sink_port}", "port": sink_port, "samplerRatio": ratio}
+    otel["peers"] = [{"podSelector": {}}]
+    docs = objects_of(helm_dir, EDGE, {"global": {"otel": otel}})
+    return running_http_api(files_of(docs), scratch, container(docs)["args"])
+
+
+def test_the_rendered_edge_exports_a_span_per_request_to_the_collector(helm_dir: Path, tmp_path: Path) -> None:
+    spans_dir = tmp_path / "spans"
+    client_trace = "0af7651916cd43dd8448eb211c80319c"
+    with trace_sink(spans_dir) as sink_port, run_traced_edge(helm_dir, tmp_path, sink_port, 1.0) as ports:
+        url = f"http://127.0.0.1:{ports[PORT]}{OPENAPI_PATH}"
+        for _ in range(5):
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200
+        # The gateway is not there: the call fails, and its span says so.
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[PORT]}/v1/products", timeout=10)
+        assert failed.value.code == 503
+        # A client's trace goes on through the edge; one it did not sample is not sampled here either.
+        for flags in ("01", "00"):
+            parent = {"traceparent": f"00-{client_trace}-b7ad6b7169203331-{flags}"}
+            urllib.request.urlopen(urllib.request.Request(url, headers=parent), timeout=10).close()
+        spans = edge_spans(spans_dir, 7)
+    assert len(spans) == 7, spans
+    assert all(span["kind"] == "server" for span in spans)
+    [continued] = [span for span in spans if span["trace_id"] == client_trace]
+    assert continued["parent_span_id"] == "b7ad6b7169203331"
+    started = [span for span in spans if span is not continued]
+    assert all(span["parent_span_id"] == "" for span in started), "each other request starts a trace"
+    assert len({span["trace_id"] for span in started}) == 6
+    assert [span["status"] for span in started].count("error") == 1
+
+
+def test_at_a_ratio_of_zero_the_edge_traces_nothing_whatever_the_client_asks(helm_dir: Path, tmp_path: Path) -> None:
+    spans_dir = tmp_path / "spans"
+    with trace_sink(spans_dir) as sink_port, run_traced_edge(helm_dir, tmp_path, sink_port, 0.0) as ports:
+        url = f"http://127.0.0.1:{ports[PORT]}{OPENAPI_PATH}"
+        for _ in range(10):
+            urllib.request.urlopen(url, timeout=10).close()
+        # A sampled traceparent, and Envoy's own ways of asking for a trace.
+        asking = [
+            {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            {"x-client-trace-id": "look-at-me"},
+            {"x-envoy-force-trace": "true"},
+        ]
+        for headers in asking * 3:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10).close()
+        # Past Envoy's flush interval (5 s), with more than its batch (5 spans) sent: none came.
+        assert edge_spans(spans_dir, 1, wait=7) == []
+
+
+def test_at_a_ratio_of_one_half_the_edge_traces_about_half_the_requests(helm_dir: Path, tmp_path: Path) -> None:
+    spans_dir = tmp_path / "spans"
+    requests = 200
+    with trace_sink(spans_dir) as sink_port, run_traced_edge(helm_dir, tmp_path, sink_port, 0.5) as ports:
+        url = f"http://127.0.0.1:{ports[PORT]}{STOREFRONT_FILES['app.css'][0]}"
+        for _ in range(requests):
+            urllib.request.urlopen(url, timeout=10).close()
+        traced = len(edge_spans(spans_dir, requests, wait=7))
+    # Binomial(200, 0.5): outside 60-140 once in ~10^8 runs; a ratio off by 100x (all) or 0 (none) is not.
+    assert 60 <= traced <= 140, traced

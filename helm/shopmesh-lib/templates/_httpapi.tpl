@@ -10,7 +10,7 @@ document it serves at /openapi.json and the storefront it serves at / are the se
 {{- $c := .c -}}
 {{- $files := .root.Files -}}
 {{- /* Text files go in data (as the edge reads them), the descriptor set in binaryData. */ -}}
-{{- $text := list "http-api.json" "shop.openapi.json" "index.html" "app.js" "app.css" -}}
+{{- $text := list "http-api.json" "http-api-traced.json" "shop.openapi.json" "index.html" "app.js" "app.css" -}}
 {{- $contents := dict -}}
 {{- $missing := list -}}
 {{- range $name := append $text "shop.binpb" -}}
@@ -47,7 +47,15 @@ binaryData:
   imagePullPolicy: {{ $c.imagePullPolicy }}
   args:
     - --config-path
+    {{- if $c.otel.endpoint }}
+    - /etc/shopmesh/http-api/http-api-traced.json
+    # Where its spans go and how many requests start a trace, which the file cannot know: Envoy merges
+    # this into it.
+    - --config-yaml
+    - {{ include "shopmesh-lib.httpApi-traces" $c.otel | quote }}
+    {{- else }}
     - /etc/shopmesh/http-api/http-api.json
+    {{- end }}
     - --log-level
     - warn
     # No shared memory for hot restarts: a pod restarts the container instead.
@@ -113,4 +121,35 @@ binaryData:
 - name: http-api
   configMap:
     name: {{ $c.name }}-http-api
+{{- end -}}
+
+
+{{/* What the edge's traced configuration (files/http-api-traced.json) leaves to its start, from global.otel (the
+dict the services' settings come from): the `traces` cluster its spans go to (the collector's name resolved by
+DNS, over HTTP/2), and the share of requests that start a trace, as the services' OTEL_TRACES_SAMPLER_RATIO
+(which then follow the edge's decision). As JSON, for --config-yaml. */}}
+{{- define "shopmesh-lib.httpApi-traces" -}}
+{{- if hasPrefix "https://" (lower .endpoint) -}}
+{{- fail (printf "global.otel.endpoint (%s): the edge's Envoy (httpApi) sends its spans without TLS; give it a plaintext OTLP/gRPC endpoint (a collector in the cluster, which the mesh encrypts)" .endpoint) -}}
+{{- end -}}
+{{- /* Envoy draws a request's number out of 10,000 (whatever the denominator): 0.01 % steps. */ -}}
+{{- $perTenThousand := round (mulf .samplerRatio 10000) 0 | int -}}
+{{- if and (gt (float64 .samplerRatio) 0.0) (eq $perTenThousand 0) -}}
+{{- fail (printf "global.otel.samplerRatio (%v): the edge's Envoy (httpApi) samples in steps of 0.0001, so it would trace nothing; give 0 or at least 0.0001" .samplerRatio) -}}
+{{- end -}}
+{{- $hostPort := ternary (urlParse .endpoint).host .endpoint (contains "://" .endpoint) -}}
+{{- /* The host without its port, an IPv6 address without its brackets. */ -}}
+{{- $host := regexReplaceAll ":[0-9]+$" $hostPort "" | trimPrefix "[" | trimSuffix "]" -}}
+{{- $address := dict "socket_address" (dict "address" $host "port_value" (int .port)) -}}
+{{- $http2 := dict "@type" "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions" "explicit_http_config" (dict "http2_protocol_options" dict) -}}
+{{- $cluster := dict
+    "name" "traces"
+    "type" "STRICT_DNS"
+    "dns_lookup_family" "V4_PREFERRED"
+    "connect_timeout" "1s"
+    "typed_extension_protocol_options" (dict "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" $http2)
+    "load_assignment" (dict "cluster_name" "traces" "endpoints" (list (dict "lb_endpoints" (list (dict "endpoint" (dict "address" $address)))))) -}}
+{{- $sampling := dict "numerator" $perTenThousand "denominator" "TEN_THOUSAND" -}}
+{{- $runtime := dict "layers" (list (dict "name" "sampling" "static_layer" (dict "tracing.random_sampling" $sampling))) -}}
+{{- toJson (dict "static_resources" (dict "clusters" (list $cluster)) "layered_runtime" $runtime) -}}
 {{- end -}}

@@ -37,7 +37,16 @@ from typing import Any
 
 from google.rpc import code_pb2 as grpc_code
 
-from .mesh.envoy import GRPC_TIMEOUTS, access_log, cluster, listener, overload_manager, socket_address, tracing
+from .mesh.envoy import (
+    GRPC_TIMEOUTS,
+    TRACES_CLUSTER,
+    access_log,
+    cluster,
+    listener,
+    overload_manager,
+    socket_address,
+    tracing,
+)
 from .openapi import PATH_VARIABLE
 
 PUBLIC_SERVICE = "shopmesh.gateway.v1.ShopService"
@@ -174,6 +183,9 @@ class HttpApi:
     descriptor: Path
     # host:port of an OTLP/gRPC receiver for the edge's spans; None: none.
     traces: str | None = None
+    # Spans, sent to a TRACES_CLUSTER this configuration leaves out: whoever starts Envoy adds it (on
+    # Kubernetes the chart, with --config-yaml, where global.otel says). With `traces` None only.
+    traces_cluster_at_start: bool = False
     # A listener (on `host`) serving only Envoy's Prometheus metrics from the admin interface, for a scraper
     # that cannot reach loopback (Kubernetes); None: none (`make run` reads the admin interface directly).
     metrics_port: int | None = None
@@ -209,13 +221,17 @@ def _generated(name: str, what: str) -> Path:
 
 def bootstrap(api: HttpApi) -> dict[str, Any]:
     """The edge's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
+    if api.traces is not None and api.traces_cluster_at_start:
+        raise ValueError("traces names the spans' receiver here; traces_cluster_at_start leaves it to Envoy's start")
     gateway_host, gateway_port = api.gateway.rsplit(":", 1)
     clusters = [cluster("gateway", gateway_host, int(gateway_port))]
     span_config = None
     if api.traces is not None:
         sink_host, sink_port = api.traces.rsplit(":", 1)
-        clusters.append(cluster("traces", sink_host, int(sink_port)))
-        span_config = tracing(api.name)
+        clusters.append(cluster(TRACES_CLUSTER, sink_host, int(sink_port)))
+    if api.traces is not None or api.traces_cluster_at_start:
+        # The sampling ratio decides alone: a client's x-client-trace-id would force a trace past it.
+        span_config = {**tracing(api.name), "client_sampling": {"value": 0}}
     manager: dict[str, Any] = {
         "@type": _HCM,
         "stat_prefix": "http_api",

@@ -42,7 +42,8 @@ _CONNECTIONS_MONITOR = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
 _OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
-_TRACES = "traces"
+# The cluster the spans go to.
+TRACES_CLUSTER = "traces"
 _STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 
 # Safe for every method, idempotent or not: the request never reached the callee.
@@ -105,7 +106,7 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
             clusters.append(_outbound_cluster(sidecar, callee, canary_address, identities, track="canary"))
     if sidecar.traces is not None:
         sink_host, sink_port = sidecar.traces.rsplit(":", 1)
-        clusters.append(cluster(_TRACES, sink_host, int(sink_port)))
+        clusters.append(cluster(TRACES_CLUSTER, sink_host, int(sink_port)))
     return {
         "node": {"id": sidecar.name, "cluster": sidecar.service},
         "admin": {"address": socket_address(sidecar.host, sidecar.ports.admin)},
@@ -302,9 +303,15 @@ def _outbound_cluster(
     return outbound
 
 
-def cluster(name: str, host: str, port: int, *, http2: bool = True) -> dict[str, Any]:
-    """A cluster of one static endpoint, spoken to over HTTP/2 (gRPC), or with `http2=False` HTTP/1.1."""
+def cluster(name: str, host: str, port: int, *, http2: bool = True, dns: bool = False) -> dict[str, Any]:
+    """A cluster of one static endpoint, spoken to over HTTP/2 (gRPC), or with `http2=False` HTTP/1.1;
+    `dns`: `host` is a name, resolved now and again (every address it has is an endpoint: a headless
+    Service's pods too), not an IP address."""
     result: dict[str, Any] = {"name": name, "type": "STATIC", "connect_timeout": CONNECT_TIMEOUT}
+    if dns:
+        # IPv4 where the name has both (Envoy would try IPv6 first): a dual-stack cluster's collector may
+        # listen on IPv4 only; an IPv6-only cluster still gets its IPv6 addresses.
+        result.update(type="STRICT_DNS", dns_lookup_family="V4_PREFERRED")
     if http2:
         result["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -374,7 +381,7 @@ def tracing(name: str) -> dict[str, Any]:
             "name": "envoy.tracers.opentelemetry",
             "typed_config": {
                 "@type": _OTEL_TRACER,
-                "grpc_service": {"envoy_grpc": {"cluster_name": _TRACES}, "timeout": "1s"},
+                "grpc_service": {"envoy_grpc": {"cluster_name": TRACES_CLUSTER}, "timeout": "1s"},
                 "service_name": name,
             },
         }
