@@ -8,7 +8,7 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV         := $(TOOLS)/bin/checkov
 CHECKOV_STAMP   := $(TOOLS)/checkov-$(CHECKOV_VERSION).stamp
 # Custom resources' schemas, as validators: the Prometheus Operator's (ServiceMonitor, PrometheusRule),
-# Istio's (PeerAuthentication, AuthorizationPolicy, VirtualService, DestinationRule) and the Gateway API's
+# Istio's (PeerAuthentication, AuthorizationPolicy, VirtualService, DestinationRule, Telemetry) and the Gateway API's
 # (GRPCRoute, Linkerd's traffic split); tests/k8s runs them.
 PROM_MODELS_VERSION    := 6.0.0
 ISTIO_MODELS_VERSION   := 3.0.1
@@ -58,7 +58,7 @@ kind-down: ## Delete the kind cluster and the local registry
 	k8s/scripts/kind-down.sh
 
 .PHONY: mesh-istio
-mesh-istio: ## Install Istio (with CNI) into the kind cluster (needs istioctl)
+mesh-istio: setup ## Install Istio (with CNI, and the sidecars' tracing provider from the rendered charts) into the kind cluster (needs istioctl)
 	k8s/scripts/mesh-istio.sh
 
 .PHONY: mesh-linkerd

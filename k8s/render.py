@@ -2,6 +2,7 @@
 
     .venv/bin/python k8s/render.py render [--out render]   every chart x every value set -> render/<set>/<chart>/
     .venv/bin/python k8s/render.py deps                    `helm dependency update`, in place, in order
+    .venv/bin/python k8s/render.py istio-tracing           the mesh config k8s/scripts/mesh-istio.sh installs
 
 Charts: the library chart (helm/shopmesh-lib), one chart per topology service (helm/<service>), the
 umbrella (helm/shopmesh). Value sets: `default` (the charts' own values) and one per environment file
@@ -12,6 +13,7 @@ apply to the umbrella and to each service chart alone. tests/k8s imports this mo
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -19,8 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import helm_python as helm
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 HELM = ROOT / "helm"
@@ -97,6 +101,35 @@ def infra_manifests() -> dict[str, str]:
     return files
 
 
+def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The IstioOperator overlay that gives the sidecars the tracing provider the charts' Telemetry objects
+    select, at the collector the services export to (global.otel.endpoint), both read from the umbrella as
+    the istio value set (or `values`) renders it: the chart is the one place they are written. No Telemetry
+    (no endpoint): an overlay that adds nothing."""
+    texts = render(helm_dir, UMBRELLA, "istio", values=values).values()
+    docs = [d for text in texts for d in yaml.safe_load_all(text) if d]
+    providers = {
+        provider["name"]
+        for d in docs
+        if d["kind"] == "Telemetry"
+        for tracing in d["spec"]["tracing"]
+        for provider in tracing["providers"]
+    }
+    endpoints = {
+        d["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] for d in docs if "OTEL_EXPORTER_OTLP_ENDPOINT" in d.get("data", {})
+    }
+    spec: dict[str, Any] = {}
+    if providers:
+        if len(providers) != 1 or len(endpoints) != 1:
+            raise ValueError(f"expected one tracing provider and one collector, not {providers} and {endpoints}")
+        # Envoy's OpenTelemetry provider exports OTLP/gRPC to a Service by its host name and port.
+        endpoint = endpoints.pop()
+        collector = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+        provider = {"name": providers.pop(), "opentelemetry": {"service": collector.hostname, "port": collector.port}}
+        spec = {"meshConfig": {"extensionProviders": [provider]}}
+    return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": spec}
+
+
 def write_all(helm_dir: Path, out: Path) -> list[Path]:
     """Render every chart with every value set into out/<set>/<chart>/<template path>; the dev
     infrastructure into out/infra/."""
@@ -124,10 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     render_cmd = sub.add_parser("render", help="write every rendered manifest to a folder for review")
     render_cmd.add_argument("--out", type=Path, default=ROOT / "render")
     sub.add_parser("deps", help="resolve chart dependencies in place (charts/, Chart.lock; both gitignored)")
+    sub.add_parser(
+        "istio-tracing",
+        help="print the IstioOperator overlay for the sidecars' spans (JSON, which istioctl reads as YAML)",
+    )
     args = parser.parse_args(argv)
     if args.command == "deps":
         update_dependencies()
         print(f"dependencies resolved under {HELM}/*/charts/")
+        return 0
+    if args.command == "istio-tracing":
+        with prepared_copy() as helm_dir:
+            print(json.dumps(istio_tracing(helm_dir), indent=2))
         return 0
     with prepared_copy() as helm_dir:
         written = write_all(helm_dir, args.out)

@@ -5,8 +5,18 @@
 source "$(dirname "$0")/lib.sh"
 require istioctl "$HINT_ISTIOCTL" kubectl "$HINT_KUBECTL"
 context="kind-${KIND_CLUSTER}"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+if [ ! -x "$root/.venv/bin/python" ]; then
+  echo "error: $root/.venv is missing: run make setup (the charts are rendered to configure Istio's tracing)" >&2
+  exit 1
+fi
+# The sidecars' spans: the mesh-wide OpenTelemetry provider that the charts' Telemetry objects select, at the
+# collector the services export to, both as the charts render them (docs/mesh.md, "Traces through the mesh").
+tracing="$(mktemp)"
+trap 'rm -f "$tracing"' EXIT
+"$root/.venv/bin/python" "$root/k8s/render.py" istio-tracing >"$tracing"
 # The Gateway API's CRDs (lib.sh) before istiod starts: its GatewayClass "istio" serves k8s/ingress's Gateway.
 install_gateway_api "$context"
-istioctl install --context "$context" -y --set profile=minimal --set components.cni.enabled=true
+istioctl install --context "$context" -y --set profile=minimal --set components.cni.enabled=true -f "$tracing"
 kubectl --context "$context" label namespace shopmesh istio-injection=enabled --overwrite
 echo "Istio installed; pods in namespace shopmesh get sidecars (global.mesh=istio also labels them)."

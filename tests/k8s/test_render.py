@@ -20,7 +20,13 @@ from shopmesh_platform.topology import SERVICES
 from .k8skit import KUBERNETES_VERSION, ROOT, Docs, dockerfiles, render, tool
 
 # Custom resources (Prometheus Operator, Istio, Linkerd): not in Kubernetes' own schemas.
-CUSTOM_RESOURCE_GROUPS = {"monitoring.coreos.com", "security.istio.io", "networking.istio.io", "policy.linkerd.io"}
+CUSTOM_RESOURCE_GROUPS = {
+    "monitoring.coreos.com",
+    "security.istio.io",
+    "networking.istio.io",
+    "telemetry.istio.io",
+    "policy.linkerd.io",
+}
 CASES = [(value_set, chart) for value_set in render.VALUE_SETS for chart in render.all_charts()]
 
 
@@ -75,7 +81,7 @@ def test_every_object_validates_against_kubernetes_schemas_strict(
     objects = _unique_objects(render_dir)
     for where, doc in objects:
         if doc["apiVersion"].split("/")[0] in CUSTOM_RESOURCE_GROUPS:
-            continue  # test_monitoring.py and test_mesh_policy.py check them against their projects' schemas
+            continue  # test_monitoring.py, test_mesh_policy.py, test_mesh_traces.py check them: their own schemas
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except (kv_utils.ValidationError, kv_utils.SchemaNotFoundError) as exc:

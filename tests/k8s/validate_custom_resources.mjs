@@ -16,6 +16,7 @@ const PACKAGES = {
   "monitoring.coreos.com": "prometheus-operator",
   "networking.istio.io": "istio",
   "security.istio.io": "istio",
+  "telemetry.istio.io": "istio",
   "gateway.networking.k8s.io": "gateway-api",
 };
 

@@ -160,6 +160,37 @@ spec:
         shopmesh.io/track: {{ . }}
     {{- end }}
 {{- end }}
+{{- if $c.otel.endpoint }}
+---
+{{ include "shopmesh-lib.mesh.istio-tracing" . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The sidecar's own spans (a server span for each call it lets in, a client span for each it sends out), so
+that a trace shows the hop through the mesh between the services' spans. They go where the services'
+go: Istio sends them through the OpenTelemetry provider named here, which k8s/scripts/mesh-istio.sh adds to
+the mesh config pointing at the collector of global.otel.endpoint; it reads the name and the collector
+from this rendering (k8s/render.py istio-tracing), so this is the one place either is written. Envoy
+speaks W3C trace context with this provider, as the services do, so its spans join theirs. The NetworkPolicy
+needs nothing more: the sidecar's connection to the collector leaves the pod to the same peers and port
+as the service's.
+*/}}
+{{- define "shopmesh-lib.mesh.istio-tracing" -}}
+{{- $c := .c -}}
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" $c.name) }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
+  tracing:
+    - providers:
+        - name: shopmesh-otel
+      # The fraction of new traces the services record (global.otel.samplerRatio), as the percentage
+      # Istio takes (to 0.01): where the sidecar starts a trace it decides for the service behind it.
+      randomSamplingPercentage: {{ round (mulf $c.otel.samplerRatio 100) 2 }}
 {{- end -}}
 
 {{/* The destinations and retries of the service's VirtualService routes (_mesh.tpl, Istio). */}}
