@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from shopmesh_chassis.config import IdempotencySettings, ServiceSettings, load_settings
+from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_platform.topology import SERVICES, callers_of, is_edge
 
-from .k8skit import ROOT, Docs, find, peers_by_port, render
+from .k8skit import ROOT, Docs, find, objects_of, peers_by_port, render
 
 GRPC_PORT = 50051  # every pod (docs/chassis.md; the task's cluster convention)
 METRICS_PORT = 9464
@@ -216,10 +218,20 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
     assert ("NATS_URL" in env) == service.uses_nats
     assert env["SERVICE_NAME"] == name
 
-    # Drain: the chassis' delay and grace fit in the kubelet's grace period, and the delay covers a
-    # readiness period (+ its timeout), so endpoints see NOT_SERVING before new calls are refused.
+    # Drain: the chassis' delay, grace, shutdown hooks and span export fit in the kubelet's grace period,
+    # and the delay covers a readiness period (+ its timeout), so endpoints see NOT_SERVING before new
+    # calls are refused.
     drain, grace = float(env["DRAIN_DELAY_SECONDS"]), float(env["SHUTDOWN_GRACE_SECONDS"])
-    assert drain + grace < pod["spec"]["terminationGracePeriodSeconds"]
+    hooks = float(env["SHUTDOWN_HOOKS_BUDGET_SECONDS"])
+    assert drain + grace + hooks + EXPORT_ON_SHUTDOWN_SECONDS < pod["spec"]["terminationGracePeriodSeconds"]
+    # The chassis accepts them (a hooks' budget no longer than the grace would stop it: ConfigError).
+    load_settings(
+        ServiceSettings,
+        service_name=name,
+        drain_delay_seconds=drain,
+        shutdown_grace_seconds=grace,
+        shutdown_hooks_budget_seconds=hooks,
+    )
     readiness = container["readinessProbe"]
     assert drain >= readiness["periodSeconds"] + readiness["timeoutSeconds"] - 0.001
     assert "lifecycle" not in container, "no preStop: the chassis drains itself (see _deployment.tpl)"
@@ -250,6 +262,34 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
         assert secret_files["IDEMPOTENCY_FINGERPRINT_KEY"] == (f"{name}-idempotency", "IDEMPOTENCY_FINGERPRINT_KEY")
     else:
         assert "IDEMPOTENCY_FINGERPRINT_KEY" not in secret_files
+
+
+def with_drain(helm_dir: Path, **drain: float) -> Docs:
+    """A service chart rendered with these drain settings (the rest: the chart's defaults)."""
+    return objects_of(helm_dir, "catalog", {"global": {"drain": drain}})
+
+
+def test_the_render_fails_unless_the_whole_stop_fits_the_termination_grace_period(helm_dir: Path) -> None:
+    stop = {"drainDelaySeconds": 5, "shutdownGraceSeconds": 10, "shutdownHooksBudgetSeconds": 15}
+    # The span export the chart counts is the chassis' own (3 s): at exactly the sum the render fails.
+    at_the_limit = int(sum(stop.values()) + EXPORT_ON_SHUTDOWN_SECONDS)
+    problem = (
+        f"drainDelaySeconds (5) + shutdownGraceSeconds (10) + shutdownHooksBudgetSeconds (15) + the span export "
+        f"({EXPORT_ON_SHUTDOWN_SECONDS:g}) must stay below terminationGracePeriodSeconds ({at_the_limit})"
+    )
+    with pytest.raises(Exception, match=re.escape(problem)):
+        with_drain(helm_dir, **stop, terminationGracePeriodSeconds=at_the_limit)
+    docs = with_drain(helm_dir, **stop, terminationGracePeriodSeconds=at_the_limit + 1)
+    pod = find(docs, "Deployment", "catalog")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == at_the_limit + 1
+    assert find(docs, "ConfigMap", "catalog")["data"]["SHUTDOWN_HOOKS_BUDGET_SECONDS"] == "15"
+
+
+@pytest.mark.parametrize("budget", [10, 4])
+def test_the_render_fails_for_a_hooks_budget_the_grace_would_use_up(helm_dir: Path, budget: int) -> None:
+    problem = f"shutdownHooksBudgetSeconds ({budget}) must be greater than shutdownGraceSeconds (10)"
+    with pytest.raises(Exception, match=re.escape(problem)):
+        with_drain(helm_dir, shutdownGraceSeconds=10, shutdownHooksBudgetSeconds=budget)
 
 
 @pytest.mark.parametrize("name", NAMES)

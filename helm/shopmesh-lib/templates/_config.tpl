@@ -42,14 +42,22 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- /* Resources: the environment's sizing for this service (global.resources.<name>), else the chart's. */ -}}
 {{- $_ := set $c "resources" (dig "resources" $name (dig "resources" dict $v) $g) -}}
 
-{{- /* Drain (docs/chassis.md): NOT_SERVING for drainDelay, then in-flight calls get shutdownGrace. */ -}}
+{{- /* Drain (docs/chassis.md): NOT_SERVING for drainDelay, then in-flight calls get shutdownGrace, then the
+     shutdown hooks get shutdownHooksBudget altogether, then the last spans are exported (3 s at most:
+     EXPORT_ON_SHUTDOWN_SECONDS in libs/chassis tracing.py, which tests/k8s hold this to). */ -}}
 {{- $drain := dig "drain" "drainDelaySeconds" (dig "drain" "drainDelaySeconds" 5 $g) $v -}}
 {{- $grace := dig "drain" "shutdownGraceSeconds" (dig "drain" "shutdownGraceSeconds" 10 $g) $v -}}
-{{- $tgp := dig "drain" "terminationGracePeriodSeconds" (dig "drain" "terminationGracePeriodSeconds" 30 $g) $v -}}
-{{- if ge (addf $drain $grace) (float64 $tgp) -}}
-{{- fail (printf "drain: drainDelaySeconds (%v) + shutdownGraceSeconds (%v) must stay below terminationGracePeriodSeconds (%v), or the kubelet kills calls in flight" $drain $grace $tgp) -}}
+{{- $hooks := dig "drain" "shutdownHooksBudgetSeconds" (dig "drain" "shutdownHooksBudgetSeconds" 15 $g) $v -}}
+{{- $spanExport := 3 -}}
+{{- $tgp := dig "drain" "terminationGracePeriodSeconds" (dig "drain" "terminationGracePeriodSeconds" 40 $g) $v -}}
+{{- /* The service would refuse it too (SHUTDOWN_HOOKS_BUDGET_SECONDS), but in a crash loop; the render says it. */ -}}
+{{- if le (float64 $hooks) (float64 $grace) -}}
+{{- fail (printf "drain: shutdownHooksBudgetSeconds (%v) must be greater than shutdownGraceSeconds (%v): shutdown hooks wait up to the grace for their own work in flight, and need time after it" $hooks $grace) -}}
 {{- end -}}
-{{- $_ := set $c "drain" (dict "drainDelaySeconds" $drain "shutdownGraceSeconds" $grace "terminationGracePeriodSeconds" $tgp) -}}
+{{- if ge (addf $drain $grace $hooks $spanExport) (float64 $tgp) -}}
+{{- fail (printf "drain: drainDelaySeconds (%v) + shutdownGraceSeconds (%v) + shutdownHooksBudgetSeconds (%v) + the span export (%v) must stay below terminationGracePeriodSeconds (%v), or the kubelet kills calls in flight, shutdown hooks or the last logs and spans" $drain $grace $hooks $spanExport $tgp) -}}
+{{- end -}}
+{{- $_ := set $c "drain" (dict "drainDelaySeconds" $drain "shutdownGraceSeconds" $grace "shutdownHooksBudgetSeconds" $hooks "terminationGracePeriodSeconds" $tgp) -}}
 
 {{- /* Probes (native gRPC against grpc.health.v1). The startup probe allows for migrations. */ -}}
 {{- $_ := set $c "probes" (dict

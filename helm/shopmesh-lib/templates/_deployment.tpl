@@ -4,10 +4,12 @@ The Deployment of one service.
 Drain, and why there is no preStop hook: on SIGTERM the chassis itself turns grpc.health.v1 to
 NOT_SERVING and keeps answering for DRAIN_DELAY_SECONDS (>= one readiness period, so the readiness
 probe sees NOT_SERVING and the endpoint leaves the Service while calls still succeed), then refuses new
-calls and gives in-flight ones SHUTDOWN_GRACE_SECONDS. A `preStop: sleep` would only repeat that delay
-(and the image's final stage runs the interpreter directly, with no shell). The config template fails
-the render unless DRAIN_DELAY_SECONDS + SHUTDOWN_GRACE_SECONDS < terminationGracePeriodSeconds, so the
-kubelet's SIGKILL never cuts a call the chassis is still finishing.
+calls and gives in-flight ones SHUTDOWN_GRACE_SECONDS, then runs the service's shutdown hooks within
+SHUTDOWN_HOOKS_BUDGET_SECONDS altogether and exports its last spans (3 s at most). A `preStop: sleep`
+would only repeat that delay (and the image's final stage runs the interpreter directly, with no
+shell). The config template fails the render unless DRAIN_DELAY_SECONDS + SHUTDOWN_GRACE_SECONDS +
+SHUTDOWN_HOOKS_BUDGET_SECONDS + 3 < terminationGracePeriodSeconds, so the kubelet's SIGKILL never cuts
+a call the chassis is still finishing, nor a hook, nor the last logs and spans.
 */}}
 {{- define "shopmesh-lib.deployment" -}}
 {{- $c := .c -}}

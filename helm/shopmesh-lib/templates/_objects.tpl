@@ -68,6 +68,7 @@ data:
   METRICS_PORT: {{ $c.metricsPort | quote }}
   DRAIN_DELAY_SECONDS: {{ $c.drain.drainDelaySeconds | quote }}
   SHUTDOWN_GRACE_SECONDS: {{ $c.drain.shutdownGraceSeconds | quote }}
+  SHUTDOWN_HOOKS_BUDGET_SECONDS: {{ $c.drain.shutdownHooksBudgetSeconds | quote }}
   LOG_LEVEL: {{ $c.logLevel | quote }}
   LOG_FORMAT: {{ $c.logFormat | quote }}
   {{- if $c.database.enabled }}

@@ -21,6 +21,30 @@ def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert settings.resolved_error_domain == "shopmesh.sample"
 
 
+def test_the_shutdown_hooks_budget_defaults_to_the_grace_and_five_seconds_more() -> None:
+    settings = load_settings(SampleSettings)
+    # notifications' sender and orders' sagas wait up to the grace inside their hooks; the rest close connections.
+    assert settings.shutdown_hooks_budget_seconds == settings.shutdown_grace_seconds + 5
+
+
+@pytest.mark.parametrize(("grace", "budget"), [("20", None), ("10", "10"), ("10", "4")])
+def test_a_shutdown_hooks_budget_no_longer_than_the_grace_stops_startup(
+    monkeypatch: pytest.MonkeyPatch, grace: str, budget: str | None
+) -> None:
+    monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", grace)
+    if budget is not None:
+        monkeypatch.setenv("SHUTDOWN_HOOKS_BUDGET_SECONDS", budget)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SampleSettings)
+    assert str(caught.value) == (
+        f"invalid configuration: SHUTDOWN_HOOKS_BUDGET_SECONDS ({budget or 15}) must be greater than "
+        f"SHUTDOWN_GRACE_SECONDS ({grace}): shutdown hooks wait up to the grace for their own work in flight, "
+        "and need time after it to close connections"
+    )
+    monkeypatch.setenv("SHUTDOWN_HOOKS_BUDGET_SECONDS", f"{float(grace) + 0.5}")
+    assert load_settings(SampleSettings).shutdown_hooks_budget_seconds == float(grace) + 0.5
+
+
 def test_secrets_are_read_from_files_in_secrets_dir_named_after_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

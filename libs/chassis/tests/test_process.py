@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis.app import HOOK_RESERVE_SECONDS
 from shopmesh_chassis.testing import ServiceProcess, health_status, start_process_serving
 
 SAMPLE = [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"]
@@ -97,7 +98,41 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(sample_process: Ser
     assert await asyncio.to_thread(sample_process.wait, 30) == 0
     # Stopped: new calls are refused.
     assert await health_status(sample_process.address) is None
-    assert "received SIGTERM, draining" in sample_process.output()
+    output = sample_process.output()
+    assert "received SIGTERM, draining" in output
+    # Its shutdown hooks ran within their budget, untouched.
+    assert "sample shutdown finished" in output
+    assert "shutdown hook" not in output
+
+
+async def test_a_shutdown_hook_that_never_returns_is_cut_off_at_the_budget_and_the_process_exits_1(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "METRICS_PORT": "-1",
+        "SHUTDOWN_GRACE_SECONDS": "1",
+        "SHUTDOWN_HOOKS_BUDGET_SECONDS": "3",
+        "SAMPLE_STALL_ON_SHUTDOWN": "true",
+    }
+    proc = await start_process_serving(SAMPLE, log_path=tmp_path / "sample.log", env=env)
+    try:
+        proc.signal(signal.SIGTERM)
+        # Without the budget it would wait for the stalled hook until the kubelet's SIGKILL.
+        assert await asyncio.to_thread(proc.wait, 20) == 1
+    finally:
+        proc.stop()
+    cut_off = _record(proc, "shutdown hook SampleShutdown.stall did not finish")
+    assert cut_off["level"] == "ERROR"
+    assert cut_off["hook"] == "SampleShutdown.stall"
+    # The budget less the reserve of the one hook after it.
+    assert cut_off["hook_seconds"] == pytest.approx(3 - HOOK_RESERVE_SECONDS, abs=0.2)
+    # The next hook still ran, and the exit status is explained.
+    output = proc.output()
+    assert output.index("SampleShutdown.stall did not finish") < output.index("sample shutdown finished")
+    exiting = _record(proc, "exiting with status 1")
+    assert exiting["message"] == (
+        "exiting with status 1: shutdown hooks cut off at SHUTDOWN_HOOKS_BUDGET_SECONDS: SampleShutdown.stall"
+    )
 
 
 def _record(process: ServiceProcess, message_start: str) -> dict[str, object]:

@@ -22,6 +22,25 @@ log = logging.getLogger("shopmesh.app")
 
 ShutdownHook = Callable[[], Awaitable[None]]
 
+# Each hook after the first is promised this much of SHUTDOWN_HOOKS_BUDGET_SECONDS, held back from the hooks
+# before it: one that hangs (a NATS drain that never ends) still leaves the `database.dispose` after it time
+# to close its connections, and together the hooks never outlast the budget, which the Helm chart's
+# arithmetic counts on (drain delay + grace + hooks + span export < terminationGracePeriodSeconds). When
+# there are more hooks than the budget has seconds, they share it equally instead.
+HOOK_RESERVE_SECONDS = 1.0
+# How long a hook cancelled at the end of its time may take to unwind (a rollback in its `finally`), taken
+# from the time of the hooks after it. A hook may also swallow the cancellation (`suppress(CancelledError)`
+# around awaiting a task of its own) and carry on into another wait: the next hook must not wait for that.
+HOOK_UNWIND_SECONDS = 0.5
+# The exit status of a process whose shutdown hooks were cut off (bad configuration: 2). Non-zero so that
+# whoever stopped it sees it without reading its logs (a supervisor, docker, systemd, a test);
+# Kubernetes records it for a pod it is deleting but neither restarts nor alerts on it.
+EXIT_SHUTDOWN_INCOMPLETE = 1
+
+
+class ShutdownIncomplete(Exception):
+    """Raised by `serve`, after the spans' export, when shutdown hooks were cut off at their budget."""
+
 
 def setup_observability(settings: ServiceSettings) -> TracerProvider:
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
@@ -54,8 +73,9 @@ async def serve(
     on_shutdown: Sequence[ShutdownHook] = (),
     metrics: ServerMetrics | None = None,
 ) -> None:
-    """Serve `bindings` until SIGTERM/SIGINT, drain, then run `on_shutdown` hooks in order. `metrics`: the
-    service's own, when its relay or consumers record into it (else the server makes its own)."""
+    """Serve `bindings` until SIGTERM/SIGINT, drain, run `on_shutdown` hooks in order within
+    SHUTDOWN_HOOKS_BUDGET_SECONDS, export the last spans; raises ShutdownIncomplete when a hook was cut off.
+    `metrics`: the service's own, when its relay or consumers record into it (else the server makes its own)."""
     server = ChassisServer(settings, bindings, tracer_provider=tracer_provider, metrics=metrics)
     # Before the port opens: the one full collection must not pause calls.
     frozen = freeze_startup_heap()
@@ -65,13 +85,61 @@ async def serve(
     try:
         await server.wait_stopped()
     finally:
-        for hook in on_shutdown:
-            try:
-                await hook()
-            except Exception:
-                log.exception("shutdown hook failed")
+        cut_off = await run_shutdown_hooks(on_shutdown, settings.shutdown_hooks_budget_seconds)
         if tracer_provider is not None:
             shutdown_tracing(tracer_provider)
+    if cut_off:
+        raise ShutdownIncomplete(f"shutdown hooks cut off at SHUTDOWN_HOOKS_BUDGET_SECONDS: {', '.join(cut_off)}")
+
+
+def hook_name(hook: ShutdownHook) -> str:
+    """`Database.dispose`, `_main.<locals>.stop_background`: enough for a log line to lead to the code."""
+    return str(getattr(hook, "__qualname__", None) or repr(hook))
+
+
+async def run_shutdown_hooks(hooks: Sequence[ShutdownHook], budget_seconds: float) -> list[str]:
+    """Run `hooks` in order within `budget_seconds` altogether. A hook that overruns its time (what is left of
+    the budget, less HOOK_RESERVE_SECONDS for each hook after it) is cancelled and logged, and the rest still
+    run. Returns the names of the hooks cut off."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_seconds
+    reserve = min(HOOK_RESERVE_SECONDS, budget_seconds / len(hooks)) if hooks else 0.0
+    cut_off: list[str] = []
+    for index, hook in enumerate(hooks):
+        hooks_after = len(hooks) - index - 1
+        seconds = max(deadline - loop.time() - hooks_after * reserve, 0.0)
+        if not await _run_hook(hook, seconds, deadline):
+            cut_off.append(hook_name(hook))
+    return cut_off
+
+
+async def _run_hook(hook: ShutdownHook, seconds: float, deadline: float) -> bool:
+    """Run `hook` for at most `seconds`, then cancel it and give it until `deadline` (HOOK_UNWIND_SECONDS at
+    most) to unwind. False when it was cut off; a hook that fails is logged, and counts as finished."""
+    name = hook_name(hook)
+    task = asyncio.create_task(_call(hook), name=f"shutdown hook {name}")
+    await asyncio.wait({task}, timeout=seconds)
+    if task.done():
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("shutdown hook %s failed", name, exc_info=error, extra={"hook": name})
+        return True
+    log.error(
+        "shutdown hook %s did not finish within the %.1f s it had of SHUTDOWN_HOOKS_BUDGET_SECONDS: cancelled",
+        name,
+        seconds,
+        extra={"hook": name, "hook_seconds": round(seconds, 3)},
+    )
+    task.cancel()
+    unwind = min(HOOK_UNWIND_SECONDS, max(deadline - asyncio.get_running_loop().time(), 0.0))
+    await asyncio.wait({task}, timeout=unwind)
+    if not task.done():
+        log.warning("shutdown hook %s ignored its cancellation; the hooks after it go on", name, extra={"hook": name})
+    return False
+
+
+async def _call(hook: ShutdownHook) -> None:
+    # In the task: a hook that raises before returning its awaitable fails like one that raises inside it.
+    await hook()
 
 
 def run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -89,10 +157,13 @@ def run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
     """Run a service's async main on the configured event loop; bad configuration exits 2 with one line
-    on stderr."""
+    on stderr, shutdown hooks cut off at their budget exit 1 (EXIT_SHUTDOWN_INCOMPLETE)."""
     try:
         run_on_event_loop(main())
     except ConfigError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(2)
+    except ShutdownIncomplete as exc:
+        log.error("exiting with status %d: %s", EXIT_SHUTDOWN_INCOMPLETE, exc)
+        sys.exit(EXIT_SHUTDOWN_INCOMPLETE)
     sys.exit(0)

@@ -56,6 +56,12 @@ class ServiceSettings(RuntimeSettings):
     # sending), then the server refuses new calls and gives in-flight ones `shutdown_grace_seconds`.
     drain_delay_seconds: float = Field(default=0.0, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Then the service's shutdown hooks run, in order, within `shutdown_hooks_budget_seconds` altogether
+    # (app.run_shutdown_hooks cancels the one that overruns). Some hooks wait for their own work in flight
+    # up to `shutdown_grace_seconds` (notifications' e-mail being sent, orders' sagas), so the budget must
+    # be longer than the grace; the default leaves 5 s beyond it for stopping relays and consumers and
+    # closing NATS, channels and the database.
+    shutdown_hooks_budget_seconds: float = Field(default=15.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -71,6 +77,18 @@ class ServiceSettings(RuntimeSettings):
     @property
     def resolved_error_domain(self) -> str:
         return self.error_domain or f"shopmesh.{self.service_name}"
+
+    @model_validator(mode="after")
+    def _hooks_budget_outlasts_the_grace(self) -> ServiceSettings:
+        # Equal would be too short: a hook that waits the whole grace would be cut off by the budget, as if
+        # it had hung, and the hooks after it would have nothing left.
+        if self.shutdown_hooks_budget_seconds <= self.shutdown_grace_seconds:
+            raise ValueError(
+                f"SHUTDOWN_HOOKS_BUDGET_SECONDS ({self.shutdown_hooks_budget_seconds:g}) must be greater than "
+                f"SHUTDOWN_GRACE_SECONDS ({self.shutdown_grace_seconds:g}): shutdown hooks wait up to the grace "
+                "for their own work in flight, and need time after it to close connections"
+            )
+        return self
 
 
 class DatabaseSettings(ServiceSettings):

@@ -7,6 +7,7 @@ benchmark use it to exercise drain, errors, retries, deadlines and the breaker o
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from typing import Any
 
@@ -17,6 +18,7 @@ from shopmesh_chassis.config import ServiceSettings, load_settings
 from shopmesh_chassis.server import ServiceBinding
 
 DESCRIPTOR = sample_pb2.DESCRIPTOR.services_by_name["SampleService"]
+log = logging.getLogger("shopmesh.sample")
 
 _ERRORS: dict[int, errors.DomainError] = {
     sample_pb2.ERROR_KIND_INVALID_ARGUMENT: errors.InvalidArgument(
@@ -89,12 +91,29 @@ def binding(servicer: SampleServicer | None = None) -> ServiceBinding:
 
 class SampleSettings(ServiceSettings):
     service_name: str = "sample"
+    # The drain tests' hook that never returns, as one waiting on a database that never answers would.
+    sample_stall_on_shutdown: bool = False
+
+
+class SampleShutdown:
+    """The sample service's shutdown hooks, in order: `stall` (never returns when told to), then `finish`."""
+
+    def __init__(self, stall: bool) -> None:
+        self._stall = stall
+
+    async def stall(self) -> None:
+        if self._stall:
+            await asyncio.Event().wait()
+
+    async def finish(self) -> None:
+        log.info("sample shutdown finished")
 
 
 async def _main() -> None:
     settings = load_settings(SampleSettings)
     provider = app.setup_observability(settings)
-    await app.serve(settings, [binding()], tracer_provider=provider)
+    shutdown = SampleShutdown(settings.sample_stall_on_shutdown)
+    await app.serve(settings, [binding()], tracer_provider=provider, on_shutdown=[shutdown.stall, shutdown.finish])
 
 
 if __name__ == "__main__":
