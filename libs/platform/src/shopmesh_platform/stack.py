@@ -49,6 +49,7 @@ from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
+from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 
 from .http_api import HttpApi, descriptor_set, openapi_document, storefront_folder
 from .http_api import write_bootstrap as write_http_api_bootstrap
@@ -81,7 +82,16 @@ HTTP_API = "http-api"
 # A sidecar's process name: `<service>-sidecar`.
 SIDECAR_SUFFIX = "-sidecar"
 DEFAULT_STARTUP_TIMEOUT = 60.0
-DEFAULT_STOP_TIMEOUT = 10.0
+# Local processes have no load balancer to tell: they stop at once (no drain delay), and soon.
+LOCAL_SHUTDOWN_GRACE_SECONDS = 5.0
+# Longer than the grace, as the chassis requires (hooks wait up to it for their own work in flight), and 2 s
+# more to close relays, NATS and the database.
+LOCAL_SHUTDOWN_HOOKS_BUDGET_SECONDS = LOCAL_SHUTDOWN_GRACE_SECONDS + 2
+# A service's stop at its slowest (calls in flight, hooks, last spans), and a second for the interpreter:
+# SIGKILL only for one that outlives all that.
+DEFAULT_STOP_TIMEOUT = (
+    LOCAL_SHUTDOWN_GRACE_SECONDS + LOCAL_SHUTDOWN_HOOKS_BUDGET_SECONDS + EXPORT_ON_SHUTDOWN_SECONDS + 1
+)
 # Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
 _RECENT_LINES = 500
 FAILURE_LINES = 40
@@ -646,9 +656,9 @@ class Stack:
             DATA_DIR=str(self.data_dir),
             NATS_URL=self.ports.nats_url,
             LOG_FORMAT=self.log_format,
-            # Local processes have no load balancer to tell: stop at once, and soon.
             DRAIN_DELAY_SECONDS="0",
-            SHUTDOWN_GRACE_SECONDS="5",
+            SHUTDOWN_GRACE_SECONDS=f"{LOCAL_SHUTDOWN_GRACE_SECONDS:g}",
+            SHUTDOWN_HOOKS_BUDGET_SECONDS=f"{LOCAL_SHUTDOWN_HOOKS_BUDGET_SECONDS:g}",
         )
         for name in self.ports.services:
             env[address_variable(name)] = self.ports.address(name)
