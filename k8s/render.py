@@ -125,6 +125,11 @@ def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[
         # Envoy's OpenTelemetry provider exports OTLP/gRPC to a Service by its host name and port.
         endpoint = endpoints.pop()
         collector = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+        if "." not in (collector.hostname or ""):
+            # Istio looks the provider's service up in its registry by its full host name.
+            raise ValueError(
+                f"global.otel.endpoint {endpoint}: Istio needs the collector's full name (svc.cluster.local)"
+            )
         provider = {"name": providers.pop(), "opentelemetry": {"service": collector.hostname, "port": collector.port}}
         spec = {"meshConfig": {"extensionProviders": [provider]}}
     return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": spec}

@@ -318,11 +318,11 @@ def edge_spans(folder: Path, wanted: int, wait: float = 15) -> list[dict[str, An
         time.sleep(0.2)
 
 
-def run_traced_edge(helm_dir: Path, scratch: Path, sink_port: int, ratio: float) -> Any:
+def run_traced_edge(helm_dir: Path, scratch: Path, sink_port: int, ratio: float, mesh: str = "") -> Any:
     """The edge's Envoy as the chart renders it with a collector at `sink_port` on loopback."""
     otel = {"endpoint": f"http://127.0.0.1:{sink_port}", "port": sink_port, "samplerRatio": ratio}
     otel["peers"] = [{"podSelector": {}}]
-    docs = objects_of(helm_dir, EDGE, {"global": {"otel": otel}})
+    docs = objects_of(helm_dir, EDGE, {"global": {"otel": otel, "mesh": mesh}})
     return running_http_api(files_of(docs), scratch, container(docs)["args"])
 
 
@@ -381,3 +381,17 @@ def test_at_a_ratio_of_one_half_the_edge_traces_about_half_the_requests(helm_dir
         traced = len(edge_spans(spans_dir, requests, wait=7))
     # Binomial(200, 0.5): outside 60-140 once in ~10^8 runs; a ratio off by 100x (all) or 0 (none) is not.
     assert 60 <= traced <= 140, traced
+
+
+def test_behind_istios_sidecar_the_edge_records_what_the_sidecar_decided(helm_dir: Path, tmp_path: Path) -> None:
+    """The sidecar in front has drawn at the ratio (tests/k8s/test_mesh_traces.py); drawing again here would
+    record ratio² of the HTTP calls."""
+    spans_dir = tmp_path / "spans"
+    sampled, unsampled = "0af7651916cd43dd8448eb211c80319c", "1bf7651916cd43dd8448eb211c80319c"
+    with trace_sink(spans_dir) as sink_port, run_traced_edge(helm_dir, tmp_path, sink_port, 0.1, "istio") as ports:
+        url = f"http://127.0.0.1:{ports[PORT]}{STOREFRONT_FILES['app.css'][0]}"
+        for trace_id, flags in [(sampled, "01"), (unsampled, "00")] * 20:
+            parent = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-{flags}"}
+            urllib.request.urlopen(urllib.request.Request(url, headers=parent), timeout=10).close()
+        spans = edge_spans(spans_dir, 40, wait=7)
+    assert [span["trace_id"] for span in spans] == [sampled] * 20

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from shopmesh_platform.topology import SERVICES
+from shopmesh_platform.topology import SERVICES, is_edge
 
 from .k8skit import ROOT, Docs, find, objects_of, peers_by_port, render, validate_custom_resources
 
@@ -79,8 +79,9 @@ def test_every_services_sidecars_report_their_spans_with_the_provider_mesh_istio
         selector = telemetry["spec"]["selector"]["matchLabels"]
         assert selector == find(docs, "Deployment", name)["spec"]["selector"]["matchLabels"]
         ratio = float(find(docs, "ConfigMap", name)["data"]["OTEL_TRACES_SAMPLER_RATIO"])
+        percentage = ratio * 100 if is_edge(name) else 100
         assert telemetry["spec"]["tracing"] == [
-            {"providers": [{"name": provider["name"]}], "randomSamplingPercentage": ratio * 100}
+            {"providers": [{"name": provider["name"]}], "randomSamplingPercentage": percentage}
         ]
 
 
@@ -109,12 +110,50 @@ def test_mesh_istio_points_the_provider_at_the_collector_the_services_export_to(
     assert {"install", "profile=minimal", "components.cni.enabled=true", "-f"} <= set(args)
 
 
+EDGE = next(name for name in NAMES if is_edge(name))
+
+
 @pytest.mark.parametrize("ratio", [0.25, 0.1, 0.05, 0.001, 0])
-def test_the_sidecars_record_the_share_of_new_traces_the_services_do(helm_dir: Path, ratio: float) -> None:
-    docs = objects_of(helm_dir, "catalog", {"global": {"mesh": "istio", "otel": {"samplerRatio": ratio}}})
-    [tracing] = find(docs, "Telemetry", "catalog")["spec"]["tracing"]
-    services = float(find(docs, "ConfigMap", "catalog")["data"]["OTEL_TRACES_SAMPLER_RATIO"])
-    assert tracing["randomSamplingPercentage"] == round(services * 100, 2) == round(ratio * 100, 2)
+def test_the_edges_sidecar_decides_for_the_trace_at_the_services_ratio_the_others_follow(
+    helm_dir: Path, ratio: float
+) -> None:
+    """Envoy records a sampled parent only when its own draw agrees, and each draws afresh: sidecars all at
+    the ratio would record ratio² of the traces past the second hop. Where calls enter, the ratio; inside,
+    100 %, which keeps what the trace they are in decided."""
+    docs = objects_of(helm_dir, render.UMBRELLA, {"global": {"mesh": "istio", "otel": {"samplerRatio": ratio}}})
+    for name in NAMES:
+        [tracing] = find(docs, "Telemetry", name)["spec"]["tracing"]
+        services = float(find(docs, "ConfigMap", name)["data"]["OTEL_TRACES_SAMPLER_RATIO"])
+        expected = round(services * 100, 2) if name == EDGE else 100
+        assert tracing["randomSamplingPercentage"] == expected, name
+        assert services == ratio
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_span_exports_and_scrapes_pass_the_sidecar_by(rendered: dict[tuple[str, str], Docs], name: str) -> None:
+    """Parentless requests a sidecar at 100 % would make a trace of each: the service's own OTLP exports to the
+    collector, Prometheus' scrapes of its metrics (and of the edge's Envoy's). Neither party is in the mesh."""
+    docs = rendered["istio", name]
+    annotations = find(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+    _, port = collector(docs, name)
+    assert annotations["traffic.sidecar.istio.io/excludeOutboundPorts"] == str(port)
+    metrics = {
+        p["containerPort"]
+        for c in find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        for p in c["ports"]
+        if "metrics" in p["name"]
+    }
+    assert set(map(int, annotations["traffic.sidecar.istio.io/excludeInboundPorts"].split(","))) == metrics
+    assert len(metrics) == (2 if is_edge(name) else 1)
+    for other in ("default", "linkerd"):
+        annotations = find(rendered[other, name], "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+        assert not [key for key in annotations if key.startswith("traffic.sidecar.istio.io/")], other
+
+
+def test_without_the_sidecars_spans_nothing_passes_them_by(helm_dir: Path) -> None:
+    docs = objects_of(helm_dir, "catalog", {"global": {"mesh": "istio", "otel": {"endpoint": ""}}})
+    annotations = find(docs, "Deployment", "catalog")["spec"]["template"]["metadata"]["annotations"]
+    assert not [key for key in annotations if key.startswith("traffic.sidecar.istio.io/")]
 
 
 def test_another_collector_is_the_one_the_provider_points_at(helm_dir: Path) -> None:
@@ -123,6 +162,12 @@ def test_another_collector_is_the_one_the_provider_points_at(helm_dir: Path) -> 
     overlay = render.istio_tracing(helm_dir, {"global": {"mesh": "istio", "otel": otel}})
     [provider] = overlay["spec"]["meshConfig"]["extensionProviders"]
     assert provider["opentelemetry"] == {"service": "collector.observability.svc.cluster.local", "port": 4319}
+
+
+def test_a_collector_istio_cannot_find_by_its_short_name_is_refused(helm_dir: Path) -> None:
+    otel = {"endpoint": "http://otel:4317", "peers": [{"podSelector": {}}]}
+    with pytest.raises(ValueError, match="Istio needs the collector's full name"):
+        render.istio_tracing(helm_dir, {"global": {"mesh": "istio", "otel": otel}})
 
 
 def test_without_an_endpoint_the_sidecars_report_nothing_either(helm_dir: Path) -> None:

@@ -266,6 +266,8 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- if $c.nats.enabled -}}
 {{- include "shopmesh-lib.checkEgress" (dict "setting" "nats" "url" $c.nats.url "port" $c.nats.port "peers" $c.nats.peers "devUrl" $devNats "devPeers" $devNatsPeers "enforced" $c.networkPolicy.enabled) -}}
 {{- end -}}
+{{- /* Istio's sidecars report spans too (_mesh.tpl), with its policy objects and a collector. */ -}}
+{{- $_ := set $c.otel "sidecarSpans" (and (eq $c.mesh "istio") $c.meshPolicy.enabled (ne $c.otel.endpoint "")) -}}
 {{- if $c.otel.endpoint -}}
 {{- include "shopmesh-lib.checkEgress" (dict "setting" "otel" "url" $c.otel.endpoint "port" $c.otel.port "peers" $c.otel.peers "devUrl" $devOtel "devPeers" $devOtelPeers "enforced" $c.networkPolicy.enabled) -}}
 {{- end -}}

@@ -76,6 +76,13 @@ spec:
         # instead of Istio rewriting these annotations to its agent's merged endpoint on 15020.
         prometheus.istio.io/merge-metrics: "false"
         {{- end }}
+        {{- if $c.otel.sidecarSpans }}
+        # Out of the sidecars' traces (_mesh.tpl): the service's span exports, and the scrapes of its metrics
+        # (and of its HTTP Envoy's); each would otherwise be a trace of its own. The collector and Prometheus
+        # are outside the mesh, so mTLS never applied to either.
+        traffic.sidecar.istio.io/excludeOutboundPorts: {{ $c.otel.port | quote }}
+        traffic.sidecar.istio.io/excludeInboundPorts: {{ join "," (compact (list $c.metricsPort (ternary $c.httpApi.metricsPort "" $c.httpApi.enabled))) | quote }}
+        {{- end }}
         {{- if eq $c.mesh "linkerd" }}
         linkerd.io/inject: enabled
         {{- end }}

@@ -137,6 +137,10 @@ DNS, over HTTP/2), and the share of requests that start a trace, as the services
 {{- if and (gt (float64 .samplerRatio) 0.0) (eq $perTenThousand 0) -}}
 {{- fail (printf "global.otel.samplerRatio (%v): the edge's Envoy (httpApi) samples in steps of 0.0001, so it would trace nothing; give 0 or at least 0.0001" .samplerRatio) -}}
 {{- end -}}
+{{- /* Behind Istio's sidecar, which has decided (_mesh.tpl): all, which records what the sidecar did. */ -}}
+{{- if .sidecarSpans -}}
+{{- $perTenThousand = 10000 -}}
+{{- end -}}
 {{- $hostPort := ternary (urlParse .endpoint).host .endpoint (contains "://" .endpoint) -}}
 {{- /* The host without its port, an IPv6 address without its brackets. */ -}}
 {{- $host := regexReplaceAll ":[0-9]+$" $hostPort "" | trimPrefix "[" | trimSuffix "]" -}}

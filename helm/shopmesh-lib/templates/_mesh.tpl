@@ -160,7 +160,7 @@ spec:
         shopmesh.io/track: {{ . }}
     {{- end }}
 {{- end }}
-{{- if $c.otel.endpoint }}
+{{- if $c.otel.sidecarSpans }}
 ---
 {{ include "shopmesh-lib.mesh.istio-tracing" . }}
 {{- end }}
@@ -175,6 +175,15 @@ from this rendering (k8s/render.py istio-tracing), so this is the one place eith
 speaks W3C trace context with this provider, as the services do, so its spans join theirs. The NetworkPolicy
 needs nothing more: the sidecar's connection to the collector leaves the pod to the same peers and port
 as the service's.
+
+One decision per trace: an Envoy records a request only when its own draw says so and the traceparent it got
+(if any) is sampled, and every Envoy draws afresh (from an x-request-id the services do not forward), so
+sidecars each sampling at the ratio would record ratio² of the traces past the second hop, ratio³ past the
+third, the services' spans with them (they follow the sidecar's traceparent). So only the edge's sidecar,
+where every call enters, draws at global.otel.samplerRatio; every other sidecar, and the edge's own HTTP
+Envoy behind it (_httpapi.tpl), records at 100 %, which records what the trace they are in records (the
+services' clients always send a traceparent). The pod annotations (_deployment.tpl) keep the rest out of
+the traces: the services' span exports and Prometheus' scrapes, parentless requests, pass the sidecar by.
 */}}
 {{- define "shopmesh-lib.mesh.istio-tracing" -}}
 {{- $c := .c -}}
@@ -188,9 +197,14 @@ spec:
   tracing:
     - providers:
         - name: shopmesh-otel
-      # The fraction of new traces the services record (global.otel.samplerRatio), as the percentage
-      # Istio takes (to 0.01): where the sidecar starts a trace it decides for the service behind it.
+      {{- if $c.edge }}
+      # Where calls enter: the fraction of traces recorded (global.otel.samplerRatio), as the percentage
+      # Istio takes (to 0.01), decided here for the whole trace.
       randomSamplingPercentage: {{ round (mulf $c.otel.samplerRatio 100) 2 }}
+      {{- else }}
+      # Inside: whatever the trace this call belongs to was decided at the edge.
+      randomSamplingPercentage: 100
+      {{- end }}
 {{- end -}}
 
 {{/* The destinations and retries of the service's VirtualService routes (_mesh.tpl, Istio). */}}
