@@ -8,6 +8,7 @@ import pytest
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.logs import TraceContextFilter
+from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing.sample_service import SampleServicer
 
 CASES = [
@@ -99,3 +100,24 @@ async def test_success_after_errors_keeps_serving(
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Fail(sample_pb2.FailRequest(kind=kind))
     assert (await stub.Echo(sample_pb2.EchoRequest(message="still here"))).message == "still here"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x0a\x02\xff\xfe", b"\x0a\x05ab", b"\xff\xff\xff"],
+    ids=["bad-utf8-string", "truncated", "garbage"],
+)
+async def test_a_body_that_is_no_message_of_the_method_is_invalid_argument_with_error_info(
+    server: ChassisServer, body: bytes
+) -> None:
+    """A gRPC or gRPC-Web client's own bytes (the HTTP/JSON transcoder only ever sends well-formed ones):
+    grpcio's own answer would be UNKNOWN, naming the parser's exception, without details."""
+    async with grpc.aio.insecure_channel(server.address) as raw:
+        echo = raw.unary_unary("/shopmesh.sample.v1.SampleService/Echo")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await echo(body, timeout=5)
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.error_info is not None
+    assert details.error_info.reason == "MALFORMED_REQUEST"
+    assert "DecodeError" not in (caught.value.details() or "")

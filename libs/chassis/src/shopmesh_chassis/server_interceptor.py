@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -143,6 +144,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         # Whether this method's calls count against the in-flight limit (and may be shed).
         limited = self._max_in_flight is not None and not method.startswith(_HEALTH)
         traced = not method.startswith(_HEALTH)
+        parse = handler.request_deserializer
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata: tuple[Any, ...] = tuple(context.invocation_metadata() or ())
@@ -158,14 +160,16 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if span.is_recording():
                     span.set_attributes(_peer_attributes(context.peer()))
-                return await self._handle(behavior, metrics, method, request, context, metadata, span, limited)
+                return await self._handle(behavior, metrics, method, parse, request, context, metadata, span, limited)
             finally:
                 otel_context.detach(token)
                 span.end()
 
+        # The request's bytes are parsed in _handle: grpcio would answer a body that is no such message
+        # UNKNOWN, naming the parser's exception, with no details, before any of this ran.
         return grpc.unary_unary_rpc_method_handler(
             unary_unary,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
@@ -174,6 +178,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         behavior: UnaryBehavior,
         metrics: MethodMetrics,
         method: str,
+        parse: Callable[[bytes], Any] | None,
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         metadata: tuple[Any, ...],
@@ -193,6 +198,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                     reason="SERVER_OVERLOADED",
                     retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
                 )
+            if parse is not None:
+                request = _parsed(parse, request)
             check_no_nul(request)
             return await behavior(request, context)
         except errors.ReplayedError as exc:
@@ -276,3 +283,13 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.UNKNOWN
+
+
+def _parsed(parse: Callable[[bytes], Any], body: bytes) -> Any:
+    """The request message from its bytes; a body that is none is the client's mistake."""
+    try:
+        return parse(body)
+    except DecodeError:
+        raise errors.InvalidArgument(
+            "the request body is not a valid message of this method's request type", reason="MALFORMED_REQUEST"
+        ) from None
