@@ -246,3 +246,15 @@ def test_catalog_data_rules_name_every_bad_field() -> None:
         ("products[1].image_url", "INVALID_FORMAT"),
         ("products[2].image_url", "INVALID_FORMAT"),
     ]
+
+
+@pytest.mark.parametrize("relevance", [-1, 7, 2**31, 2**62])
+def test_a_search_token_with_a_relevance_its_terms_cannot_score_is_invalid_page_token(relevance: int) -> None:
+    """Two terms score 6 at most (name and description each): anything else was written by a client, and
+    may not even fit the query's integer (PostgreSQL refused 2**31 as INTERNAL)."""
+    token = validate_search_products("wool socks", "", 0, "").next_page_token(relevance, "prod_a")
+    with pytest.raises(InvalidArgument) as caught:
+        validate_search_products("wool socks", "", 0, token)
+    assert fields_of(caught.value) == [("page_token", "INVALID_PAGE_TOKEN")]
+    best = validate_search_products("wool socks", "", 0, "").next_page_token(6, "prod_a")
+    assert validate_search_products("wool socks", "", 0, best).after == (6, "prod_a")

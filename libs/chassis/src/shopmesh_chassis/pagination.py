@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 
@@ -20,6 +21,10 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+# The tokens this module issues are under 200 characters; a longer one was made by someone else.
+MAX_PAGE_TOKEN_LENGTH = 1024
+# What a database's integer column can hold (PostgreSQL's bigint): a larger key item cannot be compared.
+_INT64 = range(-(2**63), 2**63)
 
 Key = tuple[str | int, ...]
 
@@ -46,24 +51,57 @@ def decode_page_token(token: str, filters: Mapping[str, str], shape: Sequence[ty
     """The last key carried by `token`, whose items must have the types in `shape` (str or int).
 
     Raises InvalidArgument (reason INVALID_PAGE_TOKEN) for anything this module did not produce for the
-    same filters, so a client mistake never becomes INTERNAL.
+    same filters, so a client mistake never becomes INTERNAL. Tokens are not signed: anyone can write one
+    that passes, so every item must also be something a query can take (an integer a bigint holds, text
+    PostgreSQL can store); a service checks its own narrower ranges.
     """
+    if len(token) > MAX_PAGE_TOKEN_LENGTH:
+        raise invalid_page_token("not a page token issued by this service")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
+        # RecursionError: JSON nested a few thousand levels deep.
         raise invalid_page_token("not a page token issued by this service") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("k"), list) or "f" not in payload:
         raise invalid_page_token("not a page token issued by this service")
     if payload["f"] != _filters_hash(filters):
         raise invalid_page_token("the page token belongs to a request with other filters")
     key = payload["k"]
-    # bool is an int to isinstance, but never a key item.
-    if len(key) != len(shape) or not all(
-        isinstance(item, kind) and not isinstance(item, bool) for item, kind in zip(key, shape, strict=True)
-    ):
+    if len(key) != len(shape) or not all(_fits(item, kind) for item, kind in zip(key, shape, strict=True)):
         raise invalid_page_token("not a page token issued by this service")
     return tuple(key)
+
+
+def decode_instant(text: str) -> datetime:
+    """An instant a page token's key carries, as `datetime.isoformat()` writes an aware UTC one. Another
+    offset was not issued here, and may not convert to UTC at all (0001-01-01T00:00:00+05:00): the
+    database would refuse it as INTERNAL."""
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise invalid_page_token("not a page token issued by this service") from None
+    if instant.utcoffset() != timedelta(0):
+        raise invalid_page_token("not a page token issued by this service")
+    return instant
+
+
+def _fits(item: object, kind: type) -> bool:
+    # bool is an int to isinstance, but never a key item.
+    if isinstance(item, bool) or not isinstance(item, kind):
+        return False
+    if isinstance(item, int):
+        return item in _INT64
+    # JSON's \u0000 and lone surrogates (\ud800) decode to text no database column takes.
+    return isinstance(item, str) and "\x00" not in item and _encodable(item)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def page_size(value: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from shopmesh_chassis import call_context
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.pagination import decode_page_token, encode_page_token, invalid_page_token, page_size
+from shopmesh_chassis.pagination import decode_instant, decode_page_token, encode_page_token, page_size
 from shopmesh_notifications.domain.model import Notification
 from shopmesh_notifications.domain.validation import check_owner, validate_list_request
 from shopmesh_notifications.store.repository import NotificationRepository
@@ -26,10 +24,7 @@ class NotificationsApplication:
         after = None
         if page_token:
             created_at, notification_id = decode_page_token(page_token, filters, (str, str))
-            try:
-                after = (datetime.fromisoformat(str(created_at)), str(notification_id))
-            except ValueError:
-                raise invalid_page_token("not a page token issued by this service") from None
+            after = (decode_instant(str(created_at)), str(notification_id))
         async with self._db.transaction() as session:
             page = await NotificationRepository(session).list_for_user(user_id, size + 1, after)
         token = ""

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.idempotency import validate_key
-from shopmesh_chassis.pagination import decode_page_token, encode_page_token, invalid_page_token
+from shopmesh_chassis.pagination import decode_instant, decode_page_token, encode_page_token
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
 from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
@@ -179,10 +179,7 @@ class OrdersApplication:
         after = None
         if page_token:
             created_at, order_id = decode_page_token(page_token, filters, (str, str))
-            try:
-                after = (datetime.fromisoformat(str(created_at)), str(order_id))
-            except ValueError:
-                raise invalid_page_token("not a page token issued by this service") from None
+            after = (decode_instant(str(created_at)), str(order_id))
         async with self._db.read() as session:
             page = await OrderRepository(session).list_for_user(user_id, size + 1, after)
         token = ""

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shopmesh_catalog.domain.models import CategoryData, ProductData
-from shopmesh_catalog.domain.search import search_terms
+from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
-from shopmesh_chassis.pagination import INVALID_PAGE_TOKEN, decode_page_token, encode_page_token
+from shopmesh_chassis.pagination import INVALID_PAGE_TOKEN, decode_page_token, encode_page_token, invalid_page_token
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
 
@@ -122,6 +122,9 @@ def validate_search_products(query: str, category: str, page_size: int, page_tok
     limit = _page_limit(page_size, violations)
     terms = search_terms(text)
     after = _after_key(page_token, _search_filters(terms, category), (int, str), violations)
+    # A relevance these terms cannot score was not issued here (and may not fit the query's integer).
+    if after is not None and not 0 <= int(after[0]) <= len(terms) * (NAME_WEIGHT + DESCRIPTION_WEIGHT):
+        violations.extend(invalid_page_token("not a page token issued by this service").violations)
     if violations:
         raise _fail(violations)
     return SearchProductsQuery(

@@ -1,0 +1,83 @@
+"""Page tokens: what this module issued comes back as the key it carried; anything else, forged ones
+included, is INVALID_ARGUMENT (INVALID_PAGE_TOKEN) before a query sees it, never INTERNAL."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from shopmesh_chassis.errors import InvalidArgument
+from shopmesh_chassis.pagination import (
+    INVALID_PAGE_TOKEN,
+    MAX_PAGE_TOKEN_LENGTH,
+    _filters_hash,
+    decode_instant,
+    decode_page_token,
+    encode_page_token,
+)
+
+FILTERS = {"rpc": "ListThings", "category": "socks"}
+
+
+def forged(key: object, filters: dict[str, str] = FILTERS) -> str:
+    """A token as a client could write one: the filter hash is no secret."""
+    payload = json.dumps({"k": key, "f": _filters_hash(filters)}).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def test_a_token_gives_back_the_key_it_was_issued_with() -> None:
+    token = encode_page_token(("Wool socks ✓", 2**40), FILTERS)
+    assert decode_page_token(token, FILTERS, (str, int)) == ("Wool socks ✓", 2**40)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("!!!", id="not-base64"),
+        pytest.param(base64.urlsafe_b64encode(b"[" * 3000).decode(), id="nested-beyond-recursion"),
+        pytest.param(base64.urlsafe_b64encode(b"\xff\xfe").decode(), id="not-utf8"),
+        pytest.param("A" * (MAX_PAGE_TOKEN_LENGTH + 1), id="too-long"),
+        pytest.param(encode_page_token(("a", 1), {"rpc": "ListThings", "category": "hats"}), id="other-filters"),
+        pytest.param(forged(["a"]), id="too-few-items"),
+        pytest.param(forged([1, 1]), id="wrong-type"),
+        pytest.param(forged(["a", True]), id="bool-for-int"),
+        pytest.param(forged(["a", 2**63]), id="beyond-bigint"),
+        pytest.param(forged(["a", -(2**63) - 1]), id="below-bigint"),
+        pytest.param(forged(["a\x00b", 1]), id="nul-in-text"),
+        pytest.param(forged(["\ud800", 1]), id="lone-surrogate"),
+    ],
+)
+def test_anything_else_is_an_invalid_page_token(token: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        decode_page_token(token, FILTERS, (str, int))
+    assert caught.value.reason == INVALID_PAGE_TOKEN
+    assert [v.field for v in caught.value.violations] == ["page_token"]
+
+
+def test_the_widest_integers_a_bigint_holds_pass() -> None:
+    for edge in (2**63 - 1, -(2**63)):
+        assert decode_page_token(forged(["a", edge]), FILTERS, (str, int)) == ("a", edge)
+
+
+def test_an_instant_comes_back_as_issued_in_utc() -> None:
+    issued = datetime(2026, 12, 3, 2, 58, 1, 123456, tzinfo=UTC)
+    assert decode_instant(issued.isoformat()) == issued
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yesterday",
+        "2026-12-03T02:58:01",  # no offset: never issued
+        "0001-01-01T00:00:00+05:00",  # before year 1 in UTC: PostgreSQL refused it as INTERNAL
+        "9999-12-31T23:59:59-05:00",  # after year 9999 in UTC
+        "2026-12-03T02:58:01+01:00",
+    ],
+)
+def test_an_instant_not_issued_here_is_an_invalid_page_token(text: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        decode_instant(text)
+    assert caught.value.reason == INVALID_PAGE_TOKEN
