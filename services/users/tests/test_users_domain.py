@@ -3,13 +3,15 @@ beside it (JWK thumbprints, argon2 hashing, settings)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shopmesh_chassis.config import ConfigError, load_settings
-from shopmesh_chassis.errors import InvalidArgument
+from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_users.domain.keys import (
     KeyMaterial,
     SigningKey,
@@ -25,7 +27,7 @@ from shopmesh_users.domain.validation import (
     validate_registration,
     validate_user_id,
 )
-from shopmesh_users.passwords import Passwords
+from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.signing import jwk_thumbprint
 
@@ -230,8 +232,12 @@ def test_kid_is_the_rfc_7638_thumbprint_of_the_public_key() -> None:
     assert jwk_thumbprint("OKP", "Ed25519", x) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
 
 
+def cheap_passwords(concurrency: int = 2, queue: int = 8) -> Passwords:
+    return Passwords(time_cost=1, memory_kib=8192, parallelism=1, concurrency=concurrency, queue=queue)
+
+
 async def test_passwords_verify_only_the_right_password_and_say_no_without_a_hash() -> None:
-    passwords = Passwords(time_cost=1, memory_kib=8192, parallelism=1)
+    passwords = cheap_passwords()
     stored = await passwords.hash("correct horse")
     assert stored.startswith("$argon2id$v=19$m=8192,t=1,p=1$")
     assert "correct horse" not in stored
@@ -242,10 +248,45 @@ async def test_passwords_verify_only_the_right_password_and_say_no_without_a_has
 
 
 async def test_passwords_ask_for_a_rehash_only_when_the_parameters_changed() -> None:
-    cheap = Passwords(time_cost=1, memory_kib=8192, parallelism=1)
+    cheap = cheap_passwords()
     stored = await cheap.hash("correct horse")
     assert not cheap.needs_rehash(stored)
-    assert Passwords(time_cost=2, memory_kib=8192, parallelism=1).needs_rehash(stored)
+    assert Passwords(time_cost=2, memory_kib=8192, parallelism=1, concurrency=1, queue=0).needs_rehash(stored)
+
+
+class CountingHasher:
+    """In place of argon2 (whose memory is the point): counts the hashes running at once."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def hash(self, password: str) -> str:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.release.wait(10)
+        with self._lock:
+            self.running -= 1
+        return "hashed"
+
+
+async def test_only_so_many_hashes_run_at_once_a_few_more_wait_and_the_rest_are_told_to_retry() -> None:
+    passwords = cheap_passwords(concurrency=2, queue=3)
+    counting = CountingHasher()
+    passwords._hasher = counting  # type: ignore[assignment]
+    calls = [asyncio.create_task(passwords.hash(f"pw{i}")) for i in range(5)]
+    await asyncio.sleep(0.2)
+    assert counting.most == 2, "two hash at once, three wait for a turn"
+    with pytest.raises(ResourceExhausted) as caught:
+        await passwords.hash("one too many")
+    assert (caught.value.reason, caught.value.retry_after_seconds) == (BUSY_REASON, 1.0)
+    counting.release.set()
+    assert await asyncio.gather(*calls) == ["hashed"] * 5
+    assert counting.most == 2
+    assert await passwords.hash("again") == "hashed", "the turns were given back"
 
 
 def test_settings_defaults_follow_the_topology_and_the_contract() -> None:

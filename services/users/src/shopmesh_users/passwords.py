@@ -1,31 +1,48 @@
-"""Password hashing with argon2id (argon2-cffi), off the event loop.
+"""Password hashing with argon2id (argon2-cffi), off the event loop, a few at a time.
 
 A hash takes tens of milliseconds of CPU by design, so it runs in a worker thread: the service keeps
-answering other calls (GetJwks, GetUser) while logins are being checked.
+answering other calls (GetJwks, GetUser) while logins are being checked. Each hash also holds its memory
+cost (64 MiB by default) while it runs, so only `concurrency` run at once: with asyncio's thread pool
+alone (up to 32 threads, sized by the node's CPUs, not the pod's) 40 concurrent logins for unknown
+e-mails took the service from 168 to 504 MB, past its 384 MiB limit. Up to `queue` more wait for a turn;
+beyond that a caller is told to come back (RESOURCE_EXHAUSTED with RetryInfo) at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from shopmesh_chassis.errors import ResourceExhausted
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+BUSY_REASON = "PASSWORD_HASHING_BUSY"
+BUSY_RETRY_AFTER_SECONDS = 1.0
+
 
 class Passwords:
-    def __init__(self, *, time_cost: int, memory_kib: int, parallelism: int) -> None:
+    def __init__(self, *, time_cost: int, memory_kib: int, parallelism: int, concurrency: int, queue: int) -> None:
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
         # Checked against when the e-mail is unknown, so that a login for an account that does not exist
         # costs the same hashing as one with a wrong password.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._turns = asyncio.Semaphore(concurrency)
+        self._admitted = 0
+        self._limit = concurrency + queue
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        return await self._in_turn(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether `password` matches `password_hash`; with None, does the same work and says no."""
-        return await asyncio.to_thread(self._verify, password_hash, password)
+        return await self._in_turn(self._verify, password_hash, password)
 
     def _verify(self, password_hash: str | None, password: str) -> bool:
         try:
@@ -33,6 +50,21 @@ class Passwords:
         except (VerificationError, InvalidHashError):
             return False
         return matched and password_hash is not None
+
+    async def _in_turn(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._admitted >= self._limit:
+            raise ResourceExhausted(
+                "too many password checks at once; retry shortly",
+                reason=BUSY_REASON,
+                retry_after_seconds=BUSY_RETRY_AFTER_SECONDS,
+            )
+        # The event loop is one thread: counting needs no lock.
+        self._admitted += 1
+        try:
+            async with self._turns:
+                return await asyncio.to_thread(work, *args, **kwargs)
+        finally:
+            self._admitted -= 1
 
     def needs_rehash(self, password_hash: str) -> bool:
         """Whether the hash was made with other parameters than the configured ones (they were raised)."""

@@ -27,6 +27,11 @@ class UsersSettings(DatabaseSettings):
     password_hash_time_cost: int = Field(default=3, ge=1)
     password_hash_memory_kib: int = Field(default=65536, ge=8)
     password_hash_parallelism: int = Field(default=4, ge=1)
+    # Hashes at once (each holds PASSWORD_HASH_MEMORY_KIB while it runs: 2 x 64 MiB fits the pod's 384 MiB
+    # beside the service's ~170 MB), and how many more may wait for a turn before a caller is told to
+    # retry (RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY).
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_queue: int = Field(default=32, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> UsersSettings:

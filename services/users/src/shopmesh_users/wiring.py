@@ -47,6 +47,8 @@ def passwords(settings: UsersSettings) -> Passwords:
         time_cost=settings.password_hash_time_cost,
         memory_kib=settings.password_hash_memory_kib,
         parallelism=settings.password_hash_parallelism,
+        concurrency=settings.password_hash_concurrency,
+        queue=settings.password_hash_queue,
     )
 
 

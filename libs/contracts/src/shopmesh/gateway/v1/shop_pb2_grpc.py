@@ -94,7 +94,8 @@ class ShopServiceServicer:
     def Register(self, request, context):
         """Creates an account (public). Delegates to UsersService.Register and
         returns its errors: INVALID_ARGUMENT, ALREADY_EXISTS (reason
-        EMAIL_ALREADY_REGISTERED), UNAVAILABLE. Does not log the user in.
+        EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED (reason
+        PASSWORD_HASHING_BUSY), UNAVAILABLE. Does not log the user in.
 
         Not idempotent (no idempotency_level): a retry after a lost response
         would fail with ALREADY_EXISTS, so it must not be retried automatically.

@@ -58,7 +58,8 @@ class ShopServiceStub:
     Register: _grpc.UnaryUnaryMultiCallable[_shop_pb2.RegisterRequest, _shop_pb2.RegisterResponse]
     """Creates an account (public). Delegates to UsersService.Register and
     returns its errors: INVALID_ARGUMENT, ALREADY_EXISTS (reason
-    EMAIL_ALREADY_REGISTERED), UNAVAILABLE. Does not log the user in.
+    EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED (reason
+    PASSWORD_HASHING_BUSY), UNAVAILABLE. Does not log the user in.
 
     Not idempotent (no idempotency_level): a retry after a lost response
     would fail with ALREADY_EXISTS, so it must not be retried automatically.
@@ -171,7 +172,8 @@ class ShopServiceAsyncStub(ShopServiceStub):
     Register: _aio.UnaryUnaryMultiCallable[_shop_pb2.RegisterRequest, _shop_pb2.RegisterResponse]  # type: ignore[assignment]
     """Creates an account (public). Delegates to UsersService.Register and
     returns its errors: INVALID_ARGUMENT, ALREADY_EXISTS (reason
-    EMAIL_ALREADY_REGISTERED), UNAVAILABLE. Does not log the user in.
+    EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED (reason
+    PASSWORD_HASHING_BUSY), UNAVAILABLE. Does not log the user in.
 
     Not idempotent (no idempotency_level): a retry after a lost response
     would fail with ALREADY_EXISTS, so it must not be retried automatically.
@@ -287,7 +289,8 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_shop_pb2.RegisterResponse, _abc.Awaitable[_shop_pb2.RegisterResponse]]:
         """Creates an account (public). Delegates to UsersService.Register and
         returns its errors: INVALID_ARGUMENT, ALREADY_EXISTS (reason
-        EMAIL_ALREADY_REGISTERED), UNAVAILABLE. Does not log the user in.
+        EMAIL_ALREADY_REGISTERED), RESOURCE_EXHAUSTED (reason
+        PASSWORD_HASHING_BUSY), UNAVAILABLE. Does not log the user in.
 
         Not idempotent (no idempotency_level): a retry after a lost response
         would fail with ALREADY_EXISTS, so it must not be retried automatically.

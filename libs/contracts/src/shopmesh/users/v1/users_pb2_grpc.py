@@ -70,6 +70,8 @@ class UsersServiceServicer:
         RegisterRequest.
         - ALREADY_EXISTS, ErrorInfo reason EMAIL_ALREADY_REGISTERED: an account
         with the same normalized e-mail exists.
+        - RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY, with RetryInfo: too
+        many passwords are being hashed at once (each hash holds tens of MiB).
         - UNAVAILABLE.
 
         Not idempotent (no idempotency_level): a retry after a lost response would
@@ -89,7 +91,8 @@ class UsersServiceServicer:
         or wrong password. The response never says which, and takes about as
         long in both cases.
         - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
-        optional per-e-mail throttling.
+        optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
+        RetryInfo: too many passwords are being checked at once.
         - UNAVAILABLE.
 
         Not idempotent (no idempotency_level): each call mints a new token and

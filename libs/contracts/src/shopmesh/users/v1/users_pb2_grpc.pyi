@@ -54,6 +54,8 @@ class UsersServiceStub:
       RegisterRequest.
     - ALREADY_EXISTS, ErrorInfo reason EMAIL_ALREADY_REGISTERED: an account
       with the same normalized e-mail exists.
+    - RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY, with RetryInfo: too
+      many passwords are being hashed at once (each hash holds tens of MiB).
     - UNAVAILABLE.
 
     Not idempotent (no idempotency_level): a retry after a lost response would
@@ -69,7 +71,8 @@ class UsersServiceStub:
       or wrong password. The response never says which, and takes about as
       long in both cases.
     - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
-      optional per-e-mail throttling.
+      optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
+      RetryInfo: too many passwords are being checked at once.
     - UNAVAILABLE.
 
     Not idempotent (no idempotency_level): each call mints a new token and
@@ -113,6 +116,8 @@ class UsersServiceAsyncStub(UsersServiceStub):
       RegisterRequest.
     - ALREADY_EXISTS, ErrorInfo reason EMAIL_ALREADY_REGISTERED: an account
       with the same normalized e-mail exists.
+    - RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY, with RetryInfo: too
+      many passwords are being hashed at once (each hash holds tens of MiB).
     - UNAVAILABLE.
 
     Not idempotent (no idempotency_level): a retry after a lost response would
@@ -128,7 +133,8 @@ class UsersServiceAsyncStub(UsersServiceStub):
       or wrong password. The response never says which, and takes about as
       long in both cases.
     - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
-      optional per-e-mail throttling.
+      optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
+      RetryInfo: too many passwords are being checked at once.
     - UNAVAILABLE.
 
     Not idempotent (no idempotency_level): each call mints a new token and
@@ -175,6 +181,8 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
           RegisterRequest.
         - ALREADY_EXISTS, ErrorInfo reason EMAIL_ALREADY_REGISTERED: an account
           with the same normalized e-mail exists.
+        - RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY, with RetryInfo: too
+          many passwords are being hashed at once (each hash holds tens of MiB).
         - UNAVAILABLE.
 
         Not idempotent (no idempotency_level): a retry after a lost response would
@@ -196,7 +204,8 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
           or wrong password. The response never says which, and takes about as
           long in both cases.
         - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
-          optional per-e-mail throttling.
+          optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
+          RetryInfo: too many passwords are being checked at once.
         - UNAVAILABLE.
 
         Not idempotent (no idempotency_level): each call mints a new token and
