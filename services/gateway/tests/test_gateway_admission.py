@@ -16,7 +16,7 @@ from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.grpc_errors import to_rpc_status
 from shopmesh_gateway.domain.rate_limit import TokenBuckets
 from shopmesh_gateway.downstream import calling, translate
-from shopmesh_gateway.guard import Guard, acting_for, bearer_token, client_address
+from shopmesh_gateway.guard import Guard, acting_for, address_bucket, bearer_token, client_address
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
 
@@ -73,6 +73,21 @@ def test_a_missing_or_malformed_authorization_header_is_unauthenticated(
 )
 def test_the_client_address_is_the_peer_ip_without_the_port(peer: str, address: str) -> None:
     assert client_address(peer) == address
+
+
+@pytest.mark.parametrize(
+    ("address", "bucket"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("unix:/tmp/sock", "unix:/tmp/sock"),
+    ],
+)
+def test_an_ipv6_client_is_limited_by_its_64_not_by_each_address_it_can_pick(address: str, bucket: str) -> None:
+    assert address_bucket(address) == bucket
 
 
 SIDECAR = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]

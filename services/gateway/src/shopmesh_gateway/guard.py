@@ -102,6 +102,24 @@ def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies
     return str(ip)
 
 
+# One IPv6 subscriber gets a /64 at least (RFC 6177) and may use any address in it.
+IPV6_CLIENT_PREFIX = 64
+
+
+def address_bucket(address: str) -> str:
+    """The rate-limit bucket of a client address: the address itself, but for IPv6 its /64, since a client
+    holding a /64 would otherwise have 2^64 buckets to itself (an IPv4-mapped address is its IPv4 one)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return str(ip)
+
+
 # chassis-candidate: the chassis' server interceptor takes `x-user-id` from any caller, which is right
 # behind the mesh and wrong at the edge; an edge service needs a supported way to say whom it acts for.
 @contextlib.contextmanager
@@ -131,7 +149,7 @@ class Guard:
 
     def admit_anonymous(self, context: Context) -> None:
         forwarded = _metadata_values(context, FORWARDED_FOR) if self._trusted_proxies else []
-        self.limit(f"addr:{client_address(context.peer(), forwarded, self._trusted_proxies)}")
+        self.limit(f"addr:{address_bucket(client_address(context.peer(), forwarded, self._trusted_proxies))}")
 
     async def admit_user(self, context: Context) -> str:
         try:
