@@ -17,6 +17,12 @@ CURRENCY = re.compile(r"^[A-Z]{3}$")
 COUNTRY = re.compile(r"^[A-Z]{2}$")
 # Deliberately simple: one @, something on both sides, a dot in the domain. The mail server decides.
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The card rules of payments' contract (ChargeRequest), checked here before any stock is reserved: a card
+# that orders let through and payments refused would be cancelled as a decline. [0-9], not \d or
+# str.isdigit(): those take other scripts' digits and superscripts, which no card carries (int("²") fails).
+CARD_NUMBER = re.compile(r"[0-9]{12,19}")
+CVV = re.compile(r"[0-9]{3,4}")
+EXP_YEARS = range(1000, 10000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,7 @@ class PlaceOrder:
 
 
 def luhn_ok(number: str) -> bool:
+    """The Luhn checksum of a CARD_NUMBER."""
     total = 0
     for index, char in enumerate(reversed(number)):
         digit = int(char)
@@ -64,13 +71,15 @@ def validate_card(card: Card | None, today: date, violations: list[FieldViolatio
     if card is None or not card.number:
         violations.append(FieldViolation("card", "required", "REQUIRED"))
         return
-    if not card.number.isdigit() or not 12 <= len(card.number) <= 19 or not luhn_ok(card.number):
+    if not CARD_NUMBER.fullmatch(card.number) or not luhn_ok(card.number):
         violations.append(FieldViolation("card.number", "not a valid card number", "INVALID_CARD_NUMBER"))
     if not 1 <= card.exp_month <= 12:
         violations.append(FieldViolation("card.exp_month", "must be 1 to 12", "OUT_OF_RANGE"))
+    elif card.exp_year not in EXP_YEARS:
+        violations.append(FieldViolation("card.exp_year", "must be a four-digit year", "OUT_OF_RANGE"))
     elif (card.exp_year, card.exp_month) < (today.year, today.month):
         violations.append(FieldViolation("card.exp_year", "the card has expired", "CARD_EXPIRED"))
-    if not (card.cvv.isdigit() and 3 <= len(card.cvv) <= 4):
+    if not CVV.fullmatch(card.cvv):
         violations.append(FieldViolation("card.cvv", "must be 3 or 4 digits", "INVALID_CVV"))
 
 
