@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from shopmesh_chassis.config import IdempotencySettings, ServiceSettings, load_settings
+from shopmesh_chassis.config import (
+    SHUTDOWN_HOOKS_MARGIN_SECONDS,
+    IdempotencySettings,
+    ServiceSettings,
+    load_settings,
+)
 from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_platform.topology import SERVICES, callers_of, is_edge
@@ -224,7 +229,7 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
     drain, grace = float(env["DRAIN_DELAY_SECONDS"]), float(env["SHUTDOWN_GRACE_SECONDS"])
     hooks = float(env["SHUTDOWN_HOOKS_BUDGET_SECONDS"])
     assert drain + grace + hooks + EXPORT_ON_SHUTDOWN_SECONDS < pod["spec"]["terminationGracePeriodSeconds"]
-    # The chassis accepts them (a hooks' budget no longer than the grace would stop it: ConfigError).
+    # The chassis accepts them (a hooks' budget short of the grace + its margin would stop it: ConfigError).
     load_settings(
         ServiceSettings,
         service_name=name,
@@ -285,11 +290,18 @@ def test_the_render_fails_unless_the_whole_stop_fits_the_termination_grace_perio
     assert find(docs, "ConfigMap", "catalog")["data"]["SHUTDOWN_HOOKS_BUDGET_SECONDS"] == "15"
 
 
-@pytest.mark.parametrize("budget", [10, 4])
-def test_the_render_fails_for_a_hooks_budget_the_grace_would_use_up(helm_dir: Path, budget: int) -> None:
-    problem = f"shutdownHooksBudgetSeconds ({budget}) must be greater than shutdownGraceSeconds (10)"
+@pytest.mark.parametrize("budget", [10, 4, 10.5, 11.5])
+def test_the_render_fails_for_a_hooks_budget_the_grace_would_use_up(helm_dir: Path, budget: float) -> None:
+    # The margin the chart asks for is the chassis' own (2 s): just below it the render fails, at it it passes.
+    problem = (
+        f"shutdownHooksBudgetSeconds ({budget:g}) must be at least shutdownGraceSeconds (10) + "
+        f"{SHUTDOWN_HOOKS_MARGIN_SECONDS:g}"
+    )
     with pytest.raises(Exception, match=re.escape(problem)):
         with_drain(helm_dir, shutdownGraceSeconds=10, shutdownHooksBudgetSeconds=budget)
+    least = 10 + SHUTDOWN_HOOKS_MARGIN_SECONDS
+    docs = with_drain(helm_dir, shutdownGraceSeconds=10, shutdownHooksBudgetSeconds=least)
+    assert find(docs, "ConfigMap", "catalog")["data"]["SHUTDOWN_HOOKS_BUDGET_SECONDS"] == f"{least:g}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from shopmesh_chassis.config import ConfigError, IdempotencySettings, ServiceSettings, load_settings
+from shopmesh_chassis.app import HOOK_RESERVE_SECONDS, HOOK_UNWIND_SECONDS
+from shopmesh_chassis.config import (
+    SHUTDOWN_HOOKS_MARGIN_SECONDS,
+    ConfigError,
+    IdempotencySettings,
+    ServiceSettings,
+    load_settings,
+)
 from shopmesh_chassis.testing.sample_service import SampleSettings
 
 
@@ -27,8 +34,8 @@ def test_the_shutdown_hooks_budget_defaults_to_the_grace_and_five_seconds_more()
     assert settings.shutdown_hooks_budget_seconds == settings.shutdown_grace_seconds + 5
 
 
-@pytest.mark.parametrize(("grace", "budget"), [("20", None), ("10", "10"), ("10", "4")])
-def test_a_shutdown_hooks_budget_no_longer_than_the_grace_stops_startup(
+@pytest.mark.parametrize(("grace", "budget"), [("20", None), ("10", "10"), ("10", "4"), ("10", "10.5"), ("10", "11.9")])
+def test_a_shutdown_hooks_budget_short_of_the_grace_and_its_margin_stops_startup(
     monkeypatch: pytest.MonkeyPatch, grace: str, budget: str | None
 ) -> None:
     monkeypatch.setenv("SHUTDOWN_GRACE_SECONDS", grace)
@@ -37,12 +44,20 @@ def test_a_shutdown_hooks_budget_no_longer_than_the_grace_stops_startup(
     with pytest.raises(ConfigError) as caught:
         load_settings(SampleSettings)
     assert str(caught.value) == (
-        f"invalid configuration: SHUTDOWN_HOOKS_BUDGET_SECONDS ({budget or 15}) must be greater than "
-        f"SHUTDOWN_GRACE_SECONDS ({grace}): shutdown hooks wait up to the grace for their own work in flight, "
-        "and need time after it to close connections"
+        f"invalid configuration: SHUTDOWN_HOOKS_BUDGET_SECONDS ({budget or 15}) must be at least "
+        f"SHUTDOWN_GRACE_SECONDS ({grace}) + 2: shutdown hooks wait up to the grace for their own work in "
+        "flight, and need time after it to close connections"
     )
-    monkeypatch.setenv("SHUTDOWN_HOOKS_BUDGET_SECONDS", f"{float(grace) + 0.5}")
-    assert load_settings(SampleSettings).shutdown_hooks_budget_seconds == float(grace) + 0.5
+    # Just above the grace is not enough (the first hook would be cut off inside it); the margin is.
+    least = float(grace) + SHUTDOWN_HOOKS_MARGIN_SECONDS
+    monkeypatch.setenv("SHUTDOWN_HOOKS_BUDGET_SECONDS", f"{least}")
+    assert load_settings(SampleSettings).shutdown_hooks_budget_seconds == least
+
+
+def test_the_hooks_margin_leaves_the_first_hook_the_whole_grace() -> None:
+    # The first hook's time: the budget less a reserve for the `database.dispose` after it; it is cancelled
+    # HOOK_UNWIND_SECONDS before that is up. At the least budget the grace still fits before the cancel.
+    assert SHUTDOWN_HOOKS_MARGIN_SECONDS > HOOK_RESERVE_SECONDS + HOOK_UNWIND_SECONDS
 
 
 def test_secrets_are_read_from_files_in_secrets_dir_named_after_the_variable(

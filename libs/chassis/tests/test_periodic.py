@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from shopmesh_chassis.periodic import Periodic
+from shopmesh_chassis.testing import cut_off_midway
 
 
 async def test_job_sweeps_repeatedly_and_stops_cleanly() -> None:
@@ -65,3 +66,25 @@ async def test_stopping_a_job_that_never_started_does_nothing() -> None:
         return 0
 
     await Periodic("job", 1, sweep).stop()
+
+
+async def test_a_stop_cancelled_before_the_sweep_finished_cancels_the_sweep_too() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def sweep() -> int:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return 0
+
+    job = Periodic("job", 60, sweep)
+    job.start()
+    await asyncio.wait_for(started.wait(), timeout=10)
+    # Its shutdown hook, cut off at SHUTDOWN_HOOKS_BUDGET_SECONDS before the stop's timeout was up.
+    await cut_off_midway(job.stop(timeout=60))
+    # The sweep the stop was waiting for (shielded from the wait's timeout) does not go on past the stop.
+    assert cancelled.is_set()
+    assert not job.running

@@ -28,7 +28,7 @@ from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM
 from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
-from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_chassis.testing import cut_off_midway, eventually, serve_in_process
 from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
@@ -385,3 +385,27 @@ async def test_an_email_sent_again_after_a_crash_is_one_message_in_the_mailbox(
     async with database.transaction() as session:
         (stored,) = await NotificationRepository(session).list_for_user("usr_1", 10, None)
     assert (stored.state, stored.attempts) == (State.SENT, 1)
+
+
+@sqlite_only
+async def test_a_stop_cut_off_before_the_grace_is_up_cancels_the_attempt_in_flight(database: Database) -> None:
+    async with database.transaction() as session:
+        await NotificationIntake()(session, Event("evt_9", ORDER_CONFIRMED, confirmed_event("evt_9", "ord_9"), {}, 1))
+    sending, cancelled = asyncio.Event(), asyncio.Event()
+
+    class HangingMailer:
+        async def send(self, notification: Notification) -> None:
+            sending.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    sender = NotificationSender(database, HangingMailer(), RetryPolicy(3, 0.05, 0.2), claim_seconds=30)
+    sender.start()
+    await asyncio.wait_for(sending.wait(), timeout=10)
+    # Its shutdown hook, cut off at SHUTDOWN_HOOKS_BUDGET_SECONDS before the grace was up.
+    await cut_off_midway(sender.stop(grace_seconds=60))
+    # The attempt the grace was waiting for (shielded from the wait's timeout) does not go on past the stop.
+    assert cancelled.is_set()

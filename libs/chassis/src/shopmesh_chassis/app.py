@@ -28,9 +28,11 @@ ShutdownHook = Callable[[], Awaitable[None]]
 # arithmetic counts on (drain delay + grace + hooks + span export < terminationGracePeriodSeconds). When
 # there are more hooks than the budget has seconds, they share it equally instead.
 HOOK_RESERVE_SECONDS = 1.0
-# How long a hook cancelled at the end of its time may take to unwind (a rollback in its `finally`), taken
-# from the time of the hooks after it. A hook may also swallow the cancellation (`suppress(CancelledError)`
-# around awaiting a task of its own) and carry on into another wait: the next hook must not wait for that.
+# How long a hook cut off may take to unwind (a rollback in its `finally`): the last part of its own time,
+# for it is cancelled that long before its time is up (half its time when that is shorter), so the hooks
+# after it keep their whole reserve however slowly it unwinds. A hook may also swallow the cancellation
+# (`suppress(CancelledError)` around awaiting a task of its own; the chassis' `tasks.cancel_and_wait` does
+# not) and carry on into another wait: it is left behind at the end of its time.
 HOOK_UNWIND_SECONDS = 0.5
 # The exit status of a process whose shutdown hooks were cut off (bad configuration: 2). Non-zero so that
 # whoever stopped it sees it without reading its logs (a supervisor, docker, systemd, a test);
@@ -99,8 +101,8 @@ def hook_name(hook: ShutdownHook) -> str:
 
 async def run_shutdown_hooks(hooks: Sequence[ShutdownHook], budget_seconds: float) -> list[str]:
     """Run `hooks` in order within `budget_seconds` altogether. A hook that overruns its time (what is left of
-    the budget, less HOOK_RESERVE_SECONDS for each hook after it) is cancelled and logged, and the rest still
-    run. Returns the names of the hooks cut off."""
+    the budget, less HOOK_RESERVE_SECONDS for each hook after it) is cancelled and logged, in time to unwind
+    within it, and the rest still run. Returns the names of the hooks cut off."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_seconds
     reserve = min(HOOK_RESERVE_SECONDS, budget_seconds / len(hooks)) if hooks else 0.0
@@ -108,33 +110,44 @@ async def run_shutdown_hooks(hooks: Sequence[ShutdownHook], budget_seconds: floa
     for index, hook in enumerate(hooks):
         hooks_after = len(hooks) - index - 1
         seconds = max(deadline - loop.time() - hooks_after * reserve, 0.0)
-        if not await _run_hook(hook, seconds, deadline):
+        if not await _run_hook(hook, seconds):
             cut_off.append(hook_name(hook))
     return cut_off
 
 
-async def _run_hook(hook: ShutdownHook, seconds: float, deadline: float) -> bool:
-    """Run `hook` for at most `seconds`, then cancel it and give it until `deadline` (HOOK_UNWIND_SECONDS at
-    most) to unwind. False when it was cut off; a hook that fails is logged, and counts as finished."""
+async def _run_hook(hook: ShutdownHook, seconds: float) -> bool:
+    """Run `hook` for at most `seconds`: cancel it HOOK_UNWIND_SECONDS before they are up (half of them at
+    most), and leave it behind if it has not ended by then. False when it was cut off; a hook that fails is
+    logged, and counts as finished."""
     name = hook_name(hook)
     task = asyncio.create_task(_call(hook), name=f"shutdown hook {name}")
-    await asyncio.wait({task}, timeout=seconds)
+    unwind = min(HOOK_UNWIND_SECONDS, seconds / 2)
+    await asyncio.wait({task}, timeout=seconds - unwind)
     if task.done():
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("shutdown hook %s failed", name, exc_info=error, extra={"hook": name})
         return True
     log.error(
-        "shutdown hook %s did not finish within the %.1f s it had of SHUTDOWN_HOOKS_BUDGET_SECONDS: cancelled",
+        "shutdown hook %s did not finish within the %.1f s it had of SHUTDOWN_HOOKS_BUDGET_SECONDS: cancelled, "
+        "with %.1f s of them left to unwind",
         name,
         seconds,
+        unwind,
         extra={"hook": name, "hook_seconds": round(seconds, 3)},
     )
     task.cancel()
-    unwind = min(HOOK_UNWIND_SECONDS, max(deadline - asyncio.get_running_loop().time(), 0.0))
+    # Whenever it ends, even after the hooks (a hook left behind ends when the event loop closes): a failure
+    # is logged by name rather than as asyncio's "Task exception was never retrieved".
+    task.add_done_callback(lambda done: _log_failure_after_cut_off(name, done))
     await asyncio.wait({task}, timeout=unwind)
     if not task.done():
         log.warning("shutdown hook %s ignored its cancellation; the hooks after it go on", name, extra={"hook": name})
     return False
+
+
+def _log_failure_after_cut_off(name: str, task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("shutdown hook %s failed after it was cut off", name, exc_info=error, extra={"hook": name})
 
 
 async def _call(hook: ShutdownHook) -> None:

@@ -19,6 +19,17 @@ class ConfigError(Exception):
     """Configuration that cannot start a service; the message is one line naming the variables."""
 
 
+# SHUTDOWN_HOOKS_BUDGET_SECONDS must be at least SHUTDOWN_GRACE_SECONDS and this much more. The first hook
+# (notifications' `sender.stop`, orders' `stop_background`) waits up to the grace for work in flight, but
+# gets only the budget less a reserve for each hook after it (app.HOOK_RESERVE_SECONDS, 1 s: the
+# `database.dispose` after it) and, if cut off, is cancelled half a second before its time is up
+# (app.HOOK_UNWIND_SECONDS). A budget just above the grace (grace 10, budget 10.5) would cut it off inside
+# the grace, as if it had hung. 2 s: 1 s of reserve, 0.5 s to unwind, 0.5 s to stop relays and close
+# NATS and client channels after the grace. The Helm chart enforces the same number (_config.tpl; tests/k8s
+# hold the two equal).
+SHUTDOWN_HOOKS_MARGIN_SECONDS = 2.0
+
+
 class RuntimeSettings(BaseSettings):
     """What the process needs before its event loop runs (read by `shopmesh_chassis.app.run`)."""
 
@@ -59,8 +70,8 @@ class ServiceSettings(RuntimeSettings):
     # Then the service's shutdown hooks run, in order, within `shutdown_hooks_budget_seconds` altogether
     # (app.run_shutdown_hooks cancels the one that overruns). Some hooks wait for their own work in flight
     # up to `shutdown_grace_seconds` (notifications' e-mail being sent, orders' sagas), so the budget must
-    # be longer than the grace; the default leaves 5 s beyond it for stopping relays and consumers and
-    # closing NATS, channels and the database.
+    # be at least the grace and SHUTDOWN_HOOKS_MARGIN_SECONDS more; the default leaves 5 s beyond it for
+    # stopping relays and consumers and closing NATS, channels and the database.
     shutdown_hooks_budget_seconds: float = Field(default=15.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -80,13 +91,14 @@ class ServiceSettings(RuntimeSettings):
 
     @model_validator(mode="after")
     def _hooks_budget_outlasts_the_grace(self) -> ServiceSettings:
-        # Equal would be too short: a hook that waits the whole grace would be cut off by the budget, as if
-        # it had hung, and the hooks after it would have nothing left.
-        if self.shutdown_hooks_budget_seconds <= self.shutdown_grace_seconds:
+        # Just above the grace would be too short: a hook that waits the whole grace would be cut off by the
+        # budget, as if it had hung (see SHUTDOWN_HOOKS_MARGIN_SECONDS).
+        if self.shutdown_hooks_budget_seconds < self.shutdown_grace_seconds + SHUTDOWN_HOOKS_MARGIN_SECONDS:
             raise ValueError(
-                f"SHUTDOWN_HOOKS_BUDGET_SECONDS ({self.shutdown_hooks_budget_seconds:g}) must be greater than "
-                f"SHUTDOWN_GRACE_SECONDS ({self.shutdown_grace_seconds:g}): shutdown hooks wait up to the grace "
-                "for their own work in flight, and need time after it to close connections"
+                f"SHUTDOWN_HOOKS_BUDGET_SECONDS ({self.shutdown_hooks_budget_seconds:g}) must be at least "
+                f"SHUTDOWN_GRACE_SECONDS ({self.shutdown_grace_seconds:g}) + {SHUTDOWN_HOOKS_MARGIN_SECONDS:g}: "
+                "shutdown hooks wait up to the grace for their own work in flight, and need time after it to "
+                "close connections"
             )
         return self
 

@@ -45,6 +45,7 @@ from shopmesh_chassis.deadletters import (
 from shopmesh_chassis.events import MSG_ID, connect, ensure_stream
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.tables import processed_events
+from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.consumer")
 tracer = trace.get_tracer("shopmesh.consumer")
@@ -116,9 +117,7 @@ class EventConsumer:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         if self._client is not None:
             with contextlib.suppress(Exception):

@@ -7,7 +7,6 @@ outbox relay sends each event's id as that header, so re-publishing after a cras
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +16,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError
+
+from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.events")
 
@@ -171,9 +172,7 @@ class DeferredJetStream:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._publisher is not None:
             await self._publisher.close()  # drains: what was published is flushed first

@@ -24,6 +24,7 @@ from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import EVENT_TYPE
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.tables import outbox_events as outbox
+from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.outbox")
 
@@ -123,9 +124,7 @@ class OutboxRelay:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self._step_down()
 

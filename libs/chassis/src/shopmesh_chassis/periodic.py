@@ -11,6 +11,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from shopmesh_chassis.tasks import cancel_and_wait
+
 log = logging.getLogger("shopmesh.periodic")
 
 
@@ -36,11 +38,13 @@ class Periodic:
             return
         self._stopping.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        finally:
+            # Past the timeout, or the stop itself cancelled (its shutdown hook cut off at
+            # SHUTDOWN_HOOKS_BUDGET_SECONDS): the shield kept the run going, and it must not outlive the stop.
+            # A run that already ended is left as it is.
+            await cancel_and_wait(self._task)
         self._task = None
 
     async def _run(self) -> None:

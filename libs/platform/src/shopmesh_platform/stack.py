@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 from grpc_health.v1 import health_pb2
 
+from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
@@ -84,9 +85,10 @@ SIDECAR_SUFFIX = "-sidecar"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 # Local processes have no load balancer to tell: they stop at once (no drain delay), and soon.
 LOCAL_SHUTDOWN_GRACE_SECONDS = 5.0
-# Longer than the grace, as the chassis requires (hooks wait up to it for their own work in flight), and 2 s
-# more to close relays, NATS and the database.
-LOCAL_SHUTDOWN_HOOKS_BUDGET_SECONDS = LOCAL_SHUTDOWN_GRACE_SECONDS + 2
+# The grace and the chassis' margin after it, as the chassis requires (the first hook waits up to the grace
+# for its own work in flight, and leaves the hooks after it their reserve), and a second more: a machine
+# running the whole stack is busy, and relays, NATS and the database take longer to close there.
+LOCAL_SHUTDOWN_HOOKS_BUDGET_SECONDS = LOCAL_SHUTDOWN_GRACE_SECONDS + SHUTDOWN_HOOKS_MARGIN_SECONDS + 1
 # A service's stop at its slowest (calls in flight, hooks, last spans), and a second for the interpreter:
 # SIGKILL only for one that outlives all that.
 DEFAULT_STOP_TIMEOUT = (

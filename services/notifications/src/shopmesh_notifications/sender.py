@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
 from shopmesh_notifications.mailer import DeliveryFailed
 from shopmesh_notifications.store.repository import NotificationRepository
@@ -67,11 +68,14 @@ class NotificationSender:
             return
         self._stopping = True
         self._wake.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
+        finally:
+            # Past the grace, or the stop itself cancelled (its shutdown hook cut off at
+            # SHUTDOWN_HOOKS_BUDGET_SECONDS): the shield kept the attempt going, and it must not outlive the
+            # stop. Its rollback still runs before the hooks after this one close the database.
+            await cancel_and_wait(self._task)
         self._task = None
 
     async def _run(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 from shopmesh.catalog.v1 import catalog_pb2
@@ -20,6 +19,7 @@ from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import CachedCatalog, CatalogClient, InventoryClient, PaymentsClient
 from shopmesh_orders.domain.ports import Catalog
@@ -81,9 +81,7 @@ async def _main() -> None:
     recovery = asyncio.get_running_loop().create_task(application.run_recovery(settings.recovery_interval_seconds))
 
     async def stop_background() -> None:
-        recovery.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await recovery
+        await cancel_and_wait(recovery)
         await application.wait_running(timeout=settings.shutdown_grace_seconds)
         await relay.stop()
         for channel in (catalog, inventory, payments):

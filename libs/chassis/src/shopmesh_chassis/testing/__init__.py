@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -79,6 +79,21 @@ async def eventually(condition: Callable[[], Any], what: str, *, timeout: float 
         if time.monotonic() >= deadline:
             raise AssertionError(f"never happened within {timeout:g} s: {what} (last seen: {reprlib.repr(value)})")
         await asyncio.sleep(interval)
+
+
+async def cut_off_midway(stop: Coroutine[Any, Any, object], *, after: float = 0.05, timeout: float = 5.0) -> None:
+    """Run `stop` (a shutdown hook, or a `stop` one awaits) and cancel it `after` seconds in, as
+    app.run_shutdown_hooks cancels a hook that overran its time. AssertionError unless the cancellation
+    propagated (a stop that swallows it carries on past the hooks' budget) within `timeout`."""
+    task = asyncio.ensure_future(stop)
+    await asyncio.sleep(after)
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout)
+    if task.cancelled():
+        return
+    task.cancel()  # again, as the event loop does at exit
+    outcome = "returned" if task.done() and task.exception() is None else "raised" if task.done() else "carried on"
+    raise AssertionError(f"the stop swallowed its cancellation and {outcome}")
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,68 @@
+"""`cancel_and_wait` stops a background task, swallowing its cancellation but never its caller's."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shopmesh_chassis.tasks import cancel_and_wait
+
+
+async def test_the_task_is_cancelled_and_its_cancellation_swallowed() -> None:
+    background = asyncio.create_task(asyncio.Event().wait())
+    await asyncio.sleep(0)
+    await cancel_and_wait(background)
+    assert background.cancelled()
+
+
+async def test_a_task_that_already_ended_is_left_as_it_is() -> None:
+    async def finish() -> str:
+        return "done"
+
+    background = asyncio.create_task(finish())
+    await background
+    await cancel_and_wait(background)
+    assert background.result() == "done"
+
+
+async def test_a_task_that_fails_as_it_stops_raises_its_error() -> None:
+    async def fail_on_cancel() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ConnectionError("the broker went away") from None
+
+    background = asyncio.create_task(fail_on_cancel())
+    await asyncio.sleep(0)
+    with pytest.raises(ConnectionError):
+        await cancel_and_wait(background)
+
+
+async def test_the_callers_own_cancellation_propagates() -> None:
+    unwinding = asyncio.Event()
+    carried_on: list[str] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            unwinding.set()
+            await asyncio.sleep(10)  # a rollback that takes its time; cut short by the caller's cancellation
+            raise
+
+    async def stop(background: asyncio.Task[None]) -> None:
+        await cancel_and_wait(background)
+        carried_on.append("after the background task")
+        await asyncio.sleep(10)  # the hook's next wait, which its budget was meant to spare
+
+    background = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(stop(background))
+    await asyncio.wait_for(unwinding.wait(), timeout=5)
+    # As run_shutdown_hooks cancels a hook that overran its time while it waits for its task.
+    stopping.cancel()
+    await asyncio.wait({stopping}, timeout=5)
+    assert stopping.cancelled(), "the caller's cancellation was swallowed"
+    assert carried_on == []
+    assert background.cancelled()
