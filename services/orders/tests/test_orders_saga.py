@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +21,7 @@ from shopmesh_chassis.tables import outbox_events
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import Address, CancelCode, OrderState, SagaStep
 from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
-from shopmesh_orders.saga import LeaseHeld, SagaDriver
+from shopmesh_orders.saga import LeaseHeld, SagaDriver, charge_key
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import OrderRepository
 
@@ -194,6 +194,22 @@ async def test_resume_after_a_crash_past_the_charge_confirms_without_charging_ag
     assert inventory.on_hand["prod_a"] == 3
 
 
+async def _left_at_the_pivot(
+    app: OrdersApplication, database: Database, inventory: FakeInventory, charge_attempted_at: datetime
+) -> str:
+    """An order as left by a driver that reserved the stock, sent the charge at `charge_attempted_at`, and died."""
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id: str = caught.value.metadata["order_id"]
+    inventory.down = False
+    reservation_id = await inventory.reserve(order_id, [CartLine("prod_a", 2)], 60)
+    await _crash_at(
+        database, order_id, SagaStep.CHARGE, reservation_id=reservation_id, charge_attempted_at=charge_attempted_at
+    )
+    return order_id
+
+
 async def test_resume_at_the_pivot_asks_payments_what_happened(
     app: OrdersApplication,
     inventory: FakeInventory,
@@ -201,20 +217,94 @@ async def test_resume_at_the_pivot_asks_payments_what_happened(
     database: Database,
     settings: OrdersSettings,
 ) -> None:
-    inventory.down = True
-    with pytest.raises(errors.Unavailable) as caught:
-        await place(app, command())
-    order_id = caught.value.metadata["order_id"]
-    inventory.down = False
     # The dead driver had reserved and sent the charge, and payments captured it.
-    reservation_id = await inventory.reserve(order_id, [CartLine("prod_a", 2)], 60)
+    order_id = await _left_at_the_pivot(app, database, inventory, datetime.now(UTC) - timedelta(seconds=60))
     payment_id = await payments.charge(order_id, 2500, "USD", GOOD, f"{order_id}:charge")
-    long_ago = datetime.now(UTC) - timedelta(seconds=60)
-    await _crash_at(database, order_id, SagaStep.CHARGE, reservation_id=reservation_id, charge_attempted_at=long_ago)
     await app.resume_unfinished()
     order = await app.get_order(order_id)
     assert (order.state, order.payment_id) == (OrderState.CONFIRMED, payment_id)
     assert payments.captured() == 1
+
+
+class Clock:
+    """The saga's and recovery's clock, moved forward by the test."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+
+@dataclass
+class ChargeInDoubt:
+    app: OrdersApplication
+    clock: Clock
+    order_id: str
+
+
+@pytest.fixture
+async def in_doubt(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+) -> ChargeInDoubt:
+    """An order whose driver reserved, sent the charge a moment ago and is gone: the charge may still land.
+
+    The step timeout is 5 s, so the charge is in doubt for 10 s after it was sent."""
+    settings = settings.model_copy(update={"step_timeout_seconds": 5.0})
+    clock = Clock()
+    saga = SagaDriver(database, inventory, payments, settings, clock=clock)
+    app = OrdersApplication(database, catalog, saga, clock=clock)
+    return ChargeInDoubt(app, clock, await _left_at_the_pivot(app, database, inventory, datetime.now(UTC)))
+
+
+async def test_a_charge_in_doubt_is_not_given_up_and_a_late_capture_confirms_the_order(
+    in_doubt: ChargeInDoubt, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    app, clock, order_id = in_doubt.app, in_doubt.clock, in_doubt.order_id
+    # Recovery has no card and payments knows of no charge yet: it must not conclude "never charged".
+    assert await app.resume_unfinished() == 1
+    order = await app.get_order(order_id)
+    assert (order.state, order.step) == (OrderState.PENDING, SagaStep.CHARGE)
+    assert inventory.reserved("prod_a") == 2
+    # The earlier driver's charge commits on payments after all.
+    payment_id = await payments.charge(order_id, 2500, "USD", GOOD, charge_key(order_id))
+    clock.ahead = timedelta(seconds=11)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.payment_id) == (OrderState.CONFIRMED, payment_id)
+    assert (payments.captured(), payments.refunds) == (1, [])
+    assert inventory.on_hand["prod_a"] == 3
+
+
+async def test_a_charge_in_doubt_that_lands_while_payments_is_down_is_refunded_once_it_is_back(
+    in_doubt: ChargeInDoubt, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    app, clock, order_id = in_doubt.app, in_doubt.clock, in_doubt.order_id
+    await app.resume_unfinished()
+    assert (await app.get_order(order_id)).step is SagaStep.CHARGE
+    await payments.charge(order_id, 2500, "USD", GOOD, charge_key(order_id))
+    payments.down = True
+    # Past the charge's window payments still cannot say: the saga gives up and cancels, but nothing is
+    # concluded about the charge until payments answers (the order waits at COMPENSATE, not stuck at CHARGE).
+    clock.ahead = timedelta(seconds=11)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, order.cancel_code) == (
+        OrderState.PENDING,
+        SagaStep.COMPENSATE,
+        CancelCode.PAYMENT_UNAVAILABLE,
+    )
+    payments.down = False
+    clock.ahead = timedelta(seconds=13)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded) == (OrderState.CANCELLED, True)
+    assert (payments.captured(), len(payments.refunds)) == (0, 1)
+    assert (inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (0, 5)
 
 
 async def test_reservation_expired_after_charge_refunds_and_cancels(

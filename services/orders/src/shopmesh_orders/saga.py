@@ -7,6 +7,10 @@ then it refunds, releases and cancels. Every step is idempotent on the other sid
 order id, payments by `<order_id>:charge` / `<order_id>:refund`), so running a step again after a crash
 is safe. Transitions into CONFIRMED / CANCELLED write their event to the outbox in the same transaction.
 
+A driver resumed at the pivot has no card (cards are never stored): it asks payments what happened, but
+only once a charge an earlier driver sent can no longer land (twice the step timeout after it was sent);
+until then the order waits at CHARGE, neither confirmed nor compensated.
+
 Only one driver works on an order at a time: it holds a lease in the database (renewed on every step);
 a driver that dies leaves the lease to run out, and the recovery loop takes the order over.
 """
@@ -40,6 +44,8 @@ log = logging.getLogger("shopmesh.orders.saga")
 
 ORDER_CONFIRMED = "orders.v1.order_confirmed"
 ORDER_CANCELLED = "orders.v1.order_cancelled"
+# The saga's Unavailable reason while a charge sent by an earlier driver may still land on payments.
+CHARGE_IN_DOUBT = "CHARGE_IN_DOUBT"
 
 
 # A charge mark younger than this was written by this driver just before (with the reservation).
@@ -48,6 +54,16 @@ _FRESH = timedelta(seconds=1)
 
 class LeaseHeld(Exception):
     """Another driver is working on this order right now."""
+
+
+def _charge_in_doubt(order: Order, remaining: timedelta) -> errors.Unavailable:
+    """The saga waits at the pivot: an earlier charge attempt may still land for `remaining`."""
+    return errors.Unavailable(
+        f"order {order.id} is waiting for an earlier charge attempt to settle",
+        reason=CHARGE_IN_DOUBT,
+        retry_after_seconds=max(remaining.total_seconds(), 0.1),
+        metadata={"order_id": order.id, "step": order.step.value},
+    )
 
 
 def charge_key(order_id: str) -> str:
@@ -125,20 +141,29 @@ class SagaDriver:
         for attempt in range(1, attempts + 1):
             try:
                 return await self._step(order, card, owner)
-            except errors.Unavailable:
+            except errors.Unavailable as exc:
                 # The step may have persisted a write-ahead mark before failing: continue from the database.
                 order = await self._load(order.id)
-                if attempt == attempts:
-                    return await self._gave_up(order, owner)
+                # A charge in doubt settles in seconds, not within these retries' backoff: stop asking.
+                if attempt == attempts or exc.reason == CHARGE_IN_DOUBT:
+                    return await self._gave_up(order, card, owner)
                 await asyncio.sleep(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
-    async def _gave_up(self, order: Order, owner: str) -> Order:
+    async def _gave_up(self, order: Order, card: Card | None, owner: str) -> Order:
         """A dependency stayed unavailable for all attempts of this step."""
         now = self._clock()
         if order.step is SagaStep.CHARGE and order.charge_attempted_at is not None:
+            settled_at = self._charge_settled_at(order.charge_attempted_at)
+            if card is None and now < settled_at:
+                # Resumed without the card: the charge was sent by a driver that is gone, and it may still
+                # be committing on payments. Compensating now would find no payment, cancel, and leave a
+                # capture that lands afterwards on a cancelled order with nothing to refund it. Stay at the
+                # pivot; the recovery loop settles the charge once its window has passed.
+                raise _charge_in_doubt(order, settled_at - now)
             # Payments stayed unavailable: cancel before the pivot. COMPENSATE asks payments whether
-            # a charge got through anyway and refunds it before the stock is released.
+            # a charge got through anyway and refunds it before the stock is released. (A driver with
+            # the card saw each of its own charge calls end, so it need not wait for them.)
             return await self._transition(owner, order.failed_before_pivot(CancelCode.PAYMENT_UNAVAILABLE, now))
         if order.step in (SagaStep.RESERVE, SagaStep.CHARGE) and self._expired(order):
             code = CancelCode.RESERVATION_EXPIRED if order.step is SagaStep.RESERVE else CancelCode.PAYMENT_UNAVAILABLE
@@ -152,6 +177,10 @@ class SagaDriver:
 
     def _expired(self, order: Order) -> bool:
         return self._clock() > order.created_at + timedelta(seconds=self._settings.reservation_ttl_seconds)
+
+    def _charge_settled_at(self, charge_attempted_at: datetime) -> datetime:
+        """When a charge sent at `charge_attempted_at` can no longer land: its call's deadline bounds it."""
+        return charge_attempted_at + timedelta(seconds=self._settings.step_timeout_seconds * 2)
 
     async def _step(self, order: Order, card: Card | None, owner: str) -> Order:
         now = self._clock()
@@ -206,9 +235,10 @@ class SagaDriver:
         """Resumed at the pivot without the card: find out from payments whether the charge happened."""
         if order.charge_attempted_at is not None:
             # A charge call may still be running on payments; its deadline bounds it.
-            settled_at = order.charge_attempted_at + timedelta(seconds=self._settings.step_timeout_seconds * 2)
-            if self._clock() < settled_at:
-                raise errors.Unavailable("waiting for an earlier charge attempt to settle", reason="CHARGE_IN_DOUBT")
+            settled_at = self._charge_settled_at(order.charge_attempted_at)
+            now = self._clock()
+            if now < settled_at:
+                raise _charge_in_doubt(order, settled_at - now)
         records = await self._payments.payments_for(order.id)
         captured = [r for r in records if r.captured]
         if captured:
