@@ -123,3 +123,57 @@ async def test_an_order_counts_once_even_if_confirmed_twice(database: Database) 
     assert await record(database, "ord_1", "usr_1", "prod_a", "prod_b")
     assert not await record(database, "ord_1", "usr_1", "prod_a", "prod_b")
     assert (await counts(database))[0] == {"prod_b": 1}
+
+
+async def test_an_order_cancelled_before_its_confirmation_is_applied_is_never_counted(database: Database) -> None:
+    await record(database, "ord_1", "usr_1", "prod_a", "prod_b")
+    before = await counts(database)
+    # The cancellation is applied first (its confirmation retried, or parked and replayed, or on another replica).
+    assert not await take_back(database, "ord_2", "usr_1", "prod_a", "prod_c")
+    assert not await record(database, "ord_2", "usr_1", "prod_a", "prod_c")
+    assert await counts(database) == before
+    # Redelivered, in either order, under new event ids: still nothing.
+    assert not await take_back(database, "ord_2", "usr_1", "prod_a", "prod_c")
+    assert not await record(database, "ord_2", "usr_1", "prod_a", "prod_c")
+    assert await counts(database) == before
+
+
+async def test_a_confirmed_order_taken_back_is_not_counted_again_by_a_redelivered_confirmation(
+    database: Database,
+) -> None:
+    await record(database, "ord_1", "usr_1", "prod_a", "prod_b")
+    before = await counts(database)
+    assert await record(database, "ord_2", "usr_1", "prod_a", "prod_c")
+    assert await take_back(database, "ord_2", "usr_1", "prod_a", "prod_c")
+    assert await counts(database) == before
+    assert not await record(database, "ord_2", "usr_1", "prod_a", "prod_c")
+    assert not await take_back(database, "ord_2", "usr_1", "prod_a", "prod_c")
+    assert await counts(database) == before
+
+
+async def test_a_cancellation_applied_while_its_confirmation_commits_takes_it_back(database: Database) -> None:
+    """Two replicas on the durable, one applying the confirmation, the other the cancellation meanwhile."""
+    before = await counts(database)
+    async with database.transaction() as session:
+        assert await RecommendationsRepository(session).record(
+            purchase_effects(ConfirmedOrder("ord_2", "usr_1", ("prod_a", "prod_c")))
+        )
+        cancelling = asyncio.create_task(take_back(database, "ord_2", "usr_1", "prod_a", "prod_c"))
+        # The cancellation waits for the confirmation's transaction (PostgreSQL: on the order's key).
+        await asyncio.sleep(0.2)
+        assert not cancelling.done()
+    assert await cancelling
+    assert await counts(database) == before
+
+
+async def test_a_confirmation_applied_while_its_cancellation_commits_counts_nothing(database: Database) -> None:
+    before = await counts(database)
+    async with database.transaction() as session:
+        assert not await RecommendationsRepository(session).take_back(
+            purchase_effects(CancelledOrder("ord_2", "usr_1", ("prod_a", "prod_c")))
+        )
+        confirming = asyncio.create_task(record(database, "ord_2", "usr_1", "prod_a", "prod_c"))
+        await asyncio.sleep(0.2)
+        assert not confirming.done()
+    assert not await confirming
+    assert await counts(database) == before

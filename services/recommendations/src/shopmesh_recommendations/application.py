@@ -101,7 +101,7 @@ class RecommendationsApplication:
         """Count what the order teaches, in the caller's transaction (the one that records the event id)."""
         effects = purchase_effects(order)
         if not await RecommendationsRepository(session).record(effects):
-            log.info("order %s was counted already", order.order_id, extra={"order_id": order.order_id})
+            log.info("order %s was counted or cancelled already", order.order_id, extra={"order_id": order.order_id})
             return
         log.info(
             "learned from order %s: %d products, %d pairs",
@@ -112,7 +112,7 @@ class RecommendationsApplication:
         )
 
     async def forget_order(self, session: DbConnection, order: CancelledOrder) -> None:
-        """Take back what a confirmed order taught once it is cancelled; an order cancelled before it was
-        confirmed was never counted, and nothing changes."""
+        """Take back what a confirmed order taught once it is cancelled. An order not counted (yet) changes
+        no count, and is remembered as cancelled: a confirmation that arrives later does not count it."""
         if await RecommendationsRepository(session).take_back(purchase_effects(order)):
             log.info("unlearned cancelled order %s", order.order_id, extra={"order_id": order.order_id})

@@ -1,8 +1,10 @@
 """The order-event handler for the chassis' event consumer: event payload → domain → store.
 
 OrderConfirmed adds to the counts; OrderCancelled takes a confirmed order's counts back. The consumer
-calls it inside the transaction that records the event id, so each event counts once, and the stream
-delivers an order's confirmation before its cancellation (orders' outbox publishes in order).
+calls it inside the transaction that records the event id, so each event counts once. The stream
+delivers an order's confirmation before its cancellation (orders' outbox publishes in order), but they
+may be applied the other way round (a confirmation retried or parked and replayed, two replicas on the
+durable): a cancellation applied first marks the order cancelled, and its confirmation then counts nothing.
 """
 
 from __future__ import annotations

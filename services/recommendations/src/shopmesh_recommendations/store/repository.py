@@ -10,9 +10,21 @@ from sqlalchemy import Table, and_, bindparam, delete, func, select, update
 
 from shopmesh_chassis.db import DbConnection, dialect_insert, insert_skipping_existing
 from shopmesh_recommendations.domain.copurchase import PurchaseEffects
-from shopmesh_recommendations.store.tables import co_purchases, counted_orders, product_purchases, user_purchases
+from shopmesh_recommendations.store.tables import (
+    CANCELLED,
+    COUNTED,
+    co_purchases,
+    counted_orders,
+    product_purchases,
+    user_purchases,
+)
 
-_FORGET_ORDER = delete(counted_orders).where(counted_orders.c.order_id == bindparam("b_order_id"))
+# Bound as b_<column>: SQLAlchemy reserves a table's column names for its own binds in UPDATE.
+_FORGET_ORDER = (
+    update(counted_orders)
+    .where(counted_orders.c.order_id == bindparam("b_order_id"), counted_orders.c.state == COUNTED)
+    .values(state=CANCELLED)
+)
 
 
 class RecommendationsRepository:
@@ -20,12 +32,9 @@ class RecommendationsRepository:
         self._session = session
 
     async def record(self, effects: PurchaseEffects) -> bool:
-        """Add one to every count the order touches; False (and nothing added) if it was counted before."""
-        marked = await self._session.execute(
-            insert_skipping_existing(self._session.dialect.name, counted_orders),
-            {"order_id": effects.order_id, "counted_at": datetime.now(UTC)},
-        )
-        if marked.rowcount == 0:
+        """Add one to every count the order touches; False (and nothing added) if it was counted before or
+        has been cancelled already (its cancellation arrived first)."""
+        if not await self._mark(effects.order_id, COUNTED):
             return False
         for table, key, rows in _counted_rows(effects):
             await self._increment(table, key, [{**row, "count": 1} for row in rows])
@@ -34,13 +43,27 @@ class RecommendationsRepository:
     async def take_back(self, effects: PurchaseEffects) -> bool:
         """Subtract what `record` added for this order; False (and nothing changed) if it was never counted.
 
-        Rows that reach zero are deleted, so a product nobody kept is not "bought together" at count 0."""
+        Either way the order is marked CANCELLED, so that its confirmation, should it arrive later (retried,
+        parked and replayed, or applied by another replica), is not counted. Rows that reach zero are
+        deleted, so a product nobody kept is not "bought together" at count 0."""
+        # The mark first: the key's insert waits for a concurrent `record` of the same order to commit,
+        # so the UPDATE below then sees its row (PostgreSQL; SQLite runs one writer at a time).
+        if await self._mark(effects.order_id, CANCELLED):
+            return False  # Cancelled before it was counted: nothing to take back.
         forgotten = await self._session.execute(_FORGET_ORDER, {"b_order_id": effects.order_id})
         if forgotten.rowcount == 0:
-            return False
+            return False  # Taken back before (a redelivered cancellation).
         for table, key, rows in _counted_rows(effects):
             await self._decrement(table, key, rows)
         return True
+
+    async def _mark(self, order_id: str, state: str) -> bool:
+        """Record the order in `state`; False (nothing written) if it is recorded already, in any state."""
+        marked = await self._session.execute(
+            insert_skipping_existing(self._session.dialect.name, counted_orders),
+            {"order_id": order_id, "counted_at": datetime.now(UTC), "state": state},
+        )
+        return bool(marked.rowcount)
 
     async def _decrement(self, table: Table, key: Sequence[str], rows: list[dict[str, Any]]) -> None:
         # Bound as b_<column>: SQLAlchemy reserves a table's column names for its own binds in UPDATE.

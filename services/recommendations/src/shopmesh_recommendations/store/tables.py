@@ -33,11 +33,17 @@ product_purchases = Table(
     Index("ix_product_purchases_count", "count", "product_id"),
 )
 
-# The orders the counts include: an order is counted once, and a cancellation takes back only what an
-# order that was counted added (most cancellations come before confirmation and were never counted).
+# Every order the counts have heard of, once: COUNTED while the counts include it; CANCELLED once its
+# cancellation arrived, whether it took the counts back or came first (an order cancelled before it was
+# confirmed: most are never confirmed, and a confirmation that arrives after the cancellation must not
+# count it). An order is counted once, and a cancellation takes back only what a COUNTED order added.
+# `counted_at` is when the row was written.
+COUNTED = "COUNTED"
+CANCELLED = "CANCELLED"
 counted_orders = Table(
     "counted_orders",
     metadata,
     Column("order_id", String(64), primary_key=True),
     Column("counted_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False, server_default=COUNTED),
 )
