@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import OperationalError
 
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
 from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM
+from shopmesh_chassis.errors import Unavailable
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
@@ -205,3 +210,95 @@ async def test_the_backlog_gauge_counts_what_the_consumer_has_not_applied_yet(
     await until_applied(db, Counter({"e1": 1, "e2": 1, "e3": 1}))
     await eventually(lambda: backlog() == 0, "the backlog drained")
     await running.stop()
+
+
+def outcome_counter(registry: CollectorRegistry) -> Callable[[str], float]:
+    def count(outcome: str) -> float:
+        labels = {"consumer": "tester", "subject": "things.v1.happened", "outcome": outcome}
+        return registry.get_sample_value("shopmesh_events_consumed_total", labels) or 0.0
+
+    return count
+
+
+async def parked_count(client: Client) -> int:
+    return int((await client.jetstream().stream_info(DEAD_LETTER_STREAM)).state.messages)
+
+
+# How a handler's transaction fails while PostgreSQL restarts or fails over: asyncpg's refused connect as it
+# is raised (the pool lets the OSError through), SQLAlchemy's wrapping of a lost connection, and the same
+# already mapped by `database_errors_as_domain_errors`.
+DATABASE_AWAY = [
+    pytest.param(lambda: ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)"), id="refused"),
+    pytest.param(
+        lambda: OperationalError("SELECT 1", {}, ConnectionResetError("connection was closed")), id="operational"
+    ),
+    pytest.param(lambda: Unavailable("database unavailable", reason=DATABASE_UNAVAILABLE), id="mapped"),
+]
+
+
+@pytest.mark.parametrize("outage", DATABASE_AWAY)
+async def test_events_wait_out_a_database_outage_longer_than_their_attempts_and_none_is_parked(
+    db: Database,
+    client: Client,
+    nats_srv: NatsServer,
+    caplog: pytest.LogCaptureFixture,
+    outage: Callable[[], Exception],
+) -> None:
+    database_up = False
+    applied_at_delivery: dict[str, int] = {}
+
+    async def needs_the_database(session: DbConnection, event: Event) -> None:
+        if not database_up:
+            raise outage()
+        await record(session, event)
+        applied_at_delivery[event.event_id] = event.attempt
+
+    registry = CollectorRegistry()
+    count = outcome_counter(registry)
+    running = consumer(db, nats_srv.url, needs_the_database, max_attempts=3, metrics=EventMetrics(registry))
+    caplog.set_level(logging.DEBUG, logger="shopmesh.consumer")
+    running.start()
+    await publish(client, "e1")
+    await publish(client, "e2")
+    # Both events come back again and again, far past max_attempts, while the database is away.
+    await eventually(lambda: count("retried") >= 4 * 3 * 2, "many more redeliveries than attempts allowed")
+    assert count("dead_lettered") == 0
+    database_up = True
+    await until_applied(db, Counter({"e1": 1, "e2": 1}))
+    await running.stop()
+    assert await parked_count(client) == 0
+    assert count("dead_lettered") == 0
+    assert max(applied_at_delivery.values()) > 3, applied_at_delivery
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # One line for the outage, not one per delivery; none of them about parking.
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert "cannot reach its database" in said[0].getMessage()
+    assert any("reached its database again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_poison_message_met_by_a_database_outage_still_gets_all_its_attempts_then_is_parked(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    calls = 0
+
+    async def broken_after_the_outage(session: DbConnection, event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError(111, "Connect call failed"))
+        raise ValueError("cannot parse")
+
+    registry = CollectorRegistry()
+    count = outcome_counter(registry)
+    running = consumer(db, nats_srv.url, broken_after_the_outage, max_attempts=3, metrics=EventMetrics(registry))
+    running.start()
+    await publish(client, "bad", b"poison")
+    await eventually(lambda: count("dead_lettered") == 1, "the poison message parked")
+    await running.stop()
+    # Five deliveries while the database was away, then three attempts of its own: the last one parks it.
+    assert calls == 8
+    assert (count("retried"), count("dead_lettered"), count("applied")) == (7, 1, 0)
+    message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
+    assert message.headers is not None
+    assert message.headers["Shopmesh-Attempts"] == "3"
+    assert "ValueError: cannot parse" in message.headers["Shopmesh-Error"]

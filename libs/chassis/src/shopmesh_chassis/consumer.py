@@ -4,9 +4,11 @@ A durable pull consumer gets every message at least once. Each message is handle
 transaction that also records its event id in `chassis_processed_events`: a redelivered event finds its
 id and is acknowledged without a second effect. A handler that fails is retried with backoff (`nak` with a
 delay, so other messages flow meanwhile); after `max_attempts` deliveries the message is parked on the
-dead-letter stream and acknowledged, so one poison message never blocks the rest. Each consumer also reads
-its own replay subject, where an operator sends parked messages back once their cause is fixed
-(deadletters.py).
+dead-letter stream and acknowledged, so one poison message never blocks the rest. A delivery that failed
+because the database is away (db_errors: unreachable, locked, exhausted) is not the message's fault: it is
+retried with backoff for as long as the outage lasts, never parked, and does not count toward
+`max_attempts`. Each consumer also reads its own replay subject, where an operator sends parked messages
+back once their cause is fixed (deadletters.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +32,7 @@ from opentelemetry import propagate, trace
 from sqlalchemy import insert, select
 
 from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.deadletters import (
     ATTEMPTS,
     BOOKKEEPING_HEADERS,
@@ -49,6 +54,12 @@ from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.consumer")
 tracer = trace.get_tracer("shopmesh.consumer")
+
+# While the database is away every delivery fails alike: say so once, then at most this often.
+_OUTAGE_REPEAT_SECONDS = 60.0
+# Messages whose deliveries met an unreachable database, remembered so those deliveries do not count
+# toward max_attempts; bounded, since another replica may settle a message this one saw fail.
+_HELD_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,11 @@ class EventConsumer:
         self._metrics = metrics
         self._gauge_poll = gauge_poll_seconds
         self._parked = asyncio.Event()
+        # Per message (stream, sequence): its deliveries that failed because the database was away.
+        self._held: OrderedDict[tuple[str, int], int] = OrderedDict()
+        # Since when (monotonic) the database has been away, and when that was last logged.
+        self._database_away_since: float | None = None
+        self._database_away_said = 0.0
         self._client: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -164,7 +180,9 @@ class EventConsumer:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._ack_wait,
-            # Redelivery is bounded by our own count (then the dead-letter stream), not the server's.
+            # Redelivery is bounded by our own count (then the dead-letter stream), not the server's: a
+            # message held back while the database is away must come back however long the outage lasts.
+            # No server-side backoff either: each nak says its own delay.
             max_deliver=-1,
             filter_subjects=subjects if len(subjects) > 1 else None,
             filter_subject=subjects[0] if len(subjects) == 1 else None,
@@ -180,8 +198,13 @@ class EventConsumer:
                 messages = await subscription.fetch(self._batch_size, timeout=1.0)
             except TimeoutError:
                 continue
-            for message in messages:
-                await self._deliver(message, replayed=replayed)
+            for index, message in enumerate(messages):
+                if not await self._deliver(message, replayed=replayed):
+                    # The database is away: the rest of the batch would fail alike (each perhaps only after
+                    # a connect timeout, past its ack wait). They wait for it likewise, untried.
+                    for waiting in messages[index + 1 :]:
+                        await self._hold(waiting, self._event(waiting, replayed=replayed), None)
+                    break
 
     async def _read_gauges(self, js: JetStreamContext, metrics: EventMetrics) -> None:
         """Keep the backlog and parked-message gauges current from what NATS knows: other replicas share
@@ -201,7 +224,8 @@ class EventConsumer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._parked.wait(), self._gauge_poll)
 
-    async def _deliver(self, message: Msg, *, replayed: bool) -> None:
+    async def _deliver(self, message: Msg, *, replayed: bool) -> bool:
+        """Apply, retry or park the message; False when it failed because the database is away."""
         event = self._event(message, replayed=replayed)
         context = propagate.extract(event.headers)
         with tracer.start_as_current_span(
@@ -213,12 +237,19 @@ class EventConsumer:
             try:
                 applied = await self._apply(event)
             except Exception as exc:
+                if database_unavailable(exc):
+                    await self._hold(message, event, exc)
+                    return False
+                self._database_back()
                 await self._failed(message, event, exc)
-                return
+                return True
+        self._database_back()
         await message.ack()
+        self._forget(message)
         self._count(event, "applied" if applied else "duplicate")
         if not applied:
             log.info("event %s was already processed by %s", event.event_id, self._durable)
+        return True
 
     def _event(self, message: Msg, *, replayed: bool) -> Event:
         headers = dict(message.headers or {})
@@ -258,13 +289,79 @@ class EventConsumer:
             self._on_applied(event)
         return True
 
+    @staticmethod
+    def _delivery(message: Msg) -> tuple[str, int] | None:
+        """Which stored message this is (its stream and sequence there), the same on every delivery."""
+        if message.metadata is None:
+            return None
+        return message.metadata.stream, message.metadata.sequence.stream
+
+    def _forget(self, message: Msg) -> int:
+        """Settled: stop remembering the message's deliveries held for the database; how many there were."""
+        key = self._delivery(message)
+        return 0 if key is None else self._held.pop(key, 0)
+
+    async def _hold(self, message: Msg, event: Event, error: Exception | None) -> None:
+        """The database is away (`error` None: as the delivery before this one found). The message is
+        not at fault: hand it back with backoff, for as long as the outage lasts, never to be parked."""
+        held = self._forget(message) + 1
+        key = self._delivery(message)
+        if key is not None:
+            self._held[key] = held
+            while len(self._held) > _HELD_REMEMBERED:
+                self._held.popitem(last=False)
+        delay = self._backoff[min(held - 1, len(self._backoff) - 1)]
+        if error is not None:
+            self._database_away(error)
+        log.debug(
+            "event %s waits %.1fs for the database (delivery %d)",
+            event.event_id,
+            delay,
+            event.attempt,
+            extra={"event_id": event.event_id},
+        )
+        await message.nak(delay=delay)
+        self._count(event, "retried")
+
+    def _database_away(self, error: Exception) -> None:
+        """One line when the database goes away, then one a minute while it stays away: not one per event."""
+        now = time.monotonic()
+        if self._database_away_since is None:
+            self._database_away_since = self._database_away_said = now
+            log.warning(
+                "consumer %s cannot reach its database; events wait and are retried until it is back, "
+                "none is parked: %s",
+                self._durable,
+                _cause(error),
+            )
+        elif now - self._database_away_said >= _OUTAGE_REPEAT_SECONDS:
+            self._database_away_said = now
+            log.warning(
+                "consumer %s: database still unreachable after %.0fs; events keep waiting: %s",
+                self._durable,
+                now - self._database_away_since,
+                _cause(error),
+            )
+
+    def _database_back(self) -> None:
+        if self._database_away_since is not None:
+            log.info(
+                "consumer %s reached its database again after %.0fs",
+                self._durable,
+                time.monotonic() - self._database_away_since,
+            )
+            self._database_away_since = None
+
     async def _failed(self, message: Msg, event: Event, error: Exception) -> None:
-        if event.attempt >= self._max_attempts:
+        # Deliveries that met an unreachable database were no attempt of the handler's on this message.
+        key = self._delivery(message)
+        attempts = max(1, event.attempt - (self._held.get(key, 0) if key is not None else 0))
+        if attempts >= self._max_attempts:
             where = parked_subject(self._durable, event.subject)
             log.error(
                 "event %s failed %d times, parking it on %s: %s",
                 event.event_id,
-                event.attempt,
+                attempts,
                 where,
                 error,
                 extra={"event_id": event.event_id},
@@ -280,18 +377,19 @@ class EventConsumer:
                 ORIGINAL_SUBJECT: event.subject,
                 ORIGINAL_EVENT_ID: event.event_id,
                 ERROR: json.dumps(f"{type(error).__name__}: {error}")[:500],
-                ATTEMPTS: str(event.attempt),
+                ATTEMPTS: str(attempts),
             }
             await self._client.jetstream().publish(where, event.payload, headers=headers)
             await message.ack()
+            self._forget(message)
             self._count(event, "dead_lettered")
             self._parked.set()
             return
-        delay = self._backoff[min(event.attempt - 1, len(self._backoff) - 1)]
+        delay = self._backoff[min(attempts - 1, len(self._backoff) - 1)]
         log.warning(
             "event %s failed (attempt %d/%d), retrying in %.1fs: %s",
             event.event_id,
-            event.attempt,
+            attempts,
             self._max_attempts,
             delay,
             error,

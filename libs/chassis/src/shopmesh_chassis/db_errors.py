@@ -20,6 +20,8 @@ R = TypeVar("R")
 # PostgreSQL serialization_failure and deadlock_detected: the transaction lost a race; retrying it works.
 _CONFLICT_SQLSTATES = {"40001", "40P01"}
 _RETRY_AFTER_SECONDS = 0.5
+# The ErrorInfo reason of an unreachable, locked or exhausted database.
+DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
 
 
 def as_domain_error(error: BaseException) -> DomainError | None:
@@ -29,14 +31,21 @@ def as_domain_error(error: BaseException) -> DomainError | None:
             return Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
         if isinstance(error, exc.OperationalError | exc.InterfaceError) or error.connection_invalidated:
             return Unavailable(
-                "database unavailable", reason="DATABASE_UNAVAILABLE", retry_after_seconds=_RETRY_AFTER_SECONDS
+                "database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS
             )
         return None
     if isinstance(error, exc.TimeoutError | OSError):  # connection pool exhausted; cannot connect
         return Unavailable(
-            "database unavailable", reason="DATABASE_UNAVAILABLE", retry_after_seconds=_RETRY_AFTER_SECONDS
+            "database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS
         )
     return None
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database is away (unreachable, locked or exhausted): a raw driver or pool
+    error that `as_domain_error` maps to UNAVAILABLE, or that mapping already made (the decorator below)."""
+    mapped = error if isinstance(error, DomainError) else as_domain_error(error)
+    return isinstance(mapped, Unavailable) and mapped.reason == DATABASE_UNAVAILABLE
 
 
 def database_errors_as_domain_errors(operation: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

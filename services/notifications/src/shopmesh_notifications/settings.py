@@ -12,7 +12,8 @@ class NotificationsSettings(DatabaseSettings, EventSettings):
 
     # Consuming order events: a handler that fails (a poison message) is retried after these delays
     # (JSON list, e.g. CONSUMER_BACKOFF_SECONDS='[0.1, 0.5]'; the last one repeats), and after
-    # CONSUMER_MAX_ATTEMPTS deliveries parked on the DEADLETTER stream.
+    # CONSUMER_MAX_ATTEMPTS deliveries parked on the DEADLETTER stream. While the database is away, events
+    # are retried with the same delays until it is back, and never parked.
     consumer_max_attempts: int = Field(default=5, ge=1, le=100)
     consumer_backoff_seconds: tuple[float, ...] = Field(default=(0.5, 1.0, 2.0, 5.0, 10.0), min_length=1)
     # Messages handed to a consumer that dies unacknowledged come back after this long; it must exceed
