@@ -141,6 +141,43 @@ class EventSettings(ServiceSettings):
     nats_url: str = "nats://127.0.0.1:14222"
     # How long JetStream remembers message ids to drop duplicate publishes (outbox retries).
     nats_duplicate_window_seconds: float = Field(default=900.0, gt=0)
+    # How long a stream keeps an event (JetStream max_age; 0 = for ever). An event that no consumer has
+    # acknowledged by then is dropped, and with it the e-mail or the counts it stood for: a consumer down,
+    # or its database away, for longer loses events. Publishers and consumers of a stream both declare it,
+    # so give them the same value (each start brings the stream to its own).
+    nats_stream_max_age_seconds: float = Field(default=7 * 86400.0, ge=0)
+    # Published outbox rows are deleted this long after JetStream acknowledged them (0 = kept for ever).
+    # Nothing reads a published row again: it is kept for inspection, and so that an operator could set
+    # events of the last day unpublished for the relay to send again (a NATS store lost). Unpublished
+    # events are never deleted. A day is far beyond the duplicate window the relay's retries rely on.
+    outbox_retention_seconds: float = Field(default=86400.0, ge=0)
+    # A consumer forgets an applied event id this long after applying it (0 = never). JetStream may
+    # deliver a message again for as long as its stream holds it (a durable deleted and created anew
+    # starts from the first stored message; an acknowledgement lost): the id is what makes that a
+    # duplicate instead of a second e-mail. A message leaves the stream NATS_STREAM_MAX_AGE_SECONDS after
+    # it was stored, and was applied after that, so ids must be kept at least that long: the default
+    # keeps them a day more, for clocks of NATS and the service that disagree.
+    processed_events_retention_seconds: float = Field(default=8 * 86400.0, ge=0)
+    # How often the outbox relay and the consumers delete what is past their retention.
+    event_purge_interval_seconds: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _retentions_fit_together(self) -> EventSettings:
+        max_age = self.nats_stream_max_age_seconds
+        if max_age and max_age < self.nats_duplicate_window_seconds:
+            # JetStream itself refuses such a stream.
+            raise ValueError(
+                f"NATS_STREAM_MAX_AGE_SECONDS ({max_age:g}) must be at least NATS_DUPLICATE_WINDOW_SECONDS "
+                f"({self.nats_duplicate_window_seconds:g}), or 0 (for ever)"
+            )
+        retention = self.processed_events_retention_seconds
+        if retention and (not max_age or retention < max_age):
+            raise ValueError(
+                f"PROCESSED_EVENTS_RETENTION_SECONDS ({retention:g}) must be 0 (for ever) or at least "
+                f"NATS_STREAM_MAX_AGE_SECONDS ({max_age:g}, 0 = for ever): an event still on the stream may be "
+                "delivered again, and only its remembered id keeps that from having a second effect"
+            )
+        return self
 
 
 SettingsT = TypeVar("SettingsT", bound=RuntimeSettings)

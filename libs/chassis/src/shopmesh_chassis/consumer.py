@@ -9,6 +9,10 @@ because the database is away (db_errors: unreachable, locked, exhausted) is not 
 retried with backoff for as long as the outage lasts, never parked, and does not count toward
 `max_attempts`. Each consumer also reads its own replay subject, where an operator sends parked messages
 back once their cause is fixed (deadletters.py).
+
+Applied event ids are forgotten once older than `processed_retention_seconds`, which must be at least the
+stream's `stream_max_age_seconds` (EventSettings checks it): while a message is on the stream it may be
+delivered again, and its id is what keeps that from having a second effect.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import nats.errors
 from nats.aio.client import Client
@@ -47,8 +51,9 @@ from shopmesh_chassis.deadletters import (
     replay_durable,
     replay_filter,
 )
-from shopmesh_chassis.events import MSG_ID, connect, ensure_stream
+from shopmesh_chassis.events import DEFAULT_STREAM_MAX_AGE_SECONDS, MSG_ID, connect, ensure_stream
 from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import processed_events
 from shopmesh_chassis.tasks import cancel_and_wait
 
@@ -102,6 +107,10 @@ class EventConsumer:
         duplicate_window_seconds: float = 900.0,
         metrics: EventMetrics | None = None,
         gauge_poll_seconds: float = 30.0,
+        stream_max_age_seconds: float = DEFAULT_STREAM_MAX_AGE_SECONDS,
+        processed_retention_seconds: float = DEFAULT_STREAM_MAX_AGE_SECONDS + 86400.0,
+        purge_interval_seconds: float = 3600.0,
+        purge_batch_size: int = 500,
     ) -> None:
         self._db = database
         self._url = nats_url
@@ -119,6 +128,11 @@ class EventConsumer:
         self._duplicate_window = duplicate_window_seconds
         self._metrics = metrics
         self._gauge_poll = gauge_poll_seconds
+        self._stream_max_age = stream_max_age_seconds
+        # 0: applied event ids are kept for ever.
+        self._processed_retention = processed_retention_seconds
+        self._purge_batch_size = purge_batch_size
+        self._purge = Periodic(f"processed-events-purge-{durable}", purge_interval_seconds, self.purge_processed)
         self._parked = asyncio.Event()
         # Per message (stream, sequence): its deliveries that failed because the database was away.
         self._held: OrderedDict[tuple[str, int], int] = OrderedDict()
@@ -130,8 +144,12 @@ class EventConsumer:
 
     def start(self) -> None:
         self._tasks = [asyncio.get_running_loop().create_task(self._run(), name=f"consumer-{self._durable}")]
+        if self._processed_retention > 0:
+            self._purge.start()
 
     async def stop(self) -> None:
+        # A purge cut short loses nothing: each batch is a transaction of its own, and the next run goes on.
+        await self._purge.stop(timeout=1.0)
         for task in self._tasks:
             await cancel_and_wait(task)
         self._tasks = []
@@ -157,7 +175,9 @@ class EventConsumer:
         if self._client is None:
             self._client = await connect(self._url, name=self._durable)
         js = self._client.jetstream()
-        await ensure_stream(js, self._stream, self._stream_subjects, self._duplicate_window)
+        await ensure_stream(
+            js, self._stream, self._stream_subjects, self._duplicate_window, max_age=self._stream_max_age
+        )
         await ensure_dead_letter_streams(js, self._duplicate_window)
         events = await self._subscribe(js, self._stream, self._durable, self._subjects)
         replays = await self._subscribe(
@@ -223,6 +243,28 @@ class EventConsumer:
             self._parked.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._parked.wait(), self._gauge_poll)
+
+    async def purge_processed(self) -> int:
+        """Forget the event ids this consumer applied longer than the retention ago, in batches; how many."""
+        if self._processed_retention <= 0:
+            return 0
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._processed_retention)
+        mine = processed_events.c.consumer == self._durable
+        deleted = await delete_in_batches(
+            self._db,
+            processed_events,
+            processed_events.c.event_id,
+            mine & (processed_events.c.processed_at < cutoff),
+            batch_size=self._purge_batch_size,
+        )
+        if deleted:
+            log.info(
+                "%s forgot %d event ids applied before %s",
+                self._durable,
+                deleted,
+                cutoff.isoformat(timespec="seconds"),
+            )
+        return deleted
 
     async def _deliver(self, message: Msg, *, replayed: bool) -> bool:
         """Apply, retry or park the message; False when it failed because the database is away."""

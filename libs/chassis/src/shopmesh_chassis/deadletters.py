@@ -57,7 +57,10 @@ def replay_durable(consumer: str) -> str:
 
 
 async def ensure_dead_letter_streams(js: JetStreamContext, duplicate_window: float) -> None:
-    """Declare both streams. REPLAY is a work queue: a replayed message is gone once its consumer acks it."""
+    """Declare both streams. REPLAY is a work queue: a replayed message is gone once its consumer acks it.
+
+    Neither has a max age, unlike the event streams: a parked message waits for an operator's decision
+    however long that takes (`shopmesh_events_dead_letters` says it waits), and only discard drops it."""
     await ensure_stream(js, DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], duplicate_window)
     await ensure_stream(
         js, REPLAY_STREAM, [f"{REPLAY_PREFIX}.>"], duplicate_window, retention=RetentionPolicy.WORK_QUEUE

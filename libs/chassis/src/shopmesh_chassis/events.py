@@ -2,6 +2,10 @@
 
 JetStream drops a publish whose `Nats-Msg-Id` it has seen within the stream's duplicate window; the
 outbox relay sends each event's id as that header, so re-publishing after a crash is harmless.
+
+Event streams keep their messages for a bounded time (`max_age`, EventSettings.nats_stream_max_age_seconds):
+JetStream's LIMITS retention keeps a message after every consumer acknowledged it, so without a limit a
+stream grows for as long as the service runs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ log = logging.getLogger("shopmesh.events")
 
 MSG_ID = "Nats-Msg-Id"
 EVENT_TYPE = "Shopmesh-Event-Type"
+# EventSettings' default stream max age, for code that builds publishers and consumers without settings.
+DEFAULT_STREAM_MAX_AGE_SECONDS = 7 * 86400.0
 
 
 class ConnectionLog:
@@ -87,9 +93,17 @@ async def ensure_stream(
     duplicate_window: float,
     *,
     retention: RetentionPolicy = RetentionPolicy.LIMITS,
+    max_age: float = 0.0,
 ) -> None:
-    """Create the stream, or bring an existing one to this configuration."""
-    config = StreamConfig(name=name, subjects=subjects, duplicate_window=duplicate_window, retention=retention)
+    """Create the stream, or bring an existing one to this configuration.
+
+    `max_age` (seconds, 0 = for ever): messages older than that are dropped, acknowledged or not. An
+    existing stream gets it too (JetStream applies a changed max age in place, at once, to the messages it
+    already holds), so a stream created before it had one stops growing with the release that sets it.
+    """
+    config = StreamConfig(
+        name=name, subjects=subjects, duplicate_window=duplicate_window, retention=retention, max_age=max_age
+    )
     try:
         await js.add_stream(config)
     except BadRequestError:
@@ -132,6 +146,7 @@ class DeferredJetStream:
         stream: str,
         subjects: list[str],
         duplicate_window_seconds: float,
+        max_age_seconds: float = DEFAULT_STREAM_MAX_AGE_SECONDS,
         max_retry_delay: float = 10.0,
     ) -> None:
         self._url = url
@@ -139,6 +154,7 @@ class DeferredJetStream:
         self._stream = stream
         self._subjects = subjects
         self._duplicate_window = duplicate_window_seconds
+        self._max_age = max_age_seconds
         self._max_retry_delay = max_retry_delay
         self._client: Client | None = None
         self._publisher: JetStreamPublisher | None = None
@@ -154,7 +170,13 @@ class DeferredJetStream:
             try:
                 if self._client is None:
                     self._client = await connect(self._url, name=self._name)
-                await ensure_stream(self._client.jetstream(), self._stream, self._subjects, self._duplicate_window)
+                await ensure_stream(
+                    self._client.jetstream(),
+                    self._stream,
+                    self._subjects,
+                    self._duplicate_window,
+                    max_age=self._max_age,
+                )
                 break
             except Exception as exc:
                 # Refused (auth), or connected while JetStream does not answer yet (starting, no quorum).

@@ -1,7 +1,8 @@
 """The transactional outbox: events are rows written in the same transaction as the state change they
 announce; a relay publishes them to JetStream in order, with the event id as de-duplication id, and
 marks them published only after the stream acknowledged them. A relay killed between publishing and
-marking publishes again after restart, and JetStream drops the duplicate.
+marking publishes again after restart, and JetStream drops the duplicate. Published rows are deleted
+once older than the relay's retention (EventSettings.outbox_retention_seconds); unpublished ones never.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from google.protobuf.message import Message
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import EVENT_TYPE
 from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
 from shopmesh_chassis.tasks import cancel_and_wait
 
@@ -74,6 +76,9 @@ class OutboxRelay:
         max_backoff: float = 5.0,
         on_published: Callable[[str], None] | None = None,
         metrics: EventMetrics | None = None,
+        retention_seconds: float = 86400.0,
+        purge_interval_seconds: float = 3600.0,
+        purge_batch_size: int = 500,
     ) -> None:
         self._db = database
         self._publisher = publisher
@@ -101,6 +106,10 @@ class OutboxRelay:
         )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # 0: published rows are kept for ever.
+        self._retention = retention_seconds
+        self._purge_batch_size = purge_batch_size
+        self._purge = Periodic("outbox-purge", purge_interval_seconds, self.purge_published)
         # PostgreSQL: the connection holding the relay lock, and whether it holds it (see _lead).
         self._leader: AsyncConnection | None = None
         self._leading = False
@@ -121,12 +130,28 @@ class OutboxRelay:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox-relay")
+        if self._retention > 0:
+            self._purge.start()
 
     async def stop(self) -> None:
+        # A purge cut short loses nothing: each batch is a transaction of its own, and the next run goes on.
+        await self._purge.stop(timeout=1.0)
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
         await self._step_down()
+
+    async def purge_published(self) -> int:
+        """Delete the rows published longer than the retention ago, in batches; returns how many."""
+        if self._retention <= 0:
+            return 0
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._retention)
+        deleted = await delete_in_batches(
+            self._db, outbox, outbox.c.seq, outbox.c.published_at < cutoff, batch_size=self._purge_batch_size
+        )
+        if deleted:
+            log.info("deleted %d outbox events published before %s", deleted, cutoff.isoformat(timespec="seconds"))
+        return deleted
 
     async def _run(self) -> None:
         backoff = self._poll_interval

@@ -2,6 +2,7 @@
 
 A failing run is logged and the next one comes on schedule. Stopping lets a run in progress finish its
 transaction (cancelling it only past a timeout), so shutdown never leaves half a sweep behind.
+`delete_in_batches` is the purge such a job runs over a table that grows.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy import Column, ColumnElement, Table, delete, select
+
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.periodic")
@@ -56,3 +60,24 @@ class Periodic:
                 log.exception("%s failed; next run in %.1fs", self.name, self._interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._interval)
+
+
+async def delete_in_batches(
+    database: Database, table: Table, key: Column[object], condition: ColumnElement[bool], *, batch_size: int = 500
+) -> int:
+    """Delete the rows of `table` matching `condition`, at most `batch_size` per transaction; how many.
+
+    Short transactions, not one long one: each holds the write lock (SQLite's one writer; row locks on
+    PostgreSQL) only for its batch, and the service's own writes go in between. `key` names a row within
+    the rows matching `condition` (SQLite has no DELETE ... LIMIT). Replicas purging at once delete each
+    row once; the later one finds fewer rows and stops."""
+    statement = delete(table).where(condition, key.in_(select(key).where(condition).limit(batch_size)))
+    deleted = 0
+    while True:
+        async with database.transaction() as session:
+            result = await session.execute(statement)
+        count = int(result.rowcount or 0)
+        deleted += count
+        if count < batch_size:
+            return deleted
+        await asyncio.sleep(0)  # let writers queued behind this batch go first

@@ -55,4 +55,6 @@ processed_events = Table(
     Column("consumer", String(100), primary_key=True),
     Column("event_id", String(64), primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False),
+    # The purge of ids past their retention reads by age (consumer.purge_processed).
+    Index("ix_chassis_processed_events_age", "consumer", "processed_at"),
 )

@@ -75,6 +75,9 @@ def build_consumer(
         ack_wait_seconds=settings.consumer_ack_wait_seconds,
         duplicate_window_seconds=settings.nats_duplicate_window_seconds,
         metrics=metrics,
+        stream_max_age_seconds=settings.nats_stream_max_age_seconds,
+        processed_retention_seconds=settings.processed_events_retention_seconds,
+        purge_interval_seconds=settings.event_purge_interval_seconds,
     )
 
 

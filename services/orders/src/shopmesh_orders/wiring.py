@@ -58,11 +58,18 @@ async def _main() -> None:
         stream=STREAM,
         subjects=SUBJECTS,
         duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+        max_age_seconds=settings.nats_stream_max_age_seconds,
     )
     metrics = ServerMetrics()
     for dependency, resilient in (("catalog", catalog), ("inventory", inventory), ("payments", payments)):
         metrics.watch_breaker(dependency, resilient.breaker)
-    relay = OutboxRelay(database, publisher, metrics=metrics.events)
+    relay = OutboxRelay(
+        database,
+        publisher,
+        metrics=metrics.events,
+        retention_seconds=settings.outbox_retention_seconds,
+        purge_interval_seconds=settings.event_purge_interval_seconds,
+    )
     publisher.start(on_ready=relay.wake)
     relay.start()
 

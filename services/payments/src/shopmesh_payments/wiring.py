@@ -61,9 +61,16 @@ class PaymentsRuntime:
             stream=event_messages.STREAM,
             subjects=event_messages.STREAM_SUBJECTS,
             duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+            max_age_seconds=settings.nats_stream_max_age_seconds,
         )
         self.metrics = ServerMetrics()
-        self.relay = OutboxRelay(database, self.jetstream, metrics=self.metrics.events)
+        self.relay = OutboxRelay(
+            database,
+            self.jetstream,
+            metrics=self.metrics.events,
+            retention_seconds=settings.outbox_retention_seconds,
+            purge_interval_seconds=settings.event_purge_interval_seconds,
+        )
         self.purge = Periodic(
             "idempotency-purge", settings.idempotency_purge_interval_seconds, self.idempotency.purge_expired
         )

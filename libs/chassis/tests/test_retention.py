@@ -1,0 +1,275 @@
+"""What the event machinery keeps does not grow for ever: published outbox rows and applied event ids are
+deleted past their retention (only those), and event streams drop messages past their max age."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from google.protobuf import wrappers_pb2
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from shopmesh_chassis.config import ConfigError, EventSettings, load_settings
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.events import DeferredJetStream, ensure_stream
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
+from shopmesh_chassis.tables import metadata, outbox_events, processed_events
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.nats_server import NatsServer
+
+from .consumer_kit import consumer, record
+
+DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def either_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "postgresql":
+        database = Database(request.getfixturevalue("postgres").create_database())
+    else:
+        database = Database(f"sqlite:///{tmp_path}/retention.db")
+    (tmp_path / "versions").mkdir()
+    await migrate(database, tmp_path / "versions")
+    yield database
+    await database.dispose()
+
+
+class Accepting:
+    """A publisher JetStream always acknowledges."""
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool:
+        return True
+
+
+def ago(days: float) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
+
+
+async def add(db: Database, count: int) -> list[str]:
+    ids = [new_event_id() for _ in range(count)]
+    async with db.transaction() as session:
+        for event_id in ids:
+            message = wrappers_pb2.StringValue(value=event_id)
+            await add_event(session, subject="tests.v1.thing_happened", message=message, event_id=event_id)
+    return ids
+
+
+async def age_outbox(db: Database, event_ids: list[str], *, published: datetime | None, created: datetime) -> None:
+    async with db.transaction() as session:
+        await session.execute(
+            update(outbox_events)
+            .where(outbox_events.c.event_id.in_(event_ids))
+            .values(published_at=published, created_at=created)
+        )
+
+
+async def outbox_ids(db: Database) -> set[str]:
+    async with db.read() as session:
+        return set((await session.execute(select(outbox_events.c.event_id))).scalars())
+
+
+async def test_the_relay_deletes_published_events_past_its_retention_and_nothing_else(either_db: Database) -> None:
+    old, recent, waiting = await add(either_db, 3), await add(either_db, 1), await add(either_db, 1)
+    relay = OutboxRelay(either_db, Accepting(), retention_seconds=DAY, purge_batch_size=2)
+    try:
+        assert await relay.publish_pending() == 5
+    finally:
+        await relay.stop()
+    await age_outbox(either_db, old, published=ago(2), created=ago(2))
+    await age_outbox(either_db, recent, published=ago(0.9), created=ago(3))
+    # Never published (NATS away for a month): kept however old, the relay has yet to send it.
+    await age_outbox(either_db, waiting, published=None, created=ago(30))
+    assert await relay.purge_published() == 3  # two batches: a full one, then the rest
+    assert await outbox_ids(either_db) == set(recent + waiting)
+    assert await relay.purge_published() == 0
+    # Retention 0 keeps published rows for ever.
+    await age_outbox(either_db, recent, published=ago(400), created=ago(400))
+    assert await OutboxRelay(either_db, Accepting(), retention_seconds=0).purge_published() == 0
+    assert await outbox_ids(either_db) == set(recent + waiting)
+
+
+async def remember(db: Database, rows: list[tuple[str, str, datetime]]) -> None:
+    async with db.transaction() as session:
+        for durable, event_id, when in rows:
+            await session.execute(
+                insert(processed_events).values(consumer=durable, event_id=event_id, processed_at=when)
+            )
+
+
+async def remembered(db: Database) -> set[tuple[str, str]]:
+    async with db.read() as session:
+        rows = await session.execute(select(processed_events.c.consumer, processed_events.c.event_id))
+        return {(row.consumer, row.event_id) for row in rows}
+
+
+async def test_a_consumer_forgets_only_its_own_event_ids_past_its_retention(either_db: Database) -> None:
+    await remember(
+        either_db,
+        [
+            ("tester", "e1", ago(9)),
+            ("tester", "e2", ago(8.5)),
+            ("tester", "e3", ago(8.1)),
+            ("tester", "e4", ago(7.9)),
+            # Another consumer in the same database, applying the same event: its own retention decides.
+            ("other", "e1", ago(9)),
+        ],
+    )
+    running = consumer(
+        either_db,
+        "nats://127.0.0.1:1",
+        record,
+        stream_max_age_seconds=7 * DAY,
+        processed_retention_seconds=8 * DAY,
+        purge_batch_size=2,
+    )
+    assert await running.purge_processed() == 3
+    assert await remembered(either_db) == {("tester", "e4"), ("other", "e1")}
+    assert await running.purge_processed() == 0
+
+
+async def test_a_running_relay_and_consumer_purge_on_their_own(tmp_path: Path, nats_srv: NatsServer) -> None:
+    db = Database(f"sqlite:///{tmp_path}/running.db")
+    (tmp_path / "versions").mkdir()
+    await migrate(db, tmp_path / "versions")
+    old, recent = await add(db, 1), await add(db, 1)
+    relay = OutboxRelay(db, Accepting(), poll_interval=0.05, retention_seconds=DAY, purge_interval_seconds=0.05)
+    running = consumer(db, nats_srv.url, record, processed_retention_seconds=8 * DAY, purge_interval_seconds=0.05)
+    relay.start()
+    running.start()
+    try:
+
+        async def all_published() -> bool:
+            async with db.read() as session:
+                rows = await session.execute(select(outbox_events.c.seq).where(outbox_events.c.published_at.is_(None)))
+                return rows.first() is None
+
+        # Aged only once published: the relay's marking would make them young again.
+        await eventually(all_published, "both events published")
+        await age_outbox(db, recent, published=ago(0.5), created=ago(0.5))
+        await age_outbox(db, old, published=ago(2), created=ago(2))
+        await remember(db, [("tester", "old", ago(9)), ("tester", "recent", ago(1))])
+
+        async def purged() -> bool:
+            return await outbox_ids(db) == set(recent) and await remembered(db) == {("tester", "recent")}
+
+        await eventually(purged, "the old outbox row and event id purged, the recent ones kept")
+    finally:
+        await running.stop()
+        await relay.stop()
+        await db.dispose()
+
+
+@pytest.fixture
+async def client(nats_srv: NatsServer) -> AsyncIterator[Client]:
+    nc = await nats.connect(nats_srv.url)
+    yield nc
+    await nc.close()
+
+
+async def test_a_stream_made_without_a_max_age_gets_one_and_keeps_what_is_younger(client: Client) -> None:
+    js = client.jetstream()
+    await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600)  # as releases before made it
+    await js.publish("things.v1.happened", b"x", headers={"Nats-Msg-Id": "e1"})
+    assert not (await js.stream_info("THINGS")).config.max_age
+    await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * DAY)
+    info = await js.stream_info("THINGS")
+    assert info.config.max_age == 7 * DAY
+    assert info.state.messages == 1
+    assert info.config.duplicate_window == 600
+
+
+async def test_an_event_older_than_the_streams_max_age_is_dropped(client: Client) -> None:
+    js = client.jetstream()
+    await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=1, max_age=1)
+    await js.publish("things.v1.happened", b"never consumed", headers={"Nats-Msg-Id": "e1"})
+    assert (await js.stream_info("THINGS")).state.messages == 1
+
+    async def dropped() -> bool:
+        return (await js.stream_info("THINGS")).state.messages == 0
+
+    await eventually(dropped, "the unconsumed event dropped past the max age")
+
+
+async def test_publishers_and_consumers_bring_their_stream_to_the_configured_max_age(
+    client: Client, nats_srv: NatsServer, tmp_path: Path
+) -> None:
+    js = client.jetstream()
+
+    async def max_age() -> float | None:
+        try:
+            return (await js.stream_info("THINGS")).config.max_age
+        except NotFoundError:
+            return None
+
+    publisher = DeferredJetStream(
+        nats_srv.url, name="tests", stream="THINGS", subjects=["things.v1.>"], duplicate_window_seconds=600
+    )
+    publisher.start()
+    try:
+        await eventually(lambda: _equals(max_age, 7 * DAY), "the publisher's default max age")
+    finally:
+        await publisher.close()
+    db = Database(f"sqlite:///{tmp_path}/consumer.db")
+    running = consumer(db, nats_srv.url, record, stream_max_age_seconds=2 * DAY)
+    running.start()
+    try:
+        await eventually(lambda: _equals(max_age, 2 * DAY), "the consumer's max age")
+    finally:
+        await running.stop()
+        await db.dispose()
+
+
+async def _equals(read: Any, expected: float) -> bool:
+    return bool(await read() == expected)
+
+
+def test_event_settings_default_to_retentions_that_fit_together() -> None:
+    settings = load_settings(EventSettings, service_name="svc")
+    assert settings.nats_stream_max_age_seconds == 7 * DAY
+    assert settings.processed_events_retention_seconds >= settings.nats_stream_max_age_seconds
+    assert settings.outbox_retention_seconds > settings.nats_duplicate_window_seconds
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"processed_events_retention_seconds": 6 * DAY}, "PROCESSED_EVENTS_RETENTION_SECONDS (518400)"),
+        ({"nats_stream_max_age_seconds": 0}, "PROCESSED_EVENTS_RETENTION_SECONDS (691200)"),
+        ({"nats_stream_max_age_seconds": 60}, "NATS_STREAM_MAX_AGE_SECONDS (60) must be at least"),
+    ],
+)
+def test_retentions_that_do_not_fit_together_stop_startup(overrides: dict[str, float], named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(EventSettings, service_name="svc", **overrides)
+
+
+def test_event_ids_may_be_kept_for_ever_whatever_the_streams_max_age() -> None:
+    for max_age in (0.0, DAY):
+        settings = load_settings(
+            EventSettings, service_name="svc", nats_stream_max_age_seconds=max_age, processed_events_retention_seconds=0
+        )
+        assert settings.processed_events_retention_seconds == 0
+
+
+def _chassis_differences(connection: Connection) -> list[Any]:
+    def ours(name: str | None, kind: str, parents: dict[str, str | None]) -> bool:
+        return kind != "table" or name in metadata.tables
+
+    context = MigrationContext.configure(connection, opts={"include_name": ours})
+    return list(compare_metadata(context, metadata))
+
+
+async def test_the_chassis_migrations_build_its_tables_and_indexes(either_db: Database) -> None:
+    async with either_db.read() as connection:
+        assert await connection.run_sync(_chassis_differences) == []
