@@ -103,6 +103,8 @@ class FakePayments:
     order_of: dict[str, str] = field(default_factory=dict)
     down: bool = False
     charge_calls: int = 0
+    list_calls: int = 0
+    refund_calls: int = 0
     refunds: list[str] = field(default_factory=list)
 
     async def charge(self, order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str) -> str:
@@ -121,11 +123,13 @@ class FakePayments:
         return payment_id
 
     async def payments_for(self, order_id: str) -> list[PaymentRecord]:
+        self.list_calls += 1
         if self.down:
             raise errors.Unavailable("payments down")
         return [p for pid, p in self.payments.items() if self.order_of[pid] == order_id]
 
     async def refund(self, payment_id: str, reason: str, idempotency_key: str) -> None:
+        self.refund_calls += 1
         if self.down:
             raise errors.Unavailable("payments down")
         if self.payments[payment_id].captured:

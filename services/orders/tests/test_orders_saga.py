@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,7 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_orders.application import OrdersApplication
-from shopmesh_orders.domain.model import Address, CancelCode, OrderState, SagaStep
+from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
 from shopmesh_orders.saga import LeaseHeld, SagaDriver, charge_key
 from shopmesh_orders.settings import OrdersSettings
@@ -243,22 +244,44 @@ class ChargeInDoubt:
     order_id: str
 
 
+@dataclass
+class Clocked:
+    """Builds orders' application on the test's fakes and database, with a clock the test moves.
+
+    The step timeout is 5 s, so a charge is in doubt for 10 s after it was sent."""
+
+    database: Database
+    catalog: FakeCatalog
+    inventory: FakeInventory
+    payments: FakePayments
+    settings: OrdersSettings
+    clock: Clock
+
+    def app(self, on_late_refund: Callable[[Order], None] = lambda order: None) -> OrdersApplication:
+        settings = self.settings.model_copy(update={"step_timeout_seconds": 5.0})
+        saga = SagaDriver(
+            self.database, self.inventory, self.payments, settings, on_late_refund=on_late_refund, clock=self.clock
+        )
+        return OrdersApplication(self.database, self.catalog, saga, clock=self.clock)
+
+
 @pytest.fixture
-async def in_doubt(
+def clocked(
     database: Database,
     catalog: FakeCatalog,
     inventory: FakeInventory,
     payments: FakePayments,
     settings: OrdersSettings,
-) -> ChargeInDoubt:
-    """An order whose driver reserved, sent the charge a moment ago and is gone: the charge may still land.
+) -> Clocked:
+    return Clocked(database, catalog, inventory, payments, settings, Clock())
 
-    The step timeout is 5 s, so the charge is in doubt for 10 s after it was sent."""
-    settings = settings.model_copy(update={"step_timeout_seconds": 5.0})
-    clock = Clock()
-    saga = SagaDriver(database, inventory, payments, settings, clock=clock)
-    app = OrdersApplication(database, catalog, saga, clock=clock)
-    return ChargeInDoubt(app, clock, await _left_at_the_pivot(app, database, inventory, datetime.now(UTC)))
+
+@pytest.fixture
+async def in_doubt(clocked: Clocked) -> ChargeInDoubt:
+    """An order whose driver reserved, sent the charge a moment ago and is gone: the charge may still land."""
+    app = clocked.app()
+    order_id = await _left_at_the_pivot(app, clocked.database, clocked.inventory, datetime.now(UTC))
+    return ChargeInDoubt(app, clocked.clock, order_id)
 
 
 async def test_a_charge_in_doubt_is_not_given_up_and_a_late_capture_confirms_the_order(
@@ -305,6 +328,176 @@ async def test_a_charge_in_doubt_that_lands_while_payments_is_down_is_refunded_o
     assert (order.state, order.refunded) == (OrderState.CANCELLED, True)
     assert (payments.captured(), len(payments.refunds)) == (0, 1)
     assert (inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (0, 5)
+    # Payments was asked after the charge's window: nothing is left to check again.
+    assert order.charge_recheck_at is None
+
+
+@dataclass
+class CancelledInDoubt:
+    """An order PlaceOrder cancelled at once because each of its charge calls ended UNAVAILABLE."""
+
+    app: OrdersApplication
+    clock: Clock
+    order_id: str
+    late_refunds: list[str]
+
+
+@pytest.fixture
+async def cancelled_in_doubt(clocked: Clocked, settings: OrdersSettings) -> CancelledInDoubt:
+    late_refunds: list[str] = []
+    app = clocked.app(on_late_refund=lambda order: late_refunds.append(order.id))
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(PROCESSOR_DOWN))
+    # PlaceOrder still answers at once: it does not wait for the charge's window.
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    assert clocked.payments.charge_calls == settings.step_attempts
+    order_id: str = caught.value.metadata["order_id"]
+    order = await app.get_order(order_id)
+    assert (order.state, order.charge_recheck_at is not None) == (OrderState.CANCELLED, True)
+    return CancelledInDoubt(app, clocked.clock, order_id, late_refunds)
+
+
+def _hold_refunds(payments: FakePayments, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Refunds wait in payments: the first event is set when one arrives, the second lets them through."""
+    refund, refunding, release = payments.refund, asyncio.Event(), asyncio.Event()
+
+    async def slow_refund(payment_id: str, reason: str, idempotency_key: str) -> None:
+        refunding.set()
+        await release.wait()
+        await refund(payment_id, reason, idempotency_key)
+
+    monkeypatch.setattr(payments, "refund", slow_refund)
+    return refunding, release
+
+
+async def _late_capture(payments: FakePayments, order_id: str) -> str:
+    """The last charge call's commit on payments, under way when its deadline passed, completes now."""
+    return await payments.charge(order_id, 2500, "USD", GOOD, charge_key(order_id))
+
+
+async def test_a_capture_that_lands_after_place_order_cancelled_is_refunded_once_its_window_has_passed(
+    cancelled_in_doubt: CancelledInDoubt,
+    payments: FakePayments,
+    inventory: FakeInventory,
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    payment_id = await _late_capture(payments, order_id)
+    # Within the charge's window nothing is asked yet.
+    assert await app.recheck_charges() == 0
+    assert (payments.captured(), payments.refund_calls) == (1, 0)
+    # Past it, the recovery loop finds the capture and refunds it.
+    clock.ahead = timedelta(seconds=11)
+    recheck_charges, refunding_pass_done = app.recheck_charges, asyncio.Event()
+
+    async def recheck_pass(limit: int = 50) -> int:
+        checked = await recheck_charges(limit)
+        if payments.refunds:
+            refunding_pass_done.set()
+        return checked
+
+    monkeypatch.setattr(app, "recheck_charges", recheck_pass)
+    recovery = asyncio.create_task(app.run_recovery(0.01))
+    try:
+        await asyncio.wait_for(refunding_pass_done.wait(), 5)
+    finally:
+        recovery.cancel()
+    assert (payments.captured(), payments.refunds) == (0, [payment_id])
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.PAYMENT_UNAVAILABLE)
+    assert (order.refunded, order.charge_recheck_at) == (True, None)
+    assert cancelled_in_doubt.late_refunds == [order_id]
+    assert any(r.levelname == "ERROR" and order_id in r.getMessage() for r in caplog.records)
+    # The customer was told of the cancellation once; the refund sends no second OrderCancelled.
+    [(subject, _payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    assert (inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (0, 5)
+    # Checked once: later passes leave it alone.
+    clock.ahead = timedelta(seconds=60)
+    assert await app.recheck_charges() == 0
+    assert (payments.refund_calls, cancelled_in_doubt.late_refunds) == (1, [order_id])
+
+
+async def test_two_drivers_refund_a_late_capture_once(
+    cancelled_in_doubt: CancelledInDoubt,
+    clocked: Clocked,
+    payments: FakePayments,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    other_late_refunds: list[str] = []
+    other = clocked.app(on_late_refund=lambda order: other_late_refunds.append(order.id))
+    payment_id = await _late_capture(payments, order_id)
+    clock.ahead = timedelta(seconds=11)
+    refunding, release = _hold_refunds(payments, monkeypatch)
+    first = asyncio.create_task(app.recheck_charges())
+    await refunding.wait()
+    # The other replica's pass runs while the first is refunding: the order is not its to check.
+    assert await other.recheck_charges() == 0
+    release.set()
+    assert await first == 1
+    assert await other.recheck_charges() == 0
+    assert (payments.refund_calls, payments.refunds) == (1, [payment_id])
+    assert (cancelled_in_doubt.late_refunds, other_late_refunds) == ([order_id], [])
+
+
+async def test_a_cancelled_order_whose_charge_never_landed_is_checked_once_and_not_refunded(
+    cancelled_in_doubt: CancelledInDoubt, payments: FakePayments, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    listed = payments.list_calls
+    clock.ahead = timedelta(seconds=11)
+    assert await app.recheck_charges() == 1
+    assert (payments.list_calls, payments.refund_calls) == (listed + 1, 0)
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, False, None)
+    assert await app.recheck_charges() == 0
+    assert payments.list_calls == listed + 1
+    assert cancelled_in_doubt.late_refunds == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_late_capture_is_refunded_once_payments_answers_again(
+    cancelled_in_doubt: CancelledInDoubt, payments: FakePayments
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    payment_id = await _late_capture(payments, order_id)
+    payments.down = True
+    clock.ahead = timedelta(seconds=11)
+    # Payments cannot answer: the check waits, it is not given up, and the pass does not fail.
+    assert await app.recheck_charges() == 1
+    order = await app.get_order(order_id)
+    assert (order.refunded, order.charge_recheck_at is not None) == (False, True)
+    assert await app.recheck_charges() == 1
+    payments.down = False
+    clock.ahead = timedelta(seconds=15)
+    assert await app.recheck_charges() == 1
+    assert payments.refunds == [payment_id]
+    order = await app.get_order(order_id)
+    assert (order.refunded, order.charge_recheck_at) == (True, None)
+    assert cancelled_in_doubt.late_refunds == [order_id]
+
+
+async def test_a_capture_found_by_compensation_leaves_nothing_to_check_again(
+    clocked: Clocked, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = clocked.app()
+    charge = payments.charge
+
+    async def lands_but_times_out(
+        order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str
+    ) -> str:
+        await charge(order_id, amount_minor, currency, GOOD, idempotency_key)
+        raise errors.Unavailable("deadline exceeded", reason="PAYMENT_UNAVAILABLE")
+
+    monkeypatch.setattr(payments, "charge", lands_but_times_out)
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    order = await app.get_order(caught.value.metadata["order_id"])
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, True, None)
+    assert payments.refund_calls == 1
 
 
 async def test_reservation_expired_after_charge_refunds_and_cancels(
@@ -340,14 +533,7 @@ async def test_a_cancellation_while_another_runs_is_refused_as_already_being_can
     app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     order_id = await place(app, command())
-    refund, refunding, release = payments.refund, asyncio.Event(), asyncio.Event()
-
-    async def slow_refund(payment_id: str, reason: str, idempotency_key: str) -> None:
-        refunding.set()
-        await release.wait()
-        await refund(payment_id, reason, idempotency_key)
-
-    monkeypatch.setattr(payments, "refund", slow_refund)
+    refunding, release = _hold_refunds(payments, monkeypatch)
     first = asyncio.create_task(app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"))
     await refunding.wait()
     with pytest.raises(errors.FailedPrecondition) as caught:

@@ -237,10 +237,30 @@ class OrdersApplication:
                 log.exception("resuming order %s failed", order_id, extra={"order_id": order_id})
         return len(order_ids)
 
+    async def recheck_charges(self, limit: int = 50) -> int:
+        """Ask payments again about the charges of cancelled orders that were in doubt when they were
+        cancelled, now that they can no longer land, and refund any that did (saga.recheck_charge)."""
+        async with self._db.read() as session:
+            order_ids = await OrderRepository(session).charges_to_recheck(self._clock(), limit)
+        for order_id in order_ids:
+            try:
+                await self._saga.recheck_charge(order_id)
+            except LeaseHeld:
+                continue
+            except errors.Unavailable as exc:
+                # Payments cannot answer: the others would fare no better. They stay due; the next pass asks.
+                log.warning("order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id})
+                break
+            except Exception:
+                log.exception("checking the charge of order %s failed", order_id, extra={"order_id": order_id})
+        return len(order_ids)
+
     async def run_recovery(self, interval: float) -> None:
         while True:
             with contextlib.suppress(Exception):
                 await self.resume_unfinished()
+            with contextlib.suppress(Exception):
+                await self.recheck_charges()
             await asyncio.sleep(interval)
 
     async def wait_running(self, timeout: float) -> None:

@@ -2,7 +2,8 @@
 
 A rise in one cancel reason is what an on-call engineer looks for first (PAYMENT_UNAVAILABLE: payments or
 its processor is down; RESERVATION_EXPIRED: steps are too slow; CARD_DECLINED: customers, or a fraud
-rule upstream).
+rule upstream). Any late capture refunded is a customer charged for an order they were told was cancelled
+(refunded by the recovery loop once the charge could no longer land): it should stay at zero.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ class OrderMetrics:
             ("state", "reason"),
             registry=registry,
         )
+        self._late_refunds = Counter(
+            "shopmesh_orders_late_captures_refunded",
+            "Charges captured after their order was cancelled, found and refunded by the recovery loop.",
+            registry=registry,
+        )
 
     def finished(self, order: Order) -> None:
         reason = order.cancel_code.value if order.cancel_code is not None else ""
         self._finished.labels(order.state.value, reason).inc()
+
+    def late_capture_refunded(self, order: Order) -> None:
+        self._late_refunds.inc()

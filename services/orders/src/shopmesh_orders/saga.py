@@ -11,6 +11,14 @@ A driver resumed at the pivot has no card (cards are never stored): it asks paym
 only once a charge an earlier driver sent can no longer land (twice the step timeout after it was sent);
 until then the order waits at CHARGE, neither confirmed nor compensated.
 
+A PlaceOrder driver holds the card and answers promptly: once its charge calls all ended UNAVAILABLE it
+compensates at once, although the last call's commit on payments (or the processor's) may still land. So a
+compensation that asks payments while the charge is in doubt, and finds no capture, cancels the order with
+a recheck due when the charge can no longer land (`charge_recheck_at`). The recovery loop then asks payments
+again (`recheck_charge`): a capture that landed late is refunded (logged at ERROR and counted), and the
+order is marked checked. It stays CANCELLED and emits no second event: the customer was told "cancelled,
+nothing was charged", which the refund makes true again (payments publishes PaymentRefunded itself).
+
 Only one driver works on an order at a time: it holds a lease in the database (renewed on every step);
 a driver that dies leaves the lease to run out, and the recovery loop takes the order over.
 """
@@ -84,6 +92,7 @@ class SagaDriver:
         *,
         on_event: Callable[[], None] = lambda: None,
         on_finished: Callable[[Order], None] = lambda order: None,
+        on_late_refund: Callable[[Order], None] = lambda order: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = database
@@ -93,6 +102,8 @@ class SagaDriver:
         self._on_event = on_event
         # Called once the terminal transition has committed (e.g. to count how orders end).
         self._on_finished = on_finished
+        # Called when a capture that landed after the order was cancelled has been refunded.
+        self._on_late_refund = on_late_refund
         self._clock = clock
 
     @staticmethod
@@ -162,8 +173,9 @@ class SagaDriver:
                 # pivot; the recovery loop settles the charge once its window has passed.
                 raise _charge_in_doubt(order, settled_at - now)
             # Payments stayed unavailable: cancel before the pivot. COMPENSATE asks payments whether
-            # a charge got through anyway and refunds it before the stock is released. (A driver with
-            # the card saw each of its own charge calls end, so it need not wait for them.)
+            # a charge got through anyway and refunds it before the stock is released. A driver with the
+            # card answers PlaceOrder now rather than wait: its last call ended, but that call's commit on
+            # payments may not have, so compensation leaves a recheck for the recovery loop.
             return await self._transition(owner, order.failed_before_pivot(CancelCode.PAYMENT_UNAVAILABLE, now))
         if order.step in (SagaStep.RESERVE, SagaStep.CHARGE) and self._expired(order):
             code = CancelCode.RESERVATION_EXPIRED if order.step is SagaStep.RESERVE else CancelCode.PAYMENT_UNAVAILABLE
@@ -252,16 +264,23 @@ class SagaDriver:
         return await self._transition(owner, order.failed_before_pivot(CancelCode.PAYMENT_UNAVAILABLE, self._clock()))
 
     async def _compensate(self, order: Order, owner: str) -> Order:
+        recheck_at: datetime | None = None
         if not order.refunded:
             to_refund: list[str] = []
             if order.step is SagaStep.REFUND and order.payment_id:
                 to_refund = [order.payment_id]
             elif order.charge_attempted_at is not None:
                 # The charge's outcome may be unknown (payments unavailable): ask, and undo what went through.
-                to_refund = [r.payment_id for r in await self._payments.payments_for(order.id) if r.captured]
+                asked_at = self._clock()
+                to_refund = await self._captures(order)
+                settled_at = self._charge_settled_at(order.charge_attempted_at)
+                if not to_refund and asked_at < settled_at:
+                    # Asked while the charge was in doubt (a PlaceOrder driver that gave up on its calls
+                    # answers at once): a capture may still land. The recovery loop asks again then.
+                    # (Payments captures an order at most once: a refunded capture leaves nothing to check.)
+                    recheck_at = settled_at
             for payment_id in to_refund:
-                reason = order.cancel_message or (order.cancel_code.value if order.cancel_code else "cancelled")
-                await self._payments.refund(payment_id, reason, refund_key(order.id))
+                await self._refund(order, payment_id)
             if to_refund:
                 order = await self._transition(owner, order.refund_done(self._clock()))
         if order.reservation_id:
@@ -277,7 +296,59 @@ class SagaDriver:
                 reservation_id = ""
             if reservation_id:
                 await self._inventory.release(reservation_id)
-        return await self._finish(owner, order.compensated(self._clock()))
+        return await self._finish(owner, order.compensated(self._clock(), recheck_at))
+
+    async def _captures(self, order: Order) -> list[str]:
+        return [r.payment_id for r in await self._payments.payments_for(order.id) if r.captured]
+
+    async def _refund(self, order: Order, payment_id: str) -> None:
+        # The same reason on every call: payments replays `<order_id>:refund` only for the same request.
+        reason = order.cancel_message or (order.cancel_code.value if order.cancel_code else "cancelled")
+        await self._payments.refund(payment_id, reason, refund_key(order.id))
+
+    async def recheck_charge(self, order_id: str) -> Order:
+        """Ask payments again about a cancelled order's charge, now that it can no longer land, and refund
+        a capture that landed after compensation asked. Marks the order checked.
+
+        Raises LeaseHeld when another driver is checking it (or it is not due), and `errors.Unavailable`
+        while payments cannot answer: the order stays due and the recovery loop comes back to it.
+        """
+        owner = self.new_lease_owner()
+        async with self._db.transaction() as session:
+            if not await OrderRepository(session).claim_recheck(order_id, owner, self._clock(), self.lease_until()):
+                raise LeaseHeld(order_id)
+        checked = False
+        try:
+            order = await self._load(order_id)
+            to_refund = await self._captures(order)
+            for payment_id in to_refund:
+                await self._refund(order, payment_id)
+            if to_refund:
+                # Said now, not after the save: a retry after a failed save finds nothing captured to report.
+                self._late_capture_refunded(order, to_refund)
+            async with self._db.transaction() as session:
+                after = order.charge_rechecked(bool(to_refund), self._clock())
+                order = await OrderRepository(session).save(after, Lease(owner, None))
+            checked = True
+        except errors.Aborted as exc:
+            if exc.reason != "CONCURRENT_MODIFICATION":
+                raise
+            raise LeaseHeld(order_id) from exc
+        finally:
+            if not checked:
+                await self._release(order_id, owner)
+        return order
+
+    def _late_capture_refunded(self, order: Order, payment_ids: list[str]) -> None:
+        # The customer was told the order was cancelled and nothing charged, and was charged after all.
+        refunded = ",".join(payment_ids)
+        log.error(
+            "order %s: a charge captured after the order was cancelled was refunded (%s)",
+            order.id,
+            refunded,
+            extra={"order_id": order.id, "payment_ids": refunded},
+        )
+        self._on_late_refund(order)
 
     async def _finish(self, owner: str, after: Order) -> Order:
         """The terminal transition and its event, in one transaction."""

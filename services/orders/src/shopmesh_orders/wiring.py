@@ -73,13 +73,15 @@ async def _main() -> None:
     publisher.start(on_ready=relay.wake)
     relay.start()
 
+    order_metrics = OrderMetrics(metrics.registry)
     saga = SagaDriver(
         database,
         InventoryClient(inventory.channel, settings.step_timeout_seconds),
         PaymentsClient(payments.channel, settings.step_timeout_seconds),
         settings,
         on_event=relay.wake,
-        on_finished=OrderMetrics(metrics.registry).finished,
+        on_finished=order_metrics.finished,
+        on_late_refund=order_metrics.late_capture_refunded,
     )
     pricing: Catalog = CatalogClient(catalog.channel, settings.step_timeout_seconds)
     if settings.catalog_price_cache_seconds > 0:

@@ -87,6 +87,9 @@ class Order:
     reserve_attempted: bool = False
     charge_attempted_at: datetime | None = None
     refunded: bool = False
+    # A cancelled order whose charge may still land after compensation asked payments (the charge was in
+    # doubt then): when to ask payments again, and refund what it captured. None: nothing left to check.
+    charge_recheck_at: datetime | None = None
     # The version stored with the order: the store's optimistic-concurrency check bumps it on each save.
     version: int = field(default=1)
 
@@ -170,6 +173,18 @@ class Order:
         self._require(SagaStep.COMPENSATE, SagaStep.REFUND)
         return self._next(now, refunded=True)
 
-    def compensated(self, now: datetime) -> Order:
+    def compensated(self, now: datetime, charge_recheck_at: datetime | None = None) -> Order:
+        """Cancelled; `charge_recheck_at` when a charge may still land after it (see `charge_rechecked`)."""
         self._require(SagaStep.COMPENSATE, SagaStep.REFUND)
-        return self._next(now, step=SagaStep.DONE, state=OrderState.CANCELLED)
+        return self._next(now, step=SagaStep.DONE, state=OrderState.CANCELLED, charge_recheck_at=charge_recheck_at)
+
+    def charge_rechecked(self, refunded: bool, now: datetime) -> Order:
+        """Payments was asked again once the charge could no longer land, and a capture it had was refunded
+        (`refunded`): the cancelled order is final. Its state, cancel reason and event stay as they were."""
+        if self.state is not OrderState.CANCELLED or self.charge_recheck_at is None:
+            raise errors.FailedPrecondition(
+                f"order {self.id} has no charge to check again",
+                reason="ILLEGAL_SAGA_TRANSITION",
+                metadata={"order_id": self.id, "state": self.state.value},
+            )
+        return self._next(now, charge_recheck_at=None, refunded=self.refunded or refunded)

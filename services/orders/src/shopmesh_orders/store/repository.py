@@ -31,6 +31,7 @@ def _row_values(order: Order) -> dict[str, Any]:
         "reserve_attempted": order.reserve_attempted,
         "charge_attempted_at": order.charge_attempted_at,
         "refunded": order.refunded,
+        "charge_recheck_at": order.charge_recheck_at,
         "version": order.version,
         "updated_at": order.updated_at,
     }
@@ -186,6 +187,34 @@ class OrderRepository:
         )
         return [row.id for row in rows]
 
+    async def charges_to_recheck(self, now: datetime, limit: int) -> list[str]:
+        """Cancelled orders whose charge is due to be checked again, and that no live driver holds."""
+        rows = await self._session.execute(
+            select(orders.c.id)
+            .where(
+                orders.c.charge_recheck_at <= now,
+                or_(orders.c.lease_owner.is_(None), orders.c.lease_until < now),
+            )
+            .order_by(orders.c.charge_recheck_at)
+            .limit(limit)
+        )
+        return [row.id for row in rows]
+
+    async def claim_recheck(self, order_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the lease of a finished order whose charge is due to be checked again, unless another live
+        driver holds it (the saga's lease: a finished order's is free, `claim` takes unfinished ones only)."""
+        result = await self._session.execute(
+            update(orders)
+            .where(
+                orders.c.id == order_id,
+                orders.c.step == SagaStep.DONE.value,
+                orders.c.charge_recheck_at <= now,
+                or_(orders.c.lease_owner.is_(None), orders.c.lease_owner == owner, orders.c.lease_until < now),
+            )
+            .values(lease_owner=owner, lease_until=until)
+        )
+        return bool(result.rowcount == 1)
+
     async def _load(self, row: Any) -> Order:
         lines = (await self._session.execute(_LINES, {"b_id": row.id})).all()
         return Order(
@@ -208,5 +237,6 @@ class OrderRepository:
             reserve_attempted=row.reserve_attempted,
             charge_attempted_at=as_utc(row.charge_attempted_at),
             refunded=row.refunded,
+            charge_recheck_at=as_utc(row.charge_recheck_at),
             version=row.version,
         )

@@ -34,6 +34,9 @@ orders = Table(
     Column("reserve_attempted", Boolean, nullable=False, default=False),
     Column("charge_attempted_at", DateTime(timezone=True), nullable=True),
     Column("refunded", Boolean, nullable=False, default=False),
+    # A cancelled order whose charge was in doubt when compensation asked payments: when to ask again
+    # (refunding a capture that landed late); NULL once checked, and for every other order.
+    Column("charge_recheck_at", DateTime(timezone=True), nullable=True),
     Column("version", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
@@ -50,6 +53,7 @@ orders = Table(
     UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_orders_idempotency"),
     Index("ix_orders_user_created", "user_id", "created_at", "id"),
     Index("ix_orders_step", "step"),
+    Index("ix_orders_charge_recheck_at", "charge_recheck_at"),
 )
 
 order_lines = Table(
