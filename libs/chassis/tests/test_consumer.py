@@ -302,3 +302,35 @@ async def test_a_poison_message_met_by_a_database_outage_still_gets_all_its_atte
     assert message.headers is not None
     assert message.headers["Shopmesh-Attempts"] == "3"
     assert "ValueError: cannot parse" in message.headers["Shopmesh-Error"]
+
+
+async def test_a_message_held_for_the_database_before_a_restart_still_gets_all_its_attempts(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """What one process held for the database, the next does not know: it counts the handler's own failures,
+    so after a restart a message is parked late (all its attempts counted again), never early."""
+    calls = 0
+
+    async def away_then_broken(session: DbConnection, event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError(111, "Connect call failed"))
+        raise ValueError("cannot parse")
+
+    first = consumer(db, nats_srv.url, away_then_broken, max_attempts=3)
+    first.start()
+    await publish(client, "bad", b"poison")
+    await eventually(lambda: calls >= 5, "five deliveries held for the database")
+    await first.stop()
+    registry = CollectorRegistry()
+    count = outcome_counter(registry)
+    second = consumer(db, nats_srv.url, away_then_broken, max_attempts=3, metrics=EventMetrics(registry))
+    second.start()
+    await eventually(lambda: count("dead_lettered") == 1, "the poison message parked")
+    await second.stop()
+    # Delivered 5+ times before the restart, yet parked only after three failures of the handler's own.
+    assert count("retried") >= 2
+    message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
+    assert message.headers is not None
+    assert message.headers["Shopmesh-Attempts"] == "3"

@@ -20,7 +20,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from shopmesh_chassis.config import ConfigError, EventSettings, load_settings
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.consumer import Event
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import DeferredJetStream, ensure_stream
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
@@ -201,9 +202,12 @@ async def test_an_event_older_than_the_streams_max_age_is_dropped(client: Client
     await eventually(dropped, "the unconsumed event dropped past the max age")
 
 
-async def test_publishers_and_consumers_bring_their_stream_to_the_configured_max_age(
+async def test_the_publisher_sets_the_streams_max_age_and_a_consumer_keeps_ids_as_long_as_it(
     client: Client, nats_srv: NatsServer, tmp_path: Path
 ) -> None:
+    """Consumers of other settings (or an older release) must not set a shared stream's max age back and
+    forth: the publisher's holds, and a consumer keeps its event ids at least as long as the stream keeps
+    their events, whatever its own retention says."""
     js = client.jetstream()
 
     async def max_age() -> float | None:
@@ -221,10 +225,25 @@ async def test_publishers_and_consumers_bring_their_stream_to_the_configured_max
     finally:
         await publisher.close()
     db = Database(f"sqlite:///{tmp_path}/consumer.db")
-    running = consumer(db, nats_srv.url, record, stream_max_age_seconds=2 * DAY)
+    (tmp_path / "versions").mkdir()
+    await migrate(db, tmp_path / "versions")
+
+    async def nothing(session: DbConnection, event: Event) -> None:
+        return None
+
+    running = consumer(db, nats_srv.url, nothing, stream_max_age_seconds=2 * DAY, processed_retention_seconds=3 * DAY)
     running.start()
     try:
-        await eventually(lambda: _equals(max_age, 2 * DAY), "the consumer's max age")
+        await client.jetstream().publish("things.v1.happened", b"x", headers={"Nats-Msg-Id": "e1"})
+
+        async def applied() -> bool:
+            return ("tester", "e1") in await remembered(db)
+
+        await eventually(applied, "the event applied (the consumer has read the stream's configuration)")
+        assert await max_age() == 7 * DAY, "the consumer left the publisher's max age"
+        await remember(db, [("tester", "old", ago(8.5)), ("tester", "kept", ago(7.5))])
+        assert await running.purge_processed() == 1
+        assert ("tester", "kept") in await remembered(db), "its event may still be on the 7-day stream"
     finally:
         await running.stop()
         await db.dispose()

@@ -62,9 +62,13 @@ tracer = trace.get_tracer("shopmesh.consumer")
 
 # While the database is away every delivery fails alike: say so once, then at most this often.
 _OUTAGE_REPEAT_SECONDS = 60.0
-# Messages whose deliveries met an unreachable database, remembered so those deliveries do not count
-# toward max_attempts; bounded, since another replica may settle a message this one saw fail.
-_HELD_REMEMBERED = 10_000
+# Messages whose deliveries met an unreachable database (for their backoff), and messages the handler
+# failed on (their attempts), remembered per message; bounded, since another replica may settle a message
+# this one saw fail.
+_REMEMBERED = 10_000
+# Ids are kept this much longer than the stream keeps their events (a message may sit unacknowledged, and
+# clocks differ).
+_PURGE_MARGIN_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,11 @@ class EventConsumer:
         self._parked = asyncio.Event()
         # Per message (stream, sequence): its deliveries that failed because the database was away.
         self._held: OrderedDict[tuple[str, int], int] = OrderedDict()
+        # The handler's own failures on each message, counted here rather than derived from JetStream's
+        # delivery count less the deliveries held for the database: that count lives in one process, and a
+        # restart, another replica or a forgotten entry would then park a message early. Counted here, a
+        # restart can only park one late.
+        self._failures: OrderedDict[tuple[str, int], int] = OrderedDict()
         # Since when (monotonic) the database has been away, and when that was last logged.
         self._database_away_since: float | None = None
         self._database_away_said = 0.0
@@ -176,8 +185,9 @@ class EventConsumer:
             self._client = await connect(self._url, name=self._durable)
         js = self._client.jetstream()
         await ensure_stream(
-            js, self._stream, self._stream_subjects, self._duplicate_window, max_age=self._stream_max_age
+            js, self._stream, self._stream_subjects, self._duplicate_window, max_age=self._stream_max_age, update=False
         )
+        self._stream_max_age = (await js.stream_info(self._stream)).config.max_age or 0.0
         await ensure_dead_letter_streams(js, self._duplicate_window)
         events = await self._subscribe(js, self._stream, self._durable, self._subjects)
         replays = await self._subscribe(
@@ -248,7 +258,12 @@ class EventConsumer:
         """Forget the event ids this consumer applied longer than the retention ago, in batches; how many."""
         if self._processed_retention <= 0:
             return 0
-        cutoff = datetime.now(UTC) - timedelta(seconds=self._processed_retention)
+        # The stream as its publisher configured it (read at each connect): an id is kept while its event may
+        # still be on the stream, whatever this consumer's own settings say; for ever if the stream is.
+        if not self._stream_max_age:
+            return 0
+        retention = max(self._processed_retention, self._stream_max_age + _PURGE_MARGIN_SECONDS)
+        cutoff = datetime.now(UTC) - timedelta(seconds=retention)
         mine = processed_events.c.consumer == self._durable
         deleted = await delete_in_batches(
             self._db,
@@ -339,19 +354,28 @@ class EventConsumer:
         return message.metadata.stream, message.metadata.sequence.stream
 
     def _forget(self, message: Msg) -> int:
-        """Settled: stop remembering the message's deliveries held for the database; how many there were."""
+        """Settled: stop remembering the message's deliveries held for the database (how many there were)
+        and its failures."""
         key = self._delivery(message)
-        return 0 if key is None else self._held.pop(key, 0)
+        if key is None:
+            return 0
+        self._failures.pop(key, None)
+        return self._held.pop(key, 0)
+
+    @staticmethod
+    def _remember(counts: OrderedDict[tuple[str, int], int], key: tuple[str, int] | None, count: int) -> None:
+        if key is not None:
+            counts[key] = count
+            counts.move_to_end(key)
+            while len(counts) > _REMEMBERED:
+                counts.popitem(last=False)
 
     async def _hold(self, message: Msg, event: Event, error: Exception | None) -> None:
         """The database is away (`error` None: as the delivery before this one found). The message is
         not at fault: hand it back with backoff, for as long as the outage lasts, never to be parked."""
-        held = self._forget(message) + 1
         key = self._delivery(message)
-        if key is not None:
-            self._held[key] = held
-            while len(self._held) > _HELD_REMEMBERED:
-                self._held.popitem(last=False)
+        held = (self._held.get(key, 0) if key is not None else 0) + 1
+        self._remember(self._held, key, held)
         delay = self._backoff[min(held - 1, len(self._backoff) - 1)]
         if error is not None:
             self._database_away(error)
@@ -397,7 +421,8 @@ class EventConsumer:
     async def _failed(self, message: Msg, event: Event, error: Exception) -> None:
         # Deliveries that met an unreachable database were no attempt of the handler's on this message.
         key = self._delivery(message)
-        attempts = max(1, event.attempt - (self._held.get(key, 0) if key is not None else 0))
+        attempts = (self._failures.get(key, 0) if key is not None else event.attempt - 1) + 1
+        self._remember(self._failures, key, attempts)
         if attempts >= self._max_attempts:
             where = parked_subject(self._durable, event.subject)
             log.error(

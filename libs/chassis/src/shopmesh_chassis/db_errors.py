@@ -19,6 +19,12 @@ R = TypeVar("R")
 
 # PostgreSQL serialization_failure and deadlock_detected: the transaction lost a race; retrying it works.
 _CONFLICT_SQLSTATES = {"40001", "40P01"}
+# PostgreSQL saying it cannot serve now, though the connection itself worked: classes 08 (connection
+# exception) and 53 (insufficient resources: too many connections, out of memory or disk), the server
+# shutting down or starting up (57P01-57P03), and a read-only transaction (25006: a primary demoted by a
+# failover). Each comes as a plain DBAPIError, not an OperationalError.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
+_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "25006"}
 _RETRY_AFTER_SECONDS = 0.5
 # The ErrorInfo reason of an unreachable, locked or exhausted database.
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
@@ -27,9 +33,15 @@ DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
 def as_domain_error(error: BaseException) -> DomainError | None:
     """ABORTED for a lost concurrency race, UNAVAILABLE for an unreachable, locked or exhausted database."""
     if isinstance(error, exc.DBAPIError):
-        if getattr(error.orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+        sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+        if sqlstate in _CONFLICT_SQLSTATES:
             return Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
-        if isinstance(error, exc.OperationalError | exc.InterfaceError) or error.connection_invalidated:
+        if (
+            isinstance(error, exc.OperationalError | exc.InterfaceError)
+            or error.connection_invalidated
+            or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+            or sqlstate in _UNAVAILABLE_SQLSTATES
+        ):
             return Unavailable(
                 "database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS
             )

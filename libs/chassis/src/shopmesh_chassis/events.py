@@ -94,12 +94,15 @@ async def ensure_stream(
     *,
     retention: RetentionPolicy = RetentionPolicy.LIMITS,
     max_age: float = 0.0,
+    update: bool = True,
 ) -> None:
-    """Create the stream, or bring an existing one to this configuration.
+    """Create the stream, or (`update`) bring an existing one to this configuration.
 
     `max_age` (seconds, 0 = for ever): messages older than that are dropped, acknowledged or not. An
     existing stream gets it too (JetStream applies a changed max age in place, at once, to the messages it
     already holds), so a stream created before it had one stops growing with the release that sets it.
+    Only the stream's publisher updates it: consumers with other settings (or of an older release) would
+    otherwise set the max age back and forth at every restart; they create it when it is missing.
     """
     config = StreamConfig(
         name=name, subjects=subjects, duplicate_window=duplicate_window, retention=retention, max_age=max_age
@@ -107,7 +110,8 @@ async def ensure_stream(
     try:
         await js.add_stream(config)
     except BadRequestError:
-        await js.update_stream(config)
+        if update:
+            await js.update_stream(config)
 
 
 class JetStreamPublisher:
