@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -131,16 +131,9 @@ def running_http_api(files: dict[str, bytes], scratch: Path, args: list[str] | N
     args[args.index("--config-path") + 1] = str(config)
     quiet = [] if "--log-level" in args else ["--log-level", "warn"]
     argv = [str(envoy_binary()), *args, *quiet, *([] if "--disable-hot-restart" in args else ["--disable-hot-restart"])]
-    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as envoy:
-        try:
-            deadline = time.monotonic() + 30
-            while not _answers(f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}/ready"):
-                assert envoy.poll() is None, envoy.stderr.read().decode() if envoy.stderr else "envoy exited"
-                assert time.monotonic() < deadline, "the rendered http-api Envoy was not ready within 30 s"
-                time.sleep(0.1)
-            yield ports
-        finally:
-            _stop(envoy)
+    ready = f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}/ready"
+    with _running(argv, lambda: _answers(ready), "the rendered http-api Envoy"):
+        yield ports
 
 
 @contextlib.contextmanager
@@ -148,25 +141,29 @@ def trace_sink(folder: Path) -> Iterator[int]:
     """`make run`'s trace collector (OTLP/gRPC), storing what it receives under `folder`; yields its port."""
     [port] = _free_ports(1)
     argv = [sys.executable, "-m", "shopmesh_platform.trace_sink", "--port", str(port), "--dir", str(folder)]
-    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as sink:
+    with _running(argv, lambda: _accepts(port), "the trace sink"):
+        yield port
+
+
+@contextlib.contextmanager
+def _running(argv: list[str], ready: Callable[[], bool], what: str) -> Iterator[None]:
+    """`argv` as a process, once `ready()` says so (30 s at most; its stderr if it exits first); stopped
+    after."""
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as process:
         try:
             deadline = time.monotonic() + 30
-            while not _accepts(port):
-                assert sink.poll() is None, sink.stderr.read().decode() if sink.stderr else "the trace sink exited"
-                assert time.monotonic() < deadline, "the trace sink did not listen within 30 s"
+            while not ready():
+                assert process.poll() is None, process.stderr.read().decode() if process.stderr else f"{what} exited"
+                assert time.monotonic() < deadline, f"{what} was not ready within 30 s"
                 time.sleep(0.1)
-            yield port
+            yield
         finally:
-            _stop(sink)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @functools.cache

@@ -276,27 +276,33 @@ async def test_events_wait_out_a_database_outage_longer_than_their_attempts_and_
     assert any("reached its database again" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_poison_message_met_by_a_database_outage_still_gets_all_its_attempts_then_is_parked(
-    db: Database, client: Client, nats_srv: NatsServer
-) -> None:
-    calls = 0
+class PoisonAfterOutage:
+    """A handler whose database is away for its first `outage` calls, then fails on the message itself."""
 
-    async def broken_after_the_outage(session: DbConnection, event: Event) -> None:
-        nonlocal calls
-        calls += 1
-        if calls <= 5:
+    def __init__(self, outage: int = 5) -> None:
+        self.outage = outage
+        self.calls = 0
+
+    async def __call__(self, session: DbConnection, event: Event) -> None:
+        self.calls += 1
+        if self.calls <= self.outage:
             raise OperationalError("SELECT 1", {}, ConnectionRefusedError(111, "Connect call failed"))
         raise ValueError("cannot parse")
 
+
+async def test_a_poison_message_met_by_a_database_outage_still_gets_all_its_attempts_then_is_parked(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    handler = PoisonAfterOutage()
     registry = CollectorRegistry()
     count = outcome_counter(registry)
-    running = consumer(db, nats_srv.url, broken_after_the_outage, max_attempts=3, metrics=EventMetrics(registry))
+    running = consumer(db, nats_srv.url, handler, max_attempts=3, metrics=EventMetrics(registry))
     running.start()
     await publish(client, "bad", b"poison")
     await eventually(lambda: count("dead_lettered") == 1, "the poison message parked")
     await running.stop()
     # Five deliveries while the database was away, then three attempts of its own: the last one parks it.
-    assert calls == 8
+    assert handler.calls == 8
     assert (count("retried"), count("dead_lettered"), count("applied")) == (7, 1, 0)
     message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
     assert message.headers is not None
@@ -309,23 +315,15 @@ async def test_a_message_held_for_the_database_before_a_restart_still_gets_all_i
 ) -> None:
     """What one process held for the database, the next does not know: it counts the handler's own failures,
     so after a restart a message is parked late (all its attempts counted again), never early."""
-    calls = 0
-
-    async def away_then_broken(session: DbConnection, event: Event) -> None:
-        nonlocal calls
-        calls += 1
-        if calls <= 5:
-            raise OperationalError("SELECT 1", {}, ConnectionRefusedError(111, "Connect call failed"))
-        raise ValueError("cannot parse")
-
-    first = consumer(db, nats_srv.url, away_then_broken, max_attempts=3)
+    handler = PoisonAfterOutage()
+    first = consumer(db, nats_srv.url, handler, max_attempts=3)
     first.start()
     await publish(client, "bad", b"poison")
-    await eventually(lambda: calls >= 5, "five deliveries held for the database")
+    await eventually(lambda: handler.calls >= 5, "five deliveries held for the database")
     await first.stop()
     registry = CollectorRegistry()
     count = outcome_counter(registry)
-    second = consumer(db, nats_srv.url, away_then_broken, max_attempts=3, metrics=EventMetrics(registry))
+    second = consumer(db, nats_srv.url, handler, max_attempts=3, metrics=EventMetrics(registry))
     second.start()
     await eventually(lambda: count("dead_lettered") == 1, "the poison message parked")
     await second.stop()
