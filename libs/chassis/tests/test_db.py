@@ -124,16 +124,11 @@ async def test_more_concurrent_sqlite_reads_than_the_pool_keeps_never_block_the_
     assert await asyncio.gather(*readers) == [0] * 20
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def either_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "postgresql":
-        database = Database(request.getfixturevalue("postgres").create_database())
-    else:
-        database = Database(f"sqlite:///{tmp_path}/t.db")
-    async with database.transaction() as conn:
+@pytest.fixture
+async def either_db(blank_db: Database) -> Database:
+    async with blank_db.transaction() as conn:
         await conn.run_sync(scratch.create_all)
-    yield database
-    await database.dispose()
+    return blank_db
 
 
 async def test_a_read_sees_one_snapshot_while_writers_commit(either_db: Database) -> None:

@@ -34,16 +34,11 @@ from .consumer_kit import consumer, record
 DAY = 86400.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def either_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "postgresql":
-        database = Database(request.getfixturevalue("postgres").create_database())
-    else:
-        database = Database(f"sqlite:///{tmp_path}/retention.db")
+@pytest.fixture
+async def either_db(blank_db: Database, tmp_path: Path) -> Database:
     (tmp_path / "versions").mkdir()
-    await migrate(database, tmp_path / "versions")
-    yield database
-    await database.dispose()
+    await migrate(blank_db, tmp_path / "versions")
+    return blank_db
 
 
 class Accepting:
