@@ -12,6 +12,7 @@ from shopmesh_chassis.app import HOOK_RESERVE_SECONDS, HOOK_UNWIND_SECONDS
 from shopmesh_chassis.config import (
     SHUTDOWN_HOOKS_MARGIN_SECONDS,
     ConfigError,
+    ConsumerSettings,
     IdempotencySettings,
     ServiceSettings,
     load_settings,
@@ -106,6 +107,14 @@ def test_every_bad_variable_is_listed_on_one_line(monkeypatch: pytest.MonkeyPatc
         load_settings(SampleSettings)
     assert "GRPC_PORT=" in str(caught.value)
     assert "LOG_LEVEL=" in str(caught.value)
+
+
+@pytest.mark.parametrize("delays", ["[0.5, -1]", "[NaN]", "[1, Infinity]", "[]"])
+def test_consumer_backoff_must_be_finite_delays(delays: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_NAME", "svc")
+    monkeypatch.setenv("CONSUMER_BACKOFF_SECONDS", delays)
+    with pytest.raises(ConfigError, match="CONSUMER_BACKOFF_SECONDS"):
+        load_settings(ConsumerSettings)
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import OperationalError
 
-from shopmesh_chassis.consumer import Event
+from shopmesh_chassis.config import ConsumerSettings, load_settings
+from shopmesh_chassis.consumer import Event, EventConsumer
 from shopmesh_chassis.db import Database, DbConnection
-from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
+from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE, DatabaseUnreachable
 from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM
 from shopmesh_chassis.errors import Unavailable
 from shopmesh_chassis.metrics import EventMetrics
@@ -90,6 +92,15 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(
     await running.stop()
 
 
+async def messages_parked(client: Client) -> int:
+    """Messages on the dead-letter stream; 0 before the consumer has made it."""
+    try:
+        info = await client.jetstream().stream_info(DEAD_LETTER_STREAM)
+    except nats.js.errors.NotFoundError:
+        return 0
+    return int(info.state.messages)
+
+
 async def test_a_poison_message_is_parked_and_later_messages_still_flow(
     db: Database, client: Client, nats_srv: NatsServer
 ) -> None:
@@ -109,11 +120,7 @@ async def test_a_poison_message_is_parked_and_later_messages_still_flow(
     await eventually(good_applied, "the good event applied")
 
     async def parked() -> bool:
-        try:
-            info = await client.jetstream().stream_info(DEAD_LETTER_STREAM)
-        except Exception:
-            return False
-        return info.state.messages == 1
+        return await messages_parked(client) == 1
 
     await eventually(parked, "the poison message dead-lettered")
     message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
@@ -122,6 +129,46 @@ async def test_a_poison_message_is_parked_and_later_messages_still_flow(
     assert message.headers is not None
     assert message.headers["Shopmesh-Original-Event-Id"] == "bad"
     assert message.headers["Shopmesh-Attempts"] == "3"
+    await running.stop()
+
+
+async def test_a_consumer_built_from_settings_parks_after_consumer_max_attempts(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    settings = load_settings(
+        ConsumerSettings,
+        service_name="svc",
+        nats_url=nats_srv.url,
+        consumer_max_attempts=2,
+        consumer_backoff_seconds=(0.05,),
+    )
+    deliveries: list[int] = []
+
+    async def poisoned(session: DbConnection, event: Event) -> None:
+        deliveries.append(event.attempt)
+        raise ValueError("cannot parse")
+
+    running = EventConsumer.from_settings(
+        settings,
+        db,
+        durable="tester",
+        stream="THINGS",
+        stream_subjects=["things.v1.>"],
+        subjects=["things.v1.happened"],
+        handler=poisoned,
+        metrics=EventMetrics(CollectorRegistry()),
+    )
+    running.start()
+    await publish(client, "bad", b"poison")
+
+    async def parked() -> bool:
+        return await messages_parked(client) == 1
+
+    await eventually(parked, "the poison message dead-lettered")
+    message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
+    assert message.headers is not None
+    assert message.headers["Shopmesh-Attempts"] == "2"
+    assert deliveries == [1, 2]
     await running.stop()
 
 
@@ -220,15 +267,13 @@ def outcome_counter(registry: CollectorRegistry) -> Callable[[str], float]:
     return count
 
 
-async def parked_count(client: Client) -> int:
-    return int((await client.jetstream().stream_info(DEAD_LETTER_STREAM)).state.messages)
-
-
-# How a handler's transaction fails while PostgreSQL restarts or fails over: asyncpg's refused connect as it
-# is raised (the pool lets the OSError through), SQLAlchemy's wrapping of a lost connection, and the same
+# How a handler's transaction fails while PostgreSQL restarts or fails over: a refused connect as `Database`
+# raises it (asyncpg's plain OSError, named), SQLAlchemy's wrapping of a lost connection, and the same
 # already mapped by `database_errors_as_domain_errors`.
 DATABASE_AWAY = [
-    pytest.param(lambda: ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)"), id="refused"),
+    pytest.param(
+        lambda: DatabaseUnreachable("cannot connect to the database: [Errno 111] Connect call failed"), id="refused"
+    ),
     pytest.param(
         lambda: OperationalError("SELECT 1", {}, ConnectionResetError("connection was closed")), id="operational"
     ),
@@ -266,7 +311,7 @@ async def test_events_wait_out_a_database_outage_longer_than_their_attempts_and_
     database_up = True
     await until_applied(db, Counter({"e1": 1, "e2": 1}))
     await running.stop()
-    assert await parked_count(client) == 0
+    assert await messages_parked(client) == 0
     assert count("dead_lettered") == 0
     assert max(applied_at_delivery.values()) > 3, applied_at_delivery
     said = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -290,24 +335,51 @@ class PoisonAfterOutage:
         raise ValueError("cannot parse")
 
 
-async def test_a_poison_message_met_by_a_database_outage_still_gets_all_its_attempts_then_is_parked(
-    db: Database, client: Client, nats_srv: NatsServer
-) -> None:
-    handler = PoisonAfterOutage()
+async def parked_by_a_consumer_of_3_attempts(
+    db: Database, client: Client, nats_srv: NatsServer, handler: Callable[[DbConnection, Event], Awaitable[None]]
+) -> tuple[Callable[[str], float], Mapping[str, str]]:
+    """Publish one event to a consumer with `handler` and 3 attempts, until it is parked: the consumer's
+    outcome counts, and the parked message's headers."""
     registry = CollectorRegistry()
     count = outcome_counter(registry)
     running = consumer(db, nats_srv.url, handler, max_attempts=3, metrics=EventMetrics(registry))
     running.start()
     await publish(client, "bad", b"poison")
-    await eventually(lambda: count("dead_lettered") == 1, "the poison message parked")
+    await eventually(lambda: count("dead_lettered") == 1, "the message parked")
     await running.stop()
+    message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
+    assert message.headers is not None
+    return count, message.headers
+
+
+async def test_a_poison_message_met_by_a_database_outage_still_gets_all_its_attempts_then_is_parked(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    handler = PoisonAfterOutage()
+    count, headers = await parked_by_a_consumer_of_3_attempts(db, client, nats_srv, handler)
     # Five deliveries while the database was away, then three attempts of its own: the last one parks it.
     assert handler.calls == 8
     assert (count("retried"), count("dead_lettered"), count("applied")) == (7, 1, 0)
-    message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
-    assert message.headers is not None
-    assert message.headers["Shopmesh-Attempts"] == "3"
-    assert "ValueError: cannot parse" in message.headers["Shopmesh-Error"]
+    assert headers["Shopmesh-Attempts"] == "3"
+    assert "ValueError: cannot parse" in headers["Shopmesh-Error"]
+
+
+async def test_an_oserror_of_the_handlers_own_is_parked_after_its_attempts(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """Not every OSError is the database going away: a handler that cannot read a file of its own fails
+    the same way every time, and waiting for it would hold the message for ever."""
+    calls = 0
+
+    async def reads_a_missing_template(session: DbConnection, event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        raise FileNotFoundError(2, "No such file or directory", "/nonexistent/template.txt")
+
+    count, headers = await parked_by_a_consumer_of_3_attempts(db, client, nats_srv, reads_a_missing_template)
+    assert calls == 3
+    assert (count("retried"), count("dead_lettered")) == (2, 1)
+    assert "FileNotFoundError" in headers["Shopmesh-Error"]
 
 
 async def test_a_message_held_for_the_database_before_a_restart_still_gets_all_its_attempts(

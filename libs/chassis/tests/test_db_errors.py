@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE, as_domain_error, database_unavailable
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import (
+    DATABASE_UNAVAILABLE,
+    DatabaseUnreachable,
+    as_domain_error,
+    database_unavailable,
+)
 from shopmesh_chassis.errors import Aborted, Unavailable
 
 
@@ -50,3 +59,45 @@ def test_a_lost_race_is_aborted(sqlstate: str) -> None:
 def test_a_statement_the_database_refuses_is_nobody_elses_fault(sqlstate: str) -> None:
     assert as_domain_error(failed(sqlstate)) is None
     assert not database_unavailable(failed(sqlstate))
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(f"postgresql://shop@127.0.0.1:{closed_port()}/shop", id="refused"),
+        pytest.param("postgresql://shop@/shop?host=/nonexistent-socket-dir", id="no-unix-socket"),
+        pytest.param("postgresql://shop@db.invalid:5432/shop", id="unresolvable-host"),
+    ],
+)
+@pytest.mark.parametrize("use", ["transaction", "read"])
+async def test_a_postgresql_that_cannot_be_reached_is_unavailable(url: str, use: str) -> None:
+    database = Database(url)
+    try:
+        with pytest.raises(DatabaseUnreachable) as caught:
+            async with getattr(database, use)():
+                pass
+    finally:
+        await database.dispose()
+    assert database_unavailable(caught.value)
+
+
+async def test_an_oserror_of_the_callers_own_is_not_a_database_outage(blank_db: Database) -> None:
+    """A handler that cannot open a file of its own is at fault itself: a consumer parks its message after
+    its attempts instead of waiting for a database that is there."""
+
+    async def use_a_missing_file() -> None:
+        async with blank_db.transaction() as connection:
+            await connection.execute(text("SELECT 1"))
+            raise FileNotFoundError(2, "No such file or directory", "/nonexistent/template.txt")
+
+    with pytest.raises(FileNotFoundError) as caught:
+        await use_a_missing_file()
+    assert not isinstance(caught.value, DatabaseUnreachable)
+    assert as_domain_error(caught.value) is None
+    assert not database_unavailable(caught.value)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import exc
 
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import database_errors_as_domain_errors
+from shopmesh_chassis.db_errors import DatabaseUnreachable, database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted, NotFound, Unavailable
 from shopmesh_chassis.testing import free_port
 from shopmesh_inventory.application import Inventory
@@ -41,7 +41,7 @@ async def test_serialization_failures_and_deadlocks_are_aborted(sqlstate: str) -
         exc.OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked")),
         exc.InterfaceError("SELECT 1", {}, Exception("connection is closed")),
         exc.TimeoutError("QueuePool limit reached"),
-        ConnectionRefusedError(111, "Connection refused"),
+        DatabaseUnreachable("cannot connect to the database: [Errno 111] Connection refused"),
     ],
 )
 async def test_unreachable_locked_or_exhausted_databases_are_unavailable_with_a_retry_delay(
@@ -59,6 +59,7 @@ async def test_unreachable_locked_or_exhausted_databases_are_unavailable_with_a_
         NotFound("no such reservation"),
         exc.IntegrityError("INSERT", {}, Exception("CHECK constraint failed")),
         RuntimeError("a bug"),
+        FileNotFoundError(2, "No such file or directory"),
     ],
 )
 async def test_domain_errors_and_bugs_pass_through_unchanged(error: BaseException) -> None:

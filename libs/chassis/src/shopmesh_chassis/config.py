@@ -180,6 +180,26 @@ class EventSettings(ServiceSettings):
         return self
 
 
+class ConsumerSettings(EventSettings):
+    """For services that consume events (shopmesh_chassis.consumer.EventConsumer.from_settings)."""
+
+    # A handler that fails (a poison message) is retried after these delays (JSON list, e.g.
+    # CONSUMER_BACKOFF_SECONDS='[0.1, 0.5]'; the last one repeats), and after CONSUMER_MAX_ATTEMPTS
+    # deliveries parked on the DEADLETTER stream. While the database is away, events are retried with the
+    # same delays until it is back, and never parked.
+    consumer_max_attempts: int = Field(default=5, ge=1, le=100)
+    consumer_backoff_seconds: tuple[float, ...] = Field(default=(0.5, 1.0, 2.0, 5.0, 10.0), min_length=1)
+    # Messages handed to a consumer that dies unacknowledged come back after this long; it must exceed
+    # the time a batch of 20 events takes to handle.
+    consumer_ack_wait_seconds: float = Field(default=30.0, ge=1)
+
+    @model_validator(mode="after")
+    def _backoff_is_a_delay(self) -> ConsumerSettings:
+        if any(not delay >= 0 or delay == float("inf") for delay in self.consumer_backoff_seconds):
+            raise ValueError("CONSUMER_BACKOFF_SECONDS must list finite delays of 0 seconds or more")
+        return self
+
+
 SettingsT = TypeVar("SettingsT", bound=RuntimeSettings)
 
 

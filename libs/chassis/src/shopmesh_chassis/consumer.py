@@ -35,6 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
 from sqlalchemy import insert, select
 
+from shopmesh_chassis.config import ConsumerSettings
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.deadletters import (
@@ -93,6 +94,40 @@ def _cause(error: Exception) -> str:
 
 
 class EventConsumer:
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ConsumerSettings,
+        database: Database,
+        *,
+        durable: str,
+        stream: str,
+        stream_subjects: Sequence[str],
+        subjects: Sequence[str],
+        handler: Handler,
+        metrics: EventMetrics,
+        on_applied: Callable[[Event], None] | None = None,
+    ) -> EventConsumer:
+        """A consumer as a service runs it: NATS, retries, parking and retention from its settings."""
+        return cls(
+            database,
+            settings.nats_url,
+            durable=durable,
+            stream=stream,
+            stream_subjects=stream_subjects,
+            subjects=subjects,
+            handler=handler,
+            on_applied=on_applied,
+            max_attempts=settings.consumer_max_attempts,
+            backoff_seconds=settings.consumer_backoff_seconds,
+            ack_wait_seconds=settings.consumer_ack_wait_seconds,
+            duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+            metrics=metrics,
+            stream_max_age_seconds=settings.nats_stream_max_age_seconds,
+            processed_retention_seconds=settings.processed_events_retention_seconds,
+            purge_interval_seconds=settings.event_purge_interval_seconds,
+        )
+
     def __init__(
         self,
         database: Database,

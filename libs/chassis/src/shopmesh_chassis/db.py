@@ -21,8 +21,10 @@ from sqlalchemy import CursorResult, Dialect, Executable, Insert, ScalarResult, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.interfaces import _CoreAnyExecuteParams, _CoreSingleExecuteParams
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
+
+from shopmesh_chassis.db_errors import DatabaseUnreachable
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -197,6 +199,21 @@ def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
+@asynccontextmanager
+async def _connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection. asyncpg reports a server it cannot reach as a plain OSError; only that one,
+    raised while connecting, becomes DatabaseUnreachable (an OSError of the caller's block stays as it is)."""
+    connection = engine.connect()
+    try:
+        await connection.start()
+    except OSError as error:
+        raise DatabaseUnreachable(f"cannot connect to the database: {error}") from error
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 def _configure_sqlite_connections(engine: Engine) -> None:
     """WAL, no fsync per commit, foreign keys, the busy timeout; and no transaction begun by sqlite3.
 
@@ -288,7 +305,7 @@ class Database:
                     yield SqliteConnection(connection)
             return
         assert self._postgres is not None
-        async with self._postgres.begin() as async_connection:
+        async with _connected(self._postgres) as async_connection, async_connection.begin():
             yield async_connection
 
     @asynccontextmanager
@@ -304,7 +321,7 @@ class Database:
             return
         assert self._postgres is not None
         assert self._postgres_reader is not None
-        async with self._postgres_reader.connect() as async_connection:
+        async with _connected(self._postgres_reader) as async_connection:
             yield async_connection
 
     async def dispose(self) -> None:

@@ -30,6 +30,12 @@ _RETRY_AFTER_SECONDS = 0.5
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
 
 
+class DatabaseUnreachable(ConnectionError):
+    """Connecting to the database failed at the socket: refused, a host that does not resolve, a missing
+    Unix socket file, a timeout. `Database` raises it in place of the driver's plain OSError, so that an
+    OSError of a handler's own code (a file it cannot open) is not taken for a database outage."""
+
+
 def as_domain_error(error: BaseException) -> DomainError | None:
     """ABORTED for a lost concurrency race, UNAVAILABLE for an unreachable, locked or exhausted database."""
     if isinstance(error, exc.DBAPIError):
@@ -46,7 +52,7 @@ def as_domain_error(error: BaseException) -> DomainError | None:
                 "database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS
             )
         return None
-    if isinstance(error, exc.TimeoutError | OSError):  # connection pool exhausted; cannot connect
+    if isinstance(error, exc.TimeoutError | DatabaseUnreachable):  # connection pool exhausted; cannot connect
         return Unavailable(
             "database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS
         )
@@ -67,7 +73,7 @@ def database_errors_as_domain_errors(operation: Callable[P, Awaitable[R]]) -> Ca
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await operation(*args, **kwargs)
-        except (exc.DBAPIError, exc.TimeoutError, OSError) as error:
+        except (exc.DBAPIError, exc.TimeoutError, DatabaseUnreachable) as error:
             mapped = as_domain_error(error)
             if mapped is None:
                 raise

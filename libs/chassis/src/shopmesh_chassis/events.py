@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError
 
+from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.events")
@@ -163,6 +164,18 @@ class DeferredJetStream:
         self._client: Client | None = None
         self._publisher: JetStreamPublisher | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: EventSettings, *, stream: str, subjects: list[str]) -> DeferredJetStream:
+        """The publisher of a service's stream, as its settings describe NATS and the stream's limits."""
+        return cls(
+            settings.nats_url,
+            name=settings.service_name,
+            stream=stream,
+            subjects=subjects,
+            duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+            max_age_seconds=settings.nats_stream_max_age_seconds,
+        )
 
     def start(self, on_ready: Callable[[], None] = lambda: None) -> None:
         """Connect and declare the stream in the background; `on_ready` runs once both are done."""

@@ -21,6 +21,7 @@ from opentelemetry import propagate
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import EVENT_TYPE
 from shopmesh_chassis.metrics import EventMetrics
@@ -66,6 +67,19 @@ class Publisher(Protocol):
 
 
 class OutboxRelay:
+    @classmethod
+    def from_settings(
+        cls, settings: EventSettings, database: Database, publisher: Publisher, metrics: EventMetrics
+    ) -> OutboxRelay:
+        """A relay as a service runs it: retention of published rows from its settings."""
+        return cls(
+            database,
+            publisher,
+            metrics=metrics,
+            retention_seconds=settings.outbox_retention_seconds,
+            purge_interval_seconds=settings.event_purge_interval_seconds,
+        )
+
     def __init__(
         self,
         database: Database,

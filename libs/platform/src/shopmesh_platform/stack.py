@@ -48,6 +48,7 @@ from typing import Any, Literal
 from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
+from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
@@ -1076,9 +1077,7 @@ class Stack:
         # The last lines arrive after the exit; a grandchild holding the pipe open must not hang us.
         await asyncio.wait([pump], timeout=2.0)
         if not pump.done():
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await cancel_and_wait(pump)
         child.pump = None
 
 

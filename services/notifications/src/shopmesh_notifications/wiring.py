@@ -60,24 +60,17 @@ def build_consumer(
     sender: NotificationSender,
     metrics: EventMetrics,
 ) -> EventConsumer:
-    return EventConsumer(
+    return EventConsumer.from_settings(
+        settings,
         database,
-        settings.nats_url,
         durable=DURABLE,
         stream=STREAM,
         stream_subjects=STREAM_SUBJECTS,
         subjects=list(SUBJECTS),
         handler=NotificationIntake(),
+        metrics=metrics,
         # The sender must not look for the new notification before its transaction has committed.
         on_applied=lambda _event: sender.wake(),
-        max_attempts=settings.consumer_max_attempts,
-        backoff_seconds=settings.consumer_backoff_seconds,
-        ack_wait_seconds=settings.consumer_ack_wait_seconds,
-        duplicate_window_seconds=settings.nats_duplicate_window_seconds,
-        metrics=metrics,
-        stream_max_age_seconds=settings.nats_stream_max_age_seconds,
-        processed_retention_seconds=settings.processed_events_retention_seconds,
-        purge_interval_seconds=settings.event_purge_interval_seconds,
     )
 
 

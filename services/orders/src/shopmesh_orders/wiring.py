@@ -52,24 +52,11 @@ async def _main() -> None:
     )
 
     # Connects in the background: orders serves while NATS is away; the outbox keeps the events.
-    publisher = DeferredJetStream(
-        settings.nats_url,
-        name=settings.service_name,
-        stream=STREAM,
-        subjects=SUBJECTS,
-        duplicate_window_seconds=settings.nats_duplicate_window_seconds,
-        max_age_seconds=settings.nats_stream_max_age_seconds,
-    )
+    publisher = DeferredJetStream.from_settings(settings, stream=STREAM, subjects=SUBJECTS)
     metrics = ServerMetrics()
     for dependency, resilient in (("catalog", catalog), ("inventory", inventory), ("payments", payments)):
         metrics.watch_breaker(dependency, resilient.breaker)
-    relay = OutboxRelay(
-        database,
-        publisher,
-        metrics=metrics.events,
-        retention_seconds=settings.outbox_retention_seconds,
-        purge_interval_seconds=settings.event_purge_interval_seconds,
-    )
+    relay = OutboxRelay.from_settings(settings, database, publisher, metrics.events)
     publisher.start(on_ready=relay.wake)
     relay.start()
 

@@ -55,22 +55,11 @@ class PaymentsRuntime:
             fingerprint=RequestFingerprint(fingerprint_key(settings)),
             retention=timedelta(hours=settings.idempotency_retention_hours),
         )
-        self.jetstream = DeferredJetStream(
-            settings.nats_url,
-            name=settings.service_name,
-            stream=event_messages.STREAM,
-            subjects=event_messages.STREAM_SUBJECTS,
-            duplicate_window_seconds=settings.nats_duplicate_window_seconds,
-            max_age_seconds=settings.nats_stream_max_age_seconds,
+        self.jetstream = DeferredJetStream.from_settings(
+            settings, stream=event_messages.STREAM, subjects=event_messages.STREAM_SUBJECTS
         )
         self.metrics = ServerMetrics()
-        self.relay = OutboxRelay(
-            database,
-            self.jetstream,
-            metrics=self.metrics.events,
-            retention_seconds=settings.outbox_retention_seconds,
-            purge_interval_seconds=settings.event_purge_interval_seconds,
-        )
+        self.relay = OutboxRelay.from_settings(settings, database, self.jetstream, self.metrics.events)
         self.purge = Periodic(
             "idempotency-purge", settings.idempotency_purge_interval_seconds, self.idempotency.purge_expired
         )

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from shopmesh_chassis.config import DatabaseSettings, EventSettings
+from shopmesh_chassis.config import ConsumerSettings, DatabaseSettings
 
 FaultMode = Literal["none", "slow", "fail"]
 
 
-class RecommendationsSettings(DatabaseSettings, EventSettings):
+class RecommendationsSettings(DatabaseSettings, ConsumerSettings):
     service_name: str = "recommendations"
     grpc_port: int = Field(default=50057, ge=0, le=65535)
     metrics_port: int = Field(default=9467, ge=-1, le=65535)

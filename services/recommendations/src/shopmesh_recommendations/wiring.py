@@ -71,19 +71,15 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
     application = RecommendationsApplication(database, catalog)
     metrics = ServerMetrics()
     metrics.watch_breaker("catalog", channel.breaker)
-    consumer = EventConsumer(
+    consumer = EventConsumer.from_settings(
+        settings,
         database,
-        settings.nats_url,
         durable=DURABLE,
         stream=STREAM,
         stream_subjects=STREAM_SUBJECTS,
         subjects=SUBJECTS,
         handler=order_events_handler(application),
-        duplicate_window_seconds=settings.nats_duplicate_window_seconds,
         metrics=metrics.events,
-        stream_max_age_seconds=settings.nats_stream_max_age_seconds,
-        processed_retention_seconds=settings.processed_events_retention_seconds,
-        purge_interval_seconds=settings.event_purge_interval_seconds,
     )
     servicer = with_fault_injection(
         RecommendationsServicer(application), settings.fault_mode, settings.fault_delay_seconds
