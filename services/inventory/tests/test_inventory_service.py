@@ -1,4 +1,5 @@
-"""Every InventoryService RPC over a real gRPC socket against a real SQLite database.
+"""Every InventoryService RPC over a real gRPC socket against a real SQLite database (and, where the two
+can differ, PostgreSQL too).
 
 The service runs on a clock the tests move (`clock.advance`), so expiry is exact and instant.
 """
@@ -14,8 +15,9 @@ import pytest
 from shopmesh.inventory.v1 import inventory_pb2
 from shopmesh_inventory.application import Inventory
 from shopmesh_inventory.domain.models import StockLevel
+from shopmesh_inventory.domain.validation import MAX_ON_HAND
 
-from .conftest import FakeClock
+from .conftest import BACKENDS, FakeClock
 from .inventory_calls import (
     Stub,
     commit,
@@ -92,6 +94,20 @@ async def test_reserve_holds_units_and_returns_a_pending_reservation_sorted_by_p
     assert reservation.expires_at.ToDatetime(tzinfo=clock.now.tzinfo) == clock.now + timedelta(seconds=90)
     assert await stock(stub, "prod_a") == (7, 3, 10)
     assert await stock(stub, "prod_b") == (9, 1, 10)
+
+
+@BACKENDS
+async def test_a_repeated_reserve_replays_whatever_order_the_database_sorts_ids_in(stub: Stub) -> None:
+    """Python puts prod_tea_set first ('_' < 'p'); PostgreSQL in a language's collation (the official
+    image's en_US) puts it last, passing over the underscores: the reservation is the same either way."""
+    await set_stock(stub, "prod_tea_set", 5)
+    await set_stock(stub, "prod_teapot", 5)
+    first = await reserve(stub, "ord_1", {"prod_teapot": 1, "prod_tea_set": 2})
+    again = await reserve(stub, "ord_1", {"prod_tea_set": 2, "prod_teapot": 1})
+    assert again.id == first.id
+    assert [(i.product_id, i.quantity) for i in again.items] == [("prod_tea_set", 2), ("prod_teapot", 1)]
+    assert [i.product_id for i in (await get_reservation(stub, first.id)).items] == ["prod_tea_set", "prod_teapot"]
+    assert await stock(stub, "prod_tea_set") == (3, 2, 5)
 
 
 async def test_reserve_without_ttl_expires_after_15_minutes(stub: Stub) -> None:
@@ -267,6 +283,18 @@ async def test_release_of_a_committed_reservation_restocks_its_units_once(stub: 
     assert await stock(stub, "prod_a") == (10, 0, 10)
     await release(stub, reservation.id)
     assert await stock(stub, "prod_a") == (10, 0, 10)
+
+
+@BACKENDS
+async def test_a_restock_past_the_contracts_maximum_stops_there_and_the_release_completes(stub: Stub) -> None:
+    """on_hand is an int32 in the contract, and SetStock may set its maximum while units are out on a
+    committed reservation: releasing it must still complete (a cancelled order's compensation)."""
+    await set_stock(stub, "prod_a", MAX_ON_HAND)
+    reservation = await reserve(stub, "ord_1", {"prod_a": 3})
+    await commit(stub, reservation.id)
+    await set_stock(stub, "prod_a", MAX_ON_HAND - 1)
+    assert (await release(stub, reservation.id)).state == RELEASED
+    assert await stock(stub, "prod_a") == (MAX_ON_HAND, 0, MAX_ON_HAND)
 
 
 async def test_release_of_an_expired_reservation_returns_it_as_expired(stub: Stub, clock: FakeClock) -> None:

@@ -15,6 +15,8 @@ MAX_STOCK_QUERY_IDS = 100
 MAX_RESERVATION_ITEMS = 50
 MIN_QUANTITY = 1
 MAX_QUANTITY = 1000
+# on_hand is an int32 in the contract: SetStock can set no more, and no level can be reported above it.
+MAX_ON_HAND = 2**31 - 1
 MIN_TTL = timedelta(seconds=1)
 MAX_TTL = timedelta(hours=1)
 DEFAULT_TTL = timedelta(minutes=15)
