@@ -57,6 +57,20 @@ def test_anything_else_is_an_invalid_page_token(token: str) -> None:
     assert [v.field for v in caught.value.violations] == ["page_token"]
 
 
+@pytest.mark.parametrize("character", ["🔪", "\x01", '"', "ж"], ids=["4-byte", "control", "quote", "2-byte"])
+def test_the_longest_keys_services_page_by_make_tokens_that_come_back(character: str) -> None:
+    """A 200-character product name of any script, and a 64-character id: the widest key issued."""
+    key = (character * 200, "p" * 64)
+    token = encode_page_token(key, FILTERS)
+    assert len(token) <= MAX_PAGE_TOKEN_LENGTH
+    assert decode_page_token(token, FILTERS, (str, str)) == key
+
+
+def test_a_token_issued_with_escaped_characters_still_comes_back() -> None:
+    """Tokens issued before the JSON kept non-ASCII characters as they are (escaped as \\uXXXX)."""
+    assert decode_page_token(forged(["Wool socks ✓", 7]), FILTERS, (str, int)) == ("Wool socks ✓", 7)
+
+
 def test_the_widest_integers_a_bigint_holds_pass() -> None:
     for edge in (2**63 - 1, -(2**63)):
         assert decode_page_token(forged(["a", edge]), FILTERS, (str, int)) == ("a", edge)

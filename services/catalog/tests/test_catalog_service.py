@@ -370,3 +370,36 @@ async def test_list_categories_counts_a_category_without_products_as_zero(
     counts = {c.id: c.product_count for c in response.categories}
     assert counts["home-office"] == 0
     assert [c.display_name for c in response.categories][3:5] == ["Home", "Home office"]
+
+
+# Valid catalog data: at most 200 characters (validation.MAX_NAME_LENGTH), as Product.name allows.
+LONG_NAMES = {
+    "cyrillic": "Набор профессиональных кухонных ножей из дамасской стали с деревянной подставкой и точилом "  # noqa: RUF001
+    "для дома и ресторана, подарочная упаковка, 7 предметов",
+    "japanese": "プロ用ダマスカス鋼包丁セット" * 9,
+    "emoji": "Chef knife " + "🔪" * 60,
+}
+
+
+@pytest.mark.parametrize("script", sorted(LONG_NAMES))
+async def test_list_products_pages_past_a_product_with_a_long_name_in_any_script(
+    stub: CatalogServiceAsyncStub, catalog: Catalog, script: str
+) -> None:
+    name = LONG_NAMES[script]
+    assert len(name) <= 200
+    # "0..." sorts before every seeded name, so the product ends the first page of one.
+    product = ProductData("prod_long_name", "0 " + name[:198], "", "kitchen", Money(4900, "USD"), "")
+    await catalog.application.load(seed.CATEGORIES, [product])
+
+    first = await stub.ListProducts(catalog_pb2.ListProductsRequest(page_size=1))
+    assert [p.id for p in first.products] == ["prod_long_name"]
+    assert first.next_page_token
+
+    try:
+        second = await stub.ListProducts(catalog_pb2.ListProductsRequest(page_size=1, page_token=first.next_page_token))
+    except grpc.aio.AioRpcError as error:
+        pytest.fail(
+            f"the service refused its own next_page_token ({len(first.next_page_token)} characters): "
+            f"{error.code().name} {error.details()}"
+        )
+    assert len(second.products) == 1

@@ -21,8 +21,10 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
-# The tokens this module issues are under 200 characters; a longer one was made by someone else.
-MAX_PAGE_TOKEN_LENGTH = 1024
+# Longer than any token this module issues for the keys services page by: a 200-character name (at most
+# 6 bytes a character in the JSON: a 4-byte one, or a control character escaped) and a 64-character id come
+# to about 1,750 characters in base64. A longer one was made by someone else.
+MAX_PAGE_TOKEN_LENGTH = 2048
 # What a database's integer column can hold (PostgreSQL's bigint): a larger key item cannot be compared.
 _INT64 = range(-(2**63), 2**63)
 
@@ -35,7 +37,8 @@ def _filters_hash(filters: Mapping[str, str]) -> str:
 
 
 def encode_page_token(last_key: Sequence[str | int], filters: Mapping[str, str]) -> str:
-    payload = json.dumps({"k": list(last_key), "f": _filters_hash(filters)}, separators=(",", ":"))
+    # ensure_ascii=False: escaped, a character outside ASCII takes 6 or 12 bytes instead of 2 to 4.
+    payload = json.dumps({"k": list(last_key), "f": _filters_hash(filters)}, separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
