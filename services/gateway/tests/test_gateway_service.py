@@ -19,6 +19,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis.breaker import BreakerState
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import free_port, serve_in_process
@@ -198,6 +199,80 @@ async def test_product_page_does_not_wait_for_hanging_recommendations(shop: Shop
     assert page.recommendations_degraded
     assert page.recommendations
     await asyncio.wait_for(fakes.recommendations.cancelled.wait(), 5)
+
+
+@contextlib.asynccontextmanager
+async def answering_only(code: grpc.StatusCode, message: str) -> AsyncIterator[str]:
+    """A gRPC endpoint that answers every call with `code` and no google.rpc details, as an Envoy sidecar
+    does for a fault-injected abort, a mesh's RBAC denial (PERMISSION_DENIED), or a peer that does not
+    serve the method (UNIMPLEMENTED)."""
+
+    class Handler(grpc.GenericRpcHandler):
+        def service(self, call_details: Any) -> Any:
+            async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                await context.abort(code, message)
+                return b""
+
+            return grpc.unary_unary_rpc_method_handler(fail)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (grpc.StatusCode.INTERNAL, "fault filter abort"),
+        (grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied"),
+        (grpc.StatusCode.UNIMPLEMENTED, "Method not found!"),
+    ],
+)
+async def test_product_page_falls_back_when_recommendations_fail_with_a_status_without_details(
+    stack: Stack, fakes: Fakes, code: grpc.StatusCode, message: str
+) -> None:
+    """shop.proto: recommendations are optional, whatever way they fail; not only with details or a
+    transient code."""
+    async with answering_only(code, message) as broken, gateway(stack, fakes, recommendations_address=broken) as shop:
+        page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=10)
+        assert page.product.id == "prod_chef_knife"
+        assert page.recommendations_degraded
+        assert page.recommendations
+
+
+async def test_hanging_recommendations_open_the_breaker_and_pages_stop_waiting_for_them(
+    stack: Stack, fakes: Fakes
+) -> None:
+    """Each call past the budget ends as DEADLINE_EXCEEDED, which the breaker counts (a call the page
+    cut short itself would end cancelled, which it does not): after its threshold the page falls back at
+    once."""
+    fakes.recommendations.mode = "hang"
+    addresses = {f"{name}_address": stack.address(name) for name in CORE if name != "payments"}
+    addresses.update({f"{name}_address": address for name, address in fakes.addresses.items()})
+    settings = load_settings(
+        GatewaySettings, grpc_port=0, metrics_port=-1, recommendations_timeout_seconds=0.2, **addresses
+    )
+    channels = Channels(settings)
+    try:
+        async with (
+            serve_in_process(settings, [binding(build_servicer(settings, channels))]) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            shop = shop_pb2_grpc.ShopServiceStub(channel)
+            for _ in range(8):  # past the breaker's threshold of 5 failures
+                page = await shop.GetProductPage(
+                    shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=10
+                )
+                assert page.recommendations_degraded
+            assert channels.recommendations.breaker.state is BreakerState.OPEN
+    finally:
+        fakes.recommendations.mode = "ok"
+        await channels.close()
 
 
 async def test_product_page_of_an_unknown_product_is_the_catalogs_not_found(shop: Shop) -> None:

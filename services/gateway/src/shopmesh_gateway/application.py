@@ -61,6 +61,10 @@ def _as_recommendation(product: catalog_pb2.Product) -> RecommendedProduct:
     )
 
 
+# How long past the recommendations' budget the page stops waiting if gRPC's deadline has not ended the call.
+_BUDGET_BACKSTOP_SECONDS = 0.05
+
+
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
     failures = [e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)]
     return failures[0] if failures else group
@@ -100,7 +104,10 @@ class ProductPages:
         self, product_id: str, limit: int, product: asyncio.Task[catalog_pb2.Product]
     ) -> tuple[list[RecommendedProduct], bool]:
         try:
-            async with asyncio.timeout(self._budget):
+            # gRPC's deadline ends the call at the budget, as DEADLINE_EXCEEDED, which the client's circuit
+            # breaker counts (a hung service then fails fast); cut short here instead, the call would end
+            # cancelled, which the breaker takes for the caller's choice and never opens. This is a backstop.
+            async with asyncio.timeout(self._budget + _BUDGET_BACKSTOP_SECONDS):
                 ranked = await self._recommendations.for_product(product_id, limit, self._budget)
             return shown(ranked, product_id, limit, lambda r: r.product_id), False
         except (errors.DomainError, TimeoutError) as exc:

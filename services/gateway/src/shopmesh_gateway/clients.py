@@ -109,11 +109,17 @@ class RecommendationsClient:
     async def for_product(
         self, product_id: str, limit: int, timeout: float
     ) -> list[recommendations_pb2.RecommendedProduct]:
-        with calling("recommendations"):
-            response = await self._stub.ListRecommendations(
-                recommendations_pb2.ListRecommendationsRequest(product_id=product_id, max_results=limit),
-                timeout=timeout,
-            )
+        try:
+            with calling("recommendations"):
+                response = await self._stub.ListRecommendations(
+                    recommendations_pb2.ListRecommendationsRequest(product_id=product_id, max_results=limit),
+                    timeout=timeout,
+                )
+        except grpc.aio.AioRpcError as error:
+            # Optional, so every failure means the fallback, a status without details too (an Envoy fault
+            # abort, a mesh's RBAC denial, a peer without the method), which `calling` leaves as it is for
+            # the services a page cannot do without.
+            raise dependency_unavailable("recommendations", error.code()) from error
         return list(response.recommendations)
 
 
