@@ -1,4 +1,5 @@
-"""Idempotency keys behave as Stripe's: replay, reuse detection, in-flight duplicates, leases, retention."""
+"""Idempotency keys behave as Stripe's: replay, reuse detection, in-flight duplicates, leases, retention;
+the store's tests run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import concurrent.futures
 import hashlib
 import hmac
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import wrappers_pb2
@@ -38,15 +41,13 @@ class Clock:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite:///{tmp_path}/idem.db")
+async def db(blank_db: Database, tmp_path: Path) -> Database:
     versions = tmp_path / "versions"
     versions.mkdir()
-    await migrate(database, versions)
-    async with database.transaction() as conn:
+    await migrate(blank_db, versions)
+    async with blank_db.transaction() as conn:
         await conn.run_sync(scratch.create_all)
-    yield database
-    await database.dispose()
+    return blank_db
 
 
 @pytest.fixture
@@ -170,11 +171,169 @@ async def test_effect_and_record_commit_together(store: IdempotencyStore, db: Da
 
 async def test_abandoned_key_is_taken_over_after_its_lease(store: IdempotencyStore, clock: Clock) -> None:
     # Simulate a process that claimed the key and died: claim, never complete.
-    await store._claim("-|-|Charge", "k1", "f")
+    await store._claim("-|-|Charge", "k1", "f", "dead")
     with pytest.raises(errors.Aborted):
-        await store._claim("-|-|Charge", "k1", "f")
+        await store._claim("-|-|Charge", "k1", "f", "early")
     clock.now += timedelta(seconds=31)
-    assert await store._claim("-|-|Charge", "k1", "f") is None
+    assert await store._claim("-|-|Charge", "k1", "f", "late") is None
+
+
+class AfterTransaction:
+    """The database as one attempt sees it, with `then` happening as soon as its `number`-th transaction
+    ended, committed or rolled back (the claim is the first, the operation's the second): a stall, or a
+    cancellation while the connection goes back to the pool."""
+
+    def __init__(self, db: Database, number: int, then: Callable[[], Awaitable[None]]) -> None:
+        self._db = db
+        self._countdown = number
+        self._then = then
+
+    def read(self) -> Any:
+        return self._db.read()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[DbConnection]:
+        self._countdown -= 1
+        try:
+            async with self._db.transaction() as session:
+                yield session
+        finally:
+            if self._countdown == 0:
+                await self._then()
+
+
+def attempt_seeing(
+    db: Database, store: IdempotencyStore, then: Callable[[], Awaitable[None]], *, after_transaction: int = 1
+) -> IdempotencyStore:
+    return IdempotencyStore(
+        AfterTransaction(db, after_transaction, then),  # type: ignore[arg-type]
+        "shopmesh.test",
+        fingerprint=FINGERPRINT,
+        lease=timedelta(seconds=30),
+        clock=store._clock,
+    )
+
+
+async def test_a_retry_after_the_lease_of_a_still_running_attempt_replays_its_outcome_instead_of_running_again(
+    store: IdempotencyStore, db: Database, clock: Clock
+) -> None:
+    """The first attempt outlives its lease (a slow processor call, a lock wait, a stalled loop) and the
+    client retries with the same key: the retry waits for the first attempt to commit and replays it."""
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def slow(session: DbConnection) -> wrappers_pb2.StringValue:
+        await session.execute(insert(effects).values(what="first"))
+        started.set()
+        await finish.wait()
+        return wrappers_pb2.StringValue(value="first")
+
+    first = asyncio.create_task(run(store, "k1", request("a"), slow))
+    await started.wait()
+    clock.now += timedelta(seconds=31)
+    retry = asyncio.create_task(run(store, "k1", request("a"), effect("retry")))
+    # Long enough for the retry to reach the first attempt's lock (PostgreSQL) or the writer (SQLite).
+    await asyncio.sleep(0.5)
+    finish.set()
+    assert await asyncio.gather(first, retry) == ["first", "first"]
+    assert await count_effects(db) == 1
+
+
+async def test_an_attempt_that_stalls_past_its_lease_before_the_operation_finds_its_key_taken_over_and_aborts(
+    store: IdempotencyStore, db: Database, clock: Clock
+) -> None:
+    stalled, resume = asyncio.Event(), asyncio.Event()
+
+    async def stall() -> None:
+        stalled.set()
+        await resume.wait()
+
+    first = asyncio.create_task(run(attempt_seeing(db, store, stall), "k1", request("a"), effect("first")))
+    await stalled.wait()
+    clock.now += timedelta(seconds=31)
+    assert await run(store, "k1", request("a"), effect("retry")) == "retry"
+    resume.set()
+    with pytest.raises(errors.Aborted) as caught:
+        await first
+    assert caught.value.reason == "IDEMPOTENCY_KEY_IN_USE"
+    assert await run(store, "k1", request("a"), effect("again")) == "retry"
+    assert await count_effects(db) == 1
+
+
+async def test_an_error_of_an_attempt_whose_key_was_taken_over_after_it_failed_is_not_stored_over_the_new_outcome(
+    store: IdempotencyStore, db: Database, clock: Clock
+) -> None:
+    """The error is stored in a transaction of its own, after the operation's rolled back: a retry can take
+    the key over in between."""
+    stalled, resume = asyncio.Event(), asyncio.Event()
+
+    async def stall() -> None:
+        stalled.set()
+        await resume.wait()
+
+    async def declined(session: DbConnection) -> wrappers_pb2.StringValue:
+        raise errors.FailedPrecondition("card declined", reason="CARD_DECLINED")
+
+    attempt = attempt_seeing(db, store, stall, after_transaction=2)
+    first = asyncio.create_task(run(attempt, "k1", request("a"), declined))
+    await stalled.wait()
+    clock.now += timedelta(seconds=31)
+    assert await run(store, "k1", request("a"), effect("retry")) == "retry"
+    resume.set()
+    with pytest.raises(errors.Aborted) as caught:  # not the error: a retry gets the key's outcome, "retry"
+        await first
+    assert caught.value.reason == "IDEMPOTENCY_KEY_IN_USE"
+    assert await run(store, "k1", request("a"), effect("again")) == "retry"
+
+
+async def test_an_attempt_failing_transiently_after_its_key_was_taken_over_leaves_the_new_claim_in_place(
+    store: IdempotencyStore, db: Database, clock: Clock
+) -> None:
+    """The failed attempt releases the key for a retry; after a takeover the key is the retry's, still
+    running, and a third request must not get to run beside it."""
+    first_started, fail_first = asyncio.Event(), asyncio.Event()
+    retry_started, finish_retry = asyncio.Event(), asyncio.Event()
+
+    async def fails(session: DbConnection) -> wrappers_pb2.StringValue:
+        await session.execute(insert(effects).values(what="first"))
+        first_started.set()
+        await fail_first.wait()
+        raise errors.Unavailable("processor down")
+
+    async def retried(session: DbConnection) -> wrappers_pb2.StringValue:
+        await session.execute(insert(effects).values(what="retry"))
+        retry_started.set()
+        await finish_retry.wait()
+        return wrappers_pb2.StringValue(value="retry")
+
+    first = asyncio.create_task(run(store, "k1", request("a"), fails))
+    await first_started.wait()
+    clock.now += timedelta(seconds=31)
+    retry = asyncio.create_task(run(store, "k1", request("a"), retried))
+    # Long enough for the retry to wait on the first attempt's lock or the writer, so that it takes the key
+    # over before the first attempt releases it.
+    await asyncio.sleep(0.5)
+    fail_first.set()
+    with pytest.raises(errors.Unavailable):
+        await first
+    await retry_started.wait()
+    with pytest.raises(errors.Aborted) as caught:
+        await asyncio.wait_for(run(store, "k1", request("a"), effect("third")), timeout=5)
+    assert caught.value.reason == "IDEMPOTENCY_KEY_IN_USE"
+    finish_retry.set()
+    assert await retry == "retry"
+    assert await count_effects(db) == 1
+
+
+async def test_a_request_cancelled_as_its_claim_commits_leaves_the_key_free_for_a_retry(
+    store: IdempotencyStore, db: Database
+) -> None:
+    async def cancelled() -> None:
+        raise asyncio.CancelledError  # the caller's deadline, landing after the commit
+
+    with pytest.raises(asyncio.CancelledError):
+        await run(attempt_seeing(db, store, cancelled), "k1", request("a"), effect("never"))
+    assert await run(store, "k1", request("a"), effect("retried")) == "retried"
+    assert await count_effects(db) == 1
 
 
 async def test_keys_expire_after_retention(store: IdempotencyStore, clock: Clock) -> None:

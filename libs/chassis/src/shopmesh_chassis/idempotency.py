@@ -8,6 +8,10 @@
 The operation runs in the same database transaction that stores its outcome, so the effect and the
 record commit together or not at all. A claim carries a lease: when the process dies mid-operation,
 nothing was committed, and a retry after the lease takes the key over and runs the operation again.
+A lease is only a guess that the first attempt died, so each claim carries a token and the operation's
+transaction first locks the claim holding its token: an attempt that outlives its lease either commits
+first (a retry taking over waits for the lock and replays the outcome) or finds itself taken over and
+rolls back; storing the outcome and releasing the key touch only the claim holding their token.
 Transient failures (UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED) and unexpected exceptions store nothing,
 so a retry tries again; every other domain error is stored and replayed.
 """
@@ -40,18 +44,22 @@ log = logging.getLogger("shopmesh.idempotency")
 ResponseT = TypeVar("ResponseT", bound=Message)
 Operation = Callable[[DbConnection], Awaitable[ResponseT]]
 
-# Built once (see db.py on the cost of building statements); every keyed request runs them.
-_THIS_KEY = (records.c.scope == bindparam("b_scope"), records.c.key == bindparam("b_key"))
-_FIND = select(records).where(*_THIS_KEY)
-_FIND_FOR_UPDATE = _FIND.with_for_update()
-_INSERT = insert(records)
-_UPDATE = update(records).where(*_THIS_KEY)
-_DELETE = delete(records).where(*_THIS_KEY)
-_DELETE_IN_PROGRESS = _DELETE.where(records.c.state == bindparam("b_state"))
-
 MAX_KEY_LENGTH = 255
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
+
+# Built once (see db.py on the cost of building statements); every keyed request runs them.
+_THIS_KEY = (records.c.scope == bindparam("b_scope"), records.c.key == bindparam("b_key"))
+_MY_CLAIM = (*_THIS_KEY, records.c.state == IN_PROGRESS, records.c.claim_token == bindparam("b_token"))
+_FIND = select(records).where(*_THIS_KEY)
+_FIND_FOR_UPDATE = _FIND.with_for_update()
+# SQLite renders no FOR UPDATE: there the writer lock the transaction holds serialises it already.
+_HOLD_MY_CLAIM = select(records.c.key).where(*_MY_CLAIM).with_for_update()
+_INSERT = insert(records)
+_UPDATE = update(records).where(*_THIS_KEY)
+_UPDATE_MY_CLAIM = update(records).where(*_MY_CLAIM)
+_DELETE = delete(records).where(*_THIS_KEY)
+_DELETE_MY_CLAIM = delete(records).where(*_MY_CLAIM)
 
 
 def _utcnow() -> datetime:
@@ -159,26 +167,41 @@ class IdempotencyStore:
         key = validate_key(key)
         scope = scope_for(method)
         fingerprint = self._fingerprint(request)
-        stored = await self._claim(scope, key, fingerprint)
+        token = secrets.token_hex(16)
+        try:
+            stored = await self._claim(scope, key, fingerprint, token)
+        except errors.DomainError:
+            raise  # answered before anything was written
+        except BaseException:
+            # Cancelled or cut off while the claim committed: it may have, and would keep the key from
+            # retries for the whole lease.
+            await self._release(scope, key, token)
+            raise
         if stored is not None:
             return self._replay(stored, response_type)
         try:
             async with self._db.transaction() as session:
+                await self._hold(session, scope, key, token)
                 response = await operation(session)
-                await self._complete(session, scope, key, 0, response=response.SerializeToString())
+                if not await self._complete(session, scope, key, token, 0, response=response.SerializeToString()):
+                    raise _in_use()  # cannot happen while the claim is held; never store over another's
             return response
         except errors.TRANSIENT_ERRORS:
-            await self._release(scope, key)
+            await self._release(scope, key, token)
             raise
         except errors.DomainError as exc:
             status = to_rpc_status(exc, self._domain)
             async with self._db.transaction() as session:
-                await self._complete(
-                    session, scope, key, status_code_for(exc).value[0], status=status.SerializeToString()
+                stored_error = await self._complete(
+                    session, scope, key, token, status_code_for(exc).value[0], status=status.SerializeToString()
                 )
+            if not stored_error:
+                # Taken over after the operation rolled back: the key's outcome is the new attempt's,
+                # which a retry gets; this error would contradict it.
+                raise _in_use() from exc
             raise
         except BaseException:
-            await self._release(scope, key)
+            await self._release(scope, key, token)
             raise
 
     async def purge_expired(self) -> int:
@@ -188,8 +211,9 @@ class IdempotencyStore:
             result = await session.execute(delete(records).where(records.c.created_at < cutoff))
         return int(result.rowcount or 0)
 
-    async def _claim(self, scope: str, key: str, fingerprint: str) -> Any | None:
-        """Take the key (returns None) or return the completed record to replay; raise otherwise."""
+    async def _claim(self, scope: str, key: str, fingerprint: str, token: str) -> Any | None:
+        """Take the key under `token` (returns None) or return the completed record to replay; raise
+        otherwise."""
         now = self._clock()
         # A look without the write lock first: a retry of a finished or running request is answered at
         # once instead of queueing behind the writer (on SQLite, the very request it duplicates).
@@ -217,6 +241,7 @@ class IdempotencyStore:
                             "state": IN_PROGRESS,
                             "locked_until": now + self._lease,
                             "created_at": now,
+                            "claim_token": token,
                         },
                     )
                     return None
@@ -225,9 +250,11 @@ class IdempotencyStore:
                     return row
                 if as_utc(row.locked_until) > now:
                     raise _in_use()
-                # The first attempt's lease ran out (its process died): take the key over.
-                log.warning("taking over an abandoned idempotency key", extra={"scope": scope})
-                await session.execute(_UPDATE, {**this_key, "locked_until": now + self._lease})
+                # The lease ran out and the claim is not locked by a running operation (on PostgreSQL this
+                # waited for it): its process died, or has not begun the operation and will find the
+                # claim no longer its own.
+                log.warning("taking over an idempotency key whose lease ran out", extra={"scope": scope})
+                await session.execute(_UPDATE, {**this_key, "locked_until": now + self._lease, "claim_token": token})
                 return None
         except IntegrityError:
             # Another request inserted the same key between our read and our insert (PostgreSQL).
@@ -242,32 +269,47 @@ class IdempotencyStore:
                 reason="IDEMPOTENCY_KEY_REUSED",
             )
 
+    @staticmethod
+    async def _hold(session: DbConnection, scope: str, key: str, token: str) -> None:
+        """Lock the claim for the rest of the operation's transaction, or ABORTED if it was taken over.
+
+        Without the lock a retry after the lease would take the key over while the operation still runs,
+        and both would commit their effect."""
+        held = await session.execute(_HOLD_MY_CLAIM, {"b_scope": scope, "b_key": key, "b_token": token})
+        if held.one_or_none() is None:
+            raise _in_use()
+
+    @staticmethod
     async def _complete(
-        self,
         session: DbConnection,
         scope: str,
         key: str,
+        token: str,
         code: int,
         *,
         response: bytes | None = None,
         status: bytes | None = None,
-    ) -> None:
-        await session.execute(
-            _UPDATE,
+    ) -> bool:
+        """Store the outcome on the claim holding `token`; False if there is none (it was taken over)."""
+        result = await session.execute(
+            _UPDATE_MY_CLAIM,
             {
                 "b_scope": scope,
                 "b_key": key,
+                "b_token": token,
                 "state": COMPLETED,
                 "status_code": code,
                 "response": response,
                 "status": status,
             },
         )
+        return bool(result.rowcount)
 
-    async def _release(self, scope: str, key: str) -> None:
+    async def _release(self, scope: str, key: str, token: str) -> None:
         try:
             async with self._db.transaction() as session:
-                await session.execute(_DELETE_IN_PROGRESS, {"b_scope": scope, "b_key": key, "b_state": IN_PROGRESS})
+                # Only our claim: after a takeover the key is another attempt's, still running.
+                await session.execute(_DELETE_MY_CLAIM, {"b_scope": scope, "b_key": key, "b_token": token})
         except Exception:
             # The lease still frees the key; a failed release only delays a retry.
             log.exception("could not release idempotency key")

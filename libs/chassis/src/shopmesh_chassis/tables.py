@@ -30,6 +30,8 @@ idempotency_records = Table(
     Column("status", LargeBinary, nullable=True),  # serialized google.rpc.Status (errors)
     Column("locked_until", DateTime(timezone=True), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Whose claim this is: set by the claim and by a takeover; NULL on rows of releases before it.
+    Column("claim_token", String(32), nullable=True),
     Index("ix_chassis_idempotency_created_at", "created_at"),
 )
 
