@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import pytest
 
@@ -52,6 +55,39 @@ def test_client_errors_do_not_open_the_breaker() -> None:
     breaker.record_neutral()  # e.g. NOT_FOUND: the server is healthy
     breaker.record_failure()
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_cancelled_probe_gives_its_slot_back_and_proves_nothing() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=10), clock)
+    breaker.record_failure()
+    breaker.release_probe()  # closed: a cancelled call does not reset the failures so far
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 10
+    assert breaker.allow()
+    breaker.release_probe()  # the probe's caller gave up: no word on the target's health
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow()  # the slot is free for the next probe
+
+
+@pytest.mark.parametrize(("stall_seconds", "opened"), [(0.0, False), (0.4, True)])
+async def test_a_call_its_caller_cancels_counts_as_a_failure_only_once_its_deadline_has_passed(
+    server: ChassisServer, stall_seconds: float, opened: bool
+) -> None:
+    """A caller's own timer that fires with gRPC's deadline in one loop pass (a loop stalled by load)
+    cancels the call before DEADLINE_EXCEEDED is seen; the target still let the deadline pass."""
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=30))
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        slow = sample_pb2.EchoRequest(message="x", behaviour=sample_pb2.Behaviour(sleep_ms=5000))
+        call = asyncio.ensure_future(stub.Echo(slow, timeout=0.3))
+        await asyncio.sleep(0.05)  # the call is out
+        time.sleep(stall_seconds)  # noqa: ASYNC251 - the loop stalls, as under load
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    assert (breaker.state is BreakerState.OPEN) is opened
 
 
 async def test_breaker_opens_fails_fast_and_closes_again(server: ChassisServer, servicer: SampleServicer) -> None:

@@ -93,6 +93,12 @@ class CircuitBreaker:
         else:
             self._failures = 0
 
+    def release_probe(self) -> None:
+        """A call that ended without a verdict on the target (cancelled by its caller): in half-open state
+        its probe slot is given back; the count of failures so far stands."""
+        if self._state is BreakerState.HALF_OPEN and self._probes > 0:
+            self._probes -= 1
+
     def _open(self) -> None:
         self._state = BreakerState.OPEN
         self.opened += 1

@@ -9,6 +9,7 @@ Which methods are retried is read from the contracts: a method is retried only w
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -163,12 +164,20 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                     metadata={"target": self._target},
                 ),
             )
+        timeout = client_call_details.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         call = await continuation(client_call_details, request)
         try:
             code = await call.code()
         except BaseException:
-            # Cancelled by our caller: says nothing about the target; free the probe slot.
-            self.breaker.record_neutral()
+            if deadline is not None and time.monotonic() >= deadline:
+                # Cut short by the caller's own timer after the call's deadline passed (both fired in one
+                # loop pass, the caller's first): the target let the deadline pass, a failure as much as
+                # DEADLINE_EXCEEDED is.
+                self.breaker.record_failure()
+            else:
+                # Cancelled by our caller in time: says nothing about the target; free the probe slot.
+                self.breaker.release_probe()
             raise
         if code == grpc.StatusCode.OK:
             self.breaker.record_success()
