@@ -109,12 +109,37 @@ def test_every_bad_variable_is_listed_on_one_line(monkeypatch: pytest.MonkeyPatc
     assert "LOG_LEVEL=" in str(caught.value)
 
 
-@pytest.mark.parametrize("delays", ["[0.5, -1]", "[NaN]", "[1, Infinity]", "[]"])
-def test_consumer_backoff_must_be_finite_delays(delays: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        (
+            "CONSUMER_BACKOFF_SECONDS",
+            "[0.5, -1]",
+            "=-1: Input should be greater than or equal to 0",
+        ),
+        ("CONSUMER_BACKOFF_SECONDS", "[NaN]", "=nan: Input should be a finite number"),
+        (
+            "CONSUMER_BACKOFF_SECONDS",
+            "[1, 1e300]",
+            "=1e+300: Input should be less than or equal",
+        ),
+        ("CONSUMER_BACKOFF_SECONDS", "[]", " must list at least one delay"),
+        (
+            "CONSUMER_ACK_WAIT_SECONDS",
+            "Infinity",
+            "='Infinity': Input should be a finite number",
+        ),
+    ],
+)
+def test_consumer_delays_must_be_ones_jetstream_can_take(
+    variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JetStream takes delays in nanoseconds: NaN, infinity or 1e300 would fail deep inside nats-py."""
     monkeypatch.setenv("SERVICE_NAME", "svc")
-    monkeypatch.setenv("CONSUMER_BACKOFF_SECONDS", delays)
-    with pytest.raises(ConfigError, match="CONSUMER_BACKOFF_SECONDS"):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
         load_settings(ConsumerSettings)
+    assert str(caught.value).startswith(f"invalid configuration: {variable}{says}")
 
 
 @pytest.mark.parametrize(

@@ -70,14 +70,15 @@ def closed_port() -> int:
 @pytest.mark.parametrize(
     "url",
     [
-        pytest.param(f"postgresql://shop@127.0.0.1:{closed_port()}/shop", id="refused"),
+        pytest.param("postgresql://shop@127.0.0.1:{closed_port}/shop", id="refused"),
         pytest.param("postgresql://shop@/shop?host=/nonexistent-socket-dir", id="no-unix-socket"),
         pytest.param("postgresql://shop@db.invalid:5432/shop", id="unresolvable-host"),
     ],
 )
 @pytest.mark.parametrize("use", ["transaction", "read"])
 async def test_a_postgresql_that_cannot_be_reached_is_unavailable(url: str, use: str) -> None:
-    database = Database(url)
+    # The closed port is picked now, not at collection, when a server started meanwhile could take it.
+    database = Database(url.format(closed_port=closed_port()))
     try:
         with pytest.raises(DatabaseUnreachable) as caught:
             async with getattr(database, use)():

@@ -77,6 +77,18 @@ async def test_co_purchases_of_several_products_are_summed_most_first(database: 
     assert list(counts.items()) == [("prod_y", 3), ("prod_x", 2)]
 
 
+async def test_ties_cut_by_a_limit_keep_the_first_ids_in_code_point_order_on_every_database(database: Database) -> None:
+    """Python sorts prod_tea_set first ('_' < 'p'); a language collation (the official PostgreSQL image's
+    en_US) puts prod_teapot first: the products kept at a LIMIT must be those Python ranks first."""
+    await record(database, "ord_1", "u", "prod_teapot", "prod_cup")
+    await record(database, "ord_2", "u", "prod_tea_set", "prod_cup")
+    async with database.transaction() as session:
+        repository = RecommendationsRepository(session)
+        assert await repository.most_popular(2) == {"prod_cup": 2, "prod_tea_set": 1}
+        assert await repository.co_purchase_counts(["prod_cup"], 1) == {"prod_tea_set": 1}
+        assert list(await repository.purchases_of("u", 2)) == ["prod_cup", "prod_tea_set"]
+
+
 async def test_concurrent_orders_of_the_same_products_lose_no_increment(database: Database) -> None:
     await asyncio.gather(*(record(database, f"ord_{i}", f"usr_{i % 3}", "prod_a", "prod_b") for i in range(12)))
     async with database.transaction() as session:

@@ -9,7 +9,7 @@ and exits with status 2. Secrets may come as files instead (SECRETS_DIR, see `lo
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -180,6 +180,10 @@ class EventSettings(ServiceSettings):
         return self
 
 
+# A delay JetStream can take (it gets nanoseconds): finite, and at most a day.
+RetryDelay = Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)]
+
+
 class ConsumerSettings(EventSettings):
     """For services that consume events (shopmesh_chassis.consumer.EventConsumer.from_settings)."""
 
@@ -188,15 +192,15 @@ class ConsumerSettings(EventSettings):
     # deliveries parked on the DEADLETTER stream. While the database is away, events are retried with the
     # same delays until it is back, and never parked.
     consumer_max_attempts: int = Field(default=5, ge=1, le=100)
-    consumer_backoff_seconds: tuple[float, ...] = Field(default=(0.5, 1.0, 2.0, 5.0, 10.0), min_length=1)
+    consumer_backoff_seconds: tuple[RetryDelay, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
     # Messages handed to a consumer that dies unacknowledged come back after this long; it must exceed
     # the time a batch of 20 events takes to handle.
-    consumer_ack_wait_seconds: float = Field(default=30.0, ge=1)
+    consumer_ack_wait_seconds: float = Field(default=30.0, ge=1, le=86400, allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _backoff_is_a_delay(self) -> ConsumerSettings:
-        if any(not delay >= 0 or delay == float("inf") for delay in self.consumer_backoff_seconds):
-            raise ValueError("CONSUMER_BACKOFF_SECONDS must list finite delays of 0 seconds or more")
+    def _some_backoff(self) -> ConsumerSettings:
+        if not self.consumer_backoff_seconds:
+            raise ValueError("CONSUMER_BACKOFF_SECONDS must list at least one delay, e.g. '[1]'")
         return self
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Never, ParamSpec, Protocol, TypeVar, TypeVarTuple, overload
 
 import sqlalchemy
-from sqlalchemy import CursorResult, Dialect, Executable, Insert, ScalarResult, Table, event
+from sqlalchemy import ColumnElement, CursorResult, Dialect, Executable, Insert, ScalarResult, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.interfaces import _CoreAnyExecuteParams, _CoreSingleExecuteParams
@@ -154,6 +154,14 @@ def insert_skipping_existing(dialect: str, table: Table) -> Insert:
     return dialect_insert(dialect, table).on_conflict_do_nothing()
 
 
+def code_point_order(dialect: str, text: ColumnElement[str]) -> ColumnElement[str]:
+    """`text` to ORDER BY as Python sorts strings, by code point, on both databases: SQLite's default
+    collation (BINARY) does; PostgreSQL's follows the database's locale (the official image's en_US passes
+    over '_' and case at first), so it gets COLLATE "C". For results that SQL cuts (LIMIT) and Python
+    compares or sorts, which must agree on which ties were kept."""
+    return text.collate("C") if dialect == "postgresql" else text
+
+
 def sqlite_url(data_dir: str | Path, service_name: str) -> str:
     return f"sqlite:///{Path(data_dir) / service_name}.db"
 
@@ -203,15 +211,13 @@ def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 async def _connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A pooled connection. asyncpg reports a server it cannot reach as a plain OSError; only that one,
     raised while connecting, becomes DatabaseUnreachable (an OSError of the caller's block stays as it is)."""
-    connection = engine.connect()
-    try:
-        await connection.start()
-    except OSError as error:
-        raise DatabaseUnreachable(f"cannot connect to the database: {error}") from error
-    try:
+    async with AsyncExitStack() as stack:
+        try:
+            # Entered as a context: its exit closes the connection to the end even when cancelled.
+            connection = await stack.enter_async_context(engine.connect())
+        except OSError as error:
+            raise DatabaseUnreachable(f"cannot connect to the database: {error}") from error
         yield connection
-    finally:
-        await connection.close()
 
 
 def _configure_sqlite_connections(engine: Engine) -> None:

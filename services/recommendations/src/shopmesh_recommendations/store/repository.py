@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, func, select, update
 
-from shopmesh_chassis.db import DbConnection, dialect_insert, insert_skipping_existing
+from shopmesh_chassis.db import DbConnection, code_point_order, dialect_insert, insert_skipping_existing
 from shopmesh_recommendations.domain.copurchase import PurchaseEffects
 from shopmesh_recommendations.store.tables import (
     CANCELLED,
@@ -84,6 +84,10 @@ class RecommendationsRepository:
         )
         await self._session.execute(statement, rows)
 
+    def _by_id(self, product_id: ColumnElement[str]) -> ColumnElement[str]:
+        # Ties in count are cut by LIMIT here and ordered again in Python (ranking.by_count): both by code point.
+        return code_point_order(self._session.dialect.name, product_id)
+
     async def co_purchase_counts(self, product_ids: Sequence[str], limit: int) -> dict[str, int]:
         """Products bought together with any of `product_ids`, summed over them, most first.
 
@@ -96,7 +100,7 @@ class RecommendationsRepository:
             select(co_purchases.c.other_product_id, total)
             .where(co_purchases.c.product_id.in_(list(product_ids)))
             .group_by(co_purchases.c.other_product_id)
-            .order_by(total.desc(), co_purchases.c.other_product_id)
+            .order_by(total.desc(), self._by_id(co_purchases.c.other_product_id))
             .limit(limit)
         )
         return {product_id: int(summed) for product_id, summed in rows}
@@ -106,7 +110,7 @@ class RecommendationsRepository:
         rows = await self._session.execute(
             select(user_purchases.c.product_id, user_purchases.c.count)
             .where(user_purchases.c.user_id == user_id)
-            .order_by(user_purchases.c.count.desc(), user_purchases.c.product_id)
+            .order_by(user_purchases.c.count.desc(), self._by_id(user_purchases.c.product_id))
             .limit(limit)
         )
         # Rows are tuples: `row.count` would be tuple.count, hence the unpacking.
@@ -115,7 +119,7 @@ class RecommendationsRepository:
     async def most_popular(self, limit: int) -> dict[str, int]:
         rows = await self._session.execute(
             select(product_purchases.c.product_id, product_purchases.c.count)
-            .order_by(product_purchases.c.count.desc(), product_purchases.c.product_id)
+            .order_by(product_purchases.c.count.desc(), self._by_id(product_purchases.c.product_id))
             .limit(limit)
         )
         return {product_id: int(count) for product_id, count in rows}
