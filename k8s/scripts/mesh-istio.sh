@@ -18,5 +18,6 @@ trap 'rm -f "$tracing"' EXIT
 # The Gateway API's CRDs (lib.sh) before istiod starts: its GatewayClass "istio" serves k8s/ingress's Gateway.
 install_gateway_api "$context"
 istioctl install --context "$context" -y --set profile=minimal --set components.cni.enabled=true -f "$tracing"
-kubectl --context "$context" label namespace shopmesh istio-injection=enabled --overwrite
-echo "Istio installed; pods in namespace shopmesh get sidecars (global.mesh=istio also labels them)."
+# No namespace-wide injection: a release rendered with global.mesh=istio asks for its sidecars pod by pod,
+# and a release without it (or with Linkerd) must not get proxies it has no NetworkPolicy egress for.
+echo "Istio installed; a release with global.mesh=istio (make skaffold-dev PROFILE=istio) gets sidecars."

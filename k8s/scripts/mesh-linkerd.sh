@@ -13,5 +13,6 @@ linkerd --context "$context" install-cni | kubectl --context "$context" apply -f
 linkerd --context "$context" install --crds --set installGatewayAPI=false | kubectl --context "$context" apply -f -
 linkerd --context "$context" install --linkerd-cni-enabled | kubectl --context "$context" apply -f -
 linkerd --context "$context" check
-kubectl --context "$context" annotate namespace shopmesh linkerd.io/inject=enabled --overwrite
-echo "Linkerd installed; pods in namespace shopmesh get proxies (global.mesh=linkerd also annotates them)."
+# No namespace-wide injection: a release rendered with global.mesh=linkerd asks for its proxies pod by pod,
+# and a release without it (or with Istio) must not get proxies it has no NetworkPolicy egress for.
+echo "Linkerd installed; a release with global.mesh=linkerd (make skaffold-dev PROFILE=linkerd) gets proxies."

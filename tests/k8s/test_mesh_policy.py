@@ -9,15 +9,17 @@ of Linkerd's CRDs listed below, and every reference between them resolves."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from shopmesh_platform.topology import SERVICES, is_edge, service_callers
 
-from .k8skit import Docs, find, objects_of, render, validate_custom_resources
+from .k8skit import ROOT, Docs, find, objects_of, render, validate_custom_resources
 
 NAMES = list(SERVICES)
 NS = render.NAMESPACE
@@ -447,7 +449,139 @@ def test_without_a_mesh_no_mesh_object_is_rendered(rendered: dict[tuple[str, str
         assert not istio(docs), (value_set, chart)
         assert not linkerd(docs), (value_set, chart)
         for pod in (d for d in docs if d["kind"] == "Pod"):
-            assert not {k for k in pod["metadata"].get("annotations", {}) if "istio" in k or "linkerd" in k}
+            mesh_annotations = {k for k in pod["metadata"].get("annotations", {}) if "istio" in k or "linkerd" in k}
+            assert mesh_annotations == {"linkerd.io/inject"}, "only the refusal of Linkerd's proxy"
+
+
+def pod_templates(docs: Docs) -> list[tuple[str, dict[str, Any]]]:
+    """(name, pod metadata) of every pod the rendering makes: the Deployments' and the `helm test` pods."""
+    return [
+        (d["metadata"]["name"], d["spec"]["template"]["metadata"] if d["kind"] == "Deployment" else d["metadata"])
+        for d in docs
+        if d["kind"] in ("Deployment", "Pod")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value_set", "mesh"), [("default", ""), ("staging", ""), ("istio", "istio"), ("linkerd", "linkerd")]
+)
+def test_every_pod_asks_for_its_releases_mesh_and_refuses_the_other(
+    rendered: dict[tuple[str, str], Docs], value_set: str, mesh: str
+) -> None:
+    """Injection is by pod, so a namespace where some mesh injects everything (an earlier install, a platform
+    default) still gets pods this release can run: a proxy it was not rendered for has no NetworkPolicy
+    egress to its control plane and never becomes ready, and a plain sidecar keeps a test pod from ending."""
+    for chart in render.all_charts():
+        for name, metadata in pod_templates(rendered[value_set, chart]):
+            assert metadata["labels"]["sidecar.istio.io/inject"] == ("true" if mesh == "istio" else "false"), name
+            assert metadata["annotations"]["linkerd.io/inject"] == ("enabled" if mesh == "linkerd" else "disabled"), (
+                name
+            )
+
+
+@pytest.mark.parametrize("script", ["mesh-istio.sh", "mesh-linkerd.sh"])
+def test_installing_a_mesh_leaves_the_namespaces_injection_alone(script: str) -> None:
+    """The charts ask for their proxies pod by pod: a namespace-wide switch would give a proxy to every pod of
+    a release rendered without that mesh (`make skaffold-dev` without PROFILE, the staging value set)."""
+    text = (ROOT / "k8s" / "scripts" / script).read_text()
+    commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [c for c in commands if re.search(r"\b(label|annotate)\b.*\bnamespace", c)], script
+    assert not [c for c in commands if "istio-injection" in c or "linkerd.io/inject" in c], script
+
+
+# The peers that speak first (NATS, the SMTP relay; shopmesh-lib.mesh.serverFirstPorts): neither mesh's proxy
+# can detect their protocol, so the pods' connections to their ports pass the proxy by.
+def server_first_ports(docs: Docs, name: str) -> set[int]:
+    config = find(docs, "ConfigMap", name)["data"]
+    ports = {int(config["NATS_URL"].rsplit(":", 1)[1])} if "NATS_URL" in config else set()
+    return ports | ({int(config["SMTP_PORT"])} if "SMTP_PORT" in config else set())
+
+
+def port_list(annotations: dict[str, str], key: str) -> list[int]:
+    return [int(p) for p in annotations.get(key, "").split(",") if p]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_under_linkerd_connections_to_peers_that_speak_first_skip_the_proxy(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    """Linkerd's proxy waits 10 s for the client's first bytes on a port outside its default opaque list
+    (25, 587, 3306, 4444, 5432, 6379, 9300, 11211), longer than the chassis' NATS connect (5 s)."""
+    docs = rendered["linkerd", name]
+    expected = server_first_ports(docs, name)
+    annotations = find(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+    assert set(port_list(annotations, "config.linkerd.io/skip-outbound-ports")) == expected
+    assert name != "notifications" or expected == {4222, 1025}, "notifications consumes events and sends e-mail"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_under_istio_connections_to_peers_that_speak_first_skip_the_sidecar(
+    rendered: dict[tuple[str, str], Docs], name: str
+) -> None:
+    """An Istio sidecar that sniffs a port (any port whose Service declares no protocol Istio knows, and any
+    relay outside the cluster) waits for the client's first bytes without end. Beside them, the port of the
+    sidecars' span exports (test_mesh_traces.py), in the same one annotation."""
+    docs = rendered["istio", name]
+    annotations = find(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+    excluded = port_list(annotations, "traffic.sidecar.istio.io/excludeOutboundPorts")
+    assert set(excluded) == server_first_ports(docs, name) | {4317}
+    assert len(excluded) == len(set(excluded))
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+def test_pod_annotations_of_ones_own_join_the_meshs_port_lists(helm_dir: Path, mesh: str) -> None:
+    key = {"istio": "traffic.sidecar.istio.io/excludeOutboundPorts", "linkerd": "config.linkerd.io/skip-outbound-ports"}
+    annotations = {key[mesh]: "3306, 4222", "example.com/team": "shop"}
+    docs = objects_of(helm_dir, "notifications", {"global": {"mesh": mesh}, "podAnnotations": annotations})
+    pod = find(docs, "Deployment", "notifications")["spec"]["template"]["metadata"]["annotations"]
+    assert sorted(port_list(pod, key[mesh])) == sorted({4222, 1025, 3306} | ({4317} if mesh == "istio" else set()))
+    assert pod["example.com/team"] == "shop"
+
+
+def test_k8s_infras_peers_that_speak_first_are_declared_so_to_both_meshes() -> None:
+    """For any other meshed client: Linkerd's proxy reads a Service's opaque ports (a server outside the mesh
+    has no proxy to say it); Istio takes appProtocol, and sniffs one it does not know ("smtp" is not one)."""
+    services = {
+        d["metadata"]["name"]: d
+        for f in ("nats.yaml", "mailpit.yaml")
+        for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / f).read_text())
+        if d and d["kind"] == "Service"
+    }
+    for name, port in (("nats", 4222), ("mailpit", 1025)):
+        metadata, spec = services[name]["metadata"], services[name]["spec"]
+        assert port_list(metadata["annotations"], "config.linkerd.io/opaque-ports") == [port]
+        [declared] = [p for p in spec["ports"] if p["port"] == port]
+        assert declared["appProtocol"] == "tcp"
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+@pytest.mark.parametrize("name", NAMES)
+def test_helm_test_expects_a_refusal_only_where_the_policy_makes_one(
+    rendered: dict[tuple[str, str], Docs], mesh: str, name: str
+) -> None:
+    """`--meshed` passes only when the mesh refuses the test pod every method but health; the edge's policy
+    admits anyone to every method on its gRPC port (Istio: a rule with no source; Linkerd: the route
+    `<edge>-rpc` authorized for any network), so there the hook checks health (and the HTTP/JSON API) only."""
+    docs = rendered[mesh, name]
+    command = find(docs, "Pod", f"{name}-health-test")["spec"]["containers"][0]["command"]
+    if mesh == "istio":
+        rules = find(docs, "AuthorizationPolicy", name)["spec"]["rules"]
+        open_to_all = any(
+            "from" not in rule
+            and any(
+                not to["operation"].get("paths") and str(GRPC_PORT) in to["operation"]["ports"] for to in rule["to"]
+            )
+            for rule in rules
+        )
+    else:
+        open_to_all = any(
+            d["kind"] == "AuthorizationPolicy"
+            and d["spec"]["targetRef"]["name"] == f"{name}-rpc"
+            and d["spec"]["requiredAuthenticationRefs"][0]["kind"] == "NetworkAuthentication"
+            for d in linkerd(docs)
+        )
+    assert open_to_all == is_edge(name)
+    assert ("--meshed" in command) == (not open_to_all)
 
 
 @pytest.mark.parametrize("mesh", ["istio", "linkerd"])
@@ -641,7 +775,9 @@ def test_the_stable_disruption_budget_counts_only_the_stable_pods(helm_dir: Path
     """Staging (two replicas, a budget of one) with a canary: a drain must not evict every stable pod
     because the canary's pod still satisfies the budget."""
     staging = render.values_for("staging", helm_dir)
-    docs = render_umbrella(helm_dir, {"global": staging["global"] | canary_values("linkerd")["global"]})
+    # Staging's own database settings (PostgreSQL, and its peers, which staging must name).
+    canary = canary_values("linkerd")["global"] | {"database": staging["global"]["database"]}
+    docs = render_umbrella(helm_dir, {"global": staging["global"] | canary})
     budget = find(docs, "PodDisruptionBudget", CANARY)["spec"]["selector"]["matchLabels"]
     assert selects(budget, pod_labels(docs, CANARY))
     assert not selects(budget, pod_labels(docs, f"{CANARY}-canary"))

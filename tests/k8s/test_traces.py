@@ -1,8 +1,8 @@
 """Where the services' spans go on Kubernetes: every chart, alone or through the umbrella, in every value set,
 exports to `global.otel.endpoint` (by default the dev Jaeger of k8s/infra, which `make kind-up` runs) and its
 NetworkPolicy lets them out to that collector's pods on its port and nowhere else; a setting that would
-have the spans dropped on the way fails the render instead (and likewise a NATS URL, which is reached the same
-way)."""
+have the spans dropped on the way fails the render instead (and likewise a NATS URL and an SMTP relay, which are
+reached the same way)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,16 @@ def test_a_nats_url_the_network_policy_would_not_let_through_fails_the_render(
 ) -> None:
     with pytest.raises(Exception, match=re.escape(problem)):
         objects_of(helm_dir, "orders", {"global": {"nats": nats}})
+
+
+# And the SMTP relay (global.smtp.host, port, peers).
+def test_an_smtp_relay_elsewhere_with_k8s_infras_peers_fails_the_render(helm_dir: Path) -> None:
+    smtp = {"host": "smtp.example.com", "port": 465}
+    with pytest.raises(Exception, match=re.escape("is not the dev infrastructure's, but global.smtp.peers still")):
+        objects_of(helm_dir, "notifications", {"global": {"smtp": smtp}})
+    peers = [{"ipBlock": {"cidr": "203.0.113.10/32"}}]
+    docs = objects_of(helm_dir, "notifications", {"global": {"smtp": smtp | {"peers": peers}}})
+    assert peers_by_port(find(docs, "NetworkPolicy", "notifications")["spec"]["egress"], "to")[465] == peers
 
 
 def test_a_nats_url_elsewhere_with_its_peers_is_what_the_services_use(helm_dir: Path) -> None:

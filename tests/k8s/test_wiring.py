@@ -481,6 +481,50 @@ def test_documented_make_commands_exist(doc: str) -> None:
     assert not missing, f"{doc} mentions make targets that do not exist: {sorted(missing)}"
 
 
+@pytest.mark.parametrize("doc", ["README.md", "docs/kubernetes.md", "docs/mesh.md"])
+def test_documented_skaffold_commands_resolve_the_chart_dependencies_first(doc: str) -> None:
+    """skaffold.yaml skips `helm dependency build` (the service charts first, then the umbrella: `make
+    helm-deps`), and the charts/ folders are not in git: on a fresh clone a bare `skaffold dev` or `skaffold
+    run` fails on the umbrella's missing dependencies."""
+    config = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    assert config["deploy"]["helm"]["releases"][0]["skipBuildDependencies"] is True
+    assert "helm/*/charts/" in (ROOT / ".gitignore").read_text().splitlines()
+    text = (ROOT / doc).read_text()
+    blocks = re.findall(r"(?s)```[a-z]*\n(.*?)```", text)
+    prose = re.sub(r"(?s)```.*?```", "", text)
+    commands = re.findall(r"`([^`]*\bskaffold (?:dev|run) -[^`]*)`", prose)
+    commands += [line for block in blocks for line in block.splitlines() if re.search(r"\bskaffold (dev|run) -", line)]
+    assert all(c.strip().startswith("make helm-deps && skaffold ") for c in commands), commands
+
+
+def test_staging_says_where_its_postgresql_and_smtp_relay_are(rendered: dict[tuple[str, str], Docs]) -> None:
+    """PostgreSQL's URL is in a Secret, so no render check can see that it left k8s/infra while the
+    NetworkPolicy still admits only k8s/infra's pods: staging's values file names the peers, and the docs'
+    staging prerequisites say to set them (and the SMTP relay's)."""
+    staging = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values-staging.yaml").read_text())["global"]
+    policy = find(rendered["staging", "orders"], "NetworkPolicy", "orders")["spec"]
+    assert peers_by_port(policy["egress"], "to")[POSTGRES_PORT] == staging["database"]["peers"]
+    assert staging["database"]["port"] == POSTGRES_PORT
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    prerequisites = text[text.index("## Deploy to staging") : text.index("### Ingress")]
+    for setting in ("global.database.peers", "global.database.port", "global.smtp.peers"):
+        assert f"`{setting}`" in prerequisites, setting
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if SERVICES[n].has_database])
+def test_postgresql_outside_dev_without_its_peers_fails_the_render(helm_dir: Path, name: str) -> None:
+    staging = {"environment": "staging", "database": {"mode": "postgres"}}
+    with pytest.raises(
+        Exception, match=re.escape('global.database.peers: with database.mode postgres in environment "staging"')
+    ):
+        objects_of(helm_dir, name, {"global": staging})
+    peers = [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
+    docs = objects_of(helm_dir, name, {"global": staging | {"database": {"mode": "postgres", "peers": peers}}})
+    assert peers_by_port(find(docs, "NetworkPolicy", name)["spec"]["egress"], "to")[POSTGRES_PORT] == peers
+    # In dev (k8s/infra's PostgreSQL on kind) its pods are the default.
+    objects_of(helm_dir, name, {"global": {"database": {"mode": "postgres"}}})
+
+
 @pytest.mark.parametrize("value_set", ["default", "istio", "linkerd"])
 def test_the_gateway_trusts_only_its_own_pods_loopback_for_forwarded_client_addresses(
     rendered: dict[tuple[str, str], Docs], value_set: str

@@ -2,7 +2,8 @@
 pod runs it) against a real chassis server: it passes on a serving service and fails on one that is not;
 under a mesh policy it also proves the policy is enforced — it passes only when every method but health
 comes back PERMISSION_DENIED, here from a real Envoy with the policy's rule for the test's identity (health
-open, the rest refused), and fails against the same service with nothing in front."""
+open, the rest refused), and fails against the same service with nothing in front. The edge's hook checks no
+refusal: its policy (every method, from anyone) makes none."""
 
 from __future__ import annotations
 
@@ -25,24 +26,29 @@ from .envoykit import Backend, Mesh
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = sample_pb2.DESCRIPTOR.services_by_name["SampleService"].full_name
 SHOP = shop_pb2.DESCRIPTOR.services_by_name["ShopService"].full_name
-# What the mesh policy grants the test pod's identity: grpc.health.v1.Health, nothing else (Istio's
-# AuthorizationPolicy and Linkerd's routes in _mesh.tpl), as Envoy's RBAC filter, which is what Istio
-# configures from an AuthorizationPolicy.
-HEALTH_ONLY = {
-    "name": "envoy.filters.http.rbac",
-    "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
-        "rules": {
-            "action": "ALLOW",
-            "policies": {
-                "health": {
-                    "permissions": [{"url_path": {"path": {"prefix": "/grpc.health.v1.Health/"}}}],
-                    "principals": [{"any": True}],
-                }
-            },
+
+
+def _rbac(policies: dict[str, Any]) -> dict[str, Any]:
+    """Envoy's RBAC filter allowing `policies`: what Istio configures from an AuthorizationPolicy."""
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": policies},
         },
-    },
+    }
+
+
+_HEALTH = {
+    "permissions": [{"url_path": {"path": {"prefix": "/grpc.health.v1.Health/"}}}],
+    "principals": [{"any": True}],
 }
+# What the mesh policy grants the test pod's identity: grpc.health.v1.Health, nothing else (Istio's
+# AuthorizationPolicy and Linkerd's routes in _mesh.tpl).
+HEALTH_ONLY = _rbac({"health": _HEALTH})
+# The gateway's policy (_mesh.tpl, the edge): health, and every method on the gRPC port from anyone the
+# NetworkPolicy lets in (Istio's rule with no source; Linkerd's `gateway-clients` for any network).
+EDGE_POLICY = _rbac({"health": _HEALTH, "edge": {"permissions": [{"any": True}], "principals": [{"any": True}]}})
 
 
 def _render_module() -> ModuleType:
@@ -128,6 +134,24 @@ async def test_under_a_mesh_policy_the_hook_fails_where_nothing_enforces_it(
     backend = Backend()
     await mesh.serve(backend)
     code, output = await run_hook(commands["linkerd"][2], "--meshed", backend.address, SERVED)
+    assert code == 1, output
+    assert "UNIMPLEMENTED, the mesh let it through" in output
+
+
+@pytest.mark.parametrize("value_set", ["istio", "linkerd"])
+async def test_under_a_mesh_the_edges_hook_passes_behind_the_edges_own_policy(mesh: Mesh, value_set: str) -> None:
+    """The edge's policy refuses nobody anything: a hook expecting a refusal there (`--meshed`) would fail every
+    `helm test` under a mesh, so the gateway's checks health (and its HTTP/JSON API) only."""
+    render = _render_module()
+    with render.prepared_copy() as helm_dir:
+        command = _test_pod_command(render, helm_dir, "gateway", value_set)
+    assert "--meshed" not in command
+    backend = Backend()
+    envoy = await mesh.envoy_in_front_of([backend], http_filters=[EDGE_POLICY])
+    code, output = await run_hook(command[2], envoy.address, SERVED)
+    assert code == 0, output
+    # What the refusal check would have met there: the call let through.
+    code, output = await run_hook(command[2], "--meshed", envoy.address, SERVED)
     assert code == 1, output
     assert "UNIMPLEMENTED, the mesh let it through" in output
 

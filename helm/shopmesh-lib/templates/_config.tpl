@@ -109,13 +109,15 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 
 {{- /* E-mail over SMTP (topology: sends_email). Dev: the Mailpit sink of k8s/infra. */ -}}
 {{- $smtp := dig "smtp" dict $g -}}
+{{- $devSmtpHost := "mailpit.shopmesh-infra.svc.cluster.local" -}}
+{{- $devSmtpPeers := include "shopmesh-lib.devInfraPeers" "mailpit" | fromYamlArray -}}
 {{- $_ := set $c "email" (dict
     "enabled" (dig "email" "enabled" false $v)
-    "host" (dig "host" "mailpit.shopmesh-infra.svc.cluster.local" $smtp)
+    "host" (dig "host" $devSmtpHost $smtp)
     "port" (dig "port" 1025 $smtp)
     "useTLS" (dig "useTLS" false $smtp)
     "existingSecret" (dig "existingSecret" "" $smtp)
-    "peers" (dig "peers" (include "shopmesh-lib.devInfraPeers" "mailpit" | fromYamlArray) $smtp)) -}}
+    "peers" (dig "peers" $devSmtpPeers $smtp)) -}}
 
 {{- /* The call graph (checked against shopmesh_platform.topology by tests/k8s). "clients" among the callers
      are callers from outside the graph: the service is the edge. */ -}}
@@ -270,6 +272,15 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- if $c.nats.enabled -}}
 {{- include "shopmesh-lib.checkEgress" (dict "setting" "nats" "url" $c.nats.url "port" $c.nats.port "peers" $c.nats.peers "devUrl" $devNats "devPeers" $devNatsPeers "enforced" $c.networkPolicy.enabled) -}}
 {{- end -}}
+{{- /* PostgreSQL's URL is in a Secret, so no URL check as above: outside dev its peers must be said. */ -}}
+{{- if and $c.database.enabled (eq $c.database.mode "postgres") (ne $c.environment "dev") $c.networkPolicy.enabled (not (hasKey (dig "database" dict $g) "peers")) -}}
+{{- fail (printf "global.database.peers: with database.mode postgres in environment %q, give the NetworkPolicy peers your PostgreSQL's pods or addresses match (and global.database.port, 5432 unless set): it lets each service reach only those, and would drop every connection to a database elsewhere. To rehearse on kind against k8s/infra: its postgresql pods in namespace shopmesh-infra (values-staging.yaml)" $c.environment) -}}
+{{- end -}}
+{{- if $c.email.enabled -}}
+{{- $smtpAt := printf "%s:%v" $c.email.host $c.email.port -}}
+{{- $devSmtpAt := printf "%s:%v" $devSmtpHost $c.email.port -}}
+{{- include "shopmesh-lib.checkEgress" (dict "setting" "smtp" "url" $smtpAt "port" $c.email.port "peers" $c.email.peers "devUrl" $devSmtpAt "devPeers" $devSmtpPeers "enforced" $c.networkPolicy.enabled) -}}
+{{- end -}}
 {{- /* Istio's sidecars report spans too (_mesh.tpl), with its policy objects and a collector. */ -}}
 {{- $_ := set $c.otel "sidecarSpans" (and (eq $c.mesh "istio") $c.meshPolicy.enabled (ne $c.otel.endpoint "")) -}}
 {{- if $c.otel.endpoint -}}
@@ -308,7 +319,7 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- $ref -}}
 {{- end -}}
 
-{{/* Fails the render when the NetworkPolicy would drop what a global.<setting> URL leads to: its port is
+{{/* Fails the render when the NetworkPolicy would drop what a global.<setting> URL (SMTP: host:port) leads to: its port is
 not global.<setting>.port (the port the egress rule opens), or it left the dev infrastructure while
 global.<setting>.peers still selects the dev pods. Renders nothing. */}}
 {{- define "shopmesh-lib.checkEgress" -}}

@@ -54,41 +54,9 @@ spec:
   template:
     metadata:
       labels:
-        {{- include "shopmesh-lib.labels" . | nindent 8 }}
-        shopmesh.io/track: {{ $track }}
-        {{- if eq $c.mesh "istio" }}
-        sidecar.istio.io/inject: "true"
-        {{- end }}
-        {{- with $c.podLabels }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
+        {{- include "shopmesh-lib.pod-labels" . | nindent 8 }}
       annotations:
-        # The chassis serves Prometheus metrics on METRICS_PORT (go-grpc-prometheus names).
-        prometheus.io/scrape: "true"
-        prometheus.io/port: {{ $c.metricsPort | quote }}
-        prometheus.io/path: /metrics
-        checksum/config: {{ include "shopmesh-lib.configmap" . | sha256sum }}
-        {{- if $c.httpApi.enabled }}
-        checksum/http-api: {{ include "shopmesh-lib.httpApi-configmap" . | sha256sum }}
-        {{- end }}
-        {{- if eq $c.mesh "istio" }}
-        # Prometheus keeps scraping the service's own port (9464, PERMISSIVE in the PeerAuthentication)
-        # instead of Istio rewriting these annotations to its agent's merged endpoint on 15020.
-        prometheus.istio.io/merge-metrics: "false"
-        {{- end }}
-        {{- if $c.otel.sidecarSpans }}
-        # Out of the sidecars' traces (_mesh.tpl): the service's span exports, and the scrapes of its metrics
-        # (and of its HTTP Envoy's); each would otherwise be a trace of its own. The collector and Prometheus
-        # are outside the mesh, so mTLS never applied to either.
-        traffic.sidecar.istio.io/excludeOutboundPorts: {{ $c.otel.port | quote }}
-        traffic.sidecar.istio.io/excludeInboundPorts: {{ join "," (compact (list $c.metricsPort (ternary $c.httpApi.metricsPort "" $c.httpApi.enabled))) | quote }}
-        {{- end }}
-        {{- if eq $c.mesh "linkerd" }}
-        linkerd.io/inject: enabled
-        {{- end }}
-        {{- with $c.podAnnotations }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
+        {{- include "shopmesh-lib.pod-annotations" . | nindent 8 }}
     spec:
       serviceAccountName: {{ $c.name }}
       # The services never talk to the Kubernetes API.
@@ -225,4 +193,72 @@ spec:
                       path: SMTP_PASSWORD
               {{- end }}
         {{- end }}
+{{- end -}}
+
+
+{{/*
+The pod template's labels: the chart's (never overridden: the Deployment selects by them), then podLabels,
+then the mesh's injection switch (podLabels may set it).
+*/}}
+{{- define "shopmesh-lib.pod-labels" -}}
+{{- $c := .c -}}
+{{- $ours := include "shopmesh-lib.labels" . | fromYaml -}}
+{{- $_ := set $ours "shopmesh.io/track" (.track | default "stable") -}}
+{{- $mesh := include "shopmesh-lib.mesh.injection" . | fromYaml -}}
+{{- toYaml (merge (dict) $ours $c.podLabels $mesh.labels) -}}
+{{- end -}}
+
+{{/*
+The pod template's annotations, podAnnotations merged in: a user's value wins, except that the mesh's lists
+of ports to bypass the proxy are joined with the user's (one annotation each, both lists kept).
+  - prometheus.io/*: the chassis serves Prometheus metrics on METRICS_PORT (go-grpc-prometheus names);
+  - checksum/*: a changed ConfigMap rolls the pods;
+  - Istio: Prometheus keeps scraping the service's own port (PERMISSIVE in the PeerAuthentication) instead
+    of Istio rewriting prometheus.io/* to its agent's merged endpoint on 15020. With the sidecars' spans
+    (_mesh.tpl), the service's span exports and the scrapes of its metrics (and of its HTTP Envoy's) pass
+    the sidecar by, or each would be a trace of its own; the collector and Prometheus are outside the mesh,
+    so mTLS never applied to either;
+  - both meshes: connections to the peers that speak first (NATS, SMTP) pass the proxy by
+    (shopmesh-lib.mesh.serverFirstPorts says why).
+*/}}
+{{- define "shopmesh-lib.pod-annotations" -}}
+{{- $c := .c -}}
+{{- $a := dict
+    "prometheus.io/scrape" "true"
+    "prometheus.io/port" (toString $c.metricsPort)
+    "prometheus.io/path" "/metrics"
+    "checksum/config" (include "shopmesh-lib.configmap" . | sha256sum) -}}
+{{- if $c.httpApi.enabled -}}
+{{- $_ := set $a "checksum/http-api" (include "shopmesh-lib.httpApi-configmap" . | sha256sum) -}}
+{{- end -}}
+{{- $a = merge $a (include "shopmesh-lib.mesh.injection" . | fromYaml).annotations -}}
+{{- $serverFirst := include "shopmesh-lib.mesh.serverFirstPorts" . | fromYamlArray -}}
+{{- /* annotation -> ports, each a comma-separated list to its mesh */ -}}
+{{- $ports := dict -}}
+{{- if eq $c.mesh "istio" -}}
+{{- $_ := set $a "prometheus.istio.io/merge-metrics" "false" -}}
+{{- $out := $serverFirst -}}
+{{- if $c.otel.sidecarSpans -}}
+{{- $out = append $out $c.otel.port -}}
+{{- $_ := set $ports "traffic.sidecar.istio.io/excludeInboundPorts" (compact (list $c.metricsPort (ternary $c.httpApi.metricsPort "" $c.httpApi.enabled))) -}}
+{{- end -}}
+{{- $_ := set $ports "traffic.sidecar.istio.io/excludeOutboundPorts" $out -}}
+{{- else if eq $c.mesh "linkerd" -}}
+{{- $_ := set $ports "config.linkerd.io/skip-outbound-ports" $serverFirst -}}
+{{- end -}}
+{{- range $key, $value := $c.podAnnotations -}}
+{{- if hasKey $ports $key -}}
+{{- $_ := set $ports $key (concat (get $ports $key) (splitList "," (toString $value))) -}}
+{{- else -}}
+{{- $_ := set $a $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $list := $ports -}}
+{{- $joined := list -}}
+{{- range $list }}{{ with toString . | trim }}{{ $joined = append $joined . }}{{ end }}{{ end -}}
+{{- with $joined | uniq -}}
+{{- $_ := set $a $key (join "," .) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $a -}}
 {{- end -}}

@@ -375,3 +375,36 @@ spec:
       kind: {{ index .authn 0 }}
       name: {{ index .authn 1 }}
 {{- end -}}
+
+{{/*
+Which mesh's proxy a pod of this release gets (the services' and their `helm test` pods), as YAML with
+`labels` and `annotations`: the release's own mesh is asked for, every other mesh is refused. Injection is
+by pod, never by namespace (k8s/scripts/mesh-*.sh leave the namespace alone), and the refusal holds where
+someone turned a mesh on for the whole namespace anyway: a proxy this release was not rendered for has no
+NetworkPolicy egress to its control plane, so it never gets its configuration and the pod never becomes
+ready (and a test pod with a plain sidecar never completes).
+*/}}
+{{- define "shopmesh-lib.mesh.injection" -}}
+{{- $c := .c -}}
+labels:
+  sidecar.istio.io/inject: {{ ternary "true" "false" (eq $c.mesh "istio") | quote }}
+annotations:
+  linkerd.io/inject: {{ ternary "enabled" "disabled" (eq $c.mesh "linkerd") }}
+{{- end -}}
+
+{{/*
+The ports of the peers that speak first, NATS and the SMTP relay, as a YAML list (those the service
+reaches). Neither mesh's proxy can tell their protocol from the client's first bytes, because the client
+sends none until the server greets it: Linkerd waits 10 s for them on any port outside its default opaque
+list (its docs name NATS and SMTP), longer than the chassis' NATS connect waits (5 s); an Istio sidecar
+that sniffs a port waits without end. Both peers are outside the mesh (no mTLS to keep), so the pods'
+connections to these ports bypass the proxy (_deployment.tpl). k8s/infra's Services also declare them
+opaque / TCP, for any other meshed client.
+*/}}
+{{- define "shopmesh-lib.mesh.serverFirstPorts" -}}
+{{- $c := .c -}}
+{{- $ports := list -}}
+{{- if $c.nats.enabled }}{{ $ports = append $ports $c.nats.port }}{{ end -}}
+{{- if $c.email.enabled }}{{ $ports = append $ports $c.email.port }}{{ end -}}
+{{- toYaml $ports -}}
+{{- end -}}

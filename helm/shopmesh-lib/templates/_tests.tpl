@@ -4,7 +4,8 @@ grpc.health.v1 status over the Service address: overall ("") and each gRPC servi
 umbrella chart runs every service's hook, so `helm test shopmesh` checks the whole system.
 Under the mesh policy (`--meshed`) it also checks that the policy is enforced: its identity may call
 health and nothing else, so a call to any other method must come back PERMISSION_DENIED from the mesh
-(a name no service has, so the call could do nothing even where the policy is missing).
+(a name no service has, so the call could do nothing even where the policy is missing). Not at the edge,
+whose policy refuses nobody anything.
 For the edge with its http-api container (`--http <base URL>`) it also calls the HTTP/JSON API: GET
 /v1/orders without a token must come back 401 with the gateway's ErrorInfo TOKEN_MISSING as JSON, which
 takes Envoy transcoding with the API's descriptor set, the gateway behind it, and the status mapping, and
@@ -152,14 +153,14 @@ kind: Pod
 metadata:
   name: {{ $c.name }}-health-test
   namespace: {{ $c.namespace }}
+  {{- $injection := include "shopmesh-lib.mesh.injection" . | fromYaml }}
   labels:
     {{- include "shopmesh-lib.test-labels" . | nindent 4 }}
-    {{- if eq $c.mesh "istio" }}
-    sidecar.istio.io/inject: "true"
-    {{- end }}
+    {{- toYaml $injection.labels | nindent 4 }}
   annotations:
     helm.sh/hook: test
     helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+    {{- toYaml $injection.annotations | nindent 4 }}
     {{- /* Meshed, so the check goes over the mesh's mTLS as the services' calls do. The proxy runs as a
          native sidecar (Kubernetes >= 1.29), which stops when the check exits: a plain sidecar container
          would keep the pod from ever completing. */}}
@@ -167,7 +168,6 @@ metadata:
     sidecar.istio.io/nativeSidecar: "true"
     {{- end }}
     {{- if eq $c.mesh "linkerd" }}
-    linkerd.io/inject: enabled
     # One switch, three names over Linkerd's releases (alpha up to 2.18, then beta, now GA); each
     # release reads its own and ignores the others.
     config.alpha.linkerd.io/proxy-enable-native-sidecar: "true"
@@ -197,7 +197,9 @@ spec:
         - -c
         - |
           {{- include "shopmesh-lib.healthcheck.py" . | nindent 10 }}
-        {{- if $c.meshPolicy.enabled }}
+        {{- /* Not the edge: its policy lets anyone call every method (_mesh.tpl), so nothing the mesh
+             refuses the test pod is there to check; its health, and its HTTP/JSON API, still are. */}}
+        {{- if and $c.meshPolicy.enabled (not $c.edge) }}
         - --meshed
         {{- end }}
         {{- if $c.httpApi.enabled }}
