@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import grpc
 import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis import call_context
 from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.grpc_errors import details_of
@@ -164,3 +166,111 @@ def test_the_breakers_state_and_openings_are_reported_to_prometheus() -> None:
     breaker.record_failure()
     assert reported() == ("open", 2)
     assert metrics.registry.get_sample_value("shopmesh_client_breaker_state", {"dependency": "nobody"}) is None
+
+
+def slow(ms: int) -> sample_pb2.EchoRequest:
+    return sample_pb2.EchoRequest(message="m", behaviour=sample_pb2.Behaviour(sleep_ms=ms))
+
+
+async def test_a_probe_its_caller_cancels_leaves_the_breaker_half_open(server: ChassisServer) -> None:
+    """The dependency hangs; after the reset timeout one probe goes out, and its caller gives up on it
+    (the gateway's TaskGroup cancels a page's calls when one fails). The probe learned nothing about the
+    target: the breaker must not close on it and send every call to the hanging target again."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=30), clock)
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Echo(slow(3_000), timeout=0.2)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert breaker.state is BreakerState.OPEN
+
+        clock.now += 30  # half-open: one probe may go
+        probe = asyncio.ensure_future(stub.Echo(slow(3_000), timeout=5.0))
+        await asyncio.sleep(0.3)
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        assert breaker.state is BreakerState.HALF_OPEN
+        assert breaker.allow()  # its slot is free for the next probe
+
+
+async def test_calls_cancelled_by_their_caller_in_time_do_not_erase_the_failure_streak(server: ChassisServer) -> None:
+    """Deadline failures of a hanging target with a call in between that its caller gave up on early: that
+    call says nothing either way, and the streak goes on to open the breaker."""
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=3, reset_timeout_seconds=30))
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Echo(slow(3_000), timeout=0.1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.1):  # given up on long before its 5 s deadline
+                await stub.Echo(slow(3_000), timeout=5.0)
+        assert breaker.state is BreakerState.CLOSED
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Echo(slow(3_000), timeout=0.1)
+        assert breaker.state is BreakerState.OPEN
+
+
+async def test_short_inbound_deadlines_do_not_open_the_breaker_of_a_healthy_dependency(
+    server: ChassisServer,
+) -> None:
+    """A client of ours sends tiny deadlines (grpc-timeout is the caller's to choose); our outbound calls
+    inherit them and end DEADLINE_EXCEEDED although the dependency answers in 50 ms. They say how impatient
+    that client is: counted, five would open the breaker and refuse every other user (a cheap denial of
+    service)."""
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=5, reset_timeout_seconds=30))
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        assert (await stub.Echo(slow(50))).message == "m"  # healthy: answers in 50 ms
+        for _ in range(5):
+            # One impatient inbound call: 10 ms left when it calls the dependency.
+            token = call_context.enter(0.01, [])
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Echo(slow(50))
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            finally:
+                call_context.leave(token)
+        # Another user, with all the time in the world.
+        try:
+            response = await stub.Echo(slow(50))
+        except grpc.aio.AioRpcError as error:
+            pytest.fail(f"a patient caller was refused: {error.code()} {details_of(error).reason}")
+        assert response.message == "m"
+
+
+async def test_a_caller_timer_armed_with_the_deadline_still_opens_the_breaker_of_a_hanging_target(
+    server: ChassisServer,
+) -> None:
+    """`async with asyncio.timeout(budget): stub.X(..., timeout=budget)`: the caller's timer, armed a moment
+    before gRPC's deadline, cancels each call to a hanging target just before DEADLINE_EXCEEDED would end
+    it. The target had the whole deadline all the same: the breaker counts it, and opens."""
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=5, reset_timeout_seconds=30))
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        budget = 0.15
+        for _ in range(12):
+            with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+                async with asyncio.timeout(budget):
+                    await stub.Echo(slow(3_000), timeout=budget)
+        assert breaker.opened >= 1, "12 calls to a hanging dependency timed out and the breaker never opened"
+
+
+def test_failures_of_calls_already_in_flight_do_not_open_an_open_breaker_again() -> None:
+    """Ten calls were in flight when the dependency died. The first five open the breaker; the other five
+    fail while it is open: the same outage, so no second opening (shopmesh_client_breaker_opened_total
+    would say the dependency flapped) and no open period restarted from the last straggler."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=5, reset_timeout_seconds=10), clock)
+    for _ in range(5):
+        breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 9
+    for _ in range(5):  # the stragglers of the same outage
+        breaker.record_failure()
+    assert breaker.opened == 1, f"one outage counted as {breaker.opened} openings"
+    clock.now += 1
+    assert breaker.state is BreakerState.HALF_OPEN, "the open period restarted from the stragglers"

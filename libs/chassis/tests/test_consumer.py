@@ -404,3 +404,59 @@ async def test_a_message_held_for_the_database_before_a_restart_still_gets_all_i
     message = await client.jetstream().get_msg(DEAD_LETTER_STREAM, 1)
     assert message.headers is not None
     assert message.headers["Shopmesh-Attempts"] == "3"
+
+
+async def test_an_interrupted_consumer_does_not_leak_its_old_subscriptions(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each time a pull loop fails (a stream recreated, JetStream briefly unavailable), the consumer
+    subscribes anew on the same connection; the old subscriptions go, or they would stay in the client (and
+    be sent to the server again at every reconnect) for good."""
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    try:
+        await publish(client, "e0")
+        await until_applied(db, Counter({"e0": 1}))
+        assert running._client is not None
+        before = len(running._client._subs)
+        for round_ in range(1, 4):
+            caplog.clear()
+            await client.jetstream().delete_stream("REPLAY")  # interrupts one pull loop, as in test_consumer
+            await eventually(
+                lambda: [r for r in caplog.records if "interrupted" in r.getMessage()], "the interruption logged"
+            )
+            await publish(client, f"e{round_}")
+            await until_applied(db, Counter({f"e{i}": 1 for i in range(round_ + 1)}))
+        after = len(running._client._subs)
+    finally:
+        await running.stop()
+    assert after == before, (
+        f"subscriptions on the consumer's connection: {before} before, {after} after 3 interruptions"
+    )
+
+
+async def test_the_reconnect_delay_starts_over_after_the_consumer_ran_again(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The delay before consuming again doubles while interruptions follow each other (0.5 s up to 10 s),
+    and starts over once the consumer has run again: else, after a few blips over the life of a pod, every
+    later one would stop consumption for 10 s instead of 0.5 s."""
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    delays: list[str] = []
+    try:
+        await publish(client, "e-first")
+        await until_applied(db, Counter({"e-first": 1}))
+        for round_ in range(3):
+            caplog.clear()
+            await client.jetstream().delete_stream("REPLAY")
+            [line, *_] = await eventually(
+                lambda: [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()],
+                "the interruption logged",
+            )
+            delays.append(line.split("retrying in ")[1].split(":")[0])
+            await publish(client, f"e{round_}")  # consumed again: the consumer recovered and ran fine
+            await until_applied(db, Counter({"e-first": 1} | {f"e{i}": 1 for i in range(round_ + 1)}))
+    finally:
+        await running.stop()
+    assert delays == ["0.5s"] * 3, f"delays after isolated interruptions: {delays}"

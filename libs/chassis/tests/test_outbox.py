@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -296,3 +297,53 @@ async def test_a_relay_whose_lock_connection_dies_takes_the_lock_again_and_goes_
     assert [event_id for event_id, _ in contents] == ids
     assert holders == 1
     assert holders_after_stop == 0  # a stopped relay lets the next replica lead at once
+
+
+AGE = "shopmesh_outbox_oldest_unpublished_age_seconds"
+
+
+class FailsOnce:
+    """A publish that fails once (a NATS blip: a timeout waiting for the stream's ack), then works."""
+
+    def __init__(self, inner: JetStreamPublisher) -> None:
+        self.inner = inner
+        self.failed = False
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool:
+        if not self.failed:
+            self.failed = True
+            raise TimeoutError("nats: timeout")
+        return await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+
+async def test_a_replica_that_lost_the_relay_lock_does_not_report_a_stuck_outbox(
+    postgres: PostgresServer,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """Two replicas on PostgreSQL. The leader's pass fails once (it steps down, as designed); the other
+    replica takes the lock and publishes everything. The former leader reports 0, as a replica that does not
+    lead does: the age it saw would grow for ever, and the chart's alert on the maximum over replicas
+    (> 60 s) fire on an empty outbox."""
+    url = postgres.create_database()
+    a_db, b_db = Database(url), Database(url)
+    (tmp_path / "versions").mkdir()
+    await migrate(a_db, tmp_path / "versions")
+    a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
+    a = OutboxRelay(a_db, FailsOnce(JetStreamPublisher(client)), metrics=EventMetrics(a_registry))
+    b = OutboxRelay(b_db, JetStreamPublisher(client), metrics=EventMetrics(b_registry))
+    try:
+        ids = await add(a_db, "one")
+        with contextlib.suppress(TimeoutError):
+            await a.publish_pending()  # a leads, its publish fails: it steps down
+        assert await b.publish_pending() == 1  # b takes the lock and publishes it
+        assert [event_id for event_id, _ in await stream_contents(client)] == ids
+        assert await a.publish_pending() == 0  # a is not the leader any more
+        assert b_registry.get_sample_value(AGE) == 0
+        await asyncio.sleep(0.3)
+        assert a_registry.get_sample_value(AGE) == 0, "the non-leader reports a stuck event that was published"
+    finally:
+        await a.stop()
+        await b.stop()
+        await a_db.dispose()
+        await b_db.dispose()

@@ -78,6 +78,10 @@ class CircuitBreaker:
         self._probes = 0
 
     def record_failure(self) -> None:
+        if self.state is BreakerState.OPEN:
+            # A call sent before it opened, failing late: the same outage, not a new one; the open period
+            # runs from the opening.
+            return
         if self._state is BreakerState.HALF_OPEN:
             self._open()
             return

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,16 @@ BREAKER_FAILURES = frozenset(
     }
 )
 _CHASSIS_DOMAIN = "shopmesh.chassis"
+
+# Set by OutboundContextInterceptor for the breaker inside it (one task runs the chain): the call's deadline
+# is the inbound caller's, cut to less than half its own. Missing it says how impatient that caller was,
+# not how healthy the target is: one client sending tiny deadlines must not open a healthy target's breaker
+# for everyone.
+_DEADLINE_IS_THE_CALLERS: ContextVar[bool] = ContextVar("shopmesh_deadline_is_the_callers", default=False)
+_CALLERS_CUT = 0.5
+# A call cancelled by its caller this close to its deadline (a share of the timeout) was cut short by a
+# timer armed alongside the deadline: the target had the call for all of it, as for DEADLINE_EXCEEDED.
+_AT_THE_DEADLINE = 0.05
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,7 @@ class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                     "the inbound call's deadline has passed",
                     errors.DomainError("deadline exceeded", reason="INBOUND_DEADLINE_EXCEEDED"),
                 )
+            _DEADLINE_IS_THE_CALLERS.set(remaining < timeout * _CALLERS_CUT)
             timeout = min(timeout, remaining)
         metadata = Metadata(*(client_call_details.metadata or ()))
         if self._caller and not metadata.get_all(call_context.CALLER):
@@ -165,15 +177,16 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 ),
             )
         timeout = client_call_details.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout * (1 - _AT_THE_DEADLINE)
+        callers_deadline = _DEADLINE_IS_THE_CALLERS.get()
         call = await continuation(client_call_details, request)
         try:
             code = await call.code()
         except BaseException:
-            if deadline is not None and time.monotonic() >= deadline:
-                # Cut short by the caller's own timer after the call's deadline passed (both fired in one
-                # loop pass, the caller's first): the target let the deadline pass, a failure as much as
-                # DEADLINE_EXCEEDED is.
+            if deadline is not None and time.monotonic() >= deadline and not callers_deadline:
+                # Cut short by the caller's own timer at the call's deadline (armed with it, or both fired in
+                # one pass of a stalled loop, the caller's first): the target let the deadline pass, a
+                # failure as much as DEADLINE_EXCEEDED is.
                 self.breaker.record_failure()
             else:
                 # Cancelled by our caller in time: says nothing about the target; free the probe slot.
@@ -181,6 +194,8 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             raise
         if code == grpc.StatusCode.OK:
             self.breaker.record_success()
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED and callers_deadline:
+            self.breaker.release_probe()
         elif code in BREAKER_FAILURES:
             self.breaker.record_failure()
         else:

@@ -173,6 +173,8 @@ class EventConsumer:
         self._purge_batch_size = purge_batch_size
         self._purge = Periodic(f"processed-events-purge-{durable}", purge_interval_seconds, self.purge_processed)
         self._parked = asyncio.Event()
+        # Whether the current _consume got as far as consuming (the reconnect backoff starts over then).
+        self._consuming = False
         # Per message (stream, sequence): its deliveries that failed because the database was away.
         self._held: OrderedDict[tuple[str, int], int] = OrderedDict()
         # The handler's own failures on each message, counted here rather than derived from JetStream's
@@ -205,11 +207,15 @@ class EventConsumer:
     async def _run(self) -> None:
         delay = 0.5
         while True:
+            self._consuming = False
             try:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._consuming:
+                    # It got as far as consuming again since the last interruption: this is a new one.
+                    delay = 0.5
                 # NATS away, or the stream not there yet: keep trying; JetStream keeps the messages.
                 log.warning("consumer %s interrupted, retrying in %.1fs: %s", self._durable, delay, _cause(exc))
                 await asyncio.sleep(delay)
@@ -224,17 +230,28 @@ class EventConsumer:
         )
         self._stream_max_age = (await js.stream_info(self._stream)).config.max_age or 0.0
         await ensure_dead_letter_streams(js, self._duplicate_window)
-        events = await self._subscribe(js, self._stream, self._durable, self._subjects)
-        replays = await self._subscribe(
-            js, REPLAY_STREAM, replay_durable(self._durable), [replay_filter(self._durable)]
-        )
-        log.info("consuming %s from %s as %s", ",".join(self._subjects), self._stream, self._durable)
-        # Both pull loops share the connection; one failing ends both, and _run starts them again.
-        async with asyncio.TaskGroup() as loops:
-            loops.create_task(self._pull(events, replayed=False))
-            loops.create_task(self._pull(replays, replayed=True))
-            if self._metrics is not None:
-                loops.create_task(self._read_gauges(js, self._metrics))
+        subscriptions: list[JetStreamContext.PullSubscription] = []
+        try:
+            events = await self._subscribe(js, self._stream, self._durable, self._subjects)
+            subscriptions.append(events)
+            replays = await self._subscribe(
+                js, REPLAY_STREAM, replay_durable(self._durable), [replay_filter(self._durable)]
+            )
+            subscriptions.append(replays)
+            log.info("consuming %s from %s as %s", ",".join(self._subjects), self._stream, self._durable)
+            self._consuming = True
+            # Both pull loops share the connection; one failing ends both, and _run starts them again.
+            async with asyncio.TaskGroup() as loops:
+                loops.create_task(self._pull(events, replayed=False))
+                loops.create_task(self._pull(replays, replayed=True))
+                if self._metrics is not None:
+                    loops.create_task(self._read_gauges(js, self._metrics))
+        finally:
+            # The next _consume subscribes anew on the same connection: these would stay in the client
+            # for good, and be sent to the server again at every reconnect.
+            for subscription in subscriptions:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
 
     async def _subscribe(
         self, js: JetStreamContext, stream: str, durable: str, subjects: list[str]

@@ -197,6 +197,9 @@ class OutboxRelay:
             # SQLite: one process owns the file, and this relay is its only publisher.
             return await self._publish_batch(self._db.read, self._db.transaction)
         if not await self._lead():
+            # Another replica publishes: what this one saw unpublished when it led is no longer its to
+            # report (the age gauge's alert would fire on an outbox another replica has emptied).
+            self._oldest_unpublished = None
             return 0
         try:
             return await self._publish_batch(self._on_leader, self._on_leader)
