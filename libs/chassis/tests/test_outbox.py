@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.events import JetStreamPublisher, ensure_stream
+from shopmesh_chassis.events import DeferredJetStream, JetStreamPublisher, ensure_stream
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import _PG_RELAY_LOCK, OutboxRelay, add_event, new_event_id
@@ -183,6 +183,17 @@ async def test_a_running_relay_sends_more_events_than_one_batch_without_waiting_
         await relay.stop()
 
 
+async def test_a_stopping_relay_sends_what_was_committed_since_its_last_pass(db: Database, client: Client) -> None:
+    """A shutdown lets running sagas finish, and they commit their events just before the relay stops:
+    those go out with it, not at the next start."""
+    relay = OutboxRelay(db, JetStreamPublisher(client), batch_size=2, poll_interval=600)
+    relay.start()
+    await asyncio.sleep(0.1)  # its first pass found nothing; the next is ten minutes away
+    ids = await add(db, "a", "b", "c")
+    await relay.stop()
+    assert await stream_contents(client) == list(zip(ids, ["a", "b", "c"], strict=True))
+
+
 class AddsAnEventWhilePublishing:
     """The first publish lets another transaction commit an event and wake the relay, as a saga would."""
 
@@ -347,3 +358,23 @@ async def test_a_replica_that_lost_the_relay_lock_does_not_report_a_stuck_outbox
         await b.stop()
         await a_db.dispose()
         await b_db.dispose()
+
+
+async def test_a_publisher_declares_its_stream_again_when_nats_lost_it(client: Client, nats_srv: NatsServer) -> None:
+    """NATS restarted without its JetStream store (or someone deleted the stream): the outbox's next event
+    still goes out, into the stream as its publisher configures it."""
+    publisher = DeferredJetStream(
+        nats_srv.url, name="tests", stream="LOST", subjects=["lost.v1.>"], duplicate_window_seconds=600
+    )
+    ready = asyncio.Event()
+    publisher.start(on_ready=ready.set)
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        assert await publisher.publish("lost.v1.happened", b"1", msg_id="e1", headers={})
+        await client.jetstream().delete_stream("LOST")
+        assert await publisher.publish("lost.v1.happened", b"2", msg_id="e2", headers={})
+    finally:
+        await publisher.close()
+    info = await client.jetstream().stream_info("LOST")
+    assert info.state.messages == 1
+    assert info.config.max_age == 7 * 86400

@@ -19,7 +19,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NoStreamResponseError
 
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.tasks import cancel_and_wait
@@ -205,9 +205,19 @@ class DeferredJetStream:
         on_ready()
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]) -> bool:
-        if self._publisher is None:
+        if self._publisher is None or self._client is None:
             raise NotConnected(f"not connected to NATS at {self._url} yet")
-        return await self._publisher.publish(subject, payload, msg_id=msg_id, headers=headers)
+        try:
+            return await self._publisher.publish(subject, payload, msg_id=msg_id, headers=headers)
+        except NoStreamResponseError:
+            # No stream takes the subject any more: NATS restarted without its JetStream store, or the stream
+            # was deleted. Only the publisher declares it as configured (a consumer would make it with its
+            # own settings, and only once it reconnects): declare it again, then send once more.
+            log.warning("NATS stream %s is gone; declaring it again", self._stream)
+            await ensure_stream(
+                self._client.jetstream(), self._stream, self._subjects, self._duplicate_window, max_age=self._max_age
+            )
+            return await self._publisher.publish(subject, payload, msg_id=msg_id, headers=headers)
 
     async def close(self) -> None:
         if self._task is not None:
