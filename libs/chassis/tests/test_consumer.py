@@ -460,3 +460,28 @@ async def test_the_reconnect_delay_starts_over_after_the_consumer_ran_again(
     finally:
         await running.stop()
     assert delays == ["0.5s"] * 3, f"delays after isolated interruptions: {delays}"
+
+
+async def test_a_stopped_consumer_hands_back_the_events_it_fetched_and_had_not_applied(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """A rollout stops a consumer in the middle of a batch: another one gets its events at once, not after
+    the ack wait (a minute here, longer than this test waits)."""
+    started = asyncio.Event()
+
+    async def stuck(session: DbConnection, event: Event) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never done: the process is stopped while it works
+
+    first = consumer(db, nats_srv.url, stuck, ack_wait_seconds=60)
+    first.start()
+    for event_id in ("e1", "e2", "e3"):
+        await publish(client, event_id)
+    await asyncio.wait_for(started.wait(), 10)
+    await first.stop()
+    second = consumer(db, nats_srv.url, record, ack_wait_seconds=60)
+    second.start()
+    try:
+        await until_applied(db, Counter({"e1": 1, "e2": 1, "e3": 1}))
+    finally:
+        await second.stop()

@@ -280,13 +280,26 @@ class EventConsumer:
                 messages = await subscription.fetch(self._batch_size, timeout=1.0)
             except TimeoutError:
                 continue
-            for index, message in enumerate(messages):
-                if not await self._deliver(message, replayed=replayed):
-                    # The database is away: the rest of the batch would fail alike (each perhaps only after
-                    # a connect timeout, past its ack wait). They wait for it likewise, untried.
-                    for waiting in messages[index + 1 :]:
-                        await self._hold(waiting, self._event(waiting, replayed=replayed), None)
-                    break
+            settled = 0  # messages of the batch acknowledged, handed back or parked
+            try:
+                for message in messages:
+                    delivered = await self._deliver(message, replayed=replayed)
+                    settled += 1
+                    if not delivered:
+                        # The database is away: the rest of the batch would fail alike (each perhaps only after
+                        # a connect timeout, past its ack wait). They wait for it likewise, untried.
+                        for waiting in messages[settled:]:
+                            await self._hold(waiting, self._event(waiting, replayed=replayed), None)
+                            settled += 1
+                        break
+            except asyncio.CancelledError:
+                # Stopping (a shutdown, a rollout): what this batch has not settled goes back now, to another
+                # replica or the next start, instead of after the ack wait. One whose effect committed just
+                # before comes back as a duplicate, and its id keeps it from a second effect.
+                for unsettled in messages[settled:]:
+                    with contextlib.suppress(Exception):
+                        await unsettled.nak()
+                raise
 
     async def _read_gauges(self, js: JetStreamContext, metrics: EventMetrics) -> None:
         """Keep the backlog and parked-message gauges current from what NATS knows: other replicas share
