@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 
-from shopmesh_chassis import errors
+from shopmesh_chassis import call_context, errors
 
 log = logging.getLogger("shopmesh.gateway.tokens")
 
@@ -52,6 +52,11 @@ class JwksCache:
     service cause a fetch per request. When a refetch fails the keys already known keep serving: a key
     stays published until every token it signed has expired, so stale keys can only miss new ones.
     Only while no key set was ever obtained does a failure fail the verification (UNAVAILABLE).
+
+    A refetch is one task for everyone, run without the deadline of the call that started it: callers wait
+    for it and may give up, the fetch goes on. Tied to the first caller, a client sending short deadlines
+    (or hanging up) would cancel every refetch due, each counted as an attempt, and keep a revoked key
+    accepted, or a new key refused, for as long as it liked.
     """
 
     def __init__(
@@ -69,7 +74,7 @@ class JwksCache:
         self._keys: dict[str, jwt.PyJWK] | None = None
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
-        self._lock = asyncio.Lock()
+        self._fetching: asyncio.Task[None] | None = None
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
         """The key with this kid, or None when the key set does not have it."""
@@ -80,10 +85,8 @@ class JwksCache:
         return (self._keys or {}).get(kid)
 
     async def _refetch(self, *, required: bool) -> None:
-        async with self._lock:
-            # Re-checked under the lock: another caller may have fetched while this one waited.
-            if required and self._keys is not None:
-                return
+        fetching = self._fetching
+        if fetching is None:
             if (
                 not required
                 and self._attempted_at is not None
@@ -91,15 +94,30 @@ class JwksCache:
             ):
                 return
             self._attempted_at = self._clock()
-            try:
-                jwks = await self._fetch()
-            except errors.Unavailable:
-                if required:
-                    raise
+            fetching = asyncio.get_running_loop().create_task(
+                self._fetch_keys(), name="jwks-refetch", context=call_context.detached_context()
+            )
+            # Retrieved here, so that a failure nobody waited for to the end is not reported as unseen.
+            fetching.add_done_callback(lambda task: task.cancelled() or task.exception())
+            self._fetching = fetching
+        try:
+            await asyncio.shield(fetching)
+        except errors.Unavailable:
+            if self._keys is None:
+                raise
+
+    async def _fetch_keys(self) -> None:
+        try:
+            jwks = await self._fetch()
+        except errors.Unavailable:
+            if self._keys is not None:
                 log.warning("could not refetch the key set; verifying with the keys already known")
-                return
+            raise
+        else:
             self._keys = _usable_keys(jwks)
             self._fetched_at = self._clock()
+        finally:
+            self._fetching = None
 
 
 @dataclass(frozen=True, slots=True)
