@@ -11,15 +11,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
-from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh_chassis.config import load_settings
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.testing import serve_in_process
-from shopmesh_gateway.settings import GatewaySettings
-from shopmesh_gateway.wiring import Channels, binding, build_servicer
 
 from .gateway_fakes import Fakes, FakeUsers, fakes_serving
 from .gateway_keys import SigningKey
+from .gateway_serving import serving_gateway
 
 if TYPE_CHECKING:
     from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
@@ -30,18 +27,9 @@ NOWHERE = "127.0.0.1:9"
 
 @contextlib.asynccontextmanager
 async def gateway(fakes: Fakes, **overrides: Any) -> AsyncIterator[Shop]:
-    addresses = {f"{name}_address": NOWHERE for name in ("catalog", "inventory", "orders")}
-    addresses.update({f"{name}_address": address for name, address in fakes.addresses.items()})
-    settings = load_settings(GatewaySettings, grpc_port=0, metrics_port=-1, **{**addresses, **overrides})
-    channels = Channels(settings)
-    try:
-        async with (
-            serve_in_process(settings, [binding(build_servicer(settings, channels))]) as server,
-            grpc.aio.insecure_channel(server.address) as channel,
-        ):
-            yield shop_pb2_grpc.ShopServiceStub(channel)
-    finally:
-        await channels.close()
+    nowhere = dict.fromkeys(("catalog", "inventory", "orders"), NOWHERE)
+    async with serving_gateway({**nowhere, **fakes.addresses}, **overrides) as (shop, _):
+        yield shop
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -15,20 +15,18 @@ import pytest
 import pytest_asyncio
 
 from shopmesh.common.v1 import access_pb2
-from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.breaker import BreakerState
-from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
-from shopmesh_chassis.testing import free_port, serve_in_process
-from shopmesh_gateway.settings import GatewaySettings
-from shopmesh_gateway.wiring import Channels, binding, build_servicer
+from shopmesh_chassis.testing import free_port
 from shopmesh_platform.stack import Stack
 
 from .gateway_fakes import PASSWORD, Fakes, fakes_serving
 from .gateway_keys import SigningKey, tampered
+from .gateway_serving import serving_gateway
 
 if TYPE_CHECKING:
     from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
@@ -52,21 +50,15 @@ async def fakes() -> AsyncIterator[Fakes]:
         yield serving
 
 
+def addresses_of(stack: Stack, fakes: Fakes) -> dict[str, str]:
+    return {**{name: stack.address(name) for name in CORE if name != "payments"}, **fakes.addresses}
+
+
 @contextlib.asynccontextmanager
 async def gateway(stack: Stack, fakes: Fakes, **overrides: Any) -> AsyncIterator[Shop]:
     """A gateway in this process, and a plain client channel to it."""
-    addresses = {f"{name}_address": stack.address(name) for name in CORE if name != "payments"}
-    addresses.update({f"{name}_address": address for name, address in fakes.addresses.items()})
-    settings = load_settings(GatewaySettings, grpc_port=0, metrics_port=-1, **{**addresses, **overrides})
-    channels = Channels(settings)
-    try:
-        async with (
-            serve_in_process(settings, [binding(build_servicer(settings, channels))]) as server,
-            grpc.aio.insecure_channel(server.address) as channel,
-        ):
-            yield shop_pb2_grpc.ShopServiceStub(channel)
-    finally:
-        await channels.close()
+    async with serving_gateway(addresses_of(stack, fakes), **overrides) as (shop, _):
+        yield shop
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -252,18 +244,11 @@ async def test_hanging_recommendations_open_the_breaker_and_pages_stop_waiting_f
     cut short itself would end cancelled, which it does not): after its threshold the page falls back at
     once."""
     fakes.recommendations.mode = "hang"
-    addresses = {f"{name}_address": stack.address(name) for name in CORE if name != "payments"}
-    addresses.update({f"{name}_address": address for name, address in fakes.addresses.items()})
-    settings = load_settings(
-        GatewaySettings, grpc_port=0, metrics_port=-1, recommendations_timeout_seconds=0.2, **addresses
-    )
-    channels = Channels(settings)
     try:
-        async with (
-            serve_in_process(settings, [binding(build_servicer(settings, channels))]) as server,
-            grpc.aio.insecure_channel(server.address) as channel,
+        async with serving_gateway(addresses_of(stack, fakes), recommendations_timeout_seconds=0.2) as (
+            shop,
+            channels,
         ):
-            shop = shop_pb2_grpc.ShopServiceStub(channel)
             for _ in range(8):  # past the breaker's threshold of 5 failures
                 page = await shop.GetProductPage(
                     shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=10
@@ -272,7 +257,6 @@ async def test_hanging_recommendations_open_the_breaker_and_pages_stop_waiting_f
             assert channels.recommendations.breaker.state is BreakerState.OPEN
     finally:
         fakes.recommendations.mode = "ok"
-        await channels.close()
 
 
 async def test_product_page_of_an_unknown_product_is_the_catalogs_not_found(shop: Shop) -> None:

@@ -1,0 +1,35 @@
+"""A gateway served in the test's process, in front of the addresses a test gives it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from shopmesh.gateway.v1 import shop_pb2_grpc
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_gateway.settings import GatewaySettings
+from shopmesh_gateway.wiring import Channels, binding, build_servicer
+
+if TYPE_CHECKING:
+    from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
+
+
+@contextlib.asynccontextmanager
+async def serving_gateway(addresses: Mapping[str, str], **overrides: Any) -> AsyncIterator[tuple[Shop, Channels]]:
+    """The gateway with `<service>_address` settings from `addresses` (service name -> address), a plain
+    client stub to it, and its channels (their breakers) to look at."""
+    named = {f"{name}_address": address for name, address in addresses.items()}
+    settings = load_settings(GatewaySettings, grpc_port=0, metrics_port=-1, **{**named, **overrides})
+    channels = Channels(settings)
+    try:
+        async with (
+            serve_in_process(settings, [binding(build_servicer(settings, channels))]) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            yield shop_pb2_grpc.ShopServiceStub(channel), channels
+    finally:
+        await channels.close()
