@@ -117,6 +117,10 @@ INGRESS = [*SIDECAR, ipaddress.ip_network("10.244.0.0/16")]
         ("ipv4:127.0.0.6:5000", [], SIDECAR, "127.0.0.6"),
         ("ipv4:127.0.0.6:5000", ["not-an-address"], SIDECAR, "127.0.0.6"),
         ("ipv4:127.0.0.6:5000", ["10.244.1.5"], INGRESS, "10.244.1.5"),
+        # IPv4 written IPv4-mapped, by a dual-stack socket or a proxy: the same address, trusted alike.
+        ("ipv6:[::ffff:127.0.0.6]:5000", ["198.51.100.1"], SIDECAR, "198.51.100.1"),
+        ("ipv4:127.0.0.6:5000", ["198.51.100.1, ::ffff:10.244.1.5"], INGRESS, "198.51.100.1"),
+        ("ipv4:127.0.0.6:5000", ["::ffff:198.51.100.1"], SIDECAR, "198.51.100.1"),
     ],
 )
 def test_the_client_address_is_the_first_one_no_trusted_proxy_vouches_for(

@@ -81,6 +81,14 @@ def _forwarded_ip(entry: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
         return None
 
 
+def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4-mapped IPv6 address (::ffff:10.0.0.7, as a dual-stack socket or proxy may write an IPv4 one) as
+    its IPv4 address, so that IPv4 TRUSTED_PROXIES networks match it."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies: Sequence[Network] = ()) -> str:
     """Who the client is, for rate limiting: the peer's address, unless the peer is a trusted proxy.
 
@@ -90,7 +98,7 @@ def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies
     the client wrote and are never believed; without trusted proxies the header is ignored entirely."""
     address = peer_address(peer)
     try:
-        ip = ipaddress.ip_address(address)
+        ip = _unmapped(ipaddress.ip_address(address))
     except ValueError:
         return address  # not an IP transport (unix socket): nobody to trust
     hops = [entry for value in forwarded_for for entry in value.split(",")]
@@ -98,7 +106,7 @@ def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies
         forwarded = _forwarded_ip(hops.pop())
         if forwarded is None:
             break  # a malformed entry: stop at the last proxy we trust rather than guess
-        ip = forwarded
+        ip = _unmapped(forwarded)
     return str(ip)
 
 
