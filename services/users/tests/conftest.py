@@ -74,6 +74,7 @@ async def running(settings: UsersSettings, clock: FakeClock) -> AsyncIterator[tu
         ):
             yield users, users_pb2_grpc.UsersServiceStub(channel)
     finally:
+        await users.passwords.close()
         await users.database.dispose()
 
 

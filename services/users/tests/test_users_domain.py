@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import unicodedata
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -44,7 +45,7 @@ def violations(error: pytest.ExceptionInfo[InvalidArgument]) -> list[tuple[str, 
 # --- validation ------------------------------------------------------------------------------------
 
 
-def test_registration_normalizes_email_and_trims_display_name_but_keeps_the_password_as_typed() -> None:
+def test_registration_normalizes_email_and_trims_display_name_but_keeps_the_spaces_of_the_password() -> None:
     registration = validate_registration("  Ann.Lee+shop@Example.COM ", " pass word ", "  Ann Lee ")
     assert registration.email == "ann.lee+shop@example.com"
     assert registration.display_name == "Ann Lee"
@@ -93,6 +94,29 @@ def test_login_normalizes_the_email_as_registration_does() -> None:
     credentials = validate_login("  ANN@example.com\t", "whatever")
     assert credentials.email == "ann@example.com"
     assert credentials.password == "whatever"
+
+
+CREME_BRULEE = "Crème brûlée 2024"
+
+
+def test_registration_and_login_normalize_the_password_to_nfkc_whatever_form_the_device_sent() -> None:
+    nfc = unicodedata.normalize("NFC", CREME_BRULEE)
+    decomposed = unicodedata.normalize("NFD", CREME_BRULEE)
+    full_width = "".join(chr(0xFEE0 + ord(c)) for c in "password")  # U+FF50...
+    assert validate_registration("a@b.io", decomposed, "Ann").password == nfc
+    assert validate_registration("a@b.io", full_width, "Ann").password == "password"
+    credentials = validate_login("a@b.io", decomposed)
+    assert (credentials.password, credentials.password_as_sent) == (nfc, decomposed)
+    credentials = validate_login("a@b.io", nfc)
+    assert (credentials.password, credentials.password_as_sent) == (nfc, None), "nothing else to try"
+
+
+def test_password_length_limits_apply_to_the_normalized_password() -> None:
+    # U+FB01, the "fi" ligature: one character typed, two once normalized.
+    assert validate_registration("a@b.io", "\ufb01" * 4, "Ann").password == "fi" * 4
+    with pytest.raises(InvalidArgument) as error:
+        validate_registration("a@b.io", "\ufb01" * 65, "Ann")
+    assert violations(error) == [("password", "TOO_LONG")]
 
 
 def test_login_checks_only_emptiness_so_a_malformed_email_is_just_unknown() -> None:
@@ -287,6 +311,46 @@ async def test_only_so_many_hashes_run_at_once_a_few_more_wait_and_the_rest_are_
     assert await asyncio.gather(*calls) == ["hashed"] * 5
     assert counting.most == 2
     assert await passwords.hash("again") == "hashed", "the turns were given back"
+
+
+async def test_a_hash_whose_caller_gave_up_keeps_its_turn_and_its_queue_place_until_its_thread_is_done() -> None:
+    """A thread cannot be stopped: were the turn given back when the caller is cancelled (its deadline
+    passed), the next caller's hash would run beside the abandoned one, each holding its memory cost."""
+    passwords = cheap_passwords(concurrency=1, queue=1)
+    counting = CountingHasher()
+    passwords._hasher = counting  # type: ignore[assignment]
+    abandoned = asyncio.create_task(passwords.hash("gave up"))
+    await asyncio.sleep(0.1)
+    abandoned.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+    waiting = asyncio.create_task(passwords.hash("next"))
+    await asyncio.sleep(0.1)
+    assert (counting.running, counting.most) == (1, 1), "the next hash waits for the abandoned one's thread"
+    with pytest.raises(ResourceExhausted):
+        await passwords.hash("one running and one waiting: the queue is full")
+    counting.release.set()
+    assert await waiting == "hashed"
+    assert counting.most == 1
+    assert await passwords.hash("again") == "hashed", "the turns were given back"
+    await passwords.close()
+
+
+async def test_closing_the_passwords_waits_for_the_hashes_still_running_and_refuses_new_ones() -> None:
+    passwords = cheap_passwords(concurrency=1)
+    counting = CountingHasher()
+    passwords._hasher = counting  # type: ignore[assignment]
+    abandoned = asyncio.create_task(passwords.hash("gave up"))
+    await asyncio.sleep(0.1)
+    abandoned.cancel()
+    closing = asyncio.create_task(passwords.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done(), "a hash still runs"
+    counting.release.set()
+    await asyncio.wait_for(closing, 5)
+    assert counting.running == 0
+    with pytest.raises(RuntimeError):
+        await passwords.hash("after the service stopped")
 
 
 def test_settings_defaults_follow_the_topology_and_the_contract() -> None:

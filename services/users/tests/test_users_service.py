@@ -4,6 +4,11 @@ each documented error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
+import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,16 +16,21 @@ from typing import TYPE_CHECKING
 import grpc
 import jwt
 import pytest
-from sqlalchemy import func, select
+from argon2 import PasswordHasher
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 
 from shopmesh.users.v1 import users_pb2
 from shopmesh.users.v1.users_pb2_grpc import UsersServiceStub, add_UsersServiceServicer_to_server
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.errors import ResourceExhausted
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import free_port, serve_in_process
 from shopmesh_users.application import UsersApplication
+from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.signing import jwk_thumbprint
+from shopmesh_users.store.repository import UserRepository
 from shopmesh_users.store.tables import users as users_table
 from shopmesh_users.token_verifier import verify_access_token
 from shopmesh_users.transport import DESCRIPTOR, UsersServicer
@@ -227,6 +237,114 @@ async def test_login_upgrades_a_hash_made_with_weaker_argon2_parameters(tmp_path
         assert upgraded.startswith("$argon2id$v=19$m=8192,t=2,p=1$")
         await login(stub)
         assert await stored_hash(users, "ann@example.com") == upgraded
+
+
+async def test_a_password_logs_in_whichever_unicode_normal_form_the_device_sends(stub: UsersServiceAsyncStub) -> None:
+    """ "Crème brûlée 2024" typed on one device arrives composed (NFC: è = U+00E8); pasted on another from
+    a source that keeps text decomposed (NFD: e + U+0300, as macOS does) it is other code points for the
+    same text."""
+    typed = "Crème brûlée 2024"
+    user = await register(stub, email="ann@example.com", password=unicodedata.normalize("NFD", typed))
+    for form in ("NFC", "NFD", "NFKC"):
+        assert (await login(stub, password=unicodedata.normalize(form, typed))).user_id == user.id
+
+
+async def test_an_account_hashed_before_passwords_were_normalized_logs_in_and_gets_the_normalized_hash(
+    users: Users, stub: UsersServiceAsyncStub
+) -> None:
+    typed = "Crème brûlée 2024"
+    decomposed = unicodedata.normalize("NFD", typed)
+    await register(stub)
+    # What registering from a Mac stored before: a hash of the code points as sent.
+    legacy = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(decomposed)
+    async with users.database.transaction() as session:
+        await session.execute(update(users_table).values(password_hash=legacy))
+    await login(stub, password=decomposed)
+    assert await stored_hash(users, "ann@example.com") != legacy
+    await login(stub, password=unicodedata.normalize("NFC", typed))
+    details = await error_of(login(stub, password=decomposed.upper()))
+    assert details.reason == "INVALID_CREDENTIALS"
+
+
+async def hashing_busy(_self: Passwords, _password: str) -> str:
+    raise ResourceExhausted("too many password checks at once; retry shortly", reason=BUSY_REASON)
+
+
+async def database_down(_self: UserRepository, _user_id: str, _old_hash: str, _new_hash: str) -> None:
+    raise OperationalError("UPDATE users", {}, Exception("database is locked"))
+
+
+@pytest.mark.parametrize(
+    ("target", "failure"),
+    [((Passwords, "hash"), hashing_busy), ((UserRepository, "replace_password_hash"), database_down)],
+    ids=["hashing-queue-full", "database-error"],
+)
+async def test_a_right_password_logs_in_even_when_upgrading_its_hash_fails(
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    target: tuple[type, str],
+    failure: object,
+) -> None:
+    """The upgrade is best effort: the old hash still works, and the next login tries again."""
+    async with running(users_settings(tmp_path), clock) as (users, stub):
+        user = await register(stub)
+        weak = await stored_hash(users, "ann@example.com")
+    async with running(users_settings(tmp_path, password_hash_time_cost=2), clock) as (users, stub):
+        with monkeypatch.context() as patched:
+            patched.setattr(*target, failure)
+            with caplog.at_level(logging.WARNING, logger="shopmesh.users"):
+                assert (await login(stub)).user_id == user.id
+        assert await stored_hash(users, "ann@example.com") == weak
+        assert "password hash upgrade skipped" in caplog.text
+        await login(stub)
+        assert ",t=2," in await stored_hash(users, "ann@example.com"), "the next login upgraded it"
+
+
+class Running:
+    """How many password checks run in worker threads at once, at most."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+async def test_logins_whose_callers_give_up_never_run_more_hashes_at_once_than_password_hash_concurrency(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each argon2id hash holds its memory cost (64 MiB) while its thread runs, and a thread cannot be
+    stopped: logins cancelled on their deadline (a client's own, which the gateway passes on) must not
+    let the next ones start hashes beside theirs. Eight logins 50 ms apart, each given up after 50 ms,
+    against 200 ms hashes and PASSWORD_HASH_CONCURRENCY=1."""
+    hash_seconds = 0.2
+    running_hashes = Running()
+    verify = Passwords._verify
+
+    def slow_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        # An argon2id check at production cost on a busy node.
+        with running_hashes:
+            time.sleep(hash_seconds)
+            return verify(self, password_hash, password)
+
+    monkeypatch.setattr(Passwords, "_verify", slow_verify)
+    settings = users_settings(tmp_path, password_hash_concurrency=1, password_hash_queue=32)
+    async with running(settings, clock) as (_, stub):
+        for _ in range(8):
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.Login(users_pb2.LoginRequest(email="nobody@example.com", password="whatever1"), timeout=0.05)
+        await asyncio.sleep(hash_seconds * 2)  # the abandoned hashes finish
+    assert running_hashes.most == 1
 
 
 # --- GetUser ---------------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import database_errors_as_domain_errors
+from shopmesh_chassis.db_errors import DatabaseUnreachable, database_errors_as_domain_errors
+from shopmesh_chassis.errors import ResourceExhausted
 from shopmesh_users.domain import keys as key_schedule
 from shopmesh_users.domain.errors import email_already_registered, invalid_credentials, no_signing_key, user_not_found
 from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
@@ -86,10 +87,16 @@ class UsersApplication:
         async with self._database.transaction() as session:
             account = await UserRepository(session).account_by_email(credentials.email)
             keys = await SigningKeyRepository(session).all()
-        matched = await self._passwords.verify(account.password_hash if account else None, credentials.password)
-        if account is None or not matched:
+        stored_hash = account.password_hash if account else None
+        matched = await self._passwords.verify(stored_hash, credentials.password)
+        matched_as_sent = False
+        if not matched and credentials.password_as_sent is not None:
+            # Accounts registered before passwords were normalized hold a hash of the password as it was
+            # sent. Checked for an unknown e-mail too, so that both still cost the same hashing.
+            matched_as_sent = await self._passwords.verify(stored_hash, credentials.password_as_sent)
+        if account is None or not (matched or matched_as_sent):
             raise invalid_credentials()
-        if self._passwords.needs_rehash(account.password_hash):
+        if matched_as_sent or self._passwords.needs_rehash(account.password_hash):
             await self._upgrade_password_hash(account.user.id, account.password_hash, credentials.password)
         now = self._clock()
         key = key_schedule.signing_key(keys, now)
@@ -99,10 +106,21 @@ class UsersApplication:
         return IssuedToken(sign_access_token(claims, key), claims.expires_at, account.user.id)
 
     async def _upgrade_password_hash(self, user_id: str, old_hash: str, password: str) -> None:
-        new_hash = await self._passwords.hash(password)
-        async with self._database.transaction() as session:
-            await UserRepository(session).replace_password_hash(user_id, old_hash, new_hash)
-        log.info("password hash upgraded to the configured argon2 parameters", extra={"user_id": user_id})
+        """Best effort: the password was right and the old hash still works, so a full hashing queue or a
+        database failure here must not refuse the login; the next login tries again."""
+        try:
+            new_hash = await self._passwords.hash(password)
+            async with self._database.transaction() as session:
+                await UserRepository(session).replace_password_hash(user_id, old_hash, new_hash)
+        except (ResourceExhausted, SQLAlchemyError, DatabaseUnreachable) as error:
+            # The error's type only: a database error's text may carry the statement's parameters, the hashes.
+            log.warning(
+                "password hash upgrade skipped (%s); the next login tries again",
+                type(error).__name__,
+                extra={"user_id": user_id},
+            )
+            return
+        log.info("password hash upgraded (normalized password, configured argon2 costs)", extra={"user_id": user_id})
 
     @database_errors_as_domain_errors
     async def get_user(self, user_id: str) -> User:

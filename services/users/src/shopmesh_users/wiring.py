@@ -29,6 +29,7 @@ class Users:
     """The users service ready to serve: its binding, and what to start and close around serving."""
 
     database: Database
+    passwords: Passwords
     application: UsersApplication
     rotator: Periodic
     binding: ServiceBinding
@@ -52,27 +53,33 @@ def passwords(settings: UsersSettings) -> Passwords:
     )
 
 
-async def _migrated(settings: UsersSettings, clock: Clock) -> tuple[Database, UsersApplication]:
+async def _migrated(settings: UsersSettings, hashing: Passwords, clock: Clock) -> tuple[Database, UsersApplication]:
     database = Database(settings.resolved_database_url)
     try:
         await migrate(database, VERSIONS, metadata)
     except BaseException:
         await database.dispose()
         raise
-    return database, UsersApplication(database, passwords(settings), key_policy(settings), clock)
+    return database, UsersApplication(database, hashing, key_policy(settings), clock)
 
 
 async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
     """Migrate the database and make sure a key can sign; the rotator is built but not started."""
-    database, application = await _migrated(settings, clock)
+    hashing = passwords(settings)
+    try:
+        database, application = await _migrated(settings, hashing, clock)
+    except BaseException:
+        await hashing.close()
+        raise
     try:
         await application.ensure_signing_key()
     except BaseException:
+        await hashing.close()
         await database.dispose()
         raise
     rotator = Periodic("signing-key-rotation", settings.key_rotation_check_seconds, application.rotate_keys_if_due)
     binding = ServiceBinding(DESCRIPTOR, UsersServicer(application), users_pb2_grpc.add_UsersServiceServicer_to_server)
-    return Users(database=database, application=application, rotator=rotator, binding=binding)
+    return Users(database=database, passwords=hashing, application=application, rotator=rotator, binding=binding)
 
 
 async def _main() -> None:
@@ -84,17 +91,23 @@ async def _main() -> None:
         settings,
         [users.binding],
         tracer_provider=provider,
-        # The rotator first: it must finish its transaction before the database closes.
-        on_shutdown=[users.rotator.stop, users.database.dispose],
+        # The rotator first: it must finish its transaction before the database closes. A hash whose caller
+        # gave up can outlive the server's drain: waited for within the hooks' budget.
+        on_shutdown=[users.rotator.stop, users.passwords.close, users.database.dispose],
     )
 
 
 async def _revoke_keys() -> None:
-    database, application = await _migrated(load_settings(UsersSettings), utc_now)
+    settings = load_settings(UsersSettings)
+    hashing = passwords(settings)
     try:
-        rotation = await application.revoke_keys()
+        database, application = await _migrated(settings, hashing, utc_now)
+        try:
+            rotation = await application.revoke_keys()
+        finally:
+            await database.dispose()
     finally:
-        await database.dispose()
+        await hashing.close()
     print(
         f"revoked {len(rotation.expired)} signing key(s) ({', '.join(rotation.expired) or 'none'}); "
         f"{rotation.new_key.kid} signs from now on. Tokens signed before stop verifying once verifiers "

@@ -27,7 +27,7 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """A validated Register request: e-mail normalized, display name trimmed."""
+    """A validated Register request: e-mail and password normalized, display name trimmed."""
 
     email: str
     password: str = field(repr=False)
@@ -36,10 +36,13 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """A validated Login request: the e-mail normalized as at registration."""
+    """A validated Login request: the e-mail and the password normalized as at registration."""
 
     email: str
     password: str = field(repr=False)
+    # The password as sent, when normalizing changed it: accounts registered before passwords were
+    # normalized hold a hash of that form.
+    password_as_sent: str | None = field(default=None, repr=False)
 
 
 def new_user_id() -> str:

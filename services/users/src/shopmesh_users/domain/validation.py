@@ -4,6 +4,7 @@ VALIDATION_FAILED. Each `validate_*` returns the normalized command the applicat
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
@@ -29,6 +30,12 @@ EMAIL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}$")
 
 def normalize_email(email: str) -> str:
     return email.strip().lower()
+
+
+def normalize_password(password: str) -> str:
+    """NFKC, as NIST SP 800-63B (5.1.1.2) asks: the same text typed on another device (composed, or
+    decomposed as macOS pastes it; full-width, a ligature) is the same password. Spaces are kept."""
+    return unicodedata.normalize("NFKC", password)
 
 
 def _fail(violations: Sequence[FieldViolation]) -> InvalidArgument:
@@ -67,6 +74,8 @@ def _display_name_violation(display_name: str) -> FieldViolation | None:
 def validate_registration(email: str, password: str, display_name: str) -> Registration:
     normalized = normalize_email(email)
     name = display_name.strip()
+    # The limits apply to what is hashed: normalizing may lengthen a password (a ligature becomes letters).
+    password = normalize_password(password)
     violations = [
         v
         for v in (_email_violation(normalized), _password_violation(password), _display_name_violation(name))
@@ -74,7 +83,6 @@ def validate_registration(email: str, password: str, display_name: str) -> Regis
     ]
     if violations:
         raise _fail(violations)
-    # The password is kept exactly as typed: spaces may be part of it.
     return Registration(email=normalized, password=password, display_name=name)
 
 
@@ -82,14 +90,19 @@ def validate_login(email: str, password: str) -> Credentials:
     """Only emptiness is checked: any other e-mail or password fails as INVALID_CREDENTIALS, so a
     malformed address is not told apart from an unknown one."""
     normalized = normalize_email(email)
+    normalized_password = normalize_password(password)
     violations: list[FieldViolation] = []
     if not normalized:
         violations.append(FieldViolation("email", "must not be empty", "REQUIRED"))
-    if not password:
+    if not normalized_password:
         violations.append(FieldViolation("password", "must not be empty", "REQUIRED"))
     if violations:
         raise _fail(violations)
-    return Credentials(email=normalized, password=password)
+    return Credentials(
+        email=normalized,
+        password=normalized_password,
+        password_as_sent=password if password != normalized_password else None,
+    )
 
 
 def validate_user_id(user_id: str) -> str:
