@@ -131,14 +131,15 @@ class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             timeout = self._default
         inbound = call_context.current()
         remaining = call_context.inbound_time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise _local_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the inbound call's deadline has passed",
+                errors.DomainError("deadline exceeded", reason="INBOUND_DEADLINE_EXCEEDED"),
+            )
+        # Set for every call, never left from another: the chain of one call runs in a task of its own.
+        _DEADLINE_IS_THE_CALLERS.set(remaining is not None and remaining < timeout * _CALLERS_CUT)
         if remaining is not None:
-            if remaining <= 0:
-                raise _local_error(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "the inbound call's deadline has passed",
-                    errors.DomainError("deadline exceeded", reason="INBOUND_DEADLINE_EXCEEDED"),
-                )
-            _DEADLINE_IS_THE_CALLERS.set(remaining < timeout * _CALLERS_CUT)
             timeout = min(timeout, remaining)
         metadata = Metadata(*(client_call_details.metadata or ()))
         if self._caller and not metadata.get_all(call_context.CALLER):
