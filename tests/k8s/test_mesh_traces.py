@@ -1,7 +1,9 @@
 """The meshes' own spans on Kubernetes. Under Istio each service's Telemetry has its sidecars report their spans
 through the OpenTelemetry provider that `make mesh-istio` installs, named as the Telemetry names it and pointed
 at the collector the services export to (global.otel.endpoint), recording the services' share of new traces
-(samplerRatio); none without an endpoint or without Istio. Linkerd's proxies export only to a collector inside
+(samplerRatio); none without an endpoint or without Istio. Behind an ingress Gateway, Istio's ingress proxy gets a
+Telemetry of its own in the Gateway's namespace and samples for the trace, and the edge's sidecar follows it. Linkerd's
+proxies export only to a collector inside
 the mesh, which the dev Jaeger is not: the chart sets nothing for them, and docs/mesh.md's steps for meshing
 the collector name the collector the services use."""
 
@@ -199,6 +201,153 @@ def test_the_telemetry_validates_against_istios_crd_schema(rendered: dict[tuple[
     too_many = json.loads(json.dumps(objects[0]))
     too_many["spec"]["tracing"][0]["randomSamplingPercentage"] = "all"
     assert len(validate_custom_resources([misspelled, too_many])) == 2
+
+
+# --- Istio's ingress proxy ----------------------------------------------------------------------------------
+
+INGRESS_NS = "shopmesh-ingress"
+EXAMPLE = ROOT / "k8s" / "ingress"
+
+
+def ingress(
+    http: list[dict[str, Any]], grpc: list[dict[str, Any]], traces: bool | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The umbrella's values: Istio (unless `extra` says otherwise), the edge's routes attached to the `http` and
+    `grpc` parentRefs, gateway.ingress.traces when given."""
+    routes: dict[str, Any] = {kind: {"parentRefs": refs} for kind, refs in (("http", http), ("grpc", grpc)) if refs}
+    if traces is not None:
+        routes["traces"] = traces
+    return {"global": {"mesh": "istio", **extra}, EDGE: {"ingress": routes}}
+
+
+def ingress_telemetries(docs: Docs) -> Docs:
+    """The Telemetry objects that configure a Gateway's proxy, not a service's sidecars."""
+    return [t for t in telemetries(docs) if "targetRefs" in t["spec"]]
+
+
+def sampling(docs: Docs, name: str) -> float:
+    [tracing] = find(docs, "Telemetry", name)["spec"]["tracing"]
+    percentage: float = tracing["randomSamplingPercentage"]
+    return percentage
+
+
+SHOP_HTTP = {"name": "shop", "namespace": INGRESS_NS, "sectionName": "http"}
+SHOP_GRPC = {"name": "shop", "namespace": INGRESS_NS, "sectionName": "grpc"}
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.1, 0.001, 0])
+def test_behind_a_gateway_its_proxy_decides_for_the_trace_and_the_edges_sidecar_follows(
+    helm_dir: Path, ratio: float
+) -> None:
+    """One draw per trace: the ingress proxy, the first Envoy a call meets, at the ratio; the edge's sidecar then
+    at 100 %, like every other sidecar, or it would draw again and keep ratio² of the traces. Both routes
+    attach to one Gateway, which gets one Telemetry."""
+    docs = objects_of(helm_dir, render.UMBRELLA, ingress([SHOP_HTTP], [SHOP_GRPC], otel={"samplerRatio": ratio}))
+    [telemetry] = ingress_telemetries(docs)
+    assert telemetry["metadata"]["namespace"] == INGRESS_NS, "a Telemetry applies in its own namespace only"
+    # Istio finds the Gateway's pods by their gateway.networking.k8s.io/gateway-name label; a selector of it
+    # is ignored once ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY is off, and beside targetRefs never read.
+    assert telemetry["spec"]["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "shop"}
+    ]
+    assert "selector" not in telemetry["spec"]
+    [sidecar_tracing] = find(docs, "Telemetry", EDGE)["spec"]["tracing"]
+    services = float(find(docs, "ConfigMap", EDGE)["data"]["OTEL_TRACES_SAMPLER_RATIO"])
+    assert services == ratio
+    assert telemetry["spec"]["tracing"] == [
+        {"providers": sidecar_tracing["providers"], "randomSamplingPercentage": round(services * 100, 2)}
+    ]
+    for name in NAMES:
+        assert sampling(docs, name) == 100, name
+    # mesh-istio.sh still finds one provider to install.
+    [provider] = render.istio_tracing(helm_dir, ingress([SHOP_HTTP], [SHOP_GRPC]))["spec"]["meshConfig"][
+        "extensionProviders"
+    ]
+    assert [provider["name"]] == [p["name"] for p in telemetry["spec"]["tracing"][0]["providers"]]
+
+
+def test_each_gateway_gets_one_in_its_namespace_the_release_s_when_the_parent_ref_names_none(helm_dir: Path) -> None:
+    """Gateway API reads a parentRef without a namespace as the route's own; a parentRef to something that is not a
+    Gateway (a Service) has no ingress proxy to configure."""
+    http = [SHOP_HTTP, {"name": "internal", "sectionName": "http"}]
+    grpc = [SHOP_GRPC, {"name": "internal"}, {"group": "", "kind": "Service", "name": "mirror"}]
+    docs = objects_of(helm_dir, render.UMBRELLA, ingress(http, grpc))
+    found = {(t["metadata"]["namespace"], t["metadata"]["name"]): t for t in ingress_telemetries(docs)}
+    assert set(found) == {(INGRESS_NS, "shop-traces"), (render.NAMESPACE, "internal-traces")}
+    assert found[render.NAMESPACE, "internal-traces"]["spec"]["targetRefs"][0]["name"] == "internal"
+    assert sampling(docs, EDGE) == 100
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param(ingress([], [], otel={"samplerRatio": 0.1}), id="no-ingress"),
+        pytest.param(
+            ingress([{"group": "", "kind": "Service", "name": "mirror"}], [], otel={"samplerRatio": 0.1}),
+            id="no-gateway-among-the-parents",
+        ),
+        pytest.param(ingress([SHOP_HTTP], [SHOP_GRPC], traces=False, otel={"samplerRatio": 0.1}), id="switched-off"),
+    ],
+)
+def test_without_the_ingress_proxys_spans_the_edges_sidecar_samples_as_before(
+    helm_dir: Path, values: dict[str, Any]
+) -> None:
+    docs = objects_of(helm_dir, render.UMBRELLA, values)
+    assert ingress_telemetries(docs) == []
+    assert sampling(docs, EDGE) == 10
+    assert all(sampling(docs, name) == 100 for name in NAMES if name != EDGE)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"otel": {"endpoint": ""}}, id="no-collector"),
+        pytest.param({"meshPolicy": {"enabled": False}}, id="platform-keeps-the-mesh-objects"),
+        pytest.param({"mesh": "linkerd"}, id="linkerd"),
+        pytest.param({"mesh": ""}, id="no-mesh"),
+    ],
+)
+def test_without_the_sidecars_spans_the_ingress_proxy_gets_no_telemetry_either(
+    helm_dir: Path, extra: dict[str, Any]
+) -> None:
+    docs = objects_of(helm_dir, render.UMBRELLA, ingress([SHOP_HTTP], [SHOP_GRPC], **extra))
+    assert telemetries(docs) == []
+    assert {d["metadata"]["namespace"] for d in docs} == {render.NAMESPACE}, "nothing beside the Gateway"
+
+
+def test_the_example_gateways_proxy_reports_to_the_dev_jaeger_which_admits_it(helm_dir: Path) -> None:
+    """k8s/ingress with the istio value set, as docs/kubernetes.md has a user deploy it: the Telemetry beside the
+    example Gateway targets it, and the dev Jaeger's NetworkPolicy admits that Gateway's proxy (the pods Istio
+    labels with its name, in its namespace) on the port the provider exports to."""
+    _, gateway = yaml.safe_load_all((EXAMPLE / "gateway.yaml").read_text())
+    values = yaml.safe_load((EXAMPLE / "values.yaml").read_text()) | {"global": {"mesh": "istio"}}
+    docs = objects_of(helm_dir, render.UMBRELLA, values)
+    [telemetry] = ingress_telemetries(docs)
+    assert gateway["spec"]["gatewayClassName"] == "istio"
+    assert telemetry["metadata"]["namespace"] == gateway["metadata"]["namespace"]
+    [target] = telemetry["spec"]["targetRefs"]
+    assert (target["kind"], target["name"]) == (gateway["kind"], gateway["metadata"]["name"])
+    [provider] = render.istio_tracing(helm_dir, values)["spec"]["meshConfig"]["extensionProviders"]
+    infra = [d for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / "networkpolicy.yaml").read_text()) if d]
+    [policy] = [d for d in infra if d["metadata"]["name"] == "jaeger"]
+    proxy = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": gateway["metadata"]["namespace"]}},
+        "podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": gateway["metadata"]["name"]}},
+    }
+    assert proxy in peers_by_port(policy["spec"]["ingress"], "from")[provider["opentelemetry"]["port"]]
+
+
+def test_the_ingress_telemetry_validates_against_istios_crd_schema(helm_dir: Path) -> None:
+    docs = objects_of(helm_dir, render.UMBRELLA, ingress([SHOP_HTTP], [{"name": "internal"}]))
+    objects = ingress_telemetries(docs)
+    assert len(objects) == 2
+    assert validate_custom_resources(objects) == []
+    kindless = json.loads(json.dumps(objects[0]))
+    del kindless["spec"]["targetRefs"][0]["kind"]
+    # A route's parentRef names a listener; Istio's policy target takes none.
+    listener = json.loads(json.dumps(objects[0]))
+    listener["spec"]["targetRefs"][0]["sectionName"] = "http"
+    assert len(validate_custom_resources([kindless, listener])) == 2
 
 
 # --- Linkerd --------------------------------------------------------------------------------------------

@@ -443,12 +443,15 @@ def test_dev_infra_matches_the_charts_defaults() -> None:
     assert {p["port"] for p in services["nats"]["spec"]["ports"]} == {NATS_PORT}
     assert {p["port"] for p in services["postgresql"]["spec"]["ports"]} == {POSTGRES_PORT}
     assert SMTP_PORT in {p["port"] for p in services["mailpit"]["spec"]["ports"]}
-    # Every service's spans go to the dev Jaeger (test_traces.py), which admits them from the shopmesh namespace.
+    # Every service's spans go to the dev Jaeger (test_traces.py), which admits them from the shopmesh namespace,
+    # and those of k8s/ingress's Gateway proxy (test_mesh_traces.py) from its pods alone.
     assert {p["port"] for p in services["jaeger"]["spec"]["ports"]} == {OTLP_PORT, JAEGER_UI_PORT}
     policies = {d["metadata"]["name"]: d for d in objects if d["kind"] == "NetworkPolicy"}
     [admitted] = policies["jaeger"]["spec"]["ingress"]
     assert admitted["ports"] == [{"protocol": "TCP", "port": OTLP_PORT}]
-    assert admitted["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shopmesh"}}}]
+    services_peer, ingress_peer = admitted["from"]
+    assert services_peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shopmesh"}}}
+    assert ingress_peer["podSelector"] == {"matchLabels": {"gateway.networking.k8s.io/gateway-name": "shop"}}
 
 
 # --- Makefile and docs ------------------------------------------------------------------------------

@@ -283,6 +283,19 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- end -}}
 {{- /* Istio's sidecars report spans too (_mesh.tpl), with its policy objects and a collector. */ -}}
 {{- $_ := set $c.otel "sidecarSpans" (and (eq $c.mesh "istio") $c.meshPolicy.enabled (ne $c.otel.endpoint "")) -}}
+{{- /* ...and so does Istio's ingress proxy in front of the edge (_mesh.tpl), which then decides for the trace:
+     each Gateway the routes attach to, once ("<namespace>/<name>"), in the release's namespace when the
+     parentRef names none, as Gateway API reads it. A parentRef of another kind (a Service) has no proxy
+     of its own to configure. */ -}}
+{{- $gateways := dict -}}
+{{- range concat $c.ingress.http.parentRefs $c.ingress.grpc.parentRefs -}}
+{{- if and (eq (dig "group" "gateway.networking.k8s.io" .) "gateway.networking.k8s.io") (eq (dig "kind" "Gateway" .) "Gateway") -}}
+{{- $ns := dig "namespace" "" . | default $c.namespace -}}
+{{- $_ := set $gateways (printf "%s/%s" $ns .name) (dict "name" .name "namespace" $ns) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $c.ingress "traces" (and $c.otel.sidecarSpans (dig "ingress" "traces" true $v) (gt (len $gateways) 0)) -}}
+{{- $_ := set $c.ingress "gateways" (ternary $gateways (dict) $c.ingress.traces) -}}
 {{- if $c.otel.endpoint -}}
 {{- include "shopmesh-lib.checkEgress" (dict "setting" "otel" "url" $c.otel.endpoint "port" $c.otel.port "peers" $c.otel.peers "devUrl" $devOtel "devPeers" $devOtelPeers "enforced" $c.networkPolicy.enabled) -}}
 {{- end -}}

@@ -55,11 +55,12 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* metadata: of one more object of the service (mesh policy, ingress routes); .name is the object's name. */}}
+{{/* metadata: of one more object of the service (mesh policy, ingress routes); .name is the object's name,
+.namespace (if given) where it goes when that is not the release's (beside the platform's Gateway). */}}
 {{- define "shopmesh-lib.metadata" -}}
 metadata:
   name: {{ .name }}
-  namespace: {{ .ctx.c.namespace }}
+  namespace: {{ dig "namespace" .ctx.c.namespace . }}
   labels:
     {{- include "shopmesh-lib.labels" .ctx | nindent 4 }}
 {{- end -}}

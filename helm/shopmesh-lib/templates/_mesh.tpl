@@ -163,15 +163,20 @@ spec:
 {{- if $c.otel.sidecarSpans }}
 ---
 {{ include "shopmesh-lib.mesh.istio-tracing" . }}
+{{- range $c.ingress.gateways }}
+---
+{{ include "shopmesh-lib.mesh.istio-ingress-tracing" (dict "ctx" $ "gateway" .) }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
 {{/*
 The sidecar's own spans (a server span for each call it lets in, a client span for each it sends out), so
 that a trace shows the hop through the mesh between the services' spans. They go where the services'
-go: Istio sends them through the OpenTelemetry provider named here, which k8s/scripts/mesh-istio.sh adds to
-the mesh config pointing at the collector of global.otel.endpoint; it reads the name and the collector
-from this rendering (k8s/render.py istio-tracing), so this is the one place either is written. Envoy
+go: Istio sends them through the OpenTelemetry provider named here (tracingProvider), which
+k8s/scripts/mesh-istio.sh adds to the mesh config pointing at the collector of global.otel.endpoint; it
+reads the name and the collector from this rendering (k8s/render.py istio-tracing), so this is the one
+place either is written. Envoy
 speaks W3C trace context with this provider, as the services do, so its spans join theirs. The NetworkPolicy
 needs nothing more: the sidecar's connection to the collector leaves the pod to the same peers and port
 as the service's.
@@ -179,11 +184,13 @@ as the service's.
 One decision per trace: an Envoy records a request only when its own draw says so and the traceparent it got
 (if any) is sampled, and every Envoy draws afresh (from an x-request-id the services do not forward), so
 sidecars each sampling at the ratio would record ratio² of the traces past the second hop, ratio³ past the
-third, the services' spans with them (they follow the sidecar's traceparent). So only the edge's sidecar,
-where every call enters, draws at global.otel.samplerRatio; every other sidecar, and the edge's own HTTP
-Envoy behind it (_httpapi.tpl), records at 100 %, which records what the trace they are in records (the
-services' clients always send a traceparent). The pod annotations (_deployment.tpl) keep the rest out of
-the traces: the services' span exports and Prometheus' scrapes, parentless requests, pass the sidecar by.
+third, the services' spans with them (they follow the sidecar's traceparent). So only the first Envoy a
+call meets draws at global.otel.samplerRatio: Istio's ingress proxy when the edge's routes attach to a
+Gateway (istio-ingress-tracing below), else the edge's sidecar, where every call enters; every other
+sidecar, the edge's behind an ingress, and the edge's own HTTP Envoy behind it (_httpapi.tpl), records at
+100 %, which records what the trace they are in records (the services' clients, and the ingress proxy,
+always send a traceparent). The pod annotations (_deployment.tpl) keep the rest out of the traces: the
+services' span exports and Prometheus' scrapes, parentless requests, pass the sidecar by.
 */}}
 {{- define "shopmesh-lib.mesh.istio-tracing" -}}
 {{- $c := .c -}}
@@ -196,15 +203,56 @@ spec:
       {{- include "shopmesh-lib.selectorLabels" $c | nindent 6 }}
   tracing:
     - providers:
-        - name: shopmesh-otel
-      {{- if $c.edge }}
+        - name: {{ include "shopmesh-lib.mesh.tracingProvider" . }}
+      {{- if and $c.edge (not $c.ingress.traces) }}
       # Where calls enter: the fraction of traces recorded (global.otel.samplerRatio), as the percentage
       # Istio takes (to 0.01), decided here for the whole trace.
-      randomSamplingPercentage: {{ round (mulf $c.otel.samplerRatio 100) 2 }}
+      randomSamplingPercentage: {{ include "shopmesh-lib.mesh.samplingPercentage" $c }}
+      {{- else if $c.edge }}
+      # Behind the ingress proxy, which decided for the trace. A call that comes another way (port-forward,
+      # a client in the cluster) without a traceparent is recorded every time.
+      randomSamplingPercentage: 100
       {{- else }}
-      # Inside: whatever the trace this call belongs to was decided at the edge.
+      # Inside: whatever the trace this call belongs to was decided where it entered.
       randomSamplingPercentage: 100
       {{- end }}
+{{- end -}}
+
+{{/*
+The spans of Istio's ingress proxy for one Gateway (.gateway: name, namespace) the edge's routes attach to,
+in the Gateway's namespace, beside it: the ingress is then the first Envoy a call meets, the one that
+decides for the trace at global.otel.samplerRatio (see istio-tracing above); the edge's sidecar follows.
+Without it the ingress proxy reports nothing and passes the client's traceparent (if any) on untouched.
+It attaches by targetRefs, not by a selector of the pods' gateway.networking.k8s.io/gateway-name label:
+Istio ignores selectors on a Gateway API gateway's pods once ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY is
+off (istioctl analyze warns IST0166), and reads only the targetRefs when a policy has both; the targetRef
+finds the same pods, by that label. Named after the Gateway, so that a second release routed through it is
+refused by Helm (the object exists) rather than configuring the same proxy twice.
+*/}}
+{{- define "shopmesh-lib.mesh.istio-ingress-tracing" -}}
+{{- $c := .ctx.c -}}
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+{{ include "shopmesh-lib.metadata" (dict "ctx" .ctx "name" (printf "%s-traces" .gateway.name) "namespace" .gateway.namespace) }}
+spec:
+  targetRefs:
+    - group: gateway.networking.k8s.io
+      kind: Gateway
+      name: {{ .gateway.name }}
+  tracing:
+    - providers:
+        - name: {{ include "shopmesh-lib.mesh.tracingProvider" . }}
+      randomSamplingPercentage: {{ include "shopmesh-lib.mesh.samplingPercentage" $c }}
+{{- end -}}
+
+{{/* The tracing provider's name, which k8s/scripts/mesh-istio.sh reads from the rendered Telemetry objects. */}}
+{{- define "shopmesh-lib.mesh.tracingProvider" -}}
+shopmesh-otel
+{{- end -}}
+
+{{/* global.otel.samplerRatio as the percentage Istio takes (to 0.01). */}}
+{{- define "shopmesh-lib.mesh.samplingPercentage" -}}
+{{ round (mulf .otel.samplerRatio 100) 2 }}
 {{- end -}}
 
 {{/* The destinations and retries of the service's VirtualService routes (_mesh.tpl, Istio). */}}
