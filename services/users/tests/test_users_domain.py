@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import unicodedata
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -117,6 +118,32 @@ def test_password_length_limits_apply_to_the_normalized_password() -> None:
     with pytest.raises(InvalidArgument) as error:
         validate_registration("a@b.io", "\ufb01" * 65, "Ann")
     assert violations(error) == [("password", "TOO_LONG")]
+
+
+@pytest.mark.parametrize(
+    "validate", [lambda p: validate_registration("a@b.io", p, "Ann"), lambda p: validate_login("a@b.io", p)]
+)
+def test_a_password_longer_than_any_could_be_is_refused_before_it_is_normalized(
+    validate: Callable[[str], object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFKC makes U+FDFA 18 characters: a request of a few MiB of it, normalized, would hold the event
+    loop for seconds and take hundreds of MiB before any limit applied."""
+    normalized: list[int] = []
+    real = unicodedata.normalize
+
+    def counting(form: str, text: str) -> str:
+        normalized.append(len(text))
+        return real(form, text)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(unicodedata, "normalize", counting)
+    with pytest.raises(InvalidArgument) as error:
+        validate("\ufdfa" * 1_000_000)
+    assert violations(error) == [("password", "TOO_LONG")]
+    assert all(length <= 1024 for length in normalized)
+    # A password of the longest length, decomposed as a device may send it, still gets through.
+    decomposed = real("NFD", "é" * 128)
+    assert len(decomposed) == 256
+    assert validate(decomposed) is not None
 
 
 def test_login_checks_only_emptiness_so_a_malformed_email_is_just_unknown() -> None:

@@ -17,6 +17,10 @@ MAX_EMAIL_LENGTH = 254
 MAX_EMAIL_LOCAL_PART_LENGTH = 64
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 128
+# Longer than any password of MAX_PASSWORD_LENGTH typed in any normal form (a decomposed one is longer),
+# and checked before normalizing: NFKC can lengthen a text eighteenfold (U+FDFA), and a request of
+# megabytes normalized would hold the event loop for seconds and take hundreds of MiB.
+MAX_PASSWORD_LENGTH_AS_SENT = 8 * MAX_PASSWORD_LENGTH
 MAX_DISPLAY_NAME_LENGTH = 50
 # Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
 MAX_ID_LENGTH = 64
@@ -34,7 +38,10 @@ def normalize_email(email: str) -> str:
 
 def normalize_password(password: str) -> str:
     """NFKC, as NIST SP 800-63B (5.1.1.2) asks: the same text typed on another device (composed, or
-    decomposed as macOS pastes it; full-width, a ligature) is the same password. Spaces are kept."""
+    decomposed as macOS pastes it; full-width, a ligature) is the same password. Spaces are kept.
+    INVALID_ARGUMENT (TOO_LONG) for one longer than any password could be as sent, before normalizing."""
+    if len(password) > MAX_PASSWORD_LENGTH_AS_SENT:
+        raise _fail([FieldViolation("password", f"must be at most {MAX_PASSWORD_LENGTH} characters", "TOO_LONG")])
     return unicodedata.normalize("NFKC", password)
 
 
