@@ -242,6 +242,27 @@ async def test_short_inbound_deadlines_do_not_open_the_breaker_of_a_healthy_depe
         assert response.message == "m"
 
 
+async def test_a_budget_handed_down_by_the_caller_still_opens_the_breaker_of_a_hanging_target(
+    server: ChassisServer,
+) -> None:
+    """Recommendations call catalog with 1 s of their own, inside the gateway's 300 ms budget: every call
+    to catalog gets the budget's rest, cut below half its own. Catalog usually answers within milliseconds,
+    so when it hangs, 300 ms is ample time it let pass: the breaker counts it, and opens."""
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=3, reset_timeout_seconds=30))
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        assert (await stub.Echo(slow(0), timeout=1.0)).message == "m"  # its usual latency: a few ms
+        for _ in range(3):
+            token = call_context.enter(0.3, [])  # serving the gateway's call, 300 ms left
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Echo(slow(3_000), timeout=1.0)
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            finally:
+                call_context.leave(token)
+        assert breaker.state is BreakerState.OPEN
+
+
 async def test_a_caller_timer_armed_with_the_deadline_still_opens_the_breaker_of_a_hanging_target(
     server: ChassisServer,
 ) -> None:

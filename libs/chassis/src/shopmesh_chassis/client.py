@@ -40,12 +40,18 @@ BREAKER_FAILURES = frozenset(
 )
 _CHASSIS_DOMAIN = "shopmesh.chassis"
 
-# Set by OutboundContextInterceptor for the breaker inside it (one task runs the chain): the call's deadline
-# is the inbound caller's, cut to less than half its own. Missing it says how impatient that caller was,
-# not how healthy the target is: one client sending tiny deadlines must not open a healthy target's breaker
-# for everyone.
-_DEADLINE_IS_THE_CALLERS: ContextVar[bool] = ContextVar("shopmesh_deadline_is_the_callers", default=False)
-_CALLERS_CUT = 0.5
+# Set by OutboundContextInterceptor for the breaker inside it (one task runs the chain): the call's own
+# timeout when the inbound call's deadline cut it shorter, else None. Missing a deadline its caller cut
+# short may say how impatient that caller was, not how healthy the target is: one client sending tiny
+# deadlines must not open a healthy target's breaker for everyone.
+_OWN_TIMEOUT_CUT_BY_CALLER: ContextVar[float | None] = ContextVar("shopmesh_own_timeout_cut_by_caller", default=None)
+# Such a deadline proves nothing when shorter than this many times the target's usual latency (a running
+# average of its successful calls). Longer, the target had ample time: a gateway's 300 ms budget passed on
+# to a catalog that answers in 2 ms still opens the breaker when catalog hangs. Before any success is seen,
+# a deadline cut below half the call's own timeout proves nothing.
+_USUAL_LATENCY_MULTIPLE = 10.0
+_UNKNOWN_LATENCY_CUT = 0.5
+_LATENCY_WEIGHT = 0.1
 # A call cancelled by its caller this close to its deadline (a share of the timeout) was cut short by a
 # timer armed alongside the deadline: the target had the call for all of it, as for DEADLINE_EXCEEDED.
 _AT_THE_DEADLINE = 0.05
@@ -138,7 +144,7 @@ class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 errors.DomainError("deadline exceeded", reason="INBOUND_DEADLINE_EXCEEDED"),
             )
         # Set for every call, never left from another: the chain of one call runs in a task of its own.
-        _DEADLINE_IS_THE_CALLERS.set(remaining is not None and remaining < timeout * _CALLERS_CUT)
+        _OWN_TIMEOUT_CUT_BY_CALLER.set(timeout if remaining is not None and remaining < timeout else None)
         if remaining is not None:
             timeout = min(timeout, remaining)
         metadata = Metadata(*(client_call_details.metadata or ()))
@@ -162,6 +168,21 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, target: str, breaker: CircuitBreaker) -> None:
         self._target = target
         self.breaker = breaker
+        # The target's usual latency: a running average of its successful calls' durations (seconds).
+        self._usual_latency: float | None = None
+
+    def _learn_latency(self, seconds: float) -> None:
+        usual = self._usual_latency
+        self._usual_latency = seconds if usual is None else usual + _LATENCY_WEIGHT * (seconds - usual)
+
+    def _too_short_to_tell(self, timeout: float | None, own_timeout: float | None) -> bool:
+        """Whether missing this deadline, which its inbound caller cut from `own_timeout`, says nothing
+        about the target (see _USUAL_LATENCY_MULTIPLE)."""
+        if timeout is None or own_timeout is None:
+            return False
+        if self._usual_latency is None:
+            return timeout < own_timeout * _UNKNOWN_LATENCY_CUT
+        return timeout < self._usual_latency * _USUAL_LATENCY_MULTIPLE
 
     async def intercept_unary_unary(
         self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
@@ -178,8 +199,9 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 ),
             )
         timeout = client_call_details.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout * (1 - _AT_THE_DEADLINE)
-        callers_deadline = _DEADLINE_IS_THE_CALLERS.get()
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout * (1 - _AT_THE_DEADLINE)
+        callers_deadline = self._too_short_to_tell(timeout, _OWN_TIMEOUT_CUT_BY_CALLER.get())
         call = await continuation(client_call_details, request)
         try:
             code = await call.code()
@@ -194,6 +216,7 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 self.breaker.release_probe()
             raise
         if code == grpc.StatusCode.OK:
+            self._learn_latency(time.monotonic() - started)
             self.breaker.record_success()
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED and callers_deadline:
             self.breaker.release_probe()
