@@ -292,7 +292,7 @@ def test_the_render_fails_unless_the_whole_stop_fits_the_termination_grace_perio
 
 @pytest.mark.parametrize("budget", [10, 4, 10.5, 11.5])
 def test_the_render_fails_for_a_hooks_budget_the_grace_would_use_up(helm_dir: Path, budget: float) -> None:
-    # The margin the chart asks for is the chassis' own (2 s): just below it the render fails, at it it passes.
+    # The margin the chart asks for is the chassis' own (3 s): just below it the render fails, at it it passes.
     problem = (
         f"shutdownHooksBudgetSeconds ({budget:g}) must be at least shutdownGraceSeconds (10) + "
         f"{SHUTDOWN_HOOKS_MARGIN_SECONDS:g}"

@@ -52,7 +52,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- /* The hooks' budget is at least the grace and this much more: the first hook waits up to the grace, less
      the 1 s reserve of each hook after it and 0.5 s to unwind (SHUTDOWN_HOOKS_MARGIN_SECONDS in libs/chassis
      config.py, which tests/k8s hold this to). */ -}}
-{{- $hooksMargin := 2 -}}
+{{- $hooksMargin := 3 -}}
 {{- $tgp := dig "drain" "terminationGracePeriodSeconds" (dig "drain" "terminationGracePeriodSeconds" 40 $g) $v -}}
 {{- /* The service would refuse it too (SHUTDOWN_HOOKS_BUDGET_SECONDS), but in a crash loop; the render says it. */ -}}
 {{- if lt (float64 $hooks) (addf $grace $hooksMargin) -}}

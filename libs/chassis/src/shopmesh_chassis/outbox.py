@@ -147,22 +147,25 @@ class OutboxRelay:
         if self._retention > 0:
             self._purge.start()
 
-    async def stop(self, final_pass_seconds: float = 2.0) -> None:
+    async def stop(self, final_pass_seconds: float = 1.0) -> None:
         """Stop relaying, after a last pass of at most `final_pass_seconds` for what was committed since the
         last one (the sagas a shutdown lets finish write their events just before): else those wait for the
         next start, or for another replica's relay."""
-        # A purge cut short loses nothing: each batch is a transaction of its own, and the next run goes on.
-        await self._purge.stop(timeout=1.0)
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
-            try:
-                async with asyncio.timeout(final_pass_seconds):
-                    while await self.publish_pending() >= self._batch_size:
-                        pass
-            except Exception as exc:  # NATS or the database away, or out of time: the events stay for later
-                log.warning("outbox: last pass before stopping did not finish: %r", exc)
-        await self._step_down()
+        try:
+            # A purge cut short loses nothing: each batch is a transaction of its own, and the next run goes on.
+            await self._purge.stop(timeout=1.0)
+            if self._task is not None:
+                await cancel_and_wait(self._task)
+                self._task = None
+                try:
+                    async with asyncio.timeout(final_pass_seconds):
+                        while await self.publish_pending() >= self._batch_size:
+                            pass
+                except Exception as exc:  # NATS or the database away, or out of time: the events stay for later
+                    log.warning("outbox: last pass before stopping did not finish: %r", exc)
+        finally:
+            # Also when the shutdown hook is cut off: the lock's own connection is not the pool's to close.
+            await self._step_down()
 
     async def purge_published(self) -> int:
         """Delete the rows published longer than the retention ago, in batches; returns how many."""
