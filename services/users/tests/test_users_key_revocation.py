@@ -1,8 +1,10 @@
 """`python -m shopmesh_users revoke-keys`, run as its own process beside a serving users service on the
-same SQLite database: every key goes, a new one signs at once, earlier tokens stop verifying."""
+same SQLite database: every key goes, a new one signs at once, earlier tokens stop verifying. Pointed at
+a database without keys, or one it cannot reach, it revokes nothing and says so in one line, exit 1."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -12,25 +14,37 @@ from typing import TYPE_CHECKING
 import jwt
 import pytest
 
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing import free_port
+from shopmesh_users import wiring
+from shopmesh_users.application import KeysKeptChanging, UsersApplication
+from shopmesh_users.domain.keys import Rotation
+from shopmesh_users.migrations import VERSIONS
+from shopmesh_users.store.tables import metadata
 from shopmesh_users.token_verifier import verify_access_token
 from shopmesh_users.wiring import Users
 
-from .conftest import FakeClock, jwks_document, login, published_kids, register, running, users_settings
+from .conftest import FakeClock, jwks_document, login, published_kids, register
 
 if TYPE_CHECKING:
     from shopmesh.users.v1.users_pb2_grpc import UsersServiceAsyncStub
 
 
-def revoke_keys(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(data_dir), "DATABASE_URL": "", "LOG_FORMAT": "text"}
+def run_revoke_keys(cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shopmesh_users", "revoke-keys"],
-        env=env,
+        env={"PATH": "/usr/bin:/bin", "LOG_FORMAT": "text", **env},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def revoke_keys(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return run_revoke_keys(DATA_DIR=str(data_dir), DATABASE_URL="")
 
 
 async def test_revoke_keys_replaces_every_key_and_tokens_signed_before_stop_verifying(
@@ -59,16 +73,70 @@ async def test_revoke_keys_replaces_every_key_and_tokens_signed_before_stop_veri
     assert verify_access_token(new_token, document)["sub"]
 
 
-async def test_revoke_keys_on_a_new_database_revokes_nothing_and_leaves_one_key_that_signs(
-    tmp_path: Path, clock: FakeClock
-) -> None:
+def test_revoke_keys_refuses_a_database_file_that_does_not_exist_and_creates_none(tmp_path: Path) -> None:
+    # Run from the wrong directory (DATA_DIR defaults to ./.data) or with a mistyped DATA_DIR: a new,
+    # empty database "revoked" nothing while the leaked key kept signing in the real one.
+    result = run_revoke_keys(cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: no users database at ")
+    assert "nothing revoked" in line
+    assert not (tmp_path / ".data" / "users.db").exists()
+    assert "revoked" not in result.stdout
+
+
+def test_revoke_keys_refuses_a_database_without_the_users_schema_and_leaves_it_unmigrated(tmp_path: Path) -> None:
+    (tmp_path / "users.db").touch()  # another service's database, or a file restored empty
     result = revoke_keys(tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "revoked 0 signing key(s) (none);" in result.stdout
-    clock.now = datetime.now(UTC)
-    async with running(users_settings(tmp_path), clock) as (_users, stub):
-        [kid] = await published_kids(stub)  # the service found a key that signs and added none
-        assert f"; {kid} signs from now on" in result.stdout
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    assert "has no users schema" in line
+    with sqlite3.connect(tmp_path / "users.db") as connection:
+        assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []
+
+
+async def test_revoke_keys_refuses_a_users_database_that_holds_no_keys(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path}/users.db")
+    try:
+        await migrate(database, VERSIONS, metadata)
+    finally:
+        await database.dispose()
+    result = revoke_keys(tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    assert "holds no signing keys" in line
+
+
+def test_revoke_keys_on_an_unreachable_database_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/users"
+    result = run_revoke_keys(cwd=tmp_path, DATABASE_URL=url)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: database unavailable: cannot connect to the database"), line
+
+
+def test_revoke_keys_that_lost_every_race_to_rotations_is_one_error_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def keys_kept_changing(_application: UsersApplication) -> Rotation:
+        raise KeysKeptChanging("signing keys kept changing under the revocation; nothing revoked, run it again")
+
+    async def one_key(_database: Database) -> int:
+        return 1
+
+    (tmp_path / "users.db").touch()
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", "")
+    monkeypatch.setattr(wiring, "_stored_keys", one_key)
+    monkeypatch.setattr(UsersApplication, "revoke_keys", keys_kept_changing)
+    with pytest.raises(SystemExit) as exited:
+        wiring.main(["revoke-keys"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: signing keys kept changing under the revocation; nothing revoked, run it again\n"
+    )
 
 
 def test_an_unknown_command_is_refused_with_usage_and_exit_code_2(tmp_path: Path) -> None:

@@ -32,6 +32,10 @@ KeyCondition = Callable[[Sequence[SigningKey], datetime], bool]
 KeyPlan = Callable[[Sequence[SigningKey], KeyMaterial, datetime], Rotation]
 
 
+class KeysKeptChanging(RuntimeError):
+    """Replicas' rotations won every attempt of a revocation: nothing was revoked."""
+
+
 def _always(_keys: Sequence[SigningKey], _now: datetime) -> bool:
     return True
 
@@ -178,7 +182,7 @@ class UsersApplication:
                     extra={"kid": rotation.new_key.kid, "revoked": list(rotation.expired)},
                 )
                 return rotation
-        raise RuntimeError("signing keys kept changing under the revocation; run it again")
+        raise KeysKeptChanging("signing keys kept changing under the revocation; nothing revoked, run it again")
 
     def _rotation(self, publish_ahead: timedelta) -> KeyPlan:
         lifetime = self._policy.token_lifetime

@@ -5,22 +5,28 @@ signing key at once and exits (for a key that may have leaked; docs/auth.md)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, inspect, make_url, select
+from sqlalchemy.exc import DBAPIError
 
 from shopmesh.users.v1 import users_pb2_grpc
 from shopmesh_chassis import app
 from shopmesh_chassis.config import load_settings
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, is_sqlite
+from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server import ServiceBinding
-from shopmesh_users.application import Clock, KeyPolicy, UsersApplication, utc_now
+from shopmesh_users.application import Clock, KeyPolicy, KeysKeptChanging, UsersApplication, utc_now
 from shopmesh_users.migrations import VERSIONS
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.settings import UsersSettings
-from shopmesh_users.store.tables import metadata
+from shopmesh_users.store.tables import metadata, signing_keys
 from shopmesh_users.transport import DESCRIPTOR, UsersServicer
 
 
@@ -97,22 +103,62 @@ async def _main() -> None:
     )
 
 
+class RevocationRefused(Exception):
+    """The database holds no signing keys to revoke: most likely not the one the users service runs on."""
+
+
+def _revocation_target(url: str) -> Database:
+    """The database to revoke the keys of; never a new one. Creating it (sqlite3 does on connect) would
+    report success while the leaked key stays in the database the service really uses."""
+    if is_sqlite(url):
+        path = make_url(url).database
+        if not path or path == ":memory:" or not Path(path).is_file():
+            raise RevocationRefused(
+                f"no users database at {path or ':memory:'} (check DATA_DIR or DATABASE_URL); nothing revoked"
+            )
+    return Database(url)
+
+
+async def _stored_keys(database: Database) -> int | None:
+    """How many signing keys the database holds; None without the users schema."""
+    async with database.read() as connection:
+        if not await connection.run_sync(lambda sync: inspect(sync).has_table(signing_keys.name)):
+            return None
+        return await connection.scalar(select(func.count()).select_from(signing_keys)) or 0
+
+
 async def _revoke_keys() -> None:
     settings = load_settings(UsersSettings)
+    url = settings.resolved_database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    # No migrations: a database that needs them is not the one serving the leaked key.
+    database = _revocation_target(url)
     hashing = passwords(settings)
     try:
-        database, application = await _migrated(settings, hashing, utc_now)
-        try:
-            rotation = await application.revoke_keys()
-        finally:
-            await database.dispose()
+        stored = await _stored_keys(database)
+        if stored is None:
+            raise RevocationRefused(f"{shown} has no users schema (check DATA_DIR or DATABASE_URL); nothing revoked")
+        if stored == 0:
+            raise RevocationRefused(f"{shown} holds no signing keys (check DATA_DIR or DATABASE_URL); nothing revoked")
+        rotation = await UsersApplication(database, hashing, key_policy(settings), utc_now).revoke_keys()
     finally:
+        await database.dispose()
         await hashing.close()
     print(
         f"revoked {len(rotation.expired)} signing key(s) ({', '.join(rotation.expired) or 'none'}); "
         f"{rotation.new_key.kid} signs from now on. Tokens signed before stop verifying once verifiers "
         "refetch the key set (the gateway: at the latest after JWKS_MAX_AGE_SECONDS; docs/auth.md)."
     )
+
+
+def _refusal(error: Exception) -> str | None:
+    """The one line an operator gets for a revocation that did not happen, or None for a bug (traceback)."""
+    if isinstance(error, RevocationRefused | KeysKeptChanging):
+        return str(error)
+    if database_unavailable(error):
+        cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+        return " ".join(f"database unavailable: {cause}".split())
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -125,4 +171,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="serve (default), or revoke-keys: replace every signing key with one that signs at once, then exit",
     )
     command = parser.parse_args(argv).command
-    app.run(_revoke_keys if command == "revoke-keys" else _main)
+    if command != "revoke-keys":
+        app.run(_main)
+    try:
+        app.run(_revoke_keys)
+    except Exception as error:
+        refusal = _refusal(error)
+        if refusal is None:
+            raise
+        print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(1)
