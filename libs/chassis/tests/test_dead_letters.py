@@ -11,19 +11,24 @@ from collections import Counter
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry
 
 from shopmesh.orders.v1 import events_pb2
 from shopmesh_chassis.consumer import Event, EventConsumer
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import (
+    DEAD_LETTER_STREAM,
     ERROR,
     ORIGINAL_EVENT_ID,
     ORIGINAL_SUBJECT,
+    REPLAY_STREAM,
     DeadLetter,
     DeadLetters,
     NoSuchDeadLetter,
     ensure_dead_letter_streams,
+    replay_durable,
+    replay_filter,
 )
 from shopmesh_chassis.events import EVENT_TYPE, MSG_ID
 from shopmesh_chassis.metrics import EventMetrics
@@ -306,3 +311,46 @@ def test_the_command_says_in_one_line_when_nats_is_unreachable() -> None:
 def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServer) -> None:
     result = cli(nats_srv.url, "list")
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "no dead letters", "")
+
+
+async def park_by_hand(js: JetStreamContext, consumer_name: str) -> int:
+    ack = await js.publish(
+        f"deadletter.{consumer_name}.{SUBJECT}",
+        b"payload",
+        headers={MSG_ID: f"{consumer_name}:e1:THINGS:1", ORIGINAL_SUBJECT: SUBJECT, ORIGINAL_EVENT_ID: "e1"},
+    )
+    return ack.seq
+
+
+async def test_a_replay_for_a_consumer_that_reads_no_replays_is_refused_and_stays_parked(
+    client: Client, nats_srv: NatsServer
+) -> None:
+    # A consumer renamed or retired by a release: published to REPLAY, the event would wait there for a
+    # durable that does not exist, gone from `list` and from shopmesh_events_dead_letters.
+    js = client.jetstream()
+    await ensure_dead_letter_streams(js, 900)
+    sequence = await park_by_hand(js, "retired")
+    result = await asyncio.to_thread(cli, nats_srv.url, "replay", str(sequence))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: dead letter {sequence} not replayed: no consumer 'retired' reads replays"), line
+    assert "replayed to" not in result.stdout
+    assert [letter.sequence for letter in await DeadLetters(js).list()] == [sequence]
+    assert (await js.stream_info(REPLAY_STREAM)).state.messages == 0
+
+
+async def test_a_replay_keeps_the_duplicate_window_the_consumers_gave_the_streams(
+    client: Client, nats_srv: NatsServer
+) -> None:
+    js = client.jetstream()
+    await ensure_dead_letter_streams(js, 3600)  # as consumers with NATS_DUPLICATE_WINDOW_SECONDS=3600 do
+    await js.add_consumer(
+        REPLAY_STREAM, ConsumerConfig(durable_name=replay_durable("tester"), filter_subject=replay_filter("tester"))
+    )
+    sequence = await park_by_hand(js, "tester")
+    result = await asyncio.to_thread(cli, nats_srv.url, "replay", str(sequence))
+    assert result.returncode == 0, result.stderr
+    windows = {
+        name: (await js.stream_info(name)).config.duplicate_window for name in (DEAD_LETTER_STREAM, REPLAY_STREAM)
+    }
+    assert windows == {DEAD_LETTER_STREAM: 3600, REPLAY_STREAM: 3600}

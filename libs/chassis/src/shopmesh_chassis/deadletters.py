@@ -56,14 +56,19 @@ def replay_durable(consumer: str) -> str:
     return f"{consumer}-replay"
 
 
-async def ensure_dead_letter_streams(js: JetStreamContext, duplicate_window: float) -> None:
+async def ensure_dead_letter_streams(js: JetStreamContext, duplicate_window: float, *, update: bool = True) -> None:
     """Declare both streams. REPLAY is a work queue: a replayed message is gone once its consumer acks it.
 
     Neither has a max age, unlike the event streams: a parked message waits for an operator's decision
     however long that takes (`shopmesh_events_dead_letters` says it waits), and only discard drops it."""
-    await ensure_stream(js, DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], duplicate_window)
+    await ensure_stream(js, DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], duplicate_window, update=update)
     await ensure_stream(
-        js, REPLAY_STREAM, [f"{REPLAY_PREFIX}.>"], duplicate_window, retention=RetentionPolicy.WORK_QUEUE
+        js,
+        REPLAY_STREAM,
+        [f"{REPLAY_PREFIX}.>"],
+        duplicate_window,
+        retention=RetentionPolicy.WORK_QUEUE,
+        update=update,
     )
 
 
@@ -71,6 +76,19 @@ class NoSuchDeadLetter(LookupError):
     def __init__(self, sequence: int) -> None:
         super().__init__(f"no dead letter with sequence {sequence} (`list` shows what is parked)")
         self.sequence = sequence
+
+
+class NoReplayConsumer(LookupError):
+    """Nothing reads the parked message's consumer's replays: renamed or retired by a release, or a name
+    published by hand. A replay would vanish from every view of the parked messages and never be applied."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        super().__init__(
+            f"dead letter {letter.sequence} not replayed: no consumer {letter.consumer!r} reads replays (no "
+            f"durable {replay_durable(letter.consumer)!r} on {REPLAY_STREAM}); it stays parked: start that "
+            "consumer, or discard it"
+        )
+        self.letter = letter
 
 
 @dataclass(frozen=True)
@@ -149,12 +167,19 @@ class DeadLetters:
             raise NoSuchDeadLetter(sequence) from None
 
     async def replay(self, sequence: int) -> DeadLetter:
-        """Hand the message back to the consumer that parked it, then remove it from `DEADLETTER`.
+        """Hand the message back to the consumer that parked it, then remove it from `DEADLETTER`; refused
+        (NoReplayConsumer) while that consumer has no replay durable to read it.
 
         Publish first, delete second: a command that dies in between leaves the message parked, and
         running it again publishes under the same message id, which `REPLAY` drops as a duplicate."""
         letter = await self.get(sequence)
-        await ensure_dead_letter_streams(self._js, self._duplicate_window)
+        # Create-only: the consumers declared the streams with their NATS_DUPLICATE_WINDOW_SECONDS, which
+        # this command does not know.
+        await ensure_dead_letter_streams(self._js, self._duplicate_window, update=False)
+        try:
+            await self._js.consumer_info(REPLAY_STREAM, replay_durable(letter.consumer))
+        except NotFoundError:
+            raise NoReplayConsumer(letter) from None
         # The parked message's own id is unique per park (it names the delivery that failed), so a message
         # parked again after a failed replay gets a new replay id, while a repeated command does not.
         parked_id = letter.headers.get(MSG_ID, f"{letter.consumer}:{letter.event_id}:{sequence}")

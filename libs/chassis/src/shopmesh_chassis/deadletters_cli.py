@@ -7,7 +7,8 @@
 
 NATS is `--nats-url`, else `NATS_URL` (as the services read it), else the local stack's. In a cluster,
 run it inside a pod that consumes events: `kubectl exec deploy/notifications -- shopmesh-deadletters list`.
-Exit status: 0 done, 1 a sequence was not parked or NATS could not be reached, 2 a usage error.
+Exit status: 0 done, 1 a sequence was not parked, its consumer reads no replays (it stays parked) or NATS
+could not be reached, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from nats.aio.client import Client
 from tabulate import tabulate
 
 from shopmesh_chassis.config import EventSettings
-from shopmesh_chassis.deadletters import DeadLetter, DeadLetters, NoSuchDeadLetter
+from shopmesh_chassis.deadletters import DeadLetter, DeadLetters, NoReplayConsumer, NoSuchDeadLetter
 from shopmesh_chassis.events import EVENT_TYPE
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
@@ -164,7 +165,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for sequence in sequences:
             try:
                 letter = await act(sequence)
-            except NoSuchDeadLetter as exc:
+            except (NoSuchDeadLetter, NoReplayConsumer) as exc:
                 print(f"error: {exc}", file=err)
                 status = 1
                 continue
