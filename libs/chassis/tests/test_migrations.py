@@ -1,17 +1,23 @@
 """migrate() brings a database to this release's newest schema, and starts on a database a newer release
-has already migrated (a canary that was aborted, a rollback) instead of failing every start."""
+has already migrated (a canary that was aborted, a rollback) instead of failing every start. On
+PostgreSQL a migration stuck behind another transaction's lock fails the start in one line instead of
+stalling every query of the table behind it."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
+from shopmesh_chassis import app
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.migrations import MigrationBlocked, migrate
 from shopmesh_chassis.tables import outbox_events
+from shopmesh_chassis.testing.postgres import PostgresServer
 
 REVISION = '''"""{doc}"""
 
@@ -51,9 +57,21 @@ async def tables(database: Database) -> set[str]:
         return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite:///{tmp_path}/svc.db"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").create_database()
+    db = Database(url)
+    yield db
+    await db.dispose()
+
+
 @pytest.fixture
-async def database(tmp_path: Path) -> Database:
-    return Database(f"sqlite:///{tmp_path}/svc.db")
+async def pg_database(postgres: PostgresServer) -> AsyncIterator[Database]:
+    db = Database(postgres.create_database())
+    yield db
+    await db.dispose()
 
 
 async def test_migrate_brings_the_database_to_the_newest_schema_of_the_release(
@@ -78,3 +96,61 @@ async def test_an_older_release_starts_on_a_schema_a_newer_one_migrated(
     assert {"widgets", "gadgets"} <= await tables(database), "the newer schema stays as it is"
     await migrate(database, newer)  # and the newer release finds nothing left to do
     assert {"widgets", "gadgets"} <= await tables(database)
+
+
+ADD_COLUMN = '''"""widgets get a colour"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "svc_0002"
+down_revision = "svc_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("widgets", sa.Column("colour", sa.Text, nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("widgets", "colour")
+'''
+
+
+async def test_a_migration_stuck_behind_a_transaction_fails_the_start_and_runs_at_the_next(
+    pg_database: Database, tmp_path: Path
+) -> None:
+    await migrate(pg_database, release(tmp_path / "v1", ["widgets"]))
+    v2 = release(tmp_path / "v2", ["widgets"])
+    (v2 / "svc_0002.py").write_text(ADD_COLUMN)
+    # A previous release's long transaction that read the table: ALTER TABLE waits for it, and would make
+    # every later query of the table wait behind itself.
+    holder = await asyncpg.connect(pg_database.url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.fetch("SELECT * FROM widgets")
+        with pytest.raises(MigrationBlocked) as blocked:
+            await migrate(pg_database, v2, lock_timeout_seconds=0.2)
+        [line] = str(blocked.value).splitlines()
+        assert line.startswith("database migration gave up after waiting 0.2s for a table lock")
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    await migrate(pg_database, v2)
+    async with pg_database.transaction() as connection:
+        columns = await connection.run_sync(lambda sync: [c["name"] for c in inspect(sync).get_columns("widgets")])
+        # The timeout was the migration's alone: the service's own transactions wait for locks as before.
+        assert await connection.scalar(text("SHOW lock_timeout")) == "0"
+    assert "colour" in columns
+
+
+def test_a_start_that_failed_for_now_exits_1_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        raise MigrationBlocked("database migration gave up after waiting 5s for a table lock")
+
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
+        app.run(main)
+    assert exited.value.code == 1
+    assert [r.getMessage() for r in caplog.records] == ["database migration gave up after waiting 5s for a table lock"]

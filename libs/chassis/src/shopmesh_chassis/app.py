@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import uvloop
 from opentelemetry.sdk.trace import TracerProvider
 
-from shopmesh_chassis.config import ConfigError, RuntimeSettings, ServiceSettings, load_settings
+from shopmesh_chassis.config import ConfigError, RuntimeSettings, ServiceSettings, StartupFailed, load_settings
 from shopmesh_chassis.logs import configure_logging
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
@@ -170,12 +170,16 @@ def run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
     """Run a service's async main on the configured event loop; bad configuration exits 2 with one line
-    on stderr, shutdown hooks cut off at their budget exit 1 (EXIT_SHUTDOWN_INCOMPLETE)."""
+    on stderr, a start that failed for now (StartupFailed) exits 1 with one log line, shutdown hooks cut off
+    at their budget exit 1 (EXIT_SHUTDOWN_INCOMPLETE)."""
     try:
         run_on_event_loop(main())
     except ConfigError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(2)
+    except StartupFailed as exc:
+        log.error("%s", exc)
+        sys.exit(1)
     except ShutdownIncomplete as exc:
         log.error("exiting with status %d: %s", EXIT_SHUTDOWN_INCOMPLETE, exc)
         sys.exit(EXIT_SHUTDOWN_INCOMPLETE)

@@ -19,6 +19,11 @@ class ConfigError(Exception):
     """Configuration that cannot start a service; the message is one line naming the variables."""
 
 
+class StartupFailed(Exception):
+    """A start that cannot go on now but may next time (the orchestrator restarts the pod); the message is
+    one line saying why."""
+
+
 # SHUTDOWN_HOOKS_BUDGET_SECONDS must be at least SHUTDOWN_GRACE_SECONDS and this much more. The first hook
 # (notifications' `sender.stop`, orders' `stop_background`) waits up to the grace for work in flight, but
 # gets only the budget less a reserve for each hook after it (app.HOOK_RESERVE_SECONDS, 1 s: the

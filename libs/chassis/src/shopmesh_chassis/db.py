@@ -296,6 +296,12 @@ class Database:
         return self._postgres
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A PostgreSQL connection in no transaction, for what runs its own (migrations, one per step)."""
+        async with _connected(self.postgres_engine) as connection:
+            yield connection
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[DbConnection]:
         """A connection in one transaction: committed on success, rolled back on any exception.
 

@@ -16,7 +16,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
+from shopmesh_chassis.config import StartupFailed
 from shopmesh_chassis.db import Database
 
 log = logging.getLogger("shopmesh.migrations")
@@ -25,6 +27,16 @@ HERE = Path(__file__).resolve().parent
 CHASSIS_VERSIONS = HERE / "versions"
 # Any constant works; it only has to be the same for every replica of every service.
 _PG_MIGRATION_LOCK = 0x5350_4D49  # "SHMI"
+# How long a migration's statement waits for a table lock on PostgreSQL. ALTER TABLE queues behind a long
+# transaction, and every query of the table queues behind it: the previous release's pods would stop
+# serving it. Better to fail this pod's start (it is restarted and tries again) than to stall them.
+MIGRATION_LOCK_TIMEOUT_SECONDS = 5.0
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+class MigrationBlocked(StartupFailed):
+    """A migration gave up waiting for a lock another transaction holds. Those before it stay applied; it
+    runs again at the next start (a migration whose steps commit on their own must be safe to rerun)."""
 
 
 def alembic_config(versions_dir: Path, metadata: MetaData | None = None) -> Config:
@@ -43,10 +55,7 @@ def unknown_revisions(connection: Connection, config: Config) -> set[str]:
     return set(MigrationContext.configure(connection).get_current_heads()) - known
 
 
-def _upgrade(connection: Connection, config: Config) -> bool:
-    if connection.dialect.name == "postgresql":
-        # Replicas starting together: one migrates, the others wait and then find nothing to do.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+def _newer_schema(connection: Connection, config: Config) -> bool:
     newer = unknown_revisions(connection, config)
     if newer:
         # Alembic would stop here ("Can't locate revision"), and the pod would crash-loop: an aborted
@@ -56,17 +65,63 @@ def _upgrade(connection: Connection, config: Config) -> bool:
             "database schema is newer than this release: running on it without migrating",
             extra={"unknown_revisions": sorted(newer)},
         )
+    return bool(newer)
+
+
+def _upgrade_postgres(connection: Connection, config: Config, lock_timeout: float) -> bool:
+    try:
+        # Replicas starting together: one migrates, the others wait and then find nothing to do. A session
+        # lock, taken before the lock timeout is set: it must outlive the migrations' own commits, and a
+        # replica waits for it as long as the one migrating takes.
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        connection.execute(text(f"SET lock_timeout = {int(lock_timeout * 1000)}"))
+        newer = _newer_schema(connection, config)
+        # Alembic runs each migration in its own transaction only on a connection outside one.
+        connection.commit()
+        if newer:
+            return False
+        config.attributes["connection"] = connection
+        config.attributes["transaction_per_migration"] = True
+        command.upgrade(config, "heads")
+        return True
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            raise MigrationBlocked(
+                f"database migration gave up after waiting {lock_timeout:g}s for a table lock held by another "
+                "transaction (a long query or an idle transaction on the table); this start fails and the "
+                "next one tries again"
+            ) from None
+        raise
+    finally:
+        # Closing the connection releases the advisory lock and drops the lock timeout with it: neither
+        # reaches a pooled connection the service's transactions use.
+        connection.invalidate()
+
+
+def _upgrade_sqlite(connection: Connection, config: Config) -> bool:
+    if _newer_schema(connection, config):
         return False
     config.attributes["connection"] = connection
     command.upgrade(config, "heads")
     return True
 
 
-async def migrate(database: Database, versions_dir: Path, metadata: MetaData | None = None) -> None:
+async def migrate(
+    database: Database,
+    versions_dir: Path,
+    metadata: MetaData | None = None,
+    *,
+    lock_timeout_seconds: float = MIGRATION_LOCK_TIMEOUT_SECONDS,
+) -> None:
     """Bring the database to the newest schema of the chassis and of the service, unless a newer release
-    has already taken it further (then leave it as it is)."""
+    has already taken it further (then leave it as it is). On PostgreSQL each migration commits on its
+    own and waits at most `lock_timeout_seconds` for a lock (MigrationBlocked past that)."""
     config = alembic_config(versions_dir, metadata)
-    async with database.transaction() as connection:
-        upgraded = await connection.run_sync(_upgrade, config)
+    if database.dialect == "postgresql":
+        async with database.connection() as connection:
+            upgraded = await connection.run_sync(_upgrade_postgres, config, lock_timeout_seconds)
+    else:
+        async with database.transaction() as connection:
+            upgraded = await connection.run_sync(_upgrade_sqlite, config)
     if upgraded:
         log.info("database schema is up to date", extra={"versions": str(versions_dir)})

@@ -1,0 +1,100 @@
+"""orders_0002 (the charge recheck) on a database the previous release keeps serving: the backfill marks
+the orders whose charge may have landed after their cancellation, and on PostgreSQL the previous
+release's pods go on reading `orders` while it runs (a rolling update)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import alembic_config, migrate
+from shopmesh_chassis.testing.postgres import PostgresServer
+from shopmesh_orders.store.tables import metadata
+from shopmesh_orders.wiring import VERSIONS
+
+INSERT_ORDERS = (
+    "INSERT INTO orders (id, user_id, email, currency, address, state, step, version, created_at, updated_at,"
+    " idempotency_scope, idempotency_key, request_hash, charge_attempted_at, refunded)"
+    " SELECT 'o' || g, 'u' || (g % 1000), 'a@example.com', 'USD', repeat('x', 200),"
+    " CASE WHEN g % 2 = 0 THEN 'CANCELLED' ELSE 'CONFIRMED' END, 'DONE', 1, {now}, {now}, 's', 'k' || g, 'h',"
+    " CASE WHEN g % 4 = 0 THEN NULL ELSE {now} END, g % 6 = 0"
+    " FROM {series}"
+)
+# Of g in 1..n: CANCELLED (even), charged (not a multiple of 4), not refunded (not a multiple of 6).
+DUE = "SELECT count(*) FROM orders WHERE charge_recheck_at IS NOT NULL"
+
+
+def expected_due(rows: int) -> int:
+    return sum(1 for g in range(1, rows + 1) if g % 2 == 0 and g % 4 != 0 and g % 6 != 0)
+
+
+def to_previous_release(connection: Connection) -> None:
+    config = alembic_config(VERSIONS)
+    config.attributes["connection"] = connection
+    command.upgrade(config, "orders_0001")
+    command.upgrade(config, "chassis@head")
+
+
+async def previous_release_with_orders(db: Database, rows: int) -> None:
+    async with db.transaction() as connection:
+        await connection.run_sync(to_previous_release)
+    if db.dialect == "postgresql":
+        statement = INSERT_ORDERS.format(now="now()", series=f"generate_series(1, {rows}) g")
+    else:
+        series = f"(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {rows}) SELECT g FROM s)"
+        statement = INSERT_ORDERS.format(now="CURRENT_TIMESTAMP", series=series).replace("repeat('x', 200)", "'x'")
+    async with db.transaction() as connection:
+        await connection.execute(text(statement))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite:///{tmp_path}/orders.db"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").create_database()
+    database = Database(url)
+    yield database
+    await database.dispose()
+
+
+async def test_the_charge_recheck_migration_marks_charged_unrefunded_cancelled_orders_due(db: Database) -> None:
+    rows = 12_001  # more than one backfill batch on PostgreSQL
+    await previous_release_with_orders(db, rows)
+    await migrate(db, VERSIONS, metadata)
+    async with db.transaction() as connection:
+        assert await connection.scalar(text(DUE)) == expected_due(rows)
+
+
+async def test_the_charge_recheck_migration_lets_the_previous_release_read_orders_meanwhile(
+    postgres: PostgresServer,
+) -> None:
+    db = Database(postgres.create_database())
+    rows = 300_000
+    try:
+        await previous_release_with_orders(db, rows)
+        reader = await asyncpg.connect(db.url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            upgrade = asyncio.create_task(migrate(db, VERSIONS, metadata))
+            await asyncio.sleep(0.3)  # the migration is under way
+            still_running = not upgrade.done()
+            started = time.monotonic()
+            row = await reader.fetchrow("SELECT id, state FROM orders WHERE id = 'o7'")  # GetOrder
+            waited = time.monotonic() - started
+            await upgrade
+        finally:
+            await reader.close()
+        assert row is not None
+        assert waited < 0.2, f"a read of one order waited {waited:.2f}s (migration running then: {still_running})"
+        async with db.transaction() as connection:
+            assert await connection.scalar(text(DUE)) == expected_due(rows)
+    finally:
+        await db.dispose()
