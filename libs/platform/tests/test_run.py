@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.testing import eventually, health_status
+from shopmesh_chassis.testing.postgres import postgres_bin
 from shopmesh_platform import run
 from shopmesh_platform.stack import Canary, Stack, StackError, sidecar_name
 from shopmesh_platform.topology import SERVICES
@@ -257,6 +260,55 @@ async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_serv
         await ctrl_c(process)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the throwaway PostgreSQL outlived the launcher"
+
+
+def accepting(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop_left_behind(port: int) -> None:
+    """After a failed test: the throwaway server a killed launcher left behind (on `port` only)."""
+    for data_dir in Path("/tmp").glob("shopmesh-pg-*"):
+        options = data_dir / "postmaster.opts"
+        if options.exists() and f'"-p" "{port}"' in options.read_text():
+            pg_ctl = [str(postgres_bin() / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "-w", "stop"]
+            subprocess.run(["runuser", "-u", "postgres", "--", *pg_ctl], check=False, capture_output=True)
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_no_throwaway_postgres_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) -> None:
+    process = await start_launcher(tmp_path / "data", "--services", "", "--postgres")
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await asyncio.wait_for(read_until_ready(process.stdout, lines), 120)
+        [said] = [line for line in lines if line.startswith("Databases: ")]
+        port = int(said.split("127.0.0.1:")[1].split()[0])
+        assert accepting(port)
+        process.kill()  # no chance to stop anything itself
+        await process.wait()
+    finally:
+        await stop_launcher(process)
+    try:
+        # The kernel sends the orphaned server SIGINT (PR_SET_PDEATHSIG): PostgreSQL's fast shutdown.
+        await eventually(lambda: not accepting(port), "the throwaway PostgreSQL gone with its launcher", timeout=15)
+    finally:
+        await asyncio.to_thread(stop_left_behind, port)
+
+
+async def test_a_launcher_signalled_while_postgres_starts_stops_it_and_exits_cleanly(tmp_path: Path) -> None:
+    process = await start_launcher(tmp_path / "data", "--services", "", "--postgres")
+    assert process.stdout is not None
+    try:
+        first = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert first.decode().startswith("starting a throwaway PostgreSQL server")
+        process.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(process.stdout.read(), 60)).decode()
+        assert await process.wait() == 0, output
+    finally:
+        await stop_launcher(process)
+    assert "stopped while starting PostgreSQL" in output
 
 
 async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_prints_a_call_that_works(

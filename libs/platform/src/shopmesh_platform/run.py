@@ -28,12 +28,13 @@ import shlex
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from tabulate import tabulate
 
-from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
+from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server, server_argv
 
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .stack import (
@@ -48,6 +49,7 @@ from .stack import (
     existing_services,
     postgres_env,
     sidecar_name,
+    spawn,
 )
 from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge
 
@@ -314,16 +316,102 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
     return "\n".join(lines)
 
 
+_POSTGRES_READY_SECONDS = 60.0
+_POSTGRES_STOP_SECONDS = 15.0
+
+
+async def _initialized(resources: contextlib.AsyncExitStack) -> PostgresServer:
+    # initdb runs in a thread: a signal meanwhile waits for it, so the folder is removed after it finished.
+    init = asyncio.ensure_future(asyncio.to_thread(resources.enter_context, initialized_server()))
+    try:
+        return await asyncio.shield(init)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await init
+        raise
+
+
+@contextlib.asynccontextmanager
+async def throwaway_postgres() -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL server as the launcher's own child, like NATS: in the foreground (not pg_ctl's daemon),
+    with a parent-death signal, so that a launcher killed (`kill -9`) or stopped half-way leaves none
+    running. SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for its clients to leave)."""
+    async with contextlib.AsyncExitStack() as resources:
+        try:
+            server = await _initialized(resources)
+        except RuntimeError as exc:  # no server binaries, or initdb refused
+            raise StackError(str(exc)) from None
+        user = "postgres" if os.geteuid() == 0 else None
+        process = await spawn(server_argv(server), os.environ, parent_death_signal="INT", user=user)
+        output: deque[str] = deque(maxlen=20)
+        # Read all along: a full pipe would block the server's logging, and so the server.
+        drain = asyncio.create_task(_keep_last_lines(process, output))
+        try:
+            await _until_accepting(server, process, output)
+            yield server
+        finally:
+            await _stop_postgres(process)
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+
+
+async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str]) -> None:
+    assert process.stdout is not None
+    async for raw in process.stdout:
+        lines.append(raw.decode(errors="replace").rstrip())
+
+
+async def _until_accepting(server: PostgresServer, process: asyncio.subprocess.Process, output: deque[str]) -> None:
+    deadline = asyncio.get_running_loop().time() + _POSTGRES_READY_SECONDS
+    ready = [str(server.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(server.port)]
+    while True:
+        if process.returncode is not None:
+            raise StackError("PostgreSQL exited while starting:\n" + "\n".join(output))
+        probe = await asyncio.create_subprocess_exec(*ready)
+        if await probe.wait() == 0:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise StackError(f"PostgreSQL did not accept connections within {_POSTGRES_READY_SECONDS:g} s")
+        await asyncio.sleep(0.1)
+
+
+async def _stop_postgres(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), _POSTGRES_STOP_SECONDS)
+            return
+        except TimeoutError:
+            pass
+        # Its own process group (spawn): the server's backends go with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
 async def run(args: argparse.Namespace) -> int:
-    with contextlib.ExitStack() as resources:
-        database = None
-        if args.postgres:
-            print("starting a throwaway PostgreSQL server ...", flush=True)
-            try:
-                database = resources.enter_context(postgres_server())
-            except RuntimeError as exc:  # no server binaries, or initdb / pg_ctl refused
-                raise StackError(str(exc)) from None
-        return await run_stack(args, database)
+    if not args.postgres:
+        return await run_stack(args, None)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    # Until run_stack installs its own: a signal while PostgreSQL starts stops it too, rather than ending
+    # the launcher at once.
+    for sig in handled:
+        loop.add_signal_handler(sig, main_task.cancel)
+    try:
+        print("starting a throwaway PostgreSQL server ...", flush=True)
+        async with throwaway_postgres() as database:
+            return await run_stack(args, database)
+    except asyncio.CancelledError:
+        print("stopped while starting PostgreSQL", flush=True)
+        return 0
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
 
 
 async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -> int:

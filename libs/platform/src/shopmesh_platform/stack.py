@@ -1095,7 +1095,9 @@ async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
         raise errors[0] if errors else failures from None
 
 
-async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> asyncio.subprocess.Process:
+async def spawn(
+    argv: Sequence[str], env: Mapping[str, str], *, parent_death_signal: str = "TERM", user: str | None = None
+) -> asyncio.subprocess.Process:
     """Start a child of the stack: output piped to the launcher, its own process group (a terminal's
     Ctrl-C reaches only the launcher, which stops the children in order; SIGKILL takes a child's own
     children with it), and on Linux SIGTERM when the launcher dies without stopping it (`kill -9`, a
@@ -1108,7 +1110,7 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> asyncio.subproce
         # Checked here: through setpriv, a missing program would only show as exit status 127.
         raise FileNotFoundError(errno.ENOENT, "no such executable", argv[0])
     return await asyncio.create_subprocess_exec(
-        *_with_parent_death_signal(argv),
+        *_with_parent_death_signal(argv, parent_death_signal, user),
         env=dict(env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -1118,12 +1120,19 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> asyncio.subproce
     )
 
 
-def _with_parent_death_signal(argv: Sequence[str]) -> tuple[str, ...]:
+def _with_parent_death_signal(
+    argv: Sequence[str], signal_name: str = "TERM", user: str | None = None
+) -> tuple[str, ...]:
     setpriv = _setpriv()
     if setpriv is None:
-        return tuple(argv)
+        return tuple(argv) if user is None else ("runuser", "-u", user, "--", *argv)
     # The signal is tied to the thread that started setpriv, the launcher's, and survives the exec.
-    return (setpriv, "--pdeathsig", "TERM", "--", *argv)
+    with_signal = (setpriv, "--pdeathsig", signal_name, "--", *argv)
+    if user is None:
+        return with_signal
+    # The kernel clears a parent-death signal when the process's user changes: a second setpriv sets it
+    # once the first has switched. Both exec in place, so the parent is still the launcher.
+    return (setpriv, f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *with_signal)
 
 
 @functools.cache

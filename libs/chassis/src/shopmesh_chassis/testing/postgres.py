@@ -70,9 +70,20 @@ class PostgresServer:
         _start(self.bin_dir, self.data_dir, self.port)
 
 
+def server_options(data_dir: Path, port: int) -> list[str]:
+    return ["-p", str(port), "-k", str(data_dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            "-c", "max_connections=200"]  # fmt: skip
+
+
 def _start(bin_dir: Path, data_dir: Path, port: int) -> None:
-    options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    options = " ".join(server_options(data_dir, port))
     _run(bin_dir, "pg_ctl", "-D", str(data_dir), "-o", options, "-l", str(data_dir / "server.log"), "-w", "start")
+
+
+def server_argv(server: PostgresServer) -> list[str]:
+    """`postgres` in the foreground on `server`'s data and port, for a caller that runs it as its own child
+    (as the `postgres` user when root: PostgreSQL refuses to run as root)."""
+    return [str(server.bin_dir / "postgres"), "-D", str(server.data_dir), *server_options(server.data_dir, server.port)]
 
 
 def _run(bin_dir: Path, tool: str, *args: str) -> None:
@@ -83,8 +94,9 @@ def _run(bin_dir: Path, tool: str, *args: str) -> None:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """Start a server (initdb, trust auth, fsync off: it is thrown away) and remove it afterwards."""
+def initialized_server() -> Iterator[PostgresServer]:
+    """A server's data folder (initdb, trust auth, fsync off: it is thrown away) on a free port, not
+    started; removed afterwards."""
     bin_dir = postgres_bin()
     # Under /tmp rather than pytest's tmp_path, whose root-only parents the postgres user cannot enter.
     data_dir = Path(tempfile.mkdtemp(prefix="shopmesh-pg-"))
@@ -95,13 +107,25 @@ def postgres_server() -> Iterator[PostgresServer]:
     port = free_port()
     try:
         _run(bin_dir, "initdb", "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--no-sync")
-        _start(bin_dir, data_dir, port)
     except subprocess.CalledProcessError as error:
         shutil.rmtree(data_dir, ignore_errors=True)
-        raise RuntimeError(f"cannot start PostgreSQL: {error.stderr.decode(errors='replace')}") from None
+        raise RuntimeError(f"cannot initialise PostgreSQL: {error.stderr.decode(errors='replace')}") from None
     try:
         yield PostgresServer(port=port, data_dir=data_dir, bin_dir=bin_dir)
     finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            _run(bin_dir, "pg_ctl", "-D", str(data_dir), "-m", "immediate", "stop")
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """Start a server (initdb, trust auth, fsync off: it is thrown away) and remove it afterwards."""
+    with initialized_server() as server:
+        try:
+            _start(server.bin_dir, server.data_dir, server.port)
+        except subprocess.CalledProcessError as error:
+            raise RuntimeError(f"cannot start PostgreSQL: {error.stderr.decode(errors='replace')}") from None
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run(server.bin_dir, "pg_ctl", "-D", str(server.data_dir), "-m", "immediate", "stop")
