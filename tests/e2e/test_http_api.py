@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis import testing
-from shopmesh_platform.http_api import MAX_REQUEST_BYTES, api_paths
+from shopmesh_platform.http_api import MAX_REQUEST_BYTES, MAX_REQUEST_HEADERS_KIB, PATH_VARIABLE_IN_QUERY, api_paths
 from shopmesh_platform.stack import HTTP_API, Stack
 
 from .shop import FAST_RECOVERY, PASSWORD, eventually, spans_of_trace
@@ -240,6 +240,67 @@ async def test_headers_a_grpc_server_would_refuse_never_make_a_client_request_a_
     assert detail(response.json(), ERROR_INFO)["reason"] == "PRODUCT_NOT_FOUND", "answered by the catalog"
 
 
+@pytest.mark.parametrize("size", [12_000, 20_000])
+async def test_a_long_query_string_reaches_the_service_not_answered_as_rate_limiting(
+    http: httpx.AsyncClient, size: int
+) -> None:
+    # The query reaches the gateway twice (the transcoder's x-envoy-original-path copies the path): more than
+    # gRPC's default metadata limits (8 KiB at random, 16 KiB always), answered RESOURCE_EXHAUSTED, 429.
+    for _ in range(3):
+        response = await http.get("/v1/products:search", params={"query": "knife " + "x" * size})
+        code, status = status_of(response)
+        assert (code, detail(status, ERROR_INFO)["domain"]) == (400, "shopmesh.catalog"), "the catalog's answer"
+        assert detail(status, BAD_REQUEST)["fieldViolations"][0]["field"] == "query"
+
+
+@pytest.mark.parametrize("size", [10_000, 17_000])
+async def test_a_browsers_cookies_are_not_forwarded_to_the_gateway(http: httpx.AsyncClient, size: int) -> None:
+    # The API reads no cookie, but a browser sends every cookie of the host (of any app on it) with the
+    # storefront's calls: as metadata they made the gateway's gRPC server refuse the call (429).
+    for _ in range(3):
+        response = await http.get("/v1/products", params={"pageSize": 1}, headers={"cookie": "other_app=" + "c" * size})
+        assert response.status_code == 200, response.text
+
+
+async def test_headers_over_the_edges_limit_are_a_431_in_the_apis_error_shape(http: httpx.AsyncClient) -> None:
+    response = await http.get("/v1/products", headers={"x-padding": "p" * (MAX_REQUEST_HEADERS_KIB * 1024)})
+    code, status = status_of(response)
+    assert (code, status["code"]) == (431, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "parameter", "field"),
+    [
+        ("GET", "/v1/orders/ord_from_the_path", "orderId", "order_id"),
+        ("GET", "/v1/orders/ord_from_the_path", "order_id", "order_id"),
+        ("POST", "/v1/orders/ord_from_the_path:cancel", "orderId", "order_id"),
+        ("GET", "/v1/products/prod_chef_knife", "productId", "product_id"),
+        ("GET", "/v1/products/prod_chef_knife", "product_id", "product_id"),
+    ],
+)
+async def test_a_query_parameter_naming_a_path_variable_is_refused_not_taken_over_the_path(
+    http: httpx.AsyncClient, method: str, path: str, parameter: str, field: str
+) -> None:
+    # The transcoder binds the query after the path: /v1/orders/A?orderId=B answered about order B, while
+    # an access log, a WAF or a per-path policy in front saw A.
+    response = await http.request(
+        method, path, params={parameter: "from_the_query"}, json={} if method == "POST" else None
+    )
+    code, status = status_of(response)
+    assert (code, status["code"]) == (400, INVALID_ARGUMENT), status
+    assert "from_the_query" not in response.text
+    assert detail(status, ERROR_INFO)["reason"] == "VALIDATION_FAILED"
+    [violation] = detail(status, BAD_REQUEST)["fieldViolations"]
+    assert (violation["field"], violation["reason"]) == (field, PATH_VARIABLE_IN_QUERY)
+    # A browser's preflight of the same URL is still answered.
+    preflight = await http.options(
+        path,
+        params={parameter: "from_the_query"},
+        headers={"origin": "https://shop.example", "access-control-request-method": method},
+    )
+    assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+
+
 async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx.AsyncClient) -> None:
     page = {"pageSize": 20}
     zipped = await http.get("/v1/products", params=page, headers={"accept-encoding": "gzip"})
@@ -276,6 +337,19 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(http: httpx.
     response = await http.post("/v1/login", json=huge)
     code, status = status_of(response)
     assert (code, status["code"]) == (413, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    # A gRPC-Web client gets a status its library reads (Envoy's gRPC answer to its 413, UNKNOWN), not a
+    # text/plain page.
+    message = shop_pb2.LoginRequest(email="x@example.com", password="p" * (MAX_REQUEST_BYTES + 1)).SerializeToString()
+    grpc_web = await http.post(
+        "/shopmesh.gateway.v1.ShopService/Login",
+        content=struct.pack(">BI", 0, len(message)) + message,
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+    )
+    assert grpc_web.headers["content-type"] == "application/grpc-web+proto"
+    assert (grpc_web.headers["grpc-status"], grpc_web.headers["grpc-message"]) == (
+        str(grpc.StatusCode.UNKNOWN.value[0]),
+        "Payload Too Large",
+    )
 
 
 async def test_grpc_web_and_grpc_reach_the_same_api_on_the_same_port(stack: Stack, http: httpx.AsyncClient) -> None:
@@ -342,6 +416,7 @@ async def test_a_browser_preflight_is_answered_and_responses_expose_the_idempote
     assert preflight.headers["access-control-allow-origin"] == origin
     allowed = {h.strip() for h in preflight.headers["access-control-allow-headers"].split(",")}
     assert {"authorization", "content-type", "idempotency-key", "x-grpc-web"} <= allowed
+    assert "Origin" in preflight.headers["vary"], "a shared cache keeps a preflight's answer per origin too"
     listed = await http.get("/v1/products", params={"pageSize": 1}, headers={"origin": origin})
     assert listed.headers["access-control-allow-origin"] == origin
     assert "idempotency-key" in listed.headers["access-control-expose-headers"]

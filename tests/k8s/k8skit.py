@@ -106,12 +106,15 @@ def validate_custom_resources(objects: Docs) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_http_api(files: dict[str, bytes], scratch: Path, args: list[str] | None = None) -> Iterator[dict[int, int]]:
+def running_http_api(
+    files: dict[str, bytes], scratch: Path, args: list[str] | None = None, *, gateway: int | None = None
+) -> Iterator[dict[int, int]]:
     """The gateway pod's `http-api` Envoy as rendered, run here: `files` are its ConfigMap's (file name →
     contents), put where `args` (the container's; by default the untraced configuration alone) name them; the
     configuration's listeners and admin interface moved from the pod's ports to free loopback ones (yields pod
-    port → local port), what a --config-yaml in `args` adds used as it is. Ready once its admin interface says
-    so."""
+    port → local port), what a --config-yaml in `args` adds used as it is; the gateway it calls on loopback at
+    the local port `gateway` if given (else at the pod's, where nothing listens). Ready once its admin
+    interface says so."""
     for name, content in files.items():
         (scratch / name).write_bytes(content)
     args = [arg.replace(f"{http_api.MOUNT}/", f"{scratch}/") for arg in args or ["--config-path", http_api.CONFIG]]
@@ -126,7 +129,10 @@ def running_http_api(files: dict[str, bytes], scratch: Path, args: list[str] | N
     for cluster in moved["static_resources"]["clusters"]:
         for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
             address = endpoint["endpoint"]["address"]["socket_address"]
-            address["port_value"] = ports.get(address["port_value"], address["port_value"])
+            if cluster["name"] == "gateway" and gateway is not None:
+                address["port_value"] = gateway
+            else:
+                address["port_value"] = ports.get(address["port_value"], address["port_value"])
     config.write_text(json.dumps(moved))
     args[args.index("--config-path") + 1] = str(config)
     quiet = [] if "--log-level" in args else ["--log-level", "warn"]

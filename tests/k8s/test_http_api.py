@@ -6,25 +6,35 @@ configuration; the Service, probes and drain fit the pod."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import re
+import struct
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import pytest
 
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_platform.http_api import (
     DESCRIPTOR_FILE,
     HEALTH_PATH,
     METRICS_PATH,
     OPENAPI_FILE,
     OPENAPI_PATH,
+    PUBLIC_SERVICE,
+    ROUTE_TIMEOUT,
     STOREFRONT_CSP,
     STOREFRONT_FILES,
     bootstrap,
@@ -43,6 +53,7 @@ EDGE = next(name for name in SERVICES if is_edge(name))
 PORT = 8080
 METRICS_PORT = 9465
 MOUNT = "/etc/shopmesh/http-api"
+BOUND = float(ROUTE_TIMEOUT.removesuffix("s"))
 
 
 def pod_of(docs: Docs, name: str = EDGE) -> dict[str, Any]:
@@ -235,6 +246,95 @@ def test_the_pod_serves_the_storefront_make_run_serves(rendered: dict[tuple[str,
                 assert response.headers["content-type"] == content_type
                 assert response.headers["content-security-policy"] == STOREFRONT_CSP
                 assert response.read() == (storefront_folder() / name).read_bytes()
+
+
+class StuckShop(shop_pb2_grpc.ShopServiceServicer):
+    """A gateway whose ListProducts never answers (until released): only the edge's bound can end the call."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def ListProducts(
+        self, request: shop_pb2.ListProductsRequest, context: grpc.ServicerContext
+    ) -> shop_pb2.ListProductsResponse:
+        self.released.wait(120)
+        return shop_pb2.ListProductsResponse()
+
+
+@contextlib.contextmanager
+def stuck_gateway() -> Iterator[int]:
+    """A StuckShop on a free loopback port; yields the port."""
+    shop = StuckShop()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        shop.released.set()
+        server.stop(0)
+
+
+def grpc_web_list_products(url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
+    return httpx.post(
+        f"{url}/{PUBLIC_SERVICE}/ListProducts",
+        content=struct.pack(">BI", 0, len(message)) + message,
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **(headers or {})},
+        timeout=BOUND + 10,
+    )
+
+
+def test_a_call_the_gateway_never_answers_ends_at_the_edges_bound_or_the_clients_shorter_deadline(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """An HTTP/JSON or gRPC-Web client sends no deadline: ROUTE_TIMEOUT bounds its call (a stalled gateway
+    held it for ever when the route's max_stream_duration had Envoy ignore the route's timeout)."""
+    with (
+        stuck_gateway() as gateway,
+        running_http_api(files_of(rendered["default", EDGE]), tmp_path, gateway=gateway) as ports,
+    ):
+        url = f"http://127.0.0.1:{ports[PORT]}"
+
+        def timed(call: Callable[[], Any]) -> tuple[float, Any]:
+            started = time.monotonic()
+            try:
+                outcome = call()
+            except (httpx.TimeoutException, grpc.RpcError) as failed:
+                outcome = failed
+            return time.monotonic() - started, outcome
+
+        def grpc_call(timeout: float) -> Any:
+            with grpc.insecure_channel(f"127.0.0.1:{ports[PORT]}") as channel:
+                return shop_pb2_grpc.ShopServiceStub(channel).ListProducts(
+                    shop_pb2.ListProductsRequest(), timeout=timeout
+                )
+
+        calls: dict[str, Callable[[], Any]] = {
+            "http-json": lambda: httpx.get(f"{url}/v1/products", timeout=BOUND + 10),
+            "grpc-web": lambda: grpc_web_list_products(url),
+            # A client's shorter deadline still wins; a longer one is cut to the edge's bound.
+            "grpc-web 2 s": lambda: grpc_web_list_products(url, {"grpc-timeout": "2S"}),
+            "grpc 60 s": lambda: grpc_call(60),
+        }
+        with futures.ThreadPoolExecutor(len(calls)) as pool:
+            answered = dict(zip(calls, pool.map(timed, calls.values()), strict=True))
+
+    took, response = answered["http-json"]
+    assert isinstance(response, httpx.Response), f"no answer after {took:.0f} s"
+    assert (response.status_code, response.json()["code"]) == (504, grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+    assert BOUND - 1 < took < BOUND + 5
+    for name, bound in [("grpc-web", BOUND), ("grpc-web 2 s", 2)]:
+        took, response = answered[name]
+        assert isinstance(response, httpx.Response), f"{name}: no answer after {took:.0f} s"
+        # Envoy's gRPC-Web answer to its own 504: UNAVAILABLE, which a client may retry.
+        assert response.headers["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0]), (name, response.headers)
+        assert bound - 1 < took < bound + 5, (name, took)
+    took, failed = answered["grpc 60 s"]
+    assert isinstance(failed, grpc.RpcError), failed
+    assert failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert BOUND - 1 < took < BOUND + 5, "the edge's bound, not the client's 60 s"
 
 
 # The edge's spans: where the services' go (global.otel), with their sampling.

@@ -121,3 +121,22 @@ async def test_a_body_that_is_no_message_of_the_method_is_invalid_argument_with_
     assert details.error_info is not None
     assert details.error_info.reason == "MALFORMED_REQUEST"
     assert "DecodeError" not in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize("size", [12_000, 20_000, 120_000])
+async def test_request_metadata_as_large_as_the_http_edge_forwards_is_served_not_refused_as_resource_exhausted(
+    server: ChassisServer, size: int
+) -> None:
+    # gRPC's defaults refuse more than 8 KiB at random and 16 KiB always, with RESOURCE_EXHAUSTED, which the
+    # HTTP/JSON edge answers 429 (rate limited): a long query string reaches the gateway twice (its path and
+    # the transcoder's x-envoy-original-path), up to the edge's 60 KiB header limit each.
+    metadata = (
+        ("x-envoy-original-path", "/v1/products:search?query=" + "x" * (size // 2)),
+        ("x-long", "y" * (size // 2)),
+    )
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        for _ in range(8):  # between the soft and the hard limit gRPC refuses at random
+            echoed = await sample_pb2_grpc.SampleServiceStub(channel).Echo(
+                sample_pb2.EchoRequest(message="m"), metadata=metadata, timeout=10
+            )
+            assert echoed.message == "m"

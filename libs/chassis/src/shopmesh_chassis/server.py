@@ -23,6 +23,13 @@ from shopmesh_chassis.server_interceptor import ChassisServerInterceptor
 
 log = logging.getLogger("shopmesh.server")
 
+# The request metadata a server takes (gRPC's defaults: 8 KiB, above which it refuses calls at random, and
+# 16 KiB, above which it refuses them all, with RESOURCE_EXHAUSTED). The HTTP/JSON edge forwards a client's
+# headers as metadata, up to its own limit (shopmesh_platform.http_api.MAX_REQUEST_HEADERS_KIB, 60 KiB) plus the
+# transcoder's copy of the path and query: with gRPC's defaults a long query string was refused as if the
+# client were rate limited (429). Above twice the edge's limit, so whatever the edge lets through is served.
+MAX_METADATA_BYTES = 256 * 1024
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -83,6 +90,8 @@ class ChassisServer:
                 # Accept client keepalive pings as often as our own clients send them.
                 ("grpc.http2.min_ping_interval_without_data_ms", 10 * ms),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ],
         )
         for binding in self.bindings:

@@ -8,7 +8,8 @@ Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy 
   `shopmesh/gateway/v1/shop.binpb`), and the answer back into JSON. An error becomes its HTTP status
   (INVALID_ARGUMENT → 400, UNAUTHENTICATED → 401, NOT_FOUND → 404, ...) with the google.rpc.Status as the
   JSON body, details included (field violations, ErrorInfo, RetryInfo). A query parameter or path the
-  API does not have is refused by Envoy itself (400, 404), never guessed at; a path it has, asked with a
+  API does not have is refused by Envoy itself (400, 404), never guessed at, and so is a query parameter
+  naming a path variable (400), which the transcoder would take over the path; a path it has, asked with a
   method it does not take there, is a 405 with `Allow`.
 - **gRPC-Web** (`application/grpc-web*`), which browser gRPC clients send; and **gRPC** itself.
 - **`GET /openapi.json`**: the API's OpenAPI document (shopmesh_platform.openapi, generated with the
@@ -38,7 +39,6 @@ from typing import Any
 from google.rpc import code_pb2 as grpc_code
 
 from .mesh.envoy import (
-    GRPC_TIMEOUTS,
     TRACES_CLUSTER,
     access_log,
     cluster,
@@ -104,6 +104,7 @@ _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 _COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
 _GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 _HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+_CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 # JSON answers at least this long are gzipped for a client that accepts it (a page of products: ~2 KiB, a
 # quarter of it compressed); shorter ones are not worth the CPU.
 COMPRESS_FROM_BYTES = 1024
@@ -114,9 +115,14 @@ _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_man
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 # Checkout runs the whole saga before it answers (the gateway gives orders 15 s): an HTTP client sends no
-# gRPC deadline, so the edge bounds the call a little above the gateway's own longest budget. A gRPC-Web
-# client's `grpc-timeout` still wins when it is shorter.
+# gRPC deadline, so the edge bounds the call a little above the gateway's own longest budget. A gRPC or
+# gRPC-Web client's `grpc-timeout` still wins when it is shorter.
 ROUTE_TIMEOUT = "20s"
+# A route with max_stream_duration has Envoy's router ignore its `timeout` (the mesh's GRPC_TIMEOUTS relies on
+# that to leave the bound to the caller's deadline); a call without grpc-timeout would then wait for ever. Both
+# of these are the stream's bound, from its first byte: ROUTE_TIMEOUT without a grpc-timeout, the client's
+# grpc-timeout when it is shorter, never longer than ROUTE_TIMEOUT.
+_ROUTE_BOUND = {"max_stream_duration": {"max_stream_duration": ROUTE_TIMEOUT, "grpc_timeout_header_max": ROUTE_TIMEOUT}}
 # Envoy's own answers to HTTP/JSON clients, by HTTP status → the gRPC code their Status body carries: a path
 # the API does not have is an unknown method (UNIMPLEMENTED), though answered 404 as HTTP has it.
 LOCAL_REPLY_CODES = {
@@ -124,11 +130,18 @@ LOCAL_REPLY_CODES = {
     404: grpc_code.UNIMPLEMENTED,
     405: grpc_code.UNIMPLEMENTED,
     413: grpc_code.RESOURCE_EXHAUSTED,
+    431: grpc_code.RESOURCE_EXHAUSTED,
     500: grpc_code.INTERNAL,
     502: grpc_code.UNAVAILABLE,
     503: grpc_code.UNAVAILABLE,
     504: grpc_code.DEADLINE_EXCEEDED,
 }
+# The field violation's reason, in the 400 for a query parameter naming a path variable, and the name of the
+# routes answering it (their local reply is the whole Status already, details included).
+PATH_VARIABLE_IN_QUERY = "PATH_VARIABLE_IN_QUERY"
+_PATH_VARIABLE_IN_QUERY_ROUTE = "path-variable-in-query"
+# The domain of the ErrorInfo in the edge's own answers that carry one: the API's, the gateway's.
+_ERROR_DOMAIN = "shopmesh.gateway"
 # Where the metrics listener (`metrics_port`) serves Envoy's Prometheus metrics.
 METRICS_PATH = "/stats/prometheus"
 # Answered by Envoy itself (200, or 503 once it drains): the kubelet's probe of the container on Kubernetes.
@@ -137,6 +150,11 @@ HEALTH_PATH = "/healthz"
 # needs more. (With Envoy 1.40 the transcoder's own max_request_body_size let a larger unary JSON body
 # through; the buffer filter does not.)
 MAX_REQUEST_BYTES = 1024 * 1024
+# A request whose headers (its path and query string included) are larger is refused (431) before anything
+# reads it. Envoy's own default, stated because the gateway's gRPC server must take what the edge forwards as
+# metadata: these headers and the transcoder's copy of the path (x-envoy-original-path), so at most about twice
+# this (shopmesh_chassis.server.MAX_METADATA_BYTES).
+MAX_REQUEST_HEADERS_KIB = 60
 
 # The content types Envoy takes for gRPC and gRPC-Web (`application/grpc`, `application/grpc+proto`,
 # `application/grpc-web-text`, ...); anything else, `application/grpc-json` included, the transcoder reads as
@@ -240,6 +258,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         # The client's own address goes into x-forwarded-for, where the gateway's rate limiter finds it
         # (it believes it only from the proxies in its TRUSTED_PROXIES).
         "use_remote_address": True,
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KIB,
         "route_config": {
             "name": "public-api",
             "max_direct_response_body_size_bytes": MAX_DOCUMENT_BYTES,
@@ -248,11 +267,6 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                     "name": "shop",
                     "domains": ["*"],
                     "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy()},
-                    # The answer's CORS headers depend on the request's origin: a shared cache keeps one
-                    # copy per origin.
-                    "response_headers_to_add": [
-                        {"header": {"key": "vary", "value": "Origin"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
-                    ],
                     "routes": [
                         *_openapi_routes(api.openapi),
                         *_storefront_routes(api.storefront),
@@ -261,11 +275,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                             # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's
                             # by the time the route is chosen: ShopService's methods are all there is.
                             "match": {"prefix": f"/{PUBLIC_SERVICE}/"},
-                            "route": {
-                                "cluster": "gateway",
-                                **GRPC_TIMEOUTS,
-                                "timeout": ROUTE_TIMEOUT,
-                            },
+                            "route": {"cluster": "gateway", **_ROUTE_BOUND},
                             "decorator": {"operation": "public API", "propagate": False},
                         },
                         {
@@ -282,7 +292,12 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         },
         # What Envoy answers itself to an HTTP client (a path or parameter the API does not have, a body too
         # large, the gateway unreachable) is a google.rpc.Status in JSON too, as the gateway's answers are.
-        "local_reply_config": {"mappers": [_local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()]},
+        "local_reply_config": {
+            "mappers": [
+                _status_as_it_is(_PATH_VARIABLE_IN_QUERY_ROUTE),
+                *(_local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()),
+            ]
+        },
         # Every request: the HTTP one as the client sent it, and the gRPC method it became.
         "access_log": [access_log("http-api", only_failures=False, extra=_HTTP_LOG_FIELDS)],
         "http_filters": [
@@ -291,11 +306,13 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             # Early in the chain, so late on the way out: it sees the JSON the transcoder made.
             _compressor(),
             {"name": "envoy.filters.http.cors", "typed_config": {"@type": _CORS}},
+            {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": _GRPC_WEB}},
+            # After gRPC-Web, whose request it then sees as gRPC: its 413 reaches a gRPC-Web client as a
+            # grpc-status (before it, a text/plain 413 the client's library could not read).
             {
                 "name": "envoy.filters.http.buffer",
                 "typed_config": {"@type": _BUFFER, "max_request_bytes": MAX_REQUEST_BYTES},
             },
-            {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": _GRPC_WEB}},
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": _transcoder(api.descriptor)},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
         ],
@@ -381,7 +398,8 @@ def _path_regex(template: str) -> str:
 
 def _method_routes() -> list[dict[str, Any]]:
     """For each path of the API: 405 with `Allow` for a method it does not take there (HTTP's answer; the
-    transcoder would say 404), then, for a path with a custom verb, the methods it takes. Envoy tries routes
+    transcoder would say 404), 400 for a query parameter naming one of its variables, then, for a path with a
+    custom verb, the methods it takes. Envoy tries routes
     in order: `/v1/orders/{order_id}:cancel` comes first, and its POST is routed there, before
     `/v1/orders/{order_id}` (whose variable would take in `ord_1:cancel`) could call it a 405. A preflight
     (OPTIONS) goes on to the CORS filter."""
@@ -389,10 +407,66 @@ def _method_routes() -> list[dict[str, Any]]:
     for template, methods in sorted(api_paths().items(), key=lambda item: not _has_custom_verb(item[0])):
         regex = _path_regex(template)
         routes.append(_method_not_allowed(template, regex, methods))
+        routes.extend(_path_variables_in_query(template, regex))
         if _has_custom_verb(template):
             match = {"safe_regex": {"regex": regex}, "headers": [_method_in(methods), _NOT_GRPC]}
             routes.append(_http_json_route(match))
     return routes
+
+
+def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
+    """400 for a query parameter naming one of the path's variables (`/v1/orders/ord_1?orderId=ord_2`), by its
+    proto or its JSON name: the transcoder binds the query after the path, so the query's value would win
+    silently, and the call would be about another resource than the path (what an access log, a WAF or a
+    per-path policy in front saw). A preflight goes on to the CORS filter."""
+    routes = []
+    for variable in PATH_VARIABLE.findall(template):
+        for name in sorted({variable, _json_name(variable)}):
+            body = {
+                "code": grpc_code.INVALID_ARGUMENT,
+                "message": f"{name}: given by the path ({template}), not as a query parameter",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "VALIDATION_FAILED",
+                        "domain": _ERROR_DOMAIN,
+                        "metadata": {},
+                    },
+                    {
+                        "@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [
+                            {
+                                "field": variable,
+                                "description": "given by the path, not as a query parameter",
+                                "reason": PATH_VARIABLE_IN_QUERY,
+                            }
+                        ],
+                    },
+                ],
+            }
+            routes.append(
+                {
+                    "name": _PATH_VARIABLE_IN_QUERY_ROUTE,
+                    "match": {
+                        "safe_regex": {"regex": regex},
+                        "query_parameters": [{"name": name, "present_match": True}],
+                        "headers": [{**_method_in(["OPTIONS"]), "invert_match": True}],
+                    },
+                    "direct_response": {
+                        "status": 400,
+                        "body": {"inline_string": json.dumps(body, separators=(",", ":"))},
+                    },
+                    # A cross-origin GET comes without a preflight: its page may read the answer.
+                    "response_headers_to_add": [_set_header("access-control-allow-origin", "*")],
+                    "typed_per_filter_config": _TRANSCODER_OFF,
+                }
+            )
+    return routes
+
+
+def _json_name(field: str) -> str:
+    """A field's name in proto3 JSON (protoc's rule: a letter after `_` is capitalized, the `_` dropped)."""
+    return re.sub(r"_([a-z])", lambda found: found.group(1).upper(), field)
 
 
 def _has_custom_verb(template: str) -> bool:
@@ -462,8 +536,10 @@ def write_bootstrap(api: HttpApi, path: Path) -> Path:
 def _header_hygiene() -> dict[str, Any]:
     """Request headers dropped before anything reads them: a client's own x-envoy-original-path (the
     transcoder marks a request it rewrote with the path it came with; the local replies' mappers and the
-    access log read it), and what would reach the gateway as metadata its gRPC server refuses with INTERNAL
-    instead of a client's error (a name gRPC does not allow, binary metadata that may not be base64)."""
+    access log read it), cookies (the API reads none, but a browser sends every cookie of the host, of any
+    app on it, with the storefront's calls: kilobytes of metadata for the gateway), and what would reach the
+    gateway as metadata its gRPC server refuses with INTERNAL instead of a client's error (a name gRPC does
+    not allow, binary metadata that may not be base64)."""
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
@@ -471,8 +547,20 @@ def _header_hygiene() -> dict[str, Any]:
             "mutations": {
                 "request_mutations": [
                     {"remove": "x-envoy-original-path"},
+                    {"remove": "cookie"},
                     *(_remove_matching(regex) for regex in (INVALID_METADATA_NAME, BINARY_METADATA_NAME)),
-                ]
+                ],
+                # The answer's CORS headers depend on the request's origin: a shared cache keeps one copy per
+                # origin. Added here, before the CORS filter, to its answers to preflights too (which a virtual
+                # host's response_headers_to_add never reaches), and to every other answer on the way out.
+                "response_mutations": [
+                    {
+                        "append": {
+                            "header": {"key": "vary", "value": "Origin"},
+                            "append_action": "APPEND_IF_EXISTS_OR_ADD",
+                        }
+                    }
+                ],
             },
         },
     }
@@ -525,6 +613,23 @@ def _local_reply(status: int, code: int) -> dict[str, Any]:
         },
         "body_format_override": {
             "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
+
+
+def _status_as_it_is(route: str) -> dict[str, Any]:
+    """The direct responses of the routes of this name, whose body is a google.rpc.Status in JSON already,
+    sent as JSON."""
+    return {
+        "filter": {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {"@type": _CEL_FILTER, "expression": f"xds.route_name == '{route}'"},
+            }
+        },
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
             "content_type": "application/json",
         },
     }
