@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +8,6 @@ import pytest
 from shopmesh.sample.v1 import sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
-from shopmesh_chassis.db import Database
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, SampleSettings, binding
@@ -39,15 +37,3 @@ async def channel(server: ChassisServer) -> AsyncIterator[ResilientChannel]:
 @pytest.fixture
 def stub(channel: ResilientChannel) -> sample_pb2_grpc.SampleServiceStub:
     return sample_pb2_grpc.SampleServiceStub(channel.channel)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def blank_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """An empty database of each kind the services run on: SQLite in tmp_path, and one on a throwaway
-    PostgreSQL; disposed after."""
-    if request.param == "postgresql":
-        database = Database(request.getfixturevalue("postgres").create_database())
-    else:
-        database = Database(f"sqlite:///{tmp_path}/blank.db")
-    yield database
-    await database.dispose()

@@ -57,14 +57,9 @@ async def tables(database: Database) -> set[str]:
         return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite:///{tmp_path}/svc.db"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres").create_database()
-    db = Database(url)
-    yield db
-    await db.dispose()
+@pytest.fixture
+def database(blank_db: Database) -> Database:
+    return blank_db
 
 
 @pytest.fixture

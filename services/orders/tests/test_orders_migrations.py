@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -56,14 +54,9 @@ async def previous_release_with_orders(db: Database, rows: int) -> None:
         await connection.execute(text(statement))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite:///{tmp_path}/orders.db"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres").create_database()
-    database = Database(url)
-    yield database
-    await database.dispose()
+@pytest.fixture
+def db(blank_db: Database) -> Database:
+    return blank_db
 
 
 async def test_the_charge_recheck_migration_marks_charged_unrefunded_cancelled_orders_due(db: Database) -> None:

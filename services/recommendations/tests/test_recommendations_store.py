@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -17,15 +15,10 @@ from shopmesh_recommendations.store.tables import metadata
 from shopmesh_recommendations.wiring import VERSIONS
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite:///{tmp_path}/recommendations.db"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres").create_database()
-    db = Database(url)
-    await migrate(db, VERSIONS, metadata)
-    yield db
-    await db.dispose()
+@pytest.fixture
+async def database(blank_db: Database) -> Database:
+    await migrate(blank_db, VERSIONS, metadata)
+    return blank_db
 
 
 async def record(db: Database, order_id: str, user_id: str, *product_ids: str) -> bool:

@@ -3,16 +3,19 @@
 - tracing as in a service process: spans exist (trace ids in logs and errors), nothing is exported;
 - `postgres`: one throwaway PostgreSQL server for the whole session; tests make their own databases on
   it with `postgres.create_database()`;
-- `nats_srv`: a nats-server with JetStream of the test's own, on a free port, its store under tmp_path.
+- `nats_srv`: a nats-server with JetStream of the test's own, on a free port, its store under tmp_path;
+- `blank_db`: an empty database of each kind the services run on (the test runs once on each): SQLite in
+  tmp_path, and one on the throwaway PostgreSQL; disposed after.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 from shopmesh_chassis.tracing import configure_tracing
@@ -33,3 +36,13 @@ def postgres() -> Iterator[PostgresServer]:
 def nats_srv(tmp_path: Path) -> Iterator[NatsServer]:
     with nats_server(tmp_path / "nats") as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def blank_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "postgresql":
+        database = Database(request.getfixturevalue("postgres").create_database())
+    else:
+        database = Database(f"sqlite:///{tmp_path}/blank.db")
+    yield database
+    await database.dispose()
