@@ -244,7 +244,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $_ := set $c "ingress" (dict
     "http" (dict "parentRefs" (dig "ingress" "http" "parentRefs" list $v) "hostnames" (dig "ingress" "http" "hostnames" list $v))
     "grpc" (dict "parentRefs" (dig "ingress" "grpc" "parentRefs" list $v) "hostnames" (dig "ingress" "grpc" "hostnames" list $v))
-    "requestTimeout" "30s") -}}
+    "requestTimeout" "40s") -}}
 {{- if and (or $c.ingress.http.parentRefs $c.ingress.grpc.parentRefs) (not $c.edge) -}}
 {{- fail (printf "ingress for %s: only the edge (callers include clients) is reached from outside the cluster" $name) -}}
 {{- end -}}

@@ -129,7 +129,7 @@ async def test_a_migration_stuck_behind_a_transaction_fails_the_start_and_runs_a
         with pytest.raises(MigrationBlocked) as blocked:
             await migrate(pg_database, v2, lock_timeout_seconds=0.2)
         [line] = str(blocked.value).splitlines()
-        assert line.startswith("database migration gave up after waiting 0.2s for a table lock")
+        assert line.startswith("database migration gave up after waiting 0.2s for a lock held by another transaction")
         await transaction.rollback()
     finally:
         await holder.close()

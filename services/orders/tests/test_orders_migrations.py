@@ -91,3 +91,31 @@ async def test_the_charge_recheck_migration_lets_the_previous_release_read_order
             assert await connection.scalar(text(DUE)) == expected_due(rows)
     finally:
         await db.dispose()
+
+
+@pytest.mark.parametrize("rows", [0, 20_000])
+async def test_replicas_starting_together_all_start_while_one_builds_the_index_concurrently(
+    postgres: PostgresServer, rows: int
+) -> None:
+    """A replica waiting for the migration lock must hold no snapshot: CREATE INDEX CONCURRENTLY in the one
+    migrating waits for every older snapshot, and PostgreSQL broke the wait by failing one of them."""
+    url = postgres.create_database()
+    if rows:
+        first = Database(url)
+        await previous_release_with_orders(first, rows)
+        await first.dispose()
+    replicas = [Database(url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(migrate(replica, VERSIONS, metadata) for replica in replicas))
+    finally:
+        for replica in replicas:
+            await replica.dispose()
+    check = Database(url)
+    try:
+        async with check.transaction() as connection:
+            valid = await connection.scalar(
+                text("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_orders_charge_recheck_at'::regclass")
+            )
+    finally:
+        await check.dispose()
+    assert valid is True

@@ -17,6 +17,7 @@ import pytest
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import free_port
+from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_users import wiring
 from shopmesh_users.application import KeysKeptChanging, UsersApplication
 from shopmesh_users.domain.keys import Rotation
@@ -115,6 +116,17 @@ def test_revoke_keys_on_an_unreachable_database_is_one_error_line_and_exit_1(tmp
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: database unavailable: cannot connect to the database"), line
+
+
+def test_revoke_keys_on_a_mistyped_database_name_is_one_error_line_and_exit_1(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    url = postgres.create_database().rsplit("/", 1)[0] + "/no_such_database"
+    result = run_revoke_keys(cwd=tmp_path, DATABASE_URL=url)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: database unavailable:"), line
+    assert "no_such_database" in line
 
 
 def test_revoke_keys_that_lost_every_race_to_rotations_is_one_error_line_and_exit_1(

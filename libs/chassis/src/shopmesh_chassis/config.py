@@ -30,8 +30,8 @@ class StartupFailed(Exception):
 # `database.dispose` after it) and, if cut off, is cancelled half a second before its time is up
 # (app.HOOK_UNWIND_SECONDS). A budget just above the grace (grace 10, budget 10.5) would cut it off inside
 # the grace, as if it had hung. 3 s: 1 s of reserve, 0.5 s to unwind, and 1.5 s after the grace to stop
-# relays (the outbox's last pass takes up to 1 s) and close NATS and client channels. The Helm chart
-# enforces the same number (_config.tpl; tests/k8s hold the two equal).
+# relays (the outbox stops its purge within 0.5 s, then makes a last pass of up to 1 s) and close NATS and
+# client channels. The Helm chart enforces the same number (_config.tpl; tests/k8s hold the two equal).
 SHUTDOWN_HOOKS_MARGIN_SECONDS = 3.0
 
 

@@ -296,10 +296,14 @@ class Database:
         return self._postgres
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection]:
-        """A PostgreSQL connection in no transaction, for what runs its own (migrations, one per step)."""
+    async def dedicated_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A PostgreSQL connection in no transaction, for what runs its own (migrations, one per step), and
+        discarded after: its session state (advisory locks, SET lock_timeout) never reaches the pool."""
         async with _connected(self.postgres_engine) as connection:
-            yield connection
+            try:
+                yield connection
+            finally:
+                await connection.invalidate()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[DbConnection]:

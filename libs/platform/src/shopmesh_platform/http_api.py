@@ -114,10 +114,11 @@ _CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPo
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
-# Checkout runs the whole saga before it answers (the gateway gives orders 15 s): an HTTP client sends no
-# gRPC deadline, so the edge bounds the call a little above the gateway's own longest budget. A gRPC or
-# gRPC-Web client's `grpc-timeout` still wins when it is shorter.
-ROUTE_TIMEOUT = "20s"
+# Checkout runs the whole saga before it answers: an HTTP client sends no gRPC deadline, so the edge bounds
+# the call above the gateway's own longest path, checkout's calls one after the other (a key-set refetch and
+# the account's e-mail from users, 5 s each, then orders, 15 s: 25 s). A gRPC or gRPC-Web client's
+# `grpc-timeout` still wins when it is shorter.
+ROUTE_TIMEOUT = "30s"
 # A route with max_stream_duration has Envoy's router ignore its `timeout` (the mesh's GRPC_TIMEOUTS relies on
 # that to leave the bound to the caller's deadline); a call without grpc-timeout would then wait for ever. Both
 # of these are the stream's bound, from its first byte: ROUTE_TIMEOUT without a grpc-timeout, the client's

@@ -155,10 +155,17 @@ def _refusal(error: Exception) -> str | None:
     """The one line an operator gets for a revocation that did not happen, or None for a bug (traceback)."""
     if isinstance(error, RevocationRefused | KeysKeptChanging):
         return str(error)
-    if database_unavailable(error):
+    if database_unavailable(error) or _refused_connection(error):
         cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
         return " ".join(f"database unavailable: {cause}".split())
     return None
+
+
+def _refused_connection(error: Exception) -> bool:
+    """PostgreSQL refused the connection itself: no such database (3D000), or bad credentials (28xxx), as a
+    mistyped DATABASE_URL gives."""
+    sqlstate = str(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
+    return sqlstate == "3D000" or sqlstate.startswith("28")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

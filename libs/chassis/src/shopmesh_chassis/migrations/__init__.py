@@ -7,6 +7,7 @@ The chassis owns the Alembic environment (`env.py`) and the migrations of its ow
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -32,6 +33,7 @@ _PG_MIGRATION_LOCK = 0x5350_4D49  # "SHMI"
 # serving it. Better to fail this pod's start (it is restarted and tries again) than to stall them.
 MIGRATION_LOCK_TIMEOUT_SECONDS = 5.0
 _LOCK_NOT_AVAILABLE = "55P03"
+_LOCK_POLL_SECONDS = 0.5
 
 
 class MigrationBlocked(StartupFailed):
@@ -70,10 +72,6 @@ def _newer_schema(connection: Connection, config: Config) -> bool:
 
 def _upgrade_postgres(connection: Connection, config: Config, lock_timeout: float) -> bool:
     try:
-        # Replicas starting together: one migrates, the others wait and then find nothing to do. A session
-        # lock, taken before the lock timeout is set: it must outlive the migrations' own commits, and a
-        # replica waits for it as long as the one migrating takes.
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         connection.execute(text(f"SET lock_timeout = {int(lock_timeout * 1000)}"))
         newer = _newer_schema(connection, config)
         # Alembic runs each migration in its own transaction only on a connection outside one.
@@ -87,15 +85,11 @@ def _upgrade_postgres(connection: Connection, config: Config, lock_timeout: floa
     except DBAPIError as error:
         if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
             raise MigrationBlocked(
-                f"database migration gave up after waiting {lock_timeout:g}s for a table lock held by another "
-                "transaction (a long query or an idle transaction on the table); this start fails and the "
-                "next one tries again"
+                f"database migration gave up after waiting {lock_timeout:g}s for a lock held by another "
+                "transaction (a long query, an idle transaction, or a backup on the database); this start fails "
+                "and the next one tries again"
             ) from None
         raise
-    finally:
-        # Closing the connection releases the advisory lock and drops the lock timeout with it: neither
-        # reaches a pooled connection the service's transactions use.
-        connection.invalidate()
 
 
 def _upgrade_sqlite(connection: Connection, config: Config) -> bool:
@@ -118,7 +112,17 @@ async def migrate(
     own and waits at most `lock_timeout_seconds` for a lock (MigrationBlocked past that)."""
     config = alembic_config(versions_dir, metadata)
     if database.dialect == "postgresql":
-        async with database.connection() as connection:
+        # The connection is discarded after: the advisory lock and the lock timeout go with it.
+        async with database.dedicated_connection() as connection:
+            # Replicas starting together: one migrates, the others wait and then find nothing to do. A session
+            # lock, to outlive the migrations' own commits. Polled with a try, never waited for in a statement:
+            # a replica blocked in pg_advisory_lock() holds a snapshot, which CREATE INDEX CONCURRENTLY in
+            # the one migrating waits for, while it waits for the lock: a deadlock PostgreSQL breaks by
+            # failing one of them.
+            while not await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK}):
+                await connection.commit()  # no transaction held between tries
+                await asyncio.sleep(_LOCK_POLL_SECONDS)
+            await connection.commit()
             upgraded = await connection.run_sync(_upgrade_postgres, config, lock_timeout_seconds)
     else:
         async with database.transaction() as connection:

@@ -44,7 +44,13 @@ def upgrade() -> None:
     with op.get_context().autocommit_block():
         # A build that failed half-way leaves an INVALID index under the name.
         op.execute(sa.text("DROP INDEX CONCURRENTLY IF EXISTS ix_orders_charge_recheck_at"))
+        # A concurrent build blocks nobody, but waits for every older snapshot in the database (a backup, a
+        # long report): no lock timeout for it, or such a transaction would fail every start until it ended.
+        bind = op.get_bind()
+        timeout = bind.scalar(sa.text("SHOW lock_timeout"))
+        bind.execute(sa.text("SET lock_timeout = 0"))
         op.execute(sa.text("CREATE INDEX CONCURRENTLY ix_orders_charge_recheck_at ON orders (charge_recheck_at)"))
+        bind.execute(sa.text("SELECT set_config('lock_timeout', :timeout, false)"), {"timeout": timeout})
         _backfill(op.get_bind())
 
 
