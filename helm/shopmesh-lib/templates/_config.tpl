@@ -50,8 +50,8 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $hooks := dig "drain" "shutdownHooksBudgetSeconds" (dig "drain" "shutdownHooksBudgetSeconds" 15 $g) $v -}}
 {{- $spanExport := 3 -}}
 {{- /* The hooks' budget is at least the grace and this much more: the first hook waits up to the grace, less
-     the 1 s reserve of each hook after it and 0.5 s to unwind (SHUTDOWN_HOOKS_MARGIN_SECONDS in libs/chassis
-     config.py, which tests/k8s hold this to). */ -}}
+     the 1 s reserve of each hook after it and 0.5 s to unwind, and 1.5 s after the grace stop relays and close
+     NATS and channels (SHUTDOWN_HOOKS_MARGIN_SECONDS in libs/chassis config.py, which tests/k8s hold this to). */ -}}
 {{- $hooksMargin := 3 -}}
 {{- $tgp := dig "drain" "terminationGracePeriodSeconds" (dig "drain" "terminationGracePeriodSeconds" 40 $g) $v -}}
 {{- /* The service would refuse it too (SHUTDOWN_HOOKS_BUDGET_SECONDS), but in a crash loop; the render says it. */ -}}

@@ -24,7 +24,7 @@ spec:
     - backendRefs:
         - name: {{ $c.name }}
           port: {{ $c.httpApi.port }}
-      # Checkout runs the whole saga before it answers. Above the edge's own bound (20 s), so that its answer
+      # Checkout runs the whole saga before it answers. Above the edge's own bound (30 s, http_api.ROUTE_TIMEOUT), so that its answer
       # (a Status in JSON) is the one a client gets; and instead of the implementation's default (Envoy
       # Gateway: 15 s). Every method is unary: no stream is cut. (Gateway API v1.2+.)
       timeouts:

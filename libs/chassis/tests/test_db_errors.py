@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -16,6 +14,7 @@ from shopmesh_chassis.db_errors import (
     database_unavailable,
 )
 from shopmesh_chassis.errors import Aborted, Unavailable
+from shopmesh_chassis.testing import free_port
 
 
 class DriverError(Exception):
@@ -61,12 +60,6 @@ def test_a_statement_the_database_refuses_is_nobody_elses_fault(sqlstate: str) -
     assert not database_unavailable(failed(sqlstate))
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     "url",
     [
@@ -78,7 +71,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize("use", ["transaction", "read"])
 async def test_a_postgresql_that_cannot_be_reached_is_unavailable(url: str, use: str) -> None:
     # The closed port is picked now, not at collection, when a server started meanwhile could take it.
-    database = Database(url.format(closed_port=closed_port()))
+    database = Database(url.format(closed_port=free_port()))
     try:
         with pytest.raises(DatabaseUnreachable) as caught:
             async with getattr(database, use)():

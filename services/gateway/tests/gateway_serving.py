@@ -1,4 +1,5 @@
-"""A gateway served in the test's process, in front of the addresses a test gives it."""
+"""A gateway served in the test's process, in front of the addresses a test gives it, and how a client
+sends it a token."""
 
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ async def serving_gateway(addresses: Mapping[str, str], **overrides: Any) -> Asy
             yield shop_pb2_grpc.ShopServiceStub(channel), channels
     finally:
         await channels.close()
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The metadata carrying an access token, as a client sends it."""
+    return (("authorization", f"Bearer {token}"),)

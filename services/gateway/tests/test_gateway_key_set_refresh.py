@@ -16,7 +16,7 @@ from shopmesh_chassis.grpc_errors import details_of
 
 from .gateway_fakes import Fakes, FakeUsers, fakes_serving
 from .gateway_keys import SigningKey
-from .gateway_serving import serving_gateway
+from .gateway_serving import bearer, serving_gateway
 
 if TYPE_CHECKING:
     from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
@@ -30,10 +30,6 @@ async def gateway(fakes: Fakes, **overrides: Any) -> AsyncIterator[Shop]:
     nowhere = dict.fromkeys(("catalog", "inventory", "orders"), NOWHERE)
     async with serving_gateway({**nowhere, **fakes.addresses}, **overrides) as (shop, _):
         yield shop
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
 
 
 def slow_jwks(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:

@@ -26,7 +26,7 @@ from shopmesh_platform.stack import Stack
 
 from .gateway_fakes import PASSWORD, Fakes, fakes_serving
 from .gateway_keys import SigningKey, tampered
-from .gateway_serving import serving_gateway
+from .gateway_serving import bearer, serving_gateway
 
 if TYPE_CHECKING:
     from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
@@ -77,10 +77,6 @@ async def inventory(stack: Stack) -> AsyncIterator[inventory_pb2_grpc.InventoryS
 def recommendations_work(fakes: Fakes) -> None:
     fakes.recommendations.mode = "ok"
     fakes.recommendations.cancelled.clear()
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
 
 
 def token_for(fakes: Fakes, user_id: str | None = None) -> tuple[tuple[str, str], ...]:

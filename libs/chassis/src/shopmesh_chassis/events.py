@@ -187,13 +187,7 @@ class DeferredJetStream:
             try:
                 if self._client is None:
                     self._client = await connect(self._url, name=self._name)
-                await ensure_stream(
-                    self._client.jetstream(),
-                    self._stream,
-                    self._subjects,
-                    self._duplicate_window,
-                    max_age=self._max_age,
-                )
+                await self._declare_stream()
                 break
             except Exception as exc:
                 # Refused (auth), or connected while JetStream does not answer yet (starting, no quorum).
@@ -214,10 +208,14 @@ class DeferredJetStream:
             # was deleted. Only the publisher declares it as configured (a consumer would make it with its
             # own settings, and only once it reconnects): declare it again, then send once more.
             log.warning("NATS stream %s is gone; declaring it again", self._stream)
-            await ensure_stream(
-                self._client.jetstream(), self._stream, self._subjects, self._duplicate_window, max_age=self._max_age
-            )
+            await self._declare_stream()
             return await self._publisher.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+    async def _declare_stream(self) -> None:
+        assert self._client is not None
+        await ensure_stream(
+            self._client.jetstream(), self._stream, self._subjects, self._duplicate_window, max_age=self._max_age
+        )
 
     async def close(self) -> None:
         if self._task is not None:

@@ -153,7 +153,8 @@ class OutboxRelay:
         next start, or for another replica's relay."""
         try:
             # A purge cut short loses nothing: each batch is a transaction of its own, and the next run goes on.
-            # Half a second, and the last pass 1 s: the 1.5 s SHUTDOWN_HOOKS_MARGIN_SECONDS leaves them.
+            # Half a second, and the last pass 1 s: the 1.5 s after the grace that SHUTDOWN_HOOKS_MARGIN_SECONDS
+            # (3 s) leaves them.
             await self._purge.stop(timeout=0.5)
             if self._task is not None:
                 await cancel_and_wait(self._task)

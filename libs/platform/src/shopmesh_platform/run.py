@@ -34,6 +34,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server, server_argv
 
 from .mesh.identity import bundle_file, dns_name, svid_files
@@ -49,6 +50,7 @@ from .stack import (
     existing_services,
     postgres_env,
     sidecar_name,
+    signal_child,
     spawn,
 )
 from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge
@@ -351,9 +353,7 @@ async def throwaway_postgres() -> AsyncIterator[PostgresServer]:
             yield server
         finally:
             await _stop_postgres(process)
-            drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await drain
+            await cancel_and_wait(drain)
 
 
 async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str]) -> None:
@@ -378,16 +378,14 @@ async def _until_accepting(server: PostgresServer, process: asyncio.subprocess.P
 
 async def _stop_postgres(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGINT)
+        signal_child(process, signal.SIGINT)
         try:
             await asyncio.wait_for(asyncio.shield(process.wait()), _POSTGRES_STOP_SECONDS)
             return
         except TimeoutError:
             pass
         # Its own process group (spawn): the server's backends go with it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        signal_child(process, signal.SIGKILL)
     await process.wait()
 
 

@@ -878,7 +878,7 @@ class Stack:
         for child in [*edge, *self._children.values(), *self._sidecars.values(), *self._sinks.values(), self._nats]:
             if child.running and child.process is not None:
                 child.stopping = True
-                _signal(child.process, signal.SIGKILL)
+                signal_child(child.process, signal.SIGKILL)
 
     async def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float | None = None) -> int:
         """Send `sig` to one process ("nats" and the sinks included) and wait for it to exit (SIGKILL after
@@ -1059,13 +1059,13 @@ class Stack:
             return None
         child.stopping = True
         if process.returncode is None:
-            _signal(process, sig)
+            signal_child(process, sig)
             limit = self.stop_timeout if timeout is None else timeout
             try:
                 await asyncio.wait_for(process.wait(), limit)
             except TimeoutError:
                 self._emit(child, f"[launcher] still running {limit:g}s after {sig.name}: SIGKILL")
-                _signal(process, signal.SIGKILL)
+                signal_child(process, signal.SIGKILL)
                 await process.wait()
         await self._finish_pump(child)
         return process.returncode
@@ -1156,7 +1156,8 @@ def _require_file(path: Path, what: str, remedy: str) -> None:
         raise StackError(f"{what} is missing at {path}: {remedy}")
 
 
-def _signal(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+def signal_child(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """Signal a child `spawn` started; SIGKILL takes its whole process group. Gone already: nothing."""
     with contextlib.suppress(ProcessLookupError):
         if sig == signal.SIGKILL:
             # The whole group: whatever the child started dies with it.
