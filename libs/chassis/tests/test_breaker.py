@@ -196,6 +196,32 @@ async def test_a_probe_its_caller_cancels_leaves_the_breaker_half_open(server: C
         assert breaker.allow()  # its slot is free for the next probe
 
 
+async def test_a_call_sent_before_the_breaker_opened_does_not_free_the_running_probes_slot(
+    server: ChassisServer,
+) -> None:
+    """A call sent while the breaker was closed, cancelled while a half-open probe runs, took no slot and
+    gives none back: else a second probe would go out beside the first."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=30), clock)
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        early = asyncio.ensure_future(stub.Echo(slow(3_000), timeout=5.0))
+        await asyncio.sleep(0.1)
+        breaker.record_failure()  # other calls failed meanwhile: open
+        clock.now += 30
+        probe = asyncio.ensure_future(stub.Echo(slow(3_000), timeout=5.0))
+        await asyncio.sleep(0.1)
+        assert breaker.state is BreakerState.HALF_OPEN
+        early.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await early
+        assert not breaker.allow(), "the running probe's slot was given away"
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        assert breaker.allow()  # the probe's own cancel gave its slot back
+
+
 async def test_calls_cancelled_by_their_caller_in_time_do_not_erase_the_failure_streak(server: ChassisServer) -> None:
     """Deadline failures of a hanging target with a call in between that its caller gave up on early: that
     call says nothing either way, and the streak goes on to open the breaker."""

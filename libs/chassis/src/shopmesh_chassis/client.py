@@ -24,7 +24,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
 
 from shopmesh_chassis import call_context, errors
-from shopmesh_chassis.breaker import BreakerConfig, CircuitBreaker
+from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from shopmesh_chassis.grpc_errors import to_rpc_status
 
 IDEMPOTENCY_KEY = "idempotency-key"
@@ -187,6 +187,9 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
     ) -> Any:
+        # Whether this call takes a half-open probe slot: only then may it give one back (a call sent while
+        # the breaker was closed, ending without a verdict now, would free the running probe's slot).
+        probing = self.breaker.state is BreakerState.HALF_OPEN
         if not self.breaker.allow():
             raise _local_error(
                 grpc.StatusCode.UNAVAILABLE,
@@ -202,8 +205,8 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout * (1 - _AT_THE_DEADLINE)
         callers_deadline = self._too_short_to_tell(timeout, _OWN_TIMEOUT_CUT_BY_CALLER.get())
-        call = await continuation(client_call_details, request)
         try:
+            call = await continuation(client_call_details, request)
             code = await call.code()
         except BaseException:
             if deadline is not None and time.monotonic() >= deadline and not callers_deadline:
@@ -211,7 +214,7 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 # one pass of a stalled loop, the caller's first): the target let the deadline pass, a
                 # failure as much as DEADLINE_EXCEEDED is.
                 self.breaker.record_failure()
-            else:
+            elif probing:
                 # Cancelled by our caller in time: says nothing about the target; free the probe slot.
                 self.breaker.release_probe()
             raise
@@ -219,7 +222,8 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             self._learn_latency(time.monotonic() - started)
             self.breaker.record_success()
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED and callers_deadline:
-            self.breaker.release_probe()
+            if probing:
+                self.breaker.release_probe()
         elif code in BREAKER_FAILURES:
             self.breaker.record_failure()
         else:
