@@ -208,12 +208,10 @@ spec:
       # Where calls enter: the fraction of traces recorded (global.otel.samplerRatio), as the percentage
       # Istio takes (to 0.01), decided here for the whole trace.
       randomSamplingPercentage: {{ include "shopmesh-lib.mesh.samplingPercentage" $c }}
-      {{- else if $c.edge }}
-      # Behind the ingress proxy, which decided for the trace. A call that comes another way (port-forward,
-      # a client in the cluster) without a traceparent is recorded every time.
-      randomSamplingPercentage: 100
       {{- else }}
-      # Inside: whatever the trace this call belongs to was decided where it entered.
+      # Whatever the trace this call belongs to was decided where it entered: at the edge, or (the edge
+      # behind it) at the ingress proxy. A call that comes to the edge another way (port-forward, a client
+      # in the cluster) without a traceparent is recorded every time.
       randomSamplingPercentage: 100
       {{- end }}
 {{- end -}}

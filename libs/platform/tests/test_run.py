@@ -258,8 +258,7 @@ async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_serv
         assert products, "the catalog seeded its PostgreSQL database"
         assert not (tmp_path / "data" / "catalog.db").exists(), "the catalog used SQLite"
         await ctrl_c(process)
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the throwaway PostgreSQL outlived the launcher"
+    assert not accepting(port), "the throwaway PostgreSQL outlived the launcher"
 
 
 def accepting(port: int) -> bool:

@@ -41,6 +41,10 @@ _MARK_PUBLISHED = (
 )
 
 
+# The last pass a stopping relay makes: part of SHUTDOWN_HOOKS_MARGIN_SECONDS (config.py).
+_FINAL_PASS_SECONDS = 1.0
+
+
 def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
 
@@ -147,8 +151,8 @@ class OutboxRelay:
         if self._retention > 0:
             self._purge.start()
 
-    async def stop(self, final_pass_seconds: float = 1.0) -> None:
-        """Stop relaying, after a last pass of at most `final_pass_seconds` for what was committed since the
+    async def stop(self) -> None:
+        """Stop relaying, after a last pass of at most _FINAL_PASS_SECONDS for what was committed since the
         last one (the sagas a shutdown lets finish write their events just before): else those wait for the
         next start, or for another replica's relay."""
         try:
@@ -160,7 +164,7 @@ class OutboxRelay:
                 await cancel_and_wait(self._task)
                 self._task = None
                 try:
-                    async with asyncio.timeout(final_pass_seconds):
+                    async with asyncio.timeout(_FINAL_PASS_SECONDS):
                         while await self.publish_pending() >= self._batch_size:
                             pass
                 except Exception as exc:  # NATS or the database away, or out of time: the events stay for later

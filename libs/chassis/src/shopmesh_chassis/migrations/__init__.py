@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -57,6 +58,23 @@ def unknown_revisions(connection: Connection, config: Config) -> set[str]:
     return set(MigrationContext.configure(connection).get_current_heads()) - known
 
 
+def create_index_concurrently(name: str, table: str, columns: Sequence[str]) -> None:
+    """For a migration on PostgreSQL: build an index without holding writes to a busy table, outside the
+    migration's transaction. Safe to run again: a build that failed half-way leaves an INVALID index under
+    the name, dropped first. It runs without migrate()'s lock timeout: a concurrent build blocks nobody, but
+    waits for every older snapshot in the database (a backup, a long report), and with the timeout such a
+    transaction would fail every start until it ended."""
+    with op.get_context().autocommit_block():
+        bind = op.get_bind()
+        bind.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        timeout = bind.scalar(text("SHOW lock_timeout"))
+        bind.execute(text("SET lock_timeout = 0"))
+        try:
+            bind.execute(text(f"CREATE INDEX CONCURRENTLY {name} ON {table} ({', '.join(columns)})"))
+        finally:
+            bind.execute(text("SELECT set_config('lock_timeout', :timeout, false)"), {"timeout": timeout})
+
+
 def _newer_schema(connection: Connection, config: Config) -> bool:
     newer = unknown_revisions(connection, config)
     if newer:
@@ -78,10 +96,8 @@ def _upgrade_postgres(connection: Connection, config: Config, lock_timeout: floa
         connection.commit()
         if newer:
             return False
-        config.attributes["connection"] = connection
         config.attributes["transaction_per_migration"] = True
-        command.upgrade(config, "heads")
-        return True
+        return _run_upgrade(connection, config)
     except DBAPIError as error:
         if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
             raise MigrationBlocked(
@@ -95,6 +111,10 @@ def _upgrade_postgres(connection: Connection, config: Config, lock_timeout: floa
 def _upgrade_sqlite(connection: Connection, config: Config) -> bool:
     if _newer_schema(connection, config):
         return False
+    return _run_upgrade(connection, config)
+
+
+def _run_upgrade(connection: Connection, config: Config) -> bool:
     config.attributes["connection"] = connection
     command.upgrade(config, "heads")
     return True

@@ -24,6 +24,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from shopmesh_chassis.migrations import create_index_concurrently
+
 revision = "orders_0002"
 down_revision = "orders_0001"
 branch_labels = None
@@ -41,16 +43,8 @@ def upgrade() -> None:
         op.execute(sa.text(f"UPDATE orders SET charge_recheck_at = charge_attempted_at WHERE {_DUE}"))
         return
     op.execute(sa.text("ALTER TABLE orders ADD COLUMN IF NOT EXISTS charge_recheck_at TIMESTAMP WITH TIME ZONE"))
+    create_index_concurrently("ix_orders_charge_recheck_at", "orders", ["charge_recheck_at"])
     with op.get_context().autocommit_block():
-        # A build that failed half-way leaves an INVALID index under the name.
-        op.execute(sa.text("DROP INDEX CONCURRENTLY IF EXISTS ix_orders_charge_recheck_at"))
-        # A concurrent build blocks nobody, but waits for every older snapshot in the database (a backup, a
-        # long report): no lock timeout for it, or such a transaction would fail every start until it ended.
-        bind = op.get_bind()
-        timeout = bind.scalar(sa.text("SHOW lock_timeout"))
-        bind.execute(sa.text("SET lock_timeout = 0"))
-        op.execute(sa.text("CREATE INDEX CONCURRENTLY ix_orders_charge_recheck_at ON orders (charge_recheck_at)"))
-        bind.execute(sa.text("SELECT set_config('lock_timeout', :timeout, false)"), {"timeout": timeout})
         _backfill(op.get_bind())
 
 
