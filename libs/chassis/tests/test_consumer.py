@@ -435,6 +435,17 @@ async def test_an_interrupted_consumer_does_not_leak_its_old_subscriptions(
     )
 
 
+async def interrupt(client: Client, caplog: pytest.LogCaptureFixture) -> str:
+    """Interrupt a running consumer's pull loops; the delay it says it waits before consuming again."""
+    caplog.clear()
+    await client.jetstream().delete_stream("REPLAY")
+    [line, *_] = await eventually(
+        lambda: [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()],
+        "the interruption logged",
+    )
+    return line.split("retrying in ")[1].split(":")[0]
+
+
 async def test_the_reconnect_delay_starts_over_after_the_consumer_ran_again(
     db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -448,13 +459,7 @@ async def test_the_reconnect_delay_starts_over_after_the_consumer_ran_again(
         await publish(client, "e-first")
         await until_applied(db, Counter({"e-first": 1}))
         for round_ in range(3):
-            caplog.clear()
-            await client.jetstream().delete_stream("REPLAY")
-            [line, *_] = await eventually(
-                lambda: [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()],
-                "the interruption logged",
-            )
-            delays.append(line.split("retrying in ")[1].split(":")[0])
+            delays.append(await interrupt(client, caplog))
             await publish(client, f"e{round_}")  # consumed again: the consumer recovered and ran fine
             await until_applied(db, Counter({"e-first": 1} | {f"e{i}": 1 for i in range(round_ + 1)}))
     finally:
@@ -485,3 +490,24 @@ async def test_a_stopped_consumer_hands_back_the_events_it_fetched_and_had_not_a
         await until_applied(db, Counter({"e1": 1, "e2": 1, "e3": 1}))
     finally:
         await second.stop()
+
+
+async def test_a_fault_recurring_right_after_each_subscription_backs_off(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interruption that comes back as soon as the consumer has subscribed again (nothing consumed in
+    between) is the same fault, not a new one: the delay keeps doubling instead of hammering NATS every
+    half second."""
+    caplog.set_level(logging.INFO, logger="shopmesh.consumer")
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    delays: list[str] = []
+    try:
+        for _ in range(3):
+            await eventually(
+                lambda: [r for r in caplog.records if r.getMessage().startswith("consuming ")], "consuming"
+            )
+            delays.append(await interrupt(client, caplog))
+    finally:
+        await running.stop()
+    assert delays == ["0.5s", "1.0s", "2.0s"], f"delays after interruptions with nothing consumed: {delays}"

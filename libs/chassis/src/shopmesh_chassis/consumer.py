@@ -61,6 +61,8 @@ from shopmesh_chassis.tasks import cancel_and_wait
 log = logging.getLogger("shopmesh.consumer")
 tracer = trace.get_tracer("shopmesh.consumer")
 
+# The wait before consuming again after an interruption: the first, doubled per interruption up to the second.
+_RECONNECT_DELAYS = (0.5, 10.0)
 # While the database is away every delivery fails alike: say so once, then at most this often.
 _OUTAGE_REPEAT_SECONDS = 60.0
 # Messages whose deliveries met an unreachable database (for their backoff), and messages the handler
@@ -173,8 +175,11 @@ class EventConsumer:
         self._purge_batch_size = purge_batch_size
         self._purge = Periodic(f"processed-events-purge-{durable}", purge_interval_seconds, self.purge_processed)
         self._parked = asyncio.Event()
-        # Whether the current _consume got as far as consuming (the reconnect backoff starts over then).
-        self._consuming = False
+        # Since when (monotonic) the current _consume has been subscribed, and whether it delivered a message
+        # since: the reconnect backoff starts over only after a run that did either for a while, so a fault
+        # that recurs right after each subscription backs off instead of looping at the first delay.
+        self._consuming_since: float | None = None
+        self._delivered_since_subscribing = False
         # Per message (stream, sequence): its deliveries that failed because the database was away.
         self._held: OrderedDict[tuple[str, int], int] = OrderedDict()
         # The handler's own failures on each message, counted here rather than derived from JetStream's
@@ -205,21 +210,28 @@ class EventConsumer:
             self._client = None
 
     async def _run(self) -> None:
-        delay = 0.5
+        delay = _RECONNECT_DELAYS[0]
         while True:
-            self._consuming = False
+            self._consuming_since = None
+            self._delivered_since_subscribing = False
             try:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._consuming:
-                    # It got as far as consuming again since the last interruption: this is a new one.
-                    delay = 0.5
+                if self._ran_since_subscribing():
+                    # It consumed again since the last interruption: this is a new one.
+                    delay = _RECONNECT_DELAYS[0]
                 # NATS away, or the stream not there yet: keep trying; JetStream keeps the messages.
                 log.warning("consumer %s interrupted, retrying in %.1fs: %s", self._durable, delay, _cause(exc))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, _RECONNECT_DELAYS[1])
+
+    def _ran_since_subscribing(self) -> bool:
+        if self._consuming_since is None:
+            return False
+        ran_for = asyncio.get_running_loop().time() - self._consuming_since
+        return self._delivered_since_subscribing or ran_for >= _RECONNECT_DELAYS[1]
 
     async def _consume(self) -> None:
         if self._client is None:
@@ -239,7 +251,7 @@ class EventConsumer:
             )
             subscriptions.append(replays)
             log.info("consuming %s from %s as %s", ",".join(self._subjects), self._stream, self._durable)
-            self._consuming = True
+            self._consuming_since = asyncio.get_running_loop().time()
             # Both pull loops share the connection; one failing ends both, and _run starts them again.
             async with asyncio.TaskGroup() as loops:
                 loops.create_task(self._pull(events, replayed=False))
@@ -285,6 +297,7 @@ class EventConsumer:
                 for message in messages:
                     delivered = await self._deliver(message, replayed=replayed)
                     settled += 1
+                    self._delivered_since_subscribing = True
                     if not delivered:
                         # The database is away: the rest of the batch would fail alike (each perhaps only after
                         # a connect timeout, past its ack wait). They wait for it likewise, untried.
