@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import grpc
 import pytest
 
 from shopmesh.catalog.v1 import catalog_pb2
@@ -38,7 +39,7 @@ def ranked(*ids: str) -> list[recommendations_pb2.RecommendedProduct]:
 class FakeCatalog:
     products: dict[str, catalog_pb2.Product] = field(default_factory=dict)
     down: bool = False
-    listing_down: bool = False
+    listing_error: Exception | None = None
     listed: list[tuple[str, int]] = field(default_factory=list)
 
     async def get_product(self, product_id: str) -> catalog_pb2.Product:
@@ -50,8 +51,8 @@ class FakeCatalog:
 
     async def products_in_category(self, category: str, limit: int) -> list[catalog_pb2.Product]:
         self.listed.append((category, limit))
-        if self.listing_down:
-            raise errors.Unavailable("catalog is down")
+        if self.listing_error is not None:
+            raise self.listing_error
         matching = sorted((p for p in self.products.values() if p.category == category), key=lambda p: p.id)
         return matching[:limit]
 
@@ -165,11 +166,21 @@ async def test_a_failed_inventory_fails_the_page(catalog: FakeCatalog, recommend
         await ProductPages(catalog, DownInventory(), recommendations, BUDGET).page("prod_a", 0)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        errors.Unavailable("catalog is down"),
+        # A status no contract gives details for (a proxy's reset, an UNIMPLEMENTED from an old catalog):
+        # the catalog client passes it on as it came, and the optional part of the page must still degrade.
+        grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), "upstream reset"),
+    ],
+    ids=["domain-error", "detail-less-status"],
+)
 async def test_a_failed_fallback_leaves_an_empty_degraded_list(
-    pages: ProductPages, recommendations: FakeRecommendations, catalog: FakeCatalog
+    pages: ProductPages, recommendations: FakeRecommendations, catalog: FakeCatalog, failure: Exception
 ) -> None:
     recommendations.mode = "fail"
-    catalog.listing_down = True
+    catalog.listing_error = failure
     page = await pages.page("prod_a", 0)
     assert (page.recommendations, page.degraded) == ([], True)
     assert page.product.id == "prod_a"
