@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from shopmesh_chassis.server import MAX_METADATA_BYTES
+from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_KIB
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
 from shopmesh_platform.stack import Canary, PortPlan, Stack, StackError, envoy_binary
@@ -131,6 +133,22 @@ async def envoy_validates(path: Path) -> None:
     assert f"configuration '{path}' OK" in out.decode()
     # No deprecated or unsafe setting that Envoy warns about.
     assert "warning" not in out.decode(), out.decode()
+
+
+def test_no_sidecar_refuses_headers_its_service_would_take(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    """The HTTP edge forwards up to about twice its own header limit (its headers and its copy of the path)
+    to the gateway, whose gRPC server takes 256 KiB of metadata: Envoy's default 60 KiB at a sidecar on the
+    way refused such a call."""
+    _, configs = configurations
+    for service, config in configs.items():
+        for item in config["static_resources"]["listeners"]:
+            [chain] = item["filter_chains"]
+            [manager] = chain["filters"]
+            limit = manager["typed_config"].get("max_request_headers_kb", 60)
+            assert limit * 1024 >= MAX_METADATA_BYTES, (service, item["name"], limit)
+            assert limit >= 2 * MAX_REQUEST_HEADERS_KIB, (service, item["name"], limit)
 
 
 async def test_the_real_envoy_accepts_every_sidecar_configuration(

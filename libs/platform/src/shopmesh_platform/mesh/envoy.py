@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shopmesh_chassis.server import MAX_METADATA_BYTES
+
 from ..topology import SidecarPorts
 from .identity import MeshIdentities, spiffe_id
 
@@ -232,6 +234,10 @@ def _http_manager(
                 }
             ],
         },
+        # The services' gRPC servers take this much metadata, and what the HTTP edge forwards (its headers and
+        # its copy of the path) may be more than Envoy's default 60 KiB: a sidecar must not refuse (431, a
+        # reset) a call its service would take.
+        "max_request_headers_kb": MAX_METADATA_BYTES // 1024,
         "access_log": [access_log(operation or name)],
         "http_filters": [
             *(http_filters or []),
