@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -294,6 +295,21 @@ async def test_no_throwaway_postgres_outlives_a_launcher_killed_with_sigkill(tmp
         await eventually(lambda: not accepting(port), "the throwaway PostgreSQL gone with its launcher", timeout=15)
     finally:
         await asyncio.to_thread(stop_left_behind, port)
+    assert_next_launcher_removes_the_folder_of(process.pid)
+
+
+def assert_next_launcher_removes_the_folder_of(killed: int) -> None:
+    """The throwaway server's folder stays behind a launcher killed with -9; the next `run --postgres`
+    removes it, and no running launcher's."""
+    [left] = Path(tempfile.gettempdir()).glob(f"shopmesh-run-pg-{killed}-*")
+    running = Path(tempfile.mkdtemp(prefix=f"shopmesh-run-pg-{os.getpid()}-"))
+    try:
+        assert left in run.remove_orphaned_data_dirs()
+        assert not left.exists()
+        assert running.exists()
+    finally:
+        shutil.rmtree(left, ignore_errors=True)
+        running.rmdir()
 
 
 async def test_a_launcher_signalled_while_postgres_starts_stops_it_and_exits_cleanly(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -319,12 +320,39 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
 
 
 _POSTGRES_READY_SECONDS = 60.0
+# The throwaway PostgreSQL's folder: this, the launcher's process id, a dash, random characters.
+_DATA_DIR_PREFIX = "shopmesh-run-pg-"
 _POSTGRES_STOP_SECONDS = 15.0
 
 
+def remove_orphaned_data_dirs(root: Path | None = None) -> list[Path]:
+    """Remove the throwaway PostgreSQL folders of launchers that are gone (killed with -9, which gave them no
+    chance to); the folders removed. A folder's name carries its launcher's process id."""
+    removed: list[Path] = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{_DATA_DIR_PREFIX}*-*"):
+        launcher = folder.name.removeprefix(_DATA_DIR_PREFIX).split("-", 1)[0]
+        if launcher.isdigit() and not _alive(int(launcher)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 async def _initialized(resources: contextlib.AsyncExitStack) -> PostgresServer:
+    for folder in await asyncio.to_thread(remove_orphaned_data_dirs):
+        print(f"Removed {folder}, left by a launcher that was killed.", flush=True)
     # initdb runs in a thread: a signal meanwhile waits for it, so the folder is removed after it finished.
-    init = asyncio.ensure_future(asyncio.to_thread(resources.enter_context, initialized_server()))
+    prefix = f"{_DATA_DIR_PREFIX}{os.getpid()}-"
+    init = asyncio.ensure_future(asyncio.to_thread(resources.enter_context, initialized_server(prefix)))
     try:
         return await asyncio.shield(init)
     except asyncio.CancelledError:

@@ -94,12 +94,12 @@ def _run(bin_dir: Path, tool: str, *args: str) -> None:
 
 
 @contextlib.contextmanager
-def initialized_server() -> Iterator[PostgresServer]:
+def initialized_server(prefix: str = "shopmesh-pg-") -> Iterator[PostgresServer]:
     """A server's data folder (initdb, trust auth, fsync off: it is thrown away) on a free port, not
-    started; removed afterwards."""
+    started; removed afterwards. The folder's name starts with `prefix`."""
     bin_dir = postgres_bin()
     # Under /tmp rather than pytest's tmp_path, whose root-only parents the postgres user cannot enter.
-    data_dir = Path(tempfile.mkdtemp(prefix="shopmesh-pg-"))
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         account = pwd.getpwnam("postgres")
         os.chown(data_dir, account.pw_uid, account.pw_gid)
