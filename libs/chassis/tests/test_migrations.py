@@ -5,18 +5,21 @@ stalling every query of the table behind it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy import inspect, text
+from alembic import command
+from sqlalchemy import Connection, inspect, text
 
 from shopmesh_chassis import app
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.migrations import MigrationBlocked, migrate
+from shopmesh_chassis.migrations import MigrationBlocked, alembic_config, migrate
 from shopmesh_chassis.tables import outbox_events
+from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.postgres import PostgresServer
 
 REVISION = '''"""{doc}"""
@@ -149,3 +152,53 @@ def test_a_start_that_failed_for_now_exits_1_with_one_log_line(caplog: pytest.Lo
         app.run(main)
     assert exited.value.code == 1
     assert [r.getMessage() for r in caplog.records] == ["database migration gave up after waiting 5s for a table lock"]
+
+
+INSERT_PROCESSED = "INSERT INTO chassis_processed_events (consumer, event_id, processed_at) VALUES ($1, $2, now())"
+
+
+async def building(connection: asyncpg.Connection) -> bool:
+    """Whether a concurrent index build is running (waiting, as it must, for older transactions)."""
+    return bool(
+        await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE query LIKE 'CREATE INDEX CONCURRENTLY%' AND pid <> pg_backend_pid()"
+        )
+    )
+
+
+def _back_to_chassis_0001(connection: Connection, versions_dir: Path) -> None:
+    config = alembic_config(versions_dir)
+    config.attributes["connection"] = connection
+    command.downgrade(config, "chassis_0001")
+
+
+async def test_the_processed_events_index_is_built_without_stopping_consumers_or_failing_the_start(
+    pg_database: Database, tmp_path: Path
+) -> None:
+    """chassis_0002 indexes a table that grew for months while the previous release's consumers insert into
+    it: a plain CREATE INDEX held their inserts for the whole build, and failed the start (lock timeout)
+    behind any transaction that had written to the table."""
+    versions = release(tmp_path / "v1", ["widgets"])
+    await migrate(pg_database, versions)
+    async with pg_database.dedicated_connection() as connection:
+        await connection.run_sync(_back_to_chassis_0001, versions)
+        await connection.commit()
+    dsn = pg_database.url.replace("postgresql+asyncpg", "postgresql")
+    consumer, other = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        # An older replica's consumer in the middle of applying an event.
+        applying = consumer.transaction()
+        await applying.start()
+        await consumer.execute(INSERT_PROCESSED, "old", "e1")
+        migrating = asyncio.create_task(migrate(pg_database, versions, lock_timeout_seconds=0.2))
+        await eventually(lambda: migrating.done() or building(other), "the index build under way", timeout=15)
+        # Another consumer's insert goes through while the build waits for the first one's transaction.
+        await asyncio.wait_for(other.execute(INSERT_PROCESSED, "old", "e2"), 5)
+        await applying.commit()
+        await asyncio.wait_for(migrating, 30)
+        indexes = await other.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'chassis_processed_events'")
+        assert "ix_chassis_processed_events_age" in {row["indexname"] for row in indexes}
+    finally:
+        await consumer.close()
+        await other.close()

@@ -38,13 +38,20 @@ def expected_due(rows: int) -> int:
 def to_previous_release(connection: Connection) -> None:
     config = alembic_config(VERSIONS)
     config.attributes["connection"] = connection
+    # As migrate() runs them on PostgreSQL: a migration may build an index concurrently (chassis_0002).
+    config.attributes["transaction_per_migration"] = connection.dialect.name == "postgresql"
     command.upgrade(config, "orders_0001")
     command.upgrade(config, "chassis@head")
 
 
 async def previous_release_with_orders(db: Database, rows: int) -> None:
-    async with db.transaction() as connection:
-        await connection.run_sync(to_previous_release)
+    if db.dialect == "postgresql":
+        async with db.dedicated_connection() as dedicated:
+            await dedicated.run_sync(to_previous_release)
+            await dedicated.commit()
+    else:
+        async with db.transaction() as connection:
+            await connection.run_sync(to_previous_release)
     if db.dialect == "postgresql":
         statement = INSERT_ORDERS.format(now="now()", series=f"generate_series(1, {rows}) g")
     else:

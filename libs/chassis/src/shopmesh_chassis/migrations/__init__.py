@@ -59,11 +59,14 @@ def unknown_revisions(connection: Connection, config: Config) -> set[str]:
 
 
 def create_index_concurrently(name: str, table: str, columns: Sequence[str]) -> None:
-    """For a migration on PostgreSQL: build an index without holding writes to a busy table, outside the
+    """For a migration: on PostgreSQL, build an index without holding writes to a busy table, outside the
     migration's transaction. Safe to run again: a build that failed half-way leaves an INVALID index under
     the name, dropped first. It runs without migrate()'s lock timeout: a concurrent build blocks nobody, but
     waits for every older snapshot in the database (a backup, a long report), and with the timeout such a
-    transaction would fail every start until it ended."""
+    transaction would fail every start until it ended. Elsewhere (SQLite), a plain CREATE INDEX."""
+    if op.get_bind().dialect.name != "postgresql":
+        op.create_index(name, table, list(columns))
+        return
     with op.get_context().autocommit_block():
         bind = op.get_bind()
         bind.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from shopmesh_chassis.migrations import create_index_concurrently
+
 revision = "chassis_0002"
 down_revision = "chassis_0001"
 branch_labels = None
@@ -16,10 +18,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Expand-only: a release without the purge runs on it as before. Built inside the migration's
-    # transaction: on a table that grew for months (ids were never deleted before) that takes a while,
-    # once, and an older replica's consumer inserts wait for it meanwhile rather than fail.
-    op.create_index("ix_chassis_processed_events_age", "chassis_processed_events", ["consumer", "processed_at"])
+    # Expand-only: a release without the purge runs on it as before. On a table that grew for months (ids
+    # were never deleted before) the build takes a while, once: concurrently, so that the older replicas'
+    # consumers go on inserting meanwhile, and a long transaction on the table delays it instead of failing
+    # the start under migrate()'s lock timeout.
+    columns = ["consumer", "processed_at"]
+    create_index_concurrently("ix_chassis_processed_events_age", "chassis_processed_events", columns)
 
 
 def downgrade() -> None:
