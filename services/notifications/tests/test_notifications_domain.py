@@ -170,3 +170,10 @@ def test_only_the_asserted_user_may_list_their_notifications() -> None:
     with pytest.raises(errors.PermissionDenied) as caught:
         check_owner("usr_1", "usr_2")
     assert caught.value.reason == "USER_MISMATCH"
+
+
+def test_an_email_ending_in_a_line_break_is_not_a_sendable_address() -> None:
+    # As a To header, "ada@example.com\n" ends the header section: Subject, Date and Message-ID (by which
+    # the sink and mail clients recognise a resent copy) become the body's first lines.
+    with pytest.raises(InvalidEvent, match="email is not an e-mail address"):
+        validate_event(confirmed(email="ada@example.com\n"))

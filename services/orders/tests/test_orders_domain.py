@@ -150,3 +150,9 @@ def test_luhn() -> None:
     assert luhn_ok("4242424242424242")
     assert luhn_ok("4000000000000002")
     assert not luhn_ok("4242424242424241")
+
+
+def test_an_email_ending_in_a_line_break_is_rejected() -> None:
+    # `$` in EMAIL matches before a final "\n": the address went through, into the order event, and the
+    # confirmation's To header then ended the header section (Subject, Date and Message-ID fell into the body).
+    assert violations(command(email="ada@example.com\n")) == ["email"]
