@@ -20,9 +20,7 @@ async def test_calls_of_unknown_methods_leave_no_memory_behind(server: ChassisSe
     # Each distinct unknown method name was cached by the chassis' interceptor (as None) for the life of the
     # process: anyone who can reach a server, before any authentication or rate limit, could grow it without
     # bound (200 calls of 50 KiB names: 10 MiB kept; the gateway's pod has a memory limit).
-    async with grpc.aio.insecure_channel(
-        server.address, options=[("grpc.max_metadata_size", 256 * 1024)]
-    ) as channel:
+    async with grpc.aio.insecure_channel(server.address, options=[("grpc.max_metadata_size", 256 * 1024)]) as channel:
 
         async def call_unknown(index: int) -> None:
             method = f"/shopmesh.sample.v1.SampleService/Nope{index}{'x' * NAME_BYTES}"

@@ -109,7 +109,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         self._domain = error_domain
         self._tracer = trace.get_tracer("shopmesh_chassis.server", tracer_provider=tracer_provider)
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+        # The wrapped handlers of the methods served; never of unknown names, which any client can make up
+        # by the million (each answered UNIMPLEMENTED, and remembered, the cache grew without bound).
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         # Load shedding here rather than with grpc.aio.server(maximum_concurrent_rpcs=...): gRPC's limiter
         # refuses health checks too, sends no ErrorInfo / RetryInfo, and runs before any interceptor, so
         # the refused calls are missing from the metrics.
@@ -127,8 +129,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         except KeyError:
             pass
         handler = await continuation(handler_call_details)
-        wrapped = self._wrap(method, handler) if handler is not None else None
-        self._handlers[method] = wrapped
+        if handler is None:
+            return None
+        wrapped = self._handlers[method] = self._wrap(method, handler)
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
