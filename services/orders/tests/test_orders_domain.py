@@ -152,7 +152,8 @@ def test_luhn() -> None:
     assert not luhn_ok("4242424242424241")
 
 
-def test_an_email_ending_in_a_line_break_is_rejected() -> None:
-    # `$` in EMAIL matches before a final "\n": the address went through, into the order event, and the
-    # confirmation's To header then ended the header section (Subject, Date and Message-ID fell into the body).
-    assert violations(command(email="ada@example.com\n")) == ["email"]
+def test_a_trailing_line_break_is_not_a_valid_email_country_or_currency() -> None:
+    # `$` also matches before a final "\n": "ada@example.com\n" would reach notifications, whose e-mail
+    # header "To: ada@example.com\n" ends the header block, pushing Subject and Message-ID into the body.
+    bad = command(email="ada@example.com\n", currency="USD\n", address=replace(ADDRESS, country="GB\n"))
+    assert violations(bad) == ["currency", "email", "shipping_address.country"]
