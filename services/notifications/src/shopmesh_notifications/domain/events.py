@@ -61,9 +61,9 @@ def validate_event(event: OrderEvent) -> OrderEvent:
             problems.append(f"{name} has spaces or control characters")
     if not event.email:
         problems.append("email is empty")
-    elif len(event.email) > MAX_EMAIL or not EMAIL.match(event.email):
+    elif len(event.email) > MAX_EMAIL or not EMAIL.fullmatch(event.email):
         problems.append("email is not an e-mail address")
-    if not CURRENCY.match(event.currency):
+    if not CURRENCY.fullmatch(event.currency):
         problems.append("total.currency is not an ISO 4217 code")
     if problems:
         raise InvalidEvent(f"{event.kind.value} {event.event_id or '?'}: {'; '.join(problems)}")

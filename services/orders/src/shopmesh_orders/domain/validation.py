@@ -100,18 +100,18 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
             violations.append(
                 FieldViolation(f"items[{index}].quantity", f"must be 1 to {MAX_QUANTITY}", "OUT_OF_RANGE")
             )
-    if not CURRENCY.match(command.currency):
+    if not CURRENCY.fullmatch(command.currency):
         violations.append(FieldViolation("currency", "an upper-case ISO 4217 code, e.g. USD", "INVALID_FORMAT"))
     address = command.address
     _text(violations, "shipping_address.full_name", address.full_name, 1, 100)
     _text(violations, "shipping_address.street", address.street, 1, 200)
     _text(violations, "shipping_address.city", address.city, 1, 100)
     _text(violations, "shipping_address.postal_code", address.postal_code, 1, 20)
-    if not COUNTRY.match(address.country):
+    if not COUNTRY.fullmatch(address.country):
         violations.append(
             FieldViolation("shipping_address.country", "an upper-case ISO 3166-1 alpha-2 code", "INVALID_FORMAT")
         )
-    if not command.email or len(command.email) > 254 or not EMAIL.match(command.email):
+    if not command.email or len(command.email) > 254 or not EMAIL.fullmatch(command.email):
         violations.append(FieldViolation("email", "a valid e-mail address", "INVALID_FORMAT"))
     validate_card(command.card, today, violations)
     if violations:

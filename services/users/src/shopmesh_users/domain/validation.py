@@ -55,7 +55,7 @@ def _email_violation(email: str) -> FieldViolation | None:
         return FieldViolation("email", "must not be empty", "REQUIRED")
     if len(email) > MAX_EMAIL_LENGTH:
         return FieldViolation("email", f"must be at most {MAX_EMAIL_LENGTH} characters", "TOO_LONG")
-    if not EMAIL.match(email) or len(email.partition("@")[0]) > MAX_EMAIL_LOCAL_PART_LENGTH:
+    if not EMAIL.fullmatch(email) or len(email.partition("@")[0]) > MAX_EMAIL_LOCAL_PART_LENGTH:
         return FieldViolation("email", "must be a valid e-mail address", "INVALID_FORMAT")
     return None
 
