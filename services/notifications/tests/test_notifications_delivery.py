@@ -409,3 +409,25 @@ async def test_a_stop_cut_off_before_the_grace_is_up_cancels_the_attempt_in_flig
     await cut_off_midway(sender.stop(grace_seconds=60))
     # The attempt the grace was waiting for (shielded from the wait's timeout) does not go on past the stop.
     assert cancelled.is_set()
+
+
+@sqlite_only
+async def test_a_confirmation_applied_after_its_orders_cancellation_sends_no_confirmed_email(
+    database: Database,
+) -> None:
+    """The stream publishes an order's confirmation before its cancellation, but a confirmation that failed
+    and is retried, was parked and replayed, or was held by another replica on the durable is applied after
+    it (docs/architecture.md; recommendations handles it). The customer must not be told last that the
+    cancelled order is confirmed and being prepared."""
+    intake = NotificationIntake()
+    cancellation = Event("evt_x", ORDER_CANCELLED, cancelled_event("evt_x", "ord_9"), {"Nats-Msg-Id": "evt_x"}, 1)
+    confirmation = Event("evt_c", ORDER_CONFIRMED, confirmed_event("evt_c", "ord_9"), {"Nats-Msg-Id": "evt_c"}, 3)
+    async with database.transaction() as session:
+        await intake(session, cancellation)
+    async with database.transaction() as session:
+        await intake(session, confirmation)
+
+    async with database.transaction() as session:
+        listed = await NotificationRepository(session).list_for_user("usr_1", 100, None)
+    to_send = [n.subject for n in listed if n.order_id == "ord_9" and n.state is State.PENDING]
+    assert to_send == ["Your shopmesh order ord_9 was cancelled"]
