@@ -179,3 +179,16 @@ async def test_a_page_token_used_for_another_user_is_invalid(stub: Stub, databas
         await stub.ListNotifications(listing("usr_2", page_size=1, page_token=first.next_page_token))
     details = details_of(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+
+
+@sqlite_only
+async def test_a_negative_page_size_and_a_malformed_page_token_are_both_named_with_reason_invalid_page_token(
+    stub: Stub,
+) -> None:
+    # As catalog does (and the module promises one violation per bad field): every bad field at once, and
+    # the reason INVALID_PAGE_TOKEN whenever the token is among them.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListNotifications(listing(page_size=-1, page_token="not-a-token!"))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+    assert sorted(v.field for v in details.field_violations) == ["page_size", "page_token"]
