@@ -14,7 +14,7 @@ from typing import Any
 
 import nats
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from nats.aio.client import Client
 
 from shopmesh.common.v1 import money_pb2
@@ -431,3 +431,38 @@ async def test_a_confirmation_applied_after_its_orders_cancellation_sends_no_con
         listed = await NotificationRepository(session).list_for_user("usr_1", 100, None)
     to_send = [n.subject for n in listed if n.order_id == "ord_9" and n.state is State.PENDING]
     assert to_send == ["Your shopmesh order ord_9 was cancelled"]
+
+
+@sqlite_only
+async def test_a_mail_server_refusing_our_credentials_is_retried_not_failed_for_good(
+    database: Database, tmp_path: Path
+) -> None:
+    """535 to AUTH says nothing about the e-mail: the relay's credentials are wrong or being rotated, and
+    every e-mail is refused alike until they are fixed. Failing each one for good at its first attempt
+    loses every e-mail of that window beyond repair; the runbook's permanent refusals are a bad address
+    or a rejected sender."""
+
+    def refuse(*_: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False)
+
+    folder = MailFolder(tmp_path / "mail")
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(folder, authenticator=refuse, auth_require_tls=False), "127.0.0.1", 0
+    )
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0, username="shop", password="old"))
+        sender = NotificationSender(database, mailer, RetryPolicy(10, 0.05, 0.2), claim_seconds=10)
+        intake = NotificationIntake()
+        event = Event("evt_auth", ORDER_CONFIRMED, confirmed_event("evt_auth", "ord_auth"), {}, 1)
+        async with database.transaction() as session:
+            await intake(session, event)
+
+        assert await sender.send_due() == 1
+        async with database.transaction() as session:
+            (stored,) = await NotificationRepository(session).list_for_user("usr_1", 10, None)
+        assert "535" in stored.last_error
+        assert stored.state is State.PENDING
+    finally:
+        server.close()
+        await server.wait_closed()
