@@ -466,3 +466,48 @@ async def test_a_mail_server_refusing_our_credentials_is_retried_not_failed_for_
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def _latin1_refuser(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A mail server that refuses every recipient for good, saying why in Latin-1 (as localized servers
+    and custom reject maps do; RFC 5321 asks for ASCII, aiosmtplib keeps the bytes as surrogate escapes)."""
+    writer.write(b"220 mx.example ESMTP\r\n")
+    while line := await reader.readline():
+        command = line[:4].upper()
+        if command == b"EHLO" or command == b"HELO":
+            writer.write(b"250 mx.example\r\n")
+        elif command == b"RCPT":
+            writer.write("550 5.1.1 Empfänger unbekannt\r\n".encode("latin-1"))
+        elif command == b"QUIT":
+            writer.write(b"221 bye\r\n")
+            await writer.drain()
+            break
+        else:
+            writer.write(b"250 OK\r\n")
+        await writer.drain()
+    writer.close()
+
+
+async def test_a_refusal_worded_in_latin_1_fails_the_notification_instead_of_breaking_the_sender(
+    database: Database,
+) -> None:
+    """The refusal's text goes into last_error and failure_reason. With the bytes kept as surrogate escapes
+    it cannot be stored, the attempt's outcome is never recorded, and the notification is claimed and sent
+    again every claim period, forever: never FAILED, never counted, ShopmeshEmailsFailed never fires."""
+    server = await asyncio.start_server(_latin1_refuser, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+        sender = NotificationSender(database, mailer, RetryPolicy(10, 0.05, 0.2), claim_seconds=10)
+        event = Event("evt_l1", ORDER_CONFIRMED, confirmed_event("evt_l1", "ord_l1"), {}, 1)
+        async with database.transaction() as session:
+            await NotificationIntake()(session, event)
+
+        assert await sender.send_due() == 1
+        async with database.transaction() as session:
+            (stored,) = await NotificationRepository(session).list_for_user("usr_1", 10, None)
+        assert (stored.state, stored.attempts) == (State.FAILED, 1)
+        assert "550" in stored.failure_reason
+    finally:
+        server.close()
+        await server.wait_closed()
