@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import unicodedata
 from datetime import UTC, datetime
 
 import pytest
@@ -94,6 +95,26 @@ def test_search_query_must_be_1_to_200_characters_after_trimming(query: str, rea
         validate_search_products(query, "", 0, "")
     assert caught.value.reason == "VALIDATION_FAILED"
     assert fields_of(caught.value) == [("query", reason)]
+
+
+def test_a_search_query_longer_than_any_could_be_is_refused_before_it_is_folded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NFKC makes U+FDFA 18 characters (4 words): a public SearchProducts of 4 MiB of it, folded and split
+    before the length check, holds catalog's event loop for seconds and takes hundreds of MiB (beyond the
+    chart's 256 Mi limit) before it is refused as TOO_LONG; users checks its password's length first."""
+    folded: list[int] = []
+    real = unicodedata.normalize
+
+    def counting(form: str, text: str) -> str:
+        folded.append(len(text))
+        return real(form, text)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(unicodedata, "normalize", counting)
+    with pytest.raises(InvalidArgument) as caught:
+        validate_search_products("\ufdfa" * 100_000, "", 0, "")
+    assert fields_of(caught.value) == [("query", "TOO_LONG")]
+    assert all(length <= 1024 for length in folded)
 
 
 def test_search_query_of_200_characters_surrounded_by_whitespace_is_accepted() -> None:
