@@ -114,13 +114,17 @@ def validate_list_products(page_size: int, page_token: str, category: str) -> Li
 def validate_search_products(query: str, category: str, page_size: int, page_token: str) -> SearchProductsQuery:
     violations: list[FieldViolation] = []
     text = query.strip()
+    # The length is checked before folding, and a refused query is never folded: NFKC expands some
+    # characters eighteenfold, so folding megabytes a client sent holds the loop and the memory of a pod.
+    terms: tuple[str, ...] = ()
     if not text:
         violations.append(FieldViolation("query", "must not be empty", "REQUIRED"))
     elif len(text) > MAX_QUERY_LENGTH:
         violations.append(FieldViolation("query", f"must be at most {MAX_QUERY_LENGTH} characters", "TOO_LONG"))
+    else:
+        terms = search_terms(text)
     _check_id(category, "category", violations, required=False)
     limit = _page_limit(page_size, violations)
-    terms = search_terms(text)
     after = _after_key(page_token, _search_filters(terms, category), (int, str), violations)
     # A relevance these terms cannot score was not issued here (and may not fit the query's integer).
     if after is not None and not 0 <= int(after[0]) <= len(terms) * (NAME_WEIGHT + DESCRIPTION_WEIGHT):
