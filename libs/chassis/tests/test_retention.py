@@ -11,13 +11,10 @@ from typing import Any
 
 import nats
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Connection
 
 from shopmesh_chassis.config import ConfigError, EventSettings, load_settings
 from shopmesh_chassis.consumer import Event
@@ -26,7 +23,7 @@ from shopmesh_chassis.events import DeferredJetStream, ensure_stream
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.tables import metadata, outbox_events, processed_events
-from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing import eventually, schema_differences
 from shopmesh_chassis.testing.nats_server import NatsServer
 
 from .consumer_kit import consumer, record
@@ -276,14 +273,5 @@ def test_event_ids_may_be_kept_for_ever_whatever_the_streams_max_age() -> None:
         assert settings.processed_events_retention_seconds == 0
 
 
-def _chassis_differences(connection: Connection) -> list[Any]:
-    def ours(name: str | None, kind: str, parents: dict[str, str | None]) -> bool:
-        return kind != "table" or name in metadata.tables
-
-    context = MigrationContext.configure(connection, opts={"include_name": ours})
-    return list(compare_metadata(context, metadata))
-
-
 async def test_the_chassis_migrations_build_its_tables_and_indexes(either_db: Database) -> None:
-    async with either_db.read() as connection:
-        assert await connection.run_sync(_chassis_differences) == []
+    assert await schema_differences(either_db, metadata) == []

@@ -1,6 +1,7 @@
 """The consumer's handler: an order event becomes a PENDING notification, in the transaction in which
-the chassis records the event id — so each event yields exactly one notification, however often it is
-delivered. Nothing is sent here: the sender delivers it after the commit, outside any transaction."""
+the chassis records the event id — so each event yields at most one notification, however often it is
+delivered (none for a confirmation applied after its order's cancellation). Nothing is sent here: the
+sender delivers it after the commit, outside any transaction."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import DbConnection
 from shopmesh_notifications.codec import order_event
 from shopmesh_notifications.domain.emails import message_id_for, render
-from shopmesh_notifications.domain.events import validate_event
+from shopmesh_notifications.domain.events import EventKind, validate_event
 from shopmesh_notifications.domain.model import Channel, Notification
 from shopmesh_notifications.store.repository import NotificationRepository
 
@@ -35,6 +36,17 @@ class NotificationIntake:
     async def __call__(self, session: DbConnection, event: Event) -> None:
         """Raises InvalidEvent for a poison message: the consumer retries it, then dead-letters it."""
         order = validate_event(order_event(event.subject, event.event_id, event.payload))
+        repository = NotificationRepository(session)
+        # Orders publishes a confirmation before its cancellation, but a retried, replayed or concurrently
+        # consumed confirmation can be applied after it: the customer, told the order is cancelled, must
+        # not be told next that it is confirmed. The event is still recorded as applied, with no e-mail.
+        if order.kind is EventKind.ORDER_CONFIRMED and await repository.order_cancelled(order.order_id):
+            log.info(
+                "no confirmation for %s: the order's cancellation came first",
+                event.event_id,
+                extra={"order_id": order.order_id},
+            )
+            return
         email = render(order)
         now = self._clock()
         notification = Notification(
@@ -51,5 +63,5 @@ class NotificationIntake:
             created_at=now,
             next_attempt_at=now,
         )
-        await NotificationRepository(session).add(notification)
+        await repository.add(notification)
         log.info("notification %s recorded for %s", notification.id, event.event_id, extra={"order_id": order.order_id})

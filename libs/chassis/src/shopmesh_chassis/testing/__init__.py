@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import grpc
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection
 
 from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 
 T = TypeVar("T")
@@ -79,6 +84,23 @@ async def eventually(condition: Callable[[], Any], what: str, *, timeout: float 
         if time.monotonic() >= deadline:
             raise AssertionError(f"never happened within {timeout:g} s: {what} (last seen: {reprlib.repr(value)})")
         await asyncio.sleep(interval)
+
+
+async def schema_differences(database: Database, metadata: MetaData) -> list[Any]:
+    """What a migrated database has other than `metadata` declares (Alembic's autogenerate comparison):
+    empty when the migrations build the tables, columns and indexes the store's code relies on. Only
+    `metadata`'s tables are compared: the other branch's tables (the chassis', a service's) share the
+    database."""
+
+    def ours(name: str | None, kind: str, parents: Mapping[str, str | None]) -> bool:
+        return kind != "table" or name in metadata.tables
+
+    def compare(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"include_name": ours})
+        return list(compare_metadata(context, metadata))
+
+    async with database.read() as connection:
+        return await connection.run_sync(compare)
 
 
 async def cut_off_midway(stop: Coroutine[Any, Any, object], *, after: float = 0.05, timeout: float = 5.0) -> None:

@@ -75,6 +75,15 @@ class NotificationRepository:
         ).one_or_none()
         return None if row is None else _from_row(row)
 
+    async def order_cancelled(self, order_id: str) -> bool:
+        """Whether the order's cancellation e-mail is recorded (ix_notifications_order)."""
+        found = await self._session.scalar(
+            select(notifications.c.id)
+            .where(notifications.c.order_id == order_id, notifications.c.kind == EventKind.ORDER_CANCELLED.value)
+            .limit(1)
+        )
+        return found is not None
+
     async def list_for_user(self, user_id: str, limit: int, after: tuple[datetime, str] | None) -> list[Notification]:
         """Newest first; `after` is the (created_at, id) of the last notification of the previous page."""
         query = select(notifications).where(notifications.c.user_id == user_id)

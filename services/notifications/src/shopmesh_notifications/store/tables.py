@@ -28,4 +28,6 @@ notifications = Table(
     UniqueConstraint("event_id", "channel", name="uq_notifications_event_channel"),
     Index("ix_notifications_user_created", "user_id", "created_at", "id"),
     Index("ix_notifications_due", "state", "next_attempt_at"),
+    # A late confirmation looks for its order's cancellation (notifications_0002).
+    Index("ix_notifications_order", "order_id"),
 )

@@ -5,9 +5,10 @@ Customer notifications sent in reaction to order events.
 
 The service consumes OrderConfirmed and OrderCancelled events
 (shopmesh/orders/v1/events.proto) from the JetStream stream `ORDERS` and
-sends one e-mail per event. It is idempotent per event: at most one
-Notification exists per (event_id, channel), so redelivered events send
-nothing new.
+sends one e-mail per event, except for an OrderConfirmed applied after its
+order's OrderCancelled (a retried or replayed confirmation), which sends
+none. It is idempotent per event: at most one Notification exists per
+(event_id, channel), so redelivered events send nothing new.
 
 Ownership: when the `x-user-id` header is present, user_id must equal it
 (otherwise PERMISSION_DENIED, ErrorInfo reason USER_MISMATCH).
