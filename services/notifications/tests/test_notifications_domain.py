@@ -141,6 +141,22 @@ def test_a_permanent_refusal_fails_the_notification_at_once() -> None:
     assert (failed.state, failed.attempts, failed.failure_reason) == (State.FAILED, 1, "SMTP 550: no such user")
 
 
+@pytest.mark.parametrize(
+    ("reply", "stored"),
+    [
+        ("550 Empf\udce4nger unbekannt", "550 Empf\\xe4nger unbekannt"),
+        ("550 lone \ud800 surrogate", "550 lone \\ud800 surrogate"),
+        ("550 no\x00 such\r\nuser", "550 no  such  user"),
+        ("550 " + "x" * 600, "550 " + "x" * 496),
+        ("\udcff" * 200, "\\xff" * 125),
+    ],
+)
+def test_a_failure_reason_is_kept_as_text_every_database_stores(reply: str, stored: str) -> None:
+    failed = pending().delivery_failed(reply, NOW, POLICY, permanent=True)
+    assert (failed.failure_reason, failed.last_error) == (stored, stored)
+    failed.failure_reason.encode()
+
+
 @pytest.mark.parametrize("final", [pending().sent(NOW), pending().delivery_failed("x", NOW, POLICY, permanent=True)])
 def test_a_sent_or_failed_notification_takes_no_further_delivery_outcome(final: Notification) -> None:
     with pytest.raises(errors.FailedPrecondition) as caught:

@@ -3,6 +3,7 @@ attempt (or at once when the mail server refuses it for good). SENT and FAILED a
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
@@ -11,6 +12,26 @@ from shopmesh_chassis import errors
 from shopmesh_notifications.domain.events import EventKind
 
 MAX_FAILURE_REASON = 500
+
+
+def storable_reason(text: str) -> str:
+    """A failure's text as every database takes it, at most MAX_FAILURE_REASON characters. A mail
+    server's reply is not ours to trust: aiosmtplib keeps bytes that are not UTF-8 (a refusal worded in
+    Latin-1) as lone surrogates, which neither SQLite nor PostgreSQL stores, and PostgreSQL refuses NUL.
+    An outcome that cannot be stored is never recorded, and the e-mail is sent again and again, never
+    FAILED. Escaped bytes are shown as \\xNN, other surrogates as \\uNNNN, control characters as spaces."""
+    shown = []
+    for char in text[:MAX_FAILURE_REASON]:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            shown.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            shown.append(f"\\u{code:04x}")
+        elif unicodedata.category(char) == "Cc":
+            shown.append(" ")
+        else:
+            shown.append(char)
+    return "".join(shown)[:MAX_FAILURE_REASON]
 
 
 class Channel(Enum):
@@ -76,7 +97,7 @@ class Notification:
         """One attempt failed: try again after the policy's delay, or give up for good."""
         self._require_pending()
         attempts = self.attempts + 1
-        error = reason[:MAX_FAILURE_REASON] or "delivery failed"
+        error = storable_reason(reason) or "delivery failed"
         if permanent or attempts >= policy.max_attempts:
             return replace(
                 self,
