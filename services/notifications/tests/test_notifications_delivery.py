@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import nats
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
@@ -32,9 +33,10 @@ from shopmesh_chassis.testing import cut_off_midway, eventually, schema_differen
 from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
-from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
+from shopmesh_notifications.domain.events import EventKind
+from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy, State
 from shopmesh_notifications.intake import NotificationIntake
-from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
+from shopmesh_notifications.mailer import DeliveryFailed, SmtpMailer, SmtpOptions
 from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_notifications.sender import NotificationSender
 from shopmesh_notifications.settings import NotificationsSettings
@@ -472,6 +474,35 @@ async def test_a_mail_server_refusing_our_credentials_is_retried_not_failed_for_
 async def test_the_migrations_build_the_tables_and_indexes_the_store_declares(database: Database) -> None:
     # The late confirmation's look for its order's cancellation relies on ix_notifications_order.
     assert await schema_differences(database, metadata) == []
+
+
+@pytest.mark.parametrize(
+    ("refusal", "permanent"),
+    [
+        (aiosmtplib.SMTPConnectResponseError(554, "no service for you"), False),
+        (aiosmtplib.SMTPHeloError(501, "bad HELO"), False),
+        (aiosmtplib.SMTPResponseException(530, "5.7.0 must issue STARTTLS first"), False),
+        (aiosmtplib.SMTPAuthenticationError(535, "5.7.8 credentials invalid"), False),
+        (aiosmtplib.SMTPSenderRefused(553, "sender not allowed", "shop@example.com"), False),
+        (aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(530, "auth first", "a@b.c")]), False),
+        (aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(550, "no such user", "a@b.c")]), True),
+        (aiosmtplib.SMTPDataError(554, "message rejected as spam"), True),
+        (aiosmtplib.SMTPDataError(451, "try again later"), False),
+    ],
+)
+async def test_only_a_refusal_of_the_emails_recipient_or_data_fails_it_for_good(
+    monkeypatch: pytest.MonkeyPatch, refusal: Exception, permanent: bool
+) -> None:
+    async def refuse(*_: Any, **__: Any) -> None:
+        raise refusal
+
+    monkeypatch.setattr(aiosmtplib, "send", refuse)
+    mailer = SmtpMailer(SmtpOptions("127.0.0.1", 25, "shop@example.com", 5.0))
+    kind, now = EventKind.ORDER_CONFIRMED, datetime.now(UTC)
+    notification = Notification("ntf_1", "usr_1", "ord_1", Channel.EMAIL, "a@b.c", "Hi", "", "<e@x>", kind, "evt", now)
+    with pytest.raises(DeliveryFailed) as caught:
+        await mailer.send(notification)
+    assert caught.value.permanent is permanent
 
 
 async def _latin1_refuser(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -14,7 +14,8 @@ from shopmesh_notifications.domain.model import Notification
 
 
 class DeliveryFailed(Exception):
-    """An attempt failed; `permanent` when the mail server refused the message for good (5xx)."""
+    """An attempt failed; `permanent` when the mail server refused this message for good (a 5xx reply to
+    its recipient or its data)."""
 
     def __init__(self, reason: str, *, permanent: bool) -> None:
         super().__init__(reason)
@@ -49,13 +50,30 @@ def build_message(notification: Notification, sender: str) -> EmailMessage:
     return message
 
 
+# RFC 4954's replies about our session, whichever command drew them: authentication required, mechanism
+# too weak, credentials invalid, encryption required. Every e-mail gets them until the relay's settings
+# or credentials are fixed.
+_SESSION_REFUSALS = frozenset({530, 534, 535, 538})
+
+
+def _refused_for_good(code: int) -> bool:
+    return 500 <= code < 600 and code not in _SESSION_REFUSALS
+
+
 def _failure(error: Exception) -> DeliveryFailed:
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
         codes = [refused.code for refused in error.recipients]
         detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in error.recipients)
-        return DeliveryFailed(f"recipient refused: {detail}", permanent=all(500 <= code < 600 for code in codes))
+        return DeliveryFailed(f"recipient refused: {detail}", permanent=all(_refused_for_good(code) for code in codes))
     if isinstance(error, aiosmtplib.SMTPResponseException):
-        return DeliveryFailed(f"SMTP {error.code}: {error.message}", permanent=500 <= error.code < 600)
+        # Only a refusal of this e-mail's recipient or content is for good. One of the greeting, EHLO,
+        # STARTTLS, AUTH or MAIL FROM is about the relay or our settings (credentials being rotated, TLS
+        # required, the sender address not allowed): it refuses every e-mail alike until fixed, and failing
+        # each at its first attempt would lose them all; retried, they go out once it is fixed.
+        about_this_email = isinstance(error, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError)
+        return DeliveryFailed(
+            f"SMTP {error.code}: {error.message}", permanent=about_this_email and _refused_for_good(error.code)
+        )
     if isinstance(error, TimeoutError):
         return DeliveryFailed("SMTP server did not answer in time", permanent=False)
     return DeliveryFailed(f"{type(error).__name__}: {error}", permanent=False)
