@@ -9,14 +9,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shopmesh_chassis.errors import InvalidArgument
+from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.pagination import (
     INVALID_PAGE_TOKEN,
     MAX_PAGE_TOKEN_LENGTH,
+    VALIDATION_FAILED,
     _filters_hash,
     decode_instant,
     decode_page_token,
     encode_page_token,
+    invalid_request,
+    page_token_key,
 )
 
 FILTERS = {"rpc": "ListThings", "category": "socks"}
@@ -95,3 +98,15 @@ def test_an_instant_not_issued_here_is_an_invalid_page_token(text: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         decode_instant(text)
     assert caught.value.reason == INVALID_PAGE_TOKEN
+
+
+def test_a_request_validated_field_by_field_collects_a_bad_tokens_violation_with_the_others() -> None:
+    violations = [FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE")]
+    assert page_token_key("", FILTERS, (str, int), violations) is None
+    assert page_token_key(encode_page_token(("a", 1), FILTERS), FILTERS, (str, int), violations) == ("a", 1)
+    assert invalid_request(violations).reason == VALIDATION_FAILED
+
+    assert page_token_key("!!!", FILTERS, (str, int), violations) is None
+    failed = invalid_request(violations)
+    assert failed.reason == INVALID_PAGE_TOKEN
+    assert [v.field for v in failed.violations] == ["page_size", "page_token"]

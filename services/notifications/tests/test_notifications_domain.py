@@ -168,16 +168,16 @@ def test_a_sent_or_failed_notification_takes_no_further_delivery_outcome(final: 
 
 def test_list_request_validation_reports_every_bad_field() -> None:
     with pytest.raises(errors.InvalidArgument) as caught:
-        validate_list_request("", -1)
+        validate_list_request("", -1, "")
     assert caught.value.reason == "VALIDATION_FAILED"
     assert [(v.field, v.reason) for v in caught.value.violations] == [
         ("user_id", "REQUIRED"),
         ("page_size", "OUT_OF_RANGE"),
     ]
     with pytest.raises(errors.InvalidArgument) as too_long:
-        validate_list_request("u" * 65, 0)
+        validate_list_request("u" * 65, 0, "")
     assert [(v.field, v.reason) for v in too_long.value.violations] == [("user_id", "INVALID_LENGTH")]
-    validate_list_request("usr_1", 0)
+    assert validate_list_request("usr_1", 0, "") is None
 
 
 def test_only_the_asserted_user_may_list_their_notifications() -> None:

@@ -21,6 +21,7 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+VALIDATION_FAILED = "VALIDATION_FAILED"
 # Longer than any token this module issues for the keys services page by: a 200-character name (at most
 # 6 bytes a character in the JSON: a 4-byte one, or a control character escaped) and a 64-character id come
 # to about 1,750 characters in base64. A longer one was made by someone else.
@@ -76,6 +77,29 @@ def decode_page_token(token: str, filters: Mapping[str, str], shape: Sequence[ty
     return tuple(key)
 
 
+def page_token_key(
+    token: str, filters: Mapping[str, str], shape: Sequence[type], violations: list[FieldViolation]
+) -> Key | None:
+    """`decode_page_token` for a request validated field by field: None for the first page (no token),
+    and for a bad token, whose violation is added to `violations` so that the request names it with
+    every other bad field (`invalid_request`)."""
+    if not token:
+        return None
+    try:
+        return decode_page_token(token, filters, shape)
+    except InvalidArgument as exc:
+        violations.extend(exc.violations)
+        return None
+
+
+def invalid_request(violations: Sequence[FieldViolation]) -> InvalidArgument:
+    """INVALID_ARGUMENT naming every bad field. Reason INVALID_PAGE_TOKEN whenever the page token is one of
+    them, as a client that pages must learn to start again from the first page; VALIDATION_FAILED otherwise."""
+    reason = INVALID_PAGE_TOKEN if any(v.field == "page_token" for v in violations) else VALIDATION_FAILED
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return InvalidArgument(f"invalid request: {summary}", violations, reason=reason)
+
+
 def decode_instant(text: str) -> datetime:
     """An instant a page token's key carries, as `datetime.isoformat()` writes an aware UTC one. Another
     offset was not issued here, and may not convert to UTC at all (0001-01-01T00:00:00+05:00): the
@@ -113,6 +137,6 @@ def page_size(value: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_P
         raise InvalidArgument(
             "page_size must not be negative",
             [FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE")],
-            reason="VALIDATION_FAILED",
+            reason=VALIDATION_FAILED,
         )
     return default if value == 0 else min(value, maximum)

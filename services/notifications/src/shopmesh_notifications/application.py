@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from shopmesh_chassis import call_context
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.pagination import decode_instant, decode_page_token, encode_page_token, page_size
+from shopmesh_chassis.pagination import encode_page_token, page_size
 from shopmesh_notifications.domain.model import Notification
-from shopmesh_notifications.domain.validation import check_owner, validate_list_request
+from shopmesh_notifications.domain.validation import check_owner, list_filters, validate_list_request
 from shopmesh_notifications.store.repository import NotificationRepository
 
 
@@ -17,20 +17,15 @@ class NotificationsApplication:
     async def list_notifications(
         self, user_id: str, requested_page_size: int, page_token: str
     ) -> tuple[list[Notification], str]:
-        validate_list_request(user_id, requested_page_size)
+        after = validate_list_request(user_id, requested_page_size, page_token)
         check_owner(user_id, _caller_user())
         size = page_size(requested_page_size)
-        filters = {"user_id": user_id}
-        after = None
-        if page_token:
-            created_at, notification_id = decode_page_token(page_token, filters, (str, str))
-            after = (decode_instant(str(created_at)), str(notification_id))
         async with self._db.transaction() as session:
             page = await NotificationRepository(session).list_for_user(user_id, size + 1, after)
         token = ""
         if len(page) > size:
             page = page[:size]
-            token = encode_page_token([page[-1].created_at.isoformat(), page[-1].id], filters)
+            token = encode_page_token([page[-1].created_at.isoformat(), page[-1].id], list_filters(user_id))
         return page, token
 
 

@@ -13,10 +13,8 @@ from urllib.parse import urlsplit
 
 from shopmesh_catalog.domain.models import CategoryData, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
-from shopmesh_chassis.errors import FieldViolation, InvalidArgument
-from shopmesh_chassis.pagination import INVALID_PAGE_TOKEN, decode_page_token, encode_page_token, invalid_page_token
-
-VALIDATION_FAILED = "VALIDATION_FAILED"
+from shopmesh_chassis.errors import FieldViolation
+from shopmesh_chassis.pagination import encode_page_token, invalid_page_token, invalid_request, page_token_key
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -65,12 +63,6 @@ def _search_filters(terms: tuple[str, ...], category: str) -> dict[str, str]:
     return {"rpc": "SearchProducts", "category": category, "query": " ".join(terms)}
 
 
-def _fail(violations: Sequence[FieldViolation]) -> InvalidArgument:
-    reason = INVALID_PAGE_TOKEN if any(v.field == "page_token" for v in violations) else VALIDATION_FAILED
-    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return InvalidArgument(f"invalid request: {summary}", violations, reason=reason)
-
-
 def _page_limit(page_size: int, violations: list[FieldViolation]) -> int:
     if page_size < 0:
         violations.append(FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE"))
@@ -87,25 +79,13 @@ def _check_id(value: str, field: str, violations: list[FieldViolation], *, requi
         violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
 
 
-def _after_key(
-    page_token: str, filters: dict[str, str], shape: tuple[type, type], violations: list[FieldViolation]
-) -> tuple[str | int, ...] | None:
-    if not page_token:
-        return None
-    try:
-        return decode_page_token(page_token, filters, shape)
-    except InvalidArgument as exc:
-        violations.extend(exc.violations)
-        return None
-
-
 def validate_list_products(page_size: int, page_token: str, category: str) -> ListProductsQuery:
     violations: list[FieldViolation] = []
     limit = _page_limit(page_size, violations)
     _check_id(category, "category", violations, required=False)
-    after = _after_key(page_token, _list_filters(category), (str, str), violations)
+    after = page_token_key(page_token, _list_filters(category), (str, str), violations)
     if violations:
-        raise _fail(violations)
+        raise invalid_request(violations)
     return ListProductsQuery(
         limit=limit, category=category, after=(str(after[0]), str(after[1])) if after is not None else None
     )
@@ -125,12 +105,12 @@ def validate_search_products(query: str, category: str, page_size: int, page_tok
         terms = search_terms(text)
     _check_id(category, "category", violations, required=False)
     limit = _page_limit(page_size, violations)
-    after = _after_key(page_token, _search_filters(terms, category), (int, str), violations)
+    after = page_token_key(page_token, _search_filters(terms, category), (int, str), violations)
     # A relevance these terms cannot score was not issued here (and may not fit the query's integer).
     if after is not None and not 0 <= int(after[0]) <= len(terms) * (NAME_WEIGHT + DESCRIPTION_WEIGHT):
         violations.extend(invalid_page_token("not a page token issued by this service").violations)
     if violations:
-        raise _fail(violations)
+        raise invalid_request(violations)
     return SearchProductsQuery(
         terms=terms,
         category=category,
@@ -143,7 +123,7 @@ def validate_product_id(product_id: str) -> str:
     violations: list[FieldViolation] = []
     _check_id(product_id, "product_id", violations, required=True)
     if violations:
-        raise _fail(violations)
+        raise invalid_request(violations)
     return product_id
 
 
@@ -156,7 +136,7 @@ def validate_product_ids(product_ids: Sequence[str]) -> tuple[str, ...]:
     for index, product_id in enumerate(product_ids):
         _check_id(product_id, f"product_ids[{index}]", violations, required=True)
     if violations:
-        raise _fail(violations)
+        raise invalid_request(violations)
     return tuple(product_ids)
 
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from shopmesh_chassis import errors
 from shopmesh_chassis.errors import FieldViolation
+from shopmesh_chassis.pagination import decode_instant, invalid_request, page_token_key
 from shopmesh_notifications.domain.events import MAX_ID
 
 
-def validate_list_request(user_id: str, page_size: int) -> None:
+def list_filters(user_id: str) -> dict[str, str]:
+    # A page token belongs to the user it listed.
+    return {"user_id": user_id}
+
+
+def validate_list_request(user_id: str, page_size: int, page_token: str) -> tuple[datetime, str] | None:
+    """The (created_at, id) of the last notification of the previous page, None for the first page.
+    Every bad field is named at once; reason INVALID_PAGE_TOKEN whenever the token is one of them."""
     violations: list[FieldViolation] = []
     if not user_id.strip():
         violations.append(FieldViolation("user_id", "required", "REQUIRED"))
@@ -15,8 +25,16 @@ def validate_list_request(user_id: str, page_size: int) -> None:
         violations.append(FieldViolation("user_id", f"must have at most {MAX_ID} characters", "INVALID_LENGTH"))
     if page_size < 0:
         violations.append(FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE"))
+    after = None
+    key = page_token_key(page_token, list_filters(user_id), (str, str), violations)
+    if key is not None:
+        try:
+            after = (decode_instant(str(key[0])), str(key[1]))
+        except errors.InvalidArgument as exc:
+            violations.extend(exc.violations)
     if violations:
-        raise errors.InvalidArgument("invalid ListNotifications request", violations, reason="VALIDATION_FAILED")
+        raise invalid_request(violations)
+    return after
 
 
 def check_owner(user_id: str, caller_user_id: str | None) -> None:
