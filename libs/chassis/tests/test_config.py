@@ -166,3 +166,42 @@ def test_bad_configuration_stops_the_process_with_one_line(variable: str, value:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [line]
+
+
+def test_a_fingerprint_key_too_short_is_refused_without_writing_the_secret_to_the_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The key comes from a Secret; the line goes to stderr, i.e. to the pod's logs and the log collector.
+    monkeypatch.setenv("SERVICE_NAME", "payments")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://payments@db/payments")
+    monkeypatch.setenv("IDEMPOTENCY_FINGERPRINT_KEY", "hunter2-but-too-short")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(IdempotencySettings)
+    assert "IDEMPOTENCY_FINGERPRINT_KEY" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        # 30 days: a long connection age is a usual way to say "hardly ever recycle"; gRPC takes milliseconds
+        # in a C int (at most ~24.8 days).
+        ("GRPC_MAX_CONNECTION_AGE_SECONDS", "2592000"),
+        ("GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", "inf"),
+        ("GRPC_KEEPALIVE_TIME_SECONDS", "inf"),
+        ("GRPC_KEEPALIVE_TIMEOUT_SECONDS", "1e10"),
+    ],
+)
+def test_a_grpc_duration_grpc_cannot_take_stops_the_process_with_one_line_naming_it(variable: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"],
+        env={variable: value, "GRPC_PORT": "0", "METRICS_PORT": "-1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"invalid configuration: {variable}=")
