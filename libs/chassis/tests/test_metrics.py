@@ -15,6 +15,8 @@ from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
 
 from .conftest import sample_settings
 
+ECHO = {"grpc_type": "unary", "grpc_service": "shopmesh.sample.v1.SampleService", "grpc_method": "Echo"}
+
 
 def scrape(port: int, host: str = "127.0.0.1") -> str:
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
@@ -65,3 +67,26 @@ async def test_the_server_and_its_metrics_listen_on_an_ipv6_address() -> None:
         assert server.metrics_port
         text = await asyncio.to_thread(scrape, server.metrics_port, "[::1]")
     assert 'grpc_server_started_total{grpc_method="Echo"' in text
+
+
+async def test_a_call_whose_deadline_passes_in_the_handler_is_counted_as_deadline_exceeded() -> None:
+    """The server was too slow for the caller's deadline: a server-side failure (ShopmeshServerErrors counts
+    DEADLINE_EXCEEDED, docs/operations.md), not the caller's choice to cancel. Counted as CANCELLED, a
+    service whose every call hangs past its callers' deadlines never raises that alert."""
+    async with (
+        serve_in_process(sample_settings(), [binding()]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        slow = sample_pb2.EchoRequest(message="slow", behaviour=sample_pb2.Behaviour(sleep_ms=2_000))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Echo(slow, timeout=0.2)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def handled(code: str) -> float:
+            sample = server.metrics.registry.get_sample_value("grpc_server_handled_total", {**ECHO, "grpc_code": code})
+            return sample or 0.0
+
+        await eventually(lambda: handled("DEADLINE_EXCEEDED") + handled("CANCELLED") > 0, "the call counted")
+        assert handled("DEADLINE_EXCEEDED") == 1
+        assert handled("CANCELLED") == 0
