@@ -7,11 +7,16 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import serve_in_process
 from shopmesh_chassis.text_fields import NUL_CHARACTER, check_no_nul
+
+from .conftest import sample_settings
 
 
 def _violated_paths(request: object) -> list[str]:
@@ -61,3 +66,24 @@ async def test_a_call_with_nul_in_text_gets_invalid_argument_before_the_handler_
     assert details.reason == NUL_CHARACTER
     assert [v.field for v in details.field_violations] == ["message"]
     assert (await stub.Echo(sample_pb2.EchoRequest(message="hello world"))).message == "hello world"
+
+
+async def test_many_strings_with_nul_still_get_invalid_argument_the_client_can_read() -> None:
+    """One violation per string: 200 ids with NUL (a client's bug, BatchGetProducts takes lists of ids) made
+    trailers past what a gRPC client takes (8 KiB soft, 16 KiB hard), and the client got RESOURCE_EXHAUSTED
+    "received metadata size exceeds ..." (transient: "retry later") for a request that can never succeed."""
+    catalog = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
+    # The handler never runs: the chassis refuses the request first.
+    servicer = catalog_pb2_grpc.CatalogServiceServicer()
+    bindings = [ServiceBinding(catalog, servicer, catalog_pb2_grpc.add_CatalogServiceServicer_to_server)]
+    async with (
+        serve_in_process(sample_settings(), bindings) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        for count in (200, 1000):
+            request = catalog_pb2.BatchGetProductsRequest(product_ids=[f"prod_{i}\x00" for i in range(count)])
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.BatchGetProducts(request, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+            assert details_of(caught.value).reason == NUL_CHARACTER
