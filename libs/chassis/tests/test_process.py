@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -173,3 +174,27 @@ async def test_the_startup_heap_is_frozen_out_of_the_garbage_collectors_way_befo
     assert isinstance(frozen, int)
     assert frozen > 10_000
     assert output.index("startup heap frozen") < output.index('"serving ')
+
+
+def test_a_grpc_port_in_use_stops_the_process_with_one_line_naming_it(tmp_path: Path) -> None:
+    """Another process on the port (a second replica on a host port, a launcher left running): the start
+    cannot go on now and may next time, which is StartupFailed's one log line, exit 1. grpcio raises
+    RuntimeError itself (ChassisServer.start's `port == 0` check never runs), so the process died with a
+    traceback that ends in "set GRPC_VERBOSITY=debug ..."."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            SAMPLE,
+            env={"GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(port), "METRICS_PORT": "-1", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-1500:]
+    errors = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [e["level"] for e in errors if e["level"] == "ERROR"] == ["ERROR"]
+    assert any(str(port) in e["message"] for e in errors)
