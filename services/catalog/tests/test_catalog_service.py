@@ -226,6 +226,19 @@ async def test_batch_get_fails_whole_when_any_id_is_missing_naming_the_missing_i
     assert dict(details.error_info.metadata) == {"product_ids": "prod_nope_2,prod_nope_1"}
 
 
+async def test_batch_get_of_100_unknown_ids_of_the_longest_allowed_length_is_not_found(
+    stub: CatalogServiceAsyncStub,
+) -> None:
+    """A valid request (100 ids of 64 characters): NOT_FOUND names every missing id in the message and again
+    in ErrorInfo, and the google.rpc.Status repeats the message, so the trailers pass what a gRPC client takes
+    (8 KiB soft, 16 KiB hard): the caller (orders, through its chassis channel) got RESOURCE_EXHAUSTED
+    "received metadata size exceeds ...", which it answers as catalog UNAVAILABLE."""
+    ids = [f"prod_unknown_{i:03d}_".ljust(64, "x") for i in range(100)]
+    details = await error_of(stub.BatchGetProducts(catalog_pb2.BatchGetProductsRequest(product_ids=ids)))
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.reason == "PRODUCT_NOT_FOUND"
+
+
 async def test_batch_get_rejects_no_ids(stub: CatalogServiceAsyncStub) -> None:
     details = await error_of(stub.BatchGetProducts(catalog_pb2.BatchGetProductsRequest()))
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
