@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import grpc
 import pytest
 
@@ -9,7 +13,10 @@ from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.server import ChassisServer
-from shopmesh_chassis.testing.sample_service import SampleServicer
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing.sample_service import SampleServicer, binding
+
+from .conftest import sample_settings
 
 CASES = [
     (sample_pb2.ERROR_KIND_INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
@@ -140,3 +147,30 @@ async def test_request_metadata_as_large_as_the_http_edge_forwards_is_served_not
                 sample_pb2.EchoRequest(message="m"), metadata=metadata, timeout=10
             )
             assert echoed.message == "m"
+
+
+class _CancelledInside(SampleServicer):
+    """A handler that ends with CancelledError though its caller did not cancel: it awaited a task that
+    something else cancelled (a grpc.aio call on a channel being closed, a shared task stopped)."""
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        inner: asyncio.Task[None] = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        asyncio.get_running_loop().call_later(0.05, inner.cancel)
+        await inner
+        return sample_pb2.EchoResponse(message=request.message)
+
+
+async def test_a_handler_ending_with_a_cancellation_of_its_own_answers_the_caller_at_once() -> None:
+    """grpc.aio takes a handler's CancelledError for the client's cancellation and sends no status: the
+    interceptor re-raised it, and the caller waited until its deadline (grpcurl, without one: for ever)."""
+    async with (
+        serve_in_process(sample_settings(), [binding(_CancelledInside())]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Echo(sample_pb2.EchoRequest(message="m"), timeout=5)
+        waited = time.monotonic() - started
+    assert caught.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+    assert waited < 2
