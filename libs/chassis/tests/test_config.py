@@ -205,3 +205,13 @@ def test_a_grpc_duration_grpc_cannot_take_stops_the_process_with_one_line_naming
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(lines) == 1
     assert lines[0].startswith(f"invalid configuration: {variable}=")
+
+
+@pytest.mark.parametrize("value", ["inf", "1e10"])
+def test_a_client_default_timeout_no_call_can_have_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """Accepted, it made every outbound call that sets no timeout of its own fail at once with DEADLINE_EXCEEDED
+    (gRPC's deadline overflows), as if every dependency hung."""
+    monkeypatch.setenv("CLIENT_DEFAULT_TIMEOUT_SECONDS", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SampleSettings)
+    assert str(caught.value).startswith(f"invalid configuration: CLIENT_DEFAULT_TIMEOUT_SECONDS='{value}'")
