@@ -9,7 +9,7 @@ and exits with status 2. Secrets may come as files instead (SECRETS_DIR, see `lo
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,10 @@ class StartupFailed(Exception):
 # relays (the outbox stops its purge within 0.5 s, then makes a last pass of up to 1 s) and close NATS and
 # client channels. The Helm chart enforces the same number (_config.tpl; tests/k8s hold the two equal).
 SHUTDOWN_HOOKS_MARGIN_SECONDS = 3.0
+# The longest duration gRPC's channel arguments take: milliseconds in a C int.
+GRPC_DURATION_MAX_SECONDS = (2**31 - 1) // 1000
+# No wait or timeout of the chassis needs more; larger ones are typing mistakes (or inf).
+_DAY_SECONDS = 86400.0
 
 
 class RuntimeSettings(BaseSettings):
@@ -58,11 +62,16 @@ class ServiceSettings(RuntimeSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     # Calls admitted into handlers at once; more are shed with RESOURCE_EXHAUSTED (health checks never are).
     grpc_max_concurrent_rpcs: int | None = Field(default=None, ge=1)
-    grpc_keepalive_time_seconds: float = Field(default=30.0, gt=0)
-    grpc_keepalive_timeout_seconds: float = Field(default=10.0, gt=0)
+    # gRPC takes these in milliseconds as a C int: at most about 24.8 days (GRPC_DURATION_MAX_SECONDS).
+    grpc_keepalive_time_seconds: float = Field(default=30.0, gt=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False)
+    grpc_keepalive_timeout_seconds: float = Field(default=10.0, gt=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False)
     # Connections are recycled so that clients re-resolve and rebalance over new replicas.
-    grpc_max_connection_age_seconds: float = Field(default=300.0, gt=0)
-    grpc_max_connection_age_grace_seconds: float = Field(default=30.0, ge=0)
+    grpc_max_connection_age_seconds: float = Field(
+        default=300.0, gt=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False
+    )
+    grpc_max_connection_age_grace_seconds: float = Field(
+        default=30.0, ge=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False
+    )
 
     # -1 disables the metrics endpoint; 0 picks a free port.
     metrics_port: int = Field(default=9464, ge=-1, le=65535)
@@ -70,14 +79,14 @@ class ServiceSettings(RuntimeSettings):
 
     # Drain: health turns NOT_SERVING for `drain_delay_seconds` (load balancers notice and stop
     # sending), then the server refuses new calls and gives in-flight ones `shutdown_grace_seconds`.
-    drain_delay_seconds: float = Field(default=0.0, ge=0)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    drain_delay_seconds: float = Field(default=0.0, ge=0, le=_DAY_SECONDS, allow_inf_nan=False)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=_DAY_SECONDS, allow_inf_nan=False)
     # Then the service's shutdown hooks run, in order, within `shutdown_hooks_budget_seconds` altogether
     # (app.run_shutdown_hooks cancels the one that overruns). Some hooks wait for their own work in flight
     # up to `shutdown_grace_seconds` (notifications' e-mail being sent, orders' sagas), so the budget must
     # be at least the grace and SHUTDOWN_HOOKS_MARGIN_SECONDS more; the default leaves 5 s beyond it for
     # stopping relays and consumers and closing NATS, channels and the database.
-    shutdown_hooks_budget_seconds: float = Field(default=15.0, gt=0)
+    shutdown_hooks_budget_seconds: float = Field(default=15.0, gt=0, le=_DAY_SECONDS, allow_inf_nan=False)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -87,8 +96,9 @@ class ServiceSettings(RuntimeSettings):
     otel_exporter_otlp_endpoint: str | None = None
     otel_traces_sampler_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
-    # Default deadline of outbound calls made through the chassis' client channels.
-    client_default_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Default deadline of outbound calls made through the chassis' client channels (gRPC's deadline
+    # arithmetic overflows on a huge one, and every call then fails at once with DEADLINE_EXCEEDED).
+    client_default_timeout_seconds: float = Field(default=5.0, gt=0, le=_DAY_SECONDS, allow_inf_nan=False)
 
     @property
     def resolved_error_domain(self) -> str:
@@ -212,15 +222,25 @@ class ConsumerSettings(EventSettings):
 SettingsT = TypeVar("SettingsT", bound=RuntimeSettings)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], secrets: frozenset[str]) -> str:
     location = ".".join(str(part) for part in error.get("loc", ()))
     if not location:
         # A rule over several variables (a model validator): its message names them.
         return str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    variable = location.split(".")[0].upper()
+    field = location.split(".")[0]
     given = error.get("input")
-    shown = "" if error.get("type") == "missing" or isinstance(given, dict) else f"={given!r}"
-    return f"{variable}{shown}: {error.get('msg', 'invalid')}"
+    # A secret's value is never shown: this line goes to the pod's logs.
+    hidden = error.get("type") == "missing" or isinstance(given, dict) or field in secrets
+    shown = "" if hidden else f"={given!r}"
+    return f"{field.upper()}{shown}: {error.get('msg', 'invalid')}"
+
+
+def _secret_fields(cls: type[BaseSettings]) -> frozenset[str]:
+    return frozenset(
+        name
+        for name, info in cls.model_fields.items()
+        if info.annotation is SecretStr or SecretStr in get_args(info.annotation)
+    )
 
 
 SECRETS_DIR = "SECRETS_DIR"
@@ -240,5 +260,5 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
         source_options: dict[str, Any] = {"_secrets_dir": secrets_dir or None}
         return cls(**overrides, **source_options)
     except ValidationError as exc:
-        problems = "; ".join(_describe(dict(e)) for e in exc.errors())
+        problems = "; ".join(_describe(dict(e), _secret_fields(cls)) for e in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
