@@ -353,3 +353,36 @@ def test_canary_option_takes_a_service_and_an_optional_weight() -> None:
     for wrong in ("catalog:a-quarter", "nothing", "catalog-canary"):
         with pytest.raises(SystemExit):
             run.parse_args(["--canary", wrong])
+
+
+async def test_a_child_that_dies_while_the_stack_runs_is_restarted_or_ends_the_launcher_with_a_failure(
+    tmp_path: Path,
+) -> None:
+    # The banner said NATS was ready; a crash later (OOM killer, a bug) must not leave the developer with a
+    # launcher that runs on for ever around a dead process and then says "exit 0": either the launcher brings
+    # the process back, or it stops everything and exits non-zero, as a process manager does.
+    async with launched(tmp_path / "data", "--services", "", "--http-port", "0") as (process, lines):
+        rows = table_rows(lines)
+        nats_pid, nats_address = int(rows["nats"]["pid"]), rows["nats"]["grpc"]
+        host, port = nats_address.removeprefix("nats://").rsplit(":", 1)
+        os.kill(nats_pid, signal.SIGKILL)
+        await eventually(lambda: gone(nats_pid), "the killed nats-server gone")
+
+        def back_or_ended() -> bool:
+            if process.returncode is not None:
+                return True
+            with socket.socket() as probe:
+                return probe.connect_ex((host, int(port))) == 0
+
+        with contextlib.suppress(AssertionError):
+            await eventually(back_or_ended, "NATS restarted, or the launcher ended", timeout=20)
+        if process.returncode is None and not back_or_ended():
+            # Neither: the launcher ran on with NATS dead. How it ends after that must say so.
+            process.send_signal(signal.SIGINT)
+            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+            raise AssertionError(
+                f"NATS stayed dead for 20 s while the launcher ran on; Ctrl-C then exited "
+                f"{process.returncode}:\n{rest.decode()}"
+            )
+        if process.returncode is not None:
+            assert process.returncode != 0, "the launcher ended after NATS crashed, yet exited 0"
