@@ -250,6 +250,25 @@ def test_reset_wipes_a_data_directory_but_refuses_the_working_directory(
     assert tmp_path.exists()
 
 
+def test_reset_refuses_a_directory_that_holds_more_than_the_stacks_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make run RUN_ARGS="--reset --data-dir docs"` (or `/tmp`, a typo for `/tmp/shop`): a folder of someone's
+    # files, neither the working directory, nor a parent, nor home, nor a repository root. --reset deletes
+    # the stack's data; it must not delete a folder the stack never wrote.
+    (tmp_path / ".git").mkdir()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "architecture.md").write_text("# the only copy\n")
+    (docs / "notes").mkdir()
+    (docs / "notes" / "ideas.txt").write_text("unsaved work\n")
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(StackError, match="refusing to --reset"):
+        run.reset_data_dir(Path("docs"))
+    assert (docs / "architecture.md").read_text() == "# the only copy\n"
+
+
 async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_server(tmp_path: Path) -> None:
     async with launched(tmp_path / "data", "--services", "catalog", "--postgres", ready_within=120) as (process, lines):
         [said] = [line for line in lines if line.startswith("Databases: ")]
