@@ -100,3 +100,28 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
     )
     assert reader.stdout.startswith("trace cccc")
     assert reader.stderr == ""
+
+
+def test_a_line_torn_by_a_sink_killed_mid_write_does_not_hide_every_other_trace(tmp_path: Path) -> None:
+    # The launcher's second Ctrl-C SIGKILLs the sink (a full disk does the same): its last write can stop half-way,
+    # and the next run's sink appends its first record to that half line. The traces before and after it are
+    # still whole; `make traces` must show them, not die on the torn line with a traceback.
+    torn = span("dd44", "07", "", "orders", "/o/PlaceOrder", 3000.0, 3001.0)[:40]
+    directory = write(
+        tmp_path,
+        span("aa11", "01", "", "orders", "/o/PlaceOrder", 1000.0, 1050.0),
+        torn,
+        span("bb22", "09", "", "catalog", "/c/ListProducts", 2000.0, 2001.0),
+        span("cc33", "0a", "", "catalog", "/c/GetProduct", 4000.0, 4001.0),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "shopmesh_platform.traces", "--dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert "aa11" in listed, result.stdout
+    assert "cc33" in listed, result.stdout
