@@ -66,3 +66,19 @@ def test_an_http_url_with_a_path_or_no_scheme_is_refused_before_anything_runs() 
         with pytest.raises(SystemExit) as exited:
             main(["--http", url, *FAST])
         assert exited.value.code == 2, url
+
+
+@pytest.mark.parametrize("shoppers", ["0", "-3"])
+async def test_a_crowd_of_no_shoppers_is_refused_as_a_usage_error_not_a_traceback(shoppers: str) -> None:
+    # `make shoppers SHOPPERS_ARGS="--shoppers 0"` against a running gateway.
+    server = grpc.aio.server()
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop_pb2_grpc.ShopServiceServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        argv = ["--target", f"127.0.0.1:{port}", "--duration", "1", "--shoppers", shoppers]
+        with pytest.raises(SystemExit) as exited:
+            await asyncio.to_thread(main, argv, io.StringIO(), io.StringIO())
+    finally:
+        await server.stop(None)
+    assert exited.value.code == 2
