@@ -82,3 +82,13 @@ async def test_a_crowd_of_no_shoppers_is_refused_as_a_usage_error_not_a_tracebac
     finally:
         await server.stop(None)
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "option", [("--report-every", "0"), ("--report-every", "-1"), ("--report-every", "nan"), ("--think", "0,inf")]
+)
+def test_a_period_that_never_ends_or_never_waits_is_refused_before_anything_runs(option: tuple[str, str]) -> None:
+    # A report period of 0 spun on asyncio.wait without sleeping; nan or inf never report or never stop.
+    with pytest.raises(SystemExit) as exited:
+        main([*FAST, *option], io.StringIO(), io.StringIO())
+    assert exited.value.code == 2, option

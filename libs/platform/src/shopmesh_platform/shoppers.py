@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import sys
 import time
@@ -36,6 +37,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 
+from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
 from .topology import LOCAL_HOST, LOCAL_HTTP_PORT, SERVICES
 
@@ -223,8 +225,8 @@ def base_url(value: str) -> str:
 def think_range(value: str) -> tuple[float, float]:
     low, _, high = value.partition(",")
     pause = (float(low), float(high or low))
-    if not 0 <= pause[0] <= pause[1]:
-        raise argparse.ArgumentTypeError(f"{value!r}: want MIN,MAX seconds with 0 <= MIN <= MAX")
+    if not 0 <= pause[0] <= pause[1] < math.inf:
+        raise argparse.ArgumentTypeError(f"{value!r}: want MIN,MAX seconds with 0 <= MIN <= MAX (finite)")
     return pause
 
 
@@ -238,11 +240,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         metavar="URL",
         help=f"shop over the HTTP/JSON edge at URL instead (`make run`'s: http://{LOCAL_HOST}:{LOCAL_HTTP_PORT})",
     )
-    parser.add_argument("--shoppers", type=int, default=5, help="how many at once (default %(default)s)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds (default %(default)s)")
+    parser.add_argument("--shoppers", type=whole_number(1), default=5, help="how many at once (default %(default)s)")
+    parser.add_argument("--duration", type=seconds(zero=True), default=60.0, help="seconds (default %(default)s)")
     parser.add_argument("--think", type=think_range, default=(0.5, 2.0), help="pause between steps: MIN,MAX seconds")
-    parser.add_argument("--report-every", type=float, default=10.0, help="seconds between progress lines")
-    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to reach the gateway")
+    parser.add_argument("--report-every", type=seconds(), default=10.0, help="seconds between progress lines")
+    parser.add_argument("--connect-timeout", type=seconds(), default=10.0, help="seconds to reach the gateway")
     parser.add_argument("--seed", type=int, default=None, help="repeat the same choices")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any call got a server fault")
     parser.add_argument(
