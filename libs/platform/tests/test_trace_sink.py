@@ -55,3 +55,16 @@ async def test_spans_rotate_by_size_and_are_read_back_from_both_files(tmp_path: 
     assert 2 <= len(traces) < 6
     lines = [line for path in (rotated, current) for line in path.read_text().splitlines()]
     assert len(lines) == 5 * len(traces), "a partial or empty line"
+
+
+async def test_a_sink_started_after_one_killed_mid_write_keeps_its_own_spans_whole(tmp_path: Path) -> None:
+    # The last run's sink stopped half-way through a line; this run's first export must not be glued to it.
+    (tmp_path / SPANS_FILE).write_text('{"trace_id": "0001", "span_id": "00')
+    sink = SpanFile(tmp_path)
+    try:
+        await sink.Export(export(7, 2), cast(Any, None))
+    finally:
+        sink.close()
+    [trace] = load(tmp_path)
+    assert trace.trace_id == (7).to_bytes(16, "big").hex()
+    assert len(trace.spans) == 2

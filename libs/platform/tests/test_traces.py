@@ -125,3 +125,9 @@ def test_a_line_torn_by_a_sink_killed_mid_write_does_not_hide_every_other_trace(
     listed = [line.split()[0] for line in result.stdout.splitlines()[1:]]
     assert "aa11" in listed, result.stdout
     assert "cc33" in listed, result.stdout
+
+
+def test_last_0_lists_no_trace(tmp_path: Path) -> None:
+    directory = write(tmp_path, span("aa11", "01", "", "orders", "/o/PlaceOrder", 1000.0, 1050.0))
+    assert ran("--dir", str(directory), "--last", "0") == (0, "", "")
+    assert ran("--dir", str(directory), "--last", "1")[1].splitlines()[1].startswith("aa11")

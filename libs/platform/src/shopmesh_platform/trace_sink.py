@@ -5,16 +5,19 @@ in place of a tracing backend (Jaeger, Tempo) that would need a container engine
 
 It answers OTLP/gRPC `TraceService/Export` (what the services' exporter sends) and appends each span as
 one JSON line to `<dir>/spans.jsonl`: trace and span ids, parent, service, name, kind, start and end
-(Unix nanoseconds), status and attributes. `python -m shopmesh_platform.traces` (`make traces`) reads them.
+(Unix nanoseconds), status and attributes. `python -m shopmesh_platform.traces` (`make traces`) reads them,
+skipping a line that a sink killed mid-write left half written (a new sink ends that line before appending).
 When the file reaches MAX_FILE_BYTES it becomes `spans.jsonl.1` (replacing the one before) and a new file
 starts, so a stack left running under `make shoppers` keeps the latest spans in at most twice that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -68,10 +71,22 @@ def span_records(request: trace_service_pb2.ExportTraceServiceRequest) -> Iterat
                 }
 
 
+def _end_torn_line(path: Path) -> None:
+    """End the last line of `path` if a sink killed mid-write left it half written: appended to, it would
+    take this sink's first spans down with it (the reader skips a line that holds no whole span)."""
+    with contextlib.suppress(FileNotFoundError), path.open("rb+") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return
+        file.seek(-1, os.SEEK_END)
+        if file.read(1) != b"\n":
+            file.write(b"\n")
+
+
 class SpanFile(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, directory: Path, max_bytes: int = MAX_FILE_BYTES) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / SPANS_FILE
+        _end_torn_line(self.path)
         # The standard library's size-based rotation, used as a file writer: one record per export.
         self._file = logging.handlers.RotatingFileHandler(
             self.path, maxBytes=max_bytes, backupCount=1, encoding="utf-8"

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
+from .arguments import whole_number
 from .trace_sink import ROTATED_FILE, SPANS_FILE
 
 
@@ -51,17 +52,57 @@ class Trace:
         return any(s["status"] == "error" for s in self.spans)
 
 
-def load(directory: Path) -> list[Trace]:
-    """Every trace in the sink's files (the rotated one first), oldest first."""
+# What the list and the tree read of a span (every line the sink writes has them).
+SPAN_KEYS = frozenset(
+    {
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "service",
+        "name",
+        "kind",
+        "start_ns",
+        "end_ns",
+        "status",
+        "status_message",
+    }
+)
+
+
+def _span(line: str) -> dict[str, Any] | None:
+    """The span on one line of the sink's file, or None for a line that holds no whole span."""
+    try:
+        span = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(span, dict) or not span.keys() >= SPAN_KEYS:
+        return None
+    return span
+
+
+def load(directory: Path, err: TextIO | None = None) -> list[Trace]:
+    """Every trace in the sink's files (the rotated one first), oldest first.
+
+    A sink killed mid-write (the launcher's second Ctrl-C, a full disk) leaves a torn line; the lines around
+    it are whole, so it is skipped, with one warning on `err`, rather than hiding every trace."""
     by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    torn: Counter[Path] = Counter()
     for path in (directory / ROTATED_FILE, directory / SPANS_FILE):
         if not path.is_file():
             continue
-        with path.open(encoding="utf-8") as lines:
+        # The sink writes ASCII JSON; a torn or garbled byte is one more torn line, not a UnicodeDecodeError.
+        with path.open(encoding="utf-8", errors="replace") as lines:
             for line in lines:
-                if line.strip():
-                    span = json.loads(line)
+                if not line.strip():
+                    continue
+                span = _span(line)
+                if span is None:
+                    torn[path] += 1
+                else:
                     by_trace[span["trace_id"]].append(span)
+    if torn:
+        where = ", ".join(f"{n} in {path}" for path, n in torn.items())
+        print(f"warning: skipped {torn.total()} line(s) that hold no whole span ({where})", file=err or sys.stderr)
     return sorted((Trace(tid, spans) for tid, spans in by_trace.items()), key=lambda t: t.start_ns)
 
 
@@ -124,11 +165,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     parser = argparse.ArgumentParser(prog="python -m shopmesh_platform.traces", description=__doc__.splitlines()[0])
     parser.add_argument("trace_id", nargs="?", help="show this trace (a unique prefix will do)")
     parser.add_argument("--dir", type=Path, default=Path(".data/traces"), help="the trace sink's directory")
-    parser.add_argument("--last", type=int, default=20, help="how many traces to list (default %(default)s)")
+    parser.add_argument(
+        "--last", type=whole_number(0), default=20, help="how many traces to list (default %(default)s)"
+    )
     args = parser.parse_args(argv)
-    traces = load(args.dir)
+    traces = load(args.dir, err)
     if args.trace_id is None:
-        print_list(traces[-args.last :], out)
+        # Not traces[-last:]: -0 is 0, and --last 0 listed every trace.
+        newest = traces[len(traces) - min(args.last, len(traces)) :]
+        if newest or not traces:
+            print_list(newest, out)
         return 0
     wanted = args.trace_id.lower()
     matches = [t for t in traces if t.trace_id.startswith(wanted)]
