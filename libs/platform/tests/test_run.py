@@ -175,6 +175,9 @@ async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on
     pids = [int(row["pid"]) for row in rows.values() if row["pid"] != "-"]
     assert pids
     assert all(gone(pid) for pid in pids)
+    # Everything a run wrote there is the stack's: --reset takes it all (and refuses only a stranger's file).
+    run.reset_data_dir(tmp_path / "data")
+    assert not (tmp_path / "data").exists()
 
 
 async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) -> None:

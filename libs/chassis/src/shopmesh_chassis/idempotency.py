@@ -107,17 +107,22 @@ class RequestFingerprint:
         return hmac.new(self._key, request.SerializeToString(deterministic=True), hashlib.sha256).hexdigest()
 
 
+# Local SQLite only: `<DATA_DIR>/<service>.fingerprint-key`, staged as `.fingerprint-key-<random>` beside it.
+FINGERPRINT_KEY_SUFFIX = "fingerprint-key"
+FINGERPRINT_STAGING_PREFIX = f".{FINGERPRINT_KEY_SUFFIX}-"
+
+
 def fingerprint_key(settings: IdempotencySettings) -> bytes:
     """IDEMPOTENCY_FINGERPRINT_KEY, or (local SQLite only) a key generated once into DATA_DIR and reused,
     so that replays still match after a restart."""
     if settings.idempotency_fingerprint_key is not None:
         return settings.idempotency_fingerprint_key.get_secret_value().encode()
-    path = os.path.join(settings.data_dir, f"{settings.service_name}.fingerprint-key")
+    path = os.path.join(settings.data_dir, f"{settings.service_name}.{FINGERPRINT_KEY_SUFFIX}")
     if not os.path.exists(path):
         os.makedirs(settings.data_dir, exist_ok=True)
         # Written aside, then linked into place: a process starting at the same moment either wins the
         # link or reads the winner's whole key, never a half-written one.
-        descriptor, staged = tempfile.mkstemp(dir=settings.data_dir, prefix=".fingerprint-key-")
+        descriptor, staged = tempfile.mkstemp(dir=settings.data_dir, prefix=FINGERPRINT_STAGING_PREFIX)
         try:
             with os.fdopen(descriptor, "w", encoding="ascii") as out:
                 out.write(secrets.token_hex(32))

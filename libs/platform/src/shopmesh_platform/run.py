@@ -53,6 +53,7 @@ from .stack import (
     sidecar_name,
     signal_child,
     spawn,
+    written_by_stack,
 )
 from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge
 
@@ -73,7 +74,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=lambda value: [name.strip() for name in value.split(",") if name.strip()],
         help="comma-separated subset to start (default: every service whose package is installed)",
     )
-    parser.add_argument("--reset", action="store_true", help="delete the data directory first")
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="delete the data directory first (refused if it holds anything the stack does not write there)",
+    )
     parser.add_argument(
         "--free-ports",
         action="store_true",
@@ -153,13 +158,26 @@ def port_plan(
 
 
 def reset_data_dir(data_dir: Path) -> None:
-    """Delete `data_dir`, refusing anything that looks like more than a data directory (`--data-dir .`)."""
+    """Delete `data_dir` if it holds nothing but what a stack writes there (`written_by_stack`); refuse
+    anything more: `--data-dir docs`, or `/tmp` typed for `/tmp/shop`, is someone's folder, not the stack's
+    data. Nothing is deleted then, not even the stack's own entries, so the message is the whole effect."""
     target = data_dir.resolve()
     cwd = Path.cwd().resolve()
     if target in (cwd, *cwd.parents, Path.home().resolve()) or (target / ".git").exists():
         raise StackError(f"refusing to --reset {data_dir}: it is not a data directory")
-    if target.exists():
-        shutil.rmtree(target)
+    if not target.exists():
+        return
+    try:
+        foreign = sorted(entry.name for entry in target.iterdir() if not written_by_stack(entry.name))
+    except OSError as exc:  # not a directory, not readable
+        raise StackError(f"refusing to --reset {data_dir}: {exc.strerror}") from None
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise StackError(
+            f"refusing to --reset {data_dir}: it holds what the stack does not write there ({shown}); "
+            "move those away, or choose another --data-dir"
+        )
+    shutil.rmtree(target)
 
 
 def _grpcurl() -> str:

