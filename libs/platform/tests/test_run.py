@@ -408,3 +408,16 @@ async def test_a_child_that_dies_while_the_stack_runs_is_restarted_or_ends_the_l
             )
         if process.returncode is not None:
             assert process.returncode != 0, "the launcher ended after NATS crashed, yet exited 0"
+
+
+async def test_a_crash_stops_the_rest_and_exits_1_naming_the_process_and_its_last_lines(tmp_path: Path) -> None:
+    async with launched(tmp_path / "data", "--services", "", "--http-port", "0") as (process, lines):
+        rows = table_rows(lines)
+        os.kill(int(rows["traces"]["pid"]), signal.SIGKILL)
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    said = rest.decode()
+    assert process.returncode == 1, said
+    assert "traces exited unexpectedly (killed by SIGKILL): stopping the services" in said
+    assert "error: traces exited unexpectedly (killed by SIGKILL); its last" in said
+    assert "traces | " in said.split("error: ", 1)[1]
+    assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")

@@ -372,3 +372,20 @@ def test_without_a_service_that_sends_email_no_smtp_sink_is_planned_to_run(tmp_p
     assert stack.smtp_address is None
     with pytest.raises(StackError, match="'smtp' is not part of this stack"):
         stack.pid(SMTP)
+
+
+async def test_a_process_that_dies_on_its_own_is_a_crash_but_one_the_stack_stops_or_restarts_is_not(
+    stack: Stack,
+) -> None:
+    watching = asyncio.ensure_future(stack.crashed())
+    await stack.kill_service("alpha")
+    await stack.start_service("alpha")
+    await asyncio.sleep(0.5)
+    assert not watching.done()
+
+    # The restarted alpha is watched too: the OOM killer, a segfault, `kill -9` from a terminal.
+    os.kill(stack.pid("alpha") or 0, signal.SIGKILL)
+    crash = await asyncio.wait_for(watching, 15)
+    assert crash.summary == "alpha exited unexpectedly (killed by SIGKILL)"
+    assert "alpha | " in str(crash)
+    assert "last" in str(crash)

@@ -9,7 +9,10 @@ Prints a table of what runs where, grpcurl and curl commands to try; each proces
 name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
 OTEL_EXPORTER_OTLP_ENDPOINT names a collector of your own. Ctrl-C (or SIGTERM, or the terminal closing)
 stops the services callers first, then NATS, and exits 0; a second Ctrl-C kills whatever is still
-running. Exit status 1 when the stack cannot start. With --postgres every service that owns data gets a
+running. Exit status 1 when the stack cannot start, or when one of its processes (NATS, a sink, a service,
+a sidecar, the edge's Envoy, the PostgreSQL server) exits on its own while it runs: the launcher then stops
+the rest as Ctrl-C does and names that process with its last output lines (no restart: a crash is a bug to
+see, not to paper over). With --postgres every service that owns data gets a
 database of its own on a throwaway PostgreSQL server started from the installed binaries (as in a cluster,
 one database per service), removed when the stack stops; without it, SQLite files under the data directory.
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
@@ -45,6 +48,7 @@ from .stack import (
     SMTP,
     TRACES,
     Canary,
+    Crashed,
     PortPlan,
     Stack,
     StackError,
@@ -379,8 +383,21 @@ async def _initialized(resources: contextlib.AsyncExitStack) -> PostgresServer:
         raise
 
 
+@dataclasses.dataclass(frozen=True)
+class ThrowawayPostgres:
+    """The launcher's PostgreSQL server (`throwaway_postgres`) while it runs."""
+
+    server: PostgresServer
+    process: asyncio.subprocess.Process
+    output: deque[str]
+
+    async def crashed(self) -> Crashed:
+        """Wait until the server exits (the launcher stops it only after the stack): the error saying so."""
+        return Crashed("PostgreSQL", await self.process.wait(), self.output)
+
+
 @contextlib.asynccontextmanager
-async def throwaway_postgres() -> AsyncIterator[PostgresServer]:
+async def throwaway_postgres() -> AsyncIterator[ThrowawayPostgres]:
     """A PostgreSQL server as the launcher's own child, like NATS: in the foreground (not pg_ctl's daemon),
     with a parent-death signal, so that a launcher killed (`kill -9`) or stopped half-way leaves none
     running. SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for its clients to leave)."""
@@ -396,7 +413,7 @@ async def throwaway_postgres() -> AsyncIterator[PostgresServer]:
         drain = asyncio.create_task(_keep_last_lines(process, output))
         try:
             await _until_accepting(server, process, output)
-            yield server
+            yield ThrowawayPostgres(server, process, output)
         finally:
             await _stop_postgres(process)
             await cancel_and_wait(drain)
@@ -458,7 +475,8 @@ async def run(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(sig)
 
 
-async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -> int:
+async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None) -> int:
+    database = None if postgres is None else postgres.server
     selected = args.services if args.services is not None else existing_services()
     env = None if database is None else postgres_env(database, [n for n in selected if n in SERVICES])
     stack = Stack(
@@ -503,14 +521,40 @@ async def run_stack(args: argparse.Namespace, database: PostgresServer | None) -
             return 0
         starting = False
         print(banner(stack, args.services, database), flush=True)
-        await stop_requested.wait()
+        crash = await _stop_or_crash(stop_requested, stack, postgres)
+        if crash is not None:
+            # As a process manager does: no stack runs on around a dead part of it. A signal from here on
+            # kills what is left, as a second Ctrl-C does.
+            stop_requested.set()
+            print(f"\n{crash.summary}: stopping the services (callers first), then NATS ...", flush=True)
         codes = await stack.stop()
+        if crash is not None:
+            raise crash
         failed = {name: code for name, code in codes.items() if code not in (0, None)}
         print("stopped" + (f"; exit statuses other than 0: {failed}" if failed else " cleanly"), flush=True)
         return 0
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+async def _stop_or_crash(
+    stop_requested: asyncio.Event, stack: Stack, postgres: ThrowawayPostgres | None
+) -> Crashed | None:
+    """Wait for a stop signal (None) or for a process of the stack, or the PostgreSQL server, to exit on
+    its own (the error naming it), whichever comes first."""
+    requested = asyncio.ensure_future(stop_requested.wait())
+    crashes = [asyncio.ensure_future(stack.crashed())]
+    if postgres is not None:
+        crashes.append(asyncio.ensure_future(postgres.crashed()))
+    try:
+        await asyncio.wait([requested, *crashes], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in [requested, *crashes]:
+            waiting.cancel()
+    if stop_requested.is_set():
+        return None
+    return next(crash.result() for crash in crashes if crash.done() and not crash.cancelled())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ and database.
         channel = grpc.aio.insecure_channel(stack.address("catalog"))
         await stack.kill_service("inventory")                # chaos: SIGKILL, like a crashed pod
         await stack.start_service("inventory")               # same port, env and database; waits SERVING
+        error = await stack.crashed()                        # the first process that exits on its own
 
 What runs comes from `topology.SERVICES` (a service exists when its package is importable) unless a test
 passes its own `ServiceSpec`s; where it listens comes from a `PortPlan`. Services start callees before
@@ -114,6 +115,24 @@ _PER_SERVICE_VARIABLES = ("SERVICE_NAME", "ERROR_DOMAIN", "DATABASE_URL", "GRPC_
 
 class StackError(RuntimeError):
     """A process of the stack could not be started or restarted; the message shows its last output."""
+
+
+class Crashed(StackError):
+    """A process of the stack exited while it was meant to run; the message shows its last output."""
+
+    def __init__(self, name: str, code: int, output: Iterable[str]) -> None:
+        what = f"exited unexpectedly ({exit_status(code)})"
+        # One line for the console as the stack stops; the whole message for the end.
+        self.summary = f"{name} {what}"
+        super().__init__(failure_message(name, what, output))
+
+
+def exit_status(code: int) -> str:
+    """A child's exit as asyncio reports it (a negative status: the signal that killed it), in words."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"status {code}"
 
 
 class PortInUse(StackError):
@@ -502,6 +521,8 @@ class Stack:
             for spec in self.specs
         }
         self._started = False
+        # Set whenever a process starts: `crashed` then watches it too.
+        self._launched = asyncio.Event()
 
     @classmethod
     def for_tests(
@@ -891,11 +912,42 @@ class Stack:
 
     def kill_all(self) -> None:
         """SIGKILL every running process of the stack at once, without waiting (last resort)."""
-        edge = [] if self._http_api is None else [self._http_api]
-        for child in [*edge, *self._children.values(), *self._sidecars.values(), *self._sinks.values(), self._nats]:
+        for child in self._every_child():
             if child.running and child.process is not None:
                 child.stopping = True
                 signal_child(child.process, signal.SIGKILL)
+
+    def _every_child(self) -> list[_Child]:
+        """Every process of the stack, in stop order (callers first, NATS last)."""
+        edge = [] if self._http_api is None else [self._http_api]
+        return [*edge, *self._children.values(), *self._sidecars.values(), *self._sinks.values(), self._nats]
+
+    async def crashed(self) -> Crashed:
+        """Wait until a process of the started stack exits without the stack stopping it (a crash, the OOM
+        killer, `kill -9`), one that did so already included; return the error naming it, with its last
+        output lines. The stack's own stops and restarts (`stop_service`, `start_service`) are not crashes.
+        Waits for ever while every process runs: race it with what else ends the wait (`make run`'s Ctrl-C)."""
+        while True:
+            self._launched.clear()
+            exits = {
+                asyncio.ensure_future(child.process.wait()): child
+                for child in self._every_child()
+                if child.process is not None and not child.stopping
+            }
+            # A process (re)started meanwhile is watched from the next round on.
+            launched = asyncio.ensure_future(self._launched.wait())
+            try:
+                done, _ = await asyncio.wait([*exits, launched], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in [*exits, launched]:
+                    waiting.cancel()
+            # An exit the stack asked for (stopping is set before the signal) is not one: watch again.
+            crashed = [(child, end.result()) for end, child in exits.items() if end in done and not child.stopping]
+            if crashed:
+                child, code = crashed[0]
+                # Its last lines, which come after its exit, belong in the message.
+                await self._finish_pump(child)
+                return Crashed(child.name, code, child.recent)
 
     async def stop_service(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float | None = None) -> int:
         """Send `sig` to one process ("nats" and the sinks included) and wait for it to exit (SIGKILL after
@@ -1012,6 +1064,7 @@ class Stack:
         except OSError as exc:
             raise StackError(f"cannot start {child.name} ({' '.join(child.argv)}): {exc}") from exc
         child.process = process
+        self._launched.set()
         assert process.stdout is not None
         child.pump = asyncio.create_task(self._pump(child, process, process.stdout), name=f"logs of {child.name}")
 
@@ -1028,7 +1081,7 @@ class Stack:
             self._emit(child, raw.decode(errors="replace").rstrip("\r\n"))
         code = await process.wait()
         if not child.stopping:
-            self._emit(child, f"[launcher] exited unexpectedly with status {code}")
+            self._emit(child, f"[launcher] exited unexpectedly ({exit_status(code)})")
 
     def _emit(self, child: _Child, line: str) -> None:
         child.recent.append(line)
@@ -1064,9 +1117,7 @@ class Stack:
         return await _accepts(host, int(port))
 
     def _failure(self, child: _Child, what: str) -> str:
-        lines = list(child.recent)[-FAILURE_LINES:]
-        shown = "\n".join(f"  {child.name} | {line}" for line in lines) or "  (no output)"
-        return f"{child.name} {what}; its last {len(lines)} output lines:\n{shown}"
+        return failure_message(child.name, what, child.recent)
 
     async def _stop_child(
         self, child: _Child, sig: signal.Signals = signal.SIGTERM, timeout: float | None = None
@@ -1096,6 +1147,13 @@ class Stack:
         if not pump.done():
             await cancel_and_wait(pump)
         child.pump = None
+
+
+def failure_message(name: str, what: str, output: Iterable[str]) -> str:
+    """What a process did, with its last FAILURE_LINES output lines (a StackError's message)."""
+    lines = list(output)[-FAILURE_LINES:]
+    shown = "\n".join(f"  {name} | {line}" for line in lines) or "  (no output)"
+    return f"{name} {what}; its last {len(lines)} output lines:\n{shown}"
 
 
 async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
