@@ -8,7 +8,7 @@
 With a canary (`make run ... --canary catalog`), `catalog` means both of catalog's sidecars, and
 `catalog-canary` the canary's alone: a canary gone bad beside a healthy stable service.
 
-(`make fault ARGS="..."`.) Each sidecar's inbound listener has Envoy's fault filter, off by default; this
+(`make fault FAULT_ARGS="..."`.) Each sidecar's inbound listener has Envoy's fault filter, off by default; this
 sets its runtime keys through the sidecar's admin interface (`/runtime_modify`), so a fault applies to the
 next call the service gets, from any caller, and the services never know: the callers see what a slow or
 failing callee looks like (a delay, or the gRPC status, trailers-only), and show how they degrade — the
