@@ -224,6 +224,14 @@ def test_an_http_port_that_cannot_be_honoured_is_refused(args: list[str], capsys
     assert "--http-port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-5"])
+def test_a_startup_timeout_that_never_or_always_expires_is_refused(timeout: str) -> None:
+    # nan compares false with every deadline: a process that never got ready was waited for for ever.
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(["--startup-timeout", timeout])
+    assert exited.value.code == 2
+
+
 def test_without_a_gateway_the_banner_offers_no_http_commands(tmp_path: Path) -> None:
     stack = Stack(tmp_path, ports=run.port_plan(free=True), services=["catalog"])
     text = run.banner(stack, ["catalog"])

@@ -41,6 +41,7 @@ from tabulate import tabulate
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server, server_argv
 
+from .arguments import seconds
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .stack import (
     HTTP_API,
@@ -115,7 +116,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"the gateway's API over HTTP/JSON and gRPC-Web (default {LOCAL_HTTP_PORT}; 0: not served)",
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
-    parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds each process has to get ready")
+    parser.add_argument("--startup-timeout", type=seconds(), default=60.0, help="seconds each process has to get ready")
     args = parser.parse_args(argv)
     if args.free_ports and args.http_port not in (0, LOCAL_HTTP_PORT):
         parser.error("--http-port with --free-ports: the OS picks that port too (0 leaves the edge out)")
