@@ -428,7 +428,8 @@ async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str
 
 async def _until_accepting(server: PostgresServer, process: asyncio.subprocess.Process, output: deque[str]) -> None:
     deadline = asyncio.get_running_loop().time() + _POSTGRES_READY_SECONDS
-    ready = [str(server.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(server.port)]
+    # As the server's superuser: under another name each probe logs FATAL: role "root" does not exist.
+    ready = [str(server.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres"]
     while True:
         if process.returncode is not None:
             raise StackError("PostgreSQL exited while starting:\n" + "\n".join(output))
