@@ -217,7 +217,24 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             code = _code_of(context)
             raise
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            task = asyncio.current_task()
+            if not context.cancelled() and (task is None or not task.cancelling()):
+                # Not the call's cancellation: the handler awaited something another party cancelled (a call on
+                # a channel being closed at shutdown, a shared task stopped). Re-raised, grpc.aio would take it
+                # for the caller's and send no status: the caller would wait until its deadline, or for ever.
+                log.warning("work of %s was cancelled inside the server", method, exc_info=True)
+                interrupted = errors.Unavailable("the call's work was interrupted; retry", reason="INTERRUPTED")
+                code = grpc.StatusCode.UNAVAILABLE
+                await self._abort(context, to_grpc_status(to_rpc_status(interrupted, self._domain)))
+                return None
+            # The caller's deadline passed while the server worked on the call: the server was too slow, which
+            # the server-errors alert counts; a cancellation by the caller is its own choice.
+            remaining = context.time_remaining()
+            code = (
+                grpc.StatusCode.DEADLINE_EXCEEDED
+                if remaining is not None and remaining <= 0
+                else grpc.StatusCode.CANCELLED
+            )
             raise
         except grpc.aio.AioRpcError as exc:
             code = await self._dependency_failed(context, method, exc)
