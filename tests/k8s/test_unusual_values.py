@@ -1,0 +1,99 @@
+"""The charts under unusual but valid values: what `helm upgrade --set ...` or a values file of an operator's
+own gives them, beyond the value sets the other tests render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+
+from shopmesh_platform.topology import SERVICES
+
+from .k8skit import find, objects_of
+
+
+def values(text: str) -> dict:
+    """Values as Helm reads a values file (or `--set`: a number stays a number)."""
+    return helm.values_from_yaml(text)
+
+
+def image_of(docs: list, name: str) -> str:
+    return find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        # deploy-staging.sh: --set global.imageTag="$IMAGE_TAG", where CI's tag may be a build number or an
+        # abbreviated commit that happens to be all digits.
+        ("global:\n  imageTag: 1234567\n", "1234567"),
+        ("image:\n  tag: 20261203\n", "20261203"),
+    ],
+)
+def test_an_all_digit_image_tag_renders_as_the_tag(helm_dir: Path, text: str, tag: str) -> None:
+    docs = objects_of(helm_dir, "catalog", values(text))
+    assert image_of(docs, "catalog") == f"shopmesh-catalog:{tag}"
+
+
+def test_a_large_integer_setting_reaches_the_service_as_an_integer(helm_dir: Path) -> None:
+    # users' KEY_ROTATION_INTERVAL_SECONDS is an int (pydantic refuses "2.592e+06": a crash loop); 30 days.
+    docs = objects_of(helm_dir, "users", values("env:\n  KEY_ROTATION_INTERVAL_SECONDS: 2592000\n"))
+    assert find(docs, "ConfigMap", "users")["data"]["KEY_ROTATION_INTERVAL_SECONDS"] == "2592000"
+    # gateway's RATE_LIMIT_MAX_CLIENTS, likewise.
+    docs = objects_of(helm_dir, "gateway", values("env:\n  RATE_LIMIT_MAX_CLIENTS: 1000000\n"))
+    assert find(docs, "ConfigMap", "gateway")["data"]["RATE_LIMIT_MAX_CLIENTS"] == "1000000"
+
+
+@pytest.mark.parametrize(
+    ("replicas", "min_available"),
+    [
+        (1, "50%"),  # 50 % of one pod rounds up to one: the only pod can never be evicted
+        (2, "100%"),
+    ],
+)
+def test_a_percentage_budget_that_would_block_every_drain_fails_the_render(
+    helm_dir: Path, replicas: int, min_available: str
+) -> None:
+    settings = {"replicaCount": replicas, "podDisruptionBudget": {"enabled": True, "minAvailable": min_available}}
+    with pytest.raises(Exception, match="would block every node drain"):
+        objects_of(helm_dir, "catalog", settings)
+
+
+def test_turning_the_network_policies_off_leaves_the_services_reachable(helm_dir: Path) -> None:
+    """global.networkPolicy.enabled: false drops every service's NetworkPolicy (and the render's egress checks,
+    which then call the policy not enforced), but the umbrella's namespace-wide default deny stays: every pod
+    would be cut off from everything, DNS included."""
+    docs = objects_of(helm_dir, "shopmesh", {"global": {"networkPolicy": {"enabled": False}}})
+    policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
+    if "shopmesh-default-deny" in policies:
+        assert set(SERVICES) <= policies, "the default deny selects every pod and no service policy allows anything"
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+def test_a_meshed_service_keeps_its_proxy_until_the_chassis_has_stopped(helm_dir: Path, mesh: str) -> None:
+    """On SIGTERM the chassis serves for drainDelaySeconds, finishes in-flight calls for shutdownGraceSeconds and
+    runs its hooks (which call out: the saga's steps, relays) for up to 30 s in all; a plain sidecar proxy gets
+    SIGTERM at the same moment (Istio's drains 5 s then exits; Linkerd's refuses new connections at once and
+    exits once idle), cutting those calls. A native sidecar is stopped after the service's container, as the
+    chart already asks for its helm test pods."""
+    docs = objects_of(helm_dir, "orders", {"global": {"mesh": mesh}})
+    annotations = find(docs, "Deployment", "orders")["spec"]["template"]["metadata"]["annotations"]
+    data = find(docs, "ConfigMap", "orders")["data"]
+    stop = sum(
+        float(data[key]) for key in ("DRAIN_DELAY_SECONDS", "SHUTDOWN_GRACE_SECONDS", "SHUTDOWN_HOOKS_BUDGET_SECONDS")
+    )
+    if mesh == "istio":
+        proxy_config = yaml.safe_load(annotations.get("proxy.istio.io/config", "{}")) or {}
+        drain = str(proxy_config.get("terminationDrainDuration", "5s"))
+        assert annotations.get("sidecar.istio.io/nativeSidecar") == "true" or float(drain.rstrip("s")) >= stop, (
+            f"Istio's sidecar exits {drain} after SIGTERM, the chassis takes up to {stop:g} s"
+        )
+    else:
+        native = all(
+            annotations.get(f"config.{stage}linkerd.io/proxy-enable-native-sidecar") == "true"
+            for stage in ("alpha.", "beta.", "")
+        )
+        wait = float(annotations.get("config.alpha.linkerd.io/proxy-wait-before-exit-seconds", 0))
+        assert native or wait >= stop, f"Linkerd's proxy stops at SIGTERM, the chassis takes up to {stop:g} s"
