@@ -11,7 +11,7 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import find, objects_of
+from .k8skit import ROOT, find, objects_of
 
 
 def values(text: str) -> dict:
@@ -97,3 +97,18 @@ def test_a_meshed_service_keeps_its_proxy_until_the_chassis_has_stopped(helm_dir
         )
         wait = float(annotations.get("config.alpha.linkerd.io/proxy-wait-before-exit-seconds", 0))
         assert native or wait >= stop, f"Linkerd's proxy stops at SIGTERM, the chassis takes up to {stop:g} s"
+
+
+def test_a_service_charts_own_resources_win_over_the_environments_sizing(helm_dir: Path) -> None:
+    """shopmesh-lib.config: "the service chart's value (.Values.x), else the environment's (.Values.global.x)".
+    An on-call engineer raising an OOM-killed service's memory limit in staging (`--set catalog.resources...`,
+    or `resources:` on the catalog chart alone) must get it, not the environment's sizing."""
+    staging = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values-staging.yaml").read_text())
+    raised = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    for chart, chosen in (
+        ("shopmesh", staging | {"catalog": {"resources": raised}}),
+        ("catalog", staging | {"resources": raised}),
+    ):
+        docs = objects_of(helm_dir, chart, chosen)
+        container = find(docs, "Deployment", "catalog")["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"] == raised, chart
