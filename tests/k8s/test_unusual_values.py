@@ -112,3 +112,18 @@ def test_a_service_charts_own_resources_win_over_the_environments_sizing(helm_di
         docs = objects_of(helm_dir, chart, chosen)
         container = find(docs, "Deployment", "catalog")["spec"]["template"]["spec"]["containers"][0]
         assert container["resources"] == raised, chart
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [{"replicaCount": 2}, {"autoscaling": {"enabled": True}}],
+    ids=["two-replicas", "autoscaling"],
+)
+@pytest.mark.parametrize("name", [n for n in SERVICES if SERVICES[n].has_database])
+def test_more_than_one_replica_on_sqlite_fails_the_render(helm_dir: Path, name: str, scale: dict) -> None:
+    """With database.mode sqlite each pod has a database of its own (an emptyDir), so two replicas behind one
+    Service split every account, product, stock level, order and payment between them (a user registered on
+    one pod cannot log in on the other; each pod sells the whole stock). The chart refuses a canary on SQLite
+    for exactly that reason; replicas and autoscaling must be refused too."""
+    with pytest.raises(Exception, match="sqlite"):
+        objects_of(helm_dir, name, {"global": scale})
