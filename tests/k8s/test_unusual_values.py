@@ -127,3 +127,11 @@ def test_more_than_one_replica_on_sqlite_fails_the_render(helm_dir: Path, name: 
     for exactly that reason; replicas and autoscaling must be refused too."""
     with pytest.raises(Exception, match="sqlite"):
         objects_of(helm_dir, name, {"global": scale})
+
+
+def test_a_readiness_period_longer_than_the_drain_delay_fails_the_render(helm_dir: Path) -> None:
+    """_deployment.tpl: the chassis stays NOT_SERVING for DRAIN_DELAY_SECONDS, ">= one readiness period, so the
+    readiness probe sees NOT_SERVING and the endpoint leaves the Service while calls still succeed". With a
+    longer period the pod refuses new calls while it is still an endpoint: every rollout fails calls."""
+    with pytest.raises(Exception, match="readiness"):
+        objects_of(helm_dir, "catalog", {"probes": {"readinessPeriodSeconds": 10}})
