@@ -10,9 +10,10 @@ cd "$(dirname "$0")/../.."
 : "${REGISTRY:?set REGISTRY to the registry the images were pushed to}"
 : "${IMAGE_TAG:?set IMAGE_TAG to the image tag to deploy}"
 NAMESPACE="${NAMESPACE:-shopmesh}"
+# --set-string: a tag is text; --set would read an all-digit build number or abbreviated commit as a number.
 helm upgrade --install shopmesh helm/shopmesh \
   --kube-context "$STAGING_CONTEXT" --namespace "$NAMESPACE" --create-namespace \
   --values helm/shopmesh/values-staging.yaml \
-  --set global.imageRegistry="$REGISTRY" --set global.imageTag="$IMAGE_TAG" \
+  --set-string global.imageRegistry="$REGISTRY" --set-string global.imageTag="$IMAGE_TAG" \
   --wait --timeout 10m
 helm test shopmesh --kube-context "$STAGING_CONTEXT" --namespace "$NAMESPACE" --logs

@@ -22,8 +22,8 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- /* Image: <registry>/<repository>:<tag>[@<digest>]; skaffold injects repository, tag and digest. */ -}}
 {{- $registry := dig "image" "registry" (dig "imageRegistry" "" $g) $v -}}
 {{- $repository := required "image.repository is required" (dig "image" "repository" "" $v) -}}
-{{- $tag := dig "image" "tag" "" $v | default (dig "imageTag" "" $g) | default .Chart.AppVersion -}}
-{{- $digest := dig "image" "digest" "" $v -}}
+{{- $tag := include "shopmesh-lib.string" (dig "image" "tag" "" $v | default (dig "imageTag" "" $g) | default .Chart.AppVersion) -}}
+{{- $digest := include "shopmesh-lib.string" (dig "image" "digest" "" $v) -}}
 {{- $_ := set $c "image" (include "shopmesh-lib.imageRef" (dict "registry" $registry "repository" $repository "tag" $tag "digest" $digest)) -}}
 {{- $_ := set $c "imageDigest" $digest -}}
 {{- $_ := set $c "imagePullPolicy" (dig "image" "pullPolicy" (dig "imagePullPolicy" "Always" $g) $v) -}}
@@ -157,8 +157,8 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $cv := dig "canary" (dig "canary" $name dict $g) $v -}}
 {{- $canaryEnabled := dig "enabled" false $cv -}}
 {{- $weight := dig "weight" 10 $cv -}}
-{{- $canaryTag := dig "image" "tag" "" $cv | default $tag -}}
-{{- $canaryDigest := dig "image" "digest" "" $cv -}}
+{{- $canaryTag := include "shopmesh-lib.string" (dig "image" "tag" "" $cv | default $tag) -}}
+{{- $canaryDigest := include "shopmesh-lib.string" (dig "image" "digest" "" $cv) -}}
 {{- if $canaryEnabled -}}
 {{- if not $c.meshPolicy.enabled -}}
 {{- fail (printf "canary for %s: traffic splitting needs a mesh and its policy objects (global.mesh istio or linkerd, global.meshPolicy.enabled); without them the Service spreads calls by pod count, not by weight" $name) -}}
@@ -322,6 +322,21 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- toYaml $c -}}
 {{- end -}}
 
+
+{{/*
+A scalar value as the text it was written as, for settings that are text but may be written as numbers (an
+all-digit image tag, an env value). Every number here is a float64: YAML numbers from values files, and
+--set's integers after shopmesh-lib.config's toYaml/fromYaml copy. Go prints a float64 of 1e6 or more in
+scientific notation (1234567 -> "1.234567e+06"), so a whole number is printed as its digits. A fraction
+prints as Go's shortest form; a tag like 1.10 is already 1.1 once YAML has read it: quote it, or --set-string.
+*/}}
+{{- define "shopmesh-lib.string" -}}
+{{- if and (kindIs "float64" .) (eq (floor .) .) -}}
+{{- printf "%.0f" . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
 
 {{/* An image reference: <registry>/<repository>:<tag>[@<digest>], each part only when set. */}}
 {{- define "shopmesh-lib.imageRef" -}}
