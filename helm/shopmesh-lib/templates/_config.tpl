@@ -314,7 +314,13 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
     "consumerBacklog" (dig "consumerBacklog" 1000 $mon)
     "runbookUrl" (dig "runbookUrl" "https://github.com/shopmesh/shopmesh/blob/main/docs/operations.md" $mon)
     "alerts" (dig "alerts" list $v)) -}}
-{{- $_ := set $c "env" (dig "env" dict $v) -}}
+{{- /* As text here: a number in this config becomes a float64 (shopmesh-lib.string), and the service would
+     not parse 2592000 back from "2.592e+06". */ -}}
+{{- $env := dict -}}
+{{- range $key, $value := dig "env" dict $v -}}
+{{- $_ := set $env $key (include "shopmesh-lib.string" $value) -}}
+{{- end -}}
+{{- $_ := set $c "env" $env -}}
 {{- $_ := set $c "podAnnotations" (merge (dig "podAnnotations" dict $v) (dig "podAnnotations" dict $g)) -}}
 {{- $_ := set $c "podLabels" (merge (dig "podLabels" dict $v) (dig "podLabels" dict $g)) -}}
 {{- $_ := set $c "tests" (dict "enabled" (dig "tests" "enabled" (dig "tests" "enabled" true $g) $v)) -}}

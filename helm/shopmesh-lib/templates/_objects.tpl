@@ -93,7 +93,7 @@ data:
   OTEL_TRACES_SAMPLER_RATIO: {{ $c.otel.samplerRatio | quote }}
   {{- end }}
   {{- range $key, $value := $c.env }}
-  {{ $key }}: {{ $value | toString | quote }}
+  {{ $key }}: {{ $value | quote }}
   {{- end }}
 {{- end -}}
 
