@@ -132,9 +132,20 @@ spec:
 
 {{- define "shopmesh-lib.pdb" -}}
 {{- $c := .c -}}
-{{- $replicas := ternary $c.autoscaling.minReplicas $c.replicas $c.autoscaling.enabled -}}
-{{- if le (int $replicas) (int $c.pdb.minAvailable) -}}
-{{- fail (printf "podDisruptionBudget: minAvailable %v with %v replica(s) would block every node drain; raise replicaCount / autoscaling.minReplicas" $c.pdb.minAvailable $replicas) -}}
+{{- $replicas := int (ternary $c.autoscaling.minReplicas $c.replicas $c.autoscaling.enabled) -}}
+{{- /* The pods the budget keeps, as the disruption controller counts them: a percentage of the replicas,
+     rounded up (50% of one pod is that pod). */ -}}
+{{- $min := toString $c.pdb.minAvailable -}}
+{{- $kept := 0 -}}
+{{- if regexMatch "^[0-9]+%$" $min -}}
+{{- $kept = div (add (mul (trimSuffix "%" $min | int) $replicas) 99) 100 -}}
+{{- else if regexMatch "^[0-9]+$" $min -}}
+{{- $kept = int $min -}}
+{{- else -}}
+{{- fail (printf "podDisruptionBudget: minAvailable %q is neither a number of pods nor a percentage (50%%)" $min) -}}
+{{- end -}}
+{{- if le $replicas (int $kept) -}}
+{{- fail (printf "podDisruptionBudget: minAvailable %v with %v replica(s) keeps %v pod(s) and would block every node drain; raise replicaCount / autoscaling.minReplicas, or lower minAvailable" $min $replicas $kept) -}}
 {{- end -}}
 apiVersion: policy/v1
 kind: PodDisruptionBudget
