@@ -429,6 +429,12 @@ by pod, never by namespace (k8s/scripts/mesh-*.sh leave the namespace alone), an
 someone turned a mesh on for the whole namespace anyway: a proxy this release was not rendered for has no
 NetworkPolicy egress to its control plane, so it never gets its configuration and the pod never becomes
 ready (and a test pod with a plain sidecar never completes).
+
+The proxy runs as a native sidecar (Kubernetes >= 1.29), which the kubelet stops only after the pod's
+containers have exited. A plain sidecar gets SIGTERM with the service: Istio's drains 5 s then exits,
+Linkerd's refuses new connections at once, while the chassis serves for the drain delay, finishes calls
+and runs its hooks (which call out: the saga's steps, relays) for up to 30 s; and a `helm test` pod's
+plain sidecar would keep the pod from ever completing.
 */}}
 {{- define "shopmesh-lib.mesh.injection" -}}
 {{- $c := .c -}}
@@ -436,6 +442,15 @@ labels:
   sidecar.istio.io/inject: {{ ternary "true" "false" (eq $c.mesh "istio") | quote }}
 annotations:
   linkerd.io/inject: {{ ternary "enabled" "disabled" (eq $c.mesh "linkerd") }}
+  {{- if eq $c.mesh "istio" }}
+  sidecar.istio.io/nativeSidecar: "true"
+  {{- else if eq $c.mesh "linkerd" }}
+  # One switch, three names over Linkerd's releases (alpha up to 2.18, then beta, now GA); each
+  # release reads its own and ignores the others.
+  config.alpha.linkerd.io/proxy-enable-native-sidecar: "true"
+  config.beta.linkerd.io/proxy-enable-native-sidecar: "true"
+  config.linkerd.io/proxy-enable-native-sidecar: "true"
+  {{- end }}
 {{- end -}}
 
 {{/*

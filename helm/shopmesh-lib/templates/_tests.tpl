@@ -160,20 +160,9 @@ metadata:
   annotations:
     helm.sh/hook: test
     helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+    {{- /* Meshed, so the check goes over the mesh's mTLS as the services' calls do; the proxy is a native
+         sidecar (shopmesh-lib.mesh.injection), which stops when the check exits. */}}
     {{- toYaml $injection.annotations | nindent 4 }}
-    {{- /* Meshed, so the check goes over the mesh's mTLS as the services' calls do. The proxy runs as a
-         native sidecar (Kubernetes >= 1.29), which stops when the check exits: a plain sidecar container
-         would keep the pod from ever completing. */}}
-    {{- if eq $c.mesh "istio" }}
-    sidecar.istio.io/nativeSidecar: "true"
-    {{- end }}
-    {{- if eq $c.mesh "linkerd" }}
-    # One switch, three names over Linkerd's releases (alpha up to 2.18, then beta, now GA); each
-    # release reads its own and ignores the others.
-    config.alpha.linkerd.io/proxy-enable-native-sidecar: "true"
-    config.beta.linkerd.io/proxy-enable-native-sidecar: "true"
-    config.linkerd.io/proxy-enable-native-sidecar: "true"
-    {{- end }}
     {{- with include "shopmesh-lib.checkovSkips" (dict "imageDigest" $c.imageDigest "testPod" true) }}
     {{- . | trim | nindent 4 }}
     {{- end }}
