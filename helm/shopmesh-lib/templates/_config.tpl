@@ -39,8 +39,12 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "enabled" (dig "podDisruptionBudget" "enabled" (dig "podDisruptionBudget" "enabled" false $g) $v)
     "minAvailable" (dig "podDisruptionBudget" "minAvailable" (dig "podDisruptionBudget" "minAvailable" 1 $g) $v)) -}}
 
-{{- /* Resources: the environment's sizing for this service (global.resources.<name>), else the chart's. */ -}}
-{{- $_ := set $c "resources" (dig "resources" $name (dig "resources" dict $v) $g) -}}
+{{- /* Resources, key by key (requests.memory, limits.cpu, ...): the service chart's own (`resources`, empty in
+     its values.yaml: an operator's), else the environment's sizing for this service (global.resources.<name>),
+     else the chart's dev sizing (defaultResources). A deep merge: the dev sizing cannot sit in `resources`,
+     where Helm would mix it into an operator's value before this sees either. mergeOverwrite changes only
+     its first map and the maps it takes in, all of them this template's copies ($v, $g). */ -}}
+{{- $_ := set $c "resources" (mergeOverwrite (dict) (dig "defaultResources" dict $v) (dig "resources" $name dict $g) (dig "resources" dict $v)) -}}
 
 {{- /* Drain (docs/chassis.md): NOT_SERVING for drainDelay, then in-flight calls get shutdownGrace, then the
      shutdown hooks get shutdownHooksBudget altogether, then the last spans are exported (3 s at most:
