@@ -56,7 +56,12 @@ def test_a_large_integer_setting_reaches_the_service_as_an_integer(helm_dir: Pat
 def test_a_percentage_budget_that_would_block_every_drain_fails_the_render(
     helm_dir: Path, replicas: int, min_available: str
 ) -> None:
-    settings = {"replicaCount": replicas, "podDisruptionBudget": {"enabled": True, "minAvailable": min_available}}
+    settings = {
+        "replicaCount": replicas,
+        "podDisruptionBudget": {"enabled": True, "minAvailable": min_available},
+        # More than one replica of a service that owns data needs PostgreSQL (on SQLite the render refuses it).
+        "global": {"database": {"mode": "postgres"}},
+    }
     with pytest.raises(Exception, match="would block every node drain"):
         objects_of(helm_dir, "catalog", settings)
 

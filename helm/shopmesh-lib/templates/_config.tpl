@@ -88,6 +88,12 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "port" (dig "database" "port" 5432 $g)
     "peers" (dig "database" "peers" (include "shopmesh-lib.devInfraPeers" "postgresql" | fromYamlArray) $g)) -}}
 
+{{- /* SQLite's database is the pod's own (an emptyDir): a second pod behind the Service would be a second
+     database, splitting accounts, stock and orders between them (the canary below is refused likewise). */ -}}
+{{- if and $dbEnabled (eq $dbMode "sqlite") (or $c.autoscaling.enabled (gt (int $c.replicas) 1)) -}}
+{{- fail (printf "replicas for %s: with database.mode sqlite each pod has a database of its own (an emptyDir), so %s would split the data between pods behind one Service; run one replica without autoscaling, or use postgres (global.database.mode)" $name (ternary "autoscaling" (printf "replicaCount %v" $c.replicas) $c.autoscaling.enabled)) -}}
+{{- end -}}
+
 {{- /* Idempotency records: their request fingerprints are HMACs under IDEMPOTENCY_FINGERPRINT_KEY, from a
      Secret with PostgreSQL (with SQLite the service generates a key into /data itself). */ -}}
 {{- $_ := set $c "idempotency" (dict
