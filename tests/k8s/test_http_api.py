@@ -182,14 +182,16 @@ def test_only_the_edge_runs_it(rendered: dict[tuple[str, str], Docs], helm_dir: 
         render.render(helm_dir, "catalog", "default", values={"httpApi": {"enabled": True}})
 
 
-def edge_with_drain(helm_dir: Path, delay: float, grace: float) -> Docs:
-    """The edge's chart rendered with these drain settings."""
+def edge_with_drain(helm_dir: Path, delay: float, grace: float, readiness_period: int = 3) -> Docs:
+    """The edge's chart rendered with these drain settings (and readiness period, which the delay must reach)."""
     drain = {"drainDelaySeconds": delay, "shutdownGraceSeconds": grace}
-    return objects_of(helm_dir, EDGE, {"global": {"drain": drain}})
+    return objects_of(
+        helm_dir, EDGE, {"global": {"drain": drain}, "probes": {"readinessPeriodSeconds": readiness_period}}
+    )
 
 
 def test_envoy_outlasts_a_fractional_drain_in_whole_seconds(helm_dir: Path) -> None:
-    docs = edge_with_drain(helm_dir, 2.4, 2.4)
+    docs = edge_with_drain(helm_dir, 2.4, 2.4, readiness_period=2)
     assert container(docs)["lifecycle"]["preStop"]["sleep"]["seconds"] == 5, "4.8 s rounded up, not down"
 
 
@@ -224,9 +226,13 @@ def test_prometheus_scrapes_the_edges_envoy_beside_the_service(rendered: dict[tu
     assert endpoints == {"metrics": "/metrics", "http-metrics": METRICS_PATH}
 
 
-def test_without_a_drain_there_is_no_zero_second_sleep(helm_dir: Path) -> None:
-    docs = edge_with_drain(helm_dir, 0, 0)
-    assert "lifecycle" not in container(docs), "a 0 s sleep needs a feature gate some clusters lack"
+def test_there_is_never_a_zero_second_sleep(helm_dir: Path) -> None:
+    # A sleep of 0 s needs a feature gate some clusters lack. A drain delay below one readiness period (at
+    # least 1 s) fails the render, so the shortest drain still sleeps a whole second.
+    with pytest.raises(Exception, match="readinessPeriodSeconds"):
+        edge_with_drain(helm_dir, 0, 0)
+    docs = edge_with_drain(helm_dir, 1, 0, readiness_period=1)
+    assert container(docs)["lifecycle"]["preStop"]["sleep"]["seconds"] == 1
 
 
 def test_the_pod_serves_the_openapi_document_make_proto_writes(

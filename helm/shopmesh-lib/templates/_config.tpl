@@ -72,6 +72,11 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "readinessPeriodSeconds" (dig "probes" "readinessPeriodSeconds" 3 $v)
     "livenessPeriodSeconds" (dig "probes" "livenessPeriodSeconds" 10 $v)
     "startupFailureThreshold" (dig "probes" "startupFailureThreshold" 60 $v)) -}}
+{{- /* The drain delay is there for one readiness probe to see NOT_SERVING (_deployment.tpl); shorter, and the
+     pod refuses new calls while it is still an endpoint of the Service. */ -}}
+{{- if lt (float64 $drain) (float64 $c.probes.readinessPeriodSeconds) -}}
+{{- fail (printf "drain: drainDelaySeconds (%v) must be at least probes.readinessPeriodSeconds (%v): the chassis answers NOT_SERVING for the drain delay so that a readiness probe takes the pod out of the Service while its calls still succeed; with a longer period the pod refuses calls while it is still an endpoint" $drain $c.probes.readinessPeriodSeconds) -}}
+{{- end -}}
 
 {{- /* Database: SQLite under /data (an emptyDir) or PostgreSQL via DATABASE_URL from a Secret. */ -}}
 {{- $dbEnabled := dig "database" "enabled" false $v -}}

@@ -86,17 +86,15 @@ binaryData:
     periodSeconds: {{ $c.probes.livenessPeriodSeconds }}
     timeoutSeconds: 2
     failureThreshold: 3
-  {{- /* Whole seconds (the API's type), rounded up: the drain settings may be fractional. */}}
-  {{- $sleep := addf $c.drain.drainDelaySeconds $c.drain.shutdownGraceSeconds | ceil | int }}
-  {{- if gt $sleep 0 }}
+  {{- /* Whole seconds (the API's type), rounded up: the drain settings may be fractional. Never 0 s (a sleep
+       that needs a feature gate some clusters lack): the drain delay is at least a readiness period, 1 s
+       or more (shopmesh-lib.config). */}}
   lifecycle:
     # Envoy exits at once on SIGTERM. It keeps relaying while the service drains (NOT_SERVING for
-    # drainDelaySeconds, in-flight calls for shutdownGraceSeconds), and stops after it. (No drain at
-    # all: no hook, since a sleep of 0 s needs a feature gate some clusters lack.)
+    # drainDelaySeconds, in-flight calls for shutdownGraceSeconds), and stops after it.
     preStop:
       sleep:
-        seconds: {{ $sleep }}
-  {{- end }}
+        seconds: {{ addf $c.drain.drainDelaySeconds $c.drain.shutdownGraceSeconds | ceil | int }}
   resources:
     {{- toYaml $c.httpApi.resources | nindent 4 }}
   securityContext:
