@@ -8,9 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
-from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis import errors
+from shopmesh_chassis.grpc_errors import MAX_DETAILS_BYTES, MAX_MESSAGE_CHARS, details_of, to_rpc_status
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
@@ -174,3 +176,25 @@ async def test_a_handler_ending_with_a_cancellation_of_its_own_answers_the_calle
         waited = time.monotonic() - started
     assert caught.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED
     assert waited < 2
+
+
+def test_an_error_status_stays_small_enough_for_a_clients_trailers() -> None:
+    """Whatever a domain error holds, its status stays far below the 8 KiB of trailers a gRPC client takes:
+    long texts are cut, and of many violations the first are listed and the message says how many."""
+    many = errors.InvalidArgument(
+        "x" * 10_000,
+        [errors.FieldViolation(f"items[{i}].name", "y" * 300, "BAD") for i in range(500)],
+        metadata={"ids": "z" * 10_000},
+    )
+    status = to_rpc_status(many, "shopmesh.test")
+    assert len(status.SerializeToString()) <= MAX_DETAILS_BYTES + 2 * MAX_MESSAGE_CHARS * 4
+    assert status.message.endswith(" of 500 violations listed)")
+    [violations] = [d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)]
+    listed = error_details_pb2.BadRequest()
+    violations.Unpack(listed)
+    assert 0 < len(listed.field_violations) < 500
+    assert [v.field for v in listed.field_violations] == [
+        f"items[{i}].name" for i in range(len(listed.field_violations))
+    ]
+    small = errors.InvalidArgument("bad", [errors.FieldViolation("a", "b", "C")])
+    assert to_rpc_status(small, "shopmesh.test").message == "bad"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shopmesh_catalog.domain.lookup import batch_in_request_order, product_not_found
+from shopmesh_catalog.domain.lookup import MAX_LISTED_CHARS, batch_in_request_order, product_not_found
 from shopmesh_catalog.domain.models import CategoryData, Money, Product, ProductData
 from shopmesh_catalog.domain.search import fold, relevance, search_terms
 from shopmesh_catalog.domain.validation import (
@@ -235,7 +235,17 @@ def test_batch_with_missing_ids_names_each_missing_id_once_in_request_order() ->
     with pytest.raises(NotFound) as caught:
         batch_in_request_order(["prod_z", "prod_a", "prod_y", "prod_z"], found)
     assert caught.value.reason == "PRODUCT_NOT_FOUND"
-    assert caught.value.metadata == {"product_ids": "prod_z,prod_y"}
+    assert caught.value.metadata == {"product_ids": "prod_z,prod_y", "missing_count": "2"}
+
+
+def test_many_long_missing_ids_are_listed_as_far_as_they_fit_and_counted() -> None:
+    ids = [f"prod_{i:03d}_".ljust(64, "x") for i in range(100)]
+    with pytest.raises(NotFound) as caught:
+        batch_in_request_order(ids, {})
+    listed = caught.value.metadata["product_ids"].split(",")
+    assert listed == ids[: len(listed)]
+    assert len(",".join(listed)) <= MAX_LISTED_CHARS < len(",".join(ids[: len(listed) + 1]))
+    assert caught.value.metadata["missing_count"] == "100"
 
 
 def test_product_not_found_names_the_product() -> None:

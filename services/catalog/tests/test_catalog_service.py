@@ -223,7 +223,7 @@ async def test_batch_get_fails_whole_when_any_id_is_missing_naming_the_missing_i
     assert details.code == grpc.StatusCode.NOT_FOUND
     assert details.reason == "PRODUCT_NOT_FOUND"
     assert details.error_info is not None
-    assert dict(details.error_info.metadata) == {"product_ids": "prod_nope_2,prod_nope_1"}
+    assert dict(details.error_info.metadata) == {"product_ids": "prod_nope_2,prod_nope_1", "missing_count": "2"}
 
 
 async def test_batch_get_of_100_unknown_ids_of_the_longest_allowed_length_is_not_found(

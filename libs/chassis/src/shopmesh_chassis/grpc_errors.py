@@ -79,35 +79,55 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
 
 
+# A gRPC client refuses trailers past 8 KiB now and then and past 16 KiB always (grpc.max_metadata_size),
+# answering RESOURCE_EXHAUSTED, "retry later", for a request that can never succeed; an error's status
+# goes out nearly twice (grpc-message, and base64 in grpc-status-details-bin). These keep it well under.
+MAX_MESSAGE_CHARS = 512
+MAX_METADATA_VALUE_CHARS = 1024
+MAX_DETAILS_BYTES = 4096
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def to_rpc_status(error: errors.DomainError, default_domain: str) -> status_pb2.Status:
-    """The google.rpc.Status for a domain error: ErrorInfo always, BadRequest and RetryInfo when known."""
+    """The google.rpc.Status for a domain error: ErrorInfo always, BadRequest and RetryInfo when known.
+    Bounded in size: a long message or metadata value is cut (ending in "…"), and of more violations
+    than fit, the first are sent and the message says how many there were."""
     code = status_code_for(error)
+    metadata = {key: _shortened(value, MAX_METADATA_VALUE_CHARS) for key, value in error.metadata.items()}
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
                 reason=error.reason,
                 domain=error.domain or default_domain,
-                metadata=error.metadata,
+                metadata=metadata,
             )
         )
     ]
-    if isinstance(error, errors.InvalidArgument) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description, reason=v.reason
-                        )
-                        for v in error.violations
-                    ]
-                )
-            )
-        )
     retry_after = getattr(error, "retry_after_seconds", None)
     if retry_after is not None:
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(retry_after))))
-    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    message = _shortened(error.message, MAX_MESSAGE_CHARS)
+    if isinstance(error, errors.InvalidArgument) and error.violations:
+        room = MAX_DETAILS_BYTES - sum(d.ByteSize() for d in details)
+        shown: list[error_details_pb2.BadRequest.FieldViolation] = []
+        for v in error.violations:
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=_shortened(v.field, MAX_MESSAGE_CHARS),
+                description=_shortened(v.description, MAX_MESSAGE_CHARS),
+                reason=v.reason,
+            )
+            room -= violation.ByteSize() + 4  # its tag and length within BadRequest, and BadRequest's in Any
+            if room < 0:
+                break
+            shown.append(violation)
+        if len(shown) < len(error.violations):
+            message = _shortened(error.message, MAX_MESSAGE_CHARS - 40)
+            message += f" ({len(shown)} of {len(error.violations)} violations listed)"
+        details.insert(1, _pack(error_details_pb2.BadRequest(field_violations=shown)))
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
 
 
 def internal_status(trace_id: str | None) -> status_pb2.Status:

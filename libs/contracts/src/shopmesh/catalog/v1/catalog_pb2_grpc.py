@@ -98,7 +98,10 @@ class CatalogServiceServicer:
 
         All or nothing: if any id does not exist the call fails with NOT_FOUND,
         ErrorInfo reason PRODUCT_NOT_FOUND and metadata
-        {"product_ids": "<missing ids, comma-separated, in request order>"}.
+        {"product_ids": "<missing ids, comma-separated, in request order>",
+        "missing_count": "<how many ids are missing>"}; product_ids holds the
+        first ones whose list fits in 1,000 characters (all of them unless they
+        are many and long), so that the error fits in a client's trailers.
         Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id),
         NOT_FOUND as above, UNAVAILABLE.
 

@@ -63,7 +63,10 @@ class CatalogServiceStub:
 
     All or nothing: if any id does not exist the call fails with NOT_FOUND,
     ErrorInfo reason PRODUCT_NOT_FOUND and metadata
-    {"product_ids": "<missing ids, comma-separated, in request order>"}.
+    {"product_ids": "<missing ids, comma-separated, in request order>",
+     "missing_count": "<how many ids are missing>"}; product_ids holds the
+    first ones whose list fits in 1,000 characters (all of them unless they
+    are many and long), so that the error fits in a client's trailers.
     Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id),
     NOT_FOUND as above, UNAVAILABLE.
 
@@ -117,7 +120,10 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
 
     All or nothing: if any id does not exist the call fails with NOT_FOUND,
     ErrorInfo reason PRODUCT_NOT_FOUND and metadata
-    {"product_ids": "<missing ids, comma-separated, in request order>"}.
+    {"product_ids": "<missing ids, comma-separated, in request order>",
+     "missing_count": "<how many ids are missing>"}; product_ids holds the
+    first ones whose list fits in 1,000 characters (all of them unless they
+    are many and long), so that the error fits in a client's trailers.
     Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id),
     NOT_FOUND as above, UNAVAILABLE.
 
@@ -186,7 +192,10 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
 
         All or nothing: if any id does not exist the call fails with NOT_FOUND,
         ErrorInfo reason PRODUCT_NOT_FOUND and metadata
-        {"product_ids": "<missing ids, comma-separated, in request order>"}.
+        {"product_ids": "<missing ids, comma-separated, in request order>",
+         "missing_count": "<how many ids are missing>"}; product_ids holds the
+        first ones whose list fits in 1,000 characters (all of them unless they
+        are many and long), so that the error fits in a client's trailers.
         Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id),
         NOT_FOUND as above, UNAVAILABLE.
 
