@@ -176,18 +176,20 @@ async def test_the_startup_heap_is_frozen_out_of_the_garbage_collectors_way_befo
     assert output.index("startup heap frozen") < output.index('"serving ')
 
 
-def test_a_grpc_port_in_use_stops_the_process_with_one_line_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variable", ["GRPC_PORT", "METRICS_PORT"])
+def test_a_port_in_use_stops_the_process_with_one_line_naming_it(variable: str) -> None:
     """Another process on the port (a second replica on a host port, a launcher left running): the start
     cannot go on now and may next time, which is StartupFailed's one log line, exit 1. grpcio raises
-    RuntimeError itself (ChassisServer.start's `port == 0` check never runs), so the process died with a
-    traceback that ends in "set GRPC_VERBOSITY=debug ..."."""
+    RuntimeError itself (ChassisServer.start's `port == 0` check never runs), and the metrics server
+    OSError, so the process died with a traceback."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        ports = {"GRPC_PORT": "0", "METRICS_PORT": "0", variable: str(port)}
         result = subprocess.run(
             SAMPLE,
-            env={"GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(port), "METRICS_PORT": "-1", "PATH": "/usr/bin:/bin"},
+            env={"GRPC_HOST": "127.0.0.1", "METRICS_HOST": "127.0.0.1", **ports, "PATH": "/usr/bin:/bin"},
             capture_output=True,
             text=True,
             timeout=60,

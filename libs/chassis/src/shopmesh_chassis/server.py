@@ -17,7 +17,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
-from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.config import ServiceSettings, StartupFailed
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server_interceptor import ChassisServerInterceptor
 
@@ -113,11 +113,22 @@ class ChassisServer:
     async def start(self) -> None:
         """Bind, start serving, and report SERVING for the server and each service."""
         bind = host_port(self.settings.grpc_host, self.settings.grpc_port)
-        self.port = self.server.add_insecure_port(bind)
+        # Another process on the port (a replica left running, a host port taken): this start cannot go on,
+        # the next may. grpcio raises RuntimeError itself ("Failed to bind"), or returns port 0.
+        try:
+            self.port = self.server.add_insecure_port(bind)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {bind}")
+            raise StartupFailed(f"cannot listen on {bind} (GRPC_HOST / GRPC_PORT): is another process using it?")
         if self.settings.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            address = host_port(self.settings.metrics_host, self.settings.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            except OSError as exc:
+                raise StartupFailed(
+                    f"cannot serve metrics on {address} (METRICS_HOST / METRICS_PORT): {exc.strerror or exc}"
+                ) from None
         await self.server.start()
         for binding in self.bindings:
             await self.health.set(binding.descriptor.full_name, SERVING)
