@@ -1,4 +1,5 @@
-"""Prometheus metrics for gRPC servers, in go-grpc-prometheus' names so existing dashboards work, and for
+"""Prometheus metrics for gRPC servers, in go-grpc-prometheus' names and labels (status codes spelled as
+Python's grpc does: NOT_FOUND, not NotFound), and for
 the event side of a service (outbox relay, consumers) under `shopmesh_`.
 
 Each server gets its own registry (several servers can share a test process), served over HTTP on a
