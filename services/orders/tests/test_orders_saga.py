@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -596,3 +596,50 @@ async def test_a_driver_whose_lease_was_taken_over_reports_the_other_drivers_out
     assert caught.value.reason == "PAYMENT_UNAVAILABLE"
     assert payments.captured() == 0
     assert inventory.reserved("prod_a") == 0
+
+
+@dataclass
+class SlowInventory:
+    """Inventory whose first `slow_calls` Reserve calls each take `latency` seconds and then fail UNAVAILABLE
+    (a hung inventory, each call ending at its deadline); later calls are answered at once."""
+
+    inner: FakeInventory
+    latency: float
+    slow_calls: int
+    reserve_calls: int = 0
+
+    async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+        self.reserve_calls += 1
+        if self.reserve_calls <= self.slow_calls:
+            await asyncio.sleep(self.latency)
+            raise errors.Unavailable("inventory did not answer in time")
+        return await self.inner.reserve(order_id, items, ttl_seconds)
+
+    async def commit(self, reservation_id: str) -> None:
+        await self.inner.commit(reservation_id)
+
+    async def release(self, reservation_id: str) -> None:
+        await self.inner.release(reservation_id)
+
+
+async def test_a_place_order_driver_retrying_a_slow_reserve_keeps_its_order_from_the_recovery_loop(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+) -> None:
+    # As deployed: each Reserve attempt ends within the lease (step timeout 5 s < lease 10 s), but a step's
+    # attempts together (3 × 5 s plus backoff) outlast it. Scaled down: attempts of 0.8 s, a lease of 1 s.
+    settings = settings.model_copy(update={"saga_lease_seconds": 1.0, "step_attempts": 3})
+    slow = SlowInventory(inventory, latency=0.8, slow_calls=2)
+    app = OrdersApplication(database, catalog, SagaDriver(database, slow, payments, settings))
+    placing = asyncio.create_task(place(app, command()))
+    # The recovery loop's periodic pass comes by while the driver holding the card retries the reserve.
+    await asyncio.sleep(1.2)
+    await app.resume_unfinished()
+    order_id = await placing
+    order = await app.get_order(order_id)
+    # The customer's driver held the card and payments was up: the order should have been charged.
+    assert (order.state, order.cancel_code) == (OrderState.CONFIRMED, None)
+    assert payments.captured() == 1
