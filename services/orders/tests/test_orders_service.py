@@ -20,6 +20,8 @@ from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
 
+from shopmesh_orders.domain.ports import PricedProduct
+
 from .conftest import FakeCatalog, FakeInventory, FakePayments
 
 
@@ -116,3 +118,18 @@ async def test_list_orders_rejects_a_negative_page_size(stub: orders_pb2_grpc.Or
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1", page_size=-1))
     assert details_of(caught.value).field_violations[0].field == "page_size"
+
+
+async def test_an_order_whose_total_exceeds_int64_is_refused_and_leaves_the_users_orders_readable(
+    stub: orders_pb2_grpc.OrdersServiceStub, catalog: FakeCatalog, inventory: FakeInventory
+) -> None:
+    # Catalog bounds a price below only; 100 units at 10^17 minor units total 10^19, past Money's int64.
+    catalog.products["prod_big"] = PricedProduct("prod_big", "Big", 10**17, "USD")
+    inventory.on_hand["prod_big"] = 100
+    big = request()
+    big.items[0].product_id, big.items[0].quantity = "prod_big", 100
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(big, metadata=idempotency_metadata("k1"))
+    assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+    listed = await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1"))
+    assert all(o.state != orders_pb2.ORDER_STATE_PENDING for o in listed.orders)
