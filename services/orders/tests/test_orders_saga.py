@@ -7,6 +7,7 @@ is in the outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -643,3 +644,59 @@ async def test_a_place_order_driver_retrying_a_slow_reserve_keeps_its_order_from
     # The customer's driver held the card and payments was up: the order should have been charged.
     assert (order.state, order.cancel_code) == (OrderState.CONFIRMED, None)
     assert payments.captured() == 1
+
+
+def _meet_after_reading_the_cancel_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CancelOrder transactions both read the order before either saves it, where the database lets them
+    (PostgreSQL; SQLite's writers never overlap, so each goes on alone after a short wait)."""
+    read, arrived, both = OrderRepository.cancel_origin, [0], asyncio.Event()
+
+    async def meeting(self: OrderRepository, order_id: str) -> tuple[str | None, str | None]:
+        origin = await read(self, order_id)
+        arrived[0] += 1
+        if arrived[0] == 2:
+            both.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both.wait(), 0.5)
+        return origin
+
+    monkeypatch.setattr(OrderRepository, "cancel_origin", meeting)
+
+
+async def test_two_cancellations_at_once_with_other_keys_cancel_once_and_refuse_the_other_as_not_cancellable(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = await place(app, command())
+    _meet_after_reading_the_cancel_origin(monkeypatch)
+    outcomes = await asyncio.gather(
+        app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"),
+        app.cancel_order(order_id, "me too", "cancel-2", "f2"),
+        return_exceptions=True,
+    )
+    cancelled = [o for o in outcomes if isinstance(o, Order)]
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert [o.state for o in cancelled] == [OrderState.CANCELLED]
+    # The contract: FAILED_PRECONDITION ORDER_NOT_CANCELLABLE for a cancellation under another key.
+    assert [(type(e), getattr(e, "reason", None)) for e in refused] == [
+        (errors.FailedPrecondition, "ORDER_NOT_CANCELLABLE")
+    ]
+    assert len(payments.refunds) == 1
+
+
+async def test_a_cancellation_retried_with_its_key_while_the_first_runs_returns_the_order_or_key_in_use(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = await place(app, command())
+    _meet_after_reading_the_cancel_origin(monkeypatch)
+    outcomes = await asyncio.gather(
+        app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"),
+        app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            # The contract: a retry racing the original is ABORTED, reason IDEMPOTENCY_KEY_IN_USE.
+            assert (type(outcome), getattr(outcome, "reason", None)) == (errors.Aborted, "IDEMPOTENCY_KEY_IN_USE")
+        else:
+            assert outcome.state is OrderState.CANCELLED
+    assert len(payments.refunds) == 1
