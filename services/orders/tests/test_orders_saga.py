@@ -700,3 +700,18 @@ async def test_a_cancellation_retried_with_its_key_while_the_first_runs_returns_
         else:
             assert outcome.state is OrderState.CANCELLED
     assert len(payments.refunds) == 1
+
+
+async def test_a_retry_after_the_card_expired_returns_the_order_its_first_call_placed(
+    database: Database, catalog: FakeCatalog, saga: SagaDriver, payments: FakePayments
+) -> None:
+    # The card is valid through December 2030; the first call is placed a second before it expires.
+    now = [datetime(2030, 12, 31, 23, 59, 59, tzinfo=UTC)]
+    app = OrdersApplication(database, catalog, saga, clock=lambda: now[0])
+    card = Card("4242424242424242", 12, 2030, "123")
+    order_id = await place(app, command(card))
+    assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
+    # Its answer was lost (the client's deadline); the client retries with the same key and request.
+    now[0] = datetime(2031, 1, 1, 0, 0, 5, tzinfo=UTC)
+    assert await place(app, command(card)) == order_id
+    assert payments.captured() == 1
