@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -255,3 +256,18 @@ async def test_the_purge_runs_in_the_background_until_stopped() -> None:
     periodic.start()
     await asyncio.wait_for(ran.wait(), timeout=5)
     await periodic.stop()
+
+
+async def test_a_retry_after_the_card_expired_replays_the_capture_its_first_call_made(payments: Payments) -> None:
+    # The card is valid through December 2030; the first call captures a second before it expires.
+    servicer: Any = payments.runtime.binding.servicer
+    now = [datetime(2030, 12, 31, 23, 59, 59, tzinfo=UTC)]
+    servicer._app._clock = lambda: now[0]
+    request = charge_request("ord_1", exp_month=12, exp_year=2030)
+    first = await payments.charge(request, key="ord_1:charge")
+    assert first.payment.state == payments_pb2.PAYMENT_STATE_CAPTURED
+    # Its answer was lost; orders retries the step with the same key and request just after midnight.
+    now[0] = datetime(2031, 1, 1, 0, 0, 5, tzinfo=UTC)
+    again = await payments.charge(request, key="ord_1:charge")
+    assert again == first
+    assert payments.processor.charges == 1
