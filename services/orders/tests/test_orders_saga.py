@@ -631,7 +631,7 @@ async def test_a_place_order_driver_retrying_a_slow_reserve_keeps_its_order_from
     settings: OrdersSettings,
 ) -> None:
     # As deployed: each Reserve attempt ends within the lease (step timeout 5 s < lease 10 s), but a step's
-    # attempts together (3 × 5 s plus backoff) outlast it. Scaled down: attempts of 0.8 s, a lease of 1 s.
+    # attempts together (3 x 5 s plus backoff) outlast it. Scaled down: attempts of 0.8 s, a lease of 1 s.
     settings = settings.model_copy(update={"saga_lease_seconds": 1.0, "step_attempts": 3})
     slow = SlowInventory(inventory, latency=0.8, slow_calls=2)
     app = OrdersApplication(database, catalog, SagaDriver(database, slow, payments, settings))

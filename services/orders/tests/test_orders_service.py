@@ -16,11 +16,10 @@ from shopmesh_chassis.idempotency import RequestFingerprint
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.ports import PricedProduct
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
-
-from shopmesh_orders.domain.ports import PricedProduct
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
 
