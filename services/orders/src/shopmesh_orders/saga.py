@@ -19,8 +19,9 @@ again (`recheck_charge`): a capture that landed late is refunded (logged at ERRO
 order is marked checked. It stays CANCELLED and emits no second event: the customer was told "cancelled,
 nothing was charged", which the refund makes true again (payments publishes PaymentRefunded itself).
 
-Only one driver works on an order at a time: it holds a lease in the database (renewed on every step);
-a driver that dies leaves the lease to run out, and the recovery loop takes the order over.
+Only one driver works on an order at a time: it holds a lease in the database (renewed with every saved
+transition and before every retry of a step; a driver that finds it lost stops); a driver that dies leaves
+the lease to run out, and the recovery loop takes the order over.
 """
 
 from __future__ import annotations
@@ -150,6 +151,12 @@ class SagaDriver:
         """One step, retried a few times while its dependency is unavailable."""
         attempts = self._settings.step_attempts
         for attempt in range(1, attempts + 1):
+            # Only a saved transition renews the lease, and none is saved between attempts of a step: a
+            # driver retrying a slow dependency would outlive its lease, and the recovery loop, which has no
+            # card, would take the order over and cancel it. (The first attempt follows the claim or the
+            # transition that set the lease.)
+            if attempt > 1 and not await self._renew(order.id, owner):
+                raise LeaseHeld(order.id)
             try:
                 return await self._step(order, card, owner)
             except errors.Unavailable as exc:
@@ -394,6 +401,10 @@ class SagaDriver:
     async def _claim(self, order_id: str, owner: str) -> bool:
         async with self._db.transaction() as session:
             return await OrderRepository(session).claim(order_id, owner, self._clock(), self.lease_until())
+
+    async def _renew(self, order_id: str, owner: str) -> bool:
+        async with self._db.transaction() as session:
+            return await OrderRepository(session).renew(order_id, owner, self.lease_until())
 
     async def _release(self, order_id: str, owner: str) -> None:
         async with self._db.transaction() as session:

@@ -35,3 +35,11 @@ class OrdersSettings(IdempotencySettings, EventSettings):
     # Fault injection for chaos tests: after this saga step is persisted, the driver stops and waits
     # (so a test can kill the process at a known point). Empty in every real deployment.
     fault_pause_after_step: str = ""
+
+    @property
+    def lease_needed_seconds(self) -> float:
+        """The longest a saga driver goes without renewing its lease: one step call and the longest backoff
+        before the next attempt (the driver renews before each). A shorter lease lets another driver take
+        over an order that is still being driven."""
+        backoff = self.step_backoff_seconds * 2 ** (self.step_attempts - 2) if self.step_attempts > 1 else 0.0
+        return self.step_timeout_seconds + backoff

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from shopmesh.catalog.v1 import catalog_pb2
@@ -33,10 +34,20 @@ VERSIONS = Path(__file__).parent / "migrations" / "versions"
 STREAM = "ORDERS"
 SUBJECTS = ["orders.v1.>"]
 
+log = logging.getLogger("shopmesh.orders")
+
 
 async def _main() -> None:
     settings = load_settings(OrdersSettings)
     tracer_provider = app.setup_observability(settings)
+    if settings.saga_lease_seconds <= settings.lease_needed_seconds:
+        # Not refused: test meshes shorten the lease on purpose, to see crashed sagas resumed quickly.
+        log.warning(
+            "SAGA_LEASE_SECONDS (%s) does not outlast a step call and its backoff (%.1f s): the recovery loop "
+            "may take over checkouts that are still running, and cancel them",
+            settings.saga_lease_seconds,
+            settings.lease_needed_seconds,
+        )
     database = Database(settings.resolved_database_url)
     await migrate(database, VERSIONS, metadata)
 

@@ -167,6 +167,15 @@ class OrderRepository:
         )
         return bool(result.rowcount == 1)
 
+    async def renew(self, order_id: str, owner: str, until: datetime) -> bool:
+        """Extend the saga lease `owner` holds; False when it no longer holds it (another driver took over)."""
+        result = await self._session.execute(
+            update(orders)
+            .where(orders.c.id == order_id, orders.c.step != SagaStep.DONE.value, orders.c.lease_owner == owner)
+            .values(lease_until=until)
+        )
+        return bool(result.rowcount == 1)
+
     async def release(self, order_id: str, owner: str) -> None:
         await self._session.execute(
             update(orders)
