@@ -9,7 +9,15 @@ import pytest
 
 from shopmesh_chassis import errors
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
-from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder, luhn_ok, validate_place_order
+from shopmesh_orders.domain.validation import (
+    MAX_AMOUNT_MINOR,
+    Card,
+    CartLine,
+    PlaceOrder,
+    luhn_ok,
+    validate_place_order,
+    validate_totals,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 ADDRESS = Address("Ada Lovelace", "1 Analytical Way", "London", "N1 7AA", "GB")
@@ -157,3 +165,14 @@ def test_a_trailing_line_break_is_not_a_valid_email_country_or_currency() -> Non
     # header "To: ada@example.com\n" ends the header block, pushing Subject and Message-ID into the body.
     bad = command(email="ada@example.com\n", currency="USD\n", address=replace(ADDRESS, country="GB\n"))
     assert violations(bad) == ["currency", "email", "shipping_address.country"]
+
+
+def test_totals_beyond_int64_are_refused_on_the_item_or_the_order() -> None:
+    at_most = (OrderLine("prod_a", "A", 1, MAX_AMOUNT_MINOR),)
+    assert validate_totals(at_most) == at_most
+    with pytest.raises(errors.InvalidArgument) as line:
+        validate_totals((OrderLine("prod_a", "A", 1, 1), OrderLine("prod_b", "B", 100, 10**17)))
+    assert [v.field for v in line.value.violations] == ["items[1].quantity"]
+    with pytest.raises(errors.InvalidArgument) as total:
+        validate_totals((OrderLine("prod_a", "A", 1, MAX_AMOUNT_MINOR), OrderLine("prod_b", "B", 1, 1)))
+    assert [v.field for v in total.value.violations] == ["items"]

@@ -25,6 +25,7 @@ from shopmesh_orders.domain.validation import (
     validate_cancel_reason,
     validate_order_id,
     validate_place_order,
+    validate_totals,
 )
 from shopmesh_orders.saga import LeaseHeld, SagaDriver
 from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository
@@ -125,9 +126,13 @@ class OrdersApplication:
                 ],
                 reason="CURRENCY_MISMATCH",
             )
-        return tuple(
-            OrderLine(item.product_id, priced[item.product_id].name, item.quantity, priced[item.product_id].price_minor)
-            for item in command.items
+        return validate_totals(
+            tuple(
+                OrderLine(
+                    item.product_id, priced[item.product_id].name, item.quantity, priced[item.product_id].price_minor
+                )
+                for item in command.items
+            )
         )
 
     async def _settle(

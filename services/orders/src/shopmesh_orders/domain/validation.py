@@ -8,7 +8,7 @@ from datetime import date
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.errors import FieldViolation
-from shopmesh_orders.domain.model import Address
+from shopmesh_orders.domain.model import Address, OrderLine
 
 MAX_ITEMS = 50
 MAX_QUANTITY = 100
@@ -23,6 +23,8 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 CARD_NUMBER = re.compile(r"[0-9]{12,19}")
 CVV = re.compile(r"[0-9]{3,4}")
 EXP_YEARS = range(1000, 10000)
+# Money.amount_minor is an int64: a larger total could be recorded but never answered (nor charged).
+MAX_AMOUNT_MINOR = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,25 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
     if violations:
         raise errors.InvalidArgument("the order request is invalid", violations, reason="VALIDATION_FAILED")
     return command
+
+
+def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
+    """The priced lines' totals must fit Money; checked before the order is recorded. Catalog bounds a
+    price below only, so quantities the request may ask for can still overflow."""
+    violations = [
+        FieldViolation(
+            f"items[{index}].quantity", f"the line's total exceeds {MAX_AMOUNT_MINOR} minor units", "OUT_OF_RANGE"
+        )
+        for index, line in enumerate(lines)
+        if line.total_minor > MAX_AMOUNT_MINOR
+    ]
+    if not violations and sum(line.total_minor for line in lines) > MAX_AMOUNT_MINOR:
+        violations.append(
+            FieldViolation("items", f"the order's total exceeds {MAX_AMOUNT_MINOR} minor units", "OUT_OF_RANGE")
+        )
+    if violations:
+        raise errors.InvalidArgument("the order's total is too large", violations, reason="VALIDATION_FAILED")
+    return lines
 
 
 def validate_order_id(order_id: str) -> str:

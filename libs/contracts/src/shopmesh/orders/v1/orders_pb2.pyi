@@ -378,7 +378,11 @@ class PlaceOrderRequest(_message.Message):
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CartItem]:
-        """Products and quantities: 1-50 items with distinct product ids."""
+        """Products and quantities: 1-50 items with distinct product ids. Each
+        line's total (price times quantity) and the order's total must fit Money
+        (at most 2^63-1 minor units), otherwise INVALID_ARGUMENT with a violation
+        on `items[i].quantity` or `items`, and no order is recorded.
+        """
 
     @_builtins.property
     def shipping_address(self) -> Global___ShippingAddress:
