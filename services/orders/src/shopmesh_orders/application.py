@@ -202,7 +202,9 @@ class OrdersApplication:
         key = validate_key(key)
         async with self._db.transaction() as session:
             repository = OrderRepository(session)
-            order = await self._visible(await repository.get(order_id), order_id)
+            # Locked: a concurrent cancellation waits, then finds this one's key or its outcome, and answers
+            # as the contract says (the order, IDEMPOTENCY_KEY_IN_USE or ORDER_NOT_CANCELLABLE).
+            order = await self._visible(await repository.get(order_id, for_update=True), order_id)
             cancel_key, cancel_hash = await repository.cancel_origin(order_id)
             if cancel_key == key:
                 if cancel_hash != fingerprint:

@@ -40,6 +40,8 @@ def _row_values(order: Order) -> dict[str, Any]:
 _INSERT_ORDER = insert(orders)
 _INSERT_LINES = insert(order_lines)
 _BY_ID = select(orders).where(orders.c.id == bindparam("b_id"))
+# SQLite renders no FOR UPDATE: there the writer lock the transaction holds serialises it already.
+_BY_ID_FOR_UPDATE = _BY_ID.with_for_update()
 _BY_ORIGIN = select(orders).where(
     orders.c.idempotency_scope == bindparam("b_scope"), orders.c.idempotency_key == bindparam("b_key")
 )
@@ -121,8 +123,11 @@ class OrderRepository:
             raise errors.Aborted(f"order {order.id} changed concurrently", reason="CONCURRENT_MODIFICATION")
         return saved
 
-    async def get(self, order_id: str) -> Order | None:
-        row = (await self._session.execute(_BY_ID, {"b_id": order_id})).one_or_none()
+    async def get(self, order_id: str, *, for_update: bool = False) -> Order | None:
+        """The order; `for_update` locks it until the transaction ends, for a read-then-save that must not
+        race another (which would fail the save's version check with CONCURRENT_MODIFICATION)."""
+        statement = _BY_ID_FOR_UPDATE if for_update else _BY_ID
+        row = (await self._session.execute(statement, {"b_id": order_id})).one_or_none()
         return None if row is None else await self._load(row)
 
     async def get_by_origin(self, scope: str, key: str) -> tuple[Order, str] | None:
