@@ -21,6 +21,7 @@ from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
     Card,
     PlaceOrder,
+    check_card_current,
     check_owner,
     validate_cancel_reason,
     validate_order_id,
@@ -58,13 +59,16 @@ class OrdersApplication:
     # --- PlaceOrder -------------------------------------------------------------------------------
 
     async def place_order(self, command: PlaceOrder, key: str | None, scope: str, fingerprint: str) -> Order:
-        validate_place_order(command, self._clock().date())
+        # The card's expiry waits for the idempotency lookup: a retry whose first call was placed before the
+        # card expired gets that call's outcome. (The fingerprint still covers the whole request.)
+        validate_place_order(command, None)
         check_owner(command.user_id, _caller_user())
         key = validate_key(key)
         origin = IdempotentOrigin(scope, key, fingerprint)
         existing = await self._by_origin(origin)
         if existing is not None:
             return await self._settle(existing.id, command.card, None)
+        check_card_current(command.card, self._clock().date())
         lines = await self._price(command)
         now = self._clock()
         order = Order(

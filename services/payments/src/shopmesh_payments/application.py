@@ -20,6 +20,7 @@ from shopmesh_payments.domain.validation import (
     ChargeCommand,
     ListPaymentsQuery,
     RefundCommand,
+    check_card_current,
     validate_charge,
     validate_list_payments,
     validate_payment_id,
@@ -44,7 +45,12 @@ class PaymentsApplication:
         self._clock = clock
 
     def validate_charge(self, order_id: str, amount: Money | None, card: Card | None) -> ChargeCommand:
-        return validate_charge(order_id, amount, card, self._clock().date())
+        """Every rule but the card's expiry: that one waits for `check_card_current`, after the idempotency
+        lookup, so that a retry of a charge made before the card expired replays it."""
+        return validate_charge(order_id, amount, card, None)
+
+    def check_card_current(self, command: ChargeCommand) -> None:
+        check_card_current(command.card, self._clock().date())
 
     def validate_refund(self, payment_id: str, reason: str) -> RefundCommand:
         return validate_refund(payment_id, reason)

@@ -74,7 +74,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         self._events_committed = events_committed
 
     async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> payments_pb2.ChargeResponse:
-        # Validated before the key is claimed: a malformed request is not an outcome worth storing.
+        # Validated before the key is claimed: a malformed request is not an outcome worth storing. The card's
+        # expiry is checked once no outcome is stored (`check`): a retry after the month ended replays it.
         command = self._app.validate_charge(request.order_id, _money(request), _card(request))
 
         async def operation(session: DbConnection) -> payments_pb2.ChargeResponse:
@@ -86,6 +87,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             request=request,
             response_type=payments_pb2.ChargeResponse,
             operation=operation,
+            check=lambda: self._app.check_card_current(command),
         )
         self._events_committed()
         # chassis-candidate: a decline must commit its DECLINED payment, but the idempotency store rolls

@@ -95,7 +95,8 @@ def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> Non
         )
 
 
-def _check_card(card: Card | None, today: date, violations: list[FieldViolation]) -> None:
+def _check_card(card: Card | None, today: date | None, violations: list[FieldViolation]) -> None:
+    """`today` None leaves out whether the card has expired (see `check_card_current`)."""
     if card is None:
         violations.append(FieldViolation("card", "is required", "REQUIRED"))
         return
@@ -109,7 +110,7 @@ def _check_card(card: Card | None, today: date, violations: list[FieldViolation]
         violations.append(FieldViolation("card.exp_month", "must be 1 to 12", "OUT_OF_RANGE"))
     if not year_ok:
         violations.append(FieldViolation("card.exp_year", "must be a four-digit year", "OUT_OF_RANGE"))
-    if month_ok and year_ok and cards.is_expired(card.exp_month, card.exp_year, today):
+    if month_ok and year_ok and today is not None and cards.is_expired(card.exp_month, card.exp_year, today):
         # As Stripe does: blame the year when it is past, else the month of this year.
         field = "card.exp_year" if card.exp_year < today.year else "card.exp_month"
         violations.append(FieldViolation(field, "the card has expired", CARD_EXPIRED))
@@ -117,8 +118,9 @@ def _check_card(card: Card | None, today: date, violations: list[FieldViolation]
         violations.append(FieldViolation("card.cvv", "must be 3 or 4 digits", "INVALID_FORMAT"))
 
 
-def validate_charge(order_id: str, amount: Money | None, card: Card | None, today: date) -> ChargeCommand:
-    """`amount` and `card` are None when the request leaves them unset."""
+def validate_charge(order_id: str, amount: Money | None, card: Card | None, today: date | None) -> ChargeCommand:
+    """`amount` and `card` are None when the request leaves them unset. With `today` None, every rule but
+    the card's expiry (`check_card_current`)."""
     violations: list[FieldViolation] = []
     _check_id(order_id, "order_id", violations)
     _check_amount(amount, violations)
@@ -127,6 +129,15 @@ def validate_charge(order_id: str, amount: Money | None, card: Card | None, toda
     if violations or amount is None or card is None:
         raise _fail(violations)
     return ChargeCommand(order_id=order_id, amount=amount, card=card)
+
+
+def check_card_current(card: Card, today: date) -> None:
+    """The one rule that depends on the date, checked apart from the others: a retry of a charge made before
+    the card's expiry month ended must replay that charge's outcome, not fail CARD_EXPIRED."""
+    violations: list[FieldViolation] = []
+    _check_card(card, today, violations)
+    if violations:
+        raise _fail(violations)
 
 
 def validate_refund(payment_id: str, reason: str) -> RefundCommand:
