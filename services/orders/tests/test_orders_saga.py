@@ -164,9 +164,10 @@ async def test_inventory_down_leaves_the_order_pending_for_recovery(
     assert (await app.get_order(order_id)).state is OrderState.PENDING
     inventory.down = False
     assert await app.resume_unfinished() == 1
-    # Resumed without the card (never stored): payments never saw a charge, so the order is cancelled.
+    # Resumed without the card (never stored): no charge was ever sent, so the order is cancelled; for the
+    # interruption, not PAYMENT_UNAVAILABLE (payments was up: its alert would blame the wrong service).
     order = await app.get_order(order_id)
-    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.PAYMENT_UNAVAILABLE)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
     assert inventory.reserved("prod_a") == 0
     assert payments.charge_calls == 0
 
@@ -593,8 +594,9 @@ async def test_a_driver_whose_lease_was_taken_over_reports_the_other_drivers_out
     inventory.reserve = slow_reserve  # type: ignore[method-assign]
     with pytest.raises(errors.FailedPrecondition) as caught:
         await place(app, command())
-    # The recovery driver had no card: it cancelled and released; the caller is told so, not ABORTED.
-    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    # The recovery driver had no card: it cancelled and released; the caller is told so, not ABORTED (and
+    # not PAYMENT_UNAVAILABLE: no charge was ever sent).
+    assert caught.value.reason == "CHECKOUT_INTERRUPTED"
     assert payments.captured() == 0
     assert inventory.reserved("prod_a") == 0
 

@@ -1,9 +1,10 @@
 """Orders' own metrics, beside the chassis' gRPC and event ones on the same endpoint: how checkouts end.
 
 A rise in one cancel reason is what an on-call engineer looks for first (PAYMENT_UNAVAILABLE: payments or
-its processor is down; RESERVATION_EXPIRED: steps are too slow; CARD_DECLINED: customers, or a fraud
-rule upstream). Any late capture refunded is a customer charged for an order they were told was cancelled
-(refunded by the recovery loop once the charge could no longer land): it should stay at zero.
+its processor is down; RESERVATION_EXPIRED: steps are too slow; CHECKOUT_INTERRUPTED: checkouts gave up
+before charging, mostly on inventory; CARD_DECLINED: customers, or a fraud rule upstream). Any late
+capture refunded is a customer charged for an order they were told was cancelled (refunded by the
+recovery loop once the charge could no longer land): it should stay at zero.
 """
 
 from __future__ import annotations

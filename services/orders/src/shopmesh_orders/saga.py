@@ -267,8 +267,10 @@ class SagaDriver:
             return await self._transition(
                 owner, order.failed_before_pivot(refused.declined, self._clock(), refused.payment_id)
             )
-        # Never charged, and nobody can charge it now: give the stock back.
-        return await self._transition(owner, order.failed_before_pivot(CancelCode.PAYMENT_UNAVAILABLE, self._clock()))
+        # Never charged, and nobody can charge it now: give the stock back. Payments is to blame only when a
+        # charge was sent; else the driver with the card stopped before it (inventory, or a restart).
+        code = CancelCode.PAYMENT_UNAVAILABLE if order.charge_attempted_at else CancelCode.CHECKOUT_INTERRUPTED
+        return await self._transition(owner, order.failed_before_pivot(code, self._clock()))
 
     async def _compensate(self, order: Order, owner: str) -> Order:
         recheck_at: datetime | None = None

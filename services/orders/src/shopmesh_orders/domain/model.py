@@ -35,6 +35,9 @@ class CancelCode(enum.StrEnum):
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     PAYMENT_UNAVAILABLE = "PAYMENT_UNAVAILABLE"
     RESERVATION_EXPIRED = "RESERVATION_EXPIRED"
+    # Resumed without the card (never stored) before any charge was sent: the call that had it gave up
+    # earlier, on something other than payments.
+    CHECKOUT_INTERRUPTED = "CHECKOUT_INTERRUPTED"
 
 
 CANCEL_MESSAGES: dict[CancelCode, str] = {
@@ -43,6 +46,7 @@ CANCEL_MESSAGES: dict[CancelCode, str] = {
     CancelCode.INSUFFICIENT_FUNDS: "Your card has insufficient funds.",
     CancelCode.PAYMENT_UNAVAILABLE: "Payment could not be processed right now; nothing was charged.",
     CancelCode.RESERVATION_EXPIRED: "The order took too long to complete; any payment was refunded.",
+    CancelCode.CHECKOUT_INTERRUPTED: "The order could not be completed in time; nothing was charged.",
 }
 
 

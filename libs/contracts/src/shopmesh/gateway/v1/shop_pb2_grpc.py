@@ -162,8 +162,9 @@ class ShopServiceServicer:
         `authorization`). The user id comes from the token; the gateway calls
         OrdersService.PlaceOrder and returns its outcome and errors (see there:
         INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
-        CARD_DECLINED / INSUFFICIENT_FUNDS / RESERVATION_EXPIRED, ABORTED,
-        UNAVAILABLE) plus UNAUTHENTICATED.
+        CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
+        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED, ABORTED, UNAVAILABLE) plus
+        UNAUTHENTICATED.
 
         Idempotency: the client should send an `idempotency-key` request header
         (for example a UUID per checkout attempt). If it is absent, the gateway

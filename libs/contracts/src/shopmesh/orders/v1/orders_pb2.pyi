@@ -102,6 +102,13 @@ class _CancelReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Canc
     """The reservation expired before it could be committed; any captured
     payment was refunded.
     """
+    CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED: _CancelReasonCode.ValueType  # 7
+    """The PlaceOrder call that carried the card ended before the card was
+    charged (inventory was slow or unavailable, or orders restarted), and
+    cards are never stored, so the order could not be paid for when it was
+    resumed. Nothing was charged and the stock was released; the customer
+    can place the order again.
+    """
 
 class CancelReasonCode(_CancelReasonCode, metaclass=_CancelReasonCodeEnumTypeWrapper):
     """Why an order was cancelled. Each value without its CANCEL_REASON_CODE_
@@ -125,6 +132,13 @@ CANCEL_REASON_CODE_PAYMENT_UNAVAILABLE: CancelReasonCode.ValueType  # 5
 CANCEL_REASON_CODE_RESERVATION_EXPIRED: CancelReasonCode.ValueType  # 6
 """The reservation expired before it could be committed; any captured
 payment was refunded.
+"""
+CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED: CancelReasonCode.ValueType  # 7
+"""The PlaceOrder call that carried the card ended before the card was
+charged (inventory was slow or unavailable, or orders restarted), and
+cards are never stored, so the order could not be paid for when it was
+resumed. Nothing was charged and the stock was released; the customer
+can place the order again.
 """
 Global___CancelReasonCode: _TypeAlias = CancelReasonCode  # noqa: Y015
 

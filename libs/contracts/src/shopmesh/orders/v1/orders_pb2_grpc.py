@@ -84,8 +84,11 @@ class OrdersServiceServicer:
         matching cancel_reason. ErrorInfo reason INSUFFICIENT_STOCK (metadata
         "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
         (payments stayed unavailable through the retries; nothing was charged
-        and the stock was released), or RESERVATION_EXPIRED (payment succeeded
-        too late; it was refunded).
+        and the stock was released), RESERVATION_EXPIRED (payment succeeded
+        too late; it was refunded), or CHECKOUT_INTERRUPTED (a retry finds the
+        order the server resumed after this call gave up before charging the
+        card, e.g. while inventory was unavailable: it cannot charge a card it
+        does not keep; nothing was charged).
         - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed;
         retry shortly.
         - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
