@@ -717,3 +717,26 @@ async def test_a_retry_after_the_card_expired_returns_the_order_its_first_call_p
     now[0] = datetime(2031, 1, 1, 0, 0, 5, tzinfo=UTC)
     assert await place(app, command(card)) == order_id
     assert payments.captured() == 1
+
+
+async def test_shutdown_waits_for_a_cancellation_whose_caller_went_away(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = await place(app, command())
+    refunding, go_on = asyncio.Event(), asyncio.Event()
+    refund = payments.refund
+
+    async def slow_refund(payment_id: str, reason: str, idempotency_key: str) -> None:
+        refunding.set()
+        await go_on.wait()
+        await refund(payment_id, reason, idempotency_key)
+
+    monkeypatch.setattr(payments, "refund", slow_refund)
+    caller = asyncio.create_task(app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"))
+    await refunding.wait()
+    caller.cancel()
+    # Shutdown begins while the saga refunds: it must wait for it, as for a PlaceOrder's saga.
+    asyncio.get_running_loop().call_later(0.2, go_on.set)
+    await app.wait_running(timeout=5)
+    assert (await app.get_order(order_id)).state is OrderState.CANCELLED
+    assert payments.refunds != []

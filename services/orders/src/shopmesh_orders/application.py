@@ -149,16 +149,23 @@ class OrdersApplication:
         """
         order = recorded or await self._load(order_id)
         if not order.is_terminal:
-            task = asyncio.get_running_loop().create_task(
-                self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context()
-            )
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-            try:
-                order = await asyncio.shield(task)
-            except LeaseHeld:
-                order = await self._wait_for_other_driver(order_id)
+            order = await self._drive_detached(order_id, card, owner, recorded)
         return _outcome(order)
+
+    async def _drive_detached(
+        self, order_id: str, card: Card | None, owner: str | None = None, recorded: Order | None = None
+    ) -> Order:
+        """Drive the saga in a task of its own, which shutdown waits for (`wait_running`), and answer with
+        where it ended (or with the outcome of another driver that holds the order)."""
+        task = asyncio.get_running_loop().create_task(
+            self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context()
+        )
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        try:
+            return await asyncio.shield(task)
+        except LeaseHeld:
+            return await self._wait_for_other_driver(order_id)
 
     async def _wait_for_other_driver(self, order_id: str) -> Order:
         deadline = asyncio.get_running_loop().time() + _WAIT_FOR_OTHER_DRIVER_SECONDS
@@ -222,14 +229,7 @@ class OrdersApplication:
                 await repository.set_cancel_origin(order_id, key, fingerprint)
         order = await self._load(order_id)
         if not order.is_terminal:
-            try:
-                order = await asyncio.shield(
-                    asyncio.get_running_loop().create_task(
-                        self._saga.drive(order_id, None), context=call_context.detached_context()
-                    )
-                )
-            except LeaseHeld:
-                order = await self._wait_for_other_driver(order_id)
+            order = await self._drive_detached(order_id, None)
         return order
 
     # --- recovery ---------------------------------------------------------------------------------
