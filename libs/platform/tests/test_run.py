@@ -328,6 +328,25 @@ async def test_no_throwaway_postgres_outlives_a_launcher_killed_with_sigkill(tmp
     assert_next_launcher_removes_the_folder_of(process.pid)
 
 
+def test_a_gone_launchers_folder_of_another_account_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's launcher, or one in another container sharing /tmp, may look gone from here."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folder = tmp_path / f"shopmesh-run-pg-{gone.pid}-abc"
+    folder.mkdir()
+    odd = tmp_path / "shopmesh-run-pg-\u00b2-abc"  # a superscript two: isdigit(), yet not a process id
+    odd.mkdir()
+    monkeypatch.setattr(run, "_data_dir_owner", lambda: os.geteuid() + 1)
+    assert run.remove_orphaned_data_dirs(tmp_path) == []
+    assert folder.exists()
+    assert odd.exists()
+    monkeypatch.setattr(run, "_data_dir_owner", os.geteuid)
+    assert run.remove_orphaned_data_dirs(tmp_path) == [folder]
+    assert odd.exists(), "not a launcher's folder: its name has no process id"
+
+
 def assert_next_launcher_removes_the_folder_of(killed: int) -> None:
     """The throwaway server's folder stays behind a launcher killed with -9; the next `run --postgres`
     removes it, and no running launcher's."""

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -352,12 +353,29 @@ def remove_orphaned_data_dirs(root: Path | None = None) -> list[Path]:
     """Remove the throwaway PostgreSQL folders of launchers that are gone (killed with -9, which gave them no
     chance to); the folders removed. A folder's name carries its launcher's process id."""
     removed: list[Path] = []
+    # Only the folders this user's launchers make (the server's account owns them: postgres under root): a
+    # launcher of another user, or in another container sharing /tmp, may look gone from here.
+    owner = _data_dir_owner()
     for folder in Path(root or tempfile.gettempdir()).glob(f"{_DATA_DIR_PREFIX}*-*"):
         launcher = folder.name.removeprefix(_DATA_DIR_PREFIX).split("-", 1)[0]
-        if launcher.isdigit() and not _alive(int(launcher)):
-            shutil.rmtree(folder, ignore_errors=True)
+        if not (launcher.isascii() and launcher.isdigit()) or _alive(int(launcher)):
+            continue
+        with contextlib.suppress(OSError):
+            if folder.stat().st_uid == owner:
+                shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
             removed.append(folder)
     return removed
+
+
+def _data_dir_owner() -> int | None:
+    """The account that owns this user's throwaway PostgreSQL folders (None: no such account here)."""
+    if os.geteuid() != 0:
+        return os.geteuid()
+    try:
+        return pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        return None
 
 
 def _alive(pid: int) -> bool:
