@@ -19,9 +19,11 @@ from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis import errors
 from shopmesh_chassis.breaker import BreakerState
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import free_port
+from shopmesh_gateway.clients import CatalogClient
 from shopmesh_platform.stack import Stack
 
 from .gateway_fakes import PASSWORD, Fakes, fakes_serving
@@ -231,6 +233,15 @@ async def test_product_page_falls_back_when_recommendations_fail_with_a_status_w
         assert page.product.id == "prod_chef_knife"
         assert page.recommendations_degraded
         assert page.recommendations
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED])
+async def test_the_fallbacks_catalog_listing_fails_as_a_domain_error_whatever_the_status(code: grpc.StatusCode) -> None:
+    """The fallback recommendations are optional too: a status without details from catalog (a proxy's
+    reset, an older catalog) must degrade the page like any other failure, not fail it with INTERNAL."""
+    async with answering_only(code, "upstream reset") as broken, grpc.aio.insecure_channel(broken) as channel:
+        with pytest.raises(errors.DomainError):
+            await CatalogClient(channel, timeout=5).products_in_category("kitchen", 5)
 
 
 async def test_hanging_recommendations_open_the_breaker_and_pages_stop_waiting_for_them(

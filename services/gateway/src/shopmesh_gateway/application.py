@@ -10,8 +10,6 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-import grpc
-
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2
@@ -118,9 +116,7 @@ class ProductPages:
         try:
             # One more than shown: the product itself is usually among its category's first page.
             candidates = await self._catalog.products_in_category(category, limit + 1)
-        except (errors.DomainError, grpc.aio.AioRpcError) as exc:
-            # Detail-less statuses too: the catalog client passes them on as they came (for the required
-            # calls, an INTERNAL the chassis logs), but nothing of this optional part may fail the page.
+        except errors.DomainError as exc:
             log.warning("fallback recommendations failed: %r", exc, extra={"product_id": product_id})
             return [], True
         return [_as_recommendation(p) for p in shown(candidates, product_id, limit, lambda p: p.id)], True

@@ -74,10 +74,15 @@ class CatalogClient:
         return response.product
 
     async def products_in_category(self, category: str, limit: int) -> list[catalog_pb2.Product]:
-        with calling("catalog"):
-            response = await self._stub.ListProducts(
-                catalog_pb2.ListProductsRequest(category=category, page_size=limit), timeout=self._timeout
-            )
+        """For the product page's fallback recommendations, which are optional: every failure is a domain
+        error (as with RecommendationsClient), a status without details too."""
+        try:
+            with calling("catalog"):
+                response = await self._stub.ListProducts(
+                    catalog_pb2.ListProductsRequest(category=category, page_size=limit), timeout=self._timeout
+                )
+        except grpc.aio.AioRpcError as error:
+            raise dependency_unavailable("catalog", error.code()) from error
         return list(response.products)
 
     async def list_products(self, request: catalog_pb2.ListProductsRequest) -> catalog_pb2.ListProductsResponse:
