@@ -548,3 +548,71 @@ async def test_a_refusal_worded_in_latin_1_fails_the_notification_instead_of_bre
     finally:
         server.close()
         await server.wait_closed()
+
+
+@sqlite_only
+async def test_a_confirmation_still_being_retried_when_its_order_is_cancelled_is_not_sent_after_the_cancellation(
+    database: Database,
+) -> None:
+    """Review finding: the intake skips a confirmation applied after the cancellation, but a confirmation
+    recorded first whose e-mail is still PENDING (the relay was away, its attempt is backing off) is sent
+    after the cancellation's e-mail once the relay answers again: the customer is told last that the
+    cancelled order is confirmed, which docs/architecture.md now says cannot happen."""
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    sent: list[EventKind] = []
+
+    class FlakyMailer:
+        """Away for the first attempt, then fine."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def send(self, notification: Notification) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise DeliveryFailed("SMTP server did not answer in time", permanent=False)
+            sent.append(notification.kind)
+
+    intake = NotificationIntake(clock=lambda: now[0])
+    sender = NotificationSender(
+        database, FlakyMailer(), RetryPolicy(5, 60.0, 600.0), claim_seconds=10, clock=lambda: now[0]
+    )
+    confirmation = Event("evt_c2", ORDER_CONFIRMED, confirmed_event("evt_c2", "ord_r"), {}, 1)
+    cancellation = Event("evt_x2", ORDER_CANCELLED, cancelled_event("evt_x2", "ord_r"), {}, 2)
+    async with database.transaction() as session:
+        await intake(session, confirmation)
+    assert await sender.send_due() == 1  # the relay is away: the confirmation backs off for 60 s
+    now[0] += timedelta(seconds=1)
+    async with database.transaction() as session:
+        await intake(session, cancellation)
+    await sender.send_due()  # the cancellation goes out
+    now[0] += timedelta(seconds=120)
+    await sender.send_due()  # the confirmation's retry
+    assert sent[0] is EventKind.ORDER_CANCELLED
+    assert sent == [EventKind.ORDER_CANCELLED], f"e-mails in the order sent: {sent}"
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_confirmation_applied_while_its_orders_cancellation_is_being_applied_is_not_recorded(
+    database: Database,
+) -> None:
+    """Review finding: the intake's look for the cancellation is a plain read under READ COMMITTED. A
+    confirmation applied by another replica (or the replay loop) while the cancellation's transaction is
+    still open does not see it, and both e-mails are recorded: the "concurrently consumed" case the fix
+    names is not covered on PostgreSQL."""
+    intake = NotificationIntake()
+    cancellation = Event("evt_x3", ORDER_CANCELLED, cancelled_event("evt_x3", "ord_p"), {}, 2)
+    confirmation = Event("evt_c3", ORDER_CONFIRMED, confirmed_event("evt_c3", "ord_p"), {}, 1)
+    cancelling = database.transaction()
+    session = await cancelling.__aenter__()
+    try:
+        await intake(session, cancellation)
+        # Meanwhile another consumer applies the (retried) confirmation; it must not outlive the cancellation.
+        async with database.transaction() as other:
+            await asyncio.wait_for(intake(other, confirmation), 10)
+    finally:
+        await cancelling.__aexit__(None, None, None)
+    async with database.transaction() as session:
+        listed = await NotificationRepository(session).list_for_user("usr_1", 100, None)
+    kinds = sorted(n.kind.value for n in listed if n.order_id == "ord_p" and n.state is State.PENDING)
+    assert kinds == ["ORDER_CANCELLED"], kinds
