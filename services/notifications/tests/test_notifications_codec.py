@@ -65,8 +65,8 @@ def test_a_payload_that_is_not_the_subjects_event_is_invalid(subject: str, paylo
         order_event(subject, "evt_1", payload)
 
 
-def test_a_pending_notification_has_no_sent_at_and_a_sent_one_has() -> None:
-    pending = Notification(
+def notification(kind: EventKind) -> Notification:
+    return Notification(
         id="ntf_1",
         user_id="usr_1",
         order_id="ord_1",
@@ -75,12 +75,22 @@ def test_a_pending_notification_has_no_sent_at_and_a_sent_one_has() -> None:
         subject="s",
         body="b",
         message_id="<evt_1@shopmesh.notifications>",
-        kind=EventKind.ORDER_CANCELLED,
+        kind=kind,
         event_id="evt_1",
         created_at=NOW,
     )
+
+
+def test_a_pending_notification_has_no_sent_at_and_a_sent_one_has() -> None:
+    pending = notification(EventKind.ORDER_CANCELLED)
     message = notification_to_proto(pending)
     assert message.state == notifications_pb2.NOTIFICATION_STATE_PENDING
     assert message.kind == notifications_pb2.NOTIFICATION_KIND_ORDER_CANCELLED
     assert not message.HasField("sent_at")
     assert notification_to_proto(pending.sent(NOW)).sent_at.ToDatetime(tzinfo=UTC) == NOW
+
+
+def test_a_superseded_confirmation_is_listed_as_superseded_with_no_failure_and_no_sent_at() -> None:
+    message = notification_to_proto(notification(EventKind.ORDER_CONFIRMED).superseded())
+    assert message.state == notifications_pb2.NOTIFICATION_STATE_SUPERSEDED
+    assert (message.failure_reason, message.HasField("sent_at")) == ("", False)

@@ -157,13 +157,32 @@ def test_a_failure_reason_is_kept_as_text_every_database_stores(reply: str, stor
     failed.failure_reason.encode()
 
 
-@pytest.mark.parametrize("final", [pending().sent(NOW), pending().delivery_failed("x", NOW, POLICY, permanent=True)])
-def test_a_sent_or_failed_notification_takes_no_further_delivery_outcome(final: Notification) -> None:
+def test_a_superseded_confirmation_is_final_without_an_attempt_or_a_failure() -> None:
+    retrying = pending().delivery_failed("connection refused", NOW, POLICY, permanent=False)
+    superseded = retrying.superseded()
+    assert (superseded.state, superseded.attempts, superseded.next_attempt_at) == (State.SUPERSEDED, 1, None)
+    assert (superseded.failure_reason, superseded.sent_at) == ("", None)
+
+
+def test_only_a_confirmation_is_superseded() -> None:
+    cancellation = replace(pending(), kind=EventKind.ORDER_CANCELLED)
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        cancellation.superseded()
+    assert caught.value.reason == "NOTIFICATION_NOT_SUPERSEDABLE"
+
+
+@pytest.mark.parametrize(
+    "final",
+    [pending().sent(NOW), pending().delivery_failed("x", NOW, POLICY, permanent=True), pending().superseded()],
+)
+def test_a_final_notification_takes_no_further_delivery_outcome(final: Notification) -> None:
     with pytest.raises(errors.FailedPrecondition) as caught:
         final.sent(NOW)
     assert caught.value.reason == "NOTIFICATION_NOT_PENDING"
     with pytest.raises(errors.FailedPrecondition):
         final.delivery_failed("again", NOW, POLICY, permanent=False)
+    with pytest.raises(errors.FailedPrecondition):
+        final.superseded()
 
 
 def test_list_request_validation_reports_every_bad_field() -> None:

@@ -1,7 +1,8 @@
 """The sender: delivers PENDING notifications one by one, outside any database transaction.
 
 Each attempt is claimed first (a conditional UPDATE moves the notification's next attempt to the end of
-the claim), then sent, then its outcome recorded. A sender killed after the mail server accepted an
+the claim), then sent, then its outcome recorded. An order confirmation whose order's cancellation is
+recorded by the time it is claimed is not sent but SUPERSEDED. A sender killed after the mail server accepted an
 e-mail but before SENT was recorded sends it again once the claim runs out: at least once, with the
 same Message-ID, which mail servers, mail clients and the local SMTP sink recognise as one message.
 """
@@ -17,6 +18,7 @@ from typing import Protocol
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tasks import cancel_and_wait
+from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
 from shopmesh_notifications.mailer import DeliveryFailed
 from shopmesh_notifications.store.repository import NotificationRepository
@@ -120,9 +122,25 @@ class NotificationSender:
     async def _attempt(self, notification_id: str) -> int:
         now = self._clock()
         async with self._db.transaction() as session:
-            notification = await NotificationRepository(session).claim(notification_id, now, now + self._claim)
-        if notification is None:
-            return 0  # another sender took it, or it is no longer due
+            repository = NotificationRepository(session)
+            notification = await repository.claim(notification_id, now, now + self._claim)
+            if notification is None:
+                return 0  # another sender took it, or it is no longer due
+            # The intake records no confirmation applied after its order's cancellation, but one recorded
+            # before it can still be waiting for its first attempt or a retry: sent now, it would reach the
+            # customer after the cancellation's e-mail. So each attempt looks again, in its claim's transaction.
+            superseded = notification.kind is EventKind.ORDER_CONFIRMED and await repository.order_cancelled(
+                notification.order_id
+            )
+            if superseded:
+                await repository.record_delivery(notification.superseded())
+        if superseded:
+            log.info(
+                "notification %s superseded: its order's cancellation came first",
+                notification.id,
+                extra={"order_id": notification.order_id, "event_id": notification.event_id},
+            )
+            return 0
         try:
             await self._mailer.send(notification)
         except DeliveryFailed as failure:

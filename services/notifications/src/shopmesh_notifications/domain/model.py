@@ -1,5 +1,7 @@
 """A notification and its delivery state machine: PENDING → SENT, or PENDING → FAILED after the last
-attempt (or at once when the mail server refuses it for good). SENT and FAILED are final."""
+attempt (or at once when the mail server refuses it for good), or PENDING → SUPERSEDED for an order
+confirmation not sent before its order's cancellation was recorded. SENT, FAILED and SUPERSEDED are
+final."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class State(Enum):
     PENDING = "PENDING"
     SENT = "SENT"
     FAILED = "FAILED"
+    SUPERSEDED = "SUPERSEDED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,18 @@ class Notification:
     def sent(self, at: datetime) -> Notification:
         self._require_pending()
         return replace(self, state=State.SENT, attempts=self.attempts + 1, sent_at=at, next_attempt_at=None)
+
+    def superseded(self) -> Notification:
+        """Never to be sent: told of the cancellation, the customer must not be told next that the order is
+        confirmed. Not a failed delivery: no attempt is counted and no failure reason given."""
+        self._require_pending()
+        if self.kind is not EventKind.ORDER_CONFIRMED:
+            raise errors.FailedPrecondition(
+                f"notification {self.id} is about {self.kind.value}: only a confirmation is superseded",
+                reason="NOTIFICATION_NOT_SUPERSEDABLE",
+                metadata={"notification_id": self.id},
+            )
+        return replace(self, state=State.SUPERSEDED, next_attempt_at=None)
 
     def delivery_failed(self, reason: str, at: datetime, policy: RetryPolicy, *, permanent: bool) -> Notification:
         """One attempt failed: try again after the policy's delay, or give up for good."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-shopmesh/notifications/v1/notifications.proto\x12\x19shopmesh.notifications.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x03\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12?\n\x07\x63hannel\x18\x04 \x01(\x0e\x32..shopmesh.notifications.v1.NotificationChannel\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12;\n\x05state\x18\x07 \x01(\x0e\x32,.shopmesh.notifications.v1.NotificationState\x12\x39\n\x04kind\x18\x08 \x01(\x0e\x32+.shopmesh.notifications.v1.NotificationKind\x12\x10\n\x08\x65vent_id\x18\t \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x18ListNotificationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"t\n\x19ListNotificationsResponse\x12>\n\rnotifications\x18\x01 \x03(\x0b\x32\'.shopmesh.notifications.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*[\n\x13NotificationChannel\x12$\n NOTIFICATION_CHANNEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aNOTIFICATION_CHANNEL_EMAIL\x10\x01*\x93\x01\n\x11NotificationState\x12\"\n\x1eNOTIFICATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aNOTIFICATION_STATE_PENDING\x10\x01\x12\x1b\n\x17NOTIFICATION_STATE_SENT\x10\x02\x12\x1d\n\x19NOTIFICATION_STATE_FAILED\x10\x03*\x83\x01\n\x10NotificationKind\x12!\n\x1dNOTIFICATION_KIND_UNSPECIFIED\x10\x00\x12%\n!NOTIFICATION_KIND_ORDER_CONFIRMED\x10\x01\x12%\n!NOTIFICATION_KIND_ORDER_CANCELLED\x10\x02\x32\x9c\x01\n\x14NotificationsService\x12\x83\x01\n\x11ListNotifications\x12\x33.shopmesh.notifications.v1.ListNotificationsRequest\x1a\x34.shopmesh.notifications.v1.ListNotificationsResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-shopmesh/notifications/v1/notifications.proto\x12\x19shopmesh.notifications.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x03\n\x0cNotification\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12?\n\x07\x63hannel\x18\x04 \x01(\x0e\x32..shopmesh.notifications.v1.NotificationChannel\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12;\n\x05state\x18\x07 \x01(\x0e\x32,.shopmesh.notifications.v1.NotificationState\x12\x39\n\x04kind\x18\x08 \x01(\x0e\x32+.shopmesh.notifications.v1.NotificationKind\x12\x10\n\x08\x65vent_id\x18\t \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x18ListNotificationsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"t\n\x19ListNotificationsResponse\x12>\n\rnotifications\x18\x01 \x03(\x0b\x32\'.shopmesh.notifications.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*[\n\x13NotificationChannel\x12$\n NOTIFICATION_CHANNEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aNOTIFICATION_CHANNEL_EMAIL\x10\x01*\xb6\x01\n\x11NotificationState\x12\"\n\x1eNOTIFICATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aNOTIFICATION_STATE_PENDING\x10\x01\x12\x1b\n\x17NOTIFICATION_STATE_SENT\x10\x02\x12\x1d\n\x19NOTIFICATION_STATE_FAILED\x10\x03\x12!\n\x1dNOTIFICATION_STATE_SUPERSEDED\x10\x04*\x83\x01\n\x10NotificationKind\x12!\n\x1dNOTIFICATION_KIND_UNSPECIFIED\x10\x00\x12%\n!NOTIFICATION_KIND_ORDER_CONFIRMED\x10\x01\x12%\n!NOTIFICATION_KIND_ORDER_CANCELLED\x10\x02\x32\x9c\x01\n\x14NotificationsService\x12\x83\x01\n\x11ListNotifications\x12\x33.shopmesh.notifications.v1.ListNotificationsRequest\x1a\x34.shopmesh.notifications.v1.ListNotificationsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONCHANNEL']._serialized_start=731
   _globals['_NOTIFICATIONCHANNEL']._serialized_end=822
   _globals['_NOTIFICATIONSTATE']._serialized_start=825
-  _globals['_NOTIFICATIONSTATE']._serialized_end=972
-  _globals['_NOTIFICATIONKIND']._serialized_start=975
-  _globals['_NOTIFICATIONKIND']._serialized_end=1106
+  _globals['_NOTIFICATIONSTATE']._serialized_end=1007
+  _globals['_NOTIFICATIONKIND']._serialized_start=1010
+  _globals['_NOTIFICATIONKIND']._serialized_end=1141
   _globals['_NOTIFICATION']._serialized_start=110
   _globals['_NOTIFICATION']._serialized_end=527
   _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=529
   _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=611
   _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=613
   _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=729
-  _globals['_NOTIFICATIONSSERVICE']._serialized_start=1109
-  _globals['_NOTIFICATIONSSERVICE']._serialized_end=1265
+  _globals['_NOTIFICATIONSSERVICE']._serialized_start=1144
+  _globals['_NOTIFICATIONSSERVICE']._serialized_end=1300
 # @@protoc_insertion_point(module_scope)

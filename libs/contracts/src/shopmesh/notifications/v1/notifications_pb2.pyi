@@ -5,9 +5,11 @@ Customer notifications sent in reaction to order events.
 
 The service consumes OrderConfirmed and OrderCancelled events
 (shopmesh/orders/v1/events.proto) from the JetStream stream `ORDERS` and
-sends one e-mail per event, except for an OrderConfirmed applied after its
-order's OrderCancelled (a retried or replayed confirmation), which sends
-none. It is idempotent per event: at most one Notification exists per
+sends one e-mail per event, except that no order confirmation is sent once
+its order's cancellation is recorded: an OrderConfirmed applied after it (a
+retried or replayed confirmation) records no notification, and one recorded
+before it but not yet sent (waiting for its first attempt or a retry) ends
+SUPERSEDED. It is idempotent per event: at most one Notification exists per
 (event_id, channel), so redelivered events send nothing new.
 
 Ownership: when the `x-user-id` header is present, user_id must equal it
@@ -67,6 +69,12 @@ class _NotificationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Not
     """Handed over to the delivery provider."""
     NOTIFICATION_STATE_FAILED: _NotificationState.ValueType  # 3
     """Delivery failed permanently; see Notification.failure_reason."""
+    NOTIFICATION_STATE_SUPERSEDED: _NotificationState.ValueType  # 4
+    """Not sent, and never will be: an order confirmation whose order's
+    cancellation was recorded before it could be sent, so that the customer is
+    not told last that a cancelled order is confirmed. Final, like SENT and
+    FAILED; not a delivery failure. Clients that predate it see the number 4.
+    """
 
 class NotificationState(_NotificationState, metaclass=_NotificationStateEnumTypeWrapper):
     """Delivery state of a notification."""
@@ -79,6 +87,12 @@ NOTIFICATION_STATE_SENT: NotificationState.ValueType  # 2
 """Handed over to the delivery provider."""
 NOTIFICATION_STATE_FAILED: NotificationState.ValueType  # 3
 """Delivery failed permanently; see Notification.failure_reason."""
+NOTIFICATION_STATE_SUPERSEDED: NotificationState.ValueType  # 4
+"""Not sent, and never will be: an order confirmation whose order's
+cancellation was recorded before it could be sent, so that the customer is
+not told last that a cancelled order is confirmed. Final, like SENT and
+FAILED; not a delivery failure. Clients that predate it see the number 4.
+"""
 Global___NotificationState: _TypeAlias = NotificationState  # noqa: Y015
 
 class _NotificationKind:

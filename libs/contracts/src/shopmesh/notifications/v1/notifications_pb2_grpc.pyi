@@ -5,9 +5,11 @@ Customer notifications sent in reaction to order events.
 
 The service consumes OrderConfirmed and OrderCancelled events
 (shopmesh/orders/v1/events.proto) from the JetStream stream `ORDERS` and
-sends one e-mail per event, except for an OrderConfirmed applied after its
-order's OrderCancelled (a retried or replayed confirmation), which sends
-none. It is idempotent per event: at most one Notification exists per
+sends one e-mail per event, except that no order confirmation is sent once
+its order's cancellation is recorded: an OrderConfirmed applied after it (a
+retried or replayed confirmation) records no notification, and one recorded
+before it but not yet sent (waiting for its first attempt or a retry) ends
+SUPERSEDED. It is idempotent per event: at most one Notification exists per
 (event_id, channel), so redelivered events send nothing new.
 
 Ownership: when the `x-user-id` header is present, user_id must equal it
