@@ -599,19 +599,27 @@ async def test_a_confirmation_applied_while_its_orders_cancellation_is_being_app
     """Review finding: the intake's look for the cancellation is a plain read under READ COMMITTED. A
     confirmation applied by another replica (or the replay loop) while the cancellation's transaction is
     still open does not see it, and both e-mails are recorded: the "concurrently consumed" case the fix
-    names is not covered on PostgreSQL."""
+    names is not covered on PostgreSQL. The confirmation cannot be decided while the cancellation's
+    transaction is open (it may still roll back): it waits for its outcome, then finds it."""
     intake = NotificationIntake()
     cancellation = Event("evt_x3", ORDER_CANCELLED, cancelled_event("evt_x3", "ord_p"), {}, 2)
     confirmation = Event("evt_c3", ORDER_CONFIRMED, confirmed_event("evt_c3", "ord_p"), {}, 1)
+
+    async def apply_confirmation() -> None:
+        async with database.transaction() as other:
+            await intake(other, confirmation)
+
     cancelling = database.transaction()
     session = await cancelling.__aenter__()
     try:
         await intake(session, cancellation)
         # Meanwhile another consumer applies the (retried) confirmation; it must not outlive the cancellation.
-        async with database.transaction() as other:
-            await asyncio.wait_for(intake(other, confirmation), 10)
+        confirming = asyncio.create_task(apply_confirmation())
+        await asyncio.sleep(0.3)
+        assert not confirming.done(), "the confirmation was decided before the cancellation's outcome"
     finally:
         await cancelling.__aexit__(None, None, None)
+    await asyncio.wait_for(confirming, 10)
     async with database.transaction() as session:
         listed = await NotificationRepository(session).list_for_user("usr_1", 100, None)
     kinds = sorted(n.kind.value for n in listed if n.order_id == "ord_p" and n.state is State.PENDING)

@@ -40,6 +40,8 @@ class NotificationIntake:
         # Orders publishes a confirmation before its cancellation, but a retried, replayed or concurrently
         # consumed confirmation can be applied after it: the customer, told the order is cancelled, must
         # not be told next that it is confirmed. The event is still recorded as applied, with no e-mail.
+        # The lock makes a confirmation applied while its cancellation is being applied wait, then see it.
+        await repository.lock_order(order.order_id)
         if order.kind is EventKind.ORDER_CONFIRMED and await repository.order_cancelled(order.order_id):
             log.info(
                 "no confirmation for %s: the order's cancellation came first",

@@ -6,12 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 
 from shopmesh_chassis.db import DbConnection, as_utc
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.store.tables import notifications
+
+# The advisory locks' namespace (their first key) for per-order locks: notifications' own, apart from the
+# chassis' single-key locks (migrations, outbox relay).
+_ORDER_LOCKS = 0x4E544659  # "NTFY"
 
 
 def _delivery_values(notification: Notification) -> dict[str, Any]:
@@ -74,6 +78,20 @@ class NotificationRepository:
             await self._session.execute(select(notifications).where(notifications.c.id == notification_id))
         ).one_or_none()
         return None if row is None else _from_row(row)
+
+    async def lock_order(self, order_id: str) -> None:
+        """Until this transaction ends, no other one that locks the order records a notification of it.
+
+        Under PostgreSQL's READ COMMITTED a look for the order's cancellation does not see one whose
+        transaction is still open, and the confirmation would be recorded beside it. A transaction-level
+        advisory lock (released at commit or rollback) makes the second wait for the first's outcome; the
+        key is the order id's hash, in a namespace of its own (an unlucky collision only makes two orders
+        wait for each other). SQLite needs none: BEGIN IMMEDIATE already runs writers one at a time."""
+        if self._session.dialect.name == "postgresql":
+            await self._session.execute(
+                text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:order_id))"),
+                {"namespace": _ORDER_LOCKS, "order_id": order_id},
+            )
 
     async def order_cancelled(self, order_id: str) -> bool:
         """Whether the order's cancellation e-mail is recorded (ix_notifications_order)."""
