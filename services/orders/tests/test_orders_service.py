@@ -132,3 +132,16 @@ async def test_an_order_whose_total_exceeds_int64_is_refused_and_leaves_the_user
     assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
     listed = await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1"))
     assert all(o.state != orders_pb2.ORDER_STATE_PENDING for o in listed.orders)
+
+
+async def test_list_orders_names_a_negative_page_size_and_a_malformed_page_token_together(
+    stub: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
+    """Review finding: the sibling of the ListNotifications fix (85dd58e). The transport's page_size() raises
+    before the application decodes the token, so page_size=-1 with a garbage token names page_size alone
+    (VALIDATION_FAILED): a paging client is never told to start again from the first page."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1", page_size=-1, page_token="not-a-token!"))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+    assert sorted(v.field for v in details.field_violations) == ["page_size", "page_token"]
