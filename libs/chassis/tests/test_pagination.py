@@ -18,6 +18,7 @@ from shopmesh_chassis.pagination import (
     decode_instant,
     decode_page_token,
     encode_page_token,
+    instant_page_key,
     invalid_request,
     page_token_key,
 )
@@ -110,3 +111,15 @@ def test_a_request_validated_field_by_field_collects_a_bad_tokens_violation_with
     failed = invalid_request(violations)
     assert failed.reason == INVALID_PAGE_TOKEN
     assert [v.field for v in failed.violations] == ["page_size", "page_token"]
+
+
+def test_an_instant_keyed_token_names_a_bad_instant_as_a_bad_token_beside_the_other_fields() -> None:
+    issued = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    violations = [FieldViolation("user_id", "required", "REQUIRED")]
+    assert instant_page_key(encode_page_token((issued.isoformat(), "ord_1"), FILTERS), FILTERS, violations) == (
+        issued,
+        "ord_1",
+    )
+    assert instant_page_key(forged(["2026-03-01T12:30:00+05:00", "ord_1"]), FILTERS, violations) is None
+    failed = invalid_request(violations)
+    assert (failed.reason, [v.field for v in failed.violations]) == (INVALID_PAGE_TOKEN, ["user_id", "page_token"])

@@ -92,6 +92,21 @@ def page_token_key(
         return None
 
 
+def instant_page_key(
+    token: str, filters: Mapping[str, str], violations: list[FieldViolation]
+) -> tuple[datetime, str] | None:
+    """`page_token_key` for pages keyed by (created_at, id), the instant as `datetime.isoformat()` writes
+    it (`decode_instant`): a bad instant is a bad token, named with the other bad fields."""
+    key = page_token_key(token, filters, (str, str), violations)
+    if key is None:
+        return None
+    try:
+        return decode_instant(str(key[0])), str(key[1])
+    except InvalidArgument as exc:
+        violations.extend(exc.violations)
+        return None
+
+
 def invalid_request(violations: Sequence[FieldViolation]) -> InvalidArgument:
     """INVALID_ARGUMENT naming every bad field. Reason INVALID_PAGE_TOKEN whenever the page token is one of
     them, as a client that pages must learn to start again from the first page; VALIDATION_FAILED otherwise."""

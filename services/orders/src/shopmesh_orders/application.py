@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.idempotency import validate_key
-from shopmesh_chassis.pagination import decode_instant, decode_page_token, encode_page_token
+from shopmesh_chassis.pagination import encode_page_token
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
 from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
@@ -23,7 +23,9 @@ from shopmesh_orders.domain.validation import (
     PlaceOrder,
     check_card_current,
     check_owner,
+    list_filters,
     validate_cancel_reason,
+    validate_list_orders,
     validate_order_id,
     validate_place_order,
     validate_totals,
@@ -185,24 +187,16 @@ class OrdersApplication:
     async def get_order(self, order_id: str) -> Order:
         return await self._load(validate_order_id(order_id), owner_check=True)
 
-    async def list_orders(self, user_id: str, size: int, page_token: str) -> tuple[list[Order], str]:
-        if not user_id:
-            raise errors.InvalidArgument(
-                "user_id is required", [errors.FieldViolation("user_id", "required", "REQUIRED")]
-            )
+    async def list_orders(self, user_id: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
+        query = validate_list_orders(user_id, page_size, page_token)
         check_owner(user_id, _caller_user())
-        filters = {"user_id": user_id}
-        after = None
-        if page_token:
-            created_at, order_id = decode_page_token(page_token, filters, (str, str))
-            after = (decode_instant(str(created_at)), str(order_id))
         async with self._db.read() as session:
-            page = await OrderRepository(session).list_for_user(user_id, size + 1, after)
+            page = await OrderRepository(session).list_for_user(user_id, query.limit + 1, query.after)
         token = ""
-        if len(page) > size:
-            page = page[:size]
+        if len(page) > query.limit:
+            page = page[: query.limit]
             last = page[-1]
-            token = encode_page_token([last.created_at.isoformat(), last.id], filters)
+            token = encode_page_token([last.created_at.isoformat(), last.id], list_filters(user_id))
         return page, token
 
     # --- CancelOrder ------------------------------------------------------------------------------

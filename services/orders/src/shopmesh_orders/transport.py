@@ -7,7 +7,6 @@ from typing import Any
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh_chassis.client import idempotency_key_of
 from shopmesh_chassis.idempotency import RequestFingerprint
-from shopmesh_chassis.pagination import page_size
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.codec import order_to_proto
 from shopmesh_orders.domain.model import Address
@@ -48,7 +47,7 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
         return orders_pb2.GetOrderResponse(order=order_to_proto(await self._app.get_order(request.order_id)))
 
     async def ListOrders(self, request: orders_pb2.ListOrdersRequest, context: Any) -> orders_pb2.ListOrdersResponse:
-        orders, token = await self._app.list_orders(request.user_id, page_size(request.page_size), request.page_token)
+        orders, token = await self._app.list_orders(request.user_id, request.page_size, request.page_token)
         return orders_pb2.ListOrdersResponse(orders=[order_to_proto(o) for o in orders], next_page_token=token)
 
     async def CancelOrder(self, request: orders_pb2.CancelOrderRequest, context: Any) -> orders_pb2.CancelOrderResponse:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.errors import FieldViolation
-from shopmesh_chassis.pagination import decode_instant, invalid_request, page_token_key
+from shopmesh_chassis.pagination import instant_page_key, invalid_request
 from shopmesh_notifications.domain.events import MAX_ID
 
 
@@ -25,13 +25,7 @@ def validate_list_request(user_id: str, page_size: int, page_token: str) -> tupl
         violations.append(FieldViolation("user_id", f"must have at most {MAX_ID} characters", "INVALID_LENGTH"))
     if page_size < 0:
         violations.append(FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE"))
-    after = None
-    key = page_token_key(page_token, list_filters(user_id), (str, str), violations)
-    if key is not None:
-        try:
-            after = (decode_instant(str(key[0])), str(key[1]))
-        except errors.InvalidArgument as exc:
-            violations.extend(exc.violations)
+    after = instant_page_key(page_token, list_filters(user_id), violations)
     if violations:
         raise invalid_request(violations)
     return after

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
-from shopmesh_chassis import errors
+from shopmesh_chassis import errors, pagination
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_orders.domain.model import Address, OrderLine
 
@@ -169,6 +169,32 @@ def validate_cancel_reason(reason: str) -> str:
             reason="VALIDATION_FAILED",
         )
     return reason
+
+
+@dataclass(frozen=True, slots=True)
+class ListOrdersQuery:
+    user_id: str
+    limit: int
+    # (created_at, id) of the last order of the previous page; pages run newest first.
+    after: tuple[datetime, str] | None
+
+
+def list_filters(user_id: str) -> dict[str, str]:
+    # A page token belongs to the user it listed.
+    return {"user_id": user_id}
+
+
+def validate_list_orders(user_id: str, page_size: int, page_token: str) -> ListOrdersQuery:
+    """Every bad field is named at once; reason INVALID_PAGE_TOKEN whenever the token is one of them, so a
+    client that pages learns to start again from the first page."""
+    violations: list[FieldViolation] = []
+    _text(violations, "user_id", user_id, 1, MAX_ID)
+    if page_size < 0:
+        violations.append(FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE"))
+    after = pagination.instant_page_key(page_token, list_filters(user_id), violations)
+    if violations:
+        raise pagination.invalid_request(violations)
+    return ListOrdersQuery(user_id=user_id, limit=pagination.page_size(page_size), after=after)
 
 
 def check_owner(user_id: str, caller_user_id: str | None) -> None:

@@ -106,9 +106,11 @@ class OrdersServiceStub:
     """Lists a user's orders in every state, newest first (`created_at`
     descending, then `id` descending).
 
-    Errors: INVALID_ARGUMENT (empty user_id, negative page_size, ErrorInfo
-    reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
-    UNAVAILABLE. A user without orders yields an empty list.
+    Errors: INVALID_ARGUMENT naming every bad field at once (empty or too
+    long user_id, negative page_size, bad page_token), ErrorInfo reason
+    INVALID_PAGE_TOKEN whenever page_token is one of them, else
+    VALIDATION_FAILED; PERMISSION_DENIED (reason USER_MISMATCH); UNAVAILABLE.
+    A user without orders yields an empty list.
 
     No side effects: safe to retry.
     """
@@ -194,9 +196,11 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     """Lists a user's orders in every state, newest first (`created_at`
     descending, then `id` descending).
 
-    Errors: INVALID_ARGUMENT (empty user_id, negative page_size, ErrorInfo
-    reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
-    UNAVAILABLE. A user without orders yields an empty list.
+    Errors: INVALID_ARGUMENT naming every bad field at once (empty or too
+    long user_id, negative page_size, bad page_token), ErrorInfo reason
+    INVALID_PAGE_TOKEN whenever page_token is one of them, else
+    VALIDATION_FAILED; PERMISSION_DENIED (reason USER_MISMATCH); UNAVAILABLE.
+    A user without orders yields an empty list.
 
     No side effects: safe to retry.
     """
@@ -297,9 +301,11 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists a user's orders in every state, newest first (`created_at`
         descending, then `id` descending).
 
-        Errors: INVALID_ARGUMENT (empty user_id, negative page_size, ErrorInfo
-        reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
-        UNAVAILABLE. A user without orders yields an empty list.
+        Errors: INVALID_ARGUMENT naming every bad field at once (empty or too
+        long user_id, negative page_size, bad page_token), ErrorInfo reason
+        INVALID_PAGE_TOKEN whenever page_token is one of them, else
+        VALIDATION_FAILED; PERMISSION_DENIED (reason USER_MISMATCH); UNAVAILABLE.
+        A user without orders yields an empty list.
 
         No side effects: safe to retry.
         """
