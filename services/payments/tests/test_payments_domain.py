@@ -193,6 +193,7 @@ def test_list_rejects_a_negative_page_size_and_an_empty_order_id() -> None:
     with pytest.raises(errors.InvalidArgument) as caught:
         validate_list_payments("", -1, "")
     assert violations_of(caught.value) == {"order_id": "REQUIRED", "page_size": "OUT_OF_RANGE"}
+    assert caught.value.reason == "VALIDATION_FAILED"
 
 
 def test_a_page_token_carries_the_last_key_and_is_bound_to_the_order() -> None:

@@ -1,8 +1,9 @@
 """Validation of requests: INVALID_ARGUMENT with one FieldViolation per bad field.
 
 ErrorInfo reason: INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong (a caller can tell
-its user exactly that), INVALID_PAGE_TOKEN for a bad page token, VALIDATION_FAILED otherwise. Messages and
-descriptions never repeat a card number or CVV. Each `validate_*` returns what the use case runs with.
+its user exactly that); for ListPayments, INVALID_PAGE_TOKEN whenever the page token is one of the bad
+fields (the chassis' rule for every list); VALIDATION_FAILED otherwise. Messages and descriptions never
+repeat a card number or CVV. Each `validate_*` returns what the use case runs with.
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
-from shopmesh_chassis.pagination import (
-    INVALID_PAGE_TOKEN,
-    decode_page_token,
-    encode_page_token,
-    invalid_page_token,
-)
+from shopmesh_chassis.pagination import encode_page_token, invalid_page_token, invalid_request, page_token_key
 from shopmesh_payments.domain import cards
 from shopmesh_payments.domain.models import Card, Money, Payment
 
@@ -26,7 +22,7 @@ VALIDATION_FAILED = "VALIDATION_FAILED"
 INVALID_CARD_NUMBER = "INVALID_CARD_NUMBER"
 CARD_EXPIRED = "CARD_EXPIRED"
 # Reasons that name the whole problem when every violation has them.
-_SPECIFIC_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED, INVALID_PAGE_TOKEN})
+_SPECIFIC_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -161,17 +157,15 @@ def validate_payment_id(payment_id: str) -> str:
 
 
 def _after_key(page_token: str, order_id: str, violations: list[FieldViolation]) -> tuple[datetime, str] | None:
-    if not page_token:
+    key = page_token_key(page_token, _list_filters(order_id), (int, str), violations)
+    if key is None:
         return None
     try:
-        micros, last_id = decode_page_token(page_token, _list_filters(order_id), (int, str))
-        return _EPOCH + timedelta(microseconds=int(micros)), str(last_id)
-    except InvalidArgument as exc:
-        violations.extend(exc.violations)
+        return _EPOCH + timedelta(microseconds=int(key[0])), str(key[1])
     except OverflowError:
         # A forged token whose instant no datetime can hold.
         violations.extend(invalid_page_token("not a page token issued by this service").violations)
-    return None
+        return None
 
 
 def validate_list_payments(order_id: str, page_size: int, page_token: str) -> ListPaymentsQuery:
@@ -182,5 +176,5 @@ def validate_list_payments(order_id: str, page_size: int, page_token: str) -> Li
     limit = min(page_size, MAX_PAGE_SIZE) if page_size > 0 else DEFAULT_PAGE_SIZE
     after = _after_key(page_token, order_id, violations)
     if violations:
-        raise _fail(violations)
+        raise invalid_request(violations)
     return ListPaymentsQuery(order_id=order_id, limit=limit, after=after)

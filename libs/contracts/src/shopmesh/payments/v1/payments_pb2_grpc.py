@@ -130,9 +130,11 @@ class PaymentsServiceServicer:
         first (`created_at` descending, then `id` descending). Used by orders to
         reconcile a saga interrupted after Charge.
 
-        Errors: INVALID_ARGUMENT (empty order_id, negative page_size, ErrorInfo
-        reason INVALID_PAGE_TOKEN), UNAVAILABLE. An order without payments
-        yields an empty list, not NOT_FOUND.
+        Errors: INVALID_ARGUMENT naming every bad field at once (empty or too
+        long order_id, negative page_size, bad page_token), ErrorInfo reason
+        INVALID_PAGE_TOKEN whenever page_token is one of them, else
+        VALIDATION_FAILED; UNAVAILABLE. An order without payments yields an empty
+        list, not NOT_FOUND.
 
         No side effects: safe to retry.
         """
