@@ -31,7 +31,11 @@ class FakeCatalog:
     async def price(self, product_ids: Sequence[str]) -> dict[str, PricedProduct]:
         missing = [p for p in product_ids if p not in self.products]
         if missing:
-            raise errors.NotFound("unknown", reason="PRODUCT_NOT_FOUND", metadata={"product_ids": ",".join(missing)})
+            raise errors.NotFound(
+                "unknown",
+                reason="PRODUCT_NOT_FOUND",
+                metadata={"product_ids": ",".join(missing), "missing_count": str(len(missing))},
+            )
         return {p: self.products[p] for p in product_ids}
 
 

@@ -41,6 +41,21 @@ def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:
     return RuntimeError(f"{service} answered {error.code().name}: {error.details()}")
 
 
+def _products_not_found(error: grpc.aio.AioRpcError) -> errors.NotFound:
+    """Catalog's PRODUCT_NOT_FOUND, relayed with its metadata: the missing ids it listed (only the first ones
+    when their list is long) and how many are missing, which alone says whether that list is whole."""
+    details = details_of(error)
+    info = details.error_info.metadata if details.error_info else {}
+    listed = info.get("product_ids", "")
+    # A catalog from before missing_count listed every missing id.
+    count = info.get("missing_count") or str(len([p for p in listed.split(",") if p]))
+    return errors.NotFound(
+        f"{count} unknown products: {listed}",
+        reason="PRODUCT_NOT_FOUND",
+        metadata={"product_ids": listed, "missing_count": count},
+    )
+
+
 class CatalogClient:
     def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
@@ -53,11 +68,7 @@ class CatalogClient:
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                details = details_of(error)
-                missing = details.error_info.metadata.get("product_ids", "") if details.error_info else ""
-                raise errors.NotFound(
-                    f"unknown products: {missing}", reason="PRODUCT_NOT_FOUND", metadata={"product_ids": missing}
-                ) from None
+                raise _products_not_found(error) from None
             if error.code() in _TRANSIENT:
                 raise _unavailable("catalog", error) from None
             raise _unexpected("catalog", error) from None

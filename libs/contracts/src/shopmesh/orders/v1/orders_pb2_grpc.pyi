@@ -70,8 +70,11 @@ class OrdersServiceStub:
       not priced in `currency`; IDEMPOTENCY_KEY_MISSING /
       IDEMPOTENCY_KEY_REUSED.
     - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
-    - NOT_FOUND, reason PRODUCT_NOT_FOUND, metadata {"product_ids": ...}: no
-      order is recorded.
+    - NOT_FOUND, reason PRODUCT_NOT_FOUND: no order is recorded. Metadata, as
+      catalog's BatchGetProducts gives it: {"product_ids": "<missing ids,
+      comma-separated, in request order>", "missing_count": "<how many ids
+      are missing>"}; product_ids holds the first ones whose list fits in
+      1,000 characters (all of them unless they are many and long).
     - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
       matching cancel_reason. ErrorInfo reason INSUFFICIENT_STOCK (metadata
       "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
@@ -160,8 +163,11 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       not priced in `currency`; IDEMPOTENCY_KEY_MISSING /
       IDEMPOTENCY_KEY_REUSED.
     - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
-    - NOT_FOUND, reason PRODUCT_NOT_FOUND, metadata {"product_ids": ...}: no
-      order is recorded.
+    - NOT_FOUND, reason PRODUCT_NOT_FOUND: no order is recorded. Metadata, as
+      catalog's BatchGetProducts gives it: {"product_ids": "<missing ids,
+      comma-separated, in request order>", "missing_count": "<how many ids
+      are missing>"}; product_ids holds the first ones whose list fits in
+      1,000 characters (all of them unless they are many and long).
     - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
       matching cancel_reason. ErrorInfo reason INSUFFICIENT_STOCK (metadata
       "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
@@ -253,8 +259,11 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           not priced in `currency`; IDEMPOTENCY_KEY_MISSING /
           IDEMPOTENCY_KEY_REUSED.
         - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
-        - NOT_FOUND, reason PRODUCT_NOT_FOUND, metadata {"product_ids": ...}: no
-          order is recorded.
+        - NOT_FOUND, reason PRODUCT_NOT_FOUND: no order is recorded. Metadata, as
+          catalog's BatchGetProducts gives it: {"product_ids": "<missing ids,
+          comma-separated, in request order>", "missing_count": "<how many ids
+          are missing>"}; product_ids holds the first ones whose list fits in
+          1,000 characters (all of them unless they are many and long).
         - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
           matching cancel_reason. ErrorInfo reason INSUFFICIENT_STOCK (metadata
           "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
