@@ -11,9 +11,10 @@ import socket
 import struct
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -21,6 +22,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+import shopmesh_platform.stack as stack_module
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform.logsink import ConsoleSink
 from shopmesh_platform.smtp_sink import read_mail
@@ -389,3 +391,27 @@ async def test_a_process_that_dies_on_its_own_is_a_crash_but_one_the_stack_stops
     assert crash.summary == "alpha exited unexpectedly (killed by SIGKILL)"
     assert "alpha | " in str(crash)
     assert "last" in str(crash)
+
+
+async def test_processes_the_stack_restarts_together_are_not_crashes(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crashed`: "The stack's own stops and restarts (stop_service, start_service) are not crashes". `_launch`
+    clears `stopping` before it awaits the spawn, so while one restart is spawning (a loaded machine: here
+    alpha's takes 0.3 s), another's launch wakes `crashed`, which then waits on the first one's old, already
+    killed process and reports it."""
+    real_spawn = stack_module.spawn
+
+    async def slow_for_alpha(argv: Sequence[str], env: Mapping[str, str], **kwargs: Any) -> asyncio.subprocess.Process:
+        if env.get("SERVICE_NAME") == "alpha":
+            await asyncio.sleep(0.3)
+        return await real_spawn(argv, env, **kwargs)
+
+    monkeypatch.setattr(stack_module, "spawn", slow_for_alpha)
+    watching = asyncio.ensure_future(stack.crashed())
+    await stack.kill_service("alpha")
+    await stack.kill_service(NATS)
+    await asyncio.gather(stack.start_service(NATS), stack.start_service("alpha"))
+    await asyncio.sleep(0.5)
+    assert not watching.done(), watching.result().summary
+    watching.cancel()
