@@ -1058,12 +1058,14 @@ class Stack:
             raise
 
     async def _launch(self, child: _Child) -> None:
-        child.stopping = False
         try:
             process = await spawn(child.argv, child.env)
         except OSError as exc:
             raise StackError(f"cannot start {child.name} ({' '.join(child.argv)}): {exc}") from exc
+        # Only now: while spawn() ran, child.process was still the process stopped on purpose, and crashed()
+        # would have taken its exit for a crash.
         child.process = process
+        child.stopping = False
         self._launched.set()
         assert process.stdout is not None
         child.pump = asyncio.create_task(self._pump(child, process, process.stdout), name=f"logs of {child.name}")
