@@ -260,3 +260,23 @@ def test_an_undocumented_status_without_details_is_left_to_the_chassis() -> None
     with pytest.raises(grpc.aio.AioRpcError) as caught, calling("catalog"):
         raise broken
     assert caught.value is broken
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "catalog_timeout_seconds",
+        "inventory_timeout_seconds",
+        "recommendations_timeout_seconds",
+        "users_timeout_seconds",
+        "orders_timeout_seconds",
+        "notifications_timeout_seconds",
+    ],
+)
+@pytest.mark.parametrize("value", [float("inf"), 1e10])
+def test_an_outbound_timeout_no_call_can_have_is_refused_at_startup(variable: str, value: float) -> None:
+    """Review finding: CLIENT_DEFAULT_TIMEOUT_SECONDS was bounded (inf / 1e10 made every outbound call fail at
+    once with DEADLINE_EXCEEDED), but the gateway's per-dependency timeouts, passed as `timeout=` to the same
+    kind of call, still take inf and 1e10: gRPC then answers DEADLINE_EXCEEDED at once on every call."""
+    with pytest.raises(ConfigError, match=variable.upper()):
+        load_settings(GatewaySettings, **{variable: value})

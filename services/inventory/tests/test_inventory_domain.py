@@ -255,3 +255,21 @@ def test_insufficient_stock_lists_each_short_product_once_sorted() -> None:
 def test_stock_below_reserved_names_product_and_reserved_units() -> None:
     error = rules.stock_below_reserved("prod_a", 7)
     assert (error.reason, error.metadata) == ("STOCK_BELOW_RESERVED", {"product_id": "prod_a", "reserved": "7"})
+
+
+def test_insufficient_stock_of_many_long_ids_names_only_whole_ids_in_the_status_a_client_gets() -> None:
+    """Review finding: the chassis now cuts any ErrorInfo value past 1,024 characters and ends it with "…".
+    INSUFFICIENT_STOCK lists every short product id (up to 50 of 64 characters, 3,249 characters), so the
+    client's comma-separated list ended in a truncated id that names no product. Catalog's NOT_FOUND was
+    changed to list only whole ids (with a count); inventory's sibling list was not."""
+    from google.rpc import error_details_pb2
+
+    from shopmesh_chassis.grpc_errors import to_rpc_status
+
+    ids = [f"prod_{i:02d}_".ljust(64, "x") for i in range(50)]
+    status = to_rpc_status(rules.insufficient_stock(ids), "shopmesh.inventory")
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    listed = info.metadata["product_ids"].split(",")
+    assert listed, "no product named"
+    assert set(listed) <= set(ids), f"not a requested id: {[p for p in listed if p not in ids]}"

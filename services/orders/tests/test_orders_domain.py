@@ -176,3 +176,15 @@ def test_totals_beyond_int64_are_refused_on_the_item_or_the_order() -> None:
     with pytest.raises(errors.InvalidArgument) as total:
         validate_totals((OrderLine("prod_a", "A", 1, MAX_AMOUNT_MINOR), OrderLine("prod_b", "B", 1, 1)))
     assert [v.field for v in total.value.violations] == ["items"]
+
+
+@pytest.mark.parametrize("variable", ["step_timeout_seconds", "saga_lease_seconds"])
+def test_a_saga_duration_no_call_or_lease_can_have_is_refused_at_startup(variable: str) -> None:
+    """Review finding: the chassis now refuses inf for CLIENT_DEFAULT_TIMEOUT_SECONDS (every outbound call
+    failed at once with DEADLINE_EXCEEDED), but STEP_TIMEOUT_SECONDS, the `timeout=` of every saga call, and
+    SAGA_LEASE_SECONDS (a timedelta: OverflowError) still take it."""
+    from shopmesh_chassis.config import ConfigError, load_settings
+    from shopmesh_orders.settings import OrdersSettings
+
+    with pytest.raises(ConfigError, match=variable.upper()):
+        load_settings(OrdersSettings, **{variable: float("inf")})
