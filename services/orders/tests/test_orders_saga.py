@@ -740,3 +740,29 @@ async def test_shutdown_waits_for_a_cancellation_whose_caller_went_away(
     await app.wait_running(timeout=5)
     assert (await app.get_order(order_id)).state is OrderState.CANCELLED
     assert payments.refunds != []
+
+
+async def test_an_order_cancelled_with_a_reason_a_newer_release_added_stays_readable(
+    app: OrdersApplication, database: Database
+) -> None:
+    """Review finding: CHECKOUT_INTERRUPTED is a new value in orders.cancel_code. docs/chassis.md: during a
+    rolling update, a canary's stable track or after a rollback, the previous release runs on the same
+    database; it reads the column with CancelCode(row.cancel_code), which raises ValueError for a value it
+    does not know, so GetOrder and ListOrders of that user fail INTERNAL on old pods (the symptom the
+    totals fix removed). This release is no more tolerant of the next added reason: a cancel code this
+    release does not know must not make the order unreadable."""
+    from sqlalchemy import update
+
+    from shopmesh_orders.store.tables import orders
+
+    order_id = await place(app, command())
+    async with database.transaction() as session:
+        await session.execute(
+            update(orders)
+            .where(orders.c.id == order_id)
+            .values(state=OrderState.CANCELLED.value, cancel_code="SOME_LATER_REASON")
+        )
+    order = await app.get_order(order_id)
+    assert order.state is OrderState.CANCELLED
+    page, _ = await app.list_orders("usr_1", 10, "")
+    assert [o.id for o in page] == [order_id]
