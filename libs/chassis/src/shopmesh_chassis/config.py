@@ -37,6 +37,16 @@ SHUTDOWN_HOOKS_MARGIN_SECONDS = 3.0
 GRPC_DURATION_MAX_SECONDS = (2**31 - 1) // 1000
 # No wait or timeout of the chassis needs more; larger ones are typing mistakes (or inf).
 _DAY_SECONDS = 86400.0
+# Nor does any retention; it also keeps JetStream's max_age (nanoseconds in an int64) in range.
+_RETENTION_MAX_SECONDS = 3650 * _DAY_SECONDS
+
+# A period, lease or backoff of a service: positive and finite, at most a day (inf overflows a timedelta,
+# and asyncio would wait for ever).
+Interval = Annotated[float, Field(gt=0, le=_DAY_SECONDS, allow_inf_nan=False)]
+# The `timeout=` of an outbound gRPC call (CLIENT_DEFAULT_TIMEOUT_SECONDS, each service's per-dependency and
+# step timeouts): gRPC's deadline arithmetic overflows on a huge one (inf, 1e10), and every call then fails
+# at once with DEADLINE_EXCEEDED. Bounded as an Interval, named for what it guards.
+OutboundTimeout = Interval
 
 
 class RuntimeSettings(BaseSettings):
@@ -96,9 +106,8 @@ class ServiceSettings(RuntimeSettings):
     otel_exporter_otlp_endpoint: str | None = None
     otel_traces_sampler_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
-    # Default deadline of outbound calls made through the chassis' client channels (gRPC's deadline
-    # arithmetic overflows on a huge one, and every call then fails at once with DEADLINE_EXCEEDED).
-    client_default_timeout_seconds: float = Field(default=5.0, gt=0, le=_DAY_SECONDS, allow_inf_nan=False)
+    # Default deadline of outbound calls made through the chassis' client channels.
+    client_default_timeout_seconds: OutboundTimeout = 5.0
 
     @property
     def resolved_error_domain(self) -> str:
@@ -155,26 +164,30 @@ class EventSettings(ServiceSettings):
 
     nats_url: str = "nats://127.0.0.1:14222"
     # How long JetStream remembers message ids to drop duplicate publishes (outbox retries).
-    nats_duplicate_window_seconds: float = Field(default=900.0, gt=0)
+    nats_duplicate_window_seconds: Interval = 900.0
     # How long a stream keeps an event (JetStream max_age; 0 = for ever). An event that no consumer has
     # acknowledged by then is dropped, and with it the e-mail or the counts it stood for: a consumer down,
     # or its database away, for longer loses events. Publishers and consumers of a stream both declare it,
     # so give them the same value (each start brings the stream to its own).
-    nats_stream_max_age_seconds: float = Field(default=7 * 86400.0, ge=0)
+    nats_stream_max_age_seconds: float = Field(
+        default=7 * 86400.0, ge=0, le=_RETENTION_MAX_SECONDS, allow_inf_nan=False
+    )
     # Published outbox rows are deleted this long after JetStream acknowledged them (0 = kept for ever).
     # Nothing reads a published row again: it is kept for inspection, and so that an operator could set
     # events of the last day unpublished for the relay to send again (a NATS store lost). Unpublished
     # events are never deleted. A day is far beyond the duplicate window the relay's retries rely on.
-    outbox_retention_seconds: float = Field(default=86400.0, ge=0)
+    outbox_retention_seconds: float = Field(default=86400.0, ge=0, le=_RETENTION_MAX_SECONDS, allow_inf_nan=False)
     # A consumer forgets an applied event id this long after applying it (0 = never). JetStream may
     # deliver a message again for as long as its stream holds it (a durable deleted and created anew
     # starts from the first stored message; an acknowledgement lost): the id is what makes that a
     # duplicate instead of a second e-mail. A message leaves the stream NATS_STREAM_MAX_AGE_SECONDS after
     # it was stored, and was applied after that, so ids must be kept at least that long: the default
     # keeps them a day more, for clocks of NATS and the service that disagree.
-    processed_events_retention_seconds: float = Field(default=8 * 86400.0, ge=0)
+    processed_events_retention_seconds: float = Field(
+        default=8 * 86400.0, ge=0, le=_RETENTION_MAX_SECONDS, allow_inf_nan=False
+    )
     # How often the outbox relay and the consumers delete what is past their retention.
-    event_purge_interval_seconds: float = Field(default=3600.0, gt=0)
+    event_purge_interval_seconds: Interval = 3600.0
 
     @model_validator(mode="after")
     def _retentions_fit_together(self) -> EventSettings:
@@ -196,7 +209,7 @@ class EventSettings(ServiceSettings):
 
 
 # A delay JetStream can take (it gets nanoseconds): finite, and at most a day.
-RetryDelay = Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)]
+RetryDelay = Annotated[float, Field(ge=0, le=_DAY_SECONDS, allow_inf_nan=False)]
 
 
 class ConsumerSettings(EventSettings):

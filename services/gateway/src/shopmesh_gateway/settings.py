@@ -8,7 +8,7 @@ import ipaddress
 
 from pydantic import Field, field_validator
 
-from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.config import Interval, OutboundTimeout, RetryDelay, ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):
@@ -24,15 +24,15 @@ class GatewaySettings(ServiceSettings):
     recommendations_address: str = "127.0.0.1:50057"
 
     # Deadline of each outbound call, never later than the client's own deadline.
-    catalog_timeout_seconds: float = Field(default=2.0, gt=0)
-    inventory_timeout_seconds: float = Field(default=2.0, gt=0)
+    catalog_timeout_seconds: OutboundTimeout = 2.0
+    inventory_timeout_seconds: OutboundTimeout = 2.0
     # Recommendations are optional on the product page: past this budget the fallback list is shown.
-    recommendations_timeout_seconds: float = Field(default=0.3, gt=0)
+    recommendations_timeout_seconds: OutboundTimeout = 0.3
     # Login hashes a password (argon2id), which takes a noticeable fraction of a second by design.
-    users_timeout_seconds: float = Field(default=5.0, gt=0)
+    users_timeout_seconds: OutboundTimeout = 5.0
     # PlaceOrder runs the whole checkout saga (reserve, charge, commit) before it answers.
-    orders_timeout_seconds: float = Field(default=15.0, gt=0)
-    notifications_timeout_seconds: float = Field(default=2.0, gt=0)
+    orders_timeout_seconds: OutboundTimeout = 15.0
+    notifications_timeout_seconds: OutboundTimeout = 2.0
 
     # Token bucket per client (the token's subject, else the peer address), in memory per replica.
     rate_limit_per_second: float = Field(default=20.0, gt=0)
@@ -57,11 +57,12 @@ class GatewaySettings(ServiceSettings):
     # Access tokens, as the users contract fixes them.
     jwt_issuer: str = "shopmesh-users"
     jwt_audience: str = "shopmesh"
-    # Tolerated clock skew between users (which stamps iat/nbf/exp) and the gateway.
-    jwt_leeway_seconds: float = Field(default=5.0, ge=0)
+    # Tolerated clock skew between users (which stamps iat/nbf/exp) and the gateway. A token is accepted this
+    # long past its exp, so more than minutes is no skew but tokens that never expire.
+    jwt_leeway_seconds: float = Field(default=5.0, ge=0, le=300, allow_inf_nan=False)
     # The users contract: cache the key set up to 5 minutes, refetch on an unknown kid at most every 30 s.
-    jwks_max_age_seconds: float = Field(default=300.0, gt=0)
-    jwks_min_refetch_interval_seconds: float = Field(default=30.0, ge=0)
+    jwks_max_age_seconds: Interval = 300.0
+    jwks_min_refetch_interval_seconds: RetryDelay = 30.0
 
 
 def _parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shopmesh_chassis.config import DatabaseSettings
+from shopmesh_chassis.config import DatabaseSettings, Interval
 
 
 class InventorySettings(DatabaseSettings):
@@ -14,7 +14,7 @@ class InventorySettings(DatabaseSettings):
 
     # How often PENDING reservations past expires_at are recorded as EXPIRED and their units freed.
     # Reads and Reserve already treat them as expired in between; the sweep keeps `reserved` exact.
-    reservation_sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    reservation_sweep_interval_seconds: Interval = 1.0
     # Reservations expired per batch; each one in its own short transaction.
     reservation_sweep_batch_size: int = Field(default=100, ge=1, le=10_000)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from shopmesh_chassis.config import ConsumerSettings, DatabaseSettings
+from shopmesh_chassis.config import ConsumerSettings, DatabaseSettings, Interval
 
 
 class NotificationsSettings(DatabaseSettings, ConsumerSettings):
@@ -19,11 +19,11 @@ class NotificationsSettings(DatabaseSettings, ConsumerSettings):
     smtp_password: SecretStr = SecretStr("")
     # One delivery attempt, all of it; a sender that dies mid-attempt leaves the notification to be
     # picked up again after twice this.
-    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
     mail_from: str = "shopmesh <orders@shopmesh.example>"
 
     # Delivery attempts per notification: the first at once, then after 1, 2, 4, ... seconds (at most
     # SEND_MAX_BACKOFF_SECONDS); FAILED after the last one, or at once when the server refuses for good.
     send_max_attempts: int = Field(default=10, ge=1, le=100)
-    send_backoff_seconds: float = Field(default=1.0, gt=0)
-    send_max_backoff_seconds: float = Field(default=600.0, gt=0)
+    send_backoff_seconds: Interval = 1.0
+    send_max_backoff_seconds: Interval = 600.0

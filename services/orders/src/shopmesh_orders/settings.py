@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shopmesh_chassis.config import EventSettings, IdempotencySettings
+from shopmesh_chassis.config import EventSettings, IdempotencySettings, Interval, OutboundTimeout
 
 
 class OrdersSettings(IdempotencySettings, EventSettings):
@@ -16,21 +16,21 @@ class OrdersSettings(IdempotencySettings, EventSettings):
 
     # Prices asked of catalog are remembered this long (0 = ask for every order): a price change
     # reaches new orders at most this much later. Products not in the catalog are never remembered.
-    catalog_price_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+    catalog_price_cache_seconds: float = Field(default=30.0, ge=0, le=3600, allow_inf_nan=False)
     catalog_price_cache_products: int = Field(default=10_000, ge=1)
 
     # How long inventory holds the stock while payment runs; also the deadline of the whole saga.
-    reservation_ttl_seconds: float = Field(default=120.0, ge=1, le=3600)
+    reservation_ttl_seconds: float = Field(default=120.0, ge=1, le=3600, allow_inf_nan=False)
     # Saga-level attempts of a step whose dependency stays UNAVAILABLE after gRPC's own retries.
     step_attempts: int = Field(default=3, ge=1, le=20)
-    step_backoff_seconds: float = Field(default=0.2, gt=0)
+    step_backoff_seconds: Interval = 0.2
     # A saga driver holds a lease on its order; another driver (a replica, or this process after a
     # restart) takes over an order whose lease ran out.
-    saga_lease_seconds: float = Field(default=10.0, gt=0)
+    saga_lease_seconds: Interval = 10.0
     # How often in-flight sagas are looked for (startup, then periodically).
-    recovery_interval_seconds: float = Field(default=2.0, gt=0)
+    recovery_interval_seconds: Interval = 2.0
     # Deadline of each outbound saga call; a charge whose outcome is unknown is verified only after it.
-    step_timeout_seconds: float = Field(default=5.0, gt=0)
+    step_timeout_seconds: OutboundTimeout = 5.0
 
     # Fault injection for chaos tests: after this saga step is persisted, the driver stops and waits
     # (so a test can kill the process at a known point). Empty in every real deployment.

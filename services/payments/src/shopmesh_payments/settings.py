@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shopmesh_chassis.config import EventSettings, IdempotencySettings
+from shopmesh_chassis.config import EventSettings, IdempotencySettings, Interval
 
 
 class PaymentsSettings(IdempotencySettings, EventSettings):
     service_name: str = "payments"
     grpc_port: int = Field(default=50055, ge=0, le=65535)
     metrics_port: int = Field(default=9465, ge=-1, le=65535)
-    # The contract promises callers at least 24 hours in which a retry replays the stored outcome.
-    idempotency_retention_hours: float = Field(default=48.0, ge=24.0)
-    idempotency_purge_interval_seconds: float = Field(default=3600.0, gt=0)
+    # The contract promises callers at least 24 hours in which a retry replays the stored outcome; more than
+    # a year is a typing mistake (inf overflows the timedelta of the purge).
+    idempotency_retention_hours: float = Field(default=48.0, ge=24.0, le=366 * 24, allow_inf_nan=False)
+    idempotency_purge_interval_seconds: Interval = 3600.0

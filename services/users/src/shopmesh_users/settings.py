@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from shopmesh_chassis.config import DatabaseSettings
+from shopmesh_chassis.config import DatabaseSettings, Interval
 
 
 class UsersSettings(DatabaseSettings):
@@ -20,7 +20,7 @@ class UsersSettings(DatabaseSettings):
     # Periodic rotation: a new key when the newest one is this old; 0 turns it off.
     key_rotation_interval_seconds: int = Field(default=7 * 24 * 3600, ge=0)
     # How often the background task checks whether rotation is due.
-    key_rotation_check_seconds: float = Field(default=60.0, gt=0)
+    key_rotation_check_seconds: Interval = 60.0
 
     # argon2id costs; the defaults are argon2-cffi's (RFC 9106's low-memory profile). Raising them later
     # is safe: stored hashes are upgraded at each user's next successful login.
