@@ -198,3 +198,19 @@ def test_an_error_status_stays_small_enough_for_a_clients_trailers() -> None:
     ]
     small = errors.InvalidArgument("bad", [errors.FieldViolation("a", "b", "C")])
     assert to_rpc_status(small, "shopmesh.test").message == "bad"
+
+
+def test_a_long_list_of_ids_names_whole_ids_only_and_counts_them_all() -> None:
+    """A list of ids cut by the transport's limit on a metadata value ended in an id that named nothing;
+    listed_ids stops before it, at a whole id, counting UTF-8 bytes (a client sees the value as sent)."""
+    ids = [f"prod_{i:02d}_".ljust(64, "é") for i in range(50)]
+    metadata = errors.listed_ids(ids, key="product_ids", count_key="short_count")
+    listed = metadata["product_ids"].split(",")
+    assert listed == ids[: len(listed)]
+    assert len(metadata["product_ids"].encode()) <= errors.MAX_LISTED_IDS_BYTES
+    assert metadata["short_count"] == "50"
+    status = to_rpc_status(errors.FailedPrecondition("short", metadata=metadata), "shopmesh.test")
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.metadata["product_ids"] == metadata["product_ids"]
+    assert errors.listed_ids(["a", "b"], key="ids", count_key="count") == {"ids": "a,b", "count": "2"}

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shopmesh_catalog.domain.lookup import MAX_LISTED_CHARS, batch_in_request_order, product_not_found
+from shopmesh_catalog.domain.lookup import batch_in_request_order, product_not_found
 from shopmesh_catalog.domain.models import CategoryData, Money, Product, ProductData
 from shopmesh_catalog.domain.search import fold, relevance, search_terms
 from shopmesh_catalog.domain.validation import (
@@ -19,7 +19,7 @@ from shopmesh_catalog.domain.validation import (
     validate_product_ids,
     validate_search_products,
 )
-from shopmesh_chassis.errors import InvalidArgument, NotFound
+from shopmesh_chassis.errors import MAX_LISTED_IDS_BYTES, InvalidArgument, NotFound
 from shopmesh_chassis.pagination import decode_page_token, encode_page_token
 
 
@@ -244,7 +244,7 @@ def test_many_long_missing_ids_are_listed_as_far_as_they_fit_and_counted() -> No
         batch_in_request_order(ids, {})
     listed = caught.value.metadata["product_ids"].split(",")
     assert listed == ids[: len(listed)]
-    assert len(",".join(listed)) <= MAX_LISTED_CHARS < len(",".join(ids[: len(listed) + 1]))
+    assert len(",".join(listed)) <= MAX_LISTED_IDS_BYTES < len(",".join(ids[: len(listed) + 1]))
     assert caught.value.metadata["missing_count"] == "100"
 
 

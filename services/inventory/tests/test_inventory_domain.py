@@ -249,7 +249,7 @@ def test_repeated_reserve_with_different_items_reuses_the_order_id() -> None:
 def test_insufficient_stock_lists_each_short_product_once_sorted() -> None:
     error = rules.insufficient_stock(["prod_b", "prod_a", "prod_b"])
     assert error.reason == "INSUFFICIENT_STOCK"
-    assert error.metadata == {"product_ids": "prod_a,prod_b"}
+    assert error.metadata == {"product_ids": "prod_a,prod_b", "short_count": "2"}
 
 
 def test_stock_below_reserved_names_product_and_reserved_units() -> None:

@@ -122,7 +122,7 @@ async def test_reserve_is_all_or_nothing_and_names_every_product_short_of_stock(
     details = await error_of(reserve(stub, "ord_1", {"prod_a": 5, "prod_b": 2, "prod_unknown": 1}))
     assert details.code == grpc.StatusCode.FAILED_PRECONDITION
     assert details.reason == "INSUFFICIENT_STOCK"
-    assert metadata(details) == {"product_ids": "prod_b,prod_unknown"}
+    assert metadata(details) == {"product_ids": "prod_b,prod_unknown", "short_count": "2"}
     assert await stock(stub, "prod_a") == (10, 0, 10)
     assert await stock(stub, "prod_b") == (1, 0, 1)
     # Nothing was recorded for the order, so it may try again with what is there.

@@ -127,6 +127,24 @@ class Unavailable(_Retryable):
 # The reason of an UNAVAILABLE that a service answers because something it depends on is not answering.
 DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
 
+# The transport cuts a metadata value past grpc_errors.MAX_METADATA_VALUE_BYTES (ending it in "…"), so that
+# the error fits in a client's trailers; a list of ids cut there would end in an id that names nothing.
+MAX_LISTED_IDS_BYTES = 1000
+
+
+def listed_ids(ids: Sequence[str], *, key: str, count_key: str) -> dict[str, str]:
+    """ErrorInfo metadata naming `ids`: under `key` the first ones whose comma-separated list fits in
+    MAX_LISTED_IDS_BYTES (UTF-8), whole ids only; under `count_key` how many there are in all, which alone
+    tells a client whether the list is whole."""
+    listed: list[str] = []
+    size = -1  # no comma before the first id
+    for an_id in ids:
+        size += len(an_id.encode()) + 1
+        if size > MAX_LISTED_IDS_BYTES:
+            break
+        listed.append(an_id)
+    return {key: ",".join(listed), count_key: str(len(ids))}
+
 
 class ReplayedError(DomainError):
     """A stored error outcome replayed for a retried idempotent request.

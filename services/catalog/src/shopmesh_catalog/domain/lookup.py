@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from shopmesh_catalog.domain.models import Product
-from shopmesh_chassis.errors import NotFound
+from shopmesh_chassis.errors import NotFound, listed_ids
 
 PRODUCT_NOT_FOUND = "PRODUCT_NOT_FOUND"
 
@@ -17,32 +17,17 @@ def product_not_found(product_id: str) -> NotFound:
 def batch_in_request_order(requested_ids: Sequence[str], found: Mapping[str, Product]) -> tuple[Product, ...]:
     """One product per requested id, duplicates included, in request order; NOT_FOUND naming the missing
     ids (once each, in request order) when any is missing, so a caller learns them in one call: all that
-    fit in ErrorInfo's metadata (MAX_LISTED_CHARS), with their number beside them."""
+    fit in ErrorInfo's metadata (errors.listed_ids), with their number beside them."""
     missing = [product_id for product_id in dict.fromkeys(requested_ids) if product_id not in found]
     if missing:
-        listed = _listed(missing)
         named = ", ".join(missing[:_NAMED_IN_MESSAGE]) + (", ..." if len(missing) > _NAMED_IN_MESSAGE else "")
         raise NotFound(
             f"{len(missing)} of the requested products not found: {named}",
             reason=PRODUCT_NOT_FOUND,
-            metadata={"product_ids": ",".join(listed), "missing_count": str(len(missing))},
+            metadata=listed_ids(missing, key="product_ids", count_key="missing_count"),
         )
     return tuple(found[product_id] for product_id in requested_ids)
 
 
-# The error travels in the call's trailers, which a gRPC client takes only up to 8 KiB: 100 missing ids
-# of 64 characters, listed in full (twice, with the message), made it refuse the answer as RESOURCE_EXHAUSTED.
-MAX_LISTED_CHARS = 1000
+# The message goes out beside the metadata, in the same trailers: it names a few, the metadata the rest.
 _NAMED_IN_MESSAGE = 5
-
-
-def _listed(missing: Sequence[str]) -> list[str]:
-    """The first missing ids whose comma-separated list fits in MAX_LISTED_CHARS."""
-    listed: list[str] = []
-    length = -1
-    for product_id in missing:
-        length += len(product_id) + 1
-        if length > MAX_LISTED_CHARS:
-            break
-        listed.append(product_id)
-    return listed

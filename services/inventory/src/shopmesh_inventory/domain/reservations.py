@@ -15,7 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from shopmesh_chassis.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from shopmesh_chassis.errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    listed_ids,
+)
 from shopmesh_inventory.domain.models import Reservation, ReservationState
 from shopmesh_inventory.domain.validation import ReserveCommand
 
@@ -147,11 +154,12 @@ def reservation_released(reservation_id: str) -> FailedPrecondition:
 
 
 def insufficient_stock(product_ids: Iterable[str]) -> FailedPrecondition:
+    """Names the products short of stock as far as their list fits in the trailers, and counts them all."""
     short = sorted(set(product_ids))
     return FailedPrecondition(
         f"insufficient stock for {', '.join(short)}",
         reason="INSUFFICIENT_STOCK",
-        metadata={"product_ids": ",".join(short)},
+        metadata=listed_ids(short, key="product_ids", count_key="short_count"),
     )
 
 

@@ -102,9 +102,12 @@ class InventoryServiceServicer:
         items, an empty or duplicate product_id, quantity outside 1-1000, ttl
         outside 1s-1h; or reason IDEMPOTENCY_KEY_REUSED as above.
         - FAILED_PRECONDITION, ErrorInfo reason INSUFFICIENT_STOCK, metadata
-        {"product_ids": "<comma-separated ids short of stock>"}: nothing is
-        reserved and nothing is recorded, so a later call for the same order may
-        succeed.
+        {"product_ids": "<comma-separated ids short of stock, sorted>",
+        "short_count": "<how many products are short>"}; product_ids holds the
+        first ones whose list fits in 1,000 characters (all of them unless they
+        are many and long), so that the error fits in a client's trailers.
+        Nothing is reserved and nothing is recorded, so a later call for the
+        same order may succeed.
         - ABORTED (concurrent update of the same stock rows; retry), UNAVAILABLE.
 
         IDEMPOTENT: keyed by order_id, so automatic retries cannot reserve twice.
