@@ -766,3 +766,30 @@ async def test_an_order_cancelled_with_a_reason_a_newer_release_added_stays_read
     assert order.state is OrderState.CANCELLED
     page, _ = await app.list_orders("usr_1", 10, "")
     assert [o.id for o in page] == [order_id]
+
+
+async def test_a_cancel_code_this_release_does_not_know_is_answered_as_unspecified_and_never_written_over(
+    app: OrdersApplication, database: Database
+) -> None:
+    from sqlalchemy import update
+
+    from shopmesh.orders.v1 import orders_pb2
+    from shopmesh_orders.codec import order_to_proto
+    from shopmesh_orders.store.tables import orders
+
+    order_id = await place(app, command())
+    async with database.transaction() as session:
+        await session.execute(
+            update(orders)
+            .where(orders.c.id == order_id)
+            .values(state=OrderState.CANCELLED.value, cancel_code="SOME_LATER_REASON", cancel_message="Why.")
+        )
+    order = await app.get_order(order_id)
+    assert order.cancel_code is CancelCode.UNSPECIFIED
+    reason = order_to_proto(order).cancel_reason
+    assert (reason.code, reason.message) == (orders_pb2.CANCEL_REASON_CODE_UNSPECIFIED, "Why.")
+    async with database.transaction() as session:
+        await OrderRepository(session).save(replace(order, updated_at=order.updated_at + timedelta(seconds=1)))
+    async with database.transaction() as session:
+        stored = (await session.execute(select(orders.c.cancel_code).where(orders.c.id == order_id))).scalar_one()
+    assert stored == "SOME_LATER_REASON"

@@ -38,6 +38,18 @@ class CancelCode(enum.StrEnum):
     # Resumed without the card (never stored) before any charge was sent: the call that had it gave up
     # earlier, on something other than payments.
     CHECKOUT_INTERRUPTED = "CHECKOUT_INTERRUPTED"
+    # A code a newer release stored that this one does not know (a rolling update, a canary, a rollback: both
+    # run on the same database). Only ever read, never decided: the order stays readable, with the message
+    # stored beside the code, and the stored code is never written over with this.
+    UNSPECIFIED = "UNSPECIFIED"
+
+    @classmethod
+    def stored(cls, value: str) -> CancelCode:
+        """The code of a stored order, UNSPECIFIED for one added after this release."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNSPECIFIED
 
 
 CANCEL_MESSAGES: dict[CancelCode, str] = {

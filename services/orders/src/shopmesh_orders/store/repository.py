@@ -21,7 +21,7 @@ from shopmesh_orders.store.tables import order_lines, orders
 
 
 def _row_values(order: Order) -> dict[str, Any]:
-    return {
+    values = {
         "state": order.state.value,
         "step": order.step.value,
         "reservation_id": order.reservation_id,
@@ -35,6 +35,10 @@ def _row_values(order: Order) -> dict[str, Any]:
         "version": order.version,
         "updated_at": order.updated_at,
     }
+    if order.cancel_code is CancelCode.UNSPECIFIED:
+        # Read from a code a newer release stored: that code stays (the SET clause leaves out what is absent).
+        del values["cancel_code"]
+    return values
 
 
 _INSERT_ORDER = insert(orders)
@@ -246,7 +250,7 @@ class OrderRepository:
             step=SagaStep(row.step),
             reservation_id=row.reservation_id,
             payment_id=row.payment_id,
-            cancel_code=CancelCode(row.cancel_code) if row.cancel_code else None,
+            cancel_code=CancelCode.stored(row.cancel_code) if row.cancel_code else None,
             cancel_message=row.cancel_message,
             reserve_attempted=row.reserve_attempted,
             charge_attempted_at=as_utc(row.charge_attempted_at),

@@ -85,7 +85,11 @@ class _CancelReasonCode:
 class _CancelReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CancelReasonCode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CANCEL_REASON_CODE_UNSPECIFIED: _CancelReasonCode.ValueType  # 0
-    """Not set. Never returned by the server."""
+    """Not set. Returned only by a server of an older release for an order
+    cancelled with a reason added after it (during a rolling update or after
+    a rollback, both releases share the orders): cancel_reason.message still
+    says why, and PlaceOrder's ErrorInfo reason is then UNSPECIFIED.
+    """
     CANCEL_REASON_CODE_CUSTOMER_REQUESTED: _CancelReasonCode.ValueType  # 1
     """The customer cancelled a confirmed order (CancelOrder). The payment was
     refunded and the stock restocked.
@@ -116,7 +120,11 @@ class CancelReasonCode(_CancelReasonCode, metaclass=_CancelReasonCodeEnumTypeWra
     """
 
 CANCEL_REASON_CODE_UNSPECIFIED: CancelReasonCode.ValueType  # 0
-"""Not set. Never returned by the server."""
+"""Not set. Returned only by a server of an older release for an order
+cancelled with a reason added after it (during a rolling update or after
+a rollback, both releases share the orders): cancel_reason.message still
+says why, and PlaceOrder's ErrorInfo reason is then UNSPECIFIED.
+"""
 CANCEL_REASON_CODE_CUSTOMER_REQUESTED: CancelReasonCode.ValueType  # 1
 """The customer cancelled a confirmed order (CancelOrder). The payment was
 refunded and the stock restocked.
