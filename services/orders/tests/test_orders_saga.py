@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -793,3 +794,50 @@ async def test_a_cancel_code_this_release_does_not_know_is_answered_as_unspecifi
     async with database.transaction() as session:
         stored = (await session.execute(select(orders.c.cancel_code).where(orders.c.id == order_id))).scalar_one()
     assert stored == "SOME_LATER_REASON"
+
+
+async def test_compensation_renews_the_lease_before_each_of_its_remote_calls(
+    app: OrdersApplication,
+    saga: SagaDriver,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compensation lists payments, refunds, reserves and releases with no step saved between the calls:
+    without a renewal before each, two slow calls (2 x STEP_TIMEOUT_SECONDS) outlasted the lease, and the
+    recovery loop compensated the same order beside its driver."""
+    order_id = await place(app, command())
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    await _crash_at(
+        database,
+        order_id,
+        SagaStep.COMPENSATE,
+        reservation_id="",
+        reserve_attempted=True,
+        charge_attempted_at=long_ago,
+        cancel_code=CancelCode.PAYMENT_UNAVAILABLE,
+        cancel_message="Payment could not be processed right now; nothing was charged.",
+    )
+    timeline: list[str] = []
+    keep_lease = saga._keep_lease
+
+    async def renewing(order_id: str, owner: str) -> None:
+        timeline.append("renew")
+        await keep_lease(order_id, owner)
+
+    monkeypatch.setattr(saga, "_keep_lease", renewing)
+    remote: list[tuple[object, str]] = [(payments, "payments_for"), (payments, "refund")]
+    for fake, name in [*remote, (inventory, "reserve"), (inventory, "release")]:
+        call = getattr(fake, name)
+
+        async def recorded(*args: object, _call: Callable[..., Any] = call, _name: str = name) -> Any:
+            timeline.append(_name)
+            return await _call(*args)
+
+        monkeypatch.setattr(fake, name, recorded)
+    order = await saga.drive(order_id, None)
+    assert (order.state, order.refunded) == (OrderState.CANCELLED, True)
+    calls = [i for i, entry in enumerate(timeline) if entry != "renew"]
+    assert [timeline[i] for i in calls] == ["payments_for", "refund", "reserve", "release"]
+    assert all(timeline[i - 1] == "renew" for i in calls), timeline

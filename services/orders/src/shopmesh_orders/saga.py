@@ -155,8 +155,8 @@ class SagaDriver:
             # driver retrying a slow dependency would outlive its lease, and the recovery loop, which has no
             # card, would take the order over and cancel it. (The first attempt follows the claim or the
             # transition that set the lease.)
-            if attempt > 1 and not await self._renew(order.id, owner):
-                raise LeaseHeld(order.id)
+            if attempt > 1:
+                await self._keep_lease(order.id, owner)
             try:
                 return await self._step(order, card, owner)
             except errors.Unavailable as exc:
@@ -273,6 +273,10 @@ class SagaDriver:
         return await self._transition(owner, order.failed_before_pivot(code, self._clock()))
 
     async def _compensate(self, order: Order, owner: str) -> Order:
+        """Undo what went through: refund, then give the stock back. Up to four remote calls with no step
+        saved between them, so the lease is renewed before each (`_keep_lease`): a lease run out mid-way
+        would let the recovery loop compensate the same order at once (harmless, the calls are idempotent,
+        but work done twice)."""
         recheck_at: datetime | None = None
         if not order.refunded:
             to_refund: list[str] = []
@@ -281,6 +285,7 @@ class SagaDriver:
             elif order.charge_attempted_at is not None:
                 # The charge's outcome may be unknown (payments unavailable): ask, and undo what went through.
                 asked_at = self._clock()
+                await self._keep_lease(order.id, owner)
                 to_refund = await self._captures(order)
                 settled_at = self._charge_settled_at(order.charge_attempted_at)
                 if not to_refund and asked_at < settled_at:
@@ -289,14 +294,17 @@ class SagaDriver:
                     # (Payments captures an order at most once: a refunded capture leaves nothing to check.)
                     recheck_at = settled_at
             for payment_id in to_refund:
+                await self._keep_lease(order.id, owner)
                 await self._refund(order, payment_id)
             if to_refund:
                 order = await self._transition(owner, order.refund_done(self._clock()))
         if order.reservation_id:
+            await self._keep_lease(order.id, owner)
             await self._inventory.release(order.reservation_id)
         elif order.reserve_attempted:
             # Reserve's outcome is unknown: it is keyed by order id, so asking again names the reservation
             # (or makes one), and releasing it leaves the stock as it was.
+            await self._keep_lease(order.id, owner)
             try:
                 reservation_id = await self._inventory.reserve(
                     order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
@@ -304,6 +312,7 @@ class SagaDriver:
             except InsufficientStock:
                 reservation_id = ""
             if reservation_id:
+                await self._keep_lease(order.id, owner)
                 await self._inventory.release(reservation_id)
         return await self._finish(owner, order.compensated(self._clock(), recheck_at))
 
@@ -404,9 +413,13 @@ class SagaDriver:
         async with self._db.transaction() as session:
             return await OrderRepository(session).claim(order_id, owner, self._clock(), self.lease_until())
 
-    async def _renew(self, order_id: str, owner: str) -> bool:
+    async def _keep_lease(self, order_id: str, owner: str) -> None:
+        """Renew the lease before a remote call that follows another with no step saved between them;
+        LeaseHeld when another driver took the order over meanwhile."""
         async with self._db.transaction() as session:
-            return await OrderRepository(session).renew(order_id, owner, self.lease_until())
+            renewed = await OrderRepository(session).renew(order_id, owner, self.lease_until())
+        if not renewed:
+            raise LeaseHeld(order_id)
 
     async def _release(self, order_id: str, owner: str) -> None:
         async with self._db.transaction() as session:

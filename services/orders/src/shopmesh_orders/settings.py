@@ -38,8 +38,10 @@ class OrdersSettings(IdempotencySettings, EventSettings):
 
     @property
     def lease_needed_seconds(self) -> float:
-        """The longest a saga driver goes without renewing its lease: one step call and the longest backoff
-        before the next attempt (the driver renews before each). A shorter lease lets another driver take
-        over an order that is still being driven."""
+        """The longest a saga driver goes without renewing its lease: one remote call and the longest backoff
+        before the next attempt. The driver renews with every step it saves, before each retry of a step and
+        before each call of compensation (which makes up to four with no step saved between them), so no
+        two calls share a lease period. A shorter lease lets another driver take over an order that is still
+        being driven."""
         backoff = self.step_backoff_seconds * 2 ** (self.step_attempts - 2) if self.step_attempts > 1 else 0.0
         return self.step_timeout_seconds + backoff
