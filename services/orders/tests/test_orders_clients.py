@@ -7,14 +7,19 @@ from typing import Any
 import pytest
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
-from shopmesh_orders.clients import CatalogClient
+from shopmesh_orders.clients import CatalogClient, PaymentsClient
+from shopmesh_orders.domain.model import CancelCode
+from shopmesh_orders.domain.ports import PaymentRefused
+from shopmesh_orders.domain.validation import Card
 from shopmesh_orders.settings import OrdersSettings
 
 CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
+PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
 
 
 class MissingProducts(catalog_pb2_grpc.CatalogServiceServicer):
@@ -49,3 +54,38 @@ async def test_unknown_products_relay_the_ids_catalog_listed_and_how_many_are_mi
         with pytest.raises(errors.NotFound) as caught:
             await CatalogClient(channel.channel, timeout=5).price(["prod_a", "prod_b", "prod_c"])
     assert (caught.value.reason, caught.value.metadata) == ("PRODUCT_NOT_FOUND", relayed)
+
+
+class RefusingPayments(payments_pb2_grpc.PaymentsServiceServicer):
+    """Answers Charge INVALID_ARGUMENT with `reason`, as payments does for a card it will not charge."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> Any:
+        violation = errors.FieldViolation("card.exp_month", "the card has expired", self._reason)
+        raise errors.InvalidArgument("the charge request is invalid", [violation], reason=self._reason)
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        # A PlaceOrder retried after the card's expiry month ended drives a charge that was never sent.
+        ("CARD_EXPIRED", CancelCode.CARD_EXPIRED),
+        # Any other disagreement on the card is the customer's card refused.
+        ("INVALID_CARD_NUMBER", CancelCode.CARD_DECLINED),
+    ],
+)
+async def test_a_card_payments_will_not_charge_cancels_for_the_reason_payments_gave(
+    settings: OrdersSettings, reason: str, code: CancelCode
+) -> None:
+    add = payments_pb2_grpc.add_PaymentsServiceServicer_to_server
+    binding = ServiceBinding(PAYMENTS, RefusingPayments(reason), add)
+    card = Card("4242424242424242", 1, 2020, "123")
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        with pytest.raises(PaymentRefused) as caught:
+            await PaymentsClient(channel.channel, timeout=5).charge("ord_1", 100, "USD", card, "ord_1:charge")
+    assert caught.value.code is code

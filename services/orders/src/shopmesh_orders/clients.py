@@ -175,8 +175,11 @@ class PaymentsClient:
             if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                # Orders validated the card like payments does; a disagreement is treated as a decline.
-                raise PaymentRefused(CancelCode.CARD_DECLINED, "") from None
+                # Orders validated the card like payments does, but only when the request came in: a retry
+                # after the card's expiry month ended may drive a charge that was never sent. Any other
+                # disagreement is treated as a decline.
+                expired = details.reason == "CARD_EXPIRED"
+                raise PaymentRefused(CancelCode.CARD_EXPIRED if expired else CancelCode.CARD_DECLINED, "") from None
             raise _unexpected("payments", error) from None
         return response.payment.id
 

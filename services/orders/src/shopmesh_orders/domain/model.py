@@ -38,6 +38,8 @@ class CancelCode(enum.StrEnum):
     # Resumed without the card (never stored) before any charge was sent: the call that had it gave up
     # earlier, on something other than payments.
     CHECKOUT_INTERRUPTED = "CHECKOUT_INTERRUPTED"
+    # Expired by the time it was charged: a retry after the expiry month ended drove a charge never sent.
+    CARD_EXPIRED = "CARD_EXPIRED"
     # A code a newer release stored that this one does not know (a rolling update, a canary, a rollback: both
     # run on the same database). Only ever read, never decided: the order stays readable, with the message
     # stored beside the code, and the stored code is never written over with this.
@@ -59,6 +61,7 @@ CANCEL_MESSAGES: dict[CancelCode, str] = {
     CancelCode.PAYMENT_UNAVAILABLE: "Payment could not be processed right now; nothing was charged.",
     CancelCode.RESERVATION_EXPIRED: "The order took too long to complete; any payment was refunded.",
     CancelCode.CHECKOUT_INTERRUPTED: "The order could not be completed in time; nothing was charged.",
+    CancelCode.CARD_EXPIRED: "Your card has expired; nothing was charged.",
 }
 
 

@@ -163,7 +163,8 @@ class ShopServiceServicer:
         OrdersService.PlaceOrder and returns its outcome and errors (see there:
         INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
         CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED, ABORTED, UNAVAILABLE) plus
+        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, ABORTED,
+        UNAVAILABLE) plus
         UNAUTHENTICATED.
 
         Idempotency: the client should send an `idempotency-key` request header

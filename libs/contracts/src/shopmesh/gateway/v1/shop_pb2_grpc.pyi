@@ -107,7 +107,8 @@ class ShopServiceStub:
     OrdersService.PlaceOrder and returns its outcome and errors (see there:
     INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
     CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-    RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED, ABORTED, UNAVAILABLE) plus
+    RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, ABORTED,
+    UNAVAILABLE) plus
     UNAUTHENTICATED.
 
     Idempotency: the client should send an `idempotency-key` request header
@@ -222,7 +223,8 @@ class ShopServiceAsyncStub(ShopServiceStub):
     OrdersService.PlaceOrder and returns its outcome and errors (see there:
     INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
     CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-    RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED, ABORTED, UNAVAILABLE) plus
+    RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, ABORTED,
+    UNAVAILABLE) plus
     UNAUTHENTICATED.
 
     Idempotency: the client should send an `idempotency-key` request header
@@ -370,7 +372,8 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         OrdersService.PlaceOrder and returns its outcome and errors (see there:
         INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
         CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED, ABORTED, UNAVAILABLE) plus
+        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, ABORTED,
+        UNAVAILABLE) plus
         UNAUTHENTICATED.
 
         Idempotency: the client should send an `idempotency-key` request header

@@ -113,6 +113,12 @@ class _CancelReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Canc
     resumed. Nothing was charged and the stock was released; the customer
     can place the order again.
     """
+    CANCEL_REASON_CODE_CARD_EXPIRED: _CancelReasonCode.ValueType  # 8
+    """The card had expired when it was to be charged: a PlaceOrder retried
+    after the card's expiry month ended resumed an order whose charge had
+    never been sent. Nothing was charged and the stock was released; the
+    customer can place the order again with a current card.
+    """
 
 class CancelReasonCode(_CancelReasonCode, metaclass=_CancelReasonCodeEnumTypeWrapper):
     """Why an order was cancelled. Each value without its CANCEL_REASON_CODE_
@@ -147,6 +153,12 @@ charged (inventory was slow or unavailable, or orders restarted), and
 cards are never stored, so the order could not be paid for when it was
 resumed. Nothing was charged and the stock was released; the customer
 can place the order again.
+"""
+CANCEL_REASON_CODE_CARD_EXPIRED: CancelReasonCode.ValueType  # 8
+"""The card had expired when it was to be charged: a PlaceOrder retried
+after the card's expiry month ended resumed an order whose charge had
+never been sent. Nothing was charged and the stock was released; the
+customer can place the order again with a current card.
 """
 Global___CancelReasonCode: _TypeAlias = CancelReasonCode  # noqa: Y015
 

@@ -91,7 +91,9 @@ class OrdersServiceServicer:
         too late; it was refunded), or CHECKOUT_INTERRUPTED (a retry finds the
         order the server resumed after this call gave up before charging the
         card, e.g. while inventory was unavailable: it cannot charge a card it
-        does not keep; nothing was charged).
+        does not keep; nothing was charged), or CARD_EXPIRED (a retry after the
+        card's expiry month ended resumed an order whose charge had never been
+        sent; nothing was charged).
         - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed;
         retry shortly.
         - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
