@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import MAX_DETAILS_BYTES, MAX_MESSAGE_CHARS, details_of, to_rpc_status
+from shopmesh_chassis.grpc_errors import details_of, to_rpc_status
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
@@ -178,24 +178,44 @@ async def test_a_handler_ending_with_a_cancellation_of_its_own_answers_the_calle
     assert waited < 2
 
 
-def test_an_error_status_stays_small_enough_for_a_clients_trailers() -> None:
-    """Whatever a domain error holds, its status stays far below the 8 KiB of trailers a gRPC client takes:
-    long texts are cut, and of many violations the first are listed and the message says how many."""
+def _wire_size(status: status_pb2.Status) -> int:
+    """The bytes of trailers `status` takes as gRPC sends it: grpc-status-details-bin in base64 (unpadded)
+    and grpc-message percent-encoded (every byte outside printable ASCII, and "%", as three)."""
+    details = -(-len(status.SerializeToString()) * 4 // 3)
+    message = sum(1 if 0x20 <= byte <= 0x7E and byte != ord("%") else 3 for byte in status.message.encode())
+    return details + message
+
+
+# Any text a client may send back in an error: ASCII, accented, CJK, emoji, percent signs and newlines.
+TEXTS = ["x", "é", "漢", "😀", "%", "\n"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_an_error_status_stays_small_enough_for_a_clients_trailers(text: str) -> None:
+    """Whatever a domain error holds, its status stays far below the 8 KiB of trailers a gRPC client takes,
+    as sent: long texts are cut (in UTF-8 bytes, between characters), of many metadata entries the first
+    are kept, and of many violations the first are listed and the message says how many."""
     many = errors.InvalidArgument(
-        "x" * 10_000,
-        [errors.FieldViolation(f"items[{i}].name", "y" * 300, "BAD") for i in range(500)],
-        metadata={"ids": "z" * 10_000},
+        text * 10_000,
+        [errors.FieldViolation(f"items[{i}].{text * 300}", text * 300, "BAD") for i in range(500)],
+        metadata={f"key_{i}": text * 10_000 for i in range(20)},
     )
     status = to_rpc_status(many, "shopmesh.test")
-    assert len(status.SerializeToString()) <= MAX_DETAILS_BYTES + 2 * MAX_MESSAGE_CHARS * 4
+    assert _wire_size(status) < 7 * 1024
     assert status.message.endswith(" of 500 violations listed)")
     [violations] = [d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)]
     listed = error_details_pb2.BadRequest()
     violations.Unpack(listed)
     assert 0 < len(listed.field_violations) < 500
-    assert [v.field for v in listed.field_violations] == [
-        f"items[{i}].name" for i in range(len(listed.field_violations))
+    assert [v.field.split(".")[0] for v in listed.field_violations] == [
+        f"items[{i}]" for i in range(len(listed.field_violations))
     ]
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert "key_0" in info.metadata
+    assert info.metadata["key_0"].endswith("…")
+    retryable = errors.Unavailable(text * 10_000, metadata={f"key_{i}": text * 10_000 for i in range(20)})
+    assert _wire_size(to_rpc_status(retryable, "shopmesh.test")) < 7 * 1024
     small = errors.InvalidArgument("bad", [errors.FieldViolation("a", "b", "C")])
     assert to_rpc_status(small, "shopmesh.test").message == "bad"
 

@@ -80,43 +80,57 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 # A gRPC client refuses trailers past 8 KiB now and then and past 16 KiB always (grpc.max_metadata_size),
-# answering RESOURCE_EXHAUSTED, "retry later", for a request that can never succeed; an error's status
-# goes out nearly twice (grpc-message, and base64 in grpc-status-details-bin). These keep it well under.
-MAX_MESSAGE_CHARS = 512
-MAX_METADATA_VALUE_CHARS = 1024
-MAX_DETAILS_BYTES = 4096
+# answering RESOURCE_EXHAUSTED, "retry later", for a request that can never succeed. An error goes out
+# nearly twice: the message percent-encoded in grpc-message (3 characters for each byte of non-ASCII text),
+# and the whole status base64-encoded (4/3) in grpc-status-details-bin. So the budgets count UTF-8 bytes,
+# not characters, and keep both headers together under 7 KiB, whatever the text (tests/test_errors.py
+# measures them as sent).
+MAX_MESSAGE_BYTES = 512
+MAX_METADATA_VALUE_BYTES = 1024
+# ErrorInfo's metadata entries past this are left out (the first ones stay), so that many long values cannot
+# crowd out the rest of the details.
+MAX_ERROR_INFO_BYTES = 2048
+MAX_DETAILS_BYTES = 3584
+_ELLIPSIS = "…"
 
 
 def _shortened(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """`text` if it fits in `limit` UTF-8 bytes; else as much of it as fits with "…", cut between characters."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    room = limit - len(_ELLIPSIS.encode())
+    return encoded[:room].decode(errors="ignore") + _ELLIPSIS
+
+
+def _error_info(error: errors.DomainError, default_domain: str) -> error_details_pb2.ErrorInfo:
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=error.domain or default_domain)
+    for key, value in error.metadata.items():
+        info.metadata[key] = _shortened(value, MAX_METADATA_VALUE_BYTES)
+        if info.ByteSize() > MAX_ERROR_INFO_BYTES:
+            del info.metadata[key]
+            break
+    return info
 
 
 def to_rpc_status(error: errors.DomainError, default_domain: str) -> status_pb2.Status:
     """The google.rpc.Status for a domain error: ErrorInfo always, BadRequest and RetryInfo when known.
-    Bounded in size: a long message or metadata value is cut (ending in "…"), and of more violations
-    than fit, the first are sent and the message says how many there were."""
+    Bounded in size: a long message or metadata value is cut (ending in "…"), metadata entries past
+    MAX_ERROR_INFO_BYTES are left out, and of more violations than fit, the first are sent and the message
+    says how many there were."""
     code = status_code_for(error)
-    metadata = {key: _shortened(value, MAX_METADATA_VALUE_CHARS) for key, value in error.metadata.items()}
-    details = [
-        _pack(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason,
-                domain=error.domain or default_domain,
-                metadata=metadata,
-            )
-        )
-    ]
+    details = [_pack(_error_info(error, default_domain))]
     retry_after = getattr(error, "retry_after_seconds", None)
     if retry_after is not None:
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(retry_after))))
-    message = _shortened(error.message, MAX_MESSAGE_CHARS)
+    message = _shortened(error.message, MAX_MESSAGE_BYTES)
     if isinstance(error, errors.InvalidArgument) and error.violations:
         room = MAX_DETAILS_BYTES - sum(d.ByteSize() for d in details)
         shown: list[error_details_pb2.BadRequest.FieldViolation] = []
         for v in error.violations:
             violation = error_details_pb2.BadRequest.FieldViolation(
-                field=_shortened(v.field, MAX_MESSAGE_CHARS),
-                description=_shortened(v.description, MAX_MESSAGE_CHARS),
+                field=_shortened(v.field, MAX_MESSAGE_BYTES),
+                description=_shortened(v.description, MAX_MESSAGE_BYTES),
                 reason=v.reason,
             )
             room -= violation.ByteSize() + 4  # its tag and length within BadRequest, and BadRequest's in Any
@@ -124,7 +138,7 @@ def to_rpc_status(error: errors.DomainError, default_domain: str) -> status_pb2.
                 break
             shown.append(violation)
         if len(shown) < len(error.violations):
-            message = _shortened(error.message, MAX_MESSAGE_CHARS - 40)
+            message = _shortened(error.message, MAX_MESSAGE_BYTES - 40)
             message += f" ({len(shown)} of {len(error.violations)} violations listed)"
         details.insert(1, _pack(error_details_pb2.BadRequest(field_violations=shown)))
     return status_pb2.Status(code=code.value[0], message=message, details=details)
