@@ -140,3 +140,41 @@ def test_a_readiness_period_longer_than_the_drain_delay_fails_the_render(helm_di
     longer period the pod refuses new calls while it is still an endpoint: every rollout fails calls."""
     with pytest.raises(Exception, match="readiness"):
         objects_of(helm_dir, "catalog", {"probes": {"readinessPeriodSeconds": 10}})
+
+
+def test_a_readiness_period_of_0_is_kubernetes_10_s_and_the_drain_must_reach_it(helm_dir: Path) -> None:
+    """Kubernetes defaults a probe's periodSeconds of 0 to 10 s. The guard compares the drain delay with the
+    value as written (0), so `probes.readinessPeriodSeconds: 0` renders with the default 5 s drain though the
+    real period is 10 s (the defect the guard exists for), and with a zero drain the edge's Envoy gets the
+    0 s preStop sleep that "never" renders any more."""
+    with pytest.raises(Exception, match="readiness"):
+        objects_of(helm_dir, "catalog", {"probes": {"readinessPeriodSeconds": 0}})
+    with pytest.raises(Exception, match="readiness"):
+        objects_of(
+            helm_dir,
+            "gateway",
+            {
+                "global": {"drain": {"drainDelaySeconds": 0, "shutdownGraceSeconds": 0}},
+                "probes": {"readinessPeriodSeconds": 0},
+            },
+        )
+
+
+def test_a_null_in_a_charts_own_resources_never_reaches_the_manifest(helm_dir: Path) -> None:
+    """Helm's way to drop a default is a null (`--set catalog.resources.limits.cpu=null`: no CPU limit). Before
+    the dev sizing moved to defaultResources that removed the key; now `resources` is {} and the null is
+    merged over the defaults into the Deployment as `cpu: null` (a zero quantity, below the 25m request)."""
+    docs = objects_of(helm_dir, "catalog", values("resources:\n  limits:\n    cpu: null\n"))
+    limits = find(docs, "Deployment", "catalog")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert None not in limits.values(), limits
+
+
+def test_an_env_number_beyond_float64_precision_is_refused_or_kept_as_written(helm_dir: Path) -> None:
+    """docs/kubernetes.md: a chart's env values reach the ConfigMap "as written, a number as its digits". Every
+    number is a float64 after shopmesh-lib.config's copy, so 2^53 + 1 renders as 9007199254740992: a different
+    setting, silently (it was "9.007199254740992e+15" before, which the service at least refused)."""
+    try:
+        docs = objects_of(helm_dir, "users", {"env": {"KEY_ROTATION_INTERVAL_SECONDS": 9007199254740993}})
+    except Exception:
+        return  # refused: fine
+    assert find(docs, "ConfigMap", "users")["data"]["KEY_ROTATION_INTERVAL_SECONDS"] == "9007199254740993"
