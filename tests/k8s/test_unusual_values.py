@@ -178,3 +178,14 @@ def test_an_env_number_beyond_float64_precision_is_refused_or_kept_as_written(he
     except Exception:
         return  # refused: fine
     assert find(docs, "ConfigMap", "users")["data"]["KEY_ROTATION_INTERVAL_SECONDS"] == "9007199254740993"
+
+
+def test_an_all_digit_tag_beyond_float64_precision_is_refused_or_kept(helm_dir: Path) -> None:
+    """A 17-digit build number (a timestamp to the millisecond) given with --set or unquoted in a values file
+    renders as another tag (…123 -> …124): a pull of an image that does not exist, or of the wrong one. The
+    docs say "the charts print a whole number as its digits all the same"."""
+    try:
+        docs = objects_of(helm_dir, "catalog", {"global": {"imageTag": 20261203084653123}})
+    except Exception:
+        return  # refused: fine
+    assert image_of(docs, "catalog") == "shopmesh-catalog:20261203084653123"
