@@ -43,8 +43,21 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
      its values.yaml: an operator's), else the environment's sizing for this service (global.resources.<name>),
      else the chart's dev sizing (defaultResources). A deep merge: the dev sizing cannot sit in `resources`,
      where Helm would mix it into an operator's value before this sees either. mergeOverwrite changes only
-     its first map and the maps it takes in, all of them this template's copies ($v, $g). */ -}}
-{{- $_ := set $c "resources" (mergeOverwrite (dict) (dig "defaultResources" dict $v) (dig "resources" $name dict $g) (dig "resources" dict $v)) -}}
+     its first map and the maps it takes in, all of them this template's copies ($v, $g). A null removes the
+     key (`--set catalog.resources.limits.cpu=null`: no CPU limit), as Helm's nulls do with a chart's own
+     defaults: the merge keeps the null, which the API would refuse, and a section left empty goes too. */ -}}
+{{- $resources := mergeOverwrite (dict) (dig "defaultResources" dict $v) (dig "resources" $name dict $g) (dig "resources" dict $v) -}}
+{{- range $section, $quantities := $resources -}}
+{{- if kindIs "map" $quantities -}}
+{{- range $key, $quantity := $quantities -}}
+{{- if kindIs "invalid" $quantity }}{{ $_ := unset $quantities $key }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- if or (kindIs "invalid" $quantities) (and (kindIs "map" $quantities) (empty $quantities)) -}}
+{{- $_ := unset $resources $section -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $c "resources" $resources -}}
 
 {{- /* Drain (docs/chassis.md): NOT_SERVING for drainDelay, then in-flight calls get shutdownGrace, then the
      shutdown hooks get shutdownHooksBudget altogether, then the last spans are exported (3 s at most:
