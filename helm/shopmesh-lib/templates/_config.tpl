@@ -85,9 +85,15 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "readinessPeriodSeconds" (dig "probes" "readinessPeriodSeconds" 3 $v)
     "livenessPeriodSeconds" (dig "probes" "livenessPeriodSeconds" 10 $v)
     "startupFailureThreshold" (dig "probes" "startupFailureThreshold" 60 $v)) -}}
+{{- /* Kubernetes reads a period of 0 as its default, 10 s, so the comparison below would hold against a
+     period the probe does not have (and a drain of 0 would pass it); periodSeconds is a whole number. */ -}}
+{{- $readinessPeriod := float64 $c.probes.readinessPeriodSeconds -}}
+{{- if or (lt $readinessPeriod 1.0) (ne (floor $readinessPeriod) $readinessPeriod) -}}
+{{- fail (printf "probes.readinessPeriodSeconds (%v) must be a whole number of seconds, 1 or more: Kubernetes turns 0 into its default, 10 s" $c.probes.readinessPeriodSeconds) -}}
+{{- end -}}
 {{- /* The drain delay is there for one readiness probe to see NOT_SERVING (_deployment.tpl); shorter, and the
      pod refuses new calls while it is still an endpoint of the Service. */ -}}
-{{- if lt (float64 $drain) (float64 $c.probes.readinessPeriodSeconds) -}}
+{{- if lt (float64 $drain) $readinessPeriod -}}
 {{- fail (printf "drain: drainDelaySeconds (%v) must be at least probes.readinessPeriodSeconds (%v): the chassis answers NOT_SERVING for the drain delay so that a readiness probe takes the pod out of the Service while its calls still succeed; with a longer period the pod refuses calls while it is still an endpoint" $drain $c.probes.readinessPeriodSeconds) -}}
 {{- end -}}
 
