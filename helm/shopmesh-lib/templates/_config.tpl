@@ -22,8 +22,8 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- /* Image: <registry>/<repository>:<tag>[@<digest>]; skaffold injects repository, tag and digest. */ -}}
 {{- $registry := dig "image" "registry" (dig "imageRegistry" "" $g) $v -}}
 {{- $repository := required "image.repository is required" (dig "image" "repository" "" $v) -}}
-{{- $tag := include "shopmesh-lib.string" (dig "image" "tag" "" $v | default (dig "imageTag" "" $g) | default .Chart.AppVersion) -}}
-{{- $digest := include "shopmesh-lib.string" (dig "image" "digest" "" $v) -}}
+{{- $tag := include "shopmesh-lib.string" (dict "setting" "image.tag (or global.imageTag)" "value" (dig "image" "tag" "" $v | default (dig "imageTag" "" $g) | default .Chart.AppVersion)) -}}
+{{- $digest := include "shopmesh-lib.string" (dict "setting" "image.digest" "value" (dig "image" "digest" "" $v)) -}}
 {{- $_ := set $c "image" (include "shopmesh-lib.imageRef" (dict "registry" $registry "repository" $repository "tag" $tag "digest" $digest)) -}}
 {{- $_ := set $c "imageDigest" $digest -}}
 {{- $_ := set $c "imagePullPolicy" (dig "image" "pullPolicy" (dig "imagePullPolicy" "Always" $g) $v) -}}
@@ -191,8 +191,8 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $cv := dig "canary" (dig "canary" $name dict $g) $v -}}
 {{- $canaryEnabled := dig "enabled" false $cv -}}
 {{- $weight := dig "weight" 10 $cv -}}
-{{- $canaryTag := include "shopmesh-lib.string" (dig "image" "tag" "" $cv | default $tag) -}}
-{{- $canaryDigest := include "shopmesh-lib.string" (dig "image" "digest" "" $cv) -}}
+{{- $canaryTag := include "shopmesh-lib.string" (dict "setting" "canary.image.tag" "value" (dig "image" "tag" "" $cv | default $tag)) -}}
+{{- $canaryDigest := include "shopmesh-lib.string" (dict "setting" "canary.image.digest" "value" (dig "image" "digest" "" $cv)) -}}
 {{- if $canaryEnabled -}}
 {{- if not $c.meshPolicy.enabled -}}
 {{- fail (printf "canary for %s: traffic splitting needs a mesh and its policy objects (global.mesh istio or linkerd, global.meshPolicy.enabled); without them the Service spreads calls by pod count, not by weight" $name) -}}
@@ -352,7 +352,7 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
      not parse 2592000 back from "2.592e+06". */ -}}
 {{- $env := dict -}}
 {{- range $key, $value := dig "env" dict $v -}}
-{{- $_ := set $env $key (include "shopmesh-lib.string" $value) -}}
+{{- $_ := set $env $key (include "shopmesh-lib.string" (dict "setting" (printf "env.%s" $key) "value" $value)) -}}
 {{- end -}}
 {{- $_ := set $c "env" $env -}}
 {{- $_ := set $c "podAnnotations" (merge (dig "podAnnotations" dict $v) (dig "podAnnotations" dict $g)) -}}
@@ -364,17 +364,24 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 
 
 {{/*
-A scalar value as the text it was written as, for settings that are text but may be written as numbers (an
-all-digit image tag, an env value). Every number here is a float64: YAML numbers from values files, and
---set's integers after shopmesh-lib.config's toYaml/fromYaml copy. Go prints a float64 of 1e6 or more in
-scientific notation (1234567 -> "1.234567e+06"), so a whole number is printed as its digits. A fraction
-prints as Go's shortest form; a tag like 1.10 is already 1.1 once YAML has read it: quote it, or --set-string.
+A scalar value (.value, of the setting .setting) as the text it was written as, for settings that are text
+but may be written as numbers (an all-digit image tag, an env value). Every number here is a float64: YAML
+numbers from values files, and --set's integers after shopmesh-lib.config's toYaml/fromYaml copy. Go prints
+a float64 of 1e6 or more in scientific notation (1234567 -> "1.234567e+06"), so a whole number is printed
+as its digits. From 2^53 on a float64 no longer holds every whole number (9007199254740993 is read as
+...992, a 17-digit build number as another one), and what was written is lost before this sees it: the
+render fails rather than print another value. A fraction prints as Go's shortest form; a tag like 1.10 is
+already 1.1 once YAML has read it: quote it, or --set-string.
 */}}
 {{- define "shopmesh-lib.string" -}}
-{{- if and (kindIs "float64" .) (eq (floor .) .) -}}
-{{- printf "%.0f" . -}}
+{{- $value := .value -}}
+{{- if and (kindIs "float64" $value) (eq (floor $value) $value) -}}
+{{- if or (ge $value 9007199254740992.0) (le $value -9007199254740992.0) -}}
+{{- fail (printf "%s: a number of 2^53 or more (read as %.0f) is beyond what Helm's numbers (float64) hold exactly and may not be the one written; write it as text: quote it in the values file, or give it with --set-string" .setting $value) -}}
+{{- end -}}
+{{- printf "%.0f" $value -}}
 {{- else -}}
-{{- toString . -}}
+{{- toString $value -}}
 {{- end -}}
 {{- end -}}
 
