@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import helm_python as helm
 import yaml
+from helm_python import _native as helm_native
 
 ROOT = Path(__file__).resolve().parent.parent
 HELM = ROOT / "helm"
@@ -78,13 +79,23 @@ def render(
     *,
     namespace: str = NAMESPACE,
     values: dict[str, Any] | None = None,
+    kube_version: str | None = None,
 ) -> dict[str, str]:
     """Template path -> rendered manifest (hooks included, empty files dropped), as `helm template`;
-    `values` (if given) in place of the value set's file."""
+    `values` (if given) in place of the value set's file; `kube_version` (if given, "v1.28.0") the cluster
+    version the templates see, as `helm template --kube-version`, else the SDK's default (v1.36.0 in Helm
+    4.2), which the charts' minimum (1.29, the mesh's native sidecars) is below."""
     release = UMBRELLA if chart == UMBRELLA else chart
     chosen = values_for(value_set, helm_dir) if values is None else values
     with helm.Chart.load(helm_dir / chart) as loaded:
-        out = loaded.render(chosen, name=release, namespace=namespace, is_install=True)
+        if kube_version is None:
+            out = loaded.render(chosen, name=release, namespace=namespace, is_install=True)
+        else:
+            # Chart.render does not pass this option of the SDK's render on (helm-python-sdk 0.2.2); the
+            # native call it wraps takes it.
+            options = {"name": release, "namespace": namespace, "is_install": True, "kube_version": kube_version}
+            raw = helm_native.call_string("helm_render", loaded._raw(), json.dumps(chosen), json.dumps(options))
+            out = json.loads(raw)
     return {path: text for path, text in sorted(out.items()) if text.strip() and not path.endswith("NOTES.txt")}
 
 

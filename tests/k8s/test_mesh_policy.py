@@ -391,6 +391,21 @@ def test_the_linkerd_check_sees_a_bad_value_misspelled_fields_and_a_dangling_ref
 
 
 @pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+def test_a_meshed_render_for_kubernetes_before_1_29_fails(helm_dir: Path, mesh: str) -> None:
+    """The proxy is asked for as a native sidecar (an init container with restartPolicy: Always): before 1.29
+    the API server drops that field (or keeps it behind a gate that is off), and the injected pods are refused
+    or never leave Init. A provider's build of 1.29 renders, and so does 1.28 without a mesh."""
+    meshed = render.values_for(mesh, helm_dir)
+    refused = re.escape("native sidecar, which needs Kubernetes 1.29 or later")
+    with pytest.raises(Exception, match=refused):
+        render.render(helm_dir, "catalog", "custom", values=meshed, kube_version="v1.28.15")
+    with pytest.raises(Exception, match=refused):
+        render.render(helm_dir, render.UMBRELLA, "custom", values=meshed, kube_version="v1.28.15-gke.1")
+    assert render.render(helm_dir, "catalog", "custom", values=meshed, kube_version="v1.29.1-eks-c417bb3")
+    assert render.render(helm_dir, "catalog", "default", kube_version="v1.28.15")
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
 @pytest.mark.parametrize("name", NAMES)
 def test_helm_test_goes_through_the_mesh_under_an_identity_of_its_own(
     rendered: dict[tuple[str, str], Docs], mesh: str, name: str

@@ -177,6 +177,14 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- fail (printf "global.mesh must be empty, istio or linkerd, not %q" $mesh) -}}
 {{- end -}}
 {{- $_ := set $c "mesh" $mesh -}}
+{{- /* The proxy is asked for as a native sidecar (shopmesh-lib.mesh.injection): an init container with
+     restartPolicy: Always, which an API server before 1.29 drops (or keeps behind a gate that is off), so the
+     injected pod is refused (probes on a plain init container) or never leaves Init (a proxy that never
+     exits). The version is the cluster's on install/upgrade, Helm's default (or --kube-version) offline;
+     "-0" lets providers' builds (v1.29.1-eks-...) compare as releases. */ -}}
+{{- if and $mesh (not (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail (printf "global.mesh %s: the proxy runs as a native sidecar, which needs Kubernetes 1.29 or later, and this is %s; before 1.29 the API server refuses the injected pods or they never leave Init (offline, give helm template --kube-version)" $mesh .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- $mp := dig "meshPolicy" dict $g -}}
 {{- $_ := set $c "meshPolicy" (dict
     "enabled" (and (ne $mesh "") (dig "enabled" true $mp))
