@@ -135,9 +135,9 @@ def test_more_than_one_replica_on_sqlite_fails_the_render(helm_dir: Path, name: 
 
 
 def test_a_readiness_period_longer_than_the_drain_delay_fails_the_render(helm_dir: Path) -> None:
-    """_deployment.tpl: the chassis stays NOT_SERVING for DRAIN_DELAY_SECONDS, ">= one readiness period, so the
-    readiness probe sees NOT_SERVING and the endpoint leaves the Service while calls still succeed". With a
-    longer period the pod refuses new calls while it is still an endpoint: every rollout fails calls."""
+    """_deployment.tpl: the chassis stays NOT_SERVING for DRAIN_DELAY_SECONDS, at least one readiness period. A
+    terminating pod's endpoint stays `serving` until the probe sees NOT_SERVING, and kube-proxy sends calls to
+    serving terminating endpoints when no ready one is left: with a longer period the pod refuses them."""
     with pytest.raises(Exception, match="readiness"):
         objects_of(helm_dir, "catalog", {"probes": {"readinessPeriodSeconds": 10}})
 

@@ -91,10 +91,13 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- if or (lt $readinessPeriod 1.0) (ne (floor $readinessPeriod) $readinessPeriod) -}}
 {{- fail (printf "probes.readinessPeriodSeconds (%v) must be a whole number of seconds, 1 or more: Kubernetes turns 0 into its default, 10 s" $c.probes.readinessPeriodSeconds) -}}
 {{- end -}}
-{{- /* The drain delay is there for one readiness probe to see NOT_SERVING (_deployment.tpl); shorter, and the
-     pod refuses new calls while it is still an endpoint of the Service. */ -}}
+{{- /* The drain delay covers the news of the pod's end travelling: its endpoint stops being ready as soon as
+     the pod is deleted, whatever its probe says, but kube-proxy, the mesh's proxies and an ingress learn it
+     later and send new calls meanwhile. It stays `serving` though, until a readiness probe sees NOT_SERVING,
+     and whoever falls back to serving terminating endpoints when none is ready (kube-proxy, for the last
+     ones) sends it calls until then: a drain delay shorter than the probe's period would refuse them. */ -}}
 {{- if lt (float64 $drain) $readinessPeriod -}}
-{{- fail (printf "drain: drainDelaySeconds (%v) must be at least probes.readinessPeriodSeconds (%v): the chassis answers NOT_SERVING for the drain delay so that a readiness probe takes the pod out of the Service while its calls still succeed; with a longer period the pod refuses calls while it is still an endpoint" $drain $c.probes.readinessPeriodSeconds) -}}
+{{- fail (printf "drain: drainDelaySeconds (%v) must be at least probes.readinessPeriodSeconds (%v): a terminating pod's endpoint stays 'serving' until a readiness probe sees NOT_SERVING, and traffic that falls back to serving endpoints (kube-proxy, when no ready one is left) keeps coming until then; a shorter drain refuses those calls" $drain $c.probes.readinessPeriodSeconds) -}}
 {{- end -}}
 
 {{- /* Database: SQLite under /data (an emptyDir) or PostgreSQL via DATABASE_URL from a Secret. */ -}}

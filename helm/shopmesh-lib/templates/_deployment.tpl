@@ -2,8 +2,10 @@
 The Deployment of one service.
 
 Drain, and why there is no preStop hook: on SIGTERM the chassis itself turns grpc.health.v1 to
-NOT_SERVING and keeps answering for DRAIN_DELAY_SECONDS (>= one readiness period, so the readiness
-probe sees NOT_SERVING and the endpoint leaves the Service while calls still succeed), then refuses new
+NOT_SERVING and keeps answering for DRAIN_DELAY_SECONDS (the pod's endpoint stops being ready when it
+is deleted, but kube-proxy, mesh proxies and ingresses learn it later and send new calls meanwhile; and
+>= one readiness period, so the probe has seen NOT_SERVING and the endpoint stopped `serving`, which is
+where those that fall back to terminating endpoints send calls, before any is refused), then refuses new
 calls and gives in-flight ones SHUTDOWN_GRACE_SECONDS, then runs the service's shutdown hooks within
 SHUTDOWN_HOOKS_BUDGET_SECONDS altogether and exports its last spans (3 s at most). A `preStop: sleep`
 would only repeat that delay (and the image's final stage runs the interpreter directly, with no
