@@ -76,6 +76,13 @@ def test_turning_the_network_policies_off_leaves_the_services_reachable(helm_dir
         assert set(SERVICES) <= policies, "the default deny selects every pod and no service policy allows anything"
 
 
+def test_turning_the_network_policies_off_drops_the_helm_test_ones_too(helm_dir: Path) -> None:
+    """The switch means the platform enforces its own policies (or the cluster none): the `helm test` pods'
+    NetworkPolicies follow it like the services' do."""
+    docs = objects_of(helm_dir, "shopmesh", {"global": {"networkPolicy": {"enabled": False}}})
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"] == []
+
+
 @pytest.mark.parametrize("mesh", ["istio", "linkerd"])
 def test_a_meshed_service_keeps_its_proxy_until_the_chassis_has_stopped(helm_dir: Path, mesh: str) -> None:
     """On SIGTERM the chassis serves for drainDelaySeconds, finishes in-flight calls for shutdownGraceSeconds and

@@ -59,8 +59,10 @@ shopmesh-lib.service — every object of one shopmesh service. A service chart's
 {{- if $c.tests.enabled }}
 ---
 {{ include "shopmesh-lib.test-serviceaccount" $ctx }}
+{{- if $c.networkPolicy.enabled }}
 ---
 {{ include "shopmesh-lib.test-networkpolicy" $ctx }}
+{{- end }}
 ---
 {{ include "shopmesh-lib.test-pod" $ctx }}
 {{- end }}
