@@ -176,26 +176,18 @@ def test_a_null_in_a_charts_own_resources_never_reaches_the_manifest(helm_dir: P
     assert None not in limits.values(), limits
 
 
-def test_an_env_number_beyond_float64_precision_is_refused_or_kept_as_written(helm_dir: Path) -> None:
-    """docs/kubernetes.md: a chart's env values reach the ConfigMap "as written, a number as its digits". Every
-    number is a float64 after shopmesh-lib.config's copy, so 2^53 + 1 renders as 9007199254740992: a different
-    setting, silently (it was "9.007199254740992e+15" before, which the service at least refused)."""
-    try:
-        docs = objects_of(helm_dir, "users", {"env": {"KEY_ROTATION_INTERVAL_SECONDS": 9007199254740993}})
-    except Exception:
-        return  # refused: fine
-    assert find(docs, "ConfigMap", "users")["data"]["KEY_ROTATION_INTERVAL_SECONDS"] == "9007199254740993"
+def test_an_env_number_beyond_float64_precision_is_refused_saying_to_write_it_as_text(helm_dir: Path) -> None:
+    """docs/kubernetes.md: a chart's env values reach the ConfigMap as written. Every number is a float64 after
+    shopmesh-lib.config's copy, so 2^53 + 1 would render as 9007199254740992, another setting, silently."""
+    with pytest.raises(Exception, match=r"env\.KEY_ROTATION_INTERVAL_SECONDS.*2\^53.*--set-string"):
+        objects_of(helm_dir, "users", {"env": {"KEY_ROTATION_INTERVAL_SECONDS": 9007199254740993}})
 
 
-def test_an_all_digit_tag_beyond_float64_precision_is_refused_or_kept(helm_dir: Path) -> None:
+def test_an_all_digit_tag_beyond_float64_precision_is_refused_saying_to_write_it_as_text(helm_dir: Path) -> None:
     """A 17-digit build number (a timestamp to the millisecond) given with --set or unquoted in a values file
-    renders as another tag (…123 -> …124): a pull of an image that does not exist, or of the wrong one. The
-    docs say "the charts print a whole number as its digits all the same"."""
-    try:
-        docs = objects_of(helm_dir, "catalog", {"global": {"imageTag": 20261203084653123}})
-    except Exception:
-        return  # refused: fine
-    assert image_of(docs, "catalog") == "shopmesh-catalog:20261203084653123"
+    would render as another tag (…123 -> …124): a pull of an image that does not exist, or of the wrong one."""
+    with pytest.raises(Exception, match=r"2\^53.*--set-string"):
+        objects_of(helm_dir, "catalog", {"global": {"imageTag": 20261203084653123}})
 
 
 def test_a_null_in_the_edges_http_api_resources_never_reaches_the_manifest(helm_dir: Path) -> None:
@@ -230,3 +222,15 @@ def test_the_edges_prestop_sleep_is_not_rendered_for_a_kubernetes_that_drops_it(
     containers = find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
     hooks = [c["lifecycle"]["preStop"] for c in containers if "preStop" in c.get("lifecycle", {})]
     assert not [hook for hook in hooks if "sleep" in hook], hooks
+
+
+def test_autoscaling_without_a_cpu_request_is_refused(helm_dir: Path) -> None:
+    """A null can now remove the CPU request and limit; the HorizontalPodAutoscaler then never computes CPU use
+    ("missing request for cpu") and never scales: the render says so instead."""
+    nulled = {
+        "global": {"database": {"mode": "postgres"}},
+        "autoscaling": {"enabled": True},
+        "resources": {"requests": {"cpu": None}, "limits": {"cpu": None}},
+    }
+    with pytest.raises(Exception, match=r"autoscaling for inventory.*requests\.cpu"):
+        objects_of(helm_dir, "inventory", nulled)

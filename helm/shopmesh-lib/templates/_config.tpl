@@ -47,17 +47,12 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
      key (`--set catalog.resources.limits.cpu=null`: no CPU limit), as Helm's nulls do with a chart's own
      defaults: the merge keeps the null, which the API would refuse, and a section left empty goes too. */ -}}
 {{- $resources := mergeOverwrite (dict) (dig "defaultResources" dict $v) (dig "resources" $name dict $g) (dig "resources" dict $v) -}}
-{{- range $section, $quantities := $resources -}}
-{{- if kindIs "map" $quantities -}}
-{{- range $key, $quantity := $quantities -}}
-{{- if kindIs "invalid" $quantity }}{{ $_ := unset $quantities $key }}{{ end -}}
-{{- end -}}
-{{- end -}}
-{{- if or (kindIs "invalid" $quantities) (and (kindIs "map" $quantities) (empty $quantities)) -}}
-{{- $_ := unset $resources $section -}}
-{{- end -}}
-{{- end -}}
+{{- include "shopmesh-lib.dropNullQuantities" $resources -}}
 {{- $_ := set $c "resources" $resources -}}
+{{- /* The autoscaler scales on CPU use relative to the request (a limit alone is also the request). */ -}}
+{{- if and $c.autoscaling.enabled (not (or (dig "requests" "cpu" "" $resources) (dig "limits" "cpu" "" $resources))) -}}
+{{- fail (printf "autoscaling for %s: the HorizontalPodAutoscaler scales on CPU use relative to the container's CPU request, and its resources set none (a null removed it?); give resources.requests.cpu" $name) -}}
+{{- end -}}
 
 {{- /* Drain (docs/chassis.md): NOT_SERVING for drainDelay, then in-flight calls get shutdownGrace, then the
      shutdown hooks get shutdownHooksBudget altogether, then the last spans are exported (3 s at most:
@@ -275,7 +270,14 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "port" 8080
     "metricsPort" 9465
     "image" (dig "httpApi" "image" (dig "image" "envoyproxy/envoy-distroless:v1.40.0" $ha) $v)
-    "resources" (dig "httpApi" "resources" (dig "resources" (dict "requests" (dict "cpu" "10m" "memory" "32Mi") "limits" (dict "cpu" "500m" "memory" "128Mi")) $ha) $v)) -}}
+    "resources" (mergeOverwrite (dict "requests" (dict "cpu" "10m" "memory" "32Mi") "limits" (dict "cpu" "500m" "memory" "128Mi")) (dig "resources" dict $ha) (dig "httpApi" "resources" dict $v))) -}}
+{{- /* Key by key, nulls removing a key, as the service container's sizing. */ -}}
+{{- include "shopmesh-lib.dropNullQuantities" $c.httpApi.resources -}}
+{{- /* Its preStop hook is a `sleep` (the image has no shell): PodLifecycleSleepAction, on by default from
+     Kubernetes 1.30; before, the API server drops the sleep and refuses the hook left without a handler. */ -}}
+{{- if and $c.httpApi.enabled (not (semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail (printf "httpApi for %s: the edge's preStop hook sleeps, which needs Kubernetes 1.30 or later, and this is %s (offline, give helm template --kube-version)" $name .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 
 {{- if ne (int (dig "httpApi" "port" 8080 $v)) 8080 -}}
 {{- fail "httpApi.port is fixed at 8080: the Envoy configuration in the chart's files/ listens there (k8s/http_api.py)" -}}
@@ -428,4 +430,22 @@ settings that reach it (database, nats, smtp, otel) default to. */}}
   podSelector:
     matchLabels:
       app.kubernetes.io/name: {{ . }}
+{{- end -}}
+
+
+{{- /* Remove, in place, the quantities of a container's resources set to null (and a section left empty or
+     null): Helm's way to drop a default (`--set ...resources.limits.cpu=null`), which a merge keeps and the
+     API would refuse. Renders nothing. */ -}}
+{{- define "shopmesh-lib.dropNullQuantities" -}}
+{{- $resources := . -}}
+{{- range $section, $quantities := $resources -}}
+{{- if kindIs "map" $quantities -}}
+{{- range $key, $quantity := $quantities -}}
+{{- if kindIs "invalid" $quantity }}{{ $_ := unset $quantities $key }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- if or (kindIs "invalid" $quantities) (and (kindIs "map" $quantities) (empty $quantities)) -}}
+{{- $_ := unset $resources $section -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
