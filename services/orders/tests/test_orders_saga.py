@@ -841,3 +841,60 @@ async def test_compensation_renews_the_lease_before_each_of_its_remote_calls(
     calls = [i for i, entry in enumerate(timeline) if entry != "renew"]
     assert [timeline[i] for i in calls] == ["payments_for", "refund", "reserve", "release"]
     assert all(timeline[i - 1] == "renew" for i in calls), timeline
+
+
+async def test_a_recheck_keeps_its_lease_across_its_remote_calls(
+    cancelled_in_doubt: CancelledInDoubt,
+    clocked: Clocked,
+    payments: FakePayments,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding (sibling of the compensation's renewals): recheck_charge lists payments and then
+    refunds each capture with no renewal between the calls, so two calls each within STEP_TIMEOUT_SECONDS
+    outlast a lease that covers one (lease_needed_seconds), and another replica's recovery pass takes the
+    order over and refunds and reports the same late capture again."""
+    order_id, clock = cancelled_in_doubt.order_id, cancelled_in_doubt.clock
+    settings = clocked.settings.model_copy(update={"step_timeout_seconds": 5.0, "saga_lease_seconds": 6.0})
+    assert settings.saga_lease_seconds >= settings.lease_needed_seconds
+    reported: dict[str, list[str]] = {"first": [], "other": []}
+
+    def build(name: str) -> OrdersApplication:
+        saga = SagaDriver(
+            clocked.database,
+            clocked.inventory,
+            payments,
+            settings,
+            on_late_refund=lambda order: reported[name].append(order.id),
+            clock=clock,
+        )
+        return OrdersApplication(clocked.database, clocked.catalog, saga, clock=clock)
+
+    first, other = build("first"), build("other")
+    await _late_capture(payments, order_id)
+    clock.ahead = timedelta(seconds=11)
+    payments_for, refund = payments.payments_for, payments.refund
+    refunding, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_list(order_id: str) -> list[Any]:
+        if not refunding.is_set():
+            clock.ahead += timedelta(seconds=4)  # within the 5 s step timeout
+        return await payments_for(order_id)
+
+    async def slow_refund(payment_id: str, reason: str, idempotency_key: str) -> None:
+        if not refunding.is_set():
+            refunding.set()
+            await release.wait()
+        await refund(payment_id, reason, idempotency_key)
+
+    monkeypatch.setattr(payments, "payments_for", slow_list)
+    monkeypatch.setattr(payments, "refund", slow_refund)
+    checking = asyncio.create_task(first.recheck_charges())
+    await refunding.wait()
+    clock.ahead += timedelta(seconds=4)  # the refund, also within the step timeout
+    try:
+        await asyncio.wait_for(other.recheck_charges(), 5)
+    finally:
+        release.set()
+        await checking
+    assert payments.refund_calls == 1, "another driver refunded the order while its driver was refunding it"
+    assert reported == {"first": [order_id], "other": []}
