@@ -192,3 +192,20 @@ async def test_a_negative_page_size_and_a_malformed_page_token_are_both_named_wi
     details = details_of(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
     assert sorted(v.field for v in details.field_violations) == ["page_size", "page_token"]
+
+
+async def test_a_notification_state_a_newer_release_added_stays_listable(stub: Stub, database: Database) -> None:
+    """Review finding (sibling of orders' unknown cancel codes): docs/chassis.md now says values a newer
+    release may add to a stored enum must be readable, and this release itself adds SUPERSEDED, but
+    notifications still reads its state strictly (State(row.state)). A state the next release adds makes
+    every ListNotifications of that user INTERNAL on this release's pods during the rollout or a rollback."""
+    from sqlalchemy import update
+
+    from shopmesh_notifications.store.tables import notifications
+
+    await seed(database, notification(1), notification(2))
+    async with database.transaction() as session:
+        await session.execute(update(notifications).where(notifications.c.id == "ntf_002").values(state="ARCHIVED"))
+    response = await stub.ListNotifications(listing())
+    assert [n.id for n in response.notifications] == ["ntf_002", "ntf_001"]
+    assert response.notifications[0].state == notifications_pb2.NOTIFICATION_STATE_UNSPECIFIED
