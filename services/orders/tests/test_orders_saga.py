@@ -898,3 +898,13 @@ async def test_a_recheck_keeps_its_lease_across_its_remote_calls(
         await checking
     assert payments.refund_calls == 1, "another driver refunded the order while its driver was refunding it"
     assert reported == {"first": [order_id], "other": []}
+
+
+async def test_insufficient_stock_names_the_products_as_the_contract_says(app: OrdersApplication) -> None:
+    """Review finding: orders.proto (PlaceOrder) promises FAILED_PRECONDITION INSUFFICIENT_STOCK with
+    metadata "product_ids" (and inventory now sends short_count beside it), but _outcome answers only
+    {"order_id"}: the client cannot tell which items to remove."""
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(GOOD, CartLine("prod_b", 2)))
+    assert caught.value.reason == "INSUFFICIENT_STOCK"
+    assert caught.value.metadata.get("product_ids") == "prod_b", caught.value.metadata
