@@ -20,7 +20,8 @@ order is marked checked. It stays CANCELLED and emits no second event: the custo
 nothing was charged", which the refund makes true again (payments publishes PaymentRefunded itself).
 
 Only one driver works on an order at a time: it holds a lease in the database (renewed with every saved
-transition and before every retry of a step; a driver that finds it lost stops); a driver that dies leaves
+transition, before every retry of a step and before every remote call of compensation or a recheck that
+follows another with no step saved between them; a driver that finds it lost stops); a driver that dies leaves
 the lease to run out, and the recovery loop takes the order over.
 """
 
@@ -340,6 +341,9 @@ class SagaDriver:
             order = await self._load(order_id)
             to_refund = await self._captures(order)
             for payment_id in to_refund:
+                # Two remote calls outlast the lease taken for one: renew, or another replica's recovery pass
+                # takes the order over and refunds and reports the same late capture again.
+                await self._keep_lease(order_id, owner, recheck=True)
                 await self._refund(order, payment_id)
             if to_refund:
                 # Said now, not after the save: a retry after a failed save finds nothing captured to report.
@@ -413,11 +417,14 @@ class SagaDriver:
         async with self._db.transaction() as session:
             return await OrderRepository(session).claim(order_id, owner, self._clock(), self.lease_until())
 
-    async def _keep_lease(self, order_id: str, owner: str) -> None:
+    async def _keep_lease(self, order_id: str, owner: str, *, recheck: bool = False) -> None:
         """Renew the lease before a remote call that follows another with no step saved between them;
-        LeaseHeld when another driver took the order over meanwhile."""
+        LeaseHeld when another driver took the order over meanwhile. `recheck`: the lease is a finished
+        order's, taken by `recheck_charge`."""
         async with self._db.transaction() as session:
-            renewed = await OrderRepository(session).renew(order_id, owner, self.lease_until())
+            repository = OrderRepository(session)
+            renew = repository.renew_recheck if recheck else repository.renew
+            renewed = await renew(order_id, owner, self.lease_until())
         if not renewed:
             raise LeaseHeld(order_id)
 

@@ -185,6 +185,21 @@ class OrderRepository:
         )
         return bool(result.rowcount == 1)
 
+    async def renew_recheck(self, order_id: str, owner: str, until: datetime) -> bool:
+        """Extend the lease `owner` took with `claim_recheck` (a finished order's: `renew` matches unfinished
+        ones only); False when it no longer holds it or the order is no longer due a recheck."""
+        result = await self._session.execute(
+            update(orders)
+            .where(
+                orders.c.id == order_id,
+                orders.c.step == SagaStep.DONE.value,
+                orders.c.charge_recheck_at.is_not(None),
+                orders.c.lease_owner == owner,
+            )
+            .values(lease_until=until)
+        )
+        return bool(result.rowcount == 1)
+
     async def release(self, order_id: str, owner: str) -> None:
         await self._session.execute(
             update(orders)
