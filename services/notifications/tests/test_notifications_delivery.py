@@ -624,3 +624,43 @@ async def test_a_confirmation_applied_while_its_orders_cancellation_is_being_app
         listed = await NotificationRepository(session).list_for_user("usr_1", 100, None)
     kinds = sorted(n.kind.value for n in listed if n.order_id == "ord_p" and n.state is State.PENDING)
     assert kinds == ["ORDER_CANCELLED"], kinds
+
+
+async def test_a_pending_notification_a_newer_release_added_is_left_to_that_releases_senders(
+    database: Database,
+) -> None:
+    """Read as UNSPECIFIED (a channel or kind this release does not know, an SMS say), it would be e-mailed
+    to a recipient that is no e-mail address: the sender picks up only what this release knows."""
+    from sqlalchemy import select, update
+
+    from shopmesh_notifications.store.tables import notifications
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    sent: list[str] = []
+
+    class RecordingMailer:
+        async def send(self, notification: Notification) -> None:
+            sent.append(notification.event_id)
+
+    intake = NotificationIntake(clock=lambda: now)
+    async with database.transaction() as session:
+        for event_id, order_id in (("evt_s1", "ord_s1"), ("evt_s2", "ord_s2"), ("evt_s3", "ord_s3")):
+            await intake(session, Event(event_id, ORDER_CONFIRMED, confirmed_event(event_id, order_id), {}, 1))
+        await session.execute(update(notifications).where(notifications.c.event_id == "evt_s1").values(channel="SMS"))
+        await session.execute(
+            update(notifications).where(notifications.c.event_id == "evt_s2").values(kind="ORDER_SHIPPED")
+        )
+    sender = NotificationSender(
+        database, RecordingMailer(), RetryPolicy(3, 60.0, 600.0), claim_seconds=10, clock=lambda: now
+    )
+    assert await sender.send_due() == 1
+    assert sent == ["evt_s3"]
+    async with database.transaction() as session:
+        repository = NotificationRepository(session)
+        assert await repository.next_due_at() is None  # nothing this release can send is waiting
+        stored = await session.execute(select(notifications.c.channel, notifications.c.kind, notifications.c.state))
+        assert sorted(tuple(row) for row in stored) == [
+            ("EMAIL", "ORDER_CONFIRMED", "SENT"),
+            ("EMAIL", "ORDER_SHIPPED", "PENDING"),
+            ("SMS", "ORDER_CONFIRMED", "PENDING"),
+        ]

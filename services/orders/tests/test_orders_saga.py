@@ -796,6 +796,37 @@ async def test_a_cancel_code_this_release_does_not_know_is_answered_as_unspecifi
     assert stored == "SOME_LATER_REASON"
 
 
+async def test_an_order_in_a_state_and_step_this_release_does_not_know_is_listed_and_left_alone(
+    app: OrdersApplication, database: Database
+) -> None:
+    """docs/chassis.md: values a newer release adds to a stored enum stay readable. An order at a step this
+    release cannot drive is answered with the contract's 0 state, not cancellable here, and passed over
+    by the recovery loop (which must not spend its batch on it), its stored state and step kept."""
+    from sqlalchemy import update
+
+    from shopmesh.orders.v1 import orders_pb2
+    from shopmesh_orders.codec import order_to_proto
+    from shopmesh_orders.store.tables import orders
+
+    order_id = await place(app, command())
+    async with database.transaction() as session:
+        await session.execute(update(orders).where(orders.c.id == order_id).values(state="HELD", step="REVIEW"))
+    order = await app.get_order(order_id)
+    assert (order.state, order.step) == (OrderState.UNSPECIFIED, SagaStep.UNSPECIFIED)
+    assert order_to_proto(order).state == orders_pb2.ORDER_STATE_UNSPECIFIED
+    page, _ = await app.list_orders("usr_1", 10, "")
+    assert [o.id for o in page] == [order_id]
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await app.cancel_order(order_id, "changed my mind", "cancel-1", "fp")
+    assert caught.value.reason == "ORDER_NOT_CANCELLABLE"
+    assert await app.resume_unfinished() == 0
+    async with database.transaction() as session:
+        await OrderRepository(session).save(replace(order, updated_at=order.updated_at + timedelta(seconds=1)))
+    async with database.transaction() as session:
+        stored = (await session.execute(select(orders.c.state, orders.c.step).where(orders.c.id == order_id))).one()
+    assert tuple(stored) == ("HELD", "REVIEW")
+
+
 async def test_compensation_renews_the_lease_before_each_of_its_remote_calls(
     app: OrdersApplication,
     saga: SagaDriver,

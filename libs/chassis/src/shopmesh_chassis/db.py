@@ -13,6 +13,7 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Never, ParamSpec, Protocol, TypeVar, TypeVarTuple, overload
 
@@ -133,6 +134,25 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_Stored = TypeVar("_Stored", bound=Enum)
+
+
+def stored_enum(kind: type[_Stored], value: str) -> _Stored:
+    """An enum value read back from the database; the enum's UNSPECIFIED for one this release does not
+    know: a newer release added it, and both run on the same database during a rollout, a canary or after
+    a rollback (docs/chassis.md). UNSPECIFIED is only ever read: never decided, never written back."""
+    try:
+        return kind(value)
+    except ValueError:
+        return kind["UNSPECIFIED"]
+
+
+def known_values(kind: type[Enum]) -> list[str]:
+    """The stored values this release knows of `kind` (UNSPECIFIED left out): for queries that must pass
+    over what a newer release wrote."""
+    return [member.value for member in kind if member.name != "UNSPECIFIED"]
 
 
 def dialect_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:

@@ -16,17 +16,23 @@ ORDER_CONFIRMED = "orders.v1.order_confirmed"
 ORDER_CANCELLED = "orders.v1.order_cancelled"
 SUBJECTS = (ORDER_CONFIRMED, ORDER_CANCELLED)
 
+# UNSPECIFIED: a stored value this release does not know, answered as the contract's 0 value.
 _STATES = {
+    "UNSPECIFIED": notifications_pb2.NOTIFICATION_STATE_UNSPECIFIED,
     "PENDING": notifications_pb2.NOTIFICATION_STATE_PENDING,
     "SENT": notifications_pb2.NOTIFICATION_STATE_SENT,
     "FAILED": notifications_pb2.NOTIFICATION_STATE_FAILED,
     "SUPERSEDED": notifications_pb2.NOTIFICATION_STATE_SUPERSEDED,
 }
 _KINDS = {
+    EventKind.UNSPECIFIED: notifications_pb2.NOTIFICATION_KIND_UNSPECIFIED,
     EventKind.ORDER_CONFIRMED: notifications_pb2.NOTIFICATION_KIND_ORDER_CONFIRMED,
     EventKind.ORDER_CANCELLED: notifications_pb2.NOTIFICATION_KIND_ORDER_CANCELLED,
 }
-_CHANNELS = {"EMAIL": notifications_pb2.NOTIFICATION_CHANNEL_EMAIL}
+_CHANNELS = {
+    "UNSPECIFIED": notifications_pb2.NOTIFICATION_CHANNEL_UNSPECIFIED,
+    "EMAIL": notifications_pb2.NOTIFICATION_CHANNEL_EMAIL,
+}
 
 
 def _lines(items: list[orders_pb2.OrderItem]) -> tuple[Line, ...]:

@@ -11,6 +11,7 @@ from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_orders.domain.model import CancelCode, Order
 
 _STATES = {
+    "UNSPECIFIED": orders_pb2.ORDER_STATE_UNSPECIFIED,
     "PENDING": orders_pb2.ORDER_STATE_PENDING,
     "CONFIRMED": orders_pb2.ORDER_STATE_CONFIRMED,
     "CANCELLED": orders_pb2.ORDER_STATE_CANCELLED,

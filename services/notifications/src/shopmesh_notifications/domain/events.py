@@ -24,6 +24,9 @@ class InvalidEvent(ValueError):
 class EventKind(Enum):
     ORDER_CONFIRMED = "ORDER_CONFIRMED"
     ORDER_CANCELLED = "ORDER_CANCELLED"
+    # A stored kind this release does not know (a newer release added it): listed as the contract's 0
+    # value, never sent, never written. No event has it.
+    UNSPECIFIED = "UNSPECIFIED"
 
 
 @dataclass(frozen=True, slots=True)

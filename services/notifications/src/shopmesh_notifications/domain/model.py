@@ -36,8 +36,13 @@ def storable_reason(text: str) -> str:
     return "".join(shown)[:MAX_FAILURE_REASON]
 
 
+# UNSPECIFIED, in both: a stored value this release does not know (a newer release added it, and an older
+# release runs on the same database during a rollout or after a rollback). Only ever read, never decided:
+# the notification stays listable (as the contract's 0 value), the sender never picks it up, and nothing
+# writes it back over the stored value.
 class Channel(Enum):
     EMAIL = "EMAIL"
+    UNSPECIFIED = "UNSPECIFIED"
 
 
 class State(Enum):
@@ -45,6 +50,7 @@ class State(Enum):
     SENT = "SENT"
     FAILED = "FAILED"
     SUPERSEDED = "SUPERSEDED"
+    UNSPECIFIED = "UNSPECIFIED"
 
 
 @dataclass(frozen=True, slots=True)

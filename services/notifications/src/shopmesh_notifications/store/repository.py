@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, text, update
 
-from shopmesh_chassis.db import DbConnection, as_utc
+from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.store.tables import notifications
@@ -16,6 +16,14 @@ from shopmesh_notifications.store.tables import notifications
 # The advisory locks' namespace (their first key) for per-order locks: notifications' own, apart from the
 # chassis' single-key locks (migrations, outbox relay).
 _ORDER_LOCKS = 0x4E544659  # "NTFY"
+
+# What the sender may pick up: PENDING, on a channel and of a kind this release knows. A newer release's
+# notification (an SMS, say) is left to that release's senders, not e-mailed to its recipient by this one.
+_SENDABLE = and_(
+    notifications.c.state == State.PENDING.value,
+    notifications.c.channel.in_(known_values(Channel)),
+    notifications.c.kind.in_(known_values(EventKind)),
+)
 
 
 def _delivery_values(notification: Notification) -> dict[str, Any]:
@@ -34,15 +42,15 @@ def _from_row(row: Any) -> Notification:
         id=row.id,
         user_id=row.user_id,
         order_id=row.order_id,
-        channel=Channel(row.channel),
+        channel=stored_enum(Channel, row.channel),
         recipient=row.recipient,
         subject=row.subject,
         body=row.body,
         message_id=row.message_id,
-        kind=EventKind(row.kind),
+        kind=stored_enum(EventKind, row.kind),
         event_id=row.event_id,
         created_at=as_utc(row.created_at),
-        state=State(row.state),
+        state=stored_enum(State, row.state),
         attempts=row.attempts,
         next_attempt_at=as_utc(row.next_attempt_at),
         sent_at=as_utc(row.sent_at),
@@ -120,7 +128,7 @@ class NotificationRepository:
         """PENDING notifications whose next attempt is due, oldest first."""
         rows = await self._session.execute(
             select(notifications.c.id)
-            .where(notifications.c.state == State.PENDING.value, notifications.c.next_attempt_at <= now)
+            .where(_SENDABLE, notifications.c.next_attempt_at <= now)
             .order_by(notifications.c.next_attempt_at, notifications.c.created_at)
             .limit(limit)
         )
@@ -128,9 +136,7 @@ class NotificationRepository:
 
     async def next_due_at(self) -> datetime | None:
         """When the earliest PENDING notification becomes due (None: nothing is pending)."""
-        value = await self._session.scalar(
-            select(func.min(notifications.c.next_attempt_at)).where(notifications.c.state == State.PENDING.value)
-        )
+        value = await self._session.scalar(select(func.min(notifications.c.next_attempt_at)).where(_SENDABLE))
         return as_utc(value)
 
     async def claim(self, notification_id: str, now: datetime, until: datetime) -> Notification | None:
@@ -140,7 +146,7 @@ class NotificationRepository:
             update(notifications)
             .where(
                 notifications.c.id == notification_id,
-                notifications.c.state == State.PENDING.value,
+                _SENDABLE,
                 notifications.c.next_attempt_at <= now,
             )
             .values(next_attempt_at=until)

@@ -13,6 +13,8 @@ class OrderState(enum.StrEnum):
     PENDING = "PENDING"
     CONFIRMED = "CONFIRMED"
     CANCELLED = "CANCELLED"
+    # A state a newer release stored (see CancelCode.UNSPECIFIED): the order stays readable, nothing else.
+    UNSPECIFIED = "UNSPECIFIED"
 
 
 class SagaStep(enum.StrEnum):
@@ -24,6 +26,9 @@ class SagaStep(enum.StrEnum):
     COMPENSATE = "COMPENSATE"  # failed before the pivot: undo any charge, release the stock, cancel
     REFUND = "REFUND"  # past the pivot but cancelled (reservation expired, customer request): refund, release
     DONE = "DONE"
+    # A step a newer release stored: this release cannot drive it (no transition accepts it, and the
+    # recovery loop and claims pass it over), and leaves it to that release's drivers.
+    UNSPECIFIED = "UNSPECIFIED"
 
 
 class CancelCode(enum.StrEnum):
@@ -44,14 +49,6 @@ class CancelCode(enum.StrEnum):
     # run on the same database). Only ever read, never decided: the order stays readable, with the message
     # stored beside the code, and the stored code is never written over with this.
     UNSPECIFIED = "UNSPECIFIED"
-
-    @classmethod
-    def stored(cls, value: str) -> CancelCode:
-        """The code of a stored order, UNSPECIFIED for one added after this release."""
-        try:
-            return cls(value)
-        except ValueError:
-            return cls.UNSPECIFIED
 
 
 CANCEL_MESSAGES: dict[CancelCode, str] = {

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, or_, select, update
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.db import DbConnection, as_utc
+from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.store.tables import order_lines, orders
 
@@ -35,10 +35,18 @@ def _row_values(order: Order) -> dict[str, Any]:
         "version": order.version,
         "updated_at": order.updated_at,
     }
+    # Read from a value a newer release stored: that value stays (the SET clause leaves out what is absent).
     if order.cancel_code is CancelCode.UNSPECIFIED:
-        # Read from a code a newer release stored: that code stays (the SET clause leaves out what is absent).
         del values["cancel_code"]
+    if order.state is OrderState.UNSPECIFIED:
+        del values["state"]
+    if order.step is SagaStep.UNSPECIFIED:
+        del values["step"]
     return values
+
+
+# The steps this release can drive: an order at a step a newer release added is left to that release.
+_DRIVABLE = orders.c.step.in_([step for step in known_values(SagaStep) if step != SagaStep.DONE.value])
 
 
 _INSERT_ORDER = insert(orders)
@@ -169,7 +177,7 @@ class OrderRepository:
             update(orders)
             .where(
                 orders.c.id == order_id,
-                orders.c.step != SagaStep.DONE.value,
+                _DRIVABLE,
                 or_(orders.c.lease_owner.is_(None), orders.c.lease_owner == owner, orders.c.lease_until < now),
             )
             .values(lease_owner=owner, lease_until=until)
@@ -180,7 +188,7 @@ class OrderRepository:
         """Extend the saga lease `owner` holds; False when it no longer holds it (another driver took over)."""
         result = await self._session.execute(
             update(orders)
-            .where(orders.c.id == order_id, orders.c.step != SagaStep.DONE.value, orders.c.lease_owner == owner)
+            .where(orders.c.id == order_id, _DRIVABLE, orders.c.lease_owner == owner)
             .values(lease_until=until)
         )
         return bool(result.rowcount == 1)
@@ -212,7 +220,7 @@ class OrderRepository:
         rows = await self._session.execute(
             select(orders.c.id)
             .where(
-                orders.c.step != SagaStep.DONE.value,
+                _DRIVABLE,
                 or_(orders.c.lease_owner.is_(None), orders.c.lease_until < now),
             )
             .order_by(orders.c.created_at)
@@ -226,6 +234,7 @@ class OrderRepository:
             select(orders.c.id)
             .where(
                 orders.c.charge_recheck_at <= now,
+                orders.c.step == SagaStep.DONE.value,
                 or_(orders.c.lease_owner.is_(None), orders.c.lease_until < now),
             )
             .order_by(orders.c.charge_recheck_at)
@@ -261,11 +270,11 @@ class OrderRepository:
             address=Address(**json.loads(row.address)),
             created_at=as_utc(row.created_at),
             updated_at=as_utc(row.updated_at),
-            state=OrderState(row.state),
-            step=SagaStep(row.step),
+            state=stored_enum(OrderState, row.state),
+            step=stored_enum(SagaStep, row.step),
             reservation_id=row.reservation_id,
             payment_id=row.payment_id,
-            cancel_code=CancelCode.stored(row.cancel_code) if row.cancel_code else None,
+            cancel_code=stored_enum(CancelCode, row.cancel_code) if row.cancel_code else None,
             cancel_message=row.cancel_message,
             reserve_attempted=row.reserve_attempted,
             charge_attempted_at=as_utc(row.charge_attempted_at),
