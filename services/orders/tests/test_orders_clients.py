@@ -7,19 +7,21 @@ from typing import Any
 import pytest
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
-from shopmesh_orders.clients import CatalogClient, PaymentsClient
+from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
 from shopmesh_orders.domain.model import CancelCode
-from shopmesh_orders.domain.ports import PaymentRefused
-from shopmesh_orders.domain.validation import Card
+from shopmesh_orders.domain.ports import InsufficientStock, PaymentRefused
+from shopmesh_orders.domain.validation import Card, CartLine
 from shopmesh_orders.settings import OrdersSettings
 
 CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
+INVENTORY = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 
 
 class MissingProducts(catalog_pb2_grpc.CatalogServiceServicer):
@@ -89,3 +91,35 @@ async def test_a_card_payments_will_not_charge_cancels_for_the_reason_payments_g
         with pytest.raises(PaymentRefused) as caught:
             await PaymentsClient(channel.channel, timeout=5).charge("ord_1", 100, "USD", card, "ord_1:charge")
     assert caught.value.code is code
+
+
+class ShortInventory(inventory_pb2_grpc.InventoryServiceServicer):
+    """Answers Reserve FAILED_PRECONDITION INSUFFICIENT_STOCK with `metadata`, as inventory does."""
+
+    def __init__(self, metadata: dict[str, str]) -> None:
+        self._metadata = metadata
+
+    async def Reserve(self, request: inventory_pb2.ReserveRequest, context: Any) -> Any:
+        raise errors.FailedPrecondition("short", reason="INSUFFICIENT_STOCK", metadata=self._metadata)
+
+
+@pytest.mark.parametrize(
+    ("sent", "ids", "count"),
+    [
+        ({"product_ids": "prod_a,prod_b", "short_count": "40"}, ("prod_a", "prod_b"), 40),
+        # An inventory from before short_count listed every short id.
+        ({"product_ids": "prod_a,prod_b"}, ("prod_a", "prod_b"), 2),
+    ],
+)
+async def test_insufficient_stock_keeps_the_ids_inventory_listed_and_how_many_are_short(
+    settings: OrdersSettings, sent: dict[str, str], ids: tuple[str, ...], count: int
+) -> None:
+    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
+    binding = ServiceBinding(INVENTORY, ShortInventory(sent), add)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        with pytest.raises(InsufficientStock) as caught:
+            await InventoryClient(channel.channel, timeout=5).reserve("ord_1", [CartLine("prod_a", 1)], 60)
+    assert (caught.value.product_ids, caught.value.short_count) == (ids, count)

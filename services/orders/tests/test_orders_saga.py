@@ -939,3 +939,16 @@ async def test_insufficient_stock_names_the_products_as_the_contract_says(app: O
         await place(app, command(GOOD, CartLine("prod_b", 2)))
     assert caught.value.reason == "INSUFFICIENT_STOCK"
     assert caught.value.metadata.get("product_ids") == "prod_b", caught.value.metadata
+
+
+async def test_a_retried_place_order_names_the_short_products_from_the_stored_order(app: OrdersApplication) -> None:
+    """The retry answers from the stored order (no second reservation): what inventory said is kept."""
+    cmd = command(GOOD, CartLine("prod_a", 1), CartLine("prod_b", 2))
+    for _ in range(2):
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, cmd)
+        assert caught.value.reason == "INSUFFICIENT_STOCK"
+        assert {k: v for k, v in caught.value.metadata.items() if k != "order_id"} == {
+            "product_ids": "prod_b",
+            "short_count": "1",
+        }

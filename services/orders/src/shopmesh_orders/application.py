@@ -307,6 +307,9 @@ def _outcome(order: Order) -> Order:
         return order
     if order.state is OrderState.CANCELLED and order.cancel_code is not None:
         metadata = {"order_id": order.id}
+        if order.short_count is not None:
+            # What inventory said: a retry answers from the stored order as the first call did.
+            metadata |= {"product_ids": ",".join(order.short_product_ids), "short_count": str(order.short_count)}
         raise errors.FailedPrecondition(order.cancel_message, reason=order.cancel_code.value, metadata=metadata)
     raise errors.Unavailable(
         f"order {order.id} is still being processed; retry with the same idempotency key",

@@ -116,8 +116,11 @@ class InventoryClient:
         except grpc.aio.AioRpcError as error:
             details = details_of(error)
             if details.reason == "INSUFFICIENT_STOCK":
-                ids = details.error_info.metadata.get("product_ids", "") if details.error_info else ""
-                raise InsufficientStock([p for p in ids.split(",") if p]) from None
+                info = details.error_info.metadata if details.error_info else {}
+                ids = [p for p in info.get("product_ids", "").split(",") if p]
+                # An inventory from before short_count listed every short id.
+                count = info.get("short_count", "")
+                raise InsufficientStock(ids, int(count) if count.isdigit() else None) from None
             if error.code() in _TRANSIENT:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None

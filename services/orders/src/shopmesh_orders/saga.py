@@ -212,10 +212,10 @@ class SagaDriver:
                     reservation_id = await self._inventory.reserve(
                         order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
                     )
-                except InsufficientStock:
+                except InsufficientStock as short:
                     failed = order.failed_before_pivot(CancelCode.INSUFFICIENT_STOCK, now)
                     # Inventory records nothing when it refuses: there is no stock to release.
-                    return await self._transition(owner, failed.nothing_reserved())
+                    return await self._transition(owner, failed.nothing_reserved(short.product_ids, short.short_count))
                 reserved = order.reserved(reservation_id, self._clock())
                 if card is not None:
                     # The charge follows at once: mark it attempted in the same transaction.

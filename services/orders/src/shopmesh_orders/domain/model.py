@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -106,6 +107,11 @@ class Order:
     # A cancelled order whose charge may still land after compensation asked payments (the charge was in
     # doubt then): when to ask payments again, and refund what it captured. None: nothing left to check.
     charge_recheck_at: datetime | None = None
+    # Cancelled for INSUFFICIENT_STOCK: the products inventory said were short (the first ones, whole ids,
+    # when they are many) and how many in all, for PlaceOrder's answer and its retries. None: not known (no
+    # such cancellation, or one recorded before orders kept them).
+    short_product_ids: tuple[str, ...] = ()
+    short_count: int | None = None
     # The version stored with the order: the store's optimistic-concurrency check bumps it on each save.
     version: int = field(default=1)
 
@@ -159,9 +165,12 @@ class Order:
             payment_id=payment_id or self.payment_id,
         )
 
-    def nothing_reserved(self) -> Order:
-        """Inventory refused the reservation outright: compensation has no stock to release."""
-        return replace(self, reserve_attempted=False)
+    def nothing_reserved(self, short_product_ids: Sequence[str], short_count: int) -> Order:
+        """Inventory refused the reservation outright, short of these products: compensation has no stock to
+        release."""
+        return replace(
+            self, reserve_attempted=False, short_product_ids=tuple(short_product_ids), short_count=short_count
+        )
 
     def failed_after_pivot(self, code: CancelCode, now: datetime) -> Order:
         """Charged, but the reservation can no longer be committed: refund and cancel."""

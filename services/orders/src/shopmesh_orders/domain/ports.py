@@ -23,9 +23,13 @@ class PricedProduct:
 
 
 class InsufficientStock(Exception):
-    def __init__(self, product_ids: Sequence[str]) -> None:
+    """Inventory refused the reservation: `product_ids` are the first products short (all of them unless
+    they are many and long), `short_count` how many are short in all."""
+
+    def __init__(self, product_ids: Sequence[str], short_count: int | None = None) -> None:
         super().__init__(f"insufficient stock for {', '.join(product_ids)}")
         self.product_ids = tuple(product_ids)
+        self.short_count = len(self.product_ids) if short_count is None else short_count
 
 
 class ReservationExpired(Exception):

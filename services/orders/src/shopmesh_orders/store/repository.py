@@ -32,6 +32,8 @@ def _row_values(order: Order) -> dict[str, Any]:
         "charge_attempted_at": order.charge_attempted_at,
         "refunded": order.refunded,
         "charge_recheck_at": order.charge_recheck_at,
+        "short_product_ids": ",".join(order.short_product_ids) if order.short_count is not None else None,
+        "short_count": order.short_count,
         "version": order.version,
         "updated_at": order.updated_at,
     }
@@ -280,5 +282,7 @@ class OrderRepository:
             charge_attempted_at=as_utc(row.charge_attempted_at),
             refunded=row.refunded,
             charge_recheck_at=as_utc(row.charge_recheck_at),
+            short_product_ids=tuple(p for p in (row.short_product_ids or "").split(",") if p),
+            short_count=row.short_count,
             version=row.version,
         )

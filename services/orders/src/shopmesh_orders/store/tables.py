@@ -37,6 +37,10 @@ orders = Table(
     # A cancelled order whose charge was in doubt when compensation asked payments: when to ask again
     # (refunding a capture that landed late); NULL once checked, and for every other order.
     Column("charge_recheck_at", DateTime(timezone=True), nullable=True),
+    # Cancelled for INSUFFICIENT_STOCK: the short products inventory named (comma-separated, as it listed
+    # them) and how many are short in all; NULL for every other order.
+    Column("short_product_ids", Text, nullable=True),
+    Column("short_count", Integer, nullable=True),
     Column("version", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),

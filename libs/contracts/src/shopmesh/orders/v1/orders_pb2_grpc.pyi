@@ -76,8 +76,12 @@ class OrdersServiceStub:
       are missing>"}; product_ids holds the first ones whose list fits in
       1,000 characters (all of them unless they are many and long).
     - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
-      matching cancel_reason. ErrorInfo reason INSUFFICIENT_STOCK (metadata
-      "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
+      matching cancel_reason; metadata "order_id". ErrorInfo reason
+      INSUFFICIENT_STOCK (metadata also, as inventory's Reserve gave it:
+      {"product_ids": "<comma-separated ids short of stock, sorted>",
+      "short_count": "<how many products are short>"}; product_ids holds the
+      first ones whose list fits in 1,000 characters; both absent for an
+      order cancelled before orders kept them), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
       (payments stayed unavailable through the retries; nothing was charged
       and the stock was released), RESERVATION_EXPIRED (payment succeeded
       too late; it was refunded), or CHECKOUT_INTERRUPTED (a retry finds the
@@ -171,8 +175,12 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       are missing>"}; product_ids holds the first ones whose list fits in
       1,000 characters (all of them unless they are many and long).
     - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
-      matching cancel_reason. ErrorInfo reason INSUFFICIENT_STOCK (metadata
-      "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
+      matching cancel_reason; metadata "order_id". ErrorInfo reason
+      INSUFFICIENT_STOCK (metadata also, as inventory's Reserve gave it:
+      {"product_ids": "<comma-separated ids short of stock, sorted>",
+      "short_count": "<how many products are short>"}; product_ids holds the
+      first ones whose list fits in 1,000 characters; both absent for an
+      order cancelled before orders kept them), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
       (payments stayed unavailable through the retries; nothing was charged
       and the stock was released), RESERVATION_EXPIRED (payment succeeded
       too late; it was refunded), or CHECKOUT_INTERRUPTED (a retry finds the
@@ -269,8 +277,12 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           are missing>"}; product_ids holds the first ones whose list fits in
           1,000 characters (all of them unless they are many and long).
         - FAILED_PRECONDITION: the order was recorded as CANCELLED with the
-          matching cancel_reason. ErrorInfo reason INSUFFICIENT_STOCK (metadata
-          "product_ids"), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
+          matching cancel_reason; metadata "order_id". ErrorInfo reason
+          INSUFFICIENT_STOCK (metadata also, as inventory's Reserve gave it:
+          {"product_ids": "<comma-separated ids short of stock, sorted>",
+          "short_count": "<how many products are short>"}; product_ids holds the
+          first ones whose list fits in 1,000 characters; both absent for an
+          order cancelled before orders kept them), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
           (payments stayed unavailable through the retries; nothing was charged
           and the stock was released), RESERVATION_EXPIRED (payment succeeded
           too late; it was refunded), or CHECKOUT_INTERRUPTED (a retry finds the
