@@ -666,16 +666,24 @@ def _meet_after_reading_the_cancel_origin(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(OrderRepository, "cancel_origin", meeting)
 
 
+async def _cancelled_twice_at_once(
+    app: OrdersApplication, monkeypatch: pytest.MonkeyPatch, second: tuple[str, str, str]
+) -> list[Order | BaseException]:
+    """A placed order cancelled ("changed my mind", key cancel-1) and, at the same moment, as `second` says
+    (reason, key, fingerprint): both calls read the order before either saves."""
+    order_id = await place(app, command())
+    _meet_after_reading_the_cancel_origin(monkeypatch)
+    return await asyncio.gather(
+        app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"),
+        app.cancel_order(order_id, *second),
+        return_exceptions=True,
+    )
+
+
 async def test_two_cancellations_at_once_with_other_keys_cancel_once_and_refuse_the_other_as_not_cancellable(
     app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    order_id = await place(app, command())
-    _meet_after_reading_the_cancel_origin(monkeypatch)
-    outcomes = await asyncio.gather(
-        app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"),
-        app.cancel_order(order_id, "me too", "cancel-2", "f2"),
-        return_exceptions=True,
-    )
+    outcomes = await _cancelled_twice_at_once(app, monkeypatch, ("me too", "cancel-2", "f2"))
     cancelled = [o for o in outcomes if isinstance(o, Order)]
     refused = [o for o in outcomes if isinstance(o, Exception)]
     assert [o.state for o in cancelled] == [OrderState.CANCELLED]
@@ -689,13 +697,7 @@ async def test_two_cancellations_at_once_with_other_keys_cancel_once_and_refuse_
 async def test_a_cancellation_retried_with_its_key_while_the_first_runs_returns_the_order_or_key_in_use(
     app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    order_id = await place(app, command())
-    _meet_after_reading_the_cancel_origin(monkeypatch)
-    outcomes = await asyncio.gather(
-        app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"),
-        app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"),
-        return_exceptions=True,
-    )
+    outcomes = await _cancelled_twice_at_once(app, monkeypatch, ("changed my mind", "cancel-1", "f1"))
     for outcome in outcomes:
         if isinstance(outcome, Exception):
             # The contract: a retry racing the original is ABORTED, reason IDEMPOTENCY_KEY_IN_USE.
