@@ -188,3 +188,10 @@ def test_a_saga_duration_no_call_or_lease_can_have_is_refused_at_startup(variabl
 
     with pytest.raises(ConfigError, match=variable.upper()):
         load_settings(OrdersSettings, **{variable: float("inf")})
+
+
+def test_a_place_order_commands_repr_never_shows_the_card_number_or_cvv() -> None:
+    shown = repr(command(card=Card("4242424242424242", 12, 2030, "987")))
+    assert "4242424242424242" not in shown
+    assert "987" not in shown
+    assert "exp_year=2030" in shown

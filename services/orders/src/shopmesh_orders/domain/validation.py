@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from shopmesh_chassis import errors, pagination
@@ -35,10 +35,13 @@ class CartLine:
 
 @dataclass(frozen=True, slots=True)
 class Card:
-    number: str
+    """Kept out of repr() (and so out of the command's), as payments' Card: no log line or traceback may
+    carry the number or the CVV."""
+
+    number: str = field(repr=False)
     exp_month: int
     exp_year: int
-    cvv: str
+    cvv: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
