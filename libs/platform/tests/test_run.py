@@ -66,7 +66,8 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     status = Path(f"/proc/{pid}/status")
-    with contextlib.suppress(FileNotFoundError):
+    # Reaped between the two looks: the file is gone, or reading it fails with ESRCH; the next look says.
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         return "State:\tZ" in status.read_text()
     return False
 
