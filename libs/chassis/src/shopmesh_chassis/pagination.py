@@ -148,10 +148,18 @@ def _encodable(text: str) -> bool:
 
 def page_size(value: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
     """0 means the default; above the maximum is coerced; negative is a client error."""
+    violations: list[FieldViolation] = []
+    limit = page_limit(value, violations, default, maximum)
+    if violations:
+        raise InvalidArgument("page_size must not be negative", violations, reason=VALIDATION_FAILED)
+    return limit
+
+
+def page_limit(
+    value: int, violations: list[FieldViolation], default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
+) -> int:
+    """`page_size` for a request validated field by field: a negative size is added to `violations` (named
+    with every other bad field, `invalid_request`) and the default returned."""
     if value < 0:
-        raise InvalidArgument(
-            "page_size must not be negative",
-            [FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE")],
-            reason=VALIDATION_FAILED,
-        )
-    return default if value == 0 else min(value, maximum)
+        violations.append(FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE"))
+    return default if value <= 0 else min(value, maximum)

@@ -14,10 +14,14 @@ from urllib.parse import urlsplit
 from shopmesh_catalog.domain.models import CategoryData, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
 from shopmesh_chassis.errors import FieldViolation
-from shopmesh_chassis.pagination import encode_page_token, invalid_page_token, invalid_request, page_token_key
+from shopmesh_chassis.pagination import (
+    encode_page_token,
+    invalid_page_token,
+    invalid_request,
+    page_limit,
+    page_token_key,
+)
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 MAX_BATCH_IDS = 100
 # Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
 MAX_ID_LENGTH = 64
@@ -63,14 +67,6 @@ def _search_filters(terms: tuple[str, ...], category: str) -> dict[str, str]:
     return {"rpc": "SearchProducts", "category": category, "query": " ".join(terms)}
 
 
-def _page_limit(page_size: int, violations: list[FieldViolation]) -> int:
-    if page_size < 0:
-        violations.append(FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE"))
-    if page_size <= 0:
-        return DEFAULT_PAGE_SIZE
-    return min(page_size, MAX_PAGE_SIZE)
-
-
 def _check_id(value: str, field: str, violations: list[FieldViolation], *, required: bool) -> None:
     if not value:
         if required:
@@ -81,7 +77,7 @@ def _check_id(value: str, field: str, violations: list[FieldViolation], *, requi
 
 def validate_list_products(page_size: int, page_token: str, category: str) -> ListProductsQuery:
     violations: list[FieldViolation] = []
-    limit = _page_limit(page_size, violations)
+    limit = page_limit(page_size, violations)
     _check_id(category, "category", violations, required=False)
     after = page_token_key(page_token, _list_filters(category), (str, str), violations)
     if violations:
@@ -104,7 +100,7 @@ def validate_search_products(query: str, category: str, page_size: int, page_tok
     else:
         terms = search_terms(text)
     _check_id(category, "category", violations, required=False)
-    limit = _page_limit(page_size, violations)
+    limit = page_limit(page_size, violations)
     after = page_token_key(page_token, _search_filters(terms, category), (int, str), violations)
     # A relevance these terms cannot score was not issued here (and may not fit the query's integer).
     if after is not None and not 0 <= int(after[0]) <= len(terms) * (NAME_WEIGHT + DESCRIPTION_WEIGHT):

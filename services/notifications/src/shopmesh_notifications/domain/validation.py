@@ -6,7 +6,7 @@ from datetime import datetime
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.errors import FieldViolation
-from shopmesh_chassis.pagination import instant_page_key, invalid_request
+from shopmesh_chassis.pagination import instant_page_key, invalid_request, page_limit
 from shopmesh_notifications.domain.events import MAX_ID
 
 
@@ -23,8 +23,7 @@ def validate_list_request(user_id: str, page_size: int, page_token: str) -> tupl
         violations.append(FieldViolation("user_id", "required", "REQUIRED"))
     elif len(user_id) > MAX_ID:
         violations.append(FieldViolation("user_id", f"must have at most {MAX_ID} characters", "INVALID_LENGTH"))
-    if page_size < 0:
-        violations.append(FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE"))
+    page_limit(page_size, violations)  # only its check here: the application takes the size itself
     after = instant_page_key(page_token, list_filters(user_id), violations)
     if violations:
         raise invalid_request(violations)

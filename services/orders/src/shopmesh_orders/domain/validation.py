@@ -192,12 +192,11 @@ def validate_list_orders(user_id: str, page_size: int, page_token: str) -> ListO
     client that pages learns to start again from the first page."""
     violations: list[FieldViolation] = []
     _text(violations, "user_id", user_id, 1, MAX_ID)
-    if page_size < 0:
-        violations.append(FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE"))
+    limit = pagination.page_limit(page_size, violations)
     after = pagination.instant_page_key(page_token, list_filters(user_id), violations)
     if violations:
         raise pagination.invalid_request(violations)
-    return ListOrdersQuery(user_id=user_id, limit=pagination.page_size(page_size), after=after)
+    return ListOrdersQuery(user_id=user_id, limit=limit, after=after)
 
 
 def check_owner(user_id: str, caller_user_id: str | None) -> None:

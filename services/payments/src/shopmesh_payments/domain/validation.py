@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
-from shopmesh_chassis.pagination import encode_page_token, invalid_page_token, invalid_request, page_token_key
+from shopmesh_chassis.pagination import (
+    encode_page_token,
+    invalid_page_token,
+    invalid_request,
+    page_limit,
+    page_token_key,
+)
 from shopmesh_payments.domain import cards
 from shopmesh_payments.domain.models import Card, Money, Payment
 
@@ -24,8 +30,6 @@ CARD_EXPIRED = "CARD_EXPIRED"
 # Reasons that name the whole problem when every violation has them.
 _SPECIFIC_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 # Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
 MAX_ID_LENGTH = 64
 MAX_REFUND_REASON_LENGTH = 500
@@ -171,9 +175,7 @@ def _after_key(page_token: str, order_id: str, violations: list[FieldViolation])
 def validate_list_payments(order_id: str, page_size: int, page_token: str) -> ListPaymentsQuery:
     violations: list[FieldViolation] = []
     _check_id(order_id, "order_id", violations)
-    if page_size < 0:
-        violations.append(FieldViolation("page_size", "must not be negative", "OUT_OF_RANGE"))
-    limit = min(page_size, MAX_PAGE_SIZE) if page_size > 0 else DEFAULT_PAGE_SIZE
+    limit = page_limit(page_size, violations)
     after = _after_key(page_token, order_id, violations)
     if violations:
         raise invalid_request(violations)
