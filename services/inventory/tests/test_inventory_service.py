@@ -207,6 +207,33 @@ async def test_reserve_frees_units_of_expired_unswept_reservations_before_giving
     assert await stock(stub, "prod_a") == (0, 3, 3)
 
 
+async def test_reserve_succeeds_when_the_sweeper_frees_the_units_just_after_the_first_hold_failed(
+    stub: Stub,
+    inventory: Inventory,
+    make_inventory: Callable[..., Inventory],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GetStock already counts the overdue units as available; the periodic sweeper (of this replica or
+    # another) records their expiry between Reserve's failed hold and its look for overdue reservations,
+    # so Reserve finds nothing left to expire itself. The units are free: Reserve must not refuse.
+    await set_stock(stub, "prod_a", 3)
+    await reserve(stub, "ord_1", {"prod_a": 3}, ttl_seconds=5)
+    clock.advance(5)
+    assert await stock(stub, "prod_a") == (3, 0, 3)
+    sweeper = make_inventory(clock)
+    expire_overdue = inventory._expire_overdue
+
+    async def sweeper_got_there_first(product_ids):  # type: ignore[no-untyped-def]
+        assert await sweeper.sweep_expired() == 1
+        return await expire_overdue(product_ids)
+
+    monkeypatch.setattr(inventory, "_expire_overdue", sweeper_got_there_first)
+    fresh = await reserve(stub, "ord_2", {"prod_a": 3})
+    assert fresh.state == PENDING
+    assert await stock(stub, "prod_a") == (0, 3, 3)
+
+
 # --- CommitReservation --------------------------------------------------------------------------
 
 
