@@ -401,6 +401,30 @@ async def test_set_stock_may_go_below_units_of_expired_reservations(stub: Stub, 
     assert (lowered.available, lowered.reserved, lowered.on_hand) == (1, 0, 1)
 
 
+async def test_set_stock_may_go_below_units_the_sweeper_freed_just_after_the_first_attempt_was_refused(
+    stub: Stub,
+    inventory: Inventory,
+    make_inventory: Callable[..., Inventory],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The periodic sweeper (of this replica or another) records the expiry between SetStock's refused
+    # update and its look for overdue reservations: nothing is reserved any more, so no reason to refuse.
+    await set_stock(stub, "prod_a", 10)
+    await reserve(stub, "ord_1", {"prod_a": 4}, ttl_seconds=5)
+    clock.advance(5)
+    sweeper = make_inventory(clock)
+    expire_overdue = inventory._expire_overdue
+
+    async def sweeper_got_there_first(product_ids):  # type: ignore[no-untyped-def]
+        assert await sweeper.sweep_expired() == 1
+        return await expire_overdue(product_ids)
+
+    monkeypatch.setattr(inventory, "_expire_overdue", sweeper_got_there_first)
+    lowered = await set_stock(stub, "prod_a", 1)
+    assert (lowered.available, lowered.reserved, lowered.on_hand) == (1, 0, 1)
+
+
 async def test_set_stock_rejects_an_empty_product_and_negative_on_hand(stub: Stub) -> None:
     details = await error_of(stub.SetStock(inventory_pb2.SetStockRequest(product_id="", on_hand=-1)))
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
