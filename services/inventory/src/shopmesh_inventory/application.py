@@ -78,8 +78,8 @@ class Inventory:
             return await self._reserve_once(command)
         except _ShortOfStock as short:
             # The units may be held by reservations that expired but were not swept yet: free them first.
-            if not await self._expire_overdue(short.product_ids):
-                raise rules.insufficient_stock(short.product_ids) from None
+            # Tried again even when this look expired nothing: a sweep may have freed them since the hold.
+            await self._expire_overdue(short.product_ids)
         try:
             return await self._reserve_once(command)
         except _ShortOfStock as short:
@@ -126,7 +126,9 @@ class Inventory:
     async def set_stock(self, product_id: str, on_hand: int) -> StockLevel:
         command = validation.set_stock_command(product_id, on_hand)
         level, reserved = await self._set_stock_once(command)
-        if level is None and await self._expire_overdue([command.product_id]):
+        if level is None:
+            # As in Reserve: expired units may still count as reserved, or a sweep freed them just now.
+            await self._expire_overdue([command.product_id])
             level, reserved = await self._set_stock_once(command)
         if level is None:
             raise rules.stock_below_reserved(command.product_id, reserved)
