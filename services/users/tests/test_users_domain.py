@@ -398,3 +398,15 @@ def test_settings_defaults_follow_the_topology_and_the_contract() -> None:
 def test_inconsistent_settings_stop_startup_naming_the_variable(overrides: dict[str, int], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings(UsersSettings, **overrides)
+
+
+@pytest.mark.parametrize("variable", ["TOKEN_LIFETIME_SECONDS", "KEY_ROTATION_INTERVAL_SECONDS"])
+def test_a_duration_no_date_can_hold_stops_startup_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    # docs/chassis.md: services bound their durations as the chassis does, so a typo stops startup with one
+    # line (exit 2). Unbounded, 10^12 s (~31,700 years) passes, and every Login then fails INTERNAL (its "exp"
+    # is past year 9999); 10^14 s crashes the wiring with a traceback (timedelta overflow).
+    monkeypatch.setenv(variable, str(10**12))
+    with pytest.raises(ConfigError, match=rf"^invalid configuration: {variable}="):
+        load_settings(UsersSettings)
