@@ -29,7 +29,7 @@ SERVICE_PACKAGES := $(notdir $(wildcard services/*/src/shopmesh_*))
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 # --- tools ---------------------------------------------------------------------------------------
 
@@ -77,7 +77,7 @@ proto: setup ## Regenerate Python messages, gRPC stubs, .pyi, the public API's d
 	$(VENV_BIN)/python k8s/http_api.py
 
 .PHONY: buf-lint
-buf-lint: $(BUF)
+buf-lint: $(BUF) ## buf lint (STANDARD) and the buf format check
 	cd protos && ../$(BUF) lint && ../$(BUF) format --diff --exit-code
 
 BREAKING_AGAINST ?= .git\#branch=main,subdir=protos
