@@ -13,6 +13,7 @@ from shopmesh_chassis.config import (
     SHUTDOWN_HOOKS_MARGIN_SECONDS,
     ConfigError,
     ConsumerSettings,
+    GrpcPort,
     IdempotencySettings,
     ServiceSettings,
     load_settings,
@@ -215,3 +216,18 @@ def test_a_client_default_timeout_no_call_can_have_is_refused(monkeypatch: pytes
     with pytest.raises(ConfigError) as caught:
         load_settings(SampleSettings)
     assert str(caught.value).startswith(f"invalid configuration: CLIENT_DEFAULT_TIMEOUT_SECONDS='{value}'")
+
+
+def test_a_service_that_redeclares_a_bounded_setting_without_its_bounds_is_refused_at_import() -> None:
+    # `grpc_port: int = 50054` in a service would replace the chassis' bounded field: GRPC_PORT=70000 then
+    # served on 4464. The same type (GrpcPort) keeps the bounds and is accepted.
+    with pytest.raises(TypeError, match=r"Loose\.grpc_port drops the bounds ServiceSettings gives it"):
+
+        class Loose(ServiceSettings):
+            grpc_port: int = 50054
+
+    class Kept(ServiceSettings):
+        grpc_port: GrpcPort = 50054
+
+    with pytest.raises(ConfigError, match=r"^invalid configuration: GRPC_PORT="):
+        load_settings(Kept, service_name="kept", grpc_port=70000)

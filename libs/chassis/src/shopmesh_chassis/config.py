@@ -47,6 +47,13 @@ Interval = Annotated[float, Field(gt=0, le=_DAY_SECONDS, allow_inf_nan=False)]
 # step timeouts): gRPC's deadline arithmetic overflows on a huge one (inf, 1e10), and every call then fails
 # at once with DEADLINE_EXCEEDED. Bounded as an Interval, named for what it guards.
 OutboundTimeout = Interval
+# The fields every service sets its own default for. A subclass that redeclared `grpc_port: int = 50054`
+# would drop the bounds (pydantic takes the new annotation whole), and GRPC_PORT=70000 would then serve on
+# 4464; so services declare them with these types, and ServiceSettings refuses a subclass that does not.
+ServiceName = Annotated[str, Field(min_length=1, pattern=r"^[a-z][a-z0-9-]*$")]
+GrpcPort = Annotated[int, Field(ge=0, le=65535)]
+# -1 disables the metrics endpoint; 0 picks a free port.
+MetricsPort = Annotated[int, Field(ge=-1, le=65535)]
 
 
 class RuntimeSettings(BaseSettings):
@@ -63,13 +70,13 @@ class RuntimeSettings(BaseSettings):
 class ServiceSettings(RuntimeSettings):
     """Settings every shopmesh service has."""
 
-    service_name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9-]*$")
+    service_name: ServiceName
     # The ErrorInfo.domain of this service's errors; defaults to `shopmesh.<service_name>`.
     error_domain: str = ""
 
     grpc_host: str = "127.0.0.1"
     # 0 picks a free port (tests); the bound port is logged and exposed by the server.
-    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    grpc_port: GrpcPort = 50051
     # Calls admitted into handlers at once; more are shed with RESOURCE_EXHAUSTED (health checks never are).
     grpc_max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     # gRPC takes these in milliseconds as a C int: at most about 24.8 days (GRPC_DURATION_MAX_SECONDS).
@@ -83,8 +90,7 @@ class ServiceSettings(RuntimeSettings):
         default=30.0, ge=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False
     )
 
-    # -1 disables the metrics endpoint; 0 picks a free port.
-    metrics_port: int = Field(default=9464, ge=-1, le=65535)
+    metrics_port: MetricsPort = 9464
     metrics_host: str = "127.0.0.1"
 
     # Drain: health turns NOT_SERVING for `drain_delay_seconds` (load balancers notice and stop
@@ -108,6 +114,20 @@ class ServiceSettings(RuntimeSettings):
 
     # Default deadline of outbound calls made through the chassis' client channels.
     client_default_timeout_seconds: OutboundTimeout = 5.0
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # A redeclared field keeps the bounds it inherits (see ServiceName): checked once, at import.
+        for base in cls.__mro__[1:]:
+            if not (isinstance(base, type) and issubclass(base, ServiceSettings)):
+                continue
+            for name, inherited in base.model_fields.items():
+                if inherited.metadata and cls.model_fields[name].metadata != inherited.metadata:
+                    raise TypeError(
+                        f"{cls.__name__}.{name} drops the bounds {base.__name__} gives it: declare it with the "
+                        "same type (shopmesh_chassis.config.GrpcPort, MetricsPort, ServiceName, Interval, ...)"
+                    )
 
     @property
     def resolved_error_domain(self) -> str:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from shopmesh_chassis.config import DatabaseSettings
+from shopmesh_chassis.config import DatabaseSettings, GrpcPort, MetricsPort, ServiceName
 
 
 class CatalogSettings(DatabaseSettings):
-    service_name: str = "catalog"
-    grpc_port: int = Field(default=50052, ge=0, le=65535)
-    metrics_port: int = Field(default=9462, ge=-1, le=65535)
+    service_name: ServiceName = "catalog"
+    grpc_port: GrpcPort = 50052
+    metrics_port: MetricsPort = 9462
     # SEED_CATALOG: insert the products of `shopmesh_catalog.seed` that are missing at startup. The catalog
     # has no write RPCs, so without the seed (or rows loaded by other means) it is empty.
     seed_catalog: bool = True

@@ -8,13 +8,21 @@ import ipaddress
 
 from pydantic import Field, field_validator
 
-from shopmesh_chassis.config import Interval, OutboundTimeout, RetryDelay, ServiceSettings
+from shopmesh_chassis.config import (
+    GrpcPort,
+    Interval,
+    MetricsPort,
+    OutboundTimeout,
+    RetryDelay,
+    ServiceName,
+    ServiceSettings,
+)
 
 
 class GatewaySettings(ServiceSettings):
-    service_name: str = "gateway"
-    grpc_port: int = Field(default=50050, ge=0, le=65535)
-    metrics_port: int = Field(default=9460, ge=-1, le=65535)
+    service_name: ServiceName = "gateway"
+    grpc_port: GrpcPort = 50050
+    metrics_port: MetricsPort = 9460
 
     users_address: str = "127.0.0.1:50051"
     catalog_address: str = "127.0.0.1:50052"

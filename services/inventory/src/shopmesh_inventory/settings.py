@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shopmesh_chassis.config import DatabaseSettings, Interval
+from shopmesh_chassis.config import DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
 
 
 class InventorySettings(DatabaseSettings):
-    service_name: str = "inventory"
-    grpc_port: int = Field(default=50053, ge=0, le=65535)
-    metrics_port: int = Field(default=9463, ge=-1, le=65535)
+    service_name: ServiceName = "inventory"
+    grpc_port: GrpcPort = 50053
+    metrics_port: MetricsPort = 9463
 
     # How often PENDING reservations past expires_at are recorded as EXPIRED and their units freed.
     # Reads and Reserve already treat them as expired in between; the sweep keeps `reserved` exact.

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from shopmesh_chassis.config import ConsumerSettings, DatabaseSettings, Interval
+from shopmesh_chassis.config import ConsumerSettings, DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
 
 
 class NotificationsSettings(DatabaseSettings, ConsumerSettings):
-    service_name: str = "notifications"
-    grpc_port: int = 50056
-    metrics_port: int = 9466
+    service_name: ServiceName = "notifications"
+    grpc_port: GrpcPort = 50056
+    metrics_port: MetricsPort = 9466
 
     # The mail server (`make run` starts a local SMTP sink on 127.0.0.1:8025).
     smtp_host: str = "127.0.0.1"

@@ -2,13 +2,21 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shopmesh_chassis.config import EventSettings, IdempotencySettings, Interval, OutboundTimeout
+from shopmesh_chassis.config import (
+    EventSettings,
+    GrpcPort,
+    IdempotencySettings,
+    Interval,
+    MetricsPort,
+    OutboundTimeout,
+    ServiceName,
+)
 
 
 class OrdersSettings(IdempotencySettings, EventSettings):
-    service_name: str = "orders"
-    grpc_port: int = 50054
-    metrics_port: int = 9464
+    service_name: ServiceName = "orders"
+    grpc_port: GrpcPort = 50054
+    metrics_port: MetricsPort = 9464
 
     catalog_address: str = "127.0.0.1:50052"
     inventory_address: str = "127.0.0.1:50053"

@@ -6,15 +6,22 @@ from typing import Literal
 
 from pydantic import Field
 
-from shopmesh_chassis.config import ConsumerSettings, DatabaseSettings, OutboundTimeout
+from shopmesh_chassis.config import (
+    ConsumerSettings,
+    DatabaseSettings,
+    GrpcPort,
+    MetricsPort,
+    OutboundTimeout,
+    ServiceName,
+)
 
 FaultMode = Literal["none", "slow", "fail"]
 
 
 class RecommendationsSettings(DatabaseSettings, ConsumerSettings):
-    service_name: str = "recommendations"
-    grpc_port: int = Field(default=50057, ge=0, le=65535)
-    metrics_port: int = Field(default=9467, ge=-1, le=65535)
+    service_name: ServiceName = "recommendations"
+    grpc_port: GrpcPort = 50057
+    metrics_port: MetricsPort = 9467
 
     catalog_address: str = "127.0.0.1:50052"
     # Recommendations sit on the product page's critical path although they are optional: a slow

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from shopmesh_chassis.config import DatabaseSettings, Interval
+from shopmesh_chassis.config import DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
+
+_DAY_SECONDS = 86400
 
 
 class UsersSettings(DatabaseSettings):
-    service_name: str = "users"
-    grpc_port: int = Field(default=50051, ge=0, le=65535)
-    metrics_port: int = Field(default=9461, ge=-1, le=65535)
+    service_name: ServiceName = "users"
+    grpc_port: GrpcPort = 50051
+    metrics_port: MetricsPort = 9461
 
-    # Lifetime of an access token (its "exp" - "iat"); the contract's default is one hour.
-    token_lifetime_seconds: int = Field(default=3600, ge=60)
+    # Lifetime of an access token (its "exp" - "iat"); the contract's default is one hour. At most a day:
+    # these are access tokens, with no way to revoke one, and a typo's 10^12 s would put "exp" past year
+    # 9999 (every Login INTERNAL).
+    token_lifetime_seconds: int = Field(default=3600, ge=60, le=_DAY_SECONDS)
     # How long a new signing key is published before it signs. The contract promises at least one
     # verifier cache period (5 minutes); less is only for tests.
-    key_publish_ahead_seconds: int = Field(default=300, ge=0)
+    key_publish_ahead_seconds: int = Field(default=300, ge=0, le=30 * _DAY_SECONDS)
     # Periodic rotation: a new key when the newest one is this old; 0 turns it off.
-    key_rotation_interval_seconds: int = Field(default=7 * 24 * 3600, ge=0)
+    key_rotation_interval_seconds: int = Field(default=7 * _DAY_SECONDS, ge=0, le=3650 * _DAY_SECONDS)
     # How often the background task checks whether rotation is due.
     key_rotation_check_seconds: Interval = 60.0
 

@@ -14,7 +14,7 @@ from typing import Any
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import app, errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
-from shopmesh_chassis.config import ServiceSettings, load_settings
+from shopmesh_chassis.config import ServiceName, ServiceSettings, load_settings
 from shopmesh_chassis.server import ServiceBinding
 
 DESCRIPTOR = sample_pb2.DESCRIPTOR.services_by_name["SampleService"]
@@ -90,7 +90,7 @@ def binding(servicer: SampleServicer | None = None) -> ServiceBinding:
 
 
 class SampleSettings(ServiceSettings):
-    service_name: str = "sample"
+    service_name: ServiceName = "sample"
     # The drain tests' hook that never returns, as one waiting on a database that never answers would.
     sample_stall_on_shutdown: bool = False
 
