@@ -4,6 +4,7 @@ a database without keys, or one it cannot reach, it revokes nothing and says so 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -161,3 +162,32 @@ def test_an_unknown_command_is_refused_with_usage_and_exit_code_2(tmp_path: Path
     )
     assert result.returncode == 2
     assert "invalid choice: 'revoke-everything'" in result.stderr
+
+
+async def test_a_login_still_checking_its_password_when_the_keys_are_revoked_gets_a_token_of_the_new_key(
+    users: Users, stub: UsersServiceAsyncStub, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/auth.md: from a revocation on, "new logins get tokens signed by the new key". A login whose
+    # password is being hashed while the revocation runs (a hash takes tens of milliseconds, seconds behind
+    # a full queue) answers after it, so its token must not carry a revoked key: it would be refused at once.
+    await register(stub)
+    [revoked_kid] = await published_kids(stub)
+    checking, go_on = asyncio.Event(), asyncio.Event()
+    verify = users.passwords.verify
+
+    async def slow_verify(password_hash: str | None, password: str) -> bool:
+        checking.set()
+        await go_on.wait()
+        return await verify(password_hash, password)
+
+    monkeypatch.setattr(users.passwords, "verify", slow_verify)
+    logging_in = asyncio.ensure_future(login(stub))
+    await asyncio.wait_for(checking.wait(), 10)
+    rotation = await users.application.revoke_keys()
+    go_on.set()
+    token = (await logging_in).access_token
+
+    assert rotation.expired == (revoked_kid,)
+    document = await jwks_document(stub)
+    assert jwt.get_unverified_header(token)["kid"] == rotation.new_key.kid
+    assert verify_access_token(token, document)["sub"]
