@@ -86,11 +86,9 @@ class UsersApplication:
     @database_errors_as_domain_errors
     async def login(self, email: str, password: str) -> IssuedToken:
         credentials = validate_login(email, password)
-        # Account and keys in one read, for a known and an unknown e-mail alike: both paths then do the
-        # same database work and the same hashing, and take about as long.
+        # The same read and the same hashing for a known and an unknown e-mail: both take about as long.
         async with self._database.transaction() as session:
             account = await UserRepository(session).account_by_email(credentials.email)
-            keys = await SigningKeyRepository(session).all()
         stored_hash = account.password_hash if account else None
         matched = await self._passwords.verify(stored_hash, credentials.password)
         matched_as_sent = False
@@ -102,6 +100,10 @@ class UsersApplication:
             raise invalid_credentials()
         if matched_as_sent or self._passwords.needs_rehash(account.password_hash):
             await self._upgrade_password_hash(account.user.id, account.password_hash, credentials.password)
+        # The keys as they are after the password check, which may wait seconds for a hashing turn: keys
+        # read before it could be ones revoked meanwhile (a leaked key signing new tokens).
+        async with self._database.read() as session:
+            keys = await SigningKeyRepository(session).all()
         now = self._clock()
         key = key_schedule.signing_key(keys, now)
         if key is None:
