@@ -187,8 +187,9 @@ class EventSettings(ServiceSettings):
     nats_duplicate_window_seconds: Interval = 900.0
     # How long a stream keeps an event (JetStream max_age; 0 = for ever). An event that no consumer has
     # acknowledged by then is dropped, and with it the e-mail or the counts it stood for: a consumer down,
-    # or its database away, for longer loses events. Publishers and consumers of a stream both declare it,
-    # so give them the same value (each start brings the stream to its own).
+    # or its database away, for longer loses events. The publisher's start brings the stream to this value;
+    # a consumer creates a missing stream with its own but never changes an existing one (it keeps processed
+    # event ids for the stream's actual max age), so give both the same value.
     nats_stream_max_age_seconds: float = Field(
         default=7 * 86400.0, ge=0, le=_RETENTION_MAX_SECONDS, allow_inf_nan=False
     )

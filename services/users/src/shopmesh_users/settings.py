@@ -27,7 +27,9 @@ class UsersSettings(DatabaseSettings):
     key_rotation_check_seconds: Interval = 60.0
 
     # argon2id costs; the defaults are argon2-cffi's (RFC 9106's low-memory profile). Raising them later
-    # is safe: stored hashes are upgraded at each user's next successful login.
+    # is safe: stored hashes are upgraded at each user's next successful login. Until then a wrong password
+    # for such an account is checked at the old cost, an unknown e-mail at the new one, so timing can tell
+    # the two apart (as Register's EMAIL_ALREADY_REGISTERED tells anyone anyway).
     password_hash_time_cost: int = Field(default=3, ge=1)
     password_hash_memory_kib: int = Field(default=65536, ge=8)
     password_hash_parallelism: int = Field(default=4, ge=1)
