@@ -27,7 +27,7 @@ class FakeClock:
         return self.now
 
 
-def test_breaker_state_machine() -> None:
+def test_the_breaker_opens_after_the_failure_threshold_and_closes_after_a_successful_probe() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=10), clock)
     breaker.record_failure()

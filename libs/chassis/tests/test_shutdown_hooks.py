@@ -12,6 +12,9 @@ import pytest
 from shopmesh_chassis.app import HOOK_RESERVE_SECONDS, HOOK_UNWIND_SECONDS, ShutdownHook, run_shutdown_hooks
 
 LOGGER = "shopmesh.app"
+# The hooks end by their budget (the alternative is a hook that never ends); a loaded 2-core machine wakes the
+# loop late by this much at most, which is no evidence of an overrun.
+LATE_WAKE_UP_SECONDS = 1.0
 
 
 class Hooks:
@@ -102,7 +105,7 @@ async def test_a_hook_that_never_returns_is_cancelled_at_the_budget_and_the_next
     assert record.__dict__["hook"] == "Hooks.hang"
     assert record.__dict__["hook_seconds"] == pytest.approx(budget - HOOK_RESERVE_SECONDS, abs=0.2)
     assert "Hooks.hang did not finish within the 1.0 s it had" in record.getMessage()
-    assert took < budget + 0.5
+    assert took < budget + LATE_WAKE_UP_SECONDS
 
 
 async def test_hooks_within_the_budget_run_in_order_untouched(caplog: pytest.LogCaptureFixture) -> None:
@@ -123,7 +126,7 @@ async def test_a_hook_that_swallows_its_cancellation_does_not_hold_the_hooks_aft
         assert hooks.events == ["stubborn swallowed its cancellation", "quick finished"]
         assert cut_off == ["Hooks.stubborn_hang"]
         assert any("ignored its cancellation" in r.getMessage() for r in caplog.records if r.name == LOGGER)
-        assert took < budget + 0.5
+        assert took < budget + LATE_WAKE_UP_SECONDS
     finally:
         await hooks.end_left_behind()
 
@@ -146,7 +149,7 @@ async def test_a_hook_unwinds_within_its_own_time_and_the_hooks_after_it_keep_th
         assert seconds[2] > HOOK_RESERVE_SECONDS - HOOK_UNWIND_SECONDS / 2
         ignored = [r.__dict__["hook"] for r in caplog.records if "ignored its cancellation" in r.getMessage()]
         assert ignored == ["Hooks.slow_unwind", "Hooks.slow_unwind"]
-        assert took < budget + 0.2
+        assert took < budget + LATE_WAKE_UP_SECONDS
     finally:
         await hooks.end_left_behind()
 
@@ -178,7 +181,7 @@ async def test_more_hooks_than_seconds_share_the_budget(caplog: pytest.LogCaptur
         seconds = [r.__dict__["hook_seconds"] for r in cut_off_records(caplog)]
         assert seconds[0] == pytest.approx(share, abs=0.01)
         assert all(share - 0.15 < s <= share + 0.01 for s in seconds), seconds
-        assert took < budget + 0.2
+        assert took < budget + LATE_WAKE_UP_SECONDS
     finally:
         await hooks.end_left_behind()
 

@@ -154,7 +154,7 @@ def test_expired_card_is_rejected() -> None:
     assert violations(command(card=Card("4242424242424242", 10, 2026, "123"))) == ["card.exp_year"]
 
 
-def test_luhn() -> None:
+def test_a_card_number_passes_the_luhn_check_only_with_its_right_check_digit() -> None:
     assert luhn_ok("4242424242424242")
     assert luhn_ok("4000000000000002")
     assert not luhn_ok("4242424242424241")

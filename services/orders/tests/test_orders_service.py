@@ -104,8 +104,11 @@ async def test_another_users_order_looks_missing(stub: orders_pb2_grpc.OrdersSer
     assert details_of(caught.value).reason == "ORDER_NOT_FOUND"
 
 
-async def test_cancel_confirmed_order(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+async def test_a_customer_cancelling_a_confirmed_order_gets_it_cancelled_as_customer_requested(
+    stub: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
     placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))
+    assert placed.order.state == orders_pb2.ORDER_STATE_CONFIRMED
     cancelled = await stub.CancelOrder(
         orders_pb2.CancelOrderRequest(order_id=placed.order.id, reason="too slow"), metadata=idempotency_metadata("c1")
     )
