@@ -330,3 +330,27 @@ async def test_reads_need_no_idempotency_key_and_accept_one(payments: Payments) 
         payments_pb2.ListPaymentsRequest(order_id="ord_1"), metadata=idempotency_metadata("ignored")
     )
     assert list(page.payments) == []
+
+
+# --- a newer release's values ---------------------------------------------------------------------------
+
+
+async def test_a_payment_state_a_newer_release_stored_is_read_as_unspecified(payments: Payments) -> None:
+    """docs/chassis.md ("Migrations are expand-only"): during a rollout, a canary or after a rollback this
+    release reads what a newer one wrote, and a stored enum value it does not know is read as UNSPECIFIED
+    (`db.stored_enum`), not a failure. Payments read `state` with PaymentState(...): GetPayment and
+    ListPayments (orders' reconciliation) answered INTERNAL for such a payment."""
+    from sqlalchemy import update
+
+    from shopmesh_payments.store.tables import payments as payments_table
+
+    captured = (await payments.charge(charge_request("ord_new"), key="ord_new:charge")).payment
+    async with payments.database.transaction() as session:
+        await session.execute(
+            update(payments_table).where(payments_table.c.id == captured.id).values(state="PARTIALLY_REFUNDED")
+        )
+    stub = payments.stub()
+    got = (await stub.GetPayment(payments_pb2.GetPaymentRequest(payment_id=captured.id))).payment
+    assert (got.id, got.state) == (captured.id, payments_pb2.PAYMENT_STATE_UNSPECIFIED)
+    listed = await stub.ListPayments(payments_pb2.ListPaymentsRequest(order_id="ord_new"))
+    assert [(p.id, p.state) for p in listed.payments] == [(captured.id, payments_pb2.PAYMENT_STATE_UNSPECIFIED)]
