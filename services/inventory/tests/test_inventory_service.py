@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -468,3 +469,22 @@ async def test_seed_creates_missing_stock_records_and_never_overwrites(stub: Stu
     assert await inventory.seed_stock({"prod_a": 100, "prod_b": 100, "prod_c": 3}) == 0
     levels = await inventory.get_stock(["prod_a", "prod_b", "prod_c"])
     assert levels == [StockLevel("prod_a", 1, 0), StockLevel("prod_b", 100, 0), StockLevel("prod_c", 3, 0)]
+
+
+# --- a newer release's values -------------------------------------------------------------------------
+
+
+async def test_a_reservation_state_a_newer_release_stored_is_read_as_unspecified(stub: Stub, database: Any) -> None:
+    """docs/chassis.md ("Migrations are expand-only"): a stored enum value this release does not know (a
+    newer release wrote it: a rollout, a canary, a rollback) is read as UNSPECIFIED (`db.stored_enum`).
+    Inventory read `state` with ReservationState(...): GetReservation answered INTERNAL for it."""
+    from sqlalchemy import update
+
+    from shopmesh_inventory.store.tables import reservations
+
+    await set_stock(stub, "prod_a", 5)
+    reserved = await reserve(stub, "ord_1", {"prod_a": 1})
+    async with database.transaction() as session:
+        await session.execute(update(reservations).where(reservations.c.id == reserved.id).values(state="ON_HOLD"))
+    got = await get_reservation(stub, reserved.id)
+    assert (got.id, got.state) == (reserved.id, inventory_pb2.RESERVATION_STATE_UNSPECIFIED)
