@@ -243,15 +243,17 @@ def test_a_refunded_payment_needs_no_second_refund() -> None:
     assert not needs_refund(refunded(payment(), "", NOW))
 
 
-def test_a_declined_payment_is_not_refundable() -> None:
+@pytest.mark.parametrize("state", [PaymentState.DECLINED, PaymentState.UNSPECIFIED])
+def test_a_declined_payment_or_one_in_a_state_a_newer_release_stored_is_not_refundable(state: PaymentState) -> None:
     with pytest.raises(errors.FailedPrecondition) as caught:
-        needs_refund(payment(PaymentState.DECLINED))
+        needs_refund(payment(state))
     assert caught.value.reason == "PAYMENT_NOT_REFUNDABLE"
 
 
-def test_only_a_captured_payment_can_become_refunded() -> None:
-    with pytest.raises(ValueError, match="DECLINED"):
-        refunded(payment(PaymentState.DECLINED), "", NOW)
+@pytest.mark.parametrize("state", [PaymentState.DECLINED, PaymentState.UNSPECIFIED])
+def test_only_a_captured_payment_can_become_refunded(state: PaymentState) -> None:
+    with pytest.raises(ValueError, match=state.value):
+        refunded(payment(state), "", NOW)
 
 
 def test_refusals_carry_the_reasons_and_ids_the_contract_names() -> None:

@@ -354,3 +354,24 @@ async def test_a_payment_state_a_newer_release_stored_is_read_as_unspecified(pay
     assert (got.id, got.state) == (captured.id, payments_pb2.PAYMENT_STATE_UNSPECIFIED)
     listed = await stub.ListPayments(payments_pb2.ListPaymentsRequest(order_id="ord_new"))
     assert [(p.id, p.state) for p in listed.payments] == [(captured.id, payments_pb2.PAYMENT_STATE_UNSPECIFIED)]
+
+
+async def test_a_payment_in_a_state_a_newer_release_stored_is_not_refunded(payments: Payments) -> None:
+    """This release cannot tell what money such a payment still holds: Refund refuses it as it refuses a
+    DECLINED one (FAILED_PRECONDITION, not INTERNAL), and neither the stored state nor the processor's
+    capture is touched, so the newer release that wrote the state still finds it as it left it."""
+    from sqlalchemy import select, update
+
+    from shopmesh_payments.store.tables import payments as payments_table
+
+    captured = (await payments.charge(charge_request("ord_new"), key="ord_new:charge")).payment
+    async with payments.database.transaction() as session:
+        await session.execute(
+            update(payments_table).where(payments_table.c.id == captured.id).values(state="PARTIALLY_REFUNDED")
+        )
+    details = await failure(payments.refund(captured.id, key="ord_new:refund", reason="order cancelled"))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_NOT_REFUNDABLE")
+    async with payments.database.transaction() as session:
+        stored = (await session.execute(select(payments_table).where(payments_table.c.id == captured.id))).one()
+    assert (stored.state, stored.refunded_at) == ("PARTIALLY_REFUNDED", None)
+    assert await payments.outbox() == [("payments.v1.payment_captured", False)]

@@ -23,6 +23,7 @@ _STATES = {
     PaymentState.CAPTURED: payments_pb2.PAYMENT_STATE_CAPTURED,
     PaymentState.REFUNDED: payments_pb2.PAYMENT_STATE_REFUNDED,
     PaymentState.DECLINED: payments_pb2.PAYMENT_STATE_DECLINED,
+    PaymentState.UNSPECIFIED: payments_pb2.PAYMENT_STATE_UNSPECIFIED,
 }
 
 

@@ -11,6 +11,10 @@ class PaymentState(enum.Enum):
     CAPTURED = "CAPTURED"
     REFUNDED = "REFUNDED"
     DECLINED = "DECLINED"
+    # A state a newer release stored (during a rollout, a canary or after a rollback both run on the same
+    # database): the payment stays readable, but this release cannot tell what money it still holds, so it
+    # is neither refunded nor written back over the stored state (docs/chassis.md).
+    UNSPECIFIED = "UNSPECIFIED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 
-from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing
+from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing, stored_enum
 from shopmesh_payments.domain.models import Money, Payment, PaymentState
 from shopmesh_payments.store.tables import order_charges, payments
 
@@ -21,7 +21,7 @@ def _payment(row: Any) -> Payment:
         id=row.id,
         order_id=row.order_id,
         amount=Money(amount_minor=row.amount_minor, currency=row.currency),
-        state=PaymentState(row.state),
+        state=stored_enum(PaymentState, row.state),
         card_last4=row.card_last4,
         decline_reason=row.decline_reason,
         refund_reason=row.refund_reason,
