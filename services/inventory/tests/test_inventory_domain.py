@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -160,7 +161,7 @@ def test_pending_reservation_past_expires_at_is_seen_as_expired_at_expires_at() 
     assert seen.updated_at == pending.expires_at
 
 
-@pytest.mark.parametrize("state", [C, R, E])
+@pytest.mark.parametrize("state", [C, R, E, ReservationState.UNSPECIFIED])
 def test_only_pending_reservations_become_overdue(state: ReservationState) -> None:
     assert not reservation(state, ttl=1).is_overdue(NOW + timedelta(hours=1))
 
@@ -182,6 +183,20 @@ def test_commit_of_expired_or_released_fails_with_its_reason(state: ReservationS
     assert isinstance(plan.failure, FailedPrecondition)
     assert plan.failure.reason == reason
     assert plan.failure.metadata == {"reservation_id": "res_1"}
+
+
+@pytest.mark.parametrize("plan", [rules.plan_commit, rules.plan_release], ids=["commit", "release"])
+def test_a_state_a_newer_release_stored_is_neither_committed_nor_released_even_past_expiry(
+    plan: Callable[[Reservation, datetime], rules.Plan],
+) -> None:
+    for now in (NOW, NOW + timedelta(hours=1)):
+        planned = plan(reservation(ReservationState.UNSPECIFIED), now)
+        assert planned.transition is None
+        assert isinstance(planned.failure, FailedPrecondition)
+        assert (planned.failure.reason, planned.failure.metadata) == (
+            "RESERVATION_STATE_UNKNOWN",
+            {"reservation_id": "res_1"},
+        )
 
 
 def test_commit_of_overdue_pending_records_the_expiry_then_fails() -> None:
@@ -216,6 +231,7 @@ def test_sweep_expires_only_overdue_pending_reservations() -> None:
     assert rules.plan_expiry(reservation(P, ttl=60), later) == rules.Plan(rules.EXPIRE)
     assert rules.plan_expiry(reservation(P, ttl=120), later) == rules.Plan()
     assert rules.plan_expiry(reservation(C, ttl=60), later) == rules.Plan()
+    assert rules.plan_expiry(reservation(ReservationState.UNSPECIFIED, ttl=60), later) == rules.Plan()
 
 
 def test_applied_transition_sets_state_and_dates_expiry_at_expires_at() -> None:

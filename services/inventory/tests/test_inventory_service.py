@@ -488,3 +488,54 @@ async def test_a_reservation_state_a_newer_release_stored_is_read_as_unspecified
         await session.execute(update(reservations).where(reservations.c.id == reserved.id).values(state="ON_HOLD"))
     got = await get_reservation(stub, reserved.id)
     assert (got.id, got.state) == (reserved.id, inventory_pb2.RESERVATION_STATE_UNSPECIFIED)
+
+
+async def _store_state_of_a_newer_release(database: Any, reservation_id: str) -> None:
+    from sqlalchemy import update
+
+    from shopmesh_inventory.store.tables import reservations
+
+    async with database.transaction() as session:
+        await session.execute(update(reservations).where(reservations.c.id == reservation_id).values(state="ON_HOLD"))
+
+
+async def _stored_state(database: Any, reservation_id: str) -> str:
+    from sqlalchemy import select
+
+    from shopmesh_inventory.store.tables import reservations
+
+    async with database.transaction() as session:
+        return str(await session.scalar(select(reservations.c.state).where(reservations.c.id == reservation_id)))
+
+
+@pytest.mark.parametrize("call", [commit, release], ids=["commit", "release"])
+async def test_a_reservation_in_a_state_a_newer_release_stored_is_neither_committed_nor_released(
+    stub: Stub, database: Any, call: ReservationCall
+) -> None:
+    """This release cannot tell where such a reservation's units are: Commit and Release refuse it
+    (FAILED_PRECONDITION, not INTERNAL), and its state and the stock stay as the newer release left them."""
+    await set_stock(stub, "prod_a", 5)
+    reserved = await reserve(stub, "ord_1", {"prod_a": 2})
+    await _store_state_of_a_newer_release(database, reserved.id)
+    details = await error_of(call(stub, reserved.id))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_STATE_UNKNOWN")
+    assert metadata(details) == {"reservation_id": reserved.id}
+    assert await _stored_state(database, reserved.id) == "ON_HOLD"
+    assert await stock(stub, "prod_a") == (3, 2, 5)
+
+
+async def test_a_reservation_in_a_state_a_newer_release_stored_is_never_expired(
+    stub: Stub, database: Any, inventory: Inventory, clock: FakeClock
+) -> None:
+    """Only a PENDING reservation expires: past its expires_at, one in a state this release does not know is
+    neither swept nor counted as available again, nor reported EXPIRED."""
+    await set_stock(stub, "prod_a", 5)
+    reserved = await reserve(stub, "ord_1", {"prod_a": 2}, ttl_seconds=5)
+    await _store_state_of_a_newer_release(database, reserved.id)
+    clock.advance(5)
+    assert await stock(stub, "prod_a") == (3, 2, 5)
+    assert await inventory.sweep_expired() == 0
+    got = await get_reservation(stub, reserved.id)
+    assert (got.id, got.state) == (reserved.id, inventory_pb2.RESERVATION_STATE_UNSPECIFIED)
+    assert await _stored_state(database, reserved.id) == "ON_HOLD"
+    assert await stock(stub, "prod_a") == (3, 2, 5)

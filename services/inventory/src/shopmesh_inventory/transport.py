@@ -18,6 +18,7 @@ _STATES: dict[ReservationState, inventory_pb2.ReservationState.ValueType] = {
     ReservationState.COMMITTED: inventory_pb2.RESERVATION_STATE_COMMITTED,
     ReservationState.RELEASED: inventory_pb2.RESERVATION_STATE_RELEASED,
     ReservationState.EXPIRED: inventory_pb2.RESERVATION_STATE_EXPIRED,
+    ReservationState.UNSPECIFIED: inventory_pb2.RESERVATION_STATE_UNSPECIFIED,
 }
 
 

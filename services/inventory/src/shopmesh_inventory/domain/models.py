@@ -12,6 +12,10 @@ class ReservationState(enum.Enum):
     COMMITTED = "COMMITTED"
     RELEASED = "RELEASED"
     EXPIRED = "EXPIRED"
+    # A state a newer release stored (during a rollout, a canary or after a rollback both run on the same
+    # database): this release cannot tell whether the units are still held, so the reservation stays
+    # readable but is never committed, released or expired, nor written back over (docs/chassis.md).
+    UNSPECIFIED = "UNSPECIFIED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,9 @@
        │ ╲──release──────────────────────────▶ RELEASED
        ╰────expire (at expires_at)───────────▶ EXPIRED
 
+A reservation in a state a newer release stored (UNSPECIFIED) takes no transition: Commit and Release
+refuse it, and it never expires.
+
 Each transition moves stock by a fixed amount per reserved unit (`StockEffect`), which the store
 applies to every item of the reservation in the same transaction as the state change.
 """
@@ -103,10 +106,12 @@ def plan_commit(reservation: Reservation, now: datetime) -> Plan:
             return Plan(failure=reservation_expired(reservation.id))
         case ReservationState.RELEASED:
             return Plan(failure=reservation_released(reservation.id))
+        case ReservationState.UNSPECIFIED:
+            return Plan(failure=reservation_state_unknown(reservation.id))
 
 
 def plan_release(reservation: Reservation, now: datetime) -> Plan:
-    """A release never fails because of the state; an overdue reservation is recorded as EXPIRED."""
+    """A release fails only on a state a newer release stored; an overdue reservation is recorded as EXPIRED."""
     if reservation.is_overdue(now):
         return Plan(EXPIRE)
     match reservation.state:
@@ -116,6 +121,9 @@ def plan_release(reservation: Reservation, now: datetime) -> Plan:
             return Plan(RESTOCK)
         case ReservationState.RELEASED | ReservationState.EXPIRED:
             return Plan()
+        case ReservationState.UNSPECIFIED:
+            # Restocking or releasing units the newer release may already have moved would count them twice.
+            return Plan(failure=reservation_state_unknown(reservation.id))
 
 
 def plan_expiry(reservation: Reservation, now: datetime) -> Plan:
@@ -149,6 +157,14 @@ def reservation_released(reservation_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"reservation {reservation_id!r} has been released",
         reason="RESERVATION_RELEASED",
+        metadata={"reservation_id": reservation_id},
+    )
+
+
+def reservation_state_unknown(reservation_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"reservation {reservation_id!r} is in a state this release does not know (a newer release stored it)",
+        reason="RESERVATION_STATE_UNKNOWN",
         metadata={"reservation_id": reservation_id},
     )
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, case, func, insert, select, update
 
-from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing
+from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing, stored_enum
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
 from shopmesh_inventory.domain.reservations import StockEffect, Transition
 from shopmesh_inventory.domain.validation import MAX_ON_HAND
@@ -188,7 +188,7 @@ class ReservationRepository:
             id=row.id,
             order_id=row.order_id,
             items=tuple(sorted(ReservationItem(i.product_id, i.quantity) for i in items)),
-            state=ReservationState(row.state),
+            state=stored_enum(ReservationState, row.state),
             created_at=as_utc(row.created_at),
             expires_at=as_utc(row.expires_at),
             updated_at=as_utc(row.updated_at),
