@@ -275,3 +275,34 @@ def test_event_ids_may_be_kept_for_ever_whatever_the_streams_max_age() -> None:
 
 async def test_the_chassis_migrations_build_its_tables_and_indexes(either_db: Database) -> None:
     assert await schema_differences(either_db, metadata) == []
+
+
+async def test_a_consumer_starting_keeps_the_ids_its_streams_max_age_needs_from_its_first_purge(
+    client: Client, nats_srv: NatsServer, tmp_path: Path
+) -> None:
+    """The purge a consumer runs as it starts must not use its own max age before it has read the stream's:
+    an id deleted then is gone for good, and its event, still on the stream, has a second effect if it is
+    delivered again."""
+    js = client.jetstream()
+    await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * DAY)  # the publisher's
+    db = Database(f"sqlite:///{tmp_path}/consumer.db")
+    (tmp_path / "versions").mkdir()
+    await migrate(db, tmp_path / "versions")
+    await remember(db, [("tester", "five-days-old", ago(5))])
+
+    async def nothing(session: DbConnection, event: Event) -> None:
+        return None
+
+    running = consumer(db, nats_srv.url, nothing, stream_max_age_seconds=2 * DAY, processed_retention_seconds=3 * DAY)
+    running.start()
+    try:
+        await js.publish("things.v1.happened", b"x", headers={"Nats-Msg-Id": "e1"})
+
+        async def applied() -> bool:
+            return ("tester", "e1") in await remembered(db)
+
+        await eventually(applied, "the event applied (the consumer has read the stream's configuration)")
+        assert ("tester", "five-days-old") in await remembered(db), "its event may still be on the 7-day stream"
+    finally:
+        await running.stop()
+        await db.dispose()
