@@ -92,6 +92,25 @@ async def test_a_parked_event_is_listed_with_who_parked_it_and_why(
     assert await DeadLetters(client.jetstream()).list(consumer="someone-else") == []
 
 
+async def test_a_long_error_is_listed_as_text_not_as_cut_json(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    # A database error names its statement and parameters: hundreds of characters over several lines.
+    why = "(sqlite3.IntegrityError) UNIQUE constraint failed: things.id\n[SQL: INSERT INTO things " + "x" * 600 + "]"
+
+    async def failing(session: DbConnection, event: Event) -> None:
+        raise ValueError(why)
+
+    running = consumer(db, nats_srv.url, failing, max_attempts=1)
+    running.start()
+    await publish(client, "e1")
+    [letter] = await parked(client, 1)
+    await running.stop()
+    assert letter.error.startswith(
+        "ValueError: (sqlite3.IntegrityError) UNIQUE constraint failed: things.id\n[SQL: "
+    ), letter.error[:120]
+
+
 async def test_a_message_published_there_by_hand_is_listed_not_fatal(client: Client) -> None:
     await ensure_dead_letter_streams(client.jetstream(), duplicate_window=60)
     await client.jetstream().publish("deadletter.oops", b"?")
