@@ -332,6 +332,19 @@ def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServ
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "no dead letters", "")
 
 
+async def test_the_command_takes_a_sequence_below_one_as_not_parked_and_goes_on_with_the_others(
+    client: Client, nats_srv: NatsServer
+) -> None:
+    js = client.jetstream()
+    await ensure_dead_letter_streams(js, 900)
+    sequence = await park_by_hand(js, "tester")
+    result = await asyncio.to_thread(cli, nats_srv.url, "discard", "0", str(sequence))
+    assert result.returncode in (1, 2), result
+    assert "BadRequestError" not in result.stderr, result.stderr  # not NATS' fault: a sequence is 1 or more
+    assert f"{sequence}: discarded" in result.stdout, result
+    assert await DeadLetters(js).list() == []
+
+
 async def park_by_hand(js: JetStreamContext, consumer_name: str) -> int:
     ack = await js.publish(
         f"deadletter.{consumer_name}.{SUBJECT}",
