@@ -354,6 +354,23 @@ async def park_by_hand(js: JetStreamContext, consumer_name: str) -> int:
     return ack.seq
 
 
+@pytest.mark.parametrize("name", ["", "*"])
+async def test_replay_all_for_a_consumer_name_that_is_no_name_replays_nothing(
+    client: Client, nats_srv: NatsServer, name: str
+) -> None:
+    # `replay --all --consumer "$CONSUMER"` in a script with the variable unset, or a pattern typed for a
+    # name: neither names a consumer, and neither may hand back every consumer's parked events.
+    js = client.jetstream()
+    await ensure_dead_letter_streams(js, 900)
+    await js.add_consumer(
+        REPLAY_STREAM, ConsumerConfig(durable_name=replay_durable("tester"), filter_subject=replay_filter("tester"))
+    )
+    sequence = await park_by_hand(js, "tester")
+    result = await asyncio.to_thread(cli, nats_srv.url, "replay", "--all", "--consumer", name)
+    assert "replayed to" not in result.stdout, result.stdout
+    assert [letter.sequence for letter in await DeadLetters(js).list()] == [sequence]
+
+
 async def test_a_replay_for_a_consumer_that_reads_no_replays_is_refused_and_stays_parked(
     client: Client, nats_srv: NatsServer
 ) -> None:
