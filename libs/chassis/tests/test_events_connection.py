@@ -70,3 +70,19 @@ async def test_a_broker_outage_is_logged_in_plain_lines_and_the_connection_comes
     assert 1 <= len(errors) <= 2, errors
     # Closing the connection at shutdown is not reported as a loss.
     assert messages.count(f"lost the connection to NATS at {url}; reconnecting") == 1
+
+
+async def test_a_publisher_closes_without_an_error_while_the_broker_is_away(tmp_path: Path) -> None:
+    # A service stopping during a NATS outage (the outbox keeps the events: an expected state, not a fault).
+    with nats_server(tmp_path / "nats") as server:
+        publisher = events.DeferredJetStream(
+            server.url, name="outage-test", stream="THINGS", subjects=["things.v1.>"], duplicate_window_seconds=60
+        )
+        ready = asyncio.Event()
+        publisher.start(on_ready=ready.set)
+        await asyncio.wait_for(ready.wait(), 15)
+    client = publisher._client
+    assert client is not None
+    await eventually(lambda: client.is_reconnecting, "the client lost the broker", interval=0.05)
+    await publisher.close()
+    assert client.is_closed, "its reconnect loop would outlive the service's shutdown"
