@@ -106,7 +106,10 @@ async def remembered(db: Database) -> set[tuple[str, str]]:
         return {(row.consumer, row.event_id) for row in rows}
 
 
-async def test_a_consumer_forgets_only_its_own_event_ids_past_its_retention(either_db: Database) -> None:
+async def test_a_consumer_forgets_only_its_own_event_ids_past_its_retention(
+    either_db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    await ensure_stream(client.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * DAY)
     await remember(
         either_db,
         [
@@ -120,15 +123,54 @@ async def test_a_consumer_forgets_only_its_own_event_ids_past_its_retention(eith
     )
     running = consumer(
         either_db,
-        "nats://127.0.0.1:1",
+        nats_srv.url,
         record,
         stream_max_age_seconds=7 * DAY,
         processed_retention_seconds=8 * DAY,
         purge_batch_size=2,
     )
-    assert await running.purge_processed() == 3
-    assert await remembered(either_db) == {("tester", "e4"), ("other", "e1")}
+    # Before it has reached NATS it cannot know the stream's max age, so it keeps every id.
     assert await running.purge_processed() == 0
+    running.start()
+    try:
+        await _subscribed(client)
+        assert await running.purge_processed() == 3
+        assert await remembered(either_db) == {("tester", "e4"), ("other", "e1")}
+        assert await running.purge_processed() == 0
+    finally:
+        await running.stop()
+
+
+async def test_a_running_consumer_keeps_ids_by_a_max_age_raised_since_it_connected(
+    either_db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """The publisher raises the max age (a consumer will be down longer): a consumer already running must
+    keep its ids by it from its next purge, not only after its next reconnect."""
+    js = client.jetstream()
+    await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * DAY)
+    running = consumer(either_db, nats_srv.url, record, processed_retention_seconds=8 * DAY)
+    running.start()
+    try:
+        await _subscribed(client)
+        await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=10 * DAY)
+        await remember(either_db, [("tester", "old", ago(11.5)), ("tester", "kept", ago(9))])
+        assert await running.purge_processed() == 1
+        assert await remembered(either_db) == {("tester", "kept")}, "its event may still be on the 10-day stream"
+    finally:
+        await running.stop()
+
+
+async def _subscribed(client: Client) -> None:
+    """Until the consumer has connected and made its durable."""
+
+    async def durable_made() -> bool:
+        try:
+            await client.jetstream().consumer_info("THINGS", "tester")
+        except NotFoundError:
+            return False
+        return True
+
+    await eventually(durable_made, "the consumer connected and subscribed")
 
 
 async def test_a_running_relay_and_consumer_purge_on_their_own(tmp_path: Path, nats_srv: NatsServer) -> None:

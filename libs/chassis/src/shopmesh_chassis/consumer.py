@@ -169,6 +169,7 @@ class EventConsumer:
         self._duplicate_window = duplicate_window_seconds
         self._metrics = metrics
         self._gauge_poll = gauge_poll_seconds
+        # Only what a missing stream is created with: the purge goes by the stream's own max age, read from NATS.
         self._stream_max_age = stream_max_age_seconds
         # 0: applied event ids are kept for ever.
         self._processed_retention = processed_retention_seconds
@@ -240,7 +241,6 @@ class EventConsumer:
         await ensure_stream(
             js, self._stream, self._stream_subjects, self._duplicate_window, max_age=self._stream_max_age, update=False
         )
-        self._stream_max_age = (await js.stream_info(self._stream)).config.max_age or 0.0
         await ensure_dead_letter_streams(js, self._duplicate_window)
         subscriptions: list[JetStreamContext.PullSubscription] = []
         try:
@@ -336,11 +336,14 @@ class EventConsumer:
         """Forget the event ids this consumer applied longer than the retention ago, in batches; how many."""
         if self._processed_retention <= 0:
             return 0
-        # The stream as its publisher configured it (read at each connect): an id is kept while its event may
-        # still be on the stream, whatever this consumer's own settings say; for ever if the stream is.
-        if not self._stream_max_age:
+        # The stream as its publisher configured it, read at each purge (a max age raised since counts at once):
+        # an id is kept while its event may still be on the stream, whatever this consumer's own settings say;
+        # for ever if the stream is. Unread (not connected yet, NATS away), nothing is purged: an id deleted by
+        # a guess is gone for good, while its event may still be delivered again.
+        max_age = await self._read_stream_max_age()
+        if not max_age:
             return 0
-        retention = max(self._processed_retention, self._stream_max_age + _PURGE_MARGIN_SECONDS)
+        retention = max(self._processed_retention, max_age + _PURGE_MARGIN_SECONDS)
         cutoff = datetime.now(UTC) - timedelta(seconds=retention)
         mine = processed_events.c.consumer == self._durable
         deleted = await delete_in_batches(
@@ -358,6 +361,19 @@ class EventConsumer:
                 cutoff.isoformat(timespec="seconds"),
             )
         return deleted
+
+    async def _read_stream_max_age(self) -> float | None:
+        """The stream's max age as NATS says now; None when it cannot be read (not connected yet, NATS away)."""
+        client = self._client
+        if client is None or not client.is_connected:
+            return None
+        try:
+            info = await client.jetstream().stream_info(self._stream)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Not the max age read before either: it may have been raised since. A purge skipped only waits.
+            log.info("%s keeps its event ids for now: cannot read stream %s: %s", self._durable, self._stream, exc)
+            return None
+        return info.config.max_age or 0.0
 
     async def _deliver(self, message: Msg, *, replayed: bool) -> bool:
         """Apply, retry or park the message; False when it failed because the database is away."""
