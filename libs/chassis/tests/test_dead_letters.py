@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
+from nats.js.api import ConsumerConfig, RawStreamMsg
 from prometheus_client import CollectorRegistry
 
 from shopmesh.orders.v1 import events_pb2
@@ -20,6 +20,7 @@ from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import (
     DEAD_LETTER_STREAM,
     ERROR,
+    ERROR_HEADER_LIMIT,
     ORIGINAL_EVENT_ID,
     ORIGINAL_SUBJECT,
     REPLAY_STREAM,
@@ -27,6 +28,7 @@ from shopmesh_chassis.deadletters import (
     DeadLetters,
     NoSuchDeadLetter,
     ensure_dead_letter_streams,
+    error_header,
     replay_durable,
     replay_filter,
 )
@@ -109,6 +111,28 @@ async def test_a_long_error_is_listed_as_text_not_as_cut_json(
     assert letter.error.startswith(
         "ValueError: (sqlite3.IntegrityError) UNIQUE constraint failed: things.id\n[SQL: "
     ), letter.error[:120]
+
+
+@pytest.mark.parametrize("character", ["x", "\n", "é", "\U0001f600"])
+def test_an_error_header_stays_json_within_its_bound_whatever_it_escapes(character: str) -> None:
+    error = "E: " + character * 1000
+    header = error_header(error)
+    assert len(header) <= ERROR_HEADER_LIMIT
+    text = json.loads(header)
+    assert text.endswith("…")
+    assert error.startswith(text[:-1])
+    assert len(text) > 20
+    assert json.loads(error_header("short")) == "short"
+
+
+def test_an_error_header_cut_after_quoting_by_an_older_release_is_listed_as_text() -> None:
+    for cut in (json.dumps("E: " + "\n" * 300)[:500], json.dumps("E: x\u00e9")[:-4]):
+        error = DeadLetter.from_message(RawStreamMsg(subject="deadletter.c.s", seq=1, headers={ERROR: cut})).error
+        assert error.startswith("E: "), error
+        assert error.endswith("…"), error
+    assert DeadLetter.from_message(RawStreamMsg(subject="deadletter.c.s", seq=1, headers={ERROR: "plain"})).error == (
+        "plain"
+    )
 
 
 async def test_a_message_published_there_by_hand_is_listed_not_fatal(client: Client) -> None:

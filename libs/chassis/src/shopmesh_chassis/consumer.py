@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -48,6 +47,7 @@ from shopmesh_chassis.deadletters import (
     REPLAY_STREAM,
     REPLAYED_FROM,
     ensure_dead_letter_streams,
+    error_header,
     parked_subject,
     replay_durable,
     replay_filter,
@@ -537,7 +537,7 @@ class EventConsumer:
                 MSG_ID: f"{self._durable}:{event.event_id}:{delivery}",
                 ORIGINAL_SUBJECT: event.subject,
                 ORIGINAL_EVENT_ID: event.event_id,
-                ERROR: json.dumps(f"{type(error).__name__}: {error}")[:500],
+                ERROR: error_header(f"{type(error).__name__}: {error}"),
                 ATTEMPTS: str(attempts),
             }
             await self._client.jetstream().publish(where, event.payload, headers=headers)

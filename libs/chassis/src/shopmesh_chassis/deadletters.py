@@ -127,13 +127,51 @@ class DeadLetter:
         )
 
 
+# The most a parked message's error header takes, quotes and escapes included: a database error names
+# its statement and parameters, and a header that long is read by every `list`.
+ERROR_HEADER_LIMIT = 500
+_CUT = "…"
+
+
+def error_header(error: str) -> str:
+    """The error as its header holds it: JSON-quoted (a header value cannot hold every character), cut to
+    ERROR_HEADER_LIMIT with its text cut first, so that the header stays JSON `list` can read back."""
+    quoted = json.dumps(error)
+    if len(quoted) <= ERROR_HEADER_LIMIT:
+        return quoted
+    # Escapes take up to 12 characters each (a surrogate pair): find the longest prefix whose quoting fits.
+    low, high = 0, min(len(error), ERROR_HEADER_LIMIT)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(json.dumps(error[:middle] + _CUT)) <= ERROR_HEADER_LIMIT:
+            low = middle
+        else:
+            high = middle - 1
+    return json.dumps(error[:low] + _CUT)
+
+
 def _error_text(header: str) -> str:
-    # The consumer stores the error JSON-quoted (a header value cannot hold every character).
+    # Quoted by error_header; one published by hand may be plain text.
     try:
         text = json.loads(header)
     except ValueError:
-        return header
+        return _cut_quote_text(header)
     return text if isinstance(text, str) else header
+
+
+def _cut_quote_text(header: str) -> str:
+    """The text of a header releases before error_header cut after quoting (parked messages outlive a
+    release): closed again, less an escape cut in half; any other header as it is."""
+    if not header.startswith('"'):
+        return header
+    for end in range(len(header), max(len(header) - 12, 0), -1):
+        try:
+            text = json.loads(header[:end] + '"')
+        except ValueError:
+            continue
+        if isinstance(text, str):
+            return text + _CUT
+    return header
 
 
 class DeadLetters:
