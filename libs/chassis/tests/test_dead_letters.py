@@ -356,17 +356,24 @@ def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServ
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "no dead letters", "")
 
 
-async def test_the_command_takes_a_sequence_below_one_as_not_parked_and_goes_on_with_the_others(
-    client: Client, nats_srv: NatsServer
+@pytest.mark.parametrize("given", ["0", "-1", "x", str(2**64)])
+async def test_the_command_refuses_a_sequence_that_is_no_sequence_as_a_usage_error_and_does_nothing(
+    client: Client, nats_srv: NatsServer, given: str
 ) -> None:
     js = client.jetstream()
     await ensure_dead_letter_streams(js, 900)
     sequence = await park_by_hand(js, "tester")
-    result = await asyncio.to_thread(cli, nats_srv.url, "discard", "0", str(sequence))
-    assert result.returncode in (1, 2), result
-    assert "BadRequestError" not in result.stderr, result.stderr  # not NATS' fault: a sequence is 1 or more
-    assert f"{sequence}: discarded" in result.stdout, result
-    assert await DeadLetters(js).list() == []
+    result = await asyncio.to_thread(cli, nats_srv.url, "discard", given, str(sequence))
+    assert result.returncode == 2, result
+    # Not NATS' fault: a sequence is a whole number from 1, and the command says so before doing anything.
+    assert "BadRequestError" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].endswith(
+        f"argument SEQ: {given!r} is no sequence: they are whole numbers from 1 (see `list`)"
+    )
+    assert result.stdout == ""
+    assert [letter.sequence for letter in await DeadLetters(js).list()] == [sequence]
+    with pytest.raises(NoSuchDeadLetter):
+        await DeadLetters(js).discard(0)
 
 
 async def park_by_hand(js: JetStreamContext, consumer_name: str) -> int:

@@ -38,6 +38,9 @@ ATTEMPTS = "Shopmesh-Attempts"
 # On a replayed message: the dead-letter sequence it was replayed from (for logs and traces).
 REPLAYED_FROM = "Shopmesh-Replayed-From"
 BOOKKEEPING_HEADERS = frozenset({MSG_ID, ORIGINAL_SUBJECT, ORIGINAL_EVENT_ID, ERROR, ATTEMPTS, REPLAYED_FROM})
+# JetStream's sequences: unsigned 64-bit, the first message 1.
+MIN_SEQUENCE = 1
+MAX_SEQUENCE = 2**64 - 1
 
 
 def parked_subject(consumer: str, subject: str) -> str:
@@ -199,6 +202,9 @@ class DeadLetters:
             sequence = (message.seq or sequence) + 1
 
     async def get(self, sequence: int) -> DeadLetter:
+        # NATS answers another sequence with a bad request, not "not found".
+        if not MIN_SEQUENCE <= sequence <= MAX_SEQUENCE:
+            raise NoSuchDeadLetter(sequence)
         try:
             return DeadLetter.from_message(await self._js.get_msg(DEAD_LETTER_STREAM, sequence))
         except NotFoundError:

@@ -31,10 +31,29 @@ from nats.aio.client import Client
 from tabulate import tabulate
 
 from shopmesh_chassis.config import EventSettings
-from shopmesh_chassis.deadletters import DeadLetter, DeadLetters, NoReplayConsumer, NoSuchDeadLetter
+from shopmesh_chassis.deadletters import (
+    MAX_SEQUENCE,
+    MIN_SEQUENCE,
+    DeadLetter,
+    DeadLetters,
+    NoReplayConsumer,
+    NoSuchDeadLetter,
+)
 from shopmesh_chassis.events import EVENT_TYPE
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
+
+
+def sequence_number(value: str) -> int:
+    """A stream sequence as JetStream numbers them: a mistyped one is a usage error, not a request NATS
+    refuses (which would end the command at it, blaming NATS, with the sequences after it undone)."""
+    try:
+        sequence = int(value)
+    except ValueError:
+        sequence = 0
+    if not MIN_SEQUENCE <= sequence <= MAX_SEQUENCE:
+        raise argparse.ArgumentTypeError(f"{value!r} is no sequence: they are whole numbers from 1 (see `list`)")
+    return sequence
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,13 +68,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     listing.add_argument("--consumer", help="only those this consumer parked")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     show = commands.add_parser("show", help="one parked message: headers and decoded payload")
-    show.add_argument("sequence", type=int)
+    show.add_argument("sequence", type=sequence_number, metavar="SEQ")
     replay = commands.add_parser("replay", help="hand messages back to the consumer that parked them")
-    replay.add_argument("sequences", type=int, nargs="*", metavar="SEQ")
+    replay.add_argument("sequences", type=sequence_number, nargs="*", metavar="SEQ")
     replay.add_argument("--all", action="store_true", help="every parked message (of --consumer if given)")
     replay.add_argument("--consumer", help="with --all: only those this consumer parked")
     discard = commands.add_parser("discard", help="remove messages for good")
-    discard.add_argument("sequences", type=int, nargs="+", metavar="SEQ")
+    discard.add_argument("sequences", type=sequence_number, nargs="+", metavar="SEQ")
     args = parser.parse_args(argv)
     if args.command == "replay" and bool(args.sequences) == args.all:
         parser.error("replay takes sequence numbers or --all, not both")
