@@ -27,6 +27,7 @@ from shopmesh_chassis.deadletters import (
     DeadLetter,
     DeadLetters,
     NoSuchDeadLetter,
+    NotAConsumerName,
     ensure_dead_letter_streams,
     error_header,
     replay_durable,
@@ -385,8 +386,8 @@ async def park_by_hand(js: JetStreamContext, consumer_name: str) -> int:
     return ack.seq
 
 
-@pytest.mark.parametrize("name", ["", "*"])
-async def test_replay_all_for_a_consumer_name_that_is_no_name_replays_nothing(
+@pytest.mark.parametrize("name", ["", "*", ">", "tester.>", "tes ter"])
+async def test_a_consumer_name_that_is_no_name_is_a_usage_error_and_replays_nothing(
     client: Client, nats_srv: NatsServer, name: str
 ) -> None:
     # `replay --all --consumer "$CONSUMER"` in a script with the variable unset, or a pattern typed for a
@@ -397,9 +398,16 @@ async def test_replay_all_for_a_consumer_name_that_is_no_name_replays_nothing(
         REPLAY_STREAM, ConsumerConfig(durable_name=replay_durable("tester"), filter_subject=replay_filter("tester"))
     )
     sequence = await park_by_hand(js, "tester")
-    result = await asyncio.to_thread(cli, nats_srv.url, "replay", "--all", "--consumer", name)
-    assert "replayed to" not in result.stdout, result.stdout
+    for command in (["replay", "--all"], ["list"]):
+        result = await asyncio.to_thread(cli, nats_srv.url, *command, "--consumer", name)
+        assert result.returncode == 2, result
+        assert result.stdout == ""
+        assert result.stderr.splitlines()[-1].endswith(
+            f"argument --consumer: {name!r} is no consumer name: a name is not empty and has no '.', '*', '>' or space"
+        )
     assert [letter.sequence for letter in await DeadLetters(js).list()] == [sequence]
+    with pytest.raises(NotAConsumerName):
+        await DeadLetters(js).list(name)
 
 
 async def test_a_replay_for_a_consumer_that_reads_no_replays_is_refused_and_stays_parked(

@@ -43,6 +43,18 @@ MIN_SEQUENCE = 1
 MAX_SEQUENCE = 2**64 - 1
 
 
+def is_consumer_name(name: str) -> bool:
+    """Whether `name` can name one consumer in a subject: empty, a dot, a wildcard or a space would
+    make a filter for every consumer's parked messages (or another subject) instead."""
+    return bool(name) and not any(character in ".*>" or character.isspace() for character in name)
+
+
+class NotAConsumerName(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name!r} is no consumer name: a name is not empty and has no '.', '*', '>' or space")
+        self.name = name
+
+
 def parked_subject(consumer: str, subject: str) -> str:
     return f"{DEAD_LETTER_PREFIX}.{consumer}.{subject}"
 
@@ -186,7 +198,9 @@ class DeadLetters:
 
     async def list(self, consumer: str | None = None) -> list[DeadLetter]:
         """Every parked message (of one consumer if given), oldest first."""
-        wanted = f"{DEAD_LETTER_PREFIX}.{consumer}.>" if consumer else f"{DEAD_LETTER_PREFIX}.>"
+        if consumer is not None and not is_consumer_name(consumer):
+            raise NotAConsumerName(consumer)
+        wanted = f"{DEAD_LETTER_PREFIX}.{consumer}.>" if consumer is not None else f"{DEAD_LETTER_PREFIX}.>"
         try:
             await self._js.stream_info(DEAD_LETTER_STREAM)
         except NotFoundError:

@@ -38,6 +38,8 @@ from shopmesh_chassis.deadletters import (
     DeadLetters,
     NoReplayConsumer,
     NoSuchDeadLetter,
+    NotAConsumerName,
+    is_consumer_name,
 )
 from shopmesh_chassis.events import EVENT_TYPE
 
@@ -56,6 +58,14 @@ def sequence_number(value: str) -> int:
     return sequence
 
 
+def consumer_name(value: str) -> str:
+    """One consumer's name: a name that is none (a script's unset variable, a pattern) would otherwise
+    select every consumer's dead letters, and `replay --all` replay them all."""
+    if not is_consumer_name(value):
+        raise argparse.ArgumentTypeError(str(NotAConsumerName(value)))
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="shopmesh-deadletters", description=(__doc__ or "").splitlines()[0].partition(": ")[2]
@@ -65,20 +75,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the parked messages, oldest first")
-    listing.add_argument("--consumer", help="only those this consumer parked")
+    listing.add_argument("--consumer", type=consumer_name, help="only those this consumer parked")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     show = commands.add_parser("show", help="one parked message: headers and decoded payload")
     show.add_argument("sequence", type=sequence_number, metavar="SEQ")
     replay = commands.add_parser("replay", help="hand messages back to the consumer that parked them")
     replay.add_argument("sequences", type=sequence_number, nargs="*", metavar="SEQ")
     replay.add_argument("--all", action="store_true", help="every parked message (of --consumer if given)")
-    replay.add_argument("--consumer", help="with --all: only those this consumer parked")
+    replay.add_argument("--consumer", type=consumer_name, help="with --all: only those this consumer parked")
     discard = commands.add_parser("discard", help="remove messages for good")
     discard.add_argument("sequences", type=sequence_number, nargs="+", metavar="SEQ")
     args = parser.parse_args(argv)
     if args.command == "replay" and bool(args.sequences) == args.all:
         parser.error("replay takes sequence numbers or --all, not both")
-    if args.command == "replay" and args.consumer and not args.all:
+    if args.command == "replay" and args.consumer is not None and not args.all:
         parser.error("replay --consumer goes with --all")
     return args
 
