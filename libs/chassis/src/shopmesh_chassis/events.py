@@ -133,7 +133,18 @@ class JetStreamPublisher:
         return not ack.duplicate
 
     async def close(self) -> None:
-        await self._client.drain()
+        """Drain (what was published is flushed first) when connected; else, or if the drain fails, close:
+        nats-py refuses to drain a connection that is (re)connecting, and a connection left open keeps its
+        reconnect loop going past the shutdown. Nothing is lost either way: a publish the stream did not
+        acknowledge stays in the outbox."""
+        client = self._client
+        if client.is_connected:
+            try:
+                await client.drain()
+            except Exception as exc:
+                log.debug("NATS at %s: drain failed, closing instead: %s", client.connected_url, exc)
+        if not client.is_closed:
+            await client.close()
 
 
 # A publisher that connects in the background, so that a service starts and serves while NATS is away:
@@ -221,9 +232,12 @@ class DeferredJetStream:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
-        if self._publisher is not None:
-            await self._publisher.close()  # drains: what was published is flushed first
-        elif self._client is not None:
-            await self._client.close()
-        self._publisher = None
-        self._client = None
+        try:
+            if self._publisher is not None:
+                await self._publisher.close()
+            elif self._client is not None:
+                await self._client.close()
+        finally:
+            # A close that failed must not leave a publisher that looks connected to a next start.
+            self._publisher = None
+            self._client = None
