@@ -65,8 +65,11 @@ class FakeInventory:
 
     async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
         self._check("reserve")
-        for rid, (order, _items, _state) in self.reservations.items():
+        for rid, (order, _items, state) in self.reservations.items():
             if order == order_id:
+                # Inventory replays the order's reservation whatever its state; the adapter refuses a lapsed one.
+                if state in ("EXPIRED", "RELEASED"):
+                    raise ReservationExpired(rid)
                 return rid
         short = [
             i.product_id for i in items if self.on_hand.get(i.product_id, 0) - self.reserved(i.product_id) < i.quantity

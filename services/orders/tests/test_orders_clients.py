@@ -15,7 +15,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
 from shopmesh_orders.domain.model import CancelCode
-from shopmesh_orders.domain.ports import InsufficientStock, PaymentRefused
+from shopmesh_orders.domain.ports import InsufficientStock, PaymentRefused, ReservationExpired
 from shopmesh_orders.domain.validation import Card, CartLine
 from shopmesh_orders.settings import OrdersSettings
 
@@ -123,3 +123,46 @@ async def test_insufficient_stock_keeps_the_ids_inventory_listed_and_how_many_ar
         with pytest.raises(InsufficientStock) as caught:
             await InventoryClient(channel.channel, timeout=5).reserve("ord_1", [CartLine("prod_a", 1)], 60)
     assert (caught.value.product_ids, caught.value.short_count) == (ids, count)
+
+
+class ReplayingInventory(inventory_pb2_grpc.InventoryServiceServicer):
+    """Answers Reserve with the order's existing reservation in `state`, as inventory replays a repeated one."""
+
+    def __init__(self, state: inventory_pb2.ReservationState.ValueType) -> None:
+        self._state = state
+
+    async def Reserve(self, request: inventory_pb2.ReserveRequest, context: Any) -> Any:
+        reservation = inventory_pb2.Reservation(id="res_1", order_id=request.order_id, state=self._state)
+        return inventory_pb2.ReserveResponse(reservation=reservation)
+
+
+async def _reserve_against(settings: OrdersSettings, state: inventory_pb2.ReservationState.ValueType) -> str:
+    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
+    binding = ServiceBinding(INVENTORY, ReplayingInventory(state), add)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        return await InventoryClient(channel.channel, timeout=5).reserve("ord_1", [CartLine("prod_a", 1)], 60)
+
+
+@pytest.mark.parametrize("state", [inventory_pb2.RESERVATION_STATE_EXPIRED, inventory_pb2.RESERVATION_STATE_RELEASED])
+async def test_a_replayed_reservation_that_lapsed_is_refused_as_expired(
+    settings: OrdersSettings, state: inventory_pb2.ReservationState.ValueType
+) -> None:
+    with pytest.raises(ReservationExpired):
+        await _reserve_against(settings, state)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        inventory_pb2.RESERVATION_STATE_PENDING,
+        # Committed for this very order: the stock is its own, and committing again changes nothing.
+        inventory_pb2.RESERVATION_STATE_COMMITTED,
+    ],
+)
+async def test_a_reservation_that_holds_the_stock_is_named(
+    settings: OrdersSettings, state: inventory_pb2.ReservationState.ValueType
+) -> None:
+    assert await _reserve_against(settings, state) == "res_1"

@@ -516,6 +516,61 @@ async def test_reservation_expired_after_charge_refunds_and_cancels(
     assert events_pb2.OrderCancelled.FromString(payload).refunded
 
 
+async def test_a_retry_reaching_a_reservation_that_expired_cancels_without_charging(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    """Reserve is keyed by order id and replays the order's reservation whatever its state: a PlaceOrder
+    retry that finds the order still at RESERVE after its reservation expired must not charge the card (a
+    charge that the commit then refuses, refunded)."""
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    # The first driver's Reserve went through but its answer was lost; the reservation expired since.
+    inventory.reservations["res_9"] = (order_id, (CartLine("prod_a", 2),), "EXPIRED")
+    inventory.down = False
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    assert caught.value.reason == "RESERVATION_EXPIRED"
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code, order.refunded) == (
+        OrderState.CANCELLED,
+        CancelCode.RESERVATION_EXPIRED,
+        False,
+    )
+    assert payments.charge_calls == 0
+    assert inventory.reserved("prod_a") == 0
+    (_, payload) = (await events(database))[-1]
+    assert not events_pb2.OrderCancelled.FromString(payload).refunded
+
+
+@pytest.mark.parametrize("lapsed", ["EXPIRED", "RELEASED"])
+async def test_compensation_that_finds_the_reservation_lapsed_still_cancels(
+    app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory, database: Database, lapsed: str
+) -> None:
+    """Compensation asks Reserve again to name a reservation whose id it never learned: one that lapsed holds
+    no stock, so there is nothing to release, and that is no reason to stop compensating."""
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    inventory.reservations["res_9"] = (order_id, (CartLine("prod_a", 2),), lapsed)
+    inventory.down = False
+    await _crash_at(
+        database,
+        order_id,
+        SagaStep.COMPENSATE,
+        reservation_id="",
+        reserve_attempted=True,
+        cancel_code=CancelCode.CHECKOUT_INTERRUPTED,
+        cancel_message="The order could not be completed in time; nothing was charged.",
+    )
+    order = await saga.drive(order_id, None)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
+    assert inventory.reservations["res_9"][2] == lapsed
+    assert inventory.reserved("prod_a") == 0
+
+
 async def test_customer_cancellation_refunds_and_restocks(
     app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
 ) -> None:

@@ -124,7 +124,11 @@ class InventoryClient:
             if error.code() in _TRANSIENT:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None
-        return response.reservation.id
+        reservation = response.reservation
+        # Reserve replays the order's reservation whatever its state: a lapsed one holds nothing to commit.
+        if reservation.state in (inventory_pb2.RESERVATION_STATE_EXPIRED, inventory_pb2.RESERVATION_STATE_RELEASED):
+            raise ReservationExpired(reservation.id)
+        return reservation.id
 
     async def commit(self, reservation_id: str) -> None:
         try:

@@ -216,6 +216,11 @@ class SagaDriver:
                     failed = order.failed_before_pivot(CancelCode.INSUFFICIENT_STOCK, now)
                     # Inventory records nothing when it refuses: there is no stock to release.
                     return await self._transition(owner, failed.nothing_reserved(short.product_ids, short.short_count))
+                except ReservationExpired:
+                    # An earlier Reserve for this order went through, and its reservation lapsed before this
+                    # driver came by: the stock is gone, so cancel before the pivot instead of charging a card
+                    # for an order the commit would refuse.
+                    return await self._transition(owner, order.failed_before_pivot(CancelCode.RESERVATION_EXPIRED, now))
                 reserved = order.reserved(reservation_id, self._clock())
                 if card is not None:
                     # The charge follows at once: mark it attempted in the same transaction.
@@ -310,7 +315,8 @@ class SagaDriver:
                 reservation_id = await self._inventory.reserve(
                     order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
                 )
-            except InsufficientStock:
+            except (InsufficientStock, ReservationExpired):
+                # Nothing reserved, or a reservation that lapsed: either way no stock is held to release.
                 reservation_id = ""
             if reservation_id:
                 await self._keep_lease(order.id, owner)

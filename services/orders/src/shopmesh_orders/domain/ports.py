@@ -57,7 +57,12 @@ class Catalog(Protocol):
 
 
 class Inventory(Protocol):
-    async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str: ...
+    async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+        """The id of the order's reservation, made now or earlier (keyed by order id). Raises
+        ReservationExpired when the order's reservation exists but expired or was released: it holds no
+        stock, and a new one cannot be made for the same order."""
+        ...
+
     async def commit(self, reservation_id: str) -> None: ...
     async def release(self, reservation_id: str) -> None: ...
 

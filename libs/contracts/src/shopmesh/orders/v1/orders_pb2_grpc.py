@@ -91,8 +91,10 @@ class OrdersServiceServicer:
         first ones whose list fits in 1,000 characters; both absent for an
         order cancelled before orders kept them), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
         (payments stayed unavailable through the retries; nothing was charged
-        and the stock was released), RESERVATION_EXPIRED (payment succeeded
-        too late; it was refunded), or CHECKOUT_INTERRUPTED (a retry finds the
+        and the stock was released), RESERVATION_EXPIRED (the stock
+        reservation expired first: before the charge, and nothing was charged,
+        or after a payment that succeeded too late, which was refunded), or
+        CHECKOUT_INTERRUPTED (a retry finds the
         order the server resumed after this call gave up before charging the
         card, e.g. while inventory was unavailable: it cannot charge a card it
         does not keep; nothing was charged), or CARD_EXPIRED (a retry after the
