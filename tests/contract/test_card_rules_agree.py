@@ -27,6 +27,24 @@ def orders_accepts(number: str, exp_month: int, exp_year: int, cvv: str) -> bool
     return not violations
 
 
+def orders_answer(number: str, exp_month: int, exp_year: int, cvv: str) -> tuple[str, dict[str, str]] | None:
+    """ErrorInfo reason and {field: reason} of orders' refusal, as PlaceOrder answers it for the card alone."""
+    try:
+        orders.check_card_current(orders.Card(number, exp_month, exp_year, cvv), TODAY)
+    except InvalidArgument as refused:
+        return refused.reason, {v.field: v.reason for v in refused.violations}
+    return None
+
+
+def payments_answer(number: str, exp_month: int, exp_year: int, cvv: str) -> tuple[str, dict[str, str]] | None:
+    card = payments_models.Card(number=number, exp_month=exp_month, exp_year=exp_year, cvv=cvv)
+    try:
+        payments.validate_charge("ord_1", payments_models.Money(100, "USD"), card, TODAY)
+    except InvalidArgument as refused:
+        return refused.reason, {v.field: v.reason for v in refused.violations}
+    return None
+
+
 def payments_accepts(number: str, exp_month: int, exp_year: int, cvv: str) -> bool:
     card = payments_models.Card(number=number, exp_month=exp_month, exp_year=exp_year, cvv=cvv)
     try:
@@ -55,10 +73,33 @@ def payments_accepts(number: str, exp_month: int, exp_year: int, cvv: str) -> bo
         ("4242424242424242", 12, 2030, "12³"),
         ("4242424242424242", 12, 2030, "1234"),
         ("4242424242424242", 12, 2030, "12"),
+        ("4242424242424242", 1, 2026, "123"),  # expired this year: the month is to blame
+        ("4242424242424242", 12, 2025, "123"),  # expired last year: the year is to blame
+        ("4242424242424242", 13, 99, "123"),  # both expiry fields out of range
+        ("", 12, 2030, "123"),
+        ("4242424242424241", 11, 2026, "12"),
     ],
 )
 def test_orders_and_payments_accept_the_same_cards(card: tuple[str, int, int, str]) -> None:
     assert orders_accepts(*card) == payments_accepts(*card), card
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        ("4242424242424241", 12, 2030, "123"),
+        ("", 12, 2030, "123"),
+        ("4242424242424242", 1, 2026, "123"),
+        ("4242424242424242", 12, 2025, "123"),
+        ("4242424242424242", 13, 99, "123"),
+        ("4242424242424242", 12, 2030, "12"),
+        ("4242424242424241", 11, 2026, "12"),
+    ],
+)
+def test_orders_and_payments_refuse_a_card_with_the_same_fields_and_reasons(card: tuple[str, int, int, str]) -> None:
+    """PlaceOrderRequest.card is "validated as in payments Charge": the same violations, and ErrorInfo reason
+    INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong."""
+    assert orders_answer(*card) == payments_answer(*card), card
 
 
 DIGITISH = st.characters(categories=["Nd", "No"]) | st.sampled_from("0123456789")
@@ -75,3 +116,14 @@ def test_no_card_is_accepted_by_one_and_refused_by_the_other(
     number: str, exp_month: int, exp_year: int, cvv: str
 ) -> None:
     assert orders_accepts(number, exp_month, exp_year, cvv) == payments_accepts(number, exp_month, exp_year, cvv)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    number=st.text(DIGITISH, min_size=0, max_size=20),
+    exp_month=st.integers(-1, 13),
+    exp_year=st.integers(0, 12000),
+    cvv=st.text(DIGITISH, min_size=2, max_size=5),
+)
+def test_no_card_is_refused_differently_by_the_two(number: str, exp_month: int, exp_year: int, cvv: str) -> None:
+    assert orders_answer(number, exp_month, exp_year, cvv) == payments_answer(number, exp_month, exp_year, cvv)

@@ -14,6 +14,7 @@ from shopmesh_orders.domain.validation import (
     Card,
     CartLine,
     PlaceOrder,
+    check_card_current,
     luhn_ok,
     validate_place_order,
     validate_totals,
@@ -150,8 +151,60 @@ def test_empty_cart_and_missing_card_are_rejected() -> None:
     assert violations(command(items=(), card=None)) == ["card", "items"]
 
 
-def test_expired_card_is_rejected() -> None:
-    assert violations(command(card=Card("4242424242424242", 10, 2026, "123"))) == ["card.exp_year"]
+# PlaceOrderRequest.card is "validated as in payments Charge": the same fields, the same reasons, and the same
+# ErrorInfo reason when the card is all that is wrong (payments' own tests hold the same table).
+
+
+def invalid(cmd: PlaceOrder, today: date | None = date(2026, 11, 25)) -> errors.InvalidArgument:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_place_order(cmd, today)
+    return caught.value
+
+
+def test_every_bad_card_field_is_named_with_the_reason_payments_gives() -> None:
+    error = invalid(command(card=Card("123", 13, 30, "12a")))
+    assert {v.field: v.reason for v in error.violations} == {
+        "card.number": "INVALID_CARD_NUMBER",
+        "card.exp_month": "OUT_OF_RANGE",
+        "card.exp_year": "OUT_OF_RANGE",
+        "card.cvv": "INVALID_FORMAT",
+    }
+    assert error.reason == "VALIDATION_FAILED"
+
+
+@pytest.mark.parametrize("number", ["4242424242424241", "4242 4242 4242 4242", "42424242424", ""])
+def test_a_bad_card_number_alone_answers_invalid_card_number(number: str) -> None:
+    error = invalid(command(card=Card(number, 12, 2030, "123")))
+    assert error.reason == "INVALID_CARD_NUMBER"
+    assert {v.field: v.reason for v in error.violations} == {"card.number": "INVALID_CARD_NUMBER"}
+
+
+def test_an_expired_card_answers_card_expired_on_the_year_when_the_year_is_past() -> None:
+    error = invalid(command(card=Card("4242424242424242", 12, 2025, "123")))
+    assert error.reason == "CARD_EXPIRED"
+    assert {v.field: v.reason for v in error.violations} == {"card.exp_year": "CARD_EXPIRED"}
+
+
+def test_a_card_expired_earlier_this_year_answers_card_expired_on_the_month() -> None:
+    error = invalid(command(card=Card("4242424242424242", 10, 2026, "123")))
+    assert error.reason == "CARD_EXPIRED"
+    assert {v.field: v.reason for v in error.violations} == {"card.exp_month": "CARD_EXPIRED"}
+
+
+def test_the_expiry_checked_apart_answers_card_expired() -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        check_card_current(Card("4242424242424242", 12, 2025, "123"), date(2026, 11, 25))
+    assert caught.value.reason == "CARD_EXPIRED"
+    assert {v.field: v.reason for v in caught.value.violations} == {"card.exp_year": "CARD_EXPIRED"}
+
+
+def test_a_card_expiring_this_month_is_accepted() -> None:
+    validate_place_order(command(card=Card("4242424242424242", 11, 2026, "123")), date(2026, 11, 25))
+
+
+def test_a_card_error_beside_another_fields_answers_validation_failed() -> None:
+    error = invalid(command(email="nope", card=Card("4242424242424242", 12, 2025, "123")))
+    assert error.reason == "VALIDATION_FAILED"
 
 
 def test_a_card_number_passes_the_luhn_check_only_with_its_right_check_digit() -> None:

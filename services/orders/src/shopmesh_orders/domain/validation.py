@@ -23,6 +23,9 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 CARD_NUMBER = re.compile(r"[0-9]{12,19}")
 CVV = re.compile(r"[0-9]{3,4}")
 EXP_YEARS = range(1000, 10000)
+INVALID_CARD_NUMBER = "INVALID_CARD_NUMBER"
+CARD_EXPIRED = "CARD_EXPIRED"
+_CARD_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
 # Money.amount_minor is an int64: a larger total could be recorded but never answered (nor charged).
 MAX_AMOUNT_MINOR = 2**63 - 1
 
@@ -73,20 +76,34 @@ def _text(violations: list[FieldViolation], field: str, value: str, low: int, hi
 
 
 def validate_card(card: Card | None, today: date | None, violations: list[FieldViolation]) -> None:
-    """`today` None leaves out whether the card has expired (see `check_card_current`)."""
-    if card is None or not card.number:
+    """`today` None leaves out whether the card has expired (see `check_card_current`). The fields and reasons
+    are payments' (ChargeRequest), so that a customer hears the same about a card from either service."""
+    if card is None:
         violations.append(FieldViolation("card", "required", "REQUIRED"))
         return
-    if not CARD_NUMBER.fullmatch(card.number) or not luhn_ok(card.number):
-        violations.append(FieldViolation("card.number", "not a valid card number", "INVALID_CARD_NUMBER"))
-    if not 1 <= card.exp_month <= 12:
+    if not CARD_NUMBER.fullmatch(card.number):
+        violations.append(FieldViolation("card.number", "must be 12 to 19 digits", INVALID_CARD_NUMBER))
+    elif not luhn_ok(card.number):
+        violations.append(FieldViolation("card.number", "fails the Luhn check", INVALID_CARD_NUMBER))
+    month_ok = 1 <= card.exp_month <= 12
+    year_ok = card.exp_year in EXP_YEARS
+    if not month_ok:
         violations.append(FieldViolation("card.exp_month", "must be 1 to 12", "OUT_OF_RANGE"))
-    elif card.exp_year not in EXP_YEARS:
+    if not year_ok:
         violations.append(FieldViolation("card.exp_year", "must be a four-digit year", "OUT_OF_RANGE"))
-    elif today is not None and (card.exp_year, card.exp_month) < (today.year, today.month):
-        violations.append(FieldViolation("card.exp_year", "the card has expired", "CARD_EXPIRED"))
+    if month_ok and year_ok and today is not None and (card.exp_year, card.exp_month) < (today.year, today.month):
+        # As payments (and Stripe) do: blame the year when it is past, else the month of this year.
+        field = "card.exp_year" if card.exp_year < today.year else "card.exp_month"
+        violations.append(FieldViolation(field, "the card has expired", CARD_EXPIRED))
     if not CVV.fullmatch(card.cvv):
-        violations.append(FieldViolation("card.cvv", "must be 3 or 4 digits", "INVALID_CVV"))
+        violations.append(FieldViolation("card.cvv", "must be 3 or 4 digits", "INVALID_FORMAT"))
+
+
+def _invalid_order(violations: list[FieldViolation]) -> errors.InvalidArgument:
+    # Payments' rule: a specific reason when it is all that is wrong, so the caller can tell the customer just that.
+    reasons = {v.reason for v in violations}
+    reason = reasons.pop() if len(reasons) == 1 and reasons <= _CARD_REASONS else "VALIDATION_FAILED"
+    return errors.InvalidArgument("the order request is invalid", violations, reason=reason)
 
 
 def validate_place_order(command: PlaceOrder, today: date | None) -> PlaceOrder:
@@ -122,7 +139,7 @@ def validate_place_order(command: PlaceOrder, today: date | None) -> PlaceOrder:
         violations.append(FieldViolation("email", "a valid e-mail address", "INVALID_FORMAT"))
     validate_card(command.card, today, violations)
     if violations:
-        raise errors.InvalidArgument("the order request is invalid", violations, reason="VALIDATION_FAILED")
+        raise _invalid_order(violations)
     return command
 
 
@@ -132,7 +149,7 @@ def check_card_current(card: Card | None, today: date) -> None:
     violations: list[FieldViolation] = []
     validate_card(card, today, violations)
     if violations:
-        raise errors.InvalidArgument("the order request is invalid", violations, reason="VALIDATION_FAILED")
+        raise _invalid_order(violations)
 
 
 def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:

@@ -424,8 +424,8 @@ class PlaceOrderRequest(_message.Message):
 
     @_builtins.property
     def card(self) -> _payments_pb2.PaymentCard:
-        """The card to charge. Required; validated as in payments Charge. Never
-        stored.
+        """The card to charge. Required; validated as in payments Charge (the same
+        field violations and reasons). Never stored.
         """
 
     def __init__(

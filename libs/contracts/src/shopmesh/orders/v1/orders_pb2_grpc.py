@@ -75,8 +75,9 @@ class OrdersServiceServicer:
         was recorded, so it can be read with GetOrder):
         - INVALID_ARGUMENT with BadRequest: see the field constraints on
         PlaceOrderRequest. ErrorInfo reason CURRENCY_MISMATCH when a product is
-        not priced in `currency`; IDEMPOTENCY_KEY_MISSING /
-        IDEMPOTENCY_KEY_REUSED.
+        not priced in `currency`; INVALID_CARD_NUMBER or CARD_EXPIRED when that
+        is all that is wrong, as payments' Charge answers it;
+        IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
         - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
         - NOT_FOUND, reason PRODUCT_NOT_FOUND: no order is recorded. Metadata, as
         catalog's BatchGetProducts gives it: {"product_ids": "<missing ids,

@@ -73,10 +73,14 @@ class PaymentsServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT with BadRequest: empty order_id; amount missing, not
-        > 0 or with a malformed currency; card.number not 12-19 digits or
-        failing the Luhn check (reason INVALID_CARD_NUMBER); exp_month outside
-        1-12; card expired (reason CARD_EXPIRED); cvv not 3-4 digits.
-        ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+        > 0 or with a malformed currency; card missing (REQUIRED); card.number
+        not 12-19 digits or failing the Luhn check (INVALID_CARD_NUMBER);
+        exp_month outside 1-12 or exp_year not four digits (OUT_OF_RANGE);
+        card expired (CARD_EXPIRED, on exp_year when the year is past, else on
+        exp_month); cvv not 3-4 digits (INVALID_FORMAT). ErrorInfo reason
+        INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong,
+        else VALIDATION_FAILED; or IDEMPOTENCY_KEY_MISSING /
+        IDEMPOTENCY_KEY_REUSED.
         - FAILED_PRECONDITION, ErrorInfo reason CARD_DECLINED or
         INSUFFICIENT_FUNDS, metadata {"payment_id": ..., "order_id": ...}: the
         DECLINED payment can be read with GetPayment.
