@@ -93,6 +93,49 @@ async def test_a_card_payments_will_not_charge_cancels_for_the_reason_payments_g
     assert caught.value.code is code
 
 
+class ChargedBefore(payments_pb2_grpc.PaymentsServiceServicer):
+    """Payments once the stored outcome of the order's charge is gone (kept 24 hours at least): Charge under the
+    same key finds the order held by the earlier payment, which ListPayments shows in `state`."""
+
+    def __init__(self, state: payments_pb2.PaymentState.ValueType) -> None:
+        self._state = state
+
+    async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> Any:
+        raise errors.FailedPrecondition(
+            "already charged",
+            reason="ORDER_ALREADY_CHARGED",
+            metadata={"payment_id": "pay_1", "order_id": request.order_id},
+        )
+
+    async def ListPayments(self, request: payments_pb2.ListPaymentsRequest, context: Any) -> Any:
+        earlier = payments_pb2.Payment(id="pay_1", order_id=request.order_id, state=self._state)
+        return payments_pb2.ListPaymentsResponse(payments=[earlier])
+
+
+async def _charge_against(settings: OrdersSettings, servicer: payments_pb2_grpc.PaymentsServiceServicer) -> str:
+    binding = ServiceBinding(PAYMENTS, servicer, payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    card = Card("4242424242424242", 12, 2030, "123")
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        return await PaymentsClient(channel.channel, timeout=5).charge("ord_1", 100, "USD", card, "ord_1:charge")
+
+
+async def test_a_charge_payments_no_longer_replays_is_the_capture_it_made_before(settings: OrdersSettings) -> None:
+    # A PlaceOrder retry, with the card, of an order left at the charge step past payments' key retention.
+    assert await _charge_against(settings, ChargedBefore(payments_pb2.PAYMENT_STATE_CAPTURED)) == "pay_1"
+
+
+async def test_an_order_whose_earlier_capture_was_refunded_cannot_be_paid_and_is_cancelled(
+    settings: OrdersSettings,
+) -> None:
+    # Payments captures an order at most once: a refunded capture leaves the order unpayable, not charged.
+    with pytest.raises(PaymentRefused) as caught:
+        await _charge_against(settings, ChargedBefore(payments_pb2.PAYMENT_STATE_REFUNDED))
+    assert (caught.value.code, caught.value.payment_id) == (CancelCode.PAYMENT_UNAVAILABLE, "pay_1")
+
+
 class ShortInventory(inventory_pb2_grpc.InventoryServiceServicer):
     """Answers Reserve FAILED_PRECONDITION INSUFFICIENT_STOCK with `metadata`, as inventory does."""
 

@@ -175,10 +175,14 @@ class PaymentsClient:
             )
         except grpc.aio.AioRpcError as error:
             details = details_of(error)
+            payment_id = details.error_info.metadata.get("payment_id", "") if details.error_info else ""
             refusal = _REFUSALS.get(details.reason or "")
             if refusal is not None:
-                payment_id = details.error_info.metadata.get("payment_id", "") if details.error_info else ""
                 raise PaymentRefused(refusal, payment_id) from None
+            if details.reason == "ORDER_ALREADY_CHARGED":
+                # Payments no longer keeps this key's outcome (a retry past its retention), but the order's
+                # charge went through then: that payment is the charge.
+                return await self._earlier_capture(order_id, payment_id)
             if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -189,6 +193,16 @@ class PaymentsClient:
                 raise PaymentRefused(CancelCode.CARD_EXPIRED if expired else CancelCode.CARD_DECLINED, "") from None
             raise _unexpected("payments", error) from None
         return response.payment.id
+
+    async def _earlier_capture(self, order_id: str, holder: str) -> str:
+        """The payment that holds the order, if it is still captured. Payments captures an order at most once,
+        so one refunded since leaves the order unpayable: refused, and compensation finds nothing to refund."""
+        captured = [r.payment_id for r in await self.payments_for(order_id) if r.captured]
+        if holder in captured:
+            return holder
+        if captured:
+            return captured[0]
+        raise PaymentRefused(CancelCode.PAYMENT_UNAVAILABLE, holder)
 
     async def payments_for(self, order_id: str) -> list[PaymentRecord]:
         try:

@@ -37,7 +37,9 @@ class ReservationExpired(Exception):
 
 
 class PaymentRefused(Exception):
-    """The card was charged and said no: a definitive answer, recorded by payments as `payment_id`."""
+    """Payments will not charge the order, for good: mostly the card said no, recorded by payments as
+    `payment_id`; or the order's one capture was refunded since (`payment_id`), and payments never captures an
+    order twice."""
 
     def __init__(self, code: CancelCode, payment_id: str) -> None:
         super().__init__(code.value)

@@ -84,6 +84,12 @@ class PaymentsServiceServicer:
         - FAILED_PRECONDITION, ErrorInfo reason CARD_DECLINED or
         INSUFFICIENT_FUNDS, metadata {"payment_id": ..., "order_id": ...}: the
         DECLINED payment can be read with GetPayment.
+        - FAILED_PRECONDITION, ErrorInfo reason ORDER_ALREADY_CHARGED, metadata
+        {"payment_id": ..., "order_id": ...}: an order is captured at most once,
+        and this one was, by that payment (CAPTURED, or REFUNDED since; nothing
+        is charged now). Met under another key, or under the same key once its
+        stored outcome is gone (see idempotency in money.proto): a retry of a
+        charge whose answer was lost should read that payment as its outcome.
         - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed.
         - UNAVAILABLE, reason PROCESSOR_UNAVAILABLE, with RetryInfo.
 
