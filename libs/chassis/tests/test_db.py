@@ -150,3 +150,17 @@ async def test_a_read_sees_one_snapshot_while_writers_commit(either_db: Database
         await writer.execute(update(counter).values(value=2))
     async with either_db.read() as session:
         assert (await session.execute(select(counter.c.value))).scalar_one() == 2
+
+
+@pytest.mark.parametrize("query", ["sslmode=disable", "sslmode=prefer"])
+async def test_a_postgresql_url_with_libpq_sslmode_connects(postgres: Any, query: str) -> None:
+    """Managed PostgreSQL hands out `postgresql://...?sslmode=require` (libpq's parameter); DATABASE_URL is
+    pasted as given. asyncpg names it `ssl`: passed through unchanged, `sslmode` made every connection
+    fail with TypeError ("connect() got an unexpected keyword argument 'sslmode'")."""
+    url = postgres.create_database().replace("postgresql+asyncpg://", "postgresql://", 1)
+    database = Database(f"{url}?{query}")
+    try:
+        async with database.read() as connection:
+            assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await database.dispose()
