@@ -231,3 +231,18 @@ def test_a_service_that_redeclares_a_bounded_setting_without_its_bounds_is_refus
 
     with pytest.raises(ConfigError, match=r"^invalid configuration: GRPC_PORT="):
         load_settings(Kept, service_name="kept", grpc_port=70000)
+
+
+@pytest.mark.parametrize("url", ["not a url", "mysql://shop:S3cret@db/shop", "postgresql+psycopg2//db/shop"])
+def test_a_database_url_no_database_can_be_opened_from_stops_startup_naming_the_variable(url: str) -> None:
+    """docs/chassis.md: "Invalid values stop startup: `invalid configuration: ...`, exit status 2". A
+    DATABASE_URL that is no URL, or names a database shopmesh does not run on, passed the settings and
+    crashed the process later with a traceback (exit 1) from SQLAlchemy's engine."""
+    with pytest.raises(ConfigError, match="DATABASE_URL") as caught:
+        load_settings(
+            IdempotencySettings,
+            service_name="svc",
+            database_url=url,
+            idempotency_fingerprint_key="0123456789abcdef0123456789abcdef",
+        )
+    assert "S3cret" not in str(caught.value)
