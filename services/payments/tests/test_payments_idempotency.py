@@ -271,3 +271,19 @@ async def test_a_retry_after_the_card_expired_replays_the_capture_its_first_call
     again = await payments.charge(request, key="ord_1:charge")
     assert again == first
     assert payments.processor.charges == 1
+
+
+@BACKENDS
+async def test_a_long_x_user_id_does_not_make_a_charge_internal(
+    payments: Payments, plain_stub: payments_pb2_grpc.PaymentsServiceAsyncStub
+) -> None:
+    """Keys are scoped by caller and user (`x-caller|x-user-id|method`), neither bounded: on PostgreSQL the
+    scope no longer fits its VARCHAR(300) column, and the claim's INSERT failed as INTERNAL, where SQLite
+    (no length limit) captured the payment. A client's header must not be a server error."""
+    metadata = (*as_orders("k-long-user"), ("x-user-id", "usr_" + "u" * 296))
+    code, details = grpc.StatusCode.OK, ""
+    try:
+        await plain_stub.Charge(charge_request("ord_long_user"), metadata=metadata)
+    except grpc.aio.AioRpcError as error:
+        code, details = error.code(), error.details() or ""
+    assert code != grpc.StatusCode.INTERNAL, details
