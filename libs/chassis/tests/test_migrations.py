@@ -202,3 +202,19 @@ async def test_the_processed_events_index_is_built_without_stopping_consumers_or
     finally:
         await consumer.close()
         await other.close()
+
+
+@pytest.mark.parametrize("folder", ["My Projects", "100%"])
+async def test_a_service_installed_under_a_path_with_a_space_or_a_percent_sign_is_migrated(
+    tmp_path: Path, folder: str
+) -> None:
+    """The versions folder is where the service's package lies (a checkout under "~/My Projects", an
+    editable install). Alembic's `version_locations` is split on spaces (`path_separator = space`) and
+    interpolated as ConfigParser text: a space silently dropped the service's migrations (it started with
+    none of its tables, and every call failed), a '%' stopped the start with "invalid interpolation syntax"."""
+    database = Database(f"sqlite:///{tmp_path}/svc.db")
+    try:
+        await migrate(database, release(tmp_path / folder, ["widgets"]))
+        assert {"widgets", outbox_events.name} <= await tables(database)
+    finally:
+        await database.dispose()
