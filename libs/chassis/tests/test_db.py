@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, event, func, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from shopmesh_chassis.db import Database, normalize_url
@@ -164,3 +165,35 @@ async def test_a_postgresql_url_with_libpq_sslmode_connects(postgres: Any, query
             assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
     finally:
         await database.dispose()
+
+
+async def test_libpq_connect_timeout_and_application_name_reach_asyncpg(postgres: Any) -> None:
+    """asyncpg wants a number for its connect `timeout` and a mapping for `server_settings`: passed through
+    as query strings, libpq's two made every connection fail with TypeError as sslmode did."""
+    url = postgres.create_database().replace("postgresql+asyncpg://", "postgresql://", 1)
+    database = Database(f"{url}?sslmode=disable&connect_timeout=10&application_name=shopmesh-test")
+    try:
+        async with database.read() as connection:
+            assert (await connection.scalar(text("SELECT current_setting('application_name')"))) == "shopmesh-test"
+    finally:
+        await database.dispose()
+
+
+def test_sqlalchemys_host_parameter_is_kept_for_unix_sockets_and_several_hosts() -> None:
+    url = normalize_url("postgresql://shop@/shop?host=/run/postgresql&host=db2:5433&sslmode=require")
+    assert make_url(url).query["host"] == ("/run/postgresql", "db2:5433")
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("sslrootcert=/etc/ca.pem", "'sslrootcert'"),
+        ("sslmode=requier", "sslmode='requier'"),
+        ("connect_timeout=0", "connect_timeout='0'"),
+    ],
+)
+def test_a_libpq_parameter_asyncpg_has_no_meaning_for_is_refused_by_name(query: str, named: str) -> None:
+    """Dropped, `sslrootcert` would connect without verifying the server: refused, naming the parameter."""
+    with pytest.raises(ValueError, match=named) as caught:
+        normalize_url(f"postgresql://shop:S3cret@db/shop?{query}")
+    assert "S3cret" not in str(caught.value)

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, Never, ParamSpec, Protocol, 
 import sqlalchemy
 from sqlalchemy import ColumnElement, CursorResult, Dialect, Executable, Insert, ScalarResult, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.interfaces import _CoreAnyExecuteParams, _CoreSingleExecuteParams
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
@@ -190,15 +191,78 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+# libpq's sslmode words, which asyncpg also takes as `ssl`.
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Query parameters that asyncpg (or SQLAlchemy's dialect) takes as they are, as strings. `host` and `port`
+# are SQLAlchemy's, as libpq's: a Unix socket folder (`?host=/run/postgresql`), or several hosts (repeated).
+_PASSED_THROUGH = frozenset({"host", "port", "target_session_attrs", "prepared_statement_cache_size"})
+_REPEATABLE = frozenset({"host", "port"})
+_TRANSLATED = frozenset({"sslmode", "ssl", "connect_timeout", "application_name"})
+
+
+def asyncpg_connect_args(url: URL) -> tuple[URL, dict[str, Any]]:
+    """`url` without libpq's query parameters, and those parameters as asyncpg's connect() keywords.
+
+    Managed PostgreSQL hands out libpq URLs (`?sslmode=require&connect_timeout=10`), and SQLAlchemy's asyncpg
+    dialect passes every query parameter to asyncpg.connect() as a keyword, by name and as a string: libpq's
+    names are not asyncpg's (TypeError on every connection), and asyncpg wants a number for `timeout` and a
+    mapping for `server_settings`, which a query string cannot carry. A parameter with no asyncpg meaning is
+    refused (ValueError) rather than dropped: its absence could change what the operator asked for (an
+    `sslrootcert` left out would still connect, unverified). The messages name parameters, never values
+    beyond the ones checked here, so they may go to logs."""
+    connect_args: dict[str, Any] = {}
+    query: dict[str, str | tuple[str, ...]] = {}
+    unknown = sorted(set(url.query) - _TRANSLATED - _PASSED_THROUGH)
+    if unknown:
+        raise ValueError(
+            f"query parameter {', '.join(map(repr, unknown))} is not supported on PostgreSQL (shopmesh connects "
+            "with asyncpg): use sslmode, connect_timeout, application_name, target_session_attrs, host or port"
+        )
+    for name, value in url.query.items():
+        if name in _PASSED_THROUGH:
+            if not isinstance(value, str) and name not in _REPEATABLE:
+                raise ValueError(f"query parameter {name!r} is given more than once")
+            query[name] = value
+        elif not isinstance(value, str):
+            raise ValueError(f"query parameter {name!r} is given more than once")
+        elif name in ("sslmode", "ssl"):
+            if "ssl" in connect_args:
+                raise ValueError("give sslmode or ssl, not both")
+            if value not in _SSL_MODES:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(_SSL_MODES)}")
+            connect_args["ssl"] = value
+        elif name == "connect_timeout":
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = 0.0
+            # libpq waits for ever at 0; asyncpg has no such setting, and a pool checkout should not hang.
+            if not 0 < seconds <= 86400:
+                raise ValueError(f"connect_timeout={value!r} must be a number of seconds above 0, at most a day")
+            connect_args["timeout"] = seconds
+        else:  # application_name: a server setting, sent at connection start as libpq does
+            connect_args["server_settings"] = {"application_name": value}
+    return url.set(query=query), connect_args
+
+
 def normalize_url(url: str) -> str:
-    """Accept the URLs people paste (`postgresql://`, `postgres://`, `sqlite+aiosqlite://`) and pick the
-    drivers shopmesh runs on: asyncpg for PostgreSQL, the standard library's sqlite3 for SQLite."""
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    """Accept the URLs people paste (`postgresql://`, `postgres://`, `sqlite+aiosqlite://`, libpq's
+    `?sslmode=...`) and pick the drivers shopmesh runs on: asyncpg for PostgreSQL, the standard library's
+    sqlite3 for SQLite. ValueError for a URL shopmesh cannot open a database from; its message never
+    holds the URL (nor so its password)."""
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    except ArgumentError:
+        raise ValueError("not a database URL (postgresql://user:password@host:5432/name or sqlite:///path)") from None
     backend = parsed.get_backend_name()
-    if backend == "postgresql" and parsed.get_driver_name() != "asyncpg":
-        parsed = parsed.set(drivername="postgresql+asyncpg")
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "asyncpg":
+            parsed = parsed.set(drivername="postgresql+asyncpg")
+        asyncpg_connect_args(parsed)  # refused here, at startup, rather than at the first connection
     elif backend == "sqlite":
         parsed = parsed.set(drivername="sqlite")
+    else:
+        raise ValueError(f"unsupported database {backend!r}: shopmesh runs on PostgreSQL or SQLite")
     return parsed.render_as_string(hide_password=False)
 
 
@@ -224,7 +288,10 @@ def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 
 def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine_url, connect_args = asyncpg_connect_args(make_url(url))
+    return create_async_engine(
+        engine_url, connect_args=connect_args, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
 
 
 @asynccontextmanager
