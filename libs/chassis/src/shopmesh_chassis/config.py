@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from typing import Annotated, Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shopmesh_chassis.db import normalize_url
 
 
 class ConfigError(Exception):
@@ -154,6 +157,15 @@ class DatabaseSettings(ServiceSettings):
     # e.g. postgresql://catalog:secret@db:5432/catalog ; empty = sqlite file <DATA_DIR>/<SERVICE_NAME>.db
     database_url: str = ""
 
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_can_be_opened_from_it(cls, value: str) -> str:
+        # Found here, the mistake is one line naming the variable (exit 2); found by SQLAlchemy when the
+        # engine is made, it was a traceback (exit 1).
+        if value:
+            normalize_url(value)
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -263,10 +275,29 @@ def _describe(error: dict[str, Any], secrets: frozenset[str]) -> str:
         return str(error.get("msg", "invalid")).removeprefix("Value error, ")
     field = location.split(".")[0]
     given = error.get("input")
-    # A secret's value is never shown: this line goes to the pod's logs.
+    # A secret's value is never shown: this line goes to the pod's logs. Nor a URL's password.
     hidden = error.get("type") == "missing" or isinstance(given, dict) or field in secrets
+    if not hidden and field.endswith("_url") and isinstance(given, str):
+        given = _without_password(given)
+        hidden = given is None
     shown = "" if hidden else f"={given!r}"
-    return f"{field.upper()}{shown}: {error.get('msg', 'invalid')}"
+    return f"{field.upper()}{shown}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+def _without_password(url: str) -> str | None:
+    """`url` with the password of its user part masked; None when where a password would be cannot be told
+    (a mistyped URL: `postgresql//user:pass@host`, a '/' in an unescaped password)."""
+    if "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if "@" not in parts.netloc or "@" in parts.path + parts.query + parts.fragment:
+        return None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return parts._replace(netloc=f"{user}:***@{host}" if colon else parts.netloc).geturl()
 
 
 def _secret_fields(cls: type[BaseSettings]) -> frozenset[str]:
