@@ -19,7 +19,7 @@ from google.protobuf import wrappers_pb2
 from google.rpc import status_pb2
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 
-from shopmesh_chassis import errors
+from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import ConfigError, IdempotencySettings, load_settings
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.idempotency import IdempotencyStore, RequestFingerprint, fingerprint_key
@@ -360,6 +360,23 @@ async def test_keys_are_scoped_per_method(store: IdempotencyStore) -> None:
         operation=effect("refund"),  # type: ignore[arg-type]
     )
     assert other.value == "refund"
+
+
+async def test_keys_of_users_too_long_for_the_scope_column_stay_apart_and_replay(store: IdempotencyStore) -> None:
+    """A scope wider than its column is stored as its digest (PostgreSQL refused the row: INTERNAL): two
+    long user ids that differ only at their end still keep their keys apart, and each replays its own."""
+    long_user = "usr_" + "u" * 400
+
+    async def as_user(user: str, text: str, result: str) -> str:
+        token = call_context.enter(None, [(call_context.USER_ID, user)])
+        try:
+            return await run(store, "k1", request(text), effect(result))
+        finally:
+            call_context.leave(token)
+
+    assert await as_user(long_user + "a", "a", "first") == "first"
+    assert await as_user(long_user + "b", "b", "second") == "second"
+    assert await as_user(long_user + "a", "a", "never") == "first"
 
 
 # --- fingerprints ------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import IdempotencySettings
 from shopmesh_chassis.db import Database, DbConnection, as_utc
 from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
+from shopmesh_chassis.tables import IDEMPOTENCY_SCOPE_LENGTH
 from shopmesh_chassis.tables import idempotency_records as records
 
 log = logging.getLogger("shopmesh.idempotency")
@@ -85,11 +86,20 @@ def validate_key(key: str | None) -> str:
 
 
 def scope_for(method: str) -> str:
-    """Keys are scoped per caller (service and end user, from the inbound call) and per method."""
+    """Keys are scoped per caller (service and end user, from the inbound call) and per method.
+
+    A scope wider than its column (neither x-caller nor x-user-id is bounded) is stored as its SHA-256:
+    PostgreSQL refused the row (the call failed INTERNAL) where SQLite kept it. Only a scope that does not
+    fit is hashed: the records of scopes that do, written by earlier releases, are still found by a retry
+    (hashing all would run a retry after the upgrade a second time). The digest has no '|', so it equals
+    no scope written out. The scope is only ever compared, never listed or shown (a takeover's log line)."""
     inbound = call_context.current()
     caller = (inbound.caller if inbound else None) or "-"
     user = (inbound.user_id if inbound else None) or "-"
-    return f"{caller}|{user}|{method}"
+    scope = f"{caller}|{user}|{method}"
+    if len(scope) <= IDEMPOTENCY_SCOPE_LENGTH:
+        return scope
+    return "sha256:" + hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class RequestFingerprint:

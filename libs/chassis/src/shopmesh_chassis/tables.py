@@ -17,11 +17,14 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# The width of an idempotency record's scope (`idempotency.scope_for`).
+IDEMPOTENCY_SCOPE_LENGTH = 300
+
 # Stored outcomes of idempotent requests (Stripe's semantics; see `idempotency`).
 idempotency_records = Table(
     "chassis_idempotency_records",
     metadata,
-    Column("scope", String(300), primary_key=True),  # caller and method
+    Column("scope", String(IDEMPOTENCY_SCOPE_LENGTH), primary_key=True),  # caller, user and method
     Column("key", String(255), primary_key=True),
     Column("request_hash", String(64), nullable=False),
     Column("state", String(16), nullable=False),  # in_progress | completed
