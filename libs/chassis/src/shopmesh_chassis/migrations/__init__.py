@@ -42,11 +42,18 @@ class MigrationBlocked(StartupFailed):
     runs again at the next start (a migration whose steps commit on their own must be safe to rerun)."""
 
 
+def _as_option(path: Path) -> str:
+    return str(path).replace("%", "%%")
+
+
 def alembic_config(versions_dir: Path, metadata: MetaData | None = None) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(HERE))
-    config.set_main_option("version_locations", f"{CHASSIS_VERSIONS} {versions_dir}")
-    config.set_main_option("path_separator", "space")
+    # Options are ConfigParser text, and the folders are where the packages lie ("~/My Projects", "100%"):
+    # a '%' is interpolation syntax unless doubled, and the list is split on its separator, so one no
+    # folder name holds (a space did: the service's migrations were silently left out).
+    config.set_main_option("script_location", _as_option(HERE))
+    config.set_main_option("version_locations", "\n".join(map(_as_option, (CHASSIS_VERSIONS, versions_dir))))
+    config.set_main_option("path_separator", "newline")
     config.attributes["target_metadata"] = metadata
     return config
 
