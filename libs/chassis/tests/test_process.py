@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -200,3 +201,56 @@ def test_a_port_in_use_stops_the_process_with_one_line_naming_it(variable: str) 
     errors = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert [e["level"] for e in errors if e["level"] == "ERROR"] == ["ERROR"]
     assert any(str(port) in e["message"] for e in errors)
+
+
+# A service's composition root, cut down to what runs before its port opens: settings, logs, migrations.
+MIGRATING = """
+import sys
+from pathlib import Path
+
+from shopmesh_chassis import app
+from shopmesh_chassis.config import DatabaseSettings, load_settings
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import migrate
+
+
+async def main() -> None:
+    settings = load_settings(DatabaseSettings, service_name="migrating")
+    app.setup_observability(settings)
+    database = Database(settings.resolved_database_url)
+    try:
+        await migrate(database, Path(sys.argv[1]))
+    finally:
+        await database.dispose()
+
+
+app.run(main)
+"""
+
+
+def test_a_database_unreachable_at_startup_stops_the_process_with_one_line_naming_it(tmp_path: Path) -> None:
+    """PostgreSQL not up yet, or away (a failover, a network policy): the start cannot go on now and may next
+    time, which is StartupFailed's one log line, exit 1 (docs/chassis.md). The migration's connection failed
+    with DatabaseUnreachable, and the process died with a traceback of some 135 lines."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    env = {"DATABASE_URL": f"postgresql://shop:S3cret@127.0.0.1:{port}/shop", "PATH": "/usr/bin:/bin"}
+    # The code under test wherever it is checked out (a worktree beside the installed one).
+    env |= {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+    result = subprocess.run(
+        [sys.executable, "-c", MIGRATING, str(versions)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert "S3cret" not in result.stderr
+    errors = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [e["level"] for e in errors] == ["ERROR"]
+    assert f"127.0.0.1:{port}" in errors[0]["message"]
