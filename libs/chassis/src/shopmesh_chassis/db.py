@@ -376,6 +376,18 @@ class Database:
         return self._postgres.sync_engine
 
     @property
+    def address(self) -> str:
+        """Where the database is, for messages: host:port on PostgreSQL (the `host` query parameter's value
+        when the URL has one: a socket folder, several hosts), the file on SQLite. Never the password."""
+        url = make_url(self.url)
+        if self._sqlite is not None:
+            return url.database or ":memory:"
+        hosts = url.query.get("host")
+        if hosts:
+            return hosts if isinstance(hosts, str) else ",".join(hosts)
+        return f"{url.host or 'localhost'}:{url.port or 5432}"
+
+    @property
     def postgres_engine(self) -> AsyncEngine:
         """The async engine, for what only PostgreSQL has (session-level advisory locks)."""
         if self._postgres is None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from alembic import command, op
@@ -22,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shopmesh_chassis.config import StartupFailed
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import DatabaseUnreachable
 
 log = logging.getLogger("shopmesh.migrations")
 
@@ -40,6 +42,11 @@ _LOCK_POLL_SECONDS = 0.5
 class MigrationBlocked(StartupFailed):
     """A migration gave up waiting for a lock another transaction holds. Those before it stay applied; it
     runs again at the next start (a migration whose steps commit on their own must be safe to rerun)."""
+
+
+class DatabaseUnreachableAtStart(StartupFailed):
+    """The migrations could not connect to the database (not up yet, away, a network policy): nothing to
+    serve without it; the orchestrator restarts the pod, and its next start tries again."""
 
 
 def _as_option(path: Path) -> str:
@@ -130,6 +137,19 @@ def _run_upgrade(connection: Connection, config: Config) -> bool:
     return True
 
 
+@asynccontextmanager
+async def _unreachable_fails_the_start(database: Database) -> AsyncIterator[None]:
+    try:
+        yield
+    except DatabaseUnreachable as error:
+        # The driver's OSError says why (refused, no such host); a timeout says nothing.
+        reason = str(error.__cause__ or "") or "timed out"
+        raise DatabaseUnreachableAtStart(
+            f"cannot connect to the database at {database.address} (DATABASE_URL): {reason}; this start fails "
+            "and the next one tries again"
+        ) from None
+
+
 async def migrate(
     database: Database,
     versions_dir: Path,
@@ -143,7 +163,7 @@ async def migrate(
     config = alembic_config(versions_dir, metadata)
     if database.dialect == "postgresql":
         # The connection is discarded after: the advisory lock and the lock timeout go with it.
-        async with database.dedicated_connection() as connection:
+        async with _unreachable_fails_the_start(database), database.dedicated_connection() as connection:
             # Replicas starting together: one migrates, the others wait and then find nothing to do. A session
             # lock, to outlive the migrations' own commits. Polled with a try, never waited for in a statement:
             # a replica blocked in pg_advisory_lock() holds a snapshot, which CREATE INDEX CONCURRENTLY in
