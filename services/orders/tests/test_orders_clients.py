@@ -209,3 +209,14 @@ async def test_a_reservation_that_holds_the_stock_is_named(
     settings: OrdersSettings, state: inventory_pb2.ReservationState.ValueType
 ) -> None:
     assert await _reserve_against(settings, state) == "res_1"
+
+
+@pytest.mark.parametrize("state", [payments_pb2.PAYMENT_STATE_UNSPECIFIED, 7], ids=["unspecified", "unknown"])
+async def test_a_payment_in_a_state_this_release_cannot_name_leaves_the_order_waiting(
+    settings: OrdersSettings, state: int
+) -> None:
+    # A newer payments (a rollout, a rollback of orders) may answer a state orders cannot name. Taken as "not
+    # captured", the saga would cancel the order without refunding money that payment may hold: orders waits.
+    with pytest.raises(errors.Unavailable) as caught:
+        await _charge_against(settings, ChargedBefore(state))  # type: ignore[arg-type]
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -27,6 +28,8 @@ from shopmesh_orders.domain.ports import (
 from shopmesh_orders.domain.validation import Card, CartLine
 
 # The steps are idempotent, so a dependency's lost race (ABORTED) is worth another try as well.
+log = logging.getLogger("shopmesh.orders.clients")
+
 _TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 
 
@@ -153,6 +156,10 @@ class InventoryClient:
             raise _unexpected("inventory", error) from None
 
 
+# The states ListPayments may answer that orders can act on; any other is a newer release's.
+_PAYMENT_STATES_KNOWN = frozenset(
+    {payments_pb2.PAYMENT_STATE_CAPTURED, payments_pb2.PAYMENT_STATE_REFUNDED, payments_pb2.PAYMENT_STATE_DECLINED}
+)
 _REFUSALS = {"CARD_DECLINED": CancelCode.CARD_DECLINED, "INSUFFICIENT_FUNDS": CancelCode.INSUFFICIENT_FUNDS}
 
 
@@ -215,6 +222,22 @@ class PaymentsClient:
             raise _unexpected("payments", error) from None
         records = []
         for payment in response.payments:
+            if payment.state not in _PAYMENT_STATES_KNOWN:
+                # A newer payments' state (a rollout; orders rolled back). Read as "not captured", the saga would
+                # cancel without refunding money that payment may hold: the order waits for a release that knows.
+                log.warning(
+                    "payment %s of order %s is in a state this release does not know (%d); the order waits",
+                    payment.id,
+                    order_id,
+                    payment.state,
+                    extra={"order_id": order_id, "payment_id": payment.id},
+                )
+                raise errors.Unavailable(
+                    f"payments answered a payment state this release of orders does not know ({payment.state})",
+                    reason="PAYMENT_UNAVAILABLE",
+                    retry_after_seconds=1.0,
+                    metadata={"order_id": order_id},
+                )
             declined = (
                 _REFUSALS.get(payment.decline_reason) if payment.state == payments_pb2.PAYMENT_STATE_DECLINED else None
             )
