@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import math
 import re
@@ -27,6 +28,7 @@ import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_gateway.guard import client_address
 from shopmesh_platform.http_api import (
     DESCRIPTOR_FILE,
     HEALTH_PATH,
@@ -233,6 +235,53 @@ def test_there_is_never_a_zero_second_sleep(helm_dir: Path) -> None:
         edge_with_drain(helm_dir, 0, 0)
     docs = edge_with_drain(helm_dir, 1, 0, readiness_period=1)
     assert container(docs)["lifecycle"]["preStop"]["sleep"]["seconds"] == 1
+
+
+class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
+    """A gateway that keeps, of each ListProducts, the peer it came from and its x-forwarded-for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def ListProducts(
+        self, request: shop_pb2.ListProductsRequest, context: grpc.ServicerContext
+    ) -> shop_pb2.ListProductsResponse:
+        forwarded = [value for key, value in context.invocation_metadata() if key == "x-forwarded-for"]
+        self.calls.append((context.peer(), forwarded))
+        return shop_pb2.ListProductsResponse()
+
+
+def test_behind_a_sidecar_the_gateway_limits_the_client_the_ingress_named_not_the_pod(
+    helm_dir: Path, tmp_path: Path
+) -> None:
+    """Under a mesh the sidecar hands the edge every request on loopback, with the X-Forwarded-For an ingress
+    appended the client to (docs/kubernetes.md, "Rate limits behind proxies"): the gateway, trusting
+    loopback (the chart's TRUSTED_PROXIES), must find that client. Envoy, seeing a loopback peer, appends
+    not the peer but the pod's own address; the gateway stops at it, and every HTTP client of the pod
+    shares one rate-limit bucket."""
+    docs = objects_of(helm_dir, EDGE, {})
+    trusted = [
+        ipaddress.ip_network(entry)
+        for entry in find(docs, "ConfigMap", EDGE)["data"]["TRUSTED_PROXIES"].split(",")
+        if entry.strip()
+    ]
+    shop = RecordingShop()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
+    gateway = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with running_http_api(files_of(docs), tmp_path, gateway=gateway) as ports:
+            for client in ("203.0.113.7", "198.51.100.9"):
+                # What the sidecar relays from loopback: the ingress's header, the client appended.
+                response = httpx.get(
+                    f"http://127.0.0.1:{ports[PORT]}/v1/products", headers={"x-forwarded-for": client}, timeout=10
+                )
+                assert response.status_code == 200, response.text
+    finally:
+        server.stop(0)
+    seen = [client_address(peer, forwarded, trusted) for peer, forwarded in shop.calls]
+    assert seen == ["203.0.113.7", "198.51.100.9"], shop.calls
 
 
 def test_the_pod_serves_the_openapi_document_make_proto_writes(
