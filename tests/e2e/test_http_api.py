@@ -301,6 +301,28 @@ async def test_a_query_parameter_naming_a_path_variable_is_refused_not_taken_ove
     assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "query"),
+    [
+        ("GET", "/v1/products/prod_chef_knife", "product%5Fid=from_the_query"),
+        ("GET", "/v1/products/prod_chef_knife", "%70roductId=from_the_query"),
+        ("GET", "/v1/orders/ord_from_the_path", "order%5Fid=from_the_query"),
+        ("POST", "/v1/orders/ord_from_the_path:cancel", "%6FrderId=from_the_query"),
+    ],
+)
+async def test_a_path_variable_named_with_percent_escapes_in_the_query_is_refused_too(
+    http: httpx.AsyncClient, method: str, path: str, query: str
+) -> None:
+    # The transcoder decodes a query parameter's name before it binds it: `product%5Fid` is `product_id`, and
+    # would take over the path as `product_id` itself would, past an edge that matched the name as written.
+    response = await http.request(method, f"{path}?{query}", json={} if method == "POST" else None)
+    code, status = status_of(response)
+    assert (code, status["code"]) == (400, INVALID_ARGUMENT), status
+    assert "from_the_query" not in response.text
+    [violation] = detail(status, BAD_REQUEST)["fieldViolations"]
+    assert violation["reason"] == PATH_VARIABLE_IN_QUERY
+
+
 async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx.AsyncClient) -> None:
     page = {"pageSize": 20}
     zipped = await http.get("/v1/products", params=page, headers={"accept-encoding": "gzip"})
