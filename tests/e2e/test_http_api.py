@@ -323,6 +323,26 @@ async def test_a_path_variable_named_with_percent_escapes_in_the_query_is_refuse
     assert violation["reason"] == PATH_VARIABLE_IN_QUERY
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "parameter"),
+    [
+        ("GET", "/v1/products/prod_chef_knife/", "productId"),
+        ("GET", "/v1/orders/ord_from_the_path/", "orderId"),
+    ],
+)
+async def test_a_path_variable_in_the_query_of_a_path_with_a_trailing_slash_is_refused_too(
+    http: httpx.AsyncClient, method: str, path: str, parameter: str
+) -> None:
+    # The transcoder takes `/v1/products/{product_id}/` for its route, trailing slash and all: the query
+    # would take over the path there as well.
+    response = await http.request(method, path, params={parameter: "from_the_query"})
+    code, status = status_of(response)
+    assert (code, status["code"]) == (400, INVALID_ARGUMENT), status
+    assert "from_the_query" not in response.text
+    [violation] = detail(status, BAD_REQUEST)["fieldViolations"]
+    assert violation["reason"] == PATH_VARIABLE_IN_QUERY
+
+
 async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx.AsyncClient) -> None:
     page = {"pageSize": 20}
     zipped = await http.get("/v1/products", params=page, headers={"accept-encoding": "gzip"})
