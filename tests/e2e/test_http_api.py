@@ -394,6 +394,25 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(http: httpx.
     )
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/grpc-web+proto; charset=utf-8", "application/grpc-web+json", "application/grpc-web;x=y"],
+)
+async def test_a_grpc_web_type_envoy_does_not_take_is_refused_in_a_form_the_client_reads(
+    http: httpx.AsyncClient, content_type: str
+) -> None:
+    # Envoy's gRPC-Web filter takes four exact types only; the edge's own idea of gRPC (GRPC_CONTENT_TYPE) takes
+    # these as well, so the transcoder's refusal is neither a gRPC-Web status nor mapped to a JSON Status.
+    message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
+    response = await http.post(
+        "/shopmesh.gateway.v1.ShopService/ListProducts",
+        content=struct.pack(">BI", 0, len(message)) + message,
+        headers={"content-type": content_type, "x-grpc-web": "1"},
+    )
+    readable = "grpc-status" in response.headers or response.headers.get("content-type") == "application/json"
+    assert readable, (response.status_code, dict(response.headers), response.text)
+
+
 async def test_grpc_web_and_grpc_reach_the_same_api_on_the_same_port(stack: Stack, http: httpx.AsyncClient) -> None:
     message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
     framed = struct.pack(">BI", 0, len(message)) + message
