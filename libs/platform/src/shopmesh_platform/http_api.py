@@ -256,13 +256,25 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "stat_prefix": "http_api",
         # HTTP/1.1 from curl and browsers, HTTP/2 (gRPC, gRPC-Web over h2c) alike.
         "codec_type": "AUTO",
-        # The client's own address goes into x-forwarded-for, where the gateway's rate limiter finds it
-        # (it believes it only from the proxies in its TRUSTED_PROXIES).
+        # The peer, not x-forwarded-for, decides whether a request is internal (a client's own header never
+        # makes it so, nor keeps the x-envoy-* headers Envoy strips from external requests).
         "use_remote_address": True,
+        # Envoy's own append writes the host's non-loopback address in place of a loopback peer: behind a
+        # sidecar, every client would be the pod to the gateway. The route configuration appends the peer.
+        "skip_xff_append": True,
         "max_request_headers_kb": MAX_REQUEST_HEADERS_KIB,
         "route_config": {
             "name": "public-api",
             "max_direct_response_body_size_bytes": MAX_DOCUMENT_BYTES,
+            # The peer's address after whatever the client's x-forwarded-for held, as any proxy appends it: the
+            # gateway walks it from the right past its TRUSTED_PROXIES (under a mesh, the sidecar on loopback,
+            # then the ingress's entry) to the client.
+            "request_headers_to_add": [
+                {
+                    "header": {"key": "x-forwarded-for", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+                    "append_action": "APPEND_IF_EXISTS_OR_ADD",
+                }
+            ],
             "virtual_hosts": [
                 {
                     "name": "shop",
