@@ -429,9 +429,9 @@ def _method_routes() -> list[dict[str, Any]]:
 
 def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
     """400 for a query parameter naming one of the path's variables (`/v1/orders/ord_1?orderId=ord_2`), by its
-    proto or its JSON name: the transcoder binds the query after the path, so the query's value would win
-    silently, and the call would be about another resource than the path (what an access log, a WAF or a
-    per-path policy in front saw). A preflight goes on to the CORS filter."""
+    proto or its JSON name, spelled with percent-escapes or not: the transcoder binds the query after the path,
+    so the query's value would win silently, and the call would be about another resource than the path (what
+    an access log, a WAF or a per-path policy in front saw). A preflight goes on to the CORS filter."""
     routes = []
     for variable in PATH_VARIABLE.findall(template):
         for name in sorted({variable, _json_name(variable)}):
@@ -462,8 +462,13 @@ def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
                     "name": _PATH_VARIABLE_IN_QUERY_ROUTE,
                     "match": {
                         "safe_regex": {"regex": regex},
-                        "query_parameters": [{"name": name, "present_match": True}],
-                        "headers": [{**_method_in(["OPTIONS"]), "invert_match": True}],
+                        "headers": [
+                            {
+                                "name": ":path",
+                                "string_match": {"safe_regex": {"regex": _query_naming(name)}},
+                            },
+                            {**_method_in(["OPTIONS"]), "invert_match": True},
+                        ],
                     },
                     "direct_response": {
                         "status": 400,
@@ -475,6 +480,21 @@ def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
                 }
             )
     return routes
+
+
+def _query_naming(name: str) -> str:
+    """A path and query (`:path`) whose query has a parameter of this name as the transcoder reads it: it
+    decodes a name's percent-escapes before it binds it, so `product%5Fid` is `product_id` (Envoy's own
+    query_parameters matcher compares the name as written)."""
+    spelled = "".join(f"(?:{re.escape(char)}|{_percent_escaped(char)})" for char in name)
+    return rf"[^?]*\?(?:.*&)?{spelled}(?:[=&].*)?"
+
+
+def _percent_escaped(char: str) -> str:
+    """`char` as `%XX`, its hex digits in either case."""
+    return "%" + "".join(
+        f"[{digit.upper()}{digit.lower()}]" if digit.isalpha() else digit for digit in f"{ord(char):02X}"
+    )
 
 
 def _json_name(field: str) -> str:
