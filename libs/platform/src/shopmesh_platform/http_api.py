@@ -403,10 +403,13 @@ def api_paths() -> dict[str, list[str]]:
 
 
 def _path_regex(template: str) -> str:
-    """A path of this template (Envoy matches it against the whole path, without the query)."""
+    """A path of this template (Envoy matches it against the whole path, without the query), with or without
+    trailing slashes: the transcoder routes `/v1/products/prod_1/` (and `prod_1//`) as `/v1/products/prod_1`, so
+    a route of the edge that missed them would let that path past its 405 and its refusal of a path variable
+    in the query."""
     parts = PATH_VARIABLE.split(template)
     # split() keeps the variables' names at the odd places.
-    return "".join("[^/]+" if index % 2 else re.escape(part) for index, part in enumerate(parts))
+    return "".join("[^/]+" if index % 2 else re.escape(part) for index, part in enumerate(parts)) + "/*"
 
 
 def _method_routes() -> list[dict[str, Any]]:
