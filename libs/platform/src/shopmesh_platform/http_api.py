@@ -11,7 +11,8 @@ Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy 
   API does not have is refused by Envoy itself (400, 404), never guessed at, and so is a query parameter
   naming a path variable (400), which the transcoder would take over the path; a path it has, asked with a
   method it does not take there, is a 405 with `Allow`.
-- **gRPC-Web** (`application/grpc-web*`), which browser gRPC clients send; and **gRPC** itself.
+- **gRPC-Web** (`application/grpc-web+proto` and the other three types Envoy's filter takes, GRPC_CONTENT_TYPE),
+  which browser gRPC clients send; and **gRPC** itself.
 - **`GET /openapi.json`**: the API's OpenAPI document (shopmesh_platform.openapi, generated with the
   contracts), answered by Envoy itself, for Swagger UI and client generators.
 - **`GET /`**: the storefront (docs/storefront.md), a page and its script that shop through this same
@@ -157,10 +158,11 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # this (shopmesh_chassis.server.MAX_METADATA_BYTES).
 MAX_REQUEST_HEADERS_KIB = 60
 
-# The content types Envoy takes for gRPC and gRPC-Web (`application/grpc`, `application/grpc+proto`,
-# `application/grpc-web-text`, ...); anything else, `application/grpc-json` included, the transcoder reads as
-# an HTTP/JSON request.
-GRPC_CONTENT_TYPE = r"application/grpc(-web(-text)?)?(\+[^;]*)?(;.*)?"
+# The content types Envoy takes for gRPC and gRPC-Web: its gRPC check takes `application/grpc` and anything
+# after `application/grpc+`, its gRPC-Web filter its four types exactly (no `+json`, no parameters). Anything
+# else, `application/grpc-json` and `application/grpc-web+json` included, the transcoder reads as an HTTP/JSON
+# request, and refuses as one: its answer must be mapped to a JSON Status, not left as gRPC's.
+GRPC_CONTENT_TYPE = r"application/grpc(\+.*)?|application/grpc-web(-text)?(\+proto)?"
 # A request whose content type is not gRPC's nor gRPC-Web's (a GET or a preflight has none at all).
 _NOT_GRPC = {
     "name": "content-type",
