@@ -128,6 +128,9 @@ class InventoryServiceServicer:
         - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_EXPIRED (PENDING past
         expires_at, or already EXPIRED) or RESERVATION_RELEASED (already
         RELEASED); metadata {"reservation_id": ...}.
+        - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_STATE_UNKNOWN: the
+        reservation is in a state a newer release of inventory stored, which
+        this one leaves as it is (during a rollout or after a rollback).
         - ABORTED, UNAVAILABLE.
 
         IDEMPOTENT: keyed by reservation_id; repeating a commit has no further
@@ -144,10 +147,12 @@ class InventoryServiceServicer:
         - COMMITTED: the units are restocked (`on_hand` increases); state becomes
         RELEASED.
         - RELEASED or EXPIRED: nothing changes; the reservation is returned as is.
-        So a release never fails because of the reservation's state.
+        So a release never fails because of a state this release knows.
 
         Errors: INVALID_ARGUMENT (empty reservation_id), NOT_FOUND (ErrorInfo
-        reason RESERVATION_NOT_FOUND), ABORTED, UNAVAILABLE.
+        reason RESERVATION_NOT_FOUND), FAILED_PRECONDITION (ErrorInfo reason
+        RESERVATION_STATE_UNKNOWN: a state a newer release stored, left as it
+        is), ABORTED, UNAVAILABLE.
 
         IDEMPOTENT: keyed by reservation_id; repeating a release has no further
         effect.

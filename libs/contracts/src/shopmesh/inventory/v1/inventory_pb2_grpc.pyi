@@ -96,6 +96,9 @@ class InventoryServiceStub:
     - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_EXPIRED (PENDING past
       expires_at, or already EXPIRED) or RESERVATION_RELEASED (already
       RELEASED); metadata {"reservation_id": ...}.
+    - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_STATE_UNKNOWN: the
+      reservation is in a state a newer release of inventory stored, which
+      this one leaves as it is (during a rollout or after a rollback).
     - ABORTED, UNAVAILABLE.
 
     IDEMPOTENT: keyed by reservation_id; repeating a commit has no further
@@ -108,10 +111,12 @@ class InventoryServiceStub:
     - COMMITTED: the units are restocked (`on_hand` increases); state becomes
       RELEASED.
     - RELEASED or EXPIRED: nothing changes; the reservation is returned as is.
-    So a release never fails because of the reservation's state.
+    So a release never fails because of a state this release knows.
 
     Errors: INVALID_ARGUMENT (empty reservation_id), NOT_FOUND (ErrorInfo
-    reason RESERVATION_NOT_FOUND), ABORTED, UNAVAILABLE.
+    reason RESERVATION_NOT_FOUND), FAILED_PRECONDITION (ErrorInfo reason
+    RESERVATION_STATE_UNKNOWN: a state a newer release stored, left as it
+    is), ABORTED, UNAVAILABLE.
 
     IDEMPOTENT: keyed by reservation_id; repeating a release has no further
     effect.
@@ -193,6 +198,9 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_EXPIRED (PENDING past
       expires_at, or already EXPIRED) or RESERVATION_RELEASED (already
       RELEASED); metadata {"reservation_id": ...}.
+    - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_STATE_UNKNOWN: the
+      reservation is in a state a newer release of inventory stored, which
+      this one leaves as it is (during a rollout or after a rollback).
     - ABORTED, UNAVAILABLE.
 
     IDEMPOTENT: keyed by reservation_id; repeating a commit has no further
@@ -205,10 +213,12 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     - COMMITTED: the units are restocked (`on_hand` increases); state becomes
       RELEASED.
     - RELEASED or EXPIRED: nothing changes; the reservation is returned as is.
-    So a release never fails because of the reservation's state.
+    So a release never fails because of a state this release knows.
 
     Errors: INVALID_ARGUMENT (empty reservation_id), NOT_FOUND (ErrorInfo
-    reason RESERVATION_NOT_FOUND), ABORTED, UNAVAILABLE.
+    reason RESERVATION_NOT_FOUND), FAILED_PRECONDITION (ErrorInfo reason
+    RESERVATION_STATE_UNKNOWN: a state a newer release stored, left as it
+    is), ABORTED, UNAVAILABLE.
 
     IDEMPOTENT: keyed by reservation_id; repeating a release has no further
     effect.
@@ -305,6 +315,9 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_EXPIRED (PENDING past
           expires_at, or already EXPIRED) or RESERVATION_RELEASED (already
           RELEASED); metadata {"reservation_id": ...}.
+        - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_STATE_UNKNOWN: the
+          reservation is in a state a newer release of inventory stored, which
+          this one leaves as it is (during a rollout or after a rollback).
         - ABORTED, UNAVAILABLE.
 
         IDEMPOTENT: keyed by reservation_id; repeating a commit has no further
@@ -323,10 +336,12 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         - COMMITTED: the units are restocked (`on_hand` increases); state becomes
           RELEASED.
         - RELEASED or EXPIRED: nothing changes; the reservation is returned as is.
-        So a release never fails because of the reservation's state.
+        So a release never fails because of a state this release knows.
 
         Errors: INVALID_ARGUMENT (empty reservation_id), NOT_FOUND (ErrorInfo
-        reason RESERVATION_NOT_FOUND), ABORTED, UNAVAILABLE.
+        reason RESERVATION_NOT_FOUND), FAILED_PRECONDITION (ErrorInfo reason
+        RESERVATION_STATE_UNKNOWN: a state a newer release stored, left as it
+        is), ABORTED, UNAVAILABLE.
 
         IDEMPOTENT: keyed by reservation_id; repeating a release has no further
         effect.
