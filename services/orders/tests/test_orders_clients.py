@@ -220,3 +220,16 @@ async def test_a_payment_in_a_state_this_release_cannot_name_leaves_the_order_wa
     with pytest.raises(errors.Unavailable) as caught:
         await _charge_against(settings, ChargedBefore(state))  # type: ignore[arg-type]
     assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+
+
+async def test_a_replayed_reservation_in_a_state_this_release_cannot_name_is_not_taken_as_held_stock(
+    settings: OrdersSettings,
+) -> None:
+    # Inventory answers a repeated Reserve with a reservation a newer release stored as
+    # RESERVATION_STATE_UNSPECIFIED (docs/operations.md), and then refuses to commit or release it
+    # (RESERVATION_STATE_UNKNOWN). Named as held stock, the saga charges the card before the pivot for a
+    # reservation the commit refuses: the order waits at COMMIT with the money captured. As for an unknown
+    # payment state, the order must wait before the charge (UNAVAILABLE), not go on to charge.
+    with pytest.raises(errors.Unavailable):
+        await _reserve_against(settings, inventory_pb2.RESERVATION_STATE_UNSPECIFIED)
+
