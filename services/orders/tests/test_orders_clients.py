@@ -233,3 +233,34 @@ async def test_a_replayed_reservation_in_a_state_this_release_cannot_name_is_not
     with pytest.raises(errors.Unavailable):
         await _reserve_against(settings, inventory_pb2.RESERVATION_STATE_UNSPECIFIED)
 
+
+class UnknownStateInventory(inventory_pb2_grpc.InventoryServiceServicer):
+    """Commit and Release refused as inventory's contract now says for a state a newer release stored."""
+
+    async def CommitReservation(self, request: Any, context: Any) -> Any:
+        raise errors.FailedPrecondition(
+            "unknown state", reason="RESERVATION_STATE_UNKNOWN", metadata={"reservation_id": request.reservation_id}
+        )
+
+    async def ReleaseReservation(self, request: Any, context: Any) -> Any:
+        raise errors.FailedPrecondition(
+            "unknown state", reason="RESERVATION_STATE_UNKNOWN", metadata={"reservation_id": request.reservation_id}
+        )
+
+
+@pytest.mark.parametrize("call", ["commit", "release"])
+async def test_a_reservation_state_inventory_documents_as_unknown_leaves_the_order_waiting_not_internal(
+    settings: OrdersSettings, call: str
+) -> None:
+    # RESERVATION_STATE_UNKNOWN is in inventory's contract (2597362): "left as it is" for a newer release.
+    # Orders treats any undocumented status as a bug (RuntimeError, answered INTERNAL to PlaceOrder /
+    # CancelOrder); this one is documented and means "wait".
+    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
+    binding = ServiceBinding(INVENTORY, UnknownStateInventory(), add)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        client = InventoryClient(channel.channel, timeout=5)
+        with pytest.raises(errors.Unavailable):
+            await getattr(client, call)("res_1")
