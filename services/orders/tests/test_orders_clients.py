@@ -264,3 +264,29 @@ async def test_a_reservation_state_inventory_documents_as_unknown_leaves_the_ord
         client = InventoryClient(channel.channel, timeout=5)
         with pytest.raises(errors.Unavailable):
             await getattr(client, call)("res_1")
+
+
+class UnrefundableUnknownPayment(payments_pb2_grpc.PaymentsServiceServicer):
+    """Refund of a payment in a state a newer payments stored, refused as payments now does (e6da471)."""
+
+    async def Refund(self, request: payments_pb2.RefundRequest, context: Any) -> Any:
+        raise errors.FailedPrecondition(
+            "unknown state",
+            reason="PAYMENT_NOT_REFUNDABLE",
+            metadata={"payment_id": request.payment_id, "state": "UNSPECIFIED"},
+        )
+
+
+async def test_a_refund_payments_refuses_for_a_state_it_cannot_name_leaves_the_order_waiting_not_internal(
+    settings: OrdersSettings,
+) -> None:
+    # Payments leaves a payment in a state a newer release stored as it is and refuses to refund it; the order's
+    # compensation (a customer cancellation, a commit that failed after the pivot) must wait for a release
+    # that knows, as ListPayments' unknown state does (0b3d80f), not fail INTERNAL as an unexpected status.
+    binding = ServiceBinding(PAYMENTS, UnrefundableUnknownPayment(), payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        with pytest.raises(errors.Unavailable):
+            await PaymentsClient(channel.channel, timeout=5).refund("pay_1", "cancelled", "ord_1:refund")
