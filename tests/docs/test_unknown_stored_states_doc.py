@@ -1,0 +1,43 @@
+"""Payments and inventory now answer a state a newer release stored as the enum's UNSPECIFIED (e6da471,
+64c227a; docs/operations.md). The contracts must not promise clients that value is never returned."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+PROTOS = Path(__file__).resolve().parents[2] / "protos" / "shopmesh"
+
+
+def comment_above(proto: Path, value: str) -> str:
+    lines = proto.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if re.match(rf"\s*{value}\s*=\s*0;", line))
+    comment: list[str] = []
+    for line in reversed(lines[:index]):
+        if not line.strip().startswith("//"):
+            break
+        comment.insert(0, line.strip().lstrip("/").strip())
+    return " ".join(comment)
+
+
+@pytest.mark.parametrize(
+    ("proto", "value"),
+    [
+        ("payments/v1/payments.proto", "PAYMENT_STATE_UNSPECIFIED"),
+        ("inventory/v1/inventory.proto", "RESERVATION_STATE_UNSPECIFIED"),
+    ],
+)
+def test_an_unspecified_state_the_server_now_answers_is_not_documented_as_never_returned(
+    proto: str, value: str
+) -> None:
+    assert "Never returned by the server" not in comment_above(PROTOS / proto, value)
+
+
+def test_refund_documents_that_a_payment_in_an_unknown_state_is_not_refundable() -> None:
+    # Refund now answers PAYMENT_NOT_REFUNDABLE for a payment state a newer release stored too; the contract
+    # still says that reason means "the payment is DECLINED".
+    text = " ".join(line.strip().lstrip("/").strip() for line in (PROTOS / "payments/v1/payments.proto").read_text().splitlines())
+    refusal = text[text.index("PAYMENT_NOT_REFUNDABLE:") :][:200]
+    assert "DECLINED." not in refusal.split("- ABORTED")[0] or "newer release" in refusal, refusal
