@@ -283,7 +283,9 @@ async def test_a_refund_payments_refuses_for_a_state_it_cannot_name_leaves_the_o
     # Payments leaves a payment in a state a newer release stored as it is and refuses to refund it; the order's
     # compensation (a customer cancellation, a commit that failed after the pivot) must wait for a release
     # that knows, as ListPayments' unknown state does (0b3d80f), not fail INTERNAL as an unexpected status.
-    binding = ServiceBinding(PAYMENTS, UnrefundableUnknownPayment(), payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    binding = ServiceBinding(
+        PAYMENTS, UnrefundableUnknownPayment(), payments_pb2_grpc.add_PaymentsServiceServicer_to_server
+    )
     async with (
         serve_in_process(settings, [binding]) as server,
         ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,

@@ -44,6 +44,27 @@ def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:
     return RuntimeError(f"{service} answered {error.code().name}: {error.details()}")
 
 
+_RESERVATION_STATE_UNKNOWN = "RESERVATION_STATE_UNKNOWN"
+
+
+def _state_unknown(service: str, what: str, state: int, order_id: str) -> errors.Unavailable:
+    """A state a newer release of `service` stored, which orders cannot act on: the order waits, logged."""
+    log.warning(
+        "%s of order %s is in a state this release does not know (%d); the order waits",
+        what,
+        order_id,
+        state,
+        extra={"order_id": order_id},
+    )
+    reason = "PAYMENT_UNAVAILABLE" if service == "payments" else errors.DEPENDENCY_UNAVAILABLE
+    return errors.Unavailable(
+        f"{service} answered a state this release of orders does not know for {what} ({state})",
+        reason=reason,
+        retry_after_seconds=1.0,
+        metadata={"order_id": order_id},
+    )
+
+
 def _products_not_found(error: grpc.aio.AioRpcError) -> errors.NotFound:
     """Catalog's PRODUCT_NOT_FOUND, relayed with its metadata: the missing ids it listed (only the first ones
     when their list is long) and how many are missing, which alone says whether that list is whole."""
@@ -131,6 +152,13 @@ class InventoryClient:
         # Reserve replays the order's reservation whatever its state: a lapsed one holds nothing to commit.
         if reservation.state in (inventory_pb2.RESERVATION_STATE_EXPIRED, inventory_pb2.RESERVATION_STATE_RELEASED):
             raise ReservationExpired(reservation.id)
+        if reservation.state not in (
+            inventory_pb2.RESERVATION_STATE_PENDING,
+            inventory_pb2.RESERVATION_STATE_COMMITTED,
+        ):
+            # A state a newer inventory stored: whether it holds the stock is unknown, so nothing is charged
+            # against it; the order waits for a release that knows.
+            raise _state_unknown("inventory", f"reservation {reservation.id}", reservation.state, order_id)
         return reservation.id
 
     async def commit(self, reservation_id: str) -> None:
@@ -139,8 +167,11 @@ class InventoryClient:
                 inventory_pb2.CommitReservationRequest(reservation_id=reservation_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            if details_of(error).reason in ("RESERVATION_EXPIRED", "RESERVATION_RELEASED"):
+            reason = details_of(error).reason
+            if reason in ("RESERVATION_EXPIRED", "RESERVATION_RELEASED"):
                 raise ReservationExpired(reservation_id) from None
+            if reason == _RESERVATION_STATE_UNKNOWN:
+                raise _unavailable("inventory", error) from None
             if error.code() in _TRANSIENT:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None
@@ -151,7 +182,7 @@ class InventoryClient:
                 inventory_pb2.ReleaseReservationRequest(reservation_id=reservation_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() in _TRANSIENT:
+            if error.code() in _TRANSIENT or details_of(error).reason == _RESERVATION_STATE_UNKNOWN:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None
 
@@ -225,19 +256,7 @@ class PaymentsClient:
             if payment.state not in _PAYMENT_STATES_KNOWN:
                 # A newer payments' state (a rollout; orders rolled back). Read as "not captured", the saga would
                 # cancel without refunding money that payment may hold: the order waits for a release that knows.
-                log.warning(
-                    "payment %s of order %s is in a state this release does not know (%d); the order waits",
-                    payment.id,
-                    order_id,
-                    payment.state,
-                    extra={"order_id": order_id, "payment_id": payment.id},
-                )
-                raise errors.Unavailable(
-                    f"payments answered a payment state this release of orders does not know ({payment.state})",
-                    reason="PAYMENT_UNAVAILABLE",
-                    retry_after_seconds=1.0,
-                    metadata={"order_id": order_id},
-                )
+                raise _state_unknown("payments", f"payment {payment.id}", payment.state, order_id)
             declined = (
                 _REFUSALS.get(payment.decline_reason) if payment.state == payments_pb2.PAYMENT_STATE_DECLINED else None
             )
@@ -258,6 +277,11 @@ class PaymentsClient:
                 metadata=idempotency_metadata(idempotency_key),
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() in _TRANSIENT:
+            details = details_of(error)
+            info = details.error_info.metadata if details.error_info else {}
+            unknown = details.reason == "PAYMENT_NOT_REFUNDABLE" and info.get("state") == "UNSPECIFIED"
+            if error.code() in _TRANSIENT or unknown:
+                # UNSPECIFIED: a state a newer payments stored, which this payments leaves alone; the refund
+                # waits for a release that knows what money the payment holds.
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             raise _unexpected("payments", error) from None
