@@ -42,7 +42,9 @@ class _ReservationState:
 class _ReservationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReservationState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RESERVATION_STATE_UNSPECIFIED: _ReservationState.ValueType  # 0
-    """Not set. Never returned by the server."""
+    """A state a newer release of inventory stored, which this one cannot name
+    (during a rollout, a canary or after a rollback); never set otherwise.
+    """
     RESERVATION_STATE_PENDING: _ReservationState.ValueType  # 1
     """Units are held; the reservation can be committed or released until
     expires_at.
@@ -62,7 +64,9 @@ class ReservationState(_ReservationState, metaclass=_ReservationStateEnumTypeWra
     """Lifecycle state of a Reservation."""
 
 RESERVATION_STATE_UNSPECIFIED: ReservationState.ValueType  # 0
-"""Not set. Never returned by the server."""
+"""A state a newer release of inventory stored, which this one cannot name
+(during a rollout, a canary or after a rollback); never set otherwise.
+"""
 RESERVATION_STATE_PENDING: ReservationState.ValueType  # 1
 """Units are held; the reservation can be committed or released until
 expires_at.

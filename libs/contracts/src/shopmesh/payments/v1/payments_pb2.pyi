@@ -47,7 +47,9 @@ class _PaymentState:
 class _PaymentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PaymentState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PAYMENT_STATE_UNSPECIFIED: _PaymentState.ValueType  # 0
-    """Not set. Never returned by the server."""
+    """A state a newer release of payments stored, which this one cannot name
+    (during a rollout, a canary or after a rollback); never set otherwise.
+    """
     PAYMENT_STATE_CAPTURED: _PaymentState.ValueType  # 1
     """The amount was charged and captured."""
     PAYMENT_STATE_REFUNDED: _PaymentState.ValueType  # 2
@@ -61,7 +63,9 @@ class PaymentState(_PaymentState, metaclass=_PaymentStateEnumTypeWrapper):
     """Lifecycle state of a Payment."""
 
 PAYMENT_STATE_UNSPECIFIED: PaymentState.ValueType  # 0
-"""Not set. Never returned by the server."""
+"""A state a newer release of payments stored, which this one cannot name
+(during a rollout, a canary or after a rollback); never set otherwise.
+"""
 PAYMENT_STATE_CAPTURED: PaymentState.ValueType  # 1
 """The amount was charged and captured."""
 PAYMENT_STATE_REFUNDED: PaymentState.ValueType  # 2

@@ -112,7 +112,9 @@ class PaymentsServiceServicer:
         ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
         - NOT_FOUND, ErrorInfo reason PAYMENT_NOT_FOUND.
         - FAILED_PRECONDITION, ErrorInfo reason PAYMENT_NOT_REFUNDABLE: the
-        payment is DECLINED.
+        payment is DECLINED, or in a state a newer release stored (metadata
+        "state" is "UNSPECIFIED"; left as it is: retry once that release
+        serves).
         - ABORTED (reason IDEMPOTENCY_KEY_IN_USE), UNAVAILABLE (reason
         PROCESSOR_UNAVAILABLE, with RetryInfo).
 
