@@ -103,3 +103,19 @@ def test_a_path_variable_in_the_query_is_refused_with_a_slash_before_the_custom_
     assert ("CancelOrder", "ord_from_the_query") not in shop.calls
     assert response.status_code == 400, (response.status_code, response.text)
     assert PATH_VARIABLE_IN_QUERY in response.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/orders/ord_1:cancel/", "/v1/products:search/"],
+)
+def test_a_405_names_only_methods_the_path_takes(edge: tuple[str, RecordingShop], path: str) -> None:
+    # docs/http-api.md: the transcoder takes a path with trailing slashes for the path without them, "and so
+    # do this refusal and the 405s". For a custom verb it does not (404, "Could not resolve"), yet the edge
+    # answers the other methods 405 with an Allow whose method then gets that 404.
+    url, _ = edge
+    refused = httpx.request("DELETE", url + path, timeout=10)
+    assert refused.status_code == 405, (refused.status_code, refused.text)
+    for method in refused.headers["allow"].split(", "):
+        allowed = httpx.request(method, url + path, json={} if method == "POST" else None, timeout=10)
+        assert allowed.status_code != 404, (method, path, refused.headers["allow"], allowed.text)
