@@ -10,7 +10,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import httpx
@@ -25,7 +24,9 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    def CancelOrder(self, request: shop_pb2.CancelOrderRequest, context: grpc.ServicerContext) -> shop_pb2.CancelOrderResponse:
+    def CancelOrder(
+        self, request: shop_pb2.CancelOrderRequest, context: grpc.ServicerContext
+    ) -> shop_pb2.CancelOrderResponse:
         self.calls.append(("CancelOrder", request.order_id))
         return shop_pb2.CancelOrderResponse()
 
