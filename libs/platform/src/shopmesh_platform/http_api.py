@@ -405,13 +405,21 @@ def api_paths() -> dict[str, list[str]]:
 
 
 def _path_regex(template: str) -> str:
-    """A path of this template (Envoy matches it against the whole path, without the query), with or without
-    trailing slashes: the transcoder routes `/v1/products/prod_1/` (and `prod_1//`) as `/v1/products/prod_1`, so
-    a route of the edge that missed them would let that path past its 405 and its refusal of a path variable
-    in the query."""
+    """A path of this template (Envoy matches it against the whole path, without the query), spelled with
+    the slashes the transcoder ignores: it routes `/v1/products/prod_1/` (and `prod_1//`) as
+    `/v1/products/prod_1`, and `/v1/orders/ord_1/:cancel` as `/v1/orders/ord_1:cancel`, so a route of the edge
+    that missed them would let that path past its 405 and its refusal of a path variable in the query. After
+    a custom verb it takes no slash (`:cancel/` is a 404 there), so neither does the route."""
+    if _has_custom_verb(template):
+        base, verb = template.rsplit(":", 1)
+        return _template_regex(base) + "/*" + re.escape(":" + verb)
+    return _template_regex(template) + "/*"
+
+
+def _template_regex(template: str) -> str:
     parts = PATH_VARIABLE.split(template)
     # split() keeps the variables' names at the odd places.
-    return "".join("[^/]+" if index % 2 else re.escape(part) for index, part in enumerate(parts)) + "/*"
+    return "".join("[^/]+" if index % 2 else re.escape(part) for index, part in enumerate(parts))
 
 
 def _method_routes() -> list[dict[str, Any]]:
