@@ -1,0 +1,110 @@
+"""A healthy orders service that reports its own dependencies down must stay reachable through the gateway.
+
+orders' contract: PlaceOrder fails UNAVAILABLE, reason DEPENDENCY_UNAVAILABLE (metadata order_id), when
+"the saga is waiting for inventory or payments". That is orders, alive and answering, saying payments is
+away: reading an order or the order history needs no payments at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from shopmesh.common.v1 import money_pb2
+from shopmesh.gateway.v1 import shop_pb2
+from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
+from shopmesh_chassis import errors
+from shopmesh_chassis.breaker import CircuitBreaker
+from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_gateway.wiring import Channels
+
+from .gateway_fakes import fakes_serving
+from .gateway_serving import bearer, serving_gateway
+
+if TYPE_CHECKING:
+    from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
+
+NOWHERE = "127.0.0.1:9"
+
+
+@dataclass
+class OrdersWithPaymentsAway(orders_pb2_grpc.OrdersServiceServicer):
+    place_attempts: int = 0
+
+    async def PlaceOrder(self, request: orders_pb2.PlaceOrderRequest, context: Any) -> orders_pb2.PlaceOrderResponse:
+        self.place_attempts += 1
+        raise errors.Unavailable(
+            "order ord_1 is still being processed; retry with the same idempotency key",
+            reason=errors.DEPENDENCY_UNAVAILABLE,
+            retry_after_seconds=1.0,
+            metadata={"order_id": "ord_1"},
+        )
+
+    async def ListOrders(self, request: orders_pb2.ListOrdersRequest, context: Any) -> orders_pb2.ListOrdersResponse:
+        return orders_pb2.ListOrdersResponse()
+
+    async def CancelOrder(self, request: orders_pb2.CancelOrderRequest, context: Any) -> orders_pb2.CancelOrderResponse:
+        raise errors.FailedPrecondition("not cancellable", reason="ORDER_NOT_CANCELLABLE")
+
+    async def GetOrder(self, request: orders_pb2.GetOrderRequest, context: Any) -> orders_pb2.GetOrderResponse:
+        return orders_pb2.GetOrderResponse(
+            order=orders_pb2.Order(
+                id=request.order_id, user_id="usr_ada", total=money_pb2.Money(amount_minor=100, currency="USD")
+            )
+        )
+
+
+def breaker_state(breaker: CircuitBreaker | None) -> str:
+    return "none" if breaker is None else breaker.state.value
+
+
+@contextlib.asynccontextmanager
+async def shop_with(orders: OrdersWithPaymentsAway) -> AsyncIterator[tuple[Shop, Channels, str]]:
+    settings = ServiceSettings(service_name="orders", grpc_port=0, metrics_port=-1)
+    binding = ServiceBinding(
+        orders_pb2.DESCRIPTOR.services_by_name["OrdersService"],
+        orders,
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
+    )
+    async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
+        addresses = {"catalog": NOWHERE, "inventory": NOWHERE, **fakes.addresses, "orders": server.address}
+        async with serving_gateway(addresses) as (shop, channels):
+            yield shop, channels, fakes.users.key.token("usr_ada")
+
+
+async def test_checkouts_failing_while_payments_is_away_do_not_cut_customers_off_their_orders() -> None:
+    """Five checkouts during a payments outage, each answered by orders itself (UNAVAILABLE with its own
+    ErrorInfo), opened the gateway's breaker of the orders channel: GetOrder, ListOrders and CancelOrder,
+    which orders serves perfectly well, were then refused CIRCUIT_OPEN for every customer."""
+    orders = OrdersWithPaymentsAway()
+    async with shop_with(orders) as (shop, channels, token):
+        relayed: list[str | None] = []
+        for _ in range(5):
+            try:
+                await shop.PlaceOrder(
+                    shop_pb2.PlaceOrderRequest(currency="USD", email="ada@example.com"),
+                    metadata=bearer(token),
+                    timeout=5,
+                )
+            except grpc.aio.AioRpcError as error:
+                # orders' own answer is relayed unchanged: the contract's "retry with the same key".
+                relayed.append(details_of(error).reason)
+        assert relayed == [errors.DEPENDENCY_UNAVAILABLE] * 5
+        try:
+            await shop.GetOrder(shop_pb2.GetOrderRequest(order_id="ord_1"), metadata=bearer(token), timeout=5)
+        except grpc.aio.AioRpcError as error:
+            details = details_of(error)
+            metadata = dict(details.error_info.metadata) if details.error_info else {}
+            raise AssertionError(
+                f"GetOrder failed {details.code.name} {details.reason} {metadata} "
+                f"(orders breaker {breaker_state(channels.orders.breaker)}, "
+                f"{orders.place_attempts} PlaceOrder attempts "
+                "for 5 checkouts)"
+            ) from None
