@@ -321,3 +321,33 @@ def test_failures_of_calls_already_in_flight_do_not_open_an_open_breaker_again()
     assert breaker.opened == 1, f"one outage counted as {breaker.opened} openings"
     clock.now += 1
     assert breaker.state is BreakerState.HALF_OPEN, "the open period restarted from the stragglers"
+
+
+async def test_a_call_refused_while_a_probe_runs_is_not_told_to_retry_at_once(server: ChassisServer) -> None:
+    """Half-open, one probe out (users' Login may hold it for 5 s, orders' PlaceOrder for 15 s): every other
+    call is refused with CIRCUIT_OPEN, and its RetryInfo must not say 0 s. The gateway passes that delay on
+    to its clients (downstream.translate), so clients that honour RetryInfo came straight back, to be
+    refused again, for as long as the probe ran."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=30), clock)
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Echo(slow(3_000), timeout=0.2)
+        assert breaker.state is BreakerState.OPEN
+
+        clock.now += 30  # half-open: one probe goes out and hangs
+        probe = asyncio.ensure_future(stub.Echo(slow(3_000), timeout=5.0))
+        await asyncio.sleep(0.1)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Echo(sample_pb2.EchoRequest(message="x"))
+            details = details_of(caught.value)
+            assert details.reason == "CIRCUIT_OPEN"
+            assert details.retry_delay_seconds is not None
+            assert details.retry_delay_seconds > 0, "refused while the probe runs, yet told to retry now"
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await probe
