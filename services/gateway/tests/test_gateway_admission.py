@@ -200,6 +200,30 @@ async def test_failed_authentications_count_against_the_address() -> None:
         await guard.admit_user(FakeContext([("authorization", "Bearer forged")]))
 
 
+async def test_calls_whose_token_cannot_be_checked_yet_count_against_the_address() -> None:
+    """The gateway started while users was unreachable: no key set yet, so every protected call fetches it
+    (JwksCache skips the 30 s minimum interval until a first set arrives) and fails UNAVAILABLE. Such
+    calls were not rate-limited at all (neither the user's bucket, unknown, nor the address's), so one
+    client could send protected calls, and with them key-set fetches, as fast as it liked."""
+    fetches = 0
+
+    async def users_down() -> Sequence[Mapping[str, str]]:
+        nonlocal fetches
+        fetches += 1
+        raise errors.Unavailable("users is down")
+
+    verifier = TokenVerifier(JwksCache(users_down), TokenRules(ISSUER, AUDIENCE))
+    guard = Guard(verifier, TokenBuckets(rate=0.001, burst=2, max_keys=100))
+    forged = FakeContext([("authorization", f"Bearer {SigningKey().token('usr_mallory')}")])
+    outcomes = []
+    for _ in range(10):
+        try:
+            await guard.admit_user(forged)
+        except errors.DomainError as error:
+            outcomes.append(type(error).__name__)
+    assert "ResourceExhausted" in outcomes, f"10 calls from one address, burst 2: {outcomes}, {fetches} fetches"
+
+
 def rpc_error(code: grpc.StatusCode, error: errors.DomainError | None, domain: str) -> grpc.aio.AioRpcError:
     trailing = Metadata()
     if error is not None:
