@@ -59,7 +59,7 @@ def exported_metric_names() -> set[str]:
     service-specific), and the edge's Envoy's, scraped from a real Envoy running its rendered configuration."""
     metrics = ServerMetrics(CollectorRegistry())
     metrics.events  # noqa: B018 - made on first use, as services that publish or consume do
-    metrics.watch_breaker("dependency", CircuitBreaker())
+    metrics.watch_breakers("dependency", {"/shopmesh.x.v1.XService/Get": CircuitBreaker()})
     OrderMetrics(metrics.registry)
     NotificationMetrics(metrics.registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

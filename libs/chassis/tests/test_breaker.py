@@ -141,18 +141,21 @@ def test_the_breakers_state_and_openings_are_reported_to_prometheus() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=10), clock)
     metrics = ServerMetrics()
-    metrics.watch_breaker("payments", breaker)
-    metrics.watch_breaker("nobody", None)  # a channel built without a breaker: nothing to report
+    charge = "/shopmesh.payments.v1.PaymentsService/Charge"
+    metrics.watch_breakers("payments", {charge: breaker})
+    metrics.watch_breakers("nobody", {})  # a channel built without breakers: nothing to report
 
     def reported() -> tuple[str, float]:
         states = [
             s
             for s in BreakerState
             if metrics.registry.get_sample_value(
-                "shopmesh_client_breaker_state", {"dependency": "payments", "state": s.value}
+                "shopmesh_client_breaker_state", {"dependency": "payments", "method": charge, "state": s.value}
             )
         ]
-        opened = metrics.registry.get_sample_value("shopmesh_client_breaker_opened_total", {"dependency": "payments"})
+        opened = metrics.registry.get_sample_value(
+            "shopmesh_client_breaker_opened_total", {"dependency": "payments", "method": charge}
+        )
         assert len(states) == 1, states
         return states[0].value, opened or 0.0
 
@@ -351,3 +354,18 @@ async def test_a_call_refused_while_a_probe_runs_is_not_told_to_retry_at_once(se
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await probe
+
+
+async def test_each_method_has_a_breaker_of_its_own(server: ChassisServer) -> None:
+    """One method timing out (users' Login behind its argon2 queue) must not refuse the target's other
+    methods, which it answers at once."""
+    options = ClientOptions(breaker=BreakerConfig(failure_threshold=2, reset_timeout_seconds=30))
+    async with ResilientChannel(server.address, [DESCRIPTOR], options) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Echo(slow(3_000), timeout=0.2)
+        echo, record = "/shopmesh.sample.v1.SampleService/Echo", "/shopmesh.sample.v1.SampleService/Record"
+        assert channel.breakers[echo].state is BreakerState.OPEN
+        await stub.Record(sample_pb2.RecordRequest())
+        assert channel.breakers[record].state is BreakerState.CLOSED

@@ -8,7 +8,7 @@ away: reading an order or the order history needs no payments at all.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +61,8 @@ class OrdersWithPaymentsAway(orders_pb2_grpc.OrdersServiceServicer):
         )
 
 
-def breaker_state(breaker: CircuitBreaker | None) -> str:
-    return "none" if breaker is None else breaker.state.value
+def breaker_state(breakers: Mapping[str, CircuitBreaker]) -> str:
+    return ", ".join(f"{method.rsplit('/', 1)[-1]} {breaker.state.value}" for method, breaker in breakers.items())
 
 
 @contextlib.asynccontextmanager
@@ -104,7 +104,7 @@ async def test_checkouts_failing_while_payments_is_away_do_not_cut_customers_off
             metadata = dict(details.error_info.metadata) if details.error_info else {}
             raise AssertionError(
                 f"GetOrder failed {details.code.name} {details.reason} {metadata} "
-                f"(orders breaker {breaker_state(channels.orders.breaker)}, "
+                f"(orders breakers {breaker_state(channels.orders.breakers)}, "
                 f"{orders.place_attempts} PlaceOrder attempts "
                 "for 5 checkouts)"
             ) from None

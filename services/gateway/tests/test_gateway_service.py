@@ -261,7 +261,8 @@ async def test_hanging_recommendations_open_the_breaker_and_pages_stop_waiting_f
                     shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=10
                 )
                 assert page.recommendations_degraded
-            assert channels.recommendations.breaker.state is BreakerState.OPEN
+            listing = "/shopmesh.recommendations.v1.RecommendationsService/ListRecommendations"
+            assert channels.recommendations.breakers[listing].state is BreakerState.OPEN
     finally:
         fakes.recommendations.mode = "ok"
 

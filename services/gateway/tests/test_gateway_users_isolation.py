@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -32,8 +32,8 @@ NOWHERE = "127.0.0.1:9"
 USERS_TIMEOUT = 0.3
 
 
-def breaker_state(breaker: CircuitBreaker | None) -> str:
-    return "none" if breaker is None else breaker.state.value
+def breaker_state(breakers: Mapping[str, CircuitBreaker]) -> str:
+    return ", ".join(f"{method.rsplit('/', 1)[-1]} {breaker.state.value}" for method, breaker in breakers.items())
 
 
 @contextlib.asynccontextmanager
@@ -80,7 +80,7 @@ async def test_logins_missing_their_deadline_do_not_stop_token_verification(
             details = details_of(error)
             pytest.fail(
                 f"an authenticated call failed {details.code.name} {details.reason} after logins timed out "
-                f"(users breaker {breaker_state(channels.users.breaker)}): {error.details()}"
+                f"(users breakers {breaker_state(channels.users.breakers)}): {error.details()}"
             )
 
 
@@ -101,5 +101,5 @@ async def test_logins_missing_their_deadline_do_not_fail_checkouts_e_mail_lookup
         assert details.error_info is not None
         assert details.error_info.metadata.get("dependency") != "users", (
             f"checkout's e-mail lookup refused after logins timed out: {caught.value.details()} "
-            f"(users breaker {breaker_state(channels.users.breaker)})"
+            f"(users breakers {breaker_state(channels.users.breakers)})"
         )

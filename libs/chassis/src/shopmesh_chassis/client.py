@@ -162,49 +162,80 @@ class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
+@dataclass
+class _MethodBreaker:
+    breaker: CircuitBreaker
+    # The method's usual latency: a running average of its successful calls' durations (seconds). Per
+    # method: users answers GetJwks in milliseconds and Login in half a second of argon2.
+    usual_latency: float | None = None
+
+
+def method_names(services: Iterable[ServiceDescriptor]) -> list[str]:
+    """The full gRPC method names (`/package.Service/Method`) a channel built for `services` calls."""
+    return [f"/{service.full_name}/{method.name}" for service in services for method in service.methods]
+
+
 class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Fails fast with UNAVAILABLE (reason CIRCUIT_OPEN, RetryInfo) while the target's breaker is open."""
+    """Fails fast with UNAVAILABLE (reason CIRCUIT_OPEN, RetryInfo) while the called method's breaker is open.
 
-    def __init__(self, target: str, breaker: CircuitBreaker) -> None:
+    One breaker per method, not per target: a target can be healthy for some methods and swamped for
+    others (users' Login waiting for argon2 while GetJwks answers at once), and one method's timeouts must
+    not refuse the others for everyone."""
+
+    def __init__(
+        self, target: str, breakers: dict[str, CircuitBreaker], new_breaker: Callable[[], CircuitBreaker]
+    ) -> None:
         self._target = target
-        self.breaker = breaker
-        # The target's usual latency: a running average of its successful calls' durations (seconds).
-        self._usual_latency: float | None = None
+        # Shared with the channel, which reports it; methods outside the channel's services (none, when the
+        # channel is used as meant) get a breaker on their first call, so the dict only grows with method
+        # names written in the code, never with anything a request carries.
+        self.breakers = breakers
+        self._new_breaker = new_breaker
+        self._methods = {name: _MethodBreaker(breaker) for name, breaker in breakers.items()}
 
-    def _learn_latency(self, seconds: float) -> None:
-        usual = self._usual_latency
-        self._usual_latency = seconds if usual is None else usual + _LATENCY_WEIGHT * (seconds - usual)
+    def _method(self, name: str) -> _MethodBreaker:
+        method = self._methods.get(name)
+        if method is None:
+            breaker = self._new_breaker()
+            method = self._methods[name] = _MethodBreaker(breaker)
+            self.breakers[name] = breaker
+        return method
 
-    def _too_short_to_tell(self, timeout: float | None, own_timeout: float | None) -> bool:
+    @staticmethod
+    def _too_short_to_tell(method: _MethodBreaker, timeout: float | None, own_timeout: float | None) -> bool:
         """Whether missing this deadline, which its inbound caller cut from `own_timeout`, says nothing
         about the target (see _USUAL_LATENCY_MULTIPLE)."""
         if timeout is None or own_timeout is None:
             return False
-        if self._usual_latency is None:
+        if method.usual_latency is None:
             return timeout < own_timeout * _UNKNOWN_LATENCY_CUT
-        return timeout < self._usual_latency * _USUAL_LATENCY_MULTIPLE
+        return timeout < method.usual_latency * _USUAL_LATENCY_MULTIPLE
 
     async def intercept_unary_unary(
         self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
     ) -> Any:
+        raw_name = client_call_details.method
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        method = self._method(name)
+        breaker = method.breaker
         # Whether this call takes a half-open probe slot: only then may it give one back (a call sent while
         # the breaker was closed, ending without a verdict now, would free the running probe's slot).
-        probing = self.breaker.state is BreakerState.HALF_OPEN
-        if not self.breaker.allow():
+        probing = breaker.state is BreakerState.HALF_OPEN
+        if not breaker.allow():
             raise _local_error(
                 grpc.StatusCode.UNAVAILABLE,
-                f"circuit open for {self._target}",
+                f"circuit open for {name} at {self._target}",
                 errors.Unavailable(
-                    f"circuit open for {self._target}",
+                    f"circuit open for {name} at {self._target}",
                     reason="CIRCUIT_OPEN",
-                    retry_after_seconds=self.breaker.retry_after(),
-                    metadata={"target": self._target},
+                    retry_after_seconds=breaker.retry_after(),
+                    metadata={"target": self._target, "method": name},
                 ),
             )
         timeout = client_call_details.timeout
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout * (1 - _AT_THE_DEADLINE)
-        callers_deadline = self._too_short_to_tell(timeout, _OWN_TIMEOUT_CUT_BY_CALLER.get())
+        callers_deadline = self._too_short_to_tell(method, timeout, _OWN_TIMEOUT_CUT_BY_CALLER.get())
         try:
             call = await continuation(client_call_details, request)
             code = await call.code()
@@ -213,21 +244,23 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 # Cut short by the caller's own timer at the call's deadline (armed with it, or both fired in
                 # one pass of a stalled loop, the caller's first): the target let the deadline pass, a
                 # failure as much as DEADLINE_EXCEEDED is.
-                self.breaker.record_failure()
+                breaker.record_failure()
             elif probing:
                 # Cancelled by our caller in time: says nothing about the target; free the probe slot.
-                self.breaker.release_probe()
+                breaker.release_probe()
             raise
         if code == grpc.StatusCode.OK:
-            self._learn_latency(time.monotonic() - started)
-            self.breaker.record_success()
+            seconds = time.monotonic() - started
+            usual = method.usual_latency
+            method.usual_latency = seconds if usual is None else usual + _LATENCY_WEIGHT * (seconds - usual)
+            breaker.record_success()
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED and callers_deadline:
             if probing:
-                self.breaker.release_probe()
+                breaker.release_probe()
         elif code in BREAKER_FAILURES:
-            self.breaker.record_failure()
+            breaker.record_failure()
         else:
-            self.breaker.record_neutral()
+            breaker.record_neutral()
         return call
 
 
@@ -242,7 +275,12 @@ class ClientOptions:
 
 
 class ResilientChannel:
-    """A grpc.aio channel to one target with the chassis' client interceptors; use it to build stubs."""
+    """A grpc.aio channel to one target with the chassis' client interceptors; use it to build stubs of
+    `services`.
+
+    Each method of `services` gets a circuit breaker of its own, made up front from `options.breaker`
+    (`breakers`, keyed by full method name); `breaker` instead puts every method behind that one breaker
+    (tests that drive its clock)."""
 
     def __init__(
         self,
@@ -255,14 +293,21 @@ class ResilientChannel:
     ) -> None:
         options = options or ClientOptions()
         self.target = target
-        self.breaker = breaker or (CircuitBreaker(options.breaker) if options.breaker else None)
+        config = options.breaker
+
+        def new_breaker() -> CircuitBreaker:
+            return breaker or CircuitBreaker(config)
+
+        self.breakers: dict[str, CircuitBreaker] = {}
+        if breaker is not None or config is not None:
+            self.breakers = {name: new_breaker() for name in method_names(services)}
         interceptors: list[grpc.aio.ClientInterceptor] = [
             OutboundContextInterceptor(options.default_timeout_seconds, options.caller)
         ]
         if options.tracing:
             interceptors.extend(aio_client_interceptors(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
-        if self.breaker is not None:
-            interceptors.append(BreakerInterceptor(target, self.breaker))
+        if breaker is not None or config is not None:
+            interceptors.append(BreakerInterceptor(target, self.breakers, new_breaker))
         self.channel = grpc.aio.insecure_channel(
             target,
             options=[

@@ -9,7 +9,7 @@ first, hands `.events` to its relay and consumers, and passes the same object to
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
@@ -68,14 +68,15 @@ class ServerMetrics:
         self._events: EventMetrics | None = None
         self._breakers: BreakerCollector | None = None
 
-    def watch_breaker(self, dependency: str, breaker: CircuitBreaker | None) -> None:
-        """Report the circuit breaker of the channel to `dependency` (a ResilientChannel's `.breaker`)."""
-        if breaker is None:
+    def watch_breakers(self, dependency: str, breakers: Mapping[str, CircuitBreaker]) -> None:
+        """Report the circuit breakers of the channel to `dependency` (a ResilientChannel's `.breakers`, one
+        per method; none when the channel has no breaker)."""
+        if not breakers:
             return
         if self._breakers is None:
             self._breakers = BreakerCollector()
             self.registry.register(self._breakers)
-        self._breakers.watch(dependency, breaker)
+        self._breakers.watch(dependency, breakers)
 
     @property
     def events(self) -> EventMetrics:
@@ -160,27 +161,29 @@ class BreakerCollector(Collector):
     the call path."""
 
     def __init__(self) -> None:
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breakers: dict[str, Mapping[str, CircuitBreaker]] = {}
 
-    def watch(self, dependency: str, breaker: CircuitBreaker) -> None:
-        self._breakers[dependency] = breaker
+    def watch(self, dependency: str, breakers: Mapping[str, CircuitBreaker]) -> None:
+        self._breakers[dependency] = breakers
 
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             "shopmesh_client_breaker_state",
-            "1 for the current state of the circuit breaker in front of each dependency: closed (calls go "
-            "out), open (calls fail fast with UNAVAILABLE), half_open (a probe call decides).",
-            labels=("dependency", "state"),
+            "1 for the current state of the circuit breaker in front of each method of each dependency: "
+            "closed (calls go out), open (calls fail fast with UNAVAILABLE), half_open (a probe call decides).",
+            labels=("dependency", "method", "state"),
         )
         opened = CounterMetricFamily(
             "shopmesh_client_breaker_opened",
-            "Times the circuit breaker in front of each dependency opened.",
-            labels=("dependency",),
+            "Times the circuit breaker in front of each method of each dependency opened.",
+            labels=("dependency", "method"),
         )
-        for dependency, breaker in sorted(self._breakers.items()):
-            current = breaker.observed_state()
-            for candidate in BreakerState:
-                state.add_metric((dependency, candidate.value), 1.0 if candidate is current else 0.0)
-            opened.add_metric((dependency,), float(breaker.opened))
+        for dependency, breakers in sorted(self._breakers.items()):
+            # sorted() copies the items in one go: the call path adds the breaker of a method it meets first.
+            for method, breaker in sorted(breakers.items()):
+                current = breaker.observed_state()
+                for candidate in BreakerState:
+                    state.add_metric((dependency, method, candidate.value), 1.0 if candidate is current else 0.0)
+                opened.add_metric((dependency, method), float(breaker.opened))
         yield state
         yield opened

@@ -108,7 +108,7 @@ async def _main() -> None:
     channels = Channels(settings, tracer_provider)
     metrics = ServerMetrics()
     for dependency, channel in channels.by_dependency().items():
-        metrics.watch_breaker(dependency, channel.breaker)
+        metrics.watch_breakers(dependency, channel.breakers)
     await app.serve(
         settings,
         [binding(build_servicer(settings, channels))],

@@ -66,7 +66,7 @@ async def _main() -> None:
     publisher = DeferredJetStream.from_settings(settings, stream=STREAM, subjects=SUBJECTS)
     metrics = ServerMetrics()
     for dependency, resilient in (("catalog", catalog), ("inventory", inventory), ("payments", payments)):
-        metrics.watch_breaker(dependency, resilient.breaker)
+        metrics.watch_breakers(dependency, resilient.breakers)
     relay = OutboxRelay.from_settings(settings, database, publisher, metrics.events)
     publisher.start(on_ready=relay.wake)
     relay.start()

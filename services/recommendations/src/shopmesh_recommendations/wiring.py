@@ -70,7 +70,7 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
     )
     application = RecommendationsApplication(database, catalog)
     metrics = ServerMetrics()
-    metrics.watch_breaker("catalog", channel.breaker)
+    metrics.watch_breakers("catalog", channel.breakers)
     consumer = EventConsumer.from_settings(
         settings,
         database,
