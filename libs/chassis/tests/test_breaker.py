@@ -97,17 +97,18 @@ async def test_breaker_opens_fails_fast_and_closes_again(server: ChassisServer, 
     breaker = CircuitBreaker(BreakerConfig(failure_threshold=3, reset_timeout_seconds=30), clock)
     async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
-        failing = sample_pb2.RecordRequest(behaviour=sample_pb2.Behaviour(attempt_key="k", fail_first_attempts=3))
+        hanging = sample_pb2.RecordRequest(behaviour=sample_pb2.Behaviour(attempt_key="k", sleep_ms=3_000))
+        answering = sample_pb2.RecordRequest(behaviour=sample_pb2.Behaviour(attempt_key="k"))
 
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Record(failing)
-            assert details_of(caught.value).reason == "INJECTED_FAILURE"
+                await stub.Record(hanging, timeout=0.2)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert breaker.state is BreakerState.OPEN
 
         # Open: the call fails fast with UNAVAILABLE / CIRCUIT_OPEN and never reaches the server.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Record(failing)
+            await stub.Record(answering)
         details = details_of(caught.value)
         assert details.code == grpc.StatusCode.UNAVAILABLE
         assert details.reason == "CIRCUIT_OPEN"
@@ -116,9 +117,23 @@ async def test_breaker_opens_fails_fast_and_closes_again(server: ChassisServer, 
 
         # After the reset timeout one probe goes through; it succeeds and the breaker closes.
         clock.now += 30
-        assert (await stub.Record(failing)).attempt == 4
+        assert (await stub.Record(answering)).attempt == 4
         assert breaker.state is BreakerState.CLOSED
-        assert (await stub.Record(failing)).attempt == 5
+        assert (await stub.Record(answering)).attempt == 5
+
+
+async def test_a_targets_own_unavailable_does_not_open_its_breaker(server: ChassisServer) -> None:
+    """UNAVAILABLE with the target's own ErrorInfo (orders' DEPENDENCY_UNAVAILABLE while payments is away)
+    comes from a live target, which answered: it must not refuse everyone that target's other answers."""
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=30))
+    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        failing = sample_pb2.RecordRequest(behaviour=sample_pb2.Behaviour(attempt_key="k", fail_first_attempts=5))
+        for _ in range(5):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Record(failing)
+            assert details_of(caught.value).reason == "INJECTED_FAILURE"
+        assert breaker.state is BreakerState.CLOSED
 
 
 async def test_unreachable_target_opens_the_breaker() -> None:

@@ -19,17 +19,19 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.descriptor_pb2 import MethodOptions
+from google.protobuf.message import DecodeError
 from grpc.aio import ClientCallDetails, Metadata
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from shopmesh_chassis.grpc_errors import to_rpc_status
+from shopmesh_chassis.grpc_errors import details_from, to_rpc_status
 
 IDEMPOTENCY_KEY = "idempotency-key"
 
-# Outcomes that say the target is unhealthy; anything else (including client errors) does not.
+# Outcomes that say the target is unhealthy; anything else (including client errors) does not. Unless the
+# target said so itself (see _answered_by_the_target).
 BREAKER_FAILURES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -38,6 +40,8 @@ BREAKER_FAILURES = frozenset(
         grpc.StatusCode.UNKNOWN,
     }
 )
+# The ErrorInfo domain of the errors the chassis' client side makes up itself (CIRCUIT_OPEN,
+# INBOUND_DEADLINE_EXCEEDED); a server's chassis answers in its service's domain (`shopmesh.<service>`).
 _CHASSIS_DOMAIN = "shopmesh.chassis"
 
 # Set by OutboundContextInterceptor for the breaker inside it (one task runs the chain): the call's own
@@ -116,6 +120,18 @@ def _local_error(code: grpc.StatusCode, message: str, error: errors.DomainError)
         trailing_metadata=Metadata(("grpc-status-details-bin", status.SerializeToString())),
         details=message,
     )
+
+
+async def _answered_by_the_target(call: grpc.aio.UnaryUnaryCall[Any, Any], code: grpc.StatusCode) -> bool:
+    """Whether a failed call's status is the target's own answer: it carries the target's ErrorInfo (orders'
+    UNAVAILABLE DEPENDENCY_UNAVAILABLE while payments is away). Then the target is up and answering, and
+    the status says something about what lies behind it; a connection failure, a proxy's UNAVAILABLE
+    (Envoy's has no details) or an INTERNAL from an unexpected exception carries none."""
+    try:
+        details = details_from(code, await call.details() or "", await call.trailing_metadata())
+    except DecodeError:
+        return False
+    return details.error_info is not None and details.error_info.domain != _CHASSIS_DOMAIN
 
 
 Continuation = Callable[[ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]]
@@ -257,7 +273,7 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED and callers_deadline:
             if probing:
                 breaker.release_probe()
-        elif code in BREAKER_FAILURES:
+        elif code in BREAKER_FAILURES and not await _answered_by_the_target(call, code):
             breaker.record_failure()
         else:
             breaker.record_neutral()

@@ -7,6 +7,7 @@ trailers-only: gRPC's own retries and a mesh's outlier detection see the status.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -177,10 +178,15 @@ class ErrorDetails:
 
 def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
     """Decode `grpc-status-details-bin` from a failed aio call (empty details when there are none)."""
-    code = error.code()
-    message = error.details() or ""
+    return details_from(error.code(), error.details() or "", error.trailing_metadata())
+
+
+def details_from(
+    code: grpc.StatusCode, message: str, trailing_metadata: Iterable[tuple[str, str | bytes]] | None
+) -> ErrorDetails:
+    """`details_of` for a call's parts (a client interceptor sees a call, not an AioRpcError)."""
     raw = None
-    for key, value in error.trailing_metadata() or ():
+    for key, value in trailing_metadata or ():
         if key == "grpc-status-details-bin":
             raw = value
     if raw is None:
