@@ -384,3 +384,14 @@ async def test_each_method_has_a_breaker_of_its_own(server: ChassisServer) -> No
         assert channel.breakers[echo].state is BreakerState.OPEN
         await stub.Record(sample_pb2.RecordRequest())
         assert channel.breakers[record].state is BreakerState.CLOSED
+
+
+def test_half_open_with_its_probe_out_asks_for_a_reset_timeout() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=10), clock)
+    breaker.record_failure()
+    clock.now += 10
+    assert breaker.retry_after() == 0  # a probe may go now
+    assert breaker.allow()
+    assert not breaker.allow()
+    assert breaker.retry_after() == 10

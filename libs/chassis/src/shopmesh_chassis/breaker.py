@@ -57,8 +57,16 @@ class CircuitBreaker:
         return self._state
 
     def retry_after(self) -> float:
-        """Seconds until the breaker will let a probe through (0 when it would now)."""
-        if self.state is not BreakerState.OPEN:
+        """Seconds a call refused now should wait before trying again: until the open period ends, or,
+        half-open with every probe slot taken, a whole reset timeout."""
+        state = self.state
+        if state is BreakerState.HALF_OPEN and self._probes >= self.config.half_open_max_calls:
+            # The running probe's end is unknown here (its deadline is its caller's: seconds for a login, 15 s
+            # for a checkout). A failed probe opens the breaker for a reset timeout from its end, a successful
+            # one closes it: a reset timeout is never sooner than the next chance, and at most that much later
+            # than a closing. 0 would send every refused caller straight back to be refused again.
+            return self.config.reset_timeout_seconds
+        if state is not BreakerState.OPEN:
             return 0.0
         return max(0.0, self.config.reset_timeout_seconds - (self._clock() - self._opened_at))
 
