@@ -162,8 +162,10 @@ class Guard:
     async def admit_user(self, context: Context) -> str:
         try:
             user_id = await self._verifier.subject(bearer_token(context))
-        except errors.Unauthenticated:
-            # Failed attempts count against the address, so guessing tokens is rate-limited too.
+        except (errors.Unauthenticated, errors.Unavailable):
+            # Failed attempts count against the address, so guessing tokens is rate-limited too; and so are
+            # calls whose token cannot be checked yet (no key set fetched so far), which no user bucket
+            # limits, the user being unknown.
             self.admit_anonymous(context)
             raise
         self.limit(f"user:{user_id}")
