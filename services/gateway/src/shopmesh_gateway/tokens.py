@@ -48,10 +48,15 @@ def _usable_keys(jwks: Sequence[Mapping[str, str]]) -> dict[str, jwt.PyJWK]:
 class JwksCache:
     """The verification keys by kid, refetched when older than `max_age` or when a kid is unknown.
 
-    Refetches are at least `min_refetch_interval` apart, so neither forged kids nor an unreachable users
-    service cause a fetch per request. When a refetch fails the keys already known keep serving: a key
-    stays published until every token it signed has expired, so stale keys can only miss new ones.
-    Only while no key set was ever obtained does a failure fail the verification (UNAVAILABLE).
+    Once a key set is known, refetches are at least `min_refetch_interval` apart, so neither forged kids
+    nor an unreachable users service cause a fetch per request. When a refetch fails the keys already
+    known keep serving: a key stays published until every token it signed has expired, so stale keys can
+    only miss new ones. Only while no key set was ever obtained does a failure fail the verification
+    (UNAVAILABLE), and then every verification that finds no fetch running starts one, whatever the
+    interval: nothing can be verified without it. While users is unreachable, the gateway's breaker of
+    GetJwks caps them (open after five failed fetches, it fails them without a call until its probe); while
+    users answers but has no key set to give, each such verification asks it once. Such calls are charged
+    to their address's rate limit (guard.admit_user), after the fetch.
 
     A refetch is one task for everyone, run without the deadline of the call that started it: callers wait
     for it and may give up, the fetch goes on. Tied to the first caller, a client sending short deadlines
