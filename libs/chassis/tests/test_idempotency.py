@@ -452,3 +452,32 @@ async def test_the_check_runs_only_without_an_outcome_and_what_it_raises_is_not_
     # ...and a retry replays that outcome without asking the check again (a card that has expired since).
     assert await run(store, "k1", request("a"), effect("first"), refuse) == "first"
     assert await count_effects(db) == 1
+
+
+async def test_a_retry_across_the_upgrade_finds_the_record_an_earlier_release_kept_under_a_long_scope(
+    store: IdempotencyStore, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scope_for: "the records of scopes that do [fit], written by earlier releases, are still found by a
+    retry (hashing all would run a retry after the upgrade a second time)". SQLite kept the rows of scopes
+    that do not fit too, written out in full by the earlier release: a retry after the upgrade looks under
+    the digest only, misses that record, and runs the call (a Charge) a second time."""
+    if db.dialect != "sqlite":
+        pytest.skip("only SQLite kept an over-long scope before the upgrade")
+    from shopmesh_chassis import idempotency
+
+    long_user = "usr_" + "u" * 400
+    token = call_context.enter(None, [(call_context.USER_ID, long_user)])
+    try:
+        # The earlier release: the scope written out whatever its length.
+        def earlier_scope_for(method: str) -> str:
+            inbound = call_context.current()
+            return f"{(inbound.caller if inbound else None) or '-'}|{(inbound.user_id if inbound else None) or '-'}|{method}"
+
+        with monkeypatch.context() as patched:
+            patched.setattr(idempotency, "scope_for", earlier_scope_for)
+            assert await run(store, "k1", request("a"), effect("first")) == "first"
+        # The upgrade; the client retries the same call with the same key.
+        assert await run(store, "k1", request("a"), effect("second")) == "first"
+        assert await count_effects(db) == 1
+    finally:
+        call_context.leave(token)
