@@ -246,3 +246,25 @@ def test_a_database_url_no_database_can_be_opened_from_stops_startup_naming_the_
             idempotency_fingerprint_key="0123456789abcdef0123456789abcdef",
         )
     assert "S3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # libpq's URI with the credentials as query parameters (refused: 'password', 'user')
+        "postgresql://db/shop?user=shop&password=S3cret",
+        # libpq's keyword/value connection string, pasted where a URL was wanted (not a database URL)
+        "host=db port=5432 user=shop password=S3cret dbname=shop",
+    ],
+)
+def test_a_refused_database_url_never_shows_its_password(url: str) -> None:
+    """The line goes to the pod's logs, and the commit promises "its password masked": only a password in
+    the URL's user part is masked; one given as libpq's `password` parameter is printed as it is."""
+    with pytest.raises(ConfigError, match="DATABASE_URL") as caught:
+        load_settings(
+            IdempotencySettings,
+            service_name="svc",
+            database_url=url,
+            idempotency_fingerprint_key="0123456789abcdef0123456789abcdef",
+        )
+    assert "S3cret" not in str(caught.value)
