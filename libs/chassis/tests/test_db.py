@@ -197,3 +197,16 @@ def test_a_libpq_parameter_asyncpg_has_no_meaning_for_is_refused_by_name(query: 
     with pytest.raises(ValueError, match=named) as caught:
         normalize_url(f"postgresql://shop:S3cret@db/shop?{query}")
     assert "S3cret" not in str(caught.value)
+
+
+async def test_a_postgresql_url_giving_its_user_and_password_as_query_parameters_connects(postgres: Any) -> None:
+    """`?user=...&password=...` are libpq's and asyncpg's (connect() keywords, and its own DSN parameters):
+    SQLAlchemy passed them to asyncpg.connect() and such a DATABASE_URL connected. Refused since as "not
+    supported on PostgreSQL", though asyncpg_connect_args refuses only "a parameter with no asyncpg meaning"."""
+    url = make_url(postgres.create_database())
+    database = Database(f"postgresql://{url.host}:{url.port}/{url.database}?user={url.username}")
+    try:
+        async with database.read() as connection:
+            assert (await connection.scalar(text("SELECT current_user"))) == url.username
+    finally:
+        await database.dispose()
