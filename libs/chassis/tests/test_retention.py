@@ -348,3 +348,25 @@ async def test_a_consumer_starting_keeps_the_ids_its_streams_max_age_needs_from_
     finally:
         await running.stop()
         await db.dispose()
+
+
+async def test_a_starting_consumer_purges_once_it_has_read_the_streams_max_age_not_an_interval_later(
+    either_db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """The purge's first run comes at start, before the consumer has connected: it now skips (the max age is
+    unread) and the next run is EVENT_PURGE_INTERVAL_SECONDS (an hour) away. A consumer that restarts more
+    often than that (deploys, autoscaling, a crash loop) never purges, and its processed ids grow for ever;
+    before the change its start purged at once."""
+    await ensure_stream(client.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * DAY)
+    await remember(either_db, [("tester", "old", ago(30)), ("tester", "recent", ago(1))])
+    running = consumer(either_db, nats_srv.url, record, processed_retention_seconds=8 * DAY)  # interval 3600 s
+    running.start()
+    try:
+        await _subscribed(client)
+
+        async def purged() -> bool:
+            return await remembered(either_db) == {("tester", "recent")}
+
+        await eventually(purged, "the 30-day-old id purged soon after the consumer connected")
+    finally:
+        await running.stop()
