@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import Field
 
 from shopmesh_chassis.app import HOOK_RESERVE_SECONDS, HOOK_UNWIND_SECONDS
 from shopmesh_chassis.config import (
@@ -268,3 +269,15 @@ def test_a_refused_database_url_never_shows_its_password(url: str) -> None:
             idempotency_fingerprint_key="0123456789abcdef0123456789abcdef",
         )
     assert "S3cret" not in str(caught.value)
+
+
+def test_a_service_that_redeclares_service_name_with_the_same_bounds_written_out_is_not_refused() -> None:
+    """The guard compares the fields' metadata with ==; pydantic's `pattern` metadata
+    (_PydanticGeneralMetadata) has no __eq__, so the same pattern written out again compares unequal and
+    the class is refused as one that "drops the bounds", though it keeps every one of them."""
+
+    class Same(ServiceSettings):
+        service_name: str = Field(default="same", min_length=1, pattern=r"^[a-z][a-z0-9-]*$")
+
+    with pytest.raises(ConfigError, match=r"^invalid configuration: SERVICE_NAME="):
+        load_settings(Same, service_name="Not Valid")
