@@ -275,29 +275,47 @@ def _describe(error: dict[str, Any], secrets: frozenset[str]) -> str:
         return str(error.get("msg", "invalid")).removeprefix("Value error, ")
     field = location.split(".")[0]
     given = error.get("input")
-    # A secret's value is never shown: this line goes to the pod's logs. Nor a URL's password.
+    # A secret's value is never shown: this line goes to the pod's logs. Nor a URL's password, wherever in
+    # it the password may be.
     hidden = error.get("type") == "missing" or isinstance(given, dict) or field in secrets
-    if not hidden and field.endswith("_url") and isinstance(given, str):
-        given = _without_password(given)
+    if not hidden and field.endswith("_url"):
+        given = shown_url(given) if isinstance(given, str) else None
         hidden = given is None
     shown = "" if hidden else f"={given!r}"
     return f"{field.upper()}{shown}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
 
 
-def _without_password(url: str) -> str | None:
-    """`url` with the password of its user part masked; None when where a password would be cannot be told
-    (a mistyped URL: `postgresql//user:pass@host`, a '/' in an unescaped password)."""
-    if "@" not in url:
-        return url
+def shown_url(url: str) -> str | None:
+    """`url` as it may be shown in a log line: its scheme, user, host and path, with the password of its user
+    part and the value of every query parameter masked (libpq takes `?password=`, and `?passfile=`,
+    `?sslkey=` name secrets too). None when what is safe cannot be told: not a URL at all (libpq's
+    `host=db password=...` keyword/value string, a mistyped `postgresql//user:pass@host`), or an '@' after
+    the host, where the parse may have split a password (a '/', '?' or '#' in it, unescaped)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return None
-    if "@" not in parts.netloc or "@" in parts.path + parts.query + parts.fragment:
+    scheme = url[: len(parts.scheme)]
+    if not scheme or not url.startswith("://", len(scheme)) or "@" in parts.path + parts.query + parts.fragment:
         return None
-    userinfo, _, host = parts.netloc.rpartition("@")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
     user, colon, _password = userinfo.partition(":")
-    return parts._replace(netloc=f"{user}:***@{host}" if colon else parts.netloc).geturl()
+    netloc = f"{user}{':***' if colon else ''}{at}{','.join(map(_without_odd_port, hosts.split(',')))}"
+    shown = f"{scheme}://{netloc}{parts.path}"
+    if parts.query:
+        shown += "?" + "&".join(
+            f"{name}=***" if equals else "***"
+            for name, equals, _ in (item.partition("=") for item in parts.query.split("&"))
+        )
+    return shown + ("#***" if parts.fragment else "")
+
+
+def _without_odd_port(host: str) -> str:
+    # A URL whose '@' was forgotten (`postgresql://shop:S3cret/shop`) reads its password as the port.
+    name, colon, port = host.rpartition(":")
+    if not colon or host.endswith("]") or port.isdigit():
+        return host
+    return f"{name}:***"
 
 
 def _secret_fields(cls: type[BaseSettings]) -> frozenset[str]:
