@@ -252,8 +252,8 @@ def test_a_database_url_no_database_can_be_opened_from_stops_startup_naming_the_
 @pytest.mark.parametrize(
     "url",
     [
-        # libpq's URI with the credentials as query parameters (refused: 'password', 'user')
-        "postgresql://db/shop?user=shop&password=S3cret",
+        # libpq's URI with the credentials as query parameters, refused for another one ('sslrootcert')
+        "postgresql://db/shop?sslrootcert=/etc/ca.pem&user=shop&password=S3cret",
         # libpq's keyword/value connection string, pasted where a URL was wanted (not a database URL)
         "host=db port=5432 user=shop password=S3cret dbname=shop",
     ],

@@ -210,3 +210,14 @@ async def test_a_postgresql_url_giving_its_user_and_password_as_query_parameters
             assert (await connection.scalar(text("SELECT current_user"))) == url.username
     finally:
         await database.dispose()
+
+
+async def test_libpqs_dbname_query_parameter_names_the_database_asyncpg_connects_to(postgres: Any) -> None:
+    """libpq's `?dbname=` is asyncpg's `database`: passed as it is, asyncpg.connect() refused the keyword."""
+    url = make_url(postgres.create_database())
+    database = Database(f"postgresql://{url.username}@{url.host}:{url.port}/postgres?dbname={url.database}")
+    try:
+        async with database.read() as connection:
+            assert (await connection.scalar(text("SELECT current_database()"))) == url.database
+    finally:
+        await database.dispose()

@@ -195,9 +195,24 @@ def is_sqlite(url: str) -> bool:
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # Query parameters that asyncpg (or SQLAlchemy's dialect) takes as they are, as strings. `host` and `port`
 # are SQLAlchemy's, as libpq's: a Unix socket folder (`?host=/run/postgresql`), or several hosts (repeated).
-_PASSED_THROUGH = frozenset({"host", "port", "target_session_attrs", "prepared_statement_cache_size"})
+# `user`, `password`, `passfile` and `database` are asyncpg.connect()'s keywords as well as libpq's (but
+# `database`, libpq's `dbname`): the dialect passes them over the URL's own user, password and name, and
+# URLs that give the credentials so (`postgresql://db/shop?user=shop&password=...`) connected before
+# parameters were checked, so they must still.
+_PASSED_THROUGH = frozenset(
+    {
+        "host",
+        "port",
+        "user",
+        "password",
+        "passfile",
+        "database",
+        "target_session_attrs",
+        "prepared_statement_cache_size",
+    }
+)
 _REPEATABLE = frozenset({"host", "port"})
-_TRANSLATED = frozenset({"sslmode", "ssl", "connect_timeout", "application_name"})
+_TRANSLATED = frozenset({"sslmode", "ssl", "connect_timeout", "application_name", "dbname"})
 
 
 def asyncpg_connect_args(url: URL) -> tuple[URL, dict[str, Any]]:
@@ -206,7 +221,8 @@ def asyncpg_connect_args(url: URL) -> tuple[URL, dict[str, Any]]:
     Managed PostgreSQL hands out libpq URLs (`?sslmode=require&connect_timeout=10`), and SQLAlchemy's asyncpg
     dialect passes every query parameter to asyncpg.connect() as a keyword, by name and as a string: libpq's
     names are not asyncpg's (TypeError on every connection), and asyncpg wants a number for `timeout` and a
-    mapping for `server_settings`, which a query string cannot carry. A parameter with no asyncpg meaning is
+    mapping for `server_settings`, which a query string cannot carry; libpq's `dbname` is asyncpg's `database`.
+    `user`, `password` and `passfile` pass as they are. A parameter with no asyncpg meaning is
     refused (ValueError) rather than dropped: its absence could change what the operator asked for (an
     `sslrootcert` left out would still connect, unverified). The messages name parameters, never values
     beyond the ones checked here, so they may go to logs."""
@@ -216,7 +232,8 @@ def asyncpg_connect_args(url: URL) -> tuple[URL, dict[str, Any]]:
     if unknown:
         raise ValueError(
             f"query parameter {', '.join(map(repr, unknown))} is not supported on PostgreSQL (shopmesh connects "
-            "with asyncpg): use sslmode, connect_timeout, application_name, target_session_attrs, host or port"
+            "with asyncpg): use sslmode, connect_timeout, application_name, target_session_attrs, host, port, "
+            "user, password, passfile or dbname"
         )
     for name, value in url.query.items():
         if name in _PASSED_THROUGH:
@@ -240,6 +257,10 @@ def asyncpg_connect_args(url: URL) -> tuple[URL, dict[str, Any]]:
             if not 0 < seconds <= 86400:
                 raise ValueError(f"connect_timeout={value!r} must be a number of seconds above 0, at most a day")
             connect_args["timeout"] = seconds
+        elif name == "dbname":
+            if "database" in url.query:
+                raise ValueError("give dbname or database, not both")
+            query["database"] = value
         else:  # application_name: a server setting, sent at connection start as libpq does
             connect_args["server_settings"] = {"application_name": value}
     return url.set(query=query), connect_args

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shopmesh.users.v1 import users_pb2_grpc
 from shopmesh_chassis import app
-from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.config import load_settings, shown_url
 from shopmesh_chassis.db import Database, is_sqlite
 from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.migrations import migrate
@@ -130,7 +130,8 @@ async def _stored_keys(database: Database) -> int | None:
 async def _revoke_keys() -> None:
     settings = load_settings(UsersSettings)
     url = settings.resolved_database_url
-    shown = make_url(url).render_as_string(hide_password=True)
+    # hide_password masks only user:password@; libpq's ?password= would be printed.
+    shown = shown_url(url) or "the database"
     # No migrations: a database that needs them is not the one serving the leaked key.
     database = _revocation_target(url)
     hashing = passwords(settings)
