@@ -471,7 +471,9 @@ async def test_a_retry_across_the_upgrade_finds_the_record_an_earlier_release_ke
         # The earlier release: the scope written out whatever its length.
         def earlier_scope_for(method: str) -> str:
             inbound = call_context.current()
-            return f"{(inbound.caller if inbound else None) or '-'}|{(inbound.user_id if inbound else None) or '-'}|{method}"
+            caller = (inbound.caller if inbound else None) or "-"
+            user = (inbound.user_id if inbound else None) or "-"
+            return f"{caller}|{user}|{method}"
 
         with monkeypatch.context() as patched:
             patched.setattr(idempotency, "scope_for", earlier_scope_for)

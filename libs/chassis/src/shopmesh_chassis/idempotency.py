@@ -61,6 +61,9 @@ _UPDATE = update(records).where(*_THIS_KEY)
 _UPDATE_MY_CLAIM = update(records).where(*_MY_CLAIM)
 _DELETE = delete(records).where(*_THIS_KEY)
 _DELETE_MY_CLAIM = delete(records).where(*_MY_CLAIM)
+_SCOPES_OF_KEY = select(records.c.scope).where(
+    records.c.scope.in_(bindparam("b_scopes", expanding=True)), records.c.key == bindparam("b_key")
+)
 
 
 def _utcnow() -> datetime:
@@ -93,13 +96,17 @@ def scope_for(method: str) -> str:
     fit is hashed: the records of scopes that do, written by earlier releases, are still found by a retry
     (hashing all would run a retry after the upgrade a second time). The digest has no '|', so it equals
     no scope written out. The scope is only ever compared, never listed or shown (a takeover's log line)."""
-    inbound = call_context.current()
-    caller = (inbound.caller if inbound else None) or "-"
-    user = (inbound.user_id if inbound else None) or "-"
-    scope = f"{caller}|{user}|{method}"
+    scope = _written_out_scope(method)
     if len(scope) <= IDEMPOTENCY_SCOPE_LENGTH:
         return scope
     return "sha256:" + hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _written_out_scope(method: str) -> str:
+    inbound = call_context.current()
+    caller = (inbound.caller if inbound else None) or "-"
+    user = (inbound.user_id if inbound else None) or "-"
+    return f"{caller}|{user}|{method}"
 
 
 class RequestFingerprint:
@@ -186,7 +193,7 @@ class IdempotencyStore:
         earlier must not fail, and which reject a request rather than give the key an outcome.
         """
         key = validate_key(key)
-        scope = scope_for(method)
+        scope = await self._scope_of(method, key)
         fingerprint = self._fingerprint(request)
         token = secrets.token_hex(16)
         try:
@@ -237,6 +244,26 @@ class IdempotencyStore:
         async with self._db.transaction() as session:
             result = await session.execute(delete(records).where(records.c.created_at < cutoff))
         return int(result.rowcount or 0)
+
+    async def _scope_of(self, method: str, key: str) -> str:
+        """The scope the key's record is kept under: `scope_for(method)`, or, for a scope too long for its
+        column, the scope written out when an earlier release stored the record so on SQLite.
+
+        That release stored every scope in full, and SQLite ignores the column's length: a retry after the
+        upgrade that looked under the digest only would miss the record and run the call (a Charge) again.
+        Such records are looked for rather than rewritten to their digest by a migration, since an older
+        release (the rolling update's old pods, a rollback) would then miss them in turn, and the old pods
+        would go on writing scopes in full after the migration ran. The extra read is for over-long scopes
+        on SQLite only; once the records of earlier releases are past their retention, it finds nothing."""
+        scope = scope_for(method)
+        written_out = _written_out_scope(method)
+        if scope == written_out or self._db.dialect != "sqlite":
+            return scope
+        async with self._db.read() as session:
+            kept = set(
+                (await session.execute(_SCOPES_OF_KEY, {"b_scopes": [scope, written_out], "b_key": key})).scalars()
+            )
+        return written_out if written_out in kept and scope not in kept else scope
 
     async def _claim(self, scope: str, key: str, fingerprint: str, token: str) -> Any | None:
         """Take the key under `token` (returns None) or return the completed record to replay; raise
