@@ -88,3 +88,31 @@ async def test_a_stop_cancelled_before_the_sweep_finished_cancels_the_sweep_too(
     # The sweep the stop was waiting for (shielded from the wait's timeout) does not go on past the stop.
     assert cancelled.is_set()
     assert not job.running
+
+
+async def test_a_run_asked_for_comes_at_once_and_one_asked_for_during_a_run_after_it() -> None:
+    runs: list[int] = []
+    ran = asyncio.Event()
+    release = asyncio.Event()
+
+    async def sweep() -> int:
+        runs.append(len(runs))
+        ran.set()
+        if len(runs) == 2:
+            await release.wait()
+        return 0
+
+    job = Periodic("job", 3600, sweep)
+    job.start()
+    try:
+        await asyncio.wait_for(ran.wait(), timeout=10)
+        ran.clear()
+        job.run_soon()  # not an hour later
+        await asyncio.wait_for(ran.wait(), timeout=10)
+        ran.clear()
+        job.run_soon()  # while the second run is in progress: a third follows it
+        release.set()
+        await asyncio.wait_for(ran.wait(), timeout=10)
+        assert runs == [0, 1, 2]
+    finally:
+        await job.stop()

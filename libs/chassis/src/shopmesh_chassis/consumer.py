@@ -175,6 +175,8 @@ class EventConsumer:
         self._processed_retention = processed_retention_seconds
         self._purge_batch_size = purge_batch_size
         self._purge = Periodic(f"processed-events-purge-{durable}", purge_interval_seconds, self.purge_processed)
+        # Whether no purge has read the stream's max age since the last one that did (none has at start).
+        self._purge_skipped = True
         self._parked = asyncio.Event()
         # Since when (monotonic) the current _consume has been subscribed, and whether it delivered a message
         # since: the reconnect backoff starts over only after a run that did either for a while, so a fault
@@ -241,6 +243,11 @@ class EventConsumer:
         await ensure_stream(
             js, self._stream, self._stream_subjects, self._duplicate_window, max_age=self._stream_max_age, update=False
         )
+        if self._purge_skipped:
+            # A purge that skipped (the start's, which comes before the connection; one while NATS was away)
+            # runs now that the max age can be read: the next is an interval (an hour) away, and a consumer
+            # restarted more often would never purge.
+            self._purge.run_soon()
         await ensure_dead_letter_streams(js, self._duplicate_window)
         subscriptions: list[JetStreamContext.PullSubscription] = []
         try:
@@ -341,6 +348,7 @@ class EventConsumer:
         # for ever if the stream is. Unread (not connected yet, NATS away), nothing is purged: an id deleted by
         # a guess is gone for good, while its event may still be delivered again.
         max_age = await self._read_stream_max_age()
+        self._purge_skipped = max_age is None
         if not max_age:
             return 0
         retention = max(self._processed_retention, max_age + _PURGE_MARGIN_SECONDS)

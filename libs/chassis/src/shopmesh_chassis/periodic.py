@@ -26,6 +26,8 @@ class Periodic:
         self._interval = interval_seconds
         self._job = job
         self._stopping = asyncio.Event()
+        # Set to end the wait between runs: by stop, or by run_soon.
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -41,6 +43,7 @@ class Periodic:
         if self._task is None:
             return
         self._stopping.set()
+        self._wake.set()
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
@@ -51,15 +54,24 @@ class Periodic:
             await cancel_and_wait(self._task)
         self._task = None
 
+    def run_soon(self) -> None:
+        """Run the job now instead of after the rest of the interval; after the run in progress, if one is.
+
+        For a job that had to skip a run (what it needs was not there yet): waiting out the interval, it
+        might never run at all in a process restarted more often."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the run: a run_soon during it asks for one more.
+            self._wake.clear()
             try:
                 result = await self._job()
                 log.debug("%s done: %s", self.name, result)
             except Exception:
                 log.exception("%s failed; next run in %.1fs", self.name, self._interval)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), self._interval)
 
 
 async def delete_in_batches(
