@@ -126,7 +126,7 @@ class ServiceSettings(RuntimeSettings):
             if not (isinstance(base, type) and issubclass(base, ServiceSettings)):
                 continue
             for name, inherited in base.model_fields.items():
-                if inherited.metadata and cls.model_fields[name].metadata != inherited.metadata:
+                if inherited.metadata and _bounds(cls.model_fields[name].metadata) != _bounds(inherited.metadata):
                     raise TypeError(
                         f"{cls.__name__}.{name} drops the bounds {base.__name__} gives it: declare it with the "
                         "same type (shopmesh_chassis.config.GrpcPort, MetricsPort, ServiceName, Interval, ...)"
@@ -148,6 +148,17 @@ class ServiceSettings(RuntimeSettings):
                 "close connections"
             )
         return self
+
+
+def _bounds(metadata: list[Any]) -> list[Any]:
+    """A field's constraints in a form that compares by value: pydantic's general metadata (`pattern`, ...)
+    has no __eq__ and compares by identity, so the very same pattern written out again would look dropped.
+    annotated_types' (MinLen, Ge, ...) are dataclasses, compared as they are; the order is not theirs."""
+    keyed = [
+        (type(m).__module__, type(m).__qualname__, sorted(vars(m).items())) if hasattr(m, "__dict__") else m
+        for m in metadata
+    ]
+    return sorted(keyed, key=repr)
 
 
 class DatabaseSettings(ServiceSettings):
