@@ -6,12 +6,16 @@
 - `nats_srv`: a nats-server with JetStream of the test's own, on a free port, its store under tmp_path;
 - `blank_db`: an empty database of each kind the services run on (the test runs once on each): SQLite in
   tmp_path, and one on the throwaway PostgreSQL; disposed after.
+
+A skipped or xfailed test fails the run: a test that cannot run here (a tool missing) must say so loudly,
+not turn the suite green without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +23,16 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 from shopmesh_chassis.tracing import configure_tracing
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} was skipped ({why}): shopmesh's tests never skip; make it run or fail"
 
 
 @pytest.fixture(scope="session", autouse=True)
