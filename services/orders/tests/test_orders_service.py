@@ -148,3 +148,21 @@ async def test_list_orders_names_a_negative_page_size_and_a_malformed_page_token
     details = details_of(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
     assert sorted(v.field for v in details.field_violations) == ["page_size", "page_token"]
+
+
+@pytest.mark.parametrize("method", ["GetOrder", "CancelOrder"])
+async def test_an_order_id_too_long_is_named_too_long_not_missing(
+    stub: orders_pb2_grpc.OrdersServiceStub, method: str
+) -> None:
+    """An order_id of 65 characters was sent: it is too long, not missing. Both methods answered "order_id is
+    required" with a REQUIRED violation, which a client (the gateway relays it unchanged) shows as "enter an
+    order id" for an id it did send."""
+    too_long = "ord_" + "x" * 61
+    make = orders_pb2.GetOrderRequest if method == "GetOrder" else orders_pb2.CancelOrderRequest
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(stub, method)(make(order_id=too_long), metadata=idempotency_metadata("too-long-1"))
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details.field_violations] == ["order_id"]
+    assert details.field_violations[0].reason != "REQUIRED"
+    assert "required" not in details.message
