@@ -166,3 +166,18 @@ async def test_an_order_id_too_long_is_named_too_long_not_missing(
     assert [v.field for v in details.field_violations] == ["order_id"]
     assert details.field_violations[0].reason != "REQUIRED"
     assert "required" not in details.message
+
+
+async def test_cancel_order_names_a_missing_order_id_and_an_over_long_reason_together(
+    stub: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
+    """The conventions (common/v1/money.proto): one FieldViolation per invalid field. The application validates
+    order_id and then reason, each raising on its own, so a request with both wrong names order_id alone and
+    the client learns of the reason only after fixing the id."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CancelOrder(
+            orders_pb2.CancelOrderRequest(order_id="", reason="r" * 501), metadata=idempotency_metadata("both-bad")
+        )
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(v.field for v in details.field_violations) == ["order_id", "reason"]
