@@ -49,7 +49,9 @@ def _run(tmp_path: Path, tests: str) -> subprocess.CompletedProcess[str]:
 def test_an_xfailed_test_alone_fails_the_run_exit_status(tmp_path: Path) -> None:
     # The report says "1 failed", but the failed report keeps `wasxfail`, which pytest's Session does not count
     # in testsfailed: the exit status is 0 and CI goes green.
-    run = _run(tmp_path, "import pytest\n\n@pytest.mark.xfail\ndef test_x():\n    assert False\n\ndef test_ok():\n    pass\n")
+    run = _run(
+        tmp_path, "import pytest\n\n@pytest.mark.xfail\ndef test_x():\n    assert False\n\ndef test_ok():\n    pass\n"
+    )
     assert run.returncode == 1, run.stdout + run.stderr
 
 
@@ -58,5 +60,7 @@ def test_a_module_skipped_at_collection_fails_the_run(tmp_path: Path) -> None:
     # never reaches pytest_runtest_makereport; with any other test passing, the run exits 0.
     (tmp_path / "test_other.py").write_text("def test_ok():\n    pass\n")
     run = _run(tmp_path, "import pytest\n\npytest.importorskip('no_such_tool_here')\n\ndef test_x():\n    pass\n")
-    assert run.returncode == 1, run.stdout + run.stderr
+    # A collection error: pytest stops the run (exit status 2).
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "test_sample.py was skipped (Skipped: could not import 'no_such_tool_here'" in run.stdout, run.stdout
     assert "skipped" not in run.stdout.splitlines()[-1], run.stdout

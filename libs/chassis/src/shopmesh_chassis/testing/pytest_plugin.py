@@ -28,11 +28,25 @@ from shopmesh_chassis.tracing import configure_tracing
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
-    report = outcome.get_result()
-    if report.skipped:
-        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    _fail_a_skip(outcome.get_result(), item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
+    # A module skipped while collected (pytest.importorskip, skip(allow_module_level=True)): "a tool is missing".
+    outcome = yield
+    _fail_a_skip(outcome.get_result(), collector.nodeid)
+
+
+def _fail_a_skip(report: pytest.TestReport | pytest.CollectReport, nodeid: str) -> None:
+    # An xfail, failing as expected or passing, is a skip too; pytest counts no failure that keeps `wasxfail`.
+    xfail = hasattr(report, "wasxfail")
+    if report.skipped or xfail:
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr or "xfail")
         report.outcome = "failed"
-        report.longrepr = f"{item.nodeid} was skipped ({why}): shopmesh's tests never skip; make it run or fail"
+        if xfail:
+            del report.wasxfail
+        report.longrepr = f"{nodeid} was skipped ({why}): shopmesh's tests never skip; make it run or fail"
 
 
 @pytest.fixture(scope="session", autouse=True)
