@@ -10,13 +10,17 @@ import grpc
 import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
-from shopmesh_chassis import call_context
+from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer
-from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
+
+from .conftest import sample_settings
 
 
 class FakeClock:
@@ -134,6 +138,27 @@ async def test_a_targets_own_unavailable_does_not_open_its_breaker(server: Chass
                 await stub.Record(failing)
             assert details_of(caught.value).reason == "INJECTED_FAILURE"
         assert breaker.state is BreakerState.CLOSED
+
+
+class DatabaseAway(SampleServicer):
+    async def Fail(self, request: sample_pb2.FailRequest, context: object) -> sample_pb2.FailResponse:
+        raise errors.Unavailable("database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=1.0)
+
+
+async def test_a_target_whose_own_database_is_away_opens_its_breaker() -> None:
+    """DATABASE_UNAVAILABLE is the target's own answer, but about the target itself: every call it gets
+    fails so, and failing fast gives its database room to come back."""
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=30))
+    async with (
+        serve_in_process(sample_settings(), [binding(DatabaseAway())]) as target,
+        ResilientChannel(target.address, [DESCRIPTOR], breaker=breaker) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Fail(sample_pb2.FailRequest())
+            assert details_of(caught.value).reason == DATABASE_UNAVAILABLE
+        assert breaker.state is BreakerState.OPEN
 
 
 async def test_unreachable_target_opens_the_breaker() -> None:

@@ -26,6 +26,7 @@ from opentelemetry.trace import TracerProvider
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
 from shopmesh_chassis.grpc_errors import details_from, to_rpc_status
 
 IDEMPOTENCY_KEY = "idempotency-key"
@@ -126,12 +127,15 @@ async def _answered_by_the_target(call: grpc.aio.UnaryUnaryCall[Any, Any], code:
     """Whether a failed call's status is the target's own answer: it carries the target's ErrorInfo (orders'
     UNAVAILABLE DEPENDENCY_UNAVAILABLE while payments is away). Then the target is up and answering, and
     the status says something about what lies behind it; a connection failure, a proxy's UNAVAILABLE
-    (Envoy's has no details) or an INTERNAL from an unexpected exception carries none."""
+    (Envoy's has no details) or an INTERNAL from an unexpected exception carries none. DATABASE_UNAVAILABLE
+    is the target's own answer about itself, though: every call it gets fails so, and failing fast gives its
+    database room to come back."""
     try:
         details = details_from(code, await call.details() or "", await call.trailing_metadata())
     except DecodeError:
         return False
-    return details.error_info is not None and details.error_info.domain != _CHASSIS_DOMAIN
+    info = details.error_info
+    return info is not None and info.domain != _CHASSIS_DOMAIN and info.reason != DATABASE_UNAVAILABLE
 
 
 Continuation = Callable[[ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]]
