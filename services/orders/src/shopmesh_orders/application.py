@@ -24,7 +24,7 @@ from shopmesh_orders.domain.validation import (
     check_card_current,
     check_owner,
     list_filters,
-    validate_cancel_reason,
+    validate_cancel,
     validate_list_orders,
     validate_order_id,
     validate_place_order,
@@ -202,8 +202,7 @@ class OrdersApplication:
     # --- CancelOrder ------------------------------------------------------------------------------
 
     async def cancel_order(self, order_id: str, reason: str, key: str | None, fingerprint: str) -> Order:
-        validate_order_id(order_id)
-        validate_cancel_reason(reason)
+        validate_cancel(order_id, reason)
         key = validate_key(key)
         async with self._db.transaction() as session:
             repository = OrderRepository(session)

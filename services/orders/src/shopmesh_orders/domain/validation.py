@@ -171,24 +171,29 @@ def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
     return lines
 
 
+def order_id_violations(order_id: str) -> list[FieldViolation]:
+    if not order_id:
+        return [FieldViolation("order_id", "required", "REQUIRED")]
+    if len(order_id) > MAX_ID:
+        return [FieldViolation("order_id", f"at most {MAX_ID} characters", "INVALID_LENGTH")]
+    return []
+
+
 def validate_order_id(order_id: str) -> str:
-    if not order_id or len(order_id) > MAX_ID:
-        raise errors.InvalidArgument(
-            "order_id is required",
-            [FieldViolation("order_id", f"required, at most {MAX_ID} characters", "REQUIRED")],
-            reason="VALIDATION_FAILED",
-        )
+    violations = order_id_violations(order_id)
+    if violations:
+        raise errors.InvalidArgument(f"invalid {violations[0].field}", violations, reason="VALIDATION_FAILED")
     return order_id
 
 
-def validate_cancel_reason(reason: str) -> str:
+def validate_cancel(order_id: str, reason: str) -> None:
+    """CancelOrder's fields, every invalid one named at once."""
+    violations = order_id_violations(order_id)
     if len(reason) > 500:
-        raise errors.InvalidArgument(
-            "reason is too long",
-            [FieldViolation("reason", "at most 500 characters", "INVALID_LENGTH")],
-            reason="VALIDATION_FAILED",
-        )
-    return reason
+        violations.append(FieldViolation("reason", "at most 500 characters", "INVALID_LENGTH"))
+    if violations:
+        fields = ", ".join(v.field for v in violations)
+        raise errors.InvalidArgument(f"invalid {fields}", violations, reason="VALIDATION_FAILED")
 
 
 @dataclass(frozen=True, slots=True)
