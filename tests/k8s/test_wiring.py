@@ -560,3 +560,40 @@ def test_the_gateway_trusts_only_its_own_pods_loopback_for_forwarded_client_addr
             assert [str(n) for n in settings.trusted_proxy_networks] == ["127.0.0.0/8", "::1/128"]
         else:
             assert "TRUSTED_PROXIES" not in env
+
+
+# --- scripts, run against stand-ins for the cluster tools ------------------------------------------------
+
+
+def test_deploy_staging_runs_helm_upgrade_then_helm_test(tmp_path: Path) -> None:
+    """`make deploy-staging STAGING_CONTEXT=... REGISTRY=... IMAGE_TAG=...` (docs/kubernetes.md): the script
+    must at least parse. A `'` inside "${VAR:?...}" (bash reads it as an opening quote within the double-quoted
+    expansion) makes bash stop at "unexpected EOF while looking for matching `''" before running anything."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for tool in ("helm", "kubectl"):
+        (stubs / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> "$CAPTURE"\n')
+        (stubs / tool).chmod(0o755)
+    capture = tmp_path / "calls"
+    env = {
+        "PATH": f"{stubs}:/usr/bin:/bin",
+        "CAPTURE": str(capture),
+        "STAGING_CONTEXT": "staging",
+        "REGISTRY": "registry.example.com/shopmesh",
+        "IMAGE_TAG": "1234567",
+    }
+    script = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
+    syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert syntax.returncode == 0, syntax.stderr
+    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    upgrade, test = capture.read_text().splitlines()
+    assert upgrade.startswith("helm upgrade --install shopmesh helm/shopmesh --kube-context staging")
+    assert "--set-string global.imageTag=1234567" in upgrade
+    assert test == "helm test shopmesh --kube-context staging --namespace shopmesh --logs"
+    # Without a setting it stops naming it, before touching any cluster.
+    unset = subprocess.run(
+        [str(script)], env={**env, "STAGING_CONTEXT": ""}, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert unset.returncode != 0
+    assert "STAGING_CONTEXT" in unset.stderr
