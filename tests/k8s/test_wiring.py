@@ -597,3 +597,51 @@ def test_deploy_staging_runs_helm_upgrade_then_helm_test(tmp_path: Path) -> None
     )
     assert unset.returncode != 0
     assert "STAGING_CONTEXT" in unset.stderr
+
+
+def make_rules() -> dict[str, tuple[set[str], str]]:
+    """Every file rule of the Makefile (with k8s/k8s.mk): target -> (prerequisites, normal and order-only,
+    and its recipe), from make's own database."""
+    database = subprocess.run(
+        ["make", "--no-print-directory", "-pRrq", "-f", "Makefile", ":"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    rules: dict[str, tuple[set[str], str]] = {}
+    for block in database.split("\n\n"):
+        lines = [line for line in block.splitlines() if not line.startswith("# ") and line != "#"]
+        head = next((line for line in lines if re.match(r"^[^\s#][^=]*:(?!=)", line)), None)
+        if head is None:
+            continue
+        target, _, prerequisites = head.partition(":")
+        recipe = "\n".join(line for line in lines if line.startswith("\t"))
+        rules[target.strip()] = (set(prerequisites.replace("|", " ").split()), recipe)
+    return rules
+
+
+def test_npm_installs_into_the_tools_prefix_never_run_at_once() -> None:
+    """The Makefile orders js-tools after buf because "two npm installs into one prefix at once (make -j) would
+    race". The custom resources' schemas (k8s-tools, a prerequisite of `make test`) are installed into the same
+    prefix with no such ordering: under `make -j test` on a fresh clone the two installs run together, the last
+    to finish prunes what the other added (package.json has only its own), and both stamps are touched, so the
+    schemas (or eslint) stay missing until `make clean`."""
+    rules = make_rules()
+    installers = sorted(
+        t for t, (_, recipe) in rules.items() if re.search(r"npm install .*--prefix \$\(TOOLS\)", recipe)
+    )
+    assert len(installers) >= 3, installers
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            current = todo.pop()
+            if current == goal:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo.extend(rules.get(current, (set(), ""))[0])
+        return False
+
+    unordered = [
+        (a, b) for i, a in enumerate(installers) for b in installers[i + 1 :] if not (reaches(a, b) or reaches(b, a))
+    ]
+    assert not unordered, f"npm installs into .tools that make -j may run at once: {unordered}"
