@@ -645,3 +645,44 @@ def test_npm_installs_into_the_tools_prefix_never_run_at_once() -> None:
         (a, b) for i, a in enumerate(installers) for b in installers[i + 1 :] if not (reaches(a, b) or reaches(b, a))
     ]
     assert not unordered, f"npm installs into .tools that make -j may run at once: {unordered}"
+
+
+DOCKER_STUB = """#!/bin/sh
+# A docker CLI with one container, kind-registry, whose state is in $STATE (absent, stopped or running).
+state=$(cat "$STATE")
+case "$1" in
+  inspect)
+    [ "$state" = absent ] && exit 1
+    case "$3" in *State.Running*) [ "$state" = running ] && echo true || echo false ;; *) echo '{}' ;; esac ;;
+  run)
+    [ "$state" = absent ] || { echo 'Conflict. The container name "/kind-registry" is already in use' >&2; exit 125; }
+    echo running > "$STATE" ;;
+  start) [ "$state" = absent ] && exit 1; echo running > "$STATE" ;;
+  exec) cat > /dev/null ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("registry", ["absent", "running", "stopped"])
+def test_kind_up_reuses_an_existing_registry_container(tmp_path: Path, registry: str) -> None:
+    """kind-up.sh: "Idempotent: an existing registry or cluster is reused." A registry container that exists
+    but is not running (`docker stop`, a `--restart=always` container someone stopped) is not reused: the
+    script goes on to `docker run --name kind-registry`, which docker refuses (the name is taken), and
+    `make kind-up` fails until the container is removed by hand."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "docker").write_text(DOCKER_STUB)
+    (stubs / "kind").write_text(
+        '#!/bin/sh\ncase "$2" in clusters) echo shopmesh ;; nodes) echo shopmesh-control-plane ;; esac\n'
+    )
+    (stubs / "kubectl").write_text("#!/bin/sh\ncat > /dev/null\nexit 0\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    state = tmp_path / "state"
+    state.write_text(registry + "\n")
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "STATE": str(state), "KIND_CLUSTER": "shopmesh"}
+    script = ROOT / "k8s" / "scripts" / "kind-up.sh"
+    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert state.read_text().strip() == "running"
