@@ -686,3 +686,23 @@ def test_kind_up_reuses_an_existing_registry_container(tmp_path: Path, registry:
     result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert state.read_text().strip() == "running"
+
+
+def test_a_new_buf_pin_installs_buf_again(tmp_path: Path) -> None:
+    """The JS tools, checkov and the schemas are installed again when their pins change (a stamp per set of
+    pins), but buf's target is the binary itself: a checkout that already has .tools/node_modules/.bin/buf
+    keeps the old buf after BUF_VERSION moves, and `make lint` (buf lint, buf format --diff) and `make
+    breaking` run a buf other than the pinned one."""
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "Makefile").write_text((ROOT / "Makefile").read_text())
+    (tmp_path / "k8s" / "k8s.mk").write_text((ROOT / "k8s" / "k8s.mk").read_text())
+    installed = tmp_path / ".tools" / "node_modules" / ".bin" / "buf"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("#!/bin/sh\necho 1.75.0\n")
+    installed.chmod(0o755)
+    plan = subprocess.run(
+        ["make", "--no-print-directory", "-n", "setup", "BUF_VERSION=9.9.9", "UV=uv"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    assert "@bufbuild/buf@9.9.9" in plan.stdout, plan.stdout
