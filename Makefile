@@ -14,6 +14,8 @@ TOOLS          := .tools
 # uv: the one on PATH, else a copy installed into .tools from PyPI.
 UV             := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/uv/bin/uv)
 BUF            := $(TOOLS)/node_modules/.bin/buf
+# One stamp per buf pin, as for the other tools: a new BUF_VERSION installs buf again.
+BUF_STAMP      := $(TOOLS)/buf-$(BUF_VERSION).stamp
 ESLINT         := $(TOOLS)/node_modules/.bin/eslint
 PRETTIER       := $(TOOLS)/node_modules/.bin/prettier
 STOREFRONT     := libs/platform/src/shopmesh_platform/storefront
@@ -37,13 +39,14 @@ $(TOOLS)/uv/bin/uv:
 	@command -v python3 >/dev/null || { echo "error: python3 is missing: install Python $(PYTHON_VERSION)"; exit 1; }
 	python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS)/uv uv
 
-$(BUF):
+$(BUF_STAMP):
 	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (buf comes from npm as @bufbuild/buf)"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+	touch $@
 
 # One stamp per set of pins: a new pin installs again. After buf: two npm installs into one prefix at once
 # (make -j) would race.
-$(JS_TOOLS): $(BUF)
+$(JS_TOOLS): | $(BUF_STAMP)
 	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
 	  || { echo "error: Node.js $$(node --version) is too old: eslint $(ESLINT_VERSION) needs 20.19 or later"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) eslint@$(ESLINT_VERSION) prettier@$(PRETTIER_VERSION) axe-core@$(AXE_VERSION)
@@ -66,7 +69,7 @@ check-python:
 	  echo "error: python$(PYTHON_VERSION) is missing: install Python $(PYTHON_VERSION) (uv cannot download interpreters here)"; exit 1; }
 
 .PHONY: setup
-setup: check-python $(if $(filter $(TOOLS)/%,$(UV)),$(UV)) $(BUF) ## Install everything (idempotent): uv, the locked Python deps, buf
+setup: check-python $(if $(filter $(TOOLS)/%,$(UV)),$(UV)) $(BUF_STAMP) ## Install everything (idempotent): uv, the locked Python deps, buf
 	$(UV) sync --locked --python $(PYTHON_VERSION) --all-packages
 
 # --- contracts -----------------------------------------------------------------------------------
@@ -77,12 +80,12 @@ proto: setup ## Regenerate Python messages, gRPC stubs, .pyi, the public API's d
 	$(VENV_BIN)/python k8s/http_api.py
 
 .PHONY: buf-lint
-buf-lint: $(BUF) ## buf lint (STANDARD) and the buf format check
+buf-lint: $(BUF_STAMP) ## buf lint (STANDARD) and the buf format check
 	cd protos && ../$(BUF) lint && ../$(BUF) format --diff --exit-code
 
 BREAKING_AGAINST ?= .git\#branch=main,subdir=protos
 .PHONY: breaking
-breaking: $(BUF) ## Check protos/ for breaking changes against main (FILE rules)
+breaking: $(BUF_STAMP) ## Check protos/ for breaking changes against main (FILE rules)
 	$(BUF) breaking protos --against '$(BREAKING_AGAINST)'
 
 .PHONY: check-generated

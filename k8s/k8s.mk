@@ -22,7 +22,9 @@ $(CHECKOV_STAMP): | $(if $(filter $(TOOLS)/%,$(UV)),$(UV))
 	UV_TOOL_DIR=$(TOOLS)/uv-tools UV_TOOL_BIN_DIR=$(TOOLS)/bin $(UV) tool install --force --python $(PYTHON_VERSION) checkov==$(CHECKOV_VERSION)
 	touch $@
 
-$(CRD_MODELS_STAMP):
+# After the JS tools (and so after buf): npm installs into one prefix at once (make -j) race, the last to
+# finish pruning what the others added while every stamp is touched.
+$(CRD_MODELS_STAMP): | $(JS_TOOLS)
 	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (the custom resources' schemas come from npm)"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @kubernetes-models/prometheus-operator@$(PROM_MODELS_VERSION) @kubernetes-models/istio@$(ISTIO_MODELS_VERSION) @kubernetes-models/gateway-api@$(GATEWAY_MODELS_VERSION)
 	touch $@

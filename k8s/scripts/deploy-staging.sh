@@ -6,7 +6,7 @@
 source "$(dirname "$0")/lib.sh"
 require helm "$HINT_HELM" kubectl "$HINT_KUBECTL"
 cd "$(dirname "$0")/../.."
-: "${STAGING_CONTEXT:?set STAGING_CONTEXT to the staging cluster's kube context}"
+: "${STAGING_CONTEXT:?set STAGING_CONTEXT to the kube context of the staging cluster}"
 : "${REGISTRY:?set REGISTRY to the registry the images were pushed to}"
 : "${IMAGE_TAG:?set IMAGE_TAG to the image tag to deploy}"
 NAMESPACE="${NAMESPACE:-shopmesh}"

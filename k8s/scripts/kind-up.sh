@@ -7,9 +7,11 @@ require docker "$HINT_DOCKER" kind "$HINT_KIND" kubectl "$HINT_KUBECTL"
 cd "$(dirname "$0")/../.."
 
 # 1. The registry container (skaffold pushes to localhost:5001; nodes pull from kind-registry:5000).
-if [ "$(docker inspect -f '{{.State.Running}}' "$REGISTRY_NAME" 2>/dev/null || true)" != "true" ]; then
-  docker run -d --restart=always -p "127.0.0.1:${REGISTRY_PORT}:5000" --network bridge --name "$REGISTRY_NAME" registry:2
-fi
+case "$(docker inspect -f '{{.State.Running}}' "$REGISTRY_NAME" 2>/dev/null || true)" in
+  true) ;;
+  false) docker start "$REGISTRY_NAME" >/dev/null ;; # stopped (a reboot, docker stop): its name is taken
+  *) docker run -d --restart=always -p "127.0.0.1:${REGISTRY_PORT}:5000" --network bridge --name "$REGISTRY_NAME" registry:2 ;;
+esac
 
 # 2. The cluster.
 if ! kind get clusters | grep -qx "$KIND_CLUSTER"; then

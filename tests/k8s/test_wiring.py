@@ -706,3 +706,11 @@ def test_a_new_buf_pin_installs_buf_again(tmp_path: Path) -> None:
     )  # fmt: skip
     assert plan.returncode == 0, plan.stderr
     assert "@bufbuild/buf@9.9.9" in plan.stdout, plan.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "k8s" / "scripts").glob("*.sh")))
+def test_every_cluster_script_parses(script: str) -> None:
+    """No cluster runs here, so most scripts never run in CI: bash must at least read each one (an apostrophe in
+    a `${VAR:?message}` once made `make deploy-staging` fail before its first command)."""
+    parsed = subprocess.run(["bash", "-n", str(ROOT / "k8s" / "scripts" / script)], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
