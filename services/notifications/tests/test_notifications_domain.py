@@ -132,7 +132,10 @@ def test_the_last_allowed_attempt_failing_makes_the_notification_failed_with_its
     for _ in range(POLICY.max_attempts):
         notification = notification.delivery_failed("connection refused", NOW, POLICY, permanent=False)
     assert (notification.state, notification.attempts) == (State.FAILED, 3)
-    assert notification.failure_reason == "connection refused"
+    # The customer reads failure_reason: what failed on our side (a relay's address, a reply about our
+    # credentials) is for operators, in last_error.
+    assert notification.failure_reason == "not delivered: the mail service failed 3 attempts"
+    assert notification.last_error == "connection refused"
     assert notification.next_attempt_at is None
 
 

@@ -173,7 +173,7 @@ class NotificationSender:
                 "notification %s failed after %d attempt(s): %s",
                 notification.id,
                 notification.attempts,
-                notification.failure_reason,
+                notification.last_error,
                 extra=extra,
             )
         else:

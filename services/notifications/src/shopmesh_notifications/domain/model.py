@@ -120,12 +120,16 @@ class Notification:
         attempts = self.attempts + 1
         error = storable_reason(reason) or "delivery failed"
         if permanent or attempts >= policy.max_attempts:
+            # failure_reason goes to the customer (ListNotifications): a mail server's refusal of this e-mail
+            # is theirs to read (a mistyped address); what failed on our side (the relay's address in a
+            # connection error, its replies about our credentials) stays in last_error, for operators.
+            public = error if permanent else f"not delivered: the mail service failed {attempts} attempts"
             return replace(
                 self,
                 state=State.FAILED,
                 attempts=attempts,
                 next_attempt_at=None,
                 last_error=error,
-                failure_reason=error,
+                failure_reason=public,
             )
         return replace(self, attempts=attempts, next_attempt_at=at + policy.delay_after(attempts), last_error=error)
