@@ -66,7 +66,7 @@ async def test_the_same_key_with_a_different_request_is_idempotency_key_reused(p
     await payments.charge(charge_request("ord_1", amount_minor=1000), key="ord_1:charge")
     details = await failure(payments.charge(charge_request("ord_1", amount_minor=2000), key="ord_1:charge"))
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REUSED")
-    assert [v.field for v in details.field_violations] == ["idempotency-key"]
+    assert [(v.field, v.reason) for v in details.field_violations] == [("idempotency-key", "ALREADY_USED")]
 
 
 async def test_another_card_under_the_same_key_is_a_different_request(payments: Payments) -> None:

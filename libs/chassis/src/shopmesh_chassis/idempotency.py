@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -86,6 +86,16 @@ def validate_key(key: str | None) -> str:
             reason="IDEMPOTENCY_KEY_INVALID",
         )
     return key
+
+
+def key_reused(metadata: Mapping[str, str] | None = None) -> errors.InvalidArgument:
+    """The key was used with a different request (a client bug: a new request needs a new key)."""
+    return errors.InvalidArgument(
+        "this idempotency key was used with a different request",
+        [errors.FieldViolation("idempotency-key", "already used with a different request", "ALREADY_USED")],
+        reason="IDEMPOTENCY_KEY_REUSED",
+        metadata=metadata,
+    )
 
 
 def scope_for(method: str) -> str:
@@ -317,11 +327,7 @@ class IdempotencyStore:
     @staticmethod
     def _check_same_request(row: Any, fingerprint: str) -> None:
         if row.request_hash != fingerprint:
-            raise errors.InvalidArgument(
-                "this idempotency key was used with a different request",
-                [errors.FieldViolation("idempotency-key", "already used with a different request")],
-                reason="IDEMPOTENCY_KEY_REUSED",
-            )
+            raise key_reused()
 
     @staticmethod
     async def _hold(session: DbConnection, scope: str, key: str, token: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.idempotency import validate_key
+from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
 from shopmesh_orders.domain.ports import Catalog
@@ -107,12 +107,7 @@ class OrdersApplication:
             return None
         order, request_hash = found
         if request_hash != origin.request_hash:
-            raise errors.InvalidArgument(
-                "this idempotency key was used with a different request",
-                [errors.FieldViolation("idempotency-key", "already used with a different request")],
-                reason="IDEMPOTENCY_KEY_REUSED",
-                metadata={"order_id": order.id},
-            )
+            raise key_reused({"order_id": order.id})
         return order
 
     async def _price(self, command: PlaceOrder) -> tuple[OrderLine, ...]:
@@ -212,11 +207,7 @@ class OrdersApplication:
             cancel_key, cancel_hash = await repository.cancel_origin(order_id)
             if cancel_key == key:
                 if cancel_hash != fingerprint:
-                    raise errors.InvalidArgument(
-                        "this idempotency key was used with a different request",
-                        [errors.FieldViolation("idempotency-key", "already used with a different request")],
-                        reason="IDEMPOTENCY_KEY_REUSED",
-                    )
+                    raise key_reused()
             else:
                 await repository.save(order.cancellation_requested(reason, self._clock()))
                 await repository.set_cancel_origin(order_id, key, fingerprint)
