@@ -37,6 +37,7 @@ help: ## List the targets
 
 $(TOOLS)/uv/bin/uv:
 	@command -v python3 >/dev/null || { echo "error: python3 is missing: install Python $(PYTHON_VERSION)"; exit 1; }
+	@python3 -m pip --version >/dev/null 2>&1 || { echo "error: uv is missing and python3 has no pip to install it with: install pip (Debian/Ubuntu: apt install python3-pip) or uv (https://docs.astral.sh/uv/)"; exit 1; }
 	python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS)/uv uv
 
 $(BUF_STAMP):
@@ -86,6 +87,8 @@ buf-lint: $(BUF_STAMP) ## buf lint (STANDARD) and the buf format check
 BREAKING_AGAINST ?= .git\#branch=main,subdir=protos
 .PHONY: breaking
 breaking: $(BUF_STAMP) ## Check protos/ for breaking changes against main (FILE rules)
+	@case '$(BREAKING_AGAINST)' in .git\#branch=main,*) git rev-parse --verify --quiet main >/dev/null || \
+	  { echo "error: no local branch main to compare with (a CI checkout, a fork): git fetch origin main:main, or BREAKING_AGAINST='.git#branch=<branch>,subdir=protos'"; exit 1; };; esac
 	$(BUF) breaking protos --against '$(BREAKING_AGAINST)'
 
 .PHONY: check-generated
