@@ -41,7 +41,7 @@ $(TOOLS)/uv/bin/uv:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS)/uv uv
 
 $(BUF_STAMP):
-	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (buf comes from npm as @bufbuild/buf)"; exit 1; }
+	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20.19+ (buf comes from npm as @bufbuild/buf)"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 	touch $@
 

@@ -25,7 +25,7 @@ $(CHECKOV_STAMP): | $(if $(filter $(TOOLS)/%,$(UV)),$(UV))
 # After the JS tools (and so after buf): npm installs into one prefix at once (make -j) race, the last to
 # finish pruning what the others added while every stamp is touched.
 $(CRD_MODELS_STAMP): | $(JS_TOOLS)
-	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20+ (the custom resources' schemas come from npm)"; exit 1; }
+	@command -v npm >/dev/null || { echo "error: npm is missing: install Node.js 20.19+ (the custom resources' schemas come from npm)"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @kubernetes-models/prometheus-operator@$(PROM_MODELS_VERSION) @kubernetes-models/istio@$(ISTIO_MODELS_VERSION) @kubernetes-models/gateway-api@$(GATEWAY_MODELS_VERSION)
 	touch $@
 

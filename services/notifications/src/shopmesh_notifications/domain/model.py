@@ -123,7 +123,8 @@ class Notification:
             # failure_reason goes to the customer (ListNotifications): a mail server's refusal of this e-mail
             # is theirs to read (a mistyped address); what failed on our side (the relay's address in a
             # connection error, its replies about our credentials) stays in last_error, for operators.
-            public = error if permanent else f"not delivered: the mail service failed {attempts} attempts"
+            tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+            public = error if permanent else f"not delivered: the mail service failed {tries}"
             return replace(
                 self,
                 state=State.FAILED,

@@ -478,7 +478,7 @@ class GetOrderRequest(_message.Message):
 
     ORDER_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
-    """Id of the order to return. Required."""
+    """Id of the order to return. Required, at most 64 characters."""
     def __init__(
         self,
         *,
@@ -589,7 +589,7 @@ class CancelOrderRequest(_message.Message):
     ORDER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
-    """Id of the order to cancel. Required."""
+    """Id of the order to cancel. Required, at most 64 characters."""
     reason: _builtins.str
     """Why the customer cancels, free text up to 500 characters. Optional;
     stored as cancel_reason.message and passed to the refund.

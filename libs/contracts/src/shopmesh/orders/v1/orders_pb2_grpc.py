@@ -120,7 +120,8 @@ class OrdersServiceServicer:
     def GetOrder(self, request, context):
         """Returns an order by id.
 
-        Errors: INVALID_ARGUMENT (empty order_id), NOT_FOUND (ErrorInfo reason
+        Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
+        violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
         ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
         UNAVAILABLE.
 
@@ -155,7 +156,8 @@ class OrdersServiceServicer:
         returns the same outcome.
 
         Errors:
-        - INVALID_ARGUMENT: empty order_id, reason longer than 500 characters;
+        - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
+        reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
         ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
         - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
         - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata

@@ -108,7 +108,8 @@ class OrdersServiceStub:
     GetOrder: _grpc.UnaryUnaryMultiCallable[_orders_pb2.GetOrderRequest, _orders_pb2.GetOrderResponse]
     """Returns an order by id.
 
-    Errors: INVALID_ARGUMENT (empty order_id), NOT_FOUND (ErrorInfo reason
+    Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
+    violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
     ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
     UNAVAILABLE.
 
@@ -135,7 +136,8 @@ class OrdersServiceStub:
     returns the same outcome.
 
     Errors:
-    - INVALID_ARGUMENT: empty order_id, reason longer than 500 characters;
+    - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
+      reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
       ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
     - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
@@ -210,7 +212,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     GetOrder: _aio.UnaryUnaryMultiCallable[_orders_pb2.GetOrderRequest, _orders_pb2.GetOrderResponse]  # type: ignore[assignment]
     """Returns an order by id.
 
-    Errors: INVALID_ARGUMENT (empty order_id), NOT_FOUND (ErrorInfo reason
+    Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
+    violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
     ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
     UNAVAILABLE.
 
@@ -237,7 +240,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     returns the same outcome.
 
     Errors:
-    - INVALID_ARGUMENT: empty order_id, reason longer than 500 characters;
+    - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
+      reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
       ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
     - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
@@ -321,7 +325,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orders_pb2.GetOrderResponse, _abc.Awaitable[_orders_pb2.GetOrderResponse]]:
         """Returns an order by id.
 
-        Errors: INVALID_ARGUMENT (empty order_id), NOT_FOUND (ErrorInfo reason
+        Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
+        violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
         ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
         UNAVAILABLE.
 
@@ -360,7 +365,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         returns the same outcome.
 
         Errors:
-        - INVALID_ARGUMENT: empty order_id, reason longer than 500 characters;
+        - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
+          reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
           ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
         - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
         - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
