@@ -27,9 +27,9 @@ from shopmesh_orders.domain.ports import (
 )
 from shopmesh_orders.domain.validation import Card, CartLine
 
-# The steps are idempotent, so a dependency's lost race (ABORTED) is worth another try as well.
 log = logging.getLogger("shopmesh.orders.clients")
 
+# The steps are idempotent, so a dependency's lost race (ABORTED) is worth another try as well.
 _TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 
 
@@ -47,7 +47,7 @@ def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:
 _RESERVATION_STATE_UNKNOWN = "RESERVATION_STATE_UNKNOWN"
 
 
-def _state_unknown(service: str, what: str, state: int, order_id: str) -> errors.Unavailable:
+def _state_unknown(service: str, what: str, state: int, order_id: str, reason: str) -> errors.Unavailable:
     """A state a newer release of `service` stored, which orders cannot act on: the order waits, logged."""
     log.warning(
         "%s of order %s is in a state this release does not know (%d); the order waits",
@@ -56,7 +56,6 @@ def _state_unknown(service: str, what: str, state: int, order_id: str) -> errors
         state,
         extra={"order_id": order_id},
     )
-    reason = "PAYMENT_UNAVAILABLE" if service == "payments" else errors.DEPENDENCY_UNAVAILABLE
     return errors.Unavailable(
         f"{service} answered a state this release of orders does not know for {what} ({state})",
         reason=reason,
@@ -158,7 +157,9 @@ class InventoryClient:
         ):
             # A state a newer inventory stored: whether it holds the stock is unknown, so nothing is charged
             # against it; the order waits for a release that knows.
-            raise _state_unknown("inventory", f"reservation {reservation.id}", reservation.state, order_id)
+            raise _state_unknown(
+                "inventory", f"reservation {reservation.id}", reservation.state, order_id, errors.DEPENDENCY_UNAVAILABLE
+            )
         return reservation.id
 
     async def commit(self, reservation_id: str) -> None:
@@ -170,9 +171,7 @@ class InventoryClient:
             reason = details_of(error).reason
             if reason in ("RESERVATION_EXPIRED", "RESERVATION_RELEASED"):
                 raise ReservationExpired(reservation_id) from None
-            if reason == _RESERVATION_STATE_UNKNOWN:
-                raise _unavailable("inventory", error) from None
-            if error.code() in _TRANSIENT:
+            if error.code() in _TRANSIENT or reason == _RESERVATION_STATE_UNKNOWN:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None
 
@@ -256,7 +255,9 @@ class PaymentsClient:
             if payment.state not in _PAYMENT_STATES_KNOWN:
                 # A newer payments' state (a rollout; orders rolled back). Read as "not captured", the saga would
                 # cancel without refunding money that payment may hold: the order waits for a release that knows.
-                raise _state_unknown("payments", f"payment {payment.id}", payment.state, order_id)
+                raise _state_unknown(
+                    "payments", f"payment {payment.id}", payment.state, order_id, "PAYMENT_UNAVAILABLE"
+                )
             declined = (
                 _REFUSALS.get(payment.decline_reason) if payment.state == payments_pb2.PAYMENT_STATE_DECLINED else None
             )
