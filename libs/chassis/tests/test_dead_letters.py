@@ -442,3 +442,13 @@ async def test_a_replay_keeps_the_duplicate_window_the_consumers_gave_the_stream
         name: (await js.stream_info(name)).config.duplicate_window for name in (DEAD_LETTER_STREAM, REPLAY_STREAM)
     }
     assert windows == {DEAD_LETTER_STREAM: 3600, REPLAY_STREAM: 3600}
+
+
+def test_the_command_never_prints_the_credentials_of_an_unreachable_nats_url() -> None:
+    port = free_port()
+    result = cli(f"nats://ops:s3cret@127.0.0.1:{port}", "list")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot reach NATS at nats://***@127.0.0.1:{port}: "), line
+    assert "s3cret" not in result.stderr
+    assert "ops" not in result.stderr

@@ -46,6 +46,41 @@ async def test_the_same_error_is_said_once_a_minute_and_again_after_a_reconnect(
     ]
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://shop:s3cret@broker:4222", "nats://***@broker:4222"),
+        ("nats://s3cret@broker:4222", "nats://***@broker:4222"),  # a token
+        ("nats://a:4222, nats://shop:s3cret@b:4222", "nats://a:4222,nats://***@b:4222"),
+        ("tls://shop:s3cret@broker", "tls://***@broker"),
+    ],
+)
+async def test_the_connection_log_never_shows_a_token_or_password_of_the_url(
+    url: str, shown: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    said = events.ConnectionLog(url)
+    caplog.set_level(logging.INFO, logger="shopmesh.events")
+    await said.error(ConnectionRefusedError(111, "Connection refused"))
+    await said.reconnected()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"NATS at {shown}: ConnectionRefusedError: [Errno 111] Connection refused",
+        f"reconnected to NATS at {shown}",
+    ]
+    assert all("s3cret" not in str(r.__dict__) for r in caplog.records)
+
+
+async def test_a_comma_separated_nats_url_is_a_cluster_whose_live_server_is_used(tmp_path: Path) -> None:
+    # As NATS' own clients take NATS_URL: nats-py alone would read the whole string as one server's URL.
+    with nats_server(tmp_path / "nats") as server:
+        client = await events.connect(f"nats://127.0.0.1:{free_port()},{server.url}", name="cluster-test")
+        try:
+            assert client.is_connected
+            assert client.connected_url is not None
+            assert client.connected_url.port == server.port
+        finally:
+            await client.close()
+
+
 async def test_a_broker_outage_is_logged_in_plain_lines_and_the_connection_comes_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

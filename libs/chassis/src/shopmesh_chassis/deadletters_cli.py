@@ -41,7 +41,7 @@ from shopmesh_chassis.deadletters import (
     NotAConsumerName,
     is_consumer_name,
 )
-from shopmesh_chassis.events import EVENT_TYPE
+from shopmesh_chassis.events import EVENT_TYPE, nats_servers, shown_nats_url
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
 
@@ -157,7 +157,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         # One attempt and one retry (nats-py's count), then give up: an operator is waiting.
         client: Client = await nats.connect(
-            args.nats_url,
+            nats_servers(args.nats_url),
             connect_timeout=3,
             allow_reconnect=False,
             max_reconnect_attempts=1,
@@ -166,7 +166,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     except Exception as exc:
         cause = seen[-1] if seen else exc
-        print(f"error: cannot reach NATS at {args.nats_url}: {type(cause).__name__}: {cause}", file=err)
+        print(f"error: cannot reach NATS at {shown_nats_url(args.nats_url)}: {type(cause).__name__}: {cause}", file=err)
         return 1
     try:
         letters = DeadLetters(client.jetstream())
@@ -205,7 +205,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"error: {exc}", file=err)
         return 1
     except nats.errors.Error as exc:  # JetStream not enabled, a timeout, a refused request
-        print(f"error: NATS at {args.nats_url}: {type(exc).__name__}: {exc}", file=err)
+        print(f"error: NATS at {shown_nats_url(args.nats_url)}: {type(exc).__name__}: {exc}", file=err)
         return 1
     finally:
         await client.close()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -32,6 +33,28 @@ EVENT_TYPE = "Shopmesh-Event-Type"
 DEFAULT_STREAM_MAX_AGE_SECONDS = 7 * 86400.0
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers of a NATS_URL. A cluster is given as NATS' own clients take it, comma-separated
+    (`nats://a:4222,nats://b:4222`); nats-py reads one string as one server."""
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
+def shown_nats_url(url: str) -> str:
+    """`url` as a log line may show it: each server's user part masked whole, since NATS reads a user part
+    without a colon as a token (`nats://s3cret@nats:4222`), and a `user:password` pair as credentials."""
+    return ",".join(_shown_server(server) for server in nats_servers(url))
+
+
+def _shown_server(server: str) -> str:
+    try:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+    except ValueError:
+        return "***"
+    if "@" not in parts.netloc:
+        return server
+    return parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
 class ConnectionLog:
     """What a NATS connection says about itself, one line each, with no tracebacks.
 
@@ -41,7 +64,7 @@ class ConnectionLog:
     every `repeat_after` seconds, and say when it is back."""
 
     def __init__(self, url: str, *, repeat_after: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._url = url
+        self._url = shown_nats_url(url)
         self._repeat_after = repeat_after
         self._clock = clock
         self._last: tuple[str, float] | None = None
@@ -73,7 +96,7 @@ async def connect(url: str, *, name: str) -> Client:
     """A connection that keeps reconnecting forever: the outbox keeps events while NATS is away."""
     said = ConnectionLog(url)
     client = await nats.connect(
-        url,
+        nats_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
