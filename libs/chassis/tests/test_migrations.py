@@ -17,9 +17,15 @@ from sqlalchemy import Connection, inspect, text
 
 from shopmesh_chassis import app
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.migrations import MigrationBlocked, alembic_config, migrate
+from shopmesh_chassis.migrations import (
+    DatabaseRefusedAtStart,
+    DatabaseUnreachableAtStart,
+    MigrationBlocked,
+    alembic_config,
+    migrate,
+)
 from shopmesh_chassis.tables import outbox_events
-from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.postgres import PostgresServer
 
 REVISION = '''"""{doc}"""
@@ -152,6 +158,44 @@ def test_a_start_that_failed_for_now_exits_1_with_one_log_line(caplog: pytest.Lo
         app.run(main)
     assert exited.value.code == 1
     assert [r.getMessage() for r in caplog.records] == ["database migration gave up after waiting 5s for a table lock"]
+
+
+async def test_a_database_that_cannot_be_reached_fails_the_start_in_one_line_without_the_password(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    database = Database(f"postgresql://shop:s3cret@127.0.0.1:{port}/shop")
+    try:
+        with pytest.raises(DatabaseUnreachableAtStart) as failed:
+            await migrate(database, release(tmp_path / "v1", ["widgets"]))
+    finally:
+        await database.dispose()
+    [line] = str(failed.value).splitlines()
+    assert line.startswith(f"cannot connect to the database at 127.0.0.1:{port} (DATABASE_URL): "), line
+    assert "s3cret" not in line
+
+
+@pytest.mark.parametrize(
+    ("user", "name", "said"),
+    [
+        ("nosuchrole", "postgres", 'role "nosuchrole" does not exist'),
+        ("postgres", "nosuchdb", 'database "nosuchdb" does not exist'),
+    ],
+)
+async def test_a_database_that_refuses_the_service_fails_the_start_in_one_line_naming_why(
+    postgres: PostgresServer, tmp_path: Path, user: str, name: str, said: str
+) -> None:
+    # A wrong password, a role or a database not created yet: the Secret or the database is fixed, and the
+    # pod's next start works. It was a traceback of some 130 lines ending in a DBAPIError.
+    database = Database(f"postgresql://{user}:s3cret@127.0.0.1:{postgres.port}/{name}")
+    try:
+        with pytest.raises(DatabaseRefusedAtStart) as failed:
+            await migrate(database, release(tmp_path / "v1", ["widgets"]))
+    finally:
+        await database.dispose()
+    [line] = str(failed.value).splitlines()
+    assert line.startswith(f"the database at 127.0.0.1:{postgres.port} refused this service (DATABASE_URL): {said}")
+    assert "s3cret" not in line
 
 
 INSERT_PROCESSED = "INSERT INTO chassis_processed_events (consumer, event_id, processed_at) VALUES ($1, $2, now())"

@@ -49,6 +49,16 @@ class DatabaseUnreachableAtStart(StartupFailed):
     serve without it; the orchestrator restarts the pod, and its next start tries again."""
 
 
+class DatabaseRefusedAtStart(StartupFailed):
+    """The database answered but refused this service: a wrong password, a role or a database that does
+    not exist (yet: the next start tries again, after a Secret's rotation or the database's creation)."""
+
+
+# PostgreSQL's classes for a refused login (28: invalid authorization, a wrong password) and a database that
+# does not exist (3D): a connection's own failures, never a query's.
+_REFUSED_SQLSTATE_CLASSES = ("28", "3D")
+
+
 def _as_option(path: Path) -> str:
     return str(path).replace("%", "%%")
 
@@ -138,7 +148,7 @@ def _run_upgrade(connection: Connection, config: Config) -> bool:
 
 
 @asynccontextmanager
-async def _unreachable_fails_the_start(database: Database) -> AsyncIterator[None]:
+async def _no_connection_fails_the_start(database: Database) -> AsyncIterator[None]:
     try:
         yield
     except DatabaseUnreachable as error:
@@ -147,6 +157,15 @@ async def _unreachable_fails_the_start(database: Database) -> AsyncIterator[None
         raise DatabaseUnreachableAtStart(
             f"cannot connect to the database at {database.address} (DATABASE_URL): {reason}; this start fails "
             "and the next one tries again"
+        ) from None
+    except DBAPIError as error:
+        if str(getattr(error.orig, "sqlstate", None) or "")[:2] not in _REFUSED_SQLSTATE_CLASSES:
+            raise
+        # The server's own words ('password authentication failed for user "shop"'): never the password.
+        reason = str(error.orig).splitlines()[0] if error.orig is not None else "refused"
+        raise DatabaseRefusedAtStart(
+            f"the database at {database.address} refused this service (DATABASE_URL): {reason}; check the URL's "
+            "user, password and database name; this start fails and the next one tries again"
         ) from None
 
 
@@ -163,7 +182,7 @@ async def migrate(
     config = alembic_config(versions_dir, metadata)
     if database.dialect == "postgresql":
         # The connection is discarded after: the advisory lock and the lock timeout go with it.
-        async with _unreachable_fails_the_start(database), database.dedicated_connection() as connection:
+        async with _no_connection_fails_the_start(database), database.dedicated_connection() as connection:
             # Replicas starting together: one migrates, the others wait and then find nothing to do. A session
             # lock, to outlive the migrations' own commits. Polled with a try, never waited for in a statement:
             # a replica blocked in pg_advisory_lock() holds a snapshot, which CREATE INDEX CONCURRENTLY in
