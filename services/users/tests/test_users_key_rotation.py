@@ -4,13 +4,16 @@ it signs, tokens of the previous key keep verifying, retired keys leave once the
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jwt
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
 from shopmesh_chassis.periodic import Periodic
+from shopmesh_chassis.testing import eventually
 from shopmesh_users.store.tables import signing_keys
 from shopmesh_users.token_verifier import verify_access_token
 from shopmesh_users.wiring import Users
@@ -125,3 +128,29 @@ async def test_the_rotation_task_rotates_a_due_key_in_the_background(tmp_path: P
         finally:
             await rotator.stop()
         assert len(await published_kids(stub)) == 2
+
+
+async def test_a_rotation_that_fails_in_the_database_never_logs_the_new_private_key(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database failing under the rotation's INSERT (PostgreSQL restarting, a full disk) is logged by
+    the rotator; SQLAlchemy's error text carries the statement's parameters, the new key's PEM among them:
+    a private signing key (anyone holding it mints tokens) must never reach a log line."""
+    settings = users_settings(tmp_path, key_rotation_interval_seconds=3600)
+    async with running(settings, clock) as (users, _stub):
+        async with users.database.transaction() as session:
+            # Fails the INSERT itself with an OperationalError, as a database going away under it does.
+            await session.execute(
+                text("CREATE TRIGGER fail_insert BEFORE INSERT ON signing_keys BEGIN SELECT * FROM gone_away; END")
+            )
+        caplog.set_level(logging.INFO)
+        clock.advance(3600)
+        users.rotator.start()
+        try:
+            await eventually(lambda: any(r.exc_info for r in caplog.records), "the rotator logged its failure")
+        finally:
+            await users.rotator.stop()
+    formatter = logging.Formatter("%(message)s")
+    lines = "\n".join(formatter.format(record) for record in caplog.records)
+    assert "gone_away" in lines, "the rotation did not fail as the test means it to"
+    assert "PRIVATE KEY" not in lines
