@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shopmesh_chassis.db import Database, normalize_url
 
@@ -151,6 +151,18 @@ async def test_a_read_sees_one_snapshot_while_writers_commit(either_db: Database
         await writer.execute(update(counter).values(value=2))
     async with either_db.read() as session:
         assert (await session.execute(select(counter.c.value))).scalar_one() == 2
+
+
+async def test_a_failed_statements_error_never_quotes_its_values(either_db: Database) -> None:
+    # The error's text reaches the logs (a traceback, a "database trouble" line): the values may be a
+    # signing key, a customer's address or an event's payload. The statement still says what failed.
+    async with either_db.transaction() as writer:
+        await writer.execute(insert(counter).values(id=1, value=7))
+    with pytest.raises(IntegrityError) as failed:
+        async with either_db.transaction() as writer:
+            await writer.execute(insert(counter).values(id=1, value=424242))
+    assert "424242" not in str(failed.value)
+    assert "INSERT INTO counter" in str(failed.value)
 
 
 @pytest.mark.parametrize("query", ["sslmode=disable", "sslmode=prefer"])

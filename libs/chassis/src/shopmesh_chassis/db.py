@@ -287,6 +287,12 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# A database error's message would otherwise quote the statement's values, and the traceback goes to the
+# logs: a signing key being stored, a customer's e-mail and address, an event's payload. The statement
+# itself (with its placeholders) still says what failed.
+HIDE_PARAMETERS = True
+
+
 def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
     database = make_url(url).database or ":memory:"
     if database != ":memory:":
@@ -303,6 +309,7 @@ def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
         # something else inside a transaction, which stores do not.
         pool_size=pool_size,
         max_overflow=-1,
+        hide_parameters=HIDE_PARAMETERS,
     )
     _configure_sqlite_connections(engine)
     return engine
@@ -311,7 +318,12 @@ def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
 def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     engine_url, connect_args = asyncpg_connect_args(make_url(url))
     return create_async_engine(
-        engine_url, connect_args=connect_args, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        engine_url,
+        connect_args=connect_args,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=HIDE_PARAMETERS,
     )
 
 
