@@ -495,3 +495,21 @@ async def test_protected_methods_are_unavailable_while_no_key_set_can_be_fetched
     async with gateway(stack, fakes, users_address=f"127.0.0.1:{free_port()}") as shop:
         details = await failure(shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=token_for(fakes)))
         assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+
+
+async def test_an_order_too_large_for_orders_is_not_answered_as_orders_being_unavailable(
+    shop: Shop, fakes: Fakes
+) -> None:
+    """A request the gateway takes (under gRPC's 4 MiB) grows by the user id and the account's e-mail on
+    its way to orders, whose server then refuses it as larger than 4 MiB (RESOURCE_EXHAUSTED, no details).
+    The gateway relays that as UNAVAILABLE DEPENDENCY_UNAVAILABLE with RetryInfo: the client is told to
+    retry a request that can never succeed (and the cause, its own oversized field, is never named)."""
+    request = order_request()
+    limit = 4 * 1024 * 1024
+    request.items[0].product_id = "p" * (limit - 400)
+    request.items[0].product_id += "p" * (limit - 10 - request.ByteSize())
+    assert limit - 10 <= request.ByteSize() <= limit  # the gateway's server takes it
+    details = await failure(shop.PlaceOrder(request, metadata=token_for(fakes), timeout=30))
+    assert (details.code, details.reason) != (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    assert details.retry_delay_seconds is None, f"told to retry: {details.code.name} {details.reason}"
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
