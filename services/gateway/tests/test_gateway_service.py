@@ -24,6 +24,7 @@ from shopmesh_chassis.breaker import BreakerState
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import free_port
 from shopmesh_gateway.clients import CatalogClient
+from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_platform.stack import Stack
 
 from .gateway_fakes import PASSWORD, Fakes, fakes_serving
@@ -497,19 +498,30 @@ async def test_protected_methods_are_unavailable_while_no_key_set_can_be_fetched
         assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
 
 
-async def test_an_order_too_large_for_orders_is_not_answered_as_orders_being_unavailable(
-    shop: Shop, fakes: Fakes
+@pytest.mark.parametrize("below_the_limit_by", [10, 1000])
+async def test_the_largest_order_the_gateway_takes_is_refused_by_orders_for_its_field_not_as_orders_being_away(
+    shop: Shop, fakes: Fakes, below_the_limit_by: int
 ) -> None:
-    """A request the gateway takes (under gRPC's 4 MiB) grows by the user id and the account's e-mail on
-    its way to orders, whose server then refuses it as larger than 4 MiB (RESOURCE_EXHAUSTED, no details).
-    The gateway relays that as UNAVAILABLE DEPENDENCY_UNAVAILABLE with RetryInfo: the client is told to
-    retry a request that can never succeed (and the cause, its own oversized field, is never named)."""
+    """A request the gateway takes grows by the user id and the account's e-mail on its way to orders. At
+    gRPC's 4 MiB on both, orders' server refused such an order as too large (RESOURCE_EXHAUSTED, no
+    details), which the gateway relayed as UNAVAILABLE DEPENDENCY_UNAVAILABLE with RetryInfo: the client
+    was told to retry a request that could never succeed. The gateway takes at most 1 MiB."""
+    limit = GatewaySettings().grpc_max_receive_message_bytes
     request = order_request()
-    limit = 4 * 1024 * 1024
     request.items[0].product_id = "p" * (limit - 400)
-    request.items[0].product_id += "p" * (limit - 10 - request.ByteSize())
-    assert limit - 10 <= request.ByteSize() <= limit  # the gateway's server takes it
+    request.items[0].product_id += "p" * (limit - below_the_limit_by - request.ByteSize())
+    assert limit - below_the_limit_by - 2 <= request.ByteSize() <= limit  # the gateway's server takes it
     details = await failure(shop.PlaceOrder(request, metadata=token_for(fakes), timeout=30))
-    assert (details.code, details.reason) != (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
     assert details.retry_delay_seconds is None, f"told to retry: {details.code.name} {details.reason}"
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in details.field_violations] == [("items[0].product_id", "INVALID_LENGTH")]
+
+
+async def test_an_order_larger_than_the_gateway_takes_is_refused_as_too_large_without_a_retry_hint(
+    shop: Shop, fakes: Fakes
+) -> None:
+    request = order_request()
+    request.items[0].product_id = "p" * GatewaySettings().grpc_max_receive_message_bytes
+    details = await failure(shop.PlaceOrder(request, metadata=token_for(fakes), timeout=30))
+    assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.retry_delay_seconds is None

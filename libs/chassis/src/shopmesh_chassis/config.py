@@ -57,6 +57,8 @@ ServiceName = Annotated[str, Field(min_length=1, pattern=r"^[a-z][a-z0-9-]*$")]
 GrpcPort = Annotated[int, Field(ge=0, le=65535)]
 # -1 disables the metrics endpoint; 0 picks a free port.
 MetricsPort = Annotated[int, Field(ge=-1, le=65535)]
+# A gRPC message size limit: gRPC takes it as a C int.
+MessageBytes = Annotated[int, Field(ge=64 * 1024, le=2**31 - 1)]
 
 
 class RuntimeSettings(BaseSettings):
@@ -92,6 +94,11 @@ class ServiceSettings(RuntimeSettings):
     grpc_max_connection_age_grace_seconds: float = Field(
         default=30.0, ge=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False
     )
+
+    # The largest request message the server reads (gRPC's default, 4 MiB); a larger one is refused with
+    # RESOURCE_EXHAUSTED before any handler runs. A service that forwards requests (the gateway) takes less
+    # than the services it calls, so that what it adds on the way still fits theirs.
+    grpc_max_receive_message_bytes: MessageBytes = 4 * 1024 * 1024
 
     metrics_port: MetricsPort = 9464
     metrics_host: str = "127.0.0.1"

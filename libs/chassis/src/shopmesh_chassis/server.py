@@ -90,6 +90,7 @@ class ChassisServer:
                 # Accept client keepalive pings as often as our own clients send them.
                 ("grpc.http2.min_ping_interval_without_data_ms", 10 * ms),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.grpc_max_receive_message_bytes),
                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ],

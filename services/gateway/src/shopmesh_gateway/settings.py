@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from shopmesh_chassis.config import (
     GrpcPort,
     Interval,
+    MessageBytes,
     MetricsPort,
     OutboundTimeout,
     RetryDelay,
@@ -23,6 +24,11 @@ class GatewaySettings(ServiceSettings):
     service_name: ServiceName = "gateway"
     grpc_port: GrpcPort = 50050
     metrics_port: MetricsPort = 9460
+
+    # The public edge: no shop request comes near 1 MiB, and a request it takes must still fit the 4 MiB
+    # of the service it goes to once the gateway added the caller's user id and e-mail (at 4 MiB here, an
+    # order refused by orders' server came back as "orders is unavailable", with a retry hint).
+    grpc_max_receive_message_bytes: MessageBytes = 1024 * 1024
 
     users_address: str = "127.0.0.1:50051"
     catalog_address: str = "127.0.0.1:50052"
