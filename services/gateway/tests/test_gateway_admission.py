@@ -173,7 +173,9 @@ class StaticKeys:
 
 def guard_with(key: SigningKey, burst: int) -> Guard:
     verifier = TokenVerifier(JwksCache(StaticKeys(key).jwks), TokenRules(ISSUER, AUDIENCE))
-    return Guard(verifier, TokenBuckets(rate=0.001, burst=burst, max_keys=100))
+    # A stopped clock: no bucket refills between a test's calls, however slowly a loaded machine runs them
+    # (the retry hint of an empty bucket is then exactly 1 / rate).
+    return Guard(verifier, TokenBuckets(rate=0.001, burst=burst, max_keys=100, clock=lambda: 0.0))
 
 
 async def test_users_are_limited_by_their_id_and_anonymous_callers_by_their_address() -> None:
