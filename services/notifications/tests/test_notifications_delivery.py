@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -502,7 +502,7 @@ async def test_only_a_refusal_of_the_emails_recipient_or_data_fails_it_for_good(
     monkeypatch.setattr(aiosmtplib, "send", refuse)
     mailer = SmtpMailer(SmtpOptions("127.0.0.1", 25, "shop@example.com", 5.0))
     kind, now = EventKind.ORDER_CONFIRMED, datetime.now(UTC)
-    notification = Notification("ntf_1", "usr_1", "ord_1", Channel.EMAIL, "a@b.c", "Hi", "", "<e@x>", kind, "evt", now)
+    notification = Notification("ntf_1", "usr_1", "ord_1", Channel.EMAIL, "a@b.co", "Hi", "", "<e@x>", kind, "evt", now)
     with pytest.raises(DeliveryFailed) as caught:
         await mailer.send(notification)
     assert caught.value.permanent is permanent
@@ -667,3 +667,35 @@ async def test_a_pending_notification_a_newer_release_added_is_left_to_that_rele
             ("EMAIL", "ORDER_SHIPPED", "PENDING"),
             ("SMS", "ORDER_CONFIRMED", "PENDING"),
         ]
+
+
+class EnvelopeRecorder(MailFolder):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.recipients: list[list[str]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.recipients.append(list(envelope.rcpt_tos))
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_stored_recipient_that_is_not_one_address_fails_for_good_and_nobody_is_mailed(tmp_path: Path) -> None:
+    """An address an older release's looser check stored (`root,ada@example.com`): the SMTP library read
+    the To header as recipients of its own (`root`, at the relay's domain), never the customer."""
+    recorder = EnvelopeRecorder(tmp_path / "mail")
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(recorder), "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+        kind, now = EventKind.ORDER_CONFIRMED, datetime.now(UTC)
+        to = "root,ada@example.com"
+        notification = Notification("ntf_1", "usr_1", "ord_1", Channel.EMAIL, to, "Hi", "", "<e@x>", kind, "evt", now)
+        with pytest.raises(DeliveryFailed) as caught:
+            await mailer.send(notification)
+        assert caught.value.permanent
+        # The same mailer still mails a good address: the refusal was of this e-mail alone.
+        await mailer.send(replace(notification, recipient="ada@example.com"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert recorder.recipients == [["ada@example.com"]]

@@ -100,6 +100,7 @@ def test_a_sendable_event_passes_its_checks() -> None:
     [
         ({"email": ""}, "email is empty"),
         ({"email": "not-an-address"}, "email is not an e-mail address"),
+        ({"email": "root,ada@example.com"}, "email is not an e-mail address"),
         ({"order_id": ""}, "order_id is empty"),
         ({"user_id": "u" * 65}, "user_id is longer than 64 characters"),
         ({"order_id": "ord_1\nBcc: everyone@example.com"}, "order_id has spaces or control characters"),

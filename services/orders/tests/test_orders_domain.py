@@ -220,6 +220,12 @@ def test_a_trailing_line_break_is_not_a_valid_email_country_or_currency() -> Non
     assert violations(bad) == ["currency", "email", "shipping_address.country"]
 
 
+@pytest.mark.parametrize("email", ["root,ada@example.com", "ada@example.com;eve@example.com", "Ada <ada@example.com>"])
+def test_an_email_that_a_mail_library_reads_as_several_recipients_is_refused(email: str) -> None:
+    # The check was one '@' and a dot: `root,ada@example.com` passed, and the e-mail's To header listed two.
+    assert violations(command(email=email)) == ["email"]
+
+
 def test_totals_beyond_int64_are_refused_on_the_item_or_the_order() -> None:
     at_most = (OrderLine("prod_a", "A", 1, MAX_AMOUNT_MINOR),)
     assert validate_totals(at_most) == at_most

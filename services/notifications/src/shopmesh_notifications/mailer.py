@@ -10,6 +10,7 @@ from email.utils import format_datetime
 
 import aiosmtplib
 
+from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_notifications.domain.model import Notification
 
 
@@ -86,6 +87,10 @@ class SmtpMailer:
     async def send(self, notification: Notification) -> None:
         """Hand the e-mail to the SMTP server; raises DeliveryFailed when it was not accepted."""
         options = self._options
+        if not is_email_address(notification.recipient):
+            # Stored under an older release's looser check (`root,ada@example.com`): the SMTP library would
+            # read the To header as other recipients than the customer (`root` at the relay's domain).
+            raise DeliveryFailed("recipient is not an e-mail address", permanent=True)
         try:
             async with asyncio.timeout(options.timeout_seconds):
                 await aiosmtplib.send(

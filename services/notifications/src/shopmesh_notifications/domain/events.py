@@ -10,11 +10,10 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from shopmesh_chassis.email_addresses import is_email_address
+
 MAX_ID = 64
-MAX_EMAIL = 254
 CURRENCY = re.compile(r"^[A-Z]{3}$")
-# Deliberately simple, as orders validates it: one @, something on both sides, a dot in the domain.
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class InvalidEvent(ValueError):
@@ -64,7 +63,7 @@ def validate_event(event: OrderEvent) -> OrderEvent:
             problems.append(f"{name} has spaces or control characters")
     if not event.email:
         problems.append("email is empty")
-    elif len(event.email) > MAX_EMAIL or not EMAIL.fullmatch(event.email):
+    elif not is_email_address(event.email):
         problems.append("email is not an e-mail address")
     if not CURRENCY.fullmatch(event.currency):
         problems.append("total.currency is not an ISO 4217 code")

@@ -3,18 +3,15 @@ VALIDATION_FAILED. Each `validate_*` returns the normalized command the applicat
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Sequence
 
+from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_users.domain.models import Credentials, Registration
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
 
-MAX_EMAIL_LENGTH = 254
-# RFC 5321 limits the local part to 64 octets; an address with a longer one cannot receive mail.
-MAX_EMAIL_LOCAL_PART_LENGTH = 64
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 128
 # Longer than any password of MAX_PASSWORD_LENGTH typed in any normal form (a decomposed one is longer),
@@ -24,12 +21,6 @@ MAX_PASSWORD_LENGTH_AS_SENT = 8 * MAX_PASSWORD_LENGTH
 MAX_DISPLAY_NAME_LENGTH = 50
 # Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
 MAX_ID_LENGTH = 64
-
-# The dot-atom local part of RFC 5322 and a DNS host name with an alphabetic top-level label: what a
-# sign-up form accepts. Quoted local parts and address literals are legal but not worth the confusion.
-_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-EMAIL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[a-z]{{2,63}}$")
 
 
 def normalize_email(email: str) -> str:
@@ -55,7 +46,7 @@ def _email_violation(email: str) -> FieldViolation | None:
         return FieldViolation("email", "must not be empty", "REQUIRED")
     if len(email) > MAX_EMAIL_LENGTH:
         return FieldViolation("email", f"must be at most {MAX_EMAIL_LENGTH} characters", "TOO_LONG")
-    if not EMAIL.fullmatch(email) or len(email.partition("@")[0]) > MAX_EMAIL_LOCAL_PART_LENGTH:
+    if not is_email_address(email):
         return FieldViolation("email", "must be a valid e-mail address", "INVALID_FORMAT")
     return None
 
