@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -377,3 +378,36 @@ def test_the_steps_for_linkerds_spans_name_the_services_collector(rendered: dict
         "proxy.tracing.collector.meshIdentity.namespace": jaeger("Deployment")["metadata"]["namespace"],
     }
     assert f'config.linkerd.io/skip-outbound-ports: "{port}"' in MESH_DOC
+
+
+def test_mesh_istio_s_provider_follows_the_values_a_staging_release_is_deployed_with(tmp_path: Path) -> None:
+    """docs/mesh.md: "with values of your own, give them to `k8s/render.py istio-tracing` yourself". A release
+    deployed with `-f my-values.yaml` naming another collector must be able to get the provider for it from
+    the command mesh-istio.sh runs, as Helm takes values files (-f); otherwise the sidecars keep exporting to
+    the dev Jaeger, which the staging cluster does not have and the NetworkPolicy does not let them reach."""
+    collector_host = "otel-collector.observability.svc.cluster.local"
+    namespace = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}
+    own = tmp_path / "my-values.yaml"
+    own.write_text(
+        yaml.safe_dump(
+            {
+                "global": {
+                    "otel": {
+                        "endpoint": f"http://{collector_host}:4317",
+                        "port": 4317,
+                        "peers": [namespace],
+                    }
+                }
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "k8s" / "render.py"), "istio-tracing", "-f", str(own)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"k8s/render.py istio-tracing takes no values of one's own: {result.stderr.strip()}"
+    [provider] = json.loads(result.stdout)["spec"]["meshConfig"]["extensionProviders"]
+    assert provider["opentelemetry"] == {"service": collector_host, "port": 4317}
