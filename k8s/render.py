@@ -2,7 +2,9 @@
 
     .venv/bin/python k8s/render.py render [--out render]   every chart x every value set -> render/<set>/<chart>/
     .venv/bin/python k8s/render.py deps                    `helm dependency update`, in place, in order
-    .venv/bin/python k8s/render.py istio-tracing           the mesh config k8s/scripts/mesh-istio.sh installs
+    .venv/bin/python k8s/render.py istio-tracing [-f FILE ...]
+                                                           the mesh config k8s/scripts/mesh-istio.sh installs, from
+                                                           the istio value set (each FILE over it, as helm -f)
 
 Charts: the library chart (helm/shopmesh-lib), one chart per topology service (helm/<service>), the
 umbrella (helm/shopmesh). Value sets: `default` (the charts' own values) and one per environment file
@@ -54,6 +56,23 @@ def values_file(value_set: str, helm_dir: Path = HELM) -> Path | None:
 def values_for(value_set: str, helm_dir: Path = HELM) -> dict[str, Any]:
     path = values_file(value_set, helm_dir)
     return {} if path is None else helm.values_from_yaml(path.read_text())
+
+
+def merged_values(*layers: dict[str, Any]) -> dict[str, Any]:
+    """The layers combined as `helm -f a.yaml -f b.yaml` combines its files: maps merged key by key, any other
+    value of a later layer (a list, a scalar, a null) replacing an earlier one's."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            earlier = out.get(key)
+            both_maps = isinstance(value, dict) and isinstance(earlier, dict)
+            out[key] = merged_values(earlier, value) if both_maps else value
+    return out
+
+
+def values_with_files(value_set: str, files: list[Path], helm_dir: Path = HELM) -> dict[str, Any]:
+    """The value set's values with `files` over it, in order, as `helm -f <value set's file> -f FILE...`."""
+    return merged_values(values_for(value_set, helm_dir), *(helm.values_from_yaml(f.read_text()) for f in files))
 
 
 def update_dependencies(helm_dir: Path = HELM) -> None:
@@ -174,18 +193,33 @@ def main(argv: list[str] | None = None) -> int:
     render_cmd = sub.add_parser("render", help="write every rendered manifest to a folder for review")
     render_cmd.add_argument("--out", type=Path, default=ROOT / "render")
     sub.add_parser("deps", help="resolve chart dependencies in place (charts/, Chart.lock; both gitignored)")
-    sub.add_parser(
+    tracing_cmd = sub.add_parser(
         "istio-tracing",
         help="print the IstioOperator overlay for the sidecars' spans (JSON, which istioctl reads as YAML)",
     )
+    tracing_cmd.add_argument(
+        "-f",
+        "--values",
+        dest="values_files",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="a values file the release is deployed with, over the istio value set (repeatable, later wins, "
+        "as helm -f)",
+    )
     args = parser.parse_args(argv)
+    missing = [str(f) for f in getattr(args, "values_files", []) if not f.is_file()]
+    if missing:
+        parser.error(f"no such values file: {', '.join(missing)}")
     if args.command == "deps":
         update_dependencies()
         print(f"dependencies resolved under {HELM}/*/charts/")
         return 0
     if args.command == "istio-tracing":
         with prepared_copy() as helm_dir:
-            print(json.dumps(istio_tracing(helm_dir), indent=2))
+            own = values_with_files("istio", args.values_files, helm_dir) if args.values_files else None
+            print(json.dumps(istio_tracing(helm_dir, own), indent=2))
         return 0
     with prepared_copy() as helm_dir:
         written = write_all(helm_dir, args.out)

@@ -9,6 +9,7 @@ the collector name the collector the services use."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -411,3 +412,36 @@ def test_mesh_istio_s_provider_follows_the_values_a_staging_release_is_deployed_
     assert result.returncode == 0, f"k8s/render.py istio-tracing takes no values of one's own: {result.stderr.strip()}"
     [provider] = json.loads(result.stdout)["spec"]["meshConfig"]["extensionProviders"]
     assert provider["opentelemetry"] == {"service": collector_host, "port": 4317}
+
+
+def test_the_documented_istio_tracing_command_gives_the_provider_of_the_values_files_it_names(
+    tmp_path: Path, installed: tuple[list[str], dict[str, Any]]
+) -> None:
+    """docs/mesh.md, "Traces through the mesh": the commands for a release with values of its own. The render,
+    run as written (my-values.yaml naming another collector), merges the files over the istio value set as Helm
+    does (staging's database peers stay, or the render would fail) and points the provider at that collector;
+    the `istioctl install` beside it is the one mesh-istio.sh runs, so the doc's Istio is make mesh-istio's."""
+    [block] = [b for b in re.findall(r"(?s)```bash\n(.*?)```", MESH_DOC) if "render.py istio-tracing" in b]
+    render_line, istioctl_line = block.strip().splitlines()
+    collector_host = "otel-collector.observability.svc.cluster.local"
+    namespace = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}
+    otel = {"endpoint": f"http://{collector_host}:4318", "port": 4318, "peers": [namespace]}
+    (tmp_path / "my-values.yaml").write_text(yaml.safe_dump({"global": {"otel": otel}}))
+    command, redirect = render_line.split(" >")
+    argv = command.split()
+    assert argv[:2] == [".venv/bin/python", "k8s/render.py"], render_line
+    # The repository's files from the checkout, the user's own from here.
+    options = [
+        (str(ROOT / a) if a.startswith("helm/") else str(tmp_path / a)) if flag == "-f" else a
+        for flag, a in itertools.pairwise(argv[1:])
+    ]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / argv[1]), *options], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    [provider] = json.loads(result.stdout)["spec"]["meshConfig"]["extensionProviders"]
+    assert provider["opentelemetry"] == {"service": collector_host, "port": 4318}
+    args = installed[0]
+    context = args.index("--context")
+    script_args = [*args[:context], *args[context + 2 : -1], redirect]
+    assert istioctl_line.split()[1:] == script_args, "the doc's istioctl install is not mesh-istio.sh's"
