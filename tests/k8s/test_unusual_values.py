@@ -11,7 +11,7 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, find, objects_of
+from .k8skit import ROOT, find, objects_of, render
 
 
 def values(text: str) -> dict:
@@ -234,3 +234,29 @@ def test_autoscaling_without_a_cpu_request_is_refused(helm_dir: Path) -> None:
     }
     with pytest.raises(Exception, match=r"autoscaling for inventory.*requests\.cpu"):
         objects_of(helm_dir, "inventory", nulled)
+
+
+@pytest.mark.parametrize(
+    ("chart", "overrides"),
+    [
+        ("catalog", {"env": {"LOG_LEVEL": "DEBUG", "OTEL_TRACES_SAMPLER_RATIO": "0.25"}}),
+        # The umbrella, as `--set catalog.env.LOG_LEVEL=DEBUG` on the whole system gives it.
+        ("shopmesh", {"catalog": {"env": {"LOG_LEVEL": "DEBUG", "OTEL_TRACES_SAMPLER_RATIO": "0.25"}}}),
+    ],
+)
+def test_an_env_entry_for_a_variable_the_chart_sets_replaces_it_under_one_key(
+    helm_dir: Path, chart: str, overrides: dict
+) -> None:
+    """docs/kubernetes.md: a service chart's `env:` wins over the variables the library chart sets. The
+    ConfigMap must hold each key once: a duplicate is refused by kubectl's strict field validation, and a
+    parser that keeps the first one (rather than PyYAML's last) would run the service with the chart's value."""
+    texts = render.render(helm_dir, chart, "custom", values=overrides).values()
+    [config_map] = [
+        doc
+        for text in texts
+        for doc in text.split("\n---\n")
+        if "\nkind: ConfigMap\n" in doc and yaml.safe_load(doc)["metadata"]["name"] == "catalog"
+    ]
+    for key, value in {"LOG_LEVEL": "DEBUG", "OTEL_TRACES_SAMPLER_RATIO": "0.25"}.items():
+        lines = [line.strip() for line in config_map.splitlines() if line.strip().startswith(f"{key}:")]
+        assert lines == [f'{key}: "{value}"'], lines

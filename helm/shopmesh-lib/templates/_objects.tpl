@@ -50,9 +50,48 @@ spec:
     {{- end }}
 {{- end -}}
 
-{{/* Non-secret settings, as the chassis reads them (docs/chassis.md). Secrets come as files from SECRETS_DIR. */}}
+{{/* Non-secret settings, as the chassis reads them (docs/chassis.md). Secrets come as files from SECRETS_DIR.
+     The chart's settings first, then the service chart's env: over them, so an env: entry for a variable the
+     chart sets (env.LOG_LEVEL) replaces its value: one key each, as a ConfigMap must have (a duplicate key is
+     refused by strict validation, and other tools keep either one). By set, not mergeOverwrite, which would skip
+     an empty env: value. Keys in sorted order. */}}
 {{- define "shopmesh-lib.configmap" -}}
 {{- $c := .c -}}
+{{- $data := dict
+    "SERVICE_NAME" $c.name
+    "GRPC_HOST" "0.0.0.0"
+    "GRPC_PORT" $c.grpcPort
+    "METRICS_HOST" "0.0.0.0"
+    "METRICS_PORT" $c.metricsPort
+    "DRAIN_DELAY_SECONDS" $c.drain.drainDelaySeconds
+    "SHUTDOWN_GRACE_SECONDS" $c.drain.shutdownGraceSeconds
+    "SHUTDOWN_HOOKS_BUDGET_SECONDS" $c.drain.shutdownHooksBudgetSeconds
+    "LOG_LEVEL" $c.logLevel
+    "LOG_FORMAT" $c.logFormat -}}
+{{- if $c.database.enabled -}}
+{{- $_ := set $data "DATA_DIR" "/data" -}}
+{{- end -}}
+{{- if include "shopmesh-lib.secretFiles" $c -}}
+{{- $_ := set $data "SECRETS_DIR" $c.secretsDir -}}
+{{- end -}}
+{{- if $c.nats.enabled -}}
+{{- $_ := set $data "NATS_URL" $c.nats.url -}}
+{{- end -}}
+{{- range $callee := $c.calls -}}
+{{- $_ := set $data (include "shopmesh-lib.addressVariable" $callee) (include "shopmesh-lib.address" (dict "service" $callee "namespace" $c.namespace)) -}}
+{{- end -}}
+{{- if $c.email.enabled -}}
+{{- $_ := set $data "SMTP_HOST" $c.email.host -}}
+{{- $_ := set $data "SMTP_PORT" $c.email.port -}}
+{{- $_ := set $data "SMTP_USE_TLS" $c.email.useTLS -}}
+{{- end -}}
+{{- with $c.otel.endpoint -}}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
+{{- $_ := set $data "OTEL_TRACES_SAMPLER_RATIO" $c.otel.samplerRatio -}}
+{{- end -}}
+{{- range $key, $value := $c.env -}}
+{{- $_ := set $data $key $value -}}
+{{- end -}}
 apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -61,38 +100,7 @@ metadata:
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
 data:
-  SERVICE_NAME: {{ $c.name | quote }}
-  GRPC_HOST: "0.0.0.0"
-  GRPC_PORT: {{ $c.grpcPort | quote }}
-  METRICS_HOST: "0.0.0.0"
-  METRICS_PORT: {{ $c.metricsPort | quote }}
-  DRAIN_DELAY_SECONDS: {{ $c.drain.drainDelaySeconds | quote }}
-  SHUTDOWN_GRACE_SECONDS: {{ $c.drain.shutdownGraceSeconds | quote }}
-  SHUTDOWN_HOOKS_BUDGET_SECONDS: {{ $c.drain.shutdownHooksBudgetSeconds | quote }}
-  LOG_LEVEL: {{ $c.logLevel | quote }}
-  LOG_FORMAT: {{ $c.logFormat | quote }}
-  {{- if $c.database.enabled }}
-  DATA_DIR: "/data"
-  {{- end }}
-  {{- if include "shopmesh-lib.secretFiles" $c }}
-  SECRETS_DIR: {{ $c.secretsDir | quote }}
-  {{- end }}
-  {{- if $c.nats.enabled }}
-  NATS_URL: {{ $c.nats.url | quote }}
-  {{- end }}
-  {{- range $callee := $c.calls }}
-  {{ include "shopmesh-lib.addressVariable" $callee }}: {{ include "shopmesh-lib.address" (dict "service" $callee "namespace" $c.namespace) | quote }}
-  {{- end }}
-  {{- if $c.email.enabled }}
-  SMTP_HOST: {{ $c.email.host | quote }}
-  SMTP_PORT: {{ $c.email.port | quote }}
-  SMTP_USE_TLS: {{ $c.email.useTLS | quote }}
-  {{- end }}
-  {{- with $c.otel.endpoint }}
-  OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
-  OTEL_TRACES_SAMPLER_RATIO: {{ $c.otel.samplerRatio | quote }}
-  {{- end }}
-  {{- range $key, $value := $c.env }}
+  {{- range $key, $value := $data }}
   {{ $key }}: {{ $value | quote }}
   {{- end }}
 {{- end -}}
