@@ -272,8 +272,9 @@ route:
   {{- end }}
 # Replaces Istio's default (2 retries on connect-failure,refused-stream,unavailable,cancelled,
 # retriable-status-codes): only failures where the request never reached the service, safe for
-# every method. The callers' chassis retries UNAVAILABLE of idempotent methods itself, and the
-# caller's grpc-timeout bounds each call (no route timeout here).
+# every method. The callers' chassis retries UNAVAILABLE and CANCELLED (a server shutting down,
+# grpc/grpc#41785) of idempotent methods itself, and the caller's grpc-timeout bounds each call (no
+# route timeout here).
 retries:
   attempts: 2
   retryOn: connect-failure,refused-stream

@@ -1,14 +1,19 @@
-"""gRPC's service-config retries apply to idempotent methods only, as declared in the contract."""
+"""gRPC's service-config retries apply to idempotent methods only, as declared in the contract: UNAVAILABLE, and
+CANCELLED from the server (one shutting down answers so the calls it never started, grpc/grpc#41785), never a
+caller's own cancellation."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
-from shopmesh_chassis.client import service_config
+from shopmesh_chassis.client import ClientOptions, ResilientChannel, is_idempotent, service_config
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
 
 
@@ -16,7 +21,7 @@ def test_service_config_lists_exactly_the_idempotent_methods() -> None:
     config = json.loads(service_config([DESCRIPTOR]))
     names = config["methodConfig"][0]["name"]
     assert sorted(n["method"] for n in names) == ["Echo", "Fail", "Relay"]
-    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
     assert "retryThrottling" in config
 
 
@@ -48,3 +53,84 @@ async def test_retries_give_up_after_max_attempts(
         await stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert servicer.attempts["echo-2"] == 4
+
+
+def test_service_config_retries_cancelled_for_idempotent_methods_and_nothing_for_the_others() -> None:
+    config = json.loads(service_config([DESCRIPTOR]))
+    (method_config,) = config["methodConfig"]
+    # A server shutting down answers CANCELLED the calls it never started (grpc/grpc#41785).
+    assert set(method_config["retryPolicy"]["retryableStatusCodes"]) == {"UNAVAILABLE", "CANCELLED"}
+    retried = {n["method"] for n in method_config["name"]}
+    non_idempotent = {m.name for m in DESCRIPTOR.methods if not is_idempotent(m)}
+    assert non_idempotent == {"Record"}
+    # No other methodConfig, and no service-wide entry: a non-idempotent method has no retry policy at all.
+    assert retried.isdisjoint(non_idempotent)
+    assert all("method" in n for n in method_config["name"])
+
+
+class _CancelsFirstAttempts(SampleServicer):
+    """Answers CANCELLED to the first attempts of a key, as a server shutting down answers the calls it never
+    started (grpc/grpc#41785): a plain grpc.aio server, without the chassis' interceptors."""
+
+    async def _behave_or_cancel(self, behaviour: sample_pb2.Behaviour, context: Any) -> int:
+        self.attempts[behaviour.attempt_key] += 1
+        attempt = self.attempts[behaviour.attempt_key]
+        if attempt <= behaviour.fail_first_attempts:
+            await context.abort(grpc.StatusCode.CANCELLED, f"attempt {attempt} cancelled on purpose")
+        return attempt
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        attempt = await self._behave_or_cancel(request.behaviour, context)
+        return sample_pb2.EchoResponse(message=request.message, attempt=attempt)
+
+    async def Record(self, request: sample_pb2.RecordRequest, context: Any) -> sample_pb2.RecordResponse:
+        attempt = await self._behave_or_cancel(request.behaviour, context)
+        return sample_pb2.RecordResponse(message=request.message, attempt=attempt)
+
+
+@pytest.fixture
+async def cancelling() -> AsyncIterator[tuple[sample_pb2_grpc.SampleServiceStub, _CancelsFirstAttempts]]:
+    servicer = _CancelsFirstAttempts()
+    server = grpc.aio.server()
+    sample_pb2_grpc.add_SampleServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with ResilientChannel(f"127.0.0.1:{port}", [DESCRIPTOR], ClientOptions(breaker=None)) as channel:
+            yield sample_pb2_grpc.SampleServiceStub(channel.channel), servicer
+    finally:
+        await server.stop(None)
+
+
+async def test_idempotent_method_answered_cancelled_by_the_server_is_retried(
+    cancelling: tuple[sample_pb2_grpc.SampleServiceStub, _CancelsFirstAttempts],
+) -> None:
+    stub, servicer = cancelling
+    behaviour = sample_pb2.Behaviour(attempt_key="echo-cancelled", fail_first_attempts=1)
+    response = await stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour))
+    assert response.attempt == 2
+    assert servicer.attempts["echo-cancelled"] == 2
+
+
+async def test_non_idempotent_method_answered_cancelled_by_the_server_is_not_retried(
+    cancelling: tuple[sample_pb2_grpc.SampleServiceStub, _CancelsFirstAttempts],
+) -> None:
+    stub, servicer = cancelling
+    behaviour = sample_pb2.Behaviour(attempt_key="record-cancelled", fail_first_attempts=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Record(sample_pb2.RecordRequest(message="x", behaviour=behaviour))
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    assert servicer.attempts["record-cancelled"] == 1
+
+
+async def test_a_call_its_caller_cancels_is_not_retried(
+    stub: sample_pb2_grpc.SampleServiceStub, servicer: SampleServicer
+) -> None:
+    behaviour = sample_pb2.Behaviour(attempt_key="echo-mine", sleep_ms=1000)
+    call = asyncio.ensure_future(stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour)))
+    await asyncio.sleep(0.2)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.3)
+    assert servicer.attempts["echo-mine"] == 1

@@ -70,9 +70,19 @@ class RetryPolicy:
     initial_backoff_seconds: float = 0.05
     max_backoff_seconds: float = 1.0
     backoff_multiplier: float = 2.0
-    retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE",)
-    # Retry throttling: a channel stops retrying when most recent calls failed (no retry storms).
-    throttle_max_tokens: int = 10
+    # CANCELLED too: a server shutting down answers CANCELLED the calls that reached it but that it never
+    # started (gRPC core zombifies calls not yet matched to a handler, grpc/grpc#41785; the chassis' drain
+    # cannot avoid it), so a restart under load would cut them although they never ran. gRPC retries only a
+    # status the server sent: a caller's own cancellation (or deadline) is never retried. Non-idempotent
+    # methods get no retry policy at all, so nothing is ever retried for them.
+    retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE", "CANCELLED")
+    # Retry throttling: a channel stops retrying when most recent calls failed (no retry storms). Each
+    # failed attempt takes a token, each success gives back token_ratio, and retries stop at half the
+    # tokens. A target shutting down fails every call it holds at once (CANCELLED above), so half the
+    # tokens must exceed the calls a busy channel has in flight: with 10, 8 concurrent callers left a third
+    # of a restart's cut calls unretried (tests/mesh/test_restart_under_load.py). A target that stays down
+    # still stops being retried after ~50 failed attempts, and its breaker opens after 5 failed calls.
+    throttle_max_tokens: int = 100
     throttle_token_ratio: float = 0.1
 
 
@@ -300,7 +310,11 @@ class ResilientChannel:
 
     Each method of `services` gets a circuit breaker of its own, made up front from `options.breaker`
     (`breakers`, keyed by full method name); `breaker` instead puts every method behind that one breaker
-    (tests that drive its clock)."""
+    (tests that drive its clock).
+
+    Services talk plaintext to their sidecar; `credentials` (and `channel_options`, added to the chassis'
+    own) make a TLS channel instead: a tool or test calling a meshed service's sidecar as one of its
+    callers (shopmesh_platform.mesh.identity.mtls_as)."""
 
     def __init__(
         self,
@@ -310,6 +324,8 @@ class ResilientChannel:
         *,
         breaker: CircuitBreaker | None = None,
         tracer_provider: TracerProvider | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         options = options or ClientOptions()
         self.target = target
@@ -328,17 +344,18 @@ class ResilientChannel:
             interceptors.extend(aio_client_interceptors(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
         if breaker is not None or config is not None:
             interceptors.append(BreakerInterceptor(target, self.breakers, new_breaker))
-        self.channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.enable_retries", 1),
-                ("grpc.service_config", service_config(services, options.retry)),
-                ("grpc.service_config_disable_resolution", 1),
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_permit_without_calls", 0),
-            ],
-            interceptors=interceptors,
-        )
+        channel_args: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", service_config(services, options.retry)),
+            ("grpc.service_config_disable_resolution", 1),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_permit_without_calls", 0),
+            *channel_options,
+        ]
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=channel_args, interceptors=interceptors)
+        else:
+            self.channel = grpc.aio.secure_channel(target, credentials, options=channel_args, interceptors=interceptors)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -76,17 +76,35 @@ def bundle_file(directory: Path) -> Path:
     return directory / "ca.pem"
 
 
-def channel_as(directory: Path, caller: str, callee: str, address: str) -> grpc.aio.Channel:
-    """A channel to `callee`'s sidecar at `address` presenting `caller`'s SVID from the authority in
-    `directory`, verifying the sidecar by its DNS name (as grpcurl -servername): tests, benchmarks,
-    tools that call a meshed service as one of its callers."""
+@dataclass(frozen=True)
+class MutualTls:
+    """What a gRPC channel needs to call `callee`'s sidecar as `caller`: the credentials and the channel
+    options (the DNS name the sidecar is verified by)."""
+
+    credentials: grpc.ChannelCredentials
+    options: tuple[tuple[str, str], ...]
+
+
+def mtls_as(directory: Path, caller: str, callee: str) -> MutualTls:
+    """`caller`'s SVID from the authority in `directory`, verifying `callee`'s sidecar by its DNS name (as
+    grpcurl -servername). Give it to a chassis channel (`ResilientChannel(..., credentials=tls.credentials,
+    channel_options=tls.options)`) to call a meshed service as its callers' clients do: their retries,
+    deadlines and breakers."""
     svid = svid_files(directory, caller)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=bundle_file(directory).read_bytes(),
         private_key=svid.key.read_bytes(),
         certificate_chain=svid.certificate.read_bytes(),
     )
-    return grpc.aio.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", dns_name(callee))])
+    return MutualTls(credentials, (("grpc.ssl_target_name_override", dns_name(callee)),))
+
+
+def channel_as(directory: Path, caller: str, callee: str, address: str) -> grpc.aio.Channel:
+    """A plain grpc.aio channel (no retries, no deadline) to `callee`'s sidecar at `address` presenting
+    `caller`'s SVID (see `mtls_as`): tests, benchmarks, tools that call a meshed service as one of its
+    callers."""
+    tls = mtls_as(directory, caller, callee)
+    return grpc.aio.secure_channel(address, tls.credentials, options=list(tls.options))
 
 
 def issue(directory: Path, services: Iterable[str]) -> MeshIdentities:
