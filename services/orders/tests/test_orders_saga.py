@@ -1009,3 +1009,39 @@ async def test_a_retried_place_order_names_the_short_products_from_the_stored_or
             "product_ids": "prod_b",
             "short_count": "1",
         }
+
+
+async def test_a_refund_that_landed_but_answered_too_late_still_cancels_the_order_as_refunded(
+    clocked: Clocked, payments: FakePayments, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The charge lands but its answer is lost (deadline), compensation finds the capture and refunds it, and
+    the refund's own answer is lost after payments committed it (deadline exceeded, as a slow payments does).
+    The retried compensation then finds no capture (it is REFUNDED now) and must still record the refund:
+    the customer was charged and refunded, and OrderCancelled.refunded is "true when a captured payment was
+    refunded as part of the cancellation"."""
+    app = clocked.app()
+    charge, refund = payments.charge, payments.refund
+
+    async def charge_lands_but_times_out(
+        order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str
+    ) -> str:
+        await charge(order_id, amount_minor, currency, GOOD, idempotency_key)
+        raise errors.Unavailable("deadline exceeded", reason="PAYMENT_UNAVAILABLE")
+
+    async def refund_lands_but_times_out_once(payment_id: str, reason: str, idempotency_key: str) -> None:
+        first = not payments.refunds
+        await refund(payment_id, reason, idempotency_key)
+        if first:
+            raise errors.Unavailable("deadline exceeded", reason="PAYMENT_UNAVAILABLE")
+
+    monkeypatch.setattr(payments, "charge", charge_lands_but_times_out)
+    monkeypatch.setattr(payments, "refund", refund_lands_but_times_out_once)
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    order = await app.get_order(caught.value.metadata["order_id"])
+    assert order.state is OrderState.CANCELLED
+    assert (payments.captured(), len(payments.refunds)) == (0, 1)
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    assert (order.refunded, events_pb2.OrderCancelled.FromString(payload).refunded) == (True, True)
