@@ -1045,3 +1045,36 @@ async def test_a_refund_that_landed_but_answered_too_late_still_cancels_the_orde
     [(subject, payload)] = await events(database)
     assert subject == "orders.v1.order_cancelled"
     assert (order.refunded, events_pb2.OrderCancelled.FromString(payload).refunded) == (True, True)
+
+
+async def test_orders_killed_between_the_reservation_and_the_charge_cancels_as_checkout_interrupted(
+    clocked: Clocked, payments: FakePayments, inventory: FakeInventory
+) -> None:
+    """docs/architecture.md: "A saga resumed before any charge was sent (the PlaceOrder holding the card gave up
+    earlier, say while inventory was unavailable, or orders restarted) cannot charge: it cancels as
+    CHECKOUT_INTERRUPTED, not PAYMENT_UNAVAILABLE, which means payments failed." Here orders dies right after
+    the reservation is saved (FAULT_PAUSE_AFTER_STEP=RESERVED, the point the SIGKILL system test uses), before
+    any charge call: payments never saw the order, yet the resumed saga blames payments."""
+    clocked.settings = clocked.settings.model_copy(update={"fault_pause_after_step": "RESERVED"})
+    app = clocked.app()
+    placing = asyncio.create_task(place(app, command()))
+
+    async def paused() -> Order:
+        while True:
+            listed, _ = await app.list_orders("usr_1", 10, "")
+            if listed and listed[0].step is SagaStep.CHARGE:
+                return listed[0]
+            await asyncio.sleep(0.01)
+
+    order = await asyncio.wait_for(paused(), 5)
+    # The process dies: its driver and the call holding the card are gone.
+    for task in [placing, *app._running]:
+        task.cancel()
+    await asyncio.gather(placing, *app._running, return_exceptions=True)
+    assert payments.charge_calls == 0
+    # The restarted orders' recovery loop, once the lease and any charge's window have run out.
+    clocked.clock.ahead = timedelta(seconds=60)
+    assert await app.resume_unfinished() == 1
+    order = await app.get_order(order.id)
+    assert (payments.charge_calls, inventory.reserved("prod_a")) == (0, 0)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
