@@ -123,9 +123,9 @@ class FakePayments:
         payment_id = f"pay_{len(self.payments) + 1}"
         self.order_of[payment_id] = order_id
         if card.number == "4000000000000002":
-            self.payments[payment_id] = PaymentRecord(payment_id, False, CancelCode.CARD_DECLINED)
+            self.payments[payment_id] = PaymentRecord(payment_id, False, CancelCode.CARD_DECLINED, False)
             raise PaymentRefused(CancelCode.CARD_DECLINED, payment_id)
-        self.payments[payment_id] = PaymentRecord(payment_id, True, None)
+        self.payments[payment_id] = PaymentRecord(payment_id, True, None, False)
         self.by_key[idempotency_key] = payment_id
         return payment_id
 
@@ -140,7 +140,7 @@ class FakePayments:
         if self.down:
             raise errors.Unavailable("payments down")
         if self.payments[payment_id].captured:
-            self.payments[payment_id] = PaymentRecord(payment_id, False, None)
+            self.payments[payment_id] = PaymentRecord(payment_id, False, None, True)
             self.refunds.append(payment_id)
 
     def captured(self) -> int:

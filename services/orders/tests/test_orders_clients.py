@@ -15,7 +15,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
 from shopmesh_orders.domain.model import CancelCode
-from shopmesh_orders.domain.ports import InsufficientStock, PaymentRefused, ReservationExpired
+from shopmesh_orders.domain.ports import InsufficientStock, PaymentRecord, PaymentRefused, ReservationExpired
 from shopmesh_orders.domain.validation import Card, CartLine
 from shopmesh_orders.settings import OrdersSettings
 
@@ -134,6 +134,26 @@ async def test_an_order_whose_earlier_capture_was_refunded_cannot_be_paid_and_is
     with pytest.raises(PaymentRefused) as caught:
         await _charge_against(settings, ChargedBefore(payments_pb2.PAYMENT_STATE_REFUNDED))
     assert (caught.value.code, caught.value.payment_id) == (CancelCode.PAYMENT_UNAVAILABLE, "pay_1")
+
+
+@pytest.mark.parametrize(
+    ("state", "record"),
+    [
+        (payments_pb2.PAYMENT_STATE_CAPTURED, PaymentRecord("pay_1", captured=True, declined=None, refunded=False)),
+        # An earlier refund of the order's capture (its answer lost, or its saver gone): compensation counts
+        # it as the order's refund.
+        (payments_pb2.PAYMENT_STATE_REFUNDED, PaymentRecord("pay_1", captured=False, declined=None, refunded=True)),
+    ],
+)
+async def test_the_payments_of_an_order_say_which_are_captured_and_which_refunded(
+    settings: OrdersSettings, state: payments_pb2.PaymentState.ValueType, record: PaymentRecord
+) -> None:
+    binding = ServiceBinding(PAYMENTS, ChargedBefore(state), payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        assert await PaymentsClient(channel.channel, timeout=5).payments_for("ord_1") == [record]
 
 
 class ShortInventory(inventory_pb2_grpc.InventoryServiceServicer):

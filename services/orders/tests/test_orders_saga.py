@@ -1078,3 +1078,46 @@ async def test_orders_killed_between_the_reservation_and_the_charge_cancels_as_c
     order = await app.get_order(order.id)
     assert (payments.charge_calls, inventory.reserved("prod_a")) == (0, 0)
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
+
+
+async def test_a_compensation_killed_between_its_refund_and_saving_it_still_cancels_the_order_as_refunded(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    """The sibling of the lost refund answer: the driver compensating a capture got payments' answer to the
+    refund and died before saving it. The next driver finds the payment REFUNDED, not captured."""
+    order_id = await _left_at_the_pivot(app, database, inventory, datetime.now(UTC) - timedelta(seconds=60))
+    payment_id = await payments.charge(order_id, 2500, "USD", GOOD, charge_key(order_id))
+    await payments.refund(payment_id, "Payment could not be processed right now", f"{order_id}:refund")
+    await _crash_at(database, order_id, SagaStep.COMPENSATE, cancel_code=CancelCode.PAYMENT_UNAVAILABLE)
+    assert await app.resume_unfinished() == 1
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, True, None)
+    assert (payments.captured(), payments.refunds, inventory.reserved("prod_a")) == (0, [payment_id], 0)
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    assert events_pb2.OrderCancelled.FromString(payload).refunded
+
+
+async def test_a_recheck_that_refunded_a_late_capture_but_failed_to_save_still_records_the_refund(
+    cancelled_in_doubt: CancelledInDoubt, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    payment_id = await _late_capture(payments, order_id)
+    clock.ahead = timedelta(seconds=11)
+    save, failed = OrderRepository.save, []
+
+    async def save_fails_once_after_the_refund(self: OrderRepository, order: Order, lease: Any = None) -> Order:
+        if payments.refunds and not failed:
+            failed.append(order.id)
+            raise errors.Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
+        return await save(self, order, lease)
+
+    monkeypatch.setattr(OrderRepository, "save", save_fails_once_after_the_refund)
+    assert await app.recheck_charges() == 1
+    assert (failed, payments.refunds) == ([order_id], [payment_id])
+    assert (await app.get_order(order_id)).charge_recheck_at is not None
+    # The next pass finds the capture refunded, not captured: the order still records that it was refunded.
+    assert await app.recheck_charges() == 1
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, True, None)
+    assert (payments.refund_calls, cancelled_in_doubt.late_refunds) == (1, [order_id])

@@ -266,6 +266,7 @@ class PaymentsClient:
                     payment_id=payment.id,
                     captured=payment.state == payments_pb2.PAYMENT_STATE_CAPTURED,
                     declined=declined,
+                    refunded=payment.state == payments_pb2.PAYMENT_STATE_REFUNDED,
                 )
             )
         return records

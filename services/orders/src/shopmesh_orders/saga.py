@@ -286,15 +286,16 @@ class SagaDriver:
         recheck_at: datetime | None = None
         if not order.refunded:
             to_refund: list[str] = []
+            refunded_before = False
             if order.step is SagaStep.REFUND and order.payment_id:
                 to_refund = [order.payment_id]
             elif order.charge_attempted_at is not None:
                 # The charge's outcome may be unknown (payments unavailable): ask, and undo what went through.
                 asked_at = self._clock()
                 await self._keep_lease(order.id, owner)
-                to_refund = await self._captures(order)
+                to_refund, refunded_before = await self._captures(order)
                 settled_at = self._charge_settled_at(order.charge_attempted_at)
-                if not to_refund and asked_at < settled_at:
+                if not to_refund and not refunded_before and asked_at < settled_at:
                     # Asked while the charge was in doubt (a PlaceOrder driver that gave up on its calls
                     # answers at once): a capture may still land. The recovery loop asks again then.
                     # (Payments captures an order at most once: a refunded capture leaves nothing to check.)
@@ -302,7 +303,9 @@ class SagaDriver:
             for payment_id in to_refund:
                 await self._keep_lease(order.id, owner)
                 await self._refund(order, payment_id)
-            if to_refund:
+            if to_refund or refunded_before:
+                # Also when the refund was already done: by an earlier attempt whose answer was lost (a
+                # deadline), or a driver that died before saving this. The customer was charged and refunded.
                 order = await self._transition(owner, order.refund_done(self._clock()))
         if order.reservation_id:
             await self._keep_lease(order.id, owner)
@@ -323,8 +326,11 @@ class SagaDriver:
                 await self._inventory.release(reservation_id)
         return await self._finish(owner, order.compensated(self._clock(), recheck_at))
 
-    async def _captures(self, order: Order) -> list[str]:
-        return [r.payment_id for r in await self._payments.payments_for(order.id) if r.captured]
+    async def _captures(self, order: Order) -> tuple[list[str], bool]:
+        """The order's payments still captured, and whether payments lists one of them refunded already (only
+        orders refunds, with the order's own key: an earlier refund of this order whose save or answer was lost)."""
+        records = await self._payments.payments_for(order.id)
+        return [r.payment_id for r in records if r.captured], any(r.refunded for r in records)
 
     async def _refund(self, order: Order, payment_id: str) -> None:
         # The same reason on every call: payments replays `<order_id>:refund` only for the same request.
@@ -345,7 +351,7 @@ class SagaDriver:
         checked = False
         try:
             order = await self._load(order_id)
-            to_refund = await self._captures(order)
+            to_refund, refunded_before = await self._captures(order)
             for payment_id in to_refund:
                 # Two remote calls outlast the lease taken for one: renew, or another replica's recovery pass
                 # takes the order over and refunds and reports the same late capture again.
@@ -355,7 +361,8 @@ class SagaDriver:
                 # Said now, not after the save: a retry after a failed save finds nothing captured to report.
                 self._late_capture_refunded(order, to_refund)
             async with self._db.transaction() as session:
-                after = order.charge_rechecked(bool(to_refund), self._clock())
+                # A retry after a failed save finds the capture refunded, not captured: still refunded.
+                after = order.charge_rechecked(bool(to_refund) or refunded_before, self._clock())
                 order = await OrderRepository(session).save(after, Lease(owner, None))
             checked = True
         except errors.Aborted as exc:

@@ -52,6 +52,9 @@ class PaymentRecord:
     payment_id: str
     captured: bool  # captured and not refunded
     declined: CancelCode | None
+    # Captured, then refunded in full. Payments refunds only when orders asks (`<order_id>:refund`), and lists
+    # only this order's payments: the refund was the order's own, perhaps one whose answer was lost.
+    refunded: bool
 
 
 class Catalog(Protocol):
