@@ -34,17 +34,23 @@ async def terminal(shop: Shop, order_id: str) -> orders_pb2.Order:
 
 
 @pytest.mark.parametrize(
-    ("pause_after", "visible_field", "expected"),
+    ("pause_after", "visible_field", "expected", "reason"),
     [
         # Killed after the capture, before the commit: the resumed saga commits → CONFIRMED.
-        ("CHARGED", "payment_id", orders_pb2.ORDER_STATE_CONFIRMED),
+        ("CHARGED", "payment_id", orders_pb2.ORDER_STATE_CONFIRMED, orders_pb2.CANCEL_REASON_CODE_UNSPECIFIED),
         # Killed after the reservation, before the charge: the card is gone with the process, payments
-        # saw no charge → the resumed saga releases the stock → CANCELLED.
-        ("RESERVED", "reservation_id", orders_pb2.ORDER_STATE_CANCELLED),
+        # saw no charge → the resumed saga releases the stock → CANCELLED, for the interruption (payments
+        # failed nothing: PAYMENT_UNAVAILABLE would blame it).
+        (
+            "RESERVED",
+            "reservation_id",
+            orders_pb2.ORDER_STATE_CANCELLED,
+            orders_pb2.CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED,
+        ),
     ],
 )
 async def test_sigkill_mid_saga_then_restart_reaches_a_terminal_state_with_invariants(
-    tmp_path: Path, pause_after: str, visible_field: str, expected: int
+    tmp_path: Path, pause_after: str, visible_field: str, expected: int, reason: int
 ) -> None:
     env = {"orders": {**FAST_RECOVERY, "FAULT_PAUSE_AFTER_STEP": pause_after}}
     async with Stack.for_tests(tmp_path, services=CHECKOUT_SERVICES, env=env) as stack, shop_client(stack) as shop:
@@ -60,7 +66,7 @@ async def test_sigkill_mid_saga_then_restart_reaches_a_terminal_state_with_invar
         await stack.start_service("orders", env={"FAULT_PAUSE_AFTER_STEP": ""})
 
         final = await terminal(shop, order.id)
-        assert final.state == expected
+        assert (final.state, final.cancel_reason.code) == (expected, reason)
         stock = await shop.stock("prod_e_reader")
         assert stock.reserved == 0
         if expected == orders_pb2.ORDER_STATE_CONFIRMED:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shopmesh.orders.v1 import events_pb2
+from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tables import outbox_events
@@ -333,6 +333,28 @@ async def test_a_charge_in_doubt_that_lands_while_payments_is_down_is_refunded_o
     assert (inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (0, 5)
     # Payments was asked after the charge's window: nothing is left to check again.
     assert order.charge_recheck_at is None
+
+
+async def test_a_charge_in_doubt_that_never_landed_cancels_as_checkout_interrupted_once_its_window_has_passed(
+    in_doubt: ChargeInDoubt, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    """The driver holding the card died with its charge sent (or about to be: the mark is written with the
+    reservation) and no answer; payments never captured. Payments failed nothing that anyone saw: the checkout
+    was interrupted, and PAYMENT_UNAVAILABLE (whose alert blames payments) would say more than is known."""
+    app, clock, order_id = in_doubt.app, in_doubt.clock, in_doubt.order_id
+    await app.resume_unfinished()
+    assert (await app.get_order(order_id)).step is SagaStep.CHARGE
+    clock.ahead = timedelta(seconds=11)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
+    # Asked after the charge's window: nothing left to check again, nothing charged, the stock is back.
+    assert (order.refunded, order.charge_recheck_at) == (False, None)
+    assert (payments.charge_calls, payments.captured(), inventory.reserved("prod_a")) == (0, 0, 0)
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    cancelled = events_pb2.OrderCancelled.FromString(payload)
+    assert (cancelled.reason.code, cancelled.refunded) == (orders_pb2.CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED, False)
 
 
 @dataclass

@@ -273,10 +273,11 @@ class SagaDriver:
             return await self._transition(
                 owner, order.failed_before_pivot(refused.declined, self._clock(), refused.payment_id)
             )
-        # Never charged, and nobody can charge it now: give the stock back. Payments is to blame only when a
-        # charge was sent; else the driver with the card stopped before it (inventory, or a restart).
-        code = CancelCode.PAYMENT_UNAVAILABLE if order.charge_attempted_at else CancelCode.CHECKOUT_INTERRUPTED
-        return await self._transition(owner, order.failed_before_pivot(code, self._clock()))
+        # Never charged, and nobody can charge it now: give the stock back. What is known is that the driver
+        # with the card is gone without an answer of its own (one that saw payments fail cancelled the order
+        # itself, PAYMENT_UNAVAILABLE): the checkout was interrupted. The charge mark says nothing more: it is
+        # written with the reservation, before the charge call, so orders dying between the two leaves it too.
+        return await self._transition(owner, order.failed_before_pivot(CancelCode.CHECKOUT_INTERRUPTED, self._clock()))
 
     async def _compensate(self, order: Order, owner: str) -> Order:
         """Undo what went through: refund, then give the stock back. Up to four remote calls with no step

@@ -41,8 +41,8 @@ class CancelCode(enum.StrEnum):
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     PAYMENT_UNAVAILABLE = "PAYMENT_UNAVAILABLE"
     RESERVATION_EXPIRED = "RESERVATION_EXPIRED"
-    # Resumed without the card (never stored) before any charge was sent: the call that had it gave up
-    # earlier, on something other than payments.
+    # Resumed without the card (never stored), and payments has no charge of the order: the call that had it
+    # is gone without an answer from payments (it gave up on something else, or orders restarted).
     CHECKOUT_INTERRUPTED = "CHECKOUT_INTERRUPTED"
     # Expired by the time it was charged: a retry after the expiry month ended drove a charge never sent.
     CARD_EXPIRED = "CARD_EXPIRED"

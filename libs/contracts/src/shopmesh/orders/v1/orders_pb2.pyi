@@ -101,17 +101,22 @@ class _CancelReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Canc
     CANCEL_REASON_CODE_INSUFFICIENT_FUNDS: _CancelReasonCode.ValueType  # 4
     """The card had insufficient funds; the reservation was released."""
     CANCEL_REASON_CODE_PAYMENT_UNAVAILABLE: _CancelReasonCode.ValueType  # 5
-    """The payment processor stayed unavailable until the reservation expired."""
+    """Payments (or its processor) was seen unavailable: every charge call of
+    the PlaceOrder that carried the card ended unavailable, or an order
+    resumed without it could not ask payments whether it was charged.
+    Nothing stays charged and the stock was released.
+    """
     CANCEL_REASON_CODE_RESERVATION_EXPIRED: _CancelReasonCode.ValueType  # 6
     """The reservation expired before it could be committed; any captured
     payment was refunded.
     """
     CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED: _CancelReasonCode.ValueType  # 7
     """The PlaceOrder call that carried the card ended before the card was
-    charged (inventory was slow or unavailable, or orders restarted), and
-    cards are never stored, so the order could not be paid for when it was
-    resumed. Nothing was charged and the stock was released; the customer
-    can place the order again.
+    charged (inventory was slow or unavailable, or orders restarted, also
+    during a charge that payments never captured), and cards are never
+    stored, so the order could not be paid for when it was resumed. Nothing
+    was charged and the stock was released; the customer can place the
+    order again.
     """
     CANCEL_REASON_CODE_CARD_EXPIRED: _CancelReasonCode.ValueType  # 8
     """The card had expired when it was to be charged: a PlaceOrder retried
@@ -142,17 +147,22 @@ CANCEL_REASON_CODE_CARD_DECLINED: CancelReasonCode.ValueType  # 3
 CANCEL_REASON_CODE_INSUFFICIENT_FUNDS: CancelReasonCode.ValueType  # 4
 """The card had insufficient funds; the reservation was released."""
 CANCEL_REASON_CODE_PAYMENT_UNAVAILABLE: CancelReasonCode.ValueType  # 5
-"""The payment processor stayed unavailable until the reservation expired."""
+"""Payments (or its processor) was seen unavailable: every charge call of
+the PlaceOrder that carried the card ended unavailable, or an order
+resumed without it could not ask payments whether it was charged.
+Nothing stays charged and the stock was released.
+"""
 CANCEL_REASON_CODE_RESERVATION_EXPIRED: CancelReasonCode.ValueType  # 6
 """The reservation expired before it could be committed; any captured
 payment was refunded.
 """
 CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED: CancelReasonCode.ValueType  # 7
 """The PlaceOrder call that carried the card ended before the card was
-charged (inventory was slow or unavailable, or orders restarted), and
-cards are never stored, so the order could not be paid for when it was
-resumed. Nothing was charged and the stock was released; the customer
-can place the order again.
+charged (inventory was slow or unavailable, or orders restarted, also
+during a charge that payments never captured), and cards are never
+stored, so the order could not be paid for when it was resumed. Nothing
+was charged and the stock was released; the customer can place the
+order again.
 """
 CANCEL_REASON_CODE_CARD_EXPIRED: CancelReasonCode.ValueType  # 8
 """The card had expired when it was to be charged: a PlaceOrder retried
