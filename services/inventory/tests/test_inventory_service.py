@@ -6,14 +6,17 @@ The service runs on a clock the tests move (`clock.advance`), so expiry is exact
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
 
 from shopmesh.inventory.v1 import inventory_pb2
+from shopmesh_chassis.db import Database
 from shopmesh_inventory.application import Inventory
 from shopmesh_inventory.domain.models import StockLevel
 from shopmesh_inventory.domain.validation import MAX_ON_HAND
@@ -539,3 +542,20 @@ async def test_a_reservation_in_a_state_a_newer_release_stored_is_never_expired(
     assert (got.id, got.state) == (reserved.id, inventory_pb2.RESERVATION_STATE_UNSPECIFIED)
     assert await _stored_state(database, reserved.id) == "ON_HOLD"
     assert await stock(stub, "prod_a") == (3, 2, 5)
+
+
+async def test_a_reservation_is_read_while_another_connection_holds_the_write_lock(
+    stub: Stub, database: Database
+) -> None:
+    # GetReservation is orders' look at an in-doubt step: it must not wait for (nor, on the event loop's
+    # thread, block behind) a write transaction held elsewhere, as a write transaction of its own did.
+    await set_stock(stub, "prod_a", 5)
+    reservation = await reserve(stub, "ord_read_1", {"prod_a": 1})
+    writer = sqlite3.connect(make_url(database.url).database or "", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        request = inventory_pb2.GetReservationRequest(reservation_id=reservation.id)
+        seen = (await stub.GetReservation(request, timeout=2)).reservation
+    finally:
+        writer.close()
+    assert seen.id == reservation.id

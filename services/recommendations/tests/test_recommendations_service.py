@@ -3,6 +3,7 @@ a real nats-server carrying OrderConfirmed events — the contract as the gatewa
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -17,6 +18,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
@@ -212,6 +214,24 @@ async def test_a_product_with_no_history_is_filled_from_its_category_without_its
     scores = [r.score for r in response.recommendations]
     assert scores == sorted(scores, reverse=True)
     assert all(0 < s <= 1 for s in scores)
+
+
+@pytest.mark.parametrize("subject", [{"product_id": "prod_chef_knife"}, {"user_id": "usr_grace"}])
+async def test_recommendations_are_read_while_another_connection_holds_the_write_lock(
+    offline: Running, subject: dict[str, str]
+) -> None:
+    # Reads never wait for the writer (Database.read): a write transaction took SQLite's write lock, and
+    # one held elsewhere (the consumer of another process, an operator's sqlite3 shell, a migration) left
+    # every recommendation waiting out the busy timeout on the event loop's thread, then UNAVAILABLE.
+    writer = sqlite3.connect(make_url(offline.service.database.url).database or "", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        response = await offline.stub.ListRecommendations(
+            recommendations_pb2.ListRecommendationsRequest(max_results=3, **subject), timeout=2
+        )
+    finally:
+        writer.close()
+    assert response is not None
 
 
 async def test_recommendations_carry_the_catalog_summary(offline: Running) -> None:

@@ -67,7 +67,7 @@ class Inventory:
             return await self._reserve(command)
         except IntegrityError:
             # PostgreSQL: a concurrent Reserve for the same order inserted its reservation first.
-            async with self._db.transaction() as session:
+            async with self._db.read() as session:
                 existing = await ReservationRepository(session).get_by_order(command.order_id)
             if existing is None:
                 raise  # not a duplicate order but a broken invariant: an internal error
@@ -116,7 +116,7 @@ class Inventory:
     @database_errors_as_domain_errors
     async def get_reservation(self, reservation_id: str) -> Reservation:
         reservation_id = validation.reservation_id(reservation_id)
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             reservation = await ReservationRepository(session).get(reservation_id)
         if reservation is None:
             raise rules.reservation_not_found(reservation_id)

@@ -51,7 +51,7 @@ class RecommendationsApplication:
         siblings = await self._catalog.products_in_category(product.category) if product is not None else ()
         # With as many popular products as places plus exclusions, the list is full whenever it can be.
         pool = limit + 1
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             repository = RecommendationsRepository(session)
             together = await repository.co_purchase_counts([product_id], pool)
             popular = await repository.most_popular(pool)
@@ -62,7 +62,7 @@ class RecommendationsApplication:
     async def _for_user(self, user_id: str, limit: int) -> _Candidates:
         """Bought together with what they bought; then the categories they buy most from; then popular.
         Nothing they bought already. An unknown user has no history: popular products only."""
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             history = await RecommendationsRepository(session).purchases_of(user_id, HISTORY_LIMIT)
         bought = list(history)
         sources = bought[:USER_CATEGORY_SOURCES]
@@ -71,7 +71,7 @@ class RecommendationsApplication:
         listings = await asyncio.gather(*(self._catalog.products_in_category(c) for c in categories))
         siblings = [p for listing in listings for p in listing]
         pool = limit + len(bought)
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             repository = RecommendationsRepository(session)
             together = await repository.co_purchase_counts(bought, pool)
             popular = await repository.most_popular(pool)
