@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import _PG_RELAY_LOCK, OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.tables import outbox_events
-from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer
 
@@ -378,3 +379,30 @@ async def test_a_publisher_declares_its_stream_again_when_nats_lost_it(client: C
     info = await client.jetstream().stream_info("LOST")
     assert info.state.messages == 1
     assert info.config.max_age == 7 * 86400
+
+
+async def test_a_relay_pass_while_nats_is_not_reached_never_logs_the_nats_urls_token(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/chassis.md: NATS_URL's "user part (`user:password@` or a token) is masked in logs". While the
+    publisher has not reached NATS (away at start, or refusing a wrong token), each relay pass fails with
+    DeferredJetStream's NotConnected, whose text the relay logs: it quotes NATS_URL as given."""
+    await add(db, "a")
+    publisher = DeferredJetStream(
+        f"nats://s3cret@127.0.0.1:{free_port()}",
+        name="test",
+        stream="TESTS",
+        subjects=["tests.v1.>"],
+        duplicate_window_seconds=600,
+    )  # never started: as a service whose NATS is away or refuses its token
+    relay = OutboxRelay(db, publisher, poll_interval=0.05)
+    caplog.set_level(logging.INFO)
+    relay.start()
+    try:
+        await eventually(
+            lambda: any("outbox relay pass failed" in r.getMessage() for r in caplog.records), "a relay pass failed"
+        )
+    finally:
+        await relay.stop()
+    lines = "\n".join(r.getMessage() for r in caplog.records)
+    assert "s3cret" not in lines, lines
