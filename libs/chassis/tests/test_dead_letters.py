@@ -452,3 +452,13 @@ def test_the_command_never_prints_the_credentials_of_an_unreachable_nats_url() -
     assert line.startswith(f"error: cannot reach NATS at nats://***@127.0.0.1:{port}: "), line
     assert "s3cret" not in result.stderr
     assert "ops" not in result.stderr
+
+
+def test_the_command_never_prints_a_token_with_a_slash_as_base64_tokens_have() -> None:
+    # `openssl rand -base64` tokens carry '/' and '+': URL parsing ends the authority at the '/', finds no
+    # user part, and the masking shows the whole URL, token included.
+    token = "Zm9v/YmFy+cXV4="
+    result = cli(f"nats://{token}@127.0.0.1:{free_port()}", "list")
+    assert result.returncode == 1
+    assert "Zm9v" not in result.stderr, result.stderr
+    assert token not in result.stderr
