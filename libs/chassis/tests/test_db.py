@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,24 @@ async def test_a_failed_statements_error_never_quotes_its_values(either_db: Data
             await writer.execute(insert(counter).values(id=1, value=424242))
     assert "424242" not in str(failed.value)
     assert "INSERT INTO counter" in str(failed.value)
+
+
+async def test_a_failed_statements_error_never_quotes_its_values_even_in_the_databases_own_detail(
+    either_db: Database,
+) -> None:
+    """hide_parameters hides SQLAlchemy's "[parameters: ...]", but PostgreSQL's error carries values of its
+    own: a unique violation's DETAIL quotes the key ("Key (id)=(424242) already exists", an e-mail or a key
+    id in a real table), and a NOT NULL or CHECK violation's quotes the whole failing row. asyncpg puts
+    the DETAIL in its own error's text, the cause a logged traceback prints under SQLAlchemy's."""
+    key = 2 * 212121  # as a number only at run time: the traceback quotes this file's lines
+    async with either_db.transaction() as writer:
+        await writer.execute(insert(counter).values(id=key, value=7))
+    with pytest.raises(IntegrityError) as failed:
+        async with either_db.transaction() as writer:
+            await writer.execute(insert(counter).values(id=key, value=8))
+    # What a log line with exc_info shows: the error and the chain of causes under it.
+    logged = "".join(traceback.format_exception(failed.value))
+    assert str(key) not in logged, logged
 
 
 @pytest.mark.parametrize("query", ["sslmode=disable", "sslmode=prefer"])
