@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from alembic import command
 from sqlalchemy import Connection, inspect, text
 
 from shopmesh_chassis import app
+from shopmesh_chassis.config import StartupFailed
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import (
     DatabaseRefusedAtStart,
@@ -196,6 +198,29 @@ async def test_a_database_that_refuses_the_service_fails_the_start_in_one_line_n
     [line] = str(failed.value).splitlines()
     assert line.startswith(f"the database at 127.0.0.1:{postgres.port} refused this service (DATABASE_URL): {said}")
     assert "s3cret" not in line
+
+
+async def test_a_database_with_no_connection_slot_for_the_service_fails_the_start_in_one_line(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """The same start with PostgreSQL refusing the connection for a reason of class 53 (too many connections:
+    replicas starting together past the role's or the server's limit, a managed database's plan): it is one
+    more "database that refuses the service" for now, and the next start may work. The refused check looks
+    at classes 28 and 3D only, so this start still ends in the ~130-line traceback of a DBAPIError."""
+    role = f"crowded_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{postgres.port}/postgres")
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 's3cret' CONNECTION LIMIT 0")
+    finally:
+        await admin.close()
+    database = Database(f"postgresql://{role}:s3cret@127.0.0.1:{postgres.port}/postgres")
+    try:
+        with pytest.raises(StartupFailed) as failed:
+            await migrate(database, release(tmp_path / "v1", ["widgets"]))
+    finally:
+        await database.dispose()
+    [line] = str(failed.value).splitlines()
+    assert f'too many connections for role "{role}"' in line, line
 
 
 INSERT_PROCESSED = "INSERT INTO chassis_processed_events (consumer, event_id, processed_at) VALUES ($1, $2, now())"
