@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Never, ParamSpec, Protocol, 
 import sqlalchemy
 from sqlalchemy import ColumnElement, CursorResult, Dialect, Executable, Insert, ScalarResult, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine, ExceptionContext, make_url
 from sqlalchemy.engine.interfaces import _CoreAnyExecuteParams, _CoreSingleExecuteParams
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -317,7 +317,7 @@ def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     engine_url, connect_args = asyncpg_connect_args(make_url(url))
-    return create_async_engine(
+    engine = create_async_engine(
         engine_url,
         connect_args=connect_args,
         pool_size=pool_size,
@@ -325,6 +325,19 @@ def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         hide_parameters=HIDE_PARAMETERS,
     )
+    event.listen(engine.sync_engine, "handle_error", _without_postgres_detail)
+    return engine
+
+
+def _without_postgres_detail(context: ExceptionContext) -> None:
+    """PostgreSQL's DETAIL quotes values: a unique violation's key ("Key (email)=(ada@example.com) already
+    exists"), a NOT NULL or CHECK violation's whole row ("Failing row contains (...)", a signing key's PEM).
+    asyncpg prints it in its error's text, the cause under SQLAlchemy's in every logged traceback, where
+    hide_parameters does not reach. The SQLSTATE, constraint and table still say what failed."""
+    cause = context.original_exception.__cause__
+    # asyncpg's PostgresError (untyped: checked by its attributes); it prints `detail` in its __str__.
+    if getattr(cause, "sqlstate", None) and getattr(cause, "detail", None):
+        cause.detail = None  # type: ignore[union-attr]
 
 
 @asynccontextmanager

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -46,13 +45,12 @@ def shown_nats_url(url: str) -> str:
 
 
 def _shown_server(server: str) -> str:
-    try:
-        parts = urlsplit(server if "://" in server else f"nats://{server}")
-    except ValueError:
-        return "***"
-    if "@" not in parts.netloc:
+    # Everything before the last '@' of the authority is the user part: a token from `openssl rand -base64`
+    # holds '/', '+' or '=', which a URL parser takes for the end of the authority (and so finds no user).
+    scheme, separator, rest = server.rpartition("://")
+    if "@" not in rest:
         return server
-    return parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
+    return f"{scheme}{separator}***@{rest.rpartition('@')[2]}"
 
 
 class ConnectionLog:
@@ -234,7 +232,7 @@ class DeferredJetStream:
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]) -> bool:
         if self._publisher is None or self._client is None:
-            raise NotConnected(f"not connected to NATS at {self._url} yet")
+            raise NotConnected(f"not connected to NATS at {shown_nats_url(self._url)} yet")
         try:
             return await self._publisher.publish(subject, payload, msg_id=msg_id, headers=headers)
         except NoStreamResponseError:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shopmesh_chassis.config import StartupFailed
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import DatabaseUnreachable
+from shopmesh_chassis.db_errors import DatabaseUnreachable, server_cannot_serve_now
 
 log = logging.getLogger("shopmesh.migrations")
 
@@ -159,10 +159,18 @@ async def _no_connection_fails_the_start(database: Database) -> AsyncIterator[No
             "and the next one tries again"
         ) from None
     except DBAPIError as error:
-        if str(getattr(error.orig, "sqlstate", None) or "")[:2] not in _REFUSED_SQLSTATE_CLASSES:
-            raise
         # The server's own words ('password authentication failed for user "shop"'): never the password.
         reason = str(error.orig).splitlines()[0] if error.orig is not None else "refused"
+        sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+        if server_cannot_serve_now(sqlstate):
+            # Up but not taking connections now: too many (replicas starting together past a connection
+            # limit), starting up or shutting down (a database pod restarting), a failover under way.
+            raise DatabaseUnreachableAtStart(
+                f"cannot connect to the database at {database.address} (DATABASE_URL): {reason}; this start "
+                "fails and the next one tries again"
+            ) from None
+        if sqlstate[:2] not in _REFUSED_SQLSTATE_CLASSES:
+            raise
         raise DatabaseRefusedAtStart(
             f"the database at {database.address} refused this service (DATABASE_URL): {reason}; check the URL's "
             "user, password and database name; this start fails and the next one tries again"
