@@ -1,6 +1,7 @@
 """Traces end to end, as `make run` records them: every service exports its spans over OTLP to the
 local trace sink, and one checkout is one trace, from orders' PlaceOrder through inventory and payments
-to the notifications consumer that got the order's event over NATS. `make traces` shows it as a tree.
+to the notifications consumer that got the order's event over NATS, and on to the e-mail's delivery to
+the stack's SMTP sink. `make traces` shows it as a tree.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .shop import CHECKOUT_SERVICES, eventually, place_request, user
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PLACE_ORDER = "shopmesh.orders.v1.OrdersService/PlaceOrder"
+SMTP_SEND = "smtp send"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -55,14 +57,16 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
                 and roots[0]["attributes"].get("shopmesh.order_id", placed.order.id) == placed.order.id
             ):
                 services = {s["service"] for s in trace.spans}
-                if {"orders", "inventory", "payments", "notifications"} <= services:
+                # The e-mail is sent last, by the sender's own loop, once the consumer has recorded it.
+                mailed = any(s["service"] == "notifications" and s["name"] == SMTP_SEND for s in trace.spans)
+                if {"orders", "inventory", "payments", "notifications"} <= services and mailed:
                     return trace
         return None
 
     async def arrived() -> Trace | None:
         return checkout_trace()
 
-    trace = await eventually(arrived, "the checkout's spans from all four services in one trace")
+    trace = await eventually(arrived, "the checkout's spans from all four services, the e-mail's too, in one trace")
     by_id = {s["span_id"]: s for s in trace.spans}
     [root] = trace.roots
     assert (root["service"], root["kind"]) == ("orders", "server")
@@ -80,6 +84,14 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
     [consumed] = [s for s in trace.spans if s["service"] == "notifications" and s["kind"] == "consumer"]
     assert consumed["name"] == "consume orders.v1.order_confirmed"
     assert chain(consumed)[-1] == "orders:server"  # under the checkout, through the outbox and NATS
+    # The e-mail, sent by the sender's loop after the consumer's span ended, under the span that recorded it.
+    [sent] = [s for s in trace.spans if s["service"] == "notifications" and s["kind"] == "client"]
+    assert sent["name"] == SMTP_SEND
+    assert sent["parent_span_id"] == consumed["span_id"]
+    assert sent["attributes"]["shopmesh.order_id"] == placed.order.id
+    assert sent["attributes"]["shopmesh.outcome"] == "sent"
+    assert sent["attributes"]["shopmesh.attempt"] == 1
+    assert int(sent["start_ns"]) >= int(consumed["start_ns"])
     assert not trace.failed
 
     shown = await asyncio.to_thread(
@@ -95,3 +107,4 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
     assert header.startswith(f"trace {trace.trace_id}: {len(trace.spans)} spans")
     assert f"orders  server  {root['name']}" in first
     assert any("notifications  consumer  consume orders.v1.order_confirmed" in line for line in rest)
+    assert any(f"notifications  client  {SMTP_SEND}" in line for line in rest)

@@ -5,7 +5,8 @@ ListNotifications over a real gRPC socket."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -17,6 +18,12 @@ import nats
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from nats.aio.client import Client
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shopmesh.common.v1 import money_pb2
 from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
@@ -27,6 +34,7 @@ from shopmesh_chassis.consumer import Event, EventConsumer
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM
 from shopmesh_chassis.events import ensure_stream
+from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import cut_off_midway, eventually, schema_differences, serve_in_process
@@ -53,6 +61,8 @@ PENDING, SENT, FAILED = (
     notifications_pb2.NOTIFICATION_STATE_FAILED,
 )
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+# The sender's span of one delivery attempt.
+SEND_SPAN = "smtp send"
 
 
 def confirmed_event(event_id: str, order_id: str, user_id: str = "usr_1", email: str = "ada@example.com") -> bytes:
@@ -109,6 +119,21 @@ async def sink(tmp_path: Path) -> AsyncIterator[SmtpSink]:
 
 
 @pytest.fixture
+def exported() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    """The sender's spans, recorded. Sampled whatever its parent says: the tests' own provider (the
+    consumer's) records nothing, and the context it hands on is marked unsampled."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def send_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [span for span in exporter.get_finished_spans() if span.name == SEND_SPAN]
+
+
+@pytest.fixture
 def overrides() -> dict[str, Any]:
     """Settings a test changes (parametrize this fixture)."""
     return {}
@@ -124,6 +149,7 @@ class Running:
     js: Client
     sink: SmtpSink
     metrics: ServerMetrics
+    spans: InMemorySpanExporter
 
     def attempts(self, outcome: str) -> float:
         labels = {"outcome": outcome}
@@ -152,6 +178,7 @@ async def running(
     js_client: Client,
     sink: SmtpSink,
     overrides: dict[str, Any],
+    exported: tuple[TracerProvider, InMemorySpanExporter],
 ) -> AsyncIterator[Running]:
     """The service as wiring builds it, in this process: consumer, sender, servicer."""
     settings = load_settings(
@@ -169,7 +196,8 @@ async def running(
         **overrides,
     )
     metrics = ServerMetrics()
-    sender = build_sender(settings, database, NotificationMetrics(metrics.registry))
+    provider, exporter = exported
+    sender = build_sender(settings, database, NotificationMetrics(metrics.registry), tracer_provider=provider)
     consumer = build_consumer(settings, database, sender, metrics.events)
     servicer = NotificationsServicer(NotificationsApplication(database))
     binding = ServiceBinding(DESCRIPTOR, servicer, notifications_pb2_grpc.add_NotificationsServiceServicer_to_server)
@@ -180,7 +208,9 @@ async def running(
             serve_in_process(settings, [binding]) as server,
             ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
         ):
-            yield Running(settings, database, sender, consumer, Stub(channel.channel), js_client, sink, metrics)
+            yield Running(
+                settings, database, sender, consumer, Stub(channel.channel), js_client, sink, metrics, exporter
+            )
     finally:
         await consumer.stop()
         await sender.stop()
@@ -206,6 +236,91 @@ async def test_an_order_confirmation_is_mailed_once_and_listed_as_sent(running: 
     assert (notification.order_id, notification.event_id) == ("ord_1", "evt_1")
     assert notification.kind == notifications_pb2.NOTIFICATION_KIND_ORDER_CONFIRMED
     assert notification.HasField("sent_at")
+
+
+# The checkout's trace, as orders' outbox hands it on in the event's headers.
+CHECKOUT_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CHECKOUT_SPAN = 0x00F067AA0BA902B7
+CHECKOUT_TRACEPARENT = f"00-{CHECKOUT_TRACE:032x}-{CHECKOUT_SPAN:016x}-01"
+
+
+def parent_in(carrier: dict[str, str] | Any) -> trace.SpanContext:
+    return trace.get_current_span(TraceContextTextMapPropagator().extract(dict(carrier))).get_span_context()
+
+
+async def test_an_email_is_sent_in_a_span_of_the_trace_its_event_was_consumed_in(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The trace of a checkout ended at notifications' consumer span: the sender, in a loop of its own,
+    sent with no trace context, its "sent" line had an empty trace_id, and the e-mail was nowhere in the
+    trace. The attempt is a span of the checkout's trace now, under the consumer span that recorded it."""
+    caplog.set_level(logging.INFO, logger="shopmesh.notifications.sender")
+    caplog.handler.addFilter(TraceContextFilter("notifications"))
+    headers = {"Nats-Msg-Id": "evt_t", "traceparent": CHECKOUT_TRACEPARENT, "tracestate": "shop=1"}
+    await running.js.jetstream().publish(ORDER_CONFIRMED, confirmed_event("evt_t", "ord_t"), headers=headers)
+
+    await eventually(lambda: mail_for(running.sink.directory, "ord_t"), "the e-mail")
+    (span,) = await eventually(lambda: send_spans(running.spans), "the send span")
+    stored = await running.stored("evt_t")
+    assert stored is not None
+    consumer_span = parent_in(stored.trace_context)
+    assert consumer_span.trace_id == CHECKOUT_TRACE
+    assert consumer_span.span_id != CHECKOUT_SPAN  # the consumer's own span, a child of the checkout's
+    assert stored.trace_context.get("tracestate") == "shop=1"
+    assert span.context is not None
+    assert span.context.trace_id == CHECKOUT_TRACE
+    assert span.parent is not None
+    assert span.parent.span_id == consumer_span.span_id
+    assert span.kind is trace.SpanKind.CLIENT
+    assert dict(span.attributes or {}) == {
+        "shopmesh.notification_id": stored.id,
+        "shopmesh.order_id": "ord_t",
+        "shopmesh.event_id": "evt_t",
+        "shopmesh.attempt": 1,
+        "shopmesh.outcome": "sent",
+    }
+    assert span.status.status_code is trace.StatusCode.UNSET
+    (line,) = [r for r in caplog.records if r.getMessage() == f"notification {stored.id} sent"]
+    assert getattr(line, "trace_id", None) == f"{CHECKOUT_TRACE:032x}"
+    assert getattr(line, "span_id", None) == f"{span.context.span_id:016x}"
+
+
+@sqlite_only
+async def test_a_failed_attempt_is_an_error_span_of_its_trace_that_does_not_name_the_recipient(
+    database: Database,
+    exported: tuple[TracerProvider, InMemorySpanExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider, exporter = exported
+    caplog.set_level(logging.INFO, logger="shopmesh.notifications.sender")
+    caplog.handler.addFilter(TraceContextFilter("notifications"))
+
+    class RefusingMailer:
+        async def send(self, notification: Notification) -> None:
+            raise DeliveryFailed("recipient refused: Ada@Example.com: 550 <ada@example.com> unknown", permanent=True)
+
+    # Recorded under a consumer span of a known trace, as the chassis' consumer runs the intake.
+    with provider.get_tracer("test").start_as_current_span("consume orders.v1.order_confirmed") as consumed:
+        event = Event("evt_f", ORDER_CONFIRMED, confirmed_event("evt_f", "ord_f"), {}, 1)
+        async with database.transaction() as session:
+            await NotificationIntake()(session, event)
+    sender = NotificationSender(
+        database, RefusingMailer(), RetryPolicy(3, 0.05, 0.2), claim_seconds=10, tracer_provider=provider
+    )
+    assert await sender.send_due() == 1
+
+    (span,) = send_spans(exporter)
+    assert span.context is not None
+    assert span.context.trace_id == consumed.get_span_context().trace_id
+    assert span.parent is not None
+    assert span.parent.span_id == consumed.get_span_context().span_id
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert "550" in (span.status.description or "")
+    assert "example.com" not in (span.status.description or "").lower()
+    assert "example.com" not in str(dict(span.attributes or {})).lower()
+    assert (span.attributes or {})["shopmesh.outcome"] == "failed"
+    (line,) = [r for r in caplog.records if "failed after 1 attempt(s)" in r.getMessage()]
+    assert getattr(line, "trace_id", None) == format(consumed.get_span_context().trace_id, "032x")
 
 
 @sqlite_only

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -18,6 +20,10 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger(__name__)
+
+# W3C trace context alone (`traceparent`, `tracestate`), whatever else the global propagator carries: what is
+# stored with a row for work that continues the trace later (`stored_trace_context`, `stored_context`).
+_W3C = TraceContextTextMapPropagator()
 
 
 def configure_tracing(service_name: str, endpoint: str | None, sampler_ratio: float = 1.0) -> TracerProvider:
@@ -58,3 +64,18 @@ def shutdown_tracing(provider: TracerProvider, timeout: float = EXPORT_ON_SHUTDO
 def current_trace_id() -> str:
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def stored_trace_context() -> dict[str, str]:
+    """The current span's W3C trace context, `traceparent` and `tracestate` if any, to store with a row whose
+    work goes on outside this span (notifications' sender mails what the consumer recorded): empty outside a
+    span. Unsampled spans are stored too: their work then carries the trace id in its logs."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier
+
+
+def stored_context(carrier: Mapping[str, str]) -> Context:
+    """The parent for work continuing a trace stored by `stored_trace_context`; a stored context that is
+    missing or unreadable gives an empty one, and the work's span starts a trace of its own."""
+    return _W3C.extract(carrier, context=Context())

@@ -1,7 +1,8 @@
 """The consumer's handler: an order event becomes a PENDING notification, in the transaction in which
 the chassis records the event id — so each event yields at most one notification, however often it is
 delivered (none for a confirmation applied after its order's cancellation). Nothing is sent here: the
-sender delivers it after the commit, outside any transaction."""
+sender delivers it after the commit, outside any transaction, in a span of the trace the notification
+was recorded in (its consumer span's context is stored with it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import DbConnection
+from shopmesh_chassis.tracing import stored_trace_context
 from shopmesh_notifications.codec import order_event
 from shopmesh_notifications.domain.emails import message_id_for, render
 from shopmesh_notifications.domain.events import EventKind, validate_event
@@ -64,6 +66,8 @@ class NotificationIntake:
             event_id=order.event_id,
             created_at=now,
             next_attempt_at=now,
+            # The consumer's span: the sender's attempts, in a loop of their own, continue its trace.
+            trace_context=stored_trace_context(),
         )
         await repository.add(notification)
         log.info("notification %s recorded for %s", notification.id, event.event_id, extra={"order_id": order.order_id})

@@ -8,8 +8,14 @@ from prometheus_client import CollectorRegistry, Counter
 
 from shopmesh_notifications.domain.model import Notification, State
 
-# The state a notification is left in after an attempt, as the metric's label.
+# The state a notification is left in after an attempt, as the metric's label (and the attempt's span's
+# `shopmesh.outcome`).
 _OUTCOMES = {State.SENT: "sent", State.PENDING: "retrying", State.FAILED: "failed"}
+
+
+def outcome_of(notification: Notification) -> str:
+    """What an attempt left the notification in: sent, retrying or failed."""
+    return _OUTCOMES[notification.state]
 
 
 class NotificationMetrics:
@@ -23,4 +29,4 @@ class NotificationMetrics:
         )
 
     def attempted(self, notification: Notification) -> None:
-        self._attempts.labels(_OUTCOMES[notification.state]).inc()
+        self._attempts.labels(outcome_of(notification)).inc()

@@ -5,6 +5,11 @@ the claim), then sent, then its outcome recorded. An order confirmation whose or
 recorded by the time it is claimed is not sent but SUPERSEDED. A sender killed after the mail server accepted an
 e-mail but before SENT was recorded sends it again once the claim runs out: at least once, with the
 same Message-ID, which mail servers, mail clients and the local SMTP sink recognise as one message.
+
+Each attempt is a CLIENT span, "smtp send", in the trace the notification was recorded in (the consumer
+span's context is stored with it; notifications recorded before that start a trace of their own): its
+notification and order ids, attempt number and outcome, an error status when it failed, never the
+recipient or the body. The attempt's log lines carry its trace id.
 """
 
 from __future__ import annotations
@@ -12,18 +17,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from opentelemetry import trace
+
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tasks import cancel_and_wait
+from shopmesh_chassis.tracing import stored_context
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
 from shopmesh_notifications.mailer import DeliveryFailed
+from shopmesh_notifications.metrics import outcome_of
 from shopmesh_notifications.store.repository import NotificationRepository
 
 log = logging.getLogger("shopmesh.notifications.sender")
+
+SEND_SPAN = "smtp send"
+
+
+def _without_recipient(text: str, recipient: str) -> str:
+    """A failure's text for the span: a mail server's refusal names the recipient, which traces, kept and
+    read like logs, must not carry."""
+    return re.sub(re.escape(recipient), "<recipient>", text, flags=re.IGNORECASE) if recipient else text
 
 
 class Mailer(Protocol):
@@ -42,6 +60,7 @@ class NotificationSender:
         batch_size: int = 50,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_attempt: Callable[[Notification], None] = lambda notification: None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._db = database
         self._mailer = mailer
@@ -52,6 +71,7 @@ class NotificationSender:
         self._clock = clock
         # Called with the notification as each attempt left it (sent, retrying or failed), once recorded.
         self._on_attempt = on_attempt
+        self._tracer = trace.get_tracer("shopmesh.notifications.sender", tracer_provider=tracer_provider)
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -134,32 +154,49 @@ class NotificationSender:
             )
             if superseded:
                 await repository.record_delivery(notification.superseded())
+        parent = stored_context(notification.trace_context)
         if superseded:
-            log.info(
-                "notification %s superseded: its order's cancellation came first",
-                notification.id,
-                extra={"order_id": notification.order_id, "event_id": notification.event_id},
-            )
+            # No attempt, so no span; the line still carries the trace id of the checkout it belongs to.
+            with trace.use_span(trace.get_current_span(parent)):
+                log.info(
+                    "notification %s superseded: its order's cancellation came first",
+                    notification.id,
+                    extra={"order_id": notification.order_id, "event_id": notification.event_id},
+                )
             return 0
-        try:
-            await self._mailer.send(notification)
-        except DeliveryFailed as failure:
-            outcome = notification.delivery_failed(
-                failure.reason, self._clock(), self._policy, permanent=failure.permanent
-            )
-        except Exception as error:
-            # Not the mail server's answer but our own fault: counted like any failed attempt, so that it
-            # ends FAILED instead of being claimed again forever.
-            log.exception("sending notification %s broke", notification.id)
-            outcome = notification.delivery_failed(
-                f"{type(error).__name__}: {error}", self._clock(), self._policy, permanent=False
-            )
-        else:
-            outcome = notification.sent(self._clock())
-        async with self._db.transaction() as session:
-            await NotificationRepository(session).record_delivery(outcome)
-        self._log(outcome)
-        self._on_attempt(outcome)
+        attributes: dict[str, str | int] = {
+            "shopmesh.notification_id": notification.id,
+            "shopmesh.order_id": notification.order_id,
+            "shopmesh.event_id": notification.event_id,
+            "shopmesh.attempt": notification.attempts + 1,
+        }
+        with self._tracer.start_as_current_span(
+            SEND_SPAN, context=parent, kind=trace.SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            try:
+                await self._mailer.send(notification)
+            except DeliveryFailed as failure:
+                outcome = notification.delivery_failed(
+                    failure.reason, self._clock(), self._policy, permanent=failure.permanent
+                )
+            except Exception as error:
+                # Not the mail server's answer but our own fault: counted like any failed attempt, so that it
+                # ends FAILED instead of being claimed again forever.
+                log.exception("sending notification %s broke", notification.id)
+                outcome = notification.delivery_failed(
+                    f"{type(error).__name__}: {error}", self._clock(), self._policy, permanent=False
+                )
+            else:
+                outcome = notification.sent(self._clock())
+            span.set_attribute("shopmesh.outcome", outcome_of(outcome))
+            if outcome.state is not State.SENT:
+                span.set_status(
+                    trace.Status(trace.StatusCode.ERROR, _without_recipient(outcome.last_error, notification.recipient))
+                )
+            async with self._db.transaction() as session:
+                await NotificationRepository(session).record_delivery(outcome)
+            self._log(outcome)
+            self._on_attempt(outcome)
         return 1
 
     @staticmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from opentelemetry.trace import TracerProvider
+
 from shopmesh.notifications.v1 import notifications_pb2_grpc
 from shopmesh_chassis import app
 from shopmesh_chassis.config import load_settings
@@ -31,7 +33,11 @@ STREAM_SUBJECTS = ["orders.v1.>"]
 
 
 def build_sender(
-    settings: NotificationsSettings, database: Database, metrics: NotificationMetrics
+    settings: NotificationsSettings,
+    database: Database,
+    metrics: NotificationMetrics,
+    *,
+    tracer_provider: TracerProvider | None = None,
 ) -> NotificationSender:
     mailer = SmtpMailer(
         SmtpOptions(
@@ -51,6 +57,7 @@ def build_sender(
         policy,
         claim_seconds=2 * settings.smtp_timeout_seconds,
         on_attempt=metrics.attempted,
+        tracer_provider=tracer_provider,
     )
 
 
@@ -81,7 +88,7 @@ async def _main() -> None:
     await migrate(database, VERSIONS, metadata)
 
     metrics = ServerMetrics()
-    sender = build_sender(settings, database, NotificationMetrics(metrics.registry))
+    sender = build_sender(settings, database, NotificationMetrics(metrics.registry), tracer_provider=tracer_provider)
     # Keeps trying in the background: the service serves ListNotifications while NATS is away.
     consumer = build_consumer(settings, database, sender, metrics.events)
     sender.start()

@@ -6,7 +6,8 @@ final."""
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
@@ -89,6 +90,9 @@ class Notification:
     # Why the latest attempt failed (for operators, while it is retried); failure_reason once FAILED.
     last_error: str = ""
     failure_reason: str = ""
+    # The W3C trace context (`traceparent`, `tracestate`) of the consumer span that recorded it: each
+    # delivery attempt is a span of that trace. Empty for notifications recorded before it was stored.
+    trace_context: Mapping[str, str] = field(default_factory=dict)
 
     def _require_pending(self) -> None:
         if self.state is not State.PENDING:

@@ -3,6 +3,8 @@ sending side by side never both send one notification, on SQLite and PostgreSQL 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +39,17 @@ def _delivery_values(notification: Notification) -> dict[str, Any]:
     }
 
 
+def _trace_context(stored: str | None) -> Mapping[str, str]:
+    """The stored trace context, or none for a value that is not one (never a reason not to send)."""
+    try:
+        carrier = json.loads(stored) if stored else {}
+    except ValueError:
+        return {}
+    if not isinstance(carrier, dict):
+        return {}
+    return {key: value for key, value in carrier.items() if isinstance(key, str) and isinstance(value, str)}
+
+
 def _from_row(row: Any) -> Notification:
     return Notification(
         id=row.id,
@@ -56,6 +69,7 @@ def _from_row(row: Any) -> Notification:
         sent_at=as_utc(row.sent_at),
         last_error=row.last_error,
         failure_reason=row.failure_reason,
+        trace_context=_trace_context(row.trace_context),
     )
 
 
@@ -77,6 +91,7 @@ class NotificationRepository:
                 kind=notification.kind.value,
                 event_id=notification.event_id,
                 created_at=notification.created_at,
+                trace_context=json.dumps(dict(notification.trace_context)) if notification.trace_context else None,
                 **_delivery_values(notification),
             )
         )

@@ -24,6 +24,9 @@ notifications = Table(
     Column("failure_reason", String(500), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
+    # JSON: the W3C trace context (traceparent, tracestate) the sender's span continues; NULL for rows
+    # recorded before notifications_0003 or by the release before it.
+    Column("trace_context", Text, nullable=True),
     # The contract's promise, kept by the database too: one notification per event and channel.
     UniqueConstraint("event_id", "channel", name="uq_notifications_event_channel"),
     Index("ix_notifications_user_created", "user_id", "created_at", "id"),
