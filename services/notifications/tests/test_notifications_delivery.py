@@ -417,7 +417,10 @@ class Bouncer(MailFolder):
 
 
 @sqlite_only
-async def test_a_recipient_the_mail_server_refuses_for_good_fails_at_once(running: Running, tmp_path: Path) -> None:
+async def test_a_recipient_the_mail_server_refuses_for_good_fails_at_once(
+    running: Running, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shopmesh.notifications")
     port = running.sink.port
     await running.sink.close()
     bouncer = Bouncer(tmp_path / "bounced")
@@ -431,6 +434,10 @@ async def test_a_recipient_the_mail_server_refuses_for_good_fails_at_once(runnin
 
         (notification,) = await eventually(failed, "FAILED")
         assert "550" in notification.failure_reason
+        # The refusal names the address ("recipient refused: bounce@example.com: 550 ..."): logs never do.
+        logged = [r.getMessage() for r in caplog.records if r.name == "shopmesh.notifications.sender"]
+        assert any("failed after 1 attempt(s): recipient refused: <recipient>: 550" in m for m in logged), logged
+        assert not [m for m in logged if "bounce@" in m.lower()]
         stored = await running.stored("evt_6")
         assert stored is not None
         assert stored.attempts == 1

@@ -39,8 +39,8 @@ SEND_SPAN = "smtp send"
 
 
 def _without_recipient(text: str, recipient: str) -> str:
-    """A failure's text for the span: a mail server's refusal names the recipient, which traces, kept and
-    read like logs, must not carry."""
+    """A failure's text for the span and the log lines: a mail server's refusal names the recipient, which
+    logs and traces (kept longer and read more widely than the database) must not carry."""
     return re.sub(re.escape(recipient), "<recipient>", text, flags=re.IGNORECASE) if recipient else text
 
 
@@ -210,7 +210,7 @@ class NotificationSender:
                 "notification %s failed after %d attempt(s): %s",
                 notification.id,
                 notification.attempts,
-                notification.last_error,
+                _without_recipient(notification.last_error, notification.recipient),
                 extra=extra,
             )
         else:
@@ -219,6 +219,6 @@ class NotificationSender:
                 notification.id,
                 notification.attempts,
                 notification.next_attempt_at.isoformat() if notification.next_attempt_at else "?",
-                notification.last_error,
+                _without_recipient(notification.last_error, notification.recipient),
                 extra=extra,
             )
