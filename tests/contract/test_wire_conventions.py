@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
@@ -43,6 +46,7 @@ from shopmesh.inventory.v1 import inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
+from shopmesh_chassis.db import create_postgres_engine, is_sqlite
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.pagination import INVALID_PAGE_TOKEN, MAX_PAGE_SIZE
 from shopmesh_chassis.testing import eventually, health_status
@@ -246,10 +250,15 @@ class Outcome:
 
 
 async def outcome(
-    channel: grpc.aio.Channel, service: str, method: MethodDescriptor, request: Any, meta: tuple[tuple[str, str], ...]
+    channel: grpc.aio.Channel,
+    service: str,
+    method: MethodDescriptor,
+    request: Any,
+    meta: tuple[tuple[str, str], ...],
+    timeout: float = 30,
 ) -> Outcome:
     try:
-        answer = await unary(channel, method)(request, metadata=meta, timeout=30)
+        answer = await unary(channel, method)(request, metadata=meta, timeout=timeout)
         return Outcome(grpc.StatusCode.OK, response=answer.SerializeToString(deterministic=True))
     except grpc.aio.AioRpcError as error:
         info = details_of(error).error_info
@@ -424,3 +433,76 @@ async def test_the_generated_orders_of_the_known_user_each_settled_their_money_o
             else:
                 assert order.state == orders_pb2.ORDER_STATE_CANCELLED, f"{order.id} is {state}"
                 assert not captured, f"{order.id} {state}: still captured {captured}"
+
+
+def has_no_side_effects(method: MethodDescriptor) -> bool:
+    return method.GetOptions().idempotency_level == descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
+
+
+READ_ONLY_METHODS = [(service, method) for service, method in METHODS if has_no_side_effects(method)]
+# Well under SQLite's busy timeout (5 s): a read that queued for the write lock cannot answer within it.
+LOCKED_ANSWER_SECONDS = 2.0
+
+
+@contextlib.asynccontextmanager
+async def write_lock(url: str) -> AsyncIterator[None]:
+    """Another connection holding the database's write lock, as a shell, a migration or another process
+    can. SQLite: BEGIN IMMEDIATE (the one writer). PostgreSQL: every table locked IN EXCLUSIVE MODE, which
+    blocks every writer (and SELECT .. FOR UPDATE) but not plain reads. Released (rolled back) on exit."""
+    if is_sqlite(url):
+        database = make_url(url).database
+        assert database, url
+        connection = sqlite3.connect(database, isolation_level=None, timeout=10)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            connection.close()  # rolls the transaction back
+        return
+    engine = create_postgres_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection, connection.begin():
+            tables = (
+                await connection.execute(
+                    text(
+                        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+                        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+                    )
+                )
+            ).scalars()
+            await connection.execute(text("SET LOCAL lock_timeout = '10s'"))
+            await connection.execute(text(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE"))
+            yield
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def a_writer_holding_every_database(stack: Stack) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as held:
+        for name in SERVICES:
+            url = stack.database_url(name)
+            if url is not None:
+                await held.enter_async_context(write_lock(url))
+        yield
+
+
+@pytest.mark.parametrize(("service", "method"), READ_ONLY_METHODS, ids=[f"{s}.{m.name}" for s, m in READ_ONLY_METHODS])
+async def test_a_read_only_call_is_answered_while_a_writer_holds_every_database(
+    service: str, method: MethodDescriptor, stack: Stack, known: Known
+) -> None:
+    """Every RPC the contracts mark NO_SIDE_EFFECTS (the gateway's included) reads a snapshot: while
+    another connection holds the write lock of every service's database, its exemplar request gets the
+    answer it gets without the locks, well within SQLite's busy timeout; never UNAVAILABLE (a read that
+    queued for the lock and gave up) nor DEADLINE_EXCEEDED (one still waiting). The entities the exemplar
+    names exist before the locks are taken; last in the module, when the generated calls' work is done."""
+    request = exemplar(method, known.values)
+    meta = valid_metadata(known, service, str(uuid.uuid4()))
+    async with grpc.aio.insecure_channel(stack.address(service)) as channel:
+        unlocked = await outcome(channel, service, method, request, meta)
+        async with a_writer_holding_every_database(stack):
+            locked = await outcome(channel, service, method, request, meta, timeout=LOCKED_ANSWER_SECONDS)
+    assert locked.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), (
+        f"{method.full_name} behind the write locks: {locked} (without them: {unlocked})"
+    )
+    assert (locked.code, locked.reason) == (unlocked.code, unlocked.reason), f"{locked} != {unlocked} without locks"

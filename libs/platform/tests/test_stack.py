@@ -369,6 +369,14 @@ async def test_a_service_that_sends_email_gets_an_smtp_sink_that_stores_mail_and
     assert codes == {"mailer": 0, SMTP: 0, NATS: 0}
 
 
+def test_database_url_is_the_given_one_else_the_sqlite_file_under_the_data_dir(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://shop@db:5432/orders"
+    stack = Stack(tmp_path, ports=PortPlan.free(list(SERVICES)), env={"orders": {"DATABASE_URL": url}})
+    assert stack.database_url("orders") == url
+    assert stack.database_url("users") == f"sqlite:///{tmp_path.absolute() / 'users'}.db"
+    assert stack.database_url("gateway") is None
+
+
 def test_without_a_service_that_sends_email_no_smtp_sink_is_planned_to_run(tmp_path: Path) -> None:
     stack = Stack(tmp_path, ports=PortPlan.free(["alpha", "beta"]), specs=sample_specs())
     assert stack.smtp_address is None

@@ -49,6 +49,7 @@ from typing import Any, Literal
 from grpc_health.v1 import health_pb2
 
 from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
+from shopmesh_chassis.db import sqlite_url
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing import health_status
@@ -825,6 +826,15 @@ class Stack:
 
     def recent_lines(self, name: str) -> list[str]:
         return list(self._child(name).recent)
+
+    def database_url(self, name: str) -> str | None:
+        """The database a service runs on, as it opens it: its DATABASE_URL, else its SQLite file under
+        DATA_DIR (`sqlite:///<data_dir>/<service>.db`); None for a service without a database."""
+        base = self._base(name)
+        if base not in SERVICES or not SERVICES[base].has_database:
+            return None
+        env = self._child(name).env
+        return env.get("DATABASE_URL") or sqlite_url(env["DATA_DIR"], env.get("SERVICE_NAME", base))
 
     def _child(self, name: str) -> _Child:
         if name == NATS:

@@ -162,7 +162,9 @@ class Inventory:
         # Small batches, one transaction per reservation: a sweep never holds many locks for long.
         expired = 0
         while True:
-            async with self._db.transaction() as session:
+            # Found in a snapshot: the sweep runs every second, and finds nothing nearly every time. Each
+            # expiry then takes the write lock in `_apply`, which rechecks the reservation.
+            async with self._db.read() as session:
                 ids = await ReservationRepository(session).overdue_ids(
                     self._clock(), self._sweep_batch_size, product_ids
                 )

@@ -20,7 +20,7 @@ class NotificationsApplication:
         after = validate_list_request(user_id, requested_page_size, page_token)
         check_owner(user_id, _caller_user())
         size = page_size(requested_page_size)
-        async with self._db.transaction() as session:
+        async with self._db.read() as session:
             page = await NotificationRepository(session).list_for_user(user_id, size + 1, after)
         token = ""
         if len(page) > size:

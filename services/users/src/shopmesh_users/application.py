@@ -131,7 +131,7 @@ class UsersApplication:
     @database_errors_as_domain_errors
     async def get_user(self, user_id: str) -> User:
         user_id = validate_user_id(user_id)
-        async with self._database.transaction() as session:
+        async with self._database.read() as session:
             user = await UserRepository(session).by_id(user_id)
         if user is None:
             raise user_not_found(user_id)
@@ -142,7 +142,7 @@ class UsersApplication:
     @database_errors_as_domain_errors
     async def published_jwks(self) -> list[Mapping[str, str]]:
         """The public JWKs verifiers need now, newest first."""
-        async with self._database.transaction() as session:
+        async with self._database.read() as session:
             keys = await SigningKeyRepository(session).all()
         return [k.public_jwk for k in key_schedule.published_keys(keys, self._clock(), self._policy.token_lifetime)]
 
@@ -191,6 +191,12 @@ class UsersApplication:
         return lambda keys, material, now: key_schedule.plan_rotation(keys, material, now, publish_ahead, lifetime)
 
     async def _change_keys(self, plan: KeyPlan, when: KeyCondition = _always) -> Rotation | None:
+        if when is not _always:
+            # The periodic check finds nothing due nearly every time: decided on a snapshot, it neither
+            # takes the write lock (on SQLite, waited for on the event loop's thread) nor makes a key.
+            async with self._database.read() as session:
+                if not when(await SigningKeyRepository(session).all(), self._clock()):
+                    return None
         material = generate_key_material()
         try:
             async with self._database.transaction() as session:
