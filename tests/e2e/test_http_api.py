@@ -343,6 +343,23 @@ async def test_a_path_variable_in_the_query_of_a_path_with_a_trailing_slash_is_r
     assert violation["reason"] == PATH_VARIABLE_IN_QUERY
 
 
+async def test_a_post_whose_body_is_the_request_refuses_its_fields_as_query_parameters(
+    http: httpx.AsyncClient,
+) -> None:
+    # Every POST route's body is `*`: the whole request is the JSON body, and google.api.http allows no query
+    # parameters then (the OpenAPI document declares none). The transcoder binds them anyway, so a card's
+    # number and CVV in the URL were charged, and written to the edge's access log (`http_path`) and sent
+    # on as `x-envoy-original-path`: the contract says a card is never logged.
+    _, auth = await signed_up(http, "query-card")
+    body = order("prod_chef_knife")
+    card = body.pop("card")
+    query = {"card.number": card["number"], "card.cvv": card["cvv"], "card.expMonth": 12, "card.expYear": 2031}
+    placed = await http.post("/v1/orders", params=query, json=body, headers=auth)
+    assert placed.status_code == 400, placed.text
+    assert status_of(placed)[1]["code"] == INVALID_ARGUMENT
+    assert (await http.get("/v1/orders", headers=auth)).json().get("orders", []) == []
+
+
 async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx.AsyncClient) -> None:
     page = {"pageSize": 20}
     zipped = await http.get("/v1/products", params=page, headers={"accept-encoding": "gzip"})
