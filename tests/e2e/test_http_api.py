@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -358,6 +359,27 @@ async def test_a_post_whose_body_is_the_request_refuses_its_fields_as_query_para
     assert placed.status_code == 400, placed.text
     assert status_of(placed)[1]["code"] == INVALID_ARGUMENT
     assert (await http.get("/v1/orders", headers=auth)).json().get("orders", []) == []
+
+
+async def test_the_edges_access_log_states_the_grpc_status_the_gateway_answered(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    # Each line of the edge's log has a `grpc_status`. The transcoder turns an error into an HTTP status and a
+    # JSON body, so Envoy derives the field from the HTTP status instead (400 -> Internal, 404 ->
+    # Unimplemented): every client mistake was logged as the server fault INTERNAL, a missing product as
+    # UNIMPLEMENTED.
+    path = f"/v1/products:search?query=&category=access-log-{uuid.uuid4().hex[:8]}"
+    refused = await http.get(path)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["code"] == INVALID_ARGUMENT
+    assert stack.logs is not None
+
+    async def logged() -> dict[str, Any] | None:
+        lines = [json.loads(line) for line in stack.logs.text(HTTP_API).splitlines() if path in line]
+        return lines[-1] if lines else None
+
+    line = await eventually(logged, "the edge's access log line of the refused search")
+    assert (line["http_status"], line["grpc_status"]) == (400, "InvalidArgument")
 
 
 async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx.AsyncClient) -> None:
