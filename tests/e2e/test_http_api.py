@@ -26,7 +26,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis import testing
-from shopmesh_platform.http_api import MAX_REQUEST_BYTES, MAX_REQUEST_HEADERS_KIB, PATH_VARIABLE_IN_QUERY, api_paths
+from shopmesh_platform.http_api import (
+    MAX_REQUEST_BYTES,
+    MAX_REQUEST_HEADERS_KIB,
+    PATH_VARIABLE_IN_QUERY,
+    QUERY_WITH_BODY,
+    api_paths,
+)
 from shopmesh_platform.stack import HTTP_API, Stack
 
 from .shop import FAST_RECOVERY, PASSWORD, eventually, spans_of_trace
@@ -359,6 +365,32 @@ async def test_a_post_whose_body_is_the_request_refuses_its_fields_as_query_para
     assert placed.status_code == 400, placed.text
     assert status_of(placed)[1]["code"] == INVALID_ARGUMENT
     assert (await http.get("/v1/orders", headers=auth)).json().get("orders", []) == []
+
+
+async def test_a_refused_query_is_neither_logged_nor_traced_by_the_edge(stack: Stack, http: httpx.AsyncClient) -> None:
+    # The password in the URL is refused (QUERY_WITH_BODY); the edge's access log and its span keep the path only.
+    secret = f"hunter-{uuid.uuid4().hex[:8]}"
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    query = {"email": "a@example.com", "password": secret}
+    refused = await http.post("/v1/login", params=query, json={}, headers={"traceparent": traceparent})
+    assert refused.status_code == 400, refused.text
+    assert detail(status_of(refused)[1], BAD_REQUEST)["fieldViolations"][0]["reason"] == QUERY_WITH_BODY
+    assert stack.logs is not None
+
+    async def logged() -> dict[str, Any] | None:
+        lines = [json.loads(line) for line in stack.logs.text(HTTP_API).splitlines() if trace_id in line]
+        return lines[-1] if lines else None
+
+    line = await eventually(logged, "the edge's access log line of the refused login")
+    assert (line["http_path"], line["method"], line["http_status"]) == ("/v1/login", "/v1/login", 400)
+    spans = await eventually(lambda: _spans(stack, trace_id), "the edge's span of the refused login")
+    assert all(secret not in json.dumps(span) for span in spans)
+    assert secret not in stack.logs.text(HTTP_API)
+
+
+async def _spans(stack: Stack, trace_id: str) -> list[dict[str, Any]] | None:
+    return spans_of_trace(stack, trace_id) or None
 
 
 async def test_the_edges_access_log_states_the_grpc_status_the_gateway_answered(

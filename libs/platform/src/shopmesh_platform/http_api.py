@@ -9,8 +9,9 @@ Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy 
   (INVALID_ARGUMENT → 400, UNAUTHENTICATED → 401, NOT_FOUND → 404, ...) with the google.rpc.Status as the
   JSON body, details included (field violations, ErrorInfo, RetryInfo). A query parameter or path the
   API does not have is refused by Envoy itself (400, 404), never guessed at, and so is a query parameter
-  naming a path variable (400), which the transcoder would take over the path; a path it has, asked with a
-  method it does not take there, is a 405 with `Allow`.
+  naming a path variable (400), which the transcoder would take over the path, and any query on a route
+  whose body is the whole request (`body: "*"`, every POST: 400), which the transcoder would bind anyway;
+  a path it has, asked with a method it does not take there, is a 405 with `Allow`.
 - **gRPC-Web** (`application/grpc-web+proto` and the other three types Envoy's filter takes, GRPC_CONTENT_TYPE),
   which browser gRPC clients send; and **gRPC** itself.
 - **`GET /openapi.json`**: the API's OpenAPI document (shopmesh_platform.openapi, generated with the
@@ -142,6 +143,10 @@ LOCAL_REPLY_CODES = {
 # routes answering it (their local reply is the whole Status already, details included).
 PATH_VARIABLE_IN_QUERY = "PATH_VARIABLE_IN_QUERY"
 _PATH_VARIABLE_IN_QUERY_ROUTE = "path-variable-in-query"
+# The same for a query on a route whose body is the whole request (`body: "*"`; the field violation names no
+# field: the query is none of the body's).
+QUERY_WITH_BODY = "QUERY_WITH_BODY"
+_QUERY_WITH_BODY_ROUTE = "query-with-body"
 # The domain of the ErrorInfo in the edge's own answers that carry one: the API's, the gateway's.
 _ERROR_DOMAIN = "shopmesh.gateway"
 # Where the metrics listener (`metrics_port`) serves Envoy's Prometheus metrics.
@@ -178,9 +183,23 @@ _GRPC_WEB_HEADERS = ("x-grpc-web", "x-user-agent", "grpc-timeout")
 _EXPOSED_HEADERS = ("idempotency-key", "grpc-status", "grpc-message", "grpc-status-details-bin")
 
 
+# The path and query the transcoder took (it keeps them in x-envoy-original-path): only a GET's can have a query
+# by then (a query on any other route of the API is refused before it, QUERY_WITH_BODY), and a GET's fields are
+# page sizes, page tokens, categories and search terms, never a secret; worth keeping to see what a client
+# asked. Any other request's path without its query: a refused one's (`POST /v1/login?password=...`, `PUT
+# /v1/orders?card.number=...`: whatever a client put there, no call was made of it), the storefront's.
+LOGGED_PATH = (
+    "%CEL('x-envoy-original-path' in request.headers ? request.headers['x-envoy-original-path'] : request.url_path)%"
+)
+# The URL of the edge's span (`http.url`), without its query: Envoy's own has the query, a refused one's too.
+_SPAN_URL = "%REQ(:SCHEME)%://%REQ(:AUTHORITY)%%PATH(NQ:ORIG_OR_PATH)%"
+
 # (Not the HTTP method: the transcoder has made every request a POST by the time the line is written.)
 _HTTP_LOG_FIELDS = {
-    "http_path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "http_path": LOGGED_PATH,
+    # The gRPC method (as the sidecars log it), or the path of a request the transcoder did not take, without
+    # its query.
+    "method": "%PATH(NQ:PATH)%",
     "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
     "bytes_in": "%BYTES_RECEIVED%",
     "bytes_out": "%BYTES_SENT%",
@@ -252,7 +271,11 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         clusters.append(cluster(TRACES_CLUSTER, sink_host, int(sink_port)))
     if api.traces is not None or api.traces_cluster_at_start:
         # The sampling ratio decides alone: a client's x-client-trace-id would force a trace past it.
-        span_config = {**tracing(api.name), "client_sampling": {"value": 0}}
+        span_config = {
+            **tracing(api.name),
+            "client_sampling": {"value": 0},
+            "custom_tags": [{"tag": "http.url", "value": _SPAN_URL}],
+        }
     manager: dict[str, Any] = {
         "@type": _HCM,
         "stat_prefix": "http_api",
@@ -310,6 +333,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "local_reply_config": {
             "mappers": [
                 _status_as_it_is(_PATH_VARIABLE_IN_QUERY_ROUTE),
+                _status_as_it_is(_QUERY_WITH_BODY_ROUTE),
                 *(_local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()),
             ]
         },
@@ -404,6 +428,16 @@ def api_paths() -> dict[str, list[str]]:
     return {path: sorted(verb.upper() for verb in verbs) for path, verbs in document["paths"].items()}
 
 
+def body_methods() -> dict[str, list[str]]:
+    """The API's paths → their HTTP methods whose body is the whole request (`body: "*"`: the OpenAPI document
+    gives them a request body and no query parameters; its generator states no other body)."""
+    document = json.loads(openapi_document().read_text())
+    return {
+        path: sorted(verb.upper() for verb, operation in verbs.items() if "requestBody" in operation)
+        for path, verbs in document["paths"].items()
+    }
+
+
 def _path_regex(template: str) -> str:
     """A path of this template (Envoy matches it against the whole path, without the query), spelled with
     the slashes the transcoder ignores: it routes `/v1/products/prod_1/` (and `prod_1//`) as
@@ -424,9 +458,9 @@ def _template_regex(template: str) -> str:
 
 def _method_routes() -> list[dict[str, Any]]:
     """For each path of the API: 405 with `Allow` for a method it does not take there (HTTP's answer; the
-    transcoder would say 404), 400 for a query parameter naming one of its variables, then, for a path with a
-    custom verb, the methods it takes. Envoy tries routes
-    in order: `/v1/orders/{order_id}:cancel` comes first, and its POST is routed there, before
+    transcoder would say 404), 400 for a query parameter naming one of its variables, 400 for any query with a
+    method whose body is the whole request, then, for a path with a custom verb, the methods it takes. Envoy
+    tries routes in order: `/v1/orders/{order_id}:cancel` comes first, and its POST is routed there, before
     `/v1/orders/{order_id}` (whose variable would take in `ord_1:cancel`) could call it a 405. A preflight
     (OPTIONS) goes on to the CORS filter."""
     routes = []
@@ -434,6 +468,7 @@ def _method_routes() -> list[dict[str, Any]]:
         regex = _path_regex(template)
         routes.append(_method_not_allowed(template, regex, methods))
         routes.extend(_path_variables_in_query(template, regex))
+        routes.extend(_query_with_body(template, regex, method) for method in body_methods().get(template, []))
         if _has_custom_verb(template):
             match = {"safe_regex": {"regex": regex}, "headers": [_method_in(methods), _NOT_GRPC]}
             routes.append(_http_json_route(match))
@@ -493,6 +528,47 @@ def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
                 }
             )
     return routes
+
+
+def _query_with_body(template: str, regex: str, method: str) -> dict[str, Any]:
+    """400 for a query on a route whose body is the whole request (`body: "*"`: `POST /v1/orders?card.number=`).
+    google.api.http gives such a route no query parameters, and the OpenAPI document declares none, but the
+    transcoder binds them into the request all the same: a card's number and CVV or a password in a URL would be
+    taken, and be wherever URLs are written (this edge's access log and span, a proxy's log, a browser's
+    history), and sent on to the gateway as x-envoy-original-path. Any query: a name the message has or not, an
+    empty one (`?`). A preflight goes on to the CORS filter (the method is not OPTIONS)."""
+    body = {
+        "code": grpc_code.INVALID_ARGUMENT,
+        "message": f"{method} {template} takes the request as its JSON body, not as query parameters",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "VALIDATION_FAILED",
+                "domain": _ERROR_DOMAIN,
+                "metadata": {},
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [
+                    {"description": "the request is the JSON body, with no query parameters", "reason": QUERY_WITH_BODY}
+                ],
+            },
+        ],
+    }
+    return {
+        "name": _QUERY_WITH_BODY_ROUTE,
+        "match": {
+            "safe_regex": {"regex": regex},
+            "headers": [
+                _method_in([method]),
+                {"name": ":path", "string_match": {"safe_regex": {"regex": r"[^?]*\?.*"}}},
+            ],
+        },
+        "direct_response": {"status": 400, "body": {"inline_string": json.dumps(body, separators=(",", ":"))}},
+        # A cross-origin POST of a form comes without a preflight: its page may read the answer.
+        "response_headers_to_add": [_set_header("access-control-allow-origin", "*")],
+        "typed_per_filter_config": _TRANSCODER_OFF,
+    }
 
 
 def _query_naming(name: str) -> str:
