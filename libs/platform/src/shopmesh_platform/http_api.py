@@ -107,6 +107,7 @@ _COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.C
 _GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 _HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 _CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+_HEADER_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
 # JSON answers at least this long are gzipped for a client that accepts it (a page of products: ~2 KiB, a
 # quarter of it compressed); shorter ones are not worth the CPU.
 COMPRESS_FROM_BYTES = 1024
@@ -194,8 +195,36 @@ LOGGED_PATH = (
 # The URL of the edge's span (`http.url`), without its query: Envoy's own has the query, a refused one's too.
 _SPAN_URL = "%REQ(:SCHEME)%://%REQ(:AUTHORITY)%%PATH(NQ:ORIG_OR_PATH)%"
 
+# Where the edge keeps the gateway's grpc-status as it came, before the transcoder turns it into an HTTP status and
+# drops it (dynamic metadata: namespace, key).
+_GATEWAY_STATUS = ("shopmesh.http_api", "grpc_status")
+# gRPC's codes by number → their names as Envoy's %GRPC_STATUS% spells them (the sidecars' `grpc_status`).
+_GRPC_STATUS_NAMES = {
+    str(number): {"OK": "OK", "CANCELLED": "Canceled"}.get(name, name.title().replace("_", ""))
+    for name, number in sorted(grpc_code.Code.items(), key=lambda item: item[1])
+}
+# The access log's `grpc_status`: the gateway's own status. Envoy's %GRPC_STATUS% reads the answer as the client
+# gets it, and the transcoder has made an error an HTTP status and a JSON body by then: it derived the code back
+# from the HTTP status (every 400 INTERNAL, a NOT_FOUND UNIMPLEMENTED). So: the grpc-status the gateway's headers
+# had (an error is trailers-only: GATEWAY_STATUS, kept before the transcoder), else its trailers' (an answer with
+# a body: OK), else the answer's headers' (Envoy's own reply to a gRPC client), else the code of the Status Envoy
+# answered an HTTP client itself (LOCAL_REPLY_CODES, by the HTTP status: a refusal, the gateway unreachable); none
+# (null) for the storefront's and the document's files and for a gRPC-Web answer whose status came in trailers
+# (its filter has made them part of the body).
+LOGGED_GRPC_STATUS = (
+    "%CEL({names}['{namespace}' in metadata.filter_metadata ? metadata.filter_metadata['{namespace}']['{key}'] : "
+    "'grpc-status' in response.trailers ? response.trailers['grpc-status'] : "
+    "'grpc-status' in response.headers ? response.headers['grpc-status'] : {local}[response.code]])%"
+).format(
+    names="{" + ",".join(f"'{number}':'{name}'" for number, name in _GRPC_STATUS_NAMES.items()) + "}",
+    namespace=_GATEWAY_STATUS[0],
+    key=_GATEWAY_STATUS[1],
+    local="{" + ",".join(f"{status}:'{code}'" for status, code in LOCAL_REPLY_CODES.items()) + "}",
+)
+
 # (Not the HTTP method: the transcoder has made every request a POST by the time the line is written.)
 _HTTP_LOG_FIELDS = {
+    "grpc_status": LOGGED_GRPC_STATUS,
     "http_path": LOGGED_PATH,
     # The gRPC method (as the sidecars log it), or the path of a request the transcoder did not take, without
     # its query.
@@ -353,6 +382,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 "typed_config": {"@type": _BUFFER, "max_request_bytes": MAX_REQUEST_BYTES},
             },
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": _transcoder(api.descriptor)},
+            # After the transcoder, so before it on the way out: the gateway's answer as it came.
+            _gateway_status(),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
         ],
     }
@@ -766,6 +797,25 @@ def _transcoded() -> dict[str, Any]:
     """An HTTP/JSON request the transcoder has already turned into gRPC (its content type says gRPC by
     then): the transcoder keeps the path it came with."""
     return {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}
+
+
+def _gateway_status() -> dict[str, Any]:
+    """The grpc-status of the gateway's answer's headers (an error's: gRPC sends it trailers-only), kept as
+    dynamic metadata (GATEWAY_STATUS) for the access log before the transcoder drops it."""
+    namespace, key = _GATEWAY_STATUS
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": _HEADER_TO_METADATA,
+            "response_rules": [
+                {
+                    "header": "grpc-status",
+                    "on_header_present": {"metadata_namespace": namespace, "key": key, "type": "STRING"},
+                    "remove": False,
+                }
+            ],
+        },
+    }
 
 
 def _health_check() -> dict[str, Any]:
