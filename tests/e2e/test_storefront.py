@@ -299,6 +299,16 @@ async def test_the_services_field_violations_show_beside_the_fields_they_name(
     await tab.press("Place order")
     await refused([quantity], ["City", "Card number"])
 
+    # Numbers beyond the API's int32 (the edge refused the whole request, naming no field) are still told
+    # beside their fields.
+    expiry_year = "Expiry year (four digits)"
+    await tab.fill({expiry_year: "99999999999"})
+    await page.get_by_label(quantity).fill("99999999999")
+    await page.get_by_label(quantity).press("Tab")
+    await tab.press("Place order")
+    await refused([quantity, expiry_year], ["City", "Card number"])
+
+    await tab.fill({expiry_year: "2031"})
     await page.get_by_label(quantity).fill("1")
     await page.get_by_label(quantity).press("Tab")
     await tab.press("Place order")
