@@ -45,3 +45,21 @@ async def test_outbound_call_is_cut_off_when_the_inbound_deadline_expires(
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # Not a timing assertion on speed: only that the 5 s downstream sleep was not waited for.
     assert time.monotonic() - started < 4.0
+
+
+@pytest.mark.parametrize("value", ["usr_é", "usr_x\nfoo", "usr_\x7f"])
+async def test_a_call_carrying_metadata_grpc_cannot_send_fails_at_once_instead_of_hanging(
+    server: ChassisServer, value: str
+) -> None:
+    # grpc.aio failed it in a task nobody awaited ("Task exception was never retrieved"): the call waited for
+    # its deadline, or for ever without one. A token's subject forwarded as x-user-id did that at the gateway.
+    options = ClientOptions(default_timeout_seconds=30.0, breaker=None)
+    started = time.monotonic()
+    async with ResilientChannel(server.address, [DESCRIPTOR], options) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sample_pb2_grpc.SampleServiceStub(channel.channel).Echo(
+                sample_pb2.EchoRequest(), metadata=(("x-user-id", value),)
+            )
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "x-user-id" in (caught.value.details() or "")
+    assert time.monotonic() - started < 10

@@ -151,6 +151,14 @@ async def _answered_by_the_target(call: grpc.aio.UnaryUnaryCall[Any, Any], code:
 Continuation = Callable[[ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]]
 
 
+def _unsendable_key(metadata: Metadata) -> str | None:
+    """The first key whose value gRPC refuses to send: outside printable ASCII (%x20-%x7E) for a text key."""
+    for key, value in metadata:
+        if not key.endswith("-bin") and not (isinstance(value, str) and value.isascii() and value.isprintable()):
+            return str(key)
+    return None
+
+
 class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Every call gets a deadline — the caller's, else the default, never later than the inbound call's —
     and carries who is calling: this service (`x-caller`) and the end user it acts for (`x-user-id`)."""
@@ -182,6 +190,15 @@ class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             metadata.add(call_context.CALLER, self._caller)
         if inbound is not None and inbound.user_id and not metadata.get_all(call_context.USER_ID):
             metadata.add(call_context.USER_ID, inbound.user_id)
+        unsendable = _unsendable_key(metadata)
+        if unsendable is not None:
+            # grpc.aio fails such a call in a task nobody awaits, and the caller waits for its deadline (or
+            # for ever): a value from outside (a token's subject) must never hang the call that carries it.
+            raise _local_error(
+                grpc.StatusCode.INTERNAL,
+                f"metadata {unsendable!r} holds a value gRPC cannot send",
+                errors.DomainError("unsendable metadata", reason="UNSENDABLE_METADATA"),
+            )
         details = ClientCallDetails(
             client_call_details.method,
             timeout,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ TOKEN_MISSING = "TOKEN_MISSING"
 TOKEN_INVALID = "TOKEN_INVALID"
 TOKEN_EXPIRED = "TOKEN_EXPIRED"
 MAX_SUBJECT_LENGTH = 64
+SUBJECT = re.compile(rf"[\x21-\x7e]{{1,{MAX_SUBJECT_LENGTH}}}")
 
 # Fetches the published keys, each in JWK form ({"kid", "kty", "crv", "alg", "x", "use"}); raises
 # shopmesh_chassis.errors.Unavailable when the key set cannot be had now.
@@ -156,7 +158,9 @@ class TokenVerifier:
             raise _invalid("the access token is signed by an unknown key")
         claims = self._decode(token, key)
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_LENGTH:
+        # The subject goes on as gRPC metadata (x-user-id): printable ASCII without spaces, as every id users
+        # issues is (a signed token with another one is a bug or a forgery, and gRPC could not send it).
+        if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
             raise _invalid("the access token has no usable subject")
         return subject
 
