@@ -209,3 +209,61 @@ async def test_a_notification_state_a_newer_release_added_stays_listable(stub: S
     response = await stub.ListNotifications(listing())
     assert [n.id for n in response.notifications] == ["ntf_002", "ntf_001"]
     assert response.notifications[0].state == notifications_pb2.NOTIFICATION_STATE_UNSPECIFIED
+
+
+
+@sqlite_only
+async def test_list_notifications_answers_while_another_connection_holds_the_write_lock_and_the_sender_runs(
+    settings: NotificationsSettings, database: Database
+) -> None:
+    """ListNotifications reads a snapshot so that another connection holding SQLite's write lock (a shell, a
+    migration, another process) does not hold it up (test_a_read_only_call_is_answered_while_a_writer_holds_
+    every_database). But the sender, in the same process and on the same event loop, looks for due
+    notifications at every idle poll (5 s) in a write transaction (BEGIN IMMEDIATE) that finds nothing, and
+    that waits out the 5 s busy timeout on the event loop's thread: every call arriving meanwhile waits with
+    it, then the sender backs off 0.5 s and waits again."""
+    import asyncio
+    import sqlite3
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from shopmesh_notifications.sender import NotificationSender
+
+    await seed(database, notification(1))
+
+    class Accepting:
+        async def send(self, notification: Notification) -> None:
+            pass
+
+    servicer = NotificationsServicer(NotificationsApplication(database))
+    binding = ServiceBinding(DESCRIPTOR, servicer, notifications_pb2_grpc.add_NotificationsServiceServicer_to_server)
+    sender = NotificationSender(database, Accepting(), RetryPolicy(3, 1, 10), claim_seconds=10)
+    path = make_url(database.url).database
+    assert path
+
+    def slowest_call(address: str, seconds: float) -> float:
+        """A client of its own (another thread, as another process would be): the slowest answer."""
+        slowest = 0.0
+        with grpc.insecure_channel(address) as channel:
+            stub = Stub(channel)
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                started = time.monotonic()
+                stub.ListNotifications(listing(), timeout=10, metadata=(("x-shopmesh-caller", "gateway"),))
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.1)
+        return slowest
+
+    async with serve_in_process(settings, [binding]) as server:
+        sender.start()
+        await asyncio.sleep(0.5)  # the due notification sent; the sender idle
+        holder = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            # Over 6 s: the sender's next idle poll comes within them.
+            slowest = await asyncio.to_thread(slowest_call, server.address, 6.0)
+        finally:
+            holder.close()
+            await sender.stop()
+    assert slowest < 1.0, f"a ListNotifications call took {slowest:.1f} s behind the sender's write-locked poll"
