@@ -211,7 +211,6 @@ async def test_a_notification_state_a_newer_release_added_stays_listable(stub: S
     assert response.notifications[0].state == notifications_pb2.NOTIFICATION_STATE_UNSPECIFIED
 
 
-
 @sqlite_only
 async def test_list_notifications_answers_while_another_connection_holds_the_write_lock_and_the_sender_runs(
     settings: NotificationsSettings, database: Database

@@ -119,7 +119,9 @@ class NotificationSender:
                 await asyncio.wait_for(self._wake.wait(), timeout=pause)
 
     async def _until_next_due(self) -> float:
-        async with self._db.transaction() as session:
+        # Looks only: a snapshot, never the write lock (held elsewhere, a write transaction would wait out
+        # SQLite's busy timeout on the event loop's thread, every RPC with it). Each claim takes the lock.
+        async with self._db.read() as session:
             due_at = await NotificationRepository(session).next_due_at()
         if due_at is None:
             return self._idle_poll
@@ -129,7 +131,7 @@ class NotificationSender:
         """Attempt every notification that is due now; returns how many attempts were made."""
         attempts = 0
         while not self._stopping:
-            async with self._db.transaction() as session:
+            async with self._db.read() as session:
                 due = await NotificationRepository(session).due(self._clock(), self._batch_size)
             if not due:
                 break
