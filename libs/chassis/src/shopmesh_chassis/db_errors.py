@@ -36,11 +36,6 @@ class DatabaseUnreachable(ConnectionError):
     OSError of a handler's own code (a file it cannot open) is not taken for a database outage."""
 
 
-def server_cannot_serve_now(sqlstate: str) -> bool:
-    """Whether PostgreSQL's SQLSTATE says it is up but cannot serve now (classes 08 and 53, 57P0x, 25006)."""
-    return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES
-
-
 def as_domain_error(error: BaseException) -> DomainError | None:
     """ABORTED for a lost concurrency race, UNAVAILABLE for an unreachable, locked or exhausted database."""
     if isinstance(error, exc.DBAPIError):
@@ -50,7 +45,8 @@ def as_domain_error(error: BaseException) -> DomainError | None:
         if (
             isinstance(error, exc.OperationalError | exc.InterfaceError)
             or error.connection_invalidated
-            or server_cannot_serve_now(sqlstate)
+            or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+            or sqlstate in _UNAVAILABLE_SQLSTATES
         ):
             return Unavailable(
                 "database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shopmesh_chassis.config import StartupFailed
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import DatabaseUnreachable, server_cannot_serve_now
+from shopmesh_chassis.db_errors import DatabaseUnreachable
 
 log = logging.getLogger("shopmesh.migrations")
 
@@ -57,6 +57,10 @@ class DatabaseRefusedAtStart(StartupFailed):
 # PostgreSQL's classes for a refused login (28: invalid authorization, a wrong password) and a database that
 # does not exist (3D): a connection's own failures, never a query's.
 _REFUSED_SQLSTATE_CLASSES = ("28", "3D")
+# Up but taking no connection now: too many connections, shutting down or starting up (with class 08, a
+# connection exception). Not a full disk or a read-only replica: a migration's own statement failing for
+# those keeps its traceback, which says which migration.
+_NO_CONNECTION_NOW_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
 def _as_option(path: Path) -> str:
@@ -162,7 +166,7 @@ async def _no_connection_fails_the_start(database: Database) -> AsyncIterator[No
         # The server's own words ('password authentication failed for user "shop"'): never the password.
         reason = str(error.orig).splitlines()[0] if error.orig is not None else "refused"
         sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
-        if server_cannot_serve_now(sqlstate):
+        if sqlstate[:2] == "08" or sqlstate in _NO_CONNECTION_NOW_SQLSTATES:
             # Up but not taking connections now: too many (replicas starting together past a connection
             # limit), starting up or shutting down (a database pod restarting), a failover under way.
             raise DatabaseUnreachableAtStart(
