@@ -9,6 +9,10 @@
 const PAGE_SIZE = 12;
 const RECOMMENDATIONS = 4;
 const CART = "shopmesh.cart";
+// Quantities and a card's expiry are int32 in the API. A larger number typed goes out as the largest one,
+// which orders refuses beside its field; sent as typed, the edge refused the whole request without naming it.
+const INT32_MAX = 2147483647;
+const int32 = (number) => Math.min(number, INT32_MAX);
 const SESSION = "shopmesh.session";
 // sessionStorage slots of requests whose outcome is not settled yet: their idempotency keys.
 const CHECKOUT = "shopmesh.checkout";
@@ -469,7 +473,7 @@ async function productView(productId) {
       class: "actions",
       onsubmit: (event) => {
         event.preventDefault();
-        const count = Math.max(1, Number.parseInt(quantity.value, 10) || 1);
+        const count = int32(Math.max(1, Number.parseInt(quantity.value, 10) || 1));
         cart.add(product, count);
         added.textContent = `Added ${count} to your cart.`;
       },
@@ -542,7 +546,7 @@ function cartView() {
           value: item.quantity,
           "aria-label": `Quantity of ${item.name}`,
           onchange: (event) => {
-            const quantity = Math.max(0, Number.parseInt(event.target.value, 10) || 0);
+            const quantity = int32(Math.max(0, Number.parseInt(event.target.value, 10) || 0));
             cart.setQuantity(item.productId, quantity);
             // A line taken out changes the rows; otherwise what was typed into the form stays.
             if (quantity === 0) route();
@@ -582,7 +586,7 @@ function checkoutForm(currency, session) {
     { name: "card.cvv", label: "CVV", inputmode: "numeric", autocomplete: "cc-csc" },
   ];
   const submit = async (values) => {
-    const whole = (text) => (/^\d+$/.test(text.trim()) ? Number(text) : 0);
+    const whole = (text) => (/^\d+$/.test(text.trim()) ? int32(Number(text)) : 0);
     const card = {
       number: values["card.number"].replaceAll(/\s/g, ""),
       expMonth: whole(values["card.exp_month"]),
