@@ -66,6 +66,21 @@ def test_after_the_pivot_only_reservation_expiry_turns_back() -> None:
     assert refunding.refund_done(NOW).compensated(NOW).refunded
 
 
+def test_a_cancelled_order_whose_charge_was_refunded_never_says_nothing_was_charged() -> None:
+    # The reason is decided before the money is seen: payments away (PAYMENT_UNAVAILABLE) while a charge
+    # landed after all, found and refunded by compensation or by the later recheck.
+    failed = order().reserved("res_1", NOW).failed_before_pivot(CancelCode.PAYMENT_UNAVAILABLE, NOW)
+    assert failed.cancel_message.endswith("nothing was charged.")
+    refunded = failed.refund_done(NOW).compensated(NOW)
+    assert refunded.cancel_message == "Payment could not be processed right now; your payment was refunded."
+    rechecked = failed.compensated(NOW, charge_recheck_at=NOW).charge_rechecked(True, NOW)
+    assert rechecked.cancel_message == refunded.cancel_message
+    unchanged = failed.compensated(NOW, charge_recheck_at=NOW).charge_rechecked(False, NOW)
+    assert unchanged.cancel_message == failed.cancel_message
+    declined = order().reserved("res_1", NOW).failed_before_pivot(CancelCode.CARD_DECLINED, NOW)
+    assert declined.refund_done(NOW).cancel_message == "Your card was declined."
+
+
 @pytest.mark.parametrize(
     "transition",
     [

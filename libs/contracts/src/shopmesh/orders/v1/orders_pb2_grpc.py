@@ -91,8 +91,9 @@ class OrdersServiceServicer:
         "short_count": "<how many products are short>"}; product_ids holds the
         first ones whose list fits in 1,000 characters; both absent for an
         order cancelled before orders kept them), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
-        (payments stayed unavailable through the retries; nothing was charged
-        and the stock was released), RESERVATION_EXPIRED (the stock
+        (payments stayed unavailable through the retries; nothing was charged,
+        or a charge that landed after all was refunded: refunded is true and
+        the message says so; the stock was released), RESERVATION_EXPIRED (the stock
         reservation expired first: before the charge, and nothing was charged,
         or after a payment that succeeded too late, which was refunded), or
         CHECKOUT_INTERRUPTED (a retry finds the

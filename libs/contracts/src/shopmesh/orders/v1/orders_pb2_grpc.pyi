@@ -83,8 +83,9 @@ class OrdersServiceStub:
       "short_count": "<how many products are short>"}; product_ids holds the
       first ones whose list fits in 1,000 characters; both absent for an
       order cancelled before orders kept them), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
-      (payments stayed unavailable through the retries; nothing was charged
-      and the stock was released), RESERVATION_EXPIRED (the stock
+      (payments stayed unavailable through the retries; nothing was charged,
+      or a charge that landed after all was refunded: refunded is true and
+      the message says so; the stock was released), RESERVATION_EXPIRED (the stock
       reservation expired first: before the charge, and nothing was charged,
       or after a payment that succeeded too late, which was refunded), or
       CHECKOUT_INTERRUPTED (a retry finds the
@@ -187,8 +188,9 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       "short_count": "<how many products are short>"}; product_ids holds the
       first ones whose list fits in 1,000 characters; both absent for an
       order cancelled before orders kept them), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
-      (payments stayed unavailable through the retries; nothing was charged
-      and the stock was released), RESERVATION_EXPIRED (the stock
+      (payments stayed unavailable through the retries; nothing was charged,
+      or a charge that landed after all was refunded: refunded is true and
+      the message says so; the stock was released), RESERVATION_EXPIRED (the stock
       reservation expired first: before the charge, and nothing was charged,
       or after a payment that succeeded too late, which was refunded), or
       CHECKOUT_INTERRUPTED (a retry finds the
@@ -294,8 +296,9 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           "short_count": "<how many products are short>"}; product_ids holds the
           first ones whose list fits in 1,000 characters; both absent for an
           order cancelled before orders kept them), CARD_DECLINED, INSUFFICIENT_FUNDS, PAYMENT_UNAVAILABLE
-          (payments stayed unavailable through the retries; nothing was charged
-          and the stock was released), RESERVATION_EXPIRED (the stock
+          (payments stayed unavailable through the retries; nothing was charged,
+          or a charge that landed after all was refunded: refunded is true and
+          the message says so; the stock was released), RESERVATION_EXPIRED (the stock
           reservation expired first: before the charge, and nothing was charged,
           or after a payment that succeeded too late, which was refunded), or
           CHECKOUT_INTERRUPTED (a retry finds the
