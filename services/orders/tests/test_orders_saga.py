@@ -784,6 +784,20 @@ async def test_a_cancellation_retried_with_its_key_while_the_first_runs_returns_
     assert len(payments.refunds) == 1
 
 
+async def test_a_cancellation_key_sent_again_for_another_order_is_refused_as_reused(
+    app: OrdersApplication, payments: FakePayments
+) -> None:
+    # Keys are scoped to the method and the caller (common/v1): the stored cancellation was per order, so
+    # the key of one cancellation, sent for a second order, cancelled that order too.
+    first, second = await place(app, command()), await place(app, command(), key="place-2")
+    await app.cancel_order(first, "changed my mind", "cancel-1", "f1")
+    with pytest.raises(errors.InvalidArgument) as refused:
+        await app.cancel_order(second, "changed my mind", "cancel-1", "f2")
+    assert refused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert (await app.get_order(second)).state is OrderState.CONFIRMED
+    assert len(payments.refunds) == 1
+
+
 async def test_a_retry_after_the_card_expired_returns_the_order_its_first_call_placed(
     database: Database, catalog: FakeCatalog, saga: SagaDriver, payments: FakePayments
 ) -> None:

@@ -209,6 +209,10 @@ class OrdersApplication:
                 if cancel_hash != fingerprint:
                     raise key_reused()
             else:
+                # A key is the caller's for the method (common/v1 "idempotency-key"), not the order's: the key of
+                # one cancellation sent again for another order is a client mix-up, refused, not a cancellation.
+                if await repository.cancel_key_used_elsewhere(order.user_id, key, order_id):
+                    raise key_reused()
                 await repository.save(order.cancellation_requested(reason, self._clock()))
                 await repository.set_cancel_origin(order_id, key, fingerprint)
         order = await self._load(order_id)

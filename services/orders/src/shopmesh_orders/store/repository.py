@@ -156,6 +156,13 @@ class OrderRepository:
         ).one()
         return row.cancel_key, row.cancel_request_hash
 
+    async def cancel_key_used_elsewhere(self, user_id: str, key: str, order_id: str) -> bool:
+        """Whether the user cancelled another order under this idempotency key."""
+        query = select(orders.c.id).where(
+            orders.c.user_id == user_id, orders.c.cancel_key == key, orders.c.id != order_id
+        )
+        return (await self._session.execute(query.limit(1))).first() is not None
+
     async def set_cancel_origin(self, order_id: str, key: str, request_hash: str) -> None:
         await self._session.execute(
             update(orders).where(orders.c.id == order_id).values(cancel_key=key, cancel_request_hash=request_hash)
