@@ -3,7 +3,10 @@ deleted past their retention (only those), and event streams drop messages past 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import shutil
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,9 +27,9 @@ from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.tables import metadata, outbox_events, processed_events
 from shopmesh_chassis.testing import eventually, schema_differences
-from shopmesh_chassis.testing.nats_server import NatsServer
+from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
-from .consumer_kit import consumer, record
+from .consumer_kit import consumer, record, scratch, until_applied
 
 DAY = 86400.0
 
@@ -374,3 +377,53 @@ async def test_a_starting_consumer_purges_once_it_has_read_the_streams_max_age_n
         await eventually(purged, "the 30-day-old id purged soon after the consumer connected")
     finally:
         await running.stop()
+
+
+async def test_a_stream_nats_lost_with_its_store_gets_the_publishers_max_age_back_not_a_consumers(
+    tmp_path: Path,
+) -> None:
+    """NATS restarted without its JetStream store, publisher and consumer running throughout. The operator
+    raised the stream's max age on the publisher (docs: "Raising the max age ... is the publisher's
+    setting"); the consumer keeps the default. The consumer reconnects first and creates the missing stream
+    with its own max age, and the publisher's next publish finds a stream there and never declares it again:
+    "the publisher's value holds" no longer does until the publisher restarts, and events older than the
+    consumer's 7 days are dropped though 30 were configured."""
+    db = Database(f"sqlite:///{tmp_path}/consumer.db")
+    (tmp_path / "versions").mkdir()
+    await migrate(db, tmp_path / "versions")
+    async with db.transaction() as conn:
+        await conn.run_sync(scratch.create_all)
+    store = tmp_path / "nats"
+    with nats_server(store) as first:
+        port, url = first.port, first.url
+        publisher = DeferredJetStream(
+            url,
+            name="tests",
+            stream="THINGS",
+            subjects=["things.v1.>"],
+            duplicate_window_seconds=600,
+            max_age_seconds=30 * DAY,
+        )
+        ready = asyncio.Event()
+        publisher.start(on_ready=ready.set)
+        await asyncio.wait_for(ready.wait(), 10)
+        running = consumer(db, url, record)  # the default max age: 7 days
+        running.start()
+        await publisher.publish("things.v1.happened", b"x", msg_id="e1", headers={})
+        await until_applied(db, Counter({"e1": 1}))
+    shutil.rmtree(store)  # the store is lost
+    with nats_server(store, port=port):
+        try:
+            await asyncio.sleep(2)  # both reconnect
+            await publisher.publish("things.v1.happened", b"x", msg_id="e2", headers={})
+            await until_applied(db, Counter({"e1": 1, "e2": 1}))
+            client = await nats.connect(url)
+            try:
+                max_age = (await client.jetstream().stream_info("THINGS")).config.max_age
+            finally:
+                await client.close()
+        finally:
+            await running.stop()
+            await publisher.close()
+            await db.dispose()
+    assert max_age == 30 * DAY, f"the stream keeps events {max_age / DAY:g} days, its publisher says 30"
