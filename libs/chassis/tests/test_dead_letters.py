@@ -462,3 +462,45 @@ def test_the_command_never_prints_a_token_with_a_slash_as_base64_tokens_have() -
     assert result.returncode == 1
     assert "Zm9v" not in result.stderr, result.stderr
     assert token not in result.stderr
+
+
+async def test_replaying_an_event_applied_longer_ago_than_the_id_retention_still_has_no_second_effect(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """As above, but the operator replays the dead letter after the consumer forgot the event's id: ids are
+    kept by the event stream's max age (7 days and one), while `DEADLETTER` keeps a parked message until an
+    operator decides, however long that takes. Docs: "an event applied in the meantime is a `duplicate`,
+    no second effect"; once its id is purged the replay applies the event a second time."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from shopmesh_chassis.events import ensure_stream
+    from shopmesh_chassis.tables import processed_events
+
+    registry = CollectorRegistry()
+    running = consumer(db, nats_srv.url, record, metrics=EventMetrics(registry))
+    running.start()
+    await publish(client, "e1")
+    await until_applied(db, Counter({"e1": 1}))
+    # As parked by a replica that ran a broken release while this one applied the event.
+    await client.jetstream().publish(
+        f"deadletter.tester.{SUBJECT}",
+        b"x",
+        headers={MSG_ID: "old-park", ORIGINAL_SUBJECT: SUBJECT, ORIGINAL_EVENT_ID: "e1", ERROR: '"boom"'},
+    )
+    [letter] = await parked(client, 1)
+    # Three weeks pass before the operator looks at the dead letters; the hourly purge ran meanwhile.
+    async with db.transaction() as session:
+        await session.execute(
+            update(processed_events).values(processed_at=datetime.now(UTC) - timedelta(days=21))
+        )
+    # The stream as its publisher declares it by default: events kept 7 days.
+    await ensure_stream(client.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * 86400)
+    assert await running.purge_processed() == 1
+    await DeadLetters(client.jetstream()).replay(letter.sequence)
+    await eventually(
+        lambda: counted(registry, "duplicate") + counted(registry, "applied") >= 2, "the replay consumed"
+    )
+    await running.stop()
+    assert await applied(db) == Counter({"e1": 1}), "the replay applied the event a second time"
