@@ -427,3 +427,36 @@ async def test_a_stream_nats_lost_with_its_store_gets_the_publishers_max_age_bac
             await publisher.close()
             await db.dispose()
     assert max_age == 30 * DAY, f"the stream keeps events {max_age / DAY:g} days, its publisher says 30"
+
+
+async def test_a_stream_deleted_and_created_by_a_consumer_while_the_publisher_stays_connected_gets_its_max_age_back(
+    client: Client, nats_srv: NatsServer
+) -> None:
+    """No reconnect to tell the publisher: the stream is deleted (`nats stream rm`) and a consumer creates it
+    again with its own max age before the next publish. The publisher sees its stream's sequence start over."""
+    js = client.jetstream()
+    publisher = DeferredJetStream(
+        nats_srv.url,
+        name="tests",
+        stream="THINGS",
+        subjects=["things.v1.>"],
+        duplicate_window_seconds=600,
+        max_age_seconds=30 * DAY,
+    )
+    ready = asyncio.Event()
+    publisher.start(on_ready=ready.set)
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        await publisher.publish("things.v1.happened", b"x", msg_id="e1", headers={})
+        await publisher.publish("things.v1.happened", b"x", msg_id="e2", headers={})
+        await js.delete_stream("THINGS")
+        # As a consumer creates a missing stream: its own max age, never an update.
+        await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * DAY, update=False)
+        await publisher.publish("things.v1.happened", b"x", msg_id="e3", headers={})
+
+        async def max_age() -> float:
+            return float((await js.stream_info("THINGS")).config.max_age or 0)
+
+        await eventually(lambda: _equals(max_age, 30 * DAY), "the publisher's max age back on the new stream")
+    finally:
+        await publisher.close()

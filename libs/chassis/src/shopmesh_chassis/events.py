@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StreamConfig
+from nats.js.api import PubAck, RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError
 
 from shopmesh_chassis.config import EventSettings
@@ -90,9 +90,16 @@ class ConnectionLog:
         log.info("reconnected to NATS at %s", self._url, extra={"nats_url": self._url})
 
 
-async def connect(url: str, *, name: str) -> Client:
-    """A connection that keeps reconnecting forever: the outbox keeps events while NATS is away."""
+async def connect(url: str, *, name: str, on_reconnected: Callable[[], None] | None = None) -> Client:
+    """A connection that keeps reconnecting forever: the outbox keeps events while NATS is away.
+    `on_reconnected` runs after each reconnect (in nats-py's reconnect loop: start a task for any request)."""
     said = ConnectionLog(url)
+
+    async def reconnected() -> None:
+        await said.reconnected()
+        if on_reconnected is not None:
+            on_reconnected()
+
     client = await nats.connect(
         nats_servers(url),
         name=name,
@@ -102,7 +109,7 @@ async def connect(url: str, *, name: str) -> Client:
         allow_reconnect=True,
         error_cb=said.error,
         disconnected_cb=said.disconnected,
-        reconnected_cb=said.reconnected,
+        reconnected_cb=reconnected,
     )
     said.watch(client)
     return client
@@ -150,8 +157,11 @@ class JetStreamPublisher:
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]) -> bool:
         """Publish once; returns False when JetStream recognised a duplicate."""
-        ack = await self._js.publish(subject, payload, timeout=self._timeout, headers={**headers, MSG_ID: msg_id})
-        return not ack.duplicate
+        return not (await self.send(subject, payload, msg_id=msg_id, headers=headers)).duplicate
+
+    async def send(self, subject: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]) -> PubAck:
+        """Publish once; the stream's acknowledgement as it is."""
+        return await self._js.publish(subject, payload, timeout=self._timeout, headers={**headers, MSG_ID: msg_id})
 
     async def close(self) -> None:
         """Drain (what was published is flushed first) when connected; else, or if the drain fails, close:
@@ -175,6 +185,14 @@ class NotConnected(ConnectionError):
 
 
 class DeferredJetStream:
+    """The publisher of one stream, and the one who says how the stream is configured (max age, duplicate
+    window): it declares the stream at start, and again whenever the stream may have been lost since and
+    created anew by a consumer with that consumer's own settings (consumers create a missing stream, as
+    their start may come first, but never change one): after each reconnect (NATS may have restarted
+    without its JetStream store), when a publish finds no stream, and when the stream's sequence goes
+    back (deleted and created again while this connection stayed up). None of these costs a request per
+    publish."""
+
     def __init__(
         self,
         url: str,
@@ -196,6 +214,10 @@ class DeferredJetStream:
         self._client: Client | None = None
         self._publisher: JetStreamPublisher | None = None
         self._task: asyncio.Task[None] | None = None
+        # The declaration started by a reconnect or a stream that started over, while it retries.
+        self._redeclaring: asyncio.Task[None] | None = None
+        # The stream sequence of the last event this publisher stored: a stream created anew starts from 1.
+        self._sequence = 0
 
     @classmethod
     def from_settings(cls, settings: EventSettings, *, stream: str, subjects: list[str]) -> DeferredJetStream:
@@ -218,7 +240,7 @@ class DeferredJetStream:
         while True:
             try:
                 if self._client is None:
-                    self._client = await connect(self._url, name=self._name)
+                    self._client = await connect(self._url, name=self._name, on_reconnected=self._reconnected)
                 await self._declare_stream()
                 break
             except Exception as exc:
@@ -234,14 +256,44 @@ class DeferredJetStream:
         if self._publisher is None or self._client is None:
             raise NotConnected(f"not connected to NATS at {shown_nats_url(self._url)} yet")
         try:
-            return await self._publisher.publish(subject, payload, msg_id=msg_id, headers=headers)
+            ack = await self._publisher.send(subject, payload, msg_id=msg_id, headers=headers)
         except NoStreamResponseError:
             # No stream takes the subject any more: NATS restarted without its JetStream store, or the stream
-            # was deleted. Only the publisher declares it as configured (a consumer would make it with its
-            # own settings, and only once it reconnects): declare it again, then send once more.
+            # was deleted, and no consumer has created it again yet: declare it, then send once more.
             log.warning("NATS stream %s is gone; declaring it again", self._stream)
             await self._declare_stream()
-            return await self._publisher.publish(subject, payload, msg_id=msg_id, headers=headers)
+            ack = await self._publisher.send(subject, payload, msg_id=msg_id, headers=headers)
+        if not ack.duplicate:  # a duplicate's acknowledgement names the sequence of the event it repeats
+            if ack.seq <= self._sequence:
+                # The stream started over since this publisher's last event: lost and created again, perhaps
+                # by a consumer with its own max age. Bring it to this publisher's configuration.
+                self._declare_again(f"its sequence went back from {self._sequence} to {ack.seq}")
+            self._sequence = ack.seq
+        return not ack.duplicate
+
+    def _reconnected(self) -> None:
+        # NATS may be back without its store, the stream already created again by a consumer reconnecting
+        # first (every 0.5 s) with that consumer's settings. Before the start's declaration, that one will do.
+        if self._publisher is not None:
+            self._declare_again("reconnected")
+
+    def _declare_again(self, why: str) -> None:
+        """Bring the stream to this publisher's configuration in the background, retrying until it is done."""
+        if self._redeclaring is None or self._redeclaring.done():
+            self._redeclaring = asyncio.get_running_loop().create_task(self._redeclare(why), name="jetstream-redeclare")
+
+    async def _redeclare(self, why: str) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._declare_stream()
+                log.info("NATS stream %s declared again as configured (%s)", self._stream, why)
+                return
+            except Exception as exc:
+                # JetStream not answering yet (just restarted, no quorum), or the connection lost again.
+                log.warning("NATS stream %s not declared again yet, retrying in %.1fs: %s", self._stream, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_retry_delay)
 
     async def _declare_stream(self) -> None:
         assert self._client is not None
@@ -253,6 +305,9 @@ class DeferredJetStream:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
+        if self._redeclaring is not None:
+            await cancel_and_wait(self._redeclaring)
+            self._redeclaring = None
         try:
             if self._publisher is not None:
                 await self._publisher.close()
@@ -262,3 +317,4 @@ class DeferredJetStream:
             # A close that failed must not leave a publisher that looks connected to a next start.
             self._publisher = None
             self._client = None
+            self._sequence = 0
