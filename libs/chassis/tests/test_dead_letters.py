@@ -32,6 +32,7 @@ from shopmesh_chassis.deadletters import (
     error_header,
     replay_durable,
     replay_filter,
+    waiting_event_ids,
 )
 from shopmesh_chassis.events import EVENT_TYPE, MSG_ID
 from shopmesh_chassis.metrics import EventMetrics
@@ -470,7 +471,8 @@ async def test_replaying_an_event_applied_longer_ago_than_the_id_retention_still
     """As above, but the operator replays the dead letter after the consumer forgot the event's id: ids are
     kept by the event stream's max age (7 days and one), while `DEADLETTER` keeps a parked message until an
     operator decides, however long that takes. Docs: "an event applied in the meantime is a `duplicate`,
-    no second effect"; once its id is purged the replay applies the event a second time."""
+    no second effect"; once its id is purged the replay applies the event a second time. The purge keeps the
+    ids of the events waiting as the consumer's dead letters, and only those: e0's is forgotten."""
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import update
@@ -481,8 +483,9 @@ async def test_replaying_an_event_applied_longer_ago_than_the_id_retention_still
     registry = CollectorRegistry()
     running = consumer(db, nats_srv.url, record, metrics=EventMetrics(registry))
     running.start()
+    await publish(client, "e0")
     await publish(client, "e1")
-    await until_applied(db, Counter({"e1": 1}))
+    await until_applied(db, Counter({"e0": 1, "e1": 1}))
     # As parked by a replica that ran a broken release while this one applied the event.
     await client.jetstream().publish(
         f"deadletter.tester.{SUBJECT}",
@@ -492,15 +495,27 @@ async def test_replaying_an_event_applied_longer_ago_than_the_id_retention_still
     [letter] = await parked(client, 1)
     # Three weeks pass before the operator looks at the dead letters; the hourly purge ran meanwhile.
     async with db.transaction() as session:
-        await session.execute(
-            update(processed_events).values(processed_at=datetime.now(UTC) - timedelta(days=21))
-        )
+        await session.execute(update(processed_events).values(processed_at=datetime.now(UTC) - timedelta(days=21)))
     # The stream as its publisher declares it by default: events kept 7 days.
     await ensure_stream(client.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * 86400)
-    assert await running.purge_processed() == 1
+    purged = await running.purge_processed()
     await DeadLetters(client.jetstream()).replay(letter.sequence)
-    await eventually(
-        lambda: counted(registry, "duplicate") + counted(registry, "applied") >= 2, "the replay consumed"
-    )
+    await eventually(lambda: counted(registry, "duplicate") + counted(registry, "applied") >= 3, "the replay consumed")
     await running.stop()
-    assert await applied(db) == Counter({"e1": 1}), "the replay applied the event a second time"
+    assert await applied(db) == Counter({"e0": 1, "e1": 1}), "the replay applied the event a second time"
+    # The purge forgot the old id of the event that waits nowhere, and kept the parked one's.
+    assert purged == 1
+
+
+async def test_the_ids_kept_for_dead_letters_are_those_parked_or_replayed_for_that_consumer(client: Client) -> None:
+    """A replayed message waits on `REPLAY` until its consumer acknowledges it: its id is kept as a parked one's."""
+    js = client.jetstream()
+    assert await waiting_event_ids(js, "tester") == set(), "no stream yet: nothing waits"
+    await ensure_dead_letter_streams(js, 600)
+    for where, event_id in (
+        (f"deadletter.tester.{SUBJECT}", "parked"),
+        (f"replay.tester.{SUBJECT}", "replayed"),
+        (f"deadletter.other.{SUBJECT}", "another-consumers"),
+    ):
+        await js.publish(where, b"x", headers={MSG_ID: event_id, ORIGINAL_EVENT_ID: event_id})
+    assert await waiting_event_ids(js, "tester") == {"parked", "replayed"}

@@ -12,7 +12,8 @@ back once their cause is fixed (deadletters.py).
 
 Applied event ids are forgotten once older than `processed_retention_seconds`, which must be at least the
 stream's `stream_max_age_seconds` (EventSettings checks it): while a message is on the stream it may be
-delivered again, and its id is what keeps that from having a second effect.
+delivered again, and its id is what keeps that from having a second effect. The ids of events waiting as
+this consumer's dead letters (or replays) are kept however old: a replay may come any time later.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from shopmesh_chassis.deadletters import (
     parked_subject,
     replay_durable,
     replay_filter,
+    waiting_event_ids,
 )
 from shopmesh_chassis.events import DEFAULT_STREAM_MAX_AGE_SECONDS, MSG_ID, connect, ensure_stream
 from shopmesh_chassis.metrics import EventMetrics
@@ -72,6 +74,9 @@ _REMEMBERED = 10_000
 # Ids are kept this much longer than the stream keeps their events (a message may sit unacknowledged, and
 # clocks differ).
 _PURGE_MARGIN_SECONDS = 86400.0
+# The most event ids a purge keeps for the consumer's dead letters (each one a bound parameter of the
+# purge's statements); with more parked, the purge forgets nothing until fewer are.
+_KEPT_FOR_DEAD_LETTERS = 5_000
 
 
 @dataclass(frozen=True)
@@ -351,15 +356,23 @@ class EventConsumer:
         self._purge_skipped = max_age is None
         if not max_age:
             return 0
+        # Dead letters wait for an operator however long that takes, and a replay runs under the original
+        # event id: an event applied meanwhile (by this replica while one of a broken release parked it, or
+        # parked twice) must still find its id then, or the replay applies it a second time. Read after the
+        # max age and before the delete: a letter parked later is of an event still on the stream, applied
+        # after the cutoff.
+        waiting = await self._read_waiting_event_ids()
+        if waiting is None:
+            self._purge_skipped = True
+            return 0
         retention = max(self._processed_retention, max_age + _PURGE_MARGIN_SECONDS)
         cutoff = datetime.now(UTC) - timedelta(seconds=retention)
         mine = processed_events.c.consumer == self._durable
+        condition = mine & (processed_events.c.processed_at < cutoff)
+        if waiting:
+            condition = condition & processed_events.c.event_id.not_in(sorted(waiting))
         deleted = await delete_in_batches(
-            self._db,
-            processed_events,
-            processed_events.c.event_id,
-            mine & (processed_events.c.processed_at < cutoff),
-            batch_size=self._purge_batch_size,
+            self._db, processed_events, processed_events.c.event_id, condition, batch_size=self._purge_batch_size
         )
         if deleted:
             log.info(
@@ -369,6 +382,26 @@ class EventConsumer:
                 cutoff.isoformat(timespec="seconds"),
             )
         return deleted
+
+    async def _read_waiting_event_ids(self) -> set[str] | None:
+        """The ids of the events parked or replayed for this consumer; None when they cannot be read (NATS
+        away), or are too many to keep by name: the purge then forgets nothing."""
+        client = self._client
+        if client is None or not client.is_connected:
+            return None
+        try:
+            waiting = await waiting_event_ids(client.jetstream(), self._durable, limit=_KEPT_FOR_DEAD_LETTERS)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.info("%s keeps its event ids for now: cannot read its dead letters: %s", self._durable, exc)
+            return None
+        if len(waiting) > _KEPT_FOR_DEAD_LETTERS:
+            log.warning(
+                "%s keeps all its event ids: more than %d events wait as its dead letters; replay or discard them",
+                self._durable,
+                _KEPT_FOR_DEAD_LETTERS,
+            )
+            return None
+        return waiting
 
     async def _read_stream_max_age(self) -> float | None:
         """The stream's max age as NATS says now; None when it cannot be read (not connected yet, NATS away)."""

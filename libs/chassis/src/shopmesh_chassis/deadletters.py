@@ -5,8 +5,9 @@
 behind it flow. Once the cause is gone (a bug deployed away, a row that was missing now there), an
 operator replays it: the message moves to `replay.<consumer>.<subject>` on the `REPLAY` stream, which
 only that consumer reads, and leaves `DEADLETTER`. The consumer applies it as it would have the first
-time, under the same event id (an event applied in the meantime has no second effect), and parks it
-again if it still fails. Other consumers of the subject never see a replay: they had applied the event.
+time, under the same event id (an event applied in the meantime has no second effect: the consumer's
+purge keeps the ids of the events waiting here, see waiting_event_ids), and parks it again if it still
+fails. Other consumers of the subject never see a replay: they had applied the event.
 
 `shopmesh-deadletters` (deadletters_cli.py) is the operator's command for this module.
 """
@@ -85,6 +86,32 @@ async def ensure_dead_letter_streams(js: JetStreamContext, duplicate_window: flo
         retention=RetentionPolicy.WORK_QUEUE,
         update=update,
     )
+
+
+async def waiting_event_ids(js: JetStreamContext, consumer: str, *, limit: int | None = None) -> set[str]:
+    """The event ids of `consumer`'s messages that may still reach it: parked on `DEADLETTER`, or replayed
+    and not yet acknowledged on `REPLAY`. Its purge keeps their applied ids (a replay must find the id of an
+    event applied in the meantime, however long the letter waited). One request per message, and one per
+    stream; `DEADLETTER` is read first, since a replay publishes to `REPLAY` before it deletes the letter.
+    With a `limit`, reading stops once more than that many ids are found."""
+    found: set[str] = set()
+    for stream, subject in (
+        (DEAD_LETTER_STREAM, parked_subject(consumer, ">")),
+        (REPLAY_STREAM, replay_filter(consumer)),
+    ):
+        sequence = MIN_SEQUENCE
+        while True:
+            try:
+                message = await js.get_msg(stream, sequence, subject=subject, next=True)
+            except NotFoundError:
+                break  # no more (or no such stream: nothing parked yet)
+            event_id = (message.headers or {}).get(ORIGINAL_EVENT_ID)
+            if event_id:
+                found.add(event_id)
+                if limit is not None and len(found) > limit:
+                    return found
+            sequence = (message.seq or sequence) + 1
+    return found
 
 
 class NoSuchDeadLetter(LookupError):
