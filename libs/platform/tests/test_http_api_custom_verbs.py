@@ -123,3 +123,20 @@ def test_a_405_names_only_methods_the_path_takes(edge: tuple[str, RecordingShop]
     for method in refused.headers["allow"].split(", "):
         allowed = httpx.request(method, url + path, json={} if method == "POST" else None, timeout=10)
         assert allowed.status_code != 404, (method, path, refused.headers["allow"], allowed.text)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_slash_after_a_custom_verb_is_a_404_as_docs_http_api_md_says(
+    edge: tuple[str, RecordingShop], method: str
+) -> None:
+    # docs/http-api.md ("Errors"): "after a custom verb it takes no slash (`/v1/orders/ord_1:cancel/` is a
+    # 404), and neither do they". The transcoder reads the path as `/v1/orders/{order_id}/` with order_id
+    # `ord_1:cancel`: a GET calls GetOrder for that order, and the POST a customer meant as a cancel is the
+    # edge's 405 "takes GET only".
+    url, shop = edge
+    shop.calls.clear()
+    answered = httpx.request(
+        method, url + "/v1/orders/ord_1:cancel/", json={} if method == "POST" else None, timeout=10
+    )
+    assert ("GetOrder", "ord_1:cancel") not in shop.calls
+    assert answered.status_code == 404, (answered.status_code, answered.text)
