@@ -34,6 +34,7 @@ from shopmesh_chassis.deadletters import (
     replay_filter,
     waiting_event_ids,
 )
+from shopmesh_chassis.deadletters_cli import parse_args
 from shopmesh_chassis.events import EVENT_TYPE, MSG_ID
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually, free_port
@@ -519,3 +520,15 @@ async def test_the_ids_kept_for_dead_letters_are_those_parked_or_replayed_for_th
     ):
         await js.publish(where, b"x", headers={MSG_ID: event_id, ORIGINAL_EVENT_ID: event_id})
     assert await waiting_event_ids(js, "tester") == {"parked", "replayed"}
+
+
+def test_the_commands_help_shows_where_nats_url_points_without_its_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://s3cret@nats.shopmesh-infra:4222")
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help at the terminal width
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "nats://***@nats.shopmesh-infra:4222" in shown
+    assert "s3cret" not in shown

@@ -70,9 +70,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="shopmesh-deadletters", description=(__doc__ or "").splitlines()[0].partition(": ")[2]
     )
-    parser.add_argument(
-        "--nats-url", default=os.environ.get("NATS_URL", LOCAL_NATS_URL), help="default: $NATS_URL or %(default)s"
-    )
+    given = os.environ.get("NATS_URL")
+    # --help shows where the default points, never its token or password.
+    shown = f"$NATS_URL ({shown_nats_url(given)})" if given else LOCAL_NATS_URL
+    parser.add_argument("--nats-url", default=given or LOCAL_NATS_URL, help=f"default: {shown}")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the parked messages, oldest first")
     listing.add_argument("--consumer", type=consumer_name, help="only those this consumer parked")
