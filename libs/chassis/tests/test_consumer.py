@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -511,3 +512,44 @@ async def test_a_fault_recurring_right_after_each_subscription_backs_off(
     finally:
         await running.stop()
     assert delays == ["0.5s", "1.0s", "2.0s"], f"delays after interruptions with nothing consumed: {delays}"
+
+
+async def test_a_consumer_stops_promptly_while_events_keep_arriving(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """A rollout stops a consumer whose stream is busy (a shop taking orders): stop() must end the pull
+    loop within a moment, not keep consuming until SHUTDOWN_HOOKS_BUDGET_SECONDS cuts the hook off (exit 1,
+    and an interpreter that may then hang until SIGKILL). A cancellation that lands as a message arrives is
+    lost inside nats-py's fetch (next_msg's inner task returns the message): the pull loop must not depend
+    on it alone. Each round stops a consumer in mid-traffic; the race hits within a few dozen rounds."""
+    publishing = True
+
+    async def publisher() -> None:
+        n = 0
+        while publishing:
+            await publish(client, f"e{n}")
+            n += 1
+            await asyncio.sleep(0.005)
+
+    feed = asyncio.create_task(publisher())
+    overran: list[int] = []
+    try:
+        for round_ in range(100):
+            running = consumer(db, nats_srv.url, record, ack_wait_seconds=60)
+            running.start()
+            before = sum((await applied(db)).values())
+            await eventually(functools.partial(_more_applied, db, before), "the consumer applies events")
+            # Not wait_for: it would wait for a stop that ignores its cancellation as well.
+            stopping = asyncio.create_task(running.stop())
+            done, _ = await asyncio.wait([stopping], timeout=5)
+            if not done:
+                overran.append(round_)
+                break
+    finally:
+        publishing = False
+        await feed
+    assert not overran, f"stop() still running after 5 s while events kept arriving, in rounds {overran}"
+
+
+async def _more_applied(db: Database, before: int) -> bool:
+    return sum((await applied(db)).values()) > before + 5
