@@ -37,11 +37,11 @@ async def test_a_consumer_sigtermed_while_orders_flow_exits_0(tmp_path: Path, vi
         traffic = asyncio.create_task(orders())
         codes = []
         try:
-            for _ in range(3):
+            for _ in range(2):
                 await asyncio.sleep(2)
                 codes.append(await stack.stop_service(victim, signal.SIGTERM, timeout=20))
                 await stack.start_service(victim)
         finally:
             flowing = False
             await traffic
-        assert codes == [0, 0, 0], f"{victim}'s exit statuses after SIGTERM while events flowed: {codes}"
+        assert codes == [0, 0], f"{victim}'s exit statuses after SIGTERM while events flowed: {codes}"
