@@ -506,6 +506,24 @@ def _method_routes() -> list[dict[str, Any]]:
     return routes
 
 
+def _validation_failed(message: str, violation: dict[str, str]) -> str:
+    """The JSON google.rpc.Status of an edge refusal, with the details the services give a client's mistake."""
+    body = {
+        "code": grpc_code.INVALID_ARGUMENT,
+        "message": message,
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "VALIDATION_FAILED",
+                "domain": _ERROR_DOMAIN,
+                "metadata": {},
+            },
+            {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [violation]},
+        ],
+    }
+    return json.dumps(body, separators=(",", ":"))
+
+
 def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
     """400 for a query parameter naming one of the path's variables (`/v1/orders/ord_1?orderId=ord_2`), by its
     proto or its JSON name, spelled with percent-escapes or not: the transcoder binds the query after the path,
@@ -514,28 +532,14 @@ def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
     routes = []
     for variable in PATH_VARIABLE.findall(template):
         for name in sorted({variable, _json_name(variable)}):
-            body = {
-                "code": grpc_code.INVALID_ARGUMENT,
-                "message": f"{name}: given by the path ({template}), not as a query parameter",
-                "details": [
-                    {
-                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                        "reason": "VALIDATION_FAILED",
-                        "domain": _ERROR_DOMAIN,
-                        "metadata": {},
-                    },
-                    {
-                        "@type": "type.googleapis.com/google.rpc.BadRequest",
-                        "fieldViolations": [
-                            {
-                                "field": variable,
-                                "description": "given by the path, not as a query parameter",
-                                "reason": PATH_VARIABLE_IN_QUERY,
-                            }
-                        ],
-                    },
-                ],
-            }
+            body = _validation_failed(
+                f"{name}: given by the path ({template}), not as a query parameter",
+                {
+                    "field": variable,
+                    "description": "given by the path, not as a query parameter",
+                    "reason": PATH_VARIABLE_IN_QUERY,
+                },
+            )
             routes.append(
                 {
                     "name": _PATH_VARIABLE_IN_QUERY_ROUTE,
@@ -549,10 +553,7 @@ def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
                             {**_method_in(["OPTIONS"]), "invert_match": True},
                         ],
                     },
-                    "direct_response": {
-                        "status": 400,
-                        "body": {"inline_string": json.dumps(body, separators=(",", ":"))},
-                    },
+                    "direct_response": {"status": 400, "body": {"inline_string": body}},
                     # A cross-origin GET comes without a preflight: its page may read the answer.
                     "response_headers_to_add": [_set_header("access-control-allow-origin", "*")],
                     "typed_per_filter_config": _TRANSCODER_OFF,
@@ -568,24 +569,10 @@ def _query_with_body(template: str, regex: str, method: str) -> dict[str, Any]:
     taken, and be wherever URLs are written (this edge's access log and span, a proxy's log, a browser's
     history), and sent on to the gateway as x-envoy-original-path. Any query: a name the message has or not, an
     empty one (`?`). A preflight goes on to the CORS filter (the method is not OPTIONS)."""
-    body = {
-        "code": grpc_code.INVALID_ARGUMENT,
-        "message": f"{method} {template} takes the request as its JSON body, not as query parameters",
-        "details": [
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": "VALIDATION_FAILED",
-                "domain": _ERROR_DOMAIN,
-                "metadata": {},
-            },
-            {
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [
-                    {"description": "the request is the JSON body, with no query parameters", "reason": QUERY_WITH_BODY}
-                ],
-            },
-        ],
-    }
+    body = _validation_failed(
+        f"{method} {template} takes the request as its JSON body, not as query parameters",
+        {"description": "the request is the JSON body, with no query parameters", "reason": QUERY_WITH_BODY},
+    )
     return {
         "name": _QUERY_WITH_BODY_ROUTE,
         "match": {
@@ -595,7 +582,7 @@ def _query_with_body(template: str, regex: str, method: str) -> dict[str, Any]:
                 {"name": ":path", "string_match": {"safe_regex": {"regex": r"[^?]*\?.*"}}},
             ],
         },
-        "direct_response": {"status": 400, "body": {"inline_string": json.dumps(body, separators=(",", ":"))}},
+        "direct_response": {"status": 400, "body": {"inline_string": body}},
         # A cross-origin POST of a form comes without a preflight: its page may read the answer.
         "response_headers_to_add": [_set_header("access-control-allow-origin", "*")],
         "typed_per_filter_config": _TRANSCODER_OFF,
