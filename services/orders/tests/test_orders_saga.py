@@ -1157,3 +1157,37 @@ async def test_a_recheck_that_refunded_a_late_capture_but_failed_to_save_still_r
     order = await app.get_order(order_id)
     assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, True, None)
     assert (payments.refund_calls, cancelled_in_doubt.late_refunds) == (1, [order_id])
+
+
+async def test_one_cancellation_key_sent_for_two_orders_at_once_cancels_only_one(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key is the caller's for the method: two orders cancelled at once under one key must not both be
+    # cancelled (neither transaction sees the other's uncommitted cancel_key on PostgreSQL).
+    first, second = await place(app, command()), await place(app, command(), key="place-2")
+    _meet_after_reading_the_cancel_origin(monkeypatch)
+    outcomes = await asyncio.gather(
+        app.cancel_order(first, "changed my mind", "cancel-1", "f1"),
+        app.cancel_order(second, "changed my mind", "cancel-1", "f2"),
+        return_exceptions=True,
+    )
+    cancelled = [o for o in outcomes if isinstance(o, Order)]
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert [(type(e), getattr(e, "reason", None)) for e in refused] == [
+        (errors.InvalidArgument, "IDEMPOTENCY_KEY_REUSED")
+    ]
+    assert len(cancelled) == 1
+    assert len(payments.refunds) == 1
+
+
+async def test_a_customers_cancel_reason_is_kept_as_given_when_the_payment_is_refunded(
+    app: OrdersApplication, payments: FakePayments
+) -> None:
+    # The customer's reason (up to 500 characters) is the cancelled order's message: the refund rewrites
+    # one ending "; nothing was charged." as if it were orders' own reason, and at 500 characters the
+    # rewritten text (506) no longer fits cancel_message's VARCHAR(500) on PostgreSQL.
+    order_id = await place(app, command())
+    reason = "x" * (500 - len("; nothing was charged.")) + "; nothing was charged."
+    cancelled = await app.cancel_order(order_id, reason, "cancel-1", "f1")
+    assert (cancelled.state, cancelled.cancel_message) == (OrderState.CANCELLED, reason)
+    assert len(payments.refunds) == 1
