@@ -532,3 +532,15 @@ def test_the_commands_help_shows_where_nats_url_points_without_its_token(
     shown = capsys.readouterr().out
     assert "nats://***@nats.shopmesh-infra:4222" in shown
     assert "s3cret" not in shown
+
+
+def test_the_commands_help_works_with_a_percent_sign_in_nats_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An IPv6 link-local server with its zone (RFC 6874: '%25'): the URL goes into argparse's help as a
+    # %-format string, and --help crashes with a TypeError instead of showing the commands.
+    monkeypatch.setenv("NATS_URL", "nats://[fe80::1%25eth0]:4222")
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "fe80::1%25eth0" in capsys.readouterr().out
