@@ -73,7 +73,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     given = os.environ.get("NATS_URL")
     # --help shows where the default points, never its token or password.
     shown = f"$NATS_URL ({shown_nats_url(given)})" if given else LOCAL_NATS_URL
-    parser.add_argument("--nats-url", default=given or LOCAL_NATS_URL, help=f"default: {shown}")
+    # argparse formats help with '%': a '%' of the URL (an IPv6 zone, %25eth0) is doubled to stay itself.
+    parser.add_argument("--nats-url", default=given or LOCAL_NATS_URL, help=f"default: {shown.replace('%', '%%')}")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the parked messages, oldest first")
     listing.add_argument("--consumer", type=consumer_name, help="only those this consumer parked")

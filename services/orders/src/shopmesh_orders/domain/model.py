@@ -67,10 +67,13 @@ _NOTHING_CHARGED = "; nothing was charged."
 _REFUNDED = "; your payment was refunded."
 
 
-def _refunded_message(message: str) -> str:
-    """A reason decided before the money was seen says "nothing was charged"; once a charge of the order was
-    found and refunded (a capture that landed late, a refund whose answer was lost), it says so instead."""
-    return message.removesuffix(_NOTHING_CHARGED) + _REFUNDED if message.endswith(_NOTHING_CHARGED) else message
+def _refunded_message(code: CancelCode | None, message: str) -> str:
+    """Orders' own reason, decided before the money was seen, says "nothing was charged"; once a charge of the
+    order was found and refunded (a capture that landed late, a refund whose answer was lost), it says so
+    instead. Only orders' own words change: a customer's reason (CUSTOMER_REQUESTED) stays as given."""
+    if code is None or CANCEL_MESSAGES.get(code) != message or not message.endswith(_NOTHING_CHARGED):
+        return message
+    return message.removesuffix(_NOTHING_CHARGED) + _REFUNDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +209,7 @@ class Order:
 
     def refund_done(self, now: datetime) -> Order:
         self._require(SagaStep.COMPENSATE, SagaStep.REFUND)
-        return self._next(now, refunded=True, cancel_message=_refunded_message(self.cancel_message))
+        return self._next(now, refunded=True, cancel_message=_refunded_message(self.cancel_code, self.cancel_message))
 
     def compensated(self, now: datetime, charge_recheck_at: datetime | None = None) -> Order:
         """Cancelled; `charge_recheck_at` when a charge may still land after it (see `charge_rechecked`)."""
@@ -222,5 +225,5 @@ class Order:
                 reason="ILLEGAL_SAGA_TRANSITION",
                 metadata={"order_id": self.id, "state": self.state.value},
             )
-        message = _refunded_message(self.cancel_message) if refunded else self.cancel_message
+        message = _refunded_message(self.cancel_code, self.cancel_message) if refunded else self.cancel_message
         return self._next(now, charge_recheck_at=None, refunded=self.refunded or refunded, cancel_message=message)

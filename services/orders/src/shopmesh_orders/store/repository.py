@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
@@ -157,7 +157,14 @@ class OrderRepository:
         return row.cancel_key, row.cancel_request_hash
 
     async def cancel_key_used_elsewhere(self, user_id: str, key: str, order_id: str) -> bool:
-        """Whether the user cancelled another order under this idempotency key."""
+        """Whether the user cancelled another order under this idempotency key. On PostgreSQL the transaction
+        first takes a lock of the (user, key) pair, held to its end: two cancellations of two orders under one
+        key at once would each lock only its own order row, and neither see the other's key (READ COMMITTED).
+        SQLite's writers never overlap."""
+        if self._session.dialect.name == "postgresql":
+            await self._session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:pair, 0))"), {"pair": f"{user_id}|{key}"}
+            )
         query = select(orders.c.id).where(
             orders.c.user_id == user_id, orders.c.cancel_key == key, orders.c.id != order_id
         )
