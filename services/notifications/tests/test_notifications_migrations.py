@@ -9,15 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from alembic import command
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import MetaData, Table, insert
-from sqlalchemy.engine import Connection
 
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.migrations import alembic_config, migrate
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing import migrate_to
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
 from shopmesh_notifications.sender import NotificationSender
 from shopmesh_notifications.store.repository import NotificationRepository
@@ -31,23 +30,8 @@ SEND_SPAN = "smtp send"
 PREVIOUS = Table("notifications", MetaData(), *(c._copy() for c in notifications.columns if c.name != "trace_context"))
 
 
-def to_previous_release(connection: Connection) -> None:
-    config = alembic_config(VERSIONS)
-    config.attributes["connection"] = connection
-    # As migrate() runs them on PostgreSQL: notifications_0002 builds its index concurrently.
-    config.attributes["transaction_per_migration"] = connection.dialect.name == "postgresql"
-    command.upgrade(config, "notifications_0002")
-    command.upgrade(config, "chassis@head")
-
-
 async def previous_release(db: Database) -> None:
-    if db.dialect == "postgresql":
-        async with db.dedicated_connection() as dedicated:
-            await dedicated.run_sync(to_previous_release)
-            await dedicated.commit()
-    else:
-        async with db.transaction() as connection:
-            await connection.run_sync(to_previous_release)
+    await migrate_to(db, VERSIONS, "notifications_0002")
 
 
 def previous_row(n: int, now: datetime) -> dict[str, Any]:

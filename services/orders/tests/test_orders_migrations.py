@@ -8,12 +8,11 @@ import asyncio
 
 import asyncpg
 import pytest
-from alembic import command
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
 
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.migrations import alembic_config, migrate
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing import migrate_to
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_orders.store.tables import metadata
 from shopmesh_orders.wiring import VERSIONS
@@ -34,23 +33,8 @@ def expected_due(rows: int) -> int:
     return sum(1 for g in range(1, rows + 1) if g % 2 == 0 and g % 4 != 0 and g % 6 != 0)
 
 
-def to_previous_release(connection: Connection) -> None:
-    config = alembic_config(VERSIONS)
-    config.attributes["connection"] = connection
-    # As migrate() runs them on PostgreSQL: a migration may build an index concurrently (chassis_0002).
-    config.attributes["transaction_per_migration"] = connection.dialect.name == "postgresql"
-    command.upgrade(config, "orders_0001")
-    command.upgrade(config, "chassis@head")
-
-
 async def previous_release_with_orders(db: Database, rows: int) -> None:
-    if db.dialect == "postgresql":
-        async with db.dedicated_connection() as dedicated:
-            await dedicated.run_sync(to_previous_release)
-            await dedicated.commit()
-    else:
-        async with db.transaction() as connection:
-            await connection.run_sync(to_previous_release)
+    await migrate_to(db, VERSIONS, "orders_0001")
     if db.dialect == "postgresql":
         statement = INSERT_ORDERS.format(now="now()", series=f"generate_series(1, {rows}) g")
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import grpc
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.migrations import alembic_config
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 
 T = TypeVar("T")
@@ -101,6 +103,27 @@ async def schema_differences(database: Database, metadata: MetaData) -> list[Any
 
     async with database.read() as connection:
         return await connection.run_sync(compare)
+
+
+async def migrate_to(database: Database, versions_dir: Path, service_revision: str) -> None:
+    """The database as a previous release left it: the service's migrations up to `service_revision` and the
+    chassis' to their head, each run as migrate() runs it (on PostgreSQL one transaction per migration, on a
+    connection of its own: a migration may build an index concurrently)."""
+
+    def upgrade(connection: Connection) -> None:
+        config = alembic_config(versions_dir)
+        config.attributes["connection"] = connection
+        config.attributes["transaction_per_migration"] = connection.dialect.name == "postgresql"
+        command.upgrade(config, service_revision)
+        command.upgrade(config, "chassis@head")
+
+    if database.dialect == "postgresql":
+        async with database.dedicated_connection() as dedicated:
+            await dedicated.run_sync(upgrade)
+            await dedicated.commit()
+    else:
+        async with database.transaction() as connection:
+            await connection.run_sync(upgrade)
 
 
 async def cut_off_midway(stop: Coroutine[Any, Any, object], *, after: float = 0.05, timeout: float = 5.0) -> None:
