@@ -162,17 +162,23 @@ def test_a_start_that_failed_for_now_exits_1_with_one_log_line(caplog: pytest.Lo
     assert [r.getMessage() for r in caplog.records] == ["database migration gave up after waiting 5s for a table lock"]
 
 
-async def test_a_database_that_cannot_be_reached_fails_the_start_in_one_line_without_the_password(
-    tmp_path: Path,
-) -> None:
-    port = free_port()
-    database = Database(f"postgresql://shop:s3cret@127.0.0.1:{port}/shop")
+async def start_failure(url: str, tmp_path: Path, expected: type[StartupFailed]) -> str:
+    """The one line a start on `url` fails with, as `expected`."""
+    database = Database(url)
     try:
-        with pytest.raises(DatabaseUnreachableAtStart) as failed:
+        with pytest.raises(expected) as failed:
             await migrate(database, release(tmp_path / "v1", ["widgets"]))
     finally:
         await database.dispose()
     [line] = str(failed.value).splitlines()
+    return line
+
+
+async def test_a_database_that_cannot_be_reached_fails_the_start_in_one_line_without_the_password(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    line = await start_failure(f"postgresql://shop:s3cret@127.0.0.1:{port}/shop", tmp_path, DatabaseUnreachableAtStart)
     assert line.startswith(f"cannot connect to the database at 127.0.0.1:{port} (DATABASE_URL): "), line
     assert "s3cret" not in line
 
@@ -189,13 +195,8 @@ async def test_a_database_that_refuses_the_service_fails_the_start_in_one_line_n
 ) -> None:
     # A wrong password, a role or a database not created yet: the Secret or the database is fixed, and the
     # pod's next start works. It was a traceback of some 130 lines ending in a DBAPIError.
-    database = Database(f"postgresql://{user}:s3cret@127.0.0.1:{postgres.port}/{name}")
-    try:
-        with pytest.raises(DatabaseRefusedAtStart) as failed:
-            await migrate(database, release(tmp_path / "v1", ["widgets"]))
-    finally:
-        await database.dispose()
-    [line] = str(failed.value).splitlines()
+    url = f"postgresql://{user}:s3cret@127.0.0.1:{postgres.port}/{name}"
+    line = await start_failure(url, tmp_path, DatabaseRefusedAtStart)
     assert line.startswith(f"the database at 127.0.0.1:{postgres.port} refused this service (DATABASE_URL): {said}")
     assert "s3cret" not in line
 
@@ -213,13 +214,8 @@ async def test_a_database_with_no_connection_slot_for_the_service_fails_the_star
         await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 's3cret' CONNECTION LIMIT 0")
     finally:
         await admin.close()
-    database = Database(f"postgresql://{role}:s3cret@127.0.0.1:{postgres.port}/postgres")
-    try:
-        with pytest.raises(StartupFailed) as failed:
-            await migrate(database, release(tmp_path / "v1", ["widgets"]))
-    finally:
-        await database.dispose()
-    [line] = str(failed.value).splitlines()
+    url = f"postgresql://{role}:s3cret@127.0.0.1:{postgres.port}/postgres"
+    line = await start_failure(url, tmp_path, StartupFailed)
     assert f'too many connections for role "{role}"' in line, line
 
 

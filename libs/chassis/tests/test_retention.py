@@ -379,6 +379,22 @@ async def test_a_starting_consumer_purges_once_it_has_read_the_streams_max_age_n
         await running.stop()
 
 
+async def a_month_publisher(url: str) -> DeferredJetStream:
+    """THINGS' publisher, keeping events 30 days, once it has declared its stream."""
+    publisher = DeferredJetStream(
+        url,
+        name="tests",
+        stream="THINGS",
+        subjects=["things.v1.>"],
+        duplicate_window_seconds=600,
+        max_age_seconds=30 * DAY,
+    )
+    ready = asyncio.Event()
+    publisher.start(on_ready=ready.set)
+    await asyncio.wait_for(ready.wait(), 10)
+    return publisher
+
+
 async def test_a_stream_nats_lost_with_its_store_gets_the_publishers_max_age_back_not_a_consumers(
     tmp_path: Path,
 ) -> None:
@@ -396,17 +412,7 @@ async def test_a_stream_nats_lost_with_its_store_gets_the_publishers_max_age_bac
     store = tmp_path / "nats"
     with nats_server(store) as first:
         port, url = first.port, first.url
-        publisher = DeferredJetStream(
-            url,
-            name="tests",
-            stream="THINGS",
-            subjects=["things.v1.>"],
-            duplicate_window_seconds=600,
-            max_age_seconds=30 * DAY,
-        )
-        ready = asyncio.Event()
-        publisher.start(on_ready=ready.set)
-        await asyncio.wait_for(ready.wait(), 10)
+        publisher = await a_month_publisher(url)
         running = consumer(db, url, record)  # the default max age: 7 days
         running.start()
         await publisher.publish("things.v1.happened", b"x", msg_id="e1", headers={})
@@ -435,18 +441,8 @@ async def test_a_stream_deleted_and_created_by_a_consumer_while_the_publisher_st
     """No reconnect to tell the publisher: the stream is deleted (`nats stream rm`) and a consumer creates it
     again with its own max age before the next publish. The publisher sees its stream's sequence start over."""
     js = client.jetstream()
-    publisher = DeferredJetStream(
-        nats_srv.url,
-        name="tests",
-        stream="THINGS",
-        subjects=["things.v1.>"],
-        duplicate_window_seconds=600,
-        max_age_seconds=30 * DAY,
-    )
-    ready = asyncio.Event()
-    publisher.start(on_ready=ready.set)
+    publisher = await a_month_publisher(nats_srv.url)
     try:
-        await asyncio.wait_for(ready.wait(), 10)
         await publisher.publish("things.v1.happened", b"x", msg_id="e1", headers={})
         await publisher.publish("things.v1.happened", b"x", msg_id="e2", headers={})
         await js.delete_stream("THINGS")
