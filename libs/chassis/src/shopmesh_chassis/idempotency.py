@@ -37,6 +37,7 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import IdempotencySettings
 from shopmesh_chassis.db import Database, DbConnection, as_utc
 from shopmesh_chassis.grpc_errors import status_code_for, to_rpc_status
+from shopmesh_chassis.periodic import delete_in_batches
 from shopmesh_chassis.tables import IDEMPOTENCY_SCOPE_LENGTH
 from shopmesh_chassis.tables import idempotency_records as records
 
@@ -178,6 +179,7 @@ class IdempotencyStore:
         lease: timedelta = timedelta(seconds=30),
         retention: timedelta = timedelta(hours=48),
         clock: Callable[[], datetime] = _utcnow,
+        purge_batch_size: int = 500,
     ) -> None:
         self._db = database
         self._domain = error_domain
@@ -185,6 +187,7 @@ class IdempotencyStore:
         self._lease = lease
         self._retention = retention
         self._clock = clock
+        self._purge_batch_size = purge_batch_size
 
     async def run(
         self,
@@ -249,11 +252,19 @@ class IdempotencyStore:
             raise
 
     async def purge_expired(self) -> int:
-        """Delete records past the retention period; returns how many."""
+        """Delete records past the retention period, in batches; returns how many.
+
+        An hourly purge meets an hour of keys (180,000 at 50 charges/s): deleted in one statement, it held
+        the write lock throughout, and on SQLite, whose statements run on the event loop, stopped every call
+        of the service for seconds."""
         cutoff = self._clock() - self._retention
-        async with self._db.transaction() as session:
-            result = await session.execute(delete(records).where(records.c.created_at < cutoff))
-        return int(result.rowcount or 0)
+        return await delete_in_batches(
+            self._db,
+            records,
+            (records.c.scope, records.c.key),
+            records.c.created_at < cutoff,
+            batch_size=self._purge_batch_size,
+        )
 
     async def _scope_of(self, method: str, key: str) -> str:
         """The scope the key's record is kept under: `scope_for(method)`, or, for a scope too long for its

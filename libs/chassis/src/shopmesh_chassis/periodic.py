@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import Column, ColumnElement, Table, delete, select
+from sqlalchemy import Column, ColumnElement, Table, delete, select, tuple_
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tasks import cancel_and_wait
@@ -75,15 +75,23 @@ class Periodic:
 
 
 async def delete_in_batches(
-    database: Database, table: Table, key: Column[object], condition: ColumnElement[bool], *, batch_size: int = 500
+    database: Database,
+    table: Table,
+    key: Column[object] | tuple[Column[object], ...],
+    condition: ColumnElement[bool],
+    *,
+    batch_size: int = 500,
 ) -> int:
     """Delete the rows of `table` matching `condition`, at most `batch_size` per transaction; how many.
 
     Short transactions, not one long one: each holds the write lock (SQLite's one writer; row locks on
     PostgreSQL) only for its batch, and the service's own writes go in between. `key` names a row within
-    the rows matching `condition` (SQLite has no DELETE ... LIMIT). Replicas purging at once delete each
+    the rows matching `condition` (SQLite has no DELETE ... LIMIT): a column, or the columns of a composite
+    primary key, so that each batch finds its rows by the key's index. Replicas purging at once delete each
     row once; the later one finds fewer rows and stops."""
-    statement = delete(table).where(condition, key.in_(select(key).where(condition).limit(batch_size)))
+    columns = key if isinstance(key, tuple) else (key,)
+    named = tuple_(*columns) if len(columns) > 1 else columns[0]
+    statement = delete(table).where(condition, named.in_(select(*columns).where(condition).limit(batch_size)))
     deleted = 0
     while True:
         async with database.transaction() as session:
