@@ -91,6 +91,24 @@ def test_registration_rejects_each_bad_field_with_one_violation(
     assert violations(error) == expected
 
 
+@pytest.mark.parametrize(
+    "display_name",
+    [
+        "\u200b",  # ZERO WIDTH SPACE: not whitespace to str.strip(), nothing on screen
+        " \u200b\u200e ",  # with a LEFT-TO-RIGHT MARK, between spaces
+        "\ufeff",  # ZERO WIDTH NO-BREAK SPACE (a byte-order mark)
+        "\u2060\u2060",  # WORD JOINER
+    ],
+)
+def test_a_display_name_of_invisible_characters_only_is_required_as_an_empty_one_is(display_name: str) -> None:
+    """The contract's "Name shown in the shop: 1-50 characters after trimming. Required": "   " is refused, but
+    a name of format characters only (Unicode category Cf, which str.strip() keeps) shows as nothing at all
+    and was accepted and stored."""
+    with pytest.raises(InvalidArgument) as error:
+        validate_registration("ann@example.com", PASSWORD, display_name)
+    assert violations(error) == [("display_name", "REQUIRED")]
+
+
 def test_login_normalizes_the_email_as_registration_does() -> None:
     credentials = validate_login("  ANN@example.com\t", "whatever")
     assert credentials.email == "ann@example.com"
