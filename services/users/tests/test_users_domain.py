@@ -109,6 +109,16 @@ def test_a_display_name_of_invisible_characters_only_is_required_as_an_empty_one
     assert violations(error) == [("display_name", "REQUIRED")]
 
 
+@pytest.mark.parametrize("display_name", ["Ann\x1b[2J", "Ann\r\nLee", "Ann\x07", "Ann\x7f", "Ann\x85Lee"])
+def test_a_display_name_with_control_characters_is_refused_not_stored(display_name: str) -> None:
+    """A name shown in the shop is one line of text: a terminal escape, a line break, a bell or a C1 control
+    in it is no part of anybody's name, and was stored and answered back as given (only U+0000 is refused,
+    by the chassis)."""
+    with pytest.raises(InvalidArgument) as error:
+        validate_registration("ann@example.com", PASSWORD, display_name)
+    assert [field for field, _ in violations(error)] == ["display_name"]
+
+
 def test_login_normalizes_the_email_as_registration_does() -> None:
     credentials = validate_login("  ANN@example.com\t", "whatever")
     assert credentials.email == "ann@example.com"
