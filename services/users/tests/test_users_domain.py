@@ -119,6 +119,22 @@ def test_a_display_name_with_control_characters_is_refused_not_stored(display_na
     assert [field for field, _ in violations(error)] == ["display_name"]
 
 
+# 48 characters as typed and shown; 62 code points decomposed (NFD), as macOS may send text.
+VIETNAMESE_NAME = "Nguyễn Thị Phương Thảo Trần Hoàng Lộc Đặng Quỳnh"
+
+
+def test_a_display_name_is_the_same_name_and_length_whether_sent_composed_or_decomposed() -> None:
+    """The password is NFKC-normalized so that "the same text sent composed or decomposed (as macOS pastes
+    it) is the same password" (docs/auth.md); the display name is neither normalized nor counted that way:
+    a 48-character name is refused as longer than 50 characters when its accents arrive as combining marks,
+    and the same name composed and decomposed is stored as two different strings."""
+    composed = unicodedata.normalize("NFC", VIETNAMESE_NAME)
+    decomposed = unicodedata.normalize("NFD", VIETNAMESE_NAME)
+    assert (len(composed), len(decomposed)) == (48, 62)
+    registration = validate_registration("a@b.io", PASSWORD, decomposed)
+    assert registration.display_name == composed
+
+
 def test_login_normalizes_the_email_as_registration_does() -> None:
     credentials = validate_login("  ANN@example.com\t", "whatever")
     assert credentials.email == "ann@example.com"
