@@ -228,6 +228,17 @@ def test_a_card_number_passes_the_luhn_check_only_with_its_right_check_digit() -
     assert not luhn_ok("4242424242424241")
 
 
+@pytest.mark.parametrize("blank", ["\u200b", " \u200b ", "\ufeff", "\u2060"])
+@pytest.mark.parametrize("part", ["full_name", "street", "city", "postal_code"])
+def test_an_address_line_of_invisible_characters_only_is_required_as_a_blank_one_is(part: str, blank: str) -> None:
+    """The contract's "Recipient's full name, 1-100 characters. Required": "   " is refused, but a value of
+    zero-width / format characters only (Unicode category Cf, which str.strip() keeps) prints as nothing on
+    the label, and the order was accepted, charged and shipped to it."""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_place_order(command(address=replace(ADDRESS, **{part: blank})), date(2026, 11, 25))
+    assert [(v.field, v.reason) for v in caught.value.violations] == [(f"shipping_address.{part}", "REQUIRED")]
+
+
 def test_a_trailing_line_break_is_not_a_valid_email_country_or_currency() -> None:
     # `$` also matches before a final "\n": "ada@example.com\n" would reach notifications, whose e-mail
     # header "To: ada@example.com\n" ends the header block, pushing Subject and Message-ID into the body.
