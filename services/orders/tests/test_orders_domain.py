@@ -239,6 +239,16 @@ def test_an_address_line_of_invisible_characters_only_is_required_as_a_blank_one
     assert [(v.field, v.reason) for v in caught.value.violations] == [(f"shipping_address.{part}", "REQUIRED")]
 
 
+@pytest.mark.parametrize("value", ["Ada\r\nLovelace", "Ada\x1b[2J", "Ada\x08\x08\x08Eve", "Ada\x85"])
+@pytest.mark.parametrize("part", ["full_name", "street", "city", "postal_code"])
+def test_an_address_line_with_control_characters_is_refused_not_stored(part: str, value: str) -> None:
+    """Each address field is one line of a shipping label: a line break, a terminal escape or backspaces in
+    it were stored with the order and answered back as given (only U+0000 is refused, by the chassis)."""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_place_order(command(address=replace(ADDRESS, **{part: value})), date(2026, 11, 25))
+    assert [v.field for v in caught.value.violations] == [f"shipping_address.{part}"]
+
+
 def test_a_trailing_line_break_is_not_a_valid_email_country_or_currency() -> None:
     # `$` also matches before a final "\n": "ada@example.com\n" would reach notifications, whose e-mail
     # header "To: ada@example.com\n" ends the header block, pushing Subject and Message-ID into the body.
