@@ -239,7 +239,7 @@ def test_an_address_line_of_invisible_characters_only_is_required_as_a_blank_one
     assert [(v.field, v.reason) for v in caught.value.violations] == [(f"shipping_address.{part}", "REQUIRED")]
 
 
-@pytest.mark.parametrize("value", ["Ada\r\nLovelace", "Ada\x1b[2J", "Ada\x08\x08\x08Eve", "Ada\x85"])
+@pytest.mark.parametrize("value", ["Ada\r\nLovelace", "Ada\x1b[2J", "Ada\x08\x08\x08Eve", "Ada\x85Lee"])
 @pytest.mark.parametrize("part", ["full_name", "street", "city", "postal_code"])
 def test_an_address_line_with_control_characters_is_refused_not_stored(part: str, value: str) -> None:
     """Each address field is one line of a shipping label: a line break, a terminal escape or backspaces in

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from shopmesh_chassis import errors, pagination
 from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.errors import FieldViolation
+from shopmesh_chassis.text_lines import line_violation, normalized_line
 from shopmesh_orders.domain.model import Address, OrderLine
 
 MAX_ITEMS = 50
@@ -74,6 +75,15 @@ def _text(violations: list[FieldViolation], field: str, value: str, low: int, hi
         violations.append(FieldViolation(field, f"must have {low} to {high} characters", "INVALID_LENGTH"))
 
 
+def _line(violations: list[FieldViolation], field: str, value: str, high: int) -> None:
+    """A line of the shipping label (`text_lines`), 1 to `high` characters once normalized."""
+    violation = line_violation(field, value)
+    if violation is not None:
+        violations.append(violation)
+    elif len(value) > high:
+        violations.append(FieldViolation(field, f"must have 1 to {high} characters", "INVALID_LENGTH"))
+
+
 def validate_card(card: Card | None, today: date | None, violations: list[FieldViolation]) -> None:
     """`today` None leaves out whether the card has expired (see `check_card_current`). The fields and reasons
     are payments' (ChargeRequest), so that a customer hears the same about a card from either service."""
@@ -125,11 +135,17 @@ def validate_place_order(command: PlaceOrder, today: date | None) -> PlaceOrder:
             )
     if not CURRENCY.fullmatch(command.currency):
         violations.append(FieldViolation("currency", "an upper-case ISO 4217 code, e.g. USD", "INVALID_FORMAT"))
-    address = command.address
-    _text(violations, "shipping_address.full_name", address.full_name, 1, 100)
-    _text(violations, "shipping_address.street", address.street, 1, 200)
-    _text(violations, "shipping_address.city", address.city, 1, 100)
-    _text(violations, "shipping_address.postal_code", address.postal_code, 1, 20)
+    address = Address(
+        full_name=normalized_line(command.address.full_name),
+        street=normalized_line(command.address.street),
+        city=normalized_line(command.address.city),
+        postal_code=normalized_line(command.address.postal_code),
+        country=command.address.country,
+    )
+    _line(violations, "shipping_address.full_name", address.full_name, 100)
+    _line(violations, "shipping_address.street", address.street, 200)
+    _line(violations, "shipping_address.city", address.city, 100)
+    _line(violations, "shipping_address.postal_code", address.postal_code, 20)
     if not COUNTRY.fullmatch(address.country):
         violations.append(
             FieldViolation("shipping_address.country", "an upper-case ISO 3166-1 alpha-2 code", "INVALID_FORMAT")
@@ -139,7 +155,7 @@ def validate_place_order(command: PlaceOrder, today: date | None) -> PlaceOrder:
     validate_card(command.card, today, violations)
     if violations:
         raise _invalid_order(violations)
-    return command
+    return replace(command, address=address)
 
 
 def check_card_current(card: Card | None, today: date) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+from shopmesh_chassis.text_lines import line_violation, normalized_line
 from shopmesh_users.domain.models import Credentials, Registration
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
@@ -62,8 +63,9 @@ def _password_violation(password: str) -> FieldViolation | None:
 
 
 def _display_name_violation(display_name: str) -> FieldViolation | None:
-    if not display_name:
-        return FieldViolation("display_name", "must not be empty", "REQUIRED")
+    violation = line_violation("display_name", display_name)
+    if violation is not None:
+        return violation
     if len(display_name) > MAX_DISPLAY_NAME_LENGTH:
         return FieldViolation("display_name", f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters", "TOO_LONG")
     return None
@@ -71,7 +73,7 @@ def _display_name_violation(display_name: str) -> FieldViolation | None:
 
 def validate_registration(email: str, password: str, display_name: str) -> Registration:
     normalized = normalize_email(email)
-    name = display_name.strip()
+    name = normalized_line(display_name)
     # The limits apply to what is hashed: normalizing may lengthen a password (a ligature becomes letters).
     password = normalize_password(password)
     violations = [

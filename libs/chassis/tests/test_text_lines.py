@@ -1,0 +1,33 @@
+"""The rule for one line of text a person types and others read (display names, address lines)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shopmesh_chassis.text_lines import INVALID_CHARACTERS, REQUIRED, line_violation, normalized_line
+
+
+def test_a_line_is_kept_composed_and_trimmed() -> None:
+    assert normalized_line("  Zoe\u0301\t") == "Zo\u00e9"
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\u200b", "\u200e\ufeff", "\u3164", "\u2800\u2800", "\u00a0"])
+def test_a_line_that_shows_nothing_is_required(value: str) -> None:
+    violation = line_violation("name", value)
+    assert violation is not None
+    assert (violation.field, violation.reason) == ("name", REQUIRED)
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\tb", "a\x1b[2J", "a\x7f", "a\x85b", "a\u2028b", "a\u2029b"])
+def test_a_control_character_or_line_break_is_refused(value: str) -> None:
+    violation = line_violation("name", value)
+    assert violation is not None
+    assert violation.reason == INVALID_CHARACTERS
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Ada", "\u0645\u0647\u200c\u0633\u0627", "\U0001f469\u200d\U0001f4bb Ada", "\u05d0\u200f 12", "Zo\u00e9"],
+)
+def test_format_characters_between_visible_ones_stay(value: str) -> None:
+    assert line_violation("name", value) is None
