@@ -4,6 +4,7 @@ of internal services' failures, without a server."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from grpc.aio import Metadata
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.grpc_errors import to_rpc_status
+from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_gateway.domain.rate_limit import TokenBuckets
 from shopmesh_gateway.downstream import calling, translate
 from shopmesh_gateway.guard import Guard, acting_for, address_bucket, bearer_token, client_address
@@ -138,6 +140,21 @@ async def test_clients_behind_a_trusted_sidecar_get_a_bucket_each() -> None:
     with pytest.raises(errors.ResourceExhausted):
         # The same client again, whatever it puts left of what the sidecar vouches for.
         guard.admit_anonymous(FakeContext([("x-forwarded-for", "1.1.1.1, 198.51.100.1")], via_sidecar))
+
+
+@pytest.mark.parametrize("hop", ["::1", "127.0.0.1"])
+def test_a_long_forwarded_for_header_costs_no_more_than_the_hops_a_proxy_chain_can_have(hop: str) -> None:
+    """Behind a trusted sidecar with no ingress in front (docs/kubernetes.md), X-Forwarded-For is the client's
+    to write, up to the metadata the server takes (256 KiB; 60 KiB through the HTTP edge). Admission walks
+    it on the event loop before any rate limit: every entry that looks like a trusted proxy must not cost a
+    parse, or one request of "::1,::1,..." holds the gateway (and every other client's call) for seconds."""
+    verifier = TokenVerifier(JwksCache(StaticKeys(SigningKey()).jwks), TokenRules(ISSUER, AUDIENCE))
+    guard = Guard(verifier, TokenBuckets(rate=20, burst=40, max_keys=100), SIDECAR)
+    forwarded = ",".join([hop] * ((MAX_METADATA_BYTES - 1024) // (len(hop) + 1)))
+    started = time.thread_time()
+    guard.admit_anonymous(FakeContext([("x-forwarded-for", forwarded)], "ipv4:127.0.0.6:5000"))
+    # Splitting the header is a few milliseconds; no proxy chain in front of a gateway is thousands long.
+    assert time.thread_time() - started < 0.05
 
 
 def test_trusted_proxies_are_read_as_networks_and_a_bad_one_stops_startup() -> None:
