@@ -89,6 +89,25 @@ def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IP
     return ip
 
 
+# Proxies in front of the gateway, at most: more entries than this are never read. The header is the client's
+# to fill (256 KiB of metadata over gRPC), and every entry walked is parsed on the event loop before the
+# rate limit applies: unbounded, one request of `::1,::1,...` held the loop for half a second of CPU. A
+# walk that ends on a trusted proxy after this many hops takes that proxy's address as the client's.
+MAX_FORWARDED_HOPS = 16
+
+
+def _last_entries(values: Sequence[str], count: int) -> list[str]:
+    """The last `count` comma-separated entries of the X-Forwarded-For values, in order; what lies further
+    left is not split, let alone parsed."""
+    entries: list[str] = []
+    for value in reversed(values):
+        wanted = count - len(entries)
+        if wanted <= 0:
+            break
+        entries[:0] = value.rsplit(",", wanted)[-wanted:]
+    return entries
+
+
 def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies: Sequence[Network] = ()) -> str:
     """Who the client is, for rate limiting: the peer's address, unless the peer is a trusted proxy.
 
@@ -101,7 +120,7 @@ def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies
         ip = _unmapped(ipaddress.ip_address(address))
     except ValueError:
         return address  # not an IP transport (unix socket): nobody to trust
-    hops = [entry for value in forwarded_for for entry in value.split(",")]
+    hops = _last_entries(forwarded_for, MAX_FORWARDED_HOPS)
     while hops and any(ip in network for network in trusted_proxies):
         forwarded = _forwarded_ip(hops.pop())
         if forwarded is None:
