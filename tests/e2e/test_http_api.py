@@ -445,6 +445,27 @@ async def test_a_malformed_json_body_is_a_400(http: httpx.AsyncClient) -> None:
     assert status_of(response) == (400, {"code": INVALID_ARGUMENT, "message": status_of(response)[1]["message"]})
 
 
+@pytest.mark.parametrize(
+    ("path", "field", "reason"),
+    [
+        # A page token a client mangled: common/v1 has a malformed token INVALID_PAGE_TOKEN.
+        ("/v1/products?pageToken=%FF", "page_token", "INVALID_PAGE_TOKEN"),
+        # Search text a Latin-1 form sent ("café" as ISO-8859-1): no UTF-8, so no string protobuf takes.
+        ("/v1/products:search?query=caf%E9", "query", None),
+    ],
+)
+async def test_a_query_parameter_that_is_not_utf8_is_invalid_argument_naming_its_field(
+    http: httpx.AsyncClient, path: str, field: str, reason: str | None
+) -> None:
+    # docs/chassis.md: "the HTTP/JSON transcoder always sends well-formed messages". It does not: it puts the
+    # percent-decoded bytes into the string field as they are, and the gateway answers MALFORMED_REQUEST, "the
+    # request body is not a valid message" (a GET has no body), naming no field.
+    code, status = status_of(await http.get(path))
+    assert (code, status["code"]) == (400, INVALID_ARGUMENT)
+    assert reason is None or detail(status, ERROR_INFO)["reason"] == reason, status
+    assert [v["field"] for v in detail(status, BAD_REQUEST)["fieldViolations"]] == [field], status
+
+
 async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(http: httpx.AsyncClient) -> None:
     huge = {"email": "x@example.com", "password": "p" * (MAX_REQUEST_BYTES + 1)}
     response = await http.post("/v1/login", json=huge)

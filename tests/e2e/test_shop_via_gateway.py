@@ -199,6 +199,22 @@ async def test_a_client_claiming_another_user_id_still_acts_only_as_its_token_sa
     assert all(n.user_id != victim_id for n in notifications.notifications)
 
 
+async def test_a_page_token_of_list_orders_is_an_invalid_page_token_for_list_notifications(shop: Any) -> None:
+    # The conventions (common/v1): a page token is the next_page_token of the previous response of the same
+    # request, else INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN. Orders and notifications both bind their
+    # tokens to the user alone, so one list's token pages the other list silently from a foreign position.
+    _, _, auth = await signed_up(shop, "pager")
+    for _ in range(2):
+        call = shop.PlaceOrder(order_for("prod_soy_candle"), metadata=(*auth, ("idempotency-key", str(uuid.uuid4()))))
+        assert (await call).order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    orders_page = await shop.ListOrders(shop_pb2.ListOrdersRequest(page_size=1), metadata=auth)
+    assert orders_page.next_page_token
+    foreign = shop_pb2.ListNotificationsRequest(page_size=1, page_token=orders_page.next_page_token)
+    details = await failure(shop.ListNotifications(foreign, metadata=auth))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+    assert [v.field for v in details.field_violations] == ["page_token"]
+
+
 async def test_every_service_on_the_event_path_shows_it_in_its_metrics(stack: Stack, shop: Any) -> None:
     _, _, auth = await signed_up(shop, "ada")
     call = shop.PlaceOrder(order_for("prod_chef_knife"), metadata=(*auth, ("idempotency-key", str(uuid.uuid4()))))

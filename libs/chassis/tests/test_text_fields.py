@@ -14,7 +14,7 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
-from shopmesh_chassis.text_fields import NUL_CHARACTER, check_no_nul
+from shopmesh_chassis.text_fields import NUL_CHARACTER, check_no_nul, invalid_utf8_fields
 
 from .conftest import sample_settings
 
@@ -87,3 +87,28 @@ async def test_many_strings_with_nul_still_get_invalid_argument_the_client_can_r
                 await stub.BatchGetProducts(request, timeout=5)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
             assert details_of(caught.value).reason == NUL_CHARACTER
+
+
+def _not_utf8(request: object) -> bytes:
+    """`request` serialized with each "¤" (two bytes in UTF-8) turned into two bytes that are no UTF-8."""
+    return request.SerializeToString().replace("¤".encode(), b"\xff\xfe")  # type: ignore[attr-defined]
+
+
+def test_every_string_field_that_is_not_utf8_is_named_by_its_path_at_any_depth() -> None:
+    request = orders_pb2.PlaceOrderRequest(
+        user_id="usr_¤",
+        items=[orders_pb2.CartItem(product_id="prod_a", quantity=1), orders_pb2.CartItem(product_id="¤")],
+        shipping_address=orders_pb2.ShippingAddress(full_name="Grace", city="Arl¤ington"),
+    )
+    descriptor = orders_pb2.PlaceOrderRequest.DESCRIPTOR
+    assert invalid_utf8_fields(_not_utf8(request), descriptor) == [
+        "user_id",
+        "items[1].product_id",
+        "shipping_address.city",
+    ]
+    assert invalid_utf8_fields(request.SerializeToString(), descriptor) == []
+
+
+@pytest.mark.parametrize("body", [b"\x0a\x05ab", b"\xff\xff\xff", b"\x0b\x0c", b"\x0a"])
+def test_a_body_that_is_no_message_in_other_ways_names_no_field(body: bytes) -> None:
+    assert invalid_utf8_fields(body, orders_pb2.PlaceOrderRequest.DESCRIPTOR) == []

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from opentelemetry import context as otel_context
@@ -31,6 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db_errors import as_domain_error
+from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.grpc_errors import (
     TRANSIENT_CODES,
     dependency_unavailable,
@@ -40,7 +42,8 @@ from shopmesh_chassis.grpc_errors import (
     to_rpc_status,
 )
 from shopmesh_chassis.metrics import MethodMetrics, ServerMetrics
-from shopmesh_chassis.text_fields import check_no_nul
+from shopmesh_chassis.pagination import INVALID_PAGE_TOKEN
+from shopmesh_chassis.text_fields import NOT_UTF8, check_no_nul, invalid_utf8_fields
 from shopmesh_chassis.tracing import current_trace_id
 
 log = logging.getLogger("shopmesh.server")
@@ -306,10 +309,28 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
 
 
 def _parsed(parse: Callable[[bytes], Any], body: bytes) -> Any:
-    """The request message from its bytes; a body that is none is the client's mistake."""
+    """The request message from its bytes; a body that is none is the client's mistake, and a text field that
+    is not UTF-8 is named (a page token's as the paging contract has it: INVALID_PAGE_TOKEN)."""
     try:
         return parse(body)
     except DecodeError:
+        descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        paths = invalid_utf8_fields(body, descriptor) if isinstance(descriptor, Descriptor) else []
+        if paths:
+            violations = [
+                FieldViolation(
+                    path,
+                    "must be UTF-8 text",
+                    INVALID_PAGE_TOKEN if path.rpartition(".")[2] == "page_token" else NOT_UTF8,
+                )
+                for path in paths
+            ]
+            reasons = {violation.reason for violation in violations}
+            raise errors.InvalidArgument(
+                f"text fields must be UTF-8: {', '.join(paths)}",
+                violations,
+                reason=reasons.pop() if len(reasons) == 1 else NOT_UTF8,
+            ) from None
         raise errors.InvalidArgument(
             "the request body is not a valid message of this method's request type", reason="MALFORMED_REQUEST"
         ) from None

@@ -11,8 +11,9 @@ from shopmesh_notifications.domain.events import MAX_ID
 
 
 def list_filters(user_id: str) -> dict[str, str]:
-    # A page token belongs to the user it listed.
-    return {"user_id": user_id}
+    # A page token belongs to the RPC and the user it listed: ListOrders pages by the same key shape,
+    # and took this one's tokens for a page of its own.
+    return {"rpc": "ListNotifications", "user_id": user_id}
 
 
 def validate_list_request(user_id: str, page_size: int, page_token: str) -> tuple[datetime, str] | None:

@@ -220,8 +220,9 @@ class ListOrdersQuery:
 
 
 def list_filters(user_id: str) -> dict[str, str]:
-    # A page token belongs to the user it listed.
-    return {"user_id": user_id}
+    # A page token belongs to the RPC and the user it listed: ListNotifications pages by the same key shape,
+    # and took this one's tokens for a page of its own.
+    return {"rpc": "ListOrders", "user_id": user_id}
 
 
 def validate_list_orders(user_id: str, page_size: int, page_token: str) -> ListOrdersQuery:
