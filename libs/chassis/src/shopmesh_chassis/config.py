@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shopmesh_chassis.db import normalize_url
+from shopmesh_chassis.nats_urls import InvalidNatsUrl, parse_nats_url, shown_nats_url
 
 
 class ConfigError(Exception):
@@ -212,7 +213,20 @@ class IdempotencySettings(DatabaseSettings):
 class EventSettings(ServiceSettings):
     """For services that publish to or consume from NATS JetStream."""
 
+    # A token or user and password percent-encoded (`nats://to%2Fken@nats:4222`): see nats_urls.
     nats_url: str = "nats://127.0.0.1:14222"
+
+    @field_validator("nats_url")
+    @classmethod
+    def _credentials_read_as_meant(cls, value: str) -> str:
+        # Found here, a raw '/' in a token is one line saying to percent-encode it (exit 2); found by nats-py,
+        # it was the token taken for a host, a DNS failure retried for ever.
+        try:
+            parse_nats_url(value)
+        except InvalidNatsUrl as exc:
+            raise ValueError(exc.problem) from None
+        return value
+
     # How long JetStream remembers message ids to drop duplicate publishes (outbox retries).
     nats_duplicate_window_seconds: Interval = 900.0
     # How long a stream keeps an event (JetStream max_age; 0 = for ever). An event that no consumer has
@@ -296,7 +310,10 @@ def _describe(error: dict[str, Any], secrets: frozenset[str]) -> str:
     # A secret's value is never shown: this line goes to the pod's logs. Nor a URL's password, wherever in
     # it the password may be.
     hidden = error.get("type") == "missing" or isinstance(given, dict) or field in secrets
-    if not hidden and field.endswith("_url"):
+    if not hidden and field == "nats_url":
+        # NATS reads a user part without a colon as a token: masked whole (shown_url would show it as a user).
+        given = shown_nats_url(given) if isinstance(given, str) else None
+    elif not hidden and field.endswith("_url"):
         given = shown_url(given) if isinstance(given, str) else None
         hidden = given is None
     shown = "" if hidden else f"={given!r}"

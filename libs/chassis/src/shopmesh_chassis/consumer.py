@@ -54,7 +54,7 @@ from shopmesh_chassis.deadletters import (
     replay_filter,
     waiting_event_ids,
 )
-from shopmesh_chassis.events import DEFAULT_STREAM_MAX_AGE_SECONDS, MSG_ID, connect, ensure_stream
+from shopmesh_chassis.events import DEFAULT_STREAM_MAX_AGE_SECONDS, MSG_ID, connect, ensure_stream, parse_nats_url
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import processed_events
@@ -159,6 +159,7 @@ class EventConsumer:
         purge_batch_size: int = 500,
     ) -> None:
         self._db = database
+        parse_nats_url(nats_url)  # a URL whose credentials cannot be read fails here, not in retries for ever
         self._url = nats_url
         self._durable = durable
         self._stream = stream

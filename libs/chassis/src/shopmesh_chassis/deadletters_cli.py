@@ -41,7 +41,7 @@ from shopmesh_chassis.deadletters import (
     NotAConsumerName,
     is_consumer_name,
 )
-from shopmesh_chassis.events import EVENT_TYPE, nats_servers, shown_nats_url
+from shopmesh_chassis.events import EVENT_TYPE, InvalidNatsUrl, parse_nats_url, shown_nats_url
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
 
@@ -88,6 +88,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     discard = commands.add_parser("discard", help="remove messages for good")
     discard.add_argument("sequences", type=sequence_number, nargs="+", metavar="SEQ")
     args = parser.parse_args(argv)
+    try:
+        parse_nats_url(args.nats_url)
+    except InvalidNatsUrl as exc:
+        parser.error(str(exc))
     if args.command == "replay" and bool(args.sequences) == args.all:
         parser.error("replay takes sequence numbers or --all, not both")
     if args.command == "replay" and args.consumer is not None and not args.all:
@@ -158,8 +162,13 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     try:
         # One attempt and one retry (nats-py's count), then give up: an operator is waiting.
+        target = parse_nats_url(args.nats_url)
         client: Client = await nats.connect(
-            nats_servers(args.nats_url),
+            list(target.servers),
+            # Decoded, not left in the servers' URLs: nats-py would send a user part as it is written.
+            user=target.user,
+            password=target.password,
+            token=target.token,
             connect_timeout=3,
             allow_reconnect=False,
             max_reconnect_attempts=1,

@@ -22,6 +22,14 @@ from nats.js.api import PubAck, RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError
 
 from shopmesh_chassis.config import EventSettings
+
+# NATS_URL's parsing lives in nats_urls (config.py validates NATS_URL with it, and must not import nats);
+# re-exported here, where callers connecting to NATS look for it.
+from shopmesh_chassis.nats_urls import InvalidNatsUrl as InvalidNatsUrl
+from shopmesh_chassis.nats_urls import NatsTarget as NatsTarget
+from shopmesh_chassis.nats_urls import nats_servers as nats_servers
+from shopmesh_chassis.nats_urls import parse_nats_url as parse_nats_url
+from shopmesh_chassis.nats_urls import shown_nats_url as shown_nats_url
 from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.events")
@@ -30,27 +38,6 @@ MSG_ID = "Nats-Msg-Id"
 EVENT_TYPE = "Shopmesh-Event-Type"
 # EventSettings' default stream max age, for code that builds publishers and consumers without settings.
 DEFAULT_STREAM_MAX_AGE_SECONDS = 7 * 86400.0
-
-
-def nats_servers(url: str) -> list[str]:
-    """The servers of a NATS_URL. A cluster is given as NATS' own clients take it, comma-separated
-    (`nats://a:4222,nats://b:4222`); nats-py reads one string as one server."""
-    return [server.strip() for server in url.split(",") if server.strip()]
-
-
-def shown_nats_url(url: str) -> str:
-    """`url` as a log line may show it: each server's user part masked whole, since NATS reads a user part
-    without a colon as a token (`nats://s3cret@nats:4222`), and a `user:password` pair as credentials."""
-    return ",".join(_shown_server(server) for server in nats_servers(url))
-
-
-def _shown_server(server: str) -> str:
-    # Everything before the last '@' of the authority is the user part: a token from `openssl rand -base64`
-    # holds '/', '+' or '=', which a URL parser takes for the end of the authority (and so finds no user).
-    scheme, separator, rest = server.rpartition("://")
-    if "@" not in rest:
-        return server
-    return f"{scheme}{separator}***@{rest.rpartition('@')[2]}"
 
 
 class ConnectionLog:
@@ -92,7 +79,9 @@ class ConnectionLog:
 
 async def connect(url: str, *, name: str, on_reconnected: Callable[[], None] | None = None) -> Client:
     """A connection that keeps reconnecting forever: the outbox keeps events while NATS is away.
-    `on_reconnected` runs after each reconnect (in nats-py's reconnect loop: start a task for any request)."""
+    `on_reconnected` runs after each reconnect (in nats-py's reconnect loop: start a task for any request).
+    Raises InvalidNatsUrl, before any connection attempt, when `url`'s credentials cannot be read as meant."""
+    target = parse_nats_url(url)
     said = ConnectionLog(url)
 
     async def reconnected() -> None:
@@ -101,7 +90,11 @@ async def connect(url: str, *, name: str, on_reconnected: Callable[[], None] | N
             on_reconnected()
 
     client = await nats.connect(
-        nats_servers(url),
+        list(target.servers),
+        # Decoded here, not left in the servers' URLs: nats-py would send a user part as it is written.
+        user=target.user,
+        password=target.password,
+        token=target.token,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -204,6 +197,7 @@ class DeferredJetStream:
         max_age_seconds: float = DEFAULT_STREAM_MAX_AGE_SECONDS,
         max_retry_delay: float = 10.0,
     ) -> None:
+        parse_nats_url(url)  # a URL whose credentials cannot be read fails here, not in retries for ever
         self._url = url
         self._name = name
         self._stream = stream

@@ -43,13 +43,26 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def nats_server(store_dir: Path, port: int | None = None) -> Iterator[NatsServer]:
-    """Start nats-server with JetStream storing under `store_dir`; stopped (not killed) on exit."""
+def nats_server(
+    store_dir: Path,
+    port: int | None = None,
+    *,
+    token: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+) -> Iterator[NatsServer]:
+    """Start nats-server with JetStream storing under `store_dir`; stopped (not killed) on exit. With `token`,
+    or `user` and `password`, clients must give them (its `url` has none: add them as a test needs)."""
     port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
+    auth: list[str] = []
+    if token is not None:
+        auth += ["--auth", token]
+    if user is not None or password is not None:
+        auth += ["--user", user or "", "--pass", password or ""]
     log = (store_dir / "nats-server.log").open("wb")
     process = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir), *auth],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
