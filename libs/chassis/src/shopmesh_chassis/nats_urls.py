@@ -72,8 +72,8 @@ def parse_nats_url(url: str, *, name: str = "NATS_URL") -> NatsTarget:
         raise InvalidNatsUrl(
             url, "its servers give different credentials; give the same credentials on each, or on one", name=name
         )
-    user, password, token = credentials.pop() if credentials else (None, None, None)
-    return NatsTarget(tuple(servers), user=user, password=password, token=token)
+    given = credentials.pop() if credentials else (None, None, None)
+    return NatsTarget(tuple(servers), user=given[0], password=given[1], token=given[2])
 
 
 def shown_nats_url(url: str) -> str:
