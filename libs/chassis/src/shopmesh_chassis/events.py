@@ -11,6 +11,7 @@ stream grows for as long as the service runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -108,6 +109,16 @@ async def connect(url: str, *, name: str, on_reconnected: Callable[[], None] | N
     return client
 
 
+class StreamUpdateRefused(Exception):
+    """JetStream refused for good (a configuration error, not an outage) to bring an existing stream to its
+    publisher's configuration; the stream is there, as it was, and takes events."""
+
+    def __init__(self, stream: str, reason: str) -> None:
+        super().__init__(f"JetStream refuses to update stream {stream}: {reason}")
+        self.stream = stream
+        self.reason = reason
+
+
 async def ensure_stream(
     js: JetStreamContext,
     name: str,
@@ -118,22 +129,39 @@ async def ensure_stream(
     max_age: float = 0.0,
     update: bool = True,
 ) -> None:
-    """Create the stream, or (`update`) bring an existing one to this configuration.
+    """Create the stream with this configuration, or (`update`) bring an existing one's subjects, duplicate
+    window and max age to it.
 
+    Only those three are the chassis' to say (its publisher's subjects, NATS_DUPLICATE_WINDOW_SECONDS,
+    NATS_STREAM_MAX_AGE_SECONDS): everything else of an existing stream (replicas, max_bytes, max_msgs,
+    storage, a description, ...) stays as found, since an operator may have provisioned the stream so; an
+    update with the chassis' whole configuration set those back to the defaults at every reconnect.
     `max_age` (seconds, 0 = for ever): messages older than that are dropped, acknowledged or not. An
     existing stream gets it too (JetStream applies a changed max age in place, at once, to the messages it
     already holds), so a stream created before it had one stops growing with the release that sets it.
     Only the stream's publisher updates it: consumers with other settings (or of an older release) would
     otherwise set the max age back and forth at every restart; they create it when it is missing.
+    Raises StreamUpdateRefused when JetStream refuses the update for good (e.g. a subject another stream
+    holds): asking again changes nothing until someone changes the streams.
     """
     config = StreamConfig(
         name=name, subjects=subjects, duplicate_window=duplicate_window, retention=retention, max_age=max_age
     )
     try:
-        await js.add_stream(config)
+        await js.add_stream(config)  # as it is when the stream exists with this very configuration
+        return
     except BadRequestError:
-        if update:
-            await js.update_stream(config)
+        # Taken: the stream exists with another configuration (else stream_info says it is missing).
+        if not update:
+            return
+    found = (await js.stream_info(name)).config
+    wanted = dataclasses.replace(found, subjects=subjects, duplicate_window=duplicate_window, max_age=max_age)
+    if wanted == found:
+        return
+    try:
+        await js.update_stream(wanted)
+    except BadRequestError as exc:
+        raise StreamUpdateRefused(name, exc.description or str(exc)) from exc
 
 
 class JetStreamPublisher:
@@ -178,13 +206,13 @@ class NotConnected(ConnectionError):
 
 
 class DeferredJetStream:
-    """The publisher of one stream, and the one who says how the stream is configured (max age, duplicate
-    window): it declares the stream at start, and again whenever the stream may have been lost since and
-    created anew by a consumer with that consumer's own settings (consumers create a missing stream, as
-    their start may come first, but never change one): after each reconnect (NATS may have restarted
-    without its JetStream store), when a publish finds no stream, and when the stream's sequence goes
-    back (deleted and created again while this connection stayed up). None of these costs a request per
-    publish."""
+    """The publisher of one stream, and the one who says how the stream is configured (its subjects, max
+    age and duplicate window; the rest of an existing stream, an operator's to set, is kept): it declares
+    the stream at start, and again whenever the stream may have been lost since and created anew by a
+    consumer with that consumer's own settings (consumers create a missing stream, as their start may come
+    first, but never change one): after each reconnect (NATS may have restarted without its JetStream
+    store), when a publish finds no stream, and when the stream's sequence goes back (deleted and created
+    again while this connection stayed up). None of these costs a request per publish."""
 
     def __init__(
         self,
@@ -212,6 +240,8 @@ class DeferredJetStream:
         self._redeclaring: asyncio.Task[None] | None = None
         # The stream sequence of the last event this publisher stored: a stream created anew starts from 1.
         self._sequence = 0
+        # Why JetStream last refused for good to update the stream, once said (None: the last declaration took).
+        self._refused: str | None = None
 
     @classmethod
     def from_settings(cls, settings: EventSettings, *, stream: str, subjects: list[str]) -> DeferredJetStream:
@@ -280,8 +310,8 @@ class DeferredJetStream:
         delay = 0.5
         while True:
             try:
-                await self._declare_stream()
-                log.info("NATS stream %s declared again as configured (%s)", self._stream, why)
+                if await self._declare_stream():
+                    log.info("NATS stream %s declared again as configured (%s)", self._stream, why)
                 return
             except Exception as exc:
                 # JetStream not answering yet (just restarted, no quorum), or the connection lost again.
@@ -289,11 +319,34 @@ class DeferredJetStream:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
 
-    async def _declare_stream(self) -> None:
+    async def _declare_stream(self) -> bool:
+        """Declare the stream; False when it exists but JetStream refused for good to bring it to this
+        configuration. Asking again would be refused again (retried, it was an unending WARNING at the
+        longest backoff, and a start that never got ready): the stream takes the events as it is, and an
+        ERROR says once why and what to do. Errors of an outage (timeouts, no JetStream yet) propagate."""
         assert self._client is not None
-        await ensure_stream(
-            self._client.jetstream(), self._stream, self._subjects, self._duplicate_window, max_age=self._max_age
-        )
+        try:
+            await ensure_stream(
+                self._client.jetstream(), self._stream, self._subjects, self._duplicate_window, max_age=self._max_age
+            )
+        except StreamUpdateRefused as exc:
+            if exc.reason != self._refused:
+                self._refused = exc.reason
+                log.error(
+                    "NATS stream %s exists, but JetStream refuses to give it this publisher's subjects %s, "
+                    "duplicate window %gs and max age %gs: %s. Events are published to it as it is; change "
+                    "the stream (`nats stream edit %s`) or the service's settings; it is declared again at the "
+                    "service's next start or reconnect",
+                    self._stream,
+                    ",".join(self._subjects),
+                    self._duplicate_window,
+                    self._max_age,
+                    exc.reason,
+                    self._stream,
+                )
+            return False
+        self._refused = None
+        return True
 
     async def close(self) -> None:
         if self._task is not None:

@@ -1,0 +1,135 @@
+"""A publisher declaring its stream (at start, after a reconnect, when the stream started over) changes only
+what it owns: its subjects, duplicate window and max age. What an operator set besides (limits, replicas,
+a description) stays as found; an update JetStream refuses for good is said once, and publishing goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import StreamConfig
+
+from shopmesh_chassis.events import DeferredJetStream, ensure_stream
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.nats_server import NatsServer
+
+DAY = 86400.0
+# What an operator provisions besides the chassis' settings (`nats stream edit`).
+OPERATORS: dict[str, object] = {
+    "max_bytes": 64 * 1024 * 1024,
+    "max_msgs": 100_000,
+    "max_msg_size": 65_536,
+    "description": "by ops",
+}
+
+
+@pytest.fixture
+async def client(nats_srv: NatsServer) -> AsyncIterator[Client]:
+    nc = await nats.connect(nats_srv.url)
+    yield nc
+    await nc.close()
+
+
+async def started(url: str, *, subjects: list[str] | None = None) -> DeferredJetStream:
+    """THINGS' publisher, keeping events 30 days, once it has declared its stream."""
+    publisher = DeferredJetStream(
+        url,
+        name="tests",
+        stream="THINGS",
+        subjects=subjects or ["things.v1.>"],
+        duplicate_window_seconds=600,
+        max_age_seconds=30 * DAY,
+    )
+    ready = asyncio.Event()
+    publisher.start(on_ready=ready.set)
+    await asyncio.wait_for(ready.wait(), 10)
+    return publisher
+
+
+def operators(subjects: list[str], max_age: float) -> StreamConfig:
+    config = StreamConfig(name="THINGS", subjects=subjects, duplicate_window=120, max_age=max_age)
+    for field, value in OPERATORS.items():
+        setattr(config, field, value)
+    return config
+
+
+def kept_by_the_operator(config: StreamConfig) -> dict[str, object]:
+    return {field: getattr(config, field) for field in OPERATORS}
+
+
+async def test_declaring_an_existing_stream_changes_only_what_the_publisher_owns(client: Client) -> None:
+    js = client.jetstream()
+    await js.add_stream(operators(["things.v1.created"], max_age=DAY))
+    await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=30 * DAY)
+    config = (await js.stream_info("THINGS")).config
+    assert (config.subjects, config.duplicate_window, config.max_age) == (["things.v1.>"], 600, 30 * DAY)
+    assert kept_by_the_operator(config) == OPERATORS
+
+
+async def test_a_stream_the_operator_provisioned_keeps_its_limits_through_the_publishers_start(
+    client: Client, nats_srv: NatsServer
+) -> None:
+    js = client.jetstream()
+    await js.add_stream(operators(["things.v1.>"], max_age=7 * DAY))
+    publisher = await started(nats_srv.url)
+    try:
+        config = (await js.stream_info("THINGS")).config
+        assert config.max_age == 30 * DAY
+        assert kept_by_the_operator(config) == OPERATORS
+    finally:
+        await publisher.close()
+
+
+async def test_a_stream_provisioned_anew_keeps_the_operators_limits_when_the_publisher_declares_it_again(
+    client: Client, nats_srv: NatsServer
+) -> None:
+    """The stream is deleted and provisioned again by the operator, with limits of their own, while the
+    publisher stays connected: its sequence starts over, and the publisher declares it again."""
+    js = client.jetstream()
+    publisher = await started(nats_srv.url)
+    try:
+        await publisher.publish("things.v1.happened", b"x", msg_id="e1", headers={})
+        await publisher.publish("things.v1.happened", b"x", msg_id="e2", headers={})
+        await js.delete_stream("THINGS")
+        await js.add_stream(operators(["things.v1.>"], max_age=7 * DAY))
+        await publisher.publish("things.v1.happened", b"x", msg_id="e3", headers={})
+
+        async def declared_again() -> bool:
+            return (await js.stream_info("THINGS")).config.max_age == 30 * DAY
+
+        await eventually(declared_again, "the publisher's max age back on the stream")
+        assert kept_by_the_operator((await js.stream_info("THINGS")).config) == OPERATORS
+    finally:
+        await publisher.close()
+
+
+async def test_an_update_jetstream_refuses_for_good_is_said_once_and_publishing_goes_on(
+    client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """THINGS exists with fewer subjects than its publisher's, and another stream holds one of them: JetStream
+    refuses the update (subjects overlap) however often it is asked. Retrying it for ever, at the longest
+    backoff, kept the publisher from ever becoming ready."""
+    caplog.set_level(logging.INFO, logger="shopmesh.events")
+    js = client.jetstream()
+    await js.add_stream(StreamConfig(name="THINGS", subjects=["things.v1.created"], duplicate_window=600))
+    await js.add_stream(StreamConfig(name="OTHER", subjects=["things.v1.other"]))
+    publisher = await started(nats_srv.url, subjects=["things.v1.created", "things.v1.other"])
+    try:
+        assert await publisher.publish("things.v1.created", b"x", msg_id="e1", headers={})
+        publisher._declare_again("reconnected")  # as a reconnect does
+        await asyncio.sleep(1.5)  # three retries' worth, as it was
+        assert publisher._redeclaring is not None
+        assert publisher._redeclaring.done(), "no retries of an update JetStream refuses for good"
+    finally:
+        await publisher.close()
+    ours = [r for r in caplog.records if r.name == "shopmesh.events"]
+    errors = [r.getMessage() for r in ours if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "THINGS" in errors[0]
+    assert "subjects overlap" in errors[0]
+    assert "nats stream edit" in errors[0], "it says what to do"
+    assert not [r for r in ours if r.levelno == logging.WARNING], "no retry lines"
