@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -41,6 +39,7 @@ from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import NatsServer
 
 from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
+from .nats_kit import deadletters_cli
 
 __all__ = ["client", "db"]  # fixtures, used by name
 
@@ -295,16 +294,6 @@ async def test_discarding_removes_the_message_for_good(db: Database, client: Cli
     assert await applied(db) == Counter()
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shopmesh_chassis.deadletters_cli", "--nats-url", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_the_command_lists_shows_replays_and_discards(db: Database, client: Client, nats_srv: NatsServer) -> None:
     handler = Switch()
     running = consumer(db, nats_srv.url, handler, max_attempts=1)
@@ -316,7 +305,7 @@ async def test_the_command_lists_shows_replays_and_discards(db: Database, client
     await publish(client, "e2")
     first, second = await parked(client, 2)
 
-    listed = await asyncio.to_thread(cli, nats_srv.url, "list")
+    listed = await asyncio.to_thread(deadletters_cli, nats_srv.url, "list")
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.splitlines()
     assert header.split()[:3] == ["SEQ", "PARKED", "(UTC)"]
@@ -324,23 +313,23 @@ async def test_the_command_lists_shows_replays_and_discards(db: Database, client
     assert rows[0].split()[3:6] == ["tester", SUBJECT, "e1"]
     assert rows[0].endswith("ValueError: no such customer")
 
-    as_json = await asyncio.to_thread(cli, nats_srv.url, "list", "--json")
+    as_json = await asyncio.to_thread(deadletters_cli, nats_srv.url, "list", "--json")
     assert [json.loads(line)["event_id"] for line in as_json.stdout.splitlines()] == ["e1", "e2"]
 
-    shown = await asyncio.to_thread(cli, nats_srv.url, "show", str(first.sequence))
+    shown = await asyncio.to_thread(deadletters_cli, nats_srv.url, "show", str(first.sequence))
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["payload"] == {"orderId": "o-1", "userId": "u-1"}
 
     handler.fixed = True
-    replayed = await asyncio.to_thread(cli, nats_srv.url, "replay", str(first.sequence), "999")
+    replayed = await asyncio.to_thread(deadletters_cli, nats_srv.url, "replay", str(first.sequence), "999")
     assert replayed.returncode == 1
     assert f"{first.sequence}: replayed to tester ({SUBJECT}, event e1)" in replayed.stdout
     assert "no dead letter with sequence 999" in replayed.stderr
     await until_applied(db, Counter({"e1": 1}))
 
-    discarded = await asyncio.to_thread(cli, nats_srv.url, "discard", str(second.sequence))
+    discarded = await asyncio.to_thread(deadletters_cli, nats_srv.url, "discard", str(second.sequence))
     assert discarded.returncode == 0, discarded.stderr
-    emptied = await asyncio.to_thread(cli, nats_srv.url, "list")
+    emptied = await asyncio.to_thread(deadletters_cli, nats_srv.url, "list")
     assert emptied.stdout.strip() == "no dead letters"
     await running.stop()
     assert await applied(db) == Counter({"e1": 1})
@@ -348,14 +337,14 @@ async def test_the_command_lists_shows_replays_and_discards(db: Database, client
 
 def test_the_command_says_in_one_line_when_nats_is_unreachable() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    result = cli(url, "list")
+    result = deadletters_cli(url, "list")
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: cannot reach NATS at {url}: ConnectionRefusedError"), line
 
 
 def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServer) -> None:
-    result = cli(nats_srv.url, "list")
+    result = deadletters_cli(nats_srv.url, "list")
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "no dead letters", "")
 
 
@@ -366,7 +355,7 @@ async def test_the_command_refuses_a_sequence_that_is_no_sequence_as_a_usage_err
     js = client.jetstream()
     await ensure_dead_letter_streams(js, 900)
     sequence = await park_by_hand(js, "tester")
-    result = await asyncio.to_thread(cli, nats_srv.url, "discard", given, str(sequence))
+    result = await asyncio.to_thread(deadletters_cli, nats_srv.url, "discard", given, str(sequence))
     assert result.returncode == 2, result
     # Not NATS' fault: a sequence is a whole number from 1, and the command says so before doing anything.
     assert "BadRequestError" not in result.stderr, result.stderr
@@ -401,7 +390,7 @@ async def test_a_consumer_name_that_is_no_name_is_a_usage_error_and_replays_noth
     )
     sequence = await park_by_hand(js, "tester")
     for command in (["replay", "--all"], ["list"]):
-        result = await asyncio.to_thread(cli, nats_srv.url, *command, "--consumer", name)
+        result = await asyncio.to_thread(deadletters_cli, nats_srv.url, *command, "--consumer", name)
         assert result.returncode == 2, result
         assert result.stdout == ""
         assert result.stderr.splitlines()[-1].endswith(
@@ -420,7 +409,7 @@ async def test_a_replay_for_a_consumer_that_reads_no_replays_is_refused_and_stay
     js = client.jetstream()
     await ensure_dead_letter_streams(js, 900)
     sequence = await park_by_hand(js, "retired")
-    result = await asyncio.to_thread(cli, nats_srv.url, "replay", str(sequence))
+    result = await asyncio.to_thread(deadletters_cli, nats_srv.url, "replay", str(sequence))
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: dead letter {sequence} not replayed: no consumer 'retired' reads replays"), line
@@ -438,7 +427,7 @@ async def test_a_replay_keeps_the_duplicate_window_the_consumers_gave_the_stream
         REPLAY_STREAM, ConsumerConfig(durable_name=replay_durable("tester"), filter_subject=replay_filter("tester"))
     )
     sequence = await park_by_hand(js, "tester")
-    result = await asyncio.to_thread(cli, nats_srv.url, "replay", str(sequence))
+    result = await asyncio.to_thread(deadletters_cli, nats_srv.url, "replay", str(sequence))
     assert result.returncode == 0, result.stderr
     windows = {
         name: (await js.stream_info(name)).config.duplicate_window for name in (DEAD_LETTER_STREAM, REPLAY_STREAM)
@@ -448,7 +437,7 @@ async def test_a_replay_keeps_the_duplicate_window_the_consumers_gave_the_stream
 
 def test_the_command_never_prints_the_credentials_of_an_unreachable_nats_url() -> None:
     port = free_port()
-    result = cli(f"nats://ops:s3cret@127.0.0.1:{port}", "list")
+    result = deadletters_cli(f"nats://ops:s3cret@127.0.0.1:{port}", "list")
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: cannot reach NATS at nats://***@127.0.0.1:{port}: "), line
@@ -461,10 +450,10 @@ def test_the_command_never_prints_a_token_with_a_slash_as_base64_tokens_have() -
     # user part, and the masking shows the whole URL, token included.
     # Raw, it is refused (percent-encode it); encoded, NATS is not there: neither error shows it.
     token = "Zm9v/YmFy+cXV4="
-    raw = cli(f"nats://{token}@127.0.0.1:{free_port()}", "list")
+    raw = deadletters_cli(f"nats://{token}@127.0.0.1:{free_port()}", "list")
     assert raw.returncode == 2
     assert "percent-encode" in raw.stderr
-    encoded = cli(f"nats://{token.replace('/', '%2F')}@127.0.0.1:{free_port()}", "list")
+    encoded = deadletters_cli(f"nats://{token.replace('/', '%2F')}@127.0.0.1:{free_port()}", "list")
     assert encoded.returncode == 1
     for result in (raw, encoded):
         assert "Zm9v" not in result.stderr, result.stderr

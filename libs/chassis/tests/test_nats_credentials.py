@@ -4,8 +4,6 @@ they hold, once percent-encoded in the URL; raw reserved characters stop the sta
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,6 +14,8 @@ from shopmesh_chassis import events
 from shopmesh_chassis.config import ConfigError, EventSettings, load_settings
 from shopmesh_chassis.testing import free_port
 from shopmesh_chassis.testing.nats_server import nats_server
+
+from .nats_kit import deadletters_cli
 
 # Every character a URL parser stops at or splits on, and a '%' and a '+' besides.
 TOKEN = "to/ken?with#every@reserved:char%+="
@@ -132,26 +132,16 @@ def test_the_log_shows_an_encoded_url_masked() -> None:
     assert events.shown_nats_url(f"nats://{encoded(TOKEN)}@nats:4222") == "nats://***@nats:4222"
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shopmesh_chassis.deadletters_cli", "--nats-url", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_the_dead_letters_command_takes_percent_encoded_credentials(tmp_path: Path) -> None:
     with nats_server(tmp_path / "nats", user=USER, password=PASSWORD) as server:
         url = f"nats://{encoded(USER)}:{encoded(PASSWORD)}@127.0.0.1:{server.port}"
-        listed = await asyncio.to_thread(cli, url, "list")
+        listed = await asyncio.to_thread(deadletters_cli, url, "list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.strip() == "no dead letters"
 
 
 def test_the_dead_letters_command_says_to_percent_encode_raw_reserved_characters() -> None:
-    refused = cli("nats://s3/cr3t@127.0.0.1:4222", "list")
+    refused = deadletters_cli("nats://s3/cr3t@127.0.0.1:4222", "list")
     assert refused.returncode == 2
     assert "NATS_URL" in refused.stderr
     assert "percent-encode" in refused.stderr

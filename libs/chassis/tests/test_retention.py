@@ -30,6 +30,7 @@ from shopmesh_chassis.testing import eventually, schema_differences
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
 from .consumer_kit import consumer, record, scratch, until_applied
+from .nats_kit import a_month_publisher
 
 DAY = 86400.0
 
@@ -377,22 +378,6 @@ async def test_a_starting_consumer_purges_once_it_has_read_the_streams_max_age_n
         await eventually(purged, "the 30-day-old id purged soon after the consumer connected")
     finally:
         await running.stop()
-
-
-async def a_month_publisher(url: str) -> DeferredJetStream:
-    """THINGS' publisher, keeping events 30 days, once it has declared its stream."""
-    publisher = DeferredJetStream(
-        url,
-        name="tests",
-        stream="THINGS",
-        subjects=["things.v1.>"],
-        duplicate_window_seconds=600,
-        max_age_seconds=30 * DAY,
-    )
-    ready = asyncio.Event()
-    publisher.start(on_ready=ready.set)
-    await asyncio.wait_for(ready.wait(), 10)
-    return publisher
 
 
 async def test_a_stream_nats_lost_with_its_store_gets_the_publishers_max_age_back_not_a_consumers(

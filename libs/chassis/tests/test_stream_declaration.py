@@ -13,11 +13,12 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
-from shopmesh_chassis.events import DeferredJetStream, ensure_stream
+from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
 
-DAY = 86400.0
+from .nats_kit import DAY, a_month_publisher
+
 # What an operator provisions besides the chassis' settings (`nats stream edit`).
 OPERATORS: dict[str, object] = {
     "max_bytes": 64 * 1024 * 1024,
@@ -32,22 +33,6 @@ async def client(nats_srv: NatsServer) -> AsyncIterator[Client]:
     nc = await nats.connect(nats_srv.url)
     yield nc
     await nc.close()
-
-
-async def started(url: str, *, subjects: list[str] | None = None) -> DeferredJetStream:
-    """THINGS' publisher, keeping events 30 days, once it has declared its stream."""
-    publisher = DeferredJetStream(
-        url,
-        name="tests",
-        stream="THINGS",
-        subjects=subjects or ["things.v1.>"],
-        duplicate_window_seconds=600,
-        max_age_seconds=30 * DAY,
-    )
-    ready = asyncio.Event()
-    publisher.start(on_ready=ready.set)
-    await asyncio.wait_for(ready.wait(), 10)
-    return publisher
 
 
 def operators(subjects: list[str], max_age: float) -> StreamConfig:
@@ -75,7 +60,7 @@ async def test_a_stream_the_operator_provisioned_keeps_its_limits_through_the_pu
 ) -> None:
     js = client.jetstream()
     await js.add_stream(operators(["things.v1.>"], max_age=7 * DAY))
-    publisher = await started(nats_srv.url)
+    publisher = await a_month_publisher(nats_srv.url)
     try:
         config = (await js.stream_info("THINGS")).config
         assert config.max_age == 30 * DAY
@@ -90,7 +75,7 @@ async def test_a_stream_provisioned_anew_keeps_the_operators_limits_when_the_pub
     """The stream is deleted and provisioned again by the operator, with limits of their own, while the
     publisher stays connected: its sequence starts over, and the publisher declares it again."""
     js = client.jetstream()
-    publisher = await started(nats_srv.url)
+    publisher = await a_month_publisher(nats_srv.url)
     try:
         await publisher.publish("things.v1.happened", b"x", msg_id="e1", headers={})
         await publisher.publish("things.v1.happened", b"x", msg_id="e2", headers={})
@@ -117,7 +102,7 @@ async def test_an_update_jetstream_refuses_for_good_is_said_once_and_publishing_
     js = client.jetstream()
     await js.add_stream(StreamConfig(name="THINGS", subjects=["things.v1.created"], duplicate_window=600))
     await js.add_stream(StreamConfig(name="OTHER", subjects=["things.v1.other"]))
-    publisher = await started(nats_srv.url, subjects=["things.v1.created", "things.v1.other"])
+    publisher = await a_month_publisher(nats_srv.url, subjects=["things.v1.created", "things.v1.other"])
     try:
         assert await publisher.publish("things.v1.created", b"x", msg_id="e1", headers={})
         publisher._declare_again("reconnected")  # as a reconnect does
