@@ -553,3 +553,54 @@ async def test_a_consumer_stops_promptly_while_events_keep_arriving(
 
 async def _more_applied(db: Database, before: int) -> bool:
     return sum((await applied(db)).values()) > before + 5
+
+
+async def test_a_redelivery_that_runs_while_the_first_delivery_is_still_applying_is_a_duplicate_not_a_failure(
+    postgres: object, tmp_path: object, client: Client, nats_srv: NatsServer
+) -> None:
+    """Two replicas share the durable. A handler slower than the ack wait gets its message redelivered to the
+    other replica while its own transaction is still open: on PostgreSQL (READ COMMITTED) the second sees no
+    applied id yet, runs the handler, and its insert of the id waits for the first to commit, then fails on
+    the unique key. The event was applied, once: the second delivery is a duplicate, not a handler failure
+    (WARNING, `retried`), and it must never be parked as a dead letter (here after its one attempt)."""
+    from shopmesh_chassis.migrations import migrate
+
+    from .consumer_kit import scratch
+
+    database = Database(postgres.create_database())  # type: ignore[attr-defined]
+    migrations = tmp_path / "versions"  # type: ignore[operator]
+    migrations.mkdir()
+    await migrate(database, migrations)
+    async with database.transaction() as conn:
+        await conn.run_sync(scratch.create_all)
+    calls: list[str] = []
+
+    async def slow_first_time(session: DbConnection, event: Event) -> None:
+        calls.append(event.event_id)
+        if len(calls) == 1:
+            await asyncio.sleep(2.5)  # past the ack wait: JetStream hands the message to the other replica
+        await record(session, event)
+
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    replicas = [
+        consumer(
+            database, nats_srv.url, slow_first_time, max_attempts=1, ack_wait_seconds=1.0, metrics=EventMetrics(r)
+        )
+        for r in registries
+    ]
+    for replica in replicas:
+        replica.start()
+    await publish(client, "e1")
+
+    def count(outcome: str) -> float:
+        labels = {"consumer": "tester", "subject": "things.v1.happened", "outcome": outcome}
+        return sum(r.get_sample_value("shopmesh_events_consumed_total", labels) or 0.0 for r in registries)
+
+    await eventually(lambda: len(calls) >= 2, "the event redelivered to the other replica while it applies")
+    await until_applied(database, Counter({"e1": 1}))
+    await asyncio.sleep(1.5)
+    for replica in replicas:
+        await replica.stop()
+    await database.dispose()
+    assert await messages_parked(client) == 0
+    assert (count("applied"), count("retried"), count("dead_lettered")) == (1, 0, 0)
