@@ -33,10 +33,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
-from sqlalchemy import insert, select
 
 from shopmesh_chassis.config import ConsumerSettings
-from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.db import Database, DbConnection, insert_skipping_existing
 from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.deadletters import (
     ATTEMPTS,
@@ -477,19 +476,19 @@ class EventConsumer:
         if not event.event_id:
             raise ValueError(f"message on {event.subject} has no {MSG_ID} header")
         async with self._db.transaction() as session:
-            seen = await session.execute(
-                select(processed_events.c.event_id).where(
-                    processed_events.c.consumer == self._durable, processed_events.c.event_id == event.event_id
-                )
+            # The id first, then the handler: a delivery of the same event running at once (another replica,
+            # a redelivery after the ack wait while this one still applies) waits at this insert for the
+            # other's transaction, then skips it (a duplicate) or, if that one rolled back, applies it. Looked
+            # up first and inserted after the handler, the id was not yet there to see: the second delivery
+            # ran the handler too and failed on the key, counted as a failed attempt, and on its last attempt
+            # was parked as a dead letter although the event had been applied.
+            claimed = await session.execute(
+                insert_skipping_existing(self._db.dialect, processed_events),
+                {"consumer": self._durable, "event_id": event.event_id, "processed_at": datetime.now(UTC)},
             )
-            if seen.first() is not None:
+            if not claimed.rowcount:
                 return False
             await self._handler(session, event)
-            await session.execute(
-                insert(processed_events).values(
-                    consumer=self._durable, event_id=event.event_id, processed_at=datetime.now(UTC)
-                )
-            )
         if self._on_applied is not None:
             self._on_applied(event)
         return True
