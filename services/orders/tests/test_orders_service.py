@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import AsyncIterator
 
 import grpc
@@ -181,3 +182,19 @@ async def test_cancel_order_names_a_missing_order_id_and_an_over_long_reason_tog
     details = details_of(caught.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert sorted(v.field for v in details.field_violations) == ["order_id", "reason"]
+
+
+async def test_a_shipping_address_is_stored_and_answered_composed_and_trimmed(
+    stub: orders_pb2_grpc.OrdersServiceStub,
+) -> None:
+    """docs/chassis.md: each line of a shipping address goes through text_lines, "kept composed (NFC) and
+    trimmed". validate_place_order returns the normalized command, but place_order drops what it returns
+    and stores the address as sent: decomposed, with its padding (beyond 100 characters for a full name
+    that passed the length rule only once trimmed)."""
+    sent = request()
+    sent.shipping_address.full_name = "  " + unicodedata.normalize("NFD", "Nguyễn Thị Thảo") + " " * 100
+    sent.shipping_address.city = unicodedata.normalize("NFD", "Zürich ")
+    placed = await stub.PlaceOrder(sent, metadata=idempotency_metadata("k-nfc"))
+    got = (await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=placed.order.id))).order
+    for order in (placed.order, got):
+        assert (order.shipping_address.full_name, order.shipping_address.city) == ("Nguyễn Thị Thảo", "Zürich")
