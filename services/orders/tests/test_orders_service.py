@@ -198,3 +198,23 @@ async def test_a_shipping_address_is_stored_and_answered_composed_and_trimmed(
     got = (await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=placed.order.id))).order
     for order in (placed.order, got):
         assert (order.shipping_address.full_name, order.shipping_address.city) == ("Nguyễn Thị Thảo", "Zürich")
+
+
+async def test_a_retry_of_an_order_placed_before_the_address_rules_tightened_replays_the_order(
+    stub: orders_pb2_grpc.OrdersServiceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same key + same request replays the outcome (the card's expiry already waits for the lookup, so that
+    a retry of a call accepted earlier is not refused). The text_lines rules run before the lookup: a retry,
+    after the upgrade (or on a new pod of a rolling update), of an order the earlier release placed and
+    charged with a tab in its street is refused INVALID_CHARACTERS, and the client is told its order is
+    invalid while it stands confirmed and paid."""
+    import shopmesh_orders.application as application
+
+    sent = request()
+    sent.shipping_address.street = "Flat 2\t1 Analytical Way"  # pasted from a spreadsheet
+    with monkeypatch.context() as earlier_release:
+        earlier_release.setattr(application, "validate_place_order", lambda command, today: command)
+        placed = await stub.PlaceOrder(sent, metadata=idempotency_metadata("k-before"))
+    assert placed.order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    retried = await stub.PlaceOrder(sent, metadata=idempotency_metadata("k-before"))
+    assert retried.order.id == placed.order.id
