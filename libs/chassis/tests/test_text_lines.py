@@ -31,3 +31,25 @@ def test_a_control_character_or_line_break_is_refused(value: str) -> None:
 )
 def test_format_characters_between_visible_ones_stay(value: str) -> None:
     assert line_violation("name", value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\ufe0f",  # VARIATION SELECTOR-16 (category Mn)
+        "\ufe00\ufe0f",
+        "\U000e0100",  # VARIATION SELECTOR-17
+        "\u034f",  # COMBINING GRAPHEME JOINER (Mn)
+        "\u17b4\u17b5",  # KHMER VOWEL INHERENT AQ / AA (Mn)
+        "\u180b",  # MONGOLIAN FREE VARIATION SELECTOR ONE (Mn)
+        " \u200b\ufe0f ",
+    ],
+)
+def test_a_line_of_default_ignorable_characters_only_is_required(value: str) -> None:
+    """The module's rule: "It must show something". Unicode's Default_Ignorable_Code_Point characters draw
+    nothing (as U+200B and U+3164, refused), but the variation selectors, the combining grapheme joiner and
+    the Khmer inherent vowels are marks (category Mn), not format characters (Cf): a name of them alone
+    shows as nothing and is accepted."""
+    violation = line_violation("name", value)
+    assert violation is not None
+    assert violation.reason == REQUIRED
