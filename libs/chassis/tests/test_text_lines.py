@@ -53,3 +53,12 @@ def test_a_line_of_default_ignorable_characters_only_is_required(value: str) -> 
     violation = line_violation("name", value)
     assert violation is not None
     assert violation.reason == REQUIRED
+
+
+@pytest.mark.parametrize("value", ["\ufeffAda", "Ada\u200b", "\u200b Ada \u2060"])
+def test_format_characters_around_the_text_are_trimmed_with_the_blanks(value: str) -> None:
+    """docs/chassis.md: a line is "kept composed (NFC) and trimmed ... Format characters between visible
+    ones (joiners, direction marks) stay". Those around it (a byte-order mark pasted from a file, a
+    zero-width space from a web page) stay too: "Ada\u200b" is stored, shown and counted as a name other
+    than "Ada"."""
+    assert normalized_line(value) == "Ada"
