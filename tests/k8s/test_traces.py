@@ -103,6 +103,19 @@ def test_a_nats_url_the_network_policy_would_not_let_through_fails_the_render(
         objects_of(helm_dir, "orders", {"global": {"nats": nats}})
 
 
+def test_a_nats_url_refused_by_the_render_is_named_without_its_credentials(helm_dir: Path) -> None:
+    """NATS_URL carries NATS' token or user and password (docs/chassis.md: "a user part (`user:password@` or a
+    token) is masked in logs", percent-encoded for the chassis to decode). The render's refusal quotes
+    global.nats.url as given, credentials and all, into the output of `helm install` / `helm template` (CI
+    logs, terminals)."""
+    peers = [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    for url in ("nats://s3cr%2Fet@nats.messaging:4223", "nats://shop:pa%3Ass@nats.messaging:4223"):
+        with pytest.raises(Exception, match=re.escape("and global.nats.port (4222) disagree")) as refused:
+            objects_of(helm_dir, "orders", {"global": {"nats": {"url": url, "peers": peers}}})
+        assert "s3cr" not in str(refused.value)
+        assert "pa%3Ass" not in str(refused.value)
+
+
 # And the SMTP relay (global.smtp.host, port, peers).
 def test_an_smtp_relay_elsewhere_with_k8s_infras_peers_fails_the_render(helm_dir: Path) -> None:
     smtp = {"host": "smtp.example.com", "port": 465}
