@@ -116,6 +116,17 @@ def test_a_nats_url_refused_by_the_render_is_named_without_its_credentials(helm_
         assert "pa%3Ass" not in str(refused.value)
 
 
+def test_a_nats_cluster_url_renders_as_the_services_take_it(helm_dir: Path) -> None:
+    """docs/chassis.md: NATS_URL is "the NATS server, or a cluster's servers comma-separated
+    (`nats://a:4222,nats://b:4222`)", credentials "given on one server or the same on each". global.nats.url
+    is NATS_URL, but the egress check parses it as one URL and refuses a cluster whose every server listens
+    on global.nats.port: "... and global.nats.port (4222) disagree"."""
+    peers = [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    url = "nats://nats-0.messaging:4222,nats://nats-1.messaging:4222,nats://nats-2.messaging:4222"
+    docs = objects_of(helm_dir, "orders", {"global": {"nats": {"url": url, "peers": peers}}})
+    assert find(docs, "ConfigMap", "orders")["data"]["NATS_URL"] == url
+
+
 # And the SMTP relay (global.smtp.host, port, peers).
 def test_an_smtp_relay_elsewhere_with_k8s_infras_peers_fails_the_render(helm_dir: Path) -> None:
     smtp = {"host": "smtp.example.com", "port": 465}
