@@ -81,6 +81,21 @@ async def test_invalid_request_lists_field_violations(stub: orders_pb2_grpc.Orde
     assert sorted(v.field for v in details.field_violations) == ["currency", "items[0].quantity"]
 
 
+async def test_a_bad_card_number_on_an_expired_card_names_both(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
+    """orders.proto, PlaceOrder: INVALID_CARD_NUMBER or CARD_EXPIRED "when that is all that is wrong", as
+    payments' Charge answers it (else VALIDATION_FAILED), with a violation per invalid field."""
+    bad = request("4242424242424241")
+    bad.card.exp_month, bad.card.exp_year = 1, 2020
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(bad, metadata=idempotency_metadata("k1"))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert {v.field: v.reason for v in details.field_violations} == {
+        "card.number": "INVALID_CARD_NUMBER",
+        "card.exp_year": "CARD_EXPIRED",
+    }
+
+
 async def test_declined_card_is_failed_precondition_naming_the_order(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PlaceOrder(request("4000000000000002"), metadata=idempotency_metadata("k1"))
