@@ -14,7 +14,6 @@ from shopmesh_orders.domain.validation import (
     Card,
     CartLine,
     PlaceOrder,
-    check_card_current,
     luhn_ok,
     validate_place_order,
     validate_totals,
@@ -204,13 +203,6 @@ def test_a_card_expired_earlier_this_year_answers_card_expired_on_the_month() ->
     error = invalid(command(card=Card("4242424242424242", 10, 2026, "123")))
     assert error.reason == "CARD_EXPIRED"
     assert {v.field: v.reason for v in error.violations} == {"card.exp_month": "CARD_EXPIRED"}
-
-
-def test_the_expiry_checked_apart_answers_card_expired() -> None:
-    with pytest.raises(errors.InvalidArgument) as caught:
-        check_card_current(Card("4242424242424242", 12, 2025, "123"), date(2026, 11, 25))
-    assert caught.value.reason == "CARD_EXPIRED"
-    assert {v.field: v.reason for v in caught.value.violations} == {"card.exp_year": "CARD_EXPIRED"}
 
 
 def test_a_card_expiring_this_month_is_accepted() -> None:

@@ -21,7 +21,6 @@ from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
     Card,
     PlaceOrder,
-    check_card_current,
     check_owner,
     list_filters,
     validate_cancel,
@@ -61,16 +60,18 @@ class OrdersApplication:
     # --- PlaceOrder -------------------------------------------------------------------------------
 
     async def place_order(self, command: PlaceOrder, key: str | None, scope: str, fingerprint: str) -> Order:
-        # The card's expiry waits for the idempotency lookup: a retry whose first call was placed before the
-        # card expired gets that call's outcome. (The fingerprint still covers the whole request.)
-        validate_place_order(command, None)
+        # The request's rules wait for the idempotency lookup: a retry of a request accepted before gets that
+        # call's outcome, though the card has expired since or a later release's rules (an address line, an
+        # e-mail address) would refuse it now; the fingerprint covers the whole request as sent, so only the
+        # same request finds it. A request not seen before meets every rule at once, the card's expiry with
+        # the others, and is kept as the rules leave it (address lines composed and trimmed).
         check_owner(command.user_id, _caller_user())
         key = validate_key(key)
         origin = IdempotentOrigin(scope, key, fingerprint)
         existing = await self._by_origin(origin)
         if existing is not None:
             return await self._settle(existing.id, command.card, None)
-        check_card_current(command.card, self._clock().date())
+        command = validate_place_order(command, self._clock().date())
         lines = await self._price(command)
         now = self._clock()
         order = Order(

@@ -84,8 +84,8 @@ def _line(violations: list[FieldViolation], field: str, value: str, high: int) -
         violations.append(FieldViolation(field, f"must have 1 to {high} characters", "INVALID_LENGTH"))
 
 
-def validate_card(card: Card | None, today: date | None, violations: list[FieldViolation]) -> None:
-    """`today` None leaves out whether the card has expired (see `check_card_current`). The fields and reasons
+def validate_card(card: Card | None, today: date, violations: list[FieldViolation]) -> None:
+    """The card's rules, an expiry before `today`'s month included. The fields and reasons
     are payments' (ChargeRequest), so that a customer hears the same about a card from either service."""
     if card is None:
         violations.append(FieldViolation("card", "required", "REQUIRED"))
@@ -100,7 +100,7 @@ def validate_card(card: Card | None, today: date | None, violations: list[FieldV
         violations.append(FieldViolation("card.exp_month", "must be 1 to 12", "OUT_OF_RANGE"))
     if not year_ok:
         violations.append(FieldViolation("card.exp_year", "must be a four-digit year", "OUT_OF_RANGE"))
-    if month_ok and year_ok and today is not None and (card.exp_year, card.exp_month) < (today.year, today.month):
+    if month_ok and year_ok and (card.exp_year, card.exp_month) < (today.year, today.month):
         # As payments (and Stripe) do: blame the year when it is past, else the month of this year.
         field = "card.exp_year" if card.exp_year < today.year else "card.exp_month"
         violations.append(FieldViolation(field, "the card has expired", CARD_EXPIRED))
@@ -115,8 +115,9 @@ def _invalid_order(violations: list[FieldViolation]) -> errors.InvalidArgument:
     return errors.InvalidArgument("the order request is invalid", violations, reason=reason)
 
 
-def validate_place_order(command: PlaceOrder, today: date | None) -> PlaceOrder:
-    """Every rule of the request; with `today` None, all but the card's expiry (`check_card_current`)."""
+def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
+    """Every rule of the request, the card's expiry on `today` with the others; the command as kept (its
+    address lines normalized)."""
     violations: list[FieldViolation] = []
     _text(violations, "user_id", command.user_id, 1, MAX_ID)
     if not command.items:
@@ -156,15 +157,6 @@ def validate_place_order(command: PlaceOrder, today: date | None) -> PlaceOrder:
     if violations:
         raise _invalid_order(violations)
     return replace(command, address=address)
-
-
-def check_card_current(card: Card | None, today: date) -> None:
-    """The one rule that depends on the date, checked apart from the others: a retry of a request placed
-    before the card's expiry month ended must still find its order (idempotency replay), not CARD_EXPIRED."""
-    violations: list[FieldViolation] = []
-    validate_card(card, today, violations)
-    if violations:
-        raise _invalid_order(violations)
 
 
 def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
