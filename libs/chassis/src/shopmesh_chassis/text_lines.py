@@ -4,7 +4,8 @@ Such a value is kept in Unicode's composed form (NFC), trimmed, as people see it
 one keyboard and pasted decomposed from another (macOS sends accents as combining marks) is one name of one
 length, not two strings, one of them refused as too long. It must show something: a value of format
 characters only (zero-width spaces, joiners, byte-order marks: category Cf, which `str.strip()` keeps) or of
-blank fillers prints as nothing on a page or a shipping label, and is as missing as an empty one. And it is
+blank fillers (Unicode's default-ignorable characters) prints as nothing on a page or a shipping label, and
+is as missing as an empty one; those around the text are trimmed with the blanks. And it is
 one line of text: control characters (category Cc: line breaks, tabs, terminal escapes, backspace, C1
 controls) and the line and paragraph separators have no place in a name or an address line; they would be
 stored and answered back to every screen, log and label that shows the value. Format characters between
@@ -22,14 +23,30 @@ from shopmesh_chassis.errors import FieldViolation
 
 INVALID_CHARACTERS = "INVALID_CHARACTERS"
 REQUIRED = "REQUIRED"
-# Letters by category that draw nothing: the Hangul fillers and the blank Braille pattern.
-_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 15.1): drawn as nothing. Most
+# are format characters (Cf), but not all: the variation selectors, the combining grapheme joiner and the
+# Khmer inherent vowels are marks (Mn), the Hangul fillers letters (Lo). Python's unicodedata lacks the
+# property, so its ranges are here.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+_BLANK_PATTERN = "\u2800"  # BRAILLE PATTERN BLANK: a symbol (So) that draws nothing
 _NOT_ON_ONE_LINE = frozenset({"Cc", "Zl", "Zp"})
 
 
 def normalized_line(value: str) -> str:
-    """`value` as it is kept: composed (NFC), without surrounding whitespace."""
-    return unicodedata.normalize("NFC", value).strip()
+    """`value` as it is kept: composed (NFC), without the whitespace and invisible characters around it (a
+    byte-order mark pasted from a file, a zero-width space from a web page)."""
+    text = unicodedata.normalize("NFC", value)
+    start, end = 0, len(text)
+    while start < end and not _visible(text[start]):
+        start += 1
+    while end > start and not _visible(text[end - 1]):
+        end -= 1
+    return text[start:end]
 
 
 def line_violation(field: str, value: str) -> FieldViolation | None:
@@ -43,5 +60,10 @@ def line_violation(field: str, value: str) -> FieldViolation | None:
 
 
 def _visible(char: str) -> bool:
+    if char.isspace() or char == _BLANK_PATTERN:
+        return False
     category = unicodedata.category(char)
-    return not (category == "Cf" or category[0] == "Z" or char.isspace() or char in _BLANK_LETTERS)
+    if category == "Cf" or category[0] == "Z":
+        return False
+    code = ord(char)
+    return not any(low <= code <= high for low, high in _DEFAULT_IGNORABLE)
