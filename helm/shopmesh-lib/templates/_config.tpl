@@ -411,13 +411,19 @@ already 1.1 once YAML has read it: quote it, or --set-string.
 not global.<setting>.port (the port the egress rule opens), or it left the dev infrastructure while
 global.<setting>.peers still selects the dev pods. Renders nothing. */}}
 {{- define "shopmesh-lib.checkEgress" -}}
-{{- $hostPort := ternary (urlParse .url).host .url (contains "://" .url) -}}
+{{- /* Shown with any user part (a NATS token, user:password) masked: the refusal is printed by helm install. */ -}}
+{{- $shown := regexReplaceAll "//[^,]*@" .url "//***@" -}}
+{{- /* A NATS cluster is its servers comma-separated, as NATS_URL takes it: each must use the port. */ -}}
+{{- range $server := splitList "," .url -}}
+{{- $server = trim $server -}}
+{{- $hostPort := ternary (urlParse $server).host $server (contains "://" $server) -}}
 {{- $port := regexFind ":[0-9]+$" $hostPort | trimPrefix ":" -}}
-{{- if ne $port (toString .port) -}}
-{{- fail (printf "global.%s: %s and global.%s.port (%v) disagree: the NetworkPolicy opens the port (give the URL its port explicitly)" .setting .url .setting .port) -}}
+{{- if ne $port (toString $.port) -}}
+{{- fail (printf "global.%s: %s and global.%s.port (%v) disagree: the NetworkPolicy opens the port (give the URL its port explicitly)" $.setting $shown $.setting $.port) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .enforced (ne .url .devUrl) (eq (toJson .peers) (toJson .devPeers)) -}}
-{{- fail (printf "global.%s: %s is not the dev infrastructure's, but global.%s.peers still selects its pods: set the peers yours match, or the NetworkPolicy drops the connections" .setting .url .setting) -}}
+{{- fail (printf "global.%s: %s is not the dev infrastructure's, but global.%s.peers still selects its pods: set the peers yours match, or the NetworkPolicy drops the connections" .setting $shown .setting) -}}
 {{- end -}}
 {{- end -}}
 
