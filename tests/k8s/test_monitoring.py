@@ -6,6 +6,7 @@ the services really export. Without it, none of them."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,80 @@ def test_under_a_mesh_each_pods_proxy_is_scraped_too(
             assert policy["requiredAuthenticationRefs"][0]["name"] == f"{name}-any-network"
             assert linkerd_problems([d for d in docs if d["apiVersion"].startswith("policy.linkerd.io/")]) == []
     assert not validate_custom_resources(monitors)
+
+
+# Prometheus' side of an alert's `for:` (kube-prometheus-stack's defaults): the rule is evaluated every 30 s
+# on the newest sample of each series, scraped every 15 s (values-monitoring.yaml).
+SCRAPE_INTERVAL = 15.0
+EVALUATION_INTERVAL = 30.0
+
+
+def seconds_of(duration: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(duration[:-1]) * units[duration[-1]]
+
+
+def test_circuit_open_fires_while_a_dependency_stays_down(rendered: dict[tuple[str, str], Docs]) -> None:
+    """A dependency down for good (every call to it fails UNAVAILABLE at once) under a trickle of calls to
+    one method, one every 20 s (a quiet hour): the breaker in front of it opens and keeps failing calls the
+    whole time, so ShopmeshCircuitOpen ("has been open for 5 minutes", docs/operations.md) must fire. But
+    the breaker's `open` state lasts only its reset timeout (5 s); then it reads `half_open` until the next
+    call's probe fails and opens it again. The series the rule selects (state="open") is 0 at most scrapes,
+    every evaluation that sees a 0 resets the rule's `for: 5m`, and the alert never fires, whatever the
+    phase of the calls against the scrapes."""
+    [alert] = [a for a in alerts_of(rendered[MONITORING, "gateway"], "gateway") if a["alert"] == "ShopmeshCircuitOpen"]
+    [selector] = selectors(alert["expr"])
+    state_matchers = [(m.op, m.value) for m in selector.matchers.matchers if m.name == "state"]
+    assert state_matchers, alert["expr"]
+    hold = seconds_of(alert["for"])
+
+    def selected(state: str) -> bool:
+        ops = {
+            str(EQUAL): lambda value: state == value,
+            str(promql_parser.MatchOp.NotEqual): lambda value: state != value,
+            str(RE): lambda value: re.fullmatch(value, state) is not None,
+            str(promql_parser.MatchOp.NotRe): lambda value: re.fullmatch(value, state) is None,
+        }
+        return all(ops[str(op)](value) for op, value in state_matchers)
+
+    def fires(call_every: float, phase: float, outage: float = 20 * 60.0) -> bool:
+        now = [0.0]
+        breaker = CircuitBreaker(clock=lambda: now[0])
+        metrics = ServerMetrics(CollectorRegistry())
+        metrics.watch_breakers("recommendations", {"/shopmesh.x.v1.XService/Get": breaker})
+        next_call, next_scrape, next_evaluation = phase, 1.0, 7.0
+        latest: list[float] = []
+        true_since: float | None = None
+        while now[0] < outage:
+            now[0] = min(next_call, next_scrape, next_evaluation)
+            if now[0] == next_call:
+                if breaker.allow():
+                    breaker.record_failure()  # the dependency is down: UNAVAILABLE at once
+                next_call += call_every
+            if now[0] == next_scrape:
+                # What the rule's max(...) > 0 reads: the selected series of the scrape.
+                latest = [
+                    sample.value
+                    for family in metrics.registry.collect()
+                    if family.name == "shopmesh_client_breaker_state"
+                    for sample in family.samples
+                    if selected(sample.labels["state"])
+                ]
+                next_scrape += SCRAPE_INTERVAL
+            if now[0] == next_evaluation:
+                if latest and max(latest) > 0:
+                    true_since = now[0] if true_since is None else true_since
+                    if now[0] - true_since >= hold:
+                        return True
+                else:
+                    true_since = None
+                next_evaluation += EVALUATION_INTERVAL
+        assert breaker.opened > 10, "the dependency was down throughout: the breaker kept opening"
+        return False
+
+    silent = [phase for phase in range(0, 20, 2) if not fires(20.0, float(phase))]
+    assert not silent, (
+        f"{alert['alert']} ({alert['expr']}, for {alert['for']}) never fired in a 20-minute outage of a "
+        f"dependency called every 20 s ({len(silent)} of 10 phases): `open` lasts only the breaker's reset "
+        f"timeout ({CircuitBreaker().config.reset_timeout_seconds}s), then it reads half_open"
+    )
