@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +283,7 @@ def test_circuit_open_fires_while_a_dependency_stays_down(rendered: dict[tuple[s
     hold = seconds_of(alert["for"])
 
     def selected(state: str) -> bool:
-        ops = {
+        ops: dict[str, Callable[[str], bool]] = {
             str(EQUAL): lambda value: state == value,
             str(promql_parser.MatchOp.NotEqual): lambda value: state != value,
             str(RE): lambda value: re.fullmatch(value, state) is not None,
