@@ -332,3 +332,20 @@ def test_circuit_open_fires_while_a_dependency_stays_down(rendered: dict[tuple[s
         f"dependency called every 20 s ({len(silent)} of 10 phases): `open` lasts only the breaker's reset "
         f"timeout ({CircuitBreaker().config.reset_timeout_seconds}s), then it reads half_open"
     )
+
+
+def test_emails_failed_sees_the_first_failed_email() -> None:
+    """ShopmeshEmailsFailed is `increase(...{outcome="failed"}[15m]) > 0`: increase() needs two samples of a
+    series and sees only a rise between them. prometheus-client creates a labelled child on first use, so
+    notifications' series outcome="failed" appears only with the first given-up e-mail, already at 1: its
+    increase is 0 and the alert stays silent for the first failure of each pod (for a rare failure, every
+    failure: each new pod starts without the series). The series must be there, at 0, before any failure."""
+    registry = CollectorRegistry()
+    NotificationMetrics(registry)
+    samples = {
+        sample.labels.get("outcome"): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "shopmesh_notifications_delivery_attempts_total"
+    }
+    assert samples.get("failed") == 0.0, f"before any attempt the endpoint shows only {samples}"
