@@ -11,8 +11,10 @@ gone is retried by the caller's sidecar, then answered UNAVAILABLE, and served a
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import re
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -257,3 +259,41 @@ async def test_a_callee_that_is_gone_is_retried_by_the_callers_sidecar_then_unav
             return len(page.products) == 2
 
         await eventually(served, "the gateway serving the catalog again through the restarted sidecar")
+
+
+def prometheus_series(url: str) -> set[str]:
+    """The names of the series a Prometheus endpoint shows."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = response.read().decode()
+    return {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and not line.startswith("#")}
+
+
+def sidecar_series_named_in_the_docs() -> list[str]:
+    """The series docs/mesh.md, "Seeing it", names on a sidecar's `/stats/prometheus`."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "mesh.md").read_text()
+    seeing_it = doc[doc.index("## Seeing it") :]
+    paragraph = seeing_it[: seeing_it.index("\n- ", seeing_it.index("/stats/prometheus"))]
+    named: list[str] = []
+    for name in re.findall(r"`((?:envoy_|\.\.\._)\w+)`", paragraph):
+        # `..._denied` right after `envoy_x_allowed` stands for `envoy_x_denied`.
+        named.append(named[-1].rsplit("_", 1)[0] + name[3:] if name.startswith("...") else name)
+    return named
+
+
+async def test_the_series_docs_mesh_names_are_on_a_sidecars_prometheus_endpoint(stack: Stack) -> None:
+    """docs/mesh.md, "Seeing it", names the series of a sidecar's `/stats/prometheus` to look at (the RBAC
+    filter's allowed and denied calls, retries, TLS handshakes): each must be a series that endpoint shows,
+    under that name, or a query of it finds nothing. Read from catalog's sidecar (an inbound listener with
+    the RBAC filter) and the gateway's (outbound clusters over mutual TLS, with retries)."""
+    named = sidecar_series_named_in_the_docs()
+    assert len(named) >= 4, named
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=2), timeout=10)
+    exported: set[str] = set()
+    for service in ("catalog", "gateway"):
+        exported |= await asyncio.to_thread(prometheus_series, f"{stack.sidecar_admin_url(service)}/stats/prometheus")
+    missing = [name for name in named if name not in exported]
+    assert not missing, (
+        f"docs/mesh.md names {missing}, which a sidecar's /stats/prometheus does not show; its RBAC series: "
+        f"{sorted(name for name in exported if 'rbac' in name)}"
+    )
