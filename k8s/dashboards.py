@@ -245,11 +245,11 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (
                 "Open circuit breakers",
                 "short",
-                "1 while a service's breaker in front of a dependency is open: calls to it fail fast "
-                "(alert ShopmeshCircuitOpen).",
+                "1 while a service's breaker in front of a dependency is not closed: open (calls to it fail "
+                "fast) or half-open (a probe call decides) (alert ShopmeshCircuitOpen).",
                 [
                     (
-                        f'max by (job, dependency) (shopmesh_client_breaker_state{{{SELECTOR}, state="open"}})',
+                        f'max by (job, dependency) (shopmesh_client_breaker_state{{{SELECTOR}, state!="closed"}})',
                         "{{job}} → {{dependency}}",
                     )
                 ],

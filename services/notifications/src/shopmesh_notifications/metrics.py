@@ -27,6 +27,10 @@ class NotificationMetrics:
             ("outcome",),
             registry=registry,
         )
+        # Each outcome's series from the start, at 0: created by its first attempt, a series starts at 1, and
+        # increase() over it reads 0, so the first e-mail given up in a pod would never raise the alert.
+        for outcome in _OUTCOMES.values():
+            self._attempts.labels(outcome)
 
     def attempted(self, notification: Notification) -> None:
         self._attempts.labels(outcome_of(notification)).inc()

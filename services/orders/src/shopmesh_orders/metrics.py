@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-from shopmesh_orders.domain.model import Order
+from shopmesh_orders.domain.model import CancelCode, Order, OrderState
 
 
 class OrderMetrics:
@@ -22,6 +22,12 @@ class OrderMetrics:
             ("state", "reason"),
             registry=registry,
         )
+        # Each ending's series from the start, at 0: created by its first order, a series starts at 1 and
+        # increase() over it reads 0, so the first cancellation of a reason in a pod would count for nothing.
+        self._finished.labels(OrderState.CONFIRMED.value, "")
+        for code in CancelCode:
+            if code is not CancelCode.UNSPECIFIED:
+                self._finished.labels(OrderState.CANCELLED.value, code.value)
         self._late_refunds = Counter(
             "shopmesh_orders_late_captures_refunded",
             "Charges captured after their order was cancelled, found and refunded by the recovery loop.",
