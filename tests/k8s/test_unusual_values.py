@@ -260,3 +260,15 @@ def test_an_env_entry_for_a_variable_the_chart_sets_replaces_it_under_one_key(
     for key, value in {"LOG_LEVEL": "DEBUG", "OTEL_TRACES_SAMPLER_RATIO": "0.25"}.items():
         lines = [line.strip() for line in config_map.splitlines() if line.strip().startswith(f"{key}:")]
         assert lines == [f'{key}: "{value}"'], lines
+
+
+def test_sizing_for_a_service_the_release_does_not_have_fails_the_render(helm_dir: Path) -> None:
+    """global.resources is keyed by service name, as global.canary and global.faults are, whose misspelt names
+    the umbrella refuses (templates/validate-global.yaml: "a misspelt name would silently leave the canary or
+    the fault out"). A misspelt sizing is left out as silently: catalog keeps the dev sizing (25m CPU), and
+    under staging's autoscaler (70 % of the request) it scales to its maximum at once."""
+    staging = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values-staging.yaml").read_text())
+    sizing = staging["global"]["resources"]
+    sizing["catlog"] = sizing.pop("catalog")
+    with pytest.raises(Exception, match=r'global\.resources\.catlog: no service "catlog"'):
+        objects_of(helm_dir, "shopmesh", staging)
