@@ -65,6 +65,8 @@ async def test_sigterm_stops_a_pod_still_starting(postgres: PostgresServer) -> N
                 "the server starts (ChassisServer.install_signal_handlers), so the kernel drops the signal and "
                 "the pod waits out terminationGracePeriodSeconds for SIGKILL"
             )
+            # Stopped before it served: not a clean drain (0), the signal's status as a shell reports it.
+            assert process.returncode == 128 + signal.SIGTERM
         finally:
             if process.poll() is None:
                 os.kill(_namespace_init(process.pid), signal.SIGKILL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
@@ -171,10 +172,14 @@ def run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
     """Run a service's async main on the configured event loop; bad configuration exits 2 with one line
     on stderr, a start that failed for now (StartupFailed) exits 1 with one log line, shutdown hooks cut off
-    at their budget exit 1 (EXIT_SHUTDOWN_INCOMPLETE)."""
+    at their budget exit 1 (EXIT_SHUTDOWN_INCOMPLETE), SIGTERM or SIGINT before the server took over its
+    signals (`serve`: drain, exit 0) stops the start and exits 128 + the signal's number, as a shell reports it."""
+    stopped_by: list[signal.Signals] = []
+    coroutine = main()
     try:
-        run_on_event_loop(main())
+        run_on_event_loop(_stopped_by_signal(coroutine, stopped_by))
     except ConfigError as exc:
+        coroutine.close()  # never started when the event loop's own setting is bad
         print(f"{exc}", file=sys.stderr)
         sys.exit(2)
     except StartupFailed as exc:
@@ -183,4 +188,32 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
     except ShutdownIncomplete as exc:
         log.error("exiting with status %d: %s", EXIT_SHUTDOWN_INCOMPLETE, exc)
         sys.exit(EXIT_SHUTDOWN_INCOMPLETE)
+    if stopped_by:
+        sys.exit(128 + stopped_by[0])
     sys.exit(0)
+
+
+async def _stopped_by_signal(main: Coroutine[Any, Any, None], stopped_by: list[signal.Signals]) -> None:
+    """Run `main`, cancelled by SIGTERM or SIGINT until `serve` installs the server's own handlers (which
+    replace these, and drain).
+
+    In a container the interpreter is PID 1 (the images' exec-form entrypoint), and the kernel drops a signal
+    PID 1 has no handler for: a pod deleted while it started (a rollout, a scale-in, a node drain), migrating
+    or waiting for another replica's migration lock, ignored its SIGTERM and sat out the whole termination
+    grace period until SIGKILL. Ctrl-C during `make run`'s start printed a KeyboardInterrupt traceback."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def stop(sig: signal.Signals) -> None:
+        if not stopped_by and task is not None:
+            stopped_by.append(sig)
+            log.info("received %s while starting: stopping", sig.name)
+            task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        await main
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
