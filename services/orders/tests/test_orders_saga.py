@@ -1191,3 +1191,39 @@ async def test_a_customers_cancel_reason_is_kept_as_given_when_the_payment_is_re
     cancelled = await app.cancel_order(order_id, reason, "cancel-1", "f1")
     assert (cancelled.state, cancelled.cancel_message) == (OrderState.CANCELLED, reason)
     assert len(payments.refunds) == 1
+
+
+async def test_orders_that_wait_for_good_do_not_keep_the_recovery_loop_from_newer_orders(
+    app: OrdersApplication, inventory: FakeInventory, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders that wait on a dependency for good (here: at COMMIT, their reservations in a state a newer
+    inventory stored, which this inventory answers RESERVATION_STATE_UNKNOWN, i.e. UNAVAILABLE: "the order
+    waits") are the oldest unfinished ones. The recovery pass takes the oldest `limit` each time: once that
+    many wait, a newer order left by a driver that died must still be resumed by a later pass."""
+    commit = inventory.commit
+
+    async def commit_or_wait(reservation_id: str) -> None:
+        if reservation_id.startswith("res_newer_state"):
+            raise errors.Unavailable("inventory answered RESERVATION_STATE_UNKNOWN")
+        await commit(reservation_id)
+
+    monkeypatch.setattr(inventory, "commit", commit_or_wait)
+    inventory.down = True
+    waiting = []
+    for n in range(2):
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command(), key=f"waiting-{n}")
+        waiting.append(caught.value.metadata["order_id"])
+        await _crash_at(database, waiting[-1], SagaStep.COMMIT, reservation_id=f"res_newer_state_{n}")
+    # A newer checkout whose driver gave up while inventory was down; inventory is back.
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command(), key="newer")
+    newer = caught.value.metadata["order_id"]
+    inventory.down = False
+
+    for _ in range(5):
+        await app.resume_unfinished(limit=2)
+    assert [(await app.get_order(o)).state for o in waiting] == [OrderState.PENDING, OrderState.PENDING]
+    order = await app.get_order(newer)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
+
