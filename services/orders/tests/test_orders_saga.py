@@ -1227,3 +1227,35 @@ async def test_orders_that_wait_for_good_do_not_keep_the_recovery_loop_from_newe
     order = await app.get_order(newer)
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
 
+
+async def test_a_recheck_payments_cannot_answer_for_one_order_does_not_hold_up_the_others(
+    clocked: Clocked, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order whose payment is in a state a newer payments stored (orders rolled back) waits: the adapter
+    answers UNAVAILABLE for that order only (clients._state_unknown). The recheck pass stops at the first
+    UNAVAILABLE ("the others would fare no better"), and that order is always the first due: a late capture
+    of every order cancelled after it would never be refunded."""
+    app = clocked.app()
+    cancelled = []
+    for n in range(2):
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command(PROCESSOR_DOWN), key=f"place-{n}")
+        cancelled.append(caught.value.metadata["order_id"])
+    waiting, other = cancelled
+    payments_for = payments.payments_for
+
+    async def state_unknown_for_one(order_id: str) -> list[Any]:
+        if order_id == waiting:
+            raise errors.Unavailable(
+                "payments answered a state this release of orders does not know", reason="PAYMENT_UNAVAILABLE"
+            )
+        return await payments_for(order_id)
+
+    monkeypatch.setattr(payments, "payments_for", state_unknown_for_one)
+    late = await _late_capture(payments, other)
+    clocked.clock.ahead = timedelta(seconds=11)
+    for _ in range(3):
+        await app.recheck_charges()
+    assert payments.refunds == [late]
+    order = await app.get_order(other)
+    assert (order.refunded, order.charge_recheck_at) == (True, None)
