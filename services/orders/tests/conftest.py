@@ -12,6 +12,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
+    DependencyDown,
     InsufficientStock,
     PaymentRecord,
     PaymentRefused,
@@ -41,7 +42,8 @@ class FakeCatalog:
 
 @dataclass
 class FakeInventory:
-    """Stock bookkeeping as inventory does it, in memory; `down` makes every call UNAVAILABLE."""
+    """Stock bookkeeping as inventory does it, in memory; `down` makes every call UNAVAILABLE (DependencyDown,
+    as the adapter says a transport failure)."""
 
     on_hand: dict[str, int] = field(default_factory=dict)
     reservations: dict[str, tuple[str, tuple[CartLine, ...], str]] = field(default_factory=dict)
@@ -52,7 +54,7 @@ class FakeInventory:
     def _check(self, call: str) -> None:
         self.calls.append(call)
         if self.down:
-            raise errors.Unavailable("inventory down")
+            raise DependencyDown("inventory down")
 
     def reserved(self, product_id: str) -> int:
         return sum(
@@ -117,7 +119,7 @@ class FakePayments:
     async def charge(self, order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str) -> str:
         self.charge_calls += 1
         if self.down or card.number == "4000000000000119":
-            raise errors.Unavailable("processor unavailable", reason="PAYMENT_UNAVAILABLE")
+            raise DependencyDown("processor unavailable", reason="PAYMENT_UNAVAILABLE")
         if idempotency_key in self.by_key:
             return self.by_key[idempotency_key]
         payment_id = f"pay_{len(self.payments) + 1}"
@@ -132,13 +134,13 @@ class FakePayments:
     async def payments_for(self, order_id: str) -> list[PaymentRecord]:
         self.list_calls += 1
         if self.down:
-            raise errors.Unavailable("payments down")
+            raise DependencyDown("payments down")
         return [p for pid, p in self.payments.items() if self.order_of[pid] == order_id]
 
     async def refund(self, payment_id: str, reason: str, idempotency_key: str) -> None:
         self.refund_calls += 1
         if self.down:
-            raise errors.Unavailable("payments down")
+            raise DependencyDown("payments down")
         if self.payments[payment_id].captured:
             self.payments[payment_id] = PaymentRecord(payment_id, False, None, True)
             self.refunds.append(payment_id)

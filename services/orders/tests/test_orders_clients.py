@@ -15,7 +15,13 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
 from shopmesh_orders.domain.model import CancelCode
-from shopmesh_orders.domain.ports import InsufficientStock, PaymentRecord, PaymentRefused, ReservationExpired
+from shopmesh_orders.domain.ports import (
+    DependencyDown,
+    InsufficientStock,
+    PaymentRecord,
+    PaymentRefused,
+    ReservationExpired,
+)
 from shopmesh_orders.domain.validation import Card, CartLine
 from shopmesh_orders.settings import OrdersSettings
 
@@ -240,6 +246,8 @@ async def test_a_payment_in_a_state_this_release_cannot_name_leaves_the_order_wa
     with pytest.raises(errors.Unavailable) as caught:
         await _charge_against(settings, ChargedBefore(state))  # type: ignore[arg-type]
     assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    # About this order alone: payments answered (the recovery loop's rechecks go on with the other orders).
+    assert not isinstance(caught.value, DependencyDown)
 
 
 async def test_a_replayed_reservation_in_a_state_this_release_cannot_name_is_not_taken_as_held_stock(
@@ -282,8 +290,9 @@ async def test_a_reservation_state_inventory_documents_as_unknown_leaves_the_ord
         ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
         client = InventoryClient(channel.channel, timeout=5)
-        with pytest.raises(errors.Unavailable):
+        with pytest.raises(errors.Unavailable) as caught:
             await getattr(client, call)("res_1")
+    assert not isinstance(caught.value, DependencyDown)
 
 
 class UnrefundableUnknownPayment(payments_pb2_grpc.PaymentsServiceServicer):
@@ -310,5 +319,35 @@ async def test_a_refund_payments_refuses_for_a_state_it_cannot_name_leaves_the_o
         serve_in_process(settings, [binding]) as server,
         ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
-        with pytest.raises(errors.Unavailable):
+        with pytest.raises(errors.Unavailable) as caught:
             await PaymentsClient(channel.channel, timeout=5).refund("pay_1", "cancelled", "ord_1:refund")
+    assert not isinstance(caught.value, DependencyDown)
+
+
+class PaymentsDown(payments_pb2_grpc.PaymentsServiceServicer):
+    async def ListPayments(self, request: Any, context: Any) -> Any:
+        raise errors.Unavailable("down for maintenance", retry_after_seconds=1.0)
+
+    async def Refund(self, request: Any, context: Any) -> Any:
+        raise errors.Unavailable("down for maintenance", retry_after_seconds=1.0)
+
+
+@pytest.mark.parametrize("call", ["payments_for", "refund"])
+async def test_payments_answering_unavailable_is_told_apart_as_payments_down(
+    settings: OrdersSettings, call: str
+) -> None:
+    # A transport UNAVAILABLE (or a deadline, or the breaker open) would fail every order's call alike: the
+    # recheck pass stops there. A state payments cannot name is about one order (the tests above).
+    binding = ServiceBinding(PAYMENTS, PaymentsDown(), payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        client = PaymentsClient(channel.channel, timeout=5)
+        ask = {
+            "refund": lambda: client.refund("pay_1", "cancelled", "ord_1:refund"),
+            "payments_for": lambda: client.payments_for("ord_1"),
+        }[call]
+        with pytest.raises(DependencyDown) as caught:
+            await ask()
+    assert (caught.value.reason, caught.value.metadata) == ("PAYMENT_UNAVAILABLE", {"dependency": "payments"})

@@ -19,6 +19,7 @@ from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
     Catalog,
+    DependencyDown,
     InsufficientStock,
     PaymentRecord,
     PaymentRefused,
@@ -36,7 +37,18 @@ _TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 def _unavailable(
     service: str, error: grpc.aio.AioRpcError, reason: str = errors.DEPENDENCY_UNAVAILABLE
 ) -> errors.Unavailable:
-    return dependency_unavailable(service, error.code(), reason=reason)
+    answer = dependency_unavailable(service, error.code(), reason=reason)
+    if error.code() not in TRANSIENT_CODES:
+        # ABORTED, or a state this release does not know: the other side answered, about this order only.
+        return answer
+    # Down, too slow, circuit open or shedding load: a call for any other order would fare no better.
+    return DependencyDown(
+        answer.message,
+        reason=answer.reason,
+        retry_after_seconds=answer.retry_after_seconds,
+        metadata=answer.metadata,
+        domain=answer.domain,
+    )
 
 
 def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:

@@ -1,7 +1,9 @@
 """What the saga needs from other services, in the orders domain's own words.
 
 The adapters in `clients.py` implement these over gRPC; unit tests use in-memory fakes.
-Every method raises `shopmesh_chassis.errors.Unavailable` when the other side cannot answer now.
+Every method raises `shopmesh_chassis.errors.Unavailable` when the other side cannot answer now:
+`DependencyDown` when it does not answer at all, a plain `Unavailable` when it answered but the order
+must wait (about that order alone, e.g. a state a newer release of that service stored).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from shopmesh_chassis import errors
 from shopmesh_orders.domain.model import CancelCode, OrderLine
 from shopmesh_orders.domain.validation import Card, CartLine
 
@@ -20,6 +23,14 @@ class PricedProduct:
     name: str
     price_minor: int
     currency: str
+
+
+class DependencyDown(errors.Unavailable):
+    """The other service does not answer at all: its transport is UNAVAILABLE (the client's circuit breaker
+    open included), the call's deadline passed, or it sheds load. Every order's call would fail alike for
+    now, so a pass over many orders (the charge rechecks) stops at the first. Any other `errors.Unavailable`
+    an adapter raises is about the one order it was called for: that order waits, the others go on (a pass
+    that stopped for it would stop at it every time, since it stays first in line)."""
 
 
 class InsufficientStock(Exception):
