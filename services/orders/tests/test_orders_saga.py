@@ -1259,3 +1259,60 @@ async def test_a_recheck_payments_cannot_answer_for_one_order_does_not_hold_up_t
     assert payments.refunds == [late]
     order = await app.get_order(other)
     assert (order.refunded, order.charge_recheck_at) == (True, None)
+
+
+async def test_an_order_the_recovery_loop_could_not_move_on_waits_longer_each_time_up_to_a_limit(
+    clocked: Clocked, inventory: FakeInventory, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order that waits is tried again after half as long as it has gone without progress: at least a
+    recovery interval (2 s here), at most RECOVERY_BACKOFF_MAX_SECONDS (60 s), not on every pass."""
+    app = clocked.app()
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    await _crash_at(database, order_id, SagaStep.COMMIT, reservation_id="res_newer_state")
+    inventory.down = False
+    tried: list[str] = []
+
+    async def commit_waits(reservation_id: str) -> None:
+        tried.append(reservation_id)
+        raise errors.Unavailable("inventory answered RESERVATION_STATE_UNKNOWN")
+
+    monkeypatch.setattr(inventory, "commit", commit_waits)
+
+    async def tried_at(seconds_ahead: float) -> bool:
+        clocked.clock.ahead = timedelta(seconds=seconds_ahead)
+        before = len(tried)
+        await app.resume_unfinished()
+        return len(tried) > before
+
+    assert await tried_at(0)
+    assert not await tried_at(0)
+    assert await tried_at(3)
+    # 20 s without progress: 10 s more.
+    assert await tried_at(20)
+    assert not await tried_at(28)
+    assert await tried_at(33)
+    assert await tried_at(1000)
+    assert not await tried_at(1057)
+    assert await tried_at(1063)
+    order = await app.get_order(order_id)
+    assert (order.state, order.step) == (OrderState.PENDING, SagaStep.COMMIT)
+
+
+async def test_an_order_the_recovery_loop_left_waiting_is_not_kept_from_a_retried_place_order(
+    clocked: Clocked, inventory: FakeInventory
+) -> None:
+    """The wait is the recovery loop's: PlaceOrder retried with the card drives the order at once."""
+    app = clocked.app()
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    await app.resume_unfinished()
+    async with clocked.database.read() as session:
+        assert await OrderRepository(session).unfinished(clocked.clock(), 50) == []
+    inventory.down = False
+    assert await place(app, command()) == order_id
+    assert (await app.get_order(order_id)).state is OrderState.CONFIRMED

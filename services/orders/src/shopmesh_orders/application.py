@@ -229,7 +229,8 @@ class OrdersApplication:
             order_ids = await OrderRepository(session).unfinished(self._clock(), limit)
         for order_id in order_ids:
             try:
-                order = await self._saga.drive(order_id, None)
+                # Not `drive`: an order that must wait is left alone for a while, not tried first next pass.
+                order = await self._saga.resume(order_id)
                 log.info("resumed order %s: %s", order_id, order.state.value, extra={"order_id": order_id})
             except (LeaseHeld, errors.Unavailable) as exc:
                 log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})

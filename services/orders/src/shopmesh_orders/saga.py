@@ -127,6 +127,18 @@ class SagaDriver:
         Raises `errors.Unavailable` when the saga must wait; the order stays PENDING with its lease
         released, and the recovery loop (or a retried PlaceOrder) continues it.
         """
+        return await self._drive(order_id, card, owner, order, resumed=False)
+
+    async def resume(self, order_id: str) -> Order:
+        """`drive` for the recovery loop: an order no live driver holds, without the card. When the order
+        must wait (`errors.Unavailable`), the loop leaves it alone for a while (`_retry_at`), so that orders
+        which wait for long, or for good, do not lead every pass and keep it from the others."""
+        return await self._drive(order_id, None, None, None, resumed=True)
+
+    async def _drive(
+        self, order_id: str, card: Card | None, owner: str | None, order: Order | None, *, resumed: bool
+    ) -> Order:
+        not_before: datetime | None = None
         if owner is None or order is None:
             owner = owner or self.new_lease_owner()
             if not await self._claim(order_id, owner):
@@ -138,6 +150,11 @@ class SagaDriver:
             while not order.is_terminal:
                 order = await self._attempt(order, card, owner)
             return order
+        except errors.Unavailable as exc:
+            if resumed:
+                # Reloaded: a step saved before the wait is progress, and restarts the backoff.
+                not_before = self._retry_at(await self._load(order_id), exc)
+            raise
         except errors.Aborted as exc:
             if exc.reason != "CONCURRENT_MODIFICATION":
                 raise
@@ -146,7 +163,20 @@ class SagaDriver:
         finally:
             # The terminal transition gave the lease up in its own transaction.
             if order is None or not order.is_terminal:
-                await self._release(order_id, owner)
+                await self._release(order_id, owner, not_before)
+
+    def _retry_at(self, order: Order, waiting: errors.Unavailable) -> datetime:
+        """When the recovery loop tries again an order it could not move on: after half as long as the order
+        has gone without changing (so the wait grows by half each time), at least one recovery interval and
+        the wait the dependency asked for, at most RECOVERY_BACKOFF_MAX_SECONDS. No attempt count is stored:
+        `updated_at` moves only with progress."""
+        now = self._clock()
+        interval = self._settings.recovery_interval_seconds
+        longest = self._settings.recovery_backoff_max_seconds
+        asked = waiting.retry_after_seconds or 0.0
+        waited = max((now - order.updated_at).total_seconds(), 0.0)
+        delay = min(max(waited / 2, interval, asked), max(longest, interval))
+        return now + timedelta(seconds=delay)
 
     async def _attempt(self, order: Order, card: Card | None, owner: str) -> Order:
         """One step, retried a few times while its dependency is unavailable."""
@@ -442,9 +472,9 @@ class SagaDriver:
         if not renewed:
             raise LeaseHeld(order_id)
 
-    async def _release(self, order_id: str, owner: str) -> None:
+    async def _release(self, order_id: str, owner: str, not_before: datetime | None = None) -> None:
         async with self._db.transaction() as session:
-            await OrderRepository(session).release(order_id, owner)
+            await OrderRepository(session).release(order_id, owner, not_before)
 
     async def _load(self, order_id: str) -> Order:
         async with self._db.read() as session:

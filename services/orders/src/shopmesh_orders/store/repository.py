@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
@@ -224,22 +224,30 @@ class OrderRepository:
         )
         return bool(result.rowcount == 1)
 
-    async def release(self, order_id: str, owner: str) -> None:
+    async def release(self, order_id: str, owner: str, not_before: datetime | None = None) -> None:
+        """Give the lease up. `not_before`: the order must wait, and the recovery loop leaves it alone until
+        then (kept in `lease_until` with no owner: `claim` takes it at once all the same, so a PlaceOrder
+        retried with the card does not wait; a release that ignores it merely resumes the order sooner)."""
         await self._session.execute(
             update(orders)
             .where(orders.c.id == order_id, orders.c.lease_owner == owner)
-            .values(lease_owner=None, lease_until=None)
+            .values(lease_owner=None, lease_until=not_before)
         )
 
     async def unfinished(self, now: datetime, limit: int) -> list[str]:
-        """Orders whose saga is not done and that no live driver holds."""
+        """Orders whose saga is not done, that no live driver holds and that are due: the `limit` due
+        longest. An order released to wait (`release(not_before=)`) is due when that time comes; one whose
+        driver died, when its lease ran out; any other free one since it last changed. (Oldest-created first,
+        orders that wait for good would take every pass's batch and starve the newer ones.)"""
+        due = func.coalesce(orders.c.lease_until, orders.c.updated_at)
         rows = await self._session.execute(
             select(orders.c.id)
             .where(
                 _DRIVABLE,
-                or_(orders.c.lease_owner.is_(None), orders.c.lease_until < now),
+                # A lease is never held without `lease_until`: a null one is a free order with no wait.
+                or_(orders.c.lease_until.is_(None), orders.c.lease_until < now),
             )
-            .order_by(orders.c.created_at)
+            .order_by(due, orders.c.created_at, orders.c.id)
             .limit(limit)
         )
         return [row.id for row in rows]
