@@ -1316,3 +1316,56 @@ async def test_an_order_the_recovery_loop_left_waiting_is_not_kept_from_a_retrie
     inventory.down = False
     assert await place(app, command()) == order_id
     assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
+
+
+async def _cancelled_in_doubt(app: OrdersApplication, count: int) -> list[str]:
+    cancelled = []
+    for n in range(count):
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command(PROCESSOR_DOWN), key=f"place-{n}")
+        cancelled.append(caught.value.metadata["order_id"])
+    return cancelled
+
+
+async def test_payments_down_stops_the_recheck_pass_and_leaves_every_order_due(
+    clocked: Clocked, payments: FakePayments
+) -> None:
+    app = clocked.app()
+    cancelled = await _cancelled_in_doubt(app, 2)
+    due = [(await app.get_order(o)).charge_recheck_at for o in cancelled]
+    payments.down = True
+    clocked.clock.ahead = timedelta(seconds=11)
+    listed = payments.list_calls
+    assert await app.recheck_charges() == 2
+    # The first order's question failed for payments as a whole: the second is not asked about.
+    assert payments.list_calls == listed + 1
+    assert [(await app.get_order(o)).charge_recheck_at for o in cancelled] == due
+
+
+async def test_a_recheck_payments_cannot_answer_for_one_order_is_put_off_longer_each_time_up_to_a_limit(
+    clocked: Clocked, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = clocked.app()
+    (order_id,) = await _cancelled_in_doubt(app, 1)
+    asked: list[str] = []
+
+    async def state_unknown(order_id: str) -> list[Any]:
+        asked.append(order_id)
+        raise errors.Unavailable("payments answered a state this release does not know", reason="PAYMENT_UNAVAILABLE")
+
+    monkeypatch.setattr(payments, "payments_for", state_unknown)
+
+    async def put_off_at(seconds_ahead: float) -> timedelta:
+        clocked.clock.ahead = timedelta(seconds=seconds_ahead)
+        assert await app.recheck_charges() == 1
+        order = await app.get_order(order_id)
+        assert order.charge_recheck_at is not None
+        return order.charge_recheck_at - clocked.clock()
+
+    assert timedelta(seconds=1) < await put_off_at(11) <= timedelta(seconds=6)
+    # Not due again at once: the next pass leaves it alone.
+    assert await app.recheck_charges() == 0
+    assert timedelta(seconds=59) < await put_off_at(1000) <= timedelta(seconds=60)
+    assert len(asked) == 2
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded) == (OrderState.CANCELLED, False)

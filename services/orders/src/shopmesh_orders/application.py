@@ -29,7 +29,7 @@ from shopmesh_orders.domain.validation import (
     validate_place_order,
     validate_totals,
 )
-from shopmesh_orders.saga import LeaseHeld, SagaDriver
+from shopmesh_orders.saga import LeaseHeld, RecheckPostponed, SagaDriver
 from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository
 
 log = logging.getLogger("shopmesh.orders")
@@ -248,8 +248,12 @@ class OrdersApplication:
                 await self._saga.recheck_charge(order_id)
             except LeaseHeld:
                 continue
+            except RecheckPostponed as exc:
+                # About this order alone (payments answered; the saga put the recheck off): go on with the others.
+                log.warning("%s; its charge is checked again later", exc, extra={"order_id": order_id})
             except errors.Unavailable as exc:
-                # Payments cannot answer: the others would fare no better. They stay due; the next pass asks.
+                # Payments (DependencyDown) or the database does not answer: the others would fare no better.
+                # They stay due; the next pass asks.
                 log.warning("order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id})
                 break
             except Exception:

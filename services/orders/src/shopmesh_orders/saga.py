@@ -16,8 +16,10 @@ compensates at once, although the last call's commit on payments (or the process
 compensation that asks payments while the charge is in doubt, and finds no capture, cancels the order with
 a recheck due when the charge can no longer land (`charge_recheck_at`). The recovery loop then asks payments
 again (`recheck_charge`): a capture that landed late is refunded (logged at ERROR and counted), and the
-order is marked checked. It stays CANCELLED and emits no second event: the customer was told "cancelled,
-nothing was charged", which the refund makes true again (payments publishes PaymentRefunded itself).
+order is marked checked (a recheck payments cannot answer for this order alone, as opposed to payments
+being down, is put off like an order the recovery loop could not move on). It stays CANCELLED and emits no
+second event: the customer was told "cancelled, nothing was charged", which the refund makes true again
+(payments publishes PaymentRefunded itself).
 
 Only one driver works on an order at a time: it holds a lease in the database (renewed with every saved
 transition, before every retry of a step and before every remote call of compensation or a recheck that
@@ -30,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database, DbConnection
@@ -39,6 +42,7 @@ from shopmesh_chassis.outbox import add_event, new_event_id
 from shopmesh_orders import codec
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.domain.ports import (
+    DependencyDown,
     InsufficientStock,
     Inventory,
     PaymentRefused,
@@ -58,12 +62,43 @@ ORDER_CANCELLED = "orders.v1.order_cancelled"
 CHARGE_IN_DOUBT = "CHARGE_IN_DOUBT"
 
 
+_T = TypeVar("_T")
+
 # A charge mark younger than this was written by this driver just before (with the reservation).
 _FRESH = timedelta(seconds=1)
 
 
 class LeaseHeld(Exception):
     """Another driver is working on this order right now."""
+
+
+class RecheckPostponed(Exception):
+    """Payments answered about a cancelled order's charge, but nothing can be done with the answer yet (a
+    payment in a state only a newer release of payments knows): the order's recheck was put off. Unlike
+    payments being down (`DependencyDown`), this says nothing about the other orders' rechecks."""
+
+    def __init__(self, order_id: str, cause: errors.Unavailable) -> None:
+        super().__init__(f"order {order_id}: {cause.message}")
+        self.order_id = order_id
+
+
+class _OrderWaits(Exception):
+    """Internal to the recheck: an `errors.Unavailable` of a payments call about this order alone."""
+
+    def __init__(self, cause: errors.Unavailable) -> None:
+        super().__init__(cause.message)
+        self.cause = cause
+
+
+async def _for_this_order(call: Awaitable[_T]) -> _T:
+    """Await a payments call, telling an answer about this order alone (any `errors.Unavailable` the port
+    raises that is not `DependencyDown`, by its contract) from payments being down."""
+    try:
+        return await call
+    except DependencyDown:
+        raise
+    except errors.Unavailable as exc:
+        raise _OrderWaits(exc) from exc
 
 
 def _charge_in_doubt(order: Order, remaining: timedelta) -> errors.Unavailable:
@@ -372,22 +407,24 @@ class SagaDriver:
         """Ask payments again about a cancelled order's charge, now that it can no longer land, and refund
         a capture that landed after compensation asked. Marks the order checked.
 
-        Raises LeaseHeld when another driver is checking it (or it is not due), and `errors.Unavailable`
-        while payments cannot answer: the order stays due and the recovery loop comes back to it.
+        Raises LeaseHeld when another driver is checking it (or it is not due); RecheckPostponed when payments
+        answered but cannot be acted on for this order alone (its recheck is put off: `_postpone_recheck`);
+        `errors.Unavailable` while payments (`DependencyDown`) or the database cannot answer at all: the order
+        stays due, and the recovery loop comes back to it.
         """
         owner = self.new_lease_owner()
         async with self._db.transaction() as session:
             if not await OrderRepository(session).claim_recheck(order_id, owner, self._clock(), self.lease_until()):
                 raise LeaseHeld(order_id)
-        checked = False
+        released = False
         try:
             order = await self._load(order_id)
-            to_refund, refunded_before = await self._captures(order)
+            to_refund, refunded_before = await _for_this_order(self._captures(order))
             for payment_id in to_refund:
                 # Two remote calls outlast the lease taken for one: renew, or another replica's recovery pass
                 # takes the order over and refunds and reports the same late capture again.
                 await self._keep_lease(order_id, owner, recheck=True)
-                await self._refund(order, payment_id)
+                await _for_this_order(self._refund(order, payment_id))
             if to_refund:
                 # Said now, not after the save: a retry after a failed save finds nothing captured to report.
                 self._late_capture_refunded(order, to_refund)
@@ -395,15 +432,42 @@ class SagaDriver:
                 # A retry after a failed save finds the capture refunded, not captured: still refunded.
                 after = order.charge_rechecked(bool(to_refund) or refunded_before, self._clock())
                 order = await OrderRepository(session).save(after, Lease(owner, None))
-            checked = True
+            released = True
+        except _OrderWaits as waits:
+            # (Raised only once the order was loaded.) It would stay first due and be asked about on every
+            # pass, ahead of the others (a pass stops only when payments is down): put it off, as the
+            # recovery loop does orders that wait.
+            released = await self._postpone_recheck(order, owner, waits.cause)
+            if not released:
+                raise LeaseHeld(order_id) from waits.cause
+            raise RecheckPostponed(order_id, waits.cause) from waits.cause
         except errors.Aborted as exc:
             if exc.reason != "CONCURRENT_MODIFICATION":
                 raise
             raise LeaseHeld(order_id) from exc
         finally:
-            if not checked:
+            if not released:
                 await self._release(order_id, owner)
         return order
+
+    async def _postpone_recheck(self, order: Order, owner: str, waiting: errors.Unavailable) -> bool:
+        """Put the order's charge recheck off (`_retry_at`), giving the lease up; False when the lease was
+        lost meanwhile (another driver has the order: it is its to check)."""
+        postponed = order.charge_recheck_postponed(self._retry_at(order, waiting))
+        try:
+            async with self._db.transaction() as session:
+                await OrderRepository(session).save(postponed, Lease(owner, None))
+        except errors.Aborted as exc:
+            if exc.reason != "CONCURRENT_MODIFICATION":
+                raise
+            return False
+        log.info(
+            "order %s: its charge is checked again at %s",
+            order.id,
+            postponed.charge_recheck_at,
+            extra={"order_id": order.id},
+        )
+        return True
 
     def _late_capture_refunded(self, order: Order, payment_ids: list[str]) -> None:
         # The customer was told the order was cancelled and nothing charged, and was charged after all.

@@ -216,6 +216,18 @@ class Order:
         self._require(SagaStep.COMPENSATE, SagaStep.REFUND)
         return self._next(now, step=SagaStep.DONE, state=OrderState.CANCELLED, charge_recheck_at=charge_recheck_at)
 
+    def charge_recheck_postponed(self, until: datetime) -> Order:
+        """Payments could not answer about this order's charge (and only this order's): ask again at `until`.
+        Nothing about the order changed for its customer, so `updated_at` stays: how long the recheck has
+        waited since the order was cancelled sets how far the next is put off."""
+        if self.state is not OrderState.CANCELLED or self.charge_recheck_at is None:
+            raise errors.FailedPrecondition(
+                f"order {self.id} has no charge to check again",
+                reason="ILLEGAL_SAGA_TRANSITION",
+                metadata={"order_id": self.id, "state": self.state.value},
+            )
+        return replace(self, charge_recheck_at=until)
+
     def charge_rechecked(self, refunded: bool, now: datetime) -> Order:
         """Payments was asked again once the charge could no longer land, and a capture it had was refunded
         (`refunded`): the cancelled order is final. Its state, cancel reason and event stay as they were."""
