@@ -154,6 +154,18 @@ async def test_an_expired_card_is_card_expired(payments: Payments) -> None:
     )
 
 
+async def test_a_bad_number_on_an_expired_card_names_both_and_is_not_invalid_card_number(payments: Payments) -> None:
+    """payments.proto, Charge: reason INVALID_CARD_NUMBER "when that is all that is wrong, else
+    VALIDATION_FAILED", and a violation per invalid field (common/v1 conventions). Here two things are wrong."""
+    request = charge_request(number="4242424242424241", exp_month=1, exp_year=2020)
+    details = await failure(payments.charge(request, key="k"))
+    assert (details.code, details.reason, fields(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "VALIDATION_FAILED",
+        {"card.number": "INVALID_CARD_NUMBER", "card.exp_year": "CARD_EXPIRED"},
+    )
+
+
 async def test_a_rejected_request_stores_nothing_under_its_key(payments: Payments) -> None:
     await failure(payments.charge(charge_request("ord_1", number="4242424242424241"), key="k"))
     # The same key now carries a corrected request: validation failures are not outcomes of the key.
