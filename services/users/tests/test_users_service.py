@@ -427,3 +427,14 @@ async def test_every_rpc_fails_with_unavailable_when_the_database_is_unreachable
                 assert details.retry_delay_seconds is not None
     finally:
         await database.dispose()
+
+
+async def test_login_fails_with_invalid_argument_only_for_an_empty_email_or_password(
+    stub: UsersServiceAsyncStub,
+) -> None:
+    """The contract (users.proto, Login): INVALID_ARGUMENT is for "empty email or password"; any other
+    e-mail or password is "unknown e-mail or wrong password", UNAUTHENTICATED INVALID_CREDENTIALS. A
+    password longer than any registered one can be is a wrong password as far as a client was told."""
+    await register(stub, email="ann@example.com")
+    details = await error_of(login(stub, email="ann@example.com", password="p" * 1025))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")
