@@ -21,7 +21,7 @@ from shopmesh_payments.domain.validation import (
     ListPaymentsQuery,
     RefundCommand,
     check_card_current,
-    validate_charge,
+    validate_charge_before_lookup,
     validate_list_payments,
     validate_payment_id,
     validate_refund,
@@ -45,9 +45,9 @@ class PaymentsApplication:
         self._clock = clock
 
     def validate_charge(self, order_id: str, amount: Money | None, card: Card | None) -> ChargeCommand:
-        """Every rule but the card's expiry: that one waits for `check_card_current`, after the idempotency
-        lookup, so that a retry of a charge made before the card expired replays it."""
-        return validate_charge(order_id, amount, card, None)
+        """Every rule, but an expiry that is all that is wrong waits for `check_card_current`, after the
+        idempotency lookup, so that a retry of a charge made before the card expired replays it."""
+        return validate_charge_before_lookup(order_id, amount, card, self._clock().date())
 
     def check_card_current(self, command: ChargeCommand) -> None:
         check_card_current(command.card, self._clock().date())

@@ -75,8 +75,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         self._events_committed = events_committed
 
     async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> payments_pb2.ChargeResponse:
-        # Validated before the key is claimed: a malformed request is not an outcome worth storing. The card's
-        # expiry is checked once no outcome is stored (`check`): a retry after the month ended replays it.
+        # Validated before the key is claimed: a malformed request is not an outcome worth storing. An expiry
+        # that is all that is wrong is checked once no outcome is stored (`check`): a retry after the month
+        # ended replays it.
         command = self._app.validate_charge(request.order_id, _money(request), _card(request))
 
         async def operation(session: DbConnection) -> payments_pb2.ChargeResponse:

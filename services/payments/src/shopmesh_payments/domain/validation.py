@@ -131,6 +131,21 @@ def validate_charge(order_id: str, amount: Money | None, card: Card | None, toda
     return ChargeCommand(order_id=order_id, amount=amount, card=card)
 
 
+def validate_charge_before_lookup(order_id: str, amount: Money | None, card: Card | None, today: date) -> ChargeCommand:
+    """The rules checked before the idempotency lookup: all of them, except that a card whose expiry is all
+    that is wrong passes, for `check_card_current` to judge after the lookup (a retry of a charge made before
+    the card's expiry month ended replays that charge). With anything else wrong the request is refused, which
+    stores nothing under its key, so there is no charge to replay: the refusal names the expiry too, one
+    violation per invalid field, and INVALID_CARD_NUMBER only when that is all that is wrong."""
+    violations: list[FieldViolation] = []
+    _check_id(order_id, "order_id", violations)
+    _check_amount(amount, violations)
+    _check_card(card, today, violations)
+    if all(v.reason == CARD_EXPIRED for v in violations) and amount is not None and card is not None:
+        return ChargeCommand(order_id=order_id, amount=amount, card=card)
+    raise _fail(violations)
+
+
 def check_card_current(card: Card, today: date) -> None:
     """The one rule that depends on the date, checked apart from the others: a retry of a charge made before
     the card's expiry month ended must replay that charge's outcome, not fail CARD_EXPIRED."""
