@@ -429,12 +429,15 @@ async def test_every_rpc_fails_with_unavailable_when_the_database_is_unreachable
         await database.dispose()
 
 
-async def test_login_fails_with_invalid_argument_only_for_an_empty_email_or_password(
+async def test_login_refuses_a_password_longer_than_any_could_be_as_too_long_and_not_as_wrong(
     stub: UsersServiceAsyncStub,
 ) -> None:
-    """The contract (users.proto, Login): INVALID_ARGUMENT is for "empty email or password"; any other
-    e-mail or password is "unknown e-mail or wrong password", UNAUTHENTICATED INVALID_CREDENTIALS. A
-    password longer than any registered one can be is a wrong password as far as a client was told."""
+    """The contract (users.proto, Login): INVALID_ARGUMENT for an empty e-mail or password, or a password of
+    more than 1,024 characters as sent (violation TOO_LONG on "password"); any other wrong password, however
+    long, is UNAUTHENTICATED INVALID_CREDENTIALS."""
     await register(stub, email="ann@example.com")
     details = await error_of(login(stub, email="ann@example.com", password="p" * 1025))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert violations_of(details) == [("password", "TOO_LONG")]
+    details = await error_of(login(stub, email="ann@example.com", password="p" * 1024))
     assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")

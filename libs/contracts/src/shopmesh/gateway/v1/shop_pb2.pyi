@@ -138,7 +138,7 @@ class LoginRequest(_message.Message):
     email: _builtins.str
     """The e-mail address the account was registered with. Required."""
     password: _builtins.str
-    """The account password. Required."""
+    """The account password. Required; at most 1,024 characters."""
     def __init__(
         self,
         *,

@@ -106,7 +106,9 @@ class ShopServiceServicer:
 
     def Login(self, request, context):
         """Exchanges an e-mail and password for an access token (public). Delegates
-        to UsersService.Login: INVALID_ARGUMENT, UNAUTHENTICATED (reason
+        to UsersService.Login and returns its errors: INVALID_ARGUMENT (an empty
+        e-mail or password, or a password of more than 1,024 characters: a
+        BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
         INVALID_CREDENTIALS, never saying whether the e-mail or the password was
         wrong), RESOURCE_EXHAUSTED, UNAVAILABLE.
 

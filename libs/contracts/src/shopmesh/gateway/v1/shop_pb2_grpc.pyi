@@ -66,7 +66,9 @@ class ShopServiceStub:
     """
     Login: _grpc.UnaryUnaryMultiCallable[_shop_pb2.LoginRequest, _shop_pb2.LoginResponse]
     """Exchanges an e-mail and password for an access token (public). Delegates
-    to UsersService.Login: INVALID_ARGUMENT, UNAUTHENTICATED (reason
+    to UsersService.Login and returns its errors: INVALID_ARGUMENT (an empty
+    e-mail or password, or a password of more than 1,024 characters: a
+    BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
     INVALID_CREDENTIALS, never saying whether the e-mail or the password was
     wrong), RESOURCE_EXHAUSTED, UNAVAILABLE.
 
@@ -182,7 +184,9 @@ class ShopServiceAsyncStub(ShopServiceStub):
     """
     Login: _aio.UnaryUnaryMultiCallable[_shop_pb2.LoginRequest, _shop_pb2.LoginResponse]  # type: ignore[assignment]
     """Exchanges an e-mail and password for an access token (public). Delegates
-    to UsersService.Login: INVALID_ARGUMENT, UNAUTHENTICATED (reason
+    to UsersService.Login and returns its errors: INVALID_ARGUMENT (an empty
+    e-mail or password, or a password of more than 1,024 characters: a
+    BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
     INVALID_CREDENTIALS, never saying whether the e-mail or the password was
     wrong), RESOURCE_EXHAUSTED, UNAVAILABLE.
 
@@ -307,7 +311,9 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shop_pb2.LoginResponse, _abc.Awaitable[_shop_pb2.LoginResponse]]:
         """Exchanges an e-mail and password for an access token (public). Delegates
-        to UsersService.Login: INVALID_ARGUMENT, UNAUTHENTICATED (reason
+        to UsersService.Login and returns its errors: INVALID_ARGUMENT (an empty
+        e-mail or password, or a password of more than 1,024 characters: a
+        BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
         INVALID_CREDENTIALS, never saying whether the e-mail or the password was
         wrong), RESOURCE_EXHAUSTED, UNAVAILABLE.
 

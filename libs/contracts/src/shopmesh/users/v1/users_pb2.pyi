@@ -184,7 +184,7 @@ class LoginRequest(_message.Message):
     lookup). Required.
     """
     password: _builtins.str
-    """The account password. Required."""
+    """The account password. Required; at most 1,024 characters as sent."""
     def __init__(
         self,
         *,

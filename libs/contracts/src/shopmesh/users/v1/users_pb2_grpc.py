@@ -86,10 +86,14 @@ class UsersServiceServicer:
         """Exchanges an e-mail and password for a signed access token.
 
         Errors:
-        - INVALID_ARGUMENT: empty email or password.
-        - UNAUTHENTICATED, ErrorInfo reason INVALID_CREDENTIALS: unknown e-mail
-        or wrong password. The response never says which, and takes about as
-        long in both cases.
+        - INVALID_ARGUMENT, ErrorInfo reason VALIDATION_FAILED, with BadRequest:
+        an empty email or password (violation reason REQUIRED), or a password
+        of more than 1,024 characters as sent (violation reason TOO_LONG on
+        "password"), which no registered password can match (128 characters at
+        most once normalized) and which is refused before it is normalized.
+        - UNAUTHENTICATED, ErrorInfo reason INVALID_CREDENTIALS: any other unknown
+        e-mail or wrong password, malformed or not. The response never says
+        which, and takes about as long in both cases.
         - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
         optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
         RetryInfo: too many passwords are being checked at once.
