@@ -197,6 +197,14 @@ def test_login_checks_only_emptiness_so_a_malformed_email_is_just_unknown() -> N
     assert violations(error) == [("email", "REQUIRED"), ("password", "REQUIRED")]
 
 
+def test_login_names_an_empty_email_beside_a_password_too_long() -> None:
+    """One violation per invalid field (common/v1 conventions): the password's length, checked before
+    normalizing, does not hide the missing e-mail."""
+    with pytest.raises(InvalidArgument) as error:
+        validate_login("", "p" * 1025)
+    assert violations(error) == [("email", "REQUIRED"), ("password", "TOO_LONG")]
+
+
 @pytest.mark.parametrize(("user_id", "reason"), [("", "REQUIRED"), ("u" * 65, "TOO_LONG")])
 def test_user_id_must_be_present_and_at_most_64_characters(user_id: str, reason: str) -> None:
     with pytest.raises(InvalidArgument) as error:

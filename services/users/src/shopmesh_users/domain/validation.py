@@ -28,13 +28,14 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def normalize_password(password: str) -> str:
+def normalize_password(password: str) -> tuple[str, FieldViolation | None]:
     """NFKC, as NIST SP 800-63B (5.1.1.2) asks: the same text typed on another device (composed, or
     decomposed as macOS pastes it; full-width, a ligature) is the same password. Spaces are kept.
-    INVALID_ARGUMENT (TOO_LONG) for one longer than any password could be as sent, before normalizing."""
+    A password longer than any could be as sent is not normalized: it comes back as it is, with its TOO_LONG
+    violation, for the caller to report beside the other fields' (one violation per invalid field)."""
     if len(password) > MAX_PASSWORD_LENGTH_AS_SENT:
-        raise _fail([FieldViolation("password", f"must be at most {MAX_PASSWORD_LENGTH} characters", "TOO_LONG")])
-    return unicodedata.normalize("NFKC", password)
+        return password, FieldViolation("password", f"must be at most {MAX_PASSWORD_LENGTH} characters", "TOO_LONG")
+    return unicodedata.normalize("NFKC", password), None
 
 
 def _fail(violations: Sequence[FieldViolation]) -> InvalidArgument:
@@ -75,10 +76,14 @@ def validate_registration(email: str, password: str, display_name: str) -> Regis
     normalized = normalize_email(email)
     name = normalized_line(display_name)
     # The limits apply to what is hashed: normalizing may lengthen a password (a ligature becomes letters).
-    password = normalize_password(password)
+    password, too_long = normalize_password(password)
     violations = [
         v
-        for v in (_email_violation(normalized), _password_violation(password), _display_name_violation(name))
+        for v in (
+            _email_violation(normalized),
+            too_long or _password_violation(password),
+            _display_name_violation(name),
+        )
         if v is not None
     ]
     if violations:
@@ -87,14 +92,17 @@ def validate_registration(email: str, password: str, display_name: str) -> Regis
 
 
 def validate_login(email: str, password: str) -> Credentials:
-    """Only emptiness is checked: any other e-mail or password fails as INVALID_CREDENTIALS, so a
-    malformed address is not told apart from an unknown one."""
+    """Only emptiness is checked, and a password longer than any could be as sent (see `normalize_password`):
+    any other e-mail or password fails as INVALID_CREDENTIALS, so a malformed address is not told apart from
+    an unknown one."""
     normalized = normalize_email(email)
-    normalized_password = normalize_password(password)
+    normalized_password, too_long = normalize_password(password)
     violations: list[FieldViolation] = []
     if not normalized:
         violations.append(FieldViolation("email", "must not be empty", "REQUIRED"))
-    if not normalized_password:
+    if too_long is not None:
+        violations.append(too_long)
+    elif not normalized_password:
         violations.append(FieldViolation("password", "must not be empty", "REQUIRED"))
     if violations:
         raise _fail(violations)
