@@ -5,9 +5,11 @@ names is one a client cannot be written for. The common conventions (protos/shop
 "Errors") even promise the opposite of an undocumented reason: an INVALID_ARGUMENT carries "ErrorInfo
 reason VALIDATION_FAILED unless a more specific reason is documented".
 
-The reasons are read from the services' and the chassis' source (every `reason=` of a raised domain error,
-a string or a constant holding one) and each must appear in a contract (protos/**/*.proto) or, for the
-chassis' own answers that every service shares, in docs/*.md. A few reasons never leave the process that
+The reasons are read from the services' and the chassis' source (every `reason=` of a raised domain error:
+a string, a constant holding one, either branch of a conditional, or the `.value` of a field typed with an
+enum, such as orders' cancel code) and each must appear in a contract (protos/**/*.proto) or, for the
+chassis' own answers that every service shares, in docs/*.md. A `reason=` that passes a parameter on is
+checked where the parameter's value is written. A few reasons never leave the process that
 makes them (an internal state machine's guard, a client channel's local error that the caller translates);
 they are listed below with where they stay, so that the list is a decision and not a gap.
 """
@@ -30,20 +32,27 @@ REASON = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
 
 # Reasons that never reach a client, and where they stay.
 INTERNAL = {
-    # notifications' sender: the delivery state machine's guards, caught by the sender, no RPC raises them.
+    # notifications' delivery state machine (domain/model.py): guards of sent() and superseded(), which only
+    # the sender's delivery loop calls, on a PENDING notification it has checked; ListNotifications, the
+    # service's only RPC, calls neither.
     "NOTIFICATION_NOT_PENDING",
     "NOTIFICATION_NOT_SUPERSEDABLE",
-    # orders' saga: a transition's guard (a bug if it fires) and the save's version check, which the saga
-    # catches and retries.
+    # orders' saga: a transition's guard (domain/model.py; a bug if it fires), and the save's version check
+    # (store/repository.py), which SagaDriver.drive and recheck_charge turn into LeaseHeld (another driver
+    # has the order), and which CancelOrder's save, under the order's row lock, cannot meet.
     "ILLEGAL_SAGA_TRANSITION",
     "CONCURRENT_MODIFICATION",
-    # orders' saga while a charge of a driver that is gone may still land: only a driver without the card
-    # (the recovery loop) meets it; a PlaceOrder call carries its card.
+    # orders' saga while a charge of a driver that is gone may still land (saga.py): only a driver without
+    # the card meets it, at the CHARGE step: the recovery loop, which logs it. PlaceOrder drives with its
+    # card, and CancelOrder (no card) only drives a CONFIRMED order, past the charge.
     "CHARGE_IN_DOUBT",
-    # The chassis' client channel: local errors in domain "shopmesh.chassis", which callers translate.
+    # The chassis' client channel (client.py): local errors in domain "shopmesh.chassis", which the gateway
+    # (downstream.translate) and every other server's interceptor answer as their own UNAVAILABLE
+    # DEPENDENCY_UNAVAILABLE or INTERNAL, never with this reason.
     "INBOUND_DEADLINE_EXCEEDED",
     "UNSENDABLE_METADATA",
-    # recommendations' FAULT_MODE=fail, a demo switch; the gateway answers it with its fallback.
+    # recommendations' FAULT_MODE=fail (faults.py), a demo switch off by default, documented with the
+    # setting (settings.py); its only caller, the gateway, answers it with its fallback recommendations.
     "FAULT_INJECTED",
 }
 
@@ -71,10 +80,55 @@ def _constants(trees: dict[Path, ast.Module]) -> dict[str, set[str]]:
     return found
 
 
+def _enums(trees: dict[Path, ast.Module]) -> dict[str, set[str]]:
+    """Enum class name -> its members' UPPER_SNAKE values."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(base).endswith("Enum") for base in node.bases):
+                for statement in node.body:
+                    if (
+                        isinstance(statement, ast.Assign)
+                        and isinstance(statement.value, ast.Constant)
+                        and isinstance(statement.value.value, str)
+                        and REASON.match(statement.value.value)
+                    ):
+                        found[node.name].add(statement.value.value)
+    return found
+
+
+def _enum_fields(trees: dict[Path, ast.Module], enums: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Field name -> the enums its annotations name (`cancel_code: CancelCode | None`)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                named = {n.id for n in ast.walk(node.annotation) if isinstance(n, ast.Name)}
+                found[node.target.id] |= named & enums.keys()
+    return found
+
+
 def raised_reasons() -> dict[str, set[str]]:
     """reason -> the files that raise a domain error with it."""
     trees = {path: ast.parse(path.read_text(), filename=str(path)) for path in _files()}
     constants = _constants(trees)
+    enums = _enums(trees)
+    enum_fields = _enum_fields(trees, enums)
+
+    def candidates(value: ast.expr) -> set[str]:
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            return {value.value}
+        if isinstance(value, ast.IfExp):
+            return candidates(value.body) | candidates(value.orelse)
+        if isinstance(value, ast.Name):
+            return constants.get(value.id, set())
+        if isinstance(value, ast.Attribute):
+            if value.attr == "value" and isinstance(value.value, ast.Attribute | ast.Name):
+                field = value.value.attr if isinstance(value.value, ast.Attribute) else value.value.id
+                return {member for enum in enum_fields.get(field, ()) for member in enums[enum]}
+            return constants.get(value.attr, set())
+        return set()
+
     reasons: dict[str, set[str]] = defaultdict(set)
     for path, tree in trees.items():
         for node in ast.walk(tree):
@@ -83,15 +137,7 @@ def raised_reasons() -> dict[str, set[str]]:
             for keyword in node.keywords:
                 if keyword.arg != "reason":
                     continue
-                value = keyword.value
-                candidates: set[str] = set()
-                if isinstance(value, ast.Constant) and isinstance(value.value, str):
-                    candidates = {value.value}
-                elif isinstance(value, ast.Name):
-                    candidates = constants.get(value.id, set())
-                elif isinstance(value, ast.Attribute):
-                    candidates = constants.get(value.attr, set())
-                for reason in candidates:
+                for reason in candidates(keyword.value):
                     if REASON.match(reason):
                         reasons[reason].add(str(path.relative_to(ROOT)))
     return reasons
@@ -104,9 +150,17 @@ def documentation() -> str:
 
 
 def test_the_scan_finds_the_reasons_the_contracts_are_known_to_name() -> None:
-    """The checker itself: it must see reasons raised as strings, as constants and through a module."""
+    """The checker itself: it must see reasons raised as strings, as constants, through a module, in either
+    branch of a conditional (the chassis' NOT_UTF8) and as an enum field's value (orders' cancel codes)."""
     reasons = raised_reasons()
-    for known in ("ORDER_NOT_FOUND", "PRODUCT_NOT_FOUND", "PASSWORD_HASHING_BUSY", "DEPENDENCY_UNAVAILABLE"):
+    for known in (
+        "ORDER_NOT_FOUND",
+        "PRODUCT_NOT_FOUND",
+        "PASSWORD_HASHING_BUSY",
+        "DEPENDENCY_UNAVAILABLE",
+        "NOT_UTF8",
+        "CHECKOUT_INTERRUPTED",
+    ):
         assert known in reasons, known
 
 
@@ -120,3 +174,12 @@ def test_every_reason_a_service_answers_is_documented() -> None:
     assert undocumented == {}, (
         f"ErrorInfo reasons a client can get that no contract (protos/) or doc (docs/*.md) names: {undocumented}"
     )
+
+
+def test_the_internal_reasons_are_still_raised_and_no_contract_promises_them() -> None:
+    """The allow-list stays a decision: an entry nothing raises any more is dropped, and a reason a contract
+    names is one a client can get, which the list must not hide."""
+    reasons = raised_reasons()
+    contracts = "\n".join(path.read_text() for path in sorted((ROOT / "protos" / "shopmesh").rglob("*.proto")))
+    assert sorted(INTERNAL - reasons.keys()) == []
+    assert sorted(r for r in INTERNAL if re.search(rf"\b{r}\b", contracts)) == []

@@ -40,7 +40,10 @@ Request metadata (gRPC headers)
     client-supplied value. Internal services trust it (the mesh provides
     mTLS) and use it for ownership checks where documented.
   - `idempotency-key`: required on the mutations that document it. 1-255
-    printable ASCII characters; a UUID is recommended. The server stores the
+    printable ASCII characters; a UUID is recommended. A longer key, or one
+    with any other character, fails with INVALID_ARGUMENT reason
+    IDEMPOTENCY_KEY_INVALID (a BadRequest violation on "idempotency-key",
+    INVALID_FORMAT) and is not stored. The server stores the
     outcome under the key (scoped to the method and caller) for at least 24
     hours: a retry with the same key and the same request returns the stored
     outcome, the same key with a different request fails with
@@ -67,6 +70,13 @@ Errors
   the system is not in a state that allows the operation (retrying the same
   request will not help), UNAVAILABLE for transient failures of the service
   or of a dependency.
+  Beside the errors each RPC lists, any RPC that uses its service's database
+  may fail with UNAVAILABLE, ErrorInfo reason DATABASE_UNAVAILABLE, with
+  RetryInfo (the database cannot be reached or cannot serve now), and one
+  that writes with ABORTED, ErrorInfo reason CONCURRENT_UPDATE (it lost a
+  race with a concurrent change of the same records, such as a deadlock,
+  and its writes were rolled back). Both are safe to retry, with the same
+  idempotency key where the RPC takes one.
 
 Idempotency levels
   Every RPC states its `idempotency_level` method option. The chassis derives

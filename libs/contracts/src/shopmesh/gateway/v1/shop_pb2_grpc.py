@@ -110,7 +110,8 @@ class ShopServiceServicer:
         e-mail or password, or a password of more than 1,024 characters: a
         BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
         INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE.
+        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE (reason NO_SIGNING_KEY, with
+        RetryInfo, while users has no key to sign the token).
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.
@@ -170,7 +171,9 @@ class ShopServiceServicer:
         UNAUTHENTICATED.
 
         Idempotency: the client should send an `idempotency-key` request header
-        (for example a UUID per checkout attempt). If it is absent, the gateway
+        (for example a UUID per checkout attempt): 1-255 printable ASCII
+        characters, else INVALID_ARGUMENT, ErrorInfo reason
+        IDEMPOTENCY_KEY_INVALID (see common/v1). If it is absent, the gateway
         generates a UUIDv4. Either way the key used is returned in the
         `idempotency-key` response trailer, on success and on error, so the
         client can retry the same placement after a failure it received; on
@@ -220,8 +223,10 @@ class ShopServiceServicer:
         UNAVAILABLE, plus UNAUTHENTICATED.
 
         Idempotency: as for PlaceOrder, the client should send an
-        `idempotency-key` header; if absent the gateway generates one, and the key
-        used is returned in the `idempotency-key` response trailer (and header).
+        `idempotency-key` header (INVALID_ARGUMENT, reason
+        IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters);
+        if absent the gateway generates one, and the key used is returned in the
+        `idempotency-key` response trailer (and header).
 
         IDEMPOTENT: retries with the same idempotency-key return the first
         outcome; refund and stock release are idempotent downstream.

@@ -70,7 +70,8 @@ class ShopServiceStub:
     e-mail or password, or a password of more than 1,024 characters: a
     BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
     INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-    wrong), RESOURCE_EXHAUSTED, UNAVAILABLE.
+    wrong), RESOURCE_EXHAUSTED, UNAVAILABLE (reason NO_SIGNING_KEY, with
+    RetryInfo, while users has no key to sign the token).
 
     Not idempotent (no idempotency_level): each call mints a new token and
     counts towards login throttling, so it is not retried automatically.
@@ -114,7 +115,9 @@ class ShopServiceStub:
     UNAUTHENTICATED.
 
     Idempotency: the client should send an `idempotency-key` request header
-    (for example a UUID per checkout attempt). If it is absent, the gateway
+    (for example a UUID per checkout attempt): 1-255 printable ASCII
+    characters, else INVALID_ARGUMENT, ErrorInfo reason
+    IDEMPOTENCY_KEY_INVALID (see common/v1). If it is absent, the gateway
     generates a UUIDv4. Either way the key used is returned in the
     `idempotency-key` response trailer, on success and on error, so the
     client can retry the same placement after a failure it received; on
@@ -152,8 +155,10 @@ class ShopServiceStub:
     UNAVAILABLE, plus UNAUTHENTICATED.
 
     Idempotency: as for PlaceOrder, the client should send an
-    `idempotency-key` header; if absent the gateway generates one, and the key
-    used is returned in the `idempotency-key` response trailer (and header).
+    `idempotency-key` header (INVALID_ARGUMENT, reason
+    IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters);
+    if absent the gateway generates one, and the key used is returned in the
+    `idempotency-key` response trailer (and header).
 
     IDEMPOTENT: retries with the same idempotency-key return the first
     outcome; refund and stock release are idempotent downstream.
@@ -188,7 +193,8 @@ class ShopServiceAsyncStub(ShopServiceStub):
     e-mail or password, or a password of more than 1,024 characters: a
     BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
     INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-    wrong), RESOURCE_EXHAUSTED, UNAVAILABLE.
+    wrong), RESOURCE_EXHAUSTED, UNAVAILABLE (reason NO_SIGNING_KEY, with
+    RetryInfo, while users has no key to sign the token).
 
     Not idempotent (no idempotency_level): each call mints a new token and
     counts towards login throttling, so it is not retried automatically.
@@ -232,7 +238,9 @@ class ShopServiceAsyncStub(ShopServiceStub):
     UNAUTHENTICATED.
 
     Idempotency: the client should send an `idempotency-key` request header
-    (for example a UUID per checkout attempt). If it is absent, the gateway
+    (for example a UUID per checkout attempt): 1-255 printable ASCII
+    characters, else INVALID_ARGUMENT, ErrorInfo reason
+    IDEMPOTENCY_KEY_INVALID (see common/v1). If it is absent, the gateway
     generates a UUIDv4. Either way the key used is returned in the
     `idempotency-key` response trailer, on success and on error, so the
     client can retry the same placement after a failure it received; on
@@ -270,8 +278,10 @@ class ShopServiceAsyncStub(ShopServiceStub):
     UNAVAILABLE, plus UNAUTHENTICATED.
 
     Idempotency: as for PlaceOrder, the client should send an
-    `idempotency-key` header; if absent the gateway generates one, and the key
-    used is returned in the `idempotency-key` response trailer (and header).
+    `idempotency-key` header (INVALID_ARGUMENT, reason
+    IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters);
+    if absent the gateway generates one, and the key used is returned in the
+    `idempotency-key` response trailer (and header).
 
     IDEMPOTENT: retries with the same idempotency-key return the first
     outcome; refund and stock release are idempotent downstream.
@@ -315,7 +325,8 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         e-mail or password, or a password of more than 1,024 characters: a
         BadRequest violation TOO_LONG on "password"), UNAUTHENTICATED (reason
         INVALID_CREDENTIALS, never saying whether the e-mail or the password was
-        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE.
+        wrong), RESOURCE_EXHAUSTED, UNAVAILABLE (reason NO_SIGNING_KEY, with
+        RetryInfo, while users has no key to sign the token).
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.
@@ -383,7 +394,9 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         UNAUTHENTICATED.
 
         Idempotency: the client should send an `idempotency-key` request header
-        (for example a UUID per checkout attempt). If it is absent, the gateway
+        (for example a UUID per checkout attempt): 1-255 printable ASCII
+        characters, else INVALID_ARGUMENT, ErrorInfo reason
+        IDEMPOTENCY_KEY_INVALID (see common/v1). If it is absent, the gateway
         generates a UUIDv4. Either way the key used is returned in the
         `idempotency-key` response trailer, on success and on error, so the
         client can retry the same placement after a failure it received; on
@@ -439,8 +452,10 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         UNAVAILABLE, plus UNAUTHENTICATED.
 
         Idempotency: as for PlaceOrder, the client should send an
-        `idempotency-key` header; if absent the gateway generates one, and the key
-        used is returned in the `idempotency-key` response trailer (and header).
+        `idempotency-key` header (INVALID_ARGUMENT, reason
+        IDEMPOTENCY_KEY_INVALID, if it is not 1-255 printable ASCII characters);
+        if absent the gateway generates one, and the key used is returned in the
+        `idempotency-key` response trailer (and header).
 
         IDEMPOTENT: retries with the same idempotency-key return the first
         outcome; refund and stock release are idempotent downstream.

@@ -77,7 +77,8 @@ class OrdersServiceServicer:
         PlaceOrderRequest. ErrorInfo reason CURRENCY_MISMATCH when a product is
         not priced in `currency`; INVALID_CARD_NUMBER or CARD_EXPIRED when that
         is all that is wrong, as payments' Charge answers it;
-        IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+        IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+        IDEMPOTENCY_KEY_REUSED (see common/v1).
         - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
         - NOT_FOUND, reason PRODUCT_NOT_FOUND: no order is recorded. Metadata, as
         catalog's BatchGetProducts gives it: {"product_ids": "<missing ids,
@@ -159,7 +160,8 @@ class OrdersServiceServicer:
         Errors:
         - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
         reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
-        ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+        ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+        IDEMPOTENCY_KEY_REUSED (see common/v1).
         - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
         - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
         {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is

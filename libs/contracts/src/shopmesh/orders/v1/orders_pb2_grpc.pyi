@@ -69,7 +69,8 @@ class OrdersServiceStub:
       PlaceOrderRequest. ErrorInfo reason CURRENCY_MISMATCH when a product is
       not priced in `currency`; INVALID_CARD_NUMBER or CARD_EXPIRED when that
       is all that is wrong, as payments' Charge answers it;
-      IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+      IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+      IDEMPOTENCY_KEY_REUSED (see common/v1).
     - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
     - NOT_FOUND, reason PRODUCT_NOT_FOUND: no order is recorded. Metadata, as
       catalog's BatchGetProducts gives it: {"product_ids": "<missing ids,
@@ -139,7 +140,8 @@ class OrdersServiceStub:
     Errors:
     - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
       reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
-      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+      IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
     - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
       {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
@@ -174,7 +176,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       PlaceOrderRequest. ErrorInfo reason CURRENCY_MISMATCH when a product is
       not priced in `currency`; INVALID_CARD_NUMBER or CARD_EXPIRED when that
       is all that is wrong, as payments' Charge answers it;
-      IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+      IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+      IDEMPOTENCY_KEY_REUSED (see common/v1).
     - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
     - NOT_FOUND, reason PRODUCT_NOT_FOUND: no order is recorded. Metadata, as
       catalog's BatchGetProducts gives it: {"product_ids": "<missing ids,
@@ -244,7 +247,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     Errors:
     - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
       reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
-      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+      IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
     - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
       {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
@@ -282,7 +286,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           PlaceOrderRequest. ErrorInfo reason CURRENCY_MISMATCH when a product is
           not priced in `currency`; INVALID_CARD_NUMBER or CARD_EXPIRED when that
           is all that is wrong, as payments' Charge answers it;
-          IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+          IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+          IDEMPOTENCY_KEY_REUSED (see common/v1).
         - PERMISSION_DENIED, reason USER_MISMATCH (x-user-id differs from user_id).
         - NOT_FOUND, reason PRODUCT_NOT_FOUND: no order is recorded. Metadata, as
           catalog's BatchGetProducts gives it: {"product_ids": "<missing ids,
@@ -370,7 +375,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
         - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
           reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
-          ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+          ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+          IDEMPOTENCY_KEY_REUSED (see common/v1).
         - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
         - FAILED_PRECONDITION, reason ORDER_NOT_CANCELLABLE, metadata
           {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is

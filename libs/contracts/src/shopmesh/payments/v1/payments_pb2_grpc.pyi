@@ -71,7 +71,7 @@ class PaymentsServiceStub:
       exp_month); cvv not 3-4 digits (INVALID_FORMAT). ErrorInfo reason
       INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong,
       else VALIDATION_FAILED; or IDEMPOTENCY_KEY_MISSING /
-      IDEMPOTENCY_KEY_REUSED.
+      IDEMPOTENCY_KEY_INVALID / IDEMPOTENCY_KEY_REUSED (see common/v1).
     - FAILED_PRECONDITION, ErrorInfo reason CARD_DECLINED or
       INSUFFICIENT_FUNDS, metadata {"payment_id": ..., "order_id": ...}: the
       DECLINED payment can be read with GetPayment.
@@ -96,7 +96,8 @@ class PaymentsServiceStub:
 
     Errors:
     - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;
-      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+      IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, ErrorInfo reason PAYMENT_NOT_FOUND.
     - FAILED_PRECONDITION, ErrorInfo reason PAYMENT_NOT_REFUNDABLE: the
       payment is DECLINED, or in a state a newer release stored (metadata
@@ -154,7 +155,7 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
       exp_month); cvv not 3-4 digits (INVALID_FORMAT). ErrorInfo reason
       INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong,
       else VALIDATION_FAILED; or IDEMPOTENCY_KEY_MISSING /
-      IDEMPOTENCY_KEY_REUSED.
+      IDEMPOTENCY_KEY_INVALID / IDEMPOTENCY_KEY_REUSED (see common/v1).
     - FAILED_PRECONDITION, ErrorInfo reason CARD_DECLINED or
       INSUFFICIENT_FUNDS, metadata {"payment_id": ..., "order_id": ...}: the
       DECLINED payment can be read with GetPayment.
@@ -179,7 +180,8 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
 
     Errors:
     - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;
-      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+      ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+      IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, ErrorInfo reason PAYMENT_NOT_FOUND.
     - FAILED_PRECONDITION, ErrorInfo reason PAYMENT_NOT_REFUNDABLE: the
       payment is DECLINED, or in a state a newer release stored (metadata
@@ -240,7 +242,7 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
           exp_month); cvv not 3-4 digits (INVALID_FORMAT). ErrorInfo reason
           INVALID_CARD_NUMBER or CARD_EXPIRED when that is all that is wrong,
           else VALIDATION_FAILED; or IDEMPOTENCY_KEY_MISSING /
-          IDEMPOTENCY_KEY_REUSED.
+          IDEMPOTENCY_KEY_INVALID / IDEMPOTENCY_KEY_REUSED (see common/v1).
         - FAILED_PRECONDITION, ErrorInfo reason CARD_DECLINED or
           INSUFFICIENT_FUNDS, metadata {"payment_id": ..., "order_id": ...}: the
           DECLINED payment can be read with GetPayment.
@@ -271,7 +273,8 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors:
         - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;
-          ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_REUSED.
+          ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
+          IDEMPOTENCY_KEY_REUSED (see common/v1).
         - NOT_FOUND, ErrorInfo reason PAYMENT_NOT_FOUND.
         - FAILED_PRECONDITION, ErrorInfo reason PAYMENT_NOT_REFUNDABLE: the
           payment is DECLINED, or in a state a newer release stored (metadata

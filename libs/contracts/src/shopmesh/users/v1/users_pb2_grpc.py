@@ -97,7 +97,9 @@ class UsersServiceServicer:
         - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
         optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
         RetryInfo: too many passwords are being checked at once.
-        - UNAVAILABLE.
+        - UNAVAILABLE; ErrorInfo reason NO_SIGNING_KEY, with RetryInfo: the
+        password was right but no key can sign tokens at this moment (the
+        service makes one when it starts; retry after the delay).
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.

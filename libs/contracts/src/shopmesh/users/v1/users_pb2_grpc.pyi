@@ -77,7 +77,9 @@ class UsersServiceStub:
     - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
       optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
       RetryInfo: too many passwords are being checked at once.
-    - UNAVAILABLE.
+    - UNAVAILABLE; ErrorInfo reason NO_SIGNING_KEY, with RetryInfo: the
+      password was right but no key can sign tokens at this moment (the
+      service makes one when it starts; retry after the delay).
 
     Not idempotent (no idempotency_level): each call mints a new token and
     counts towards login throttling, so it is not retried automatically.
@@ -143,7 +145,9 @@ class UsersServiceAsyncStub(UsersServiceStub):
     - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
       optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
       RetryInfo: too many passwords are being checked at once.
-    - UNAVAILABLE.
+    - UNAVAILABLE; ErrorInfo reason NO_SIGNING_KEY, with RetryInfo: the
+      password was right but no key can sign tokens at this moment (the
+      service makes one when it starts; retry after the delay).
 
     Not idempotent (no idempotency_level): each call mints a new token and
     counts towards login throttling, so it is not retried automatically.
@@ -218,7 +222,9 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         - RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS, with RetryInfo:
           optional per-e-mail throttling; reason PASSWORD_HASHING_BUSY, with
           RetryInfo: too many passwords are being checked at once.
-        - UNAVAILABLE.
+        - UNAVAILABLE; ErrorInfo reason NO_SIGNING_KEY, with RetryInfo: the
+          password was right but no key can sign tokens at this moment (the
+          service makes one when it starts; retry after the delay).
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.
