@@ -22,6 +22,7 @@ from shopmesh_payments.domain.payments import (
 from shopmesh_payments.domain.processor import ProcessorResult
 from shopmesh_payments.domain.validation import (
     validate_charge,
+    validate_charge_before_lookup,
     validate_list_payments,
     validate_payment_id,
     validate_refund,
@@ -158,6 +159,19 @@ def test_a_card_expired_earlier_this_year_answers_card_expired_on_the_month() ->
 
 def test_a_card_expiring_this_month_is_accepted() -> None:
     validate_charge("ord_1", USD_10, card(exp_month=6, exp_year=2026), TODAY)
+
+
+def test_before_the_lookup_an_expiry_that_is_all_that_is_wrong_waits_for_check_card_current() -> None:
+    command = validate_charge_before_lookup("ord_1", USD_10, card(exp_month=12, exp_year=2025), TODAY)
+    assert (command.card.exp_month, command.card.exp_year) == (12, 2025)
+
+
+def test_before_the_lookup_an_expiry_beside_another_error_is_named_too() -> None:
+    """Refused, the request stores nothing under its key: there is no earlier charge to replay."""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_charge_before_lookup("ord_1", USD_10, card(exp_month=12, exp_year=2025, cvv="12a"), TODAY)
+    assert caught.value.reason == "VALIDATION_FAILED"
+    assert violations_of(caught.value) == {"card.exp_year": "CARD_EXPIRED", "card.cvv": "INVALID_FORMAT"}
 
 
 def test_validation_messages_never_repeat_the_card_number_or_cvv() -> None:
