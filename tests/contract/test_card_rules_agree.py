@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_orders.domain import validation as orders
+from shopmesh_orders.domain.model import Address
 from shopmesh_payments.domain import models as payments_models
 from shopmesh_payments.domain import validation as payments
 
@@ -29,8 +30,16 @@ def orders_accepts(number: str, exp_month: int, exp_year: int, cvv: str) -> bool
 
 def orders_answer(number: str, exp_month: int, exp_year: int, cvv: str) -> tuple[str, dict[str, str]] | None:
     """ErrorInfo reason and {field: reason} of orders' refusal, as PlaceOrder answers it for the card alone."""
+    order = orders.PlaceOrder(
+        user_id="usr_1",
+        items=(orders.CartLine("prod_1", 1),),
+        currency="USD",
+        address=Address("Ada Lovelace", "1 Analytical Way", "London", "N1 7AA", "GB"),
+        email="ada@example.com",
+        card=orders.Card(number, exp_month, exp_year, cvv),
+    )
     try:
-        orders.check_card_current(orders.Card(number, exp_month, exp_year, cvv), TODAY)
+        orders.validate_place_order(order, TODAY)
     except InvalidArgument as refused:
         return refused.reason, {v.field: v.reason for v in refused.violations}
     return None
