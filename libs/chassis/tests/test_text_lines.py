@@ -62,3 +62,21 @@ def test_format_characters_around_the_text_are_trimmed_with_the_blanks(value: st
     zero-width space from a web page) stay too: "Ada\u200b" is stored, shown and counted as a name other
     than "Ada"."""
     assert normalized_line(value) == "Ada"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Anna \u2764\ufe0f",  # RED HEART + VARIATION SELECTOR-16: the emoji presentation of the heart
+        "Flag \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # Scotland's flag (tags)
+        "Ada \u2067\u05e9\u05dc\u05d5\u05dd\u2069",  # a right-to-left isolate and its closing POP (PDI)
+    ],
+)
+def test_invisible_characters_that_belong_to_the_last_visible_one_are_kept(value: str) -> None:
+    """The trim is for invisible characters *around* the text (a byte-order mark, a zero-width space), and
+    "Format characters between visible ones ... stay" (docs/chassis.md). A variation selector or an emoji
+    tag sequence ending the text is part of its last character (an emoji, a flag), and a POP DIRECTIONAL
+    ISOLATE closes an isolate the text opened: trimmed, "Anna ❤️" is kept as the text-style "Anna ❤",
+    Scotland's flag as a plain black flag, and the isolate is left open, turning whatever follows the name
+    (an e-mail's greeting, a label) right-to-left."""
+    assert normalized_line(value) == value
