@@ -349,3 +349,55 @@ def test_emails_failed_sees_the_first_failed_email() -> None:
         if sample.name == "shopmesh_notifications_delivery_attempts_total"
     }
     assert samples.get("failed") == 0.0, f"before any attempt the endpoint shows only {samples}"
+
+
+def test_circuit_open_does_not_fire_for_a_breaker_left_idle_after_a_blip(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    """A dependency that failed for a moment (a restart: five calls UNAVAILABLE) and is back: the breaker
+    opened, and after its reset timeout reads half_open until the next call probes it. A method called
+    rarely (none for the next 20 minutes) leaves it so. Nothing fails fast, no probe fails, the dependency
+    is up: ShopmeshCircuitOpen ("Calls ... have failed fast for 5 minutes, or the breaker's probes have kept
+    failing") must stay silent. Selecting state!="closed", it fires 5 minutes after the blip, and stays
+    firing until someone happens to call that method."""
+    [alert] = [a for a in alerts_of(rendered[MONITORING, "gateway"], "gateway") if a["alert"] == "ShopmeshCircuitOpen"]
+    [selector] = selectors(alert["expr"])
+    state_matchers = [(str(m.op), m.value) for m in selector.matchers.matchers if m.name == "state"]
+    ops = {
+        str(EQUAL): lambda state, value: state == value,
+        str(promql_parser.MatchOp.NotEqual): lambda state, value: state != value,
+        str(RE): lambda state, value: re.fullmatch(value, state) is not None,
+        str(promql_parser.MatchOp.NotRe): lambda state, value: re.fullmatch(value, state) is None,
+    }
+    hold = seconds_of(alert["for"])
+    now = [0.0]
+    breaker = CircuitBreaker(clock=lambda: now[0])
+    metrics = ServerMetrics(CollectorRegistry())
+    metrics.watch_breakers("users", {"/shopmesh.users.v1.UsersService/Register": breaker})
+    for _ in range(breaker.config.failure_threshold):  # the blip
+        assert breaker.allow()
+        breaker.record_failure()
+    assert breaker.opened == 1
+    true_since: float | None = None
+    fired_at: float | None = None
+    evaluation = 7.0
+    while evaluation < 20 * 60.0 and fired_at is None:
+        now[0] = evaluation
+        values = [
+            sample.value
+            for family in metrics.registry.collect()
+            if family.name == "shopmesh_client_breaker_state"
+            for sample in family.samples
+            if all(ops[op](sample.labels["state"], value) for op, value in state_matchers)
+        ]
+        if values and max(values) > 0:
+            true_since = evaluation if true_since is None else true_since
+            if evaluation - true_since >= hold:
+                fired_at = evaluation
+        else:
+            true_since = None
+        evaluation += EVALUATION_INTERVAL
+    assert fired_at is None, (
+        f"{alert['alert']} ({alert['expr']}) fired {fired_at:.0f} s after a blip of 5 failed calls, though no "
+        f"call failed since: the idle breaker reads {breaker.observed_state().value} until a call probes it"
+    )
