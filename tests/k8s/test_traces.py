@@ -116,6 +116,18 @@ def test_a_nats_url_refused_by_the_render_is_named_without_its_credentials(helm_
         assert "pa%3Ass" not in str(refused.value)
 
 
+def test_a_nats_url_without_a_scheme_refused_by_the_render_is_named_without_its_token(helm_dir: Path) -> None:
+    """NATS_URL's servers may leave out the scheme, a user part and all (`s3cret@nats:4222`, as nats-py and the
+    chassis read it: shown_nats_url masks it `***@nats:4222`). The render's refusal masks only a user part after
+    `//`, and `urlParse`, which the check calls on every server (a template's `ternary` evaluates both its
+    values), fails on such a server with an error quoting it whole: either way `helm install` prints the token."""
+    peers = [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    for url in ("s3cret@nats.messaging:4223", "nats://nats-0.messaging:4223,s3cret@nats-1.messaging:4223"):
+        with pytest.raises(Exception) as refused:  # noqa: PT011 - the port's refusal, or urlParse's
+            objects_of(helm_dir, "orders", {"global": {"nats": {"url": url, "peers": peers}}})
+        assert "s3cret" not in str(refused.value)
+
+
 def test_a_nats_cluster_url_renders_as_the_services_take_it(helm_dir: Path) -> None:
     """docs/chassis.md: NATS_URL is "the NATS server, or a cluster's servers comma-separated
     (`nats://a:4222,nats://b:4222`)", credentials "given on one server or the same on each". global.nats.url
