@@ -73,3 +73,34 @@ async def test_sigterm_stops_a_pod_still_starting(postgres: PostgresServer) -> N
                 process.wait(timeout=10)
     finally:
         await holder.close()
+
+
+def test_sigterm_while_the_interpreter_still_imports_stops_the_pod(tmp_path: Path) -> None:
+    """The same deletion a moment earlier: the kubelet's SIGTERM comes while the interpreter still imports the
+    service (grpc, SQLAlchemy, OpenTelemetry, NATS: over a second of a start on SQLite). `app.run` installs its
+    handlers only once the event loop runs, so as PID 1 the signal is dropped as before: the service starts,
+    serves, and the pod waits out terminationGracePeriodSeconds for SIGKILL (the kubelet sends SIGTERM once)."""
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path),
+        "GRPC_PORT": str(free_port()),
+        "METRICS_PORT": "-1",
+        "LOG_FORMAT": "text",
+    }
+    env.pop("DATABASE_URL", None)
+    process = subprocess.Popen(_as_pid_1([sys.executable, "-m", "shopmesh_catalog"]), env=env)
+    try:
+        init = _namespace_init(process.pid)
+        time.sleep(0.2)  # the interpreter is importing the service
+        os.kill(init, signal.SIGTERM)  # as the container runtime does, from outside the namespace
+        deadline = time.monotonic() + 15
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is not None, (
+            "SIGTERM sent while the service imported was dropped (no handler yet as PID 1): it started and "
+            "serves, and the pod would wait for SIGKILL"
+        )
+    finally:
+        if process.poll() is None:
+            os.kill(_namespace_init(process.pid), signal.SIGKILL)
+            process.wait(timeout=10)
