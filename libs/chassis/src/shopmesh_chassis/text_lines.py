@@ -5,7 +5,7 @@ one keyboard and pasted decomposed from another (macOS sends accents as combinin
 length, not two strings, one of them refused as too long. It must show something: a value of format
 characters only (zero-width spaces, joiners, byte-order marks: category Cf, which `str.strip()` keeps) or of
 blank fillers (Unicode's default-ignorable characters) prints as nothing on a page or a shipping label, and
-is as missing as an empty one; those around the text are trimmed with the blanks. And it is
+is as missing as an empty one; stray ones around the text are trimmed with the blanks. And it is
 one line of text: control characters (category Cc: line breaks, tabs, terminal escapes, backspace, C1
 controls) and the line and paragraph separators have no place in a name or an address line; they would be
 stored and answered back to every screen, log and label that shows the value. Format characters between
@@ -37,14 +37,21 @@ _BLANK_PATTERN = "\u2800"  # BRAILLE PATTERN BLANK: a symbol (So) that draws not
 _NOT_ON_ONE_LINE = frozenset({"Cc", "Zl", "Zp"})
 
 
+# What is trimmed around a line besides whitespace: invisible characters that belong to nothing at an edge (a
+# byte-order mark pasted from a file, a zero-width space or word joiner from a web page, a soft hyphen, a
+# joiner). Not every invisible character: a variation selector or tag characters at the end belong to the
+# character before them (the emoji style of "❤️", a flag's region), and a closing direction isolate to the
+# text it isolates.
+_TRIMMED = "\ufeff\u200b\u2060\u00ad\u200c\u200d"
+
+
 def normalized_line(value: str) -> str:
-    """`value` as it is kept: composed (NFC), without the whitespace and invisible characters around it (a
-    byte-order mark pasted from a file, a zero-width space from a web page)."""
+    """`value` as it is kept: composed (NFC), without the whitespace and stray invisible characters around it."""
     text = unicodedata.normalize("NFC", value)
     start, end = 0, len(text)
-    while start < end and not _visible(text[start]):
+    while start < end and (text[start].isspace() or text[start] in _TRIMMED):
         start += 1
-    while end > start and not _visible(text[end - 1]):
+    while end > start and (text[end - 1].isspace() or text[end - 1] in _TRIMMED):
         end -= 1
     return text[start:end]
 
