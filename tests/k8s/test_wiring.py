@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -23,7 +24,7 @@ from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_platform.topology import SERVICES, callers_of, is_edge
 
-from .k8skit import ROOT, Docs, find, objects_of, peers_by_port, render
+from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, peers_by_port, render
 
 GRPC_PORT = 50051  # every pod (docs/chassis.md; the task's cluster convention)
 METRICS_PORT = 9464
@@ -303,6 +304,81 @@ def test_the_render_fails_for_a_hooks_budget_the_grace_would_use_up(helm_dir: Pa
     least = 10 + SHUTDOWN_HOOKS_MARGIN_SECONDS
     docs = with_drain(helm_dir, shutdownGraceSeconds=10, shutdownHooksBudgetSeconds=least)
     assert find(docs, "ConfigMap", "catalog")["data"]["SHUTDOWN_HOOKS_BUDGET_SECONDS"] == f"{least:g}"
+
+
+# NATS_URL may carry NATS' token or user and password (docs/chassis.md): from a Secret, as DATABASE_URL is.
+NATS_SERVERS = "nats://nats-0.messaging:4222,nats://nats-1.messaging:4222"
+NATS_PEERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "messaging"}}}]
+
+
+def with_nats(helm_dir: Path, chart: str, **nats: Any) -> Docs:
+    return objects_of(helm_dir, chart, {"global": {"nats": {"url": NATS_SERVERS, "peers": NATS_PEERS, **nats}}})
+
+
+def test_with_a_nats_secret_every_service_that_uses_nats_reads_nats_url_from_it_never_from_its_configmap(
+    helm_dir: Path,
+) -> None:
+    docs = with_nats(helm_dir, render.UMBRELLA, existingSecret="nats-credentials")
+    for name, service in SERVICES.items():
+        env = find(docs, "ConfigMap", name)["data"]
+        assert "NATS_URL" not in env, f"{name}: NATS_URL (credentials and all) in a ConfigMap"
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        secret_files = secret_files_of(pod, pod["containers"][0], env)
+        if service.uses_nats:
+            assert secret_files["NATS_URL"] == ("nats-credentials", "NATS_URL")
+            # The NetworkPolicy still lets the connections out: global.nats.url names the servers.
+            assert peers_by_port(find(docs, "NetworkPolicy", name)["spec"]["egress"], "to")[NATS_PORT] == NATS_PEERS
+        else:
+            assert "NATS_URL" not in secret_files
+    for doc in docs:
+        if doc["kind"] in {"ConfigMap", "Deployment"}:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_nats_secret_takes_its_key_as_the_database_secret_does_beside_the_other_secrets(helm_dir: Path) -> None:
+    values = {
+        "global": {
+            "database": {"mode": "postgres"},
+            "nats": {"url": NATS_SERVERS, "peers": NATS_PEERS, "existingSecret": "nats", "secretKey": "url"},
+        }
+    }
+    docs = objects_of(helm_dir, "orders", values)
+    env = find(docs, "ConfigMap", "orders")["data"]
+    pod = find(docs, "Deployment", "orders")["spec"]["template"]["spec"]
+    assert secret_files_of(pod, pod["containers"][0], env) == {
+        "DATABASE_URL": ("orders-database", "DATABASE_URL"),
+        "IDEMPOTENCY_FINGERPRINT_KEY": ("orders-idempotency", "IDEMPOTENCY_FINGERPRINT_KEY"),
+        "NATS_URL": ("nats", "url"),
+    }
+
+
+def test_without_a_nats_secret_nats_url_stays_in_the_configmap(helm_dir: Path) -> None:
+    docs = with_nats(helm_dir, "orders")
+    assert find(docs, "ConfigMap", "orders")["data"]["NATS_URL"] == NATS_SERVERS
+
+
+@pytest.mark.parametrize(
+    ("nats", "problem"),
+    [
+        # global.nats.url only names the servers then: credentials there would be ignored (and sit in values).
+        (
+            {"url": "nats://s3cr%2Fet@nats-0.messaging:4222", "existingSecret": "nats"},
+            "global.nats.url: nats://***@nats-0.messaging:4222 has credentials, but NATS_URL comes from the "
+            "Secret global.nats.existingSecret (nats)",
+        ),
+        # The egress checks still read the servers' ports from global.nats.url.
+        (
+            {"url": "nats://nats-0.messaging:4223", "existingSecret": "nats"},
+            "and global.nats.port (4222) disagree",
+        ),
+    ],
+)
+def test_with_a_nats_secret_global_nats_url_names_the_servers_for_the_network_policy(
+    helm_dir: Path, nats: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(Exception, match=re.escape(problem)) as refused:
+        with_nats(helm_dir, "orders", **nats)
+    assert "s3cr" not in str(refused.value)
 
 
 @pytest.mark.parametrize("name", NAMES)
