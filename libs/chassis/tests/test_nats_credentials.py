@@ -4,12 +4,16 @@ they hold, once percent-encoded in the URL; raw reserved characters stop the sta
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from nats.aio.client import Client
 
+from shopmesh_chassis import deadletters_cli as deadletters_cli_module
 from shopmesh_chassis import events
 from shopmesh_chassis.config import ConfigError, EventSettings, load_settings
 from shopmesh_chassis.testing import free_port
@@ -146,3 +150,66 @@ def test_the_dead_letters_command_says_to_percent_encode_raw_reserved_characters
     assert "NATS_URL" in refused.stderr
     assert "percent-encode" in refused.stderr
     assert "cr3t" not in refused.stderr
+
+
+# The Helm charts mount NATS_URL from a Secret as a file in SECRETS_DIR (global.nats.existingSecret,
+# docs/kubernetes.md), as they do DATABASE_URL: the services and the dead-letters command must read it there.
+def secret_nats_url(folder: Path, url: str) -> Path:
+    folder.mkdir()
+    # As a Secret made with `kubectl create secret generic --from-file` holds it: with the file's newline.
+    (folder / "NATS_URL").write_text(url + "\n")
+    return folder
+
+
+async def test_a_nats_url_with_credentials_is_read_from_secrets_dir_and_connects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with nats_server(tmp_path / "nats", token=TOKEN) as server:
+        url = f"nats://{encoded(TOKEN)}@127.0.0.1:{server.port}"
+        monkeypatch.delenv("NATS_URL", raising=False)
+        monkeypatch.setenv("SECRETS_DIR", str(secret_nats_url(tmp_path / "secrets", url)))
+        settings = load_settings(EventSettings, service_name="svc")
+        assert settings.nats_url == url
+        client = await connected(settings.nats_url, "secret-file-test")
+        try:
+            await client.flush(timeout=2)
+        finally:
+            await client.close()
+
+
+def test_the_dead_letters_command_defaults_to_the_nats_url_in_secrets_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kubectl exec deploy/notifications -- shopmesh-deadletters list` (docs/kubernetes.md) in a pod whose
+    NATS_URL is a file of SECRETS_DIR, not a variable: it went to the local stack's NATS, 127.0.0.1:14222."""
+    url = f"nats://{encoded(USER)}:{encoded(PASSWORD)}@nats.messaging:4222"
+    monkeypatch.delenv("NATS_URL", raising=False)
+    monkeypatch.setenv("SECRETS_DIR", str(secret_nats_url(tmp_path / "secrets", url)))
+    assert deadletters_cli_module.parse_args(["list"]).nats_url == url
+    with pytest.raises(SystemExit):
+        deadletters_cli_module.parse_args(["--help"])
+    # --help says where the default comes from, never the password.
+    helped = capsys.readouterr().out
+    assert "$SECRETS_DIR/NATS_URL (nats://***@nats.messaging:4222)" in " ".join(helped.split())
+    assert "p%40ss" not in helped
+    # The environment still wins, as it does for the services.
+    monkeypatch.setenv("NATS_URL", "nats://elsewhere:4222")
+    assert deadletters_cli_module.parse_args(["list"]).nats_url == "nats://elsewhere:4222"
+
+
+async def test_the_dead_letters_command_reaches_nats_with_the_url_in_secrets_dir(tmp_path: Path) -> None:
+    with nats_server(tmp_path / "nats", user=USER, password=PASSWORD) as server:
+        url = f"nats://{encoded(USER)}:{encoded(PASSWORD)}@127.0.0.1:{server.port}"
+        secrets = secret_nats_url(tmp_path / "secrets", url)
+        env = {k: v for k, v in os.environ.items() if k != "NATS_URL"} | {"SECRETS_DIR": str(secrets)}
+        listed = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "shopmesh_chassis.deadletters_cli", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == "no dead letters"
