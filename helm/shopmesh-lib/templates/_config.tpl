@@ -123,10 +123,13 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "existingSecret" (dig "idempotency" "existingSecret" (printf "%s-idempotency" $name) $v)
     "secretKey" (dig "idempotency" "secretKey" "IDEMPOTENCY_FINGERPRINT_KEY" $v)) -}}
 
-{{- /* Where the Secrets' keys appear as files (SECRETS_DIR): DATABASE_URL, IDEMPOTENCY_FINGERPRINT_KEY, SMTP_*. */ -}}
+{{- /* Where the Secrets' keys appear as files (SECRETS_DIR): DATABASE_URL, IDEMPOTENCY_FINGERPRINT_KEY, NATS_URL, SMTP_*. */ -}}
 {{- $_ := set $c "secretsDir" "/run/secrets/shopmesh" -}}
 
-{{- /* Events: NATS JetStream when the service publishes or consumes. */ -}}
+{{- /* Events: NATS JetStream when the service publishes or consumes. NATS_URL may hold NATS' token or user and
+     password (docs/chassis.md): with existingSecret it comes from that Secret's secretKey as a file, as
+     DATABASE_URL does, and not from the ConfigMap; url then only names the servers, for the egress checks
+     below (the render cannot read the Secret). */ -}}
 {{- $publishes := dig "events" "publishes" list $v -}}
 {{- $consumes := dig "events" "consumes" list $v -}}
 {{- $devNats := "nats://nats.shopmesh-infra.svc.cluster.local:4222" -}}
@@ -136,6 +139,8 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "publishes" $publishes
     "consumes" $consumes
     "url" (dig "nats" "url" $devNats $g)
+    "existingSecret" (dig "nats" "existingSecret" "" $g)
+    "secretKey" (dig "nats" "secretKey" "NATS_URL" $g)
     "port" (dig "nats" "port" 4222 $g)
     "peers" (dig "nats" "peers" $devNatsPeers $g)) -}}
 
@@ -316,6 +321,10 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
     "port" (dig "otel" "port" 4317 $g)
     "samplerRatio" (dig "otel" "samplerRatio" 1.0 $g)
     "peers" (dig "otel" "peers" $devOtelPeers $g)) -}}
+{{- /* Credentials in url with the Secret set would be ignored: the service reads the Secret's URL. */ -}}
+{{- if and $c.nats.existingSecret (regexMatch "//[^,]*@" $c.nats.url) -}}
+{{- fail (printf "global.nats.url: %s has credentials, but NATS_URL comes from the Secret global.nats.existingSecret (%s): put them in its URL, and leave global.nats.url the servers without them (the NetworkPolicy's checks read it)" (regexReplaceAll "//[^,]*@" $c.nats.url "//***@") $c.nats.existingSecret) -}}
+{{- end -}}
 {{- if $c.nats.enabled -}}
 {{- include "shopmesh-lib.checkEgress" (dict "setting" "nats" "url" $c.nats.url "port" $c.nats.port "peers" $c.nats.peers "devUrl" $devNats "devPeers" $devNatsPeers "enforced" $c.networkPolicy.enabled) -}}
 {{- end -}}

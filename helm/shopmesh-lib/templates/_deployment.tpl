@@ -185,6 +185,13 @@ spec:
                       path: IDEMPOTENCY_FINGERPRINT_KEY
               {{- end }}
               {{- end }}
+              {{- if and $c.nats.enabled $c.nats.existingSecret }}
+              - secret:
+                  name: {{ $c.nats.existingSecret }}
+                  items:
+                    - key: {{ $c.nats.secretKey }}
+                      path: NATS_URL
+              {{- end }}
               {{- if and $c.email.enabled $c.email.existingSecret }}
               - secret:
                   name: {{ $c.email.existingSecret }}

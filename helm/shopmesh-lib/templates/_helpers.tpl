@@ -48,9 +48,9 @@ checkov.io/skip-readiness: CKV_K8S_9=A helm test pod runs one health check and e
 {{- end }}
 {{- end -}}
 
-{{/* Non-empty when the container reads Secrets (DATABASE_URL and the fingerprint key, SMTP credentials) as files. */}}
+{{/* Non-empty when the container reads Secrets (DATABASE_URL and the fingerprint key, NATS_URL, SMTP credentials) as files. */}}
 {{- define "shopmesh-lib.secretFiles" -}}
-{{- if or (and .database.enabled (eq .database.mode "postgres")) (and .email.enabled .email.existingSecret) -}}
+{{- if or (and .database.enabled (eq .database.mode "postgres")) (and .nats.enabled .nats.existingSecret) (and .email.enabled .email.existingSecret) -}}
 true
 {{- end -}}
 {{- end -}}

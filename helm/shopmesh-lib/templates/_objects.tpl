@@ -74,7 +74,8 @@ spec:
 {{- if include "shopmesh-lib.secretFiles" $c -}}
 {{- $_ := set $data "SECRETS_DIR" $c.secretsDir -}}
 {{- end -}}
-{{- if $c.nats.enabled -}}
+{{- /* With global.nats.existingSecret, NATS_URL (credentials and all) is a file of SECRETS_DIR instead. */ -}}
+{{- if and $c.nats.enabled (not $c.nats.existingSecret) -}}
 {{- $_ := set $data "NATS_URL" $c.nats.url -}}
 {{- end -}}
 {{- range $callee := $c.calls -}}
