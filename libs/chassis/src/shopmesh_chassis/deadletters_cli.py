@@ -5,7 +5,8 @@
     shopmesh-deadletters replay SEQ [SEQ ...] | --all [--consumer NAME]
     shopmesh-deadletters discard SEQ [SEQ ...]
 
-NATS is `--nats-url`, else `NATS_URL` (as the services read it), else the local stack's. In a cluster,
+NATS is `--nats-url`, else `NATS_URL` as the services read it (the environment, else the file NATS_URL in
+`SECRETS_DIR`, where the Helm charts mount it from a Secret), else the local stack's. In a cluster,
 run it inside a pod that consumes events: `kubectl exec deploy/notifications -- shopmesh-deadletters list`.
 Exit status: 0 done, 1 a sequence was not parked, its consumer reads no replays (it stays parked) or NATS
 could not be reached, 2 a usage error.
@@ -30,7 +31,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from nats.aio.client import Client
 from tabulate import tabulate
 
-from shopmesh_chassis.config import EventSettings
+from shopmesh_chassis.config import SECRETS_DIR, ConfigError, EventSettings, RuntimeSettings, load_settings
 from shopmesh_chassis.deadletters import (
     MAX_SEQUENCE,
     MIN_SEQUENCE,
@@ -44,6 +45,19 @@ from shopmesh_chassis.deadletters import (
 from shopmesh_chassis.events import EVENT_TYPE, InvalidNatsUrl, parse_nats_url, shown_nats_url
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
+
+
+class _NatsUrlSettings(RuntimeSettings):
+    """NATS_URL alone, read as the services read it (load_settings): the environment, else SECRETS_DIR's file.
+    Not EventSettings, whose other settings (SERVICE_NAME, ...) a command run by hand need not have."""
+
+    nats_url: str = ""
+
+
+def configured_nats_url() -> tuple[str, str]:
+    """The NATS_URL the pod's service uses ("" when none) and where it comes from, for --help."""
+    url = load_settings(_NatsUrlSettings).nats_url
+    return url, ("$NATS_URL" if os.environ.get("NATS_URL") else f"${SECRETS_DIR}/NATS_URL")
 
 
 def sequence_number(value: str) -> int:
@@ -70,9 +84,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="shopmesh-deadletters", description=(__doc__ or "").splitlines()[0].partition(": ")[2]
     )
-    given = os.environ.get("NATS_URL")
+    try:
+        # In a pod whose NATS_URL comes from a Secret (global.nats.existingSecret) it is a file, not a variable.
+        given, source = configured_nats_url()
+    except ConfigError as exc:  # SECRETS_DIR set to no directory
+        parser.error(str(exc))
     # --help shows where the default points, never its token or password.
-    shown = f"$NATS_URL ({shown_nats_url(given)})" if given else LOCAL_NATS_URL
+    shown = f"{source} ({shown_nats_url(given)})" if given else LOCAL_NATS_URL
     # argparse formats help with '%': a '%' of the URL (an IPv6 zone, %25eth0) is doubled to stay itself.
     parser.add_argument("--nats-url", default=given or LOCAL_NATS_URL, help=f"default: {shown.replace('%', '%%')}")
     commands = parser.add_subparsers(dest="command", required=True)
