@@ -322,8 +322,8 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
     "samplerRatio" (dig "otel" "samplerRatio" 1.0 $g)
     "peers" (dig "otel" "peers" $devOtelPeers $g)) -}}
 {{- /* Credentials in url with the Secret set would be ignored: the service reads the Secret's URL. */ -}}
-{{- if and $c.nats.existingSecret (regexMatch "//[^,]*@" $c.nats.url) -}}
-{{- fail (printf "global.nats.url: %s has credentials, but NATS_URL comes from the Secret global.nats.existingSecret (%s): put them in its URL, and leave global.nats.url the servers without them (the NetworkPolicy's checks read it)" (regexReplaceAll "//[^,]*@" $c.nats.url "//***@") $c.nats.existingSecret) -}}
+{{- if and $c.nats.existingSecret (contains "@" $c.nats.url) -}}
+{{- fail (printf "global.nats.url: %s has credentials, but NATS_URL comes from the Secret global.nats.existingSecret (%s): put them in its URL, and leave global.nats.url the servers without them (the NetworkPolicy's checks read it)" (include "shopmesh-lib.shownUrl" $c.nats.url) $c.nats.existingSecret) -}}
 {{- end -}}
 {{- if $c.nats.enabled -}}
 {{- include "shopmesh-lib.checkEgress" (dict "setting" "nats" "url" $c.nats.url "port" $c.nats.port "peers" $c.nats.peers "devUrl" $devNats "devPeers" $devNatsPeers "enforced" $c.networkPolicy.enabled) -}}
@@ -416,16 +416,32 @@ already 1.1 once YAML has read it: quote it, or --set-string.
 {{- $ref -}}
 {{- end -}}
 
+{{/* A URL (or a NATS cluster's servers comma-separated) as a refusal may print it: each server's user part (a
+NATS token, user:password: what comes before its last '@', with or without a scheme, as the chassis reads it)
+masked. */}}
+{{- define "shopmesh-lib.shownUrl" -}}
+{{- $shown := list -}}
+{{- range $server := splitList "," . -}}
+{{- $server = trim $server -}}
+{{- $scheme := regexFind "^[A-Za-z][A-Za-z0-9+.-]*://" $server -}}
+{{- $rest := trimPrefix $scheme $server -}}
+{{- $shown = append $shown (ternary (printf "%s***@%s" $scheme (last (splitList "@" $rest))) $server (contains "@" $rest)) -}}
+{{- end -}}
+{{- join "," $shown -}}
+{{- end -}}
+
 {{/* Fails the render when the NetworkPolicy would drop what a global.<setting> URL (SMTP: host:port) leads to: its port is
 not global.<setting>.port (the port the egress rule opens), or it left the dev infrastructure while
 global.<setting>.peers still selects the dev pods. Renders nothing. */}}
 {{- define "shopmesh-lib.checkEgress" -}}
-{{- /* Shown with any user part (a NATS token, user:password) masked: the refusal is printed by helm install. */ -}}
-{{- $shown := regexReplaceAll "//[^,]*@" .url "//***@" -}}
-{{- /* A NATS cluster is its servers comma-separated, as NATS_URL takes it: each must use the port. */ -}}
+{{- /* A NATS cluster is its servers comma-separated, as NATS_URL takes it: each must use the port. Each server
+is read as the chassis reads it, with or without a scheme: its user part (a NATS token, user:password) is what
+comes before the last '@', and is masked wherever the URL is shown (helm install prints a refusal). Not
+urlParse: it fails on a server without a scheme, printing the server, token and all. */ -}}
+{{- $shown := include "shopmesh-lib.shownUrl" .url -}}
 {{- range $server := splitList "," .url -}}
-{{- $server = trim $server -}}
-{{- $hostPort := ternary (urlParse $server).host $server (contains "://" $server) -}}
+{{- $hostPart := last (splitList "@" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" (trim $server) "")) -}}
+{{- $hostPort := regexReplaceAll "/.*$" $hostPart "" -}}
 {{- $port := regexFind ":[0-9]+$" $hostPort | trimPrefix ":" -}}
 {{- if ne $port (toString $.port) -}}
 {{- fail (printf "global.%s: %s and global.%s.port (%v) disagree: the NetworkPolicy opens the port (give the URL its port explicitly)" $.setting $shown $.setting $.port) -}}
