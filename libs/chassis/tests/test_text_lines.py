@@ -80,3 +80,22 @@ def test_invisible_characters_that_belong_to_the_last_visible_one_are_kept(value
     Scotland's flag as a plain black flag, and the isolate is left open, turning whatever follows the name
     (an e-mail's greeting, a label) right-to-left."""
     assert normalized_line(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\u3164Ada",  # HANGUL FILLER (Lo): a blank filler, drawn as nothing
+        "Ada\u3164",
+        "\u2800Ada",  # BRAILLE PATTERN BLANK
+        "Ada\u2800\u2800",
+        "Ada\u115f",  # HANGUL CHOSEONG FILLER
+    ],
+)
+def test_blank_fillers_around_the_text_are_trimmed(value: str) -> None:
+    """docs/chassis.md: a line is "trimmed of whitespace and invisible characters", and the module's own
+    words name "blank fillers (Unicode's default-ignorable characters)" among them. A filler before or after
+    the text belongs to no character (unlike a trailing variation selector or tag sequence): kept, "Ada\u3164"
+    is stored, shown and counted as a name other than "Ada" (and a 50-character limit passes "A" and 49
+    invisible fillers). The release before trimmed them."""
+    assert normalized_line(value) == "Ada"
