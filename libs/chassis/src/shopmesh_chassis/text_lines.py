@@ -5,7 +5,8 @@ one keyboard and pasted decomposed from another (macOS sends accents as combinin
 length, not two strings, one of them refused as too long. It must show something: a value of format
 characters only (zero-width spaces, joiners, byte-order marks: category Cf, which `str.strip()` keeps) or of
 blank fillers (Unicode's default-ignorable characters) prints as nothing on a page or a shipping label, and
-is as missing as an empty one; stray ones around the text are trimmed with the blanks. And it is
+is as missing as an empty one; stray ones around the text are trimmed with the blanks (direction marks and
+isolates, and at the end variation selectors and tag characters, belong to the text and stay). And it is
 one line of text: control characters (category Cc: line breaks, tabs, terminal escapes, backspace, C1
 controls) and the line and paragraph separators have no place in a name or an address line; they would be
 stored and answered back to every screen, log and label that shows the value. Format characters between
@@ -37,23 +38,29 @@ _BLANK_PATTERN = "\u2800"  # BRAILLE PATTERN BLANK: a symbol (So) that draws not
 _NOT_ON_ONE_LINE = frozenset({"Cc", "Zl", "Zp"})
 
 
-# What is trimmed around a line besides whitespace: invisible characters that belong to nothing at an edge (a
-# byte-order mark pasted from a file, a zero-width space or word joiner from a web page, a soft hyphen, a
-# joiner). Not every invisible character: a variation selector or tag characters at the end belong to the
-# character before them (the emoji style of "❤️", a flag's region), and a closing direction isolate to the
-# text it isolates.
-_TRIMMED = "\ufeff\u200b\u2060\u00ad\u200c\u200d"
+# Invisible characters that are kept at an edge of a line, for they belong to the text: direction marks,
+# embeddings and isolates (an isolate opened at the start and closed at the end of a right-to-left name), and,
+# at the end, what attaches to the character before it: variation selectors (the emoji style of "❤️", an
+# ideographic variant) and tag characters (a flag's region). Every other invisible character around the text
+# (a byte-order mark pasted from a file, a zero-width space, a blank filler) is trimmed with the whitespace.
+_DIRECTIONAL = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_ATTACHING = ((0x180B, 0x180F), (0xFE00, 0xFE0F), (0xE0020, 0xE007F), (0xE0100, 0xE01EF))
 
 
 def normalized_line(value: str) -> str:
     """`value` as it is kept: composed (NFC), without the whitespace and stray invisible characters around it."""
     text = unicodedata.normalize("NFC", value)
     start, end = 0, len(text)
-    while start < end and (text[start].isspace() or text[start] in _TRIMMED):
+    while start < end and not _visible(text[start]) and text[start] not in _DIRECTIONAL:
         start += 1
-    while end > start and (text[end - 1].isspace() or text[end - 1] in _TRIMMED):
+    while end > start and not _visible(text[end - 1]) and not _belongs_at_the_end(text[end - 1]):
         end -= 1
     return text[start:end]
+
+
+def _belongs_at_the_end(char: str) -> bool:
+    code = ord(char)
+    return char in _DIRECTIONAL or any(low <= code <= high for low, high in _ATTACHING)
 
 
 def line_violation(field: str, value: str) -> FieldViolation | None:
