@@ -527,3 +527,48 @@ async def test_every_page_fits_a_phones_width(stack: Stack, browser: Browser) ->
         await tab.follow("Orders")
         await check("the orders")
     assert not wider, f"wider than the screen (390 px), so it scrolls sideways: {wider}"
+
+
+async def test_a_checkout_whose_answer_was_lost_placed_again_after_the_session_expired_is_one_order(
+    shop: Shop, tab: Tab, http: httpx.AsyncClient
+) -> None:
+    page = tab.page
+    email = await tab.register("Tony")
+    await tab.add_to_cart("prod_chef_knife")
+    keys: list[str] = []
+
+    async def lose_the_first_answer(route: Route) -> None:
+        keys.append(await route.request.header_value("idempotency-key") or "")
+        if len(keys) == 1:
+            # The order is placed; its answer never reaches the page.
+            await route.fetch(timeout=SLOW)
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await page.route(re.compile(r"/v1/orders$"), lose_the_first_answer)
+    await tab.check_out()
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("trying again is safe", timeout=SLOW)
+    [placed] = await orders_of(http, await tab.token())
+
+    # Time passes before the customer tries again, as the page says is safe: the session's token expires
+    # (the page reads its expiry from the login's `expiresAt`, as it would an hour later).
+    await page.evaluate(
+        """() => {
+            const session = JSON.parse(sessionStorage.getItem("shopmesh.session"));
+            session.expiresAt = new Date(Date.now() - 1000).toISOString();
+            sessionStorage.setItem("shopmesh.session", JSON.stringify(session));
+        }"""
+    )
+    await tab.press("Place order")
+    # Asked to sign in again (docs/storefront.md: "a 401 (signing in again, the same user sends the same key)").
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
+    await tab.fill({"E-mail": email, "Password": PASSWORD})
+    await tab.press("Sign in")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Your cart")
+    await tab.check_out()
+    await tab.placed()
+    assert len(keys) == 2, keys
+    assert keys[0] == keys[1], "the same checkout by the same user, the same idempotency key"
+    assert [order["id"] for order in await orders_of(http, await tab.token())] == [placed["id"]], "one order"
