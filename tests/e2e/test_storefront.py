@@ -572,3 +572,24 @@ async def test_a_checkout_whose_answer_was_lost_placed_again_after_the_session_e
     assert len(keys) == 2, keys
     assert keys[0] == keys[1], "the same checkout by the same user, the same idempotency key"
     assert [order["id"] for order in await orders_of(http, await tab.token())] == [placed["id"]], "one order"
+
+
+async def test_a_cart_line_added_to_past_int32_is_refused_beside_its_quantity(
+    tab: Tab, http: httpx.AsyncClient
+) -> None:
+    page = tab.page
+    await tab.register("Alan")
+    await tab.add_to_cart("prod_chef_knife")
+    quantity = page.get_by_label("Quantity of 8-inch Chef's Knife")
+    await tab.open("#/cart")
+    # The largest quantity the cart takes (typed larger, it becomes this one)...
+    await quantity.fill("2147483647")
+    await quantity.press("Tab")
+    # ...and one more from the product page.
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.check_out()
+    await expect(page.get_by_role("alert")).to_be_visible()
+    await tab.shown()
+    # As a quantity typed beyond int32 is (test_the_services_field_violations_show_beside_the_fields_they_name).
+    await expect(quantity).to_have_attribute("aria-invalid", "true")
+    assert await orders_of(http, await tab.token()) == [], "nothing is placed"
