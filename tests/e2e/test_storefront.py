@@ -593,3 +593,14 @@ async def test_a_cart_line_added_to_past_int32_is_refused_beside_its_quantity(
     # As a quantity typed beyond int32 is (test_the_services_field_violations_show_beside_the_fields_they_name).
     await expect(quantity).to_have_attribute("aria-invalid", "true")
     assert await orders_of(http, await tab.token()) == [], "nothing is placed"
+
+
+async def test_the_header_shows_the_sessions_end_as_soon_as_the_token_has_expired(tab: Tab) -> None:
+    page = tab.page
+    await page.clock.install()
+    email = await tab.register("Barbara")
+    await tab.open("#/cart")
+    await expect(page.locator("#who")).to_have_text(email)
+    # docs/storefront.md: "the header shows the session's end as soon as the token has expired" (an hour).
+    await page.clock.fast_forward("02:00:00")
+    await expect(page.locator("#who")).to_have_text("")
