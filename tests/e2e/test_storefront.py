@@ -604,3 +604,26 @@ async def test_the_header_shows_the_sessions_end_as_soon_as_the_token_has_expire
     # docs/storefront.md: "the header shows the session's end as soon as the token has expired" (an hour).
     await page.clock.fast_forward("02:00:00")
     await expect(page.locator("#who")).to_have_text("")
+
+
+async def test_a_cart_line_whose_product_is_gone_is_told_beside_that_line(tab: Tab, http: httpx.AsyncClient) -> None:
+    page = tab.page
+    await tab.register("Radia")
+    await tab.add_to_cart("prod_chef_knife")
+    # A line put in the cart earlier (the cart lives in localStorage) whose product the catalog no longer has.
+    await page.evaluate(
+        """() => {
+            const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
+            items.push({ productId: "prod_discontinued_kettle", name: "Old Kettle",
+                         unitPrice: { amountMinor: "2500", currency: "USD" }, quantity: 1 });
+            localStorage.setItem("shopmesh.cart", JSON.stringify(items));
+        }"""
+    )
+    await page.reload()
+    await tab.check_out()
+    await expect(page.get_by_role("alert")).to_be_visible(timeout=SLOW)
+    assert await orders_of(http, await tab.token()) == [], "nothing is placed"
+    # The customer must see which line to take out: by the name the cart shows, beside that line's quantity
+    # (docs/storefront.md: a cart line's complaint is shown at that line's quantity), not as an internal id.
+    await expect(page.get_by_label("Quantity of Old Kettle")).to_have_attribute("aria-invalid", "true")
+    await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).not_to_have_attribute("aria-invalid", "true")
