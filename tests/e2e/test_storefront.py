@@ -627,3 +627,19 @@ async def test_a_cart_line_whose_product_is_gone_is_told_beside_that_line(tab: T
     # (docs/storefront.md: a cart line's complaint is shown at that line's quantity), not as an internal id.
     await expect(page.get_by_label("Quantity of Old Kettle")).to_have_attribute("aria-invalid", "true")
     await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).not_to_have_attribute("aria-invalid", "true")
+
+
+async def test_with_the_gateway_down_the_page_says_the_shop_is_unavailable_not_envoys_internals(
+    stack: Stack, tab: Tab
+) -> None:
+    await stack.stop_service("gateway")
+    try:
+        await tab.open("#/")
+        alert = tab.page.get_by_role("alert")
+        await expect(alert).to_be_visible()
+        # As when the edge itself cannot be reached ("The shop could not be reached."): what a shopper can
+        # read, not Envoy's "upstream connect error or disconnect/reset before headers. reset reason: ...".
+        await expect(alert).not_to_contain_text("upstream connect error")
+        await expect(alert).not_to_contain_text("reset reason")
+    finally:
+        await stack.start_service("gateway")
