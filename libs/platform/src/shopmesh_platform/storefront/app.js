@@ -42,6 +42,9 @@ const OUTCOME_UNKNOWN = new Set([UNKNOWN, DEADLINE_EXCEEDED, ABORTED, INTERNAL, 
 // exist (NOT_FOUND: the order or a product), or carried to an end the service states (FAILED_PRECONDITION: a
 // declined card's cancelled order, an order that cannot be cancelled). Sent again, it would get the same.
 const SETTLED = new Set([INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION]);
+// HTTP statuses of the edge's own answers when the gateway is away (502, 503) or slow past its bound (504).
+const GATEWAY_AWAY = new Set([502, 503, 504]);
+const SHOP_AWAY = "The shop is unavailable right now; please try again shortly.";
 
 // ---- The API ------------------------------------------------------------------------------------------
 
@@ -117,6 +120,11 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   if (!response.ok) {
     // The token was refused (expired, or its key revoked): a wrong password at sign-in is no session's end.
     if (response.status === 401 && auth) endSession();
+    if (GATEWAY_AWAY.has(response.status) && !Array.isArray(data.details)) {
+      // The edge's own answer that the gateway is away or did not answer in time (no details: the gateway's
+      // own answers carry an ErrorInfo): its text is Envoy's ("upstream connect error ..."), not for a shopper.
+      data = { code: Number.isInteger(data.code) ? data.code : UNAVAILABLE, message: SHOP_AWAY };
+    }
     throw new ApiError(response.status, data, { authRequired: auth, traceId });
   }
   return data;
@@ -182,7 +190,7 @@ const cart = {
   add(product, quantity) {
     const items = cart.items();
     const line = items.find((item) => item.productId === product.id);
-    if (line) line.quantity += quantity;
+    if (line) line.quantity = int32(line.quantity + quantity);
     else items.push({ productId: product.id, name: product.name, unitPrice: product.price, quantity });
     cart.save(items);
   },
@@ -216,7 +224,12 @@ function newIdempotencyKey() {
 // never a second order or charge. A changed request, or one sent after success or a settled refusal, gets a
 // new key. `what` is what identifies the request: no card number or CVV (it stays in the tab's storage).
 async function idempotently(slot, what, send) {
-  const fingerprint = JSON.stringify([currentSession()?.userId ?? null, what]);
+  const session = currentSession();
+  // Signed out (the token expired): sign in first. The key kept for this user's request stays as it is, for
+  // the same request after signing in again; made for "nobody", it replaced that key, and the checkout whose
+  // answer was lost was placed a second time.
+  if (!session) throw new ApiError(401, { code: UNAUTHENTICATED, message: "Please sign in." }, { authRequired: true });
+  const fingerprint = JSON.stringify([session.userId, what]);
   const pending = readJson(sessionStorage, slot, null);
   const reuse = pending?.fingerprint === fingerprint && Date.now() - pending.since < KEY_LIFETIME_MS;
   const key = reuse ? pending.key : newIdempotencyKey();
@@ -607,7 +620,11 @@ function checkoutForm(currency, session) {
     };
     // The same order to the same card is the same checkout; the card's number and CVV are not kept for it.
     const what = { ...order, card: { last4: card.number.slice(-4), expMonth: card.expMonth, expYear: card.expYear } };
-    const answer = await idempotently(CHECKOUT, what, (key) => api.placeOrder({ ...order, card }, key));
+    const answer = await idempotently(CHECKOUT, what, (key) => api.placeOrder({ ...order, card }, key)).catch(
+      (error) => {
+        throw withGoneProducts(error, order.items);
+      },
+    );
     cart.clear();
     flash(`Thank you! Order ${answer.order.id} is ${enumName(answer.order.state, "ORDER_STATE_")}.`, {
       acrossNavigation: true,
@@ -615,6 +632,22 @@ function checkoutForm(currency, session) {
     location.hash = `#/orders/${encodeURIComponent(answer.order.id)}`;
   };
   return fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM });
+}
+
+// PRODUCT_NOT_FOUND names the products by id (ErrorInfo metadata `product_ids`, comma-separated), not as field
+// violations: each becomes one on its cart line, so the shopper sees which line to take out, by its name.
+function withGoneProducts(error, items) {
+  if (!(error instanceof ApiError) || error.info?.reason !== "PRODUCT_NOT_FOUND") return error;
+  const gone = new Set(String(error.info.metadata?.product_ids ?? "").split(","));
+  error.violations = [
+    ...error.violations,
+    ...items.flatMap((item, index) =>
+      gone.has(item.productId)
+        ? [{ field: `items[${index}].product_id`, description: "no longer sold: take it out of your cart" }]
+        : [],
+    ),
+  ];
+  return error;
 }
 
 // An order's or a notification's state (ORDER_STATE_CONFIRMED → CONFIRMED), coloured by what it is.
@@ -847,10 +880,19 @@ function flash(message, { acrossNavigation = false } = {}) {
   keepFlash = acrossNavigation;
 }
 
+let sessionEnds = null;
+
+// The header says who is signed in, until the token expires: then at once, not at the next page.
 function showSession() {
   const session = currentSession();
   document.body.classList.toggle("is-signed-in", Boolean(session));
   document.getElementById("who").textContent = session?.email ?? "";
+  clearTimeout(sessionEnds);
+  if (session) {
+    // setTimeout takes at most 2^31 - 1 ms (~24.8 days); a later end is looked at again then.
+    const left = Math.min(Date.parse(session.expiresAt) - Date.now() + 50, 2 ** 31 - 1);
+    sessionEnds = setTimeout(showSession, Math.max(left, 0));
+  }
 }
 
 function showCartSize() {
