@@ -445,3 +445,39 @@ def test_the_documented_istio_tracing_command_gives_the_provider_of_the_values_f
     context = args.index("--context")
     script_args = [*args[:context], *args[context + 2 : -1], redirect]
     assert istioctl_line.split()[1:] == script_args, "the doc's istioctl install is not mesh-istio.sh's"
+
+
+@pytest.mark.parametrize(
+    ("values_text", "named"),
+    [
+        # docs/mesh.md: "Istio wants the collector's full name ..., and the render refuses a short one".
+        (
+            "global:\n  otel:\n    endpoint: http://otel:4317\n    peers:\n      - podSelector: {}\n",
+            "Istio needs the collector's full name",
+        ),
+        # A values file the chart itself refuses (its `fail`): the chart's message, as `helm template` prints it.
+        ("global:\n  otel:\n    endpoint: http://otel.observability.svc.cluster.local:4317\n", "global.otel"),
+        # A values file that is no YAML.
+        ("global: [unclosed\n", "yaml"),
+    ],
+    ids=["short-collector-name", "chart-refuses-the-values", "not-yaml"],
+)
+def test_istio_tracing_refuses_a_values_file_with_one_line_not_a_traceback(
+    tmp_path: Path, values_text: str, named: str
+) -> None:
+    """`k8s/render.py istio-tracing -f my-values.yaml` (docs/mesh.md; mesh-istio.sh runs it too) given values of
+    the operator's own that cannot be deployed refuses them: exit status 2 or 1 and the reason on one line of
+    stderr, as for a values file that does not exist (`no such values file`), not a Python traceback."""
+    own = tmp_path / "my-values.yaml"
+    own.write_text(values_text)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "k8s" / "render.py"), "istio-tracing", "-f", str(own)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert named.lower() in result.stderr.lower()
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
