@@ -139,3 +139,20 @@ def test_hadolint_is_really_linting(tmp_path: Path) -> None:
     proc = subprocess.run([tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True, check=False)
     assert proc.returncode != 0
     assert "DL3006" in proc.stdout
+
+
+def test_render_out_keeps_what_it_did_not_write(helm_dir: Path, tmp_path: Path) -> None:
+    """`k8s/render.py render --out DIR` ("write every rendered manifest to a folder for review") writes the
+    manifests into DIR. Pointed at a folder that holds something else (`--out .`, `--out ~/review`, a typo),
+    it must not delete that: today it empties the folder first (shutil.rmtree), so `--out .` from the
+    repository root removes the checkout. Only what a render wrote (<value set>/, infra/) may be replaced,
+    or a folder it did not write refused."""
+    out = tmp_path / "review"
+    out.mkdir()
+    notes = out / "notes.txt"
+    notes.write_text("mine, not the render's\n")
+    try:
+        render.write_all(helm_dir, out)
+    except (ValueError, FileExistsError):
+        pass  # refusing a folder the render did not write is a fix too
+    assert notes.is_file(), "k8s/render.py render --out deleted a file it did not write"
