@@ -130,6 +130,31 @@ def test_revoke_keys_on_a_mistyped_database_name_is_one_error_line_and_exit_1(
     assert "no_such_database" in line
 
 
+def test_revoke_keys_as_a_role_the_database_refuses_is_one_error_line_and_exit_1(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    # k8s/infra gives each service its own database and user and `REVOKE ALL ON DATABASE ... FROM PUBLIC`:
+    # a DATABASE_URL naming another service's user (a mistyped DATABASE_URL, docs/auth.md) is refused at
+    # connect with 42501 "permission denied for database". One `error:` line and exit 1, not a traceback.
+    url = postgres.create_database()
+    name = url.rsplit("/", 1)[1]
+    statements = [
+        "CREATE ROLE catalog LOGIN",
+        f"REVOKE ALL ON DATABASE {name} FROM PUBLIC",
+    ]
+    for statement in statements:
+        subprocess.run(
+            [str(postgres.bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres"],
+            input=statement, capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+    result = run_revoke_keys(cwd=tmp_path, DATABASE_URL=url.replace("://postgres@", "://catalog@"))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: "), line
+    assert "permission denied" in line
+
+
 def test_revoke_keys_that_lost_every_race_to_rotations_is_one_error_line_and_exit_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
