@@ -98,6 +98,19 @@ def test_revoke_keys_refuses_a_database_without_the_users_schema_and_leaves_it_u
         assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
+def test_revoke_keys_refuses_a_file_that_is_no_database_with_one_error_line(tmp_path: Path) -> None:
+    # DATA_DIR pointing at a folder whose users.db is no SQLite database (a backup archive, an encrypted
+    # copy, another program's file): docs/auth.md promises one `error: ...` line and exit 1 for a database
+    # that is not the users service's, and nothing revoked; not a traceback of sqlite3.DatabaseError.
+    (tmp_path / "users.db").write_bytes(b"this is not an SQLite database, but a file someone put here\n" * 4)
+    result = revoke_keys(tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    assert "nothing revoked" in line or "not a database" in line
+
+
 async def test_revoke_keys_refuses_a_users_database_that_holds_no_keys(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path}/users.db")
     try:
