@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -790,3 +791,26 @@ def test_every_cluster_script_parses(script: str) -> None:
     a `${VAR:?message}` once made `make deploy-staging` fail before its first command)."""
     parsed = subprocess.run(["bash", "-n", str(ROOT / "k8s" / "scripts" / script)], capture_output=True, text=True)
     assert parsed.returncode == 0, parsed.stderr
+
+
+def test_js_tools_without_node_say_node_is_missing(tmp_path: Path) -> None:
+    """README: `make test` and `make run` "install what they need first ... or stop with a message naming what is
+    missing". Once buf is installed (its stamp is there), the JS tools' step checks Node.js' version; with no
+    `node` on PATH (a shell without nvm loaded, Node.js removed) it must say that Node.js is missing, not that
+    "Node.js  is too old" (an empty version) after bash's `node: command not found`."""
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "Makefile").write_text((ROOT / "Makefile").read_text())
+    (tmp_path / "k8s" / "k8s.mk").write_text((ROOT / "k8s" / "k8s.mk").read_text())
+    [buf_version] = re.findall(r"(?m)^BUF_VERSION\s*:=\s*(\S+)", (ROOT / "Makefile").read_text())
+    (tmp_path / ".tools").mkdir()
+    (tmp_path / ".tools" / f"buf-{buf_version}.stamp").touch()
+    no_node = tmp_path / "bin"  # a PATH without node (nor npm)
+    no_node.mkdir()
+    result = subprocess.run(
+        [shutil.which("make") or "make", "--no-print-directory", "js-lint", "UV=uv"],
+        cwd=tmp_path, env={"PATH": str(no_node)}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "too old" not in output, output
+    assert re.search(r"(?i)node(\.js)? is missing", output), output
