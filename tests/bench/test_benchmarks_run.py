@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).parent
 
 
@@ -112,3 +114,24 @@ def test_http_edge_benchmark_runs_and_reports_both_ways() -> None:
             assert re.search(rf"^\| {way} \| {concurrency} \| [\d,]+ \|", out, re.MULTILINE), (way, concurrency)
     assert re.search(r"The edge costs \*\*\d+\.\d\d CPU ms per call\*\*", out)
     assert "with 2 callers the" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("bench_checkout.py", "--rates", "10,fast"),
+        ("bench_http.py", "--concurrency", "1,eight"),
+    ],
+    ids=["checkout-rates", "http-concurrency"],
+)
+def test_a_mistyped_list_option_is_a_usage_error_not_a_traceback(args: tuple[str, ...]) -> None:
+    """bench_chassis.py refuses a mistyped `--concurrency` with argparse's usage line and exit status 2;
+    bench_checkout.py's `--rates` and bench_http.py's `--concurrency` (the commands docs/benchmarks.md shows)
+    end the same mistake with a Python traceback (ValueError) instead."""
+    script, *options = args
+    result = subprocess.run(
+        [sys.executable, str(HERE / script), *options],
+        capture_output=True, text=True, timeout=60, check=False, cwd=HERE.parents[1],
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2
