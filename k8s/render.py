@@ -168,9 +168,20 @@ def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[
 
 def write_all(helm_dir: Path, out: Path) -> list[Path]:
     """Render every chart with every value set into out/<set>/<chart>/<template path>; the dev
-    infrastructure into out/infra/."""
-    if out.exists():
-        shutil.rmtree(out)
+    infrastructure into out/infra/, replacing those folders. A folder that holds anything else is refused
+    (ValueError): `--out .` or a typo must not delete what the render did not write."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: not a folder")
+    rendered = ["infra", *VALUE_SETS]
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in rendered) if out.is_dir() else []
+    if foreign:
+        raise ValueError(
+            f"--out {out}: the folder holds what the render did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); give an empty or new one"
+        )
+    for old in (out / name for name in rendered):
+        if old.exists():
+            shutil.rmtree(old)
     written = []
     for name, text in infra_manifests().items():
         target = out / "infra" / name
@@ -216,13 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         update_dependencies()
         print(f"dependencies resolved under {HELM}/*/charts/")
         return 0
-    if args.command == "istio-tracing":
+    try:
+        if args.command == "istio-tracing":
+            with prepared_copy() as helm_dir:
+                own = values_with_files("istio", args.values_files, helm_dir) if args.values_files else None
+                print(json.dumps(istio_tracing(helm_dir, own), indent=2))
+            return 0
         with prepared_copy() as helm_dir:
-            own = values_with_files("istio", args.values_files, helm_dir) if args.values_files else None
-            print(json.dumps(istio_tracing(helm_dir, own), indent=2))
-        return 0
-    with prepared_copy() as helm_dir:
-        written = write_all(helm_dir, args.out)
+            written = write_all(helm_dir, args.out)
+    except (ValueError, helm.errors.HelmError, yaml.YAMLError) as exc:
+        # The values or the folder an operator gave: the reason on one line, as `helm template` says it.
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     print(f"{len(written)} files in {args.out}/: <value set>/<chart>/ (value sets: {', '.join(VALUE_SETS)}), infra/")
     return 0
 
