@@ -5,6 +5,7 @@ signing key at once and exits (for a key that may have leaked; docs/auth.md)."""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,14 +160,18 @@ def _refusal(error: Exception) -> str | None:
     if database_unavailable(error) or _refused_connection(error):
         cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
         return " ".join(f"database unavailable: {cause}".split())
+    if isinstance(error, DBAPIError) and type(error.orig) is sqlite3.DatabaseError:
+        # Not a users database at all (DATA_DIR names another file): SQLite says so on the first read.
+        return f"{error.orig}: check DATA_DIR or DATABASE_URL; nothing revoked"
     return None
 
 
 def _refused_connection(error: Exception) -> bool:
-    """PostgreSQL refused the connection itself: no such database (3D000), or bad credentials (28xxx), as a
-    mistyped DATABASE_URL gives."""
+    """PostgreSQL refused the connection itself: no such database (3D000), bad credentials (28xxx), or a role
+    without CONNECT on the database (42501: k8s/infra revokes it from PUBLIC), as a mistyped DATABASE_URL
+    gives."""
     sqlstate = str(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
-    return sqlstate == "3D000" or sqlstate.startswith("28")
+    return sqlstate in ("3D000", "42501") or sqlstate.startswith("28")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
