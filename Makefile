@@ -48,6 +48,7 @@ $(BUF_STAMP):
 # One stamp per set of pins: a new pin installs again. After buf: two npm installs into one prefix at once
 # (make -j) would race.
 $(JS_TOOLS): | $(BUF_STAMP)
+	@command -v node >/dev/null || { echo "error: Node.js is missing: install Node.js 20.19 or later (with npm)"; exit 1; }
 	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
 	  || { echo "error: Node.js $$(node --version) is too old: eslint $(ESLINT_VERSION) needs 20.19 or later"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) eslint@$(ESLINT_VERSION) prettier@$(PRETTIER_VERSION) axe-core@$(AXE_VERSION)

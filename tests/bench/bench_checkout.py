@@ -560,7 +560,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--write", type=Path, default=None, help="update this benchmarks document")
     args = parser.parse_args(argv)
-    rates = [float(r) for r in args.rates.split(",")]
+    try:
+        rates = [float(r) for r in args.rates.split(",")]
+    except ValueError:
+        parser.error(f"--rates {args.rates}: give the rates as numbers, comma-separated (10,25,50)")
     key = (args.database, args.keep_awake, args.mesh)
     if key not in HEADINGS:
         parser.error("--mesh is measured on SQLite without --keep-awake only")

@@ -218,7 +218,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds (figures: medians)")
     parser.add_argument("--write", type=Path, default=None, help="update this benchmarks document")
     args = parser.parse_args(argv)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    try:
+        concurrencies = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        parser.error(f"--concurrency {args.concurrency}: give whole numbers, comma-separated (1,8)")
     runs, envoy_mib = asyncio.run(bench(concurrencies, args.seconds, args.warmup, args.repeats))
     command = (
         f".venv/bin/python tests/bench/bench_http.py --concurrency {args.concurrency} --seconds {args.seconds:g} "
