@@ -354,29 +354,34 @@ async def test_a_declined_card_is_told_with_its_trace_and_the_cart_kept(
     assert len(await orders_of(http, await tab.token())) == 3
 
 
+async def check_out_losing_the_answer(tab: Tab, http: httpx.AsyncClient) -> tuple[list[str], dict[str, Any]]:
+    """Check out with the order placed but its answer lost on the way (a dropped connection, a proxy's timeout):
+    the page says trying again is safe. The idempotency keys of this and every later attempt, and the order."""
+    keys: list[str] = []
+
+    async def lose_the_first_answer(route: Route) -> None:
+        keys.append(await route.request.header_value("idempotency-key") or "")
+        if len(keys) == 1:
+            await route.fetch(timeout=SLOW)
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await tab.page.route(re.compile(r"/v1/orders$"), lose_the_first_answer)
+    await tab.check_out()
+    await expect(tab.page.get_by_role("alert")).to_contain_text("trying again is safe", timeout=SLOW)
+    [placed] = await orders_of(http, await tab.token())
+    return keys, placed
+
+
 async def test_a_checkout_whose_answer_was_lost_placed_again_is_one_order_charged_once(
     shop: Shop, tab: Tab, http: httpx.AsyncClient
 ) -> None:
     page = tab.page
     await tab.register("Barbara")
     await tab.add_to_cart("prod_chef_knife")
-    keys: list[str] = []
-
-    async def lose_the_first_answer(route: Route) -> None:
-        keys.append(await route.request.header_value("idempotency-key") or "")
-        if len(keys) == 1:
-            # The order is placed; its answer never reaches the page (a dropped connection, a proxy's timeout).
-            await route.fetch(timeout=SLOW)
-            await route.abort("connectionreset")
-        else:
-            await route.continue_()
-
-    await page.route(re.compile(r"/v1/orders$"), lose_the_first_answer)
-    await tab.check_out()
-    alert = page.get_by_role("alert")
-    await expect(alert).to_contain_text("could not be reached", timeout=SLOW)
-    await expect(alert).to_contain_text("trying again is safe")
-    [placed] = await orders_of(http, await tab.token())
+    keys, placed = await check_out_losing_the_answer(tab, http)
+    await expect(page.get_by_role("alert")).to_contain_text("could not be reached")
 
     # The customer reloads the page and checks out again, as before: the key was kept for this checkout.
     await page.reload()
@@ -535,22 +540,7 @@ async def test_a_checkout_whose_answer_was_lost_placed_again_after_the_session_e
     page = tab.page
     email = await tab.register("Tony")
     await tab.add_to_cart("prod_chef_knife")
-    keys: list[str] = []
-
-    async def lose_the_first_answer(route: Route) -> None:
-        keys.append(await route.request.header_value("idempotency-key") or "")
-        if len(keys) == 1:
-            # The order is placed; its answer never reaches the page.
-            await route.fetch(timeout=SLOW)
-            await route.abort("connectionreset")
-        else:
-            await route.continue_()
-
-    await page.route(re.compile(r"/v1/orders$"), lose_the_first_answer)
-    await tab.check_out()
-    alert = page.get_by_role("alert")
-    await expect(alert).to_contain_text("trying again is safe", timeout=SLOW)
-    [placed] = await orders_of(http, await tab.token())
+    keys, placed = await check_out_losing_the_answer(tab, http)
 
     # Time passes before the customer tries again, as the page says is safe: the session's token expires
     # (the page reads its expiry from the login's `expiresAt`, as it would an hour later).

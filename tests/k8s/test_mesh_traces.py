@@ -381,6 +381,17 @@ def test_the_steps_for_linkerds_spans_name_the_services_collector(rendered: dict
     assert f'config.linkerd.io/skip-outbound-ports: "{port}"' in MESH_DOC
 
 
+def istio_tracing_with(values: Path) -> subprocess.CompletedProcess[str]:
+    """`k8s/render.py istio-tracing -f VALUES`, as docs/mesh.md has an operator run it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "k8s" / "render.py"), "istio-tracing", "-f", str(values)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_mesh_istio_s_provider_follows_the_values_a_staging_release_is_deployed_with(tmp_path: Path) -> None:
     """docs/mesh.md: "with values of your own, give them to `k8s/render.py istio-tracing` yourself". A release
     deployed with `-f my-values.yaml` naming another collector must be able to get the provider for it from
@@ -402,13 +413,7 @@ def test_mesh_istio_s_provider_follows_the_values_a_staging_release_is_deployed_
             }
         )
     )
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "k8s" / "render.py"), "istio-tracing", "-f", str(own)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = istio_tracing_with(own)
     assert result.returncode == 0, f"k8s/render.py istio-tracing takes no values of one's own: {result.stderr.strip()}"
     [provider] = json.loads(result.stdout)["spec"]["meshConfig"]["extensionProviders"]
     assert provider["opentelemetry"] == {"service": collector_host, "port": 4317}
@@ -470,13 +475,7 @@ def test_istio_tracing_refuses_a_values_file_with_one_line_not_a_traceback(
     stderr, as for a values file that does not exist (`no such values file`), not a Python traceback."""
     own = tmp_path / "my-values.yaml"
     own.write_text(values_text)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "k8s" / "render.py"), "istio-tracing", "-f", str(own)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = istio_tracing_with(own)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert named.lower() in result.stderr.lower()
