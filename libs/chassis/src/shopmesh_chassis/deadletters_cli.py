@@ -182,11 +182,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         # One attempt and one retry (nats-py's count), then give up: an operator is waiting.
         target = parse_nats_url(args.nats_url)
         client: Client = await nats.connect(
-            list(target.servers),
-            # Decoded, not left in the servers' URLs: nats-py would send a user part as it is written.
-            user=target.user,
-            password=target.password,
-            token=target.token,
+            **target.connect_options(),
             connect_timeout=3,
             allow_reconnect=False,
             max_reconnect_attempts=1,

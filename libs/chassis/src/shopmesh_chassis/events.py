@@ -91,11 +91,7 @@ async def connect(url: str, *, name: str, on_reconnected: Callable[[], None] | N
             on_reconnected()
 
     client = await nats.connect(
-        list(target.servers),
-        # Decoded here, not left in the servers' URLs: nats-py would send a user part as it is written.
-        user=target.user,
-        password=target.password,
-        token=target.token,
+        **target.connect_options(),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

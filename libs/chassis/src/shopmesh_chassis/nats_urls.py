@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 # What ends a URL's user part or splits it, unless percent-encoded (':' splits user and password once).
@@ -39,6 +40,11 @@ class NatsTarget:
     user: str | None = None
     password: str | None = None
     token: str | None = None
+
+    def connect_options(self) -> dict[str, Any]:
+        """nats.connect's servers and credentials: decoded and apart, not left in the servers' URLs, where
+        nats-py would send a user part as it is written."""
+        return {"servers": list(self.servers), "user": self.user, "password": self.password, "token": self.token}
 
 
 def nats_servers(url: str) -> list[str]:
