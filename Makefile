@@ -26,6 +26,9 @@ CHROMIUM       ?= /usr/bin/chromium
 export CHROMIUM
 VENV_BIN       := .venv/bin
 PYTEST_ARGS    ?=
+# Tests run in this many pytest-xdist workers, a whole test file to each (its module-scoped stack started once);
+# a serial run left half of a 2-core machine idle, waiting on services and sockets. TEST_WORKERS=0: one process.
+TEST_WORKERS   ?= 2
 # Every service's Python package (services/<name>/src/shopmesh_<name>), for mypy.
 SERVICE_PACKAGES := $(notdir $(wildcard services/*/src/shopmesh_*))
 
@@ -120,7 +123,7 @@ fmt: setup $(JS_TOOLS) ## Format Python, protos and the storefront in place
 
 .PHONY: test
 test: lint browser ## Lint, then every test (unit, contract, e2e, the storefront in Chromium)
-	$(VENV_BIN)/pytest $(PYTEST_ARGS)
+	$(VENV_BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # --- running -------------------------------------------------------------------------------------
 

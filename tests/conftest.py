@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,18 @@ def shoppers() -> Callable[..., Awaitable[Answers]]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def local_ports_held() -> Iterator[None]:
+    """Hold the machine-wide lock on `make run`'s fixed ports while a test runs a stack on them: pytest-xdist's
+    workers (and another checkout's `make test`) run such tests one at a time, each waiting for the other."""
+    with (Path(tempfile.gettempdir()) / "shopmesh-local-ports.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def readme_walkthrough(
     tmp_path: Path,
@@ -60,17 +74,19 @@ def readme_walkthrough(
         block = re.search(r"```bash\n(.*?)```", readme.split(marker, 1)[1], re.DOTALL)
         assert block, f"no ```bash block after {marker} in README.md"
         (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-        async with Stack(tmp_path / ".data", ports=ports, log_format="json"):
-            result = await asyncio.to_thread(
-                subprocess.run,
-                ["bash", "-euo", "pipefail", "-c", block.group(1)],
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=180,
-                check=False,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr
-            yield result
+        with contextlib.ExitStack() as held:
+            await asyncio.to_thread(held.enter_context, local_ports_held())
+            async with Stack(tmp_path / ".data", ports=ports, log_format="json"):
+                result = await asyncio.to_thread(
+                    subprocess.run,
+                    ["bash", "-euo", "pipefail", "-c", block.group(1)],
+                    cwd=tmp_path,
+                    capture_output=True,
+                    text=True,
+                    timeout=180,
+                    check=False,
+                )
+                assert result.returncode == 0, result.stdout + result.stderr
+                yield result
 
     return run

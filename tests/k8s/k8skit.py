@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shopmesh_chassis.testing import free_ports
 from shopmesh_platform.http_api import METRICS_PATH
 from shopmesh_platform.stack import envoy_binary
 
@@ -123,7 +124,7 @@ def running_http_api(
     addresses = [listener["address"]["socket_address"] for listener in moved["static_resources"]["listeners"]]
     addresses.append(moved["admin"]["address"]["socket_address"])
     wanted = sorted({address["port_value"] for address in addresses})
-    ports = dict(zip(wanted, _free_ports(len(wanted)), strict=True))
+    ports = dict(zip(wanted, free_ports(len(wanted)), strict=True))
     for address in addresses:
         address.update(address="127.0.0.1", port_value=ports[address["port_value"]])
     for cluster in moved["static_resources"]["clusters"]:
@@ -145,7 +146,7 @@ def running_http_api(
 @contextlib.contextmanager
 def trace_sink(folder: Path) -> Iterator[int]:
     """`make run`'s trace collector (OTLP/gRPC), storing what it receives under `folder`; yields its port."""
-    [port] = _free_ports(1)
+    [port] = free_ports(1)
     argv = [sys.executable, "-m", "shopmesh_platform.trace_sink", "--port", str(port), "--dir", str(folder)]
     with _running(argv, lambda: _accepts(port), "the trace sink"):
         yield port
@@ -185,15 +186,6 @@ def envoy_metric_names() -> frozenset[str]:
         with urllib.request.urlopen(url, timeout=10) as response:
             body = response.read().decode()
     return frozenset(line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and line[0] != "#")
-
-
-def _free_ports(count: int) -> list[int]:
-    # Every socket stays bound until all are picked, so no port is handed out twice.
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _accepts(port: int) -> bool:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_chassis.testing import free_ports
 from shopmesh_platform.http_api import PATH_VARIABLE_IN_QUERY, HttpApi, bootstrap, descriptor_set
 from shopmesh_platform.stack import envoy_binary
 
@@ -41,12 +41,6 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         return shop_pb2.SearchProductsResponse()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RecordingShop]]:
     shop = RecordingShop()
@@ -54,7 +48,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Record
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
     gateway = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    port, admin = _free_port(), _free_port()
+    port, admin = free_ports(2)
     api = HttpApi(
         host="127.0.0.1",
         port=port,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import signal
@@ -23,7 +24,7 @@ import pytest_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import shopmesh_platform.stack as stack_module
-from shopmesh_chassis.testing import eventually, health_status
+from shopmesh_chassis.testing import LOCAL_STACK_PORTS, eventually, health_status
 from shopmesh_platform.logsink import ConsoleSink
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import (
@@ -232,6 +233,26 @@ async def test_a_taken_port_fails_start_naming_it_before_anything_runs(tmp_path:
             await stack.start()
     assert stack.pid(NATS) is None
     assert stack.pid("alpha") is None
+
+
+def _ports_in(value: object) -> set[int]:
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, Mapping):
+        return set().union(*(_ports_in(item) for item in value.values()))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return set().union(*(_ports_in(getattr(value, f.name)) for f in dataclasses.fields(value)))
+    return set()
+
+
+def test_a_free_port_is_never_one_of_make_runs_fixed_ports() -> None:
+    """A free port (the tests', `make run --free-ports`') comes from the kernel's ephemeral range; the fixed ports
+    of `make run` (with the mesh and any canary) that lie there are the ones free_ports() never hands out, so a
+    stack on free ports runs beside `make run`, or beside a README walkthrough on pytest-xdist's other worker."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    plans = [PortPlan.local(), *(PortPlan.local(mesh=True, canary=name) for name in SERVICES)]
+    fixed = set().union(*(_ports_in(plan) for plan in plans))
+    assert {port for port in fixed if low <= port <= high} <= set(LOCAL_STACK_PORTS)
 
 
 async def test_a_port_held_only_by_a_connection_is_waited_for_not_refused(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
 from shopmesh_chassis.db import sqlite_url
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
 from shopmesh_chassis.tasks import cancel_and_wait
-from shopmesh_chassis.testing import health_status
+from shopmesh_chassis.testing import free_ports, health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 
@@ -229,7 +229,8 @@ class PortPlan:
             calls[canary_name(canary)] = SERVICES[canary].calls
         callees = {name: [c for c in calls.get(name, ()) if c in wanted] for name in wanted}
         sidecar_count = sum(2 + len(callees[name]) for name in wanted) if mesh else 0
-        ports = iter(_free_ports(host, 6 + len(wanted) * (2 if metrics else 1) + sidecar_count))
+        # Never one of `make run`'s fixed ports: a stack on free ports runs beside one on those.
+        ports = iter(free_ports(6 + len(wanted) * (2 if metrics else 1) + sidecar_count, host))
         nats, monitor, smtp, otlp, http_port, http_admin = (next(ports) for _ in range(6))
         services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
         sidecars = (
@@ -273,15 +274,6 @@ class PortPlan:
     @property
     def nats_url(self) -> str:
         return f"nats://{self.host}:{self.nats}"
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    # All sockets stay bound until every port is picked, so the OS cannot hand out one port twice.
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -34,11 +34,30 @@ from shopmesh_chassis.server import ChassisServer, ServiceBinding
 T = TypeVar("T")
 
 
+# `make run`'s fixed gRPC ports (shopmesh_platform.topology), the only fixed local ports inside the kernel's
+# ephemeral range (32768-60999), where a free port comes from. A test handed one of them fails to bind while a
+# README walkthrough (on pytest-xdist's other worker) or a developer's own `make run` holds it.
+LOCAL_STACK_PORTS = range(50050, 50058)
+
+
+def free_ports(count: int, host: str = "127.0.0.1", avoid: Container[int] = LOCAL_STACK_PORTS) -> list[int]:
+    """`count` distinct ports that were free a moment ago (the OS picks them), none of them in `avoid`."""
+    # Every socket stays bound until all are picked, so the OS cannot hand out one port twice.
+    with contextlib.ExitStack() as held:
+        picked: list[int] = []
+        while len(picked) < count:
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+            if port not in avoid:
+                picked.append(port)
+        return picked
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that was free a moment ago (the OS picks it), not one of `make run`'s."""
+    [port] = free_ports(1, host)
+    return port
 
 
 async def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
