@@ -1,0 +1,105 @@
+"""Traces across the event path: a trace goes on from the transaction that wrote an event, through the outbox
+and JetStream, into the consumer's CONSUMER span; that span tells a failed handling from a successful one."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from google.protobuf import wrappers_pb2
+from nats.aio.client import Client
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from shopmesh_chassis import consumer as consumer_module
+from shopmesh_chassis.consumer import Event
+from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.events import JetStreamPublisher
+from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.nats_server import NatsServer
+
+from .consumer_kit import client, consumer, db, record, until_applied
+
+__all__ = ["client", "db"]  # fixtures, used by name
+
+SUBJECT = "things.v1.happened"
+
+
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """Spans of the consumer recorded in memory (the process-wide provider is whichever a test set first)."""
+    recorded = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(recorded))
+    monkeypatch.setattr(consumer_module, "tracer", provider.get_tracer("shopmesh.consumer"))
+    yield recorded
+    provider.shutdown()
+
+
+def consume_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.CONSUMER]
+
+
+async def test_an_event_written_in_a_span_is_consumed_in_a_child_of_that_span(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
+) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    event_id = new_event_id()
+    with tracer.start_as_current_span("rpc") as rpc:
+        async with db.transaction() as session:
+            await add_event(session, subject=SUBJECT, message=wrappers_pb2.StringValue(value="x"), event_id=event_id)
+    await OutboxRelay(db, JetStreamPublisher(client)).publish_pending()
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    try:
+        await until_applied(db, Counter({event_id: 1}))
+    finally:
+        await running.stop()
+    [span] = consume_spans(exporter)
+    assert span.parent is not None
+    assert span.parent.span_id == rpc.get_span_context().span_id
+    assert span.context is not None
+    assert span.context.trace_id == rpc.get_span_context().trace_id
+
+
+@pytest.mark.parametrize(
+    "traceparent", ["garbage", "00-" + "0" * 32 + "-" + "0" * 16 + "-01", "00-abc-def-01", "ff-" + "1" * 32]
+)
+async def test_an_event_with_a_malformed_traceparent_is_applied_in_a_trace_of_its_own(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter, traceparent: str
+) -> None:
+    await client.jetstream().publish(
+        SUBJECT, b"x", headers={"Nats-Msg-Id": "e1", "traceparent": traceparent, "tracestate": "=,=;"}
+    )
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    try:
+        await until_applied(db, Counter({"e1": 1}))
+    finally:
+        await running.stop()
+    [span] = consume_spans(exporter)
+    assert span.parent is None
+
+
+async def test_a_failed_handling_is_an_error_span_with_the_exception_recorded(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
+) -> None:
+    async def broken(session: DbConnection, event: Event) -> None:
+        raise RuntimeError("the handler broke")
+
+    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": "e1"})
+    running = consumer(db, nats_srv.url, broken, max_attempts=1)
+    running.start()
+    try:
+        await eventually(lambda: bool(consume_spans(exporter)), "the failed delivery's span ended")
+    finally:
+        await running.stop()
+    span = consume_spans(exporter)[0]
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert [e.attributes["exception.type"] for e in span.events if e.name == "exception" and e.attributes] == [
+        "RuntimeError"
+    ]
