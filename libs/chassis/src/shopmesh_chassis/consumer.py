@@ -441,6 +441,10 @@ class EventConsumer:
             try:
                 applied = await self._apply(event)
             except Exception as exc:
+                # Handled here, not raised through the span: without this the span of a failed handling
+                # (retried, held for the database, parked) would read as a success in the trace.
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
                 if database_unavailable(exc):
                     await self._hold(message, event, exc)
                     return False
