@@ -3,6 +3,7 @@ and JetStream, into the consumer's CONSUMER span; that span tells a failed handl
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from shopmesh_chassis import consumer as consumer_module
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import JetStreamPublisher
+from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
@@ -103,3 +105,32 @@ async def test_a_failed_handling_is_an_error_span_with_the_exception_recorded(
     assert [e.attributes["exception.type"] for e in span.events if e.name == "exception" and e.attributes] == [
         "RuntimeError"
     ]
+
+
+async def test_the_log_line_of_a_duplicate_event_carries_the_events_trace_id(
+    db: Database,
+    client: Client,
+    nats_srv: NatsServer,
+    exporter: InMemorySpanExporter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines: list[logging.LogRecord] = []
+    capture = logging.Handler()
+    capture.emit = lines.append  # type: ignore[method-assign]
+    capture.addFilter(TraceContextFilter("tester"))
+    logger = logging.getLogger("shopmesh.consumer")
+    logger.addHandler(capture)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    running = consumer(db, nats_srv.url, record)
+    # As after a crash between the commit and the ack: the event was applied, and arrives again.
+    assert await running._apply(Event("e1", SUBJECT, b"x", {"Nats-Msg-Id": "e1"}, attempt=1))
+    traceparent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": "e1", "traceparent": traceparent})
+    running.start()
+    try:
+        await eventually(lambda: [r for r in lines if "already processed" in r.getMessage()], "the duplicate logged")
+    finally:
+        await running.stop()
+        logger.removeHandler(capture)
+    [line] = [r for r in lines if "already processed" in r.getMessage()]
+    assert line.trace_id == "ab" * 16  # type: ignore[attr-defined]
