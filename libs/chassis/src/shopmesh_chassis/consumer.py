@@ -451,12 +451,12 @@ class EventConsumer:
                 self._database_back()
                 await self._failed(message, event, exc)
                 return True
+            if not applied:  # in the span: the line carries the event's trace id
+                log.info("event %s was already processed by %s", event.event_id, self._durable)
         self._database_back()
         await message.ack()
         self._forget(message)
         self._count(event, "applied" if applied else "duplicate")
-        if not applied:
-            log.info("event %s was already processed by %s", event.event_id, self._durable)
         return True
 
     def _event(self, message: Msg, *, replayed: bool) -> Event:
