@@ -107,20 +107,28 @@ async def test_a_failed_handling_is_an_error_span_with_the_exception_recorded(
     ]
 
 
+class Recorded(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 async def test_the_log_line_of_a_duplicate_event_carries_the_events_trace_id(
     db: Database,
     client: Client,
     nats_srv: NatsServer,
     exporter: InMemorySpanExporter,
-    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    lines: list[logging.LogRecord] = []
-    capture = logging.Handler()
-    capture.emit = lines.append  # type: ignore[method-assign]
+    capture = Recorded()
+    lines = capture.records
     capture.addFilter(TraceContextFilter("tester"))
     logger = logging.getLogger("shopmesh.consumer")
     logger.addHandler(capture)
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    caplog.set_level(logging.INFO, logger="shopmesh.consumer")
     running = consumer(db, nats_srv.url, record)
     # As after a crash between the commit and the ack: the event was applied, and arrives again.
     assert await running._apply(Event("e1", SUBJECT, b"x", {"Nats-Msg-Id": "e1"}, attempt=1))
