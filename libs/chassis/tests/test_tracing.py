@@ -154,3 +154,27 @@ def test_a_stopping_process_gives_up_exporting_to_a_collector_that_never_answers
 
 def test_a_stopping_process_without_an_exporter_shuts_tracing_down_at_once() -> None:
     assert shutdown_tracing(configure_tracing("sample", None), timeout=5) is True
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (("traceparent", "garbage"),),
+        (("traceparent", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"),),
+        (("traceparent", "00-abc-def-01"), ("tracestate", "=,=;" + "x" * 9000)),
+    ],
+)
+async def test_a_call_with_a_malformed_trace_context_is_served_in_a_trace_of_its_own(
+    exported: tuple[TracerProvider, InMemorySpanExporter], metadata: tuple[tuple[str, str], ...]
+) -> None:
+    provider, exporter = exported
+    async with (
+        serve_in_process(sample_settings(), [binding()], tracer_provider=provider) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, tracing=False)) as channel,
+    ):
+        reply = await sample_pb2_grpc.SampleServiceStub(channel.channel).Echo(
+            sample_pb2.EchoRequest(message="hi"), metadata=metadata
+        )
+    assert reply.message == "hi"
+    [span] = _server_spans(exporter)
+    assert span.parent is None
