@@ -193,15 +193,17 @@ async def test_product_page_does_not_wait_for_hanging_recommendations(shop: Shop
 
 
 @contextlib.asynccontextmanager
-async def answering_only(code: grpc.StatusCode, message: str) -> AsyncIterator[str]:
+async def answering_only(
+    code: grpc.StatusCode, message: str, trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+) -> AsyncIterator[str]:
     """A gRPC endpoint that answers every call with `code` and no google.rpc details, as an Envoy sidecar
     does for a fault-injected abort, a mesh's RBAC denial (PERMISSION_DENIED), or a peer that does not
-    serve the method (UNIMPLEMENTED)."""
+    serve the method (UNIMPLEMENTED); or with the `trailing_metadata` given."""
 
     class Handler(grpc.GenericRpcHandler):
         def service(self, call_details: Any) -> Any:
             async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                await context.abort(code, message)
+                await context.abort(code, message, trailing_metadata)
                 return b""
 
             return grpc.unary_unary_rpc_method_handler(fail)
@@ -234,6 +236,37 @@ async def test_product_page_falls_back_when_recommendations_fail_with_a_status_w
         assert page.product.id == "prod_chef_knife"
         assert page.recommendations_degraded
         assert page.recommendations
+
+
+# Bytes that are no google.rpc.Status: a peer or proxy that garbles (or truncates) the details trailer.
+UNDECODABLE_DETAILS = (("grpc-status-details-bin", b"\xff\xff\xff"),)
+
+
+async def test_product_page_falls_back_when_recommendations_fail_with_details_that_cannot_be_decoded(
+    stack: Stack, fakes: Fakes
+) -> None:
+    """shop.proto: recommendations are optional, whatever way they fail. Reading their error's details must not
+    turn their failure into the page's (it failed with INTERNAL, the decoding error escaping every handler)."""
+    async with (
+        answering_only(grpc.StatusCode.INTERNAL, "upstream reset", UNDECODABLE_DETAILS) as broken,
+        gateway(stack, fakes, recommendations_address=broken) as shop,
+    ):
+        page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=10)
+        assert page.product.id == "prod_chef_knife"
+        assert page.recommendations_degraded
+        assert page.recommendations
+
+
+async def test_a_required_dependency_failing_with_details_that_cannot_be_decoded_is_unavailable() -> None:
+    """A transient status whose details cannot be read is still the dependency being away: the gateway's
+    UNAVAILABLE with RetryInfo, not INTERNAL."""
+    async with (
+        answering_only(grpc.StatusCode.UNAVAILABLE, "upstream reset", UNDECODABLE_DETAILS) as broken,
+        grpc.aio.insecure_channel(broken) as channel,
+    ):
+        with pytest.raises(errors.Unavailable) as caught:
+            await CatalogClient(channel, timeout=5).get_product("prod_chef_knife")
+    assert caught.value.reason == "DEPENDENCY_UNAVAILABLE"
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED])
