@@ -192,6 +192,20 @@ async def test_product_page_does_not_wait_for_hanging_recommendations(shop: Shop
     await asyncio.wait_for(fakes.recommendations.cancelled.wait(), 5)
 
 
+async def test_hanging_recommendations_never_cost_the_page_a_client_deadline_shorter_than_their_budget(
+    stack: Stack, fakes: Fakes
+) -> None:
+    """shop.proto: recommendations are optional; past their budget the page answers with the fallback. A client
+    whose deadline is shorter than that budget must still get the page (product, stock, a degraded list): the
+    recommendations call waited for the client's whole deadline, and the page failed DEADLINE_EXCEEDED though
+    product and stock had come back long before."""
+    fakes.recommendations.mode = "hang"
+    async with gateway(stack, fakes, recommendations_timeout_seconds=5.0) as shop:
+        page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=2)
+    assert page.product.id == "prod_chef_knife"
+    assert page.recommendations_degraded
+
+
 @contextlib.asynccontextmanager
 async def answering_only(
     code: grpc.StatusCode, message: str, trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
