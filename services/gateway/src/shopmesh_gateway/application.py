@@ -14,7 +14,7 @@ from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2
-from shopmesh_chassis import errors
+from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.client import new_idempotency_key
 from shopmesh_chassis.idempotency import validate_key
 from shopmesh_gateway.domain.product_page import recommendation_limit, shown
@@ -63,6 +63,10 @@ def _as_recommendation(product: catalog_pb2.Product) -> RecommendedProduct:
 
 # How long past the recommendations' budget the page stops waiting if gRPC's deadline has not ended the call.
 _BUDGET_BACKSTOP_SECONDS = 0.05
+# The share of the client's remaining time the page may spend waiting for recommendations: the rest is for
+# the fallback and the answer. Waited for up to the client's whole deadline, a hanging recommendations
+# service failed the page (DEADLINE_EXCEEDED) though product and stock were there.
+_RECOMMENDATIONS_SHARE_OF_DEADLINE = 0.5
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -107,7 +111,13 @@ class ProductPages:
             # gRPC's deadline ends the call at the budget, as DEADLINE_EXCEEDED, which the client's circuit
             # breaker counts (a hung service then fails fast); cut short here instead, the call would end
             # cancelled, which the breaker takes for the caller's choice and never opens. This is a backstop.
-            async with asyncio.timeout(self._budget + _BUDGET_BACKSTOP_SECONDS):
+            # The client's deadline may be shorter than the budget: then the page stops waiting sooner (the
+            # call ends cancelled, which the breaker rightly takes for no verdict on recommendations).
+            wait = self._budget + _BUDGET_BACKSTOP_SECONDS
+            remaining = call_context.inbound_time_remaining()
+            if remaining is not None:
+                wait = min(wait, remaining * _RECOMMENDATIONS_SHARE_OF_DEADLINE)
+            async with asyncio.timeout(wait):
                 ranked = await self._recommendations.for_product(product_id, limit, self._budget)
             return shown(ranked, product_id, limit, lambda r: r.product_id), False
         except (errors.DomainError, TimeoutError) as exc:
