@@ -372,6 +372,24 @@ async def test_an_unknown_user_gets_popular_products(live: Running, nats_srv: Na
     assert await for_user(live, "usr_nobody") == ["prod_e_reader", "prod_headlamp"]
 
 
+async def test_a_heavy_buyer_is_not_recommended_a_product_they_bought_beyond_their_200_most_bought(
+    live: Running, nats_srv: NatsServer
+) -> None:
+    # 210 products bought once each, whose ids sort before the knife: the knife, bought once too, is not
+    # among the 200 most bought that the history reads, yet she owns it.
+    earlier = [f"prod_aaa_{n:03}" for n in range(210)]
+    orders = [confirmed("usr_heavy", *earlier[n : n + 10]) for n in range(0, len(earlier), 10)]
+    await learn(
+        live,
+        nats_srv.url,
+        *orders,
+        confirmed("usr_heavy", "prod_chef_knife"),
+        confirmed("usr_1", "prod_chef_knife"),
+        confirmed("usr_2", "prod_chef_knife"),
+    )
+    assert "prod_chef_knife" not in await for_user(live, "usr_heavy", max_results=20)
+
+
 # --- errors -----------------------------------------------------------------------------------------
 
 
