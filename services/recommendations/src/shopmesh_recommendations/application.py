@@ -76,9 +76,14 @@ class RecommendationsApplication:
             together = await repository.co_purchase_counts(bought, pool)
             popular = await repository.most_popular(pool)
             popularity = await repository.popularity([p.id for p in siblings])
+            owned = set(bought)
+            if len(bought) == HISTORY_LIMIT:
+                # The history read is cut: a candidate may be one of their purchases beyond it.
+                candidates = {*together, *popular, *(p.id for p in siblings)} - owned
+                owned |= await repository.bought_among(user_id, sorted(candidates))
         fill = interleave([[p.id for p in listing] for listing in listings])
         tiers = [by_count(together), by_popularity(fill, popularity), by_count(popular)]
-        return _Candidates(tiers, set(bought), {p.id: p for p in siblings})
+        return _Candidates(tiers, owned, {p.id: p for p in siblings})
 
     async def _summarized(
         self, ranked: Sequence[Ranked], known: Mapping[str, CatalogProduct], limit: int

@@ -116,6 +116,17 @@ class RecommendationsRepository:
         # Rows are tuples: `row.count` would be tuple.count, hence the unpacking.
         return {product_id: int(count) for product_id, count in rows}
 
+    async def bought_among(self, user_id: str, product_ids: Sequence[str]) -> set[str]:
+        """Those of `product_ids` the user has bought."""
+        if not product_ids:
+            return set()
+        rows = await self._session.execute(
+            select(user_purchases.c.product_id).where(
+                user_purchases.c.user_id == user_id, user_purchases.c.product_id.in_(list(product_ids))
+            )
+        )
+        return set(rows.scalars())
+
     async def most_popular(self, limit: int) -> dict[str, int]:
         rows = await self._session.execute(
             select(product_purchases.c.product_id, product_purchases.c.count)
