@@ -390,6 +390,22 @@ async def test_a_heavy_buyer_is_not_recommended_a_product_they_bought_beyond_the
     assert "prod_chef_knife" not in await for_user(live, "usr_heavy", max_results=20)
 
 
+async def test_popular_products_fill_the_list_even_when_more_popular_ones_left_the_catalog(
+    live: Running, nats_srv: NatsServer
+) -> None:
+    await learn(
+        live,
+        nats_srv.url,
+        confirmed("usr_1", "prod_discontinued_a", "prod_discontinued_b"),
+        confirmed("usr_2", "prod_discontinued_a", "prod_discontinued_b"),
+        confirmed("usr_3", "prod_headlamp"),
+    )
+    assert await for_product(live, "prod_does_not_exist", max_results=3) == ["prod_headlamp"]
+    # Fewer places must not mean nothing: the one popular product the catalog has fits in one place.
+    assert await for_product(live, "prod_does_not_exist", max_results=1) == ["prod_headlamp"]
+    assert await for_user(live, "usr_nobody", max_results=1) == ["prod_headlamp"]
+
+
 # --- errors -----------------------------------------------------------------------------------------
 
 
