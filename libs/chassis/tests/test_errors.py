@@ -8,11 +8,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import details_of, to_rpc_status
+from shopmesh_chassis.grpc_errors import ErrorDetails, details_from, details_of, to_rpc_status
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
@@ -244,3 +245,21 @@ async def test_a_text_field_that_is_not_utf8_is_named_with_its_own_reason(server
     assert details.error_info is not None
     assert details.error_info.reason == "NOT_UTF8"
     assert [(v.field, v.reason) for v in details.field_violations] == [("message", "NOT_UTF8")]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xff\xff",  # no google.rpc.Status
+        # A Status whose ErrorInfo detail does not decode.
+        status_pb2.Status(
+            code=14, details=[any_pb2.Any(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=b"\xff\xff")]
+        ).SerializeToString(),
+    ],
+    ids=["no-status", "undecodable-error-info"],
+)
+def test_details_that_do_not_decode_read_as_none_keeping_the_calls_status(raw: bytes) -> None:
+    """A garbling proxy or a broken peer: the call failed UNAVAILABLE all the same, and a caller that retries or
+    falls back on that code must do so, not fail on a DecodeError (the gateway answered its product page INTERNAL)."""
+    details = details_from(grpc.StatusCode.UNAVAILABLE, "connect failed", [("grpc-status-details-bin", raw)])
+    assert details == ErrorDetails(code=grpc.StatusCode.UNAVAILABLE, message="connect failed")

@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.descriptor_pb2 import MethodOptions
-from google.protobuf.message import DecodeError
 from grpc.aio import ClientCallDetails, Metadata
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
@@ -140,11 +139,7 @@ async def _answered_by_the_target(call: grpc.aio.UnaryUnaryCall[Any, Any], code:
     (Envoy's has no details) or an INTERNAL from an unexpected exception carries none. DATABASE_UNAVAILABLE
     is the target's own answer about itself, though: every call it gets fails so, and failing fast gives its
     database room to come back."""
-    try:
-        details = details_from(code, await call.details() or "", await call.trailing_metadata())
-    except DecodeError:
-        return False
-    info = details.error_info
+    info = details_from(code, await call.details() or "", await call.trailing_metadata()).error_info
     return info is not None and info.domain != _CHASSIS_DOMAIN and info.reason != DATABASE_UNAVAILABLE
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -184,7 +185,9 @@ def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
 def details_from(
     code: grpc.StatusCode, message: str, trailing_metadata: Iterable[tuple[str, str | bytes]] | None
 ) -> ErrorDetails:
-    """`details_of` for a call's parts (a client interceptor sees a call, not an AioRpcError)."""
+    """`details_of` for a call's parts (a client interceptor sees a call, not an AioRpcError). Details that
+    do not decode (a garbling proxy, a broken peer) count as none: the call failed with its status code, and
+    a caller that falls back or retries on that code must still do so rather than fail on a DecodeError."""
     raw = None
     for key, value in trailing_metadata or ():
         if key == "grpc-status-details-bin":
@@ -192,6 +195,13 @@ def details_from(
     if raw is None:
         return ErrorDetails(code=code, message=message)
     raw_status = raw if isinstance(raw, bytes) else raw.encode()
+    try:
+        return _decoded(code, message, raw_status)
+    except DecodeError:
+        return ErrorDetails(code=code, message=message)
+
+
+def _decoded(code: grpc.StatusCode, message: str, raw_status: bytes) -> ErrorDetails:
     status = status_pb2.Status.FromString(raw_status)
     info = None
     violations: list[error_details_pb2.BadRequest.FieldViolation] = []

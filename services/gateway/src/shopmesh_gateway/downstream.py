@@ -12,10 +12,9 @@ import contextlib
 from collections.abc import Iterator
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, ErrorDetails, dependency_unavailable, details_of
+from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of
 
 # Errors the gateway's own client channels make up (circuit open, inbound deadline passed).
 _LOCAL_DOMAIN = "shopmesh.chassis"
@@ -27,11 +26,7 @@ def translate(service: str, error: grpc.aio.AioRpcError) -> Exception:
     """The exception that makes the gateway answer for `error`: a replay of the internal service's status,
     the gateway's UNAVAILABLE, or `error` itself (a status without details that no contract promises,
     which the chassis logs and answers as INTERNAL)."""
-    try:
-        details = details_of(error)
-    except DecodeError:
-        # Details that are no google.rpc.Status (a garbling proxy, a broken peer): a status without details.
-        details = ErrorDetails(code=error.code(), message=error.details() or "")
+    details = details_of(error)
     made_here = details.error_info is not None and details.error_info.domain == _LOCAL_DOMAIN
     if details.raw_status is not None and details.status_code == error.code().value[0] and not made_here:
         return errors.ReplayedError(details.raw_status, details.message)
