@@ -406,6 +406,24 @@ async def test_popular_products_fill_the_list_even_when_more_popular_ones_left_t
     assert await for_user(live, "usr_nobody", max_results=1) == ["prod_headlamp"]
 
 
+async def test_a_co_purchase_below_ones_that_left_the_catalog_still_comes_before_the_category_fill(
+    live: Running, nats_srv: NatsServer
+) -> None:
+    await learn(
+        live,
+        nats_srv.url,
+        confirmed("usr_1", "prod_chef_knife", "prod_discontinued_a", "prod_discontinued_b"),
+        confirmed("usr_2", "prod_chef_knife", "prod_discontinued_a", "prod_discontinued_b"),
+        confirmed("usr_3", "prod_chef_knife", "prod_headlamp"),
+    )
+    # The headlamp is bought with the knife, if less often than two products the catalog no longer has:
+    # it outranks the kitchen fill however few places there are.
+    assert await for_product(live, "prod_chef_knife", max_results=1) == ["prod_headlamp"]
+    assert (await for_product(live, "prod_chef_knife", max_results=2))[0] == "prod_headlamp"
+    await learn(live, nats_srv.url, confirmed("usr_knife_owner", "prod_chef_knife"))
+    assert await for_user(live, "usr_knife_owner", max_results=1) == ["prod_headlamp"]
+
+
 # --- errors -----------------------------------------------------------------------------------------
 
 

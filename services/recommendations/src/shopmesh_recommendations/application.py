@@ -21,14 +21,33 @@ log = logging.getLogger("shopmesh.recommendations")
 HISTORY_LIMIT = 200
 # Categories a user's "same category" fill comes from: those of their most often bought products.
 USER_CATEGORY_SOURCES = 3
+# Count tiers are read `limit` plus exclusions deep first; when products that left the catalog use up what
+# was read, again this many times deeper, up to MAX_POOL rows: one request never scans without bound.
+POOL_GROWTH = 4
+MAX_POOL = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """What one request's candidates come from, looked up once: the count tiers are read per pool size."""
+
+    sources: list[str]  # products bought together with these come first
+    fill: list[str]  # then these (same category), popular first
+    exclude: set[str]
+    # Summaries already at hand (from category listings): no catalog call needed for these.
+    known: dict[str, CatalogProduct]
+    # How deep the count tiers are read first.
+    pool: int
+    # A heavy buyer whose history read is cut: a candidate may be one of their purchases beyond it.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Candidates:
     tiers: list[list[Candidate]]
     exclude: set[str]
-    # Summaries already at hand (from category listings): no catalog call needed for these.
-    known: dict[str, CatalogProduct]
+    # Per tier: read only `pool` deep, so more candidates may lie beyond what was read.
+    cut: list[bool]
 
 
 class RecommendationsApplication:
@@ -39,27 +58,29 @@ class RecommendationsApplication:
     async def recommend(self, product_id: str | None, user_id: str | None, max_results: int) -> list[Recommendation]:
         query = validate_request(product_id, user_id, max_results)
         if isinstance(query.subject, ProductSubject):
-            candidates = await self._for_product(query.subject.product_id, query.limit)
+            subject = await self._for_product(query.subject.product_id, query.limit)
         else:
-            candidates = await self._for_user(query.subject.user_id, query.limit)
-        return await self._summarized(rank(candidates.tiers, candidates.exclude), candidates.known, query.limit)
+            subject = await self._for_user(query.subject.user_id, query.limit)
+        pool = subject.pool
+        while True:
+            candidates = await self._candidates(subject, pool)
+            chosen = await self._summarized(rank(candidates.tiers, candidates.exclude), subject.known, query.limit)
+            if pool >= MAX_POOL or not _may_miss(candidates, chosen, query.limit):
+                return chosen
+            # Products that left the catalog (or are excluded) took the places read: read deeper. The
+            # catalog client caches the summaries looked up already.
+            pool = min(pool * POOL_GROWTH, MAX_POOL)
 
-    async def _for_product(self, product_id: str, limit: int) -> _Candidates:
+    async def _for_product(self, product_id: str, limit: int) -> _Subject:
         """Bought together with it; then its category, popular first; then popular anywhere.
         An unknown product has no co-purchases and no category: popular products only."""
         product = await self._catalog.product(product_id)
         siblings = await self._catalog.products_in_category(product.category) if product is not None else ()
-        # With as many popular products as places plus exclusions, the list is full whenever it can be.
+        # As many as places plus exclusions: the first read fills the list unless the catalog lost some.
         pool = limit + 1
-        async with self._db.read() as session:
-            repository = RecommendationsRepository(session)
-            together = await repository.co_purchase_counts([product_id], pool)
-            popular = await repository.most_popular(pool)
-            popularity = await repository.popularity([p.id for p in siblings])
-        tiers = [by_count(together), by_popularity([p.id for p in siblings], popularity), by_count(popular)]
-        return _Candidates(tiers, {product_id}, {p.id: p for p in siblings})
+        return _Subject([product_id], [p.id for p in siblings], {product_id}, {p.id: p for p in siblings}, pool)
 
-    async def _for_user(self, user_id: str, limit: int) -> _Candidates:
+    async def _for_user(self, user_id: str, limit: int) -> _Subject:
         """Bought together with what they bought; then the categories they buy most from; then popular.
         Nothing they bought already. An unknown user has no history: popular products only."""
         async with self._db.read() as session:
@@ -69,27 +90,32 @@ class RecommendationsApplication:
         favourites = await self._catalog.products(sources) if sources else {}
         categories = dict.fromkeys(favourites[p].category for p in sources if p in favourites)
         listings = await asyncio.gather(*(self._catalog.products_in_category(c) for c in categories))
-        siblings = [p for listing in listings for p in listing]
-        pool = limit + len(bought)
+        fill = interleave([[p.id for p in listing] for listing in listings])
+        known = {p.id: p for listing in listings for p in listing}
+        # The history read is cut: a candidate may be one of their purchases beyond it.
+        owner = user_id if len(bought) == HISTORY_LIMIT else None
+        return _Subject(bought, fill, set(bought), known, limit + len(bought), owner)
+
+    async def _candidates(self, subject: _Subject, pool: int) -> _Candidates:
+        """The tiers, with the count tiers (co-purchases, popular) read `pool` deep."""
         async with self._db.read() as session:
             repository = RecommendationsRepository(session)
-            together = await repository.co_purchase_counts(bought, pool)
+            together = await repository.co_purchase_counts(subject.sources, pool)
             popular = await repository.most_popular(pool)
-            popularity = await repository.popularity([p.id for p in siblings])
-            owned = set(bought)
-            if len(bought) == HISTORY_LIMIT:
-                # The history read is cut: a candidate may be one of their purchases beyond it.
-                candidates = {*together, *popular, *(p.id for p in siblings)} - owned
-                owned |= await repository.bought_among(user_id, sorted(candidates))
-        fill = interleave([[p.id for p in listing] for listing in listings])
-        tiers = [by_count(together), by_popularity(fill, popularity), by_count(popular)]
-        return _Candidates(tiers, owned, {p.id: p for p in siblings})
+            popularity = await repository.popularity(subject.fill)
+            exclude = subject.exclude
+            if subject.owner is not None:
+                candidates = {*together, *popular, *subject.fill} - exclude
+                exclude = exclude | await repository.bought_among(subject.owner, sorted(candidates))
+        tiers = [by_count(together), by_popularity(subject.fill, popularity), by_count(popular)]
+        return _Candidates(tiers, exclude, [len(together) == pool, False, len(popular) == pool])
 
     async def _summarized(
         self, ranked: Sequence[Ranked], known: Mapping[str, CatalogProduct], limit: int
     ) -> list[Recommendation]:
         """The first `limit` ranked products the catalog still has, with their summaries. Products that
-        left the catalog are skipped and the next ones move up, so a short list means few candidates."""
+        left the catalog are skipped and the next ones move up (`recommend` reads deeper when they used up
+        a tier read only in part)."""
         summaries = dict(known)
         chosen: list[Recommendation] = []
         cursor = 0
@@ -121,3 +147,14 @@ class RecommendationsApplication:
         no count, and is remembered as cancelled: a confirmation that arrives later does not count it."""
         if await RecommendationsRepository(session).take_back(purchase_effects(order)):
             log.info("unlearned cancelled order %s", order.order_id, extra={"order_id": order.order_id})
+
+
+def _may_miss(candidates: _Candidates, chosen: Sequence[Recommendation], limit: int) -> bool:
+    """Whether a deeper read could change `chosen`. A tier read in part continues, beyond what was read,
+    above every later tier: the answer stands only if it is full and none of it comes after that tier."""
+    earlier: set[str] = set()
+    for tier, cut in zip(candidates.tiers, candidates.cut, strict=True):
+        earlier.update(c.product_id for c in tier)
+        if cut:
+            return len(chosen) < limit or any(r.product.id not in earlier for r in chosen)
+    return False
