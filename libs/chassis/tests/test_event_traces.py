@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from shopmesh_chassis import consumer as consumer_module
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.deadletters import DeadLetters
 from shopmesh_chassis.events import JetStreamPublisher
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
@@ -141,4 +142,36 @@ async def test_the_log_line_of_a_duplicate_event_carries_the_events_trace_id(
         await running.stop()
         logger.removeHandler(capture)
     [line] = [r for r in lines if "already processed" in r.getMessage()]
+    assert line.trace_id == "ab" * 16  # type: ignore[attr-defined]
+
+
+async def test_the_log_line_of_a_replayed_dead_letter_carries_the_events_trace_id(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    fixed = False
+
+    async def broken_until_fixed(session: DbConnection, event: Event) -> None:
+        if not fixed:
+            raise RuntimeError("the handler broke")
+        await record(session, event)
+
+    capture = Recorded()
+    capture.addFilter(TraceContextFilter("tester"))
+    logger = logging.getLogger("shopmesh.consumer")
+    logger.addHandler(capture)
+    caplog.set_level(logging.INFO, logger="shopmesh.consumer")
+    traceparent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": "e1", "traceparent": traceparent})
+    running = consumer(db, nats_srv.url, broken_until_fixed, max_attempts=1)
+    running.start()
+    try:
+        letters = DeadLetters(client.jetstream())
+        [letter] = await eventually(letters.list, "the event parked")
+        fixed = True
+        await letters.replay(letter.sequence)
+        await until_applied(db, Counter({"e1": 1}))
+    finally:
+        await running.stop()
+        logger.removeHandler(capture)
+    [line] = [r for r in capture.records if r.getMessage().startswith("replaying event e1")]
     assert line.trace_id == "ab" * 16  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh_chassis import logs
@@ -34,7 +35,6 @@ def test_a_line_is_json_with_the_callers_trace_and_span_ids() -> None:
     out = io.StringIO()
     configure_logging("sample", stream=out)
     span = TracerProvider().get_tracer("test").start_span("work")
-    from opentelemetry import trace
 
     with trace.use_span(span, end_on_exit=True):
         logging.getLogger("shopmesh.test").info("order %s confirmed", "ord_1", extra={"order_id": "ord_1"})
@@ -97,3 +97,13 @@ def test_lines_still_queued_at_exit_are_written() -> None:
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
     messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
     assert messages == [f"line {i}" for i in range(2000)]
+
+
+def test_a_callers_malformed_tracestate_is_no_log_line_and_keeps_its_traceparent() -> None:
+    out = io.StringIO()
+    configure_logging("sample", stream=out)
+    carrier = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "tracestate": "=,=;forged line\nINJECTED"}
+    context = propagate.extract(carrier)
+    flush_logs()
+    assert out.getvalue() == ""
+    assert trace.get_current_span(context).get_span_context().trace_id == int("a" * 32, 16)

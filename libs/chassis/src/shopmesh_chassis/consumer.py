@@ -437,7 +437,10 @@ class EventConsumer:
         ) as span:
             span.set_attribute("messaging.message.id", event.event_id)
             if replayed:
-                span.set_attribute("shopmesh.replayed_from", (message.headers or {}).get(REPLAYED_FROM, ""))
+                dead_letter = (message.headers or {}).get(REPLAYED_FROM, "")
+                span.set_attribute("shopmesh.replayed_from", dead_letter)
+                # In the span: the line carries the event's trace id, as its first delivery's lines did.
+                log.info("replaying event %s (dead letter %s)", event.event_id, dead_letter or "?")
             try:
                 applied = await self._apply(event)
             except Exception as exc:
@@ -468,7 +471,6 @@ class EventConsumer:
         event_id = headers.get(ORIGINAL_EVENT_ID, "")
         original = {k: v for k, v in headers.items() if k not in BOOKKEEPING_HEADERS} | {MSG_ID: event_id}
         subject = headers.get(ORIGINAL_SUBJECT) or message.subject.split(".", 2)[-1]
-        log.info("replaying event %s (dead letter %s)", event_id, headers.get(REPLAYED_FROM, "?"))
         return Event(event_id, subject, message.data, original, attempt)
 
     def _count(self, event: Event, outcome: str) -> None:

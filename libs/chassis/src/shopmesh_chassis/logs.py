@@ -118,6 +118,10 @@ def configure_logging(service_name: str, level: str = "INFO", fmt: str = "json",
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    # OpenTelemetry warns for every malformed tracestate it parses, quoting it, and any client may send one
+    # (the gateway's HTTP edge takes trace context from the public): a log line per call, worded by a stranger.
+    # The propagator drops such a tracestate all the same, and the call keeps its traceparent.
+    logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
 
 
 def flush_logs() -> None:
