@@ -114,8 +114,9 @@ def running_http_api(
     contents), put where `args` (the container's; by default the untraced configuration alone) name them; the
     configuration's listeners and admin interface moved from the pod's ports to free loopback ones (yields pod
     port → local port), what a --config-yaml in `args` adds used as it is; the gateway it calls on loopback at
-    the local port `gateway` if given (else at the pod's, where nothing listens). Ready once its admin
-    interface says so."""
+    the local port `gateway` if given, else at a free one where nothing listens (not the pod's gateway port,
+    50051: `make run`'s users service, or a README walkthrough's on pytest-xdist's other worker, listens
+    there). Ready once its admin interface says so."""
     for name, content in files.items():
         (scratch / name).write_bytes(content)
     args = [arg.replace(f"{http_api.MOUNT}/", f"{scratch}/") for arg in args or ["--config-path", http_api.CONFIG]]
@@ -124,13 +125,19 @@ def running_http_api(
     addresses = [listener["address"]["socket_address"] for listener in moved["static_resources"]["listeners"]]
     addresses.append(moved["admin"]["address"]["socket_address"])
     wanted = sorted({address["port_value"] for address in addresses})
-    ports = dict(zip(wanted, free_ports(len(wanted)), strict=True))
+    *picked, nobody = free_ports(len(wanted) + 1)
+    ports = dict(zip(wanted, picked, strict=True))
+    held = contextlib.ExitStack()
+    if gateway is None:
+        # Bound but never listening, for as long as the Envoy runs: a connection there is refused.
+        held.enter_context(socket.socket()).bind(("127.0.0.1", nobody))
+        gateway = nobody
     for address in addresses:
         address.update(address="127.0.0.1", port_value=ports[address["port_value"]])
     for cluster in moved["static_resources"]["clusters"]:
         for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
             address = endpoint["endpoint"]["address"]["socket_address"]
-            if cluster["name"] == "gateway" and gateway is not None:
+            if cluster["name"] == "gateway":
                 address["port_value"] = gateway
             else:
                 address["port_value"] = ports.get(address["port_value"], address["port_value"])
@@ -139,7 +146,7 @@ def running_http_api(
     quiet = [] if "--log-level" in args else ["--log-level", "warn"]
     argv = [str(envoy_binary()), *args, *quiet, *([] if "--disable-hot-restart" in args else ["--disable-hot-restart"])]
     ready = f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}/ready"
-    with _running(argv, lambda: _answers(ready), "the rendered http-api Envoy"):
+    with held, _running(argv, lambda: _answers(ready), "the rendered http-api Envoy"):
         yield ports
 
 
