@@ -3,6 +3,7 @@ SDK (k8s/render.py), every value set, into a folder that checkov and kubernetes-
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +63,11 @@ def start_checkov(render_dir: Path) -> subprocess.Popen[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _checkov_early(request: pytest.FixtureRequest) -> None:
-    """Start checkov in the background at the beginning of a session that will run its test."""
+    """Start checkov in the background at the beginning of a session that will run its test. A pytest-xdist
+    worker collects every test but runs only its share (whole files with --dist loadfile): there checkov starts
+    with test_render.py's first test, on the one worker that runs it, instead of on both."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return
     if any(item.name == "test_checkov_finds_nothing" for item in request.session.items):
         start_checkov(request.getfixturevalue("render_dir"))
 

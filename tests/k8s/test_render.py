@@ -31,6 +31,14 @@ CUSTOM_RESOURCE_GROUPS = {
 CASES = [(value_set, chart) for value_set in render.VALUE_SETS for chart in render.all_charts()]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _checkov_from_the_first_test(request: pytest.FixtureRequest) -> None:
+    """checkov in the background from this file's first test on, when its test is to run: on the pytest-xdist
+    worker that runs this file (tests/k8s/conftest.py starts it earlier in a run without workers)."""
+    if any(item.name == "test_checkov_finds_nothing" for item in request.session.items):
+        request.getfixturevalue("checkov_report")
+
+
 def test_helm_sdk_is_helm_4() -> None:
     assert helm.helm_sdk_version().startswith("v4."), helm.helm_sdk_version()
 
