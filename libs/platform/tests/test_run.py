@@ -298,9 +298,13 @@ def accepting(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def stop_left_behind(port: int) -> None:
-    """After a failed test: the throwaway server a killed launcher left behind (on `port` only)."""
-    for data_dir in Path("/tmp").glob("shopmesh-pg-*"):
+def stop_left_behind(launcher: int, port: int) -> None:
+    """After a failed test: the throwaway server the killed `launcher` left behind, still on `port`, and its folder
+    (named after the launcher: never another launcher's, nor the `postgres` fixture's of this or another session,
+    whose folders start shopmesh-pg-). A server that stopped leaves its folder for the next launcher to remove."""
+    if not accepting(port):
+        return
+    for data_dir in Path(tempfile.gettempdir()).glob(f"shopmesh-run-pg-{launcher}-*"):
         options = data_dir / "postmaster.opts"
         if options.exists() and f'"-p" "{port}"' in options.read_text():
             pg_ctl = [str(postgres_bin() / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "-w", "stop"]
@@ -325,7 +329,7 @@ async def test_no_throwaway_postgres_outlives_a_launcher_killed_with_sigkill(tmp
         # The kernel sends the orphaned server SIGINT (PR_SET_PDEATHSIG): PostgreSQL's fast shutdown.
         await eventually(lambda: not accepting(port), "the throwaway PostgreSQL gone with its launcher", timeout=15)
     finally:
-        await asyncio.to_thread(stop_left_behind, port)
+        await asyncio.to_thread(stop_left_behind, process.pid, port)
     assert_next_launcher_removes_the_folder_of(process.pid)
 
 
