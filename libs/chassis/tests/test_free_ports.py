@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from shopmesh_chassis.testing import free_ports
@@ -19,3 +21,31 @@ def test_free_ports_are_distinct_bindable_and_never_one_to_avoid() -> None:
     for port in picked:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_a_port_handed_out_is_not_handed_out_again_by_another_process_meanwhile() -> None:
+    """pytest-xdist's other worker (or another checkout's tests) picking a free port while this one's child has
+    yet to bind it could get the same port: the later bind failed, or two gRPC servers (SO_REUSEPORT) shared the
+    port and each got some of the other's calls."""
+    picked = free_ports(5)
+    asked = "import sys; from shopmesh_chassis.testing import _claim; print([_claim(int(p)) for p in sys.argv[1:]])"
+    other = subprocess.run(
+        [sys.executable, "-c", asked, *map(str, picked)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert other.stdout.strip() == str([False] * 5), other.stdout + other.stderr
+
+
+def test_a_free_port_is_none_a_grpc_server_on_port_0_beside_it_could_get() -> None:
+    """A gRPC server asked for any port (grpc_port=0, in a test on the other worker) binds with SO_REUSEADDR, which
+    Linux serves from the lower half of the ephemeral range only: a free port from the upper half is never taken
+    by one before the caller binds it."""
+    reusable: list[int] = []
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            reusable.append(sock.getsockname()[1])
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert low <= min(reusable)
+    picked = free_ports(20)
+    assert max(reusable) < min(picked) <= max(picked) <= high

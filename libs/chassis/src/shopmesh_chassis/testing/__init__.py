@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,18 +41,58 @@ T = TypeVar("T")
 LOCAL_STACK_PORTS = range(50050, 50058)
 
 
+# A port free_ports hands out is free a moment ago, and bound seconds later (a child process starting): meanwhile
+# another process (pytest-xdist's other worker, another checkout's tests, `make run --free-ports`) must not get it.
+# Each one handed out is claimed for CLAIM_SECONDS by a file named after it here, one folder per user.
+CLAIMS = Path(tempfile.gettempdir()) / f"shopmesh-free-ports-{os.getuid()}"
+CLAIM_SECONDS = 120.0
+
+
+def _claim(port: int) -> bool:
+    """Claim `port` machine-wide: False when another free_ports call handed it out less than CLAIM_SECONDS ago."""
+    path = CLAIMS / str(port)
+    try:
+        CLAIMS.mkdir(mode=0o700, exist_ok=True)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            if time.time() - path.stat().st_mtime < CLAIM_SECONDS:
+                return False
+            os.utime(path)  # an old claim: the port's user bound it long ago, or never will
+    except OSError:
+        pass  # nowhere to claim (a read-only /tmp): the OS's pick alone
+    return True
+
+
+def _reusable_picks_end() -> int:
+    """Where the ports Linux gives a bind to port 0 with SO_REUSEADDR end: gRPC's servers, Envoy's listeners and
+    Python's HTTP servers, asked for any port, get one of the lower half of the ephemeral range only."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 0
+    return low + (((high + 1 - low) >> 2) << 1)
+
+
 def free_ports(count: int, host: str = "127.0.0.1", avoid: Container[int] = LOCAL_STACK_PORTS) -> list[int]:
-    """`count` distinct ports that were free a moment ago (the OS picks them), none of them in `avoid`."""
+    """`count` distinct ports that were free a moment ago (the OS picks them), none of them in `avoid`, none that
+    another process's free_ports handed out lately (see CLAIMS), and none that a server asking the OS for any port
+    (gRPC on port 0, in a test beside this one) could get before the caller binds it."""
     # Every socket stays bound until all are picked, so the OS cannot hand out one port twice.
+    floor = _reusable_picks_end()
     with contextlib.ExitStack() as held:
         picked: list[int] = []
-        while len(picked) < count:
+        for _ in range(count * 100):
+            if len(picked) == count:
+                return picked
             sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
-            if port not in avoid:
+            if port not in avoid and port >= floor and _claim(port):
                 picked.append(port)
-        return picked
+        if len(picked) == count:
+            return picked
+    raise RuntimeError(f"no {count} free ports on {host} after {count * 100} picks (claims in {CLAIMS})")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
