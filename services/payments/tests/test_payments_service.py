@@ -387,3 +387,36 @@ async def test_a_payment_in_a_state_a_newer_release_stored_is_not_refunded(payme
         stored = (await session.execute(select(payments_table).where(payments_table.c.id == captured.id))).one()
     assert (stored.state, stored.refunded_at) == ("PARTIALLY_REFUNDED", None)
     assert await payments.outbox() == [("payments.v1.payment_captured", False)]
+
+
+@BACKENDS
+async def test_a_refund_refused_for_a_state_a_newer_release_stored_is_not_replayed_to_the_retry(
+    payments: Payments,
+) -> None:
+    """The contract leaves such a payment as it is: "retry once that release serves", and orders does, under
+    the same key and request (`<order_id>:refund`). The refusal is no outcome of the refund: stored under the
+    key like a DECLINED payment's, it was replayed to every retry for the key's whole retention, whatever
+    the payment had become, and the customer's money stayed captured."""
+    from sqlalchemy import update
+
+    from shopmesh_payments.store.tables import payments as payments_table
+
+    captured = (await payments.charge(charge_request("ord_new"), key="ord_new:charge")).payment
+
+    async def set_state(state: str) -> None:
+        async with payments.database.transaction() as session:
+            await session.execute(update(payments_table).where(payments_table.c.id == captured.id).values(state=state))
+
+    await set_state("DISPUTED")
+    details = await failure(payments.refund(captured.id, key="ord_new:refund", reason="order cancelled"))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_NOT_REFUNDABLE")
+    assert details.error_info is not None
+    assert details.error_info.metadata["state"] == "UNSPECIFIED"
+    # The newer release's state is gone (that release finished with it, or this one is told what it means).
+    await set_state("CAPTURED")
+    refunded = (await payments.refund(captured.id, key="ord_new:refund", reason="order cancelled")).payment
+    assert refunded.state == payments_pb2.PAYMENT_STATE_REFUNDED
+    assert [subject for subject, _ in await payments.outbox()] == [
+        "payments.v1.payment_captured",
+        "payments.v1.payment_refunded",
+    ]
