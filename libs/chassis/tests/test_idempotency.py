@@ -164,6 +164,20 @@ async def test_transient_errors_are_not_stored(store: IdempotencyStore, db: Data
     assert await run(store, "k1", request("a"), effect("retried")) == "retried"
 
 
+async def test_a_refusal_that_is_no_outcome_is_not_stored_and_the_retry_runs(
+    store: IdempotencyStore, db: Database
+) -> None:
+    # A state only a newer release can act on: the contract says to retry, under the same key, once it serves.
+    async def not_yet(session: DbConnection) -> wrappers_pb2.StringValue:
+        await session.execute(insert(effects).values(what="rolled back"))
+        raise errors.FailedPrecondition("a state this release cannot name", reason="NOT_YET", outcome=False)
+
+    with pytest.raises(errors.FailedPrecondition):
+        await run(store, "k1", request("a"), not_yet)
+    assert await count_effects(db) == 0
+    assert await run(store, "k1", request("a"), effect("retried")) == "retried"
+
+
 async def test_effect_and_record_commit_together(store: IdempotencyStore, db: Database) -> None:
     async def crashes(session: DbConnection) -> wrappers_pb2.StringValue:
         await session.execute(insert(effects).values(what="half"))

@@ -25,6 +25,9 @@ class DomainError(Exception):
     `reason` is a stable UPPER_SNAKE_CASE identifier a client can branch on (sent as ErrorInfo.reason);
     `message` is for humans; `metadata` adds machine-readable context (ErrorInfo.metadata).
     `domain` defaults to the serving service's error domain (`shopmesh.<service>`).
+    `outcome=False`: a refusal that is no outcome of the request, as a transient error is not: a state only a
+    newer release can act on, which the contract says to retry once that release serves. An idempotency store
+    keeps no record of it, so that retry, under the same key, runs the request again.
     """
 
     default_reason = "DOMAIN_ERROR"
@@ -36,12 +39,14 @@ class DomainError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
         domain: str | None = None,
+        outcome: bool = True,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata: dict[str, str] = dict(metadata or {})
         self.domain = domain
+        self.outcome = outcome
 
 
 class InvalidArgument(DomainError):

@@ -237,6 +237,9 @@ class IdempotencyStore:
             await self._release(scope, key, token)
             raise
         except errors.DomainError as exc:
+            if not exc.outcome:
+                await self._release(scope, key, token)
+                raise
             status = to_rpc_status(exc, self._domain)
             async with self._db.transaction() as session:
                 stored_error = await self._complete(

@@ -52,6 +52,9 @@ def needs_refund(payment: Payment) -> bool:
         f"payment {payment.id} is {payment.state.value}: only a CAPTURED payment can be refunded",
         reason=PAYMENT_NOT_REFUNDABLE,
         metadata={"payment_id": payment.id, "state": payment.state.value},
+        # A state a newer release stored: payments.proto says to retry once that release serves, under the
+        # same key (orders' compensation does), so the refusal is not the key's outcome.
+        outcome=payment.state is not PaymentState.UNSPECIFIED,
     )
 
 
