@@ -453,3 +453,28 @@ async def test_a_crash_stops_the_rest_and_exits_1_naming_the_process_and_its_las
     assert "error: traces exited unexpectedly (killed by SIGKILL); its last" in said
     assert "traces | " in said.split("error: ", 1)[1]
     assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")
+
+
+def traces_line(stack: Stack) -> str:
+    return next(line for line in run.banner(stack, ["catalog"]).splitlines() if line.startswith("Traces:"))
+
+
+def test_the_banners_traces_command_reads_where_the_sink_writes_with_another_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run RUN_ARGS="--data-dir /tmp/x"`: the sink writes /tmp/x/traces, but `make traces` reads
+    .data/traces of the repository root, and says "no traces yet". The banner must name a command that reads
+    the sink's directory."""
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    stack = Stack(tmp_path / "elsewhere", ports=run.port_plan(free=True), services=["catalog"])
+    line = traces_line(stack)
+    assert f"--dir {stack.traces_dir}" in line, line
+
+
+def test_the_banner_keeps_make_traces_for_the_default_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    stack = Stack(".data", ports=run.port_plan(free=True), services=["catalog"])
+    assert "`make traces`" in traces_line(stack)
