@@ -49,6 +49,7 @@ from .stack import (
     NATS,
     SMTP,
     TRACES,
+    TRACES_FOLDER,
     Canary,
     Crashed,
     PortPlan,
@@ -320,7 +321,12 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
     if stack.smtp_address is not None:
         lines += ["", f"E-mails are not delivered: the SMTP sink stores each one as a file in {stack.smtp_dir}"]
     if stack.traces_address is not None:
-        lines.append(f"Traces: every span goes to the trace sink, into {stack.traces_dir}; `make traces` lists them")
+        # `make traces` reads .data/traces of the directory it runs in: another --data-dir needs its --dir.
+        reader = "make traces"
+        if stack.traces_dir != Path(".data", TRACES_FOLDER).absolute():
+            python = shlex.quote(str(_as_typed(Path(sys.executable))))
+            reader = f"{python} -m shopmesh_platform.traces --dir {shlex.quote(str(stack.traces_dir))}"
+        lines.append(f"Traces: every span goes to the trace sink, into {stack.traces_dir}; `{reader}` lists them")
     if stack.sidecars:
         lines += ["", *mesh_lines(stack)]
     commands = grpcurl_commands(stack)
