@@ -315,6 +315,30 @@ async def test_hanging_recommendations_open_the_breaker_and_pages_stop_waiting_f
         fakes.recommendations.mode = "ok"
 
 
+async def test_hanging_recommendations_open_the_breaker_for_clients_whose_deadline_is_under_twice_the_budget(
+    stack: Stack, fakes: Fakes
+) -> None:
+    """The page waits for recommendations at most half the client's remaining time. A client with 0.8 s
+    left gives them 0.4 s of a 0.5 s budget: ample time for a healthy service, so a hung one must still
+    open the breaker. Cut short by the page's own timer before gRPC's 0.5 s deadline, every call ended
+    cancelled, which the breaker never counts: it stayed closed and every page waited for the hang."""
+    fakes.recommendations.mode = "hang"
+    try:
+        async with serving_gateway(addresses_of(stack, fakes), recommendations_timeout_seconds=0.5) as (
+            shop,
+            channels,
+        ):
+            for _ in range(8):  # past the breaker's threshold of 5 failures
+                page = await shop.GetProductPage(
+                    shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=0.8
+                )
+                assert page.recommendations_degraded
+            listing = "/shopmesh.recommendations.v1.RecommendationsService/ListRecommendations"
+            assert channels.recommendations.breakers[listing].state is BreakerState.OPEN
+    finally:
+        fakes.recommendations.mode = "ok"
+
+
 async def test_product_page_of_an_unknown_product_is_the_catalogs_not_found(shop: Shop) -> None:
     details = await failure(shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_nope")))
     assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND")
