@@ -339,6 +339,28 @@ async def test_hanging_recommendations_open_the_breaker_for_clients_whose_deadli
         fakes.recommendations.mode = "ok"
 
 
+async def test_recommendations_missing_a_tiny_share_of_a_clients_deadline_do_not_open_their_breaker(
+    stack: Stack, fakes: Fakes
+) -> None:
+    """A client sending 0.2 s deadlines leaves recommendations 0.1 s of a 0.5 s budget: missing it says how
+    impatient that client is, not how healthy recommendations are, and must not open their breaker for
+    every other client (shopmesh_chassis.client: a deadline cut by the caller)."""
+    fakes.recommendations.mode = "hang"
+    try:
+        async with serving_gateway(addresses_of(stack, fakes), recommendations_timeout_seconds=0.5) as (
+            shop,
+            channels,
+        ):
+            for _ in range(8):  # past the breaker's threshold of 5 failures
+                # The page itself may or may not fit in so short a deadline: only the breaker is asserted.
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=0.2)
+            listing = "/shopmesh.recommendations.v1.RecommendationsService/ListRecommendations"
+            assert channels.recommendations.breakers[listing].state is BreakerState.CLOSED
+    finally:
+        fakes.recommendations.mode = "ok"
+
+
 async def test_product_page_of_an_unknown_product_is_the_catalogs_not_found(shop: Shop) -> None:
     details = await failure(shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_nope")))
     assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "PRODUCT_NOT_FOUND")

@@ -6,8 +6,9 @@ variables are per call); the client interceptors read it.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextvars import Context, ContextVar, Token, copy_context
 from dataclasses import dataclass, replace
 from typing import Any
@@ -54,6 +55,25 @@ def inbound_time_remaining() -> float | None:
     if call is None or call.deadline is None:
         return None
     return call.deadline - time.monotonic()
+
+
+@contextlib.contextmanager
+def deadline_within(seconds: float) -> Iterator[None]:
+    """Outbound calls made inside end within `seconds` from now (or at the inbound deadline, if sooner), as
+    if the inbound call's deadline were that close: a share of the caller's time for one optional call.
+    Unlike a shorter timeout or a timer of one's own, the call still ends as DEADLINE_EXCEEDED, and the
+    client's breaker sees its own timeout cut by the caller (shopmesh_chassis.client): a miss counts against
+    the target only when the time left was ample for it."""
+    call = _current.get()
+    deadline = time.monotonic() + seconds
+    if call is not None and call.deadline is not None and call.deadline <= deadline:
+        yield
+        return
+    token = _current.set(replace(call or InboundCall(None, None, None), deadline=deadline))
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 def detached_context() -> Context:

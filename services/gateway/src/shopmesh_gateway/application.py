@@ -111,14 +111,15 @@ class ProductPages:
             # gRPC's deadline ends the call at the budget, as DEADLINE_EXCEEDED, which the client's circuit
             # breaker counts (a hung service then fails fast); cut short here instead, the call would end
             # cancelled, which the breaker takes for the caller's choice and never opens. This is a backstop.
-            # The client's deadline may be shorter than the budget: then the page stops waiting sooner (the
-            # call ends cancelled, which the breaker rightly takes for no verdict on recommendations).
+            # The client's deadline may leave less than the budget: then the call gets its share of it as its
+            # deadline (deadline_within), not a timer of the page's only, which would end it cancelled before
+            # gRPC's deadline and never count a hung service: the breaker judges whether the share was ample.
             wait = self._budget + _BUDGET_BACKSTOP_SECONDS
             remaining = call_context.inbound_time_remaining()
-            if remaining is not None:
-                wait = min(wait, remaining * _RECOMMENDATIONS_SHARE_OF_DEADLINE)
-            async with asyncio.timeout(wait):
-                ranked = await self._recommendations.for_product(product_id, limit, self._budget)
+            share = wait if remaining is None else remaining * _RECOMMENDATIONS_SHARE_OF_DEADLINE
+            with call_context.deadline_within(share):
+                async with asyncio.timeout(min(wait, share)):
+                    ranked = await self._recommendations.for_product(product_id, limit, self._budget)
             return shown(ranked, product_id, limit, lambda r: r.product_id), False
         except (errors.DomainError, TimeoutError) as exc:
             log.warning("recommendations failed, showing the fallback: %r", exc, extra={"product_id": product_id})
