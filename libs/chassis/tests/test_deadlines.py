@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis import call_context
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR
@@ -63,3 +64,19 @@ async def test_a_call_carrying_metadata_grpc_cannot_send_fails_at_once_instead_o
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "x-user-id" in (caught.value.details() or "")
     assert time.monotonic() - started < 10
+
+
+async def test_a_call_made_within_a_share_of_the_time_gets_that_share_as_its_deadline(server: ChassisServer) -> None:
+    # The gateway's optional recommendations: a share of the client's time, ending DEADLINE_EXCEEDED (which the
+    # breaker judges), not a timer of the caller's own (which would end the call cancelled).
+    options = ClientOptions(default_timeout_seconds=30.0, breaker=None)
+    async with ResilientChannel(server.address, [DESCRIPTOR], options) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        with call_context.deadline_within(2.0):
+            response = await stub.Echo(sample_pb2.EchoRequest())
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Echo(sample_pb2.EchoRequest(behaviour=sample_pb2.Behaviour(sleep_ms=5_000)))
+        outside = await stub.Echo(sample_pb2.EchoRequest())
+    assert 0 < response.deadline_remaining_seconds <= 2.1
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert outside.deadline_remaining_seconds > 20

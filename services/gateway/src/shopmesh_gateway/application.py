@@ -118,7 +118,7 @@ class ProductPages:
             remaining = call_context.inbound_time_remaining()
             share = wait if remaining is None else remaining * _RECOMMENDATIONS_SHARE_OF_DEADLINE
             with call_context.deadline_within(share):
-                async with asyncio.timeout(min(wait, share)):
+                async with asyncio.timeout(min(wait, share + _BUDGET_BACKSTOP_SECONDS)):
                     ranked = await self._recommendations.for_product(product_id, limit, self._budget)
             return shown(ranked, product_id, limit, lambda r: r.product_id), False
         except (errors.DomainError, TimeoutError) as exc:
