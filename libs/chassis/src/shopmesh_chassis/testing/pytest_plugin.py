@@ -50,12 +50,14 @@ def _fail_a_skip(report: pytest.TestReport | pytest.CollectReport, nodeid: str) 
         report.longrepr = f"{nodeid} was skipped ({why}): shopmesh's tests never skip; make it run or fail"
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # pytest-xdist hands out tests by node id: of tests sharing one, a single one runs, and the rest pass unseen.
     # schemathesis's per-operation tests share their function's id under pytest 9.2 (which builds an id from a
     # test's callspec, and they have none: the operation is only in the name, `test_x[GET /v1/products]`): under
-    # `make test` one operation of ten was fuzzed. Such a test gets its name's brackets as its id's parameters.
+    # `make test` one operation of ten was fuzzed. Such a test gets its name's brackets as its id's parameters,
+    # first: before --deselect and -k leave tests out (by id; alone, a test would keep the shared id), so a test's
+    # id is the same in every run and the one its report shows deselects it.
     shared = Counter(item.nodeid for item in items)
     for item in items:
         base, bracket, params = item.name.partition("[")
