@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import io
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -50,7 +51,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def local_ports_held() -> Iterator[None]:
     """Hold the machine-wide lock on `make run`'s fixed ports while a test runs a stack on them: pytest-xdist's
     workers (and another checkout's `make test`) run such tests one at a time, each waiting for the other."""
-    with (Path(tempfile.gettempdir()) / "shopmesh-local-ports.lock").open("a") as lock:
+    path = Path(tempfile.gettempdir()) / "shopmesh-local-ports.lock"
+    # Read-only: on a shared /tmp the file may be another user's, and flock needs no write access. Opened
+    # without O_CREAT when it exists (fs.protected_regular refuses O_CREAT on another's file in a sticky folder).
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    with os.fdopen(descriptor) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
