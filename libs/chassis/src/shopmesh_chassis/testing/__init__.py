@@ -49,7 +49,7 @@ CLAIM_SECONDS = 120.0
 
 
 def _claim(port: int) -> bool:
-    """Claim `port` machine-wide: False when another free_ports call handed it out less than CLAIM_SECONDS ago."""
+    """Claim `port` for this account: False when another free_ports call handed it out less than CLAIM_SECONDS ago."""
     path = CLAIMS / str(port)
     try:
         CLAIMS.mkdir(mode=0o700, exist_ok=True)
