@@ -292,27 +292,39 @@ async def test_the_fallbacks_catalog_listing_fails_as_a_domain_error_whatever_th
             await CatalogClient(channel, timeout=5).products_in_category("kitchen", 5)
 
 
+async def breaker_after_pages_while_recommendations_hang(
+    stack: Stack, fakes: Fakes, *, budget: float, client_deadline: float, pages_must_answer: bool = True
+) -> BreakerState:
+    """The state of the recommendations breaker after eight product pages (past its threshold of 5 failures)
+    while recommendations hang; each page must answer, degraded, unless `pages_must_answer` is False."""
+    fakes.recommendations.mode = "hang"
+    try:
+        async with serving_gateway(addresses_of(stack, fakes), recommendations_timeout_seconds=budget) as (
+            shop,
+            channels,
+        ):
+            for _ in range(8):
+                request = shop_pb2.GetProductPageRequest(product_id="prod_chef_knife")
+                if pages_must_answer:
+                    page = await shop.GetProductPage(request, timeout=client_deadline)
+                    assert page.recommendations_degraded
+                else:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await shop.GetProductPage(request, timeout=client_deadline)
+            listing = "/shopmesh.recommendations.v1.RecommendationsService/ListRecommendations"
+            return channels.recommendations.breakers[listing].state
+    finally:
+        fakes.recommendations.mode = "ok"
+
+
 async def test_hanging_recommendations_open_the_breaker_and_pages_stop_waiting_for_them(
     stack: Stack, fakes: Fakes
 ) -> None:
     """Each call past the budget ends as DEADLINE_EXCEEDED, which the breaker counts (a call the page
     cut short itself would end cancelled, which it does not): after its threshold the page falls back at
     once."""
-    fakes.recommendations.mode = "hang"
-    try:
-        async with serving_gateway(addresses_of(stack, fakes), recommendations_timeout_seconds=0.2) as (
-            shop,
-            channels,
-        ):
-            for _ in range(8):  # past the breaker's threshold of 5 failures
-                page = await shop.GetProductPage(
-                    shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=10
-                )
-                assert page.recommendations_degraded
-            listing = "/shopmesh.recommendations.v1.RecommendationsService/ListRecommendations"
-            assert channels.recommendations.breakers[listing].state is BreakerState.OPEN
-    finally:
-        fakes.recommendations.mode = "ok"
+    state = await breaker_after_pages_while_recommendations_hang(stack, fakes, budget=0.2, client_deadline=10)
+    assert state is BreakerState.OPEN
 
 
 async def test_hanging_recommendations_open_the_breaker_for_clients_whose_deadline_is_under_twice_the_budget(
@@ -322,21 +334,8 @@ async def test_hanging_recommendations_open_the_breaker_for_clients_whose_deadli
     left gives them 0.4 s of a 0.5 s budget: ample time for a healthy service, so a hung one must still
     open the breaker. Cut short by the page's own timer before gRPC's 0.5 s deadline, every call ended
     cancelled, which the breaker never counts: it stayed closed and every page waited for the hang."""
-    fakes.recommendations.mode = "hang"
-    try:
-        async with serving_gateway(addresses_of(stack, fakes), recommendations_timeout_seconds=0.5) as (
-            shop,
-            channels,
-        ):
-            for _ in range(8):  # past the breaker's threshold of 5 failures
-                page = await shop.GetProductPage(
-                    shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=0.8
-                )
-                assert page.recommendations_degraded
-            listing = "/shopmesh.recommendations.v1.RecommendationsService/ListRecommendations"
-            assert channels.recommendations.breakers[listing].state is BreakerState.OPEN
-    finally:
-        fakes.recommendations.mode = "ok"
+    state = await breaker_after_pages_while_recommendations_hang(stack, fakes, budget=0.5, client_deadline=0.8)
+    assert state is BreakerState.OPEN
 
 
 async def test_recommendations_missing_a_tiny_share_of_a_clients_deadline_do_not_open_their_breaker(
@@ -344,21 +343,12 @@ async def test_recommendations_missing_a_tiny_share_of_a_clients_deadline_do_not
 ) -> None:
     """A client sending 0.2 s deadlines leaves recommendations 0.1 s of a 0.5 s budget: missing it says how
     impatient that client is, not how healthy recommendations are, and must not open their breaker for
-    every other client (shopmesh_chassis.client: a deadline cut by the caller)."""
-    fakes.recommendations.mode = "hang"
-    try:
-        async with serving_gateway(addresses_of(stack, fakes), recommendations_timeout_seconds=0.5) as (
-            shop,
-            channels,
-        ):
-            for _ in range(8):  # past the breaker's threshold of 5 failures
-                # The page itself may or may not fit in so short a deadline: only the breaker is asserted.
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id="prod_chef_knife"), timeout=0.2)
-            listing = "/shopmesh.recommendations.v1.RecommendationsService/ListRecommendations"
-            assert channels.recommendations.breakers[listing].state is BreakerState.CLOSED
-    finally:
-        fakes.recommendations.mode = "ok"
+    every other client (shopmesh_chassis.client: a deadline cut by the caller). The page itself may or may
+    not fit in so short a deadline: only the breaker is asserted."""
+    state = await breaker_after_pages_while_recommendations_hang(
+        stack, fakes, budget=0.5, client_deadline=0.2, pages_must_answer=False
+    )
+    assert state is BreakerState.CLOSED
 
 
 async def test_product_page_of_an_unknown_product_is_the_catalogs_not_found(shop: Shop) -> None:
