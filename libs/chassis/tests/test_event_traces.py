@@ -117,36 +117,53 @@ class Recorded(logging.Handler):
         self.records.append(record)
 
 
+# The W3C context the events below carry, and the trace id their consumer's log lines must show.
+TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+TRACE_ID = "ab" * 16
+
+
+@pytest.fixture
+def consumer_lines(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
+    """The consumer's log records at INFO and above, each with the trace and span ids a JSON line shows."""
+    capture = Recorded()
+    capture.addFilter(TraceContextFilter("tester"))
+    logger = logging.getLogger("shopmesh.consumer")
+    logger.addHandler(capture)
+    caplog.set_level(logging.INFO, logger="shopmesh.consumer")
+    try:
+        yield capture.records
+    finally:
+        logger.removeHandler(capture)
+
+
 async def test_the_log_line_of_a_duplicate_event_carries_the_events_trace_id(
     db: Database,
     client: Client,
     nats_srv: NatsServer,
     exporter: InMemorySpanExporter,
-    caplog: pytest.LogCaptureFixture,
+    consumer_lines: list[logging.LogRecord],
 ) -> None:
-    capture = Recorded()
-    lines = capture.records
-    capture.addFilter(TraceContextFilter("tester"))
-    logger = logging.getLogger("shopmesh.consumer")
-    logger.addHandler(capture)
-    caplog.set_level(logging.INFO, logger="shopmesh.consumer")
     running = consumer(db, nats_srv.url, record)
     # As after a crash between the commit and the ack: the event was applied, and arrives again.
     assert await running._apply(Event("e1", SUBJECT, b"x", {"Nats-Msg-Id": "e1"}, attempt=1))
-    traceparent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
-    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": "e1", "traceparent": traceparent})
+    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": "e1", "traceparent": TRACEPARENT})
     running.start()
     try:
-        await eventually(lambda: [r for r in lines if "already processed" in r.getMessage()], "the duplicate logged")
+        await eventually(
+            lambda: [r for r in consumer_lines if "already processed" in r.getMessage()], "the duplicate logged"
+        )
     finally:
         await running.stop()
-        logger.removeHandler(capture)
-    [line] = [r for r in lines if "already processed" in r.getMessage()]
-    assert line.trace_id == "ab" * 16  # type: ignore[attr-defined]
+    [line] = [r for r in consumer_lines if "already processed" in r.getMessage()]
+    assert line.trace_id == TRACE_ID  # type: ignore[attr-defined]
 
 
 async def test_the_log_line_of_a_replayed_dead_letter_carries_the_events_trace_id(
-    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+    db: Database,
+    client: Client,
+    nats_srv: NatsServer,
+    exporter: InMemorySpanExporter,
+    consumer_lines: list[logging.LogRecord],
 ) -> None:
     fixed = False
 
@@ -155,13 +172,7 @@ async def test_the_log_line_of_a_replayed_dead_letter_carries_the_events_trace_i
             raise RuntimeError("the handler broke")
         await record(session, event)
 
-    capture = Recorded()
-    capture.addFilter(TraceContextFilter("tester"))
-    logger = logging.getLogger("shopmesh.consumer")
-    logger.addHandler(capture)
-    caplog.set_level(logging.INFO, logger="shopmesh.consumer")
-    traceparent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
-    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": "e1", "traceparent": traceparent})
+    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": "e1", "traceparent": TRACEPARENT})
     running = consumer(db, nats_srv.url, broken_until_fixed, max_attempts=1)
     running.start()
     try:
@@ -172,6 +183,5 @@ async def test_the_log_line_of_a_replayed_dead_letter_carries_the_events_trace_i
         await until_applied(db, Counter({"e1": 1}))
     finally:
         await running.stop()
-        logger.removeHandler(capture)
-    [line] = [r for r in capture.records if r.getMessage().startswith("replaying event e1")]
-    assert line.trace_id == "ab" * 16  # type: ignore[attr-defined]
+    [line] = [r for r in consumer_lines if r.getMessage().startswith("replaying event e1")]
+    assert line.trace_id == TRACE_ID  # type: ignore[attr-defined]
