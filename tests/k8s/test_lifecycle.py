@@ -75,12 +75,34 @@ async def test_sigterm_stops_a_pod_still_starting(postgres: PostgresServer) -> N
         await holder.close()
 
 
-def _catches(pid: int, sig: signal.Signals) -> bool:
-    """Whether process `pid` has a handler for `sig` (the SigCgt mask of /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
-    return False
+# Runs a service's `__main__` as `python -m` does, held at its first import of grpc: it reports whether SIGTERM has a
+# handler by then and waits there for the test's SIGTERM, so the signal surely comes during the imports. A poll
+# from outside raced the child: on a busy machine (make test beside another worker) the poller woke only after
+# grpc was loaded.
+_HOLD_AT_GRPC_IMPORT = """
+import os, runpy, signal, sys, time
+
+class HoldAtGrpcImport:
+    def find_spec(self, name, path=None, target=None):
+        if name != "grpc":
+            return None
+        sys.meta_path.remove(self)
+        handler = signal.getsignal(signal.SIGTERM)
+        with open(os.environ["GRPC_IMPORT_REPORT"], "w") as report:
+            report.write("default" if handler in (signal.SIG_DFL, None) else "handled")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            early = sys.modules.get("shopmesh_chassis.early_signals")
+            if early is not None and early.received() is not None:
+                break
+            time.sleep(0.01)
+        return None
+
+sys.meta_path.insert(0, HoldAtGrpcImport())
+module = sys.argv[1]
+del sys.argv[1]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
 
 
 def test_sigterm_while_the_interpreter_still_imports_stops_the_pod(tmp_path: Path) -> None:
@@ -89,27 +111,29 @@ def test_sigterm_while_the_interpreter_still_imports_stops_the_pod(tmp_path: Pat
     no handler is dropped: the service started, served, and the pod waited out terminationGracePeriodSeconds
     for SIGKILL (the kubelet sends SIGTERM once). The handler must be there before grpc is even loaded, and a
     SIGTERM then stops the start."""
+    report = tmp_path / "grpc-import"
     env = {
         **os.environ,
         "DATA_DIR": str(tmp_path),
         "GRPC_PORT": str(free_port()),
         "METRICS_PORT": "-1",
         "LOG_FORMAT": "text",
+        "GRPC_IMPORT_REPORT": str(report),
     }
     env.pop("DATABASE_URL", None)
-    process = subprocess.Popen(_as_pid_1([sys.executable, "-m", "shopmesh_catalog"]), env=env)
+    argv = [sys.executable, "-c", _HOLD_AT_GRPC_IMPORT, "shopmesh_catalog"]
+    process = subprocess.Popen(_as_pid_1(argv), env=env)
     try:
         init = _namespace_init(process.pid)
-        deadline = time.monotonic() + 15
-        while not _catches(init, signal.SIGTERM) and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert _catches(init, signal.SIGTERM), "the service never took SIGTERM"
-        # Polled every millisecond, the handler is seen long before the imports end (over a second).
-        assert "cygrpc" not in Path(f"/proc/{init}/maps").read_text(), (
-            "SIGTERM had no handler until grpc was imported: a signal during the imports is dropped"
+        deadline = time.monotonic() + 30
+        while not (report.exists() and report.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert report.exists(), "the service never imported grpc"
+        assert report.read_text() == "handled", (
+            "SIGTERM had no handler when grpc was imported: a signal during the imports is dropped"
         )
         os.kill(init, signal.SIGTERM)  # as the container runtime does, from outside the namespace
-        assert process.wait(timeout=15) == 128 + signal.SIGTERM
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
         if process.poll() is None:
             os.kill(_namespace_init(process.pid), signal.SIGKILL)
