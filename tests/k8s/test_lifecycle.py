@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from shopmesh_chassis.migrations import _PG_MIGRATION_LOCK
-from shopmesh_chassis.testing import free_port
+from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.postgres import PostgresServer
 
 
@@ -105,7 +104,7 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
-def test_sigterm_while_the_interpreter_still_imports_stops_the_pod(tmp_path: Path) -> None:
+async def test_sigterm_while_the_interpreter_still_imports_stops_the_pod(tmp_path: Path) -> None:
     """The same deletion a moment earlier: the kubelet's SIGTERM comes while the interpreter still imports the
     service (grpc, SQLAlchemy, OpenTelemetry, NATS: over a second of a start on SQLite). As PID 1 a signal with
     no handler is dropped: the service started, served, and the pod waited out terminationGracePeriodSeconds
@@ -122,19 +121,16 @@ def test_sigterm_while_the_interpreter_still_imports_stops_the_pod(tmp_path: Pat
     }
     env.pop("DATABASE_URL", None)
     argv = [sys.executable, "-c", _HOLD_AT_GRPC_IMPORT, "shopmesh_catalog"]
-    process = subprocess.Popen(_as_pid_1(argv), env=env)
+    process = await asyncio.create_subprocess_exec(*_as_pid_1(argv), env=env)
     try:
         init = _namespace_init(process.pid)
-        deadline = time.monotonic() + 30
-        while not (report.exists() and report.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert report.exists(), "the service never imported grpc"
-        assert report.read_text() == "handled", (
+        reported = await eventually(lambda: report.exists() and report.read_text(), "the service's import of grpc")
+        assert reported == "handled", (
             "SIGTERM had no handler when grpc was imported: a signal during the imports is dropped"
         )
         os.kill(init, signal.SIGTERM)  # as the container runtime does, from outside the namespace
-        assert process.wait(timeout=30) == 128 + signal.SIGTERM
+        assert await asyncio.wait_for(process.wait(), 30) == 128 + signal.SIGTERM
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             os.kill(_namespace_init(process.pid), signal.SIGKILL)
-            process.wait(timeout=10)
+            await process.wait()
