@@ -35,6 +35,11 @@ from shopmesh_platform.traces import load
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 CATALOG_INSTALLED = importlib.util.find_spec("shopmesh_catalog") is not None
+# Only bound a hang: a loaded machine may take seconds to connect and answer, more than health_status's 1 s
+# default. One health call, not a poll: nothing listening refuses it at once, so it still reads the state the
+# launcher's "ready" claims.
+HEALTH_CALL_SECONDS = 30
+NATS_CONNECT_SECONDS = 30
 
 
 def table_rows(lines: list[str]) -> dict[str, dict[str, str]]:
@@ -141,7 +146,7 @@ async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on
         rows = table_rows(lines)
 
         assert rows["nats"]["state"] == "ready"
-        nc = await nats.connect(rows["nats"]["grpc"], connect_timeout=2)
+        nc = await nats.connect(rows["nats"]["grpc"], connect_timeout=NATS_CONNECT_SECONDS)
         try:
             await nc.jetstream().account_info()
         finally:
@@ -152,7 +157,8 @@ async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on
         commands = printed_commands(lines)
         if CATALOG_INSTALLED:
             assert rows["catalog"]["state"] == "SERVING"
-            assert await health_status(rows["catalog"]["grpc"]) == health_pb2.HealthCheckResponse.SERVING
+            status = await health_status(rows["catalog"]["grpc"], timeout=HEALTH_CALL_SECONDS)
+            assert status == health_pb2.HealthCheckResponse.SERVING
             assert any(line.split(" | ")[0].strip() == "catalog" for line in lines)
             assert len(commands) == 3
             outputs = [await run_printed_command(command) for command in commands]
@@ -389,8 +395,9 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
         assert rows["catalog-sidecar"]["state"] == "ready"
         # Plaintext reaches the service only where it listens behind its sidecar (the sidecar's row), not
         # at its address.
-        assert await health_status(rows["catalog"]["grpc"]) is None
-        assert await health_status(rows["catalog-sidecar"]["grpc"]) == health_pb2.HealthCheckResponse.SERVING
+        assert await health_status(rows["catalog"]["grpc"], timeout=HEALTH_CALL_SECONDS) is None
+        status = await health_status(rows["catalog-sidecar"]["grpc"], timeout=HEALTH_CALL_SECONDS)
+        assert status == health_pb2.HealthCheckResponse.SERVING
         [intro] = [line for line in lines if line.startswith("Call catalog as gateway")]
         command = lines[lines.index(intro) + 1].strip()
         assert "shopmesh.catalog.v1.CatalogService" in (await run_printed_command(command)).split()

@@ -41,6 +41,11 @@ from shopmesh_platform.stack import (
 from shopmesh_platform.topology import SERVICES
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# Only bound a hang: a loaded machine may take seconds to connect and answer, more than health_status's 1 s
+# default. One health call, not a poll: nothing listening refuses it at once, so it still reads the state
+# right after a start (which returns once SERVING) or a kill, and a start that returned early still fails.
+HEALTH_CALL_SECONDS = 30
+NATS_CONNECT_SECONDS = 30
 SAMPLE = (sys.executable, "-m", "shopmesh_chassis.testing.sample_service")
 
 # beta calls alpha. Before it becomes the sample service, it reports what the launcher handed it and
@@ -50,7 +55,7 @@ BETA = (
     "-c",
     "import asyncio, os, runpy, sys\n"
     "from shopmesh_chassis.testing import health_status\n"
-    "status = asyncio.run(health_status(os.environ['ALPHA_ADDRESS']))\n"
+    f"status = asyncio.run(health_status(os.environ['ALPHA_ADDRESS'], timeout={HEALTH_CALL_SECONDS}))\n"
     "print('handed', 'ALPHA_ADDRESS=' + os.environ['ALPHA_ADDRESS'], 'NATS_URL=' + os.environ['NATS_URL'],"
     " 'DATA_DIR=' + os.environ['DATA_DIR'], flush=True)\n"
     "if status != 1:\n"
@@ -98,7 +103,7 @@ async def test_every_service_answers_serving_on_its_own_port(running: Stack) -> 
     assert running.services == ["alpha", "beta"]
     assert running.address("alpha") != running.address("beta")
     for name in running.services:
-        assert await health_status(running.address(name)) == SERVING
+        assert await health_status(running.address(name), timeout=HEALTH_CALL_SECONDS) == SERVING
         assert running.is_running(name)
 
 
@@ -123,7 +128,7 @@ async def test_each_process_output_is_kept_and_written_to_its_log_file(running: 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_nats_serves_jetstream_and_keeps_its_data_under_the_data_dir(running: Stack) -> None:
-    nc = await nats.connect(running.nats_url, connect_timeout=2)
+    nc = await nats.connect(running.nats_url, connect_timeout=NATS_CONNECT_SECONDS)
     try:
         js = nc.jetstream()
         await js.account_info()
@@ -147,18 +152,18 @@ async def test_a_killed_service_restarts_on_the_same_port_and_serves_again(stack
 
     assert await stack.kill_service("alpha") == -signal.SIGKILL
     assert not stack.is_running("alpha")
-    assert await health_status(address) is None
-    assert await health_status(stack.address("beta")) == SERVING
+    assert await health_status(address, timeout=HEALTH_CALL_SECONDS) is None
+    assert await health_status(stack.address("beta"), timeout=HEALTH_CALL_SECONDS) == SERVING
 
     await stack.start_service("alpha")
     assert stack.address("alpha") == address
     assert stack.pid("alpha") != old_pid
-    assert await health_status(address) == SERVING
+    assert await health_status(address, timeout=HEALTH_CALL_SECONDS) == SERVING
     assert gone(old_pid)
 
 
 async def test_a_restarted_nats_still_has_its_streams(stack: Stack) -> None:
-    nc = await nats.connect(stack.nats_url, connect_timeout=2)
+    nc = await nats.connect(stack.nats_url, connect_timeout=NATS_CONNECT_SECONDS)
     try:
         js = nc.jetstream()
         await js.add_stream(name="PAYMENTS", subjects=["payments.v1.>"])
@@ -169,7 +174,7 @@ async def test_a_restarted_nats_still_has_its_streams(stack: Stack) -> None:
     await stack.kill_service(NATS)
     await stack.start_service(NATS)
 
-    nc = await nats.connect(stack.nats_url, connect_timeout=2)
+    nc = await nats.connect(stack.nats_url, connect_timeout=NATS_CONNECT_SECONDS)
     try:
         info = await nc.jetstream().stream_info("PAYMENTS")
         assert info.state.messages == 1
@@ -288,7 +293,7 @@ async def test_a_port_held_only_by_a_connection_is_waited_for_not_refused(tmp_pa
         client.close()
         try:
             await asyncio.wait_for(starting, 60)
-            assert await health_status(stack.address("alpha")) == SERVING
+            assert await health_status(stack.address("alpha"), timeout=HEALTH_CALL_SECONDS) == SERVING
         finally:
             await stack.stop()
 
