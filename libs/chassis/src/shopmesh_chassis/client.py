@@ -8,6 +8,7 @@ Which methods are retried is read from the contracts: a method is retried only w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -204,6 +205,29 @@ class OutboundContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
+class CancelAtTheTargetInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Innermost: a call its caller cancels is cancelled at the target too.
+
+    A caller awaiting `stub.Method(...)` awaits grpc.aio's interceptor task until the interceptors return the
+    call; the breaker and OpenTelemetry's interceptor do so only once they have awaited `call.code()`. The
+    caller's `task.cancel()` then cancels that task's `await call.code()` (a wait for the status), not the
+    call: the target kept working until the deadline, holding a max-concurrent-RPCs slot for an answer
+    nobody would read. (Without such interceptors the caller awaits the call itself, and grpc.aio cancels
+    it.) Awaiting the status here first, nearest the call, makes this the await the cancellation lands on,
+    with the call at hand to cancel; the interceptors outside see the caller's CancelledError as before."""
+
+    async def intercept_unary_unary(
+        self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
+    ) -> Any:
+        call = await continuation(client_call_details, request)
+        try:
+            await call.code()
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        return call
+
+
 @dataclass
 class _MethodBreaker:
     breaker: CircuitBreaker
@@ -356,6 +380,8 @@ class ResilientChannel:
             interceptors.extend(aio_client_interceptors(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
         if breaker is not None or config is not None:
             interceptors.append(BreakerInterceptor(target, self.breakers, new_breaker))
+        # Last: grpc.aio runs the interceptors in order, the last one nearest the call.
+        interceptors.append(CancelAtTheTargetInterceptor())
         channel_args: list[tuple[str, Any]] = [
             ("grpc.enable_retries", 1),
             ("grpc.service_config", service_config(services, options.retry)),
