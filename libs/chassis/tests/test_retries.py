@@ -13,8 +13,12 @@ import grpc
 import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
-from shopmesh_chassis.client import ClientOptions, ResilientChannel, is_idempotent, service_config
+from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy, is_idempotent, service_config
+from shopmesh_chassis.server import ChassisServer
+from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
+
+ECHO = {"grpc_type": "unary", "grpc_service": "shopmesh.sample.v1.SampleService", "grpc_method": "Echo"}
 
 
 def test_service_config_lists_exactly_the_idempotent_methods() -> None:
@@ -124,13 +128,23 @@ async def test_non_idempotent_method_answered_cancelled_by_the_server_is_not_ret
 
 
 async def test_a_call_its_caller_cancels_is_not_retried(
-    stub: sample_pb2_grpc.SampleServiceStub, servicer: SampleServicer
+    stub: sample_pb2_grpc.SampleServiceStub, servicer: SampleServicer, server: ChassisServer
 ) -> None:
-    behaviour = sample_pb2.Behaviour(attempt_key="echo-mine", sleep_ms=1000)
+    # Held far longer than the test runs: the attempt ends by its caller's cancellation, nothing else.
+    behaviour = sample_pb2.Behaviour(attempt_key="echo-mine", sleep_ms=60_000)
     call = asyncio.ensure_future(stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour)))
-    await asyncio.sleep(0.2)
+    # Cancelled once the attempt is at the server: cancelled before, it never went out, and proves nothing.
+    await eventually(lambda: servicer.attempts["echo-mine"] == 1, "the first attempt at the server")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await asyncio.sleep(0.3)
+    await eventually(
+        lambda: server.metrics.registry.get_sample_value(
+            "grpc_server_handled_total", {**ECHO, "grpc_code": "CANCELLED"}
+        ),
+        "the attempt ended cancelled at the server",
+    )
+    # A retry would follow the attempt's end within its backoff (50 ms, jittered): ten times that passes
+    # without a second attempt. Load can only make this wait miss a retry, never fail a correct client.
+    await asyncio.sleep(RetryPolicy().initial_backoff_seconds * 10)
     assert servicer.attempts["echo-mine"] == 1
