@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -20,13 +21,32 @@ from shopmesh_chassis.testing.sample_service import SampleServicer, binding
 from .conftest import sample_settings
 
 LIMIT = 2
-SLOW = sample_pb2.EchoRequest(message="slow", behaviour=sample_pb2.Behaviour(sleep_ms=1_500))
+SLOW = sample_pb2.EchoRequest(message="slow")
 ECHO = {"grpc_type": "unary", "grpc_service": "shopmesh.sample.v1.SampleService", "grpc_method": "Echo"}
 
 
+class Holding(SampleServicer):
+    """Echo holds each SLOW call until the test releases them: the server stays full for as long as a test
+    needs, however slowly it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        if request.message == SLOW.message:
+            await self.release.wait()
+        return await super().Echo(request, context)
+
+
 @pytest.fixture
-async def limited() -> AsyncIterator[ChassisServer]:
-    async with serve_in_process(sample_settings(grpc_max_concurrent_rpcs=LIMIT), [binding(SampleServicer())]) as s:
+def holding() -> Holding:
+    return Holding()
+
+
+@pytest.fixture
+async def limited(holding: Holding) -> AsyncIterator[ChassisServer]:
+    async with serve_in_process(sample_settings(grpc_max_concurrent_rpcs=LIMIT), [binding(holding)]) as s:
         yield s
 
 
@@ -37,16 +57,22 @@ def sample(server: ChassisServer, name: str, **labels: str) -> float:
 async def at_the_limit(
     server: ChassisServer, stub: sample_pb2_grpc.SampleServiceStub
 ) -> list[asyncio.Future[sample_pb2.EchoResponse]]:
-    """LIMIT slow calls, returned once all of them are in their handler (the server is full)."""
+    """LIMIT held calls, returned once all of them are in their handler (the server is full)."""
     busy = [asyncio.ensure_future(stub.Echo(SLOW, timeout=30)) for _ in range(LIMIT)]
-    await eventually(
-        lambda: sample(server, "grpc_server_in_flight_requests") == LIMIT, "the slow calls in their handler"
-    )
+
+    def all_in_their_handler() -> bool:
+        for call in busy:
+            if call.done():
+                # Refused on the way in (a slot an earlier call never gave back): its error, at once.
+                raise AssertionError(f"a held call ended: {call.result()}")
+        return sample(server, "grpc_server_in_flight_requests") == LIMIT
+
+    await eventually(all_in_their_handler, "the held calls in their handler")
     return busy
 
 
 async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_rest_complete(
-    limited: ChassisServer,
+    limited: ChassisServer, holding: Holding
 ) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
@@ -60,7 +86,7 @@ async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_res
         assert details.error_info is not None
         assert details.error_info.reason == "SERVER_OVERLOADED"
         assert details.retry_delay_seconds == pytest.approx(SHED_RETRY_AFTER_SECONDS)
-        # Refused before the slow calls answered, and trailers-only, like every error of the chassis.
+        # Refused while the held calls still ran, and trailers-only, like every error of the chassis.
         assert not any(call.done() for call in busy)
         assert not await refused.initial_metadata()
         # Shed load shows in the metrics as what it is (counted as the handler ends, which may be just after
@@ -70,6 +96,7 @@ async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_res
             "the refusal counted",
         )
 
+        holding.release.set()
         assert [r.message for r in await asyncio.gather(*busy)] == ["slow"] * LIMIT
         # With the slots free again the server takes calls as before.
         assert (await stub.Echo(sample_pb2.EchoRequest(message="again"), timeout=30)).message == "again"
@@ -78,7 +105,9 @@ async def test_a_call_over_the_limit_is_refused_at_once_with_details_and_the_res
     )
 
 
-async def test_health_checks_are_answered_while_the_server_is_at_its_limit(limited: ChassisServer) -> None:
+async def test_health_checks_are_answered_while_the_server_is_at_its_limit(
+    limited: ChassisServer, holding: Holding
+) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
         busy = await at_the_limit(limited, stub)
@@ -86,27 +115,31 @@ async def test_health_checks_are_answered_while_the_server_is_at_its_limit(limit
         for _ in range(3):
             assert await health_status(limited.address, timeout=5) == health_pb2.HealthCheckResponse.SERVING
         assert not any(call.done() for call in busy)
+        holding.release.set()
         await asyncio.gather(*busy)
 
 
-async def test_failed_calls_give_their_slot_back(limited: ChassisServer) -> None:
+async def test_failed_calls_give_their_slot_back(limited: ChassisServer, holding: Holding) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
         for kind in (sample_pb2.ERROR_KIND_UNEXPECTED, sample_pb2.ERROR_KIND_NOT_FOUND) * LIMIT:
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Fail(sample_pb2.FailRequest(kind=kind), timeout=30)
-        answers = await asyncio.gather(*(stub.Echo(SLOW, timeout=30) for _ in range(LIMIT)))
-        assert [a.message for a in answers] == ["slow"] * LIMIT
+        # All LIMIT slots at once: one kept by a failed call would shed one of these (RESOURCE_EXHAUSTED).
+        busy = await at_the_limit(limited, stub)
+        holding.release.set()
+        assert [a.message for a in await asyncio.gather(*busy)] == ["slow"] * LIMIT
 
 
 async def test_a_caller_of_a_shedding_server_answers_its_own_caller_unavailable_with_retry_info(
-    limited: ChassisServer, stub: sample_pb2_grpc.SampleServiceStub
+    limited: ChassisServer, holding: Holding, stub: sample_pb2_grpc.SampleServiceStub
 ) -> None:
     async with grpc.aio.insecure_channel(limited.address) as channel:
         busy = await at_the_limit(limited, sample_pb2_grpc.SampleServiceStub(channel))
         # `stub` is another chassis server whose Relay handler calls the shedding one and does not catch.
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Relay(sample_pb2.RelayRequest(target=limited.address, echo=sample_pb2.EchoRequest(message="x")))
+        holding.release.set()
         await asyncio.gather(*busy)
     assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
     details = details_of(raised.value)
