@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +17,7 @@ from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer
-from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
 
 from .conftest import sample_settings
@@ -29,6 +29,20 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# A deadline only bounds a call the test holds at the target and ends itself: the breaker's held clock, not
+# gRPC's, says how near the deadline it ended.
+HELD_CALL_TIMEOUT = 60.0
+
+
+def held(key: str) -> sample_pb2.EchoRequest:
+    """An Echo the target holds (far longer than any test runs), counted at the target under `key`."""
+    return sample_pb2.EchoRequest(message=key, behaviour=sample_pb2.Behaviour(attempt_key=key, sleep_ms=60_000))
+
+
+async def at_the_target(servicer: SampleServicer, key: str) -> None:
+    await eventually(lambda: servicer.attempts[key] == 1, f"the call {key!r} at the target")
 
 
 def test_the_breaker_opens_after_the_failure_threshold_and_closes_after_a_successful_probe() -> None:
@@ -77,23 +91,24 @@ def test_a_cancelled_probe_gives_its_slot_back_and_proves_nothing() -> None:
     assert breaker.allow()  # the slot is free for the next probe
 
 
-@pytest.mark.parametrize(("stall_seconds", "opened"), [(0.0, False), (0.4, True)])
+@pytest.mark.parametrize("deadline_passed", [False, True])
 async def test_a_call_its_caller_cancels_counts_as_a_failure_only_once_its_deadline_has_passed(
-    server: ChassisServer, stall_seconds: float, opened: bool
+    server: ChassisServer, servicer: SampleServicer, deadline_passed: bool
 ) -> None:
     """A caller's own timer that fires with gRPC's deadline in one loop pass (a loop stalled by load)
     cancels the call before DEADLINE_EXCEEDED is seen; the target still let the deadline pass."""
-    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=30))
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=30), clock)
     async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
-        slow = sample_pb2.EchoRequest(message="x", behaviour=sample_pb2.Behaviour(sleep_ms=5000))
-        call = asyncio.ensure_future(stub.Echo(slow, timeout=0.3))
-        await asyncio.sleep(0.05)  # the call is out
-        time.sleep(stall_seconds)  # noqa: ASYNC251 - the loop stalls, as under load
+        call = asyncio.ensure_future(stub.Echo(held("cancelled"), timeout=HELD_CALL_TIMEOUT))
+        await at_the_target(servicer, "cancelled")
+        if deadline_passed:
+            clock.now += HELD_CALL_TIMEOUT  # the loop stalled until the deadline, as under load
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-    assert (breaker.state is BreakerState.OPEN) is opened
+    assert (breaker.state is BreakerState.OPEN) is deadline_passed
 
 
 async def test_breaker_opens_fails_fast_and_closes_again(server: ChassisServer, servicer: SampleServicer) -> None:
@@ -215,7 +230,9 @@ def slow(ms: int) -> sample_pb2.EchoRequest:
     return sample_pb2.EchoRequest(message="m", behaviour=sample_pb2.Behaviour(sleep_ms=ms))
 
 
-async def test_a_probe_its_caller_cancels_leaves_the_breaker_half_open(server: ChassisServer) -> None:
+async def test_a_probe_its_caller_cancels_leaves_the_breaker_half_open(
+    server: ChassisServer, servicer: SampleServicer
+) -> None:
     """The dependency hangs; after the reset timeout one probe goes out, and its caller gives up on it
     (the gateway's TaskGroup cancels a page's calls when one fails). The probe learned nothing about the
     target: the breaker must not close on it and send every call to the hanging target again."""
@@ -230,8 +247,8 @@ async def test_a_probe_its_caller_cancels_leaves_the_breaker_half_open(server: C
         assert breaker.state is BreakerState.OPEN
 
         clock.now += 30  # half-open: one probe may go
-        probe = asyncio.ensure_future(stub.Echo(slow(3_000), timeout=5.0))
-        await asyncio.sleep(0.3)
+        probe = asyncio.ensure_future(stub.Echo(held("probe"), timeout=HELD_CALL_TIMEOUT))
+        await at_the_target(servicer, "probe")
         probe.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await probe
@@ -240,7 +257,7 @@ async def test_a_probe_its_caller_cancels_leaves_the_breaker_half_open(server: C
 
 
 async def test_a_call_sent_before_the_breaker_opened_does_not_free_the_running_probes_slot(
-    server: ChassisServer,
+    server: ChassisServer, servicer: SampleServicer
 ) -> None:
     """A call sent while the breaker was closed, cancelled while a half-open probe runs, took no slot and
     gives none back: else a second probe would go out beside the first."""
@@ -248,12 +265,12 @@ async def test_a_call_sent_before_the_breaker_opened_does_not_free_the_running_p
     breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=30), clock)
     async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
-        early = asyncio.ensure_future(stub.Echo(slow(3_000), timeout=5.0))
-        await asyncio.sleep(0.1)
+        early = asyncio.ensure_future(stub.Echo(held("early"), timeout=HELD_CALL_TIMEOUT))
+        await at_the_target(servicer, "early")
         breaker.record_failure()  # other calls failed meanwhile: open
         clock.now += 30
-        probe = asyncio.ensure_future(stub.Echo(slow(3_000), timeout=5.0))
-        await asyncio.sleep(0.1)
+        probe = asyncio.ensure_future(stub.Echo(held("probe"), timeout=HELD_CALL_TIMEOUT))
+        await at_the_target(servicer, "probe")
         assert breaker.state is BreakerState.HALF_OPEN
         early.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -311,16 +328,32 @@ async def test_short_inbound_deadlines_do_not_open_the_breaker_of_a_healthy_depe
         assert response.message == "m"
 
 
-async def test_a_budget_handed_down_by_the_caller_still_opens_the_breaker_of_a_hanging_target(
-    server: ChassisServer,
-) -> None:
+class AnsweringOnTheClock(SampleServicer):
+    """Echo takes `latency` of the breaker's held clock to answer: the target's usual latency, whatever the
+    machine's load does to the real one."""
+
+    def __init__(self, clock: FakeClock, latency: float) -> None:
+        super().__init__()
+        self._clock = clock
+        self._latency = latency
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        self._clock.now += self._latency
+        return await super().Echo(request, context)
+
+
+async def test_a_budget_handed_down_by_the_caller_still_opens_the_breaker_of_a_hanging_target() -> None:
     """Recommendations call catalog with 1 s of their own, inside the gateway's 300 ms budget: every call
     to catalog gets the budget's rest, cut below half its own. Catalog usually answers within milliseconds,
     so when it hangs, 300 ms is ample time it let pass: the breaker counts it, and opens."""
-    breaker = CircuitBreaker(BreakerConfig(failure_threshold=3, reset_timeout_seconds=30))
-    async with ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker) as channel:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=3, reset_timeout_seconds=30), clock)
+    async with (
+        serve_in_process(sample_settings(), [binding(AnsweringOnTheClock(clock, latency=0.005))]) as catalog,
+        ResilientChannel(catalog.address, [DESCRIPTOR], breaker=breaker) as channel,
+    ):
         stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
-        assert (await stub.Echo(slow(0), timeout=1.0)).message == "m"  # its usual latency: a few ms
+        assert (await stub.Echo(slow(0), timeout=1.0)).message == "m"  # its usual latency: 5 ms
         for _ in range(3):
             token = call_context.enter(0.3, [])  # serving the gateway's call, 300 ms left
             try:
@@ -366,7 +399,9 @@ def test_failures_of_calls_already_in_flight_do_not_open_an_open_breaker_again()
     assert breaker.state is BreakerState.HALF_OPEN, "the open period restarted from the stragglers"
 
 
-async def test_a_call_refused_while_a_probe_runs_is_not_told_to_retry_at_once(server: ChassisServer) -> None:
+async def test_a_call_refused_while_a_probe_runs_is_not_told_to_retry_at_once(
+    server: ChassisServer, servicer: SampleServicer
+) -> None:
     """Half-open, one probe out (users' Login may hold it for 5 s, orders' PlaceOrder for 15 s): every other
     call is refused with CIRCUIT_OPEN, and its RetryInfo must not say 0 s. The gateway passes that delay on
     to its clients (downstream.translate), so clients that honour RetryInfo came straight back, to be
@@ -381,8 +416,8 @@ async def test_a_call_refused_while_a_probe_runs_is_not_told_to_retry_at_once(se
         assert breaker.state is BreakerState.OPEN
 
         clock.now += 30  # half-open: one probe goes out and hangs
-        probe = asyncio.ensure_future(stub.Echo(slow(3_000), timeout=5.0))
-        await asyncio.sleep(0.1)
+        probe = asyncio.ensure_future(stub.Echo(held("probe"), timeout=HELD_CALL_TIMEOUT))
+        await at_the_target(servicer, "probe")
         try:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Echo(sample_pb2.EchoRequest(message="x"))

@@ -43,6 +43,12 @@ class CircuitBreaker:
         self.opened = 0
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """The breaker's clock: the client interceptor times its calls on it too (their usual latency, how
+        near their deadline a cancellation came), so a test holding it decides those as well."""
+        return self._clock
+
+    @property
     def state(self) -> BreakerState:
         if self.observed_state() is not self._state:  # open past its timeout: a probe may go now
             self._state = BreakerState.HALF_OPEN

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -299,14 +298,15 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 ),
             )
         timeout = client_call_details.timeout
-        started = time.monotonic()
+        clock = breaker.clock
+        started = clock()
         deadline = None if timeout is None else started + timeout * (1 - _AT_THE_DEADLINE)
         callers_deadline = self._too_short_to_tell(method, timeout, _OWN_TIMEOUT_CUT_BY_CALLER.get())
         try:
             call = await continuation(client_call_details, request)
             code = await call.code()
         except BaseException:
-            if deadline is not None and time.monotonic() >= deadline and not callers_deadline:
+            if deadline is not None and clock() >= deadline and not callers_deadline:
                 # Cut short by the caller's own timer at the call's deadline (armed with it, or both fired in
                 # one pass of a stalled loop, the caller's first): the target let the deadline pass, a
                 # failure as much as DEADLINE_EXCEEDED is.
@@ -316,7 +316,7 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 breaker.release_probe()
             raise
         if code == grpc.StatusCode.OK:
-            seconds = time.monotonic() - started
+            seconds = clock() - started
             usual = method.usual_latency
             method.usual_latency = seconds if usual is None else usual + _LATENCY_WEIGHT * (seconds - usual)
             breaker.record_success()
