@@ -12,14 +12,16 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.app import HOOK_RESERVE_SECONDS
-from shopmesh_chassis.testing import ServiceProcess, health_status, start_process_serving
+from shopmesh_chassis.testing import ServiceProcess, eventually, health_status, start_process_serving
+from shopmesh_chassis.testing.sample_service import SampleServicer
 
 SAMPLE = [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"]
 
@@ -34,7 +36,15 @@ def grpcurl(*args: str) -> str:
 
 @pytest.fixture
 async def sample_process(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
-    env = {"METRICS_PORT": "-1", "DRAIN_DELAY_SECONDS": "1", "SHUTDOWN_GRACE_SECONDS": "10"}
+    # A call the drain test holds must outlive the drain by far, however slowly the machine runs: its Relay's
+    # deadline (CLIENT_DEFAULT_TIMEOUT_SECONDS) and the grace only bound a hang.
+    env = {
+        "METRICS_PORT": "-1",
+        "DRAIN_DELAY_SECONDS": "1",
+        "SHUTDOWN_GRACE_SECONDS": "60",
+        "SHUTDOWN_HOOKS_BUDGET_SECONDS": "70",
+        "CLIENT_DEFAULT_TIMEOUT_SECONDS": "120",
+    }
     proc = await start_process_serving(SAMPLE, log_path=tmp_path / "sample.log", env=env)
     try:
         yield proc
@@ -77,26 +87,72 @@ async def test_grpcurl_calls_a_method_without_proto_files(sample_process: Servic
     assert json.loads(out)["message"] == "hello"
 
 
-async def test_sigterm_drains_in_flight_calls_and_exits_zero(sample_process: ServiceProcess) -> None:
+class Holding(SampleServicer):
+    """Echo holds each call until the test releases it, and says when one has arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        self.arrived.set()
+        await self.release.wait()
+        return sample_pb2.EchoResponse(message=request.message)
+
+
+@pytest.fixture
+async def holding() -> AsyncIterator[tuple[Holding, str]]:
+    """A SampleService in this process whose Echo holds each call, and its address."""
+    servicer = Holding()
+    server = grpc.aio.server()
+    sample_pb2_grpc.add_SampleServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        servicer.release.set()
+        await server.stop(None)
+
+
+async def test_sigterm_drains_in_flight_calls_and_exits_zero(
+    sample_process: ServiceProcess, holding: tuple[Holding, str]
+) -> None:
+    downstream, downstream_address = holding
     async with grpc.aio.insecure_channel(sample_process.address) as channel:
         stub = sample_pb2_grpc.SampleServiceStub(channel)
-        in_flight = asyncio.ensure_future(
-            stub.Echo(sample_pb2.EchoRequest(message="slow", behaviour=sample_pb2.Behaviour(sleep_ms=4000)))
-        )
-        await asyncio.sleep(0.3)  # let the call reach the handler
-        sample_process.signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
-        # Draining (DRAIN_DELAY_SECONDS=1): health says NOT_SERVING so balancers stop sending.
-        assert await health_status(sample_process.address) == health_pb2.HealthCheckResponse.NOT_SERVING
-        await asyncio.sleep(1.5)
-        # After the drain delay the server refuses new calls while the old one still runs.
-        assert not in_flight.done()
-        async with grpc.aio.insecure_channel(sample_process.address) as fresh:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await sample_pb2_grpc.SampleServiceStub(fresh).Echo(sample_pb2.EchoRequest(), timeout=1)
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed types the sync stub only
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=120)
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        # In flight at the process until the test releases it: its Relay waits on the held Echo here.
+        relay = sample_pb2.RelayRequest(target=downstream_address, echo=sample_pb2.EchoRequest(message="slow"))
+        in_flight = asyncio.ensure_future(stub.Relay(relay, timeout=120))
+        try:
+            async with asyncio.timeout(30):
+                await downstream.arrived.wait()
+            sample_process.signal(signal.SIGTERM)
+            # Draining (DRAIN_DELAY_SECONDS=1): health says NOT_SERVING so balancers stop sending.
+            async with asyncio.timeout(30):
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            # After the drain delay the server refuses new calls while the old one still runs.
+            async def refusal() -> grpc.StatusCode | None:
+                async with grpc.aio.insecure_channel(sample_process.address) as fresh:
+                    try:
+                        await sample_pb2_grpc.SampleServiceStub(fresh).Echo(sample_pb2.EchoRequest(), timeout=10)
+                    except grpc.aio.AioRpcError as error:
+                        return error.code()
+                return None  # still within the drain delay: answered
+
+            refused = await eventually(refusal, "a new call refused once the drain delay is over")
+            assert refused == grpc.StatusCode.UNAVAILABLE
+            assert not in_flight.done()
+        finally:
+            downstream.release.set()
         response = await in_flight
-        assert response.message == "slow"
+        assert response.echo.message == "slow"
+        watch.cancel()
     assert await asyncio.to_thread(sample_process.wait, 30) == 0
     # Stopped: new calls are refused.
     assert await health_status(sample_process.address) is None

@@ -41,8 +41,10 @@ _ERRORS: dict[int, errors.DomainError] = {
 
 
 class SampleServicer(sample_pb2_grpc.SampleServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, client_options: ClientOptions | None = None) -> None:
         self.attempts: Counter[str] = Counter()
+        # Relay's channel: the process takes its CLIENT_DEFAULT_TIMEOUT_SECONDS, as a service's wiring does.
+        self._client_options = client_options or ClientOptions(breaker=None)
 
     async def _behave(self, behaviour: sample_pb2.Behaviour) -> int:
         attempt = 0
@@ -79,7 +81,7 @@ class SampleServicer(sample_pb2_grpc.SampleServiceServicer):
     async def Relay(self, request: sample_pb2.RelayRequest, context: Any) -> sample_pb2.RelayResponse:
         if not request.target:
             raise errors.InvalidArgument("target is required", [errors.FieldViolation("target", "required")])
-        async with ResilientChannel(request.target, [DESCRIPTOR], ClientOptions(breaker=None)) as channel:
+        async with ResilientChannel(request.target, [DESCRIPTOR], self._client_options) as channel:
             stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
             echo = await stub.Echo(request.echo)
         return sample_pb2.RelayResponse(echo=echo)
@@ -113,7 +115,13 @@ async def _main() -> None:
     settings = load_settings(SampleSettings)
     provider = app.setup_observability(settings)
     shutdown = SampleShutdown(settings.sample_stall_on_shutdown)
-    await app.serve(settings, [binding()], tracer_provider=provider, on_shutdown=[shutdown.stall, shutdown.finish])
+    relay = ClientOptions(default_timeout_seconds=settings.client_default_timeout_seconds, breaker=None)
+    await app.serve(
+        settings,
+        [binding(SampleServicer(relay))],
+        tracer_provider=provider,
+        on_shutdown=[shutdown.stall, shutdown.finish],
+    )
 
 
 if __name__ == "__main__":
