@@ -258,9 +258,12 @@ def start_process(
 
 
 async def start_process_serving(
-    argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None, timeout: float = 20.0
+    argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None, timeout: float = 60.0
 ) -> ServiceProcess:
-    """Start a service process on a free port and wait until it is SERVING (or fail with its log)."""
+    """Start a service process on a free port and wait until it is SERVING (or fail with its log).
+
+    The timeout only bounds a start that hangs: beside other test workers on two cores a start's imports alone
+    took over 20 s once."""
     proc = start_process(argv, port=free_port(), log_path=log_path, env=env)
     try:
         deadline = time.monotonic() + timeout
