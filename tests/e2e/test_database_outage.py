@@ -141,22 +141,44 @@ async def test_sagas_in_flight_when_the_database_stops_end_terminal_with_money_a
     lost or left reserved, and each terminal order has its one event."""
     product, stock = "prod_headlamp", 100
     await shop.set_stock(product, stock)
-    customers = [user() for _ in range(16)]
 
-    async def checkout(customer: str, delay: float) -> None:
-        await asyncio.sleep(delay)
+    async def checkout(customer: str) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):  # some meet the outage; the orders tell
             await shop.place(place_request(customer, product))
 
+    async def pending(wave: list[str]) -> list[str]:
+        listed = await asyncio.gather(
+            *(shop.orders.ListOrders(orders_pb2.ListOrdersRequest(user_id=customer)) for customer in wave)
+        )
+        return [o.id for answer in listed for o in answer.orders if o.state == orders_pb2.ORDER_STATE_PENDING]
+
     # Three waves: the first finishes, the second is in flight when the database stops, the third starts
     # while it is away (the client's retries may carry it past the restart).
-    delays = [0.0] * 4 + [0.25] * 8 + [0.35] * 4
-    placing = [asyncio.create_task(checkout(c, delay)) for c, delay in zip(customers, delays, strict=True)]
-    await asyncio.sleep(0.27)
+    first = [user() for _ in range(4)]
+    finished = await asyncio.gather(*(shop.place(place_request(customer, product)) for customer in first))
+    assert {order.state for order in finished} == {orders_pb2.ORDER_STATE_CONFIRMED}, "the first wave, before"
+
+    # The database stops as soon as a second-wave order is seen half-way (PENDING: recorded, its saga not
+    # done), not after a guessed delay, which on a loaded machine came before the wave began or after it
+    # ended. A wave that ends between two looks is followed by another. The bound only stops a hang.
+    second: list[str] = []
+    placing: list[asyncio.Task[None]] = []
+    in_flight: list[str] = []
+    async with asyncio.timeout(60):
+        while not in_flight:
+            wave = [user() for _ in range(8)]
+            second += wave
+            tasks = [asyncio.create_task(checkout(customer)) for customer in wave]
+            placing += tasks
+            while not in_flight and not all(task.done() for task in tasks):
+                in_flight = await pending(wave)
     database.stop()
-    await asyncio.sleep(2)
+    third = [user() for _ in range(4)]
+    placing += [asyncio.create_task(checkout(customer)) for customer in third]
+    await asyncio.sleep(2)  # how long the outage lasts
     database.start()
     await asyncio.gather(*placing)
+    customers = first + second + third
 
     async def terminal_orders(customer: str) -> tuple[list[orders_pb2.Order]] | None:
         try:
@@ -172,6 +194,7 @@ async def test_sagas_in_flight_when_the_database_stops_end_terminal_with_money_a
         (found,) = await eventually(lambda c=customer: terminal_orders(c), f"the orders of {customer} terminal")
         settled += found
     assert settled, "no checkout got as far as an order"
+    assert set(in_flight) <= {o.id for o in settled}, "an order in flight when the database stopped"
     confirmed = [o for o in settled if o.state == orders_pb2.ORDER_STATE_CONFIRMED]
     for order in settled:
         assert await shop.captured(order.id) == (1 if order in confirmed else 0), order
