@@ -245,7 +245,12 @@ async def test_an_operator_sees_replays_and_discards_a_parked_message_with_the_c
     (first,) = await eventually(lambda: parked_anew(set()), "the poison message listed")
     assert (first["subject"], first["attempts"]) == ("orders.v1.order_confirmed", 3)
     gauge = {"consumer": "notifications"}
-    assert scraped(stack, "notifications", "shopmesh_events_dead_letters", gauge) >= 1
+
+    # The consumer counts what it parked after the park, in the background: listed first, counted a moment later.
+    async def counted() -> bool:
+        return await asyncio.to_thread(scraped, stack, "notifications", "shopmesh_events_dead_letters", gauge) >= 1
+
+    await eventually(counted, "the parked message counted by shopmesh_events_dead_letters")
 
     # Replayed to notifications, which still cannot read it: parked again, under a new sequence.
     replayed = await asyncio.to_thread(deadletters, stack, "replay", str(first["sequence"]))
