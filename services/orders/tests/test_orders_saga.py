@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -679,20 +679,38 @@ async def test_a_driver_whose_lease_was_taken_over_reports_the_other_drivers_out
     assert inventory.reserved("prod_a") == 0
 
 
+class HeldClock:
+    """The saga's and recovery's clock, standing still until the test moves it: a lease runs out when the
+    test says, never because the machine was slow."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @dataclass
-class SlowInventory:
-    """Inventory whose first `slow_calls` Reserve calls each take `latency` seconds and then fail UNAVAILABLE
-    (a hung inventory, each call ending at its deadline); later calls are answered at once."""
+class HungInventory:
+    """Inventory whose first `slow_calls` Reserve calls each end at their deadline, `latency` on `clock`, and
+    then fail UNAVAILABLE (a hung inventory); the last of them stays in flight from `in_last_slow_call` until
+    the test sets `let_it_end`. Later calls are answered at once."""
 
     inner: FakeInventory
-    latency: float
+    clock: HeldClock
+    latency: timedelta
     slow_calls: int
     reserve_calls: int = 0
+    in_last_slow_call: asyncio.Event = field(default_factory=asyncio.Event)
+    let_it_end: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
         self.reserve_calls += 1
         if self.reserve_calls <= self.slow_calls:
-            await asyncio.sleep(self.latency)
+            self.clock.now += self.latency
+            if self.reserve_calls == self.slow_calls:
+                self.in_last_slow_call.set()
+                await self.let_it_end.wait()
             raise errors.Unavailable("inventory did not answer in time")
         return await self.inner.reserve(order_id, items, ttl_seconds)
 
@@ -711,15 +729,22 @@ async def test_a_place_order_driver_retrying_a_slow_reserve_keeps_its_order_from
     settings: OrdersSettings,
 ) -> None:
     # As deployed: each Reserve attempt ends within the lease (step timeout 5 s < lease 10 s), but a step's
-    # attempts together (3 x 5 s plus backoff) outlast it. Scaled down: attempts of 0.8 s, a lease of 1 s.
-    settings = settings.model_copy(update={"saga_lease_seconds": 1.0, "step_attempts": 3})
-    slow = SlowInventory(inventory, latency=0.8, slow_calls=2)
-    app = OrdersApplication(database, catalog, SagaDriver(database, slow, payments, settings))
+    # attempts together (3 x 5 s plus backoff) outlast it. Here a lease of 8 s: the second attempt ends at
+    # 10 s, past the lease the driver started with, within the one it renews before that attempt.
+    settings = settings.model_copy(update={"saga_lease_seconds": 8.0, "step_timeout_seconds": 5.0, "step_attempts": 3})
+    assert settings.saga_lease_seconds >= settings.lease_needed_seconds
+    clock = HeldClock()
+    hung = HungInventory(inventory, clock, latency=timedelta(seconds=5), slow_calls=2)
+    app = OrdersApplication(database, catalog, SagaDriver(database, hung, payments, settings, clock=clock), clock=clock)
     placing = asyncio.create_task(place(app, command()))
     # The recovery loop's periodic pass comes by while the driver holding the card retries the reserve.
-    await asyncio.sleep(1.2)
+    waiting = asyncio.create_task(hung.in_last_slow_call.wait())
+    await asyncio.wait([placing, waiting], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    assert hung.in_last_slow_call.is_set(), f"the driver never retried the reserve: {placing}"
     await app.resume_unfinished()
-    order_id = await placing
+    hung.let_it_end.set()
+    order_id = await asyncio.wait_for(placing, 30)
     order = await app.get_order(order_id)
     # The customer's driver held the card and payments was up: the order should have been charged.
     assert (order.state, order.cancel_code) == (OrderState.CONFIRMED, None)
