@@ -14,6 +14,7 @@ import pytest
 
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
+from shopmesh_chassis.testing import eventually
 from shopmesh_users.domain.keys import (
     KeyMaterial,
     SigningKey,
@@ -381,7 +382,7 @@ async def test_only_so_many_hashes_run_at_once_a_few_more_wait_and_the_rest_are_
     counting = CountingHasher()
     passwords._hasher = counting  # type: ignore[assignment]
     calls = [asyncio.create_task(passwords.hash(f"pw{i}")) for i in range(5)]
-    await asyncio.sleep(0.2)
+    await eventually(lambda: counting.running == 2, "two hashes running in their threads")
     assert counting.most == 2, "two hash at once, three wait for a turn"
     with pytest.raises(ResourceExhausted) as caught:
         await passwords.hash("one too many")
@@ -399,12 +400,13 @@ async def test_a_hash_whose_caller_gave_up_keeps_its_turn_and_its_queue_place_un
     counting = CountingHasher()
     passwords._hasher = counting  # type: ignore[assignment]
     abandoned = asyncio.create_task(passwords.hash("gave up"))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: counting.running == 1, "the hash running in its thread")
     abandoned.cancel()
     with pytest.raises(asyncio.CancelledError):
         await abandoned
     waiting = asyncio.create_task(passwords.hash("next"))
-    await asyncio.sleep(0.1)
+    # One pass of the event loop: the new task runs up to its wait for a turn (admitted, queued).
+    await asyncio.sleep(0)
     assert (counting.running, counting.most) == (1, 1), "the next hash waits for the abandoned one's thread"
     with pytest.raises(ResourceExhausted):
         await passwords.hash("one running and one waiting: the queue is full")
@@ -420,7 +422,7 @@ async def test_closing_the_passwords_waits_for_the_hashes_still_running_and_refu
     counting = CountingHasher()
     passwords._hasher = counting  # type: ignore[assignment]
     abandoned = asyncio.create_task(passwords.hash("gave up"))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: counting.running == 1, "the hash running in its thread")
     abandoned.cancel()
     closing = asyncio.create_task(passwords.close())
     await asyncio.sleep(0.1)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.errors import ResourceExhausted
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ServiceBinding
-from shopmesh_chassis.testing import free_port, serve_in_process
+from shopmesh_chassis.testing import eventually, free_port, serve_in_process
 from shopmesh_users.application import UsersApplication
 from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.signing import jwk_thumbprint
@@ -325,25 +324,34 @@ async def test_logins_whose_callers_give_up_never_run_more_hashes_at_once_than_p
 ) -> None:
     """Each argon2id hash holds its memory cost (64 MiB) while its thread runs, and a thread cannot be
     stopped: logins cancelled on their deadline (a client's own, which the gateway passes on) must not
-    let the next ones start hashes beside theirs. Eight logins 50 ms apart, each given up after 50 ms,
-    against 200 ms hashes and PASSWORD_HASH_CONCURRENCY=1."""
-    hash_seconds = 0.2
+    let the next ones start hashes beside theirs. A login given up while its hash runs, then seven more
+    each given up after 50 ms while that hash still runs, with PASSWORD_HASH_CONCURRENCY=1."""
     running_hashes = Running()
+    hashing, finish = threading.Event(), threading.Event()
     verify = Passwords._verify
 
-    def slow_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
-        # An argon2id check at production cost on a busy node.
+    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        # An argon2id check at production cost on a busy node: it lasts until the test lets it end, so the
+        # later logins come while it runs however slowly the machine goes.
         with running_hashes:
-            time.sleep(hash_seconds)
+            hashing.set()
+            finish.wait(30)
             return verify(self, password_hash, password)
 
-    monkeypatch.setattr(Passwords, "_verify", slow_verify)
+    monkeypatch.setattr(Passwords, "_verify", held_verify)
     settings = users_settings(tmp_path, password_hash_concurrency=1, password_hash_queue=32)
-    async with running(settings, clock) as (_, stub):
-        for _ in range(8):
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await stub.Login(users_pb2.LoginRequest(email="nobody@example.com", password="whatever1"), timeout=0.05)
-        await asyncio.sleep(hash_seconds * 2)  # the abandoned hashes finish
+    request = users_pb2.LoginRequest(email="nobody@example.com", password="whatever1")
+    try:
+        async with running(settings, clock) as (_, stub):
+            first = stub.Login(request, timeout=30)
+            await eventually(hashing.is_set, "the first login's hash started")
+            first.cancel()
+            for _ in range(7):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.Login(request, timeout=0.05)
+            finish.set()
+    finally:
+        finish.set()
     assert running_hashes.most == 1
 
 
