@@ -21,6 +21,7 @@ from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tables import outbox_events
+from shopmesh_chassis.testing import eventually
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
@@ -1120,14 +1121,11 @@ async def test_orders_killed_between_the_reservation_and_the_charge_cancels_as_c
     app = clocked.app()
     placing = asyncio.create_task(place(app, command()))
 
-    async def paused() -> Order:
-        while True:
-            listed, _ = await app.list_orders("usr_1", 10, "")
-            if listed and listed[0].step is SagaStep.CHARGE:
-                return listed[0]
-            await asyncio.sleep(0.01)
+    async def paused() -> Order | None:
+        listed, _ = await app.list_orders("usr_1", 10, "")
+        return listed[0] if listed and listed[0].step is SagaStep.CHARGE else None
 
-    order = await asyncio.wait_for(paused(), 5)
+    order = await eventually(paused, "the saga paused with the reservation saved")
     # The process dies: its driver and the call holding the card are gone.
     for task in [placing, *app._running]:
         task.cancel()
