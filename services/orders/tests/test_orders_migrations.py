@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
-from shopmesh_chassis.testing import migrate_to
+from shopmesh_chassis.testing import eventually, migrate_to
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_orders.store.tables import metadata
 from shopmesh_orders.wiring import VERSIONS
@@ -44,6 +44,11 @@ async def previous_release_with_orders(db: Database, rows: int) -> None:
         await connection.execute(text(statement))
 
 
+# Locks another session holds on the orders table: the migration at work on it (a look at the lock table,
+# which waits for none).
+MIGRATION_ON_ORDERS = "SELECT count(*) FROM pg_locks WHERE relation = 'orders'::regclass AND pid <> pg_backend_pid()"
+
+
 @pytest.fixture
 def db(blank_db: Database) -> Database:
     return blank_db
@@ -70,7 +75,8 @@ async def test_the_charge_recheck_migration_lets_the_previous_release_read_order
             # instant ADD COLUMN takes is far below it, a migration holding the table for its backfill not.
             await reader.execute("SET lock_timeout = '1s'")
             upgrade = asyncio.create_task(migrate(db, VERSIONS, metadata))
-            await asyncio.sleep(0.3)  # the migration is under way
+            # Under way: at work on the table (altering it, building the index or backfilling).
+            await eventually(lambda: reader.fetchval(MIGRATION_ON_ORDERS), "the migration took a lock on orders")
             assert not upgrade.done(), "the migration ended before the read: nothing was read meanwhile"
             row = await reader.fetchrow("SELECT id, state FROM orders WHERE id = 'o7'")  # GetOrder
             read_while_migrating = not upgrade.done()
