@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy import text
 
 from shopmesh.common.v1 import money_pb2
 from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
@@ -717,6 +718,12 @@ async def test_a_confirmation_still_being_retried_when_its_order_is_cancelled_is
     assert sent == [EventKind.ORDER_CANCELLED], f"e-mails in the order sent: {sent}"
 
 
+# Sessions of this database waiting on a lock another transaction holds.
+WAITING_ON_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+
+
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_a_confirmation_applied_while_its_orders_cancellation_is_being_applied_is_not_recorded(
     database: Database,
@@ -740,7 +747,15 @@ async def test_a_confirmation_applied_while_its_orders_cancellation_is_being_app
         await intake(session, cancellation)
         # Meanwhile another consumer applies the (retried) confirmation; it must not outlive the cancellation.
         confirming = asyncio.create_task(apply_confirmation())
-        await asyncio.sleep(0.3)
+
+        async def decided_or_waiting() -> bool:
+            if confirming.done():
+                return True
+            async with database.read() as reader:
+                return bool(await reader.scalar(text(WAITING_ON_A_LOCK)))
+
+        # Until the confirmation waits on a lock (the cancellation's), or was decided without waiting.
+        await eventually(decided_or_waiting, "the confirmation waiting or decided")
         assert not confirming.done(), "the confirmation was decided before the cancellation's outcome"
     finally:
         await cancelling.__aexit__(None, None, None)
