@@ -43,6 +43,12 @@ async def test_sigterm_stops_a_pod_still_starting(postgres: PostgresServer) -> N
     holder = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", _PG_MIGRATION_LOCK)
+        # The service's lock wait polls pg_try_advisory_lock and commits between tries, so no lock wait or
+        # lasting query shows it in pg_stat_activity: the server's log of this database's new sessions does.
+        server_log = postgres.data_dir / "server.log"
+        logged_before = server_log.stat().st_size
+        database = await holder.fetchval("SELECT current_database()")
+        await holder.execute(f"ALTER DATABASE \"{database}\" SET log_statement = 'all'")
         env = {
             **os.environ,
             "DATABASE_URL": url,
@@ -53,11 +59,21 @@ async def test_sigterm_stops_a_pod_still_starting(postgres: PostgresServer) -> N
         process = await asyncio.create_subprocess_exec(*_as_pid_1([sys.executable, "-m", "shopmesh_catalog"]), env=env)
         try:
             init = _namespace_init(process.pid)
-            await asyncio.sleep(3)  # well into its start: waiting for the lock, polling every 0.5 s
+
+            # SIGTERM only once the service has tried for the lock and lost, so waits for it: a start takes
+            # seconds, tens of them on a busy machine, and a signal sent earlier hits the imports instead (the
+            # next test's case), not the wait this one is about.
+            def tried_for_the_lock() -> bool:
+                assert process.returncode is None, f"the service exited ({process.returncode}) before the lock"
+                with server_log.open("rb") as log:
+                    log.seek(logged_before)
+                    return b"pg_try_advisory_lock" in log.read()
+
+            await eventually(tried_for_the_lock, "the service trying for the migration lock", timeout=60)
             assert process.returncode is None, "the service should still be starting"
             os.kill(init, signal.SIGTERM)  # as the container runtime does, from outside the namespace
             try:
-                status = await asyncio.wait_for(process.wait(), 10)
+                status = await asyncio.wait_for(process.wait(), 30)
             except TimeoutError:
                 raise AssertionError(
                     "SIGTERM during startup was ignored: as PID 1 the interpreter has no SIGTERM handler until "
