@@ -476,7 +476,7 @@ def test_spans_the_edge_could_not_send_as_the_services_do_fail_the_render(
         objects_of(helm_dir, EDGE, {"global": {"otel": otel}})
 
 
-def edge_spans(folder: Path, wanted: int, wait: float = 15) -> list[dict[str, Any]]:
+def edge_spans(folder: Path, wanted: int, wait: float = 60) -> list[dict[str, Any]]:
     """The spans the edge exported into the trace sink's `folder`, once there are `wanted` (Envoy sends them
     in batches, at least every 5 s), or all there are after `wait` seconds."""
     deadline = time.monotonic() + wait
