@@ -5,60 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import selectors
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec
 
 import pytest
 
 from shopmesh_chassis.app import HOOK_RESERVE_SECONDS, HOOK_UNWIND_SECONDS, ShutdownHook, run_shutdown_hooks
 
-P = ParamSpec("P")
 LOGGER = "shopmesh.app"
-# Float sums of the loop's timeouts, not time: the virtual clock only moves by them.
+# loop.time() is a float: a difference of two may be off in its last bits, though the clock moved only by the
+# loop's timeouts.
 ROUNDING = 1e-9
 
-
-class VirtualClockLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock (loop.time: run_shutdown_hooks reckons its budget on it, asyncio's timeouts run
-    on it) moves only when the loop would sleep, straight on to its next timer. On the wall clock a loaded
-    machine wakes the loop late and the hooks' times and total drift by whatever it was busy with; here they
-    are what the code reckoned, and a wait that nothing is due to end fails at once instead of hanging."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        super().__init__(_SkippingSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
-
-class _SkippingSelector(selectors.SelectSelector):
-    def __init__(self, loop: VirtualClockLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = super().select(0)
-        if ready or timeout == 0:
-            return ready
-        if timeout is None:
-            raise RuntimeError("the event loop would wait for ever: nothing is due to happen")
-        self._loop.now += timeout
-        return []
-
-
-def in_virtual_time(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
-    """The async test run to its end on a VirtualClockLoop of its own (not pytest-asyncio's loop)."""
-
-    @functools.wraps(test)
-    def run_test(*args: P.args, **kwargs: P.kwargs) -> None:
-        with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
-            runner.run(test(*args, **kwargs))
-
-    return run_test
+# looptime's virtual clock on pytest-asyncio's loop: loop.time, which run_shutdown_hooks reckons its budget on
+# and asyncio's timeouts run on, moves only when the loop would sleep, straight on to its next timer. On the
+# wall clock a loaded machine wakes the loop late and the hooks' times and total drift by whatever it was busy
+# with; here they are what the code reckoned. idle_timeout=0: a wait that nothing is due to end (a hook never
+# cut off) fails at once with IdleTimeoutError instead of hanging. (Not end=: a wait with no timer would sleep
+# on the wall clock until that end, and with idle_timeout too looptime 0.9 never fails it and spins.)
+pytestmark = pytest.mark.looptime(idle_timeout=0)
 
 
 class Hooks:
@@ -136,7 +100,6 @@ async def run(hooks: list[ShutdownHook], budget: float, caplog: pytest.LogCaptur
     return cut_off, loop.time() - started
 
 
-@in_virtual_time
 async def test_a_hook_that_never_returns_is_cancelled_at_the_budget_and_the_next_hook_still_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -154,7 +117,6 @@ async def test_a_hook_that_never_returns_is_cancelled_at_the_budget_and_the_next
     assert took <= budget + ROUNDING
 
 
-@in_virtual_time
 async def test_hooks_within_the_budget_run_in_order_untouched(caplog: pytest.LogCaptureFixture) -> None:
     hooks = Hooks()
     cut_off, _ = await run([hooks.quick, hooks.quick], 5.0, caplog)
@@ -163,7 +125,6 @@ async def test_hooks_within_the_budget_run_in_order_untouched(caplog: pytest.Log
     assert not [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING]
 
 
-@in_virtual_time
 async def test_a_hook_that_swallows_its_cancellation_does_not_hold_the_hooks_after_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -179,7 +140,6 @@ async def test_a_hook_that_swallows_its_cancellation_does_not_hold_the_hooks_aft
         await hooks.end_left_behind()
 
 
-@in_virtual_time
 async def test_a_hook_unwinds_within_its_own_time_and_the_hooks_after_it_keep_their_whole_reserve(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -203,7 +163,6 @@ async def test_a_hook_unwinds_within_its_own_time_and_the_hooks_after_it_keep_th
         await hooks.end_left_behind()
 
 
-@in_virtual_time
 async def test_every_hook_after_one_that_hangs_gets_its_reserve(caplog: pytest.LogCaptureFixture) -> None:
     hooks = Hooks()
     cut_off, _ = await run([hooks.hang, hooks.hang, hooks.quick], 3.0, caplog)
@@ -217,7 +176,6 @@ async def test_every_hook_after_one_that_hangs_gets_its_reserve(caplog: pytest.L
     assert seconds[1] == pytest.approx(HOOK_RESERVE_SECONDS + HOOK_UNWIND_SECONDS)
 
 
-@in_virtual_time
 async def test_more_hooks_than_seconds_share_the_budget(caplog: pytest.LogCaptureFixture) -> None:
     hooks = Hooks()
     budget = 1.0
@@ -235,7 +193,6 @@ async def test_more_hooks_than_seconds_share_the_budget(caplog: pytest.LogCaptur
         await hooks.end_left_behind()
 
 
-@in_virtual_time
 async def test_a_failing_hook_is_logged_by_name_and_the_rest_run(caplog: pytest.LogCaptureFixture) -> None:
     hooks = Hooks()
     cut_off, _ = await run([hooks.fail, hooks.quick], 5.0, caplog)
@@ -247,7 +204,6 @@ async def test_a_failing_hook_is_logged_by_name_and_the_rest_run(caplog: pytest.
     assert isinstance(record.exc_info[1], ConnectionError)
 
 
-@in_virtual_time
 async def test_a_hook_that_fails_after_it_was_cut_off_is_logged_by_name(caplog: pytest.LogCaptureFixture) -> None:
     hooks = Hooks()
     try:
