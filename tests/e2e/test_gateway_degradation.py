@@ -4,6 +4,7 @@ catalog fails the page at once with UNAVAILABLE instead of hanging."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,8 @@ from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.stack import Stack
 
+from .shop import scraped
+
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # The gateway's budget for recommendations, and the deadline a client gives the whole page: a page that
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 RECOMMENDATIONS_BUDGET = 5.0
 PAGE_DEADLINE = 20.0
 FAULT_DELAY_SECONDS = 60.0
+SLOW = {"FAULT_MODE": "slow", "FAULT_DELAY_SECONDS": str(FAULT_DELAY_SECONDS)}
 PRODUCT = "prod_trail_daypack"
 
 
@@ -50,6 +54,28 @@ async def product_page(shop: Any) -> shop_pb2.GetProductPageResponse:
     return page
 
 
+async def ranked_page(shop: Any) -> shop_pb2.GetProductPageResponse:
+    """Awaits a page with ranked recommendations: the gateway's breaker to recommendations closed and its
+    channel connected. The previous test's outage can leave the breaker open, or the channel backing off its
+    reconnects, and a page then falls back at once, never putting the budget or the fail-fast to the test."""
+
+    async def ranked() -> shop_pb2.GetProductPageResponse | None:
+        page = await product_page(shop)
+        return None if page.recommendations_degraded else page
+
+    # A freshly started recommendations service may miss its first budgets (cold caches); bounded wait.
+    page: shop_pb2.GetProductPageResponse = await eventually(
+        ranked, "a product page with ranked recommendations", timeout=60
+    )
+    return page
+
+
+async def recommendations_asked(stack: Stack) -> float:
+    """ListRecommendations calls the running recommendations process has begun handling."""
+    labels = {"grpc_method": "ListRecommendations"}
+    return await asyncio.to_thread(scraped, stack, "recommendations", "grpc_server_started_total", labels)
+
+
 def assert_fallback(page: shop_pb2.GetProductPageResponse) -> None:
     assert page.product.id == PRODUCT
     assert page.recommendations_degraded
@@ -59,12 +85,7 @@ def assert_fallback(page: shop_pb2.GetProductPageResponse) -> None:
 
 
 async def test_the_page_shows_ranked_recommendations_while_the_service_is_healthy(shop: Any) -> None:
-    # A freshly started recommendations service may miss its first budgets (cold caches); bounded wait.
-    async def ranked() -> shop_pb2.GetProductPageResponse | None:
-        page = await product_page(shop)
-        return None if page.recommendations_degraded else page
-
-    page = await eventually(ranked, "a product page with ranked recommendations", timeout=60)
+    page = await ranked_page(shop)
     assert PRODUCT not in [r.product_id for r in page.recommendations]
 
 
@@ -78,12 +99,19 @@ async def test_with_recommendations_stopped_the_page_answers_with_the_fallback(s
 
 
 async def test_with_recommendations_slower_than_their_budget_the_page_answers_in_time(stack: Stack, shop: Any) -> None:
+    await ranked_page(shop)
     await stack.stop_service("recommendations")
-    await stack.start_service(
-        "recommendations", env={"FAULT_MODE": "slow", "FAULT_DELAY_SECONDS": str(FAULT_DELAY_SECONDS)}
-    )
+    await stack.start_service("recommendations", env=SLOW)
     try:
-        assert_fallback(await product_page(shop))
+        # Only a page whose call reached the slow service shows the budget: one refused at the gateway (by its
+        # breaker, or its channel still reconnecting to the restarted service) falls back at once regardless.
+        async def sat_out_by_the_slow_service() -> shop_pb2.GetProductPageResponse | None:
+            asked = await recommendations_asked(stack)
+            page = await product_page(shop)
+            return page if await recommendations_asked(stack) > asked else None
+
+        page = await eventually(sat_out_by_the_slow_service, "a page that asked the slow service", timeout=60)
+        assert_fallback(page)
     finally:
         await stack.stop_service("recommendations")
         await stack.start_service("recommendations", env={"FAULT_MODE": "none"})
@@ -91,10 +119,9 @@ async def test_with_recommendations_slower_than_their_budget_the_page_answers_in
 
 async def test_with_the_catalog_stopped_the_page_fails_fast_with_unavailable(stack: Stack, shop: Any) -> None:
     # Slow recommendations as well: the page must fail on the catalog without sitting out their budget.
+    await ranked_page(shop)
     await stack.stop_service("recommendations")
-    await stack.start_service(
-        "recommendations", env={"FAULT_MODE": "slow", "FAULT_DELAY_SECONDS": str(FAULT_DELAY_SECONDS)}
-    )
+    await stack.start_service("recommendations", env=SLOW)
     await stack.stop_service("catalog")
     try:
         for _ in range(7):  # the first failures, then through the gateway's open circuit breaker
