@@ -13,6 +13,7 @@ HOLD = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("walkthrough_conftest", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module  # as importlib's recipe does: dataclasses look their module up there
 spec.loader.exec_module(module)
 with module.local_ports_held():
     print("held")
