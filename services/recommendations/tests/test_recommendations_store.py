@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import text
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing import eventually
 from shopmesh_recommendations.domain.copurchase import purchase_effects
 from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
 from shopmesh_recommendations.store.repository import RecommendationsRepository
@@ -156,6 +158,31 @@ async def test_a_confirmed_order_taken_back_is_not_counted_again_by_a_redelivere
     assert await counts(database) == before
 
 
+# Sessions of this database waiting on a lock another transaction holds.
+WAITING_ON_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+
+
+async def waited_for_or_decided(db: Database, other: asyncio.Task[bool]) -> None:
+    """Returns once `other`, a transaction begun while the test holds one open, waits for it (or was decided
+    without waiting, which the caller's `not done()` then reports)."""
+    if db.dialect == "postgresql":
+
+        async def decided_or_waiting() -> bool:
+            if other.done():
+                return True
+            async with db.read() as reader:
+                return bool(await reader.scalar(WAITING_ON_A_LOCK))
+
+        await eventually(decided_or_waiting, "the other transaction waiting on a lock, or decided")
+    else:
+        # SQLite's writers queue on the Database's in-process asyncio.Lock, whose waiters only its private
+        # attributes show. `other` reaches it in its first step, with no I/O before it, so any sleep puts it
+        # there: this is not a window hoped to be long enough, and `not done()` after it is no race.
+        await asyncio.sleep(0.2)
+
+
 async def test_a_cancellation_applied_while_its_confirmation_commits_takes_it_back(database: Database) -> None:
     """Two replicas on the durable, one applying the confirmation, the other the cancellation meanwhile."""
     before = await counts(database)
@@ -165,8 +192,8 @@ async def test_a_cancellation_applied_while_its_confirmation_commits_takes_it_ba
         )
         cancelling = asyncio.create_task(take_back(database, "ord_2", "usr_1", "prod_a", "prod_c"))
         # The cancellation waits for the confirmation's transaction (PostgreSQL: on the order's key).
-        await asyncio.sleep(0.2)
-        assert not cancelling.done()
+        await waited_for_or_decided(database, cancelling)
+        assert not cancelling.done(), "the cancellation did not wait for the confirmation's transaction"
     assert await cancelling
     assert await counts(database) == before
 
@@ -178,7 +205,7 @@ async def test_a_confirmation_applied_while_its_cancellation_commits_counts_noth
             purchase_effects(CancelledOrder("ord_2", "usr_1", ("prod_a", "prod_c")))
         )
         confirming = asyncio.create_task(record(database, "ord_2", "usr_1", "prod_a", "prod_c"))
-        await asyncio.sleep(0.2)
-        assert not confirming.done()
+        await waited_for_or_decided(database, confirming)
+        assert not confirming.done(), "the confirmation did not wait for the cancellation's transaction"
     assert not await confirming
     assert await counts(database) == before
