@@ -130,9 +130,10 @@ async def test_non_idempotent_method_answered_cancelled_by_the_server_is_not_ret
 async def test_a_call_its_caller_cancels_is_not_retried(
     stub: sample_pb2_grpc.SampleServiceStub, servicer: SampleServicer, server: ChassisServer
 ) -> None:
-    # Held far longer than the test runs: the attempt ends by its caller's cancellation, nothing else.
+    # Held, and given a deadline, far longer than the test runs: the attempt ends by its caller's cancellation,
+    # nothing else (the channel's 5 s default deadline would end it DEADLINE_EXCEEDED on a stalled machine).
     behaviour = sample_pb2.Behaviour(attempt_key="echo-mine", sleep_ms=60_000)
-    call = asyncio.ensure_future(stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour)))
+    call = asyncio.ensure_future(stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour), timeout=60))
     # Cancelled once the attempt is at the server: cancelled before, it never went out, and proves nothing.
     await eventually(lambda: servicer.attempts["echo-mine"] == 1, "the first attempt at the server")
     call.cancel()
