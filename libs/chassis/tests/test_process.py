@@ -20,8 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.app import HOOK_RESERVE_SECONDS
-from shopmesh_chassis.testing import ServiceProcess, eventually, health_status, start_process_serving
-from shopmesh_chassis.testing.sample_service import SampleServicer
+from shopmesh_chassis.testing import ServiceProcess, eventually, health_status, serve_in_process, start_process_serving
+from shopmesh_chassis.testing.sample_service import SampleServicer, binding
+
+from .conftest import sample_settings
 
 SAMPLE = [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"]
 
@@ -105,15 +107,11 @@ class Holding(SampleServicer):
 async def holding() -> AsyncIterator[tuple[Holding, str]]:
     """A SampleService in this process whose Echo holds each call, and its address."""
     servicer = Holding()
-    server = grpc.aio.server()
-    sample_pb2_grpc.add_SampleServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        servicer.release.set()
-        await server.stop(None)
+    async with serve_in_process(sample_settings(), [binding(servicer)]) as server:
+        try:
+            yield servicer, server.address
+        finally:
+            servicer.release.set()  # else the drain on exit waits for a held call
 
 
 async def test_sigterm_drains_in_flight_calls_and_exits_zero(
