@@ -28,7 +28,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from .sink_process import run_sink, until_stopped
+from .sink_process import run_sink
 from .topology import LOCAL_SMTP_PORT
 
 log = logging.getLogger("shopmesh.smtp_sink")
@@ -111,10 +111,10 @@ async def smtp_sink(directory: Path, host: str = "127.0.0.1", port: int = 0) -> 
         await sink.close()
 
 
-async def _serve(directory: Path, host: str, port: int) -> None:
+async def _serve(directory: Path, host: str, port: int, stop: asyncio.Event) -> None:
     sink = await start_sink(directory, host, port)
     log.info("SMTP sink listening on %s:%d, storing e-mails under %s", host, sink.port, directory)
-    await until_stopped()
+    await stop.wait()
     await sink.close()
     log.info("SMTP sink stopped")
 

@@ -13,6 +13,7 @@ starts, so a stack left running under `make shoppers` keeps the latest spans in 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -29,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from .sink_process import run_sink, until_stopped
+from .sink_process import run_sink
 from .topology import LOCAL_TRACES_PORT
 
 log = logging.getLogger("shopmesh.trace_sink")
@@ -107,7 +108,7 @@ class SpanFile(trace_service_pb2_grpc.TraceServiceServicer):
         self._file.close()
 
 
-async def _serve(directory: Path, host: str, port: int) -> None:
+async def _serve(directory: Path, host: str, port: int, stop: asyncio.Event) -> None:
     server = grpc.aio.server()
     # The generated (untyped) registration function of opentelemetry-proto.
     spans = SpanFile(directory)
@@ -115,7 +116,7 @@ async def _serve(directory: Path, host: str, port: int) -> None:
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     log.info("trace sink listening on %s:%d (OTLP/gRPC), storing spans in %s", host, bound, directory / SPANS_FILE)
-    await until_stopped()
+    await stop.wait()
     # The services flush their last spans as they stop, before the launcher stops the sink.
     await server.stop(grace=2)
     spans.close()
