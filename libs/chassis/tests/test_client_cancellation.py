@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
@@ -15,9 +14,9 @@ from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, serve_in_process
-from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
 
-from .conftest import sample_settings
+from .conftest import Holding, sample_settings
 
 # Far beyond the wait for the target's cancellation below: a target that kept the call until its deadline
 # fails that wait instead of passing late.
@@ -25,29 +24,9 @@ CALL_DEADLINE_SECONDS = 120.0
 SEEN_WITHIN_SECONDS = 30.0
 
 
-class Holding(SampleServicer):
-    """Echo holds every call until its caller cancels it, and says when one arrived and when one was cancelled."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrived = asyncio.Event()
-        self.cancelled = asyncio.Event()
-
-    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
-        if request.message != "hold":
-            return sample_pb2.EchoResponse(message=request.message)
-        self.arrived.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-        raise AssertionError("unreachable")
-
-
 @pytest.fixture
 def holding() -> Holding:
-    return Holding()
+    return Holding("hold")  # released never: held until its caller cancels it
 
 
 @pytest.fixture

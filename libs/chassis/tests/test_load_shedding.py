@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
@@ -16,32 +15,18 @@ from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.server_interceptor import SHED_RETRY_AFTER_SECONDS
 from shopmesh_chassis.testing import eventually, health_status, serve_in_process
-from shopmesh_chassis.testing.sample_service import SampleServicer, binding
+from shopmesh_chassis.testing.sample_service import binding
 
-from .conftest import sample_settings
+from .conftest import ECHO, Holding, sample_settings
 
 LIMIT = 2
 SLOW = sample_pb2.EchoRequest(message="slow")
-ECHO = {"grpc_type": "unary", "grpc_service": "shopmesh.sample.v1.SampleService", "grpc_method": "Echo"}
-
-
-class Holding(SampleServicer):
-    """Echo holds each SLOW call until the test releases them: the server stays full for as long as a test
-    needs, however slowly it runs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = asyncio.Event()
-
-    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
-        if request.message == SLOW.message:
-            await self.release.wait()
-        return await super().Echo(request, context)
 
 
 @pytest.fixture
 def holding() -> Holding:
-    return Holding()
+    """Holds each SLOW call: the server stays full for as long as a test needs, however slowly it runs."""
+    return Holding(SLOW.message)
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
 
-from .conftest import sample_settings
-
-ECHO = {"grpc_type": "unary", "grpc_service": "shopmesh.sample.v1.SampleService", "grpc_method": "Echo"}
+from .conftest import ECHO, sample_settings
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> str:

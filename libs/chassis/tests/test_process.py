@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.app import HOOK_RESERVE_SECONDS
 from shopmesh_chassis.testing import ServiceProcess, eventually, health_status, serve_in_process, start_process_serving
-from shopmesh_chassis.testing.sample_service import SampleServicer, binding
+from shopmesh_chassis.testing.sample_service import binding
 
-from .conftest import sample_settings
+from .conftest import Holding, sample_settings
 
 SAMPLE = [sys.executable, "-m", "shopmesh_chassis.testing.sample_service"]
 
@@ -89,24 +89,10 @@ async def test_grpcurl_calls_a_method_without_proto_files(sample_process: Servic
     assert json.loads(out)["message"] == "hello"
 
 
-class Holding(SampleServicer):
-    """Echo holds each call until the test releases it, and says when one has arrived."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrived = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
-        self.arrived.set()
-        await self.release.wait()
-        return sample_pb2.EchoResponse(message=request.message)
-
-
 @pytest.fixture
 async def holding() -> AsyncIterator[tuple[Holding, str]]:
-    """A SampleService in this process whose Echo holds each call, and its address."""
-    servicer = Holding()
+    """A SampleService in this process whose Echo holds each "slow" call, and its address."""
+    servicer = Holding("slow")
     async with serve_in_process(sample_settings(), [binding(servicer)]) as server:
         try:
             yield servicer, server.address

@@ -18,7 +18,7 @@ from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
 
-ECHO = {"grpc_type": "unary", "grpc_service": "shopmesh.sample.v1.SampleService", "grpc_method": "Echo"}
+from .conftest import ECHO
 
 
 def test_service_config_lists_exactly_the_idempotent_methods() -> None:
