@@ -567,6 +567,59 @@ async def test_a_retry_reaching_a_reservation_that_expired_cancels_without_charg
     assert not events_pb2.OrderCancelled.FromString(payload).refunded
 
 
+async def _reserved_by_recovery_while_payments_is_down(
+    clocked: Clocked, inventory: FakeInventory, payments: FakePayments
+) -> tuple[OrdersApplication, str, str]:
+    """An order whose PlaceOrder gave up on inventory, then reserved by the recovery loop (no card) while
+    payments could not say whether a charge exists: left PENDING at CHARGE, nothing charged."""
+    app = clocked.app()
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    inventory.down = False
+    payments.down = True
+    clocked.clock.ahead = timedelta(seconds=5)
+    assert await app.resume_unfinished() == 1
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, payments.charge_calls) == (OrderState.PENDING, SagaStep.CHARGE, 0)
+    payments.down = False
+    return app, order_id, order.reservation_id
+
+
+async def test_a_retry_with_the_card_past_the_saga_deadline_does_not_charge_for_a_lapsed_reservation(
+    clocked: Clocked, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    """A PlaceOrder retried with the card once the saga's deadline (the reservation TTL) has passed finds the
+    order at the charge step: if inventory's reservation lapsed meanwhile, the stock is gone and the commit
+    would refuse it, so the card must not be charged (a capture of the customer's money, then a refund)."""
+    app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(clocked, inventory, payments)
+    clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 10)
+    inventory.reservations[reservation_id] = (order_id, (CartLine("prod_a", 2),), "EXPIRED")
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    assert caught.value.reason == "RESERVATION_EXPIRED"
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code, order.refunded) == (
+        OrderState.CANCELLED,
+        CancelCode.RESERVATION_EXPIRED,
+        False,
+    )
+    assert (payments.charge_calls, payments.refunds) == (0, [])
+
+
+async def test_a_retry_with_the_card_past_the_saga_deadline_charges_while_the_reservation_still_holds(
+    clocked: Clocked, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    """The recovery loop reserved later than the order was placed, so its reservation can outlive the
+    order's own deadline: a retry that finds it still held confirms the order."""
+    app, order_id, _ = await _reserved_by_recovery_while_payments_is_down(clocked, inventory, payments)
+    clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+    assert await place(app, command()) == order_id
+    assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
+    assert (payments.captured(), payments.refunds) == (1, [])
+
+
 @pytest.mark.parametrize("lapsed", ["EXPIRED", "RELEASED"])
 async def test_compensation_that_finds_the_reservation_lapsed_still_cancels(
     app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory, database: Database, lapsed: str
