@@ -263,6 +263,17 @@ class SagaDriver:
     def _expired(self, order: Order) -> bool:
         return self._clock() > order.created_at + timedelta(seconds=self._settings.reservation_ttl_seconds)
 
+    async def _still_reserved(self, order: Order) -> bool:
+        """Whether inventory still holds the order's stock. Asked only past the order's deadline, when the
+        reservation may have lapsed (it may also outlive that deadline: the recovery loop can reserve long
+        after the order was placed). Reserve is keyed by the order: it replays the reservation as inventory
+        sees it now, an overdue one EXPIRED. Short of stock means inventory holds none for the order either."""
+        try:
+            await self._inventory.reserve(order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds)
+        except (ReservationExpired, InsufficientStock):
+            return False
+        return True
+
     def _charge_settled_at(self, charge_attempted_at: datetime) -> datetime:
         """When a charge sent at `charge_attempted_at` can no longer land: its call's deadline bounds it."""
         return charge_attempted_at + timedelta(seconds=self._settings.step_timeout_seconds * 2)
@@ -295,6 +306,10 @@ class SagaDriver:
             case SagaStep.CHARGE:
                 if card is None:
                     return await self._settle_charge_without_card(order, owner)
+                if self._expired(order) and not await self._still_reserved(order):
+                    # The stock is gone and the commit would refuse it: charging now would only take the
+                    # customer's money to refund it. Compensation still refunds an earlier attempt's capture.
+                    return await self._transition(owner, order.failed_before_pivot(CancelCode.RESERVATION_EXPIRED, now))
                 if order.charge_attempted_at is None or now - order.charge_attempted_at > _FRESH:
                     order = await self._transition(owner, order.charging(now))
                 try:
