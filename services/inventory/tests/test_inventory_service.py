@@ -199,6 +199,25 @@ async def test_reserve_rejects_duplicate_products_too_many_items_and_ttl_over_an
     assert violations(await error_of(long_ttl)) == [("ttl", "OUT_OF_RANGE")]
 
 
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(0, 1_500_000_000), (5, -500_000_000), (-1, 2_000_000_000)],
+    ids=["nanos-beyond-a-second", "signs-differ", "negative-seconds-made-up-by-nanos"],
+)
+async def test_reserve_rejects_a_ttl_that_is_not_a_valid_duration(stub: Stub, seconds: int, nanos: int) -> None:
+    """google.protobuf.Duration: nanos within +-999,999,999 and of the seconds' sign. Read as seconds + nanos,
+    these came to 1.5 s, 4.5 s and 1 s, in range, and were reserved with a TTL the caller never wrote."""
+    await set_stock(stub, "prod_a", 10)
+    request = inventory_pb2.ReserveRequest(
+        order_id="ord_1", items=[inventory_pb2.ReservationItem(product_id="prod_a", quantity=1)]
+    )
+    request.ttl.seconds, request.ttl.nanos = seconds, nanos
+    details = await error_of(stub.Reserve(request))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert violations(details) == [("ttl", "INVALID_FORMAT")]
+    assert await stock(stub, "prod_a") == (10, 0, 10)
+
+
 async def test_reserve_frees_units_of_expired_unswept_reservations_before_giving_up(
     stub: Stub, clock: FakeClock
 ) -> None:
