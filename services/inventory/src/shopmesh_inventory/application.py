@@ -56,13 +56,20 @@ class Inventory:
         return [levels.get(p, StockLevel.empty(p)).releasing(overdue.get(p, 0)) for p in ids]
 
     @database_errors_as_domain_errors
-    async def reserve(self, order_id: str, items: Sequence[ReservationItem], ttl_seconds: float | None) -> Reservation:
+    async def reserve(
+        self,
+        order_id: str,
+        items: Sequence[ReservationItem],
+        ttl_seconds: float | None,
+        *,
+        ttl_well_formed: bool = True,
+    ) -> Reservation:
         """All items or none, never beyond available stock, at most one reservation per order.
 
         Each hold is one conditional UPDATE (`on_hand - reserved >= quantity`) in a single transaction
         for all items, in product order so concurrent reservations lock rows in the same order.
         """
-        command = validation.reserve_command(order_id, items, ttl_seconds)
+        command = validation.reserve_command(order_id, items, ttl_seconds, ttl_well_formed=ttl_well_formed)
         try:
             return await self._reserve(command)
         except IntegrityError:

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh_inventory.application import Inventory
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
+from shopmesh_inventory.domain.validation import is_duration
 
 DESCRIPTOR = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 
@@ -60,6 +61,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
             request.order_id,
             [ReservationItem(product_id=i.product_id, quantity=i.quantity) for i in request.items],
             ttl_seconds,
+            ttl_well_formed=is_duration(request.ttl.seconds, request.ttl.nanos),
         )
         return inventory_pb2.ReserveResponse(reservation=reservation_pb(reservation))
 

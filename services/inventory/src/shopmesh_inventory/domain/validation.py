@@ -69,8 +69,22 @@ def stock_query(product_ids: Sequence[str]) -> tuple[str, ...]:
     return tuple(product_ids)
 
 
-def reserve_command(order_id: str, items: Sequence[ReservationItem], ttl_seconds: float | None) -> ReserveCommand:
-    """Reserve: `ttl_seconds` None means the default TTL; items come back sorted by product_id."""
+# google.protobuf.Duration's range of nanos.
+MAX_DURATION_NANOS = 999_999_999
+
+
+def is_duration(seconds: int, nanos: int) -> bool:
+    """Whether (seconds, nanos) is a google.protobuf.Duration: nanos within +-999,999,999, and not of the
+    opposite sign to seconds. Anything else has no single meaning (gRPC carries it, JSON refuses it), so it
+    is not read as seconds + nanos."""
+    return abs(nanos) <= MAX_DURATION_NANOS and not (seconds > 0 > nanos or seconds < 0 < nanos)
+
+
+def reserve_command(
+    order_id: str, items: Sequence[ReservationItem], ttl_seconds: float | None, *, ttl_well_formed: bool = True
+) -> ReserveCommand:
+    """Reserve: `ttl_seconds` None means the default TTL; `ttl_well_formed` False when the request's ttl is no
+    valid Duration (`is_duration`). Items come back sorted by product_id."""
     violations = _collect(_id_violation("order_id", order_id))
     if not items:
         violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
@@ -92,7 +106,13 @@ def reserve_command(order_id: str, items: Sequence[ReservationItem], ttl_seconds
                     f"items[{i}].quantity", f"must be between {MIN_QUANTITY} and {MAX_QUANTITY}", "OUT_OF_RANGE"
                 )
             )
-    if ttl_seconds is not None and not MIN_TTL.total_seconds() <= ttl_seconds <= MAX_TTL.total_seconds():
+    if not ttl_well_formed:
+        violations.append(
+            FieldViolation(
+                "ttl", "not a valid Duration: nanos within +-999,999,999, of the seconds' sign", "INVALID_FORMAT"
+            )
+        )
+    elif ttl_seconds is not None and not MIN_TTL.total_seconds() <= ttl_seconds <= MAX_TTL.total_seconds():
         violations.append(FieldViolation("ttl", "must be between 1 second and 1 hour", "OUT_OF_RANGE"))
     _check("Reserve request", violations)
     ttl = DEFAULT_TTL if ttl_seconds is None else timedelta(seconds=ttl_seconds)

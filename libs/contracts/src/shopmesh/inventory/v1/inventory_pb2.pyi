@@ -267,8 +267,9 @@ class ReserveRequest(_message.Message):
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """How long the reservation stays PENDING before it expires. Optional:
-        unset means 15 minutes; otherwise 1 second to 1 hour. Not part of the
-        idempotency comparison.
+        unset means 15 minutes; otherwise 1 second to 1 hour (OUT_OF_RANGE), and
+        a valid Duration: nanos within +-999,999,999 and not of the opposite sign
+        to seconds (INVALID_FORMAT). Not part of the idempotency comparison.
         """
 
     def __init__(
