@@ -10,6 +10,10 @@ retried with backoff for as long as the outage lasts, never parked, and does not
 `max_attempts`. Each consumer also reads its own replay subject, where an operator sends parked messages
 back once their cause is fixed (deadletters.py).
 
+Replicas of two releases share the durable during a rolling update (or a rollback), so a replica never
+narrows it: at start it widens the durable's filter to the union of what it finds and its own subjects,
+and drops only the subjects its release retires by name (`retired_subjects`).
+
 Applied event ids are forgotten once older than `processed_retention_seconds`, which must be at least the
 stream's `stream_max_age_seconds` (EventSettings checks it): while a message is on the stream it may be
 delivered again, and its id is what keeps that from having a second effect. The ids of events waiting as
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -76,6 +81,41 @@ _PURGE_MARGIN_SECONDS = 86400.0
 # The most event ids a purge keeps for the consumer's dead letters (each one a bound parameter of the
 # purge's statements); with more parked, the purge forgets nothing until fewer are.
 _KEPT_FOR_DEAD_LETTERS = 5_000
+# Rounds of read, widen, read back at start before going on with the filter as it is (see _bring_durable).
+_FILTER_ROUNDS = 3
+
+
+def _tokens_cover(pattern: list[str], subject: list[str]) -> bool:
+    """Whether every subject that `subject` matches (itself a filter, perhaps with wildcards) is matched by
+    `pattern`, token by token as NATS matches."""
+    for index, token in enumerate(pattern):
+        if token == ">":
+            return index < len(subject)
+        if index >= len(subject) or subject[index] == ">":
+            return False
+        if token != "*" and token != subject[index]:
+            return False
+    return len(pattern) == len(subject)
+
+
+def covers(pattern: str, subject: str) -> bool:
+    """Whether the filter `pattern` matches everything `subject` (a subject or a filter) matches."""
+    return _tokens_cover(pattern.split("."), subject.split("."))
+
+
+def widened_filter(current: Sequence[str], own: Sequence[str], retired: Sequence[str]) -> list[str]:
+    """The durable's filter once a replica consuming `own` and retiring `retired` has started: what the
+    other releases' replicas put there kept, less what this release retires, and without a filter another
+    one covers (JetStream refuses overlapping filters: a release that takes `orders.v1.>` in place of its
+    subjects would never start)."""
+    wanted = {subject for subject in current if subject not in retired} | set(own)
+    return sorted(s for s in wanted if not any(o != s and covers(o, s) for o in wanted))
+
+
+def filter_of(config: ConsumerConfig) -> list[str]:
+    if config.filter_subjects:
+        return sorted(config.filter_subjects)
+    return [config.filter_subject] if config.filter_subject else []
 
 
 @dataclass(frozen=True)
@@ -113,6 +153,7 @@ class EventConsumer:
         handler: Handler,
         metrics: EventMetrics,
         on_applied: Callable[[Event], None] | None = None,
+        retired_subjects: Sequence[str] = (),
     ) -> EventConsumer:
         """A consumer as a service runs it: NATS, retries, parking and retention from its settings."""
         return cls(
@@ -122,6 +163,7 @@ class EventConsumer:
             stream=stream,
             stream_subjects=stream_subjects,
             subjects=subjects,
+            retired_subjects=retired_subjects,
             handler=handler,
             on_applied=on_applied,
             max_attempts=settings.consumer_max_attempts,
@@ -145,6 +187,7 @@ class EventConsumer:
         subjects: Sequence[str],
         handler: Handler,
         on_applied: Callable[[Event], None] | None = None,
+        retired_subjects: Sequence[str] = (),
         max_attempts: int = 5,
         backoff_seconds: Sequence[float] = (0.5, 1.0, 2.0, 5.0, 10.0),
         batch_size: int = 20,
@@ -164,6 +207,11 @@ class EventConsumer:
         self._stream = stream
         self._stream_subjects = list(stream_subjects)
         self._subjects = list(subjects)
+        # Subjects a release stops consuming on purpose: removed from the durable at start.
+        self._retired = list(retired_subjects)
+        both = sorted({r for r in self._retired for s in self._subjects if covers(r, s) or covers(s, r)})
+        if both:
+            raise ValueError(f"consumer {durable}: subjects both consumed and retired: {', '.join(both)}")
         self._handler = handler
         # Called once the handler's transaction has committed (e.g. to wake a worker that reads its rows).
         self._on_applied = on_applied
@@ -256,13 +304,21 @@ class EventConsumer:
         await ensure_dead_letter_streams(js, self._duplicate_window)
         subscriptions: list[JetStreamContext.PullSubscription] = []
         try:
-            events = await self._subscribe(js, self._stream, self._durable, self._subjects)
+            events, durable_filter = await self._subscribe(
+                js, self._stream, self._durable, self._subjects, self._retired
+            )
             subscriptions.append(events)
-            replays = await self._subscribe(
-                js, REPLAY_STREAM, replay_durable(self._durable), [replay_filter(self._durable)]
+            replays, _ = await self._subscribe(
+                js, REPLAY_STREAM, replay_durable(self._durable), [replay_filter(self._durable)], []
             )
             subscriptions.append(replays)
-            log.info("consuming %s from %s as %s", ",".join(self._subjects), self._stream, self._durable)
+            log.info(
+                "consuming %s from %s as %s (its filter: %s)",
+                ",".join(self._subjects),
+                self._stream,
+                self._durable,
+                ",".join(durable_filter),
+            )
             self._consuming_since = asyncio.get_running_loop().time()
             # Both pull loops share the connection; one failing ends both, and _run starts them again.
             async with asyncio.TaskGroup() as loops:
@@ -278,9 +334,48 @@ class EventConsumer:
                     await subscription.unsubscribe()
 
     async def _subscribe(
-        self, js: JetStreamContext, stream: str, durable: str, subjects: list[str]
-    ) -> JetStreamContext.PullSubscription:
-        config = ConsumerConfig(
+        self, js: JetStreamContext, stream: str, durable: str, subjects: list[str], retired: list[str]
+    ) -> tuple[JetStreamContext.PullSubscription, list[str]]:
+        # Create the durable, or widen an existing one to these subjects too (a release that consumes one
+        # more subject): pull_subscribe alone would bind to an existing durable as it was first created.
+        durable_filter = await self._bring_durable(js, stream, durable, subjects, retired)
+        return await js.pull_subscribe_bind(durable=durable, stream=stream), durable_filter
+
+    async def _bring_durable(
+        self, js: JetStreamContext, stream: str, durable: str, subjects: list[str], retired: list[str]
+    ) -> list[str]:
+        """Create the durable, or widen it to these subjects too, never narrowing what other replicas (of
+        another release) consume through it; its filter as written.
+
+        Narrowing would lose events: a subject taken off the filter has its messages skipped by the durable
+        for good, even once put back. JetStream updates a consumer without compare-and-set, so a replica
+        whose read of the durable came before this one's write may write its own union over ours; the read
+        back catches that when it lands first, and the union is written again. One that lands after the read
+        back needs the other replica to stall between its own read and write for longer than our write and
+        read take (two requests): only the subjects new since its read are then lost, until a replica starts."""
+        wanted: list[str] = []
+        for _ in range(_FILTER_ROUNDS):
+            try:
+                current = filter_of((await js.consumer_info(stream, durable)).config)
+            except nats.js.errors.NotFoundError:
+                current = []
+            wanted = widened_filter(current, subjects, retired)
+            await js.add_consumer(stream, self._consumer_config(durable, wanted))
+            after = filter_of((await js.consumer_info(stream, durable)).config)
+            if all(any(covers(f, w) for f in after) for w in wanted):
+                return after
+            log.warning(
+                "consumer %s: another replica wrote the durable's filter at the same time (%s); widening it again",
+                durable,
+                ",".join(after),
+            )
+        # Replicas of a release before this rule (which set their own subjects) starting one after another:
+        # each of our rounds widened it, and consuming beats failing the start over it.
+        log.warning("consumer %s: its filter keeps changing under it; consuming with %s", durable, ",".join(wanted))
+        return wanted
+
+    def _consumer_config(self, durable: str, subjects: list[str]) -> ConsumerConfig:
+        return ConsumerConfig(
             name=durable,
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -293,10 +388,6 @@ class EventConsumer:
             filter_subjects=subjects if len(subjects) > 1 else None,
             filter_subject=subjects[0] if len(subjects) == 1 else None,
         )
-        # Create the durable, or bring an existing one to this configuration (a release that consumes one
-        # more subject): pull_subscribe alone would bind to an existing durable as it was first created.
-        await js.add_consumer(stream, config)
-        return await js.pull_subscribe_bind(durable=durable, stream=stream)
 
     async def _pull(self, subscription: JetStreamContext.PullSubscription, *, replayed: bool) -> None:
         task = asyncio.current_task()

@@ -1,0 +1,148 @@
+"""Rolling updates with mixed releases of a consumer: the shared durable is never narrowed by an older
+replica, an event of a subject a replica does not handle goes back to one that does, and a subject is
+dropped only when a release retires it by name."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+from prometheus_client import CollectorRegistry
+
+from shopmesh_chassis.consumer import EventConsumer
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.nats_server import NatsServer
+
+from .consumer_kit import applied, client, consumer, db, record, until_applied
+
+__all__ = ["client", "db"]  # fixtures, used by name
+
+HAPPENED = "things.v1.happened"
+CHANGED = "things.v1.changed"  # the subject the newer release adds
+OLD = (HAPPENED,)
+NEW = (HAPPENED, CHANGED)
+
+
+async def publish_on(client: Client, subject: str, event_id: str) -> None:
+    await client.jetstream().publish(subject, b"x", headers={"Nats-Msg-Id": event_id})
+
+
+async def durable_filter(client: Client) -> list[str]:
+    config = (await client.jetstream().consumer_info("THINGS", "tester")).config
+    return sorted(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
+
+
+async def subscribed(running: EventConsumer) -> None:
+    await eventually(lambda: running._consuming_since is not None, "the consumer subscribed")
+
+
+def outcomes(registry: CollectorRegistry, subject: str, outcome: str) -> float:
+    labels = {"consumer": "tester", "subject": subject, "outcome": outcome}
+    return registry.get_sample_value("shopmesh_events_consumed_total", labels) or 0.0
+
+
+async def test_an_older_replica_starting_after_a_newer_one_does_not_narrow_the_durable(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    newer = consumer(db, nats_srv.url, record, subjects=NEW)
+    newer.start()
+    await subscribed(newer)
+    # A replica of the previous release (re)starts in the middle of the rollout.
+    older = consumer(db, nats_srv.url, record, subjects=OLD)
+    older.start()
+    await subscribed(older)
+    await publish_on(client, CHANGED, "c1")
+    await publish_on(client, HAPPENED, "h1")
+    # Before, the older replica's start brought the durable back to its one subject, and c1 was skipped
+    # by it for good: never delivered to the newer replica either.
+    await until_applied(db, Counter({"c1": 1, "h1": 1}))
+    assert await durable_filter(client) == sorted(NEW)
+    await older.stop()
+    await newer.stop()
+
+
+async def test_a_retired_subject_is_dropped_from_the_durable_and_its_late_events_are_not_applied(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    first = consumer(db, nats_srv.url, record, subjects=NEW)
+    first.start()
+    await subscribed(first)
+    await first.stop()
+    registry = CollectorRegistry()
+    retiring = consumer(
+        db, nats_srv.url, record, subjects=OLD, retired_subjects=[CHANGED], metrics=EventMetrics(registry)
+    )
+    retiring.start()
+    await subscribed(retiring)
+    assert await durable_filter(client) == [HAPPENED]
+    await publish_on(client, CHANGED, "c1")
+    await publish_on(client, HAPPENED, "h1")
+    await until_applied(db, Counter({"h1": 1}))
+    await retiring.stop()
+    assert await applied(db) == Counter({"h1": 1})
+
+
+def test_a_subject_both_consumed_and_retired_is_refused(db: Database, nats_srv: NatsServer) -> None:
+    with pytest.raises(ValueError, match=CHANGED):
+        consumer(db, nats_srv.url, record, subjects=NEW, retired_subjects=[CHANGED])
+
+
+class NarrowedInBetween:
+    """The JetStream API of a replica whose write of the durable lands just before an older replica's
+    (which had read the durable before that write): the older one's write narrows it again."""
+
+    def __init__(self, js: JetStreamContext, older: list[str]) -> None:
+        self._js = js
+        self._older = older
+        self.narrowed = 0
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig, **kwargs: Any) -> Any:
+        info = await self._js.add_consumer(stream, config, **kwargs)
+        if not self.narrowed and config.durable_name == "tester":
+            self.narrowed += 1
+            await self._js.add_consumer(stream, ConsumerConfig(durable_name="tester", filter_subjects=self._older))
+        return info
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+
+async def test_a_durable_narrowed_by_a_replica_starting_at_the_same_time_is_widened_again(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    first = consumer(db, nats_srv.url, record, subjects=OLD)
+    first.start()
+    await subscribed(first)
+    await first.stop()
+    newer = consumer(db, nats_srv.url, record, subjects=NEW)
+    racing = NarrowedInBetween(client.jetstream(), [HAPPENED, "things.v1.other"])
+    await newer._bring_durable(racing, "THINGS", "tester", list(NEW), [])  # type: ignore[arg-type]
+    assert racing.narrowed == 1
+    # The newer replica's re-read saw its subject gone and wrote the union again; the older one's
+    # subject stays too.
+    assert await durable_filter(client) == sorted([*NEW, "things.v1.other"])
+
+
+async def test_subjects_that_one_filter_covers_are_kept_once(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # JetStream refuses overlapping filters: a release that consumes the whole version by wildcard
+    # replaces the subjects it covers instead of failing to start.
+    first = consumer(db, nats_srv.url, record, subjects=NEW)
+    first.start()
+    await subscribed(first)
+    await first.stop()
+    caplog.set_level(logging.WARNING, "shopmesh.consumer")
+    wide = consumer(db, nats_srv.url, record, subjects=("things.v1.>",))
+    wide.start()
+    await subscribed(wide)
+    await wide.stop()
+    assert await durable_filter(client) == ["things.v1.>"]
+    assert not [r for r in caplog.records if "interrupted" in r.getMessage()]
