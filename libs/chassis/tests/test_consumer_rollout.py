@@ -14,13 +14,14 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry
 
-from shopmesh_chassis.consumer import EventConsumer
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.consumer import Event, EventConsumer
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
 
 from .consumer_kit import applied, client, consumer, db, record, until_applied
+from .test_consumer import messages_parked
 
 __all__ = ["client", "db"]  # fixtures, used by name
 
@@ -51,11 +52,11 @@ def outcomes(registry: CollectorRegistry, subject: str, outcome: str) -> float:
 async def test_an_older_replica_starting_after_a_newer_one_does_not_narrow_the_durable(
     db: Database, client: Client, nats_srv: NatsServer
 ) -> None:
-    newer = consumer(db, nats_srv.url, record, subjects=NEW)
+    newer = consumer(db, nats_srv.url, record, subjects=NEW, handback_seconds=(0.05,))
     newer.start()
     await subscribed(newer)
     # A replica of the previous release (re)starts in the middle of the rollout.
-    older = consumer(db, nats_srv.url, record, subjects=OLD)
+    older = consumer(db, nats_srv.url, record, subjects=OLD, handback_seconds=(0.05,))
     older.start()
     await subscribed(older)
     await publish_on(client, CHANGED, "c1")
@@ -66,6 +67,51 @@ async def test_an_older_replica_starting_after_a_newer_one_does_not_narrow_the_d
     assert await durable_filter(client) == sorted(NEW)
     await older.stop()
     await newer.stop()
+
+
+async def test_an_older_replica_hands_a_newer_subjects_event_back_and_the_newer_one_applies_it_once(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen_by_older: list[str] = []
+
+    async def older_handler(session: DbConnection, event: Event) -> None:
+        seen_by_older.append(event.subject)
+        await record(session, event)
+
+    # The newer release ran first: the durable consumes both subjects.
+    first = consumer(db, nats_srv.url, record, subjects=NEW)
+    first.start()
+    await subscribed(first)
+    await first.stop()
+    registry = CollectorRegistry()
+    older = consumer(
+        db,
+        nats_srv.url,
+        older_handler,
+        subjects=OLD,
+        handback_seconds=(0.05,),
+        max_attempts=2,
+        metrics=EventMetrics(registry),
+    )
+    older.start()
+    for event_id in ("c1", "c2", "c3"):
+        await publish_on(client, CHANGED, event_id)
+    # Alone, the older replica gets them again and again (each past its max attempts) and never applies one.
+    await eventually(lambda: outcomes(registry, CHANGED, "handed_back") >= 9, "c1..c3 handed back three times each")
+    assert await applied(db) == Counter()
+    handed_back_lines = [
+        r for r in caplog.records if r.name == "shopmesh.consumer" and "hands them back" in r.getMessage()
+    ]
+    assert len(handed_back_lines) == 1, [r.getMessage() for r in handed_back_lines]  # rate-limited, not one per event
+    newer = consumer(db, nats_srv.url, record, subjects=NEW)
+    newer.start()
+    await until_applied(db, Counter({"c1": 1, "c2": 1, "c3": 1}))
+    await newer.stop()
+    await older.stop()
+    assert seen_by_older == []
+    assert (outcomes(registry, CHANGED, "retried"), outcomes(registry, CHANGED, "dead_lettered")) == (0, 0)
+    assert await messages_parked(client) == 0
+    assert await durable_filter(client) == sorted(NEW)
 
 
 async def test_a_retired_subject_is_dropped_from_the_durable_and_its_late_events_are_not_applied(
@@ -87,6 +133,31 @@ async def test_a_retired_subject_is_dropped_from_the_durable_and_its_late_events
     await until_applied(db, Counter({"h1": 1}))
     await retiring.stop()
     assert await applied(db) == Counter({"h1": 1})
+    assert outcomes(registry, CHANGED, "handed_back") == 0
+
+
+async def test_a_retiring_replica_acknowledges_an_event_of_its_retired_subject_without_applying_it(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    # Mid-rollout, a replica of the release before the retirement started and brought the subject back.
+    registry = CollectorRegistry()
+    retiring = consumer(
+        db, nats_srv.url, record, subjects=OLD, retired_subjects=[CHANGED], metrics=EventMetrics(registry)
+    )
+    retiring.start()
+    await subscribed(retiring)
+    older = consumer(db, nats_srv.url, record, subjects=NEW)
+    older.start()
+    await subscribed(older)
+    await older.stop()
+    assert await durable_filter(client) == sorted(NEW)
+    await publish_on(client, CHANGED, "c1")
+    await eventually(lambda: outcomes(registry, CHANGED, "retired") == 1, "c1 acknowledged as retired")
+    await retiring.stop()
+    assert await applied(db) == Counter()
+    assert outcomes(registry, CHANGED, "handed_back") == 0
+    info = await client.jetstream().consumer_info("THINGS", "tester")
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
 
 
 def test_a_subject_both_consumed_and_retired_is_refused(db: Database, nats_srv: NatsServer) -> None:

@@ -12,7 +12,9 @@ back once their cause is fixed (deadletters.py).
 
 Replicas of two releases share the durable during a rolling update (or a rollback), so a replica never
 narrows it: at start it widens the durable's filter to the union of what it finds and its own subjects,
-and drops only the subjects its release retires by name (`retired_subjects`).
+and drops only the subjects its release retires by name (`retired_subjects`). A message of a subject it
+does not handle (a newer release's) is handed back with a delay for a replica that does, neither applied
+nor counted as an attempt; one of a retired subject is acknowledged unapplied.
 
 Applied event ids are forgotten once older than `processed_retention_seconds`, which must be at least the
 stream's `stream_max_age_seconds` (EventSettings checks it): while a message is on the stream it may be
@@ -83,6 +85,8 @@ _PURGE_MARGIN_SECONDS = 86400.0
 _KEPT_FOR_DEAD_LETTERS = 5_000
 # Rounds of read, widen, read back at start before going on with the filter as it is (see _bring_durable).
 _FILTER_ROUNDS = 3
+# A replica handed events it cannot apply (a full rollback) says so once per subject, then at most this often.
+_HANDBACK_REPEAT_SECONDS = 60.0
 
 
 def _tokens_cover(pattern: list[str], subject: list[str]) -> bool:
@@ -190,6 +194,7 @@ class EventConsumer:
         retired_subjects: Sequence[str] = (),
         max_attempts: int = 5,
         backoff_seconds: Sequence[float] = (0.5, 1.0, 2.0, 5.0, 10.0),
+        handback_seconds: Sequence[float] = (2.0, 5.0, 15.0, 30.0),
         batch_size: int = 20,
         ack_wait_seconds: float = 30.0,
         duplicate_window_seconds: float = 900.0,
@@ -207,7 +212,8 @@ class EventConsumer:
         self._stream = stream
         self._stream_subjects = list(stream_subjects)
         self._subjects = list(subjects)
-        # Subjects a release stops consuming on purpose: removed from the durable at start.
+        # Subjects a release stops consuming on purpose: removed from the durable at start, and their events
+        # still delivered (a replica of an earlier release brought them back mid-rollout) acknowledged unapplied.
         self._retired = list(retired_subjects)
         both = sorted({r for r in self._retired for s in self._subjects if covers(r, s) or covers(s, r)})
         if both:
@@ -217,6 +223,12 @@ class EventConsumer:
         self._on_applied = on_applied
         self._max_attempts = max_attempts
         self._backoff = list(backoff_seconds)
+        # The delay before a message of a subject this release does not handle comes back, by its delivery
+        # (the last repeats): short while a newer replica likely runs, then slower, so a full rollback leaves
+        # such messages coming back a few times a minute rather than spinning.
+        self._handback = list(handback_seconds)
+        # Per subject handed back: when that was last logged, and how many since.
+        self._handed_back_said: dict[str, tuple[float, int]] = {}
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
         self._duplicate_window = duplicate_window_seconds
@@ -522,6 +534,9 @@ class EventConsumer:
     async def _deliver(self, message: Msg, *, replayed: bool) -> bool:
         """Apply, retry or park the message; False when it failed because the database is away."""
         event = self._event(message, replayed=replayed)
+        if not any(covers(subject, event.subject) for subject in self._subjects):
+            await self._not_handled(message, event)
+            return True
         context = propagate.extract(event.headers)
         with tracer.start_as_current_span(
             f"consume {event.subject}", context=context, kind=trace.SpanKind.CONSUMER
@@ -552,6 +567,46 @@ class EventConsumer:
         self._forget(message)
         self._count(event, "applied" if applied else "duplicate")
         return True
+
+    async def _not_handled(self, message: Msg, event: Event) -> None:
+        """A message of a subject this release does not consume. A retired subject's is acknowledged unapplied:
+        the release stopped consuming it on purpose (a replica of an earlier one put it back on the durable).
+        Any other is a newer release's, which shares the durable during a rollout: handed back for one of its
+        replicas, not counted as an attempt (it is not at fault), and coming back at the handback delay
+        for as long as no such replica runs (a full rollback), until the stream's max age drops it."""
+        if any(covers(retired, event.subject) for retired in self._retired):
+            await message.ack()
+            self._forget(message)
+            self._count(event, "retired")
+            self._say_not_handled(event, "acknowledges without applying them: its release retired the subject")
+            return
+        delay = self._handback[min(event.attempt - 1, len(self._handback) - 1)]
+        await message.nak(delay=delay)
+        self._count(event, "handed_back")
+        self._say_not_handled(
+            event,
+            "hands them back for a replica of a release that consumes the subject (they wait for one, "
+            "up to the stream's max age)",
+        )
+
+    def _say_not_handled(self, event: Event, what: str) -> None:
+        """One line per subject, then at most one a minute with how many since: in a full rollback every
+        such message comes back a few times a minute, for days."""
+        now = time.monotonic()
+        said, since = self._handed_back_said.get(event.subject, (None, 0))
+        if said is not None and now - said < _HANDBACK_REPEAT_SECONDS:
+            self._handed_back_said[event.subject] = (said, since + 1)
+            return
+        self._handed_back_said[event.subject] = (now, 0)
+        log.warning(
+            "consumer %s does not handle %s events and %s (%d more since the last line; latest: event %s)",
+            self._durable,
+            event.subject,
+            what,
+            since,
+            event.event_id,
+            extra={"event_id": event.event_id},
+        )
 
     def _event(self, message: Msg, *, replayed: bool) -> Event:
         headers = dict(message.headers or {})
