@@ -620,6 +620,24 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_charges_while_the_re
     assert (payments.captured(), payments.refunds) == (1, [])
 
 
+async def test_a_retry_with_the_card_past_the_saga_deadline_is_not_blamed_on_payments_when_inventory_is_down(
+    clocked: Clocked, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    """Inventory cannot say whether the stock is still held: the saga goes on as it did without asking (the
+    commit waits for inventory), rather than cancel the order as PAYMENT_UNAVAILABLE, which payments was not."""
+    app, order_id, _ = await _reserved_by_recovery_while_payments_is_down(clocked, inventory, payments)
+    clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+    inventory.down = True
+    with pytest.raises(errors.Unavailable):
+        await place(app, command())
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, order.cancel_code) == (OrderState.PENDING, SagaStep.COMMIT, None)
+    inventory.down = False
+    assert await place(app, command()) == order_id
+    assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
+    assert (payments.captured(), payments.refunds) == (1, [])
+
+
 @pytest.mark.parametrize("lapsed", ["EXPIRED", "RELEASED"])
 async def test_compensation_that_finds_the_reservation_lapsed_still_cancels(
     app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory, database: Database, lapsed: str

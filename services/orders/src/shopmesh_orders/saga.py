@@ -272,6 +272,11 @@ class SagaDriver:
             await self._inventory.reserve(order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds)
         except (ReservationExpired, InsufficientStock):
             return False
+        except errors.Unavailable:
+            # No answer is no reason to cancel: retried and given up, the step would be cancelled as
+            # PAYMENT_UNAVAILABLE, blaming payments. Charge as without asking; the commit still refuses a
+            # lapsed reservation, and the charge is then refunded.
+            return True
         return True
 
     def _charge_settled_at(self, charge_attempted_at: datetime) -> datetime:
