@@ -20,7 +20,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.app import HOOK_RESERVE_SECONDS
-from shopmesh_chassis.testing import ServiceProcess, eventually, health_status, serve_in_process, start_process_serving
+from shopmesh_chassis.testing import (
+    ServiceProcess,
+    eventually,
+    free_port,
+    health_status,
+    serve_in_process,
+    start_process,
+    start_process_serving,
+)
 from shopmesh_chassis.testing.sample_service import binding
 
 from .conftest import Holding, sample_settings
@@ -145,6 +153,99 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(
     # Its shutdown hooks ran within their budget, untouched.
     assert "sample shutdown finished" in output
     assert "shutdown hook" not in output
+
+
+# The sample service as `python -m` runs it, its grpc.aio server held inside `server.start()` once it accepts calls,
+# until the test writes the release file: so the test's SIGTERM surely lands in that await, a window otherwise
+# far too short to hit.
+_HOLD_IN_SERVER_START = """
+import asyncio, os, runpy
+from pathlib import Path
+
+import grpc.aio._server
+
+started = grpc.aio._server.Server.start
+
+
+async def held_start(self):
+    await started(self)
+    Path(os.environ["HELD_START_REPORT"]).write_text("accepting")
+    release = Path(os.environ["HELD_START_RELEASE"])
+    deadline = asyncio.get_running_loop().time() + 120
+    while not release.exists() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+grpc.aio._server.Server.start = held_start
+runpy.run_module("shopmesh_chassis.testing.sample_service", run_name="__main__", alter_sys=True)
+"""
+
+
+async def test_sigterm_while_the_server_starts_drains_the_calls_it_accepted_and_exits_zero(
+    tmp_path: Path, holding: tuple[Holding, str]
+) -> None:
+    """The kubelet's SIGTERM as `serve` awaits grpc's `server.start()`: the server already accepts calls, so
+    the stop must be a drain (NOT_SERVING, new calls refused, accepted ones finish, hooks run, exit 0). The
+    signal cancelled the start instead: the call in flight was cancelled with the event loop, no hook ran,
+    and the process exited 143."""
+    downstream, downstream_address = holding
+    report, release = tmp_path / "accepting", tmp_path / "release"
+    env = {
+        "METRICS_PORT": "-1",
+        # No drain delay: the server stops while its start is still held, grpc's start and stop overlapping.
+        "DRAIN_DELAY_SECONDS": "0",
+        "SHUTDOWN_GRACE_SECONDS": "60",
+        "SHUTDOWN_HOOKS_BUDGET_SECONDS": "70",
+        "CLIENT_DEFAULT_TIMEOUT_SECONDS": "120",
+        "HELD_START_REPORT": str(report),
+        "HELD_START_RELEASE": str(release),
+    }
+    proc = start_process(
+        [sys.executable, "-c", _HOLD_IN_SERVER_START], port=free_port(), log_path=tmp_path / "sample.log", env=env
+    )
+    try:
+        await eventually(report.exists, "the server accepting calls inside server.start()", timeout=60)
+        async with grpc.aio.insecure_channel(proc.address) as channel:
+            stub = sample_pb2_grpc.SampleServiceStub(channel)
+            health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed types the sync stub only
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=120)
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            relay = sample_pb2.RelayRequest(target=downstream_address, echo=sample_pb2.EchoRequest(message="slow"))
+            in_flight = asyncio.ensure_future(stub.Relay(relay, timeout=120))
+            try:
+                async with asyncio.timeout(30):
+                    await downstream.arrived.wait()
+                proc.signal(signal.SIGTERM)
+                await eventually(lambda: "received SIGTERM" in proc.output(), "the service hearing its SIGTERM")
+                release.write_text("go on")
+                async with asyncio.timeout(30):
+                    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+                async def refusal() -> grpc.StatusCode | None:
+                    async with grpc.aio.insecure_channel(proc.address) as fresh:
+                        try:
+                            await sample_pb2_grpc.SampleServiceStub(fresh).Echo(sample_pb2.EchoRequest(), timeout=10)
+                        except grpc.aio.AioRpcError as error:
+                            # One that lands just as the server stops is CANCELLED by grpc, queued before any
+                            # handler took it; the next finds the port closed.
+                            return None if error.code() == grpc.StatusCode.CANCELLED else error.code()
+                    return None  # still within the drain delay: answered
+
+                refused = await eventually(refusal, "a new call refused once the drain delay is over")
+                assert refused == grpc.StatusCode.UNAVAILABLE
+                assert not in_flight.done()
+            finally:
+                downstream.release.set()
+            response = await in_flight
+            assert response.echo.message == "slow"
+            watch.cancel()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        proc.stop()
+    output = proc.output()
+    assert "Traceback" not in output, output[-3000:]
+    assert "received SIGTERM, draining" in output
+    assert "sample shutdown finished" in output
 
 
 async def test_a_shutdown_hook_that_never_returns_is_cut_off_at_the_budget_and_the_process_exits_1(

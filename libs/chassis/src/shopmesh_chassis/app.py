@@ -84,8 +84,11 @@ async def serve(
     # Before the port opens: the one full collection must not pause calls.
     frozen = freeze_startup_heap()
     log.info("startup heap frozen: %d objects", frozen, extra={"frozen_objects": frozen})
-    await server.start()
+    # Before the start, not after it: grpc's start accepts calls before it returns, and a signal there cancelled
+    # the start (the handlers of `run`), so the calls it had accepted were cancelled with the event loop and no
+    # hook ran. From here a signal drains, whenever it comes.
     server.install_signal_handlers()
+    await server.start()
     try:
         await server.wait_stopped()
     finally:
@@ -174,7 +177,8 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
     """Run a service's async main on the configured event loop; bad configuration exits 2 with one line
     on stderr, a start that failed for now (StartupFailed) exits 1 with one log line, shutdown hooks cut off
     at their budget exit 1 (EXIT_SHUTDOWN_INCOMPLETE), SIGTERM or SIGINT before the server took over its
-    signals (`serve`: drain, exit 0) stops the start and exits 128 + the signal's number, as a shell reports it."""
+    signals (`serve`, just before it starts the server: drain, exit 0) stops the start and exits 128 + the
+    signal's number, as a shell reports it."""
     stopped_by: list[signal.Signals] = []
     coroutine = main()
     try:
