@@ -15,6 +15,8 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 
+from shopmesh_chassis.app import run_shutdown_hooks
+from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import DeferredJetStream, JetStreamPublisher, ensure_stream
 from shopmesh_chassis.metrics import EventMetrics
@@ -406,3 +408,39 @@ async def test_a_relay_pass_while_nats_is_not_reached_never_logs_the_nats_urls_t
         await relay.stop()
     lines = "\n".join(r.getMessage() for r in caplog.records)
     assert "s3cret" not in lines, lines
+
+
+class LosesTheCancel:
+    """Publishes through `inner`; the first publish waits until the relay is cancelled, then publishes and
+    returns as if nothing happened, as nats-py's request does on Python 3.11 when the cancel lands as the
+    stream's acknowledgement arrives (its `wait_for` returns the reply and drops the cancel)."""
+
+    def __init__(self, inner: JetStreamPublisher) -> None:
+        self.inner = inner
+        self.publishing = asyncio.Event()
+        self.lost = False
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool:
+        if not self.lost:
+            self.publishing.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.lost = True
+        return await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+
+async def test_a_relay_whose_publish_loses_the_cancel_still_stops_within_its_shutdown_budget(
+    db: Database, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay carried on into its next poll (ten minutes here), and its shutdown hook was cut off at the
+    budget: SIGTERM exited 1."""
+    ids = await add(db, "sent as the relay stops")
+    publisher = LosesTheCancel(JetStreamPublisher(client))
+    relay = OutboxRelay(db, publisher, poll_interval=600)
+    relay.start()
+    await publisher.publishing.wait()
+    # The part of the hooks' budget that relays and consumers have after the grace (config.py).
+    assert await run_shutdown_hooks([relay.stop], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
+    assert publisher.lost
+    assert await stream_contents(client) == [(ids[0], "sent as the relay stops")]

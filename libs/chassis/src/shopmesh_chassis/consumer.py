@@ -412,7 +412,8 @@ class EventConsumer:
                 # Stopping. nats-py's fetch waits in a task of its own (Python 3.11's wait_for), and a cancel
                 # that lands as messages arrive is lost there: fetch returns them as if nothing happened, and
                 # the loop went on pulling for the whole shutdown budget (SIGTERM under load exited 1). The
-                # fetched batch goes back at once, as below.
+                # fetched batch goes back at once, as below (cancel_and_wait's second cancel would come only
+                # RECANCEL_SECONDS later, with the batch held meanwhile).
                 for unfetched in messages:
                     with contextlib.suppress(Exception):
                         await unfetched.nak()
