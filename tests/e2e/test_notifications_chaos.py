@@ -237,7 +237,7 @@ async def test_an_operator_sees_replays_and_discards_a_parked_message_with_the_c
     async def listed() -> list[dict[str, object]]:
         result = await asyncio.to_thread(deadletters, stack, "list", "--consumer", "notifications", "--json")
         assert result.returncode == 0, result.stderr
-        return [row for line in result.stdout.splitlines() if (row := json.loads(line))["event_id"] == poison_id]
+        return [row for row in json.loads(result.stdout) if row["event_id"] == poison_id]
 
     async def parked_anew(known: set[object]) -> list[dict[str, object]] | None:
         return [row for row in await listed() if row["sequence"] not in known] or None

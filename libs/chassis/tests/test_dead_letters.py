@@ -314,7 +314,7 @@ async def test_the_command_lists_shows_replays_and_discards(db: Database, client
     assert rows[0].endswith("ValueError: no such customer")
 
     as_json = await asyncio.to_thread(deadletters_cli, nats_srv.url, "list", "--json")
-    assert [json.loads(line)["event_id"] for line in as_json.stdout.splitlines()] == ["e1", "e2"]
+    assert [row["event_id"] for row in json.loads(as_json.stdout)] == ["e1", "e2"]
 
     shown = await asyncio.to_thread(deadletters_cli, nats_srv.url, "show", str(first.sequence))
     assert shown.returncode == 0, shown.stderr
@@ -331,6 +331,8 @@ async def test_the_command_lists_shows_replays_and_discards(db: Database, client
     assert discarded.returncode == 0, discarded.stderr
     emptied = await asyncio.to_thread(deadletters_cli, nats_srv.url, "list")
     assert emptied.stdout.strip() == "no dead letters"
+    emptied_json = await asyncio.to_thread(deadletters_cli, nats_srv.url, "list", "--json")
+    assert json.loads(emptied_json.stdout) == []
     await running.stop()
     assert await applied(db) == Counter({"e1": 1})
 
@@ -346,6 +348,12 @@ def test_the_command_says_in_one_line_when_nats_is_unreachable() -> None:
 def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServer) -> None:
     result = deadletters_cli(nats_srv.url, "list")
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "no dead letters", "")
+
+
+def test_the_commands_json_list_of_no_dead_letters_is_an_empty_json_array_not_nothing(nats_srv: NatsServer) -> None:
+    result = deadletters_cli(nats_srv.url, "list", "--json")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout) == []
 
 
 @pytest.mark.parametrize("given", ["0", "-1", "x", str(2**64)])

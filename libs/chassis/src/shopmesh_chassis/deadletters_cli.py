@@ -96,7 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the parked messages, oldest first")
     listing.add_argument("--consumer", type=consumer_name, help="only those this consumer parked")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument("--json", action="store_true", help="a JSON array of the parked messages ([] when none)")
     show = commands.add_parser("show", help="one parked message: headers and decoded payload")
     show.add_argument("sequence", type=sequence_number, metavar="SEQ")
     replay = commands.add_parser("replay", help="hand messages back to the consumer that parked them")
@@ -198,8 +198,9 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.command == "list":
             found = await letters.list(args.consumer)
             if args.json:
-                for letter in found:
-                    print(json.dumps(as_row(letter)), file=out)
+                # One document, `[]` when nothing is parked: a script reads it with one json.loads (or jq),
+                # and an empty answer is still JSON.
+                print(json.dumps([as_row(letter) for letter in found]), file=out)
             else:
                 print_table(found, out)
             return 0
