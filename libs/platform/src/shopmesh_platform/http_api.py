@@ -176,6 +176,8 @@ _NOT_GRPC = {
     "invert_match": True,
     "treat_missing_header_as_empty": True,
 }
+# A request whose content type is gRPC's or gRPC-Web's.
+_GRPC = {**_NOT_GRPC, "invert_match": False}
 # On a route answered by Envoy itself: the transcoder would refuse a path the API does not have first.
 _TRANSCODER_OFF = {"envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}}
 
@@ -345,6 +347,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                             "route": {"cluster": "gateway", **_ROUTE_BOUND},
                             "decorator": {"operation": "public API", "propagate": False},
                         },
+                        _other_grpc_refused(),
                         {
                             # The CORS filter looks the request up before the transcoder rewrites its path: a
                             # browser's preflight (OPTIONS /v1/orders) needs a route here to find the virtual
@@ -504,6 +507,25 @@ def _method_routes() -> list[dict[str, Any]]:
             match = {"safe_regex": {"regex": regex}, "headers": [_method_in(methods), _NOT_GRPC]}
             routes.append(_http_json_route(match))
     return routes
+
+
+def _other_grpc_refused() -> dict[str, Any]:
+    """gRPC for any service but ShopService (health, reflection, the internal services): refused at once as
+    UNIMPLEMENTED (Envoy's gRPC answer to a 404), with a message saying why. Without this route no route
+    matched, but only once the buffer filter had the whole request: a streaming call whose client keeps its
+    side open (grpcurl's reflection `list`) waited for its deadline instead. The buffer is off here: the call is
+    refused on its headers."""
+    return {
+        "match": {"prefix": "/", "headers": [_GRPC]},
+        "direct_response": {
+            "status": 404,
+            "body": {"inline_string": f"only {PUBLIC_SERVICE} is served on this port"},
+        },
+        "typed_per_filter_config": {
+            **_TRANSCODER_OFF,
+            "envoy.filters.http.buffer": {"@type": _FILTER_CONFIG, "disabled": True},
+        },
+    }
 
 
 def _validation_failed(message: str, violation: dict[str, str]) -> str:

@@ -1,0 +1,78 @@
+"""The real Envoy of `bootstrap()` in front of a gateway that only records the calls it gets (RecordingShop):
+the edge's own routing, without the rest of the stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_chassis.testing import free_ports
+from shopmesh_platform.http_api import HttpApi, bootstrap, descriptor_set
+from shopmesh_platform.stack import envoy_binary
+
+
+class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def CancelOrder(
+        self, request: shop_pb2.CancelOrderRequest, context: grpc.ServicerContext
+    ) -> shop_pb2.CancelOrderResponse:
+        self.calls.append(("CancelOrder", request.order_id))
+        return shop_pb2.CancelOrderResponse()
+
+    def GetOrder(self, request: shop_pb2.GetOrderRequest, context: grpc.ServicerContext) -> shop_pb2.GetOrderResponse:
+        self.calls.append(("GetOrder", request.order_id))
+        return shop_pb2.GetOrderResponse()
+
+    def SearchProducts(
+        self, request: shop_pb2.SearchProductsRequest, context: grpc.ServicerContext
+    ) -> shop_pb2.SearchProductsResponse:
+        self.calls.append(("SearchProducts", request.query))
+        return shop_pb2.SearchProductsResponse()
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RecordingShop]]:
+    shop = RecordingShop()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
+    gateway = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port, admin = free_ports(2)
+    api = HttpApi(
+        host="127.0.0.1",
+        port=port,
+        admin_host="127.0.0.1",
+        admin_port=admin,
+        gateway=f"127.0.0.1:{gateway}",
+        descriptor=descriptor_set(),
+    )
+    config = tmp_path_factory.mktemp("edge") / "envoy.json"
+    config.write_text(json.dumps(bootstrap(api)))
+    argv = [str(envoy_binary()), "--config-path", str(config), "--disable-hot-restart", "--concurrency", "1"]
+    with subprocess.Popen([*argv, "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as envoy:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert envoy.poll() is None, envoy.stderr.read().decode() if envoy.stderr else "envoy exited"
+                assert time.monotonic() < deadline, "envoy was not ready within 30 s"
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as ready:
+                        if ready.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}", shop
+        finally:
+            envoy.terminate()
+            envoy.wait(10)
+            server.stop(0)
