@@ -13,10 +13,14 @@ from concurrent import futures
 import grpc
 import pytest
 
+from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.testing import free_ports
 from shopmesh_platform.http_api import HttpApi, bootstrap, descriptor_set
 from shopmesh_platform.stack import envoy_binary
+
+# GetOrder of an id with this prefix answers NOT_FOUND.
+MISSING = "ord_missing"
 
 
 class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
@@ -31,7 +35,20 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
 
     def GetOrder(self, request: shop_pb2.GetOrderRequest, context: grpc.ServicerContext) -> shop_pb2.GetOrderResponse:
         self.calls.append(("GetOrder", request.order_id))
+        if request.order_id.startswith(MISSING):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no order {request.order_id}")
         return shop_pb2.GetOrderResponse()
+
+    def ListProducts(
+        self, request: shop_pb2.ListProductsRequest, context: grpc.ServicerContext
+    ) -> shop_pb2.ListProductsResponse:
+        self.calls.append(("ListProducts", str(request.page_size)))
+        # Long enough from a few products on for the edge to gzip a GET's answer (COMPRESS_FROM_BYTES).
+        products = [
+            catalog_pb2.Product(id=f"prod_{n}", name=f"Product {n}", description="A thing to buy. " * 10)
+            for n in range(request.page_size)
+        ]
+        return shop_pb2.ListProductsResponse(products=products)
 
     def SearchProducts(
         self, request: shop_pb2.SearchProductsRequest, context: grpc.ServicerContext

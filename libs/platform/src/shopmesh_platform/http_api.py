@@ -11,7 +11,8 @@ Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy 
   API does not have is refused by Envoy itself (400, 404), never guessed at, and so is a query parameter
   naming a path variable (400), which the transcoder would take over the path, and any query on a route
   whose body is the whole request (`body: "*"`, every POST: 400), which the transcoder would bind anyway;
-  a path it has, asked with a method it does not take there, is a 405 with `Allow`.
+  a path it has, asked with a method it does not take there, is a 405 with `Allow`. A GET's path takes HEAD:
+  the GET, answered without its body.
 - **gRPC-Web** (`application/grpc-web+proto` and the other three types Envoy's filter takes, GRPC_CONTENT_TYPE),
   which browser gRPC clients send; and **gRPC** itself.
 - **`GET /openapi.json`**: the API's OpenAPI document (shopmesh_platform.openapi, generated with the
@@ -106,6 +107,8 @@ _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 _COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
 _GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 _HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 _CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 _HEADER_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
 # JSON answers at least this long are gzipped for a client that accepts it (a page of products: ~2 KiB, a
@@ -180,6 +183,37 @@ _NOT_GRPC = {
 _GRPC = {**_NOT_GRPC, "invert_match": False}
 # On a route answered by Envoy itself: the transcoder would refuse a path the API does not have first.
 _TRANSCODER_OFF = {"envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}}
+
+# HEAD of a GET of the API (RFC 9110: a resource that takes GET takes HEAD, answered with GET's status and
+# headers, no body). google.api.http has no HEAD, so the transcoder knows none; and no filter of Envoy's but Lua
+# may change `:method`. The HEAD route's own script makes the request the GET and marks it (dynamic metadata:
+# namespace, key; not GATEWAY_STATUS's namespace, which the access log reads whole); the filter's default script
+# drops the body of a marked answer (the transcoder has rerouted the call by then, to a route without the first
+# script), keeping its content-length: what the GET would send. Envoy's codecs do not drop it themselves: they
+# answer the method the filters leave, a GET. The request's Accept-Encoding goes too: an answer the compressor
+# gzipped would come framed as chunks, whose last one is body a HEAD must not have.
+_HEAD_MARK = ("shopmesh.http_api.head", "head")
+_HEAD_AS_GET = "head-as-get"
+_HEAD_AS_GET_SCRIPT = f"""
+function envoy_on_request(request)
+  request:headers():replace(":method", "GET")
+  request:headers():remove("accept-encoding")
+  request:streamInfo():dynamicMetadata():set("{_HEAD_MARK[0]}", "{_HEAD_MARK[1]}", true)
+end
+"""
+_HEAD_BODY_DROPPED_SCRIPT = f"""
+function envoy_on_response(response)
+  local marked = response:streamInfo():dynamicMetadata():get("{_HEAD_MARK[0]}")
+  if marked == nil or not marked["{_HEAD_MARK[1]}"] then
+    return
+  end
+  local length = response:headers():get("content-length")
+  response:body():setBytes("")
+  if length ~= nil then
+    response:headers():replace("content-length", length)
+  end
+end
+"""
 
 _REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "traceparent", "tracestate")
 _GRPC_WEB_HEADERS = ("x-grpc-web", "x-user-agent", "grpc-timeout")
@@ -374,6 +408,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "http_filters": [
             _health_check(),
             _header_hygiene(),
+            # Before the compressor, so after it on the way out: the body it drops is never gzipped.
+            _head_as_get(),
             # Early in the chain, so late on the way out: it sees the JSON the transcoder made.
             _compressor(),
             {"name": "envoy.filters.http.cors", "typed_config": {"@type": _CORS}},
@@ -500,13 +536,40 @@ def _method_routes() -> list[dict[str, Any]]:
     routes = []
     for template, methods in sorted(api_paths().items(), key=lambda item: not _has_custom_verb(item[0])):
         regex = _path_regex(template)
-        routes.append(_method_not_allowed(template, regex, methods))
+        routes.append(_method_not_allowed(template, regex, allowed_methods(methods)))
         routes.extend(_path_variables_in_query(template, regex))
         routes.extend(_query_with_body(template, regex, method) for method in body_methods().get(template, []))
+        if "GET" in methods:
+            routes.append(_head_route(regex))
         if _has_custom_verb(template):
             match = {"safe_regex": {"regex": regex}, "headers": [_method_in(methods), _NOT_GRPC]}
             routes.append(_http_json_route(match))
     return routes
+
+
+def allowed_methods(methods: list[str]) -> list[str]:
+    """The methods the edge takes on a path whose API methods are these: HEAD with every GET."""
+    return [*methods, "HEAD"] if "GET" in methods and "HEAD" not in methods else list(methods)
+
+
+def _head_route(regex: str) -> dict[str, Any]:
+    """HEAD of a path the API takes GET on: called as the GET, answered without its body (_HEAD_AS_GET_SCRIPT)."""
+    route = _http_json_route({"safe_regex": {"regex": regex}, "headers": [_method_in(["HEAD"]), _NOT_GRPC]})
+    route["typed_per_filter_config"]["envoy.filters.http.lua"] = {"@type": _LUA_PER_ROUTE, "name": _HEAD_AS_GET}
+    return route
+
+
+def _head_as_get() -> dict[str, Any]:
+    """The Lua filter of HEAD routes: _HEAD_AS_GET by name on theirs, the default (dropping a marked answer's
+    body) on every route, which only reads the mark."""
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": _LUA,
+            "default_source_code": {"inline_string": _HEAD_BODY_DROPPED_SCRIPT},
+            "source_codes": {_HEAD_AS_GET: {"inline_string": _HEAD_AS_GET_SCRIPT}},
+        },
+    }
 
 
 def _other_grpc_refused() -> dict[str, Any]:
