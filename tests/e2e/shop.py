@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from shopmesh.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import testing
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
+from shopmesh_platform.shoppers import Checkout
 from shopmesh_platform.stack import Stack
 from shopmesh_platform.traces import load
 
@@ -162,3 +164,41 @@ def scraped(stack: Stack, service: str, name: str, labels: dict[str, str]) -> fl
 def spans_of_trace(stack: Stack, trace_id: str) -> list[dict[str, Any]]:
     """Every span the stack's trace sink holds for this trace, whichever process exported it."""
     return [span for trace in load(stack.traces_dir) if trace.trace_id == trace_id for span in trace.spans]
+
+
+StockLevels = dict[str, tuple[int, int]]
+
+
+async def stock_levels(shop: Shop, product_ids: Iterable[str]) -> StockLevels:
+    """On hand and reserved of each product."""
+    answer = await shop.inventory.GetStock(inventory_pb2.GetStockRequest(product_ids=sorted(product_ids)))
+    return {level.product_id: (level.on_hand, level.reserved) for level in answer.stock_levels}
+
+
+async def assert_each_checkout_kept(shop: Shop, before: StockLevels, checkouts: Sequence[Checkout]) -> None:
+    """What the shoppers were told of their checkouts is what the shop holds: a good card placed its order, a
+    declined one was refused; each shopper has exactly the confirmed orders it was answered with (none placed
+    twice, none lost) and a cancelled one per decline; each product's stock went down by what was confirmed,
+    with nothing left reserved."""
+    assert checkouts, "no shopper tried a checkout"
+    for checkout in checkouts:
+        assert checkout.code == ("FAILED_PRECONDITION" if checkout.declined_card else "OK"), checkout
+    for user_id in {checkout.user_id for checkout in checkouts}:
+        mine = [checkout for checkout in checkouts if checkout.user_id == user_id]
+        listed = await shop.orders.ListOrders(orders_pb2.ListOrdersRequest(user_id=user_id, page_size=100))
+        held = sorted((order.id, orders_pb2.OrderState.Name(order.state)) for order in listed.orders)
+        confirmed = [order_id for order_id, state in held if state == "ORDER_STATE_CONFIRMED"]
+        cancelled = [order_id for order_id, state in held if state == "ORDER_STATE_CANCELLED"]
+        assert confirmed == sorted(c.order_id for c in mine if c.code == "OK"), (user_id, held, mine)
+        assert len(cancelled) == sum(c.declined_card for c in mine), (user_id, held, mine)
+        assert len(held) == len(mine), ("an order besides those tried", user_id, held, mine)
+    sold: Counter[str] = Counter()
+    for checkout in checkouts:
+        sold[checkout.product_id] += checkout.quantity if checkout.code == "OK" else 0
+    assert sold.keys() <= before.keys(), "a product bought whose stock was not read before"
+    after = await stock_levels(shop, before)
+    expected = {p: (on_hand - sold[p], reserved) for p, (on_hand, reserved) in before.items()}
+    wrong = {
+        p: {"before": before[p], "sold": sold[p], "after": after.get(p)} for p in before if after.get(p) != expected[p]
+    }
+    assert not wrong, wrong

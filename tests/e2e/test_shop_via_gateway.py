@@ -25,10 +25,11 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
-from .shop import FAST_RECOVERY, PASSWORD, eventually, scraped
+from .shop import FAST_RECOVERY, PASSWORD, assert_each_checkout_kept, eventually, scraped, shop_client, stock_levels
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -262,7 +263,12 @@ async def test_simulated_shoppers_get_answers_and_never_a_server_fault(
     stack: Stack, shoppers: Callable[..., Awaitable[Any]]
 ) -> None:
     # `make shoppers` against this stack, fast: every step of every shopper through the public API.
-    shopping = await shoppers(stack.address("gateway"), "--shoppers", "4", "--duration", "6", seed=7)
-    answered = shopping.answered
-    assert {"Register", "Login", "ListProducts", "GetProductPage", "PlaceOrder"} <= answered.keys()
-    assert answered["PlaceOrder"]["OK"] > 0
+    async with shop_client(stack) as shop:
+        before = await stock_levels(shop, SEED_STOCK)
+        shopping = await shoppers(stack.address("gateway"), "--shoppers", "4", "--duration", "6", seed=7)
+        assert shopping.faults == {}
+        # Nothing but a checkout can be refused to a signed-up shopper: an error there (a token not sent, a
+        # request the API rejects, a call that timed out) is a defect, not an answer.
+        others = {method: codes for method, codes in shopping.answered.items() if method != "PlaceOrder"}
+        assert all(codes.keys() == {"OK"} for codes in others.values()), others
+        await assert_each_checkout_kept(shop, before, shopping.checkouts)

@@ -75,8 +75,9 @@ def envoy_stats(stack: Stack, service: str) -> dict[str, int]:
 async def test_a_shoppers_journey_and_the_checkout_saga_cross_the_sidecars_over_mutual_tls(
     stack: Stack, shoppers: Callable[..., Awaitable[Any]]
 ) -> None:
+    # The shoppers ran until an order was placed; whatever they met on the way, no server fault.
     shopping = await shoppers(stack.address("gateway"), "--shoppers", "3", "--duration", "5", seed=11)
-    assert shopping.answered["PlaceOrder"]["OK"] > 0
+    assert shopping.faults == {}
 
     # The saga's calls went orders → its sidecar → (mTLS) → inventory's and payments' sidecars → them.
     orders = envoy_stats(stack, "orders")

@@ -27,6 +27,7 @@ import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO, TypeVar, cast
 
 import aiohttp
@@ -56,20 +57,40 @@ SEARCHES = ("coffee", "knife", "lamp", "charger", "kettle", "bag")
 PASSWORD = "shopper password 1234"
 
 
+@dataclass(frozen=True)
+class Checkout:
+    """One order a shopper tried to place and what the gateway answered: what a test checks the shop's
+    orders and stock against."""
+
+    user_id: str
+    product_id: str
+    quantity: int
+    declined_card: bool
+    code: str  # the status code's name; "OK" when placed
+    order_id: str  # the placed order's; empty unless OK
+
+
 class Tally:
-    """What each method answered, by status code."""
+    """What each method answered, by status code, and every checkout tried."""
 
     def __init__(self) -> None:
         self.answers: Counter[tuple[str, str]] = Counter()
+        self.checkouts: list[Checkout] = []
 
     async def call(self, method: str, call: Awaitable[T]) -> T | None:
+        result, _ = await self.answer(method, call)
+        return result
+
+    async def answer(self, method: str, call: Awaitable[T]) -> tuple[T | None, str]:
+        """The result (None on an error) and the status code's name."""
         try:
             result = await call
         except (grpc.aio.AioRpcError, HttpCallError) as error:
-            self.answers[method, error.code().name] += 1
-            return None
+            code = error.code().name
+            self.answers[method, code] += 1
+            return None, code
         self.answers[method, "OK"] += 1
-        return result
+        return result, "OK"
 
     @property
     def faults(self) -> int:
@@ -108,6 +129,7 @@ class Shopper:
         self._rng = rng
         self._think = think
         self._auth: tuple[tuple[str, str], ...] = ()
+        self._user_id = ""
         self._products: list[str] = []
         self._orders: list[str] = []
 
@@ -123,7 +145,9 @@ class Shopper:
     async def _sign_up(self) -> None:
         email = f"shopper-{uuid.uuid4().hex[:10]}@example.com"
         register = shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name="Shopper")
-        await self._tally.call("Register", self._stub.Register(register, timeout=10))
+        registered = await self._tally.call("Register", self._stub.Register(register, timeout=10))
+        if registered is not None:
+            self._user_id = registered.user.id
         login = await self._tally.call(
             "Login", self._stub.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD), timeout=10)
         )
@@ -152,19 +176,26 @@ class Shopper:
         if not self._products or not self._auth:
             await self._browse()
             return
-        card = DECLINED_CARD if self._rng.random() < 0.1 else GOOD_CARD
+        declined = self._rng.random() < 0.1
+        item = orders_pb2.CartItem(product_id=self._rng.choice(self._products), quantity=self._rng.randint(1, 2))
         request = shop_pb2.PlaceOrderRequest(
-            items=[orders_pb2.CartItem(product_id=self._rng.choice(self._products), quantity=self._rng.randint(1, 2))],
+            items=[item],
             currency="USD",
             shipping_address=orders_pb2.ShippingAddress(
                 full_name="Sam Shopper", street="1 Market Street", city="Springfield", postal_code="12345", country="US"
             ),
-            card=payments_pb2.PaymentCard(number=card, exp_month=12, exp_year=2031, cvv="123"),
+            card=payments_pb2.PaymentCard(
+                number=DECLINED_CARD if declined else GOOD_CARD, exp_month=12, exp_year=2031, cvv="123"
+            ),
         )
         metadata = (*self._auth, ("idempotency-key", str(uuid.uuid4())))
-        placed = await self._tally.call("PlaceOrder", self._stub.PlaceOrder(request, metadata=metadata, timeout=30))
-        if placed is not None:
-            self._orders.append(placed.order.id)
+        placed, code = await self._tally.answer(
+            "PlaceOrder", self._stub.PlaceOrder(request, metadata=metadata, timeout=30)
+        )
+        order_id = placed.order.id if placed is not None else ""
+        self._tally.checkouts.append(Checkout(self._user_id, item.product_id, item.quantity, declined, code, order_id))
+        if order_id:
+            self._orders.append(order_id)
 
     async def _check(self) -> None:
         if not self._orders:
@@ -230,7 +261,8 @@ def think_range(value: str) -> tuple[float, float]:
     return pause
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line's settings, as `shop` takes them."""
     parser = argparse.ArgumentParser(prog="python -m shopmesh_platform.shoppers", description=__doc__.splitlines()[0])
     parser.add_argument("--target", default=f"{LOCAL_HOST}:{SERVICES['gateway'].grpc_port}", help="the gateway")
     parser.add_argument(
@@ -250,7 +282,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     parser.add_argument(
         "--json", action="store_true", help='print the answers as JSON ({"METHOD": {"CODE": n}}), progress to stderr'
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    args = arguments(argv)
     try:
         tally = asyncio.run(shop(args, err if args.json else out))
     except ConnectionError as exc:
