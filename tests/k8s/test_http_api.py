@@ -487,6 +487,14 @@ def edge_spans(folder: Path, wanted: int, wait: float = 60) -> list[dict[str, An
         time.sleep(0.2)
 
 
+def wait_for(condition: Callable[[], bool], what: str, bound: float = 60) -> None:
+    """Until `condition()` holds; the bound only stops a hang."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {bound:g} s: {what}"
+        time.sleep(0.2)
+
+
 def envoy_counter(ports: dict[int, int], name: str) -> int:
     """A counter of the running edge's Envoy, from its admin interface."""
     url = f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}/stats?filter=^{re.escape(name)}$"
@@ -544,8 +552,20 @@ def test_at_a_ratio_of_zero_the_edge_traces_nothing_whatever_the_client_asks(hel
         ]
         for headers in asking * 3:
             urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10).close()
-        # Past Envoy's flush interval (5 s), with more than its batch (5 spans) sent: none came.
-        assert edge_spans(spans_dir, 1, wait=7) == []
+        # Not a quiet window of a guessed length: Envoy's own counters say when a span would have gone. Each
+        # request is done (its span, had it one, ended), then every worker's tracer flushes what it holds (on
+        # its 5 s timer; twice as many flushes as workers since then, so a starved worker's first one is not
+        # mistaken for all of them). What the edge sent by then is all it would ever send of these requests.
+        wait_for(lambda: envoy_counter(ports, "http.http_api.downstream_rq_completed") >= 19, "the 19 requests done")
+        workers = envoy_counter(ports, "server.concurrency")
+        flushed = envoy_counter(ports, "tracing.opentelemetry.timer_flushed")
+        wait_for(
+            lambda: envoy_counter(ports, "tracing.opentelemetry.timer_flushed") >= flushed + 2 * workers,
+            "every worker's tracer flushed since",
+        )
+        sent = envoy_counter(ports, "tracing.opentelemetry.spans_sent")
+        stored = edge_spans(spans_dir, 1, wait=0)
+    assert (sent, stored) == (0, [])
 
 
 def test_at_a_ratio_of_one_half_the_edge_traces_about_half_the_requests(helm_dir: Path, tmp_path: Path) -> None:
