@@ -16,6 +16,7 @@ from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_chassis.testing import eventually
 from shopmesh_users.domain.keys import (
+    LONGEST_TOKEN_LIFETIME,
     KeyMaterial,
     SigningKey,
     plan_revocation,
@@ -240,9 +241,12 @@ def material(n: int) -> KeyMaterial:
     return KeyMaterial(kid=f"k{n}", public_jwk={"kid": f"k{n}"}, private_key_pem=f"pem{n}")
 
 
-def rotate(keys: list[SigningKey], n: int, now: datetime, ahead: timedelta = FIVE_MINUTES) -> list[SigningKey]:
-    """`keys` after a rotation at `now` that adds key k<n>, as the store would apply it."""
-    rotation = plan_rotation(keys, material(n), now, ahead, HOUR)
+def rotate(
+    keys: list[SigningKey], n: int, now: datetime, ahead: timedelta = FIVE_MINUTES, lifetime: timedelta = HOUR
+) -> list[SigningKey]:
+    """`keys` after a rotation at `now`, under a token lifetime of `lifetime`, that adds key k<n>, as the
+    store would apply it."""
+    rotation = plan_rotation(keys, material(n), now, ahead, lifetime)
     retired_at = rotation.new_key.activates_at
     kept = [
         replace(k, retired_at=retired_at) if rotation.replaced is not None and k.kid == rotation.replaced.kid else k
@@ -270,7 +274,7 @@ def test_first_key_signs_at_once_when_planned_without_publish_ahead() -> None:
 
 def test_a_new_key_is_published_at_once_and_signs_only_after_the_publish_ahead_delay() -> None:
     keys = rotate(rotate([], 1, T0, ahead=timedelta(0)), 2, T0 + HOUR)
-    assert kids(published_keys(keys, T0 + HOUR, HOUR)) == ["k2", "k1"]
+    assert kids(published_keys(keys, T0 + HOUR)) == ["k2", "k1"]
     assert signer(keys, T0 + HOUR + FIVE_MINUTES - timedelta(microseconds=1)) == "k1"
     assert signer(keys, T0 + HOUR + FIVE_MINUTES) == "k2"
 
@@ -280,8 +284,8 @@ def test_the_replaced_key_retires_when_its_successor_activates_and_stays_publish
     old = next(k for k in keys if k.kid == "k1")
     retired_at = T0 + HOUR + FIVE_MINUTES
     assert old.retired_at == retired_at
-    assert kids(published_keys(keys, retired_at + HOUR - timedelta(microseconds=1), HOUR)) == ["k2", "k1"]
-    assert kids(published_keys(keys, retired_at + HOUR, HOUR)) == ["k2"]
+    assert kids(published_keys(keys, retired_at + HOUR - timedelta(microseconds=1))) == ["k2", "k1"]
+    assert kids(published_keys(keys, retired_at + HOUR)) == ["k2"]
 
 
 def test_a_rotation_deletes_keys_whose_tokens_have_all_expired() -> None:
@@ -293,22 +297,42 @@ def test_a_rotation_deletes_keys_whose_tokens_have_all_expired() -> None:
     assert [k.generation for k in after_expiry] == [2, 3]
 
 
+def test_a_retired_key_stays_published_for_the_lifetime_it_signed_with_not_the_one_in_force_later() -> None:
+    keys = rotate([], 1, T0, ahead=timedelta(0), lifetime=4 * HOUR)
+    keys = rotate(keys, 2, T0 + HOUR, lifetime=HOUR)
+    retired_at = T0 + HOUR + FIVE_MINUTES
+    assert kids(published_keys(keys, retired_at + 4 * HOUR - timedelta(microseconds=1))) == ["k2", "k1"]
+    assert kids(rotate(keys, 3, retired_at + 4 * HOUR - timedelta(seconds=1), lifetime=HOUR)) == ["k1", "k2", "k3"]
+    assert kids(published_keys(keys, retired_at + 4 * HOUR)) == ["k2"]
+
+
+def test_a_key_signing_under_a_longer_lifetime_than_it_recorded_needs_its_record_raised_first() -> None:
+    [key] = rotate([], 1, T0, ahead=timedelta(0), lifetime=HOUR)
+    assert key.covers(HOUR)
+    assert key.covers(FIVE_MINUTES)
+    assert not key.covers(HOUR + timedelta(seconds=1))
+    # Without a record (a key from before lifetimes were recorded) it counts as the longest lifetime.
+    unrecorded = replace(key, token_lifetime=None, retired_at=T0)
+    assert unrecorded.covers(LONGEST_TOKEN_LIFETIME)
+    assert unrecorded.published_until() == T0 + LONGEST_TOKEN_LIFETIME
+
+
 def test_rotating_again_before_the_pending_key_activates_hands_over_in_generation_order() -> None:
     keys = rotate(rotate(rotate([], 1, T0, ahead=timedelta(0)), 2, T0 + HOUR), 3, T0 + HOUR + timedelta(minutes=1))
     assert signer(keys, T0 + HOUR + timedelta(minutes=5)) == "k2"
     assert signer(keys, T0 + HOUR + timedelta(minutes=6)) == "k3"
-    assert kids(published_keys(keys, T0 + HOUR + timedelta(minutes=6), HOUR)) == ["k3", "k2", "k1"]
+    assert kids(published_keys(keys, T0 + HOUR + timedelta(minutes=6))) == ["k3", "k2", "k1"]
 
 
 def test_a_revocation_deletes_every_key_and_its_successor_signs_at_once() -> None:
     keys = rotate(rotate([], 1, T0, ahead=timedelta(0)), 2, T0 + HOUR)  # k1 signing, k2 pending
-    revocation = plan_revocation(keys, material(3), T0 + HOUR + timedelta(minutes=1))
+    revocation = plan_revocation(keys, material(3), T0 + HOUR + timedelta(minutes=1), HOUR)
     assert revocation.expired == ("k1", "k2")
     assert revocation.replaced is None
     new = revocation.new_key
     assert (new.kid, new.generation) == ("k3", 3)
     assert signer([new], T0 + HOUR + timedelta(minutes=1)) == "k3"
-    assert kids(published_keys([new], T0 + HOUR + timedelta(minutes=1), HOUR)) == ["k3"]
+    assert kids(published_keys([new], T0 + HOUR + timedelta(minutes=1))) == ["k3"]
 
 
 def test_rotation_is_due_when_the_newest_key_is_as_old_as_the_interval() -> None:

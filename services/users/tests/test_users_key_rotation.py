@@ -154,3 +154,52 @@ async def test_a_rotation_that_fails_in_the_database_never_logs_the_new_private_
     lines = "\n".join(formatter.format(record) for record in caplog.records)
     assert "gone_away" in lines, "the rotation did not fail as the test means it to"
     assert "PRIVATE KEY" not in lines
+
+
+async def test_a_token_signed_under_a_longer_lifetime_verifies_until_its_exp_after_a_restart_with_a_shorter_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Lowering TOKEN_LIFETIME_SECONDS must not cut short the tokens signed under the longer one: their key
+    stays published, and is not purged by a rotation, until the last of them expires."""
+    async with running(users_settings(tmp_path, token_lifetime_seconds=4 * LIFETIME), clock) as (_, stub):
+        await register(stub)
+        long_lived = (await login(stub)).access_token
+    async with running(users_settings(tmp_path, token_lifetime_seconds=LIFETIME), clock) as (users, stub):
+        [old] = await published_kids(stub)
+        await users.application.rotate_keys()
+        expires = int(jwt.decode(long_lived, options={"verify_signature": False})["exp"])
+        clock.advance(expires - int(clock.now.timestamp()) - 1)
+        # A rotation at this moment deletes the keys it judges expired: the old key must not be one.
+        await users.application.rotate_keys()
+        assert old in await published_kids(stub)
+        assert verify_access_token(long_lived, await jwks_document(stub))["sub"]
+        # Logged in at the rotation's moment: the key could sign for the publish-ahead after this token.
+        clock.advance(1 + PUBLISH_AHEAD - 1)
+        assert old in await published_kids(stub)
+        clock.advance(1)
+        assert old not in await published_kids(stub)
+
+
+async def test_a_retiring_key_that_signs_under_a_raised_lifetime_stays_published_until_that_token_expires(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The key rotated out under the shorter lifetime still signs during its publish-ahead; a replica (or
+    restart) with a longer lifetime signing with it then must extend how long it stays published."""
+    async with running(users_settings(tmp_path, token_lifetime_seconds=LIFETIME), clock) as (users, stub):
+        await register(stub)
+        [old] = await published_kids(stub)
+        await users.application.rotate_keys()
+    async with running(users_settings(tmp_path, token_lifetime_seconds=4 * LIFETIME), clock) as (users, stub):
+        long_lived = (await login(stub)).access_token
+        assert jwt.get_unverified_header(long_lived)["kid"] == old
+    # Back to the shorter lifetime: what the key signed is judged by the key's record, not the setting.
+    async with running(users_settings(tmp_path, token_lifetime_seconds=LIFETIME), clock) as (users, stub):
+        expires = int(jwt.decode(long_lived, options={"verify_signature": False})["exp"])
+        clock.advance(expires - int(clock.now.timestamp()) - 1)
+        await users.application.rotate_keys()
+        assert verify_access_token(long_lived, await jwks_document(stub))["sub"]
+        # Logged in at the rotation's moment: the key could sign for the publish-ahead after this token.
+        clock.advance(1 + PUBLISH_AHEAD - 1)
+        assert old in await published_kids(stub)
+        clock.advance(1)
+        assert old not in await published_kids(stub)

@@ -108,7 +108,13 @@ class UsersApplication:
         key = key_schedule.signing_key(keys, now)
         if key is None:
             raise no_signing_key()
-        claims = build_access_claims(account.user.id, now, self._policy.token_lifetime, new_token_id())
+        lifetime = self._policy.token_lifetime
+        if not key.covers(lifetime):
+            # Recorded before the token exists: the key's publication must outlast it. Once per key after
+            # the lifetime is raised, not per login.
+            async with self._database.transaction() as session:
+                await SigningKeyRepository(session).record_token_lifetime(key.kid, lifetime)
+        claims = build_access_claims(account.user.id, now, lifetime, new_token_id())
         return IssuedToken(sign_access_token(claims, key), claims.expires_at, account.user.id)
 
     async def _upgrade_password_hash(self, user_id: str, old_hash: str, password: str) -> None:
@@ -144,7 +150,7 @@ class UsersApplication:
         """The public JWKs verifiers need now, newest first."""
         async with self._database.read() as session:
             keys = await SigningKeyRepository(session).all()
-        return [k.public_jwk for k in key_schedule.published_keys(keys, self._clock(), self._policy.token_lifetime)]
+        return [k.public_jwk for k in key_schedule.published_keys(keys, self._clock())]
 
     async def ensure_signing_key(self) -> None:
         """At startup: make a key that signs at once if none can sign now (a new database).
@@ -176,7 +182,7 @@ class UsersApplication:
         JWKS_MAX_AGE_SECONDS)."""
         for _ in range(3):
             # None only when a replica's periodic rotation took the same generation: plan again on top.
-            rotation = await self._change_keys(key_schedule.plan_revocation)
+            rotation = await self._change_keys(self._revocation)
             if rotation is not None:
                 log.warning(
                     "every signing key revoked; %s signs from now on",
@@ -185,6 +191,9 @@ class UsersApplication:
                 )
                 return rotation
         raise KeysKeptChanging("signing keys kept changing under the revocation; nothing revoked, run it again")
+
+    def _revocation(self, keys: Sequence[SigningKey], material: KeyMaterial, now: datetime) -> Rotation:
+        return key_schedule.plan_revocation(keys, material, now, self._policy.token_lifetime)
 
     def _rotation(self, publish_ahead: timedelta) -> KeyPlan:
         lifetime = self._policy.token_lifetime

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from shopmesh_chassis.config import DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
+from shopmesh_users.domain.keys import LONGEST_TOKEN_LIFETIME
 
 _DAY_SECONDS = 86400
 
@@ -16,8 +17,9 @@ class UsersSettings(DatabaseSettings):
 
     # Lifetime of an access token (its "exp" - "iat"); the contract's default is one hour. At most a day:
     # these are access tokens, with no way to revoke one, and a typo's 10^12 s would put "exp" past year
-    # 9999 (every Login INTERNAL).
-    token_lifetime_seconds: int = Field(default=3600, ge=60, le=_DAY_SECONDS)
+    # 9999 (every Login INTERNAL). Changing it later is safe: each signing key records the longest lifetime
+    # it signed with and stays published until such tokens expire (docs/auth.md).
+    token_lifetime_seconds: int = Field(default=3600, ge=60, le=int(LONGEST_TOKEN_LIFETIME.total_seconds()))
     # How long a new signing key is published before it signs. The contract promises at least one
     # verifier cache period (5 minutes); less is only for tests.
     key_publish_ahead_seconds: int = Field(default=300, ge=0, le=30 * _DAY_SECONDS)

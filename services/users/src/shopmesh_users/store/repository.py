@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -34,8 +35,18 @@ def _signing_key(row: Any) -> SigningKey:
         private_key_pem=row.private_key_pem,
         created_at=as_utc(row.created_at),
         activates_at=as_utc(row.activates_at),
+        token_lifetime=_lifetime(row.token_lifetime_seconds),
         retired_at=as_utc(row.retired_at) if row.retired_at is not None else None,
     )
+
+
+def _lifetime(seconds: int | None) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds is not None else None
+
+
+def _seconds(lifetime: timedelta | None) -> int | None:
+    # Whole seconds, rounded up: a record shorter than the tokens' lifetime would unpublish their key early.
+    return math.ceil(lifetime.total_seconds()) if lifetime is not None else None
 
 
 class UserRepository:
@@ -87,8 +98,19 @@ class SigningKeyRepository:
                 public_jwk=json.dumps(dict(key.public_jwk), sort_keys=True),
                 created_at=key.created_at,
                 activates_at=key.activates_at,
+                token_lifetime_seconds=_seconds(key.token_lifetime),
                 retired_at=key.retired_at,
             )
+        )
+
+    async def record_token_lifetime(self, kid: str, token_lifetime: timedelta) -> None:
+        """Raise the key's recorded token lifetime to `token_lifetime`; never lowers it (another replica may
+        have raised it further). A NULL record already stands for the longest lifetime and stays."""
+        seconds = _seconds(token_lifetime)
+        await self._session.execute(
+            update(signing_keys)
+            .where(signing_keys.c.kid == kid, signing_keys.c.token_lifetime_seconds < seconds)
+            .values(token_lifetime_seconds=seconds)
         )
 
     async def retire(self, kid: str, retired_at: datetime) -> None:

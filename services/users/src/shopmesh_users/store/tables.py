@@ -32,6 +32,9 @@ signing_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("activates_at", DateTime(timezone=True), nullable=False),
     Column("retired_at", DateTime(timezone=True), nullable=True),
+    # The longest lifetime (seconds) of a token the key signed: how long it stays published after it
+    # retires. NULL for keys from before users_0002: a day, the longest the settings allow.
+    Column("token_lifetime_seconds", Integer, nullable=True),
     # Two replicas rotating at once both try the next generation; only one insert succeeds.
     UniqueConstraint("generation", name="uq_signing_keys_generation"),
 )
