@@ -233,3 +233,55 @@ async def test_a_retry_of_an_order_placed_before_the_address_rules_tightened_rep
     assert placed.order.state == orders_pb2.ORDER_STATE_CONFIRMED
     retried = await stub.PlaceOrder(sent, metadata=idempotency_metadata("k-before"))
     assert retried.order.id == placed.order.id
+
+
+def expecting(amount_minor: int, currency: str = "USD") -> orders_pb2.PlaceOrderRequest:
+    sent = request()
+    sent.expected_total.amount_minor, sent.expected_total.currency = amount_minor, currency
+    return sent
+
+
+async def test_a_price_changed_since_the_customer_saw_the_total_is_refused_before_anything_is_reserved_or_charged(
+    stub: orders_pb2_grpc.OrdersServiceStub, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    """The customer was shown 12.50 for prod_a; catalog now says 13.00. Charging 13.00 without asking is what
+    expected_total exists to stop: PRICE_CHANGED with the new total, no order, no reservation, no charge. The
+    customer confirms the new total and the order goes through at it."""
+    catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1300, "USD")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-price"))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PRICE_CHANGED")
+    assert details.error_info is not None
+    assert dict(details.error_info.metadata) == {"current_total_minor": "1300", "currency": "USD"}
+    assert (inventory.calls, payments.charge_calls) == ([], 0)
+    assert not (await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1"))).orders
+
+    # No order was recorded under the key, so the confirmation may reuse it.
+    placed = await stub.PlaceOrder(expecting(1300), metadata=idempotency_metadata("k-price"))
+    assert placed.order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    assert placed.order.total.amount_minor == 1300
+    assert payments.charge_calls == 1
+
+
+async def test_an_expected_total_in_another_currency_names_expected_total_currency(
+    stub: orders_pb2_grpc.OrdersServiceStub, payments: FakePayments
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(expecting(1250, "EUR"), metadata=idempotency_metadata("k-eur"))
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in details.field_violations] == [("expected_total.currency", "CURRENCY_MISMATCH")]
+    assert payments.charge_calls == 0
+
+
+async def test_a_retry_of_an_order_accepted_at_its_expected_total_replays_it_after_the_price_changed(
+    stub: orders_pb2_grpc.OrdersServiceStub, catalog: FakeCatalog, payments: FakePayments
+) -> None:
+    """The idempotency rule stands: the same key and request find the order accepted before, which the customer
+    paid at the total they confirmed; the price changed since is not a reason to tell them it failed."""
+    placed = await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-replay"))
+    catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1300, "USD")
+    retried = await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-replay"))
+    assert (retried.order.id, retried.order.total.amount_minor) == (placed.order.id, 1250)
+    assert payments.charge_calls == 1

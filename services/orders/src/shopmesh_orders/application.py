@@ -21,6 +21,7 @@ from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
     Card,
     PlaceOrder,
+    check_expected_total,
     check_owner,
     list_filters,
     validate_cancel,
@@ -73,6 +74,7 @@ class OrdersApplication:
             return await self._settle(existing.id, command.card, None)
         command = validate_place_order(command, self._clock().date())
         lines = await self._price(command)
+        check_expected_total(lines, command.expected_total)
         now = self._clock()
         order = Order(
             id=new_order_id(),

@@ -10,7 +10,7 @@ from shopmesh_chassis.idempotency import RequestFingerprint
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.codec import order_to_proto
 from shopmesh_orders.domain.model import Address
-from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
+from shopmesh_orders.domain.validation import Card, CartLine, ExpectedTotal, PlaceOrder
 
 DESCRIPTOR = orders_pb2.DESCRIPTOR.services_by_name["OrdersService"]
 
@@ -25,6 +25,11 @@ def _command(request: orders_pb2.PlaceOrderRequest) -> PlaceOrder:
         address=Address(address.full_name, address.street, address.city, address.postal_code, address.country),
         email=request.email,
         card=Card(card.number, card.exp_month, card.exp_year, card.cvv) if card is not None else None,
+        expected_total=(
+            ExpectedTotal(request.expected_total.amount_minor, request.expected_total.currency)
+            if request.HasField("expected_total")
+            else None
+        ),
     )
 
 

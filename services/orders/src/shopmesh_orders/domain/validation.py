@@ -48,6 +48,14 @@ class Card:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpectedTotal:
+    """The total the customer was shown and agreed to pay (PlaceOrderRequest.expected_total)."""
+
+    amount_minor: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
 class PlaceOrder:
     user_id: str
     items: tuple[CartLine, ...]
@@ -55,6 +63,8 @@ class PlaceOrder:
     address: Address
     email: str
     card: Card | None
+    # None: the customer accepts the current prices (clients written before the field existed).
+    expected_total: ExpectedTotal | None = None
 
 
 def luhn_ok(number: str) -> bool:
@@ -154,9 +164,41 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
     if not is_email_address(command.email):
         violations.append(FieldViolation("email", "a valid e-mail address", "INVALID_FORMAT"))
     validate_card(command.card, today, violations)
+    _expected_total(violations, command.expected_total, command.currency)
     if violations:
         raise _invalid_order(violations)
     return replace(command, address=address)
+
+
+def _expected_total(violations: list[FieldViolation], expected: ExpectedTotal | None, currency: str) -> None:
+    if expected is None:
+        return
+    if expected.amount_minor < 0:
+        violations.append(FieldViolation("expected_total.amount_minor", "must not be negative", "OUT_OF_RANGE"))
+    if not CURRENCY.fullmatch(expected.currency):
+        violations.append(
+            FieldViolation("expected_total.currency", "an upper-case ISO 4217 code, e.g. USD", "INVALID_FORMAT")
+        )
+    elif expected.currency != currency:
+        # No conversion: a total in another currency cannot be compared with the order's, only refused.
+        violations.append(
+            FieldViolation("expected_total.currency", f"must be the order's currency, {currency}", "CURRENCY_MISMATCH")
+        )
+
+
+def check_expected_total(lines: tuple[OrderLine, ...], expected: ExpectedTotal | None) -> None:
+    """The customer pays what they were shown, or nothing: a total at the prices just fetched that differs from
+    the one they agreed to is refused before the order is recorded, so nothing is reserved or charged."""
+    if expected is None:
+        return
+    current = sum(line.total_minor for line in lines)
+    if current != expected.amount_minor:
+        raise errors.FailedPrecondition(
+            f"the prices changed: the order's total is now {current} minor units of {expected.currency}, "
+            f"not {expected.amount_minor}; confirm the new total and place the order again",
+            reason="PRICE_CHANGED",
+            metadata={"current_total_minor": str(current), "currency": expected.currency},
+        )
 
 
 def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:

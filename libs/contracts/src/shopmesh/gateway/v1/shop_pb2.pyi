@@ -31,6 +31,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from shopmesh.catalog.v1 import catalog_pb2 as _catalog_pb2
+from shopmesh.common.v1 import money_pb2 as _money_pb2
 from shopmesh.notifications.v1 import notifications_pb2 as _notifications_pb2
 from shopmesh.orders.v1 import orders_pb2 as _orders_pb2
 from shopmesh.payments.v1 import payments_pb2 as _payments_pb2
@@ -405,6 +406,7 @@ class PlaceOrderRequest(_message.Message):
     SHIPPING_ADDRESS_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     CARD_FIELD_NUMBER: _builtins.int
+    EXPECTED_TOTAL_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
     """The currency the customer expects to pay in (ISO 4217, upper case, for
     example "USD"). Required; must be the products' price currency.
@@ -429,6 +431,19 @@ class PlaceOrderRequest(_message.Message):
         Never stored or logged.
         """
 
+    @_builtins.property
+    def expected_total(self) -> _money_pb2.Money:
+        """The total the client showed the customer (the cart's total), which the
+        customer agreed to pay. Optional: absent means the customer accepts the
+        current prices. Present: when the prices changed since, the order is
+        refused with FAILED_PRECONDITION, ErrorInfo reason PRICE_CHANGED and
+        metadata {"current_total_minor": "<new total in minor units>",
+        "currency": "<currency>"}, before anything is reserved or charged; show
+        the new total and place the order again once the customer confirms. Its
+        currency must equal `currency` (else INVALID_ARGUMENT with a violation on
+        `expected_total.currency`). Passed to OrdersService.PlaceOrder as is.
+        """
+
     def __init__(
         self,
         *,
@@ -437,10 +452,11 @@ class PlaceOrderRequest(_message.Message):
         shipping_address: _orders_pb2.ShippingAddress | None = ...,
         email: _builtins.str = ...,
         card: _payments_pb2.PaymentCard | None = ...,
+        expected_total: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "shipping_address", b"shipping_address"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "expected_total", b"expected_total", "shipping_address", b"shipping_address"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "currency", b"currency", "email", b"email", "items", b"items", "shipping_address", b"shipping_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "currency", b"currency", "email", b"email", "expected_total", b"expected_total", "items", b"items", "shipping_address", b"shipping_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

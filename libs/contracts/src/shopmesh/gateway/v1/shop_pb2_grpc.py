@@ -166,9 +166,10 @@ class ShopServiceServicer:
         OrdersService.PlaceOrder and returns its outcome and errors (see there:
         INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION with INSUFFICIENT_STOCK /
         CARD_DECLINED / INSUFFICIENT_FUNDS / PAYMENT_UNAVAILABLE /
-        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, ABORTED,
-        UNAVAILABLE) plus
-        UNAUTHENTICATED.
+        RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, or
+        PRICE_CHANGED when expected_total no longer matches the prices (no order
+        recorded; metadata current_total_minor and currency), ABORTED,
+        UNAVAILABLE) plus UNAUTHENTICATED.
 
         Idempotency: the client should send an `idempotency-key` request header
         (for example a UUID per checkout attempt): 1-255 printable ASCII

@@ -407,6 +407,7 @@ class PlaceOrderRequest(_message.Message):
     SHIPPING_ADDRESS_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     CARD_FIELD_NUMBER: _builtins.int
+    EXPECTED_TOTAL_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user placing the order. Required; must equal `x-user-id` when that
     header is present.
@@ -438,6 +439,21 @@ class PlaceOrderRequest(_message.Message):
         field violations and reasons). Never stored.
         """
 
+    @_builtins.property
+    def expected_total(self) -> _money_pb2.Money:
+        """The total the customer was shown and agreed to pay. Optional. Absent:
+        the customer accepts the current prices (as before this field existed).
+        Present: the order is refused with FAILED_PRECONDITION, ErrorInfo reason
+        PRICE_CHANGED (see PlaceOrder), when the sum of the lines at the prices
+        fetched for this order differs from amount_minor, before anything is
+        reserved or charged. Its currency must equal `currency`, otherwise
+        INVALID_ARGUMENT with a violation on `expected_total.currency`
+        (INVALID_FORMAT / CURRENCY_MISMATCH); a negative amount_minor is
+        INVALID_ARGUMENT with a violation on `expected_total.amount_minor`
+        (OUT_OF_RANGE). Covered by the idempotency key like every other field: a
+        retry of an accepted order must send the same value.
+        """
+
     def __init__(
         self,
         *,
@@ -447,10 +463,11 @@ class PlaceOrderRequest(_message.Message):
         shipping_address: Global___ShippingAddress | None = ...,
         email: _builtins.str = ...,
         card: _payments_pb2.PaymentCard | None = ...,
+        expected_total: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "shipping_address", b"shipping_address"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "expected_total", b"expected_total", "shipping_address", b"shipping_address"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "currency", b"currency", "email", b"email", "items", b"items", "shipping_address", b"shipping_address", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "currency", b"currency", "email", b"email", "expected_total", b"expected_total", "items", b"items", "shipping_address", b"shipping_address", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -103,6 +103,13 @@ class OrdersServiceServicer:
         does not keep; nothing was charged), or CARD_EXPIRED (a retry after the
         card's expiry month ended resumed an order whose charge had never been
         sent; nothing was charged).
+        - FAILED_PRECONDITION, reason PRICE_CHANGED: expected_total was sent and
+        the total of the current prices differs from it. No order is recorded
+        and nothing is reserved or charged. Metadata: {"current_total_minor":
+        "<the total at current prices, in minor units>", "currency": "<the
+        order's currency>"}. Show the customer the new total and, once they
+        confirm, place the order again with it as expected_total (the same
+        idempotency key may be used: no order was recorded under it).
         - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed;
         retry shortly.
         - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
