@@ -487,6 +487,26 @@ async def test_orders_validation_errors_keep_the_clients_field_paths(shop: Shop,
     assert "items[0].quantity" in [v.field for v in details.field_violations]
 
 
+async def test_the_total_the_customer_confirmed_reaches_orders(shop: Shop, fakes: Fakes) -> None:
+    """expected_total is the customer's consent to a price: a gateway that dropped it would have orders charge
+    whatever the price is now. A total one cent off the real one is refused PRICE_CHANGED, as orders said it,
+    with the real total; that total, sent back, places the order."""
+    auth = token_for(fakes)
+    stale = order_request()
+    stale.expected_total.amount_minor, stale.expected_total.currency = 1, "USD"
+    details = await failure(shop.PlaceOrder(stale, metadata=(*auth, ("idempotency-key", "confirm-1")), timeout=30))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PRICE_CHANGED")
+    assert details.error_info is not None
+    current = int(details.error_info.metadata["current_total_minor"])
+    assert details.error_info.metadata["currency"] == "USD"
+
+    confirmed = order_request()
+    confirmed.expected_total.amount_minor, confirmed.expected_total.currency = current, "USD"
+    response = await shop.PlaceOrder(confirmed, metadata=(*auth, ("idempotency-key", "confirm-1")), timeout=30)
+    assert response.order.state == orders_pb2.ORDER_STATE_CONFIRMED
+    assert response.order.total.amount_minor == current
+
+
 async def test_an_unusable_idempotency_key_is_invalid_argument(shop: Shop, fakes: Fakes) -> None:
     details = await failure(await place(shop, token_for(fakes), key="k" * 256))
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")

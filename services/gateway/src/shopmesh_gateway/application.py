@@ -156,4 +156,7 @@ class Checkout:
             order_request.shipping_address.CopyFrom(request.shipping_address)
         if request.HasField("card"):
             order_request.card.CopyFrom(request.card)
+        if request.HasField("expected_total"):
+            # Absent and present mean different things to orders (current price vs the customer's consent).
+            order_request.expected_total.CopyFrom(request.expected_total)
         return await self._orders.place(order_request, key)
