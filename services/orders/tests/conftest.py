@@ -29,7 +29,7 @@ from shopmesh_orders.wiring import VERSIONS
 class FakeCatalog:
     products: dict[str, PricedProduct] = field(default_factory=dict)
 
-    async def price(self, product_ids: Sequence[str]) -> dict[str, PricedProduct]:
+    async def price(self, product_ids: Sequence[str], *, fresh: bool = False) -> dict[str, PricedProduct]:
         missing = [p for p in product_ids if p not in self.products]
         if missing:
             raise errors.NotFound(

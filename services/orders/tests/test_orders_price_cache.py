@@ -16,7 +16,7 @@ class FakeCatalog:
         self.prices = prices
         self.asked: list[list[str]] = []
 
-    async def price(self, product_ids: Sequence[str]) -> dict[str, PricedProduct]:
+    async def price(self, product_ids: Sequence[str], *, fresh: bool = False) -> dict[str, PricedProduct]:
         self.asked.append(list(product_ids))
         unknown = [p for p in product_ids if p not in self.prices]
         if unknown:
@@ -74,3 +74,13 @@ async def test_an_unknown_product_is_not_remembered_as_unknown(clock: Clock) -> 
     catalog.prices["spoon"] = 300  # added to the catalog a moment later: orderable at once
     priced = await cached.price(["knife", "spoon"])
     assert priced["spoon"].price_minor == 300
+
+
+async def test_a_fresh_price_is_asked_of_catalog_and_replaces_the_remembered_one(clock: Clock) -> None:
+    catalog = FakeCatalog({"knife": 4999})
+    cached = CachedCatalog(catalog, ttl_seconds=30, max_products=100, timer=clock)
+    await cached.price(["knife"])
+    catalog.prices["knife"] = 5999
+    assert (await cached.price(["knife"], fresh=True))["knife"].price_minor == 5999
+    assert (await cached.price(["knife"]))["knife"].price_minor == 5999
+    assert catalog.asked == [["knife"], ["knife"]]

@@ -17,6 +17,7 @@ from shopmesh_chassis.idempotency import RequestFingerprint
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.clients import CachedCatalog
 from shopmesh_orders.domain.ports import PricedProduct
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
@@ -285,3 +286,43 @@ async def test_a_retry_of_an_order_accepted_at_its_expected_total_replays_it_aft
     retried = await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-replay"))
     assert (retried.order.id, retried.order.total.amount_minor) == (placed.order.id, 1250)
     assert payments.charge_calls == 1
+
+
+async def test_a_customer_who_saw_catalogs_new_price_is_not_refused_for_the_price_orders_remembers(
+    settings: OrdersSettings,
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+) -> None:
+    """Orders remembers prices (CachedCatalog, 30 s by default; here a held clock, so never forgotten). The
+    storefront reads catalog itself: after a price change its cart shows the new price while orders still holds
+    the old one. Compared with the remembered price only, the customer was refused PRICE_CHANGED with the old
+    total, and the cart, refreshed from catalog, sent the new one again: refused until the memory expired.
+    A mismatch asks catalog itself before it refuses."""
+    cached = CachedCatalog(catalog, ttl_seconds=30, max_products=100, timer=lambda: 0.0)
+    app = OrdersApplication(database, cached, SagaDriver(database, inventory, payments, settings))
+    binding = ServiceBinding(
+        DESCRIPTOR,
+        OrdersServicer(app, RequestFingerprint(b"k" * 32)),
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
+    )
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, caller="gateway")) as channel,
+    ):
+        stub = orders_pb2_grpc.OrdersServiceStub(channel.channel)
+        await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-warm"))  # 12.50 remembered
+        catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1300, "USD")
+
+        placed = await stub.PlaceOrder(expecting(1300), metadata=idempotency_metadata("k-new-price"))
+        assert (placed.order.state, placed.order.total.amount_minor) == (orders_pb2.ORDER_STATE_CONFIRMED, 1300)
+
+        # A refusal names catalog's total, not the remembered one (13.00 now): the one to confirm.
+        catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1400, "USD")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-old-price"))
+        details = details_of(caught.value)
+        assert details.reason == "PRICE_CHANGED"
+        assert details.error_info is not None
+        assert details.error_info.metadata["current_total_minor"] == "1400"

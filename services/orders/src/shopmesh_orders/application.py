@@ -24,6 +24,7 @@ from shopmesh_orders.domain.validation import (
     check_expected_total,
     check_owner,
     list_filters,
+    matches_expected_total,
     validate_cancel,
     validate_list_orders,
     validate_order_id,
@@ -74,7 +75,11 @@ class OrdersApplication:
             return await self._settle(existing.id, command.card, None)
         command = validate_place_order(command, self._clock().date())
         lines = await self._price(command)
-        check_expected_total(lines, command.expected_total)
+        if not matches_expected_total(lines, command.expected_total):
+            # The prices may be ones remembered from catalog a little while ago (CachedCatalog), and the
+            # customer may have seen catalog's newer ones: only catalog's own answer can refuse the order.
+            lines = await self._price(command, fresh=True)
+            check_expected_total(lines, command.expected_total)
         now = self._clock()
         order = Order(
             id=new_order_id(),
@@ -113,8 +118,8 @@ class OrdersApplication:
             raise key_reused({"order_id": order.id})
         return order
 
-    async def _price(self, command: PlaceOrder) -> tuple[OrderLine, ...]:
-        priced = await self._catalog.price([item.product_id for item in command.items])
+    async def _price(self, command: PlaceOrder, *, fresh: bool = False) -> tuple[OrderLine, ...]:
+        priced = await self._catalog.price([item.product_id for item in command.items], fresh=fresh)
         mismatched = [p for p in priced.values() if p.currency != command.currency]
         if mismatched:
             raise errors.InvalidArgument(

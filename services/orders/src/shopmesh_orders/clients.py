@@ -96,7 +96,7 @@ class CatalogClient:
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
         self._timeout = timeout
 
-    async def price(self, product_ids: Sequence[str]) -> dict[str, PricedProduct]:
+    async def price(self, product_ids: Sequence[str], *, fresh: bool = False) -> dict[str, PricedProduct]:
         try:
             response = await self._stub.BatchGetProducts(
                 catalog_pb2.BatchGetProductsRequest(product_ids=list(product_ids)), timeout=self._timeout
@@ -125,8 +125,10 @@ class CachedCatalog:
         self._catalog = catalog
         self._prices: TTLCache[str, PricedProduct] = TTLCache(maxsize=max_products, ttl=ttl_seconds, timer=timer)
 
-    async def price(self, product_ids: Sequence[str]) -> dict[str, PricedProduct]:
-        priced = {pid: known for pid in product_ids if (known := self._prices.get(pid)) is not None}
+    async def price(self, product_ids: Sequence[str], *, fresh: bool = False) -> dict[str, PricedProduct]:
+        # fresh: a customer who confirmed a total at catalog's new price must not be refused for the old one
+        # remembered here (PlaceOrder's expected_total); what catalog answers replaces what was remembered.
+        priced = {} if fresh else {pid: known for pid in product_ids if (known := self._prices.get(pid)) is not None}
         missing = [pid for pid in product_ids if pid not in priced]
         if missing:
             fetched = await self._catalog.price(missing)

@@ -69,7 +69,9 @@ class PaymentRecord:
 
 
 class Catalog(Protocol):
-    async def price(self, product_ids: Sequence[str]) -> dict[str, PricedProduct]: ...
+    async def price(self, product_ids: Sequence[str], *, fresh: bool = False) -> dict[str, PricedProduct]:
+        """The products' current prices; `fresh` asks catalog itself, past any prices remembered."""
+        ...
 
 
 class Inventory(Protocol):

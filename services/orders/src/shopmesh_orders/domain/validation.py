@@ -186,6 +186,10 @@ def _expected_total(violations: list[FieldViolation], expected: ExpectedTotal | 
         )
 
 
+def matches_expected_total(lines: tuple[OrderLine, ...], expected: ExpectedTotal | None) -> bool:
+    return expected is None or sum(line.total_minor for line in lines) == expected.amount_minor
+
+
 def check_expected_total(lines: tuple[OrderLine, ...], expected: ExpectedTotal | None) -> None:
     """The customer pays what they were shown, or nothing: a total at the prices just fetched that differs from
     the one they agreed to is refused before the order is recorded, so nothing is reserved or charged."""
