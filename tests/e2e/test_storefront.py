@@ -240,7 +240,7 @@ async def test_a_shopper_searches_registers_and_checks_out_with_one_charge(
 
     # Checking out needs an account; the cart waits in the browser meanwhile.
     await tab.follow("Cart (2)")
-    await expect(page.get_by_text("Estimated total: $78.00")).to_be_visible()
+    await expect(page.get_by_text("Total: $78.00")).to_be_visible()
     await expect(page.get_by_role("button", name="Place order")).to_have_count(0)
     email = await tab.register("Ada")
     await tab.check_out()
@@ -617,6 +617,39 @@ async def test_a_cart_line_whose_product_is_gone_is_told_beside_that_line(tab: T
     # (docs/storefront.md: a cart line's complaint is shown at that line's quantity), not as an internal id.
     await expect(page.get_by_label("Quantity of Old Kettle")).to_have_attribute("aria-invalid", "true")
     await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).not_to_have_attribute("aria-invalid", "true")
+
+
+async def test_a_price_changed_since_the_cart_was_filled_is_shown_and_charged_only_once_confirmed(
+    tab: Tab, http: httpx.AsyncClient
+) -> None:
+    """The cart keeps the price a line was added at; the knife costs $89.00 now, the cart says $79.00 (it was
+    filled before the price went up: the cart lives in localStorage). Charged $89.00 unseen, the customer
+    would meet the price in the receipt. The page sends the total it shows, is refused PRICE_CHANGED with
+    nothing placed, shows the new price and total in place and asks; placing again is the confirmation."""
+    page = tab.page
+    await tab.register("Barbara")
+    await tab.add_to_cart("prod_chef_knife")
+    await page.evaluate(
+        """() => {
+            const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
+            items[0].unitPrice = { amountMinor: "7900", currency: "USD" };
+            localStorage.setItem("shopmesh.cart", JSON.stringify(items));
+        }"""
+    )
+    keys = tab.idempotency_keys("/v1/orders")
+    await tab.check_out()
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text("the total is now $89.00, not $79.00", timeout=SLOW)
+    assert await orders_of(http, await tab.token()) == [], "nothing is placed before the customer confirms"
+    await expect(page.get_by_text("Total: $89.00")).to_be_visible()
+    await expect(page.get_by_role("cell", name="$89.00")).to_be_visible()
+
+    # The form kept what was typed: pressing again confirms the new total.
+    await tab.press("Place order")
+    await tab.placed()
+    [placed] = await orders_of(http, await tab.token())
+    assert (placed["state"], placed["total"]["amountMinor"]) == ("ORDER_STATE_CONFIRMED", "8900")
+    assert len(keys) == 2
 
 
 async def test_with_the_gateway_down_the_page_says_the_shop_is_unavailable_not_envoys_internals(

@@ -541,6 +541,15 @@ function cartView() {
   const showTotal = () => {
     estimate.textContent = money(cartTotal(cart.items()));
   };
+  const prices = items.map((item) => h("td", { class: NUMBER }, money(item.unitPrice)));
+  // The prices refreshed after a checkout refused for a price change: shown in place, so that what the
+  // customer typed into the form stays.
+  const showPrices = () => {
+    cart.items().forEach((item, index) => {
+      if (prices[index]) prices[index].textContent = money(item.unitPrice);
+    });
+    showTotal();
+  };
   // Each quantity is the request's `items[i].quantity`: the service's complaint about a line lands on it.
   const rows = items.map((item, index) =>
     h(
@@ -568,7 +577,7 @@ function cartView() {
         }),
         h("span", { class: "problem", id: `cart-quantity-${index}-problem` }),
       ),
-      h("td", { class: NUMBER }, money(item.unitPrice)),
+      prices[index],
     ),
   );
   const session = currentSession();
@@ -576,16 +585,16 @@ function cartView() {
     h("h1", {}, "Your cart"),
     table({ class: "panel" }, [["Product"], ["Quantity", NUMBER], ["Price", NUMBER]], rows),
     total
-      ? h("p", {}, "Estimated total: ", estimate, " (the order says what is charged)")
+      ? h("p", {}, "Total: ", estimate, " (a price changed before you check out is shown to you to confirm first)")
       : h("p", { class: "error" }, "Your cart holds more than one currency; an order takes one."),
     h("h2", {}, "Check out"),
     session && total
-      ? checkoutForm(total.currency, session)
+      ? checkoutForm(total.currency, session, showPrices)
       : h("p", {}, h("a", { href: "#/login?next=%23%2Fcart" }, "Sign in"), " to check out."),
   ];
 }
 
-function checkoutForm(currency, session) {
+function checkoutForm(currency, session, showPrices) {
   const fields = [
     { name: "email", label: "E-mail for the receipt", type: "email", value: session.email, autocomplete: "email" },
     { name: "shipping_address.full_name", label: "Full name", autocomplete: "name" },
@@ -609,6 +618,9 @@ function checkoutForm(currency, session) {
     const order = {
       items: cart.items().map((item) => ({ productId: item.productId, quantity: item.quantity })),
       currency,
+      // The total the cart shows is the one the customer agrees to: orders refuses the order (PRICE_CHANGED)
+      // rather than charge another.
+      expectedTotal: cartTotal(cart.items()),
       email: values.email,
       shippingAddress: {
         fullName: values["shipping_address.full_name"],
@@ -621,7 +633,11 @@ function checkoutForm(currency, session) {
     // The same order to the same card is the same checkout; the card's number and CVV are not kept for it.
     const what = { ...order, card: { last4: card.number.slice(-4), expMonth: card.expMonth, expYear: card.expYear } };
     const answer = await idempotently(CHECKOUT, what, (key) => api.placeOrder({ ...order, card }, key)).catch(
-      (error) => {
+      async (error) => {
+        if (error instanceof ApiError && error.info?.reason === "PRICE_CHANGED") {
+          await refreshPrices(error, order.expectedTotal);
+          showPrices();
+        }
         throw withGoneProducts(error, order.items);
       },
     );
@@ -632,6 +648,32 @@ function checkoutForm(currency, session) {
     location.hash = `#/orders/${encodeURIComponent(answer.order.id)}`;
   };
   return fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM });
+}
+
+// A checkout refused because prices changed since they were put in the cart: the cart takes the current
+// prices, and the customer is told the new total and asked to place the order again, which confirms it
+// (nothing was ordered, reserved or charged). Failing to fetch a price leaves that line as it was: the total
+// orders named is told all the same, and a checkout at the old total is refused again.
+async function refreshPrices(error, shown) {
+  const pages = await Promise.allSettled(cart.items().map((item) => api.productPage(item.productId)));
+  const current = new Map(
+    pages.filter((page) => page.status === "fulfilled").map(({ value }) => [value.product.id, value.product]),
+  );
+  cart.save(
+    cart.items().map((item) => {
+      const product = current.get(item.productId);
+      return product ? { ...item, name: product.name, unitPrice: product.price } : item;
+    }),
+  );
+  const refreshed = cartTotal(cart.items());
+  const named = error.info.metadata ?? {};
+  const now =
+    named.current_total_minor && named.currency
+      ? { amountMinor: named.current_total_minor, currency: named.currency }
+      : refreshed;
+  error.message =
+    `The prices changed since you put them in your cart: the total is now ${money(now)}, not ${money(shown)}. ` +
+    "Nothing was ordered or charged. Check the prices above, then place the order again to pay the new total.";
 }
 
 // PRODUCT_NOT_FOUND names the products by id (ErrorInfo metadata `product_ids`, comma-separated), not as field
