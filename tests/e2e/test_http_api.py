@@ -159,6 +159,42 @@ async def test_a_shopper_browses_checks_out_and_cancels_over_http_json(http: htt
     assert await eventually(notified, f"the notifications of {confirmed['id']} listed over HTTP")
 
 
+async def test_a_checkout_over_http_json_is_charged_only_the_expected_total(http: httpx.AsyncClient) -> None:
+    """expectedTotal reaches orders through the transcoder (its JSON name, an int64 as a string): a total that
+    is not the current one is a 400 PRICE_CHANGED naming the current total, nothing placed; another currency
+    names expected_total.currency; the current total places the order."""
+    _, auth = await signed_up(http, "barbara")
+    price = (await http.get("/v1/products/prod_french_press")).json()["product"]["price"]
+
+    def expecting(amount_minor: str, currency: str = "USD") -> dict[str, Any]:
+        return order("prod_french_press") | {"expectedTotal": {"amountMinor": amount_minor, "currency": currency}}
+
+    stale = str(int(price["amountMinor"]) - 100)
+    code, refused = status_of(
+        await http.post("/v1/orders", json=expecting(stale), headers={**auth, "idempotency-key": str(uuid.uuid4())})
+    )
+    info = detail(refused, "type.googleapis.com/google.rpc.ErrorInfo")
+    assert (code, info["reason"]) == (400, "PRICE_CHANGED")
+    assert info["metadata"] == {"current_total_minor": price["amountMinor"], "currency": "USD"}
+    assert (await http.get("/v1/orders", headers=auth)).json().get("orders", []) == []
+
+    code, invalid = status_of(
+        await http.post(
+            "/v1/orders",
+            json=expecting(price["amountMinor"], "EUR"),
+            headers={**auth, "idempotency-key": str(uuid.uuid4())},
+        )
+    )
+    violations = detail(invalid, "type.googleapis.com/google.rpc.BadRequest")["fieldViolations"]
+    assert (code, [v["field"] for v in violations]) == (400, ["expected_total.currency"])
+
+    placed = await http.post(
+        "/v1/orders", json=expecting(price["amountMinor"]), headers={**auth, "idempotency-key": str(uuid.uuid4())}
+    )
+    assert placed.status_code == 200, placed.text
+    assert placed.json()["order"]["total"]["amountMinor"] == price["amountMinor"]
+
+
 async def test_client_mistakes_are_http_4xx_with_the_status_and_its_details_as_json(http: httpx.AsyncClient) -> None:
     code, invalid = status_of(await http.post("/v1/users", json={"email": "not-an-address", "password": "short"}))
     assert (code, invalid["code"]) == (400, grpc.StatusCode.INVALID_ARGUMENT.value[0])
