@@ -13,6 +13,7 @@ from shopmesh_orders.domain.validation import (
     MAX_AMOUNT_MINOR,
     Card,
     CartLine,
+    ExpectedTotal,
     PlaceOrder,
     luhn_ok,
     validate_place_order,
@@ -282,3 +283,27 @@ def test_a_place_order_commands_repr_never_shows_the_card_number_or_cvv() -> Non
     assert "4242424242424242" not in shown
     assert "987" not in shown
     assert "exp_year=2030" in shown
+
+
+@pytest.mark.parametrize(
+    ("expected", "field", "reason"),
+    [
+        (ExpectedTotal(-1, "USD"), "expected_total.amount_minor", "OUT_OF_RANGE"),
+        (ExpectedTotal(2500, "usd"), "expected_total.currency", "INVALID_FORMAT"),
+        (ExpectedTotal(2500, ""), "expected_total.currency", "INVALID_FORMAT"),
+        (ExpectedTotal(2500, "EUR"), "expected_total.currency", "CURRENCY_MISMATCH"),
+    ],
+)
+def test_an_expected_total_that_cannot_be_the_orders_names_its_field(
+    expected: ExpectedTotal, field: str, reason: str
+) -> None:
+    """A total no order of this request could have is the client's mistake, refused as such (INVALID_ARGUMENT
+    on the field), not reported as a price change the customer could confirm."""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_place_order(command(expected_total=expected), date(2026, 11, 25))
+    assert [(v.field, v.reason) for v in caught.value.violations] == [(field, reason)]
+
+
+def test_an_expected_total_in_the_orders_currency_passes_validation() -> None:
+    sent = command(expected_total=ExpectedTotal(2500, "USD"))
+    assert validate_place_order(sent, date(2026, 11, 25)) == sent
