@@ -9,6 +9,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -57,8 +59,21 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         return shop_pb2.SearchProductsResponse()
 
 
+@dataclass(frozen=True)
+class Edge:
+    url: str
+    shop: RecordingShop
+    admin_url: str
+    log: Path
+
+
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RecordingShop]]:
+def edge(edge_process: Edge) -> tuple[str, RecordingShop]:
+    return edge_process.url, edge_process.shop
+
+
+@pytest.fixture(scope="module")
+def edge_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     shop = RecordingShop()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
@@ -73,22 +88,28 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Record
         gateway=f"127.0.0.1:{gateway}",
         descriptor=descriptor_set(),
     )
-    config = tmp_path_factory.mktemp("edge") / "envoy.json"
+    folder = tmp_path_factory.mktemp("edge")
+    config = folder / "envoy.json"
     config.write_text(json.dumps(bootstrap(api)))
     argv = [str(envoy_binary()), "--config-path", str(config), "--disable-hot-restart", "--concurrency", "1"]
-    with subprocess.Popen([*argv, "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as envoy:
+    # A file, not a pipe: nobody reads Envoy's output while the tests run, and a full pipe would block Envoy.
+    log = folder / "envoy.log"
+    with (
+        log.open("wb") as output,
+        subprocess.Popen([*argv, "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=output) as envoy,
+    ):
         try:
             deadline = time.monotonic() + 30
             while True:
-                assert envoy.poll() is None, envoy.stderr.read().decode() if envoy.stderr else "envoy exited"
-                assert time.monotonic() < deadline, "envoy was not ready within 30 s"
+                assert envoy.poll() is None, f"envoy exited {envoy.returncode}: {log.read_text()[-4000:]}"
+                assert time.monotonic() < deadline, f"envoy was not ready within 30 s: {log.read_text()[-4000:]}"
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as ready:
                         if ready.status == 200:
                             break
                 except OSError:
                     time.sleep(0.1)
-            yield f"http://127.0.0.1:{port}", shop
+            yield Edge(f"http://127.0.0.1:{port}", shop, f"http://127.0.0.1:{admin}", log)
         finally:
             envoy.terminate()
             envoy.wait(10)
