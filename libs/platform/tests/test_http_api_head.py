@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from urllib.parse import urlsplit
 
 import httpx
@@ -92,3 +93,30 @@ def test_head_is_allowed_where_get_is_and_refused_where_it_is_not(edge: tuple[st
     [(status, headers, body)] = exchanged(url, ("HEAD", "/v1/orders/ord_1:cancel", {}))
     assert (status, headers["allow"], body) == ("HTTP/1.1 405 Method Not Allowed", "POST", b"")
     assert shop.calls == []
+
+
+def curl_http2(url: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """The real curl on cleartext HTTP/2 (prior knowledge: no upgrade from HTTP/1.1), headers on stdout."""
+    return subprocess.run(
+        ["curl", "--silent", "--show-error", "--http2-prior-knowledge", "--max-time", "10", *options, url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_head_over_http2_ends_its_stream_with_the_headers(edge: tuple[str, RecordingShop]) -> None:
+    # Envoy's HTTP/2 codec, like its HTTP/1.1 one, sends whatever body the filters leave: the GET's DATA frames
+    # on the HEAD's stream, which the client takes as a protocol error (curl: stream not closed cleanly).
+    url, shop = edge
+    shop.calls.clear()
+    target = url + "/v1/products?pageSize=1"
+    head = curl_http2(target, "--head")
+    assert head.returncode == 0, head.stderr
+    status, *lines = head.stdout.strip().splitlines()
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    assert status.strip() == "HTTP/2 200"
+    # The HEAD's content-length is the GET's body's, as over HTTP/1.1.
+    get = curl_http2(target, "--output", "/dev/null", "--write-out", "%{http_version} %{size_download}")
+    assert (get.returncode, get.stdout) == (0, f"2 {headers['content-length']}"), get.stderr
+    assert shop.calls == [("ListProducts", "1"), ("ListProducts", "1")]
