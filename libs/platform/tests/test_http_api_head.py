@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from shopmesh_platform.http_api import COMPRESS_FROM_BYTES
 
@@ -97,6 +99,8 @@ def test_head_is_allowed_where_get_is_and_refused_where_it_is_not(edge: tuple[st
 
 def curl_http2(url: str, *options: str) -> subprocess.CompletedProcess[str]:
     """The real curl on cleartext HTTP/2 (prior knowledge: no upgrade from HTTP/1.1), headers on stdout."""
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not on PATH: install Debian's curl (README, Prerequisites); this test needs its HTTP/2")
     return subprocess.run(
         ["curl", "--silent", "--show-error", "--http2-prior-knowledge", "--max-time", "10", *options, url],
         capture_output=True,
