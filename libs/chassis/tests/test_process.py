@@ -245,6 +245,11 @@ async def test_sigterm_while_the_server_starts_drains_the_calls_it_accepted_and_
     output = proc.output()
     assert "Traceback" not in output, output[-3000:]
     assert "received SIGTERM, draining" in output
+    # The start that the drain overtook must not claim to serve once the drain has begun (it said "serving ..."
+    # after "received SIGTERM, draining", and after "stopped" too without a drain delay).
+    messages = [json.loads(line)["message"] for line in output.splitlines() if line.startswith("{")]
+    after_signal = messages[messages.index("received SIGTERM, draining") :]
+    assert not [message for message in after_signal if message.startswith("serving ")], after_signal
     assert "sample shutdown finished" in output
 
 

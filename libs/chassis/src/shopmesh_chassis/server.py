@@ -131,9 +131,15 @@ class ChassisServer:
                     f"cannot serve metrics on {address} (METRICS_HOST / METRICS_PORT): {exc.strerror or exc}"
                 ) from None
         await self.server.start()
-        for binding in self.bindings:
-            await self.health.set(binding.descriptor.full_name, SERVING)
-        await self.health.set("", SERVING)
+        # A signal during grpc's start (serve installs the drain before it) or between these awaits: the drain
+        # has set NOT_SERVING and may have stopped the server already, so SERVING and "serving" would be untrue.
+        for service in [*(b.descriptor.full_name for b in self.bindings), ""]:
+            if self._draining is not None:
+                break
+            await self.health.set(service, SERVING)
+        if self._draining is not None:
+            log.info("started after the drain began: not serving")
+            return
         log.info(
             "serving %s on %s",
             ", ".join(b.descriptor.full_name for b in self.bindings),
