@@ -466,6 +466,25 @@ async def test_a_crash_stops_the_rest_and_exits_1_naming_the_process_and_its_las
     assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")
 
 
+async def test_a_crash_that_coincides_with_ctrl_c_still_exits_1_naming_the_process(tmp_path: Path) -> None:
+    """Ctrl-C in the moment a child dies: the stop that follows must not hide the crash behind exit 0."""
+    async with launched(tmp_path / "data", "--services", "", "--http-port", "0") as (process, lines):
+        traces = int(table_rows(lines)["traces"]["pid"])
+        # The launcher held (SIGSTOP) while the sink is killed and Ctrl-C comes: it finds both waiting when it
+        # goes on (the sink dead, or still dying), and may handle either first.
+        process.send_signal(signal.SIGSTOP)
+        try:
+            os.kill(traces, signal.SIGKILL)
+            await eventually(lambda: gone(traces), "the killed trace sink a zombie")
+            process.send_signal(signal.SIGINT)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    said = rest.decode()
+    assert process.returncode == 1, said
+    assert "error: traces exited unexpectedly (killed by SIGKILL); its last" in said
+
+
 def traces_line(stack: Stack) -> str:
     return next(line for line in run.banner(stack, ["catalog"]).splitlines() if line.startswith("Traces:"))
 

@@ -10,11 +10,12 @@ name. Every service exports its spans to the local trace sink (`make traces` sho
 OTEL_EXPORTER_OTLP_ENDPOINT names a collector of your own. Ctrl-C (or SIGTERM, or the terminal closing)
 stops the services callers first, then NATS, and exits 0; a second Ctrl-C kills whatever is still
 running. Exit status 1 when the stack cannot start, or when one of its processes (NATS, a sink, a service,
-a sidecar, the edge's Envoy, the PostgreSQL server) exits on its own while it runs: the launcher then stops
-the rest as Ctrl-C does and names that process with its last output lines (no restart: a crash is a bug to
-see, not to paper over). With --postgres every service that owns data gets a
-database of its own on a throwaway PostgreSQL server started from the installed binaries (as in a cluster,
-one database per service), removed when the stack stops; without it, SQLite files under the data directory.
+a sidecar, the edge's Envoy, the PostgreSQL server) exits on its own while it runs (or while Ctrl-C stops
+the rest, before its turn): the launcher then stops the rest as Ctrl-C does and names that process with its
+last output lines (no restart: a crash is a bug to see, not to paper over). With --postgres every service
+that owns data gets a database of its own on a throwaway PostgreSQL server started from the installed
+binaries (as in a cluster, one database per service), removed when the stack stops; without it, SQLite
+files under the data directory.
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
 call graph as policy (docs/mesh.md); --canary adds a second instance of one service that its callers'
 sidecars send a share of their calls.
@@ -554,6 +555,9 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
             stop_requested.set()
             print(f"\n{crash.summary}: stopping the services (callers first), then NATS ...", flush=True)
         codes = await stack.stop()
+        if crash is None and stack.crashed_before_stopped:
+            # Ctrl-C in the moment a process died, or a process that died as the rest stopped: still a crash.
+            crash = stack.crashed_before_stopped[0]
         if crash is not None:
             raise crash
         failed = {name: code for name, code in codes.items() if code not in (0, None)}

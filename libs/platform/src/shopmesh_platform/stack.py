@@ -34,6 +34,7 @@ import functools
 import importlib.util
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -126,6 +127,30 @@ class Crashed(StackError):
         # One line for the console as the stack stops; the whole message for the end.
         self.summary = f"{name} {what}"
         super().__init__(failure_message(name, what, output))
+
+
+def _has_exited(process: asyncio.subprocess.Process) -> bool:
+    """Whether `process` has exited, though asyncio may not have reported it yet (`returncode` still None):
+    its exit is only delivered through the event loop, where a signal handled first may have beaten it."""
+    if process.returncode is not None:
+        return True
+    # A pidfd, not waitid(WNOWAIT): that answers "still running" while asyncio's child watcher thread is
+    # collecting the exit. Without pidfds (macOS, Linux before 5.3) only what asyncio reported counts.
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return False
+    try:
+        pidfd = pidfd_open(process.pid)
+    except ProcessLookupError:
+        return True  # collected by asyncio's child watcher already, its returncode not yet set
+    except OSError:
+        return False
+    try:
+        poll = select.poll()
+        poll.register(pidfd, select.POLLIN)
+        return bool(poll.poll(0))  # readable once the process has exited
+    finally:
+        os.close(pidfd)
 
 
 def exit_status(code: int) -> str:
@@ -418,6 +443,8 @@ class _Child:
     pump: asyncio.Task[None] | None = None
     # Set when the launcher stops it, so that its exit is not reported as a crash.
     stopping: bool = False
+    # Set when the launcher sends it SIGKILL: a death by SIGKILL is then not a crash.
+    killed: bool = False
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=_RECENT_LINES))
 
     @property
@@ -516,6 +543,10 @@ class Stack:
         self._started = False
         # Set whenever a process starts: `crashed` then watches it too.
         self._launched = asyncio.Event()
+        # What the last `stop` found exited that the stack had not stopped (a crash just before the stop that
+        # `crashed` had not reported yet, or one during it), as the errors naming them: the stop must not
+        # pass such an exit off as its own doing.
+        self.crashed_before_stopped: list[Crashed] = []
 
     @classmethod
     def for_tests(
@@ -891,20 +922,22 @@ class Stack:
 
     async def stop(self) -> dict[str, int | None]:
         """SIGTERM the services callers first (each wave at once), SIGKILL what outlives stop_timeout,
-        then the sinks and NATS. Returns each process's exit status (None: never started)."""
+        then the sinks and NATS. Returns each process's exit status (None: never started); one that had exited
+        without the stack stopping it is in `crashed_before_stopped` too."""
         codes: dict[str, int | None] = {}
+        self.crashed_before_stopped = []
         try:
             if self._http_api is not None:
-                codes[HTTP_API] = await self._stop_child(self._http_api)
+                codes[HTTP_API] = await self._stop_in_turn(self._http_api)
             for wave in reversed(self.waves):
-                results = await asyncio.gather(*(self._stop_child(self._children[name]) for name in wave))
+                results = await asyncio.gather(*(self._stop_in_turn(self._children[name]) for name in wave))
                 codes.update(zip(wave, results, strict=True))
             sidecars = list(self._sidecars.values())
-            results = await asyncio.gather(*(self._stop_child(child) for child in sidecars))
+            results = await asyncio.gather(*(self._stop_in_turn(child) for child in sidecars))
             codes.update(zip([child.name for child in sidecars], results, strict=True))
             for name, sink in reversed(self._sinks.items()):
-                codes[name] = await self._stop_child(sink)
-            codes[NATS] = await self._stop_child(self._nats)
+                codes[name] = await self._stop_in_turn(sink)
+            codes[NATS] = await self._stop_in_turn(self._nats)
         finally:
             # A stop that was itself cancelled or failed must still leave no process behind.
             self.kill_all()
@@ -912,11 +945,24 @@ class Stack:
             self._started = False
         return codes
 
+    async def _stop_in_turn(self, child: _Child) -> int | None:
+        """`_stop_child` for `stop`, which also tells a crash from the end it asked for: the process had
+        exited before its turn, or a signal the stack did not send killed it (a SIGKILL sent just before the
+        stop to a process still dying at its turn; a SIGSEGV as it shut down)."""
+        # Before the signal, and before `stopping` hides the exit from `crashed`.
+        on_its_own = child.process is not None and not child.stopping and _has_exited(child.process)
+        code = await self._stop_child(child)
+        not_ours = code is not None and code < 0 and -code != signal.SIGTERM and not child.killed
+        if code is not None and (on_its_own or not_ours):
+            self.crashed_before_stopped.append(Crashed(child.name, code, child.recent))
+        return code
+
     def kill_all(self) -> None:
         """SIGKILL every running process of the stack at once, without waiting (last resort)."""
         for child in self._every_child():
             if child.running and child.process is not None:
                 child.stopping = True
+                child.killed = True
                 signal_child(child.process, signal.SIGKILL)
 
     def _every_child(self) -> list[_Child]:
@@ -1068,6 +1114,7 @@ class Stack:
         # would have taken its exit for a crash.
         child.process = process
         child.stopping = False
+        child.killed = False
         self._launched.set()
         assert process.stdout is not None
         child.pump = asyncio.create_task(self._pump(child, process, process.stdout), name=f"logs of {child.name}")
@@ -1130,6 +1177,7 @@ class Stack:
         if process is None:
             return None
         child.stopping = True
+        child.killed = sig == signal.SIGKILL
         if process.returncode is None:
             signal_child(process, sig)
             limit = self.stop_timeout if timeout is None else timeout
@@ -1137,6 +1185,7 @@ class Stack:
                 await asyncio.wait_for(process.wait(), limit)
             except TimeoutError:
                 self._emit(child, f"[launcher] still running {limit:g}s after {sig.name}: SIGKILL")
+                child.killed = True
                 signal_child(process, signal.SIGKILL)
                 await process.wait()
         await self._finish_pump(child)
@@ -1241,8 +1290,10 @@ def signal_child(process: asyncio.subprocess.Process, sig: signal.Signals) -> No
         if sig == signal.SIGKILL:
             # The whole group: whatever the child started dies with it.
             os.killpg(process.pid, sig)
-        else:
-            process.send_signal(sig)
+        elif not _has_exited(process):
+            # Not process.send_signal: it polls first, which collects an exit before asyncio's child watcher
+            # does, and the watcher then reports status 255 ("Unknown child process") instead of the real one.
+            os.kill(process.pid, sig)
 
 
 def _bind_error(host: str, port: int) -> OSError | None:
