@@ -295,6 +295,27 @@ async def test_a_reservation_state_inventory_documents_as_unknown_leaves_the_ord
     assert not isinstance(caught.value, DependencyDown)
 
 
+class ForgetfulInventory(inventory_pb2_grpc.InventoryServiceServicer):
+    """Answers ReleaseReservation as inventory does for a reservation it has no row for."""
+
+    async def ReleaseReservation(self, request: Any, context: Any) -> Any:
+        raise errors.NotFound(
+            "not found", reason="RESERVATION_NOT_FOUND", metadata={"reservation_id": request.reservation_id}
+        )
+
+
+async def test_releasing_a_reservation_inventory_no_longer_has_is_done(settings: OrdersSettings) -> None:
+    # Its row was removed (a restore, a clean-up): it holds no stock. Raised as a bug (INTERNAL), compensation
+    # could never finish, and the order would stay cancelled-in-progress for good.
+    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
+    binding = ServiceBinding(INVENTORY, ForgetfulInventory(), add)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        await InventoryClient(channel.channel, timeout=5).release("res_gone")
+
+
 class UnrefundableUnknownPayment(payments_pb2_grpc.PaymentsServiceServicer):
     """Refund of a payment in a state a newer payments stored, refused as payments now does (e6da471)."""
 

@@ -1,4 +1,5 @@
-"""The checkout saga against fakes of inventory and payments, with the real orders database.
+"""The checkout saga against fakes of inventory and payments, with the real orders database (and, where what
+inventory stores decides the outcome, inventory's own service over real gRPC: `_with_real_inventory`).
 
 Each test states an end-to-end invariant of the saga: what is charged, what stock is held, which event
 is in the outbox.
@@ -9,28 +10,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
+from shopmesh.inventory.v1 import inventory_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis import errors
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.db import Database, sqlite_url
+from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.tables import outbox_events
-from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_inventory.application import Inventory
+from shopmesh_inventory.migrations import VERSIONS as INVENTORY_VERSIONS
+from shopmesh_inventory.store.tables import metadata as inventory_metadata
+from shopmesh_inventory.store.tables import reservation_items as inventory_reservation_items
+from shopmesh_inventory.store.tables import reservations as inventory_reservations
+from shopmesh_inventory.wiring import binding as inventory_binding
 from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.clients import InventoryClient
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderState, SagaStep
+from shopmesh_orders.domain.ports import DependencyDown
 from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
-from shopmesh_orders.saga import LeaseHeld, SagaDriver, charge_key
+from shopmesh_orders.saga import RESERVATION_IN_DOUBT, LeaseHeld, SagaDriver, charge_key
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import OrderRepository
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
 
+INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
 GOOD = Card("4242424242424242", 12, 2030, "123")
 DECLINED = Card("4000000000000002", 12, 2030, "123")
 PROCESSOR_DOWN = Card("4000000000000119", 12, 2030, "123")
@@ -636,6 +650,119 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_is_not_blamed_on_pay
     assert await place(app, command()) == order_id
     assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
     assert (payments.captured(), payments.refunds) == (1, [])
+
+
+@dataclass
+class Reachable:
+    """Orders' InventoryClient, cut off while `down` (the DependencyDown a transport failure gives)."""
+
+    client: InventoryClient
+    down: bool = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise DependencyDown("inventory down")
+
+    async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+        self._check()
+        return await self.client.reserve(order_id, items, ttl_seconds)
+
+    async def commit(self, reservation_id: str) -> None:
+        self._check()
+        await self.client.commit(reservation_id)
+
+    async def release(self, reservation_id: str) -> None:
+        self._check()
+        await self.client.release(reservation_id)
+
+
+@dataclass
+class RealInventory:
+    """Inventory's own service on its own database, answering orders' InventoryClient over a real gRPC socket."""
+
+    inventory: Inventory
+    database: Database
+
+    async def reserved(self, product_id: str) -> int:
+        [level] = await self.inventory.get_stock([product_id])
+        return level.reserved
+
+
+@contextlib.asynccontextmanager
+async def _with_real_inventory(clocked: Clocked, data_dir: Path) -> AsyncIterator[tuple[Clocked, RealInventory]]:
+    """`clocked` with inventory's service in place of the fake, on the saga's clock (an order's deadline is also
+    its reservation's there)."""
+    database = Database(sqlite_url(data_dir, "inventory"))
+    await migrate(database, INVENTORY_VERSIONS, inventory_metadata)
+    inventory = Inventory(database, clock=clocked.clock)
+    await inventory.seed_stock({"prod_a": 5})
+    try:
+        async with (
+            serve_in_process(clocked.settings, [inventory_binding(inventory)]) as server,
+            ResilientChannel(
+                server.address, [INVENTORY_SERVICE], ClientOptions(breaker=None, caller="orders")
+            ) as channel,
+        ):
+            port = Reachable(InventoryClient(channel.channel, timeout=5))
+            yield replace(clocked, inventory=port), RealInventory(inventory, database)  # type: ignore[arg-type]
+    finally:
+        await database.dispose()
+
+
+async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventory_cannot_name_the_reservation_state(
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings, tmp_path: Path
+) -> None:
+    """Inventory replays the order's reservation in a state a newer release stored: whether it holds the stock
+    is unknown, so nothing is charged against it and the order waits at the charge step (not charged, then
+    stuck at the commit inventory refuses; nor cancelled as PAYMENT_UNAVAILABLE, which payments was not)."""
+    async with _with_real_inventory(clocked, tmp_path) as (clocked, real):
+        app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
+            clocked, clocked.inventory, payments
+        )
+        async with real.database.transaction() as session:
+            # As a newer release of inventory stores a state this one cannot name (test_inventory_service).
+            await session.execute(
+                update(inventory_reservations)
+                .where(inventory_reservations.c.id == reservation_id)
+                .values(state="ON_HOLD")
+            )
+        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command())
+        order = await app.get_order(order_id)
+        assert (payments.charge_calls, order.state, order.step, order.cancel_code) == (
+            0,
+            OrderState.PENDING,
+            SagaStep.CHARGE,
+            None,
+        )
+        assert caught.value.reason == RESERVATION_IN_DOUBT
+
+
+async def test_a_retry_with_the_card_past_the_saga_deadline_releases_a_reservation_inventory_made_anew(
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings, tmp_path: Path
+) -> None:
+    """Inventory replays an order's reservation whatever its state, and never deletes one; but if its row is
+    gone (a restore, a clean-up), Reserve makes a new reservation for the order. That one is not the order's:
+    the commit of the order's own would fail after the charge, and the new hold would linger until it expires.
+    The saga gives it back and cancels without charging."""
+    async with _with_real_inventory(clocked, tmp_path) as (clocked, real):
+        app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
+            clocked, clocked.inventory, payments
+        )
+        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 10)
+        assert await real.inventory.sweep_expired() == 1
+        async with real.database.transaction() as session:
+            for table in (inventory_reservation_items, inventory_reservations):
+                key = table.c.reservation_id if table is inventory_reservation_items else table.c.id
+                await session.execute(delete(table).where(key == reservation_id))
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command())
+        assert caught.value.reason == "RESERVATION_EXPIRED"
+        order = await app.get_order(order_id)
+        assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.RESERVATION_EXPIRED)
+        assert (payments.charge_calls, payments.refunds) == (0, [])
+        assert await real.reserved("prod_a") == 0
 
 
 @pytest.mark.parametrize("lapsed", ["EXPIRED", "RELEASED"])

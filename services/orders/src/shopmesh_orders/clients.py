@@ -195,7 +195,13 @@ class InventoryClient:
                 inventory_pb2.ReleaseReservationRequest(reservation_id=reservation_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() in _TRANSIENT or details_of(error).reason == _RESERVATION_STATE_UNKNOWN:
+            reason = details_of(error).reason
+            if reason == "RESERVATION_NOT_FOUND":
+                # Inventory no longer has it (its row was removed: a restore, a manual clean-up), so it holds
+                # no stock: nothing is left to release. (Raised, compensation would answer INTERNAL for ever.)
+                log.warning("reservation %s is unknown to inventory: nothing to release", reservation_id)
+                return
+            if error.code() in _TRANSIENT or reason == _RESERVATION_STATE_UNKNOWN:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None
 

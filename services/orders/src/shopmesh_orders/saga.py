@@ -60,6 +60,9 @@ ORDER_CONFIRMED = "orders.v1.order_confirmed"
 ORDER_CANCELLED = "orders.v1.order_cancelled"
 # The saga's Unavailable reason while a charge sent by an earlier driver may still land on payments.
 CHARGE_IN_DOUBT = "CHARGE_IN_DOUBT"
+# The saga's Unavailable reason while inventory cannot say, for this order alone, whether the stock it reserved
+# past the order's deadline is still held (`_still_reserved`).
+RESERVATION_IN_DOUBT = "RESERVATION_IN_DOUBT"
 
 
 _T = TypeVar("_T")
@@ -107,6 +110,15 @@ def _charge_in_doubt(order: Order, remaining: timedelta) -> errors.Unavailable:
         f"order {order.id} is waiting for an earlier charge attempt to settle",
         reason=CHARGE_IN_DOUBT,
         retry_after_seconds=max(remaining.total_seconds(), 0.1),
+        metadata={"order_id": order.id, "step": order.step.value},
+    )
+
+
+def _reservation_in_doubt(order: Order, cause: errors.Unavailable) -> errors.Unavailable:
+    return errors.Unavailable(
+        f"order {order.id} is waiting for inventory to say whether its stock is still held: {cause.message}",
+        reason=RESERVATION_IN_DOUBT,
+        retry_after_seconds=cause.retry_after_seconds or 1.0,
         metadata={"order_id": order.id, "step": order.step.value},
     )
 
@@ -226,6 +238,10 @@ class SagaDriver:
             try:
                 return await self._step(order, card, owner)
             except errors.Unavailable as exc:
+                if exc.reason == RESERVATION_IN_DOUBT:
+                    # Inventory's answer about this order will not change within these retries, and giving up
+                    # past the deadline would cancel the order as PAYMENT_UNAVAILABLE: the order waits as is.
+                    raise
                 # The step may have persisted a write-ahead mark before failing: continue from the database.
                 order = await self._load(order.id)
                 # A charge in doubt settles in seconds, not within these retries' backoff: stop asking.
@@ -267,16 +283,37 @@ class SagaDriver:
         """Whether inventory still holds the order's stock. Asked only past the order's deadline, when the
         reservation may have lapsed (it may also outlive that deadline: the recovery loop can reserve long
         after the order was placed). Reserve is keyed by the order: it replays the reservation as inventory
-        sees it now, an overdue one EXPIRED. Short of stock means inventory holds none for the order either."""
+        sees it now, an overdue one EXPIRED. Short of stock means inventory holds none for the order either.
+
+        Inventory answering for this order alone that it cannot say (a state a newer release stored; a lost
+        race) raises `errors.Unavailable` with RESERVATION_IN_DOUBT: nothing may be charged against it, and the
+        order waits at the charge step (`_attempt`)."""
         try:
-            await self._inventory.reserve(order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds)
+            reservation_id = await self._inventory.reserve(
+                order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
+            )
         except (ReservationExpired, InsufficientStock):
             return False
-        except errors.Unavailable:
-            # No answer is no reason to cancel: retried and given up, the step would be cancelled as
+        except DependencyDown:
+            # Inventory is down: no reason to cancel. Retried and given up, the step would be cancelled as
             # PAYMENT_UNAVAILABLE, blaming payments. Charge as without asking; the commit still refuses a
             # lapsed reservation, and the charge is then refunded.
             return True
+        except errors.Unavailable as exc:
+            raise _reservation_in_doubt(order, exc) from exc
+        if reservation_id != order.reservation_id:
+            # Inventory no longer had the order's reservation (its row was removed: a restore, a manual
+            # clean-up) and made a new one: the commit of the order's own would fail, so that hold would only
+            # linger until it expires. Give it back now.
+            log.warning(
+                "order %s: inventory reserved anew (%s) instead of replaying %s; released, the order is not charged",
+                order.id,
+                reservation_id,
+                order.reservation_id,
+                extra={"order_id": order.id},
+            )
+            await self._inventory.release(reservation_id)
+            return False
         return True
 
     def _charge_settled_at(self, charge_attempted_at: datetime) -> datetime:
