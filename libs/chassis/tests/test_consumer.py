@@ -7,14 +7,19 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client
+from nats.js.manager import JetStreamManager
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import OperationalError
 
-from shopmesh_chassis.config import ConsumerSettings, load_settings
+from shopmesh_chassis import consumer as consumer_module
+from shopmesh_chassis.app import run_shutdown_hooks
+from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, ConsumerSettings, load_settings
 from shopmesh_chassis.consumer import Event, EventConsumer
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE, DatabaseUnreachable
@@ -605,3 +610,61 @@ async def test_a_redelivery_that_runs_while_the_first_delivery_is_still_applying
     assert await messages_parked(client) == 0
     assert (count("applied"), count("retried"), count("dead_lettered")) == (1, 0, 0)
     assert calls == ["e1"]
+
+
+async def test_a_consumer_whose_gauge_request_loses_the_cancel_still_stops_within_its_shutdown_budget(
+    db: Database, nats_srv: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py waits for a consumer_info's reply with Python 3.11's wait_for, which returns a reply that comes
+    as its caller is cancelled and drops the cancel: the gauge loop went on into its next wait (ten minutes
+    here), the task group of the consumer's loops waited for it, and so did the shutdown hook, until cut off."""
+    asking = asyncio.Event()
+    lost: list[bool] = []
+    real = JetStreamManager.consumer_info
+
+    async def loses_the_cancel(self: JetStreamManager, *args: Any, **kwargs: Any) -> Any:
+        if not lost:
+            asking.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                lost.append(True)  # the reply came as the cancel did
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamManager, "consumer_info", loses_the_cancel)
+    running = consumer(db, nats_srv.url, record, metrics=EventMetrics(CollectorRegistry()), gauge_poll_seconds=600)
+    running.start()
+    await asking.wait()
+    # The part of the hooks' budget that relays and consumers have after the grace (config.py).
+    assert await run_shutdown_hooks([running.stop], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
+    assert lost == [True]
+
+
+@pytest.mark.parametrize("reply", ["answered", "refused"])
+async def test_a_consumer_whose_stream_declaration_loses_the_cancel_still_stops_within_its_shutdown_budget(
+    db: Database, nats_srv: NatsServer, monkeypatch: pytest.MonkeyPatch, reply: str
+) -> None:
+    """The same lost cancel while the consumer declares its stream: answered, it went on to start its pull
+    loops, tasks of their own that nothing cancelled; refused (JetStream not answering yet), it went on
+    reconnecting. Either way the shutdown hook waited for it until cut off."""
+    declaring = asyncio.Event()
+    lost: list[bool] = []
+    real = consumer_module.ensure_stream
+
+    async def loses_the_cancel(*args: Any, **kwargs: Any) -> Any:
+        if not lost:
+            declaring.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                lost.append(True)  # the reply came as the cancel did
+        if reply == "refused":
+            raise nats.errors.NoRespondersError
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(consumer_module, "ensure_stream", loses_the_cancel)
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    await declaring.wait()
+    assert await run_shutdown_hooks([running.stop], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
+    assert lost == [True]

@@ -1,17 +1,21 @@
 """What a service's NATS connection logs while the broker is away: a few plain lines, not a traceback
-per reconnect attempt."""
+per reconnect attempt; and that it closes in time whatever its retries were doing."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
+import nats.errors
 import pytest
 
 from shopmesh_chassis import events
+from shopmesh_chassis.app import run_shutdown_hooks
+from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
 from shopmesh_chassis.testing import eventually, free_port
-from shopmesh_chassis.testing.nats_server import nats_server
+from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
 
 class Clock:
@@ -121,3 +125,40 @@ async def test_a_publisher_closes_without_an_error_while_the_broker_is_away(tmp_
     await eventually(lambda: client.is_reconnecting, "the client lost the broker", interval=0.05)
     await publisher.close()
     assert client.is_closed, "its reconnect loop would outlive the service's shutdown"
+
+
+@pytest.mark.parametrize("when", ["at the start", "declared again after a reconnect"])
+async def test_a_publisher_whose_declaration_fails_as_it_is_cancelled_still_closes_within_its_shutdown_budget(
+    nats_srv: NatsServer, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """nats-py waits for JetStream's reply with Python 3.11's wait_for, which raises a reply's error that comes as
+    its caller is cancelled and drops the cancel: the declaration's retry loop went on (JetStream not answering
+    yet, each retry refused), and close() waited for it until its shutdown hook was cut off."""
+    publisher = events.DeferredJetStream(
+        nats_srv.url, name="cancel-test", stream="THINGS", subjects=["things.v1.>"], duplicate_window_seconds=60
+    )
+    if when != "at the start":
+        ready = asyncio.Event()
+        publisher.start(on_ready=ready.set)
+        await asyncio.wait_for(ready.wait(), 15)
+    asking = asyncio.Event()
+    lost: list[bool] = []
+
+    async def not_answering(*args: Any, **kwargs: Any) -> Any:
+        if not lost:
+            asking.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                lost.append(True)  # the refusal came as the cancel did
+        raise nats.errors.NoRespondersError
+
+    monkeypatch.setattr(events, "ensure_stream", not_answering)
+    if when == "at the start":
+        publisher.start()
+    else:
+        publisher._declare_again("reconnected")  # as a reconnect does
+    await asking.wait()
+    # The part of the hooks' budget that relays and consumers have after the grace (config.py).
+    assert await run_shutdown_hooks([publisher.close], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
+    assert lost == [True]

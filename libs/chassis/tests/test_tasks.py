@@ -66,25 +66,3 @@ async def test_the_callers_own_cancellation_propagates() -> None:
     assert stopping.cancelled(), "the caller's cancellation was swallowed"
     assert carried_on == []
     assert background.cancelled()
-
-
-async def test_a_task_that_loses_its_cancellation_in_a_library_is_cancelled_again_until_it_ends() -> None:
-    """Python 3.11's `wait_for` returns the result of a wait that completes as its caller is cancelled (nats-py
-    waits for every request's reply so): the task carries on as if never cancelled, into its next wait."""
-    waiting = asyncio.Event()
-    lost: list[str] = []
-
-    async def loses_the_first_cancel() -> None:
-        try:
-            waiting.set()
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            lost.append("the reply came as the cancel did")
-        await asyncio.Event().wait()  # its next wait: a poll, the next fetch
-
-    background = asyncio.create_task(loses_the_first_cancel())
-    await waiting.wait()
-    # Bounds a hang only: without a second cancel the task waits for ever.
-    await asyncio.wait_for(cancel_and_wait(background), timeout=10)
-    assert lost == ["the reply came as the cancel did"]
-    assert background.cancelled()

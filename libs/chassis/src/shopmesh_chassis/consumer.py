@@ -64,7 +64,7 @@ from shopmesh_chassis.events import DEFAULT_STREAM_MAX_AGE_SECONDS, MSG_ID, conn
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import processed_events
-from shopmesh_chassis.tasks import cancel_and_wait
+from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
 
 log = logging.getLogger("shopmesh.consumer")
 tracer = trace.get_tracer("shopmesh.consumer")
@@ -260,8 +260,11 @@ class EventConsumer:
         self._database_away_said = 0.0
         self._client: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by stop() before it cancels _run: see _stop_if_stopping.
+        self._stopping = False
 
     def start(self) -> None:
+        self._stopping = False
         self._tasks = [asyncio.get_running_loop().create_task(self._run(), name=f"consumer-{self._durable}")]
         if self._processed_retention > 0:
             self._purge.start()
@@ -269,6 +272,7 @@ class EventConsumer:
     async def stop(self) -> None:
         # A purge cut short loses nothing: each batch is a transaction of its own, and the next run goes on.
         await self._purge.stop(timeout=1.0)
+        self._stopping = True
         for task in self._tasks:
             await cancel_and_wait(task)
         self._tasks = []
@@ -287,6 +291,8 @@ class EventConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # A NATS request that failed as the cancel came, and lost it: else it reconnects for ever.
+                self._stop_if_stopping()
                 if self._ran_since_subscribing():
                     # It consumed again since the last interruption: this is a new one.
                     delay = _RECONNECT_DELAYS[0]
@@ -294,6 +300,13 @@ class EventConsumer:
                 log.warning("consumer %s interrupted, retrying in %.1fs: %s", self._durable, delay, _cause(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_DELAYS[1])
+
+    def _stop_if_stopping(self) -> None:
+        """`tasks.stop_if_cancelled` for _run, which cannot go by its task's count of cancels: Python 3.11's
+        TaskGroup leaves counted the cancel it made of its parent when a loop failed while it waited for them
+        (every interruption), so the count says "cancelled" for the rest of the task's life."""
+        if self._stopping:
+            raise asyncio.CancelledError
 
     def _ran_since_subscribing(self) -> bool:
         if self._consuming_since is None:
@@ -332,6 +345,9 @@ class EventConsumer:
                 ",".join(durable_filter),
             )
             self._consuming_since = asyncio.get_running_loop().time()
+            # A declaration or subscription that lost the cancel: the loops below are tasks of their own,
+            # which nothing would cancel.
+            self._stop_if_stopping()
             # Both pull loops share the connection; one failing ends both, and _run starts them again.
             async with asyncio.TaskGroup() as loops:
                 loops.create_task(self._pull(events, replayed=False))
@@ -412,8 +428,7 @@ class EventConsumer:
                 # Stopping. nats-py's fetch waits in a task of its own (Python 3.11's wait_for), and a cancel
                 # that lands as messages arrive is lost there: fetch returns them as if nothing happened, and
                 # the loop went on pulling for the whole shutdown budget (SIGTERM under load exited 1). The
-                # fetched batch goes back at once, as below (cancel_and_wait's second cancel would come only
-                # RECANCEL_SECONDS later, with the batch held meanwhile).
+                # fetched batch goes back at once, as below.
                 for unfetched in messages:
                     with contextlib.suppress(Exception):
                         await unfetched.nak()
@@ -456,9 +471,12 @@ class EventConsumer:
             except (nats.errors.Error, TimeoutError) as exc:
                 # A gauge a little stale is better than interrupting consumption over it.
                 log.warning("could not read %s's backlog and dead letters: %s", self._durable, exc)
+            # Its requests, and its wait, can lose the task group's cancel: the consumer's stop waits for it.
+            stop_if_cancelled()
             self._parked.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._parked.wait(), self._gauge_poll)
+            stop_if_cancelled()
 
     async def purge_processed(self) -> int:
         """Forget the event ids this consumer applied longer than the retention ago, in batches; how many."""

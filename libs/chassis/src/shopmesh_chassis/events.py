@@ -31,7 +31,7 @@ from shopmesh_chassis.nats_urls import NatsTarget as NatsTarget
 from shopmesh_chassis.nats_urls import nats_servers as nats_servers
 from shopmesh_chassis.nats_urls import parse_nats_url as parse_nats_url
 from shopmesh_chassis.nats_urls import shown_nats_url as shown_nats_url
-from shopmesh_chassis.tasks import cancel_and_wait
+from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
 
 log = logging.getLogger("shopmesh.events")
 
@@ -264,6 +264,9 @@ class DeferredJetStream:
                 await self._declare_stream()
                 break
             except Exception as exc:
+                # A request that failed as the cancel came, and lost it (Python 3.11's wait_for, in nats-py):
+                # else it retries for ever, and close() with it.
+                stop_if_cancelled()
                 # Refused (auth), or connected while JetStream does not answer yet (starting, no quorum).
                 log.warning("NATS stream %s not ready, retrying in %.1fs: %s", self._stream, delay, exc)
                 await asyncio.sleep(delay)
@@ -310,6 +313,7 @@ class DeferredJetStream:
                     log.info("NATS stream %s declared again as configured (%s)", self._stream, why)
                 return
             except Exception as exc:
+                stop_if_cancelled()  # as in _connect
                 # JetStream not answering yet (just restarted, no quorum), or the connection lost again.
                 log.warning("NATS stream %s not declared again yet, retrying in %.1fs: %s", self._stream, delay, exc)
                 await asyncio.sleep(delay)

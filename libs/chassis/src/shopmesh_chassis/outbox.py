@@ -27,7 +27,7 @@ from shopmesh_chassis.events import EVENT_TYPE
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
-from shopmesh_chassis.tasks import cancel_and_wait
+from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
 
 log = logging.getLogger("shopmesh.outbox")
 
@@ -204,10 +204,14 @@ class OutboxRelay:
                     self._metrics.relay_failures.inc()
                 published = 0
                 backoff = min(backoff * 2, self._max_backoff)
+            # A pass (a publish, a lock's connection) or the wait below that lost the relay's cancel: else it
+            # polls on for the whole budget.
+            stop_if_cancelled()
             if published >= self._batch_size:
                 continue  # a full batch: there may be more right behind it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            stop_if_cancelled()
 
     async def publish_pending(self) -> int:
         """One pass: publish the oldest unpublished events in order; returns how many were sent."""
@@ -281,6 +285,8 @@ class OutboxRelay:
                     self._metrics.published.labels(row.subject).inc()
                 if self._on_published is not None:
                     self._on_published(row.event_id)
+                # Stopping, though the publish lost the cancel: the rows sent are marked below, the rest wait.
+                stop_if_cancelled()
         finally:
             # The first row not sent is the oldest still waiting; a batch sent whole leaves none known.
             self._oldest_unpublished = rows[len(sent)].created_at if len(sent) < len(rows) else None

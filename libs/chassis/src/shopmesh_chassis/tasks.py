@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
-
-log = logging.getLogger("shopmesh.tasks")
-
-# How long a cancelled task has to end before it is cancelled again. Long enough for the unwinding that
-# follows a cancel (a rollback, naks, closing a connection) to end untouched; short next to the 1 s each
-# shutdown hook holds back for the next (app.HOOK_RESERVE_SECONDS), so a task that lost its cancel still
-# ends within its hook's time.
-RECANCEL_SECONDS = 0.5
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel `task` and wait for it to end, cancelling it again every RECANCEL_SECONDS until it does; its own
-    CancelledError is swallowed, the caller's is not.
-
-    Why again: a library may lose a cancel. Python 3.11's `wait_for` returns the result of a wait that
-    completes as its caller is cancelled (nats-py waits so for every request's reply: the outbox relay's
-    publish, the consumer's fetch), and the task carries on as if never cancelled, into its next wait: the
-    shutdown hook stopping it was cut off at its budget, and the process exited 1.
+    """Cancel `task` and wait for it to end; its own CancelledError is swallowed, the caller's is not.
 
     Why not `task.cancel(); with suppress(CancelledError): await task`: when the caller is itself cancelled
     while it waits (a shutdown hook cut off at SHUTDOWN_HOOKS_BUDGET_SECONDS, app.run_shutdown_hooks), the
@@ -34,21 +19,25 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     """
     task.cancel()
     try:
-        while not (await asyncio.wait({task}, timeout=RECANCEL_SECONDS))[0]:
-            log.warning(
-                "task %s has not ended %.1f s after it was cancelled (a library may have lost the cancel): "
-                "cancelling it again",
-                task.get_name(),
-                RECANCEL_SECONDS,
-                extra={"task": task.get_name()},
-            )
-            task.cancel()
-    except asyncio.CancelledError:
-        task.cancel()  # the caller's cancellation reaches the task too, as awaiting it would pass it on
-        raise
-    try:
         await task
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when the current task was cancelled and no CancelledError reached it.
+
+    Why: Python 3.11's `wait_for` returns the result (or raises the error) of a wait that completes as its
+    caller is cancelled, and the cancel is lost (nats-py waits so for every request's reply: a JetStream
+    publish, a fetch, a stream or consumer lookup; so do our own waits on an event with a timeout). The task
+    carries on as if never cancelled, into its next wait, and the shutdown hook stopping it is cut off at its
+    budget. `Task.cancelling()` still counts the cancel: a loop that awaits such calls asks here once a round
+    and stops. Not to be called while unwinding (in a `finally` or an `except CancelledError`), where the
+    count is above 0 too; nor in a task that waited for an `asyncio.TaskGroup` one of whose tasks failed:
+    Python 3.11's leaves the cancel it made of that task counted (`EventConsumer._stop_if_stopping`).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
