@@ -1,5 +1,6 @@
 """The checkout saga against fakes of inventory and payments, with the real orders database (and, where what
-inventory stores decides the outcome, inventory's own service over real gRPC: `_with_real_inventory`).
+inventory answers on the wire decides the outcome, orders' own InventoryClient over real gRPC to a test servicer
+of inventory's contract: `_with_inventory_over_grpc`).
 
 Each test states an end-to-end invariant of the saga: what is charged, what stock is held, which event
 is in the outbox.
@@ -10,29 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 
-from shopmesh.inventory.v1 import inventory_pb2
+from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
-from shopmesh_chassis.db import Database, sqlite_url
-from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import eventually, serve_in_process
-from shopmesh_inventory.application import Inventory
-from shopmesh_inventory.migrations import VERSIONS as INVENTORY_VERSIONS
-from shopmesh_inventory.store.tables import metadata as inventory_metadata
-from shopmesh_inventory.store.tables import reservation_items as inventory_reservation_items
-from shopmesh_inventory.store.tables import reservations as inventory_reservations
-from shopmesh_inventory.wiring import binding as inventory_binding
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import InventoryClient
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderState, SagaStep
@@ -676,56 +671,118 @@ class Reachable:
         await self.client.release(reservation_id)
 
 
-@dataclass
-class RealInventory:
-    """Inventory's own service on its own database, answering orders' InventoryClient over a real gRPC socket."""
+# A ReservationState number this release of the contract has no name for: what a newer inventory storing a new
+# state (say ON_HOLD) puts on the wire to this release of orders.
+A_NEWER_RELEASES_STATE = inventory_pb2.ReservationState.ValueType(max(inventory_pb2.ReservationState.values()) + 1)
 
-    inventory: Inventory
-    database: Database
 
-    async def reserved(self, product_id: str) -> int:
-        [level] = await self.inventory.get_stock([product_id])
-        return level.reserved
+class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
+    """InventoryService as its contract describes the reservation calls, in memory, for orders' InventoryClient to
+    call over a real gRPC socket: Reserve replays the order's reservation whatever its state (the number stored,
+    even one this release cannot name) and reserves anew only for an order it has none for; Commit and Release
+    refuse what inventory refuses (FAILED_PRECONDITION, by state), and an id it does not have is NOT_FOUND,
+    RESERVATION_NOT_FOUND. Stock levels and expiry are left out: the tests set the states. Every Release is
+    recorded."""
+
+    def __init__(self) -> None:
+        self.reservations: dict[str, inventory_pb2.Reservation] = {}
+        self.released: list[str] = []
+
+    def of_order(self, order_id: str) -> inventory_pb2.Reservation | None:
+        return next((r for r in self.reservations.values() if r.order_id == order_id), None)
+
+    def held(self, product_id: str) -> int:
+        return sum(
+            i.quantity
+            for r in self.reservations.values()
+            if r.state == inventory_pb2.RESERVATION_STATE_PENDING
+            for i in r.items
+            if i.product_id == product_id
+        )
+
+    def _get(self, reservation_id: str) -> inventory_pb2.Reservation:
+        if reservation_id not in self.reservations:
+            raise errors.NotFound(
+                f"reservation {reservation_id!r} not found",
+                reason="RESERVATION_NOT_FOUND",
+                metadata={"reservation_id": reservation_id},
+            )
+        return self.reservations[reservation_id]
+
+    @staticmethod
+    def _refused(reservation: inventory_pb2.Reservation) -> errors.FailedPrecondition:
+        reason = {
+            inventory_pb2.RESERVATION_STATE_EXPIRED: "RESERVATION_EXPIRED",
+            inventory_pb2.RESERVATION_STATE_RELEASED: "RESERVATION_RELEASED",
+        }.get(reservation.state, "RESERVATION_STATE_UNKNOWN")
+        return errors.FailedPrecondition(
+            f"reservation {reservation.id!r}: {reason}", reason=reason, metadata={"reservation_id": reservation.id}
+        )
+
+    async def Reserve(self, request: inventory_pb2.ReserveRequest, context: Any) -> inventory_pb2.ReserveResponse:
+        reservation = self.of_order(request.order_id)
+        if reservation is None:
+            reservation = inventory_pb2.Reservation(
+                id=f"res_{uuid.uuid4().hex}",  # never an id it had before, as inventory
+                order_id=request.order_id,
+                items=request.items,
+                state=inventory_pb2.RESERVATION_STATE_PENDING,
+            )
+            self.reservations[reservation.id] = reservation
+        return inventory_pb2.ReserveResponse(reservation=reservation)
+
+    async def CommitReservation(
+        self, request: inventory_pb2.CommitReservationRequest, context: Any
+    ) -> inventory_pb2.CommitReservationResponse:
+        reservation = self._get(request.reservation_id)
+        if reservation.state == inventory_pb2.RESERVATION_STATE_PENDING:
+            reservation.state = inventory_pb2.RESERVATION_STATE_COMMITTED
+        elif reservation.state != inventory_pb2.RESERVATION_STATE_COMMITTED:
+            raise self._refused(reservation)
+        return inventory_pb2.CommitReservationResponse(reservation=reservation)
+
+    async def ReleaseReservation(
+        self, request: inventory_pb2.ReleaseReservationRequest, context: Any
+    ) -> inventory_pb2.ReleaseReservationResponse:
+        self.released.append(request.reservation_id)
+        reservation = self._get(request.reservation_id)
+        if reservation.state in (inventory_pb2.RESERVATION_STATE_PENDING, inventory_pb2.RESERVATION_STATE_COMMITTED):
+            reservation.state = inventory_pb2.RESERVATION_STATE_RELEASED
+        elif reservation.state not in (
+            inventory_pb2.RESERVATION_STATE_RELEASED,
+            inventory_pb2.RESERVATION_STATE_EXPIRED,
+        ):
+            # Releasing units a newer release may already have moved would count them twice.
+            raise self._refused(reservation)
+        return inventory_pb2.ReleaseReservationResponse(reservation=reservation)
 
 
 @contextlib.asynccontextmanager
-async def _with_real_inventory(clocked: Clocked, data_dir: Path) -> AsyncIterator[tuple[Clocked, RealInventory]]:
-    """`clocked` with inventory's service in place of the fake, on the saga's clock (an order's deadline is also
-    its reservation's there)."""
-    database = Database(sqlite_url(data_dir, "inventory"))
-    await migrate(database, INVENTORY_VERSIONS, inventory_metadata)
-    inventory = Inventory(database, clock=clocked.clock)
-    await inventory.seed_stock({"prod_a": 5})
-    try:
-        async with (
-            serve_in_process(clocked.settings, [inventory_binding(inventory)]) as server,
-            ResilientChannel(
-                server.address, [INVENTORY_SERVICE], ClientOptions(breaker=None, caller="orders")
-            ) as channel,
-        ):
-            port = Reachable(InventoryClient(channel.channel, timeout=5))
-            yield replace(clocked, inventory=port), RealInventory(inventory, database)  # type: ignore[arg-type]
-    finally:
-        await database.dispose()
+async def _with_inventory_over_grpc(clocked: Clocked) -> AsyncIterator[tuple[Clocked, InventoryOnTheWire]]:
+    """`clocked` with orders' InventoryClient in place of the fake, talking over real gRPC to `InventoryOnTheWire`
+    served by the chassis (what inventory answers is then what the client decodes, unknown enum numbers too)."""
+    inventory = InventoryOnTheWire()
+    binding = ServiceBinding(INVENTORY_SERVICE, inventory, inventory_pb2_grpc.add_InventoryServiceServicer_to_server)
+    async with (
+        serve_in_process(clocked.settings, [binding]) as server,
+        ResilientChannel(server.address, [INVENTORY_SERVICE], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        port = Reachable(InventoryClient(channel.channel, timeout=5))
+        yield replace(clocked, inventory=port), inventory  # type: ignore[arg-type]
 
 
 async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventory_cannot_name_the_reservation_state(
-    clocked: Clocked, payments: FakePayments, settings: OrdersSettings, tmp_path: Path
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings
 ) -> None:
     """Inventory replays the order's reservation in a state a newer release stored: whether it holds the stock
     is unknown, so nothing is charged against it and the order waits at the charge step (not charged, then
     stuck at the commit inventory refuses; nor cancelled as PAYMENT_UNAVAILABLE, which payments was not)."""
-    async with _with_real_inventory(clocked, tmp_path) as (clocked, real):
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
         app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
             clocked, clocked.inventory, payments
         )
-        async with real.database.transaction() as session:
-            # As a newer release of inventory stores a state this one cannot name (test_inventory_service).
-            await session.execute(
-                update(inventory_reservations)
-                .where(inventory_reservations.c.id == reservation_id)
-                .values(state="ON_HOLD")
-            )
+        # As a newer release of inventory stores, and replays, a state this one cannot name.
+        inventory.reservations[reservation_id].state = A_NEWER_RELEASES_STATE
         clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
         with pytest.raises(errors.Unavailable) as caught:
             await place(app, command())
@@ -737,32 +794,34 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventor
             None,
         )
         assert caught.value.reason == RESERVATION_IN_DOUBT
+        assert inventory.released == []
 
 
 async def test_a_retry_with_the_card_past_the_saga_deadline_releases_a_reservation_inventory_made_anew(
-    clocked: Clocked, payments: FakePayments, settings: OrdersSettings, tmp_path: Path
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings
 ) -> None:
     """Inventory replays an order's reservation whatever its state, and never deletes one; but if its row is
     gone (a restore, a clean-up), Reserve makes a new reservation for the order. That one is not the order's:
     the commit of the order's own would fail after the charge, and the new hold would linger until it expires.
     The saga gives it back and cancels without charging."""
-    async with _with_real_inventory(clocked, tmp_path) as (clocked, real):
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
         app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
             clocked, clocked.inventory, payments
         )
         clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 10)
-        assert await real.inventory.sweep_expired() == 1
-        async with real.database.transaction() as session:
-            for table in (inventory_reservation_items, inventory_reservations):
-                key = table.c.reservation_id if table is inventory_reservation_items else table.c.id
-                await session.execute(delete(table).where(key == reservation_id))
+        del inventory.reservations[reservation_id]  # Its row is gone.
         with pytest.raises(errors.FailedPrecondition) as caught:
             await place(app, command())
         assert caught.value.reason == "RESERVATION_EXPIRED"
         order = await app.get_order(order_id)
         assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.RESERVATION_EXPIRED)
         assert (payments.charge_calls, payments.refunds) == (0, [])
-        assert await real.reserved("prod_a") == 0
+        made_anew = inventory.of_order(order_id)
+        assert made_anew is not None
+        assert made_anew.id != reservation_id
+        # The new hold given back; then compensation's release of the order's own, which inventory no longer has.
+        assert inventory.released == [made_anew.id, reservation_id]
+        assert (made_anew.state, inventory.held("prod_a")) == (inventory_pb2.RESERVATION_STATE_RELEASED, 0)
 
 
 @pytest.mark.parametrize("lapsed", ["EXPIRED", "RELEASED"])
