@@ -485,6 +485,30 @@ async def test_a_crash_that_coincides_with_ctrl_c_still_exits_1_naming_the_proce
     assert "error: traces exited unexpectedly (killed by SIGKILL); its last" in said
 
 
+async def test_a_second_ctrl_c_during_the_stop_kills_the_rest_and_blames_no_process(tmp_path: Path) -> None:
+    """Ctrl-C twice: the second kills every process still running, NATS too before its turn to stop; those
+    SIGKILLs are the launcher's own, not crashes (exit 0, no "exited unexpectedly")."""
+    async with launched(tmp_path / "data", "--services", "", "--http-port", "0") as (process, lines):
+        traces = int(table_rows(lines)["traces"]["pid"])
+        # The sink held (SIGSTOP) cannot end on the stop's SIGTERM, so the stop waits at it, NATS still to come.
+        os.kill(traces, signal.SIGSTOP)
+        process.send_signal(signal.SIGINT)
+        await eventually(lambda: sigterm_pending(traces), "the stop's SIGTERM waiting at the held trace sink")
+        process.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    said = rest.decode()
+    assert "again: killing everything now" in said, said
+    assert "exited unexpectedly" not in said, said
+    assert process.returncode == 0, said
+
+
+def sigterm_pending(pid: int) -> bool:
+    """Whether SIGTERM waits, undelivered, at the (stopped) process: its bit in /proc's shared pending mask."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    pending = int(next(line.split()[1] for line in status.splitlines() if line.startswith("ShdPnd:")), 16)
+    return bool(pending & (1 << (signal.SIGTERM - 1)))
+
+
 def traces_line(stack: Stack) -> str:
     return next(line for line in run.banner(stack, ["catalog"]).splitlines() if line.startswith("Traces:"))
 

@@ -1177,7 +1177,10 @@ class Stack:
         if process is None:
             return None
         child.stopping = True
-        child.killed = sig == signal.SIGKILL
+        if sig == signal.SIGKILL:
+            # Only ever set here: a kill_all (a second Ctrl-C) may have SIGKILLed the process before its turn,
+            # and its -9 is then the stack's own doing, not a crash.
+            child.killed = True
         if process.returncode is None:
             signal_child(process, sig)
             limit = self.stop_timeout if timeout is None else timeout
