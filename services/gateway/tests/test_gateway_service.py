@@ -489,7 +489,7 @@ async def test_orders_validation_errors_keep_the_clients_field_paths(shop: Shop,
 
 async def test_the_total_the_customer_confirmed_reaches_orders(shop: Shop, fakes: Fakes) -> None:
     """expected_total is the customer's consent to a price: a gateway that dropped it would have orders charge
-    whatever the price is now. A total one cent off the real one is refused PRICE_CHANGED, as orders said it,
+    whatever the price is now. A total of one cent, not the real one, is refused PRICE_CHANGED, as orders said it,
     with the real total; that total, sent back, places the order."""
     auth = token_for(fakes)
     stale = order_request()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import CachedCatalog
-from shopmesh_orders.domain.ports import PricedProduct
+from shopmesh_orders.domain.ports import DependencyDown, PricedProduct
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
@@ -300,18 +301,7 @@ async def test_a_customer_who_saw_catalogs_new_price_is_not_refused_for_the_pric
     the old one. Compared with the remembered price only, the customer was refused PRICE_CHANGED with the old
     total, and the cart, refreshed from catalog, sent the new one again: refused until the memory expired.
     A mismatch asks catalog itself before it refuses."""
-    cached = CachedCatalog(catalog, ttl_seconds=30, max_products=100, timer=lambda: 0.0)
-    app = OrdersApplication(database, cached, SagaDriver(database, inventory, payments, settings))
-    binding = ServiceBinding(
-        DESCRIPTOR,
-        OrdersServicer(app, RequestFingerprint(b"k" * 32)),
-        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
-    )
-    async with (
-        serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, caller="gateway")) as channel,
-    ):
-        stub = orders_pb2_grpc.OrdersServiceStub(channel.channel)
+    async with orders_remembering_prices(settings, database, catalog, inventory, payments) as stub:
         await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-warm"))  # 12.50 remembered
         catalog.products["prod_a"] = PricedProduct("prod_a", "Product A", 1300, "USD")
 
@@ -326,3 +316,59 @@ async def test_a_customer_who_saw_catalogs_new_price_is_not_refused_for_the_pric
         assert details.reason == "PRICE_CHANGED"
         assert details.error_info is not None
         assert details.error_info.metadata["current_total_minor"] == "1400"
+
+
+@contextlib.asynccontextmanager
+async def orders_remembering_prices(
+    settings: OrdersSettings,
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
+    """Orders with its price memory (CachedCatalog) on a held clock: a price, once asked, is never forgotten."""
+    cached = CachedCatalog(catalog, ttl_seconds=30, max_products=100, timer=lambda: 0.0)
+    app = OrdersApplication(database, cached, SagaDriver(database, inventory, payments, settings))
+    binding = ServiceBinding(
+        DESCRIPTOR,
+        OrdersServicer(app, RequestFingerprint(b"k" * 32)),
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
+    )
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, caller="gateway")) as channel,
+    ):
+        yield orders_pb2_grpc.OrdersServiceStub(channel.channel)
+
+
+class CatalogAway(FakeCatalog):
+    """Catalog restarting: every call UNAVAILABLE (the DependencyDown orders' client makes of it) while `away`."""
+
+    away: bool = False
+
+    async def price(self, product_ids: Sequence[str], *, fresh: bool = False) -> dict[str, PricedProduct]:
+        if self.away:
+            raise DependencyDown("catalog away")
+        return await super().price(product_ids, fresh=fresh)
+
+
+async def test_a_total_that_differs_while_catalog_is_away_is_refused_on_the_remembered_prices_not_unavailable(
+    settings: OrdersSettings, database: Database, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    """Checkouts go on while catalog restarts, on the prices orders remembers. A total that differs from them
+    cannot be confirmed with catalog then: PRICE_CHANGED naming the remembered total (nothing is stored yet),
+    which the customer can confirm and be charged; not UNAVAILABLE for the whole checkout."""
+    catalog = CatalogAway({"prod_a": PricedProduct("prod_a", "Product A", 1250, "USD")})
+    async with orders_remembering_prices(settings, database, catalog, inventory, payments) as stub:
+        await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-warm"))  # 12.50 remembered
+        catalog.away = True
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PlaceOrder(expecting(1300), metadata=idempotency_metadata("k-away"))
+        details = details_of(caught.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PRICE_CHANGED")
+        assert details.error_info is not None
+        assert details.error_info.metadata["current_total_minor"] == "1250"
+        assert payments.charge_calls == 1
+
+        placed = await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-away"))
+        assert (placed.order.state, placed.order.total.amount_minor) == (orders_pb2.ORDER_STATE_CONFIRMED, 1250)

@@ -78,7 +78,12 @@ class OrdersApplication:
         if not matches_expected_total(lines, command.expected_total):
             # The prices may be ones remembered from catalog a little while ago (CachedCatalog), and the
             # customer may have seen catalog's newer ones: only catalog's own answer can refuse the order.
-            lines = await self._price(command, fresh=True)
+            # With catalog away (a restart), the remembered prices refuse it: nothing is stored yet, and the
+            # total they name is one the order can then be placed at, as checkouts go on while catalog restarts.
+            try:
+                lines = await self._price(command, fresh=True)
+            except errors.Unavailable:
+                log.info("catalog cannot confirm the prices: PlaceOrder is refused on the remembered ones")
             check_expected_total(lines, command.expected_total)
         now = self._clock()
         order = Order(
