@@ -131,6 +131,12 @@ def test_every_bad_variable_is_listed_on_one_line(monkeypatch: pytest.MonkeyPatc
             "Infinity",
             "='Infinity': Input should be a finite number",
         ),
+        (
+            "CONSUMER_HANDBACK_MAX_SECONDS",
+            "Infinity",
+            "='Infinity': Input should be a finite number",
+        ),
+        ("CONSUMER_HANDBACK_MAX_SECONDS", "0", "='0': Input should be greater than or equal to 1"),
     ],
 )
 def test_consumer_delays_must_be_ones_jetstream_can_take(

@@ -1,11 +1,13 @@
 """Rolling updates with mixed releases of a consumer: the shared durable is never narrowed by an older
-replica, an event of a subject a replica does not handle goes back to one that does, and a subject is
-dropped only when a release retires it by name."""
+replica, an event of a subject a replica does not handle goes back to one that does (for a bounded time,
+then it is parked), and a subject is dropped only when a release retires it by name."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,12 +18,14 @@ from prometheus_client import CollectorRegistry
 
 from shopmesh_chassis.consumer import Event, EventConsumer
 from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.deadletters import REPLAY_STREAM, DeadLetters, replay_durable
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
 
 from .consumer_kit import applied, client, consumer, db, record, until_applied
 from .test_consumer import messages_parked
+from .test_dead_letters import parked
 
 __all__ = ["client", "db"]  # fixtures, used by name
 
@@ -47,6 +51,35 @@ async def subscribed(running: EventConsumer) -> None:
 def outcomes(registry: CollectorRegistry, subject: str, outcome: str) -> float:
     labels = {"consumer": "tester", "subject": subject, "outcome": outcome}
     return registry.get_sample_value("shopmesh_events_consumed_total", labels) or 0.0
+
+
+# Past the 120 s bound the tests set, however long the test took from holding the clock to publishing.
+PAST_THE_BOUND = 180
+
+
+class HeldClock:
+    """The consumer's wall clock, held where the test puts it (the stream's timestamps run on)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def ack_pending(client: Client) -> int:
+    return (await client.jetstream().consumer_info("THINGS", "tester")).num_ack_pending or 0
+
+
+async def run_newer_release_once(db: Database, nats_srv: NatsServer) -> None:
+    """The newer release ran first: the durable consumes both subjects."""
+    first = consumer(db, nats_srv.url, record, subjects=NEW)
+    first.start()
+    await subscribed(first)
+    await first.stop()
 
 
 async def test_an_older_replica_starting_after_a_newer_one_does_not_narrow_the_durable(
@@ -217,3 +250,136 @@ async def test_subjects_that_one_filter_covers_are_kept_once(
     await wide.stop()
     assert await durable_filter(client) == ["things.v1.>"]
     assert not [r for r in caplog.records if "interrupted" in r.getMessage()]
+
+
+async def test_an_older_replica_alone_hands_an_event_back_within_the_bound_and_parks_it_past_it(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    await run_newer_release_once(db, nats_srv)
+    clock = HeldClock()
+    registry = CollectorRegistry()
+    older = consumer(
+        db,
+        nats_srv.url,
+        record,
+        subjects=OLD,
+        handback_seconds=(0.05,),
+        handback_max_seconds=120,
+        clock=clock,
+        metrics=EventMetrics(registry),
+    )
+    older.start()
+    await publish_on(client, CHANGED, "c1")
+    # Within the bound it goes round and round, past its whole hand-back schedule, and is not parked.
+    await eventually(lambda: outcomes(registry, CHANGED, "handed_back") >= 3, "c1 handed back three times")
+    assert await messages_parked(client) == 0
+    clock.advance(PAST_THE_BOUND)
+    [letter] = await parked(client, 1)
+    await older.stop()
+    assert (letter.consumer, letter.subject, letter.event_id, letter.attempts) == ("tester", CHANGED, "c1", 0)
+    said = re.fullmatch(
+        rf"subject {re.escape(CHANGED)} is not consumed by this release \(handed back for (\d+) s\)", letter.error
+    )
+    assert said is not None, letter.error
+    assert 120 <= int(said[1]) <= PAST_THE_BOUND
+    assert outcomes(registry, CHANGED, "dead_lettered") == 1
+    assert await applied(db) == Counter()
+    assert await ack_pending(client) == 0  # parked and acknowledged: it holds no slot of the durable's any more
+
+
+async def test_an_event_first_delivered_past_the_bound_is_handed_back_at_each_delay_before_it_is_parked(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    # A backlog (the consumer was down): its events are older than the bound at their first delivery, and
+    # a newer replica running beside this one still gets a few chances at each.
+    await run_newer_release_once(db, nats_srv)
+    clock = HeldClock()
+    clock.advance(PAST_THE_BOUND)
+    registry = CollectorRegistry()
+    older = consumer(
+        db,
+        nats_srv.url,
+        record,
+        subjects=OLD,
+        handback_seconds=(0.05, 0.05, 0.05),
+        handback_max_seconds=120,
+        clock=clock,
+        metrics=EventMetrics(registry),
+    )
+    older.start()
+    await publish_on(client, CHANGED, "c1")
+    await parked(client, 1)
+    await older.stop()
+    assert (outcomes(registry, CHANGED, "handed_back"), outcomes(registry, CHANGED, "dead_lettered")) == (3, 1)
+
+
+async def test_events_handed_back_past_the_bound_do_not_stall_the_replicas_own_events(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    # A full rollback while the newer subject is still published, with max_ack_pending 5 standing for 1000.
+    await run_newer_release_once(db, nats_srv)
+    clock = HeldClock()
+    registry = CollectorRegistry()
+    older = consumer(
+        db,
+        nats_srv.url,
+        record,
+        subjects=OLD,
+        handback_seconds=(0.05,),
+        handback_max_seconds=120,
+        max_ack_pending=5,
+        clock=clock,
+        metrics=EventMetrics(registry),
+    )
+    older.start()
+    await subscribed(older)
+    assert (await client.jetstream().consumer_info("THINGS", "tester")).config.max_ack_pending == 5
+    for number in range(8):
+        await publish_on(client, CHANGED, f"c{number}")
+    await publish_on(client, HAPPENED, "h1")
+    # Five handed back fill the durable's slots, each coming back again: the server delivers nothing else.
+    await eventually(lambda: outcomes(registry, CHANGED, "handed_back") >= 15, "five slots handed back thrice")
+    assert await ack_pending(client) == 5
+    assert await applied(db) == Counter()
+    clock.advance(PAST_THE_BOUND)
+    # Before, they were handed back until the stream's max age (days), and h1 waited all that time.
+    await until_applied(db, Counter({"h1": 1}))
+    await parked(client, 8)
+    await older.stop()
+
+
+async def test_a_parked_handed_back_event_is_replayed_and_applied_once_by_a_newer_replica(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    await run_newer_release_once(db, nats_srv)
+    clock = HeldClock()
+    older = consumer(
+        db, nats_srv.url, record, subjects=OLD, handback_seconds=(0.05,), handback_max_seconds=120, clock=clock
+    )
+    older.start()
+    await publish_on(client, CHANGED, "c1")
+    clock.advance(PAST_THE_BOUND)
+    [letter] = await parked(client, 1)
+    await older.stop()
+    registry = CollectorRegistry()
+    newer = consumer(db, nats_srv.url, record, subjects=NEW, metrics=EventMetrics(registry))
+    newer.start()
+    await subscribed(newer)
+    await DeadLetters(client.jetstream()).replay(letter.sequence)
+    await until_applied(db, Counter({"c1": 1}))
+
+    async def settled() -> bool:
+        # Nothing of c1 left to deliver on either durable: the original was acknowledged when parked, the
+        # replay when applied.
+        js = client.jetstream()
+        states = [
+            await js.consumer_info("THINGS", "tester"),
+            await js.consumer_info(REPLAY_STREAM, replay_durable("tester")),
+        ]
+        return all((state.num_pending, state.num_ack_pending) == (0, 0) for state in states)
+
+    await eventually(settled, "both durables settled")
+    await newer.stop()
+    assert await applied(db) == Counter({"c1": 1})
+    assert await DeadLetters(client.jetstream()).list() == []
+    assert (outcomes(registry, CHANGED, "applied"), outcomes(registry, CHANGED, "duplicate")) == (1, 0)

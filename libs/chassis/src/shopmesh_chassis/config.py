@@ -289,6 +289,11 @@ class ConsumerSettings(EventSettings):
     # Messages handed to a consumer that dies unacknowledged come back after this long; it must exceed
     # the time a batch of 20 events takes to handle.
     consumer_ack_wait_seconds: float = Field(default=30.0, ge=1, le=86400, allow_inf_nan=False)
+    # An event of a subject this release does not consume (a newer release's, mid-rollout) is handed back
+    # for a replica that does for at most this long after it was stored, then parked as a dead letter: each
+    # one handed back stays ack-pending on the durable, and a full rollback would otherwise fill the
+    # durable's max_ack_pending with them and stall the events this release does consume.
+    consumer_handback_max_seconds: float = Field(default=120.0, ge=1, le=86400, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _some_backoff(self) -> ConsumerSettings:

@@ -14,7 +14,9 @@ Replicas of two releases share the durable during a rolling update (or a rollbac
 narrows it: at start it widens the durable's filter to the union of what it finds and its own subjects,
 and drops only the subjects its release retires by name (`retired_subjects`). A message of a subject it
 does not handle (a newer release's) is handed back with a delay for a replica that does, neither applied
-nor counted as an attempt; one of a retired subject is acknowledged unapplied.
+nor counted as an attempt, for `handback_max_seconds` after it was stored, then parked as a dead letter (a
+message handed back stays ack-pending, and `max_ack_pending` of them would stall the durable); one of a
+retired subject is acknowledged unapplied.
 
 Applied event ids are forgotten once older than `processed_retention_seconds`, which must be at least the
 stream's `stream_max_age_seconds` (EventSettings checks it): while a message is on the stream it may be
@@ -87,6 +89,14 @@ _KEPT_FOR_DEAD_LETTERS = 5_000
 _FILTER_ROUNDS = 3
 # A replica handed events it cannot apply (a full rollback) says so once per subject, then at most this often.
 _HANDBACK_REPEAT_SECONDS = 60.0
+# The most messages the durable has delivered and not yet had acknowledged (JetStream's default, set here so
+# the limit is in sight): past it the server delivers nothing more. A message handed back or retried with a
+# delay counts until it is settled, which is why a hand-back is bounded in time (handback_max_seconds).
+MAX_ACK_PENDING = 1000
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _tokens_cover(pattern: list[str], subject: list[str]) -> bool:
@@ -173,6 +183,7 @@ class EventConsumer:
             max_attempts=settings.consumer_max_attempts,
             backoff_seconds=settings.consumer_backoff_seconds,
             ack_wait_seconds=settings.consumer_ack_wait_seconds,
+            handback_max_seconds=settings.consumer_handback_max_seconds,
             duplicate_window_seconds=settings.nats_duplicate_window_seconds,
             metrics=metrics,
             stream_max_age_seconds=settings.nats_stream_max_age_seconds,
@@ -195,6 +206,9 @@ class EventConsumer:
         max_attempts: int = 5,
         backoff_seconds: Sequence[float] = (0.5, 1.0, 2.0, 5.0, 10.0),
         handback_seconds: Sequence[float] = (2.0, 5.0, 15.0, 30.0),
+        handback_max_seconds: float = 120.0,
+        max_ack_pending: int = MAX_ACK_PENDING,
+        clock: Callable[[], datetime] = _utcnow,
         batch_size: int = 20,
         ack_wait_seconds: float = 30.0,
         duplicate_window_seconds: float = 900.0,
@@ -227,8 +241,17 @@ class EventConsumer:
         # (the last repeats): short while a newer replica likely runs, then slower, so a full rollback leaves
         # such messages coming back a few times a minute rather than spinning.
         self._handback = list(handback_seconds)
-        # Per subject handed back: when that was last logged, and how many since.
-        self._handed_back_said: dict[str, tuple[float, int]] = {}
+        # How long after it was stored (its stream timestamp, the same on every delivery, to every replica,
+        # across restarts) such a message is still handed back; past it, once it has been handed back at
+        # each delay of the schedule (so an event first delivered late, from a backlog, still gets a few
+        # chances at a newer replica), it is parked.
+        self._handback_max = handback_max_seconds
+        self._max_ack_pending = max_ack_pending
+        # Wall-clock UTC, compared with the stream's timestamps.
+        self._clock = clock
+        # Per subject and what was done with it (handed back, retired, parked): when that was last logged,
+        # and how many since.
+        self._handed_back_said: dict[tuple[str, str], tuple[float, int]] = {}
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
         self._duplicate_window = duplicate_window_seconds
@@ -409,6 +432,7 @@ class EventConsumer:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._ack_wait,
+            max_ack_pending=self._max_ack_pending,
             # Redelivery is bounded by our own count (then the dead-letter stream), not the server's: a
             # message held back while the database is away must come back however long the outage lasts.
             # No server-side backoff either: each nak says its own delay.
@@ -592,32 +616,55 @@ class EventConsumer:
         the release stopped consuming it on purpose (a replica of an earlier one put it back on the durable).
         Any other is a newer release's, which shares the durable during a rollout: handed back for one of its
         replicas, not counted as an attempt (it is not at fault), and coming back at the handback delay
-        for as long as no such replica runs (a full rollback), until the stream's max age drops it."""
+        while no such replica takes it, for `handback_max_seconds` after it was stored. Then it is parked
+        for an operator to replay once such a release runs: until settled it holds one of the durable's
+        `max_ack_pending` slots, and in a full rollback enough of them would stop every delivery."""
         if any(covers(retired, event.subject) for retired in self._retired):
             await message.ack()
             self._forget(message)
             self._count(event, "retired")
             self._say_not_handled(event, "acknowledges without applying them: its release retired the subject")
             return
+        waited = self._handed_back_for(message)
+        if waited is not None and waited >= self._handback_max and event.attempt > len(self._handback):
+            error = f"subject {event.subject} is not consumed by this release (handed back for {waited:.0f} s)"
+            await self._park(message, event, error, attempts=0, say=False)
+            self._say_not_handled(
+                event,
+                f"parks them as dead letters once handed back for {self._handback_max:g} s (replay them once a "
+                "release that consumes the subject runs)",
+                level=logging.ERROR,
+            )
+            return
         delay = self._handback[min(event.attempt - 1, len(self._handback) - 1)]
         await message.nak(delay=delay)
         self._count(event, "handed_back")
         self._say_not_handled(
             event,
-            "hands them back for a replica of a release that consumes the subject (they wait for one, "
-            "up to the stream's max age)",
+            "hands them back for a replica of a release that consumes the subject (each waits for one "
+            f"up to {self._handback_max:g} s after it was published, then is parked as a dead letter)",
         )
 
-    def _say_not_handled(self, event: Event, what: str) -> None:
-        """One line per subject, then at most one a minute with how many since: in a full rollback every
-        such message comes back a few times a minute, for days."""
+    def _handed_back_for(self, message: Msg) -> float | None:
+        """Seconds since the message was stored, by the stream's timestamp: the same on every delivery and
+        to every replica, so the bound holds across replicas and restarts, where a count of this process'
+        own would start over at each."""
+        if message.metadata is None or message.metadata.timestamp is None:
+            return None
+        return (self._clock() - message.metadata.timestamp).total_seconds()
+
+    def _say_not_handled(self, event: Event, what: str, *, level: int = logging.WARNING) -> None:
+        """One line per subject and outcome, then at most one a minute with how many since: in a full
+        rollback every such message comes back a few times a minute until it is parked."""
         now = time.monotonic()
-        said, since = self._handed_back_said.get(event.subject, (None, 0))
+        key = (event.subject, what)
+        said, since = self._handed_back_said.get(key, (None, 0))
         if said is not None and now - said < _HANDBACK_REPEAT_SECONDS:
-            self._handed_back_said[event.subject] = (said, since + 1)
+            self._handed_back_said[key] = (said, since + 1)
             return
-        self._handed_back_said[event.subject] = (now, 0)
-        log.warning(
+        self._handed_back_said[key] = (now, 0)
+        log.log(
+            level,
             "consumer %s does not handle %s events and %s (%d more since the last line; latest: event %s)",
             self._durable,
             event.subject,
@@ -736,13 +783,11 @@ class EventConsumer:
             )
             self._database_away_since = None
 
-    async def _failed(self, message: Msg, event: Event, error: Exception) -> None:
-        # Deliveries that met an unreachable database were no attempt of the handler's on this message.
-        key = self._delivery(message)
-        attempts = (self._failures.get(key, 0) if key is not None else event.attempt - 1) + 1
-        self._remember(self._failures, key, attempts)
-        if attempts >= self._max_attempts:
-            where = parked_subject(self._durable, event.subject)
+    async def _park(self, message: Msg, event: Event, error: str, *, attempts: int, say: bool = True) -> None:
+        """Move the message to the dead-letter stream with why (`error`) and the handler's attempts on it,
+        then acknowledge it; `say` False when the caller logs it its own way."""
+        where = parked_subject(self._durable, event.subject)
+        if say:
             log.error(
                 "event %s failed %d times, parking it on %s: %s",
                 event.event_id,
@@ -751,24 +796,32 @@ class EventConsumer:
                 error,
                 extra={"event_id": event.event_id},
             )
-            assert self._client is not None
-            # The park's id names the delivery that failed (stream and sequence): the same delivery parked
-            # twice (a crash before the ack) is one dead letter, while the same event parked again after a
-            # replay within the duplicate window is a new one, not dropped as a duplicate.
-            delivery = f"{message.metadata.stream}:{message.metadata.sequence.stream}" if message.metadata else ""
-            headers = {
-                **{k: v for k, v in event.headers.items() if k != MSG_ID},
-                MSG_ID: f"{self._durable}:{event.event_id}:{delivery}",
-                ORIGINAL_SUBJECT: event.subject,
-                ORIGINAL_EVENT_ID: event.event_id,
-                ERROR: error_header(f"{type(error).__name__}: {error}"),
-                ATTEMPTS: str(attempts),
-            }
-            await self._client.jetstream().publish(where, event.payload, headers=headers)
-            await message.ack()
-            self._forget(message)
-            self._count(event, "dead_lettered")
-            self._parked.set()
+        assert self._client is not None
+        # The park's id names the delivery that failed (stream and sequence): the same delivery parked
+        # twice (a crash before the ack) is one dead letter, while the same event parked again after a
+        # replay within the duplicate window is a new one, not dropped as a duplicate.
+        delivery = f"{message.metadata.stream}:{message.metadata.sequence.stream}" if message.metadata else ""
+        headers = {
+            **{k: v for k, v in event.headers.items() if k != MSG_ID},
+            MSG_ID: f"{self._durable}:{event.event_id}:{delivery}",
+            ORIGINAL_SUBJECT: event.subject,
+            ORIGINAL_EVENT_ID: event.event_id,
+            ERROR: error_header(error),
+            ATTEMPTS: str(attempts),
+        }
+        await self._client.jetstream().publish(where, event.payload, headers=headers)
+        await message.ack()
+        self._forget(message)
+        self._count(event, "dead_lettered")
+        self._parked.set()
+
+    async def _failed(self, message: Msg, event: Event, error: Exception) -> None:
+        # Deliveries that met an unreachable database were no attempt of the handler's on this message.
+        key = self._delivery(message)
+        attempts = (self._failures.get(key, 0) if key is not None else event.attempt - 1) + 1
+        self._remember(self._failures, key, attempts)
+        if attempts >= self._max_attempts:
+            await self._park(message, event, f"{type(error).__name__}: {error}", attempts=attempts)
             return
         delay = self._backoff[min(attempts - 1, len(self._backoff) - 1)]
         log.warning(
