@@ -19,7 +19,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import CachedCatalog
-from shopmesh_orders.domain.ports import DependencyDown, PricedProduct
+from shopmesh_orders.domain.ports import Catalog, DependencyDown, PricedProduct
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
@@ -27,10 +27,11 @@ from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
 from .conftest import FakeCatalog, FakeInventory, FakePayments
 
 
-@pytest.fixture
-async def stub(
-    settings: OrdersSettings, database: Database, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments
+@contextlib.asynccontextmanager
+async def serving_orders(
+    settings: OrdersSettings, database: Database, catalog: Catalog, inventory: FakeInventory, payments: FakePayments
 ) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
+    """Orders' service over a real socket, on these ports to its neighbours."""
     app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
     binding = ServiceBinding(
         DESCRIPTOR,
@@ -42,6 +43,14 @@ async def stub(
         ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, caller="gateway")) as channel,
     ):
         yield orders_pb2_grpc.OrdersServiceStub(channel.channel)
+
+
+@pytest.fixture
+async def stub(
+    settings: OrdersSettings, database: Database, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments
+) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
+    async with serving_orders(settings, database, catalog, inventory, payments) as served:
+        yield served
 
 
 def request(card: str = "4242424242424242", user_id: str = "usr_1") -> orders_pb2.PlaceOrderRequest:
@@ -328,17 +337,8 @@ async def orders_remembering_prices(
 ) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
     """Orders with its price memory (CachedCatalog) on a held clock: a price, once asked, is never forgotten."""
     cached = CachedCatalog(catalog, ttl_seconds=30, max_products=100, timer=lambda: 0.0)
-    app = OrdersApplication(database, cached, SagaDriver(database, inventory, payments, settings))
-    binding = ServiceBinding(
-        DESCRIPTOR,
-        OrdersServicer(app, RequestFingerprint(b"k" * 32)),
-        orders_pb2_grpc.add_OrdersServiceServicer_to_server,
-    )
-    async with (
-        serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, caller="gateway")) as channel,
-    ):
-        yield orders_pb2_grpc.OrdersServiceStub(channel.channel)
+    async with serving_orders(settings, database, cached, inventory, payments) as served:
+        yield served
 
 
 class CatalogAway(FakeCatalog):
