@@ -137,12 +137,15 @@ def test_every_bad_variable_is_listed_on_one_line(monkeypatch: pytest.MonkeyPatc
             "='Infinity': Input should be a finite number",
         ),
         ("CONSUMER_HANDBACK_MAX_SECONDS", "0", "='0': Input should be greater than or equal to 1"),
+        ("CONSUMER_MAX_ACK_PENDING", "0", "='0': Input should be greater than or equal to 1"),
+        ("CONSUMER_MAX_ACK_PENDING", "1e9", "='1e9': Input should be a valid integer"),
     ],
 )
-def test_consumer_delays_must_be_ones_jetstream_can_take(
+def test_consumer_settings_must_be_ones_jetstream_can_take(
     variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """JetStream takes delays in nanoseconds: NaN, infinity or 1e300 would fail deep inside nats-py."""
+    """JetStream takes delays in nanoseconds (NaN, infinity or 1e300 would fail deep inside nats-py) and a
+    max_ack_pending of at least 1."""
     monkeypatch.setenv("SERVICE_NAME", "svc")
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as caught:

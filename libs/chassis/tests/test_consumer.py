@@ -147,6 +147,7 @@ async def test_a_consumer_built_from_settings_parks_after_consumer_max_attempts(
         nats_url=nats_srv.url,
         consumer_max_attempts=2,
         consumer_backoff_seconds=(0.05,),
+        consumer_max_ack_pending=50,
     )
     deliveries: list[int] = []
 
@@ -175,6 +176,8 @@ async def test_a_consumer_built_from_settings_parks_after_consumer_max_attempts(
     assert message.headers is not None
     assert message.headers["Shopmesh-Attempts"] == "2"
     assert deliveries == [1, 2]
+    # CONSUMER_MAX_ACK_PENDING: what an account whose JetStream limits cap it lower can match.
+    assert (await client.jetstream().consumer_info("THINGS", "tester")).config.max_ack_pending == 50
     await running.stop()
 
 

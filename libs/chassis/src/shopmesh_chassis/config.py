@@ -290,10 +290,15 @@ class ConsumerSettings(EventSettings):
     # the time a batch of 20 events takes to handle.
     consumer_ack_wait_seconds: float = Field(default=30.0, ge=1, le=86400, allow_inf_nan=False)
     # An event of a subject this release does not consume (a newer release's, mid-rollout) is handed back
-    # for a replica that does for at most this long after it was stored, then parked as a dead letter: each
-    # one handed back stays ack-pending on the durable, and a full rollback would otherwise fill the
-    # durable's max_ack_pending with them and stall the events this release does consume.
+    # for a replica that does for at least this long after it was stored; past it, it is parked as a dead
+    # letter once the durable is short of slots: each one handed back stays ack-pending on the durable, and
+    # a full rollback would otherwise fill the durable's max_ack_pending with them and stall the events this
+    # release does consume.
     consumer_handback_max_seconds: float = Field(default=120.0, ge=1, le=86400, allow_inf_nan=False)
+    # The most messages the durable holds delivered and unsettled (JetStream's max_ack_pending): past it the
+    # server delivers nothing more. Overdue handed-back events are parked once half of it is taken. Set it to
+    # what the account's JetStream limits allow when they cap it below 1000.
+    consumer_max_ack_pending: int = Field(default=1000, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _some_backoff(self) -> ConsumerSettings:

@@ -14,9 +14,10 @@ Replicas of two releases share the durable during a rolling update (or a rollbac
 narrows it: at start it widens the durable's filter to the union of what it finds and its own subjects,
 and drops only the subjects its release retires by name (`retired_subjects`). A message of a subject it
 does not handle (a newer release's) is handed back with a delay for a replica that does, neither applied
-nor counted as an attempt, for `handback_max_seconds` after it was stored, then parked as a dead letter (a
-message handed back stays ack-pending, and `max_ack_pending` of them would stall the durable); one of a
-retired subject is acknowledged unapplied.
+nor counted as an attempt. Past `handback_max_seconds` after it was stored it is parked as a dead letter,
+but only when the durable is short of slots (a message handed back stays ack-pending, and
+`max_ack_pending` of them would stall the durable) and the database is not away; else it is handed back
+again. One of a retired subject is acknowledged unapplied.
 
 Applied event ids are forgotten once older than `processed_retention_seconds`, which must be at least the
 stream's `stream_max_age_seconds` (EventSettings checks it): while a message is on the stream it may be
@@ -91,8 +92,19 @@ _FILTER_ROUNDS = 3
 _HANDBACK_REPEAT_SECONDS = 60.0
 # The most messages the durable has delivered and not yet had acknowledged (JetStream's default, set here so
 # the limit is in sight): past it the server delivers nothing more. A message handed back or retried with a
-# delay counts until it is settled, which is why a hand-back is bounded in time (handback_max_seconds).
+# delay counts until it is settled, which is why a hand-back past handback_max_seconds is parked once the
+# durable is short of slots.
 MAX_ACK_PENDING = 1000
+# How long a read of the durable's ack-pending count is good for when a park is considered (the default of
+# `slots_read_seconds`): at most one request per this long per durable, however many overdue messages come by.
+SLOTS_READ_SECONDS = 5.0
+# Short of slots: at least this share of max_ack_pending unsettled. Half leaves the rest for the replicas'
+# own events while parking starts well before the stall.
+_SHORT_OF_SLOTS = 0.5
+# A stream timestamp this far ahead of the replica's clock is skew (the replica's or NATS'), said once a
+# minute at most: the hand-back bound is measured across the two clocks.
+_SKEW_SECONDS = 5.0
+_SKEW_REPEAT_SECONDS = 60.0
 
 
 def _utcnow() -> datetime:
@@ -184,6 +196,7 @@ class EventConsumer:
             backoff_seconds=settings.consumer_backoff_seconds,
             ack_wait_seconds=settings.consumer_ack_wait_seconds,
             handback_max_seconds=settings.consumer_handback_max_seconds,
+            max_ack_pending=settings.consumer_max_ack_pending,
             duplicate_window_seconds=settings.nats_duplicate_window_seconds,
             metrics=metrics,
             stream_max_age_seconds=settings.nats_stream_max_age_seconds,
@@ -208,6 +221,7 @@ class EventConsumer:
         handback_seconds: Sequence[float] = (2.0, 5.0, 15.0, 30.0),
         handback_max_seconds: float = 120.0,
         max_ack_pending: int = MAX_ACK_PENDING,
+        slots_read_seconds: float = SLOTS_READ_SECONDS,
         clock: Callable[[], datetime] = _utcnow,
         batch_size: int = 20,
         ack_wait_seconds: float = 30.0,
@@ -242,11 +256,20 @@ class EventConsumer:
         # such messages coming back a few times a minute rather than spinning.
         self._handback = list(handback_seconds)
         # How long after it was stored (its stream timestamp, the same on every delivery, to every replica,
-        # across restarts) such a message is still handed back; past it, once it has been handed back at
-        # each delay of the schedule (so an event first delivered late, from a backlog, still gets a few
-        # chances at a newer replica), it is parked.
+        # across restarts) such a message is surely handed back; past it, it may be parked (_may_park).
         self._handback_max = handback_max_seconds
         self._max_ack_pending = max_ack_pending
+        # Per message (stream, sequence): how many times this replica handed it back. Not JetStream's
+        # num_delivered, which counts every replica's deliveries (a newer one's retries for its database, its
+        # handler's retries, ack-wait redeliveries) and so parked events a newer replica was about to apply.
+        # A restart forgets: it can only park later, never earlier.
+        self._handed_back: OrderedDict[tuple[str, int], int] = OrderedDict()
+        # Per (stream, durable): when (monotonic) its ack-pending count was last read, and the count (None:
+        # the read failed, taken as not short of slots).
+        self._slots_read: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self._slots_read_seconds = slots_read_seconds
+        # When (monotonic) a clock skew was last said.
+        self._skew_said: float | None = None
         # Wall-clock UTC, compared with the stream's timestamps.
         self._clock = clock
         # Per subject and what was done with it (handed back, retired, parked): when that was last logged,
@@ -488,6 +511,7 @@ class EventConsumer:
         while True:
             try:
                 state = await js.consumer_info(self._stream, self._durable)
+                self._slots_read[(self._stream, self._durable)] = (time.monotonic(), state.num_ack_pending or 0)
                 backlog = (state.num_pending or 0) + (state.num_ack_pending or 0)
                 metrics.consumer_backlog.labels(self._durable).set(backlog)
                 info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=mine)
@@ -578,7 +602,7 @@ class EventConsumer:
         """Apply, retry or park the message; False when it failed because the database is away."""
         event = self._event(message, replayed=replayed)
         if not any(covers(subject, event.subject) for subject in self._subjects):
-            await self._not_handled(message, event)
+            await self._not_handled(message, event, replayed=replayed)
             return True
         context = propagate.extract(event.headers)
         with tracer.start_as_current_span(
@@ -611,39 +635,72 @@ class EventConsumer:
         self._count(event, "applied" if applied else "duplicate")
         return True
 
-    async def _not_handled(self, message: Msg, event: Event) -> None:
+    async def _not_handled(self, message: Msg, event: Event, *, replayed: bool) -> None:
         """A message of a subject this release does not consume. A retired subject's is acknowledged unapplied:
         the release stopped consuming it on purpose (a replica of an earlier one put it back on the durable).
         Any other is a newer release's, which shares the durable during a rollout: handed back for one of its
-        replicas, not counted as an attempt (it is not at fault), and coming back at the handback delay
-        while no such replica takes it, for `handback_max_seconds` after it was stored. Then it is parked
-        for an operator to replay once such a release runs: until settled it holds one of the durable's
-        `max_ack_pending` slots, and in a full rollback enough of them would stop every delivery."""
+        replicas, not counted as an attempt (it is not at fault), at the handback delays. Until settled it
+        holds one of the durable's `max_ack_pending` slots, and in a full rollback enough of them would stop
+        every delivery: so once overdue it is parked for an operator to replay when the durable is short of
+        slots (_may_park), and handed back again while it is not."""
         if any(covers(retired, event.subject) for retired in self._retired):
             await message.ack()
             self._forget(message)
             self._count(event, "retired")
             self._say_not_handled(event, "acknowledges without applying them: its release retired the subject")
             return
+        key = self._delivery(message)
+        handed_back = self._handed_back.get(key, 0) if key is not None else 0
         waited = self._handed_back_for(message)
-        if waited is not None and waited >= self._handback_max and event.attempt > len(self._handback):
+        if waited is not None and waited >= self._handback_max and await self._may_park(handed_back, replayed):
             error = f"subject {event.subject} is not consumed by this release (handed back for {waited:.0f} s)"
             await self._park(message, event, error, attempts=0, say=False)
             self._say_not_handled(
                 event,
-                f"parks them as dead letters once handed back for {self._handback_max:g} s (replay them once a "
-                "release that consumes the subject runs)",
+                f"parks them as dead letters once handed back for {self._handback_max:g} s while the durable "
+                "is short of slots (replay them once a release that consumes the subject runs)",
                 level=logging.ERROR,
             )
             return
-        delay = self._handback[min(event.attempt - 1, len(self._handback) - 1)]
+        delay = self._handback[min(handed_back, len(self._handback) - 1)]
+        self._remember(self._handed_back, key, handed_back + 1)
         await message.nak(delay=delay)
         self._count(event, "handed_back")
         self._say_not_handled(
             event,
             "hands them back for a replica of a release that consumes the subject (each waits for one "
-            f"up to {self._handback_max:g} s after it was published, then is parked as a dead letter)",
+            f"at least {self._handback_max:g} s after it was published, then is parked as a dead letter "
+            "if the durable is short of slots)",
         )
+
+    async def _may_park(self, handed_back: int, replayed: bool) -> bool:
+        """Whether an overdue message this replica handed back `handed_back` times may be parked: once it
+        was handed back at each delay of the schedule (an event first delivered late, from a backlog, still
+        gets a few chances at a newer replica), never while the database is away (a newer replica waits the
+        outage out with it, and this one, which never touches the database for it, would park what that one
+        is about to apply), and only when the durable is short of slots (what parking is for)."""
+        if handed_back < len(self._handback) or self._database_away_since is not None:
+            return False
+        stream, durable = (REPLAY_STREAM, replay_durable(self._durable)) if replayed else (self._stream, self._durable)
+        pending = await self._ack_pending(stream, durable)
+        return pending is not None and pending >= self._max_ack_pending * _SHORT_OF_SLOTS
+
+    async def _ack_pending(self, stream: str, durable: str) -> int | None:
+        """The durable's last known count of unsettled messages, read again when older than a few seconds;
+        None when it cannot be read (a park is then not made on a guess)."""
+        now = time.monotonic()
+        read = self._slots_read.get((stream, durable))
+        if read is not None and now - read[0] < self._slots_read_seconds:
+            return read[1]
+        pending: int | None = None
+        client = self._client
+        if client is not None and client.is_connected:
+            try:
+                pending = (await client.jetstream().consumer_info(stream, durable)).num_ack_pending or 0
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.info("%s hands events back for now: cannot read its durable's slots: %s", durable, exc)
+        self._slots_read[(stream, durable)] = (now, pending)
+        return pending
 
     def _handed_back_for(self, message: Msg) -> float | None:
         """Seconds since the message was stored, by the stream's timestamp: the same on every delivery and
@@ -651,7 +708,18 @@ class EventConsumer:
         own would start over at each."""
         if message.metadata is None or message.metadata.timestamp is None:
             return None
-        return (self._clock() - message.metadata.timestamp).total_seconds()
+        waited = (self._clock() - message.metadata.timestamp).total_seconds()
+        if waited < -_SKEW_SECONDS:
+            now = time.monotonic()
+            if self._skew_said is None or now - self._skew_said >= _SKEW_REPEAT_SECONDS:
+                self._skew_said = now
+                log.warning(
+                    "consumer %s: a message's stream timestamp is %.0f s ahead of this replica's clock; the "
+                    "hand-back bound is off by as much (check the clocks of this host and NATS')",
+                    self._durable,
+                    -waited,
+                )
+        return waited
 
     def _say_not_handled(self, event: Event, what: str, *, level: int = logging.WARNING) -> None:
         """One line per subject and outcome, then at most one a minute with how many since: in a full
@@ -719,12 +787,13 @@ class EventConsumer:
         return message.metadata.stream, message.metadata.sequence.stream
 
     def _forget(self, message: Msg) -> int:
-        """Settled: stop remembering the message's deliveries held for the database (how many there were)
-        and its failures."""
+        """Settled: stop remembering the message's deliveries held for the database (how many there were),
+        its failures and its hand-backs."""
         key = self._delivery(message)
         if key is None:
             return 0
         self._failures.pop(key, None)
+        self._handed_back.pop(key, None)
         return self._held.pop(key, 0)
 
     @staticmethod
