@@ -63,6 +63,27 @@ SHORT_ACK_WAIT = 10.0
 PAST_THE_BOUND = 180
 
 
+def overdue_older_replica(
+    db: Database, nats_srv: NatsServer, clock: HeldClock, registry: CollectorRegistry | None, **options: Any
+) -> EventConsumer:
+    """A replica of the older release (OLD subjects) for the bounded hand-back: it hands back at once (0.05 s),
+    an event is overdue 120 s after it was stored by `clock`, and a lost delivery comes back after
+    SHORT_ACK_WAIT; its outcomes counted in `registry`. `options` override or add to these."""
+    settings: dict[str, Any] = {
+        "handler": record,
+        "subjects": OLD,
+        "handback_seconds": (0.05,),
+        "handback_max_seconds": 120,
+        "clock": clock,
+        "ack_wait_seconds": SHORT_ACK_WAIT,
+    }
+    if registry is not None:
+        settings["metrics"] = EventMetrics(registry)
+    settings |= options
+    handler = settings.pop("handler")
+    return consumer(db, nats_srv.url, handler, **settings)
+
+
 class HeldClock:
     """The consumer's wall clock, held where the test puts it (the stream's timestamps run on)."""
 
@@ -268,17 +289,12 @@ async def test_an_older_replica_alone_hands_an_event_back_within_the_bound_and_p
     await run_newer_release_once(db, nats_srv)
     clock = HeldClock()
     registry = CollectorRegistry()
-    older = consumer(
+    older = overdue_older_replica(
         db,
-        nats_srv.url,
-        record,
-        subjects=OLD,
-        handback_seconds=(0.05,),
-        handback_max_seconds=120,
+        nats_srv,
+        clock,
+        registry,
         max_ack_pending=FEW_SLOTS,
-        clock=clock,
-        ack_wait_seconds=SHORT_ACK_WAIT,
-        metrics=EventMetrics(registry),
     )
     older.start()
     await publish_on(client, CHANGED, "c1")
@@ -312,17 +328,13 @@ async def test_an_event_first_delivered_past_the_bound_is_handed_back_at_each_de
     clock = HeldClock()
     clock.advance(PAST_THE_BOUND)
     registry = CollectorRegistry()
-    older = consumer(
+    older = overdue_older_replica(
         db,
-        nats_srv.url,
-        record,
-        subjects=OLD,
+        nats_srv,
+        clock,
+        registry,
         handback_seconds=(0.05, 0.05, 0.05),
-        handback_max_seconds=120,
         max_ack_pending=FEW_SLOTS,
-        clock=clock,
-        ack_wait_seconds=SHORT_ACK_WAIT,
-        metrics=EventMetrics(registry),
     )
     older.start()
     await publish_on(client, CHANGED, "c1")
@@ -341,17 +353,12 @@ async def test_events_handed_back_past_the_bound_do_not_stall_the_replicas_own_e
     await run_newer_release_once(db, nats_srv)
     clock = HeldClock()
     registry = CollectorRegistry()
-    older = consumer(
+    older = overdue_older_replica(
         db,
-        nats_srv.url,
-        record,
-        subjects=OLD,
-        handback_seconds=(0.05,),
-        handback_max_seconds=120,
+        nats_srv,
+        clock,
+        registry,
         max_ack_pending=5,
-        clock=clock,
-        ack_wait_seconds=SHORT_ACK_WAIT,
-        metrics=EventMetrics(registry),
     )
     older.start()
     await subscribed(older)
@@ -384,16 +391,11 @@ async def test_an_overdue_event_is_handed_back_not_parked_while_the_durable_has_
     await run_newer_release_once(db, nats_srv)
     clock = HeldClock()
     registry = CollectorRegistry()
-    older = consumer(
+    older = overdue_older_replica(
         db,
-        nats_srv.url,
-        record,
-        subjects=OLD,
-        handback_seconds=(0.05,),
-        handback_max_seconds=120,
-        clock=clock,
-        ack_wait_seconds=SHORT_ACK_WAIT,
-        metrics=EventMetrics(registry),
+        nats_srv,
+        clock,
+        registry,
     )
     older.start()
     await publish_on(client, CHANGED, "c1")
@@ -429,22 +431,18 @@ async def test_an_overdue_event_is_not_parked_while_the_database_is_away(
 
     clock = HeldClock()
     registry = CollectorRegistry()
-    older = consumer(
+    older = overdue_older_replica(
         db,
-        nats_srv.url,
-        needs_the_database,
-        subjects=OLD,
-        handback_seconds=(0.05,),
-        handback_max_seconds=120,
+        nats_srv,
+        clock,
+        registry,
+        handler=needs_the_database,
         max_ack_pending=FEW_SLOTS,
         # Read at each overdue delivery: a count cached from before c1 was delivered (the gauge read at
         # start: 0) would say slots are plentiful, and the outage would not be what holds c1.
         slots_read_seconds=0,
         # One message a fetch: an outage holds the rest of a batch untried, and c1 would rarely be handed back.
         batch_size=1,
-        clock=clock,
-        ack_wait_seconds=SHORT_ACK_WAIT,
-        metrics=EventMetrics(registry),
     )
     older.start()
     await publish_on(client, HAPPENED, "h1")
@@ -471,16 +469,12 @@ async def test_a_parked_handed_back_event_replayed_to_an_older_replica_is_handed
 ) -> None:
     await run_newer_release_once(db, nats_srv)
     clock = HeldClock()
-    older = consumer(
+    older = overdue_older_replica(
         db,
-        nats_srv.url,
-        record,
-        subjects=OLD,
-        handback_seconds=(0.05,),
-        handback_max_seconds=120,
+        nats_srv,
+        clock,
+        None,
         max_ack_pending=FEW_SLOTS,
-        clock=clock,
-        ack_wait_seconds=SHORT_ACK_WAIT,
     )
     older.start()
     await publish_on(client, CHANGED, "c1")
