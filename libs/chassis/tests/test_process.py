@@ -108,6 +108,18 @@ async def holding() -> AsyncIterator[tuple[Holding, str]]:
             servicer.release.set()  # else the drain on exit waits for a held call
 
 
+async def new_call_refusal(address: str) -> grpc.StatusCode | None:
+    """How a draining server answers a new call: None while it still serves one (within the drain delay), and
+    None too for one grpc CANCELLED because it landed just as the server stopped, queued before any handler
+    took it (the next finds the listener closed: UNAVAILABLE)."""
+    async with grpc.aio.insecure_channel(address) as fresh:
+        try:
+            await sample_pb2_grpc.SampleServiceStub(fresh).Echo(sample_pb2.EchoRequest(), timeout=10)
+        except grpc.aio.AioRpcError as error:
+            return None if error.code() == grpc.StatusCode.CANCELLED else error.code()
+    return None
+
+
 async def test_sigterm_drains_in_flight_calls_and_exits_zero(
     sample_process: ServiceProcess, holding: tuple[Holding, str]
 ) -> None:
@@ -129,15 +141,9 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(
                 assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
 
             # After the drain delay the server refuses new calls while the old one still runs.
-            async def refusal() -> grpc.StatusCode | None:
-                async with grpc.aio.insecure_channel(sample_process.address) as fresh:
-                    try:
-                        await sample_pb2_grpc.SampleServiceStub(fresh).Echo(sample_pb2.EchoRequest(), timeout=10)
-                    except grpc.aio.AioRpcError as error:
-                        return error.code()
-                return None  # still within the drain delay: answered
-
-            refused = await eventually(refusal, "a new call refused once the drain delay is over")
+            refused = await eventually(
+                lambda: new_call_refusal(sample_process.address), "a new call refused once the drain delay is over"
+            )
             assert refused == grpc.StatusCode.UNAVAILABLE
             assert not in_flight.done()
         finally:
@@ -221,17 +227,9 @@ async def test_sigterm_while_the_server_starts_drains_the_calls_it_accepted_and_
                 async with asyncio.timeout(30):
                     assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
 
-                async def refusal() -> grpc.StatusCode | None:
-                    async with grpc.aio.insecure_channel(proc.address) as fresh:
-                        try:
-                            await sample_pb2_grpc.SampleServiceStub(fresh).Echo(sample_pb2.EchoRequest(), timeout=10)
-                        except grpc.aio.AioRpcError as error:
-                            # One that lands just as the server stops is CANCELLED by grpc, queued before any
-                            # handler took it; the next finds the port closed.
-                            return None if error.code() == grpc.StatusCode.CANCELLED else error.code()
-                    return None  # still within the drain delay: answered
-
-                refused = await eventually(refusal, "a new call refused once the drain delay is over")
+                refused = await eventually(
+                    lambda: new_call_refusal(proc.address), "a new call refused once the drain delay is over"
+                )
                 assert refused == grpc.StatusCode.UNAVAILABLE
                 assert not in_flight.done()
             finally:
