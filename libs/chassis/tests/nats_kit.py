@@ -1,4 +1,5 @@
-"""What several NATS tests share: a started publisher of a scratch stream, and the dead-letters command."""
+"""What several NATS tests share: a started publisher of a scratch stream, the dead-letters command, and a
+nats-py request that loses its caller's cancel."""
 
 from __future__ import annotations
 
@@ -36,3 +37,23 @@ def deadletters_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+class LostCancel:
+    """A nats-py request whose reply comes as its caller is cancelled: Python 3.11's `wait_for` then returns the
+    reply (or raises its error) and drops the cancel. `await hold()` at the start of a stand-in for the request:
+    every call until one has lost a cancel waits (`asked` set) until cancelled, then goes on as if it was not
+    (`lost`)."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.lost = False
+
+    async def hold(self) -> None:
+        if self.lost:
+            return
+        self.asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.lost = True  # the reply came as the cancel did

@@ -30,6 +30,7 @@ from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
 
 from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
+from .nats_kit import LostCancel
 
 __all__ = ["client", "db"]  # fixtures, used by name
 
@@ -621,26 +622,20 @@ async def test_a_consumer_whose_gauge_request_loses_the_cancel_still_stops_withi
     """nats-py waits for a consumer_info's reply with Python 3.11's wait_for, which returns a reply that comes
     as its caller is cancelled and drops the cancel: the gauge loop went on into its next wait (ten minutes
     here), the task group of the consumer's loops waited for it, and so did the shutdown hook, until cut off."""
-    asking = asyncio.Event()
-    lost: list[bool] = []
+    held = LostCancel()
     real = JetStreamManager.consumer_info
 
     async def loses_the_cancel(self: JetStreamManager, *args: Any, **kwargs: Any) -> Any:
-        if not lost:
-            asking.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                lost.append(True)  # the reply came as the cancel did
+        await held.hold()
         return await real(self, *args, **kwargs)
 
     monkeypatch.setattr(JetStreamManager, "consumer_info", loses_the_cancel)
     running = consumer(db, nats_srv.url, record, metrics=EventMetrics(CollectorRegistry()), gauge_poll_seconds=600)
     running.start()
-    await asking.wait()
+    await held.asked.wait()
     # The part of the hooks' budget that relays and consumers have after the grace (config.py).
     assert await run_shutdown_hooks([running.stop], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
-    assert lost == [True]
+    assert held.lost
 
 
 @pytest.mark.parametrize("reply", ["answered", "refused"])
@@ -650,17 +645,11 @@ async def test_a_consumer_whose_stream_declaration_loses_the_cancel_still_stops_
     """The same lost cancel while the consumer declares its stream: answered, it went on to start its pull
     loops, tasks of their own that nothing cancelled; refused (JetStream not answering yet), it went on
     reconnecting. Either way the shutdown hook waited for it until cut off."""
-    declaring = asyncio.Event()
-    lost: list[bool] = []
+    held = LostCancel()
     real = consumer_module.ensure_stream
 
     async def loses_the_cancel(*args: Any, **kwargs: Any) -> Any:
-        if not lost:
-            declaring.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                lost.append(True)  # the reply came as the cancel did
+        await held.hold()
         if reply == "refused":
             raise nats.errors.NoRespondersError
         return await real(*args, **kwargs)
@@ -668,6 +657,6 @@ async def test_a_consumer_whose_stream_declaration_loses_the_cancel_still_stops_
     monkeypatch.setattr(consumer_module, "ensure_stream", loses_the_cancel)
     running = consumer(db, nats_srv.url, record)
     running.start()
-    await declaring.wait()
+    await held.asked.wait()
     assert await run_shutdown_hooks([running.stop], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
-    assert lost == [True]
+    assert held.lost

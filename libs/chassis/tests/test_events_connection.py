@@ -17,6 +17,8 @@ from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
 from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
+from .nats_kit import LostCancel
+
 
 class Clock:
     def __init__(self) -> None:
@@ -141,16 +143,10 @@ async def test_a_publisher_whose_declaration_fails_as_it_is_cancelled_still_clos
         ready = asyncio.Event()
         publisher.start(on_ready=ready.set)
         await asyncio.wait_for(ready.wait(), 15)
-    asking = asyncio.Event()
-    lost: list[bool] = []
+    held = LostCancel()
 
     async def not_answering(*args: Any, **kwargs: Any) -> Any:
-        if not lost:
-            asking.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                lost.append(True)  # the refusal came as the cancel did
+        await held.hold()  # the refusal comes as the cancel does
         raise nats.errors.NoRespondersError
 
     monkeypatch.setattr(events, "ensure_stream", not_answering)
@@ -158,7 +154,7 @@ async def test_a_publisher_whose_declaration_fails_as_it_is_cancelled_still_clos
         publisher.start()
     else:
         publisher._declare_again("reconnected")  # as a reconnect does
-    await asking.wait()
+    await held.asked.wait()
     # The part of the hooks' budget that relays and consumers have after the grace (config.py).
     assert await run_shutdown_hooks([publisher.close], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
-    assert lost == [True]
+    assert held.lost

@@ -27,6 +27,8 @@ from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer
 
+from .nats_kit import LostCancel
+
 SUBJECT = "tests.v1.thing_happened"
 
 
@@ -417,16 +419,10 @@ class LosesTheCancel:
 
     def __init__(self, inner: JetStreamPublisher) -> None:
         self.inner = inner
-        self.publishing = asyncio.Event()
-        self.lost = False
+        self.held = LostCancel()
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool:
-        if not self.lost:
-            self.publishing.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                self.lost = True
+        await self.held.hold()
         return await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
 
 
@@ -439,8 +435,8 @@ async def test_a_relay_whose_publish_loses_the_cancel_still_stops_within_its_shu
     publisher = LosesTheCancel(JetStreamPublisher(client))
     relay = OutboxRelay(db, publisher, poll_interval=600)
     relay.start()
-    await publisher.publishing.wait()
+    await publisher.held.asked.wait()
     # The part of the hooks' budget that relays and consumers have after the grace (config.py).
     assert await run_shutdown_hooks([relay.stop], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
-    assert publisher.lost
+    assert publisher.held.lost
     assert await stream_contents(client) == [(ids[0], "sent as the relay stops")]
