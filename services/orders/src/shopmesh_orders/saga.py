@@ -279,6 +279,10 @@ class SagaDriver:
     def _expired(self, order: Order) -> bool:
         return self._clock() > order.created_at + timedelta(seconds=self._settings.reservation_ttl_seconds)
 
+    async def _reserve(self, order: Order) -> str:
+        """Inventory's Reserve for the order's lines, keyed by the order: a repeat replays its reservation."""
+        return await self._inventory.reserve(order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds)
+
     async def _still_reserved(self, order: Order) -> bool:
         """Whether inventory still holds the order's stock. Asked only past the order's deadline, when the
         reservation may have lapsed (it may also outlive that deadline: the recovery loop can reserve long
@@ -289,9 +293,7 @@ class SagaDriver:
         race) raises `errors.Unavailable` with RESERVATION_IN_DOUBT: nothing may be charged against it, and the
         order waits at the charge step (`_attempt`)."""
         try:
-            reservation_id = await self._inventory.reserve(
-                order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
-            )
+            reservation_id = await self._reserve(order)
         except (ReservationExpired, InsufficientStock):
             return False
         except DependencyDown:
@@ -327,9 +329,7 @@ class SagaDriver:
                 if not order.reserve_attempted:
                     order = await self._transition(owner, order.reserving(now))
                 try:
-                    reservation_id = await self._inventory.reserve(
-                        order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
-                    )
+                    reservation_id = await self._reserve(order)
                 except InsufficientStock as short:
                     failed = order.failed_before_pivot(CancelCode.INSUFFICIENT_STOCK, now)
                     # Inventory records nothing when it refuses: there is no stock to release.
@@ -438,9 +438,7 @@ class SagaDriver:
             # (or makes one), and releasing it leaves the stock as it was.
             await self._keep_lease(order.id, owner)
             try:
-                reservation_id = await self._inventory.reserve(
-                    order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds
-                )
+                reservation_id = await self._reserve(order)
             except (InsufficientStock, ReservationExpired):
                 # Nothing reserved, or a reservation that lapsed: either way no stock is held to release.
                 reservation_id = ""

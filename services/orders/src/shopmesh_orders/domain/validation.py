@@ -186,17 +186,19 @@ def _expected_total(violations: list[FieldViolation], expected: ExpectedTotal | 
         )
 
 
+def lines_total(lines: tuple[OrderLine, ...]) -> int:
+    return sum(line.total_minor for line in lines)
+
+
 def matches_expected_total(lines: tuple[OrderLine, ...], expected: ExpectedTotal | None) -> bool:
-    return expected is None or sum(line.total_minor for line in lines) == expected.amount_minor
+    return expected is None or lines_total(lines) == expected.amount_minor
 
 
 def check_expected_total(lines: tuple[OrderLine, ...], expected: ExpectedTotal | None) -> None:
     """The customer pays what they were shown, or nothing: a total at the prices just fetched that differs from
     the one they agreed to is refused before the order is recorded, so nothing is reserved or charged."""
-    if expected is None:
-        return
-    current = sum(line.total_minor for line in lines)
-    if current != expected.amount_minor:
+    if expected is not None and not matches_expected_total(lines, expected):
+        current = lines_total(lines)
         raise errors.FailedPrecondition(
             f"the prices changed: the order's total is now {current} minor units of {expected.currency}, "
             f"not {expected.amount_minor}; confirm the new total and place the order again",
@@ -215,7 +217,7 @@ def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
         for index, line in enumerate(lines)
         if line.total_minor > MAX_AMOUNT_MINOR
     ]
-    if not violations and sum(line.total_minor for line in lines) > MAX_AMOUNT_MINOR:
+    if not violations and lines_total(lines) > MAX_AMOUNT_MINOR:
         violations.append(
             FieldViolation("items", f"the order's total exceeds {MAX_AMOUNT_MINOR} minor units", "OUT_OF_RANGE")
         )
