@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from shopmesh_platform.shoppers import SERVER_FAULTS, Checkout, arguments, shop
+from shopmesh_platform.shoppers import Checkout, arguments, server_fault, shop
 from shopmesh_platform.stack import PortPlan, Stack
 
 
@@ -53,8 +53,7 @@ class Shopping:
     @property
     def faults(self) -> Answers:
         """The server faults among the answers (`--strict` fails on them), by method."""
-        faulty = {code.name for code in SERVER_FAULTS}
-        found = {m: {c: n for c, n in codes.items() if c in faulty} for m, codes in self.answered.items()}
+        found = {m: {c: n for c, n in codes.items() if server_fault(c)} for m, codes in self.answered.items()}
         return {method: codes for method, codes in found.items() if codes}
 
 

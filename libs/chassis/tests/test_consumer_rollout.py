@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry
 
-from shopmesh_chassis.consumer import Event, EventConsumer
+from shopmesh_chassis.consumer import Event, EventConsumer, filter_of
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import REPLAY_STREAM, DeadLetters, replay_durable
 from shopmesh_chassis.metrics import EventMetrics
@@ -41,8 +41,7 @@ async def publish_on(client: Client, subject: str, event_id: str) -> None:
 
 
 async def durable_filter(client: Client) -> list[str]:
-    config = (await client.jetstream().consumer_info("THINGS", "tester")).config
-    return sorted(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
+    return filter_of((await client.jetstream().consumer_info("THINGS", "tester")).config)
 
 
 async def subscribed(running: EventConsumer) -> None:
@@ -138,11 +137,7 @@ async def test_an_older_replica_hands_a_newer_subjects_event_back_and_the_newer_
         seen_by_older.append(event.subject)
         await record(session, event)
 
-    # The newer release ran first: the durable consumes both subjects.
-    first = consumer(db, nats_srv.url, record, subjects=NEW)
-    first.start()
-    await subscribed(first)
-    await first.stop()
+    await run_newer_release_once(db, nats_srv)
     registry = CollectorRegistry()
     older = consumer(
         db,
@@ -177,10 +172,7 @@ async def test_an_older_replica_hands_a_newer_subjects_event_back_and_the_newer_
 async def test_a_retired_subject_is_dropped_from_the_durable_and_its_late_events_are_not_applied(
     db: Database, client: Client, nats_srv: NatsServer
 ) -> None:
-    first = consumer(db, nats_srv.url, record, subjects=NEW)
-    first.start()
-    await subscribed(first)
-    await first.stop()
+    await run_newer_release_once(db, nats_srv)
     registry = CollectorRegistry()
     retiring = consumer(
         db, nats_srv.url, record, subjects=OLD, retired_subjects=[CHANGED], metrics=EventMetrics(registry)
@@ -266,10 +258,7 @@ async def test_subjects_that_one_filter_covers_are_kept_once(
 ) -> None:
     # JetStream refuses overlapping filters: a release that consumes the whole version by wildcard
     # replaces the subjects it covers instead of failing to start.
-    first = consumer(db, nats_srv.url, record, subjects=NEW)
-    first.start()
-    await subscribed(first)
-    await first.stop()
+    await run_newer_release_once(db, nats_srv)
     caplog.set_level(logging.WARNING, "shopmesh.consumer")
     wide = consumer(db, nats_srv.url, record, subjects=("things.v1.>",))
     wide.start()

@@ -39,7 +39,7 @@ def exchanged(url: str, *requests: tuple[str, str, dict[str, str]]) -> list[tupl
         head, separator, received = received.partition(b"\r\n\r\n")
         assert separator, f"an answer's head was cut short: {head!r}"
         status, *lines = head.decode().split("\r\n")
-        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        headers = header_fields(lines)
         assert "chunked" not in headers.get("transfer-encoding", ""), "the reader expects content-length framing"
         length = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
         answers.append((status, headers, received[:length]))
@@ -97,6 +97,11 @@ def test_head_is_allowed_where_get_is_and_refused_where_it_is_not(edge: tuple[st
     assert shop.calls == []
 
 
+def header_fields(lines: list[str]) -> dict[str, str]:
+    """An answer's header lines (after its status line) by lower-case name."""
+    return {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+
+
 def curl_http2(url: str, *options: str) -> subprocess.CompletedProcess[str]:
     """The real curl on cleartext HTTP/2 (prior knowledge: no upgrade from HTTP/1.1), headers on stdout."""
     if shutil.which("curl") is None:
@@ -118,7 +123,7 @@ def test_head_over_http2_ends_its_stream_with_the_headers(edge: tuple[str, Recor
     head = curl_http2(target, "--head")
     assert head.returncode == 0, head.stderr
     status, *lines = head.stdout.strip().splitlines()
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    headers = header_fields(lines)
     assert status.strip() == "HTTP/2 200"
     # The HEAD's content-length is the GET's body's, as over HTTP/1.1.
     get = curl_http2(target, "--output", "/dev/null", "--write-out", "%{http_version} %{size_download}")

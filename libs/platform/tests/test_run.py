@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from asyncio.subprocess import Process
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import nats
@@ -78,12 +78,17 @@ def gone(pid: int) -> bool:
 
 
 async def read_until_ready(stream: asyncio.StreamReader, lines: list[str]) -> None:
+    await read_until(stream, lambda line: line == run.READY_LINE, lines, "it was ready")
+
+
+async def read_until(stream: asyncio.StreamReader, done: Callable[[str], bool], lines: list[str], what: str) -> None:
+    """Read the launcher's output into `lines` up to the first line `done` takes."""
     while True:
         raw = await stream.readline()
         if not raw:
-            raise AssertionError("run exited before it was ready:\n" + "\n".join(lines))
+            raise AssertionError(f"run exited before {what}:\n" + "\n".join(lines))
         lines.append(raw.decode(errors="replace").rstrip("\n"))
-        if lines[-1] == run.READY_LINE:
+        if done(lines[-1]):
             return
 
 
@@ -495,24 +500,15 @@ async def test_a_second_ctrl_c_during_the_stop_kills_the_rest_and_blames_no_proc
         # so the second Ctrl-C, sent once the launcher said it stops, lands before NATS's turn.
         os.kill(traces, signal.SIGSTOP)
         process.send_signal(signal.SIGINT)
-        await asyncio.wait_for(read_until(process.stdout, "SIGINT: stopping", lines), 60)
+        await asyncio.wait_for(
+            read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
+        )
         process.send_signal(signal.SIGINT)
         rest, _ = await asyncio.wait_for(process.communicate(), 60)
     said = rest.decode()
     assert "again: killing everything now" in said, said
     assert "exited unexpectedly" not in said, said
     assert process.returncode == 0, said
-
-
-async def read_until(stream: asyncio.StreamReader, text: str, lines: list[str]) -> None:
-    """Read the launcher's output into `lines` up to the line holding `text`."""
-    while True:
-        raw = await stream.readline()
-        if not raw:
-            raise AssertionError(f"run exited before it said {text!r}:\n" + "\n".join(lines))
-        lines.append(raw.decode(errors="replace").rstrip("\n"))
-        if text in lines[-1]:
-            return
 
 
 def traces_line(stack: Stack) -> str:

@@ -74,8 +74,9 @@ tracer = trace.get_tracer("shopmesh.consumer")
 
 # The wait before consuming again after an interruption: the first, doubled per interruption up to the second.
 _RECONNECT_DELAYS = (0.5, 10.0)
-# While the database is away every delivery fails alike: say so once, then at most this often.
-_OUTAGE_REPEAT_SECONDS = 60.0
+# A condition that repeats with every delivery (the database away; events of a subject this release does not
+# consume, per subject; a clock skew) is said once, then at most this often.
+_SAY_AGAIN_SECONDS = 60.0
 # Messages whose deliveries met an unreachable database (for their backoff), and messages the handler
 # failed on (their attempts), remembered per message; bounded, since another replica may settle a message
 # this one saw fail.
@@ -88,8 +89,6 @@ _PURGE_MARGIN_SECONDS = 86400.0
 _KEPT_FOR_DEAD_LETTERS = 5_000
 # Rounds of read, widen, read back at start before going on with the filter as it is (see _bring_durable).
 _FILTER_ROUNDS = 3
-# A replica handed events it cannot apply (a full rollback) says so once per subject, then at most this often.
-_HANDBACK_REPEAT_SECONDS = 60.0
 # The most messages the durable has delivered and not yet had acknowledged (JetStream's default, set here so
 # the limit is in sight): past it the server delivers nothing more. A message handed back or retried with a
 # delay counts until it is settled, which is why a hand-back past handback_max_seconds is parked once the
@@ -101,10 +100,9 @@ SLOTS_READ_SECONDS = 5.0
 # Short of slots: at least this share of max_ack_pending unsettled. Half leaves the rest for the replicas'
 # own events while parking starts well before the stall.
 _SHORT_OF_SLOTS = 0.5
-# A stream timestamp this far ahead of the replica's clock is skew (the replica's or NATS'), said once a
-# minute at most: the hand-back bound is measured across the two clocks.
+# A stream timestamp this far ahead of the replica's clock is skew (the replica's or NATS'): the hand-back
+# bound is measured across the two clocks.
 _SKEW_SECONDS = 5.0
-_SKEW_REPEAT_SECONDS = 60.0
 
 
 def _utcnow() -> datetime:
@@ -711,7 +709,7 @@ class EventConsumer:
         waited = (self._clock() - message.metadata.timestamp).total_seconds()
         if waited < -_SKEW_SECONDS:
             now = time.monotonic()
-            if self._skew_said is None or now - self._skew_said >= _SKEW_REPEAT_SECONDS:
+            if self._skew_said is None or now - self._skew_said >= _SAY_AGAIN_SECONDS:
                 self._skew_said = now
                 log.warning(
                     "consumer %s: a message's stream timestamp is %.0f s ahead of this replica's clock; the "
@@ -727,7 +725,7 @@ class EventConsumer:
         now = time.monotonic()
         key = (event.subject, what)
         said, since = self._handed_back_said.get(key, (None, 0))
-        if said is not None and now - said < _HANDBACK_REPEAT_SECONDS:
+        if said is not None and now - said < _SAY_AGAIN_SECONDS:
             self._handed_back_said[key] = (said, since + 1)
             return
         self._handed_back_said[key] = (now, 0)
@@ -834,7 +832,7 @@ class EventConsumer:
                 self._durable,
                 _cause(error),
             )
-        elif now - self._database_away_said >= _OUTAGE_REPEAT_SECONDS:
+        elif now - self._database_away_said >= _SAY_AGAIN_SECONDS:
             self._database_away_said = now
             log.warning(
                 "consumer %s: database still unreachable after %.0fs; events keep waiting: %s",

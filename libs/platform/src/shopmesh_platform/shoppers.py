@@ -51,6 +51,13 @@ T = TypeVar("T")
 SERVER_FAULTS = frozenset(
     {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED}
 )
+
+
+def server_fault(code: str) -> bool:
+    """Whether an answer's status (its name, as tallied) is the server's fault, not the caller's."""
+    return grpc.StatusCode[code] in SERVER_FAULTS
+
+
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
 SEARCHES = ("coffee", "knife", "lamp", "charger", "kettle", "bag")
@@ -94,7 +101,7 @@ class Tally:
 
     @property
     def faults(self) -> int:
-        return sum(n for (_, code), n in self.answers.items() if grpc.StatusCode[code] in SERVER_FAULTS)
+        return sum(n for (_, code), n in self.answers.items() if server_fault(code))
 
     @property
     def total(self) -> int:

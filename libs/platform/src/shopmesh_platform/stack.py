@@ -952,8 +952,7 @@ class Stack:
         # Before the signal, and before `stopping` hides the exit from `crashed`.
         on_its_own = child.process is not None and not child.stopping and _has_exited(child.process)
         code = await self._stop_child(child)
-        not_ours = code is not None and code < 0 and -code != signal.SIGTERM and not child.killed
-        if code is not None and (on_its_own or not_ours):
+        if code is not None and (on_its_own or (code < 0 and -code != signal.SIGTERM and not child.killed)):
             self.crashed_before_stopped.append(Crashed(child.name, code, child.recent))
         return code
 
@@ -962,8 +961,7 @@ class Stack:
         for child in self._every_child():
             if child.running and child.process is not None:
                 child.stopping = True
-                child.killed = True
-                signal_child(child.process, signal.SIGKILL)
+                _signal(child, child.process, signal.SIGKILL)
 
     def _every_child(self) -> list[_Child]:
         """Every process of the stack, in stop order (callers first, NATS last)."""
@@ -1177,19 +1175,14 @@ class Stack:
         if process is None:
             return None
         child.stopping = True
-        if sig == signal.SIGKILL:
-            # Only ever set here: a kill_all (a second Ctrl-C) may have SIGKILLed the process before its turn,
-            # and its -9 is then the stack's own doing, not a crash.
-            child.killed = True
         if process.returncode is None:
-            signal_child(process, sig)
+            _signal(child, process, sig)
             limit = self.stop_timeout if timeout is None else timeout
             try:
                 await asyncio.wait_for(process.wait(), limit)
             except TimeoutError:
                 self._emit(child, f"[launcher] still running {limit:g}s after {sig.name}: SIGKILL")
-                child.killed = True
-                signal_child(process, signal.SIGKILL)
+                _signal(child, process, signal.SIGKILL)
                 await process.wait()
         await self._finish_pump(child)
         return process.returncode
@@ -1285,6 +1278,15 @@ def _setpriv() -> str | None:
 def _require_file(path: Path, what: str, remedy: str) -> None:
     if not path.is_file():
         raise StackError(f"{what} is missing at {path}: {remedy}")
+
+
+def _signal(child: _Child, process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """`signal_child` for a child of the stack, marking a SIGKILL as the stack's own (`killed`: set only, cleared
+    at launch), so that its -9 is not taken for a crash when the stop reaches it (a kill_all, a second Ctrl-C,
+    may come before its turn)."""
+    if sig == signal.SIGKILL:
+        child.killed = True
+    signal_child(process, sig)
 
 
 def signal_child(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
