@@ -316,6 +316,30 @@ async def test_releasing_a_reservation_inventory_no_longer_has_is_done(settings:
         await InventoryClient(channel.channel, timeout=5).release("res_gone")
 
 
+class ForgottenReservation(inventory_pb2_grpc.InventoryServiceServicer):
+    """Answers CommitReservation as inventory does for a reservation it has no row for."""
+
+    async def CommitReservation(self, request: Any, context: Any) -> Any:
+        raise errors.NotFound(
+            "not found", reason="RESERVATION_NOT_FOUND", metadata={"reservation_id": request.reservation_id}
+        )
+
+
+async def test_committing_a_reservation_inventory_no_longer_has_is_refused_as_expired(
+    settings: OrdersSettings,
+) -> None:
+    # Its row was removed (a restore, a clean-up): it holds no stock to commit, as a lapsed one. Raised as a bug
+    # (INTERNAL), the saga could never finish the order, and its capture would never be refunded.
+    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
+    binding = ServiceBinding(INVENTORY, ForgottenReservation(), add)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        with pytest.raises(ReservationExpired):
+            await InventoryClient(channel.channel, timeout=5).commit("res_gone")
+
+
 class UnrefundableUnknownPayment(payments_pb2_grpc.PaymentsServiceServicer):
     """Refund of a payment in a state a newer payments stored, refused as payments now does (e6da471)."""
 

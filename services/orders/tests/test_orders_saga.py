@@ -824,6 +824,39 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_releases_a_reservati
         assert (made_anew.state, inventory.held("prod_a")) == (inventory_pb2.RESERVATION_STATE_RELEASED, 0)
 
 
+async def test_a_charged_order_whose_reservation_inventory_no_longer_has_is_refunded_once_and_cancelled(
+    clocked: Clocked, payments: FakePayments, database: Database
+) -> None:
+    """The reservation's row is removed outside inventory (a restore, a manual clean-up) between the charge and
+    the commit: inventory answers the commit NOT_FOUND, RESERVATION_NOT_FOUND. It holds no stock, as a lapsed
+    reservation: the capture is refunded, once, and the order cancelled as RESERVATION_EXPIRED, told to the
+    customer and published (not INTERNAL on every retry, with the customer's money kept)."""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
+            clocked, clocked.inventory, payments
+        )
+        del inventory.reservations[reservation_id]  # Its row is gone.
+        for _ in range(2):  # The retry replays the outcome; nothing is refunded again.
+            with pytest.raises(errors.FailedPrecondition) as caught:
+                await place(app, command())
+            assert (caught.value.reason, caught.value.metadata) == ("RESERVATION_EXPIRED", {"order_id": order_id})
+        order = await app.get_order(order_id)
+        assert (order.state, order.cancel_code, order.refunded) == (
+            OrderState.CANCELLED,
+            CancelCode.RESERVATION_EXPIRED,
+            True,
+        )
+        assert (payments.charge_calls, payments.captured(), payments.refunds) == (1, 0, [order.payment_id])
+        assert payments.refund_calls == 1
+        # Compensation's release of the order's reservation, which inventory no longer has: nothing is held.
+        assert inventory.released == [reservation_id]
+        assert inventory.of_order(order_id) is None
+        [(subject, payload)] = await events(database)
+        assert subject == "orders.v1.order_cancelled"
+        cancelled = events_pb2.OrderCancelled.FromString(payload)
+        assert (cancelled.reason.code, cancelled.refunded) == (orders_pb2.CANCEL_REASON_CODE_RESERVATION_EXPIRED, True)
+
+
 @pytest.mark.parametrize("lapsed", ["EXPIRED", "RELEASED"])
 async def test_compensation_that_finds_the_reservation_lapsed_still_cancels(
     app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory, database: Database, lapsed: str

@@ -183,6 +183,12 @@ class InventoryClient:
             )
         except grpc.aio.AioRpcError as error:
             reason = details_of(error).reason
+            if reason == "RESERVATION_NOT_FOUND":
+                # Inventory no longer has it (its row was removed: a restore, a manual clean-up), so it holds
+                # no stock to commit, as a lapsed one. (Raised as a bug, the saga would answer INTERNAL for ever
+                # and keep the customer's capture; as lapsed, the capture is refunded and the order cancelled.)
+                log.warning("reservation %s is unknown to inventory: it cannot be committed", reservation_id)
+                raise ReservationExpired(reservation_id) from None
             if reason in ("RESERVATION_EXPIRED", "RESERVATION_RELEASED"):
                 raise ReservationExpired(reservation_id) from None
             if error.code() in _TRANSIENT or reason == _RESERVATION_STATE_UNKNOWN:

@@ -44,7 +44,8 @@ class InsufficientStock(Exception):
 
 
 class ReservationExpired(Exception):
-    """The reservation can no longer be committed (expired or released)."""
+    """The reservation can no longer be committed (expired, released, or no longer known to inventory): it
+    holds no stock."""
 
 
 class PaymentRefused(Exception):
@@ -81,7 +82,11 @@ class Inventory(Protocol):
         stock, and a new one cannot be made for the same order."""
         ...
 
-    async def commit(self, reservation_id: str) -> None: ...
+    async def commit(self, reservation_id: str) -> None:
+        """Raises ReservationExpired when the reservation holds no stock to commit (expired, released, or no
+        longer known to inventory)."""
+        ...
+
     async def release(self, reservation_id: str) -> None: ...
 
 
