@@ -28,6 +28,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_orders import codec
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import InventoryClient
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderState, SagaStep
@@ -795,6 +796,57 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventor
         )
         assert caught.value.reason == RESERVATION_IN_DOUBT
         assert inventory.released == []
+
+
+async def test_an_order_left_in_doubt_about_its_reservation_is_cancelled_uncharged_and_waits_to_release_it(
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings, database: Database
+) -> None:
+    """After RESERVATION_IN_DOUBT nobody holds the card: the recovery loop settles the charge step as for any
+    driver gone before charging (payments has no charge: CHECKOUT_INTERRUPTED). Compensation cannot release
+    a reservation in a state only a newer inventory knows (inventory refuses, RESERVATION_STATE_UNKNOWN: it
+    may hold stock, and releasing it could count units twice), so the order waits PENDING at that step:
+    nothing charged, no cancellation told or published yet, every retry answered UNAVAILABLE naming the
+    order. Once a release that knows the state serves, the release goes through and the order is cancelled,
+    nothing charged, with one OrderCancelled."""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
+            clocked, clocked.inventory, payments
+        )
+        inventory.reservations[reservation_id].state = A_NEWER_RELEASES_STATE
+        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command())
+        assert caught.value.reason == RESERVATION_IN_DOUBT
+        clocked.clock.ahead += timedelta(seconds=settings.recovery_backoff_max_seconds)
+        assert await app.resume_unfinished() == 1
+        order = await app.get_order(order_id)
+        assert (order.state, order.step, order.cancel_code) == (
+            OrderState.PENDING,
+            SagaStep.COMPENSATE,
+            CancelCode.CHECKOUT_INTERRUPTED,
+        )
+        # GetOrder shows it PENDING, with no cancel reason: CHECKOUT_INTERRUPTED says the stock was released.
+        shown = codec.order_to_proto(order)
+        assert (shown.state, shown.HasField("cancel_reason")) == (orders_pb2.ORDER_STATE_PENDING, False)
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command())
+        assert (caught.value.reason, caught.value.metadata["order_id"]) == (errors.DEPENDENCY_UNAVAILABLE, order_id)
+        assert (payments.charge_calls, payments.refund_calls, await events(database)) == (0, 0, [])
+        assert inventory.reservations[reservation_id].state == A_NEWER_RELEASES_STATE
+        # A release of inventory that knows the state serves (it can release the reservation).
+        inventory.reservations[reservation_id].state = inventory_pb2.RESERVATION_STATE_PENDING
+        clocked.clock.ahead += timedelta(seconds=settings.recovery_backoff_max_seconds)
+        assert await app.resume_unfinished() == 1
+        order = await app.get_order(order_id)
+        assert (order.state, order.cancel_code, order.refunded) == (
+            OrderState.CANCELLED,
+            CancelCode.CHECKOUT_INTERRUPTED,
+            False,
+        )
+        assert order.cancel_message == "The order could not be completed in time; nothing was charged."
+        assert (payments.charge_calls, payments.captured(), inventory.held("prod_a")) == (0, 0, 0)
+        [(subject, _payload)] = await events(database)
+        assert subject == "orders.v1.order_cancelled"
 
 
 async def test_a_retry_with_the_card_past_the_saga_deadline_releases_a_reservation_inventory_made_anew(

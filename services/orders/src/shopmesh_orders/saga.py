@@ -291,7 +291,9 @@ class SagaDriver:
 
         Inventory answering for this order alone that it cannot say (a state a newer release stored; a lost
         race) raises `errors.Unavailable` with RESERVATION_IN_DOUBT: nothing may be charged against it, and the
-        order waits at the charge step (`_attempt`)."""
+        order waits at the charge step (`_attempt`). Only until the recovery loop comes by: without the card it
+        gives the order up (CHECKOUT_INTERRUPTED), and compensation waits for an inventory that can release
+        the reservation (a state it cannot name may hold stock), the order PENDING until then."""
         try:
             reservation_id = await self._reserve(order)
         except (ReservationExpired, InsufficientStock):
