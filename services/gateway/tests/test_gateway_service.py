@@ -512,6 +512,24 @@ async def test_an_unusable_idempotency_key_is_invalid_argument(shop: Shop, fakes
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")
 
 
+async def test_two_different_idempotency_keys_are_invalid_argument_and_place_no_order(shop: Shop, fakes: Fakes) -> None:
+    """Taking the first of the two, a retry with the headers in the other order would be a second order."""
+    auth = token_for(fakes)
+    keys = (("idempotency-key", "two-keys-a"), ("idempotency-key", "two-keys-b"))
+    details = await failure(shop.PlaceOrder(order_request(), metadata=(*auth, *keys), timeout=30))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")
+    assert [(v.field, v.reason) for v in details.field_violations] == [("idempotency-key", "DUPLICATE")]
+    assert not (await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth, timeout=30)).orders
+
+
+async def test_the_same_idempotency_key_sent_twice_is_one_key(shop: Shop, fakes: Fakes) -> None:
+    auth = token_for(fakes)
+    twice = (("idempotency-key", "same-key-twice"), ("idempotency-key", "same-key-twice"))
+    first = await shop.PlaceOrder(order_request(), metadata=(*auth, *twice), timeout=30)
+    again = await await_call(place(shop, auth, key="same-key-twice"))
+    assert again.order.id == first.order.id
+
+
 async def test_get_list_and_cancel_see_only_the_callers_orders(shop: Shop, fakes: Fakes) -> None:
     alice, bob = token_for(fakes, "usr_alice_o"), token_for(fakes, "usr_bob_o")
     order = (await await_call(place(shop, alice))).order

@@ -86,6 +86,15 @@ async def test_a_key_longer_than_255_characters_is_rejected(payments: Payments) 
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")
 
 
+async def test_two_different_idempotency_keys_are_invalid_argument_and_charge_nothing(payments: Payments) -> None:
+    keys = (("x-caller", "orders"), ("idempotency-key", "ord_1:charge"), ("idempotency-key", "ord_1:charge-2"))
+    details = await failure(payments.stub().Charge(charge_request("ord_1"), metadata=keys))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")
+    assert [(v.field, v.reason) for v in details.field_violations] == [("idempotency-key", "DUPLICATE")]
+    assert payments.processor.charges == 0
+    assert await payments.ledger("ord_1") == []
+
+
 # --- transient failures are not stored ---------------------------------------------------------------------
 
 

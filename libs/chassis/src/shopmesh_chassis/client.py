@@ -417,8 +417,21 @@ def idempotency_metadata(key: str, metadata: Iterable[tuple[str, str]] = ()) -> 
 
 
 def idempotency_key_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    """The idempotency key an inbound call carries, if any."""
-    for key, value in context.invocation_metadata() or ():
-        if key == IDEMPOTENCY_KEY:
-            return value if isinstance(value, str) else value.decode()
-    return None
+    """The idempotency key an inbound call carries, if any; INVALID_ARGUMENT (IDEMPOTENCY_KEY_INVALID) for a
+    call that carries the header more than once with different values.
+
+    Taking one of them would name the operation by whichever came first: a retry whose headers a client or a
+    proxy put in another order would run it again, a second order and a second charge.
+    """
+    values = {
+        value if isinstance(value, str) else value.decode()
+        for key, value in context.invocation_metadata() or ()
+        if key == IDEMPOTENCY_KEY
+    }
+    if len(values) > 1:
+        raise errors.InvalidArgument(
+            "send one idempotency-key header",
+            [errors.FieldViolation(IDEMPOTENCY_KEY, "sent more than once with different values", "DUPLICATE")],
+            reason="IDEMPOTENCY_KEY_INVALID",
+        )
+    return next(iter(values), None)
