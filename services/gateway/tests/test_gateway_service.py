@@ -522,6 +522,15 @@ async def test_two_different_idempotency_keys_are_invalid_argument_and_place_no_
     assert not (await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth, timeout=30)).orders
 
 
+async def test_an_empty_idempotency_key_is_invalid_argument_and_places_no_order(shop: Shop, fakes: Fakes) -> None:
+    """Taken as absent, each retry of a client whose key went blank would get a new generated key: a new order."""
+    auth = token_for(fakes)
+    details = await failure(shop.PlaceOrder(order_request(), metadata=(*auth, ("idempotency-key", "")), timeout=30))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_INVALID")
+    assert [(v.field, v.reason) for v in details.field_violations] == [("idempotency-key", "INVALID_FORMAT")]
+    assert not (await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth, timeout=30)).orders
+
+
 async def test_the_same_idempotency_key_sent_twice_is_one_key(shop: Shop, fakes: Fakes) -> None:
     auth = token_for(fakes)
     twice = (("idempotency-key", "same-key-twice"), ("idempotency-key", "same-key-twice"))

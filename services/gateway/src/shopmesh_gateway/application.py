@@ -134,8 +134,20 @@ class ProductPages:
 
 
 def idempotency_key(sent: str | None) -> str:
-    """The client's idempotency key when it sent one (INVALID_ARGUMENT if unusable), else a new UUIDv4."""
-    return validate_key(sent) if sent else new_idempotency_key()
+    """The client's idempotency key when it sent the header (INVALID_ARGUMENT if unusable), else a new UUIDv4.
+
+    An empty header is unusable, not absent: generating a key for it would make each retry of a client whose
+    key went missing (an unset variable, a proxy that blanks the value) a new order and a new charge.
+    """
+    if sent is None:
+        return new_idempotency_key()
+    if not sent:
+        raise errors.InvalidArgument(
+            "the idempotency-key header is empty: send 1 to 255 printable ASCII characters, or no header",
+            [errors.FieldViolation("idempotency-key", "1 to 255 printable ASCII characters", "INVALID_FORMAT")],
+            reason="IDEMPOTENCY_KEY_INVALID",
+        )
+    return validate_key(sent)
 
 
 class Checkout:
