@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import traceback
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shopmesh_chassis.db import Database, normalize_url
+from shopmesh_chassis.testing import eventually
 
 scratch = MetaData()
 counter = Table("counter", scratch, Column("id", Integer, primary_key=True), Column("value", Integer))
@@ -252,3 +254,27 @@ async def test_libpqs_dbname_query_parameter_names_the_database_asyncpg_connects
             assert (await connection.scalar(text("SELECT current_database()"))) == url.database
     finally:
         await database.dispose()
+
+
+async def test_a_ping_returns_once_the_database_answers(blank_db: Database) -> None:
+    await blank_db.ping(30.0)
+
+
+async def test_a_ping_of_a_postgresql_server_that_never_answers_gives_up_at_its_bound() -> None:
+    """A server cut off by the network: the connection is accepted (here by the kernel, for a socket that never
+    reads) and nothing answers, and the connect waits for its own timeout (a minute by default, ten minutes
+    here). The consumer pings before it parks an event, in its delivery loop: the ping ends at its own bound,
+    as TimeoutError."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        database = Database(f"postgresql://shop@127.0.0.1:{port}/shop?connect_timeout=600")
+        ping = asyncio.create_task(database.ping(0.5))
+        try:
+            await eventually(ping.done, "the ping gave up")
+            assert isinstance(ping.exception(), TimeoutError)
+        finally:
+            ping.cancel()
+            await asyncio.gather(ping, return_exceptions=True)
+            await database.dispose()

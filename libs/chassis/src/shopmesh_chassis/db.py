@@ -485,6 +485,13 @@ class Database:
         async with _connected(self._postgres_reader) as async_connection:
             yield async_connection
 
+    async def ping(self, timeout: float) -> None:
+        """Return once the database answers a trivial statement; raise what a transaction would meet while it
+        is away, or TimeoutError when it has not answered within `timeout` seconds (a server cut off by the
+        network neither accepts nor refuses, and a connect waits for it far longer)."""
+        async with asyncio.timeout(timeout), self.read() as connection:
+            await connection.execute(sqlalchemy.text("SELECT 1"))
+
     async def dispose(self) -> None:
         if self._sqlite is not None:
             self._sqlite.dispose()
