@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +23,12 @@ from shopmesh_chassis.consumer import Event, EventConsumer, filter_of
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import REPLAY_STREAM, DeadLetters, replay_durable
 from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
+from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 
-from .consumer_kit import applied, client, consumer, db, record, until_applied
+from .consumer_kit import applied, client, consumer, db, record, scratch, until_applied
 from .test_consumer import DATABASE_AWAY, messages_parked
 from .test_dead_letters import parked
 
@@ -451,6 +455,64 @@ async def test_an_overdue_event_is_not_parked_while_the_database_is_away(
     [letter] = await parked(client, 1)
     await older.stop()
     assert letter.event_id == "c1"
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    # Its own server, not the session's: the test stops and starts it.
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def pg_db(own_postgres: PostgresServer, tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(own_postgres.create_database())
+    (tmp_path / "versions").mkdir()
+    await migrate(database, tmp_path / "versions")
+    async with database.transaction() as conn:
+        await conn.run_sync(scratch.create_all)
+    yield database
+    await database.dispose()
+
+
+async def test_an_overdue_event_is_not_parked_by_a_replica_without_own_events_while_postgresql_is_down(
+    pg_db: Database, own_postgres: PostgresServer, client: Client, nats_srv: NatsServer
+) -> None:
+    # An older replica with no event of its own to apply never learns from a failing handler that the
+    # database is away; the newer replicas wait the outage out with the event, and would apply it after.
+    await run_newer_release_once(pg_db, nats_srv)
+    clock = HeldClock()
+    registry = CollectorRegistry()
+    older = overdue_older_replica(
+        pg_db,
+        nats_srv,
+        clock,
+        registry,
+        max_ack_pending=FEW_SLOTS,
+        # Read at each overdue delivery (see the test above): only the database is to hold c1 back here.
+        slots_read_seconds=0,
+    )
+    older.start()
+    await publish_on(client, CHANGED, "c1")
+    await eventually(lambda: outcomes(registry, CHANGED, "handed_back") >= 1, "c1 handed back")
+    own_postgres.stop()
+    try:
+        clock.advance(PAST_THE_BOUND)
+        overdue_since = outcomes(registry, CHANGED, "handed_back")
+
+        async def handed_back_not_parked() -> bool:
+            # Before, it was parked at its first delivery past the bound: nothing this replica did had failed.
+            assert await messages_parked(client) == 0, "c1 parked while PostgreSQL is down"
+            return outcomes(registry, CHANGED, "handed_back") >= overdue_since + 3
+
+        await eventually(handed_back_not_parked, "c1 handed back while PostgreSQL is down")
+    finally:
+        own_postgres.start()
+    # Back, with still no event of its own: c1, overdue with the slots short, is parked now.
+    [letter] = await parked(client, 1)
+    await older.stop()
+    assert (letter.event_id, letter.attempts) == ("c1", 0)
+    assert await applied(pg_db) == Counter()
 
 
 async def test_a_parked_handed_back_event_replayed_to_an_older_replica_is_handed_back_and_a_newer_one_applies_it_once(

@@ -16,8 +16,9 @@ and drops only the subjects its release retires by name (`retired_subjects`). A 
 does not handle (a newer release's) is handed back with a delay for a replica that does, neither applied
 nor counted as an attempt. Past `handback_max_seconds` after it was stored it is parked as a dead letter,
 but only when the durable is short of slots (a message handed back stays ack-pending, and
-`max_ack_pending` of them would stall the durable) and the database is not away; else it is handed back
-again. One of a retired subject is acknowledged unapplied.
+`max_ack_pending` of them would stall the durable) and the database is not away (its own events fail for
+it, or it does not answer a check made before the park); else it is handed back again. One of a retired
+subject is acknowledged unapplied.
 
 Applied event ids are forgotten once older than `processed_retention_seconds`, which must be at least the
 stream's `stream_max_age_seconds` (EventSettings checks it): while a message is on the stream it may be
@@ -97,6 +98,11 @@ MAX_ACK_PENDING = 1000
 # How long a read of the durable's ack-pending count is good for when a park is considered (the default of
 # `slots_read_seconds`): at most one request per this long per durable, however many overdue messages come by.
 SLOTS_READ_SECONDS = 5.0
+# How long the answer of a check that the database is reachable is good for when a park is considered (the
+# default of `database_check_seconds`), and how long the check may take: at most one check per this long, and a
+# database that does not answer within the bound counts as away.
+DATABASE_CHECK_SECONDS = 5.0
+_DATABASE_CHECK_TIMEOUT = 5.0
 # Short of slots: at least this share of max_ack_pending unsettled. Half leaves the rest for the replicas'
 # own events while parking starts well before the stall.
 _SHORT_OF_SLOTS = 0.5
@@ -220,6 +226,7 @@ class EventConsumer:
         handback_max_seconds: float = 120.0,
         max_ack_pending: int = MAX_ACK_PENDING,
         slots_read_seconds: float = SLOTS_READ_SECONDS,
+        database_check_seconds: float = DATABASE_CHECK_SECONDS,
         clock: Callable[[], datetime] = _utcnow,
         batch_size: int = 20,
         ack_wait_seconds: float = 30.0,
@@ -266,6 +273,11 @@ class EventConsumer:
         # the read failed, taken as not short of slots).
         self._slots_read: dict[tuple[str, str], tuple[float, int | None]] = {}
         self._slots_read_seconds = slots_read_seconds
+        # When (monotonic) the database was last checked before a park, and whether it answered; when that it
+        # did not was last said (None: it answered since).
+        self._database_checked: tuple[float, bool] | None = None
+        self._database_check_seconds = database_check_seconds
+        self._database_unanswered_said: float | None = None
         # When (monotonic) a clock skew was last said.
         self._skew_said: float | None = None
         # Wall-clock UTC, compared with the stream's timestamps.
@@ -674,14 +686,47 @@ class EventConsumer:
     async def _may_park(self, handed_back: int, replayed: bool) -> bool:
         """Whether an overdue message this replica handed back `handed_back` times may be parked: once it
         was handed back at each delay of the schedule (an event first delivered late, from a backlog, still
-        gets a few chances at a newer replica), never while the database is away (a newer replica waits the
-        outage out with it, and this one, which never touches the database for it, would park what that one
-        is about to apply), and only when the durable is short of slots (what parking is for)."""
+        gets a few chances at a newer replica), only when the durable is short of slots (what parking is
+        for), and never while the database is away (a newer replica waits the outage out with it, and this
+        one, which never touches the database for it, would park what that one is about to apply): neither
+        while its own events fail for it, nor when it does not answer a check (_database_answers)."""
         if handed_back < len(self._handback) or self._database_away_since is not None:
             return False
         stream, durable = (REPLAY_STREAM, replay_durable(self._durable)) if replayed else (self._stream, self._durable)
         pending = await self._ack_pending(stream, durable)
-        return pending is not None and pending >= self._max_ack_pending * _SHORT_OF_SLOTS
+        if pending is None or pending < self._max_ack_pending * _SHORT_OF_SLOTS:
+            return False
+        return await self._database_answers()
+
+    async def _database_answers(self) -> bool:
+        """Whether the database answered a check lately, checked again when the last answer is older than
+        `database_check_seconds`. Its own events failing tell a replica the database is away, but one with none
+        of its own to apply (all it gets is a newer release's, as in a full rollback once its own subjects
+        go quiet) learns it only this way. A check that fails for any reason counts as away: a park is
+        not made on a guess, and the event is handed back again."""
+        now = time.monotonic()
+        checked = self._database_checked
+        if checked is not None and now - checked[0] < self._database_check_seconds:
+            return checked[1]
+        try:
+            await self._db.ping(_DATABASE_CHECK_TIMEOUT)
+        except Exception as exc:
+            answered = False
+            said = self._database_unanswered_said
+            if said is None or now - said >= _SAY_AGAIN_SECONDS:
+                self._database_unanswered_said = now
+                log.warning(
+                    "consumer %s hands overdue events back instead of parking them: its database does not "
+                    "answer, and a replica that consumes them would apply them once it does: %s",
+                    self._durable,
+                    _cause(exc),
+                )
+        else:
+            answered = True
+            self._database_unanswered_said = None
+        # From the end of the check: one that took its whole bound is not at once out of date.
+        self._database_checked = (time.monotonic(), answered)
+        return answered
 
     async def _ack_pending(self, stream: str, durable: str) -> int | None:
         """The durable's last known count of unsettled messages, read again when older than a few seconds;
