@@ -5,6 +5,7 @@ configuration; the Service, probes and drain fit the pod."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -18,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,40 @@ def test_the_pod_serves_the_storefront_make_run_serves(rendered: dict[tuple[str,
                 assert response.headers["content-type"] == content_type
                 assert response.headers["content-security-policy"] == STOREFRONT_CSP
                 assert response.read() == (storefront_folder() / name).read_bytes()
+
+
+async def test_the_pod_refuses_a_held_open_stream_to_a_method_the_api_lacks_at_once(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """The chart's edge as make run's (libs/platform/tests/test_http_api_grpc_refused.py): a streaming call of a
+    ShopService method that does not exist, its client's side held open, is UNIMPLEMENTED on its headers, not
+    held by the buffer filter until the client's deadline; the methods the API has still reach the gateway."""
+    shop = RecordingShop()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
+    gateway = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    held = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b""
+        await held.wait()
+
+    try:
+        with running_http_api(files_of(rendered["default", EDGE]), tmp_path, gateway=gateway) as ports:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[PORT]}") as channel:
+                call = channel.stream_stream(f"/{PUBLIC_SERVICE}/NoSuchMethod")(requests(), timeout=10)
+                try:
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await call.read()
+                finally:
+                    held.set()
+                await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(), timeout=10)
+    finally:
+        server.stop(0)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, refused.value
+    assert refused.value.details() == f"{PUBLIC_SERVICE} has no such method"
+    assert len(shop.calls) == 1
 
 
 # What Envoy says when a stream outlives its bound (max_stream_duration, or a client's shorter grpc-timeout).

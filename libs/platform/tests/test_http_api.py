@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_platform.http_api import GRPC_CONTENT_TYPE, PUBLIC_SERVICE, descriptor_set
 from shopmesh_platform.stack import HTTP_API, PortPlan, Stack, StackError
 
@@ -35,11 +36,15 @@ def test_only_the_public_service_is_routed_to_the_gateway(tmp_path: Path) -> Non
     [listener] = config["static_resources"]["listeners"]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     [host] = manager["route_config"]["virtual_hosts"]
-    forwarded = [r for r in host["routes"] if "route" in r and "prefix" in r["match"]]
-    grpc_route = next(r for r in forwarded if "headers" not in r["match"])
-    assert grpc_route["match"] == {"prefix": f"/{PUBLIC_SERVICE}/"}
+    # ShopService's methods each by its path, not the service's prefix: a method it does not have is not routed.
+    grpc_routes = [r for r in host["routes"] if "route" in r and "path" in r["match"]]
+    assert sorted(r["match"]["path"] for r in grpc_routes) == [
+        f"/{PUBLIC_SERVICE}/{method}"
+        for method in sorted(shop_pb2.DESCRIPTOR.services_by_name["ShopService"].methods_by_name)
+    ]
+    assert all("headers" not in r["match"] for r in grpc_routes)
     # The other route takes no gRPC at all (health, reflection): only what the transcoder rewrote, or a preflight.
-    [other] = [r for r in forwarded if r is not grpc_route]
+    [other] = [r for r in host["routes"] if "route" in r and "prefix" in r["match"]]
     assert other["match"]["headers"][0]["string_match"] == {"safe_regex": {"regex": GRPC_CONTENT_TYPE}}
     assert other["match"]["headers"][0]["invert_match"] is True
     transcoder = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.grpc_json_transcoder")

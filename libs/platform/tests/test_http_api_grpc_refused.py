@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
 import pytest
 
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_platform.http_api import PUBLIC_SERVICE
 
 from .conftest import RecordingShop
@@ -57,3 +59,31 @@ def test_grpcurl_listing_services_through_the_edge_is_told_there_is_no_reflectio
     )
     assert listed.returncode != 0
     assert "server does not support the reflection API" in listed.stderr, listed.stderr
+
+
+async def test_a_streaming_call_of_a_method_shopservice_does_not_have_is_unimplemented_at_once(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # The client keeps its side of the stream open: a method of ShopService's that it does not have must be
+    # refused on its headers, not forwarded to the gateway through the buffer filter, which holds a request
+    # until its end. The deadline bounds the test; a refusal that waited for the request's end meets it instead.
+    url, shop = edge
+    held = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b""
+        await held.wait()
+
+    async with grpc.aio.insecure_channel(urlsplit(url).netloc) as channel:
+        call = channel.stream_stream(f"/{PUBLIC_SERVICE}/NoSuchMethod")(requests(), timeout=10)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call.read()
+        finally:
+            held.set()
+        # The methods it has are still the gateway's, called over gRPC on the same port.
+        answer = await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=2))
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, refused.value
+    assert refused.value.details() == f"{PUBLIC_SERVICE} has no such method"
+    assert len(answer.products) == 2
+    assert shop.calls[-1] == ("ListProducts", "2")

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import descriptor_pb2
 from google.rpc import code_pb2 as grpc_code
 
 from .mesh.envoy import (
@@ -374,13 +375,19 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         *_openapi_routes(api.openapi),
                         *_storefront_routes(api.storefront),
                         *_method_routes(),
-                        {
-                            # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's
-                            # by the time the route is chosen: ShopService's methods are all there is.
-                            "match": {"prefix": f"/{PUBLIC_SERVICE}/"},
-                            "route": {"cluster": "gateway", **_ROUTE_BOUND},
-                            "decorator": {"operation": "public API", "propagate": False},
-                        },
+                        # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's by the
+                        # time the route is chosen: ShopService's methods are all there is. Each by its path,
+                        # not the service's prefix: a method it does not have is refused at once, not held by
+                        # the buffer filter on its way to the gateway.
+                        *(
+                            {
+                                "match": {"path": path},
+                                "route": {"cluster": "gateway", **_ROUTE_BOUND},
+                                "decorator": {"operation": "public API", "propagate": False},
+                            }
+                            for path in api_method_paths()
+                        ),
+                        _unknown_method_refused(),
                         _other_grpc_refused(),
                         {
                             # The CORS filter looks the request up before the transcoder rewrites its path: a
@@ -568,6 +575,42 @@ def _head_as_get() -> dict[str, Any]:
             "@type": _LUA,
             "default_source_code": {"inline_string": _HEAD_BODY_DROPPED_SCRIPT},
             "source_codes": {_HEAD_AS_GET: {"inline_string": _HEAD_AS_GET_SCRIPT}},
+        },
+    }
+
+
+def api_methods() -> list[str]:
+    """ShopService's methods, by name, from the descriptor set the transcoder reads."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set().read_bytes())
+    package, service = PUBLIC_SERVICE.rsplit(".", 1)
+    return sorted(
+        method.name
+        for file in files.file
+        if file.package == package
+        for declared in file.service
+        if declared.name == service
+        for method in declared.method
+    )
+
+
+def api_method_paths() -> list[str]:
+    """The gRPC paths of ShopService's methods (`/shopmesh.gateway.v1.ShopService/GetOrder`). Exact paths, one
+    route each: a regex of them all is past the size Envoy allows an RE2 program."""
+    return [f"/{PUBLIC_SERVICE}/{method}" for method in api_methods()]
+
+
+def _unknown_method_refused() -> dict[str, Any]:
+    """gRPC or gRPC-Web for a method ShopService does not have (`/shopmesh.gateway.v1.ShopService/NoSuchMethod`):
+    refused at once as UNIMPLEMENTED, as _other_grpc_refused does for other services. Forwarded, the gateway
+    would say the same, but only once the buffer filter had the whole request: a streaming call whose client
+    keeps its side open waited for its deadline (or ROUTE_TIMEOUT) instead. Every method the API has is routed
+    before this; an HTTP/JSON request on this path goes on to the transcoder, which refuses it (404)."""
+    return {
+        "match": {"prefix": f"/{PUBLIC_SERVICE}/", "headers": [_GRPC]},
+        "direct_response": {"status": 404, "body": {"inline_string": f"{PUBLIC_SERVICE} has no such method"}},
+        "typed_per_filter_config": {
+            **_TRANSCODER_OFF,
+            "envoy.filters.http.buffer": {"@type": _FILTER_CONFIG, "disabled": True},
         },
     }
 
