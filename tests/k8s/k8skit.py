@@ -29,6 +29,9 @@ from shopmesh_platform.stack import envoy_binary
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Where running_http_api's Envoy writes its output, in its scratch folder.
+ENVOY_LOG = "envoy.log"
+
 # The Kubernetes release the manifests are validated against (the kubectl this project tests against).
 KUBERNETES_VERSION = "1.32.0"
 
@@ -116,7 +119,7 @@ def running_http_api(
     port → local port), what a --config-yaml in `args` adds used as it is; the gateway it calls on loopback at
     the local port `gateway` if given, else at a free one where nothing listens (not the pod's gateway port,
     50051: `make run`'s users service, or a README walkthrough's on pytest-xdist's other worker, listens
-    there). Ready once its admin interface says so."""
+    there). Ready once its admin interface says so. Its output goes to `scratch`/ENVOY_LOG."""
     for name, content in files.items():
         (scratch / name).write_bytes(content)
     args = [arg.replace(f"{http_api.MOUNT}/", f"{scratch}/") for arg in args or ["--config-path", http_api.CONFIG]]
@@ -146,29 +149,36 @@ def running_http_api(
     quiet = [] if "--log-level" in args else ["--log-level", "warn"]
     argv = [str(envoy_binary()), *args, *quiet, *([] if "--disable-hot-restart" in args else ["--disable-hot-restart"])]
     ready = f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}/ready"
-    with held, _running(argv, lambda: _answers(ready), "the rendered http-api Envoy"):
+    with held, _running(argv, lambda: _answers(ready), "the rendered http-api Envoy", scratch / ENVOY_LOG):
         yield ports
 
 
 @contextlib.contextmanager
 def trace_sink(folder: Path) -> Iterator[int]:
-    """`make run`'s trace collector (OTLP/gRPC), storing what it receives under `folder`; yields its port."""
+    """`make run`'s trace collector (OTLP/gRPC), storing what it receives under `folder`; yields its port. Its
+    output goes to a file beside `folder` (`<folder>.log`)."""
     [port] = free_ports(1)
     argv = [sys.executable, "-m", "shopmesh_platform.trace_sink", "--port", str(port), "--dir", str(folder)]
-    with _running(argv, lambda: _accepts(port), "the trace sink"):
+    with _running(argv, lambda: _accepts(port), "the trace sink", folder.with_name(f"{folder.name}.log")):
         yield port
 
 
 @contextlib.contextmanager
-def _running(argv: list[str], ready: Callable[[], bool], what: str) -> Iterator[None]:
-    """`argv` as a process, once `ready()` says so (30 s at most; its stderr if it exits first); stopped
-    after."""
-    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as process:
+def _running(argv: list[str], ready: Callable[[], bool], what: str, log: Path) -> Iterator[None]:
+    """`argv` as a process, its stderr written to `log`, once `ready()` says so (30 s at most; the
+    log's end in the failure if it exits or is not ready by then); stopped after. A file, not a pipe: nobody
+    reads the output while the tests run, and a process blocks on its next write once a pipe (64 KiB) is full
+    (Envoy at debug level fills one in a few dozen requests), stalling every call through it."""
+
+    def last_output() -> str:
+        return log.read_bytes()[-4000:].decode(errors="replace")
+
+    with log.open("wb") as output, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=output) as process:
         try:
             deadline = time.monotonic() + 30
             while not ready():
-                assert process.poll() is None, process.stderr.read().decode() if process.stderr else f"{what} exited"
-                assert time.monotonic() < deadline, f"{what} was not ready within 30 s"
+                assert process.poll() is None, f"{what} exited {process.returncode}: {last_output()}"
+                assert time.monotonic() < deadline, f"{what} was not ready within 30 s: {last_output()}"
                 time.sleep(0.1)
             yield
         finally:

@@ -50,7 +50,7 @@ from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
 from shopmesh_platform.traces import load
 
-from .k8skit import Docs, find, http_api, objects_of, render, running_http_api, trace_sink
+from .k8skit import ENVOY_LOG, Docs, find, http_api, objects_of, render, running_http_api, trace_sink
 
 EDGE = next(name for name in SERVICES if is_edge(name))
 PORT = 8080
@@ -222,6 +222,25 @@ def test_the_metrics_port_serves_envoys_metrics_and_nothing_else_of_its_admin_in
         admin = f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}"
         with urllib.request.urlopen(f"{admin}/config_dump", timeout=10) as response:
             assert response.status == 200
+
+
+# Linux's default pipe capacity: a writer whose output nobody reads blocks past it.
+PIPE_BYTES = 64 * 1024
+# Requests at Envoy's debug level that write several pipes' worth (each writes a few KiB).
+VERBOSE_REQUESTS = 300
+
+
+def test_the_rendered_edge_answers_on_after_writing_more_output_than_a_pipe_holds(tmp_path: Path) -> None:
+    """running_http_api runs Envoy as long as a test needs it, however much it writes: output held in a pipe
+    nobody reads blocks Envoy on its next write once the pipe is full, and every call after it hangs."""
+    files = {path.name: path.read_bytes() for path in http_api.FILES.iterdir()}
+    with running_http_api(files, tmp_path) as ports, httpx.Client(timeout=10) as client:
+        admin = f"http://127.0.0.1:{ports[http_api.ADMIN_PORT]}"
+        client.post(f"{admin}/logging?level=debug").raise_for_status()
+        for _ in range(VERBOSE_REQUESTS):
+            assert client.get(f"http://127.0.0.1:{ports[PORT]}{HEALTH_PATH}").status_code == 200
+    # What the requests wrote did not fit a pipe several times over: the test proved what it claims.
+    assert (tmp_path / ENVOY_LOG).stat().st_size > 4 * PIPE_BYTES
 
 
 def test_prometheus_scrapes_the_edges_envoy_beside_the_service(rendered: dict[tuple[str, str], Docs]) -> None:
