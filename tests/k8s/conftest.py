@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,40 +26,61 @@ def render_dir(helm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     out = tmp_path_factory.mktemp("render") / "render"
     render.write_all(helm_dir, out)
     yield out
-    if _checkov["process"] is not None and _checkov["process"].poll() is None:
-        _checkov["process"].kill()
+    run = _checkov["run"]
+    if run is not None and run.process.poll() is None:
+        run.process.kill()
+        run.process.wait()
 
 
-_checkov: dict[str, subprocess.Popen[str] | None] = {"process": None}
+@dataclass(frozen=True)
+class CheckovRun:
+    """checkov running in the background, its output going to files: its JSON report is far more than a pipe
+    holds (64 KiB), and nothing reads it until its test does, so through a pipe checkov would stop on its
+    next write and not finish in the background at all."""
+
+    process: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+
+    def finished(self, timeout: float) -> tuple[int, str, str]:
+        """Its exit status, stdout and stderr, once it exits (at most `timeout` seconds)."""
+        returncode = self.process.wait(timeout)
+        return returncode, self.stdout.read_text(), self.stderr.read_text()
+
+
+_checkov: dict[str, CheckovRun | None] = {"run": None}
 
 
 @pytest.fixture(scope="session")
-def checkov_report(render_dir: Path) -> subprocess.Popen[str]:
+def checkov_report(render_dir: Path) -> CheckovRun:
     """checkov over the whole render folder, once. Started as soon as the manifests exist (see
     `start_checkov`), so that its half minute overlaps the other tests."""
     return start_checkov(render_dir)
 
 
-def start_checkov(render_dir: Path) -> subprocess.Popen[str]:
-    if _checkov["process"] is None:
-        _checkov["process"] = subprocess.Popen(
-            [
-                tool("checkov"),
-                "--directory",
-                str(render_dir),
-                "--framework",
-                "kubernetes",
-                "--output",
-                "json",
-                "--compact",
-                "--skip-download",
-                "--soft-fail",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    return _checkov["process"]
+def start_checkov(render_dir: Path) -> CheckovRun:
+    if _checkov["run"] is None:
+        # Beside the render folder, not in it: checkov reads every file there.
+        stdout, stderr = render_dir.parent / "checkov.json", render_dir.parent / "checkov.err"
+        with stdout.open("wb") as out, stderr.open("wb") as err:
+            process = subprocess.Popen(
+                [
+                    tool("checkov"),
+                    "--directory",
+                    str(render_dir),
+                    "--framework",
+                    "kubernetes",
+                    "--output",
+                    "json",
+                    "--compact",
+                    "--skip-download",
+                    "--soft-fail",
+                ],
+                stdout=out,
+                stderr=err,
+            )
+        _checkov["run"] = CheckovRun(process, stdout, stderr)
+    return _checkov["run"]
 
 
 @pytest.fixture(scope="session", autouse=True)

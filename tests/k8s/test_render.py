@@ -18,6 +18,7 @@ from kubernetes_validate import utils as kv_utils
 
 from shopmesh_platform.topology import SERVICES
 
+from .conftest import CheckovRun
 from .k8skit import KUBERNETES_VERSION, ROOT, Docs, dockerfiles, render, tool
 
 # Custom resources (Prometheus Operator, Istio, Linkerd): not in Kubernetes' own schemas.
@@ -106,11 +107,11 @@ def test_kubernetes_validate_rejects_an_unknown_field() -> None:
         kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
 
 
-def test_checkov_finds_nothing(checkov_report: subprocess.Popen[str]) -> None:
+def test_checkov_finds_nothing(checkov_report: CheckovRun) -> None:
     """One checkov run over every rendered set and the dev infra: no failed check, and every skipped
     check carries its reason (the charts' `checkov.io/skip-*: ID=reason` annotations)."""
-    stdout, stderr = checkov_report.communicate(timeout=600)
-    assert checkov_report.returncode == 0, stderr[-3000:]
+    returncode, stdout, stderr = checkov_report.finished(timeout=600)
+    assert returncode == 0, stderr[-3000:]
     reports = json.loads(stdout)
     reports = reports if isinstance(reports, list) else [reports]
     failed = [
