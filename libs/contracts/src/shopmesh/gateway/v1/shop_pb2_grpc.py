@@ -174,7 +174,8 @@ class ShopServiceServicer:
         Idempotency: the client should send an `idempotency-key` request header
         (for example a UUID per checkout attempt): 1-255 printable ASCII
         characters, else INVALID_ARGUMENT, ErrorInfo reason
-        IDEMPOTENCY_KEY_INVALID (see common/v1). If it is absent, the gateway
+        IDEMPOTENCY_KEY_INVALID (see common/v1); an empty header, or the header
+        twice with different values, is invalid too. If it is absent, the gateway
         generates a UUIDv4. Either way the key used is returned in the
         `idempotency-key` response trailer, on success and on error, so the
         client can retry the same placement after a failure it received; on

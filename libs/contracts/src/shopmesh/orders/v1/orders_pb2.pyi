@@ -107,8 +107,9 @@ class _CancelReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Canc
     Nothing stays charged and the stock was released.
     """
     CANCEL_REASON_CODE_RESERVATION_EXPIRED: _CancelReasonCode.ValueType  # 6
-    """The reservation expired before it could be committed; any captured
-    payment was refunded.
+    """The reservation expired before it could be committed, or inventory no
+    longer had it (its row removed, e.g. by a restore); any captured payment
+    was refunded.
     """
     CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED: _CancelReasonCode.ValueType  # 7
     """The PlaceOrder call that carried the card ended before the card was
@@ -153,8 +154,9 @@ resumed without it could not ask payments whether it was charged.
 Nothing stays charged and the stock was released.
 """
 CANCEL_REASON_CODE_RESERVATION_EXPIRED: CancelReasonCode.ValueType  # 6
-"""The reservation expired before it could be committed; any captured
-payment was refunded.
+"""The reservation expired before it could be committed, or inventory no
+longer had it (its row removed, e.g. by a restore); any captured payment
+was refunded.
 """
 CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED: CancelReasonCode.ValueType  # 7
 """The PlaceOrder call that carried the card ended before the card was

@@ -96,7 +96,9 @@ class OrdersServiceServicer:
         or a charge that landed after all was refunded: refunded is true and
         the message says so; the stock was released), RESERVATION_EXPIRED (the stock
         reservation expired first: before the charge, and nothing was charged,
-        or after a payment that succeeded too late, which was refunded), or
+        or after a payment that succeeded too late, which was refunded; also
+        when inventory no longer has the reservation at commit, e.g. after a
+        restore: the payment was refunded), or
         CHECKOUT_INTERRUPTED (a retry finds the
         order the server resumed after this call gave up before charging the
         card, e.g. while inventory was unavailable: it cannot charge a card it
@@ -118,6 +120,11 @@ class OrdersServiceServicer:
         Retry with the same key to get its outcome; the server also resumes it
         by itself, and cancels it if it cannot finish before the reservation
         would expire.
+        - UNAVAILABLE, reason RESERVATION_IN_DOUBT: a retry past the checkout's
+        deadline asked inventory whether the stock reservation still holds and
+        got a state this release does not know (a newer inventory's). Nothing
+        was charged; the order stays PENDING (metadata "order_id") until an
+        inventory release that knows the state can release the stock.
 
         IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
         creates a second order or a second charge).
