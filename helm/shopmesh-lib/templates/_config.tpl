@@ -381,6 +381,32 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- $_ := set $c "podLabels" (merge (dig "podLabels" dict $v) (dig "podLabels" dict $g)) -}}
 {{- $_ := set $c "tests" (dict "enabled" (dig "tests" "enabled" (dig "tests" "enabled" true $g) $v)) -}}
 {{- $_ := set $c "topologySpread" (dig "topologySpread" (dig "topologySpread" true $g) $v) -}}
+{{- /* Where the pods may run and how their images are pulled: a platform's node pools and their taints, its
+     priority classes, a private registry's credentials. A service chart's value replaces the environment's
+     (global.*) whole, never merged into it: a service that needs another pool names all of its labels, and
+     `nodeSelector: {}` or `tolerations: []` of its own takes it off the environment's. */ -}}
+{{- $pullSecrets := list -}}
+{{- range dig "imagePullSecrets" (dig "imagePullSecrets" list $g) $v -}}
+{{- /* A Secret's name, or {name: ...} as a pod spec writes it: --set global.imagePullSecrets={regcred} gives
+     the first, a values file copied from another chart the second. */ -}}
+{{- $secret := ternary . (dig "name" "" (ternary . dict (kindIs "map" .))) (kindIs "string" .) -}}
+{{- if not $secret -}}
+{{- fail (printf "imagePullSecrets for %s: each entry is a Secret's name or {name: <Secret>}, not %s" $name (toJson .)) -}}
+{{- end -}}
+{{- $pullSecrets = append $pullSecrets (dict "name" $secret) -}}
+{{- end -}}
+{{- $_ := set $c "imagePullSecrets" $pullSecrets -}}
+{{- /* nodeSelector's values are text to the API, which refuses a pod whose selector holds `true` or 1 as YAML
+     reads them (--set global.nodeSelector.spot=false): each becomes the text that was written. */ -}}
+{{- $nodeSelector := dict -}}
+{{- range $key, $value := dig "nodeSelector" (dig "nodeSelector" dict $g) $v -}}
+{{- $_ := set $nodeSelector $key (include "shopmesh-lib.string" (dict "setting" (printf "nodeSelector.%s" $key) "value" $value)) -}}
+{{- end -}}
+{{- $_ := set $c "scheduling" (dict
+    "nodeSelector" $nodeSelector
+    "tolerations" (dig "tolerations" (dig "tolerations" list $g) $v)
+    "affinity" (dig "affinity" (dig "affinity" dict $g) $v)
+    "priorityClassName" (dig "priorityClassName" (dig "priorityClassName" "" $g) $v)) -}}
 {{- toYaml $c -}}
 {{- end -}}
 

@@ -72,6 +72,9 @@ spec:
         fsGroup: 10001
         seccompProfile:
           type: RuntimeDefault
+      {{- with include "shopmesh-lib.scheduling" (dict "c" $c) | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
       {{- if $c.topologySpread }}
       topologySpreadConstraints:
         - maxSkew: 1
@@ -270,4 +273,39 @@ of ports to bypass the proxy are joined with the user's (one annotation each, bo
 {{- end -}}
 {{- end -}}
 {{- toYaml $a -}}
+{{- end -}}
+
+
+
+{{/*
+A pod spec's scheduling and pulling fields (imagePullSecrets, priorityClassName, nodeSelector, affinity,
+tolerations), each only when set. With .testPod (the `helm test` pod): what lets it pull the service's image
+and land on the nodes the service's pods may use (the secrets, the node selector and affinity, the
+tolerations), not what is about the service's own pods: their priority and how they keep apart from each
+other (pod affinity and anti-affinity, which select the service's labels, never the test pod's).
+*/}}
+{{- define "shopmesh-lib.scheduling" -}}
+{{- $c := .c -}}
+{{- $s := $c.scheduling -}}
+{{- with $c.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if and $s.priorityClassName (not .testPod) }}
+priorityClassName: {{ $s.priorityClassName | quote }}
+{{- end }}
+{{- with $s.nodeSelector }}
+nodeSelector:
+  {{- range $key, $value := . }}
+  {{ $key | quote }}: {{ $value | quote }}
+  {{- end }}
+{{- end }}
+{{- with ternary (pick $s.affinity "nodeAffinity") $s.affinity (default false .testPod) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $s.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}

@@ -170,6 +170,9 @@ spec:
   restartPolicy: Never
   serviceAccountName: {{ $c.name }}-health-test
   automountServiceAccountToken: false
+  {{- with include "shopmesh-lib.scheduling" (dict "c" $c "testPod" true) | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
   enableServiceLinks: false
   securityContext:
     runAsNonRoot: true
