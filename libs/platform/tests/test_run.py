@@ -490,6 +490,73 @@ async def test_a_crash_that_coincides_with_ctrl_c_still_exits_1_naming_the_proce
     assert "error: traces exited unexpectedly (killed by SIGKILL); its last" in said
 
 
+def database_port(lines: list[str]) -> int:
+    [said] = [line for line in lines if line.startswith("Databases: ")]
+    return int(said.split("127.0.0.1:")[1].split()[0])
+
+
+def throwaway_folders(launcher: int) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"shopmesh-run-pg-{launcher}-*"))
+
+
+def postmaster_of(launcher: int) -> int:
+    """The process id of the launcher's throwaway PostgreSQL server, from the pid file it keeps in its folder."""
+    [folder] = throwaway_folders(launcher)
+    return int((folder / "postmaster.pid").read_text().split()[0])
+
+
+async def test_a_postgresql_server_that_dies_while_the_stack_runs_ends_the_launcher_with_exit_1_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The services' databases gone: the stack must not run on around them."""
+    args = ("--services", "", "--http-port", "0", "--postgres")
+    async with launched(tmp_path / "data", *args, ready_within=120) as (process, lines):
+        port = database_port(lines)
+        try:
+            os.kill(postmaster_of(process.pid), signal.SIGKILL)
+            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            await asyncio.to_thread(stop_left_behind, process.pid, port)
+    said = rest.decode()
+    assert process.returncode == 1, said
+    assert "PostgreSQL exited unexpectedly (killed by SIGKILL): stopping the services" in said
+    assert "error: PostgreSQL exited unexpectedly (killed by SIGKILL); its last" in said
+    assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"
+
+
+async def test_a_postgresql_server_that_dies_while_ctrl_c_stops_the_rest_still_exits_1_naming_it(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL is stopped last, after the stack: one that died after Ctrl-C, before its turn, is a crash
+    as a service's would be, not a stop that went cleanly."""
+    args = ("--services", "", "--http-port", "0", "--postgres")
+    async with launched(tmp_path / "data", *args, ready_within=120) as (process, lines):
+        assert process.stdout is not None
+        port = database_port(lines)
+        traces, postmaster = int(table_rows(lines)["traces"]["pid"]), postmaster_of(process.pid)
+        try:
+            # The sink held (SIGSTOP) cannot end on the stop's SIGTERM: the stop waits at it while the server
+            # is killed, which therefore dies after Ctrl-C and before its own turn.
+            os.kill(traces, signal.SIGSTOP)
+            try:
+                process.send_signal(signal.SIGINT)
+                await asyncio.wait_for(
+                    read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
+                )
+                os.kill(postmaster, signal.SIGKILL)
+                await eventually(lambda: gone(postmaster), "the killed PostgreSQL server gone")
+            finally:
+                os.kill(traces, signal.SIGCONT)
+            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            await asyncio.to_thread(stop_left_behind, process.pid, port)
+    said = rest.decode()
+    assert process.returncode == 1, said
+    assert "stopped cleanly" not in said, said
+    assert "error: PostgreSQL exited unexpectedly (killed by SIGKILL); its last" in said
+    assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"
+
+
 async def test_a_second_ctrl_c_during_the_stop_kills_the_rest_and_blames_no_process(tmp_path: Path) -> None:
     """Ctrl-C twice: the second kills every process still running, NATS too before its turn to stop; those
     SIGKILLs are the launcher's own, not crashes (exit 0, no "exited unexpectedly")."""

@@ -8,11 +8,12 @@ With the gateway, the public API is also served over HTTP/JSON and gRPC-Web (an 
 Prints a table of what runs where, grpcurl and curl commands to try; each process's output is prefixed with its
 name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
 OTEL_EXPORTER_OTLP_ENDPOINT names a collector of your own. Ctrl-C (or SIGTERM, or the terminal closing)
-stops the services callers first, then NATS, and exits 0; a second Ctrl-C kills whatever is still
-running. Exit status 1 when the stack cannot start, or when one of its processes (NATS, a sink, a service,
-a sidecar, the edge's Envoy, the PostgreSQL server) exits on its own while it runs (or while Ctrl-C stops
-the rest, before its turn): the launcher then stops the rest as Ctrl-C does and names that process with its
-last output lines (no restart: a crash is a bug to see, not to paper over). With --postgres every service
+stops the services callers first, then NATS (then the PostgreSQL server), and exits 0; a second Ctrl-C
+kills whatever the stack still runs. Exit status 1 when the stack cannot start, or when one of its processes
+(NATS, a sink, a service, a sidecar, the edge's Envoy, the PostgreSQL server) exits on its own while it runs
+(or while Ctrl-C stops the rest, before its turn): the launcher then stops the rest as Ctrl-C does and
+names that process with its last output lines (no restart: a crash is a bug to see, not to paper over).
+With --postgres every service
 that owns data gets a database of its own on a throwaway PostgreSQL server started from the installed
 binaries (as in a cluster, one database per service), removed when the stack stops; without it, SQLite
 files under the data directory.
@@ -56,7 +57,9 @@ from .stack import (
     PortPlan,
     Stack,
     StackError,
+    crash_at_stop,
     existing_services,
+    has_exited,
     postgres_env,
     sidecar_name,
     signal_child,
@@ -66,6 +69,8 @@ from .stack import (
 from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
+# The throwaway PostgreSQL server, as messages name it.
+POSTGRES = "PostgreSQL"
 NO_MESH = "none"
 ENVOY = "envoy"
 
@@ -419,7 +424,18 @@ class ThrowawayPostgres:
 
     async def crashed(self) -> Crashed:
         """Wait until the server exits (the launcher stops it only after the stack): the error saying so."""
-        return Crashed("PostgreSQL", await self.process.wait(), self.output)
+        return Crashed(POSTGRES, await self.process.wait(), self.output)
+
+    async def stop(self) -> tuple[int, Crashed | None]:
+        """Stop the server as the stack's processes are stopped: its exit status, and the error naming it if it
+        had exited before (a crash around Ctrl-C that `crashed` had not reported) or died as it stopped."""
+        on_its_own = has_exited(self.process)
+        killed = await _stop_postgres(self.process)
+        code = await self.process.wait()
+        crash = crash_at_stop(
+            POSTGRES, code, self.output, on_its_own=on_its_own, stop_signal=signal.SIGINT, killed=killed
+        )
+        return code, crash
 
 
 @contextlib.asynccontextmanager
@@ -466,17 +482,21 @@ async def _until_accepting(server: PostgresServer, process: asyncio.subprocess.P
         await asyncio.sleep(0.1)
 
 
-async def _stop_postgres(process: asyncio.subprocess.Process) -> None:
+async def _stop_postgres(process: asyncio.subprocess.Process) -> bool:
+    """Fast shutdown, SIGKILL after _POSTGRES_STOP_SECONDS; whether it took the SIGKILL."""
     if process.returncode is None:
         signal_child(process, signal.SIGINT)
         try:
             await asyncio.wait_for(asyncio.shield(process.wait()), _POSTGRES_STOP_SECONDS)
-            return
+            return False
         except TimeoutError:
             pass
         # Its own process group (spawn): the server's backends go with it.
         signal_child(process, signal.SIGKILL)
+        await process.wait()
+        return True
     await process.wait()
+    return False
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -555,9 +575,14 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
             stop_requested.set()
             print(f"\n{crash.summary}: stopping the services (callers first), then NATS ...", flush=True)
         codes = await stack.stop()
-        if crash is None and stack.crashed_before_stopped:
+        crashed_before_stopped = list(stack.crashed_before_stopped)
+        if postgres is not None:
+            # Last, as a database outlives its clients; before the verdict, which its exit is part of.
+            codes[POSTGRES], crashed = await postgres.stop()
+            crashed_before_stopped += [crashed] if crashed is not None else []
+        if crash is None and crashed_before_stopped:
             # Ctrl-C in the moment a process died, or a process that died as the rest stopped: still a crash.
-            crash = stack.crashed_before_stopped[0]
+            crash = crashed_before_stopped[0]
         if crash is not None:
             raise crash
         failed = {name: code for name, code in codes.items() if code not in (0, None)}

@@ -129,7 +129,19 @@ class Crashed(StackError):
         super().__init__(failure_message(name, what, output))
 
 
-def _has_exited(process: asyncio.subprocess.Process) -> bool:
+def crash_at_stop(
+    name: str, code: int | None, output: Iterable[str], *, on_its_own: bool, stop_signal: signal.Signals, killed: bool
+) -> Crashed | None:
+    """How a stop tells a crash from the end it asked for (the error naming the process, or None): the process
+    had exited before its turn (`on_its_own`, looked at before the stop signal), or a signal the stop did not
+    send killed it (neither `stop_signal` nor the stop's own SIGKILL: a SIGSEGV as it shut down, a SIGKILL sent
+    by someone else just before). An exit status the process chose in answer to `stop_signal` is its own end."""
+    if code is not None and (on_its_own or (code < 0 and -code != stop_signal and not killed)):
+        return Crashed(name, code, output)
+    return None
+
+
+def has_exited(process: asyncio.subprocess.Process) -> bool:
     """Whether `process` has exited, though asyncio may not have reported it yet (`returncode` still None):
     its exit is only delivered through the event loop, where a signal handled first may have beaten it."""
     if process.returncode is not None:
@@ -950,10 +962,13 @@ class Stack:
         exited before its turn, or a signal the stack did not send killed it (a SIGKILL sent just before the
         stop to a process still dying at its turn; a SIGSEGV as it shut down)."""
         # Before the signal, and before `stopping` hides the exit from `crashed`.
-        on_its_own = child.process is not None and not child.stopping and _has_exited(child.process)
+        on_its_own = child.process is not None and not child.stopping and has_exited(child.process)
         code = await self._stop_child(child)
-        if code is not None and (on_its_own or (code < 0 and -code != signal.SIGTERM and not child.killed)):
-            self.crashed_before_stopped.append(Crashed(child.name, code, child.recent))
+        crash = crash_at_stop(
+            child.name, code, child.recent, on_its_own=on_its_own, stop_signal=signal.SIGTERM, killed=child.killed
+        )
+        if crash is not None:
+            self.crashed_before_stopped.append(crash)
         return code
 
     def kill_all(self) -> None:
@@ -1295,7 +1310,7 @@ def signal_child(process: asyncio.subprocess.Process, sig: signal.Signals) -> No
         if sig == signal.SIGKILL:
             # The whole group: whatever the child started dies with it.
             os.killpg(process.pid, sig)
-        elif not _has_exited(process):
+        elif not has_exited(process):
             # Not process.send_signal: it polls first, which collects an exit before asyncio's child watcher
             # does, and the watcher then reports status 255 ("Unknown child process") instead of the real one.
             os.kill(process.pid, sig)
