@@ -10,7 +10,9 @@ import signal
 import smtplib
 import socket
 import struct
+import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from email.message import EmailMessage
@@ -35,6 +37,7 @@ from shopmesh_platform.stack import (
     ServiceSpec,
     Stack,
     StackError,
+    signal_child,
     spawn,
     start_waves,
 )
@@ -456,3 +459,81 @@ async def test_processes_the_stack_restarts_together_are_not_crashes(
     os.kill(stack.pid("alpha") or 0, signal.SIGKILL)
     crash = await asyncio.wait_for(watching, 15)
     assert crash.summary == "alpha exited unexpectedly (killed by SIGKILL)"
+
+
+# The kernel's last process number handed out in this pid namespace: the next process gets the one after.
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+# Holds SIGTERM blocked, so that one sent to it stays pending; says "ready" once it does, and at end of input
+# the signals pending, as the last line.
+SIGNAL_RECORDER = (
+    "import signal, sys\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.read()\n"
+    "print(sorted(s.name for s in signal.sigpending()), flush=True)\n"
+)
+
+
+def until_reaped(pidfd: int) -> None:
+    """Wait, without giving the event loop a turn, until asyncio's child watcher thread has reaped the
+    process of `pidfd` (from then on it is no child of ours)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("asyncio's child watcher never reaped the killed child")
+        time.sleep(0.01)
+
+
+def signal_recorder_with_pid(pid: int) -> subprocess.Popen[str] | None:
+    """A process of the test's own, leading its own process group, given the number `pid` (None: the kernel
+    takes no chosen number from this user here), once it holds SIGTERM blocked."""
+    for _ in range(50):
+        try:
+            NS_LAST_PID.write_text(str(pid - 1))
+        except OSError:
+            return None
+        recorder = subprocess.Popen(
+            [sys.executable, "-c", SIGNAL_RECORDER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            process_group=0,
+        )
+        if recorder.pid == pid:
+            assert recorder.stdout is not None
+            assert recorder.stdout.readline() == "ready\n"
+            return recorder
+        # Another process on the machine took the number first: that one is not ours to wait for.
+        recorder.kill()
+        recorder.wait()
+    raise AssertionError(f"the number {pid} was taken by other processes 50 times over")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+async def test_a_signal_for_a_reaped_child_never_reaches_a_process_given_its_number_since(sig: signal.Signals) -> None:
+    """The launcher signals a child in the instant after asyncio's watcher thread reaped it and before the event
+    loop heard so (returncode still None), and its number has gone to another process meanwhile, which leads a
+    process group of its own: the signal, SIGKILL to the group included, reaches nothing and raises nothing."""
+    child = await spawn(["sleep", "60"], os.environ)
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        os.kill(child.pid, signal.SIGKILL)  # from outside the launcher, as a crash
+        # No await from here on: the event loop must not hear of the exit before the signal.
+        until_reaped(pidfd)
+        assert child.returncode is None
+        recorder = signal_recorder_with_pid(child.pid)
+        if recorder is None:
+            pytest.skip("this kernel gives no chosen process number to this user (ns_last_pid)")
+        try:
+            signal_child(child, sig)
+        finally:
+            said, _ = recorder.communicate("", timeout=30)
+        assert recorder.returncode == 0, f"the process given the child's number died ({recorder.returncode})"
+        assert said.splitlines()[-1] == "[]", f"the process given the child's number was sent {said}"
+    finally:
+        os.close(pidfd)
+    assert await child.wait() == -signal.SIGKILL

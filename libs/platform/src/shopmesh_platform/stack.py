@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1248,7 +1249,7 @@ async def spawn(
     if shutil.which(argv[0]) is None:
         # Checked here: through setpriv, a missing program would only show as exit status 127.
         raise FileNotFoundError(errno.ENOENT, "no such executable", argv[0])
-    return await asyncio.create_subprocess_exec(
+    process = await asyncio.create_subprocess_exec(
         *_with_parent_death_signal(argv, parent_death_signal, user),
         env=dict(env),
         stdin=asyncio.subprocess.DEVNULL,
@@ -1257,6 +1258,32 @@ async def spawn(
         limit=_LINE_LIMIT,
         process_group=0,
     )
+    _hold_pidfd(process)
+    return process
+
+
+# Each child `spawn` started, with a pidfd opened as it started (None: it was gone by then), closed with its
+# Process object. Signals go through it: a pidfd names one process, so a signal reaches that child or, once
+# it has been reaped, nothing; never another process given its number since. A number would be a guess.
+_pidfds: weakref.WeakKeyDictionary[asyncio.subprocess.Process, int | None] = weakref.WeakKeyDictionary()
+
+
+def _hold_pidfd(process: asyncio.subprocess.Process) -> None:
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:  # exited and reaped already: nothing left to signal
+        _pidfds[process] = None
+        return
+    try:
+        # Still our child (a zombie at worst)? asyncio's watcher thread may have reaped it in the instant
+        # since it started, and the number gone to another process, which is no child of ours.
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        os.close(pidfd)
+        _pidfds[process] = None
+        return
+    _pidfds[process] = pidfd
+    weakref.finalize(process, os.close, pidfd)
 
 
 def _with_parent_death_signal(
@@ -1304,16 +1331,33 @@ def _signal(child: _Child, process: asyncio.subprocess.Process, sig: signal.Sign
     signal_child(process, sig)
 
 
+# linux/pidfd.h: pidfd_send_signal to the process group the pidfd's process leads (Linux 6.9 and later).
+_PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
+
+
 def signal_child(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-    """Signal a child `spawn` started; SIGKILL takes its whole process group. Gone already: nothing."""
+    """Signal a child `spawn` started, through the pidfd held since its start (Linux only, as the launcher);
+    SIGKILL takes its whole process group. Gone already (reaped): nothing.
+
+    Not process.send_signal: it polls first, which collects an exit before asyncio's child watcher does, and
+    the watcher then reports status 255 ("Unknown child process") instead of the real one. Not os.kill: between
+    a look that the child still runs and the kill, the watcher thread may reap it and its number go to another
+    process."""
+    pidfd = _pidfds[process]
+    if pidfd is None:
+        return
     with contextlib.suppress(ProcessLookupError):
-        if sig == signal.SIGKILL:
-            # The whole group: whatever the child started dies with it.
+        if sig != signal.SIGKILL:
+            signal.pidfd_send_signal(pidfd, sig)
+            return
+        # The whole group: whatever the child started dies with it, even once the child itself is reaped.
+        try:
+            signal.pidfd_send_signal(pidfd, sig, None, _PIDFD_SIGNAL_PROCESS_GROUP)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # A kernel before 6.9: the group by number, which a reaped child's number may name wrongly.
             os.killpg(process.pid, sig)
-        elif not has_exited(process):
-            # Not process.send_signal: it polls first, which collects an exit before asyncio's child watcher
-            # does, and the watcher then reports status 255 ("Unknown child process") instead of the real one.
-            os.kill(process.pid, sig)
 
 
 def _bind_error(host: str, port: int) -> OSError | None:
