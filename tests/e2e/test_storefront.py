@@ -619,6 +619,42 @@ async def test_a_cart_line_whose_product_is_gone_is_told_beside_that_line(tab: T
     await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).not_to_have_attribute("aria-invalid", "true")
 
 
+async def test_a_cart_of_two_currencies_shows_each_currencys_total_as_quantities_change_and_offers_no_checkout(
+    tab: Tab,
+) -> None:
+    """The seed catalog has one currency; any catalog with two lets a cart hold both. An order takes one currency,
+    so the cart has no one total to check out with: it says so and shows each currency's total, kept up to date
+    as a quantity changes (it threw a TypeError there), and offers no checkout form until one currency is left."""
+    page = tab.page
+    await tab.register("Edsger")
+    await tab.add_to_cart("prod_chef_knife")
+    await page.evaluate(
+        """() => {
+            const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
+            items.push({ productId: "prod_stroopwafels", name: "Stroopwafels",
+                         unitPrice: { amountMinor: "1250", currency: "EUR" }, quantity: 1 });
+            localStorage.setItem("shopmesh.cart", JSON.stringify(items));
+        }"""
+    )
+    await tab.open("#/cart")
+    mixed = page.get_by_text("Your cart holds more than one currency; an order takes one.")
+    await expect(mixed).to_be_visible()
+    knives = page.get_by_label("Quantity of 8-inch Chef's Knife")
+    await knives.fill("2")
+    await knives.press("Tab")
+    await expect(mixed).to_contain_text("Totals: $178.00 and €12.50")
+    assert tab.problems == []
+    await expect(page.get_by_role("button", name="Place order")).to_have_count(0)
+    await expect(page.get_by_text("to check out.")).to_contain_text("Take out the lines of every currency but one")
+
+    # A currency taken out leaves a cart that can be checked out, at its one total.
+    stroopwafels = page.get_by_label("Quantity of Stroopwafels")
+    await stroopwafels.fill("0")
+    await stroopwafels.press("Tab")
+    await expect(page.get_by_text("Total: $178.00")).to_be_visible()
+    await expect(page.get_by_role("button", name="Place order")).to_be_visible()
+
+
 async def test_a_price_changed_since_the_cart_was_filled_is_shown_and_charged_only_once_confirmed(
     tab: Tab, http: httpx.AsyncClient
 ) -> None:

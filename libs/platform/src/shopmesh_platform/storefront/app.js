@@ -525,22 +525,34 @@ async function productView(productId) {
   ];
 }
 
+// The sum of the lines in each currency the cart holds, in the order of the lines.
+function cartTotals(items) {
+  const sums = new Map();
+  for (const { unitPrice, quantity } of items) {
+    const line = BigInt(unitPrice.amountMinor) * BigInt(quantity);
+    sums.set(unitPrice.currency, (sums.get(unitPrice.currency) ?? 0n) + line);
+  }
+  return [...sums].map(([currency, sum]) => ({ amountMinor: sum.toString(), currency }));
+}
+
+// The one total an order can be placed for; null for a cart of several currencies (an order takes one).
 function cartTotal(items) {
-  const currencies = new Set(items.map((item) => item.unitPrice.currency));
-  if (currencies.size !== 1) return null;
-  const sum = items.reduce((total, item) => total + BigInt(item.unitPrice.amountMinor) * BigInt(item.quantity), 0n);
-  return { amountMinor: sum.toString(), currency: [...currencies][0] };
+  const totals = cartTotals(items);
+  return totals.length === 1 ? totals[0] : null;
 }
 
 function cartView() {
   const items = cart.items();
   if (!items.length) return [h("h1", {}, "Your cart"), h("p", {}, "Your cart is empty.")];
-  // A quantity changed updates the total in place (the lines' currencies stay what they were).
+  // A quantity changed updates the total in place (the lines' currencies stay what they were). A cart of
+  // several currencies has no one total to check out with: it shows each currency's, as no single amount
+  // is what the customer would pay.
   const total = cartTotal(items);
-  const estimate = h("strong", {}, total ? money(total) : "");
+  const estimate = h("strong", {});
   const showTotal = () => {
-    estimate.textContent = money(cartTotal(cart.items()));
+    estimate.textContent = cartTotals(cart.items()).map(money).join(" and ");
   };
+  showTotal();
   const prices = items.map((item) => h("td", { class: NUMBER }, money(item.unitPrice)));
   // The prices refreshed after a checkout refused for a price change: shown in place, so that what the
   // customer typed into the form stays.
@@ -586,11 +598,13 @@ function cartView() {
     table({ class: "panel" }, [["Product"], ["Quantity", NUMBER], ["Price", NUMBER]], rows),
     total
       ? h("p", {}, "Total: ", estimate, " (a price changed before you check out is shown to you to confirm first)")
-      : h("p", { class: "error" }, "Your cart holds more than one currency; an order takes one."),
+      : h("p", { class: "error" }, "Your cart holds more than one currency; an order takes one. Totals: ", estimate),
     h("h2", {}, "Check out"),
-    session && total
-      ? checkoutForm(total.currency, session, showPrices)
-      : h("p", {}, h("a", { href: "#/login?next=%23%2Fcart" }, "Sign in"), " to check out."),
+    !total
+      ? h("p", {}, "Take out the lines of every currency but one (a quantity of 0) to check out.")
+      : session
+        ? checkoutForm(total.currency, session, showPrices)
+        : h("p", {}, h("a", { href: "#/login?next=%23%2Fcart" }, "Sign in"), " to check out."),
   ];
 }
 
