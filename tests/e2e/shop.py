@@ -179,10 +179,13 @@ async def assert_each_checkout_kept(shop: Shop, before: StockLevels, checkouts: 
     """What the shoppers were told of their checkouts is what the shop holds: a good card placed its order, a
     declined one was refused; each shopper has exactly the confirmed orders it was answered with (none placed
     twice, none lost) and a cancelled one per decline; each product's stock went down by what was confirmed,
-    with nothing left reserved."""
+    with nothing left reserved. No price changes while they shop: each order was accepted at the total its
+    shopper saw and sent (never refused PRICE_CHANGED, which would mean the shopper got its total wrong), and
+    each confirmed order's total is that one."""
     assert checkouts, "no shopper tried a checkout"
     for checkout in checkouts:
         assert checkout.code == ("FAILED_PRECONDITION" if checkout.declined_card else "OK"), checkout
+        assert not checkout.price_changed, checkout
     for user_id in {checkout.user_id for checkout in checkouts}:
         mine = [checkout for checkout in checkouts if checkout.user_id == user_id]
         listed = await shop.orders.ListOrders(orders_pb2.ListOrdersRequest(user_id=user_id, page_size=100))
@@ -192,6 +195,9 @@ async def assert_each_checkout_kept(shop: Shop, before: StockLevels, checkouts: 
         assert confirmed == sorted(c.order_id for c in mine if c.code == "OK"), (user_id, held, mine)
         assert len(cancelled) == sum(c.declined_card for c in mine), (user_id, held, mine)
         assert len(held) == len(mine), ("an order besides those tried", user_id, held, mine)
+        totals = {order.id: order.total.amount_minor for order in listed.orders}
+        charged = {c.order_id: (totals[c.order_id], c.expected_total_minor) for c in mine if c.code == "OK"}
+        assert all(total == expected for total, expected in charged.values()), ("not the total confirmed", charged)
     sold: Counter[str] = Counter()
     for checkout in checkouts:
         sold[checkout.product_id] += checkout.quantity if checkout.code == "OK" else 0

@@ -37,3 +37,29 @@ async def test_an_edge_that_does_not_answer_is_unavailable_as_over_grpc() -> Non
         with pytest.raises(HttpCallError) as caught:
             await HttpShop(session).ListProducts(shop_pb2.ListProductsRequest(page_size=1), timeout=2)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_error_keeps_its_error_info_for_the_caller_to_act_on() -> None:
+    # PRICE_CHANGED as the edge answers it: the shopper confirms the new total from the metadata.
+    body = (
+        '{"code": 9, "message": "prices changed", "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest"},'
+        ' {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "PRICE_CHANGED", "domain": "shopmesh.orders",'
+        ' "metadata": {"current_total_minor": "8900", "currency": "USD"}}]}'
+    )
+    info = _error(400, "application/json", body).error_info
+    assert info is not None
+    assert (info.reason, dict(info.metadata)) == ("PRICE_CHANGED", {"current_total_minor": "8900", "currency": "USD"})
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "",
+        ', "details": []',
+        ', "details": "x"',
+        ', "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "metadata": "x"}]',
+    ],
+)
+def test_a_status_without_a_readable_error_info_has_none(details: str) -> None:
+    error = _error(400, "application/json", f'{{"code": 9{details}}}')
+    assert (error.code(), error.error_info) == (grpc.StatusCode.FAILED_PRECONDITION, None)

@@ -1,18 +1,27 @@
-"""The simulated shoppers report what the gateway answered and, with --strict, fail on a server fault."""
+"""The simulated shoppers report what the gateway answered and, with --strict, fail on a server fault; they
+confirm the total they saw when they place an order, and confirm a changed one once."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import random
 import re
+from typing import Any
 
 import grpc
 import pytest
 
-from shopmesh.gateway.v1 import shop_pb2_grpc
+from shopmesh.catalog.v1 import catalog_pb2
+from shopmesh.common.v1 import money_pb2
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.orders.v1 import orders_pb2
+from shopmesh.users.v1 import users_pb2
+from shopmesh_chassis.errors import FailedPrecondition
+from shopmesh_chassis.grpc_errors import to_grpc_status, to_rpc_status
 from shopmesh_chassis.testing import free_port
-from shopmesh_platform.shoppers import main
+from shopmesh_platform.shoppers import Shopper, Tally, main, server_fault
 
 FAST = ["--shoppers", "2", "--duration", "1", "--think", "0.01,0.05", "--report-every", "0.5"]
 
@@ -92,3 +101,97 @@ def test_a_period_that_never_ends_or_never_waits_is_refused_before_anything_runs
     with pytest.raises(SystemExit) as exited:
         main([*FAST, *option], io.StringIO(), io.StringIO())
     assert exited.value.code == 2, option
+
+
+class PricedGateway(shop_pb2_grpc.ShopServiceServicer):
+    """A gateway whose catalog lists the kettle at 25.00 while orders price it at `prices` (one per PlaceOrder
+    call, the last one kept): it refuses an expected_total that is not the current total as orders does."""
+
+    LISTED = 2500
+
+    def __init__(self, *prices: int) -> None:
+        self._prices = list(prices)
+        self.placed: list[tuple[str, int, str]] = []  # (idempotency key, expected total, currency) per call
+
+    async def Register(self, request: Any, context: Any) -> shop_pb2.RegisterResponse:
+        return shop_pb2.RegisterResponse(user=users_pb2.User(id="usr_shopper", email=request.email))
+
+    async def Login(self, request: Any, context: Any) -> shop_pb2.LoginResponse:
+        return shop_pb2.LoginResponse(access_token="token", user_id="usr_shopper")
+
+    async def ListProducts(self, request: Any, context: Any) -> shop_pb2.ListProductsResponse:
+        price = money_pb2.Money(amount_minor=self.LISTED, currency="USD")
+        return shop_pb2.ListProductsResponse(products=[catalog_pb2.Product(id="prod_kettle", price=price)])
+
+    async def PlaceOrder(self, request: Any, context: Any) -> shop_pb2.PlaceOrderResponse:
+        key = dict(context.invocation_metadata())["idempotency-key"]
+        self.placed.append((key, request.expected_total.amount_minor, request.expected_total.currency))
+        price = self._prices.pop(0) if len(self._prices) > 1 else self._prices[0]
+        total = price * sum(item.quantity for item in request.items)
+        if request.expected_total.amount_minor != total:
+            refused = FailedPrecondition(
+                "the prices changed",
+                reason="PRICE_CHANGED",
+                metadata={"current_total_minor": str(total), "currency": "USD"},
+            )
+            await context.abort_with_status(to_grpc_status(to_rpc_status(refused, "shopmesh.orders")))
+        return shop_pb2.PlaceOrderResponse(order=orders_pb2.Order(id=f"ord_{len(self.placed)}"))
+
+
+async def checkout_against(gateway: PricedGateway) -> Tally:
+    """One shopper signs up, browses and places one order (a card that is not declined: the seed's first draw)."""
+    server = grpc.aio.server()
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(gateway, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    tally = Tally()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            shopper = Shopper(shop_pb2_grpc.ShopServiceStub(channel), tally, random.Random(3), (0.0, 0.0))
+            await shopper._sign_up()
+            await shopper._browse()
+            await shopper._buy()
+    finally:
+        await server.stop(None)
+    return tally
+
+
+async def test_a_shopper_sends_the_total_it_saw_and_is_placed_at_once_when_the_price_held() -> None:
+    gateway = PricedGateway(PricedGateway.LISTED)
+    tally = await checkout_against(gateway)
+    [checkout] = tally.checkouts
+    assert (checkout.code, checkout.price_changed, checkout.declined_card) == ("OK", False, False)
+    assert [(total, currency) for _, total, currency in gateway.placed] == [(2500 * checkout.quantity, "USD")]
+    assert checkout.expected_total_minor == 2500 * checkout.quantity
+    assert tally.by_method()["PlaceOrder"] == {"OK": 1}
+
+
+async def test_a_shopper_refused_price_changed_confirms_the_new_total_once_and_places_the_same_order_again() -> None:
+    gateway = PricedGateway(3000)
+    tally = await checkout_against(gateway)
+    [checkout] = tally.checkouts
+    assert (checkout.code, checkout.order_id, checkout.price_changed) == ("OK", "ord_2", True)
+    # The stale total, then the one the refusal named, under the same key (nothing was recorded under it).
+    [(first_key, seen, _), (second_key, confirmed, _)] = gateway.placed
+    assert (seen, confirmed, second_key) == (2500 * checkout.quantity, 3000 * checkout.quantity, first_key)
+    assert checkout.expected_total_minor == confirmed
+    # A changed price is an answer the client acted on, tallied as itself: no server fault.
+    assert tally.by_method()["PlaceOrder"] == {"PRICE_CHANGED": 1, "OK": 1}
+    assert tally.faults == 0
+    assert "PRICE_CHANGED" in tally.table()
+
+
+async def test_a_shopper_whose_price_changed_again_gives_up_after_one_confirmation() -> None:
+    gateway = PricedGateway(3000, 3500)
+    tally = await checkout_against(gateway)
+    [checkout] = tally.checkouts
+    assert (checkout.code, checkout.order_id, checkout.price_changed) == ("PRICE_CHANGED", "", True)
+    assert len(gateway.placed) == 2
+    assert tally.by_method()["PlaceOrder"] == {"PRICE_CHANGED": 2}
+    assert tally.faults == 0
+
+
+def test_price_changed_as_tallied_is_no_server_fault() -> None:
+    assert not server_fault("PRICE_CHANGED")
+    assert server_fault("INTERNAL")
+    assert not server_fault("FAILED_PRECONDITION")

@@ -4,7 +4,7 @@ Each method follows its `google.api.http` route in the contract (path parameters
 the other fields as query parameters of a GET or as the JSON body of a POST), with proto3's JSON mapping
 both ways (protobuf's json_format), so the simulated shoppers (`shoppers --http`) exercise the edge as a
 front-end would. A failed call raises HttpCallError carrying the gRPC code from the google.rpc.Status the
-edge returns (or, for an answer without one, the code of its HTTP status).
+edge returns (or, for an answer without one, the code of its HTTP status) and the status's ErrorInfo, if any.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from google.api import annotations_pb2
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
 from shopmesh.gateway.v1 import shop_pb2
 
 SERVICE = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 # Envoy's own plain-text refusals (a route, parameter or body it cannot transcode): gRPC's HTTP mapping reversed.
 _BY_HTTP_STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -41,12 +43,20 @@ _BY_HTTP_STATUS = {
 
 
 class HttpCallError(Exception):
-    """A call the edge answered with an error; `code()` as on grpc.aio.AioRpcError."""
+    """A call the edge answered with an error; `code()` as on grpc.aio.AioRpcError, and the google.rpc.ErrorInfo
+    of the status in the body (its reason and metadata, e.g. PRICE_CHANGED's new total), None without one."""
 
-    def __init__(self, code: grpc.StatusCode, status: int, message: str) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        status: int,
+        message: str,
+        error_info: error_details_pb2.ErrorInfo | None = None,
+    ) -> None:
         super().__init__(f"{status} {code.name}: {message}")
         self._code = code
         self.status = status
+        self.error_info = error_info
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -131,6 +141,19 @@ def _error(status: int, content_type: str, text: str) -> HttpCallError:
         except (ValueError, AttributeError, TypeError):
             code = None
         if code is not None:
-            return HttpCallError(code, status, str(body.get("message", "")))
+            return HttpCallError(code, status, str(body.get("message", "")), _error_info(body.get("details")))
     fallback = grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.UNKNOWN
     return HttpCallError(_BY_HTTP_STATUS.get(status, fallback), status, text.strip()[:200])
+
+
+def _error_info(details: object) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo among a JSON status's details (each an Any in proto3 JSON: its fields beside "@type"); one
+    that does not parse counts as none, as a gRPC client's details that do not decode do (chassis' details_from)."""
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and detail.get("@type") == _ERROR_INFO:
+            fields = {key: value for key, value in detail.items() if key != "@type"}
+            try:
+                return json_format.ParseDict(fields, error_details_pb2.ErrorInfo(), ignore_unknown_fields=True)
+            except json_format.ParseError:
+                return None
+    return None

@@ -5,13 +5,17 @@
 
 Each shopper registers and logs in once, then does what a customer does, pausing between steps (`--think`,
 0.5 to 2 s): browses a page of products, searches, opens a product page, and now and then places an order
-(one card in ten is declined), reads it back and lists its e-mails. Through the public API only, as a
+(one card in ten is declined), reads it back and lists its e-mails. An order carries the total the shopper
+saw (the price it last read times the quantity) as expected_total; refused PRICE_CHANGED, it agrees to the
+new total the answer names, once, and places the order again. Through the public API only, as a
 front-end would (a plain channel; every call has a deadline), or with `--http` over the HTTP/JSON edge in
 front of the gateway, each call on its `google.api.http` route (`http_client`). It is traffic, not a benchmark
 (`make bench-checkout` measures). Every `--report-every` seconds and at the end it prints what each
-method answered. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a
-server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake or a declined card is an
-answer, a fault is a bug.
+method answered: its status code, or PRICE_CHANGED for a checkout refused at a total that was no longer
+the current one (a FAILED_PRECONDITION the client acts on, told apart from a declined card). Exit 1 when the
+gateway cannot be reached, or, with `--strict`, when any call got a server fault (UNKNOWN, INTERNAL,
+DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed price is an answer, a fault is a
+bug.
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ from typing import TYPE_CHECKING, TextIO, TypeVar, cast
 
 import aiohttp
 import grpc
+from google.rpc import error_details_pb2
 from tabulate import tabulate
 
+from shopmesh.common.v1 import money_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
+from shopmesh_chassis.grpc_errors import details_of
 
 from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
@@ -51,11 +58,14 @@ T = TypeVar("T")
 SERVER_FAULTS = frozenset(
     {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED}
 )
+# The outcome tallied for a checkout refused because its expected_total is no longer the current total.
+PRICE_CHANGED = "PRICE_CHANGED"
 
 
-def server_fault(code: str) -> bool:
-    """Whether an answer's status (its name, as tallied) is the server's fault, not the caller's."""
-    return grpc.StatusCode[code] in SERVER_FAULTS
+def server_fault(outcome: str) -> bool:
+    """Whether an answer, as tallied (a status code's name, or PRICE_CHANGED), is the server's fault, not the
+    caller's."""
+    return outcome in {code.name for code in SERVER_FAULTS}
 
 
 GOOD_CARD = "4242424242424242"
@@ -73,8 +83,10 @@ class Checkout:
     product_id: str
     quantity: int
     declined_card: bool
-    code: str  # the status code's name; "OK" when placed
+    code: str  # the last answer, as tallied: "OK" when placed, else the status code's name or PRICE_CHANGED
     order_id: str  # the placed order's; empty unless OK
+    expected_total_minor: int  # the total the shopper last confirmed and sent, in minor units
+    price_changed: bool  # refused PRICE_CHANGED first, then placed again at the total that answer named
 
 
 class Tally:
@@ -85,19 +97,26 @@ class Tally:
         self.checkouts: list[Checkout] = []
 
     async def call(self, method: str, call: Awaitable[T]) -> T | None:
-        result, _ = await self.answer(method, call)
+        result, _, _ = await self.answer(method, call)
         return result
 
-    async def answer(self, method: str, call: Awaitable[T]) -> tuple[T | None, str]:
-        """The result (None on an error) and the status code's name."""
+    async def answer(self, method: str, call: Awaitable[T]) -> tuple[T | None, str, error_details_pb2.ErrorInfo | None]:
+        """The result (None on an error), the outcome as tallied (the status code's name, or PRICE_CHANGED) and
+        the error's ErrorInfo, if it had one."""
         try:
             result = await call
         except (grpc.aio.AioRpcError, HttpCallError) as error:
-            code = error.code().name
-            self.answers[method, code] += 1
-            return None, code
+            info = details_of(error).error_info if isinstance(error, grpc.aio.AioRpcError) else error.error_info
+            changed = (
+                error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and info is not None
+                and info.reason == PRICE_CHANGED
+            )
+            outcome = PRICE_CHANGED if changed else error.code().name
+            self.answers[method, outcome] += 1
+            return None, outcome, info
         self.answers[method, "OK"] += 1
-        return result, "OK"
+        return result, "OK", None
 
     @property
     def faults(self) -> int:
@@ -137,7 +156,9 @@ class Shopper:
         self._think = think
         self._auth: tuple[tuple[str, str], ...] = ()
         self._user_id = ""
-        self._products: list[str] = []
+        # Each product's price as the shopper last read it (a page of products, a product page): what it
+        # expects to pay.
+        self._prices: dict[str, money_pb2.Money] = {}
         self._orders: list[str] = []
 
     async def run(self, until: float) -> None:
@@ -166,41 +187,66 @@ class Shopper:
             "ListProducts", self._stub.ListProducts(shop_pb2.ListProductsRequest(page_size=10), timeout=10)
         )
         if page is not None:
-            self._products = [p.id for p in page.products] or self._products
+            self._prices = {p.id: p.price for p in page.products} or self._prices
 
     async def _search(self) -> None:
         request = shop_pb2.SearchProductsRequest(query=self._rng.choice(SEARCHES), page_size=10)
         await self._tally.call("SearchProducts", self._stub.SearchProducts(request, timeout=10))
 
     async def _look(self) -> None:
-        if not self._products:
+        if not self._prices:
             await self._browse()
             return
-        request = shop_pb2.GetProductPageRequest(product_id=self._rng.choice(self._products))
-        await self._tally.call("GetProductPage", self._stub.GetProductPage(request, timeout=10))
+        request = shop_pb2.GetProductPageRequest(product_id=self._rng.choice(list(self._prices)))
+        page = await self._tally.call("GetProductPage", self._stub.GetProductPage(request, timeout=10))
+        if page is not None:
+            self._prices[request.product_id] = page.product.price
 
     async def _buy(self) -> None:
-        if not self._products or not self._auth:
+        if not self._prices or not self._auth:
             await self._browse()
             return
         declined = self._rng.random() < 0.1
-        item = orders_pb2.CartItem(product_id=self._rng.choice(self._products), quantity=self._rng.randint(1, 2))
+        item = orders_pb2.CartItem(product_id=self._rng.choice(list(self._prices)), quantity=self._rng.randint(1, 2))
+        price = self._prices[item.product_id]
         request = shop_pb2.PlaceOrderRequest(
             items=[item],
-            currency="USD",
+            currency=price.currency,
             shipping_address=orders_pb2.ShippingAddress(
                 full_name="Sam Shopper", street="1 Market Street", city="Springfield", postal_code="12345", country="US"
             ),
             card=payments_pb2.PaymentCard(
                 number=DECLINED_CARD if declined else GOOD_CARD, exp_month=12, exp_year=2031, cvv="123"
             ),
+            # The total the shopper saw for its cart: it agrees to pay that, not whatever the price is by now.
+            expected_total=money_pb2.Money(amount_minor=price.amount_minor * item.quantity, currency=price.currency),
         )
         metadata = (*self._auth, ("idempotency-key", str(uuid.uuid4())))
-        placed, code = await self._tally.answer(
+        placed, code, info = await self._tally.answer(
             "PlaceOrder", self._stub.PlaceOrder(request, metadata=metadata, timeout=30)
         )
+        current = info.metadata.get("current_total_minor", "") if info is not None else ""
+        price_changed = code == PRICE_CHANGED and current.isdigit()
+        if price_changed:
+            # As a person would: read the new total, agree to it once, and place the order again. The same key:
+            # nothing was recorded under it, and a retry of this attempt must not place a second order.
+            request.expected_total.amount_minor = int(current)
+            placed, code, _ = await self._tally.answer(
+                "PlaceOrder", self._stub.PlaceOrder(request, metadata=metadata, timeout=30)
+            )
         order_id = placed.order.id if placed is not None else ""
-        self._tally.checkouts.append(Checkout(self._user_id, item.product_id, item.quantity, declined, code, order_id))
+        self._tally.checkouts.append(
+            Checkout(
+                self._user_id,
+                item.product_id,
+                item.quantity,
+                declined,
+                code,
+                order_id,
+                request.expected_total.amount_minor,
+                price_changed,
+            )
+        )
         if order_id:
             self._orders.append(order_id)
 
@@ -287,7 +333,9 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="repeat the same choices")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any call got a server fault")
     parser.add_argument(
-        "--json", action="store_true", help='print the answers as JSON ({"METHOD": {"CODE": n}}), progress to stderr'
+        "--json",
+        action="store_true",
+        help='print the answers as JSON ({"METHOD": {"CODE": n}}, CODE a status or PRICE_CHANGED), progress to stderr',
     )
     return parser.parse_args(argv)
 
