@@ -18,6 +18,10 @@ _ADDRESS += 'postal_code: "22201" country: "US" }'
 _CARD = 'card { number: "4242424242424242" exp_month: 12 exp_year: 2031 cvv: "123" }'
 _SIGN_UP = 'password: "{password}" display_name: "Ada"'
 _CART = 'items { product_id: "{product}" quantity: 1 }'
+# The total a client showed for _CART and the customer confirmed ({product_price}: the product's price in minor
+# units, as the catalog lists it), as every client we ship sends it: the request is placed at that total, and a
+# mutation of its items or of the total is refused PRICE_CHANGED (or a violation) before anything is reserved.
+_CONFIRMED = 'expected_total { amount_minor: {product_price} currency: "USD" }'
 
 TEMPLATES: dict[str, str] = {
     "shopmesh.gateway.v1.ShopService.Register": 'email: "new-{run}@example.com" ' + _SIGN_UP,
@@ -25,7 +29,7 @@ TEMPLATES: dict[str, str] = {
     "shopmesh.gateway.v1.ShopService.ListProducts": 'page_size: 5 category: "{category}"',
     "shopmesh.gateway.v1.ShopService.SearchProducts": 'query: "coffee" page_size: 5',
     "shopmesh.gateway.v1.ShopService.GetProductPage": 'product_id: "{product}" max_recommendations: 3',
-    "shopmesh.gateway.v1.ShopService.PlaceOrder": f'{_CART} currency: "USD" {_ADDRESS} {_CARD}',
+    "shopmesh.gateway.v1.ShopService.PlaceOrder": f'{_CART} currency: "USD" {_ADDRESS} {_CARD} {_CONFIRMED}',
     "shopmesh.gateway.v1.ShopService.GetOrder": 'order_id: "{order}"',
     "shopmesh.gateway.v1.ShopService.ListOrders": "page_size: 5",
     "shopmesh.gateway.v1.ShopService.CancelOrder": 'order_id: "{order}" reason: "changed my mind"',
@@ -48,7 +52,7 @@ TEMPLATES: dict[str, str] = {
     "shopmesh.inventory.v1.InventoryService.GetReservation": 'reservation_id: "{reservation}"',
     "shopmesh.inventory.v1.InventoryService.SetStock": 'product_id: "{other_product}" on_hand: 1000',
     "shopmesh.orders.v1.OrdersService.PlaceOrder": (
-        f'user_id: "{{user}}" email: "{{email}}" {_CART} currency: "USD" {_ADDRESS} {_CARD}'
+        f'user_id: "{{user}}" email: "{{email}}" {_CART} currency: "USD" {_ADDRESS} {_CARD} {_CONFIRMED}'
     ),
     "shopmesh.orders.v1.OrdersService.GetOrder": 'order_id: "{order}"',
     "shopmesh.orders.v1.OrdersService.ListOrders": 'user_id: "{user}" page_size: 5',

@@ -120,7 +120,12 @@ def test_every_rpc_of_the_contracts_has_an_exemplar_that_parses() -> None:
     methods = [method for _, method in contract_methods()]
     assert sorted(TEMPLATES) == sorted(m.full_name for m in methods)
     values = {"run": "r", "password": "p", "email": "e", "user": "u", "product": "p1", "other_product": "p2"}
+    values |= {"product_price": "1299"}
     values |= {"category": "c", "page_token": "t", "order": "o", "payment": "pay", "reservation": "res"}
     for method in methods:
         request = exemplar(method, values)
         assert not re.search(r"\{[a-z_]+\}", str(request)), f"{method.full_name}: a placeholder left: {request}"
+        # A checkout is placed at the total its client showed, as every client we ship does (the storefront,
+        # the shoppers, README's walk-through): the valid request that mutations start from carries one too.
+        if "expected_total" in method.input_type.fields_by_name:
+            assert request.HasField("expected_total"), f"{method.full_name}: no expected_total confirmed"

@@ -122,6 +122,7 @@ async def entities(stack: Stack) -> Known:
             "email": email,
             "user": login.user_id,
             "product": first_page.products[0].id,
+            "product_price": str(first_page.products[0].price.amount_minor),
             "other_product": first_page.products[1].id,
             "category": coffee.products[0].category,
             "page_token": first_page.next_page_token,
@@ -142,7 +143,7 @@ async def entities(stack: Stack) -> Known:
         )
     values |= {"order": placed.order.id, "payment": paid.payments[0].id, "reservation": reserved.reservation.id}
     strings = (
-        *(value for name, value in values.items() if name not in ("run", "password")),
+        *(value for name, value in values.items() if name not in ("run", "password", "product_price")),
         reserved.reservation.order_id,
         *(p.id for p in first_page.products[2:]),
         *(c.id for c in categories),
