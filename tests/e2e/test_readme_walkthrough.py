@@ -28,6 +28,12 @@ async def test_readme_walkthrough_runs_verbatim(tmp_path: Path, readme_walkthrou
         assert '"recommendations"' in out
         assert "placed ord_" in out
         assert '"state": "ORDER_STATE_CONFIRMED"' in out
+        # The order was placed at the total the product page showed; one 1.00 less was refused, naming it.
+        price = re.search(r'"id": "prod_chef_knife",.*?"price": \{\s*"amount_minor": "(\d+)"', out, re.DOTALL)
+        assert price is not None, "the knife's price"
+        assert re.search(rf'"total": \{{\s*"amount_minor": "{price.group(1)}",\s*"currency": "USD"', out)
+        assert "PRICE_CHANGED" in err
+        assert f'"current_total_minor":"{price.group(1)}"' in err, "grpcurl prints the details as compact JSON"
         assert "CARD_DECLINED" in err
         assert "Unauthenticated" in err
         # Both checkouts counted on orders' metrics endpoint, the declined one under its reason.
