@@ -67,6 +67,9 @@ async def test_readme_http_walkthrough_runs_verbatim(readme_walkthrough: Callabl
     placed = out.split("idempotency-key: readme-http-1", 1)
     assert len(placed) == 2, "the checkout's key came back as a response header"
     assert '"state":"ORDER_STATE_CONFIRMED"' in placed[1]
+    price = re.search(r'"product":\{"id":"prod_chef_knife".*?"price":\{"amountMinor":"(\d+)","currency":"USD"\}', out)
+    assert price is not None, "the product page's price"
+    assert f'"total":{{"amountMinor":"{price.group(1)}","currency":"USD"}}' in placed[1], "at the confirmed total"
     assert "HTTP/1.1 404 Not Found" in out
     assert '"reason":"PRODUCT_NOT_FOUND"' in out
     assert "HTTP/1.1 401 Unauthorized" in out
