@@ -18,6 +18,7 @@ from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
     DependencyDown,
     InsufficientStock,
+    LostRace,
     PaymentRecord,
     PaymentRefused,
     ReservationExpired,
@@ -292,6 +293,43 @@ async def test_a_reservation_state_inventory_documents_as_unknown_leaves_the_ord
         client = InventoryClient(channel.channel, timeout=5)
         with pytest.raises(errors.Unavailable) as caught:
             await getattr(client, call)("res_1")
+    # Nor a lost race: asked again, inventory would answer the same.
+    assert not isinstance(caught.value, DependencyDown | LostRace)
+
+
+class RacingInventory(inventory_pb2_grpc.InventoryServiceServicer):
+    """Every reservation call answered ABORTED, as inventory does when its write lost a concurrency race."""
+
+    async def _lost(self) -> Any:
+        raise errors.Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
+
+    async def Reserve(self, request: Any, context: Any) -> Any:
+        return await self._lost()
+
+    async def CommitReservation(self, request: Any, context: Any) -> Any:
+        return await self._lost()
+
+    async def ReleaseReservation(self, request: Any, context: Any) -> Any:
+        return await self._lost()
+
+
+@pytest.mark.parametrize("call", ["reserve", "commit", "release"])
+async def test_a_race_inventory_lost_is_told_apart_as_worth_asking_again_about_this_order(
+    settings: OrdersSettings, call: str
+) -> None:
+    # The saga asks again after a LostRace where it would otherwise leave the order in doubt; the race says
+    # nothing of inventory as a whole (not DependencyDown).
+    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
+    binding = ServiceBinding(INVENTORY, RacingInventory(), add)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        client = InventoryClient(channel.channel, timeout=5)
+        args: tuple[Any, ...] = ("ord_1", [CartLine("prod_a", 1)], 60.0) if call == "reserve" else ("res_1",)
+        with pytest.raises(LostRace) as caught:
+            await getattr(client, call)(*args)
+    assert caught.value.reason == errors.DEPENDENCY_UNAVAILABLE
     assert not isinstance(caught.value, DependencyDown)
 
 

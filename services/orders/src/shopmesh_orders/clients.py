@@ -21,6 +21,7 @@ from shopmesh_orders.domain.ports import (
     Catalog,
     DependencyDown,
     InsufficientStock,
+    LostRace,
     PaymentRecord,
     PaymentRefused,
     PricedProduct,
@@ -38,11 +39,17 @@ def _unavailable(
     service: str, error: grpc.aio.AioRpcError, reason: str = errors.DEPENDENCY_UNAVAILABLE
 ) -> errors.Unavailable:
     answer = dependency_unavailable(service, error.code(), reason=reason)
-    if error.code() not in TRANSIENT_CODES:
-        # ABORTED, or a state this release does not know: the other side answered, about this order only.
+    kind: type[errors.Unavailable]
+    if error.code() == grpc.StatusCode.ABORTED:
+        # A lost race: the other side answered, about this order only, and asked again it is likely to settle.
+        kind = LostRace
+    elif error.code() in TRANSIENT_CODES:
+        # Down, too slow, circuit open or shedding load: a call for any other order would fare no better.
+        kind = DependencyDown
+    else:
+        # A state this release does not know: the other side answered, about this order only.
         return answer
-    # Down, too slow, circuit open or shedding load: a call for any other order would fare no better.
-    return DependencyDown(
+    return kind(
         answer.message,
         reason=answer.reason,
         retry_after_seconds=answer.retry_after_seconds,

@@ -2,8 +2,9 @@
 
 The adapters in `clients.py` implement these over gRPC; unit tests use in-memory fakes.
 Every method raises `shopmesh_chassis.errors.Unavailable` when the other side cannot answer now:
-`DependencyDown` when it does not answer at all, a plain `Unavailable` when it answered but the order
-must wait (about that order alone, e.g. a state a newer release of that service stored).
+`DependencyDown` when it does not answer at all, `LostRace` when it answered that it lost a race (worth asking
+again soon), a plain `Unavailable` when it answered but the order must wait (about that order alone, e.g. a state
+a newer release of that service stored).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class DependencyDown(errors.Unavailable):
     now, so a pass over many orders (the charge rechecks) stops at the first. Any other `errors.Unavailable`
     an adapter raises is about the one order it was called for: that order waits, the others go on (a pass
     that stopped for it would stop at it every time, since it stays first in line)."""
+
+
+class LostRace(errors.Unavailable):
+    """The other service answered ABORTED: its write for this order lost a concurrency race (a database
+    serialization failure, an optimistic update that lost its own retries). It says nothing about the order's
+    state, and the same call asked again shortly is likely to get the answer; about this order alone."""
 
 
 class InsufficientStock(Exception):
