@@ -683,11 +683,13 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
     even one this release cannot name) and reserves anew only for an order it has none for; Commit and Release
     refuse what inventory refuses (FAILED_PRECONDITION, by state), and an id it does not have is NOT_FOUND,
     RESERVATION_NOT_FOUND. Stock levels and expiry are left out: the tests set the states. Every Release is
-    recorded."""
+    recorded. The next `races_to_lose` Reserves answer ABORTED, as inventory does when its write lost a
+    concurrency race (a serialization failure, or a state change that lost its retries)."""
 
     def __init__(self) -> None:
         self.reservations: dict[str, inventory_pb2.Reservation] = {}
         self.released: list[str] = []
+        self.races_to_lose = 0
 
     def of_order(self, order_id: str) -> inventory_pb2.Reservation | None:
         return next((r for r in self.reservations.values() if r.order_id == order_id), None)
@@ -721,6 +723,9 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
         )
 
     async def Reserve(self, request: inventory_pb2.ReserveRequest, context: Any) -> inventory_pb2.ReserveResponse:
+        if self.races_to_lose:
+            self.races_to_lose -= 1
+            raise errors.Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
         reservation = self.of_order(request.order_id)
         if reservation is None:
             reservation = inventory_pb2.Reservation(
@@ -847,6 +852,51 @@ async def test_an_order_left_in_doubt_about_its_reservation_is_cancelled_uncharg
         assert (payments.charge_calls, payments.captured(), inventory.held("prod_a")) == (0, 0, 0)
         [(subject, _payload)] = await events(database)
         assert subject == "orders.v1.order_cancelled"
+
+
+async def test_a_retry_with_the_card_past_the_saga_deadline_asks_again_when_inventory_loses_a_race(
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    """Inventory answers the reservation check ABORTED once (its write lost a concurrency race, which its next
+    try wins): that says nothing about the stock, so the check asks again and the order, whose stock is still
+    held, is charged and confirmed. (Taken as in doubt, the order was left for the recovery loop, which has no
+    card and cancels it as CHECKOUT_INTERRUPTED.)"""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
+            clocked, clocked.inventory, payments
+        )
+        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+        inventory.races_to_lose = 1
+        assert await place(app, command()) == order_id
+        order = await app.get_order(order_id)
+        assert (order.state, order.reservation_id) == (OrderState.CONFIRMED, reservation_id)
+        assert (payments.captured(), payments.refunds, inventory.released) == (1, [], [])
+        assert inventory.reservations[reservation_id].state == inventory_pb2.RESERVATION_STATE_COMMITTED
+
+
+async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventory_keeps_losing_races(
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    """A race lost on every try of the check still says nothing about the stock: the order waits at the charge
+    step, nothing charged (not cancelled as PAYMENT_UNAVAILABLE, which payments was not), and a later retry
+    that inventory answers confirms it."""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        app, order_id, _ = await _reserved_by_recovery_while_payments_is_down(clocked, clocked.inventory, payments)
+        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+        inventory.races_to_lose = settings.step_attempts
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command())
+        assert caught.value.reason == RESERVATION_IN_DOUBT
+        order = await app.get_order(order_id)
+        assert (payments.charge_calls, order.state, order.step, order.cancel_code) == (
+            0,
+            OrderState.PENDING,
+            SagaStep.CHARGE,
+            None,
+        )
+        assert inventory.races_to_lose == 0
+        assert await place(app, command()) == order_id
+        assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
 
 
 async def test_a_retry_with_the_card_past_the_saga_deadline_releases_a_reservation_inventory_made_anew(

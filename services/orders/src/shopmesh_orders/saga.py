@@ -45,6 +45,7 @@ from shopmesh_orders.domain.ports import (
     DependencyDown,
     InsufficientStock,
     Inventory,
+    LostRace,
     PaymentRefused,
     Payments,
     ReservationExpired,
@@ -283,19 +284,20 @@ class SagaDriver:
         """Inventory's Reserve for the order's lines, keyed by the order: a repeat replays its reservation."""
         return await self._inventory.reserve(order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds)
 
-    async def _still_reserved(self, order: Order) -> bool:
+    async def _still_reserved(self, order: Order, owner: str) -> bool:
         """Whether inventory still holds the order's stock. Asked only past the order's deadline, when the
         reservation may have lapsed (it may also outlive that deadline: the recovery loop can reserve long
         after the order was placed). Reserve is keyed by the order: it replays the reservation as inventory
         sees it now, an overdue one EXPIRED. Short of stock means inventory holds none for the order either.
 
-        Inventory answering for this order alone that it cannot say (a state a newer release stored; a lost
-        race) raises `errors.Unavailable` with RESERVATION_IN_DOUBT: nothing may be charged against it, and the
-        order waits at the charge step (`_attempt`). Only until the recovery loop comes by: without the card it
-        gives the order up (CHECKOUT_INTERRUPTED), and compensation waits for an inventory that can release
-        the reservation (a state it cannot name may hold stock), the order PENDING until then."""
+        Inventory answering for this order alone that it cannot say (a state a newer release stored; a race
+        lost on every one of STEP_ATTEMPTS tries) raises `errors.Unavailable` with RESERVATION_IN_DOUBT:
+        nothing may be charged against it, and the order waits at the charge step (`_attempt`). Only until the
+        recovery loop comes by: without the card it gives the order up (CHECKOUT_INTERRUPTED), and compensation
+        waits for an inventory that can release the reservation (a state it cannot name may hold stock), the
+        order PENDING until then."""
         try:
-            reservation_id = await self._reserve(order)
+            reservation_id = await self._reserve_past_races(order, owner)
         except (ReservationExpired, InsufficientStock):
             return False
         except DependencyDown:
@@ -319,6 +321,20 @@ class SagaDriver:
             await self._inventory.release(reservation_id)
             return False
         return True
+
+    async def _reserve_past_races(self, order: Order, owner: str) -> str:
+        """`_reserve`, asked again while inventory answers that its write lost a race (`LostRace`, ABORTED),
+        which its next try likely wins; the last of STEP_ATTEMPTS tries answers whatever it answers. Retried
+        here, not by `_attempt`: `_attempt` leaves an order in doubt to wait, and the recovery loop, which has
+        no card, would then cancel it with its stock still held."""
+        for attempt in range(1, self._settings.step_attempts):
+            try:
+                return await self._reserve(order)
+            except LostRace:
+                await asyncio.sleep(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
+                # Remote calls with no step saved between them: renew the lease before the next (as `_attempt`).
+                await self._keep_lease(order.id, owner)
+        return await self._reserve(order)
 
     def _charge_settled_at(self, charge_attempted_at: datetime) -> datetime:
         """When a charge sent at `charge_attempted_at` can no longer land: its call's deadline bounds it."""
@@ -350,7 +366,7 @@ class SagaDriver:
             case SagaStep.CHARGE:
                 if card is None:
                     return await self._settle_charge_without_card(order, owner)
-                if self._expired(order) and not await self._still_reserved(order):
+                if self._expired(order) and not await self._still_reserved(order, owner):
                     # The stock is gone and the commit would refuse it: charging now would only take the
                     # customer's money to refund it. Compensation still refunds an earlier attempt's capture.
                     return await self._transition(owner, order.failed_before_pivot(CancelCode.RESERVATION_EXPIRED, now))
