@@ -683,13 +683,19 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
     even one this release cannot name) and reserves anew only for an order it has none for; Commit and Release
     refuse what inventory refuses (FAILED_PRECONDITION, by state), and an id it does not have is NOT_FOUND,
     RESERVATION_NOT_FOUND. Stock levels and expiry are left out: the tests set the states. Every Release is
-    recorded. The next `races_to_lose` Reserves answer ABORTED, as inventory does when its write lost a
-    concurrency race (a serialization failure, or a state change that lost its retries)."""
+    recorded. The next `reserve_races_to_lose` Reserves (and `release_races_to_lose` Releases) answer ABORTED, as
+    inventory does when its write lost a concurrency race (a serialization failure, or a state change that lost
+    its retries)."""
 
     def __init__(self) -> None:
         self.reservations: dict[str, inventory_pb2.Reservation] = {}
         self.released: list[str] = []
-        self.races_to_lose = 0
+        self.reserve_races_to_lose = 0
+        self.release_races_to_lose = 0
+
+    @staticmethod
+    def _lost_race() -> errors.Aborted:
+        return errors.Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
 
     def of_order(self, order_id: str) -> inventory_pb2.Reservation | None:
         return next((r for r in self.reservations.values() if r.order_id == order_id), None)
@@ -723,9 +729,9 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
         )
 
     async def Reserve(self, request: inventory_pb2.ReserveRequest, context: Any) -> inventory_pb2.ReserveResponse:
-        if self.races_to_lose:
-            self.races_to_lose -= 1
-            raise errors.Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
+        if self.reserve_races_to_lose:
+            self.reserve_races_to_lose -= 1
+            raise self._lost_race()
         reservation = self.of_order(request.order_id)
         if reservation is None:
             reservation = inventory_pb2.Reservation(
@@ -751,6 +757,9 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
         self, request: inventory_pb2.ReleaseReservationRequest, context: Any
     ) -> inventory_pb2.ReleaseReservationResponse:
         self.released.append(request.reservation_id)
+        if self.release_races_to_lose:
+            self.release_races_to_lose -= 1
+            raise self._lost_race()
         reservation = self._get(request.reservation_id)
         if reservation.state in (inventory_pb2.RESERVATION_STATE_PENDING, inventory_pb2.RESERVATION_STATE_COMMITTED):
             reservation.state = inventory_pb2.RESERVATION_STATE_RELEASED
@@ -866,7 +875,7 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_asks_again_when_inve
             clocked, clocked.inventory, payments
         )
         clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
-        inventory.races_to_lose = 1
+        inventory.reserve_races_to_lose = 1
         assert await place(app, command()) == order_id
         order = await app.get_order(order_id)
         assert (order.state, order.reservation_id) == (OrderState.CONFIRMED, reservation_id)
@@ -883,7 +892,7 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventor
     async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
         app, order_id, _ = await _reserved_by_recovery_while_payments_is_down(clocked, clocked.inventory, payments)
         clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
-        inventory.races_to_lose = settings.step_attempts
+        inventory.reserve_races_to_lose = settings.step_attempts
         with pytest.raises(errors.Unavailable) as caught:
             await place(app, command())
         assert caught.value.reason == RESERVATION_IN_DOUBT
@@ -894,7 +903,7 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventor
             SagaStep.CHARGE,
             None,
         )
-        assert inventory.races_to_lose == 0
+        assert inventory.reserve_races_to_lose == 0
         assert await place(app, command()) == order_id
         assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
 
@@ -957,6 +966,28 @@ async def test_a_charged_order_whose_reservation_inventory_no_longer_has_is_refu
         assert subject == "orders.v1.order_cancelled"
         cancelled = events_pb2.OrderCancelled.FromString(payload)
         assert (cancelled.reason.code, cancelled.refunded) == (orders_pb2.CANCEL_REASON_CODE_RESERVATION_EXPIRED, True)
+
+
+async def test_a_reservation_made_anew_past_the_saga_deadline_that_cannot_be_given_back_still_cancels_as_expired(
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    """Giving back the hold inventory made anew is tidying up: whatever inventory answers to it, the order's own
+    reservation is gone, so the order is cancelled as RESERVATION_EXPIRED with nothing charged (not retried,
+    given up on and cancelled as PAYMENT_UNAVAILABLE, which payments was not); the hold lapses at its TTL."""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
+            clocked, clocked.inventory, payments
+        )
+        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 10)
+        del inventory.reservations[reservation_id]  # Its row is gone.
+        # Every Release the saga sends before compensation's loses a race.
+        inventory.release_races_to_lose = settings.step_attempts
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command())
+        assert caught.value.reason == "RESERVATION_EXPIRED"
+        order = await app.get_order(order_id)
+        assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.RESERVATION_EXPIRED)
+        assert (payments.charge_calls, payments.refunds) == (0, [])
 
 
 @pytest.mark.parametrize("lapsed", ["EXPIRED", "RELEASED"])

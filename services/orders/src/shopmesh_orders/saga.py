@@ -318,7 +318,19 @@ class SagaDriver:
                 order.reservation_id,
                 extra={"order_id": order.id},
             )
-            await self._inventory.release(reservation_id)
+            try:
+                await self._inventory.release(reservation_id)
+            except errors.Unavailable as exc:
+                # Only tidying up: the order's own stock is gone whatever this answers. Raised, the step would be
+                # retried and given up, and the order cancelled as PAYMENT_UNAVAILABLE, blaming payments; and
+                # compensation would not know this hold either. It lapses at its TTL.
+                log.warning(
+                    "order %s: reservation %s made anew is not released (%s); it lapses at its TTL",
+                    order.id,
+                    reservation_id,
+                    exc,
+                    extra={"order_id": order.id},
+                )
             return False
         return True
 
