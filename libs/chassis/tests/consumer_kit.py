@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nats
@@ -30,15 +31,24 @@ async def client(nats_srv: NatsServer) -> AsyncIterator[Client]:
     await nc.close()
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite:///{tmp_path}/consumer.db")
+@asynccontextmanager
+async def scratch_database(url: str, tmp_path: Path) -> AsyncIterator[Database]:
+    """The database at `url`, migrated to the chassis' schema (no service migrations), with `effects` beside it."""
+    database = Database(url)
     (tmp_path / "versions").mkdir()
     await migrate(database, tmp_path / "versions")
     async with database.transaction() as conn:
         await conn.run_sync(scratch.create_all)
-    yield database
-    await database.dispose()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    async with scratch_database(f"sqlite:///{tmp_path}/consumer.db", tmp_path) as database:
+        yield database
 
 
 async def publish(client: Client, event_id: str, body: bytes = b"x") -> None:

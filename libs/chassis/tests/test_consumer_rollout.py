@@ -23,12 +23,11 @@ from shopmesh_chassis.consumer import Event, EventConsumer, filter_of
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import REPLAY_STREAM, DeadLetters, replay_durable
 from shopmesh_chassis.metrics import EventMetrics
-from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_chassis.testing.postgres import PostgresServer, postgres_server
 
-from .consumer_kit import applied, client, consumer, db, record, scratch, until_applied
+from .consumer_kit import applied, client, consumer, db, record, scratch_database, until_applied
 from .test_consumer import DATABASE_AWAY, messages_parked
 from .test_dead_letters import parked
 
@@ -466,13 +465,8 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 async def pg_db(own_postgres: PostgresServer, tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(own_postgres.create_database())
-    (tmp_path / "versions").mkdir()
-    await migrate(database, tmp_path / "versions")
-    async with database.transaction() as conn:
-        await conn.run_sync(scratch.create_all)
-    yield database
-    await database.dispose()
+    async with scratch_database(own_postgres.create_database(), tmp_path) as database:
+        yield database
 
 
 async def test_an_overdue_event_is_not_parked_by_a_replica_without_own_events_while_postgresql_is_down(
