@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -163,6 +165,19 @@ async def test_the_payments_of_an_order_say_which_are_captured_and_which_refunde
         assert await PaymentsClient(channel.channel, timeout=5).payments_for("ord_1") == [record]
 
 
+@asynccontextmanager
+async def _inventory_client(
+    settings: OrdersSettings, servicer: inventory_pb2_grpc.InventoryServiceServicer
+) -> AsyncIterator[InventoryClient]:
+    """Orders' InventoryClient, over a real socket to `servicer` standing in for inventory."""
+    binding = ServiceBinding(INVENTORY, servicer, inventory_pb2_grpc.add_InventoryServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        yield InventoryClient(channel.channel, timeout=5)
+
+
 class ShortInventory(inventory_pb2_grpc.InventoryServiceServicer):
     """Answers Reserve FAILED_PRECONDITION INSUFFICIENT_STOCK with `metadata`, as inventory does."""
 
@@ -184,14 +199,9 @@ class ShortInventory(inventory_pb2_grpc.InventoryServiceServicer):
 async def test_insufficient_stock_keeps_the_ids_inventory_listed_and_how_many_are_short(
     settings: OrdersSettings, sent: dict[str, str], ids: tuple[str, ...], count: int
 ) -> None:
-    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
-    binding = ServiceBinding(INVENTORY, ShortInventory(sent), add)
-    async with (
-        serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
-    ):
+    async with _inventory_client(settings, ShortInventory(sent)) as client:
         with pytest.raises(InsufficientStock) as caught:
-            await InventoryClient(channel.channel, timeout=5).reserve("ord_1", [CartLine("prod_a", 1)], 60)
+            await client.reserve("ord_1", [CartLine("prod_a", 1)], 60)
     assert (caught.value.product_ids, caught.value.short_count) == (ids, count)
 
 
@@ -207,13 +217,8 @@ class ReplayingInventory(inventory_pb2_grpc.InventoryServiceServicer):
 
 
 async def _reserve_against(settings: OrdersSettings, state: inventory_pb2.ReservationState.ValueType) -> str:
-    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
-    binding = ServiceBinding(INVENTORY, ReplayingInventory(state), add)
-    async with (
-        serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
-    ):
-        return await InventoryClient(channel.channel, timeout=5).reserve("ord_1", [CartLine("prod_a", 1)], 60)
+    async with _inventory_client(settings, ReplayingInventory(state)) as client:
+        return await client.reserve("ord_1", [CartLine("prod_a", 1)], 60)
 
 
 @pytest.mark.parametrize("state", [inventory_pb2.RESERVATION_STATE_EXPIRED, inventory_pb2.RESERVATION_STATE_RELEASED])
@@ -284,13 +289,7 @@ async def test_a_reservation_state_inventory_documents_as_unknown_leaves_the_ord
     # RESERVATION_STATE_UNKNOWN is in inventory's contract (2597362): "left as it is" for a newer release.
     # Orders treats any undocumented status as a bug (RuntimeError, answered INTERNAL to PlaceOrder /
     # CancelOrder); this one is documented and means "wait".
-    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
-    binding = ServiceBinding(INVENTORY, UnknownStateInventory(), add)
-    async with (
-        serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
-    ):
-        client = InventoryClient(channel.channel, timeout=5)
+    async with _inventory_client(settings, UnknownStateInventory()) as client:
         with pytest.raises(errors.Unavailable) as caught:
             await getattr(client, call)("res_1")
     # Nor a lost race: asked again, inventory would answer the same.
@@ -319,13 +318,7 @@ async def test_a_race_inventory_lost_is_told_apart_as_worth_asking_again_about_t
 ) -> None:
     # The saga asks again after a LostRace where it would otherwise leave the order in doubt; the race says
     # nothing of inventory as a whole (not DependencyDown).
-    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
-    binding = ServiceBinding(INVENTORY, RacingInventory(), add)
-    async with (
-        serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
-    ):
-        client = InventoryClient(channel.channel, timeout=5)
+    async with _inventory_client(settings, RacingInventory()) as client:
         args: tuple[Any, ...] = ("ord_1", [CartLine("prod_a", 1)], 60.0) if call == "reserve" else ("res_1",)
         with pytest.raises(LostRace) as caught:
             await getattr(client, call)(*args)
@@ -334,33 +327,25 @@ async def test_a_race_inventory_lost_is_told_apart_as_worth_asking_again_about_t
 
 
 class ForgetfulInventory(inventory_pb2_grpc.InventoryServiceServicer):
-    """Answers ReleaseReservation as inventory does for a reservation it has no row for."""
+    """Answers CommitReservation and ReleaseReservation as inventory does for a reservation it has no row for."""
 
-    async def ReleaseReservation(self, request: Any, context: Any) -> Any:
+    async def _not_found(self, request: Any) -> Any:
         raise errors.NotFound(
             "not found", reason="RESERVATION_NOT_FOUND", metadata={"reservation_id": request.reservation_id}
         )
+
+    async def CommitReservation(self, request: Any, context: Any) -> Any:
+        return await self._not_found(request)
+
+    async def ReleaseReservation(self, request: Any, context: Any) -> Any:
+        return await self._not_found(request)
 
 
 async def test_releasing_a_reservation_inventory_no_longer_has_is_done(settings: OrdersSettings) -> None:
     # Its row was removed (a restore, a clean-up): it holds no stock. Raised as a bug (INTERNAL), compensation
     # could never finish, and the order would stay cancelled-in-progress for good.
-    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
-    binding = ServiceBinding(INVENTORY, ForgetfulInventory(), add)
-    async with (
-        serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
-    ):
-        await InventoryClient(channel.channel, timeout=5).release("res_gone")
-
-
-class ForgottenReservation(inventory_pb2_grpc.InventoryServiceServicer):
-    """Answers CommitReservation as inventory does for a reservation it has no row for."""
-
-    async def CommitReservation(self, request: Any, context: Any) -> Any:
-        raise errors.NotFound(
-            "not found", reason="RESERVATION_NOT_FOUND", metadata={"reservation_id": request.reservation_id}
-        )
+    async with _inventory_client(settings, ForgetfulInventory()) as client:
+        await client.release("res_gone")
 
 
 async def test_committing_a_reservation_inventory_no_longer_has_is_refused_as_expired(
@@ -368,14 +353,9 @@ async def test_committing_a_reservation_inventory_no_longer_has_is_refused_as_ex
 ) -> None:
     # Its row was removed (a restore, a clean-up): it holds no stock to commit, as a lapsed one. Raised as a bug
     # (INTERNAL), the saga could never finish the order, and its capture would never be refunded.
-    add = inventory_pb2_grpc.add_InventoryServiceServicer_to_server
-    binding = ServiceBinding(INVENTORY, ForgottenReservation(), add)
-    async with (
-        serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
-    ):
+    async with _inventory_client(settings, ForgetfulInventory()) as client:
         with pytest.raises(ReservationExpired):
-            await InventoryClient(channel.channel, timeout=5).commit("res_gone")
+            await client.commit("res_gone")
 
 
 class UnrefundableUnknownPayment(payments_pb2_grpc.PaymentsServiceServicer):
