@@ -786,19 +786,28 @@ async def _with_inventory_over_grpc(clocked: Clocked) -> AsyncIterator[tuple[Clo
         yield replace(clocked, inventory=port), inventory  # type: ignore[arg-type]
 
 
+async def _reserved_in_a_newer_state_past_the_deadline(
+    clocked: Clocked, inventory: InventoryOnTheWire
+) -> tuple[OrdersApplication, str, str]:
+    """An order reserved by the recovery loop while payments was down (`clocked.inventory` is the client of
+    `inventory`), whose reservation inventory now stores, and replays, in a state only a newer release can
+    name; the clock past the saga's deadline, for the customer's retry with the card."""
+    app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
+        clocked, clocked.inventory, clocked.payments
+    )
+    inventory.reservations[reservation_id].state = A_NEWER_RELEASES_STATE
+    clocked.clock.ahead = timedelta(seconds=clocked.settings.reservation_ttl_seconds + 1)
+    return app, order_id, reservation_id
+
+
 async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventory_cannot_name_the_reservation_state(
-    clocked: Clocked, payments: FakePayments, settings: OrdersSettings
+    clocked: Clocked, payments: FakePayments
 ) -> None:
     """Inventory replays the order's reservation in a state a newer release stored: whether it holds the stock
     is unknown, so nothing is charged against it and the order waits at the charge step (not charged, then
     stuck at the commit inventory refuses; nor cancelled as PAYMENT_UNAVAILABLE, which payments was not)."""
     async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
-        app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
-            clocked, clocked.inventory, payments
-        )
-        # As a newer release of inventory stores, and replays, a state this one cannot name.
-        inventory.reservations[reservation_id].state = A_NEWER_RELEASES_STATE
-        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+        app, order_id, _ = await _reserved_in_a_newer_state_past_the_deadline(clocked, inventory)
         with pytest.raises(errors.Unavailable) as caught:
             await place(app, command())
         order = await app.get_order(order_id)
@@ -823,11 +832,7 @@ async def test_an_order_left_in_doubt_about_its_reservation_is_cancelled_uncharg
     order. Once a release that knows the state serves, the release goes through and the order is cancelled,
     nothing charged, with one OrderCancelled."""
     async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
-        app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(
-            clocked, clocked.inventory, payments
-        )
-        inventory.reservations[reservation_id].state = A_NEWER_RELEASES_STATE
-        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+        app, order_id, reservation_id = await _reserved_in_a_newer_state_past_the_deadline(clocked, inventory)
         with pytest.raises(errors.Unavailable) as caught:
             await place(app, command())
         assert caught.value.reason == RESERVATION_IN_DOUBT
