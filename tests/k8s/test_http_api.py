@@ -5,7 +5,6 @@ configuration; the Service, probes and drain fit the pod."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -19,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_chassis.testing import refused_with_the_stream_held_open
 from shopmesh_gateway.guard import client_address
 from shopmesh_platform.http_api import (
     DESCRIPTOR_FILE,
@@ -335,26 +335,15 @@ async def test_the_pod_refuses_a_held_open_stream_to_a_method_the_api_lacks_at_o
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
     gateway = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    held = asyncio.Event()
-
-    async def requests() -> AsyncIterator[bytes]:
-        yield b""
-        await held.wait()
-
     try:
         with running_http_api(files_of(rendered["default", EDGE]), tmp_path, gateway=gateway) as ports:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[PORT]}") as channel:
-                call = channel.stream_stream(f"/{PUBLIC_SERVICE}/NoSuchMethod")(requests(), timeout=10)
-                try:
-                    with pytest.raises(grpc.aio.AioRpcError) as refused:
-                        await call.read()
-                finally:
-                    held.set()
+                refused = await refused_with_the_stream_held_open(channel, f"/{PUBLIC_SERVICE}/NoSuchMethod")
                 await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(), timeout=10)
     finally:
         server.stop(0)
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, refused.value
-    assert refused.value.details() == f"{PUBLIC_SERVICE} has no such method"
+    assert refused.code() == grpc.StatusCode.UNIMPLEMENTED, refused
+    assert refused.details() == f"{PUBLIC_SERVICE} has no such method"
     assert len(shop.calls) == 1
 
 

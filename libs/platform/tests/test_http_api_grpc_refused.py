@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,6 +14,7 @@ import grpc
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_chassis.testing import refused_with_the_stream_held_open
 from shopmesh_platform.http_api import PUBLIC_SERVICE
 
 from .conftest import RecordingShop
@@ -66,24 +66,13 @@ async def test_a_streaming_call_of_a_method_shopservice_does_not_have_is_unimple
 ) -> None:
     # The client keeps its side of the stream open: a method of ShopService's that it does not have must be
     # refused on its headers, not forwarded to the gateway through the buffer filter, which holds a request
-    # until its end. The deadline bounds the test; a refusal that waited for the request's end meets it instead.
+    # until its end (then the call meets its deadline instead).
     url, shop = edge
-    held = asyncio.Event()
-
-    async def requests() -> AsyncIterator[bytes]:
-        yield b""
-        await held.wait()
-
     async with grpc.aio.insecure_channel(urlsplit(url).netloc) as channel:
-        call = channel.stream_stream(f"/{PUBLIC_SERVICE}/NoSuchMethod")(requests(), timeout=10)
-        try:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await call.read()
-        finally:
-            held.set()
+        refused = await refused_with_the_stream_held_open(channel, f"/{PUBLIC_SERVICE}/NoSuchMethod")
         # The methods it has are still the gateway's, called over gRPC on the same port.
         answer = await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=2))
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, refused.value
-    assert refused.value.details() == f"{PUBLIC_SERVICE} has no such method"
+    assert refused.code() == grpc.StatusCode.UNIMPLEMENTED, refused
+    assert refused.details() == f"{PUBLIC_SERVICE} has no such method"
     assert len(answer.products) == 2
     assert shop.calls[-1] == ("ListProducts", "2")

@@ -122,6 +122,31 @@ async def wait_serving(address: str, timeout: float = 20.0, service: str = "") -
     raise TimeoutError(f"{address} was not SERVING within {timeout}s")
 
 
+async def refused_with_the_stream_held_open(
+    channel: grpc.aio.Channel, method: str, timeout: float = 10.0
+) -> grpc.aio.AioRpcError:
+    """The error a streaming call of `method` ends with while the client keeps its side of the stream open
+    (one request sent, no end), as grpcurl's reflection does. A server, or a proxy, that waits for the
+    request's end before refusing meets `timeout` instead: DEADLINE_EXCEEDED, not the refusal. An answer,
+    where a refusal was expected, is an AssertionError."""
+    held = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b""
+        await held.wait()
+
+    # No (de)serializers: the request and the answer are raw bytes.
+    raw: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+    call = raw(requests(), timeout=timeout)
+    try:
+        answer = await call.read()
+    except grpc.aio.AioRpcError as refused:
+        return refused
+    finally:
+        held.set()
+    raise AssertionError(f"{method} was not refused: it answered {answer!r}")
+
+
 @overload
 async def eventually(
     condition: Callable[[], Awaitable[T]], what: str, *, timeout: float = ..., interval: float = ...
