@@ -36,6 +36,24 @@ async def stored_kids(users: Users) -> set[str]:
         return set(await session.scalars(select(signing_keys.c.kid)))
 
 
+async def assert_published_until_its_token_expires(
+    users: Users, stub: UsersServiceAsyncStub, clock: FakeClock, kid: str, token: str
+) -> None:
+    """`kid`, which signed `token`, survives a rotation a second before `token` expires (`token` still
+    verifies), and leaves the JWKS only once the publish-ahead past that expiry is over."""
+    expires = int(jwt.decode(token, options={"verify_signature": False})["exp"])
+    clock.advance(expires - int(clock.now.timestamp()) - 1)
+    # A rotation at this moment deletes the keys it judges expired: `kid` must not be one.
+    await users.application.rotate_keys()
+    assert kid in await published_kids(stub)
+    assert verify_access_token(token, await jwks_document(stub))["sub"]
+    # Logged in at the rotation's moment: the key could sign for the publish-ahead after this token.
+    clock.advance(1 + PUBLISH_AHEAD - 1)
+    assert kid in await published_kids(stub)
+    clock.advance(1)
+    assert kid not in await published_kids(stub)
+
+
 async def test_a_rotated_key_is_published_at_once_but_signs_only_after_the_publish_ahead_delay(
     users: Users, stub: UsersServiceAsyncStub, clock: FakeClock
 ) -> None:
@@ -167,17 +185,7 @@ async def test_a_token_signed_under_a_longer_lifetime_verifies_until_its_exp_aft
     async with running(users_settings(tmp_path, token_lifetime_seconds=LIFETIME), clock) as (users, stub):
         [old] = await published_kids(stub)
         await users.application.rotate_keys()
-        expires = int(jwt.decode(long_lived, options={"verify_signature": False})["exp"])
-        clock.advance(expires - int(clock.now.timestamp()) - 1)
-        # A rotation at this moment deletes the keys it judges expired: the old key must not be one.
-        await users.application.rotate_keys()
-        assert old in await published_kids(stub)
-        assert verify_access_token(long_lived, await jwks_document(stub))["sub"]
-        # Logged in at the rotation's moment: the key could sign for the publish-ahead after this token.
-        clock.advance(1 + PUBLISH_AHEAD - 1)
-        assert old in await published_kids(stub)
-        clock.advance(1)
-        assert old not in await published_kids(stub)
+        await assert_published_until_its_token_expires(users, stub, clock, old, long_lived)
 
 
 async def test_a_retiring_key_that_signs_under_a_raised_lifetime_stays_published_until_that_token_expires(
@@ -194,12 +202,4 @@ async def test_a_retiring_key_that_signs_under_a_raised_lifetime_stays_published
         assert jwt.get_unverified_header(long_lived)["kid"] == old
     # Back to the shorter lifetime: what the key signed is judged by the key's record, not the setting.
     async with running(users_settings(tmp_path, token_lifetime_seconds=LIFETIME), clock) as (users, stub):
-        expires = int(jwt.decode(long_lived, options={"verify_signature": False})["exp"])
-        clock.advance(expires - int(clock.now.timestamp()) - 1)
-        await users.application.rotate_keys()
-        assert verify_access_token(long_lived, await jwks_document(stub))["sub"]
-        # Logged in at the rotation's moment: the key could sign for the publish-ahead after this token.
-        clock.advance(1 + PUBLISH_AHEAD - 1)
-        assert old in await published_kids(stub)
-        clock.advance(1)
-        assert old not in await published_kids(stub)
+        await assert_published_until_its_token_expires(users, stub, clock, old, long_lived)
