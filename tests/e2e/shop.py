@@ -175,6 +175,15 @@ async def stock_levels(shop: Shop, product_ids: Iterable[str]) -> StockLevels:
     return {level.product_id: (level.on_hand, level.reserved) for level in answer.stock_levels}
 
 
+def assert_answered_but_for_checkouts(shopping: Any) -> None:
+    """`shopping` (the `shoppers` fixture's) met no server fault, and nothing but a checkout was refused: to a
+    signed-up shopper, an error elsewhere (a token not sent or lost on its route, a request the API or its
+    transcoder rejects, a call that timed out) is a defect, not an answer."""
+    assert shopping.faults == {}
+    others = {method: codes for method, codes in shopping.answered.items() if method != "PlaceOrder"}
+    assert all(codes.keys() == {"OK"} for codes in others.values()), others
+
+
 async def assert_each_checkout_kept(shop: Shop, before: StockLevels, checkouts: Sequence[Checkout]) -> None:
     """What the shoppers were told of their checkouts is what the shop holds: a good card placed its order, a
     declined one was refused; each shopper has exactly the confirmed orders it was answered with (none placed
