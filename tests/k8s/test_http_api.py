@@ -272,6 +272,20 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         return shop_pb2.ListProductsResponse()
 
 
+@contextlib.contextmanager
+def recording_gateway() -> Iterator[tuple[RecordingShop, int]]:
+    """A RecordingShop on a free loopback port; yields it and the port."""
+    shop = RecordingShop()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield shop, port
+    finally:
+        server.stop(0)
+
+
 def test_behind_a_sidecar_the_gateway_limits_the_client_the_ingress_named_not_the_pod(
     helm_dir: Path, tmp_path: Path
 ) -> None:
@@ -286,21 +300,13 @@ def test_behind_a_sidecar_the_gateway_limits_the_client_the_ingress_named_not_th
         for entry in find(docs, "ConfigMap", EDGE)["data"]["TRUSTED_PROXIES"].split(",")
         if entry.strip()
     ]
-    shop = RecordingShop()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
-    gateway = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with running_http_api(files_of(docs), tmp_path, gateway=gateway) as ports:
-            for client in ("203.0.113.7", "198.51.100.9"):
-                # What the sidecar relays from loopback: the ingress's header, the client appended.
-                response = httpx.get(
-                    f"http://127.0.0.1:{ports[PORT]}/v1/products", headers={"x-forwarded-for": client}, timeout=10
-                )
-                assert response.status_code == 200, response.text
-    finally:
-        server.stop(0)
+    with recording_gateway() as (shop, gateway), running_http_api(files_of(docs), tmp_path, gateway=gateway) as ports:
+        for client in ("203.0.113.7", "198.51.100.9"):
+            # What the sidecar relays from loopback: the ingress's header, the client appended.
+            response = httpx.get(
+                f"http://127.0.0.1:{ports[PORT]}/v1/products", headers={"x-forwarded-for": client}, timeout=10
+            )
+            assert response.status_code == 200, response.text
     seen = [client_address(peer, forwarded, trusted) for peer, forwarded in shop.calls]
     assert seen == ["203.0.113.7", "198.51.100.9"], shop.calls
 
@@ -330,18 +336,13 @@ async def test_the_pod_refuses_a_held_open_stream_to_a_method_the_api_lacks_at_o
     """The chart's edge as make run's (libs/platform/tests/test_http_api_grpc_refused.py): a streaming call of a
     ShopService method that does not exist, its client's side held open, is UNIMPLEMENTED on its headers, not
     held by the buffer filter until the client's deadline; the methods the API has still reach the gateway."""
-    shop = RecordingShop()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
-    gateway = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with running_http_api(files_of(rendered["default", EDGE]), tmp_path, gateway=gateway) as ports:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[PORT]}") as channel:
-                refused = await refused_with_the_stream_held_open(channel, f"/{PUBLIC_SERVICE}/NoSuchMethod")
-                await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(), timeout=10)
-    finally:
-        server.stop(0)
+    with (
+        recording_gateway() as (shop, gateway),
+        running_http_api(files_of(rendered["default", EDGE]), tmp_path, gateway=gateway) as ports,
+    ):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[PORT]}") as channel:
+            refused = await refused_with_the_stream_held_open(channel, f"/{PUBLIC_SERVICE}/NoSuchMethod")
+            await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(), timeout=10)
     assert refused.code() == grpc.StatusCode.UNIMPLEMENTED, refused
     assert refused.details() == f"{PUBLIC_SERVICE} has no such method"
     assert len(shop.calls) == 1
