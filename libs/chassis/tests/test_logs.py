@@ -17,8 +17,14 @@ import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import logs
-from shopmesh_chassis.logs import MAX_PENDING_LINES, configure_logging, flush_logs
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.logs import MAX_PENDING_LINES, RepeatLimitFilter, configure_logging, flush_logs
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
+
+from .conftest import sample_settings
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +113,45 @@ def test_a_callers_malformed_tracestate_is_no_log_line_and_keeps_its_traceparent
     flush_logs()
     assert out.getvalue() == ""
     assert trace.get_current_span(context).get_span_context().trace_id == int("a" * 32, 16)
+
+
+async def test_oversized_traceparents_on_many_calls_are_served_and_logged_once() -> None:
+    out = io.StringIO()
+    configure_logging("sample", stream=out)
+    oversized = (("traceparent", "00-" + "a" * 32 + "-" + "b" * 16 + "-01" + "x" * 600),)
+    calls = 40
+    async with (
+        serve_in_process(sample_settings(), [binding()], tracer_provider=TracerProvider()) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None, tracing=False)) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        for i in range(calls):
+            reply = await stub.Echo(sample_pb2.EchoRequest(message=f"hi {i}"), metadata=oversized)
+            assert reply.message == f"hi {i}"
+    flush_logs()
+    warned = [line for line in map(json.loads, out.getvalue().splitlines()) if "traceparent" in line["message"]]
+    # One line per minute at most: the calls above take far less than a minute on any machine, but the bound
+    # allows for a second window rather than relying on that.
+    assert 1 <= len(warned) <= 2, warned
+    assert {line["logger"] for line in warned} == {"opentelemetry.trace.propagation.tracecontext"}
+
+
+def test_a_repeated_warning_is_held_back_for_its_window_and_the_next_one_counts_what_was_held() -> None:
+    now = [0.0]
+    limit = RepeatLimitFilter(window=60.0, clock=lambda: now[0])
+
+    def record(name: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, (512,), None)
+
+    first = record("otel", "header exceeded %d")
+    assert limit.filter(first)
+    assert not hasattr(first, "suppressed_log_lines")
+    assert [limit.filter(record("otel", "header exceeded %d")) for _ in range(5)] == [False] * 5
+    # Another message, or the same one from another logger, has a window of its own.
+    assert limit.filter(record("otel", "other header exceeded %d"))
+    assert limit.filter(record("elsewhere", "header exceeded %d"))
+    now[0] = 60.0
+    after = record("otel", "header exceeded %d")
+    assert limit.filter(after)
+    assert after.suppressed_log_lines == 5  # type: ignore[attr-defined]
+    assert not limit.filter(record("otel", "header exceeded %d"))

@@ -14,6 +14,9 @@ import contextlib
 import logging
 import queue
 import sys
+import threading
+import time
+from collections.abc import Callable
 from logging.handlers import QueueHandler, QueueListener
 from typing import TextIO
 
@@ -26,6 +29,41 @@ MAX_PENDING_LINES = 10_000
 # At exit, how long the queued lines may take to be written before the process leaves without them
 # (stderr blocked for good must not keep a stopping service alive).
 FLUSH_SECONDS = 5.0
+# OpenTelemetry's W3C propagators warn on every header they refuse for its length (a `traceparent` past 512
+# characters, an oversized `tracestate` or `baggage`), and any client may send one on every call (the HTTP edge
+# passes them on from the public): unbounded, a stranger decides how many lines each service writes. The
+# propagator ignores such a header all the same (the call starts a trace of its own), so one line a minute
+# says it happens, and the count says how often.
+PROPAGATION_LOGGERS = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.baggage.propagation")
+REPEAT_WINDOW_SECONDS = 60.0
+
+
+class RepeatLimitFilter(logging.Filter):
+    """Lets one record through per logger and message template per `window` seconds and counts the others:
+    the next one let through carries `suppressed_log_lines`, how many were held back before it.
+
+    Keyed by the template (`record.msg`, before its arguments), not the formatted text: the templates are a
+    fixed set in the library's code, so the table stays small whatever the callers send."""
+
+    def __init__(self, window: float = REPEAT_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window = window
+        self._clock = clock
+        self._lock = threading.Lock()  # records come from the event loop and from worker threads alike
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (when one last got through, held back)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        with self._lock:
+            now = self._clock()
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self._window:
+                self._seen[key] = (seen[0], seen[1] + 1)
+                return False
+            self._seen[key] = (now, 0)
+        if seen is not None and seen[1]:
+            record.suppressed_log_lines = seen[1]  # a field of its own in the JSON line
+        return True
 
 
 class TraceContextFilter(logging.Filter):
@@ -122,6 +160,12 @@ def configure_logging(service_name: str, level: str = "INFO", fmt: str = "json",
     # (the gateway's HTTP edge takes trace context from the public): a log line per call, worded by a stranger.
     # The propagator drops such a tracestate all the same, and the call keeps its traceparent.
     logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
+    limit = RepeatLimitFilter()
+    for name in PROPAGATION_LOGGERS:
+        logger = logging.getLogger(name)
+        for earlier in [f for f in logger.filters if isinstance(f, RepeatLimitFilter)]:
+            logger.removeFilter(earlier)  # configured again (tests, a restart in-process): one limit, not two
+        logger.addFilter(limit)
 
 
 def flush_logs() -> None:
