@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import events_pb2, orders_pb2
@@ -1820,3 +1820,86 @@ async def test_a_recheck_payments_cannot_answer_for_one_order_is_put_off_longer_
     assert len(asked) == 2
     order = await app.get_order(order_id)
     assert (order.state, order.refunded) == (OrderState.CANCELLED, False)
+
+
+_SERIALIZATION_FAILURE = text(
+    "DO $$ BEGIN RAISE EXCEPTION 'could not serialize access due to concurrent update'"
+    " USING ERRCODE = 'serialization_failure'; END $$"
+)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_race_lost_on_orders_database_while_resuming_is_a_warning_and_the_next_pass_resumes_the_order(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    inventory.down = False
+    claim, raced = OrderRepository.claim, []
+
+    async def claim_loses_a_race_once(self: OrderRepository, *args: Any) -> bool:
+        if not raced:
+            raced.append(True)
+            # PostgreSQL's own serialization_failure (SQLSTATE 40001) through asyncpg, as a lost race raises it.
+            await self._session.execute(_SERIALIZATION_FAILURE)
+        return await claim(self, *args)
+
+    monkeypatch.setattr(OrderRepository, "claim", claim_loses_a_race_once)
+    assert await app.resume_unfinished() == 1
+    assert raced
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and order_id in r.getMessage()]
+    assert "concurrent update" in warned.getMessage()
+    assert warned.exc_info is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    # Still due: the next pass resumes it.
+    assert (await app.get_order(order_id)).state is OrderState.PENDING
+    assert await app.resume_unfinished() == 1
+    assert (await app.get_order(order_id)).state is OrderState.CANCELLED
+
+
+async def test_a_fault_that_is_no_race_while_resuming_is_still_an_error_with_its_traceback(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    inventory.down = False
+
+    async def claim_has_a_bug(self: OrderRepository, *args: Any) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OrderRepository, "claim", claim_has_a_bug)
+    assert await app.resume_unfinished() == 1
+    [failed] = [r for r in caplog.records if r.levelname == "ERROR" and order_id in r.getMessage()]
+    assert failed.exc_info is not None
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_race_lost_on_orders_database_while_rechecking_a_charge_is_a_warning_and_the_next_pass_checks_it(
+    cancelled_in_doubt: CancelledInDoubt,
+    payments: FakePayments,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    clock.ahead = timedelta(seconds=11)
+    claim, raced = OrderRepository.claim_recheck, []
+
+    async def claim_loses_a_race_once(self: OrderRepository, *args: Any) -> bool:
+        if not raced:
+            raced.append(True)
+            await self._session.execute(_SERIALIZATION_FAILURE)
+        return await claim(self, *args)
+
+    monkeypatch.setattr(OrderRepository, "claim_recheck", claim_loses_a_race_once)
+    assert await app.recheck_charges() == 1
+    assert raced
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and order_id in r.getMessage()]
+    assert "concurrent update" in warned.getMessage()
+    assert warned.exc_info is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert await app.recheck_charges() == 1
+    assert (await app.get_order(order_id)).charge_recheck_at is None

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import as_domain_error
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
@@ -38,6 +39,16 @@ log = logging.getLogger("shopmesh.orders")
 
 # How long a retried PlaceOrder waits for another driver to finish the same order before saying so.
 _WAIT_FOR_OTHER_DRIVER_SECONDS = 5.0
+
+
+def _lost_race(error: Exception) -> errors.Aborted | None:
+    """The ABORTED a concurrency race lost on orders' database (a PostgreSQL serialization failure or
+    deadlock) stands for, or None for anything else. The recovery loop meets such a race raw (only the
+    server maps it for callers); it is no bug but a transient conflict with another transaction, and the
+    order stays due, so the next pass simply tries again: a warning, not an error with a traceback. Not put
+    off like an order waiting on a dependency (`SagaDriver._retry_at`): the race is over once it is lost."""
+    mapped = as_domain_error(error)
+    return mapped if isinstance(mapped, errors.Aborted) and mapped.reason == "CONCURRENT_UPDATE" else None
 
 
 def new_order_id() -> str:
@@ -246,8 +257,16 @@ class OrdersApplication:
                 log.info("resumed order %s: %s", order_id, order.state.value, extra={"order_id": order_id})
             except (LeaseHeld, errors.Unavailable) as exc:
                 log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
-            except Exception:
-                log.exception("resuming order %s failed", order_id, extra={"order_id": order_id})
+            except Exception as exc:
+                if (race := _lost_race(exc)) is None:
+                    log.exception("resuming order %s failed", order_id, extra={"order_id": order_id})
+                else:
+                    log.warning(
+                        "order %s not resumed: %s; the next pass tries it again",
+                        order_id,
+                        race.message,
+                        extra={"order_id": order_id},
+                    )
         return len(order_ids)
 
     async def recheck_charges(self, limit: int = 50) -> int:
@@ -268,8 +287,16 @@ class OrdersApplication:
                 # They stay due; the next pass asks.
                 log.warning("order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id})
                 break
-            except Exception:
-                log.exception("checking the charge of order %s failed", order_id, extra={"order_id": order_id})
+            except Exception as exc:
+                if (race := _lost_race(exc)) is None:
+                    log.exception("checking the charge of order %s failed", order_id, extra={"order_id": order_id})
+                else:
+                    log.warning(
+                        "order %s: its charge is not checked yet: %s; the next pass tries it again",
+                        order_id,
+                        race.message,
+                        extra={"order_id": order_id},
+                    )
         return len(order_ids)
 
     async def run_recovery(self, interval: float) -> None:
