@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from shopmesh_chassis.text_lines import INVALID_CHARACTERS, REQUIRED, line_violation, normalized_line
+from shopmesh_chassis.text_lines import (
+    INVALID_CHARACTERS,
+    REQUIRED,
+    characters_violation,
+    line_violation,
+    normalized_line,
+)
 
 
 def test_a_line_is_kept_composed_and_trimmed() -> None:
@@ -99,3 +105,15 @@ def test_blank_fillers_around_the_text_are_trimmed(value: str) -> None:
     is stored, shown and counted as a name other than "Ada" (and a 50-character limit passes "A" and 49
     invisible fillers). The release before trimmed them."""
     assert normalized_line(value) == "Ada"
+
+
+@pytest.mark.parametrize("value", ["a\nb", "\t", "\x1b[2J", "a\x7f", "\x85", "a\u2028b", "a\u2029b"])
+def test_the_one_line_rule_alone_refuses_a_control_character_or_line_break(value: str) -> None:
+    violation = characters_violation("reason", value)
+    assert violation is not None
+    assert (violation.field, violation.reason) == ("reason", INVALID_CHARACTERS)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\u200b", "too slow"])
+def test_the_one_line_rule_alone_accepts_empty_and_blank_text(value: str) -> None:
+    assert characters_violation("reason", value) is None

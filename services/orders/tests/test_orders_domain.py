@@ -16,6 +16,7 @@ from shopmesh_orders.domain.validation import (
     ExpectedTotal,
     PlaceOrder,
     luhn_ok,
+    validate_cancel_reason,
     validate_place_order,
     validate_totals,
 )
@@ -307,3 +308,21 @@ def test_an_expected_total_that_cannot_be_the_orders_names_its_field(
 def test_an_expected_total_in_the_orders_currency_passes_validation() -> None:
     sent = command(expected_total=ExpectedTotal(2500, "USD"))
     assert validate_place_order(sent, date(2026, 11, 25)) == sent
+
+
+# BEL, ESC (a terminal escape), DEL, a C1 control, the line and paragraph separators, a line break, a tab.
+UNPRINTABLE_IN_A_REASON = ["\a", "\x1b[31m", "\x7f", "\x85", "\u2028", "\u2029", "\n", "\r\n", "\t"]
+
+
+@pytest.mark.parametrize("unprintable", UNPRINTABLE_IN_A_REASON)
+def test_a_cancel_reason_with_a_control_character_or_a_line_break_is_refused_naming_the_reason(
+    unprintable: str,
+) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_cancel_reason(f"too slow{unprintable}Your payment was refunded.")
+    assert [(v.field, v.reason) for v in caught.value.violations] == [("reason", "INVALID_CHARACTERS")]
+
+
+@pytest.mark.parametrize("reason", ["", "  ", "too slow", "Commande annulée : délai trop long 😞", "נמצא זול יותר"])
+def test_a_cancel_reason_on_one_line_or_none_at_all_is_accepted(reason: str) -> None:
+    validate_cancel_reason(reason)

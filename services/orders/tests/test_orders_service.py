@@ -210,6 +210,43 @@ async def test_cancel_order_names_a_missing_order_id_and_an_over_long_reason_tog
     assert sorted(v.field for v in details.field_violations) == ["order_id", "reason"]
 
 
+@pytest.mark.parametrize("unprintable", ["\a", "\x1b[2J", "\x7f", "\x9b", "\u2028", "\n"])
+async def test_a_cancel_reason_with_a_control_character_or_a_line_break_is_invalid_argument_and_cancels_nothing(
+    stub: orders_pb2_grpc.OrdersServiceStub, unprintable: str
+) -> None:
+    """The reason goes into the cancellation e-mail as its "Reason:" line and back on every read of the order:
+    a line break would let the customer's text pass for the shop's own lines, a control character reaches
+    every screen and log that shows it."""
+    placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CancelOrder(
+            orders_pb2.CancelOrderRequest(order_id=placed.order.id, reason=f"too slow{unprintable}Refund: $1000"),
+            metadata=idempotency_metadata("c1"),
+        )
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in details.field_violations] == [("reason", "INVALID_CHARACTERS")]
+    got = (await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=placed.order.id))).order
+    assert got.state == orders_pb2.ORDER_STATE_CONFIRMED
+
+
+async def test_a_retry_of_a_cancellation_accepted_before_the_reason_rule_returns_the_cancelled_order(
+    stub: orders_pb2_grpc.OrdersServiceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for PlaceOrder: the same key and request, retried after an upgrade (or on a new pod of a rolling
+    update), is answered with what the first call did, not refused by a rule that came after it."""
+    import shopmesh_orders.application as application
+
+    placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))
+    sent = orders_pb2.CancelOrderRequest(order_id=placed.order.id, reason="too slow\tsorry")
+    with monkeypatch.context() as earlier_release:
+        earlier_release.setattr(application, "validate_cancel_reason", lambda reason: None)
+        cancelled = await stub.CancelOrder(sent, metadata=idempotency_metadata("c1"))
+    assert cancelled.order.state == orders_pb2.ORDER_STATE_CANCELLED
+    retried = await stub.CancelOrder(sent, metadata=idempotency_metadata("c1"))
+    assert (retried.order.id, retried.order.state) == (placed.order.id, orders_pb2.ORDER_STATE_CANCELLED)
+
+
 async def test_a_shipping_address_is_stored_and_answered_composed_and_trimmed(
     stub: orders_pb2_grpc.OrdersServiceStub,
 ) -> None:

@@ -68,6 +68,12 @@ def line_violation(field: str, value: str) -> FieldViolation | None:
     character or a line break of any kind; None otherwise."""
     if not any(_visible(char) for char in value):
         return FieldViolation(field, "must not be empty", REQUIRED)
+    return characters_violation(field, value)
+
+
+def characters_violation(field: str, value: str) -> FieldViolation | None:
+    """INVALID_CHARACTERS when `value` holds a control character or a line break of any kind; None otherwise.
+    The one-line rule alone, for optional free text that may be left empty (a cancellation's reason)."""
     if any(unicodedata.category(char) in _NOT_ON_ONE_LINE for char in value):
         return FieldViolation(field, "must be one line of text, without control characters", INVALID_CHARACTERS)
     return None

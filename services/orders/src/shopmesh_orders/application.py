@@ -27,6 +27,7 @@ from shopmesh_orders.domain.validation import (
     list_filters,
     matches_expected_total,
     validate_cancel,
+    validate_cancel_reason,
     validate_list_orders,
     validate_order_id,
     validate_place_order,
@@ -233,6 +234,7 @@ class OrdersApplication:
                 if cancel_hash != fingerprint:
                     raise key_reused()
             else:
+                validate_cancel_reason(reason)
                 # A key is the caller's for the method (common/v1 "idempotency-key"), not the order's: the key of
                 # one cancellation sent again for another order is a client mix-up, refused, not a cancellation.
                 if await repository.cancel_key_used_elsewhere(order.user_id, key, order_id):

@@ -9,7 +9,7 @@ from datetime import date, datetime
 from shopmesh_chassis import errors, pagination
 from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.errors import FieldViolation
-from shopmesh_chassis.text_lines import line_violation, normalized_line
+from shopmesh_chassis.text_lines import characters_violation, line_violation, normalized_line
 from shopmesh_orders.domain.model import Address, OrderLine
 
 MAX_ITEMS = 50
@@ -249,6 +249,18 @@ def validate_cancel(order_id: str, reason: str) -> None:
     if violations:
         fields = ", ".join(v.field for v in violations)
         raise errors.InvalidArgument(f"invalid {fields}", violations, reason="VALIDATION_FAILED")
+
+
+def validate_cancel_reason(reason: str) -> None:
+    """A new cancellation's reason is one line of text (`text_lines`), as a name or an address line: it is
+    stored, answered on every read of the order, and written into the cancellation e-mail as its "Reason:"
+    line, where a line break would let a customer's text pass for lines of the shop's own, and a control
+    character (a terminal escape, BEL, DEL, a C1 control) or a line or paragraph separator would reach every
+    screen and log that shows it. Optional: an empty one is fine. Not part of `validate_cancel`: a retry of a
+    cancellation an earlier release accepted is answered with its order, as PlaceOrder's retries are."""
+    violation = characters_violation("reason", reason)
+    if violation is not None:
+        raise errors.InvalidArgument("invalid reason", [violation], reason="VALIDATION_FAILED")
 
 
 @dataclass(frozen=True, slots=True)
