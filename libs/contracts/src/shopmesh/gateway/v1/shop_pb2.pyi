@@ -603,7 +603,10 @@ class CancelOrderRequest(_message.Message):
     order_id: _builtins.str
     """Id of one of the caller's orders. Required."""
     reason: _builtins.str
-    """Why the order is cancelled, free text up to 500 characters. Optional."""
+    """Why the order is cancelled, free text up to 500 characters on one line
+    (no control characters or line breaks: see OrdersService.CancelOrder).
+    Optional.
+    """
     def __init__(
         self,
         *,

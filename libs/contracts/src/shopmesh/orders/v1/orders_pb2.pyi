@@ -620,8 +620,12 @@ class CancelOrderRequest(_message.Message):
     order_id: _builtins.str
     """Id of the order to cancel. Required, at most 64 characters."""
     reason: _builtins.str
-    """Why the customer cancels, free text up to 500 characters. Optional;
-    stored as cancel_reason.message and passed to the refund.
+    """Why the customer cancels, free text up to 500 characters on one line: no
+    control characters (tabs, line breaks, escapes, C1 controls) and no
+    U+2028/U+2029, else INVALID_ARGUMENT with a field violation on reason,
+    INVALID_CHARACTERS (not checked for a retry of a cancellation already
+    accepted). Optional; stored as cancel_reason.message and passed to the
+    refund.
     """
     def __init__(
         self,
