@@ -14,8 +14,10 @@ from shopmesh_chassis.testing import refused_with_the_stream_held_open
 async def _answer(
     requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
 ) -> AsyncIterator[bytes]:
+    # On its headers: the helper sends no request.
+    yield b"answer"
     async for _ in requests:
-        yield b"answer"
+        pass
 
 
 async def _refuse_after_the_last_request(
