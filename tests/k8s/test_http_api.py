@@ -272,12 +272,23 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         return shop_pb2.ListProductsResponse()
 
 
+# A method of ShopService's that a gateway newer than the chart's descriptor set serves (a canary's image).
+NEWER_METHOD = f"/{PUBLIC_SERVICE}/ANewerMethod"
+# What the gateway's gRPC server answers for a method it does not have.
+GATEWAYS_UNKNOWN_METHOD = "Method not found!"
+
+
 @contextlib.contextmanager
-def recording_gateway() -> Iterator[tuple[RecordingShop, int]]:
-    """A RecordingShop on a free loopback port; yields it and the port."""
+def recording_gateway(*, newer: bool = False) -> Iterator[tuple[RecordingShop, int]]:
+    """A RecordingShop on a free loopback port, and with `newer` NEWER_METHOD too (bytes in, b"newer" back);
+    yields it and the port."""
     shop = RecordingShop()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
+    if newer:
+        service, method = NEWER_METHOD.strip("/").split("/")
+        handler = grpc.unary_unary_rpc_method_handler(lambda request, context: b"newer")
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: handler})])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -334,8 +345,9 @@ async def test_the_pod_refuses_a_held_open_stream_to_a_method_the_api_lacks_at_o
     rendered: dict[tuple[str, str], Docs], tmp_path: Path
 ) -> None:
     """The chart's edge as make run's (libs/platform/tests/test_http_api_grpc_refused.py): a streaming call of a
-    ShopService method that does not exist, its client's side held open, is UNIMPLEMENTED on its headers, not
-    held by the buffer filter until the client's deadline; the methods the API has still reach the gateway."""
+    ShopService method that does not exist, its client's side held open, is the gateway's UNIMPLEMENTED on its
+    headers, not held by the buffer filter until the client's deadline; the methods the API has still reach
+    the gateway."""
     with (
         recording_gateway() as (shop, gateway),
         running_http_api(files_of(rendered["default", EDGE]), tmp_path, gateway=gateway) as ports,
@@ -344,8 +356,23 @@ async def test_the_pod_refuses_a_held_open_stream_to_a_method_the_api_lacks_at_o
             refused = await refused_with_the_stream_held_open(channel, f"/{PUBLIC_SERVICE}/NoSuchMethod")
             await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(), timeout=10)
     assert refused.code() == grpc.StatusCode.UNIMPLEMENTED, refused
-    assert refused.details() == f"{PUBLIC_SERVICE} has no such method"
+    assert refused.details() == GATEWAYS_UNKNOWN_METHOD
     assert len(shop.calls) == 1
+
+
+async def test_a_gateway_newer_than_the_charts_descriptor_set_is_reached_over_grpc_for_its_new_methods(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """A canary of the gateway with a newer image under the same chart: the edge's routes come from the chart's
+    descriptor set, yet a gRPC client reaches the method the canary added (HTTP/JSON needs the descriptor set
+    that maps it: a new chart)."""
+    with (
+        recording_gateway(newer=True) as (_, gateway),
+        running_http_api(files_of(rendered["default", EDGE]), tmp_path, gateway=gateway) as ports,
+    ):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[PORT]}") as channel:
+            answer = await channel.unary_unary(NEWER_METHOD)(b"", timeout=10)
+    assert answer == b"newer"
 
 
 # What Envoy says when a stream outlives its bound (max_stream_duration, or a client's shorter grpc-timeout).

