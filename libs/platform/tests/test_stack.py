@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import io
 import os
 import signal
@@ -513,11 +515,30 @@ def signal_recorder_with_pid(pid: int) -> subprocess.Popen[str]:
     raise AssertionError(f"the number {pid} was taken by other processes 50 times over")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-async def test_a_signal_for_a_reaped_child_never_reaches_a_process_given_its_number_since(sig: signal.Signals) -> None:
+def kernel_before_6_9(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on Linux before 6.9: pidfd_send_signal takes no flags (EINVAL), PIDFD_SIGNAL_PROCESS_GROUP included."""
+    send = signal.pidfd_send_signal
+
+    def without_flags(pidfd: int, sig: int, siginfo: None = None, flags: int = 0) -> None:
+        if flags != 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        send(pidfd, sig, siginfo, flags)
+
+    monkeypatch.setattr(signal, "pidfd_send_signal", without_flags)
+
+
+@pytest.mark.parametrize(
+    ("sig", "kernel"), [(signal.SIGTERM, "6.9+"), (signal.SIGKILL, "6.9+"), (signal.SIGKILL, "before 6.9")]
+)
+async def test_a_signal_for_a_reaped_child_never_reaches_a_process_given_its_number_since(
+    sig: signal.Signals, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The launcher signals a child in the instant after asyncio's watcher thread reaped it and before the event
     loop heard so (returncode still None), and its number has gone to another process meanwhile, which leads a
-    process group of its own: the signal, SIGKILL to the group included, reaches nothing and raises nothing."""
+    process group of its own: the signal, SIGKILL to the group included, reaches nothing and raises nothing;
+    on a kernel that cannot signal a group through a pidfd too."""
+    if kernel == "before 6.9":
+        kernel_before_6_9(monkeypatch)
     child = await spawn(["sleep", "60"], os.environ)
     pidfd = os.pidfd_open(child.pid)
     try:
@@ -535,3 +556,97 @@ async def test_a_signal_for_a_reaped_child_never_reaches_a_process_given_its_num
     finally:
         os.close(pidfd)
     assert await child.wait() == -signal.SIGKILL
+
+
+def ended(pid: int) -> bool:
+    """The process is gone, or an orphan that exited and waits for init to reap it."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+async def spawn_with_grandchild() -> tuple[asyncio.subprocess.Process, int]:
+    """A child of `spawn` that starts a process of its own, in its group, and waits for it: the two pids."""
+    # Not on the child's output pipe: asyncio's wait() waits for the pipe to close as well as for the child.
+    child = await spawn(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!; wait"], os.environ)
+    assert child.stdout is not None
+    return child, int(await asyncio.wait_for(child.stdout.readline(), 30))
+
+
+def without_pidfds(monkeypatch: pytest.MonkeyPatch, system: str) -> list[int]:
+    """Make this process's pidfds what they are on `system`; the pidfds opened from then on."""
+    opened: list[int] = []
+    if system == "macOS":
+        monkeypatch.delattr(os, "pidfd_open")
+        return opened
+    if system == "Linux 5.3":  # pidfd_open works, waitid takes no pidfd yet
+        open_pidfd, waitid = os.pidfd_open, os.waitid
+
+        def recorded(pid: int, flags: int = 0) -> int:
+            opened.append(open_pidfd(pid, flags))
+            return opened[-1]
+
+        def without_p_pidfd(idtype: int, ident: int, options: int) -> os.waitid_result | None:
+            if idtype == os.P_PIDFD:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return waitid(idtype, ident, options)
+
+        monkeypatch.setattr(os, "pidfd_open", recorded)
+        monkeypatch.setattr(os, "waitid", without_p_pidfd)
+        return opened
+    refusal = {"Linux before 5.3": errno.ENOSYS, "seccomp without pidfd_open": errno.EPERM}[system]
+
+    def refused(pid: int, flags: int = 0) -> int:
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    return opened
+
+
+def pidfds_among(fds: list[int]) -> list[int]:
+    """Those of `fds` open as pidfds (nothing else opens pidfds here: a number reused since would be a socket
+    or a pipe)."""
+    return [
+        fd
+        for fd in fds
+        if Path(f"/proc/self/fd/{fd}").exists() and os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]"
+    ]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("system", ["macOS", "Linux before 5.3", "seccomp without pidfd_open", "Linux 5.3"])
+async def test_without_pidfds_spawn_returns_a_child_that_is_signalled_and_stopped_by_its_number(
+    sig: signal.Signals, system: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where pidfds are missing or refused, spawn still returns its child, leaves no pidfd open for it, and
+    signal_child reaches it by number: the signal ends it, SIGKILL with the process it started."""
+    opened = without_pidfds(monkeypatch, system)
+    child, grandchild = await spawn_with_grandchild()
+    try:
+        assert not pidfds_among(opened), "spawn left open the pidfd it could not use"
+        signal_child(child, sig)
+        assert await asyncio.wait_for(child.wait(), 30) == -sig
+        if sig == signal.SIGKILL:
+            await eventually(lambda: ended(grandchild), "the child's own child killed with its group")
+    finally:
+        if child.returncode is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            await child.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+async def test_before_linux_6_9_sigkill_still_takes_the_group_of_a_child_not_yet_reaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without group signals through a pidfd, SIGKILL for a running child still reaches what it started."""
+    kernel_before_6_9(monkeypatch)
+    child, grandchild = await spawn_with_grandchild()
+    try:
+        signal_child(child, signal.SIGKILL)
+        assert await asyncio.wait_for(child.wait(), 30) == -signal.SIGKILL
+        await eventually(lambda: ended(grandchild), "the child's own child killed with its group")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)

@@ -1265,14 +1265,20 @@ async def spawn(
 # Each child `spawn` started, with a pidfd opened as it started (None: it was gone by then), closed with its
 # Process object. Signals go through it: a pidfd names one process, so a signal reaches that child or, once
 # it has been reaped, nothing; never another process given its number since. A number would be a guess.
+# A child missing here has no pidfd (a system without them): `signal_child` falls back to its number.
 _pidfds: weakref.WeakKeyDictionary[asyncio.subprocess.Process, int | None] = weakref.WeakKeyDictionary()
 
 
 def _hold_pidfd(process: asyncio.subprocess.Process) -> None:
+    """Never raises: the child runs already, and a spawn that failed now would leave it running unowned."""
     try:
         pidfd = os.pidfd_open(process.pid)
     except ProcessLookupError:  # exited and reaped already: nothing left to signal
         _pidfds[process] = None
+        return
+    except (AttributeError, OSError):
+        # No pidfd_open (macOS), or refused: ENOSYS before Linux 5.3, EPERM under a seccomp profile that
+        # predates it (older Docker), gVisor. Signals then go by number, as they did before pidfds.
         return
     try:
         # Still our child (a zombie at worst)? asyncio's watcher thread may have reaped it in the instant
@@ -1281,6 +1287,11 @@ def _hold_pidfd(process: asyncio.subprocess.Process) -> None:
     except ChildProcessError:
         os.close(pidfd)
         _pidfds[process] = None
+        return
+    except (AttributeError, OSError):
+        # Linux 5.3 opens pidfds but waitid takes them only from 5.4 (EINVAL): without that look a pidfd
+        # cannot tell our child from another process given its number, so it is no better than the number.
+        os.close(pidfd)
         return
     _pidfds[process] = pidfd
     weakref.finalize(process, os.close, pidfd)
@@ -1336,13 +1347,17 @@ _PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
 
 
 def signal_child(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-    """Signal a child `spawn` started, through the pidfd held since its start (Linux only, as the launcher);
-    SIGKILL takes its whole process group. Gone already (reaped): nothing.
+    """Signal a child `spawn` started, through the pidfd held since its start; SIGKILL takes its whole process
+    group. Gone already (reaped): nothing.
 
     Not process.send_signal: it polls first, which collects an exit before asyncio's child watcher does, and
     the watcher then reports status 255 ("Unknown child process") instead of the real one. Not os.kill: between
     a look that the child still runs and the kill, the watcher thread may reap it and its number go to another
-    process."""
+    process. Only a child `spawn` holds no pidfd for (a system without them) is signalled by number, with
+    that risk, as nothing better is left there."""
+    if process not in _pidfds:
+        _signal_by_number(process, sig)
+        return
     pidfd = _pidfds[process]
     if pidfd is None:
         return
@@ -1356,8 +1371,35 @@ def signal_child(process: asyncio.subprocess.Process, sig: signal.Signals) -> No
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            # A kernel before 6.9: the group by number, which a reaped child's number may name wrongly.
+            _kill_group_before_linux_6_9(process, pidfd)
+
+
+def _kill_group_before_linux_6_9(process: asyncio.subprocess.Process, pidfd: int) -> None:
+    """SIGKILL the child's process group where pidfds cannot signal a group: by number, and only while the
+    child is not reaped (running, or a zombie). Until then its number, so its group's, is taken and cannot
+    have gone to another process; the window left is the instant from this look to the kill, in which the
+    watcher thread would have to reap it and the kernel hand the number out again (it does so in turn, so
+    only after going once round every other free number).
+
+    A reaped child gets nothing, and its group neither: the number names its group only while a process
+    remains in it, and a group that emptied may be another's by now; nothing tells the two apart by number.
+    Whatever the child had started and left in its group then outlives it, unless it ends with its parent
+    (PostgreSQL's backends do): the limit of these kernels."""
+    try:
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return
+    os.killpg(process.pid, signal.SIGKILL)
+
+
+def _signal_by_number(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """`signal_child` without a pidfd: the number may have gone to another process once the child is reaped."""
+    with contextlib.suppress(ProcessLookupError):
+        if sig == signal.SIGKILL:
+            # The whole group: whatever the child started dies with it.
             os.killpg(process.pid, sig)
+        elif not has_exited(process):
+            os.kill(process.pid, sig)
 
 
 def _bind_error(host: str, port: int) -> OSError | None:
