@@ -601,3 +601,74 @@ def test_the_banner_keeps_make_traces_for_the_default_data_dir(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     stack = Stack(".data", ports=run.port_plan(free=True), services=["catalog"])
     assert "`make traces`" in traces_line(stack)
+
+
+# The launcher, with PostgreSQL's fast shutdown given an hour before the SIGKILL: a test that finds the server
+# gone meanwhile proves something else killed it, whatever the machine's speed.
+PATIENT_LAUNCHER = (
+    "import sys\n"
+    "from shopmesh_platform import run\n"
+    "run._POSTGRES_STOP_SECONDS = 3600.0\n"
+    "sys.exit(run.main(sys.argv[1:]))\n"
+)
+
+
+def pending_signals(pid: int) -> set[signal.Signals]:
+    """The signals sent to the process that it has not taken yet (held by SIGSTOP, say)."""
+    fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return {sig for sig in signal.Signals if pending & (1 << (sig - 1))}
+
+
+@pytest.mark.parametrize("during", ["the stack's stop", "PostgreSQL's stop"])
+async def test_a_second_ctrl_c_kills_the_throwaway_postgresql_too_rather_than_wait_for_its_shutdown(
+    tmp_path: Path, during: str
+) -> None:
+    """Ctrl-C twice with --postgres: the second kills the server at once as well, before its turn to stop or
+    while the stop waits for its fast shutdown; the SIGKILL is the launcher's own, not a crash."""
+    args = ("--services", "", "--http-port", "0", "--postgres")
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", PATIENT_LAUNCHER, "--data-dir", str(tmp_path / "data"), "--free-ports", *args),
+        cwd=REPOSITORY,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    held: list[int] = []
+    try:
+        await asyncio.wait_for(read_until_ready(process.stdout, lines), 120)
+        port = database_port(lines)
+        postmaster = postmaster_of(process.pid)
+        try:
+            # A server held (SIGSTOP) cannot shut down, fast or not: only a SIGKILL ends it.
+            os.kill(postmaster, signal.SIGSTOP)
+            held.append(postmaster)
+            if during == "the stack's stop":
+                # The sink held as well: the stop waits at it, before PostgreSQL's turn.
+                traces = int(table_rows(lines)["traces"]["pid"])
+                os.kill(traces, signal.SIGSTOP)
+                held.append(traces)
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(
+                read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
+            )
+            if during == "PostgreSQL's stop":
+                await eventually(
+                    lambda: signal.SIGINT in pending_signals(postmaster), "the stop's SIGINT waiting at the server"
+                )
+            process.send_signal(signal.SIGINT)
+            await eventually(lambda: gone(postmaster), "the held PostgreSQL server killed by the second Ctrl-C")
+            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            for pid in held:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            await asyncio.to_thread(stop_left_behind, process.pid, port)
+    finally:
+        await stop_launcher(process)
+    said = rest.decode()
+    assert "again: killing everything now" in said, said
+    assert "exited unexpectedly" not in said, said
+    assert process.returncode == 0, said
+    assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"

@@ -414,28 +414,46 @@ async def _initialized(resources: contextlib.AsyncExitStack) -> PostgresServer:
         raise
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class ThrowawayPostgres:
     """The launcher's PostgreSQL server (`throwaway_postgres`) while it runs."""
 
     server: PostgresServer
     process: asyncio.subprocess.Process
     output: deque[str]
+    # Whether the server had exited on its own, looked at once, before the launcher first signalled it (by
+    # `kill` or `stop`, whichever came first): a server the launcher killed has exited, but not on its own.
+    _exited_on_its_own: bool | None = dataclasses.field(default=None, init=False)
+    _killed: bool = dataclasses.field(default=False, init=False)
 
     async def crashed(self) -> Crashed:
         """Wait until the server exits (the launcher stops it only after the stack): the error saying so."""
         return Crashed(POSTGRES, await self.process.wait(), self.output)
 
+    def kill(self) -> None:
+        """SIGKILL the server and its backends at once, without waiting (a second Ctrl-C): not a crash when
+        `stop` comes to it, however far it had gone with its fast shutdown."""
+        self._look_whether_exited_on_its_own()
+        self._killed = True
+        signal_child(self.process, signal.SIGKILL)
+
     async def stop(self) -> tuple[int, Crashed | None]:
         """Stop the server as the stack's processes are stopped: its exit status, and the error naming it if it
         had exited before (a crash around Ctrl-C that `crashed` had not reported) or died as it stopped."""
-        on_its_own = has_exited(self.process)
-        killed = await _stop_postgres(self.process)
+        on_its_own = self._look_whether_exited_on_its_own()
+        took_sigkill = await _stop_postgres(self.process)
         code = await self.process.wait()
+        # Read after the wait: a `kill` may come while the stop waits for the fast shutdown.
+        killed = took_sigkill or self._killed
         crash = crash_at_stop(
             POSTGRES, code, self.output, on_its_own=on_its_own, stop_signal=signal.SIGINT, killed=killed
         )
         return code, crash
+
+    def _look_whether_exited_on_its_own(self) -> bool:
+        if self._exited_on_its_own is None:
+            self._exited_on_its_own = has_exited(self.process)
+        return self._exited_on_its_own
 
 
 @contextlib.asynccontextmanager
@@ -549,6 +567,9 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         if stop_requested.is_set():
             print(f"\n{sig.name} again: killing everything now", flush=True)
             stack.kill_all()
+            if postgres is not None:
+                # Not left to its fast shutdown, which `postgres.stop` would wait for up to its time limit.
+                postgres.kill()
             return
         stop_requested.set()
         print(f"\n{sig.name}: stopping the services (callers first), then NATS ...", flush=True)
