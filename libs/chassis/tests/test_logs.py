@@ -155,3 +155,19 @@ def test_a_repeated_warning_is_held_back_for_its_window_and_the_next_one_counts_
     assert limit.filter(after)
     assert after.suppressed_log_lines == 5  # type: ignore[attr-defined]
     assert not limit.filter(record("otel", "header exceeded %d"))
+
+
+def test_a_repeat_limit_filter_counts_at_most_its_cap_of_templates_and_lets_the_rest_through() -> None:
+    """A library that formatted each caller's header into its message would make every header a template of its
+    own: past MAX_REPEAT_KEYS the filter stops remembering new ones (its table stays bounded) and lets them
+    through, rather than growing with what callers send."""
+    repeat_filter = logs.RepeatLimitFilter(window=60.0, clock=lambda: 0.0)
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("opentelemetry.x", logging.WARNING, __file__, 1, message, None, None)
+
+    for i in range(logs.MAX_REPEAT_KEYS):
+        assert repeat_filter.filter(record(f"header {i}"))
+    assert not repeat_filter.filter(record("header 0")), "a template it counts is still held back"
+    assert all(repeat_filter.filter(record("one more header")) for _ in range(3)), "past the cap: let through"
+    assert len(repeat_filter._seen) == logs.MAX_REPEAT_KEYS

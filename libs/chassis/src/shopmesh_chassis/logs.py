@@ -29,13 +29,18 @@ MAX_PENDING_LINES = 10_000
 # At exit, how long the queued lines may take to be written before the process leaves without them
 # (stderr blocked for good must not keep a stopping service alive).
 FLUSH_SECONDS = 5.0
-# OpenTelemetry's W3C propagators warn on every header they refuse for its length (a `traceparent` past 512
-# characters, an oversized `tracestate` or `baggage`), and any client may send one on every call (the HTTP edge
-# passes them on from the public): unbounded, a stranger decides how many lines each service writes. The
-# propagator ignores such a header all the same (the call starts a trace of its own), so one line a minute
-# says it happens, and the count says how often.
+# OpenTelemetry's W3C trace-context propagator warns on every header it refuses for its length (a
+# `traceparent` past 512 characters, an oversized `tracestate`), and any client may send one on every call (the
+# HTTP edge passes them on from the public): unbounded, a stranger decides how many lines each service writes.
+# The propagator ignores such a header all the same (the call starts a trace of its own), so one line a minute
+# says it happens, and the count says how often. The baggage propagator's logger is held to the same rule,
+# though the chassis installs no baggage propagator today: one added later is covered from its first call.
 PROPAGATION_LOGGERS = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.baggage.propagation")
 REPEAT_WINDOW_SECONDS = 60.0
+# Templates a RepeatLimitFilter keeps count of. OpenTelemetry's are a handful of fixed strings; a release that
+# formatted the caller's header into the message would make each header a key of its own, so past this many
+# keys new ones are let through uncounted rather than remembered.
+MAX_REPEAT_KEYS = 64
 
 
 class RepeatLimitFilter(logging.Filter):
@@ -43,7 +48,8 @@ class RepeatLimitFilter(logging.Filter):
     the next one let through carries `suppressed_log_lines`, how many were held back before it.
 
     Keyed by the template (`record.msg`, before its arguments), not the formatted text: the templates are a
-    fixed set in the library's code, so the table stays small whatever the callers send."""
+    fixed set in the library's code, so the table stays small whatever the callers send; it never holds more
+    than MAX_REPEAT_KEYS of them (records of any further template are let through, not counted)."""
 
     def __init__(self, window: float = REPEAT_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -60,7 +66,8 @@ class RepeatLimitFilter(logging.Filter):
             if seen is not None and now - seen[0] < self._window:
                 self._seen[key] = (seen[0], seen[1] + 1)
                 return False
-            self._seen[key] = (now, 0)
+            if seen is not None or len(self._seen) < MAX_REPEAT_KEYS:
+                self._seen[key] = (now, 0)
         if seen is not None and seen[1]:
             record.suppressed_log_lines = seen[1]  # a field of its own in the JSON line
         return True

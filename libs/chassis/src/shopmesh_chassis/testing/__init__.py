@@ -147,6 +147,7 @@ async def refused_with_the_stream_held_open(
         return refused
     finally:
         held.set()
+    call.cancel()  # the answering stream is not left open until the channel closes
     raise AssertionError(f"{method} was not refused: it answered {answer!r}")
 
 
