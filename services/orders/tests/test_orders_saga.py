@@ -1859,6 +1859,42 @@ async def test_a_race_lost_on_orders_database_while_resuming_is_a_warning_and_th
     assert (await app.get_order(order_id)).state is OrderState.CANCELLED
 
 
+_TOO_MANY_CONNECTIONS = text(
+    "DO $$ BEGIN RAISE EXCEPTION 'sorry, too many clients already' USING ERRCODE = 'too_many_connections'; END $$"
+)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_orders_database_going_away_while_resuming_stops_the_pass_with_one_warning_and_the_next_resumes(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other orders due would fare no better: one warning, no traceback per order, and all stay due."""
+    inventory.down = True
+    order_ids = []
+    for key in ("away-1", "away-2"):
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command(), key=key)
+        order_ids.append(caught.value.metadata["order_id"])
+    inventory.down = False
+    claim, refused = OrderRepository.claim, []
+
+    async def claim_while_the_database_is_away(self: OrderRepository, *args: Any) -> bool:
+        if not refused:
+            refused.append(True)
+            # PostgreSQL's own refusal (SQLSTATE 53300) through asyncpg, as a database out of connections answers.
+            await self._session.execute(_TOO_MANY_CONNECTIONS)
+        return await claim(self, *args)
+
+    monkeypatch.setattr(OrderRepository, "claim", claim_while_the_database_is_away)
+    assert await app.resume_unfinished() == 2
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and "database is unavailable" in r.getMessage()]
+    assert warned.exc_info is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [(await app.get_order(i)).state for i in order_ids] == [OrderState.PENDING] * 2, "the pass stopped"
+    assert await app.resume_unfinished() == 2
+    assert [(await app.get_order(i)).state for i in order_ids] == [OrderState.CANCELLED] * 2
+
+
 async def test_a_fault_that_is_no_race_while_resuming_is_still_an_error_with_its_traceback(
     app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import as_domain_error
+from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
@@ -50,6 +50,18 @@ def _lost_race(error: Exception) -> errors.Aborted | None:
     off like an order waiting on a dependency (`SagaDriver._retry_at`): the race is over once it is lost."""
     mapped = as_domain_error(error)
     return mapped if isinstance(mapped, errors.Aborted) and mapped.reason == "CONCURRENT_UPDATE" else None
+
+
+def _log_database_away(what: str, order_id: str) -> None:
+    """Orders' own database went away during a recovery pass (met raw, as `_lost_race` says): no bug, and the
+    other orders due would fare no better, so the pass stops there with one warning, not a traceback per
+    order; they stay due for the next pass."""
+    log.warning(
+        "%s order %s: orders' database is unavailable; this pass stops, the next tries again",
+        what,
+        order_id,
+        extra={"order_id": order_id},
+    )
 
 
 def new_order_id() -> str:
@@ -260,6 +272,9 @@ class OrdersApplication:
             except (LeaseHeld, errors.Unavailable) as exc:
                 log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
             except Exception as exc:
+                if database_unavailable(exc):
+                    _log_database_away("resuming", order_id)
+                    break
                 if (race := _lost_race(exc)) is None:
                     log.exception("resuming order %s failed", order_id, extra={"order_id": order_id})
                 else:
@@ -290,6 +305,9 @@ class OrdersApplication:
                 log.warning("order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id})
                 break
             except Exception as exc:
+                if database_unavailable(exc):
+                    _log_database_away("checking the charge of", order_id)
+                    break
                 if (race := _lost_race(exc)) is None:
                     log.exception("checking the charge of order %s failed", order_id, extra={"order_id": order_id})
                 else:
