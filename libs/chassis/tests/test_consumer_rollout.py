@@ -150,6 +150,7 @@ async def test_an_older_replica_hands_a_newer_subjects_event_back_and_the_newer_
         handback_seconds=(0.05,),
         max_attempts=2,
         metrics=EventMetrics(registry),
+        ack_wait_seconds=SHORT_ACK_WAIT,
     )
     older.start()
     for event_id in ("c1", "c2", "c3"):
@@ -161,7 +162,7 @@ async def test_an_older_replica_hands_a_newer_subjects_event_back_and_the_newer_
         r for r in caplog.records if r.name == "shopmesh.consumer" and "hands them back" in r.getMessage()
     ]
     assert len(handed_back_lines) == 1, [r.getMessage() for r in handed_back_lines]  # rate-limited, not one per event
-    newer = consumer(db, nats_srv.url, record, subjects=NEW)
+    newer = consumer(db, nats_srv.url, record, subjects=NEW, ack_wait_seconds=SHORT_ACK_WAIT)
     newer.start()
     await until_applied(db, Counter({"c1": 1, "c2": 1, "c3": 1}))
     await newer.stop()
