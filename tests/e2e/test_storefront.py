@@ -596,19 +596,30 @@ async def test_the_header_shows_the_sessions_end_as_soon_as_the_token_has_expire
     await expect(page.locator("#who")).to_have_text("")
 
 
+async def add_stored_cart_line(page: Page, product_id: str, name: str, amount_minor: str, currency: str) -> None:
+    """A line of one, put in the cart as the storefront stores it (the cart lives in localStorage)."""
+    line = {
+        "productId": product_id,
+        "name": name,
+        "unitPrice": {"amountMinor": amount_minor, "currency": currency},
+        "quantity": 1,
+    }
+    await page.evaluate(
+        """(line) => {
+            const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
+            items.push(line);
+            localStorage.setItem("shopmesh.cart", JSON.stringify(items));
+        }""",
+        line,
+    )
+
+
 async def test_a_cart_line_whose_product_is_gone_is_told_beside_that_line(tab: Tab, http: httpx.AsyncClient) -> None:
     page = tab.page
     await tab.register("Radia")
     await tab.add_to_cart("prod_chef_knife")
-    # A line put in the cart earlier (the cart lives in localStorage) whose product the catalog no longer has.
-    await page.evaluate(
-        """() => {
-            const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
-            items.push({ productId: "prod_discontinued_kettle", name: "Old Kettle",
-                         unitPrice: { amountMinor: "2500", currency: "USD" }, quantity: 1 });
-            localStorage.setItem("shopmesh.cart", JSON.stringify(items));
-        }"""
-    )
+    # A line put in the cart earlier whose product the catalog no longer has.
+    await add_stored_cart_line(page, "prod_discontinued_kettle", "Old Kettle", "2500", "USD")
     await page.reload()
     await tab.check_out()
     await expect(page.get_by_role("alert")).to_be_visible(timeout=SLOW)
@@ -628,14 +639,7 @@ async def test_a_cart_of_two_currencies_shows_each_currencys_total_as_quantities
     page = tab.page
     await tab.register("Edsger")
     await tab.add_to_cart("prod_chef_knife")
-    await page.evaluate(
-        """() => {
-            const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
-            items.push({ productId: "prod_stroopwafels", name: "Stroopwafels",
-                         unitPrice: { amountMinor: "1250", currency: "EUR" }, quantity: 1 });
-            localStorage.setItem("shopmesh.cart", JSON.stringify(items));
-        }"""
-    )
+    await add_stored_cart_line(page, "prod_stroopwafels", "Stroopwafels", "1250", "EUR")
     await tab.open("#/cart")
     mixed = page.get_by_text("Your cart holds more than one currency; an order takes one.")
     await expect(mixed).to_be_visible()

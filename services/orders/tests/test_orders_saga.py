@@ -1828,25 +1828,40 @@ _SERIALIZATION_FAILURE = text(
 )
 
 
+async def _left_pending_while_inventory_was_down(
+    app: OrdersApplication, inventory: FakeInventory, key: str = "key-1"
+) -> str:
+    """An order placed while inventory was down: PENDING, due for the recovery loop. Its id."""
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command(), key=key)
+    inventory.down = False
+    return caught.value.metadata["order_id"]
+
+
+def _first_call_meets(monkeypatch: pytest.MonkeyPatch, method: str, statement: Any) -> list[bool]:
+    """Make OrderRepository.`method` run `statement` on its session before its first call (PostgreSQL's own
+    error through asyncpg, as the database would raise it); the list it returns is non-empty once it did."""
+    original, met = getattr(OrderRepository, method), []
+
+    async def first_call_meets_it(self: OrderRepository, *args: Any) -> bool:
+        if not met:
+            met.append(True)
+            await self._session.execute(statement)
+        result: bool = await original(self, *args)
+        return result
+
+    monkeypatch.setattr(OrderRepository, method, first_call_meets_it)
+    return met
+
+
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_a_race_lost_on_orders_database_while_resuming_is_a_warning_and_the_next_pass_resumes_the_order(
     app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inventory.down = True
-    with pytest.raises(errors.Unavailable) as caught:
-        await place(app, command())
-    order_id = caught.value.metadata["order_id"]
-    inventory.down = False
-    claim, raced = OrderRepository.claim, []
-
-    async def claim_loses_a_race_once(self: OrderRepository, *args: Any) -> bool:
-        if not raced:
-            raced.append(True)
-            # PostgreSQL's own serialization_failure (SQLSTATE 40001) through asyncpg, as a lost race raises it.
-            await self._session.execute(_SERIALIZATION_FAILURE)
-        return await claim(self, *args)
-
-    monkeypatch.setattr(OrderRepository, "claim", claim_loses_a_race_once)
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+    # PostgreSQL's own serialization_failure (SQLSTATE 40001), as a lost race raises it.
+    raced = _first_call_meets(monkeypatch, "claim", _SERIALIZATION_FAILURE)
     assert await app.resume_unfinished() == 1
     assert raced
     [warned] = [r for r in caplog.records if r.levelname == "WARNING" and order_id in r.getMessage()]
@@ -1869,23 +1884,9 @@ async def test_orders_database_going_away_while_resuming_stops_the_pass_with_one
     app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The other orders due would fare no better: one warning, no traceback per order, and all stay due."""
-    inventory.down = True
-    order_ids = []
-    for key in ("away-1", "away-2"):
-        with pytest.raises(errors.Unavailable) as caught:
-            await place(app, command(), key=key)
-        order_ids.append(caught.value.metadata["order_id"])
-    inventory.down = False
-    claim, refused = OrderRepository.claim, []
-
-    async def claim_while_the_database_is_away(self: OrderRepository, *args: Any) -> bool:
-        if not refused:
-            refused.append(True)
-            # PostgreSQL's own refusal (SQLSTATE 53300) through asyncpg, as a database out of connections answers.
-            await self._session.execute(_TOO_MANY_CONNECTIONS)
-        return await claim(self, *args)
-
-    monkeypatch.setattr(OrderRepository, "claim", claim_while_the_database_is_away)
+    order_ids = [await _left_pending_while_inventory_was_down(app, inventory, key) for key in ("away-1", "away-2")]
+    # PostgreSQL's own refusal (SQLSTATE 53300), as a database out of connections answers.
+    _first_call_meets(monkeypatch, "claim", _TOO_MANY_CONNECTIONS)
     assert await app.resume_unfinished() == 2
     [warned] = [r for r in caplog.records if r.levelname == "WARNING" and "database is unavailable" in r.getMessage()]
     assert warned.exc_info is None
@@ -1898,11 +1899,7 @@ async def test_orders_database_going_away_while_resuming_stops_the_pass_with_one
 async def test_a_fault_that_is_no_race_while_resuming_is_still_an_error_with_its_traceback(
     app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inventory.down = True
-    with pytest.raises(errors.Unavailable) as caught:
-        await place(app, command())
-    order_id = caught.value.metadata["order_id"]
-    inventory.down = False
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
 
     async def claim_has_a_bug(self: OrderRepository, *args: Any) -> bool:
         raise RuntimeError("a bug")
@@ -1922,15 +1919,7 @@ async def test_a_race_lost_on_orders_database_while_rechecking_a_charge_is_a_war
 ) -> None:
     app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
     clock.ahead = timedelta(seconds=11)
-    claim, raced = OrderRepository.claim_recheck, []
-
-    async def claim_loses_a_race_once(self: OrderRepository, *args: Any) -> bool:
-        if not raced:
-            raced.append(True)
-            await self._session.execute(_SERIALIZATION_FAILURE)
-        return await claim(self, *args)
-
-    monkeypatch.setattr(OrderRepository, "claim_recheck", claim_loses_a_race_once)
+    raced = _first_call_meets(monkeypatch, "claim_recheck", _SERIALIZATION_FAILURE)
     assert await app.recheck_charges() == 1
     assert raced
     [warned] = [r for r in caplog.records if r.levelname == "WARNING" and order_id in r.getMessage()]

@@ -148,7 +148,11 @@ def has_exited(process: asyncio.subprocess.Process) -> bool:
     if process.returncode is not None:
         return True
     # A pidfd, not waitid(WNOWAIT): that answers "still running" while asyncio's child watcher thread is
-    # collecting the exit. Without pidfds (macOS, Linux before 5.3) only what asyncio reported counts.
+    # collecting the exit. The one `spawn` holds when there is one (None: gone as it started), else one opened
+    # by number. Without pidfds (macOS, Linux before 5.3) only what asyncio reported counts.
+    if process in _pidfds:
+        held = _pidfds[process]
+        return held is None or _readable(held)
     pidfd_open = getattr(os, "pidfd_open", None)
     if pidfd_open is None:
         return False
@@ -159,11 +163,16 @@ def has_exited(process: asyncio.subprocess.Process) -> bool:
     except OSError:
         return False
     try:
-        poll = select.poll()
-        poll.register(pidfd, select.POLLIN)
-        return bool(poll.poll(0))  # readable once the process has exited
+        return _readable(pidfd)
     finally:
         os.close(pidfd)
+
+
+def _readable(pidfd: int) -> bool:
+    """A pidfd is readable once its process has exited."""
+    poll = select.poll()
+    poll.register(pidfd, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def exit_status(code: int) -> str:
@@ -1283,18 +1292,27 @@ def _hold_pidfd(process: asyncio.subprocess.Process) -> None:
     try:
         # Still our child (a zombie at worst)? asyncio's watcher thread may have reaped it in the instant
         # since it started, and the number gone to another process, which is no child of ours.
-        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        os.close(pidfd)
-        _pidfds[process] = None
-        return
+        reaped = _reaped(pidfd)
     except (AttributeError, OSError):
         # Linux 5.3 opens pidfds but waitid takes them only from 5.4 (EINVAL): without that look a pidfd
         # cannot tell our child from another process given its number, so it is no better than the number.
         os.close(pidfd)
         return
+    if reaped:
+        os.close(pidfd)
+        _pidfds[process] = None
+        return
     _pidfds[process] = pidfd
     weakref.finalize(process, os.close, pidfd)
+
+
+def _reaped(pidfd: int) -> bool:
+    """Whether the child of `pidfd` has been reaped (a zombie is not: its number is still taken)."""
+    try:
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
 
 
 def _with_parent_death_signal(
@@ -1385,11 +1403,8 @@ def _kill_group_before_linux_6_9(process: asyncio.subprocess.Process, pidfd: int
     remains in it, and a group that emptied may be another's by now; nothing tells the two apart by number.
     Whatever the child had started and left in its group then outlives it, unless it ends with its parent
     (PostgreSQL's backends do): the limit of these kernels."""
-    try:
-        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return
-    os.killpg(process.pid, signal.SIGKILL)
+    if not _reaped(pidfd):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _signal_by_number(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:

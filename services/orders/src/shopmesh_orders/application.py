@@ -52,16 +52,26 @@ def _lost_race(error: Exception) -> errors.Aborted | None:
     return mapped if isinstance(mapped, errors.Aborted) and mapped.reason == "CONCURRENT_UPDATE" else None
 
 
-def _log_database_away(what: str, order_id: str) -> None:
-    """Orders' own database went away during a recovery pass (met raw, as `_lost_race` says): no bug, and the
-    other orders due would fare no better, so the pass stops there with one warning, not a traceback per
-    order; they stay due for the next pass."""
-    log.warning(
-        "%s order %s: orders' database is unavailable; this pass stops, the next tries again",
-        what,
-        order_id,
-        extra={"order_id": order_id},
-    )
+def _pass_stops_at(exc: Exception, what: str, order_id: str) -> bool:
+    """Log what went wrong with one order of a recovery pass (`what`: "resuming order X", ...), and whether the
+    pass stops there. Orders' own database going away (met raw, as `_lost_race` says) is no bug, and the other
+    orders due would fare no better: one warning, and the pass stops; they stay due for the next. A lost race
+    is a warning too, the pass going on; anything else is an error with its traceback."""
+    if database_unavailable(exc):
+        log.warning(
+            "%s %s: orders' database is unavailable; this pass stops, the next tries again",
+            what,
+            order_id,
+            extra={"order_id": order_id},
+        )
+        return True
+    if (race := _lost_race(exc)) is None:
+        log.exception("%s %s failed", what, order_id, extra={"order_id": order_id})
+    else:
+        log.warning(
+            "%s %s: %s; the next pass tries it again", what, order_id, race.message, extra={"order_id": order_id}
+        )
+    return False
 
 
 def new_order_id() -> str:
@@ -272,18 +282,8 @@ class OrdersApplication:
             except (LeaseHeld, errors.Unavailable) as exc:
                 log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
             except Exception as exc:
-                if database_unavailable(exc):
-                    _log_database_away("resuming", order_id)
+                if _pass_stops_at(exc, "resuming order", order_id):
                     break
-                if (race := _lost_race(exc)) is None:
-                    log.exception("resuming order %s failed", order_id, extra={"order_id": order_id})
-                else:
-                    log.warning(
-                        "order %s not resumed: %s; the next pass tries it again",
-                        order_id,
-                        race.message,
-                        extra={"order_id": order_id},
-                    )
         return len(order_ids)
 
     async def recheck_charges(self, limit: int = 50) -> int:
@@ -305,18 +305,8 @@ class OrdersApplication:
                 log.warning("order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id})
                 break
             except Exception as exc:
-                if database_unavailable(exc):
-                    _log_database_away("checking the charge of", order_id)
+                if _pass_stops_at(exc, "checking the charge of order", order_id):
                     break
-                if (race := _lost_race(exc)) is None:
-                    log.exception("checking the charge of order %s failed", order_id, extra={"order_id": order_id})
-                else:
-                    log.warning(
-                        "order %s: its charge is not checked yet: %s; the next pass tries it again",
-                        order_id,
-                        race.message,
-                        extra={"order_id": order_id},
-                    )
         return len(order_ids)
 
     async def run_recovery(self, interval: float) -> None:

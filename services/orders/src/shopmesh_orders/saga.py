@@ -248,8 +248,12 @@ class SagaDriver:
                 # A charge in doubt settles in seconds, not within these retries' backoff: stop asking.
                 if attempt == attempts or exc.reason == CHARGE_IN_DOUBT:
                     return await self._gave_up(order, card, owner)
-                await asyncio.sleep(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
+                await asyncio.sleep(self._step_backoff(attempt))
         raise AssertionError("unreachable")
+
+    def _step_backoff(self, attempt: int) -> float:
+        """The wait after a step's `attempt`-th try (1-based): exponential from step_backoff_seconds."""
+        return float(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
 
     async def _gave_up(self, order: Order, card: Card | None, owner: str) -> Order:
         """A dependency stayed unavailable for all attempts of this step."""
@@ -343,7 +347,7 @@ class SagaDriver:
             try:
                 return await self._reserve(order)
             except LostRace:
-                await asyncio.sleep(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
+                await asyncio.sleep(self._step_backoff(attempt))
                 # Remote calls with no step saved between them: renew the lease before the next (as `_attempt`).
                 await self._keep_lease(order.id, owner)
         return await self._reserve(order)
