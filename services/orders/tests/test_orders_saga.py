@@ -1896,6 +1896,56 @@ async def test_orders_database_going_away_while_resuming_stops_the_pass_with_one
     assert [(await app.get_order(i)).state for i in order_ids] == [OrderState.CANCELLED] * 2
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_and_the_loop_goes_on(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The query of the orders due fails before any order is reached: it was swallowed unseen."""
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+    away = _first_call_meets(monkeypatch, "unfinished", _TOO_MANY_CONNECTIONS)
+    recovery = asyncio.create_task(app.run_recovery(0.01))
+    try:
+
+        async def cancelled() -> bool:
+            return (await app.get_order(order_id)).state is OrderState.CANCELLED
+
+        # Resumed by a later pass: the loop outlived the failed one.
+        await eventually(cancelled, f"{order_id} resumed after the database came back")
+        assert not recovery.done()
+    finally:
+        recovery.cancel()
+    assert away
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and "database is unavailable" in r.getMessage()]
+    assert "resume_unfinished" in warned.getMessage()
+    assert warned.exc_info is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_its_traceback_each_pass_and_the_loop_goes_on(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+    calls: list[bool] = []
+
+    async def query_has_a_bug(self: OrderRepository, *args: Any) -> list[str]:
+        calls.append(True)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OrderRepository, "charges_to_recheck", query_has_a_bug)
+    recovery = asyncio.create_task(app.run_recovery(0.01))
+    try:
+        # Each pass meets it again after its resumptions: the loop keeps going past the failure.
+        await eventually(lambda: len(calls) >= 3, "three passes reaching the charge recheck")
+        assert not recovery.done()
+    finally:
+        recovery.cancel()
+    assert (await app.get_order(order_id)).state is OrderState.CANCELLED
+    failed = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(failed) >= 2
+    assert all("recheck_charges" in r.getMessage() and r.exc_info is not None for r in failed)
+    assert all(isinstance(r.exc_info[1], RuntimeError) for r in failed if r.exc_info)
+
+
 async def test_a_fault_that_is_no_race_while_resuming_is_still_an_error_with_its_traceback(
     app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,7 +4,6 @@ saga driver does the cross-service work; this layer sequences them and owns idem
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -72,6 +71,17 @@ def _pass_stops_at(exc: Exception, what: str, order_id: str) -> bool:
             "%s %s: %s; the next pass tries it again", what, order_id, race.message, extra={"order_id": order_id}
         )
     return False
+
+
+def _pass_failed(name: str, exc: Exception) -> None:
+    """Log a recovery pass that failed before reaching any order (its query of the orders due), the loop going
+    on. Orders' own database being away is no bug, and the loop only waits for it: a warning without a
+    traceback, once a pass. Anything else is one, and would otherwise fail every pass unseen: an error with
+    its traceback."""
+    if database_unavailable(exc):
+        log.warning("recovery pass %s did not run: orders' database is unavailable; the next pass tries again", name)
+    else:
+        log.exception("recovery pass %s failed", name)
 
 
 def new_order_id() -> str:
@@ -311,10 +321,12 @@ class OrdersApplication:
 
     async def run_recovery(self, interval: float) -> None:
         while True:
-            with contextlib.suppress(Exception):
-                await self.resume_unfinished()
-            with contextlib.suppress(Exception):
-                await self.recheck_charges()
+            # Looked up on each pass, not bound once: the loop must outlive whatever one pass raises.
+            for recovery_pass in (self.resume_unfinished, self.recheck_charges):
+                try:
+                    await recovery_pass()
+                except Exception as exc:
+                    _pass_failed(recovery_pass.__name__, exc)
             await asyncio.sleep(interval)
 
     async def wait_running(self, timeout: float) -> None:
