@@ -1054,6 +1054,51 @@ async def test_a_cancellation_while_another_runs_is_refused_as_already_being_can
     assert len(payments.refunds) == 1
 
 
+async def test_a_cancellation_whose_release_meets_inventory_down_is_finished_by_the_recovery_loop_refunded_once(
+    clocked: Clocked, database: Database
+) -> None:
+    """The refund went through, inventory was down for the release: the cancellation stands, and the recovery
+    loop finishes it once inventory answers, with no retry of CancelOrder, nothing refunded twice, one event."""
+    app, inventory, payments = clocked.app(), clocked.inventory, clocked.payments
+    order_id = await place(app, command())
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    # Answered as the contract says: not cancelled yet, but accepted, and finished without a retry.
+    assert (caught.value.reason, caught.value.metadata) == (errors.DEPENDENCY_UNAVAILABLE, {"order_id": order_id})
+    assert "accepted" in caught.value.message
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, order.refunded) == (OrderState.CONFIRMED, SagaStep.REFUND, True)
+    # A pass while inventory is still down refunds nothing again; the order then waits its backoff.
+    assert await app.resume_unfinished() == 1
+    assert (payments.refund_calls, inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (1, 0, 3)
+    inventory.down = False
+    clocked.clock.ahead = timedelta(seconds=120)
+    recovery = asyncio.create_task(app.run_recovery(0.01))
+    try:
+
+        async def cancelled() -> bool:
+            return (await app.get_order(order_id)).state is OrderState.CANCELLED
+
+        await eventually(cancelled, f"{order_id} cancelled by the recovery loop")
+    finally:
+        recovery.cancel()
+    order = await app.get_order(order_id)
+    assert (order.cancel_code, order.cancel_message, order.refunded) == (
+        CancelCode.CUSTOMER_REQUESTED,
+        "changed my mind",
+        True,
+    )
+    assert (payments.refund_calls, payments.captured()) == (1, 0)
+    assert (inventory.on_hand["prod_a"], inventory.reserved("prod_a")) == (5, 0)
+    assert [subject for subject, _payload in await events(database)] == [
+        "orders.v1.order_confirmed",
+        "orders.v1.order_cancelled",
+    ]
+    # The customer's retry with the same key now answers with the cancelled order.
+    assert (await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")).state is OrderState.CANCELLED
+
+
 async def test_a_second_driver_cannot_take_a_held_order(
     app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory
 ) -> None:

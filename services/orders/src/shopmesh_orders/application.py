@@ -84,6 +84,20 @@ def _pass_failed(name: str, exc: Exception) -> None:
         log.exception("recovery pass %s failed", name)
 
 
+def _cancellation_accepted(order_id: str, waiting: errors.Unavailable) -> errors.Unavailable:
+    """CancelOrder's answer when the refund or the release waits for payments or inventory. The cancellation
+    was saved before either was asked, so the recovery loop finishes it without the customer's retry: the
+    answer says so, rather than name a saga step. Still UNAVAILABLE: the order is not cancelled yet (it shows
+    CONFIRMED until it is), and a retry with the same key returns it once it is."""
+    return errors.Unavailable(
+        f"the cancellation of order {order_id} is accepted and completes on its own once payments and "
+        "inventory answer; the order shows CONFIRMED until then",
+        reason=errors.DEPENDENCY_UNAVAILABLE,
+        retry_after_seconds=waiting.retry_after_seconds,
+        metadata={"order_id": order_id},
+    )
+
+
 def new_order_id() -> str:
     return f"ord_{uuid.uuid4().hex}"
 
@@ -275,7 +289,10 @@ class OrdersApplication:
                 await repository.set_cancel_origin(order_id, key, fingerprint)
         order = await self._load(order_id)
         if not order.is_terminal:
-            order = await self._drive_detached(order_id, None)
+            try:
+                order = await self._drive_detached(order_id, None)
+            except errors.Unavailable as exc:
+                raise _cancellation_accepted(order_id, exc) from exc
         return order
 
     # --- recovery ---------------------------------------------------------------------------------

@@ -222,7 +222,9 @@ class ShopServiceServicer:
         (protected: requires `authorization`). Another user's order is reported
         as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
         NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
-        UNAVAILABLE, plus UNAUTHENTICATED.
+        UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
+        ErrorInfo metadata has "order_id") says the cancellation is accepted and
+        completes on its own, the order showing CONFIRMED until then.
 
         Idempotency: as for PlaceOrder, the client should send an
         `idempotency-key` header (INVALID_ARGUMENT, reason

@@ -154,7 +154,9 @@ class ShopServiceStub:
     (protected: requires `authorization`). Another user's order is reported
     as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
     NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
-    UNAVAILABLE, plus UNAUTHENTICATED.
+    UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
+    ErrorInfo metadata has "order_id") says the cancellation is accepted and
+    completes on its own, the order showing CONFIRMED until then.
 
     Idempotency: as for PlaceOrder, the client should send an
     `idempotency-key` header (INVALID_ARGUMENT, reason
@@ -279,7 +281,9 @@ class ShopServiceAsyncStub(ShopServiceStub):
     (protected: requires `authorization`). Another user's order is reported
     as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
     NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
-    UNAVAILABLE, plus UNAUTHENTICATED.
+    UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
+    ErrorInfo metadata has "order_id") says the cancellation is accepted and
+    completes on its own, the order showing CONFIRMED until then.
 
     Idempotency: as for PlaceOrder, the client should send an
     `idempotency-key` header (INVALID_ARGUMENT, reason
@@ -455,7 +459,9 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         (protected: requires `authorization`). Another user's order is reported
         as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
         NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
-        UNAVAILABLE, plus UNAUTHENTICATED.
+        UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
+        ErrorInfo metadata has "order_id") says the cancellation is accepted and
+        completes on its own, the order showing CONFIRMED until then.
 
         Idempotency: as for PlaceOrder, the client should send an
         `idempotency-key` header (INVALID_ARGUMENT, reason

@@ -181,9 +181,16 @@ class OrdersServiceServicer:
         {"order_id": ..., "state": "<e.g. ORDER_STATE_CANCELLED>"}: the order is
         PENDING (still being placed), already being cancelled by a request with
         another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
-        - ABORTED (reason IDEMPOTENCY_KEY_IN_USE), UNAVAILABLE (the refund or
-        release could not be done; the order stays CONFIRMED, retry with the
-        same key).
+        - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
+        - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
+        {"order_id": ...}): the refund or the release could not be done yet.
+        The cancellation is accepted all the same: orders completes it on its
+        own once payments and inventory answer (the payment refunded once, the
+        stock restocked, one OrderCancelled event), no retry needed; until then
+        the order shows CONFIRMED. A retry with the same key returns the
+        cancelled order once it is done. Any other UNAVAILABLE (orders itself
+        could not answer): the cancellation may not have been recorded; retry
+        with the same key.
 
         IDEMPOTENT: the required idempotency-key makes retries safe, and the
         refund and release steps are themselves idempotent.
