@@ -546,3 +546,20 @@ def test_the_commands_help_works_with_a_percent_sign_in_nats_url(
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     assert "fe80::1%25eth0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("given", "told"),
+    [
+        # A bare `replay` gave nothing at all; being told "not both" sent the operator looking for a second thing.
+        ([], "replay needs the sequence numbers to hand back (see `list`), or --all"),
+        (["3", "--all"], "replay takes sequence numbers or --all, not both"),
+    ],
+)
+def test_a_replay_without_its_messages_or_with_both_ways_says_which_is_wrong(
+    capsys: pytest.CaptureFixture[str], given: list[str], told: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["replay", *given])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {told}")

@@ -110,8 +110,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parse_nats_url(args.nats_url)
     except InvalidNatsUrl as exc:
         parser.error(str(exc))
-    if args.command == "replay" and bool(args.sequences) == args.all:
+    if args.command == "replay" and args.sequences and args.all:
         parser.error("replay takes sequence numbers or --all, not both")
+    if args.command == "replay" and not args.sequences and not args.all:
+        parser.error("replay needs the sequence numbers to hand back (see `list`), or --all")
     if args.command == "replay" and args.consumer is not None and not args.all:
         parser.error("replay --consumer goes with --all")
     return args
