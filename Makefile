@@ -58,7 +58,7 @@ $(JS_TOOLS): | $(BUF_STAMP)
 	touch $@
 
 .PHONY: browser
-browser: $(JS_TOOLS) ## Install Debian's Chromium for the storefront's browser tests (as root, or with sudo that asks no password), unless $(CHROMIUM) is there
+browser: $(JS_TOOLS) ## Install Debian's Chromium for the storefront's browser tests (as root, or with sudo that asks no password), unless CHROMIUM (default /usr/bin/chromium) is there
 	@test -x "$(CHROMIUM)" || { \
 	  if [ "$$(id -u)" = 0 ]; then as_root=""; elif sudo -n true 2>/dev/null; then as_root="sudo -n"; else as_root=none; fi; \
 	  { command -v apt-get >/dev/null && [ "$$as_root" != none ]; } || { \
@@ -102,7 +102,7 @@ check-generated: setup
 # --- quality -------------------------------------------------------------------------------------
 
 .PHONY: lint
-lint: setup buf-lint check-generated js-lint ## ruff, mypy --strict on libs/, buf lint, generated-code freshness, the storefront's eslint and prettier
+lint: setup buf-lint check-generated js-lint ## ruff, mypy --strict on libs/ and services/, buf lint, generated-code freshness, the storefront's eslint and prettier
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy
