@@ -73,20 +73,27 @@ def _utcnow() -> datetime:
 
 def validate_key(key: str | None) -> str:
     """The request's idempotency key, or INVALID_ARGUMENT saying why it is unusable."""
-    field = "idempotency-key"
     if not key:
         raise errors.InvalidArgument(
             "this method needs an idempotency-key header",
-            [errors.FieldViolation(field, "required", "REQUIRED")],
+            [errors.FieldViolation("idempotency-key", "required", "REQUIRED")],
             reason="IDEMPOTENCY_KEY_MISSING",
         )
     if len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
-        raise errors.InvalidArgument(
-            "the idempotency key must be 1 to 255 printable ASCII characters",
-            [errors.FieldViolation(field, "1 to 255 printable ASCII characters", "INVALID_FORMAT")],
-            reason="IDEMPOTENCY_KEY_INVALID",
-        )
+        raise key_invalid()
     return key
+
+
+def key_invalid(
+    message: str = "the idempotency key must be 1 to 255 printable ASCII characters",
+) -> errors.InvalidArgument:
+    """The key sent cannot be used (IDEMPOTENCY_KEY_INVALID, INVALID_FORMAT on the header); `message` may say
+    more about this key, the violation stays the contract's."""
+    return errors.InvalidArgument(
+        message,
+        [errors.FieldViolation("idempotency-key", "1 to 255 printable ASCII characters", "INVALID_FORMAT")],
+        reason="IDEMPOTENCY_KEY_INVALID",
+    )
 
 
 def key_reused(metadata: Mapping[str, str] | None = None) -> errors.InvalidArgument:

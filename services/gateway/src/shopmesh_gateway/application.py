@@ -16,7 +16,7 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.client import new_idempotency_key
-from shopmesh_chassis.idempotency import validate_key
+from shopmesh_chassis.idempotency import key_invalid, validate_key
 from shopmesh_gateway.domain.product_page import recommendation_limit, shown
 
 log = logging.getLogger("shopmesh.gateway")
@@ -142,11 +142,7 @@ def idempotency_key(sent: str | None) -> str:
     if sent is None:
         return new_idempotency_key()
     if not sent:
-        raise errors.InvalidArgument(
-            "the idempotency-key header is empty: send 1 to 255 printable ASCII characters, or no header",
-            [errors.FieldViolation("idempotency-key", "1 to 255 printable ASCII characters", "INVALID_FORMAT")],
-            reason="IDEMPOTENCY_KEY_INVALID",
-        )
+        raise key_invalid("the idempotency-key header is empty: send 1 to 255 printable ASCII characters, or no header")
     return validate_key(sent)
 
 
