@@ -279,6 +279,14 @@ def test_catalog_data_rules_name_every_bad_field() -> None:
     ]
 
 
+def test_a_price_may_be_as_large_as_moneys_bound_and_no_larger() -> None:
+    categories = [CategoryData("kitchen", "Kitchen")]
+    priced = [ProductData(f"prod_{n}", "A", "", "kitchen", Money(10**15 - 1 + n, "USD"), "") for n in (0, 1)]
+    assert [(v.field, v.reason) for v in catalog_data_violations(categories, priced)] == [
+        ("products[1].price.amount_minor", "OUT_OF_RANGE")
+    ]
+
+
 @pytest.mark.parametrize("relevance", [-1, 7, 2**31, 2**62])
 def test_a_search_token_with_a_relevance_its_terms_cannot_score_is_invalid_page_token(relevance: int) -> None:
     """Two terms score 6 at most (name and description each): anything else was written by a client, and

@@ -93,8 +93,10 @@ def test_default_ports_are_the_catalogs_local_ports(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("seed_catalog", [False])
-async def test_invalid_catalog_data_is_rejected_before_anything_is_written(catalog: Catalog) -> None:
-    bad = ProductData("prod_bad", "Bad", "", "kitchen", Money(0, "USD"), "")
+# Above Money's bound (10^15 - 1): orders would refuse every line of it, and payments its charge.
+@pytest.mark.parametrize("price_minor", [0, 10**15])
+async def test_invalid_catalog_data_is_rejected_before_anything_is_written(catalog: Catalog, price_minor: int) -> None:
+    bad = ProductData("prod_bad", "Bad", "", "kitchen", Money(price_minor, "USD"), "")
     with pytest.raises(InvalidArgument) as caught:
         await catalog.application.load(seed.CATEGORIES, [*seed.PRODUCTS, bad])
     assert [v.field for v in caught.value.violations] == [f"products[{len(seed.PRODUCTS)}].price.amount_minor"]

@@ -256,7 +256,7 @@ def test_an_email_that_a_mail_library_reads_as_several_recipients_is_refused(ema
     assert violations(command(email=email)) == ["email"]
 
 
-def test_totals_beyond_int64_are_refused_on_the_item_or_the_order() -> None:
+def test_totals_beyond_moneys_bound_are_refused_on_the_item_or_the_order() -> None:
     at_most = (OrderLine("prod_a", "A", 1, MAX_AMOUNT_MINOR),)
     assert validate_totals(at_most) == at_most
     with pytest.raises(errors.InvalidArgument) as line:
@@ -290,6 +290,7 @@ def test_a_place_order_commands_repr_never_shows_the_card_number_or_cvv() -> Non
     ("expected", "field", "reason"),
     [
         (ExpectedTotal(-1, "USD"), "expected_total.amount_minor", "OUT_OF_RANGE"),
+        (ExpectedTotal(10**15, "USD"), "expected_total.amount_minor", "OUT_OF_RANGE"),
         (ExpectedTotal(2500, "usd"), "expected_total.currency", "INVALID_FORMAT"),
         (ExpectedTotal(2500, ""), "expected_total.currency", "INVALID_FORMAT"),
         (ExpectedTotal(2500, "EUR"), "expected_total.currency", "CURRENCY_MISMATCH"),

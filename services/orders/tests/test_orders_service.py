@@ -152,7 +152,7 @@ async def test_list_orders_rejects_a_negative_page_size(stub: orders_pb2_grpc.Or
 async def test_an_order_whose_total_exceeds_int64_is_refused_and_leaves_the_users_orders_readable(
     stub: orders_pb2_grpc.OrdersServiceStub, catalog: FakeCatalog, inventory: FakeInventory
 ) -> None:
-    # Catalog bounds a price below only; 100 units at 10^17 minor units total 10^19, past Money's int64.
+    # A price orders did not check (catalog keeps to Money's bound): 100 units at 10^17 total 10^19, past int64.
     catalog.products["prod_big"] = PricedProduct("prod_big", "Big", 10**17, "USD")
     inventory.on_hand["prod_big"] = 100
     big = request()
@@ -162,6 +162,24 @@ async def test_an_order_whose_total_exceeds_int64_is_refused_and_leaves_the_user
     assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
     listed = await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1"))
     assert all(o.state != orders_pb2.ORDER_STATE_PENDING for o in listed.orders)
+
+
+async def test_an_order_whose_total_exceeds_moneys_bound_is_refused_before_anything_is_reserved_or_charged(
+    stub: orders_pb2_grpc.OrdersServiceStub, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    """Orders took any total that fit int64, which payments now refuses to charge (Money's bound, 10^15 - 1):
+    such an order would be recorded, reserved and then fail at its charge. 100 units at 10^13 total 10^15."""
+    catalog.products["prod_big"] = PricedProduct("prod_big", "Big", 10**13, "USD")
+    inventory.on_hand["prod_big"] = 100
+    big = request()
+    big.items[0].product_id, big.items[0].quantity = "prod_big", 100
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(big, metadata=idempotency_metadata("k1"))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert [(v.field, v.reason) for v in details.field_violations] == [("items[0].quantity", "OUT_OF_RANGE")]
+    assert (await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1"))).orders == []
+    assert (inventory.reservations, payments.charge_calls) == ({}, 0)
 
 
 async def test_list_orders_names_a_negative_page_size_and_a_malformed_page_token_together(

@@ -131,6 +131,25 @@ async def test_charge_reports_every_invalid_field_with_a_violation(payments: Pay
     assert "4242" not in details.message
 
 
+@pytest.mark.parametrize("amount_minor", [10**15, 2**63 - 1])
+async def test_a_charge_above_moneys_bound_is_out_of_range_and_charges_nothing(
+    payments: Payments, amount_minor: int
+) -> None:
+    """Charge took any amount up to int64's limit; no order can total more than Money's bound (orders refuses
+    it), so no caller may charge more either. At the bound, the charge and its refund go through."""
+    details = await failure(payments.charge(charge_request("ord_1", amount_minor=amount_minor), key="ord_1:charge"))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert fields(details) == {"amount.amount_minor": "OUT_OF_RANGE"}
+    assert await payments.ledger("ord_1") == []
+    at_bound = await payments.charge(charge_request("ord_1", amount_minor=10**15 - 1), key="ord_1:charge")
+    assert (at_bound.payment.state, at_bound.payment.amount.amount_minor) == (
+        payments_pb2.PAYMENT_STATE_CAPTURED,
+        10**15 - 1,
+    )
+    refunded = (await payments.refund(at_bound.payment.id, key="ord_1:refund")).payment
+    assert (refunded.state, refunded.amount) == (payments_pb2.PAYMENT_STATE_REFUNDED, at_bound.payment.amount)
+
+
 async def test_charge_without_amount_or_card_names_both_as_required(payments: Payments) -> None:
     details = await failure(payments.charge(payments_pb2.ChargeRequest(order_id="ord_1"), key="k"))
     assert fields(details) == {"amount": "REQUIRED", "card": "REQUIRED"}

@@ -29,6 +29,8 @@ MAX_QUERY_LENGTH = 200
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 5000
 MAX_CATEGORIES = 100
+# Money's bound (common/v1/money.proto): orders refuse a line above it, payments a charge.
+MAX_PRICE_MINOR = 10**15 - 1
 
 PRODUCT_ID = re.compile(r"^prod_[a-z0-9_]+$")
 CATEGORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -160,8 +162,10 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
         )
     if product.category not in category_ids:
         violations.append(FieldViolation(f"{path}.category", "must be the id of a category", "UNKNOWN_CATEGORY"))
-    if product.price.amount_minor <= 0:
-        violations.append(FieldViolation(f"{path}.price.amount_minor", "must be greater than 0", "OUT_OF_RANGE"))
+    if not 0 < product.price.amount_minor <= MAX_PRICE_MINOR:
+        violations.append(
+            FieldViolation(f"{path}.price.amount_minor", f"must be 1 to {MAX_PRICE_MINOR:,}", "OUT_OF_RANGE")
+        )
     if not CURRENCY.fullmatch(product.price.currency):
         violations.append(FieldViolation(f"{path}.price.currency", f"must match {CURRENCY.pattern}", "INVALID_FORMAT"))
     if product.image_url:

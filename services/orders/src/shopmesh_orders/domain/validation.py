@@ -26,8 +26,9 @@ EXP_YEARS = range(1000, 10000)
 INVALID_CARD_NUMBER = "INVALID_CARD_NUMBER"
 CARD_EXPIRED = "CARD_EXPIRED"
 _CARD_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
-# Money.amount_minor is an int64: a larger total could be recorded but never answered (nor charged).
-MAX_AMOUNT_MINOR = 2**63 - 1
+# Money's bound (common/v1/money.proto), which payments holds every charge to: a larger total could be
+# recorded but never charged. 50 lines of it sum far below int64's limit.
+MAX_AMOUNT_MINOR = 10**15 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,10 @@ def _expected_total(violations: list[FieldViolation], expected: ExpectedTotal | 
         return
     if expected.amount_minor < 0:
         violations.append(FieldViolation("expected_total.amount_minor", "must not be negative", "OUT_OF_RANGE"))
+    elif expected.amount_minor > MAX_AMOUNT_MINOR:
+        violations.append(
+            FieldViolation("expected_total.amount_minor", f"must be at most {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
+        )
     if not CURRENCY.fullmatch(expected.currency):
         violations.append(
             FieldViolation("expected_total.currency", "an upper-case ISO 4217 code, e.g. USD", "INVALID_FORMAT")
@@ -208,18 +213,18 @@ def check_expected_total(lines: tuple[OrderLine, ...], expected: ExpectedTotal |
 
 
 def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
-    """The priced lines' totals must fit Money; checked before the order is recorded. Catalog bounds a
-    price below only, so quantities the request may ask for can still overflow."""
+    """The priced lines' totals must keep to Money's bound; checked before the order is recorded. A price
+    keeps to it, but a quantity the request may ask for can still take a line or the order past it."""
     violations = [
         FieldViolation(
-            f"items[{index}].quantity", f"the line's total exceeds {MAX_AMOUNT_MINOR} minor units", "OUT_OF_RANGE"
+            f"items[{index}].quantity", f"the line's total exceeds {MAX_AMOUNT_MINOR:,} minor units", "OUT_OF_RANGE"
         )
         for index, line in enumerate(lines)
         if line.total_minor > MAX_AMOUNT_MINOR
     ]
     if not violations and lines_total(lines) > MAX_AMOUNT_MINOR:
         violations.append(
-            FieldViolation("items", f"the order's total exceeds {MAX_AMOUNT_MINOR} minor units", "OUT_OF_RANGE")
+            FieldViolation("items", f"the order's total exceeds {MAX_AMOUNT_MINOR:,} minor units", "OUT_OF_RANGE")
         )
     if violations:
         raise errors.InvalidArgument("the order's total is too large", violations, reason="VALIDATION_FAILED")

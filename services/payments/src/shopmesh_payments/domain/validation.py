@@ -33,6 +33,9 @@ _SPECIFIC_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
 # Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
 MAX_ID_LENGTH = 64
 MAX_REFUND_REASON_LENGTH = 500
+# Money's bound (common/v1/money.proto), which orders holds every order's total to: no caller can charge more
+# than an order could cost. A refund is of a whole captured charge, so it keeps to it too.
+MAX_AMOUNT_MINOR = 10**15 - 1
 CURRENCY = re.compile(r"[A-Z]{3}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -89,6 +92,10 @@ def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> Non
         return
     if amount.amount_minor <= 0:
         violations.append(FieldViolation("amount.amount_minor", "must be greater than 0", "OUT_OF_RANGE"))
+    elif amount.amount_minor > MAX_AMOUNT_MINOR:
+        violations.append(
+            FieldViolation("amount.amount_minor", f"must be at most {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
+        )
     if not CURRENCY.fullmatch(amount.currency):
         violations.append(
             FieldViolation("amount.currency", "must be a three-letter ISO 4217 code in upper case", "INVALID_FORMAT")

@@ -55,8 +55,10 @@ class Product(_message.Message):
     """
     @_builtins.property
     def price(self) -> _money_pb2.Money:
-        """Current unit price. amount_minor > 0. All seeded products are priced in
-        "USD"; orders must be placed in the products' currency.
+        """Current unit price. 0 < amount_minor <= 999,999,999,999,999 (Money's
+        bound; the catalog refuses to load a product priced above it). All
+        seeded products are priced in "USD"; orders must be placed in the
+        products' currency.
         """
 
     @_builtins.property

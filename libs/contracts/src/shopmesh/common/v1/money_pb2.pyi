@@ -115,7 +115,12 @@ class Money(_message.Message):
     amount_minor: _builtins.int
     """The amount in minor units of `currency` (ISO 4217 exponent: cents for USD
     and EUR, whole yen for JPY). Prices, totals, charges and refunds are
-    validated to be >= 0; prices and charges must be > 0.
+    validated to be >= 0; prices and charges must be > 0. None may exceed
+    999,999,999,999,999 (10^15 - 1, fifteen digits: a JSON client that reads
+    the amount as a double still gets it exactly, and the sum of an order's
+    lines stays far from int64's limit): a price, an order's line or total,
+    or a charge above it is refused with INVALID_ARGUMENT and an OUT_OF_RANGE
+    violation on the field that carries it.
     """
     currency: _builtins.str
     """Three-letter ISO 4217 currency code in upper case, for example "USD" or

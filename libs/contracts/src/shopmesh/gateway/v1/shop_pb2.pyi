@@ -418,7 +418,10 @@ class PlaceOrderRequest(_message.Message):
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_orders_pb2.CartItem]:
         """Products and quantities: 1-50 items with distinct product ids, quantity
-        1-100 each.
+        1-100 each. Each line's total and the order's total must be at most
+        Money's bound (999,999,999,999,999 minor units), otherwise
+        INVALID_ARGUMENT with an OUT_OF_RANGE violation on `items[i].quantity`
+        or `items`.
         """
 
     @_builtins.property

@@ -426,9 +426,10 @@ class PlaceOrderRequest(_message.Message):
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CartItem]:
         """Products and quantities: 1-50 items with distinct product ids. Each
-        line's total (price times quantity) and the order's total must fit Money
-        (at most 2^63-1 minor units), otherwise INVALID_ARGUMENT with a violation
-        on `items[i].quantity` or `items`, and no order is recorded.
+        line's total (price times quantity) and the order's total must be at
+        most Money's bound (999,999,999,999,999 minor units, money.proto),
+        otherwise INVALID_ARGUMENT with an OUT_OF_RANGE violation on
+        `items[i].quantity` or `items`, and no order is recorded.
         """
 
     @_builtins.property
@@ -450,9 +451,9 @@ class PlaceOrderRequest(_message.Message):
         fetched for this order differs from amount_minor, before anything is
         reserved or charged. Its currency must equal `currency`, otherwise
         INVALID_ARGUMENT with a violation on `expected_total.currency`
-        (INVALID_FORMAT / CURRENCY_MISMATCH); a negative amount_minor is
-        INVALID_ARGUMENT with a violation on `expected_total.amount_minor`
-        (OUT_OF_RANGE). Covered by the idempotency key like every other field: a
+        (INVALID_FORMAT / CURRENCY_MISMATCH); an amount_minor below 0 or above
+        Money's bound is INVALID_ARGUMENT with a violation on
+        `expected_total.amount_minor` (OUT_OF_RANGE). Covered by the idempotency key like every other field: a
         retry of an accepted order must send the same value.
         """
 

@@ -192,7 +192,11 @@ class ChargeRequest(_message.Message):
     """The order being paid for. Required."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """Amount to charge: amount_minor > 0 and a well-formed currency. Required."""
+        """Amount to charge: 0 < amount_minor <= 999,999,999,999,999 (Money's
+        bound, which every order's total keeps to), and a well-formed currency;
+        otherwise INVALID_ARGUMENT with a violation on `amount.amount_minor`
+        (OUT_OF_RANGE) or `amount.currency` (INVALID_FORMAT). Required.
+        """
 
     @_builtins.property
     def card(self) -> Global___PaymentCard:
