@@ -313,6 +313,22 @@ async def test_search_treats_like_wildcards_in_the_query_as_plain_characters(
         assert [p.id for p in response.products] == expected, query
 
 
+async def test_search_of_punctuation_only_finds_what_contains_it_and_else_answers_an_empty_list(
+    stub: CatalogServiceAsyncStub, catalog: Catalog
+) -> None:
+    """The contract's choice: punctuation is searched literally, so "!!!" is a query like "submarine", not a
+    query with nothing in it (only whitespace is that: REQUIRED)."""
+    await catalog.application.load(
+        seed.CATEGORIES,
+        [ProductData("prod_pens", "Pens -- 3 pack!!!", "Blue ink.", "home", Money(500, "USD"), "")],
+    )
+    for query, expected in (("!!!", ["prod_pens"]), (" -- ", ["prod_pens"]), ("!!! --", ["prod_pens"]), ("?!", [])):
+        response = await stub.SearchProducts(catalog_pb2.SearchProductsRequest(query=query))
+        assert ([p.id for p in response.products], response.next_page_token) == (expected, ""), query
+    details = await error_of(stub.SearchProducts(catalog_pb2.SearchProductsRequest(query=" \t\n\u3000")))
+    assert (details.code, violations_of(details)) == (grpc.StatusCode.INVALID_ARGUMENT, [("query", "REQUIRED")])
+
+
 async def test_search_folds_case_beyond_ascii(stub: CatalogServiceAsyncStub, catalog: Catalog) -> None:
     await catalog.application.load(
         seed.CATEGORIES,

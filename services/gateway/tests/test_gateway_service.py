@@ -153,6 +153,19 @@ async def test_search_products_finds_matches(shop: Shop) -> None:
     assert "prod_chef_knife" in [p.id for p in found.products]
 
 
+async def test_search_of_punctuation_only_answers_an_empty_list_and_of_whitespace_only_is_invalid(
+    shop: Shop,
+) -> None:
+    """As the contract says: no seeded product contains "!!!" or "--", so those find nothing (not an error);
+    only a query of whitespace has nothing to search for."""
+    for query in ("!!!", "--", "% _"):
+        found = await shop.SearchProducts(shop_pb2.SearchProductsRequest(query=query))
+        assert (list(found.products), found.next_page_token) == ([], ""), query
+    details = await failure(shop.SearchProducts(shop_pb2.SearchProductsRequest(query=" \t ")))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert [(v.field, v.reason) for v in details.field_violations] == [("query", "REQUIRED")]
+
+
 async def test_product_page_combines_product_stock_and_recommendations(
     shop: Shop, inventory: inventory_pb2_grpc.InventoryServiceAsyncStub
 ) -> None:

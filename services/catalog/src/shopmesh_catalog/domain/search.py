@@ -23,7 +23,11 @@ def fold(text: str) -> str:
 
 
 def search_terms(query: str) -> tuple[str, ...]:
-    """The distinct folded terms of a query, in the order they first appear."""
+    """The distinct folded terms of a query, in the order they first appear.
+
+    Split on whitespace only, punctuation kept: "100%" or "C++" is what a customer types to find such a
+    product, so a query of punctuation only ("!!!") is a search like any other, and finds what contains it.
+    """
     return tuple(dict.fromkeys(fold(query).split()))
 
 

@@ -289,7 +289,13 @@ class SearchProductsRequest(_message.Message):
     query: _builtins.str
     """Search text, 1-200 characters after trimming whitespace. Matching is
     case-insensitive and token based: a product matches when its name or
-    description contains every term. Required.
+    description contains every term. Required: an empty or whitespace-only
+    query is INVALID_ARGUMENT (REQUIRED on `query`).
+    Terms are split on whitespace only and matched literally, punctuation
+    included ("%" and "_" are plain characters, not wildcards): a query of
+    punctuation only, such as "!!!" or "--", is a valid search for products
+    containing it, and answers an empty list when none does, as any query
+    that matches nothing.
     """
     category: _builtins.str
     """Optional filter: only products in this Category.id. Empty means all."""

@@ -265,7 +265,13 @@ class SearchProductsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """Search text, 1-200 characters after trimming. Required."""
+    """Search text, 1-200 characters after trimming whitespace. Required: an
+    empty or whitespace-only query is INVALID_ARGUMENT (REQUIRED on
+    `query`). Matched as CatalogService.SearchProducts does: every
+    whitespace-separated term, punctuation included, must occur in the
+    name or description, so a query of punctuation only ("!!!") is a valid
+    search and answers an empty list when no product contains it.
+    """
     category: _builtins.str
     """Optional filter: only products in this category (a Category.id slug)."""
     page_size: _builtins.int
