@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
@@ -15,14 +16,18 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.idempotency import RequestFingerprint
+from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import CachedCatalog
 from shopmesh_orders.domain.ports import Catalog, DependencyDown, PricedProduct
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
+from shopmesh_orders.store.tables import metadata
 from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
+from shopmesh_orders.wiring import VERSIONS
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
 
@@ -427,3 +432,40 @@ async def test_a_total_that_differs_while_catalog_is_away_is_refused_on_the_reme
 
         placed = await stub.PlaceOrder(expecting(1250), metadata=idempotency_metadata("k-away"))
         assert (placed.order.state, placed.order.total.amount_minor) == (orders_pb2.ORDER_STATE_CONFIRMED, 1250)
+
+
+async def test_one_place_order_sent_at_once_to_two_replicas_on_one_postgresql_places_and_charges_once(
+    settings: OrdersSettings,
+    postgres: PostgresServer,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+) -> None:
+    """A double-clicked checkout the load balancer spreads over two replicas: the replica whose insert loses
+    on the key must answer with the other's order, not fail INTERNAL on the unique violation, and nothing is
+    reserved or charged twice."""
+    url = postgres.create_database()
+    async with contextlib.AsyncExitStack() as stack:
+        stubs: list[orders_pb2_grpc.OrdersServiceStub] = []
+        for _ in range(2):
+            replica = Database(url)
+            stack.push_async_callback(replica.dispose)
+            await migrate(replica, VERSIONS, metadata)
+            stubs.append(
+                await stack.enter_async_context(serving_orders(settings, replica, catalog, inventory, payments))
+            )
+
+        async def place(n: int) -> str:
+            try:
+                placed = await stubs[n % 2].PlaceOrder(request(), metadata=idempotency_metadata("k-double-click"))
+            except grpc.aio.AioRpcError as error:
+                return f"{error.code().name}:{details_of(error).reason}"
+            assert placed.order.state == orders_pb2.ORDER_STATE_CONFIRMED
+            return placed.order.id
+
+        answers = set(await asyncio.gather(*(place(n) for n in range(8))))
+        listed = await stubs[0].ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1"))
+    [order] = listed.orders
+    # A call that outwaits the first one's saga is told to retry, as the contract says; none fails otherwise.
+    assert answers - {"ABORTED:IDEMPOTENCY_KEY_IN_USE"} == {order.id}
+    assert (payments.charge_calls, len(inventory.reservations)) == (1, 1)
