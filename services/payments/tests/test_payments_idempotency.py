@@ -238,6 +238,24 @@ async def test_concurrent_retries_under_one_key_capture_exactly_once(payments: P
 
 
 @BACKENDS
+async def test_concurrent_refunds_of_one_payment_under_different_keys_refund_it_once(payments: Payments) -> None:
+    """Orders' compensation and a recheck on another replica may refund one payment at once, each under its
+    own key: every call answers with the refunded payment, and the capture is given back once."""
+    captured = (await payments.charge(charge_request("ord_1"), key="ord_1:charge")).payment
+    outcomes = await asyncio.gather(
+        *(payments.refund(captured.id, key=f"refund-{n}") for n in range(6)), return_exceptions=True
+    )
+    answers = {
+        (o.payment.id, o.payment.state) if isinstance(o, payments_pb2.RefundResponse) else repr(o) for o in outcomes
+    }
+    assert answers == {(captured.id, payments_pb2.PAYMENT_STATE_REFUNDED)}
+    assert await payments.outbox() == [
+        ("payments.v1.payment_captured", False),
+        ("payments.v1.payment_refunded", False),
+    ]
+
+
+@BACKENDS
 async def test_a_declined_order_can_be_paid_with_another_card(payments: Payments) -> None:
     await failure(payments.charge(charge_request("ord_1", number=DECLINES), key="attempt-1"))
     paid = await payments.charge(charge_request("ord_1"), key="attempt-2")
