@@ -131,6 +131,42 @@ def test_checkov_finds_nothing(checkov_report: CheckovRun) -> None:
     assert sum(r["summary"]["parsing_errors"] for r in reports) == 0
 
 
+def test_checkov_finds_nothing_once_the_images_are_pinned(helm_dir: Path, tmp_path: Path) -> None:
+    """skaffold pins each service's image by its digest (image.digest), and the tag-only skip of CKV_K8S_43
+    goes away with it. The gateway's pod has a second image, the edge's Envoy (httpApi.image, by tag unless
+    given with its digest): pinning the service's image alone must leave a skip that says so, not a failed
+    check; pinning both, none is needed."""
+    digest = "sha256:" + "0" * 64
+    pinned = {"service": {}, "both": {"httpApi": {"image": f"envoyproxy/envoy-distroless:v1.40.0@{digest}"}}}
+    for name, extra in pinned.items():
+        values = render.merged_values(render.values_for("staging", helm_dir), {"image": {"digest": digest}}, extra)
+        target = tmp_path / "render" / name / "gateway.yaml"
+        target.parent.mkdir(parents=True)
+        target.write_text("\n---\n".join(render.render(helm_dir, "gateway", "custom", values=values).values()))
+    proc = subprocess.run(
+        [
+            tool("checkov"),
+            *("--directory", str(tmp_path / "render"), "--framework", "kubernetes", "--output", "json"),
+            *("--compact", "--skip-download", "--soft-fail"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = json.loads(proc.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    results = [r["results"] for r in reports]
+    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']})" for r in results for c in r["failed_checks"]]
+    assert not failed, "\n".join(failed)
+    digest_skips = {
+        c["file_path"].split("/")[1] for r in results for c in r["skipped_checks"] if c["check_id"] == "CKV_K8S_43"
+    }
+    assert digest_skips == {"service"}, digest_skips
+    assert sum(r["summary"]["passed"] for r in reports) > 100
+
+
 def test_dockerfiles_exist_and_follow_the_template() -> None:
     assert not dockerfiles.problems(), dockerfiles.problems()
 

@@ -28,7 +28,8 @@ metadata:
   namespace: {{ $c.namespace }}
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
-  {{- with include "shopmesh-lib.checkovSkips" (dict "imageDigest" (ternary $c.canary.imageDigest $c.imageDigest $canary)) }}
+  {{- /* Every image of the pod counts: pinning the service's leaves the edge's Envoy (httpApi.image) by tag. */}}
+  {{- with include "shopmesh-lib.checkovSkips" (dict "imageDigest" (ternary $c.canary.imageDigest $c.imageDigest $canary) "edgeImage" (ternary $c.httpApi.image "" $c.httpApi.enabled)) }}
   annotations:
     {{- . | trim | nindent 4 }}
   {{- end }}

@@ -41,6 +41,8 @@ rendering is skipped; tests/k8s fails on any skip without a reason.
 {{- define "shopmesh-lib.checkovSkips" -}}
 {{- if not .imageDigest }}
 checkov.io/skip-image-digest: CKV_K8S_43=Image referenced by tag in this rendering; skaffold and CI set image.digest to pin it
+{{- else if and .edgeImage (not (contains "@" .edgeImage)) }}
+checkov.io/skip-image-digest: CKV_K8S_43=The http-api container's Envoy image is referenced by tag; httpApi.image (or global.httpApi.image) with @sha256:... pins it
 {{- end }}
 {{- if .testPod }}
 checkov.io/skip-liveness: CKV_K8S_8=A helm test pod runs one health check and exits; a liveness probe does not apply
