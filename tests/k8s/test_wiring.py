@@ -410,6 +410,22 @@ def test_helm_test_hook_checks_the_service_over_grpc(rendered: dict[tuple[str, s
         assert command[3:] == [*http, f"{host}:{GRPC_PORT}", *SERVICES[name].grpc_services]
 
 
+def test_helm_test_pods_outlast_the_hooks_cleanup_for_their_logs(rendered: dict[tuple[str, str], Docs]) -> None:
+    """`helm test shopmesh --logs` (README, docs/kubernetes.md, make deploy-staging) reads each test pod's logs
+    after Helm has applied the hooks' delete policies: Helm 3 (which k8s/scripts accept) fails a release whose
+    tests all passed with "unable to get pod logs ... not found" when a passing pod was deleted on
+    hook-succeeded (helm/helm#9098). The pods stay until the next `helm test` replaces them."""
+    script = (ROOT / "k8s" / "scripts" / "deploy-staging.sh").read_text()
+    assert "helm test shopmesh" in script
+    assert "--logs" in script
+    for (value_set, chart), docs in rendered.items():
+        pods = [d for d in docs if d["kind"] == "Pod" and d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+        assert pods, (value_set, chart)
+        for pod in pods:
+            policy = pod["metadata"]["annotations"].get("helm.sh/hook-delete-policy", "before-hook-creation")
+            assert policy.split(",") == ["before-hook-creation"], (value_set, chart, pod["metadata"]["name"], policy)
+
+
 # --- images: Dockerfiles, skaffold and charts agree ---------------------------------------------------
 
 

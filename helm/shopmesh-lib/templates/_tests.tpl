@@ -159,7 +159,10 @@ metadata:
     {{- toYaml $injection.labels | nindent 4 }}
   annotations:
     helm.sh/hook: test
-    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+    {{- /* Kept after it passes, until the next `helm test` replaces it: `helm test --logs` (docs, make
+         deploy-staging) reads the pods' logs after Helm has run the hooks' delete policies, so Helm 3 fails
+         on a pod that hook-succeeded already deleted ("unable to get pod logs ... not found"). */}}
+    helm.sh/hook-delete-policy: before-hook-creation
     {{- /* Meshed, so the check goes over the mesh's mTLS as the services' calls do; the proxy is a native
          sidecar (shopmesh-lib.mesh.injection), which stops when the check exits. */}}
     {{- toYaml $injection.annotations | nindent 4 }}
