@@ -21,6 +21,9 @@ from shopmesh_platform.topology import SERVICES, is_edge, service_callers
 
 from .k8skit import ROOT, Docs, find, objects_of, render, validate_custom_resources
 
+# Linkerd's injector reads the proxy's CPU request from this pod annotation.
+PROXY_CPU = "config.linkerd.io/proxy-cpu-request"
+
 NAMES = list(SERVICES)
 NS = render.NAMESPACE
 GRPC_PORT = 50051
@@ -290,6 +293,29 @@ def linkerd_problems(objects: Docs) -> list[str]:
             if ref.get("group") != LINKERD_GROUP or (ref["kind"], ref["name"]) not in present:
                 problems.append(f"{where}: refers to {ref}, which is not rendered beside it")
     return problems
+
+
+def test_under_linkerd_every_autoscaled_pods_proxy_has_the_cpu_request_its_hpa_needs(helm_dir: Path) -> None:
+    """Staging under Linkerd: the HPA sums the CPU requests of the pod's containers, the native sidecar's
+    included (Kubernetes 1.29+), and gives up on a pod with a container without one ("missing request for cpu
+    in container linkerd-proxy": no scaling at all). Linkerd's default install injects its proxy without
+    requests, so each autoscaled pod asks for them; a platform's own podAnnotations win."""
+    staging = render.merged_values(render.values_for("staging", helm_dir), render.values_for("linkerd", helm_dir))
+    own = render.merged_values(staging, {"global": {"podAnnotations": {PROXY_CPU: "250m"}}})
+    for values, cpu in ((staging, "100m"), (own, "250m")):
+        docs = objects_of(helm_dir, render.UMBRELLA, values)
+        scaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+        assert scaled == set(SERVICES)
+        for name in scaled:
+            annotations = find(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["linkerd.io/inject"] == "enabled", name
+            assert annotations.get(PROXY_CPU) == cpu, (name, annotations)
+            assert re.fullmatch(r"[1-9][0-9]*Mi", annotations["config.linkerd.io/proxy-memory-request"]), name
+    # Without an HPA nothing needs them: dev's pods stay as small as they were.
+    dev = objects_of(helm_dir, render.UMBRELLA, render.values_for("linkerd", helm_dir))
+    deployments = [d for d in dev if d["kind"] == "Deployment"]
+    assert deployments
+    assert not [d for d in deployments if PROXY_CPU in d["spec"]["template"]["metadata"]["annotations"]]
 
 
 @pytest.mark.parametrize("name", NAMES)
