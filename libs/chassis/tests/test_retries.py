@@ -5,7 +5,9 @@ caller's own cancellation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,12 +15,14 @@ import grpc
 import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy, is_idempotent, service_config
+from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ChassisServer
-from shopmesh_chassis.testing import eventually
-from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer
+from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
 
-from .conftest import ECHO
+from .conftest import ECHO, sample_settings
 
 
 def test_service_config_lists_exactly_the_idempotent_methods() -> None:
@@ -149,3 +153,54 @@ async def test_a_call_its_caller_cancels_is_not_retried(
     # without a second attempt. Load can only make this wait miss a retry, never fail a correct client.
     await asyncio.sleep(RetryPolicy().initial_backoff_seconds * 10)
     assert servicer.attempts["echo-mine"] == 1
+
+
+class _AsksToWait(SampleServicer):
+    """Fail answers its first `failures` attempts UNAVAILABLE with RetryInfo asking for `retry_after` seconds
+    (a service whose database is away answers so), through the chassis' interceptor; then succeeds. It notes
+    when each attempt came."""
+
+    def __init__(self, retry_after: float, failures: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.failures = failures
+        self.arrivals: list[float] = []
+
+    async def Fail(self, request: sample_pb2.FailRequest, context: Any) -> sample_pb2.FailResponse:
+        self.arrivals.append(time.monotonic())
+        if len(self.arrivals) <= self.failures:
+            raise errors.Unavailable("come back later", reason="BACKEND_DOWN", retry_after_seconds=self.retry_after)
+        return sample_pb2.FailResponse()
+
+
+@contextlib.asynccontextmanager
+async def asking_to_wait(servicer: _AsksToWait) -> AsyncIterator[sample_pb2_grpc.SampleServiceStub]:
+    async with (
+        serve_in_process(sample_settings(), [binding(servicer)]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+    ):
+        yield sample_pb2_grpc.SampleServiceStub(channel.channel)
+
+
+async def test_a_retry_info_longer_than_the_deadline_is_not_retried_and_reaches_the_caller() -> None:
+    """gRPC's retries back off 50 ms and read no RetryInfo: a service asking for 30 s got three more attempts
+    within 350 ms, each a load on whatever it was waiting for, and the caller its answer no sooner. The
+    server's pushback (gRFC A6) says "do not retry" when the wait asked for ends past the call's deadline."""
+    servicer = _AsksToWait(retry_after=30, failures=10)
+    async with asking_to_wait(servicer) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Fail(sample_pb2.FailRequest(), timeout=10)
+    details = details_of(caught.value)
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "BACKEND_DOWN",
+        30,
+    )
+    assert len(servicer.arrivals) == 1
+
+
+async def test_a_retry_info_within_the_deadline_is_still_retried() -> None:
+    servicer = _AsksToWait(retry_after=0.25, failures=1)
+    async with asking_to_wait(servicer) as stub:
+        await stub.Fail(sample_pb2.FailRequest(), timeout=30)
+    assert len(servicer.arrivals) == 2

@@ -36,6 +36,7 @@ from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.grpc_errors import (
     TRANSIENT_CODES,
     dependency_unavailable,
+    details_from,
     internal_status,
     status_code_for,
     to_grpc_status,
@@ -96,6 +97,9 @@ def _peer_attributes(peer: str) -> dict[str, str]:
 # Health checks are never shed (a busy pod must not fail its probes) and never traced (the kubelet
 # probes every pod every few seconds: thousands of one-span traces that say nothing).
 _HEALTH = "/grpc.health.v1.Health/"
+
+# gRFC A6's trailer telling a gRPC client how long to wait before retrying (milliseconds; negative: never).
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 
 # How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
 SHED_RETRY_AFTER_SECONDS = 0.1
@@ -298,7 +302,23 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         # Nothing was sent yet, so the response is trailers-only.
         # Trailers the handler set (e.g. the idempotency key used) go out with the error too.
         handler_set = tuple(context.trailing_metadata() or ())
-        await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata))
+        pushback = _retry_pushback(status, context.time_remaining())
+        await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback))
+
+
+def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[tuple[str, str], ...]:
+    """gRFC A6's server pushback "do not retry" (-1) for a status whose RetryInfo asks for a wait that ends
+    past the call's deadline; nothing otherwise.
+
+    gRPC's retries (the chassis' service config retries idempotent methods on UNAVAILABLE) back off 50 ms and
+    read no RetryInfo, only this trailer: a service asking its caller to come back in 30 s got three more
+    attempts within 350 ms, each a load on whatever it was waiting for, and the caller its answer and
+    RetryInfo no sooner. A wait that fits in the deadline is not sent: waiting it would stretch every call
+    chain behind the retry (orders' saga retries its steps itself, within its lease)."""
+    delay = details_from(status.code, status.details, status.trailing_metadata).retry_delay_seconds
+    if delay is None or time_remaining is None or delay < time_remaining:
+        return ()
+    return ((RETRY_PUSHBACK, "-1"),)
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
