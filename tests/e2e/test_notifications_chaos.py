@@ -29,7 +29,7 @@ from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_platform.smtp_sink import read_mail
-from shopmesh_platform.stack import Stack
+from shopmesh_platform.stack import NATS, Stack
 
 from .shop import FAST_RECOVERY, Shop, eventually, place_request, scraped, user
 
@@ -48,6 +48,10 @@ ENV = {
         "SEND_MAX_BACKOFF_SECONDS": "0.5",
     },
 }
+
+
+def relay_failures(stack: Stack) -> float:
+    return scraped(stack, "orders", "shopmesh_outbox_relay_failures_total", {})
 
 
 def mails_by_order(stack: Stack) -> Counter[str]:
@@ -181,6 +185,68 @@ async def test_sigkill_mid_stream_then_restart_loses_no_email_and_duplicates_non
     assert sorted(n.event_id for n in burst_listed) == sorted(burst.values())
     customer_listed = await eventually(lambda: all_sent(customer, len(orders)), "every order notification SENT")
     assert sorted(n.order_id for n in customer_listed) == sorted(orders)
+
+
+async def test_nats_restarted_mid_stream_loses_no_email_and_duplicates_none(
+    stack: Stack, shop: Shop, notifications: notifications_pb2_grpc.NotificationsServiceStub, jetstream: Client
+) -> None:
+    """NATS goes away while notifications works through a burst and orders keeps confirming orders, then comes
+    back with its store: orders' outbox relay publishes what was committed meanwhile, notifications' consumer
+    subscribes again, and the deliveries whose acks the outage lost come back and are recognised by their
+    event ids. A relay or consumer that did not resume leaves e-mails missing; one that published or applied
+    an event twice sends a second e-mail."""
+    await shop.set_stock("prod_chef_knife", 20)
+    customer = user()
+    orders = [(await shop.place(place_request(customer, "prod_chef_knife"))).id for _ in range(2)]
+
+    burst_user = user()
+    burst = {f"ord_burst_{uuid.uuid4().hex[:16]}": f"evt_{uuid.uuid4().hex}" for _ in range(40)}
+    burst_orders = list(burst)
+    js = jetstream.jetstream()
+    for order_id, event_id in burst.items():
+        await js.publish(
+            "orders.v1.order_confirmed", confirmed(order_id, event_id, burst_user), headers={"Nats-Msg-Id": event_id}
+        )
+
+    async def some_sent() -> bool | None:
+        counts = mails_by_order(stack)
+        return True if any(counts[o] for o in burst_orders) else None
+
+    await eventually(some_sent, "the first e-mails of the burst")
+    # Stopped, not killed: nats-server writes its store behind its acks, and what a SIGKILL loses of it is
+    # NATS's to answer for, not the services'.
+    await stack.stop_service(NATS)
+    # Confirmed while NATS is away: their events wait in orders' outbox. NATS stays away until the relay has
+    # failed a pass over them: back sooner, nats-py's buffer carries the publishes over the outage and no
+    # pass of the relay has to resume.
+    failed_before = await asyncio.to_thread(relay_failures, stack)
+    orders += [(await shop.place(place_request(customer, "prod_chef_knife"))).id for _ in range(2)]
+
+    async def relay_failed() -> bool | None:
+        return True if await asyncio.to_thread(relay_failures, stack) > failed_before else None
+
+    await eventually(relay_failed, "orders' relay failing a pass while NATS is away")
+    await stack.start_service(NATS)
+    orders += [(await shop.place(place_request(customer, "prod_chef_knife"))).id for _ in range(2)]
+
+    everything = orders + burst_orders
+
+    async def all_arrived() -> Counter[str] | None:
+        counts = mails_by_order(stack)
+        return counts if all(counts[o] for o in everything) else None
+
+    counts = await eventually(all_arrived, "an e-mail for every order")
+    assert {o: counts[o] for o in everything} == dict.fromkeys(everything, 1)
+
+    async def all_sent(user_id: str, expected: int) -> list[notifications_pb2.Notification] | None:
+        found = await listed(notifications, user_id)
+        done = len(found) == expected and all(n.state == notifications_pb2.NOTIFICATION_STATE_SENT for n in found)
+        return found if done else None
+
+    customer_listed = await eventually(lambda: all_sent(customer, len(orders)), "every order notification SENT")
+    assert sorted(n.order_id for n in customer_listed) == sorted(orders)
+    burst_listed = await eventually(lambda: all_sent(burst_user, len(burst)), "every burst notification SENT")
+    assert sorted(n.event_id for n in burst_listed) == sorted(burst.values())
 
 
 async def test_a_poison_message_is_dead_lettered_and_later_orders_are_still_mailed(
