@@ -153,6 +153,11 @@ _PATH_VARIABLE_IN_QUERY_ROUTE = "path-variable-in-query"
 # field: the query is none of the body's).
 QUERY_WITH_BODY = "QUERY_WITH_BODY"
 _QUERY_WITH_BODY_ROUTE = "query-with-body"
+# The field violation's reason, in the 400 for a `QUERY` without a content type (RFC 10008, The HTTP QUERY
+# Method: its content says what to query, so it must say what the content is). Envoy refuses it in its
+# connection manager, before any route or filter, with an empty body: its local reply is given this Status.
+QUERY_WITHOUT_CONTENT_TYPE = "QUERY_WITHOUT_CONTENT_TYPE"
+_QUERY_WITHOUT_CONTENT_TYPE_DETAILS = "query_missing_content_type"
 # The domain of the ErrorInfo in the edge's own answers that carry one: the API's, the gateway's.
 _ERROR_DOMAIN = "shopmesh.gateway"
 # Where the metrics listener (`metrics_port`) serves Envoy's Prometheus metrics.
@@ -407,6 +412,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             "mappers": [
                 _status_as_it_is(_PATH_VARIABLE_IN_QUERY_ROUTE),
                 _status_as_it_is(_QUERY_WITH_BODY_ROUTE),
+                _query_without_content_type(),
                 *(_local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()),
             ]
         },
@@ -897,6 +903,32 @@ def _status_as_it_is(route: str) -> dict[str, Any]:
                 "typed_config": {"@type": _CEL_FILTER, "expression": f"xds.route_name == '{route}'"},
             }
         },
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
+
+
+def _query_without_content_type() -> dict[str, Any]:
+    """Envoy's 400 for a `QUERY` without a content type, whose own body is empty (`{"code":3,"message":""}`
+    once mapped): a Status saying what to send instead. Matched by Envoy's reason for the reply, not by the
+    request: no other 400 is taken for it."""
+    body = _validation_failed(
+        "a QUERY request must say what its content is: send it with a Content-Type header "
+        "(RFC 10008, The HTTP QUERY Method)",
+        # No field: the header is none of a request message's.
+        {"description": "a QUERY's content needs a Content-Type", "reason": QUERY_WITHOUT_CONTENT_TYPE},
+    )
+    expression = f"response.code_details == '{_QUERY_WITHOUT_CONTENT_TYPE_DETAILS}'"
+    return {
+        "filter": {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {"@type": _CEL_FILTER, "expression": expression},
+            }
+        },
+        "body": {"inline_string": body},
         "body_format_override": {
             "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
             "content_type": "application/json",
