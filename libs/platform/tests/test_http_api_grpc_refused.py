@@ -122,3 +122,35 @@ async def test_http_json_on_the_path_of_a_method_shopservice_does_not_have_is_a_
         answer = await http.post(f"/{PUBLIC_SERVICE}/NoSuchMethod", json={})
     assert answer.status_code == 404, answer.text
     assert answer.json()["code"] == grpc.StatusCode.UNIMPLEMENTED.value[0], answer.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/grpc.health.v1.Health/Check", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"]
+)
+async def test_a_cross_origin_grpc_web_call_of_a_service_the_edge_does_not_serve_reads_unimplemented(
+    edge: tuple[str, RecordingShop], path: str
+) -> None:
+    # Refused by Envoy itself, which the CORS filter skips: the refusal carries the CORS headers of its own, or
+    # the browser hides it and the page's client sees a network error instead of UNIMPLEMENTED.
+    url, _ = edge
+    origin = "https://shop.example"
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        preflight = await http.options(
+            path,
+            headers={
+                "origin": origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type,x-grpc-web",
+            },
+        )
+        called = await http.post(
+            path,
+            content=struct.pack(">BI", 0, 0),
+            headers={"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+    assert preflight.headers["access-control-allow-origin"] == origin
+    assert called.headers.get("access-control-allow-origin") in (origin, "*"), called.headers
+    exposed = {name.strip() for name in called.headers["access-control-expose-headers"].split(",")}
+    assert {"grpc-status", "grpc-message"} <= exposed
+    assert called.headers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+    assert unquote(called.headers["grpc-message"]) == f"only {PUBLIC_SERVICE} is served on this port"

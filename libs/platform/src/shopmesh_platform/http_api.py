@@ -627,13 +627,16 @@ def _other_grpc_refused() -> dict[str, Any]:
     UNIMPLEMENTED (Envoy's gRPC answer to a 404), with a message saying why. Without this route no route
     matched, but only once the buffer filter had the whole request: a streaming call whose client keeps its
     side open (grpcurl's reflection `list`) waited for its deadline instead. The buffer is off here: the call is
-    refused on its headers."""
+    refused on its headers. Readable cross-origin: the CORS filter skips a direct response, and a browser shown
+    no Access-Control-Allow-Origin hands its gRPC-Web client a network error instead of this status; the
+    refusal is the same text for everyone, so any origin may read it."""
     return {
         "match": {"prefix": "/", "headers": [_GRPC]},
         "direct_response": {
             "status": 404,
             "body": {"inline_string": f"only {PUBLIC_SERVICE} is served on this port"},
         },
+        "response_headers_to_add": _readable_cross_origin(),
         "typed_per_filter_config": {
             **_TRANSCODER_OFF,
             "envoy.filters.http.buffer": {"@type": _FILTER_CONFIG, "disabled": True},
@@ -763,6 +766,15 @@ def _method_not_allowed(template: str, regex: str, methods: list[str]) -> dict[s
         ],
         "typed_per_filter_config": _TRANSCODER_OFF,
     }
+
+
+def _readable_cross_origin() -> list[dict[str, Any]]:
+    """The CORS headers of a forwarded answer, for a direct response to gRPC-Web (which the CORS filter skips):
+    its status comes in headers (a trailers-only answer), which a page reads only when they are exposed."""
+    return [
+        _set_header("access-control-allow-origin", "*"),
+        _set_header("access-control-expose-headers", ", ".join(_EXPOSED_HEADERS)),
+    ]
 
 
 def _method_in(methods: list[str]) -> dict[str, Any]:
