@@ -17,7 +17,7 @@ import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.testing import refused_with_the_stream_held_open
-from shopmesh_platform.http_api import PUBLIC_SERVICE
+from shopmesh_platform.http_api import MAX_REQUEST_BYTES, PUBLIC_SERVICE
 
 from .conftest import RecordingShop
 
@@ -154,3 +154,27 @@ async def test_a_cross_origin_grpc_web_call_of_a_service_the_edge_does_not_serve
     assert {"grpc-status", "grpc-message"} <= exposed
     assert called.headers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
     assert unquote(called.headers["grpc-message"]) == f"only {PUBLIC_SERVICE} is served on this port"
+
+
+async def test_a_grpc_web_call_of_a_method_shopservice_does_not_have_is_held_to_the_edges_request_limit(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # Such a call reaches the gateway unbuffered, past the buffer filter's MAX_REQUEST_BYTES; a declared body
+    # over it is refused all the same, as for the methods the edge knows, and cross-origin readably.
+    url, shop = edge
+    origin = "https://shop.example"
+    headers = {"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    message = MAX_REQUEST_BYTES - 5
+    answers = {}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for method, size in [("NoSuchMethod", message), ("NoSuchMethod", message + 1), ("ListProducts", message + 1)]:
+            body = struct.pack(">BI", 0, size) + b"\x00" * size
+            answers[method, size] = await http.post(f"/{PUBLIC_SERVICE}/{method}", content=body, headers=headers)
+    at_the_limit = answers["NoSuchMethod", message]
+    assert unquote(at_the_limit.headers["grpc-message"]) == GATEWAYS_UNKNOWN_METHOD, "forwarded"
+    for method in ("NoSuchMethod", "ListProducts"):
+        over = answers[method, message + 1]
+        assert over.headers["grpc-status"] == str(grpc.StatusCode.UNKNOWN.value[0]), (method, over.headers)
+        assert unquote(over.headers["grpc-message"]) == "Payload Too Large", (method, over.headers)
+        assert over.headers.get("access-control-allow-origin") in (origin, "*"), (method, over.headers)
+    assert ("ListProducts", "0") not in shop.calls

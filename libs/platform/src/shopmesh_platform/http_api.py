@@ -392,6 +392,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                             }
                             for path in api_method_paths()
                         ),
+                        _declared_too_large(),
                         _unknown_method_forwarded(),
                         _other_grpc_refused(),
                         {
@@ -619,6 +620,32 @@ def _unknown_method_forwarded() -> dict[str, Any]:
         "route": {"cluster": "gateway", **_ROUTE_BOUND},
         "decorator": {"operation": "public API", "propagate": False},
         "typed_per_filter_config": {"envoy.filters.http.buffer": {"@type": _BUFFER_PER_ROUTE, "disabled": True}},
+    }
+
+
+def _declared_too_large() -> dict[str, Any]:
+    """gRPC or gRPC-Web for a method of ShopService's that _unknown_method_forwarded would take, whose
+    content-length says it is over MAX_REQUEST_BYTES: refused on its headers (413, which gRPC and gRPC-Web
+    clients get as UNKNOWN "Payload Too Large", as the buffer filter answers the other methods). Unbuffered,
+    that route has no limit of the edge's own: Envoy 1.40 bounds a streamed body only by buffering it (a route's
+    request_body_buffer_limit is how much it buffers, not a limit on what it forwards). A declared length is
+    binding (Envoy's codecs refuse a body that differs from it), and a browser's gRPC-Web client declares one; a gRPC
+    client streaming without one is held to the gateway's own limit of a message (GRPC_MAX_RECEIVE_MESSAGE_BYTES,
+    1 MiB) instead."""
+    return {
+        "match": {
+            "prefix": f"/{PUBLIC_SERVICE}/",
+            "headers": [
+                _GRPC,
+                {"name": "content-length", "range_match": {"start": MAX_REQUEST_BYTES + 1, "end": 2**63 - 1}},
+            ],
+        },
+        "direct_response": {"status": 413, "body": {"inline_string": "Payload Too Large"}},
+        "response_headers_to_add": _readable_cross_origin(),
+        "typed_per_filter_config": {
+            **_TRANSCODER_OFF,
+            "envoy.filters.http.buffer": {"@type": _FILTER_CONFIG, "disabled": True},
+        },
     }
 
 
