@@ -15,6 +15,7 @@ import pytest
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_chassis.testing import eventually
+from shopmesh_users.domain.failed_logins import FailedLogins
 from shopmesh_users.domain.keys import (
     LONGEST_TOKEN_LIFETIME,
     KeyMaterial,
@@ -488,3 +489,48 @@ def test_a_duration_no_date_can_hold_stops_startup_naming_the_variable(
     monkeypatch.setenv(variable, str(10**12))
     with pytest.raises(ConfigError, match=rf"^invalid configuration: {variable}="):
         load_settings(UsersSettings)
+
+
+# --- failed logins per e-mail ---------------------------------------------------------------------
+
+
+class MonotonicClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_emails_failures_refuse_its_logins_until_one_more_attempt_has_refilled() -> None:
+    clock = MonotonicClock()
+    failures = FailedLogins(burst=3, refill_seconds=30, max_emails=10, clock=clock)
+    for _ in range(3):
+        assert failures.retry_after("ann@example.com") == 0.0
+        failures.failed("ann@example.com")
+    assert failures.retry_after("ann@example.com") == pytest.approx(30)
+    assert failures.retry_after("bob@example.com") == 0.0
+    clock.now = 20
+    assert failures.retry_after("ann@example.com") == pytest.approx(10)
+    clock.now = 30
+    assert failures.retry_after("ann@example.com") == 0.0
+    failures.failed("ann@example.com")
+    assert failures.retry_after("ann@example.com") == pytest.approx(30), "one attempt refilled, one taken"
+
+
+def test_failures_checked_at_once_push_the_next_attempt_no_further_than_one_refill() -> None:
+    clock = MonotonicClock()
+    failures = FailedLogins(burst=2, refill_seconds=30, max_emails=10, clock=clock)
+    for _ in range(40):
+        failures.failed("ann@example.com")
+    assert failures.retry_after("ann@example.com") == pytest.approx(30)
+
+
+def test_failed_logins_keep_at_most_max_emails() -> None:
+    failures = FailedLogins(burst=1, refill_seconds=30, max_emails=2, clock=MonotonicClock())
+    failures.failed("a" * 1_000_000)
+    failures.failed("bob@example.com")
+    failures.failed("cat@example.com")
+    assert len(failures) == 2
+    assert failures.retry_after("a" * 1_000_000) == 0.0, "the least recently seen was forgotten"
+    assert failures.retry_after("cat@example.com") > 0

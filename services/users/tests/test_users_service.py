@@ -209,6 +209,42 @@ async def test_login_with_a_wrong_password_and_with_an_unknown_email_fail_identi
     assert wrong_password == unknown_email == malformed_email
 
 
+async def test_failed_logins_for_one_email_throttle_it_for_a_known_and_an_unknown_email_alike(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Guessing one account's password from many addresses: the gateway limits each address, so users
+    counts the failures per e-mail, and then refuses even the right password until the bucket refills."""
+    async with running(users_settings(tmp_path, login_failure_burst=3), clock) as (_, stub):
+        await register(stub, email="ann@example.com")
+        await register(stub, email="bob@example.com")
+        for email in ("ann@example.com", "nobody@example.com"):
+            for _ in range(3):
+                failed = await error_of(login(stub, email=email, password="not the password"))
+                assert failed.reason == "INVALID_CREDENTIALS"
+        # The same normalized address as the failures', whatever the case it is sent in.
+        throttled = await error_of(login(stub, email=" ANN@example.com", password=PASSWORD))
+        unknown = await error_of(login(stub, email="nobody@example.com", password=PASSWORD))
+        for details in (throttled, unknown):
+            assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert details.reason == "TOO_MANY_LOGIN_ATTEMPTS"
+            assert details.error_info is not None
+            assert dict(details.error_info.metadata) == {}
+            assert details.retry_delay_seconds is not None
+            assert details.retry_delay_seconds > 0
+        assert throttled.message == unknown.message
+        # Another account's logins are not held back.
+        assert (await login(stub, email="bob@example.com")).user_id
+
+
+async def test_a_successful_login_forgets_the_failures_before_it(tmp_path: Path, clock: FakeClock) -> None:
+    async with running(users_settings(tmp_path, login_failure_burst=3), clock) as (_, stub):
+        user = await register(stub, email="ann@example.com")
+        for _ in range(3):
+            for _ in range(2):
+                await error_of(login(stub, email="ann@example.com", password="not the password"))
+            assert (await login(stub, email="ann@example.com")).user_id == user.id
+
+
 @pytest.mark.parametrize(
     ("email", "password", "expected"),
     [

@@ -14,7 +14,14 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import DatabaseUnreachable, database_errors_as_domain_errors
 from shopmesh_chassis.errors import ResourceExhausted
 from shopmesh_users.domain import keys as key_schedule
-from shopmesh_users.domain.errors import email_already_registered, invalid_credentials, no_signing_key, user_not_found
+from shopmesh_users.domain.errors import (
+    email_already_registered,
+    invalid_credentials,
+    no_signing_key,
+    too_many_login_attempts,
+    user_not_found,
+)
+from shopmesh_users.domain.failed_logins import FailedLogins
 from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
 from shopmesh_users.domain.models import User, new_user_id
 from shopmesh_users.domain.tokens import build_access_claims, new_token_id
@@ -60,11 +67,20 @@ class IssuedToken:
 
 
 class UsersApplication:
-    def __init__(self, database: Database, passwords: Passwords, policy: KeyPolicy, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        database: Database,
+        passwords: Passwords,
+        policy: KeyPolicy,
+        clock: Clock = utc_now,
+        failed_logins: FailedLogins | None = None,
+    ) -> None:
         self._database = database
         self._passwords = passwords
         self._policy = policy
         self._clock = clock
+        # None: logins are not throttled per e-mail (the revoke-keys command, which logs nobody in).
+        self._failed_logins = failed_logins
 
     # --- accounts ----------------------------------------------------------------------------------
 
@@ -86,6 +102,9 @@ class UsersApplication:
     @database_errors_as_domain_errors
     async def login(self, email: str, password: str) -> IssuedToken:
         credentials = validate_login(email, password)
+        if self._failed_logins is not None and (wait := self._failed_logins.retry_after(credentials.email)) > 0:
+            # Before any hashing: a throttled guess costs the service nothing.
+            raise too_many_login_attempts(wait)
         # The same read and the same hashing for a known and an unknown e-mail: both take about as long.
         async with self._database.transaction() as session:
             account = await UserRepository(session).account_by_email(credentials.email)
@@ -97,7 +116,11 @@ class UsersApplication:
             # sent. Checked for an unknown e-mail too, so that both still cost the same hashing.
             matched_as_sent = await self._passwords.verify(stored_hash, credentials.password_as_sent)
         if account is None or not (matched or matched_as_sent):
+            if self._failed_logins is not None:
+                self._failed_logins.failed(credentials.email)
             raise invalid_credentials()
+        if self._failed_logins is not None:
+            self._failed_logins.succeeded(credentials.email)
         if matched_as_sent or self._passwords.needs_rehash(account.password_hash):
             await self._upgrade_password_hash(account.user.id, account.password_hash, credentials.password)
         # The keys as they are after the password check, which may wait seconds for a hashing turn: keys

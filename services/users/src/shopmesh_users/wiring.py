@@ -24,6 +24,7 @@ from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_users.application import Clock, KeyPolicy, KeysKeptChanging, UsersApplication, utc_now
+from shopmesh_users.domain.failed_logins import FailedLogins
 from shopmesh_users.migrations import VERSIONS
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.settings import UsersSettings
@@ -60,6 +61,12 @@ def passwords(settings: UsersSettings) -> Passwords:
     )
 
 
+def failed_logins(settings: UsersSettings) -> FailedLogins:
+    return FailedLogins(
+        settings.login_failure_burst, settings.login_failure_refill_seconds, settings.login_failure_max_emails
+    )
+
+
 async def _migrated(settings: UsersSettings, hashing: Passwords, clock: Clock) -> tuple[Database, UsersApplication]:
     database = Database(settings.resolved_database_url)
     try:
@@ -67,7 +74,7 @@ async def _migrated(settings: UsersSettings, hashing: Passwords, clock: Clock) -
     except BaseException:
         await database.dispose()
         raise
-    return database, UsersApplication(database, hashing, key_policy(settings), clock)
+    return database, UsersApplication(database, hashing, key_policy(settings), clock, failed_logins(settings))
 
 
 async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from shopmesh_chassis.errors import AlreadyExists, NotFound, Unauthenticated, Unavailable
+from shopmesh_chassis.errors import AlreadyExists, NotFound, ResourceExhausted, Unauthenticated, Unavailable
 
 EMAIL_ALREADY_REGISTERED = "EMAIL_ALREADY_REGISTERED"
 INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
 USER_NOT_FOUND = "USER_NOT_FOUND"
 NO_SIGNING_KEY = "NO_SIGNING_KEY"
+TOO_MANY_LOGIN_ATTEMPTS = "TOO_MANY_LOGIN_ATTEMPTS"
 
 
 def email_already_registered(email: str) -> AlreadyExists:
@@ -20,6 +21,16 @@ def invalid_credentials() -> Unauthenticated:
     # One message and no metadata for an unknown e-mail and a wrong password alike: the caller must not
     # learn which accounts exist.
     return Unauthenticated("invalid e-mail or password", reason=INVALID_CREDENTIALS)
+
+
+def too_many_login_attempts(retry_after_seconds: float) -> ResourceExhausted:
+    # The same for every e-mail, known or not, with no metadata: a throttled login must not tell which
+    # accounts exist any more than a failed one does.
+    return ResourceExhausted(
+        "too many failed logins for this e-mail address; retry later",
+        reason=TOO_MANY_LOGIN_ATTEMPTS,
+        retry_after_seconds=retry_after_seconds,
+    )
 
 
 def user_not_found(user_id: str) -> NotFound:

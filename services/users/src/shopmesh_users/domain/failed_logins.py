@@ -1,0 +1,79 @@
+"""Failed logins per e-mail address, so that guessing one account's password is slow however many client
+addresses the guesses come from: the gateway limits each address, not each account.
+
+A token bucket per e-mail: `burst` failures at once, then one more every `refill_seconds`. Only failures
+take a token, so a user logging in on many devices at once is never held back; an attempt is refused
+(before its password is hashed) while the bucket is empty, for a known and an unknown e-mail alike, so the
+refusal says nothing about which accounts exist. A successful login forgets the e-mail's failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated_at: float
+
+
+def _key(email: str) -> bytes:
+    # A digest, not the text: Login does not bound the e-mail's length, and a megabyte each would make
+    # `max_emails` entries gigabytes.
+    return hashlib.sha256(email.encode("utf-8", "surrogatepass")).digest()
+
+
+class FailedLogins:
+    """The failures of the last while, per e-mail; beyond `max_emails` the least recently seen is
+    forgotten (it starts again with a full bucket, as after `burst * refill_seconds` of quiet)."""
+
+    def __init__(
+        self, burst: int, refill_seconds: float, max_emails: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if burst < 1 or refill_seconds <= 0 or max_emails < 1:
+            raise ValueError("burst and max_emails must be >= 1, refill_seconds > 0")
+        self._burst = float(burst)
+        self._rate = 1.0 / refill_seconds
+        self._max_emails = max_emails
+        self._clock = clock
+        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def retry_after(self, email: str) -> float:
+        """0.0 when a login for `email` may be checked now, else the seconds until one may."""
+        bucket = self._refilled(_key(email))
+        if bucket is None or bucket.tokens >= 1.0:
+            return 0.0
+        return (1.0 - bucket.tokens) / self._rate
+
+    def failed(self, email: str) -> None:
+        key = _key(email)
+        bucket = self._refilled(key)
+        if bucket is None:
+            bucket = _Bucket(self._burst, self._clock())
+            self._buckets[key] = bucket
+            if len(self._buckets) > self._max_emails:
+                self._buckets.popitem(last=False)
+        # Not below zero: failures checked at once (in flight when the bucket emptied) must not push the
+        # next attempt further off than one refill.
+        bucket.tokens = max(0.0, bucket.tokens - 1.0)
+
+    def succeeded(self, email: str) -> None:
+        self._buckets.pop(_key(email), None)
+
+    def _refilled(self, key: bytes) -> _Bucket | None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        self._buckets.move_to_end(key)
+        now = self._clock()
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated_at) * self._rate)
+        bucket.updated_at = now
+        return bucket
