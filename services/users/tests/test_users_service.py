@@ -230,7 +230,8 @@ async def test_failed_logins_for_one_email_throttle_it_for_a_known_and_an_unknow
             assert details.error_info is not None
             assert dict(details.error_info.metadata) == {}
             assert details.retry_delay_seconds is not None
-            assert details.retry_delay_seconds > 0
+            assert 0 < details.retry_delay_seconds <= 30
+            assert details.retry_delay_seconds == int(details.retry_delay_seconds)
         assert throttled.message == unknown.message
         # Another account's logins are not held back.
         assert (await login(stub, email="bob@example.com")).user_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from shopmesh_chassis.errors import AlreadyExists, NotFound, ResourceExhausted, Unauthenticated, Unavailable
 
 EMAIL_ALREADY_REGISTERED = "EMAIL_ALREADY_REGISTERED"
@@ -29,7 +31,8 @@ def too_many_login_attempts(retry_after_seconds: float) -> ResourceExhausted:
     return ResourceExhausted(
         "too many failed logins for this e-mail address; retry later",
         reason=TOO_MANY_LOGIN_ATTEMPTS,
-        retry_after_seconds=retry_after_seconds,
+        # Whole seconds: a client shows it to a person ("try again in 28s", not "27.760722483s").
+        retry_after_seconds=math.ceil(retry_after_seconds),
     )
 
 
