@@ -17,7 +17,7 @@ import pytest
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy, is_idempotent, service_config
-from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, details_of
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
@@ -204,3 +204,78 @@ async def test_a_retry_info_within_the_deadline_is_still_retried() -> None:
     async with asking_to_wait(servicer) as stub:
         await stub.Fail(sample_pb2.FailRequest(), timeout=30)
     assert len(servicer.arrivals) == 2
+
+
+class _Dependency(SampleServicer):
+    """Echo answers every call `error`, as a dependency rate-limiting or draining does, and counts the calls."""
+
+    def __init__(self, error: errors.DomainError) -> None:
+        super().__init__()
+        self.error = error
+        self.calls = 0
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        self.calls += 1
+        raise self.error
+
+
+@contextlib.asynccontextmanager
+async def relaying_to(dependency: _Dependency) -> AsyncIterator[tuple[sample_pb2_grpc.SampleServiceStub, str]]:
+    """A stub of a sample service whose Relay lets the dependency's error escape to the chassis, and the
+    dependency's address."""
+    async with (
+        serve_in_process(sample_settings(), [binding(dependency)]) as behind,
+        serve_in_process(sample_settings(), [binding(SampleServicer())]) as front,
+        ResilientChannel(front.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+    ):
+        yield sample_pb2_grpc.SampleServiceStub(channel.channel), behind.address
+
+
+@pytest.mark.parametrize(
+    ("error", "passed_on"),
+    [
+        (errors.ResourceExhausted("slow down", reason="RATE_LIMITED", retry_after_seconds=5), 5),
+        # A shed server's wait is about its own queue: the chain behind a retry gets at least the default.
+        (errors.Unavailable("busy", reason="SERVER_OVERLOADED", retry_after_seconds=0.1), 1),
+        # A broken peer's hour would park every caller up the chain for that long.
+        (
+            errors.Unavailable("draining", reason="DRAINING", retry_after_seconds=3600),
+            MAX_DEPENDENCY_RETRY_AFTER_SECONDS,
+        ),
+    ],
+    ids=["carried", "at-least-the-default", "at-most-the-bound"],
+)
+async def test_a_dependencys_retry_info_is_passed_on_within_bounds(error: errors.DomainError, passed_on: float) -> None:
+    """A handler that lets a dependency's "try later" escape answers UNAVAILABLE DEPENDENCY_UNAVAILABLE with
+    the dependency's own RetryInfo, not the default 1 s that dropped a rate limiter's "come back in 5 s"."""
+    dependency = _Dependency(error)
+    async with relaying_to(dependency) as (stub, target):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Relay(
+                sample_pb2.RelayRequest(target=target, echo=sample_pb2.EchoRequest(message="x")), timeout=30
+            )
+    details = details_of(caught.value)
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "DEPENDENCY_UNAVAILABLE",
+        pytest.approx(passed_on),
+    )
+
+
+async def test_a_dependencys_retry_info_past_the_deadline_is_not_retried() -> None:
+    """The carried wait is the one the pushback rule reads: a dependency asking for 20 s, under a 10 s deadline,
+    leaves the caller its answer at once instead of three more attempts, each one more call to the
+    dependency."""
+    dependency = _Dependency(errors.Unavailable("draining", reason="DRAINING", retry_after_seconds=20))
+    async with relaying_to(dependency) as (stub, target):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Relay(
+                sample_pb2.RelayRequest(target=target, echo=sample_pb2.EchoRequest(message="x")), timeout=10
+            )
+    details = details_of(caught.value)
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "DEPENDENCY_UNAVAILABLE",
+        20,
+    )
+    assert dependency.calls == 1

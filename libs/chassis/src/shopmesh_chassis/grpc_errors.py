@@ -44,20 +44,37 @@ TRANSIENT_CODES: frozenset[grpc.StatusCode] = frozenset(
 )
 
 
+# What a service asks its caller to wait when a dependency failed without saying how long.
+DEPENDENCY_RETRY_AFTER_SECONDS = 1.0
+# The longest wait a dependency's RetryInfo passes on. A minute is as long as orders' recovery loop ever waits
+# (RECOVERY_BACKOFF_MAX_SECONDS): a dependency asking for more is down for an outage, which its callers poll
+# anyway, or sent a nonsense duration (a broken peer's hours or years), which must not park every caller
+# up the chain for that long.
+MAX_DEPENDENCY_RETRY_AFTER_SECONDS = 60.0
+
+
 def dependency_unavailable(
     dependency: str | None,
-    code: grpc.StatusCode | None = None,
+    failure: grpc.aio.AioRpcError | None = None,
     *,
     reason: str = errors.DEPENDENCY_UNAVAILABLE,
-    retry_after_seconds: float = 1.0,
 ) -> errors.Unavailable:
     """What a service answers its own caller when a call to `dependency` failed with a transient status:
-    UNAVAILABLE with RetryInfo, and the dependency's name in ErrorInfo's metadata when it is known."""
+    UNAVAILABLE with RetryInfo, and the dependency's name in ErrorInfo's metadata when it is known.
+
+    The RetryInfo is the failed call's own (a dependency rate-limiting or draining knows best when to come
+    back), at least DEPENDENCY_RETRY_AFTER_SECONDS and at most MAX_DEPENDENCY_RETRY_AFTER_SECONDS: a shorter
+    wait (a shed server's 0.1 s) is about that server's queue, not the whole chain a retry goes through."""
     name = dependency or "a dependency"
+    code = failure.code() if failure is not None else None
+    asked = details_of(failure).retry_delay_seconds if failure is not None else None
+    wait = DEPENDENCY_RETRY_AFTER_SECONDS
+    if asked is not None:
+        wait = min(max(asked, DEPENDENCY_RETRY_AFTER_SECONDS), MAX_DEPENDENCY_RETRY_AFTER_SECONDS)
     return errors.Unavailable(
         f"{name} is unavailable" + (f" ({code.name})" if code is not None else ""),
         reason=reason,
-        retry_after_seconds=retry_after_seconds,
+        retry_after_seconds=wait,
         metadata={"dependency": dependency} if dependency else None,
     )
 

@@ -283,8 +283,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.StatusCode:
         """An outbound call failed and the handler did not handle it."""
         if exc.code() in TRANSIENT_CODES:
-            # "Try later" from a dependency means the same to our own caller.
-            error = dependency_unavailable(None, exc.code())
+            # "Try later" from a dependency means the same to our own caller, after the wait it asked for.
+            error = dependency_unavailable(None, exc)
             await self._abort(context, to_grpc_status(to_rpc_status(error, self._domain)))
             return grpc.StatusCode.UNAVAILABLE
         log.error(

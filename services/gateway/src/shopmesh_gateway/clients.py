@@ -82,7 +82,7 @@ class CatalogClient:
                     catalog_pb2.ListProductsRequest(category=category, page_size=limit), timeout=self._timeout
                 )
         except grpc.aio.AioRpcError as error:
-            raise dependency_unavailable("catalog", error.code()) from error
+            raise dependency_unavailable("catalog", error) from error
         return list(response.products)
 
     async def list_products(self, request: catalog_pb2.ListProductsRequest) -> catalog_pb2.ListProductsResponse:
@@ -124,7 +124,7 @@ class RecommendationsClient:
             # Optional, so every failure means the fallback, a status without details too (an Envoy fault
             # abort, a mesh's RBAC denial, a peer without the method), which `calling` leaves as it is for
             # the services a page cannot do without.
-            raise dependency_unavailable("recommendations", error.code()) from error
+            raise dependency_unavailable("recommendations", error) from error
         return list(response.recommendations)
 
 

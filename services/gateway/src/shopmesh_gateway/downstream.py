@@ -31,10 +31,7 @@ def translate(service: str, error: grpc.aio.AioRpcError) -> Exception:
     if details.raw_status is not None and details.status_code == error.code().value[0] and not made_here:
         return errors.ReplayedError(details.raw_status, details.message)
     if error.code() in TRANSIENT_CODES:
-        # The dependency's own RetryInfo, when it sent one, is the best hint to pass on.
-        if details.retry_delay_seconds is not None:
-            return dependency_unavailable(service, retry_after_seconds=details.retry_delay_seconds)
-        return dependency_unavailable(service)
+        return dependency_unavailable(service, error)
     return error
 
 

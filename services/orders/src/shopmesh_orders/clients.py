@@ -38,7 +38,7 @@ _TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 def _unavailable(
     service: str, error: grpc.aio.AioRpcError, reason: str = errors.DEPENDENCY_UNAVAILABLE
 ) -> errors.Unavailable:
-    answer = dependency_unavailable(service, error.code(), reason=reason)
+    answer = dependency_unavailable(service, error, reason=reason)
     kind: type[errors.Unavailable]
     if error.code() == grpc.StatusCode.ABORTED:
         # A lost race: the other side answered, about this order only, and asked again it is likely to settle.

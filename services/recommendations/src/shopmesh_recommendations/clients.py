@@ -23,7 +23,7 @@ _TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 
 def _failed(call: str, error: grpc.aio.AioRpcError) -> Exception:
     if error.code() in _TRANSIENT:
-        return dependency_unavailable("catalog", error.code())
+        return dependency_unavailable("catalog", error)
     # A status the catalog's contract does not promise for our (validated) request is a bug on one side.
     return RuntimeError(f"catalog {call} answered {error.code().name}: {error.details()}")
 
