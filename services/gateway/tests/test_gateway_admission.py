@@ -13,7 +13,7 @@ from grpc.aio import Metadata
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import ConfigError, load_settings
-from shopmesh_chassis.grpc_errors import to_rpc_status
+from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, to_rpc_status
 from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_gateway import guard as guard_module
 from shopmesh_gateway.domain.rate_limit import TokenBuckets
@@ -317,6 +317,22 @@ def test_an_open_circuit_of_the_gateways_own_channel_is_its_dependency_unavailab
     translated = translate("catalog", circuit_open)
     assert isinstance(translated, errors.Unavailable)
     assert (translated.reason, translated.retry_after_seconds) == ("DEPENDENCY_UNAVAILABLE", 3.5)
+
+
+@pytest.mark.parametrize(("asked", "passed_on"), [(0.2, 1.0), (3600, MAX_DEPENDENCY_RETRY_AFTER_SECONDS)])
+def test_a_wait_the_gateway_passes_on_is_at_least_the_default_and_at_most_the_bound(
+    asked: float, passed_on: float
+) -> None:
+    """Through the chassis' dependency_unavailable, as every service's: a circuit's last 0.2 s is about that
+    breaker, not the chain a retry goes through, and an hour would keep clients away for that long."""
+    circuit_open = rpc_error(
+        grpc.StatusCode.UNAVAILABLE,
+        errors.Unavailable("circuit open", reason="CIRCUIT_OPEN", retry_after_seconds=asked),
+        "shopmesh.chassis",
+    )
+    translated = translate("catalog", circuit_open)
+    assert isinstance(translated, errors.Unavailable)
+    assert translated.retry_after_seconds == pytest.approx(passed_on)
 
 
 def test_an_undocumented_status_without_details_is_left_to_the_chassis() -> None:

@@ -67,6 +67,24 @@ async def test_unknown_products_relay_the_ids_catalog_listed_and_how_many_are_mi
     assert (caught.value.reason, caught.value.metadata) == ("PRODUCT_NOT_FOUND", relayed)
 
 
+class RateLimitedCatalog(catalog_pb2_grpc.CatalogServiceServicer):
+    async def BatchGetProducts(self, request: catalog_pb2.BatchGetProductsRequest, context: Any) -> Any:
+        raise errors.ResourceExhausted("slow down", reason="RATE_LIMITED", retry_after_seconds=20)
+
+
+async def test_a_dependencys_retry_info_is_the_wait_orders_passes_on(settings: OrdersSettings) -> None:
+    """Catalog rate-limiting asks for 20 s: the saga's recovery loop, and PlaceOrder's caller, wait that long,
+    not the 1 s that was said whatever catalog asked."""
+    binding = ServiceBinding(CATALOG, RateLimitedCatalog(), catalog_pb2_grpc.add_CatalogServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [CATALOG], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        with pytest.raises(DependencyDown) as caught:
+            await CatalogClient(channel.channel, timeout=5).price(["prod_a"])
+    assert (caught.value.reason, caught.value.retry_after_seconds) == ("DEPENDENCY_UNAVAILABLE", 20)
+
+
 class RefusingPayments(payments_pb2_grpc.PaymentsServiceServicer):
     """Answers Charge INVALID_ARGUMENT with `reason`, as payments does for a card it will not charge."""
 

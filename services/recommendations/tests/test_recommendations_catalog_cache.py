@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -136,3 +137,24 @@ async def test_a_zero_time_to_live_remembers_nothing(setup: Setup) -> None:
     await client.products_in_category("kitchen")
     await client.products_in_category("kitchen")
     assert setup.catalog.asked == Counter({"GetProduct": 2, "ListProducts": 2})
+
+
+class RateLimitedCatalog(CountingCatalog):
+    async def GetProduct(self, request: catalog_pb2.GetProductRequest, context: Any) -> catalog_pb2.GetProductResponse:
+        self.asked["GetProduct"] += 1
+        raise errors.ResourceExhausted("slow down", reason="RATE_LIMITED", retry_after_seconds=20)
+
+
+async def test_a_catalog_asking_to_wait_is_unavailable_for_as_long_as_it_asked() -> None:
+    """Catalog's own RetryInfo (20 s while it rate-limits) is the wait recommendations asks of its caller; it
+    said 1 s whatever catalog asked."""
+    settings = ServiceSettings(service_name="catalog", grpc_port=0, metrics_port=-1)
+    binding = ServiceBinding(
+        catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+        RateLimitedCatalog(),
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
+    )
+    async with serve_in_process(settings, [binding]) as server, grpc.aio.insecure_channel(server.address) as channel:
+        with pytest.raises(errors.Unavailable) as caught:
+            await CatalogClient(channel, 5.0, 30, 100).product("knife")
+    assert (caught.value.reason, caught.value.retry_after_seconds) == ("DEPENDENCY_UNAVAILABLE", 20)
