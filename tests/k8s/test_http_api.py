@@ -187,11 +187,11 @@ def test_only_the_edge_runs_it(rendered: dict[tuple[str, str], Docs], helm_dir: 
 
 
 def edge_with_drain(helm_dir: Path, delay: float, grace: float, readiness_period: int = 3) -> Docs:
-    """The edge's chart rendered with these drain settings (and readiness period, which the delay must reach)."""
+    """The edge's chart rendered with these drain settings (and readiness period, which the delay must reach:
+    one failed probe, so the period alone)."""
     drain = {"drainDelaySeconds": delay, "shutdownGraceSeconds": grace}
-    return objects_of(
-        helm_dir, EDGE, {"global": {"drain": drain}, "probes": {"readinessPeriodSeconds": readiness_period}}
-    )
+    probes = {"readinessPeriodSeconds": readiness_period, "readinessFailureThreshold": 1}
+    return objects_of(helm_dir, EDGE, {"global": {"drain": drain}, "probes": probes})
 
 
 def test_envoy_outlasts_a_fractional_drain_in_whole_seconds(helm_dir: Path) -> None:

@@ -241,7 +241,7 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
         shutdown_hooks_budget_seconds=hooks,
     )
     readiness = container["readinessProbe"]
-    assert drain >= readiness["periodSeconds"] + readiness["timeoutSeconds"] - 0.001
+    assert drain >= readiness["periodSeconds"] * readiness["failureThreshold"] - 0.001
     assert "lifecycle" not in container, "no preStop: the chassis drains itself (see _deployment.tpl)"
 
     # Read-only root filesystem: /tmp always, /data for SQLite; DATABASE_URL from a Secret for PostgreSQL.
@@ -275,6 +275,48 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
 def with_drain(helm_dir: Path, **drain: float) -> Docs:
     """A service chart rendered with these drain settings (the rest: the chart's defaults)."""
     return objects_of(helm_dir, "catalog", {"global": {"drain": drain}})
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+def test_one_missed_readiness_check_does_not_take_a_pod_out(
+    rendered: dict[tuple[str, str], Docs], value_set: str
+) -> None:
+    """A check answered late once (a throttled CPU quota, a GC pause, a busy event loop) is not a pod gone bad:
+    with failureThreshold 1 the pod left its Service for it and came back a check later, flapping under load
+    and moving its calls onto pods as busy. Two misses in a row (every 2 s, 2 s each, about 4 s without an
+    answer) take it out, within the 5 s drain delay that a terminating pod's NOT_SERVING must be seen in; the
+    edge's Envoy container, whose readiness is the pod's too, is probed alike."""
+    docs = rendered[value_set, render.UMBRELLA]
+    for name in NAMES:
+        containers = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        for container in containers:
+            probe = {k: v for k, v in container["readinessProbe"].items() if k not in ("grpc", "httpGet")}
+            expected = {"periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2}
+            assert probe | {"successThreshold": 1} == expected | {"successThreshold": 1}, (name, container["name"])
+        drain = float(find(docs, "ConfigMap", name)["data"]["DRAIN_DELAY_SECONDS"])
+        assert drain >= 2 * 2, name
+
+
+def test_a_readiness_threshold_the_drain_delay_does_not_cover_fails_the_render(helm_dir: Path) -> None:
+    """The kubelet marks a terminating pod unready after failureThreshold NOT_SERVING answers in a row, the first
+    up to a period after the drain starts: the drain delay must last period x threshold, or calls sent to the
+    still-serving endpoint meanwhile are refused."""
+    with pytest.raises(Exception, match="readinessFailureThreshold"):
+        objects_of(helm_dir, "catalog", {"probes": {"readinessPeriodSeconds": 2, "readinessFailureThreshold": 3}})
+    for threshold in (0, 1.5):
+        with pytest.raises(Exception, match="readinessFailureThreshold"):
+            objects_of(helm_dir, "catalog", {"probes": {"readinessFailureThreshold": threshold}})
+    docs = objects_of(
+        helm_dir,
+        "catalog",
+        {"global": {"drain": {"drainDelaySeconds": 6}}, "probes": {"readinessFailureThreshold": 3}},
+    )
+    assert (
+        find(docs, "Deployment", "catalog")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"][
+            "failureThreshold"
+        ]
+        == 3
+    )
 
 
 def test_the_render_fails_unless_the_whole_stop_fits_the_termination_grace_period(helm_dir: Path) -> None:

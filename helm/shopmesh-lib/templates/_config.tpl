@@ -75,11 +75,20 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- end -}}
 {{- $_ := set $c "drain" (dict "drainDelaySeconds" $drain "shutdownGraceSeconds" $grace "shutdownHooksBudgetSeconds" $hooks "terminationGracePeriodSeconds" $tgp) -}}
 
-{{- /* Probes (native gRPC against grpc.health.v1). The startup probe allows for migrations. */ -}}
+{{- /* Probes (native gRPC against grpc.health.v1). The startup probe allows for migrations. Readiness: one
+     missed check is not a pod gone bad (a throttled CPU quota, a long GC pause, a busy event loop answer a
+     2 s check late), and taking the pod out for it flaps its endpoint, moving its calls to the other pods,
+     which may be as busy. Two misses in a row (about 4 s without an answer) take it out; the drain delay
+     covers both (below). */ -}}
 {{- $_ := set $c "probes" (dict
-    "readinessPeriodSeconds" (dig "probes" "readinessPeriodSeconds" 3 $v)
+    "readinessPeriodSeconds" (dig "probes" "readinessPeriodSeconds" 2 $v)
+    "readinessFailureThreshold" (dig "probes" "readinessFailureThreshold" 2 $v)
     "livenessPeriodSeconds" (dig "probes" "livenessPeriodSeconds" 10 $v)
     "startupFailureThreshold" (dig "probes" "startupFailureThreshold" 60 $v)) -}}
+{{- $readinessFailures := float64 $c.probes.readinessFailureThreshold -}}
+{{- if or (lt $readinessFailures 1.0) (ne (floor $readinessFailures) $readinessFailures) -}}
+{{- fail (printf "probes.readinessFailureThreshold (%v) must be a whole number, 1 or more" $c.probes.readinessFailureThreshold) -}}
+{{- end -}}
 {{- /* Kubernetes reads a period of 0 as its default, 10 s, so the comparison below would hold against a
      period the probe does not have (and a drain of 0 would pass it); periodSeconds is a whole number. */ -}}
 {{- $readinessPeriod := float64 $c.probes.readinessPeriodSeconds -}}
@@ -90,9 +99,11 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
      the pod is deleted, whatever its probe says, but kube-proxy, the mesh's proxies and an ingress learn it
      later and send new calls meanwhile. It stays `serving` though, until a readiness probe sees NOT_SERVING,
      and whoever falls back to serving terminating endpoints when none is ready (kube-proxy, for the last
-     ones) sends it calls until then: a drain delay shorter than the probe's period would refuse them. */ -}}
-{{- if lt (float64 $drain) $readinessPeriod -}}
-{{- fail (printf "drain: drainDelaySeconds (%v) must be at least probes.readinessPeriodSeconds (%v): a terminating pod's endpoint stays 'serving' until a readiness probe sees NOT_SERVING, and traffic that falls back to serving endpoints (kube-proxy, when no ready one is left) keeps coming until then; a shorter drain refuses those calls" $drain $c.probes.readinessPeriodSeconds) -}}
+     ones) sends it calls until then: a drain delay shorter than the probe's period times its failure
+     threshold (the kubelet marks the pod unready only after that many NOT_SERVING answers in a row, the
+     first up to a period after the drain starts) would refuse them. */ -}}
+{{- if lt (float64 $drain) (mulf $readinessPeriod $readinessFailures) -}}
+{{- fail (printf "drain: drainDelaySeconds (%v) must be at least probes.readinessPeriodSeconds (%v) x probes.readinessFailureThreshold (%v): a terminating pod's endpoint stays 'serving' until that many readiness probes in a row see NOT_SERVING, and traffic that falls back to serving endpoints (kube-proxy, when no ready one is left) keeps coming until then; a shorter drain refuses those calls" $drain $c.probes.readinessPeriodSeconds $c.probes.readinessFailureThreshold) -}}
 {{- end -}}
 
 {{- /* Database: SQLite under /data (an emptyDir) or PostgreSQL via DATABASE_URL from a Secret. */ -}}

@@ -118,7 +118,8 @@ spec:
             periodSeconds: {{ $c.probes.readinessPeriodSeconds }}
             timeoutSeconds: 2
             successThreshold: 1
-            failureThreshold: 1
+            # One late answer is CPU throttling or a pause, not a bad pod (shopmesh-lib.config).
+            failureThreshold: {{ $c.probes.readinessFailureThreshold }}
           livenessProbe:
             grpc:
               port: {{ $c.grpcPort }}

@@ -78,7 +78,7 @@ binaryData:
       port: http
     periodSeconds: {{ $c.probes.readinessPeriodSeconds }}
     timeoutSeconds: 2
-    failureThreshold: 1
+    failureThreshold: {{ $c.probes.readinessFailureThreshold }}
   livenessProbe:
     httpGet:
       path: /healthz
