@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shopmesh_platform.topology import SERVICES, is_edge, service_callers
+from shopmesh_platform.topology import SERVICES, is_edge, methods_called, service_callers
 
 from .k8skit import ROOT, Docs, find, objects_of, render, validate_custom_resources
 
@@ -79,12 +79,10 @@ def test_istio_admits_exactly_the_callers_of_each_service_on_grpc(
             == find(docs, "Deployment", name)["spec"]["selector"]["matchLabels"]
         )
         every_method = [(who, port) for who, port, paths in istio_grants(policy) if not paths]
-        callers = frozenset(principal(c) for c in service_callers(name))
-        expected = [(callers, str(GRPC_PORT))] if callers else []
+        expected = [(None, str(METRICS_PORT))]
         if is_edge(name):
             expected += [(None, str(GRPC_PORT)), (None, str(HTTP_PORT)), (None, str(HTTP_METRICS_PORT))]
-        expected.append((None, str(METRICS_PORT)))
-        assert sorted(every_method, key=repr) == sorted(expected, key=repr)
+        assert sorted(every_method, key=repr) == sorted(expected, key=repr), "callers get their methods, not all"
 
 
 def test_istio_principals_are_the_callers_service_accounts(rendered: dict[tuple[str, str], Docs]) -> None:
@@ -96,13 +94,31 @@ def test_istio_principals_are_the_callers_service_accounts(rendered: dict[tuple[
         find(docs, "ServiceAccount", name)
 
 
+def method_paths(service: str, methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The gRPC paths of `methods` of `service`'s one gRPC service, as the meshes match them."""
+    (grpc_service,) = SERVICES[service].grpc_services
+    return tuple(f"/{grpc_service}/{method}" for method in methods)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_istio_health_is_open_and_nothing_else_is_granted_per_path(
+def test_istio_admits_each_caller_to_the_methods_it_calls_and_anyone_to_health(
     rendered: dict[tuple[str, str], Docs], name: str
 ) -> None:
-    policy = find(rendered["istio", name], "AuthorizationPolicy", name)
-    per_path = [(who, port, paths) for who, port, paths in istio_grants(policy) if paths]
-    assert per_path == [(None, str(GRPC_PORT), (f"{HEALTH}*",))]
+    """Least privilege per method: the gateway reads stock (GetStock) and may not Reserve, CommitReservation
+    or SetStock; each caller's rule names its principal alone and the exact paths of the methods it calls
+    (topology.METHODS_CALLED). Health stays open to any source (helm test, meshed callers)."""
+    for docs in (rendered["istio", name], rendered["istio", render.UMBRELLA]):
+        policy = find(docs, "AuthorizationPolicy", name)
+        per_path = [(who, port, paths) for who, port, paths in istio_grants(policy) if paths]
+        expected = [(None, str(GRPC_PORT), (f"{HEALTH}*",))]
+        expected += [
+            (frozenset({principal(c)}), str(GRPC_PORT), method_paths(name, methods_called(c, name)))
+            for c in sorted(service_callers(name))
+        ]
+        assert sorted(per_path, key=repr) == sorted(expected, key=repr)
+    if name == "inventory":
+        granted = {p for who, _, paths in per_path if who == {principal("gateway")} for p in paths}
+        assert granted == {"/shopmesh.inventory.v1.InventoryService/GetStock"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -337,14 +353,13 @@ def test_linkerd_servers_cover_every_port_of_the_service(rendered: dict[tuple[st
         assert server["spec"]["proxyProtocol"] == expected
 
 
-def routes_of(docs: Docs, server: str) -> dict[str, str]:
-    """HTTPRoute name -> its one path prefix, for the routes attached to `server`."""
+def routes_of(docs: Docs, server: str) -> dict[str, tuple[str, str]]:
+    """HTTPRoute name -> its one path match (type, value), for the routes attached to `server`."""
     result = {}
     for route in (d for d in linkerd(docs) if d["kind"] == "HTTPRoute"):
         if [p["name"] for p in route["spec"]["parentRefs"]] == [server]:
             ((match,),) = [rule["matches"] for rule in route["spec"]["rules"]]
-            assert match["path"]["type"] == "PathPrefix"
-            result[route["metadata"]["name"]] = match["path"]["value"]
+            result[route["metadata"]["name"]] = (match["path"]["type"], match["path"]["value"])
     return result
 
 
@@ -367,17 +382,29 @@ def linkerd_grants(docs: Docs) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_linkerd_admits_the_callers_to_every_method_and_anyone_to_health(
+def test_linkerd_admits_each_caller_to_the_methods_it_calls_and_anyone_to_health(
     rendered: dict[tuple[str, str], Docs], name: str
 ) -> None:
+    """One route per method called, by its exact path, admitting every service that calls it: Linkerd sends
+    a request to one route (the most specific), so routes per caller would leave a second caller of the same
+    method refused. The catch-all route `-rpc` is the edge's clients' alone; elsewhere nobody's, so any
+    other method is refused."""
+    callers_of_method: dict[str, set[str]] = {}
+    for caller in service_callers(name):
+        for method in methods_called(caller, name):
+            callers_of_method.setdefault(method, set()).add(caller)
     for docs in (rendered["linkerd", name], rendered["linkerd", render.UMBRELLA]):
         routes = routes_of(docs, f"{name}-grpc")
-        assert routes == {f"{name}-health": HEALTH, f"{name}-rpc": "/"}
+        expected_routes = {f"{name}-health": ("PathPrefix", HEALTH), f"{name}-rpc": ("PathPrefix", "/")}
+        for method in callers_of_method:
+            expected_routes[f"{name}-rpc-{method.lower()}"] = ("Exact", method_paths(name, (method,))[0])
+        assert routes == expected_routes
         grants = linkerd_grants(docs)
         assert grants[f"{name}-health"] == {"any network"}
         assert grants[f"{name}-metrics"] == {"any network"}
-        expected = set(service_callers(name)) | ({"any network"} if is_edge(name) else set())
-        assert grants[f"{name}-rpc"] == expected
+        for method, callers in callers_of_method.items():
+            assert grants[f"{name}-rpc-{method.lower()}"] == callers, method
+        assert grants.get(f"{name}-rpc") == ({"any network"} if is_edge(name) else None)
         assert f"{name}-grpc" not in grants, "a policy on the whole Server would bypass the routes"
         # The edge's HTTP/JSON API is as open as its gRPC methods (and the kubelet probes it).
         assert grants.get(f"{name}-http") == ({"any network"} if is_edge(name) else None)
@@ -822,3 +849,22 @@ def test_the_stable_disruption_budget_counts_only_the_stable_pods(helm_dir: Path
     budget = find(docs, "PodDisruptionBudget", CANARY)["spec"]["selector"]["matchLabels"]
     assert selects(budget, pod_labels(docs, CANARY))
     assert not selects(budget, pod_labels(docs, f"{CANARY}-canary"))
+
+
+@pytest.mark.parametrize(
+    ("caller_methods", "message"),
+    [
+        ({"orders": None}, "no methods for its caller orders"),
+        ({"orders": []}, "no methods for its caller orders"),
+        ({"payments": ["GetStock"]}, "payments is not among its callers"),
+        ({"gateway": ["/shopmesh.inventory.v1.InventoryService/GetStock"]}, "is not a method name"),
+    ],
+    ids=["caller-left-out", "caller-with-none", "not-a-caller", "a-path"],
+)
+def test_caller_methods_that_do_not_fit_the_callers_fail_the_render(
+    helm_dir: Path, caller_methods: dict[str, Any], message: str
+) -> None:
+    """A caller left without its methods would be refused every call once the mesh enforces the policy: the
+    render says so instead, as it does for methods of a service that does not call this one."""
+    with pytest.raises(Exception, match=message):
+        objects_of(helm_dir, "inventory", {"global": {"mesh": "istio"}, "callerMethods": caller_methods})

@@ -4,6 +4,7 @@ images, skaffold, the dev infrastructure, the Makefile and the docs."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import shutil
@@ -23,7 +24,7 @@ from shopmesh_chassis.config import (
 )
 from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 from shopmesh_gateway.settings import GatewaySettings
-from shopmesh_platform.topology import SERVICES, callers_of, is_edge
+from shopmesh_platform.topology import METHODS_CALLED, SERVICES, callers_of, is_edge, methods_called, service_callers
 
 from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, peers_by_port, render
 
@@ -123,12 +124,82 @@ def test_chart_values_match_the_topology(name: str) -> None:
     assert values["service"]["name"] == name
     assert values["service"]["grpcServices"] == list(service.grpc_services)
     assert values["callers"] == list(callers_of(name))
+    assert values.get("callerMethods", {}) == {c: list(methods_called(c, name)) for c in service_callers(name)}
     assert values["calls"] == list(service.calls)
     assert values["database"]["enabled"] == service.has_database
     assert values["events"]["publishes"] == list(service.publishes)
     assert values["events"]["consumes"] == list(service.consumes)
     assert values.get("email", {}).get("enabled", False) == service.sends_email
     assert values.get("httpApi", {}).get("enabled", False) == is_edge(name), "the edge serves HTTP/JSON too"
+
+
+def stub_calls(package: Path) -> dict[str, set[str]]:
+    """gRPC service name (InventoryService) -> the methods the code under `package` calls on a stub of it: in
+    each class or function, a name or attribute bound to `<module>.<Service>Stub(...)`, then every
+    `<that>.<Method>` read off it (a call, or the method passed on)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        defined = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        scopes = [n for n in tree.body if isinstance(n, defined)]
+        # The module's own statements, each class or top-level function apart: two clients may both name their
+        # stub self._stub.
+        module = ast.Module(body=[n for n in tree.body if not isinstance(n, defined)], type_ignores=[])
+        for scope in [module, *scopes]:
+            stubs: dict[str, str] = {}
+            for node in ast.walk(scope):
+                if not isinstance(node, ast.Assign | ast.AnnAssign) or not isinstance(node.value, ast.Call):
+                    continue
+                func = node.value.func
+                stub = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if not stub.endswith("Stub"):
+                    continue
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    bound = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+                    if bound is not None:
+                        stubs[bound] = stub.removesuffix("Stub")
+            for node in ast.walk(scope):
+                if not isinstance(node, ast.Attribute):
+                    continue
+                holder = node.value
+                bound = holder.attr if isinstance(holder, ast.Attribute) else getattr(holder, "id", None)
+                if bound in stubs:
+                    found.setdefault(stubs[bound], set()).add(node.attr)
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_methods_the_topology_grants_are_those_each_callers_code_calls(name: str) -> None:
+    """topology.METHODS_CALLED (and, from it, the charts' callerMethods: the mesh admits a caller to those
+    methods alone) is what the caller's code calls on its stubs, read from its whole package: a method it
+    starts calling without the list saying so would be refused by the mesh in production only."""
+    service = SERVICES[name]
+    called = stub_calls(ROOT / "services" / name / "src" / service.module)
+    by_grpc_service = {grpc.rsplit(".", 1)[1]: s.name for s in SERVICES.values() for grpc in s.grpc_services}
+    in_code = {by_grpc_service[grpc]: methods for grpc, methods in called.items()}
+    assert set(in_code) == set(service.calls), "the topology's calls are what the code has stubs for"
+    assert {callee: set(methods) for callee, methods in METHODS_CALLED.get(name, {}).items()} == in_code
+    for callee, methods in METHODS_CALLED.get(name, {}).items():
+        assert len(set(methods)) == len(methods), (name, callee)
+
+
+def test_the_stub_reader_sees_calls_stored_or_local(tmp_path: Path) -> None:
+    """stub_calls finds a stub kept on the instance and one in a local variable, and no other attribute."""
+    (tmp_path / "clients.py").write_text(
+        "class A:\n"
+        "    def __init__(self, channel):\n"
+        "        self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)\n"
+        "        self._other = Thing()\n"
+        "    async def go(self):\n"
+        "        await self._stub.Reserve(x)\n"
+        "        self._other.Release()\n"
+        "async def once(channel):\n"
+        "    stub = payments_pb2_grpc.PaymentsServiceStub(channel)\n"
+        "    call = stub.Refund\n"
+        "    await call(x)\n"
+    )
+    assert stub_calls(tmp_path) == {"InventoryService": {"Reserve"}, "PaymentsService": {"Refund"}}
 
 
 # --- NetworkPolicies: the allow-lists are the call graph ---------------------------------------------

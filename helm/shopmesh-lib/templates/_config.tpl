@@ -173,6 +173,40 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $_ := set $c "serviceCallers" (without $c.callers "clients") -}}
 {{- $_ := set $c "edge" (has "clients" $c.callers) -}}
 {{- $_ := set $c "calls" (dig "calls" list $v) -}}
+{{- /* The methods each service caller calls (callerMethods, kept equal to topology.METHODS_CALLED by tests/k8s):
+     the mesh's policy admits a caller to these alone (_mesh.tpl). A caller without its list fails the render
+     here, rather than being refused every call once the mesh enforces the policy. As full gRPC paths
+     (/package.Service/Method, what both meshes match), per caller, and per method the callers of it. */ -}}
+{{- $callerMethods := dig "callerMethods" dict $v -}}
+{{- $callerPaths := dict -}}
+{{- $methodCallers := dict -}}
+{{- if $c.serviceCallers -}}
+{{- if ne (len $c.grpcServices) 1 -}}
+{{- fail (printf "callerMethods for %s: the methods are named within the service's one gRPC service, and service.grpcServices lists %d" $name (len $c.grpcServices)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $caller := $c.serviceCallers -}}
+{{- $methods := get $callerMethods $caller | default list -}}
+{{- if not $methods -}}
+{{- fail (printf "callerMethods for %s: no methods for its caller %s; the mesh would refuse it every call (list what it calls, as topology.METHODS_CALLED does)" $name $caller) -}}
+{{- end -}}
+{{- $paths := list -}}
+{{- range $method := $methods -}}
+{{- if not (regexMatch "^[A-Za-z][A-Za-z0-9_]*$" (toString $method)) -}}
+{{- fail (printf "callerMethods.%s for %s: %v is not a method name (GetStock, not a path)" $caller $name $method) -}}
+{{- end -}}
+{{- $paths = append $paths (printf "/%s/%s" (first $c.grpcServices) $method) -}}
+{{- $_ := set $methodCallers $method (append (get $methodCallers $method | default list) $caller) -}}
+{{- end -}}
+{{- $_ := set $callerPaths $caller $paths -}}
+{{- end -}}
+{{- range $caller, $_ := $callerMethods -}}
+{{- if not (has $caller $c.serviceCallers) -}}
+{{- fail (printf "callerMethods for %s: %s is not among its callers (%s)" $name $caller (join ", " $c.serviceCallers)) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $c "callerPaths" $callerPaths -}}
+{{- $_ := set $c "methodCallers" $methodCallers -}}
 
 {{- /* NetworkPolicy peers outside the service graph. */ -}}
 {{- $np := dig "networkPolicy" dict $g -}}

@@ -8,7 +8,9 @@ The same rules as the local mesh (`make run MESH=envoy`, shopmesh_platform.mesh.
   - grpc.health.v1.Health open to anyone who reaches the port (`helm test`, and under Linkerd the
     kubelet's probes; Istio's agent sends the probes to the app past the proxy);
   - every other method only to the services that call this one in the graph (by their mTLS identity:
-    their ServiceAccount, which is named after the service);
+    their ServiceAccount, which is named after the service), each to the methods it calls (callerMethods)
+    and no other: the gateway reads stock, it does not reserve it. Reflection is for no caller: grpcurl
+    reaches a service past its proxy (kubectl port-forward), or the edge, open to anyone;
   - the mesh retries only what never reached the callee (Istio's default also retries UNAVAILABLE,
     which would repeat a Charge or a PlaceOrder the callee may have acted on);
   - an endpoint answering server errors in a row leaves the load balancer for a while (Istio). gRPC
@@ -87,17 +89,19 @@ spec:
         - operation:
             ports: [{{ $c.httpApi.port | quote }}, {{ $c.httpApi.metricsPort | quote }}]
     {{- end }}
-    {{- if $callers }}
-    # Every method, to the services that call this one (docs/architecture.md, the call graph).
+    {{- range $caller, $paths := $c.callerPaths }}
+    # {{ $caller }}: the methods it calls (callerMethods), nothing else of the service.
     - from:
         - source:
             principals:
-              {{- range $callers }}
-              - {{ printf "%s/ns/%s/sa/%s" $c.meshPolicy.trustDomain $c.namespace . | quote }}
-              {{- end }}
+              - {{ printf "%s/ns/%s/sa/%s" $c.meshPolicy.trustDomain $c.namespace $caller | quote }}
       to:
         - operation:
             ports: [{{ $c.grpcPort | quote }}]
+            paths:
+              {{- range $paths }}
+              - {{ . | quote }}
+              {{- end }}
     {{- end }}
 {{- if $callers }}
 ---
@@ -290,10 +294,12 @@ retries:
 ---
 {{ include "shopmesh-lib.mesh.linkerd-server" (dict "ctx" . "port" "metrics" "protocol" "HTTP/1") }}
 ---
-{{ include "shopmesh-lib.mesh.linkerd-route" (dict "ctx" . "name" "health" "prefix" "/grpc.health.v1.Health/") }}
+{{ include "shopmesh-lib.mesh.linkerd-route" (dict "ctx" . "name" "health" "type" "PathPrefix" "path" "/grpc.health.v1.Health/") }}
 ---
-{{- /* Every other method (the longer health prefix wins over this one). */}}
-{{ include "shopmesh-lib.mesh.linkerd-route" (dict "ctx" . "name" "rpc" "prefix" "/") }}
+{{- /* Every other method (the longer health prefix, and each method's exact path below, win over this one):
+     open to clients at the edge; elsewhere authorized for nobody, so that a method no caller is granted is
+     refused (PERMISSION_DENIED) rather than unrouted. */}}
+{{ include "shopmesh-lib.mesh.linkerd-route" (dict "ctx" . "name" "rpc" "type" "PathPrefix" "path" "/") }}
 ---
 # Any client, meshed or not: the kubelet's probes are plaintext from the node. The NetworkPolicy still
 # decides who reaches the port at all.
@@ -334,20 +340,26 @@ spec:
 ---
 {{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "linkerd-admin" "target" (list "Server" "linkerd-admin") "authn" (list "NetworkAuthentication" $any)) }}
 {{- end }}
-{{- if $c.serviceCallers }}
+{{- /* Per method, not per caller: Linkerd sends a request to one route, the most specific, so two callers'
+     routes with the same exact path (orders and recommendations both call BatchGetProducts) would leave one
+     of them refused. One route per method called, admitting all of its callers. */}}
+{{- range $method, $callers := $c.methodCallers }}
+{{- $route := printf "rpc-%s" (lower $method) }}
 ---
-# The services that call this one, by their mTLS identity (their ServiceAccount).
+{{ include "shopmesh-lib.mesh.linkerd-route" (dict "ctx" $ "name" $route "type" "Exact" "path" (printf "/%s/%s" (first $c.grpcServices) $method)) }}
+---
+# The services that call {{ $method }}, by their mTLS identity (their ServiceAccount).
 apiVersion: policy.linkerd.io/v1alpha1
 kind: MeshTLSAuthentication
-{{ include "shopmesh-lib.metadata" (dict "ctx" . "name" (printf "%s-callers" $c.name)) }}
+{{ include "shopmesh-lib.metadata" (dict "ctx" $ "name" (printf "%s-%s" $c.name $route)) }}
 spec:
   identityRefs:
-    {{- range $c.serviceCallers }}
+    {{- range $callers }}
     - kind: ServiceAccount
       name: {{ . }}
     {{- end }}
 ---
-{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" . "name" "callers" "target" (list "HTTPRoute" "rpc") "authn" (list "MeshTLSAuthentication" (printf "%s-callers" $c.name))) }}
+{{ include "shopmesh-lib.mesh.linkerd-authorization" (dict "ctx" $ "name" $route "target" (list "HTTPRoute" $route) "authn" (list "MeshTLSAuthentication" (printf "%s-%s" $c.name $route))) }}
 {{- end }}
 {{- if $c.canary.enabled }}
 ---
@@ -388,7 +400,7 @@ spec:
   accessPolicy: deny
 {{- end -}}
 
-{{/* An HTTPRoute <service>-<.name> on the gRPC Server, for the paths under .prefix. */}}
+{{/* An HTTPRoute <service>-<.name> on the gRPC Server, for .path (.type: PathPrefix or Exact). */}}
 {{- define "shopmesh-lib.mesh.linkerd-route" -}}
 {{- $c := .ctx.c -}}
 apiVersion: policy.linkerd.io/v1beta3
@@ -402,8 +414,8 @@ spec:
   rules:
     - matches:
         - path:
-            type: PathPrefix
-            value: {{ .prefix }}
+            type: {{ .type }}
+            value: {{ .path }}
 {{- end -}}
 
 {{/* An AuthorizationPolicy <service>-<.name>: .target (kind, name suffix) admits .authn (kind, name). */}}

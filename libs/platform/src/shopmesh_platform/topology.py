@@ -135,6 +135,35 @@ SERVICES: dict[str, Service] = {
 }
 
 
+# The gRPC methods each call in the graph uses: caller -> callee -> method names of the callee's gRPC service.
+# Under a mesh on Kubernetes a caller may call only these (least privilege per method: the charts'
+# `callerMethods`, which tests/k8s keep equal to this); tests/k8s also reads every stub call in each caller's
+# package, so a method a caller starts calling fails the tests until it is added here.
+METHODS_CALLED: dict[str, dict[str, tuple[str, ...]]] = {
+    "gateway": {
+        "users": ("Register", "Login", "GetUser", "GetJwks"),
+        "catalog": ("GetProduct", "ListProducts", "SearchProducts"),
+        "inventory": ("GetStock",),
+        "orders": ("PlaceOrder", "GetOrder", "ListOrders", "CancelOrder"),
+        "recommendations": ("ListRecommendations",),
+        "notifications": ("ListNotifications",),
+    },
+    "orders": {
+        "catalog": ("BatchGetProducts",),
+        "inventory": ("Reserve", "CommitReservation", "ReleaseReservation"),
+        "payments": ("Charge", "ListPayments", "Refund"),
+    },
+    "recommendations": {
+        "catalog": ("GetProduct", "ListProducts", "BatchGetProducts"),
+    },
+}
+
+
+def methods_called(caller: str, callee: str) -> tuple[str, ...]:
+    """The methods of `callee` that `caller` calls (none when it does not call it)."""
+    return METHODS_CALLED.get(caller, {}).get(callee, ())
+
+
 # In callers_of: callers from outside the service graph (the edge's).
 CLIENTS = "clients"
 
