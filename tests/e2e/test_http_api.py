@@ -32,6 +32,7 @@ from shopmesh_platform.http_api import (
     MAX_REQUEST_HEADERS_KIB,
     PATH_VARIABLE_IN_QUERY,
     QUERY_WITH_BODY,
+    REQUEST_TOO_LARGE_MESSAGE,
     allowed_methods,
     api_paths,
 )
@@ -528,8 +529,8 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(http: httpx.
     response = await http.post("/v1/login", json=huge)
     code, status = status_of(response)
     assert (code, status["code"]) == (413, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
-    # A gRPC-Web client gets a status its library reads (Envoy's gRPC answer to its 413, UNKNOWN), not a
-    # text/plain page.
+    # A gRPC-Web client gets a status its library reads, RESOURCE_EXHAUSTED as a gRPC server answers a message
+    # over its limit, not a text/plain page (nor Envoy's gRPC mapping of a 413, UNKNOWN).
     message = shop_pb2.LoginRequest(email="x@example.com", password="p" * (MAX_REQUEST_BYTES + 1)).SerializeToString()
     grpc_web = await http.post(
         "/shopmesh.gateway.v1.ShopService/Login",
@@ -538,8 +539,8 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(http: httpx.
     )
     assert grpc_web.headers["content-type"] == "application/grpc-web+proto"
     assert (grpc_web.headers["grpc-status"], grpc_web.headers["grpc-message"]) == (
-        str(grpc.StatusCode.UNKNOWN.value[0]),
-        "Payload Too Large",
+        str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]),
+        REQUEST_TOO_LARGE_MESSAGE,
     )
 
 

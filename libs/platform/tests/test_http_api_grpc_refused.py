@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import queue
+import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -16,8 +19,14 @@ import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_chassis.grpc_errors import ErrorDetails, details_from, details_of
 from shopmesh_chassis.testing import refused_with_the_stream_held_open
-from shopmesh_platform.http_api import MAX_REQUEST_BYTES, PUBLIC_SERVICE
+from shopmesh_platform.http_api import (
+    MAX_REQUEST_BYTES,
+    PUBLIC_SERVICE,
+    REQUEST_TOO_LARGE,
+    REQUEST_TOO_LARGE_MESSAGE,
+)
 
 from .conftest import RecordingShop
 
@@ -160,7 +169,8 @@ async def test_a_grpc_web_call_of_a_method_shopservice_does_not_have_is_held_to_
     edge: tuple[str, RecordingShop],
 ) -> None:
     # Such a call reaches the gateway unbuffered, past the buffer filter's MAX_REQUEST_BYTES; a declared body
-    # over it is refused all the same, as for the methods the edge knows, and cross-origin readably.
+    # over it is refused all the same, as for the methods the edge knows: RESOURCE_EXHAUSTED (what a gRPC server
+    # answers a message over its limit), with its reason, and cross-origin readably.
     url, shop = edge
     origin = "https://shop.example"
     headers = {"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
@@ -174,7 +184,101 @@ async def test_a_grpc_web_call_of_a_method_shopservice_does_not_have_is_held_to_
     assert unquote(at_the_limit.headers["grpc-message"]) == GATEWAYS_UNKNOWN_METHOD, "forwarded"
     for method in ("NoSuchMethod", "ListProducts"):
         over = answers[method, message + 1]
-        assert over.headers["grpc-status"] == str(grpc.StatusCode.UNKNOWN.value[0]), (method, over.headers)
-        assert unquote(over.headers["grpc-message"]) == "Payload Too Large", (method, over.headers)
+        assert over.headers["content-type"] == "application/grpc-web+proto", (method, over.headers)
+        assert_too_large(status_in_headers(over.headers), (method, over.headers))
         assert over.headers.get("access-control-allow-origin") in (origin, "*"), (method, over.headers)
+        exposed = {name.strip() for name in over.headers["access-control-expose-headers"].split(",")}
+        assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed, (method, over.headers)
     assert ("ListProducts", "0") not in shop.calls
+
+
+async def test_a_grpc_call_over_the_edges_request_limit_is_resource_exhausted(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # What a gRPC server answers a message over its limit, so a client handles the edge's refusal alike. grpcio
+    # declares no length: the buffer filter refuses the call once it holds more than MAX_REQUEST_BYTES.
+    url, shop = edge
+    over = shop_pb2.ListProductsRequest(page_size=7, page_token="x" * MAX_REQUEST_BYTES)
+    async with grpc.aio.insecure_channel(urlsplit(url).netloc) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(over, timeout=10)
+    assert_too_large(details_of(refused.value), refused.value)
+    assert ("ListProducts", "7") not in shop.calls
+
+
+def test_a_grpc_call_of_a_method_shopservice_does_not_have_declared_over_the_limit_is_resource_exhausted(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # Refused on its headers by the edge's own route, not the buffer filter's. grpcio declares no length (it drops
+    # a content-length given as metadata): Node's HTTP/2 client sends the call's headers as a gRPC client declaring
+    # its length would, and no body, so the answer can only be the refusal on the headers.
+    url, _ = edge
+    headers = http2_answer_to_headers(
+        f"{url}/{PUBLIC_SERVICE}/NoSuchMethod",
+        {"content-type": "application/grpc", "te": "trailers", "content-length": str(MAX_REQUEST_BYTES + 5)},
+    )
+    assert (headers[":status"], headers["content-type"]) == (200, "application/grpc"), headers
+    assert_too_large(status_in_headers({name: str(value) for name, value in headers.items()}), headers)
+
+
+async def test_http_json_over_the_edges_request_limit_is_still_a_413_with_a_json_status(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # gRPC's own answer to a body too large must not reach an HTTP client: its 413 and JSON Status stay.
+    url, _ = edge
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        answer = await http.post("/v1/login", json={"email": "x@example.com", "password": "p" * MAX_REQUEST_BYTES})
+    assert answer.status_code == 413, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == {"code": grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "message": "Payload Too Large"}
+    assert "grpc-status" not in answer.headers
+
+
+# Opens a stream with the headers given, sends no body, and prints the answer's headers as JSON.
+_HTTP2_HEADERS_ONLY = """
+const http2 = require("node:http2");
+const [url, headers] = [process.argv[1], JSON.parse(process.argv[2])];
+const session = http2.connect(new URL(url).origin);
+session.on("error", (error) => { console.error(String(error)); process.exit(1); });
+const stream = session.request({ ":method": "POST", ":path": new URL(url).pathname, ...headers }, { endStream: false });
+let answered = false;
+stream.on("response", (answer) => {
+  answered = true;
+  console.log(JSON.stringify(answer));
+  stream.close();
+  session.close();
+});
+// Envoy resets the stream whose body it will not read once it has answered: only an earlier error is one.
+stream.on("error", (error) => { if (!answered) { console.error(String(error)); process.exit(1); } });
+"""
+
+
+def http2_answer_to_headers(url: str, headers: dict[str, str]) -> dict[str, object]:
+    """The headers of the answer to a request of which only these headers were sent, over cleartext HTTP/2."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: install Node.js 20+ (this test needs its HTTP/2 client)", pytrace=False)
+    sent = subprocess.run(
+        [node, "-e", _HTTP2_HEADERS_ONLY, url, json.dumps(headers)], capture_output=True, text=True, timeout=30
+    )
+    assert sent.returncode == 0, sent.stderr
+    answer: dict[str, object] = json.loads(sent.stdout)
+    return answer
+
+
+def status_in_headers(headers: Mapping[str, str]) -> ErrorDetails:
+    """The status of a trailers-only answer (in its headers), as details_of reads a gRPC call's."""
+    code = {status.value[0]: status for status in grpc.StatusCode}[int(headers["grpc-status"])]
+    raw = headers.get("grpc-status-details-bin")
+    metadata = [] if raw is None else [("grpc-status-details-bin", base64.b64decode(raw + "=" * (-len(raw) % 4)))]
+    return details_from(code, unquote(headers.get("grpc-message", "")), metadata)
+
+
+def assert_too_large(details: ErrorDetails, context: object) -> None:
+    assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED, context
+    assert details.message == REQUEST_TOO_LARGE_MESSAGE, context
+    assert str(MAX_REQUEST_BYTES) in details.message
+    assert details.reason == REQUEST_TOO_LARGE, context
+    assert details.error_info is not None
+    assert details.error_info.domain == "shopmesh.gateway"
+    assert dict(details.error_info.metadata) == {"max_request_bytes": str(MAX_REQUEST_BYTES)}

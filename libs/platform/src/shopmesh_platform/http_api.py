@@ -32,6 +32,7 @@ in the gateway's pod, the gateway on loopback: helm/gateway), from `bootstrap()`
 
 from __future__ import annotations
 
+import base64
 import importlib.resources
 import json
 import re
@@ -39,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import descriptor_pb2
+from google.protobuf import any_pb2, descriptor_pb2
 from google.rpc import code_pb2 as grpc_code
+from google.rpc import error_details_pb2, status_pb2
 
 from .mesh.envoy import (
     TRACES_CLUSTER,
@@ -168,6 +170,12 @@ HEALTH_PATH = "/healthz"
 # needs more. (With Envoy 1.40 the transcoder's own max_request_body_size let a larger unary JSON body
 # through; the buffer filter does not.)
 MAX_REQUEST_BYTES = 1024 * 1024
+# The ErrorInfo reason of the RESOURCE_EXHAUSTED a gRPC or gRPC-Web client gets for a request over
+# MAX_REQUEST_BYTES, and its message. Envoy's own answer is UNKNOWN "Payload Too Large" (gRPC's mapping of a 413,
+# meant for a client reading a proxy that speaks no gRPC); a gRPC server answers a message over its limit
+# RESOURCE_EXHAUSTED, so a client handles both alike.
+REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+REQUEST_TOO_LARGE_MESSAGE = f"the request is larger than the edge takes: {MAX_REQUEST_BYTES} bytes (1 MiB) at most"
 # A request whose headers (its path and query string included) are larger is refused (431) before anything
 # reads it. Envoy's own default, stated because the gateway's gRPC server must take what the edge forwards as
 # metadata: these headers and the transcoder's copy of the path (x-envoy-original-path), so at most about twice
@@ -415,6 +423,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 _status_as_it_is(_QUERY_WITH_BODY_ROUTE),
                 _query_without_content_type(),
                 *(_local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()),
+                # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 is theirs.
+                _grpc_too_large(),
             ]
         },
         # Every request: the HTTP one as the client sent it, and the gRPC method it became.
@@ -626,7 +636,7 @@ def _unknown_method_forwarded() -> dict[str, Any]:
 def _declared_too_large() -> dict[str, Any]:
     """gRPC or gRPC-Web for a method of ShopService's that _unknown_method_forwarded would take, whose
     content-length says it is over MAX_REQUEST_BYTES: refused on its headers (413, which gRPC and gRPC-Web
-    clients get as UNKNOWN "Payload Too Large", as the buffer filter answers the other methods). Unbuffered,
+    clients get as RESOURCE_EXHAUSTED, _grpc_too_large, as the buffer filter answers the other methods). Unbuffered,
     that route has no limit of the edge's own: Envoy 1.40 bounds a streamed body only by buffering it (a route's
     request_body_buffer_limit is how much it buffers, not a limit on what it forwards). A declared length is
     binding (Envoy's codecs refuse a body that differs from it), and a browser's gRPC-Web client declares one; a gRPC
@@ -973,6 +983,61 @@ def _query_without_content_type() -> dict[str, Any]:
             "content_type": "application/json",
         },
     }
+
+
+def _grpc_too_large() -> dict[str, Any]:
+    """The 413 of a gRPC or gRPC-Web call over MAX_REQUEST_BYTES (the buffer filter's, _declared_too_large's) as
+    RESOURCE_EXHAUSTED, naming the limit, with the ErrorInfo the services give in grpc-status-details-bin: the
+    whole trailers-only answer, in headers, with no body. For gRPC alone, a grpc-status added here would do (Envoy
+    keeps one its local reply has); but Envoy decides a reply is gRPC's by the request as it came, and gRPC-Web's
+    is not: its 413 goes out as HTTP, and the gRPC-Web filter makes the HTTP status its grpc-status (UNKNOWN),
+    over this one. Answered as gRPC (200, gRPC's content type), the filter passes the status on."""
+    status = status_pb2.Status(
+        code=grpc_code.RESOURCE_EXHAUSTED,
+        message=REQUEST_TOO_LARGE_MESSAGE,
+        details=[
+            _packed(
+                error_details_pb2.ErrorInfo(
+                    reason=REQUEST_TOO_LARGE,
+                    domain=_ERROR_DOMAIN,
+                    metadata={"max_request_bytes": str(MAX_REQUEST_BYTES)},
+                )
+            )
+        ],
+    )
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 413, "runtime_key": "local_reply_413_grpc"},
+                            }
+                        }
+                    },
+                    {"header_filter": {"header": _GRPC}},
+                ]
+            }
+        },
+        "status_code": 200,
+        "headers_to_add": [
+            _set_header("content-type", "application/grpc"),
+            _set_header("grpc-status", str(grpc_code.RESOURCE_EXHAUSTED)),
+            # As it is: printable ASCII without '%' is its own percent-encoding.
+            _set_header("grpc-message", REQUEST_TOO_LARGE_MESSAGE),
+            _set_header("grpc-status-details-bin", base64.b64encode(status.SerializeToString()).decode()),
+        ],
+        # No body: with one, Envoy would send it as the answer's data, which no gRPC client reads as a message.
+        "body": {"inline_string": ""},
+    }
+
+
+def _packed(message: error_details_pb2.ErrorInfo) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
 
 
 def _not_grpc() -> dict[str, Any]:
