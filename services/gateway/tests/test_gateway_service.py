@@ -22,7 +22,7 @@ from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.breaker import BreakerState
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
-from shopmesh_chassis.testing import free_port
+from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_gateway.clients import CatalogClient
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_platform.stack import Stack
@@ -575,6 +575,43 @@ async def test_get_list_and_cancel_see_only_the_callers_orders(shop: Shop, fakes
         shop.CancelOrder(shop_pb2.CancelOrderRequest(order_id=order.id), metadata=(*alice, ("idempotency-key", "c2")))
     )
     assert (again.code, again.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ORDER_NOT_CANCELLABLE")
+
+
+async def test_a_cancellation_accepted_while_inventory_is_down_shows_as_pending_in_get_and_list_orders(
+    stack: Stack, shop: Shop, fakes: Fakes
+) -> None:
+    """CancelOrder answered that the cancellation is accepted and completes on its own (UNAVAILABLE naming the
+    order): the customer's GetOrder and ListOrders say so (pending_cancellation, the reason given) while the
+    order is still CONFIRMED, and no longer once it is CANCELLED."""
+    auth = token_for(fakes)
+    order = (await await_call(place(shop, auth))).order
+    cancel = shop_pb2.CancelOrderRequest(order_id=order.id, reason="changed my mind")
+    keyed = (*auth, ("idempotency-key", "cancel-pending-1"))
+    expected = orders_pb2.CancelReason(code=orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED, message="changed my mind")
+    await stack.stop_service("inventory")
+    try:
+        accepted = await failure(shop.CancelOrder(cancel, metadata=keyed, timeout=30))
+        assert (accepted.code, accepted.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+        assert accepted.error_info is not None
+        assert accepted.error_info.metadata["order_id"] == order.id
+        got = (await shop.GetOrder(shop_pb2.GetOrderRequest(order_id=order.id), metadata=auth)).order
+        [listed] = (await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth)).orders
+        for shown in (got, listed):
+            assert shown.state == orders_pb2.ORDER_STATE_CONFIRMED
+            assert shown.pending_cancellation == expected
+    finally:
+        await stack.start_service("inventory")
+
+    async def cancelled() -> Any:
+        # The customer's retry with the same key, once inventory answers, returns the cancelled order.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            return (await shop.CancelOrder(cancel, metadata=keyed, timeout=30)).order
+        return None
+
+    done = await eventually(cancelled, f"the cancellation of {order.id} completed")
+    assert (done.state, done.cancel_reason) == (orders_pb2.ORDER_STATE_CANCELLED, expected)
+    got = (await shop.GetOrder(shop_pb2.GetOrderRequest(order_id=order.id), metadata=auth)).order
+    assert not got.HasField("pending_cancellation")
 
 
 async def test_a_client_sent_user_id_never_reaches_the_internal_services(shop: Shop, fakes: Fakes) -> None:

@@ -148,6 +148,34 @@ async def test_a_customer_cancelling_a_confirmed_order_gets_it_cancelled_as_cust
     assert cancelled.order.cancel_reason.code == orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED
 
 
+async def test_a_cancellation_accepted_while_inventory_is_down_shows_as_pending_until_it_completes(
+    stub: orders_pb2_grpc.OrdersServiceStub, inventory: FakeInventory
+) -> None:
+    """CancelOrder answered that the cancellation is accepted (UNAVAILABLE naming the order): GetOrder and
+    ListOrders still say CONFIRMED, and pending_cancellation says it is being cancelled and why, until it is."""
+    placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))
+    order_id = placed.order.id
+    assert not placed.order.HasField("pending_cancellation")
+    inventory.down = True
+    cancel = orders_pb2.CancelOrderRequest(order_id=order_id, reason="too slow")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CancelOrder(cancel, metadata=idempotency_metadata("c1"))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    expected = orders_pb2.CancelReason(code=orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED, message="too slow")
+    got = (await stub.GetOrder(orders_pb2.GetOrderRequest(order_id=order_id))).order
+    [listed] = (await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1"))).orders
+    for order in (got, listed):
+        assert order.state == orders_pb2.ORDER_STATE_CONFIRMED
+        assert order.pending_cancellation == expected
+        assert not order.HasField("cancel_reason")
+    inventory.down = False
+    cancelled = (await stub.CancelOrder(cancel, metadata=idempotency_metadata("c1"))).order
+    assert cancelled.state == orders_pb2.ORDER_STATE_CANCELLED
+    assert cancelled.cancel_reason == expected
+    assert not cancelled.HasField("pending_cancellation")
+
+
 async def test_list_orders_rejects_a_negative_page_size(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1", page_size=-1))

@@ -68,6 +68,11 @@ def order_to_proto(order: Order) -> orders_pb2.Order:
     if order.state.value == "CANCELLED" and order.cancel_code is not None:
         message.cancel_reason.code = cancel_reason_code(order.cancel_code)
         message.cancel_reason.message = order.cancel_message
+    elif order.cancellation_pending and order.cancel_code is not None:
+        # The state stays CONFIRMED until the refund and the release are done: without this, a customer who
+        # was told the cancellation is accepted would see nothing of it.
+        message.pending_cancellation.code = cancel_reason_code(order.cancel_code)
+        message.pending_cancellation.message = order.cancel_message
     return message
 
 

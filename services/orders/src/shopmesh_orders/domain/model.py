@@ -136,6 +136,12 @@ class Order:
     def is_terminal(self) -> bool:
         return self.step is SagaStep.DONE
 
+    @property
+    def cancellation_pending(self) -> bool:
+        """A customer's cancellation accepted but not complete (its refund or release waits): the order still
+        reads CONFIRMED until it is."""
+        return self.state is OrderState.CONFIRMED and self.step is SagaStep.REFUND
+
     def _require(self, *steps: SagaStep) -> None:
         if self.step not in steps:
             raise errors.FailedPrecondition(

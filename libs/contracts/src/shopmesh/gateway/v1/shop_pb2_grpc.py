@@ -224,7 +224,8 @@ class ShopServiceServicer:
         NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
         UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
         ErrorInfo metadata has "order_id") says the cancellation is accepted and
-        completes on its own, the order showing CONFIRMED until then.
+        completes on its own, the order showing CONFIRMED with
+        pending_cancellation set until then.
 
         Idempotency: as for PlaceOrder, the client should send an
         `idempotency-key` header (INVALID_ARGUMENT, reason

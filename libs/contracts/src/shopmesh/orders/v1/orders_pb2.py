@@ -27,7 +27,7 @@ from shopmesh.common.v1 import money_pb2 as shopmesh_dot_common_dot_v1_dot_money
 from shopmesh.payments.v1 import payments_pb2 as shopmesh_dot_payments_dot_v1_dot_payments__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshopmesh/orders/v1/orders.proto\x12\x12shopmesh.orders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eshopmesh/common/v1/money.proto\x1a#shopmesh/payments/v1/payments.proto\"0\n\x08\x43\x61rtItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"h\n\x0fShippingAddress\x12\x11\n\tfull_name\x18\x01 \x01(\t\x12\x0e\n\x06street\x18\x02 \x01(\t\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x13\n\x0bpostal_code\x18\x04 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x05 \x01(\t\"\xa5\x01\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0cproduct_name\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12-\n\nunit_price\x18\x04 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\x12-\n\nline_total\x18\x05 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\"S\n\x0c\x43\x61ncelReason\x12\x32\n\x04\x63ode\x18\x01 \x01(\x0e\x32$.shopmesh.orders.v1.CancelReasonCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbe\x03\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12,\n\x05items\x18\x03 \x03(\x0b\x32\x1d.shopmesh.orders.v1.OrderItem\x12(\n\x05total\x18\x04 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\x12-\n\x05state\x18\x05 \x01(\x0e\x32\x1e.shopmesh.orders.v1.OrderState\x12\x37\n\rcancel_reason\x18\x06 \x01(\x0b\x32 .shopmesh.orders.v1.CancelReason\x12\x12\n\npayment_id\x18\x07 \x01(\t\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\x12\r\n\x05\x65mail\x18\t \x01(\t\x12=\n\x10shipping_address\x18\n \x01(\x0b\x32#.shopmesh.orders.v1.ShippingAddress\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x95\x02\n\x11PlaceOrderRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.shopmesh.orders.v1.CartItem\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12=\n\x10shipping_address\x18\x04 \x01(\x0b\x32#.shopmesh.orders.v1.ShippingAddress\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12/\n\x04\x63\x61rd\x18\x06 \x01(\x0b\x32!.shopmesh.payments.v1.PaymentCard\x12\x31\n\x0e\x65xpected_total\x18\x07 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\">\n\x12PlaceOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"<\n\x10GetOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\"K\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x12ListOrdersResponse\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.shopmesh.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x13\x43\x61ncelOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order*x\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x19\n\x15ORDER_STATE_CONFIRMED\x10\x02\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x03*\x87\x03\n\x10\x43\x61ncelReasonCode\x12\"\n\x1e\x43\x41NCEL_REASON_CODE_UNSPECIFIED\x10\x00\x12)\n%CANCEL_REASON_CODE_CUSTOMER_REQUESTED\x10\x01\x12)\n%CANCEL_REASON_CODE_INSUFFICIENT_STOCK\x10\x02\x12$\n CANCEL_REASON_CODE_CARD_DECLINED\x10\x03\x12)\n%CANCEL_REASON_CODE_INSUFFICIENT_FUNDS\x10\x04\x12*\n&CANCEL_REASON_CODE_PAYMENT_UNAVAILABLE\x10\x05\x12*\n&CANCEL_REASON_CODE_RESERVATION_EXPIRED\x10\x06\x12+\n\'CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED\x10\x07\x12#\n\x1f\x43\x41NCEL_REASON_CODE_CARD_EXPIRED\x10\x08\x32\x94\x03\n\rOrdersService\x12`\n\nPlaceOrder\x12%.shopmesh.orders.v1.PlaceOrderRequest\x1a&.shopmesh.orders.v1.PlaceOrderResponse\"\x03\x90\x02\x02\x12Z\n\x08GetOrder\x12#.shopmesh.orders.v1.GetOrderRequest\x1a$.shopmesh.orders.v1.GetOrderResponse\"\x03\x90\x02\x01\x12`\n\nListOrders\x12%.shopmesh.orders.v1.ListOrdersRequest\x1a&.shopmesh.orders.v1.ListOrdersResponse\"\x03\x90\x02\x01\x12\x63\n\x0b\x43\x61ncelOrder\x12&.shopmesh.orders.v1.CancelOrderRequest\x1a\'.shopmesh.orders.v1.CancelOrderResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshopmesh/orders/v1/orders.proto\x12\x12shopmesh.orders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eshopmesh/common/v1/money.proto\x1a#shopmesh/payments/v1/payments.proto\"0\n\x08\x43\x61rtItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"h\n\x0fShippingAddress\x12\x11\n\tfull_name\x18\x01 \x01(\t\x12\x0e\n\x06street\x18\x02 \x01(\t\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x13\n\x0bpostal_code\x18\x04 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x05 \x01(\t\"\xa5\x01\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0cproduct_name\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12-\n\nunit_price\x18\x04 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\x12-\n\nline_total\x18\x05 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\"S\n\x0c\x43\x61ncelReason\x12\x32\n\x04\x63ode\x18\x01 \x01(\x0e\x32$.shopmesh.orders.v1.CancelReasonCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfe\x03\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12,\n\x05items\x18\x03 \x03(\x0b\x32\x1d.shopmesh.orders.v1.OrderItem\x12(\n\x05total\x18\x04 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\x12-\n\x05state\x18\x05 \x01(\x0e\x32\x1e.shopmesh.orders.v1.OrderState\x12\x37\n\rcancel_reason\x18\x06 \x01(\x0b\x32 .shopmesh.orders.v1.CancelReason\x12\x12\n\npayment_id\x18\x07 \x01(\t\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\x12\r\n\x05\x65mail\x18\t \x01(\t\x12=\n\x10shipping_address\x18\n \x01(\x0b\x32#.shopmesh.orders.v1.ShippingAddress\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x14pending_cancellation\x18\r \x01(\x0b\x32 .shopmesh.orders.v1.CancelReason\"\x95\x02\n\x11PlaceOrderRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.shopmesh.orders.v1.CartItem\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12=\n\x10shipping_address\x18\x04 \x01(\x0b\x32#.shopmesh.orders.v1.ShippingAddress\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12/\n\x04\x63\x61rd\x18\x06 \x01(\x0b\x32!.shopmesh.payments.v1.PaymentCard\x12\x31\n\x0e\x65xpected_total\x18\x07 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\">\n\x12PlaceOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"<\n\x10GetOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\"K\n\x11ListOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x12ListOrdersResponse\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.shopmesh.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x13\x43\x61ncelOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order*x\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x19\n\x15ORDER_STATE_CONFIRMED\x10\x02\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x03*\x87\x03\n\x10\x43\x61ncelReasonCode\x12\"\n\x1e\x43\x41NCEL_REASON_CODE_UNSPECIFIED\x10\x00\x12)\n%CANCEL_REASON_CODE_CUSTOMER_REQUESTED\x10\x01\x12)\n%CANCEL_REASON_CODE_INSUFFICIENT_STOCK\x10\x02\x12$\n CANCEL_REASON_CODE_CARD_DECLINED\x10\x03\x12)\n%CANCEL_REASON_CODE_INSUFFICIENT_FUNDS\x10\x04\x12*\n&CANCEL_REASON_CODE_PAYMENT_UNAVAILABLE\x10\x05\x12*\n&CANCEL_REASON_CODE_RESERVATION_EXPIRED\x10\x06\x12+\n\'CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED\x10\x07\x12#\n\x1f\x43\x41NCEL_REASON_CODE_CARD_EXPIRED\x10\x08\x32\x94\x03\n\rOrdersService\x12`\n\nPlaceOrder\x12%.shopmesh.orders.v1.PlaceOrderRequest\x1a&.shopmesh.orders.v1.PlaceOrderResponse\"\x03\x90\x02\x02\x12Z\n\x08GetOrder\x12#.shopmesh.orders.v1.GetOrderRequest\x1a$.shopmesh.orders.v1.GetOrderResponse\"\x03\x90\x02\x01\x12`\n\nListOrders\x12%.shopmesh.orders.v1.ListOrdersRequest\x1a&.shopmesh.orders.v1.ListOrdersResponse\"\x03\x90\x02\x01\x12\x63\n\x0b\x43\x61ncelOrder\x12&.shopmesh.orders.v1.CancelOrderRequest\x1a\'.shopmesh.orders.v1.CancelOrderResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,10 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSSERVICE'].methods_by_name['ListOrders']._serialized_options = b'\220\002\001'
   _globals['_ORDERSSERVICE'].methods_by_name['CancelOrder']._loaded_options = None
   _globals['_ORDERSSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\220\002\002'
-  _globals['_ORDERSTATE']._serialized_start=1746
-  _globals['_ORDERSTATE']._serialized_end=1866
-  _globals['_CANCELREASONCODE']._serialized_start=1869
-  _globals['_CANCELREASONCODE']._serialized_end=2260
+  _globals['_ORDERSTATE']._serialized_start=1810
+  _globals['_ORDERSTATE']._serialized_end=1930
+  _globals['_CANCELREASONCODE']._serialized_start=1933
+  _globals['_CANCELREASONCODE']._serialized_end=2324
   _globals['_CARTITEM']._serialized_start=157
   _globals['_CARTITEM']._serialized_end=205
   _globals['_SHIPPINGADDRESS']._serialized_start=207
@@ -55,23 +55,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELREASON']._serialized_start=481
   _globals['_CANCELREASON']._serialized_end=564
   _globals['_ORDER']._serialized_start=567
-  _globals['_ORDER']._serialized_end=1013
-  _globals['_PLACEORDERREQUEST']._serialized_start=1016
-  _globals['_PLACEORDERREQUEST']._serialized_end=1293
-  _globals['_PLACEORDERRESPONSE']._serialized_start=1295
-  _globals['_PLACEORDERRESPONSE']._serialized_end=1357
-  _globals['_GETORDERREQUEST']._serialized_start=1359
-  _globals['_GETORDERREQUEST']._serialized_end=1394
-  _globals['_GETORDERRESPONSE']._serialized_start=1396
-  _globals['_GETORDERRESPONSE']._serialized_end=1456
-  _globals['_LISTORDERSREQUEST']._serialized_start=1458
-  _globals['_LISTORDERSREQUEST']._serialized_end=1533
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1535
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1623
-  _globals['_CANCELORDERREQUEST']._serialized_start=1625
-  _globals['_CANCELORDERREQUEST']._serialized_end=1679
-  _globals['_CANCELORDERRESPONSE']._serialized_start=1681
-  _globals['_CANCELORDERRESPONSE']._serialized_end=1744
-  _globals['_ORDERSSERVICE']._serialized_start=2263
-  _globals['_ORDERSSERVICE']._serialized_end=2667
+  _globals['_ORDER']._serialized_end=1077
+  _globals['_PLACEORDERREQUEST']._serialized_start=1080
+  _globals['_PLACEORDERREQUEST']._serialized_end=1357
+  _globals['_PLACEORDERRESPONSE']._serialized_start=1359
+  _globals['_PLACEORDERRESPONSE']._serialized_end=1421
+  _globals['_GETORDERREQUEST']._serialized_start=1423
+  _globals['_GETORDERREQUEST']._serialized_end=1458
+  _globals['_GETORDERRESPONSE']._serialized_start=1460
+  _globals['_GETORDERRESPONSE']._serialized_end=1520
+  _globals['_LISTORDERSREQUEST']._serialized_start=1522
+  _globals['_LISTORDERSREQUEST']._serialized_end=1597
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1599
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1687
+  _globals['_CANCELORDERREQUEST']._serialized_start=1689
+  _globals['_CANCELORDERREQUEST']._serialized_end=1743
+  _globals['_CANCELORDERRESPONSE']._serialized_start=1745
+  _globals['_CANCELORDERRESPONSE']._serialized_end=1808
+  _globals['_ORDERSSERVICE']._serialized_start=2327
+  _globals['_ORDERSSERVICE']._serialized_end=2731
 # @@protoc_insertion_point(module_scope)

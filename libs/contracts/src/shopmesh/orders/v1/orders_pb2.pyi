@@ -333,6 +333,7 @@ class Order(_message.Message):
     SHIPPING_ADDRESS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    PENDING_CANCELLATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique order id, for example "ord_01HV6Z..."."""
     user_id: _builtins.str
@@ -373,6 +374,17 @@ class Order(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the order last changed."""
 
+    @_builtins.property
+    def pending_cancellation(self) -> Global___CancelReason:
+        """A cancellation CancelOrder accepted that is still being completed (the
+        refund or the stock release waits for payments or inventory; CancelOrder
+        answered UNAVAILABLE naming the order). Set only while state is still
+        CONFIRMED: code CUSTOMER_REQUESTED, message the reason given to
+        CancelOrder (may be empty). Orders completes the cancellation on its own;
+        then state is CANCELLED, cancel_reason is set and this is not. Clients
+        should show the order as being cancelled and offer no cancellation.
+        """
+
     def __init__(
         self,
         *,
@@ -388,10 +400,11 @@ class Order(_message.Message):
         shipping_address: Global___ShippingAddress | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        pending_cancellation: Global___CancelReason | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "created_at", b"created_at", "shipping_address", b"shipping_address", "total", b"total", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "created_at", b"created_at", "pending_cancellation", b"pending_cancellation", "shipping_address", b"shipping_address", "total", b"total", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "created_at", b"created_at", "email", b"email", "id", b"id", "items", b"items", "payment_id", b"payment_id", "reservation_id", b"reservation_id", "shipping_address", b"shipping_address", "state", b"state", "total", b"total", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "created_at", b"created_at", "email", b"email", "id", b"id", "items", b"items", "payment_id", b"payment_id", "pending_cancellation", b"pending_cancellation", "reservation_id", b"reservation_id", "shipping_address", b"shipping_address", "state", b"state", "total", b"total", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

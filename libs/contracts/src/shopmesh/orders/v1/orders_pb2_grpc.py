@@ -187,8 +187,8 @@ class OrdersServiceServicer:
         The cancellation is accepted all the same: orders completes it on its
         own once payments and inventory answer (the payment refunded once, the
         stock restocked, one OrderCancelled event), no retry needed; until then
-        the order shows CONFIRMED. A retry with the same key returns the
-        cancelled order once it is done. Any other UNAVAILABLE (orders itself
+        the order shows CONFIRMED with pending_cancellation set. A retry with
+        the same key returns the cancelled order once it is done. Any other UNAVAILABLE (orders itself
         could not answer): the cancellation may not have been recorded; retry
         with the same key.
 

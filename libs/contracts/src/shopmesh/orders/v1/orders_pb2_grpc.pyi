@@ -167,8 +167,8 @@ class OrdersServiceStub:
       The cancellation is accepted all the same: orders completes it on its
       own once payments and inventory answer (the payment refunded once, the
       stock restocked, one OrderCancelled event), no retry needed; until then
-      the order shows CONFIRMED. A retry with the same key returns the
-      cancelled order once it is done. Any other UNAVAILABLE (orders itself
+      the order shows CONFIRMED with pending_cancellation set. A retry with
+      the same key returns the cancelled order once it is done. Any other UNAVAILABLE (orders itself
       could not answer): the cancellation may not have been recorded; retry
       with the same key.
 
@@ -295,8 +295,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       The cancellation is accepted all the same: orders completes it on its
       own once payments and inventory answer (the payment refunded once, the
       stock restocked, one OrderCancelled event), no retry needed; until then
-      the order shows CONFIRMED. A retry with the same key returns the
-      cancelled order once it is done. Any other UNAVAILABLE (orders itself
+      the order shows CONFIRMED with pending_cancellation set. A retry with
+      the same key returns the cancelled order once it is done. Any other UNAVAILABLE (orders itself
       could not answer): the cancellation may not have been recorded; retry
       with the same key.
 
@@ -444,8 +444,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           The cancellation is accepted all the same: orders completes it on its
           own once payments and inventory answer (the payment refunded once, the
           stock restocked, one OrderCancelled event), no retry needed; until then
-          the order shows CONFIRMED. A retry with the same key returns the
-          cancelled order once it is done. Any other UNAVAILABLE (orders itself
+          the order shows CONFIRMED with pending_cancellation set. A retry with
+          the same key returns the cancelled order once it is done. Any other UNAVAILABLE (orders itself
           could not answer): the cancellation may not have been recorded; retry
           with the same key.
 
