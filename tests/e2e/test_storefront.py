@@ -413,6 +413,40 @@ async def test_a_customer_cancels_a_confirmed_order_and_is_refunded(shop: Shop, 
     await eventually(refunded, "the saga refunds a cancelled order's payment")
 
 
+async def test_a_cancellation_accepted_while_inventory_is_down_shows_in_progress_until_it_completes(
+    stack: Stack, shop: Shop, tab: Tab
+) -> None:
+    """CancelOrder's UNAVAILABLE naming the order (the release waits for inventory) is the cancellation
+    accepted, not an error: the page says so, and the order reads "cancellation in progress", on its page and
+    in the list, with no second Cancel button, until orders completes it once inventory is back."""
+    page = tab.page
+    await tab.register("Barbara")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.check_out()
+    await tab.placed()
+    order_id = order_id_in(page.url)
+    in_progress = page.get_by_text("cancellation in progress", exact=True)
+    await stack.stop_service("inventory")
+    try:
+        await tab.press("Cancel order")
+        await expect(page.locator("#flash")).to_contain_text(f"Cancellation of order {order_id} accepted", timeout=SLOW)
+        await tab.shown()
+        await expect(page.get_by_role("alert")).to_have_count(0)
+        await expect(in_progress).to_be_visible()
+        await expect(page.get_by_text("State: CONFIRMED")).to_be_visible()
+        await expect(page.get_by_role("button", name="Cancel order")).to_have_count(0)
+        await tab.open("#/orders")
+        row = page.get_by_role("row").filter(has=page.get_by_role("link", name=order_id))
+        await expect(row.get_by_text("cancellation in progress", exact=True)).to_be_visible()
+    finally:
+        await stack.start_service("inventory")
+    await tab.open(f"#/orders/{order_id}")
+    await tab.reload_until(page.get_by_text("State: CANCELLED"), "the order cancelled by orders' recovery loop")
+    await expect(in_progress).to_have_count(0)
+    [payment] = await shop.payments_for(order_id)
+    assert payment.state == payments_pb2.PAYMENT_STATE_REFUNDED
+
+
 async def test_with_recommendations_down_the_product_page_still_sells(stack: Stack, tab: Tab) -> None:
     await stack.stop_service("recommendations")
     try:

@@ -712,6 +712,21 @@ function stateBadge(value, prefix) {
   return h("span", { class: `state state-${state}` }, state);
 }
 
+const CANCELLING = "cancellation in progress";
+
+// An order's state, and that its cancellation is under way: orders accepted it, but the refund or the
+// release waits for payments or inventory, and the order reads CONFIRMED until they are done.
+function orderState(order) {
+  const badge = stateBadge(order.state, "ORDER_STATE_");
+  return order.pendingCancellation ? [badge, " ", h("span", { class: "state state-CANCELLING" }, CANCELLING)] : badge;
+}
+
+// CancelOrder's UNAVAILABLE naming the order: the cancellation is accepted and completes on its own (any
+// other UNAVAILABLE may not have recorded it).
+function cancellationAccepted(error, orderId) {
+  return error instanceof ApiError && error.code === UNAVAILABLE && error.info?.metadata?.order_id === orderId;
+}
+
 async function ordersView(query) {
   const page = await api.orders({ pageToken: query.pageToken });
   const orders = page.orders ?? [];
@@ -727,7 +742,7 @@ async function ordersView(query) {
           {},
           h("td", {}, h("a", { href: `#/orders/${encodeURIComponent(order.id)}` }, order.id)),
           h("td", {}, when(order.createdAt)),
-          h("td", {}, stateBadge(order.state, "ORDER_STATE_")),
+          h("td", {}, orderState(order)),
           h("td", { class: NUMBER }, money(order.total)),
         ),
       ),
@@ -741,11 +756,18 @@ async function orderView(orderId) {
   const state = enumName(order.state, "ORDER_STATE_");
   const address = order.shippingAddress ?? {};
   const cancel =
-    state === "CONFIRMED"
+    state === "CONFIRMED" && !order.pendingCancellation
       ? fieldsForm([], "Cancel order", async () => {
           // One key per order until a settled answer: a retry after UNAVAILABLE (the refund could not be
           // done yet) must carry the same key, or orders answers that the order is already being cancelled.
-          await idempotently(`${CANCEL}${order.id}`, order.id, (key) => api.cancelOrder(order.id, key));
+          try {
+            await idempotently(`${CANCEL}${order.id}`, order.id, (key) => api.cancelOrder(order.id, key));
+          } catch (error) {
+            if (!cancellationAccepted(error, order.id)) throw error;
+            flash(`Cancellation of order ${order.id} accepted; it completes on its own and the payment is refunded.`);
+            route();
+            return;
+          }
           flash(`Order ${order.id} is being cancelled; the payment is refunded.`);
           route();
         })
@@ -755,8 +777,16 @@ async function orderView(orderId) {
     h(
       "section",
       { class: "panel" },
-      h("p", {}, "State: ", stateBadge(order.state, "ORDER_STATE_")),
+      h("p", {}, "State: ", orderState(order)),
       order.cancelReason?.message ? h("p", { class: "muted" }, order.cancelReason.message) : null,
+      order.pendingCancellation
+        ? h(
+            "p",
+            { class: "muted" },
+            "Your cancellation is accepted and completes on its own: the payment is refunded and the order " +
+              "shows CANCELLED once it is done.",
+          )
+        : null,
       h("p", {}, `Placed ${when(order.createdAt)}, updated ${when(order.updatedAt)}`),
       h(
         "p",
