@@ -1112,6 +1112,28 @@ async def test_a_second_driver_cannot_take_a_held_order(
         await saga.drive(order_id, None)
 
 
+async def test_a_cancellation_whose_order_another_driver_holds_is_accepted_not_aborted(
+    app: OrdersApplication, saga: SagaDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recovery loop (or the request's first attempt, which the caller's channel retried on its
+    UNAVAILABLE) holds the order being cancelled: the cancellation is recorded under the key and that driver
+    completes it, so CancelOrder answers it is accepted, not ABORTED "retry with the same key"."""
+    monkeypatch.setattr("shopmesh_orders.application._WAIT_FOR_OTHER_DRIVER_SECONDS", 0.2)
+    order_id = await place(app, command())
+    original = saga.drive
+
+    async def recovery_took_it_first(order_id: str, *args: Any) -> Order:
+        assert await saga._claim(order_id, saga.new_lease_owner())
+        return await original(order_id, *args)
+
+    monkeypatch.setattr(saga, "drive", recovery_took_it_first)
+    with pytest.raises(errors.Unavailable) as caught:
+        await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert (caught.value.reason, caught.value.metadata) == (errors.DEPENDENCY_UNAVAILABLE, {"order_id": order_id})
+    assert "accepted" in caught.value.message
+    assert (await app.get_order(order_id)).cancellation_pending
+
+
 async def test_list_orders_pages_newest_first(app: OrdersApplication) -> None:
     ids = [await place(app, command(GOOD, CartLine("prod_a", 1)), key=f"k{i}") for i in range(3)]
     first, token = await app.list_orders("usr_1", 2, "")

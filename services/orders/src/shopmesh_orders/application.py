@@ -84,7 +84,7 @@ def _pass_failed(name: str, exc: Exception) -> None:
         log.exception("recovery pass %s failed", name)
 
 
-def _cancellation_accepted(order_id: str, waiting: errors.Unavailable) -> errors.Unavailable:
+def _cancellation_accepted(order_id: str, retry_after_seconds: float | None) -> errors.Unavailable:
     """CancelOrder's answer when the refund or the release waits for payments or inventory. The cancellation
     was saved before either was asked, so the recovery loop finishes it without the customer's retry: the
     answer says so, rather than name a saga step. Still UNAVAILABLE: the order is not cancelled yet (it shows
@@ -93,7 +93,7 @@ def _cancellation_accepted(order_id: str, waiting: errors.Unavailable) -> errors
         f"the cancellation of order {order_id} is accepted and completes on its own once payments and "
         "inventory answer; the order shows CONFIRMED until then",
         reason=errors.DEPENDENCY_UNAVAILABLE,
-        retry_after_seconds=waiting.retry_after_seconds,
+        retry_after_seconds=retry_after_seconds,
         metadata={"order_id": order_id},
     )
 
@@ -292,7 +292,12 @@ class OrdersApplication:
             try:
                 order = await self._drive_detached(order_id, None)
             except errors.Unavailable as exc:
-                raise _cancellation_accepted(order_id, exc) from exc
+                raise _cancellation_accepted(order_id, exc.retry_after_seconds) from exc
+            except errors.Aborted as exc:
+                # Another driver holds the order: the recovery loop, or this request's first attempt (clients
+                # retry the UNAVAILABLE above on their own). The cancellation is recorded under this key and
+                # that driver completes it: accepted, not "retry", which a retry would meet again.
+                raise _cancellation_accepted(order_id, None) from exc
         return order
 
     # --- recovery ---------------------------------------------------------------------------------

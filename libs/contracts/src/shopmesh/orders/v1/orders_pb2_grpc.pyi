@@ -163,14 +163,15 @@ class OrdersServiceStub:
       another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
     - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
     - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
-      {"order_id": ...}): the refund or the release could not be done yet.
-      The cancellation is accepted all the same: orders completes it on its
-      own once payments and inventory answer (the payment refunded once, the
+      {"order_id": ...}): the refund or the release could not be done yet,
+      or another attempt or orders' recovery is completing it. The
+      cancellation is accepted all the same: orders completes it on its own
+      once payments and inventory answer (the payment refunded once, the
       stock restocked, one OrderCancelled event), no retry needed; until then
       the order shows CONFIRMED with pending_cancellation set. A retry with
-      the same key returns the cancelled order once it is done. Any other UNAVAILABLE (orders itself
-      could not answer): the cancellation may not have been recorded; retry
-      with the same key.
+      the same key returns the cancelled order once it is done. Any other
+      UNAVAILABLE (orders itself could not answer): the cancellation may not
+      have been recorded; retry with the same key.
 
     IDEMPOTENT: the required idempotency-key makes retries safe, and the
     refund and release steps are themselves idempotent.
@@ -291,14 +292,15 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
     - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
     - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
-      {"order_id": ...}): the refund or the release could not be done yet.
-      The cancellation is accepted all the same: orders completes it on its
-      own once payments and inventory answer (the payment refunded once, the
+      {"order_id": ...}): the refund or the release could not be done yet,
+      or another attempt or orders' recovery is completing it. The
+      cancellation is accepted all the same: orders completes it on its own
+      once payments and inventory answer (the payment refunded once, the
       stock restocked, one OrderCancelled event), no retry needed; until then
       the order shows CONFIRMED with pending_cancellation set. A retry with
-      the same key returns the cancelled order once it is done. Any other UNAVAILABLE (orders itself
-      could not answer): the cancellation may not have been recorded; retry
-      with the same key.
+      the same key returns the cancelled order once it is done. Any other
+      UNAVAILABLE (orders itself could not answer): the cancellation may not
+      have been recorded; retry with the same key.
 
     IDEMPOTENT: the required idempotency-key makes retries safe, and the
     refund and release steps are themselves idempotent.
@@ -440,14 +442,15 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
         - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
         - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
-          {"order_id": ...}): the refund or the release could not be done yet.
-          The cancellation is accepted all the same: orders completes it on its
-          own once payments and inventory answer (the payment refunded once, the
+          {"order_id": ...}): the refund or the release could not be done yet,
+          or another attempt or orders' recovery is completing it. The
+          cancellation is accepted all the same: orders completes it on its own
+          once payments and inventory answer (the payment refunded once, the
           stock restocked, one OrderCancelled event), no retry needed; until then
           the order shows CONFIRMED with pending_cancellation set. A retry with
-          the same key returns the cancelled order once it is done. Any other UNAVAILABLE (orders itself
-          could not answer): the cancellation may not have been recorded; retry
-          with the same key.
+          the same key returns the cancelled order once it is done. Any other
+          UNAVAILABLE (orders itself could not answer): the cancellation may not
+          have been recorded; retry with the same key.
 
         IDEMPOTENT: the required idempotency-key makes retries safe, and the
         refund and release steps are themselves idempotent.
