@@ -140,7 +140,7 @@ def test_the_client_address_is_the_first_one_no_trusted_proxy_vouches_for(
 
 async def test_clients_behind_a_trusted_sidecar_get_a_bucket_each() -> None:
     verifier = TokenVerifier(JwksCache(StaticKeys(SigningKey()).jwks), TokenRules(ISSUER, AUDIENCE))
-    guard = Guard(verifier, TokenBuckets(rate=0.001, burst=1, max_keys=100), SIDECAR)
+    guard = Guard(verifier, TokenBuckets(rate=0.001, burst=1, max_keys=100), SIDECAR, password_buckets=unlimited())
     via_sidecar = "ipv4:127.0.0.6:5000"
     guard.admit_anonymous(FakeContext([("x-forwarded-for", "198.51.100.1")], via_sidecar))
     guard.admit_anonymous(FakeContext([("x-forwarded-for", "198.51.100.2")], via_sidecar))
@@ -209,11 +209,19 @@ class StaticKeys:
         return [self._key.jwk]
 
 
-def guard_with(key: SigningKey, burst: int) -> Guard:
+def unlimited() -> TokenBuckets:
+    return TokenBuckets(rate=1e9, burst=10**9, max_keys=100)
+
+
+def guard_with(key: SigningKey, burst: int, password_burst: int = 1) -> Guard:
     verifier = TokenVerifier(JwksCache(StaticKeys(key).jwks), TokenRules(ISSUER, AUDIENCE))
     # A stopped clock: no bucket refills between a test's calls, however slowly a loaded machine runs them
     # (the retry hint of an empty bucket is then exactly 1 / rate).
-    return Guard(verifier, TokenBuckets(rate=0.001, burst=burst, max_keys=100, clock=lambda: 0.0))
+    return Guard(
+        verifier,
+        TokenBuckets(rate=0.001, burst=burst, max_keys=100, clock=lambda: 0.0),
+        password_buckets=TokenBuckets(rate=0.001, burst=password_burst, max_keys=100, clock=lambda: 0.0),
+    )
 
 
 async def test_users_are_limited_by_their_id_and_anonymous_callers_by_their_address() -> None:
@@ -228,6 +236,26 @@ async def test_users_are_limited_by_their_id_and_anonymous_callers_by_their_addr
     guard.admit_anonymous(FakeContext())
     with pytest.raises(errors.ResourceExhausted):
         guard.admit_anonymous(FakeContext(peer_address="ipv4:10.1.2.3:40001"))
+
+
+async def test_password_hashing_calls_take_a_far_smaller_bucket_of_the_address_besides_the_ordinary_one() -> None:
+    """users hashes a few passwords at a time behind a short queue that every client shares: limited by the
+    ordinary bucket alone, one address filled it and everybody else's login was refused
+    PASSWORD_HASHING_BUSY."""
+    guard = guard_with(SigningKey(), burst=5, password_burst=2)
+    mallory, ada = FakeContext(), FakeContext(peer_address="ipv4:10.7.7.7:40001")
+    guard.admit_password_hashing(mallory)
+    guard.admit_password_hashing(mallory)
+    with pytest.raises(errors.ResourceExhausted) as caught:
+        guard.admit_password_hashing(mallory)
+    assert caught.value.reason == "RATE_LIMITED"
+    assert caught.value.retry_after_seconds == pytest.approx(1000.0)
+    guard.admit_password_hashing(ada)
+    # Each hashing call, the refused one too, was also an ordinary call of the address: 3 of its 5.
+    guard.admit_anonymous(mallory)
+    guard.admit_anonymous(mallory)
+    with pytest.raises(errors.ResourceExhausted):
+        guard.admit_anonymous(mallory)
 
 
 async def test_failed_authentications_count_against_the_address() -> None:
@@ -253,7 +281,7 @@ async def test_calls_whose_token_cannot_be_checked_yet_count_against_the_address
         raise errors.Unavailable("users is down")
 
     verifier = TokenVerifier(JwksCache(users_down), TokenRules(ISSUER, AUDIENCE))
-    guard = Guard(verifier, TokenBuckets(rate=0.001, burst=2, max_keys=100))
+    guard = Guard(verifier, TokenBuckets(rate=0.001, burst=2, max_keys=100), password_buckets=unlimited())
     forged = FakeContext([("authorization", f"Bearer {SigningKey().token('usr_mallory')}")])
     outcomes = []
     for _ in range(10):

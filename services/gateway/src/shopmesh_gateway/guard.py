@@ -1,10 +1,11 @@
 """The gateway's admission of each call: who the caller is, whether it may call now, and for whom the
 internal calls it makes are made.
 
-`public` and `protected` decorate the ShopService methods. Both rate-limit per client; `protected`
-first verifies the bearer token and hands the handler the token's subject. Both replace the inbound
-call context the chassis made from the client's metadata: a client-sent `x-user-id` must never be what
-the chassis' client interceptor forwards to internal services.
+`public`, `hashes_password` and `protected` decorate the ShopService methods. All rate-limit per client;
+`hashes_password` (Register, Login) also takes from the address's far smaller password bucket, and
+`protected` first verifies the bearer token and hands the handler the token's subject. All replace the
+inbound call context the chassis made from the client's metadata: a client-sent `x-user-id` must never be
+what the chassis' client interceptor forwards to internal services.
 
 Decorators rather than a server interceptor: the chassis' interceptor is the innermost one and maps
 domain errors to statuses, so an interceptor outside it could not answer with a domain error, and
@@ -162,21 +163,41 @@ def acting_for(context: Context, user_id: str | None) -> Iterator[None]:
 
 
 class Guard:
-    def __init__(self, verifier: TokenVerifier, buckets: TokenBuckets, trusted_proxies: Sequence[Network] = ()) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        buckets: TokenBuckets,
+        trusted_proxies: Sequence[Network] = (),
+        *,
+        password_buckets: TokenBuckets,
+    ) -> None:
         self._verifier = verifier
         self._buckets = buckets
+        self._password_buckets = password_buckets
         self._trusted_proxies = tuple(trusted_proxies)
 
-    def limit(self, client: str) -> None:
-        retry_after = self._buckets.take(client)
+    def limit(self, client: str, buckets: TokenBuckets | None = None) -> None:
+        retry_after = (self._buckets if buckets is None else buckets).take(client)
         if retry_after > 0:
             raise errors.ResourceExhausted(
                 "too many requests; retry later", reason=RATE_LIMITED, retry_after_seconds=retry_after
             )
 
-    def admit_anonymous(self, context: Context) -> None:
+    def _address(self, context: Context) -> str:
         forwarded = _metadata_values(context, FORWARDED_FOR) if self._trusted_proxies else []
-        self.limit(f"addr:{address_bucket(client_address(context.peer(), forwarded, self._trusted_proxies))}")
+        return f"addr:{address_bucket(client_address(context.peer(), forwarded, self._trusted_proxies))}"
+
+    def admit_anonymous(self, context: Context) -> None:
+        self.limit(self._address(context))
+
+    def admit_password_hashing(self, context: Context) -> None:
+        """A call that has users hash a password: one of the address's ordinary tokens, then one of its
+        password bucket's. users hashes a few at a time behind a short queue, shared by every client, so
+        the ordinary bucket alone let one address fill that queue and every other shopper's login was
+        refused PASSWORD_HASHING_BUSY."""
+        client = self._address(context)
+        self.limit(client)
+        self.limit(client, self._password_buckets)
 
     async def admit_user(self, context: Context) -> str:
         try:
@@ -206,6 +227,20 @@ def public(
     @functools.wraps(method)
     async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
         self.guard.admit_anonymous(context)
+        with acting_for(context, None):
+            return await method(self, request, context)
+
+    return handler
+
+
+def hashes_password(
+    method: Handler[ServicerT, RequestT, ResponseT],
+) -> Handler[ServicerT, RequestT, ResponseT]:
+    """`public`, for a method that has users hash a password: limited by the client's password bucket too."""
+
+    @functools.wraps(method)
+    async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
+        self.guard.admit_password_hashing(context)
         with acting_for(context, None):
             return await method(self, request, context)
 

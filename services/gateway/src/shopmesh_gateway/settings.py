@@ -51,7 +51,16 @@ class GatewaySettings(ServiceSettings):
     # Token bucket per client (the token's subject, else the peer address), in memory per replica.
     rate_limit_per_second: float = Field(default=20.0, gt=0)
     rate_limit_burst: int = Field(default=40, ge=1)
-    # Buckets kept at once; the least recently used is dropped beyond it, so memory stays bounded.
+    # A second, far smaller bucket per client address for the calls that have users hash a password
+    # (Register, Login), taken besides the ordinary one. users hashes PASSWORD_HASH_CONCURRENCY (2) at a
+    # time, ~0.5 s of a core each at the default argon2 costs, so ~4 a second, with 32 more queued: 34
+    # places, shared by every shopper. The ordinary burst of 40 let one address fill them all and every
+    # other login was refused PASSWORD_HASHING_BUSY. 5 at once is 1/7 of the places, and one every 2 s
+    # is 1/8 of the hashing, per gateway replica: a household registering and logging in a few people
+    # never meets it.
+    password_rate_limit_per_second: float = Field(default=0.5, gt=0)
+    password_rate_limit_burst: int = Field(default=5, ge=1)
+    # Buckets kept at once, of each kind; the least recently used is dropped beyond it, so memory stays bounded.
     rate_limit_max_clients: int = Field(default=100_000, ge=1)
     # Comma-separated networks of proxies in front of the gateway (a sidecar: 127.0.0.0/8,::1/128; an
     # ingress: its pods' range). A call from one of them is limited by the X-Forwarded-For address it

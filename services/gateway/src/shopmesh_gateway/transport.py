@@ -13,7 +13,7 @@ from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis.client import IDEMPOTENCY_KEY, idempotency_key_of
 from shopmesh_gateway.application import Checkout, ProductPages, idempotency_key
 from shopmesh_gateway.clients import CatalogClient, NotificationsClient, OrdersClient, UsersClient
-from shopmesh_gateway.guard import Context, Guard, protected, public
+from shopmesh_gateway.guard import Context, Guard, hashes_password, protected, public
 
 DESCRIPTOR = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
 
@@ -40,14 +40,14 @@ class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
         self._product_pages = product_pages
         self._checkout = checkout
 
-    @public
+    @hashes_password
     async def Register(self, request: shop_pb2.RegisterRequest, context: Context) -> shop_pb2.RegisterResponse:
         user = await self._users.register(
             users_pb2.RegisterRequest(email=request.email, password=request.password, display_name=request.display_name)
         )
         return shop_pb2.RegisterResponse(user=user)
 
-    @public
+    @hashes_password
     async def Login(self, request: shop_pb2.LoginRequest, context: Context) -> shop_pb2.LoginResponse:
         login = await self._users.login(users_pb2.LoginRequest(email=request.email, password=request.password))
         return shop_pb2.LoginResponse(

@@ -87,8 +87,11 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
         TokenRules(settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway_seconds),
     )
     buckets = TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_max_clients)
+    password_buckets = TokenBuckets(
+        settings.password_rate_limit_per_second, settings.password_rate_limit_burst, settings.rate_limit_max_clients
+    )
     return ShopServicer(
-        Guard(verifier, buckets, settings.trusted_proxy_networks),
+        Guard(verifier, buckets, settings.trusted_proxy_networks, password_buckets=password_buckets),
         users=users,
         catalog=catalog,
         orders=orders,
