@@ -40,7 +40,14 @@ from shopmesh_platform.stack import Stack
 EXAMPLES = int(os.environ.get("HTTP_FUZZ_EXAMPLES", "60"))
 RANDOM = os.environ.get("HTTP_FUZZ_RANDOM") == "1"
 # The rate limiter would answer most drawn requests 429 (correct, and tested in the gateway's own tests).
-ENV = {"gateway": {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"}}
+ENV = {
+    "gateway": {
+        "RATE_LIMIT_PER_SECOND": "100000",
+        "RATE_LIMIT_BURST": "100000",
+        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
+        "PASSWORD_RATE_LIMIT_BURST": "100000",
+    }
+}
 PASSWORD = "correct horse battery staple"
 
 

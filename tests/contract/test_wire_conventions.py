@@ -65,7 +65,12 @@ RANDOM = os.environ.get("CONTRACT_RANDOM") == "1"
 ENV = {
     # The gateway's rate limit would answer most of the generated calls RESOURCE_EXHAUSTED (a correct
     # answer, tested in the gateway's own tests) and keep them from reaching anything else.
-    "gateway": {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"},
+    "gateway": {
+        "RATE_LIMIT_PER_SECOND": "100000",
+        "RATE_LIMIT_BURST": "100000",
+        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
+        "PASSWORD_RATE_LIMIT_BURST": "100000",
+    },
 }
 PASSWORD = "correct horse battery staple"
 REUSED_KEY = "contract-reused-key"

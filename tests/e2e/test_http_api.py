@@ -61,7 +61,12 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 # runs one after another would leave the next run's sign-ups RESOURCE_EXHAUSTED.
 ENV = {
     "orders": FAST_RECOVERY,
-    "gateway": {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"},
+    "gateway": {
+        "RATE_LIMIT_PER_SECOND": "100000",
+        "RATE_LIMIT_BURST": "100000",
+        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
+        "PASSWORD_RATE_LIMIT_BURST": "100000",
+    },
 }
 
 

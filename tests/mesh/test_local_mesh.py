@@ -45,6 +45,8 @@ ENV = {
         "RECOMMENDATIONS_TIMEOUT_SECONDS": "2",
         "RATE_LIMIT_PER_SECOND": "100000",
         "RATE_LIMIT_BURST": "100000",
+        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
+        "PASSWORD_RATE_LIMIT_BURST": "100000",
     },
 }
 # Every service but the edge: reached only over mutual TLS.

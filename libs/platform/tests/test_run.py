@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -411,6 +412,17 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
         assert json.loads(tried[1]) == {"status": "SERVING"}
         assert "stopped cleanly" in await ctrl_c(process)
     assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")
+
+
+def test_the_local_gateway_lets_the_readmes_crowd_of_shoppers_sign_up_from_its_one_address() -> None:
+    """Every `make run` client is 127.0.0.1: with the gateway's default password bucket (5 at once), most of
+    `make shoppers` (a Register and a Login each, all at once) were refused RATE_LIMITED and never shopped."""
+    example = re.search(r"--shoppers (\d+)", (REPOSITORY / "README.md").read_text())
+    assert example, "README.md no longer shows a crowd of shoppers"
+    shoppers = int(example[1])
+    gateway = run.local_env(["gateway", "users"], None)["gateway"]
+    assert int(gateway["PASSWORD_RATE_LIMIT_BURST"]) >= 2 * shoppers
+    assert "gateway" not in run.local_env(["catalog"], None), "env for a service it does not run: refused"
 
 
 def test_canary_option_takes_a_service_and_an_optional_weight() -> None:
