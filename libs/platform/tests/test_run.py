@@ -684,3 +684,185 @@ async def test_a_second_ctrl_c_kills_the_throwaway_postgresql_too_rather_than_wa
     assert "exited unexpectedly" not in said, said
     assert process.returncode == 0, said
     assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"
+
+
+# The launcher with two seams: PostgreSQL's fast shutdown given an hour (PATIENT_LAUNCHER's), and a server it
+# never finds accepting connections, which holds it in PostgreSQL's start for as long as a test needs.
+NEVER_READY_POSTGRES_LAUNCHER = (
+    "import asyncio, sys\n"
+    "from shopmesh_platform import run\n"
+    "run._POSTGRES_STOP_SECONDS = 3600.0\n"
+    "async def never_accepting(server, process, output):\n"
+    "    print(f'PostgreSQL spawned as {process.pid}', flush=True)\n"
+    "    await asyncio.Event().wait()\n"
+    "run._until_accepting = never_accepting\n"
+    "sys.exit(run.main(sys.argv[1:]))\n"
+)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (state first), or None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def _living(pid: int, started: str) -> bool:
+    """Whether that process (`started`: its start time, which tells it from a later one given the number) runs;
+    an orphan that exited counts as gone even before init reaps it."""
+    fields = _stat(pid)
+    return fields is not None and fields[19] == started and fields[0] != "Z"
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every living descendant of `root`, with its start time."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    found: dict[int, str] = {}
+    waiting = [root]
+    while waiting:
+        for pid, started in children.get(waiting.pop(), []):
+            found[pid] = started
+            waiting.append(pid)
+    return found
+
+
+def commands(processes: dict[int, str]) -> list[str]:
+    names = []
+    for pid in processes:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+    return names
+
+
+def left_in_session(session: int) -> list[int]:
+    """Living processes of `session` (the launcher's own, started with start_new_session): what the launcher
+    started and did not stop, whenever it started it; PostgreSQL's backends, which leave it, die with their
+    server."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None
+        if fields[0] != "Z" and int(fields[3]) == session
+    ]
+
+
+async def launcher(data_dir: Path, *args: str, script: str | None = None) -> Process:
+    """The launcher in a session of its own, so that whatever it leaves running can be found."""
+    command = ("-m", "shopmesh_platform.run") if script is None else ("-c", script)
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, *command, "--data-dir", str(data_dir), "--free-ports", *args),
+        cwd=REPOSITORY,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+async def assert_nothing_left(process: Process, started: dict[int, str]) -> None:
+    """No process the launcher had started when it was signalled (`started`), nor any of its session, runs."""
+    await eventually(
+        lambda: not [pid for pid, start in started.items() if _living(pid, start)] and not left_in_session(process.pid),
+        "every process the launcher started gone",
+    )
+    assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"
+
+
+def assert_stopped_in_one_line(output: list[str]) -> None:
+    said = "\n".join(output)
+    assert "Traceback" not in said, said
+    assert "error:" not in said, said
+    assert output[-1].startswith("stopped while starting"), said
+
+
+def said_by(name: str) -> Callable[[str], bool]:
+    """An output line of the launcher's child `name` (names are padded to the longest one)."""
+    return lambda line: " | " in line and line.split(" | ", 1)[0].strip() == name
+
+
+START_PHASES = {
+    # Between its spawn and its first accepted connection (the seam holds it there).
+    "PostgreSQL's": (("--services", "", "--postgres"), lambda line: line.startswith("PostgreSQL spawned as ")),
+    "NATS'": (("--services", ""), lambda line: line.startswith("starting nats")),
+    "a service's": (("--services", "catalog"), said_by("catalog")),
+    # Envoy says nothing until it stops: the sink's first line, then Envoy among the launcher's children.
+    "a sidecar's (Envoy)": (("--services", "catalog", "--mesh", "envoy"), said_by("traces")),
+    "a service's on PostgreSQL": (("--services", "catalog", "--postgres"), said_by("catalog")),
+}
+
+
+@pytest.mark.parametrize("phase", START_PHASES)
+async def test_ctrl_c_during_the_start_stops_what_started_in_one_line_and_the_next_start_works(
+    tmp_path: Path, phase: str
+) -> None:
+    """Ctrl-C before the stack is ready is a Ctrl-C as after: everything started is stopped, exit 0, no traceback."""
+    args, reached = START_PHASES[phase]
+    args = (*args, "--http-port", "0")
+    script = NEVER_READY_POSTGRES_LAUNCHER if phase == "PostgreSQL's" else None
+    process = await launcher(tmp_path / "data", *args, script=script)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await asyncio.wait_for(read_until(process.stdout, reached, lines, f"{phase} start"), 120)
+        if "--mesh" in args:
+            await eventually(lambda: "envoy" in commands(descendants(process.pid)), "the sidecar's Envoy spawned")
+        started = descendants(process.pid)
+        process.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await stop_launcher(process)
+    output = [*lines, *rest.decode(errors="replace").splitlines()]
+    assert process.returncode == 0, "\n".join(output)
+    assert_stopped_in_one_line(output)
+    await assert_nothing_left(process, started)
+    # Nothing locked or half-written stays behind on the data folder: the next start on it works.
+    async with launched(tmp_path / "data", *args, ready_within=120) as (again, _):
+        assert "stopped cleanly" in await ctrl_c(again)
+
+
+@pytest.mark.parametrize("during", ["PostgreSQL's start", "the stack's start"])
+async def test_a_second_ctrl_c_during_an_interrupted_start_kills_the_throwaway_postgresql_without_a_traceback(
+    tmp_path: Path, during: str
+) -> None:
+    """Ctrl-C twice before the stack is ready, the server held so that its fast shutdown never ends: the second
+    kills it, as after the start; no KeyboardInterrupt from the stop of the server."""
+    args = ("--services", "", "--http-port", "0", "--postgres")
+    script = NEVER_READY_POSTGRES_LAUNCHER if during == "PostgreSQL's start" else PATIENT_LAUNCHER
+    process = await launcher(tmp_path / "data", *args, script=script)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        phase = "PostgreSQL spawned as " if during == "PostgreSQL's start" else "starting nats"
+        await asyncio.wait_for(read_until(process.stdout, lambda line: line.startswith(phase), lines, during), 120)
+        # Spawned, the server may not have written its pid file yet; its process id is the spawned one.
+        spawned = lines[-1].removeprefix("PostgreSQL spawned as ")
+        postmaster = int(spawned) if spawned.isdigit() else postmaster_of(process.pid)
+        started = descendants(process.pid)
+        try:
+            # A server held (SIGSTOP) cannot shut down, fast or not: only a SIGKILL ends it. Held before the
+            # SIGINT comes: pending together, the lower-numbered SIGINT is taken first, and ends a server that
+            # is still setpriv on its way to exec it.
+            os.kill(postmaster, signal.SIGSTOP)
+            await eventually(lambda: (_stat(postmaster) or ["?"])[0] == "T", "the server held")
+            process.send_signal(signal.SIGINT)
+            await eventually(
+                lambda: signal.SIGINT in pending_signals(postmaster), "the stop's SIGINT waiting at the server"
+            )
+            process.send_signal(signal.SIGINT)
+            await eventually(lambda: gone(postmaster), "the held PostgreSQL server killed by the second Ctrl-C")
+            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster, signal.SIGCONT)
+    finally:
+        await stop_launcher(process)
+    output = [*lines, *rest.decode(errors="replace").splitlines()]
+    said = "\n".join(output)
+    assert process.returncode == 0, said
+    assert "again: killing everything now" in said, said
+    assert_stopped_in_one_line(output)
+    await assert_nothing_left(process, started)

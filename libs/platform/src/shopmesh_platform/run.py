@@ -36,7 +36,7 @@ import signal
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from tabulate import tabulate
@@ -457,10 +457,14 @@ class ThrowawayPostgres:
 
 
 @contextlib.asynccontextmanager
-async def throwaway_postgres() -> AsyncIterator[ThrowawayPostgres]:
+async def throwaway_postgres(
+    spawned: Callable[[ThrowawayPostgres], None] = lambda _: None,
+) -> AsyncIterator[ThrowawayPostgres]:
     """A PostgreSQL server as the launcher's own child, like NATS: in the foreground (not pg_ctl's daemon),
     with a parent-death signal, so that a launcher killed (`kill -9`) or stopped half-way leaves none
-    running. SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for its clients to leave)."""
+    running. SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for its clients to leave). `spawned`
+    gets the server as soon as it runs, before it accepts connections: a second Ctrl-C while it starts, or
+    while its start is undone, kills it as one after the start does."""
     async with contextlib.AsyncExitStack() as resources:
         try:
             server = await _initialized(resources)
@@ -471,9 +475,11 @@ async def throwaway_postgres() -> AsyncIterator[ThrowawayPostgres]:
         output: deque[str] = deque(maxlen=20)
         # Read all along: a full pipe would block the server's logging, and so the server.
         drain = asyncio.create_task(_keep_last_lines(process, output))
+        postgres = ThrowawayPostgres(server, process, output)
+        spawned(postgres)
         try:
             await _until_accepting(server, process, output)
-            yield ThrowawayPostgres(server, process, output)
+            yield postgres
         finally:
             await _stop_postgres(process)
             await cancel_and_wait(drain)
@@ -493,7 +499,14 @@ async def _until_accepting(server: PostgresServer, process: asyncio.subprocess.P
         if process.returncode is not None:
             raise StackError("PostgreSQL exited while starting:\n" + "\n".join(output))
         probe = await asyncio.create_subprocess_exec(*ready)
-        if await probe.wait() == 0:
+        try:
+            accepting = await probe.wait() == 0
+        finally:
+            if probe.returncode is None:  # a Ctrl-C: no probe outlives the start it belonged to
+                with contextlib.suppress(ProcessLookupError):
+                    probe.kill()
+                await probe.wait()
+        if accepting:
             return
         if asyncio.get_running_loop().time() > deadline:
             raise StackError(f"PostgreSQL did not accept connections within {_POSTGRES_READY_SECONDS:g} s")
@@ -517,27 +530,69 @@ async def _stop_postgres(process: asyncio.subprocess.Process) -> bool:
     return False
 
 
-async def run(args: argparse.Namespace) -> int:
-    if not args.postgres:
-        return await run_stack(args, None)
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    # Until run_stack installs its own: a signal while PostgreSQL starts stops it too, rather than ending
-    # the launcher at once.
-    for sig in handled:
-        loop.add_signal_handler(sig, main_task.cancel)
-    try:
-        print("starting a throwaway PostgreSQL server ...", flush=True)
-        async with throwaway_postgres() as database:
-            return await run_stack(args, database)
-    except asyncio.CancelledError:
-        print("stopped while starting PostgreSQL", flush=True)
-        return 0
-    finally:
-        for sig in handled:
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP from the launcher's first step to its last: the first stops everything, a
+    start under way too (cancelled, the start undoes what it had started, the throwaway PostgreSQL included);
+    any further one kills whatever still runs. One set of handlers for the whole run: handlers of each step
+    left gaps (after the stack's start was undone, the PostgreSQL server stopped under Python's defaults, where
+    a second Ctrl-C was a KeyboardInterrupt traceback and a SIGTERM ended the launcher before its server)."""
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        self._main_task = main_task
+        self.requested = asyncio.Event()
+        # Until the banner: a first signal cancels the start, which cannot see an event.
+        self.starting = True
+        self.stack: Stack | None = None
+        self.postgres: ThrowawayPostgres | None = None
+
+    def __enter__(self) -> _Signals:
+        loop = asyncio.get_running_loop()
+        for sig in self.HANDLED:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self.HANDLED:
             loop.remove_signal_handler(sig)
+
+    def postgres_spawned(self, postgres: ThrowawayPostgres) -> None:
+        self.postgres = postgres
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.requested.is_set():
+            print(f"\n{sig.name} again: killing everything now", flush=True)
+            if self.stack is not None:
+                self.stack.kill_all()
+            if self.postgres is not None:
+                # Not left to its fast shutdown, which its stop would wait for up to its time limit.
+                self.postgres.kill()
+            return
+        self.requested.set()
+        if self.stack is None:
+            print(f"\n{sig.name}: stopping {POSTGRES} ...", flush=True)
+        else:
+            print(f"\n{sig.name}: stopping the services (callers first), then NATS ...", flush=True)
+        if self.starting:
+            self._main_task.cancel()
+
+
+async def run(args: argparse.Namespace) -> int:
+    with _Signals() as signals:
+        try:
+            if not args.postgres:
+                return await run_stack(args, None, signals)
+            print("starting a throwaway PostgreSQL server ...", flush=True)
+            async with throwaway_postgres(spawned=signals.postgres_spawned) as database:
+                return await run_stack(args, database, signals)
+        except asyncio.CancelledError:
+            # Only the first signal cancels, and only while starting: the start has undone itself by now.
+            print(f"stopped while starting {POSTGRES if signals.stack is None else 'the stack'}", flush=True)
+            return 0
 
 
 # One machine: every client of `make run` is 127.0.0.1, so the gateway puts them all in one bucket. Its
@@ -555,7 +610,7 @@ def local_env(selected: Sequence[str], database: PostgresServer | None) -> dict[
     return env
 
 
-async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None) -> int:
+async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None, signals: _Signals) -> int:
     database = None if postgres is None else postgres.server
     selected = args.services if args.services is not None else existing_services()
     env = local_env(selected, database)
@@ -572,61 +627,33 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         # Not under a stack that still runs on this data: its ports would be taken.
         stack.check_ports()
         reset_data_dir(args.data_dir)
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    stop_requested = asyncio.Event()
-    starting = True
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stop_requested.is_set():
-            print(f"\n{sig.name} again: killing everything now", flush=True)
-            stack.kill_all()
-            if postgres is not None:
-                # Not left to its fast shutdown, which `postgres.stop` would wait for up to its time limit.
-                postgres.kill()
-            return
-        stop_requested.set()
-        print(f"\n{sig.name}: stopping the services (callers first), then NATS ...", flush=True)
-        if starting:
-            # Stack.start stops what it had started when it is cancelled.
-            main_task.cancel()
-
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    for sig in handled:
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
-        print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
-        try:
-            await stack.start()
-        except asyncio.CancelledError:
-            return 0
-        starting = False
-        print(banner(stack, args.services, database), flush=True)
-        crash = await _stop_or_crash(stop_requested, stack, postgres)
-        if crash is not None:
-            # As a process manager does: no stack runs on around a dead part of it. A signal from here on
-            # kills what is left, as a second Ctrl-C does.
-            stop_requested.set()
-            print(f"\n{crash.summary}: stopping the services (callers first), then NATS ...", flush=True)
-        codes = await stack.stop()
-        crashed_before_stopped = list(stack.crashed_before_stopped)
-        if postgres is not None:
-            # Last, as a database outlives its clients; before the verdict, which its exit is part of.
-            codes[POSTGRES], crashed = await postgres.stop()
-            crashed_before_stopped += [crashed] if crashed is not None else []
-        if crash is None and crashed_before_stopped:
-            # Ctrl-C in the moment a process died, or a process that died as the rest stopped: still a crash.
-            crash = crashed_before_stopped[0]
-        if crash is not None:
-            raise crash
-        failed = {name: code for name, code in codes.items() if code not in (0, None)}
-        print("stopped" + (f"; exit statuses other than 0: {failed}" if failed else " cleanly"), flush=True)
-        return 0
-    finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+    signals.stack = stack
+    names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
+    print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
+    # Cancelled by a signal, Stack.start stops what it had started.
+    await stack.start()
+    signals.starting = False
+    print(banner(stack, args.services, database), flush=True)
+    crash = await _stop_or_crash(signals.requested, stack, postgres)
+    if crash is not None:
+        # As a process manager does: no stack runs on around a dead part of it. A signal from here on
+        # kills what is left, as a second Ctrl-C does.
+        signals.requested.set()
+        print(f"\n{crash.summary}: stopping the services (callers first), then NATS ...", flush=True)
+    codes = await stack.stop()
+    crashed_before_stopped = list(stack.crashed_before_stopped)
+    if postgres is not None:
+        # Last, as a database outlives its clients; before the verdict, which its exit is part of.
+        codes[POSTGRES], crashed = await postgres.stop()
+        crashed_before_stopped += [crashed] if crashed is not None else []
+    if crash is None and crashed_before_stopped:
+        # Ctrl-C in the moment a process died, or a process that died as the rest stopped: still a crash.
+        crash = crashed_before_stopped[0]
+    if crash is not None:
+        raise crash
+    failed = {name: code for name, code in codes.items() if code not in (0, None)}
+    print("stopped" + (f"; exit statuses other than 0: {failed}" if failed else " cleanly"), flush=True)
+    return 0
 
 
 async def _stop_or_crash(
