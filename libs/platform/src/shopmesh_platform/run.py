@@ -9,9 +9,10 @@ Prints a table of what runs where, grpcurl and curl commands to try; each proces
 name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
 OTEL_EXPORTER_OTLP_ENDPOINT names a collector of your own. Ctrl-C (or SIGTERM, or the terminal closing)
 stops the services callers first, then NATS (then the PostgreSQL server), and exits 0; a second Ctrl-C
-kills whatever the stack still runs. Exit status 1 when the stack cannot start, or when one of its processes
-(NATS, a sink, a service, a sidecar, the edge's Envoy, the PostgreSQL server) exits on its own while it runs
-(or while Ctrl-C stops the rest, before its turn): the launcher then stops the rest as Ctrl-C does and
+kills whatever the stack still runs. The same while the stack starts: what had started is stopped, and it
+exits 0 with one line, "stopped while starting ...". Exit status 1 when the stack cannot start, or when one
+of its processes (NATS, a sink, a service, a sidecar, the edge's Envoy, the PostgreSQL server) exits on its
+own while it runs (or while Ctrl-C stops the rest, before its turn): the launcher then stops the rest as Ctrl-C does and
 names that process with its last output lines (no restart: a crash is a bug to see, not to paper over).
 With --postgres every service
 that owns data gets a database of its own on a throwaway PostgreSQL server started from the installed
