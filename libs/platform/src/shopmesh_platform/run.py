@@ -12,12 +12,11 @@ stops the services callers first, then NATS (then the PostgreSQL server), and ex
 kills whatever the stack still runs. The same while the stack starts: what had started is stopped, and it
 exits 0 with one line, "stopped while starting ...". Exit status 1 when the stack cannot start, or when one
 of its processes (NATS, a sink, a service, a sidecar, the edge's Envoy, the PostgreSQL server) exits on its
-own while it runs (or while Ctrl-C stops the rest, before its turn): the launcher then stops the rest as Ctrl-C does and
-names that process with its last output lines (no restart: a crash is a bug to see, not to paper over).
-With --postgres every service
-that owns data gets a database of its own on a throwaway PostgreSQL server started from the installed
-binaries (as in a cluster, one database per service), removed when the stack stops; without it, SQLite
-files under the data directory.
+own while it runs (or while Ctrl-C stops the rest, before its turn): the launcher then stops the rest as
+Ctrl-C does and names that process with its last output lines (no restart: a crash is a bug to see, not to
+paper over). With --postgres every service that owns data gets a database of its own on a throwaway
+PostgreSQL server started from the installed binaries (as in a cluster, one database per service), removed
+when the stack stops; without it, SQLite files under the data directory.
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
 call graph as policy (docs/mesh.md); --canary adds a second instance of one service that its callers'
 sidecars send a share of their calls.
