@@ -246,6 +246,133 @@ async def test_a_successful_login_forgets_the_failures_before_it(tmp_path: Path,
             assert (await login(stub, email="ann@example.com")).user_id == user.id
 
 
+async def test_concurrent_wrong_logins_for_one_email_hash_no_more_passwords_than_the_burst(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guesses sent in parallel: all arrive before the first has failed. Each must use its attempt up when
+    it is admitted; counting only failures let every guess the hashing queue holds through at each refill."""
+    reached, hashes, refused = 0, 0, 0
+    finish = threading.Event()
+    verify, verify_in_turn = Passwords._verify, Passwords.verify
+
+    async def counted_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        nonlocal reached
+        reached += 1
+        return await verify_in_turn(self, password_hash, password)
+
+    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        nonlocal hashes
+        hashes += 1  # at most one thread at a time: PASSWORD_HASH_CONCURRENCY=1
+        # No hash finishes, so no failure is known, until every guess has been either admitted or refused.
+        finish.wait(30)
+        return verify(self, password_hash, password)
+
+    async def guess() -> str | None:
+        nonlocal refused
+        details = await error_of(login(stub, email="ann@example.com", password="not the password"))
+        if details.reason == "TOO_MANY_LOGIN_ATTEMPTS":
+            refused += 1
+        return details.reason
+
+    monkeypatch.setattr(Passwords, "_verify", held_verify)
+    monkeypatch.setattr(Passwords, "verify", counted_verify)
+    settings = users_settings(
+        tmp_path, login_failure_burst=3, login_failure_refill_seconds=3600, password_hash_concurrency=1
+    )
+    guesses = 20
+    try:
+        async with running(settings, clock) as (_, stub):
+            await register(stub, email="ann@example.com")
+            tasks = [asyncio.ensure_future(guess()) for _ in range(guesses)]
+            await eventually(lambda: reached + refused == guesses, "every guess sent to the hasher or refused")
+            finish.set()
+            reasons = Counter(await asyncio.gather(*tasks))
+            assert reasons == {"INVALID_CREDENTIALS": 3, "TOO_MANY_LOGIN_ATTEMPTS": guesses - 3}
+            assert hashes == 3
+            throttled = await error_of(login(stub, email="ann@example.com"))
+            assert throttled.reason == "TOO_MANY_LOGIN_ATTEMPTS", "the burst is spent, even for the right password"
+    finally:
+        finish.set()
+
+
+async def verify_busy(_self: Passwords, _password_hash: str | None, _password: str) -> bool:
+    raise ResourceExhausted("too many password checks at once; retry shortly", reason=BUSY_REASON)
+
+
+async def account_read_fails(_self: UserRepository, _email: str) -> None:
+    raise OperationalError("SELECT users", {}, Exception("database is locked"))
+
+
+@pytest.mark.parametrize(
+    ("target", "failure", "reason"),
+    [
+        ((Passwords, "verify"), verify_busy, BUSY_REASON),
+        ((UserRepository, "account_by_email"), account_read_fails, "DATABASE_UNAVAILABLE"),
+    ],
+    ids=["hashing-queue-full", "database-error"],
+)
+async def test_logins_that_end_before_the_password_is_checked_spend_no_attempt(
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    target: tuple[type, str],
+    failure: object,
+    reason: str,
+) -> None:
+    """Such a login tells the caller nothing about the password: it gives its attempt back, so a busy or
+    failing service does not throttle the account's owner."""
+    settings = users_settings(tmp_path, login_failure_burst=2, login_failure_refill_seconds=3600)
+    async with running(settings, clock) as (_, stub):
+        user = await register(stub)
+        with monkeypatch.context() as patched:
+            patched.setattr(*target, failure)
+            for _ in range(5):
+                assert (await error_of(login(stub))).reason == reason
+        assert (await login(stub)).user_id == user.id
+
+
+async def test_logins_given_up_while_waiting_for_or_running_their_hash_spend_no_attempt(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadline (a client's own, which the gateway passes on) or a cancellation ends a login without an
+    answer about the password: the attempt is given back, whether its hash had started or not."""
+    hashing, finish = threading.Event(), threading.Event()
+    verify = Passwords._verify
+
+    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        hashing.set()
+        finish.wait(30)
+        return verify(self, password_hash, password)
+
+    settings = users_settings(
+        tmp_path, login_failure_burst=2, login_failure_refill_seconds=3600, password_hash_concurrency=1
+    )
+    wrong_password = users_pb2.LoginRequest(email="ann@example.com", password="not the password")
+    try:
+        async with running(settings, clock) as (_, stub):
+            user = await register(stub)
+            monkeypatch.setattr(Passwords, "_verify", held_verify)
+            first = stub.Login(wrong_password)
+            await eventually(hashing.is_set, "the first login's hash started")
+            first.cancel()
+            for _ in range(4):
+                # Past its deadline while queued behind the held hash; refused instead when the server has not
+                # yet seen an earlier one's deadline (its attempt still out).
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.Login(wrong_password, timeout=0.05)
+            finish.set()
+
+            async def logged_in() -> bool:
+                # The server learns of each deadline on its own: until it has, the attempt is still out.
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    return (await login(stub)).user_id == user.id
+                return False
+
+            await eventually(logged_in, "the right password logged in")
+    finally:
+        finish.set()
+
+
 @pytest.mark.parametrize(
     ("email", "password", "expected"),
     [

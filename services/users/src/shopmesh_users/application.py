@@ -23,7 +23,7 @@ from shopmesh_users.domain.errors import (
 )
 from shopmesh_users.domain.failed_logins import FailedLogins
 from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
-from shopmesh_users.domain.models import User, new_user_id
+from shopmesh_users.domain.models import Account, Credentials, User, new_user_id
 from shopmesh_users.domain.tokens import build_access_claims, new_token_id
 from shopmesh_users.domain.validation import validate_login, validate_registration, validate_user_id
 from shopmesh_users.passwords import Passwords
@@ -102,25 +102,23 @@ class UsersApplication:
     @database_errors_as_domain_errors
     async def login(self, email: str, password: str) -> IssuedToken:
         credentials = validate_login(email, password)
-        if self._failed_logins is not None and (wait := self._failed_logins.retry_after(credentials.email)) > 0:
+        throttle = self._failed_logins
+        if throttle is not None and (wait := throttle.try_acquire(credentials.email)) > 0:
             # Before any hashing: a throttled guess costs the service nothing.
             raise too_many_login_attempts(wait)
-        # The same read and the same hashing for a known and an unknown e-mail: both take about as long.
-        async with self._database.transaction() as session:
-            account = await UserRepository(session).account_by_email(credentials.email)
-        stored_hash = account.password_hash if account else None
-        matched = await self._passwords.verify(stored_hash, credentials.password)
-        matched_as_sent = False
-        if not matched and credentials.password_as_sent is not None:
-            # Accounts registered before passwords were normalized hold a hash of the password as it was
-            # sent. Checked for an unknown e-mail too, so that both still cost the same hashing.
-            matched_as_sent = await self._passwords.verify(stored_hash, credentials.password_as_sent)
+        try:
+            account, matched, matched_as_sent = await self._check_password(credentials)
+        except BaseException:
+            # No answer about the password (hashing busy, database down, the caller's deadline or cancellation):
+            # not a guess, so the attempt is not spent.
+            if throttle is not None:
+                throttle.give_back(credentials.email)
+            raise
         if account is None or not (matched or matched_as_sent):
-            if self._failed_logins is not None:
-                self._failed_logins.failed(credentials.email)
+            # The attempt stays taken: this is what the throttle counts.
             raise invalid_credentials()
-        if self._failed_logins is not None:
-            self._failed_logins.succeeded(credentials.email)
+        if throttle is not None:
+            throttle.succeeded(credentials.email)
         if matched_as_sent or self._passwords.needs_rehash(account.password_hash):
             await self._upgrade_password_hash(account.user.id, account.password_hash, credentials.password)
         # The keys as they are after the password check, which may wait seconds for a hashing turn: keys
@@ -139,6 +137,20 @@ class UsersApplication:
                 await SigningKeyRepository(session).record_token_lifetime(key.kid, lifetime)
         claims = build_access_claims(account.user.id, now, lifetime, new_token_id())
         return IssuedToken(sign_access_token(claims, key), claims.expires_at, account.user.id)
+
+    async def _check_password(self, credentials: Credentials) -> tuple[Account | None, bool, bool]:
+        """The account, and whether the password matched as normalized and as sent."""
+        # The same read and the same hashing for a known and an unknown e-mail: both take about as long.
+        async with self._database.transaction() as session:
+            account = await UserRepository(session).account_by_email(credentials.email)
+        stored_hash = account.password_hash if account else None
+        matched = await self._passwords.verify(stored_hash, credentials.password)
+        matched_as_sent = False
+        if not matched and credentials.password_as_sent is not None:
+            # Accounts registered before passwords were normalized hold a hash of the password as it was
+            # sent. Checked for an unknown e-mail too, so that both still cost the same hashing.
+            matched_as_sent = await self._passwords.verify(stored_hash, credentials.password_as_sent)
+        return account, matched, matched_as_sent
 
     async def _upgrade_password_hash(self, user_id: str, old_hash: str, password: str) -> None:
         """Best effort: the password was right and the old hash still works, so a full hashing queue or a

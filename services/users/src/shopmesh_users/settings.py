@@ -41,10 +41,10 @@ class UsersSettings(DatabaseSettings):
     password_hash_concurrency: int = Field(default=2, ge=1)
     password_hash_queue: int = Field(default=32, ge=0)
 
-    # Failed logins per e-mail address (docs/auth.md, "Login throttling"): this many at once, then one more
-    # every LOGIN_FAILURE_REFILL_SECONDS; past that a login for the address is refused (RESOURCE_EXHAUSTED,
-    # reason TOO_MANY_LOGIN_ATTEMPTS) before its password is checked. Counted by each replica on its own,
-    # for up to LOGIN_FAILURE_MAX_EMAILS addresses.
+    # Login attempts per e-mail address (docs/auth.md, "Login throttling"), taken when a login is admitted
+    # and kept by wrong passwords: this many at once, then one more every LOGIN_FAILURE_REFILL_SECONDS; past
+    # that a login for the address is refused (RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS) before its
+    # password is checked. Counted by each replica on its own, for up to LOGIN_FAILURE_MAX_EMAILS addresses.
     login_failure_burst: int = Field(default=10, ge=1)
     login_failure_refill_seconds: float = Field(default=30.0, gt=0)
     login_failure_max_emails: int = Field(default=100_000, ge=1)

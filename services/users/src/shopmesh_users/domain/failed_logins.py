@@ -1,10 +1,13 @@
-"""Failed logins per e-mail address, so that guessing one account's password is slow however many client
+"""Login attempts per e-mail address, so that guessing one account's password is slow however many client
 addresses the guesses come from: the gateway limits each address, not each account.
 
-A token bucket per e-mail: `burst` failures at once, then one more every `refill_seconds`. Only failures
-take a token, so a user logging in on many devices at once is never held back; an attempt is refused
-(before its password is hashed) while the bucket is empty, for a known and an unknown e-mail alike, so the
-refusal says nothing about which accounts exist. A successful login forgets the e-mail's failures.
+A token bucket per e-mail: `burst` attempts at once, then one more every `refill_seconds`. An attempt takes
+its token when it is admitted, before its password is hashed, not when it fails: counting only failures let
+every attempt admitted before the first failure was recorded through (the ~34 a hashing queue holds, at
+each refill). An attempt that ends without an answer about the password (hashing busy, database down, the
+caller gone) gives its token back, and a successful login forgets the e-mail's bucket, so only wrong
+guesses keep tokens. An attempt is refused while the bucket is empty, for a known and an unknown e-mail
+alike, so the refusal says nothing about which accounts exist.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _key(email: str) -> bytes:
 
 
 class FailedLogins:
-    """The failures of the last while, per e-mail; beyond `max_emails` the least recently seen is
+    """The attempts of the last while, per e-mail; beyond `max_emails` the least recently seen is
     forgotten (it starts again with a full bucket, as after `burst * refill_seconds` of quiet)."""
 
     def __init__(
@@ -46,14 +49,9 @@ class FailedLogins:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def retry_after(self, email: str) -> float:
-        """0.0 when a login for `email` may be checked now, else the seconds until one may."""
-        bucket = self._refilled(_key(email))
-        if bucket is None or bucket.tokens >= 1.0:
-            return 0.0
-        return (1.0 - bucket.tokens) / self._rate
-
-    def failed(self, email: str) -> None:
+    def try_acquire(self, email: str) -> float:
+        """Takes one attempt for `email` and returns 0.0, or takes nothing and returns the seconds until one
+        may be taken."""
         key = _key(email)
         bucket = self._refilled(key)
         if bucket is None:
@@ -61,9 +59,17 @@ class FailedLogins:
             self._buckets[key] = bucket
             if len(self._buckets) > self._max_emails:
                 self._buckets.popitem(last=False)
-        # Not below zero: failures checked at once (in flight when the bucket emptied) must not push the
-        # next attempt further off than one refill.
-        bucket.tokens = max(0.0, bucket.tokens - 1.0)
+        if bucket.tokens < 1.0:
+            return (1.0 - bucket.tokens) / self._rate
+        bucket.tokens -= 1.0
+        return 0.0
+
+    def give_back(self, email: str) -> None:
+        """Returns an attempt taken by `try_acquire` that checked no password. Nothing when the bucket is gone
+        (a success forgot it, or it was the least recently seen): it is full already."""
+        bucket = self._refilled(_key(email))
+        if bucket is not None:
+            bucket.tokens = min(self._burst, bucket.tokens + 1.0)
 
     def succeeded(self, email: str) -> None:
         self._buckets.pop(_key(email), None)
