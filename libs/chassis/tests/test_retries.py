@@ -160,16 +160,19 @@ class _AsksToWait(SampleServicer):
     (a service whose database is away answers so), through the chassis' interceptor; then succeeds. It notes
     when each attempt came."""
 
-    def __init__(self, retry_after: float, failures: int) -> None:
+    def __init__(self, retry_after: float, failures: int, *, final: bool = False) -> None:
         super().__init__()
         self.retry_after = retry_after
         self.failures = failures
+        self.final = final
         self.arrivals: list[float] = []
 
     async def Fail(self, request: sample_pb2.FailRequest, context: Any) -> sample_pb2.FailResponse:
         self.arrivals.append(time.monotonic())
         if len(self.arrivals) <= self.failures:
-            raise errors.Unavailable("come back later", reason="BACKEND_DOWN", retry_after_seconds=self.retry_after)
+            raise errors.Unavailable(
+                "come back later", reason="BACKEND_DOWN", retry_after_seconds=self.retry_after, final=self.final
+            )
         return sample_pb2.FailResponse()
 
 
@@ -204,6 +207,23 @@ async def test_a_retry_info_within_the_deadline_is_still_retried() -> None:
     async with asking_to_wait(servicer) as stub:
         await stub.Fail(sample_pb2.FailRequest(), timeout=30)
     assert len(servicer.arrivals) == 2
+
+
+@pytest.mark.parametrize("timeout", [30, None], ids=["within-the-deadline", "no-deadline"])
+async def test_an_unavailable_final_for_the_call_is_not_retried_whatever_its_wait(timeout: float | None) -> None:
+    """A handler's error marked final (orders' "your cancellation is accepted") goes out with the pushback
+    "do not retry": gRPC retried it at once, each attempt redoing what the answer said was under way."""
+    servicer = _AsksToWait(retry_after=0.25, failures=10, final=True)
+    async with asking_to_wait(servicer) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Fail(sample_pb2.FailRequest(), timeout=timeout)
+    details = details_of(caught.value)
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "BACKEND_DOWN",
+        0.25,
+    )
+    assert len(servicer.arrivals) == 1
 
 
 class _Dependency(SampleServicer):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
 
 import grpc
 import pytest
@@ -34,13 +35,18 @@ from .conftest import FakeCatalog, FakeInventory, FakePayments
 
 @contextlib.asynccontextmanager
 async def serving_orders(
-    settings: OrdersSettings, database: Database, catalog: Catalog, inventory: FakeInventory, payments: FakePayments
+    settings: OrdersSettings,
+    database: Database,
+    catalog: Catalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    servicer: type[OrdersServicer] = OrdersServicer,
 ) -> AsyncIterator[orders_pb2_grpc.OrdersServiceStub]:
     """Orders' service over a real socket, on these ports to its neighbours."""
     app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
     binding = ServiceBinding(
         DESCRIPTOR,
-        OrdersServicer(app, RequestFingerprint(b"k" * 32)),
+        servicer(app, RequestFingerprint(b"k" * 32)),
         orders_pb2_grpc.add_OrdersServiceServicer_to_server,
     )
     async with (
@@ -174,6 +180,44 @@ async def test_a_cancellation_accepted_while_inventory_is_down_shows_as_pending_
     assert cancelled.state == orders_pb2.ORDER_STATE_CANCELLED
     assert cancelled.cancel_reason == expected
     assert not cancelled.HasField("pending_cancellation")
+
+
+class _CountingCancels(OrdersServicer):
+    """Orders' servicer noting each CancelOrder call that reaches it."""
+
+    cancels: ClassVar[list[str]] = []
+
+    async def CancelOrder(self, request: orders_pb2.CancelOrderRequest, context: Any) -> orders_pb2.CancelOrderResponse:
+        _CountingCancels.cancels.append(request.order_id)
+        return await super().CancelOrder(request, context)
+
+
+async def test_a_cancellation_accepted_is_answered_once_not_retried_by_the_callers_channel(
+    settings: OrdersSettings, database: Database, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    """The accepted answer (UNAVAILABLE naming the order) is final for the call: the gateway's channel, which
+    retries CancelOrder's UNAVAILABLE, sent it three more times, each driving the cancellation again (or meeting
+    the recovery loop's lease) and the customer's answer seconds later."""
+    _CountingCancels.cancels = []
+    async with serving_orders(settings, database, catalog, inventory, payments, _CountingCancels) as stub:
+        placed = await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))
+        order_id = placed.order.id
+        inventory.down = True
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CancelOrder(
+                orders_pb2.CancelOrderRequest(order_id=order_id, reason="too slow"),
+                metadata=idempotency_metadata("c1"),
+                timeout=30,
+            )
+    details = details_of(caught.value)
+    assert details.error_info is not None
+    assert (details.code, details.reason, details.error_info.metadata["order_id"]) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "DEPENDENCY_UNAVAILABLE",
+        order_id,
+    )
+    assert "is accepted" in details.message
+    assert _CountingCancels.cancels == [order_id]
 
 
 async def test_list_orders_rejects_a_negative_page_size(stub: orders_pb2_grpc.OrdersServiceStub) -> None:

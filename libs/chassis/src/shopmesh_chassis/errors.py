@@ -104,6 +104,10 @@ class PermissionDenied(DomainError):
 
 
 class _Retryable(DomainError):
+    """`final=True`: the answer is final for this call, though a later call may fare better. gRPC's own
+    retries (the chassis' service config retries idempotent methods on UNAVAILABLE, reading no details) must
+    not send the call again at once: each attempt would redo the work the answer says is under way."""
+
     def __init__(
         self,
         message: str,
@@ -112,9 +116,11 @@ class _Retryable(DomainError):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
         domain: str | None = None,
+        final: bool = False,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata, domain=domain)
         self.retry_after_seconds = retry_after_seconds
+        self.final = final
 
 
 class ResourceExhausted(_Retryable):

@@ -100,6 +100,7 @@ _HEALTH = "/grpc.health.v1.Health/"
 
 # gRFC A6's trailer telling a gRPC client how long to wait before retrying (milliseconds; negative: never).
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+_DO_NOT_RETRY = ((RETRY_PUSHBACK, "-1"),)
 
 # How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
 SHED_RETRY_AFTER_SECONDS = 0.1
@@ -218,7 +219,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             await self._abort(context, to_grpc_status(stored))
         except errors.DomainError as exc:
             code = status_code_for(exc)
-            await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)))
+            final = getattr(exc, "final", False)
+            await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)), final=final)
         except grpc.aio.AbortError:
             # The handler aborted by itself (e.g. a library servicer); keep its status.
             code = _code_of(context)
@@ -298,11 +300,11 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.StatusCode.INTERNAL
 
     @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
+    async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status, *, final: bool = False) -> None:
         # Nothing was sent yet, so the response is trailers-only.
         # Trailers the handler set (e.g. the idempotency key used) go out with the error too.
         handler_set = tuple(context.trailing_metadata() or ())
-        pushback = _retry_pushback(status, context.time_remaining())
+        pushback = _DO_NOT_RETRY if final else _retry_pushback(status, context.time_remaining())
         await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback))
 
 
@@ -318,7 +320,7 @@ def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[
     delay = details_from(status.code, status.details, status.trailing_metadata).retry_delay_seconds
     if delay is None or time_remaining is None or delay < time_remaining:
         return ()
-    return ((RETRY_PUSHBACK, "-1"),)
+    return _DO_NOT_RETRY
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:

@@ -88,13 +88,16 @@ def _cancellation_accepted(order_id: str, retry_after_seconds: float | None) -> 
     """CancelOrder's answer when the refund or the release waits for payments or inventory. The cancellation
     was saved before either was asked, so the recovery loop finishes it without the customer's retry: the
     answer says so, rather than name a saga step. Still UNAVAILABLE: the order is not cancelled yet (it shows
-    CONFIRMED until it is), and a retry with the same key returns it once it is."""
+    CONFIRMED until it is), and a retry with the same key returns it once it is. Final for this call: a
+    channel's own retry of the UNAVAILABLE would drive the cancellation again, or meet the driver holding it,
+    only to answer the same, seconds later."""
     return errors.Unavailable(
         f"the cancellation of order {order_id} is accepted and completes on its own once payments and "
         "inventory answer; the order shows CONFIRMED until then",
         reason=errors.DEPENDENCY_UNAVAILABLE,
         retry_after_seconds=retry_after_seconds,
         metadata={"order_id": order_id},
+        final=True,
     )
 
 
@@ -294,8 +297,8 @@ class OrdersApplication:
             except errors.Unavailable as exc:
                 raise _cancellation_accepted(order_id, exc.retry_after_seconds) from exc
             except errors.Aborted as exc:
-                # Another driver holds the order: the recovery loop, or this request's first attempt (clients
-                # retry the UNAVAILABLE above on their own). The cancellation is recorded under this key and
+                # Another driver holds the order: the recovery loop, or an earlier attempt of this request
+                # still under way (a client that sent it again at once). The cancellation is recorded under this key and
                 # that driver completes it: accepted, not "retry", which a retry would meet again.
                 raise _cancellation_accepted(order_id, None) from exc
         return order
