@@ -63,3 +63,15 @@ def test_an_error_keeps_its_error_info_for_the_caller_to_act_on() -> None:
 def test_a_status_without_a_readable_error_info_has_none(details: str) -> None:
     error = _error(400, "application/json", f'{{"code": 9{details}}}')
     assert (error.code(), error.error_info) == (grpc.StatusCode.FAILED_PRECONDITION, None)
+
+
+def test_an_error_keeps_its_retry_delay_for_the_shoppers_to_wait() -> None:
+    # The gateway's RATE_LIMITED as the edge answers it (429): the shoppers over --http wait as asked, as over gRPC.
+    body = (
+        '{"code": 8, "message": "slow down", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",'
+        ' "reason": "RATE_LIMITED"}, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.250s"}]}'
+    )
+    error = _error(429, "application/json", body)
+    assert (error.code(), error.retry_delay) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 0.25)
+    unreadable = '{"code": 8, "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "x"}]}'
+    assert _error(429, "application/json", unreadable).retry_delay is None

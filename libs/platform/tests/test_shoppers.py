@@ -8,6 +8,7 @@ import io
 import json
 import random
 import re
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from shopmesh_chassis.errors import FailedPrecondition
 from shopmesh_chassis.grpc_errors import to_grpc_status, to_rpc_status
 from shopmesh_chassis.testing import free_port
 from shopmesh_platform.shoppers import Shopper, Tally, main, server_fault
+from shopmesh_platform.stack import Stack
 
 FAST = ["--shoppers", "2", "--duration", "1", "--think", "0.01,0.05", "--report-every", "0.5"]
 
@@ -195,3 +197,27 @@ def test_price_changed_as_tallied_is_no_server_fault() -> None:
     assert not server_fault("PRICE_CHANGED")
     assert server_fault("INTERNAL")
     assert not server_fault("FAILED_PRECONDITION")
+
+
+# One sign-up at a time from an address, one more every 0.25 s: three shoppers signing up at once (a Register and
+# a Login each) are refused RATE_LIMITED, with RetryInfo, four times out of six at least.
+TINY_PASSWORD_BUCKET = {"PASSWORD_RATE_LIMIT_BURST": "1", "PASSWORD_RATE_LIMIT_PER_SECOND": "4"}
+
+
+async def test_shoppers_refused_by_the_gateways_password_bucket_wait_as_asked_and_all_sign_up(tmp_path: Path) -> None:
+    """Against a real gateway (and users) from one address, as `make shoppers --target` against a cluster: the
+    gateway's per-address password bucket refuses most sign-ups RATE_LIMITED with the wait to take. Shoppers
+    tallied the refusal and, without an account, never shopped; now each waits as asked and signs up, and the
+    summary counts the waits."""
+    async with Stack.for_tests(tmp_path, services=["users", "gateway"], env={"gateway": TINY_PASSWORD_BUCKET}) as stack:
+        # Room for six hashes after the refills on a loaded machine; catalog is not running, so the rest of the
+        # run is the shoppers waiting out the gateway's DEPENDENCY_UNAVAILABLE.
+        argv = ["--target", stack.address("gateway"), "--shoppers", "3", "--duration", "8", "--think", "0.01,0.05"]
+        code, out, err = await asyncio.to_thread(ran, *argv, "--seed", "5", "--json")
+    assert code == 0, err
+    answers = json.loads(out)
+    assert (answers["Register"], answers["Login"]) == ({"OK": 3}, {"OK": 3}), answers
+    waited = re.search(r"^waited (\d+) times \(.* s\) as RetryInfo asked, then asked again: (.*)$", err, re.MULTILINE)
+    assert waited is not None, err
+    signing_up = dict(entry.rsplit(" ", 1) for entry in waited[2].split(", "))
+    assert int(signing_up.get("Register", "0")) + int(signing_up.get("Login", "0")) >= 3, err

@@ -28,6 +28,7 @@ from shopmesh.gateway.v1 import shop_pb2
 SERVICE = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 # Envoy's own plain-text refusals (a route, parameter or body it cannot transcode): gRPC's HTTP mapping reversed.
 _BY_HTTP_STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -44,7 +45,8 @@ _BY_HTTP_STATUS = {
 
 class HttpCallError(Exception):
     """A call the edge answered with an error; `code()` as on grpc.aio.AioRpcError, and the google.rpc.ErrorInfo
-    of the status in the body (its reason and metadata, e.g. PRICE_CHANGED's new total), None without one."""
+    of the status in the body (its reason and metadata, e.g. PRICE_CHANGED's new total), None without one, and
+    its RetryInfo's delay in seconds (a rate limit's "come back in 2 s"), None without one."""
 
     def __init__(
         self,
@@ -52,11 +54,13 @@ class HttpCallError(Exception):
         status: int,
         message: str,
         error_info: error_details_pb2.ErrorInfo | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(f"{status} {code.name}: {message}")
         self._code = code
         self.status = status
         self.error_info = error_info
+        self.retry_delay = retry_delay
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -141,9 +145,26 @@ def _error(status: int, content_type: str, text: str) -> HttpCallError:
         except (ValueError, AttributeError, TypeError):
             code = None
         if code is not None:
-            return HttpCallError(code, status, str(body.get("message", "")), _error_info(body.get("details")))
+            details = body.get("details")
+            return HttpCallError(
+                code, status, str(body.get("message", "")), _error_info(details), _retry_delay(details)
+            )
     fallback = grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.UNKNOWN
     return HttpCallError(_BY_HTTP_STATUS.get(status, fallback), status, text.strip()[:200])
+
+
+def _retry_delay(details: object) -> float | None:
+    """The RetryInfo's delay among a JSON status's details (proto3 JSON: {"retryDelay": "2s"}), None without
+    one or when it does not parse."""
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and detail.get("@type") == _RETRY_INFO:
+            fields = {key: value for key, value in detail.items() if key != "@type"}
+            try:
+                info = json_format.ParseDict(fields, error_details_pb2.RetryInfo(), ignore_unknown_fields=True)
+            except json_format.ParseError:
+                return None
+            return info.retry_delay.ToTimedelta().total_seconds() if info.HasField("retry_delay") else None
+    return None
 
 
 def _error_info(details: object) -> error_details_pb2.ErrorInfo | None:

@@ -12,10 +12,12 @@ front-end would (a plain channel; every call has a deadline), or with `--http` o
 front of the gateway, each call on its `google.api.http` route (`http_client`). It is traffic, not a benchmark
 (`make bench-checkout` measures). Every `--report-every` seconds and at the end it prints what each
 method answered: its status code, or PRICE_CHANGED for a checkout refused at a total that was no longer
-the current one (a FAILED_PRECONDITION the client acts on, told apart from a declined card). Exit 1 when the
-gateway cannot be reached, or, with `--strict`, when any call got a server fault (UNKNOWN, INTERNAL,
-DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed price is an answer, a fault is a
-bug.
+the current one (a FAILED_PRECONDITION the client acts on, told apart from a declined card). A refusal that
+asks to come back later (RESOURCE_EXHAUSTED or UNAVAILABLE with a RetryInfo: the gateway's password bucket
+refusing sign-ups from one address) is waited out, jittered, and the step asked again; such waits are counted
+apart from the answers. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a
+server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed
+price is an answer, a fault is a bug.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO, TypeVar, cast
 
@@ -60,6 +62,15 @@ SERVER_FAULTS = frozenset(
 )
 # The outcome tallied for a checkout refused because its expected_total is no longer the current total.
 PRICE_CHANGED = "PRICE_CHANGED"
+# Answers that, with a RetryInfo, ask the shopper to come back later (the gateway's per-address password bucket
+# refuses sign-ups RATE_LIMITED; a service whose dependency is away answers DEPENDENCY_UNAVAILABLE): a client
+# waits as asked and takes the same step again, rather than count a refusal it was told how to avoid.
+COME_BACK_LATER = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+# A longer wait asked for is an outage, not a pause: the answer is tallied as it is and the shopper moves on.
+MAX_RETRY_WAIT_SECONDS = 30.0
+# Each wait is the one asked for stretched by up to this share, so that shoppers refused together do not all
+# come back in the same instant and meet the same empty bucket.
+RETRY_JITTER = 0.25
 
 
 def server_fault(outcome: str) -> bool:
@@ -89,34 +100,65 @@ class Checkout:
     price_changed: bool  # refused PRICE_CHANGED first, then placed again at the total that answer named
 
 
+def _error_info(error: grpc.aio.AioRpcError | HttpCallError) -> error_details_pb2.ErrorInfo | None:
+    return details_of(error).error_info if isinstance(error, grpc.aio.AioRpcError) else error.error_info
+
+
+def _retry_delay(error: grpc.aio.AioRpcError | HttpCallError) -> float | None:
+    return details_of(error).retry_delay_seconds if isinstance(error, grpc.aio.AioRpcError) else error.retry_delay
+
+
 class Tally:
     """What each method answered, by status code, and every checkout tried."""
 
     def __init__(self) -> None:
         self.answers: Counter[tuple[str, str]] = Counter()
         self.checkouts: list[Checkout] = []
+        # The waits a RetryInfo asked for and the shoppers took, by method, and how long they waited in all.
+        self.waits: Counter[str] = Counter()
+        self.waited_seconds = 0.0
 
-    async def call(self, method: str, call: Awaitable[T]) -> T | None:
-        result, _, _ = await self.answer(method, call)
+    async def call(
+        self,
+        method: str,
+        call: Callable[[], Awaitable[T]],
+        wait: Callable[[float], Awaitable[float | None]] | None = None,
+    ) -> T | None:
+        result, _, _ = await self.answer(method, call, wait)
         return result
 
-    async def answer(self, method: str, call: Awaitable[T]) -> tuple[T | None, str, error_details_pb2.ErrorInfo | None]:
+    async def answer(
+        self,
+        method: str,
+        call: Callable[[], Awaitable[T]],
+        wait: Callable[[float], Awaitable[float | None]] | None = None,
+    ) -> tuple[T | None, str, error_details_pb2.ErrorInfo | None]:
         """The result (None on an error), the outcome as tallied (the status code's name, or PRICE_CHANGED) and
-        the error's ErrorInfo, if it had one."""
-        try:
-            result = await call
-        except (grpc.aio.AioRpcError, HttpCallError) as error:
-            info = details_of(error).error_info if isinstance(error, grpc.aio.AioRpcError) else error.error_info
-            changed = (
-                error.code() == grpc.StatusCode.FAILED_PRECONDITION
-                and info is not None
-                and info.reason == PRICE_CHANGED
-            )
-            outcome = PRICE_CHANGED if changed else error.code().name
-            self.answers[method, outcome] += 1
-            return None, outcome, info
-        self.answers[method, "OK"] += 1
-        return result, "OK", None
+        the error's ErrorInfo, if it had one. An answer asking to come back later (COME_BACK_LATER with a
+        RetryInfo) is not tallied while `wait` takes the delay asked for (it answers the seconds it waited, or
+        None when it will not wait): the call is made again, and the wait counted."""
+        while True:
+            try:
+                result = await call()
+            except (grpc.aio.AioRpcError, HttpCallError) as error:
+                delay = _retry_delay(error) if error.code() in COME_BACK_LATER else None
+                waited = await wait(delay) if wait is not None and delay is not None else None
+                if waited is not None:
+                    self.waits[method] += 1
+                    self.waited_seconds += waited
+                    continue
+                return None, self._tallied(method, error), _error_info(error)
+            self.answers[method, "OK"] += 1
+            return result, "OK", None
+
+    def _tallied(self, method: str, error: grpc.aio.AioRpcError | HttpCallError) -> str:
+        info = _error_info(error)
+        changed = (
+            error.code() == grpc.StatusCode.FAILED_PRECONDITION and info is not None and info.reason == PRICE_CHANGED
+        )
+        outcome = PRICE_CHANGED if changed else error.code().name
+        self.answers[method, outcome] += 1
+        return outcome
 
     @property
     def faults(self) -> int:
@@ -131,7 +173,17 @@ class Tally:
         for (_, code), n in self.answers.items():
             codes[code] += n
         said = ", ".join(f"{code} {n}" for code, n in codes.most_common())
-        return f"{elapsed:5.0f} s  {self.total} calls ({self.total / max(elapsed, 1e-9):.1f}/s): {said or 'none yet'}"
+        waited = f"; waited {sum(self.waits.values())} times as asked" if self.waits else ""
+        calls = f"{self.total} calls ({self.total / max(elapsed, 1e-9):.1f}/s)"
+        return f"{elapsed:5.0f} s  {calls}: {said or 'none yet'}{waited}"
+
+    def waited(self) -> str:
+        """The waits RetryInfos asked for and the shoppers took, in a line ("" when none)."""
+        if not self.waits:
+            return ""
+        each = ", ".join(f"{method} {n}" for method, n in sorted(self.waits.items()))
+        total = sum(self.waits.values())
+        return f"waited {total} times ({self.waited_seconds:.1f} s) as RetryInfo asked, then asked again: {each}"
 
     def by_method(self) -> dict[str, dict[str, int]]:
         answers: dict[str, dict[str, int]] = {}
@@ -160,8 +212,11 @@ class Shopper:
         # expects to pay.
         self._prices: dict[str, money_pb2.Money] = {}
         self._orders: list[str] = []
+        # When the run stops (time.monotonic()): no wait a RetryInfo asks for is taken past it.
+        self._until = math.inf
 
     async def run(self, until: float) -> None:
+        self._until = until
         await self._sign_up()
         while time.monotonic() < until:
             step = self._rng.choices(
@@ -170,35 +225,47 @@ class Shopper:
             await step()
             await asyncio.sleep(self._rng.uniform(*self._think))
 
+    async def _wait(self, delay: float) -> float | None:
+        """Wait as a RetryInfo asked, jittered, and answer how long; None, at once, when the wait is longer than
+        MAX_RETRY_WAIT_SECONDS or would end past the run's stop. Cancelled with the shopper (Ctrl-C)."""
+        pause = delay * self._rng.uniform(1, 1 + RETRY_JITTER)
+        if delay > MAX_RETRY_WAIT_SECONDS or time.monotonic() + pause > self._until:
+            return None
+        await asyncio.sleep(pause)
+        return pause
+
     async def _sign_up(self) -> None:
         email = f"shopper-{uuid.uuid4().hex[:10]}@example.com"
         register = shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name="Shopper")
-        registered = await self._tally.call("Register", self._stub.Register(register, timeout=10))
+        registered = await self._tally.call("Register", lambda: self._stub.Register(register, timeout=10), self._wait)
         if registered is not None:
             self._user_id = registered.user.id
-        login = await self._tally.call(
-            "Login", self._stub.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD), timeout=10)
-        )
+        login_request = shop_pb2.LoginRequest(email=email, password=PASSWORD)
+        login = await self._tally.call("Login", lambda: self._stub.Login(login_request, timeout=10), self._wait)
         if login is not None:
             self._auth = (("authorization", f"Bearer {login.access_token}"),)
 
     async def _browse(self) -> None:
         page = await self._tally.call(
-            "ListProducts", self._stub.ListProducts(shop_pb2.ListProductsRequest(page_size=10), timeout=10)
+            "ListProducts",
+            lambda: self._stub.ListProducts(shop_pb2.ListProductsRequest(page_size=10), timeout=10),
+            self._wait,
         )
         if page is not None:
             self._prices = {p.id: p.price for p in page.products} or self._prices
 
     async def _search(self) -> None:
         request = shop_pb2.SearchProductsRequest(query=self._rng.choice(SEARCHES), page_size=10)
-        await self._tally.call("SearchProducts", self._stub.SearchProducts(request, timeout=10))
+        await self._tally.call("SearchProducts", lambda: self._stub.SearchProducts(request, timeout=10), self._wait)
 
     async def _look(self) -> None:
         if not self._prices:
             await self._browse()
             return
         request = shop_pb2.GetProductPageRequest(product_id=self._rng.choice(list(self._prices)))
-        page = await self._tally.call("GetProductPage", self._stub.GetProductPage(request, timeout=10))
+        page = await self._tally.call(
+            "GetProductPage", lambda: self._stub.GetProductPage(request, timeout=10), self._wait
+        )
         if page is not None:
             self._prices[request.product_id] = page.product.price
 
@@ -223,7 +290,7 @@ class Shopper:
         )
         metadata = (*self._auth, ("idempotency-key", str(uuid.uuid4())))
         placed, code, info = await self._tally.answer(
-            "PlaceOrder", self._stub.PlaceOrder(request, metadata=metadata, timeout=30)
+            "PlaceOrder", lambda: self._stub.PlaceOrder(request, metadata=metadata, timeout=30), self._wait
         )
         current = info.metadata.get("current_total_minor", "") if info is not None else ""
         price_changed = code == PRICE_CHANGED and current.isdigit()
@@ -232,7 +299,7 @@ class Shopper:
             # nothing was recorded under it, and a retry of this attempt must not place a second order.
             request.expected_total.amount_minor = int(current)
             placed, code, _ = await self._tally.answer(
-                "PlaceOrder", self._stub.PlaceOrder(request, metadata=metadata, timeout=30)
+                "PlaceOrder", lambda: self._stub.PlaceOrder(request, metadata=metadata, timeout=30), self._wait
             )
         order_id = placed.order.id if placed is not None else ""
         self._tally.checkouts.append(
@@ -255,9 +322,15 @@ class Shopper:
             await self._browse()
             return
         request = shop_pb2.GetOrderRequest(order_id=self._rng.choice(self._orders))
-        await self._tally.call("GetOrder", self._stub.GetOrder(request, metadata=self._auth, timeout=10))
+        await self._tally.call(
+            "GetOrder", lambda: self._stub.GetOrder(request, metadata=self._auth, timeout=10), self._wait
+        )
         mail = shop_pb2.ListNotificationsRequest(page_size=10)
-        await self._tally.call("ListNotifications", self._stub.ListNotifications(mail, metadata=self._auth, timeout=10))
+        await self._tally.call(
+            "ListNotifications",
+            lambda: self._stub.ListNotifications(mail, metadata=self._auth, timeout=10),
+            self._wait,
+        )
 
 
 async def shop(args: argparse.Namespace, out: TextIO) -> Tally:
@@ -356,6 +429,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             sep="\n",
             file=out,
         )
+    if tally.waits:
+        # Beside the answers, not among them: a refusal waited out was no answer the shopper kept. With --json,
+        # on stderr with the progress, so that stdout stays the answers alone.
+        print(tally.waited(), file=err if args.json else out)
     if args.strict and tally.faults:
         print(f"error: {tally.faults} call(s) got a server fault", file=err)
         return 1
