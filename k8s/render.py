@@ -103,8 +103,8 @@ def render(
     """Template path -> rendered manifest (hooks included, empty files dropped), as `helm template`;
     `values` (if given) in place of the value set's file; `kube_version` (if given, "v1.28.0") the cluster
     version the templates see, as `helm template --kube-version`, else the SDK's default (v1.36.0 in Helm
-    4.2), which the charts' minimums are below (1.29 for the mesh's native sidecars, 1.30 for the edge's
-    `preStop: sleep`)."""
+    4.2), which the charts' minimums are below (1.27 for the HPA's ContainerResource metric, 1.29 for the
+    mesh's native sidecars, 1.30 for the edge's `preStop: sleep`)."""
     release = UMBRELLA if chart == UMBRELLA else chart
     chosen = values_for(value_set, helm_dir) if values is None else values
     with helm.Chart.load(helm_dir / chart) as loaded:

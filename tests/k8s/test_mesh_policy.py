@@ -311,27 +311,42 @@ def linkerd_problems(objects: Docs) -> list[str]:
     return problems
 
 
-def test_under_linkerd_every_autoscaled_pods_proxy_has_the_cpu_request_its_hpa_needs(helm_dir: Path) -> None:
-    """Staging under Linkerd: the HPA sums the CPU requests of the pod's containers, the native sidecar's
-    included (Kubernetes 1.29+), and gives up on a pod with a container without one ("missing request for cpu
-    in container linkerd-proxy": no scaling at all). Linkerd's default install injects its proxy without
-    requests, so each autoscaled pod asks for them; a platform's own podAnnotations win."""
-    staging = render.merged_values(render.values_for("staging", helm_dir), render.values_for("linkerd", helm_dir))
-    own = render.merged_values(staging, {"global": {"podAnnotations": {PROXY_CPU: "250m"}}})
-    for values, cpu in ((staging, "100m"), (own, "250m")):
-        docs = objects_of(helm_dir, render.UMBRELLA, values)
-        scaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
-        assert scaled == set(SERVICES)
-        for name in scaled:
-            annotations = find(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
-            assert annotations["linkerd.io/inject"] == "enabled", name
-            assert annotations.get(PROXY_CPU) == cpu, (name, annotations)
-            assert re.fullmatch(r"[1-9][0-9]*Mi", annotations["config.linkerd.io/proxy-memory-request"]), name
-    # Without an HPA nothing needs them: dev's pods stay as small as they were.
-    dev = objects_of(helm_dir, render.UMBRELLA, render.values_for("linkerd", helm_dir))
-    deployments = [d for d in dev if d["kind"] == "Deployment"]
-    assert deployments
-    assert not [d for d in deployments if PROXY_CPU in d["spec"]["template"]["metadata"]["annotations"]]
+@pytest.mark.parametrize("mesh", ["none", "istio", "linkerd"])
+def test_every_hpa_measures_the_service_container_alone_so_a_proxy_needs_no_request(helm_dir: Path, mesh: str) -> None:
+    """Staging, a canary too: each HPA scales on its service container's CPU against that container's request
+    (a ContainerResource metric), not the pod's (a Resource metric), which divides every container's use by the
+    sum of their requests: a proxy's or the edge's request skewed it (notifications, 50m, had to reach ~190 %
+    of its own request under Linkerd's 100m proxy to trip 70 %), and a sidecar without a request ("missing
+    request for cpu in container linkerd-proxy") stopped it. So the charts ask no request for Linkerd's proxy;
+    a platform's own podAnnotations still reach the pods."""
+    values = render.merged_values(
+        render.values_for("staging", helm_dir),
+        {} if mesh == "none" else render.values_for(mesh, helm_dir),
+        # A canary splits traffic only under a mesh.
+        {} if mesh == "none" else {"global": {"canary": {"catalog": {"enabled": True}}}},
+    )
+    own = render.merged_values(values, {"global": {"podAnnotations": {PROXY_CPU: "250m"}}})
+    for settings, proxy_cpu in ((values, None), (own, "250m")):
+        docs = objects_of(helm_dir, render.UMBRELLA, settings)
+        hpas = {d["spec"]["scaleTargetRef"]["name"]: d["spec"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+        assert set(hpas) == set(SERVICES)
+        for name, hpa in hpas.items():
+            [metric] = hpa["metrics"]
+            assert metric["type"] == "ContainerResource", (name, metric)
+            source = metric["containerResource"]
+            # The service's own container, not the gateway's edge beside it.
+            assert (source["name"], source["container"]) == ("cpu", name)
+            assert source["target"]["type"] == "Utilization"
+            deployments = [find(docs, "Deployment", name)]
+            if name == "catalog" and mesh != "none":
+                deployments.append(find(docs, "Deployment", "catalog-canary"))
+            for deployment in deployments:
+                template = deployment["spec"]["template"]
+                measured = [c for c in template["spec"]["containers"] if c["name"] == source["container"]]
+                assert len(measured) == 1, (name, source)
+                assert measured[0]["resources"]["requests"]["cpu"], name
+                assert template["metadata"]["annotations"].get(PROXY_CPU) == proxy_cpu, name
+                assert "config.linkerd.io/proxy-memory-request" not in template["metadata"]["annotations"], name
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -236,6 +236,19 @@ def test_autoscaling_without_a_cpu_request_is_refused(helm_dir: Path) -> None:
         objects_of(helm_dir, "inventory", nulled)
 
 
+def test_autoscaling_below_kubernetes_1_27_is_refused(helm_dir: Path) -> None:
+    """The HPA measures the service's container alone (ContainerResource), on by default from 1.27: before, the
+    API server drops the metric's source and refuses the HPA, mid-install. A provider's 1.27 build renders."""
+    scaled = {"global": {"database": {"mode": "postgres"}}, "autoscaling": {"enabled": True}}
+    with pytest.raises(Exception, match=r"autoscaling for inventory.*Kubernetes 1\.27 or later"):
+        render.render(helm_dir, "inventory", "custom", values=scaled, kube_version="v1.26.15")
+    assert render.render(helm_dir, "inventory", "custom", values=scaled, kube_version="v1.27.3-gke.100")
+    # Without an HPA nothing needs it.
+    assert render.render(
+        helm_dir, "inventory", "custom", values={**scaled, "autoscaling": {"enabled": False}}, kube_version="v1.26.15"
+    )
+
+
 @pytest.mark.parametrize(
     ("chart", "overrides"),
     [

@@ -53,6 +53,11 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- if and $c.autoscaling.enabled (not (or (dig "requests" "cpu" "" $resources) (dig "limits" "cpu" "" $resources))) -}}
 {{- fail (printf "autoscaling for %s: the HorizontalPodAutoscaler scales on CPU use relative to the container's CPU request, and its resources set none (a null removed it?); give resources.requests.cpu" $name) -}}
 {{- end -}}
+{{- /* It measures the service's container alone (a ContainerResource metric): on by default from Kubernetes
+     1.27 (GA in 1.30); before, the API server drops the metric's source and refuses the HPA left without one. */ -}}
+{{- if and $c.autoscaling.enabled (not (semverCompare ">=1.27.0-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail (printf "autoscaling for %s: the HorizontalPodAutoscaler scales on the service container's own CPU (a ContainerResource metric), which needs Kubernetes 1.27 or later, and this is %s (offline, give helm template --kube-version)" $name .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 
 {{- /* Drain (docs/chassis.md): NOT_SERVING for drainDelay, then in-flight calls get shutdownGrace, then the
      shutdown hooks get shutdownHooksBudget altogether, then the last spans are exported (3 s at most:

@@ -259,13 +259,6 @@ of ports to bypass the proxy are joined with the user's (one annotation each, bo
 {{- $_ := set $ports "traffic.sidecar.istio.io/excludeOutboundPorts" $out -}}
 {{- else if eq $c.mesh "linkerd" -}}
 {{- $_ := set $ports "config.linkerd.io/skip-outbound-ports" $serverFirst -}}
-{{- /* The HPA counts a native sidecar's requests (Kubernetes 1.29+) and stops scaling on a container without
-     a CPU request ("missing request for cpu in container linkerd-proxy"). Istio's injector gives its proxy
-     requests; Linkerd's default install none (its HA values: these). podAnnotations may set others. */ -}}
-{{- if $c.autoscaling.enabled -}}
-{{- $_ := set $a "config.linkerd.io/proxy-cpu-request" "100m" -}}
-{{- $_ := set $a "config.linkerd.io/proxy-memory-request" "20Mi" -}}
-{{- end -}}
 {{- end -}}
 {{- range $key, $value := $c.podAnnotations -}}
 {{- if hasKey $ports $key -}}

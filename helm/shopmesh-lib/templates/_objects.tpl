@@ -122,10 +122,14 @@ spec:
     name: {{ $c.name }}
   minReplicas: {{ $c.autoscaling.minReplicas }}
   maxReplicas: {{ $c.autoscaling.maxReplicas }}
+  # The service's container alone: a pod's Resource metric divides the CPU of every container (a mesh's
+  # proxy, the gateway's edge) by the sum of their requests, which skews the target and stops on a sidecar
+  # without a request (Linkerd's default proxy). Its canary's container has the same name.
   metrics:
-    - type: Resource
-      resource:
+    - type: ContainerResource
+      containerResource:
         name: cpu
+        container: {{ $c.name }}
         target:
           type: Utilization
           averageUtilization: {{ $c.autoscaling.targetCPUUtilizationPercentage }}
