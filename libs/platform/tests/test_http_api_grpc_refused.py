@@ -192,6 +192,50 @@ async def test_a_grpc_web_call_of_a_method_shopservice_does_not_have_is_held_to_
     assert ("ListProducts", "0") not in shop.calls
 
 
+@pytest.mark.parametrize("content_type", ["application/grpc-web-text", "application/grpc-web-text+proto"])
+async def test_a_grpc_web_text_call_is_held_to_the_edges_limit_on_its_decoded_size_whatever_the_method(
+    edge: tuple[str, RecordingShop], content_type: str
+) -> None:
+    # gRPC-Web's text mode (the grpc-web JS client's default) sends the body in base64, so its content-length is
+    # about 4/3 of what it carries. A known method's limit is the buffer filter's, on the decoded body: a method
+    # the edge does not know must be refused by its declared length at the same size, not at 3/4 of it.
+    url, shop = edge
+    origin = "https://shop.example"
+    headers = {"origin": origin, "content-type": content_type, "x-grpc-web": "1"}
+    # The largest message whose gRPC-Web frame (5 bytes of header, then the message) is MAX_REQUEST_BYTES, and a
+    # frame past it whose base64 is longer (the padded length of one and two bytes more is the same).
+    at_the_limit, over = MAX_REQUEST_BYTES - 5, MAX_REQUEST_BYTES - 5 + 3
+    known = shop_pb2.ListProductsRequest(page_size=11)
+    known.page_token = "x" * (at_the_limit - known.ByteSize() - 4)
+    assert known.ByteSize() == at_the_limit
+
+    def text(message: bytes) -> bytes:
+        return base64.b64encode(struct.pack(">BI", 0, len(message)) + message)
+
+    answers = {}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for method, body in [
+            ("NoSuchMethod", text(b"\x00" * at_the_limit)),
+            ("ListProducts", text(known.SerializeToString())),
+            ("NoSuchMethod", text(b"\x00" * over)),
+            ("ListProducts", text(b"\x00" * over)),
+        ]:
+            answers[method, len(body)] = await http.post(f"/{PUBLIC_SERVICE}/{method}", content=body, headers=headers)
+    passed, refused = len(text(b"\x00" * at_the_limit)), len(text(b"\x00" * over))
+    assert (passed, refused) == (4 * -(-MAX_REQUEST_BYTES // 3), 4 * -(-MAX_REQUEST_BYTES // 3) + 4)
+    forwarded = answers["NoSuchMethod", passed]
+    assert forwarded.status_code == 200, forwarded
+    assert forwarded.headers.get("grpc-status") == str(grpc.StatusCode.UNIMPLEMENTED.value[0]), forwarded.headers
+    assert unquote(forwarded.headers["grpc-message"]) == GATEWAYS_UNKNOWN_METHOD, forwarded.headers
+    assert answers["ListProducts", passed].status_code == 200, answers["ListProducts", passed]
+    assert ("ListProducts", "11") in shop.calls
+    for method in ("NoSuchMethod", "ListProducts"):
+        answer = answers[method, refused]
+        assert answer.status_code == 200, (method, answer)
+        assert_too_large(status_in_headers(answer.headers), (method, answer.headers))
+        assert answer.headers.get("access-control-allow-origin") in (origin, "*"), (method, answer.headers)
+
+
 async def test_a_grpc_call_over_the_edges_request_limit_is_resource_exhausted(
     edge: tuple[str, RecordingShop],
 ) -> None:

@@ -170,6 +170,10 @@ HEALTH_PATH = "/healthz"
 # needs more. (With Envoy 1.40 the transcoder's own max_request_body_size let a larger unary JSON body
 # through; the buffer filter does not.)
 MAX_REQUEST_BYTES = 1024 * 1024
+# The longest content-length of a gRPC-Web text request (base64, padded) whose decoded body is within
+# MAX_REQUEST_BYTES, as the buffer filter measures it after the gRPC-Web filter: 4 characters per 3 bytes begun.
+# The decoded body is the gRPC frames, headers and all, as in binary mode. Padding makes it 1 or 2 bytes lenient.
+MAX_REQUEST_BASE64_BYTES = 4 * -(-MAX_REQUEST_BYTES // 3)
 # The ErrorInfo reason of the RESOURCE_EXHAUSTED a gRPC or gRPC-Web client gets for a request over
 # MAX_REQUEST_BYTES, and its message. Envoy's own answer is UNKNOWN "Payload Too Large" (gRPC's mapping of a 413,
 # meant for a client reading a proxy that speaks no gRPC); a gRPC server answers a message over its limit
@@ -196,6 +200,12 @@ _NOT_GRPC = {
 }
 # A request whose content type is gRPC's or gRPC-Web's.
 _GRPC = {**_NOT_GRPC, "invert_match": False}
+# gRPC-Web's text mode (the grpc-web JS client's default): its body is the base64 of the binary one, which the
+# gRPC-Web filter decodes.
+_GRPC_WEB_TEXT = {
+    "name": "content-type",
+    "string_match": {"safe_regex": {"regex": r"application/grpc-web-text(\+proto)?"}},
+}
 # On a route answered by Envoy itself: the transcoder would refuse a path the API does not have first.
 _TRANSCODER_OFF = {"envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}}
 
@@ -400,7 +410,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                             }
                             for path in api_method_paths()
                         ),
-                        _declared_too_large(),
+                        *_declared_too_large(),
                         _unknown_method_forwarded(),
                         _other_grpc_refused(),
                         {
@@ -633,7 +643,7 @@ def _unknown_method_forwarded() -> dict[str, Any]:
     }
 
 
-def _declared_too_large() -> dict[str, Any]:
+def _declared_too_large() -> list[dict[str, Any]]:
     """gRPC or gRPC-Web for a method of ShopService's that _unknown_method_forwarded would take, whose
     content-length says it is over MAX_REQUEST_BYTES: refused on its headers (413, which gRPC and gRPC-Web
     clients get as RESOURCE_EXHAUSTED, _grpc_too_large, as the buffer filter answers the other methods). Unbuffered,
@@ -641,15 +651,25 @@ def _declared_too_large() -> dict[str, Any]:
     request_body_buffer_limit is how much it buffers, not a limit on what it forwards). A declared length is
     binding (Envoy's codecs refuse a body that differs from it), and a browser's gRPC-Web client declares one; a gRPC
     client streaming without one is held to the gateway's own limit of a message (GRPC_MAX_RECEIVE_MESSAGE_BYTES,
-    1 MiB) instead."""
+    1 MiB) instead. gRPC-Web's text mode declares the length of its base64, which the buffer filter never sees
+    (it comes after the gRPC-Web filter, which decodes it): held to MAX_REQUEST_BASE64_BYTES, so a call refused
+    here is one the buffer filter would refuse on another method."""
+    return [
+        _refused_as_too_large([_GRPC_WEB_TEXT, _content_length_over(MAX_REQUEST_BASE64_BYTES)]),
+        _refused_as_too_large(
+            [_GRPC, {**_GRPC_WEB_TEXT, "invert_match": True}, _content_length_over(MAX_REQUEST_BYTES)]
+        ),
+    ]
+
+
+def _content_length_over(limit: int) -> dict[str, Any]:
+    return {"name": "content-length", "range_match": {"start": limit + 1, "end": 2**63 - 1}}
+
+
+def _refused_as_too_large(headers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A call of ShopService's with these headers, refused as too large (_declared_too_large)."""
     return {
-        "match": {
-            "prefix": f"/{PUBLIC_SERVICE}/",
-            "headers": [
-                _GRPC,
-                {"name": "content-length", "range_match": {"start": MAX_REQUEST_BYTES + 1, "end": 2**63 - 1}},
-            ],
-        },
+        "match": {"prefix": f"/{PUBLIC_SERVICE}/", "headers": headers},
         "direct_response": {"status": 413, "body": {"inline_string": "Payload Too Large"}},
         "response_headers_to_add": _readable_cross_origin(),
         "typed_per_filter_config": {
