@@ -5,7 +5,8 @@ names is one a client cannot be written for. The common conventions (protos/shop
 "Errors") even promise the opposite of an undocumented reason: an INVALID_ARGUMENT carries "ErrorInfo
 reason VALIDATION_FAILED unless a more specific reason is documented".
 
-The reasons are read from the services' and the chassis' source (every `reason=` of a raised domain error:
+The reasons are read from the services', the chassis' and the HTTP edge's source (every `reason=` of a raised
+domain error, or of the ErrorInfo the edge answers itself:
 a string, a constant holding one, either branch of a conditional, or the `.value` of a field typed with an
 enum, such as orders' cancel code) and each must appear in a contract (protos/**/*.proto) or, for the
 chassis' own answers that every service shares, in docs/*.md. A `reason=` that passes a parameter on is
@@ -22,9 +23,12 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+CHASSIS = ROOT / "libs" / "chassis" / "src"
 SOURCES = [
     *sorted((ROOT / "services").glob("*/src")),
-    ROOT / "libs" / "chassis" / "src",
+    CHASSIS,
+    # The HTTP/gRPC-Web edge in front of the gateway (http_api.py): its own answers reach the gateway's clients.
+    ROOT / "libs" / "platform" / "src",
 ]
 # The chassis' conformance service and test helpers: not deployed, not a contract of the shop.
 EXCLUDED = ("testing",)
@@ -143,10 +147,12 @@ def raised_reasons() -> dict[str, set[str]]:
     return reasons
 
 
+def contracts() -> str:
+    return "\n".join(path.read_text() for path in sorted((ROOT / "protos" / "shopmesh").rglob("*.proto")))
+
+
 def documentation() -> str:
-    texts = [path.read_text() for path in sorted((ROOT / "protos" / "shopmesh").rglob("*.proto"))]
-    texts += [path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))]
-    return "\n".join(texts)
+    return "\n".join([contracts(), *(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))])
 
 
 def test_the_scan_finds_the_reasons_the_contracts_are_known_to_name() -> None:
@@ -160,6 +166,7 @@ def test_the_scan_finds_the_reasons_the_contracts_are_known_to_name() -> None:
         "DEPENDENCY_UNAVAILABLE",
         "NOT_UTF8",
         "CHECKOUT_INTERRUPTED",
+        "REQUEST_TOO_LARGE",
     ):
         assert known in reasons, known
 
@@ -176,10 +183,25 @@ def test_every_reason_a_service_answers_is_documented() -> None:
     )
 
 
+def test_a_reason_only_a_service_or_the_edge_answers_is_in_a_contract() -> None:
+    """docs/*.md is enough only for the chassis' answers, which every service shares: a reason of one service's
+    (or of the edge in front of the gateway) is written where its clients read, that service's proto."""
+    written = contracts()
+    chassis = str(CHASSIS.relative_to(ROOT))
+    missing = {
+        reason: sorted(files)
+        for reason, files in sorted(raised_reasons().items())
+        if reason not in INTERNAL
+        and not all(file.startswith(chassis) for file in files)
+        and not re.search(rf"\b{reason}\b", written)
+    }
+    assert missing == {}, f"ErrorInfo reasons of a service or the edge that no contract (protos/) names: {missing}"
+
+
 def test_the_internal_reasons_are_still_raised_and_no_contract_promises_them() -> None:
     """The allow-list stays a decision: an entry nothing raises any more is dropped, and a reason a contract
     names is one a client can get, which the list must not hide."""
     reasons = raised_reasons()
-    contracts = "\n".join(path.read_text() for path in sorted((ROOT / "protos" / "shopmesh").rglob("*.proto")))
+    written = contracts()
     assert sorted(INTERNAL - reasons.keys()) == []
-    assert sorted(r for r in INTERNAL if re.search(rf"\b{r}\b", contracts)) == []
+    assert sorted(r for r in INTERNAL if re.search(rf"\b{r}\b", written)) == []

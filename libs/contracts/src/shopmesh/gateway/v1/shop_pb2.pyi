@@ -17,7 +17,11 @@ Errors of internal services are passed through with their status code and
 details unchanged (their ErrorInfo domain, for example "shopmesh.orders",
 tells where they come from). Errors raised by the gateway itself use the
 domain "shopmesh.gateway". The gateway may also fail with
-RESOURCE_EXHAUSTED (reason RATE_LIMITED, with RetryInfo).
+RESOURCE_EXHAUSTED (reason RATE_LIMITED, with RetryInfo: retry after its
+delay). The HTTP/gRPC-Web edge in front of it also answers
+RESOURCE_EXHAUSTED, to a request over 1 MiB: reason REQUEST_TOO_LARGE,
+domain "shopmesh.gateway", metadata max_request_bytes, no RetryInfo. The
+same request is refused again, so it must not be retried.
 
 Tracing: the gateway continues the client's W3C `traceparent` or starts a
 new trace, and propagates it to every internal call.
