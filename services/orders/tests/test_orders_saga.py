@@ -685,13 +685,19 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
     RESERVATION_NOT_FOUND. Stock levels and expiry are left out: the tests set the states. Every Release is
     recorded. The next `reserve_races_to_lose` Reserves (and `release_races_to_lose` Releases) answer ABORTED, as
     inventory does when its write lost a concurrency race (a serialization failure, or a state change that lost
-    its retries)."""
+    its retries). While `asks_to_wait` is set, every call answers UNAVAILABLE with RetryInfo asking for that many
+    seconds, as an inventory draining or shedding load does."""
 
     def __init__(self) -> None:
         self.reservations: dict[str, inventory_pb2.Reservation] = {}
         self.released: list[str] = []
         self.reserve_races_to_lose = 0
         self.release_races_to_lose = 0
+        self.asks_to_wait: float | None = None
+
+    def _check_available(self) -> None:
+        if self.asks_to_wait is not None:
+            raise errors.Unavailable("inventory is draining", retry_after_seconds=self.asks_to_wait)
 
     @staticmethod
     def _lost_race() -> errors.Aborted:
@@ -729,6 +735,7 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
         )
 
     async def Reserve(self, request: inventory_pb2.ReserveRequest, context: Any) -> inventory_pb2.ReserveResponse:
+        self._check_available()
         if self.reserve_races_to_lose:
             self.reserve_races_to_lose -= 1
             raise self._lost_race()
@@ -746,6 +753,7 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
     async def CommitReservation(
         self, request: inventory_pb2.CommitReservationRequest, context: Any
     ) -> inventory_pb2.CommitReservationResponse:
+        self._check_available()
         reservation = self._get(request.reservation_id)
         if reservation.state == inventory_pb2.RESERVATION_STATE_PENDING:
             reservation.state = inventory_pb2.RESERVATION_STATE_COMMITTED
@@ -757,6 +765,7 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
         self, request: inventory_pb2.ReleaseReservationRequest, context: Any
     ) -> inventory_pb2.ReleaseReservationResponse:
         self.released.append(request.reservation_id)
+        self._check_available()
         if self.release_races_to_lose:
             self.release_races_to_lose -= 1
             raise self._lost_race()
@@ -1020,6 +1029,78 @@ async def test_compensation_that_finds_the_reservation_lapsed_still_cancels(
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
     assert inventory.reservations["res_9"][2] == lapsed
     assert inventory.reserved("prod_a") == 0
+
+
+class StillClock(Clock):
+    """A Clock that moves only when the test moves it: how long the test itself takes changes nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.start + self.ahead
+
+
+async def test_place_order_waiting_on_inventory_passes_on_the_wait_inventory_asked_for(
+    clocked: Clocked, payments: FakePayments
+) -> None:
+    """Inventory draining asks orders to come back in 20 s: PlaceOrder's UNAVAILABLE at the reserve step says
+    20 s too, not 1 s, so its caller does not come back at once to a dependency that asked for time."""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        inventory.asks_to_wait = 20
+        app = clocked.app()
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command())
+        order = await app.get_order(caught.value.metadata["order_id"])
+    assert (caught.value.reason, caught.value.retry_after_seconds) == (errors.DEPENDENCY_UNAVAILABLE, 20)
+    assert (order.state, order.step, payments.charge_calls) == (OrderState.PENDING, SagaStep.RESERVE, 0)
+
+
+async def test_a_cancellation_accepted_while_inventory_asks_to_wait_passes_that_wait_on(
+    clocked: Clocked, payments: FakePayments
+) -> None:
+    """Refunded, the release meets inventory asking for 20 s: the cancellation is accepted, and the answer's
+    RetryInfo is inventory's 20 s, when a retry with the same key may find the order cancelled."""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        app = clocked.app()
+        order_id = await place(app, command())
+        inventory.asks_to_wait = 20
+        with pytest.raises(errors.Unavailable) as caught:
+            await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+        order = await app.get_order(order_id)
+    assert (caught.value.reason, caught.value.metadata) == (errors.DEPENDENCY_UNAVAILABLE, {"order_id": order_id})
+    assert "accepted" in caught.value.message
+    assert caught.value.retry_after_seconds == 20
+    assert (order.state, order.step, order.refunded, payments.refund_calls) == (
+        OrderState.CONFIRMED,
+        SagaStep.REFUND,
+        True,
+        1,
+    )
+
+
+async def test_the_recovery_loop_leaves_an_order_alone_as_long_as_inventory_asked(clocked: Clocked) -> None:
+    """A recovery pass meets inventory asking for 20 s: the order is not tried again before then (the loop's
+    own backoff alone, one 2 s interval for an order this fresh, would have it tried every pass), and is
+    once that wait is over."""
+    clocked = replace(clocked, clock=StillClock())
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        inventory.asks_to_wait = 20
+        app = clocked.app()
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command())
+        order_id = caught.value.metadata["order_id"]
+        assert await app.resume_unfinished() == 1
+        inventory.asks_to_wait = None
+        clocked.clock.ahead = timedelta(seconds=10)
+        assert await app.resume_unfinished() == 0
+        clocked.clock.ahead = timedelta(seconds=21)
+        assert await app.resume_unfinished() == 1
+        order = await app.get_order(order_id)
+    # Resumed without the card, which no driver has any more: never charged, the stock given back.
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
+    assert inventory.held("prod_a") == 0
 
 
 async def test_customer_cancellation_refunds_and_restocks(

@@ -247,7 +247,7 @@ class SagaDriver:
                 order = await self._load(order.id)
                 # A charge in doubt settles in seconds, not within these retries' backoff: stop asking.
                 if attempt == attempts or exc.reason == CHARGE_IN_DOUBT:
-                    return await self._gave_up(order, card, owner)
+                    return await self._gave_up(order, card, owner, exc)
                 await asyncio.sleep(self._step_backoff(attempt))
         raise AssertionError("unreachable")
 
@@ -255,8 +255,8 @@ class SagaDriver:
         """The wait after a step's `attempt`-th try (1-based): exponential from step_backoff_seconds."""
         return float(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
 
-    async def _gave_up(self, order: Order, card: Card | None, owner: str) -> Order:
-        """A dependency stayed unavailable for all attempts of this step."""
+    async def _gave_up(self, order: Order, card: Card | None, owner: str, last: errors.Unavailable) -> Order:
+        """A dependency stayed unavailable for all attempts of this step; `last` is what its last attempt met."""
         now = self._clock()
         if order.step is SagaStep.CHARGE and order.charge_attempted_at is not None:
             settled_at = self._charge_settled_at(order.charge_attempted_at)
@@ -277,7 +277,9 @@ class SagaDriver:
         raise errors.Unavailable(
             f"order {order.id} is waiting for a dependency at step {order.step.value}",
             reason=errors.DEPENDENCY_UNAVAILABLE,
-            retry_after_seconds=1.0,
+            # The dependency's own wait (a rate-limiting or draining inventory's 20 s): PlaceOrder's caller,
+            # CancelOrder's and the recovery loop (`_retry_at`) come back then, not a second later.
+            retry_after_seconds=last.retry_after_seconds or 1.0,
             metadata={"order_id": order.id, "step": order.step.value},
         )
 
