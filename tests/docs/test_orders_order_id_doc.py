@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shopmesh_orders.domain.validation import MAX_ID
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 
 PROTO = Path(__file__).resolve().parents[2] / "protos" / "shopmesh" / "orders" / "v1" / "orders.proto"
 
@@ -20,8 +20,8 @@ def rpc_comment(name: str) -> str:
 
 @pytest.mark.parametrize("rpc", ["GetOrder", "CancelOrder"])
 def test_a_too_long_order_id_is_documented(rpc: str) -> None:
-    """Since 122c670 an order_id over MAX_ID characters is its own INVALID_ARGUMENT (violation INVALID_LENGTH,
+    """Since 122c670 an order_id over MAX_ID_LENGTH characters is its own INVALID_ARGUMENT (violation INVALID_LENGTH,
     relayed unchanged by the gateway), but the contract names only an empty order_id, and GetOrderRequest /
     CancelOrderRequest say only "Required." with no maximum."""
     comment = rpc_comment(rpc)
-    assert str(MAX_ID) in comment or "too long" in comment, comment
+    assert str(MAX_ID_LENGTH) in comment or "too long" in comment, comment

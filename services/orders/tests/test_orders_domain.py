@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime
 import pytest
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.domain.validation import (
-    MAX_AMOUNT_MINOR,
     Card,
     CartLine,
     ExpectedTotal,

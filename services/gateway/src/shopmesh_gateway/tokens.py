@@ -18,6 +18,7 @@ from typing import Any
 import jwt
 
 from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 
 log = logging.getLogger("shopmesh.gateway.tokens")
 
@@ -25,8 +26,8 @@ ALGORITHM = "EdDSA"
 TOKEN_MISSING = "TOKEN_MISSING"
 TOKEN_INVALID = "TOKEN_INVALID"
 TOKEN_EXPIRED = "TOKEN_EXPIRED"
-MAX_SUBJECT_LENGTH = 64
-SUBJECT = re.compile(rf"[\x21-\x7e]{{1,{MAX_SUBJECT_LENGTH}}}")
+# The subject is a user id, which no id of the contracts exceeds.
+SUBJECT = re.compile(rf"[\x21-\x7e]{{1,{MAX_ID_LENGTH}}}")
 
 # Fetches the published keys, each in JWK form ({"kid", "kty", "crv", "alg", "x", "use"}); raises
 # shopmesh_chassis.errors.Unavailable when the key set cannot be had now.

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from shopmesh_catalog.domain.models import CategoryData, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
+from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import (
     encode_page_token,
@@ -23,14 +24,10 @@ from shopmesh_chassis.pagination import (
 )
 
 MAX_BATCH_IDS = 100
-# Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
-MAX_ID_LENGTH = 64
 MAX_QUERY_LENGTH = 200
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 5000
 MAX_CATEGORIES = 100
-# Money's bound (common/v1/money.proto): orders refuse a line above it, payments a charge.
-MAX_PRICE_MINOR = 10**15 - 1
 
 PRODUCT_ID = re.compile(r"^prod_[a-z0-9_]+$")
 CATEGORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -162,9 +159,9 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
         )
     if product.category not in category_ids:
         violations.append(FieldViolation(f"{path}.category", "must be the id of a category", "UNKNOWN_CATEGORY"))
-    if not 0 < product.price.amount_minor <= MAX_PRICE_MINOR:
+    if not 0 < product.price.amount_minor <= MAX_AMOUNT_MINOR:
         violations.append(
-            FieldViolation(f"{path}.price.amount_minor", f"must be 1 to {MAX_PRICE_MINOR:,}", "OUT_OF_RANGE")
+            FieldViolation(f"{path}.price.amount_minor", f"must be 1 to {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
         )
     if not CURRENCY.fullmatch(product.price.currency):
         violations.append(FieldViolation(f"{path}.price.currency", f"must match {CURRENCY.pattern}", "INVALID_FORMAT"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 
 DEFAULT_RECOMMENDATIONS = 4
 MAX_RECOMMENDATIONS = 20
-MAX_ID_LENGTH = 64
 
 T = TypeVar("T")
 

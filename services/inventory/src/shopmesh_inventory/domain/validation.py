@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_inventory.domain.models import ReservationItem
 
-# common/v1/money.proto: "An id field is at most 64 characters."
-MAX_ID_LENGTH = 64
 MAX_STOCK_QUERY_IDS = 100
 MAX_RESERVATION_ITEMS = 50
 MIN_QUANTITY = 1

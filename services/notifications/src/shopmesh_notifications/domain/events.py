@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.email_addresses import is_email_address
 
-MAX_ID = 64
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -56,8 +56,8 @@ def validate_event(event: OrderEvent) -> OrderEvent:
     for name, value in (("event id", event.event_id), ("order_id", event.order_id), ("user_id", event.user_id)):
         if not value:
             problems.append(f"{name} is empty")
-        elif len(value) > MAX_ID:
-            problems.append(f"{name} is longer than {MAX_ID} characters")
+        elif len(value) > MAX_ID_LENGTH:
+            problems.append(f"{name} is longer than {MAX_ID_LENGTH} characters")
         elif not value.isprintable() or any(char.isspace() for char in value):
             # An id goes into a subject line and mail headers, where a line break would forge headers.
             problems.append(f"{name} has spaces or control characters")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import instant_page_key, invalid_request, page_limit
-from shopmesh_notifications.domain.events import MAX_ID
 
 
 def list_filters(user_id: str) -> dict[str, str]:
@@ -22,8 +22,8 @@ def validate_list_request(user_id: str, page_size: int, page_token: str) -> tupl
     violations: list[FieldViolation] = []
     if not user_id.strip():
         violations.append(FieldViolation("user_id", "required", "REQUIRED"))
-    elif len(user_id) > MAX_ID:
-        violations.append(FieldViolation("user_id", f"must have at most {MAX_ID} characters", "INVALID_LENGTH"))
+    elif len(user_id) > MAX_ID_LENGTH:
+        violations.append(FieldViolation("user_id", f"must have at most {MAX_ID_LENGTH} characters", "INVALID_LENGTH"))
     page_limit(page_size, violations)  # only its check here: the application takes the size itself
     after = instant_page_key(page_token, list_filters(user_id), violations)
     if violations:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from shopmesh_chassis import errors, pagination
+from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
 from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.text_lines import characters_violation, line_violation, normalized_line
@@ -14,7 +15,6 @@ from shopmesh_orders.domain.model import Address, OrderLine
 
 MAX_ITEMS = 50
 MAX_QUANTITY = 100
-MAX_ID = 64
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 COUNTRY = re.compile(r"^[A-Z]{2}$")
 # The card rules of payments' contract (ChargeRequest), checked here before any stock is reserved: a card
@@ -26,9 +26,6 @@ EXP_YEARS = range(1000, 10000)
 INVALID_CARD_NUMBER = "INVALID_CARD_NUMBER"
 CARD_EXPIRED = "CARD_EXPIRED"
 _CARD_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
-# Money's bound (common/v1/money.proto), which payments holds every charge to: a larger total could be
-# recorded but never charged. 50 lines of it sum far below int64's limit.
-MAX_AMOUNT_MINOR = 10**15 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +127,14 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
     """Every rule of the request, the card's expiry on `today` with the others; the command as kept (its
     address lines normalized)."""
     violations: list[FieldViolation] = []
-    _text(violations, "user_id", command.user_id, 1, MAX_ID)
+    _text(violations, "user_id", command.user_id, 1, MAX_ID_LENGTH)
     if not command.items:
         violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
     elif len(command.items) > MAX_ITEMS:
         violations.append(FieldViolation("items", f"at most {MAX_ITEMS} items", "TOO_MANY"))
     seen: set[str] = set()
     for index, item in enumerate(command.items):
-        _text(violations, f"items[{index}].product_id", item.product_id, 1, MAX_ID)
+        _text(violations, f"items[{index}].product_id", item.product_id, 1, MAX_ID_LENGTH)
         if item.product_id in seen:
             violations.append(FieldViolation(f"items[{index}].product_id", "appears twice", "DUPLICATE"))
         seen.add(item.product_id)
@@ -214,7 +211,9 @@ def check_expected_total(lines: tuple[OrderLine, ...], expected: ExpectedTotal |
 
 def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
     """The priced lines' totals must keep to Money's bound; checked before the order is recorded. A price
-    keeps to it, but a quantity the request may ask for can still take a line or the order past it."""
+    keeps to it, but a quantity the request may ask for can still take a line or the order past it. Payments
+    holds every charge to the bound: a larger total could be recorded but never charged (50 lines of it sum
+    far below int64's limit)."""
     violations = [
         FieldViolation(
             f"items[{index}].quantity", f"the line's total exceeds {MAX_AMOUNT_MINOR:,} minor units", "OUT_OF_RANGE"
@@ -234,8 +233,8 @@ def validate_totals(lines: tuple[OrderLine, ...]) -> tuple[OrderLine, ...]:
 def order_id_violations(order_id: str) -> list[FieldViolation]:
     if not order_id:
         return [FieldViolation("order_id", "required", "REQUIRED")]
-    if len(order_id) > MAX_ID:
-        return [FieldViolation("order_id", f"at most {MAX_ID} characters", "INVALID_LENGTH")]
+    if len(order_id) > MAX_ID_LENGTH:
+        return [FieldViolation("order_id", f"at most {MAX_ID_LENGTH} characters", "INVALID_LENGTH")]
     return []
 
 
@@ -286,7 +285,7 @@ def validate_list_orders(user_id: str, page_size: int, page_token: str) -> ListO
     """Every bad field is named at once; reason INVALID_PAGE_TOKEN whenever the token is one of them, so a
     client that pages learns to start again from the first page."""
     violations: list[FieldViolation] = []
-    _text(violations, "user_id", user_id, 1, MAX_ID)
+    _text(violations, "user_id", user_id, 1, MAX_ID_LENGTH)
     limit = pagination.page_limit(page_size, violations)
     after = pagination.instant_page_key(page_token, list_filters(user_id), violations)
     if violations:

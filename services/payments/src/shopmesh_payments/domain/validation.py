@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.pagination import (
     encode_page_token,
@@ -30,12 +31,7 @@ CARD_EXPIRED = "CARD_EXPIRED"
 # Reasons that name the whole problem when every violation has them.
 _SPECIFIC_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
 
-# Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
-MAX_ID_LENGTH = 64
 MAX_REFUND_REASON_LENGTH = 500
-# Money's bound (common/v1/money.proto), which orders holds every order's total to: no caller can charge more
-# than an order could cost. A refund is of a whole captured charge, so it keeps to it too.
-MAX_AMOUNT_MINOR = 10**15 - 1
 CURRENCY = re.compile(r"[A-Z]{3}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -93,6 +89,8 @@ def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> Non
     if amount.amount_minor <= 0:
         violations.append(FieldViolation("amount.amount_minor", "must be greater than 0", "OUT_OF_RANGE"))
     elif amount.amount_minor > MAX_AMOUNT_MINOR:
+        # Orders holds every order's total to the bound: no caller can charge more than an order could cost.
+        # A refund is of a whole captured charge, so it keeps to it too.
         violations.append(
             FieldViolation("amount.amount_minor", f"must be at most {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
         )

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
 
 DEFAULT_MAX_RESULTS = 5
 MAX_RESULTS = 20
-# Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
-MAX_ID_LENGTH = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.text_lines import line_violation, normalized_line
@@ -20,8 +21,6 @@ MAX_PASSWORD_LENGTH = 128
 # megabytes normalized would hold the event loop for seconds and take hundreds of MiB.
 MAX_PASSWORD_LENGTH_AS_SENT = 8 * MAX_PASSWORD_LENGTH
 MAX_DISPLAY_NAME_LENGTH = 50
-# Every id in shopmesh is at most 64 characters (common/v1/money.proto); a longer one cannot exist.
-MAX_ID_LENGTH = 64
 
 
 def normalize_email(email: str) -> str:

@@ -1,0 +1,15 @@
+"""The bounds common/v1/money.proto states for every shopmesh contract, held once for every service.
+
+One number for all: a copy changed in one service alone would let it accept what the next one along refuses
+(a total orders records that payments will not charge). tests/contract/test_contract_limits.py holds them to
+the numbers the proto's comments state.
+"""
+
+from __future__ import annotations
+
+# "An id field is at most 64 characters": a longer id cannot exist, so one is refused before any lookup.
+MAX_ID_LENGTH = 64
+
+# Money.amount_minor's bound, 10^15 - 1: a JSON client reading the amount as a double still gets it exactly,
+# and the sum of an order's lines stays far from int64's limit.
+MAX_AMOUNT_MINOR = 10**15 - 1
