@@ -1,16 +1,20 @@
 """The bounds common/v1/money.proto states for every contract are the ones the services check: each service
 imports them from shopmesh_chassis.contract_limits, and this reads them back from the proto's comments, so
-neither the comment nor the number can change alone."""
+neither the comment nor the number can change alone. A field that takes an amount from the client says so
+where the client reads it."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
 from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
 
 ROOT = Path(__file__).resolve().parents[2]
-MONEY_PROTO = ROOT / "protos" / "shopmesh" / "common" / "v1" / "money.proto"
+PROTOS = ROOT / "protos" / "shopmesh"
+MONEY_PROTO = PROTOS / "common" / "v1" / "money.proto"
 
 
 def comment_text() -> str:
@@ -31,3 +35,18 @@ def test_the_money_bound_is_the_one_the_contract_states() -> None:
     written, base, exponent = stated.groups()
     # The digits and the power say the same number, and it is the services'.
     assert int(written.replace(",", "")) == int(base) ** int(exponent) - 1 == MAX_AMOUNT_MINOR
+
+
+def field_comment(proto: Path, field: str) -> str:
+    match = re.search(r"((?:[ \t]*//[^\n]*\n)+)[ \t]*\S+ " + field + r" = \d+;", proto.read_text())
+    assert match, f"{proto.name} lost {field}"
+    return " ".join(line.strip().removeprefix("//").strip() for line in match.group(1).splitlines())
+
+
+@pytest.mark.parametrize("proto", ["orders/v1/orders.proto", "gateway/v1/shop.proto"])
+def test_placeorders_expected_total_names_the_money_bound(proto: str) -> None:
+    """orders refuses an expected_total above the bound (OUT_OF_RANGE); the gateway's ShopService passes it on
+    as is, and its comment, which the storefront and the HTTP API's clients read, said nothing of it."""
+    comment = field_comment(PROTOS / proto, "expected_total")
+    assert "Money's bound" in comment, comment
+    assert "OUT_OF_RANGE" in comment, comment

@@ -454,7 +454,10 @@ class PlaceOrderRequest(_message.Message):
         "currency": "<currency>"}, before anything is reserved or charged; show
         the new total and place the order again once the customer confirms. Its
         currency must equal `currency` (else INVALID_ARGUMENT with a violation on
-        `expected_total.currency`). Passed to OrdersService.PlaceOrder as is.
+        `expected_total.currency`); an amount_minor below 0 or above Money's
+        bound (999,999,999,999,999: common/v1/money.proto) is INVALID_ARGUMENT
+        with a violation on `expected_total.amount_minor` (OUT_OF_RANGE). Passed
+        to OrdersService.PlaceOrder as is.
         """
 
     def __init__(
