@@ -15,8 +15,8 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, to_rpc_status
 from shopmesh_chassis.server import MAX_METADATA_BYTES
+from shopmesh_chassis.token_buckets import TokenBuckets
 from shopmesh_gateway import guard as guard_module
-from shopmesh_gateway.domain.rate_limit import TokenBuckets
 from shopmesh_gateway.downstream import calling, translate
 from shopmesh_gateway.guard import (
     MAX_FORWARDED_HOPS,

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from shopmesh_chassis import call_context, errors
-from shopmesh_gateway.domain.rate_limit import TokenBuckets
+from shopmesh_chassis.token_buckets import TokenBuckets
 from shopmesh_gateway.tokens import TOKEN_INVALID, TOKEN_MISSING, TokenVerifier
 
 AUTHORIZATION = "authorization"
@@ -166,17 +166,17 @@ class Guard:
     def __init__(
         self,
         verifier: TokenVerifier,
-        buckets: TokenBuckets,
+        buckets: TokenBuckets[str],
         trusted_proxies: Sequence[Network] = (),
         *,
-        password_buckets: TokenBuckets,
+        password_buckets: TokenBuckets[str],
     ) -> None:
         self._verifier = verifier
         self._buckets = buckets
         self._password_buckets = password_buckets
         self._trusted_proxies = tuple(trusted_proxies)
 
-    def limit(self, client: str, buckets: TokenBuckets | None = None) -> None:
+    def limit(self, client: str, buckets: TokenBuckets[str] | None = None) -> None:
         retry_after = (self._buckets if buckets is None else buckets).take(client)
         if retry_after > 0:
             raise errors.ResourceExhausted(

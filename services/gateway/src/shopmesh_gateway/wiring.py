@@ -18,6 +18,7 @@ from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.token_buckets import TokenBuckets
 from shopmesh_gateway.application import Checkout, ProductPages
 from shopmesh_gateway.clients import (
     CatalogClient,
@@ -27,7 +28,6 @@ from shopmesh_gateway.clients import (
     RecommendationsClient,
     UsersClient,
 )
-from shopmesh_gateway.domain.rate_limit import TokenBuckets
 from shopmesh_gateway.guard import Guard
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
@@ -86,8 +86,10 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
         ),
         TokenRules(settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway_seconds),
     )
-    buckets = TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_max_clients)
-    password_buckets = TokenBuckets(
+    buckets: TokenBuckets[str] = TokenBuckets(
+        settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_max_clients
+    )
+    password_buckets: TokenBuckets[str] = TokenBuckets(
         settings.password_rate_limit_per_second, settings.password_rate_limit_burst, settings.rate_limit_max_clients
     )
     return ShopServicer(

@@ -1,10 +1,10 @@
-"""The per-client token buckets, on a fake clock."""
+"""Token buckets per key (the gateway's per client and per address, users' per e-mail), on a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from shopmesh_gateway.domain.rate_limit import TokenBuckets
+from shopmesh_chassis.token_buckets import TokenBuckets
 
 
 class FakeClock:
@@ -73,6 +73,52 @@ def test_many_clients_never_grow_the_table_past_its_bound(clock: FakeClock) -> N
     for i in range(10_000):
         buckets.take(f"client-{i}")
     assert len(buckets) == 100
+
+
+def test_a_token_given_back_may_be_taken_again_but_never_beyond_the_burst(clock: FakeClock) -> None:
+    buckets: TokenBuckets[str] = TokenBuckets(rate=1 / 30, burst=2, max_keys=10, clock=clock)
+    assert buckets.take("a") == buckets.take("a") == 0.0
+    buckets.give_back("a")
+    assert buckets.take("a") == 0.0
+    assert buckets.take("a") > 0
+    for _ in range(5):
+        buckets.give_back("a")
+    assert [buckets.take("a") == 0.0 for _ in range(3)] == [True, True, False]
+
+
+def test_giving_back_to_a_key_without_a_bucket_makes_none(clock: FakeClock) -> None:
+    buckets: TokenBuckets[str] = TokenBuckets(rate=1.0, burst=1, max_keys=10, clock=clock)
+    buckets.take("a")
+    buckets.give_back("b")
+    assert len(buckets) == 1
+
+
+def test_giving_back_counts_as_a_use_for_the_bound(clock: FakeClock) -> None:
+    buckets: TokenBuckets[str] = TokenBuckets(rate=1.0, burst=1, max_keys=2, clock=clock)
+    buckets.take("a")
+    buckets.take("b")
+    buckets.give_back("a")
+    buckets.take("a")
+    buckets.take("c")  # forgets "b", not "a"
+    assert buckets.take("a") > 0
+    assert buckets.take("b") == 0.0
+
+
+def test_a_forgotten_key_starts_again_with_a_full_bucket(clock: FakeClock) -> None:
+    buckets: TokenBuckets[str] = TokenBuckets(rate=1 / 30, burst=2, max_keys=10, clock=clock)
+    buckets.take("a")
+    buckets.take("a")
+    buckets.forget("a")
+    buckets.forget("never seen")
+    assert len(buckets) == 0
+    assert [buckets.take("a") == 0.0 for _ in range(3)] == [True, True, False]
+
+
+def test_keys_are_any_hashable_value(clock: FakeClock) -> None:
+    buckets: TokenBuckets[bytes] = TokenBuckets(rate=1.0, burst=1, max_keys=10, clock=clock)
+    assert buckets.take(b"\x00" * 32) == 0.0
+    assert buckets.take(b"\x00" * 32) == pytest.approx(1.0)
+    assert buckets.take(b"\x01" * 32) == 0.0
 
 
 @pytest.mark.parametrize(("rate", "burst", "max_keys"), [(0.0, 1, 1), (1.0, 0, 1), (1.0, 1, 0)])
