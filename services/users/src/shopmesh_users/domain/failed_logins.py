@@ -14,15 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    updated_at: float
+from shopmesh_chassis.token_buckets import TokenBuckets
 
 
 def _key(email: str) -> bytes:
@@ -40,11 +34,7 @@ class FailedLogins:
     ) -> None:
         if burst < 1 or refill_seconds <= 0 or max_emails < 1:
             raise ValueError("burst and max_emails must be >= 1, refill_seconds > 0")
-        self._burst = float(burst)
-        self._rate = 1.0 / refill_seconds
-        self._max_emails = max_emails
-        self._clock = clock
-        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
+        self._buckets: TokenBuckets[bytes] = TokenBuckets(1.0 / refill_seconds, burst, max_emails, clock)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -52,34 +42,12 @@ class FailedLogins:
     def try_acquire(self, email: str) -> float:
         """Takes one attempt for `email` and returns 0.0, or takes nothing and returns the seconds until one
         may be taken."""
-        key = _key(email)
-        bucket = self._refilled(key)
-        if bucket is None:
-            bucket = _Bucket(self._burst, self._clock())
-            self._buckets[key] = bucket
-            if len(self._buckets) > self._max_emails:
-                self._buckets.popitem(last=False)
-        if bucket.tokens < 1.0:
-            return (1.0 - bucket.tokens) / self._rate
-        bucket.tokens -= 1.0
-        return 0.0
+        return self._buckets.take(_key(email))
 
     def give_back(self, email: str) -> None:
         """Returns an attempt taken by `try_acquire` that checked no password. Nothing when the bucket is gone
         (a success forgot it, or it was the least recently seen): it is full already."""
-        bucket = self._refilled(_key(email))
-        if bucket is not None:
-            bucket.tokens = min(self._burst, bucket.tokens + 1.0)
+        self._buckets.give_back(_key(email))
 
     def succeeded(self, email: str) -> None:
-        self._buckets.pop(_key(email), None)
-
-    def _refilled(self, key: bytes) -> _Bucket | None:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            return None
-        self._buckets.move_to_end(key)
-        now = self._clock()
-        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated_at) * self._rate)
-        bucket.updated_at = now
-        return bucket
+        self._buckets.forget(_key(email))
