@@ -331,7 +331,17 @@ def rendered() -> str:
 
 def queries() -> list[str]:
     """Every PromQL expression of the dashboard's panels (tests/k8s checks them)."""
-    return [expr for _title, row in ROWS for _panel, _unit, _description, exprs in row for expr, _legend in exprs]
+    return [expr for _title, expr, _legend in panel_queries()]
+
+
+def panel_queries() -> list[tuple[str, str, str]]:
+    """(panel title, PromQL expression, legend) of every query of the dashboard's panels."""
+    return [
+        (panel, expr, legend)
+        for _title, row in ROWS
+        for panel, _unit, _description, exprs in row
+        for expr, legend in exprs
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -191,9 +192,9 @@ def _running(argv: list[str], ready: Callable[[], bool], what: str, log: Path) -
 
 
 @functools.cache
-def envoy_metric_names() -> frozenset[str]:
-    """The series names the gateway pod's http-api Envoy exposes to Prometheus (scraped through its metrics
-    listener, as a ServiceMonitor does)."""
+def envoy_metric_labels() -> dict[str, frozenset[str]]:
+    """The series the gateway pod's http-api Envoy exposes to Prometheus (scraped through its metrics
+    listener, as a ServiceMonitor does): each name with the label names its series carry."""
     files = ROOT / "helm" / "gateway" / "files"
     with (
         tempfile.TemporaryDirectory() as scratch,
@@ -202,7 +203,20 @@ def envoy_metric_names() -> frozenset[str]:
         url = f"http://127.0.0.1:{ports[http_api.METRICS_PORT]}{METRICS_PATH}"
         with urllib.request.urlopen(url, timeout=10) as response:
             body = response.read().decode()
-    return frozenset(line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and line[0] != "#")
+    found: dict[str, set[str]] = {}
+    for line in body.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name, _, rest = line.partition("{")
+        name = name.split(" ")[0]
+        labels = found.setdefault(name, set())
+        if rest:
+            labels |= set(re.findall(r'(\w+)="', rest.rpartition("}")[0]))
+    return {name: frozenset(labels) for name, labels in found.items()}
+
+
+def envoy_metric_names() -> frozenset[str]:
+    return frozenset(envoy_metric_labels())
 
 
 def _accepts(port: int) -> bool:

@@ -1,7 +1,7 @@
 """With values-monitoring.yaml every service gets a ServiceMonitor on its metrics port and the alerts its role
 calls for, and the umbrella ships the Grafana dashboard; the objects are valid Prometheus Operator
 resources, and every alert's and panel's PromQL parses, selects the right series and names only metrics
-the services really export. Without it, none of them."""
+the services really export, and only labels those metrics' series carry. Without it, none of them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import promql_parser
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.metrics import ServerMetrics
@@ -22,7 +23,7 @@ from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES, is_edge
 
-from .k8skit import ROOT, Docs, dashboards, envoy_metric_names, find, objects_of, render, validate_custom_resources
+from .k8skit import ROOT, Docs, dashboards, envoy_metric_labels, find, objects_of, render, validate_custom_resources
 from .test_mesh_policy import linkerd_problems
 
 MONITORING = "monitoring"
@@ -38,6 +39,14 @@ SCRAPERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name"
 OWN_ALERTS = {"notifications": {"ShopmeshEmailsFailed"}, "orders": {"ShopmeshCheckoutsCancelledByOutages"}}
 # Series Prometheus itself adds for every target.
 SYNTHETIC = {"up"}
+# Labels a ServiceMonitor scrape puts on every series of a target (the Service, its endpoint and pod, and
+# the pod's shopmesh.io/track), beside the ones the process exports.
+TARGET_LABELS = frozenset(
+    {"job", "namespace", "instance", "endpoint", "service", "pod", "container", "shopmesh_io_track"}
+)
+# A panel's legend ({{label}}) and an alert's annotations ({{ $labels.label }}) name labels of the result.
+LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+ANNOTATION_LABEL = re.compile(r"\$labels\.(\w+)")
 EQUAL = promql_parser.MatchOp.Equal
 RE = promql_parser.MatchOp.Re
 
@@ -56,20 +65,84 @@ def expected_alerts(name: str) -> set[str]:
     return alerts | OWN_ALERTS.get(name, set())
 
 
-def exported_metric_names() -> set[str]:
-    """What the scraped endpoints can show: the services', from the real metric objects (chassis and
-    service-specific), and the edge's Envoy's, scraped from a real Envoy running its rendered configuration."""
-    metrics = ServerMetrics(CollectorRegistry())
+def exported_metric_labels() -> dict[str, frozenset[str]]:
+    """What the scraped endpoints can show, each series name with its label names: the services', from the
+    real metric objects (chassis and service-specific), and the edge's Envoy's, scraped from a real Envoy
+    running its rendered configuration."""
+    registry = RecordingRegistry()
+    metrics = ServerMetrics(registry)
     metrics.events  # noqa: B018 - made on first use, as services that publish or consume do
     metrics.watch_breakers("dependency", {"/shopmesh.x.v1.XService/Get": CircuitBreaker()})
-    OrderMetrics(metrics.registry)
-    NotificationMetrics(metrics.registry)
+    OrderMetrics(registry)
+    NotificationMetrics(registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    names = set()
-    family: Metric
-    for family in metrics.registry.collect():
-        names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
-    return names | envoy_metric_names()
+    found: dict[str, frozenset[str]] = {}
+    for collector in registry.collectors:
+        # A labelled metric nothing has used yet has no series to read its labels from: its declared ones.
+        declared = set(getattr(collector, "_labelnames", ()))
+        family: Metric
+        for family in collector.collect():
+            labels = declared | {name for sample in family.samples for name in sample.labels}
+            for suffix in suffixes.get(family.type, ("",)):
+                found[family.name + suffix] = frozenset(labels | ({"le"} if suffix == "_bucket" else set()))
+    return found | envoy_metric_labels()
+
+
+def exported_metric_names() -> set[str]:
+    return set(exported_metric_labels())
+
+
+class RecordingRegistry(CollectorRegistry):
+    """A registry that keeps its collectors, to read each metric's declared label names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.collectors: list[Collector] = []
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        self.collectors.append(collector)
+
+
+def label_problems(expr: str, exported: dict[str, frozenset[str]], result_labels: set[str]) -> list[str]:
+    """Where `expr` names a label its series do not carry: a matcher on a label the metric has not (it
+    selects nothing, or everything), a `by` on one its operand lacks (all series summed into one), and
+    `result_labels` (a legend's, an annotation's) the result lacks (rendered empty). Follows the labels
+    each part of the expression keeps, as Prometheus does."""
+    problems: list[str] = []
+
+    def labels_of(node: Any) -> frozenset[str]:
+        if isinstance(node, promql_parser.VectorSelector):
+            known = exported.get(node.name or "", frozenset()) | TARGET_LABELS
+            problems.extend(f"{node.name} has no label {m.name}" for m in node.matchers.matchers if m.name not in known)
+            return known
+        if isinstance(node, promql_parser.MatrixSelector):
+            return labels_of(node.vector_selector)
+        if isinstance(node, promql_parser.AggregateExpr):
+            inner = labels_of(node.expr)
+            if node.modifier is None:
+                return frozenset()
+            named = set(node.modifier.labels)
+            if node.modifier.type == promql_parser.AggModifierType.Without:
+                return inner - named
+            problems.extend(f"{node.op} by ({label}) over series without it: {node}" for label in named - inner)
+            return frozenset(named & inner)
+        if isinstance(node, promql_parser.Call):
+            operands = [labels_of(arg) for arg in node.args if isinstance(arg, promql_parser.Expr)]
+            if node.func.name == "absent":
+                return frozenset()
+            kept = frozenset().union(*operands)
+            return kept - {"le"} if node.func.name == "histogram_quantile" else kept
+        if isinstance(node, promql_parser.BinaryExpr):
+            left, right = labels_of(node.lhs), labels_of(node.rhs)
+            return left or right
+        if isinstance(node, (promql_parser.ParenExpr, promql_parser.UnaryExpr, promql_parser.SubqueryExpr)):
+            return labels_of(node.expr)
+        return frozenset()
+
+    result = labels_of(promql_parser.parse(expr))
+    problems.extend(f"the result has no label {label}" for label in sorted(result_labels - result))
+    return problems
 
 
 def alerts_of(docs: Docs, name: str) -> list[dict[str, Any]]:
@@ -385,3 +458,35 @@ def test_emails_failed_sees_the_first_failed_email() -> None:
         if sample.name == "shopmesh_notifications_delivery_attempts_total"
     }
     assert samples.get("failed") == 0.0, f"before any attempt the endpoint shows only {samples}"
+
+
+def test_every_label_a_dashboard_or_an_alert_names_is_on_its_series(rendered: dict[tuple[str, str], Docs]) -> None:
+    """A label the series lack fails quietly: a matcher on it selects nothing (a panel flat at zero, an alert
+    that never fires), a `by` on it sums every series into one, a legend or annotation shows it empty."""
+    exported = exported_metric_labels()
+    problems = []
+    for title, query, legend in dashboards.panel_queries():
+        found = label_problems(query.replace("$__rate_interval", "5m"), exported, set(LEGEND_LABEL.findall(legend)))
+        problems += [f"panel {title!r}: {problem}" for problem in found]
+    for name in SERVICES:
+        for alert in alerts_of(rendered[MONITORING, name], name):
+            shown = set(ANNOTATION_LABEL.findall(json.dumps(alert["annotations"])))
+            found = label_problems(alert["expr"], exported, shown)
+            problems += [f"{name} {alert['alert']}: {problem}" for problem in found]
+    assert not problems, "\n".join(sorted(set(problems)))
+
+
+def test_the_label_check_sees_a_label_the_series_lack() -> None:
+    exported = exported_metric_labels()
+    assert (
+        label_problems('sum by (consumer) (shopmesh_events_dead_letters{job="orders"})', exported, {"consumer"}) == []
+    )
+    assert label_problems('sum by (subject) (shopmesh_events_dead_letters{job="orders"})', exported, set())
+    assert label_problems('shopmesh_events_dead_letters{subject="x"}', exported, set())
+    assert label_problems("sum(shopmesh_events_dead_letters)", exported, {"consumer"})
+    assert (
+        label_problems(
+            "histogram_quantile(0.99, sum by (le) (rate(grpc_server_handling_seconds_bucket[5m])))", exported, set()
+        )
+        == []
+    )
