@@ -4,7 +4,7 @@ sends it a token."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,16 +20,19 @@ if TYPE_CHECKING:
 
 
 @contextlib.asynccontextmanager
-async def serving_gateway(addresses: Mapping[str, str], **overrides: Any) -> AsyncIterator[tuple[Shop, Channels]]:
-    """The gateway with `<service>_address` settings from `addresses` (service name -> address), a plain
-    client stub to it, and its channels (their breakers) to look at."""
+async def serving_gateway(
+    addresses: Mapping[str, str], *, client_options: Sequence[tuple[str, Any]] = (), **overrides: Any
+) -> AsyncIterator[tuple[Shop, Channels]]:
+    """The gateway with `<service>_address` settings from `addresses` (service name -> address), a client
+    stub to it (a plain channel unless `client_options` say otherwise), and its channels (their breakers) to
+    look at."""
     named = {f"{name}_address": address for name, address in addresses.items()}
     settings = load_settings(GatewaySettings, grpc_port=0, metrics_port=-1, **{**named, **overrides})
     channels = Channels(settings)
     try:
         async with (
             serve_in_process(settings, [binding(build_servicer(settings, channels))]) as server,
-            grpc.aio.insecure_channel(server.address) as channel,
+            grpc.aio.insecure_channel(server.address, options=client_options) as channel,
         ):
             yield shop_pb2_grpc.ShopServiceStub(channel), channels
     finally:

@@ -8,7 +8,7 @@ away: reading an order or the order history needs no payments at all.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.breaker import CircuitBreaker
+from shopmesh_chassis.client import service_config
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ServiceBinding
@@ -66,7 +67,9 @@ def breaker_state(breakers: Mapping[str, CircuitBreaker]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def shop_with(orders: OrdersWithPaymentsAway) -> AsyncIterator[tuple[Shop, Channels, str]]:
+async def shop_with(
+    orders: OrdersWithPaymentsAway, client_options: Sequence[tuple[str, Any]] = ()
+) -> AsyncIterator[tuple[Shop, Channels, str]]:
     settings = ServiceSettings(service_name="orders", grpc_port=0, metrics_port=-1)
     binding = ServiceBinding(
         orders_pb2.DESCRIPTOR.services_by_name["OrdersService"],
@@ -75,7 +78,7 @@ async def shop_with(orders: OrdersWithPaymentsAway) -> AsyncIterator[tuple[Shop,
     )
     async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
         addresses = {"catalog": NOWHERE, "inventory": NOWHERE, **fakes.addresses, "orders": server.address}
-        async with serving_gateway(addresses) as (shop, channels):
+        async with serving_gateway(addresses, client_options=client_options) as (shop, channels):
             yield shop, channels, fakes.users.key.token("usr_ada")
 
 
@@ -108,3 +111,51 @@ async def test_checkouts_failing_while_payments_is_away_do_not_cut_customers_off
                 f"{orders.place_attempts} PlaceOrder attempts "
                 "for 5 checkouts)"
             ) from None
+
+
+@dataclass
+class OrdersAcceptingCancellations(OrdersWithPaymentsAway):
+    """CancelOrder answers as orders does while inventory is away: the cancellation accepted, final for the
+    call (UNAVAILABLE naming the order, with grpc-retry-pushback-ms -1)."""
+
+    cancel_attempts: int = 0
+
+    async def CancelOrder(self, request: orders_pb2.CancelOrderRequest, context: Any) -> orders_pb2.CancelOrderResponse:
+        self.cancel_attempts += 1
+        raise errors.Unavailable(
+            f"the cancellation of order {request.order_id} is accepted and completes on its own",
+            reason=errors.DEPENDENCY_UNAVAILABLE,
+            retry_after_seconds=1.0,
+            metadata={"order_id": request.order_id},
+            final=True,
+        )
+
+
+async def test_an_answer_final_for_the_call_is_relayed_final_so_the_gateways_caller_does_not_retry_it() -> None:
+    """orders' accepted cancellation went out with the pushback "do not retry", but the gateway relayed its
+    status without it: a client retrying ShopService's idempotent methods on UNAVAILABLE (any chassis-based
+    client, the service config below) sent the cancellation three more times, each reaching orders."""
+    orders = OrdersAcceptingCancellations()
+    retrying = (
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config([shop_pb2.DESCRIPTOR.services_by_name["ShopService"]])),
+    )
+    async with shop_with(orders, retrying) as (shop, _, token):
+        try:
+            await shop.CancelOrder(
+                shop_pb2.CancelOrderRequest(order_id="ord_1", reason="too slow"),
+                metadata=(*bearer(token), ("idempotency-key", "cancel-1")),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as error:
+            details = details_of(error)
+        else:
+            raise AssertionError("CancelOrder succeeded; orders answered UNAVAILABLE")
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        errors.DEPENDENCY_UNAVAILABLE,
+        1.0,
+    )
+    assert details.error_info is not None
+    assert details.error_info.metadata["order_id"] == "ord_1"
+    assert orders.cancel_attempts == 1

@@ -160,12 +160,15 @@ def listed_ids(ids: Sequence[str], *, key: str, count_key: str) -> dict[str, str
 class ReplayedError(DomainError):
     """A stored error outcome replayed for a retried idempotent request.
 
-    `status` is the serialized google.rpc.Status first sent; the server sends it again unchanged.
+    `status` is the serialized google.rpc.Status first sent; the server sends it again unchanged. `final`, as
+    for Unavailable: it goes out with gRPC's "do not retry" pushback (a proxy relaying a dependency's answer
+    that came with it, as the gateway relays orders' accepted cancellation).
     """
 
-    def __init__(self, status: bytes, message: str) -> None:
+    def __init__(self, status: bytes, message: str, *, final: bool = False) -> None:
         super().__init__(message, reason="REPLAYED")
         self.status = status
+        self.final = final
 
 
 # Errors after which a retry with the same idempotency key should run the operation again.

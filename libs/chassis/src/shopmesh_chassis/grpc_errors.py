@@ -31,6 +31,9 @@ STATUS_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
 }
 
 
+# gRFC A6's trailer telling a gRPC client how long to wait before retrying (milliseconds; negative: never).
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+
 # Statuses of an outbound call that say "not now" rather than "no": the dependency is down, too slow,
 # shedding load, or cancelled the call on its side (a cancellation of our own call reaches the handler
 # as asyncio.CancelledError instead).
@@ -197,6 +200,17 @@ class ErrorDetails:
 def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
     """Decode `grpc-status-details-bin` from a failed aio call (empty details when there are none)."""
     return details_from(error.code(), error.details() or "", error.trailing_metadata())
+
+
+def told_not_to_retry(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the failed call's server sent gRFC A6's pushback "do not retry" (a negative
+    grpc-retry-pushback-ms): its answer is final for the call. A proxy relaying the answer sends the pushback
+    on, or its own caller's channel retries what the server said not to."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_PUSHBACK:
+            text = value.decode() if isinstance(value, bytes) else value
+            return text.strip().startswith("-")
+    return False
 
 
 def details_from(

@@ -34,6 +34,7 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db_errors import as_domain_error
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.grpc_errors import (
+    RETRY_PUSHBACK,
     TRANSIENT_CODES,
     dependency_unavailable,
     details_from,
@@ -98,8 +99,6 @@ def _peer_attributes(peer: str) -> dict[str, str]:
 # probes every pod every few seconds: thousands of one-span traces that say nothing).
 _HEALTH = "/grpc.health.v1.Health/"
 
-# gRFC A6's trailer telling a gRPC client how long to wait before retrying (milliseconds; negative: never).
-RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 _DO_NOT_RETRY = ((RETRY_PUSHBACK, "-1"),)
 
 # How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
@@ -216,7 +215,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         except errors.ReplayedError as exc:
             stored = status_pb2.Status.FromString(exc.status)
             code = _CODES.get(stored.code, grpc.StatusCode.UNKNOWN)
-            await self._abort(context, to_grpc_status(stored))
+            await self._abort(context, to_grpc_status(stored), final=exc.final)
         except errors.DomainError as exc:
             code = status_code_for(exc)
             final = getattr(exc, "final", False)
