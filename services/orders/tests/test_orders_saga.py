@@ -1212,6 +1212,8 @@ async def test_a_cancellation_whose_order_another_driver_holds_is_accepted_not_a
         await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
     assert (caught.value.reason, caught.value.metadata) == (errors.DEPENDENCY_UNAVAILABLE, {"order_id": order_id})
     assert "accepted" in caught.value.message
+    # The wait the other accepted answer carries when its dependency names none; it had no RetryInfo at all.
+    assert (caught.value.retry_after_seconds, caught.value.final) == (1.0, True)
     assert (await app.get_order(order_id)).cancellation_pending
 
 

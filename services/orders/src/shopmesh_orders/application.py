@@ -299,8 +299,10 @@ class OrdersApplication:
             except errors.Aborted as exc:
                 # Another driver holds the order: the recovery loop, or an earlier attempt of this request
                 # still under way (a client that sent it again at once). The cancellation is recorded under this key and
-                # that driver completes it: accepted, not "retry", which a retry would meet again.
-                raise _cancellation_accepted(order_id, None) from exc
+                # that driver completes it: accepted, not "retry", which a retry would meet again. That driver's
+                # own wait is not known here: the 1 s the saga asks when a dependency names none, as the other
+                # accepted answer would, so a client reading the order back polls no sooner.
+                raise _cancellation_accepted(order_id, 1.0) from exc
         return order
 
     # --- recovery ---------------------------------------------------------------------------------
