@@ -866,3 +866,63 @@ async def test_a_second_ctrl_c_during_an_interrupted_start_kills_the_throwaway_p
     assert "again: killing everything now" in said, said
     assert_stopped_in_one_line(output)
     await assert_nothing_left(process, started)
+
+
+# The launcher with a PostgreSQL server that fails its start once the test holds it (SIGSTOP): the start's
+# undoing then waits at the held server's fast shutdown (given an hour), for as long as the test needs.
+FAILING_POSTGRES_LAUNCHER = (
+    "import asyncio, sys\n"
+    "from pathlib import Path\n"
+    "from shopmesh_platform import run\n"
+    "from shopmesh_platform.stack import StackError\n"
+    "run._POSTGRES_STOP_SECONDS = 3600.0\n"
+    "async def failing_once_held(server, process, output):\n"
+    "    print(f'PostgreSQL spawned as {process.pid}', flush=True)\n"
+    "    stat = Path(f'/proc/{process.pid}/stat')\n"
+    "    while stat.read_text().rsplit(')', 1)[1].split()[0] != 'T':\n"
+    "        await asyncio.sleep(0.05)\n"
+    "    raise StackError('PostgreSQL refused to start (held by the test)')\n"
+    "run._until_accepting = failing_once_held\n"
+    "sys.exit(run.main(sys.argv[1:]))\n"
+)
+
+
+async def test_ctrl_c_while_a_failed_start_is_undone_still_exits_1_with_the_error_once_postgresql_stopped(
+    tmp_path: Path,
+) -> None:
+    """A Ctrl-C that comes after the start failed, while PostgreSQL shuts down, is no Ctrl-C of a start: the
+    start's error and exit 1, not "stopped while starting" and 0; and the server's folder is removed only once
+    the server is gone."""
+    args = ("--services", "", "--http-port", "0", "--postgres")
+    process = await launcher(tmp_path / "data", *args, script=FAILING_POSTGRES_LAUNCHER)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        spawned = lambda line: line.startswith("PostgreSQL spawned as ")  # noqa: E731
+        await asyncio.wait_for(read_until(process.stdout, spawned, lines, "PostgreSQL's start"), 120)
+        postmaster = int(lines[-1].removeprefix("PostgreSQL spawned as "))
+        started = descendants(process.pid)
+        try:
+            os.kill(postmaster, signal.SIGSTOP)
+            # Held, the server fails its start; the stop's SIGINT that follows waits at it.
+            await eventually(
+                lambda: signal.SIGINT in pending_signals(postmaster), "the failed start's stop waiting at the server"
+            )
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(
+                read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
+            )
+            folders = throwaway_folders(process.pid)
+            assert folders, "the folder was removed under a server still shutting down"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster, signal.SIGCONT)
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await stop_launcher(process)
+    said = "\n".join([*lines, *rest.decode(errors="replace").splitlines()])
+    assert process.returncode == 1, said
+    assert "error: PostgreSQL refused to start (held by the test)" in said, said
+    assert "stopped while starting" not in said, said
+    assert "Traceback" not in said, said
+    await assert_nothing_left(process, started)

@@ -459,12 +459,14 @@ class ThrowawayPostgres:
 @contextlib.asynccontextmanager
 async def throwaway_postgres(
     spawned: Callable[[ThrowawayPostgres], None] = lambda _: None,
+    failed: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[ThrowawayPostgres]:
     """A PostgreSQL server as the launcher's own child, like NATS: in the foreground (not pg_ctl's daemon),
     with a parent-death signal, so that a launcher killed (`kill -9`) or stopped half-way leaves none
     running. SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for its clients to leave). `spawned`
     gets the server as soon as it runs, before it accepts connections: a second Ctrl-C while it starts, or
-    while its start is undone, kills it as one after the start does."""
+    while its start is undone, kills it as one after the start does. `failed`
+    is called when the start (or what ran on the server) failed, before the server is stopped."""
     async with contextlib.AsyncExitStack() as resources:
         try:
             server = await _initialized(resources)
@@ -480,9 +482,20 @@ async def throwaway_postgres(
         try:
             await _until_accepting(server, process, output)
             yield postgres
-        finally:
-            await _stop_postgres(process)
-            await cancel_and_wait(drain)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                # A start that failed is over: a Ctrl-C while it is undone must not cancel that, nor hide its error.
+                failed()
+            await _stop_and_drain(process, drain)
+            raise
+        await _stop_and_drain(process, drain)
+
+
+async def _stop_and_drain(process: asyncio.subprocess.Process, drain: asyncio.Task[None]) -> None:
+    try:
+        await _stop_postgres(process)
+    finally:
+        await cancel_and_wait(drain)
 
 
 async def _keep_last_lines(process: asyncio.subprocess.Process, lines: deque[str]) -> None:
@@ -514,7 +527,19 @@ async def _until_accepting(server: PostgresServer, process: asyncio.subprocess.P
 
 
 async def _stop_postgres(process: asyncio.subprocess.Process) -> bool:
-    """Fast shutdown, SIGKILL after _POSTGRES_STOP_SECONDS; whether it took the SIGKILL."""
+    """Fast shutdown, SIGKILL after _POSTGRES_STOP_SECONDS; whether it took the SIGKILL. Cancelled, it still
+    waits for the server before the cancellation goes on: its folder is removed next, under a server that may
+    still be shutting down otherwise (a second Ctrl-C kills the server, which ends the wait)."""
+    stopping = asyncio.ensure_future(_stop_postgres_now(process))
+    try:
+        return await asyncio.shield(stopping)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await stopping
+        raise
+
+
+async def _stop_postgres_now(process: asyncio.subprocess.Process) -> bool:
     if process.returncode is None:
         signal_child(process, signal.SIGINT)
         try:
@@ -563,6 +588,9 @@ class _Signals:
     def postgres_spawned(self, postgres: ThrowawayPostgres) -> None:
         self.postgres = postgres
 
+    def start_failed(self) -> None:
+        self.starting = False
+
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.requested.is_set():
             print(f"\n{sig.name} again: killing everything now", flush=True)
@@ -587,7 +615,7 @@ async def run(args: argparse.Namespace) -> int:
             if not args.postgres:
                 return await run_stack(args, None, signals)
             print("starting a throwaway PostgreSQL server ...", flush=True)
-            async with throwaway_postgres(spawned=signals.postgres_spawned) as database:
+            async with throwaway_postgres(spawned=signals.postgres_spawned, failed=signals.start_failed) as database:
                 return await run_stack(args, database, signals)
         except asyncio.CancelledError:
             # Only the first signal cancels, and only while starting: the start has undone itself by now.
