@@ -22,7 +22,16 @@ from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis.errors import FailedPrecondition
 from shopmesh_chassis.grpc_errors import to_grpc_status, to_rpc_status
 from shopmesh_chassis.testing import free_port
-from shopmesh_platform.shoppers import Shopper, Tally, main, server_fault
+from shopmesh_platform.http_client import HttpCallError
+from shopmesh_platform.shoppers import (
+    MAX_RETRY_WAIT_SECONDS,
+    MAX_RETRY_WAITS_PER_CALL,
+    RETRY_JITTER,
+    Shopper,
+    Tally,
+    main,
+    server_fault,
+)
 from shopmesh_platform.stack import Stack
 
 FAST = ["--shoppers", "2", "--duration", "1", "--think", "0.01,0.05", "--report-every", "0.5"]
@@ -221,3 +230,40 @@ async def test_shoppers_refused_by_the_gateways_password_bucket_wait_as_asked_an
     assert waited is not None, err
     signing_up = dict(entry.rsplit(" ", 1) for entry in waited[2].split(", "))
     assert int(signing_up.get("Register", "0")) + int(signing_up.get("Login", "0")) >= 3, err
+
+
+async def test_a_step_refused_again_and_again_with_a_retry_info_is_tallied_after_a_bounded_number_of_waits() -> None:
+    """A bucket that stays empty must not hold a shopper on one step, even in a run with no end (waits that
+    always fit): the call is made MAX_RETRY_WAITS_PER_CALL + 1 times, then its refusal is tallied."""
+    calls = 0
+
+    async def refused() -> None:
+        nonlocal calls
+        calls += 1
+        raise HttpCallError(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate limited", retry_delay=0.01)
+
+    async def waited(delay: float) -> float:
+        return delay
+
+    tally = Tally()
+    # Bounded so that the old, unbounded loop fails here instead of hanging the run.
+    result, outcome, _ = await asyncio.wait_for(tally.answer("Register", refused, waited), timeout=10)
+    assert (result, outcome, calls) == (None, "RESOURCE_EXHAUSTED", MAX_RETRY_WAITS_PER_CALL + 1)
+    assert tally.waits["Register"] == MAX_RETRY_WAITS_PER_CALL
+    assert tally.answers["Register", "RESOURCE_EXHAUSTED"] == 1
+
+
+class _MostJitter(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_a_wait_the_jitter_stretches_past_the_longest_is_not_taken() -> None:
+    """The cap holds for the wait taken, jitter included: a delay just under it, stretched past it, is not
+    waited (the refusal is tallied at once)."""
+    shopper = Shopper(
+        shop_pb2_grpc.ShopServiceStub(grpc.aio.insecure_channel("127.0.0.1:1")), Tally(), _MostJitter(), (0.0, 0.0)
+    )
+    delay = MAX_RETRY_WAIT_SECONDS / (1 + RETRY_JITTER) + 1
+    assert delay < MAX_RETRY_WAIT_SECONDS
+    assert await asyncio.wait_for(shopper._wait(delay), timeout=5) is None

@@ -71,6 +71,9 @@ MAX_RETRY_WAIT_SECONDS = 30.0
 # Each wait is the one asked for stretched by up to this share, so that shoppers refused together do not all
 # come back in the same instant and meet the same empty bucket.
 RETRY_JITTER = 0.25
+# Waits one call takes at most before its answer is tallied: a bucket that stays empty (another client draining
+# it, a dependency away for good) must not hold a shopper on one step, even in a run with no end.
+MAX_RETRY_WAITS_PER_CALL = 5
 
 
 def server_fault(outcome: str) -> bool:
@@ -136,13 +139,16 @@ class Tally:
         """The result (None on an error), the outcome as tallied (the status code's name, or PRICE_CHANGED) and
         the error's ErrorInfo, if it had one. An answer asking to come back later (COME_BACK_LATER with a
         RetryInfo) is not tallied while `wait` takes the delay asked for (it answers the seconds it waited, or
-        None when it will not wait): the call is made again, and the wait counted."""
-        while True:
+        None when it will not wait): the call is made again, and the wait counted, up to MAX_RETRY_WAITS_PER_CALL
+        times."""
+        for attempt in range(1, MAX_RETRY_WAITS_PER_CALL + 2):
             try:
                 result = await call()
             except (grpc.aio.AioRpcError, HttpCallError) as error:
                 delay = _retry_delay(error) if error.code() in COME_BACK_LATER else None
-                waited = await wait(delay) if wait is not None and delay is not None else None
+                waited = None
+                if wait is not None and delay is not None and attempt <= MAX_RETRY_WAITS_PER_CALL:
+                    waited = await wait(delay)
                 if waited is not None:
                     self.waits[method] += 1
                     self.waited_seconds += waited
@@ -150,6 +156,7 @@ class Tally:
                 return None, self._tallied(method, error), _error_info(error)
             self.answers[method, "OK"] += 1
             return result, "OK", None
+        raise AssertionError("unreachable: the last attempt never waits")
 
     def _tallied(self, method: str, error: grpc.aio.AioRpcError | HttpCallError) -> str:
         info = _error_info(error)
@@ -226,10 +233,10 @@ class Shopper:
             await asyncio.sleep(self._rng.uniform(*self._think))
 
     async def _wait(self, delay: float) -> float | None:
-        """Wait as a RetryInfo asked, jittered, and answer how long; None, at once, when the wait is longer than
-        MAX_RETRY_WAIT_SECONDS or would end past the run's stop. Cancelled with the shopper (Ctrl-C)."""
+        """Wait as a RetryInfo asked, jittered, and answer how long; None, at once, when the jittered wait is longer
+        than MAX_RETRY_WAIT_SECONDS or would end past the run's stop. Cancelled with the shopper (Ctrl-C)."""
         pause = delay * self._rng.uniform(1, 1 + RETRY_JITTER)
-        if delay > MAX_RETRY_WAIT_SECONDS or time.monotonic() + pause > self._until:
+        if pause > MAX_RETRY_WAIT_SECONDS or time.monotonic() + pause > self._until:
             return None
         await asyncio.sleep(pause)
         return pause
