@@ -936,6 +936,15 @@ def _compressor() -> dict[str, Any]:
     }
 
 
+def _status_is(status: int, runtime_key: str) -> dict[str, Any]:
+    """A local-reply filter matching Envoy's HTTP status `status` (runtime_key: Envoy requires one per filter)."""
+    return {
+        "status_code_filter": {
+            "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": runtime_key}}
+        }
+    }
+
+
 def _local_reply(status: int, code: int) -> dict[str, Any]:
     """Envoy's local reply with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
     grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>}."""
@@ -943,14 +952,7 @@ def _local_reply(status: int, code: int) -> dict[str, Any]:
         "filter": {
             "and_filter": {
                 "filters": [
-                    {
-                        "status_code_filter": {
-                            "comparison": {
-                                "op": "EQ",
-                                "value": {"default_value": status, "runtime_key": f"local_reply_{status}"},
-                            }
-                        }
-                    },
+                    _status_is(status, f"local_reply_{status}"),
                     {"or_filter": {"filters": [_not_grpc(), _transcoded()]}},
                 ]
             }
@@ -1029,14 +1031,7 @@ def _grpc_too_large() -> dict[str, Any]:
         "filter": {
             "and_filter": {
                 "filters": [
-                    {
-                        "status_code_filter": {
-                            "comparison": {
-                                "op": "EQ",
-                                "value": {"default_value": 413, "runtime_key": "local_reply_413_grpc"},
-                            }
-                        }
-                    },
+                    _status_is(413, "local_reply_413_grpc"),
                     {"header_filter": {"header": _GRPC}},
                 ]
             }

@@ -224,23 +224,24 @@ UserHandler = Callable[[ServicerT, RequestT, Context, str], Awaitable[ResponseT]
 def public(
     method: Handler[ServicerT, RequestT, ResponseT],
 ) -> Handler[ServicerT, RequestT, ResponseT]:
-    @functools.wraps(method)
-    async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
-        self.guard.admit_anonymous(context)
-        with acting_for(context, None):
-            return await method(self, request, context)
-
-    return handler
+    return _anonymous(method, Guard.admit_anonymous)
 
 
 def hashes_password(
     method: Handler[ServicerT, RequestT, ResponseT],
 ) -> Handler[ServicerT, RequestT, ResponseT]:
     """`public`, for a method that has users hash a password: limited by the client's password bucket too."""
+    return _anonymous(method, Guard.admit_password_hashing)
+
+
+def _anonymous(
+    method: Handler[ServicerT, RequestT, ResponseT], admit: Callable[[Guard, Context], None]
+) -> Handler[ServicerT, RequestT, ResponseT]:
+    """`method` for callers without a token, admitted by `admit` (which limits by the client's address)."""
 
     @functools.wraps(method)
     async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
-        self.guard.admit_password_hashing(context)
+        admit(self.guard, context)
         with acting_for(context, None):
             return await method(self, request, context)
 
