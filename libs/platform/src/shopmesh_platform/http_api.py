@@ -138,14 +138,32 @@ _ROUTE_BOUND = {"max_stream_duration": {"max_stream_duration": ROUTE_TIMEOUT, "g
 # the API does not have is an unknown method (UNIMPLEMENTED), though answered 404 as HTTP has it.
 LOCAL_REPLY_CODES = {
     400: grpc_code.INVALID_ARGUMENT,
+    # A protocol upgrade (WebSocket) asked of a route that takes none.
+    403: grpc_code.PERMISSION_DENIED,
     404: grpc_code.UNIMPLEMENTED,
     405: grpc_code.UNIMPLEMENTED,
     413: grpc_code.RESOURCE_EXHAUSTED,
+    # HTTP/1.0: the edge does not implement it (Envoy's 426 asks for HTTP/1.1).
+    426: grpc_code.UNIMPLEMENTED,
     431: grpc_code.RESOURCE_EXHAUSTED,
     500: grpc_code.INTERNAL,
     502: grpc_code.UNAVAILABLE,
     503: grpc_code.UNAVAILABLE,
     504: grpc_code.DEADLINE_EXCEEDED,
+}
+# Envoy's reasons for local replies whose own text is empty or says nothing a client can act on (its response code
+# details) → their HTTP status and the message their Status carries instead.
+EXPLAINED_LOCAL_REPLIES = {
+    "low_version": (426, "HTTP/1.0 is not served here: send the request over HTTP/1.1 or HTTP/2"),
+    "upgrade_failed": (
+        403,
+        "no protocol upgrade (WebSocket) is served here: send the request without an Upgrade header",
+    ),
+    "path_normalization_failed": (
+        400,
+        "the request's path is not one the edge can normalize (a '#' or a malformed escape)",
+    ),
+    "absolute_path_rejected": (404, "the request's target must be a path, such as /v1/products"),
 }
 # The field violation's reason, in the 400 for a query parameter naming a path variable, and the name of the
 # routes answering it (their local reply is the whole Status already, details included).
@@ -432,6 +450,11 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 _status_as_it_is(_PATH_VARIABLE_IN_QUERY_ROUTE),
                 _status_as_it_is(_QUERY_WITH_BODY_ROUTE),
                 _query_without_content_type(),
+                _http_too_large(),
+                *(
+                    _explained(details, status, message)
+                    for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()
+                ),
                 *(_local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()),
                 # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 is theirs.
                 _grpc_too_large(),
@@ -947,18 +970,73 @@ def _status_is(status: int, runtime_key: str) -> dict[str, Any]:
 
 def _local_reply(status: int, code: int) -> dict[str, Any]:
     """Envoy's local reply with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
-    grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>}."""
+    grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>, "details": []}: the
+    shape the transcoder gives the gateway's errors, whose `details` is there when empty too."""
+    return {
+        "filter": {"and_filter": {"filters": [_status_is(status, f"local_reply_{status}"), _http_json()]}},
+        "body_format_override": _status_json(code),
+    }
+
+
+def _status_json(code: int) -> dict[str, Any]:
+    """A local reply's body as a google.rpc.Status of this code, its message the reply's text."""
+    return {
+        "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []},
+        "content_type": "application/json",
+    }
+
+
+def _http_json() -> dict[str, Any]:
+    """A local reply to an HTTP/JSON request, whether or not the transcoder has made it gRPC yet."""
+    return {"or_filter": {"filters": [_not_grpc(), _transcoded()]}}
+
+
+def _explained(details: str, status: int, message: str) -> dict[str, Any]:
+    """Envoy's local reply for this reason (its response code details; its HTTP status is `status`) to an HTTP
+    client, with this message in its Status (EXPLAINED_LOCAL_REPLIES), its code the status's (LOCAL_REPLY_CODES)."""
+    expression = f"response.code_details == '{details}'"
     return {
         "filter": {
             "and_filter": {
                 "filters": [
-                    _status_is(status, f"local_reply_{status}"),
-                    {"or_filter": {"filters": [_not_grpc(), _transcoded()]}},
+                    {
+                        "extension_filter": {
+                            "name": "envoy.access_loggers.extension_filters.cel",
+                            "typed_config": {"@type": _CEL_FILTER, "expression": expression},
+                        }
+                    },
+                    _http_json(),
                 ]
             }
         },
+        "body": {"inline_string": message},
+        "body_format_override": _status_json(LOCAL_REPLY_CODES[status]),
+    }
+
+
+def _http_too_large() -> dict[str, Any]:
+    """The 413 of an HTTP/JSON request over MAX_REQUEST_BYTES (the buffer filter's), with the message and the
+    ErrorInfo a gRPC client gets for it (_grpc_too_large), in place of Envoy's "Payload Too Large"."""
+    body = json.dumps(
+        {
+            "code": grpc_code.RESOURCE_EXHAUSTED,
+            "message": REQUEST_TOO_LARGE_MESSAGE,
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": REQUEST_TOO_LARGE,
+                    "domain": _ERROR_DOMAIN,
+                    "metadata": {"max_request_bytes": str(MAX_REQUEST_BYTES)},
+                }
+            ],
+        },
+        separators=(",", ":"),
+    )
+    return {
+        "filter": {"and_filter": {"filters": [_status_is(413, "local_reply_413_http"), _http_json()]}},
+        "body": {"inline_string": body},
         "body_format_override": {
-            "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"},
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
             "content_type": "application/json",
         },
     }

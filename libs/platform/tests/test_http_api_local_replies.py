@@ -1,0 +1,158 @@
+"""The answers the edge makes itself to an HTTP/JSON client, with the real Envoy of `bootstrap()`
+(docs/http-api.md, "The edge's own errors"): each a google.rpc.Status in JSON, in the shape the transcoder gives
+the gateway's errors (`details` there, empty or not), with a message a client can act on."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import httpx
+import pytest
+from google.rpc import code_pb2 as grpc_code
+
+from shopmesh_platform.http_api import MAX_REQUEST_BYTES, REQUEST_TOO_LARGE, REQUEST_TOO_LARGE_MESSAGE
+
+from .conftest import RecordingShop
+
+
+def raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the answer to these bytes, sent as they are (no client library sends
+    HTTP/1.0, a request target that is no path, or a fragment)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        # Every request here asks for (or is answered with) `connection: close`: the answer ends with it.
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def status_in(content_type: str, body: bytes) -> dict[str, Any]:
+    assert content_type == "application/json", body
+    status: dict[str, Any] = json.loads(body)
+    assert set(status) == {"code", "message", "details"}, status
+    assert status["message"], status
+    return status
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "http_status", "code", "told"),
+    [
+        # Envoy's own text: "Upgrade Required", as text/plain.
+        (b"GET /v1/products HTTP/1.0\r\n\r\n", 426, grpc_code.UNIMPLEMENTED, "HTTP/1.1"),
+        # Envoy's own answer: no body, no content type.
+        (
+            b"GET /v1/products HTTP/1.1\r\nhost: shop\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            403,
+            grpc_code.PERMISSION_DENIED,
+            "WebSocket",
+        ),
+        # Envoy's own messages here are empty.
+        (
+            b"GET /v1/products#top HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n",
+            400,
+            grpc_code.INVALID_ARGUMENT,
+            "'#'",
+        ),
+        (
+            b"OPTIONS * HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n",
+            404,
+            grpc_code.UNIMPLEMENTED,
+            "/v1/products",
+        ),
+        # A request HTTP/1.1 cannot parse keeps Envoy's reason, in the same shape.
+        (
+            b"GET /v1/products HTTP/1.1\r\nhost: shop\r\nbad header: x\r\n\r\n",
+            400,
+            grpc_code.INVALID_ARGUMENT,
+            "Bad Request",
+        ),
+    ],
+)
+def test_a_request_envoy_refuses_before_any_route_is_a_status_saying_what_to_do(
+    edge: tuple[str, RecordingShop], request_bytes: bytes, http_status: int, code: int, told: str
+) -> None:
+    url, shop = edge
+    shop.calls.clear()
+    answered, headers, body = raw_answer(url, request_bytes)
+    assert answered == http_status, body
+    status = status_in(headers.get("content-type", ""), body)
+    assert (status["code"], status["details"]) == (code, []), status
+    assert told in status["message"], status
+    assert shop.calls == []
+
+
+def test_a_json_body_over_the_limit_is_a_413_with_the_limit_and_the_reason_grpc_clients_get(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    url, shop = edge
+    shop.calls.clear()
+    answer = httpx.post(
+        url + "/v1/login", json={"email": "x@example.com", "password": "p" * MAX_REQUEST_BYTES}, timeout=10
+    )
+    assert answer.status_code == 413, answer.text
+    status = status_in(answer.headers["content-type"], answer.content)
+    assert (status["code"], status["message"]) == (grpc_code.RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE_MESSAGE)
+    [info] = status["details"]
+    assert info == {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": REQUEST_TOO_LARGE,
+        "domain": "shopmesh.gateway",
+        "metadata": {"max_request_bytes": str(MAX_REQUEST_BYTES)},
+    }
+    assert "grpc-status" not in answer.headers
+    assert shop.calls == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "http_status", "code"),
+    [
+        ("GET", "/v1/nothing", {}, 404, grpc_code.UNIMPLEMENTED),
+        ("DELETE", "/v1/orders", {}, 405, grpc_code.UNIMPLEMENTED),
+        ("GET", "/v1/products?pageSise=2", {}, 400, grpc_code.INVALID_ARGUMENT),
+        ("GET", "/v1/products?pageSize=two", {}, 400, grpc_code.INVALID_ARGUMENT),
+        (
+            "POST",
+            "/v1/login",
+            {"content": b'{"email": ', "headers": {"content-type": "application/json"}},
+            400,
+            grpc_code.INVALID_ARGUMENT,
+        ),
+        # A body of another type is read as JSON all the same, and refused as JSON that is not.
+        ("POST", "/v1/login", {"data": {"email": "x@example.com"}}, 400, grpc_code.INVALID_ARGUMENT),
+        ("GET", "/v1/products", {"headers": {"x-padding": "a" * 70 * 1024}}, 431, grpc_code.RESOURCE_EXHAUSTED),
+        # Not a preflight (no Access-Control-Request-Method): a path the API lacks.
+        ("OPTIONS", "/v1/nothing", {"headers": {"origin": "https://shop.example"}}, 404, grpc_code.UNIMPLEMENTED),
+    ],
+)
+def test_every_other_refusal_of_the_edges_has_the_shape_of_the_gateways_errors(
+    edge: tuple[str, RecordingShop], method: str, path: str, kwargs: dict[str, Any], http_status: int, code: int
+) -> None:
+    url, shop = edge
+    shop.calls.clear()
+    answer = httpx.request(method, url + path, timeout=10, **kwargs)
+    assert answer.status_code == http_status, answer.text
+    status = status_in(answer.headers["content-type"], answer.content)
+    assert (status["code"], status["details"]) == (code, []), status
+    assert shop.calls == []
+
+
+def test_a_preflight_for_a_path_the_api_lacks_is_still_answered_by_the_cors_filter(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # A browser reads the real call's 404 Status; the preflight itself is CORS's, not an error.
+    url, _ = edge
+    answer = httpx.options(
+        url + "/v1/nothing",
+        headers={"origin": "https://shop.example", "access-control-request-method": "GET"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["access-control-allow-origin"] == "https://shop.example"
+    assert answer.content == b""
