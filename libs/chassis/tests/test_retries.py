@@ -17,7 +17,7 @@ import pytest
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy, is_idempotent, service_config
-from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, details_of
+from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, details_of, told_not_to_retry
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
@@ -298,4 +298,27 @@ async def test_a_dependencys_retry_info_past_the_deadline_is_not_retried() -> No
         "DEPENDENCY_UNAVAILABLE",
         20,
     )
+    assert dependency.calls == 1
+
+
+async def test_a_dependencys_do_not_retry_is_passed_on() -> None:
+    """A dependency's answer final for the call (orders' accepted cancellation: gRFC A6's pushback "do not
+    retry") stays final through a handler that lets it escape: answered with the ordinary pushback, the caller's
+    channel sent the call three more times, each one more call to the dependency that had said not to."""
+    dependency = _Dependency(
+        errors.Unavailable("accepted; completes on its own", reason="ACCEPTED", retry_after_seconds=0.25, final=True)
+    )
+    async with relaying_to(dependency) as (stub, target):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Relay(
+                sample_pb2.RelayRequest(target=target, echo=sample_pb2.EchoRequest(message="x")), timeout=30
+            )
+    details = details_of(caught.value)
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "DEPENDENCY_UNAVAILABLE",
+        # At least the default, as any dependency's wait carried up the chain.
+        1,
+    )
+    assert told_not_to_retry(caught.value)
     assert dependency.calls == 1

@@ -67,7 +67,10 @@ def dependency_unavailable(
 
     The RetryInfo is the failed call's own (a dependency rate-limiting or draining knows best when to come
     back), at least DEPENDENCY_RETRY_AFTER_SECONDS and at most MAX_DEPENDENCY_RETRY_AFTER_SECONDS: a shorter
-    wait (a shed server's 0.1 s) is about that server's queue, not the whole chain a retry goes through."""
+    wait (a shed server's 0.1 s) is about that server's queue, not the whole chain a retry goes through.
+    Final for the call when the dependency said "do not retry" (`told_not_to_retry`): its answer is final for
+    its caller's call (orders' accepted cancellation), so it is for ours, or our caller's channel would retry
+    what the dependency said not to, each retry one more call to it."""
     name = dependency or "a dependency"
     code = failure.code() if failure is not None else None
     asked = details_of(failure).retry_delay_seconds if failure is not None else None
@@ -79,6 +82,7 @@ def dependency_unavailable(
         reason=reason,
         retry_after_seconds=wait,
         metadata={"dependency": dependency} if dependency else None,
+        final=failure is not None and told_not_to_retry(failure),
     )
 
 
