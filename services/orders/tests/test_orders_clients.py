@@ -85,6 +85,25 @@ async def test_a_dependencys_retry_info_is_the_wait_orders_passes_on(settings: O
     assert (caught.value.reason, caught.value.retry_after_seconds) == ("DEPENDENCY_UNAVAILABLE", 20)
 
 
+class FinalCatalog(catalog_pb2_grpc.CatalogServiceServicer):
+    async def BatchGetProducts(self, request: catalog_pb2.BatchGetProductsRequest, context: Any) -> Any:
+        raise errors.Unavailable("not now, and not at once", reason="DRAINING", retry_after_seconds=5, final=True)
+
+
+async def test_a_dependencys_do_not_retry_is_passed_on(settings: OrdersSettings) -> None:
+    """Catalog's answer came with gRFC A6's "do not retry": PlaceOrder's UNAVAILABLE for it is final too, or
+    PlaceOrder's caller's channel would send the checkout again at once, each attempt one more call to catalog
+    (the rebuilt DependencyDown dropped it)."""
+    binding = ServiceBinding(CATALOG, FinalCatalog(), catalog_pb2_grpc.add_CatalogServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [CATALOG], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        with pytest.raises(DependencyDown) as caught:
+            await CatalogClient(channel.channel, timeout=5).price(["prod_a"])
+    assert (caught.value.retry_after_seconds, caught.value.final) == (5, True)
+
+
 class RefusingPayments(payments_pb2_grpc.PaymentsServiceServicer):
     """Answers Charge INVALID_ARGUMENT with `reason`, as payments does for a card it will not charge."""
 
