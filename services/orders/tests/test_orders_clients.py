@@ -31,6 +31,9 @@ from shopmesh_orders.settings import OrdersSettings
 CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
 INVENTORY = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
+# The wait the adapters ask for on a state a newer release stored (wired: the recovery loop's interval); not
+# the 1 s they said before.
+UNKNOWN_STATE_WAIT = 7.0
 
 
 class MissingProducts(catalog_pb2_grpc.CatalogServiceServicer):
@@ -135,7 +138,9 @@ async def test_a_card_payments_will_not_charge_cancels_for_the_reason_payments_g
         ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
         with pytest.raises(PaymentRefused) as caught:
-            await PaymentsClient(channel.channel, timeout=5).charge("ord_1", 100, "USD", card, "ord_1:charge")
+            await PaymentsClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT).charge(
+                "ord_1", 100, "USD", card, "ord_1:charge"
+            )
     assert caught.value.code is code
 
 
@@ -165,7 +170,9 @@ async def _charge_against(settings: OrdersSettings, servicer: payments_pb2_grpc.
         serve_in_process(settings, [binding]) as server,
         ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
-        return await PaymentsClient(channel.channel, timeout=5).charge("ord_1", 100, "USD", card, "ord_1:charge")
+        return await PaymentsClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT).charge(
+            "ord_1", 100, "USD", card, "ord_1:charge"
+        )
 
 
 async def test_a_charge_payments_no_longer_replays_is_the_capture_it_made_before(settings: OrdersSettings) -> None:
@@ -199,7 +206,9 @@ async def test_the_payments_of_an_order_say_which_are_captured_and_which_refunde
         serve_in_process(settings, [binding]) as server,
         ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
-        assert await PaymentsClient(channel.channel, timeout=5).payments_for("ord_1") == [record]
+        assert await PaymentsClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT).payments_for(
+            "ord_1"
+        ) == [record]
 
 
 @asynccontextmanager
@@ -212,7 +221,7 @@ async def _inventory_client(
         serve_in_process(settings, [binding]) as server,
         ResilientChannel(server.address, [INVENTORY], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
-        yield InventoryClient(channel.channel, timeout=5)
+        yield InventoryClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT)
 
 
 class ShortInventory(inventory_pb2_grpc.InventoryServiceServicer):
@@ -291,6 +300,13 @@ async def test_a_payment_in_a_state_this_release_cannot_name_leaves_the_order_wa
     assert caught.value.reason == "PAYMENT_UNAVAILABLE"
     # About this order alone: payments answered (the recovery loop's rechecks go on with the other orders).
     assert not isinstance(caught.value, DependencyDown)
+    _asks_to_wait_for_a_release_that_knows(caught.value)
+
+
+def _asks_to_wait_for_a_release_that_knows(error: errors.Unavailable) -> None:
+    """Nothing changes until a release of orders that knows the state drives the order: the wait is the recovery
+    loop's next pass, not 1 s, and final, so no channel retries it at once to meet the same answer."""
+    assert (error.retry_after_seconds, error.final) == (UNKNOWN_STATE_WAIT, True)
 
 
 async def test_a_replayed_reservation_in_a_state_this_release_cannot_name_is_not_taken_as_held_stock(
@@ -301,8 +317,9 @@ async def test_a_replayed_reservation_in_a_state_this_release_cannot_name_is_not
     # (RESERVATION_STATE_UNKNOWN). Named as held stock, the saga charges the card before the pivot for a
     # reservation the commit refuses: the order waits at COMMIT with the money captured. As for an unknown
     # payment state, the order must wait before the charge (UNAVAILABLE), not go on to charge.
-    with pytest.raises(errors.Unavailable):
+    with pytest.raises(errors.Unavailable) as caught:
         await _reserve_against(settings, inventory_pb2.RESERVATION_STATE_UNSPECIFIED)
+    _asks_to_wait_for_a_release_that_knows(caught.value)
 
 
 class UnknownStateInventory(inventory_pb2_grpc.InventoryServiceServicer):
@@ -331,6 +348,7 @@ async def test_a_reservation_state_inventory_documents_as_unknown_leaves_the_ord
             await getattr(client, call)("res_1")
     # Nor a lost race: asked again, inventory would answer the same.
     assert not isinstance(caught.value, DependencyDown | LostRace)
+    _asks_to_wait_for_a_release_that_knows(caught.value)
 
 
 class RacingInventory(inventory_pb2_grpc.InventoryServiceServicer):
@@ -420,8 +438,11 @@ async def test_a_refund_payments_refuses_for_a_state_it_cannot_name_leaves_the_o
         ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
         with pytest.raises(errors.Unavailable) as caught:
-            await PaymentsClient(channel.channel, timeout=5).refund("pay_1", "cancelled", "ord_1:refund")
+            await PaymentsClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT).refund(
+                "pay_1", "cancelled", "ord_1:refund"
+            )
     assert not isinstance(caught.value, DependencyDown)
+    _asks_to_wait_for_a_release_that_knows(caught.value)
 
 
 class PaymentsDown(payments_pb2_grpc.PaymentsServiceServicer):
@@ -443,7 +464,7 @@ async def test_payments_answering_unavailable_is_told_apart_as_payments_down(
         serve_in_process(settings, [binding]) as server,
         ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
-        client = PaymentsClient(channel.channel, timeout=5)
+        client = PaymentsClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT)
         ask = {
             "refund": lambda: client.refund("pay_1", "cancelled", "ord_1:refund"),
             "payments_for": lambda: client.payments_for("ord_1"),

@@ -694,10 +694,12 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
         self.reserve_races_to_lose = 0
         self.release_races_to_lose = 0
         self.asks_to_wait: float | None = None
+        # With asks_to_wait: the answer goes out with gRPC's "do not retry" pushback.
+        self.final = False
 
     def _check_available(self) -> None:
         if self.asks_to_wait is not None:
-            raise errors.Unavailable("inventory is draining", retry_after_seconds=self.asks_to_wait)
+            raise errors.Unavailable("inventory is draining", retry_after_seconds=self.asks_to_wait, final=self.final)
 
     @staticmethod
     def _lost_race() -> errors.Aborted:
@@ -791,7 +793,9 @@ async def _with_inventory_over_grpc(clocked: Clocked) -> AsyncIterator[tuple[Clo
         serve_in_process(clocked.settings, [binding]) as server,
         ResilientChannel(server.address, [INVENTORY_SERVICE], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
-        port = Reachable(InventoryClient(channel.channel, timeout=5))
+        port = Reachable(
+            InventoryClient(channel.channel, timeout=5, unknown_state_wait=clocked.settings.recovery_interval_seconds)
+        )
         yield replace(clocked, inventory=port), inventory  # type: ignore[arg-type]
 
 
@@ -828,6 +832,9 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventor
         )
         assert caught.value.reason == RESERVATION_IN_DOUBT
         assert inventory.released == []
+    # Inventory's answer does not change until a release of orders that knows the state drives the order: the
+    # customer's retry is asked for after the recovery loop's next pass, and no channel retries it at once.
+    assert (caught.value.retry_after_seconds, caught.value.final) == (clocked.settings.recovery_interval_seconds, True)
 
 
 async def test_an_order_left_in_doubt_about_its_reservation_is_cancelled_uncharged_and_waits_to_release_it(
@@ -1055,6 +1062,21 @@ async def test_place_order_waiting_on_inventory_passes_on_the_wait_inventory_ask
         order = await app.get_order(caught.value.metadata["order_id"])
     assert (caught.value.reason, caught.value.retry_after_seconds) == (errors.DEPENDENCY_UNAVAILABLE, 20)
     assert (order.state, order.step, payments.charge_calls) == (OrderState.PENDING, SagaStep.RESERVE, 0)
+
+
+async def test_place_order_waiting_on_inventory_that_said_do_not_retry_is_final_too(
+    clocked: Clocked, payments: FakePayments
+) -> None:
+    """Inventory's UNAVAILABLE came with gRPC's "do not retry": the saga's own UNAVAILABLE for the step is final
+    as well, or PlaceOrder's caller's channel would drive the step again at once, each drive more calls to an
+    inventory that said not to (the saga's answer, built anew, dropped it)."""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        inventory.asks_to_wait = 3
+        inventory.final = True
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(clocked.app(), command())
+    assert (caught.value.reason, caught.value.retry_after_seconds) == (errors.DEPENDENCY_UNAVAILABLE, 3)
+    assert caught.value.final
 
 
 async def test_a_cancellation_accepted_while_inventory_asks_to_wait_passes_that_wait_on(

@@ -38,17 +38,12 @@ _TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}
 def _unavailable(
     service: str, error: grpc.aio.AioRpcError, reason: str = errors.DEPENDENCY_UNAVAILABLE
 ) -> errors.Unavailable:
+    """A transient status (`_TRANSIENT`) of a call to `service`, told apart as a lost race or the service down."""
     answer = dependency_unavailable(service, error, reason=reason)
-    kind: type[errors.Unavailable]
-    if error.code() == grpc.StatusCode.ABORTED:
-        # A lost race: the other side answered, about this order only, and asked again it is likely to settle.
-        kind = LostRace
-    elif error.code() in TRANSIENT_CODES:
-        # Down, too slow, circuit open or shedding load: a call for any other order would fare no better.
-        kind = DependencyDown
-    else:
-        # A state this release does not know: the other side answered, about this order only.
-        return answer
+    # ABORTED, a lost race: the other side answered, about this order only, and asked again it is likely to
+    # settle. Any other (down, too slow, circuit open or shedding load): a call for any other order would fare
+    # no better.
+    kind: type[errors.Unavailable] = LostRace if error.code() == grpc.StatusCode.ABORTED else DependencyDown
     return kind(
         answer.message,
         reason=answer.reason,
@@ -69,8 +64,9 @@ def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:
 _RESERVATION_STATE_UNKNOWN = "RESERVATION_STATE_UNKNOWN"
 
 
-def _state_unknown(service: str, what: str, state: int, order_id: str, reason: str) -> errors.Unavailable:
-    """A state a newer release of `service` stored, which orders cannot act on: the order waits, logged."""
+def _state_unknown(service: str, what: str, state: int, order_id: str, reason: str, wait: float) -> errors.Unavailable:
+    """A state a newer release of `service` stored, which orders cannot act on: the order waits, logged.
+    `wait` and final as for `_refused_for_unknown_state`."""
     log.warning(
         "%s of order %s is in a state this release does not know (%d); the order waits",
         what,
@@ -81,8 +77,27 @@ def _state_unknown(service: str, what: str, state: int, order_id: str, reason: s
     return errors.Unavailable(
         f"{service} answered a state this release of orders does not know for {what} ({state})",
         reason=reason,
-        retry_after_seconds=1.0,
+        retry_after_seconds=wait,
         metadata={"order_id": order_id},
+        final=True,
+    )
+
+
+def _refused_for_unknown_state(
+    service: str, error: grpc.aio.AioRpcError, reason: str, wait: float
+) -> errors.Unavailable:
+    """`service` refused the call for a state a newer release of it stored (inventory's RESERVATION_STATE_UNKNOWN,
+    payments' PAYMENT_NOT_REFUNDABLE for an UNSPECIFIED payment): about this order alone, and the same answer
+    until a release of orders that knows the state drives the order.
+
+    Asked again within this release, the answer cannot change, so a retry sooner than the recovery loop's next
+    pass (`wait`, its interval: the first moment a driver, perhaps of that newer release, tries the order again)
+    only drives the saga again to meet it. Final for the call: a channel's own retry, within 350 ms, would do
+    that three more times. The interval, not the loop's longest wait: it is also the wait `_retry_at` starts
+    from, which a longer one would stretch for the newer release's drivers too."""
+    answer = dependency_unavailable(service, error, reason=reason)
+    return errors.Unavailable(
+        answer.message, reason=answer.reason, retry_after_seconds=wait, metadata=answer.metadata, final=True
     )
 
 
@@ -148,9 +163,12 @@ class CachedCatalog:
 
 
 class InventoryClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, *, unknown_state_wait: float) -> None:
+        """`unknown_state_wait`: the wait asked for an order that meets a state a newer inventory stored, the
+        recovery loop's interval (`_refused_for_unknown_state`)."""
         self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         self._timeout = timeout
+        self._unknown_state_wait = unknown_state_wait
 
     async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
         request = inventory_pb2.ReserveRequest(
@@ -182,7 +200,12 @@ class InventoryClient:
             # A state a newer inventory stored: whether it holds the stock is unknown, so nothing is charged
             # against it; the order waits for a release that knows.
             raise _state_unknown(
-                "inventory", f"reservation {reservation.id}", reservation.state, order_id, errors.DEPENDENCY_UNAVAILABLE
+                "inventory",
+                f"reservation {reservation.id}",
+                reservation.state,
+                order_id,
+                errors.DEPENDENCY_UNAVAILABLE,
+                self._unknown_state_wait,
             )
         return reservation.id
 
@@ -201,7 +224,11 @@ class InventoryClient:
                 raise ReservationExpired(reservation_id) from None
             if reason in ("RESERVATION_EXPIRED", "RESERVATION_RELEASED"):
                 raise ReservationExpired(reservation_id) from None
-            if error.code() in _TRANSIENT or reason == _RESERVATION_STATE_UNKNOWN:
+            if reason == _RESERVATION_STATE_UNKNOWN:
+                raise _refused_for_unknown_state(
+                    "inventory", error, errors.DEPENDENCY_UNAVAILABLE, self._unknown_state_wait
+                ) from None
+            if error.code() in _TRANSIENT:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None
 
@@ -217,7 +244,11 @@ class InventoryClient:
                 # no stock: nothing is left to release. (Raised, compensation would answer INTERNAL for ever.)
                 log.warning("reservation %s is unknown to inventory: nothing to release", reservation_id)
                 return
-            if error.code() in _TRANSIENT or reason == _RESERVATION_STATE_UNKNOWN:
+            if reason == _RESERVATION_STATE_UNKNOWN:
+                raise _refused_for_unknown_state(
+                    "inventory", error, errors.DEPENDENCY_UNAVAILABLE, self._unknown_state_wait
+                ) from None
+            if error.code() in _TRANSIENT:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None
 
@@ -230,9 +261,11 @@ _REFUSALS = {"CARD_DECLINED": CancelCode.CARD_DECLINED, "INSUFFICIENT_FUNDS": Ca
 
 
 class PaymentsClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float, *, unknown_state_wait: float) -> None:
+        """`unknown_state_wait`: as InventoryClient's, for a payment state a newer payments stored."""
         self._stub = payments_pb2_grpc.PaymentsServiceStub(channel)
         self._timeout = timeout
+        self._unknown_state_wait = unknown_state_wait
 
     async def charge(self, order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str) -> str:
         request = payments_pb2.ChargeRequest(
@@ -292,7 +325,12 @@ class PaymentsClient:
                 # A newer payments' state (a rollout; orders rolled back). Read as "not captured", the saga would
                 # cancel without refunding money that payment may hold: the order waits for a release that knows.
                 raise _state_unknown(
-                    "payments", f"payment {payment.id}", payment.state, order_id, "PAYMENT_UNAVAILABLE"
+                    "payments",
+                    f"payment {payment.id}",
+                    payment.state,
+                    order_id,
+                    "PAYMENT_UNAVAILABLE",
+                    self._unknown_state_wait,
                 )
             declined = (
                 _REFUSALS.get(payment.decline_reason) if payment.state == payments_pb2.PAYMENT_STATE_DECLINED else None
@@ -318,8 +356,12 @@ class PaymentsClient:
             details = details_of(error)
             info = details.error_info.metadata if details.error_info else {}
             unknown = details.reason == "PAYMENT_NOT_REFUNDABLE" and info.get("state") == "UNSPECIFIED"
-            if error.code() in _TRANSIENT or unknown:
+            if unknown:
                 # UNSPECIFIED: a state a newer payments stored, which this payments leaves alone; the refund
                 # waits for a release that knows what money the payment holds.
+                raise _refused_for_unknown_state(
+                    "payments", error, "PAYMENT_UNAVAILABLE", self._unknown_state_wait
+                ) from None
+            if error.code() in _TRANSIENT:
                 raise _unavailable("payments", error, reason="PAYMENT_UNAVAILABLE") from None
             raise _unexpected("payments", error) from None

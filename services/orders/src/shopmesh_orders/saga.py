@@ -121,6 +121,8 @@ def _reservation_in_doubt(order: Order, cause: errors.Unavailable) -> errors.Una
         reason=RESERVATION_IN_DOUBT,
         retry_after_seconds=cause.retry_after_seconds or 1.0,
         metadata={"order_id": order.id, "step": order.step.value},
+        # Inventory's answer for a state a newer release stored is final (the adapter's): so is the order's.
+        final=cause.final,
     )
 
 
@@ -281,6 +283,9 @@ class SagaDriver:
             # CancelOrder's and the recovery loop (`_retry_at`) come back then, not a second later.
             retry_after_seconds=last.retry_after_seconds or 1.0,
             metadata={"order_id": order.id, "step": order.step.value},
+            # Final when the last answer was (a state only a newer release knows; a dependency's "do not
+            # retry"): a channel's own retry would drive the step again to meet the same answer.
+            final=last.final,
         )
 
     def _expired(self, order: Order) -> bool:

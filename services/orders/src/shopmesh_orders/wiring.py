@@ -74,8 +74,12 @@ async def _main() -> None:
     order_metrics = OrderMetrics(metrics.registry)
     saga = SagaDriver(
         database,
-        InventoryClient(inventory.channel, settings.step_timeout_seconds),
-        PaymentsClient(payments.channel, settings.step_timeout_seconds),
+        InventoryClient(
+            inventory.channel, settings.step_timeout_seconds, unknown_state_wait=settings.recovery_interval_seconds
+        ),
+        PaymentsClient(
+            payments.channel, settings.step_timeout_seconds, unknown_state_wait=settings.recovery_interval_seconds
+        ),
         settings,
         on_event=relay.wake,
         on_finished=order_metrics.finished,
