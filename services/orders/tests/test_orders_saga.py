@@ -1546,6 +1546,33 @@ async def test_an_order_in_a_state_and_step_this_release_does_not_know_is_listed
     assert tuple(stored) == ("HELD", "REVIEW")
 
 
+async def test_a_retry_of_an_order_a_newer_release_finished_in_a_state_this_one_cannot_name_is_not_told_it_is_processed(
+    app: OrdersApplication, database: Database, inventory: FakeInventory
+) -> None:
+    """PlaceOrder retried for an order a newer release finished (step DONE) in a state this release cannot name:
+    nothing is being processed, and the saga is not driven. It was told "still being processed", which sent
+    clients looking for a checkout that had ended. A replica of the newer release answers the retry: 1 s,
+    not final (see `_outcome`)."""
+    from sqlalchemy import update
+
+    from shopmesh_orders.store.tables import orders
+
+    order_id = await place(app, command())
+    async with database.transaction() as session:
+        await session.execute(update(orders).where(orders.c.id == order_id).values(state="HELD"))
+    calls = len(inventory.calls)
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    assert "still being processed" not in caught.value.message
+    assert "finished by a newer release" in caught.value.message
+    assert (caught.value.metadata, caught.value.retry_after_seconds, caught.value.final) == (
+        {"order_id": order_id},
+        1.0,
+        False,
+    )
+    assert len(inventory.calls) == calls
+
+
 async def test_compensation_renews_the_lease_before_each_of_its_remote_calls(
     app: OrdersApplication,
     saga: SagaDriver,

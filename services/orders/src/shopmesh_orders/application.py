@@ -399,8 +399,15 @@ def _outcome(order: Order) -> Order:
             # What inventory said: a retry answers from the stored order as the first call did.
             metadata |= {"product_ids": ",".join(order.short_product_ids), "short_count": str(order.short_count)}
         raise errors.FailedPrecondition(order.cancel_message, reason=order.cancel_code.value, metadata=metadata)
+    # Only a finished order gets here (the saga and a wait for another driver end at DONE or raise), so its
+    # state is one a newer release stored: not "still being processed", and none of the saga's waits (a
+    # step's backoff, the order's deadline, the recovery loop's next pass) says when it can be answered, as
+    # the loop never takes a finished order again. A replica of that newer release answers the retry, and
+    # during a rollout a mesh balances each call over the replicas (docs/mesh.md), so the next may reach one:
+    # 1 s. The retry is a read that replays the order, so neither a longer wait nor a final one spares anything.
     raise errors.Unavailable(
-        f"order {order.id} is still being processed; retry with the same idempotency key",
+        f"order {order.id} was finished by a newer release of orders, in a state this one cannot name; retry "
+        "with the same idempotency key",
         reason=errors.DEPENDENCY_UNAVAILABLE,
         retry_after_seconds=1.0,
         metadata={"order_id": order.id},
