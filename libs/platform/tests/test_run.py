@@ -926,3 +926,65 @@ async def test_ctrl_c_while_a_failed_start_is_undone_still_exits_1_with_the_erro
     assert "stopped while starting" not in said, said
     assert "Traceback" not in said, said
     await assert_nothing_left(process, started)
+
+
+# The launcher with a stack whose start fails once the test holds NATS (SIGSTOP), at the sink's turn: the start's
+# undoing then waits at the held NATS (its stop given an hour), for as long as the test needs.
+FAILING_STACK_LAUNCHER = (
+    "import asyncio, sys\n"
+    "from pathlib import Path\n"
+    "from shopmesh_platform import run\n"
+    "from shopmesh_platform.stack import NATS, Stack, StackError\n"
+    "run._POSTGRES_STOP_SECONDS = 3600.0\n"
+    "start_child = Stack._start_child\n"
+    "async def failing_once_nats_held(self, child):\n"
+    "    if child.name == NATS:\n"
+    "        return await start_child(self, child)\n"
+    "    self.stop_timeout = 3600.0\n"
+    "    nats = self.pid(NATS)\n"
+    "    print(f'NATS runs as {nats}', flush=True)\n"
+    "    stat = Path(f'/proc/{nats}/stat')\n"
+    "    while stat.read_text().rsplit(')', 1)[1].split()[0] != 'T':\n"
+    "        await asyncio.sleep(0.05)\n"
+    "    raise StackError('the sink refused to start (NATS held by the test)')\n"
+    "Stack._start_child = failing_once_nats_held\n"
+    "sys.exit(run.main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.parametrize("postgres", [False, True], ids=["on SQLite", "on PostgreSQL"])
+async def test_ctrl_c_while_a_failed_stack_start_is_undone_still_exits_1_with_the_error(
+    tmp_path: Path, postgres: bool
+) -> None:
+    """A Ctrl-C that comes after the stack's start failed, while what it started is stopped, is no Ctrl-C of a
+    start: the start's error and exit 1, not "stopped while starting the stack" and 0; nothing is left."""
+    args = ("--services", "", "--http-port", "0", *(["--postgres"] if postgres else []))
+    process = await launcher(tmp_path / "data", *args, script=FAILING_STACK_LAUNCHER)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await asyncio.wait_for(
+            read_until(process.stdout, lambda line: line.startswith("NATS runs as "), lines, "NATS' start"), 120
+        )
+        nats = int(lines[-1].removeprefix("NATS runs as "))
+        started = descendants(process.pid)
+        try:
+            os.kill(nats, signal.SIGSTOP)
+            # Held, NATS fails the start; the undo's SIGTERM that follows waits at it.
+            await eventually(lambda: signal.SIGTERM in pending_signals(nats), "the failed start's stop waiting at NATS")
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(
+                read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nats, signal.SIGCONT)
+        rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await stop_launcher(process)
+    said = "\n".join([*lines, *rest.decode(errors="replace").splitlines()])
+    assert process.returncode == 1, said
+    assert "error: the sink refused to start (NATS held by the test)" in said, said
+    assert "stopped while starting" not in said, said
+    assert "Traceback" not in said, said
+    await assert_nothing_left(process, started)

@@ -64,6 +64,7 @@ from .stack import (
     sidecar_name,
     signal_child,
     spawn,
+    undone_on_failure,
     written_by_stack,
 )
 from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge
@@ -479,15 +480,9 @@ async def throwaway_postgres(
         drain = asyncio.create_task(_keep_last_lines(process, output))
         postgres = ThrowawayPostgres(server, process, output)
         spawned(postgres)
-        try:
+        async with undone_on_failure(lambda: _stop_and_drain(process, drain), failed):
             await _until_accepting(server, process, output)
             yield postgres
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                # A start that failed is over: a Ctrl-C while it is undone must not cancel that, nor hide its error.
-                failed()
-            await _stop_and_drain(process, drain)
-            raise
         await _stop_and_drain(process, drain)
 
 
@@ -659,7 +654,7 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
     names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
     print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
     # Cancelled by a signal, Stack.start stops what it had started.
-    await stack.start()
+    await stack.start(failed=signals.start_failed)
     signals.starting = False
     print(banner(stack, args.services, database), flush=True)
     crash = await _stop_or_crash(signals.requested, stack, postgres)

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -909,9 +909,10 @@ class Stack:
     ) -> None:
         await self.stop()
 
-    async def start(self) -> None:
+    async def start(self, failed: Callable[[], None] = lambda: None) -> None:
         """Start NATS and the sinks, then the services wave by wave, each wave once the previous one is SERVING.
-        On any failure (or cancellation) everything started is stopped before the error propagates."""
+        On any failure (or cancellation) everything started is stopped before the error propagates; `failed`
+        is called on a failure (not a cancellation) before that stop (`undone_on_failure`)."""
         if self._started:
             raise StackError("the stack is already started")
         await self._wait_for_closing_connections()
@@ -926,7 +927,7 @@ class Stack:
         self._started = True
         # Safety net for an interpreter that exits without awaiting stop(): no child outlives it.
         atexit.register(self.kill_all)
-        try:
+        async with undone_on_failure(self.stop, failed):
             await self._start_child(self._nats)
             for sink in self._sinks.values():
                 await self._start_child(sink)
@@ -938,9 +939,6 @@ class Stack:
             # Clients come in through it: open it once what it forwards to serves.
             if self._http_api is not None:
                 await self._start_child(self._http_api)
-        except BaseException:
-            await self.stop()
-            raise
 
     async def stop(self) -> dict[str, int | None]:
         """SIGTERM the services callers first (each wave at once), SIGKILL what outlives stop_timeout,
@@ -1228,6 +1226,20 @@ def failure_message(name: str, what: str, output: Iterable[str]) -> str:
     lines = list(output)[-FAILURE_LINES:]
     shown = "\n".join(f"  {name} | {line}" for line in lines) or "  (no output)"
     return f"{name} {what}; its last {len(lines)} output lines:\n{shown}"
+
+
+@contextlib.asynccontextmanager
+async def undone_on_failure(undo: Callable[[], Awaitable[object]], failed: Callable[[], None]) -> AsyncIterator[None]:
+    """A start (the body) that `undo` takes back when it fails or is cancelled, before the error goes on.
+    `failed` hears of a failure before the undo begins: that start is over, so a Ctrl-C during the undo must
+    no longer cancel it as a start (the launcher's `_Signals`), which would hide the error and exit 0."""
+    try:
+        yield
+    except BaseException as exc:
+        if not isinstance(exc, asyncio.CancelledError):
+            failed()
+        await undo()
+        raise
 
 
 async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
