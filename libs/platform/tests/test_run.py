@@ -585,7 +585,7 @@ async def test_a_second_ctrl_c_during_the_stop_kills_the_rest_and_blames_no_proc
         process.send_signal(signal.SIGINT)
         rest, _ = await asyncio.wait_for(process.communicate(), 60)
     said = rest.decode()
-    assert "again: killing everything now" in said, said
+    assert "SIGINT again: killing what still runs of the stack now" in said, said
     assert "exited unexpectedly" not in said, said
     assert process.returncode == 0, said
 
@@ -680,7 +680,7 @@ async def test_a_second_ctrl_c_kills_the_throwaway_postgresql_too_rather_than_wa
     finally:
         await stop_launcher(process)
     said = rest.decode()
-    assert "again: killing everything now" in said, said
+    assert "SIGINT again: killing what still runs of the stack and PostgreSQL now" in said, said
     assert "exited unexpectedly" not in said, said
     assert process.returncode == 0, said
     assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"
@@ -863,7 +863,8 @@ async def test_a_second_ctrl_c_during_an_interrupted_start_kills_the_throwaway_p
     output = [*lines, *rest.decode(errors="replace").splitlines()]
     said = "\n".join(output)
     assert process.returncode == 0, said
-    assert "again: killing everything now" in said, said
+    killed = "PostgreSQL" if during == "PostgreSQL's start" else "what still runs of the stack and PostgreSQL"
+    assert f"SIGINT again: killing {killed} now" in said, said
     assert_stopped_in_one_line(output)
     await assert_nothing_left(process, started)
 
@@ -988,3 +989,58 @@ async def test_ctrl_c_while_a_failed_stack_start_is_undone_still_exits_1_with_th
     assert "stopped while starting" not in said, said
     assert "Traceback" not in said, said
     await assert_nothing_left(process, started)
+
+
+# The launcher with initdb held until the file $SHOPMESH_TEST_RELEASE exists: PostgreSQL's start stays in
+# initdb, where neither the server nor the stack exists yet, for as long as the test needs.
+HELD_INITDB_LAUNCHER = (
+    "import contextlib, os, sys, time\n"
+    "from pathlib import Path\n"
+    "from shopmesh_platform import run\n"
+    "initialized_server = run.initialized_server\n"
+    "@contextlib.contextmanager\n"
+    "def held_initialized_server(prefix):\n"
+    "    print('initdb held', flush=True)\n"
+    "    while not Path(os.environ['SHOPMESH_TEST_RELEASE']).exists():\n"
+    "        time.sleep(0.05)\n"
+    "    with initialized_server(prefix) as server:\n"
+    "        yield server\n"
+    "run.initialized_server = held_initialized_server\n"
+    "sys.exit(run.main(sys.argv[1:]))\n"
+)
+
+
+async def test_a_second_ctrl_c_during_initdb_says_there_is_nothing_to_kill_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C twice while PostgreSQL's initdb runs: no server and no stack exist, so the second says it has
+    nothing to kill, not that it kills everything; initdb's folder is removed once it ends, exit 0."""
+    release = tmp_path / "release"
+    monkeypatch.setenv("SHOPMESH_TEST_RELEASE", str(release))
+    args = ("--services", "", "--http-port", "0", "--postgres")
+    process = await launcher(tmp_path / "data", *args, script=HELD_INITDB_LAUNCHER)
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        await asyncio.wait_for(read_until(process.stdout, lambda line: line == "initdb held", lines, "initdb"), 60)
+        try:
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(
+                read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
+            )
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(
+                read_until(process.stdout, lambda line: "SIGINT again" in line, lines, "the second Ctrl-C"), 60
+            )
+        finally:
+            release.touch()
+        rest, _ = await asyncio.wait_for(process.communicate(), 120)
+    finally:
+        await stop_launcher(process)
+    output = [*lines, *rest.decode(errors="replace").splitlines()]
+    said = "\n".join(output)
+    assert process.returncode == 0, said
+    assert "SIGINT again: nothing to kill yet (PostgreSQL's initdb prepares its folder" in said, said
+    assert "killing" not in said, said
+    assert_stopped_in_one_line(output)
+    await assert_nothing_left(process, {})

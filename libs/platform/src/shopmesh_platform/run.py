@@ -586,14 +586,24 @@ class _Signals:
     def start_failed(self) -> None:
         self.starting = False
 
+    def _kill_now(self) -> str:
+        """SIGKILL whatever runs, without waiting; what that was, for the launcher to say."""
+        killed = []
+        if self.stack is not None:
+            self.stack.kill_all()
+            killed.append("what still runs of the stack")
+        if self.postgres is not None:
+            # Not left to its fast shutdown, which its stop would wait for up to its time limit.
+            self.postgres.kill()
+            killed.append(POSTGRES)
+        if not killed:
+            # Before the server and the stack there is only initdb, which runs in a thread that no signal ends.
+            return f"nothing to kill yet ({POSTGRES}'s initdb prepares its folder, removed once initdb ends)"
+        return f"killing {' and '.join(killed)} now"
+
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.requested.is_set():
-            print(f"\n{sig.name} again: killing everything now", flush=True)
-            if self.stack is not None:
-                self.stack.kill_all()
-            if self.postgres is not None:
-                # Not left to its fast shutdown, which its stop would wait for up to its time limit.
-                self.postgres.kill()
+            print(f"\n{sig.name} again: {self._kill_now()}", flush=True)
             return
         self.requested.set()
         if self.stack is None:
