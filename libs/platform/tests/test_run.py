@@ -23,6 +23,7 @@ from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import asyncpg
 import nats
 import pytest
 from grpc_health.v1 import health_pb2
@@ -637,14 +638,11 @@ async def test_a_second_ctrl_c_kills_the_throwaway_postgresql_too_rather_than_wa
     tmp_path: Path, during: str
 ) -> None:
     """Ctrl-C twice with --postgres: the second kills the server at once as well, before its turn to stop or
-    while the stop waits for its fast shutdown; the SIGKILL is the launcher's own, not a crash."""
+    while the stop waits for its fast shutdown; the SIGKILL is the launcher's own, not a crash. It reaches the
+    server alone (PostgreSQL puts each of its children in a session of its own): its backends, a client's
+    among them, end by themselves once it is gone."""
     args = ("--services", "", "--http-port", "0", "--postgres")
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-c", PATIENT_LAUNCHER, "--data-dir", str(tmp_path / "data"), "--free-ports", *args),
-        cwd=REPOSITORY,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    process = await launcher(tmp_path / "data", *args, script=PATIENT_LAUNCHER)
     assert process.stdout is not None
     lines: list[str] = []
     held: list[int] = []
@@ -652,6 +650,12 @@ async def test_a_second_ctrl_c_kills_the_throwaway_postgresql_too_rather_than_wa
         await asyncio.wait_for(read_until_ready(process.stdout, lines), 120)
         port = database_port(lines)
         postmaster = postmaster_of(process.pid)
+        client = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres")
+        backend = await client.fetchval("SELECT pg_backend_pid()")
+        started = descendants(process.pid)
+        assert backend in started, "the client's backend is not the server's child"
+        # PostgreSQL's own setsid(): no signal to the server's process group reaches the backend.
+        assert (_stat(backend) or [])[2:4] == [str(backend)] * 2, "the backend is in the server's process group"
         try:
             # A server held (SIGSTOP) cannot shut down, fast or not: only a SIGKILL ends it.
             os.kill(postmaster, signal.SIGSTOP)
@@ -677,13 +681,14 @@ async def test_a_second_ctrl_c_kills_the_throwaway_postgresql_too_rather_than_wa
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
             await asyncio.to_thread(stop_left_behind, process.pid, port)
+            client.terminate()
     finally:
         await stop_launcher(process)
     said = rest.decode()
     assert "SIGINT again: killing what still runs of the stack and PostgreSQL now" in said, said
     assert "exited unexpectedly" not in said, said
     assert process.returncode == 0, said
-    assert not throwaway_folders(process.pid), "the throwaway server's folder outlived the launcher"
+    await assert_nothing_left(process, started)
 
 
 # The launcher with two seams: PostgreSQL's fast shutdown given an hour (PATIENT_LAUNCHER's), and a server it

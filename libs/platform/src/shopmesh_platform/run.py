@@ -432,8 +432,9 @@ class ThrowawayPostgres:
         return Crashed(POSTGRES, await self.process.wait(), self.output)
 
     def kill(self) -> None:
-        """SIGKILL the server and its backends at once, without waiting (a second Ctrl-C): not a crash when
-        `stop` comes to it, however far it had gone with its fast shutdown."""
+        """SIGKILL the server at once, without waiting (a second Ctrl-C; its backends end as they see it gone:
+        `_stop_postgres_now`): not a crash when `stop` comes to it, however far it had gone with its fast
+        shutdown."""
         self._look_whether_exited_on_its_own()
         self._killed = True
         signal_child(self.process, signal.SIGKILL)
@@ -542,7 +543,9 @@ async def _stop_postgres_now(process: asyncio.subprocess.Process) -> bool:
             return False
         except TimeoutError:
             pass
-        # Its own process group (spawn): the server's backends go with it.
+        # The whole group (spawn), which is the postmaster alone: PostgreSQL puts each of its children (backends,
+        # checkpointer, ...) in a session of its own (setsid). They end by themselves once it is gone, as after
+        # any postmaster crash: each watches it in all its waits, a backend busy with a query at its next check.
         signal_child(process, signal.SIGKILL)
         await process.wait()
         return True

@@ -1261,8 +1261,8 @@ async def spawn(
 ) -> asyncio.subprocess.Process:
     """Start a child of the stack: output piped to the launcher, its own process group (a terminal's
     Ctrl-C reaches only the launcher, which stops the children in order; SIGKILL takes a child's own
-    children with it), and on Linux SIGTERM when the launcher dies without stopping it (`kill -9`, a
-    crashed test run), through util-linux's setpriv.
+    children with it, those that stay in its group: PostgreSQL's leave it), and on Linux SIGTERM when the
+    launcher dies without stopping it (`kill -9`, a crashed test run), through util-linux's setpriv.
 
     No preexec_fn: with one, Python starts children with fork(), which runs gRPC's fork handlers in the
     child, and those crash it (SIGSEGV, SIGABRT) about once in ten while the launcher's own gRPC calls
