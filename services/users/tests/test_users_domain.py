@@ -502,46 +502,34 @@ class MonotonicClock:
         return self.now
 
 
-def test_an_emails_attempts_refuse_its_logins_until_one_more_attempt_has_refilled() -> None:
-    clock = MonotonicClock()
-    attempts = FailedLogins(burst=3, refill_seconds=30, max_emails=10, clock=clock)
+# The buckets' own behaviour (the retry delay, refill up to the burst and no further, a refusal costing
+# nothing, giving back never beyond the burst, the least recently used forgotten) is proven once, in the
+# chassis' test_token_buckets.py; these prove what FailedLogins adds: a bucket per e-mail, refill_seconds as
+# its rate, an attempt taken on admission, given back and forgotten on success.
+
+
+def test_an_emails_attempts_are_its_own_and_refill_one_every_refill_seconds() -> None:
+    attempts = FailedLogins(burst=3, refill_seconds=30, max_emails=10, clock=MonotonicClock())
     for _ in range(3):
         assert attempts.try_acquire("ann@example.com") == 0.0
     assert attempts.try_acquire("ann@example.com") == pytest.approx(30)
     assert attempts.try_acquire("bob@example.com") == 0.0
-    clock.now = 20
-    assert attempts.try_acquire("ann@example.com") == pytest.approx(10)
-    clock.now = 30
-    assert attempts.try_acquire("ann@example.com") == 0.0
-    assert attempts.try_acquire("ann@example.com") == pytest.approx(30), "one attempt refilled, one taken"
 
 
 def test_attempts_admitted_at_once_take_the_burst_and_no_more_however_many_are_still_being_checked() -> None:
     """Parallel guesses: each is admitted before any has failed, so the attempt is used up on admission,
     not when its password turns out wrong. Before, 34 (the hashing queue) passed at every refill."""
-    clock = MonotonicClock()
-    attempts = FailedLogins(burst=10, refill_seconds=30, max_emails=10, clock=clock)
+    attempts = FailedLogins(burst=10, refill_seconds=30, max_emails=10, clock=MonotonicClock())
     admitted = [attempts.try_acquire("ann@example.com") == 0.0 for _ in range(40)]
     assert admitted.count(True) == 10
-    clock.now = 300
-    admitted = [attempts.try_acquire("ann@example.com") == 0.0 for _ in range(40)]
-    assert admitted.count(True) == 10, "a full refill, then the burst again: 20 in 300 s, not 340"
-    refused = attempts.try_acquire("ann@example.com")
-    assert refused == pytest.approx(30), "refusals push the next attempt no further than one refill"
 
 
-def test_an_attempt_given_back_may_be_taken_again_but_never_beyond_the_burst() -> None:
-    clock = MonotonicClock()
-    attempts = FailedLogins(burst=2, refill_seconds=30, max_emails=10, clock=clock)
+def test_an_attempt_given_back_may_be_taken_again() -> None:
+    attempts = FailedLogins(burst=2, refill_seconds=30, max_emails=10, clock=MonotonicClock())
     assert attempts.try_acquire("ann@example.com") == attempts.try_acquire("ann@example.com") == 0.0
     attempts.give_back("ann@example.com")
     assert attempts.try_acquire("ann@example.com") == 0.0
     assert attempts.try_acquire("ann@example.com") > 0
-    for _ in range(5):
-        attempts.give_back("ann@example.com")
-    assert [attempts.try_acquire("ann@example.com") == 0.0 for _ in range(3)] == [True, True, False]
-    attempts.give_back("bob@example.com")
-    assert len(attempts) == 1, "nothing to give back to an e-mail never seen"
 
 
 def test_a_success_forgets_the_emails_attempts() -> None:
@@ -558,5 +546,3 @@ def test_failed_logins_keep_at_most_max_emails() -> None:
     attempts.try_acquire("bob@example.com")
     attempts.try_acquire("cat@example.com")
     assert len(attempts) == 2
-    assert attempts.try_acquire("a" * 1_000_000) == 0.0, "the least recently seen was forgotten"
-    assert attempts.try_acquire("cat@example.com") > 0
