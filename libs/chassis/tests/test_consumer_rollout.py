@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from nats.aio.client import Client
@@ -65,27 +65,6 @@ SHORT_ACK_WAIT = 10.0
 PAST_THE_BOUND = 180
 
 
-def overdue_older_replica(
-    db: Database, nats_srv: NatsServer, clock: HeldClock, registry: CollectorRegistry | None, **options: Any
-) -> EventConsumer:
-    """A replica of the older release (OLD subjects) for the bounded hand-back: it hands back at once (0.05 s),
-    an event is overdue 120 s after it was stored by `clock`, and a lost delivery comes back after
-    SHORT_ACK_WAIT; its outcomes counted in `registry`. `options` override or add to these."""
-    settings: dict[str, Any] = {
-        "handler": record,
-        "subjects": OLD,
-        "handback_seconds": (0.05,),
-        "handback_max_seconds": 120,
-        "clock": clock,
-        "ack_wait_seconds": SHORT_ACK_WAIT,
-    }
-    if registry is not None:
-        settings["metrics"] = EventMetrics(registry)
-    settings |= options
-    handler = settings.pop("handler")
-    return consumer(db, nats_srv.url, handler, **settings)
-
-
 class HeldClock:
     """The consumer's wall clock, held where the test puts it (the stream's timestamps run on)."""
 
@@ -97,6 +76,32 @@ class HeldClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+class OverdueReplica(NamedTuple):
+    consumer: EventConsumer
+    clock: HeldClock
+    registry: CollectorRegistry
+
+
+def overdue_older_replica(db: Database, nats_srv: NatsServer, **options: Any) -> OverdueReplica:
+    """A replica of the older release (OLD subjects) for the bounded hand-back: it hands back at once (0.05 s),
+    an event is overdue 120 s after it was stored by its held clock, and a lost delivery comes back after
+    SHORT_ACK_WAIT; its outcomes counted in its own registry. `options` override or add to these."""
+    clock = HeldClock()
+    registry = CollectorRegistry()
+    settings: dict[str, Any] = {
+        "handler": record,
+        "subjects": OLD,
+        "handback_seconds": (0.05,),
+        "handback_max_seconds": 120,
+        "clock": clock,
+        "ack_wait_seconds": SHORT_ACK_WAIT,
+        "metrics": EventMetrics(registry),
+    }
+    settings |= options
+    handler = settings.pop("handler")
+    return OverdueReplica(consumer(db, nats_srv.url, handler, **settings), clock, registry)
 
 
 async def ack_pending(client: Client) -> int:
@@ -280,15 +285,7 @@ async def test_an_older_replica_alone_hands_an_event_back_within_the_bound_and_p
     db: Database, client: Client, nats_srv: NatsServer
 ) -> None:
     await run_newer_release_once(db, nats_srv)
-    clock = HeldClock()
-    registry = CollectorRegistry()
-    older = overdue_older_replica(
-        db,
-        nats_srv,
-        clock,
-        registry,
-        max_ack_pending=FEW_SLOTS,
-    )
+    older, clock, registry = overdue_older_replica(db, nats_srv, max_ack_pending=FEW_SLOTS)
     older.start()
     await publish_on(client, CHANGED, "c1")
     # Within the bound it goes round and round, past its whole hand-back schedule, and is not parked.
@@ -318,17 +315,10 @@ async def test_an_event_first_delivered_past_the_bound_is_handed_back_at_each_de
     # A backlog (the consumer was down): its events are older than the bound at their first delivery, and
     # a newer replica running beside this one still gets a few chances at each.
     await run_newer_release_once(db, nats_srv)
-    clock = HeldClock()
-    clock.advance(PAST_THE_BOUND)
-    registry = CollectorRegistry()
-    older = overdue_older_replica(
-        db,
-        nats_srv,
-        clock,
-        registry,
-        handback_seconds=(0.05, 0.05, 0.05),
-        max_ack_pending=FEW_SLOTS,
+    older, clock, registry = overdue_older_replica(
+        db, nats_srv, handback_seconds=(0.05, 0.05, 0.05), max_ack_pending=FEW_SLOTS
     )
+    clock.advance(PAST_THE_BOUND)
     older.start()
     await publish_on(client, CHANGED, "c1")
     await parked(client, 1)
@@ -344,15 +334,7 @@ async def test_events_handed_back_past_the_bound_do_not_stall_the_replicas_own_e
 ) -> None:
     # A full rollback while the newer subject is still published, with max_ack_pending 5 standing for 1000.
     await run_newer_release_once(db, nats_srv)
-    clock = HeldClock()
-    registry = CollectorRegistry()
-    older = overdue_older_replica(
-        db,
-        nats_srv,
-        clock,
-        registry,
-        max_ack_pending=5,
-    )
+    older, clock, registry = overdue_older_replica(db, nats_srv, max_ack_pending=5)
     older.start()
     await subscribed(older)
     assert (await client.jetstream().consumer_info("THINGS", "tester")).config.max_ack_pending == 5
@@ -382,14 +364,7 @@ async def test_an_overdue_event_is_handed_back_not_parked_while_the_durable_has_
     # A mixed rollout: a newer replica that consumes the subject runs, busy (its retries, a backlog), and the
     # durable is far from max_ack_pending. Parking would only take the event from it.
     await run_newer_release_once(db, nats_srv)
-    clock = HeldClock()
-    registry = CollectorRegistry()
-    older = overdue_older_replica(
-        db,
-        nats_srv,
-        clock,
-        registry,
-    )
+    older, clock, registry = overdue_older_replica(db, nats_srv)
     older.start()
     await publish_on(client, CHANGED, "c1")
     await eventually(lambda: outcomes(registry, CHANGED, "handed_back") >= 3, "c1 handed back three times")
@@ -422,13 +397,9 @@ async def test_an_overdue_event_is_not_parked_while_the_database_is_away(
             raise outage()
         await record(session, event)
 
-    clock = HeldClock()
-    registry = CollectorRegistry()
-    older = overdue_older_replica(
+    older, clock, registry = overdue_older_replica(
         db,
         nats_srv,
-        clock,
-        registry,
         handler=needs_the_database,
         max_ack_pending=FEW_SLOTS,
         # Read at each overdue delivery: a count cached from before c1 was delivered (the gauge read at
@@ -476,13 +447,9 @@ async def test_an_overdue_event_is_not_parked_by_a_replica_without_own_events_wh
     # An older replica with no event of its own to apply never learns from a failing handler that the
     # database is away; the newer replicas wait the outage out with the event, and would apply it after.
     await run_newer_release_once(pg_db, nats_srv)
-    clock = HeldClock()
-    registry = CollectorRegistry()
-    older = overdue_older_replica(
+    older, clock, registry = overdue_older_replica(
         pg_db,
         nats_srv,
-        clock,
-        registry,
         max_ack_pending=FEW_SLOTS,
         # Read at each overdue delivery (see the test above): only the database is to hold c1 back here.
         slots_read_seconds=0,
@@ -514,14 +481,7 @@ async def test_a_parked_handed_back_event_replayed_to_an_older_replica_is_handed
     db: Database, client: Client, nats_srv: NatsServer
 ) -> None:
     await run_newer_release_once(db, nats_srv)
-    clock = HeldClock()
-    older = overdue_older_replica(
-        db,
-        nats_srv,
-        clock,
-        None,
-        max_ack_pending=FEW_SLOTS,
-    )
+    older, clock, _ = overdue_older_replica(db, nats_srv, max_ack_pending=FEW_SLOTS)
     older.start()
     await publish_on(client, CHANGED, "c1")
     clock.advance(PAST_THE_BOUND)
