@@ -114,6 +114,54 @@ def confirmed(order_id: str, event_id: str, user_id: str) -> bytes:
     return payload.SerializeToString()
 
 
+async def publish_burst(stack: Stack, jetstream: Client) -> tuple[str, dict[str, str]]:
+    """Forty order confirmations of one new user straight onto the stream, as after a busy minute of
+    checkouts; returns the user and the event id of each order once the first of their e-mails is out."""
+    burst_user = user()
+    burst = {f"ord_burst_{uuid.uuid4().hex[:16]}": f"evt_{uuid.uuid4().hex}" for _ in range(40)}
+    js = jetstream.jetstream()
+    for order_id, event_id in burst.items():
+        await js.publish(
+            "orders.v1.order_confirmed", confirmed(order_id, event_id, burst_user), headers={"Nats-Msg-Id": event_id}
+        )
+
+    async def some_sent() -> bool | None:
+        counts = mails_by_order(stack)
+        return True if any(counts[o] for o in burst) else None
+
+    await eventually(some_sent, "the first e-mails of the burst")
+    return burst_user, burst
+
+
+async def assert_each_mailed_once_and_listed_sent(
+    stack: Stack,
+    notifications: notifications_pb2_grpc.NotificationsServiceStub,
+    customer: str,
+    orders: list[str],
+    burst_user: str,
+    burst: dict[str, str],
+) -> None:
+    """Exactly one e-mail for every order, placed or of the burst, and every notification listed SENT."""
+    everything = orders + list(burst)
+
+    async def all_arrived() -> Counter[str] | None:
+        counts = mails_by_order(stack)
+        return counts if all(counts[o] for o in everything) else None
+
+    counts = await eventually(all_arrived, "an e-mail for every order")
+    assert {o: counts[o] for o in everything} == dict.fromkeys(everything, 1)
+
+    async def all_sent(user_id: str, expected: int) -> list[notifications_pb2.Notification] | None:
+        found = await listed(notifications, user_id)
+        done = len(found) == expected and all(n.state == notifications_pb2.NOTIFICATION_STATE_SENT for n in found)
+        return found if done else None
+
+    customer_listed = await eventually(lambda: all_sent(customer, len(orders)), "every order notification SENT")
+    assert sorted(n.order_id for n in customer_listed) == sorted(orders)
+    burst_listed = await eventually(lambda: all_sent(burst_user, len(burst)), "every burst notification SENT")
+    assert sorted(n.event_id for n in burst_listed) == sorted(burst.values())
+
+
 async def test_a_placed_order_gets_its_confirmation_email(
     stack: Stack, shop: Shop, notifications: notifications_pb2_grpc.NotificationsServiceStub
 ) -> None:
@@ -146,45 +194,14 @@ async def test_sigkill_mid_stream_then_restart_loses_no_email_and_duplicates_non
     customer = user()
     orders = [(await shop.place(place_request(customer, "prod_french_press"))).id for _ in range(2)]
 
-    # A burst straight onto the stream, as after a busy minute of checkouts.
-    burst_user = user()
-    burst = {f"ord_burst_{uuid.uuid4().hex[:16]}": f"evt_{uuid.uuid4().hex}" for _ in range(40)}
-    burst_orders = list(burst)
-    js = jetstream.jetstream()
-    for order_id, event_id in burst.items():
-        payload = confirmed(order_id, event_id, burst_user)
-        await js.publish("orders.v1.order_confirmed", payload, headers={"Nats-Msg-Id": event_id})
-
-    async def some_sent() -> bool | None:
-        counts = mails_by_order(stack)
-        return True if any(counts[o] for o in burst_orders) else None
-
-    await eventually(some_sent, "the first e-mails of the burst")
+    burst_user, burst = await publish_burst(stack, jetstream)
     await stack.kill_service("notifications")
 
     # Orders confirmed while notifications is down: their events wait in JetStream.
     orders += [(await shop.place(place_request(customer, "prod_french_press"))).id for _ in range(2)]
 
     await stack.start_service("notifications")
-
-    everything = orders + burst_orders
-
-    async def all_arrived() -> Counter[str] | None:
-        counts = mails_by_order(stack)
-        return counts if all(counts[o] for o in everything) else None
-
-    counts = await eventually(all_arrived, "an e-mail for every order")
-    assert {o: counts[o] for o in everything} == dict.fromkeys(everything, 1)
-
-    async def all_sent(user_id: str, expected: int) -> list[notifications_pb2.Notification] | None:
-        found = await listed(notifications, user_id)
-        done = len(found) == expected and all(n.state == notifications_pb2.NOTIFICATION_STATE_SENT for n in found)
-        return found if done else None
-
-    burst_listed = await eventually(lambda: all_sent(burst_user, len(burst)), "every burst notification SENT")
-    assert sorted(n.event_id for n in burst_listed) == sorted(burst.values())
-    customer_listed = await eventually(lambda: all_sent(customer, len(orders)), "every order notification SENT")
-    assert sorted(n.order_id for n in customer_listed) == sorted(orders)
+    await assert_each_mailed_once_and_listed_sent(stack, notifications, customer, orders, burst_user, burst)
 
 
 async def test_nats_restarted_mid_stream_loses_no_email_and_duplicates_none(
@@ -199,20 +216,7 @@ async def test_nats_restarted_mid_stream_loses_no_email_and_duplicates_none(
     customer = user()
     orders = [(await shop.place(place_request(customer, "prod_chef_knife"))).id for _ in range(2)]
 
-    burst_user = user()
-    burst = {f"ord_burst_{uuid.uuid4().hex[:16]}": f"evt_{uuid.uuid4().hex}" for _ in range(40)}
-    burst_orders = list(burst)
-    js = jetstream.jetstream()
-    for order_id, event_id in burst.items():
-        await js.publish(
-            "orders.v1.order_confirmed", confirmed(order_id, event_id, burst_user), headers={"Nats-Msg-Id": event_id}
-        )
-
-    async def some_sent() -> bool | None:
-        counts = mails_by_order(stack)
-        return True if any(counts[o] for o in burst_orders) else None
-
-    await eventually(some_sent, "the first e-mails of the burst")
+    burst_user, burst = await publish_burst(stack, jetstream)
     # Stopped, not killed: nats-server writes its store behind its acks, and what a SIGKILL loses of it is
     # NATS's to answer for, not the services'.
     await stack.stop_service(NATS)
@@ -229,24 +233,7 @@ async def test_nats_restarted_mid_stream_loses_no_email_and_duplicates_none(
     await stack.start_service(NATS)
     orders += [(await shop.place(place_request(customer, "prod_chef_knife"))).id for _ in range(2)]
 
-    everything = orders + burst_orders
-
-    async def all_arrived() -> Counter[str] | None:
-        counts = mails_by_order(stack)
-        return counts if all(counts[o] for o in everything) else None
-
-    counts = await eventually(all_arrived, "an e-mail for every order")
-    assert {o: counts[o] for o in everything} == dict.fromkeys(everything, 1)
-
-    async def all_sent(user_id: str, expected: int) -> list[notifications_pb2.Notification] | None:
-        found = await listed(notifications, user_id)
-        done = len(found) == expected and all(n.state == notifications_pb2.NOTIFICATION_STATE_SENT for n in found)
-        return found if done else None
-
-    customer_listed = await eventually(lambda: all_sent(customer, len(orders)), "every order notification SENT")
-    assert sorted(n.order_id for n in customer_listed) == sorted(orders)
-    burst_listed = await eventually(lambda: all_sent(burst_user, len(burst)), "every burst notification SENT")
-    assert sorted(n.event_id for n in burst_listed) == sorted(burst.values())
+    await assert_each_mailed_once_and_listed_sent(stack, notifications, customer, orders, burst_user, burst)
 
 
 async def test_a_poison_message_is_dead_lettered_and_later_orders_are_still_mailed(
