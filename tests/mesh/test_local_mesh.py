@@ -3,10 +3,11 @@ started by the same launcher.
 
 What a mesh promises, checked from outside as a client, an attacker and an operator would see it: the
 shop works through it (a shopper's whole journey and the checkout saga cross sidecars over mutual TLS);
-only the callers of the call graph get through to a service, everyone else gets PERMISSION_DENIED from
-the mesh, trailers-only; plaintext and certificates of another authority get no answer at all; faults
-injected at a sidecar (a delay, a status) reach every caller until they are cleared; and a callee that is
-gone is retried by the caller's sidecar, then answered UNAVAILABLE, and served again once it is back.
+each caller of the call graph gets through to the methods it calls, any other method and every other
+service get PERMISSION_DENIED from the mesh, trailers-only (health is open to all); plaintext and
+certificates of another authority get no answer at all; faults injected at a sidecar (a delay, a status)
+reach every caller until they are cleared; and a callee that is gone is retried by the caller's sidecar,
+then answered UNAVAILABLE, and served again once it is back.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from shopmesh_chassis.testing import eventually
 from shopmesh_platform.mesh.faults import Fault, current_fault, set_fault
 from shopmesh_platform.mesh.faults import main as faults_main
 from shopmesh_platform.mesh.identity import bundle_file, channel_as, issue
+from shopmesh_platform.mesh.protoset import methods_of
 from shopmesh_platform.stack import Stack, sidecar_name
-from shopmesh_platform.topology import SERVICES, is_edge, service_callers
+from shopmesh_platform.topology import SERVICES, is_edge, methods_called, service_callers
 from shopmesh_platform.traces import load
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -125,26 +127,64 @@ async def test_a_trace_shows_each_hop_through_the_sidecars_between_the_services_
     ]
 
 
+# A path the mesh admits no caller to (as the charts): the services' reflection.
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+async def let_through(channel: grpc.aio.Channel, path: str) -> None:
+    """Call `path` with an empty request: whatever the service makes of it (most refuse it INVALID_ARGUMENT,
+    nothing is written), the sidecar did not refuse it."""
+    details = "OK"
+    try:
+        await channel.unary_unary(path)(b"", timeout=10)
+    except grpc.aio.AioRpcError as error:
+        details = str(error.details())
+    assert details != "RBAC: access denied", path
+
+
+async def refused(channel: grpc.aio.Channel, path: str) -> None:
+    """The sidecar's own PERMISSION_DENIED, trailers-only: the call never reached the service."""
+    call = channel.unary_unary(path)(b"", timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await call
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED, path
+    assert denied.value.details() == "RBAC: access denied", path
+    # Trailers-only: no response headers before the status, as every error in shopmesh.
+    assert len(await call.initial_metadata()) == 0, path
+
+
 @pytest.mark.parametrize("callee", INNER)
-async def test_only_the_callers_of_the_call_graph_get_through_and_the_rest_get_permission_denied(
+async def test_each_service_gets_through_to_the_methods_it_calls_and_anything_else_gets_permission_denied(
     stack: Stack, callee: str
 ) -> None:
-    allowed = set(service_callers(callee))
-    denied_before = envoy_stats(stack, callee).get("http.inbound.rbac.denied", 0)
+    """Every identity against `callee`'s sidecar: health is open to all of them (as the charts keep it); each
+    caller of the call graph reaches every method topology.METHODS_CALLED lists for it, and a method of the
+    callee it does not call is refused; a service that does not call `callee` is refused its first method.
+    Where a caller calls every method of the callee (the gateway calls all of users', orders',
+    notifications' and recommendations'), no method is left to refuse it: reflection, refused to every
+    caller, stands for the rest of the service."""
+    [grpc_service] = SERVICES[callee].grpc_services
+    methods = methods_of(grpc_service)
+    before = envoy_stats(stack, callee)
+    admitted = denied = 0
     for caller in SERVICES:
+        called = methods_called(caller, callee)
+        not_called = [method for method in methods if method not in called]
         async with as_service(stack, caller, callee) as channel:
-            call = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            if caller in allowed:
-                assert (await call).status == health_pb2.HealthCheckResponse.SERVING, f"{caller} → {callee}"
-                continue
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await call
-            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, f"{caller} → {callee}"
-            assert refused.value.details() == "RBAC: access denied"
-            # Trailers-only: no response headers before the status, as every error in shopmesh.
-            assert len(await call.initial_metadata()) == 0
-    refused_here = len(SERVICES) - len(allowed)
-    assert envoy_stats(stack, callee)["http.inbound.rbac.denied"] - denied_before == refused_here
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, f"{caller} → {callee}"
+            for method in called:
+                await let_through(channel, f"/{grpc_service}/{method}")
+            for path in [f"/{grpc_service}/{method}" for method in not_called[:1]] + [REFLECTION]:
+                await refused(channel, path)
+        admitted += 1 + len(called)
+        denied += len(not_called[:1]) + 1
+    # Each caller of the call graph had methods to get through to: none is refused everything.
+    assert all(methods_called(caller, callee) for caller in service_callers(callee)), callee
+    after = envoy_stats(stack, callee)
+    # Every call above, counted where it was decided: the callee's sidecar's RBAC.
+    assert after["http.inbound.rbac.allowed"] - before.get("http.inbound.rbac.allowed", 0) == admitted
+    assert after["http.inbound.rbac.denied"] - before.get("http.inbound.rbac.denied", 0) == denied
 
 
 @pytest.mark.parametrize("callee", ["catalog", "payments"])
@@ -222,7 +262,8 @@ async def test_an_abort_injected_with_the_command_line_answers_every_caller_trai
 
     assert fault_command("catalog", "--abort", "unavailable") == "catalog: abort UNAVAILABLE on 100 % of calls\n"
     try:
-        async with as_service(stack, "orders", "catalog") as channel:
+        # As recommendations, which calls ListProducts (orders does not: the policy would refuse it first).
+        async with as_service(stack, "recommendations", "catalog") as channel:
             call = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts(
                 catalog_pb2.ListProductsRequest(page_size=1), timeout=5
             )
@@ -233,7 +274,7 @@ async def test_an_abort_injected_with_the_command_line_answers_every_caller_trai
             assert len(await call.initial_metadata()) == 0
     finally:
         assert fault_command("catalog", "--clear") == "catalog: none\n"
-    async with as_service(stack, "orders", "catalog") as channel:
+    async with as_service(stack, "recommendations", "catalog") as channel:
         page = await catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts(
             catalog_pb2.ListProductsRequest(page_size=1), timeout=5
         )

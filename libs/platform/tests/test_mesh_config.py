@@ -19,7 +19,7 @@ from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_KIB
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
 from shopmesh_platform.stack import Canary, PortPlan, Stack, StackError, envoy_binary
-from shopmesh_platform.topology import SERVICES, is_edge, local_sidecar_ports, service_callers
+from shopmesh_platform.topology import METHODS_CALLED, SERVICES, is_edge, local_sidecar_ports, service_callers
 
 
 def test_an_svid_names_its_service_alone_and_is_signed_by_the_mesh_authority(tmp_path: Path) -> None:
@@ -87,9 +87,41 @@ def test_every_sidecar_admits_exactly_the_services_that_call_it_in_the_call_grap
         assert names == ["envoy.filters.http.rbac", "envoy.filters.http.fault", "envoy.filters.http.router"]
         rules = _http_filters(inbound)[0]["typed_config"]["rules"]
         assert rules["action"] == "ALLOW"
-        [policy] = rules["policies"].values()
-        admitted = {p["authenticated"]["principal_name"]["exact"] for p in policy["principals"]}
-        assert admitted == {spiffe_id(caller) for caller in service_callers(service)}, service
+        assert admitted_paths(rules) == expected_policy(service), service
+
+
+# The paths health checks take, open to any identity of the mesh (as the charts keep them open to any source).
+ANYONE = "any identity"
+
+
+def expected_policy(service: str) -> dict[str, set[str]]:
+    """Who may call what of `service`, from topology.METHODS_CALLED: each caller's SPIFFE id → the exact paths
+    of the methods it calls (`=/package.Service/Method`), and health (a prefix) for anyone."""
+    [grpc_service] = SERVICES[service].grpc_services
+    expected = {
+        spiffe_id(caller): {f"=/{grpc_service}/{m}" for m in METHODS_CALLED[caller][service]}
+        for caller in service_callers(service)
+    }
+    return {**expected, ANYONE: {"^/grpc.health.v1.Health/"}}
+
+
+def admitted_paths(rules: dict[str, Any]) -> dict[str, set[str]]:
+    """The RBAC rules read back: principal → the paths its policies admit it to (`=` exact, `^` a prefix)."""
+    admitted: dict[str, set[str]] = {}
+    for policy in rules["policies"].values():
+        paths: set[str] = set()
+        for permission in policy["permissions"]:
+            # Only path matchers: `any` (every method) or another kind of rule fails the comparison.
+            matcher = permission.get("url_path", {}).get("path", {})
+            paths |= {f"={v}" for k, v in matcher.items() if k == "exact"} | {
+                f"^{v}" for k, v in matcher.items() if k == "prefix"
+            }
+            if set(permission) != {"url_path"} or set(matcher) - {"exact", "prefix"}:
+                paths.add(f"unexpected permission {permission}")
+        for principal in policy["principals"]:
+            who = ANYONE if principal == {"any": True} else principal["authenticated"]["principal_name"]["exact"]
+            admitted.setdefault(who, set()).update(paths)
+    return admitted
 
 
 def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(

@@ -407,7 +407,17 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
         assert status == health_pb2.HealthCheckResponse.SERVING
         [intro] = [line for line in lines if line.startswith("Call catalog as gateway")]
         command = lines[lines.index(intro) + 1].strip()
-        assert "shopmesh.catalog.v1.CatalogService" in (await run_printed_command(command)).split()
+        assert json.loads(await run_printed_command(command)) == {"status": "SERVING"}
+        # And the refusal it shows: a method the gateway does not call, refused by the sidecar (grpcurl exits 7).
+        [refusal] = [line for line in lines if line.startswith("A method gateway does not call")]
+        command = lines[lines.index(refusal) + 1].strip()
+        assert command.endswith(" shopmesh.catalog.v1.CatalogService/BatchGetProducts")
+        refused = await asyncio.create_subprocess_exec(
+            *shlex.split(command), cwd=REPOSITORY, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(refused.communicate(), 30)
+        assert "Code: PermissionDenied" in err.decode()
+        assert "RBAC: access denied" in err.decode()
         # The plain commands under "Try:" work too: they go to the catalog's own port.
         tried = [await run_printed_command(printed) for printed in printed_commands(lines)]
         assert json.loads(tried[1]) == {"status": "SERVING"}

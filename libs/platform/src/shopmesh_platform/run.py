@@ -46,6 +46,7 @@ from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server
 
 from .arguments import seconds
 from .mesh.identity import bundle_file, dns_name, svid_files
+from .mesh.protoset import PROTOSET_FILE, methods_of
 from .stack import (
     HTTP_API,
     NATS,
@@ -67,7 +68,7 @@ from .stack import (
     undone_on_failure,
     written_by_stack,
 )
-from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge
+from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge, paths_called
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
 # The throwaway PostgreSQL server, as messages name it.
@@ -255,24 +256,47 @@ def mesh_lines(stack: Stack) -> list[str]:
         "forwards to, Envoy's metrics); the gateway takes plaintext from clients, every other service only",
         f"mutual TLS from the services that call it (SPIFFE ids from {bundle_file(stack.mesh_dir)}; docs/mesh.md).",
     ]
-    inner = next((name for name in stack.services if name != "gateway"), None)
-    if inner is None:
+    inner_services = [name for name in stack.services if name != "gateway"]
+    if not inner_services:
         return lines
-    caller = next((name for name in SERVICES if inner in SERVICES[name].calls), "gateway")
+
+    def refused(callee: str) -> list[str]:
+        """Methods of `callee` (`package.Service/Method`) that its first caller does not call."""
+        if callee not in SERVICES:
+            return []
+        [grpc_service] = SERVICES[callee].grpc_services
+        called = paths_called(first_caller(callee), callee)
+        return [f"{grpc_service}/{m}" for m in methods_of(grpc_service) if f"/{grpc_service}/{m}" not in called]
+
+    # One whose caller does not call every method, to show a refusal (the gateway calls all of users').
+    inner = next((name for name in inner_services if refused(name)), inner_services[0])
+    caller = first_caller(inner)
     directory = _as_typed(stack.mesh_dir)
     svid = svid_files(directory, caller)
-    command = [
+    # The mesh admits no caller to reflection (as on Kubernetes): grpcurl reads the contracts from a file.
+    grpcurl = [
         _grpcurl(),
+        *("-protoset", str(directory / PROTOSET_FILE)),
         *("-cacert", str(bundle_file(directory))),
         *("-cert", str(svid.certificate), "-key", str(svid.key)),
         *("-servername", dns_name(inner)),
-        *(stack.address(inner), "list"),
+        stack.address(inner),
     ]
     lines += [
-        f"Call {inner} as {caller} (allowed; as any other service: PERMISSION_DENIED):",
-        f"  {shlex.join(command)}",
+        f"Call {inner} as {caller} (health is open to every service of the mesh):",
+        f"  {shlex.join([*grpcurl, 'grpc.health.v1.Health/Check'])}",
     ]
+    for method in refused(inner)[:1]:
+        lines += [
+            f"A method {caller} does not call (a method only for the services that call it; else PERMISSION_DENIED):",
+            f"  {shlex.join([*grpcurl, method])}",
+        ]
     return lines
+
+
+def first_caller(callee: str) -> str:
+    """The first service of the topology that calls `callee` (the gateway for one it does not know)."""
+    return next((name for name in SERVICES if callee in SERVICES[name].calls), "gateway")
 
 
 def render_table(stack: Stack, selected: Sequence[str] | None) -> str:

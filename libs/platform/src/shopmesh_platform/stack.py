@@ -63,6 +63,7 @@ from .http_api import write_bootstrap as write_http_api_bootstrap
 from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
 from .mesh.envoy import Sidecar, write_bootstrap
+from .mesh.protoset import PROTOSET_FILE, write_protoset
 from .topology import (
     LOCAL_HOST,
     LOCAL_HTTP_ADMIN_PORT,
@@ -77,6 +78,7 @@ from .topology import (
     is_edge,
     local_canary_ports,
     local_sidecar_ports,
+    paths_called,
     service_callers,
 )
 
@@ -702,6 +704,8 @@ class Stack:
         # grpcurl call as them.
         names = list(dict.fromkeys([*SERVICES, *map(self._base, self._sidecars)]))
         identities = identity.issue(self.mesh_dir, names)
+        # The contracts for grpcurl, which gets no reflection through a sidecar.
+        write_protoset(self.mesh_dir / PROTOSET_FILE, [s for name in SERVICES for s in SERVICES[name].grpc_services])
         splits: dict[str, tuple[str, int]] = {}
         if self.canary is not None:
             splits[self.canary.service] = (self.ports.address(canary_name(self.canary.service)), self.canary.weight)
@@ -723,11 +727,15 @@ class Stack:
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
         return {name: self._bootstrap_path(name) for name in self._sidecars}
 
-    def _allowed_callers(self, service: str) -> list[str] | None:
-        """The mesh policy: the callers of the call graph (None: the edge, open to clients)."""
+    def _allowed_callers(self, service: str) -> dict[str, tuple[str, ...] | None] | None:
+        """The mesh policy: each caller of the call graph and the paths of the methods it calls (None: the
+        edge, open to clients)."""
         if service in SERVICES:
-            return None if is_edge(service) else list(service_callers(service))
-        return [spec.name for spec in self.specs if service in spec.calls]
+            if is_edge(service):
+                return None
+            return {caller: paths_called(caller, service) for caller in service_callers(service)}
+        # A service of the stack's own specs (tests) lists no methods: its callers may call every one.
+        return {spec.name: None for spec in self.specs if service in spec.calls}
 
     def _sink_child(self, name: str, module: str, port: int, directory: Path) -> _Child:
         host = self.ports.host

@@ -164,6 +164,14 @@ def methods_called(caller: str, callee: str) -> tuple[str, ...]:
     return METHODS_CALLED.get(caller, {}).get(callee, ())
 
 
+def paths_called(caller: str, callee: str) -> tuple[str, ...]:
+    """The full gRPC paths (`/package.Service/Method`) of the methods of `callee` that `caller` calls: what a
+    mesh's policy matches (the charts' callerPaths, the local sidecars' RBAC)."""
+    # The method names are within the callee's one gRPC service, as the charts require too.
+    [grpc_service] = SERVICES[callee].grpc_services
+    return tuple(f"/{grpc_service}/{method}" for method in methods_called(caller, callee))
+
+
 # In callers_of: callers from outside the service graph (the edge's).
 CLIENTS = "clients"
 

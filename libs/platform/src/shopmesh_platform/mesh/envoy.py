@@ -4,8 +4,9 @@ Each sidecar has, like an Istio or Linkerd proxy in a pod:
 
 - an **inbound** listener on the service's published address (what callers and tools dial). It
   terminates mutual TLS: the caller must present an SVID of the local authority, and the RBAC filter
-  admits only the SPIFFE identities of the services the topology says call this one; anything else
-  is answered by Envoy itself with PERMISSION_DENIED (trailers-only, as every error in shopmesh). The
+  admits the SPIFFE identity of each service the topology says calls this one to the methods it calls
+  (topology.METHODS_CALLED, as the charts' policy on Kubernetes), and any identity to grpc.health.v1;
+  anything else is answered by Envoy itself with PERMISSION_DENIED (trailers-only, as every error in shopmesh). The
   edge service (the gateway) takes plaintext from clients instead, as behind an ingress gateway. It
   forwards to the service's own port on loopback over plaintext HTTP/2, telling it who called in
   `x-forwarded-client-cert`.
@@ -52,6 +53,10 @@ _STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.Std
 OUTBOUND_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 OUTBOUND_RETRIES = 2
 CONNECT_TIMEOUT = "1s"
+# The inbound RBAC's policies: health for any identity, and one per caller (`caller-<service>`).
+HEALTH_POLICY = "health"
+HEALTH_PATH_PREFIX = "/grpc.health.v1.Health/"
+CALLER_POLICY_PREFIX = "caller-"
 MAX_DOWNSTREAM_CONNECTIONS = 10000
 
 # One JSON line per call that did not end OK, in the stack's log stream. (A connection refused in the TLS
@@ -79,8 +84,10 @@ class Sidecar:
     ports: SidecarPorts
     # Callee name → its inbound address (host:port).
     upstreams: Mapping[str, str]
-    # SPIFFE identities admitted inbound; None: the edge, which takes plaintext from any client.
-    allowed_callers: Sequence[str] | None
+    # Caller → the exact gRPC paths (`/package.Service/Method`) its SPIFFE identity is admitted to inbound, or
+    # None: every path (a service outside the topology, whose methods it does not list); None: the edge, which
+    # takes plaintext from any client.
+    allowed_callers: Mapping[str, Sequence[str] | None] | None
     # host:port of an OTLP/gRPC receiver (the local trace sink) for the sidecar's own spans; None: none.
     traces: str | None = None
     # "canary": the sidecar of a canary of `service` (same identity, a name of its own: `<service>-canary-sidecar`).
@@ -267,24 +274,29 @@ def listener(
     return {"name": name, "address": address, "traffic_direction": direction, "filter_chains": [chain]}
 
 
-def _policy(callers: Sequence[str]) -> dict[str, Any]:
-    """RBAC admitting exactly these callers' SPIFFE identities."""
-    principals = [{"authenticated": {"principal_name": {"exact": spiffe_id(caller)}}} for caller in callers]
+def _policy(callers: Mapping[str, Sequence[str] | None]) -> dict[str, Any]:
+    """RBAC admitting each caller's SPIFFE identity to its paths alone, and any identity to health."""
+    policies: dict[str, Any] = {
+        # As the charts keep it open to any source: a health check needs no place in the call graph. (The
+        # listener's TLS still admits only identities of the mesh's authority.)
+        HEALTH_POLICY: {
+            "permissions": [{"url_path": {"path": {"prefix": HEALTH_PATH_PREFIX}}}],
+            "principals": [{"any": True}],
+        }
+    }
+    for caller, paths in callers.items():
+        if paths is not None and not paths:
+            # RBAC takes no empty list of permissions; the charts' render fails alike.
+            raise ValueError(f"no methods for the caller {caller}: the mesh would refuse it every call")
+        # A path, not the whole :path header: a query string (none in gRPC) cannot make a method unknown.
+        permissions = [{"any": True}] if paths is None else [{"url_path": {"path": {"exact": p}}} for p in paths]
+        policies[f"{CALLER_POLICY_PREFIX}{caller}"] = {
+            "permissions": permissions,
+            "principals": [{"authenticated": {"principal_name": {"exact": spiffe_id(caller)}}}],
+        }
     return {
         "name": "envoy.filters.http.rbac",
-        "typed_config": {
-            "@type": _RBAC,
-            "rules": {
-                "action": "ALLOW",
-                "policies": {
-                    "callers-from-the-topology": {
-                        "permissions": [{"any": True}],
-                        # RBAC needs at least one principal; "none" admits nobody.
-                        "principals": principals or [{"not_id": {"any": True}}],
-                    }
-                },
-            },
-        },
+        "typed_config": {"@type": _RBAC, "rules": {"action": "ALLOW", "policies": policies}},
     }
 
 
