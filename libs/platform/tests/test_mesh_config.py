@@ -276,8 +276,9 @@ async def test_a_canarys_sidecar_is_its_services_under_a_name_of_its_own(
     assert config["node"] == {"id": "catalog-canary-sidecar", "cluster": "catalog"}
     inbound = _listener(config, "inbound")
     assert inbound["address"]["socket_address"]["port_value"] == stack.ports.ports_of("catalog-canary").grpc
-    # The same policy and identity as the stable sidecar's.
+    # The same policy (per method, as catalog's) and identity as the stable sidecar's.
     assert _http_filters(inbound)[0] == _http_filters(_listener(stable, "inbound"))[0]
+    assert admitted_paths(_http_filters(inbound)[0]["typed_config"]["rules"]) == expected_policy("catalog")
     certificates = inbound["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
     assert certificates["tls_certificates"][0]["certificate_chain"]["filename"].endswith("/catalog.pem")
     app = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
