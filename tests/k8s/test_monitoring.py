@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.metrics import ServerMetrics
@@ -341,31 +342,45 @@ def seconds_of(duration: str) -> float:
     return float(duration[:-1]) * units[duration[-1]]
 
 
+# One `> 0` part of ShopmeshCircuitOpen: its metric, its matchers on `state`, its increase() window (None: none).
+RulePart = tuple[str, list[tuple[str, str]], float | None]
+
+
 class CircuitOpenRule:
     """ShopmeshCircuitOpen read for a simulation with the real breaker and metrics collector on a fake clock:
-    `<breaker state selected> > 0 and <increase of shopmesh_client_breaker_opened_total over a window> > 0`,
-    held for its `for`. (promtool is not at hand: the rule's shape is checked here, and its parts evaluated as
-    Prometheus does on 15 s scrapes and 30 s evaluations.)"""
+    a conjunction (`and`) of parts, each `> 0` of one of `<shopmesh_client_breaker_state with its state
+    matchers>`, `increase(shopmesh_client_breaker_opened_total{...}[window])` or
+    `shopmesh_client_breaker_probe_failed`, held for its `for`. (promtool is not at hand: the rule's shape is
+    checked here, and its parts evaluated as Prometheus does on 15 s scrapes and 30 s evaluations; a part of
+    another shape fails the test rather than being simulated wrongly.)"""
 
     def __init__(self, alert: dict[str, Any]) -> None:
         self.alert = alert
-        states = [s for s in selectors(alert["expr"]) if s.name == "shopmesh_client_breaker_state"]
-        assert len(states) == 1, alert["expr"]
-        self.state_matchers = [(str(m.op), m.value) for m in states[0].matchers.matchers if m.name == "state"]
-        window = re.search(r"increase\(shopmesh_client_breaker_opened_total\{[^}]*\}\[(\d+[smh])\]\)", alert["expr"])
-        assert window is not None, alert["expr"]
-        assert " and " in alert["expr"], alert["expr"]
-        self.window = seconds_of(window.group(1))
         self.hold = seconds_of(alert["for"])
+        # Each part: (metric, state matchers, increase window or None).
+        self.parts: list[RulePart] = []
+        for part in alert["expr"].split(" and "):
+            assert part.rstrip().endswith("> 0"), part
+            [selector] = selectors(part)
+            window = re.search(r"increase\(\w+\{[^}]*\}\[(\d+[smh])\]\)", part)
+            matchers = [(str(m.op), m.value) for m in selector.matchers.matchers if m.name == "state"]
+            assert selector.name in {
+                "shopmesh_client_breaker_state",
+                "shopmesh_client_breaker_opened_total",
+                "shopmesh_client_breaker_probe_failed",
+            }, part
+            assert (window is not None) == (selector.name == "shopmesh_client_breaker_opened_total"), part
+            self.parts.append((selector.name, matchers, seconds_of(window.group(1)) if window else None))
 
-    def selects(self, state: str) -> bool:
+    @staticmethod
+    def selects(matchers: list[tuple[str, str]], state: str) -> bool:
         ops: dict[str, Callable[[str, str], bool]] = {
             str(EQUAL): lambda state, value: state == value,
             str(promql_parser.MatchOp.NotEqual): lambda state, value: state != value,
             str(RE): lambda state, value: re.fullmatch(value, state) is not None,
             str(promql_parser.MatchOp.NotRe): lambda state, value: re.fullmatch(value, state) is None,
         }
-        return all(ops[op](state, value) for op, value in self.state_matchers)
+        return all(ops[op](state, value) for op, value in matchers)
 
     def fired_at(self, calls: Callable[[float], bool], *, until: float) -> float | None:
         """When the alert fires (None: not before `until`) while the dependency fails every call at once:
@@ -374,7 +389,7 @@ class CircuitOpenRule:
         breaker = CircuitBreaker(clock=lambda: now[0])
         metrics = ServerMetrics(CollectorRegistry())
         metrics.watch_breakers("recommendations", {"/shopmesh.x.v1.XService/Get": breaker})
-        scrapes: list[tuple[float, float, float]] = []  # (time, selected state max, times opened)
+        scrapes: list[tuple[float, list[Sample]]] = []
         true_since: float | None = None
         second = 0
         while second < until:
@@ -382,21 +397,9 @@ class CircuitOpenRule:
             if calls(now[0]) and breaker.allow():
                 breaker.record_failure()  # UNAVAILABLE at once
             if second % SCRAPE_INTERVAL == 1:
-                samples = [s for family in metrics.registry.collect() for s in family.samples]
-                state = max(
-                    (
-                        s.value
-                        for s in samples
-                        if s.name == "shopmesh_client_breaker_state" and self.selects(s.labels["state"])
-                    ),
-                    default=0.0,
-                )
-                opened = sum(s.value for s in samples if s.name == "shopmesh_client_breaker_opened_total")
-                scrapes.append((now[0], state, opened))
+                scrapes.append((now[0], [s for family in metrics.registry.collect() for s in family.samples]))
             if second % EVALUATION_INTERVAL == 7 and scrapes:
-                recent = [opened for at, _, opened in scrapes if at > now[0] - self.window]
-                rising = len(recent) >= 2 and recent[-1] > recent[0]
-                if scrapes[-1][1] > 0 and rising:
+                if all(self.holds(part, scrapes, now[0]) for part in self.parts):
                     true_since = now[0] if true_since is None else true_since
                     if now[0] - true_since >= self.hold:
                         return now[0]
@@ -404,6 +407,18 @@ class CircuitOpenRule:
                     true_since = None
             second += 1
         return None
+
+    def holds(self, part: RulePart, scrapes: list[tuple[float, list[Sample]]], now: float) -> bool:
+        name, matchers, window = part
+
+        def value(samples: list[Sample]) -> float:
+            chosen = [s.value for s in samples if s.name == name and self.selects(matchers, s.labels.get("state", ""))]
+            return max(chosen, default=0.0)
+
+        if window is None:
+            return value(scrapes[-1][1]) > 0
+        recent = [value(samples) for at, samples in scrapes if at > now - window]
+        return len(recent) >= 2 and recent[-1] > recent[0]
 
 
 def circuit_open_rule(rendered: dict[tuple[str, str], Docs]) -> CircuitOpenRule:
@@ -427,6 +442,25 @@ def test_circuit_open_fires_while_a_dependency_stays_down(rendered: dict[tuple[s
         f"{rule.alert['alert']} ({rule.alert['expr']}, for {rule.alert['for']}) never fired in a 20-minute outage of "
         f"a dependency called every 20 s ({len(silent)} of 10 phases)"
     )
+
+
+@pytest.mark.parametrize("every", [60, 180, 600])
+def test_circuit_open_fires_for_a_rarely_called_dependency_that_stays_down(
+    rendered: dict[tuple[str, str], Docs], every: int
+) -> None:
+    """A dependency down for good behind a method called once a minute or rarer (an admin's call, a nightly
+    job): its breaker opens after its failure threshold and every later call is a probe that fails; between
+    calls it reads half_open. Requiring the breaker to open again within 2 minutes, the rule saw that
+    at most briefly after each probe, never for its `for`, and stayed silent through a 3-hour outage."""
+    rule = circuit_open_rule(rendered)
+    threshold = CircuitBreaker().config.failure_threshold
+    fired = rule.fired_at(lambda t: t % every == 0, until=3 * 3600.0)
+    assert fired is not None, (
+        f"{rule.alert['alert']} ({rule.alert['expr']}, for {rule.alert['for']}) never fired in a 3-hour outage of "
+        f"a dependency called every {every} s"
+    )
+    # The first failed probe is the call after the threshold's: the alert follows it by its `for`.
+    assert fired <= (threshold + 1) * every + rule.hold + SCRAPE_INTERVAL + 2 * EVALUATION_INTERVAL
 
 
 def test_circuit_open_does_not_fire_for_a_breaker_left_idle_after_a_blip(rendered: dict[tuple[str, str], Docs]) -> None:

@@ -159,10 +159,10 @@ spec:
 {{- if $c.calls -}}
 {{- $rules = append $rules (dict
     "alert" "ShopmeshCircuitOpen"
-    "expr" "max by (dependency, method) (shopmesh_client_breaker_state{__selector__, state!=\"closed\"}) > 0 and max by (dependency, method) (increase(shopmesh_client_breaker_opened_total{__selector__}[2m])) > 0"
+    "expr" "max by (dependency, method) (shopmesh_client_breaker_probe_failed{__selector__}) > 0"
     "for" "5m" "severity" "warning"
     "summary" (printf "%s: circuit breaker open in front of a dependency" $c.name)
-    "description" "The breaker in front of {{ $labels.dependency }}'s {{ $labels.method }} has not closed for 5 minutes and has kept opening again (its probe calls fail): calls from this service to that method fail fast (UNAVAILABLE CIRCUIT_OPEN). That method, or the whole dependency, is down or failing.") -}}
+    "description" "The breaker in front of {{ $labels.dependency }}'s {{ $labels.method }} has not closed for 5 minutes since a probe call failed, and no call has got through since: calls from this service to that method fail fast (UNAVAILABLE CIRCUIT_OPEN), or, if it is rarely called, the next one is a probe that decides. That method, or the whole dependency, is down or failing.") -}}
 {{- end -}}
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule

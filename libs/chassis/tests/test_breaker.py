@@ -226,6 +226,39 @@ def test_the_breakers_state_and_openings_are_reported_to_prometheus() -> None:
     assert metrics.registry.get_sample_value("shopmesh_client_breaker_state", {"dependency": "nobody"}) is None
 
 
+def test_a_failed_probe_is_reported_until_a_call_gets_through() -> None:
+    """Half-open reads the same after a blip nobody probed since as in front of a dependency still down
+    whose method is rarely called: only the failed probe tells them apart, and it must stay reported through
+    the half-open wait however long no call comes (ShopmeshCircuitOpen fires on it)."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=10), clock)
+    metrics = ServerMetrics()
+    charge = "/shopmesh.payments.v1.PaymentsService/Charge"
+    metrics.watch_breakers("payments", {charge: breaker})
+
+    def probe_failed() -> float | None:
+        return metrics.registry.get_sample_value(
+            "shopmesh_client_breaker_probe_failed", {"dependency": "payments", "method": charge}
+        )
+
+    assert probe_failed() == 0
+    breaker.record_failure()
+    breaker.record_failure()
+    clock.now += 10
+    assert probe_failed() == 0, "opened, then idle: nothing says the dependency is still down"
+    assert breaker.allow()
+    breaker.record_failure()
+    clock.now += 3600
+    assert breaker.observed_state() is BreakerState.HALF_OPEN
+    assert probe_failed() == 1, "an hour without a call after a failed probe"
+    assert breaker.allow()
+    breaker.release_probe()  # a probe its caller cancelled says nothing
+    assert probe_failed() == 1
+    assert breaker.allow()
+    breaker.record_success()
+    assert probe_failed() == 0
+
+
 def slow(ms: int) -> sample_pb2.EchoRequest:
     return sample_pb2.EchoRequest(message="m", behaviour=sample_pb2.Behaviour(sleep_ms=ms))
 

@@ -41,6 +41,10 @@ class CircuitBreaker:
         self._probes = 0
         # How many times it has opened, for metrics.
         self.opened = 0
+        # Whether the last probe failed and no call has succeeded since: the dependency was still failing
+        # when last tried. Kept through the half-open wait that follows, however long no call comes: the
+        # state alone reads the same half_open for that as for an idle breaker after a blip.
+        self.probe_failed = False
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -90,6 +94,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._probes = 0
+        self.probe_failed = False
 
     def record_failure(self) -> None:
         if self.state is BreakerState.OPEN:
@@ -98,6 +103,7 @@ class CircuitBreaker:
             return
         if self._state is BreakerState.HALF_OPEN:
             self._open()
+            self.probe_failed = True
             return
         self._failures += 1
         if self._failures >= self.config.failure_threshold:

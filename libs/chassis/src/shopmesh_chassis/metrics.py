@@ -175,6 +175,14 @@ class BreakerCollector(Collector):
             "closed (calls go out), open (calls fail fast with UNAVAILABLE), half_open (a probe call decides).",
             labels=("dependency", "method", "state"),
         )
+        probe_failed = GaugeMetricFamily(
+            "shopmesh_client_breaker_probe_failed",
+            "1 while the circuit breaker in front of each method of each dependency is not closed and its last "
+            "probe call failed: the dependency still failed when last tried, however long ago (a method called "
+            "rarely probes rarely); 0 once a call gets through again, and for a breaker not probed since it "
+            "opened.",
+            labels=("dependency", "method"),
+        )
         opened = CounterMetricFamily(
             "shopmesh_client_breaker_opened",
             "Times the circuit breaker in front of each method of each dependency opened.",
@@ -187,5 +195,7 @@ class BreakerCollector(Collector):
                 for candidate in BreakerState:
                     state.add_metric((dependency, method, candidate.value), 1.0 if candidate is current else 0.0)
                 opened.add_metric((dependency, method), float(breaker.opened))
+                probe_failed.add_metric((dependency, method), 1.0 if breaker.probe_failed else 0.0)
         yield state
+        yield probe_failed
         yield opened
