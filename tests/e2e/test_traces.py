@@ -1,12 +1,14 @@
 """Traces end to end, as `make run` records them: every service exports its spans over OTLP to the
 local trace sink, and one checkout is one trace, from orders' PlaceOrder through inventory and payments
-to the notifications consumer that got the order's event over NATS, and on to the e-mail's delivery to
-the stack's SMTP sink. `make traces` shows it as a tree.
+to the consumers that got the order's event over NATS (notifications, recommendations), and on to the
+e-mail's delivery to the stack's SMTP sink; the consumers' log lines about the order carry its trace id.
+`make traces` shows it as a tree.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import uuid
@@ -28,6 +30,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PLACE_ORDER = "shopmesh.orders.v1.OrdersService/PlaceOrder"
 SMTP_SEND = "smtp send"
+# The services consuming a confirmed order's event, each in the checkout's trace.
+CONSUMERS = ("notifications", "recommendations")
 # What a checkout calls (service, method): a server span each, all in the checkout's trace.
 CHECKOUT_SERVER_SPANS = {
     ("orders", "PlaceOrder"),
@@ -40,7 +44,7 @@ CHECKOUT_SERVER_SPANS = {
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(module_dir: Path) -> AsyncIterator[Stack]:
-    async with Stack.for_tests(module_dir, services=[*CHECKOUT_SERVICES, "notifications"], traces=True) as running:
+    async with Stack.for_tests(module_dir, services=[*CHECKOUT_SERVICES, *CONSUMERS], traces=True) as running:
         yield running
 
 
@@ -68,7 +72,8 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
                 servers = {(s["service"], s["name"].rsplit("/", 1)[-1]) for s in trace.spans if s["kind"] == "server"}
                 # The e-mail is sent last, by the sender's own loop, once the consumer has recorded it.
                 mailed = any(s["service"] == "notifications" and s["name"] == SMTP_SEND for s in trace.spans)
-                if servers >= CHECKOUT_SERVER_SPANS and mailed:
+                consumers = {s["service"] for s in trace.spans if s["kind"] == "consumer"}
+                if servers >= CHECKOUT_SERVER_SPANS and mailed and consumers >= set(CONSUMERS):
                     return trace
         return None
 
@@ -89,9 +94,11 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
 
     servers = {(s["service"], s["name"].rsplit("/", 1)[-1]) for s in trace.spans if s["kind"] == "server"}
     assert servers == CHECKOUT_SERVER_SPANS
+    for consumer in CONSUMERS:
+        [span] = [s for s in trace.spans if s["service"] == consumer and s["kind"] == "consumer"]
+        assert span["name"] == "consume orders.v1.order_confirmed", consumer
+        assert chain(span)[-1] == "orders:server", consumer  # under the checkout, through the outbox and NATS
     [consumed] = [s for s in trace.spans if s["service"] == "notifications" and s["kind"] == "consumer"]
-    assert consumed["name"] == "consume orders.v1.order_confirmed"
-    assert chain(consumed)[-1] == "orders:server"  # under the checkout, through the outbox and NATS
     # The e-mail, sent by the sender's loop after the consumer's span ended, under the span that recorded it.
     [sent] = [s for s in trace.spans if s["service"] == "notifications" and s["kind"] == "client"]
     assert sent["name"] == SMTP_SEND
@@ -101,6 +108,14 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
     assert sent["attributes"]["shopmesh.attempt"] == 1
     assert int(sent["start_ns"]) >= int(consumed["start_ns"])
     assert not trace.failed
+
+    # What each consumer logged about the order (notifications: recorded, sent; recommendations: learned
+    # from it) is JSON under the checkout's trace, as the spans are.
+    assert stack.logs is not None
+    for consumer in CONSUMERS:
+        about = [json.loads(line) for line in stack.logs.text(consumer).splitlines() if placed.order.id in line]
+        assert about, f"{consumer} logged nothing about {placed.order.id}"
+        assert {(line.get("trace_id"), bool(line.get("span_id"))) for line in about} == {(trace.trace_id, True)}, about
 
     shown = await asyncio.to_thread(
         subprocess.run,
