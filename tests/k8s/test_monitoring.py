@@ -58,7 +58,7 @@ def expected_alerts(name: str) -> set[str]:
     if service.publishes:
         alerts.add("ShopmeshOutboxStuck")
     if service.consumes:
-        alerts |= {"ShopmeshDeadLetters", "ShopmeshConsumerBacklog"}
+        alerts |= {"ShopmeshDeadLetters", "ShopmeshConsumerBacklog", "ShopmeshConsumerCutOff"}
     if service.calls:
         alerts.add("ShopmeshCircuitOpen")
     if is_edge(name):

@@ -141,6 +141,12 @@ spec:
     "summary" (printf "%s: a consumer falls behind its stream" $c.name)
     "description" (printf "Consumer {{ $labels.consumer }} has had more than %v events not yet applied for 10 minutes ({{ $value }} now): its handler is slow or failing and retrying, or too few replicas run." $m.consumerBacklog)) -}}
 {{- $rules = append $rules (dict
+    "alert" "ShopmeshConsumerCutOff"
+    "expr" "time() - max by (consumer) (shopmesh_events_consumer_nats_read_timestamp_seconds{__selector__}) > 180"
+    "for" "5m" "severity" "critical"
+    "summary" (printf "%s: a consumer reaches no NATS" $c.name)
+    "description" "No replica of consumer {{ $labels.consumer }} has read its state from NATS for {{ $value | humanizeDuration }}: it consumes nothing, and its backlog and dead-letter gauges (and the alerts on them) are that old. NATS is down, or unreachable from this service (NetworkPolicy egress, credentials).") -}}
+{{- $rules = append $rules (dict
     "alert" "ShopmeshDeadLetters"
     "expr" "max by (consumer) (shopmesh_events_dead_letters{__selector__}) > 0"
     "for" "1m" "severity" "warning"

@@ -7,6 +7,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -27,7 +28,7 @@ from shopmesh_chassis.deadletters import DEAD_LETTER_STREAM
 from shopmesh_chassis.errors import Unavailable
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually
-from shopmesh_chassis.testing.nats_server import NatsServer
+from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
 from .consumer_kit import applied, client, consumer, db, publish, record, until_applied
 from .nats_kit import LostCancel
@@ -267,6 +268,38 @@ async def test_the_backlog_gauge_counts_what_the_consumer_has_not_applied_yet(
     await until_applied(db, Counter({"e1": 1, "e2": 1, "e3": 1}))
     await eventually(lambda: backlog() == 0, "the backlog drained")
     await running.stop()
+
+
+async def test_a_replica_cut_off_from_nats_shows_its_last_read_falling_behind(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica that cannot reach NATS (its egress cut, NATS away) consumes nothing, and its backlog and
+    dead-letter gauges keep their last values, 0 if all was well: ShopmeshConsumerBacklog stayed silent while
+    events piled up. When it last read them from NATS must show, from the start and through the outage."""
+    registry = CollectorRegistry()
+
+    def last_read() -> float | None:
+        return registry.get_sample_value("shopmesh_events_consumer_nats_read_timestamp_seconds", {"consumer": "tester"})
+
+    with nats_server(tmp_path / "nats") as server:
+        running = consumer(db, server.url, record, metrics=EventMetrics(registry), gauge_poll_seconds=0.1)
+        started = last_read()
+        assert started is not None, "no value before the first read: a replica that never reaches NATS shows none"
+        running.start()
+        await eventually(lambda: (last_read() or 0) > started, "a read from NATS")
+        port = server.port
+    # NATS is gone: no read can succeed, and the value stays at the last one that did.
+    gone = last_read()
+
+    def failed_reads() -> int:
+        return sum("could not read tester's backlog" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger=consumer_module.log.name):
+        await eventually(lambda: failed_reads() >= 1, "a read that failed")
+    assert last_read() == gone
+    with nats_server(tmp_path / "nats", port=port):
+        await eventually(lambda: (last_read() or 0) > (gone or 0), "a read from NATS back")
+        await running.stop()
 
 
 def outcome_counter(registry: CollectorRegistry) -> Callable[[str], float]:

@@ -290,6 +290,9 @@ class EventConsumer:
         self._duplicate_window = duplicate_window_seconds
         self._metrics = metrics
         self._gauge_poll = gauge_poll_seconds
+        if metrics is not None:
+            # From the start, not the first read: a replica that never reaches NATS must show it too.
+            metrics.consumer_nats_read.labels(durable).set(time.time())
         # Only what a missing stream is created with: the purge goes by the stream's own max age, read from NATS.
         self._stream_max_age = stream_max_age_seconds
         # 0: applied event ids are kept for ever.
@@ -526,6 +529,7 @@ class EventConsumer:
                 metrics.consumer_backlog.labels(self._durable).set(backlog)
                 info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=mine)
                 metrics.dead_letters.labels(self._durable).set(sum((info.state.subjects or {}).values()))
+                metrics.consumer_nats_read.labels(self._durable).set(time.time())
             except (nats.errors.Error, TimeoutError) as exc:
                 # A gauge a little stale is better than interrupting consumption over it.
                 log.warning("could not read %s's backlog and dead letters: %s", self._durable, exc)

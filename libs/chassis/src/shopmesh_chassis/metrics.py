@@ -149,6 +149,14 @@ class EventMetrics:
             ("consumer",),
             registry=registry,
         )
+        self.consumer_nats_read = Gauge(
+            "shopmesh_events_consumer_nats_read_timestamp_seconds",
+            "When this replica last read its consumer's backlog and dead letters from NATS (every 30 s while it "
+            "reaches NATS; its start until the first read), in Unix seconds. Falling behind time(): the replica "
+            "reaches no NATS, consumes nothing, and its backlog and dead-letter gauges are as old as this.",
+            ("consumer",),
+            registry=registry,
+        )
         self.dead_letters = Gauge(
             "shopmesh_events_dead_letters",
             "Messages this consumer parked on the DEADLETTER stream that nobody has replayed or discarded "
