@@ -238,6 +238,20 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "shopmesh-deadletters).",
                 [(f"max by (consumer) (shopmesh_events_dead_letters{{{SELECTOR}}})", "{{consumer}}")],
             ),
+            (
+                "Since a consumer last reached NATS",
+                "s",
+                "Seconds since any replica of each consumer last read its state from NATS (every 30 s); growing: "
+                "it consumes nothing, and its backlog and dead letters above are that old "
+                "(alert ShopmeshConsumerCutOff).",
+                [
+                    (
+                        f"time() - max by (consumer) "
+                        f"(shopmesh_events_consumer_nats_read_timestamp_seconds{{{SELECTOR}}})",
+                        "{{consumer}}",
+                    )
+                ],
+            ),
         ],
     ),
     (
