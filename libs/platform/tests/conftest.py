@@ -7,10 +7,12 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -65,6 +67,8 @@ class Edge:
     shop: RecordingShop
     admin_url: str
     log: Path
+    # Envoy's stdout: its access log, a JSON line per request.
+    access_log: Path
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +78,14 @@ def edge(edge_process: Edge) -> tuple[str, RecordingShop]:
 
 @pytest.fixture(scope="module")
 def edge_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    with running_edge(tmp_path_factory.mktemp("edge")) as edge:
+        yield edge
+
+
+@contextmanager
+def running_edge(folder: Path, configure: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Edge]:
+    """Envoy of `bootstrap()` in front of a RecordingShop, its files in `folder`; `configure` may change the
+    edge's connection manager first (a test's own setting, such as a shorter timeout than the edge's)."""
     shop = RecordingShop()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
@@ -88,15 +100,21 @@ def edge_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         gateway=f"127.0.0.1:{gateway}",
         descriptor=descriptor_set(),
     )
-    folder = tmp_path_factory.mktemp("edge")
-    config = folder / "envoy.json"
-    config.write_text(json.dumps(bootstrap(api)))
-    argv = [str(envoy_binary()), "--config-path", str(config), "--disable-hot-restart", "--concurrency", "1"]
-    # A file, not a pipe: nobody reads Envoy's output while the tests run, and a full pipe would block Envoy.
+    config = bootstrap(api)
+    if configure is not None:
+        [public] = [item for item in config["static_resources"]["listeners"] if item["name"] == "http-api"]
+        [chain] = public["filter_chains"]
+        configure(chain["filters"][0]["typed_config"])
+    path = folder / "envoy.json"
+    path.write_text(json.dumps(config))
+    argv = [str(envoy_binary()), "--config-path", str(path), "--disable-hot-restart", "--concurrency", "1"]
+    # Files, not pipes: nobody reads Envoy's output while the tests run, and a full pipe would block Envoy.
     log = folder / "envoy.log"
+    access_log = folder / "access.log"
     with (
         log.open("wb") as output,
-        subprocess.Popen([*argv, "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=output) as envoy,
+        access_log.open("wb") as lines,
+        subprocess.Popen([*argv, "--log-level", "warn"], stdout=lines, stderr=output) as envoy,
     ):
         try:
             deadline = time.monotonic() + 30
@@ -109,7 +127,7 @@ def edge_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                             break
                 except OSError:
                     time.sleep(0.1)
-            yield Edge(f"http://127.0.0.1:{port}", shop, f"http://127.0.0.1:{admin}", log)
+            yield Edge(f"http://127.0.0.1:{port}", shop, f"http://127.0.0.1:{admin}", log, access_log)
         finally:
             envoy.terminate()
             envoy.wait(10)

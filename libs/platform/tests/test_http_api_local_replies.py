@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from google.rpc import code_pb2 as grpc_code
 
+from shopmesh_chassis.testing import eventually
 from shopmesh_platform.http_api import MAX_REQUEST_BYTES, REQUEST_TOO_LARGE, REQUEST_TOO_LARGE_MESSAGE
 
-from .conftest import RecordingShop
+from .conftest import Edge, RecordingShop, running_edge
 
 
 def raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -72,6 +74,14 @@ def status_in(content_type: str, body: bytes) -> dict[str, Any]:
             400,
             grpc_code.INVALID_ARGUMENT,
             "Bad Request",
+        ),
+        # A status LOCAL_REPLY_CODES does not list (a transfer encoding HTTP/1.1 lacks): gRPC's code for it,
+        # with Envoy's reason (Envoy's own: text/plain).
+        (
+            b"POST /v1/login HTTP/1.1\r\nhost: shop\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\n",
+            501,
+            grpc_code.UNKNOWN,
+            "Not Implemented",
         ),
     ],
 )
@@ -156,3 +166,40 @@ def test_a_preflight_for_a_path_the_api_lacks_is_still_answered_by_the_cors_filt
     assert answer.status_code == 200, answer.text
     assert answer.headers["access-control-allow-origin"] == "https://shop.example"
     assert answer.content == b""
+
+
+@pytest.fixture(scope="module")
+def impatient_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    """The edge with a request timeout of its own (the edge has none: its stream idle timeout, 5 min, ends a
+    request that stops arriving), so that a request whose body never completes is answered in this test."""
+
+    def request_timeout(manager: dict[str, Any]) -> None:
+        manager["request_timeout"] = "1s"
+
+    with running_edge(tmp_path_factory.mktemp("impatient-edge"), request_timeout) as edge:
+        yield edge
+
+
+async def test_a_request_whose_body_never_arrives_is_a_status_of_grpcs_code_for_a_408_and_logged_with_it(
+    impatient_edge: Edge,
+) -> None:
+    # A 408 is in no table of the edge's: Envoy's own answer was text/plain "request timeout", logged with no
+    # grpc_status. gRPC reads a 408 without grpc-status as UNKNOWN (http-grpc-status-mapping.md).
+    body = b'{"email": "x@example.com", '
+    request = (
+        b"POST /v1/login HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body) + 100, body)
+    )
+    answered, headers, answer = raw_answer(impatient_edge.url, request)
+    assert answered == 408, answer
+    status = status_in(headers.get("content-type", ""), answer)
+    assert (status["code"], status["details"]) == (grpc_code.UNKNOWN, []), status
+    assert impatient_edge.shop.calls == []
+
+    def logged() -> dict[str, Any] | None:
+        lines = [json.loads(line) for line in impatient_edge.access_log.read_text().splitlines()]
+        timed_out = [line for line in lines if line["http_status"] == 408]
+        return timed_out[-1] if timed_out else None
+
+    line = await eventually(logged, "the edge's access log line of the request that timed out")
+    assert line["grpc_status"] == "Unknown", line

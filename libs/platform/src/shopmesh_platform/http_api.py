@@ -151,6 +151,27 @@ LOCAL_REPLY_CODES = {
     503: grpc_code.UNAVAILABLE,
     504: grpc_code.DEADLINE_EXCEEDED,
 }
+# gRPC's own reading of an HTTP status without a grpc-status (grpc/doc/http-grpc-status-mapping.md), for Envoy's
+# answers LOCAL_REPLY_CODES does not list (a request that did not arrive in time, 408; a transfer encoding HTTP/1.1
+# lacks, 501; whatever a setting or a release of Envoy's adds): the code a gRPC client of the edge would read from
+# the same answer. Any other status from 400 on is UNKNOWN there, and here (UNLISTED_LOCAL_REPLY_CODE).
+GRPC_HTTP_STATUS_CODES = {
+    400: grpc_code.INTERNAL,
+    401: grpc_code.UNAUTHENTICATED,
+    403: grpc_code.PERMISSION_DENIED,
+    404: grpc_code.UNIMPLEMENTED,
+    429: grpc_code.UNAVAILABLE,
+    431: grpc_code.INTERNAL,
+    502: grpc_code.UNAVAILABLE,
+    503: grpc_code.UNAVAILABLE,
+    504: grpc_code.UNAVAILABLE,
+}
+UNLISTED_LOCAL_REPLY_CODE = grpc_code.UNKNOWN
+# The code of the Status of each of Envoy's answers to an HTTP/JSON client with an HTTP status of 400 or more:
+# LOCAL_REPLY_CODES where it says, else gRPC's mapping, else UNLISTED_LOCAL_REPLY_CODE. (Below 400, Envoy's own
+# answers are the documents and the storefront's files, and CORS's preflights: none is an error.)
+_LOCAL_REPLY_CODES_BY_STATUS = {**GRPC_HTTP_STATUS_CODES, **LOCAL_REPLY_CODES}
+_FIRST_ERROR_STATUS = 400
 # Envoy's reasons for local replies whose own text is empty or says nothing a client can act on (its response code
 # details) → their HTTP status and the message their Status carries instead.
 EXPLAINED_LOCAL_REPLIES = {
@@ -287,18 +308,22 @@ _GRPC_STATUS_NAMES = {
 # from the HTTP status (every 400 INTERNAL, a NOT_FOUND UNIMPLEMENTED). So: the grpc-status the gateway's headers
 # had (an error is trailers-only: GATEWAY_STATUS, kept before the transcoder), else its trailers' (an answer with
 # a body: OK), else the answer's headers' (Envoy's own reply to a gRPC client), else the code of the Status Envoy
-# answered an HTTP client itself (LOCAL_REPLY_CODES, by the HTTP status: a refusal, the gateway unreachable); none
-# (null) for the storefront's and the document's files and for a gRPC-Web answer whose status came in trailers
-# (its filter has made them part of the body).
+# answered an HTTP client itself (by the HTTP status, as the local replies' mappers have it: a refusal, the gateway
+# unreachable, a request that did not arrive in time); none (null: the lookup of a missing key fails) for the
+# storefront's and the document's files and for a gRPC-Web answer whose status came in trailers (its filter has
+# made them part of the body).
 LOGGED_GRPC_STATUS = (
     "%CEL({names}['{namespace}' in metadata.filter_metadata ? metadata.filter_metadata['{namespace}']['{key}'] : "
     "'grpc-status' in response.trailers ? response.trailers['grpc-status'] : "
-    "'grpc-status' in response.headers ? response.headers['grpc-status'] : {local}[response.code]])%"
+    "'grpc-status' in response.headers ? response.headers['grpc-status'] : "
+    "response.code >= {first_error} && !(response.code in {local}) ? '{unlisted}' : {local}[response.code]])%"
 ).format(
     names="{" + ",".join(f"'{number}':'{name}'" for number, name in _GRPC_STATUS_NAMES.items()) + "}",
     namespace=_GATEWAY_STATUS[0],
     key=_GATEWAY_STATUS[1],
-    local="{" + ",".join(f"{status}:'{code}'" for status, code in LOCAL_REPLY_CODES.items()) + "}",
+    first_error=_FIRST_ERROR_STATUS,
+    local="{" + ",".join(f"{status}:'{code}'" for status, code in sorted(_LOCAL_REPLY_CODES_BY_STATUS.items())) + "}",
+    unlisted=UNLISTED_LOCAL_REPLY_CODE,
 )
 
 # (Not the HTTP method: the transcoder has made every request a POST by the time the line is written.)
@@ -456,8 +481,15 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                     for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()
                 ),
                 *(_local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()),
+                *(
+                    _local_reply(status, code)
+                    for status, code in GRPC_HTTP_STATUS_CODES.items()
+                    if status not in LOCAL_REPLY_CODES
+                ),
                 # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 is theirs.
                 _grpc_too_large(),
+                # Last: whatever error Envoy answers an HTTP/JSON client with that none of the above names.
+                _unlisted_local_reply(),
             ]
         },
         # Every request: the HTTP one as the client sent it, and the gRPC method it became.
@@ -959,12 +991,11 @@ def _compressor() -> dict[str, Any]:
     }
 
 
-def _status_is(status: int, runtime_key: str) -> dict[str, Any]:
-    """A local-reply filter matching Envoy's HTTP status `status` (runtime_key: Envoy requires one per filter)."""
+def _status_is(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
+    """A local-reply filter matching Envoy's HTTP status `status` (op "GE": that status or above; runtime_key:
+    Envoy requires one per filter)."""
     return {
-        "status_code_filter": {
-            "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": runtime_key}}
-        }
+        "status_code_filter": {"comparison": {"op": op, "value": {"default_value": status, "runtime_key": runtime_key}}}
     }
 
 
@@ -975,6 +1006,17 @@ def _local_reply(status: int, code: int) -> dict[str, Any]:
     return {
         "filter": {"and_filter": {"filters": [_status_is(status, f"local_reply_{status}"), _http_json()]}},
         "body_format_override": _status_json(code),
+    }
+
+
+def _unlisted_local_reply() -> dict[str, Any]:
+    """Any other error Envoy answers an HTTP/JSON client with (its HTTP status from 400 on, in neither
+    LOCAL_REPLY_CODES nor GRPC_HTTP_STATUS_CODES) as a Status of UNLISTED_LOCAL_REPLY_CODE with Envoy's text:
+    a client reads every error of the edge's in one shape, whatever Envoy adds or a release of it sends."""
+    status_filter = _status_is(_FIRST_ERROR_STATUS, "local_reply_unlisted", op="GE")
+    return {
+        "filter": {"and_filter": {"filters": [status_filter, _http_json()]}},
+        "body_format_override": _status_json(UNLISTED_LOCAL_REPLY_CODE),
     }
 
 
