@@ -43,16 +43,20 @@ class FakeCatalog:
 @dataclass
 class FakeInventory:
     """Stock bookkeeping as inventory does it, in memory; `down` makes every call UNAVAILABLE (DependencyDown,
-    as the adapter says a transport failure)."""
+    as the adapter says a transport failure); `answers`, while set, is what every call raises instead (e.g. the
+    adapter's final answer)."""
 
     on_hand: dict[str, int] = field(default_factory=dict)
     reservations: dict[str, tuple[str, tuple[CartLine, ...], str]] = field(default_factory=dict)
     down: bool = False
+    answers: errors.Unavailable | None = None
     expire_on_commit: bool = False
     calls: list[str] = field(default_factory=list)
 
     def _check(self, call: str) -> None:
         self.calls.append(call)
+        if self.answers is not None:
+            raise self.answers
         if self.down:
             raise DependencyDown("inventory down")
 
@@ -105,12 +109,14 @@ class FakeInventory:
 
 @dataclass
 class FakePayments:
-    """Payments as the contract describes it: keyed charges, test cards, refunds."""
+    """Payments as the contract describes it: keyed charges, test cards, refunds. `answers`, while set, is what
+    every call raises (e.g. the adapter's final answer)."""
 
     payments: dict[str, PaymentRecord] = field(default_factory=dict)
     by_key: dict[str, str] = field(default_factory=dict)
     order_of: dict[str, str] = field(default_factory=dict)
     down: bool = False
+    answers: errors.Unavailable | None = None
     charge_calls: int = 0
     list_calls: int = 0
     refund_calls: int = 0
@@ -118,6 +124,8 @@ class FakePayments:
 
     async def charge(self, order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str) -> str:
         self.charge_calls += 1
+        if self.answers is not None:
+            raise self.answers
         if self.down or card.number == "4000000000000119":
             raise DependencyDown("processor unavailable", reason="PAYMENT_UNAVAILABLE")
         if idempotency_key in self.by_key:
@@ -133,12 +141,16 @@ class FakePayments:
 
     async def payments_for(self, order_id: str) -> list[PaymentRecord]:
         self.list_calls += 1
+        if self.answers is not None:
+            raise self.answers
         if self.down:
             raise DependencyDown("payments down")
         return [p for pid, p in self.payments.items() if self.order_of[pid] == order_id]
 
     async def refund(self, payment_id: str, reason: str, idempotency_key: str) -> None:
         self.refund_calls += 1
+        if self.answers is not None:
+            raise self.answers
         if self.down:
             raise DependencyDown("payments down")
         if self.payments[payment_id].captured:

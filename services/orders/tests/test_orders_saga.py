@@ -135,6 +135,23 @@ async def test_payments_unavailable_is_retried_then_compensated(
     assert inventory.reserved("prod_a") == 0
 
 
+async def test_a_charge_payments_answered_do_not_retry_is_sent_once_then_compensated(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payments' UNAVAILABLE came with gRPC's "do not retry" (final): the charge is not sent again within the
+    step's retries, and the driver with the card cancels at once, as when every attempt ended UNAVAILABLE."""
+
+    async def told_not_to_retry(*args: Any) -> str:
+        payments.charge_calls += 1
+        raise DependencyDown("processor unavailable", reason="PAYMENT_UNAVAILABLE", retry_after_seconds=3, final=True)
+
+    monkeypatch.setattr(payments, "charge", told_not_to_retry)
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    assert (payments.charge_calls, payments.captured(), inventory.reserved("prod_a")) == (1, 0, 0)
+
+
 async def test_replayed_place_order_returns_the_same_order_and_charges_once(
     app: OrdersApplication, payments: FakePayments
 ) -> None:
@@ -1077,6 +1094,66 @@ async def test_place_order_waiting_on_inventory_that_said_do_not_retry_is_final_
             await place(clocked.app(), command())
     assert (caught.value.reason, caught.value.retry_after_seconds) == (errors.DEPENDENCY_UNAVAILABLE, 3)
     assert caught.value.final
+
+
+def _told_not_to_retry() -> errors.Unavailable:
+    # As the adapter relays an UNAVAILABLE that came with gRPC's "do not retry" pushback (clients._unavailable).
+    return DependencyDown(
+        "inventory is draining", reason=errors.DEPENDENCY_UNAVAILABLE, retry_after_seconds=3, final=True
+    )
+
+
+def _state_only_a_newer_release_knows() -> errors.Unavailable:
+    # As the adapter answers a reservation a newer inventory stored (clients._state_unknown).
+    return errors.Unavailable(
+        "inventory answered a state this release of orders does not know", retry_after_seconds=2, final=True
+    )
+
+
+@pytest.mark.parametrize("answer", [_told_not_to_retry, _state_only_a_newer_release_knows])
+async def test_a_step_whose_dependency_answers_final_is_asked_once_by_place_order_and_by_each_recovery_pass(
+    clocked: Clocked, answer: Callable[[], errors.Unavailable]
+) -> None:
+    """A final answer does not change within the saga's STEP_ATTEMPTS retries of a step (nor within a channel's):
+    the step is asked once, not STEP_ATTEMPTS times, and the saga's UNAVAILABLE passes on its wait and final."""
+    app, inventory = clocked.app(), clocked.inventory
+    inventory.answers = answer()
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    assert inventory.calls == ["reserve"]
+    assert (caught.value.reason, caught.value.retry_after_seconds, caught.value.final) == (
+        errors.DEPENDENCY_UNAVAILABLE,
+        inventory.answers.retry_after_seconds,
+        True,
+    )
+    assert await app.resume_unfinished() == 1
+    assert inventory.calls == ["reserve", "reserve"]
+    order = await app.get_order(caught.value.metadata["order_id"])
+    assert (order.state, order.step) == (OrderState.PENDING, SagaStep.RESERVE)
+
+
+async def test_a_cancellation_whose_refund_meets_a_final_answer_asks_payments_once_as_does_each_recovery_pass(
+    clocked: Clocked,
+) -> None:
+    """Payments refuses the refund for a payment in a state a newer release stored (the adapter's final answer,
+    asking for the recovery interval): CancelOrder's driver asks once, not STEP_ATTEMPTS times, and its
+    accepted answer carries that wait; a recovery pass asks once as well."""
+    app, payments = clocked.app(), clocked.payments
+    order_id = await place(app, command())
+    payments.answers = errors.Unavailable(
+        "payments refused the refund: PAYMENT_NOT_REFUNDABLE",
+        reason="PAYMENT_UNAVAILABLE",
+        retry_after_seconds=2,
+        final=True,
+    )
+    with pytest.raises(errors.Unavailable) as caught:
+        await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert "accepted" in caught.value.message
+    assert (payments.refund_calls, caught.value.retry_after_seconds, caught.value.final) == (1, 2, True)
+    assert await app.resume_unfinished() == 1
+    assert payments.refund_calls == 2
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, order.refunded) == (OrderState.CONFIRMED, SagaStep.REFUND, False)
 
 
 async def test_a_cancellation_accepted_while_inventory_asks_to_wait_passes_that_wait_on(

@@ -229,7 +229,7 @@ class SagaDriver:
         return now + timedelta(seconds=delay)
 
     async def _attempt(self, order: Order, card: Card | None, owner: str) -> Order:
-        """One step, retried a few times while its dependency is unavailable."""
+        """One step, retried a few times while its dependency is unavailable, unless its answer is final."""
         attempts = self._settings.step_attempts
         for attempt in range(1, attempts + 1):
             # Only a saved transition renews the lease, and none is saved between attempts of a step: a
@@ -247,8 +247,10 @@ class SagaDriver:
                     raise
                 # The step may have persisted a write-ahead mark before failing: continue from the database.
                 order = await self._load(order.id)
-                # A charge in doubt settles in seconds, not within these retries' backoff: stop asking.
-                if attempt == attempts or exc.reason == CHARGE_IN_DOUBT:
+                # A charge in doubt settles in seconds, not within these retries' backoff; a final answer (the
+                # dependency's "do not retry", a state only a newer release knows) is the same until the wait it
+                # asks for has passed: stop asking, and pass that wait and final on.
+                if attempt == attempts or exc.reason == CHARGE_IN_DOUBT or exc.final:
                     return await self._gave_up(order, card, owner, exc)
                 await asyncio.sleep(self._step_backoff(attempt))
         raise AssertionError("unreachable")
@@ -258,7 +260,8 @@ class SagaDriver:
         return float(self._settings.step_backoff_seconds * 2 ** (attempt - 1))
 
     async def _gave_up(self, order: Order, card: Card | None, owner: str, last: errors.Unavailable) -> Order:
-        """A dependency stayed unavailable for all attempts of this step; `last` is what its last attempt met."""
+        """A dependency stayed unavailable for all attempts of this step, or answered what these attempts cannot
+        change (a charge in doubt; a final answer); `last` is what its last attempt met."""
         now = self._clock()
         if order.step is SagaStep.CHARGE and order.charge_attempted_at is not None:
             settled_at = self._charge_settled_at(order.charge_attempted_at)
