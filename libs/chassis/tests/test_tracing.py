@@ -9,17 +9,19 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
-from shopmesh_chassis.tracing import configure_tracing, shutdown_tracing
+from shopmesh_chassis.tracing import UNVOUCHED_PARENT, configure_tracing, sampler, shutdown_tracing
 
 from .conftest import sample_settings
 
@@ -178,3 +180,16 @@ async def test_a_call_with_a_malformed_trace_context_is_served_in_a_trace_of_its
     assert reply.message == "hi"
     [span] = _server_spans(exporter)
     assert span.parent is None
+
+
+@pytest.mark.parametrize(("vouched", "decision"), [(True, Decision.RECORD_AND_SAMPLE), (False, Decision.DROP)])
+def test_a_sampled_parent_nobody_vouches_for_is_drawn_again_whatever_its_trace_id(
+    vouched: bool, decision: Decision
+) -> None:
+    # Low 64 bits all zero: the id TraceIdRatioBased keeps at any ratio above 0, and a caller picks its trace id.
+    caller = SpanContext(0xABC << 64, 0x1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    parent = trace.set_span_in_context(NonRecordingSpan(caller))
+    if not vouched:
+        parent = otel_context.set_value(UNVOUCHED_PARENT, True, parent)
+    result = sampler(1e-9).should_sample(parent, caller.trace_id, "call", trace.SpanKind.SERVER)
+    assert result.decision is decision

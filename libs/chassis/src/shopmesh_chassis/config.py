@@ -140,6 +140,13 @@ class ServiceSettings(RuntimeSettings):
                         "same type (shopmesh_chassis.config.GrpcPort, MetricsPort, ServiceName, Interval, ...)"
                     )
 
+    def follows_trace_decision_of(self, peer: str) -> bool:
+        """Whether a caller at `peer` (a gRPC peer string) decides whether its calls are recorded: its
+        traceparent's "sampled" is followed, else drawn again at the ratio (tracing.UNVOUCHED_PARENT). Every
+        caller of an internal service is a service, or a proxy that decided; an edge service overrides this
+        for its outside clients."""
+        return True
+
     @property
     def resolved_error_domain(self) -> str:
         return self.error_domain or f"shopmesh.{self.service_name}"

@@ -74,6 +74,7 @@ class ChassisServer:
                 settings.resolved_error_domain,
                 tracer_provider,
                 max_in_flight=settings.grpc_max_concurrent_rpcs,
+                follows_trace_decision_of=settings.follows_trace_decision_of,
             )
         ]
         ms = 1000

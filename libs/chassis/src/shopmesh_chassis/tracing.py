@@ -7,17 +7,29 @@ queue drops spans when full: a missing or slow collector never blocks or fails a
 from __future__ import annotations
 
 import logging
+import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +38,50 @@ log = logging.getLogger(__name__)
 _W3C = TraceContextTextMapPropagator()
 
 
+# Set by the server interceptor on the parent context of a call whose caller is not trusted to decide
+# sampling (ServiceSettings.follows_trace_decision_of): its traceparent's "sampled" is a request, drawn again.
+UNVOUCHED_PARENT = otel_context.create_key("shopmesh-unvouched-trace-parent")
+
+
+class _CallersDecision(Sampler):
+    """For a sampled remote parent: the caller's decision, unless the parent is UNVOUCHED_PARENT; then a
+    draw at the ratio, as for a call without a traceparent. A random draw, not TraceIdRatioBased's: that
+    one reads the trace id, which such a caller writes, and an id whose low bits are zeros is always kept."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = ratio
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        unvouched = otel_context.get_value(UNVOUCHED_PARENT, parent_context) is True
+        if unvouched and random.random() >= self._ratio:
+            return SamplingResult(Decision.DROP, None, parent.trace_state)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
+
+    def get_description(self) -> str:
+        return f"CallersDecision{{unvouched drawn at {self._ratio}}}"
+
+
+def sampler(ratio: float) -> Sampler:
+    """What a service records when it exports: a trace it starts, at `ratio`; a call whose caller sent a
+    traceparent, as the caller decided (its "not sampled" always; its "sampled" drawn again at `ratio` when
+    the caller is not trusted to decide, see UNVOUCHED_PARENT)."""
+    return ParentBased(TraceIdRatioBased(ratio), remote_parent_sampled=_CallersDecision(ratio))
+
+
 def configure_tracing(service_name: str, endpoint: str | None, sampler_ratio: float = 1.0) -> TracerProvider:
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: service_name}),
-        sampler=ParentBased(TraceIdRatioBased(sampler_ratio)) if endpoint else ALWAYS_OFF,
+        sampler=sampler(sampler_ratio) if endpoint else ALWAYS_OFF,
     )
     if endpoint:
         # Imported lazily: the exporter pulls in a second gRPC client stack we need only when used.
