@@ -99,12 +99,14 @@ class FakeRecommendations(recommendations_pb2_grpc.RecommendationsServiceService
 @dataclass
 class FakeNotifications(notifications_pb2_grpc.NotificationsServiceServicer):
     seen_user_ids: list[str | None] = field(default_factory=list)
+    seen_traceparents: list[str | None] = field(default_factory=list)
 
     async def ListNotifications(
         self, request: notifications_pb2.ListNotificationsRequest, context: Any
     ) -> notifications_pb2.ListNotificationsResponse:
         header = user_id_header(context)
         self.seen_user_ids.append(header)
+        self.seen_traceparents.append(dict(context.invocation_metadata() or ()).get("traceparent"))
         if header is not None and header != request.user_id:
             raise errors.PermissionDenied("not yours", reason="USER_MISMATCH")
         return notifications_pb2.ListNotificationsResponse(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh.gateway.v1 import shop_pb2_grpc
 from shopmesh_chassis.config import load_settings
@@ -21,17 +22,23 @@ if TYPE_CHECKING:
 
 @contextlib.asynccontextmanager
 async def serving_gateway(
-    addresses: Mapping[str, str], *, client_options: Sequence[tuple[str, Any]] = (), **overrides: Any
+    addresses: Mapping[str, str],
+    *,
+    client_options: Sequence[tuple[str, Any]] = (),
+    tracer_provider: TracerProvider | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[tuple[Shop, Channels]]:
     """The gateway with `<service>_address` settings from `addresses` (service name -> address), a client
     stub to it (a plain channel unless `client_options` say otherwise), and its channels (their breakers) to
-    look at."""
+    look at. `tracer_provider`: the one its server and channels record into."""
     named = {f"{name}_address": address for name, address in addresses.items()}
     settings = load_settings(GatewaySettings, grpc_port=0, metrics_port=-1, **{**named, **overrides})
-    channels = Channels(settings)
+    channels = Channels(settings, tracer_provider)
     try:
         async with (
-            serve_in_process(settings, [binding(build_servicer(settings, channels))]) as server,
+            serve_in_process(
+                settings, [binding(build_servicer(settings, channels))], tracer_provider=tracer_provider
+            ) as server,
             grpc.aio.insecure_channel(server.address, options=client_options) as channel,
         ):
             yield shop_pb2_grpc.ShopServiceStub(channel), channels

@@ -90,6 +90,15 @@ def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IP
     return ip
 
 
+def is_trusted_proxy(peer: str, trusted_proxies: Sequence[Network]) -> bool:
+    """Whether the gRPC peer is one of the proxies in front of the gateway (never a non-IP transport)."""
+    try:
+        ip = _unmapped(ipaddress.ip_address(peer_address(peer)))
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted_proxies)
+
+
 # Proxies in front of the gateway, at most: more entries than this are never read. The header is the client's
 # to fill (256 KiB of metadata over gRPC), and every entry walked is parsed on the event loop before the
 # rate limit applies: unbounded, one request of `::1,::1,...` held the loop for half a second of CPU. A

@@ -18,6 +18,7 @@ from shopmesh_chassis.config import (
     ServiceName,
     ServiceSettings,
 )
+from shopmesh_gateway.guard import is_trusted_proxy
 
 
 class GatewaySettings(ServiceSettings):
@@ -76,6 +77,11 @@ class GatewaySettings(ServiceSettings):
     @property
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return _parse_networks(self.trusted_proxies)
+
+    def follows_trace_decision_of(self, peer: str) -> bool:
+        # A client's traceparent marked sampled would have its calls recorded in every service, whatever
+        # OTEL_TRACES_SAMPLER_RATIO says; the proxies in front (the edge, a sidecar) drew at the ratio already.
+        return is_trusted_proxy(peer, self.trusted_proxy_networks)
 
     # Access tokens, as the users contract fixes them.
     jwt_issuer: str = "shopmesh-users"
