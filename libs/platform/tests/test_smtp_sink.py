@@ -4,6 +4,7 @@ Message-ID, and the same Message-ID sent twice is one file."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -62,6 +63,18 @@ async def test_an_email_without_message_id_is_kept_under_a_name_derived_from_its
     await send(sink, email(None))
     (path,) = sink.directory.glob("*.eml")
     assert path.name.startswith("no-message-id-")
+
+
+async def test_the_log_line_shows_a_folded_subject_as_the_reader_sees_it(
+    sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 79 characters with "Subject: ": the sender folds it before the value, which leaves the value a
+    # leading space once unfolded; the log line printed it after two spaces.
+    subject = "Your shopmesh order ord_2cee5e7693f5408d92bec374129af2f6 was cancelled"
+    with caplog.at_level(logging.INFO, logger="shopmesh.smtp_sink"):
+        await send(sink, email("<evt_1@shopmesh.notifications>", subject))
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "shopmesh.smtp_sink"]
+    assert line.endswith(f"to ada@example.com: {subject}")
 
 
 def test_file_names_keep_only_safe_characters() -> None:

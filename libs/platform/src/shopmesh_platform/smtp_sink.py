@@ -75,7 +75,9 @@ class MailFolder:
             name,
             envelope.mail_from,
             ", ".join(envelope.rcpt_tos),
-            headers.get("Subject", ""),
+            # A Subject folded right after its colon keeps the fold's space when parsed: a mail client
+            # shows none.
+            str(headers.get("Subject", "")).strip(),
         )
         return f"250 OK stored as {name}"
 
