@@ -1,5 +1,7 @@
-"""Orders cancelled before they were counted are remembered, so that a confirmation arriving after the
-cancellation (a retried or parked event, or two replicas on one consumer) does not count them.
+"""Orders cancelled before they were counted are remembered, so that a late confirmation is not counted.
+
+A confirmation can arrive after its order's cancellation: a retried or parked event, or two replicas on one
+consumer.
 
 `counted_orders` gets a `state`: COUNTED (the counts include the order; every row before this revision)
 or CANCELLED (the counts do not include it, and never will again). Expand-only: the column has a default,
