@@ -54,7 +54,15 @@ def test_no_sidecar_is_said_in_one_line_and_nonsense_is_refused_by_the_parser() 
     assert err.getvalue().startswith(f"error: no sidecar answers at {admin} (")
     assert err.getvalue().endswith("is `make run MESH=envoy` running?\n")
     assert err.getvalue().count("\n") == 1
-    for argv in (["catalog"], ["catalog", "--abort", "OK"], ["catalog", "--delay", "1s", "--percent", "0"], []):
+    nonsense = (
+        ["catalog"],
+        ["catalog", "--abort", "OK"],
+        ["catalog", "--delay", "1s", "--percent", "0"],
+        [],
+        # The launcher refuses a canary of the gateway: no sidecar of one could ever answer.
+        ["gateway-canary", "--delay", "1s"],
+    )
+    for argv in nonsense:
         with pytest.raises(SystemExit) as refused:
             main(argv, io.StringIO(), io.StringIO())
         assert refused.value.code == 2, argv

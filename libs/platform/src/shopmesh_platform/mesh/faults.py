@@ -34,7 +34,15 @@ from typing import TextIO
 import grpc
 from tabulate import tabulate
 
-from ..topology import CANARY_SUFFIX, LOCAL_HOST, SERVICES, canary_name, local_canary_ports, local_sidecar_ports
+from ..topology import (
+    CANARY_SUFFIX,
+    LOCAL_HOST,
+    SERVICES,
+    canary_name,
+    is_edge,
+    local_canary_ports,
+    local_sidecar_ports,
+)
 
 # The fault filter's runtime keys (Envoy's defaults for the filter, which the sidecars use).
 DELAY_PERCENT = "fault.http.delay.fixed_delay_percent"
@@ -116,8 +124,9 @@ def _request(admin_url: str, path: str, method: str = "GET") -> str:
         ) from None
 
 
-# What a fault can name: a service (its sidecar, and its canary's when one runs) or a canary alone.
-TARGETS = [*SERVICES, *map(canary_name, SERVICES)]
+# What a fault can name: a service (its sidecar, and its canary's when one runs) or a canary alone; not the
+# gateway's, which the launcher never runs (its callers are clients, outside the mesh).
+TARGETS = [*SERVICES, *(canary_name(name) for name in SERVICES if not is_edge(name))]
 
 
 def local_admin_url(name: str) -> str:
