@@ -626,6 +626,15 @@ def test_the_banner_keeps_make_traces_for_the_default_data_dir(tmp_path: Path, m
     assert "`make traces`" in traces_line(stack)
 
 
+def test_the_banners_traces_line_is_not_glued_to_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--services catalog,inventory` runs no SMTP sink, whose paragraph the Traces line used to end: it came
+    right under the table's last row."""
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    stack = Stack(tmp_path, ports=run.port_plan(free=True), services=["catalog"])
+    lines = run.banner(stack, ["catalog"]).splitlines()
+    assert lines[lines.index(traces_line(stack)) - 1] == ""
+
+
 # The launcher, with PostgreSQL's fast shutdown given an hour before the SIGKILL: a test that finds the server
 # gone meanwhile proves something else killed it, whatever the machine's speed.
 PATIENT_LAUNCHER = (

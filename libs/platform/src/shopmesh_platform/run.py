@@ -357,6 +357,8 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
         if stack.traces_dir != Path(".data", TRACES_FOLDER).absolute():
             python = shlex.quote(str(_as_typed(Path(sys.executable))))
             reader = f"{python} -m shopmesh_platform.traces --dir {shlex.quote(str(stack.traces_dir))}"
+        # It ends the SMTP sink's paragraph; without one (--services), it opens its own.
+        lines += [] if stack.smtp_address is not None else [""]
         lines.append(f"Traces: every span goes to the trace sink, into {stack.traces_dir}; `{reader}` lists them")
     if stack.sidecars:
         lines += ["", *mesh_lines(stack)]
