@@ -365,6 +365,85 @@ async def test_a_replica_that_lost_the_relay_lock_does_not_report_a_stuck_outbox
         await b_db.dispose()
 
 
+LAST_PASS = "shopmesh_outbox_relay_pass_timestamp_seconds"
+FAILURES = "shopmesh_outbox_relay_failures_total"
+
+
+async def test_a_relay_that_stops_passing_shows_its_last_pass_falling_behind(db: Database, client: Client) -> None:
+    """A relay whose every pass fails (here its database read: the outbox table is gone) publishes nothing,
+    and its oldest-unpublished age keeps the value of its last good pass: 0, as it had sent everything it
+    read. ShopmeshOutboxStuck stayed silent while events piled up. When it last completed a pass must show,
+    from its start, and stay put through the stall."""
+    registry = CollectorRegistry()
+    relay = OutboxRelay(
+        db, JetStreamPublisher(client), poll_interval=0.05, max_backoff=0.1, metrics=EventMetrics(registry)
+    )
+
+    def last_pass() -> float:
+        value = registry.get_sample_value(LAST_PASS)
+        assert value is not None, "no time of the last pass: a relay that never completes one shows nothing"
+        return value
+
+    def failures() -> float:
+        return registry.get_sample_value(FAILURES) or 0.0
+
+    started = last_pass()
+    relay.start()
+    try:
+        ids = await add(db, "before")
+        relay.wake()
+        assert [event_id for event_id, _ in await wait_for_stream(client, 1)] == ids
+        await eventually(lambda: last_pass() > started, "a pass completed")
+        async with db.transaction() as session:
+            await session.execute(text("ALTER TABLE chassis_outbox_events RENAME TO hidden_outbox_events"))
+        await eventually(lambda: failures() >= 1, "a failed pass")
+        # Passes run one after another: from the first failure on, every one fails.
+        stalled, failed = last_pass(), failures()
+        await eventually(lambda: failures() >= failed + 3, "three more failed passes")
+        assert registry.get_sample_value(AGE) == 0, "the age gauge moved: the stall was never invisible"
+        assert last_pass() == stalled, "a failing pass counted as one completed"
+        async with db.transaction() as session:
+            await session.execute(text("ALTER TABLE hidden_outbox_events RENAME TO chassis_outbox_events"))
+        await eventually(lambda: last_pass() > stalled, "a pass completed again")
+    finally:
+        await relay.stop()
+
+
+async def test_only_the_relay_holding_the_lock_counts_its_passes(
+    postgres: PostgresServer, client: Client, tmp_path: Path
+) -> None:
+    """Two replicas on PostgreSQL: one holds the relay lock and publishes; the other's passes find the lock
+    taken and do nothing. Counted as passes, theirs would keep the maximum over replicas fresh while the
+    leader hangs with the lock held, and no alert would say that nothing leaves the outbox."""
+    url = postgres.create_database()
+    a_db, b_db = Database(url), Database(url)
+    (tmp_path / "versions").mkdir()
+    await migrate(a_db, tmp_path / "versions")
+    a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
+    a = OutboxRelay(a_db, JetStreamPublisher(client), metrics=EventMetrics(a_registry))
+    b = OutboxRelay(b_db, JetStreamPublisher(client), metrics=EventMetrics(b_registry))
+    try:
+        a_started, b_started = a_registry.get_sample_value(LAST_PASS), b_registry.get_sample_value(LAST_PASS)
+        assert a_started is not None
+        assert b_started is not None
+        await add(a_db, "one")
+        assert await a.publish_pending() == 1  # a leads from now on
+        a_passed = a_registry.get_sample_value(LAST_PASS)
+        assert a_passed is not None
+        assert a_passed >= a_started
+        # a hangs from here (it makes no more passes) and keeps the lock; b tries, and must not look alive.
+        await add(b_db, "two")
+        for _ in range(3):
+            assert await b.publish_pending() == 0
+        assert b_registry.get_sample_value(LAST_PASS) == b_started
+        assert a_registry.get_sample_value(LAST_PASS) == a_passed
+    finally:
+        await a.stop()
+        await b.stop()
+        await a_db.dispose()
+        await b_db.dispose()
+
+
 async def test_a_publisher_declares_its_stream_again_when_nats_lost_it(client: Client, nats_srv: NatsServer) -> None:
     """NATS restarted without its JetStream store (or someone deleted the stream): the outbox's next event
     still goes out, into the stream as its publisher configures it."""

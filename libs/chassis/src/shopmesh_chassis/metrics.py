@@ -131,6 +131,15 @@ class EventMetrics:
             "Growing means events are stuck in the outbox.",
             registry=registry,
         )
+        self.relay_pass = Gauge(
+            "shopmesh_outbox_relay_pass_timestamp_seconds",
+            "When this replica's outbox relay last completed a pass over the outbox (read it, published what "
+            "it read, marked it), in Unix seconds; its start until the first. Only the replica holding the "
+            "relay lock passes (on SQLite, the only one): the maximum over replicas is the leader's. Falling "
+            "behind time(): no relay publishes (stuck, or failing every pass), and the oldest-unpublished age "
+            "is as old as this.",
+            registry=registry,
+        )
         self.consumed = Counter(
             "shopmesh_events_consumed",
             "Events a consumer took off its stream, by outcome: applied; duplicate (applied before, "

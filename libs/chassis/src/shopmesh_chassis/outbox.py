@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -109,6 +110,8 @@ class OutboxRelay:
         self._oldest_unpublished: datetime | None = None
         if metrics is not None:
             metrics.oldest_unpublished.set_function(self.oldest_unpublished_age)
+            # From the start, not the first pass: a relay that never completes one must show it too.
+            metrics.relay_pass.set(time.time())
         self._pending = (
             select(
                 outbox.c.seq,
@@ -217,18 +220,25 @@ class OutboxRelay:
         """One pass: publish the oldest unpublished events in order; returns how many were sent."""
         if self._db.dialect != "postgresql":
             # SQLite: one process owns the file, and this relay is its only publisher.
-            return await self._publish_batch(self._db.read, self._db.transaction)
-        if not await self._lead():
-            # Another replica publishes: what this one saw unpublished when it led is no longer its to
-            # report (the age gauge's alert would fire on an outbox another replica has emptied).
-            self._oldest_unpublished = None
-            return 0
-        try:
-            return await self._publish_batch(self._on_leader, self._on_leader)
-        except BaseException:
-            # The lock's connection may be gone, and the lock with it: let go, take it again next pass.
-            await self._step_down()
-            raise
+            sent = await self._publish_batch(self._db.read, self._db.transaction)
+        else:
+            if not await self._lead():
+                # Another replica publishes: what this one saw unpublished when it led is no longer its to
+                # report (the age gauge's alert would fire on an outbox another replica has emptied). Nor is
+                # this a pass over the outbox: counted as one, it would hide a leader that hangs.
+                self._oldest_unpublished = None
+                return 0
+            try:
+                sent = await self._publish_batch(self._on_leader, self._on_leader)
+            except BaseException:
+                # The lock's connection may be gone, and the lock with it: let go, take it again next pass.
+                await self._step_down()
+                raise
+        if self._metrics is not None:
+            # Only now: the age gauge says nothing of a relay that stopped passing (it keeps its last value,
+            # 0 after a batch sent whole), so the time of the last pass that got through must show it.
+            self._metrics.relay_pass.set(time.time())
+        return sent
 
     async def _lead(self) -> bool:
         """Whether this relay holds the relay lock of the database, taking it now if it is free.
