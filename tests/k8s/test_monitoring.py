@@ -56,7 +56,7 @@ def expected_alerts(name: str) -> set[str]:
     service = SERVICES[name]
     alerts = {"ShopmeshServiceDown", "ShopmeshServerErrors", "ShopmeshSlowCalls"}
     if service.publishes:
-        alerts.add("ShopmeshOutboxStuck")
+        alerts |= {"ShopmeshOutboxStuck", "ShopmeshOutboxRelayStalled"}
     if service.consumes:
         alerts |= {"ShopmeshDeadLetters", "ShopmeshConsumerBacklog", "ShopmeshConsumerCutOff"}
     if service.calls:

@@ -132,6 +132,12 @@ spec:
     "for" "2m" "severity" "critical"
     "summary" (printf "%s: events are not leaving the outbox" $c.name)
     "description" "The oldest unpublished event is {{ $value | humanizeDuration }} old: the relay cannot publish to NATS JetStream (NATS down, unreachable, or refusing). Consumers see nothing new until it recovers; nothing is lost.") -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshOutboxRelayStalled"
+    "expr" "time() - max(shopmesh_outbox_relay_pass_timestamp_seconds{__selector__}) > 120"
+    "for" "3m" "severity" "critical"
+    "summary" (printf "%s: no outbox relay completes a pass" $c.name)
+    "description" "No replica's outbox relay has completed a pass for {{ $value | humanizeDuration }} (a healthy one passes every few seconds): nothing leaves the outbox, and the oldest-unpublished age (ShopmeshOutboxStuck) is that old, 0 if its last pass had sent everything. The relay lock's holder hangs, or every pass fails (its log: outbox relay pass failed). Nothing is lost.") -}}
 {{- end -}}
 {{- if $c.nats.consumes -}}
 {{- $rules = append $rules (dict
