@@ -226,6 +226,14 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 [(f"max by (job) (shopmesh_outbox_oldest_unpublished_age_seconds{{{SELECTOR}}})", "{{job}}")],
             ),
             (
+                "Since an outbox relay last passed",
+                "s",
+                "Seconds since the relay holding each outbox's lock last completed a pass (every few seconds); "
+                "growing: nothing leaves the outbox, and the oldest unpublished age beside is that old "
+                "(alert ShopmeshOutboxRelayStalled).",
+                [(f"time() - max by (job) (shopmesh_outbox_relay_pass_timestamp_seconds{{{SELECTOR}}})", "{{job}}")],
+            ),
+            (
                 "Consumer backlog",
                 "short",
                 "Events each consumer has not applied yet (alert ShopmeshConsumerBacklog).",
