@@ -27,7 +27,7 @@ CHASSIS = ROOT / "libs" / "chassis" / "src"
 SOURCES = [
     *sorted((ROOT / "services").glob("*/src")),
     CHASSIS,
-    # The HTTP/gRPC-Web edge in front of the gateway (http_api.py): its own answers reach the gateway's clients.
+    # The HTTP/gRPC-Web edge in front of the gateway (http_api/): its own answers reach the gateway's clients.
     ROOT / "libs" / "platform" / "src",
 ]
 # The chassis' conformance service and test helpers: not deployed, not a contract of the shop.

@@ -9,7 +9,7 @@ and fuzzed (tests/contract/test_http_api_fuzz.py) without a second, hand-written
 Hand-written because the generators that do this (gnostic's protoc-gen-openapi, grpc-gateway's
 protoc-gen-openapiv2) are Go programs on no registry this project can install from.
 
-What it states, as the transcoder behaves (`_transcoder()` in http_api.py):
+What it states, as the transcoder behaves (`transcoder()` in http_api/filters.py):
 - paths and methods from `google.api.http`; path variables as path parameters; the other fields of a GET
   request as query parameters (JSON names); a `body: "*"` request's remaining fields as its JSON body;
 - field names in their JSON form; int64 as strings, enums by name, Timestamp as RFC 3339, as

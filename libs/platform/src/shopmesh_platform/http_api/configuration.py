@@ -1,0 +1,263 @@
+"""HttpApi (what the edge's configuration depends on) and bootstrap(): the whole configuration, assembled from
+the routes, filters and local replies of the modules beside this one, and the metrics listener."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..mesh.envoy import (
+    TRACES_CLUSTER,
+    access_log,
+    cluster,
+    listener,
+    overload_manager,
+    socket_address,
+    tracing,
+)
+from .contract import api_method_paths
+from .cors import CORS, cors_policy
+from .filters import GRPC_WEB, ROUTER, compressor, health_check, transcoder
+from .head import head_as_get
+from .headers import header_hygiene
+from .local_replies import (
+    EXPLAINED_LOCAL_REPLIES,
+    GRPC_HTTP_STATUS_CODES,
+    LOCAL_REPLY_CODES,
+    explained,
+    local_reply,
+    query_without_content_type,
+    status_as_it_is,
+    unlisted_local_reply,
+)
+from .log_fields import HTTP_LOG_FIELDS, SPAN_URL, gateway_status
+from .matching import NOT_GRPC
+from .request_limits import (
+    BUFFER,
+    MAX_REQUEST_BYTES,
+    MAX_REQUEST_HEADERS_KIB,
+    declared_too_large,
+    grpc_too_large,
+    http_too_large,
+)
+from .routes import (
+    PATH_VARIABLE_IN_QUERY_ROUTE,
+    QUERY_WITH_BODY_ROUTE,
+    ROUTE_BOUND,
+    http_json_route,
+    method_routes,
+    other_grpc_refused,
+    unknown_method_forwarded,
+)
+from .served_files import MAX_DOCUMENT_BYTES, openapi_routes, storefront_routes
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+# Where the metrics listener (`metrics_port`) serves Envoy's Prometheus metrics.
+METRICS_PATH = "/stats/prometheus"
+
+
+@dataclass(frozen=True)
+class HttpApi:
+    """Everything the edge's configuration depends on, besides the API itself: its paths come from the
+    OpenAPI document in the contracts package (`api_paths()`), wherever Envoy finds its files."""
+
+    # Where it listens for HTTP clients.
+    host: str
+    port: int
+    # Envoy's admin interface (readiness: /ready, /stats): never on a public address.
+    admin_host: str
+    admin_port: int
+    # host:port of the gateway's gRPC server (plaintext HTTP/2).
+    gateway: str
+    # The API's descriptor set, as Envoy will find it on its file system.
+    descriptor: Path
+    # host:port of an OTLP/gRPC receiver for the edge's spans; None: none.
+    traces: str | None = None
+    # Spans, sent to a TRACES_CLUSTER this configuration leaves out: whoever starts Envoy adds it (on
+    # Kubernetes the chart, with --config-yaml, where global.otel says). With `traces` None only.
+    traces_cluster_at_start: bool = False
+    # A listener (on `host`) serving only Envoy's Prometheus metrics from the admin interface, for a scraper
+    # that cannot reach loopback (Kubernetes); None: none (`make run` reads the admin interface directly).
+    metrics_port: int | None = None
+    # The OpenAPI document, as Envoy will find it on its file system, served at OPENAPI_PATH; None: not.
+    openapi: Path | None = None
+    # The folder holding STOREFRONT_FILES, as Envoy will find it on its file system; None: no storefront.
+    storefront: Path | None = None
+    # Envoy's node id and its spans' service name.
+    name: str = "http-api"
+
+
+def bootstrap(api: HttpApi) -> dict[str, Any]:
+    """The edge's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
+    if api.traces is not None and api.traces_cluster_at_start:
+        raise ValueError("traces names the spans' receiver here; traces_cluster_at_start leaves it to Envoy's start")
+    gateway_host, gateway_port = api.gateway.rsplit(":", 1)
+    clusters = [cluster("gateway", gateway_host, int(gateway_port))]
+    span_config = None
+    if api.traces is not None:
+        sink_host, sink_port = api.traces.rsplit(":", 1)
+        clusters.append(cluster(TRACES_CLUSTER, sink_host, int(sink_port)))
+    if api.traces is not None or api.traces_cluster_at_start:
+        # The sampling ratio decides alone: a client's x-client-trace-id would force a trace past it.
+        span_config = {
+            **tracing(api.name),
+            "client_sampling": {"value": 0},
+            "custom_tags": [{"tag": "http.url", "value": SPAN_URL}],
+        }
+    manager: dict[str, Any] = {
+        "@type": _HCM,
+        "stat_prefix": "http_api",
+        # HTTP/1.1 from curl and browsers, HTTP/2 (gRPC, gRPC-Web over h2c) alike.
+        "codec_type": "AUTO",
+        # The peer, not x-forwarded-for, decides whether a request is internal (a client's own header never
+        # makes it so, nor keeps the x-envoy-* headers Envoy strips from external requests).
+        "use_remote_address": True,
+        # Envoy's own append writes the host's non-loopback address in place of a loopback peer: behind a
+        # sidecar, every client would be the pod to the gateway. The route configuration appends the peer.
+        "skip_xff_append": True,
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KIB,
+        "route_config": {
+            "name": "public-api",
+            "max_direct_response_body_size_bytes": MAX_DOCUMENT_BYTES,
+            # The peer's address after whatever the client's x-forwarded-for held, as any proxy appends it: the
+            # gateway walks it from the right past its TRUSTED_PROXIES (under a mesh, the sidecar on loopback,
+            # then the ingress's entry) to the client.
+            "request_headers_to_add": [
+                {
+                    "header": {"key": "x-forwarded-for", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+                    "append_action": "APPEND_IF_EXISTS_OR_ADD",
+                }
+            ],
+            "virtual_hosts": [
+                {
+                    "name": "shop",
+                    "domains": ["*"],
+                    "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy()},
+                    "routes": [
+                        *openapi_routes(api.openapi),
+                        *storefront_routes(api.storefront),
+                        *method_routes(),
+                        # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's by the
+                        # time the route is chosen: ShopService's methods are all there is. Each by its path,
+                        # through the buffer filter; any other method's gRPC goes on to the gateway unbuffered.
+                        *(
+                            {
+                                "match": {"path": path},
+                                "route": {"cluster": "gateway", **ROUTE_BOUND},
+                                "decorator": {"operation": "public API", "propagate": False},
+                            }
+                            for path in api_method_paths()
+                        ),
+                        *declared_too_large(),
+                        unknown_method_forwarded(),
+                        other_grpc_refused(),
+                        {
+                            # The CORS filter looks the request up before the transcoder rewrites its path: a
+                            # browser's preflight (OPTIONS /v1/orders) needs a route here to find the virtual
+                            # host's policy (not a direct response, which CORS skips). Nothing is forwarded
+                            # by it: the transcoder refuses a path the API does not have. gRPC itself is
+                            # left out, so health and reflection stay unroutable (UNIMPLEMENTED).
+                            **http_json_route({"prefix": "/", "headers": [NOT_GRPC]}),
+                        },
+                    ],
+                }
+            ],
+        },
+        # What Envoy answers itself to an HTTP client (a path or parameter the API does not have, a body too
+        # large, the gateway unreachable) is a google.rpc.Status in JSON too, as the gateway's answers are.
+        "local_reply_config": {
+            "mappers": [
+                status_as_it_is(PATH_VARIABLE_IN_QUERY_ROUTE),
+                status_as_it_is(QUERY_WITH_BODY_ROUTE),
+                query_without_content_type(),
+                http_too_large(),
+                *(
+                    explained(details, status, message)
+                    for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()
+                ),
+                *(local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()),
+                *(
+                    local_reply(status, code)
+                    for status, code in GRPC_HTTP_STATUS_CODES.items()
+                    if status not in LOCAL_REPLY_CODES
+                ),
+                # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 is theirs.
+                grpc_too_large(),
+                # Last: whatever error Envoy answers an HTTP/JSON client with that none of the above names.
+                unlisted_local_reply(),
+            ]
+        },
+        # Every request: the HTTP one as the client sent it, and the gRPC method it became.
+        "access_log": [access_log("http-api", only_failures=False, extra=HTTP_LOG_FIELDS)],
+        "http_filters": [
+            health_check(),
+            header_hygiene(),
+            # Before the compressor, so after it on the way out: the body it drops is never gzipped.
+            head_as_get(),
+            # Early in the chain, so late on the way out: it sees the JSON the transcoder made.
+            compressor(),
+            {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS}},
+            {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": GRPC_WEB}},
+            # After gRPC-Web, whose request it then sees as gRPC: its 413 reaches a gRPC-Web client as a
+            # grpc-status (before it, a text/plain 413 the client's library could not read).
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": BUFFER, "max_request_bytes": MAX_REQUEST_BYTES},
+            },
+            {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder(api.descriptor)},
+            # After the transcoder, so before it on the way out: the gateway's answer as it came.
+            gateway_status(),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
+    }
+    if span_config is not None:
+        manager["tracing"] = span_config
+    listeners = [listener("http-api", api.host, api.port, "INBOUND", manager)]
+    if api.metrics_port is not None:
+        listeners.append(listener("metrics", api.host, api.metrics_port, "INBOUND", _metrics_manager()))
+        # The admin interface speaks HTTP/1.1.
+        clusters.append(cluster("admin", api.admin_host, api.admin_port, http2=False))
+    return {
+        "node": {"id": api.name, "cluster": api.name},
+        "admin": {"address": socket_address(api.admin_host, api.admin_port)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "overload_manager": overload_manager(),
+    }
+
+
+def _metrics_manager() -> dict[str, Any]:
+    """`GET /stats/prometheus` relayed to the admin interface, and nothing else of it (as Istio's proxies
+    serve 15090): the admin interface can also stop Envoy or dump its configuration."""
+    return {
+        "@type": _HCM,
+        "stat_prefix": "metrics",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "metrics",
+            "virtual_hosts": [
+                {
+                    "name": "metrics",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {
+                                "path": METRICS_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": "admin"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+
+
+def write_bootstrap(api: HttpApi, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(bootstrap(api), indent=2) + "\n")
+    return path

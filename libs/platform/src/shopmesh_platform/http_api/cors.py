@@ -1,0 +1,35 @@
+"""CORS: any origin is admitted (the API authenticates with a bearer token, which a browser never attaches by
+itself), with the headers a page may send and read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .matching import set_header
+
+CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+_CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+
+_REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "traceparent", "tracestate")
+_GRPC_WEB_HEADERS = ("x-grpc-web", "x-user-agent", "grpc-timeout")
+_EXPOSED_HEADERS = ("idempotency-key", "grpc-status", "grpc-message", "grpc-status-details-bin")
+
+
+def readable_cross_origin() -> list[dict[str, Any]]:
+    """The CORS headers of a forwarded answer, for a direct response to gRPC-Web (which the CORS filter skips):
+    its status comes in headers (a trailers-only answer), which a page reads only when they are exposed."""
+    return [
+        set_header("access-control-allow-origin", "*"),
+        set_header("access-control-expose-headers", ", ".join(_EXPOSED_HEADERS)),
+    ]
+
+
+def cors_policy() -> dict[str, Any]:
+    return {
+        "@type": _CORS_POLICY,
+        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+        "allow_methods": "GET, POST, OPTIONS",
+        "allow_headers": ", ".join((*_REQUEST_HEADERS, *_GRPC_WEB_HEADERS)),
+        "expose_headers": ", ".join(_EXPOSED_HEADERS),
+        "max_age": "600",
+    }

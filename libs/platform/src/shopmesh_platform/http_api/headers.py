@@ -1,0 +1,66 @@
+"""Header hygiene: request headers dropped before anything reads them, and gRPC's own headers dropped from an
+HTTP/JSON request, which the gateway's gRPC server would otherwise answer with INTERNAL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_HEADER_MUTATION_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
+)
+_HEADER_MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+
+# Request header names a gRPC server refuses as metadata keys (it answers INTERNAL, "Illegal header key"): HTTP
+# allows `!#$%&'*+^`|~` in a name, gRPC only 0-9 a-z _ - . (Envoy has lowercased them). Pseudo-headers
+# (":path") are not matched. RE2 has no lookahead: a name whose first character is not ':' and which holds a
+# character outside gRPC's set.
+INVALID_METADATA_NAME = r"[^:][0-9a-z_.\-]*[^0-9a-z_.\-].*|[^0-9a-z_.:\-].*"
+# Binary metadata: a value that is not base64 is refused by the gRPC server (INTERNAL). The API reads none.
+BINARY_METADATA_NAME = r".+-bin"
+# gRPC's own headers, meaningless in an HTTP/JSON request (the transcoder frames the call itself), and
+# refused by the gRPC server when malformed (INTERNAL): `grpc-timeout: soon`, `grpc-encoding: zip`.
+GRPC_HEADER_NAME = r"grpc-.*"
+
+
+def no_grpc_headers() -> dict[str, Any]:
+    return {
+        "@type": _HEADER_MUTATION_PER_ROUTE,
+        "mutations": {"request_mutations": [_remove_matching(GRPC_HEADER_NAME)]},
+    }
+
+
+def header_hygiene() -> dict[str, Any]:
+    """Request headers dropped before anything reads them: a client's own x-envoy-original-path (the
+    transcoder marks a request it rewrote with the path it came with; the local replies' mappers and the
+    access log read it), cookies (the API reads none, but a browser sends every cookie of the host, of any
+    app on it, with the storefront's calls: kilobytes of metadata for the gateway), and what would reach the
+    gateway as metadata its gRPC server refuses with INTERNAL instead of a client's error (a name gRPC does
+    not allow, binary metadata that may not be base64)."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _HEADER_MUTATION,
+            "mutations": {
+                "request_mutations": [
+                    {"remove": "x-envoy-original-path"},
+                    {"remove": "cookie"},
+                    *(_remove_matching(regex) for regex in (INVALID_METADATA_NAME, BINARY_METADATA_NAME)),
+                ],
+                # The answer's CORS headers depend on the request's origin: a shared cache keeps one copy per
+                # origin. Added here, before the CORS filter, to its answers to preflights too (which a virtual
+                # host's response_headers_to_add never reaches), and to every other answer on the way out.
+                "response_mutations": [
+                    {
+                        "append": {
+                            "header": {"key": "vary", "value": "Origin"},
+                            "append_action": "APPEND_IF_EXISTS_OR_ADD",
+                        }
+                    }
+                ],
+            },
+        },
+    }
+
+
+def _remove_matching(regex: str) -> dict[str, Any]:
+    return {"remove_on_match": {"key_matcher": {"safe_regex": {"regex": regex}}}}

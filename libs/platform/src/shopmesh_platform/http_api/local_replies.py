@@ -1,0 +1,212 @@
+"""Envoy's own answers (local replies) to HTTP/JSON clients as a google.rpc.Status in JSON, the shape the
+gateway's errors have through the transcoder: the gRPC code of each HTTP status, and the replies whose text is
+replaced by one saying what to send instead."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.rpc import code_pb2 as grpc_code
+
+from .matching import NOT_GRPC
+
+_CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+
+# Envoy's own answers to HTTP/JSON clients, by HTTP status → the gRPC code their Status body carries: a path
+# the API does not have is an unknown method (UNIMPLEMENTED), though answered 404 as HTTP has it.
+LOCAL_REPLY_CODES = {
+    400: grpc_code.INVALID_ARGUMENT,
+    # A protocol upgrade (WebSocket) asked of a route that takes none.
+    403: grpc_code.PERMISSION_DENIED,
+    404: grpc_code.UNIMPLEMENTED,
+    405: grpc_code.UNIMPLEMENTED,
+    413: grpc_code.RESOURCE_EXHAUSTED,
+    # HTTP/1.0: the edge does not implement it (Envoy's 426 asks for HTTP/1.1).
+    426: grpc_code.UNIMPLEMENTED,
+    431: grpc_code.RESOURCE_EXHAUSTED,
+    500: grpc_code.INTERNAL,
+    502: grpc_code.UNAVAILABLE,
+    503: grpc_code.UNAVAILABLE,
+    504: grpc_code.DEADLINE_EXCEEDED,
+}
+# gRPC's own reading of an HTTP status without a grpc-status (grpc/doc/http-grpc-status-mapping.md), for Envoy's
+# answers LOCAL_REPLY_CODES does not list (a request that did not arrive in time, 408; a transfer encoding HTTP/1.1
+# lacks, 501; whatever a setting or a release of Envoy's adds): the code a gRPC client of the edge would read from
+# the same answer. Any other status from 400 on is UNKNOWN there, and here (UNLISTED_LOCAL_REPLY_CODE).
+GRPC_HTTP_STATUS_CODES = {
+    400: grpc_code.INTERNAL,
+    401: grpc_code.UNAUTHENTICATED,
+    403: grpc_code.PERMISSION_DENIED,
+    404: grpc_code.UNIMPLEMENTED,
+    429: grpc_code.UNAVAILABLE,
+    431: grpc_code.INTERNAL,
+    502: grpc_code.UNAVAILABLE,
+    503: grpc_code.UNAVAILABLE,
+    504: grpc_code.UNAVAILABLE,
+}
+UNLISTED_LOCAL_REPLY_CODE = grpc_code.UNKNOWN
+# The code of the Status of each of Envoy's answers to an HTTP/JSON client with an HTTP status of 400 or more:
+# LOCAL_REPLY_CODES where it says, else gRPC's mapping, else UNLISTED_LOCAL_REPLY_CODE. (Below 400, Envoy's own
+# answers are the documents and the storefront's files, and CORS's preflights: none is an error.)
+LOCAL_REPLY_CODES_BY_STATUS = {**GRPC_HTTP_STATUS_CODES, **LOCAL_REPLY_CODES}
+FIRST_ERROR_STATUS = 400
+# Envoy's reasons for local replies whose own text is empty or says nothing a client can act on (its response code
+# details) → their HTTP status and the message their Status carries instead.
+EXPLAINED_LOCAL_REPLIES = {
+    "low_version": (426, "HTTP/1.0 is not served here: send the request over HTTP/1.1 or HTTP/2"),
+    "upgrade_failed": (
+        403,
+        "no protocol upgrade (WebSocket) is served here: send the request without an Upgrade header",
+    ),
+    "path_normalization_failed": (
+        400,
+        "the request's path is not one the edge can normalize (a '#' or a malformed escape)",
+    ),
+    "absolute_path_rejected": (404, "the request's target must be a path, such as /v1/products"),
+}
+
+# The field violation's reason, in the 400 for a `QUERY` without a content type (RFC 10008, The HTTP QUERY
+# Method: its content says what to query, so it must say what the content is). Envoy refuses it in its
+# connection manager, before any route or filter, with an empty body: its local reply is given this Status.
+QUERY_WITHOUT_CONTENT_TYPE = "QUERY_WITHOUT_CONTENT_TYPE"
+_QUERY_WITHOUT_CONTENT_TYPE_DETAILS = "query_missing_content_type"
+# The domain of the ErrorInfo in the edge's own answers that carry one: the API's, the gateway's.
+ERROR_DOMAIN = "shopmesh.gateway"
+
+
+def validation_failed(message: str, violation: dict[str, str]) -> str:
+    """The JSON google.rpc.Status of an edge refusal, with the details the services give a client's mistake."""
+    body = {
+        "code": grpc_code.INVALID_ARGUMENT,
+        "message": message,
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "VALIDATION_FAILED",
+                "domain": ERROR_DOMAIN,
+                "metadata": {},
+            },
+            {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [violation]},
+        ],
+    }
+    return json.dumps(body, separators=(",", ":"))
+
+
+def status_is(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
+    """A local-reply filter matching Envoy's HTTP status `status` (op "GE": that status or above; runtime_key:
+    Envoy requires one per filter)."""
+    return {
+        "status_code_filter": {"comparison": {"op": op, "value": {"default_value": status, "runtime_key": runtime_key}}}
+    }
+
+
+def local_reply(status: int, code: int) -> dict[str, Any]:
+    """Envoy's local reply with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
+    grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>, "details": []}: the
+    shape the transcoder gives the gateway's errors, whose `details` is there when empty too."""
+    return {
+        "filter": {"and_filter": {"filters": [status_is(status, f"local_reply_{status}"), http_json()]}},
+        "body_format_override": _status_json(code),
+    }
+
+
+def unlisted_local_reply() -> dict[str, Any]:
+    """Any other error Envoy answers an HTTP/JSON client with (its HTTP status from 400 on, in neither
+    LOCAL_REPLY_CODES nor GRPC_HTTP_STATUS_CODES) as a Status of UNLISTED_LOCAL_REPLY_CODE with Envoy's text:
+    a client reads every error of the edge's in one shape, whatever Envoy adds or a release of it sends."""
+    status_filter = status_is(FIRST_ERROR_STATUS, "local_reply_unlisted", op="GE")
+    return {
+        "filter": {"and_filter": {"filters": [status_filter, http_json()]}},
+        "body_format_override": _status_json(UNLISTED_LOCAL_REPLY_CODE),
+    }
+
+
+def _status_json(code: int) -> dict[str, Any]:
+    """A local reply's body as a google.rpc.Status of this code, its message the reply's text."""
+    return {
+        "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []},
+        "content_type": "application/json",
+    }
+
+
+def http_json() -> dict[str, Any]:
+    """A local reply to an HTTP/JSON request, whether or not the transcoder has made it gRPC yet."""
+    return {"or_filter": {"filters": [_not_grpc(), _transcoded()]}}
+
+
+def explained(details: str, status: int, message: str) -> dict[str, Any]:
+    """Envoy's local reply for this reason (its response code details; its HTTP status is `status`) to an HTTP
+    client, with this message in its Status (EXPLAINED_LOCAL_REPLIES), its code the status's (LOCAL_REPLY_CODES)."""
+    expression = f"response.code_details == '{details}'"
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {
+                        "extension_filter": {
+                            "name": "envoy.access_loggers.extension_filters.cel",
+                            "typed_config": {"@type": _CEL_FILTER, "expression": expression},
+                        }
+                    },
+                    http_json(),
+                ]
+            }
+        },
+        "body": {"inline_string": message},
+        "body_format_override": _status_json(LOCAL_REPLY_CODES[status]),
+    }
+
+
+def status_as_it_is(route: str) -> dict[str, Any]:
+    """The direct responses of the routes of this name, whose body is a google.rpc.Status in JSON already,
+    sent as JSON."""
+    return {
+        "filter": {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {"@type": _CEL_FILTER, "expression": f"xds.route_name == '{route}'"},
+            }
+        },
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
+
+
+def query_without_content_type() -> dict[str, Any]:
+    """Envoy's 400 for a `QUERY` without a content type, whose own body is empty (`{"code":3,"message":""}`
+    once mapped): a Status saying what to send instead. Matched by Envoy's reason for the reply, not by the
+    request: no other 400 is taken for it."""
+    body = validation_failed(
+        "a QUERY request must say what its content is: send it with a Content-Type header "
+        "(RFC 10008, The HTTP QUERY Method)",
+        # No field: the header is none of a request message's.
+        {"description": "a QUERY's content needs a Content-Type", "reason": QUERY_WITHOUT_CONTENT_TYPE},
+    )
+    expression = f"response.code_details == '{_QUERY_WITHOUT_CONTENT_TYPE_DETAILS}'"
+    return {
+        "filter": {
+            "extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {"@type": _CEL_FILTER, "expression": expression},
+            }
+        },
+        "body": {"inline_string": body},
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
+
+
+def _not_grpc() -> dict[str, Any]:
+    """A request that is not gRPC (nor gRPC-Web), as it came in."""
+    return {"header_filter": {"header": NOT_GRPC}}
+
+
+def _transcoded() -> dict[str, Any]:
+    """An HTTP/JSON request the transcoder has already turned into gRPC (its content type says gRPC by
+    then): the transcoder keeps the path it came with."""
+    return {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}

@@ -1,0 +1,151 @@
+"""How large a request may be: a body over MAX_REQUEST_BYTES is refused (by the buffer filter, and on the
+unbuffered routes by its declared length) and answered RESOURCE_EXHAUSTED with an ErrorInfo, to HTTP/JSON, gRPC
+and gRPC-Web clients alike; headers over MAX_REQUEST_HEADERS_KIB are refused too."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from google.protobuf import any_pb2
+from google.rpc import code_pb2 as grpc_code
+from google.rpc import error_details_pb2, status_pb2
+
+from .contract import PUBLIC_SERVICE
+from .cors import readable_cross_origin
+from .local_replies import ERROR_DOMAIN, http_json, status_is
+from .matching import FILTER_CONFIG, GRPC, GRPC_WEB_TEXT, TRANSCODER_OFF, set_header
+
+BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+BUFFER_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+
+# A request body larger than this is refused (413) before it is transcoded or forwarded: no call of the API
+# needs more. (With Envoy 1.40 the transcoder's own max_request_body_size let a larger unary JSON body
+# through; the buffer filter does not.)
+MAX_REQUEST_BYTES = 1024 * 1024
+# The longest content-length of a gRPC-Web text request (base64, padded) whose decoded body is within
+# MAX_REQUEST_BYTES, as the buffer filter measures it after the gRPC-Web filter: 4 characters per 3 bytes begun.
+# The decoded body is the gRPC frames, headers and all, as in binary mode. Padding makes it 1 or 2 bytes lenient.
+MAX_REQUEST_BASE64_BYTES = 4 * -(-MAX_REQUEST_BYTES // 3)
+# The ErrorInfo reason of the RESOURCE_EXHAUSTED a gRPC or gRPC-Web client gets for a request over
+# MAX_REQUEST_BYTES, and its message. Envoy's own answer is UNKNOWN "Payload Too Large" (gRPC's mapping of a 413,
+# meant for a client reading a proxy that speaks no gRPC); a gRPC server answers a message over its limit
+# RESOURCE_EXHAUSTED, so a client handles both alike.
+REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+REQUEST_TOO_LARGE_MESSAGE = f"the request is larger than the edge takes: {MAX_REQUEST_BYTES} bytes (1 MiB) at most"
+# A request whose headers (its path and query string included) are larger is refused (431) before anything
+# reads it. Envoy's own default, stated because the gateway's gRPC server must take what the edge forwards as
+# metadata: these headers and the transcoder's copy of the path (x-envoy-original-path), so at most about twice
+# this (shopmesh_chassis.server.MAX_METADATA_BYTES).
+MAX_REQUEST_HEADERS_KIB = 60
+
+
+def declared_too_large() -> list[dict[str, Any]]:
+    """gRPC or gRPC-Web for a method of ShopService's that unknown_method_forwarded would take, whose
+    content-length says it is over MAX_REQUEST_BYTES: refused on its headers (413, which gRPC and gRPC-Web
+    clients get as RESOURCE_EXHAUSTED, grpc_too_large, as the buffer filter answers the other methods). Unbuffered,
+    that route has no limit of the edge's own: Envoy 1.40 bounds a streamed body only by buffering it (a route's
+    request_body_buffer_limit is how much it buffers, not a limit on what it forwards). A declared length is
+    binding (Envoy's codecs refuse a body that differs from it), and a browser's gRPC-Web client declares one; a gRPC
+    client streaming without one is held to the gateway's own limit of a message (GRPC_MAX_RECEIVE_MESSAGE_BYTES,
+    1 MiB) instead. gRPC-Web's text mode declares the length of its base64, which the buffer filter never sees
+    (it comes after the gRPC-Web filter, which decodes it): held to MAX_REQUEST_BASE64_BYTES, so a call refused
+    here is one the buffer filter would refuse on another method."""
+    return [
+        _refused_as_too_large([GRPC_WEB_TEXT, _content_length_over(MAX_REQUEST_BASE64_BYTES)]),
+        _refused_as_too_large([GRPC, {**GRPC_WEB_TEXT, "invert_match": True}, _content_length_over(MAX_REQUEST_BYTES)]),
+    ]
+
+
+def _content_length_over(limit: int) -> dict[str, Any]:
+    return {"name": "content-length", "range_match": {"start": limit + 1, "end": 2**63 - 1}}
+
+
+def _refused_as_too_large(headers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A call of ShopService's with these headers, refused as too large (declared_too_large)."""
+    return {
+        "match": {"prefix": f"/{PUBLIC_SERVICE}/", "headers": headers},
+        "direct_response": {"status": 413, "body": {"inline_string": "Payload Too Large"}},
+        "response_headers_to_add": readable_cross_origin(),
+        "typed_per_filter_config": {
+            **TRANSCODER_OFF,
+            "envoy.filters.http.buffer": {"@type": FILTER_CONFIG, "disabled": True},
+        },
+    }
+
+
+def http_too_large() -> dict[str, Any]:
+    """The 413 of an HTTP/JSON request over MAX_REQUEST_BYTES (the buffer filter's), with the message and the
+    ErrorInfo a gRPC client gets for it (grpc_too_large), in place of Envoy's "Payload Too Large"."""
+    body = json.dumps(
+        {
+            "code": grpc_code.RESOURCE_EXHAUSTED,
+            "message": REQUEST_TOO_LARGE_MESSAGE,
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": REQUEST_TOO_LARGE,
+                    "domain": ERROR_DOMAIN,
+                    "metadata": {"max_request_bytes": str(MAX_REQUEST_BYTES)},
+                }
+            ],
+        },
+        separators=(",", ":"),
+    )
+    return {
+        "filter": {"and_filter": {"filters": [status_is(413, "local_reply_413_http"), http_json()]}},
+        "body": {"inline_string": body},
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
+
+
+def grpc_too_large() -> dict[str, Any]:
+    """The 413 of a gRPC or gRPC-Web call over MAX_REQUEST_BYTES (the buffer filter's, declared_too_large's) as
+    RESOURCE_EXHAUSTED, naming the limit, with the ErrorInfo the services give in grpc-status-details-bin: the
+    whole trailers-only answer, in headers, with no body. For gRPC alone, a grpc-status added here would do (Envoy
+    keeps one its local reply has); but Envoy decides a reply is gRPC's by the request as it came, and gRPC-Web's
+    is not: its 413 goes out as HTTP, and the gRPC-Web filter makes the HTTP status its grpc-status (UNKNOWN),
+    over this one. Answered as gRPC (200, gRPC's content type), the filter passes the status on."""
+    status = status_pb2.Status(
+        code=grpc_code.RESOURCE_EXHAUSTED,
+        message=REQUEST_TOO_LARGE_MESSAGE,
+        details=[
+            _packed(
+                error_details_pb2.ErrorInfo(
+                    reason=REQUEST_TOO_LARGE,
+                    domain=ERROR_DOMAIN,
+                    metadata={"max_request_bytes": str(MAX_REQUEST_BYTES)},
+                )
+            )
+        ],
+    )
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    status_is(413, "local_reply_413_grpc"),
+                    {"header_filter": {"header": GRPC}},
+                ]
+            }
+        },
+        "status_code": 200,
+        "headers_to_add": [
+            set_header("content-type", "application/grpc"),
+            set_header("grpc-status", str(grpc_code.RESOURCE_EXHAUSTED)),
+            # As it is: printable ASCII without '%' is its own percent-encoding.
+            set_header("grpc-message", REQUEST_TOO_LARGE_MESSAGE),
+            set_header("grpc-status-details-bin", base64.b64encode(status.SerializeToString()).decode()),
+        ],
+        # No body: with one, Envoy would send it as the answer's data, which no gRPC client reads as a message.
+        "body": {"inline_string": ""},
+    }
+
+
+def _packed(message: error_details_pb2.ErrorInfo) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
