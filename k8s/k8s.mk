@@ -89,5 +89,13 @@ http-api: setup ## Write helm/gateway/files/ (the HTTP/JSON edge's Envoy configu
 check-http-api: setup
 	$(VENV_BIN)/python k8s/http_api.py --check
 
-# `make lint` fails when the committed dashboard or the gateway chart's files are not what k8s/ writes.
-lint: check-dashboards check-http-api
+.PHONY: values-schema check-values-schema
+values-schema: setup ## Write every chart's values.schema.json (helm/<service>/, helm/shopmesh/) from k8s/values_schema.py
+	$(VENV_BIN)/python k8s/values_schema.py
+
+check-values-schema: setup
+	$(VENV_BIN)/python k8s/values_schema.py --check
+
+# `make lint` fails when the committed dashboard, the gateway chart's files or the charts' values schemas are
+# not what k8s/ writes.
+lint: check-dashboards check-http-api check-values-schema

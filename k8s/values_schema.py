@@ -1,0 +1,283 @@
+"""Write (or check) every chart's values.schema.json: helm/<service>/ and the umbrella helm/shopmesh/.
+
+    .venv/bin/python k8s/values_schema.py          write them
+    .venv/bin/python k8s/values_schema.py --check  exit 1 if one is missing or differs from what this writes
+
+Helm checks a chart's values against its values.schema.json on install, upgrade, template and lint, and
+each subchart's against the subchart's own: a misspelt key (`resource:`, `autoscalling:`) or a wrong type
+(`replicaCount: "2"`) is refused with the key's path instead of rendering without it. The keys every
+service chart takes are the library chart's (helm/shopmesh-lib, which reads them all in _config.tpl), so
+they are described once here, with `global:` (the same in every chart: a values-<set>.yaml works for a
+service chart alone) and each chart's own keys, and written into each chart. Not a schema in the library
+chart itself: Helm validates a dependency's schema against values[<its name>] (`shopmesh-lib:`, which holds
+only the copied `global:`), never against the service chart's keys that the library's templates read.
+
+Maps whose keys are the user's (env, labels, nodeSelector, Kubernetes objects passed through: peers,
+affinity, tolerations, parentRefs) take any key; every other map refuses a key it does not know.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HELM = ROOT / "helm"
+UMBRELLA = "shopmesh"
+SCHEMA = "values.schema.json"
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
+from shopmesh_platform.topology import SERVICES  # noqa: E402
+
+Schema = dict[str, Any]
+
+
+def nullable(schema: Schema) -> Schema:
+    """`schema` or null: Helm's way to drop a default (`--set catalog.resources.limits=null`), which it leaves in
+    the values where the chart has no default to drop, and the templates read as unset."""
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return {**schema, "type": [*types, "null"] if "null" not in types else types}
+    if "enum" in schema:
+        return schema if None in schema["enum"] else {**schema, "enum": [*schema["enum"], None]}
+    null: Schema = {"type": "null"}
+    return schema if null in schema["anyOf"] else {**schema, "anyOf": [*schema["anyOf"], null]}
+
+
+def strict(description: str | None = None, /, **properties: Schema) -> Schema:
+    """A map of these keys only (none required: every key has a default somewhere), each of them nullable."""
+    schema: Schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {key: nullable(value) for key, value in properties.items()},
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def map_of(values: Schema, description: str | None = None) -> Schema:
+    """A map whose keys are the user's, each value `values` (or null)."""
+    schema: Schema = {"type": "object", "additionalProperties": nullable(values)}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def list_of(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+STRING: Schema = {"type": "string"}
+BOOLEAN: Schema = {"type": "boolean"}
+INTEGER: Schema = {"type": "integer"}
+NUMBER: Schema = {"type": "number"}
+# Kubernetes objects passed through as written (a NetworkPolicy peer, an affinity, a toleration): the API
+# server validates them.
+OBJECT: Schema = {"type": "object"}
+# Text that may be written as a number (an all-digit tag, an env value): shopmesh-lib.string prints it back.
+TEXT: Schema = {"type": ["string", "number"]}
+PEERS: Schema = list_of(OBJECT)
+# A quantity (100m, 1, "256Mi"), or null: no such key (`--set ...limits.cpu=null`).
+QUANTITIES: Schema = map_of({"type": ["string", "number"]})
+RESOURCES: Schema = strict("requests and limits, key by key over the defaults", requests=QUANTITIES, limits=QUANTITIES)
+IMAGE_PULL_SECRETS: Schema = list_of({"anyOf": [STRING, strict(name=STRING)]})
+NODE_SELECTOR: Schema = map_of({"type": ["string", "number", "boolean"]})
+STRING_MAP: Schema = map_of(STRING)
+AUTOSCALING: Schema = strict(
+    enabled=BOOLEAN, minReplicas=INTEGER, maxReplicas=INTEGER, targetCPUUtilizationPercentage=INTEGER
+)
+PDB: Schema = strict(enabled=BOOLEAN, minAvailable={"type": ["integer", "string"]})
+# Seconds: the render adds them up and checks them (_config.tpl), so not necessarily whole.
+DRAIN: Schema = strict(
+    drainDelaySeconds=NUMBER,
+    shutdownGraceSeconds=NUMBER,
+    shutdownHooksBudgetSeconds=NUMBER,
+    terminationGracePeriodSeconds=NUMBER,
+)
+CANARY: Schema = strict(enabled=BOOLEAN, weight=NUMBER, replicaCount=INTEGER, image=strict(tag=TEXT, digest=STRING))
+# _config.tpl checks each one's form (a duration, a gRPC status, a percentage) with its own message.
+FAULT: Schema = strict(delay=TEXT, abort=STRING, percent=TEXT)
+ROUTE: Schema = strict(parentRefs=list_of(OBJECT), hostnames=list_of(STRING))
+ALERT: Schema = {
+    **strict(alert=STRING, expr=STRING, severity=STRING, summary=STRING, description=STRING, **{"for": STRING}),
+    "required": ["alert", "expr"],
+}
+# The scheduling and pull settings: in global: for every pod, in a service chart to replace the global one.
+SCHEDULING: dict[str, Schema] = {
+    "imagePullSecrets": IMAGE_PULL_SECRETS,
+    "nodeSelector": NODE_SELECTOR,
+    "tolerations": list_of(OBJECT),
+    "affinity": OBJECT,
+    "priorityClassName": STRING,
+}
+# Settings a service chart may give and global: gives every service (the service's value wins).
+SHARED: dict[str, Schema] = {
+    "replicaCount": INTEGER,
+    "autoscaling": AUTOSCALING,
+    "podDisruptionBudget": PDB,
+    "drain": DRAIN,
+    "logLevel": STRING,
+    "logFormat": STRING,
+    "podAnnotations": STRING_MAP,
+    "podLabels": STRING_MAP,
+    "tests": strict(enabled=BOOLEAN),
+    "topologySpread": BOOLEAN,
+    **SCHEDULING,
+}
+
+# global: the environment's settings (helm/shopmesh/values*.yaml), read by the library chart and the umbrella.
+GLOBAL: Schema = strict(
+    "environment-wide settings, the same for the umbrella chart and any service chart alone",
+    environment=STRING,
+    imageRegistry=STRING,
+    thirdPartyRegistry=STRING,
+    imageTag=TEXT,
+    imagePullPolicy={"enum": ["Always", "IfNotPresent", "Never"]},
+    resources=map_of(RESOURCES, "per service: the environment's sizing of it"),
+    database=strict(mode={"enum": ["sqlite", "postgres"]}, port=INTEGER, peers=PEERS),
+    nats=strict(url=STRING, existingSecret=STRING, secretKey=STRING, port=INTEGER, peers=PEERS),
+    smtp=strict(host=STRING, port=INTEGER, useTLS=BOOLEAN, existingSecret=STRING, peers=PEERS),
+    networkPolicy=strict(
+        enabled=BOOLEAN,
+        clients=PEERS,
+        dns=PEERS,
+        scrapers=PEERS,
+        extraEgress=list_of(OBJECT),
+        extraIngress=list_of(OBJECT),
+    ),
+    mesh={"enum": ["", "istio", "linkerd"]},
+    meshPolicy=strict(
+        enabled=BOOLEAN,
+        trustDomain=STRING,
+        ejectAfterConsecutiveErrors=INTEGER,
+        ejectionSeconds=INTEGER,
+        linkerdInboundPort=INTEGER,
+    ),
+    canary=map_of(CANARY, "per service: its canary"),
+    faults=map_of(FAULT, "per service: a fault injected into its calls"),
+    httpApi=strict(image=STRING, resources=RESOURCES),
+    otel=strict(endpoint=STRING, port=INTEGER, samplerRatio=NUMBER, peers=PEERS),
+    monitoring=strict(
+        enabled=BOOLEAN,
+        interval=STRING,
+        labels=STRING_MAP,
+        dashboards=strict(enabled=BOOLEAN, namespace=STRING),
+        errorRatio=NUMBER,
+        latencyP99Seconds=NUMBER,
+        consumerBacklog=INTEGER,
+        runbookUrl=STRING,
+    ),
+    **SHARED,
+)
+
+# A service chart's keys: what the library chart's templates read (_config.tpl), plus `global:` and the
+# umbrella's `enabled` (its dependency condition, which Helm leaves in the subchart's values).
+LIBRARY: dict[str, Schema] = {
+    "global": GLOBAL,
+    "enabled": BOOLEAN,
+    "service": strict(name=STRING, grpcServices=list_of(STRING)),
+    "image": strict(
+        registry=STRING, repository=STRING, tag=TEXT, digest=STRING, pullPolicy=GLOBAL["properties"]["imagePullPolicy"]
+    ),
+    "resources": RESOURCES,
+    "defaultResources": RESOURCES,
+    "probes": strict(
+        readinessPeriodSeconds=NUMBER,
+        readinessFailureThreshold=NUMBER,
+        livenessPeriodSeconds=INTEGER,
+        startupFailureThreshold=INTEGER,
+    ),
+    "database": strict(
+        enabled=BOOLEAN,
+        mode={"enum": ["sqlite", "postgres"]},
+        existingSecret=STRING,
+        secretKey=STRING,
+        dataSizeLimit=STRING,
+    ),
+    "idempotency": strict(enabled=BOOLEAN, existingSecret=STRING, secretKey=STRING),
+    "events": strict(publishes=list_of(STRING), consumes=list_of(STRING)),
+    "email": strict(enabled=BOOLEAN),
+    "callers": list_of(STRING),
+    "callerMethods": map_of(list_of(STRING), "per caller: the methods it calls"),
+    "calls": list_of(STRING),
+    "networkPolicy": strict(enabled=BOOLEAN, extraEgress=list_of(OBJECT), extraIngress=list_of(OBJECT)),
+    "canary": CANARY,
+    "fault": FAULT,
+    "httpApi": strict(enabled=BOOLEAN, image=STRING, port=INTEGER, resources=RESOURCES),
+    "ingress": strict(http=ROUTE, grpc=ROUTE, traces=BOOLEAN),
+    "alerts": list_of(ALERT),
+    "env": map_of({"type": ["string", "number", "boolean"]}, "service-specific settings, as environment variables"),
+    **SHARED,
+}
+
+# Each chart's own keys, beside the library's (a service chart) or its subcharts' (the umbrella).
+OWN: dict[str, dict[str, Schema]] = {
+    # Helm gives every dependency a scope of its own, the library too: a copy of global: under its name.
+    **{
+        name: {"shopmesh-lib": {"type": "object", "description": "Helm's scope of the library chart"}}
+        for name in SERVICES
+    },
+    UMBRELLA: {
+        "global": GLOBAL,
+        "defaultDenyNetworkPolicy": strict(enabled=BOOLEAN),
+        # Each service's own values: its chart's schema checks them (Helm validates every subchart).
+        **{name: {"type": "object", "description": f"the {name} chart's values"} for name in SERVICES},
+    },
+}
+
+
+def schema(chart: str) -> Schema:
+    properties = {
+        key: nullable(value) for key, value in {**(LIBRARY if chart != UMBRELLA else {}), **OWN.get(chart, {})}.items()
+    }
+    return {
+        "$schema": DRAFT,
+        "title": f"values of the {chart} chart",
+        "$comment": "Generated by k8s/values_schema.py: edit that, then `make values-schema`.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": dict(sorted(properties.items())),
+    }
+
+
+def charts() -> list[str]:
+    return [*SERVICES, UMBRELLA]
+
+
+def rendered(chart: str) -> str:
+    return json.dumps(schema(chart), indent=2) + "\n"
+
+
+def problems() -> list[str]:
+    found = []
+    for chart in charts():
+        path = HELM / chart / SCHEMA
+        if not path.is_file():
+            found.append(f"{path.relative_to(ROOT)} is missing")
+        elif path.read_text() != rendered(chart):
+            found.append(f"{path.relative_to(ROOT)} differs from what k8s/values_schema.py writes")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    if args.check:
+        found = problems()
+        for problem in found:
+            print(f"error: {problem}: run `make values-schema`", file=sys.stderr)
+        return 1 if found else 0
+    for chart in charts():
+        (HELM / chart / SCHEMA).write_text(rendered(chart))
+        print(f"helm/{chart}/{SCHEMA}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
