@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from shopmesh_platform.ports import PortPlan
 from shopmesh_platform.shoppers import Checkout, arguments, server_fault, shop
-from shopmesh_platform.stack import PortPlan, Stack
+from shopmesh_platform.stack import Stack
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh_chassis.testing import eventually
-from shopmesh_platform.stack import PortPlan
+from shopmesh_platform.ports import PortPlan
 
 MARKER = "<!-- walkthrough -->"
 

@@ -20,7 +20,8 @@ from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_platform.mesh import faults
 from shopmesh_platform.mesh.identity import channel_as
-from shopmesh_platform.stack import Canary, Stack, postgres_env
+from shopmesh_platform.ports import Canary
+from shopmesh_platform.stack import Stack, postgres_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

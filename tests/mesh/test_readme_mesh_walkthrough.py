@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shopmesh_platform.stack import PortPlan
+from shopmesh_platform.ports import PortPlan
 
 MARKER = "<!-- mesh walkthrough -->"
 

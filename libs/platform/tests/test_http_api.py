@@ -12,7 +12,9 @@ import pytest
 
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_platform.http_api import GRPC_CONTENT_TYPE, PUBLIC_SERVICE, descriptor_set
-from shopmesh_platform.stack import HTTP_API, PortPlan, Stack, StackError
+from shopmesh_platform.ports import PortPlan
+from shopmesh_platform.processes import StackError
+from shopmesh_platform.stack import HTTP_API, Stack
 
 
 def gateway_endpoint(config: dict[str, Any]) -> str:

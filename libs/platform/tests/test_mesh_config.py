@@ -18,7 +18,9 @@ from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_KIB
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
-from shopmesh_platform.stack import Canary, PortPlan, Stack, StackError, envoy_binary
+from shopmesh_platform.ports import Canary, PortPlan
+from shopmesh_platform.processes import StackError
+from shopmesh_platform.stack import Stack, envoy_binary
 from shopmesh_platform.topology import METHODS_CALLED, SERVICES, is_edge, local_sidecar_ports, service_callers
 
 

@@ -31,7 +31,9 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_chassis.testing.postgres import postgres_bin
 from shopmesh_platform import run
-from shopmesh_platform.stack import DEFAULT_STOP_TIMEOUT, Canary, Stack, StackError, sidecar_name
+from shopmesh_platform.ports import Canary
+from shopmesh_platform.processes import StackError
+from shopmesh_platform.stack import DEFAULT_STOP_TIMEOUT, Stack, sidecar_name
 from shopmesh_platform.topology import SERVICES
 from shopmesh_platform.traces import load
 
@@ -899,7 +901,7 @@ FAILING_POSTGRES_LAUNCHER = (
     "import asyncio, sys\n"
     "from pathlib import Path\n"
     "from shopmesh_platform import run\n"
-    "from shopmesh_platform.stack import StackError\n"
+    "from shopmesh_platform.processes import StackError\n"
     "run._POSTGRES_STOP_SECONDS = 3600.0\n"
     "async def failing_once_held(server, process, output):\n"
     "    print(f'PostgreSQL spawned as {process.pid}', flush=True)\n"
@@ -959,7 +961,8 @@ FAILING_STACK_LAUNCHER = (
     "import asyncio, sys\n"
     "from pathlib import Path\n"
     "from shopmesh_platform import run\n"
-    "from shopmesh_platform.stack import NATS, Stack, StackError\n"
+    "from shopmesh_platform.processes import StackError\n"
+    "from shopmesh_platform.stack import NATS, Stack\n"
     "run._POSTGRES_STOP_SECONDS = 3600.0\n"
     "start_child = Stack._start_child\n"
     "async def failing_once_nats_held(self, child):\n"

@@ -30,19 +30,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 import shopmesh_platform.stack as stack_module
 from shopmesh_chassis.testing import LOCAL_STACK_PORTS, eventually, health_status
 from shopmesh_platform.logsink import ConsoleSink
+from shopmesh_platform.ports import PortInUse, PortPlan
+from shopmesh_platform.processes import StackError, signal_child, spawn
 from shopmesh_platform.smtp_sink import read_mail
-from shopmesh_platform.stack import (
-    NATS,
-    SMTP,
-    PortInUse,
-    PortPlan,
-    ServiceSpec,
-    Stack,
-    StackError,
-    signal_child,
-    spawn,
-    start_waves,
-)
+from shopmesh_platform.stack import NATS, SMTP, ServiceSpec, Stack, start_waves
 from shopmesh_platform.topology import SERVICES
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

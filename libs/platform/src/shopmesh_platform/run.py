@@ -47,24 +47,18 @@ from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server
 from .arguments import seconds
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.protoset import PROTOSET_FILE, methods_of
+from .ports import Canary, PortPlan
+from .processes import Crashed, StackError, crash_at_stop, has_exited, signal_child, spawn
 from .stack import (
     HTTP_API,
     NATS,
     SMTP,
     TRACES,
     TRACES_FOLDER,
-    Canary,
-    Crashed,
-    PortPlan,
     Stack,
-    StackError,
-    crash_at_stop,
     existing_services,
-    has_exited,
     postgres_env,
     sidecar_name,
-    signal_child,
-    spawn,
     undone_on_failure,
     written_by_stack,
 )

@@ -30,17 +30,11 @@ import atexit
 import contextlib
 import dataclasses
 import errno
-import functools
 import importlib.util
 import os
 import secrets
-import select
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +48,7 @@ from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
 from shopmesh_chassis.db import sqlite_url
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
 from shopmesh_chassis.tasks import cancel_and_wait
-from shopmesh_chassis.testing import free_ports, health_status
+from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 
@@ -64,20 +58,22 @@ from .logsink import ConsoleSink, FileLogSink, LogSink
 from .mesh import identity
 from .mesh.envoy import Sidecar, write_bootstrap
 from .mesh.protoset import PROTOSET_FILE, write_protoset
+from .ports import Canary, PortInUse, PortPlan, bind_error
+from .probes import accepts, http_ok, listening
+from .processes import (
+    Crashed,
+    StackError,
+    crash_at_stop,
+    exit_status,
+    failure_message,
+    has_exited,
+    signal_child,
+    spawn,
+)
 from .topology import (
-    LOCAL_HOST,
-    LOCAL_HTTP_ADMIN_PORT,
-    LOCAL_HTTP_PORT,
-    LOCAL_NATS_MONITOR_PORT,
-    LOCAL_NATS_PORT,
-    LOCAL_SMTP_PORT,
-    LOCAL_TRACES_PORT,
     SERVICES,
-    SidecarPorts,
     canary_name,
     is_edge,
-    local_canary_ports,
-    local_sidecar_ports,
     paths_called,
     service_callers,
 )
@@ -108,221 +104,11 @@ DEFAULT_STOP_TIMEOUT = (
 )
 # Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
 _RECENT_LINES = 500
-FAILURE_LINES = 40
-# Chassis services log one line per event, but a traceback or a JSON record can be long.
-_LINE_LIMIT = 1024 * 1024
 _POLL_SECONDS = 0.1
 # TIME_WAIT lasts 60 s on Linux: a port a closed connection holds is free by then.
 PORT_RELEASE_SECONDS = 65.0
 # Inherited variables that would make every child the same service or share one database.
 _PER_SERVICE_VARIABLES = ("SERVICE_NAME", "ERROR_DOMAIN", "DATABASE_URL", "GRPC_HOST", "GRPC_PORT", "METRICS_PORT")
-
-
-class StackError(RuntimeError):
-    """A process of the stack could not be started or restarted; the message shows its last output."""
-
-
-class Crashed(StackError):
-    """A process of the stack exited while it was meant to run; the message shows its last output."""
-
-    def __init__(self, name: str, code: int, output: Iterable[str]) -> None:
-        what = f"exited unexpectedly ({exit_status(code)})"
-        # One line for the console as the stack stops; the whole message for the end.
-        self.summary = f"{name} {what}"
-        super().__init__(failure_message(name, what, output))
-
-
-def crash_at_stop(
-    name: str, code: int | None, output: Iterable[str], *, on_its_own: bool, stop_signal: signal.Signals, killed: bool
-) -> Crashed | None:
-    """How a stop tells a crash from the end it asked for (the error naming the process, or None): the process
-    had exited before its turn (`on_its_own`, looked at before the stop signal), or a signal the stop did not
-    send killed it (neither `stop_signal` nor the stop's own SIGKILL: a SIGSEGV as it shut down, a SIGKILL sent
-    by someone else just before). An exit status the process chose in answer to `stop_signal` is its own end."""
-    if code is not None and (on_its_own or (code < 0 and -code != stop_signal and not killed)):
-        return Crashed(name, code, output)
-    return None
-
-
-def has_exited(process: asyncio.subprocess.Process) -> bool:
-    """Whether `process` has exited, though asyncio may not have reported it yet (`returncode` still None):
-    its exit is only delivered through the event loop, where a signal handled first may have beaten it."""
-    if process.returncode is not None:
-        return True
-    # A pidfd, not waitid(WNOWAIT): that answers "still running" while asyncio's child watcher thread is
-    # collecting the exit. The one `spawn` holds when there is one (None: gone as it started), else one opened
-    # by number. Without pidfds (macOS, Linux before 5.3) only what asyncio reported counts.
-    if process in _pidfds:
-        held = _pidfds[process]
-        return held is None or _readable(held)
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None:
-        return False
-    try:
-        pidfd = pidfd_open(process.pid)
-    except ProcessLookupError:
-        return True  # collected by asyncio's child watcher already, its returncode not yet set
-    except OSError:
-        return False
-    try:
-        return _readable(pidfd)
-    finally:
-        os.close(pidfd)
-
-
-def _readable(pidfd: int) -> bool:
-    """A pidfd is readable once its process has exited."""
-    poll = select.poll()
-    poll.register(pidfd, select.POLLIN)
-    return bool(poll.poll(0))
-
-
-def exit_status(code: int) -> str:
-    """A child's exit as asyncio reports it (a negative status: the signal that killed it), in words."""
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"status {code}"
-
-
-class PortInUse(StackError):
-    """A port the stack needs is taken (often by a stack that is still running)."""
-
-
-@dataclass(frozen=True)
-class Canary:
-    """A second instance of a service in the local mesh, as a canary Deployment on Kubernetes
-    (docs/mesh.md, "Canaries"): its own process `<service>-canary` and sidecar, on the service's database,
-    with the service's identity; the sidecars of the service's callers send it `weight` percent of their
-    calls (Envoy's weighted clusters, as Istio's VirtualService weights)."""
-
-    service: str
-    weight: int = 10
-
-
-@dataclass(frozen=True)
-class ServicePorts:
-    grpc: int
-    # -1: no Prometheus endpoint.
-    metrics: int = -1
-
-
-@dataclass(frozen=True)
-class PortPlan:
-    """Where everything listens. Every service the stack starts needs an entry; every entry is published
-    to every service as `<NAME>_ADDRESS`, so a caller finds a callee even if it is started later."""
-
-    nats: int
-    nats_monitor: int | None
-    services: Mapping[str, ServicePorts]
-    host: str = LOCAL_HOST
-    # The SMTP sink, started only for services that send e-mail; None: no sink.
-    smtp: int | None = None
-    # The trace sink (OTLP/gRPC); None: none, and the services export spans only where their
-    # environment says (OTEL_EXPORTER_OTLP_ENDPOINT), as everywhere else.
-    traces: int | None = None
-    # The local mesh (`make run MESH=envoy`): each service's sidecar, whose inbound listener takes the
-    # service's gRPC port while the service itself listens on the sidecar's app port. None: no mesh.
-    mesh: Mapping[str, SidecarPorts] | None = None
-    # The HTTP/JSON and gRPC-Web edge in front of the gateway (`http_api`): its listener and its admin
-    # interface; None: none (started only with the gateway).
-    http: int | None = None
-    http_admin: int | None = None
-
-    @classmethod
-    def local(cls, *, mesh: bool = False, canary: str | None = None) -> PortPlan:
-        """The fixed local ports of the topology (`make run`); `mesh`: with the sidecars' (MESH=envoy);
-        `canary`: with those of a canary of that service and of its sidecar (`<service>-canary`)."""
-        services = {name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()}
-        sidecars = {name: local_sidecar_ports(name) for name in SERVICES} if mesh else None
-        if canary is not None and canary not in SERVICES:
-            raise StackError(f"a canary of {canary!r}: not a topology service ({', '.join(SERVICES)})")
-        if canary is not None and sidecars is not None:
-            ports = local_canary_ports(canary)
-            services[canary_name(canary)] = ServicePorts(ports.inbound, ports.metrics)
-            sidecars[canary_name(canary)] = ports.sidecar
-        return cls(
-            nats=LOCAL_NATS_PORT,
-            nats_monitor=LOCAL_NATS_MONITOR_PORT,
-            services=services,
-            smtp=LOCAL_SMTP_PORT,
-            traces=LOCAL_TRACES_PORT,
-            mesh=sidecars,
-            http=LOCAL_HTTP_PORT,
-            http_admin=LOCAL_HTTP_ADMIN_PORT,
-        )
-
-    @classmethod
-    def free(
-        cls,
-        names: Iterable[str] | None = None,
-        *,
-        metrics: bool = True,
-        traces: bool = False,
-        mesh: bool = False,
-        canary: str | None = None,
-        http: bool = False,
-        host: str = LOCAL_HOST,
-    ) -> PortPlan:
-        """Ports the OS picks, for the topology's services (default) or the given names: tests run beside
-        each other and beside a developer's `make run`. `traces`: run the trace sink too. `mesh`: a
-        sidecar for each, with an outbound listener for each topology service among `names` it calls.
-        `canary` (with `mesh`): ports for a canary of that service too (`<service>-canary`). `http`: the HTTP/JSON
-        edge in front of the gateway too."""
-        wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
-        if canary is not None and mesh:
-            wanted.append(canary_name(canary))
-        # A canary calls what its service calls.
-        calls = {name: service.calls for name, service in SERVICES.items()}
-        if canary is not None:
-            calls[canary_name(canary)] = SERVICES[canary].calls
-        callees = {name: [c for c in calls.get(name, ()) if c in wanted] for name in wanted}
-        sidecar_count = sum(2 + len(callees[name]) for name in wanted) if mesh else 0
-        # Never one of `make run`'s fixed ports: a stack on free ports runs beside one on those.
-        ports = iter(free_ports(6 + len(wanted) * (2 if metrics else 1) + sidecar_count, host))
-        nats, monitor, smtp, otlp, http_port, http_admin = (next(ports) for _ in range(6))
-        services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
-        sidecars = (
-            {
-                name: SidecarPorts(app=next(ports), admin=next(ports), outbound={c: next(ports) for c in callees[name]})
-                for name in wanted
-            }
-            if mesh
-            else None
-        )
-        return cls(
-            nats=nats,
-            nats_monitor=monitor,
-            services=services,
-            host=host,
-            smtp=smtp,
-            traces=otlp if traces else None,
-            mesh=sidecars,
-            http=http_port if http else None,
-            http_admin=http_admin if http else None,
-        )
-
-    def ports_of(self, name: str) -> ServicePorts:
-        try:
-            return self.services[name]
-        except KeyError:
-            raise StackError(f"the port plan has no ports for {name!r}") from None
-
-    def address(self, name: str) -> str:
-        """Where callers reach `name`: its gRPC server, or in the mesh its sidecar's inbound listener."""
-        return f"{self.host}:{self.ports_of(name).grpc}"
-
-    def sidecar_of(self, name: str) -> SidecarPorts:
-        if self.mesh is None:
-            raise StackError("the port plan has no mesh")
-        try:
-            return self.mesh[name]
-        except KeyError:
-            raise StackError(f"the port plan has no sidecar ports for {name!r}") from None
-
-    @property
-    def nats_url(self) -> str:
-        return f"nats://{self.host}:{self.nats}"
 
 
 @dataclass(frozen=True)
@@ -1090,12 +876,12 @@ class Stack:
             if port in seen:
                 raise PortInUse(f"port {port} is planned twice: {seen[port]} and {label}")
             seen[port] = label
-            error = _bind_error(self.ports.host, port)
+            error = bind_error(self.ports.host, port)
             if error is None:
                 continue
             if error.errno != errno.EADDRINUSE:
                 raise PortInUse(f"cannot listen on {self.ports.host}:{port} ({label}): {error.strerror}")
-            if _listening(self.ports.host, port):
+            if listening(self.ports.host, port):
                 raise PortInUse(
                     f"port {port} ({label}) is already in use on {self.ports.host}: is another `make run` "
                     f"still running? See who holds it: ss -ltnp 'sport = :{port}'"
@@ -1153,7 +939,7 @@ class Stack:
             try:
                 raw = await stream.readline()
             except ValueError:
-                # Longer than _LINE_LIMIT: asyncio has dropped it; keep draining so the child never blocks.
+                # Longer than `spawn`'s line limit: asyncio has dropped it; keep draining so the child never blocks.
                 self._emit(child, "[launcher] an over-long output line was dropped")
                 continue
             if not raw:
@@ -1192,9 +978,9 @@ class Stack:
             status = await health_status(child.address, child.health_service)
             return status == health_pb2.HealthCheckResponse.SERVING
         if child.ready_url is not None:
-            return await _http_ok(self.ports.host, *child.ready_url)
+            return await http_ok(self.ports.host, *child.ready_url)
         host, port = child.address.rsplit(":", 1)
-        return await _accepts(host, int(port))
+        return await accepts(host, int(port))
 
     def _failure(self, child: _Child, what: str) -> str:
         return failure_message(child.name, what, child.recent)
@@ -1229,13 +1015,6 @@ class Stack:
         child.pump = None
 
 
-def failure_message(name: str, what: str, output: Iterable[str]) -> str:
-    """What a process did, with its last FAILURE_LINES output lines (a StackError's message)."""
-    lines = list(output)[-FAILURE_LINES:]
-    shown = "\n".join(f"  {name} | {line}" for line in lines) or "  (no output)"
-    return f"{name} {what}; its last {len(lines)} output lines:\n{shown}"
-
-
 @contextlib.asynccontextmanager
 async def undone_on_failure(undo: Callable[[], Awaitable[object]], failed: Callable[[], None]) -> AsyncIterator[None]:
     """A start (the body) that `undo` takes back when it fails or is cancelled, before the error goes on.
@@ -1264,108 +1043,6 @@ async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
         raise errors[0] if errors else failures from None
 
 
-async def spawn(
-    argv: Sequence[str], env: Mapping[str, str], *, parent_death_signal: str = "TERM", user: str | None = None
-) -> asyncio.subprocess.Process:
-    """Start a child of the stack: output piped to the launcher, its own process group (a terminal's
-    Ctrl-C reaches only the launcher, which stops the children in order; SIGKILL takes a child's own
-    children with it, those that stay in its group: PostgreSQL's leave it), and on Linux SIGTERM when the
-    launcher dies without stopping it (`kill -9`, a crashed test run), through util-linux's setpriv.
-
-    No preexec_fn: with one, Python starts children with fork(), which runs gRPC's fork handlers in the
-    child, and those crash it (SIGSEGV, SIGABRT) about once in ten while the launcher's own gRPC calls
-    (health checks, a test's traffic) are in flight. Without one, Python uses vfork(), which runs none."""
-    if shutil.which(argv[0]) is None:
-        # Checked here: through setpriv, a missing program would only show as exit status 127.
-        raise FileNotFoundError(errno.ENOENT, "no such executable", argv[0])
-    process = await asyncio.create_subprocess_exec(
-        *_with_parent_death_signal(argv, parent_death_signal, user),
-        env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        limit=_LINE_LIMIT,
-        process_group=0,
-    )
-    _hold_pidfd(process)
-    return process
-
-
-# Each child `spawn` started, with a pidfd opened as it started (None: it was gone by then), closed with its
-# Process object. Signals go through it: a pidfd names one process, so a signal reaches that child or, once
-# it has been reaped, nothing; never another process given its number since. A number would be a guess.
-# A child missing here has no pidfd (a system without them): `signal_child` falls back to its number.
-_pidfds: weakref.WeakKeyDictionary[asyncio.subprocess.Process, int | None] = weakref.WeakKeyDictionary()
-
-
-def _hold_pidfd(process: asyncio.subprocess.Process) -> None:
-    """Never raises: the child runs already, and a spawn that failed now would leave it running unowned."""
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except ProcessLookupError:  # exited and reaped already: nothing left to signal
-        _pidfds[process] = None
-        return
-    except (AttributeError, OSError):
-        # No pidfd_open (macOS), or refused: ENOSYS before Linux 5.3, EPERM under a seccomp profile that
-        # predates it (older Docker), gVisor. Signals then go by number, as they did before pidfds.
-        return
-    try:
-        # Still our child (a zombie at worst)? asyncio's watcher thread may have reaped it in the instant
-        # since it started, and the number gone to another process, which is no child of ours.
-        reaped = _reaped(pidfd)
-    except (AttributeError, OSError):
-        # Linux 5.3 opens pidfds but waitid takes them only from 5.4 (EINVAL): without that look a pidfd
-        # cannot tell our child from another process given its number, so it is no better than the number.
-        os.close(pidfd)
-        return
-    if reaped:
-        os.close(pidfd)
-        _pidfds[process] = None
-        return
-    _pidfds[process] = pidfd
-    weakref.finalize(process, os.close, pidfd)
-
-
-def _reaped(pidfd: int) -> bool:
-    """Whether the child of `pidfd` has been reaped (a zombie is not: its number is still taken)."""
-    try:
-        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return False
-
-
-def _with_parent_death_signal(
-    argv: Sequence[str], signal_name: str = "TERM", user: str | None = None
-) -> tuple[str, ...]:
-    setpriv = _setpriv()
-    if setpriv is None:
-        return tuple(argv) if user is None else ("runuser", "-u", user, "--", *argv)
-    # The signal is tied to the thread that started setpriv, the launcher's, and survives the exec.
-    with_signal = (setpriv, "--pdeathsig", signal_name, "--", *argv)
-    if user is None:
-        return with_signal
-    # The kernel clears a parent-death signal when the process's user changes: a second setpriv sets it
-    # once the first has switched. Both exec in place, so the parent is still the launcher.
-    return (setpriv, f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *with_signal)
-
-
-@functools.cache
-def _setpriv() -> str | None:
-    """util-linux's setpriv if it can set a parent-death signal (Linux only; BusyBox's and versions
-    before util-linux 2.33 cannot): tried once. Without it children are stopped by the launcher alone."""
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    if setpriv is None:
-        return None
-    try:
-        tried = subprocess.run(
-            [setpriv, "--pdeathsig", "TERM", "--", "true"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return setpriv if tried.returncode == 0 else None
-
-
 def _require_file(path: Path, what: str, remedy: str) -> None:
     if not path.is_file():
         raise StackError(f"{what} is missing at {path}: {remedy}")
@@ -1378,109 +1055,3 @@ def _signal(child: _Child, process: asyncio.subprocess.Process, sig: signal.Sign
     if sig == signal.SIGKILL:
         child.killed = True
     signal_child(process, sig)
-
-
-# linux/pidfd.h: pidfd_send_signal to the process group the pidfd's process leads (Linux 6.9 and later).
-_PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
-
-
-def signal_child(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-    """Signal a child `spawn` started, through the pidfd held since its start; SIGKILL takes its whole process
-    group. Gone already (reaped): nothing.
-
-    Not process.send_signal: it polls first, which collects an exit before asyncio's child watcher does, and
-    the watcher then reports status 255 ("Unknown child process") instead of the real one. Not os.kill: between
-    a look that the child still runs and the kill, the watcher thread may reap it and its number go to another
-    process. Only a child `spawn` holds no pidfd for (a system without them) is signalled by number, with
-    that risk, as nothing better is left there."""
-    if process not in _pidfds:
-        _signal_by_number(process, sig)
-        return
-    pidfd = _pidfds[process]
-    if pidfd is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        if sig != signal.SIGKILL:
-            signal.pidfd_send_signal(pidfd, sig)
-            return
-        # The whole group: whatever the child started dies with it, even once the child itself is reaped.
-        try:
-            signal.pidfd_send_signal(pidfd, sig, None, _PIDFD_SIGNAL_PROCESS_GROUP)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            _kill_group_before_linux_6_9(process, pidfd)
-
-
-def _kill_group_before_linux_6_9(process: asyncio.subprocess.Process, pidfd: int) -> None:
-    """SIGKILL the child's process group where pidfds cannot signal a group: by number, and only while the
-    child is not reaped (running, or a zombie). Until then its number, so its group's, is taken and cannot
-    have gone to another process; the window left is the instant from this look to the kill, in which the
-    watcher thread would have to reap it and the kernel hand the number out again (it does so in turn, so
-    only after going once round every other free number).
-
-    A reaped child gets nothing, and its group neither: the number names its group only while a process
-    remains in it, and a group that emptied may be another's by now; nothing tells the two apart by number.
-    Whatever the child had started and left in its group then outlives it, unless it ends with its parent
-    (PostgreSQL's backends do): the limit of these kernels."""
-    if not _reaped(pidfd):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _signal_by_number(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-    """`signal_child` without a pidfd: the number may have gone to another process once the child is reaped."""
-    with contextlib.suppress(ProcessLookupError):
-        if sig == signal.SIGKILL:
-            # The whole group: whatever the child started dies with it.
-            os.killpg(process.pid, sig)
-        elif not has_exited(process):
-            os.kill(process.pid, sig)
-
-
-def _bind_error(host: str, port: int) -> OSError | None:
-    """Why a server could not bind host:port now (None: it could)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR, as servers bind: TIME_WAIT leftovers of a stopped stack's own servers do not count;
-        # a listening socket, or a client connection's local end (open or in TIME_WAIT), still does.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc
-        return None
-
-
-def _listening(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((host, port)) == 0
-
-
-async def _accepts(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-async def _http_ok(host: str, port: int, path: str) -> bool:
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    try:
-        # HTTP/1.1: Envoy's admin interface refuses 1.0 (426).
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), 1.0)
-        return status_line.split()[1:2] == [b"200"]
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()

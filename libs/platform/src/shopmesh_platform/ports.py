@@ -1,0 +1,179 @@
+"""Where the stack's processes listen: the `PortPlan` (`make run`'s fixed ports, or free ones for tests),
+a service's ports in it, a canary's place in the local mesh, and the check that a port is free to bind."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from shopmesh_chassis.testing import free_ports
+
+from .processes import StackError
+from .topology import (
+    LOCAL_HOST,
+    LOCAL_HTTP_ADMIN_PORT,
+    LOCAL_HTTP_PORT,
+    LOCAL_NATS_MONITOR_PORT,
+    LOCAL_NATS_PORT,
+    LOCAL_SMTP_PORT,
+    LOCAL_TRACES_PORT,
+    SERVICES,
+    SidecarPorts,
+    canary_name,
+    local_canary_ports,
+    local_sidecar_ports,
+)
+
+
+class PortInUse(StackError):
+    """A port the stack needs is taken (often by a stack that is still running)."""
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A second instance of a service in the local mesh, as a canary Deployment on Kubernetes
+    (docs/mesh.md, "Canaries"): its own process `<service>-canary` and sidecar, on the service's database,
+    with the service's identity; the sidecars of the service's callers send it `weight` percent of their
+    calls (Envoy's weighted clusters, as Istio's VirtualService weights)."""
+
+    service: str
+    weight: int = 10
+
+
+@dataclass(frozen=True)
+class ServicePorts:
+    grpc: int
+    # -1: no Prometheus endpoint.
+    metrics: int = -1
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """Where everything listens. Every service the stack starts needs an entry; every entry is published
+    to every service as `<NAME>_ADDRESS`, so a caller finds a callee even if it is started later."""
+
+    nats: int
+    nats_monitor: int | None
+    services: Mapping[str, ServicePorts]
+    host: str = LOCAL_HOST
+    # The SMTP sink, started only for services that send e-mail; None: no sink.
+    smtp: int | None = None
+    # The trace sink (OTLP/gRPC); None: none, and the services export spans only where their
+    # environment says (OTEL_EXPORTER_OTLP_ENDPOINT), as everywhere else.
+    traces: int | None = None
+    # The local mesh (`make run MESH=envoy`): each service's sidecar, whose inbound listener takes the
+    # service's gRPC port while the service itself listens on the sidecar's app port. None: no mesh.
+    mesh: Mapping[str, SidecarPorts] | None = None
+    # The HTTP/JSON and gRPC-Web edge in front of the gateway (`http_api`): its listener and its admin
+    # interface; None: none (started only with the gateway).
+    http: int | None = None
+    http_admin: int | None = None
+
+    @classmethod
+    def local(cls, *, mesh: bool = False, canary: str | None = None) -> PortPlan:
+        """The fixed local ports of the topology (`make run`); `mesh`: with the sidecars' (MESH=envoy);
+        `canary`: with those of a canary of that service and of its sidecar (`<service>-canary`)."""
+        services = {name: ServicePorts(s.grpc_port, s.metrics_port) for name, s in SERVICES.items()}
+        sidecars = {name: local_sidecar_ports(name) for name in SERVICES} if mesh else None
+        if canary is not None and canary not in SERVICES:
+            raise StackError(f"a canary of {canary!r}: not a topology service ({', '.join(SERVICES)})")
+        if canary is not None and sidecars is not None:
+            ports = local_canary_ports(canary)
+            services[canary_name(canary)] = ServicePorts(ports.inbound, ports.metrics)
+            sidecars[canary_name(canary)] = ports.sidecar
+        return cls(
+            nats=LOCAL_NATS_PORT,
+            nats_monitor=LOCAL_NATS_MONITOR_PORT,
+            services=services,
+            smtp=LOCAL_SMTP_PORT,
+            traces=LOCAL_TRACES_PORT,
+            mesh=sidecars,
+            http=LOCAL_HTTP_PORT,
+            http_admin=LOCAL_HTTP_ADMIN_PORT,
+        )
+
+    @classmethod
+    def free(
+        cls,
+        names: Iterable[str] | None = None,
+        *,
+        metrics: bool = True,
+        traces: bool = False,
+        mesh: bool = False,
+        canary: str | None = None,
+        http: bool = False,
+        host: str = LOCAL_HOST,
+    ) -> PortPlan:
+        """Ports the OS picks, for the topology's services (default) or the given names: tests run beside
+        each other and beside a developer's `make run`. `traces`: run the trace sink too. `mesh`: a
+        sidecar for each, with an outbound listener for each topology service among `names` it calls.
+        `canary` (with `mesh`): ports for a canary of that service too (`<service>-canary`). `http`: the HTTP/JSON
+        edge in front of the gateway too."""
+        wanted = list(SERVICES) if names is None else list(dict.fromkeys(names))
+        if canary is not None and mesh:
+            wanted.append(canary_name(canary))
+        # A canary calls what its service calls.
+        calls = {name: service.calls for name, service in SERVICES.items()}
+        if canary is not None:
+            calls[canary_name(canary)] = SERVICES[canary].calls
+        callees = {name: [c for c in calls.get(name, ()) if c in wanted] for name in wanted}
+        sidecar_count = sum(2 + len(callees[name]) for name in wanted) if mesh else 0
+        # Never one of `make run`'s fixed ports: a stack on free ports runs beside one on those.
+        ports = iter(free_ports(6 + len(wanted) * (2 if metrics else 1) + sidecar_count, host))
+        nats, monitor, smtp, otlp, http_port, http_admin = (next(ports) for _ in range(6))
+        services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
+        sidecars = (
+            {
+                name: SidecarPorts(app=next(ports), admin=next(ports), outbound={c: next(ports) for c in callees[name]})
+                for name in wanted
+            }
+            if mesh
+            else None
+        )
+        return cls(
+            nats=nats,
+            nats_monitor=monitor,
+            services=services,
+            host=host,
+            smtp=smtp,
+            traces=otlp if traces else None,
+            mesh=sidecars,
+            http=http_port if http else None,
+            http_admin=http_admin if http else None,
+        )
+
+    def ports_of(self, name: str) -> ServicePorts:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise StackError(f"the port plan has no ports for {name!r}") from None
+
+    def address(self, name: str) -> str:
+        """Where callers reach `name`: its gRPC server, or in the mesh its sidecar's inbound listener."""
+        return f"{self.host}:{self.ports_of(name).grpc}"
+
+    def sidecar_of(self, name: str) -> SidecarPorts:
+        if self.mesh is None:
+            raise StackError("the port plan has no mesh")
+        try:
+            return self.mesh[name]
+        except KeyError:
+            raise StackError(f"the port plan has no sidecar ports for {name!r}") from None
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{self.host}:{self.nats}"
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not bind host:port now (None: it could)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR, as servers bind: TIME_WAIT leftovers of a stopped stack's own servers do not count;
+        # a listening socket, or a client connection's local end (open or in TIME_WAIT), still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc
+        return None
