@@ -120,9 +120,11 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   if (!response.ok) {
     // The token was refused (expired, or its key revoked): a wrong password at sign-in is no session's end.
     if (response.status === 401 && auth) endSession();
-    if (GATEWAY_AWAY.has(response.status) && !Array.isArray(data.details)) {
-      // The edge's own answer that the gateway is away or did not answer in time (no details: the gateway's
-      // own answers carry an ErrorInfo): its text is Envoy's ("upstream connect error ..."), not for a shopper.
+    const explained = Array.isArray(data.details) && data.details.some((detail) => detail["@type"] === ERROR_INFO);
+    if (GATEWAY_AWAY.has(response.status) && !explained) {
+      // The edge's own answer that the gateway is away or did not answer in time (a Status with no ErrorInfo:
+      // the gateway's own answers carry one): its text is Envoy's ("upstream connect error ..."), not for a
+      // shopper.
       data = { code: Number.isInteger(data.code) ? data.code : UNAVAILABLE, message: SHOP_AWAY };
     }
     throw new ApiError(response.status, data, { authRequired: auth, traceId });
