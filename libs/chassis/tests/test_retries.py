@@ -240,12 +240,15 @@ class _Dependency(SampleServicer):
 
 
 @contextlib.asynccontextmanager
-async def relaying_to(dependency: _Dependency) -> AsyncIterator[tuple[sample_pb2_grpc.SampleServiceStub, str]]:
+async def relaying_to(
+    dependency: _Dependency, relay_timeout: float = ClientOptions.default_timeout_seconds
+) -> AsyncIterator[tuple[sample_pb2_grpc.SampleServiceStub, str]]:
     """A stub of a sample service whose Relay lets the dependency's error escape to the chassis, and the
-    dependency's address."""
+    dependency's address; Relay's own calls have `relay_timeout` (cut to what its caller's deadline leaves)."""
+    relay = SampleServicer(ClientOptions(breaker=None, default_timeout_seconds=relay_timeout))
     async with (
         serve_in_process(sample_settings(), [binding(dependency)]) as behind,
-        serve_in_process(sample_settings(), [binding(SampleServicer())]) as front,
+        serve_in_process(sample_settings(), [binding(relay)]) as front,
         ResilientChannel(front.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
     ):
         yield sample_pb2_grpc.SampleServiceStub(channel.channel), behind.address
@@ -301,24 +304,30 @@ async def test_a_dependencys_retry_info_past_the_deadline_is_not_retried() -> No
     assert dependency.calls == 1
 
 
-async def test_a_dependencys_do_not_retry_is_passed_on() -> None:
-    """A dependency's answer final for the call (orders' accepted cancellation: gRFC A6's pushback "do not
-    retry") stays final through a handler that lets it escape: answered with the ordinary pushback, the caller's
-    channel sent the call three more times, each one more call to the dependency that had said not to."""
-    dependency = _Dependency(
-        errors.Unavailable("accepted; completes on its own", reason="ACCEPTED", retry_after_seconds=0.25, final=True)
-    )
-    async with relaying_to(dependency) as (stub, target):
+@pytest.mark.parametrize(
+    ("caller_timeout", "relayed_do_not_retry", "dependency_calls"),
+    [(30, False, RetryPolicy().max_attempts), (4, True, 1)],
+    ids=["long-caller-deadline-retried", "short-caller-deadline-not-retried"],
+)
+async def test_a_dependencys_do_not_retry_for_the_relays_own_short_call_is_weighed_against_its_callers_deadline(
+    caller_timeout: float, relayed_do_not_retry: bool, dependency_calls: int
+) -> None:
+    """The dependency's "do not retry" (gRFC A6 pushback -1) said only that its 5 s wait did not fit the 2 s the
+    relay gave its own call, not the relay's caller's: the relay answers with the dependency's RetryInfo and
+    the pushback for that wait and its caller's deadline. Under 30 s the caller's channel retries (turned into
+    "final", the -1 reached it whatever its deadline, and a saga step with a short timeout gave up an order on
+    one transient answer); under 4 s, the wait does not fit that deadline either: -1, one call."""
+    dependency = _Dependency(errors.Unavailable("draining", reason="DRAINING", retry_after_seconds=5))
+    async with relaying_to(dependency, relay_timeout=2) as (stub, target):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Relay(
-                sample_pb2.RelayRequest(target=target, echo=sample_pb2.EchoRequest(message="x")), timeout=30
+                sample_pb2.RelayRequest(target=target, echo=sample_pb2.EchoRequest(message="x")),
+                timeout=caller_timeout,
             )
     details = details_of(caught.value)
     assert (details.code, details.reason, details.retry_delay_seconds) == (
         grpc.StatusCode.UNAVAILABLE,
         "DEPENDENCY_UNAVAILABLE",
-        # At least the default, as any dependency's wait carried up the chain.
-        1,
+        5,
     )
-    assert told_not_to_retry(caught.value)
-    assert dependency.calls == 1
+    assert (told_not_to_retry(caught.value), dependency.calls) == (relayed_do_not_retry, dependency_calls)

@@ -6,13 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import grpc
 import pytest
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
-from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
+from shopmesh_chassis.grpc_errors import told_not_to_retry
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
@@ -88,23 +90,37 @@ async def test_a_dependencys_retry_info_is_the_wait_orders_passes_on(settings: O
     assert (caught.value.reason, caught.value.retry_after_seconds) == ("DEPENDENCY_UNAVAILABLE", 20)
 
 
-class FinalCatalog(catalog_pb2_grpc.CatalogServiceServicer):
-    async def BatchGetProducts(self, request: catalog_pb2.BatchGetProductsRequest, context: Any) -> Any:
-        raise errors.Unavailable("not now, and not at once", reason="DRAINING", retry_after_seconds=5, final=True)
+class ProcessorUnavailable(payments_pb2_grpc.PaymentsServiceServicer):
+    """Answers Charge as payments does while its processor is away: UNAVAILABLE with RetryInfo 1 s."""
+
+    async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> Any:
+        raise errors.Unavailable("the processor is unavailable", reason="PROCESSOR_UNAVAILABLE", retry_after_seconds=1)
 
 
-async def test_a_dependencys_do_not_retry_is_passed_on(settings: OrdersSettings) -> None:
-    """Catalog's answer came with gRFC A6's "do not retry": PlaceOrder's UNAVAILABLE for it is final too, or
-    PlaceOrder's caller's channel would send the checkout again at once, each attempt one more call to catalog
-    (the rebuilt DependencyDown dropped it)."""
-    binding = ServiceBinding(CATALOG, FinalCatalog(), catalog_pb2_grpc.add_CatalogServiceServicer_to_server)
+async def test_a_dependencys_do_not_retry_for_a_short_step_deadline_is_not_final(settings: OrdersSettings) -> None:
+    """Payments' 1 s wait does not fit a step's 0.5 s deadline, so its chassis sends gRFC A6's "do not retry" for
+    that call: not final for the order, whose saga tries the step again with a fresh deadline (made final, a
+    transient processor answer cancelled the order PAYMENT_UNAVAILABLE after one call)."""
+    binding = ServiceBinding(PAYMENTS, ProcessorUnavailable(), payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    card = Card("4242424242424242", 12, 2030, "123")
     async with (
         serve_in_process(settings, [binding]) as server,
-        ResilientChannel(server.address, [CATALOG], ClientOptions(breaker=None, caller="orders")) as channel,
+        ResilientChannel(server.address, [PAYMENTS], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
+        with pytest.raises(grpc.aio.AioRpcError) as on_the_wire:
+            await payments_pb2_grpc.PaymentsServiceStub(channel.channel).Charge(
+                payments_pb2.ChargeRequest(order_id="ord_1"), timeout=0.5, metadata=idempotency_metadata("k")
+            )
         with pytest.raises(DependencyDown) as caught:
-            await CatalogClient(channel.channel, timeout=5).price(["prod_a"])
-    assert (caught.value.retry_after_seconds, caught.value.final) == (5, True)
+            await PaymentsClient(channel.channel, timeout=0.5, unknown_state_wait=UNKNOWN_STATE_WAIT).charge(
+                "ord_1", 100, "USD", card, "ord_1:charge"
+            )
+    assert told_not_to_retry(on_the_wire.value)
+    assert (caught.value.reason, caught.value.retry_after_seconds, caught.value.final) == (
+        "PAYMENT_UNAVAILABLE",
+        1,
+        False,
+    )
 
 
 class RefusingPayments(payments_pb2_grpc.PaymentsServiceServicer):

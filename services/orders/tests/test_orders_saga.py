@@ -22,6 +22,7 @@ from sqlalchemy import select, text
 
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.db import Database
@@ -30,7 +31,7 @@ from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_orders import codec
 from shopmesh_orders.application import OrdersApplication
-from shopmesh_orders.clients import InventoryClient
+from shopmesh_orders.clients import InventoryClient, PaymentsClient
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.domain.ports import DependencyDown, LostRace
 from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
@@ -41,6 +42,7 @@ from shopmesh_orders.store.repository import OrderRepository
 from .conftest import FakeCatalog, FakeInventory, FakePayments
 
 INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
+PAYMENTS_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
 GOOD = Card("4242424242424242", 12, 2030, "123")
 DECLINED = Card("4000000000000002", 12, 2030, "123")
 PROCESSOR_DOWN = Card("4000000000000119", 12, 2030, "123")
@@ -135,21 +137,39 @@ async def test_payments_unavailable_is_retried_then_compensated(
     assert inventory.reserved("prod_a") == 0
 
 
-async def test_a_charge_payments_answered_do_not_retry_is_sent_once_then_compensated(
-    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+class ProcessorAwayOnce(payments_pb2_grpc.PaymentsServiceServicer):
+    """Payments over a real socket whose processor is away for the first Charge (UNAVAILABLE with RetryInfo 1 s,
+    as payments answers) and back for the next, which captures."""
+
+    def __init__(self) -> None:
+        self.charges = 0
+
+    async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> payments_pb2.ChargeResponse:
+        self.charges += 1
+        if self.charges == 1:
+            raise errors.Unavailable(
+                "the processor is unavailable", reason="PROCESSOR_UNAVAILABLE", retry_after_seconds=1
+            )
+        payment = payments_pb2.Payment(id="pay_1", order_id=request.order_id, state=payments_pb2.PAYMENT_STATE_CAPTURED)
+        return payments_pb2.ChargeResponse(payment=payment)
+
+
+async def test_a_charge_payments_told_a_short_step_deadline_not_to_retry_is_sent_again_and_confirms(
+    database: Database, catalog: FakeCatalog, inventory: FakeInventory, settings: OrdersSettings
 ) -> None:
-    """Payments' UNAVAILABLE came with gRPC's "do not retry" (final): the charge is not sent again within the
-    step's retries, and the driver with the card cancels at once, as when every attempt ended UNAVAILABLE."""
-
-    async def told_not_to_retry(*args: Any) -> str:
-        payments.charge_calls += 1
-        raise DependencyDown("processor unavailable", reason="PAYMENT_UNAVAILABLE", retry_after_seconds=3, final=True)
-
-    monkeypatch.setattr(payments, "charge", told_not_to_retry)
-    with pytest.raises(errors.FailedPrecondition) as caught:
-        await place(app, command())
-    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
-    assert (payments.charge_calls, payments.captured(), inventory.reserved("prod_a")) == (1, 0, 0)
+    """Payments' 1 s wait does not fit the charge's 0.5 s deadline, so its chassis answers with gRPC's "do not
+    retry" for that call: a transient answer, not a final one, and the saga sends the charge again with a fresh
+    deadline, which captures (taken as final, the order was cancelled PAYMENT_UNAVAILABLE after one call)."""
+    servicer = ProcessorAwayOnce()
+    binding = ServiceBinding(PAYMENTS_SERVICE, servicer, payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS_SERVICE], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        payments = PaymentsClient(channel.channel, timeout=0.5, unknown_state_wait=settings.recovery_interval_seconds)
+        app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
+        order = await app.get_order(await place(app, command()))
+    assert (order.state, servicer.charges, inventory.on_hand["prod_a"]) == (OrderState.CONFIRMED, 2, 3)
 
 
 async def test_replayed_place_order_returns_the_same_order_and_charges_once(
@@ -703,7 +723,7 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
     recorded. The next `reserve_races_to_lose` Reserves (and `release_races_to_lose` Releases) answer ABORTED, as
     inventory does when its write lost a concurrency race (a serialization failure, or a state change that lost
     its retries). While `asks_to_wait` is set, every call answers UNAVAILABLE with RetryInfo asking for that many
-    seconds, as an inventory draining or shedding load does."""
+    seconds, as an inventory draining or shedding load does (`asked_to_wait` counts them)."""
 
     def __init__(self) -> None:
         self.reservations: dict[str, inventory_pb2.Reservation] = {}
@@ -711,12 +731,13 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
         self.reserve_races_to_lose = 0
         self.release_races_to_lose = 0
         self.asks_to_wait: float | None = None
-        # With asks_to_wait: the answer goes out with gRPC's "do not retry" pushback.
-        self.final = False
+        # How many calls answered so.
+        self.asked_to_wait = 0
 
     def _check_available(self) -> None:
         if self.asks_to_wait is not None:
-            raise errors.Unavailable("inventory is draining", retry_after_seconds=self.asks_to_wait, final=self.final)
+            self.asked_to_wait += 1
+            raise errors.Unavailable("inventory is draining", retry_after_seconds=self.asks_to_wait)
 
     @staticmethod
     def _lost_race() -> errors.Aborted:
@@ -801,9 +822,12 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
 
 
 @contextlib.asynccontextmanager
-async def _with_inventory_over_grpc(clocked: Clocked) -> AsyncIterator[tuple[Clocked, InventoryOnTheWire]]:
+async def _with_inventory_over_grpc(
+    clocked: Clocked, timeout: float = 5
+) -> AsyncIterator[tuple[Clocked, InventoryOnTheWire]]:
     """`clocked` with orders' InventoryClient in place of the fake, talking over real gRPC to `InventoryOnTheWire`
-    served by the chassis (what inventory answers is then what the client decodes, unknown enum numbers too)."""
+    served by the chassis (what inventory answers is then what the client decodes, unknown enum numbers too);
+    `timeout` is each call's deadline (a step's)."""
     inventory = InventoryOnTheWire()
     binding = ServiceBinding(INVENTORY_SERVICE, inventory, inventory_pb2_grpc.add_InventoryServiceServicer_to_server)
     async with (
@@ -811,7 +835,9 @@ async def _with_inventory_over_grpc(clocked: Clocked) -> AsyncIterator[tuple[Clo
         ResilientChannel(server.address, [INVENTORY_SERVICE], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
         port = Reachable(
-            InventoryClient(channel.channel, timeout=5, unknown_state_wait=clocked.settings.recovery_interval_seconds)
+            InventoryClient(
+                channel.channel, timeout=timeout, unknown_state_wait=clocked.settings.recovery_interval_seconds
+            )
         )
         yield replace(clocked, inventory=port), inventory  # type: ignore[arg-type]
 
@@ -1106,26 +1132,23 @@ async def test_place_order_waiting_on_inventory_passes_on_the_wait_inventory_ask
     assert (order.state, order.step, payments.charge_calls) == (OrderState.PENDING, SagaStep.RESERVE, 0)
 
 
-async def test_place_order_waiting_on_inventory_that_said_do_not_retry_is_final_too(
+async def test_an_inventory_wait_past_a_steps_deadline_is_asked_again_and_not_final(
     clocked: Clocked, payments: FakePayments
 ) -> None:
-    """Inventory's UNAVAILABLE came with gRPC's "do not retry": the saga's own UNAVAILABLE for the step is final
-    as well, or PlaceOrder's caller's channel would drive the step again at once, each drive more calls to an
-    inventory that said not to (the saga's answer, built anew, dropped it)."""
-    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+    """Inventory asks for 3 s under a step's 1 s deadline, so its chassis sends gRPC's "do not retry" for that
+    call only: the saga asks again with a fresh deadline, STEP_ATTEMPTS times, and its UNAVAILABLE is not final
+    (PlaceOrder's own pushback then weighs the 3 s against PlaceOrder's caller's deadline). Taken as final, the
+    step was asked once and PlaceOrder's caller told not to retry whatever its deadline."""
+    async with _with_inventory_over_grpc(clocked, timeout=1) as (clocked, inventory):
         inventory.asks_to_wait = 3
-        inventory.final = True
         with pytest.raises(errors.Unavailable) as caught:
             await place(clocked.app(), command())
-    assert (caught.value.reason, caught.value.retry_after_seconds) == (errors.DEPENDENCY_UNAVAILABLE, 3)
-    assert caught.value.final
-
-
-def _told_not_to_retry() -> errors.Unavailable:
-    # As the adapter relays an UNAVAILABLE that came with gRPC's "do not retry" pushback (clients._unavailable).
-    return DependencyDown(
-        "inventory is draining", reason=errors.DEPENDENCY_UNAVAILABLE, retry_after_seconds=3, final=True
+    assert (caught.value.reason, caught.value.retry_after_seconds, caught.value.final) == (
+        errors.DEPENDENCY_UNAVAILABLE,
+        3,
+        False,
     )
+    assert (inventory.asked_to_wait, payments.charge_calls) == (clocked.settings.step_attempts, 0)
 
 
 def _state_only_a_newer_release_knows() -> errors.Unavailable:
@@ -1135,14 +1158,13 @@ def _state_only_a_newer_release_knows() -> errors.Unavailable:
     )
 
 
-@pytest.mark.parametrize("answer", [_told_not_to_retry, _state_only_a_newer_release_knows])
 async def test_a_step_whose_dependency_answers_final_is_asked_once_by_place_order_and_by_each_recovery_pass(
-    clocked: Clocked, answer: Callable[[], errors.Unavailable]
+    clocked: Clocked,
 ) -> None:
     """A final answer does not change within the saga's STEP_ATTEMPTS retries of a step (nor within a channel's):
     the step is asked once, not STEP_ATTEMPTS times, and the saga's UNAVAILABLE passes on its wait and final."""
     app, inventory = clocked.app(), clocked.inventory
-    inventory.answers = answer()
+    inventory.answers = _state_only_a_newer_release_knows()
     with pytest.raises(errors.Unavailable) as caught:
         await place(app, command())
     assert inventory.calls == ["reserve"]

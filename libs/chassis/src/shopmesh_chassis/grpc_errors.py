@@ -68,9 +68,10 @@ def dependency_unavailable(
     The RetryInfo is the failed call's own (a dependency rate-limiting or draining knows best when to come
     back), at least DEPENDENCY_RETRY_AFTER_SECONDS and at most MAX_DEPENDENCY_RETRY_AFTER_SECONDS: a shorter
     wait (a shed server's 0.1 s) is about that server's queue, not the whole chain a retry goes through.
-    Final for the call when the dependency said "do not retry" (`told_not_to_retry`): its answer is final for
-    its caller's call (orders' accepted cancellation), so it is for ours, or our caller's channel would retry
-    what the dependency said not to, each retry one more call to it."""
+    Never final, even when the dependency sent "do not retry" (`told_not_to_retry`): no dependency raises a
+    final error, so its pushback says only that the wait did not fit the deadline of the call we made (perhaps
+    a step's short timeout), not our caller's. The server interceptor sends our caller the pushback for this
+    RetryInfo and that caller's own deadline."""
     name = dependency or "a dependency"
     code = failure.code() if failure is not None else None
     asked = details_of(failure).retry_delay_seconds if failure is not None else None
@@ -82,7 +83,6 @@ def dependency_unavailable(
         reason=reason,
         retry_after_seconds=wait,
         metadata={"dependency": dependency} if dependency else None,
-        final=failure is not None and told_not_to_retry(failure),
     )
 
 

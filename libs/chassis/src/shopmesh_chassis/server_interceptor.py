@@ -291,10 +291,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.StatusCode:
         """An outbound call failed and the handler did not handle it."""
         if exc.code() in TRANSIENT_CODES:
-            # "Try later" from a dependency means the same to our own caller, after the wait it asked for; and
-            # "do not retry" the same too (`final`), or our caller's channel retries what the dependency refused.
+            # "Try later" from a dependency means the same to our own caller, after the wait it asked for.
             error = dependency_unavailable(None, exc)
-            await self._abort(context, to_grpc_status(to_rpc_status(error, self._domain)), final=error.final)
+            await self._abort(context, to_grpc_status(to_rpc_status(error, self._domain)))
             return grpc.StatusCode.UNAVAILABLE
         log.error(
             "unhandled dependency error in %s: %s %s",

@@ -50,9 +50,6 @@ def _unavailable(
         retry_after_seconds=answer.retry_after_seconds,
         metadata=answer.metadata,
         domain=answer.domain,
-        # The dependency's "do not retry" (`dependency_unavailable`): PlaceOrder's caller's channel must not
-        # retry catalog's final answer either.
-        final=answer.final,
     )
 
 

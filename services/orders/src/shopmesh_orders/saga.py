@@ -248,8 +248,9 @@ class SagaDriver:
                 # The step may have persisted a write-ahead mark before failing: continue from the database.
                 order = await self._load(order.id)
                 # A charge in doubt settles in seconds, not within these retries' backoff; a final answer (the
-                # dependency's "do not retry", a state only a newer release knows) is the same until the wait it
-                # asks for has passed: stop asking, and pass that wait and final on.
+                # adapter's for a state only a newer release knows) is the same until the wait it asks for has
+                # passed: stop asking, and pass that wait and final on. A dependency's "do not retry" is not
+                # final here: it says only that its wait did not fit this attempt's deadline, the next has a new one.
                 if attempt == attempts or exc.reason == CHARGE_IN_DOUBT or exc.final:
                     return await self._gave_up(order, card, owner, exc)
                 await asyncio.sleep(self._step_backoff(attempt))
@@ -286,8 +287,8 @@ class SagaDriver:
             # CancelOrder's and the recovery loop (`_retry_at`) come back then, not a second later.
             retry_after_seconds=last.retry_after_seconds or 1.0,
             metadata={"order_id": order.id, "step": order.step.value},
-            # Final when the last answer was (a state only a newer release knows; a dependency's "do not
-            # retry"): a channel's own retry would drive the step again to meet the same answer.
+            # Final when the last answer was (a state only a newer release knows): a channel's own retry would
+            # drive the step again to meet the same answer.
             final=last.final,
         )
 
