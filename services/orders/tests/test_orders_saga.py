@@ -33,7 +33,7 @@ from shopmesh_orders import codec
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.clients import InventoryClient, PaymentsClient
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderState, SagaStep
-from shopmesh_orders.domain.ports import DependencyDown, LostRace
+from shopmesh_orders.domain.ports import DependencyDown
 from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
 from shopmesh_orders.saga import RESERVATION_IN_DOUBT, LeaseHeld, SagaDriver, charge_key
 from shopmesh_orders.settings import OrdersSettings
@@ -970,31 +970,6 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_waits_while_inventor
         assert inventory.reserve_races_to_lose == 0
         assert await place(app, command()) == order_id
         assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
-
-
-async def test_a_retry_with_the_card_past_the_saga_deadline_asks_inventory_once_for_a_lost_race_answered_final(
-    clocked: Clocked, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
-) -> None:
-    """A lost race that came with inventory's "do not retry" (the adapter's LostRace, final) is the same answer
-    on every try of the reservation check: asked once, not STEP_ATTEMPTS times, as `_attempt` asks a step; the
-    order waits at the charge step, nothing charged, and the answer's wait and final reach PlaceOrder's
-    caller."""
-    app, order_id, _ = await _reserved_by_recovery_while_payments_is_down(clocked, inventory, payments)
-    clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
-    inventory.calls.clear()
-    inventory.answers = LostRace(
-        "concurrent update of the same records", reason="CONCURRENT_UPDATE", retry_after_seconds=3, final=True
-    )
-    with pytest.raises(errors.Unavailable) as caught:
-        await place(app, command())
-    assert inventory.calls == ["reserve"]
-    assert (caught.value.reason, caught.value.retry_after_seconds, caught.value.final) == (
-        RESERVATION_IN_DOUBT,
-        3,
-        True,
-    )
-    order = await app.get_order(order_id)
-    assert (payments.charge_calls, order.state, order.step) == (0, OrderState.PENDING, SagaStep.CHARGE)
 
 
 async def test_a_retry_with_the_card_past_the_saga_deadline_releases_a_reservation_inventory_made_anew(

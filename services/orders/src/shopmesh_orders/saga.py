@@ -351,17 +351,13 @@ class SagaDriver:
 
     async def _reserve_past_races(self, order: Order, owner: str) -> str:
         """`_reserve`, asked again while inventory answers that its write lost a race (`LostRace`, ABORTED),
-        which its next try likely wins; the last of STEP_ATTEMPTS tries answers whatever it answers, and so
-        does a lost race that came final (inventory's "do not retry"), as in `_attempt`: asked again within
-        these retries it answers the same. Retried here, not by `_attempt`: `_attempt` leaves an order in
-        doubt to wait, and the recovery loop, which has no card, would then cancel it with its stock still
-        held."""
+        which its next try likely wins; the last of STEP_ATTEMPTS tries answers whatever it answers. Retried
+        here, not by `_attempt`: `_attempt` leaves an order in doubt to wait, and the recovery loop, which has
+        no card, would then cancel it with its stock still held."""
         for attempt in range(1, self._settings.step_attempts):
             try:
                 return await self._reserve(order)
-            except LostRace as lost:
-                if lost.final:
-                    raise
+            except LostRace:
                 await asyncio.sleep(self._step_backoff(attempt))
                 # Remote calls with no step saved between them: renew the lease before the next (as `_attempt`).
                 await self._keep_lease(order.id, owner)
