@@ -19,8 +19,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, serve_in_process
-from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
+from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleSettings, binding
 from shopmesh_chassis.tracing import UNVOUCHED_PARENT, configure_tracing, sampler, shutdown_tracing
 
 from .conftest import sample_settings
@@ -193,3 +195,17 @@ def test_a_sampled_parent_nobody_vouches_for_is_drawn_again_whatever_its_trace_i
         parent = otel_context.set_value(UNVOUCHED_PARENT, True, parent)
     result = sampler(1e-9).should_sample(parent, caller.trace_id, "call", trace.SpanKind.SERVER)
     assert result.decision is decision
+
+
+class _EdgeSettings(SampleSettings):
+    def follows_trace_decision_of(self, peer: str) -> bool:
+        return peer.startswith("ipv4:127.")
+
+
+async def test_an_internal_service_asks_nothing_of_a_callers_peer_and_an_edge_service_asks_its_settings() -> None:
+    # The default answer is always True: a callback would cost a context.peer() on every traced call for it.
+    internal = ChassisServer(sample_settings(), [binding()])
+    assert internal.interceptor.follows_trace_decision_of is None
+    edge_settings = load_settings(_EdgeSettings, grpc_port=0, metrics_port=-1)
+    edge = ChassisServer(edge_settings, [binding()])
+    assert edge.interceptor.follows_trace_decision_of == edge_settings.follows_trace_decision_of

@@ -9,6 +9,7 @@ and exits with status 2. Secrets may come as files instead (SECRETS_DIR, see `lo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
@@ -146,6 +147,13 @@ class ServiceSettings(RuntimeSettings):
         caller of an internal service is a service, or a proxy that decided; an edge service overrides this
         for its outside clients."""
         return True
+
+    def trace_decision_callback(self) -> Callable[[str], bool] | None:
+        """follows_trace_decision_of for the server, or None where the class keeps the default: asking
+        would cost a context.peer() on every traced call to learn what is always True."""
+        if type(self).follows_trace_decision_of is ServiceSettings.follows_trace_decision_of:
+            return None
+        return self.follows_trace_decision_of
 
     @property
     def resolved_error_domain(self) -> str:

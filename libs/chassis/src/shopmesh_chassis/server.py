@@ -68,15 +68,14 @@ class ChassisServer:
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
         self._draining: asyncio.Task[None] | None = None
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            ChassisServerInterceptor(
-                self.metrics,
-                settings.resolved_error_domain,
-                tracer_provider,
-                max_in_flight=settings.grpc_max_concurrent_rpcs,
-                follows_trace_decision_of=settings.follows_trace_decision_of,
-            )
-        ]
+        self.interceptor = ChassisServerInterceptor(
+            self.metrics,
+            settings.resolved_error_domain,
+            tracer_provider,
+            max_in_flight=settings.grpc_max_concurrent_rpcs,
+            follows_trace_decision_of=settings.trace_decision_callback(),
+        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [self.interceptor]
         ms = 1000
         self.server = grpc.aio.server(
             interceptors=interceptors,

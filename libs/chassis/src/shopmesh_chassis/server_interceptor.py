@@ -115,7 +115,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         follows_trace_decision_of: Callable[[str], bool] | None = None,
     ) -> None:
         self._metrics = metrics
-        self._follows_trace_decision_of = follows_trace_decision_of
+        # None when every caller decides (an internal service): then no context.peer() on a traced call.
+        self.follows_trace_decision_of = follows_trace_decision_of
         self._domain = error_domain
         self._tracer = trace.get_tracer("shopmesh_chassis.server", tracer_provider=tracer_provider)
         # The wrapped handlers of the methods served; never of unknown names, which any client can make up
@@ -126,9 +127,6 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         # the refused calls are missing from the metrics.
         self._max_in_flight = max_in_flight
         self._in_flight = 0
-
-    def _follows(self, peer: str) -> bool:
-        return self._follows_trace_decision_of is None or self._follows_trace_decision_of(peer)
 
     async def intercept_service(
         self,
@@ -164,7 +162,8 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata: tuple[Any, ...] = tuple(context.invocation_metadata() or ())
             parent = propagate.extract(metadata, getter=_GETTER) if any(k in fields for k, _ in metadata) else None
-            if parent is not None and not self._follows(context.peer()):
+            follows = self.follows_trace_decision_of
+            if parent is not None and follows is not None and not follows(context.peer()):
                 parent = otel_context.set_value(UNVOUCHED_PARENT, True, parent)
             # start_span + attach rather than start_as_current_span: two context-manager layers fewer on
             # every call (the span is ended and detached in the finally below either way).
