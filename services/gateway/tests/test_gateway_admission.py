@@ -181,6 +181,10 @@ def test_a_long_forwarded_for_header_is_walked_no_further_than_a_proxy_chain_can
 def test_trusted_proxies_are_read_as_networks_and_a_bad_one_stops_startup() -> None:
     settings = load_settings(GatewaySettings, trusted_proxies="127.0.0.0/8, ::1/128,10.0.0.7")
     assert [str(n) for n in settings.trusted_proxy_networks] == ["127.0.0.0/8", "::1/128", "10.0.0.7/32"]
+    # Parsed once, not on each call the gateway asks whether its peer is a trusted proxy.
+    assert settings.trusted_proxy_networks is settings.trusted_proxy_networks
+    # Unlike an internal service's server, the gateway's asks them whose "sampled" to follow.
+    assert settings.trace_decision_callback() == settings.follows_trace_decision_of
     assert load_settings(GatewaySettings).trusted_proxy_networks == ()
     with pytest.raises(ConfigError) as caught:
         load_settings(GatewaySettings, trusted_proxies="127.0.0.0/8,localhost")
