@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -433,9 +434,30 @@ def test_the_local_gateway_lets_the_readmes_crowd_of_shoppers_sign_up_from_its_o
     example = re.search(r"--shoppers (\d+)", (REPOSITORY / "README.md").read_text())
     assert example, "README.md no longer shows a crowd of shoppers"
     shoppers = int(example[1])
-    gateway = run.local_env(["gateway", "users"], None)["gateway"]
+    gateway = run.local_env(["gateway", "users"], None, run.port_plan(free=False))["gateway"]
     assert int(gateway["PASSWORD_RATE_LIMIT_BURST"]) >= 2 * shoppers
-    assert "gateway" not in run.local_env(["catalog"], None), "env for a service it does not run: refused"
+    assert "gateway" not in run.local_env(["catalog"], None, run.port_plan(free=False)), (
+        "env for a service it does not run: refused"
+    )
+
+
+@pytest.mark.parametrize("mesh", [False, True], ids=["direct", "mesh-envoy"])
+def test_the_local_gateway_trusts_the_edge_in_front_of_it_to_decide_what_is_traced(mesh: bool) -> None:
+    """Untrusted, the gateway drew each traced HTTP call again at OTEL_TRACES_SAMPLER_RATIO: below 1, most
+    left only the edge's span. The edge reaches the gateway at its planned address, or under MESH=envoy at
+    its sidecar's inbound listener, which forwards from the plan's host to the gateway's app port."""
+    ports = run.port_plan(free=False, mesh=mesh)
+    trusted = [
+        ipaddress.ip_network(n)
+        for n in run.local_env(["gateway"], None, ports)["gateway"]["TRUSTED_PROXIES"].split(",")
+    ]
+    edge_connects_from = ipaddress.ip_address(ports.address("gateway").rsplit(":", 1)[0])
+    assert any(edge_connects_from in network for network in trusted)
+    assert any(ipaddress.ip_address(ports.host) in network for network in trusted)
+    without_proxies = run.port_plan(free=False, http_port=0)
+    assert "TRUSTED_PROXIES" not in run.local_env(["gateway"], None, without_proxies)["gateway"], (
+        "no edge, no sidecar: every peer is a client"
+    )
 
 
 def test_canary_option_takes_a_service_and_an_optional_weight() -> None:

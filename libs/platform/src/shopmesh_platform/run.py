@@ -658,21 +658,33 @@ async def run(args: argparse.Namespace) -> int:
 LOCAL_GATEWAY_ENV = {"PASSWORD_RATE_LIMIT_BURST": "40", "PASSWORD_RATE_LIMIT_PER_SECOND": "4"}
 
 
-def local_env(selected: Sequence[str], database: PostgresServer | None) -> dict[str, dict[str, str]]:
+def local_env(selected: Sequence[str], database: PostgresServer | None, ports: PortPlan) -> dict[str, dict[str, str]]:
     """The environment of each selected service that differs from a deployment's."""
     env = {} if database is None else postgres_env(database, [n for n in selected if n in SERVICES])
     if "gateway" in selected:
-        env["gateway"] = {**env.get("gateway", {}), **LOCAL_GATEWAY_ENV}
+        env["gateway"] = {**env.get("gateway", {}), **LOCAL_GATEWAY_ENV, **_edge_trusted(ports)}
     return env
+
+
+def _edge_trusted(ports: PortPlan) -> dict[str, str]:
+    """The proxies in front of the gateway as its TRUSTED_PROXIES, as the chart's loopback is in a pod: the
+    HTTP edge, and under MESH=envoy the gateway's sidecar, which every call passes through. Untrusted, the
+    gateway drew each traced call they passed on again at OTEL_TRACES_SAMPLER_RATIO: below 1, most HTTP calls
+    left only the edge's span. Both reach the gateway from the plan's host; so does any other local client,
+    which nothing tells apart from them on one machine."""
+    if ports.http is None and ports.mesh is None:
+        return {}
+    return {"TRUSTED_PROXIES": ports.host}
 
 
 async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None, signals: _Signals) -> int:
     database = None if postgres is None else postgres.server
     selected = args.services if args.services is not None else existing_services()
-    env = local_env(selected, database)
+    ports = port_plan(args.free_ports, mesh=args.mesh == ENVOY, canary=args.canary, http_port=args.http_port)
+    env = local_env(selected, database, ports)
     stack = Stack(
         args.data_dir,
-        ports=port_plan(args.free_ports, mesh=args.mesh == ENVOY, canary=args.canary, http_port=args.http_port),
+        ports=ports,
         services=args.services,
         env=env,
         log_format=args.log_format,
