@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import call_context, errors
@@ -15,7 +16,7 @@ from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.metrics import ServerMetrics
+from shopmesh_chassis.metrics import BreakerCollector, ServerMetrics
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
@@ -257,6 +258,46 @@ def test_a_failed_probe_is_reported_until_a_call_gets_through() -> None:
     assert breaker.allow()
     breaker.record_success()
     assert probe_failed() == 0
+
+
+def test_the_last_failed_probe_is_reported_with_its_wall_clock_time() -> None:
+    """probe_failed stays 1 from a failed probe until a call gets through, however long: a dependency back
+    since, with no call to find it so, reads the same as one still down. When that probe failed tells them
+    apart (ShopmeshCircuitOpen wants it within 30 minutes), in Unix seconds for Prometheus' time(), though the
+    breaker keeps time on its monotonic clock."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=10), clock)
+    collector = BreakerCollector(wall_clock=lambda: 1_700_000_000.0 + clock.now)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    charge = "/shopmesh.payments.v1.PaymentsService/Charge"
+    collector.watch("payments", {charge: breaker})
+
+    def failed_at() -> float | None:
+        return registry.get_sample_value(
+            "shopmesh_client_breaker_probe_failed_timestamp_seconds", {"dependency": "payments", "method": charge}
+        )
+
+    assert failed_at() == 0, "no probe yet"
+    breaker.record_failure()
+    clock.now += 10
+    assert failed_at() == 0, "opened, not probed"
+    assert breaker.allow()
+    breaker.record_failure()
+    probed = clock.now
+    clock.now += 3600
+    assert failed_at() == 1_700_000_000.0 + probed
+    clock.now += 1
+    assert breaker.allow()
+    breaker.record_failure()
+    assert failed_at() == 1_700_000_000.0 + clock.now, "the next failed probe refreshes it"
+    clock.now += 10
+    assert breaker.allow()
+    breaker.record_success()
+    assert (
+        registry.get_sample_value("shopmesh_client_breaker_probe_failed", {"dependency": "payments", "method": charge})
+        == 0
+    )
 
 
 def slow(ms: int) -> sample_pb2.EchoRequest:

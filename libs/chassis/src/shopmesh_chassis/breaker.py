@@ -45,6 +45,9 @@ class CircuitBreaker:
         # when last tried. Kept through the half-open wait that follows, however long no call comes: the
         # state alone reads the same half_open for that as for an idle breaker after a blip.
         self.probe_failed = False
+        # When (on `clock`) a probe last failed, None before any: how fresh that evidence is. A dependency
+        # back since, with no call to find it so, leaves `probe_failed` set for ever; its age tells.
+        self.probe_failed_at: float | None = None
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -104,6 +107,7 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN:
             self._open()
             self.probe_failed = True
+            self.probe_failed_at = self._opened_at
             return
         self._failures += 1
         if self._failures >= self.config.failure_threshold:

@@ -9,7 +9,8 @@ first, hands `.events` to its relay and consumers, and passes the same object to
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
@@ -179,7 +180,9 @@ class BreakerCollector(Collector):
     """The state of each watched client circuit breaker, read when Prometheus scrapes: nothing is added to
     the call path."""
 
-    def __init__(self) -> None:
+    def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
+        # A breaker keeps time on its own clock (monotonic); Prometheus compares timestamps with time().
+        self._wall_clock = wall_clock
         self._breakers: dict[str, Mapping[str, CircuitBreaker]] = {}
 
     def watch(self, dependency: str, breakers: Mapping[str, CircuitBreaker]) -> None:
@@ -200,6 +203,13 @@ class BreakerCollector(Collector):
             "opened.",
             labels=("dependency", "method"),
         )
+        probe_failed_at = GaugeMetricFamily(
+            "shopmesh_client_breaker_probe_failed_timestamp_seconds",
+            "When a probe call of the circuit breaker in front of each method of each dependency last failed, in "
+            "Unix seconds; 0 before any. probe_failed with this recent: the dependency was still failing lately; "
+            "with this old, it may have come back since, with no call to find it so.",
+            labels=("dependency", "method"),
+        )
         opened = CounterMetricFamily(
             "shopmesh_client_breaker_opened",
             "Times the circuit breaker in front of each method of each dependency opened.",
@@ -213,6 +223,12 @@ class BreakerCollector(Collector):
                     state.add_metric((dependency, method, candidate.value), 1.0 if candidate is current else 0.0)
                 opened.add_metric((dependency, method), float(breaker.opened))
                 probe_failed.add_metric((dependency, method), 1.0 if breaker.probe_failed else 0.0)
+                failed_at = breaker.probe_failed_at
+                probe_failed_at.add_metric(
+                    (dependency, method),
+                    0.0 if failed_at is None else self._wall_clock() - (breaker.clock() - failed_at),
+                )
         yield state
         yield probe_failed
+        yield probe_failed_at
         yield opened
