@@ -6,6 +6,7 @@ the services really export, and only labels those metrics' series carry. Without
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from shopmesh_chassis.breaker import CircuitBreaker
-from shopmesh_chassis.metrics import ServerMetrics
+from shopmesh_chassis.metrics import BreakerCollector, ServerMetrics
 from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES, is_edge
@@ -342,83 +343,150 @@ def seconds_of(duration: str) -> float:
     return float(duration[:-1]) * units[duration[-1]]
 
 
-# One `> 0` part of ShopmeshCircuitOpen: its metric, its matchers on `state`, its increase() window (None: none).
-RulePart = tuple[str, list[tuple[str, str]], float | None]
+# A simulated series: its labels (the metric name aside), and an instant vector of them with their values.
+Labels = frozenset[tuple[str, str]]
+Vector = dict[Labels, float]
+# Labels the chart's selector matches (`__selector__`): every simulated series is the service's own.
+SELECTOR_LABELS = {"job", "namespace"}
 
 
-class CircuitOpenRule:
-    """ShopmeshCircuitOpen read for a simulation with the real breaker and metrics collector on a fake clock:
-    a conjunction (`and`) of parts, each `> 0` of one of `<shopmesh_client_breaker_state with its state
-    matchers>`, `increase(shopmesh_client_breaker_opened_total{...}[window])` or
-    `shopmesh_client_breaker_probe_failed`, held for its `for`. (promtool is not at hand: the rule's shape is
-    checked here, and its parts evaluated as Prometheus does on 15 s scrapes and 30 s evaluations; a part of
-    another shape fails the test rather than being simulated wrongly.)"""
+class SimulatedAlert:
+    """An alert evaluated as Prometheus does, on 15 s scrapes and 30 s evaluations held for its `for`, over
+    series the real metric objects export in a simulated world on a fake clock (time() is that clock).
+    (promtool is not at hand.) Only the PromQL the simulated rules are written in is understood: selectors
+    (on the newest scrape: a pod gone has no series), numbers, time(), arithmetic and comparison (a filter)
+    of a vector with a scalar, `and`, and max/min/sum by; anything else fails the test rather than being
+    evaluated wrongly."""
 
     def __init__(self, alert: dict[str, Any]) -> None:
         self.alert = alert
         self.hold = seconds_of(alert["for"])
-        # Each part: (metric, state matchers, increase window or None).
-        self.parts: list[RulePart] = []
-        for part in alert["expr"].split(" and "):
-            assert part.rstrip().endswith("> 0"), part
-            [selector] = selectors(part)
-            window = re.search(r"increase\(\w+\{[^}]*\}\[(\d+[smh])\]\)", part)
-            matchers = [(str(m.op), m.value) for m in selector.matchers.matchers if m.name == "state"]
-            assert selector.name in {
-                "shopmesh_client_breaker_state",
-                "shopmesh_client_breaker_opened_total",
-                "shopmesh_client_breaker_probe_failed",
-            }, part
-            assert (window is not None) == (selector.name == "shopmesh_client_breaker_opened_total"), part
-            self.parts.append((selector.name, matchers, seconds_of(window.group(1)) if window else None))
+        self.expr = promql_parser.parse(alert["expr"])
 
-    @staticmethod
-    def selects(matchers: list[tuple[str, str]], state: str) -> bool:
-        ops: dict[str, Callable[[str, str], bool]] = {
-            str(EQUAL): lambda state, value: state == value,
-            str(promql_parser.MatchOp.NotEqual): lambda state, value: state != value,
-            str(RE): lambda state, value: re.fullmatch(value, state) is not None,
-            str(promql_parser.MatchOp.NotRe): lambda state, value: re.fullmatch(value, state) is None,
-        }
-        return all(ops[op](state, value) for op, value in matchers)
+    def __str__(self) -> str:
+        return f"{self.alert['alert']} ({self.alert['expr']}, for {self.alert['for']})"
 
-    def fired_at(self, calls: Callable[[float], bool], *, until: float) -> float | None:
-        """When the alert fires (None: not before `until`) while the dependency fails every call at once:
-        `calls(t)` says whether a call is made at second t (whole seconds)."""
-        now = [0.0]
-        breaker = CircuitBreaker(clock=lambda: now[0])
-        metrics = ServerMetrics(CollectorRegistry())
-        metrics.watch_breakers("recommendations", {"/shopmesh.x.v1.XService/Get": breaker})
-        scrapes: list[tuple[float, list[Sample]]] = []
-        true_since: float | None = None
+    def firing(
+        self, world: Callable[[float], None], scrape: Callable[[], list[Sample]], *, until: float
+    ) -> list[float]:
+        """The evaluations (seconds from 0) at which the alert fires: `world(t)` moves the world to second t,
+        `scrape()` reads what its metrics export then."""
+        samples: list[Sample] | None = None
+        pending_since: float | None = None
+        fired = []
         second = 0
         while second < until:
-            now[0] = float(second)
-            if calls(now[0]) and breaker.allow():
-                breaker.record_failure()  # UNAVAILABLE at once
+            now = float(second)
+            world(now)
             if second % SCRAPE_INTERVAL == 1:
-                scrapes.append((now[0], [s for family in metrics.registry.collect() for s in family.samples]))
-            if second % EVALUATION_INTERVAL == 7 and scrapes:
-                if all(self.holds(part, scrapes, now[0]) for part in self.parts):
-                    true_since = now[0] if true_since is None else true_since
-                    if now[0] - true_since >= self.hold:
-                        return now[0]
+                samples = scrape()
+            if second % EVALUATION_INTERVAL == 7 and samples is not None:
+                result = self.evaluate(self.expr, now, samples)
+                assert isinstance(result, dict), f"not an instant vector: {self.alert['expr']}"
+                if result:
+                    pending_since = now if pending_since is None else pending_since
+                    if now - pending_since >= self.hold:
+                        fired.append(now)
                 else:
-                    true_since = None
+                    pending_since = None
             second += 1
-        return None
+        return fired
 
-    def holds(self, part: RulePart, scrapes: list[tuple[float, list[Sample]]], now: float) -> bool:
-        name, matchers, window = part
+    def evaluate(self, node: Any, now: float, samples: list[Sample]) -> Vector | float:
+        if isinstance(node, promql_parser.NumberLiteral):
+            return float(node.val)
+        if isinstance(node, promql_parser.ParenExpr):
+            return self.evaluate(node.expr, now, samples)
+        if isinstance(node, promql_parser.Call) and node.func.name == "time":
+            return now
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = [m for m in node.matchers.matchers if m.name not in SELECTOR_LABELS]
+            return {
+                frozenset(s.labels.items()): s.value
+                for s in samples
+                if s.name == node.name and all(matches(str(m.op), m.value, s.labels.get(m.name, "")) for m in matchers)
+            }
+        if isinstance(node, promql_parser.AggregateExpr) and str(node.op) in AGGREGATIONS:
+            assert node.modifier is None or node.modifier.type == promql_parser.AggModifierType.By, node
+            by = set(node.modifier.labels) if node.modifier else set()
+            inner = self.evaluate(node.expr, now, samples)
+            assert isinstance(inner, dict), node
+            groups: dict[Labels, list[float]] = {}
+            for labels, value in inner.items():
+                groups.setdefault(frozenset((k, v) for k, v in labels if k in by), []).append(value)
+            return {labels: AGGREGATIONS[str(node.op)](values) for labels, values in groups.items()}
+        if isinstance(node, promql_parser.BinaryExpr):
+            modifier = node.modifier
+            assert modifier is None or not (modifier.matching or modifier.return_bool), f"not simulated: {node}"
+            op = str(node.op)
+            lhs, rhs = self.evaluate(node.lhs, now, samples), self.evaluate(node.rhs, now, samples)
+            if op == "and":
+                assert isinstance(lhs, dict), node
+                assert isinstance(rhs, dict), node
+                return {labels: value for labels, value in lhs.items() if labels in rhs}
+            if isinstance(lhs, float) and isinstance(rhs, float):
+                assert op in ARITHMETIC, node
+                return ARITHMETIC[op](lhs, rhs)
+            if isinstance(lhs, dict) and isinstance(rhs, float):
+                pairs = {labels: (value, value, rhs) for labels, value in lhs.items()}
+            elif isinstance(lhs, float) and isinstance(rhs, dict):
+                pairs = {labels: (value, lhs, value) for labels, value in rhs.items()}
+            else:
+                raise AssertionError(f"vector with vector not simulated: {node}")
+            # (the vector's value, the operands in their order)
+            if op in ARITHMETIC:
+                return {labels: ARITHMETIC[op](left, right) for labels, (_, left, right) in pairs.items()}
+            assert op in COMPARISONS, node
+            return {labels: value for labels, (value, left, right) in pairs.items() if COMPARISONS[op](left, right)}
+        raise AssertionError(f"not simulated: {node}")
 
-        def value(samples: list[Sample]) -> float:
-            chosen = [s.value for s in samples if s.name == name and self.selects(matchers, s.labels.get("state", ""))]
-            return max(chosen, default=0.0)
 
-        if window is None:
-            return value(scrapes[-1][1]) > 0
-        recent = [value(samples) for at, samples in scrapes if at > now - window]
-        return len(recent) >= 2 and recent[-1] > recent[0]
+def matches(op: str, value: str, actual: str) -> bool:
+    ops: dict[str, Callable[[str, str], bool]] = {
+        str(EQUAL): lambda actual, value: actual == value,
+        str(promql_parser.MatchOp.NotEqual): lambda actual, value: actual != value,
+        str(RE): lambda actual, value: re.fullmatch(value, actual) is not None,
+        str(promql_parser.MatchOp.NotRe): lambda actual, value: re.fullmatch(value, actual) is None,
+    }
+    return ops[op](actual, value)
+
+
+AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {"max": max, "min": min, "sum": sum}
+ARITHMETIC: dict[str, Callable[[float, float], float]] = {"-": operator.sub, "+": operator.add}
+COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    "<": operator.lt,
+    ">=": operator.ge,
+    "<=": operator.le,
+}
+
+
+class CircuitOpenRule(SimulatedAlert):
+    """ShopmeshCircuitOpen over the real breaker and its metrics collector, on the simulation's clock."""
+
+    def firing_for(
+        self, calls: Callable[[float], bool], *, until: float, down: Callable[[float], bool] = lambda t: True
+    ) -> list[float]:
+        """When the alert fires while `calls(t)` says whether a call is made at second t (whole seconds) and
+        `down(t)` whether the dependency fails it at once (UNAVAILABLE) or answers it."""
+        now = [0.0]
+        breaker = CircuitBreaker(clock=lambda: now[0])
+        collector = BreakerCollector(wall_clock=lambda: now[0])
+        collector.watch("recommendations", {"/shopmesh.x.v1.XService/Get": breaker})
+
+        def world(t: float) -> None:
+            now[0] = t
+            if calls(t) and breaker.allow():
+                if down(t):
+                    breaker.record_failure()
+                else:
+                    breaker.record_success()
+
+        return self.firing(world, lambda: [s for family in collector.collect() for s in family.samples], until=until)
+
+    def fired_at(self, calls: Callable[[float], bool], *, until: float) -> float | None:
+        """When the alert first fires (None: not before `until`) while the dependency fails every call."""
+        return next(iter(self.firing_for(calls, until=until)), None)
 
 
 def circuit_open_rule(rendered: dict[tuple[str, str], Docs]) -> CircuitOpenRule:
@@ -461,6 +529,43 @@ def test_circuit_open_fires_for_a_rarely_called_dependency_that_stays_down(
     )
     # The first failed probe is the call after the threshold's: the alert follows it by its `for`.
     assert fired <= (threshold + 1) * every + rule.hold + SCRAPE_INTERVAL + 2 * EVALUATION_INTERVAL
+
+
+@pytest.mark.parametrize("every", [60, 600])
+def test_circuit_open_resolves_for_a_dependency_that_recovered_while_its_method_is_idle(
+    rendered: dict[tuple[str, str], Docs], every: int
+) -> None:
+    """A dependency down for an hour behind a method called only while something needs it (orders' recovery
+    loop lists payments only while it compensates): calls every `every` s during the outage, none once the
+    dependency is back. The last probe failed, nothing got through since, so the breaker still says
+    probe_failed: on that alone the alert fired for the outage and then for ever, until someone called
+    the method or the pod restarted. Nothing has said the dependency is down for half an hour: it must
+    resolve, and stay resolved."""
+    rule = circuit_open_rule(rendered)
+    outage = 3600.0
+    firing = rule.firing_for(lambda t: t < outage and t % every == 0, until=outage + 3 * 3600.0)
+    assert firing, f"{rule} did not fire during the outage"
+    assert firing[0] < outage, f"{rule} did not fire during the outage"
+    last_probe = (outage - 1) // every * every
+    # Its last firing (the 3 hours after it silent): the first evaluation seeing the probe over 30 minutes old.
+    assert firing[-1] <= last_probe + 1800 + SCRAPE_INTERVAL + EVALUATION_INTERVAL, (
+        f"{rule} still fired {firing[-1] - last_probe:.0f} s after the last failed probe, the dependency back"
+    )
+
+
+def test_circuit_open_fires_again_when_the_next_call_finds_the_dependency_still_down(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    """A method called once an hour in front of a dependency down for good: the alert resolves half an hour
+    after each failed probe (nothing fresh says it is down), and the next call's probe, failing, fires it
+    again."""
+    rule = circuit_open_rule(rendered)
+    firing = rule.firing_for(lambda t: t % 3600 == 0, until=10 * 3600.0)
+    threshold = CircuitBreaker().config.failure_threshold
+    for hour in range(threshold + 1, 10):
+        assert any(hour * 3600 < t < hour * 3600 + 1800 for t in firing), (
+            f"{rule} silent after the probe of hour {hour}"
+        )
 
 
 def test_circuit_open_does_not_fire_for_a_breaker_left_idle_after_a_blip(rendered: dict[tuple[str, str], Docs]) -> None:

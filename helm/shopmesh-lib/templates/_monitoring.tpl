@@ -171,10 +171,10 @@ spec:
 {{- if $c.calls -}}
 {{- $rules = append $rules (dict
     "alert" "ShopmeshCircuitOpen"
-    "expr" "max by (dependency, method) (shopmesh_client_breaker_probe_failed{__selector__}) > 0"
+    "expr" "max by (dependency, method) (shopmesh_client_breaker_probe_failed{__selector__} > 0 and time() - shopmesh_client_breaker_probe_failed_timestamp_seconds{__selector__} < 1800)"
     "for" "5m" "severity" "warning"
     "summary" (printf "%s: circuit breaker open in front of a dependency" $c.name)
-    "description" "The breaker in front of {{ $labels.dependency }}'s {{ $labels.method }} has not closed for 5 minutes since a probe call failed, and no call has got through since: calls from this service to that method fail fast (UNAVAILABLE CIRCUIT_OPEN), or, if it is rarely called, the next one is a probe that decides. That method, or the whole dependency, is down or failing.") -}}
+    "description" "The breaker in front of {{ $labels.dependency }}'s {{ $labels.method }} has not closed for 5 minutes since a probe call failed, no call has got through since, and a probe failed within the last 30 minutes: calls from this service to that method fail fast (UNAVAILABLE CIRCUIT_OPEN), or, if it is rarely called, the next one is a probe that decides. That method, or the whole dependency, is down or failing. It resolves 30 minutes after the last failed probe with no call since: the dependency may have come back, and a dependency still down fails the next call's probe and fires it again.") -}}
 {{- end -}}
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
