@@ -6,9 +6,11 @@ the services really export, and only labels those metrics' series carry. Without
 from __future__ import annotations
 
 import json
+import math
 import operator
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from shopmesh_chassis.breaker import CircuitBreaker
-from shopmesh_chassis.metrics import BreakerCollector, ServerMetrics
+from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, ServerMetrics
 from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES, is_edge
@@ -629,3 +631,142 @@ def test_the_label_check_sees_a_label_the_series_lack() -> None:
         )
         == []
     )
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A pod in a simulation of a timestamp alert (ShopmeshOutboxRelayStalled, ShopmeshConsumerCutOff): it
+    is scraped from `start` until `stop`, sets its timestamp at its start (as the relay and a consumer do,
+    so that one never getting through shows it too) and then every `every` s from `leads` (a relay once it
+    holds the relay lock; None: from its start, as a consumer reads) until it is cut off."""
+
+    start: float
+    stop: float = math.inf
+    leads: float | None = None
+    cut_off: float = math.inf
+    every: float = 1.0
+
+
+def timestamp_alert_firing(
+    alert: dict[str, Any], replicas: list[Replica], stamp: Callable[[EventMetrics, float], None], *, until: float
+) -> list[float]:
+    """When `alert` fires over `replicas`, each with the real event metrics, `stamp` setting its timestamp."""
+    now = [0.0]
+    metrics = [ServerMetrics(CollectorRegistry()) for _ in replicas]
+
+    def world(t: float) -> None:
+        now[0] = t
+        for replica, metric in zip(replicas, metrics, strict=True):
+            leads = replica.start if replica.leads is None else replica.leads
+            passing = leads <= t < min(replica.cut_off, replica.stop) and (t - leads) % replica.every == 0
+            if t == replica.start or passing:
+                stamp(metric.events, t)
+
+    def scrape() -> list[Sample]:
+        return [
+            sample._replace(labels={**sample.labels, "pod": f"pod-{index}"})
+            for index, (replica, metric) in enumerate(zip(replicas, metrics, strict=True))
+            if replica.start <= now[0] < replica.stop
+            for family in metric.registry.collect()
+            for sample in family.samples
+        ]
+
+    return SimulatedAlert(alert).firing(world, scrape, until=until)
+
+
+def alert_named(rendered: dict[tuple[str, str], Docs], service: str, name: str) -> dict[str, Any]:
+    [alert] = [a for a in alerts_of(rendered[MONITORING, service], service) if a["alert"] == name]
+    return alert
+
+
+STAMPED_FOR = 1800.0
+# How old the newest stamp gets before the alert is pending (docs/operations.md): over 2 and 3 minutes.
+RELAY_STALLED_AFTER = 120.0
+CONSUMER_CUT_OFF_AFTER = 180.0
+CUT_OFF_AT = 300.0
+ROLLED_AT = 900.0
+# Scenario -> its replicas, for a relay (every second; only the lock's holder passes) and a consumer (every 30 s).
+RELAY_SCENARIOS = {
+    "one healthy replica": [Replica(0)],
+    "a leader and a standby that never passes": [Replica(0), Replica(0, leads=math.inf)],
+    "a rolling update: the new replica has just started, the old one leads until it stops": [
+        Replica(0, stop=ROLLED_AT),
+        Replica(ROLLED_AT - 10, leads=ROLLED_AT),
+    ],
+    "zero replicas (ShopmeshServiceDown's)": [],
+}
+RELAY_STALLED = {
+    "the only replica stalls": [Replica(0, cut_off=CUT_OFF_AT)],
+    "the leader hangs holding the lock, the standby waits": [
+        Replica(0, cut_off=CUT_OFF_AT),
+        Replica(0, leads=math.inf),
+    ],
+}
+CONSUMER_SCENARIOS = {
+    "one healthy replica": [Replica(0, every=30)],
+    "two healthy replicas": [Replica(0, every=30), Replica(7, every=30)],
+    # The other replica consumes: ShopmeshConsumerCutOff is about the consumer, not about each pod.
+    "one of two replicas cut off": [Replica(0, cut_off=CUT_OFF_AT, every=30), Replica(7, every=30)],
+    "a rolling update: the new replica has just started, the old one reads until it stops": [
+        Replica(0, stop=ROLLED_AT, every=30),
+        Replica(ROLLED_AT - 10, every=30),
+    ],
+    "zero replicas (ShopmeshServiceDown's)": [],
+}
+CONSUMER_CUT_OFF = {
+    "the only replica is cut off": [Replica(0, cut_off=CUT_OFF_AT, every=30)],
+    "both replicas are cut off": [Replica(0, cut_off=CUT_OFF_AT, every=30), Replica(7, cut_off=CUT_OFF_AT, every=30)],
+}
+
+
+def stamp_relay_pass(events: EventMetrics, t: float) -> None:
+    events.relay_pass.set(t)
+
+
+def stamp_nats_read(events: EventMetrics, t: float) -> None:
+    events.consumer_nats_read.labels("notifications").set(t)
+
+
+def assert_fires_while_stamps_stop(alert: dict[str, Any], threshold: float, fired: list[float]) -> None:
+    """Fires once the last stamp (at most one period before the cut-off) is over `threshold` old (the
+    runbook's) and that has held for the rule's `for`, not before, and keeps firing."""
+    rule = SimulatedAlert(alert)
+    assert fired, f"{rule} never fired"
+    earliest = CUT_OFF_AT - 30 + threshold + rule.hold
+    latest = CUT_OFF_AT + threshold + rule.hold + SCRAPE_INTERVAL + 2 * EVALUATION_INTERVAL
+    assert earliest <= fired[0] <= latest, f"{rule} fired at {fired[0]:.0f} s, the stamps stopped at {CUT_OFF_AT:.0f} s"
+    assert fired[-1] >= STAMPED_FOR - EVALUATION_INTERVAL, f"{rule} stopped firing at {fired[-1]:.0f} s"
+
+
+@pytest.mark.parametrize("scenario", list(RELAY_SCENARIOS))
+def test_outbox_relay_stalled_stays_silent_while_a_relay_passes(
+    rendered: dict[tuple[str, str], Docs], scenario: str
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshOutboxRelayStalled")
+    fired = timestamp_alert_firing(alert, RELAY_SCENARIOS[scenario], stamp_relay_pass, until=STAMPED_FOR)
+    assert not fired, f"{SimulatedAlert(alert)} fired at {fired[0]:.0f} s with {scenario}"
+
+
+@pytest.mark.parametrize("scenario", list(RELAY_STALLED))
+def test_outbox_relay_stalled_fires_when_no_relay_passes(rendered: dict[tuple[str, str], Docs], scenario: str) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshOutboxRelayStalled")
+    fired = timestamp_alert_firing(alert, RELAY_STALLED[scenario], stamp_relay_pass, until=STAMPED_FOR)
+    assert_fires_while_stamps_stop(alert, RELAY_STALLED_AFTER, fired)
+
+
+@pytest.mark.parametrize("scenario", list(CONSUMER_SCENARIOS))
+def test_consumer_cut_off_stays_silent_while_a_replica_reads_nats(
+    rendered: dict[tuple[str, str], Docs], scenario: str
+) -> None:
+    alert = alert_named(rendered, "notifications", "ShopmeshConsumerCutOff")
+    fired = timestamp_alert_firing(alert, CONSUMER_SCENARIOS[scenario], stamp_nats_read, until=STAMPED_FOR)
+    assert not fired, f"{SimulatedAlert(alert)} fired at {fired[0]:.0f} s with {scenario}"
+
+
+@pytest.mark.parametrize("scenario", list(CONSUMER_CUT_OFF))
+def test_consumer_cut_off_fires_when_no_replica_reads_nats(
+    rendered: dict[tuple[str, str], Docs], scenario: str
+) -> None:
+    alert = alert_named(rendered, "notifications", "ShopmeshConsumerCutOff")
+    fired = timestamp_alert_firing(alert, CONSUMER_CUT_OFF[scenario], stamp_nats_read, until=STAMPED_FOR)
+    assert_fires_while_stamps_stop(alert, CONSUMER_CUT_OFF_AFTER, fired)
