@@ -197,6 +197,23 @@ async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on
     assert not (tmp_path / "data").exists()
 
 
+async def test_the_launcher_says_which_wave_it_starts_and_when_it_serves_in_lines_of_its_own(tmp_path: Path) -> None:
+    """Without these lines a loaded machine showed only NATS' output for half a minute. They are the launcher's
+    own lines, beside the services' JSON ones (each still one JSON document after its prefix)."""
+    async with launched(tmp_path / "data", "--services", "catalog", "--http-port", "0", "--log-format", "json") as (
+        process,
+        lines,
+    ):
+        started = lines.index("starting catalog ...")
+        [serving] = [i for i, line in enumerate(lines) if re.fullmatch(r"  \.\.\. serving \(\d+\.\d s\)", line)]
+        catalog = [i for i, line in enumerate(lines) if said_by("catalog")(line)]
+        assert catalog
+        assert started < catalog[0] < serving < lines.index(run.READY_LINE)
+        for i in catalog:
+            assert isinstance(json.loads(lines[i].split(" | ", 1)[1]), dict), lines[i]
+        await ctrl_c(process)
+
+
 async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) -> None:
     process = await start_launcher(tmp_path / "data", "--services", "")
     assert process.stdout is not None

@@ -5,9 +5,10 @@ until Ctrl-C.
                                     [--postgres] [--mesh envoy [--canary SERVICE[:WEIGHT]]] [--http-port PORT]
 
 With the gateway, the public API is also served over HTTP/JSON and gRPC-Web (an Envoy at :8080, docs/http-api.md).
-Prints a table of what runs where, grpcurl and curl commands to try; each process's output is prefixed with its
-name. Every service exports its spans to the local trace sink (`make traces` shows them), unless
-OTEL_EXPORTER_OTLP_ENDPOINT names a collector of your own. Ctrl-C (or SIGTERM, or the terminal closing)
+Says which wave of services it starts and when that wave is SERVING, then prints a table of what runs where,
+grpcurl and curl commands to try; each process's output is prefixed with its name. Every service exports its
+spans to the local trace sink (`make traces` shows them), unless OTEL_EXPORTER_OTLP_ENDPOINT names a collector
+of your own. Ctrl-C (or SIGTERM, or the terminal closing)
 stops the services callers first, then NATS (then the PostgreSQL server), and exits 0; a second Ctrl-C
 kills whatever the stack still runs. The same while the stack starts: what had started is stopped, and it
 exits 0 with one line, "stopped while starting ...". Exit status 1 when the stack cannot start, or when one
@@ -699,7 +700,7 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
     names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
     print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
     # Cancelled by a signal, Stack.start stops what it had started.
-    await stack.start(failed=signals.start_failed)
+    await stack.start(failed=signals.start_failed, progress=lambda line: print(line, flush=True))
     signals.starting = False
     print(banner(stack, args.services, database), flush=True)
     crash = await _stop_or_crash(signals.requested, stack, postgres)

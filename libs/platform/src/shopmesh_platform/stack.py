@@ -703,10 +703,13 @@ class Stack:
     ) -> None:
         await self.stop()
 
-    async def start(self, failed: Callable[[], None] = lambda: None) -> None:
+    async def start(
+        self, failed: Callable[[], None] = lambda: None, progress: Callable[[str], None] = lambda _: None
+    ) -> None:
         """Start NATS and the sinks, then the services wave by wave, each wave once the previous one is SERVING.
         On any failure (or cancellation) everything started is stopped before the error propagates; `failed`
-        is called on a failure (not a cancellation) before that stop (`undone_on_failure`)."""
+        is called on a failure (not a cancellation) before that stop (`undone_on_failure`). `progress` gets a
+        line as each wave starts and one as it is SERVING (the launcher prints them)."""
         if self._started:
             raise StackError("the stack is already started")
         await self._wait_for_closing_connections()
@@ -728,8 +731,14 @@ class Stack:
             # Every proxy before any service (Istio's holdApplicationUntilProxyStarts): a service's first
             # outbound call must not race its sidecar.
             await _all([self._start_child(child) for child in self._sidecars.values()])
+            loop = asyncio.get_running_loop()
             for wave in self.waves:
+                # A wave can take tens of seconds on a loaded machine, with no line of its own until it serves:
+                # say what the start waits for.
+                began = loop.time()
+                progress(f"starting {', '.join(wave)} ...")
                 await _all([self._start_child(self._children[name]) for name in wave])
+                progress(f"  ... serving ({loop.time() - began:.1f} s)")
             # Clients come in through it: open it once what it forwards to serves.
             if self._http_api is not None:
                 await self._start_child(self._http_api)
