@@ -273,6 +273,20 @@ def test_without_a_gateway_the_banner_offers_no_http_commands(tmp_path: Path) ->
     assert "only NATS runs" not in text
 
 
+def test_the_banners_curl_commands_end_their_reply_with_a_newline(tmp_path: Path) -> None:
+    """The API's JSON has no newline of its own: without curl's, the shell's prompt ran into it. Each printed
+    command, as a shell splits it, runs the real curl on a reply without one (a file in place of the URL)."""
+    reply = tmp_path / "reply.json"
+    reply.write_text('{"products": []}')
+    stack = Stack(tmp_path, ports=run.port_plan(free=True), services=["gateway"])
+    commands = [line.strip() for line in run.banner(stack, ["gateway"]).splitlines() if line.startswith("  curl ")]
+    assert len(commands) == 4
+    for command in commands:
+        argv = [*shlex.split(command)[:-1], reply.as_uri()]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+        assert out.endswith('{"products": []}\n'), (command, out)
+
+
 def test_an_unknown_service_exits_1_naming_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run.main(["--data-dir", str(tmp_path), "--services", "catalog,warehouse"]) == 1
     error = capsys.readouterr().err

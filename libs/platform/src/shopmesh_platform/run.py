@@ -234,12 +234,15 @@ def curl_commands(stack: Stack) -> list[str]:
     """The same shop over HTTP/JSON, through the edge in front of the gateway."""
     if stack.http_url is None:
         return []
+    # The API's JSON ends without a newline: curl adds one (`-w '\n'`, as README's walk-throughs do), else the
+    # shell's prompt runs into the reply.
+    newline = ["-w", "\\n"]
     commands = [
-        ["curl", "-s", f"{stack.http_url}/v1/products?pageSize=3"],
-        ["curl", "-s", f"{stack.http_url}/v1/products/prod_chef_knife"],
-        ["curl", "-s", "-i", f"{stack.http_url}/v1/orders"],
+        ["curl", "-s", *newline, f"{stack.http_url}/v1/products?pageSize=3"],
+        ["curl", "-s", *newline, f"{stack.http_url}/v1/products/prod_chef_knife"],
+        ["curl", "-s", "-i", *newline, f"{stack.http_url}/v1/orders"],
         # The API's OpenAPI document, for Swagger UI or a client generator.
-        ["curl", "-s", f"{stack.http_url}/openapi.json"],
+        ["curl", "-s", *newline, f"{stack.http_url}/openapi.json"],
     ]
     return [shlex.join(command) for command in commands]
 
