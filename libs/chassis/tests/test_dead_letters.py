@@ -13,6 +13,7 @@ from nats.js.api import ConsumerConfig, RawStreamMsg
 from prometheus_client import CollectorRegistry
 
 from shopmesh.orders.v1 import events_pb2
+from shopmesh_chassis import deadletters_cli as cli
 from shopmesh_chassis.consumer import Event, EventConsumer
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import (
@@ -343,6 +344,25 @@ def test_the_command_says_in_one_line_when_nats_is_unreachable() -> None:
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: cannot reach NATS at {url}: ConnectionRefusedError"), line
+    # A NATS of its own choosing: the local stack's advice would be beside the point.
+    assert "make run" not in line, line
+
+
+def test_the_command_says_how_to_reach_the_local_stacks_nats_when_it_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make deadletters` with no stack running said "cannot reach NATS" and no more. The local stack's address
+    moved to a free port: nothing else may answer there."""
+    local = f"nats://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(cli, "LOCAL_NATS_URL", local)
+    monkeypatch.delenv("NATS_URL", raising=False)
+    monkeypatch.delenv("SECRETS_DIR", raising=False)
+    assert cli.main(["list"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: cannot reach NATS at {local}: ConnectionRefusedError"), line
+    # Start the stack, or name its NATS: under --free-ports the launcher's table shows it, nothing records it.
+    assert "start it with `make run`" in line, line
+    assert 'make deadletters ARGS="--nats-url nats://127.0.0.1:PORT list"' in line, line
 
 
 def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServer) -> None:

@@ -193,7 +193,8 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     except Exception as exc:
         cause = seen[-1] if seen else exc
-        print(f"error: cannot reach NATS at {shown_nats_url(args.nats_url)}: {type(cause).__name__}: {cause}", file=err)
+        said = f"error: cannot reach NATS at {shown_nats_url(args.nats_url)}: {type(cause).__name__}: {cause}"
+        print(said + (local_stack_hint() if args.nats_url == LOCAL_NATS_URL else ""), file=err)
         return 1
     try:
         letters = DeadLetters(client.jetstream())
@@ -237,6 +238,16 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     finally:
         await client.close()
+
+
+def local_stack_hint() -> str:
+    """What to do when the default NATS, the local stack's, does not answer. The launcher records its NATS
+    address nowhere this could read (`--free-ports` picks another port each run): it shows it in its table."""
+    return (
+        "; that is the local stack's NATS: start it with `make run`, or name another with --nats-url URL (or "
+        "NATS_URL); under `make run RUN_ARGS=--free-ports` it is the nats row's URL of the launcher's table: "
+        'make deadletters ARGS="--nats-url nats://127.0.0.1:PORT list"'
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
