@@ -14,6 +14,13 @@ PROM_MODELS_VERSION    := 6.0.0
 ISTIO_MODELS_VERSION   := 3.0.1
 GATEWAY_MODELS_VERSION := 2.0.0
 CRD_MODELS_STAMP       := $(TOOLS)/crd-models-prometheus-$(PROM_MODELS_VERSION)-istio-$(ISTIO_MODELS_VERSION)-gateway-$(GATEWAY_MODELS_VERSION).stamp
+# promtool checks the alert rules and runs their unit tests (tests/k8s/test_monitoring.py). It is on neither PyPI nor
+# npm; Debian ships it in its prometheus package, which is downloaded and unpacked into .tools, never installed:
+# no root, none of the package's maintainer scripts (they would add a user and start a server). Another Debian or
+# Ubuntu release offers another version: PROMETHEUS_DEB_VERSION=<one `apt-cache policy prometheus` lists>.
+PROMETHEUS_DEB_VERSION ?= 2.42.0+ds-5+deb12u1
+PROMETHEUS_DIR  := $(TOOLS)/prometheus
+PROMTOOL_STAMP  := $(TOOLS)/promtool-$(PROMETHEUS_DEB_VERSION).stamp
 KIND_CLUSTER    ?= shopmesh
 PROFILE         ?=
 export KIND_CLUSTER PROFILE
@@ -29,10 +36,27 @@ $(CRD_MODELS_STAMP): | $(JS_TOOLS)
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @kubernetes-models/prometheus-operator@$(PROM_MODELS_VERSION) @kubernetes-models/istio@$(ISTIO_MODELS_VERSION) @kubernetes-models/gateway-api@$(GATEWAY_MODELS_VERSION)
 	touch $@
 
-.PHONY: k8s-tools
-k8s-tools: setup $(CHECKOV_STAMP) $(CRD_MODELS_STAMP) ## Install checkov (pinned, isolated) and the Prometheus Operator, Istio and Gateway API schemas beside the locked dev tools (helm SDK, hadolint, kubernetes-validate)
+# The tests find it as .tools/bin/promtool, beside checkov, else on PATH: a machine without apt-get (not Debian)
+# uses a promtool of its own there.
+$(PROMTOOL_STAMP):
+	@{ command -v apt-get && command -v dpkg-deb; } >/dev/null || command -v promtool >/dev/null || { \
+	  echo "error: promtool is missing, and this machine has no apt-get and dpkg-deb to take it from Debian's prometheus package: put promtool 2.42 or later (it comes with every Prometheus release) on PATH"; exit 1; }
+	rm -rf $(PROMETHEUS_DIR) $(TOOLS)/bin/promtool $(TOOLS)/promtool-*.stamp
+	mkdir -p $(TOOLS)/bin
+	@if ! { command -v apt-get && command -v dpkg-deb; } >/dev/null; then echo "no apt-get: the tests use $$(command -v promtool)"; touch $@; exit 0; fi; \
+	echo "unpacking promtool from Debian's prometheus $(PROMETHEUS_DEB_VERSION) into $(PROMETHEUS_DIR)"; \
+	mkdir -p $(PROMETHEUS_DIR)/deb && (cd $(PROMETHEUS_DIR)/deb && apt-get download -qq prometheus=$(PROMETHEUS_DEB_VERSION)) \
+	  || { echo "error: apt-get cannot download prometheus=$(PROMETHEUS_DEB_VERSION): run apt-get update (as root), or set PROMETHEUS_DEB_VERSION to a version apt-cache policy prometheus lists"; exit 1; }; \
+	dpkg-deb -x $(PROMETHEUS_DIR)/deb/prometheus_*.deb $(PROMETHEUS_DIR); \
+	rm -rf $(PROMETHEUS_DIR)/deb; \
+	ln -s ../prometheus/usr/bin/promtool $(TOOLS)/bin/promtool; \
+	$(TOOLS)/bin/promtool --version >/dev/null; \
+	touch $@
 
-# `make test` runs tests/k8s, which needs checkov: add it to the root Makefile's test prerequisites.
+.PHONY: k8s-tools
+k8s-tools: setup $(CHECKOV_STAMP) $(CRD_MODELS_STAMP) $(PROMTOOL_STAMP) ## Install checkov (pinned, isolated), promtool (Debian's prometheus package, unpacked) and the Prometheus Operator, Istio and Gateway API schemas beside the locked dev tools (helm SDK, hadolint, kubernetes-validate)
+
+# `make test` runs tests/k8s, which needs checkov and promtool: add them to the root Makefile's test prerequisites.
 test: k8s-tools
 
 .PHONY: dockerfiles
