@@ -1,21 +1,23 @@
 """With values-monitoring.yaml every service gets a ServiceMonitor on its metrics port and the alerts its role
 calls for, and the umbrella ships the Grafana dashboard; the objects are valid Prometheus Operator
 resources, and every alert's and panel's PromQL parses, selects the right series and names only metrics
-the services really export, and only labels those metrics' series carry. Without it, none of them."""
+the services really export, and only labels those metrics' series carry; Prometheus' promtool accepts every
+rule and runs the alerts' unit tests over what the real metric objects export. Without it, none of them."""
 
 from __future__ import annotations
 
 import json
 import math
-import operator
 import re
+import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import promql_parser
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -27,7 +29,17 @@ from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES, is_edge
 
-from .k8skit import ROOT, Docs, dashboards, envoy_metric_labels, find, objects_of, render, validate_custom_resources
+from .k8skit import (
+    ROOT,
+    Docs,
+    dashboards,
+    envoy_metric_labels,
+    find,
+    objects_of,
+    render,
+    tool,
+    validate_custom_resources,
+)
 from .test_mesh_policy import linkerd_problems
 
 MONITORING = "monitoring"
@@ -334,208 +346,229 @@ def test_under_a_mesh_each_pods_proxy_is_scraped_too(
     assert not validate_custom_resources(monitors)
 
 
+def test_promtool_accepts_every_services_rules(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
+    """Prometheus' own check of what it will load: the PromQL as Prometheus parses it, each `for`, and each
+    annotation's Go template (which nothing else here parses)."""
+    files = [rule_file(tmp_path / f"{name}.yaml", rule_groups(rendered, name)) for name in SERVICES]
+    result = promtool("check", "rules", *files, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(SERVICES), result.stdout
+
+
+def test_promtool_check_sees_a_broken_annotation_template(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    groups = rule_groups(rendered, "gateway")
+    [alert] = [a for group in groups for a in group["rules"] if a["alert"] == "ShopmeshCircuitOpen"]
+    alert["annotations"]["description"] = "The breaker in front of {{ $labels.dependency }'s method is open"
+    # The label check reads the annotation's $labels.dependency and finds nothing wrong.
+    shown = set(ANNOTATION_LABEL.findall(json.dumps(alert["annotations"])))
+    assert not label_problems(alert["expr"], exported_metric_labels(), shown)
+    result = promtool("check", "rules", rule_file(tmp_path / "gateway.yaml", groups), cwd=tmp_path)
+    assert result.returncode != 0, "promtool accepted an annotation template that does not parse"
+    assert "template" in result.stdout + result.stderr
+
+
 # Prometheus' side of an alert's `for:` (kube-prometheus-stack's defaults): the rule is evaluated every 30 s
 # on the newest sample of each series, scraped every 15 s (values-monitoring.yaml).
-SCRAPE_INTERVAL = 15.0
-EVALUATION_INTERVAL = 30.0
+SCRAPE_INTERVAL = 15
+EVALUATION_INTERVAL = 30
 
 
-def seconds_of(duration: str) -> float:
+def seconds_of(duration: str) -> int:
     units = {"s": 1, "m": 60, "h": 3600}
-    return float(duration[:-1]) * units[duration[-1]]
+    return int(duration[:-1]) * units[duration[-1]]
 
 
-# A simulated series: its labels (the metric name aside), and an instant vector of them with their values.
-Labels = frozenset[tuple[str, str]]
-Vector = dict[Labels, float]
-# Labels the chart's selector matches (`__selector__`): every simulated series is the service's own.
-SELECTOR_LABELS = {"job", "namespace"}
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
-class SimulatedAlert:
-    """An alert evaluated as Prometheus does, on 15 s scrapes and 30 s evaluations held for its `for`, over
-    series the real metric objects export in a simulated world on a fake clock (time() is that clock).
-    (promtool is not at hand.) Only the PromQL the simulated rules are written in is understood: selectors
-    (on the newest scrape: a pod gone has no series), numbers, time(), arithmetic and comparison (a filter)
-    of a vector with a scalar, `and`, and max/min/sum by; anything else fails the test rather than being
-    evaluated wrongly."""
+def rule_groups(rendered: dict[tuple[str, str], Docs], name: str) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = find(rendered[MONITORING, name], "PrometheusRule", name)["spec"]["groups"]
+    return groups
 
-    def __init__(self, alert: dict[str, Any]) -> None:
-        self.alert = alert
-        self.hold = seconds_of(alert["for"])
-        self.expr = promql_parser.parse(alert["expr"])
 
-    def __str__(self) -> str:
-        return f"{self.alert['alert']} ({self.alert['expr']}, for {self.alert['for']})"
+def rule_file(path: Path, groups: list[dict[str, Any]]) -> str:
+    """A rule file as Prometheus reads it: the PrometheusRule's spec, which the operator hands it as is."""
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    return path.name
 
-    def firing(
-        self, world: Callable[[float], None], scrape: Callable[[], list[Sample]], *, until: float
-    ) -> list[float]:
-        """The evaluations (seconds from 0) at which the alert fires: `world(t)` moves the world to second t,
-        `scrape()` reads what its metrics export then."""
-        samples: list[Sample] | None = None
-        pending_since: float | None = None
-        fired = []
-        second = 0
-        while second < until:
-            now = float(second)
-            world(now)
-            if second % SCRAPE_INTERVAL == 1:
-                samples = scrape()
-            if second % EVALUATION_INTERVAL == 7 and samples is not None:
-                result = self.evaluate(self.expr, now, samples)
-                assert isinstance(result, dict), f"not an instant vector: {self.alert['expr']}"
-                if result:
-                    pending_since = now if pending_since is None else pending_since
-                    if now - pending_since >= self.hold:
-                        fired.append(now)
-                else:
-                    pending_since = None
-            second += 1
-        return fired
 
-    def evaluate(self, node: Any, now: float, samples: list[Sample]) -> Vector | float:
-        if isinstance(node, promql_parser.NumberLiteral):
-            return float(node.val)
-        if isinstance(node, promql_parser.ParenExpr):
-            return self.evaluate(node.expr, now, samples)
-        if isinstance(node, promql_parser.Call) and node.func.name == "time":
-            return now
-        if isinstance(node, promql_parser.VectorSelector):
-            matchers = [m for m in node.matchers.matchers if m.name not in SELECTOR_LABELS]
-            return {
-                frozenset(s.labels.items()): s.value
-                for s in samples
-                if s.name == node.name and all(matches(str(m.op), m.value, s.labels.get(m.name, "")) for m in matchers)
+# When an alert fires: evaluation second -> whether it is firing then (evaluations absent: not checked).
+Expected = dict[int, bool]
+
+
+def firing_between(start: float, end: float, firing: bool = True) -> Expected:
+    """Every evaluation in [start, end)."""
+    first = math.ceil(max(start, 0) / EVALUATION_INTERVAL) * EVALUATION_INTERVAL
+    return dict.fromkeys(range(first, math.ceil(end), EVALUATION_INTERVAL), firing)
+
+
+def silent_between(start: float, end: float) -> Expected:
+    return firing_between(start, end, firing=False)
+
+
+@dataclass
+class Scenario:
+    """A world on a fake clock, in whole seconds: `world(t)` moves it to second t (time() is that clock) and
+    `scrape()` reads what its real metric objects export then, each sample with the target labels a scrape
+    adds (its pod's among them); a series a scrape no longer finds (its pod gone) goes stale, as Prometheus
+    marks it. `expected` is when the alert fires, with `labels` beside the rule's."""
+
+    name: str
+    world: Callable[[float], None]
+    scrape: Callable[[], list[Sample]]
+    until: int
+    expected: Expected
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def input_series(scenario: Scenario, job: str, names: set[str]) -> list[dict[str, str]]:
+    """The scenario's scrapes of the metrics `names`, every SCRAPE_INTERVAL, in promtool's series notation."""
+    steps = len(range(0, scenario.until, SCRAPE_INTERVAL))
+    values: dict[str, list[str]] = {}
+    for second in range(scenario.until):
+        scenario.world(float(second))
+        if second % SCRAPE_INTERVAL:
+            continue
+        step, seen = second // SCRAPE_INTERVAL, set()
+        for sample in scenario.scrape():
+            if sample.name in names:
+                labels = {"job": job, "namespace": render.NAMESPACE, **sample.labels}
+                series = sample.name + "{" + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items())) + "}"
+                values.setdefault(series, ["_"] * steps)[step] = repr(sample.value)
+                seen.add(series)
+        for series in values.keys() - seen:
+            values[series][step] = "stale" if step and values[series][step - 1] not in {"_", "stale"} else "_"
+    return [{"series": series, "values": " ".join(found)} for series, found in values.items()]
+
+
+def promtool_test(
+    alert: dict[str, Any], job: str, scenarios: list[Scenario], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """`promtool test rules` of `alert` alone over each scenario's series, expecting it firing or silent at
+    each evaluation the scenario names."""
+    # Without its annotations: promtool compares them exactly, and $value's humanized duration is not what
+    # a scenario is about (`promtool check rules` checks their templates).
+    rule = {key: alert[key] for key in ("alert", "expr", "for", "labels")}
+    names = {selector.name or "" for selector in selectors(alert["expr"])}
+    tests = []
+    for scenario in scenarios:
+        labels = {**alert["labels"], **scenario.labels}
+        tests.append(
+            {
+                "name": scenario.name,
+                "interval": f"{SCRAPE_INTERVAL}s",
+                "input_series": input_series(scenario, job, names),
+                "alert_rule_test": [
+                    {
+                        "alertname": alert["alert"],
+                        "eval_time": f"{second}s",
+                        "exp_alerts": [{"exp_labels": labels}] if firing else [],
+                    }
+                    for second, firing in sorted(scenario.expected.items())
+                ],
             }
-        if isinstance(node, promql_parser.AggregateExpr) and str(node.op) in AGGREGATIONS:
-            assert node.modifier is None or node.modifier.type == promql_parser.AggModifierType.By, node
-            by = set(node.modifier.labels) if node.modifier else set()
-            inner = self.evaluate(node.expr, now, samples)
-            assert isinstance(inner, dict), node
-            groups: dict[Labels, list[float]] = {}
-            for labels, value in inner.items():
-                groups.setdefault(frozenset((k, v) for k, v in labels if k in by), []).append(value)
-            return {labels: AGGREGATIONS[str(node.op)](values) for labels, values in groups.items()}
-        if isinstance(node, promql_parser.BinaryExpr):
-            modifier = node.modifier
-            assert modifier is None or not (modifier.matching or modifier.return_bool), f"not simulated: {node}"
-            op = str(node.op)
-            lhs, rhs = self.evaluate(node.lhs, now, samples), self.evaluate(node.rhs, now, samples)
-            if op == "and":
-                assert isinstance(lhs, dict), node
-                assert isinstance(rhs, dict), node
-                return {labels: value for labels, value in lhs.items() if labels in rhs}
-            if isinstance(lhs, float) and isinstance(rhs, float):
-                assert op in ARITHMETIC, node
-                return ARITHMETIC[op](lhs, rhs)
-            if isinstance(lhs, dict) and isinstance(rhs, float):
-                pairs = {labels: (value, value, rhs) for labels, value in lhs.items()}
-            elif isinstance(lhs, float) and isinstance(rhs, dict):
-                pairs = {labels: (value, lhs, value) for labels, value in rhs.items()}
-            else:
-                raise AssertionError(f"vector with vector not simulated: {node}")
-            # (the vector's value, the operands in their order)
-            if op in ARITHMETIC:
-                return {labels: ARITHMETIC[op](left, right) for labels, (_, left, right) in pairs.items()}
-            assert op in COMPARISONS, node
-            return {labels: value for labels, (value, left, right) in pairs.items() if COMPARISONS[op](left, right)}
-        raise AssertionError(f"not simulated: {node}")
+        )
+    rules = rule_file(tmp_path / "rules.yaml", [{"name": "under-test", "rules": [rule]}])
+    test = {"rule_files": [rules], "evaluation_interval": f"{EVALUATION_INTERVAL}s", "tests": tests}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    return promtool("test", "rules", "test.yaml", cwd=tmp_path)
 
 
-def matches(op: str, value: str, actual: str) -> bool:
-    ops: dict[str, Callable[[str, str], bool]] = {
-        str(EQUAL): lambda actual, value: actual == value,
-        str(promql_parser.MatchOp.NotEqual): lambda actual, value: actual != value,
-        str(RE): lambda actual, value: re.fullmatch(value, actual) is not None,
-        str(promql_parser.MatchOp.NotRe): lambda actual, value: re.fullmatch(value, actual) is None,
-    }
-    return ops[op](actual, value)
+def assert_promtool_passes(alert: dict[str, Any], job: str, scenarios: list[Scenario], tmp_path: Path) -> None:
+    assert all(s.expected for s in scenarios), "a scenario that checks nothing"
+    result = promtool_test(alert, job, scenarios, tmp_path)
+    # promtool pads its report with blank lines, and lists every evaluation that differs: the first few say it.
+    report = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 0, f"{alert['alert']} ({alert['expr']}, for {alert['for']}):\n" + "\n".join(report[:60])
 
 
-AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {"max": max, "min": min, "sum": sum}
-ARITHMETIC: dict[str, Callable[[float, float], float]] = {"-": operator.sub, "+": operator.add}
-COMPARISONS: dict[str, Callable[[float, float], bool]] = {
-    ">": operator.gt,
-    "<": operator.lt,
-    ">=": operator.ge,
-    "<=": operator.le,
-}
+def alert_named(rendered: dict[tuple[str, str], Docs], service: str, name: str) -> dict[str, Any]:
+    [alert] = [a for a in alerts_of(rendered[MONITORING, service], service) if a["alert"] == name]
+    return alert
 
 
-class CircuitOpenRule(SimulatedAlert):
-    """ShopmeshCircuitOpen over the real breaker and its metrics collector, on the simulation's clock."""
-
-    def firing_for(
-        self, calls: Callable[[float], bool], *, until: float, down: Callable[[float], bool] = lambda t: True
-    ) -> list[float]:
-        """When the alert fires while `calls(t)` says whether a call is made at second t (whole seconds) and
-        `down(t)` whether the dependency fails it at once (UNAVAILABLE) or answers it."""
-        now = [0.0]
-        breaker = CircuitBreaker(clock=lambda: now[0])
-        collector = BreakerCollector(wall_clock=lambda: now[0])
-        collector.watch("recommendations", {"/shopmesh.x.v1.XService/Get": breaker})
-
-        def world(t: float) -> None:
-            now[0] = t
-            if calls(t) and breaker.allow():
-                if down(t):
-                    breaker.record_failure()
-                else:
-                    breaker.record_success()
-
-        return self.firing(world, lambda: [s for family in collector.collect() for s in family.samples], until=until)
-
-    def fired_at(self, calls: Callable[[float], bool], *, until: float) -> float | None:
-        """When the alert first fires (None: not before `until`) while the dependency fails every call."""
-        return next(iter(self.firing_for(calls, until=until)), None)
+BREAKER_LABELS = {"dependency": "recommendations", "method": "/shopmesh.x.v1.XService/Get"}
 
 
-def circuit_open_rule(rendered: dict[tuple[str, str], Docs]) -> CircuitOpenRule:
-    [alert] = [a for a in alerts_of(rendered[MONITORING, "gateway"], "gateway") if a["alert"] == "ShopmeshCircuitOpen"]
-    return CircuitOpenRule(alert)
+def breaker_scenario(name: str, calls: Callable[[float], bool], until: int, expected: Expected) -> Scenario:
+    """The real breaker and its metrics collector in front of a dependency that fails every call at once
+    (UNAVAILABLE), a call made at each second `calls(t)` says."""
+    now = [0.0]
+    breaker = CircuitBreaker(clock=lambda: now[0])
+    collector = BreakerCollector(wall_clock=lambda: now[0])
+    collector.watch(BREAKER_LABELS["dependency"], {BREAKER_LABELS["method"]: breaker})
+
+    def world(t: float) -> None:
+        now[0] = t
+        if calls(t) and breaker.allow():
+            breaker.record_failure()
+
+    def scrape() -> list[Sample]:
+        return [s._replace(labels={**s.labels, "pod": "gateway-0"}) for f in collector.collect() for s in f.samples]
+
+    return Scenario(name, world, scrape, until, expected, BREAKER_LABELS)
 
 
-def test_circuit_open_fires_while_a_dependency_stays_down(rendered: dict[tuple[str, str], Docs]) -> None:
+THRESHOLD = CircuitBreaker().config.failure_threshold
+
+
+def first_probe(every: int, phase: int = 0) -> int:
+    """The call after the threshold's: the breaker is open (its reset timeout is far shorter than `every`),
+    so it is a probe, and it fails."""
+    return phase + THRESHOLD * every
+
+
+def fires_by(since: float, hold: int) -> float:
+    """What the alert fires by when its condition holds from `since` on: the next scrape, the next
+    evaluation then, plus its `for`."""
+    return since + hold + SCRAPE_INTERVAL + EVALUATION_INTERVAL
+
+
+def test_circuit_open_fires_while_a_dependency_stays_down(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
     """A dependency down for good (every call to it fails UNAVAILABLE at once) under a trickle of calls to
     one method, one every 20 s (a quiet hour): the breaker in front of it opens and keeps failing calls the
     whole time, so ShopmeshCircuitOpen must fire. But the breaker's `open` state lasts only its reset timeout
     (5 s); then it reads `half_open` until the next call's probe fails and opens it again: a rule selecting
     state="open" saw 0 at most scrapes, each such evaluation reset its `for: 5m`, and it never fired."""
-    rule = circuit_open_rule(rendered)
-    silent = [
-        phase
+    alert = alert_named(rendered, "gateway", "ShopmeshCircuitOpen")
+    hold, until = seconds_of(alert["for"]), 20 * 60
+    scenarios = [
+        breaker_scenario(
+            f"a call every 20 s from second {phase}",
+            lambda t, phase=phase: t >= phase and (t - phase) % 20 == 0,
+            until,
+            silent_between(0, first_probe(20, phase) + hold)
+            | firing_between(fires_by(first_probe(20, phase), hold), until),
+        )
         for phase in range(0, 20, 2)
-        if rule.fired_at(lambda t, phase=phase: t >= phase and (t - phase) % 20 == 0, until=20 * 60.0) is None
     ]
-    assert not silent, (
-        f"{rule.alert['alert']} ({rule.alert['expr']}, for {rule.alert['for']}) never fired in a 20-minute outage of "
-        f"a dependency called every 20 s ({len(silent)} of 10 phases)"
-    )
+    assert_promtool_passes(alert, "gateway", scenarios, tmp_path)
 
 
 @pytest.mark.parametrize("every", [60, 180, 600])
 def test_circuit_open_fires_for_a_rarely_called_dependency_that_stays_down(
-    rendered: dict[tuple[str, str], Docs], every: int
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, every: int
 ) -> None:
     """A dependency down for good behind a method called once a minute or rarer (an admin's call, a nightly
     job): its breaker opens after its failure threshold and every later call is a probe that fails; between
     calls it reads half_open. Requiring the breaker to open again within 2 minutes, the rule saw that
-    at most briefly after each probe, never for its `for`, and stayed silent through a 3-hour outage."""
-    rule = circuit_open_rule(rendered)
-    threshold = CircuitBreaker().config.failure_threshold
-    fired = rule.fired_at(lambda t: t % every == 0, until=3 * 3600.0)
-    assert fired is not None, (
-        f"{rule.alert['alert']} ({rule.alert['expr']}, for {rule.alert['for']}) never fired in a 3-hour outage of "
-        f"a dependency called every {every} s"
-    )
-    # The first failed probe is the call after the threshold's: the alert follows it by its `for`.
-    assert fired <= (threshold + 1) * every + rule.hold + SCRAPE_INTERVAL + 2 * EVALUATION_INTERVAL
+    at most briefly after each probe, never for its `for`, and stayed silent through a 3-hour outage. It
+    fires from the first failed probe's `for` on, throughout."""
+    alert = alert_named(rendered, "gateway", "ShopmeshCircuitOpen")
+    hold, until = seconds_of(alert["for"]), 3 * 3600
+    expected = silent_between(0, first_probe(every) + hold) | firing_between(fires_by(first_probe(every), hold), until)
+    scenario = breaker_scenario(f"a call every {every} s", lambda t: t % every == 0, until, expected)
+    assert_promtool_passes(alert, "gateway", [scenario], tmp_path)
 
 
 @pytest.mark.parametrize("every", [60, 600])
 def test_circuit_open_resolves_for_a_dependency_that_recovered_while_its_method_is_idle(
-    rendered: dict[tuple[str, str], Docs], every: int
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, every: int
 ) -> None:
     """A dependency down for an hour behind a method called only while something needs it (orders' recovery
     loop lists payments only while it compensates): calls every `every` s during the outage, none once the
@@ -543,45 +576,54 @@ def test_circuit_open_resolves_for_a_dependency_that_recovered_while_its_method_
     probe_failed: on that alone the alert fired for the outage and then for ever, until someone called
     the method or the pod restarted. Nothing has said the dependency is down for half an hour: it must
     resolve, and stay resolved."""
-    rule = circuit_open_rule(rendered)
-    outage = 3600.0
-    firing = rule.firing_for(lambda t: t < outage and t % every == 0, until=outage + 3 * 3600.0)
-    assert firing, f"{rule} did not fire during the outage"
-    assert firing[0] < outage, f"{rule} did not fire during the outage"
+    alert = alert_named(rendered, "gateway", "ShopmeshCircuitOpen")
+    hold, outage = seconds_of(alert["for"]), 3600
+    until = outage + 3 * 3600
     last_probe = (outage - 1) // every * every
-    # Its last firing (the 3 hours after it silent): the first evaluation seeing the probe over 30 minutes old.
-    assert firing[-1] <= last_probe + 1800 + SCRAPE_INTERVAL + EVALUATION_INTERVAL, (
-        f"{rule} still fired {firing[-1] - last_probe:.0f} s after the last failed probe, the dependency back"
+    assert fires_by(first_probe(every), hold) < outage
+    expected = (
+        silent_between(0, first_probe(every) + hold)
+        | firing_between(fires_by(first_probe(every), hold), last_probe + 1800 - EVALUATION_INTERVAL)
+        | silent_between(last_probe + 1800 + SCRAPE_INTERVAL + EVALUATION_INTERVAL, until)
     )
+    scenario = breaker_scenario(
+        f"a call every {every} s for an hour, none after", lambda t: t < outage and t % every == 0, until, expected
+    )
+    assert_promtool_passes(alert, "gateway", [scenario], tmp_path)
 
 
 def test_circuit_open_fires_again_when_the_next_call_finds_the_dependency_still_down(
-    rendered: dict[tuple[str, str], Docs],
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
 ) -> None:
     """A method called once an hour in front of a dependency down for good: the alert resolves half an hour
     after each failed probe (nothing fresh says it is down), and the next call's probe, failing, fires it
     again."""
-    rule = circuit_open_rule(rendered)
-    firing = rule.firing_for(lambda t: t % 3600 == 0, until=10 * 3600.0)
-    threshold = CircuitBreaker().config.failure_threshold
-    for hour in range(threshold + 1, 10):
-        assert any(hour * 3600 < t < hour * 3600 + 1800 for t in firing), (
-            f"{rule} silent after the probe of hour {hour}"
+    alert = alert_named(rendered, "gateway", "ShopmeshCircuitOpen")
+    hold, hour, hours = seconds_of(alert["for"]), 3600, 10
+    expected = silent_between(0, first_probe(hour) + hold)
+    for probe in range(first_probe(hour), hours * hour, hour):
+        expected |= firing_between(fires_by(probe, hold), probe + 1800 - EVALUATION_INTERVAL)
+        expected |= silent_between(
+            probe + 1800 + SCRAPE_INTERVAL + EVALUATION_INTERVAL, min(probe + hour + hold, hours * hour)
         )
+    scenario = breaker_scenario("a call every hour", lambda t: t % hour == 0, hours * hour, expected)
+    assert_promtool_passes(alert, "gateway", [scenario], tmp_path)
 
 
-def test_circuit_open_does_not_fire_for_a_breaker_left_idle_after_a_blip(rendered: dict[tuple[str, str], Docs]) -> None:
+def test_circuit_open_does_not_fire_for_a_breaker_left_idle_after_a_blip(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
     """A dependency that failed for a moment (a restart: five calls UNAVAILABLE at once) and is back: the breaker
     opened, and after its reset timeout reads half_open until the next call probes it. A method called
     rarely (none for the next 20 minutes) leaves it so. Nothing fails fast, no probe fails, the dependency is
     up: ShopmeshCircuitOpen must stay silent (selecting state!="closed" alone, it fired 5 minutes after the
     blip and stayed firing until someone happened to call that method)."""
-    rule = circuit_open_rule(rendered)
-    blip = CircuitBreaker().config.failure_threshold
-    fired = rule.fired_at(lambda t: t < blip, until=20 * 60.0)
-    assert fired is None, (
-        f"{rule.alert['alert']} ({rule.alert['expr']}) fired {fired:.0f} s after a blip of {blip} failed calls"
+    alert = alert_named(rendered, "gateway", "ShopmeshCircuitOpen")
+    until = 20 * 60
+    scenario = breaker_scenario(
+        f"a blip of {THRESHOLD} failed calls", lambda t: t < THRESHOLD, until, silent_between(0, until)
     )
+    assert_promtool_passes(alert, "gateway", [scenario], tmp_path)
 
 
 def test_emails_failed_sees_the_first_failed_email() -> None:
@@ -647,10 +689,10 @@ class Replica:
     every: float = 1.0
 
 
-def timestamp_alert_firing(
-    alert: dict[str, Any], replicas: list[Replica], stamp: Callable[[EventMetrics, float], None], *, until: float
-) -> list[float]:
-    """When `alert` fires over `replicas`, each with the real event metrics, `stamp` setting its timestamp."""
+def replicas_scenario(
+    name: str, replicas: list[Replica], stamp: Callable[[EventMetrics, float], None], expected: Expected
+) -> Scenario:
+    """`replicas`, each with the real event metrics, `stamp` setting its timestamp."""
     now = [0.0]
     metrics = [ServerMetrics(CollectorRegistry()) for _ in replicas]
 
@@ -671,20 +713,15 @@ def timestamp_alert_firing(
             for sample in family.samples
         ]
 
-    return SimulatedAlert(alert).firing(world, scrape, until=until)
+    return Scenario(name, world, scrape, STAMPED_FOR, expected)
 
 
-def alert_named(rendered: dict[tuple[str, str], Docs], service: str, name: str) -> dict[str, Any]:
-    [alert] = [a for a in alerts_of(rendered[MONITORING, service], service) if a["alert"] == name]
-    return alert
-
-
-STAMPED_FOR = 1800.0
+STAMPED_FOR = 1800
 # How old the newest stamp gets before the alert is pending (docs/operations.md): over 2 and 3 minutes.
-RELAY_STALLED_AFTER = 120.0
-CONSUMER_CUT_OFF_AFTER = 180.0
-CUT_OFF_AT = 300.0
-ROLLED_AT = 900.0
+RELAY_STALLED_AFTER = 120
+CONSUMER_CUT_OFF_AFTER = 180
+CUT_OFF_AT = 300
+ROLLED_AT = 900
 # Scenario -> its replicas, for a relay (every second; only the lock's holder passes) and a consumer (every 30 s).
 RELAY_SCENARIOS = {
     "one healthy replica": [Replica(0)],
@@ -717,6 +754,7 @@ CONSUMER_CUT_OFF = {
     "the only replica is cut off": [Replica(0, cut_off=CUT_OFF_AT, every=30)],
     "both replicas are cut off": [Replica(0, cut_off=CUT_OFF_AT, every=30), Replica(7, cut_off=CUT_OFF_AT, every=30)],
 }
+CONSUMER = "notifications"
 
 
 def stamp_relay_pass(events: EventMetrics, t: float) -> None:
@@ -724,49 +762,54 @@ def stamp_relay_pass(events: EventMetrics, t: float) -> None:
 
 
 def stamp_nats_read(events: EventMetrics, t: float) -> None:
-    events.consumer_nats_read.labels("notifications").set(t)
+    events.consumer_nats_read.labels(CONSUMER).set(t)
 
 
-def assert_fires_while_stamps_stop(alert: dict[str, Any], threshold: float, fired: list[float]) -> None:
-    """Fires once the last stamp (at most one period before the cut-off) is over `threshold` old (the
-    runbook's) and that has held for the rule's `for`, not before, and keeps firing."""
-    rule = SimulatedAlert(alert)
-    assert fired, f"{rule} never fired"
-    earliest = CUT_OFF_AT - 30 + threshold + rule.hold
-    latest = CUT_OFF_AT + threshold + rule.hold + SCRAPE_INTERVAL + 2 * EVALUATION_INTERVAL
-    assert earliest <= fired[0] <= latest, f"{rule} fired at {fired[0]:.0f} s, the stamps stopped at {CUT_OFF_AT:.0f} s"
-    assert fired[-1] >= STAMPED_FOR - EVALUATION_INTERVAL, f"{rule} stopped firing at {fired[-1]:.0f} s"
+def fires_while_stamps_stop(threshold: int, hold: int) -> Expected:
+    """Silent until the last stamp (at most one period, 30 s, before the cut-off) is over `threshold` old
+    (the runbook's) and that has held for the rule's `for`; firing from the latest that can be on, to the
+    end."""
+    earliest = CUT_OFF_AT - 30 + threshold + hold
+    latest = CUT_OFF_AT + threshold + hold + SCRAPE_INTERVAL + 2 * EVALUATION_INTERVAL
+    return silent_between(0, earliest) | firing_between(latest, STAMPED_FOR)
 
 
 @pytest.mark.parametrize("scenario", list(RELAY_SCENARIOS))
 def test_outbox_relay_stalled_stays_silent_while_a_relay_passes(
-    rendered: dict[tuple[str, str], Docs], scenario: str
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
     alert = alert_named(rendered, "orders", "ShopmeshOutboxRelayStalled")
-    fired = timestamp_alert_firing(alert, RELAY_SCENARIOS[scenario], stamp_relay_pass, until=STAMPED_FOR)
-    assert not fired, f"{SimulatedAlert(alert)} fired at {fired[0]:.0f} s with {scenario}"
+    simulated = replicas_scenario(scenario, RELAY_SCENARIOS[scenario], stamp_relay_pass, silent_between(0, STAMPED_FOR))
+    assert_promtool_passes(alert, "orders", [simulated], tmp_path)
 
 
 @pytest.mark.parametrize("scenario", list(RELAY_STALLED))
-def test_outbox_relay_stalled_fires_when_no_relay_passes(rendered: dict[tuple[str, str], Docs], scenario: str) -> None:
+def test_outbox_relay_stalled_fires_when_no_relay_passes(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
+) -> None:
     alert = alert_named(rendered, "orders", "ShopmeshOutboxRelayStalled")
-    fired = timestamp_alert_firing(alert, RELAY_STALLED[scenario], stamp_relay_pass, until=STAMPED_FOR)
-    assert_fires_while_stamps_stop(alert, RELAY_STALLED_AFTER, fired)
+    expected = fires_while_stamps_stop(RELAY_STALLED_AFTER, seconds_of(alert["for"]))
+    simulated = replicas_scenario(scenario, RELAY_STALLED[scenario], stamp_relay_pass, expected)
+    assert_promtool_passes(alert, "orders", [simulated], tmp_path)
 
 
 @pytest.mark.parametrize("scenario", list(CONSUMER_SCENARIOS))
 def test_consumer_cut_off_stays_silent_while_a_replica_reads_nats(
-    rendered: dict[tuple[str, str], Docs], scenario: str
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
     alert = alert_named(rendered, "notifications", "ShopmeshConsumerCutOff")
-    fired = timestamp_alert_firing(alert, CONSUMER_SCENARIOS[scenario], stamp_nats_read, until=STAMPED_FOR)
-    assert not fired, f"{SimulatedAlert(alert)} fired at {fired[0]:.0f} s with {scenario}"
+    simulated = replicas_scenario(
+        scenario, CONSUMER_SCENARIOS[scenario], stamp_nats_read, silent_between(0, STAMPED_FOR)
+    )
+    assert_promtool_passes(alert, "notifications", [simulated], tmp_path)
 
 
 @pytest.mark.parametrize("scenario", list(CONSUMER_CUT_OFF))
 def test_consumer_cut_off_fires_when_no_replica_reads_nats(
-    rendered: dict[tuple[str, str], Docs], scenario: str
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
     alert = alert_named(rendered, "notifications", "ShopmeshConsumerCutOff")
-    fired = timestamp_alert_firing(alert, CONSUMER_CUT_OFF[scenario], stamp_nats_read, until=STAMPED_FOR)
-    assert_fires_while_stamps_stop(alert, CONSUMER_CUT_OFF_AFTER, fired)
+    expected = fires_while_stamps_stop(CONSUMER_CUT_OFF_AFTER, seconds_of(alert["for"]))
+    simulated = replicas_scenario(scenario, CONSUMER_CUT_OFF[scenario], stamp_nats_read, expected)
+    simulated.labels["consumer"] = CONSUMER
+    assert_promtool_passes(alert, "notifications", [simulated], tmp_path)
