@@ -17,10 +17,12 @@ CRD_MODELS_STAMP       := $(TOOLS)/crd-models-prometheus-$(PROM_MODELS_VERSION)-
 # promtool checks the alert rules and runs their unit tests (tests/k8s/test_monitoring.py). It is on neither PyPI nor
 # npm; Debian ships it in its prometheus package, which is downloaded and unpacked into .tools, never installed:
 # no root, none of the package's maintainer scripts (they would add a user and start a server). Another Debian or
-# Ubuntu release offers another version: PROMETHEUS_DEB_VERSION=<one `apt-cache policy prometheus` lists>.
-PROMETHEUS_DEB_VERSION ?= 2.42.0+ds-5+deb12u1
+# Ubuntu release offers another version. The version apt offers, unless PROMETHEUS_DEB_VERSION names one
+# (`apt-cache policy prometheus` lists them): a pin would break the day Debian replaces it with a security update.
+PROMETHEUS_DEB_VERSION ?=
 PROMETHEUS_DIR  := $(TOOLS)/prometheus
-PROMTOOL_STAMP  := $(TOOLS)/promtool-$(PROMETHEUS_DEB_VERSION).stamp
+PROMTOOL_STAMP  := $(TOOLS)/promtool-$(or $(PROMETHEUS_DEB_VERSION),debian).stamp
+PROMETHEUS_DEB  := prometheus$(if $(PROMETHEUS_DEB_VERSION),=$(PROMETHEUS_DEB_VERSION))
 KIND_CLUSTER    ?= shopmesh
 PROFILE         ?=
 export KIND_CLUSTER PROFILE
@@ -44,9 +46,11 @@ $(PROMTOOL_STAMP):
 	rm -rf $(PROMETHEUS_DIR) $(TOOLS)/bin/promtool $(TOOLS)/promtool-*.stamp
 	mkdir -p $(TOOLS)/bin
 	@if ! { command -v apt-get && command -v dpkg-deb; } >/dev/null; then echo "no apt-get: the tests use $$(command -v promtool)"; touch $@; exit 0; fi; \
-	echo "unpacking promtool from Debian's prometheus $(PROMETHEUS_DEB_VERSION) into $(PROMETHEUS_DIR)"; \
-	mkdir -p $(PROMETHEUS_DIR)/deb && (cd $(PROMETHEUS_DIR)/deb && apt-get download -qq prometheus=$(PROMETHEUS_DEB_VERSION)) \
-	  || { echo "error: apt-get cannot download prometheus=$(PROMETHEUS_DEB_VERSION): run apt-get update (as root), or set PROMETHEUS_DEB_VERSION to a version apt-cache policy prometheus lists"; exit 1; }; \
+	echo "unpacking promtool from Debian's $(PROMETHEUS_DEB) into $(PROMETHEUS_DIR)"; \
+	if [ "$$(id -u)" = 0 ]; then as_root=""; elif sudo -n true 2>/dev/null; then as_root="sudo -n"; else as_root=none; fi; \
+	mkdir -p $(PROMETHEUS_DIR)/deb && { (cd $(PROMETHEUS_DIR)/deb && apt-get download -qq $(PROMETHEUS_DEB)) \
+	  || { [ "$$as_root" != none ] && $$as_root apt-get update -qq && (cd $(PROMETHEUS_DIR)/deb && apt-get download -qq $(PROMETHEUS_DEB)); }; } \
+	  || { echo "error: apt-get cannot download $(PROMETHEUS_DEB): run apt-get update (as root), or set PROMETHEUS_DEB_VERSION to a version apt-cache policy prometheus lists"; exit 1; }; \
 	dpkg-deb -x $(PROMETHEUS_DIR)/deb/prometheus_*.deb $(PROMETHEUS_DIR); \
 	rm -rf $(PROMETHEUS_DIR)/deb; \
 	ln -s ../prometheus/usr/bin/promtool $(TOOLS)/bin/promtool; \
