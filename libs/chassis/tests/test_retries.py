@@ -17,9 +17,9 @@ import pytest
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy, is_idempotent, service_config
-from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, details_of, told_not_to_retry
+from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, answered_final, details_of
 from shopmesh_chassis.server import ChassisServer
-from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_chassis.testing import eventually, serve_in_process, told_not_to_retry
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
 
 from .conftest import ECHO, sample_settings
@@ -200,6 +200,8 @@ async def test_a_retry_info_longer_than_the_deadline_is_not_retried_and_reaches_
         30,
     )
     assert len(servicer.arrivals) == 1
+    # The -1 is about this call's deadline, not an answer final for any call: a relay must not pass it on so.
+    assert (told_not_to_retry(caught.value), answered_final(caught.value)) == (True, False)
 
 
 async def test_a_retry_info_within_the_deadline_is_still_retried() -> None:
@@ -224,6 +226,7 @@ async def test_an_unavailable_final_for_the_call_is_not_retried_whatever_its_wai
         0.25,
     )
     assert len(servicer.arrivals) == 1
+    assert (told_not_to_retry(caught.value), answered_final(caught.value)) == (True, True)
 
 
 class _Dependency(SampleServicer):
@@ -331,3 +334,4 @@ async def test_a_dependencys_do_not_retry_for_the_relays_own_short_call_is_weigh
         5,
     )
     assert (told_not_to_retry(caught.value), dependency.calls) == (relayed_do_not_retry, dependency_calls)
+    assert not answered_final(caught.value)

@@ -14,9 +14,8 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
-from shopmesh_chassis.grpc_errors import told_not_to_retry
 from shopmesh_chassis.server import ServiceBinding
-from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing import serve_in_process, told_not_to_retry
 from shopmesh_orders.clients import CatalogClient, InventoryClient, PaymentsClient
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (

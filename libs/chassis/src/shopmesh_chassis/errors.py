@@ -161,8 +161,9 @@ class ReplayedError(DomainError):
     """A stored error outcome replayed for a retried idempotent request.
 
     `status` is the serialized google.rpc.Status first sent; the server sends it again unchanged. `final`, as
-    for Unavailable: it goes out with gRPC's "do not retry" pushback (a proxy relaying a dependency's answer
-    that came with it, as the gateway relays orders' accepted cancellation).
+    for Unavailable: it goes out with gRPC's "do not retry" pushback and the chassis' FINAL_ANSWER marker (a
+    proxy relaying a dependency's answer that was final, `grpc_errors.answered_final`, as the gateway relays
+    orders' accepted cancellation; a -1 without the marker is not final).
     """
 
     def __init__(self, status: bytes, message: str, *, final: bool = False) -> None:

@@ -34,6 +34,13 @@ STATUS_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
 # gRFC A6's trailer telling a gRPC client how long to wait before retrying (milliseconds; negative: never).
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 
+# The chassis' trailer saying the answer is final for the call (an error raised `final=True`), sent beside the
+# pushback -1. The -1 alone cannot say so: the server also sends it for any RetryInfo wait that ends past that
+# call's deadline, which a relay's own short call to a dependency makes likely and its caller's longer deadline
+# may well fit. A trailer, not ErrorInfo metadata: like the pushback it is about this one call, not the
+# status, which relays pass on byte for byte and clients (the HTTP API's JSON among them) read as the contract.
+FINAL_ANSWER = "shopmesh-final-answer"
+
 # Statuses of an outbound call that say "not now" rather than "no": the dependency is down, too slow,
 # shedding load, or cancelled the call on its side (a cancellation of our own call reaches the handler
 # as asyncio.CancelledError instead).
@@ -68,10 +75,12 @@ def dependency_unavailable(
     The RetryInfo is the failed call's own (a dependency rate-limiting or draining knows best when to come
     back), at least DEPENDENCY_RETRY_AFTER_SECONDS and at most MAX_DEPENDENCY_RETRY_AFTER_SECONDS: a shorter
     wait (a shed server's 0.1 s) is about that server's queue, not the whole chain a retry goes through.
-    Never final, even when the dependency sent "do not retry" (`told_not_to_retry`): no dependency raises a
-    final error, so its pushback says only that the wait did not fit the deadline of the call we made (perhaps
-    a step's short timeout), not our caller's. The server interceptor sends our caller the pushback for this
-    RetryInfo and that caller's own deadline."""
+    Never final, even when the dependency answered final (`answered_final`: orders' accepted cancellation, a
+    state only a newer release knows): that is final for the call we made, whose work the dependency says is
+    under way or cannot change, not a verdict on ours, which may fare better through another path or later.
+    Nor is a pushback -1 final: it may say only that the wait did not fit the deadline of the call we made
+    (perhaps a step's short timeout), not our caller's. The server interceptor sends our caller the pushback
+    for this RetryInfo and that caller's own deadline."""
     name = dependency or "a dependency"
     code = failure.code() if failure is not None else None
     asked = details_of(failure).retry_delay_seconds if failure is not None else None
@@ -206,15 +215,12 @@ def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
     return details_from(error.code(), error.details() or "", error.trailing_metadata())
 
 
-def told_not_to_retry(error: grpc.aio.AioRpcError) -> bool:
-    """Whether the failed call's server sent gRFC A6's pushback "do not retry" (a negative
-    grpc-retry-pushback-ms): its answer is final for the call. A proxy relaying the answer sends the pushback
-    on, or its own caller's channel retries what the server said not to."""
-    for key, value in error.trailing_metadata() or ():
-        if key == RETRY_PUSHBACK:
-            text = value.decode() if isinstance(value, bytes) else value
-            return text.strip().startswith("-")
-    return False
+def answered_final(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the failed call's server answered final for the call (a chassis error raised `final=True`,
+    marked by FINAL_ANSWER): a proxy relaying the answer relays it final, or its own caller's channel retries
+    what the server said is under way. A pushback -1 without the marker is not final: the server's wait only
+    did not fit that call's deadline, which says nothing of the proxy's caller's."""
+    return any(key == FINAL_ANSWER for key, _ in error.trailing_metadata() or ())
 
 
 def details_from(

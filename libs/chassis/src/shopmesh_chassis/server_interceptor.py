@@ -34,6 +34,7 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db_errors import as_domain_error
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.grpc_errors import (
+    FINAL_ANSWER,
     RETRY_PUSHBACK,
     TRANSIENT_CODES,
     dependency_unavailable,
@@ -100,6 +101,8 @@ def _peer_attributes(peer: str) -> dict[str, str]:
 _HEALTH = "/grpc.health.v1.Health/"
 
 _DO_NOT_RETRY = ((RETRY_PUSHBACK, "-1"),)
+# A final answer goes out with the pushback gRPC's retries read and the marker a relay reads (`answered_final`).
+_FINAL = (*_DO_NOT_RETRY, (FINAL_ANSWER, "1"))
 
 # How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
 SHED_RETRY_AFTER_SECONDS = 0.1
@@ -309,7 +312,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         # Nothing was sent yet, so the response is trailers-only.
         # Trailers the handler set (e.g. the idempotency key used) go out with the error too.
         handler_set = tuple(context.trailing_metadata() or ())
-        pushback = _DO_NOT_RETRY if final else _retry_pushback(status, context.time_remaining())
+        pushback = _FINAL if final else _retry_pushback(status, context.time_remaining())
         await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback))
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of, told_not_to_retry
+from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, answered_final, dependency_unavailable, details_of
 
 # Errors the gateway's own client channels make up (circuit open, inbound deadline passed).
 _LOCAL_DOMAIN = "shopmesh.chassis"
@@ -29,9 +29,11 @@ def translate(service: str, error: grpc.aio.AioRpcError) -> Exception:
     details = details_of(error)
     made_here = details.error_info is not None and details.error_info.domain == _LOCAL_DOMAIN
     if details.raw_status is not None and details.status_code == error.code().value[0] and not made_here:
-        # Final for the call if the service said so (orders' accepted cancellation): relayed without its
-        # pushback, the status would be retried by the gateway's caller's channel, redoing what it says is under way.
-        return errors.ReplayedError(details.raw_status, details.message, final=told_not_to_retry(error))
+        # Final for the call only if the service answered final (orders' accepted cancellation): relayed without
+        # its pushback, the status would be retried by the gateway's caller's channel, redoing what it says is
+        # under way. A -1 alone is not final: it may only say the wait did not fit the gateway's own short call
+        # (2 s), and the interceptor weighs the status' RetryInfo against the shopper's deadline instead.
+        return errors.ReplayedError(details.raw_status, details.message, final=answered_final(error))
     if error.code() in TRANSIENT_CODES:
         return dependency_unavailable(service, error)
     return error

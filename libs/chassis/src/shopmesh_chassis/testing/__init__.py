@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.grpc_errors import RETRY_PUSHBACK
 from shopmesh_chassis.migrations import alembic_config
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 
@@ -110,6 +111,16 @@ async def health_status(address: str, service: str = "", timeout: float = 1.0) -
         except grpc.aio.AioRpcError:
             return None
         return int(response.status)
+
+
+def told_not_to_retry(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the failed call came with gRFC A6's pushback "do not retry" (a negative grpc-retry-pushback-ms),
+    final or not: services read finality with `grpc_errors.answered_final`, never from this."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_PUSHBACK:
+            text = value.decode() if isinstance(value, bytes) else value
+            return text.strip().startswith("-")
+    return False
 
 
 async def wait_serving(address: str, timeout: float = 20.0, service: str = "") -> None:

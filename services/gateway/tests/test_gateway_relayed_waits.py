@@ -1,0 +1,97 @@
+"""A dependency's "do not retry" for the gateway's own short call is not relayed to a shopper as final.
+
+The chassis sends gRFC A6's pushback -1 both for an answer final for the call and for a RetryInfo wait ending
+past that call's deadline. The gateway gives catalog 2 s: catalog asking for 5 s is -1 for that call, and says
+nothing about a shopper's 30 s; only the chassis' final marker (orders' accepted cancellation) is relayed final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.gateway.v1 import shop_pb2
+from shopmesh_chassis import errors
+from shopmesh_chassis.client import RetryPolicy, service_config
+from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.grpc_errors import answered_final, details_of
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import serve_in_process, told_not_to_retry
+
+from .gateway_fakes import fakes_serving
+from .gateway_serving import serving_gateway
+
+if TYPE_CHECKING:
+    from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
+
+# Longer than the gateway's catalog_timeout_seconds (2 s), shorter than the shopper's deadline.
+CATALOG_WAIT = 5.0
+
+# A client retrying ShopService's idempotent methods on UNAVAILABLE, as any chassis-based client does.
+RETRYING = (
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", service_config([shop_pb2.DESCRIPTOR.services_by_name["ShopService"]])),
+)
+
+
+@dataclass
+class CatalogAskingToWait(catalog_pb2_grpc.CatalogServiceServicer):
+    """ListProducts answers as a catalog whose database is away: UNAVAILABLE asking for CATALOG_WAIT."""
+
+    calls: int = 0
+
+    async def ListProducts(
+        self, request: catalog_pb2.ListProductsRequest, context: Any
+    ) -> catalog_pb2.ListProductsResponse:
+        self.calls += 1
+        raise errors.Unavailable(
+            "the database is away", reason="DATABASE_UNAVAILABLE", retry_after_seconds=CATALOG_WAIT
+        )
+
+
+@contextlib.asynccontextmanager
+async def shop_in_front_of(catalog: CatalogAskingToWait) -> AsyncIterator[Shop]:
+    settings = ServiceSettings(service_name="catalog", grpc_port=0, metrics_port=-1)
+    binding = ServiceBinding(
+        catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+        catalog,
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
+    )
+    async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
+        addresses = {**fakes.addresses, "catalog": server.address}
+        async with serving_gateway(addresses, client_options=RETRYING, catalog_timeout_seconds=2.0) as (shop, _):
+            yield shop
+
+
+@pytest.mark.parametrize(
+    ("shopper_timeout", "do_not_retry", "catalog_calls"),
+    [(30, False, RetryPolicy().max_attempts), (4, True, 1)],
+    ids=["wait-fits-the-shoppers-deadline", "wait-past-the-shoppers-deadline"],
+)
+async def test_a_dependencys_wait_past_the_gateways_own_deadline_is_weighed_against_the_shoppers(
+    shopper_timeout: float, do_not_retry: bool, catalog_calls: int
+) -> None:
+    """catalog's 5 s did not fit the gateway's 2 s call, so catalog's chassis sent -1 for it; the gateway read
+    that as final and told a shopper with 30 s "do not retry". Relayed with its RetryInfo, the wait is weighed
+    against the shopper's deadline: retried by the shopper's channel under 30 s, -1 under 4 s; final never."""
+    catalog = CatalogAskingToWait()
+    async with shop_in_front_of(catalog) as shop:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=shopper_timeout)
+    details = details_of(caught.value)
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        CATALOG_WAIT,
+    )
+    assert (told_not_to_retry(caught.value), answered_final(caught.value), catalog.calls) == (
+        do_not_retry,
+        False,
+        catalog_calls,
+    )
