@@ -90,16 +90,17 @@ async def test_a_dependencys_retry_info_is_the_wait_orders_passes_on(settings: O
 
 
 class ProcessorUnavailable(payments_pb2_grpc.PaymentsServiceServicer):
-    """Answers Charge as payments does while its processor is away: UNAVAILABLE with RetryInfo 1 s."""
+    """Answers Charge as payments does while its processor is away: UNAVAILABLE with RetryInfo (here 60 s)."""
 
     async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> Any:
-        raise errors.Unavailable("the processor is unavailable", reason="PROCESSOR_UNAVAILABLE", retry_after_seconds=1)
+        raise errors.Unavailable("the processor is unavailable", reason="PROCESSOR_UNAVAILABLE", retry_after_seconds=60)
 
 
 async def test_a_dependencys_do_not_retry_for_a_short_step_deadline_is_not_final(settings: OrdersSettings) -> None:
-    """Payments' 1 s wait does not fit a step's 0.5 s deadline, so its chassis sends gRFC A6's "do not retry" for
+    """Payments' 60 s wait does not fit a step's 5 s deadline, so its chassis sends gRFC A6's "do not retry" for
     that call: not final for the order, whose saga tries the step again with a fresh deadline (made final, a
-    transient processor answer cancelled the order PAYMENT_UNAVAILABLE after one call)."""
+    transient processor answer cancelled the order PAYMENT_UNAVAILABLE after one call). Far past the deadline,
+    so that a loaded machine cannot stall the call into DEADLINE_EXCEEDED (CHARGE_IN_DOUBT) first."""
     binding = ServiceBinding(PAYMENTS, ProcessorUnavailable(), payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
     card = Card("4242424242424242", 12, 2030, "123")
     async with (
@@ -108,16 +109,16 @@ async def test_a_dependencys_do_not_retry_for_a_short_step_deadline_is_not_final
     ):
         with pytest.raises(grpc.aio.AioRpcError) as on_the_wire:
             await payments_pb2_grpc.PaymentsServiceStub(channel.channel).Charge(
-                payments_pb2.ChargeRequest(order_id="ord_1"), timeout=0.5, metadata=idempotency_metadata("k")
+                payments_pb2.ChargeRequest(order_id="ord_1"), timeout=5, metadata=idempotency_metadata("k")
             )
         with pytest.raises(DependencyDown) as caught:
-            await PaymentsClient(channel.channel, timeout=0.5, unknown_state_wait=UNKNOWN_STATE_WAIT).charge(
+            await PaymentsClient(channel.channel, timeout=5, unknown_state_wait=UNKNOWN_STATE_WAIT).charge(
                 "ord_1", 100, "USD", card, "ord_1:charge"
             )
     assert told_not_to_retry(on_the_wire.value)
     assert (caught.value.reason, caught.value.retry_after_seconds, caught.value.final) == (
         "PAYMENT_UNAVAILABLE",
-        1,
+        60,
         False,
     )
 

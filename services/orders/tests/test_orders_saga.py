@@ -138,8 +138,8 @@ async def test_payments_unavailable_is_retried_then_compensated(
 
 
 class ProcessorAwayOnce(payments_pb2_grpc.PaymentsServiceServicer):
-    """Payments over a real socket whose processor is away for the first Charge (UNAVAILABLE with RetryInfo 1 s,
-    as payments answers) and back for the next, which captures."""
+    """Payments over a real socket whose processor is away for the first Charge (UNAVAILABLE with RetryInfo, as
+    payments answers, here 60 s) and back for the next, which captures."""
 
     def __init__(self) -> None:
         self.charges = 0
@@ -148,7 +148,7 @@ class ProcessorAwayOnce(payments_pb2_grpc.PaymentsServiceServicer):
         self.charges += 1
         if self.charges == 1:
             raise errors.Unavailable(
-                "the processor is unavailable", reason="PROCESSOR_UNAVAILABLE", retry_after_seconds=1
+                "the processor is unavailable", reason="PROCESSOR_UNAVAILABLE", retry_after_seconds=60
             )
         payment = payments_pb2.Payment(id="pay_1", order_id=request.order_id, state=payments_pb2.PAYMENT_STATE_CAPTURED)
         return payments_pb2.ChargeResponse(payment=payment)
@@ -157,16 +157,18 @@ class ProcessorAwayOnce(payments_pb2_grpc.PaymentsServiceServicer):
 async def test_a_charge_payments_told_a_short_step_deadline_not_to_retry_is_sent_again_and_confirms(
     database: Database, catalog: FakeCatalog, inventory: FakeInventory, settings: OrdersSettings
 ) -> None:
-    """Payments' 1 s wait does not fit the charge's 0.5 s deadline, so its chassis answers with gRPC's "do not
+    """Payments' 60 s wait does not fit the charge's 5 s deadline, so its chassis answers with gRPC's "do not
     retry" for that call: a transient answer, not a final one, and the saga sends the charge again with a fresh
-    deadline, which captures (taken as final, the order was cancelled PAYMENT_UNAVAILABLE after one call)."""
+    deadline, which captures (taken as final, the order was cancelled PAYMENT_UNAVAILABLE after one call). The
+    wait is far past the deadline, not just past it, so that a loaded machine cannot stall the first charge
+    into DEADLINE_EXCEEDED (CHARGE_IN_DOUBT) before its answer."""
     servicer = ProcessorAwayOnce()
     binding = ServiceBinding(PAYMENTS_SERVICE, servicer, payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
     async with (
         serve_in_process(settings, [binding]) as server,
         ResilientChannel(server.address, [PAYMENTS_SERVICE], ClientOptions(breaker=None, caller="orders")) as channel,
     ):
-        payments = PaymentsClient(channel.channel, timeout=0.5, unknown_state_wait=settings.recovery_interval_seconds)
+        payments = PaymentsClient(channel.channel, timeout=5, unknown_state_wait=settings.recovery_interval_seconds)
         app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
         order = await app.get_order(await place(app, command()))
     assert (order.state, servicer.charges, inventory.on_hand["prod_a"]) == (OrderState.CONFIRMED, 2, 3)
