@@ -741,6 +741,7 @@ async def test_with_the_gateway_down_the_page_says_the_shop_is_unavailable_not_e
         await expect(alert).to_be_visible()
         # As when the edge itself cannot be reached ("The shop could not be reached."): what a shopper can
         # read, not Envoy's "upstream connect error or disconnect/reset before headers. reset reason: ...".
+        await expect(alert).to_contain_text("The shop is unavailable right now")
         await expect(alert).not_to_contain_text("upstream connect error")
         await expect(alert).not_to_contain_text("reset reason")
     finally:
