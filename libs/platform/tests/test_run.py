@@ -842,6 +842,17 @@ async def launcher(data_dir: Path, *args: str, script: str | None = None) -> Pro
     )
 
 
+async def assert_start_failure_kept(process: Process, said: list[str], started: dict[int, str], error: str) -> None:
+    """A Ctrl-C while a failed start was undone left the start's error: exit 1, its line, no "stopped while
+    starting", no traceback; and nothing of what it had started runs."""
+    output = "\n".join(said)
+    assert process.returncode == 1, output
+    assert f"error: {error}" in output, output
+    assert "stopped while starting" not in output, output
+    assert "Traceback" not in output, output
+    await assert_nothing_left(process, started)
+
+
 async def assert_nothing_left(process: Process, started: dict[int, str]) -> None:
     """No process the launcher had started when it was signalled (`started`), nor any of its session, runs."""
     await eventually(
@@ -1000,12 +1011,12 @@ async def test_ctrl_c_while_a_failed_start_is_undone_still_exits_1_with_the_erro
         rest, _ = await asyncio.wait_for(process.communicate(), 60)
     finally:
         await stop_launcher(process)
-    said = "\n".join([*lines, *rest.decode(errors="replace").splitlines()])
-    assert process.returncode == 1, said
-    assert "error: PostgreSQL refused to start (held by the test)" in said, said
-    assert "stopped while starting" not in said, said
-    assert "Traceback" not in said, said
-    await assert_nothing_left(process, started)
+    await assert_start_failure_kept(
+        process,
+        [*lines, *rest.decode(errors="replace").splitlines()],
+        started,
+        "PostgreSQL refused to start (held by the test)",
+    )
 
 
 # The launcher with a stack whose start fails once the test holds NATS (SIGSTOP), at the sink's turn: the start's
@@ -1063,12 +1074,12 @@ async def test_ctrl_c_while_a_failed_stack_start_is_undone_still_exits_1_with_th
         rest, _ = await asyncio.wait_for(process.communicate(), 60)
     finally:
         await stop_launcher(process)
-    said = "\n".join([*lines, *rest.decode(errors="replace").splitlines()])
-    assert process.returncode == 1, said
-    assert "error: the sink refused to start (NATS held by the test)" in said, said
-    assert "stopped while starting" not in said, said
-    assert "Traceback" not in said, said
-    await assert_nothing_left(process, started)
+    await assert_start_failure_kept(
+        process,
+        [*lines, *rest.decode(errors="replace").splitlines()],
+        started,
+        "the sink refused to start (NATS held by the test)",
+    )
 
 
 # The launcher with initdb held until the file $SHOPMESH_TEST_RELEASE exists: PostgreSQL's start stays in

@@ -102,7 +102,7 @@ LOCAL_SHUTDOWN_HOOKS_BUDGET_SECONDS = LOCAL_SHUTDOWN_GRACE_SECONDS + SHUTDOWN_HO
 DEFAULT_STOP_TIMEOUT = (
     LOCAL_SHUTDOWN_GRACE_SECONDS + LOCAL_SHUTDOWN_HOOKS_BUDGET_SECONDS + EXPORT_ON_SHUTDOWN_SECONDS + 1
 )
-# Lines kept per process for error messages; the last FAILURE_LINES of them go into a StackError.
+# Lines kept per process for error messages; the last FAILURE_LINES (processes.py) of them go into a StackError.
 _RECENT_LINES = 500
 _POLL_SECONDS = 0.1
 # TIME_WAIT lasts 60 s on Linux: a port a closed connection holds is free by then.
