@@ -113,3 +113,197 @@ def test_what_the_shipped_values_set_renders(helm_dir: Path) -> None:
     values["global"] |= {"database": {"mode": "postgres"}, "canary": {"catalog": {"enabled": True, "weight": 5}}}
     values["recommendations"] = {"enabled": False}
     assert objects_of(helm_dir, render.UMBRELLA, values)
+
+
+# What the library chart's templates read of the values, by path (("global", "smtp", "host")), so that a key
+# read there but not described in k8s/values_schema.py fails here, not for every user who sets it. "*" is a key
+# the templates compute (global.resources.<name>): the schema must take any key there.
+ValuesPath = tuple[str, ...]
+TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`|:=|[()|,=]|[^\s()|,="`]+')
+# An action, `{{ ... }}`, whose strings may hold "}}" (an alert's description holds {{ $labels.x }}).
+ACTION = re.compile(r'\{\{-?((?:"(?:[^"\\]|\\.)*"|`[^`]*`|[^"`}]|\}(?!\}))*?)-?\}\}')
+# Maps the templates dig into that are not the values read by path, each with why.
+NOT_VALUES = {
+    ".": "a template's argument or a range's element (a parentRef): a Kubernetes object, not the values",
+    "$resources": "resources merged from defaultResources, global.resources.<name> and resources, read above",
+    '(ternary . dict (kindIs "map" .))': "an imagePullSecrets entry, a list's element",
+}
+
+
+def _groups(tokens: list[str]) -> list[Any]:
+    """The tokens with each parenthesised part nested as a list of its own."""
+    stack: list[list[Any]] = [[]]
+    for token in tokens:
+        if token == "(":
+            stack.append([])
+        elif token == ")":
+            inner = stack.pop()
+            stack[-1].append(inner)
+        else:
+            stack[-1].append(token)
+    assert len(stack) == 1, f"unbalanced parentheses in {tokens}"
+    return stack[0]
+
+
+def _text(part: Any) -> str:
+    return f"({' '.join(_text(p) for p in part)})" if isinstance(part, list) else str(part)
+
+
+class ValuesReads:
+    """The paths one template file reads: `.Values.a.b`, `$v.a` (a variable bound to values: `$v := .Values ...`,
+    `$g := $v.global ...`, `$smtp := dig "smtp" dict $g`), `dig "a" "b" <default> <values>`, `get`/`hasKey`/`index`
+    on values. Any other dig fails the extraction unless NOT_VALUES names its map."""
+
+    def __init__(self) -> None:
+        self.paths: set[ValuesPath] = set()
+        self.not_values_seen: set[str] = set()
+        self.bound: dict[str, set[ValuesPath]] = {}
+
+    def of(self, part: Any) -> set[ValuesPath] | None:
+        """The values paths `part` stands for, or None when it is not the values."""
+        if isinstance(part, list):
+            command = self._commands(part)[0]
+            if command and command[0] == "dig":
+                return self._dig(command[1:])
+            return self.of(command[0]) if len(command) == 1 else None
+        for root in (".Values", "$.Values"):
+            if part == root or part.startswith(f"{root}."):
+                return {tuple(part.split(".")[2:])}
+        head, *fields = part.split(".")
+        return {base + tuple(fields) for base in self.bound[head]} if head in self.bound else None
+
+    def _dig(self, args: list[Any]) -> set[ValuesPath] | None:
+        assert len(args) >= 3, f"dig with fewer than a key, a default and a map: {_text(args)}"
+        *keys, default, values = args
+        bases = self.of(values)
+        if bases is None:
+            assert _text(values) in NOT_VALUES, f"dig into a map this does not know: {_text(['dig', *args])}"
+            self.not_values_seen.add(_text(values))
+            return None
+        path: list[str] = []
+        for key in keys:
+            assert isinstance(key, str), f"dig with a computed key: {_text(['dig', *args])}"
+            if key.startswith('"'):
+                path.append(key[1:-1])
+            else:
+                assert re.fullmatch(r"\$\w+", key), f"dig with a key of a form this does not know: {key}"
+                path.append("*")
+        read = {base + tuple(path) for base in bases}
+        self.paths |= read
+        # A default dug from the values too is the other place the value comes from: global.canary.<name>.
+        return read | (self.of(default) or set())
+
+    @staticmethod
+    def _commands(group: list[Any]) -> list[list[Any]]:
+        commands: list[list[Any]] = [[]]
+        for part in group:
+            if part == "|":
+                commands.append([])
+            else:
+                commands[-1].append(part)
+        return commands
+
+    def read(self, group: list[Any]) -> None:
+        for command in self._commands(group):
+            for index, part in enumerate(command):
+                if isinstance(part, list):
+                    self.read(part)
+                elif part == "dig":
+                    self._dig(command[index + 1 :])
+                elif part in ("get", "hasKey", "index"):
+                    self._keyed(part, command[index + 1 :])
+                elif part in ("include", "template", "tpl"):
+                    # The other template would read them as `.`, by paths this does not follow.
+                    handed = [_text(arg) for arg in command[index + 1 :] if self.of(arg) is not None]
+                    assert not handed, f"values handed to another template: {_text(command)}"
+                elif "." in part.lstrip("$."):
+                    self.paths |= self.of(part) or set()
+            if ":=" in command or "=" in command:
+                self._bind(command)
+
+    def _keyed(self, function: str, args: list[Any]) -> None:
+        bases = self.of(args[0]) if args else None
+        if bases is None:
+            return
+        keys = args[1:] if function == "index" else args[1:2]
+        path = []
+        for key in keys:
+            assert isinstance(key, str), f"{function} with a computed key: {_text(args)}"
+            assert key[:1] in ('"', "$"), f"{function} with a key of a form this does not know: {key}"
+            path.append(key[1:-1] if key.startswith('"') else "*")
+        self.paths |= {base + tuple(path) for base in bases}
+
+    def _bind(self, command: list[Any]) -> None:
+        """`$x := <values>` binds $x to its paths; any other value unbinds it (`range $k, $v := ...` too)."""
+        at = command.index(":=") if ":=" in command else command.index("=")
+        names = [name for name in command[:at] if name != ","]
+        value = command[at + 1 :]
+        for name in names:
+            self.bound.pop(name, None)
+        if len(names) != 1 or not value:
+            return
+        bound = self._dig(value[1:]) if value[0] == "dig" else self.of(value[0]) if len(value) == 1 else None
+        if bound is not None:
+            self.bound[names[0]] = bound
+
+
+def values_read(template: Path) -> ValuesReads:
+    reads = ValuesReads()
+    text = re.sub(r"/\*.*?\*/", "", template.read_text(), flags=re.DOTALL)
+    for action in ACTION.findall(text):
+        tokens = TOKEN.findall(action)
+        if tokens[:1] == ["define"]:
+            reads.bound.clear()
+        if tokens[:1] in (["range"], ["with"], ["if"], ["else"]):
+            tokens = tokens[1:] if tokens[:1] != ["else"] else tokens[2:]
+        reads.read(_groups(tokens))
+    return reads
+
+
+def admits(schema: dict[str, Any], path: ValuesPath) -> bool:
+    """Whether values with something at `path` pass `schema` there ("*": whatever key the templates compute)."""
+    if not path:
+        return True
+    key, rest = path[0], path[1:]
+    for alternative in schema.get("anyOf", [schema]):
+        types = alternative.get("type", [])
+        if "object" not in (types if isinstance(types, list) else [types]):
+            continue
+        properties, others = alternative.get("properties", {}), alternative.get("additionalProperties", True)
+        if key != "*" and key in properties:
+            if admits(properties[key], rest):
+                return True
+        elif others is True or (others is not False and admits(others, rest)):
+            return True
+    return False
+
+
+def test_every_key_the_library_chart_reads_is_in_the_schemas() -> None:
+    """A key added to the library chart's templates but not to k8s/values_schema.py would be refused for every
+    user who sets it: each path the templates read must be one the schema admits (global.*: the umbrella's too)."""
+    paths: set[ValuesPath] = set()
+    not_values: set[str] = set()
+    for template in sorted((ROOT / "helm" / "shopmesh-lib" / "templates").glob("*.tpl")):
+        reads = values_read(template)
+        paths |= reads.paths
+        not_values |= reads.not_values_seen
+    # The extraction finds them by each form the templates use: bound maps, computed keys, hasKey, defaults.
+    assert {
+        ("resources",),
+        ("global", "resources", "*"),
+        ("global", "smtp", "host"),
+        ("canary", "image", "tag"),
+        ("global", "canary", "*", "image", "tag"),
+        ("global", "database", "peers"),
+        ("global", "httpApi", "image"),
+        ("ingress", "traces"),
+    } <= paths, sorted(paths)
+    assert not_values == set(NOT_VALUES), "NOT_VALUES names a map no template digs into any more"
+    schemas = [values_schema.schema(chart) for chart in SERVICES]
+    umbrella = values_schema.schema(render.UMBRELLA)
+    refused = [
+        ".".join(path)
+        for path in sorted(paths)
+        if not all(admits(schema, path) for schema in schemas) or (path[0] == "global" and not admits(umbrella, path))
+    ]
+    assert refused == [], "read by helm/shopmesh-lib/templates, refused by k8s/values_schema.py's schema"
