@@ -842,6 +842,26 @@ async def launcher(data_dir: Path, *args: str, script: str | None = None) -> Pro
     )
 
 
+@contextlib.asynccontextmanager
+async def held_through_ctrl_c(
+    process: Process, lines: list[str], held: int, pending: signal.Signals, waiting: str
+) -> AsyncIterator[None]:
+    """Holds `held` (SIGSTOP), so that a failed start's undo waits at it, until the undo has sent it `pending`;
+    then Ctrl-C to the launcher, until it says it stops. The body runs with `held` still held; it goes on after."""
+    assert process.stdout is not None
+    try:
+        os.kill(held, signal.SIGSTOP)
+        await eventually(lambda: pending in pending_signals(held), waiting)
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(
+            read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
+        )
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(held, signal.SIGCONT)
+
+
 async def assert_start_failure_kept(process: Process, said: list[str], started: dict[int, str], error: str) -> None:
     """A Ctrl-C while a failed start was undone left the start's error: exit 1, its line, no "stopped while
     starting", no traceback; and nothing of what it had started runs."""
@@ -993,21 +1013,11 @@ async def test_ctrl_c_while_a_failed_start_is_undone_still_exits_1_with_the_erro
         await asyncio.wait_for(read_until(process.stdout, spawned, lines, "PostgreSQL's start"), 120)
         postmaster = int(lines[-1].removeprefix("PostgreSQL spawned as "))
         started = descendants(process.pid)
-        try:
-            os.kill(postmaster, signal.SIGSTOP)
-            # Held, the server fails its start; the stop's SIGINT that follows waits at it.
-            await eventually(
-                lambda: signal.SIGINT in pending_signals(postmaster), "the failed start's stop waiting at the server"
-            )
-            process.send_signal(signal.SIGINT)
-            await asyncio.wait_for(
-                read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
-            )
+        # Held, the server fails its start; the stop's SIGINT that follows waits at it.
+        waiting = "the failed start's stop waiting at the server"
+        async with held_through_ctrl_c(process, lines, postmaster, signal.SIGINT, waiting):
             folders = throwaway_folders(process.pid)
             assert folders, "the folder was removed under a server still shutting down"
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(postmaster, signal.SIGCONT)
         rest, _ = await asyncio.wait_for(process.communicate(), 60)
     finally:
         await stop_launcher(process)
@@ -1060,17 +1070,9 @@ async def test_ctrl_c_while_a_failed_stack_start_is_undone_still_exits_1_with_th
         )
         nats = int(lines[-1].removeprefix("NATS runs as "))
         started = descendants(process.pid)
-        try:
-            os.kill(nats, signal.SIGSTOP)
-            # Held, NATS fails the start; the undo's SIGTERM that follows waits at it.
-            await eventually(lambda: signal.SIGTERM in pending_signals(nats), "the failed start's stop waiting at NATS")
-            process.send_signal(signal.SIGINT)
-            await asyncio.wait_for(
-                read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
-            )
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(nats, signal.SIGCONT)
+        # Held, NATS fails the start; the undo's SIGTERM that follows waits at it.
+        async with held_through_ctrl_c(process, lines, nats, signal.SIGTERM, "the failed start's stop waiting at NATS"):
+            pass
         rest, _ = await asyncio.wait_for(process.communicate(), 60)
     finally:
         await stop_launcher(process)

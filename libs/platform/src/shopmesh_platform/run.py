@@ -63,7 +63,7 @@ from .stack import (
     undone_on_failure,
     written_by_stack,
 )
-from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge, paths_called
+from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge, methods_called, service_callers
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
 # The throwaway PostgreSQL server, as messages name it.
@@ -263,8 +263,8 @@ def mesh_lines(stack: Stack) -> list[str]:
         if callee not in SERVICES:
             return []
         [grpc_service] = SERVICES[callee].grpc_services
-        called = paths_called(first_caller(callee), callee)
-        return [f"{grpc_service}/{m}" for m in methods_of(grpc_service) if f"/{grpc_service}/{m}" not in called]
+        called = methods_called(first_caller(callee), callee)
+        return [f"{grpc_service}/{m}" for m in methods_of(grpc_service) if m not in called]
 
     # One whose caller does not call every method, to show a refusal (the gateway calls all of users').
     inner = next((name for name in inner_services if refused(name)), inner_services[0])
@@ -294,7 +294,7 @@ def mesh_lines(stack: Stack) -> list[str]:
 
 def first_caller(callee: str) -> str:
     """The first service of the topology that calls `callee` (the gateway for one it does not know)."""
-    return next((name for name in SERVICES if callee in SERVICES[name].calls), "gateway")
+    return next(iter(service_callers(callee)), "gateway")
 
 
 def render_table(stack: Stack, selected: Sequence[str] | None) -> str:

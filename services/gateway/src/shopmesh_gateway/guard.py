@@ -90,13 +90,22 @@ def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IP
     return ip
 
 
+def _peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address of a gRPC peer (an IPv4-mapped one as IPv4), None for another transport (a unix socket)."""
+    try:
+        return _unmapped(ipaddress.ip_address(peer_address(peer)))
+    except ValueError:
+        return None
+
+
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted_proxies: Sequence[Network]) -> bool:
+    return any(ip in network for network in trusted_proxies)
+
+
 def is_trusted_proxy(peer: str, trusted_proxies: Sequence[Network]) -> bool:
     """Whether the gRPC peer is one of the proxies in front of the gateway (never a non-IP transport)."""
-    try:
-        ip = _unmapped(ipaddress.ip_address(peer_address(peer)))
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted_proxies)
+    ip = _peer_ip(peer)
+    return ip is not None and _trusted(ip, trusted_proxies)
 
 
 # Proxies in front of the gateway, at most: more entries than this are never read. The header is the client's
@@ -125,13 +134,11 @@ def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies
     clients in one bucket. So, as RFC 7239 advises, X-Forwarded-For is walked from the right, past each
     trusted proxy, to the first address no trusted proxy vouches for. Entries further left are whatever
     the client wrote and are never believed; without trusted proxies the header is ignored entirely."""
-    address = peer_address(peer)
-    try:
-        ip = _unmapped(ipaddress.ip_address(address))
-    except ValueError:
-        return address  # not an IP transport (unix socket): nobody to trust
+    ip = _peer_ip(peer)
+    if ip is None:
+        return peer_address(peer)  # not an IP transport (unix socket): nobody to trust
     hops = _last_entries(forwarded_for, MAX_FORWARDED_HOPS)
-    while hops and any(ip in network for network in trusted_proxies):
+    while hops and _trusted(ip, trusted_proxies):
         forwarded = _forwarded_ip(hops.pop())
         if forwarded is None:
             break  # a malformed entry: stop at the last proxy we trust rather than guess

@@ -105,21 +105,26 @@ def local_reply(status: int, code: int) -> dict[str, Any]:
     """Envoy's local reply with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
     grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>, "details": []}: the
     shape the transcoder gives the gateway's errors, whose `details` is there when empty too."""
-    return {
-        "filter": {"and_filter": {"filters": [status_is(status, f"local_reply_{status}"), http_json()]}},
-        "body_format_override": _status_json(code),
-    }
+    return _as_status(status_is(status, f"local_reply_{status}"), code)
 
 
 def unlisted_local_reply() -> dict[str, Any]:
     """Any other error Envoy answers an HTTP/JSON client with (its HTTP status from 400 on, in neither
     LOCAL_REPLY_CODES nor GRPC_HTTP_STATUS_CODES) as a Status of UNLISTED_LOCAL_REPLY_CODE with Envoy's text:
     a client reads every error of the edge's in one shape, whatever Envoy adds or a release of it sends."""
-    status_filter = status_is(FIRST_ERROR_STATUS, "local_reply_unlisted", op="GE")
+    return _as_status(status_is(FIRST_ERROR_STATUS, "local_reply_unlisted", op="GE"), UNLISTED_LOCAL_REPLY_CODE)
+
+
+def _as_status(status_filter: dict[str, Any], code: int) -> dict[str, Any]:
+    """A mapper of the local replies `status_filter` matches, to an HTTP/JSON client, to a Status of `code`."""
     return {
         "filter": {"and_filter": {"filters": [status_filter, http_json()]}},
-        "body_format_override": _status_json(UNLISTED_LOCAL_REPLY_CODE),
+        "body_format_override": _status_json(code),
     }
+
+
+# A local reply's body, a google.rpc.Status in JSON already, sent as it is.
+_BODY_AS_JSON = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"}
 
 
 def _status_json(code: int) -> dict[str, Any]:
@@ -138,21 +143,8 @@ def http_json() -> dict[str, Any]:
 def explained(details: str, status: int, message: str) -> dict[str, Any]:
     """Envoy's local reply for this reason (its response code details; its HTTP status is `status`) to an HTTP
     client, with this message in its Status (EXPLAINED_LOCAL_REPLIES), its code the status's (LOCAL_REPLY_CODES)."""
-    expression = f"response.code_details == '{details}'"
     return {
-        "filter": {
-            "and_filter": {
-                "filters": [
-                    {
-                        "extension_filter": {
-                            "name": "envoy.access_loggers.extension_filters.cel",
-                            "typed_config": {"@type": _CEL_FILTER, "expression": expression},
-                        }
-                    },
-                    http_json(),
-                ]
-            }
-        },
+        "filter": {"and_filter": {"filters": [_cel(f"response.code_details == '{details}'"), http_json()]}},
         "body": {"inline_string": message},
         "body_format_override": _status_json(LOCAL_REPLY_CODES[status]),
     }
@@ -161,18 +153,7 @@ def explained(details: str, status: int, message: str) -> dict[str, Any]:
 def status_as_it_is(route: str) -> dict[str, Any]:
     """The direct responses of the routes of this name, whose body is a google.rpc.Status in JSON already,
     sent as JSON."""
-    return {
-        "filter": {
-            "extension_filter": {
-                "name": "envoy.access_loggers.extension_filters.cel",
-                "typed_config": {"@type": _CEL_FILTER, "expression": f"xds.route_name == '{route}'"},
-            }
-        },
-        "body_format_override": {
-            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
-            "content_type": "application/json",
-        },
-    }
+    return {"filter": _cel(f"xds.route_name == '{route}'"), "body_format_override": _BODY_AS_JSON}
 
 
 def query_without_content_type() -> dict[str, Any]:
@@ -185,19 +166,20 @@ def query_without_content_type() -> dict[str, Any]:
         # No field: the header is none of a request message's.
         {"description": "a QUERY's content needs a Content-Type", "reason": QUERY_WITHOUT_CONTENT_TYPE},
     )
-    expression = f"response.code_details == '{_QUERY_WITHOUT_CONTENT_TYPE_DETAILS}'"
     return {
-        "filter": {
-            "extension_filter": {
-                "name": "envoy.access_loggers.extension_filters.cel",
-                "typed_config": {"@type": _CEL_FILTER, "expression": expression},
-            }
-        },
+        "filter": _cel(f"response.code_details == '{_QUERY_WITHOUT_CONTENT_TYPE_DETAILS}'"),
         "body": {"inline_string": body},
-        "body_format_override": {
-            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
-            "content_type": "application/json",
-        },
+        "body_format_override": _BODY_AS_JSON,
+    }
+
+
+def _cel(expression: str) -> dict[str, Any]:
+    """A local-reply filter matching a CEL expression over the request, the response and its route."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {"@type": _CEL_FILTER, "expression": expression},
+        }
     }
 
 
