@@ -162,6 +162,17 @@ async def test_the_safe_way_to_make_each_change_passes(postgres: PostgresServer,
     }
 
 
+async def test_the_next_releases_drop_passes_silenced_for_its_one_statement(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A contracting change's second release drops what the first stopped reading, as docs/chassis.md says:
+    a `-- squawk-ignore ban-drop-column` comment in the SQL the migration runs reaches squawk with the
+    statement, and silences that rule for that statement only."""
+    body = 'op.execute("-- squawk-ignore ban-drop-column\\nALTER TABLE widgets DROP COLUMN IF EXISTS name")'
+    findings = await checked(postgres, versions_with(tmp_path / "versions", "drop name", body))
+    assert findings["widgets_0002_change.py"] == ""
+
+
 def test_a_migration_is_checked_under_the_lock_timeout_migrate_sets(tmp_path: Path) -> None:
     """require-lock-timeout is not left out: each migration is read after the `SET lock_timeout` migrate() ran
     on its connection, and without it the same ALTER TABLE is refused (a migrate() that stopped bounding its
