@@ -226,6 +226,14 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 [(f"max by (job) (shopmesh_outbox_oldest_unpublished_age_seconds{{{SELECTOR}}})", "{{job}}")],
             ),
             (
+                "Unpublished events",
+                "short",
+                "Events waiting in each outbox, as the relay holding its lock saw them at its last pass (counted up "
+                "to 10000: at least that many); growing: events are written faster than they leave, or the relay "
+                "cannot publish (alert ShopmeshOutboxStuck).",
+                [(f"max by (job) (shopmesh_outbox_unpublished_events{{{SELECTOR}}})", "{{job}}")],
+            ),
+            (
                 "Since an outbox relay last passed",
                 "s",
                 "Seconds since the relay holding each outbox's lock last completed a pass (every few seconds); "

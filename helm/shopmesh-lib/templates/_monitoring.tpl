@@ -131,7 +131,7 @@ spec:
     "expr" "max(shopmesh_outbox_oldest_unpublished_age_seconds{__selector__}) > 60"
     "for" "2m" "severity" "critical"
     "summary" (printf "%s: events are not leaving the outbox" $c.name)
-    "description" "The oldest unpublished event is {{ $value | humanizeDuration }} old: the relay cannot publish to NATS JetStream (NATS down, unreachable, or refusing). Consumers see nothing new until it recovers; nothing is lost.") -}}
+    "description" "The oldest unpublished event is {{ $value | humanizeDuration }} old: the relay cannot publish to NATS JetStream (NATS down, unreachable, or refusing). Consumers see nothing new until it recovers; nothing is lost. How many wait: shopmesh_outbox_unpublished_events.") -}}
 {{- $rules = append $rules (dict
     "alert" "ShopmeshOutboxRelayStalled"
     "expr" "time() - max(shopmesh_outbox_relay_pass_timestamp_seconds{__selector__}) > 120"

@@ -519,3 +519,113 @@ async def test_a_relay_whose_publish_loses_the_cancel_still_stops_within_its_shu
     assert await run_shutdown_hooks([relay.stop], SHUTDOWN_HOOKS_MARGIN_SECONDS) == []
     assert publisher.held.lost
     assert await stream_contents(client) == [(ids[0], "sent as the relay stops")]
+
+
+WAITING = "shopmesh_outbox_unpublished_events"
+
+
+class Switchable:
+    """A publisher whose NATS can be switched off: while `down`, every publish fails as JetStream's timeout."""
+
+    def __init__(self, inner: JetStreamPublisher) -> None:
+        self.inner = inner
+        self.down = False
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool:
+        if self.down:
+            raise TimeoutError("nats: timeout")
+        return await self.inner.publish(subject, payload, msg_id=msg_id, headers=headers)
+
+
+async def test_the_unpublished_count_follows_inserts_and_publishes_and_is_0_once_drained(
+    db: Database, client: Client
+) -> None:
+    """The age of the oldest waiting event says how long the outbox has been stuck, not how many events wait:
+    the count does, past the relay's batch too (here 3), counted by the relay's passes."""
+    registry = CollectorRegistry()
+    publisher = Switchable(JetStreamPublisher(client))
+    relay = OutboxRelay(db, publisher, batch_size=3, metrics=EventMetrics(registry))
+
+    def waiting() -> float | None:
+        return registry.get_sample_value(WAITING)
+
+    assert waiting() == 0
+    publisher.down = True
+    await add(db, "a", "b", "c", "d", "e")
+    with pytest.raises(TimeoutError):
+        await relay.publish_pending()
+    assert waiting() == 5  # a full batch read, and two more behind it
+    await add(db, "f", "g")
+    with pytest.raises(TimeoutError):
+        await relay.publish_pending()
+    assert waiting() == 7
+    publisher.down = False
+    assert await relay.publish_pending() == 3
+    assert waiting() == 4
+    assert await relay.publish_pending() == 3
+    assert waiting() == 1
+    await add(db, "h")
+    assert await relay.publish_pending() == 2  # a short batch: it held every waiting event
+    assert waiting() == 0
+    assert await relay.publish_pending() == 0
+    assert waiting() == 0
+    assert len(await stream_contents(client)) == 8
+
+
+async def test_the_unpublished_count_stops_at_its_cap_and_says_at_least(
+    db: Database, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog larger than the cap shows as the cap (documented as "at least"), whatever its size: the count
+    reads no more of the index than that. The cap is made small here, 5, for 9 events waiting."""
+    monkeypatch.setattr("shopmesh_chassis.outbox.OUTBOX_COUNT_CAP", 5)
+    registry = CollectorRegistry()
+    publisher = Switchable(JetStreamPublisher(client))
+    publisher.down = True
+    relay = OutboxRelay(db, publisher, batch_size=2, metrics=EventMetrics(registry))
+    await add(db, *"abcdefghi")
+    with pytest.raises(TimeoutError):
+        await relay.publish_pending()
+    assert registry.get_sample_value(WAITING) == 5
+    publisher.down = False
+    for _ in range(3):
+        await relay.publish_pending()
+    assert registry.get_sample_value(WAITING) == 3  # 9 - 6 sent: below the cap, counted exactly again
+
+
+async def test_only_the_relay_holding_the_lock_reports_unpublished_events_on_postgresql(
+    postgres: PostgresServer, client: Client, tmp_path: Path
+) -> None:
+    """Two replicas on PostgreSQL: the leader counts what waits (the bounded count runs on PostgreSQL too);
+    the other reports 0, also once it has led and lost the lock: else the maximum over replicas would show
+    events that the new leader has long published."""
+    url = postgres.create_database()
+    a_db, b_db = Database(url), Database(url)
+    (tmp_path / "versions").mkdir()
+    await migrate(a_db, tmp_path / "versions")
+    a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
+    a_publisher = Switchable(JetStreamPublisher(client))
+    a = OutboxRelay(a_db, a_publisher, batch_size=3, metrics=EventMetrics(a_registry))
+    b = OutboxRelay(b_db, JetStreamPublisher(client), batch_size=3, metrics=EventMetrics(b_registry))
+    try:
+        await add(a_db, "first")
+        assert await a.publish_pending() == 1  # a leads from now on
+        assert a_registry.get_sample_value(WAITING) == 0
+        await add(b_db, "a", "b", "c", "d", "e")
+        assert await b.publish_pending() == 0  # the lock is a's
+        assert b_registry.get_sample_value(WAITING) == 0
+        a_publisher.down = True
+        with pytest.raises(TimeoutError):
+            await a.publish_pending()  # a counts what waits, fails, and steps down
+        assert a_registry.get_sample_value(WAITING) == 5
+        assert await b.publish_pending() == 3  # b takes the lock
+        assert b_registry.get_sample_value(WAITING) == 2
+        assert await b.publish_pending() == 2
+        assert b_registry.get_sample_value(WAITING) == 0
+        a_publisher.down = False
+        assert await a.publish_pending() == 0  # b's lock now
+        assert a_registry.get_sample_value(WAITING) == 0, "a replica that lost the lock reports what it last saw"
+    finally:
+        await a.stop()
+        await b.stop()
+        await a_db.dispose()
+        await b_db.dispose()

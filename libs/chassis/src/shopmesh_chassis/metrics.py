@@ -110,6 +110,11 @@ class ServerMetrics:
             self._http = None
 
 
+# Where the outbox relay stops counting the events that wait (shopmesh_outbox_unpublished_events): the count
+# reads the unpublished rows' index, and a backlog of a million would cost a million index entries a pass.
+OUTBOX_COUNT_CAP = 10_000
+
+
 class EventMetrics:
     """What an on-call engineer asks of the asynchronous path: are events leaving (relay), are they being
     handled (consumers), and is anything stuck."""
@@ -130,6 +135,15 @@ class EventMetrics:
             "shopmesh_outbox_oldest_unpublished_age_seconds",
             "Age of the oldest event the relay has read and not yet published; 0 when it has caught up. "
             "Growing means events are stuck in the outbox.",
+            registry=registry,
+        )
+        self.unpublished = Gauge(
+            "shopmesh_outbox_unpublished_events",
+            "Events waiting in the outbox to be published, as this replica's relay saw them at its last pass "
+            f"(what it read and could not send, and what waits behind it), counted up to {OUTBOX_COUNT_CAP} "
+            f"({OUTBOX_COUNT_CAP}: at least that many); 0 when it has caught up, and on a replica that does not "
+            "hold the relay lock. Growing: events are written faster than the relay publishes them, or it "
+            "cannot publish (with the oldest-unpublished age growing).",
             registry=registry,
         )
         self.relay_pass = Gauge(

@@ -19,13 +19,13 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 from opentelemetry import propagate
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.events import EVENT_TYPE
-from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
 from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
@@ -125,6 +125,17 @@ class OutboxRelay:
             .order_by(outbox.c.seq)
             .limit(batch_size)
         )
+        # The events waiting behind a full batch, counted on the index the read above uses
+        # (ix_chassis_outbox_unpublished) and no further than the gauge's cap: a COUNT(*) of a backlog of a
+        # million rows would read a million index entries every pass, while it is draining too.
+        self._beyond_cap = max(0, OUTBOX_COUNT_CAP - batch_size)
+        waiting_beyond = (
+            select(outbox.c.seq)
+            .where(outbox.c.published_at.is_(None), outbox.c.seq > bindparam("b_after"))
+            .limit(self._beyond_cap)
+            .subquery()
+        )
+        self._count_beyond = select(func.count()).select_from(waiting_beyond)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # 0: published rows are kept for ever.
@@ -227,6 +238,8 @@ class OutboxRelay:
                 # report (the age gauge's alert would fire on an outbox another replica has emptied). Nor is
                 # this a pass over the outbox: counted as one, it would hide a leader that hangs.
                 self._oldest_unpublished = None
+                if self._metrics is not None:
+                    self._metrics.unpublished.set(0)
                 return 0
             try:
                 sent = await self._publish_batch(self._on_leader, self._on_leader)
@@ -283,6 +296,11 @@ class OutboxRelay:
         # needs the write lock (on SQLite it would queue behind the service's own writers).
         async with read() as session:
             rows = (await session.execute(self._pending)).all()
+            # A batch that came back short holds every event that waits: it tells the count for free. Only
+            # behind a full one (a backlog, or NATS away with events piling up) is there more to count.
+            beyond = 0
+            if self._metrics is not None and len(rows) >= self._batch_size and self._beyond_cap:
+                beyond = await session.scalar(self._count_beyond, {"b_after": rows[-1].seq}) or 0
         sent: list[int] = []
         try:
             # Not inside a transaction: publishing waits on the network and must not hold database locks.
@@ -300,6 +318,10 @@ class OutboxRelay:
         finally:
             # The first row not sent is the oldest still waiting; a batch sent whole leaves none known.
             self._oldest_unpublished = rows[len(sent)].created_at if len(sent) < len(rows) else None
+            if self._metrics is not None:
+                # Set by the relay that read the outbox (the lock's holder on PostgreSQL), as the age is:
+                # a pass that failed before its read keeps the last value, and RelayStalled says so.
+                self._metrics.unpublished.set(min(OUTBOX_COUNT_CAP, len(rows) - len(sent) + beyond))
             if sent:
                 async with write() as session:
                     await session.execute(
