@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -349,20 +350,22 @@ def test_the_command_says_in_one_line_when_nats_is_unreachable() -> None:
 
 
 def test_the_command_says_how_to_reach_the_local_stacks_nats_when_it_does_not_answer(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`make deadletters` with no stack running said "cannot reach NATS" and no more. The local stack's address
-    moved to a free port: nothing else may answer there."""
+    moved to a free port: nothing else may answer there. No launcher's .data/stack.json where it runs."""
     local = f"nats://127.0.0.1:{free_port()}"
     monkeypatch.setattr(cli, "LOCAL_NATS_URL", local)
     monkeypatch.delenv("NATS_URL", raising=False)
     monkeypatch.delenv("SECRETS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["list"]) == 1
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: cannot reach NATS at {local}: ConnectionRefusedError"), line
-    # Start the stack, or name its NATS: under --free-ports the launcher's table shows it, nothing records it.
+    # Start the stack (whose .data/stack.json names its NATS, on any port), or name another NATS.
     assert "start it with `make run`" in line, line
-    assert 'make deadletters ARGS="--nats-url nats://127.0.0.1:PORT list"' in line, line
+    assert "no launcher's .data/stack.json is here" in line, line
+    assert "--nats-url URL" in line, line
 
 
 def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServer) -> None:

@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_chassis.testing.postgres import postgres_bin
 from shopmesh_platform import run
+from shopmesh_platform.mesh.faults import current_fault
 from shopmesh_platform.ports import Canary
 from shopmesh_platform.processes import StackError
 from shopmesh_platform.stack import DEFAULT_STOP_TIMEOUT, Stack, sidecar_name
@@ -215,7 +216,9 @@ async def test_the_launcher_says_which_wave_it_starts_and_when_it_serves_in_line
 
 
 async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) -> None:
-    process = await start_launcher(tmp_path / "data", "--services", "")
+    """Nor does its stack file mislead: left behind, it names a launcher that is gone, and the tools say they
+    ignore it and use the local defaults."""
+    process = await start_launcher(tmp_path / ".data", "--services", "")
     assert process.stdout is not None
     lines: list[str] = []
     try:
@@ -229,6 +232,73 @@ async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) 
 
     # The kernel sends the orphan SIGTERM (PR_SET_PDEATHSIG); it shuts down on its own.
     await eventually(lambda: gone(nats_pid), "nats-server gone after its launcher was killed", timeout=15)
+    assert json.loads((tmp_path / ".data" / "stack.json").read_text())["pid"] == process.pid
+    code, out, err = await run_tool(tmp_path, "-m", "shopmesh_platform.traces")
+    assert (code, out) == (0, "no traces yet (`make run` records them; call a service first)\n")
+    assert err == f"ignoring .data/stack.json: its launcher (pid {process.pid}) is gone; using the local ports\n"
+    # It is the stack's own: --reset takes it with the rest.
+    run.reset_data_dir(tmp_path / ".data")
+    assert not (tmp_path / ".data").exists()
+
+
+def tool_env() -> dict[str, str]:
+    """The environment `make` runs the tools in: no NATS_URL (`make deadletters` unsets it), nor a Secret's."""
+    return {name: value for name, value in os.environ.items() if name not in ("NATS_URL", "SECRETS_DIR")}
+
+
+async def run_tool(cwd: Path, *argv: str) -> tuple[int, str, str]:
+    """One of the local stack's tools as `make` runs it, from the directory whose .data the launcher uses."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, cwd=cwd, env=tool_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_tools_reach_a_free_ports_stack_without_being_told_where(tmp_path: Path) -> None:
+    """`make deadletters`, `make shoppers`, `make fault` and `make traces` under `--free-ports` needed each
+    address copied from the launcher's table (the NATS URL, the gateway, each sidecar's admin port): they read
+    .data/stack.json, which the launcher writes once the stack serves and removes when it stops."""
+    data = tmp_path / ".data"
+    async with launched(data, "--services", "users,catalog,gateway", "--mesh", "envoy") as (process, lines):
+        rows = table_rows(lines)
+        said = f"the local stack of .data/stack.json (launcher pid {process.pid})"
+        stack = json.loads((data / "stack.json").read_text())
+        assert stack["pid"] == process.pid
+
+        code, out, err = await run_tool(tmp_path, "-m", "shopmesh_chassis.deadletters_cli", "list", "--json")
+        assert (code, json.loads(out)) == (0, []), err
+        assert err == f"NATS at {rows['nats']['grpc']}: {said}\n"
+
+        shoppers = ("--shoppers", "1", "--duration", "1", "--think", "0.01,0.05", "--json")
+        code, out, err = await run_tool(tmp_path, "-m", "shopmesh_platform.shoppers", *shoppers)
+        assert code == 0, err
+        assert err.splitlines()[0] == f"the gateway at {rows['gateway']['grpc']}: {said}"
+        assert json.loads(out)["Register"].get("OK") == 1, out
+
+        admin = rows["catalog-sidecar"]["metrics"].removesuffix("/stats/prometheus")
+        faults = ("-m", "shopmesh_platform.mesh.faults")
+        code, out, err = await run_tool(tmp_path, *faults, "catalog", "--delay", "250ms")
+        assert (code, out, err) == (0, "catalog: delay 250 ms on 100 % of calls\n", f"sidecars of {said}\n")
+        assert str(current_fault(admin)) == "delay 250 ms on 100 % of calls"
+        code, out, err = await run_tool(tmp_path, *faults, "catalog", "--clear")
+        assert code == 0, err
+        assert str(current_fault(admin)) == "none"
+
+        async def listed() -> tuple[int, str, str] | None:
+            """The trace list once the shoppers' calls are in it (spans are exported in batches): traces through
+            the gateway, rooted at its sidecar's span."""
+            listing = await run_tool(tmp_path, "-m", "shopmesh_platform.traces", "--last", "1000")
+            return listing if "gateway-sidecar: " in listing[1] else None
+
+        listing = await eventually(listed, "the shoppers' traces listed", timeout=60, interval=0.5)
+        assert listing is not None
+        code, out, err = listing
+        assert (code, err) == (0, f"traces in {data.absolute() / 'traces'}: {said}\n")
+
+        assert "stopped cleanly" in await ctrl_c(process)
+    assert not (data / "stack.json").exists()
 
 
 def test_spans_go_to_your_collector_instead_when_you_name_one(monkeypatch: pytest.MonkeyPatch) -> None:

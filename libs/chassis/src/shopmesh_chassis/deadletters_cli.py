@@ -6,7 +6,8 @@
     shopmesh-deadletters discard SEQ [SEQ ...]
 
 NATS is `--nats-url`, else `NATS_URL` as the services read it (the environment, else the file NATS_URL in
-`SECRETS_DIR`, where the Helm charts mount it from a Secret), else the local stack's. In a cluster,
+`SECRETS_DIR`, where the Helm charts mount it from a Secret), else the local stack's: the one `.data/stack.json`
+names while its launcher runs (`make run`, on free ports too; said on stderr), else 127.0.0.1:14222. In a cluster,
 run it inside a pod that consumes events: `kubectl exec deploy/notifications -- shopmesh-deadletters list`.
 Exit status: 0 done, 1 a sequence was not parked, its consumer reads no replays (it stays parked) or NATS
 could not be reached, 2 a usage error.
@@ -43,6 +44,7 @@ from shopmesh_chassis.deadletters import (
     is_consumer_name,
 )
 from shopmesh_chassis.events import EVENT_TYPE, InvalidNatsUrl, parse_nats_url, shown_nats_url
+from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack, stack_file
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
 
@@ -90,9 +92,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     except ConfigError as exc:  # SECRETS_DIR set to no directory
         parser.error(str(exc))
     # --help shows where the default points, never its token or password.
-    shown = f"{source} ({shown_nats_url(given)})" if given else LOCAL_NATS_URL
+    shown = (
+        f"{source} ({shown_nats_url(given)})"
+        if given
+        else f"the local stack's, named by {stack_file(DEFAULT_DATA_DIR)} while it runs, else {LOCAL_NATS_URL}"
+    )
     # argparse formats help with '%': a '%' of the URL (an IPv6 zone, %25eth0) is doubled to stay itself.
-    parser.add_argument("--nats-url", default=given or LOCAL_NATS_URL, help=f"default: {shown.replace('%', '%%')}")
+    parser.add_argument("--nats-url", default=given or None, help=f"default: {shown.replace('%', '%%')}")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the parked messages, oldest first")
     listing.add_argument("--consumer", type=consumer_name, help="only those this consumer parked")
@@ -106,6 +112,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     discard = commands.add_parser("discard", help="remove messages for good")
     discard.add_argument("sequences", type=sequence_number, nargs="+", metavar="SEQ")
     args = parser.parse_args(argv)
+    if args.nats_url is None:
+        args.nats_url = local_nats_url()
     try:
         parse_nats_url(args.nats_url)
     except InvalidNatsUrl as exc:
@@ -240,13 +248,23 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         await client.close()
 
 
+def local_nats_url() -> str:
+    """The running local stack's NATS (on whatever port `--free-ports` gave it), said on stderr so that
+    `list --json` stays one document; else the topology's local port, as before the launcher wrote its file."""
+    stack = running_stack(err=sys.stderr)
+    if stack is None:
+        return LOCAL_NATS_URL
+    print(f"NATS at {shown_nats_url(stack.nats_url)}: {stack.said()}", file=sys.stderr)
+    return stack.nats_url
+
+
 def local_stack_hint() -> str:
-    """What to do when the default NATS, the local stack's, does not answer. The launcher records its NATS
-    address nowhere this could read (`--free-ports` picks another port each run): it shows it in its table."""
+    """What to do when the default NATS, the local stack's, does not answer: no launcher runs here (its file,
+    which names its NATS on any port, was not found in the directory this runs in)."""
     return (
-        "; that is the local stack's NATS: start it with `make run`, or name another with --nats-url URL (or "
-        "NATS_URL); under `make run RUN_ARGS=--free-ports` it is the nats row's URL of the launcher's table: "
-        'make deadletters ARGS="--nats-url nats://127.0.0.1:PORT list"'
+        f"; that is the local stack's NATS, and no launcher's {stack_file(DEFAULT_DATA_DIR)} is here: start it "
+        "with `make run` (run this from the directory it runs in), or name another with --nats-url URL (or "
+        "NATS_URL)"
     )
 
 

@@ -5,7 +5,9 @@ until Ctrl-C.
                                     [--postgres] [--mesh envoy [--canary SERVICE[:WEIGHT]]] [--http-port PORT]
 
 With the gateway, the public API is also served over HTTP/JSON and gRPC-Web (an Envoy at :8080, docs/http-api.md).
-Says which wave of services it starts and when that wave is SERVING, then prints a table of what runs where,
+Says which wave of services it starts and when that wave is SERVING, then prints a table of what runs where
+(and writes it for the tools, make deadletters, traces, shoppers and fault, to <data dir>/stack.json until it
+stops: shopmesh_chassis.local_stack),
 grpcurl and curl commands to try; each process's output is prefixed with its name. Every service exports its
 spans to the local trace sink (`make traces` shows them), unless OTEL_EXPORTER_OTLP_ENDPOINT names a collector
 of your own. Ctrl-C (or SIGTERM, or the terminal closing)
@@ -42,6 +44,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, stack_file, write_stack_file
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server, server_argv
 
@@ -705,7 +708,38 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
     # Cancelled by a signal, Stack.start stops what it had started.
     await stack.start(failed=signals.start_failed, progress=lambda line: print(line, flush=True))
     signals.starting = False
-    print(banner(stack, args.services, database), flush=True)
+    # For the tools (make deadletters, traces, shoppers, fault): under --free-ports they could not know where.
+    written = write_stack_file(local_stack(stack))
+    try:
+        print(banner(stack, args.services, database), flush=True)
+        return await _run_until_stopped(stack, postgres, signals)
+    finally:
+        # Whatever the outcome, nothing of the stack serves any more (a killed launcher leaves the file:
+        # the tools see that its pid is gone).
+        remove_stack_file(written, os.getpid())
+
+
+def local_stack(stack: Stack) -> LocalStack:
+    """What the tools need of the running stack, for `.data/stack.json` (shopmesh_chassis.local_stack)."""
+    traces = stack.traces_address
+    return LocalStack(
+        path=stack_file(stack.data_dir),
+        pid=os.getpid(),
+        nats_url=stack.nats_url,
+        gateway=stack.address("gateway") if "gateway" in stack.services else None,
+        http_url=stack.http_url,
+        traces_address=traces,
+        traces_dir=None if traces is None else str(stack.traces_dir.absolute()),
+        sidecar_admin={
+            name: url
+            for name in stack.services
+            if sidecar_name(name) in stack.sidecars and (url := stack.sidecar_admin_url(name)) is not None
+        },
+    )
+
+
+async def _run_until_stopped(stack: Stack, postgres: ThrowawayPostgres | None, signals: _Signals) -> int:
+    """Serve until a stop signal or a crash; then stop everything, and say so (or raise the crash)."""
     crash = await _stop_or_crash(signals.requested, stack, postgres)
     if crash is not None:
         # As a process manager does: no stack runs on around a dead part of it. A signal from here on

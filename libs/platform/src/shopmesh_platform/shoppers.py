@@ -46,6 +46,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.local_stack import running_stack
 
 from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
@@ -394,10 +395,17 @@ def think_range(value: str) -> tuple[float, float]:
     return pause
 
 
-def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+LOCAL_GATEWAY = f"{LOCAL_HOST}:{SERVICES['gateway'].grpc_port}"
+
+
+def arguments(argv: Sequence[str] | None = None, err: TextIO = sys.stderr) -> argparse.Namespace:
     """The command line's settings, as `shop` takes them."""
     parser = argparse.ArgumentParser(prog="python -m shopmesh_platform.shoppers", description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default=f"{LOCAL_HOST}:{SERVICES['gateway'].grpc_port}", help="the gateway")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help=f"the gateway (default: the running local stack's, named by .data/stack.json, else {LOCAL_GATEWAY})",
+    )
     parser.add_argument(
         "--http",
         default=None,
@@ -417,11 +425,26 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help='print the answers as JSON ({"METHOD": {"CODE": n}}, CODE a status or PRICE_CHANGED), progress to stderr',
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.target is None:
+        args.target = LOCAL_GATEWAY if args.http else local_gateway(err)
+    return args
+
+
+def local_gateway(err: TextIO) -> str:
+    """The running local stack's gateway (`--free-ports` gives it any port), said on `err`; else make run's port."""
+    stack = running_stack(err=err)
+    if stack is None:
+        return LOCAL_GATEWAY
+    if stack.gateway is None:
+        print(f"{stack.said()} runs no gateway (--services); trying {LOCAL_GATEWAY}", file=err)
+        return LOCAL_GATEWAY
+    print(f"the gateway at {stack.gateway}: {stack.said()}", file=err)
+    return stack.gateway
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    args = arguments(argv)
+    args = arguments(argv, err)
     try:
         tally = asyncio.run(shop(args, err if args.json else out))
     except ConnectionError as exc:

@@ -47,6 +47,7 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
 from shopmesh_chassis.db import sqlite_url
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
+from shopmesh_chassis.local_stack import STACK_FILE
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
@@ -200,9 +201,12 @@ def postgres_env(server: PostgresServer, names: Iterable[str] | None = None) -> 
 
 def written_by_stack(entry: str, services: Iterable[str] = SERVICES) -> bool:
     """Whether `entry`, a name in a data directory, is one that a stack of `services` writes there: NATS' store,
-    the sinks', the mesh's and the logs' folders, the HTTP/JSON edge's configuration, a service's SQLite file
+    the sinks', the mesh's and the logs' folders, the HTTP/JSON edge's configuration, the launcher's
+    `stack.json` (shopmesh_chassis.local_stack), a service's SQLite file
     (with its journal) and its idempotency key (with that key's staging file)."""
-    if entry in {NATS, MAIL_FOLDER, TRACES_FOLDER, MESH, LOGS_FOLDER, f"{HTTP_API}.json"}:
+    if entry in {NATS, MAIL_FOLDER, TRACES_FOLDER, MESH, LOGS_FOLDER, f"{HTTP_API}.json", STACK_FILE}:
+        return True
+    if entry.startswith(f".{STACK_FILE}."):  # the launcher's write of it, cut short
         return True
     if entry.startswith(FINGERPRINT_STAGING_PREFIX):
         return True

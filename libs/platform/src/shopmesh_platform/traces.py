@@ -7,6 +7,8 @@ A trace id is in every JSON log line (`trace_id`) and in the message of an INTER
 (`trace_id=...`). Each span line shows its offset from the trace's start, its duration, the service,
 the span's kind and name, and its status when it is not OK; children are indented under their parent.
 Events carry the trace on: a consumer's span sits under the span that published the event.
+Without --dir it reads the folder of the running local stack's trace sink (named by `.data/stack.json`, which
+the launcher writes while it runs; said on stderr), else `.data/traces`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tabulate import tabulate
+
+from shopmesh_chassis.local_stack import running_stack
 
 from .arguments import whole_number
 from .trace_sink import ROTATED_FILE, SPANS_FILE
@@ -161,14 +165,36 @@ def print_tree(trace: Trace, out: TextIO) -> None:
         show(root, 0)
 
 
+DEFAULT_DIR = Path(".data", "traces")
+
+
+def sink_dir(err: TextIO) -> Path:
+    """Where the running local stack's trace sink writes (.data/stack.json, said on `err`), else DEFAULT_DIR."""
+    stack = running_stack(err=err)
+    if stack is None:
+        return DEFAULT_DIR
+    if stack.traces_dir is None:
+        print(f"{stack.said()} runs no trace sink (OTEL_EXPORTER_OTLP_ENDPOINT); reading {DEFAULT_DIR}", file=err)
+        return DEFAULT_DIR
+    print(f"traces in {stack.traces_dir}: {stack.said()}", file=err)
+    return Path(stack.traces_dir)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     parser = argparse.ArgumentParser(prog="python -m shopmesh_platform.traces", description=__doc__.splitlines()[0])
     parser.add_argument("trace_id", nargs="?", help="show this trace (a unique prefix will do)")
-    parser.add_argument("--dir", type=Path, default=Path(".data/traces"), help="the trace sink's directory")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help=f"the trace sink's directory (default: the running local stack's, else {DEFAULT_DIR})",
+    )
     parser.add_argument(
         "--last", type=whole_number(0), default=20, help="how many traces to list (default %(default)s)"
     )
     args = parser.parse_args(argv)
+    if args.dir is None:
+        args.dir = sink_dir(err)
     traces = load(args.dir, err)
     if args.trace_id is None:
         # Not traces[-last:]: -0 is 0, and --last 0 listed every trace.

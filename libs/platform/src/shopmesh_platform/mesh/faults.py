@@ -15,7 +15,9 @@ failing callee looks like (a delay, or the gRPC status, trailers-only), and show
 gateway's product page without recommendations, orders' saga cancelling a checkout it could not pay
 for. A delay and an abort can be set together (the abort follows the delay); each hits `--percent` of the
 calls, drawn independently. Faults live in the
-sidecar's memory: a restarted stack starts without any.
+sidecar's memory: a restarted stack starts without any. The sidecars are those of the running local stack
+(`.data/stack.json`, which the launcher writes while it runs, on any ports: `--free-ports` too; said on stderr),
+else of `make run MESH=envoy`'s local ports; `--admin URL` names one by hand.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import TextIO
 
 import grpc
 from tabulate import tabulate
+
+from shopmesh_chassis.local_stack import running_stack
 
 from ..topology import (
     CANARY_SUFFIX,
@@ -137,6 +141,29 @@ def local_admin_url(name: str) -> str:
     return f"http://{LOCAL_HOST}:{local_sidecar_ports(name).admin}"
 
 
+class SidecarAdmins:
+    """The sidecars' admin URLs: the running local stack's (.data/stack.json: any ports, `--free-ports`
+    included), said on `err`; else those of `make run MESH=envoy`'s local ports."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.stack = running_stack(err=err)
+        if self.stack is not None:
+            print(f"sidecars of {self.stack.said()}", file=err)
+
+    def url(self, name: str) -> str | None:
+        """The admin URL of `name`'s sidecar; None when the running stack has none (no mesh, not started)."""
+        if self.stack is None:
+            return local_admin_url(name)
+        return self.stack.sidecar_admin.get(name)
+
+    def required(self, name: str) -> str:
+        url = self.url(name)
+        if url is None:
+            assert self.stack is not None
+            raise FaultError(f"{name} runs behind no sidecar in {self.stack.said()}: is it `make run MESH=envoy`?")
+        return url
+
+
 def _running(url: str) -> bool:
     try:
         current_fault(url)
@@ -183,21 +210,29 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     parser.add_argument("--percent", type=percentage, default=100, help="share of the calls affected (default 100)")
     parser.add_argument("--clear", action="store_true", help="remove the service's faults")
     parser.add_argument("--show", action="store_true", help="print every running sidecar's faults")
-    parser.add_argument("--admin", default=None, help="the sidecar's admin URL (default: the local ports)")
+    parser.add_argument(
+        "--admin",
+        default=None,
+        help="the sidecar's admin URL (default: the running local stack's, named by .data/stack.json, else the "
+        "local ports)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.show:
             rows = []
+            targets: list[tuple[str, str | None]]
             if args.admin:
                 targets = [(args.service or "(--admin)", args.admin)]
             else:
-                targets = [(name, local_admin_url(name)) for name in ([args.service] if args.service else SERVICES)]
+                admins = SidecarAdmins(err)
+                targets = [(name, admins.url(name)) for name in ([args.service] if args.service else SERVICES)]
                 # A canary's sidecar only while one runs (one row per service otherwise).
-                canaries = (
-                    [] if args.service else [(name, local_admin_url(name)) for name in map(canary_name, SERVICES)]
-                )
-                targets += [(name, url) for name, url in canaries if _running(url)]
+                canaries = [] if args.service else [(name, admins.url(name)) for name in map(canary_name, SERVICES)]
+                targets += [(name, url) for name, url in canaries if url is not None and _running(url)]
             for name, url in targets:
+                if url is None:
+                    rows.append((name, "-", "(no sidecar running)"))
+                    continue
                 try:
                     rows.append((name, url, str(current_fault(url))))
                 except FaultError:
@@ -209,10 +244,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         if not args.clear and not args.delay and args.abort is None:
             parser.error("say what to inject (--delay, --abort) or --clear")
         fault = Fault() if args.clear else Fault(delay_ms=args.delay, abort=args.abort, percent=args.percent)
-        urls = {args.service: args.admin or local_admin_url(args.service)}
+        if args.admin:
+            urls = {args.service: args.admin}
+        else:
+            admins = SidecarAdmins(err)
+            urls = {args.service: admins.required(args.service)}
         if not args.admin and args.service in SERVICES:
             canary = canary_name(args.service)
-            if _running(canary_url := local_admin_url(canary)):
+            if (canary_url := admins.url(canary)) is not None and _running(canary_url):
                 # The service's fault is its canary's too: every call to the service meets it, whichever
                 # track the caller's sidecar picks.
                 urls[canary] = canary_url

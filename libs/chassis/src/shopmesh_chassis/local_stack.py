@@ -1,0 +1,146 @@
+"""Where the local stack (`make run`) serves, for the tools that talk to it (`make deadletters`, `make traces`,
+`make shoppers`, `make fault`).
+
+The launcher writes `<data dir>/stack.json` once the stack serves (atomically: a tool never reads half a file)
+and removes it when it stops. Under `--free-ports` the addresses change every run, and nobody should have to
+copy them from its table. A tool reads the file of `.data` (the default data directory, as the Makefile runs
+them from the repository root) when it was given no address of its own, and says so; without a file, or with
+one whose launcher is gone (killed with -9, which removes nothing), it uses the topology's local ports as
+before. It lives in the chassis because `shopmesh-deadletters` does, and the chassis imports nothing of the
+platform that writes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+STACK_FILE = "stack.json"
+DEFAULT_DATA_DIR = Path(".data")
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    """What a running launcher wrote: its process, and the addresses a tool may need (None: not run)."""
+
+    path: Path
+    pid: int
+    nats_url: str
+    gateway: str | None = None
+    http_url: str | None = None
+    traces_address: str | None = None
+    traces_dir: str | None = None
+    # The Envoy admin URL of each sidecar, by the name `make fault` takes (`catalog`, `catalog-canary`).
+    sidecar_admin: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            # Told apart from a later process that reuses the pid (see `_same_process`).
+            "started": process_start(self.pid),
+            "nats_url": self.nats_url,
+            "gateway": self.gateway,
+            "http_url": self.http_url,
+            "traces_address": self.traces_address,
+            "traces_dir": self.traces_dir,
+            "sidecar_admin": self.sidecar_admin,
+        }
+
+    def said(self) -> str:
+        """How a tool names where an address came from."""
+        return f"the local stack of {self.path} (launcher pid {self.pid})"
+
+
+def stack_file(data_dir: Path) -> Path:
+    return data_dir / STACK_FILE
+
+
+def write_stack_file(stack: LocalStack) -> Path:
+    """Write it whole or not at all: a temporary file beside it, then renamed over it; returns its path."""
+    stack.path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{STACK_FILE}.", dir=stack.path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(stack.as_json(), out, indent=2)
+            out.write("\n")
+        os.replace(temporary, stack.path)
+        return stack.path
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def remove_stack_file(path: Path, pid: int) -> None:
+    """Remove the file if it is still this launcher's (`pid`'s)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        if json.loads(path.read_text())["pid"] == pid:
+            path.unlink()
+
+
+def running_stack(data_dir: Path = DEFAULT_DATA_DIR, err: TextIO | None = None) -> LocalStack | None:
+    """The stack whose launcher wrote `data_dir`'s file and still runs; None without a file, and None with one
+    line on `err` for a file that cannot be read or whose launcher is gone (its addresses may be anyone's by now).
+    """
+    path = stack_file(data_dir)
+    try:
+        raw = json.loads(path.read_text())
+        stack = LocalStack(
+            path=path,
+            pid=int(raw["pid"]),
+            nats_url=str(raw["nats_url"]),
+            gateway=raw.get("gateway"),
+            http_url=raw.get("http_url"),
+            traces_address=raw.get("traces_address"),
+            traces_dir=raw.get("traces_dir"),
+            sidecar_admin=dict(raw.get("sidecar_admin") or {}),
+        )
+        started = raw.get("started")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        _say(err, f"ignoring {path}: not a stack file the launcher wrote ({type(exc).__name__}: {exc})")
+        return None
+    if not _same_process(stack.pid, started):
+        _say(err, f"ignoring {path}: its launcher (pid {stack.pid}) is gone; using the local ports")
+        return None
+    return stack
+
+
+def process_start(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (Linux's /proc); None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces: the fields after it are counted from its end.
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _same_process(pid: int, started: object) -> bool:
+    """Whether the launcher that wrote the file still runs: its pid is alive, not a zombie, and (where the file
+    recorded it) started when the launcher did, so a pid reused since by another process does not count."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another account's process: alive
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state == "Z":  # exited, not reaped yet
+            return False
+    return started is None or process_start(pid) in (None, started)
+
+
+def _say(err: TextIO | None, line: str) -> None:
+    if err is not None:
+        print(line, file=err)

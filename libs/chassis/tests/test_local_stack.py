@@ -1,0 +1,109 @@
+"""The local stack's file (.data/stack.json) tells the tools where a running launcher serves; a file whose
+launcher is gone (killed with -9, which removes nothing) is ignored, with one line saying so."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shopmesh_chassis.local_stack import (
+    LocalStack,
+    process_start,
+    remove_stack_file,
+    running_stack,
+    stack_file,
+    write_stack_file,
+)
+from shopmesh_chassis.testing import eventually
+
+
+def written(data_dir: Path, pid: int) -> LocalStack:
+    stack = LocalStack(
+        path=stack_file(data_dir),
+        pid=pid,
+        nats_url="nats://127.0.0.1:41222",
+        gateway="127.0.0.1:41050",
+        http_url="http://127.0.0.1:41080",
+        traces_address="127.0.0.1:41317",
+        traces_dir=str(data_dir / "traces"),
+        sidecar_admin={"catalog": "http://127.0.0.1:41502"},
+    )
+    write_stack_file(stack)
+    return stack
+
+
+def exited_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_running_launchers_file_is_read_back_whole(tmp_path: Path) -> None:
+    stack = written(tmp_path, os.getpid())
+    err = io.StringIO()
+    assert running_stack(tmp_path, err) == stack
+    assert err.getvalue() == ""
+    # Nothing but the file: the write goes through a temporary file, renamed over it.
+    assert [path.name for path in tmp_path.iterdir()] == ["stack.json"]
+
+
+def test_no_file_is_no_stack_and_says_nothing(tmp_path: Path) -> None:
+    err = io.StringIO()
+    assert running_stack(tmp_path, err) is None
+    assert err.getvalue() == ""
+
+
+def test_a_file_whose_launcher_is_gone_is_ignored_in_one_line(tmp_path: Path) -> None:
+    pid = exited_pid()
+    written(tmp_path, pid)
+    err = io.StringIO()
+    assert running_stack(tmp_path, err) is None
+    path = tmp_path / "stack.json"
+    assert err.getvalue() == f"ignoring {path}: its launcher (pid {pid}) is gone; using the local ports\n"
+
+
+async def test_a_launcher_that_exited_unreaped_is_gone_too(tmp_path: Path) -> None:
+    child = await asyncio.to_thread(subprocess.Popen, [sys.executable, "-c", "pass"])
+    try:
+        # Exited, not waited for: a zombie, which a signal 0 still finds.
+        stat = Path(f"/proc/{child.pid}/stat")
+        await eventually(lambda: stat.read_text().rpartition(")")[2].split()[0] == "Z", "the child exited")
+        written(tmp_path, child.pid)
+        assert running_stack(tmp_path, io.StringIO()) is None
+    finally:
+        child.wait()
+
+
+def test_a_pid_reused_by_another_process_since_is_not_the_launcher(tmp_path: Path) -> None:
+    """The launcher was killed and its pid went to some other process: that process started later."""
+    written(tmp_path, os.getpid())
+    path = stack_file(tmp_path)
+    raw = json.loads(path.read_text())
+    started = process_start(os.getpid())
+    assert started is not None
+    path.write_text(json.dumps({**raw, "started": started - 1}))
+    err = io.StringIO()
+    assert running_stack(tmp_path, err) is None
+    assert "is gone" in err.getvalue()
+
+
+def test_a_file_that_is_no_stack_file_is_ignored_in_one_line(tmp_path: Path) -> None:
+    stack_file(tmp_path).write_text('{"pid": ')
+    err = io.StringIO()
+    assert running_stack(tmp_path, err) is None
+    [line] = err.getvalue().splitlines()
+    assert line.startswith(f"ignoring {tmp_path / 'stack.json'}: not a stack file the launcher wrote"), line
+
+
+def test_a_launcher_removes_only_its_own_file(tmp_path: Path) -> None:
+    written(tmp_path, os.getpid())
+    remove_stack_file(stack_file(tmp_path), os.getpid() + 1)
+    assert stack_file(tmp_path).exists()
+    remove_stack_file(stack_file(tmp_path), os.getpid())
+    assert not stack_file(tmp_path).exists()
