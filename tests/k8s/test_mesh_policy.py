@@ -883,3 +883,22 @@ def test_caller_methods_that_do_not_fit_the_callers_fail_the_render(
     render says so instead, as it does for methods of a service that does not call this one."""
     with pytest.raises(Exception, match=message):
         objects_of(helm_dir, "inventory", {"global": {"mesh": "istio"}, "callerMethods": caller_methods})
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+def test_a_service_no_caller_is_listed_for_admits_nobody_but_health_and_metrics(helm_dir: Path, mesh: str) -> None:
+    """Deny by default, as the local mesh (docs/mesh.md): a service whose chart lists no callers (not the
+    edge) renders a policy that admits health and metrics alone; nothing listed never means every method."""
+    docs = objects_of(helm_dir, "inventory", {"global": {"mesh": mesh}, "callers": [], "callerMethods": None})
+    if mesh == "istio":
+        grants = istio_grants(find(docs, "AuthorizationPolicy", "inventory"))
+        assert sorted(grants, key=repr) == sorted(
+            [(None, str(GRPC_PORT), (f"{HEALTH}*",)), (None, str(METRICS_PORT), ())], key=repr
+        )
+    else:
+        assert routes_of(docs, "inventory-grpc") == {
+            "inventory-health": ("PathPrefix", HEALTH),
+            "inventory-rpc": ("PathPrefix", "/"),
+        }
+        grants = linkerd_grants(docs)
+        assert grants == {"inventory-health": {"any network"}, "inventory-metrics": {"any network"}}

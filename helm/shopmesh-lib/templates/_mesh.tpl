@@ -10,7 +10,8 @@ The same rules as the local mesh (`make run MESH=envoy`, shopmesh_platform.mesh.
   - every other method only to the services that call this one in the graph (by their mTLS identity:
     their ServiceAccount, which is named after the service), each to the methods it calls (callerMethods)
     and no other: the gateway reads stock, it does not reserve it. Reflection is for no caller: grpcurl
-    reaches a service past its proxy (kubectl port-forward), or the edge, open to anyone;
+    reaches a service past its proxy (kubectl port-forward), or the edge, open to anyone. Deny by default:
+    a service with no callers listed admits nobody but health and metrics (an empty list never means all);
   - the mesh retries only what never reached the callee (Istio's default also retries UNAVAILABLE,
     which would repeat a Charge or a PlaceOrder the callee may have acted on);
   - an endpoint answering server errors in a row leaves the load balancer for a while (Istio). gRPC

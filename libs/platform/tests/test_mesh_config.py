@@ -16,11 +16,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_KIB
-from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON
+from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON, Sidecar, bootstrap
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
 from shopmesh_platform.ports import Canary, PortPlan
 from shopmesh_platform.processes import StackError
-from shopmesh_platform.stack import Stack, envoy_binary
+from shopmesh_platform.stack import ServiceSpec, Stack, envoy_binary
 from shopmesh_platform.topology import METHODS_CALLED, SERVICES, is_edge, local_sidecar_ports, service_callers
 
 
@@ -124,6 +124,40 @@ def admitted_paths(rules: dict[str, Any]) -> dict[str, set[str]]:
             who = ANYONE if principal == {"any": True} else principal["authenticated"]["principal_name"]["exact"]
             admitted.setdefault(who, set()).update(paths)
     return admitted
+
+
+HEALTH_ONLY = {ANYONE: {"^/grpc.health.v1.Health/"}}
+
+
+async def test_a_service_outside_the_call_graph_admits_no_caller_to_any_method_but_health(tmp_path: Path) -> None:
+    """Deny by default: a service the topology does not know (a test's own spec) lists no methods for the
+    services that call it, and nothing listed admits nothing (its sidecar once admitted such callers to
+    every method, a hole in the policy wherever a service was left out of METHODS_CALLED)."""
+    specs = [ServiceSpec("alpha", ("true",)), ServiceSpec("beta", ("true",), calls=("alpha",))]
+    stack = Stack(tmp_path, ports=PortPlan.free(["alpha", "beta"], mesh=True), specs=specs)
+    path = stack.write_mesh()["alpha"]
+    inbound = _listener(json.loads(path.read_text()), "inbound")
+    rbac = _http_filters(inbound)[0]
+    assert rbac["name"] == "envoy.filters.http.rbac"
+    assert admitted_paths(rbac["typed_config"]["rules"]) == HEALTH_ONLY
+    await envoy_validates(path)
+
+
+@pytest.mark.parametrize("callers", [{}, {"orders": ()}], ids=["caller-not-listed", "caller-listed-with-none"])
+def test_a_caller_the_policy_lists_no_methods_for_is_admitted_to_nothing_but_health(
+    tmp_path: Path, callers: dict[str, tuple[str, ...]]
+) -> None:
+    sidecar = Sidecar(
+        service="payments",
+        host="127.0.0.1",
+        inbound_port=1,
+        ports=local_sidecar_ports("payments"),
+        upstreams={},
+        allowed_callers=callers,
+    )
+    config = bootstrap(sidecar, issue(tmp_path, ["payments", "orders"]))
+    rbac = _http_filters(_listener(config, "inbound"))[0]
+    assert admitted_paths(rbac["typed_config"]["rules"]) == HEALTH_ONLY
 
 
 def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(

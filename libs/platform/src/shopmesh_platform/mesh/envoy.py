@@ -84,10 +84,11 @@ class Sidecar:
     ports: SidecarPorts
     # Callee name → its inbound address (host:port).
     upstreams: Mapping[str, str]
-    # Caller → the exact gRPC paths (`/package.Service/Method`) its SPIFFE identity is admitted to inbound, or
-    # None: every path (a service outside the topology, whose methods it does not list); None: the edge, which
-    # takes plaintext from any client.
-    allowed_callers: Mapping[str, Sequence[str] | None] | None
+    # Caller → the exact gRPC paths (`/package.Service/Method`) its SPIFFE identity is admitted to inbound; a
+    # caller listed with none, or not listed at all, is admitted to nothing but health (deny by default, as
+    # the charts' policy: a service outside the topology lists no methods, and so admits no caller to any).
+    # None: the edge, which takes plaintext from any client.
+    allowed_callers: Mapping[str, Sequence[str]] | None
     # host:port of an OTLP/gRPC receiver (the local trace sink) for the sidecar's own spans; None: none.
     traces: str | None = None
     # "canary": the sidecar of a canary of `service` (same identity, a name of its own: `<service>-canary-sidecar`).
@@ -274,8 +275,11 @@ def listener(
     return {"name": name, "address": address, "traffic_direction": direction, "filter_chains": [chain]}
 
 
-def _policy(callers: Mapping[str, Sequence[str] | None]) -> dict[str, Any]:
-    """RBAC admitting each caller's SPIFFE identity to its paths alone, and any identity to health."""
+def _policy(callers: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """RBAC admitting each caller's SPIFFE identity to its paths alone, and any identity to health. A caller
+    with no paths gets no policy: under ALLOW, what no policy matches is refused, so nothing listed means
+    nothing admitted (it once meant every method, a bypass of the policy for any service outside the
+    topology)."""
     policies: dict[str, Any] = {
         # As the charts keep it open to any source: a health check needs no place in the call graph. (The
         # listener's TLS still admits only identities of the mesh's authority.)
@@ -285,13 +289,12 @@ def _policy(callers: Mapping[str, Sequence[str] | None]) -> dict[str, Any]:
         }
     }
     for caller, paths in callers.items():
-        if paths is not None and not paths:
-            # RBAC takes no empty list of permissions; the charts' render fails alike.
-            raise ValueError(f"no methods for the caller {caller}: the mesh would refuse it every call")
+        if not paths:
+            # RBAC takes no empty list of permissions; leaving the caller out refuses it the same.
+            continue
         # A path, not the whole :path header: a query string (none in gRPC) cannot make a method unknown.
-        permissions = [{"any": True}] if paths is None else [{"url_path": {"path": {"exact": p}}} for p in paths]
         policies[f"{CALLER_POLICY_PREFIX}{caller}"] = {
-            "permissions": permissions,
+            "permissions": [{"url_path": {"path": {"exact": p}}} for p in paths],
             "principals": [{"authenticated": {"principal_name": {"exact": spiffe_id(caller)}}}],
         }
     return {
