@@ -281,3 +281,32 @@ def test_a_service_that_redeclares_service_name_with_the_same_bounds_written_out
 
     with pytest.raises(ConfigError, match=r"^invalid configuration: SERVICE_NAME="):
         load_settings(Same, service_name="Not Valid")
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("run/catalog.sock", "must be an absolute path (e.g. /run/shopmesh/catalog.sock)"),
+        ("/" + "d" * 120 + "/catalog.sock", "is 134 bytes long; a Unix socket's path takes at most 107"),
+    ],
+    ids=["relative", "too-long"],
+)
+def test_a_unix_socket_path_the_kernel_cannot_take_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    """Refused at start, naming the variable: a relative path would be taken from wherever the process started,
+    and one past sockaddr_un's 107 bytes failed only at bind time."""
+    monkeypatch.setenv("GRPC_UNIX_SOCKET", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SampleSettings)
+    assert str(caught.value).startswith(f"invalid configuration: GRPC_UNIX_SOCKET={value!r}: {says}")
+
+
+def test_the_grpc_server_binds_the_unix_socket_when_one_is_given_else_host_and_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRPC_HOST", "::1")
+    monkeypatch.setenv("GRPC_PORT", "6000")
+    assert load_settings(SampleSettings).grpc_listen_address == "[::1]:6000"
+    monkeypatch.setenv("GRPC_UNIX_SOCKET", "/run/shopmesh/sample.sock")
+    assert load_settings(SampleSettings).grpc_listen_address == "unix:/run/shopmesh/sample.sock"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -345,6 +346,58 @@ def test_a_port_in_use_stops_the_process_with_one_line_naming_it(variable: str) 
     errors = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert [e["level"] for e in errors if e["level"] == "ERROR"] == ["ERROR"]
     assert any(str(port) in e["message"] for e in errors)
+
+
+async def test_on_a_unix_socket_a_service_serves_there_and_listens_on_no_tcp_port(tmp_path: Path) -> None:
+    """GRPC_UNIX_SOCKET replaces GRPC_HOST:GRPC_PORT (the local mesh: a service that only its sidecar can
+    reach, through a folder only its user can open): health answers over the socket, and the process listens
+    on no TCP port at all (its metrics off here), so nothing reaches it at GRPC_PORT past the sidecar."""
+    folder = tmp_path / "sockets"
+    folder.mkdir(mode=0o700)
+    path = folder / "sample.sock"
+    env = {"GRPC_UNIX_SOCKET": str(path), "METRICS_PORT": "-1"}
+    proc = start_process(SAMPLE, port=free_port(), log_path=tmp_path / "sample.log", env=env)
+    try:
+        # Bounds a start that hangs (or, before the setting, a wait for a socket nothing opens).
+        await eventually(
+            lambda: _serving_or_exited(proc, f"unix:{path}"), "the sample serving on its socket", timeout=60
+        )
+        assert proc.process.poll() is None, proc.output()
+        listening = [c for c in psutil.Process(proc.process.pid).net_connections("inet") if c.status == "LISTEN"]
+        assert listening == []
+        assert f"on unix:{path}" in proc.output()
+    finally:
+        proc.stop()
+
+
+async def _serving_or_exited(proc: ServiceProcess, address: str) -> bool:
+    return proc.process.poll() is not None or await health_status(address) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_unix_socket_in_a_folder_that_is_not_there_stops_the_process_with_one_line(tmp_path: Path) -> None:
+    """StartupFailed's one line naming the variable, exit 1, not grpcio's "Failed to bind" traceback."""
+    missing = tmp_path / "no-such-folder" / "sample.sock"
+    result = subprocess.run(
+        SAMPLE,
+        # GRPC_PORT 0: before the setting, the sample would have served on TCP instead, never on a fixed port.
+        env={
+            "GRPC_UNIX_SOCKET": str(missing),
+            "GRPC_PORT": "0",
+            "METRICS_PORT": "-1",
+            "PATH": "/usr/bin:/bin",
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
+        },
+        # Bounds a start that would serve for ever (before the setting).
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr, result.stderr[-1500:]
+    errors = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    [error] = [e for e in errors if e["level"] == "ERROR"]
+    assert f"unix:{missing} (GRPC_UNIX_SOCKET)" in error["message"]
 
 
 # A service's composition root, cut down to what runs before its port opens: settings, logs, migrations.

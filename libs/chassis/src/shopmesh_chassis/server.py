@@ -17,7 +17,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
-from shopmesh_chassis.config import ServiceSettings, StartupFailed
+from shopmesh_chassis.config import ServiceSettings, StartupFailed, host_port
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server_interceptor import ChassisServerInterceptor
 
@@ -41,13 +41,6 @@ class ServiceBinding:
     descriptor: ServiceDescriptor
     servicer: object
     register: Callable[[Any, grpc.aio.Server], None]
-
-
-def host_port(host: str, port: int) -> str:
-    """`host:port` as gRPC targets write it: an IPv6 literal in brackets (`[::]:50051`, `[::1]:50051`)."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 class ChassisServer:
@@ -109,19 +102,30 @@ class ChassisServer:
 
     @property
     def address(self) -> str:
+        """Where clients reach the server: `unix:<path>` on a Unix socket (GRPC_UNIX_SOCKET), else host:port."""
+        if self.settings.grpc_unix_socket:
+            return self.settings.grpc_listen_address
         return host_port(self.settings.grpc_host, self.port)
 
     async def start(self) -> None:
         """Bind, start serving, and report SERVING for the server and each service."""
-        bind = host_port(self.settings.grpc_host, self.settings.grpc_port)
+        bind = self.settings.grpc_listen_address
         # Another process on the port (a replica left running, a host port taken): this start cannot go on,
-        # the next may. grpcio raises RuntimeError itself ("Failed to bind"), or returns port 0.
+        # the next may. grpcio raises RuntimeError itself ("Failed to bind"), or returns port 0. On a Unix
+        # socket it fails only when the folder is missing or not writable: it replaces a socket file that is
+        # there (a leftover of a killed process, or a running copy's: the launcher checks for that first).
         try:
-            self.port = self.server.add_insecure_port(bind)
+            bound = self.server.add_insecure_port(bind)
         except RuntimeError:
-            self.port = 0
-        if self.port == 0:
+            bound = 0
+        if bound == 0:
+            if self.settings.grpc_unix_socket:
+                raise StartupFailed(
+                    f"cannot listen on {bind} (GRPC_UNIX_SOCKET): does its folder exist, writable by this user?"
+                )
             raise StartupFailed(f"cannot listen on {bind} (GRPC_HOST / GRPC_PORT): is another process using it?")
+        # No TCP port on a Unix socket (grpcio answers 1 there).
+        self.port = 0 if self.settings.grpc_unix_socket else bound
         if self.settings.metrics_port >= 0:
             address = host_port(self.settings.metrics_host, self.settings.metrics_port)
             try:
