@@ -318,7 +318,8 @@ async def stocked_products(stack: Stack, count: int) -> list[str]:
                 break
     products = products[:count] if count else products
     # SetStock is an operator's call that no service makes, so the mesh admits no identity to it: stock is
-    # seeded at inventory's own port, past its sidecar, as an operator's port-forward to a pod would.
+    # seeded on inventory's own socket (`unix:<path>`), past its sidecar, as an operator's port-forward to a pod
+    # would.
     async with grpc.aio.insecure_channel(stack.app_address("inventory")) as channel:
         inventory = inventory_pb2_grpc.InventoryServiceStub(channel)
         for product in products:
@@ -505,7 +506,7 @@ def report(
                         "generator calls orders' sidecar over mutual TLS as the gateway, and each of orders' calls "
                         "goes through orders' sidecar and the callee's, two TLS hops more per call; the sidecars' "
                         "CPU is in the table beside their services'. It lists the products through catalog's "
-                        "sidecar as the gateway too, and stocks them at inventory's own port, past its sidecar: "
+                        "sidecar as the gateway too, and stocks them on inventory's own socket, past its sidecar: "
                         "the mesh admits no caller to SetStock, which no service calls."
                     ]
                     if mesh

@@ -102,7 +102,7 @@ class Shop:
 
 @asynccontextmanager
 async def shop_client(stack: Stack) -> AsyncIterator[Shop]:
-    """Clients of the four core services. Under a mesh they go to each service's own port, around its
+    """Clients of the four core services. Under a mesh they go to each service's own socket, around its
     sidecar, as an operator's port-forward to a pod would: for checking what the services hold, not
     for traffic the mesh should see."""
     options = ClientOptions(breaker=None, caller="e2e-tests", default_timeout_seconds=30)

@@ -16,19 +16,22 @@ import asyncio
 import io
 import json
 import re
+import stat
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform.mesh.faults import Fault, current_fault, set_fault
 from shopmesh_platform.mesh.faults import main as faults_main
 from shopmesh_platform.mesh.identity import bundle_file, channel_as, issue
@@ -185,6 +188,25 @@ async def test_each_service_gets_through_to_the_methods_it_calls_and_anything_el
     # Every call above, counted where it was decided: the callee's sidecar's RBAC.
     assert after["http.inbound.rbac.allowed"] - before.get("http.inbound.rbac.allowed", 0) == admitted
     assert after["http.inbound.rbac.denied"] - before.get("http.inbound.rbac.denied", 0) == denied
+
+
+async def test_no_service_behind_a_sidecar_listens_on_a_tcp_port_of_its_own_but_metrics(stack: Stack) -> None:
+    """In a pod iptables sends every connection through the proxy; locally each service listens only on a
+    Unix socket, in a folder only the user can open, so nothing on the machine calls it past its sidecar's
+    mutual TLS and policy (its app port once took plaintext from anything local). Its metrics stay on TCP,
+    as Prometheus scrapes a pod's past the proxy; the launcher's readiness probe dials the socket."""
+    folder = stack.mesh_dir / "sockets"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in INNER:
+        socket_path = stack.app_socket(name)
+        assert socket_path == folder / f"{name}.sock", name
+        metrics = urllib.parse.urlsplit(stack.metrics_url(name)).port
+        listening = {
+            c.laddr.port for c in psutil.Process(stack.pid(name)).net_connections("inet") if c.status == "LISTEN"
+        }
+        assert listening == {metrics}, name
+        status = await health_status(f"unix:{socket_path}", timeout=5)
+        assert status == health_pb2.HealthCheckResponse.SERVING, name
 
 
 @pytest.mark.parametrize("callee", ["catalog", "payments"])

@@ -23,6 +23,8 @@ async def test_readme_mesh_walkthrough_runs_verbatim(readme_walkthrough: Callabl
     assert '"products":[{"id":' in out, "the HTTP/JSON edge reaches the gateway through its sidecar"
     assert "payments: no answer without a certificate" in out
     assert '"status": "SERVING"' in out, "health is open to a service that does not call payments"
+    # Health as notifications through the sidecar, and once more on payments' own socket, past it.
+    assert out.count('"status": "SERVING"') == 2
     # GetPayment as orders, ListPayments as notifications.
     assert err.count("Code: PermissionDenied") == 2
     assert err.count("RBAC: access denied") == 2

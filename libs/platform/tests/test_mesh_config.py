@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_KIB
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON, Sidecar, bootstrap
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
-from shopmesh_platform.ports import Canary, PortPlan
+from shopmesh_platform.ports import Canary, PortInUse, PortPlan
 from shopmesh_platform.processes import StackError
 from shopmesh_platform.stack import ServiceSpec, Stack, envoy_binary
 from shopmesh_platform.topology import METHODS_CALLED, SERVICES, is_edge, local_sidecar_ports, service_callers
@@ -160,6 +161,43 @@ def test_a_caller_the_policy_lists_no_methods_for_is_admitted_to_nothing_but_hea
     assert admitted_paths(rbac["typed_config"]["rules"]) == HEALTH_ONLY
 
 
+def test_the_services_sockets_are_in_a_folder_only_the_user_can_open(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    stack, _ = configurations
+    sockets = stack.mesh_dir / "sockets"
+    assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
+    for service in SERVICES:
+        expected = None if is_edge(service) else sockets / f"{service}.sock"
+        assert stack.app_socket(service) == expected, service
+        assert stack.app_address(service) == (
+            f"127.0.0.1:{stack.ports.sidecar_of(service).app}" if expected is None else f"unix:{expected}"
+        )
+
+
+def test_a_socket_another_stack_still_serves_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """grpcio replaces a socket file that is there: a second `make run` on the same data would silently take a
+    running stack's service over, as SO_REUSEPORT would share a port. A leftover file nobody serves (a killed
+    stack's) is no obstacle."""
+    stack = Stack(tmp_path, ports=PortPlan.free(["catalog"], mesh=True), services=["catalog"])
+    stack.write_mesh()
+    path = stack.app_socket("catalog")
+    assert path is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as served:
+        served.bind(str(path))
+        served.listen()
+        with pytest.raises(PortInUse, match=r"catalog's socket, behind its sidecar\) is already served"):
+            stack.check_ports()
+    assert path.exists()
+    assert stack.check_ports() == []
+
+
+def test_a_data_directory_too_deep_for_a_unix_socket_is_refused_saying_so(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    with pytest.raises(StackError, match=r"longer than a Unix socket's path may be \(107 bytes\)"):
+        Stack(deep, ports=PortPlan.free(mesh=True))
+
+
 def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(
     configurations: tuple[Stack, dict[str, dict[str, Any]]],
 ) -> None:
@@ -186,7 +224,11 @@ def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(
             # The caller's deadline is the only timeout.
             assert route["route"]["timeout"] == "0s"
         app = clusters["app"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-        assert app["socket_address"]["port_value"] == stack.ports.sidecar_of(service).app
+        if is_edge(service):
+            assert app["socket_address"]["port_value"] == stack.ports.sidecar_of(service).app
+        else:
+            # The service's own Unix socket, in the folder only the user can open: no TCP port to go around by.
+            assert app == {"pipe": {"path": str(stack.mesh_dir / "sockets" / f"{service}.sock")}}
 
 
 async def envoy_validates(path: Path) -> None:
@@ -318,7 +360,7 @@ async def test_a_canarys_sidecar_is_its_services_under_a_name_of_its_own(
     certificates = inbound["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
     assert certificates["tls_certificates"][0]["certificate_chain"]["filename"].endswith("/catalog.pem")
     app = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    assert app["endpoint"]["address"]["socket_address"]["port_value"] == stack.ports.sidecar_of("catalog-canary").app
+    assert app["endpoint"]["address"] == {"pipe": {"path": str(stack.mesh_dir / "sockets" / "catalog-canary.sock")}}
     tracer = inbound["filter_chains"][0]["filters"][0]["typed_config"]["tracing"]["provider"]["typed_config"]
     assert tracer["service_name"] == "catalog-canary-sidecar"
     assert not (stack.mesh_dir / "catalog-canary.pem").exists(), "no identity of its own"

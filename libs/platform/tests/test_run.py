@@ -504,8 +504,9 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
         rows = table_rows(lines)
         assert rows["catalog"]["state"] == "SERVING"
         assert rows["catalog-sidecar"]["state"] == "ready"
-        # Plaintext reaches the service only where it listens behind its sidecar (the sidecar's row), not
-        # at its address.
+        # Plaintext reaches the service only where it listens behind its sidecar (the sidecar's row: its Unix
+        # socket, no TCP port), not at its address.
+        assert rows["catalog-sidecar"]["grpc"].startswith("unix:")
         assert await health_status(rows["catalog"]["grpc"], timeout=HEALTH_CALL_SECONDS) is None
         status = await health_status(rows["catalog-sidecar"]["grpc"], timeout=HEALTH_CALL_SECONDS)
         assert status == health_pb2.HealthCheckResponse.SERVING
@@ -522,7 +523,7 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
         _, err = await asyncio.wait_for(refused.communicate(), 30)
         assert "Code: PermissionDenied" in err.decode()
         assert "RBAC: access denied" in err.decode()
-        # The plain commands under "Try:" work too: they go to the catalog's own port.
+        # The plain commands under "Try:" work too: they go to the catalog's own socket (grpcurl -unix).
         tried = [await run_printed_command(printed) for printed in printed_commands(lines)]
         assert json.loads(tried[1]) == {"status": "SERVING"}
         assert "stopped cleanly" in await ctrl_c(process)

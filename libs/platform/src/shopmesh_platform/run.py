@@ -66,7 +66,7 @@ from .stack import (
     undone_on_failure,
     written_by_stack,
 )
-from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge, methods_called, service_callers
+from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, methods_called, service_callers
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
 # The throwaway PostgreSQL server, as messages name it.
@@ -211,25 +211,28 @@ def grpcurl_commands(stack: Stack) -> list[str]:
     grpcurl = _grpcurl()
     # The gateway is the one address a client needs; without it, catalog shows the same browsing.
     first = next((name for name in ("gateway", "catalog") if name in stack.services), stack.services[0])
+    plaintext = [grpcurl, "-plaintext"]
     address = stack.address(first)
-    if stack.sidecars and not is_edge(first):
+    socket_path = stack.app_socket(first) if stack.sidecars else None
+    if socket_path is not None:
         # Behind its sidecar it takes only mutual TLS (the mesh lines show that call); plaintext reaches it
-        # at its own port, as a port-forward to a pod would.
-        address = stack.app_address(first)
+        # on its own socket, as a port-forward to a pod would (grpcurl: `-unix`, the address a path).
+        plaintext.append("-unix")
+        address = str(_as_typed(socket_path))
     commands = [
-        [grpcurl, "-plaintext", address, "list"],
-        [grpcurl, "-plaintext", address, "grpc.health.v1.Health/Check"],
+        [*plaintext, address, "list"],
+        [*plaintext, address, "grpc.health.v1.Health/Check"],
     ]
     if first == "gateway":
         list_products = "shopmesh.gateway.v1.ShopService/ListProducts"
-        commands.append([grpcurl, "-plaintext", "-d", '{"page_size": 3}', address, list_products])
+        commands.append([*plaintext, "-d", '{"page_size": 3}', address, list_products])
         page = "shopmesh.gateway.v1.ShopService/GetProductPage"
-        commands.append([grpcurl, "-plaintext", "-d", '{"product_id": "prod_chef_knife"}', address, page])
+        commands.append([*plaintext, "-d", '{"product_id": "prod_chef_knife"}', address, page])
     elif first == "catalog":
         list_products = "shopmesh.catalog.v1.CatalogService/ListProducts"
-        commands.append([grpcurl, "-plaintext", "-d", '{"page_size": 3}', address, list_products])
+        commands.append([*plaintext, "-d", '{"page_size": 3}', address, list_products])
     elif first in SERVICES:
-        commands.append([grpcurl, "-plaintext", address, "describe", SERVICES[first].grpc_services[0]])
+        commands.append([*plaintext, address, "describe", SERVICES[first].grpc_services[0]])
     return [shlex.join(command) for command in commands]
 
 
@@ -253,9 +256,10 @@ def curl_commands(stack: Stack) -> list[str]:
 def mesh_lines(stack: Stack) -> list[str]:
     """What the mesh changes for someone at the terminal, and a call that shows it."""
     lines = [
-        "Mesh: every service behind an Envoy sidecar at its ADDRESS (a <service>-sidecar row: the port it",
-        "forwards to, Envoy's metrics); the gateway takes plaintext from clients, every other service only",
-        f"mutual TLS from the services that call it (SPIFFE ids from {bundle_file(stack.mesh_dir)}; docs/mesh.md).",
+        "Mesh: every service behind an Envoy sidecar at its ADDRESS (a <service>-sidecar row: the Unix socket,",
+        "the gateway's port, it forwards to; Envoy's metrics); the gateway takes plaintext from clients, every",
+        "other service only mutual TLS from the services that call it, and listens on no TCP port of its own",
+        f"(SPIFFE ids from {bundle_file(stack.mesh_dir)}; docs/mesh.md).",
     ]
     inner_services = [name for name in stack.services if name != "gateway"]
     if not inner_services:
@@ -330,9 +334,12 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     for name in [*SERVICES, *canaries]:
         sidecar = sidecar_name(name)
         if sidecar in stack.sidecars:
-            # Where it forwards to (the service's own port) and Envoy's own Prometheus metrics.
+            # Where it forwards to (the service's own socket; the edge's: its port) and Envoy's own Prometheus
+            # metrics.
             metrics = f"{stack.sidecar_admin_url(name)}/stats/prometheus"
-            rows.append((sidecar, stack.app_address(name), metrics, "ready", str(stack.pid(sidecar))))
+            socket_path = stack.app_socket(name)
+            app = stack.app_address(name) if socket_path is None else f"unix:{_as_typed(socket_path)}"
+            rows.append((sidecar, app, metrics, "ready", str(stack.pid(sidecar))))
     table = tabulate(
         rows, headers=("SERVICE", "ADDRESS", "METRICS", "STATE", "PID"), tablefmt="plain", disable_numparse=True
     )

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from grpc_health.v1 import health_pb2
 
-from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
+from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, UNIX_SOCKET_PATH_MAX_BYTES
 from shopmesh_chassis.db import sqlite_url
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
 from shopmesh_chassis.local_stack import STACK_FILE
@@ -60,7 +60,7 @@ from .mesh import identity
 from .mesh.envoy import Sidecar, write_bootstrap
 from .mesh.protoset import PROTOSET_FILE, write_protoset
 from .ports import Canary, PortInUse, PortPlan, bind_error
-from .probes import accepts, http_ok, listening
+from .probes import accepts, http_ok, listening, unix_listening
 from .processes import (
     Crashed,
     StackError,
@@ -91,6 +91,8 @@ SIDECAR_SUFFIX = "-sidecar"
 MAIL_FOLDER = "mail"
 TRACES_FOLDER = "traces"
 LOGS_FOLDER = "logs"
+# In the mesh's folder: the services' Unix sockets (`<service>.sock`), behind their sidecars.
+SOCKETS_FOLDER = "sockets"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 # Local processes have no load balancer to tell: they stop at once (no drain delay), and soon.
 LOCAL_SHUTDOWN_GRACE_SECONDS = 5.0
@@ -109,7 +111,15 @@ _POLL_SECONDS = 0.1
 # TIME_WAIT lasts 60 s on Linux: a port a closed connection holds is free by then.
 PORT_RELEASE_SECONDS = 65.0
 # Inherited variables that would make every child the same service or share one database.
-_PER_SERVICE_VARIABLES = ("SERVICE_NAME", "ERROR_DOMAIN", "DATABASE_URL", "GRPC_HOST", "GRPC_PORT", "METRICS_PORT")
+_PER_SERVICE_VARIABLES = (
+    "SERVICE_NAME",
+    "ERROR_DOMAIN",
+    "DATABASE_URL",
+    "GRPC_HOST",
+    "GRPC_PORT",
+    "GRPC_UNIX_SOCKET",
+    "METRICS_PORT",
+)
 
 
 @dataclass(frozen=True)
@@ -331,6 +341,13 @@ class Stack:
         self._sidecars = (
             {spec.name: self._sidecar_child(spec.name) for spec in self.specs} if self.ports.mesh is not None else {}
         )
+        for name in self._sidecars:
+            socket_path = self.app_socket(name)
+            if socket_path is not None and len(str(socket_path).encode()) > UNIX_SOCKET_PATH_MAX_BYTES:
+                raise StackError(
+                    f"{name}'s socket {socket_path} is longer than a Unix socket's path may be "
+                    f"({UNIX_SOCKET_PATH_MAX_BYTES} bytes): choose a shorter data directory (--data-dir)"
+                )
         # The public API over HTTP/JSON in front of the gateway (started after every service, stopped first).
         runs_gateway = any(spec.name == "gateway" for spec in self.specs)
         self._http_api = self._http_api_child() if runs_gateway and self.ports.http is not None else None
@@ -494,6 +511,11 @@ class Stack:
         # grpcurl call as them.
         names = list(dict.fromkeys([*SERVICES, *map(self._base, self._sidecars)]))
         identities = identity.issue(self.mesh_dir, names)
+        # The services' sockets: a folder only this user can open (whatever the umask, or a folder an earlier
+        # run left), so that no other user on the machine reaches a service past its sidecar.
+        sockets = self.mesh_dir / SOCKETS_FOLDER
+        sockets.mkdir(mode=0o700, exist_ok=True)
+        sockets.chmod(0o700)
         # The contracts for grpcurl, which gets no reflection through a sidecar.
         write_protoset(self.mesh_dir / PROTOSET_FILE, [s for name in SERVICES for s in SERVICES[name].grpc_services])
         splits: dict[str, tuple[str, int]] = {}
@@ -513,6 +535,7 @@ class Stack:
                 traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
                 track="stable" if name == service else "canary",
                 splits={callee: split for callee, split in splits.items() if callee in outbound},
+                app_socket=self.app_socket(name),
             )
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
         return {name: self._bootstrap_path(name) for name in self._sidecars}
@@ -549,11 +572,13 @@ class Stack:
         for name in self.ports.services:
             env[address_variable(name)] = self.ports.address(name)
         listen = ports.grpc
+        socket_path = None
         if self.ports.mesh is not None:
-            # Behind its sidecar: it listens on the app port, and reaches each callee through its own
-            # sidecar's outbound listener for it, as a pod's traffic goes through its proxy.
+            # Behind its sidecar: it listens on its Unix socket (the edge: on the app port), and reaches each
+            # callee through its own sidecar's outbound listener for it, as a pod's traffic goes through its proxy.
             sidecar = self.ports.sidecar_of(spec.name)
             listen = sidecar.app
+            socket_path = self.app_socket(spec.name)
             for callee, port in sidecar.outbound.items():
                 env[address_variable(callee)] = f"{self.ports.host}:{port}"
         if self.ports.smtp is not None:
@@ -565,7 +590,13 @@ class Stack:
         env.update(spec.env)
         env.update(extra)
         # The stack health-checks the planned address, so the listening address is not overridable.
-        # (In the mesh, directly, as a kubelet probes a meshed pod's app port.)
+        # (In the mesh, directly, as a kubelet probes a meshed pod's app port: on its socket.)
+        if socket_path is not None:
+            env["GRPC_UNIX_SOCKET"] = str(socket_path)
+            for variable in ("GRPC_HOST", "GRPC_PORT"):
+                env.pop(variable, None)
+            return _Child(spec.name, spec.argv, env, spec.health_service, f"unix:{socket_path}")
+        env.pop("GRPC_UNIX_SOCKET", None)
         env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(listen))
         return _Child(spec.name, spec.argv, env, spec.health_service, f"{self.ports.host}:{listen}")
 
@@ -602,8 +633,18 @@ class Stack:
         return self.data_dir / MESH
 
     def app_address(self, name: str) -> str:
-        """host:port where a service itself listens: its gRPC address, or behind a sidecar the app port."""
+        """Where a service itself listens, as a gRPC target: its gRPC address; behind a sidecar `unix:<path>`,
+        its socket (the edge: host:port, its app port)."""
         return self._children[name].address if name in self._children else self.ports.address(name)
+
+    def app_socket(self, name: str) -> Path | None:
+        """The Unix socket a service listens on behind its sidecar (`<mesh_dir>/sockets/<name>.sock`); None
+        without a mesh, and for the edge, which keeps a TCP port: its sidecar takes plaintext from any client
+        and enforces nothing, and the gateway trusts its proxies by their IP address (TRUSTED_PROXIES), which
+        a socket's peer has none of."""
+        if self.ports.mesh is None or is_edge(self._base(name)):
+            return None
+        return self.mesh_dir / SOCKETS_FOLDER / f"{name}.sock"
 
     def sidecar_admin_url(self, name: str) -> str | None:
         """Envoy's admin interface of a service's sidecar; None without a mesh."""
@@ -879,10 +920,16 @@ class Stack:
                 wanted.append((f"{spec.name} metrics", metrics))
             if spec.name in self._sidecars:
                 sidecar = self.ports.sidecar_of(spec.name)
-                wanted += [
-                    (f"{spec.name} app (behind its sidecar)", sidecar.app),
-                    (f"{spec.name} sidecar admin", sidecar.admin),
-                ]
+                socket_path = self.app_socket(spec.name)
+                if socket_path is None:
+                    wanted.append((f"{spec.name} app (behind its sidecar)", sidecar.app))
+                elif unix_listening(socket_path):
+                    # grpcio replaces a socket file that is there: a second copy would take the socket over.
+                    raise PortInUse(
+                        f"{socket_path} ({spec.name}'s socket, behind its sidecar) is already served: is another "
+                        "`make run` still running on this data directory?"
+                    )
+                wanted.append((f"{spec.name} sidecar admin", sidecar.admin))
                 wanted += [(f"{spec.name} sidecar to {callee}", port) for callee, port in sidecar.outbound.items()]
         seen: dict[int, str] = {}
         held: list[tuple[str, int]] = []

@@ -8,8 +8,8 @@ Each sidecar has, like an Istio or Linkerd proxy in a pod:
   (topology.METHODS_CALLED, as the charts' policy on Kubernetes), and any identity to grpc.health.v1;
   anything else is answered by Envoy itself with PERMISSION_DENIED (trailers-only, as every error in shopmesh). The
   edge service (the gateway) takes plaintext from clients instead, as behind an ingress gateway. It
-  forwards to the service's own port on loopback over plaintext HTTP/2, telling it who called in
-  `x-forwarded-client-cert`.
+  forwards to the service over plaintext HTTP/2 on the service's Unix socket, in a folder only the user
+  can open (the edge: its own port on loopback), telling it who called in `x-forwarded-client-cert`.
 - one **outbound** listener per service it calls, on loopback (the service finds it in
   `<CALLEE>_ADDRESS`, as it would find a Kubernetes Service's name). It originates mutual TLS to the
   callee's inbound listener, presenting this service's SVID and accepting only the callee's SPIFFE
@@ -96,6 +96,11 @@ class Sidecar:
     # Callee → (its canary's inbound address, the canary's share of the calls in percent): the outbound
     # route splits by weight between the callee and its canary, as Istio's VirtualService on Kubernetes.
     splits: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    # The Unix socket the service listens on (GRPC_UNIX_SOCKET), in a folder only its user can open: the
+    # sidecar forwards there (Envoy's `pipe` address), and nothing else on the machine reaches the service
+    # past the sidecar's mutual TLS and policy, as iptables sends a pod's traffic through its proxy. None:
+    # the service's TCP port `ports.app` on loopback (the edge, whose sidecar enforces nothing inbound).
+    app_socket: Path | None = None
 
     @property
     def name(self) -> str:
@@ -304,7 +309,11 @@ def _policy(callers: Mapping[str, Sequence[str]]) -> dict[str, Any]:
 
 
 def _app_cluster(sidecar: Sidecar) -> dict[str, Any]:
-    return cluster("app", sidecar.host, sidecar.ports.app)
+    app = cluster("app", sidecar.host, sidecar.ports.app)
+    if sidecar.app_socket is not None:
+        [endpoints] = app["load_assignment"]["endpoints"]
+        endpoints["lb_endpoints"][0]["endpoint"]["address"] = {"pipe": {"path": str(sidecar.app_socket)}}
+    return app
 
 
 def _outbound_cluster(
