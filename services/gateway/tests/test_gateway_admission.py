@@ -20,11 +20,14 @@ from shopmesh_gateway import guard as guard_module
 from shopmesh_gateway.downstream import calling, translate
 from shopmesh_gateway.guard import (
     MAX_FORWARDED_HOPS,
+    UNIX_PEERS,
     Guard,
+    TrustedProxy,
     acting_for,
     address_bucket,
     bearer_token,
     client_address,
+    is_trusted_proxy,
 )
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
@@ -130,10 +133,20 @@ INGRESS = [*SIDECAR, ipaddress.ip_network("10.244.0.0/16")]
         ("ipv6:[::ffff:127.0.0.6]:5000", ["198.51.100.1"], SIDECAR, "198.51.100.1"),
         ("ipv4:127.0.0.6:5000", ["198.51.100.1, ::ffff:10.244.1.5"], INGRESS, "198.51.100.1"),
         ("ipv4:127.0.0.6:5000", ["::ffff:198.51.100.1"], SIDECAR, "198.51.100.1"),
+        # On a Unix socket (`make run MESH=envoy`: the sidecar is the socket's only peer): vouched for by
+        # `unix` alone, never by a network; what it vouches for is walked as from any trusted proxy.
+        ("unix:", ["6.6.6.6, 198.51.100.1"], [UNIX_PEERS], "198.51.100.1"),
+        ("unix:", ["198.51.100.1, 127.0.0.1"], [*SIDECAR, UNIX_PEERS], "198.51.100.1"),
+        ("unix:", [], [UNIX_PEERS], "unix:"),
+        ("unix:", ["not-an-address"], [UNIX_PEERS], "unix:"),
+        ("unix:", ["198.51.100.1"], SIDECAR, "unix:"),
+        ("unix:", ["198.51.100.1"], [], "unix:"),
+        # `unix` trusts no IP peer.
+        ("ipv4:127.0.0.6:5000", ["198.51.100.1"], [UNIX_PEERS], "127.0.0.6"),
     ],
 )
 def test_the_client_address_is_the_first_one_no_trusted_proxy_vouches_for(
-    peer: str, forwarded: list[str], trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network], address: str
+    peer: str, forwarded: list[str], trusted: list[TrustedProxy], address: str
 ) -> None:
     assert client_address(peer, forwarded, trusted) == address
 
@@ -189,7 +202,28 @@ def test_trusted_proxies_are_read_as_networks_and_a_bad_one_stops_startup() -> N
     with pytest.raises(ConfigError) as caught:
         load_settings(GatewaySettings, trusted_proxies="127.0.0.0/8,localhost")
     assert "TRUSTED_PROXIES=" in str(caught.value)
-    assert "'localhost' is not a network" in str(caught.value)
+    assert "'localhost' is not a network (e.g. 127.0.0.0/8, ::1/128, 10.0.0.7) nor 'unix'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("trusted_proxies", "peer", "follows"),
+    [
+        ("unix", "unix:", True),
+        ("unix", "ipv4:127.0.0.1:5000", False),
+        ("127.0.0.0/8", "unix:", False),
+        ("", "unix:", False),
+        ("127.0.0.0/8, unix", "ipv4:127.0.0.1:5000", True),
+    ],
+)
+def test_a_peer_on_a_unix_socket_is_a_trusted_proxy_only_when_trusted_proxies_lists_unix(
+    trusted_proxies: str, peer: str, follows: bool
+) -> None:
+    """Under `make run MESH=envoy` the gateway listens on a Unix socket that only its sidecar reaches: trusted
+    as `unix`, the sidecar's decision on a trace is followed (else every traced call was drawn again at the
+    ratio, and most left only the edge's span), and the clients it vouches for get a bucket each."""
+    settings = load_settings(GatewaySettings, trusted_proxies=trusted_proxies)
+    assert settings.follows_trace_decision_of(peer) is follows
+    assert is_trusted_proxy(peer, settings.trusted_proxy_networks) is follows
 
 
 def test_acting_for_replaces_a_client_sent_user_id_and_caller() -> None:

@@ -57,6 +57,11 @@ def bearer_token(context: Context) -> str:
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# In TRUSTED_PROXIES: any peer on a Unix socket. Under `make run MESH=envoy` the gateway listens on one
+# (GRPC_UNIX_SOCKET) in a folder only the stack's user can open, and its sidecar is the only peer there; such
+# a peer has no IP address to match a network.
+UNIX_PEERS = "unix"
+TrustedProxy = Network | str
 
 
 def peer_address(peer: str) -> str:
@@ -98,14 +103,23 @@ def _peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted_proxies: Sequence[Network]) -> bool:
-    return any(ip in network for network in trusted_proxies)
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted_proxies: Sequence[TrustedProxy]) -> bool:
+    return any(ip in network for network in trusted_proxies if not isinstance(network, str))
 
 
-def is_trusted_proxy(peer: str, trusted_proxies: Sequence[Network]) -> bool:
-    """Whether the gRPC peer is one of the proxies in front of the gateway (never a non-IP transport)."""
-    ip = _peer_ip(peer)
-    return ip is not None and _trusted(ip, trusted_proxies)
+def _trusted_peer(
+    peer: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, trusted_proxies: Sequence[TrustedProxy]
+) -> bool:
+    if ip is None:
+        # Another transport: a Unix socket's peer when UNIX_PEERS says so, else nobody to trust.
+        return UNIX_PEERS in trusted_proxies and urllib.parse.unquote(peer).startswith("unix:")
+    return _trusted(ip, trusted_proxies)
+
+
+def is_trusted_proxy(peer: str, trusted_proxies: Sequence[TrustedProxy]) -> bool:
+    """Whether the gRPC peer is one of the proxies in front of the gateway: by its IP address, or on a Unix
+    socket when TRUSTED_PROXIES lists `unix` (never another non-IP transport)."""
+    return _trusted_peer(peer, _peer_ip(peer), trusted_proxies)
 
 
 # Proxies in front of the gateway, at most: more entries than this are never read. The header is the client's
@@ -127,7 +141,7 @@ def _last_entries(values: Sequence[str], count: int) -> list[str]:
     return entries
 
 
-def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies: Sequence[Network] = ()) -> str:
+def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies: Sequence[TrustedProxy] = ()) -> str:
     """Who the client is, for rate limiting: the peer's address, unless the peer is a trusted proxy.
 
     Behind a sidecar or an ingress every call comes from the proxy, and limiting per peer would put all
@@ -135,15 +149,18 @@ def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies
     trusted proxy, to the first address no trusted proxy vouches for. Entries further left are whatever
     the client wrote and are never believed; without trusted proxies the header is ignored entirely."""
     ip = _peer_ip(peer)
-    if ip is None:
-        return peer_address(peer)  # not an IP transport (unix socket): nobody to trust
+    trusted = _trusted_peer(peer, ip, trusted_proxies)
+    if ip is None and not trusted:
+        return peer_address(peer)  # not an IP transport, and not a trusted socket: nobody to trust
     hops = _last_entries(forwarded_for, MAX_FORWARDED_HOPS)
-    while hops and _trusted(ip, trusted_proxies):
+    while hops and trusted:
         forwarded = _forwarded_ip(hops.pop())
         if forwarded is None:
             break  # a malformed entry: stop at the last proxy we trust rather than guess
         ip = _unmapped(forwarded)
-    return str(ip)
+        trusted = _trusted(ip, trusted_proxies)
+    # A trusted socket that vouched for nobody (no header, or a malformed one): the socket's peer it is.
+    return peer_address(peer) if ip is None else str(ip)
 
 
 # One IPv6 subscriber gets a /64 at least (RFC 6177) and may use any address in it.
@@ -183,7 +200,7 @@ class Guard:
         self,
         verifier: TokenVerifier,
         buckets: TokenBuckets[str],
-        trusted_proxies: Sequence[Network] = (),
+        trusted_proxies: Sequence[TrustedProxy] = (),
         *,
         password_buckets: TokenBuckets[str],
     ) -> None:

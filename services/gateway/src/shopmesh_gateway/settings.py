@@ -19,7 +19,7 @@ from shopmesh_chassis.config import (
     ServiceName,
     ServiceSettings,
 )
-from shopmesh_gateway.guard import is_trusted_proxy
+from shopmesh_gateway.guard import UNIX_PEERS, TrustedProxy, is_trusted_proxy
 
 
 class GatewaySettings(ServiceSettings):
@@ -66,7 +66,8 @@ class GatewaySettings(ServiceSettings):
     rate_limit_max_clients: int = Field(default=100_000, ge=1)
     # Comma-separated networks of proxies in front of the gateway (a sidecar: 127.0.0.0/8,::1/128; an
     # ingress: its pods' range). A call from one of them is limited by the X-Forwarded-For address it
-    # vouches for instead of its own. Empty: the peer's address, X-Forwarded-For ignored.
+    # vouches for instead of its own. `unix`: any peer on a Unix socket (GRPC_UNIX_SOCKET: under `make run
+    # MESH=envoy`, the gateway's sidecar). Empty: the peer's address, X-Forwarded-For ignored.
     trusted_proxies: str = ""
 
     @field_validator("trusted_proxies")
@@ -76,7 +77,7 @@ class GatewaySettings(ServiceSettings):
         return value
 
     @functools.cached_property
-    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def trusted_proxy_networks(self) -> tuple[TrustedProxy, ...]:
         # Parsed once: follows_trace_decision_of reads it on every call that brings a traceparent, and
         # parsing took 3/4 of that call's cost. The settings are frozen, so it cannot go stale.
         return _parse_networks(self.trusted_proxies)
@@ -97,12 +98,18 @@ class GatewaySettings(ServiceSettings):
     jwks_min_refetch_interval_seconds: RetryDelay = 30.0
 
 
-def _parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """`127.0.0.0/8, ::1/128,10.0.0.7` → networks; ValueError naming the first entry that is none."""
-    networks = []
+def _parse_networks(value: str) -> tuple[TrustedProxy, ...]:
+    """`127.0.0.0/8, ::1/128,10.0.0.7,unix` → networks (and UNIX_PEERS); ValueError naming the first entry that
+    is neither."""
+    networks: list[TrustedProxy] = []
     for entry in filter(None, (e.strip() for e in value.split(","))):
+        if entry == UNIX_PEERS:
+            networks.append(UNIX_PEERS)
+            continue
         try:
             networks.append(ipaddress.ip_network(entry))
         except ValueError:
-            raise ValueError(f"{entry!r} is not a network (e.g. 127.0.0.0/8, ::1/128, 10.0.0.7)") from None
+            raise ValueError(
+                f"{entry!r} is not a network (e.g. 127.0.0.0/8, ::1/128, 10.0.0.7) nor {UNIX_PEERS!r}"
+            ) from None
     return tuple(networks)
