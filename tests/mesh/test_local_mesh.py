@@ -191,13 +191,13 @@ async def test_each_service_gets_through_to_the_methods_it_calls_and_anything_el
 
 
 async def test_no_service_behind_a_sidecar_listens_on_a_tcp_port_of_its_own_but_metrics(stack: Stack) -> None:
-    """In a pod iptables sends every connection through the proxy; locally each service listens only on a
-    Unix socket, in a folder only the user can open, so nothing on the machine calls it past its sidecar's
-    mutual TLS and policy (its app port once took plaintext from anything local). Its metrics stay on TCP,
+    """In a pod iptables sends every connection through the proxy; locally each service (the gateway too)
+    listens only on a Unix socket, in a folder only the user can open, so nothing on the machine calls it past
+    its sidecar's mutual TLS and policy (its app port once took plaintext from anything local). Its metrics stay on TCP,
     as Prometheus scrapes a pod's past the proxy; the launcher's readiness probe dials the socket."""
     folder = stack.mesh_dir / "sockets"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    for name in INNER:
+    for name in SERVICES:
         socket_path = stack.app_socket(name)
         assert socket_path == folder / f"{name}.sock", name
         metrics = urllib.parse.urlsplit(stack.metrics_url(name)).port

@@ -155,6 +155,7 @@ def test_a_caller_the_policy_lists_no_methods_for_is_admitted_to_nothing_but_hea
         ports=local_sidecar_ports("payments"),
         upstreams={},
         allowed_callers=callers,
+        app_socket=tmp_path / "payments.sock",
     )
     config = bootstrap(sidecar, issue(tmp_path, ["payments", "orders"]))
     rbac = _http_filters(_listener(config, "inbound"))[0]
@@ -168,11 +169,9 @@ def test_the_services_sockets_are_in_a_folder_only_the_user_can_open(
     sockets = stack.mesh_dir / "sockets"
     assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
     for service in SERVICES:
-        expected = None if is_edge(service) else sockets / f"{service}.sock"
+        expected = sockets / f"{service}.sock"
         assert stack.app_socket(service) == expected, service
-        assert stack.app_address(service) == (
-            f"127.0.0.1:{stack.ports.sidecar_of(service).app}" if expected is None else f"unix:{expected}"
-        )
+        assert stack.app_address(service) == f"unix:{expected}"
 
 
 def test_a_socket_another_stack_still_serves_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -224,11 +223,8 @@ def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(
             # The caller's deadline is the only timeout.
             assert route["route"]["timeout"] == "0s"
         app = clusters["app"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-        if is_edge(service):
-            assert app["socket_address"]["port_value"] == stack.ports.sidecar_of(service).app
-        else:
-            # The service's own Unix socket, in the folder only the user can open: no TCP port to go around by.
-            assert app == {"pipe": {"path": str(stack.mesh_dir / "sockets" / f"{service}.sock")}}
+        # The service's own Unix socket, in the folder only the user can open: no TCP port to go around by.
+        assert app == {"pipe": {"path": str(stack.mesh_dir / "sockets" / f"{service}.sock")}}
 
 
 async def envoy_validates(path: Path) -> None:
@@ -291,7 +287,7 @@ def test_the_local_mesh_ports_are_all_distinct_and_follow_the_documented_scheme(
     for name in SERVICES:
         ports += [plan.ports_of(name).grpc, plan.ports_of(name).metrics]
         sidecar = plan.sidecar_of(name)
-        ports += [sidecar.app, sidecar.admin, *sidecar.outbound.values()]
+        ports += [sidecar.admin, *sidecar.outbound.values()]
     assert len(ports) == len(set(ports))
     assert local_sidecar_ports("orders").outbound["inventory"] == 15143
     assert plan.address("catalog") == "127.0.0.1:50052", "the mesh keeps the published ports of `make run`"
@@ -413,9 +409,9 @@ def test_a_canarys_local_ports_are_distinct_from_everything_else() -> None:
         ports = [plan.nats, plan.nats_monitor, plan.smtp, plan.traces]
         for process in [*SERVICES, f"{name}-canary"]:
             sidecar = plan.sidecar_of(process)
-            ports += [plan.ports_of(process).grpc, plan.ports_of(process).metrics, sidecar.app, sidecar.admin]
+            ports += [plan.ports_of(process).grpc, plan.ports_of(process).metrics, sidecar.admin]
             ports += sidecar.outbound.values()
         assert len(ports) == len(set(ports)), name
         canary = plan.sidecar_of(f"{name}-canary")
-        own = [plan.ports_of(f"{name}-canary").grpc, canary.app, canary.admin, *canary.outbound.values()]
+        own = [plan.ports_of(f"{name}-canary").grpc, canary.admin, *canary.outbound.values()]
         assert all(port < 32768 for port in own), "below the kernel's ephemeral range (no TIME_WAIT to wait out)"

@@ -546,16 +546,16 @@ def test_the_local_gateway_lets_the_readmes_crowd_of_shoppers_sign_up_from_its_o
 @pytest.mark.parametrize("mesh", [False, True], ids=["direct", "mesh-envoy"])
 def test_the_local_gateway_trusts_the_edge_in_front_of_it_to_decide_what_is_traced(mesh: bool) -> None:
     """Untrusted, the gateway drew each traced HTTP call again at OTEL_TRACES_SAMPLER_RATIO: below 1, most
-    left only the edge's span. The edge reaches the gateway at its planned address, or under MESH=envoy at
-    its sidecar's inbound listener, which forwards from the plan's host to the gateway's app port."""
+    left only the edge's span. The edge reaches the gateway at its planned address; under MESH=envoy it
+    calls the gateway's sidecar, which forwards on the gateway's Unix socket, whose only peer it is: trusted
+    as `unix`, and no TCP peer with it (any local client comes from the plan's host)."""
     ports = run.port_plan(free=False, mesh=mesh)
-    trusted = [
-        ipaddress.ip_network(n)
-        for n in run.local_env(["gateway"], None, ports)["gateway"]["TRUSTED_PROXIES"].split(",")
-    ]
-    edge_connects_from = ipaddress.ip_address(ports.address("gateway").rsplit(":", 1)[0])
-    assert any(edge_connects_from in network for network in trusted)
-    assert any(ipaddress.ip_address(ports.host) in network for network in trusted)
+    trusted = run.local_env(["gateway"], None, ports)["gateway"]["TRUSTED_PROXIES"].split(",")
+    if mesh:
+        assert trusted == ["unix"]
+    else:
+        edge_connects_from = ipaddress.ip_address(ports.address("gateway").rsplit(":", 1)[0])
+        assert any(edge_connects_from in ipaddress.ip_network(network) for network in trusted)
     without_proxies = run.port_plan(free=False, http_port=0)
     assert "TRUSTED_PROXIES" not in run.local_env(["gateway"], None, without_proxies)["gateway"], (
         "no edge, no sidecar: every peer is a client"

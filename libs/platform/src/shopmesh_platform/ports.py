@@ -63,7 +63,7 @@ class PortPlan:
     # environment says (OTEL_EXPORTER_OTLP_ENDPOINT), as everywhere else.
     traces: int | None = None
     # The local mesh (`make run MESH=envoy`): each service's sidecar, whose inbound listener takes the
-    # service's gRPC port while the service itself listens on the sidecar's app port. None: no mesh.
+    # service's gRPC port while the service itself listens on a Unix socket (`Stack.app_socket`). None: no mesh.
     mesh: Mapping[str, SidecarPorts] | None = None
     # The HTTP/JSON and gRPC-Web edge in front of the gateway (`http_api`): its listener and its admin
     # interface; None: none (started only with the gateway).
@@ -118,16 +118,13 @@ class PortPlan:
         if canary is not None:
             calls[canary_name(canary)] = SERVICES[canary].calls
         callees = {name: [c for c in calls.get(name, ()) if c in wanted] for name in wanted}
-        sidecar_count = sum(2 + len(callees[name]) for name in wanted) if mesh else 0
+        sidecar_count = sum(1 + len(callees[name]) for name in wanted) if mesh else 0
         # Never one of `make run`'s fixed ports: a stack on free ports runs beside one on those.
         ports = iter(free_ports(6 + len(wanted) * (2 if metrics else 1) + sidecar_count, host))
         nats, monitor, smtp, otlp, http_port, http_admin = (next(ports) for _ in range(6))
         services = {name: ServicePorts(next(ports), next(ports) if metrics else -1) for name in wanted}
         sidecars = (
-            {
-                name: SidecarPorts(app=next(ports), admin=next(ports), outbound={c: next(ports) for c in callees[name]})
-                for name in wanted
-            }
+            {name: SidecarPorts(admin=next(ports), outbound={c: next(ports) for c in callees[name]}) for name in wanted}
             if mesh
             else None
         )

@@ -66,7 +66,7 @@ from .stack import (
     undone_on_failure,
     written_by_stack,
 )
-from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, methods_called, service_callers
+from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge, methods_called, service_callers
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
 # The throwaway PostgreSQL server, as messages name it.
@@ -213,7 +213,8 @@ def grpcurl_commands(stack: Stack) -> list[str]:
     first = next((name for name in ("gateway", "catalog") if name in stack.services), stack.services[0])
     plaintext = [grpcurl, "-plaintext"]
     address = stack.address(first)
-    socket_path = stack.app_socket(first) if stack.sidecars else None
+    # The gateway at its published address, its sidecar's: the edge takes plaintext, as clients come in.
+    socket_path = stack.app_socket(first) if stack.sidecars and not is_edge(first) else None
     if socket_path is not None:
         # Behind its sidecar it takes only mutual TLS (the mesh lines show that call); plaintext reaches it
         # on its own socket, as a port-forward to a pod would (grpcurl: `-unix`, the address a path).
@@ -256,9 +257,9 @@ def curl_commands(stack: Stack) -> list[str]:
 def mesh_lines(stack: Stack) -> list[str]:
     """What the mesh changes for someone at the terminal, and a call that shows it."""
     lines = [
-        "Mesh: every service behind an Envoy sidecar at its ADDRESS (a <service>-sidecar row: the Unix socket,",
-        "the gateway's port, it forwards to; Envoy's metrics); the gateway takes plaintext from clients, every",
-        "other service only mutual TLS from the services that call it, and listens on no TCP port of its own",
+        "Mesh: every service behind an Envoy sidecar at its ADDRESS (a <service>-sidecar row: the Unix socket it",
+        "forwards to, the service's only listener; Envoy's metrics); the gateway takes plaintext from clients,",
+        "every other service only mutual TLS from the services that call it",
         f"(SPIFFE ids from {bundle_file(stack.mesh_dir)}; docs/mesh.md).",
     ]
     inner_services = [name for name in stack.services if name != "gateway"]
@@ -334,8 +335,7 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
     for name in [*SERVICES, *canaries]:
         sidecar = sidecar_name(name)
         if sidecar in stack.sidecars:
-            # Where it forwards to (the service's own socket; the edge's: its port) and Envoy's own Prometheus
-            # metrics.
+            # Where it forwards to (the service's own socket) and Envoy's own Prometheus metrics.
             metrics = f"{stack.sidecar_admin_url(name)}/stats/prometheus"
             socket_path = stack.app_socket(name)
             app = stack.app_address(name) if socket_path is None else f"unix:{_as_typed(socket_path)}"
@@ -684,9 +684,12 @@ def _edge_trusted(ports: PortPlan) -> dict[str, str]:
     """The proxies in front of the gateway as its TRUSTED_PROXIES, as the chart's loopback is in a pod: the
     HTTP edge, and under MESH=envoy the gateway's sidecar, which every call passes through. Untrusted, the
     gateway drew each traced call they passed on again at OTEL_TRACES_SAMPLER_RATIO: below 1, most HTTP calls
-    left only the edge's span. Both reach the gateway from the plan's host; so does any other local client,
-    which nothing tells apart from them on one machine."""
-    if ports.http is None and ports.mesh is None:
+    left only the edge's span. The edge reaches the gateway from the plan's host, as any other local client
+    does, which nothing tells apart from it on one machine; under MESH=envoy the sidecar is the only peer of
+    the gateway's Unix socket (the HTTP edge calls the sidecar), so `unix` trusts it and nothing else."""
+    if ports.mesh is not None:
+        return {"TRUSTED_PROXIES": "unix"}
+    if ports.http is None:
         return {}
     return {"TRUSTED_PROXIES": ports.host}
 

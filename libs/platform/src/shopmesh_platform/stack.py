@@ -342,8 +342,8 @@ class Stack:
             {spec.name: self._sidecar_child(spec.name) for spec in self.specs} if self.ports.mesh is not None else {}
         )
         for name in self._sidecars:
-            socket_path = self.app_socket(name)
-            if socket_path is not None and len(str(socket_path).encode()) > UNIX_SOCKET_PATH_MAX_BYTES:
+            socket_path = self.mesh_dir / SOCKETS_FOLDER / f"{name}.sock"
+            if len(str(socket_path).encode()) > UNIX_SOCKET_PATH_MAX_BYTES:
                 raise StackError(
                     f"{name}'s socket {socket_path} is longer than a Unix socket's path may be "
                     f"({UNIX_SOCKET_PATH_MAX_BYTES} bytes): choose a shorter data directory (--data-dir)"
@@ -535,7 +535,7 @@ class Stack:
                 traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
                 track="stable" if name == service else "canary",
                 splits={callee: split for callee, split in splits.items() if callee in outbound},
-                app_socket=self.app_socket(name),
+                app_socket=self.mesh_dir / SOCKETS_FOLDER / f"{name}.sock",
             )
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
         return {name: self._bootstrap_path(name) for name in self._sidecars}
@@ -571,14 +571,11 @@ class Stack:
         )
         for name in self.ports.services:
             env[address_variable(name)] = self.ports.address(name)
-        listen = ports.grpc
-        socket_path = None
+        socket_path = self.app_socket(spec.name)
         if self.ports.mesh is not None:
-            # Behind its sidecar: it listens on its Unix socket (the edge: on the app port), and reaches each
-            # callee through its own sidecar's outbound listener for it, as a pod's traffic goes through its proxy.
+            # Behind its sidecar: it listens on its Unix socket, and reaches each callee through its own
+            # sidecar's outbound listener for it, as a pod's traffic goes through its proxy.
             sidecar = self.ports.sidecar_of(spec.name)
-            listen = sidecar.app
-            socket_path = self.app_socket(spec.name)
             for callee, port in sidecar.outbound.items():
                 env[address_variable(callee)] = f"{self.ports.host}:{port}"
         if self.ports.smtp is not None:
@@ -597,8 +594,8 @@ class Stack:
                 env.pop(variable, None)
             return _Child(spec.name, spec.argv, env, spec.health_service, f"unix:{socket_path}")
         env.pop("GRPC_UNIX_SOCKET", None)
-        env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(listen))
-        return _Child(spec.name, spec.argv, env, spec.health_service, f"{self.ports.host}:{listen}")
+        env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(ports.grpc))
+        return _Child(spec.name, spec.argv, env, spec.health_service, f"{self.ports.host}:{ports.grpc}")
 
     # --- queries -----------------------------------------------------------------------------------
 
@@ -634,15 +631,13 @@ class Stack:
 
     def app_address(self, name: str) -> str:
         """Where a service itself listens, as a gRPC target: its gRPC address; behind a sidecar `unix:<path>`,
-        its socket (the edge: host:port, its app port)."""
+        its socket."""
         return self._children[name].address if name in self._children else self.ports.address(name)
 
     def app_socket(self, name: str) -> Path | None:
-        """The Unix socket a service listens on behind its sidecar (`<mesh_dir>/sockets/<name>.sock`); None
-        without a mesh, and for the edge, which keeps a TCP port: its sidecar takes plaintext from any client
-        and enforces nothing, and the gateway trusts its proxies by their IP address (TRUSTED_PROXIES), which
-        a socket's peer has none of."""
-        if self.ports.mesh is None or is_edge(self._base(name)):
+        """The Unix socket a service listens on behind its sidecar (`<mesh_dir>/sockets/<name>.sock`, its only
+        gRPC listener: no TCP port goes around the sidecar); None without a mesh."""
+        if self.ports.mesh is None:
             return None
         return self.mesh_dir / SOCKETS_FOLDER / f"{name}.sock"
 
@@ -921,9 +916,7 @@ class Stack:
             if spec.name in self._sidecars:
                 sidecar = self.ports.sidecar_of(spec.name)
                 socket_path = self.app_socket(spec.name)
-                if socket_path is None:
-                    wanted.append((f"{spec.name} app (behind its sidecar)", sidecar.app))
-                elif unix_listening(socket_path):
+                if socket_path is not None and unix_listening(socket_path):
                     # grpcio replaces a socket file that is there: a second copy would take the socket over.
                     raise PortInUse(
                         f"{socket_path} ({spec.name}'s socket, behind its sidecar) is already served: is another "

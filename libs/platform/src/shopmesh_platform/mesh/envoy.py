@@ -9,7 +9,7 @@ Each sidecar has, like an Istio or Linkerd proxy in a pod:
   anything else is answered by Envoy itself with PERMISSION_DENIED (trailers-only, as every error in shopmesh). The
   edge service (the gateway) takes plaintext from clients instead, as behind an ingress gateway. It
   forwards to the service over plaintext HTTP/2 on the service's Unix socket, in a folder only the user
-  can open (the edge: its own port on loopback), telling it who called in `x-forwarded-client-cert`.
+  can open (the service has no TCP port of its own), telling it who called in `x-forwarded-client-cert`.
 - one **outbound** listener per service it calls, on loopback (the service finds it in
   `<CALLEE>_ADDRESS`, as it would find a Kubernetes Service's name). It originates mutual TLS to the
   callee's inbound listener, presenting this service's SVID and accepting only the callee's SPIFFE
@@ -89,6 +89,10 @@ class Sidecar:
     # the charts' policy: a service outside the topology lists no methods, and so admits no caller to any).
     # None: the edge, which takes plaintext from any client.
     allowed_callers: Mapping[str, Sequence[str]] | None
+    # The Unix socket the service listens on (GRPC_UNIX_SOCKET), in a folder only its user can open: the
+    # sidecar forwards there (Envoy's `pipe` address), and nothing else on the machine reaches the service
+    # past the sidecar, as iptables sends a pod's traffic through its proxy.
+    app_socket: Path
     # host:port of an OTLP/gRPC receiver (the local trace sink) for the sidecar's own spans; None: none.
     traces: str | None = None
     # "canary": the sidecar of a canary of `service` (same identity, a name of its own: `<service>-canary-sidecar`).
@@ -96,11 +100,6 @@ class Sidecar:
     # Callee → (its canary's inbound address, the canary's share of the calls in percent): the outbound
     # route splits by weight between the callee and its canary, as Istio's VirtualService on Kubernetes.
     splits: Mapping[str, tuple[str, int]] = field(default_factory=dict)
-    # The Unix socket the service listens on (GRPC_UNIX_SOCKET), in a folder only its user can open: the
-    # sidecar forwards there (Envoy's `pipe` address), and nothing else on the machine reaches the service
-    # past the sidecar's mutual TLS and policy, as iptables sends a pod's traffic through its proxy. None:
-    # the service's TCP port `ports.app` on loopback (the edge, whose sidecar enforces nothing inbound).
-    app_socket: Path | None = None
 
     @property
     def name(self) -> str:
@@ -309,10 +308,9 @@ def _policy(callers: Mapping[str, Sequence[str]]) -> dict[str, Any]:
 
 
 def _app_cluster(sidecar: Sidecar) -> dict[str, Any]:
-    app = cluster("app", sidecar.host, sidecar.ports.app)
-    if sidecar.app_socket is not None:
-        [endpoints] = app["load_assignment"]["endpoints"]
-        endpoints["lb_endpoints"][0]["endpoint"]["address"] = {"pipe": {"path": str(sidecar.app_socket)}}
+    app = cluster("app", sidecar.host, 0)
+    [endpoints] = app["load_assignment"]["endpoints"]
+    endpoints["lb_endpoints"][0]["endpoint"]["address"] = {"pipe": {"path": str(sidecar.app_socket)}}
     return app
 
 
