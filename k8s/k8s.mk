@@ -100,7 +100,7 @@ skaffold-dev: helm-deps ## Build, deploy to kind, port-forward the gateway to :5
 	k8s/scripts/skaffold-dev.sh
 
 .PHONY: deploy-staging
-deploy-staging: helm-deps ## helm upgrade --install into staging + helm test (STAGING_CONTEXT, REGISTRY, IMAGE_TAG)
+deploy-staging: helm-deps ## helm upgrade --install into staging + helm test (STAGING_CONTEXT, REGISTRY, IMAGE_TAG; STAGING_VALUES)
 	k8s/scripts/deploy-staging.sh
 
 .PHONY: dashboards check-dashboards

@@ -203,9 +203,10 @@ def test_with_both_registries_every_rendered_image_comes_from_them(helm_dir: Pat
     assert [entry for entry in theirs if entry[2] != f"{MIRROR}/{default_envoy(helm_dir)}"] == []
 
 
-def deploy_staging_values(tmp_path: Path) -> dict[str, Any]:
+def deploy_staging_values(tmp_path: Path, **settings: str) -> dict[str, Any]:
     """The values `make deploy-staging` installs the umbrella chart with: the script runs against a stand-in
-    helm that records its arguments, and its --values files and --set-string settings are read back."""
+    helm that records its arguments, and its --values files and --set-string settings are read back.
+    `settings`: more of its environment (STAGING_VALUES)."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     for tool in ("helm", "kubectl"):
@@ -218,6 +219,7 @@ def deploy_staging_values(tmp_path: Path) -> dict[str, Any]:
         "STAGING_CONTEXT": "staging",
         "REGISTRY": REGISTRY,
         "IMAGE_TAG": "1234567",
+        **settings,
     }
     script = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
     result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
