@@ -11,7 +11,7 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, find, objects_of, peers_by_port
+from .k8skit import ROOT, Docs, find, objects_of, peers_by_port, render
 from .test_scheduling import deploy_staging_values
 
 # The staging cluster's own PostgreSQL, outside k8s/infra (values-staging.yaml's peers are k8s/infra's).
@@ -60,3 +60,134 @@ def test_make_deploy_staging_refuses_a_staging_values_file_that_is_not_there(tmp
     assert result.returncode == 1
     assert "STAGING_VALUES names staging-clustr.yaml, which is not a file" in result.stderr
     assert not capture.exists(), "helm ran"
+
+
+# --- what an upgrade may not change ----------------------------------------------------------------------
+
+# Every Deployment's selector, the same since the charts' first release (2026-11-25): Kubernetes refuses a
+# changed selector ("field is immutable"), so a label added here fails every `helm upgrade` of a release
+# made before it, and `helm rollback` to one. A canary's adds its track (its pods only).
+SELECTOR = {"app.kubernetes.io/name": "{name}", "app.kubernetes.io/part-of": "shopmesh"}
+CANARY_SELECTOR = {**SELECTOR, "shopmesh.io/track": "canary"}
+# Kinds with fields Kubernetes refuses to change on update, none of which the charts render: one would need
+# its immutable fields held to what every earlier release rendered, and a guard of its own here.
+IMMUTABLE = {
+    "StatefulSet": "selector, volumeClaimTemplates, serviceName, podManagementPolicy",
+    "DaemonSet": "selector",
+    "ReplicaSet": "selector",
+    "Job": "selector and template: a changed Job fails the upgrade unless a hook deletes it first",
+    "PersistentVolumeClaim": "spec, but for the storage request",
+    "PersistentVolume": "spec.persistentVolumeSource",
+    "RoleBinding": "roleRef",
+    "ClusterRoleBinding": "roleRef",
+}
+
+
+def every_rendering(rendered: dict[tuple[str, str], Docs], helm_dir: Path) -> dict[str, Docs]:
+    """Every chart with every value set, and the umbrella with a canary (its own Deployment)."""
+    result = {f"{value_set}/{chart}": docs for (value_set, chart), docs in rendered.items()}
+    canary = {"mesh": "istio", "database": {"mode": "postgres"}, "canary": {"catalog": {"enabled": True}}}
+    result["canary/shopmesh"] = objects_of(helm_dir, "shopmesh", {"global": canary})
+    return result
+
+
+def test_every_deployment_selects_by_the_fixed_documented_labels(
+    rendered: dict[tuple[str, str], Docs], helm_dir: Path
+) -> None:
+    """A Deployment's selector is immutable: a label added to it (the release's instance, a version) would fail
+    every upgrade of an earlier release with "field is immutable". The set is fixed here and in
+    docs/kubernetes.md ("Upgrades and rollbacks"); change neither without a way over it for existing releases."""
+    canaries = 0
+    for where, docs in every_rendering(rendered, helm_dir).items():
+        for deployment in (d for d in docs if d["kind"] == "Deployment"):
+            name = deployment["metadata"]["name"]
+            selector = deployment["spec"]["selector"]
+            service = name.removesuffix("-canary")
+            fixed = CANARY_SELECTOR if name.endswith("-canary") else SELECTOR
+            canaries += name.endswith("-canary")
+            assert selector == {"matchLabels": {k: v.format(name=service) for k, v in fixed.items()}}, (where, name)
+    assert canaries, "no canary rendered: its selector is not covered"
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    for label in CANARY_SELECTOR:
+        assert f"`{label}`" in docs, f"docs/kubernetes.md does not name the selector label {label}"
+
+
+def test_nothing_rendered_has_fields_an_upgrade_could_not_change(
+    rendered: dict[tuple[str, str], Docs], helm_dir: Path
+) -> None:
+    """Beyond the Deployments' selectors (above), no object has a field Kubernetes refuses to change: no kind of
+    IMMUTABLE, no ConfigMap or Secret marked immutable (its next change would fail the upgrade), no Service
+    with an address or a type of its own (clusterIP is the API's to assign and cannot change)."""
+    for where, docs in every_rendering(rendered, helm_dir).items():
+        for doc in docs:
+            kind, name = doc["kind"], doc["metadata"]["name"]
+            assert kind not in IMMUTABLE, f"{where}: {kind}/{name} has immutable fields ({IMMUTABLE.get(kind)})"
+            assert "immutable" not in doc, f"{where}: {kind}/{name}"
+            if kind == "Service":
+                spec = doc["spec"]
+                assert spec["type"] == "ClusterIP", (where, name)
+                assert not {"clusterIP", "clusterIPs", "ipFamilies"} & set(spec), (where, name)
+
+
+def test_hooks_are_helm_tests_that_a_second_run_replaces(rendered: dict[tuple[str, str], Docs]) -> None:
+    """Only `helm test` hooks (no install, upgrade or rollback hook that could fail or block one), each deleted
+    before it is created again: the next `helm test` (after `make deploy-staging`'s upgrade, or a rollback)
+    would otherwise fail with "already exists" on the pods, their ServiceAccounts and NetworkPolicies left by
+    the last run (a failed run leaves all three)."""
+    hooks = 0
+    for (value_set, chart), docs in rendered.items():
+        for doc in docs:
+            annotations = doc["metadata"].get("annotations") or {}
+            if "helm.sh/hook" not in annotations:
+                continue
+            hooks += 1
+            where = (value_set, chart, doc["kind"], doc["metadata"]["name"])
+            assert annotations["helm.sh/hook"] == "test", where
+            policies = annotations.get("helm.sh/hook-delete-policy", "before-hook-creation").split(",")
+            assert "before-hook-creation" in policies, where
+    assert hooks, "no hook rendered"
+
+
+def test_an_upgrade_restarts_the_pods_of_a_changed_configuration_and_no_others(helm_dir: Path) -> None:
+    """Every ConfigMap a pod reads has a checksum annotation, which changes with it (the pods roll and read the
+    new settings) and with nothing else: rendering the same values again gives the same manifests byte for byte
+    (no random or time value, which would restart every pod on every `helm upgrade`), and a setting of one
+    service restarts none of the others."""
+    staging = render.values_for("staging", helm_dir)
+    first, again = (render.render(helm_dir, "shopmesh", "staging") for _ in range(2))
+    assert first == again
+    before = objects_of(helm_dir, "shopmesh", staging)
+    after = objects_of(helm_dir, "shopmesh", render.merged_values(staging, {"catalog": {"logLevel": "DEBUG"}}))
+    for name in SERVICES:
+        pods = [find(docs, "Deployment", name)["spec"]["template"] for docs in (before, after)]
+        spec = pods[0]["spec"]
+        read = {ref["configMapRef"]["name"] for c in spec["containers"] for ref in c.get("envFrom", [])}
+        read |= {volume["configMap"]["name"] for volume in spec["volumes"] if "configMap" in volume}
+        sums = [{k: v for k, v in pod["metadata"]["annotations"].items() if k.startswith("checksum/")} for pod in pods]
+        assert len(sums[0]) == len(read), (name, read, sums[0])
+        changed = [find(docs, "ConfigMap", name)["data"] for docs in (before, after)]
+        assert (sums[0] != sums[1]) == (name == "catalog") == (changed[0] != changed[1]), name
+
+
+def test_no_documented_upgrade_reuses_the_earlier_charts_defaults() -> None:
+    """`helm upgrade --reuse-values` renders the new chart with the defaults of the chart the release was made
+    with: over a release from before 2026-12-03 (global.drain's grace period 30 s, which the drain has since
+    outgrown) the chart refuses it. docs/mesh.md (faults) and k8s/ingress/gateway.yaml told users to upgrade so;
+    every documented upgrade keeps the new chart's defaults (--reset-then-reuse-values, or the values files)."""
+    files = [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *sorted((ROOT / "k8s").rglob("*.yaml")),
+        *sorted((ROOT / "k8s").rglob("*.sh")),
+        *sorted((ROOT / "helm").rglob("values*.yaml")),
+        ROOT / "k8s" / "k8s.mk",
+        ROOT / "skaffold.yaml",
+    ]
+    upgrades = [
+        (path.relative_to(ROOT), line.strip())
+        for path in files
+        for line in path.read_text().splitlines()
+        if "helm upgrade" in line
+    ]
+    assert len(upgrades) >= 4, upgrades
+    assert [(path, line) for path, line in upgrades if "--reuse-values" in line] == []
