@@ -4,8 +4,10 @@ rendered and the scripts run against stand-ins for helm and kubectl."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -191,3 +193,70 @@ def test_no_documented_upgrade_reuses_the_earlier_charts_defaults() -> None:
     ]
     assert len(upgrades) >= 4, upgrades
     assert [(path, line) for path, line in upgrades if "--reuse-values" in line] == []
+
+
+def _infra_selector(name: str) -> dict[str, Any]:
+    return {"matchLabels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "shopmesh"}}
+
+
+def _claim(size: str) -> list[dict[str, Any]]:
+    spec = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    return [{"metadata": {"name": "data"}, "spec": spec}]
+
+
+# k8s/infra's fields that `kubectl apply -k k8s/infra` over a cluster of an earlier `make kind-up` (docs: "a cluster
+# made by an earlier make kind-up has no Jaeger") cannot change, as every commit has had them.
+INFRA_FIXED = {
+    ("StatefulSet", "nats"): {
+        "selector": _infra_selector("nats"),
+        "serviceName": "nats",
+        "podManagementPolicy": None,
+        "volumeClaimTemplates": _claim("1Gi"),
+    },
+    ("StatefulSet", "postgresql"): {
+        "selector": _infra_selector("postgresql"),
+        "serviceName": "postgresql",
+        "podManagementPolicy": None,
+        "volumeClaimTemplates": _claim("2Gi"),
+    },
+    ("Deployment", "jaeger"): {"selector": _infra_selector("jaeger")},
+    ("Deployment", "mailpit"): {"selector": _infra_selector("mailpit")},
+}
+
+
+def test_the_dev_infrastructure_applies_over_an_earlier_one() -> None:
+    """`kubectl apply -k k8s/infra` over an existing kind cluster is refused ("field is immutable", "spec:
+    Forbidden: updates to statefulset spec for fields other than ...") if a StatefulSet's selector, service name,
+    pod management policy or volume claims, or a Deployment's selector, changed; nothing else there may have
+    fields an update cannot change."""
+    seen = set()
+    for text in render.infra_manifests().values():
+        for doc in (d for d in yaml.safe_load_all(text) if d):
+            kind, name = doc["kind"], doc["metadata"]["name"]
+            if (kind, name) in INFRA_FIXED:
+                seen.add((kind, name))
+                fixed = INFRA_FIXED[kind, name]
+                assert {key: doc["spec"].get(key) for key in fixed} == fixed, (kind, name)
+            else:
+                assert kind not in {*IMMUTABLE, "Deployment"}, f"k8s/infra: {kind}/{name} is not held here"
+                assert "immutable" not in doc, (kind, name)
+    assert seen == set(INFRA_FIXED)
+
+
+# The API server refuses a ConfigMap whose keys and values come to more than 1 MiB (as a Secret's).
+CONFIGMAP_LIMIT = 1024 * 1024
+
+
+def test_every_configmap_fits_what_the_api_server_takes(rendered: dict[tuple[str, str], Docs]) -> None:
+    """The gateway's http-api ConfigMap carries the edge's two Envoy configurations, the descriptor set, the
+    OpenAPI document and the storefront, and grows with the API: past 1 MiB the upgrade that brings it is
+    refused (and so is an install). Its size now: about half of it."""
+    largest = 0
+    for (value_set, chart), docs in rendered.items():
+        for doc in (d for d in docs if d["kind"] == "ConfigMap"):
+            size = sum(len(key) + len(value.encode()) for key, value in (doc.get("data") or {}).items())
+            binary = (doc.get("binaryData") or {}).items()
+            size += sum(len(key) + len(base64.b64decode(value)) for key, value in binary)
+            assert size <= CONFIGMAP_LIMIT, (value_set, chart, doc["metadata"]["name"], size)
+            largest = max(largest, size)
+    assert largest > CONFIGMAP_LIMIT // 4, "the http-api ConfigMap is not among them"
