@@ -2,6 +2,8 @@
 
     .venv/bin/python k8s/render.py render [--out render]   every chart x every value set -> render/<set>/<chart>/
     .venv/bin/python k8s/render.py deps                    `helm dependency update`, in place, in order
+    .venv/bin/python k8s/render.py secrets [-f FILE ...]    the Secrets the umbrella's pods read (as helm -f FILE...),
+                                                           which no chart creates (deploy-staging.sh checks them)
     .venv/bin/python k8s/render.py istio-tracing [-f FILE ...]
                                                            the mesh config k8s/scripts/mesh-istio.sh installs, from
                                                            the istio value set (each FILE over it, as helm -f)
@@ -166,6 +168,26 @@ def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[
     return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": spec}
 
 
+def secrets_read(helm_dir: Path, values: dict[str, Any]) -> list[str]:
+    """The names of the Secrets the umbrella's pods read with `values` (volumes, env, envFrom; the `helm test`
+    pods' too): the platform's, which no chart creates. A pod whose Secret is missing never starts (its volume
+    cannot be mounted), and a release may read one its predecessor did not."""
+    texts = render(helm_dir, UMBRELLA, "custom", values=values).values()
+    names: set[str] = set()
+    for doc in (d for text in texts for d in yaml.safe_load_all(text) if d):
+        pod = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc.get("spec", {})
+        if doc["kind"] not in ("Deployment", "Pod"):
+            continue
+        for volume in pod.get("volumes", []):
+            names.update([volume["secret"]["secretName"]] if "secret" in volume else [])
+            names.update(s["secret"]["name"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s)
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
+            names.update(e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e)
+            refs = (e.get("valueFrom", {}).get("secretKeyRef") for e in container.get("env", []))
+            names.update(ref["name"] for ref in refs if ref)
+    return sorted(names)
+
+
 def write_all(helm_dir: Path, out: Path) -> list[Path]:
     """Render every chart with every value set into out/<set>/<chart>/<template path>; the dev
     infrastructure into out/infra/, replacing those folders. A folder that holds anything else is refused
@@ -204,6 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     render_cmd = sub.add_parser("render", help="write every rendered manifest to a folder for review")
     render_cmd.add_argument("--out", type=Path, default=ROOT / "render")
     sub.add_parser("deps", help="resolve chart dependencies in place (charts/, Chart.lock; both gitignored)")
+    secrets_cmd = sub.add_parser(
+        "secrets", help="print the Secrets the umbrella's pods read, one a line (they must exist before they start)"
+    )
+    secrets_cmd.add_argument(
+        "-f",
+        "--values",
+        dest="values_files",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="a values file the release is deployed with (repeatable, later wins, as helm -f)",
+    )
     tracing_cmd = sub.add_parser(
         "istio-tracing",
         help="print the IstioOperator overlay for the sidecars' spans (JSON, which istioctl reads as YAML)",
@@ -228,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dependencies resolved under {HELM}/*/charts/")
         return 0
     try:
+        if args.command == "secrets":
+            with prepared_copy() as helm_dir:
+                files = [helm.values_from_yaml(f.read_text()) for f in args.values_files]
+                for name in secrets_read(helm_dir, merged_values(*files)):
+                    print(name)
+            return 0
         if args.command == "istio-tracing":
             with prepared_copy() as helm_dir:
                 own = values_with_files("istio", args.values_files, helm_dir) if args.values_files else None

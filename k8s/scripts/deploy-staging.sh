@@ -27,6 +27,26 @@ for file in ${own[@]+"${own[@]}"}; do
   fi
   values+=(--values "$file")
 done
+# The Secrets the pods will read, which no chart creates: a release may read one the deployed one did not
+# (orders' and payments' <service>-idempotency since 2026-12-01), and its pods would wait in ContainerCreating
+# until --wait gives up after 10 minutes, the reason only in their events. Checked first, by name.
+PYTHON="${PYTHON:-.venv/bin/python}"
+if [ ! -x "$PYTHON" ]; then
+  echo "error: $PYTHON is missing: run make setup (make deploy-staging does), or set PYTHON" >&2
+  exit 1
+fi
+secrets=$("$PYTHON" k8s/render.py secrets "${values[@]}")
+missing=()
+for secret in $secrets; do
+  found=$(kubectl --context "$STAGING_CONTEXT" --namespace "$NAMESPACE" get secret "$secret" \
+    --ignore-not-found --output name)
+  [ -n "$found" ] || missing+=("$secret")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "error: the release's pods read Secrets namespace $NAMESPACE does not have: ${missing[*]}" >&2
+  echo "  create them first (docs/kubernetes.md, \"Deploy to staging\"); nothing was deployed" >&2
+  exit 1
+fi
 # --set-string: a tag is text; --set would read an all-digit build number or abbreviated commit as a number.
 helm upgrade --install shopmesh helm/shopmesh \
   --kube-context "$STAGING_CONTEXT" --namespace "$NAMESPACE" --create-namespace \

@@ -209,9 +209,11 @@ def deploy_staging_values(tmp_path: Path, **settings: str) -> dict[str, Any]:
     `settings`: more of its environment (STAGING_VALUES)."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
-    for tool in ("helm", "kubectl"):
-        (stubs / tool).write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$CAPTURE.$1"\n')
-        (stubs / tool).chmod(0o755)
+    (stubs / "helm").write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$CAPTURE.$1"\n')
+    # Every Secret the pods read is there (kubectl get secret --output name prints it).
+    (stubs / "kubectl").write_text("#!/bin/sh\necho secret/found\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
     capture = tmp_path / "calls"
     env = {
         "PATH": f"{stubs}:/usr/bin:/bin",

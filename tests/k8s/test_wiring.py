@@ -777,9 +777,11 @@ def test_deploy_staging_runs_helm_upgrade_then_helm_test(tmp_path: Path) -> None
     expansion) makes bash stop at "unexpected EOF while looking for matching `''" before running anything."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
-    for tool in ("helm", "kubectl"):
-        (stubs / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> "$CAPTURE"\n')
-        (stubs / tool).chmod(0o755)
+    (stubs / "helm").write_text('#!/bin/sh\necho helm "$@" >> "$CAPTURE"\n')
+    # Every Secret the pods read is there (kubectl get secret --output name prints it).
+    (stubs / "kubectl").write_text("#!/bin/sh\necho secret/found\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
     capture = tmp_path / "calls"
     env = {
         "PATH": f"{stubs}:/usr/bin:/bin",
