@@ -18,7 +18,8 @@ def span(trace: str, span_id: str, parent: str, service: str, name: str, start: 
     record = {
         "trace_id": trace, "span_id": span_id, "parent_span_id": parent, "service": service, "name": name,
         "kind": kw.get("kind", "server"), "start_ns": int(start * 1e6), "end_ns": int(end * 1e6),
-        "status": kw.get("status", "unset"), "status_message": kw.get("message", ""), "attributes": {},
+        "status": kw.get("status", "unset"), "status_message": kw.get("message", ""),
+        "attributes": {"grpc.path": kw["grpc_path"]} if "grpc_path" in kw else {},
     }  # fmt: skip
     return json.dumps(record) + "\n"
 
@@ -66,6 +67,31 @@ def test_the_list_shows_the_latest_traces_with_their_root_and_errors(tmp_path: P
     assert (first.split()[0], second.split()[0]) == ("aa11", "bb22")  # oldest first
     assert first.endswith("orders: /o/PlaceOrder  ERROR")
     assert second.endswith("catalog: /c/ListProducts")
+
+
+def test_an_envoy_span_is_shown_with_the_grpc_method_it_carried(tmp_path: Path) -> None:
+    """The edge's and the sidecars' spans are named for the listener (`public API`, `inbound`, `outbound to
+    catalog`), the same for every call: the list and the tree add the method Envoy recorded (`grpc.path`), so
+    that the shop's calls can be told from each other and from grpcurl's reflection."""
+    page = "/shopmesh.gateway.v1.ShopService/GetProductPage"
+    reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    directory = write(
+        tmp_path,
+        span("aa11", "01", "", "gateway-sidecar", "inbound", 1000.0, 1001.0, grpc_path=reflection),
+        span("bb22", "01", "", "http-api", "public API", 2000.0, 2010.0, grpc_path=page),
+        span("bb22", "02", "01", "gateway", page, 2001.0, 2009.0, grpc_path=page),
+    )
+    code, out, _ = ran("--dir", str(directory))
+    _, first, second = out.splitlines()
+    assert code == 0
+    assert first.endswith(f"gateway-sidecar: inbound {reflection}")
+    assert second.endswith(f"http-api: public API {page}")
+    code, out, _ = ran("bb", "--dir", str(directory))
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        f"    +0.0 ms    10.0 ms  http-api  server  public API {page}",
+        f"    +1.0 ms     8.0 ms    gateway  server  {page}",  # a span named for its method says it once
+    ]
 
 
 def test_an_unknown_or_ambiguous_id_exits_1_saying_so(tmp_path: Path) -> None:

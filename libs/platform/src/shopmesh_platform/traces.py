@@ -5,7 +5,8 @@
 
 A trace id is in every JSON log line (`trace_id`) and in the message of an INTERNAL error
 (`trace_id=...`). Each span line shows its offset from the trace's start, its duration, the service,
-the span's kind and name, and its status when it is not OK; children are indented under their parent.
+the span's kind and name (an Envoy span's, the HTTP edge's or a sidecar's, with the gRPC method it carried),
+and its status when it is not OK; children are indented under their parent.
 Events carry the trace on: a consumer's span sits under the span that published the event.
 Without --dir it reads the folder of the running local stack's trace sink (named by `.data/stack.json`, which
 the launcher writes while it runs; said on stderr), else `.data/traces`.
@@ -118,6 +119,17 @@ def _when(nanoseconds: int) -> str:
     return datetime.fromtimestamp(nanoseconds / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _what(span: dict[str, Any]) -> str:
+    """A span's name, with the gRPC method an Envoy span is about: the edge's span is named `public API` and a
+    sidecar's `inbound` or `outbound to <callee>`, so without it every trace of `make run MESH=envoy` listed
+    the same root, `gateway-sidecar: inbound`, and grpcurl's reflection calls looked like the shop's."""
+    attributes = span.get("attributes")
+    path = attributes.get("grpc.path") if isinstance(attributes, dict) else None
+    if isinstance(path, str) and path and path != span["name"]:
+        return f"{span['name']} {path}"
+    return str(span["name"])
+
+
 def print_list(traces: list[Trace], out: TextIO) -> None:
     if not traces:
         print("no traces yet (`make run` records them; call a service first)", file=out)
@@ -133,7 +145,7 @@ def print_list(traces: list[Trace], out: TextIO) -> None:
                 _ms(trace.end_ns - trace.start_ns),
                 str(len(trace.spans)),
                 ",".join(services),
-                f"{root['service']}: {root['name']}" + ("  ERROR" if trace.failed else ""),
+                f"{root['service']}: {_what(root)}" + ("  ERROR" if trace.failed else ""),
             )
         )
     header = ("TRACE ID", "STARTED (UTC)", "DURATION", "SPANS", "SERVICES", "ROOT")
@@ -156,7 +168,7 @@ def print_tree(trace: Trace, out: TextIO) -> None:
         status = ""
         if span["status"] == "error":
             status = f"  ERROR {span['status_message']}".rstrip()
-        what = f"{span['service']}  {span['kind']}  {span['name']}{status}"
+        what = f"{span['service']}  {span['kind']}  {_what(span)}{status}"
         print(f"{'+' + offset:>11} {duration:>10}  {'  ' * depth}{what}", file=out)
         for child in sorted(children[span["span_id"]], key=lambda s: int(s["start_ns"])):
             show(child, depth + 1)
