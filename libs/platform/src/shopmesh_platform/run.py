@@ -294,7 +294,8 @@ def mesh_lines(stack: Stack) -> list[str]:
     ]
     for method in refused(inner)[:1]:
         lines += [
-            f"A method {caller} does not call (a method only for the services that call it; else PERMISSION_DENIED):",
+            f"A method {caller} does not call: {inner}'s sidecar answers PERMISSION_DENIED (each caller gets only"
+            " the methods it calls):",
             f"  {shlex.join([*grpcurl, method])}",
         ]
     return lines
