@@ -364,6 +364,26 @@ def test_an_unknown_service_exits_1_naming_the_known_ones(tmp_path: Path, capsys
     assert "gateway, users, catalog" in error
 
 
+@pytest.mark.parametrize("free_ports", [False, True])
+def test_a_taken_port_says_how_to_start_beside_it_on_free_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], free_ports: bool
+) -> None:
+    """A port of the table taken: the error named it and asked "is another `make run` still running?", but not
+    the README's way out, `RUN_ARGS=--free-ports`; it says it now (not to a launcher already on free ports). The
+    plan is free ports either way: the table's own may be another stack's."""
+    plan = run.port_plan(free=True, http_port=0)
+    monkeypatch.setattr(run, "port_plan", lambda *args, **kwargs: plan)
+    argv = ["--data-dir", str(tmp_path / "data"), "--services", "catalog", "--http-port", "0"]
+    with socket.socket() as squatter:
+        squatter.bind((plan.host, plan.services["catalog"].grpc))
+        squatter.listen()
+        assert run.main([*argv, *(["--free-ports"] if free_ports else [])]) == 1
+    error = capsys.readouterr().err
+    assert f"error: port {plan.services['catalog'].grpc} (catalog gRPC) is already in use" in error
+    way_out = "; or start beside it on ports the OS picks: make run RUN_ARGS=--free-ports\n"
+    assert error.endswith(way_out) != free_ports, error
+
+
 def test_reset_wipes_a_data_directory_but_refuses_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,7 +51,7 @@ from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server
 from .arguments import seconds
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.protoset import PROTOSET_FILE, methods_of
-from .ports import Canary, PortPlan
+from .ports import Canary, PortInUse, PortPlan
 from .processes import Crashed, StackError, crash_at_stop, has_exited, signal_child, spawn
 from .stack import (
     HTTP_API,
@@ -796,6 +796,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(run(args))
+    except PortInUse as exc:
+        # The README's way out when one of the table's ports is taken (by another stack, or anything else).
+        way_out = "; or start beside it on ports the OS picks: make run RUN_ARGS=--free-ports"
+        if args.free_ports:
+            way_out = ""
+        print(f"error: {exc}{way_out}", file=sys.stderr, flush=True)
+        return 1
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
