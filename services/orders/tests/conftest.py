@@ -10,7 +10,8 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
-from shopmesh_orders.domain.model import CancelCode
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.model import CancelCode, OrderState
 from shopmesh_orders.domain.ports import (
     DependencyDown,
     InsufficientStock,
@@ -20,9 +21,12 @@ from shopmesh_orders.domain.ports import (
     ReservationExpired,
 )
 from shopmesh_orders.domain.validation import Card, CartLine
+from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.tables import metadata
 from shopmesh_orders.wiring import VERSIONS
+
+from .saga_kit import PROCESSOR_DOWN, CancelledInDoubt, Clock, Clocked, command, place
 
 
 @dataclass
@@ -205,3 +209,40 @@ def inventory() -> FakeInventory:
 @pytest.fixture
 def payments() -> FakePayments:
     return FakePayments()
+
+
+# The checkout saga's fixtures (test_orders_saga_*.py); what they are built from is in saga_kit.py.
+@pytest.fixture
+def saga(database: Database, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings) -> SagaDriver:
+    return SagaDriver(database, inventory, payments, settings)
+
+
+@pytest.fixture
+def app(database: Database, catalog: FakeCatalog, saga: SagaDriver) -> OrdersApplication:
+    return OrdersApplication(database, catalog, saga)
+
+
+@pytest.fixture
+def clocked(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+) -> Clocked:
+    return Clocked(database, catalog, inventory, payments, settings, Clock())
+
+
+@pytest.fixture
+async def cancelled_in_doubt(clocked: Clocked, settings: OrdersSettings) -> CancelledInDoubt:
+    late_refunds: list[str] = []
+    app = clocked.app(on_late_refund=lambda order: late_refunds.append(order.id))
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(PROCESSOR_DOWN))
+    # PlaceOrder still answers at once: it does not wait for the charge's window.
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    assert clocked.payments.charge_calls == settings.step_attempts
+    order_id: str = caught.value.metadata["order_id"]
+    order = await app.get_order(order_id)
+    assert (order.state, order.charge_recheck_at is not None) == (OrderState.CANCELLED, True)
+    return CancelledInDoubt(app, clocked.clock, order_id, late_refunds)

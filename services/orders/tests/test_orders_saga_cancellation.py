@@ -1,0 +1,254 @@
+"""CancelOrder: the customer's cancellation refunds and restocks, once, with the reason as given; a second one,
+under another key or at the same moment, is refused as the contract says; its key replays it and is refused
+for another order; one the recovery loop or another driver finishes is answered as accepted; and shutdown
+waits for one whose caller went away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from shopmesh_chassis import errors
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.testing import eventually
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
+from shopmesh_orders.saga import SagaDriver
+from shopmesh_orders.store.repository import OrderRepository
+
+from .conftest import FakeInventory, FakePayments
+from .saga_kit import Clocked, _hold_refunds, command, events, place
+
+
+async def test_customer_cancellation_refunds_and_restocks(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    order_id = await place(app, command())
+    cancelled = await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert (cancelled.state, cancelled.cancel_code) == (OrderState.CANCELLED, CancelCode.CUSTOMER_REQUESTED)
+    assert cancelled.cancel_message == "changed my mind"
+    assert payments.captured() == 0
+    assert inventory.on_hand["prod_a"] == 5
+    # The same key replays; another key finds the order no longer cancellable.
+    assert (await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")).id == order_id
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await app.cancel_order(order_id, "again", "cancel-2", "f2")
+    assert caught.value.reason == "ORDER_NOT_CANCELLABLE"
+
+
+async def test_a_cancellation_while_another_runs_is_refused_as_already_being_cancelled(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = await place(app, command())
+    refunding, release = _hold_refunds(payments, monkeypatch)
+    first = asyncio.create_task(app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"))
+    await refunding.wait()
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await app.cancel_order(order_id, "me too", "cancel-2", "f2")
+    assert (caught.value.reason, caught.value.metadata["state"]) == ("ORDER_NOT_CANCELLABLE", "ORDER_STATE_CONFIRMED")
+    assert "already being cancelled" in str(caught.value)
+    release.set()
+    assert (await first).state is OrderState.CANCELLED
+    assert len(payments.refunds) == 1
+
+
+async def test_a_cancellation_whose_release_meets_inventory_down_is_finished_by_the_recovery_loop_refunded_once(
+    clocked: Clocked, database: Database
+) -> None:
+    """The refund went through, inventory was down for the release: the cancellation stands, and the recovery
+    loop finishes it once inventory answers, with no retry of CancelOrder, nothing refunded twice, one event."""
+    app, inventory, payments = clocked.app(), clocked.inventory, clocked.payments
+    order_id = await place(app, command())
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    # Answered as the contract says: not cancelled yet, but accepted, and finished without a retry.
+    assert (caught.value.reason, caught.value.metadata) == (errors.DEPENDENCY_UNAVAILABLE, {"order_id": order_id})
+    assert "accepted" in caught.value.message
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, order.refunded) == (OrderState.CONFIRMED, SagaStep.REFUND, True)
+    # A pass while inventory is still down refunds nothing again; the order then waits its backoff.
+    assert await app.resume_unfinished() == 1
+    assert (payments.refund_calls, inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (1, 0, 3)
+    inventory.down = False
+    clocked.clock.ahead = timedelta(seconds=120)
+    recovery = asyncio.create_task(app.run_recovery(0.01))
+    try:
+
+        async def cancelled() -> bool:
+            return (await app.get_order(order_id)).state is OrderState.CANCELLED
+
+        await eventually(cancelled, f"{order_id} cancelled by the recovery loop")
+    finally:
+        recovery.cancel()
+    order = await app.get_order(order_id)
+    assert (order.cancel_code, order.cancel_message, order.refunded) == (
+        CancelCode.CUSTOMER_REQUESTED,
+        "changed my mind",
+        True,
+    )
+    assert (payments.refund_calls, payments.captured()) == (1, 0)
+    assert (inventory.on_hand["prod_a"], inventory.reserved("prod_a")) == (5, 0)
+    assert [subject for subject, _payload in await events(database)] == [
+        "orders.v1.order_confirmed",
+        "orders.v1.order_cancelled",
+    ]
+    # The customer's retry with the same key now answers with the cancelled order.
+    assert (await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")).state is OrderState.CANCELLED
+
+
+async def test_a_cancellation_whose_order_another_driver_holds_is_accepted_not_aborted(
+    app: OrdersApplication, saga: SagaDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recovery loop (or the request's first attempt, which the caller's channel retried on its
+    UNAVAILABLE) holds the order being cancelled: the cancellation is recorded under the key and that driver
+    completes it, so CancelOrder answers it is accepted, not ABORTED "retry with the same key"."""
+    monkeypatch.setattr("shopmesh_orders.application._WAIT_FOR_OTHER_DRIVER_SECONDS", 0.2)
+    order_id = await place(app, command())
+    original = saga.drive
+
+    async def recovery_took_it_first(order_id: str, *args: Any) -> Order:
+        assert await saga._claim(order_id, saga.new_lease_owner())
+        return await original(order_id, *args)
+
+    monkeypatch.setattr(saga, "drive", recovery_took_it_first)
+    with pytest.raises(errors.Unavailable) as caught:
+        await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert (caught.value.reason, caught.value.metadata) == (errors.DEPENDENCY_UNAVAILABLE, {"order_id": order_id})
+    assert "accepted" in caught.value.message
+    # The wait the other accepted answer carries when its dependency names none; it had no RetryInfo at all.
+    assert (caught.value.retry_after_seconds, caught.value.final) == (1.0, True)
+    assert (await app.get_order(order_id)).cancellation_pending
+
+
+def _meet_after_reading_the_cancel_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CancelOrder transactions both read the order before either saves it, where the database lets them
+    (PostgreSQL; SQLite's writers never overlap, so each goes on alone after a short wait)."""
+    read, arrived, both = OrderRepository.cancel_origin, [0], asyncio.Event()
+
+    async def meeting(self: OrderRepository, order_id: str) -> tuple[str | None, str | None]:
+        origin = await read(self, order_id)
+        arrived[0] += 1
+        if arrived[0] == 2:
+            both.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both.wait(), 0.5)
+        return origin
+
+    monkeypatch.setattr(OrderRepository, "cancel_origin", meeting)
+
+
+async def _cancelled_twice_at_once(
+    app: OrdersApplication, monkeypatch: pytest.MonkeyPatch, second: tuple[str, str, str]
+) -> list[Order | BaseException]:
+    """A placed order cancelled ("changed my mind", key cancel-1) and, at the same moment, as `second` says
+    (reason, key, fingerprint): both calls read the order before either saves."""
+    order_id = await place(app, command())
+    _meet_after_reading_the_cancel_origin(monkeypatch)
+    return await asyncio.gather(
+        app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"),
+        app.cancel_order(order_id, *second),
+        return_exceptions=True,
+    )
+
+
+async def test_two_cancellations_at_once_with_other_keys_cancel_once_and_refuse_the_other_as_not_cancellable(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes = await _cancelled_twice_at_once(app, monkeypatch, ("me too", "cancel-2", "f2"))
+    cancelled = [o for o in outcomes if isinstance(o, Order)]
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert [o.state for o in cancelled] == [OrderState.CANCELLED]
+    # The contract: FAILED_PRECONDITION ORDER_NOT_CANCELLABLE for a cancellation under another key.
+    assert [(type(e), getattr(e, "reason", None)) for e in refused] == [
+        (errors.FailedPrecondition, "ORDER_NOT_CANCELLABLE")
+    ]
+    assert len(payments.refunds) == 1
+
+
+async def test_a_cancellation_retried_with_its_key_while_the_first_runs_returns_the_order_or_key_in_use(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes = await _cancelled_twice_at_once(app, monkeypatch, ("changed my mind", "cancel-1", "f1"))
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            # The contract: a retry racing the original is ABORTED, reason IDEMPOTENCY_KEY_IN_USE.
+            assert (type(outcome), getattr(outcome, "reason", None)) == (errors.Aborted, "IDEMPOTENCY_KEY_IN_USE")
+        else:
+            assert outcome.state is OrderState.CANCELLED
+    assert len(payments.refunds) == 1
+
+
+async def test_a_cancellation_key_sent_again_for_another_order_is_refused_as_reused(
+    app: OrdersApplication, payments: FakePayments
+) -> None:
+    # Keys are scoped to the method and the caller (common/v1): the stored cancellation was per order, so
+    # the key of one cancellation, sent for a second order, cancelled that order too.
+    first, second = await place(app, command()), await place(app, command(), key="place-2")
+    await app.cancel_order(first, "changed my mind", "cancel-1", "f1")
+    with pytest.raises(errors.InvalidArgument) as refused:
+        await app.cancel_order(second, "changed my mind", "cancel-1", "f2")
+    assert refused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert (await app.get_order(second)).state is OrderState.CONFIRMED
+    assert len(payments.refunds) == 1
+
+
+async def test_shutdown_waits_for_a_cancellation_whose_caller_went_away(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = await place(app, command())
+    refunding, go_on = asyncio.Event(), asyncio.Event()
+    refund = payments.refund
+
+    async def slow_refund(payment_id: str, reason: str, idempotency_key: str) -> None:
+        refunding.set()
+        await go_on.wait()
+        await refund(payment_id, reason, idempotency_key)
+
+    monkeypatch.setattr(payments, "refund", slow_refund)
+    caller = asyncio.create_task(app.cancel_order(order_id, "changed my mind", "cancel-1", "f1"))
+    await refunding.wait()
+    caller.cancel()
+    # Shutdown begins while the saga refunds: it must wait for it, as for a PlaceOrder's saga.
+    asyncio.get_running_loop().call_later(0.2, go_on.set)
+    await app.wait_running(timeout=5)
+    assert (await app.get_order(order_id)).state is OrderState.CANCELLED
+    assert payments.refunds != []
+
+
+async def test_one_cancellation_key_sent_for_two_orders_at_once_cancels_only_one(
+    app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key is the caller's for the method: two orders cancelled at once under one key must not both be
+    # cancelled (neither transaction sees the other's uncommitted cancel_key on PostgreSQL).
+    first, second = await place(app, command()), await place(app, command(), key="place-2")
+    _meet_after_reading_the_cancel_origin(monkeypatch)
+    outcomes = await asyncio.gather(
+        app.cancel_order(first, "changed my mind", "cancel-1", "f1"),
+        app.cancel_order(second, "changed my mind", "cancel-1", "f2"),
+        return_exceptions=True,
+    )
+    cancelled = [o for o in outcomes if isinstance(o, Order)]
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert [(type(e), getattr(e, "reason", None)) for e in refused] == [
+        (errors.InvalidArgument, "IDEMPOTENCY_KEY_REUSED")
+    ]
+    assert len(cancelled) == 1
+    assert len(payments.refunds) == 1
+
+
+async def test_a_customers_cancel_reason_is_kept_as_given_when_the_payment_is_refunded(
+    app: OrdersApplication, payments: FakePayments
+) -> None:
+    # The customer's reason (up to 500 characters) is the cancelled order's message: the refund rewrites
+    # one ending "; nothing was charged." as if it were orders' own reason, and at 500 characters the
+    # rewritten text (506) no longer fits cancel_message's VARCHAR(500) on PostgreSQL.
+    order_id = await place(app, command())
+    reason = "x" * (500 - len("; nothing was charged.")) + "; nothing was charged."
+    cancelled = await app.cancel_order(order_id, reason, "cancel-1", "f1")
+    assert (cancelled.state, cancelled.cancel_message) == (OrderState.CANCELLED, reason)
+    assert len(payments.refunds) == 1

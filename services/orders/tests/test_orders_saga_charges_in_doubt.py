@@ -1,0 +1,446 @@
+"""A charge whose outcome orders did not see: sent by a driver that died at the pivot, answered too late, or
+cancelled by PlaceOrder while it might still land. Recovery asks payments what happened rather than
+conclude "never charged"; a late capture confirms the order or is refunded once its window has passed,
+once, even with two drivers; a refund whose answer was lost is still recorded; and the recheck pass waits
+out a payments that cannot answer, without holding up the other orders."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh_chassis import errors
+from shopmesh_chassis.db import Database
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
+from shopmesh_orders.domain.validation import Card, CartLine
+from shopmesh_orders.saga import charge_key
+from shopmesh_orders.settings import OrdersSettings
+from shopmesh_orders.store.repository import OrderRepository
+
+from .conftest import FakeInventory, FakePayments
+from .saga_kit import (
+    GOOD,
+    PROCESSOR_DOWN,
+    CancelledInDoubt,
+    Clock,
+    Clocked,
+    _crash_at,
+    _hold_refunds,
+    _late_capture,
+    command,
+    events,
+    place,
+)
+
+
+async def _left_at_the_pivot(
+    app: OrdersApplication, database: Database, inventory: FakeInventory, charge_attempted_at: datetime
+) -> str:
+    """An order as left by a driver that reserved the stock, sent the charge at `charge_attempted_at`, and died."""
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id: str = caught.value.metadata["order_id"]
+    inventory.down = False
+    reservation_id = await inventory.reserve(order_id, [CartLine("prod_a", 2)], 60)
+    await _crash_at(
+        database, order_id, SagaStep.CHARGE, reservation_id=reservation_id, charge_attempted_at=charge_attempted_at
+    )
+    return order_id
+
+
+async def test_resume_at_the_pivot_asks_payments_what_happened(
+    app: OrdersApplication,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    database: Database,
+    settings: OrdersSettings,
+) -> None:
+    # The dead driver had reserved and sent the charge, and payments captured it.
+    order_id = await _left_at_the_pivot(app, database, inventory, datetime.now(UTC) - timedelta(seconds=60))
+    payment_id = await payments.charge(order_id, 2500, "USD", GOOD, f"{order_id}:charge")
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.payment_id) == (OrderState.CONFIRMED, payment_id)
+    assert payments.captured() == 1
+
+
+@dataclass
+class ChargeInDoubt:
+    app: OrdersApplication
+    clock: Clock
+    order_id: str
+
+
+@pytest.fixture
+async def in_doubt(clocked: Clocked) -> ChargeInDoubt:
+    """An order whose driver reserved, sent the charge a moment ago and is gone: the charge may still land."""
+    app = clocked.app()
+    order_id = await _left_at_the_pivot(app, clocked.database, clocked.inventory, datetime.now(UTC))
+    return ChargeInDoubt(app, clocked.clock, order_id)
+
+
+async def test_a_charge_in_doubt_is_not_given_up_and_a_late_capture_confirms_the_order(
+    in_doubt: ChargeInDoubt, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    app, clock, order_id = in_doubt.app, in_doubt.clock, in_doubt.order_id
+    # Recovery has no card and payments knows of no charge yet: it must not conclude "never charged".
+    assert await app.resume_unfinished() == 1
+    order = await app.get_order(order_id)
+    assert (order.state, order.step) == (OrderState.PENDING, SagaStep.CHARGE)
+    assert inventory.reserved("prod_a") == 2
+    # The earlier driver's charge commits on payments after all.
+    payment_id = await payments.charge(order_id, 2500, "USD", GOOD, charge_key(order_id))
+    clock.ahead = timedelta(seconds=11)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.payment_id) == (OrderState.CONFIRMED, payment_id)
+    assert (payments.captured(), payments.refunds) == (1, [])
+    assert inventory.on_hand["prod_a"] == 3
+
+
+async def test_a_charge_in_doubt_that_lands_while_payments_is_down_is_refunded_once_it_is_back(
+    in_doubt: ChargeInDoubt, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    app, clock, order_id = in_doubt.app, in_doubt.clock, in_doubt.order_id
+    await app.resume_unfinished()
+    assert (await app.get_order(order_id)).step is SagaStep.CHARGE
+    await payments.charge(order_id, 2500, "USD", GOOD, charge_key(order_id))
+    payments.down = True
+    # Past the charge's window payments still cannot say: the saga gives up and cancels, but nothing is
+    # concluded about the charge until payments answers (the order waits at COMPENSATE, not stuck at CHARGE).
+    clock.ahead = timedelta(seconds=11)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.step, order.cancel_code) == (
+        OrderState.PENDING,
+        SagaStep.COMPENSATE,
+        CancelCode.PAYMENT_UNAVAILABLE,
+    )
+    payments.down = False
+    clock.ahead = timedelta(seconds=13)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded) == (OrderState.CANCELLED, True)
+    assert (payments.captured(), len(payments.refunds)) == (0, 1)
+    assert (inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (0, 5)
+    # Payments was asked after the charge's window: nothing is left to check again.
+    assert order.charge_recheck_at is None
+
+
+async def test_a_charge_in_doubt_that_never_landed_cancels_as_checkout_interrupted_once_its_window_has_passed(
+    in_doubt: ChargeInDoubt, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    """The driver holding the card died with its charge sent (or about to be: the mark is written with the
+    reservation) and no answer; payments never captured. Payments failed nothing that anyone saw: the checkout
+    was interrupted, and PAYMENT_UNAVAILABLE (whose alert blames payments) would say more than is known."""
+    app, clock, order_id = in_doubt.app, in_doubt.clock, in_doubt.order_id
+    await app.resume_unfinished()
+    assert (await app.get_order(order_id)).step is SagaStep.CHARGE
+    clock.ahead = timedelta(seconds=11)
+    await app.resume_unfinished()
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
+    # Asked after the charge's window: nothing left to check again, nothing charged, the stock is back.
+    assert (order.refunded, order.charge_recheck_at) == (False, None)
+    assert (payments.charge_calls, payments.captured(), inventory.reserved("prod_a")) == (0, 0, 0)
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    cancelled = events_pb2.OrderCancelled.FromString(payload)
+    assert (cancelled.reason.code, cancelled.refunded) == (orders_pb2.CANCEL_REASON_CODE_CHECKOUT_INTERRUPTED, False)
+
+
+async def test_a_capture_that_lands_after_place_order_cancelled_is_refunded_once_its_window_has_passed(
+    cancelled_in_doubt: CancelledInDoubt,
+    payments: FakePayments,
+    inventory: FakeInventory,
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    payment_id = await _late_capture(payments, order_id)
+    # Within the charge's window nothing is asked yet.
+    assert await app.recheck_charges() == 0
+    assert (payments.captured(), payments.refund_calls) == (1, 0)
+    # Past it, the recovery loop finds the capture and refunds it.
+    clock.ahead = timedelta(seconds=11)
+    recheck_charges, refunding_pass_done = app.recheck_charges, asyncio.Event()
+
+    async def recheck_pass(limit: int = 50) -> int:
+        checked = await recheck_charges(limit)
+        if payments.refunds:
+            refunding_pass_done.set()
+        return checked
+
+    monkeypatch.setattr(app, "recheck_charges", recheck_pass)
+    recovery = asyncio.create_task(app.run_recovery(0.01))
+    try:
+        await asyncio.wait_for(refunding_pass_done.wait(), 5)
+    finally:
+        recovery.cancel()
+    assert (payments.captured(), payments.refunds) == (0, [payment_id])
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.PAYMENT_UNAVAILABLE)
+    assert (order.refunded, order.charge_recheck_at) == (True, None)
+    assert cancelled_in_doubt.late_refunds == [order_id]
+    assert any(r.levelname == "ERROR" and order_id in r.getMessage() for r in caplog.records)
+    # The customer was told of the cancellation once; the refund sends no second OrderCancelled.
+    [(subject, _payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    assert (inventory.reserved("prod_a"), inventory.on_hand["prod_a"]) == (0, 5)
+    # Checked once: later passes leave it alone.
+    clock.ahead = timedelta(seconds=60)
+    assert await app.recheck_charges() == 0
+    assert (payments.refund_calls, cancelled_in_doubt.late_refunds) == (1, [order_id])
+
+
+async def test_two_drivers_refund_a_late_capture_once(
+    cancelled_in_doubt: CancelledInDoubt,
+    clocked: Clocked,
+    payments: FakePayments,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    other_late_refunds: list[str] = []
+    other = clocked.app(on_late_refund=lambda order: other_late_refunds.append(order.id))
+    payment_id = await _late_capture(payments, order_id)
+    clock.ahead = timedelta(seconds=11)
+    refunding, release = _hold_refunds(payments, monkeypatch)
+    first = asyncio.create_task(app.recheck_charges())
+    await refunding.wait()
+    # The other replica's pass runs while the first is refunding: the order is not its to check.
+    assert await other.recheck_charges() == 0
+    release.set()
+    assert await first == 1
+    assert await other.recheck_charges() == 0
+    assert (payments.refund_calls, payments.refunds) == (1, [payment_id])
+    assert (cancelled_in_doubt.late_refunds, other_late_refunds) == ([order_id], [])
+
+
+async def test_a_cancelled_order_whose_charge_never_landed_is_checked_once_and_not_refunded(
+    cancelled_in_doubt: CancelledInDoubt, payments: FakePayments, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    listed = payments.list_calls
+    clock.ahead = timedelta(seconds=11)
+    assert await app.recheck_charges() == 1
+    assert (payments.list_calls, payments.refund_calls) == (listed + 1, 0)
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, False, None)
+    assert await app.recheck_charges() == 0
+    assert payments.list_calls == listed + 1
+    assert cancelled_in_doubt.late_refunds == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_late_capture_is_refunded_once_payments_answers_again(
+    cancelled_in_doubt: CancelledInDoubt, payments: FakePayments
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    payment_id = await _late_capture(payments, order_id)
+    payments.down = True
+    clock.ahead = timedelta(seconds=11)
+    # Payments cannot answer: the check waits, it is not given up, and the pass does not fail.
+    assert await app.recheck_charges() == 1
+    order = await app.get_order(order_id)
+    assert (order.refunded, order.charge_recheck_at is not None) == (False, True)
+    assert await app.recheck_charges() == 1
+    payments.down = False
+    clock.ahead = timedelta(seconds=15)
+    assert await app.recheck_charges() == 1
+    assert payments.refunds == [payment_id]
+    order = await app.get_order(order_id)
+    assert (order.refunded, order.charge_recheck_at) == (True, None)
+    assert cancelled_in_doubt.late_refunds == [order_id]
+
+
+async def test_a_capture_found_by_compensation_leaves_nothing_to_check_again(
+    clocked: Clocked, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = clocked.app()
+    charge = payments.charge
+
+    async def lands_but_times_out(
+        order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str
+    ) -> str:
+        await charge(order_id, amount_minor, currency, GOOD, idempotency_key)
+        raise errors.Unavailable("deadline exceeded", reason="PAYMENT_UNAVAILABLE")
+
+    monkeypatch.setattr(payments, "charge", lands_but_times_out)
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    order = await app.get_order(caught.value.metadata["order_id"])
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, True, None)
+    assert payments.refund_calls == 1
+
+
+async def test_a_refund_that_landed_but_answered_too_late_still_cancels_the_order_as_refunded(
+    clocked: Clocked, payments: FakePayments, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The charge lands but its answer is lost (deadline), compensation finds the capture and refunds it, and
+    the refund's own answer is lost after payments committed it (deadline exceeded, as a slow payments does).
+    The retried compensation then finds no capture (it is REFUNDED now) and must still record the refund:
+    the customer was charged and refunded, and OrderCancelled.refunded is "true when a captured payment was
+    refunded as part of the cancellation"."""
+    app = clocked.app()
+    charge, refund = payments.charge, payments.refund
+
+    async def charge_lands_but_times_out(
+        order_id: str, amount_minor: int, currency: str, card: Card, idempotency_key: str
+    ) -> str:
+        await charge(order_id, amount_minor, currency, GOOD, idempotency_key)
+        raise errors.Unavailable("deadline exceeded", reason="PAYMENT_UNAVAILABLE")
+
+    async def refund_lands_but_times_out_once(payment_id: str, reason: str, idempotency_key: str) -> None:
+        first = not payments.refunds
+        await refund(payment_id, reason, idempotency_key)
+        if first:
+            raise errors.Unavailable("deadline exceeded", reason="PAYMENT_UNAVAILABLE")
+
+    monkeypatch.setattr(payments, "charge", charge_lands_but_times_out)
+    monkeypatch.setattr(payments, "refund", refund_lands_but_times_out_once)
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    order = await app.get_order(caught.value.metadata["order_id"])
+    assert order.state is OrderState.CANCELLED
+    assert (payments.captured(), len(payments.refunds)) == (0, 1)
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    assert (order.refunded, events_pb2.OrderCancelled.FromString(payload).refunded) == (True, True)
+
+
+async def test_a_compensation_killed_between_its_refund_and_saving_it_still_cancels_the_order_as_refunded(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    """The sibling of the lost refund answer: the driver compensating a capture got payments' answer to the
+    refund and died before saving it. The next driver finds the payment REFUNDED, not captured."""
+    order_id = await _left_at_the_pivot(app, database, inventory, datetime.now(UTC) - timedelta(seconds=60))
+    payment_id = await payments.charge(order_id, 2500, "USD", GOOD, charge_key(order_id))
+    await payments.refund(payment_id, "Payment could not be processed right now", f"{order_id}:refund")
+    await _crash_at(database, order_id, SagaStep.COMPENSATE, cancel_code=CancelCode.PAYMENT_UNAVAILABLE)
+    assert await app.resume_unfinished() == 1
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, True, None)
+    assert (payments.captured(), payments.refunds, inventory.reserved("prod_a")) == (0, [payment_id], 0)
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    assert events_pb2.OrderCancelled.FromString(payload).refunded
+
+
+async def test_a_recheck_that_refunded_a_late_capture_but_failed_to_save_still_records_the_refund(
+    cancelled_in_doubt: CancelledInDoubt, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    payment_id = await _late_capture(payments, order_id)
+    clock.ahead = timedelta(seconds=11)
+    save, failed = OrderRepository.save, []
+
+    async def save_fails_once_after_the_refund(self: OrderRepository, order: Order, lease: Any = None) -> Order:
+        if payments.refunds and not failed:
+            failed.append(order.id)
+            raise errors.Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
+        return await save(self, order, lease)
+
+    monkeypatch.setattr(OrderRepository, "save", save_fails_once_after_the_refund)
+    assert await app.recheck_charges() == 1
+    assert (failed, payments.refunds) == ([order_id], [payment_id])
+    assert (await app.get_order(order_id)).charge_recheck_at is not None
+    # The next pass finds the capture refunded, not captured: the order still records that it was refunded.
+    assert await app.recheck_charges() == 1
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, True, None)
+    assert (payments.refund_calls, cancelled_in_doubt.late_refunds) == (1, [order_id])
+
+
+async def test_a_recheck_payments_cannot_answer_for_one_order_does_not_hold_up_the_others(
+    clocked: Clocked, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order whose payment is in a state a newer payments stored (orders rolled back) waits: the adapter
+    answers UNAVAILABLE for that order only (clients._state_unknown). The recheck pass stops at the first
+    UNAVAILABLE ("the others would fare no better"), and that order is always the first due: a late capture
+    of every order cancelled after it would never be refunded."""
+    app = clocked.app()
+    cancelled = []
+    for n in range(2):
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command(PROCESSOR_DOWN), key=f"place-{n}")
+        cancelled.append(caught.value.metadata["order_id"])
+    waiting, other = cancelled
+    payments_for = payments.payments_for
+
+    async def state_unknown_for_one(order_id: str) -> list[Any]:
+        if order_id == waiting:
+            raise errors.Unavailable(
+                "payments answered a state this release of orders does not know", reason="PAYMENT_UNAVAILABLE"
+            )
+        return await payments_for(order_id)
+
+    monkeypatch.setattr(payments, "payments_for", state_unknown_for_one)
+    late = await _late_capture(payments, other)
+    clocked.clock.ahead = timedelta(seconds=11)
+    for _ in range(3):
+        await app.recheck_charges()
+    assert payments.refunds == [late]
+    order = await app.get_order(other)
+    assert (order.refunded, order.charge_recheck_at) == (True, None)
+
+
+async def _cancelled_in_doubt(app: OrdersApplication, count: int) -> list[str]:
+    cancelled = []
+    for n in range(count):
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command(PROCESSOR_DOWN), key=f"place-{n}")
+        cancelled.append(caught.value.metadata["order_id"])
+    return cancelled
+
+
+async def test_payments_down_stops_the_recheck_pass_and_leaves_every_order_due(
+    clocked: Clocked, payments: FakePayments
+) -> None:
+    app = clocked.app()
+    cancelled = await _cancelled_in_doubt(app, 2)
+    due = [(await app.get_order(o)).charge_recheck_at for o in cancelled]
+    payments.down = True
+    clocked.clock.ahead = timedelta(seconds=11)
+    listed = payments.list_calls
+    assert await app.recheck_charges() == 2
+    # The first order's question failed for payments as a whole: the second is not asked about.
+    assert payments.list_calls == listed + 1
+    assert [(await app.get_order(o)).charge_recheck_at for o in cancelled] == due
+
+
+async def test_a_recheck_payments_cannot_answer_for_one_order_is_put_off_longer_each_time_up_to_a_limit(
+    clocked: Clocked, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = clocked.app()
+    (order_id,) = await _cancelled_in_doubt(app, 1)
+    asked: list[str] = []
+
+    async def state_unknown(order_id: str) -> list[Any]:
+        asked.append(order_id)
+        raise errors.Unavailable("payments answered a state this release does not know", reason="PAYMENT_UNAVAILABLE")
+
+    monkeypatch.setattr(payments, "payments_for", state_unknown)
+
+    async def put_off_at(seconds_ahead: float) -> timedelta:
+        clocked.clock.ahead = timedelta(seconds=seconds_ahead)
+        assert await app.recheck_charges() == 1
+        order = await app.get_order(order_id)
+        assert order.charge_recheck_at is not None
+        return order.charge_recheck_at - clocked.clock()
+
+    assert timedelta(seconds=1) < await put_off_at(11) <= timedelta(seconds=6)
+    # Not due again at once: the next pass leaves it alone.
+    assert await app.recheck_charges() == 0
+    assert timedelta(seconds=59) < await put_off_at(1000) <= timedelta(seconds=60)
+    assert len(asked) == 2
+    order = await app.get_order(order_id)
+    assert (order.state, order.refunded) == (OrderState.CANCELLED, False)

@@ -1,0 +1,150 @@
+"""The checkout saga from PlaceOrder's first call, with the real orders database and fakes of inventory and
+payments: a checkout confirms, charged once, its stock committed; a declined card, too little stock or
+payments away cancel it before the pivot (the charge) with nothing charged and the stock given back; what
+the answer names; and the customer's orders read back a page at a time.
+
+Each test states an end-to-end invariant of the saga: what is charged, what stock is held, which event
+is in the outbox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shopmesh.orders.v1 import events_pb2
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
+from shopmesh_chassis import errors
+from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.clients import PaymentsClient
+from shopmesh_orders.domain.model import CancelCode, OrderState
+from shopmesh_orders.domain.validation import CartLine
+from shopmesh_orders.saga import SagaDriver
+from shopmesh_orders.settings import OrdersSettings
+
+from .conftest import FakeCatalog, FakeInventory, FakePayments
+from .saga_kit import DECLINED, GOOD, PROCESSOR_DOWN, command, events, place
+
+PAYMENTS_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
+
+
+async def test_successful_checkout_confirms_charges_once_and_commits_stock(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    order_id = await place(app, command())
+    order = await app.get_order(order_id)
+    assert order.state is OrderState.CONFIRMED
+    assert order.total_minor == 2500
+    assert payments.captured() == 1
+    assert inventory.on_hand["prod_a"] == 3
+    assert inventory.reserved("prod_a") == 0
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_confirmed"
+    event = events_pb2.OrderConfirmed.FromString(payload)
+    assert (event.order_id, event.total.amount_minor, event.email) == (order_id, 2500, "ada@example.com")
+
+
+async def test_declined_card_cancels_and_gives_the_stock_back(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(DECLINED))
+    assert caught.value.reason == "CARD_DECLINED"
+    order = await app.get_order(caught.value.metadata["order_id"])
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CARD_DECLINED)
+    assert payments.captured() == 0
+    assert inventory.reserved("prod_a") == 0
+    assert inventory.on_hand["prod_a"] == 5
+    [(subject, payload)] = await events(database)
+    assert subject == "orders.v1.order_cancelled"
+    assert not events_pb2.OrderCancelled.FromString(payload).refunded
+
+
+async def test_insufficient_stock_cancels_without_charging(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(GOOD, CartLine("prod_b", 2)))
+    assert caught.value.reason == "INSUFFICIENT_STOCK"
+    assert payments.charge_calls == 0
+    assert "release" not in inventory.calls
+
+
+async def test_payments_unavailable_is_retried_then_compensated(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(PROCESSOR_DOWN))
+    assert caught.value.reason == "PAYMENT_UNAVAILABLE"
+    assert payments.charge_calls == settings.step_attempts
+    assert payments.captured() == 0
+    assert inventory.reserved("prod_a") == 0
+
+
+class ProcessorAwayOnce(payments_pb2_grpc.PaymentsServiceServicer):
+    """Payments over a real socket whose processor is away for the first Charge (UNAVAILABLE with RetryInfo, as
+    payments answers, here 60 s) and back for the next, which captures."""
+
+    def __init__(self) -> None:
+        self.charges = 0
+
+    async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> payments_pb2.ChargeResponse:
+        self.charges += 1
+        if self.charges == 1:
+            raise errors.Unavailable(
+                "the processor is unavailable", reason="PROCESSOR_UNAVAILABLE", retry_after_seconds=60
+            )
+        payment = payments_pb2.Payment(id="pay_1", order_id=request.order_id, state=payments_pb2.PAYMENT_STATE_CAPTURED)
+        return payments_pb2.ChargeResponse(payment=payment)
+
+
+async def test_a_charge_payments_told_a_short_step_deadline_not_to_retry_is_sent_again_and_confirms(
+    database: Database, catalog: FakeCatalog, inventory: FakeInventory, settings: OrdersSettings
+) -> None:
+    """Payments' 60 s wait does not fit the charge's 5 s deadline, so its chassis answers with gRPC's "do not
+    retry" for that call: a transient answer, not a final one, and the saga sends the charge again with a fresh
+    deadline, which captures (taken as final, the order was cancelled PAYMENT_UNAVAILABLE after one call). The
+    wait is far past the deadline, not just past it, so that a loaded machine cannot stall the first charge
+    into DEADLINE_EXCEEDED (CHARGE_IN_DOUBT) before its answer."""
+    servicer = ProcessorAwayOnce()
+    binding = ServiceBinding(PAYMENTS_SERVICE, servicer, payments_pb2_grpc.add_PaymentsServiceServicer_to_server)
+    async with (
+        serve_in_process(settings, [binding]) as server,
+        ResilientChannel(server.address, [PAYMENTS_SERVICE], ClientOptions(breaker=None, caller="orders")) as channel,
+    ):
+        payments = PaymentsClient(channel.channel, timeout=5, unknown_state_wait=settings.recovery_interval_seconds)
+        app = OrdersApplication(database, catalog, SagaDriver(database, inventory, payments, settings))
+        order = await app.get_order(await place(app, command()))
+    assert (order.state, servicer.charges, inventory.on_hand["prod_a"]) == (OrderState.CONFIRMED, 2, 3)
+
+
+async def test_unknown_product_records_no_order(app: OrdersApplication, database: Database) -> None:
+    with pytest.raises(errors.NotFound) as caught:
+        await place(app, command(GOOD, CartLine("prod_zzz", 1)))
+    assert caught.value.reason == "PRODUCT_NOT_FOUND"
+    assert await app.list_orders("usr_1", 10, "") == ([], "")
+
+
+async def test_list_orders_pages_newest_first(app: OrdersApplication) -> None:
+    ids = [await place(app, command(GOOD, CartLine("prod_a", 1)), key=f"k{i}") for i in range(3)]
+    first, token = await app.list_orders("usr_1", 2, "")
+    second, last = await app.list_orders("usr_1", 2, token)
+    assert [o.id for o in first + second] == list(reversed(ids))
+    assert last == ""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await app.list_orders("usr_2", 2, token)
+    assert caught.value.reason == "INVALID_PAGE_TOKEN"
+
+
+async def test_insufficient_stock_names_the_products_as_the_contract_says(app: OrdersApplication) -> None:
+    """Review finding: orders.proto (PlaceOrder) promises FAILED_PRECONDITION INSUFFICIENT_STOCK with
+    metadata "product_ids" (and inventory now sends short_count beside it), but _outcome answers only
+    {"order_id"}: the client cannot tell which items to remove."""
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command(GOOD, CartLine("prod_b", 2)))
+    assert caught.value.reason == "INSUFFICIENT_STOCK"
+    assert caught.value.metadata.get("product_ids") == "prod_b", caught.value.metadata

@@ -1,0 +1,244 @@
+"""The lease that keeps one driver per order: a held order cannot be taken, a driver whose lease another took
+over reports that driver's outcome, and a driver renews its lease across slow remote calls (retrying a
+reserve, compensating, rechecking a charge) so that the recovery loop does not drive the same order beside it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shopmesh_chassis import errors
+from shopmesh_chassis.db import Database
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.model import CancelCode, OrderState, SagaStep
+from shopmesh_orders.domain.validation import CartLine
+from shopmesh_orders.saga import LeaseHeld, SagaDriver
+from shopmesh_orders.settings import OrdersSettings
+from shopmesh_orders.store.repository import OrderRepository
+
+from .conftest import FakeCatalog, FakeInventory, FakePayments
+from .saga_kit import CancelledInDoubt, Clocked, _crash_at, _late_capture, command, place
+
+
+async def test_a_second_driver_cannot_take_a_held_order(
+    app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory
+) -> None:
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id = caught.value.metadata["order_id"]
+    owner = saga.new_lease_owner()
+    assert await saga._claim(order_id, owner)
+    with pytest.raises(LeaseHeld):
+        await saga.drive(order_id, None)
+
+
+async def test_a_driver_whose_lease_was_taken_over_reports_the_other_drivers_outcome(
+    app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory, payments: FakePayments, database: Database
+) -> None:
+    original_reserve = inventory.reserve
+
+    async def slow_reserve(order_id: str, items: object, ttl_seconds: float) -> str:
+        # While this step is slow, the lease runs out and the recovery loop drives the order itself.
+        inventory.reserve = original_reserve  # type: ignore[method-assign]
+        async with database.transaction() as session:
+            await OrderRepository(session).release(order_id, "expired")
+            from sqlalchemy import update
+
+            from shopmesh_orders.store.tables import orders
+
+            await session.execute(
+                update(orders).where(orders.c.id == order_id).values(lease_until=None, lease_owner=None)
+            )
+        await app.resume_unfinished()
+        return await original_reserve(order_id, items, ttl_seconds)  # type: ignore[arg-type]
+
+    inventory.reserve = slow_reserve  # type: ignore[method-assign]
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    # The recovery driver had no card: it cancelled and released; the caller is told so, not ABORTED (and
+    # not PAYMENT_UNAVAILABLE: no charge was ever sent).
+    assert caught.value.reason == "CHECKOUT_INTERRUPTED"
+    assert payments.captured() == 0
+    assert inventory.reserved("prod_a") == 0
+
+
+class HeldClock:
+    """The saga's and recovery's clock, standing still until the test moves it: a lease runs out when the
+    test says, never because the machine was slow."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class HungInventory:
+    """Inventory whose first `slow_calls` Reserve calls each end at their deadline, `latency` on `clock`, and
+    then fail UNAVAILABLE (a hung inventory); the last of them stays in flight from `in_last_slow_call` until
+    the test sets `let_it_end`. Later calls are answered at once."""
+
+    inner: FakeInventory
+    clock: HeldClock
+    latency: timedelta
+    slow_calls: int
+    reserve_calls: int = 0
+    in_last_slow_call: asyncio.Event = field(default_factory=asyncio.Event)
+    let_it_end: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def reserve(self, order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+        self.reserve_calls += 1
+        if self.reserve_calls <= self.slow_calls:
+            self.clock.now += self.latency
+            if self.reserve_calls == self.slow_calls:
+                self.in_last_slow_call.set()
+                await self.let_it_end.wait()
+            raise errors.Unavailable("inventory did not answer in time")
+        return await self.inner.reserve(order_id, items, ttl_seconds)
+
+    async def commit(self, reservation_id: str) -> None:
+        await self.inner.commit(reservation_id)
+
+    async def release(self, reservation_id: str) -> None:
+        await self.inner.release(reservation_id)
+
+
+async def test_a_place_order_driver_retrying_a_slow_reserve_keeps_its_order_from_the_recovery_loop(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+) -> None:
+    # As deployed: each Reserve attempt ends within the lease (step timeout 5 s < lease 10 s), but a step's
+    # attempts together (3 x 5 s plus backoff) outlast it. Here a lease of 8 s: the second attempt ends at
+    # 10 s, past the lease the driver started with, within the one it renews before that attempt.
+    settings = settings.model_copy(update={"saga_lease_seconds": 8.0, "step_timeout_seconds": 5.0, "step_attempts": 3})
+    assert settings.saga_lease_seconds >= settings.lease_needed_seconds
+    clock = HeldClock()
+    hung = HungInventory(inventory, clock, latency=timedelta(seconds=5), slow_calls=2)
+    app = OrdersApplication(database, catalog, SagaDriver(database, hung, payments, settings, clock=clock), clock=clock)
+    placing = asyncio.create_task(place(app, command()))
+    # The recovery loop's periodic pass comes by while the driver holding the card retries the reserve.
+    waiting = asyncio.create_task(hung.in_last_slow_call.wait())
+    await asyncio.wait([placing, waiting], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    assert hung.in_last_slow_call.is_set(), f"the driver never retried the reserve: {placing}"
+    await app.resume_unfinished()
+    hung.let_it_end.set()
+    order_id = await asyncio.wait_for(placing, 30)
+    order = await app.get_order(order_id)
+    # The customer's driver held the card and payments was up: the order should have been charged.
+    assert (order.state, order.cancel_code) == (OrderState.CONFIRMED, None)
+    assert payments.captured() == 1
+
+
+async def test_compensation_renews_the_lease_before_each_of_its_remote_calls(
+    app: OrdersApplication,
+    saga: SagaDriver,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compensation lists payments, refunds, reserves and releases with no step saved between the calls:
+    without a renewal before each, two slow calls (2 x STEP_TIMEOUT_SECONDS) outlasted the lease, and the
+    recovery loop compensated the same order beside its driver."""
+    order_id = await place(app, command())
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    await _crash_at(
+        database,
+        order_id,
+        SagaStep.COMPENSATE,
+        reservation_id="",
+        reserve_attempted=True,
+        charge_attempted_at=long_ago,
+        cancel_code=CancelCode.PAYMENT_UNAVAILABLE,
+        cancel_message="Payment could not be processed right now; nothing was charged.",
+    )
+    timeline: list[str] = []
+    keep_lease = saga._keep_lease
+
+    async def renewing(order_id: str, owner: str) -> None:
+        timeline.append("renew")
+        await keep_lease(order_id, owner)
+
+    monkeypatch.setattr(saga, "_keep_lease", renewing)
+    remote: list[tuple[object, str]] = [(payments, "payments_for"), (payments, "refund")]
+    for fake, name in [*remote, (inventory, "reserve"), (inventory, "release")]:
+        call = getattr(fake, name)
+
+        async def recorded(*args: object, _call: Callable[..., Any] = call, _name: str = name) -> Any:
+            timeline.append(_name)
+            return await _call(*args)
+
+        monkeypatch.setattr(fake, name, recorded)
+    order = await saga.drive(order_id, None)
+    assert (order.state, order.refunded) == (OrderState.CANCELLED, True)
+    calls = [i for i, entry in enumerate(timeline) if entry != "renew"]
+    assert [timeline[i] for i in calls] == ["payments_for", "refund", "reserve", "release"]
+    assert all(timeline[i - 1] == "renew" for i in calls), timeline
+
+
+async def test_a_recheck_keeps_its_lease_across_its_remote_calls(
+    cancelled_in_doubt: CancelledInDoubt,
+    clocked: Clocked,
+    payments: FakePayments,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding (sibling of the compensation's renewals): recheck_charge lists payments and then
+    refunds each capture with no renewal between the calls, so two calls each within STEP_TIMEOUT_SECONDS
+    outlast a lease that covers one (lease_needed_seconds), and another replica's recovery pass takes the
+    order over and refunds and reports the same late capture again."""
+    order_id, clock = cancelled_in_doubt.order_id, cancelled_in_doubt.clock
+    settings = clocked.settings.model_copy(update={"step_timeout_seconds": 5.0, "saga_lease_seconds": 6.0})
+    assert settings.saga_lease_seconds >= settings.lease_needed_seconds
+    reported: dict[str, list[str]] = {"first": [], "other": []}
+
+    def build(name: str) -> OrdersApplication:
+        saga = SagaDriver(
+            clocked.database,
+            clocked.inventory,
+            payments,
+            settings,
+            on_late_refund=lambda order: reported[name].append(order.id),
+            clock=clock,
+        )
+        return OrdersApplication(clocked.database, clocked.catalog, saga, clock=clock)
+
+    first, other = build("first"), build("other")
+    await _late_capture(payments, order_id)
+    clock.ahead = timedelta(seconds=11)
+    payments_for, refund = payments.payments_for, payments.refund
+    refunding, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_list(order_id: str) -> list[Any]:
+        if not refunding.is_set():
+            clock.ahead += timedelta(seconds=4)  # within the 5 s step timeout
+        return await payments_for(order_id)
+
+    async def slow_refund(payment_id: str, reason: str, idempotency_key: str) -> None:
+        if not refunding.is_set():
+            refunding.set()
+            await release.wait()
+        await refund(payment_id, reason, idempotency_key)
+
+    monkeypatch.setattr(payments, "payments_for", slow_list)
+    monkeypatch.setattr(payments, "refund", slow_refund)
+    checking = asyncio.create_task(first.recheck_charges())
+    await refunding.wait()
+    clock.ahead += timedelta(seconds=4)  # the refund, also within the step timeout
+    try:
+        await asyncio.wait_for(other.recheck_charges(), 5)
+    finally:
+        release.set()
+        await checking
+    assert payments.refund_calls == 1, "another driver refunded the order while its driver was refunding it"
+    assert reported == {"first": [order_id], "other": []}

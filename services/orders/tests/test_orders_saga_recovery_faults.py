@@ -1,0 +1,178 @@
+"""The recovery loop meeting faults of its own: a race lost on orders' database, or the database going away,
+is one warning and the next pass resumes the order (PostgreSQL's own errors, raised through asyncpg); a bug
+is an error with its traceback, each pass, and the loop goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from shopmesh_chassis import errors
+from shopmesh_chassis.testing import eventually
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.model import OrderState
+from shopmesh_orders.store.repository import OrderRepository
+
+from .conftest import FakeInventory, FakePayments
+from .saga_kit import CancelledInDoubt, command, place
+
+_SERIALIZATION_FAILURE = text(
+    "DO $$ BEGIN RAISE EXCEPTION 'could not serialize access due to concurrent update'"
+    " USING ERRCODE = 'serialization_failure'; END $$"
+)
+
+
+async def _left_pending_while_inventory_was_down(
+    app: OrdersApplication, inventory: FakeInventory, key: str = "key-1"
+) -> str:
+    """An order placed while inventory was down: PENDING, due for the recovery loop. Its id."""
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command(), key=key)
+    inventory.down = False
+    return caught.value.metadata["order_id"]
+
+
+def _first_call_meets(monkeypatch: pytest.MonkeyPatch, method: str, statement: Any) -> list[bool]:
+    """Make OrderRepository.`method` run `statement` on its session before its first call (PostgreSQL's own
+    error through asyncpg, as the database would raise it); the list it returns is non-empty once it did."""
+    original, met = getattr(OrderRepository, method), []
+
+    async def first_call_meets_it(self: OrderRepository, *args: Any) -> bool:
+        if not met:
+            met.append(True)
+            await self._session.execute(statement)
+        result: bool = await original(self, *args)
+        return result
+
+    monkeypatch.setattr(OrderRepository, method, first_call_meets_it)
+    return met
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_race_lost_on_orders_database_while_resuming_is_a_warning_and_the_next_pass_resumes_the_order(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+    # PostgreSQL's own serialization_failure (SQLSTATE 40001), as a lost race raises it.
+    raced = _first_call_meets(monkeypatch, "claim", _SERIALIZATION_FAILURE)
+    assert await app.resume_unfinished() == 1
+    assert raced
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and order_id in r.getMessage()]
+    assert "concurrent update" in warned.getMessage()
+    assert warned.exc_info is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    # Still due: the next pass resumes it.
+    assert (await app.get_order(order_id)).state is OrderState.PENDING
+    assert await app.resume_unfinished() == 1
+    assert (await app.get_order(order_id)).state is OrderState.CANCELLED
+
+
+_TOO_MANY_CONNECTIONS = text(
+    "DO $$ BEGIN RAISE EXCEPTION 'sorry, too many clients already' USING ERRCODE = 'too_many_connections'; END $$"
+)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_orders_database_going_away_while_resuming_stops_the_pass_with_one_warning_and_the_next_resumes(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other orders due would fare no better: one warning, no traceback per order, and all stay due."""
+    order_ids = [await _left_pending_while_inventory_was_down(app, inventory, key) for key in ("away-1", "away-2")]
+    # PostgreSQL's own refusal (SQLSTATE 53300), as a database out of connections answers.
+    _first_call_meets(monkeypatch, "claim", _TOO_MANY_CONNECTIONS)
+    assert await app.resume_unfinished() == 2
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and "database is unavailable" in r.getMessage()]
+    assert warned.exc_info is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [(await app.get_order(i)).state for i in order_ids] == [OrderState.PENDING] * 2, "the pass stopped"
+    assert await app.resume_unfinished() == 2
+    assert [(await app.get_order(i)).state for i in order_ids] == [OrderState.CANCELLED] * 2
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_and_the_loop_goes_on(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The query of the orders due fails before any order is reached: it was swallowed unseen."""
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+    away = _first_call_meets(monkeypatch, "unfinished", _TOO_MANY_CONNECTIONS)
+    recovery = asyncio.create_task(app.run_recovery(0.01))
+    try:
+
+        async def cancelled() -> bool:
+            return (await app.get_order(order_id)).state is OrderState.CANCELLED
+
+        # Resumed by a later pass: the loop outlived the failed one.
+        await eventually(cancelled, f"{order_id} resumed after the database came back")
+        assert not recovery.done()
+    finally:
+        recovery.cancel()
+    assert away
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and "database is unavailable" in r.getMessage()]
+    assert "resume_unfinished" in warned.getMessage()
+    assert warned.exc_info is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_its_traceback_each_pass_and_the_loop_goes_on(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+    calls: list[bool] = []
+
+    async def query_has_a_bug(self: OrderRepository, *args: Any) -> list[str]:
+        calls.append(True)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OrderRepository, "charges_to_recheck", query_has_a_bug)
+    recovery = asyncio.create_task(app.run_recovery(0.01))
+    try:
+        # Each pass meets it again after its resumptions: the loop keeps going past the failure.
+        await eventually(lambda: len(calls) >= 3, "three passes reaching the charge recheck")
+        assert not recovery.done()
+    finally:
+        recovery.cancel()
+    assert (await app.get_order(order_id)).state is OrderState.CANCELLED
+    failed = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(failed) >= 2
+    assert all("recheck_charges" in r.getMessage() and r.exc_info is not None for r in failed)
+    assert all(isinstance(r.exc_info[1], RuntimeError) for r in failed if r.exc_info)
+
+
+async def test_a_fault_that_is_no_race_while_resuming_is_still_an_error_with_its_traceback(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+
+    async def claim_has_a_bug(self: OrderRepository, *args: Any) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OrderRepository, "claim", claim_has_a_bug)
+    assert await app.resume_unfinished() == 1
+    [failed] = [r for r in caplog.records if r.levelname == "ERROR" and order_id in r.getMessage()]
+    assert failed.exc_info is not None
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_race_lost_on_orders_database_while_rechecking_a_charge_is_a_warning_and_the_next_pass_checks_it(
+    cancelled_in_doubt: CancelledInDoubt,
+    payments: FakePayments,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    clock.ahead = timedelta(seconds=11)
+    raced = _first_call_meets(monkeypatch, "claim_recheck", _SERIALIZATION_FAILURE)
+    assert await app.recheck_charges() == 1
+    assert raced
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and order_id in r.getMessage()]
+    assert "concurrent update" in warned.getMessage()
+    assert warned.exc_info is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert await app.recheck_charges() == 1
+    assert (await app.get_order(order_id)).charge_recheck_at is None
