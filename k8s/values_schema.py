@@ -211,6 +211,12 @@ LIBRARY: dict[str, Schema] = {
     "httpApi": strict(enabled=BOOLEAN, image=STRING, port=INTEGER, resources=RESOURCES),
     "ingress": strict(http=ROUTE, grpc=ROUTE, traces=BOOLEAN),
     "alerts": list_of(ALERT),
+    # The SLOs of the service's API and their burn-rate alerts (_monitoring.tpl; the gateway's chart).
+    "slo": strict(
+        enabled=BOOLEAN,
+        availability=strict(objective=NUMBER),
+        latency=strict(objective=NUMBER, thresholdSeconds=NUMBER),
+    ),
     "env": map_of({"type": ["string", "number", "boolean"]}, "service-specific settings, as environment variables"),
     **SHARED,
 }

@@ -53,6 +53,9 @@ PROXY_METRICS = {
 SCRAPERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 # Alerts a service chart adds of its own (helm/<service>/values.yaml `alerts:`).
 OWN_ALERTS = {"notifications": {"ShopmeshEmailsFailed"}, "orders": {"ShopmeshCheckoutsCancelledByOutages"}}
+# The burn-rate alerts on the SLOs of the public API (helm/gateway/values.yaml `slo:`; tests/k8s/test_slo.py).
+SLO_ALERTS = {"ShopmeshErrorBudgetBurnFast", "ShopmeshErrorBudgetBurnSlow"}
+SLO_SERVICES = {"gateway"}
 # Series Prometheus itself adds for every target.
 SYNTHETIC = {"up"}
 # Labels a ServiceMonitor scrape puts on every series of a target (the Service, its endpoint and pod, and
@@ -78,6 +81,8 @@ def expected_alerts(name: str) -> set[str]:
         alerts.add("ShopmeshCircuitOpen")
     if is_edge(name):
         alerts.add("ShopmeshHttpApiErrors")
+    if name in SLO_SERVICES:
+        alerts |= SLO_ALERTS
     return alerts | OWN_ALERTS.get(name, set())
 
 
@@ -125,6 +130,13 @@ def label_problems(expr: str, exported: dict[str, frozenset[str]], result_labels
     selects nothing, or everything), a `by` on one its operand lacks (all series summed into one), and
     `result_labels` (a legend's, an annotation's) the result lacks (rendered empty). Follows the labels
     each part of the expression keeps, as Prometheus does."""
+    result, problems = labels_kept(expr, exported)
+    problems.extend(f"the result has no label {label}" for label in sorted(result_labels - result))
+    return problems
+
+
+def labels_kept(expr: str, exported: dict[str, frozenset[str]]) -> tuple[frozenset[str], list[str]]:
+    """The labels the result of `expr` keeps, and where it names a label its series do not carry."""
     problems: list[str] = []
 
     def labels_of(node: Any) -> frozenset[str]:
@@ -156,14 +168,30 @@ def label_problems(expr: str, exported: dict[str, frozenset[str]], result_labels
             return labels_of(node.expr)
         return frozenset()
 
-    result = labels_of(promql_parser.parse(expr))
-    problems.extend(f"the result has no label {label}" for label in sorted(result_labels - result))
-    return problems
+    return labels_of(promql_parser.parse(expr)), problems
 
 
 def alerts_of(docs: Docs, name: str) -> list[dict[str, Any]]:
     rule = find(docs, "PrometheusRule", name)
-    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    return [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
+
+
+def records_of(docs: Docs, name: str) -> list[dict[str, Any]]:
+    """The service's recording rules (the gateway's SLOs: their error ratios and objectives)."""
+    rule = find(docs, "PrometheusRule", name)
+    return [r for group in rule["spec"]["groups"] for r in group["rules"] if "record" in r]
+
+
+def recorded_metric_labels(rendered: dict[tuple[str, str], Docs]) -> dict[str, frozenset[str]]:
+    """The series the services' recording rules make, each with its labels (what its expression keeps, and
+    the rule's own): alerts and panels read them as they read exported series."""
+    exported = exported_metric_labels()
+    found: dict[str, frozenset[str]] = {}
+    for name in SERVICES:
+        for record in records_of(rendered[MONITORING, name], name):
+            kept, _problems = labels_kept(record["expr"], exported)
+            found[record["record"]] = found.get(record["record"], frozenset()) | kept | set(record.get("labels", {}))
+    return found
 
 
 def matchers_of(selector: promql_parser.VectorSelector) -> set[tuple[str, str, str]]:
@@ -233,22 +261,30 @@ def test_every_alert_has_its_section_in_the_runbook(rendered: dict[tuple[str, st
 
 
 def test_every_alert_selects_its_own_services_series_by_exported_names(rendered: dict[tuple[str, str], Docs]) -> None:
+    """Exported by a service, or recorded by its own rules (from its own series, checked as the alerts are)."""
     exported = exported_metric_names() | SYNTHETIC
     problems = []
     for name in SERVICES:
-        for alert in alerts_of(rendered[MONITORING, name], name):
+        docs = rendered[MONITORING, name]
+        recorded = {record["record"] for record in records_of(docs, name)}
+        for alert in alerts_of(docs, name) + records_of(docs, name):
+            rule = alert.get("alert") or alert["record"]
+            # An SLO's objective is a constant: its series has the service's labels from the rule.
+            if alert.get("labels", {}).keys() >= {"job", "namespace"} and not selectors(alert["expr"]):
+                assert (alert["labels"]["job"], alert["labels"]["namespace"]) == (name, render.NAMESPACE)
+                continue
             try:
                 found = selectors(alert["expr"])
             except ValueError as exc:
-                problems.append(f"{name} {alert['alert']}: not PromQL: {exc}")
+                problems.append(f"{name} {rule}: not PromQL: {exc}")
                 continue
             assert found, alert["expr"]
             for selector in found:
-                if selector.name not in exported:
-                    problems.append(f"{name} {alert['alert']}: no service exports {selector.name}")
+                if selector.name not in exported | (recorded if "alert" in alert else set()):
+                    problems.append(f"{name} {rule}: no service exports {selector.name}")
                 wanted = {("job", str(EQUAL), name), ("namespace", str(EQUAL), render.NAMESPACE)}
                 if not wanted <= matchers_of(selector):
-                    problems.append(f"{name} {alert['alert']}: {selector.name} is not limited to {name}'s series")
+                    problems.append(f"{name} {rule}: {selector.name} is not limited to {name}'s series")
     assert not problems, "\n".join(problems)
 
 
@@ -290,8 +326,10 @@ def test_the_umbrella_ships_the_dashboard_as_generated(rendered: dict[tuple[str,
     assert {v["name"] for v in shipped["templating"]["list"]} == {"datasource", "namespace", "service"}
 
 
-def test_every_dashboard_query_names_exported_metrics_of_the_chosen_services() -> None:
-    exported = exported_metric_names()
+def test_every_dashboard_query_names_exported_metrics_of_the_chosen_services(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    exported = exported_metric_names() | set(recorded_metric_labels(rendered))
     problems = []
     queries = dashboards.queries()
     for query in queries:
@@ -359,7 +397,7 @@ def test_promtool_check_sees_a_broken_annotation_template(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path
 ) -> None:
     groups = rule_groups(rendered, "gateway")
-    [alert] = [a for group in groups for a in group["rules"] if a["alert"] == "ShopmeshCircuitOpen"]
+    [alert] = [a for group in groups for a in group["rules"] if a.get("alert") == "ShopmeshCircuitOpen"]
     alert["annotations"]["description"] = "The breaker in front of {{ $labels.dependency }'s method is open"
     # The label check reads the annotation's $labels.dependency and finds nothing wrong.
     shown = set(ANNOTATION_LABEL.findall(json.dumps(alert["annotations"])))
@@ -646,7 +684,7 @@ def test_emails_failed_sees_the_first_failed_email() -> None:
 def test_every_label_a_dashboard_or_an_alert_names_is_on_its_series(rendered: dict[tuple[str, str], Docs]) -> None:
     """A label the series lack fails quietly: a matcher on it selects nothing (a panel flat at zero, an alert
     that never fires), a `by` on it sums every series into one, a legend or annotation shows it empty."""
-    exported = exported_metric_labels()
+    exported = exported_metric_labels() | recorded_metric_labels(rendered)
     problems = []
     for title, query, legend in dashboards.panel_queries():
         found = label_problems(query.replace("$__rate_interval", "5m"), exported, set(LEGEND_LABEL.findall(legend)))

@@ -422,7 +422,35 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
     "latencyP99Seconds" (dig "latencyP99Seconds" 1 $mon)
     "consumerBacklog" (dig "consumerBacklog" 1000 $mon)
     "runbookUrl" (dig "runbookUrl" "https://github.com/shopmesh/shopmesh/blob/main/docs/operations.md" $mon)
-    "alerts" (dig "alerts" list $v)) -}}
+    "alerts" (dig "alerts" list $v)
+    "slo" (dict
+      "enabled" (dig "slo" "enabled" false $v)
+      "availability" (float64 (dig "slo" "availability" "objective" 0.999 $v))
+      "latency" (float64 (dig "slo" "latency" "objective" 0.99 $v))
+      "thresholdSeconds" (float64 (dig "slo" "latency" "thresholdSeconds" 0.25 $v)))) -}}
+{{- /* The SLOs of the service's API (_monitoring.tpl, "shopmesh-lib.slo"), checked whether or not monitoring is
+     on, so that a values file that would not render with it does not wait for the day it is turned on. */ -}}
+{{- if $c.monitoring.slo.enabled -}}
+{{- range $key := list "availability" "latency" -}}
+{{- $objective := get $c.monitoring.slo $key -}}
+{{- if or (le $objective 0.0) (ge $objective 1.0) -}}
+{{- fail (printf "slo.%s.objective (%v) for %s: the share of calls that must meet the SLO over 30 days, above 0 and below 1 (0.999 is 99.9 %%)" $key $objective $name) -}}
+{{- end -}}
+{{- end -}}
+{{- $bounds := splitList " " (include "shopmesh-lib.latencyBuckets" .) -}}
+{{- $threshold := $c.monitoring.slo.thresholdSeconds -}}
+{{- $bucket := "" -}}
+{{- range $bounds -}}
+{{- if eq (float64 .) $threshold -}}
+{{- $bucket = . -}}
+{{- end -}}
+{{- end -}}
+{{- if not $bucket -}}
+{{- fail (printf "slo.latency.thresholdSeconds (%v) for %s is not one of grpc_server_handling_seconds' bucket bounds (%s seconds): the latency SLO counts the calls answered within the threshold from the histogram's bucket of that bound, and between two bounds there is none. Choose one of those" $threshold $name (join ", " $bounds)) -}}
+{{- end -}}
+{{- /* The bucket's `le` as the service exports it (prometheus-client writes 1.0, not 1). */ -}}
+{{- $_ := set $c.monitoring.slo "bucket" $bucket -}}
+{{- end -}}
 {{- /* As text here: a number in this config becomes a float64 (shopmesh-lib.string), and the service would
      not parse 2592000 back from "2.592e+06". */ -}}
 {{- $env := dict -}}

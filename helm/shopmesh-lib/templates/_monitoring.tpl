@@ -101,10 +101,119 @@ spec:
     runbook_url: {{ printf "%s#%s" $c.monitoring.runbookUrl (lower .rule.alert) | quote }}
 {{- end -}}
 
+{{/*
+The gRPC status codes that are the server's failures, as a PromQL regular expression: ShopmeshServerErrors
+and the availability SLO count these, and no others (client mistakes such as INVALID_ARGUMENT or NOT_FOUND
+never burn anything). Kept here once for both.
+*/}}
+{{- define "shopmesh-lib.serverErrorCodes" -}}
+UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED
+{{- end -}}
+
+{{/*
+The bucket bounds of grpc_server_handling_seconds, as the chassis exports them in `le` (LATENCY_BUCKETS in
+libs/chassis/src/shopmesh_chassis/metrics.py; tests/k8s/test_slo.py keeps the two equal). The latency SLO's
+threshold must be one of them: a share of calls answered within it is read from that bucket alone.
+*/}}
+{{- define "shopmesh-lib.latencyBuckets" -}}
+0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1.0 2.5 5.0 10.0
+{{- end -}}
+
+{{/*
+SLOs of the service's API (the gRPC services it serves, service.grpcServices: health checks and reflection
+are not its API), with `slo.enabled` (the gateway's chart: its public API, which the http-api container's
+HTTP/JSON and gRPC-Web calls reach as gRPC calls too), over 30 days:
+  availability: the share of calls not answered with a server-side status (shopmesh-lib.serverErrorCodes);
+  latency: the share of calls answered within slo.latency.thresholdSeconds (a bucket bound of the histogram).
+Recording rules give each SLO's error ratio (the share of calls that missed it) over the windows the alerts
+read, and its objective; the alerts are the Google SRE workbook's multiwindow, multi-burn-rate alerts
+(https://sre.google/workbook/alerting-on-slos/, "6: Multiwindow, Multi-Burn-Rate Alerts", the configuration
+it recommends for a 30-day SLO): a page when the budget burns 14.4 times as fast as it can last over 1 hour
+and 5 minutes (2 % of it gone in the hour), or 6 times over 6 hours and 30 minutes (5 % in 6 hours); a
+ticket at 3 times over 1 day and 2 hours (10 % in the day), or once over 3 days and 6 hours (10 % in 3 days).
+The long window says enough budget went to matter; the short one that it is still going, so an alert
+resolves minutes after the burn stops instead of an hour or days later. The factors are fractions of a
+30-day budget: the period is not a setting.
+A window without calls has no error ratio (not 0/0, NaN): nothing fires for a service nobody calls.
+*/}}
+{{- define "shopmesh-lib.slo" -}}
+{{- $c := .c -}}
+{{- $slo := $c.monitoring.slo -}}
+{{- $api := printf "__selector__, grpc_service=%q" (first $c.grpcServices) -}}
+{{- if gt (len $c.grpcServices) 1 -}}
+{{- $services := list -}}
+{{- range $c.grpcServices -}}
+{{- $services = append $services (regexQuoteMeta .) -}}
+{{- end -}}
+{{- $api = printf "__selector__, grpc_service=~%q" (join "|" $services) -}}
+{{- end -}}
+{{- $by := "sum by (job, namespace)" -}}
+{{- $record := "job:shopmesh_slo_errors:ratio_rate" -}}
+{{- $objectives := dict "availability" $slo.availability "latency" $slo.latency -}}
+{{- $conditions := list
+  (dict "severity" "critical" "long" "1h" "short" "5m" "factor" 14.4)
+  (dict "severity" "critical" "long" "6h" "short" "30m" "factor" 6)
+  (dict "severity" "warning" "long" "1d" "short" "2h" "factor" 3)
+  (dict "severity" "warning" "long" "3d" "short" "6h" "factor" 1) -}}
+{{- $selector := printf "job=%q, namespace=%q" $c.name $c.namespace -}}
+- name: shopmesh-{{ $c.name }}-slo
+  rules:
+  {{- range $name, $objective := $objectives }}
+    - record: job:shopmesh_slo_objective:ratio
+      expr: {{ printf "vector(%v)" $objective | quote }}
+      labels:
+        job: {{ $c.name }}
+        namespace: {{ $c.namespace }}
+        slo: {{ $name }}
+  {{- end }}
+  {{- range $window := list "5m" "30m" "1h" "2h" "6h" "1d" "3d" }}
+    {{- $calls := printf "%s (rate(grpc_server_handled_total{%s}[%s]))" $by $api $window }}
+    {{- $failed := printf "%s (rate(grpc_server_handled_total{%s, grpc_code=~%q}[%s]))" $by $api (include "shopmesh-lib.serverErrorCodes" $) $window }}
+    {{- $timed := printf "%s (rate(grpc_server_handling_seconds_count{%s}[%s]))" $by $api $window }}
+    {{- $fast := printf "%s (rate(grpc_server_handling_seconds_bucket{%s, le=%q}[%s]))" $by $api $slo.bucket $window }}
+    {{- /* With calls but no failed one yet, the failed codes have no series at all (a child is made on first
+         use): 0 then, not nothing. Without calls, the `> 0` leaves no denominator, and no ratio. */}}
+    {{- $ratios := dict
+      "availability" (printf "(%s or 0 * %s) / (%s > 0)" $failed $calls $calls)
+      "latency" (printf "(%s - %s) / (%s > 0)" $timed $fast $timed) }}
+    {{- range $name := list "availability" "latency" }}
+    - record: {{ $record }}
+      expr: {{ get $ratios $name | replace "__selector__" $selector | quote }}
+      labels:
+        slo: {{ $name }}
+        window: {{ $window }}
+    {{- end }}
+  {{- end }}
+  {{- range $page := list true false }}
+    {{- $burns := list }}
+    {{- range $condition := $conditions }}
+    {{- if eq $page (eq $condition.severity "critical") }}
+    {{- range $name := list "availability" "latency" }}
+    {{- $over := printf "%v * (1 - %v)" $condition.factor (get $objectives $name) }}
+    {{- $burns = append $burns (printf "(%s{__selector__, slo=%q, window=%q} > %s and ignoring (window) %s{__selector__, slo=%q, window=%q} > %s)" $record $name $condition.long $over $record $name $condition.short $over) }}
+    {{- end }}
+    {{- end }}
+    {{- end }}
+    {{- $rule := dict
+      "alert" (ternary "ShopmeshErrorBudgetBurnFast" "ShopmeshErrorBudgetBurnSlow" $page)
+      "expr" (join " or " $burns)
+      "for" "2m"
+      "severity" (ternary "critical" "warning" $page) }}
+    {{- if $page }}
+    {{- $_ := set $rule "summary" (printf "%s: an SLO's error budget is burning fast" $c.name) }}
+    {{- $_ := set $rule "description" "The {{ $labels.slo }} SLO of the API is burning its 30-day error budget too fast to wait: {{ $value | humanizePercentage }} of the calls over the last {{ $labels.window }} missed it, over 14.4 times the budget's share over 1h (2 % of the budget gone in the hour) or 6 times over 6h (5 % in 6 hours), and still so over the last 5 or 30 minutes. At 14.4 times the whole budget lasts about 2 days." }}
+    {{- else }}
+    {{- $_ := set $rule "summary" (printf "%s: an SLO's error budget is burning steadily" $c.name) }}
+    {{- $_ := set $rule "description" "The {{ $labels.slo }} SLO of the API has been burning its 30-day error budget faster than it can last: {{ $value | humanizePercentage }} of the calls over the last {{ $labels.window }} missed it, 3 times the budget's share over 1d or once over 3d (10 % of the budget gone either way), and still so over the last 2 or 6 hours. Not an emergency: find the cause within working hours, before the budget runs out." }}
+    {{- end }}
+    {{- include "shopmesh-lib.alert" (dict "c" $c "rule" $rule) | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
 {{- define "shopmesh-lib.prometheusrule" -}}
 {{- $c := .c -}}
 {{- $m := $c.monitoring -}}
-{{- $serverErrors := `UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED` -}}
+{{- $serverErrors := include "shopmesh-lib.serverErrorCodes" . -}}
 {{- $rules := list
   (dict
     "alert" "ShopmeshServiceDown"
@@ -193,4 +302,7 @@ spec:
         {{- range $rule := concat $rules $m.alerts }}
         {{- include "shopmesh-lib.alert" (dict "c" $c "rule" $rule) | nindent 8 }}
         {{- end }}
+    {{- if $m.slo.enabled }}
+    {{- include "shopmesh-lib.slo" . | nindent 4 }}
+    {{- end }}
 {{- end -}}

@@ -1,0 +1,494 @@
+"""The SLOs of the gateway's public API (helm/gateway/values.yaml `slo:`): recording rules of each SLO's error
+ratio and the Google SRE workbook's multiwindow, multi-burn-rate alerts on its 30-day error budget
+(ShopmeshErrorBudgetBurnFast pages, ShopmeshErrorBudgetBurnSlow files a ticket). Prometheus' promtool runs
+the rendered rules over days of simulated traffic, in the series the real metric objects export, and checks
+when each alert fires and when it stays silent; the chart refuses a latency threshold the histogram cannot
+count."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+from shopmesh_chassis.metrics import LATENCY_BUCKETS, ServerMetrics
+from shopmesh_chassis.server_interceptor import _SERVER_ERRORS
+from shopmesh_platform.topology import SERVICES
+
+from .k8skit import Docs, dashboards, find, objects_of, render
+from .test_monitoring import (
+    EQUAL,
+    MONITORING,
+    RE,
+    alerts_of,
+    matchers_of,
+    promtool,
+    records_of,
+    rule_groups,
+    selectors,
+)
+
+SERVICE = "gateway"
+API = "/shopmesh.gateway.v1.ShopService/GetProduct"
+# The kubelet's probes: calls to the gateway, but not to its API.
+HEALTH = "/grpc.health.v1.Health/Check"
+FAST_SECONDS = 0.01  # a call answered well within the latency threshold
+SLOW_SECONDS = 1.0  # one answered past it
+FAST, SLOW = "ShopmeshErrorBudgetBurnFast", "ShopmeshErrorBudgetBurnSlow"
+# The recorded error ratio of each SLO over each window (helm/shopmesh-lib/templates/_monitoring.tpl).
+RATIO = "job:shopmesh_slo_errors:ratio_rate"
+# Coarser than kube-prometheus-stack's 15 s scrapes and 30 s evaluations (tests/k8s/test_monitoring.py): the
+# burn-rate windows are 5 minutes to 3 days, and promtool evaluates every rule at every step of days of
+# history, which at 30 s takes minutes. A minute still puts 5 samples in the shortest window.
+SCRAPE_INTERVAL = 60
+EVALUATION_INTERVAL = 60
+MINUTE, HOUR, DAY = 60, 3600, 86400
+# A burn is judged against healthy history before it, up to the longest window (3 days). Only the long windows
+# look back that far, and promtool reads them at every evaluation: the history is scraped every 15 minutes up
+# to its last 6 hours (the 6-hour windows see every minute; the 5-minute and 30-minute ones see nothing
+# before, where no check looks).
+SPARSE_INTERVAL = 15 * MINUTE
+DENSE = 6 * HOUR
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """`seconds` of calls to the API, `calls` a second, of which the shares `failing` end with those status
+    codes and the share `slow` is answered past the latency threshold; health checks go on beside, every
+    second, all OK."""
+
+    seconds: int
+    calls: float = 100.0
+    failing: Mapping[str, float] = field(default_factory=dict)
+    slow: float = 0.0
+
+
+# An alert's state at an evaluation: the (slo, window) of each of its firing series.
+Firing = frozenset[tuple[str, str]]
+NONE: Firing = frozenset()
+
+
+@dataclass
+class Scenario:
+    name: str
+    traffic: list[Traffic]
+    # alert -> evaluation second -> what fires then (evaluations absent: not checked).
+    expected: dict[str, dict[int, Firing]]
+    # Scraped every SCRAPE_INTERVAL from this second on, every SPARSE_INTERVAL before (see HISTORY).
+    dense_from: int = 0
+    # (evaluation second, PromQL, the (slo, window, value) of each series it must give then).
+    queries: list[tuple[int, str, list[tuple[str, str, float]]]] = field(default_factory=list)
+
+    @property
+    def until(self) -> int:
+        return sum(t.seconds for t in self.traffic)
+
+
+def between(start: float, end: float, firing: Firing = NONE) -> dict[int, Firing]:
+    """Every evaluation in [start, end), firing `firing`."""
+    first = -(-int(start) // EVALUATION_INTERVAL) * EVALUATION_INTERVAL
+    return dict.fromkeys(range(first, int(end), EVALUATION_INTERVAL), firing)
+
+
+def exported_labels() -> dict[tuple[str, str, str], dict[str, str]]:
+    """(sample name, method, code or le) -> the labels the real ServerMetrics exports it with, for a call of
+    each kind to the API and a health check."""
+    metrics = ServerMetrics(CollectorRegistry())
+    for method in (API, HEALTH):
+        for code in grpc.StatusCode:
+            metrics.for_method(method).handled(code).inc()
+        metrics.for_method(method).handling.observe(FAST_SECONDS)
+    found = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            method = f"/{sample.labels.get('grpc_service')}/{sample.labels.get('grpc_method')}"
+            key = sample.labels.get("grpc_code") or sample.labels.get("le") or ""
+            found[sample.name, method, key] = dict(sample.labels)
+    return found
+
+
+# Each bucket bound as the chassis exports it in `le` (1.0, not 1).
+BUCKET_TEXT = {bound: floatToGoString(bound) for bound in [*LATENCY_BUCKETS, float("inf")]}
+
+
+def counted(traffic: list[Traffic], until: int) -> dict[tuple[str, str, str], float]:
+    """(sample name, method, code or le) -> what the gateway has counted by second `until`."""
+    counts: dict[tuple[str, str, str], float] = {}
+
+    def add(key: tuple[str, str, str], amount: float) -> None:
+        counts[key] = counts.get(key, 0.0) + amount
+
+    start = 0
+    for phase in traffic:
+        seconds = max(0, min(until, start + phase.seconds) - start)
+        start += phase.seconds
+        if not seconds:
+            continue
+        calls = phase.calls * seconds
+        failed = {code: calls * share for code, share in phase.failing.items()}
+        slow = calls * phase.slow
+        for code, amount in {"OK": calls - sum(failed.values()), **failed}.items():
+            add(("grpc_server_handled_total", API, code), amount)
+        add(("grpc_server_handling_seconds_count", API, ""), calls)
+        add(("grpc_server_handled_total", HEALTH, "OK"), seconds)
+        add(("grpc_server_handling_seconds_count", HEALTH, ""), seconds)
+        for bound in [*LATENCY_BUCKETS, float("inf")]:
+            le = BUCKET_TEXT[bound]
+            add(("grpc_server_handling_seconds_bucket", API, le), (calls - slow) * (bound >= FAST_SECONDS))
+            add(("grpc_server_handling_seconds_bucket", API, le), slow * (bound >= SLOW_SECONDS))
+            add(("grpc_server_handling_seconds_bucket", HEALTH, le), seconds * (bound >= FAST_SECONDS))
+    return {key: value for key, value in counts.items() if value}
+
+
+def scrapes(scenario: Scenario) -> dict[str, str]:
+    """Each series the rules select at every scrape, in promtool's notation, labelled as the real ServerMetrics
+    exports it (and as a scrape adds `job` and `namespace`); `_` before the series exists (prometheus-client
+    makes a status code's series at its first call) and between the sparse scrapes of the history."""
+    labels = exported_labels()
+    steps = range(0, scenario.until + 1, SCRAPE_INTERVAL)
+    values: dict[tuple[str, str, str], list[float | None]] = {}
+    for index, second in enumerate(steps):
+        if second < scenario.dense_from and second % SPARSE_INTERVAL:
+            continue
+        for key, value in counted(scenario.traffic, second).items():
+            values.setdefault(key, [None] * len(steps))[index] = value
+    result = {}
+    for key, found in values.items():
+        every = {"job": SERVICE, "namespace": render.NAMESPACE, **labels[key]}
+        series = key[0] + "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(every.items())) + "}"
+        result[series] = compressed(found)
+    return result
+
+
+def compressed(values: list[float | None]) -> str:
+    """promtool's series notation: runs of missing samples written `_xn` (n of them), runs of a constant
+    increase `a+bxn` (n + 1 values)."""
+    parts: list[str] = []
+    index = 0
+    while index < len(values):
+        end = index
+        first = values[index]
+        if first is None:
+            while end + 1 < len(values) and values[end + 1] is None:
+                end += 1
+            parts.append(f"_x{end - index + 1}")
+        else:
+            step: float | None = None
+            while end + 1 < len(values):
+                following, current = values[end + 1], values[end]
+                if following is None or current is None or (step is not None and following - current != step):
+                    break
+                step = following - current
+                end += 1
+            parts.append(f"{first!r}+{step!r}x{end - index}" if step is not None else repr(first))
+        index = end + 1
+    return " ".join(parts)
+
+
+def slo_group(rendered: dict[tuple[str, str], Docs]) -> dict[str, Any]:
+    [group] = [g for g in rule_groups(rendered, SERVICE) if g["name"] == f"shopmesh-{SERVICE}-slo"]
+    return group
+
+
+def promtool_test(rendered: dict[tuple[str, str], Docs], scenarios: list[Scenario], tmp_path: Path) -> None:
+    group = slo_group(rendered)
+    # Without the alerts' annotations: promtool compares them exactly (`promtool check rules` checks them).
+    rules = [{k: v for k, v in rule.items() if k != "annotations"} for rule in group["rules"]]
+    alerts = {rule["alert"]: rule for rule in rules if "alert" in rule}
+    tests = []
+    for scenario in scenarios:
+        assert scenario.expected, "a scenario that checks nothing"
+        assert all(scenario.expected.values()), f"{scenario.name}: an alert it checks at no evaluation"
+        checks = []
+        for name, expected in scenario.expected.items():
+            for second, firing in sorted(expected.items()):
+                assert second <= scenario.until, f"{scenario.name}: {name} checked at {second} s, after its end"
+                exp = [
+                    {
+                        "exp_labels": {
+                            **alerts[name]["labels"],
+                            "job": SERVICE,
+                            "namespace": render.NAMESPACE,
+                            "slo": slo,
+                            "window": window,
+                        }
+                    }
+                    for slo, window in sorted(firing)
+                ]
+                checks.append({"alertname": name, "eval_time": f"{second}s", "exp_alerts": exp})
+        queries = [
+            {
+                "expr": expr,
+                "eval_time": f"{second}s",
+                "exp_samples": [
+                    {
+                        "labels": f'{RATIO}{{job="{SERVICE}", namespace="{render.NAMESPACE}", slo="{slo}", '
+                        f'window="{window}"}}',
+                        "value": value,
+                    }
+                    for slo, window, value in samples
+                ],
+            }
+            for second, expr, samples in scenario.queries
+        ]
+        input_series = [{"series": s, "values": v} for s, v in scrapes(scenario).items()]
+        tests.append(
+            {
+                "name": scenario.name,
+                "interval": f"{SCRAPE_INTERVAL}s",
+                "input_series": input_series,
+                "alert_rule_test": checks,
+                "promql_expr_test": queries,
+            }
+        )
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [{**group, "rules": rules}]}, sort_keys=False))
+    test = {"rule_files": ["rules.yaml"], "evaluation_interval": f"{EVALUATION_INTERVAL}s", "tests": tests}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    result = promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    report = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 0, "\n".join(report[:60])
+
+
+def after_history(
+    name: str, history: int, burn: list[Traffic], fast: dict[int, Firing], slow: dict[int, Firing]
+) -> Scenario:
+    """`history` seconds of healthy calls, then `burn`; `fast` and `slow` say when each alert fires, in seconds
+    from the burn's start, and both must be silent through the history's dense end."""
+    start = history
+    return Scenario(
+        name,
+        [Traffic(history), *burn],
+        {
+            FAST: between(start - DENSE, start) | {start + second: f for second, f in fast.items()},
+            SLOW: between(start - DENSE, start) | {start + second: f for second, f in slow.items()},
+        },
+        dense_from=start - DENSE,
+    )
+
+
+def fires(*windows: tuple[str, str]) -> Firing:
+    return frozenset(windows)
+
+
+def test_a_fast_burn_pages_within_minutes_before_any_ticket(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """Every call fails (UNAVAILABLE: a dependency down) after 3 healthy days. 14.4 times the budget's share
+    over an hour is 1.44 % of the hour's calls: 52 s of failures, and the last 5 minutes fail too; with
+    `for: 2m` the page is on within 4 minutes. The 6-hour condition (0.6 %: 130 s) pages soon after. A ticket
+    needs 0.3 % of a day's calls or 0.1 % of 3 days' (259 s of failures, then its own 2 minutes): it must
+    not come first."""
+    scenario = after_history(
+        "every call fails after three healthy days",
+        3 * DAY,
+        [Traffic(20 * MINUTE, failing={"UNAVAILABLE": 1.0})],
+        fast=between(0, 2 * MINUTE)
+        | between(5 * MINUTE + 30, 20 * MINUTE, fires(("availability", "1h"), ("availability", "6h"))),
+        slow=between(0, 5 * MINUTE + 30)
+        | between(8 * MINUTE, 20 * MINUTE, fires(("availability", "1d"), ("availability", "3d"))),
+    )
+    promtool_test(rendered, [scenario], tmp_path)
+
+
+def test_a_slow_burn_files_a_ticket_and_never_pages(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
+    """0.5 % of the calls fail from some moment on (5 times the budget's share): the budget would be gone in 6
+    days. Below the page's 14.4 over 1h and 6 over 6h, always; above the ticket's 1 over 3d and 6h once enough
+    of the 3-day window burned: after a healthy day, 0.5 % x e / (1 day + e) > 0.1 % once e > 6 hours (the 3
+    over 1d only after 14.4 hours)."""
+    scenario = after_history(
+        "0.5 % of the calls fail after a healthy day",
+        DAY,
+        [Traffic(9 * HOUR, failing={"UNAVAILABLE": 0.005})],
+        fast=between(0, 9 * HOUR),
+        slow=between(0, 5 * HOUR + 50 * MINUTE)
+        | between(6 * HOUR + 15 * MINUTE, 9 * HOUR, fires(("availability", "3d"))),
+    )
+    promtool_test(rendered, [scenario], tmp_path)
+
+
+def test_a_service_at_its_objectives_fires_nothing(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
+    """0.1 % of the calls fail and 1 % are slow, from the start: exactly the budgets, a burn rate of 1 over
+    every window, which the ticket's `over 1` does not reach."""
+    end = 7 * HOUR
+    scenario = Scenario(
+        "0.1 % failing, 1 % slow, for 7 hours",
+        [Traffic(end, failing={"UNAVAILABLE": 0.001}, slow=0.01)],
+        {FAST: between(0, end), SLOW: between(0, end)},
+    )
+    promtool_test(rendered, [scenario], tmp_path)
+
+
+def test_slow_calls_burn_the_latency_budget(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
+    """Every call answered in a second (past the 250 ms threshold), all OK, after a healthy day: the latency
+    SLO's page, not the availability's. 14.4 times its 1 % budget over an hour is 14.4 % of the hour: 518 s of
+    slow calls, then 2 minutes. A ticket needs 1 % of the day and the 3 days behind (873 s, then 2 minutes)."""
+    scenario = after_history(
+        "every call slow after a healthy day",
+        DAY,
+        [Traffic(16 * MINUTE, slow=1.0)],
+        fast=between(0, 8 * MINUTE) | between(12 * MINUTE, 16 * MINUTE, fires(("latency", "1h"))),
+        slow=between(0, 14 * MINUTE),
+    )
+    promtool_test(rendered, [scenario], tmp_path)
+
+
+CLIENT_ERRORS = {"INVALID_ARGUMENT": 0.3, "NOT_FOUND": 0.3, "FAILED_PRECONDITION": 0.1, "UNAUTHENTICATED": 0.1}
+
+
+def test_client_errors_do_not_burn_the_availability_budget(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """80 % of the calls are clients' mistakes (a broken client, a scraper of unknown products): answered
+    as they should be, nothing burns."""
+    scenario = Scenario(
+        "80 % client errors for two hours",
+        [Traffic(2 * HOUR, failing=CLIENT_ERRORS)],
+        {FAST: between(0, 2 * HOUR), SLOW: between(0, 2 * HOUR)},
+    )
+    promtool_test(rendered, [scenario], tmp_path)
+
+
+def test_without_calls_nothing_fires_and_no_ratio_is_nan(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
+    """An hour of calls (none failing: no failed code has a series yet), then none for 7 hours (a quiet night,
+    only the kubelet's health checks): each window's ratio is 0 while it holds calls, and absent once it holds
+    none, never 0/0 (NaN, which would make the dashboard's 30-day budget NaN for 30 days); nothing fires.
+    And an outage followed by silence: the page resolves once its short windows hold no calls."""
+    quiet = Scenario(
+        "an hour of calls, then none",
+        [Traffic(HOUR), Traffic(7 * HOUR, calls=0)],
+        {FAST: between(0, 8 * HOUR), SLOW: between(0, 8 * HOUR)},
+    )
+    quiet.queries = [
+        (HOUR - MINUTE, f'{RATIO}{{window="5m"}}', [("availability", "5m", 0.0), ("latency", "5m", 0.0)]),
+        (HOUR + 30 * MINUTE, f'{RATIO}{{window=~"5m|30m"}}', []),
+        (
+            8 * HOUR,
+            f"{RATIO}",
+            [("availability", "1d", 0.0), ("latency", "1d", 0.0), ("availability", "3d", 0.0), ("latency", "3d", 0.0)],
+        ),
+    ]
+    outage_then_silence = Scenario(
+        "an hour of calls, 30 minutes of failures, then no call",
+        [Traffic(HOUR), Traffic(30 * MINUTE, failing={"UNAVAILABLE": 1.0}), Traffic(7 * HOUR, calls=0)],
+        {
+            # The 1-hour condition resolves once the last 5 minutes hold no call, the 6-hour one once the last 30
+            # minutes hold none.
+            FAST: between(HOUR + 10 * MINUTE, HOUR + 30 * MINUTE, fires(("availability", "1h"), ("availability", "6h")))
+            | between(HOUR + 38 * MINUTE, HOUR + 58 * MINUTE, fires(("availability", "6h")))
+            | between(2 * HOUR + 3 * MINUTE, 8 * HOUR + 30 * MINUTE),
+            SLOW: between(HOUR + 30 * MINUTE + 6 * HOUR + 8 * MINUTE, 8 * HOUR + 30 * MINUTE),
+        },
+    )
+    promtool_test(rendered, [quiet, outage_then_silence], tmp_path)
+
+
+def slo_rules_with(helm_dir: Path, slo: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gateway's SLO rules rendered with `slo` over its chart's values, monitoring on."""
+    values = render.values_for(MONITORING, helm_dir) | {"slo": slo}
+    docs = objects_of(helm_dir, SERVICE, values)
+    [group] = [g for g in find(docs, "PrometheusRule", SERVICE)["spec"]["groups"] if g["name"].endswith("-slo")]
+    rules: list[dict[str, Any]] = group["rules"]
+    return rules
+
+
+def exported_bounds() -> list[str]:
+    """The latency histogram's bucket bounds, as the chassis exports them in `le`."""
+    metrics = ServerMetrics(CollectorRegistry())
+    metrics.for_method(API).handling.observe(FAST_SECONDS)
+    return [
+        sample.labels["le"]
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "grpc_server_handling_seconds_bucket" and sample.labels["le"] != "+Inf"
+    ]
+
+
+def test_a_latency_threshold_between_two_buckets_fails_the_render_naming_the_bounds(helm_dir: Path) -> None:
+    """The latency SLO reads the share of calls within its threshold from the histogram's bucket of that bound:
+    300 ms lies between the 250 ms and 500 ms buckets, where the histogram cannot tell, so the chart refuses
+    it, with or without monitoring, and lists the bounds it can count (the ones the chassis exports)."""
+    for monitoring in (True, False):
+        values: dict[str, Any] = {"slo": {"latency": {"thresholdSeconds": 0.3}}}
+        if monitoring:
+            values |= render.values_for(MONITORING, helm_dir)
+        with pytest.raises(Exception, match=r"slo\.latency\.thresholdSeconds \(0\.3\)") as refused:
+            objects_of(helm_dir, SERVICE, values)
+        bounds = re.search(r"bucket bounds \(([^)]*) seconds\)", str(refused.value))
+        assert bounds, str(refused.value)
+        assert bounds.group(1).split(", ") == exported_bounds()
+
+
+@pytest.mark.parametrize(("threshold", "le"), [(0.25, "0.25"), (1, "1.0"), (0.0005, "0.0005")])
+def test_the_latency_threshold_selects_its_bucket_as_exported(helm_dir: Path, threshold: float, le: str) -> None:
+    """prometheus-client writes the bound 1 as le="1.0": a threshold written `1` must select that series."""
+    rules = slo_rules_with(helm_dir, {"latency": {"thresholdSeconds": threshold}})
+    latency = [r for r in rules if r.get("labels", {}).get("slo") == "latency" and "window" in r["labels"]]
+    assert latency
+    for rule in latency:
+        buckets = [s for s in selectors(rule["expr"]) if s.name == "grpc_server_handling_seconds_bucket"]
+        assert buckets
+        assert all(("le", str(EQUAL), le) in matchers_of(s) for s in buckets), rule["expr"]
+
+
+@pytest.mark.parametrize("objective", [0, 1, 1.5, -0.1])
+def test_an_objective_outside_0_to_1_fails_the_render(helm_dir: Path, objective: float) -> None:
+    with pytest.raises(Exception, match=r"slo\.availability\.objective"):
+        objects_of(helm_dir, SERVICE, {"slo": {"availability": {"objective": objective}}})
+
+
+def test_the_objectives_set_the_budgets_the_alerts_burn(helm_dir: Path) -> None:
+    rules = slo_rules_with(helm_dir, {"availability": {"objective": 0.995}, "latency": {"objective": 0.9}})
+    objectives = {r["labels"]["slo"]: r["expr"] for r in rules if r.get("record") == "job:shopmesh_slo_objective:ratio"}
+    assert objectives == {"availability": "vector(0.995)", "latency": "vector(0.9)"}
+    [fast] = [r for r in rules if r.get("alert") == FAST]
+    assert "14.4 * (1 - 0.995)" in fast["expr"]
+    assert "6 * (1 - 0.9)" in fast["expr"]
+    assert "0.999" not in fast["expr"]
+
+
+def codes(expr: str) -> set[str]:
+    """The status codes `expr` selects by grpc_code=~."""
+    found = {m.value for s in selectors(expr) for m in s.matchers.matchers if m.name == "grpc_code" and m.op == RE}
+    assert len(found) == 1, expr
+    return set(found.pop().split("|"))
+
+
+def test_the_availability_slo_counts_exactly_the_server_errors_alerts_codes(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    """One set of server-side codes for ShopmeshServerErrors, the availability SLO, the dashboard and the
+    chassis' server spans: a code one of them counted and another not would page for what the other calls
+    healthy."""
+    docs = rendered[MONITORING, SERVICE]
+    [server_errors] = [a for a in alerts_of(docs, SERVICE) if a["alert"] == "ShopmeshServerErrors"]
+    availability = [
+        r for r in records_of(docs, SERVICE) if r["labels"].get("slo") == "availability" and selectors(r["expr"])
+    ]
+    assert availability
+    expected = codes(server_errors["expr"])
+    assert all(codes(r["expr"]) == expected for r in availability)
+    assert expected == {code.name for code in _SERVER_ERRORS}
+    assert set(dashboards.SERVER_ERRORS.split("|")) == expected
+
+
+def test_the_slos_count_the_api_alone_not_health_checks(rendered: dict[tuple[str, str], Docs]) -> None:
+    """The kubelet's health checks are calls to the gateway too, thousands a day, always OK: counted, they
+    would dilute every ratio. The SLOs select the gRPC services the chart serves (service.grpcServices)."""
+    docs = rendered[MONITORING, SERVICE]
+    for record in records_of(docs, SERVICE):
+        for selector in selectors(record["expr"]):
+            assert ("grpc_service", str(EQUAL), "shopmesh.gateway.v1.ShopService") in matchers_of(selector)
+
+
+def test_only_the_gateway_has_slos(rendered: dict[tuple[str, str], Docs]) -> None:
+    for name in SERVICES:
+        has = bool(records_of(rendered[MONITORING, name], name))
+        assert has == (name == SERVICE), name
