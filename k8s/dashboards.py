@@ -37,10 +37,50 @@ SERVER_ERRORS = "UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_E
 # The edge's HTTP connection manager (shopmesh_platform.http_api: stat_prefix), as Envoy labels its series.
 HTTP_API = 'envoy_http_conn_manager_prefix="http_api"'
 
+# The SLOs' recording rules (helm/shopmesh-lib/templates/_monitoring.tpl, "shopmesh-lib.slo"): each SLO's
+# error ratio (the share of calls that missed it) over a window, and its objective.
+SLO_ERRORS = "job:shopmesh_slo_errors:ratio_rate"
+SLO_BUDGET = f"(1 - job:shopmesh_slo_objective:ratio{{{SELECTOR}}})"
+
 # (title, unit, description, [(expr, legend)])
 Panel = tuple[str, str, str, list[tuple[str, str]]]
 
 ROWS: list[tuple[str, list[Panel]]] = [
+    (
+        # The gateway's public API (helm/gateway/values.yaml `slo:`; docs/operations.md, "SLOs").
+        "SLOs of the public API",
+        [
+            (
+                "Error budget remaining (30 days)",
+                "percentunit",
+                "The share of each SLO's 30-day error budget not spent yet: 100 % when no call missed it, 0 when "
+                "as many did as the objective allows, below 0 past it. From the 5-minute error ratios averaged "
+                "over 30 days (each 5 minutes with calls weighs the same, however many calls it had).",
+                [
+                    (
+                        f'1 - avg_over_time({SLO_ERRORS}{{{SELECTOR}, window="5m"}}[30d]) '
+                        f"/ on (job, namespace, slo) {SLO_BUDGET}",
+                        "{{job}} {{slo}}",
+                    )
+                ],
+            ),
+            (
+                "Burn rate",
+                "short",
+                "How many times as fast as it can last each SLO's error budget is spent, over the long window "
+                "of each alert condition: ShopmeshErrorBudgetBurnFast pages above 14.4 over 1h or 6 over 6h, "
+                "ShopmeshErrorBudgetBurnSlow files a ticket above 3 over 1d or 1 over 3d (each with its short "
+                "window too).",
+                [
+                    (
+                        f'{SLO_ERRORS}{{{SELECTOR}, window=~"1h|6h|1d|3d"}} '
+                        f"/ on (job, namespace, slo) group_left () {SLO_BUDGET}",
+                        "{{job}} {{slo}} {{window}}",
+                    )
+                ],
+            ),
+        ],
+    ),
     (
         "gRPC calls",
         [
@@ -346,7 +386,7 @@ def dashboard() -> Dashboard:
     return Dashboard(
         title="shopmesh",
         uid="shopmesh-overview",
-        description="The whole shop: gRPC calls, checkouts, events, dependencies, e-mail (docs/operations.md).",
+        description="The whole shop: SLOs, gRPC calls, checkouts, events, dependencies, e-mail (docs/operations.md).",
         tags=["shopmesh"],
         timezone="utc",
         refresh="30s",

@@ -84,8 +84,10 @@ class Scenario:
     expected: dict[str, dict[int, Firing]]
     # Scraped every SCRAPE_INTERVAL from this second on, every SPARSE_INTERVAL before (see HISTORY).
     dense_from: int = 0
-    # (evaluation second, PromQL, the (slo, window, value) of each series it must give then).
+    # (evaluation second, PromQL, the (slo, window, value) of each series it must give then, named RATIO or,
+    # when `named` is false, as arithmetic leaves them: unnamed; "" for a window: no such label).
     queries: list[tuple[int, str, list[tuple[str, str, float]]]] = field(default_factory=list)
+    named: bool = True
 
     @property
     def until(self) -> int:
@@ -230,8 +232,8 @@ def promtool_test(rendered: dict[tuple[str, str], Docs], scenarios: list[Scenari
                 "eval_time": f"{second}s",
                 "exp_samples": [
                     {
-                        "labels": f'{RATIO}{{job="{SERVICE}", namespace="{render.NAMESPACE}", slo="{slo}", '
-                        f'window="{window}"}}',
+                        "labels": f'{RATIO if scenario.named else ""}{{job="{SERVICE}", '
+                        f'namespace="{render.NAMESPACE}", slo="{slo}"' + (f', window="{window}"}}' if window else "}"),
                         "value": value,
                     }
                     for slo, window, value in samples
@@ -375,6 +377,19 @@ def test_without_calls_nothing_fires_and_no_ratio_is_nan(rendered: dict[tuple[st
             [("availability", "1d", 0.0), ("latency", "1d", 0.0), ("availability", "3d", 0.0), ("latency", "3d", 0.0)],
         ),
     ]
+    # The dashboard's SLO row meanwhile: the whole budget left (none of it spent, and not NaN after the night),
+    # burning at 0 while the windows hold calls.
+    row = dict((title, expr) for title, expr, _legend in dashboards.panel_queries())
+    budget, burn = (
+        row[title].replace("$namespace", render.NAMESPACE).replace("$service", SERVICE)
+        for title in ("Error budget remaining (30 days)", "Burn rate")
+    )
+    panels = Scenario("the dashboard's SLO row, the same hours", quiet.traffic, quiet.expected, named=False)
+    panels.queries = [
+        (HOUR - MINUTE, burn, [(slo, w, 0.0) for slo in ("availability", "latency") for w in ("1h", "6h", "1d", "3d")]),
+        (HOUR - MINUTE, budget, [("availability", "", 1.0), ("latency", "", 1.0)]),
+        (8 * HOUR, budget, [("availability", "", 1.0), ("latency", "", 1.0)]),
+    ]
     outage_then_silence = Scenario(
         "an hour of calls, 30 minutes of failures, then no call",
         [Traffic(HOUR), Traffic(30 * MINUTE, failing={"UNAVAILABLE": 1.0}), Traffic(7 * HOUR, calls=0)],
@@ -387,7 +402,7 @@ def test_without_calls_nothing_fires_and_no_ratio_is_nan(rendered: dict[tuple[st
             SLOW: between(HOUR + 30 * MINUTE + 6 * HOUR + 8 * MINUTE, 8 * HOUR + 30 * MINUTE),
         },
     )
-    promtool_test(rendered, [quiet, outage_then_silence], tmp_path)
+    promtool_test(rendered, [quiet, panels, outage_then_silence], tmp_path)
 
 
 def slo_rules_with(helm_dir: Path, slo: dict[str, Any]) -> list[dict[str, Any]]:
@@ -492,3 +507,19 @@ def test_only_the_gateway_has_slos(rendered: dict[tuple[str, str], Docs]) -> Non
     for name in SERVICES:
         has = bool(records_of(rendered[MONITORING, name], name))
         assert has == (name == SERVICE), name
+
+
+def test_the_dashboards_slo_panels_read_windows_the_rules_record(rendered: dict[tuple[str, str], Docs]) -> None:
+    """A panel reading a window no rule records (window="30d") is empty, and the label checks cannot tell:
+    they know the label, not its values."""
+    recorded = {
+        r["labels"]["window"] for r in records_of(rendered[MONITORING, SERVICE], SERVICE) if "window" in r["labels"]
+    }
+    read: set[str] = set()
+    for _title, query, _legend in dashboards.panel_queries():
+        for selector in selectors(query.replace("$__rate_interval", "5m")):
+            if selector.name == RATIO:
+                [window] = [m for m in selector.matchers.matchers if m.name == "window"]
+                read |= set(window.value.split("|"))
+    assert read, "the dashboard shows no SLO"
+    assert read <= recorded, f"the dashboard reads windows no rule records: {sorted(read - recorded)}"
