@@ -21,7 +21,9 @@ from prometheus_client.registry import Collector
 
 from shopmesh_chassis.breaker import BreakerState, CircuitBreaker
 
-# Buckets sized for RPCs: 0.5 ms up to 10 s.
+# Buckets sized for RPCs: 0.5 ms up to 10 s. The charts' latency SLO reads its threshold's bucket, so the
+# library chart lists these bounds too (shopmesh-lib.latencyBuckets, which tests/k8s/test_slo.py keeps equal):
+# change both, or a threshold the chart accepts selects a bucket no service exports.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
