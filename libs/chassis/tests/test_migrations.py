@@ -283,3 +283,47 @@ async def test_a_service_installed_under_a_path_with_a_space_or_a_percent_sign_i
         assert {"widgets", outbox_events.name} <= await tables(database)
     finally:
         await database.dispose()
+
+
+INDEX_WIDGETS = '''"""widgets indexed by id, concurrently"""
+
+from shopmesh_chassis.migrations import create_index_concurrently
+
+revision = "svc_0002"
+down_revision = "svc_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_index_concurrently("ix_widgets_id", "widgets", ["id"])
+'''
+
+
+async def test_a_rerun_after_a_failed_concurrent_build_replaces_the_invalid_index_it_left(
+    pg_database: Database, tmp_path: Path
+) -> None:
+    """A CREATE INDEX CONCURRENTLY that fails (the pod killed, a statement cancelled) leaves an INVALID index of
+    the name behind, which PostgreSQL never uses for a query and keeps updating on every write. The build says
+    IF NOT EXISTS (for squawk): without the DROP before it, the rerun would skip the build and keep that
+    INVALID index for good, the migration recorded as done."""
+    versions = release(tmp_path / "v1", ["widgets"])
+    await migrate(pg_database, versions)
+    dsn = pg_database.url.replace("postgresql+asyncpg", "postgresql")
+    other = await asyncpg.connect(dsn)
+    try:
+        await other.execute("INSERT INTO widgets (id) VALUES (1), (3)")
+        # A build of the name that fails half-way (here: on a duplicate) and leaves its INVALID index.
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await other.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_widgets_id ON widgets ((id % 2))")
+        (versions / "svc_0002.py").write_text(INDEX_WIDGETS)
+        await migrate(pg_database, versions)
+        index = await other.fetchrow(
+            "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_index i"
+            " WHERE i.indexrelid = 'ix_widgets_id'::regclass"
+        )
+        assert index is not None
+        assert index["indisvalid"], "the failed build's INVALID index was kept"
+        assert index["definition"].endswith("USING btree (id)"), index["definition"]
+    finally:
+        await other.close()
