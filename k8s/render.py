@@ -169,15 +169,17 @@ def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[
 
 
 def secrets_read(helm_dir: Path, values: dict[str, Any]) -> list[str]:
-    """The names of the Secrets the umbrella's pods read with `values` (volumes, env, envFrom; the `helm test`
-    pods' too): the platform's, which no chart creates. A pod whose Secret is missing never starts (its volume
-    cannot be mounted), and a release may read one its predecessor did not."""
+    """The names of the Secrets the umbrella's pods read with `values` (volumes, env, envFrom, a private
+    registry's imagePullSecrets; the `helm test` pods' too): the platform's, which no chart creates. A pod whose
+    Secret is missing never starts (its volume cannot be mounted, its image not pulled), and a release may read
+    one its predecessor did not."""
     texts = render(helm_dir, UMBRELLA, "custom", values=values).values()
     names: set[str] = set()
     for doc in (d for text in texts for d in yaml.safe_load_all(text) if d):
         pod = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc.get("spec", {})
         if doc["kind"] not in ("Deployment", "Pod"):
             continue
+        names.update(pull["name"] for pull in pod.get("imagePullSecrets", []))
         for volume in pod.get("volumes", []):
             names.update([volume["secret"]["secretName"]] if "secret" in volume else [])
             names.update(s["secret"]["name"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s)

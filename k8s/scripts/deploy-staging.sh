@@ -27,7 +27,7 @@ for file in ${own[@]+"${own[@]}"}; do
   fi
   values+=(--values "$file")
 done
-# The Secrets the pods will read, which no chart creates: a release may read one the deployed one did not
+# The Secrets the pods will read (volumes, env, imagePullSecrets), which no chart creates: a release may read one the deployed one did not
 # (orders' and payments' <service>-idempotency since 2026-12-01), and its pods would wait in ContainerCreating
 # until --wait gives up after 10 minutes, the reason only in their events. Checked first, by name.
 PYTHON="${PYTHON:-.venv/bin/python}"

@@ -64,24 +64,22 @@ def test_make_deploy_staging_refuses_a_staging_values_file_that_is_not_there(tmp
     assert not capture.exists(), "helm ran"
 
 
-def test_make_deploy_staging_stops_before_helm_when_a_secret_the_pods_read_is_missing(tmp_path: Path) -> None:
-    """A release may read a Secret the deployed one did not (orders' and payments' <service>-idempotency since
-    2026-12-01; global.nats.existingSecret once set): its pods could not mount it and waited in
-    ContainerCreating until `helm upgrade --wait` gave up after 10 minutes, the reason only in their events.
-    deploy-staging.sh asks for every Secret the rendered pods read, with the same values files, and stops
-    naming the missing ones before Helm runs."""
+def deploy_staging_with_a_secret_missing(
+    tmp_path: Path, missing: str, own_values: dict[str, Any]
+) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """Run deploy-staging.sh with `own_values` as STAGING_VALUES against a stand-in helm and a kubectl that
+    finds every Secret but `missing`: the script's result, and each kubectl call's arguments."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     (stubs / "helm").write_text('#!/bin/sh\necho helm "$@" >> "$CAPTURE.helm"\n')
     # kubectl get secret <name> --ignore-not-found --output name: prints it, but for the one not there.
     (stubs / "kubectl").write_text(
-        '#!/bin/sh\necho "$@" >> "$CAPTURE.kubectl"\n'
-        'case " $* " in *" orders-idempotency "*) ;; *) echo secret/found ;; esac\n'
+        f'#!/bin/sh\necho "$@" >> "$CAPTURE.kubectl"\ncase " $* " in *" {missing} "*) ;; *) echo secret/found ;; esac\n'
     )
     for stub in stubs.iterdir():
         stub.chmod(0o755)
     own = tmp_path / "staging-cluster.yaml"
-    own.write_text(yaml.safe_dump({"global": {"nats": {"existingSecret": "nats-credentials"}}}))
+    own.write_text(yaml.safe_dump(own_values))
     capture = tmp_path / "calls"
     env = {
         "PATH": f"{stubs}:/usr/bin:/bin",
@@ -93,13 +91,37 @@ def test_make_deploy_staging_stops_before_helm_when_a_secret_the_pods_read_is_mi
     }
     script = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
     result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert not Path(f"{capture}.helm").exists(), ("helm ran", result.stderr)
+    return result, [line.split() for line in Path(f"{capture}.kubectl").read_text().splitlines()]
+
+
+def test_make_deploy_staging_stops_before_helm_when_a_secret_the_pods_read_is_missing(tmp_path: Path) -> None:
+    """A release may read a Secret the deployed one did not (orders' and payments' <service>-idempotency since
+    2026-12-01; global.nats.existingSecret once set): its pods could not mount it and waited in
+    ContainerCreating until `helm upgrade --wait` gave up after 10 minutes, the reason only in their events.
+    deploy-staging.sh asks for every Secret the rendered pods read, with the same values files, and stops
+    naming the missing ones before Helm runs."""
+    own = {"global": {"nats": {"existingSecret": "nats-credentials"}}}
+    result, calls = deploy_staging_with_a_secret_missing(tmp_path, "orders-idempotency", own)
     assert result.returncode == 1, result.stderr
     assert "namespace shopmesh does not have: orders-idempotency\n" in result.stderr
-    assert not Path(f"{capture}.helm").exists(), "helm ran"
-    calls = [line.split() for line in Path(f"{capture}.kubectl").read_text().splitlines()]
     asked = {args[args.index("secret") + 1] for args in calls}
     expected = {f"{name}-database" for name, service in SERVICES.items() if service.has_database}
     assert asked == expected | {"orders-idempotency", "payments-idempotency", "nats-credentials"}
+
+
+def test_make_deploy_staging_stops_before_helm_when_the_image_pull_secret_is_missing(tmp_path: Path) -> None:
+    """A private registry's credentials (global.imagePullSecrets) are a Secret the pods need as much: without it
+    every new pod waits in ImagePullBackOff until `helm upgrade --wait` gives up after 10 minutes. The check
+    asks for it too, in the cluster and namespace the release goes to (kubectl --context, --namespace)."""
+    own = {"global": {"imagePullSecrets": ["regcred"]}}
+    result, calls = deploy_staging_with_a_secret_missing(tmp_path, "regcred", own)
+    assert result.returncode == 1, result.stderr
+    assert "namespace shopmesh does not have: regcred\n" in result.stderr
+    assert calls
+    for args in calls:
+        assert args[args.index("--context") + 1] == "staging", args
+        assert args[args.index("--namespace") + 1] == "shopmesh", args
 
 
 # --- what an upgrade may not change ----------------------------------------------------------------------
