@@ -231,6 +231,21 @@ def test_an_upgrade_restarts_the_pods_of_a_changed_configuration_and_no_others(h
         assert (sums[0] != sums[1]) == (name == "catalog") == (changed[0] != changed[1]), name
 
 
+def commands(text: str) -> list[str]:
+    """The lines of `text`, each joined with the lines a trailing backslash continues it on (in a comment too:
+    a YAML file's `#   helm upgrade ... \\` goes on at the next `#` line)."""
+    joined: list[str] = []
+    continued = False
+    for line in text.splitlines():
+        part = line.strip()
+        if continued:
+            joined[-1] = joined[-1][:-1].rstrip() + " " + part.lstrip("#").strip()
+        else:
+            joined.append(part)
+        continued = joined[-1].endswith("\\")
+    return joined
+
+
 def test_no_documented_upgrade_reuses_the_earlier_charts_defaults() -> None:
     """`helm upgrade --reuse-values` renders the new chart with the defaults of the chart the release was made
     with: over a release from before 2026-12-03 (global.drain's grace period 30 s, which the drain has since
@@ -245,12 +260,10 @@ def test_no_documented_upgrade_reuses_the_earlier_charts_defaults() -> None:
         ROOT / "k8s" / "k8s.mk",
         ROOT / "skaffold.yaml",
     ]
-    upgrades = [
-        (path.relative_to(ROOT), line.strip())
-        for path in files
-        for line in path.read_text().splitlines()
-        if "helm upgrade" in line
-    ]
+    # A command as written, its continuation lines (after a trailing backslash) joined to it: the documented
+    # upgrades are mostly several lines long, and a flag on any of them is the command's.
+    upgrades = [(path.relative_to(ROOT), command) for path in files for command in commands(path.read_text())]
+    upgrades = [(path, command) for path, command in upgrades if "helm upgrade" in command]
     assert len(upgrades) >= 4, upgrades
     assert [(path, line) for path, line in upgrades if "--reuse-values" in line] == []
 
