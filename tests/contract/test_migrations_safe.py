@@ -168,9 +168,16 @@ async def test_the_next_releases_drop_passes_silenced_for_its_one_statement(
     """A contracting change's second release drops what the first stopped reading, as docs/chassis.md says:
     a `-- squawk-ignore ban-drop-column` comment in the SQL the migration runs reaches squawk with the
     statement, and silences that rule for that statement only."""
-    body = 'op.execute("-- squawk-ignore ban-drop-column\\nALTER TABLE widgets DROP COLUMN IF EXISTS name")'
-    findings = await checked(postgres, versions_with(tmp_path / "versions", "drop name", body))
+    silenced = 'op.execute("-- squawk-ignore ban-drop-column\\nALTER TABLE widgets DROP COLUMN IF EXISTS name")'
+    findings = await checked(postgres, versions_with(tmp_path / "versions", "drop name", silenced))
     assert findings["widgets_0002_change.py"] == ""
+    # For that statement only: another drop in the same migration, without its own comment, is refused.
+    unsilenced = 'op.execute("ALTER TABLE widgets DROP COLUMN IF EXISTS created_at")'
+    findings = await checked(postgres, versions_with(tmp_path / "both", "drop both", f"{silenced}\n{unsilenced}"))
+    report = findings["widgets_0002_change.py"]
+    assert "ban-drop-column" in report, report
+    assert "DROP COLUMN IF EXISTS created_at" in report, report
+    assert "DROP COLUMN IF EXISTS name" not in report, report
 
 
 def test_a_migration_is_checked_under_the_lock_timeout_migrate_sets(tmp_path: Path) -> None:
