@@ -5,28 +5,32 @@ Alembic's offline mode (`--sql`) cannot render our migrations: it emits COMMIT /
 the build, and orders_0002 backfills by primary-key ranges it asks the database for; offline there is no
 database to answer ('MockConnection' object has no attribute 'scalar'). So each migration runs for real,
 through `migrate()` (the chassis' own environment, lock timeout and transaction per migration), on a
-throwaway PostgreSQL, and every statement the driver sends is kept: which migration file sent it (found on
-the call stack) and whether it ran inside the migration's transaction or in an autocommit block. squawk then
-reads one file per migration, with the real BEGIN / COMMIT around what ran in a transaction.
+throwaway PostgreSQL, and every statement the driver sends is kept: which migration ran it and whether it ran
+inside the migration's transaction or in an autocommit block. squawk then reads one file per migration, with
+the real BEGIN / COMMIT around what ran in a transaction.
+
+A statement belongs to the migration whose record in `alembic_version` follows it: migrations run one after
+the other on the one connection, and Alembic records each as soon as it has run. Not the call stack: a
+statement a migration awaits through `op.run_async` is sent from a greenlet whose stack holds no migration
+file, and was checked by nothing.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.migrations import CHASSIS_VERSIONS, migrate
+from shopmesh_chassis.migrations import alembic_config, migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 # The rules squawk leaves out here, each with its reason.
@@ -79,44 +83,52 @@ def display(path: Path) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
 
+# Alembic's record of a migration it has just run, naming its revision: a branch's first (INSERT) or the next.
+_APPLIED = re.compile(
+    r"INSERT INTO alembic_version \(version_num\) VALUES \('([^']+)'\)|UPDATE alembic_version SET version_num='([^']+)'"
+)
+
+
 async def captured_sql(database: Database, versions: Path) -> dict[Path, MigrationSql]:
     """Migrate `database` (empty, PostgreSQL) with the chassis' migrations and `versions`'; what each of
     their files ran, by file."""
-    files = _by_code_path(versions)
+    files = {
+        script.revision: Path(script.path)
+        for script in ScriptDirectory.from_config(alembic_config(versions)).walk_revisions()
+        if script.path is not None
+    }
     session: list[str] = []
     captured = {path: MigrationSql(path, session) for path in files.values()}
-
-    def sent_by() -> Path | None:
-        frame: FrameType | None = sys._getframe(2)
-        while frame is not None:
-            if (path := files.get(frame.f_code.co_filename)) is not None:
-                return path
-            frame = frame.f_back
-        return None
+    # What ran since Alembic's last record: the next migration's, once Alembic records it. None before Alembic
+    # starts (its first statements read or create alembic_version): what runs then is migrate()'s own.
+    pending: list[Statement] | None = None
 
     def before_execute(connection: Connection, _cursor: Any, statement: str, *_: Any) -> None:
-        migration = sent_by()
-        if migration is None:
+        nonlocal pending
+        if "alembic_version" in statement:
+            if (applied := _APPLIED.match(statement.strip())) is not None:
+                captured[files[applied.group(1) or applied.group(2)]].statements.extend(pending or [])
+                pending = []
+            elif pending is None:
+                pending = []
+            # Else a merge's DELETE of one of the heads it joins: what ran is the merge's, recorded next.
+            return
+        if pending is None:
             # migrate()'s own statements: its session settings hold for every migration after them.
             if statement.lstrip().upper().startswith("SET "):
                 session.append(statement.strip().rstrip(";") + ";")
             return
         autocommit = connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-        captured[migration].statements.append(Statement(statement, in_transaction=not autocommit))
+        pending.append(Statement(statement, in_transaction=not autocommit))
 
     event.listen(database.sync_engine, "before_cursor_execute", before_execute)
     try:
         await migrate(database, versions)
     finally:
         event.remove(database.sync_engine, "before_cursor_execute", before_execute)
+    # Alembic records the last migration last: anything after it, no migration ran and nothing checks.
+    assert not pending, f"statements after the last migration's record, by no migration: {pending}"
     return captured
-
-
-def _by_code_path(versions: Path) -> dict[str, Path]:
-    """The migration files by each name a frame's code may carry for them (Alembic loads them by the folder's
-    path as configured; a symlinked checkout resolves to another)."""
-    files = {os.path.abspath(path): path for folder in (CHASSIS_VERSIONS, versions) for path in migration_files(folder)}
-    return files | {os.path.realpath(name): path for name, path in files.items()}
 
 
 def squawk_binary(bin_dir: Path = SQUAWK_BIN_DIR) -> Path:
