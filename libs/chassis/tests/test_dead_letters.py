@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from shopmesh.orders.v1 import events_pb2
 from shopmesh_chassis import deadletters_cli as cli
-from shopmesh_chassis.consumer import Event, EventConsumer
+from shopmesh_chassis.consumer import Event, EventConsumer, decode_event
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import (
     DEAD_LETTER_STREAM,
@@ -115,6 +115,28 @@ async def test_a_long_error_is_listed_as_text_not_as_cut_json(
     assert letter.error.startswith(
         "ValueError: (sqlite3.IntegrityError) UNIQUE constraint failed: things.id\n[SQL: "
     ), letter.error[:120]
+
+
+async def test_a_payload_that_does_not_decode_is_listed_as_an_invalid_event_naming_what_was_expected(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """Every consumer decodes with decode_event, so a poison payload's dead letter says the same clear thing
+    whichever service parked it: not protobuf's bare `DecodeError: Error parsing message`."""
+
+    async def decoding(session: DbConnection, event: Event) -> None:
+        decode_event(events_pb2.OrderConfirmed, event)
+        await record(session, event)
+
+    running = consumer(db, nats_srv.url, decoding, max_attempts=1)
+    running.start()
+    await publish(client, "e1", b"\xff\xfenot a protobuf")
+    [letter] = await parked(client, 1)
+    await running.stop()
+    said = f"InvalidEvent: {SUBJECT} e1: the payload does not decode as shopmesh.orders.v1.OrderConfirmed ("
+    assert letter.error.startswith(said), letter.error
+    listed = await asyncio.to_thread(deadletters_cli, nats_srv.url, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert said in listed.stdout
 
 
 @pytest.mark.parametrize("character", ["x", "\n", "é", "\U0001f600"])

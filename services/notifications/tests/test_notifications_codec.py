@@ -9,11 +9,17 @@ import pytest
 from shopmesh.common.v1 import money_pb2
 from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh_chassis import consumer
+from shopmesh_chassis.consumer import Event
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED, notification_to_proto, order_event
 from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line
 from shopmesh_notifications.domain.model import Channel, Notification
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def delivered(subject: str, event_id: str, payload: bytes) -> Event:
+    return Event(event_id, subject, payload, {"Nats-Msg-Id": event_id}, attempt=1)
 
 
 def test_an_order_confirmed_payload_becomes_an_order_event_with_the_message_id_as_event_id() -> None:
@@ -34,7 +40,7 @@ def test_an_order_confirmed_payload_becomes_an_order_event_with_the_message_id_a
         total=money_pb2.Money(amount_minor=17800, currency="USD"),
     ).SerializeToString()
 
-    event = order_event(ORDER_CONFIRMED, "evt_1", payload)
+    event = order_event(delivered(ORDER_CONFIRMED, "evt_1", payload))
 
     assert (event.kind, event.event_id, event.order_id, event.user_id) == (
         EventKind.ORDER_CONFIRMED,
@@ -49,20 +55,28 @@ def test_an_order_confirmed_payload_becomes_an_order_event_with_the_message_id_a
 def test_an_order_cancelled_payload_carries_the_reason_message_and_the_refund() -> None:
     cancelled = events_pb2.OrderCancelled(order_id="ord_1", user_id="usr_1", email="a@b.example", refunded=True)
     cancelled.reason.message = "Your card was declined."
-    event = order_event(ORDER_CANCELLED, "evt_2", cancelled.SerializeToString())
+    event = order_event(delivered(ORDER_CANCELLED, "evt_2", cancelled.SerializeToString()))
     assert (event.kind, event.reason, event.refunded) == (EventKind.ORDER_CANCELLED, "Your card was declined.", True)
 
 
 @pytest.mark.parametrize(
-    ("subject", "payload", "problem"),
+    ("subject", "payload", "invalid", "problem"),
     [
-        (ORDER_CONFIRMED, b"\xff\xfenot a protobuf", "not a valid protobuf payload"),
-        ("orders.v1.order_shipped", b"", "not an event notifications consumes"),
+        # Decoded by the chassis (decode_event): the reason every consumer parks such a payload with.
+        (
+            ORDER_CONFIRMED,
+            b"\xff\xfenot a protobuf",
+            consumer.InvalidEvent,
+            "orders.v1.order_confirmed evt_1: the payload does not decode as shopmesh.orders.v1.OrderConfirmed",
+        ),
+        ("orders.v1.order_shipped", b"", InvalidEvent, "not an event notifications consumes"),
     ],
 )
-def test_a_payload_that_is_not_the_subjects_event_is_invalid(subject: str, payload: bytes, problem: str) -> None:
-    with pytest.raises(InvalidEvent, match=problem):
-        order_event(subject, "evt_1", payload)
+def test_a_payload_that_is_not_the_subjects_event_is_invalid(
+    subject: str, payload: bytes, invalid: type[Exception], problem: str
+) -> None:
+    with pytest.raises(invalid, match=problem):
+        order_event(delivered(subject, "evt_1", payload))
 
 
 def notification(kind: EventKind) -> Notification:

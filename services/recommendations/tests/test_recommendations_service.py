@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from shopmesh_chassis.config import load_settings
-from shopmesh_chassis.consumer import Event
+from shopmesh_chassis.consumer import Event, InvalidEvent
 from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.server import ChassisServer
@@ -276,6 +276,18 @@ async def test_the_same_event_delivered_twice_counts_once(live: Running, nats_sr
     redelivered = Event(event.event_id, "orders.v1.order_confirmed", event.SerializeToString(), {}, attempt=2)
     assert not await live.service.consumer._apply(redelivered)
     assert (await for_product(live, "prod_chef_knife"))[:2] == ["prod_rain_jacket", "prod_headlamp"]
+
+
+async def test_an_event_whose_payload_does_not_decode_fails_as_an_invalid_event_naming_its_message(
+    live: Running,
+) -> None:
+    # What the consumer parks it with after its retries: the chassis' reason, as notifications says it too.
+    poison = Event("evt_poison", "orders.v1.order_confirmed", b"\xff\xfenot a protobuf", {}, attempt=1)
+    with pytest.raises(InvalidEvent) as raised:
+        await live.service.consumer._apply(poison)
+    assert str(raised.value).startswith(
+        "orders.v1.order_confirmed evt_poison: the payload does not decode as shopmesh.orders.v1.OrderConfirmed ("
+    )
 
 
 async def test_a_confirmed_order_cancelled_later_no_longer_counts(live: Running, nats_srv: NatsServer) -> None:

@@ -36,9 +36,11 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -160,6 +162,28 @@ class Event:
 
 
 Handler = Callable[[DbConnection, Event], Awaitable[None]]
+
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+class InvalidEvent(ValueError):
+    """An event no retry can apply as it is: its payload is not the message its subject carries (or, raised by
+    a service's own checks, lacks what the handler needs). Retried and parked like any failure; its text is
+    the dead letter's reason, so it says which event and what is wrong with it."""
+
+
+def decode_event(message_type: type[MessageT], event: Event) -> MessageT:
+    """The event's payload as the contract message its subject carries. Bytes that do not decode raise
+    InvalidEvent naming the subject, the event id and the expected message, for every consumer alike: a bare
+    protobuf DecodeError parked as `DecodeError: Error parsing message` tells an operator reading
+    `shopmesh-deadletters list` neither what was expected nor that the payload, not the code, is at fault."""
+    try:
+        return message_type.FromString(event.payload)
+    except DecodeError as exc:
+        raise InvalidEvent(
+            f"{event.subject} {event.event_id or '?'}: the payload does not decode as "
+            f"{message_type.DESCRIPTOR.full_name} ({exc})"
+        ) from None
 
 
 def _cause(error: Exception) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
+from shopmesh_chassis.consumer import Event, decode_event
 from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent
 from shopmesh_notifications.domain.model import Notification
 
@@ -47,40 +47,38 @@ def _lines(items: list[orders_pb2.OrderItem]) -> tuple[Line, ...]:
     )
 
 
-def order_event(subject: str, event_id: str, payload: bytes) -> OrderEvent:
-    """The event a message carries; `event_id` is its `Nats-Msg-Id` (the contract makes them equal).
+def order_event(event: Event) -> OrderEvent:
+    """The order event a message carries, under its `Nats-Msg-Id` (the contract makes them equal).
 
-    Raises InvalidEvent for a payload that is not the subject's message, or a subject not consumed here."""
-    try:
-        if subject == ORDER_CONFIRMED:
-            confirmed = events_pb2.OrderConfirmed.FromString(payload)
-            return OrderEvent(
-                kind=EventKind.ORDER_CONFIRMED,
-                event_id=event_id,
-                order_id=confirmed.order_id,
-                user_id=confirmed.user_id,
-                email=confirmed.email,
-                currency=confirmed.total.currency,
-                lines=_lines(list(confirmed.items)),
-                total_minor=confirmed.total.amount_minor,
-            )
-        if subject == ORDER_CANCELLED:
-            cancelled = events_pb2.OrderCancelled.FromString(payload)
-            return OrderEvent(
-                kind=EventKind.ORDER_CANCELLED,
-                event_id=event_id,
-                order_id=cancelled.order_id,
-                user_id=cancelled.user_id,
-                email=cancelled.email,
-                currency=cancelled.total.currency,
-                lines=_lines(list(cancelled.items)),
-                total_minor=cancelled.total.amount_minor,
-                reason=cancelled.reason.message,
-                refunded=cancelled.refunded,
-            )
-    except DecodeError as exc:
-        raise InvalidEvent(f"{subject} {event_id or '?'}: not a valid protobuf payload: {exc}") from None
-    raise InvalidEvent(f"{subject} {event_id or '?'}: not an event notifications consumes")
+    A payload that is not the subject's message raises the chassis' InvalidEvent (decode_event: the reason
+    every consumer parks such an event with); a subject not consumed here, notifications' InvalidEvent."""
+    if event.subject == ORDER_CONFIRMED:
+        confirmed = decode_event(events_pb2.OrderConfirmed, event)
+        return OrderEvent(
+            kind=EventKind.ORDER_CONFIRMED,
+            event_id=event.event_id,
+            order_id=confirmed.order_id,
+            user_id=confirmed.user_id,
+            email=confirmed.email,
+            currency=confirmed.total.currency,
+            lines=_lines(list(confirmed.items)),
+            total_minor=confirmed.total.amount_minor,
+        )
+    if event.subject == ORDER_CANCELLED:
+        cancelled = decode_event(events_pb2.OrderCancelled, event)
+        return OrderEvent(
+            kind=EventKind.ORDER_CANCELLED,
+            event_id=event.event_id,
+            order_id=cancelled.order_id,
+            user_id=cancelled.user_id,
+            email=cancelled.email,
+            currency=cancelled.total.currency,
+            lines=_lines(list(cancelled.items)),
+            total_minor=cancelled.total.amount_minor,
+            reason=cancelled.reason.message,
+            refunded=cancelled.refunded,
+        )
+    raise InvalidEvent(f"{event.subject} {event.event_id or '?'}: not an event notifications consumes")
 
 
 def _timestamp(value: datetime) -> Timestamp:

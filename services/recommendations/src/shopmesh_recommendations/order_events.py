@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from shopmesh.orders.v1 import events_pb2
-from shopmesh_chassis.consumer import Event, Handler
+from shopmesh_chassis.consumer import Event, Handler, decode_event
 from shopmesh_chassis.db import DbConnection
 from shopmesh_recommendations.application import RecommendationsApplication
 from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
@@ -26,14 +26,16 @@ SUBJECTS = [ORDER_CONFIRMED, ORDER_CANCELLED]
 DURABLE = "recommendations"
 
 
-def confirmed_order(payload: bytes) -> ConfirmedOrder:
-    """Decode the event; a payload that is not an OrderConfirmed raises (retried, then dead-lettered)."""
-    return _order(ConfirmedOrder, events_pb2.OrderConfirmed.FromString(payload))
+def confirmed_order(event: Event) -> ConfirmedOrder:
+    """Decode the event; a payload that is not an OrderConfirmed raises the chassis' InvalidEvent (retried,
+    then dead-lettered with a reason that says so)."""
+    return _order(ConfirmedOrder, decode_event(events_pb2.OrderConfirmed, event))
 
 
-def cancelled_order(payload: bytes) -> CancelledOrder:
-    """Decode the event; a payload that is not an OrderCancelled raises (retried, then dead-lettered)."""
-    return _order(CancelledOrder, events_pb2.OrderCancelled.FromString(payload))
+def cancelled_order(event: Event) -> CancelledOrder:
+    """Decode the event; a payload that is not an OrderCancelled raises the chassis' InvalidEvent (retried,
+    then dead-lettered with a reason that says so)."""
+    return _order(CancelledOrder, decode_event(events_pb2.OrderCancelled, event))
 
 
 OrderT = TypeVar("OrderT", ConfirmedOrder, CancelledOrder)
@@ -48,9 +50,9 @@ def _order(model: type[OrderT], event: events_pb2.OrderConfirmed | events_pb2.Or
 def order_events_handler(application: RecommendationsApplication) -> Handler:
     async def handle(session: DbConnection, event: Event) -> None:
         if event.subject == ORDER_CONFIRMED:
-            await application.record_order(session, confirmed_order(event.payload))
+            await application.record_order(session, confirmed_order(event))
         elif event.subject == ORDER_CANCELLED:
-            await application.forget_order(session, cancelled_order(event.payload))
+            await application.forget_order(session, cancelled_order(event))
         else:
             # Only the subjects above are subscribed; anything else is a wiring mistake worth dead-lettering.
             raise ValueError(f"recommendations does not handle {event.subject}")
