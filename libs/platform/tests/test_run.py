@@ -399,6 +399,34 @@ def test_reset_wipes_a_data_directory_but_refuses_the_working_directory(
     assert tmp_path.exists()
 
 
+def test_reset_says_what_it_deleted(tmp_path: Path) -> None:
+    """A new user's orders, accounts and e-mails vanished without a word: the line names what went."""
+    data = tmp_path / "data"
+    for folder in ("nats", "mail", "traces"):
+        (data / folder).mkdir(parents=True)
+    for name in ("catalog.db", "catalog.db-wal", "orders.db", "orders.fingerprint-key", "stack.json"):
+        (data / name).write_bytes(b"")
+
+    said = run.reset_data_dir(data)
+    assert not data.exists()
+    assert said == (
+        f"--reset: deleted {data} (the SQLite databases of catalog, orders; the idempotency keys of orders; "
+        "mail, nats, stack.json, traces)"
+    )
+    assert run.reset_data_dir(data) == f"--reset: {data} does not exist yet; nothing to delete"
+
+
+async def test_the_launcher_says_what_reset_deleted_before_it_starts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "mail").mkdir(parents=True)
+    (data / "catalog.db").write_bytes(b"")
+    async with launched(data, "--services", "", "--http-port", "0", "--reset") as (process, lines):
+        said = f"--reset: deleted {data} (the SQLite databases of catalog; mail)"
+        assert said in lines, lines[:5]
+        assert lines.index(said) < next(i for i, line in enumerate(lines) if line.startswith("starting "))
+        await ctrl_c(process)
+
+
 def test_reset_refuses_a_directory_that_holds_more_than_the_stacks_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

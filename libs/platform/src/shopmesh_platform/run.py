@@ -44,6 +44,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX
 from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, stack_file, write_stack_file
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server, server_argv
@@ -90,7 +91,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reset",
         action="store_true",
-        help="delete the data directory first (refused if it holds anything the stack does not write there)",
+        help="delete the data directory first, saying what it held (refused if it holds anything the stack does not "
+        "write there)",
     )
     parser.add_argument(
         "--free-ports",
@@ -170,18 +172,21 @@ def port_plan(
     return plan
 
 
-def reset_data_dir(data_dir: Path) -> None:
+def reset_data_dir(data_dir: Path) -> str:
     """Delete `data_dir` if it holds nothing but what a stack writes there (`written_by_stack`); refuse
     anything more: `--data-dir docs`, or `/tmp` typed for `/tmp/shop`, is someone's folder, not the stack's
-    data. Nothing is deleted then, not even the stack's own entries, so the message is the whole effect."""
+    data. Nothing is deleted then, not even the stack's own entries, so the message is the whole effect.
+    Returns the line that says what was deleted: data deleted without a word (the orders, accounts and
+    e-mails of earlier runs) looked like a bug to whoever had forgotten the flag."""
     target = data_dir.resolve()
     cwd = Path.cwd().resolve()
     if target in (cwd, *cwd.parents, Path.home().resolve()) or (target / ".git").exists():
         raise StackError(f"refusing to --reset {data_dir}: it is not a data directory")
     if not target.exists():
-        return
+        return f"--reset: {data_dir} does not exist yet; nothing to delete"
     try:
-        foreign = sorted(entry.name for entry in target.iterdir() if not written_by_stack(entry.name))
+        entries = sorted(entry.name for entry in target.iterdir())
+        foreign = [entry for entry in entries if not written_by_stack(entry)]
     except OSError as exc:  # not a directory, not readable
         raise StackError(f"refusing to --reset {data_dir}: {exc.strerror}") from None
     if foreign:
@@ -191,6 +196,22 @@ def reset_data_dir(data_dir: Path) -> None:
             "move those away, or choose another --data-dir"
         )
     shutil.rmtree(target)
+    return f"--reset: deleted {data_dir} ({removed(entries)})"
+
+
+def removed(entries: Sequence[str]) -> str:
+    """What a data directory's `entries` (all the stack's) held, in a few words: the services' databases and
+    idempotency keys by service, the rest (NATS' store, mail, traces, mesh, stack.json) by name, without the
+    SQLite journals and half-written files that go with them."""
+    databases = [stem for stem, _, suffix in (entry.partition(".") for entry in entries) if suffix == "db"]
+    keys = [stem for stem, _, suffix in (entry.partition(".") for entry in entries) if suffix == FINGERPRINT_KEY_SUFFIX]
+    others = [entry for entry in entries if not entry.startswith(".") and entry.partition(".")[0] not in SERVICES]
+    said = [
+        *([f"the SQLite databases of {', '.join(databases)}"] if databases else []),
+        *([f"the idempotency keys of {', '.join(keys)}"] if keys else []),
+        *([", ".join(others)] if others else []),
+    ]
+    return "; ".join(said) or "it was empty"
 
 
 def _grpcurl() -> str:
@@ -712,7 +733,7 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
     if args.reset:
         # Not under a stack that still runs on this data: its ports would be taken.
         stack.check_ports()
-        reset_data_dir(args.data_dir)
+        print(reset_data_dir(args.data_dir), flush=True)
     signals.stack = stack
     names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
     print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
