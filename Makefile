@@ -33,8 +33,12 @@ TEST_WORKERS   ?= 2
 SERVICE_PACKAGES := $(notdir $(wildcard services/*/src/shopmesh_*))
 
 .PHONY: help
+# Target names in colour on a terminal only (and not with NO_COLOR, as `make run`'s prefixes): piped into a file,
+# grep or less, the escape codes were bytes in the way.
 help: ## List the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then on='\033[36m' off='\033[0m'; else on= off=; fi; \
+	grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) \
+	  | awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-16s%s %s\n", on, $$1, off, $$2}'
 
 # --- tools ---------------------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import pty
 import re
 import shutil
 import subprocess
@@ -703,6 +705,38 @@ def test_make_help_lists_every_target_the_docs_mention() -> None:
         documented |= set(re.findall(r"`make ([a-z][a-z0-9-]*)", (ROOT / doc).read_text()))
     missing = (documented & make_targets()) - listed
     assert not missing, f"make help leaves out targets the docs tell readers to run: {sorted(missing)}"
+
+
+def make_help_on_a_terminal(env: dict[str, str]) -> str:
+    """`make help` with a pseudo-terminal as its output, as a developer runs it: what it printed there."""
+    main, terminal = pty.openpty()
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "help"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=terminal, env=env
+    )
+    os.close(terminal)
+    shown = b""
+    try:
+        while chunk := os.read(main, 4096):
+            shown += chunk
+    except OSError:  # EIO: every end of the terminal the child held is closed, all it wrote was read
+        pass
+    finally:
+        os.close(main)
+        assert process.wait(timeout=60) == 0
+    return shown.decode()
+
+
+def test_make_help_colours_target_names_on_a_terminal_only() -> None:
+    """Piped (`make help | less`, `> file`, a test), the colour's escape codes were bytes in the way."""
+    piped = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r"(?m)^  help +List the targets$", piped), piped[:200]
+    assert "\x1b" not in piped
+    env = {key: value for key, value in os.environ.items() if key != "NO_COLOR"}
+    assert "\x1b[36mhelp" in make_help_on_a_terminal(env)
+    # NO_COLOR, as for `make run`'s prefixes: none on a terminal either.
+    assert "\x1b" not in make_help_on_a_terminal({**env, "NO_COLOR": "1"})
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/kubernetes.md", "docs/mesh.md"])
