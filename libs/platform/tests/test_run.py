@@ -336,6 +336,37 @@ def test_a_startup_timeout_that_never_or_always_expires_is_refused(timeout: str)
     assert exited.value.code == 2
 
 
+def test_help_names_the_default_of_every_option_that_takes_a_value(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` is where a user looks for what happens without an option: --startup-timeout's 60 s, the mesh's
+    and the log format's defaults were in the code alone."""
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(["--help"])
+    assert exited.value.code == 0
+    options = capsys.readouterr().out.split("\noptions:\n", 1)[1]
+    # One block per option, its help folded over several lines: as a reader sees it, whitespace aside.
+    blocks = {block.split()[0]: " ".join(block.split()) for block in re.split(r"\n  (?=-)", options.strip("\n"))}
+    flags = {"-h,", "--reset", "--free-ports", "--postgres"}  # on or off: their default is off
+    assert set(blocks) - flags == {
+        "--data-dir",
+        "--services",
+        "--mesh",
+        "--canary",
+        "--http-port",
+        "--log-format",
+        "--startup-timeout",
+    }, "a new option: say its default in its help, then add it here"
+    for option, default in {
+        "--data-dir": "(default: .data)",
+        "--services": "(default: every service whose package is installed)",
+        "--mesh": "(default: none)",
+        "--canary": "(default: none)",
+        "--http-port": "(default: 8080; 0: not served)",
+        "--log-format": "(default: text)",
+        "--startup-timeout": "(default: 60)",
+    }.items():
+        assert default in blocks[option], blocks[option]
+
+
 def test_without_a_gateway_the_banner_offers_no_http_commands(tmp_path: Path) -> None:
     stack = Stack(tmp_path, ports=run.port_plan(free=True), services=["catalog"])
     text = run.banner(stack, ["catalog"])

@@ -55,6 +55,7 @@ from .mesh.protoset import PROTOSET_FILE, methods_of
 from .ports import Canary, PortInUse, PortPlan
 from .processes import Crashed, StackError, crash_at_stop, has_exited, signal_child, spawn
 from .stack import (
+    DEFAULT_STARTUP_TIMEOUT,
     HTTP_API,
     NATS,
     SMTP,
@@ -81,7 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m shopmesh_platform.run",
         description="Run NATS and every installed service locally until Ctrl-C.",
     )
-    parser.add_argument("--data-dir", default=".data", type=Path, help="databases and NATS data (default: .data)")
+    parser.add_argument("--data-dir", default=".data", type=Path, help="databases and NATS data (default: %(default)s)")
     parser.add_argument(
         "--services",
         default=None,
@@ -108,7 +109,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--mesh",
         choices=(NO_MESH, ENVOY),
         default=NO_MESH,
-        help="envoy: every service behind an Envoy sidecar, mTLS with SPIFFE ids, the call graph as policy",
+        help="envoy: every service behind an Envoy sidecar, mTLS with SPIFFE ids, the call graph as policy "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--canary",
@@ -116,17 +118,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="SERVICE[:WEIGHT]",
         help="with --mesh envoy (and --postgres for a service with a database): a second instance of SERVICE "
-        "that its callers' sidecars send WEIGHT percent of their calls (default 10)",
+        "that its callers' sidecars send WEIGHT percent of their calls, 10 without WEIGHT (default: none)",
     )
     parser.add_argument(
         "--http-port",
         type=parse_port,
         default=LOCAL_HTTP_PORT,
         metavar="PORT",
-        help=f"the gateway's API over HTTP/JSON and gRPC-Web (default {LOCAL_HTTP_PORT}; 0: not served)",
+        help="the gateway's API over HTTP/JSON and gRPC-Web (default: %(default)s; 0: not served)",
     )
-    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="services' log format")
-    parser.add_argument("--startup-timeout", type=seconds(), default=60.0, help="seconds each process has to get ready")
+    # Each option's default in its help ("%(default)s", filled in by argparse): --help is where a user looks
+    # for what happens without the option, and --startup-timeout's 60 s was nowhere to be seen.
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="services' log format (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=seconds(),
+        default=DEFAULT_STARTUP_TIMEOUT,
+        metavar="SECONDS",
+        help="how long each process has to get ready (default: %(default)g)",
+    )
     args = parser.parse_args(argv)
     if args.free_ports and args.http_port not in (0, LOCAL_HTTP_PORT):
         parser.error("--http-port with --free-ports: the OS picks that port too (0 leaves the edge out)")
