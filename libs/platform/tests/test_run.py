@@ -29,6 +29,7 @@ import nats
 import pytest
 from grpc_health.v1 import health_pb2
 
+from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_chassis.testing.postgres import postgres_bin
 from shopmesh_platform import run
@@ -475,6 +476,38 @@ def test_reset_refuses_a_directory_that_holds_more_than_the_stacks_data(
     with pytest.raises(StackError, match="refusing to --reset"):
         run.reset_data_dir(Path("docs"))
     assert (docs / "architecture.md").read_text() == "# the only copy\n"
+
+
+async def test_a_second_launcher_on_the_data_of_one_that_still_runs_is_refused_and_resets_nothing(
+    tmp_path: Path,
+) -> None:
+    """Under --free-ports no port told a second launcher that another still ran on the same data directory: it
+    started beside it on the same NATS store and SQLite files, wrote its stack.json over the first's (the tools
+    then lost the first stack when it stopped), and with --reset deleted that data under it. The first
+    launcher's stack.json says it still runs: the second is refused, in one line, and touches nothing."""
+    data = tmp_path / ".data"
+    data.mkdir()
+    (data / "catalog.db").write_bytes(b"the running stack's")
+    # A live process that is not this test's launcher, standing for the first one.
+    first = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(300)")
+    try:
+        write_stack_file(LocalStack(path=stack_file(data), pid=first.pid, nats_url="nats://127.0.0.1:1"))
+        process = await start_launcher(data, "--services", "", "--reset", "--http-port", "0")
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            await stop_launcher(process)
+        assert process.returncode == 1, out.decode()
+        assert out.decode().splitlines()[-1] == (
+            f"error: a launcher still runs on {data} (pid {first.pid}, named by {stack_file(data)}): stop it "
+            "(Ctrl-C in its terminal), or choose another --data-dir"
+        )
+        assert sorted(path.name for path in data.iterdir()) == ["catalog.db", "stack.json"]
+        assert (data / "catalog.db").read_bytes() == b"the running stack's"
+        assert json.loads(stack_file(data).read_text())["pid"] == first.pid
+    finally:
+        first.kill()
+        await first.wait()
 
 
 async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_server(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX
-from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, stack_file, write_stack_file
+from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, running_stack, stack_file, write_stack_file
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server, server_argv
 
@@ -742,6 +742,8 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         startup_timeout=args.startup_timeout,
         canary=args.canary,
     )
+    # Before --reset too: under --free-ports no port collides with a launcher that still runs on this data.
+    refuse_a_running_launcher(stack.data_dir)
     if args.reset:
         # Not under a stack that still runs on this data: its ports would be taken.
         stack.check_ports()
@@ -761,6 +763,20 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         # Whatever the outcome, nothing of the stack serves any more (a killed launcher leaves the file:
         # the tools see that its pid is gone).
         remove_stack_file(written, os.getpid())
+
+
+def refuse_a_running_launcher(data_dir: Path) -> None:
+    """Refuse a data directory whose stack.json names a launcher that still runs. Under --free-ports nothing
+    else stops a second launcher there: it shared the first one's NATS store and SQLite files, wrote its own
+    stack.json over the first's (and removed it when it stopped, leaving the tools none for a stack that still
+    ran), and its --reset deleted that data under the running stack. A file whose launcher is gone is no
+    obstacle (it is overwritten)."""
+    other = running_stack(data_dir)
+    if other is not None and other.pid != os.getpid():
+        raise StackError(
+            f"a launcher still runs on {data_dir} (pid {other.pid}, named by {other.path}): stop it (Ctrl-C in "
+            "its terminal), or choose another --data-dir"
+        )
 
 
 def local_stack(stack: Stack) -> LocalStack:
