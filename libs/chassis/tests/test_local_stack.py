@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,27 @@ def test_a_launcher_removes_only_its_own_file(tmp_path: Path) -> None:
     assert stack_file(tmp_path).exists()
     remove_stack_file(stack_file(tmp_path), os.getpid())
     assert not stack_file(tmp_path).exists()
+
+
+def test_a_copy_of_a_running_launchers_file_in_another_directory_is_not_that_directorys_stack(tmp_path: Path) -> None:
+    """A checkout copied with its .data while its stack ran: the copy's file names a launcher that runs, but for
+    the other directory; a tool in the copy would have faulted, replayed or loaded that stack instead."""
+    original, copy = tmp_path / "shop" / ".data", tmp_path / "copy" / ".data"
+    written(original, os.getpid())
+    shutil.copytree(original, copy)
+    assert running_stack(original, io.StringIO()) is not None
+    err = io.StringIO()
+    assert running_stack(copy, err) is None
+    assert err.getvalue() == (
+        f"ignoring {copy / 'stack.json'}: it was written for {original}, not this directory; using the local ports\n"
+    )
+
+
+def test_the_same_directory_by_another_path_is_the_same_stack(tmp_path: Path) -> None:
+    """A symbolic link to the data directory, or a relative path to it (the tools read `.data`), finds it."""
+    data = tmp_path / "data"
+    written(data, os.getpid())
+    (tmp_path / "link").symlink_to(data)
+    for found in (running_stack(tmp_path / "link", io.StringIO()), running_stack(Path(os.path.relpath(data)))):
+        assert found is not None
+        assert found.pid == os.getpid()

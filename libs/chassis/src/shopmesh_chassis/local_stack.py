@@ -5,9 +5,9 @@ The launcher writes `<data dir>/stack.json` once the stack serves (atomically: a
 and removes it when it stops. Under `--free-ports` the addresses change every run, and nobody should have to
 copy them from its table. A tool reads the file of `.data` (the default data directory, as the Makefile runs
 them from the repository root) when it was given no address of its own, and says so; without a file, or with
-one whose launcher is gone (killed with -9, which removes nothing), it uses the topology's local ports as
-before. It lives in the chassis because `shopmesh-deadletters` does, and the chassis imports nothing of the
-platform that writes it.
+one whose launcher is gone (killed with -9, which removes nothing), or a copy of one written for another
+directory (a checkout copied with its .data), it uses the topology's local ports as before. It lives in the
+chassis because `shopmesh-deadletters` does, and the chassis imports nothing of the platform that writes it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class LocalStack:
             "pid": self.pid,
             # Told apart from a later process that reuses the pid (see `_same_process`).
             "started": process_start(self.pid),
+            # Told apart from a copy of the file elsewhere (a copied checkout): see `running_stack`.
+            "data_dir": str(self.path.parent.absolute()),
             "nats_url": self.nats_url,
             "gateway": self.gateway,
             "http_url": self.http_url,
@@ -101,6 +103,7 @@ def running_stack(data_dir: Path = DEFAULT_DATA_DIR, err: TextIO | None = None) 
             sidecar_admin=dict(raw.get("sidecar_admin") or {}),
         )
         started = raw.get("started")
+        written_in = raw.get("data_dir")
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -109,7 +112,19 @@ def running_stack(data_dir: Path = DEFAULT_DATA_DIR, err: TextIO | None = None) 
     if not _same_process(stack.pid, started):
         _say(err, f"ignoring {path}: its launcher (pid {stack.pid}) is gone; using the local ports")
         return None
+    if written_in is not None and not _same_directory(str(written_in), data_dir):
+        # A copy (a checkout copied with its .data while a stack ran): its live pid is another directory's
+        # stack, and a tool run here would act on that one.
+        _say(err, f"ignoring {path}: it was written for {written_in}, not this directory; using the local ports")
+        return None
     return stack
+
+
+def _same_directory(written_in: str, data_dir: Path) -> bool:
+    try:
+        return os.path.samefile(written_in, data_dir)
+    except OSError:  # the directory it was written for is gone
+        return False
 
 
 def process_start(pid: int) -> int | None:
