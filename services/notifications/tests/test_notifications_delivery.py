@@ -581,7 +581,9 @@ async def test_a_mail_server_refusing_our_credentials_is_retried_not_failed_for_
     port = int(server.sockets[0].getsockname()[1])
     try:
         mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0, username="shop", password="old"))
-        sender = NotificationSender(database, mailer, RetryPolicy(10, 0.05, 0.2), claim_seconds=10)
+        # A retry a minute away: with 50 ms, a slow first attempt (a loaded machine) made the second due
+        # within the same pass, and send_due counted two.
+        sender = NotificationSender(database, mailer, RetryPolicy(10, 60.0, 120.0), claim_seconds=10)
         intake = NotificationIntake()
         event = Event("evt_auth", ORDER_CONFIRMED, confirmed_event("evt_auth", "ord_auth"), {}, 1)
         async with database.transaction() as session:
