@@ -54,11 +54,15 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Error budget remaining (30 days)",
                 "percentunit",
                 "The share of each SLO's 30-day error budget not spent yet: 100 % when no call missed it, 0 when "
-                "as many did as the objective allows, below 0 past it. From the 5-minute error ratios averaged "
-                "over 30 days (each 5 minutes with calls weighs the same, however many calls it had).",
+                "as many did as the objective allows, below 0 past it. The calls that missed it over the last 30 "
+                "days divided by all calls then (each call weighs the same, busy hour or quiet night), over "
+                "the budget (1 - objective). Counts only what Prometheus kept: less than 30 days after the SLO "
+                "was turned on, the days since.",
                 [
                     (
-                        f'1 - avg_over_time({SLO_ERRORS}{{{SELECTOR}, window="5m"}}[30d]) '
+                        f"1 - sum_over_time(job:shopmesh_slo_errors:rate5m{{{SELECTOR}}}[30d]) "
+                        "/ on (job, namespace, slo) "
+                        f"(sum_over_time(job:shopmesh_slo_calls:rate5m{{{SELECTOR}}}[30d]) > 0) "
                         f"/ on (job, namespace, slo) {SLO_BUDGET}",
                         "{{job}} {{slo}}",
                     )

@@ -484,9 +484,12 @@ def test_the_availability_slo_counts_exactly_the_server_errors_alerts_codes(
     healthy."""
     docs = rendered[MONITORING, SERVICE]
     [server_errors] = [a for a in alerts_of(docs, SERVICE) if a["alert"] == "ShopmeshServerErrors"]
+    # The records of the calls that failed (each window's ratio, and the 5-minute rate the dashboard sums).
+    failures = {RATIO, "job:shopmesh_slo_errors:rate5m"}
     availability = [
-        r for r in records_of(docs, SERVICE) if r["labels"].get("slo") == "availability" and selectors(r["expr"])
+        r for r in records_of(docs, SERVICE) if r["labels"].get("slo") == "availability" and r["record"] in failures
     ]
+    assert {r["record"] for r in availability} == failures
     assert availability
     expected = codes(server_errors["expr"])
     assert all(codes(r["expr"]) == expected for r in availability)
@@ -523,3 +526,29 @@ def test_the_dashboards_slo_panels_read_windows_the_rules_record(rendered: dict[
                 read |= set(window.value.split("|"))
     assert read, "the dashboard shows no SLO"
     assert read <= recorded, f"the dashboard reads windows no rule records: {sorted(read - recorded)}"
+
+
+def panel_query(title: str) -> str:
+    """The dashboard's query of the panel `title`, for the gateway in the rendered namespace."""
+    [query] = [expr for panel, expr, _legend in dashboards.panel_queries() if panel == title]
+    return query.replace("$namespace", render.NAMESPACE).replace("$service", SERVICE)
+
+
+def test_the_dashboards_budget_counts_every_call_alike(rendered: dict[tuple[str, str], Docs], tmp_path: Path) -> None:
+    """The SLO is a share of calls over 30 days, and so is its budget: two busy hours without a failure (720,000
+    calls), then a quiet hour of 1 call a second of which 1 % fail (36 calls). 36 of 723,600 calls is 5 % of
+    the 0.1 % budget: 95 % of it is left. Averaging the 5-minute ratios instead would weigh each quiet minute's
+    1 % as much as a busy one's 0 %, and show the budget spent three times over (about -200 %)."""
+    budget = panel_query("Error budget remaining (30 days)")
+    end = 3 * HOUR
+    scenario = Scenario(
+        "two busy hours, then a quiet one with 1 % failing",
+        [Traffic(2 * HOUR), Traffic(HOUR, calls=1.0, failing={"UNAVAILABLE": 0.01})],
+        {FAST: between(0, end), SLOW: between(0, end)},
+        named=False,
+    )
+    scenario.queries = [
+        (end, f"({budget}) > bool 0.9", [("availability", "", 1.0), ("latency", "", 1.0)]),
+        (end, f"({budget}) < bool 0.99", [("availability", "", 1.0), ("latency", "", 0.0)]),
+    ]
+    promtool_test(rendered, [scenario], tmp_path)

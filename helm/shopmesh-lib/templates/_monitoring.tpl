@@ -183,6 +183,25 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
         slo: {{ $name }}
         window: {{ $window }}
     {{- end }}
+    {{- /* The 5-minute rates of the calls that missed each SLO and of all calls, for the dashboard's 30-day
+         budget: summed over 30 days, their quotient is the share of the 30 days' calls that missed it, each
+         call weighing the same. An average of the 5-minute ratios would weigh a quiet night's few calls as much
+         as a busy day's many. */}}
+    {{- if eq $window "5m" }}
+    {{- $rates := dict
+      "availability" (list (printf "%s or 0 * %s" $failed $calls) $calls)
+      "latency" (list (printf "%s - %s" $timed $fast) $timed) }}
+    {{- range $name := list "availability" "latency" }}
+    - record: job:shopmesh_slo_errors:rate5m
+      expr: {{ index (get $rates $name) 0 | replace "__selector__" $selector | quote }}
+      labels:
+        slo: {{ $name }}
+    - record: job:shopmesh_slo_calls:rate5m
+      expr: {{ index (get $rates $name) 1 | replace "__selector__" $selector | quote }}
+      labels:
+        slo: {{ $name }}
+    {{- end }}
+    {{- end }}
   {{- end }}
   {{- range $page := list true false }}
     {{- $burns := list }}
