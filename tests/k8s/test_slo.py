@@ -459,13 +459,23 @@ def test_an_objective_outside_0_to_1_fails_the_render(helm_dir: Path, objective:
         objects_of(helm_dir, SERVICE, {"slo": {"availability": {"objective": objective}}})
 
 
+@pytest.mark.parametrize(("slo", "objective"), [("latency", 0.9), ("availability", 0.93)])
+def test_an_objective_the_page_cannot_reach_fails_the_render(helm_dir: Path, slo: str, objective: float) -> None:
+    """At 90 %, 14.4 times the budget is 144 % of the calls: the 1-hour page could never fire, and a latency
+    outage of every call would page only through the 6-hour condition, hours later. The chart says so rather
+    than render an alert that cannot fire."""
+    with pytest.raises(Exception, match=rf"slo\.{slo}\.objective \({objective}\).*above 0\.93056") as refused:
+        objects_of(helm_dir, SERVICE, {"slo": {slo: {"objective": objective}}})
+    assert "14.4" in str(refused.value)
+
+
 def test_the_objectives_set_the_budgets_the_alerts_burn(helm_dir: Path) -> None:
-    rules = slo_rules_with(helm_dir, {"availability": {"objective": 0.995}, "latency": {"objective": 0.9}})
+    rules = slo_rules_with(helm_dir, {"availability": {"objective": 0.995}, "latency": {"objective": 0.95}})
     objectives = {r["labels"]["slo"]: r["expr"] for r in rules if r.get("record") == "job:shopmesh_slo_objective:ratio"}
-    assert objectives == {"availability": "vector(0.995)", "latency": "vector(0.9)"}
+    assert objectives == {"availability": "vector(0.995)", "latency": "vector(0.95)"}
     [fast] = [r for r in rules if r.get("alert") == FAST]
     assert "14.4 * (1 - 0.995)" in fast["expr"]
-    assert "6 * (1 - 0.9)" in fast["expr"]
+    assert "6 * (1 - 0.95)" in fast["expr"]
     assert "0.999" not in fast["expr"]
 
 

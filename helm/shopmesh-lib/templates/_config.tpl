@@ -436,6 +436,12 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- if or (le $objective 0.0) (ge $objective 1.0) -}}
 {{- fail (printf "slo.%s.objective (%v) for %s: the share of calls that must meet the SLO over 30 days, above 0 and below 1 (0.999 is 99.9 %%)" $key $objective $name) -}}
 {{- end -}}
+{{- /* The fast page fires above 14.4 times the budget's share over an hour: with a budget of 1/14.4 of the calls
+     or more, that is every call or more, and the page could never fire (a latency outage would page through the
+     6-hour condition alone, hours later). */ -}}
+{{- if ge (mulf 14.4 (subf 1.0 $objective)) 1.0 -}}
+{{- fail (printf "slo.%s.objective (%v) for %s: must be above 0.93056 (1 - 1/14.4). The burn-rate alerts page when 14.4 times the budget's share of the calls (1 - objective) missed the SLO over an hour; with this objective that is every call or more, so that page could never fire. Choose a stricter objective, or measure a threshold more calls meet" $key $objective $name) -}}
+{{- end -}}
 {{- end -}}
 {{- $bounds := splitList " " (include "shopmesh-lib.latencyBuckets" .) -}}
 {{- $threshold := $c.monitoring.slo.thresholdSeconds -}}
