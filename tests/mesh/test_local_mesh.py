@@ -195,7 +195,8 @@ async def test_no_service_behind_a_sidecar_listens_on_a_tcp_port_of_its_own_but_
     listens only on a Unix socket, in a folder only the user can open, so nothing on the machine calls it past
     its sidecar's mutual TLS and policy (its app port once took plaintext from anything local). Its metrics stay on TCP,
     as Prometheus scrapes a pod's past the proxy; the launcher's readiness probe dials the socket."""
-    folder = stack.mesh_dir / "sockets"
+    # The folder the data directory's link points to (a short one of its own: a socket's path has 107 bytes).
+    folder = (stack.mesh_dir / "sockets").resolve()
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for name in SERVICES:
         socket_path = stack.app_socket(name)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +18,15 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from shopmesh_chassis.config import UNIX_SOCKET_PATH_MAX_BYTES
 from shopmesh_chassis.server import MAX_METADATA_BYTES
+from shopmesh_platform import stack as stack_module
 from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_KIB
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON, Sidecar, bootstrap
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
 from shopmesh_platform.ports import Canary, PortInUse, PortPlan
 from shopmesh_platform.processes import StackError
-from shopmesh_platform.stack import ServiceSpec, Stack, envoy_binary
+from shopmesh_platform.stack import ServiceSpec, Stack, envoy_binary, sockets_base
 from shopmesh_platform.topology import METHODS_CALLED, SERVICES, is_edge, local_sidecar_ports, service_callers
 
 
@@ -162,16 +167,122 @@ def test_a_caller_the_policy_lists_no_methods_for_is_admitted_to_nothing_but_hea
     assert admitted_paths(rbac["typed_config"]["rules"]) == HEALTH_ONLY
 
 
-def test_the_services_sockets_are_in_a_folder_only_the_user_can_open(
+def test_the_services_sockets_are_in_a_short_folder_only_the_user_can_open_linked_from_the_data_directory(
     configurations: tuple[Stack, dict[str, dict[str, Any]]],
 ) -> None:
     stack, _ = configurations
-    sockets = stack.mesh_dir / "sockets"
-    assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
+    link = stack.mesh_dir / "sockets"
+    assert link.is_symlink()
+    folder = Path(os.readlink(link))
+    assert folder.parent == sockets_base(SERVICES)
+    assert folder.name.startswith("shopmesh-sockets-")
+    assert stat.S_IMODE(folder.lstat().st_mode) == 0o700
     for service in SERVICES:
-        expected = sockets / f"{service}.sock"
+        expected = folder / f"{service}.sock"
         assert stack.app_socket(service) == expected, service
         assert stack.app_address(service) == f"unix:{expected}"
+        assert stack.socket_link(service) == link / f"{service}.sock"
+
+
+def test_a_data_directory_deeper_than_a_unix_socket_allows_still_gets_sockets_that_fit(tmp_path: Path) -> None:
+    """The data directory's depth does not matter: `.data/mesh/sockets/notifications.sock` of a deep checkout
+    (a full `make test`'s tmp_path) passed 107 bytes and the launcher refused to start."""
+    deep = tmp_path / ("d" * 100)
+    stack = Stack(deep, ports=PortPlan.free(mesh=True))
+    stack.write_mesh()
+    try:
+        for service in SERVICES:
+            socket_path = stack.app_socket(service)
+            assert socket_path is not None
+            assert len(os.fsencode(socket_path)) <= UNIX_SOCKET_PATH_MAX_BYTES, socket_path
+            env = stack._child(service).env
+            assert env["GRPC_UNIX_SOCKET"] == str(socket_path), "the service is told the short path"
+            config = json.loads((stack.mesh_dir / f"{service}-sidecar.json").read_text())
+            clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+            app = clusters["app"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            assert app == {"pipe": {"path": str(socket_path)}}, "and so is its sidecar"
+    finally:
+        stack.remove_sockets()
+
+
+def test_removing_the_sockets_removes_their_folder_and_its_link(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, ports=PortPlan.free(["catalog"], mesh=True), services=["catalog"])
+    stack.write_mesh()
+    socket_path = stack.app_socket("catalog")
+    assert socket_path is not None
+    assert socket_path.parent.is_dir()
+    stack.remove_sockets()
+    assert not socket_path.parent.exists()
+    assert not (stack.mesh_dir / "sockets").is_symlink()
+
+
+def test_a_folder_of_sockets_a_killed_launcher_left_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    """A killed launcher never removed its folder in /tmp: the next start on the same data removes it (a
+    launcher that still runs there is refused before), and only a `shopmesh-sockets-*` folder through the link."""
+    left = Path(tempfile.mkdtemp(prefix=stack_module.SOCKETS_PREFIX, dir="/tmp"))
+    (left / "catalog.sock").touch()
+    link = tmp_path / "mesh" / "sockets"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(left)
+    stack = Stack(tmp_path, ports=PortPlan.free(["catalog"], mesh=True), services=["catalog"])
+    try:
+        stack.write_mesh()
+        assert not left.exists()
+        assert Path(os.readlink(link)) != left
+    finally:
+        shutil.rmtree(left, ignore_errors=True)
+        stack.remove_sockets()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    link.symlink_to(mine)
+    try:
+        stack.write_mesh()
+        assert mine.is_dir(), "not a folder of the launcher's: left alone"
+    finally:
+        stack.remove_sockets()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "base"),
+    [(None, "/tmp"), ("SHORT", "SHORT"), ("/nonexistent-runtime-dir", "/tmp"), ("LONG", "/tmp")],
+    ids=["unset", "short", "missing", "too-long"],
+)
+def test_the_sockets_go_under_the_users_runtime_directory_when_it_is_short_else_tmp(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    runtime: str | None,
+    base: str,
+) -> None:
+    # A pytest tmp_path can itself be too long: a runtime directory is short, as /run/user/<uid> is.
+    short = Path(tempfile.mkdtemp(prefix="xdg-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+    long = tmp_path / ("r" * 90)
+    long.mkdir()
+    given = {"SHORT": str(short), "LONG": str(long)}
+    if runtime is None:
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    else:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", given.get(runtime, runtime))
+    # Not $TMPDIR, which may be as deep as any checkout.
+    monkeypatch.setenv("TMPDIR", str(long))
+    assert sockets_base(SERVICES) == Path(given.get(base, base))
+
+
+def test_sockets_that_even_the_short_folder_cannot_hold_are_refused_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a case /tmp meets (an SVID limits a service's name to 64 bytes): the check stays for a base that
+    could be long, rather than a service that fails to bind."""
+    long = tmp_path / ("b" * 90)
+    long.mkdir()
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(stack_module, "SOCKETS_FALLBACK_BASE", long)
+    stack = Stack(tmp_path, ports=PortPlan.free(["catalog"], mesh=True), services=["catalog"])
+    with pytest.raises(StackError, match=r"longer than a Unix socket's path may be \(107 bytes\)"):
+        stack.write_mesh()
+    assert not (tmp_path / "mesh" / "sockets").is_symlink()
+    assert list(long.iterdir()) == [], "nor is the folder left"
 
 
 def test_a_socket_another_stack_still_serves_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -189,12 +300,6 @@ def test_a_socket_another_stack_still_serves_is_refused_before_anything_starts(t
             stack.check_ports()
     assert path.exists()
     assert stack.check_ports() == []
-
-
-def test_a_data_directory_too_deep_for_a_unix_socket_is_refused_saying_so(tmp_path: Path) -> None:
-    deep = tmp_path / ("d" * 100)
-    with pytest.raises(StackError, match=r"longer than a Unix socket's path may be \(107 bytes\)"):
-        Stack(deep, ports=PortPlan.free(mesh=True))
 
 
 def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(
@@ -224,7 +329,7 @@ def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(
             assert route["route"]["timeout"] == "0s"
         app = clusters["app"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         # The service's own Unix socket, in the folder only the user can open: no TCP port to go around by.
-        assert app == {"pipe": {"path": str(stack.mesh_dir / "sockets" / f"{service}.sock")}}
+        assert app == {"pipe": {"path": str(stack.app_socket(service))}}
 
 
 async def envoy_validates(path: Path) -> None:
@@ -356,7 +461,7 @@ async def test_a_canarys_sidecar_is_its_services_under_a_name_of_its_own(
     certificates = inbound["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
     assert certificates["tls_certificates"][0]["certificate_chain"]["filename"].endswith("/catalog.pem")
     app = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    assert app["endpoint"]["address"] == {"pipe": {"path": str(stack.mesh_dir / "sockets" / "catalog-canary.sock")}}
+    assert app["endpoint"]["address"] == {"pipe": {"path": str(stack.app_socket("catalog-canary"))}}
     tracer = inbound["filter_chains"][0]["filters"][0]["typed_config"]["tracing"]["provider"]["typed_config"]
     assert tracer["service_name"] == "catalog-canary-sidecar"
     assert not (stack.mesh_dir / "catalog-canary.pem").exists(), "no identity of its own"

