@@ -34,7 +34,7 @@ from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_chassis.testing.postgres import postgres_bin
 from shopmesh_platform import run
 from shopmesh_platform.mesh.faults import current_fault
-from shopmesh_platform.ports import Canary
+from shopmesh_platform.ports import Canary, PortPlan
 from shopmesh_platform.processes import StackError
 from shopmesh_platform.stack import DEFAULT_STOP_TIMEOUT, SOCKETS_PREFIX, Stack, sidecar_name
 from shopmesh_platform.topology import SERVICES
@@ -446,6 +446,25 @@ def test_reset_also_removes_the_sockets_folder_a_killed_launcher_left_outside_th
         assert not left.exists()
     finally:
         shutil.rmtree(left, ignore_errors=True)
+
+
+def test_the_printed_grpcurl_command_names_the_socket_through_the_link_when_short_else_its_own_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the repository the banner shows README's `.data/mesh/sockets/<svc>.sock`; a deep data directory
+    elsewhere, whose linked path is too long to connect to, gets the socket's own short path."""
+    checkout = tmp_path / ("d" * 100)
+    stack = Stack(checkout / ".data", ports=PortPlan.free(["catalog"], mesh=True), services=["catalog"])
+    stack.write_mesh()
+    try:
+        monkeypatch.chdir(tmp_path)
+        [listing, *_] = run.grpcurl_commands(stack)
+        assert f" -unix {stack.app_socket('catalog')} " in listing
+        monkeypatch.chdir(checkout)
+        [listing, *_] = run.grpcurl_commands(stack)
+        assert " -unix .data/mesh/sockets/catalog.sock " in listing
+    finally:
+        stack.remove_sockets()
 
 
 def test_reset_says_what_it_deleted(tmp_path: Path) -> None:
