@@ -1113,10 +1113,25 @@ def said_by(name: str) -> Callable[[str], bool]:
     return lambda line: " | " in line and line.split(" | ", 1)[0].strip() == name
 
 
+# NATS held between its spawn and its readiness: with no service to start, the stack was ready within
+# milliseconds of "starting nats", and on a loaded machine the Ctrl-C sent on that line came after the start.
+NATS_HELD_LAUNCHER = (
+    "import asyncio, sys\n"
+    "from shopmesh_platform import run, stack\n"
+    "ready = stack.Stack._wait_ready\n"
+    "async def held(self, child, timeout):\n"
+    "    if child.name == 'nats':\n"
+    "        print('nats spawned, held before it is ready', flush=True)\n"
+    "        await asyncio.Event().wait()\n"
+    "    await ready(self, child, timeout)\n"
+    "stack.Stack._wait_ready = held\n"
+    "sys.exit(run.main(sys.argv[1:]))\n"
+)
+
 START_PHASES = {
     # Between its spawn and its first accepted connection (the seam holds it there).
     "PostgreSQL's": (("--services", "", "--postgres"), lambda line: line.startswith("PostgreSQL spawned as ")),
-    "NATS'": (("--services", ""), lambda line: line.startswith("starting nats")),
+    "NATS'": (("--services", ""), lambda line: line.startswith("nats spawned, held")),
     "a service's": (("--services", "catalog"), said_by("catalog")),
     # Envoy says nothing until it stops: the sink's first line, then Envoy among the launcher's children.
     "a sidecar's (Envoy)": (("--services", "catalog", "--mesh", "envoy"), said_by("traces")),
@@ -1131,7 +1146,7 @@ async def test_ctrl_c_during_the_start_stops_what_started_in_one_line_and_the_ne
     """Ctrl-C before the stack is ready is a Ctrl-C as after: everything started is stopped, exit 0, no traceback."""
     args, reached = START_PHASES[phase]
     args = (*args, "--http-port", "0")
-    script = NEVER_READY_POSTGRES_LAUNCHER if phase == "PostgreSQL's" else None
+    script = {"PostgreSQL's": NEVER_READY_POSTGRES_LAUNCHER, "NATS'": NATS_HELD_LAUNCHER}.get(phase)
     process = await launcher(tmp_path / "data", *args, script=script)
     assert process.stdout is not None
     lines: list[str] = []
