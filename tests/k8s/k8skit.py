@@ -234,3 +234,33 @@ def _answers(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+DEPLOY_STAGING = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
+# A kubectl that finds every Secret the pods read (`kubectl get secret ... --output name` prints it).
+EVERY_SECRET_FOUND = "#!/bin/sh\necho secret/found\n"
+
+
+def run_deploy_staging(
+    tmp_path: Path, *, helm: str, kubectl: str = EVERY_SECRET_FOUND, **settings: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run k8s/scripts/deploy-staging.sh (`make deploy-staging`) against stand-in `helm` and `kubectl` scripts
+    in `tmp_path`/bin, with the settings docs/kubernetes.md asks for and `settings` over them: its result, and
+    the path the stand-ins may write their calls beside ($CAPTURE)."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(parents=True)
+    (stubs / "helm").write_text(helm)
+    (stubs / "kubectl").write_text(kubectl)
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    capture = tmp_path / "calls"
+    env = {
+        "PATH": f"{stubs}:/usr/bin:/bin",
+        "CAPTURE": str(capture),
+        "STAGING_CONTEXT": "staging",
+        "REGISTRY": "registry.example.com/shopmesh",
+        "IMAGE_TAG": "1234567",
+        **settings,
+    }
+    result = subprocess.run([str(DEPLOY_STAGING)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    return result, capture

@@ -5,7 +5,6 @@ whole release or from a service chart for one service (shopmesh-lib.config, shop
 from __future__ import annotations
 
 import functools
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from kubernetes_validate import utils as kv_utils
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, render
+from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, render, run_deploy_staging
 
 POOL_AFFINITY = {
     "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -207,24 +206,8 @@ def deploy_staging_values(tmp_path: Path, **settings: str) -> dict[str, Any]:
     """The values `make deploy-staging` installs the umbrella chart with: the script runs against a stand-in
     helm that records its arguments, and its --values files and --set-string settings are read back.
     `settings`: more of its environment (STAGING_VALUES)."""
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
-    (stubs / "helm").write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$CAPTURE.$1"\n')
-    # Every Secret the pods read is there (kubectl get secret --output name prints it).
-    (stubs / "kubectl").write_text("#!/bin/sh\necho secret/found\n")
-    for stub in stubs.iterdir():
-        stub.chmod(0o755)
-    capture = tmp_path / "calls"
-    env = {
-        "PATH": f"{stubs}:/usr/bin:/bin",
-        "CAPTURE": str(capture),
-        "STAGING_CONTEXT": "staging",
-        "REGISTRY": REGISTRY,
-        "IMAGE_TAG": "1234567",
-        **settings,
-    }
-    script = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
-    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    helm_stub = '#!/bin/sh\nprintf \'%s\\n\' "$@" > "$CAPTURE.$1"\n'
+    result, capture = run_deploy_staging(tmp_path, helm=helm_stub, REGISTRY=REGISTRY, **settings)
     assert result.returncode == 0, result.stderr
     args = iter(Path(f"{capture}.upgrade").read_text().splitlines())
     assert [next(args), next(args), next(args)] == ["upgrade", "--install", "shopmesh"]

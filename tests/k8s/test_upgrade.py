@@ -13,7 +13,7 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, Docs, find, objects_of, peers_by_port, render
+from .k8skit import ROOT, Docs, find, objects_of, peers_by_port, render, run_deploy_staging
 from .test_scheduling import deploy_staging_values
 
 # The staging cluster's own PostgreSQL, outside k8s/infra (values-staging.yaml's peers are k8s/infra's).
@@ -43,22 +43,12 @@ def test_make_deploy_staging_takes_the_clusters_own_values_on_every_upgrade(helm
 def test_make_deploy_staging_refuses_a_staging_values_file_that_is_not_there(tmp_path: Path) -> None:
     """A misspelt STAGING_VALUES path stops the deploy before helm runs, naming it: deploying without the
     cluster's settings is the failure STAGING_VALUES exists to prevent."""
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
-    for tool in ("helm", "kubectl"):
-        (stubs / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> "$CAPTURE"\n')
-        (stubs / tool).chmod(0o755)
-    capture = tmp_path / "calls"
-    env = {
-        "PATH": f"{stubs}:/usr/bin:/bin",
-        "CAPTURE": str(capture),
-        "STAGING_CONTEXT": "staging",
-        "REGISTRY": "registry.example.com/shopmesh",
-        "IMAGE_TAG": "1234567",
-        "STAGING_VALUES": "helm/shopmesh/values-monitoring.yaml staging-clustr.yaml",
-    }
-    script = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
-    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    result, capture = run_deploy_staging(
+        tmp_path,
+        helm='#!/bin/sh\necho helm "$@" >> "$CAPTURE"\n',
+        kubectl='#!/bin/sh\necho kubectl "$@" >> "$CAPTURE"\n',
+        STAGING_VALUES="helm/shopmesh/values-monitoring.yaml staging-clustr.yaml",
+    )
     assert result.returncode == 1
     assert "STAGING_VALUES names staging-clustr.yaml, which is not a file" in result.stderr
     assert not capture.exists(), "helm ran"
@@ -69,28 +59,18 @@ def deploy_staging_with_a_secret_missing(
 ) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
     """Run deploy-staging.sh with `own_values` as STAGING_VALUES against a stand-in helm and a kubectl that
     finds every Secret but `missing`: the script's result, and each kubectl call's arguments."""
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
-    (stubs / "helm").write_text('#!/bin/sh\necho helm "$@" >> "$CAPTURE.helm"\n')
-    # kubectl get secret <name> --ignore-not-found --output name: prints it, but for the one not there.
-    (stubs / "kubectl").write_text(
-        f'#!/bin/sh\necho "$@" >> "$CAPTURE.kubectl"\ncase " $* " in *" {missing} "*) ;; *) echo secret/found ;; esac\n'
-    )
-    for stub in stubs.iterdir():
-        stub.chmod(0o755)
     own = tmp_path / "staging-cluster.yaml"
     own.write_text(yaml.safe_dump(own_values))
-    capture = tmp_path / "calls"
-    env = {
-        "PATH": f"{stubs}:/usr/bin:/bin",
-        "CAPTURE": str(capture),
-        "STAGING_CONTEXT": "staging",
-        "REGISTRY": "registry.example.com/shopmesh",
-        "IMAGE_TAG": "1234567",
-        "STAGING_VALUES": str(own),
-    }
-    script = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
-    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    result, capture = run_deploy_staging(
+        tmp_path,
+        helm='#!/bin/sh\necho helm "$@" >> "$CAPTURE.helm"\n',
+        # kubectl get secret <name> --ignore-not-found --output name: prints it, but for the one not there.
+        kubectl=(
+            f'#!/bin/sh\necho "$@" >> "$CAPTURE.kubectl"\n'
+            f'case " $* " in *" {missing} "*) ;; *) echo secret/found ;; esac\n'
+        ),
+        STAGING_VALUES=str(own),
+    )
     assert not Path(f"{capture}.helm").exists(), ("helm ran", result.stderr)
     return result, [line.split() for line in Path(f"{capture}.kubectl").read_text().splitlines()]
 

@@ -28,7 +28,17 @@ from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_platform.topology import METHODS_CALLED, SERVICES, callers_of, is_edge, methods_called, service_callers
 
-from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, peers_by_port, render
+from .k8skit import (
+    DEPLOY_STAGING,
+    KUBERNETES_VERSION,
+    ROOT,
+    Docs,
+    find,
+    objects_of,
+    peers_by_port,
+    render,
+    run_deploy_staging,
+)
 
 GRPC_PORT = 50051  # every pod (docs/chassis.md; the task's cluster convention)
 METRICS_PORT = 9464
@@ -809,34 +819,17 @@ def test_deploy_staging_runs_helm_upgrade_then_helm_test(tmp_path: Path) -> None
     """`make deploy-staging STAGING_CONTEXT=... REGISTRY=... IMAGE_TAG=...` (docs/kubernetes.md): the script
     must at least parse. A `'` inside "${VAR:?...}" (bash reads it as an opening quote within the double-quoted
     expansion) makes bash stop at "unexpected EOF while looking for matching `''" before running anything."""
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
-    (stubs / "helm").write_text('#!/bin/sh\necho helm "$@" >> "$CAPTURE"\n')
-    # Every Secret the pods read is there (kubectl get secret --output name prints it).
-    (stubs / "kubectl").write_text("#!/bin/sh\necho secret/found\n")
-    for stub in stubs.iterdir():
-        stub.chmod(0o755)
-    capture = tmp_path / "calls"
-    env = {
-        "PATH": f"{stubs}:/usr/bin:/bin",
-        "CAPTURE": str(capture),
-        "STAGING_CONTEXT": "staging",
-        "REGISTRY": "registry.example.com/shopmesh",
-        "IMAGE_TAG": "1234567",
-    }
-    script = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
-    syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    syntax = subprocess.run(["bash", "-n", str(DEPLOY_STAGING)], capture_output=True, text=True, check=False)
     assert syntax.returncode == 0, syntax.stderr
-    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    helm_stub = '#!/bin/sh\necho helm "$@" >> "$CAPTURE"\n'
+    result, capture = run_deploy_staging(tmp_path, helm=helm_stub)
     assert result.returncode == 0, result.stderr
     upgrade, test = capture.read_text().splitlines()
     assert upgrade.startswith("helm upgrade --install shopmesh helm/shopmesh --kube-context staging")
     assert "--set-string global.imageTag=1234567" in upgrade
     assert test == "helm test shopmesh --kube-context staging --namespace shopmesh --logs"
     # Without a setting it stops naming it, before touching any cluster.
-    unset = subprocess.run(
-        [str(script)], env={**env, "STAGING_CONTEXT": ""}, capture_output=True, text=True, timeout=60, check=False
-    )
+    unset, _ = run_deploy_staging(tmp_path / "unset", helm=helm_stub, STAGING_CONTEXT="")
     assert unset.returncode != 0
     assert "STAGING_CONTEXT" in unset.stderr
 
