@@ -222,6 +222,12 @@ def write_all(helm_dir: Path, out: Path) -> list[Path]:
     return written
 
 
+def _values_files_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "-f", "--values", dest="values_files", metavar="FILE", type=Path, action="append", default=[], help=help
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,30 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     secrets_cmd = sub.add_parser(
         "secrets", help="print the Secrets the umbrella's pods read, one a line (they must exist before they start)"
     )
-    secrets_cmd.add_argument(
-        "-f",
-        "--values",
-        dest="values_files",
-        metavar="FILE",
-        type=Path,
-        action="append",
-        default=[],
-        help="a values file the release is deployed with (repeatable, later wins, as helm -f)",
-    )
+    _values_files_option(secrets_cmd, "a values file the release is deployed with (repeatable, later wins, as helm -f)")
     tracing_cmd = sub.add_parser(
         "istio-tracing",
         help="print the IstioOperator overlay for the sidecars' spans (JSON, which istioctl reads as YAML)",
     )
-    tracing_cmd.add_argument(
-        "-f",
-        "--values",
-        dest="values_files",
-        metavar="FILE",
-        type=Path,
-        action="append",
-        default=[],
-        help="a values file the release is deployed with, over the istio value set (repeatable, later wins, "
-        "as helm -f)",
+    _values_files_option(
+        tracing_cmd,
+        "a values file the release is deployed with, over the istio value set (repeatable, later wins, as helm -f)",
     )
     args = parser.parse_args(argv)
     missing = [str(f) for f in getattr(args, "values_files", []) if not f.is_file()]
