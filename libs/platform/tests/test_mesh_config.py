@@ -269,6 +269,21 @@ def test_the_sockets_go_under_the_users_runtime_directory_when_it_is_short_else_
     assert sockets_base(SERVICES) == Path(given.get(base, base))
 
 
+def test_a_runtime_directory_of_another_user_is_passed_over_for_tmp(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """`su` and `sudo -E` keep the first user's `$XDG_RUNTIME_DIR`: mkdtemp in that 0700 folder of theirs failed
+    with a PermissionError traceback, and a folder someone else owns is not private to this user."""
+    theirs = Path(tempfile.mkdtemp(prefix="xdg-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(theirs, ignore_errors=True))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(theirs))
+    # The folder is this process's: the process plays another user (root could open it anyway, any other
+    # user could not).
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 1)
+    assert sockets_base(SERVICES) == Path("/tmp")
+
+
 def test_sockets_that_even_the_short_folder_cannot_hold_are_refused_saying_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -239,14 +239,25 @@ def written_by_stack(entry: str, services: Iterable[str] = SERVICES) -> bool:
 
 def sockets_base(names: Iterable[str]) -> Path:
     """Where a start makes its sockets' folder: `$XDG_RUNTIME_DIR` (the user's own, 0700, cleared at logout) when
-    set and short enough for every one of `names`' sockets, else /tmp."""
+    set, this user's and writable, and short enough for every one of `names`' sockets, else /tmp."""
     longest = max((len(f"{name}.sock".encode()) for name in names), default=0)
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+    if runtime and os.path.isabs(runtime) and _own_writable_folder(runtime):
         needed = len(os.fsencode(runtime)) + 1 + _SOCKETS_FOLDER_NAME_BYTES + 1 + longest
         if needed <= UNIX_SOCKET_PATH_MAX_BYTES:
             return Path(runtime)
     return SOCKETS_FALLBACK_BASE
+
+
+def _own_writable_folder(path: str) -> bool:
+    """A folder of this user's that this user can create in. `su`/`sudo -E` keep the first user's
+    `$XDG_RUNTIME_DIR` (`/run/user/<their uid>`, 0700): mkdtemp there failed with a PermissionError traceback,
+    and a folder someone else owns is not private to this user (its owner can rename what is in it)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and os.access(path, os.W_OK | os.X_OK)
 
 
 def remove_stale_sockets(link: Path) -> None:
