@@ -242,6 +242,29 @@ def test_a_folder_of_sockets_a_killed_launcher_left_is_removed_at_the_next_start
         stack.remove_sockets()
 
 
+def test_a_start_on_the_same_data_refuses_while_another_launcher_holds_its_sockets_folder(tmp_path: Path) -> None:
+    """Two launchers started together on one data directory (`--free-ports`, before the first had written
+    stack.json or served a socket): the second removed the first's sockets' folder as a killed launcher's, and
+    the first's services failed with "cannot listen on ... does its folder exist". A start now holds its folder
+    (an flock, gone with its process, so a killed launcher's folder is still cleared)."""
+    first = Stack(tmp_path, ports=PortPlan.free(["catalog"], mesh=True), services=["catalog"])
+    first.write_mesh()
+    theirs = first.app_socket("catalog")
+    assert theirs is not None
+    second = Stack(tmp_path, ports=PortPlan.free(["catalog"], mesh=True), services=["catalog"])
+    try:
+        with pytest.raises(StackError, match=r"another launcher is using .*: stop it, or choose another --data-dir"):
+            second.write_mesh()
+        assert theirs.parent.is_dir(), "the first launcher's folder is left alone"
+        assert (tmp_path / "mesh" / "sockets").resolve() == theirs.parent, "and so is its link"
+    finally:
+        second.remove_sockets()
+        first.remove_sockets()
+    # Once the first is gone (stopped, or killed: its lock goes with its process), the next start proceeds.
+    second.write_mesh()
+    second.remove_sockets()
+
+
 @pytest.mark.parametrize(
     ("runtime", "base"),
     [(None, "/tmp"), ("SHORT", "SHORT"), ("/nonexistent-runtime-dir", "/tmp"), ("LONG", "/tmp")],

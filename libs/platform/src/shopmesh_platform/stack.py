@@ -30,6 +30,7 @@ import atexit
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import importlib.util
 import os
 import secrets
@@ -263,20 +264,48 @@ def _own_writable_folder(path: str) -> bool:
 def remove_stale_sockets(link: Path) -> None:
     """Clear `<mesh_dir>/sockets` for a new start: the folder its link points to when a killed launcher left it
     (a `shopmesh-sockets-*` folder of this user's: nothing else is removed through the link), and the link; or the
-    folder of sockets an older launcher made there. A launcher still running on this data is refused before
-    this (`check_ports`, and make run's stack.json)."""
+    folder of sockets an older launcher made there. A launcher that serves on this data is refused before this
+    (`check_ports`, and make run's stack.json); one still starting holds its folder (`_hold_folder`), and
+    StackError says so: that folder is not removed under it."""
     if link.is_symlink():
         target = Path(os.readlink(link))
         if target.is_absolute() and target.name.startswith(SOCKETS_PREFIX):
             with contextlib.suppress(OSError):
                 info = target.lstat()
                 if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
-                    shutil.rmtree(target, ignore_errors=True)
+                    held = _hold_folder(target)
+                    if held is None:
+                        raise StackError(
+                            f"another launcher is using {link} ({target}, its services' sockets): stop it, or "
+                            "choose another --data-dir"
+                        )
+                    try:
+                        shutil.rmtree(target, ignore_errors=True)
+                    finally:
+                        os.close(held)
         link.unlink()
     elif link.is_dir():
         shutil.rmtree(link, ignore_errors=True)
     elif link.exists():
         link.unlink()
+
+
+def _hold_folder(folder: Path) -> int | None:
+    """An exclusive flock on `folder`, as a descriptor to close to let it go; None when another process holds
+    it. A start holds its sockets' folder until `remove_sockets`: a second launcher started on the same data
+    before the first wrote stack.json or served a socket removed the folder under it. The kernel drops the lock
+    with the process (a killed launcher's folder is free to clear); the descriptor is not inherited
+    (PEP 446), so no child of the stack holds it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _linked_socket(link: Path, name: str) -> Path | None:
@@ -375,6 +404,8 @@ class Stack:
         self._sockets = self.data_dir / MESH / SOCKETS_FOLDER
         # The real folder while it exists, to remove at the stop.
         self._sockets_made: Path | None = None
+        # Its flock while it exists (`_hold_folder`).
+        self._sockets_held: int | None = None
         self.ports = ports if ports is not None else PortPlan.local()
         if specs is None:
             selected = topology_specs(services)
@@ -608,6 +639,8 @@ class Stack:
         base = sockets_base(self._sidecars)
         folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir=base))
         self._sockets_made = folder
+        # Nobody else knows the new folder yet: the lock is free.
+        self._sockets_held = _hold_folder(folder)
         # An interpreter that ends without `stop` (a test that only writes the configurations) leaves none.
         atexit.register(self.remove_sockets)
         too_long = [
@@ -633,6 +666,7 @@ class Stack:
         """Remove the services' sockets' folder this stack made, and its link (`stop` does, and an exit
         without it)."""
         folder, self._sockets_made = self._sockets_made, None
+        held, self._sockets_held = self._sockets_held, None
         atexit.unregister(self.remove_sockets)
         if folder is None:
             return
@@ -641,6 +675,8 @@ class Stack:
             if link.is_symlink() and Path(os.readlink(link)) == folder:
                 link.unlink()
         shutil.rmtree(folder, ignore_errors=True)
+        if held is not None:
+            os.close(held)
 
     def _allowed_callers(self, service: str) -> dict[str, tuple[str, ...]] | None:
         """The mesh policy: each caller of the call graph and the paths of the methods it calls (None: the
