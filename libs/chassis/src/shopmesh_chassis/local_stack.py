@@ -129,13 +129,21 @@ def _same_directory(written_in: str, data_dir: Path) -> bool:
 
 def process_start(pid: int) -> int | None:
     """When the process started, in clock ticks since boot (Linux's /proc); None where that cannot be read."""
+    return _start_of(_stat_fields(pid))
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command's name (its state first); None where it cannot be read."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name, in parentheses, may hold spaces: the fields after it are counted from its end.
-    fields = stat.rpartition(")")[2].split()
-    return int(fields[19]) if len(fields) > 19 else None
+    return stat.rpartition(")")[2].split()
+
+
+def _start_of(fields: list[str] | None) -> int | None:
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
 
 
 def _same_process(pid: int, started: object) -> bool:
@@ -149,11 +157,10 @@ def _same_process(pid: int, started: object) -> bool:
         return False
     except PermissionError:
         pass  # another account's process: alive
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        if state == "Z":  # exited, not reaped yet
-            return False
-    return started is None or process_start(pid) in (None, started)
+    fields = _stat_fields(pid)  # read once: its state, and when it started
+    if fields and fields[0] == "Z":  # exited, not reaped yet
+        return False
+    return started is None or _start_of(fields) in (None, started)
 
 
 def _say(err: TextIO | None, line: str) -> None:

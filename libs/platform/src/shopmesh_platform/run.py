@@ -44,7 +44,6 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from shopmesh_chassis.config import UNIX_SOCKET_PATH_MAX_BYTES
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX
 from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, running_stack, stack_file, write_stack_file
 from shopmesh_chassis.tasks import cancel_and_wait
@@ -66,6 +65,7 @@ from .stack import (
     TRACES_FOLDER,
     Stack,
     existing_services,
+    fits_unix_socket,
     postgres_env,
     remove_stale_sockets,
     sidecar_name,
@@ -251,7 +251,7 @@ def _socket_as_typed(stack: Stack, name: str) -> Path | None:
     if link is None:
         return None
     typed = _as_typed(link)
-    return typed if len(os.fsencode(typed)) <= UNIX_SOCKET_PATH_MAX_BYTES else stack.app_socket(name)
+    return typed if fits_unix_socket(typed) else stack.app_socket(name)
 
 
 def grpcurl_commands(stack: Stack) -> list[str]:

@@ -308,13 +308,18 @@ def _hold_folder(folder: Path) -> int | None:
     return fd
 
 
+def fits_unix_socket(path: Path) -> bool:
+    """Whether `path` is short enough for a Unix socket's (UNIX_SOCKET_PATH_MAX_BYTES)."""
+    return len(os.fsencode(path)) <= UNIX_SOCKET_PATH_MAX_BYTES
+
+
 def _linked_socket(link: Path, name: str) -> Path | None:
     """`name`'s socket where the data directory's link points (another launcher's, running or not), as a path
     short enough to connect to; None when there is none to probe."""
     if not link.exists():
         return None
     path = Path(os.path.realpath(link)) / f"{name}.sock"
-    return path if len(os.fsencode(path)) <= UNIX_SOCKET_PATH_MAX_BYTES else None
+    return path if fits_unix_socket(path) else None
 
 
 def nats_server_binary() -> Path:
@@ -401,7 +406,7 @@ class Stack:
         self.data_dir = Path(data_dir).absolute()
         # The folder of the services' sockets: its link in the data directory until a start makes the real one
         # (`_make_sockets_folder`), then that one (also after the stop that removed it: where they were).
-        self._sockets = self.data_dir / MESH / SOCKETS_FOLDER
+        self._sockets = self.sockets_link
         # The real folder while it exists, to remove at the stop.
         self._sockets_made: Path | None = None
         # Its flock while it exists (`_hold_folder`).
@@ -634,7 +639,7 @@ class Stack:
         other user on the machine reaches a service past its sidecar), linked from `<mesh_dir>/sockets`; the
         services are told their socket in it (short and absolute, whatever the data directory's depth)."""
         self.remove_sockets()  # this stack's own, of an earlier start
-        link = self.mesh_dir / SOCKETS_FOLDER
+        link = self.sockets_link
         remove_stale_sockets(link)
         base = sockets_base(self._sidecars)
         folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir=base))
@@ -646,7 +651,7 @@ class Stack:
         too_long = [
             f"{name}'s socket {folder / f'{name}.sock'}"
             for name in self._sidecars
-            if len(os.fsencode(folder / f"{name}.sock")) > UNIX_SOCKET_PATH_MAX_BYTES
+            if not fits_unix_socket(folder / f"{name}.sock")
         ]
         if too_long:
             self.remove_sockets()
@@ -670,7 +675,7 @@ class Stack:
         atexit.unregister(self.remove_sockets)
         if folder is None:
             return
-        link = self.mesh_dir / SOCKETS_FOLDER
+        link = self.sockets_link
         with contextlib.suppress(OSError):
             if link.is_symlink() and Path(os.readlink(link)) == folder:
                 link.unlink()
@@ -767,6 +772,11 @@ class Stack:
         sidecars' Envoy configurations are."""
         return self.data_dir / MESH
 
+    @property
+    def sockets_link(self) -> Path:
+        """The data directory's link to the services' sockets' folder, `<mesh_dir>/sockets`."""
+        return self.mesh_dir / SOCKETS_FOLDER
+
     def app_address(self, name: str) -> str:
         """Where a service itself listens, as a gRPC target: its gRPC address; behind a sidecar `unix:<path>`,
         its socket."""
@@ -787,7 +797,7 @@ class Stack:
         (`app_socket` never is). None without a mesh."""
         if self.ports.mesh is None:
             return None
-        return self.mesh_dir / SOCKETS_FOLDER / f"{name}.sock"
+        return self.sockets_link / f"{name}.sock"
 
     def sidecar_admin_url(self, name: str) -> str | None:
         """Envoy's admin interface of a service's sidecar; None without a mesh."""
@@ -1068,7 +1078,7 @@ class Stack:
                 wanted.append((f"{spec.name} metrics", metrics))
             if spec.name in self._sidecars:
                 sidecar = self.ports.sidecar_of(spec.name)
-                socket_path = _linked_socket(self.mesh_dir / SOCKETS_FOLDER, spec.name)
+                socket_path = _linked_socket(self.sockets_link, spec.name)
                 if socket_path is not None and unix_listening(socket_path):
                     # grpcio replaces a socket file that is there: a second copy would take the socket over.
                     raise PortInUse(
