@@ -308,10 +308,7 @@ def _policy(callers: Mapping[str, Sequence[str]]) -> dict[str, Any]:
 
 
 def _app_cluster(sidecar: Sidecar) -> dict[str, Any]:
-    app = cluster("app", sidecar.host, 0)
-    [endpoints] = app["load_assignment"]["endpoints"]
-    endpoints["lb_endpoints"][0]["endpoint"]["address"] = {"pipe": {"path": str(sidecar.app_socket)}}
-    return app
+    return cluster("app", sidecar.host, 0, pipe=sidecar.app_socket)
 
 
 def _outbound_cluster(
@@ -331,10 +328,12 @@ def _outbound_cluster(
     return outbound
 
 
-def cluster(name: str, host: str, port: int, *, http2: bool = True, dns: bool = False) -> dict[str, Any]:
+def cluster(
+    name: str, host: str, port: int, *, http2: bool = True, dns: bool = False, pipe: Path | None = None
+) -> dict[str, Any]:
     """A cluster of one static endpoint, spoken to over HTTP/2 (gRPC), or with `http2=False` HTTP/1.1;
     `dns`: `host` is a name, resolved now and again (every address it has is an endpoint: a headless
-    Service's pods too), not an IP address."""
+    Service's pods too), not an IP address; `pipe`: the endpoint is that Unix socket, not host:port."""
     result: dict[str, Any] = {"name": name, "type": "STATIC", "connect_timeout": CONNECT_TIMEOUT}
     if dns:
         # IPv4 where the name has both (Envoy would try IPv6 first): a dual-stack cluster's collector may
@@ -347,9 +346,10 @@ def cluster(name: str, host: str, port: int, *, http2: bool = True, dns: bool = 
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
+    address = socket_address(host, port) if pipe is None else {"pipe": {"path": str(pipe)}}
     result["load_assignment"] = {
         "cluster_name": name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
     }
     return result
 
