@@ -53,32 +53,26 @@ def order_event(event: Event) -> OrderEvent:
     A payload that is not the subject's message raises the chassis' InvalidEvent (decode_event: the reason
     every consumer parks such an event with); a subject not consumed here, notifications' InvalidEvent."""
     if event.subject == ORDER_CONFIRMED:
-        confirmed = decode_event(events_pb2.OrderConfirmed, event)
-        return OrderEvent(
-            kind=EventKind.ORDER_CONFIRMED,
-            event_id=event.event_id,
-            order_id=confirmed.order_id,
-            user_id=confirmed.user_id,
-            email=confirmed.email,
-            currency=confirmed.total.currency,
-            lines=_lines(list(confirmed.items)),
-            total_minor=confirmed.total.amount_minor,
-        )
-    if event.subject == ORDER_CANCELLED:
+        decoded: events_pb2.OrderConfirmed | events_pb2.OrderCancelled = decode_event(events_pb2.OrderConfirmed, event)
+        kind, reason, refunded = EventKind.ORDER_CONFIRMED, "", False
+    elif event.subject == ORDER_CANCELLED:
         cancelled = decode_event(events_pb2.OrderCancelled, event)
-        return OrderEvent(
-            kind=EventKind.ORDER_CANCELLED,
-            event_id=event.event_id,
-            order_id=cancelled.order_id,
-            user_id=cancelled.user_id,
-            email=cancelled.email,
-            currency=cancelled.total.currency,
-            lines=_lines(list(cancelled.items)),
-            total_minor=cancelled.total.amount_minor,
-            reason=cancelled.reason.message,
-            refunded=cancelled.refunded,
-        )
-    raise InvalidEvent(f"{event.subject} {event.event_id or '?'}: not an event notifications consumes")
+        decoded = cancelled
+        kind, reason, refunded = EventKind.ORDER_CANCELLED, cancelled.reason.message, cancelled.refunded
+    else:
+        raise InvalidEvent(f"{event.subject} {event.event_id or '?'}: not an event notifications consumes")
+    return OrderEvent(
+        kind=kind,
+        event_id=event.event_id,
+        order_id=decoded.order_id,
+        user_id=decoded.user_id,
+        email=decoded.email,
+        currency=decoded.total.currency,
+        lines=_lines(list(decoded.items)),
+        total_minor=decoded.total.amount_minor,
+        reason=reason,
+        refunded=refunded,
+    )
 
 
 def _timestamp(value: datetime) -> Timestamp:
