@@ -49,6 +49,18 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     await database.dispose()
 
 
+@pytest.fixture
+async def two_replicas(postgres: PostgresServer, tmp_path: Path) -> AsyncIterator[tuple[Database, Database]]:
+    """Two replicas' connections to one migrated PostgreSQL database, for the relay lock's tests."""
+    url = postgres.create_database()
+    a_db, b_db = Database(url), Database(url)
+    (tmp_path / "versions").mkdir()
+    await migrate(a_db, tmp_path / "versions")
+    yield a_db, b_db
+    await a_db.dispose()
+    await b_db.dispose()
+
+
 async def add(db: Database, *values: str) -> list[str]:
     ids = []
     async with db.transaction() as session:
@@ -333,18 +345,13 @@ class FailsOnce:
 
 
 async def test_a_replica_that_lost_the_relay_lock_does_not_report_a_stuck_outbox(
-    postgres: PostgresServer,
-    client: Client,
-    tmp_path: Path,
+    two_replicas: tuple[Database, Database], client: Client
 ) -> None:
     """Two replicas on PostgreSQL. The leader's pass fails once (it steps down, as designed); the other
     replica takes the lock and publishes everything. The former leader reports 0, as a replica that does not
     lead does: the age it saw would grow for ever, and the chart's alert on the maximum over replicas
     (> 60 s) fire on an empty outbox."""
-    url = postgres.create_database()
-    a_db, b_db = Database(url), Database(url)
-    (tmp_path / "versions").mkdir()
-    await migrate(a_db, tmp_path / "versions")
+    a_db, b_db = two_replicas
     a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
     a = OutboxRelay(a_db, FailsOnce(JetStreamPublisher(client)), metrics=EventMetrics(a_registry))
     b = OutboxRelay(b_db, JetStreamPublisher(client), metrics=EventMetrics(b_registry))
@@ -361,8 +368,6 @@ async def test_a_replica_that_lost_the_relay_lock_does_not_report_a_stuck_outbox
     finally:
         await a.stop()
         await b.stop()
-        await a_db.dispose()
-        await b_db.dispose()
 
 
 LAST_PASS = "shopmesh_outbox_relay_pass_timestamp_seconds"
@@ -410,15 +415,12 @@ async def test_a_relay_that_stops_passing_shows_its_last_pass_falling_behind(db:
 
 
 async def test_only_the_relay_holding_the_lock_counts_its_passes(
-    postgres: PostgresServer, client: Client, tmp_path: Path
+    two_replicas: tuple[Database, Database], client: Client
 ) -> None:
     """Two replicas on PostgreSQL: one holds the relay lock and publishes; the other's passes find the lock
     taken and do nothing. Counted as passes, theirs would keep the maximum over replicas fresh while the
     leader hangs with the lock held, and no alert would say that nothing leaves the outbox."""
-    url = postgres.create_database()
-    a_db, b_db = Database(url), Database(url)
-    (tmp_path / "versions").mkdir()
-    await migrate(a_db, tmp_path / "versions")
+    a_db, b_db = two_replicas
     a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
     a = OutboxRelay(a_db, JetStreamPublisher(client), metrics=EventMetrics(a_registry))
     b = OutboxRelay(b_db, JetStreamPublisher(client), metrics=EventMetrics(b_registry))
@@ -440,8 +442,6 @@ async def test_only_the_relay_holding_the_lock_counts_its_passes(
     finally:
         await a.stop()
         await b.stop()
-        await a_db.dispose()
-        await b_db.dispose()
 
 
 async def test_a_publisher_declares_its_stream_again_when_nats_lost_it(client: Client, nats_srv: NatsServer) -> None:
@@ -597,15 +597,12 @@ async def test_the_unpublished_count_stops_at_its_cap_and_says_at_least(
 
 
 async def test_only_the_relay_holding_the_lock_reports_unpublished_events_on_postgresql(
-    postgres: PostgresServer, client: Client, tmp_path: Path
+    two_replicas: tuple[Database, Database], client: Client
 ) -> None:
     """Two replicas on PostgreSQL: the leader counts what waits (the bounded count runs on PostgreSQL too);
     the other reports 0, also once it has led and lost the lock: else the maximum over replicas would show
     events that the new leader has long published."""
-    url = postgres.create_database()
-    a_db, b_db = Database(url), Database(url)
-    (tmp_path / "versions").mkdir()
-    await migrate(a_db, tmp_path / "versions")
+    a_db, b_db = two_replicas
     a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
     a_publisher = Switchable(JetStreamPublisher(client))
     a = OutboxRelay(a_db, a_publisher, batch_size=3, metrics=EventMetrics(a_registry))
@@ -631,5 +628,3 @@ async def test_only_the_relay_holding_the_lock_reports_unpublished_events_on_pos
     finally:
         await a.stop()
         await b.stop()
-        await a_db.dispose()
-        await b_db.dispose()
