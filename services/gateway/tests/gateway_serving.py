@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
-from shopmesh.gateway.v1 import shop_pb2_grpc
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh_chassis.client import service_config
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_gateway.settings import GatewaySettings
@@ -18,6 +19,13 @@ from shopmesh_gateway.wiring import Channels, binding, build_servicer
 
 if TYPE_CHECKING:
     from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
+
+# `client_options` of a client retrying ShopService's idempotent methods on UNAVAILABLE, as any chassis-based
+# client does: what a relayed answer's pushback (or its missing "do not retry") does to the gateway's caller.
+RETRYING_CLIENT = (
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", service_config([shop_pb2.DESCRIPTOR.services_by_name["ShopService"]])),
+)
 
 
 @contextlib.asynccontextmanager

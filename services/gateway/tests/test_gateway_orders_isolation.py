@@ -19,7 +19,6 @@ from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.breaker import CircuitBreaker
-from shopmesh_chassis.client import service_config
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.grpc_errors import answered_final, details_of
 from shopmesh_chassis.server import ServiceBinding
@@ -27,7 +26,7 @@ from shopmesh_chassis.testing import serve_in_process
 from shopmesh_gateway.wiring import Channels
 
 from .gateway_fakes import fakes_serving
-from .gateway_serving import bearer, serving_gateway
+from .gateway_serving import RETRYING_CLIENT, bearer, serving_gateway
 
 if TYPE_CHECKING:
     from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
@@ -134,13 +133,9 @@ class OrdersAcceptingCancellations(OrdersWithPaymentsAway):
 async def test_an_answer_final_for_the_call_is_relayed_final_so_the_gateways_caller_does_not_retry_it() -> None:
     """orders' accepted cancellation went out with the pushback "do not retry", but the gateway relayed its
     status without it: a client retrying ShopService's idempotent methods on UNAVAILABLE (any chassis-based
-    client, the service config below) sent the cancellation three more times, each reaching orders."""
+    client, RETRYING_CLIENT) sent the cancellation three more times, each reaching orders."""
     orders = OrdersAcceptingCancellations()
-    retrying = (
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", service_config([shop_pb2.DESCRIPTOR.services_by_name["ShopService"]])),
-    )
-    async with shop_with(orders, retrying) as (shop, _, token):
+    async with shop_with(orders, RETRYING_CLIENT) as (shop, _, token):
         try:
             await shop.CancelOrder(
                 shop_pb2.CancelOrderRequest(order_id="ord_1", reason="too slow"),

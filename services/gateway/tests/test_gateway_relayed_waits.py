@@ -18,26 +18,20 @@ import pytest
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_chassis import errors
-from shopmesh_chassis.client import RetryPolicy, service_config
+from shopmesh_chassis.client import RetryPolicy
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.grpc_errors import answered_final, details_of
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process, told_not_to_retry
 
 from .gateway_fakes import fakes_serving
-from .gateway_serving import serving_gateway
+from .gateway_serving import RETRYING_CLIENT, serving_gateway
 
 if TYPE_CHECKING:
     from shopmesh.gateway.v1.shop_pb2_grpc import ShopServiceAsyncStub as Shop
 
 # Longer than the gateway's catalog_timeout_seconds (2 s), shorter than the shopper's deadline.
 CATALOG_WAIT = 5.0
-
-# A client retrying ShopService's idempotent methods on UNAVAILABLE, as any chassis-based client does.
-RETRYING = (
-    ("grpc.enable_retries", 1),
-    ("grpc.service_config", service_config([shop_pb2.DESCRIPTOR.services_by_name["ShopService"]])),
-)
 
 
 @dataclass
@@ -65,7 +59,7 @@ async def shop_in_front_of(catalog: CatalogAskingToWait) -> AsyncIterator[Shop]:
     )
     async with fakes_serving() as fakes, serve_in_process(settings, [binding]) as server:
         addresses = {**fakes.addresses, "catalog": server.address}
-        async with serving_gateway(addresses, client_options=RETRYING, catalog_timeout_seconds=2.0) as (shop, _):
+        async with serving_gateway(addresses, client_options=RETRYING_CLIENT, catalog_timeout_seconds=2.0) as (shop, _):
             yield shop
 
 
