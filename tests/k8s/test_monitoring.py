@@ -812,42 +812,58 @@ def fires_while_stamps_stop(threshold: int, hold: int) -> Expected:
     return silent_between(0, earliest) | firing_between(latest, STAMPED_FOR)
 
 
+# The timestamp alerts: alert -> the service whose rules hold it, how a replica sets its timestamp, how old the
+# newest stamp gets before it is pending, and the labels it fires with beside the rule's.
+STAMP_ALERTS: dict[str, tuple[str, Callable[[EventMetrics, float], None], int, dict[str, str]]] = {
+    "ShopmeshOutboxRelayStalled": ("orders", stamp_relay_pass, RELAY_STALLED_AFTER, {}),
+    "ShopmeshConsumerCutOff": ("notifications", stamp_nats_read, CONSUMER_CUT_OFF_AFTER, {"consumer": CONSUMER}),
+}
+
+
+def assert_stamp_alert(
+    rendered: dict[tuple[str, str], Docs],
+    tmp_path: Path,
+    name: str,
+    scenario: str,
+    replicas: list[Replica],
+    fires: bool,
+) -> None:
+    """The timestamp alert `name` over `replicas`: silent throughout, or firing once the stamps stop."""
+    service, stamp, threshold, labels = STAMP_ALERTS[name]
+    alert = alert_named(rendered, service, name)
+    expected = fires_while_stamps_stop(threshold, seconds_of(alert["for"])) if fires else silent_between(0, STAMPED_FOR)
+    simulated = replicas_scenario(scenario, replicas, stamp, expected)
+    simulated.labels.update(labels)
+    assert_promtool_passes(alert, service, [simulated], tmp_path)
+
+
 @pytest.mark.parametrize("scenario", list(RELAY_SCENARIOS))
 def test_outbox_relay_stalled_stays_silent_while_a_relay_passes(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
-    alert = alert_named(rendered, "orders", "ShopmeshOutboxRelayStalled")
-    simulated = replicas_scenario(scenario, RELAY_SCENARIOS[scenario], stamp_relay_pass, silent_between(0, STAMPED_FOR))
-    assert_promtool_passes(alert, "orders", [simulated], tmp_path)
+    assert_stamp_alert(
+        rendered, tmp_path, "ShopmeshOutboxRelayStalled", scenario, RELAY_SCENARIOS[scenario], fires=False
+    )
 
 
 @pytest.mark.parametrize("scenario", list(RELAY_STALLED))
 def test_outbox_relay_stalled_fires_when_no_relay_passes(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
-    alert = alert_named(rendered, "orders", "ShopmeshOutboxRelayStalled")
-    expected = fires_while_stamps_stop(RELAY_STALLED_AFTER, seconds_of(alert["for"]))
-    simulated = replicas_scenario(scenario, RELAY_STALLED[scenario], stamp_relay_pass, expected)
-    assert_promtool_passes(alert, "orders", [simulated], tmp_path)
+    assert_stamp_alert(rendered, tmp_path, "ShopmeshOutboxRelayStalled", scenario, RELAY_STALLED[scenario], fires=True)
 
 
 @pytest.mark.parametrize("scenario", list(CONSUMER_SCENARIOS))
 def test_consumer_cut_off_stays_silent_while_a_replica_reads_nats(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
-    alert = alert_named(rendered, "notifications", "ShopmeshConsumerCutOff")
-    simulated = replicas_scenario(
-        scenario, CONSUMER_SCENARIOS[scenario], stamp_nats_read, silent_between(0, STAMPED_FOR)
+    assert_stamp_alert(
+        rendered, tmp_path, "ShopmeshConsumerCutOff", scenario, CONSUMER_SCENARIOS[scenario], fires=False
     )
-    assert_promtool_passes(alert, "notifications", [simulated], tmp_path)
 
 
 @pytest.mark.parametrize("scenario", list(CONSUMER_CUT_OFF))
 def test_consumer_cut_off_fires_when_no_replica_reads_nats(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
-    alert = alert_named(rendered, "notifications", "ShopmeshConsumerCutOff")
-    expected = fires_while_stamps_stop(CONSUMER_CUT_OFF_AFTER, seconds_of(alert["for"]))
-    simulated = replicas_scenario(scenario, CONSUMER_CUT_OFF[scenario], stamp_nats_read, expected)
-    simulated.labels["consumer"] = CONSUMER
-    assert_promtool_passes(alert, "notifications", [simulated], tmp_path)
+    assert_stamp_alert(rendered, tmp_path, "ShopmeshConsumerCutOff", scenario, CONSUMER_CUT_OFF[scenario], fires=True)
