@@ -171,14 +171,15 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
     {{- $failed := printf "%s (rate(grpc_server_handled_total{%s, grpc_code=~%q}[%s]))" $by $api (include "shopmesh-lib.serverErrorCodes" $) $window }}
     {{- $timed := printf "%s (rate(grpc_server_handling_seconds_count{%s}[%s]))" $by $api $window }}
     {{- $fast := printf "%s (rate(grpc_server_handling_seconds_bucket{%s, le=%q}[%s]))" $by $api $slo.bucket $window }}
-    {{- /* With calls but no failed one yet, the failed codes have no series at all (a child is made on first
-         use): 0 then, not nothing. Without calls, the `> 0` leaves no denominator, and no ratio. */}}
-    {{- $ratios := dict
-      "availability" (printf "(%s or 0 * %s) / (%s > 0)" $failed $calls $calls)
-      "latency" (printf "(%s - %s) / (%s > 0)" $timed $fast $timed) }}
+    {{- /* Each SLO's rate of the calls that missed it, and of all calls. With calls but no failed one yet, the
+         failed codes have no series at all (a child is made on first use): 0 then, not nothing. */}}
+    {{- $rates := dict
+      "availability" (list (printf "%s or 0 * %s" $failed $calls) $calls)
+      "latency" (list (printf "%s - %s" $timed $fast) $timed) }}
+    {{- /* Without calls, the `> 0` leaves no denominator, and no ratio. */}}
     {{- range $name := list "availability" "latency" }}
     - record: {{ $record }}
-      expr: {{ get $ratios $name | replace "__selector__" $selector | quote }}
+      expr: {{ printf "(%s) / (%s > 0)" (index (get $rates $name) 0) (index (get $rates $name) 1) | replace "__selector__" $selector | quote }}
       labels:
         slo: {{ $name }}
         window: {{ $window }}
@@ -188,9 +189,6 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
          call weighing the same. An average of the 5-minute ratios would weigh a quiet night's few calls as much
          as a busy day's many. */}}
     {{- if eq $window "5m" }}
-    {{- $rates := dict
-      "availability" (list (printf "%s or 0 * %s" $failed $calls) $calls)
-      "latency" (list (printf "%s - %s" $timed $fast) $timed) }}
     {{- range $name := list "availability" "latency" }}
     - record: job:shopmesh_slo_errors:rate5m
       expr: {{ index (get $rates $name) 0 | replace "__selector__" $selector | quote }}
