@@ -176,9 +176,9 @@ def secrets_read(helm_dir: Path, values: dict[str, Any]) -> list[str]:
     texts = render(helm_dir, UMBRELLA, "custom", values=values).values()
     names: set[str] = set()
     for doc in (d for text in texts for d in yaml.safe_load_all(text) if d):
-        pod = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc.get("spec", {})
         if doc["kind"] not in ("Deployment", "Pod"):
             continue
+        pod = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc.get("spec", {})
         names.update(pull["name"] for pull in pod.get("imagePullSecrets", []))
         for volume in pod.get("volumes", []):
             names.update([volume["secret"]["secretName"]] if "secret" in volume else [])
