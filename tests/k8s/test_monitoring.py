@@ -482,9 +482,20 @@ def input_series(scenario: Scenario, job: str, names: set[str]) -> list[dict[str
     return [{"series": series, "values": " ".join(found)} for series, found in values.items()]
 
 
-def promtool_test(
-    alert: dict[str, Any], job: str, scenarios: list[Scenario], tmp_path: Path
-) -> subprocess.CompletedProcess[str]:
+def promtool_test_rules(
+    groups: list[dict[str, Any]], tests: list[dict[str, Any]], evaluation_interval: int, tmp_path: Path
+) -> tuple[int, list[str]]:
+    """`promtool test rules` of the rule `groups` with `tests` (promtool's unit tests): its exit code and its
+    report's lines."""
+    rules = rule_file(tmp_path / "rules.yaml", groups)
+    test = {"rule_files": [rules], "evaluation_interval": f"{evaluation_interval}s", "tests": tests}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    result = promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    # promtool pads its report with blank lines, and lists every evaluation that differs: the first few say it.
+    return result.returncode, [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+
+
+def promtool_test(alert: dict[str, Any], job: str, scenarios: list[Scenario], tmp_path: Path) -> tuple[int, list[str]]:
     """`promtool test rules` of `alert` alone over each scenario's series, expecting it firing or silent at
     each evaluation the scenario names."""
     # Without its annotations: promtool compares them exactly, and $value's humanized duration is not what
@@ -509,18 +520,13 @@ def promtool_test(
                 ],
             }
         )
-    rules = rule_file(tmp_path / "rules.yaml", [{"name": "under-test", "rules": [rule]}])
-    test = {"rule_files": [rules], "evaluation_interval": f"{EVALUATION_INTERVAL}s", "tests": tests}
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
-    return promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    return promtool_test_rules([{"name": "under-test", "rules": [rule]}], tests, EVALUATION_INTERVAL, tmp_path)
 
 
 def assert_promtool_passes(alert: dict[str, Any], job: str, scenarios: list[Scenario], tmp_path: Path) -> None:
     assert all(s.expected for s in scenarios), "a scenario that checks nothing"
-    result = promtool_test(alert, job, scenarios, tmp_path)
-    # promtool pads its report with blank lines, and lists every evaluation that differs: the first few say it.
-    report = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    assert result.returncode == 0, f"{alert['alert']} ({alert['expr']}, for {alert['for']}):\n" + "\n".join(report[:60])
+    returncode, report = promtool_test(alert, job, scenarios, tmp_path)
+    assert returncode == 0, f"{alert['alert']} ({alert['expr']}, for {alert['for']}):\n" + "\n".join(report[:60])
 
 
 def alert_named(rendered: dict[tuple[str, str], Docs], service: str, name: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
@@ -30,7 +29,7 @@ from .test_monitoring import (
     RE,
     alerts_of,
     matchers_of,
-    promtool,
+    promtool_test_rules,
     records_of,
     rule_groups,
     selectors,
@@ -251,12 +250,8 @@ def promtool_test(rendered: dict[tuple[str, str], Docs], scenarios: list[Scenari
                 "promql_expr_test": queries,
             }
         )
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [{**group, "rules": rules}]}, sort_keys=False))
-    test = {"rule_files": ["rules.yaml"], "evaluation_interval": f"{EVALUATION_INTERVAL}s", "tests": tests}
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
-    result = promtool("test", "rules", "test.yaml", cwd=tmp_path)
-    report = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    assert result.returncode == 0, "\n".join(report[:60])
+    returncode, report = promtool_test_rules([{**group, "rules": rules}], tests, EVALUATION_INTERVAL, tmp_path)
+    assert returncode == 0, "\n".join(report[:60])
 
 
 def after_history(
