@@ -42,6 +42,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 # right after a start (which returns once SERVING) or a kill, and a start that returned early still fails.
 HEALTH_CALL_SECONDS = 30
 NATS_CONNECT_SECONDS = 30
+# Bounds a child's (re)start: the Stack's own default startup timeout.
+STARTUP_SECONDS = stack_module.DEFAULT_STARTUP_TIMEOUT * 2
 SAMPLE = (sys.executable, "-m", "shopmesh_chassis.testing.sample_service")
 
 # beta calls alpha. Before it becomes the sample service, it reports what the launcher handed it and
@@ -268,9 +270,7 @@ async def test_a_port_held_only_by_a_connection_is_waited_for_not_refused(tmp_pa
     with socket.socket() as server:
         server.bind((plan.host, 0))
         server.listen()
-        client = socket.socket()
-        client.bind((plan.host, port))  # the connection's local end takes alpha's port
-        client.connect(server.getsockname())
+        client = take_port_with_connection(plan.host, port, server)
         starting = asyncio.create_task(stack.start())
         await eventually(
             lambda: (
@@ -284,14 +284,82 @@ async def test_a_port_held_only_by_a_connection_is_waited_for_not_refused(tmp_pa
             "the launcher saying it waits",
         )
         assert stack.pid(NATS) is None
-        # Closed with a reset (SO_LINGER 0): no TIME_WAIT, the port is free at once.
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
+        close_without_time_wait(client)
         try:
             await asyncio.wait_for(starting, 60)
             assert await health_status(stack.address("alpha"), timeout=HEALTH_CALL_SECONDS) == SERVING
         finally:
             await stack.stop()
+
+
+def take_port_with_connection(host: str, port: int, server: socket.socket) -> socket.socket:
+    """A client connection to `server` whose local end is host:port, as an outgoing connection's ephemeral port."""
+    client = socket.socket()
+    client.bind((host, port))
+    client.connect(server.getsockname())
+    return client
+
+
+def close_without_time_wait(client: socket.socket) -> None:
+    # A reset (SO_LINGER 0): no TIME_WAIT, the port is free at once.
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["alpha", NATS])
+async def test_a_child_whose_port_a_connection_takes_as_it_starts_is_started_again_once_the_port_is_free(
+    tmp_path: Path, name: str
+) -> None:
+    # The ports are checked before anything starts (or were just freed by the child itself), yet an outgoing
+    # connection (the launcher's own probes among them) may get one as its local end before the child binds it:
+    # a CI run lost a sidecar so. Here a restart loses the race the same way.
+    plan = PortPlan.free(["alpha"])
+    lines: list[tuple[str, str]] = []
+    stack = Stack(
+        tmp_path / "data", ports=plan, specs=sample_specs()[:1], log_sink=lambda who, line: lines.append((who, line))
+    )
+    port = plan.services["alpha"].grpc if name == "alpha" else plan.nats
+    async with stack:
+        await stack.kill_service(name)
+        with socket.socket() as server:
+            server.bind((plan.host, 0))
+            server.listen()
+            client = take_port_with_connection(plan.host, port, server)
+            restarting = asyncio.create_task(stack.start_service(name))
+            try:
+                await eventually(
+                    lambda: any(
+                        who == "launcher"
+                        and line.startswith(f"{name} could not listen: a client connection took port(s) {port} ")
+                        and line.endswith("starting it again once free (2 of 3)")
+                        for who, line in lines
+                    ),
+                    "the launcher saying it starts the child again once the port is free",
+                    # A Python child's start alone takes many seconds on a loaded machine.
+                    timeout=STARTUP_SECONDS,
+                )
+                assert not restarting.done()
+            finally:
+                close_without_time_wait(client)
+            await asyncio.wait_for(restarting, STARTUP_SECONDS)
+        assert stack.is_running(name)
+        if name == "alpha":
+            assert await health_status(stack.address("alpha"), timeout=HEALTH_CALL_SECONDS) == SERVING
+
+
+async def test_a_child_that_fails_with_its_port_free_is_not_started_again(tmp_path: Path) -> None:
+    starts: list[str] = []
+    failing = (sys.executable, "-c", "import sys; print('started'); sys.exit(3)")
+    stack = Stack(
+        tmp_path / "data",
+        ports=PortPlan.free(["early"]),
+        specs=[ServiceSpec("early", failing)],
+        log_sink=lambda who, line: starts.append(line) if line == "started" else None,
+    )
+    with pytest.raises(StackError, match="early exited with status 3 before it was ready"):
+        await stack.start()
+    assert starts == ["started"]
 
 
 async def test_children_start_whole_while_the_launcher_has_grpc_calls_in_flight() -> None:

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import importlib.util
 import os
 import secrets
@@ -124,6 +125,10 @@ _RECENT_LINES = 500
 _POLL_SECONDS = 0.1
 # TIME_WAIT lasts 60 s on Linux: a port a closed connection holds is free by then.
 PORT_RELEASE_SECONDS = 65.0
+# Starts of a child that exits because a client connection took one of its ports after the check (any
+# outgoing connection, the launcher's own readiness probes included, may get one of `make run`'s fixed
+# ports as its ephemeral local port): each waits for the port to be free first.
+PORT_RACE_STARTS = 3
 # Inherited variables that would make every child the same service or share one database.
 _PER_SERVICE_VARIABLES = (
     "SERVICE_NAME",
@@ -361,6 +366,9 @@ class _Child:
     health_service: str | None
     address: str
     ready_url: tuple[int, str] | None = None
+    # The TCP ports it listens on (on the plan's host): a start that failed while a client connection held
+    # one is tried again.
+    ports: tuple[int, ...] = ()
     process: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
     # Set when the launcher stops it, so that its exit is not reported as a crash.
@@ -561,21 +569,25 @@ class Stack:
         if self.ports.nats_monitor is not None:
             argv += ["-m", str(self.ports.nats_monitor)]
         ready = None if self.ports.nats_monitor is None else (self.ports.nats_monitor, "/healthz")
+        listens = (self.ports.nats,) if self.ports.nats_monitor is None else (self.ports.nats, self.ports.nats_monitor)
         # /healthz answers 200 only once JetStream is ready too, not just the client port.
-        return _Child(NATS, tuple(argv), dict(os.environ), None, f"{self.ports.host}:{self.ports.nats}", ready)
+        address = f"{self.ports.host}:{self.ports.nats}"
+        return _Child(NATS, tuple(argv), dict(os.environ), None, address, ready, listens)
 
     def _sidecar_child(self, service: str) -> _Child:
         ports = self.ports.sidecar_of(service)
         argv = _envoy_argv(self._bootstrap_path(service))
         name = sidecar_name(service)
-        return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"))
+        listens = (self.ports.ports_of(service).grpc, ports.admin, *ports.outbound.values())
+        return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"), listens)
 
     def _http_api_child(self) -> _Child:
         assert self.ports.http is not None
         assert self.ports.http_admin is not None
         argv = _envoy_argv(self._http_api_bootstrap)
         address = f"{self.ports.host}:{self.ports.http}"
-        return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.ports.http_admin, "/ready"))
+        listens = (self.ports.http, self.ports.http_admin)
+        return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.ports.http_admin, "/ready"), listens)
 
     @property
     def _http_api_bootstrap(self) -> Path:
@@ -698,7 +710,7 @@ class Stack:
         host = self.ports.host
         argv = (sys.executable, "-m", module, "--host", host, "--port", str(port), "--dir", str(directory))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return _Child(name, argv, env, None, f"{host}:{port}")
+        return _Child(name, argv, env, None, f"{host}:{port}", ports=(port,))
 
     def _service_child(self, spec: ServiceSpec, shared: Mapping[str, str], extra: Mapping[str, str]) -> _Child:
         ports = self.ports.ports_of(spec.name)
@@ -726,6 +738,7 @@ class Stack:
         if self.ports.traces is not None:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.ports.host}:{self.ports.traces}"
         env["METRICS_PORT"] = str(ports.metrics)
+        metrics = (ports.metrics,) if ports.metrics > 0 else ()
         env.update(shared)
         env.update(spec.env)
         env.update(extra)
@@ -735,10 +748,11 @@ class Stack:
             env["GRPC_UNIX_SOCKET"] = str(socket_path)
             for variable in ("GRPC_HOST", "GRPC_PORT"):
                 env.pop(variable, None)
-            return _Child(spec.name, spec.argv, env, spec.health_service, f"unix:{socket_path}")
+            return _Child(spec.name, spec.argv, env, spec.health_service, f"unix:{socket_path}", ports=metrics)
         env.pop("GRPC_UNIX_SOCKET", None)
         env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(ports.grpc))
-        return _Child(spec.name, spec.argv, env, spec.health_service, f"{self.ports.host}:{ports.grpc}")
+        address = f"{self.ports.host}:{ports.grpc}"
+        return _Child(spec.name, spec.argv, env, spec.health_service, address, ports=(ports.grpc, *metrics))
 
     # --- queries -----------------------------------------------------------------------------------
 
@@ -1108,12 +1122,22 @@ class Stack:
             held.append((label, port))
         return held
 
-    async def _wait_for_closing_connections(self) -> None:
-        """Wait (up to PORT_RELEASE_SECONDS) until no connection holds a planned port."""
+    def _held_by_connections(self, child: _Child) -> list[tuple[str, int]]:
+        """The ports of `child` that a client connection holds (no server listens there, yet none can bind)."""
+        return [
+            (child.name, port)
+            for port in child.ports
+            if (error := bind_error(self.ports.host, port)) is not None
+            and error.errno == errno.EADDRINUSE
+            and not listening(self.ports.host, port)
+        ]
+
+    async def _wait_for_closing_connections(self, held_now: Callable[[], list[tuple[str, int]]] | None = None) -> None:
+        """Wait (up to PORT_RELEASE_SECONDS) until no connection holds a planned port (or one `held_now` names)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PORT_RELEASE_SECONDS
         told = False
-        while held := self.check_ports():
+        while held := (self.check_ports() if held_now is None else held_now()):
             ports = ", ".join(f"{port} ({label})" for label, port in held)
             if loop.time() >= deadline:
                 raise PortInUse(
@@ -1130,12 +1154,30 @@ class Stack:
             await asyncio.sleep(_POLL_SECONDS * 5)
 
     async def _start_child(self, child: _Child) -> None:
-        await self._launch(child)
-        try:
-            await self._wait_ready(child, self.startup_timeout)
-        except BaseException:
-            await self._stop_child(child)
-            raise
+        for start in range(1, PORT_RACE_STARTS + 1):
+            await self._launch(child)
+            try:
+                await self._wait_ready(child, self.startup_timeout)
+                return
+            except BaseException as failure:
+                exited = child.process is not None and child.process.returncode is not None
+                await self._stop_child(child)
+                # The ports were free at the check (`start`, or before a restart's stop), but a connection
+                # may take one as its local end before the child binds it: not the child's fault, nor a
+                # stack's that still runs. Any other failure, or a port a server listens on, is final.
+                if not (isinstance(failure, StackError) and exited and start < PORT_RACE_STARTS):
+                    raise
+                held = self._held_by_connections(child)
+                if not held:
+                    raise
+                with contextlib.suppress(Exception):
+                    ports = ", ".join(str(port) for _, port in held)
+                    self._log_sink(
+                        "launcher",
+                        f"{child.name} could not listen: a client connection took port(s) {ports} as it started; "
+                        f"starting it again once free ({start + 1} of {PORT_RACE_STARTS})",
+                    )
+                await self._wait_for_closing_connections(functools.partial(self._held_by_connections, child))
 
     async def _launch(self, child: _Child) -> None:
         try:
