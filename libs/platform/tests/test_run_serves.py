@@ -1,0 +1,170 @@
+"""`make run` once it is ready: the table, the printed commands that work, each service reached through its
+sidecar or on PostgreSQL, and the clean stop on Ctrl-C.
+
+It adapts to what is installed: with the catalog package it runs the catalog and proves it SERVING
+and the printed grpcurl commands working; without it, NATS alone, and the table says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import nats
+from grpc_health.v1 import health_pb2
+
+from shopmesh_chassis.testing import eventually, health_status
+from shopmesh_platform import run
+from shopmesh_platform.topology import SERVICES
+from shopmesh_platform.traces import load
+
+from .run_kit import REPOSITORY, accepting, ctrl_c, gone, launched, said_by, table_rows
+
+CATALOG_INSTALLED = importlib.util.find_spec("shopmesh_catalog") is not None
+
+
+# Only bound a hang: a loaded machine may take seconds to connect and answer, more than health_status's 1 s
+# default. One health call, not a poll: nothing listening refuses it at once, so it still reads the state the
+# launcher's "ready" claims.
+HEALTH_CALL_SECONDS = 30
+
+
+NATS_CONNECT_SECONDS = 30
+
+
+def printed_commands(lines: list[str]) -> list[str]:
+    """The indented lines under "Try:"."""
+    if "Try:" not in lines:
+        return []
+    following = lines[lines.index("Try:") + 1 :]
+    commands = [line.strip() for line in following[: following.index("")]]
+    # Written as a developer copies them at the repository root (`.venv/bin/grpcurl ...`).
+    grpcurl = os.path.relpath(Path(sys.executable).parent / "grpcurl", REPOSITORY)
+    assert all(command.startswith(f"{grpcurl} ") for command in commands)
+    return commands
+
+
+async def run_printed_command(command: str) -> str:
+    argv = shlex.split(command)
+    process = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPOSITORY, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, f"{command}: {err.decode()}"
+    return out.decode()
+
+
+async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    # Only the catalog (when installed), so that services still being written do not decide this test.
+    selected = "catalog" if CATALOG_INSTALLED else ""
+    async with launched(tmp_path / "data", "--services", selected) as (process, lines):
+        rows = table_rows(lines)
+
+        assert rows["nats"]["state"] == "ready"
+        nc = await nats.connect(rows["nats"]["grpc"], connect_timeout=NATS_CONNECT_SECONDS)
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+        assert any(line.split(" | ")[0].strip() == "nats" and "Server is ready" in line for line in lines)
+        assert rows["traces"]["state"] == "ready"
+
+        commands = printed_commands(lines)
+        if CATALOG_INSTALLED:
+            assert rows["catalog"]["state"] == "SERVING"
+            status = await health_status(rows["catalog"]["grpc"], timeout=HEALTH_CALL_SECONDS)
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            assert any(line.split(" | ")[0].strip() == "catalog" for line in lines)
+            assert len(commands) == 3
+            outputs = [await run_printed_command(command) for command in commands]
+            assert "shopmesh.catalog.v1.CatalogService" in outputs[0].split()
+            assert json.loads(outputs[1]) == {"status": "SERVING"}
+            assert 1 <= len(json.loads(outputs[2])["products"]) <= 3
+            # Every service exports its spans to the launcher's trace sink.
+            list_products = "/shopmesh.catalog.v1.CatalogService/ListProducts"
+            await eventually(
+                lambda: any(t.roots[0]["name"] == list_products for t in load(tmp_path / "data" / "traces")),
+                "the ListProducts span in the trace sink",
+            )
+        else:
+            assert commands == []
+            assert rows["catalog"]["state"].startswith("absent (no package shopmesh_catalog)")
+        for name, service in SERVICES.items():
+            if name != "catalog" or not CATALOG_INSTALLED:
+                assert rows[name]["state"] in ("not started (--services)", f"absent (no package {service.module})")
+
+        assert "stopped cleanly" in await ctrl_c(process)
+    pids = [int(row["pid"]) for row in rows.values() if row["pid"] != "-"]
+    assert pids
+    assert all(gone(pid) for pid in pids)
+    # Everything a run wrote there is the stack's: --reset takes it all (and refuses only a stranger's file).
+    run.reset_data_dir(tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
+async def test_the_launcher_says_which_wave_it_starts_and_when_it_serves_in_lines_of_its_own(tmp_path: Path) -> None:
+    """Without these lines a loaded machine showed only NATS' output for half a minute. They are the launcher's
+    own lines, beside the services' JSON ones (each still one JSON document after its prefix)."""
+    async with launched(tmp_path / "data", "--services", "catalog", "--http-port", "0", "--log-format", "json") as (
+        process,
+        lines,
+    ):
+        started = lines.index("starting catalog ...")
+        [serving] = [i for i, line in enumerate(lines) if re.fullmatch(r"  \.\.\. serving \(\d+\.\d s\)", line)]
+        catalog = [i for i, line in enumerate(lines) if said_by("catalog")(line)]
+        assert catalog
+        assert started < catalog[0] < serving < lines.index(run.READY_LINE)
+        for i in catalog:
+            assert isinstance(json.loads(lines[i].split(" | ", 1)[1]), dict), lines[i]
+        await ctrl_c(process)
+
+
+async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_prints_a_call_that_works(
+    tmp_path: Path,
+) -> None:
+    async with launched(tmp_path / "data", "--services", "catalog", "--mesh", "envoy") as (process, lines):
+        rows = table_rows(lines)
+        assert rows["catalog"]["state"] == "SERVING"
+        assert rows["catalog-sidecar"]["state"] == "ready"
+        # Plaintext reaches the service only where it listens behind its sidecar (the sidecar's row: its Unix
+        # socket, no TCP port), not at its address.
+        assert rows["catalog-sidecar"]["grpc"].startswith("unix:")
+        assert await health_status(rows["catalog"]["grpc"], timeout=HEALTH_CALL_SECONDS) is None
+        status = await health_status(rows["catalog-sidecar"]["grpc"], timeout=HEALTH_CALL_SECONDS)
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        [intro] = [line for line in lines if line.startswith("Call catalog as gateway")]
+        command = lines[lines.index(intro) + 1].strip()
+        assert json.loads(await run_printed_command(command)) == {"status": "SERVING"}
+        # And the refusal it shows: a method the gateway does not call, refused by the sidecar (grpcurl exits 7).
+        [refusal] = [line for line in lines if line.startswith("A method gateway does not call")]
+        command = lines[lines.index(refusal) + 1].strip()
+        assert command.endswith(" shopmesh.catalog.v1.CatalogService/BatchGetProducts")
+        refused = await asyncio.create_subprocess_exec(
+            *shlex.split(command), cwd=REPOSITORY, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(refused.communicate(), 30)
+        assert "Code: PermissionDenied" in err.decode()
+        assert "RBAC: access denied" in err.decode()
+        # The plain commands under "Try:" work too: they go to the catalog's own socket (grpcurl -unix).
+        tried = [await run_printed_command(printed) for printed in printed_commands(lines)]
+        assert json.loads(tried[1]) == {"status": "SERVING"}
+        assert "stopped cleanly" in await ctrl_c(process)
+    assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")
+
+
+async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_server(tmp_path: Path) -> None:
+    async with launched(tmp_path / "data", "--services", "catalog", "--postgres", ready_within=120) as (process, lines):
+        [said] = [line for line in lines if line.startswith("Databases: ")]
+        port = int(said.split("127.0.0.1:")[1].split()[0])
+        assert table_rows(lines)["catalog"]["state"] == "SERVING"
+        products = json.loads(await run_printed_command(printed_commands(lines)[2]))["products"]
+        assert products, "the catalog seeded its PostgreSQL database"
+        assert not (tmp_path / "data" / "catalog.db").exists(), "the catalog used SQLite"
+        await ctrl_c(process)
+    assert not accepting(port), "the throwaway PostgreSQL outlived the launcher"
