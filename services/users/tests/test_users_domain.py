@@ -15,7 +15,7 @@ import pytest
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_chassis.testing import eventually
-from shopmesh_users.domain.failed_logins import FailedLogins
+from shopmesh_users.domain.failed_logins import Attempts, LoginThrottle, Taken, email_key
 from shopmesh_users.domain.keys import (
     LONGEST_TOKEN_LIFETIME,
     KeyMaterial,
@@ -492,57 +492,112 @@ def test_a_duration_no_date_can_hold_stops_startup_naming_the_variable(
 
 
 # --- failed logins per e-mail ---------------------------------------------------------------------
+# The arithmetic of each e-mail's bucket; storing it, shared by replicas, in test_users_login_throttle_replicas.py.
 
 
-class MonotonicClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+def throttle(burst: int = 3) -> LoginThrottle:
+    return LoginThrottle(burst=burst, refill=timedelta(seconds=30))
 
 
-# The buckets' own behaviour (the retry delay, refill up to the burst and no further, a refusal costing
-# nothing, giving back never beyond the burst, the least recently used forgotten) is proven once, in the
-# chassis' test_token_buckets.py; these prove what FailedLogins adds: a bucket per e-mail, refill_seconds as
-# its rate, an attempt taken on admission, given back and forgotten on success.
+class StoredBuckets:
+    """What the store keeps, as the application applies each `take` and `give_back` to it."""
+
+    def __init__(self, rule: LoginThrottle) -> None:
+        self.rule = rule
+        self.rows: dict[str, Attempts] = {}
+        self.now = T0
+
+    def take(self, email: str = "ann@example.com") -> float:
+        taken = self.rule.take(self.rows.get(email_key(email)), self.now)
+        if taken.stored is not None:
+            self.rows[email_key(email)] = taken.stored
+        return taken.retry_after_seconds
+
+    def give_back(self, email: str = "ann@example.com") -> None:
+        self.rows[email_key(email)] = self.rule.give_back(self.rows[email_key(email)], self.now)
 
 
-def test_an_emails_attempts_are_its_own_and_refill_one_every_refill_seconds() -> None:
-    attempts = FailedLogins(burst=3, refill_seconds=30, max_emails=10, clock=MonotonicClock())
-    for _ in range(3):
-        assert attempts.try_acquire("ann@example.com") == 0.0
-    assert attempts.try_acquire("ann@example.com") == pytest.approx(30)
-    assert attempts.try_acquire("bob@example.com") == 0.0
+def test_no_stored_bucket_is_a_full_one_and_a_refusal_stores_nothing() -> None:
+    rule = throttle(burst=2)
+    first = rule.take(None, T0)
+    assert first == Taken(Attempts(1.0, T0), 0.0)
+    later = T0 + timedelta(seconds=15)
+    second = rule.take(first.stored, later)
+    assert second == Taken(Attempts(0.5, later), 0.0)
+    refused = rule.take(second.stored, later)
+    # Half an attempt left: half a refill to wait.
+    assert refused == Taken(None, 15.0)
+
+
+def test_attempts_refill_one_every_refill_up_to_the_burst_and_no_further() -> None:
+    buckets = StoredBuckets(throttle(burst=3))
+    assert [buckets.take() for _ in range(4)] == [0.0, 0.0, 0.0, pytest.approx(30)]
+    buckets.now += timedelta(seconds=30)
+    assert [buckets.take() == 0.0 for _ in range(2)] == [True, False]
+    buckets.now += timedelta(days=1)
+    assert [buckets.take() == 0.0 for _ in range(4)] == [True, True, True, False]
+
+
+def test_an_emails_attempts_are_its_own() -> None:
+    buckets = StoredBuckets(throttle(burst=1))
+    assert buckets.take("ann@example.com") == 0.0
+    assert buckets.take("ann@example.com") > 0
+    assert buckets.take("bob@example.com") == 0.0
 
 
 def test_attempts_admitted_at_once_take_the_burst_and_no_more_however_many_are_still_being_checked() -> None:
     """Parallel guesses: each is admitted before any has failed, so the attempt is used up on admission,
     not when its password turns out wrong. Before, 34 (the hashing queue) passed at every refill."""
-    attempts = FailedLogins(burst=10, refill_seconds=30, max_emails=10, clock=MonotonicClock())
-    admitted = [attempts.try_acquire("ann@example.com") == 0.0 for _ in range(40)]
+    buckets = StoredBuckets(throttle(burst=10))
+    admitted = [buckets.take() == 0.0 for _ in range(40)]
     assert admitted.count(True) == 10
 
 
-def test_an_attempt_given_back_may_be_taken_again() -> None:
-    attempts = FailedLogins(burst=2, refill_seconds=30, max_emails=10, clock=MonotonicClock())
-    assert attempts.try_acquire("ann@example.com") == attempts.try_acquire("ann@example.com") == 0.0
-    attempts.give_back("ann@example.com")
-    assert attempts.try_acquire("ann@example.com") == 0.0
-    assert attempts.try_acquire("ann@example.com") > 0
+def test_an_attempt_given_back_may_be_taken_again_and_never_beyond_the_burst() -> None:
+    buckets = StoredBuckets(throttle(burst=2))
+    assert buckets.take() == buckets.take() == 0.0
+    buckets.give_back()
+    assert buckets.take() == 0.0
+    assert buckets.take() > 0
+    buckets.give_back()
+    buckets.give_back()
+    buckets.give_back()
+    assert [buckets.take() == 0.0 for _ in range(3)] == [True, True, False]
 
 
-def test_a_success_forgets_the_emails_attempts() -> None:
-    attempts = FailedLogins(burst=2, refill_seconds=30, max_emails=10, clock=MonotonicClock())
-    for _ in range(2):
-        attempts.try_acquire("ann@example.com")
-    attempts.succeeded("ann@example.com")
-    assert [attempts.try_acquire("ann@example.com") == 0.0 for _ in range(3)] == [True, True, False]
+def test_a_replica_whose_clock_is_behind_the_stored_time_refills_nothing_and_keeps_that_time() -> None:
+    """Replicas share the buckets but not a clock: one a few seconds behind must neither take away attempts
+    nor move the time back, which would credit the next replica with the same seconds twice."""
+    rule = throttle(burst=3)
+    stored = Attempts(0.5, T0)
+    behind = T0 - timedelta(seconds=15)
+    assert rule.take(stored, behind) == Taken(None, pytest.approx(15))
+    assert rule.give_back(stored, behind) == Attempts(1.5, T0)
 
 
-def test_failed_logins_keep_at_most_max_emails() -> None:
-    attempts = FailedLogins(burst=1, refill_seconds=30, max_emails=2, clock=MonotonicClock())
-    attempts.try_acquire("a" * 1_000_000)
-    attempts.try_acquire("bob@example.com")
-    attempts.try_acquire("cat@example.com")
-    assert len(attempts) == 2
+def test_a_bucket_unchanged_since_full_since_is_as_good_as_none() -> None:
+    rule = throttle(burst=3)
+    now = T0 + timedelta(hours=1)
+    assert rule.full_since(now) == now - timedelta(seconds=90)
+    empty_then = Attempts(0.0, rule.full_since(now))
+    assert rule.take(empty_then, now).stored == rule.take(None, now).stored
+    just_after = Attempts(0.0, rule.full_since(now) + timedelta(seconds=1))
+    assert rule.take(just_after, now).stored != rule.take(None, now).stored
+
+
+def test_full_since_reaches_back_no_further_than_datetime_does() -> None:
+    rule = LoginThrottle(burst=10_000_000, refill=timedelta(days=1))
+    assert rule.full_since(T0) == datetime.min.replace(tzinfo=UTC)
+
+
+def test_an_emails_key_is_a_digest_of_a_bounded_length() -> None:
+    assert email_key("ann@example.com") == email_key("ann@example.com") != email_key("bob@example.com")
+    assert len(email_key("a" * 1_000_000)) == 64
+    # An unpaired surrogate (a malformed client's UTF-16) is still a key, not an error.
+    assert len(email_key("ann\ud800@example.com")) == 64
+
+
+@pytest.mark.parametrize(("burst", "refill"), [(0, timedelta(seconds=30)), (3, timedelta(0))])
+def test_a_throttle_without_attempts_or_refill_is_refused(burst: int, refill: timedelta) -> None:
+    with pytest.raises(ValueError, match="burst"):
+        LoginThrottle(burst=burst, refill=refill)

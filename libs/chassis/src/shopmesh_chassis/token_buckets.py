@@ -1,5 +1,5 @@
-"""Token buckets per key, with a bounded number of keys: the gateway's per-client and per-address limits,
-users' attempts per e-mail.
+"""Token buckets per key, with a bounded number of keys, in one process's memory: the gateway's per-client and
+per-address limits. (Users' login attempts per e-mail must hold across replicas: stored in its database.)
 
 Hand-written: `limits` offers fixed, moving and sliding windows but no token bucket; `aiolimiter` is one
 leaky bucket that makes callers wait rather than refusing them with a retry delay; `token-bucket` keys

@@ -3,6 +3,7 @@ write through the store, each database step in its own short transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import DatabaseUnreachable, database_errors_as_domain_errors
-from shopmesh_chassis.errors import ResourceExhausted
+from shopmesh_chassis.errors import Aborted, ResourceExhausted
 from shopmesh_users.domain import keys as key_schedule
 from shopmesh_users.domain.errors import (
     email_already_registered,
@@ -21,14 +22,20 @@ from shopmesh_users.domain.errors import (
     too_many_login_attempts,
     user_not_found,
 )
-from shopmesh_users.domain.failed_logins import FailedLogins
+from shopmesh_users.domain.failed_logins import LoginThrottle, email_key
 from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
 from shopmesh_users.domain.models import Account, Credentials, User, new_user_id
 from shopmesh_users.domain.tokens import build_access_claims, new_token_id
 from shopmesh_users.domain.validation import validate_login, validate_registration, validate_user_id
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.signing import generate_key_material, sign_access_token
-from shopmesh_users.store.repository import SigningKeyRepository, UserRepository, is_duplicate_email
+from shopmesh_users.store.repository import (
+    LoginAttemptRepository,
+    SigningKeyRepository,
+    UserRepository,
+    is_duplicate_email,
+    prune_login_attempts,
+)
 
 log = logging.getLogger("shopmesh.users")
 
@@ -73,14 +80,14 @@ class UsersApplication:
         passwords: Passwords,
         policy: KeyPolicy,
         clock: Clock = utc_now,
-        failed_logins: FailedLogins | None = None,
+        login_throttle: LoginThrottle | None = None,
     ) -> None:
         self._database = database
         self._passwords = passwords
         self._policy = policy
         self._clock = clock
         # None: logins are not throttled per e-mail (the revoke-keys command, which logs nobody in).
-        self._failed_logins = failed_logins
+        self._login_throttle = login_throttle
 
     # --- accounts ----------------------------------------------------------------------------------
 
@@ -102,8 +109,9 @@ class UsersApplication:
     @database_errors_as_domain_errors
     async def login(self, email: str, password: str) -> IssuedToken:
         credentials = validate_login(email, password)
-        throttle = self._failed_logins
-        if throttle is not None and (wait := throttle.try_acquire(credentials.email)) > 0:
+        throttled = self._login_throttle is not None
+        attempts_key = email_key(credentials.email)
+        if throttled and (wait := await self._take_login_attempt(attempts_key)) > 0:
             # Before any hashing: a throttled guess costs the service nothing.
             raise too_many_login_attempts(wait)
         try:
@@ -111,14 +119,15 @@ class UsersApplication:
         except BaseException:
             # No answer about the password (hashing busy, database down, the caller's deadline or cancellation):
             # not a guess, so the attempt is not spent.
-            if throttle is not None:
-                throttle.give_back(credentials.email)
+            if throttled:
+                await self._give_back_login_attempt(attempts_key)
             raise
         if account is None or not (matched or matched_as_sent):
             # The attempt stays taken: this is what the throttle counts.
             raise invalid_credentials()
-        if throttle is not None:
-            throttle.succeeded(credentials.email)
+        if throttled:
+            async with self._database.transaction() as session:
+                await LoginAttemptRepository(session).forget(attempts_key)
         if matched_as_sent or self._passwords.needs_rehash(account.password_hash):
             await self._upgrade_password_hash(account.user.id, account.password_hash, credentials.password)
         # The keys as they are after the password check, which may wait seconds for a hashing turn: keys
@@ -137,6 +146,51 @@ class UsersApplication:
                 await SigningKeyRepository(session).record_token_lifetime(key.kid, lifetime)
         claims = build_access_claims(account.user.id, now, lifetime, new_token_id())
         return IssuedToken(sign_access_token(claims, key), claims.expires_at, account.user.id)
+
+    async def _take_login_attempt(self, key: str) -> float:
+        """Take one of the e-mail's attempts: 0.0, or the seconds until one may be taken (nothing taken)."""
+        assert self._login_throttle is not None
+        async with self._database.transaction() as session:
+            attempts = LoginAttemptRepository(session)
+            # A second round only when another replica stored the e-mail's first bucket between this read and
+            # this insert; a third when a success forgot that bucket again just as fast.
+            for _ in range(3):
+                stored = await attempts.locked(key)
+                taken = self._login_throttle.take(stored, self._clock())
+                if taken.stored is None:
+                    return taken.retry_after_seconds
+                if stored is not None:
+                    await attempts.replace(key, taken.stored)
+                    return 0.0
+                if await attempts.add(key, taken.stored):
+                    return 0.0
+        raise Aborted("concurrent logins for this e-mail address; retry", reason="CONCURRENT_UPDATE")
+
+    async def _give_back_login_attempt(self, key: str) -> None:
+        """Best effort, and shielded: it runs while the login unwinds from its own error or cancellation, which
+        is what the caller must get, not a failure (or a second cancel) of this write. Lost, the attempt stays
+        taken until the bucket refills."""
+        assert self._login_throttle is not None
+        throttle = self._login_throttle
+
+        async def give_back() -> None:
+            async with self._database.transaction() as session:
+                attempts = LoginAttemptRepository(session)
+                stored = await attempts.locked(key)
+                if stored is not None:  # none: a success forgot it, or it was pruned; full either way
+                    await attempts.replace(key, throttle.give_back(stored, self._clock()))
+
+        try:
+            await asyncio.shield(give_back())
+        except (SQLAlchemyError, DatabaseUnreachable) as error:
+            # The type only: a database error's text may carry the statement's parameters.
+            log.warning("login attempt not given back (%s); it stays taken until it refills", type(error).__name__)
+
+    async def prune_login_attempts(self) -> int:
+        """Delete the stored login attempts that have refilled to a full bucket (the same as none); how many."""
+        if self._login_throttle is None:
+            return 0
+        return await prune_login_attempts(self._database, self._login_throttle.full_since(self._clock()))
 
     async def _check_password(self, credentials: Credentials) -> tuple[Account | None, bool, bool]:
         """The account, and whether the password matched as normalized and as sent."""

@@ -44,10 +44,11 @@ class UsersSettings(DatabaseSettings):
     # Login attempts per e-mail address (docs/auth.md, "Login throttling"), taken when a login is admitted
     # and kept by wrong passwords: this many at once, then one more every LOGIN_FAILURE_REFILL_SECONDS; past
     # that a login for the address is refused (RESOURCE_EXHAUSTED, reason TOO_MANY_LOGIN_ATTEMPTS) before its
-    # password is checked. Counted by each replica on its own, for up to LOGIN_FAILURE_MAX_EMAILS addresses.
+    # password is checked. Stored in the database, shared by every replica; every LOGIN_FAILURE_PRUNE_SECONDS
+    # the addresses whose attempts have all refilled are deleted.
     login_failure_burst: int = Field(default=10, ge=1)
-    login_failure_refill_seconds: float = Field(default=30.0, gt=0)
-    login_failure_max_emails: int = Field(default=100_000, ge=1)
+    login_failure_refill_seconds: float = Field(default=30.0, ge=0.001, le=_DAY_SECONDS)
+    login_failure_prune_seconds: Interval = 300.0
 
     @model_validator(mode="after")
     def _consistent(self) -> UsersSettings:

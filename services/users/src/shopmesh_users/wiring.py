@@ -24,7 +24,7 @@ from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.periodic import Periodic
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_users.application import Clock, KeyPolicy, KeysKeptChanging, UsersApplication, utc_now
-from shopmesh_users.domain.failed_logins import FailedLogins
+from shopmesh_users.domain.failed_logins import LoginThrottle
 from shopmesh_users.migrations import VERSIONS
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.settings import UsersSettings
@@ -40,6 +40,8 @@ class Users:
     passwords: Passwords
     application: UsersApplication
     rotator: Periodic
+    # Deletes the stored login attempts that have refilled (docs/auth.md, "Login throttling").
+    pruner: Periodic
     binding: ServiceBinding
 
 
@@ -61,10 +63,8 @@ def passwords(settings: UsersSettings) -> Passwords:
     )
 
 
-def failed_logins(settings: UsersSettings) -> FailedLogins:
-    return FailedLogins(
-        settings.login_failure_burst, settings.login_failure_refill_seconds, settings.login_failure_max_emails
-    )
+def login_throttle(settings: UsersSettings) -> LoginThrottle:
+    return LoginThrottle(settings.login_failure_burst, timedelta(seconds=settings.login_failure_refill_seconds))
 
 
 async def _migrated(settings: UsersSettings, hashing: Passwords, clock: Clock) -> tuple[Database, UsersApplication]:
@@ -74,11 +74,12 @@ async def _migrated(settings: UsersSettings, hashing: Passwords, clock: Clock) -
     except BaseException:
         await database.dispose()
         raise
-    return database, UsersApplication(database, hashing, key_policy(settings), clock, failed_logins(settings))
+    return database, UsersApplication(database, hashing, key_policy(settings), clock, login_throttle(settings))
 
 
 async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
-    """Migrate the database and make sure a key can sign; the rotator is built but not started."""
+    """Migrate the database and make sure a key can sign; the rotator and the pruner are built but not
+    started."""
     hashing = passwords(settings)
     try:
         database, application = await _migrated(settings, hashing, clock)
@@ -92,8 +93,16 @@ async def build(settings: UsersSettings, clock: Clock = utc_now) -> Users:
         await database.dispose()
         raise
     rotator = Periodic("signing-key-rotation", settings.key_rotation_check_seconds, application.rotate_keys_if_due)
+    pruner = Periodic("login-attempts-prune", settings.login_failure_prune_seconds, application.prune_login_attempts)
     binding = ServiceBinding(DESCRIPTOR, UsersServicer(application), users_pb2_grpc.add_UsersServiceServicer_to_server)
-    return Users(database=database, passwords=hashing, application=application, rotator=rotator, binding=binding)
+    return Users(
+        database=database,
+        passwords=hashing,
+        application=application,
+        rotator=rotator,
+        pruner=pruner,
+        binding=binding,
+    )
 
 
 async def _main() -> None:
@@ -101,13 +110,14 @@ async def _main() -> None:
     provider = app.setup_observability(settings)
     users = await build(settings)
     users.rotator.start()
+    users.pruner.start()
     await app.serve(
         settings,
         [users.binding],
         tracer_provider=provider,
-        # The rotator first: it must finish its transaction before the database closes. A hash whose caller
-        # gave up can outlive the server's drain: waited for within the hooks' budget.
-        on_shutdown=[users.rotator.stop, users.passwords.close, users.database.dispose],
+        # The rotator and the pruner first: they must finish their transactions before the database closes. A
+        # hash whose caller gave up can outlive the server's drain: waited for within the hooks' budget.
+        on_shutdown=[users.rotator.stop, users.pruner.stop, users.passwords.close, users.database.dispose],
     )
 
 

@@ -1,53 +1,86 @@
 """Login attempts per e-mail address, so that guessing one account's password is slow however many client
 addresses the guesses come from: the gateway limits each address, not each account.
 
-A token bucket per e-mail: `burst` attempts at once, then one more every `refill_seconds`. An attempt takes
-its token when it is admitted, before its password is hashed, not when it fails: counting only failures let
+A token bucket per e-mail: `burst` attempts at once, then one more every `refill`. An attempt takes its
+token when it is admitted, before its password is hashed, not when it fails: counting only failures let
 every attempt admitted before the first failure was recorded through (the ~34 a hashing queue holds, at
 each refill). An attempt that ends without an answer about the password (hashing busy, database down, the
 caller gone) gives its token back, and a successful login forgets the e-mail's bucket, so only wrong
 guesses keep tokens. An attempt is refused while the bucket is empty, for a known and an unknown e-mail
 alike, so the refusal says nothing about which accounts exist.
+
+The buckets are stored in the users database, shared by every replica (docs/auth.md, "Login throttling"):
+this module is the arithmetic only, on a bucket the store has locked and on wall-clock time (replicas share
+no monotonic clock). No stored bucket means a full one: a bucket left alone for `burst` refills is full
+again, which is why such rows can be pruned.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable
-
-from shopmesh_chassis.token_buckets import TokenBuckets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 
-def _key(email: str) -> bytes:
-    # A digest, not the text: Login does not bound the e-mail's length, and a megabyte each would make
-    # `max_emails` entries gigabytes.
-    return hashlib.sha256(email.encode("utf-8", "surrogatepass")).digest()
+def email_key(email: str) -> str:
+    """The key an e-mail's bucket is stored under: a digest, not the text. Login does not bound the e-mail's
+    length, and the stored attempts should not be a list of the addresses people tried."""
+    return hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class FailedLogins:
-    """The attempts of the last while, per e-mail; beyond `max_emails` the least recently seen is
-    forgotten (it starts again with a full bucket, as after `burst * refill_seconds` of quiet)."""
+@dataclass(frozen=True, slots=True)
+class Attempts:
+    """An e-mail's bucket as stored: the attempts left at `updated_at` (a fraction while refilling)."""
 
-    def __init__(
-        self, burst: int, refill_seconds: float, max_emails: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if burst < 1 or refill_seconds <= 0 or max_emails < 1:
-            raise ValueError("burst and max_emails must be >= 1, refill_seconds > 0")
-        self._buckets: TokenBuckets[bytes] = TokenBuckets(1.0 / refill_seconds, burst, max_emails, clock)
+    tokens: float
+    updated_at: datetime
 
-    def __len__(self) -> int:
-        return len(self._buckets)
 
-    def try_acquire(self, email: str) -> float:
-        """Takes one attempt for `email` and returns 0.0, or takes nothing and returns the seconds until one
-        may be taken."""
-        return self._buckets.take(_key(email))
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A `LoginThrottle.take`: `stored` is what to store (None: nothing changed), `retry_after_seconds` 0.0
+    when an attempt was taken, else the seconds until one may be."""
 
-    def give_back(self, email: str) -> None:
-        """Returns an attempt taken by `try_acquire` that checked no password. Nothing when the bucket is gone
-        (a success forgot it, or it was the least recently seen): it is full already."""
-        self._buckets.give_back(_key(email))
+    stored: Attempts | None
+    retry_after_seconds: float
 
-    def succeeded(self, email: str) -> None:
-        self._buckets.forget(_key(email))
+
+@dataclass(frozen=True, slots=True)
+class LoginThrottle:
+    burst: int
+    refill: timedelta
+
+    def __post_init__(self) -> None:
+        if self.burst < 1 or self.refill <= timedelta(0):
+            raise ValueError("burst must be >= 1, refill > 0")
+
+    def take(self, stored: Attempts | None, now: datetime) -> Taken:
+        """Take one attempt from `stored` (None: a full bucket) at `now`, or refuse and store nothing."""
+        bucket = self._refilled(stored, now)
+        if bucket.tokens >= 1.0:
+            return Taken(Attempts(bucket.tokens - 1.0, bucket.updated_at), 0.0)
+        # Nothing to write: refilling is arithmetic on the stored row, which gives the same later.
+        return Taken(None, (1.0 - bucket.tokens) * self.refill.total_seconds())
+
+    def give_back(self, stored: Attempts, now: datetime) -> Attempts:
+        """Return an attempt `take` granted, never beyond the burst."""
+        bucket = self._refilled(stored, now)
+        return Attempts(min(float(self.burst), bucket.tokens + 1.0), bucket.updated_at)
+
+    def full_since(self, now: datetime) -> datetime:
+        """Buckets last changed at or before this are full by `now` whatever they held: storing them or not
+        is the same, so they may be pruned."""
+        try:
+            return now - self.refill * self.burst
+        except OverflowError:
+            # Longer than datetime reaches back (a refill of a day and a burst of millions): nothing is full.
+            return datetime.min.replace(tzinfo=UTC)
+
+    def _refilled(self, stored: Attempts | None, now: datetime) -> Attempts:
+        if stored is None:
+            return Attempts(float(self.burst), now)
+        # Replicas' clocks disagree a little: a `now` behind the stored time refills nothing and leaves that
+        # time as it is, so that no replica is credited the same interval twice.
+        elapsed = max(0.0, (now - stored.updated_at).total_seconds())
+        tokens = min(float(self.burst), stored.tokens + elapsed / self.refill.total_seconds())
+        return Attempts(tokens, max(stored.updated_at, now))

@@ -1,4 +1,4 @@
-"""Users and signing keys in one session (one transaction). Portable SQL only."""
+"""Users, signing keys and login attempts in one session (one transaction). Portable SQL only."""
 
 from __future__ import annotations
 
@@ -8,13 +8,29 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from shopmesh_chassis.db import DbConnection, as_utc
+from shopmesh_chassis.db import Database, DbConnection, as_utc, insert_skipping_existing
+from shopmesh_chassis.periodic import delete_in_batches
+from shopmesh_users.domain.failed_logins import Attempts
 from shopmesh_users.domain.keys import SigningKey
 from shopmesh_users.domain.models import Account, User
-from shopmesh_users.store.tables import signing_keys, users
+from shopmesh_users.store.tables import login_attempts, signing_keys, users
+
+# Every login runs these: built once (docs/chassis.md, "Statements on hot paths are built once").
+_ATTEMPTS_LOCKED = (
+    select(login_attempts.c.tokens, login_attempts.c.updated_at)
+    .where(login_attempts.c.email_key == bindparam("key"))
+    .with_for_update()
+)
+# Bound as b_key: SQLAlchemy reserves a table's column names for its own binds in UPDATE.
+_ATTEMPTS_REPLACE = (
+    update(login_attempts)
+    .where(login_attempts.c.email_key == bindparam("b_key"))
+    .values(tokens=bindparam("tokens"), updated_at=bindparam("updated_at"))
+)
+_ATTEMPTS_FORGET = delete(login_attempts).where(login_attempts.c.email_key == bindparam("key"))
 
 
 def is_duplicate_email(error: IntegrityError) -> bool:
@@ -119,3 +135,44 @@ class SigningKeyRepository:
     async def delete(self, kids: Sequence[str]) -> None:
         if kids:
             await self._session.execute(delete(signing_keys).where(signing_keys.c.kid.in_(list(kids))))
+
+
+class LoginAttemptRepository:
+    """Each e-mail's stored bucket (domain/failed_logins.py), read locked and written back in one transaction:
+    replicas taking from one bucket at once take turns (PostgreSQL: the row lock of SELECT ... FOR UPDATE;
+    SQLite: its one writer, BEGIN IMMEDIATE)."""
+
+    def __init__(self, session: DbConnection) -> None:
+        self._session = session
+
+    async def locked(self, key: str) -> Attempts | None:
+        """The bucket, locked until the transaction ends; None when none is stored (a full one)."""
+        row = (await self._session.execute(_ATTEMPTS_LOCKED, {"key": key})).first()
+        return Attempts(row.tokens, as_utc(row.updated_at)) if row is not None else None
+
+    async def add(self, key: str, attempts: Attempts) -> bool:
+        """Store a bucket for `key`, which `locked` found none of; False (nothing written) when another
+        transaction stored one since. On PostgreSQL this waits for that transaction to end, so a `locked`
+        after a False finds its row."""
+        added = await self._session.execute(
+            insert_skipping_existing(self._session.dialect.name, login_attempts),
+            {"email_key": key, "tokens": attempts.tokens, "updated_at": attempts.updated_at},
+        )
+        return bool(added.rowcount)
+
+    async def replace(self, key: str, attempts: Attempts) -> None:
+        await self._session.execute(
+            _ATTEMPTS_REPLACE, {"b_key": key, "tokens": attempts.tokens, "updated_at": attempts.updated_at}
+        )
+
+    async def forget(self, key: str) -> None:
+        await self._session.execute(_ATTEMPTS_FORGET, {"key": key})
+
+
+async def prune_login_attempts(database: Database, full_since: datetime) -> int:
+    """Delete the buckets last changed at or before `full_since` (full again: the same as none), in short
+    transactions; how many. On PostgreSQL a bucket a login changes meanwhile is re-checked under its row lock
+    and kept."""
+    return await delete_in_batches(
+        database, login_attempts, login_attempts.c.email_key, login_attempts.c.updated_at <= full_since
+    )

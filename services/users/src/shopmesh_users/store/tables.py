@@ -3,7 +3,7 @@ migrations)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 metadata = MetaData()
 
@@ -37,4 +37,18 @@ signing_keys = Table(
     Column("token_lifetime_seconds", Integer, nullable=True),
     # Two replicas rotating at once both try the next generation; only one insert succeeds.
     UniqueConstraint("generation", name="uq_signing_keys_generation"),
+)
+
+# Login attempts per e-mail address (domain/failed_logins.py), shared by the replicas. A row is a bucket
+# that is not full; one missing is full. Rows whose bucket is full again are pruned (users_0003).
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    # SHA-256 of the normalized e-mail, hex: not the address itself, and bounded however long that is.
+    Column("email_key", String(64), primary_key=True),
+    # The attempts left at updated_at; a fraction while refilling.
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The prune finds full buckets by it.
+    Index("ix_login_attempts_updated_at", "updated_at"),
 )
