@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from shopmesh_chassis.deadletters import (
 )
 from shopmesh_chassis.deadletters_cli import parse_args
 from shopmesh_chassis.events import EVENT_TYPE, MSG_ID
+from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import NatsServer
@@ -388,6 +391,42 @@ def test_the_command_says_how_to_reach_the_local_stacks_nats_when_it_does_not_an
     assert "start it with `make run`" in line, line
     assert "no launcher's .data/stack.json is here" in line, line
     assert "--nats-url URL" in line, line
+
+
+@pytest.mark.parametrize(
+    ("stale", "said"),
+    [
+        ('{"pid": ', "not a stack file the launcher wrote"),
+        ("gone", "its launcher (pid {pid}) is gone"),
+    ],
+    ids=["unreadable", "launcher-gone"],
+)
+def test_the_hint_says_a_stale_stack_file_was_found_and_ignored_not_that_there_is_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, stale: str, said: str
+) -> None:
+    """A launcher killed with -9 leaves its .data/stack.json: the command ignored it (in a line of its own), then
+    said "no launcher's .data/stack.json is here" of a file that was there. It says the file names no running
+    launcher now."""
+    local = f"nats://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(cli, "LOCAL_NATS_URL", local)
+    monkeypatch.delenv("NATS_URL", raising=False)
+    monkeypatch.delenv("SECRETS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = stack_file(Path(".data"))
+    if stale == "gone":
+        write_stack_file(LocalStack(path=path, pid=gone.pid, nats_url="nats://127.0.0.1:1"))
+    else:
+        path.parent.mkdir()
+        path.write_text(stale)
+    assert cli.main(["list"]) == 1
+    ignored, line = capsys.readouterr().err.splitlines()
+    assert ignored.startswith(f"ignoring {path}: {said.format(pid=gone.pid)}"), ignored
+    assert line.startswith(f"error: cannot reach NATS at {local}: ConnectionRefusedError"), line
+    assert "no launcher's" not in line, line
+    assert f"{path} here names no launcher that still runs (ignored: see above)" in line, line
+    assert "start it with `make run`" in line, line
 
 
 def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServer) -> None:

@@ -112,8 +112,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     discard = commands.add_parser("discard", help="remove messages for good")
     discard.add_argument("sequences", type=sequence_number, nargs="+", metavar="SEQ")
     args = parser.parse_args(argv)
+    # Whether the local stack's file was there but ignored (its launcher gone): the hint must not say there is none.
+    args.stack_file_ignored = False
     if args.nats_url is None:
-        args.nats_url = local_nats_url()
+        args.nats_url, args.stack_file_ignored = local_nats_url()
     try:
         parse_nats_url(args.nats_url)
     except InvalidNatsUrl as exc:
@@ -202,7 +204,8 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except Exception as exc:
         cause = seen[-1] if seen else exc
         said = f"error: cannot reach NATS at {shown_nats_url(args.nats_url)}: {type(cause).__name__}: {cause}"
-        print(said + (local_stack_hint() if args.nats_url == LOCAL_NATS_URL else ""), file=err)
+        hint = local_stack_hint(args.stack_file_ignored) if args.nats_url == LOCAL_NATS_URL else ""
+        print(said + hint, file=err)
         return 1
     try:
         letters = DeadLetters(client.jetstream())
@@ -248,23 +251,31 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         await client.close()
 
 
-def local_nats_url() -> str:
+def local_nats_url() -> tuple[str, bool]:
     """The running local stack's NATS (on whatever port `--free-ports` gave it), said on stderr so that
-    `list --json` stays one document; else the topology's local port, as before the launcher wrote its file."""
+    `list --json` stays one document; else the topology's local port, as before the launcher wrote its file.
+    Also whether a file was there and ignored (said on stderr too: a killed launcher's, an unreadable one)."""
     stack = running_stack(err=sys.stderr)
     if stack is None:
-        return LOCAL_NATS_URL
+        return LOCAL_NATS_URL, stack_file(DEFAULT_DATA_DIR).exists()
     print(f"NATS at {shown_nats_url(stack.nats_url)}: {stack.said()}", file=sys.stderr)
-    return stack.nats_url
+    return stack.nats_url, False
 
 
-def local_stack_hint() -> str:
-    """What to do when the default NATS, the local stack's, does not answer: no launcher runs here (its file,
-    which names its NATS on any port, was not found in the directory this runs in)."""
+def local_stack_hint(stack_file_ignored: bool = False) -> str:
+    """What to do when the default NATS, the local stack's, does not answer: no launcher runs here. Either its
+    file, which names its NATS on any port, was not found in the directory this runs in, or the one found names
+    a launcher that is gone (killed with -9) or cannot be read: "no file" would send the user looking for a
+    file they can see."""
+    path = stack_file(DEFAULT_DATA_DIR)
+    found = (
+        f"{path} here names no launcher that still runs (ignored: see above)"
+        if stack_file_ignored
+        else f"no launcher's {path} is here"
+    )
     return (
-        f"; that is the local stack's NATS, and no launcher's {stack_file(DEFAULT_DATA_DIR)} is here: start it "
-        "with `make run` (run this from the directory it runs in), or name another with --nats-url URL (or "
-        "NATS_URL)"
+        f"; that is the local stack's NATS, and {found}: start it with `make run` (run this from the directory it "
+        "runs in), or name another with --nats-url URL (or NATS_URL)"
     )
 
 
