@@ -145,7 +145,7 @@ fault: setup ## Faults at the sidecars of `make run MESH=envoy` (FAULT_ARGS="rec
 
 .PHONY: shoppers
 SHOPPERS_ARGS ?=
-shoppers: setup ## Simulated shoppers against the local gateway for a minute (SHOPPERS_ARGS="--shoppers 20 --duration 300 --target HOST:PORT" or "--http URL")
+shoppers: setup ## Simulated shoppers against the local gateway for a minute (SHOPPERS_ARGS="--shoppers 20 --duration 300 --target HOST:PORT", "--http" or "--http URL")
 	$(VENV_BIN)/python -m shopmesh_platform.shoppers $(SHOPPERS_ARGS)
 
 .PHONY: traces

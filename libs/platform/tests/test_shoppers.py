@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis.errors import FailedPrecondition
 from shopmesh_chassis.grpc_errors import to_grpc_status, to_rpc_status
+from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_chassis.testing import free_port
 from shopmesh_platform.http_client import HttpCallError
 from shopmesh_platform.shoppers import (
@@ -29,10 +31,12 @@ from shopmesh_platform.shoppers import (
     RETRY_JITTER,
     Shopper,
     Tally,
+    arguments,
     main,
     server_fault,
 )
 from shopmesh_platform.stack import Stack
+from shopmesh_platform.topology import LOCAL_HOST, LOCAL_HTTP_PORT
 
 FAST = ["--shoppers", "2", "--duration", "1", "--think", "0.01,0.05", "--report-every", "0.5"]
 
@@ -79,6 +83,40 @@ def test_an_unreachable_http_api_is_said_in_one_line() -> None:
     code, _, err = ran("--http", url, *FAST, "--connect-timeout", "0.5")
     assert code == 1
     assert err == f"error: cannot reach the HTTP/JSON API at {url} (is `make run` running?)\n"
+
+
+@pytest.mark.parametrize("stack", ["edge", "no-edge", "none"])
+def test_http_without_a_url_shops_at_the_running_stacks_edge_and_says_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: str
+) -> None:
+    """`--http` wanted a URL even when .data/stack.json named the running stack's edge (on any port under
+    --free-ports), which the gRPC mode reads for the gateway: it is read the same way now, and said on stderr;
+    without an edge there, make run's own port, said too."""
+    monkeypatch.chdir(tmp_path)
+    edge = f"http://127.0.0.1:{free_port()}"
+    local = f"http://{LOCAL_HOST}:{LOCAL_HTTP_PORT}"
+    said = ""
+    if stack != "none":
+        path = stack_file(Path(".data"))
+        write_stack_file(
+            LocalStack(path, os.getpid(), "nats://127.0.0.1:1", http_url=edge if stack == "edge" else None)
+        )
+        said = f"the local stack of {path} (launcher pid {os.getpid()})"
+    out, err = io.StringIO(), io.StringIO()
+    args = arguments(["--http", *FAST], err)
+    expected = {
+        "edge": (edge, f"the HTTP/JSON edge at {edge}: {said}\n"),
+        "no-edge": (local, f"{said} serves no HTTP/JSON edge (--http-port 0, or no gateway); trying {local}\n"),
+        "none": (
+            local,
+            f"the HTTP/JSON edge at {local}: make run's (no running local stack's {stack_file(Path('.data'))} here)\n",
+        ),
+    }[stack]
+    assert (args.http, err.getvalue()) == expected
+    if stack == "edge":
+        # Nothing listens at the edge it named: the usual one line, at that address.
+        assert main(["--http", *FAST, "--connect-timeout", "0.5"], out, err) == 1
+        assert err.getvalue().endswith(f"error: cannot reach the HTTP/JSON API at {edge} (is `make run` running?)\n")
 
 
 def test_an_http_url_with_a_path_or_no_scheme_is_refused_before_anything_runs() -> None:

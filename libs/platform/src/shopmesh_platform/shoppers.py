@@ -1,23 +1,24 @@
 """Simulated shoppers against the gateway, to watch the system work: dashboards, traces, logs, e-mails.
 
-    python -m shopmesh_platform.shoppers [--target 127.0.0.1:50050 | --http http://127.0.0.1:8080]
+    python -m shopmesh_platform.shoppers [--target 127.0.0.1:50050 | --http [http://127.0.0.1:8080]]
                                          [--shoppers 5] [--duration 60]
 
-Each shopper registers and logs in once, then does what a customer does, pausing between steps (`--think`,
-0.5 to 2 s): browses a page of products, searches, opens a product page, and now and then places an order
-(one card in ten is declined), reads it back and lists its e-mails. An order carries the total the shopper
-saw (the price it last read times the quantity) as expected_total; refused PRICE_CHANGED, it agrees to the
-new total the answer names, once, and places the order again. Through the public API only, as a
-front-end would (a plain channel; every call has a deadline), or with `--http` over the HTTP/JSON edge in
-front of the gateway, each call on its `google.api.http` route (`http_client`). It is traffic, not a benchmark
-(`make bench-checkout` measures). Every `--report-every` seconds and at the end it prints what each
-method answered: its status code, or PRICE_CHANGED for a checkout refused at a total that was no longer
-the current one (a FAILED_PRECONDITION the client acts on, told apart from a declined card). A refusal that
-asks to come back later (RESOURCE_EXHAUSTED or UNAVAILABLE with a RetryInfo: the gateway's password bucket
-refusing sign-ups from one address) is waited out, jittered, and the step asked again; such waits are counted
-apart from the answers. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a
-server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed
-price is an answer, a fault is a bug.
+Each shopper registers and logs in once, then does what a customer does, pausing between steps (`--think`, 0.5
+to 2 s): browses a page of products, searches, opens a product page, and now and then places an order (one
+card in ten is declined), reads it back and lists its e-mails. An order carries the total the shopper saw (the
+price it last read times the quantity) as expected_total; refused PRICE_CHANGED, it agrees to the new total
+the answer names, once, and places the order again. Through the public API only, as a front-end would (a plain
+channel; every call has a deadline), or with `--http` over the HTTP/JSON edge in front of the gateway, each
+call on its `google.api.http` route (`http_client`). Given no address, either mode reads the running local
+stack's from `.data/stack.json` (any ports, `--free-ports` too) and says which it used. It is traffic, not a
+benchmark (`make bench-checkout` measures). Every `--report-every` seconds and at the end it prints what each
+method answered: its status code, or PRICE_CHANGED for a checkout refused at a total that was no longer the
+current one (a FAILED_PRECONDITION the client acts on, told apart from a declined card). A refusal that asks
+to come back later (RESOURCE_EXHAUSTED or UNAVAILABLE with a RetryInfo: the gateway's password bucket refusing
+sign-ups from one address) is waited out, jittered, and the step asked again; such waits are counted apart
+from the answers. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a server
+fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed price is
+an answer, a fault is a bug.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.local_stack import running_stack
+from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack, stack_file
 
 from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
@@ -396,6 +397,9 @@ def think_range(value: str) -> tuple[float, float]:
 
 
 LOCAL_GATEWAY = f"{LOCAL_HOST}:{SERVICES['gateway'].grpc_port}"
+LOCAL_HTTP_URL = f"http://{LOCAL_HOST}:{LOCAL_HTTP_PORT}"
+# `--http` given without a URL: not a string, which argparse would pass through `base_url` like a typed one.
+_STACKS_EDGE = object()
 
 
 def arguments(argv: Sequence[str] | None = None, err: TextIO = sys.stderr) -> argparse.Namespace:
@@ -408,10 +412,13 @@ def arguments(argv: Sequence[str] | None = None, err: TextIO = sys.stderr) -> ar
     )
     parser.add_argument(
         "--http",
+        nargs="?",
         default=None,
+        const=_STACKS_EDGE,
         type=base_url,
         metavar="URL",
-        help=f"shop over the HTTP/JSON edge at URL instead (`make run`'s: http://{LOCAL_HOST}:{LOCAL_HTTP_PORT})",
+        help="shop over the HTTP/JSON edge at URL instead (without URL: the running local stack's, named by "
+        f".data/stack.json, else {LOCAL_HTTP_URL})",
     )
     parser.add_argument("--shoppers", type=whole_number(1), default=5, help="how many at once (default %(default)s)")
     parser.add_argument("--duration", type=seconds(zero=True), default=60.0, help="seconds (default %(default)s)")
@@ -426,9 +433,29 @@ def arguments(argv: Sequence[str] | None = None, err: TextIO = sys.stderr) -> ar
         help='print the answers as JSON ({"METHOD": {"CODE": n}}, CODE a status or PRICE_CHANGED), progress to stderr',
     )
     args = parser.parse_args(argv)
+    if args.http is _STACKS_EDGE:
+        args.http = local_http_url(err)
     if args.target is None:
         args.target = LOCAL_GATEWAY if args.http else local_gateway(err)
     return args
+
+
+def local_http_url(err: TextIO) -> str:
+    """The running local stack's HTTP/JSON edge (`--free-ports` gives it any port), else make run's; said on `err`
+    either way, as the one line that tells the user where the shoppers went."""
+    stack = running_stack(err=err)
+    if stack is None:
+        said = f"make run's (no running local stack's {stack_file(DEFAULT_DATA_DIR)} here)"
+        print(f"the HTTP/JSON edge at {LOCAL_HTTP_URL}: {said}", file=err)
+        return LOCAL_HTTP_URL
+    if stack.http_url is None:
+        print(
+            f"{stack.said()} serves no HTTP/JSON edge (--http-port 0, or no gateway); trying {LOCAL_HTTP_URL}",
+            file=err,
+        )
+        return LOCAL_HTTP_URL
+    print(f"the HTTP/JSON edge at {stack.http_url}: {stack.said()}", file=err)
+    return stack.http_url
 
 
 def local_gateway(err: TextIO) -> str:
