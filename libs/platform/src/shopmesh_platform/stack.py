@@ -268,31 +268,65 @@ def _own_writable_folder(path: str) -> bool:
 
 def remove_stale_sockets(link: Path) -> None:
     """Clear `<mesh_dir>/sockets` for a new start: the folder its link points to when a killed launcher left it
-    (a `shopmesh-sockets-*` folder of this user's: nothing else is removed through the link), and the link; or the
-    folder of sockets an older launcher made there. A launcher that serves on this data is refused before this
-    (`check_ports`, and make run's stack.json); one still starting holds its folder (`_hold_folder`), and
-    StackError says so: that folder is not removed under it."""
+    (`remove_left_sockets_folder`), and the link; or the folder of sockets an older launcher made there. A
+    launcher that serves on this data is refused before this (`check_ports`, and make run's stack.json); one
+    still starting holds its folder (`_hold_folder`), and SocketsFolderHeld says so: that folder is not removed
+    under it."""
     if link.is_symlink():
-        target = Path(os.readlink(link))
-        if target.is_absolute() and target.name.startswith(SOCKETS_PREFIX):
-            with contextlib.suppress(OSError):
-                info = target.lstat()
-                if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
-                    held = _hold_folder(target)
-                    if held is None:
-                        raise StackError(
-                            f"another launcher is using {link} ({target}, its services' sockets): stop it, or "
-                            "choose another --data-dir"
-                        )
-                    try:
-                        shutil.rmtree(target, ignore_errors=True)
-                    finally:
-                        os.close(held)
+        remove_left_sockets_folder(link)
         link.unlink()
     elif link.is_dir():
         shutil.rmtree(link, ignore_errors=True)
     elif link.exists():
         link.unlink()
+
+
+class SocketsFolderHeld(StackError):
+    """A launcher that still runs (or still starts) holds the sockets' folder a data directory's link points to."""
+
+    def __init__(self, link: Path, folder: Path) -> None:
+        super().__init__(
+            f"another launcher is using {link} ({folder}, its services' sockets): stop it, or choose another --data-dir"
+        )
+        self.link = link
+        self.folder = folder
+
+
+def linked_sockets_folder(link: Path) -> Path | None:
+    """The folder `link` points to when it is a launcher's sockets' folder of this user's (an absolute path to a
+    `shopmesh-sockets-*` directory this user owns, not a link); None for anything else, which is not the
+    stack's to remove: a link edited by hand, another account's folder of that name."""
+    if not link.is_symlink():
+        return None
+    target = Path(os.readlink(link))
+    if not (target.is_absolute() and target.name.startswith(SOCKETS_PREFIX)):
+        return None
+    try:
+        info = target.lstat()
+    except OSError:
+        return None
+    return target if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() else None
+
+
+def remove_left_sockets_folder(link: Path) -> Path | None:
+    """Remove the sockets' folder `link` points to (`linked_sockets_folder`) when no launcher holds it: a launcher
+    killed with -9 left it outside the data directory, where deleting the data directory alone would leave it
+    for good. Returns the folder removed (None: there was none to remove); raises SocketsFolderHeld when a
+    launcher holds it. The link itself is left to the caller."""
+    target = linked_sockets_folder(link)
+    if target is None:
+        return None
+    try:
+        held = _hold_folder(target)
+    except OSError:  # gone since, or no longer a folder
+        return None
+    if held is None:
+        raise SocketsFolderHeld(link, target)
+    try:
+        shutil.rmtree(target, ignore_errors=True)
+    finally:
+        os.close(held)
+    return target
 
 
 def _hold_folder(folder: Path) -> int | None:
