@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import os
 import pwd
 import shlex
@@ -39,7 +40,7 @@ import signal
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 from tabulate import tabulate
@@ -52,10 +53,11 @@ from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server
 from .arguments import seconds
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.protoset import PROTOSET_FILE, methods_of
-from .ports import Canary, PortInUse, PortPlan
+from .ports import Canary, PortInUse, PortPlan, bind_error
 from .processes import Crashed, StackError, crash_at_stop, has_exited, signal_child, spawn
 from .stack import (
     DEFAULT_STARTUP_TIMEOUT,
+    EDGE_LABEL,
     HTTP_API,
     MESH,
     NATS,
@@ -761,15 +763,19 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
     )
     # Before --reset too: under --free-ports no port collides with a launcher that still runs on this data.
     refuse_a_running_launcher(stack.data_dir)
-    if args.reset:
-        # Not under a stack that still runs on this data: its ports would be taken.
-        stack.check_ports()
-        print(reset_data_dir(args.data_dir), flush=True)
-    signals.stack = stack
-    names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
-    print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
-    # Cancelled by a signal, Stack.start stops what it had started.
-    await stack.start(failed=signals.start_failed, progress=lambda line: print(line, flush=True))
+    # Each with its own way out, before the port check's PortInUse, whose way out (--free-ports) is not theirs.
+    refuse_a_served_data_dir(stack)
+    refuse_an_http_port_of_the_table(stack)
+    with _served_data_dir_refused(stack):
+        if args.reset:
+            # Not under a stack that still runs on this data: its ports would be taken.
+            stack.check_ports()
+            print(reset_data_dir(args.data_dir), flush=True)
+        signals.stack = stack
+        names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
+        print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
+        # Cancelled by a signal, Stack.start stops what it had started.
+        await stack.start(failed=signals.start_failed, progress=lambda line: print(line, flush=True))
     signals.starting = False
     # For the tools (make deadletters, traces, shoppers, fault): under --free-ports they could not know where.
     written = write_stack_file(local_stack(stack))
@@ -794,6 +800,48 @@ def refuse_a_running_launcher(data_dir: Path) -> None:
             f"a launcher still runs on {data_dir} (pid {other.pid}, named by {other.path}): stop it (Ctrl-C in "
             "its terminal), or choose another --data-dir"
         )
+
+
+def refuse_a_served_data_dir(stack: Stack) -> None:
+    """Refuse a data directory whose services' sockets (MESH=envoy) another launcher serves: one still starting,
+    which wrote no stack.json yet, or one whose file is gone. The sockets are the data directory's, on any
+    ports: stopping that launcher, or another data directory, is the way out, never --free-ports."""
+    served = stack.served_socket()
+    if served is not None:
+        name, socket_path = served
+        raise StackError(
+            f"{socket_path} ({name}'s socket, behind its sidecar) is already served by another launcher on "
+            f"{stack.data_dir}: stop it (Ctrl-C in its terminal), or choose another --data-dir"
+        )
+
+
+@contextlib.contextmanager
+def _served_data_dir_refused(stack: Stack) -> Iterator[None]:
+    """A launcher that began serving this data directory's sockets after `refuse_a_served_data_dir` looked is
+    found by the port check (`Stack.check_ports`), as a PortInUse: refused as that one is, with its way out."""
+    try:
+        yield
+    except PortInUse:
+        refuse_a_served_data_dir(stack)
+        raise
+
+
+def refuse_an_http_port_of_the_table(stack: Stack) -> None:
+    """Refuse a --http-port that another process of the stack listens on (`--http-port 4222`), or that no server
+    may listen on (`--http-port 80` without the privilege): the port check said "planned twice" or "cannot
+    listen" and, as for any PortInUse, to try --free-ports, which refuses a --http-port. A --http-port that
+    another process listens on is left to the port check: --free-ports (or another --http-port) fits that."""
+    planned = stack.planned_ports()
+    edge = dict(planned).get(EDGE_LABEL)
+    if edge is None:
+        return
+    way_out = "choose another --http-port (0: no HTTP/JSON edge)"
+    others = [label for label, port in planned if port == edge and label != EDGE_LABEL]
+    if others:
+        raise StackError(f"--http-port {edge} is also {others[0]}'s port: {way_out}")
+    error = bind_error(stack.ports.host, edge)
+    if error is not None and error.errno != errno.EADDRINUSE:
+        raise StackError(f"cannot listen on {stack.ports.host}:{edge} (--http-port): {error.strerror}: {way_out}")
 
 
 def local_stack(stack: Stack) -> LocalStack:
@@ -863,7 +911,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(run(args))
     except PortInUse as exc:
-        # The README's way out when one of the table's ports is taken (by another stack, or anything else).
+        # The README's way out when one of the table's ports is taken (by another stack, or anything else, a
+        # server or a client connection's end). Refusals whose way out this is not (a data directory another
+        # launcher serves, a --http-port of the table) are StackErrors of their own, each with its way out.
         way_out = "; or start beside it on ports the OS picks: make run RUN_ARGS=--free-ports"
         if args.free_ports:
             way_out = ""

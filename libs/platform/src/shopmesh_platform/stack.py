@@ -90,6 +90,8 @@ TRACES = "traces"
 MESH = "mesh"
 # The public API over HTTP/JSON and gRPC-Web, in front of the gateway (`http_api`).
 HTTP_API = "http-api"
+# The HTTP/JSON edge, as `Stack.planned_ports` labels its port.
+EDGE_LABEL = "the HTTP/JSON edge"
 # A sidecar's process name: `<service>-sidecar`.
 SIDECAR_SUFFIX = "-sidecar"
 # Folders of the data directory: the SMTP sink's e-mails, the trace sink's spans, tests' process logs.
@@ -824,6 +826,32 @@ class Stack:
     def sockets_link(self) -> Path:
         """The data directory's link to the services' sockets' folder, `<mesh_dir>/sockets`."""
         return self.mesh_dir / SOCKETS_FOLDER
+
+    def served_socket(self) -> tuple[str, Path] | None:
+        """The first service whose socket, where the data directory's link points, a server accepts on, and
+        that socket: another launcher on this data directory serves it (None: none, or no mesh)."""
+        for name in self._sidecars:
+            socket_path = _linked_socket(self.sockets_link, name)
+            if socket_path is not None and unix_listening(socket_path):
+                return name, socket_path
+        return None
+
+    def planned_ports(self) -> list[tuple[str, int]]:
+        """The TCP ports this stack's processes listen on, each with whose it is (`<service> gRPC`)."""
+        plan = self.ports
+        planned: list[tuple[str, int | None]] = [("NATS", plan.nats), ("NATS monitoring", plan.nats_monitor)]
+        planned += [(f"the {name} sink", port) for name, port in self._sink_ports.items()]
+        if self._http_api is not None:
+            planned += [(EDGE_LABEL, plan.http), (f"{EDGE_LABEL}'s admin", plan.http_admin)]
+        for spec in self.specs:
+            metrics = self._metrics_port(spec.name)
+            planned.append((f"{spec.name} gRPC", plan.ports_of(spec.name).grpc))
+            planned.append((f"{spec.name} metrics", metrics if metrics > 0 else None))
+            if spec.name in self._sidecars:
+                sidecar = plan.sidecar_of(spec.name)
+                planned.append((f"{spec.name} sidecar admin", sidecar.admin))
+                planned += [(f"{spec.name} sidecar to {callee}", port) for callee, port in sidecar.outbound.items()]
+        return [(label, port) for label, port in planned if port is not None]
 
     def app_address(self, name: str) -> str:
         """Where a service itself listens, as a gRPC target: its gRPC address; behind a sidecar `unix:<path>`,
