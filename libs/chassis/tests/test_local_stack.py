@@ -12,11 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shopmesh_chassis.local_stack import (
     LocalStack,
     process_start,
     remove_stack_file,
     running_stack,
+    stack_address,
     stack_file,
     write_stack_file,
 )
@@ -52,6 +55,36 @@ def test_a_running_launchers_file_is_read_back_whole(tmp_path: Path) -> None:
     assert err.getvalue() == ""
     # Nothing but the file: the write goes through a temporary file, renamed over it.
     assert [path.name for path in tmp_path.iterdir()] == ["stack.json"]
+
+
+def test_a_tool_takes_the_running_stacks_address_and_says_whose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = written(tmp_path / ".data", os.getpid())
+    monkeypatch.chdir(tmp_path)  # the tools read the `.data` of the directory they run in
+    err = io.StringIO()
+    found = stack_address(err, "the gateway", lambda s: s.gateway, "127.0.0.1:50050", runs_no="gateway")
+    assert found == stack.gateway
+    said = f"the local stack of .data/stack.json (launcher pid {os.getpid()})"
+    assert err.getvalue() == f"the gateway at {stack.gateway}: {said}\n"
+
+
+def test_a_stack_without_that_address_leaves_the_default_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written(tmp_path / ".data", os.getpid())
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    assert stack_address(err, "traces", lambda s: None, "default", runs_no="trace sink (why)") == "default"
+    said = f"the local stack of .data/stack.json (launcher pid {os.getpid()})"
+    assert err.getvalue() == f"{said} runs no trace sink (why); using default\n"
+
+
+def test_without_a_stack_a_tool_takes_the_default_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    assert stack_address(err, "NATS", lambda s: s.nats_url, "nats://default", runs_no="NATS") == "nats://default"
+    assert err.getvalue() == ""
 
 
 def test_no_file_is_no_stack_and_says_nothing(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ async def test_the_tools_reach_a_free_ports_stack_without_being_told_where(tmp_p
         listing = await eventually(listed, "the shoppers' traces listed", timeout=60, interval=0.5)
         assert listing is not None
         code, out, err = listing
-        assert (code, err) == (0, f"traces in {data.absolute() / 'traces'}: {said}\n")
+        assert (code, err) == (0, f"traces at {data.absolute() / 'traces'}: {said}\n")
 
         assert "stopped cleanly" in await ctrl_c(process)
     assert not (data / "stack.json").exists()

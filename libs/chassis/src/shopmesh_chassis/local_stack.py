@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -118,6 +119,30 @@ def running_stack(data_dir: Path = DEFAULT_DATA_DIR, err: TextIO | None = None) 
         _say(err, f"ignoring {path}: it was written for {written_in}, not this directory; using the local ports")
         return None
     return stack
+
+
+def stack_address(
+    err: TextIO,
+    name: str,
+    address: Callable[[LocalStack], str | None],
+    default: str,
+    *,
+    runs_no: str,
+    shown: Callable[[str], str] = str,
+) -> str:
+    """`address` of the running local stack, for a tool given none of its own; else `default` (the topology's
+    local one, as before the launcher wrote its file). Said on `err` in one shape for every tool: `<name> at
+    <address>: <which stack>`, or `<which stack> runs no <runs_no>; using <default>` when the stack started
+    without it. `shown` is how a line may show an address (a NATS URL's credentials masked)."""
+    stack = running_stack(err=err)
+    if stack is None:
+        return default
+    found = address(stack)
+    if found is None:
+        _say(err, f"{stack.said()} runs no {runs_no}; using {shown(default)}")
+        return default
+    _say(err, f"{name} at {shown(found)}: {stack.said()}")
+    return found
 
 
 def _same_directory(written_in: str, data_dir: Path) -> bool:

@@ -47,7 +47,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack, stack_file
+from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack, stack_address, stack_file
 
 from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
@@ -450,7 +450,7 @@ def local_http_url(err: TextIO) -> str:
         return LOCAL_HTTP_URL
     if stack.http_url is None:
         print(
-            f"{stack.said()} serves no HTTP/JSON edge (--http-port 0, or no gateway); trying {LOCAL_HTTP_URL}",
+            f"{stack.said()} serves no HTTP/JSON edge (--http-port 0, or no gateway); using {LOCAL_HTTP_URL}",
             file=err,
         )
         return LOCAL_HTTP_URL
@@ -460,14 +460,7 @@ def local_http_url(err: TextIO) -> str:
 
 def local_gateway(err: TextIO) -> str:
     """The running local stack's gateway (`--free-ports` gives it any port), said on `err`; else make run's port."""
-    stack = running_stack(err=err)
-    if stack is None:
-        return LOCAL_GATEWAY
-    if stack.gateway is None:
-        print(f"{stack.said()} runs no gateway (--services); trying {LOCAL_GATEWAY}", file=err)
-        return LOCAL_GATEWAY
-    print(f"the gateway at {stack.gateway}: {stack.said()}", file=err)
-    return stack.gateway
+    return stack_address(err, "the gateway", lambda stack: stack.gateway, LOCAL_GATEWAY, runs_no="gateway (--services)")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

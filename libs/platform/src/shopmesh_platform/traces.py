@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
-from shopmesh_chassis.local_stack import running_stack
+from shopmesh_chassis.local_stack import stack_address
 
 from .arguments import whole_number
 from .trace_sink import ROTATED_FILE, SPANS_FILE
@@ -182,14 +182,15 @@ DEFAULT_DIR = Path(".data", "traces")
 
 def sink_dir(err: TextIO) -> Path:
     """Where the running local stack's trace sink writes (.data/stack.json, said on `err`), else DEFAULT_DIR."""
-    stack = running_stack(err=err)
-    if stack is None:
-        return DEFAULT_DIR
-    if stack.traces_dir is None:
-        print(f"{stack.said()} runs no trace sink (OTEL_EXPORTER_OTLP_ENDPOINT); reading {DEFAULT_DIR}", file=err)
-        return DEFAULT_DIR
-    print(f"traces in {stack.traces_dir}: {stack.said()}", file=err)
-    return Path(stack.traces_dir)
+    return Path(
+        stack_address(
+            err,
+            "traces",
+            lambda stack: stack.traces_dir,
+            str(DEFAULT_DIR),
+            runs_no="trace sink (OTEL_EXPORTER_OTLP_ENDPOINT)",
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
