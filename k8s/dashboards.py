@@ -11,7 +11,6 @@ dashboard sidecar (kube-prometheus-stack) loads, when global.monitoring.enabled.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,10 @@ from grafanalib.core import (
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "helm" / "shopmesh" / "dashboards" / "shopmesh.json"
+
+sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
+from shopmesh_platform.generated_files import write_or_check  # noqa: E402
+
 DATASOURCE = "${datasource}"
 # Every query is limited to the chosen namespace and services (job = the Service's name, as a
 # ServiceMonitor scrape labels it).
@@ -419,18 +422,14 @@ def panel_queries() -> list[tuple[str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    if args.check:
-        if not OUTPUT.is_file() or OUTPUT.read_text() != rendered():
-            print(f"error: {OUTPUT.relative_to(ROOT)} is stale: run `make dashboards`", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(rendered())
-    print(OUTPUT.relative_to(ROOT))
-    return 0
+    return write_or_check(
+        argv,
+        __doc__,
+        lambda: {OUTPUT: rendered()},
+        root=ROOT,
+        source="what k8s/dashboards.py writes",
+        remedy="make dashboards",
+    )
 
 
 if __name__ == "__main__":

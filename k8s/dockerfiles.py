@@ -10,7 +10,6 @@ the uv workspace (members = services/*) for everyone.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "k8s" / "docker" / "Dockerfile.template"
 
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
+from shopmesh_platform.generated_files import stale, write_or_check  # noqa: E402
 from shopmesh_platform.topology import SERVICES  # noqa: E402
 
 
@@ -29,29 +29,17 @@ def dockerfile(name: str) -> str:
     return TEMPLATE.read_text().replace("@SERVICE@", name)
 
 
+def dockerfiles() -> dict[Path, str]:
+    return {ROOT / "services" / name / "Dockerfile": dockerfile(name) for name in existing()}
+
+
 def problems() -> list[str]:
-    found = []
-    for name in existing():
-        path = ROOT / "services" / name / "Dockerfile"
-        if not path.is_file():
-            found.append(f"{path.relative_to(ROOT)} is missing")
-        elif path.read_text() != dockerfile(name):
-            found.append(f"{path.relative_to(ROOT)} differs from {TEMPLATE.relative_to(ROOT)}")
-    return found
+    return stale(dockerfiles(), ROOT, str(TEMPLATE.relative_to(ROOT)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    if args.check:
-        for problem in problems():
-            print(f"error: {problem}: run `make dockerfiles`", file=sys.stderr)
-        return 1 if problems() else 0
-    for name in existing():
-        (ROOT / "services" / name / "Dockerfile").write_text(dockerfile(name))
-        print(f"services/{name}/Dockerfile")
-    return 0
+    source = str(TEMPLATE.relative_to(ROOT))
+    return write_or_check(argv, __doc__, dockerfiles, root=ROOT, source=source, remedy="make dockerfiles")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ Helm reads a chart's own files only, so they are copies; `make lint` fails when 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from shopmesh_platform.generated_files import write_or_check
 from shopmesh_platform.http_api import (
     DESCRIPTOR_FILE,
     OPENAPI_FILE,
@@ -78,27 +78,15 @@ def _json(config: dict[str, object]) -> bytes:
     return (json.dumps(config, indent=2) + "\n").encode()
 
 
-def _read(path: Path) -> bytes | None:
-    return path.read_bytes() if path.is_file() else None
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    files = rendered()
-    if args.check:
-        stale = [name for name, content in files.items() if _read(FILES / name) != content]
-        if stale:
-            names = ", ".join(str((FILES / name).relative_to(ROOT)) for name in stale)
-            print(f"error: {names} stale: run `make http-api`", file=sys.stderr)
-            return 1
-        return 0
-    FILES.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        (FILES / name).write_bytes(content)
-        print((FILES / name).relative_to(ROOT))
-    return 0
+    return write_or_check(
+        argv,
+        __doc__,
+        lambda: {FILES / name: content for name, content in rendered().items()},
+        root=ROOT,
+        source="what k8s/http_api.py writes",
+        remedy="make http-api",
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ affinity, tolerations, parentRefs) take any key; every other map refuses a key i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ SCHEMA = "values.schema.json"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
+from shopmesh_platform.generated_files import stale, write_or_check  # noqa: E402
 from shopmesh_platform.topology import SERVICES  # noqa: E402
 
 Schema = dict[str, Any]
@@ -259,30 +259,19 @@ def rendered(chart: str) -> str:
     return json.dumps(schema(chart), indent=2) + "\n"
 
 
+def schemas() -> dict[Path, str]:
+    return {HELM / chart / SCHEMA: rendered(chart) for chart in charts()}
+
+
+SOURCE = "what k8s/values_schema.py writes"
+
+
 def problems() -> list[str]:
-    found = []
-    for chart in charts():
-        path = HELM / chart / SCHEMA
-        if not path.is_file():
-            found.append(f"{path.relative_to(ROOT)} is missing")
-        elif path.read_text() != rendered(chart):
-            found.append(f"{path.relative_to(ROOT)} differs from what k8s/values_schema.py writes")
-    return found
+    return stale(schemas(), ROOT, SOURCE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    if args.check:
-        found = problems()
-        for problem in found:
-            print(f"error: {problem}: run `make values-schema`", file=sys.stderr)
-        return 1 if found else 0
-    for chart in charts():
-        (HELM / chart / SCHEMA).write_text(rendered(chart))
-        print(f"helm/{chart}/{SCHEMA}")
-    return 0
+    return write_or_check(argv, __doc__, schemas, root=ROOT, source=SOURCE, remedy="make values-schema")
 
 
 if __name__ == "__main__":
