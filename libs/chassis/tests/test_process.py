@@ -322,6 +322,18 @@ async def test_the_startup_heap_is_frozen_out_of_the_garbage_collectors_way_befo
     assert output.index("startup heap frozen") < output.index('"serving ')
 
 
+def failed_start(command: list[str], env: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
+    """Run `command` with `env` alone, but for PATH and PYTHONPATH (the code under test wherever it is checked
+    out: a worktree beside the one the venv installs), as a start that fails must: StartupFailed's exit 1,
+    no traceback. Its stderr, and the JSON log records in it. The timeout bounds a start that would go on
+    serving (the bug some of these tests catch)."""
+    env = {"PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}, **env}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr, result.stderr[-1500:]
+    return result.stderr, [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+
+
 @pytest.mark.parametrize("variable", ["GRPC_PORT", "METRICS_PORT"])
 def test_a_port_in_use_stops_the_process_with_one_line_naming_it(variable: str) -> None:
     """Another process on the port (a second replica on a host port, a launcher left running): the start
@@ -333,19 +345,9 @@ def test_a_port_in_use_stops_the_process_with_one_line_naming_it(variable: str) 
         taken.listen()
         port = taken.getsockname()[1]
         ports = {"GRPC_PORT": "0", "METRICS_PORT": "0", variable: str(port)}
-        result = subprocess.run(
-            SAMPLE,
-            env={"GRPC_HOST": "127.0.0.1", "METRICS_HOST": "127.0.0.1", **ports, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr, result.stderr[-1500:]
-    errors = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    assert [e["level"] for e in errors if e["level"] == "ERROR"] == ["ERROR"]
-    assert any(str(port) in e["message"] for e in errors)
+        _, records = failed_start(SAMPLE, {"GRPC_HOST": "127.0.0.1", "METRICS_HOST": "127.0.0.1", **ports})
+    assert [e["level"] for e in records if e["level"] == "ERROR"] == ["ERROR"]
+    assert any(str(port) in e["message"] for e in records)
 
 
 async def test_on_a_unix_socket_a_service_serves_there_and_listens_on_no_tcp_port(tmp_path: Path) -> None:
@@ -377,26 +379,9 @@ async def _serving_or_exited(proc: ServiceProcess, address: str) -> bool:
 def test_a_unix_socket_in_a_folder_that_is_not_there_stops_the_process_with_one_line(tmp_path: Path) -> None:
     """StartupFailed's one line naming the variable, exit 1, not grpcio's "Failed to bind" traceback."""
     missing = tmp_path / "no-such-folder" / "sample.sock"
-    result = subprocess.run(
-        SAMPLE,
-        # GRPC_PORT 0: before the setting, the sample would have served on TCP instead, never on a fixed port.
-        env={
-            "GRPC_UNIX_SOCKET": str(missing),
-            "GRPC_PORT": "0",
-            "METRICS_PORT": "-1",
-            "PATH": "/usr/bin:/bin",
-            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
-        },
-        # Bounds a start that would serve for ever (before the setting).
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 1, result.stderr[-1500:]
-    assert "Traceback" not in result.stderr, result.stderr[-1500:]
-    errors = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    [error] = [e for e in errors if e["level"] == "ERROR"]
+    # GRPC_PORT 0: before the setting, the sample would have served on TCP instead, never on a fixed port.
+    _, records = failed_start(SAMPLE, {"GRPC_UNIX_SOCKET": str(missing), "GRPC_PORT": "0", "METRICS_PORT": "-1"})
+    [error] = [e for e in records if e["level"] == "ERROR"]
     assert f"unix:{missing} (GRPC_UNIX_SOCKET)" in error["message"]
 
 
@@ -434,20 +419,8 @@ def test_a_database_unreachable_at_startup_stops_the_process_with_one_line_namin
         port = closed.getsockname()[1]
     versions = tmp_path / "versions"
     versions.mkdir()
-    env = {"DATABASE_URL": f"postgresql://shop:S3cret@127.0.0.1:{port}/shop", "PATH": "/usr/bin:/bin"}
-    # The code under test wherever it is checked out (a worktree beside the installed one).
-    env |= {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
-    result = subprocess.run(
-        [sys.executable, "-c", MIGRATING, str(versions)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr, result.stderr[-1500:]
-    assert "S3cret" not in result.stderr
-    errors = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    assert [e["level"] for e in errors] == ["ERROR"]
-    assert f"127.0.0.1:{port}" in errors[0]["message"]
+    env = {"DATABASE_URL": f"postgresql://shop:S3cret@127.0.0.1:{port}/shop"}
+    stderr, records = failed_start([sys.executable, "-c", MIGRATING, str(versions)], env)
+    assert "S3cret" not in stderr
+    assert [e["level"] for e in records] == ["ERROR"]
+    assert f"127.0.0.1:{port}" in records[0]["message"]
