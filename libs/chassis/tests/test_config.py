@@ -288,8 +288,10 @@ def test_a_service_that_redeclares_service_name_with_the_same_bounds_written_out
     [
         ("run/catalog.sock", "must be an absolute path (e.g. /run/shopmesh/catalog.sock)"),
         ("/" + "d" * 120 + "/catalog.sock", "is 134 bytes long; a Unix socket's path takes at most 107"),
+        # A folder named in Latin-1 under a UTF-8 locale: os.environ holds the byte as a surrogate escape.
+        ("/run/caf\udce9/catalog.sock", "holds bytes that are not UTF-8, which grpcio needs in a path"),
     ],
-    ids=["relative", "too-long"],
+    ids=["relative", "too-long", "not-utf-8"],
 )
 def test_a_unix_socket_path_the_kernel_cannot_take_is_refused_in_one_line(
     monkeypatch: pytest.MonkeyPatch, value: str, says: str

@@ -142,7 +142,15 @@ class ServiceSettings(RuntimeSettings):
         if value:
             if not os.path.isabs(value):
                 raise ValueError("must be an absolute path (e.g. /run/shopmesh/catalog.sock)")
-            size = len(value.encode())
+            try:
+                # grpcio encodes the address as strict UTF-8: bytes the locale did not decode, which os.environ
+                # keeps as surrogate escapes, could never be bound (refused as a codec's error before).
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError("holds bytes that are not UTF-8, which grpcio needs in a path") from None
+            # The kernel counts bytes: os.fsencode gives back those the environment held (it undoes os.environ's
+            # decoding), as shopmesh_platform measures the paths it plans.
+            size = len(os.fsencode(value))
             if size > UNIX_SOCKET_PATH_MAX_BYTES:
                 raise ValueError(
                     f"is {size} bytes long; a Unix socket's path takes at most {UNIX_SOCKET_PATH_MAX_BYTES} "
