@@ -4,24 +4,21 @@ prefix but no time or level, which read as a stray message."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic.script import ScriptDirectory
 
 from shopmesh_chassis.migrations import alembic_config
 
-ROOT = Path(__file__).resolve().parent.parent
-VERSIONS = sorted((ROOT / "services").glob("*/src/shopmesh_*/migrations/versions"))
+from .contract.migration_sql import SERVICE_VERSIONS
 
 
 def test_every_service_has_its_migrations_found() -> None:
-    assert len(VERSIONS) == 7, VERSIONS  # every service but the gateway owns data
+    assert len(SERVICE_VERSIONS) == 7, SERVICE_VERSIONS  # every service but the gateway owns data
 
 
 def test_every_migration_summary_is_one_line() -> None:
     multi_line = {
         f"{script.revision}: {script.doc!r}"
-        for versions in VERSIONS
+        for versions in SERVICE_VERSIONS
         for script in ScriptDirectory.from_config(alembic_config(versions)).walk_revisions()
         if "\n" in script.doc.strip()
     }
