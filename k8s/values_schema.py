@@ -102,6 +102,9 @@ DRAIN: Schema = strict(
 CANARY: Schema = strict(enabled=BOOLEAN, weight=NUMBER, replicaCount=INTEGER, image=strict(tag=TEXT, digest=STRING))
 # _config.tpl checks each one's form (a duration, a gRPC status, a percentage) with its own message.
 FAULT: Schema = strict(delay=TEXT, abort=STRING, percent=TEXT)
+# Each is set in global: for every service and may be replaced in a service chart: one list, both places.
+PULL_POLICY: Schema = {"enum": ["Always", "IfNotPresent", "Never"]}
+DATABASE_MODE: Schema = {"enum": ["sqlite", "postgres"]}
 ROUTE: Schema = strict(parentRefs=list_of(OBJECT), hostnames=list_of(STRING))
 ALERT: Schema = {
     **strict(alert=STRING, expr=STRING, severity=STRING, summary=STRING, description=STRING, **{"for": STRING}),
@@ -137,9 +140,9 @@ GLOBAL: Schema = strict(
     imageRegistry=STRING,
     thirdPartyRegistry=STRING,
     imageTag=TEXT,
-    imagePullPolicy={"enum": ["Always", "IfNotPresent", "Never"]},
+    imagePullPolicy=PULL_POLICY,
     resources=map_of(RESOURCES, "per service: the environment's sizing of it"),
-    database=strict(mode={"enum": ["sqlite", "postgres"]}, port=INTEGER, peers=PEERS),
+    database=strict(mode=DATABASE_MODE, port=INTEGER, peers=PEERS),
     nats=strict(url=STRING, existingSecret=STRING, secretKey=STRING, port=INTEGER, peers=PEERS),
     smtp=strict(host=STRING, port=INTEGER, useTLS=BOOLEAN, existingSecret=STRING, peers=PEERS),
     networkPolicy=strict(
@@ -181,9 +184,7 @@ LIBRARY: dict[str, Schema] = {
     "global": GLOBAL,
     "enabled": BOOLEAN,
     "service": strict(name=STRING, grpcServices=list_of(STRING)),
-    "image": strict(
-        registry=STRING, repository=STRING, tag=TEXT, digest=STRING, pullPolicy=GLOBAL["properties"]["imagePullPolicy"]
-    ),
+    "image": strict(registry=STRING, repository=STRING, tag=TEXT, digest=STRING, pullPolicy=PULL_POLICY),
     "resources": RESOURCES,
     "defaultResources": RESOURCES,
     "probes": strict(
@@ -194,7 +195,7 @@ LIBRARY: dict[str, Schema] = {
     ),
     "database": strict(
         enabled=BOOLEAN,
-        mode={"enum": ["sqlite", "postgres"]},
+        mode=DATABASE_MODE,
         existingSecret=STRING,
         secretKey=STRING,
         dataSizeLimit=STRING,
