@@ -1,5 +1,6 @@
 """GRPC_MAX_CONCURRENT_RPCS: a server at its limit sheds new calls at once instead of queueing them, with
-the chassis' error details and metrics, and never sheds a health check."""
+the chassis' error details and metrics (counted as shed, apart from a rate limit's RESOURCE_EXHAUSTED), and
+never sheds a health check."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.grpc_errors import details_of
@@ -21,6 +26,9 @@ from .conftest import ECHO, Holding, sample_settings
 
 LIMIT = 2
 SLOW = sample_pb2.EchoRequest(message="slow")
+FAIL = {**ECHO, "grpc_method": "Fail"}
+# The sample service answers this as a rate limit does: RESOURCE_EXHAUSTED, reason RATE_LIMITED.
+RATE_LIMITED = sample_pb2.FailRequest(kind=sample_pb2.ERROR_KIND_RESOURCE_EXHAUSTED)
 
 
 @pytest.fixture
@@ -35,8 +43,8 @@ async def limited(holding: Holding) -> AsyncIterator[ChassisServer]:
         yield s
 
 
-def sample(server: ChassisServer, name: str, **labels: str) -> float:
-    return server.metrics.registry.get_sample_value(name, {**ECHO, **labels}) or 0.0
+def sample(server: ChassisServer, name: str, method: dict[str, str] = ECHO, **labels: str) -> float:
+    return server.metrics.registry.get_sample_value(name, {**method, **labels}) or 0.0
 
 
 async def at_the_limit(
@@ -131,3 +139,74 @@ async def test_a_caller_of_a_shedding_server_answers_its_own_caller_unavailable_
     assert details.error_info is not None
     assert details.error_info.reason == "DEPENDENCY_UNAVAILABLE"
     assert details.retry_delay_seconds is not None
+
+
+async def test_a_shed_call_is_counted_as_shed_and_a_rate_limited_one_is_not(
+    limited: ChassisServer, holding: Holding
+) -> None:
+    """Both answer RESOURCE_EXHAUSTED; only the shed one is the server failing its caller, which the
+    availability SLO and ShopmeshServerErrors count from shopmesh_grpc_server_shed_total."""
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        busy = await at_the_limit(limited, stub)
+        # Before any call is shed, the method's shed series is there at 0 (rate() misses a first increment).
+        assert limited.metrics.registry.get_sample_value("shopmesh_grpc_server_shed_total", ECHO) == 0
+        with pytest.raises(grpc.aio.AioRpcError) as shed:
+            await stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
+        assert details_of(shed.value).reason == "SERVER_OVERLOADED"
+        holding.release.set()
+        await asyncio.gather(*busy)
+        with pytest.raises(grpc.aio.AioRpcError) as limited_call:
+            await stub.Fail(RATE_LIMITED, timeout=30)
+        assert (limited_call.value.code(), details_of(limited_call.value).reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+        )
+
+    def counts() -> tuple[float, float, float, float]:
+        return (
+            sample(limited, "grpc_server_handled_total", grpc_code="RESOURCE_EXHAUSTED"),
+            sample(limited, "shopmesh_grpc_server_shed_total"),
+            sample(limited, "grpc_server_handled_total", FAIL, grpc_code="RESOURCE_EXHAUSTED"),
+            sample(limited, "shopmesh_grpc_server_shed_total", FAIL),
+        )
+
+    await eventually(lambda: counts() == (1, 1, 1, 0), "Echo's refusal counted handled and shed, Fail's handled only")
+
+
+async def test_a_shed_calls_server_span_is_an_error_and_a_rate_limited_ones_is_not(holding: Holding) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = sample_settings(grpc_max_concurrent_rpcs=LIMIT)
+    try:
+        async with (
+            serve_in_process(settings, [binding(holding)], tracer_provider=provider) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            stub = sample_pb2_grpc.SampleServiceStub(channel)
+            busy = await at_the_limit(server, stub)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
+            holding.release.set()
+            await asyncio.gather(*busy)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Fail(RATE_LIMITED, timeout=30)
+
+            def statuses() -> list[tuple[str, int, trace.StatusCode]]:
+                spans = [s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
+                return sorted(
+                    (s.name, int(str((s.attributes or {})["rpc.grpc.status_code"])), s.status.status_code)
+                    for s in spans
+                    if (s.attributes or {}).get("rpc.grpc.status_code") == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                )
+
+            # Each span ends a moment after its client has the answer, as the handler unwinds.
+            await eventually(lambda: len(statuses()) == 2, "the two refusals' server spans")
+    finally:
+        provider.shutdown()
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert statuses() == [
+        ("/shopmesh.sample.v1.SampleService/Echo", code, trace.StatusCode.ERROR),
+        ("/shopmesh.sample.v1.SampleService/Fail", code, trace.StatusCode.UNSET),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -13,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.client import service_config
 from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_gateway.wiring import Channels, binding, build_servicer
@@ -28,17 +30,24 @@ RETRYING_CLIENT = (
 )
 
 
+@dataclass
+class ServedGateway:
+    shop: Shop
+    channels: Channels
+    server: ChassisServer
+
+
 @contextlib.asynccontextmanager
-async def serving_gateway(
+async def served_gateway(
     addresses: Mapping[str, str],
     *,
     client_options: Sequence[tuple[str, Any]] = (),
     tracer_provider: TracerProvider | None = None,
     **overrides: Any,
-) -> AsyncIterator[tuple[Shop, Channels]]:
+) -> AsyncIterator[ServedGateway]:
     """The gateway with `<service>_address` settings from `addresses` (service name -> address), a client
-    stub to it (a plain channel unless `client_options` say otherwise), and its channels (their breakers) to
-    look at. `tracer_provider`: the one its server and channels record into."""
+    stub to it (a plain channel unless `client_options` say otherwise), its channels (their breakers) and its
+    server (its metrics) to look at. `tracer_provider`: the one its server and channels record into."""
     named = {f"{name}_address": address for name, address in addresses.items()}
     settings = load_settings(GatewaySettings, grpc_port=0, metrics_port=-1, **{**named, **overrides})
     channels = Channels(settings, tracer_provider)
@@ -49,9 +58,24 @@ async def serving_gateway(
             ) as server,
             grpc.aio.insecure_channel(server.address, options=client_options) as channel,
         ):
-            yield shop_pb2_grpc.ShopServiceStub(channel), channels
+            yield ServedGateway(shop_pb2_grpc.ShopServiceStub(channel), channels, server)
     finally:
         await channels.close()
+
+
+@contextlib.asynccontextmanager
+async def serving_gateway(
+    addresses: Mapping[str, str],
+    *,
+    client_options: Sequence[tuple[str, Any]] = (),
+    tracer_provider: TracerProvider | None = None,
+    **overrides: Any,
+) -> AsyncIterator[tuple[Shop, Channels]]:
+    """`served_gateway`'s stub and channels."""
+    async with served_gateway(
+        addresses, client_options=client_options, tracer_provider=tracer_provider, **overrides
+    ) as served:
+        yield served.shop, served.channels
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

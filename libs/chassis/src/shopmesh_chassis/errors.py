@@ -137,6 +137,9 @@ class Unavailable(_Retryable):
 
 # The reason of an UNAVAILABLE that a service answers because something it depends on is not answering.
 DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
+# The reason of the RESOURCE_EXHAUSTED a server at its GRPC_MAX_CONCURRENT_RPCS sheds a call with: the server's
+# failure, unlike a rate limit's RESOURCE_EXHAUSTED, which the client brought on itself.
+SERVER_OVERLOADED = "SERVER_OVERLOADED"
 
 # The transport cuts a metadata value past grpc_errors.MAX_METADATA_VALUE_BYTES (ending it in "…"), so that
 # the error fits in a client's trailers; a list of ids cut there would end in an id that names nothing.

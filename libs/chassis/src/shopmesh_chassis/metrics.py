@@ -34,6 +34,7 @@ class MethodMetrics:
     started: Counter
     handling: Histogram
     in_flight: Gauge
+    shed: Counter
     _handled_family: Counter
     _labels: tuple[str, str, str]
     _handled: dict[grpc.StatusCode, Counter] = field(default_factory=dict)
@@ -67,6 +68,18 @@ class ServerMetrics:
         self._in_flight = Gauge(
             "grpc_server_in_flight_requests", "RPCs being handled now.", labels, registry=self.registry
         )
+        # A counter of its own rather than a label on grpc_server_handled_total: go-grpc-prometheus' series keep
+        # their names and labels, so every query summing them (dashboards, alerts, recording rules) means what
+        # it did; a query about the server's failures adds this one.
+        self._shed = Counter(
+            "shopmesh_grpc_server_shed",
+            "Calls answered RESOURCE_EXHAUSTED, reason SERVER_OVERLOADED: shed by this server at its "
+            "GRPC_MAX_CONCURRENT_RPCS, or a dependency's shedding relayed unchanged (the gateway). The server "
+            "failing its callers, unlike a rate limit's RESOURCE_EXHAUSTED; each is in "
+            'grpc_server_handled_total{grpc_code="RESOURCE_EXHAUSTED"} too.',
+            labels,
+            registry=self.registry,
+        )
         self._http: WSGIServer | None = None
         self._events: EventMetrics | None = None
         self._breakers: BreakerCollector | None = None
@@ -95,6 +108,9 @@ class ServerMetrics:
             started=self._started.labels(*labels),
             handling=self._handling.labels(*labels),
             in_flight=self._in_flight.labels(*labels),
+            # Made with the method's other series, at 0: rate() over a counter that appears at its first
+            # increment misses that increment, and a server's first shed calls are the ones that matter.
+            shed=self._shed.labels(*labels),
             _handled_family=self._handled,
             _labels=labels,
         )

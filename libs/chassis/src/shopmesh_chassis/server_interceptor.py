@@ -24,7 +24,7 @@ from typing import Any, cast
 import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
@@ -210,11 +210,14 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         code = grpc.StatusCode.OK
         start = time.perf_counter()
         admitted = not limited or self._admit()
+        # Answered SERVER_OVERLOADED, here or (relayed) by a dependency: the server's failure, under a code that
+        # a rate limit answers too, so counted apart (ServerMetrics' shed counter).
+        shed = not admitted
         try:
             if not admitted:
                 raise errors.ResourceExhausted(
                     f"the server is handling its limit of {self._max_in_flight} calls; retry shortly",
-                    reason="SERVER_OVERLOADED",
+                    reason=errors.SERVER_OVERLOADED,
                     retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
                 )
             if parse is not None:
@@ -224,6 +227,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         except errors.ReplayedError as exc:
             stored = status_pb2.Status.FromString(exc.status)
             code = _CODES.get(stored.code, grpc.StatusCode.UNKNOWN)
+            shed = code is grpc.StatusCode.RESOURCE_EXHAUSTED and _reason_of(stored) == errors.SERVER_OVERLOADED
             await self._abort(context, to_grpc_status(stored), final=exc.final)
         except errors.DomainError as exc:
             code = status_code_for(exc)
@@ -275,11 +279,15 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             metrics.in_flight.dec()
             metrics.handling.observe(time.perf_counter() - start)
             metrics.handled(code).inc()
+            if shed:
+                metrics.shed.inc()
             call_context.leave(token)
             if span.is_recording():
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 if code in _SERVER_ERRORS:
                     span.set_status(trace.StatusCode.ERROR, code.name)
+                elif shed:
+                    span.set_status(trace.StatusCode.ERROR, errors.SERVER_OVERLOADED)
 
     def _admit(self) -> bool:
         """Take a slot of the in-flight limit, or say there is none (the loop is one thread: no lock)."""
@@ -329,6 +337,20 @@ def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[
     if delay is None or time_remaining is None or delay < time_remaining:
         return ()
     return _DO_NOT_RETRY
+
+
+def _reason_of(status: status_pb2.Status) -> str | None:
+    """The ErrorInfo reason of a google.rpc.Status, if it has one."""
+    for detail in status.details:
+        if detail.TypeName() == "google.rpc.ErrorInfo":
+            info = error_details_pb2.ErrorInfo()
+            try:
+                detail.Unpack(info)
+            except DecodeError:
+                # A garbled detail is relayed as it came; it names no reason.
+                return None
+            return str(info.reason)
+    return None
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
