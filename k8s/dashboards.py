@@ -37,6 +37,13 @@ DATASOURCE = "${datasource}"
 # ServiceMonitor scrape labels it).
 SELECTOR = 'namespace="$namespace", job=~"$service"'
 SERVER_ERRORS = "UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED"
+# The rate of the server's failed calls, per series, as ShopmeshServerErrors and the availability SLO count them
+# (helm/shopmesh-lib/templates/_monitoring.tpl, "shopmesh-lib.serverFailures"): a server error code, or shed
+# (RESOURCE_EXHAUSTED SERVER_OVERLOADED, which the code alone cannot tell from a rate limit's).
+SERVER_FAILURES = (
+    f'rate(grpc_server_handled_total{{{SELECTOR}, grpc_code=~"{SERVER_ERRORS}"}}[$__rate_interval]) '
+    f"or rate(shopmesh_grpc_server_shed_total{{{SELECTOR}}}[$__rate_interval])"
+)
 # The edge's HTTP connection manager (shopmesh_platform.http_api: stat_prefix), as Envoy labels its series.
 HTTP_API = 'envoy_http_conn_manager_prefix="http_api"'
 
@@ -100,11 +107,11 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (
                 "Server-side errors",
                 "percentunit",
-                f"Share of calls ending in {SERVER_ERRORS.replace('|', ', ')} (alert ShopmeshServerErrors).",
+                f"Share of calls ending in {SERVER_ERRORS.replace('|', ', ')}, or shed (RESOURCE_EXHAUSTED "
+                "SERVER_OVERLOADED) (alert ShopmeshServerErrors).",
                 [
                     (
-                        f'sum by (job) (rate(grpc_server_handled_total{{{SELECTOR}, grpc_code=~"{SERVER_ERRORS}"}}'
-                        f"[$__rate_interval])) / sum by (job) "
+                        f"sum by (job) ({SERVER_FAILURES}) / sum by (job) "
                         f"(rate(grpc_server_handled_total{{{SELECTOR}}}[$__rate_interval]))",
                         "{{job}}",
                     )
@@ -126,13 +133,18 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Answers other than OK",
                 "reqps",
                 "Every non-OK status by code: client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) as well as "
-                "failures; RESOURCE_EXHAUSTED is rate limiting or load shedding.",
+                "failures; RESOURCE_EXHAUSTED is rate limiting or load shedding, and the shed calls among them "
+                "are drawn apart (SERVER_OVERLOADED: shed by the service, or by one it relays).",
                 [
                     (
                         f'sum by (job, grpc_code) (rate(grpc_server_handled_total{{{SELECTOR}, grpc_code!="OK"}}'
                         "[$__rate_interval]))",
                         "{{job}} {{grpc_code}}",
-                    )
+                    ),
+                    (
+                        f"sum by (job) (rate(shopmesh_grpc_server_shed_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}} SERVER_OVERLOADED (shed)",
+                    ),
                 ],
             ),
             (
@@ -182,13 +194,11 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (
                 "Server-side errors by track",
                 "percentunit",
-                "Share of calls ending in a server error, for the stable pods and a canary's apart: a canary "
-                "worse than its stable pods is the reason to abort it.",
+                "Share of calls ending in a server error or shed, for the stable pods and a canary's apart: a "
+                "canary worse than its stable pods is the reason to abort it.",
                 [
                     (
-                        f"sum by (job, shopmesh_io_track) "
-                        f'(rate(grpc_server_handled_total{{{SELECTOR}, grpc_code=~"{SERVER_ERRORS}"}}'
-                        f"[$__rate_interval])) / sum by (job, shopmesh_io_track) "
+                        f"sum by (job, shopmesh_io_track) ({SERVER_FAILURES}) / sum by (job, shopmesh_io_track) "
                         f"(rate(grpc_server_handled_total{{{SELECTOR}}}[$__rate_interval]))",
                         "{{job}} {{shopmesh_io_track}}",
                     )

@@ -44,6 +44,8 @@ SLOW_SECONDS = 1.0  # one answered past it
 FAST, SLOW = "ShopmeshErrorBudgetBurnFast", "ShopmeshErrorBudgetBurnSlow"
 # The recorded error ratio of each SLO over each window (helm/shopmesh-lib/templates/_monitoring.tpl).
 RATIO = "job:shopmesh_slo_errors:ratio_rate"
+# The chassis' count of the calls it shed (or relayed a dependency's shedding of), by method.
+SHED = "shopmesh_grpc_server_shed_total"
 # Coarser than kube-prometheus-stack's 15 s scrapes and 30 s evaluations (tests/k8s/test_monitoring.py): the
 # burn-rate windows are 5 minutes to 3 days, and promtool evaluates every rule at every step of days of
 # history, which at 30 s takes minutes. A minute still puts 5 samples in the shortest window.
@@ -61,13 +63,18 @@ DENSE = 6 * HOUR
 @dataclass(frozen=True)
 class Traffic:
     """`seconds` of calls to the API, `calls` a second, of which the shares `failing` end with those status
-    codes and the share `slow` is answered past the latency threshold; health checks go on beside, every
-    second, all OK."""
+    codes, the share `shed` of them shed (RESOURCE_EXHAUSTED SERVER_OVERLOADED: within `failing`'s
+    RESOURCE_EXHAUSTED, as the chassis counts a shed call in both) and the share `slow` is answered past the
+    latency threshold; health checks go on beside, every second, all OK."""
 
     seconds: int
     calls: float = 100.0
     failing: Mapping[str, float] = field(default_factory=dict)
+    shed: float = 0.0
     slow: float = 0.0
+
+    def __post_init__(self) -> None:
+        assert self.shed <= self.failing.get("RESOURCE_EXHAUSTED", 0.0), "a shed call is a RESOURCE_EXHAUSTED"
 
 
 # An alert's state at an evaluation: the (slo, window) of each of its firing series.
@@ -107,6 +114,7 @@ def exported_labels() -> dict[tuple[str, str, str], dict[str, str]]:
         for code in grpc.StatusCode:
             metrics.for_method(method).handled(code).inc()
         metrics.for_method(method).handling.observe(FAST_SECONDS)
+        metrics.for_method(method).shed.inc()
     found = {}
     for family in metrics.registry.collect():
         for sample in family.samples:
@@ -118,6 +126,10 @@ def exported_labels() -> dict[tuple[str, str, str], dict[str, str]]:
 
 # Each bucket bound as the chassis exports it in `le` (1.0, not 1).
 BUCKET_TEXT = {bound: floatToGoString(bound) for bound in [*LATENCY_BUCKETS, float("inf")]}
+
+
+# Series a method has from its first call on, at 0 until counted (a status code's appears at its first).
+AT_ZERO = {SHED}
 
 
 def counted(traffic: list[Traffic], until: int) -> dict[tuple[str, str, str], float]:
@@ -139,14 +151,17 @@ def counted(traffic: list[Traffic], until: int) -> dict[tuple[str, str, str], fl
         for code, amount in {"OK": calls - sum(failed.values()), **failed}.items():
             add(("grpc_server_handled_total", API, code), amount)
         add(("grpc_server_handling_seconds_count", API, ""), calls)
+        if calls:
+            add((SHED, API, ""), calls * phase.shed)
         add(("grpc_server_handled_total", HEALTH, "OK"), seconds)
+        add((SHED, HEALTH, ""), 0.0)
         add(("grpc_server_handling_seconds_count", HEALTH, ""), seconds)
         for bound in [*LATENCY_BUCKETS, float("inf")]:
             le = BUCKET_TEXT[bound]
             add(("grpc_server_handling_seconds_bucket", API, le), (calls - slow) * (bound >= FAST_SECONDS))
             add(("grpc_server_handling_seconds_bucket", API, le), slow * (bound >= SLOW_SECONDS))
             add(("grpc_server_handling_seconds_bucket", HEALTH, le), seconds * (bound >= FAST_SECONDS))
-    return {key: value for key, value in counts.items() if value}
+    return {key: value for key, value in counts.items() if value or key[0] in AT_ZERO}
 
 
 def scrapes(scenario: Scenario) -> dict[str, str]:
@@ -275,18 +290,27 @@ def fires(*windows: tuple[str, str]) -> Firing:
     return frozenset(windows)
 
 
+# Every call failing, as a server fails it: a dependency down, or the gateway (or a service it relays)
+# shedding every call at its GRPC_MAX_CONCURRENT_RPCS, under the rate limits' code.
+OUTAGES = {
+    "unavailable": Traffic(20 * MINUTE, failing={"UNAVAILABLE": 1.0}),
+    "shed": Traffic(20 * MINUTE, failing={"RESOURCE_EXHAUSTED": 1.0}, shed=1.0),
+}
+
+
+@pytest.mark.parametrize("outage", list(OUTAGES))
 def test_a_fast_burn_pages_within_minutes_before_any_ticket(
-    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, outage: str
 ) -> None:
-    """Every call fails (UNAVAILABLE: a dependency down) after 3 healthy days. 14.4 times the budget's share
-    over an hour is 1.44 % of the hour's calls: 52 s of failures, and the last 5 minutes fail too; with
+    """Every call fails (UNAVAILABLE: a dependency down; or shed) after 3 healthy days. 14.4 times the budget's
+    share over an hour is 1.44 % of the hour's calls: 52 s of failures, and the last 5 minutes fail too; with
     `for: 2m` the page is on within 4 minutes. The 6-hour condition (0.6 %: 130 s) pages soon after. A ticket
     needs 0.3 % of a day's calls or 0.1 % of 3 days' (259 s of failures, then its own 2 minutes): it must
     not come first."""
     scenario = after_history(
-        "every call fails after three healthy days",
+        f"every call fails ({outage}) after three healthy days",
         3 * DAY,
-        [Traffic(20 * MINUTE, failing={"UNAVAILABLE": 1.0})],
+        [OUTAGES[outage]],
         # The 1-hour condition's page is on at 4 minutes (as docs/operations.md says), the 6-hour one's soon after.
         fast=between(0, 2 * MINUTE)
         | {4 * MINUTE: fires(("availability", "1h"))}
@@ -351,6 +375,22 @@ def test_client_errors_do_not_burn_the_availability_budget(
         "80 % client errors for two hours",
         [Traffic(2 * HOUR, failing=CLIENT_ERRORS)],
         {FAST: between(0, 2 * HOUR), SLOW: between(0, 2 * HOUR)},
+    )
+    promtool_test(rendered, [scenario], tmp_path)
+
+
+def test_rate_limiting_does_not_burn_the_availability_budget(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """80 % of the calls refused by the gateway's rate limits (RESOURCE_EXHAUSTED RATE_LIMITED, a client
+    hammering the API) for two hours, and 0.05 % shed beside them (half the budget): the client's doing burns
+    nothing, and the shed calls alone stay within the budget. The same code as shedding, told apart by the
+    chassis' shed counter."""
+    scenario = Scenario(
+        "80 % rate limited, 0.05 % shed, for two hours",
+        [Traffic(2 * HOUR, failing={"RESOURCE_EXHAUSTED": 0.8005}, shed=0.0005)],
+        {FAST: between(0, 2 * HOUR), SLOW: between(0, 2 * HOUR)},
+        queries=[(2 * HOUR, f'{RATIO}{{slo="availability", window="1h"}}', [("availability", "1h", 0.0005)])],
     )
     promtool_test(rendered, [scenario], tmp_path)
 
@@ -483,12 +523,12 @@ def codes(expr: str) -> set[str]:
     return set(found.pop().split("|"))
 
 
-def test_the_availability_slo_counts_exactly_the_server_errors_alerts_codes(
+def test_the_availability_slo_counts_exactly_the_server_errors_alerts_failures(
     rendered: dict[tuple[str, str], Docs],
 ) -> None:
-    """One set of server-side codes for ShopmeshServerErrors, the availability SLO, the dashboard and the
-    chassis' server spans: a code one of them counted and another not would page for what the other calls
-    healthy."""
+    """One set of server-side codes, and the shed calls beside them, for ShopmeshServerErrors, the availability
+    SLO, the dashboard and the chassis' server spans: a failure one of them counted and another not would page
+    for what the other calls healthy."""
     docs = rendered[MONITORING, SERVICE]
     [server_errors] = [a for a in alerts_of(docs, SERVICE) if a["alert"] == "ShopmeshServerErrors"]
     # The records of the calls that failed (each window's ratio, and the 5-minute rate the dashboard sums).
@@ -502,6 +542,12 @@ def test_the_availability_slo_counts_exactly_the_server_errors_alerts_codes(
     assert all(codes(r["expr"]) == expected for r in availability)
     assert expected == {code.name for code in _SERVER_ERRORS}
     assert set(dashboards.SERVER_ERRORS.split("|")) == expected
+    failure_panels = [
+        panel_query(title).replace("$__rate_interval", "5m")
+        for title in ("Server-side errors", "Server-side errors by track")
+    ]
+    for expr in [server_errors["expr"], *(r["expr"] for r in availability), *failure_panels]:
+        assert SHED in {s.name for s in selectors(expr)}, f"shed calls not counted: {expr}"
 
 
 def test_the_slos_count_the_api_alone_not_health_checks(rendered: dict[tuple[str, str], Docs]) -> None:

@@ -103,11 +103,26 @@ spec:
 
 {{/*
 The gRPC status codes that are the server's failures, as a PromQL regular expression: ShopmeshServerErrors
-and the availability SLO count these, and no others (client mistakes such as INVALID_ARGUMENT or NOT_FOUND
-never burn anything). Kept here once for both.
+and the availability SLO count these, and shed calls (shopmesh-lib.serverFailures), and nothing else (client
+mistakes such as INVALID_ARGUMENT or NOT_FOUND, and a rate limit's RESOURCE_EXHAUSTED, never burn anything).
 */}}
 {{- define "shopmesh-lib.serverErrorCodes" -}}
 UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED
+{{- end -}}
+
+{{/*
+The per-second rate of the server's failed calls over .window among the series .selector selects, per
+series, for a `sum by` around it: those answered with a server error code, and those shed (RESOURCE_EXHAUSTED,
+reason SERVER_OVERLOADED: the service at its GRPC_MAX_CONCURRENT_RPCS, or a dependency's shedding that it
+relays, shopmesh_grpc_server_shed_total). Shedding fails the caller as surely as UNAVAILABLE, but its code is
+the one a rate limit answers, and a rate limit is the client's doing: the code alone cannot tell them apart.
+A shed call is in grpc_server_handled_total as RESOURCE_EXHAUSTED too, which is no server error code, so it
+counts once. `or` adds the two: the handled series carry grpc_code and the shed ones do not, so no label set
+of one side is the other's and every series of both is kept. ShopmeshServerErrors and the availability SLO
+count these, and no others. Kept here once for both.
+*/}}
+{{- define "shopmesh-lib.serverFailures" -}}
+{{- printf "rate(grpc_server_handled_total{%s, grpc_code=~%q}[%s]) or rate(shopmesh_grpc_server_shed_total{%s}[%s])" .selector (include "shopmesh-lib.serverErrorCodes" .) .window .selector .window -}}
 {{- end -}}
 
 {{/*
@@ -123,7 +138,7 @@ threshold must be one of them: a share of calls answered within it is read from 
 SLOs of the service's API (the gRPC services it serves, service.grpcServices: health checks and reflection
 are not its API), with `slo.enabled` (the gateway's chart: its public API, which the http-api container's
 HTTP/JSON and gRPC-Web calls reach as gRPC calls too), over 30 days:
-  availability: the share of calls not answered with a server-side status (shopmesh-lib.serverErrorCodes);
+  availability: the share of calls not answered with a server-side status nor shed (shopmesh-lib.serverFailures);
   latency: the share of calls answered within slo.latency.thresholdSeconds (a bucket bound of the histogram).
 Recording rules give each SLO's error ratio (the share of calls that missed it) over the windows the alerts
 read, and its objective; the alerts are the Google SRE workbook's multiwindow, multi-burn-rate alerts
@@ -168,7 +183,7 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
   {{- end }}
   {{- range $window := list "5m" "30m" "1h" "2h" "6h" "1d" "3d" }}
     {{- $calls := printf "%s (rate(grpc_server_handled_total{%s}[%s]))" $by $api $window }}
-    {{- $failed := printf "%s (rate(grpc_server_handled_total{%s, grpc_code=~%q}[%s]))" $by $api (include "shopmesh-lib.serverErrorCodes" $) $window }}
+    {{- $failed := printf "%s (%s)" $by (include "shopmesh-lib.serverFailures" (dict "selector" $api "window" $window)) }}
     {{- $timed := printf "%s (rate(grpc_server_handling_seconds_count{%s}[%s]))" $by $api $window }}
     {{- $fast := printf "%s (rate(grpc_server_handling_seconds_bucket{%s, le=%q}[%s]))" $by $api $slo.bucket $window }}
     {{- /* Each SLO's rate of the calls that missed it, and of all calls. With calls but no failed one yet, the
@@ -240,10 +255,10 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
     "description" "No pod of the service has been scraped successfully on its metrics port for 5 minutes: it is down, not ready, or the port is unreachable. (Only the service's own port counts: the gateway pods' http-api container is scraped under the same job and can be up while the service is not.)")
   (dict
     "alert" "ShopmeshServerErrors"
-    "expr" (printf "sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__, grpc_code=~%q}[5m])) / sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__}[5m])) > %v" $serverErrors $m.errorRatio)
+    "expr" (printf "sum by (grpc_service, grpc_method) (%s) / sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__}[5m])) > %v" (include "shopmesh-lib.serverFailures" (dict "selector" "__selector__" "window" "5m")) $m.errorRatio)
     "for" "5m" "severity" "critical"
     "summary" (printf "%s: calls failing on the server side" $c.name)
-    "description" (printf "More than %v%% of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} calls end in a server-side status (%s) for 5 minutes; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) do not count." (mulf $m.errorRatio 100) (replace "|" ", " $serverErrors)))
+    "description" (printf "More than %v%% of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} calls end in a server-side status (%s) or are shed (RESOURCE_EXHAUSTED SERVER_OVERLOADED: this service, or one it relays, at its GRPC_MAX_CONCURRENT_RPCS) for 5 minutes; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) and rate limits do not count." (mulf $m.errorRatio 100) (replace "|" ", " $serverErrors)))
   (dict
     "alert" "ShopmeshSlowCalls"
     "expr" (printf "histogram_quantile(0.99, sum by (le, grpc_service, grpc_method) (rate(grpc_server_handling_seconds_bucket{__selector__}[5m]))) > %v" $m.latencyP99Seconds)
