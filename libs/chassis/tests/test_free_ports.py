@@ -6,8 +6,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from shopmesh_chassis.testing import free_ports
+from shopmesh_chassis.testing.nats_server import wait_for_port
 
 
 def test_free_ports_are_distinct_bindable_and_never_one_to_avoid() -> None:
@@ -49,3 +53,35 @@ def test_a_free_port_is_none_a_grpc_server_on_port_0_beside_it_could_get() -> No
     assert low <= min(reusable)
     picked = free_ports(20)
     assert max(reusable) < min(picked) <= max(picked) <= high
+
+
+class DiallingFromItsTarget(socket.socket):
+    """A socket whose connect gets, as its own end, the very port it dials: what Linux does once in a while to a
+    connect to a port nobody listens on yet (it hands a connect any free port of the ephemeral range, where
+    free_ports' ports lie too; a loop of connects to a free port reached itself after some 12,000 tries here)."""
+
+    def connect(self, address: Any) -> None:
+        self.bind(address)
+        super().connect(address)
+
+    def connect_ex(self, address: Any) -> int:
+        self.bind(address)
+        return super().connect_ex(address)
+
+
+def test_a_readiness_probe_that_reaches_itself_says_nothing_listens_and_leaves_the_port_to_its_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Polled before nats-server has bound its free port, the probe's own connection could reach itself (TCP
+    simultaneous open) and look accepted: the test went on without a broker, and the probe's closed socket held
+    the port in TIME_WAIT for a minute, so nats-server could not bind it ("address already in use")."""
+    [port] = free_ports(1)
+    with monkeypatch.context() as patched:
+        patched.setattr(socket, "socket", DiallingFromItsTarget)
+        with pytest.raises(TimeoutError):
+            wait_for_port("127.0.0.1", port, timeout=0.5)
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server, gRPC and Envoy bind
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        assert wait_for_port("127.0.0.1", port) is None

@@ -19,7 +19,7 @@ import pytest
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh_chassis.testing import free_ports
+from shopmesh_chassis.testing import accepts_connections, free_ports
 from shopmesh_platform.http_api import HttpApi, bootstrap, descriptor_set
 from shopmesh_platform.stack import envoy_binary
 
@@ -121,6 +121,10 @@ def running_edge(folder: Path, configure: Callable[[dict[str, Any]], None] | Non
             while True:
                 assert envoy.poll() is None, f"envoy exited {envoy.returncode}: {log.read_text()[-4000:]}"
                 assert time.monotonic() < deadline, f"envoy was not ready within 30 s: {log.read_text()[-4000:]}"
+                # No request before Envoy listens: its connect could take the admin port (accepts_connections).
+                if not accepts_connections("127.0.0.1", admin):
+                    time.sleep(0.1)
+                    continue
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as ready:
                         if ready.status == 200:

@@ -9,6 +9,7 @@ import os
 import reprlib
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (the OS picks it), not one of `make run`'s."""
     [port] = free_ports(1, host)
     return port
+
+
+def accepts_connections(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a server listens on `host`:`port`, asked without taking the port from a server about to bind it.
+
+    Linux may give a connect to a port nobody listens on yet, as its own end, that very port (free_ports' ports
+    lie in the ephemeral range connects are served from): the connection reaches itself and looks accepted, and
+    the probe's socket, held or in TIME_WAIT for a minute once closed, keeps the server from binding its port.
+    Such a connection is reset, which frees the port at once, and counts as nothing listening. Once a server
+    listens there, no connect can get the port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        if sock.connect_ex((host, port)) != 0:
+            return False
+        try:
+            reached_itself = sock.getsockname() == sock.getpeername()
+        except OSError:  # reset already: whoever accepted it is gone
+            return False
+        if reached_itself:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return not reached_itself
 
 
 async def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
@@ -304,13 +326,16 @@ async def start_process_serving(
 
     The timeout only bounds a start that hangs: beside other test workers on two cores a start's imports alone
     took over 20 s once."""
-    proc = start_process(argv, port=free_port(), log_path=log_path, env=env)
+    host, port = "127.0.0.1", free_port()
+    proc = start_process(argv, port=port, log_path=log_path, env=env, host=host)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.process.poll() is not None:
                 raise RuntimeError(f"{argv} exited with {proc.process.returncode}:\n{proc.output()}")
-            if await health_status(proc.address) == health_pb2.HealthCheckResponse.SERVING:
+            # gRPC's connects could reach themselves as well: none before the service listens (accepts_connections).
+            listens = await asyncio.to_thread(accepts_connections, host, port)
+            if listens and await health_status(proc.address) == health_pb2.HealthCheckResponse.SERVING:
                 return proc
             await asyncio.sleep(0.05)
         raise TimeoutError(f"{argv} not SERVING within {timeout}s:\n{proc.output()}")
