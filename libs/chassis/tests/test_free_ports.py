@@ -6,11 +6,10 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shopmesh_chassis.testing import free_ports
+from shopmesh_chassis.testing import DiallingFromItsTarget, free_ports
 from shopmesh_chassis.testing.nats_server import wait_for_port
 
 
@@ -53,20 +52,6 @@ def test_a_free_port_is_none_a_grpc_server_on_port_0_beside_it_could_get() -> No
     assert low <= min(reusable)
     picked = free_ports(20)
     assert max(reusable) < min(picked) <= max(picked) <= high
-
-
-class DiallingFromItsTarget(socket.socket):
-    """A socket whose connect gets, as its own end, the very port it dials: what Linux does once in a while to a
-    connect to a port nobody listens on yet (it hands a connect any free port of the ephemeral range, where
-    free_ports' ports lie too; a loop of connects to a free port reached itself after some 12,000 tries here)."""
-
-    def connect(self, address: Any) -> None:
-        self.bind(address)
-        super().connect(address)
-
-    def connect_ex(self, address: Any) -> int:
-        self.bind(address)
-        return super().connect_ex(address)
 
 
 def test_a_readiness_probe_that_reaches_itself_says_nothing_listens_and_leaves_the_port_to_its_server(

@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from pathlib import Path
+
+from shopmesh_chassis.testing import accepts_connections
 
 
 def listening(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((host, port)) == 0
+    # A connect to a port nobody listens on may reach itself: that is no server (accepts_connections).
+    return accepts_connections(host, port)
 
 
 def unix_listening(path: Path) -> bool:
@@ -23,22 +25,42 @@ def unix_listening(path: Path) -> bool:
         return sock.connect_ex(str(path)) == 0
 
 
-async def accepts(host: str, port: int) -> bool:
+async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection to a server listening on host:port; None when none answers within a second.
+
+    Polled while a child starts, a connect to its port may get that very port as its own end (the stack's ports
+    lie in the kernel's ephemeral range) and reach itself: no server, and a socket that would hold the port the
+    child is about to bind. Such a connection is reset, which frees the port at once (accepts_connections)."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
     except (OSError, TimeoutError):
-        return False
+        return None
+    if writer.get_extra_info("sockname") != writer.get_extra_info("peername"):
+        return reader, writer
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await _close(writer)
+    return None
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+async def accepts(host: str, port: int) -> bool:
+    connection = await _connect(host, port)
+    if connection is None:
+        return False
+    await _close(connection[1])
     return True
 
 
 async def http_ok(host: str, port: int, path: str) -> bool:
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, TimeoutError):
+    connection = await _connect(host, port)
+    if connection is None:
         return False
+    reader, writer = connection
     try:
         # HTTP/1.1: Envoy's admin interface refuses 1.0 (426).
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -48,6 +70,4 @@ async def http_ok(host: str, port: int, path: str) -> bool:
     except (OSError, TimeoutError):
         return False
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        await _close(writer)

@@ -1296,6 +1296,12 @@ class Stack:
 
     async def _ready(self, child: _Child) -> bool:
         if child.health_service is not None:
+            # gRPC's own connect, dialled before the child listens, could reach itself and hold the port it
+            # is about to bind (probes.py); once something listens on the port, no connect can get it.
+            if not child.address.startswith("unix:"):
+                host, port = child.address.rsplit(":", 1)
+                if not await accepts(host, int(port)):
+                    return False
             status = await health_status(child.address, child.health_service)
             return status == health_pb2.HealthCheckResponse.SERVING
         if child.ready_url is not None:

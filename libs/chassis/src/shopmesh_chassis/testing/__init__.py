@@ -103,6 +103,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
+class DiallingFromItsTarget(socket.socket):
+    """For tests, in place of socket.socket: a socket whose connect gets, as its own end, the very port it dials:
+    what Linux does once in a while to a connect to a port nobody listens on yet (it hands a connect any free port
+    of the ephemeral range, where free_ports' ports lie too; a loop of connects to a free port reached itself
+    after some 12,000 tries here)."""
+
+    def connect(self, address: Any) -> None:
+        self.bind(address)
+        super().connect(address)
+
+    def connect_ex(self, address: Any) -> int:
+        self.bind(address)
+        return super().connect_ex(address)
+
+
 def accepts_connections(host: str, port: int, timeout: float = 1.0) -> bool:
     """Whether a server listens on `host`:`port`, asked without taking the port from a server about to bind it.
 
