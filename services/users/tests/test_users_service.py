@@ -29,7 +29,7 @@ from shopmesh_chassis.testing import eventually, free_port, serve_in_process
 from shopmesh_users.application import UsersApplication
 from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.signing import jwk_thumbprint
-from shopmesh_users.store.repository import UserRepository
+from shopmesh_users.store.repository import LoginAttemptRepository, UserRepository
 from shopmesh_users.store.tables import users as users_table
 from shopmesh_users.token_verifier import verify_access_token
 from shopmesh_users.transport import DESCRIPTOR, UsersServicer
@@ -329,6 +329,29 @@ async def test_logins_that_end_before_the_password_is_checked_spend_no_attempt(
             for _ in range(5):
                 assert (await error_of(login(stub))).reason == reason
         assert (await login(stub)).user_id == user.id
+
+
+async def forget_fails(_self: LoginAttemptRepository, _key: str) -> None:
+    raise OperationalError("DELETE FROM login_attempts", {}, Exception("database is locked"))
+
+
+async def test_a_right_password_logs_in_when_its_attempts_cannot_be_forgotten(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Forgetting the address's attempts after the right password is a write of its own, best effort like the
+    hash upgrade: the password was checked and right, so the database failing that delete must not refuse the
+    login (UNAVAILABLE, the owner sent to try again, hashing once more). The attempts stay taken, logged."""
+    settings = users_settings(tmp_path, login_failure_burst=3, login_failure_refill_seconds=3600)
+    async with running(settings, clock) as (_, stub):
+        user = await register(stub)
+        with monkeypatch.context() as patched, caplog.at_level(logging.WARNING, "shopmesh.users"):
+            patched.setattr(LoginAttemptRepository, "forget", forget_fails)
+            assert (await login(stub)).user_id == user.id
+        assert "login attempts not forgotten (OperationalError)" in caplog.text
+        # The successful login's attempt stayed taken: two left, then throttled.
+        for _ in range(2):
+            assert (await error_of(login(stub, password="not the password"))).reason == "INVALID_CREDENTIALS"
+        assert (await error_of(login(stub))).reason == "TOO_MANY_LOGIN_ATTEMPTS"
 
 
 async def test_logins_given_up_while_waiting_for_or_running_their_hash_spend_no_attempt(

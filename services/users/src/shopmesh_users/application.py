@@ -126,8 +126,7 @@ class UsersApplication:
             # The attempt stays taken: this is what the throttle counts.
             raise invalid_credentials()
         if throttled:
-            async with self._database.transaction() as session:
-                await LoginAttemptRepository(session).forget(attempts_key)
+            await self._forget_login_attempts(attempts_key)
         if matched_as_sent or self._passwords.needs_rehash(account.password_hash):
             await self._upgrade_password_hash(account.user.id, account.password_hash, credentials.password)
         # The keys as they are after the password check, which may wait seconds for a hashing turn: keys
@@ -185,6 +184,16 @@ class UsersApplication:
         except (SQLAlchemyError, DatabaseUnreachable) as error:
             # The type only: a database error's text may carry the statement's parameters.
             log.warning("login attempt not given back (%s); it stays taken until it refills", type(error).__name__)
+
+    async def _forget_login_attempts(self, key: str) -> None:
+        """After the right password. Best effort, as the hash upgrade: the password was checked and right, so a
+        database failing this delete must not refuse the login; the attempts stay taken until they refill."""
+        try:
+            async with self._database.transaction() as session:
+                await LoginAttemptRepository(session).forget(key)
+        except (SQLAlchemyError, DatabaseUnreachable) as error:
+            # The type only: a database error's text may carry the statement's parameters.
+            log.warning("login attempts not forgotten (%s); they stay taken until they refill", type(error).__name__)
 
     async def prune_login_attempts(self) -> int:
         """Delete the stored login attempts that have refilled to a full bucket (the same as none); how many."""
