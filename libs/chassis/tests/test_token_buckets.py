@@ -1,4 +1,4 @@
-"""Token buckets per key (the gateway's per client and per address, users' per e-mail), on a fake clock."""
+"""Token buckets per key (the gateway's per client and per address), on a fake clock."""
 
 from __future__ import annotations
 

@@ -354,6 +354,27 @@ async def test_a_right_password_logs_in_when_its_attempts_cannot_be_forgotten(
         assert (await error_of(login(stub))).reason == "TOO_MANY_LOGIN_ATTEMPTS"
 
 
+async def take_fails(_self: LoginAttemptRepository, _key: str) -> None:
+    raise OperationalError("SELECT login_attempts FOR UPDATE", {}, Exception("database is locked"))
+
+
+async def test_a_login_whose_attempt_cannot_be_taken_is_refused_unavailable_before_any_hashing(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The throttle fails closed (docs/auth.md): the right password too is refused, retryably, and unhashed."""
+    settings = users_settings(tmp_path, login_failure_burst=1, login_failure_refill_seconds=3600)
+    async with running(settings, clock) as (_, stub):
+        user = await register(stub)
+        with monkeypatch.context() as patched:
+            patched.setattr(LoginAttemptRepository, "locked", take_fails)
+            patched.setattr(Passwords, "verify", verify_busy)  # would answer PASSWORD_HASHING_BUSY if reached
+            refused = await error_of(login(stub))
+        assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        assert refused.retry_delay_seconds is not None
+        # Nothing was taken: the one attempt is still there.
+        assert (await login(stub)).user_id == user.id
+
+
 async def test_logins_given_up_while_waiting_for_or_running_their_hash_spend_no_attempt(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
