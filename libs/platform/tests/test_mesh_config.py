@@ -4,6 +4,7 @@ says, who each sidecar admits and where it sends, and that the real Envoy accept
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -338,6 +339,21 @@ def test_a_socket_another_stack_still_serves_is_refused_before_anything_starts(t
             stack.check_ports()
     assert path.exists()
     assert stack.check_ports() == []
+
+
+def test_the_port_check_checks_every_port_the_stack_plans_under_the_label_the_refusals_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check_ports listed the stack's ports in its own code beside planned_ports (make run's refusals), each
+    with its own labels ("HTTP/JSON API" there, "the HTTP/JSON edge" here): two lists to keep alike. The check
+    goes through the plan's list, port for port, label for label."""
+    stack = Stack(tmp_path, ports=PortPlan.free(list(SERVICES), traces=True, mesh=True, http=True))
+    # Every port held by a connection: the check names each one it checked, and refuses none.
+    monkeypatch.setattr(stack_module, "bind_error", lambda host, port: OSError(errno.EADDRINUSE, "in use"))
+    monkeypatch.setattr(stack_module, "listening", lambda host, port: False)
+    planned = stack.planned_ports()
+    assert {label for label, _ in planned} >= {"the HTTP/JSON edge", "the smtp sink", "the traces sink"}
+    assert stack.check_ports() == planned
 
 
 def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(

@@ -1141,31 +1141,17 @@ class Stack:
         free soon without anyone doing anything; `start` waits for them."""
         # Checked before anything starts: gRPC servers bind with SO_REUSEPORT, so a second copy of a
         # service would silently share the port with a leftover one instead of failing.
-        wanted: list[tuple[str, int]] = [("NATS", self.ports.nats)]
-        if self.ports.nats_monitor is not None:
-            wanted.append(("NATS monitoring", self.ports.nats_monitor))
-        wanted += [(f"{name} sink", port) for name, port in self._sink_ports.items()]
-        if self._http_api is not None and self.ports.http is not None and self.ports.http_admin is not None:
-            wanted += [("HTTP/JSON API", self.ports.http), ("HTTP/JSON API admin", self.ports.http_admin)]
-        for spec in self.specs:
-            wanted.append((f"{spec.name} gRPC", self.ports.ports_of(spec.name).grpc))
-            metrics = self._metrics_port(spec.name)
-            if metrics > 0:
-                wanted.append((f"{spec.name} metrics", metrics))
-            if spec.name in self._sidecars:
-                sidecar = self.ports.sidecar_of(spec.name)
-                socket_path = _linked_socket(self.sockets_link, spec.name)
-                if socket_path is not None and unix_listening(socket_path):
-                    # grpcio replaces a socket file that is there: a second copy would take the socket over.
-                    raise PortInUse(
-                        f"{socket_path} ({spec.name}'s socket, behind its sidecar) is already served: is another "
-                        "`make run` still running on this data directory?"
-                    )
-                wanted.append((f"{spec.name} sidecar admin", sidecar.admin))
-                wanted += [(f"{spec.name} sidecar to {callee}", port) for callee, port in sidecar.outbound.items()]
+        served = self.served_socket()
+        if served is not None:
+            name, socket_path = served
+            # grpcio replaces a socket file that is there: a second copy would take the socket over.
+            raise PortInUse(
+                f"{socket_path} ({name}'s socket, behind its sidecar) is already served: is another "
+                "`make run` still running on this data directory?"
+            )
         seen: dict[int, str] = {}
         held: list[tuple[str, int]] = []
-        for label, port in wanted:
+        for label, port in self.planned_ports():
             if port in seen:
                 raise PortInUse(f"port {port} is planned twice: {seen[port]} and {label}")
             seen[port] = label
