@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shopmesh_chassis.config import UNIX_SOCKET_PATH_MAX_BYTES
 from shopmesh_chassis.server import MAX_METADATA_BYTES
+from shopmesh_chassis.testing import free_port
 from shopmesh_platform import stack as stack_module
 from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_KIB
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON, Sidecar, bootstrap
@@ -354,6 +355,23 @@ def test_the_port_check_checks_every_port_the_stack_plans_under_the_label_the_re
     planned = stack.planned_ports()
     assert {label for label, _ in planned} >= {"the HTTP/JSON edge", "the smtp sink", "the traces sink"}
     assert stack.check_ports() == planned
+
+
+@pytest.mark.parametrize("metrics", ["moved", "off"])
+def test_the_ports_a_child_is_started_again_for_are_the_ones_the_stack_plans_for_it(
+    tmp_path: Path, metrics: str
+) -> None:
+    """A child that could not listen because a client connection took one of its ports is started again once
+    that port is free: its ports must be those it listens on. A service's were the plan's metrics port even when
+    its environment moved it (METRICS_PORT, which `env` may set, and which planned_ports reads) or turned it off."""
+    value = str(free_port()) if metrics == "moved" else "-1"
+    stack = Stack(
+        tmp_path,
+        ports=PortPlan.free(list(SERVICES), traces=True, mesh=True, http=True),
+        env={"catalog": {"METRICS_PORT": value}},
+    )
+    children = sorted(port for child in stack._every_child() for port in child.ports)
+    assert children == sorted(port for _, port in stack.planned_ports())
 
 
 def test_every_sidecar_has_an_mtls_route_to_each_callee_and_no_other(

@@ -774,10 +774,11 @@ class Stack:
         if self.ports.traces is not None:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.ports.host}:{self.ports.traces}"
         env["METRICS_PORT"] = str(ports.metrics)
-        metrics = (ports.metrics,) if ports.metrics > 0 else ()
         env.update(shared)
         env.update(spec.env)
         env.update(extra)
+        # The one it listens on, which the environment may have moved or turned off (as planned_ports reads it).
+        metrics = (port,) if (port := _metrics_port_of(env)) > 0 else ()
         # The stack health-checks the planned address, so the listening address is not overridable.
         # (In the mesh, directly, as a kubelet probes a meshed pod's app port: on its socket.)
         if socket_path is not None:
@@ -924,11 +925,7 @@ class Stack:
         return None if port <= 0 else f"http://{self.ports.host}:{port}/metrics"
 
     def _metrics_port(self, name: str) -> int:
-        # -1 (off) for a value the service itself will reject at startup, with a clearer message.
-        try:
-            return int(self._child(name).env["METRICS_PORT"])
-        except ValueError:
-            return -1
+        return _metrics_port_of(self._child(name).env)
 
     def pid(self, name: str) -> int | None:
         """The pid of the current (or last) process of `name` ("nats" included)."""
@@ -1354,6 +1351,15 @@ async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
         if errors and all(isinstance(e, StackError) for e in errors):
             raise StackError("\n\n".join(str(e) for e in errors)) from errors[0]
         raise errors[0] if errors else failures from None
+
+
+def _metrics_port_of(env: Mapping[str, str]) -> int:
+    """The METRICS_PORT a service is given; -1 (off) for a value the service itself will reject at startup, with
+    a clearer message."""
+    try:
+        return int(env["METRICS_PORT"])
+    except ValueError:
+        return -1
 
 
 def _require_file(path: Path, what: str, remedy: str) -> None:
