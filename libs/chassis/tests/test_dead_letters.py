@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -398,8 +400,9 @@ def test_the_command_says_how_to_reach_the_local_stacks_nats_when_it_does_not_an
     [
         ('{"pid": ', "not a stack file the launcher wrote"),
         ("gone", "its launcher (pid {pid}) is gone"),
+        ("copied", "it was written for {elsewhere}, not this directory"),
     ],
-    ids=["unreadable", "launcher-gone"],
+    ids=["unreadable", "launcher-gone", "copied-from-another-directory"],
 )
 def test_the_hint_says_a_stale_stack_file_was_found_and_ignored_not_that_there_is_none(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, stale: str, said: str
@@ -415,17 +418,25 @@ def test_the_hint_says_a_stale_stack_file_was_found_and_ignored_not_that_there_i
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     path = stack_file(Path(".data"))
+    elsewhere = tmp_path / "elsewhere" / ".data"
     if stale == "gone":
         write_stack_file(LocalStack(path=path, pid=gone.pid, nats_url="nats://127.0.0.1:1"))
+    elif stale == "copied":
+        # A checkout copied with its .data while its stack runs: the launcher (this process here) still runs,
+        # for the other directory.
+        written = write_stack_file(LocalStack(path=elsewhere / "stack.json", pid=os.getpid(), nats_url="nats://x:1"))
+        path.parent.mkdir()
+        shutil.copy(written, path)
     else:
         path.parent.mkdir()
         path.write_text(stale)
     assert cli.main(["list"]) == 1
     ignored, line = capsys.readouterr().err.splitlines()
-    assert ignored.startswith(f"ignoring {path}: {said.format(pid=gone.pid)}"), ignored
+    assert ignored.startswith(f"ignoring {path}: {said.format(pid=gone.pid, elsewhere=elsewhere.absolute())}"), ignored
     assert line.startswith(f"error: cannot reach NATS at {local}: ConnectionRefusedError"), line
     assert "no launcher's" not in line, line
-    assert f"{path} here names no launcher that still runs (ignored: see above)" in line, line
+    # Not "names no launcher that still runs" of a copy whose launcher does run, for another directory.
+    assert f"{path} here names no launcher of this directory that still runs (ignored: see above)" in line, line
     assert "start it with `make run`" in line, line
 
 

@@ -254,7 +254,8 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def local_nats_url() -> tuple[str, bool]:
     """The running local stack's NATS (on whatever port `--free-ports` gave it), said on stderr so that
     `list --json` stays one document; else the topology's local port, as before the launcher wrote its file.
-    Also whether a file was there and ignored (said on stderr too: a killed launcher's, an unreadable one)."""
+    Also whether a file was there and ignored (said on stderr too: a killed launcher's, an unreadable one, a copy
+    of another directory's)."""
     stack = running_stack(err=sys.stderr)
     if stack is None:
         return LOCAL_NATS_URL, stack_file(DEFAULT_DATA_DIR).exists()
@@ -265,11 +266,11 @@ def local_nats_url() -> tuple[str, bool]:
 def local_stack_hint(stack_file_ignored: bool = False) -> str:
     """What to do when the default NATS, the local stack's, does not answer: no launcher runs here. Either its
     file, which names its NATS on any port, was not found in the directory this runs in, or the one found names
-    a launcher that is gone (killed with -9) or cannot be read: "no file" would send the user looking for a
-    file they can see."""
+    a launcher that is gone (killed with -9), cannot be read, or is a copy of another directory's (whose launcher
+    may well run, there): "no file" would send the user looking for a file they can see."""
     path = stack_file(DEFAULT_DATA_DIR)
     found = (
-        f"{path} here names no launcher that still runs (ignored: see above)"
+        f"{path} here names no launcher of this directory that still runs (ignored: see above)"
         if stack_file_ignored
         else f"no launcher's {path} is here"
     )
