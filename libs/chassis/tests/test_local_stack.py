@@ -87,6 +87,16 @@ def test_without_a_stack_a_tool_takes_the_default_silently(tmp_path: Path, monke
     assert err.getvalue() == ""
 
 
+def test_without_a_stack_a_tool_that_always_says_its_address_says_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    found = stack_address(err, "the edge", lambda s: s.http_url, "http://default", runs_no="edge", without="make run's")
+    assert found == "http://default"
+    assert err.getvalue() == "the edge at http://default: make run's\n"
+
+
 def test_no_file_is_no_stack_and_says_nothing(tmp_path: Path) -> None:
     err = io.StringIO()
     assert running_stack(tmp_path, err) is None

@@ -129,13 +129,17 @@ def stack_address(
     *,
     runs_no: str,
     shown: Callable[[str], str] = str,
+    without: str | None = None,
 ) -> str:
     """`address` of the running local stack, for a tool given none of its own; else `default` (the topology's
     local one, as before the launcher wrote its file). Said on `err` in one shape for every tool: `<name> at
     <address>: <which stack>`, or `<which stack> runs no <runs_no>; using <default>` when the stack started
-    without it. `shown` is how a line may show an address (a NATS URL's credentials masked)."""
+    without it. `shown` is how a line may show an address (a NATS URL's credentials masked). Without a running
+    stack nothing is said, unless `without` says whose `default` is: `<name> at <default>: <without>`."""
     stack = running_stack(err=err)
     if stack is None:
+        if without is not None:
+            _say(err, f"{name} at {shown(default)}: {without}")
         return default
     found = address(stack)
     if found is None:

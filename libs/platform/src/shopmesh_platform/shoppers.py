@@ -47,7 +47,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack, stack_address, stack_file
+from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, stack_address, stack_file
 
 from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
@@ -443,19 +443,14 @@ def arguments(argv: Sequence[str] | None = None, err: TextIO = sys.stderr) -> ar
 def local_http_url(err: TextIO) -> str:
     """The running local stack's HTTP/JSON edge (`--free-ports` gives it any port), else make run's; said on `err`
     either way, as the one line that tells the user where the shoppers went."""
-    stack = running_stack(err=err)
-    if stack is None:
-        said = f"make run's (no running local stack's {stack_file(DEFAULT_DATA_DIR)} here)"
-        print(f"the HTTP/JSON edge at {LOCAL_HTTP_URL}: {said}", file=err)
-        return LOCAL_HTTP_URL
-    if stack.http_url is None:
-        print(
-            f"{stack.said()} serves no HTTP/JSON edge (--http-port 0, or no gateway); using {LOCAL_HTTP_URL}",
-            file=err,
-        )
-        return LOCAL_HTTP_URL
-    print(f"the HTTP/JSON edge at {stack.http_url}: {stack.said()}", file=err)
-    return stack.http_url
+    return stack_address(
+        err,
+        "the HTTP/JSON edge",
+        lambda stack: stack.http_url,
+        LOCAL_HTTP_URL,
+        runs_no="HTTP/JSON edge (--http-port 0, or no gateway)",
+        without=f"make run's (no running local stack's {stack_file(DEFAULT_DATA_DIR)} here)",
+    )
 
 
 def local_gateway(err: TextIO) -> str:
