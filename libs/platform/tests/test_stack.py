@@ -344,6 +344,9 @@ async def test_a_child_whose_port_a_connection_takes_as_it_starts_is_started_aga
                 close_without_time_wait(client)
             await asyncio.wait_for(restarting, STARTUP_SECONDS)
         assert stack.is_running(name)
+        # In one line, as README says: not that one and then the wait's own "held by a client connection".
+        said = [line for who, line in lines if who == "launcher"]
+        assert len(said) == 1, said
         if name == "alpha":
             assert await health_status(stack.address("alpha"), timeout=HEALTH_CALL_SECONDS) == SERVING
 

@@ -1177,11 +1177,13 @@ class Stack:
             and not listening(self.ports.host, port)
         ]
 
-    async def _wait_for_closing_connections(self, held_now: Callable[[], list[tuple[str, int]]] | None = None) -> None:
-        """Wait (up to PORT_RELEASE_SECONDS) until no connection holds a planned port (or one `held_now` names)."""
+    async def _wait_for_closing_connections(
+        self, held_now: Callable[[], list[tuple[str, int]]] | None = None, *, told: bool = False
+    ) -> None:
+        """Wait (up to PORT_RELEASE_SECONDS) until no connection holds a planned port (or one `held_now` names);
+        said in a launcher line unless `told` (the caller said so already)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PORT_RELEASE_SECONDS
-        told = False
         while held := (self.check_ports() if held_now is None else held_now()):
             ports = ", ".join(f"{port} ({label})" for label, port in held)
             if loop.time() >= deadline:
@@ -1222,7 +1224,7 @@ class Stack:
                         f"{child.name} could not listen: a client connection took port(s) {ports} as it started; "
                         f"starting it again once free ({start + 1} of {PORT_RACE_STARTS})",
                     )
-                await self._wait_for_closing_connections(functools.partial(self._held_by_connections, child))
+                await self._wait_for_closing_connections(functools.partial(self._held_by_connections, child), told=True)
 
     async def _launch(self, child: _Child) -> None:
         try:
