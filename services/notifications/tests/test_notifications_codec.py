@@ -9,9 +9,10 @@ import pytest
 from shopmesh.common.v1 import money_pb2
 from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
-from shopmesh_chassis.consumer import Event, InvalidEvent
+from shopmesh_chassis import consumer
+from shopmesh_chassis.consumer import Event
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED, notification_to_proto, order_event
-from shopmesh_notifications.domain.events import EventKind, Line
+from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line
 from shopmesh_notifications.domain.model import Channel, Notification
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -59,19 +60,22 @@ def test_an_order_cancelled_payload_carries_the_reason_message_and_the_refund() 
 
 
 @pytest.mark.parametrize(
-    ("subject", "payload", "problem"),
+    ("subject", "payload", "invalid", "problem"),
     [
         # Decoded by the chassis (decode_event): the reason every consumer parks such a payload with.
         (
             ORDER_CONFIRMED,
             b"\xff\xfenot a protobuf",
+            consumer.InvalidEvent,
             "orders.v1.order_confirmed evt_1: the payload does not decode as shopmesh.orders.v1.OrderConfirmed",
         ),
-        ("orders.v1.order_shipped", b"", "not an event notifications consumes"),
+        ("orders.v1.order_shipped", b"", InvalidEvent, "not an event notifications consumes"),
     ],
 )
-def test_a_payload_that_is_not_the_subjects_event_is_invalid(subject: str, payload: bytes, problem: str) -> None:
-    with pytest.raises(InvalidEvent, match=problem):
+def test_a_payload_that_is_not_the_subjects_event_is_invalid(
+    subject: str, payload: bytes, invalid: type[Exception], problem: str
+) -> None:
+    with pytest.raises(invalid, match=problem):
         order_event(delivered(subject, "evt_1", payload))
 
 

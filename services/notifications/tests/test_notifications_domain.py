@@ -9,9 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.consumer import InvalidEvent
 from shopmesh_notifications.domain.emails import message_id_for, render
-from shopmesh_notifications.domain.events import EventKind, Line, OrderEvent, validate_event
+from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent, validate_event
 from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy, State
 from shopmesh_notifications.domain.money import format_money
 from shopmesh_notifications.domain.validation import check_owner, validate_list_request

@@ -8,8 +8,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
-from shopmesh_chassis.consumer import Event, InvalidEvent, decode_event
-from shopmesh_notifications.domain.events import EventKind, Line, OrderEvent
+from shopmesh_chassis.consumer import Event, decode_event
+from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent
 from shopmesh_notifications.domain.model import Notification
 
 ORDER_CONFIRMED = "orders.v1.order_confirmed"
@@ -50,8 +50,8 @@ def _lines(items: list[orders_pb2.OrderItem]) -> tuple[Line, ...]:
 def order_event(event: Event) -> OrderEvent:
     """The order event a message carries, under its `Nats-Msg-Id` (the contract makes them equal).
 
-    A payload that is not the subject's message, or a subject not consumed here, raises the chassis'
-    InvalidEvent (decode_event's: the reason every consumer parks such an event with)."""
+    A payload that is not the subject's message raises the chassis' InvalidEvent (decode_event: the reason
+    every consumer parks such an event with); a subject not consumed here, notifications' InvalidEvent."""
     if event.subject == ORDER_CONFIRMED:
         decoded: events_pb2.OrderConfirmed | events_pb2.OrderCancelled = decode_event(events_pb2.OrderConfirmed, event)
         kind, reason, refunded = EventKind.ORDER_CONFIRMED, "", False

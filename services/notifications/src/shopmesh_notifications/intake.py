@@ -36,8 +36,8 @@ class NotificationIntake:
         self._clock = clock
 
     async def __call__(self, session: DbConnection, event: Event) -> None:
-        """Raises the chassis' InvalidEvent for a poison message (a payload that does not decode, or one that
-        cannot make an e-mail): the consumer retries it, then dead-letters it."""
+        """Raises InvalidEvent (the chassis' for a payload that does not decode, notifications' for one that
+        cannot make an e-mail) for a poison message: the consumer retries it, then dead-letters it."""
         order = validate_event(order_event(event))
         repository = NotificationRepository(session)
         # Orders publishes a confirmation before its cancellation, but a retried, replayed or concurrently

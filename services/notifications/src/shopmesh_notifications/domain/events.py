@@ -10,11 +10,14 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from shopmesh_chassis.consumer import InvalidEvent
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.email_addresses import is_email_address
 
 CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+class InvalidEvent(ValueError):
+    """The event cannot produce a notification (unparsable, or missing what an e-mail needs)."""
 
 
 class EventKind(Enum):
@@ -49,7 +52,6 @@ class OrderEvent:
 
 
 def validate_event(event: OrderEvent) -> OrderEvent:
-    """The event, if it can make an e-mail; else the chassis' InvalidEvent, naming the event and every problem."""
     problems: list[str] = []
     for name, value in (("event id", event.event_id), ("order_id", event.order_id), ("user_id", event.user_id)):
         if not value:
