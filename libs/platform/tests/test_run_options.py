@@ -12,6 +12,8 @@ import pytest
 
 from shopmesh_platform import run
 from shopmesh_platform.ports import Canary
+from shopmesh_platform.processes import failure_message
+from shopmesh_platform.stack import Stack
 
 
 def test_spans_go_to_your_collector_instead_when_you_name_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,3 +115,31 @@ def test_help_names_the_default_of_every_option_that_takes_a_value(capsys: pytes
         "--startup-timeout": "(default: 60)",
     }.items():
         assert default in blocks[option], blocks[option]
+
+
+def test_a_process_not_ready_in_time_names_the_option_that_gives_it_longer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a busy machine every service of a wave still imported its packages when the 60 s ran out: the error
+    said "payments was not SERVING ... within 60s; its last 0 output lines: (no output)", and nowhere that
+    --startup-timeout moves the 60 s. It says so now. Nothing gets ready here, whatever the machine's speed."""
+
+    async def never_ready(self: Stack, child: object) -> bool:
+        return False
+
+    monkeypatch.setattr(Stack, "_ready", never_ready)
+    argv = ["--data-dir", str(tmp_path / "data"), "--free-ports", "--services", "", "--http-port", "0"]
+    assert run.main([*argv, "--startup-timeout", "0.5"]) == 1
+    error = capsys.readouterr().err
+    assert "was not accepting connections at " in error
+    assert error.endswith(
+        "(each process has --startup-timeout, 0.5 s, to get ready; on a busy machine give it longer: "
+        'make run RUN_ARGS="--startup-timeout 180", beside your other RUN_ARGS)\n'
+    ), error
+
+
+def test_a_failure_says_what_the_process_printed_in_words_that_fit_how_much() -> None:
+    assert failure_message("payments", "was not SERVING", []) == "payments was not SERVING; it printed nothing"
+    assert failure_message("nats", "exited", ["bye"]) == "nats exited; its last output line:\n  nats | bye"
+    two = failure_message("nats", "exited", ["a", "b"])
+    assert two == "nats exited; its last 2 output lines:\n  nats | a\n  nats | b"

@@ -1,7 +1,7 @@
 """The stack's children as processes: starting one (`spawn`: its own process group, output piped, a
 parent-death signal through util-linux's `setpriv`), signalling it and its process group through the pidfd
 held since its start (`signal_child`), telling whether it has exited and how (`has_exited`, `exit_status`),
-and the errors that name a process with its last output (`StackError`, `Crashed`)."""
+and the errors that name a process with its last output (`StackError`, `NotReady`, `Crashed`)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ _LINE_LIMIT = 1024 * 1024
 
 class StackError(RuntimeError):
     """A process of the stack could not be started or restarted; the message shows its last output."""
+
+
+class NotReady(StackError):
+    """A process of the stack ran, but was not ready within its startup timeout."""
 
 
 class Crashed(StackError):
@@ -94,8 +98,11 @@ def exit_status(code: int) -> str:
 def failure_message(name: str, what: str, output: Iterable[str]) -> str:
     """What a process did, with its last FAILURE_LINES output lines (a StackError's message)."""
     lines = list(output)[-FAILURE_LINES:]
-    shown = "\n".join(f"  {name} | {line}" for line in lines) or "  (no output)"
-    return f"{name} {what}; its last {len(lines)} output lines:\n{shown}"
+    if not lines:
+        # "its last 0 output lines: (no output)" read like a lost log; a process still importing says nothing.
+        return f"{name} {what}; it printed nothing"
+    shown = "\n".join(f"  {name} | {line}" for line in lines)
+    return f"{name} {what}; its last {'output line' if len(lines) == 1 else f'{len(lines)} output lines'}:\n{shown}"
 
 
 async def spawn(

@@ -54,7 +54,7 @@ from .arguments import seconds
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.protoset import PROTOSET_FILE, methods_of
 from .ports import Canary, PortInUse, PortPlan, bind_error
-from .processes import Crashed, StackError, crash_at_stop, has_exited, signal_child, spawn
+from .processes import Crashed, NotReady, StackError, crash_at_stop, has_exited, signal_child, spawn
 from .stack import (
     DEFAULT_STARTUP_TIMEOUT,
     EDGE_LABEL,
@@ -918,6 +918,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.free_ports:
             way_out = ""
         print(f"error: {exc}{way_out}", file=sys.stderr, flush=True)
+        return 1
+    except NotReady as exc:
+        # Mostly a machine too busy to import a service's packages within the timeout (it then printed
+        # nothing): the error named the timeout, not the option that moves it.
+        way_out = (
+            f"(each process has --startup-timeout, {args.startup_timeout:g} s, to get ready; on a busy machine "
+            'give it longer: make run RUN_ARGS="--startup-timeout 180", beside your other RUN_ARGS)'
+        )
+        print(f"error: {exc}\n{way_out}", file=sys.stderr, flush=True)
         return 1
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

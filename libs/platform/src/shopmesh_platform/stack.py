@@ -68,6 +68,7 @@ from .ports import Canary, PortInUse, PortPlan, bind_error
 from .probes import accepts, http_ok, listening, unix_listening
 from .processes import (
     Crashed,
+    NotReady,
     StackError,
     crash_at_stop,
     exit_status,
@@ -1276,7 +1277,7 @@ class Stack:
                 return
             if loop.time() >= deadline:
                 what = "accepting connections" if child.health_service is None else "SERVING"
-                raise StackError(self._failure(child, f"was not {what} at {child.address} within {timeout:g}s"))
+                raise NotReady(self._failure(child, f"was not {what} at {child.address} within {timeout:g}s"))
             await asyncio.sleep(_POLL_SECONDS)
 
     async def _ready(self, child: _Child) -> bool:
