@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+from pathlib import Path
 
 import grpc
 import pytest
 
+from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_chassis.testing import free_port
 from shopmesh_platform.mesh.faults import (
     ABORT_PERCENT,
@@ -66,3 +69,44 @@ def test_no_sidecar_is_said_in_one_line_and_nonsense_is_refused_by_the_parser() 
         with pytest.raises(SystemExit) as refused:
             main(argv, io.StringIO(), io.StringIO())
         assert refused.value.code == 2, argv
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        (
+            "catalog-canary",
+            'no catalog-canary runs in {stack}: start the stack with one, make run MESH=envoy RUN_ARGS="--postgres '
+            '--canary catalog"',
+        ),
+        ("payments", "payments is not running in {stack} (a --services subset?)"),
+    ],
+)
+def test_a_sidecar_the_meshed_stack_lacks_is_named_as_missing_not_blamed_on_the_mesh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, said: str
+) -> None:
+    """`make fault FAULT_ARGS="catalog-canary --abort UNAVAILABLE"` against `make run MESH=envoy` without a canary
+    asked "is it `make run MESH=envoy`?", which it was: it says what is missing and how to start it now."""
+    monkeypatch.chdir(tmp_path)
+    # This process as the launcher: alive, so the file is the running stack's. Its sidecars: two of catalog's
+    # callers and catalog's own, no canary, no payments.
+    admins = {name: f"http://127.0.0.1:{free_port()}" for name in ("gateway", "orders", "catalog")}
+    stack = LocalStack(
+        path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1", sidecar_admin=admins
+    )
+    write_stack_file(stack)
+    err = io.StringIO()
+    assert main([target, "--abort", "UNAVAILABLE"], io.StringIO(), err) == 1
+    assert err.getvalue().splitlines()[-1] == "error: " + said.format(stack=stack.said())
+
+
+def test_a_stack_without_the_mesh_is_told_that_faults_need_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    stack = LocalStack(path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1")
+    write_stack_file(stack)
+    err = io.StringIO()
+    assert main(["catalog", "--delay", "1s"], io.StringIO(), err) == 1
+    assert err.getvalue().splitlines()[-1] == (
+        f"error: catalog runs behind no sidecar in {stack.said()}: it runs without the mesh; faults need "
+        "`make run MESH=envoy`"
+    )

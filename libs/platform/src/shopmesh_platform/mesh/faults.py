@@ -158,10 +158,24 @@ class SidecarAdmins:
 
     def required(self, name: str) -> str:
         url = self.url(name)
-        if url is None:
-            assert self.stack is not None
-            raise FaultError(f"{name} runs behind no sidecar in {self.stack.said()}: is it `make run MESH=envoy`?")
-        return url
+        if url is not None:
+            return url
+        assert self.stack is not None
+        stack = self.stack.said()
+        # A meshed stack that lacked only this sidecar (no canary started, a --services subset) was asked
+        # "is it `make run MESH=envoy`?", which it was.
+        if not self.stack.sidecar_admin:
+            raise FaultError(
+                f"{name} runs behind no sidecar in {stack}: it runs without the mesh; faults need `make run MESH=envoy`"
+            )
+        if name.endswith(CANARY_SUFFIX):
+            service = name.removesuffix(CANARY_SUFFIX)
+            postgres = "--postgres " if SERVICES[service].has_database else ""
+            raise FaultError(
+                f'no {name} runs in {stack}: start the stack with one, make run MESH=envoy RUN_ARGS="{postgres}'
+                f'--canary {service}"'
+            )
+        raise FaultError(f"{name} is not running in {stack} (a --services subset?)")
 
 
 def _running(url: str) -> bool:
