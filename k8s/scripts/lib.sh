@@ -30,7 +30,7 @@ install_gateway_api() {
 }
 
 HINT_DOCKER="a container engine with the docker CLI: https://docs.docker.com/engine/install/"
-HINT_KIND="kind >= 0.24: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
+HINT_KIND="kind >= 0.27 (k8s/kind/cluster.yaml runs its node image, kindest/node:v1.32.2): https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
 HINT_KUBECTL="kubectl 1.32: https://kubernetes.io/docs/tasks/tools/"
 HINT_HELM="helm >= 3.14 (or 4): https://helm.sh/docs/intro/install/"
 HINT_SKAFFOLD="skaffold >= 2.16 (schema skaffold/v4beta13): https://skaffold.dev/docs/install/"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # skaffold dev against the kind cluster: build every image, push it to the local registry, deploy the
-# umbrella chart, port-forward the gateway to localhost:50051, rebuild on change. PROFILE: istio|linkerd (comma-separated with ingress: istio,ingress).
+# umbrella chart, port-forward the gateway (gRPC localhost:50051, HTTP/JSON and the storefront localhost:8080) and
+# Jaeger (localhost:16686), rebuild on change. PROFILE: istio|linkerd (comma-separated with ingress: istio,ingress).
 source "$(dirname "$0")/lib.sh"
 require docker "$HINT_DOCKER" kind "$HINT_KIND" kubectl "$HINT_KUBECTL" helm "$HINT_HELM" skaffold "$HINT_SKAFFOLD"
 cd "$(dirname "$0")/../.."
