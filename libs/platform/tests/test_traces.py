@@ -106,9 +106,20 @@ def test_an_unknown_or_ambiguous_id_exits_1_saying_so(tmp_path: Path) -> None:
     )
     assert ran("aa", "--dir", str(directory))[::2] == (
         1,
-        f"error: 2 traces with an id starting 'aa' in {directory / SPANS_FILE}\n",
+        f"error: 2 traces with an id starting 'aa' in {directory / SPANS_FILE}: give more of the id (aa11, aa22)\n",
     )
     assert ran("--dir", str(tmp_path / "none"))[1] == "no traces yet (`make run` records them; call a service first)\n"
+
+
+def test_a_prefix_many_traces_share_lists_the_newest_of_them_to_pick_from(tmp_path: Path) -> None:
+    """`make traces ID=5` said "8 traces with an id starting '5'" and no more: which ids, to type one digit on."""
+    ids = [f"5{n}" for n in range(8)]
+    directory = write(tmp_path, *(span(t, f"0{n}", "", "orders", "/o", n, n + 0.5) for n, t in enumerate(ids)))
+    assert ran("5", "--dir", str(directory))[::2] == (
+        1,
+        f"error: 8 traces with an id starting '5' in {directory / SPANS_FILE}: give more of the id "
+        "(53, 54, 55, 56, 57, and 3 older)\n",
+    )
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:

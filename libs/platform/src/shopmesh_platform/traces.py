@@ -178,6 +178,8 @@ def print_tree(trace: Trace, out: TextIO) -> None:
 
 
 DEFAULT_DIR = Path(".data", "traces")
+# The newest ids an ambiguous prefix matched that its error lists.
+AMBIGUOUS_SHOWN = 5
 
 
 def sink_dir(err: TextIO) -> Path:
@@ -219,7 +221,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     matches = [t for t in traces if t.trace_id.startswith(wanted)]
     if len(matches) != 1:
         said = "no trace" if not matches else f"{len(matches)} traces"
-        print(f"error: {said} with an id starting {wanted!r} in {args.dir / SPANS_FILE}", file=err)
+        # A prefix that matched several said only how many, and a user had to list them to pick more digits.
+        shown = [t.trace_id for t in matches[-AMBIGUOUS_SHOWN:]]
+        more = "" if len(matches) <= AMBIGUOUS_SHOWN else f", and {len(matches) - AMBIGUOUS_SHOWN} older"
+        which = f": give more of the id ({', '.join(shown)}{more})" if matches else ""
+        print(f"error: {said} with an id starting {wanted!r} in {args.dir / SPANS_FILE}{which}", file=err)
         return 1
     print_tree(matches[0], out)
     return 0
