@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.request
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.server import ChassisServer
+from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, binding
 
-from .conftest import ECHO, sample_settings
+from .conftest import ECHO, Holding, sample_settings
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> str:
@@ -88,3 +92,97 @@ async def test_a_call_whose_deadline_passes_in_the_handler_is_counted_as_deadlin
         await eventually(lambda: handled("DEADLINE_EXCEEDED") + handled("CANCELLED") > 0, "the call counted")
         assert handled("DEADLINE_EXCEEDED") == 1
         assert handled("CANCELLED") == 0
+
+
+def handled(server: ChassisServer, code: str) -> float:
+    return server.metrics.registry.get_sample_value("grpc_server_handled_total", {**ECHO, "grpc_code": code}) or 0.0
+
+
+class _HeadersLate:
+    """A TCP relay in front of a server that, once told to, holds what the client sends next for `seconds`
+    before passing it on, and passes everything after without delay: the next call's headers reach the server
+    late, as on a loaded node, and the client's cancel at its deadline does not."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._hold: float | None = None
+        self.port = 0
+
+    def hold_next(self, seconds: float) -> None:
+        self._hold = seconds
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[_HeadersLate]:
+        server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        async with server:
+            yield self
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        async with asyncio.TaskGroup() as pumps:
+            pumps.create_task(self._pump(client_reader, server_writer, holding=True))
+            pumps.create_task(self._pump(server_reader, client_writer, holding=False))
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, holding: bool) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                if holding and self._hold is not None:
+                    # The bytes that come within the hold (the call's headers and message) go out together
+                    # at its end, in order; TCP is a stream, so whatever comes after them waits no longer.
+                    held, self._hold = self._hold, None
+                    release = asyncio.get_running_loop().time() + held
+                    while (left := release - asyncio.get_running_loop().time()) > 0:
+                        with contextlib.suppress(TimeoutError):
+                            chunk += await asyncio.wait_for(reader.read(65536), left)
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+
+async def test_a_deadline_the_server_reckons_later_than_its_caller_is_still_counted_as_deadline_exceeded() -> None:
+    """The caller's deadline passes first and its cancel reaches the handler while the server's own deadline,
+    started when the late headers arrived, still shows time left: still the server's miss (a loaded node delays
+    headers so; counted CANCELLED, its misses left the server-errors alert and the SLO exactly under load)."""
+    late = DEADLINE_SKEW_TOLERANCE_SECONDS / 2
+    servicer = Holding("slow")
+    async with (
+        serve_in_process(sample_settings(), [binding(servicer)]) as server,
+        _HeadersLate(server.port).running() as relay,
+        ResilientChannel(f"127.0.0.1:{relay.port}", [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        # Connected first, so the hold delays the call's headers, not the connection's preface.
+        await stub.Echo(sample_pb2.EchoRequest(message="warm"))
+        relay.hold_next(late)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Echo(sample_pb2.EchoRequest(message="slow"), timeout=1.0)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        await eventually(lambda: servicer.cancelled.is_set(), "the handler cancelled")
+        await eventually(
+            lambda: handled(server, "DEADLINE_EXCEEDED") + handled(server, "CANCELLED") > 0, "the call counted"
+        )
+        assert handled(server, "DEADLINE_EXCEEDED") == 1
+        assert handled(server, "CANCELLED") == 0
+
+
+async def test_a_call_its_caller_cancels_long_before_its_deadline_is_counted_as_cancelled() -> None:
+    servicer = Holding("slow")
+    async with (
+        serve_in_process(sample_settings(), [binding(servicer)]) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None)) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        # A deadline far longer than the test runs: the call ends by its caller's cancellation, nothing else.
+        call = asyncio.ensure_future(stub.Echo(sample_pb2.EchoRequest(message="slow"), timeout=60))
+        await eventually(lambda: servicer.arrived.is_set(), "the call at the server")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+        await eventually(
+            lambda: handled(server, "DEADLINE_EXCEEDED") + handled(server, "CANCELLED") > 0, "the call counted"
+        )
+        assert handled(server, "CANCELLED") == 1
+        assert handled(server, "DEADLINE_EXCEEDED") == 0

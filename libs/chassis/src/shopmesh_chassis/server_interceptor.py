@@ -248,14 +248,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.UNAVAILABLE
                 await self._abort(context, to_grpc_status(to_rpc_status(interrupted, self._domain)))
                 return None
-            # The caller's deadline passed while the server worked on the call: the server was too slow, which
-            # the server-errors alert counts; a cancellation by the caller is its own choice.
-            remaining = context.time_remaining()
-            code = (
-                grpc.StatusCode.DEADLINE_EXCEEDED
-                if remaining is not None and remaining <= 0
-                else grpc.StatusCode.CANCELLED
-            )
+            code = cancelled_call_code(context.time_remaining())
             raise
         except grpc.aio.AioRpcError as exc:
             code = await self._dependency_failed(context, method, exc)
@@ -322,6 +315,31 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         handler_set = tuple(context.trailing_metadata() or ())
         pushback = _FINAL if final else _retry_pushback(status, context.time_remaining())
         await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback))
+
+
+# How much later than its caller's the server's deadline may run. gRPC starts the server's count of the
+# caller's timeout (grpc-timeout) when the server parses the call's headers, the caller's before it sends
+# them: the server's deadline runs later by the headers' trip (sidecars: a millisecond or so) and the time
+# they wait for the sending and the receiving I/O threads to get a CPU (tens of milliseconds on a loaded
+# node). The caller's cancel (RST_STREAM at its deadline) need not wait as long, so it can reach the handler
+# while the server still counts time left. Not a share of the timeout: the skew is the same for any; and
+# not smaller for a call that waited long for the handler: that is the loaded server the rule is for.
+DEADLINE_SKEW_TOLERANCE_SECONDS = 0.1
+
+
+def cancelled_call_code(remaining: float | None) -> grpc.StatusCode:
+    """How a call its caller cancelled is counted, in the metrics and on the span alike: DEADLINE_EXCEEDED when
+    the caller's deadline passed while the server worked on it (the server was too slow, which the
+    server-errors alert and the SLO count), CANCELLED when the caller chose to stop waiting.
+
+    `remaining` is what the server's deadline leaves at the cancellation (None: the call has none). Within
+    the skew tolerance of it, the cancellation is the caller's deadline: a loaded server, whose deadline runs
+    latest, must not count its misses as its callers' choice exactly when it is loaded. The price: a caller
+    that cancels on its own in the last 100 ms of its deadline (any time, for a deadline shorter than that)
+    is counted as the server's miss."""
+    if remaining is not None and remaining <= DEADLINE_SKEW_TOLERANCE_SECONDS:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[tuple[str, str], ...]:
