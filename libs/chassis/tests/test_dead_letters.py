@@ -440,6 +440,26 @@ def test_the_hint_says_a_stale_stack_file_was_found_and_ignored_not_that_there_i
     assert "start it with `make run`" in line, line
 
 
+def test_a_running_launchers_nats_that_does_not_answer_is_not_said_to_have_no_launcher(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`make run` on its default ports writes the default NATS URL in its .data/stack.json: the command named
+    that launcher in a line of its own, then said "no launcher's .data/stack.json is here: start it" of it."""
+    local = f"nats://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(cli, "LOCAL_NATS_URL", local)
+    monkeypatch.delenv("NATS_URL", raising=False)
+    monkeypatch.delenv("SECRETS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    # The launcher: this process, which runs, in this directory.
+    write_stack_file(LocalStack(path=stack_file(Path(".data")), pid=os.getpid(), nats_url=local))
+    assert cli.main(["list"]) == 1
+    found, line = capsys.readouterr().err.splitlines()
+    assert found.startswith(f"NATS at {local}: the local stack of .data/stack.json (launcher pid {os.getpid()})")
+    assert line.startswith(f"error: cannot reach NATS at {local}: ConnectionRefusedError"), line
+    assert "no launcher" not in line, line
+    assert "start it with `make run`" not in line, line
+
+
 def test_the_command_lists_nothing_where_no_consumer_ever_ran(nats_srv: NatsServer) -> None:
     result = deadletters_cli(nats_srv.url, "list")
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "no dead letters", "")

@@ -114,8 +114,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Whether the local stack's file was there but ignored (its launcher gone): the hint must not say there is none.
     args.stack_file_ignored = False
+    # Whether the NATS is a running launcher's (named on stderr): no hint that no launcher is here, then.
+    args.nats_of_running_stack = False
     if args.nats_url is None:
-        args.nats_url, args.stack_file_ignored = local_nats_url()
+        args.nats_url, args.stack_file_ignored, args.nats_of_running_stack = local_nats_url()
     try:
         parse_nats_url(args.nats_url)
     except InvalidNatsUrl as exc:
@@ -204,7 +206,8 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except Exception as exc:
         cause = seen[-1] if seen else exc
         said = f"error: cannot reach NATS at {shown_nats_url(args.nats_url)}: {type(cause).__name__}: {cause}"
-        hint = local_stack_hint(args.stack_file_ignored) if args.nats_url == LOCAL_NATS_URL else ""
+        default = args.nats_url == LOCAL_NATS_URL and not args.nats_of_running_stack
+        hint = local_stack_hint(args.stack_file_ignored) if default else ""
         print(said + hint, file=err)
         return 1
     try:
@@ -251,16 +254,16 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         await client.close()
 
 
-def local_nats_url() -> tuple[str, bool]:
-    """The running local stack's NATS (on whatever port `--free-ports` gave it), said on stderr so that
-    `list --json` stays one document; else the topology's local port, as before the launcher wrote its file.
-    Also whether a file was there and ignored (said on stderr too: a killed launcher's, an unreadable one, a copy
-    of another directory's)."""
+def local_nats_url() -> tuple[str, bool, bool]:
+    """The running local stack's NATS (on whatever port `--free-ports` gave it, the topology's local one too),
+    said on stderr so that `list --json` stays one document; else the topology's local port, as before the
+    launcher wrote its file. Also whether a file was there and ignored (said on stderr too: a killed launcher's,
+    an unreadable one, a copy of another directory's), and whether the URL is a running launcher's."""
     stack = running_stack(err=sys.stderr)
     if stack is None:
-        return LOCAL_NATS_URL, stack_file(DEFAULT_DATA_DIR).exists()
+        return LOCAL_NATS_URL, stack_file(DEFAULT_DATA_DIR).exists(), False
     print(f"NATS at {shown_nats_url(stack.nats_url)}: {stack.said()}", file=sys.stderr)
-    return stack.nats_url, False
+    return stack.nats_url, False, True
 
 
 def local_stack_hint(stack_file_ignored: bool = False) -> str:
