@@ -1,6 +1,7 @@
 """Prometheus metrics for gRPC servers, in go-grpc-prometheus' names and labels (status codes spelled as
-Python's grpc does: NOT_FOUND, not NotFound), and for
-the event side of a service (outbox relay, consumers) under `shopmesh_`.
+Python's grpc does: NOT_FOUND, not NotFound) beside the chassis' own count of shed calls
+(`shopmesh_grpc_server_shed_total`, same labels), and for the event side of a service (outbox relay,
+consumers) under `shopmesh_`.
 
 Each server gets its own registry (several servers can share a test process), served over HTTP on a
 separate port by prometheus-client. A service that relays or consumes events makes its `ServerMetrics`
