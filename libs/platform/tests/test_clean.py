@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from shopmesh_platform import clean
 from shopmesh_platform.stack import SOCKETS_PREFIX
 
 REPOSITORY = Path(__file__).resolve().parents[3]
@@ -99,3 +100,13 @@ def test_make_clean_leaves_a_linked_folder_that_is_not_a_launchers_sockets_folde
     assert done.returncode == 0, done.stderr
     assert not (scratch / ".data").exists()
     assert (elsewhere / "keep").exists()
+
+
+def test_help_describes_the_step_in_a_whole_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help shows the docstring's first line: it stopped mid-sentence ("... outside the data directory, which
+    the")."""
+    with pytest.raises(SystemExit) as exited:
+        clean.main(["--help"])
+    assert exited.value.code == 0
+    described = " ".join(capsys.readouterr().out.split()).partition(" options: ")[0]
+    assert described.endswith("."), described

@@ -1,5 +1,6 @@
-"""`make clean`'s first step: remove what `make run MESH=envoy` keeps outside the data directory, which the
-Makefile then deletes (`rm -rf .data`).
+"""`make clean`'s first step: remove what `make run MESH=envoy` keeps outside the data directory.
+
+The Makefile then deletes the data directory itself (`rm -rf .data`).
 
     python -m shopmesh_platform.clean [--data-dir .data]
 
