@@ -5,7 +5,7 @@ The Makefile then deletes the data directory itself (`rm -rf .data`).
     python -m shopmesh_platform.clean [--data-dir .data]
 
 That is the services' sockets' folder (`$XDG_RUNTIME_DIR/shopmesh-sockets-*` or `/tmp/shopmesh-sockets-*`,
-`stack.SOCKETS_FOLDER`), which a launcher killed with -9 leaves behind its link `<data dir>/mesh/sockets`:
+`stack.SOCKETS_PREFIX`), which a launcher killed with -9 leaves behind its link `<data dir>/mesh/sockets`:
 deleting the data directory removed the link and left the folder for good. It is removed only when it is such
 a folder of this user's and no launcher holds its lock (`stack.remove_left_sockets_folder`). Exit status 0
 done (or nothing to do), 3 a launcher still uses the data directory: nothing is removed, and `make clean`
