@@ -31,7 +31,7 @@ import shopmesh_platform.stack as stack_module
 from shopmesh_chassis.testing import LOCAL_STACK_PORTS, eventually, health_status
 from shopmesh_platform.logsink import ConsoleSink
 from shopmesh_platform.ports import PortInUse, PortPlan
-from shopmesh_platform.processes import StackError, signal_child, spawn
+from shopmesh_platform.processes import NotReady, StackError, signal_child, spawn
 from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import NATS, SMTP, ServiceSpec, Stack, start_waves
 from shopmesh_platform.topology import SERVICES
@@ -363,6 +363,22 @@ async def test_a_child_that_fails_with_its_port_free_is_not_started_again(tmp_pa
     with pytest.raises(StackError, match="early exited with status 3 before it was ready"):
         await stack.start()
     assert starts == ["started"]
+
+
+async def test_a_wave_whose_children_are_all_not_ready_in_time_fails_as_not_ready() -> None:
+    """A wave's children start together with the same --startup-timeout: on a busy machine several run out of it
+    in the same turn of the loop. Their errors were merged into a plain StackError, and make run left out its
+    advice for a NotReady (give --startup-timeout longer)."""
+
+    async def not_ready(name: str) -> None:
+        raise NotReady(f"{name} was not SERVING at 127.0.0.1:1 within 60s; it printed nothing")
+
+    with pytest.raises(NotReady) as failed:
+        await stack_module._all([not_ready("payments"), not_ready("inventory")])
+    assert str(failed.value) == (
+        "payments was not SERVING at 127.0.0.1:1 within 60s; it printed nothing\n\n"
+        "inventory was not SERVING at 127.0.0.1:1 within 60s; it printed nothing"
+    )
 
 
 async def test_children_start_whole_while_the_launcher_has_grpc_calls_in_flight() -> None:

@@ -1344,7 +1344,7 @@ async def undone_on_failure(undo: Callable[[], Awaitable[object]], failed: Calla
 
 async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
     """Run coroutines concurrently; the first failure cancels the others and is raised as itself (several
-    StackErrors are merged into one) rather than as an ExceptionGroup."""
+    StackErrors are merged into one, a NotReady when each is one) rather than as an ExceptionGroup."""
     try:
         async with asyncio.TaskGroup() as group:
             for coroutine in coroutines:
@@ -1352,7 +1352,8 @@ async def _all(coroutines: Sequence[Coroutine[Any, Any, None]]) -> None:
     except BaseExceptionGroup as failures:
         errors = [e for e in failures.exceptions if not isinstance(e, asyncio.CancelledError)]
         if errors and all(isinstance(e, StackError) for e in errors):
-            raise StackError("\n\n".join(str(e) for e in errors)) from errors[0]
+            merged = NotReady if all(isinstance(e, NotReady) for e in errors) else StackError
+            raise merged("\n\n".join(str(e) for e in errors)) from errors[0]
         raise errors[0] if errors else failures from None
 
 
