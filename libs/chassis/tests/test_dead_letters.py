@@ -393,6 +393,9 @@ def test_the_command_says_how_to_reach_the_local_stacks_nats_when_it_does_not_an
     assert "start it with `make run`" in line, line
     assert "no launcher's .data/stack.json is here" in line, line
     assert "--nats-url URL" in line, line
+    # `make deadletters`, the command the README names, unsets NATS_URL: the hint gave "(or NATS_URL)" as the
+    # way out, which make then dropped. It names make's own way to pass the flag.
+    assert 'make deadletters ARGS="--nats-url URL list"' in line, line
 
 
 @pytest.mark.parametrize(

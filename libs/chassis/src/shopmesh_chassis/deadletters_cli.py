@@ -277,9 +277,12 @@ def local_stack_hint(stack_file_ignored: bool = False) -> str:
         if stack_file_ignored
         else f"no launcher's {path} is here"
     )
+    # `make deadletters` unsets NATS_URL (a variable exported for something else must not redirect it), so the
+    # way out through make is its ARGS; NATS_URL only works for the command run directly.
     return (
         f"; that is the local stack's NATS, and {found}: start it with `make run` (run this from the directory it "
-        "runs in), or name another with --nats-url URL (or NATS_URL)"
+        'runs in), or name another with --nats-url URL (make deadletters ARGS="--nats-url URL list"; NATS_URL '
+        "too when run directly, not through make, which unsets it)"
     )
 
 
