@@ -73,10 +73,22 @@ def test_a_startup_timeout_that_never_or_always_expires_is_refused(timeout: str)
 
 def test_canary_option_takes_a_service_and_an_optional_weight() -> None:
     assert run.parse_args(["--mesh", "envoy", "--canary", "catalog:25"]).canary == Canary("catalog", 25)
-    assert run.parse_args(["--canary", "catalog"]).canary == Canary("catalog", 10)
+    assert run.parse_args(["--mesh", "envoy", "--canary", "catalog"]).canary == Canary("catalog", 10)
     for wrong in ("catalog:a-quarter", "nothing", "catalog-canary"):
         with pytest.raises(SystemExit):
-            run.parse_args(["--canary", wrong])
+            run.parse_args(["--mesh", "envoy", "--canary", wrong])
+
+
+def test_a_canary_without_the_mesh_is_refused_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    """`make run RUN_ARGS="--postgres --canary catalog:20"` (make help's example, without MESH=envoy) started a
+    throwaway PostgreSQL server, ran its initdb, and only then refused the canary, naming `--mesh envoy`, which
+    make spells MESH=envoy. The command line refuses it now, before anything starts, in make's words too."""
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(["--postgres", "--canary", "catalog:20"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "--canary needs --mesh envoy" in error, error
+    assert "make run MESH=envoy" in error, error
 
 
 def test_an_unknown_service_exits_1_naming_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -148,6 +148,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.free_ports and args.http_port not in (0, LOCAL_HTTP_PORT):
         parser.error("--http-port with --free-ports: the OS picks that port too (0 leaves the edge out)")
+    # Here, not only where the stack is built: that comes after --postgres has started its server and run initdb.
+    if args.canary is not None and args.mesh != ENVOY:
+        parser.error("--canary needs --mesh envoy (make run MESH=envoy): only the callers' sidecars split the calls")
     return args
 
 
