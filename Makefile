@@ -138,7 +138,7 @@ test: lint browser ## Lint, then every test (unit, contract, e2e, the storefront
 RUN_ARGS ?=
 # MESH=envoy: every service behind a real Envoy sidecar (mTLS with SPIFFE ids, the call graph as policy).
 MESH ?=
-run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset", MESH=envoy, RUN_ARGS="--postgres --canary catalog:20")
+run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset", MESH=envoy, MESH=envoy RUN_ARGS="--postgres --canary catalog:20")
 	$(VENV_BIN)/python -m shopmesh_platform.run $(if $(MESH),--mesh $(MESH)) $(RUN_ARGS)
 
 .PHONY: fault
