@@ -28,7 +28,7 @@ import pytest_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import shopmesh_platform.stack as stack_module
-from shopmesh_chassis.testing import LOCAL_STACK_PORTS, eventually, health_status
+from shopmesh_chassis.testing import LOCAL_STACK_PORTS, eventually, free_ports, health_status
 from shopmesh_platform.logsink import ConsoleSink
 from shopmesh_platform.ports import PortInUse, PortPlan
 from shopmesh_platform.processes import NotReady, StackError, signal_child, spawn
@@ -349,6 +349,53 @@ async def test_a_child_whose_port_a_connection_takes_as_it_starts_is_started_aga
         assert len(said) == 1, said
         if name == "alpha":
             assert await health_status(stack.address("alpha"), timeout=HEALTH_CALL_SECONDS) == SERVING
+
+
+@pytest.mark.timeout(300)
+async def test_a_restart_that_moves_the_metrics_port_is_started_again_once_a_connection_frees_the_new_one(
+    tmp_path: Path,
+) -> None:
+    # The ports a failed start waits for are the ones this start listens on: `env` moved METRICS_PORT, so
+    # the child's planned metrics port is free and the new one is the one the connection holds.
+    plan = PortPlan.free(["alpha"])
+    lines: list[tuple[str, str]] = []
+    stack = Stack(
+        tmp_path / "data",
+        ports=plan,
+        specs=sample_specs()[:1],
+        log_sink=lambda who, line: lines.append((who, line)),
+        # Only bounds a hang: on a loaded machine a Python child may print nothing for a minute.
+        startup_timeout=STARTUP_SECONDS,
+    )
+    [moved] = free_ports(1, plan.host)
+    async with stack:
+        await stack.kill_service("alpha")
+        with socket.socket() as server:
+            server.bind((plan.host, 0))
+            server.listen()
+            client = take_port_with_connection(plan.host, moved, server)
+            restarting = asyncio.create_task(stack.start_service("alpha", env={"METRICS_PORT": str(moved)}))
+            try:
+                await eventually(
+                    # A start that gave up says nothing more: its failure is what the test shows then.
+                    lambda: (
+                        restarting.done()
+                        or any(
+                            who == "launcher"
+                            and line.startswith(f"alpha could not listen: a client connection took port(s) {moved} ")
+                            for who, line in lines
+                        )
+                    ),
+                    "the launcher saying it starts alpha again once its new metrics port is free",
+                    # A Python child's start alone takes many seconds on a loaded machine.
+                    timeout=STARTUP_SECONDS,
+                )
+                assert not restarting.done(), restarting.exception()
+            finally:
+                close_without_time_wait(client)
+            await asyncio.wait_for(restarting, STARTUP_SECONDS)
+        assert stack.metrics_url("alpha") == f"http://{plan.host}:{moved}/metrics"
+        assert await health_status(stack.address("alpha"), timeout=HEALTH_CALL_SECONDS) == SERVING
 
 
 async def test_a_child_that_fails_with_its_port_free_is_not_started_again(tmp_path: Path) -> None:

@@ -403,9 +403,6 @@ class _Child:
     health_service: str | None
     address: str
     ready_url: tuple[int, str] | None = None
-    # The TCP ports it listens on (on the plan's host): a start that failed while a client connection held
-    # one is tried again.
-    ports: tuple[int, ...] = ()
     process: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
     # Set when the launcher stops it, so that its exit is not reported as a crash.
@@ -606,25 +603,22 @@ class Stack:
         if self.ports.nats_monitor is not None:
             argv += ["-m", str(self.ports.nats_monitor)]
         ready = None if self.ports.nats_monitor is None else (self.ports.nats_monitor, "/healthz")
-        listens = (self.ports.nats,) if self.ports.nats_monitor is None else (self.ports.nats, self.ports.nats_monitor)
         # /healthz answers 200 only once JetStream is ready too, not just the client port.
         address = f"{self.ports.host}:{self.ports.nats}"
-        return _Child(NATS, tuple(argv), dict(os.environ), None, address, ready, listens)
+        return _Child(NATS, tuple(argv), dict(os.environ), None, address, ready)
 
     def _sidecar_child(self, service: str) -> _Child:
         ports = self.ports.sidecar_of(service)
         argv = _envoy_argv(self._bootstrap_path(service))
         name = sidecar_name(service)
-        listens = (self.ports.ports_of(service).grpc, ports.admin, *ports.outbound.values())
-        return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"), listens)
+        return _Child(name, argv, dict(os.environ), None, self.ports.address(service), (ports.admin, "/ready"))
 
     def _http_api_child(self) -> _Child:
         assert self.ports.http is not None
         assert self.ports.http_admin is not None
         argv = _envoy_argv(self._http_api_bootstrap)
         address = f"{self.ports.host}:{self.ports.http}"
-        listens = (self.ports.http, self.ports.http_admin)
-        return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.ports.http_admin, "/ready"), listens)
+        return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.ports.http_admin, "/ready"))
 
     @property
     def _http_api_bootstrap(self) -> Path:
@@ -747,7 +741,7 @@ class Stack:
         host = self.ports.host
         argv = (sys.executable, "-m", module, "--host", host, "--port", str(port), "--dir", str(directory))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return _Child(name, argv, env, None, f"{host}:{port}", ports=(port,))
+        return _Child(name, argv, env, None, f"{host}:{port}")
 
     def _service_child(self, spec: ServiceSpec, shared: Mapping[str, str], extra: Mapping[str, str]) -> _Child:
         ports = self.ports.ports_of(spec.name)
@@ -778,19 +772,17 @@ class Stack:
         env.update(shared)
         env.update(spec.env)
         env.update(extra)
-        # The one it listens on, which the environment may have moved or turned off (as planned_ports reads it).
-        metrics = (port,) if (port := _metrics_port_of(env)) > 0 else ()
         # The stack health-checks the planned address, so the listening address is not overridable.
         # (In the mesh, directly, as a kubelet probes a meshed pod's app port: on its socket.)
         if socket_path is not None:
             env["GRPC_UNIX_SOCKET"] = str(socket_path)
             for variable in ("GRPC_HOST", "GRPC_PORT"):
                 env.pop(variable, None)
-            return _Child(spec.name, spec.argv, env, spec.health_service, f"unix:{socket_path}", ports=metrics)
+            return _Child(spec.name, spec.argv, env, spec.health_service, f"unix:{socket_path}")
         env.pop("GRPC_UNIX_SOCKET", None)
         env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(ports.grpc))
         address = f"{self.ports.host}:{ports.grpc}"
-        return _Child(spec.name, spec.argv, env, spec.health_service, address, ports=(ports.grpc, *metrics))
+        return _Child(spec.name, spec.argv, env, spec.health_service, address)
 
     # --- queries -----------------------------------------------------------------------------------
 
@@ -840,20 +832,34 @@ class Stack:
 
     def planned_ports(self) -> list[tuple[str, int]]:
         """The TCP ports this stack's processes listen on, each with whose it is (`<service> gRPC`)."""
+        return [(label, port) for _, label, port in self._listeners()]
+
+    def _listeners(self) -> list[tuple[str, str, int]]:
+        """planned_ports, each with the name of the process that binds it: read from the plan and each
+        service's environment as it is now (a restart's `env` may move its METRICS_PORT)."""
         plan = self.ports
-        planned: list[tuple[str, int | None]] = [("NATS", plan.nats), ("NATS monitoring", plan.nats_monitor)]
-        planned += [(f"the {name} sink", port) for name, port in self._sink_ports.items()]
+        planned: list[tuple[str, str, int | None]] = [
+            (NATS, "NATS", plan.nats),
+            (NATS, "NATS monitoring", plan.nats_monitor),
+        ]
+        planned += [(name, f"the {name} sink", port) for name, port in self._sink_ports.items()]
         if self._http_api is not None:
-            planned += [(EDGE_LABEL, plan.http), (f"{EDGE_LABEL}'s admin", plan.http_admin)]
+            planned += [(HTTP_API, EDGE_LABEL, plan.http), (HTTP_API, f"{EDGE_LABEL}'s admin", plan.http_admin)]
         for spec in self.specs:
             metrics = self._metrics_port(spec.name)
-            planned.append((f"{spec.name} gRPC", plan.ports_of(spec.name).grpc))
-            planned.append((f"{spec.name} metrics", metrics if metrics > 0 else None))
-            if spec.name in self._sidecars:
+            # Behind a sidecar, the service's gRPC port is the sidecar's inbound listener.
+            sidecar_child = self._sidecars.get(spec.name)
+            grpc_owner = spec.name if sidecar_child is None else sidecar_child.name
+            planned.append((grpc_owner, f"{spec.name} gRPC", plan.ports_of(spec.name).grpc))
+            planned.append((spec.name, f"{spec.name} metrics", metrics if metrics > 0 else None))
+            if sidecar_child is not None:
                 sidecar = plan.sidecar_of(spec.name)
-                planned.append((f"{spec.name} sidecar admin", sidecar.admin))
-                planned += [(f"{spec.name} sidecar to {callee}", port) for callee, port in sidecar.outbound.items()]
-        return [(label, port) for label, port in planned if port is not None]
+                planned.append((sidecar_child.name, f"{spec.name} sidecar admin", sidecar.admin))
+                planned += [
+                    (sidecar_child.name, f"{spec.name} sidecar to {callee}", port)
+                    for callee, port in sidecar.outbound.items()
+                ]
+        return [(owner, label, port) for owner, label, port in planned if port is not None]
 
     def app_address(self, name: str) -> str:
         """Where a service itself listens, as a gRPC target: its gRPC address; behind a sidecar `unix:<path>`,
@@ -1172,8 +1178,9 @@ class Stack:
         """The ports of `child` that a client connection holds (no server listens there, yet none can bind)."""
         return [
             (child.name, port)
-            for port in child.ports
-            if (error := bind_error(self.ports.host, port)) is not None
+            for owner, _, port in self._listeners()
+            if owner == child.name
+            and (error := bind_error(self.ports.host, port)) is not None
             and error.errno == errno.EADDRINUSE
             and not listening(self.ports.host, port)
         ]
