@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shopmesh_chassis.testing import DiallingFromItsTarget, free_ports
+from shopmesh_chassis.testing import DiallingFromItsTarget, accepts_connections, free_ports
 from shopmesh_chassis.testing.nats_server import wait_for_port
 
 
@@ -70,3 +70,18 @@ def test_a_readiness_probe_that_reaches_itself_says_nothing_listens_and_leaves_t
         server.bind(("127.0.0.1", port))
         server.listen()
         assert wait_for_port("127.0.0.1", port) is None
+
+
+def test_a_free_port_and_a_readiness_probe_on_the_ipv6_loopback_are_dialled_over_ipv6() -> None:
+    """A test or a plan may listen on "::1": an IPv4 socket cannot bind or dial it (the probe raised)."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError as exc:
+        pytest.fail(f"this machine has no IPv6 loopback (::1: {exc}); this test proves the helpers work there")
+    [port] = free_ports(1, "::1")
+    assert accepts_connections("::1", port) is False
+    with socket.socket(socket.AF_INET6) as server:
+        server.bind(("::1", port))
+        server.listen()
+        assert accepts_connections("::1", port) is True

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 from pathlib import Path
 
+from shopmesh_chassis.sockets import connected_to_a_server
 from shopmesh_chassis.testing import accepts_connections
 
 
@@ -30,14 +30,13 @@ async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.
 
     Polled while a child starts, a connect to its port may get that very port as its own end (the stack's ports
     lie in the kernel's ephemeral range) and reach itself: no server, and a socket that would hold the port the
-    child is about to bind. Such a connection is reset, which frees the port at once (accepts_connections)."""
+    child is about to bind. Such a connection is reset, which frees the port at once (connected_to_a_server)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
     except (OSError, TimeoutError):
         return None
-    if writer.get_extra_info("sockname") != writer.get_extra_info("peername"):
+    if connected_to_a_server(writer.get_extra_info("socket")):
         return reader, writer
-    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await _close(writer)
     return None
 
@@ -63,7 +62,9 @@ async def http_ok(host: str, port: int, path: str) -> bool:
     reader, writer = connection
     try:
         # HTTP/1.1: Envoy's admin interface refuses 1.0 (426).
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        # An IPv6 literal in brackets, as a Host header writes it (RFC 9110's uri-host).
+        authority = f"[{host}]" if ":" in host else host
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 1.0)
         return status_line.split()[1:2] == [b"200"]

@@ -9,7 +9,6 @@ import os
 import reprlib
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import RETRY_PUSHBACK
 from shopmesh_chassis.migrations import alembic_config
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
+from shopmesh_chassis.sockets import connected_to_a_server
 
 T = TypeVar("T")
 
@@ -82,13 +82,15 @@ def free_ports(count: int, host: str = "127.0.0.1", avoid: Container[int] = LOCA
     (gRPC on port 0, in a test beside this one) could get before the caller binds it."""
     # Every socket stays bound until all are picked, so the OS cannot hand out one port twice.
     floor = _reusable_picks_end()
+    # IPv6 for an IPv6 host ("::1"): an IPv4 socket cannot bind it.
+    [(family, _, _, _, address), *_] = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
     with contextlib.ExitStack() as held:
         picked: list[int] = []
         for _ in range(count * 100):
             if len(picked) == count:
                 return picked
-            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
+            sock = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            sock.bind(address)
             port = int(sock.getsockname()[1])
             if port not in avoid and port >= floor and _claim(port):
                 picked.append(port)
@@ -119,24 +121,15 @@ class DiallingFromItsTarget(socket.socket):
 
 
 def accepts_connections(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether a server listens on `host`:`port`, asked without taking the port from a server about to bind it.
-
-    Linux may give a connect to a port nobody listens on yet, as its own end, that very port (free_ports' ports
-    lie in the ephemeral range connects are served from): the connection reaches itself and looks accepted, and
-    the probe's socket, held or in TIME_WAIT for a minute once closed, keeps the server from binding its port.
-    Such a connection is reset, which frees the port at once, and counts as nothing listening. Once a server
-    listens there, no connect can get the port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        if sock.connect_ex((host, port)) != 0:
-            return False
-        try:
-            reached_itself = sock.getsockname() == sock.getpeername()
-        except OSError:  # reset already: whoever accepted it is gone
-            return False
-        if reached_itself:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        return not reached_itself
+    """Whether a server listens on `host`:`port` (at any of its addresses, IPv4 or IPv6: "::1" is dialled over
+    IPv6), asked without taking the port from a server about to bind it: a connection that reached itself counts
+    as nothing listening, and is reset (`shopmesh_chassis.sockets.connected_to_a_server`)."""
+    for family, _, _, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            if sock.connect_ex(address) == 0 and connected_to_a_server(sock):
+                return True
+    return False
 
 
 async def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
