@@ -44,7 +44,7 @@ from shopmesh_chassis.deadletters import (
     is_consumer_name,
 )
 from shopmesh_chassis.events import EVENT_TYPE, InvalidNatsUrl, parse_nats_url, shown_nats_url
-from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, running_stack, stack_file
+from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, LocalAddress, local_address, stack_file
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
 
@@ -117,7 +117,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # Whether the NATS is a running launcher's (named on stderr): no hint that no launcher is here, then.
     args.nats_of_running_stack = False
     if args.nats_url is None:
-        args.nats_url, args.stack_file_ignored, args.nats_of_running_stack = local_nats_url()
+        local = local_nats_url()
+        args.nats_url = local.address
+        args.stack_file_ignored = local.file_ignored
+        args.nats_of_running_stack = local.of_running_stack
     try:
         parse_nats_url(args.nats_url)
     except InvalidNatsUrl as exc:
@@ -254,16 +257,15 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         await client.close()
 
 
-def local_nats_url() -> tuple[str, bool, bool]:
+def local_nats_url() -> LocalAddress:
     """The running local stack's NATS (on whatever port `--free-ports` gave it, the topology's local one too),
     said on stderr so that `list --json` stays one document; else the topology's local port, as before the
     launcher wrote its file. Also whether a file was there and ignored (said on stderr too: a killed launcher's,
     an unreadable one, a copy of another directory's), and whether the URL is a running launcher's."""
-    stack = running_stack(err=sys.stderr)
-    if stack is None:
-        return LOCAL_NATS_URL, stack_file(DEFAULT_DATA_DIR).exists(), False
-    print(f"NATS at {shown_nats_url(stack.nats_url)}: {stack.said()}", file=sys.stderr)
-    return stack.nats_url, False, True
+    # A stack always has its NATS: `runs_no` is never said.
+    return local_address(
+        sys.stderr, "NATS", lambda stack: stack.nats_url, LOCAL_NATS_URL, runs_no="NATS", shown=shown_nats_url
+    )
 
 
 def local_stack_hint(stack_file_ignored: bool = False) -> str:

@@ -90,6 +90,18 @@ def running_stack(data_dir: Path = DEFAULT_DATA_DIR, err: TextIO | None = None) 
     """The stack whose launcher wrote `data_dir`'s file and still runs; None without a file, and None with one
     line on `err` for a file that cannot be read or whose launcher is gone (its addresses may be anyone's by now).
     """
+    return _read(data_dir, err).stack
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What `data_dir`'s file gave: its running stack, or none; and whether there was a file, ignored (said)."""
+
+    stack: LocalStack | None
+    ignored: bool = False
+
+
+def _read(data_dir: Path, err: TextIO | None) -> _Read:
     path = stack_file(data_dir)
     try:
         raw = json.loads(path.read_text())
@@ -106,19 +118,31 @@ def running_stack(data_dir: Path = DEFAULT_DATA_DIR, err: TextIO | None = None) 
         started = raw.get("started")
         written_in = raw.get("data_dir")
     except FileNotFoundError:
-        return None
+        return _Read(None)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         _say(err, f"ignoring {path}: not a stack file the launcher wrote ({type(exc).__name__}: {exc})")
-        return None
+        return _Read(None, ignored=True)
     if not _same_process(stack.pid, started):
         _say(err, f"ignoring {path}: its launcher (pid {stack.pid}) is gone; using the local ports")
-        return None
+        return _Read(None, ignored=True)
     if written_in is not None and not _same_directory(str(written_in), data_dir):
         # A copy (a checkout copied with its .data while a stack ran): its live pid is another directory's
         # stack, and a tool run here would act on that one.
         _say(err, f"ignoring {path}: it was written for {written_in}, not this directory; using the local ports")
-        return None
-    return stack
+        return _Read(None, ignored=True)
+    return _Read(stack)
+
+
+@dataclass(frozen=True)
+class LocalAddress:
+    """Where a tool given no address of its own goes (`local_address`), and why."""
+
+    address: str
+    # The running local stack's (named on the tool's stderr); else the default.
+    of_running_stack: bool
+    # A stack file was there but was ignored (said on stderr): unreadable, its launcher gone, or a copy of
+    # another directory's. A hint must not say there is none.
+    file_ignored: bool
 
 
 def stack_address(
@@ -136,17 +160,32 @@ def stack_address(
     <address>: <which stack>`, or `<which stack> runs no <runs_no>; using <default>` when the stack started
     without it. `shown` is how a line may show an address (a NATS URL's credentials masked). Without a running
     stack nothing is said, unless `without` says whose `default` is: `<name> at <default>: <without>`."""
-    stack = running_stack(err=err)
+    return local_address(err, name, address, default, runs_no=runs_no, shown=shown, without=without).address
+
+
+def local_address(
+    err: TextIO,
+    name: str,
+    address: Callable[[LocalStack], str | None],
+    default: str,
+    *,
+    runs_no: str,
+    shown: Callable[[str], str] = str,
+    without: str | None = None,
+) -> LocalAddress:
+    """`stack_address`, with whether the address is the running stack's and whether a file was ignored."""
+    read = _read(DEFAULT_DATA_DIR, err)
+    stack = read.stack
     if stack is None:
         if without is not None:
             _say(err, f"{name} at {shown(default)}: {without}")
-        return default
+        return LocalAddress(default, of_running_stack=False, file_ignored=read.ignored)
     found = address(stack)
     if found is None:
         _say(err, f"{stack.said()} runs no {runs_no}; using {shown(default)}")
-        return default
+        return LocalAddress(default, of_running_stack=False, file_ignored=False)
     _say(err, f"{name} at {shown(found)}: {stack.said()}")
-    return found
+    return LocalAddress(found, of_running_stack=True, file_ignored=False)
 
 
 def _same_directory(written_in: str, data_dir: Path) -> bool:
