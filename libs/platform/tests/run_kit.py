@@ -105,6 +105,24 @@ async def ctrl_c(process: Process) -> str:
     return rest.decode()
 
 
+async def ctrl_c_until_it_stops(process: Process, lines: list[str]) -> None:
+    """Ctrl-C, once: returns once the launcher says it stops (its lines kept in `lines`), to be signalled again."""
+    assert process.stdout is not None
+    process.send_signal(signal.SIGINT)
+    await asyncio.wait_for(
+        read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
+    )
+
+
+async def second_ctrl_c_killing(process: Process, postmaster: int) -> bytes:
+    """The second Ctrl-C, while the stop waits at the held PostgreSQL server `postmaster`: it must kill the server;
+    returns the rest of the launcher's output once it exited."""
+    process.send_signal(signal.SIGINT)
+    await eventually(lambda: gone(postmaster), "the held PostgreSQL server killed by the second Ctrl-C")
+    rest, _ = await asyncio.wait_for(process.communicate(), 60)
+    return rest
+
+
 def tool_env() -> dict[str, str]:
     """The environment `make` runs the tools in: no NATS_URL (`make deadletters` unsets it), nor a Secret's."""
     return {name: value for name, value in os.environ.items() if name not in ("NATS_URL", "SECRETS_DIR")}

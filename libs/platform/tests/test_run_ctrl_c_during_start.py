@@ -21,14 +21,15 @@ from .run_kit import (
     _stat,
     assert_nothing_left,
     ctrl_c,
+    ctrl_c_until_it_stops,
     descendants,
-    gone,
     launched,
     launcher,
     pending_signals,
     postmaster_of,
     read_until,
     said_by,
+    second_ctrl_c_killing,
     start_launcher,
     stop_launcher,
     throwaway_folders,
@@ -162,9 +163,7 @@ async def test_a_second_ctrl_c_during_an_interrupted_start_kills_the_throwaway_p
             await eventually(
                 lambda: signal.SIGINT in pending_signals(postmaster), "the stop's SIGINT waiting at the server"
             )
-            process.send_signal(signal.SIGINT)
-            await eventually(lambda: gone(postmaster), "the held PostgreSQL server killed by the second Ctrl-C")
-            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+            rest = await second_ctrl_c_killing(process, postmaster)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(postmaster, signal.SIGCONT)
@@ -212,10 +211,7 @@ async def test_a_second_ctrl_c_during_initdb_says_there_is_nothing_to_kill_yet(
     try:
         await asyncio.wait_for(read_until(process.stdout, lambda line: line == "initdb held", lines, "initdb"), 60)
         try:
-            process.send_signal(signal.SIGINT)
-            await asyncio.wait_for(
-                read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
-            )
+            await ctrl_c_until_it_stops(process, lines)
             process.send_signal(signal.SIGINT)
             await asyncio.wait_for(
                 read_until(process.stdout, lambda line: "SIGINT again" in line, lines, "the second Ctrl-C"), 60
@@ -244,10 +240,7 @@ async def held_through_ctrl_c(
     try:
         os.kill(held, signal.SIGSTOP)
         await eventually(lambda: pending in pending_signals(held), waiting)
-        process.send_signal(signal.SIGINT)
-        await asyncio.wait_for(
-            read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
-        )
+        await ctrl_c_until_it_stops(process, lines)
         yield
     finally:
         with contextlib.suppress(ProcessLookupError):

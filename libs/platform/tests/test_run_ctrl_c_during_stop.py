@@ -19,15 +19,15 @@ from .run_kit import (
     PATIENT_LAUNCHER,
     _stat,
     assert_nothing_left,
+    ctrl_c_until_it_stops,
     database_port,
     descendants,
-    gone,
     launched,
     launcher,
     pending_signals,
     postmaster_of,
-    read_until,
     read_until_ready,
+    second_ctrl_c_killing,
     stop_launcher,
     stop_left_behind,
     table_rows,
@@ -43,10 +43,7 @@ async def test_a_second_ctrl_c_during_the_stop_kills_the_rest_and_blames_no_proc
         # The sink held (SIGSTOP) cannot end on the stop's SIGTERM: the stop waits at it (up to its timeout),
         # so the second Ctrl-C, sent once the launcher said it stops, lands before NATS's turn.
         os.kill(traces, signal.SIGSTOP)
-        process.send_signal(signal.SIGINT)
-        await asyncio.wait_for(
-            read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
-        )
+        await ctrl_c_until_it_stops(process, lines)
         process.send_signal(signal.SIGINT)
         rest, _ = await asyncio.wait_for(process.communicate(), 60)
     said = rest.decode()
@@ -87,17 +84,12 @@ async def test_a_second_ctrl_c_kills_the_throwaway_postgresql_too_rather_than_wa
                 traces = int(table_rows(lines)["traces"]["pid"])
                 os.kill(traces, signal.SIGSTOP)
                 held.append(traces)
-            process.send_signal(signal.SIGINT)
-            await asyncio.wait_for(
-                read_until(process.stdout, lambda line: "SIGINT: stopping" in line, lines, "it said it stops"), 60
-            )
+            await ctrl_c_until_it_stops(process, lines)
             if during == "PostgreSQL's stop":
                 await eventually(
                     lambda: signal.SIGINT in pending_signals(postmaster), "the stop's SIGINT waiting at the server"
                 )
-            process.send_signal(signal.SIGINT)
-            await eventually(lambda: gone(postmaster), "the held PostgreSQL server killed by the second Ctrl-C")
-            rest, _ = await asyncio.wait_for(process.communicate(), 60)
+            rest = await second_ctrl_c_killing(process, postmaster)
         finally:
             for pid in held:
                 with contextlib.suppress(ProcessLookupError):
