@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.wiring import Users, build
@@ -76,6 +77,29 @@ async def running(settings: UsersSettings, clock: FakeClock) -> AsyncIterator[tu
     finally:
         await users.passwords.close()
         await users.database.dispose()
+
+
+@asynccontextmanager
+async def serving(
+    settings: UsersSettings, clock: FakeClock
+) -> AsyncIterator[tuple[Users, ChassisServer, UsersServiceAsyncStub]]:
+    """The service on a real gRPC socket; the test may stop it (`stop`) and run its shutdown hooks itself."""
+    users = await build(settings, clock)
+    server = ChassisServer(settings, [users.binding])
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            yield users, server, users_pb2_grpc.UsersServiceStub(channel)
+    finally:
+        await stop(server)
+        await users.passwords.close()
+        await users.database.dispose()
+
+
+async def stop(server: ChassisServer) -> None:
+    """Drain `server`, once however often it is asked."""
+    server.request_drain()
+    await server.wait_stopped()
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -44,6 +45,8 @@ Clock = Callable[[], datetime]
 KeyCondition = Callable[[Sequence[SigningKey], datetime], bool]
 # The change: the key to add and those to retire or delete.
 KeyPlan = Callable[[Sequence[SigningKey], KeyMaterial, datetime], Rotation]
+
+T = TypeVar("T")
 
 
 class KeysKeptChanging(RuntimeError):
@@ -88,6 +91,9 @@ class UsersApplication:
         self._clock = clock
         # None: logins are not throttled per e-mail (the revoke-keys command, which logs nobody in).
         self._login_throttle = login_throttle
+        # Give-backs of login attempts while they run. Shielded, they outlive a login cancelled while it awaits
+        # them, and then nothing else awaits them: `settle_login_attempts` does, at shutdown.
+        self._attempt_writes: set[asyncio.Task[Any]] = set()
 
     # --- accounts ----------------------------------------------------------------------------------
 
@@ -166,24 +172,44 @@ class UsersApplication:
         raise Aborted("concurrent logins for this e-mail address; retry", reason="CONCURRENT_UPDATE")
 
     async def _give_back_login_attempt(self, key: str) -> None:
-        """Best effort, and shielded: it runs while the login unwinds from its own error or cancellation, which
-        is what the caller must get, not a failure (or a second cancel) of this write. Lost, the attempt stays
-        taken until the bucket refills."""
-        assert self._login_throttle is not None
-        throttle = self._login_throttle
+        """Shielded: it runs while the login unwinds from its own error or cancellation, which is what the caller
+        must get, not a failure (or a second cancel) of this write."""
+        await asyncio.shield(self._attempt_write(self._give_back(key)))
 
-        async def give_back() -> None:
+    async def _give_back(self, key: str) -> None:
+        """Best effort: lost, the attempt stays taken until the bucket refills."""
+        assert self._login_throttle is not None
+        try:
             async with self._database.transaction() as session:
                 attempts = LoginAttemptRepository(session)
                 stored = await attempts.locked(key)
                 if stored is not None:  # none: a success forgot it, or it was pruned; full either way
-                    await attempts.replace(key, throttle.give_back(stored, self._clock()))
-
-        try:
-            await asyncio.shield(give_back())
+                    await attempts.replace(key, self._login_throttle.give_back(stored, self._clock()))
         except (SQLAlchemyError, DatabaseUnreachable) as error:
             # The type only: a database error's text may carry the statement's parameters.
             log.warning("login attempt not given back (%s); it stays taken until it refills", type(error).__name__)
+
+    def _attempt_write(self, write: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """`write` as a task of its own, kept in `_attempt_writes` until it ends."""
+        task = asyncio.get_running_loop().create_task(write)
+        self._attempt_writes.add(task)
+        task.add_done_callback(self._attempt_writes.discard)
+        return task
+
+    async def settle_login_attempts(self) -> None:
+        """At shutdown, once the server has stopped and before the database closes: wait for the give-backs
+        that logins cancelled meanwhile left running, so that the event loop's end does not cut them
+        off (an attempt left taken, or "Task was destroyed but it is pending"). Bounded by the shutdown hooks'
+        budget (SHUTDOWN_HOOKS_BUDGET_SECONDS): cut off there, the writes still running are cancelled (rolled
+        back), their attempts left taken until they refill."""
+        try:
+            while self._attempt_writes:
+                log.info("waiting for %d login attempt write(s) of ended logins", len(self._attempt_writes))
+                await asyncio.wait(set(self._attempt_writes))
+        except asyncio.CancelledError:
+            for task in self._attempt_writes:
+                task.cancel()
+            raise
 
     async def _forget_login_attempts(self, key: str) -> None:
         """After the right password. Best effort, as the hash upgrade: the password was checked and right, so a

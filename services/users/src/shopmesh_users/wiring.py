@@ -44,6 +44,20 @@ class Users:
     pruner: Periodic
     binding: ServiceBinding
 
+    @property
+    def shutdown_hooks(self) -> list[app.ShutdownHook]:
+        """What to close once the server has stopped, in order. The rotator and the pruner first, and the login
+        attempts that cancelled logins left being written: each must finish its transaction before the database
+        closes. A hash whose caller gave up can outlive the server's drain: waited for within the hooks'
+        budget."""
+        return [
+            self.rotator.stop,
+            self.pruner.stop,
+            self.passwords.close,
+            self.application.settle_login_attempts,
+            self.database.dispose,
+        ]
+
 
 def key_policy(settings: UsersSettings) -> KeyPolicy:
     return KeyPolicy(
@@ -115,9 +129,7 @@ async def _main() -> None:
         settings,
         [users.binding],
         tracer_provider=provider,
-        # The rotator and the pruner first: they must finish their transactions before the database closes. A
-        # hash whose caller gave up can outlive the server's drain: waited for within the hooks' budget.
-        on_shutdown=[users.rotator.stop, users.pruner.stop, users.passwords.close, users.database.dispose],
+        on_shutdown=users.shutdown_hooks,
     )
 
 

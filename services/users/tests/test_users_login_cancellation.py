@@ -1,0 +1,98 @@
+"""Logins cancelled (a client's deadline or cancel, which the gateway passes on) while their attempt is being
+taken or given back, over a real gRPC socket on a real SQLite database: the attempt ends up given back, and
+the service's shutdown does not cut the write off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shopmesh.users.v1 import users_pb2
+from shopmesh_chassis.app import run_shutdown_hooks
+from shopmesh_chassis.server import ChassisServer
+from shopmesh_chassis.testing import eventually
+from shopmesh_users.domain.failed_logins import Attempts
+from shopmesh_users.passwords import Passwords
+from shopmesh_users.store.repository import LoginAttemptRepository, UserRepository
+
+from .conftest import PASSWORD, FakeClock, login, register, running, serving, stop, users_settings
+
+LOGIN = users_pb2.LoginRequest(email="ann@example.com", password=PASSWORD)
+CANCELLED_LOGINS = {
+    "grpc_type": "unary",
+    "grpc_service": "shopmesh.users.v1.UsersService",
+    "grpc_method": "Login",
+    "grpc_code": "CANCELLED",
+}
+
+
+def cancelled_logins(server: ChassisServer) -> float:
+    return server.metrics.registry.get_sample_value("grpc_server_handled_total", CANCELLED_LOGINS) or 0.0
+
+
+async def test_the_shutdown_waits_for_the_attempt_a_login_cancelled_twice_is_giving_back(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A login cancelled while its hash runs gives its attempt back in a write of its own, shielded so that the
+    caller gets its cancellation and not the write's. Cancelled again while that write waits for the database,
+    the login ends and nothing awaits the write: the shutdown hooks must, before the database closes and the
+    event loop ends, or the attempt stays taken. With one attempt, the right password is then refused."""
+    hashing, finish = threading.Event(), threading.Event()
+    give_back_waits, database_answers = asyncio.Event(), asyncio.Event()
+    handlers: list[asyncio.Task[Any]] = []
+    verify = Passwords._verify
+    locked = LoginAttemptRepository.locked
+    account_by_email = UserRepository.account_by_email
+
+    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        hashing.set()
+        finish.wait(30)
+        return verify(self, password_hash, password)
+
+    async def handler_account_by_email(self: UserRepository, email: str) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        return await account_by_email(self, email)
+
+    async def slow_give_back_lock(self: LoginAttemptRepository, key: str) -> Attempts | None:
+        if handlers:  # the login's take came before its password check; only its give-back comes after
+            give_back_waits.set()
+            await database_answers.wait()
+        return await locked(self, key)
+
+    settings = users_settings(tmp_path, login_failure_burst=1, login_failure_refill_seconds=3600)
+    try:
+        async with serving(settings, clock) as (users, server, stub):
+            await register(stub)
+            monkeypatch.setattr(Passwords, "_verify", held_verify)
+            monkeypatch.setattr(UserRepository, "account_by_email", handler_account_by_email)
+            monkeypatch.setattr(LoginAttemptRepository, "locked", slow_give_back_lock)
+            call = stub.Login(LOGIN)
+            await eventually(hashing.is_set, "the login's hash started")
+            call.cancel()
+            await eventually(give_back_waits.is_set, "the cancelled login began giving its attempt back")
+            handlers[0].cancel()
+            await eventually(handlers[0].done, "the login cancelled again ended")
+            finish.set()
+            await stop(server)
+            with caplog.at_level(logging.INFO, "shopmesh.users"):
+                hooks = asyncio.create_task(run_shutdown_hooks(users.shutdown_hooks, 30))
+                await eventually(
+                    lambda: hooks.done() or "waiting for 1 login attempt write(s)" in caplog.text,
+                    "the shutdown hooks ended or waited for the give-back",
+                )
+                assert not hooks.done(), "the shutdown hooks ended while an attempt was still being given back"
+                database_answers.set()
+                assert await hooks == []
+            monkeypatch.undo()
+    finally:
+        finish.set()
+        database_answers.set()
+    async with running(settings, clock) as (_, restarted):
+        assert (await login(restarted)).access_token, "the attempt was given back before the shutdown ended"
