@@ -4,6 +4,7 @@ write through the store, each database step in its own short transaction."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,8 +92,8 @@ class UsersApplication:
         self._clock = clock
         # None: logins are not throttled per e-mail (the revoke-keys command, which logs nobody in).
         self._login_throttle = login_throttle
-        # Give-backs of login attempts while they run. Shielded, they outlive a login cancelled while it awaits
-        # them, and then nothing else awaits them: `settle_login_attempts` does, at shutdown.
+        # Takes and give-backs of login attempts while they run. Shielded, they outlive a login cancelled while it
+        # awaits them, and then nothing else awaits them: `settle_login_attempts` does, at shutdown.
         self._attempt_writes: set[asyncio.Task[Any]] = set()
 
     # --- accounts ----------------------------------------------------------------------------------
@@ -153,7 +154,19 @@ class UsersApplication:
         return IssuedToken(sign_access_token(claims, key), claims.expires_at, account.user.id)
 
     async def _take_login_attempt(self, key: str) -> float:
-        """Take one of the e-mail's attempts: 0.0, or the seconds until one may be taken (nothing taken)."""
+        """Take one of the e-mail's attempts: 0.0, or the seconds until one may be taken (nothing taken).
+
+        Shielded: a deadline or cancellation can come while the transaction commits, after the database has
+        applied the COMMIT and before its answer is back (PostgreSQL), and the attempt would stay taken by a call
+        that failed. The take runs on instead, and once it has ended an attempt it took is given back."""
+        taking = self._attempt_write(self._take(key))
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            taking.add_done_callback(functools.partial(self._give_back_if_taken, key))
+            raise
+
+    async def _take(self, key: str) -> float:
         assert self._login_throttle is not None
         async with self._database.transaction() as session:
             attempts = LoginAttemptRepository(session)
@@ -170,6 +183,19 @@ class UsersApplication:
                 if await attempts.add(key, taken.stored):
                     return 0.0
         raise Aborted("concurrent logins for this e-mail address; retry", reason="CONCURRENT_UPDATE")
+
+    def _give_back_if_taken(self, key: str, taking: asyncio.Task[float]) -> None:
+        """The end of a take whose login was cancelled meanwhile: the attempt goes back if it was taken. Once, and
+        only then: a give-back of an attempt never taken would hand out one more guess."""
+        if taking.cancelled():
+            return
+        if (error := taking.exception()) is not None:
+            # Retrieved here, as nobody awaits it any more. The type only: a database error's text may carry the
+            # statement's parameters.
+            log.warning("login attempt of a cancelled login not taken (%s)", type(error).__name__)
+            return
+        if taking.result() == 0.0:
+            self._attempt_write(self._give_back(key))
 
     async def _give_back_login_attempt(self, key: str) -> None:
         """Shielded: it runs while the login unwinds from its own error or cancellation, which is what the caller
@@ -197,8 +223,8 @@ class UsersApplication:
         return task
 
     async def settle_login_attempts(self) -> None:
-        """At shutdown, once the server has stopped and before the database closes: wait for the give-backs
-        that logins cancelled meanwhile left running, so that the event loop's end does not cut them
+        """At shutdown, once the server has stopped and before the database closes: wait for the takes and
+        give-backs that logins cancelled meanwhile left running, so that the event loop's end does not cut them
         off (an attempt left taken, or "Task was destroyed but it is pending"). Bounded by the shutdown hooks'
         budget (SHUTDOWN_HOOKS_BUDGET_SECONDS): cut off there, the writes still running are cancelled (rolled
         back), their attempts left taken until they refill."""
