@@ -24,7 +24,7 @@ from shopmesh.users.v1.users_pb2_grpc import UsersServiceStub, add_UsersServiceS
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.errors import ResourceExhausted
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.server import ServiceBinding
+from shopmesh_chassis.server import ChassisServer, ServiceBinding
 from shopmesh_chassis.testing import eventually, free_port, serve_in_process
 from shopmesh_users.application import UsersApplication
 from shopmesh_users.passwords import BUSY_REASON, Passwords
@@ -44,6 +44,7 @@ from .conftest import (
     published_kids,
     register,
     running,
+    serving,
     users_settings,
     violations_of,
 )
@@ -561,6 +562,58 @@ async def test_logins_whose_callers_give_up_never_run_more_hashes_at_once_than_p
     finally:
         finish.set()
     assert running_hashes.most == 1
+
+
+LOGIN_METHOD = {"grpc_type": "unary", "grpc_service": "shopmesh.users.v1.UsersService", "grpc_method": "Login"}
+
+
+def login_sample(server: ChassisServer, name: str, **labels: str) -> float:
+    """A Login series of the server's metrics, as the chassis exports them."""
+    return server.metrics.registry.get_sample_value(name, {**LOGIN_METHOD, **labels}) or 0.0
+
+
+async def test_a_login_refused_for_a_full_hashing_queue_counts_as_shed_and_a_throttled_one_does_not(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PASSWORD_HASHING_BUSY is the service out of capacity, as the chassis' GRPC_MAX_CONCURRENT_RPCS shedding is:
+    counted in shopmesh_grpc_server_shed_total, which the server-errors alert and the availability SLO read
+    beside the server error codes. TOO_MANY_LOGIN_ATTEMPTS, the same code, is a throttle the caller brought on
+    itself: not shed."""
+    hashing, finish = threading.Event(), threading.Event()
+    verify = Passwords._verify
+
+    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        hashing.set()
+        finish.wait(30)
+        return verify(self, password_hash, password)
+
+    settings = users_settings(
+        tmp_path,
+        password_hash_concurrency=1,
+        password_hash_queue=0,
+        login_failure_burst=1,
+        login_failure_refill_seconds=3600,
+    )
+    try:
+        async with serving(settings, clock) as (_, server, stub):
+            user = await register(stub)
+            monkeypatch.setattr(Passwords, "_verify", held_verify)
+            holding = asyncio.ensure_future(login(stub))
+            await eventually(hashing.is_set, "the first login's hash started")
+            busy = await error_of(login(stub, email="bob@example.com"))
+            finish.set()
+            assert (await holding).user_id == user.id
+            assert (await error_of(login(stub, email="carl@example.com"))).reason == "INVALID_CREDENTIALS"
+            throttled = await error_of(login(stub, email="carl@example.com"))
+            assert (busy.code, busy.reason, throttled.reason) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                BUSY_REASON,
+                "TOO_MANY_LOGIN_ATTEMPTS",
+            )
+            assert login_sample(server, "grpc_server_handled_total", grpc_code="RESOURCE_EXHAUSTED") == 2
+            assert login_sample(server, "shopmesh_grpc_server_shed_total") == 1
+    finally:
+        finish.set()
 
 
 # --- GetUser ---------------------------------------------------------------------------------------

@@ -210,15 +210,17 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         code = grpc.StatusCode.OK
         start = time.perf_counter()
         admitted = not limited or self._admit()
-        # Answered SERVER_OVERLOADED, here or (relayed) by a dependency: the server's failure, under a code that
-        # a rate limit answers too, so counted apart (ServerMetrics' shed counter).
-        shed = not admitted
+        # Shed: here, by the handler (a ResourceExhausted raised `shed=True`), or (relayed SERVER_OVERLOADED) by a
+        # dependency: the server's failure, under a code that a rate limit answers too, so counted apart
+        # (ServerMetrics' shed counter).
+        shed = False
         try:
             if not admitted:
                 raise errors.ResourceExhausted(
                     f"the server is handling its limit of {self._max_in_flight} calls; retry shortly",
                     reason=errors.SERVER_OVERLOADED,
                     retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
+                    shed=True,
                 )
             if parse is not None:
                 request = _parsed(parse, request)
@@ -231,6 +233,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             await self._abort(context, to_grpc_status(stored), final=exc.final)
         except errors.DomainError as exc:
             code = status_code_for(exc)
+            shed = isinstance(exc, errors.ResourceExhausted) and exc.shed
             final = getattr(exc, "final", False)
             await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)), final=final)
         except grpc.aio.AbortError:

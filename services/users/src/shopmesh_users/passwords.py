@@ -67,6 +67,8 @@ class Passwords:
                 "too many password checks at once; retry shortly",
                 reason=BUSY_REASON,
                 retry_after_seconds=BUSY_RETRY_AFTER_SECONDS,
+                # The service's capacity, not the caller's quota: counted as the chassis' load shedding is.
+                shed=True,
             )
         # The event loop is one thread: counting needs no lock.
         self._admitted += 1
