@@ -376,6 +376,38 @@ async def test_a_login_whose_attempt_cannot_be_taken_is_refused_unavailable_befo
         assert (await login(stub)).user_id == user.id
 
 
+async def no_bucket(_self: LoginAttemptRepository, _key: str) -> None:
+    return None
+
+
+async def another_replica_stored_it(_self: LoginAttemptRepository, _key: str, _attempts: object) -> bool:
+    return False
+
+
+async def test_a_login_whose_attempt_loses_three_races_is_aborted_concurrent_update_retryable_and_unhashed(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each round another replica stores the address's first bucket between this one's read and its insert (and
+    a success forgets it again): after three, ABORTED CONCURRENT_UPDATE with ErrorInfo, as the chassis answers
+    a lost race (ABORTED: retry the whole call; no RetryInfo), nothing taken and no password hashed."""
+    settings = users_settings(tmp_path, login_failure_burst=1, login_failure_refill_seconds=3600)
+    async with running(settings, clock) as (_, stub):
+        user = await register(stub)
+        with monkeypatch.context() as patched:
+            patched.setattr(LoginAttemptRepository, "locked", no_bucket)
+            patched.setattr(LoginAttemptRepository, "add", another_replica_stored_it)
+            patched.setattr(Passwords, "verify", verify_busy)  # would answer PASSWORD_HASHING_BUSY if reached
+            aborted = await error_of(login(stub))
+        assert aborted.error_info is not None
+        assert (aborted.code, aborted.reason, aborted.error_info.domain, aborted.retry_delay_seconds) == (
+            grpc.StatusCode.ABORTED,
+            "CONCURRENT_UPDATE",
+            "shopmesh.users",
+            None,
+        )
+        assert (await login(stub)).user_id == user.id, "the one attempt was not taken"
+
+
 async def test_logins_given_up_while_waiting_for_or_running_their_hash_spend_no_attempt(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
