@@ -69,6 +69,9 @@ class PortPlan:
     # interface; None: none (started only with the gateway).
     http: int | None = None
     http_admin: int | None = None
+    # The IP address the edge connects to the gateway from (`make run`: LOCAL_EDGE_SOURCE, which the gateway
+    # trusts as its proxy); None: the one the OS picks, the plan's host, as any local client's.
+    edge_source: str | None = None
 
     @classmethod
     def local(cls, *, mesh: bool = False, canary: str | None = None) -> PortPlan:

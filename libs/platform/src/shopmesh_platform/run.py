@@ -74,7 +74,15 @@ from .stack import (
     undone_on_failure,
     written_by_stack,
 )
-from .topology import LOCAL_HTTP_PORT, SERVICES, canary_name, is_edge, methods_called, service_callers
+from .topology import (
+    LOCAL_EDGE_SOURCE,
+    LOCAL_HTTP_PORT,
+    SERVICES,
+    canary_name,
+    is_edge,
+    methods_called,
+    service_callers,
+)
 
 READY_LINE = "shopmesh is running. Ctrl-C stops everything."
 # The throwaway PostgreSQL server, as messages name it.
@@ -187,6 +195,11 @@ def port_plan(
         plan = dataclasses.replace(plan, http=None, http_admin=None)
     elif not free:
         plan = dataclasses.replace(plan, http=http_port)
+    # Under the mesh the edge calls the gateway's sidecar, and only the sidecar reaches the gateway (`unix`).
+    # Where LOCAL_EDGE_SOURCE cannot be bound (not Linux: macOS has only 127.0.0.1 on loopback), the edge
+    # comes from the plan's host as every local client does.
+    if plan.http is not None and plan.mesh is None and bind_error(LOCAL_EDGE_SOURCE, 0) is None:
+        plan = dataclasses.replace(plan, edge_source=LOCAL_EDGE_SOURCE)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         # Your collector gets the spans (the services read the variable); no local sink.
         plan = dataclasses.replace(plan, traces=None)
@@ -740,14 +753,15 @@ def _edge_trusted(ports: PortPlan) -> dict[str, str]:
     """The proxies in front of the gateway as its TRUSTED_PROXIES, as the chart's loopback is in a pod: the
     HTTP edge, and under MESH=envoy the gateway's sidecar, which every call passes through. Untrusted, the
     gateway drew each traced call they passed on again at OTEL_TRACES_SAMPLER_RATIO: below 1, most HTTP calls
-    left only the edge's span. The edge reaches the gateway from the plan's host, as any other local client
-    does, which nothing tells apart from it on one machine; under MESH=envoy the sidecar is the only peer of
-    the gateway's Unix socket (the HTTP edge calls the sidecar), so `unix` trusts it and nothing else."""
+    left only the edge's span. The edge reaches the gateway from its own address (`edge_source`), which no
+    other local client comes from: trusting the plan's host believed the X-Forwarded-For and traceparent of
+    any client calling the gateway directly. Under MESH=envoy the sidecar is the only peer of the gateway's
+    Unix socket (the HTTP edge calls the sidecar), so `unix` trusts it and nothing else."""
     if ports.mesh is not None:
         return {"TRUSTED_PROXIES": "unix"}
     if ports.http is None:
         return {}
-    return {"TRUSTED_PROXIES": ports.host}
+    return {"TRUSTED_PROXIES": ports.edge_source or ports.host}
 
 
 async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None, signals: _Signals) -> int:

@@ -639,6 +639,7 @@ class Stack:
             openapi=openapi_document(),
             storefront=storefront_folder(),
             traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
+            gateway_source=self.ports.edge_source,
         )
         return write_http_api_bootstrap(api, self._http_api_bootstrap)
 

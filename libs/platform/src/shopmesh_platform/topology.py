@@ -205,6 +205,10 @@ LOCAL_TRACES_PORT = 14317
 # OpenTelemetry demo's frontend proxy; its admin interface at 15500, beside the sidecars'.
 LOCAL_HTTP_PORT = 8080
 LOCAL_HTTP_ADMIN_PORT = 15500
+# Where that edge connects to the gateway from, without the mesh: a loopback address no other local client
+# comes from (they come from LOCAL_HOST; Linux routes all of 127.0.0.0/8 to loopback), so that the gateway
+# trusts the edge's X-Forwarded-For and trace decisions, and not a client calling it directly.
+LOCAL_EDGE_SOURCE = "127.0.0.2"
 
 # The local mesh (`make run MESH=envoy`). A service keeps its gRPC port, now its sidecar's inbound
 # listener. By the service's place in SERVICES (gateway 0 ... recommendations 7): the sidecar's admin

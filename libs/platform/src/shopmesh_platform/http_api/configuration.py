@@ -88,6 +88,10 @@ class HttpApi:
     storefront: Path | None = None
     # Envoy's node id and its spans' service name.
     name: str = "http-api"
+    # The IP address the edge connects to the gateway from, so that the gateway can trust this one peer
+    # as its proxy and no other client on the machine (`make run`: a loopback address of its own); None:
+    # the one the OS picks.
+    gateway_source: str | None = None
 
 
 def bootstrap(api: HttpApi) -> dict[str, Any]:
@@ -95,7 +99,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     if api.traces is not None and api.traces_cluster_at_start:
         raise ValueError("traces names the spans' receiver here; traces_cluster_at_start leaves it to Envoy's start")
     gateway_host, gateway_port = api.gateway.rsplit(":", 1)
-    clusters = [cluster("gateway", gateway_host, int(gateway_port))]
+    clusters = [cluster("gateway", gateway_host, int(gateway_port), source=api.gateway_source)]
     span_config = None
     if api.traces is not None:
         sink_host, sink_port = api.traces.rsplit(":", 1)

@@ -329,12 +329,23 @@ def _outbound_cluster(
 
 
 def cluster(
-    name: str, host: str, port: int, *, http2: bool = True, dns: bool = False, pipe: Path | None = None
+    name: str,
+    host: str,
+    port: int,
+    *,
+    http2: bool = True,
+    dns: bool = False,
+    pipe: Path | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """A cluster of one static endpoint, spoken to over HTTP/2 (gRPC), or with `http2=False` HTTP/1.1;
     `dns`: `host` is a name, resolved now and again (every address it has is an endpoint: a headless
-    Service's pods too), not an IP address; `pipe`: the endpoint is that Unix socket, not host:port."""
+    Service's pods too), not an IP address; `pipe`: the endpoint is that Unix socket, not host:port;
+    `source`: the IP address Envoy connects from (any port), not the one the OS picks."""
     result: dict[str, Any] = {"name": name, "type": "STATIC", "connect_timeout": CONNECT_TIMEOUT}
+    if source is not None:
+        # A SocketAddress, not an Address as an endpoint's: port 0, any the OS picks.
+        result["upstream_bind_config"] = {"source_address": {"address": source, "port_value": 0}}
     if dns:
         # IPv4 where the name has both (Envoy would try IPv6 first): a dual-stack cluster's collector may
         # listen on IPv4 only; an IPv6-only cluster still gets its IPv6 addresses.
