@@ -20,7 +20,7 @@ from shopmesh.common.v1 import money_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.users.v1 import users_pb2
-from shopmesh_chassis.errors import FailedPrecondition
+from shopmesh_chassis.errors import FailedPrecondition, ResourceExhausted
 from shopmesh_chassis.grpc_errors import to_grpc_status, to_rpc_status
 from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_chassis.testing import free_port
@@ -265,10 +265,16 @@ async def test_shoppers_refused_by_the_gateways_password_bucket_wait_as_asked_an
     assert code == 0, err
     answers = json.loads(out)
     assert (answers["Register"], answers["Login"]) == ({"OK": 3}, {"OK": 3}), answers
-    waited = re.search(r"^waited (\d+) times \(.* s\) as RetryInfo asked, then asked again: (.*)$", err, re.MULTILINE)
+    waited = re.search(
+        r"^  RESOURCE_EXHAUSTED RATE_LIMITED: \d+ call\(s\) waited .* s in all, (\d+) time\(s\), as RetryInfo asked, "
+        r"then asked again \((.*)\)$",
+        err,
+        re.MULTILINE,
+    )
     assert waited is not None, err
     signing_up = dict(entry.rsplit(" ", 1) for entry in waited[2].split(", "))
-    assert int(signing_up.get("Register", "0")) + int(signing_up.get("Login", "0")) >= 3, err
+    assert set(signing_up) <= {"Register", "Login"}, err
+    assert int(waited[1]) >= 3, err
 
 
 async def test_a_step_refused_again_and_again_with_a_retry_info_is_tallied_after_a_bounded_number_of_waits() -> None:
@@ -306,3 +312,69 @@ async def test_a_wait_the_jitter_stretches_past_the_longest_is_not_taken() -> No
     delay = MAX_RETRY_WAIT_SECONDS / (1 + RETRY_JITTER) + 1
     assert delay < MAX_RETRY_WAIT_SECONDS
     assert await asyncio.wait_for(shopper._wait(delay), timeout=5) is None
+
+
+# Short enough for any run, long enough to be a wait taken (well inside --duration, jitter included).
+RETRY_SECONDS = 0.01
+
+
+class RefusingGateway(shop_pb2_grpc.ShopServiceServicer):
+    """A gateway that refuses each sign-up for a reason of its own before it answers: Register twice from its
+    rate limit (RESOURCE_EXHAUSTED RATE_LIMITED), Login once from users' full hashing queue (RESOURCE_EXHAUSTED
+    PASSWORD_HASHING_BUSY), both with a RetryInfo, then Login runs out of its deadline (DEADLINE_EXCEEDED, as
+    the gateway answers when users does not within its budget). Everything else: UNIMPLEMENTED."""
+
+    def __init__(self) -> None:
+        self._register_refusals = 2
+        self._login_answers = ["PASSWORD_HASHING_BUSY", "DEADLINE_EXCEEDED"]
+
+    async def Register(self, request: Any, context: Any) -> shop_pb2.RegisterResponse:
+        if self._register_refusals:
+            self._register_refusals -= 1
+            await self._refuse(context, "RATE_LIMITED", "shopmesh.gateway")
+        return shop_pb2.RegisterResponse(user=users_pb2.User(id="usr_shopper", email=request.email))
+
+    async def Login(self, request: Any, context: Any) -> shop_pb2.LoginResponse:
+        answer = self._login_answers.pop(0) if self._login_answers else "DEADLINE_EXCEEDED"
+        if answer == "PASSWORD_HASHING_BUSY":
+            await self._refuse(context, answer, "shopmesh.users")
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "users did not answer within the gateway's budget")
+        raise AssertionError("abort raises")
+
+    @staticmethod
+    async def _refuse(context: Any, reason: str, domain: str) -> None:
+        refused = ResourceExhausted("come back later", reason=reason, retry_after_seconds=RETRY_SECONDS)
+        await context.abort_with_status(to_grpc_status(to_rpc_status(refused, domain)))
+
+
+async def test_the_summary_says_per_cause_how_many_calls_waited_and_how_long() -> None:
+    """The summary said only that shoppers waited as RetryInfo asked, by method: not whether the gateway's rate
+    limit, users' hashing queue or a deadline ran out under load held them. Now a line per cause, from the
+    status code and ErrorInfo reason of the answer: how many calls waited, how many times, how long in all."""
+    server = grpc.aio.server()
+    shop_pb2_grpc.add_ShopServiceServicer_to_server(RefusingGateway(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        argv = ["--target", f"127.0.0.1:{port}", "--shoppers", "1", "--duration", "2", "--think", "0.01,0.05"]
+        code, out, err = await asyncio.to_thread(ran, *argv, "--seed", "5", "--json")
+    finally:
+        await server.stop(None)
+    assert code == 0, err
+    # A deadline waited out is an answer; the refusals waited out are not.
+    answers = json.loads(out)
+    assert (answers["Register"], answers["Login"]) == ({"OK": 1}, {"DEADLINE_EXCEEDED": 1}), answers
+    lines = err.splitlines()
+    assert "waited, by cause:" in lines, err
+    cause_line = r"  ([A-Z_ ]+): (\d+) call\(s\) waited \d+\.\d s in all, (\d+) time\(s\), (.*)"
+    causes = {
+        match[1]: match.groups()[1:]
+        for line in lines[lines.index("waited, by cause:") + 1 :]
+        if (match := re.fullmatch(cause_line, line))
+    }
+    assert causes == {
+        # One call, Register, refused twice: one call that waited two times.
+        "RESOURCE_EXHAUSTED RATE_LIMITED": ("1", "2", "as RetryInfo asked, then asked again (Register 1)"),
+        "RESOURCE_EXHAUSTED PASSWORD_HASHING_BUSY": ("1", "1", "as RetryInfo asked, then asked again (Login 1)"),
+        "DEADLINE_EXCEEDED": ("1", "1", "to the deadline, unanswered (Login 1)"),
+    }, err

@@ -15,8 +15,10 @@ benchmark (`make bench-checkout` measures). Every `--report-every` seconds and a
 method answered: its status code, or PRICE_CHANGED for a checkout refused at a total that was no longer the
 current one (a FAILED_PRECONDITION the client acts on, told apart from a declined card). A refusal that asks
 to come back later (RESOURCE_EXHAUSTED or UNAVAILABLE with a RetryInfo: the gateway's password bucket refusing
-sign-ups from one address) is waited out, jittered, and the step asked again; such waits are counted apart
-from the answers. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a server
+sign-ups from one address) is waited out, jittered, and the step asked again. The summary says apart from the
+answers why the shoppers waited: per cause (the status code and ErrorInfo reason: RESOURCE_EXHAUSTED
+RATE_LIMITED, a dependency's UNAVAILABLE, or a DEADLINE_EXCEEDED they waited out to the end), how many calls
+waited and how long in all. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a server
 fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed price is
 an answer, a fault is a bug.
 """
@@ -34,7 +36,7 @@ import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO, TypeVar, cast
 
 import aiohttp
@@ -113,15 +115,36 @@ def _retry_delay(error: grpc.aio.AioRpcError | HttpCallError) -> float | None:
     return details_of(error).retry_delay_seconds if isinstance(error, grpc.aio.AioRpcError) else error.retry_delay
 
 
+def wait_cause(error: grpc.aio.AioRpcError | HttpCallError) -> str:
+    """Why a call waited, as the answer said: its status code and its ErrorInfo's reason, when it has one
+    (RESOURCE_EXHAUSTED RATE_LIMITED, the gateway's bucket; RESOURCE_EXHAUSTED PASSWORD_HASHING_BUSY, users'
+    queue; DEADLINE_EXCEEDED, no answer in time)."""
+    info = _error_info(error)
+    reason = info.reason if info is not None else ""
+    return f"{error.code().name} {reason}" if reason else error.code().name
+
+
+@dataclass
+class Waits:
+    """The calls that waited for one cause: by method, how many times (a call waits out a RetryInfo up to
+    MAX_RETRY_WAITS_PER_CALL times) and how long in all."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    times: int = 0
+    seconds: float = 0.0
+
+
 class Tally:
     """What each method answered, by status code, and every checkout tried."""
 
     def __init__(self) -> None:
         self.answers: Counter[tuple[str, str]] = Counter()
         self.checkouts: list[Checkout] = []
-        # The waits a RetryInfo asked for and the shoppers took, by method, and how long they waited in all.
+        # The waits a RetryInfo asked for and the shoppers took, by method.
         self.waits: Counter[str] = Counter()
-        self.waited_seconds = 0.0
+        # Why the shoppers waited (`wait_cause`): a RetryInfo's wait, taken, or a call's whole deadline, which
+        # ran out before an answer came (users hashing behind a long queue, under load, looks like that).
+        self.causes: dict[str, Waits] = {}
 
     async def call(
         self,
@@ -142,23 +165,36 @@ class Tally:
         the error's ErrorInfo, if it had one. An answer asking to come back later (COME_BACK_LATER with a
         RetryInfo) is not tallied while `wait` takes the delay asked for (it answers the seconds it waited, or
         None when it will not wait): the call is made again, and the wait counted, up to MAX_RETRY_WAITS_PER_CALL
-        times."""
+        times. A call that ran out of its deadline is counted as a wait too, for the time it took."""
+        waited_for: set[str] = set()  # a call counts once per cause, however often it waited for it
         for attempt in range(1, MAX_RETRY_WAITS_PER_CALL + 2):
+            started = time.monotonic()
             try:
                 result = await call()
             except (grpc.aio.AioRpcError, HttpCallError) as error:
+                cause = wait_cause(error)
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self._waited(method, cause, time.monotonic() - started, first=cause not in waited_for)
                 delay = _retry_delay(error) if error.code() in COME_BACK_LATER else None
                 waited = None
                 if wait is not None and delay is not None and attempt <= MAX_RETRY_WAITS_PER_CALL:
                     waited = await wait(delay)
                 if waited is not None:
                     self.waits[method] += 1
-                    self.waited_seconds += waited
+                    self._waited(method, cause, waited, first=cause not in waited_for)
+                    waited_for.add(cause)
                     continue
                 return None, self._tallied(method, error), _error_info(error)
             self.answers[method, "OK"] += 1
             return result, "OK", None
         raise AssertionError("unreachable: the last attempt never waits")
+
+    def _waited(self, method: str, cause: str, seconds: float, *, first: bool) -> None:
+        waits = self.causes.setdefault(cause, Waits())
+        if first:
+            waits.calls[method] += 1
+        waits.times += 1
+        waits.seconds += seconds
 
     def _tallied(self, method: str, error: grpc.aio.AioRpcError | HttpCallError) -> str:
         info = _error_info(error)
@@ -182,17 +218,28 @@ class Tally:
         for (_, code), n in self.answers.items():
             codes[code] += n
         said = ", ".join(f"{code} {n}" for code, n in codes.most_common())
-        waited = f"; waited {sum(self.waits.values())} times as asked" if self.waits else ""
+        waiting = sum(w.calls.total() for w in self.causes.values())
+        waited = f"; {waiting} calls waited" if waiting else ""
         calls = f"{self.total} calls ({self.total / max(elapsed, 1e-9):.1f}/s)"
         return f"{elapsed:5.0f} s  {calls}: {said or 'none yet'}{waited}"
 
     def waited(self) -> str:
-        """The waits RetryInfos asked for and the shoppers took, in a line ("" when none)."""
-        if not self.waits:
-            return ""
-        each = ", ".join(f"{method} {n}" for method, n in sorted(self.waits.items()))
-        total = sum(self.waits.values())
-        return f"waited {total} times ({self.waited_seconds:.1f} s) as RetryInfo asked, then asked again: {each}"
+        """Why the shoppers waited: a line per cause, the longest wait first, with the calls that waited for it
+        (by method) and how long in all ("" when none). A RetryInfo's wait was taken, then the call made again;
+        a deadline was waited out to the end, and that answer tallied."""
+        lines = []
+        for cause, waits in sorted(self.causes.items(), key=lambda item: (-item[1].seconds, item[0])):
+            calls = waits.calls.total()
+            each = ", ".join(f"{method} {n}" for method, n in sorted(waits.calls.items()))
+            how = (
+                "to the deadline, unanswered"
+                if cause.startswith(grpc.StatusCode.DEADLINE_EXCEEDED.name)
+                else "as RetryInfo asked, then asked again"
+            )
+            lines.append(
+                f"  {cause}: {calls} call(s) waited {waits.seconds:.1f} s in all, {waits.times} time(s), {how} ({each})"
+            )
+        return "\n".join(["waited, by cause:", *lines]) if lines else ""
 
     def by_method(self) -> dict[str, dict[str, int]]:
         answers: dict[str, dict[str, int]] = {}
@@ -474,7 +521,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             sep="\n",
             file=out,
         )
-    if tally.waits:
+    if tally.causes:
         # Beside the answers, not among them: a refusal waited out was no answer the shopper kept. With --json,
         # on stderr with the progress, so that stdout stays the answers alone.
         print(tally.waited(), file=err if args.json else out)
