@@ -180,11 +180,12 @@ def impatient_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         yield edge
 
 
-async def test_a_request_whose_body_never_arrives_is_a_status_of_grpcs_code_for_a_408_and_logged_with_it(
+async def test_a_request_whose_body_never_arrives_is_a_deadline_exceeded_saying_so_and_logged_with_it(
     impatient_edge: Edge,
 ) -> None:
-    # A 408 is in no table of the edge's: Envoy's own answer was text/plain "request timeout", logged with no
-    # grpc_status. gRPC reads a 408 without grpc-status as UNKNOWN (http-grpc-status-mapping.md).
+    # Envoy's own answer was text/plain "request timeout"; then a Status of gRPC's code for a 408 without
+    # grpc-status, UNKNOWN (http-grpc-status-mapping.md), which tells a client nothing. The edge's time for the
+    # request ran out: DEADLINE_EXCEEDED, and no call made of it (docs/http-api.md).
     body = b'{"email": "x@example.com", '
     request = (
         b"POST /v1/login HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\n"
@@ -193,7 +194,16 @@ async def test_a_request_whose_body_never_arrives_is_a_status_of_grpcs_code_for_
     answered, headers, answer = raw_answer(impatient_edge.url, request)
     assert answered == 408, answer
     status = status_in(headers.get("content-type", ""), answer)
-    assert (status["code"], status["details"]) == (grpc_code.UNKNOWN, []), status
+    assert status["code"] == grpc_code.DEADLINE_EXCEEDED, status
+    assert "did not arrive" in status["message"], status
+    assert status["details"] == [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "REQUEST_TIMEOUT",
+            "domain": "shopmesh.gateway",
+            "metadata": {},
+        }
+    ], status
     assert impatient_edge.shop.calls == []
 
     def logged() -> dict[str, Any] | None:
@@ -202,4 +212,4 @@ async def test_a_request_whose_body_never_arrives_is_a_status_of_grpcs_code_for_
         return timed_out[-1] if timed_out else None
 
     line = await eventually(logged, "the edge's access log line of the request that timed out")
-    assert line["grpc_status"] == "Unknown", line
+    assert line["grpc_status"] == "DeadlineExceeded", line

@@ -29,6 +29,7 @@ from .local_replies import (
     explained,
     local_reply,
     query_without_content_type,
+    request_timed_out,
     status_as_it_is,
     unlisted_local_reply,
 )
@@ -178,6 +179,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 status_as_it_is(QUERY_WITH_BODY_ROUTE),
                 query_without_content_type(),
                 http_too_large(),
+                request_timed_out(),
                 *(
                     explained(details, status, message)
                     for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()

@@ -21,6 +21,9 @@ LOCAL_REPLY_CODES = {
     403: grpc_code.PERMISSION_DENIED,
     404: grpc_code.UNIMPLEMENTED,
     405: grpc_code.UNIMPLEMENTED,
+    # The request did not arrive whole in time (REQUEST_TIMEOUT): the edge's own bound on it ran out, as a
+    # deadline does; the client cancelled nothing (CANCELLED, HTTP's 499, is the caller giving up).
+    408: grpc_code.DEADLINE_EXCEEDED,
     413: grpc_code.RESOURCE_EXHAUSTED,
     # HTTP/1.0: the edge does not implement it (Envoy's 426 asks for HTTP/1.1).
     426: grpc_code.UNIMPLEMENTED,
@@ -31,8 +34,8 @@ LOCAL_REPLY_CODES = {
     504: grpc_code.DEADLINE_EXCEEDED,
 }
 # gRPC's own reading of an HTTP status without a grpc-status (grpc/doc/http-grpc-status-mapping.md), for Envoy's
-# answers LOCAL_REPLY_CODES does not list (a request that did not arrive in time, 408; a transfer encoding HTTP/1.1
-# lacks, 501; whatever a setting or a release of Envoy's adds): the code a gRPC client of the edge would read from
+# answers LOCAL_REPLY_CODES does not list (a transfer encoding HTTP/1.1 lacks, 501;
+# whatever a setting or a release of Envoy's adds): the code a gRPC client of the edge would read from
 # the same answer. Any other status from 400 on is UNKNOWN there, and here (UNLISTED_LOCAL_REPLY_CODE).
 GRPC_HTTP_STATUS_CODES = {
     400: grpc_code.INTERNAL,
@@ -73,6 +76,15 @@ QUERY_WITHOUT_CONTENT_TYPE = "QUERY_WITHOUT_CONTENT_TYPE"
 _QUERY_WITHOUT_CONTENT_TYPE_DETAILS = "query_missing_content_type"
 # The domain of the ErrorInfo in the edge's own answers that carry one: the API's, the gateway's.
 ERROR_DOMAIN = "shopmesh.gateway"
+
+# The ErrorInfo reason and the message of the 408. Envoy's own text ("request timeout", "stream timeout") names
+# the timer that ran out; a client needs to know that no call was made, so sending the request again is safe,
+# a POST too.
+REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+REQUEST_TIMEOUT_MESSAGE = (
+    "the request did not arrive whole in time: the edge stopped waiting for the rest of it and called nothing; "
+    "send it again, whole"
+)
 
 
 def validation_failed(message: str, violation: dict[str, str]) -> str:
@@ -154,6 +166,29 @@ def status_as_it_is(route: str) -> dict[str, Any]:
     """The direct responses of the routes of this name, whose body is a google.rpc.Status in JSON already,
     sent as JSON."""
     return {"filter": _cel(f"xds.route_name == '{route}'"), "body_format_override": _BODY_AS_JSON}
+
+
+def request_timed_out() -> dict[str, Any]:
+    """Envoy's 408 to an HTTP client (its request did not arrive whole before a timer of Envoy's ran out): the
+    Status of LOCAL_REPLY_CODES' code for it, with a message and an ErrorInfo (REQUEST_TIMEOUT) saying that
+    no call was made of it. Envoy's own text was "request timeout" or "stream timeout"."""
+    body = {
+        "code": LOCAL_REPLY_CODES[408],
+        "message": REQUEST_TIMEOUT_MESSAGE,
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": REQUEST_TIMEOUT,
+                "domain": ERROR_DOMAIN,
+                "metadata": {},
+            }
+        ],
+    }
+    return {
+        "filter": {"and_filter": {"filters": [status_is(408, "local_reply_408_explained"), http_json()]}},
+        "body": {"inline_string": json.dumps(body, separators=(",", ":"))},
+        "body_format_override": _BODY_AS_JSON,
+    }
 
 
 def query_without_content_type() -> dict[str, Any]:
