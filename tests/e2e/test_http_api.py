@@ -684,11 +684,14 @@ async def test_a_downstream_outage_is_a_503_the_client_may_retry(stack: Stack, h
     finally:
         await stack.start_service("catalog")
 
-    # The gateway itself gone: Envoy answers in the API's error shape too.
+    # The gateway itself gone: Envoy answers in the API's error shape too, saying when to come back.
     await stack.stop_service("gateway")
     try:
-        code, unreachable = status_of(await http.get("/v1/products"))
-        assert (code, unreachable["code"], unreachable["details"]) == (503, grpc.StatusCode.UNAVAILABLE.value[0], [])
+        answer = await http.get("/v1/products")
+        code, unreachable = status_of(answer)
+        retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+        assert (code, unreachable["code"]) == (503, grpc.StatusCode.UNAVAILABLE.value[0])
+        assert (unreachable["details"], answer.headers.get("retry-after")) == ([retry_info], "1"), answer.headers
         assert unreachable["message"]
     finally:
         await stack.start_service("gateway")

@@ -16,6 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
@@ -25,6 +28,28 @@ from shopmesh_platform.stack import envoy_binary
 
 # GetOrder of an id with this prefix answers NOT_FOUND.
 MISSING = "ord_missing"
+# SearchProducts for a query of these answers the gateway's own error, whose Status (with a RetryInfo) the
+# edge must pass on as it is: UNAVAILABLE (a dependency away, 503) and RESOURCE_EXHAUSTED (rate limited, 429).
+COME_BACK_LATER = {
+    "dependency away": (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
+    "rate limited": (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
+}
+# The RetryInfo of those answers: not the edge's own delay, so that the test tells them apart.
+GATEWAY_RETRY_DELAY = duration_pb2.Duration(seconds=7)
+
+
+def gateway_error(code: grpc.StatusCode, reason: str) -> status_pb2.Status:
+    """The gateway's own error of this code, with an ErrorInfo of this reason and a RetryInfo, as its services
+    answer a client that should come back later."""
+    details = []
+    for detail in (
+        error_details_pb2.ErrorInfo(reason=reason, domain="shopmesh.gateway"),
+        error_details_pb2.RetryInfo(retry_delay=GATEWAY_RETRY_DELAY),
+    ):
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        details.append(packed)
+    return status_pb2.Status(code=code.value[0], message=f"the gateway's own {code.name}", details=details)
 
 
 class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
@@ -58,6 +83,8 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         self, request: shop_pb2.SearchProductsRequest, context: grpc.ServicerContext
     ) -> shop_pb2.SearchProductsResponse:
         self.calls.append(("SearchProducts", request.query))
+        if request.query in COME_BACK_LATER:
+            context.abort_with_status(rpc_status.to_status(gateway_error(*COME_BACK_LATER[request.query])))
         return shop_pb2.SearchProductsResponse()
 
 
@@ -83,14 +110,21 @@ def edge_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
 
 
 @contextmanager
-def running_edge(folder: Path, configure: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Edge]:
+def running_edge(
+    folder: Path, configure: Callable[[dict[str, Any]], None] | None = None, *, gateway_away: bool = False
+) -> Iterator[Edge]:
     """Envoy of `bootstrap()` in front of a RecordingShop, its files in `folder`; `configure` may change the
-    edge's connection manager first (a test's own setting, such as a shorter timeout than the edge's)."""
+    edge's connection manager first (a test's own setting, such as a shorter timeout than the edge's);
+    `gateway_away`: nothing listens where the edge calls the gateway (the RecordingShop gets no call)."""
     shop = RecordingShop()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
-    gateway = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    if gateway_away:
+        # A port free_ports handed out: not one a server of another test, asking for any port, gets meanwhile.
+        [gateway] = free_ports(1)
+    else:
+        gateway = server.add_insecure_port("127.0.0.1:0")
+        server.start()
     port, admin = free_ports(2)
     api = HttpApi(
         host="127.0.0.1",

@@ -16,7 +16,7 @@ from google.rpc import code_pb2 as grpc_code
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.http_api import MAX_REQUEST_BYTES, REQUEST_TOO_LARGE, REQUEST_TOO_LARGE_MESSAGE
 
-from .conftest import Edge, RecordingShop, running_edge
+from .conftest import COME_BACK_LATER, GATEWAY_RETRY_DELAY, Edge, RecordingShop, running_edge
 
 
 def raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -213,3 +213,84 @@ async def test_a_request_whose_body_never_arrives_is_a_deadline_exceeded_saying_
 
     line = await eventually(logged, "the edge's access log line of the request that timed out")
     assert line["grpc_status"] == "DeadlineExceeded", line
+
+
+# What the edge's own 429s and 503s ask a client to wait: in the Status (RetryInfo) and in HTTP (Retry-After,
+# whole seconds), alike.
+EDGE_RETRY_INFO = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+EDGE_RETRY_AFTER = "1"
+
+
+def assert_come_back_later(answer: httpx.Response, http_status: int) -> None:
+    """An answer of the edge's own telling the client to come back later, and when."""
+    assert answer.status_code == http_status, answer.text
+    status = status_in(answer.headers["content-type"], answer.content)
+    assert status["code"] == grpc_code.UNAVAILABLE, status
+    assert status["details"] == [EDGE_RETRY_INFO], status
+    assert answer.headers.get("retry-after") == EDGE_RETRY_AFTER, answer.headers
+
+
+@pytest.fixture(scope="module")
+def edge_without_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    with running_edge(tmp_path_factory.mktemp("edge-without-gateway"), gateway_away=True) as edge:
+        yield edge
+
+
+@pytest.mark.parametrize("path", ["/v1/products", "/v1/orders/ord_1"])
+def test_the_gateway_away_is_a_503_saying_when_to_come_back(edge_without_gateway: Edge, path: str) -> None:
+    answer = httpx.get(edge_without_gateway.url + path, timeout=10)
+    assert_come_back_later(answer, 503)
+    # Envoy's own reason stays the message.
+    assert "upstream connect error" in answer.json()["message"], answer.text
+
+
+@pytest.fixture(scope="module")
+def rate_limited_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    """The edge with a local rate limit of one request an hour (the edge has none: this is one an operator
+    would add, or a later release), so that the second request is Envoy's own 429."""
+
+    def one_request_an_hour(manager: dict[str, Any]) -> None:
+        limit = {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "edge_limit",
+                "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "3600s"},
+                "filter_enabled": {"default_value": {"numerator": 100}, "runtime_key": "edge_limit_enabled"},
+                "filter_enforced": {"default_value": {"numerator": 100}, "runtime_key": "edge_limit_enforced"},
+            },
+        }
+        manager["http_filters"].insert(0, limit)
+
+    with running_edge(tmp_path_factory.mktemp("rate-limited-edge"), one_request_an_hour) as edge:
+        yield edge
+
+
+def test_a_local_rate_limit_of_the_edges_is_a_429_saying_when_to_come_back(rate_limited_edge: Edge) -> None:
+    first = httpx.get(rate_limited_edge.url + "/v1/products?pageSize=1", timeout=10)
+    assert first.status_code == 200, first.text
+    assert_come_back_later(httpx.get(rate_limited_edge.url + "/v1/products?pageSize=1", timeout=10), 429)
+    assert rate_limited_edge.shop.calls == [("ListProducts", "1")]
+
+
+@pytest.mark.parametrize(("query", "http_status"), [("dependency away", 503), ("rate limited", 429)])
+def test_the_gateways_own_come_back_later_passes_with_its_own_retry_info_untouched(
+    edge: tuple[str, RecordingShop], query: str, http_status: int
+) -> None:
+    url, _ = edge
+    answer = httpx.get(url + "/v1/products:search", params={"query": query}, timeout=10)
+    assert answer.status_code == http_status, answer.text
+    status = status_in(answer.headers["content-type"], answer.content)
+    code, reason = COME_BACK_LATER[query]
+    assert (status["code"], status["message"]) == (code.value[0], f"the gateway's own {code.name}"), status
+    assert status["details"] == [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": reason,
+            "domain": "shopmesh.gateway",
+            "metadata": {},
+        },
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{GATEWAY_RETRY_DELAY.seconds}s"},
+    ], status
+    # The edge adds nothing of its own to the gateway's answer.
+    assert "retry-after" not in answer.headers, answer.headers

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.rpc import code_pb2 as grpc_code
 
-from .matching import NOT_GRPC
+from .matching import NOT_GRPC, set_header
 
 _CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 
@@ -34,7 +34,7 @@ LOCAL_REPLY_CODES = {
     504: grpc_code.DEADLINE_EXCEEDED,
 }
 # gRPC's own reading of an HTTP status without a grpc-status (grpc/doc/http-grpc-status-mapping.md), for Envoy's
-# answers LOCAL_REPLY_CODES does not list (a transfer encoding HTTP/1.1 lacks, 501;
+# answers LOCAL_REPLY_CODES does not list (a local rate limit's 429; a transfer encoding HTTP/1.1 lacks, 501;
 # whatever a setting or a release of Envoy's adds): the code a gRPC client of the edge would read from
 # the same answer. Any other status from 400 on is UNKNOWN there, and here (UNLISTED_LOCAL_REPLY_CODE).
 GRPC_HTTP_STATUS_CODES = {
@@ -85,6 +85,15 @@ REQUEST_TIMEOUT_MESSAGE = (
     "the request did not arrive whole in time: the edge stopped waiting for the rest of it and called nothing; "
     "send it again, whole"
 )
+# Envoy's own answers asking the client to come back later (a local rate limit's 429; a 503: the gateway away, its
+# connections overflowing, none of it healthy) carry how long to wait, as the gateway's own do: a RetryInfo in the
+# Status and HTTP's Retry-After, which takes whole seconds. One second: the least Retry-After can say short of
+# "at once", which every client refused at the same moment would take together; the edge's own bound on a
+# connection to the gateway (mesh.envoy.CONNECT_TIMEOUT), so a retry comes after an attempt that failed has ended;
+# and what a service asks its caller to wait for a dependency that did not say (DEPENDENCY_RETRY_AFTER_SECONDS).
+# The gateway's own 429s and 503s are not Envoy's local replies: they pass with the RetryInfo the gateway chose.
+RETRY_AFTER_SECONDS = 1
+COME_BACK_LATER_STATUSES = frozenset({429, 503})
 
 
 def validation_failed(message: str, violation: dict[str, str]) -> str:
@@ -116,8 +125,13 @@ def status_is(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
 def local_reply(status: int, code: int) -> dict[str, Any]:
     """Envoy's local reply with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
     grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>, "details": []}: the
-    shape the transcoder gives the gateway's errors, whose `details` is there when empty too."""
-    return _as_status(status_is(status, f"local_reply_{status}"), code)
+    shape the transcoder gives the gateway's errors, whose `details` is there when empty too. One of
+    COME_BACK_LATER_STATUSES says when: a RetryInfo in `details` and a Retry-After header."""
+    mapper = _as_status(status_is(status, f"local_reply_{status}"), code)
+    if status in COME_BACK_LATER_STATUSES:
+        mapper["body_format_override"] = _status_json(code, [_RETRY_INFO])
+        mapper["headers_to_add"] = [set_header("retry-after", str(RETRY_AFTER_SECONDS))]
+    return mapper
 
 
 def unlisted_local_reply() -> dict[str, Any]:
@@ -139,10 +153,14 @@ def _as_status(status_filter: dict[str, Any], code: int) -> dict[str, Any]:
 _BODY_AS_JSON = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"}
 
 
-def _status_json(code: int) -> dict[str, Any]:
+# The RetryInfo of the edge's answers in COME_BACK_LATER_STATUSES, in proto3 JSON (a Duration is its seconds).
+_RETRY_INFO = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{RETRY_AFTER_SECONDS}s"}
+
+
+def _status_json(code: int, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A local reply's body as a google.rpc.Status of this code, its message the reply's text."""
     return {
-        "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []},
+        "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": details or []},
         "content_type": "application/json",
     }
 
