@@ -20,9 +20,11 @@ from shopmesh_chassis.app import run_shutdown_hooks
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually
-from shopmesh_users.domain.failed_logins import Attempts
+from shopmesh_users.application import UsersApplication
+from shopmesh_users.domain.failed_logins import Attempts, email_key
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.store.repository import LoginAttemptRepository, UserRepository
+from shopmesh_users.wiring import build
 
 from .conftest import PASSWORD, FakeClock, login, register, running, serving, stop, users_settings
 
@@ -144,3 +146,68 @@ async def test_a_login_cancelled_while_its_taken_attempt_commits_gives_it_back(
             await eventually(logged_in, "the right password logged in", timeout=10)
     finally:
         answered.set()
+
+
+async def test_a_give_back_cut_off_at_shutdown_unwinds_before_the_database_closes(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A give-back still waiting for the database when the shutdown hooks' budget runs out is cancelled: its
+    transaction rolls back, which takes a round trip to the database. The hook must wait for that (within the
+    time the hooks' runner leaves it to unwind) before the next hook closes the database under it."""
+    hashing, finish = threading.Event(), threading.Event()
+    give_back_waits, never = asyncio.Event(), asyncio.Event()
+    unwound: list[str] = []
+    disposed_after: list[list[str]] = []
+    verify = Passwords._verify
+    locked = LoginAttemptRepository.locked
+    give_back = UsersApplication._give_back
+    dispose = Database.dispose
+
+    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        hashing.set()
+        finish.wait(30)
+        return verify(self, password_hash, password)
+
+    async def stuck_give_back_lock(self: LoginAttemptRepository, key: str) -> Attempts | None:
+        if hashing.is_set():  # the take came before the hash; only the give-back comes after
+            give_back_waits.set()
+            try:
+                await never.wait()
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # the rollback's round trip to the database
+                raise
+        return await locked(self, key)
+
+    async def recorded_give_back(self: UsersApplication, key: str) -> None:
+        try:
+            await give_back(self, key)
+        finally:
+            unwound.append(key)
+
+    async def recorded_dispose(self: Database) -> None:
+        disposed_after.append(list(unwound))
+        await dispose(self)
+
+    settings = users_settings(tmp_path, login_failure_burst=1, login_failure_refill_seconds=3600)
+    users = await build(settings, clock)
+    try:
+        await users.application.register("ann@example.com", PASSWORD, "Ann")
+        monkeypatch.setattr(Passwords, "_verify", held_verify)
+        monkeypatch.setattr(LoginAttemptRepository, "locked", stuck_give_back_lock)
+        monkeypatch.setattr(UsersApplication, "_give_back", recorded_give_back)
+        monkeypatch.setattr(Database, "dispose", recorded_dispose)
+        logging_in = asyncio.create_task(users.application.login("ann@example.com", PASSWORD))
+        await eventually(hashing.is_set, "the login's hash started")
+        logging_in.cancel()
+        await eventually(give_back_waits.is_set, "the cancelled login began giving its attempt back")
+        logging_in.cancel()
+        await eventually(logging_in.done, "the login cancelled again ended")
+        finish.set()
+        cut_off = await run_shutdown_hooks(users.shutdown_hooks, 2.0)
+        assert cut_off == ["UsersApplication.settle_login_attempts"]
+        assert disposed_after == [[email_key("ann@example.com")]], "the database closed under a rollback"
+    finally:
+        finish.set()
+        never.set()
+        monkeypatch.undo()
+        await users.database.dispose()

@@ -226,15 +226,20 @@ class UsersApplication:
         """At shutdown, once the server has stopped and before the database closes: wait for the takes and
         give-backs that logins cancelled meanwhile left running, so that the event loop's end does not cut them
         off (an attempt left taken, or "Task was destroyed but it is pending"). Bounded by the shutdown hooks'
-        budget (SHUTDOWN_HOOKS_BUDGET_SECONDS): cut off there, the writes still running are cancelled (rolled
-        back), their attempts left taken until they refill."""
+        budget (SHUTDOWN_HOOKS_BUDGET_SECONDS): cut off there, the writes still running are cancelled, their
+        attempts left taken until they refill, and waited for while they roll back (the time the hooks leave a
+        hook cut off to unwind): the database closes after them."""
         try:
             while self._attempt_writes:
                 log.info("waiting for %d login attempt write(s) of ended logins", len(self._attempt_writes))
                 await asyncio.wait(set(self._attempt_writes))
         except asyncio.CancelledError:
-            for task in self._attempt_writes:
-                task.cancel()
+            # Again while any is left: a take ending meanwhile may have started its give-back.
+            while self._attempt_writes:
+                writes = set(self._attempt_writes)
+                for task in writes:
+                    task.cancel()
+                await asyncio.wait(writes)
             raise
 
     async def _forget_login_attempts(self, key: str) -> None:
