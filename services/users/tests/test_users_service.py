@@ -16,6 +16,10 @@ import grpc
 import jwt
 import pytest
 from argon2 import PasswordHasher
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
@@ -33,7 +37,7 @@ from shopmesh_users.store.repository import LoginAttemptRepository, UserReposito
 from shopmesh_users.store.tables import users as users_table
 from shopmesh_users.token_verifier import verify_access_token
 from shopmesh_users.transport import DESCRIPTOR, UsersServicer
-from shopmesh_users.wiring import Users, key_policy, passwords
+from shopmesh_users.wiring import Users, build, key_policy, passwords
 
 from .conftest import (
     PASSWORD,
@@ -646,6 +650,57 @@ async def test_a_login_refused_for_a_full_hashing_queue_counts_as_shed_and_a_thr
             assert login_sample(server, "shopmesh_grpc_server_shed_total") == 1
     finally:
         finish.set()
+
+
+async def test_a_login_refused_for_a_full_hashing_queue_has_an_error_span_that_names_its_reason(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shed, the busy login's server span is an error, as a call the chassis sheds is; its status says why by
+    the reason the caller got, PASSWORD_HASHING_BUSY, not the chassis' SERVER_OVERLOADED, which sends whoever
+    reads the trace to GRPC_MAX_CONCURRENT_RPCS instead of the hashing queue."""
+    hashing, finish = threading.Event(), threading.Event()
+    verify = Passwords._verify
+
+    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
+        hashing.set()
+        finish.wait(30)
+        return verify(self, password_hash, password)
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = users_settings(tmp_path, password_hash_concurrency=1, password_hash_queue=0)
+    users = await build(settings, clock)
+    try:
+        async with (
+            serve_in_process(settings, [users.binding], tracer_provider=provider) as server,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            stub = UsersServiceStub(channel)
+            await register(stub)
+            monkeypatch.setattr(Passwords, "_verify", held_verify)
+            holding = asyncio.ensure_future(login(stub))
+            await eventually(hashing.is_set, "the first login's hash started")
+            assert (await error_of(login(stub, email="bob@example.com"))).reason == BUSY_REASON
+            finish.set()
+            await holding
+
+            def busy_spans() -> list[tuple[trace.StatusCode, str | None]]:
+                return [
+                    (span.status.status_code, span.status.description)
+                    for span in exporter.get_finished_spans()
+                    if span.kind is trace.SpanKind.SERVER
+                    and (span.attributes or {}).get("rpc.grpc.status_code")
+                    == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                ]
+
+            await eventually(lambda: len(busy_spans()) == 1, "the busy login's server span")
+            assert busy_spans() == [(trace.StatusCode.ERROR, BUSY_REASON)]
+    finally:
+        finish.set()
+        provider.shutdown()
+        await users.passwords.close()
+        await users.database.dispose()
 
 
 # --- GetUser ---------------------------------------------------------------------------------------

@@ -212,8 +212,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         admitted = not limited or self._admit()
         # Shed: here, by the handler (a ResourceExhausted raised `shed=True`), or (relayed SERVER_OVERLOADED) by a
         # dependency: the server's failure, under a code that a rate limit answers too, so counted apart
-        # (ServerMetrics' shed counter).
+        # (ServerMetrics' shed counter). The span's error says why, by the refusal's own reason.
         shed = False
+        shed_reason = errors.SERVER_OVERLOADED
         try:
             if not admitted:
                 raise errors.ResourceExhausted(
@@ -234,6 +235,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         except errors.DomainError as exc:
             code = status_code_for(exc)
             shed = isinstance(exc, errors.ResourceExhausted) and exc.shed
+            shed_reason = exc.reason
             final = getattr(exc, "final", False)
             await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)), final=final)
         except grpc.aio.AbortError:
@@ -283,7 +285,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 if code in _SERVER_ERRORS:
                     span.set_status(trace.StatusCode.ERROR, code.name)
                 elif shed:
-                    span.set_status(trace.StatusCode.ERROR, errors.SERVER_OVERLOADED)
+                    span.set_status(trace.StatusCode.ERROR, shed_reason)
 
     def _admit(self) -> bool:
         """Take a slot of the in-flight limit, or say there is none (the loop is one thread: no lock)."""
