@@ -134,7 +134,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "reqps",
                 "Every non-OK status by code: client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) as well as "
                 "failures; RESOURCE_EXHAUSTED is rate limiting or load shedding, and the shed calls among them "
-                "are drawn apart (SERVER_OVERLOADED: shed by the service, or by one it relays).",
+                "are drawn apart (SERVER_OVERLOADED: shed by the service, or by one it relays; users' "
+                "PASSWORD_HASHING_BUSY: its hashing queue full).",
                 [
                     (
                         f'sum by (job, grpc_code) (rate(grpc_server_handled_total{{{SELECTOR}, grpc_code!="OK"}}'
@@ -143,7 +144,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     ),
                     (
                         f"sum by (job) (rate(shopmesh_grpc_server_shed_total{{{SELECTOR}}}[$__rate_interval]))",
-                        "{{job}} SERVER_OVERLOADED (shed)",
+                        "{{job}} shed",
                     ),
                 ],
             ),
