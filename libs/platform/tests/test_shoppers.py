@@ -378,3 +378,24 @@ async def test_the_summary_says_per_cause_how_many_calls_waited_and_how_long() -
         "RESOURCE_EXHAUSTED PASSWORD_HASHING_BUSY": ("1", "1", "as RetryInfo asked, then asked again (Login 1)"),
         "DEADLINE_EXCEEDED": ("1", "1", "to the deadline, unanswered (Login 1)"),
     }, err
+
+
+async def test_the_progress_line_counts_a_call_that_waited_for_two_causes_once() -> None:
+    """The progress line's "N calls waited" summed each cause's calls, so a call refused by the rate limit and
+    then run out of its deadline was two calls that waited."""
+    answers = [
+        HttpCallError(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate limited", retry_delay=0.01),
+        HttpCallError(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "no answer in time"),
+    ]
+
+    async def refused() -> None:
+        raise answers.pop(0)
+
+    async def waited(delay: float) -> float:
+        return delay
+
+    tally = Tally()
+    result, outcome, _ = await asyncio.wait_for(tally.answer("Login", refused, waited), timeout=10)
+    assert (result, outcome) == (None, "DEADLINE_EXCEEDED")
+    assert set(tally.causes) == {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, tally.causes
+    assert tally.line(1.0).endswith("; 1 calls waited"), tally.line(1.0)

@@ -145,6 +145,8 @@ class Tally:
         # Why the shoppers waited (`wait_cause`): a RetryInfo's wait, taken, or a call's whole deadline, which
         # ran out before an answer came (users hashing behind a long queue, under load, looks like that).
         self.causes: dict[str, Waits] = {}
+        # The calls that waited, for one cause or several (each cause counts them apart).
+        self.calls_waited = 0
 
     async def call(
         self,
@@ -174,25 +176,28 @@ class Tally:
             except (grpc.aio.AioRpcError, HttpCallError) as error:
                 cause = wait_cause(error)
                 if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    self._waited(method, cause, time.monotonic() - started, first=cause not in waited_for)
+                    self._waited(method, cause, time.monotonic() - started, waited_for)
                 delay = _retry_delay(error) if error.code() in COME_BACK_LATER else None
                 waited = None
                 if wait is not None and delay is not None and attempt <= MAX_RETRY_WAITS_PER_CALL:
                     waited = await wait(delay)
                 if waited is not None:
                     self.waits[method] += 1
-                    self._waited(method, cause, waited, first=cause not in waited_for)
-                    waited_for.add(cause)
+                    self._waited(method, cause, waited, waited_for)
                     continue
                 return None, self._tallied(method, error), _error_info(error)
             self.answers[method, "OK"] += 1
             return result, "OK", None
         raise AssertionError("unreachable: the last attempt never waits")
 
-    def _waited(self, method: str, cause: str, seconds: float, *, first: bool) -> None:
+    def _waited(self, method: str, cause: str, seconds: float, waited_for: set[str]) -> None:
+        """Count a wait of the call that already waited for `waited_for` (which it joins)."""
+        if not waited_for:
+            self.calls_waited += 1
         waits = self.causes.setdefault(cause, Waits())
-        if first:
+        if cause not in waited_for:
             waits.calls[method] += 1
+            waited_for.add(cause)
         waits.times += 1
         waits.seconds += seconds
 
@@ -218,8 +223,7 @@ class Tally:
         for (_, code), n in self.answers.items():
             codes[code] += n
         said = ", ".join(f"{code} {n}" for code, n in codes.most_common())
-        waiting = sum(w.calls.total() for w in self.causes.values())
-        waited = f"; {waiting} calls waited" if waiting else ""
+        waited = f"; {self.calls_waited} calls waited" if self.calls_waited else ""
         calls = f"{self.total} calls ({self.total / max(elapsed, 1e-9):.1f}/s)"
         return f"{elapsed:5.0f} s  {calls}: {said or 'none yet'}{waited}"
 
