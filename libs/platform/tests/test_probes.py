@@ -63,7 +63,12 @@ def test_a_probe_that_reaches_itself_says_no_and_leaves_the_port_to_the_server_i
 
 class _Ready(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/ready" else 404)
+        # A Host an IPv6 literal without brackets is no uri-host (RFC 9110): a strict server refuses it.
+        host = self.headers.get("Host", "")
+        if ":" in host and not host.startswith("["):
+            self.send_response(400)
+        else:
+            self.send_response(200 if self.path == "/ready" else 404)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
