@@ -79,8 +79,8 @@ check-python:
 
 .PHONY: setup
 # --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (CI images often do), no process writes the .pyc
-# files of the dependencies, so every one compiles them anew: a service's start took 6 s of CPU instead of 2.3,
-# which doubled `make test` (docs/benchmarks.md). Compiling once here costs ~2 s, and ~1 s when nothing changed.
+# files of the dependencies, so every one compiles them anew: a service's start took 6 s of CPU instead of 2.3
+# (docs/benchmarks.md). Compiling once here costs ~2 s, and ~1 s when nothing changed.
 setup: check-python $(if $(filter $(TOOLS)/%,$(UV)),$(UV)) $(BUF_STAMP) ## Install everything (idempotent): uv, the locked Python deps, buf
 	$(UV) sync --locked --python $(PYTHON_VERSION) --all-packages --compile-bytecode
 
