@@ -96,18 +96,23 @@ RETRY_AFTER_SECONDS = 1
 COME_BACK_LATER_STATUSES = frozenset({429, 503})
 
 
+def error_info(reason: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """An ErrorInfo of the edge's own answers, in proto3 JSON (domain ERROR_DOMAIN)."""
+    return {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": ERROR_DOMAIN,
+        "metadata": metadata or {},
+    }
+
+
 def validation_failed(message: str, violation: dict[str, str]) -> str:
     """The JSON google.rpc.Status of an edge refusal, with the details the services give a client's mistake."""
     body = {
         "code": grpc_code.INVALID_ARGUMENT,
         "message": message,
         "details": [
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": "VALIDATION_FAILED",
-                "domain": ERROR_DOMAIN,
-                "metadata": {},
-            },
+            error_info("VALIDATION_FAILED"),
             {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [violation]},
         ],
     }
@@ -190,20 +195,18 @@ def request_timed_out() -> dict[str, Any]:
     """Envoy's 408 to an HTTP client (its request did not arrive whole before a timer of Envoy's ran out): the
     Status of LOCAL_REPLY_CODES' code for it, with a message and an ErrorInfo (REQUEST_TIMEOUT) saying that
     no call was made of it. Envoy's own text was "request timeout" or "stream timeout"."""
-    body = {
-        "code": LOCAL_REPLY_CODES[408],
-        "message": REQUEST_TIMEOUT_MESSAGE,
-        "details": [
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": REQUEST_TIMEOUT,
-                "domain": ERROR_DOMAIN,
-                "metadata": {},
-            }
-        ],
-    }
+    return answered_over_http(
+        408, "local_reply_408_explained", LOCAL_REPLY_CODES[408], REQUEST_TIMEOUT_MESSAGE, error_info(REQUEST_TIMEOUT)
+    )
+
+
+def answered_over_http(status: int, runtime_key: str, code: int, message: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Envoy's local reply of HTTP `status` to an HTTP client (runtime_key: Envoy requires one per filter), its
+    body replaced by a google.rpc.Status of `code` with this message and ErrorInfo: an answer the edge knows all
+    of, not Envoy's text."""
+    body = {"code": code, "message": message, "details": [info]}
     return {
-        "filter": {"and_filter": {"filters": [status_is(408, "local_reply_408_explained"), http_json()]}},
+        "filter": {"and_filter": {"filters": [status_is(status, runtime_key), http_json()]}},
         "body": {"inline_string": json.dumps(body, separators=(",", ":"))},
         "body_format_override": _BODY_AS_JSON,
     }

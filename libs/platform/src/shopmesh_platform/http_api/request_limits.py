@@ -5,7 +5,6 @@ and gRPC-Web clients alike; headers over MAX_REQUEST_HEADERS_KIB are refused too
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -14,7 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from .contract import PUBLIC_SERVICE
 from .cors import readable_cross_origin
-from .local_replies import ERROR_DOMAIN, http_json, status_is
+from .local_replies import ERROR_DOMAIN, answered_over_http, error_info, status_is
 from .matching import FILTER_CONFIG, GRPC, GRPC_WEB_TEXT, TRANSCODER_OFF, set_header
 
 BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
@@ -78,29 +77,13 @@ def _refused_as_too_large(headers: list[dict[str, Any]]) -> dict[str, Any]:
 def http_too_large() -> dict[str, Any]:
     """The 413 of an HTTP/JSON request over MAX_REQUEST_BYTES (the buffer filter's), with the message and the
     ErrorInfo a gRPC client gets for it (grpc_too_large), in place of Envoy's "Payload Too Large"."""
-    body = json.dumps(
-        {
-            "code": grpc_code.RESOURCE_EXHAUSTED,
-            "message": REQUEST_TOO_LARGE_MESSAGE,
-            "details": [
-                {
-                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                    "reason": REQUEST_TOO_LARGE,
-                    "domain": ERROR_DOMAIN,
-                    "metadata": {"max_request_bytes": str(MAX_REQUEST_BYTES)},
-                }
-            ],
-        },
-        separators=(",", ":"),
+    return answered_over_http(
+        413,
+        "local_reply_413_http",
+        grpc_code.RESOURCE_EXHAUSTED,
+        REQUEST_TOO_LARGE_MESSAGE,
+        error_info(REQUEST_TOO_LARGE, {"max_request_bytes": str(MAX_REQUEST_BYTES)}),
     )
-    return {
-        "filter": {"and_filter": {"filters": [status_is(413, "local_reply_413_http"), http_json()]}},
-        "body": {"inline_string": body},
-        "body_format_override": {
-            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
-            "content_type": "application/json",
-        },
-    }
 
 
 def grpc_too_large() -> dict[str, Any]:
