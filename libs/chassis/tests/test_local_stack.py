@@ -16,10 +16,10 @@ import pytest
 
 from shopmesh_chassis.local_stack import (
     LocalStack,
+    local_address,
     process_start,
     remove_stack_file,
     running_stack,
-    stack_address,
     stack_file,
     write_stack_file,
 )
@@ -63,7 +63,7 @@ def test_a_tool_takes_the_running_stacks_address_and_says_whose(
     stack = written(tmp_path / ".data", os.getpid())
     monkeypatch.chdir(tmp_path)  # the tools read the `.data` of the directory they run in
     err = io.StringIO()
-    found = stack_address(err, "the gateway", lambda s: s.gateway, "127.0.0.1:50050", runs_no="gateway")
+    found = local_address(err, "the gateway", lambda s: s.gateway, "127.0.0.1:50050", runs_no="gateway").address
     assert found == stack.gateway
     said = f"the local stack of .data/stack.json (launcher pid {os.getpid()})"
     assert err.getvalue() == f"the gateway at {stack.gateway}: {said}\n"
@@ -75,7 +75,8 @@ def test_a_stack_without_that_address_leaves_the_default_and_says_so(
     written(tmp_path / ".data", os.getpid())
     monkeypatch.chdir(tmp_path)
     err = io.StringIO()
-    assert stack_address(err, "traces", lambda s: None, "default", runs_no="trace sink (why)") == "default"
+    found = local_address(err, "traces", lambda s: None, "default", runs_no="trace sink (why)").address
+    assert found == "default"
     said = f"the local stack of .data/stack.json (launcher pid {os.getpid()})"
     assert err.getvalue() == f"{said} runs no trace sink (why); using default\n"
 
@@ -83,7 +84,8 @@ def test_a_stack_without_that_address_leaves_the_default_and_says_so(
 def test_without_a_stack_a_tool_takes_the_default_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     err = io.StringIO()
-    assert stack_address(err, "NATS", lambda s: s.nats_url, "nats://default", runs_no="NATS") == "nats://default"
+    found = local_address(err, "NATS", lambda s: s.nats_url, "nats://default", runs_no="NATS").address
+    assert found == "nats://default"
     assert err.getvalue() == ""
 
 
@@ -92,8 +94,8 @@ def test_without_a_stack_a_tool_that_always_says_its_address_says_the_defaults(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     err = io.StringIO()
-    found = stack_address(err, "the edge", lambda s: s.http_url, "http://default", runs_no="edge", without="make run's")
-    assert found == "http://default"
+    found = local_address(err, "the edge", lambda s: s.http_url, "http://default", runs_no="edge", without="make run's")
+    assert found.address == "http://default"
     assert err.getvalue() == "the edge at http://default: make run's\n"
 
 

@@ -106,7 +106,7 @@ def test_http_without_a_url_shops_at_the_running_stacks_edge_and_says_which(
     args = arguments(["--http", *FAST], err)
     expected = {
         "edge": (edge, f"the HTTP/JSON edge at {edge}: {said}\n"),
-        # In the one shape of every tool's line (local_stack.stack_address), as the gateway's.
+        # In the one shape of every tool's line (local_stack.local_address), as the gateway's.
         "no-edge": (local, f"{said} runs no HTTP/JSON edge (--http-port 0, or no gateway); using {local}\n"),
         "none": (
             local,

@@ -145,24 +145,6 @@ class LocalAddress:
     file_ignored: bool
 
 
-def stack_address(
-    err: TextIO,
-    name: str,
-    address: Callable[[LocalStack], str | None],
-    default: str,
-    *,
-    runs_no: str,
-    shown: Callable[[str], str] = str,
-    without: str | None = None,
-) -> str:
-    """`address` of the running local stack, for a tool given none of its own; else `default` (the topology's
-    local one, as before the launcher wrote its file). Said on `err` in one shape for every tool: `<name> at
-    <address>: <which stack>`, or `<which stack> runs no <runs_no>; using <default>` when the stack started
-    without it. `shown` is how a line may show an address (a NATS URL's credentials masked). Without a running
-    stack nothing is said, unless `without` says whose `default` is: `<name> at <default>: <without>`."""
-    return local_address(err, name, address, default, runs_no=runs_no, shown=shown, without=without).address
-
-
 def local_address(
     err: TextIO,
     name: str,
@@ -173,7 +155,12 @@ def local_address(
     shown: Callable[[str], str] = str,
     without: str | None = None,
 ) -> LocalAddress:
-    """`stack_address`, with whether the address is the running stack's and whether a file was ignored."""
+    """`address` of the running local stack, for a tool given none of its own; else `default` (the topology's
+    local one, as before the launcher wrote its file). Said on `err` in one shape for every tool: `<name> at
+    <address>: <which stack>`, or `<which stack> runs no <runs_no>; using <default>` when the stack started
+    without it. `shown` is how a line may show an address (a NATS URL's credentials masked). Without a running
+    stack nothing is said, unless `without` says whose `default` is: `<name> at <default>: <without>`. Returned
+    with whether the address is the running stack's and whether a file was there and ignored."""
     read = _read(DEFAULT_DATA_DIR, err)
     stack = read.stack
     if stack is None:

@@ -49,7 +49,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, stack_address, stack_file
+from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, local_address, stack_file
 
 from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
@@ -494,19 +494,21 @@ def arguments(argv: Sequence[str] | None = None, err: TextIO = sys.stderr) -> ar
 def local_http_url(err: TextIO) -> str:
     """The running local stack's HTTP/JSON edge (`--free-ports` gives it any port), else make run's; said on `err`
     either way, as the one line that tells the user where the shoppers went."""
-    return stack_address(
+    return local_address(
         err,
         "the HTTP/JSON edge",
         lambda stack: stack.http_url,
         LOCAL_HTTP_URL,
         runs_no="HTTP/JSON edge (--http-port 0, or no gateway)",
         without=f"make run's (no running local stack's {stack_file(DEFAULT_DATA_DIR)} here)",
-    )
+    ).address
 
 
 def local_gateway(err: TextIO) -> str:
     """The running local stack's gateway (`--free-ports` gives it any port), said on `err`; else make run's port."""
-    return stack_address(err, "the gateway", lambda stack: stack.gateway, LOCAL_GATEWAY, runs_no="gateway (--services)")
+    return local_address(
+        err, "the gateway", lambda stack: stack.gateway, LOCAL_GATEWAY, runs_no="gateway (--services)"
+    ).address
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
-from shopmesh_chassis.local_stack import stack_address
+from shopmesh_chassis.local_stack import local_address
 
 from .arguments import whole_number
 from .trace_sink import ROTATED_FILE, SPANS_FILE
@@ -185,13 +185,13 @@ AMBIGUOUS_SHOWN = 5
 def sink_dir(err: TextIO) -> Path:
     """Where the running local stack's trace sink writes (.data/stack.json, said on `err`), else DEFAULT_DIR."""
     return Path(
-        stack_address(
+        local_address(
             err,
             "traces",
             lambda stack: stack.traces_dir,
             str(DEFAULT_DIR),
             runs_no="trace sink (OTEL_EXPORTER_OTLP_ENDPOINT)",
-        )
+        ).address
     )
 
 
