@@ -140,8 +140,6 @@ class Tally:
     def __init__(self) -> None:
         self.answers: Counter[tuple[str, str]] = Counter()
         self.checkouts: list[Checkout] = []
-        # The waits a RetryInfo asked for and the shoppers took, by method.
-        self.waits: Counter[str] = Counter()
         # Why the shoppers waited (`wait_cause`): a RetryInfo's wait, taken, or a call's whole deadline, which
         # ran out before an answer came (users hashing behind a long queue, under load, looks like that).
         self.causes: dict[str, Waits] = {}
@@ -182,7 +180,6 @@ class Tally:
                 if wait is not None and delay is not None and attempt <= MAX_RETRY_WAITS_PER_CALL:
                     waited = await wait(delay)
                 if waited is not None:
-                    self.waits[method] += 1
                     self._waited(method, cause, waited, waited_for)
                     continue
                 return None, self._tallied(method, error), _error_info(error)
