@@ -96,7 +96,27 @@ def test_without_a_stack_a_tool_that_always_says_its_address_says_the_defaults(
     err = io.StringIO()
     found = local_address(err, "the edge", lambda s: s.http_url, "http://default", runs_no="edge", without="make run's")
     assert found.address == "http://default"
-    assert err.getvalue() == "the edge at http://default: make run's\n"
+    # Whose default it is, and why it was taken: a default that then does not answer reads as no stack running.
+    said = "the edge at http://default: make run's, as no local stack runs: no launcher's .data/stack.json is here\n"
+    assert err.getvalue() == said
+
+
+def test_a_default_taken_past_an_ignored_file_does_not_say_there_is_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher killed with -9 leaves its file: the line that says whose default a tool took must not send the
+    user looking for a file that is there, but name it as the ignored one."""
+    pid = exited_pid()
+    written(tmp_path / ".data", pid)
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    found = local_address(err, "the edge", lambda s: s.http_url, "http://default", runs_no="edge", without="make run's")
+    assert (found.address, found.file_ignored) == ("http://default", True)
+    assert err.getvalue().splitlines() == [
+        f"ignoring .data/stack.json: its launcher (pid {pid}) is gone; using the local ports",
+        "the edge at http://default: make run's, as no local stack runs: .data/stack.json here names no launcher of "
+        "this directory that still runs (ignored: see above)",
+    ]
 
 
 def test_no_file_is_no_stack_and_says_nothing(tmp_path: Path) -> None:

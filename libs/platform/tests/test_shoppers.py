@@ -24,6 +24,7 @@ from shopmesh_chassis.errors import FailedPrecondition, ResourceExhausted
 from shopmesh_chassis.grpc_errors import to_grpc_status, to_rpc_status
 from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_chassis.testing import free_port
+from shopmesh_platform import shoppers
 from shopmesh_platform.http_client import HttpCallError
 from shopmesh_platform.shoppers import (
     MAX_RETRY_WAIT_SECONDS,
@@ -85,6 +86,23 @@ def test_an_unreachable_http_api_is_said_in_one_line() -> None:
     assert err == f"error: cannot reach the HTTP/JSON API at {url} (is `make run` running?)\n"
 
 
+def test_without_a_running_stack_a_default_gateway_that_does_not_answer_is_said_to_be_make_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make shoppers` with no stack running said only "cannot reach the gateway at 127.0.0.1:50050", and not
+    that it took make run's port because no launcher's .data/stack.json was there. make run's gateway moved to a
+    free port: nothing else may answer there."""
+    local = f"127.0.0.1:{free_port()}"
+    monkeypatch.setattr(shoppers, "LOCAL_GATEWAY", local)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = ran(*FAST, "--connect-timeout", "0.5")
+    assert code == 1
+    assert err.splitlines() == [
+        f"the gateway at {local}: make run's, as no local stack runs: no launcher's .data/stack.json is here",
+        f"error: cannot reach the gateway at {local} (is `make run` running?)",
+    ]
+
+
 @pytest.mark.parametrize("stack", ["edge", "no-edge", "none"])
 def test_http_without_a_url_shops_at_the_running_stacks_edge_and_says_which(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: str
@@ -110,7 +128,8 @@ def test_http_without_a_url_shops_at_the_running_stacks_edge_and_says_which(
         "no-edge": (local, f"{said} runs no HTTP/JSON edge (--http-port 0, or no gateway); using {local}\n"),
         "none": (
             local,
-            f"the HTTP/JSON edge at {local}: make run's (no running local stack's {stack_file(Path('.data'))} here)\n",
+            f"the HTTP/JSON edge at {local}: make run's, as no local stack runs: no launcher's .data/stack.json is "
+            "here\n",
         ),
     }[stack]
     assert (args.http, err.getvalue()) == expected

@@ -44,7 +44,7 @@ from shopmesh_chassis.deadletters import (
     is_consumer_name,
 )
 from shopmesh_chassis.events import EVENT_TYPE, InvalidNatsUrl, parse_nats_url, shown_nats_url
-from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, LocalAddress, local_address, stack_file
+from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, LocalAddress, local_address, no_running_stack, stack_file
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
 
@@ -269,16 +269,9 @@ def local_nats_url() -> LocalAddress:
 
 
 def local_stack_hint(stack_file_ignored: bool = False) -> str:
-    """What to do when the default NATS, the local stack's, does not answer: no launcher runs here. Either its
-    file, which names its NATS on any port, was not found in the directory this runs in, or the one found names
-    a launcher that is gone (killed with -9), cannot be read, or is a copy of another directory's (whose launcher
-    may well run, there): "no file" would send the user looking for a file they can see."""
-    path = stack_file(DEFAULT_DATA_DIR)
-    found = (
-        f"{path} here names no launcher of this directory that still runs (ignored: see above)"
-        if stack_file_ignored
-        else f"no launcher's {path} is here"
-    )
+    """What to do when the default NATS, the local stack's, does not answer: no launcher runs here (its file,
+    which names its NATS on any port, not found or ignored: `no_running_stack`)."""
+    found = no_running_stack(stack_file_ignored)
     # `make deadletters` unsets NATS_URL (a variable exported for something else must not redirect it), so the
     # way out through make is its ARGS; NATS_URL only works for the command run directly.
     return (

@@ -159,13 +159,16 @@ def local_address(
     local one, as before the launcher wrote its file). Said on `err` in one shape for every tool: `<name> at
     <address>: <which stack>`, or `<which stack> runs no <runs_no>; using <default>` when the stack started
     without it. `shown` is how a line may show an address (a NATS URL's credentials masked). Without a running
-    stack nothing is said, unless `without` says whose `default` is: `<name> at <default>: <without>`. Returned
-    with whether the address is the running stack's and whether a file was there and ignored."""
+    stack nothing is said, unless `without` says whose `default` is: `<name> at <default>: <without>, as no
+    local stack runs: <why>` (`no_running_stack`), so that a default that does not answer reads as what it is.
+    Returned with whether the address is the running stack's and whether a file was there and ignored."""
     read = _read(DEFAULT_DATA_DIR, err)
     stack = read.stack
     if stack is None:
         if without is not None:
-            _say(err, f"{name} at {shown(default)}: {without}")
+            _say(
+                err, f"{name} at {shown(default)}: {without}, as no local stack runs: {no_running_stack(read.ignored)}"
+            )
         return LocalAddress(default, of_running_stack=False, file_ignored=read.ignored)
     found = address(stack)
     if found is None:
@@ -173,6 +176,16 @@ def local_address(
         return LocalAddress(default, of_running_stack=False, file_ignored=False)
     _say(err, f"{name} at {shown(found)}: {stack.said()}")
     return LocalAddress(found, of_running_stack=True, file_ignored=False)
+
+
+def no_running_stack(file_ignored: bool) -> str:
+    """Why a tool took its default address: no launcher of this directory runs. Either its file was not found
+    where the tool runs, or the one found was ignored (its launcher gone, unreadable, a copy of another
+    directory's, said on the line before): "none is here" would send the user looking for a file they can see."""
+    path = stack_file(DEFAULT_DATA_DIR)
+    if file_ignored:
+        return f"{path} here names no launcher of this directory that still runs (ignored: see above)"
+    return f"no launcher's {path} is here"
 
 
 def _same_directory(written_in: str, data_dir: Path) -> bool:

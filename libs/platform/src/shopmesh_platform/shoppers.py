@@ -49,7 +49,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, local_address, stack_file
+from shopmesh_chassis.local_stack import local_address
 
 from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
@@ -497,14 +497,20 @@ def local_http_url(err: TextIO) -> str:
         lambda stack: stack.http_url,
         LOCAL_HTTP_URL,
         runs_no="HTTP/JSON edge (--http-port 0, or no gateway)",
-        without=f"make run's (no running local stack's {stack_file(DEFAULT_DATA_DIR)} here)",
+        without="make run's",
     ).address
 
 
 def local_gateway(err: TextIO) -> str:
-    """The running local stack's gateway (`--free-ports` gives it any port), said on `err`; else make run's port."""
+    """The running local stack's gateway (`--free-ports` gives it any port), else make run's; said on `err` either
+    way, so that a default gateway that does not answer is not taken for the running stack's."""
     return local_address(
-        err, "the gateway", lambda stack: stack.gateway, LOCAL_GATEWAY, runs_no="gateway (--services)"
+        err,
+        "the gateway",
+        lambda stack: stack.gateway,
+        LOCAL_GATEWAY,
+        runs_no="gateway (--services)",
+        without="make run's",
     ).address
 
 
