@@ -124,35 +124,20 @@ class _Retryable(DomainError):
 
 
 class ResourceExhausted(_Retryable):
-    """A quota or rate limit is used up (RESOURCE_EXHAUSTED + RetryInfo).
+    """A quota or rate limit is used up (RESOURCE_EXHAUSTED + RetryInfo)."""
 
-    `shed=True`: what is used up is the server's own capacity, not a quota of the caller's (users' hashing
+    default_reason = "RESOURCE_EXHAUSTED"
+    # Whether what is used up is the server's own capacity (an Overloaded) rather than a quota of the caller's.
+    shed = False
+
+
+class Overloaded(ResourceExhausted):
+    """RESOURCE_EXHAUSTED for want of the server's own capacity, not a quota of the caller's (users' hashing
     queue, as the chassis' GRPC_MAX_CONCURRENT_RPCS answers SERVER_OVERLOADED): the server failing its caller,
     so counted as shed (`shopmesh_grpc_server_shed_total`, which the server-errors alert and the availability
     SLO count) with an error status on the server span, whatever its reason."""
 
-    default_reason = "RESOURCE_EXHAUSTED"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after_seconds: float | None = None,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        domain: str | None = None,
-        final: bool = False,
-        shed: bool = False,
-    ) -> None:
-        super().__init__(
-            message,
-            retry_after_seconds=retry_after_seconds,
-            reason=reason,
-            metadata=metadata,
-            domain=domain,
-            final=final,
-        )
-        self.shed = shed
+    shed = True
 
 
 class Unavailable(_Retryable):

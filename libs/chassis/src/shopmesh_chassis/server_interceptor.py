@@ -210,18 +210,17 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         code = grpc.StatusCode.OK
         start = time.perf_counter()
         admitted = not limited or self._admit()
-        # Shed: here, by the handler (a ResourceExhausted raised `shed=True`), or (relayed SERVER_OVERLOADED) by a
+        # Shed: here, by the handler (an errors.Overloaded), or (relayed SERVER_OVERLOADED) by a
         # dependency: the server's failure, under a code that a rate limit answers too, so counted apart
         # (ServerMetrics' shed counter). The span's error says why, by the refusal's own reason.
         shed = False
         shed_reason = errors.SERVER_OVERLOADED
         try:
             if not admitted:
-                raise errors.ResourceExhausted(
+                raise errors.Overloaded(
                     f"the server is handling its limit of {self._max_in_flight} calls; retry shortly",
                     reason=errors.SERVER_OVERLOADED,
                     retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
-                    shed=True,
                 )
             if parse is not None:
                 request = _parsed(parse, request)

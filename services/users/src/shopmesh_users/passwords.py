@@ -25,7 +25,7 @@ from typing import ParamSpec, TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from shopmesh_chassis.errors import ResourceExhausted
+from shopmesh_chassis.errors import Overloaded
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,12 +63,11 @@ class Passwords:
 
     async def _in_turn(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         if self._admitted >= self._limit:
-            raise ResourceExhausted(
+            # The service's capacity, not the caller's quota: counted as the chassis' load shedding is.
+            raise Overloaded(
                 "too many password checks at once; retry shortly",
                 reason=BUSY_REASON,
                 retry_after_seconds=BUSY_RETRY_AFTER_SECONDS,
-                # The service's capacity, not the caller's quota: counted as the chassis' load shedding is.
-                shed=True,
             )
         # The event loop is one thread: counting needs no lock.
         self._admitted += 1
