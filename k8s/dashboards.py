@@ -39,7 +39,8 @@ SELECTOR = 'namespace="$namespace", job=~"$service"'
 SERVER_ERRORS = "UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED"
 # The rate of the server's failed calls, per series, as ShopmeshServerErrors and the availability SLO count them
 # (helm/shopmesh-lib/templates/_monitoring.tpl, "shopmesh-lib.serverFailures"): a server error code, or shed
-# (RESOURCE_EXHAUSTED SERVER_OVERLOADED, which the code alone cannot tell from a rate limit's).
+# (RESOURCE_EXHAUSTED SERVER_OVERLOADED or PASSWORD_HASHING_BUSY, which the code alone cannot tell from a rate
+# limit's).
 SERVER_FAILURES = (
     f'rate(grpc_server_handled_total{{{SELECTOR}, grpc_code=~"{SERVER_ERRORS}"}}[$__rate_interval]) '
     f"or rate(shopmesh_grpc_server_shed_total{{{SELECTOR}}}[$__rate_interval])"
@@ -108,7 +109,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Server-side errors",
                 "percentunit",
                 f"Share of calls ending in {SERVER_ERRORS.replace('|', ', ')}, or shed (RESOURCE_EXHAUSTED "
-                "SERVER_OVERLOADED) (alert ShopmeshServerErrors).",
+                "SERVER_OVERLOADED or PASSWORD_HASHING_BUSY, the service's or one it relays) (alert "
+                "ShopmeshServerErrors).",
                 [
                     (
                         f"sum by (job) ({SERVER_FAILURES}) / sum by (job) "
@@ -134,8 +136,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "reqps",
                 "Every non-OK status by code: client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) as well as "
                 "failures; RESOURCE_EXHAUSTED is rate limiting or load shedding, and the shed calls among them "
-                "are drawn apart (SERVER_OVERLOADED: shed by the service, or by one it relays; users' "
-                "PASSWORD_HASHING_BUSY: its hashing queue full).",
+                "are drawn apart (SERVER_OVERLOADED: shed by the service; users' PASSWORD_HASHING_BUSY: its "
+                "hashing queue full; either relayed from a service behind it).",
                 [
                     (
                         f'sum by (job, grpc_code) (rate(grpc_server_handled_total{{{SELECTOR}, grpc_code!="OK"}}'

@@ -113,8 +113,8 @@ UNKNOWN|INTERNAL|DATA_LOSS|UNIMPLEMENTED|UNAVAILABLE|DEADLINE_EXCEEDED
 {{/*
 The per-second rate of the server's failed calls over .window among the series .selector selects, per
 series, for a `sum by` around it: those answered with a server error code, and those shed (RESOURCE_EXHAUSTED,
-reason SERVER_OVERLOADED: the service at its GRPC_MAX_CONCURRENT_RPCS, or a dependency's shedding that it
-relays, shopmesh_grpc_server_shed_total). Shedding fails the caller as surely as UNAVAILABLE, but its code is
+shopmesh_grpc_server_shed_total: reason SERVER_OVERLOADED, the service at its GRPC_MAX_CONCURRENT_RPCS; a
+handler's own full queue, users' PASSWORD_HASHING_BUSY; or a dependency's shed answer that it relays). Shedding fails the caller as surely as UNAVAILABLE, but its code is
 the one a rate limit answers, and a rate limit is the client's doing: the code alone cannot tell them apart.
 A shed call is in grpc_server_handled_total as RESOURCE_EXHAUSTED too, which is no server error code, so it
 counts once. `or` adds the two: the handled series carry grpc_code and the shed ones do not, so no label set
@@ -258,7 +258,7 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
     "expr" (printf "sum by (grpc_service, grpc_method) (%s) / sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{__selector__}[5m])) > %v" (include "shopmesh-lib.serverFailures" (dict "selector" "__selector__" "window" "5m")) $m.errorRatio)
     "for" "5m" "severity" "critical"
     "summary" (printf "%s: calls failing on the server side" $c.name)
-    "description" (printf "More than %v%% of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} calls end in a server-side status (%s) or are shed (RESOURCE_EXHAUSTED SERVER_OVERLOADED: this service, or one it relays, at its GRPC_MAX_CONCURRENT_RPCS) for 5 minutes; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) and rate limits do not count." (mulf $m.errorRatio 100) (replace "|" ", " $serverErrors)))
+    "description" (printf "More than %v%% of {{ $labels.grpc_service }}/{{ $labels.grpc_method }} calls end in a server-side status (%s) or are shed (RESOURCE_EXHAUSTED: SERVER_OVERLOADED, this service or one it relays at its GRPC_MAX_CONCURRENT_RPCS; PASSWORD_HASHING_BUSY, users' hashing queue full) for 5 minutes; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) and rate limits do not count." (mulf $m.errorRatio 100) (replace "|" ", " $serverErrors)))
   (dict
     "alert" "ShopmeshSlowCalls"
     "expr" (printf "histogram_quantile(0.99, sum by (le, grpc_service, grpc_method) (rate(grpc_server_handling_seconds_bucket{__selector__}[5m]))) > %v" $m.latencyP99Seconds)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -16,19 +17,53 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
-from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis import errors
+from shopmesh_chassis.grpc_errors import answered_final, answered_shed, details_of
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.server_interceptor import SHED_RETRY_AFTER_SECONDS
 from shopmesh_chassis.testing import eventually, health_status, serve_in_process
-from shopmesh_chassis.testing.sample_service import binding
+from shopmesh_chassis.testing.sample_service import SampleServicer, binding
 
 from .conftest import ECHO, Holding, sample_settings
 
 LIMIT = 2
 SLOW = sample_pb2.EchoRequest(message="slow")
 FAIL = {**ECHO, "grpc_method": "Fail"}
+RELAY = {**ECHO, "grpc_method": "Relay"}
 # The sample service answers this as a rate limit does: RESOURCE_EXHAUSTED, reason RATE_LIMITED.
 RATE_LIMITED = sample_pb2.FailRequest(kind=sample_pb2.ERROR_KIND_RESOURCE_EXHAUSTED)
+# A handler's own shedding under a reason of its own (as users' PASSWORD_HASHING_BUSY), which no rule about
+# SERVER_OVERLOADED knows.
+QUEUE_FULL = "QUEUE_FULL"
+
+
+class Refusing(SampleServicer):
+    """Echo refuses "shed" as a handler whose own queue is full does (shed, reason QUEUE_FULL) and "limited" as
+    a rate limit does (RATE_LIMITED, not shed)."""
+
+    async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
+        if request.message == "shed":
+            raise errors.Overloaded("queue full", reason=QUEUE_FULL, retry_after_seconds=1)
+        if request.message == "limited":
+            raise errors.ResourceExhausted("slow down", reason="RATE_LIMITED", retry_after_seconds=1)
+        return await super().Echo(request, context)
+
+
+class Relaying(SampleServicer):
+    """Relay passes the target's failed answer on unchanged, as a proxy does (the gateway's `translate`)."""
+
+    async def Relay(self, request: sample_pb2.RelayRequest, context: Any) -> sample_pb2.RelayResponse:
+        async with grpc.aio.insecure_channel(request.target) as channel:
+            try:
+                echo = await sample_pb2_grpc.SampleServiceStub(channel).Echo(request.echo, timeout=30)
+            except grpc.aio.AioRpcError as error:
+                details = details_of(error)
+                if details.raw_status is None:
+                    raise  # no chassis answer: the relay answers INTERNAL, which the test would show
+                raise errors.ReplayedError(
+                    details.raw_status, details.message, final=answered_final(error), shed=answered_shed(error)
+                ) from None
+        return sample_pb2.RelayResponse(echo=echo)
 
 
 @pytest.fixture
@@ -210,3 +245,49 @@ async def test_a_shed_calls_server_span_is_an_error_and_a_rate_limited_ones_is_n
         ("/shopmesh.sample.v1.SampleService/Echo", code, trace.StatusCode.ERROR),
         ("/shopmesh.sample.v1.SampleService/Fail", code, trace.StatusCode.UNSET),
     ]
+
+
+async def test_a_shed_answer_is_marked_shed_for_a_relay_and_a_rate_limited_one_is_not(
+    limited: ChassisServer, holding: Holding
+) -> None:
+    async with grpc.aio.insecure_channel(limited.address) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        busy = await at_the_limit(limited, stub)
+        with pytest.raises(grpc.aio.AioRpcError) as shed:
+            await stub.Echo(sample_pb2.EchoRequest(message="one too many"), timeout=30)
+        holding.release.set()
+        await asyncio.gather(*busy)
+        with pytest.raises(grpc.aio.AioRpcError) as rate_limited:
+            await stub.Fail(RATE_LIMITED, timeout=30)
+    assert (details_of(shed.value).reason, answered_shed(shed.value)) == ("SERVER_OVERLOADED", True)
+    assert (details_of(rate_limited.value).reason, answered_shed(rate_limited.value)) == ("RATE_LIMITED", False)
+
+
+async def test_a_server_relaying_a_shed_answer_counts_it_shed_whatever_its_reason_and_a_rate_limit_not() -> None:
+    """The relaying server's caller was refused for want of capacity as surely as if the relay had shed it: the
+    relay counts it shed (its ShopmeshServerErrors and SLO) and marks its own answer so, for a relay of it."""
+    async with (
+        serve_in_process(sample_settings(), [binding(Refusing())]) as refusing,
+        serve_in_process(sample_settings(), [binding(Relaying())]) as relaying,
+        grpc.aio.insecure_channel(relaying.address) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        answers: dict[str, tuple[grpc.StatusCode, str | None, bool]] = {}
+        for message in ("shed", "limited"):
+            relay = sample_pb2.RelayRequest(target=refusing.address, echo=sample_pb2.EchoRequest(message=message))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Relay(relay, timeout=30)
+            answers[message] = (refused.value.code(), details_of(refused.value).reason, answered_shed(refused.value))
+
+        def counts() -> tuple[float, float, float]:
+            return (
+                sample(refusing, "shopmesh_grpc_server_shed_total"),
+                sample(relaying, "grpc_server_handled_total", RELAY, grpc_code="RESOURCE_EXHAUSTED"),
+                sample(relaying, "shopmesh_grpc_server_shed_total", RELAY),
+            )
+
+        await eventually(lambda: counts() == (1, 2, 1), "the shed answer counted shed by both, the rate limit by none")
+    assert answers == {
+        "shed": (grpc.StatusCode.RESOURCE_EXHAUSTED, QUEUE_FULL, True),
+        "limited": (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", False),
+    }

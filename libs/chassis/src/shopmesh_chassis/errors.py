@@ -135,7 +135,8 @@ class Overloaded(ResourceExhausted):
     """RESOURCE_EXHAUSTED for want of the server's own capacity, not a quota of the caller's (users' hashing
     queue, as the chassis' GRPC_MAX_CONCURRENT_RPCS answers SERVER_OVERLOADED): the server failing its caller,
     so counted as shed (`shopmesh_grpc_server_shed_total`, which the server-errors alert and the availability
-    SLO count) with an error status on the server span, whatever its reason."""
+    SLO count) with an error status on the server span, whatever its reason, and marked shed for a relay
+    (`grpc_errors.SHED_ANSWER`), which counts it too."""
 
     shed = True
 
@@ -172,18 +173,22 @@ def listed_ids(ids: Sequence[str], *, key: str, count_key: str) -> dict[str, str
 
 
 class ReplayedError(DomainError):
-    """A stored error outcome replayed for a retried idempotent request.
+    """A stored error outcome replayed for a retried idempotent request, or a dependency's answer relayed.
 
     `status` is the serialized google.rpc.Status first sent; the server sends it again unchanged. `final`, as
     for Unavailable: it goes out with gRPC's "do not retry" pushback and the chassis' FINAL_ANSWER marker (a
     proxy relaying a dependency's answer that was final, `grpc_errors.answered_final`, as the gateway relays
-    orders' accepted cancellation; a -1 without the marker is not final).
+    orders' accepted cancellation; a -1 without the marker is not final). `shed`: the dependency shed the call
+    (`grpc_errors.answered_shed`: the chassis' SHED_ANSWER marker, whatever the status' reason, users'
+    PASSWORD_HASHING_BUSY as well as SERVER_OVERLOADED); the relaying server failed its caller for want of
+    capacity all the same, so it counts the call as shed and marks its answer so in turn.
     """
 
-    def __init__(self, status: bytes, message: str, *, final: bool = False) -> None:
+    def __init__(self, status: bytes, message: str, *, final: bool = False, shed: bool = False) -> None:
         super().__init__(message, reason="REPLAYED")
         self.status = status
         self.final = final
+        self.shed = shed
 
 
 # Errors after which a retry with the same idempotency key should run the operation again.

@@ -41,6 +41,15 @@ RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 # status, which relays pass on byte for byte and clients (the HTTP API's JSON among them) read as the contract.
 FINAL_ANSWER = "shopmesh-final-answer"
 
+# The chassis' trailer saying the server counted the call as shed (`shopmesh_grpc_server_shed_total`): refused
+# for want of its own capacity, by its GRPC_MAX_CONCURRENT_RPCS (SERVER_OVERLOADED) or a handler's full queue
+# (users' PASSWORD_HASHING_BUSY), or relaying a dependency's answer so marked. A relay reads it
+# (`answered_shed`) to count the call as shed too: the status alone cannot say so, since its code is the one
+# a rate limit answers and a handler's reason is its own. A trailer, not ErrorInfo metadata, as FINAL_ANSWER:
+# it is about this one call, not the status, which relays pass on byte for byte and clients read as the
+# contract.
+SHED_ANSWER = "shopmesh-shed"
+
 # Statuses of an outbound call that say "not now" rather than "no": the dependency is down, too slow,
 # shedding load, or cancelled the call on its side (a cancellation of our own call reaches the handler
 # as asyncio.CancelledError instead).
@@ -221,6 +230,12 @@ def answered_final(error: grpc.aio.AioRpcError) -> bool:
     what the server said is under way. A pushback -1 without the marker is not final: the server's wait only
     did not fit that call's deadline, which says nothing of the proxy's caller's."""
     return any(key == FINAL_ANSWER for key, _ in error.trailing_metadata() or ())
+
+
+def answered_shed(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the failed call's server counted it as shed (marked by SHED_ANSWER): a proxy relaying the
+    answer counts its own call as shed too (`errors.ReplayedError(..., shed=True)`), whatever the reason."""
+    return any(key == SHED_ANSWER for key, _ in error.trailing_metadata() or ())
 
 
 def details_from(

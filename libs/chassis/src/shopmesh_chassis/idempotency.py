@@ -399,4 +399,6 @@ class IdempotencyStore:
     def _replay(row: Any, response_type: type[ResponseT]) -> ResponseT:
         if row.status_code == 0:
             return response_type.FromString(row.response)
+        # Never shed: a shed answer is RESOURCE_EXHAUSTED, a transient error, which `run` never stores (it
+        # releases the key for the retry instead).
         raise errors.ReplayedError(row.status, "replayed stored error")

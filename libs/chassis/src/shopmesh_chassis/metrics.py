@@ -75,8 +75,8 @@ class ServerMetrics:
         self._shed = Counter(
             "shopmesh_grpc_server_shed",
             "Calls answered RESOURCE_EXHAUSTED for want of this server's capacity: reason SERVER_OVERLOADED, shed "
-            "at its GRPC_MAX_CONCURRENT_RPCS or a dependency's shedding relayed unchanged (the gateway), or a "
-            "handler's own full queue (users' PASSWORD_HASHING_BUSY). The server "
+            "at its GRPC_MAX_CONCURRENT_RPCS, a handler's own full queue (users' PASSWORD_HASHING_BUSY), or a "
+            "dependency's shed answer relayed unchanged, whatever its reason (the gateway). The server "
             "failing its callers, unlike a rate limit's RESOURCE_EXHAUSTED; each is in "
             'grpc_server_handled_total{grpc_code="RESOURCE_EXHAUSTED"} too.',
             labels,

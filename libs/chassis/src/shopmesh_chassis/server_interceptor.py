@@ -36,6 +36,7 @@ from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.grpc_errors import (
     FINAL_ANSWER,
     RETRY_PUSHBACK,
+    SHED_ANSWER,
     TRANSIENT_CODES,
     dependency_unavailable,
     details_from,
@@ -103,6 +104,8 @@ _HEALTH = "/grpc.health.v1.Health/"
 _DO_NOT_RETRY = ((RETRY_PUSHBACK, "-1"),)
 # A final answer goes out with the pushback gRPC's retries read and the marker a relay reads (`answered_final`).
 _FINAL = (*_DO_NOT_RETRY, (FINAL_ANSWER, "1"))
+# A shed answer goes out with the marker a relay reads (`answered_shed`) to count its own call as shed.
+_SHED = ((SHED_ANSWER, "1"),)
 
 # How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
 SHED_RETRY_AFTER_SECONDS = 0.1
@@ -210,11 +213,12 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         code = grpc.StatusCode.OK
         start = time.perf_counter()
         admitted = not limited or self._admit()
-        # Shed: here, by the handler (an errors.Overloaded), or (relayed SERVER_OVERLOADED) by a
-        # dependency: the server's failure, under a code that a rate limit answers too, so counted apart
-        # (ServerMetrics' shed counter). The span's error says why, by the refusal's own reason.
+        # Shed: here, by the handler (an errors.Overloaded), or by a dependency whose answer is
+        # relayed (a ReplayedError `shed=True`: it came marked SHED_ANSWER): the server's failure, under a code
+        # that a rate limit answers too, so counted apart (ServerMetrics' shed counter) and marked so for a
+        # relay in turn. The span's error says why, by the refusal's own reason.
         shed = False
-        shed_reason = errors.SERVER_OVERLOADED
+        shed_reason = ""
         try:
             if not admitted:
                 raise errors.Overloaded(
@@ -229,14 +233,18 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         except errors.ReplayedError as exc:
             stored = status_pb2.Status.FromString(exc.status)
             code = _CODES.get(stored.code, grpc.StatusCode.UNKNOWN)
-            shed = code is grpc.StatusCode.RESOURCE_EXHAUSTED and _reason_of(stored) == errors.SERVER_OVERLOADED
-            await self._abort(context, to_grpc_status(stored), final=exc.final)
+            # Only as RESOURCE_EXHAUSTED, as every shed call is: the alert's and the SLO's queries count a shed
+            # call once because its code is no server error code.
+            shed = exc.shed and code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            if shed:
+                shed_reason = _reason_of(stored) or code.name
+            await self._abort(context, to_grpc_status(stored), final=exc.final, shed=shed)
         except errors.DomainError as exc:
             code = status_code_for(exc)
             shed = isinstance(exc, errors.ResourceExhausted) and exc.shed
             shed_reason = exc.reason
             final = getattr(exc, "final", False)
-            await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)), final=final)
+            await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)), final=final, shed=shed)
         except grpc.aio.AbortError:
             # The handler aborted by itself (e.g. a library servicer); keep its status.
             code = _code_of(context)
@@ -313,12 +321,15 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.StatusCode.INTERNAL
 
     @staticmethod
-    async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status, *, final: bool = False) -> None:
+    async def _abort(
+        context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status, *, final: bool = False, shed: bool = False
+    ) -> None:
         # Nothing was sent yet, so the response is trailers-only.
         # Trailers the handler set (e.g. the idempotency key used) go out with the error too.
         handler_set = tuple(context.trailing_metadata() or ())
         pushback = _FINAL if final else _retry_pushback(status, context.time_remaining())
-        await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback))
+        marked = _SHED if shed else ()
+        await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback, *marked))
 
 
 # How much later than its caller's the server's deadline may run. gRPC starts the server's count of the

@@ -14,7 +14,13 @@ from collections.abc import Iterator
 import grpc
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, answered_final, dependency_unavailable, details_of
+from shopmesh_chassis.grpc_errors import (
+    TRANSIENT_CODES,
+    answered_final,
+    answered_shed,
+    dependency_unavailable,
+    details_of,
+)
 
 # Errors the gateway's own client channels make up (circuit open, inbound deadline passed).
 _LOCAL_DOMAIN = "shopmesh.chassis"
@@ -33,7 +39,11 @@ def translate(service: str, error: grpc.aio.AioRpcError) -> Exception:
         # its pushback, the status would be retried by the gateway's caller's channel, redoing what it says is
         # under way. A -1 alone is not final: it may only say the wait did not fit the gateway's own short call
         # (2 s), and the interceptor weighs the status' RetryInfo against the shopper's deadline instead.
-        return errors.ReplayedError(details.raw_status, details.message, final=answered_final(error))
+        # Shed if the service counted it shed (its GRPC_MAX_CONCURRENT_RPCS, users' PASSWORD_HASHING_BUSY): the
+        # shopper was refused for want of capacity, which the gateway's availability SLO counts.
+        return errors.ReplayedError(
+            details.raw_status, details.message, final=answered_final(error), shed=answered_shed(error)
+        )
     if error.code() in TRANSIENT_CODES:
         return dependency_unavailable(service, error)
     return error
