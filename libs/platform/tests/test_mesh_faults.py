@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -13,6 +15,7 @@ import pytest
 
 from shopmesh_chassis.local_stack import LocalStack, stack_file, write_stack_file
 from shopmesh_chassis.testing import free_port
+from shopmesh_platform.mesh import faults
 from shopmesh_platform.mesh.faults import (
     ABORT_PERCENT,
     ABORT_STATUS,
@@ -110,3 +113,36 @@ def test_a_stack_without_the_mesh_is_told_that_faults_need_it(tmp_path: Path, mo
         f"error: catalog runs behind no sidecar in {stack.said()}: it runs without the mesh; faults need "
         "`make run MESH=envoy`"
     )
+
+
+@pytest.mark.parametrize("file", ["none", "of a killed launcher"])
+def test_without_a_running_stack_the_default_sidecars_are_said_to_be_make_runs_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: str
+) -> None:
+    """`make fault` with no stack running said only "no sidecar answers at http://127.0.0.1:15002 (...): is `make
+    run MESH=envoy` running?", and not that it had taken make run's admin ports because no launcher's
+    .data/stack.json was there (or the one there was a killed launcher's). The admin URL moves to a free port:
+    no other stack's sidecar may answer there, or take the fault."""
+    monkeypatch.chdir(tmp_path)
+    admin = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(faults, "local_admin_url", lambda name: admin)
+    ignored = []
+    if file != "none":
+        killed = subprocess.Popen([sys.executable, "-c", "pass"])
+        killed.wait()  # exited and reaped: its pid names no launcher
+        write_stack_file(LocalStack(path=stack_file(Path(".data")), pid=killed.pid, nats_url="nats://127.0.0.1:1"))
+        ignored = [f"ignoring .data/stack.json: its launcher (pid {killed.pid}) is gone; using the local ports"]
+    why = {
+        "none": "no launcher's .data/stack.json is here",
+        "of a killed launcher": ".data/stack.json here names no launcher of this directory that still runs (ignored: "
+        "see above)",
+    }[file]
+    err = io.StringIO()
+    assert main(["catalog", "--delay", "1s"], io.StringIO(), err) == 1
+    *said, error = err.getvalue().splitlines()
+    assert said == [
+        *ignored,
+        "sidecars at 127.0.0.1:15000-15007 (canaries': 15331-15337): make run MESH=envoy's admin ports, as no local "
+        f"stack runs: {why}",
+    ]
+    assert error.startswith(f"error: no sidecar answers at {admin} (")

@@ -166,9 +166,7 @@ def local_address(
     stack = read.stack
     if stack is None:
         if without is not None:
-            _say(
-                err, f"{name} at {shown(default)}: {without}, as no local stack runs: {no_running_stack(read.ignored)}"
-            )
+            _say_default(err, name, shown(default), without, read.ignored)
         return LocalAddress(default, of_running_stack=False, file_ignored=read.ignored)
     found = address(stack)
     if found is None:
@@ -176,6 +174,20 @@ def local_address(
         return LocalAddress(default, of_running_stack=False, file_ignored=False)
     _say(err, f"{name} at {shown(found)}: {stack.said()}")
     return LocalAddress(found, of_running_stack=True, file_ignored=False)
+
+
+def running_stack_or_default(err: TextIO, name: str, default: str, *, without: str) -> LocalStack | None:
+    """The running local stack, for a tool that takes several addresses of it (`make fault`'s sidecars); without
+    one, None, said on `err` as `local_address` says a default, whether a file was there and ignored or not:
+    `<name> at <default>: <without>, as no local stack runs: <why>`."""
+    read = _read(DEFAULT_DATA_DIR, err)
+    if read.stack is None:
+        _say_default(err, name, default, without, read.ignored)
+    return read.stack
+
+
+def _say_default(err: TextIO, name: str, default: str, without: str, file_ignored: bool) -> None:
+    _say(err, f"{name} at {default}: {without}, as no local stack runs: {no_running_stack(file_ignored)}")
 
 
 def no_running_stack(file_ignored: bool) -> str:

@@ -16,8 +16,9 @@ gateway's product page without recommendations, orders' saga cancelling a checko
 for. A delay and an abort can be set together (the abort follows the delay); each hits `--percent` of the
 calls, drawn independently. Faults live in the
 sidecar's memory: a restarted stack starts without any. The sidecars are those of the running local stack
-(`.data/stack.json`, which the launcher writes while it runs, on any ports: `--free-ports` too; said on stderr),
-else of `make run MESH=envoy`'s local ports; `--admin URL` names one by hand.
+(`.data/stack.json`, which the launcher writes while it runs, on any ports: `--free-ports` too), else of
+`make run MESH=envoy`'s local ports, said on stderr either way (and why: no launcher's file here, or one
+ignored); `--admin URL` names one by hand.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import TextIO
 import grpc
 from tabulate import tabulate
 
-from shopmesh_chassis.local_stack import running_stack
+from shopmesh_chassis.local_stack import running_stack_or_default
 
 from ..topology import (
     CANARY_SUFFIX,
@@ -141,12 +142,22 @@ def local_admin_url(name: str) -> str:
     return f"http://{LOCAL_HOST}:{local_sidecar_ports(name).admin}"
 
 
+def local_admin_ports() -> str:
+    """The admin ports of `local_admin_url`'s sidecars, all in one line's words."""
+    services = [local_sidecar_ports(name).admin for name in SERVICES]
+    canaries = [local_canary_ports(name).sidecar.admin for name in SERVICES if not is_edge(name)]
+    return f"{LOCAL_HOST}:{min(services)}-{max(services)} (canaries': {min(canaries)}-{max(canaries)})"
+
+
 class SidecarAdmins:
     """The sidecars' admin URLs: the running local stack's (.data/stack.json: any ports, `--free-ports`
-    included), said on `err`; else those of `make run MESH=envoy`'s local ports."""
+    included); else those of `make run MESH=envoy`'s local ports. Said on `err` either way, so that a default
+    sidecar that does not answer is not taken for the running stack's."""
 
     def __init__(self, err: TextIO) -> None:
-        self.stack = running_stack(err=err)
+        self.stack = running_stack_or_default(
+            err, "sidecars", local_admin_ports(), without="make run MESH=envoy's admin ports"
+        )
         if self.stack is not None:
             print(f"sidecars of {self.stack.said()}", file=err)
 
