@@ -18,9 +18,10 @@ to come back later (RESOURCE_EXHAUSTED or UNAVAILABLE with a RetryInfo: the gate
 sign-ups from one address) is waited out, jittered, and the step asked again. The summary says apart from the
 answers why the shoppers waited: per cause (the status code and ErrorInfo reason: RESOURCE_EXHAUSTED
 RATE_LIMITED, a dependency's UNAVAILABLE, or a DEADLINE_EXCEEDED they waited out to the end), how many calls
-waited and how long in all. Exit 1 when the gateway cannot be reached, or, with `--strict`, when any call got a server
-fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed price is
-an answer, a fault is a bug.
+waited and how long in all. Exit 1 when the gateway cannot be reached (in one line, which asks whether `make run`
+runs only for make run's own address, taken as no running stack named one), or, with `--strict`, when any call
+got a server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed
+price is an answer, a fault is a bug.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import details_of
-from shopmesh_chassis.local_stack import local_address
+from shopmesh_chassis.local_stack import LocalAddress, local_address
 
 from .arguments import seconds, whole_number
 from .http_client import HttpCallError, HttpShop
@@ -391,22 +392,23 @@ class Shopper:
 
 
 async def shop(args: argparse.Namespace, out: TextIO) -> Tally:
+    # Only make run's own address, taken because no running stack named one, is answered by starting it: an
+    # address the user gave, or the one the running stack named (said on stderr), gets no such advice.
+    hint = " (is `make run` running?)" if args.make_runs_address else ""
     if args.http:
         async with aiohttp.ClientSession(args.http) as session:
             try:
                 async with asyncio.timeout(args.connect_timeout), session.get("/healthz") as ready:
                     ready.raise_for_status()
             except (TimeoutError, aiohttp.ClientError):
-                raise ConnectionError(
-                    f"cannot reach the HTTP/JSON API at {args.http} (is `make run` running?)"
-                ) from None
+                raise ConnectionError(f"cannot reach the HTTP/JSON API at {args.http}{hint}") from None
             # HttpShop answers the stub's calls (same names, requests, metadata, timeout and replies).
             return await crowd(cast("ShopServiceAsyncStub", HttpShop(session)), args, out)
     async with grpc.aio.insecure_channel(args.target) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         except TimeoutError:
-            raise ConnectionError(f"cannot reach the gateway at {args.target} (is `make run` running?)") from None
+            raise ConnectionError(f"cannot reach the gateway at {args.target}{hint}") from None
         return await crowd(shop_pb2_grpc.ShopServiceStub(channel), args, out)
 
 
@@ -481,14 +483,20 @@ def arguments(argv: Sequence[str] | None = None, err: TextIO = sys.stderr) -> ar
         help='print the answers as JSON ({"METHOD": {"CODE": n}}, CODE a status or PRICE_CHANGED), progress to stderr',
     )
     args = parser.parse_args(argv)
+    # Whether the shoppers go to make run's default address, which no running stack named (`shop`'s hint).
+    args.make_runs_address = False
     if args.http is _STACKS_EDGE:
-        args.http = local_http_url(err)
-    if args.target is None:
-        args.target = LOCAL_GATEWAY if args.http else local_gateway(err)
+        edge = local_http_url(err)
+        args.http, args.make_runs_address = edge.address, not edge.of_running_stack
+    if args.target is None and args.http:
+        args.target = LOCAL_GATEWAY  # not called: the edge is
+    elif args.target is None:
+        gateway = local_gateway(err)
+        args.target, args.make_runs_address = gateway.address, not gateway.of_running_stack
     return args
 
 
-def local_http_url(err: TextIO) -> str:
+def local_http_url(err: TextIO) -> LocalAddress:
     """The running local stack's HTTP/JSON edge (`--free-ports` gives it any port), else make run's; said on `err`
     either way, as the one line that tells the user where the shoppers went."""
     return local_address(
@@ -498,10 +506,10 @@ def local_http_url(err: TextIO) -> str:
         LOCAL_HTTP_URL,
         runs_no="HTTP/JSON edge (--http-port 0, or no gateway)",
         without="make run's",
-    ).address
+    )
 
 
-def local_gateway(err: TextIO) -> str:
+def local_gateway(err: TextIO) -> LocalAddress:
     """The running local stack's gateway (`--free-ports` gives it any port), else make run's; said on `err` either
     way, so that a default gateway that does not answer is not taken for the running stack's."""
     return local_address(
@@ -511,7 +519,7 @@ def local_gateway(err: TextIO) -> str:
         LOCAL_GATEWAY,
         runs_no="gateway (--services)",
         without="make run's",
-    ).address
+    )
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
