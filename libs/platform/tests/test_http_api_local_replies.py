@@ -4,19 +4,40 @@ the gateway's errors (`details` there, empty or not), with a message a client ca
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
+import struct
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import grpc
 import httpx
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import code_pb2 as grpc_code
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.testing import eventually
-from shopmesh_platform.http_api import MAX_REQUEST_BYTES, REQUEST_TOO_LARGE, REQUEST_TOO_LARGE_MESSAGE
+from shopmesh_platform.http_api import (
+    GATEWAY_UNAVAILABLE_MESSAGE,
+    MAX_REQUEST_BYTES,
+    PUBLIC_SERVICE,
+    REQUEST_TOO_LARGE,
+    REQUEST_TOO_LARGE_MESSAGE,
+)
 
-from .conftest import COME_BACK_LATER, GATEWAY_RETRY_DELAY, Edge, RecordingShop, running_edge
+from .conftest import (
+    COME_BACK_LATER,
+    GATEWAY_RETRY_DELAY,
+    Edge,
+    RecordingShop,
+    running_edge,
+    status_in_headers,
+)
 
 
 def raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -242,6 +263,56 @@ def test_the_gateway_away_is_a_503_saying_when_to_come_back(edge_without_gateway
     assert_come_back_later(answer, 503)
     # Envoy's own reason stays the message.
     assert "upstream connect error" in answer.json()["message"], answer.text
+
+
+def test_the_gateway_away_tells_a_grpc_client_when_to_come_back_in_status_details_agreeing_with_its_status(
+    edge_without_gateway: Edge,
+) -> None:
+    # Envoy's own answer was a bare UNAVAILABLE with its reset's reason: no RetryInfo, nothing saying when.
+    with (
+        grpc.insecure_channel(urlsplit(edge_without_gateway.url).netloc) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=1), timeout=10)
+    call = refused.value
+    assert call.code() == grpc.StatusCode.UNAVAILABLE, call
+    assert call.details() == GATEWAY_UNAVAILABLE_MESSAGE, call
+    # from_call refuses a Status whose code or message differs from grpc-status and grpc-message.
+    status = rpc_status.from_call(call)  # type: ignore[arg-type]
+    assert status is not None, call.trailing_metadata()  # type: ignore[attr-defined]
+    assert_edge_retry_info(status)
+
+
+@pytest.mark.parametrize("content_type", ["application/grpc-web+proto", "application/grpc-web-text"])
+def test_the_gateway_away_tells_a_grpc_web_client_when_to_come_back_in_status_details_agreeing_with_its_status(
+    edge_without_gateway: Edge, content_type: str
+) -> None:
+    # Envoy's own answer was HTTP 503 with the gRPC-Web filter's UNAVAILABLE and no details.
+    frame = struct.pack(">BI", 0, 0)
+    answer = httpx.post(
+        f"{edge_without_gateway.url}/{PUBLIC_SERVICE}/ListProducts",
+        content=base64.b64encode(frame) if content_type.endswith("-text") else frame,
+        headers={"content-type": content_type, "x-grpc-web": "1"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.headers
+    # Envoy's gRPC-Web filter types a trailers-only answer to either mode as binary: it has no body to encode.
+    assert answer.headers["content-type"] == "application/grpc-web+proto", answer.headers
+    assert answer.headers["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0]), answer.headers
+    assert unquote(answer.headers["grpc-message"]) == GATEWAY_UNAVAILABLE_MESSAGE, answer.headers
+    raw = answer.headers["grpc-status-details-bin"]
+    assert_edge_retry_info(status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4))))
+    assert status_in_headers(answer.headers).retry_delay_seconds == 1.0
+
+
+def assert_edge_retry_info(status: status_pb2.Status) -> None:
+    """The Status of a gRPC client's answer from the edge itself asking it to come back later: the HTTP/JSON
+    client's RetryInfo of 1s, and its message and code those of grpc-message and grpc-status."""
+    assert (status.code, status.message) == (grpc.StatusCode.UNAVAILABLE.value[0], GATEWAY_UNAVAILABLE_MESSAGE)
+    [detail] = status.details
+    retry = error_details_pb2.RetryInfo()
+    assert detail.Unpack(retry), detail
+    assert retry.retry_delay == duration_pb2.Duration(seconds=1)
 
 
 @pytest.fixture(scope="module")

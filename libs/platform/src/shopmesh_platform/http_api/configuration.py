@@ -27,6 +27,7 @@ from .local_replies import (
     GRPC_HTTP_STATUS_CODES,
     LOCAL_REPLY_CODES,
     explained,
+    grpc_gateway_unavailable,
     local_reply,
     query_without_content_type,
     request_timed_out,
@@ -190,8 +191,10 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                     for status, code in GRPC_HTTP_STATUS_CODES.items()
                     if status not in LOCAL_REPLY_CODES
                 ),
-                # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 is theirs.
+                # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 and
+                # 503 are theirs.
                 grpc_too_large(),
+                grpc_gateway_unavailable(),
                 # Last: whatever error Envoy answers an HTTP/JSON client with that none of the above names.
                 unlisted_local_reply(),
             ]

@@ -4,12 +4,16 @@ replaced by one saying what to send instead."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2 as grpc_code
+from google.rpc import error_details_pb2, status_pb2
 
-from .matching import NOT_GRPC, set_header
+from .matching import GRPC, NOT_GRPC, set_header
 
 _CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 
@@ -94,6 +98,11 @@ REQUEST_TIMEOUT_MESSAGE = (
 # The gateway's own 429s and 503s are not Envoy's local replies: they pass with the RetryInfo the gateway chose.
 RETRY_AFTER_SECONDS = 1
 COME_BACK_LATER_STATUSES = frozenset({429, 503})
+# The message of Envoy's own 503 to a gRPC or gRPC-Web client (the gateway unreachable, its connections
+# overflowing, none of it healthy), in grpc-message and in the Status of grpc-status-details-bin alike: the two
+# must agree, and the Status is fixed in the configuration, so Envoy's own text (which names the reset's
+# reason) cannot be its message. The access log keeps Envoy's reason (its `details` and `flags`).
+GATEWAY_UNAVAILABLE_MESSAGE = f"the edge cannot reach the gateway now: try again in {RETRY_AFTER_SECONDS}s"
 
 
 def error_info(reason: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
@@ -137,6 +146,49 @@ def local_reply(status: int, code: int) -> dict[str, Any]:
         mapper["body_format_override"] = _status_json(code, [_RETRY_INFO])
         mapper["headers_to_add"] = [set_header("retry-after", str(RETRY_AFTER_SECONDS))]
     return mapper
+
+
+def grpc_gateway_unavailable() -> dict[str, Any]:
+    """Envoy's own 503 to a gRPC or gRPC-Web client as UNAVAILABLE (what Envoy answers it already) saying when to
+    come back, as the HTTP/JSON client's 503 does: GATEWAY_UNAVAILABLE_MESSAGE and a RetryInfo of
+    RETRY_AFTER_SECONDS in grpc-status-details-bin. After local_reply's mappers: a transcoded HTTP/JSON request's
+    content type is gRPC's by then, and its 503 is theirs. (A 429 of Envoy's own stays as Envoy answers a gRPC
+    client: its local rate limit chooses the code, UNAVAILABLE or RESOURCE_EXHAUSTED, which a Status fixed here
+    could contradict.)"""
+    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS))
+    return answered_over_grpc(503, "local_reply_503_grpc", grpc_code.UNAVAILABLE, GATEWAY_UNAVAILABLE_MESSAGE, [retry])
+
+
+def answered_over_grpc(
+    status: int, runtime_key: str, code: int, message: str, details: list[Message]
+) -> dict[str, Any]:
+    """Envoy's local reply of HTTP `status` to a gRPC or gRPC-Web client (runtime_key: Envoy requires one per
+    filter) as `code` with this message, and these details in grpc-status-details-bin, as the services give
+    theirs: the whole trailers-only answer, in headers, with no body. For gRPC alone, a grpc-status added here
+    would do (Envoy keeps one its local reply has); but Envoy decides a reply is gRPC's by the request as it
+    came, and gRPC-Web's is not: its reply goes out as HTTP, and the gRPC-Web filter makes the HTTP status its
+    grpc-status, over this one. Answered as gRPC (200, gRPC's content type), the filter passes the status on."""
+    if not (message.isascii() and message.isprintable()) or "%" in message:
+        raise ValueError(f"grpc-message is sent as it is: printable ASCII without '%' only, not {message!r}")
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    status_details = status_pb2.Status(code=code, message=message, details=packed)
+    return {
+        "filter": {"and_filter": {"filters": [status_is(status, runtime_key), {"header_filter": {"header": GRPC}}]}},
+        "status_code": 200,
+        "headers_to_add": [
+            set_header("content-type", "application/grpc"),
+            set_header("grpc-status", str(code)),
+            # As it is: printable ASCII without '%' is its own percent-encoding.
+            set_header("grpc-message", message),
+            set_header("grpc-status-details-bin", base64.b64encode(status_details.SerializeToString()).decode()),
+        ],
+        # No body: with one, Envoy would send it as the answer's data, which no gRPC client reads as a message.
+        "body": {"inline_string": ""},
+    }
 
 
 def unlisted_local_reply() -> dict[str, Any]:

@@ -4,17 +4,15 @@ and gRPC-Web clients alike; headers over MAX_REQUEST_HEADERS_KIB are refused too
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
-from google.protobuf import any_pb2
 from google.rpc import code_pb2 as grpc_code
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
 from .contract import PUBLIC_SERVICE
 from .cors import readable_cross_origin
-from .local_replies import ERROR_DOMAIN, answered_over_http, error_info, status_is
-from .matching import FILTER_CONFIG, GRPC, GRPC_WEB_TEXT, TRANSCODER_OFF, set_header
+from .local_replies import ERROR_DOMAIN, answered_over_grpc, answered_over_http, error_info
+from .matching import FILTER_CONFIG, GRPC, GRPC_WEB_TEXT, TRANSCODER_OFF
 
 BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 BUFFER_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
@@ -88,47 +86,10 @@ def http_too_large() -> dict[str, Any]:
 
 def grpc_too_large() -> dict[str, Any]:
     """The 413 of a gRPC or gRPC-Web call over MAX_REQUEST_BYTES (the buffer filter's, declared_too_large's) as
-    RESOURCE_EXHAUSTED, naming the limit, with the ErrorInfo the services give in grpc-status-details-bin: the
-    whole trailers-only answer, in headers, with no body. For gRPC alone, a grpc-status added here would do (Envoy
-    keeps one its local reply has); but Envoy decides a reply is gRPC's by the request as it came, and gRPC-Web's
-    is not: its 413 goes out as HTTP, and the gRPC-Web filter makes the HTTP status its grpc-status (UNKNOWN),
-    over this one. Answered as gRPC (200, gRPC's content type), the filter passes the status on."""
-    status = status_pb2.Status(
-        code=grpc_code.RESOURCE_EXHAUSTED,
-        message=REQUEST_TOO_LARGE_MESSAGE,
-        details=[
-            _packed(
-                error_details_pb2.ErrorInfo(
-                    reason=REQUEST_TOO_LARGE,
-                    domain=ERROR_DOMAIN,
-                    metadata={"max_request_bytes": str(MAX_REQUEST_BYTES)},
-                )
-            )
-        ],
+    RESOURCE_EXHAUSTED, naming the limit, with the ErrorInfo the services give in grpc-status-details-bin."""
+    info = error_details_pb2.ErrorInfo(
+        reason=REQUEST_TOO_LARGE, domain=ERROR_DOMAIN, metadata={"max_request_bytes": str(MAX_REQUEST_BYTES)}
     )
-    return {
-        "filter": {
-            "and_filter": {
-                "filters": [
-                    status_is(413, "local_reply_413_grpc"),
-                    {"header_filter": {"header": GRPC}},
-                ]
-            }
-        },
-        "status_code": 200,
-        "headers_to_add": [
-            set_header("content-type", "application/grpc"),
-            set_header("grpc-status", str(grpc_code.RESOURCE_EXHAUSTED)),
-            # As it is: printable ASCII without '%' is its own percent-encoding.
-            set_header("grpc-message", REQUEST_TOO_LARGE_MESSAGE),
-            set_header("grpc-status-details-bin", base64.b64encode(status.SerializeToString()).decode()),
-        ],
-        # No body: with one, Envoy would send it as the answer's data, which no gRPC client reads as a message.
-        "body": {"inline_string": ""},
-    }
-
-
-def _packed(message: error_details_pb2.ErrorInfo) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    return answered_over_grpc(
+        413, "local_reply_413_grpc", grpc_code.RESOURCE_EXHAUSTED, REQUEST_TOO_LARGE_MESSAGE, [info]
+    )
