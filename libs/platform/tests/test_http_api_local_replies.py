@@ -315,24 +315,25 @@ def assert_edge_retry_info(status: status_pb2.Status) -> None:
     assert retry.retry_delay == duration_pb2.Duration(seconds=1)
 
 
+def one_request_an_hour(manager: dict[str, Any]) -> None:
+    """A local rate limit of one request an hour (the edge has none: this is one an operator would add, or a
+    later release), first in the chain: the second request is Envoy's own 429, made before the CORS filter
+    has read the request."""
+    limit = {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "edge_limit",
+            "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "3600s"},
+            "filter_enabled": {"default_value": {"numerator": 100}, "runtime_key": "edge_limit_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100}, "runtime_key": "edge_limit_enforced"},
+        },
+    }
+    manager["http_filters"].insert(0, limit)
+
+
 @pytest.fixture(scope="module")
 def rate_limited_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    """The edge with a local rate limit of one request an hour (the edge has none: this is one an operator
-    would add, or a later release), so that the second request is Envoy's own 429."""
-
-    def one_request_an_hour(manager: dict[str, Any]) -> None:
-        limit = {
-            "name": "envoy.filters.http.local_ratelimit",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-                "stat_prefix": "edge_limit",
-                "token_bucket": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "3600s"},
-                "filter_enabled": {"default_value": {"numerator": 100}, "runtime_key": "edge_limit_enabled"},
-                "filter_enforced": {"default_value": {"numerator": 100}, "runtime_key": "edge_limit_enforced"},
-            },
-        }
-        manager["http_filters"].insert(0, limit)
-
     with running_edge(tmp_path_factory.mktemp("rate-limited-edge"), one_request_an_hour) as edge:
         yield edge
 
@@ -365,3 +366,49 @@ def test_the_gateways_own_come_back_later_passes_with_its_own_retry_info_untouch
     ], status
     # The edge adds nothing of its own to the gateway's answer.
     assert "retry-after" not in answer.headers, answer.headers
+
+
+ORIGIN = "https://shop.example"
+GRPC_WEB = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+
+
+@pytest.fixture
+def spent_rate_limit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    """An edge of one_request_an_hour's whose one request is spent: its next answer is its own 429."""
+    with running_edge(tmp_path_factory.mktemp("spent-rate-limit"), one_request_an_hour) as edge:
+        assert httpx.get(edge.url + "/v1/products?pageSize=1", timeout=10).status_code == 200
+        yield edge
+
+
+@pytest.mark.parametrize(
+    ("edge_fixture", "grpc_web", "headers", "http_status"),
+    [
+        # Envoy's local replies the CORS filter never saw: a local rate limit ahead of it; headers too large,
+        # refused by the codec before any filter (a long URL, a page's many headers).
+        ("spent_rate_limit", False, {}, 429),
+        ("spent_rate_limit", True, {}, 429),
+        ("edge_process", False, {"x-padding": "a" * 70 * 1024}, 431),
+        # The gateway away: the router's reply, which the CORS filter sees, keeps one Access-Control-Allow-Origin.
+        ("edge_without_gateway", False, {}, 503),
+        ("edge_without_gateway", True, {}, 200),
+    ],
+)
+def test_the_edges_own_refusals_are_readable_by_a_page_of_any_origin(
+    request: pytest.FixtureRequest, edge_fixture: str, grpc_web: bool, headers: dict[str, str], http_status: int
+) -> None:
+    # Without Access-Control-Allow-Origin a browser hands the page a network error, not the edge's answer: its
+    # 429 or 503 saying when to come back, its gRPC-Web status.
+    edge: Edge = request.getfixturevalue(edge_fixture)
+    headers = {"origin": ORIGIN, **headers, **(GRPC_WEB if grpc_web else {})}
+    if grpc_web:
+        answer = httpx.post(
+            f"{edge.url}/{PUBLIC_SERVICE}/ListProducts", content=struct.pack(">BI", 0, 0), headers=headers, timeout=10
+        )
+    else:
+        answer = httpx.get(edge.url + "/v1/products", headers=headers, timeout=10)
+    assert answer.status_code == http_status, (answer.headers, answer.content)
+    assert answer.headers.get_list("access-control-allow-origin") in ([ORIGIN], ["*"]), answer.headers
+    exposed = {name.strip() for name in answer.headers.get("access-control-expose-headers", "").split(",")}
+    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed, answer.headers
+    # The answer depends on the origin: a shared cache keeps one copy per origin (docs/http-api.md, CORS).
+    assert answer.headers.get_list("vary") == ["Origin"], answer.headers

@@ -16,8 +16,11 @@ _EXPOSED_HEADERS = ("idempotency-key", "grpc-status", "grpc-message", "grpc-stat
 
 
 def readable_cross_origin() -> list[dict[str, Any]]:
-    """The CORS headers of a forwarded answer, for a direct response to gRPC-Web (which the CORS filter skips):
-    its status comes in headers (a trailers-only answer), which a page reads only when they are exposed."""
+    """The CORS headers of a forwarded answer, for an answer of Envoy's own that the CORS filter may not see: a
+    route's direct response (which it skips), and a local reply made before the filter read the request (a
+    request the codec refuses, headers too large, a local rate limit or the overload manager ahead of it). A
+    gRPC-Web status comes in headers (a trailers-only answer), which a page reads only when they are exposed.
+    Where the CORS filter does see the answer, its own headers replace these."""
     return [
         set_header("access-control-allow-origin", "*"),
         set_header("access-control-expose-headers", ", ".join(_EXPOSED_HEADERS)),
