@@ -135,6 +135,22 @@ def test_errors_are_a_status_with_the_details_told_apart_by_type(shop: dict[str,
     assert {f"type.googleapis.com/google.rpc.{t}" for t in ("BadRequest", "ErrorInfo", "RetryInfo")} <= types
 
 
+def test_the_served_document_declares_retry_after_on_every_operations_429_and_503() -> None:
+    # The edge's own 429s and 503s carry Retry-After (docs/http-api.md): a client generated from the document
+    # reads it only where a response declares it. Read from the file the edge serves at /openapi.json.
+    served = json.loads(openapi_document().read_text())
+    responses = served["components"]["responses"]
+    operations = [operation for methods in served["paths"].values() for operation in methods.values()]
+    assert operations
+    for operation in operations:
+        for status in ("429", "503"):
+            ref = operation["responses"][status]["$ref"]
+            declared = responses[ref.removeprefix("#/components/responses/")]
+            assert declared["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 0}, declared
+            assert declared["content"] == responses["Error"]["content"], "a google.rpc.Status like every error"
+        assert operation["responses"]["default"] == {"$ref": "#/components/responses/Error"}
+
+
 PUBLIC = "option (shopmesh.common.v1.access) = ACCESS_PUBLIC;"
 ROUTE = f'option (google.api.http) = {{post: "/v1/things" body: "*"}}; {PUBLIC}'
 CONTRACT = """

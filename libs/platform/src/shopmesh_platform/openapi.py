@@ -18,7 +18,8 @@ What it states, as the transcoder behaves (`transcoder()` in http_api/filters.py
 - security from the method's `(shopmesh.common.v1.access)` option: bearer JWT unless ACCESS_PUBLIC;
 - every error as a google.rpc.Status with its details (ErrorInfo, BadRequest, RetryInfo, ...), the HTTP
   status being gRPC's mapping of the code;
-- the `idempotency-key` request and response header on IDEMPOTENT methods.
+- the `idempotency-key` request and response header on IDEMPOTENT methods;
+- the 429 and 503 a client may come back after, with the edge's `Retry-After` header.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ STATUS = "google.rpc.Status"
 ERROR_DETAILS_FILE = "google/rpc/error_details.proto"
 SECURITY_SCHEME = "bearerAuth"
 IDEMPOTENCY_KEY = "idempotency-key"
+# The statuses asking a client to come back later (RESOURCE_EXHAUSTED, UNAVAILABLE; the edge's own 429s and 503s),
+# declared apart from the other errors for the header the edge's own carry: HTTP's Retry-After, in seconds.
+COME_BACK_LATER = "ComeBackLater"
+COME_BACK_LATER_STATUSES = ("429", "503")
+RETRY_AFTER = "Retry-After"
 
 _NOT_A_NUMBER = ["NaN", "Infinity", "-Infinity"]
 _INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
@@ -152,7 +158,7 @@ def document(descriptor_set: bytes, service: str, *, servers: list[dict[str, str
         "paths": paths,
         "components": {
             "schemas": schemas.all(),
-            "responses": {"Error": _error_response()},
+            "responses": {"Error": _error_response(), COME_BACK_LATER: _come_back_later_response()},
             "securitySchemes": {
                 SECURITY_SCHEME: {
                     "type": "http",
@@ -313,7 +319,12 @@ def _operation(
         success["headers"] = {
             IDEMPOTENCY_KEY: {"description": "The key the gateway used.", "schema": {"type": "string"}}
         }
-    operation["responses"] = {"200": success, "default": {"$ref": "#/components/responses/Error"}}
+    come_back_later = {"$ref": f"#/components/responses/{COME_BACK_LATER}"}
+    operation["responses"] = {
+        "200": success,
+        **dict.fromkeys(COME_BACK_LATER_STATUSES, come_back_later),
+        "default": {"$ref": "#/components/responses/Error"},
+    }
     operation["security"] = [] if access_name == ACCESS_PUBLIC else [{SECURITY_SCHEME: []}]
     return (verb, template), operation
 
@@ -354,6 +365,26 @@ def _error_response() -> dict[str, Any]:
             }
         },
         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{STATUS}"}}},
+    }
+
+
+def _come_back_later_response() -> dict[str, Any]:
+    """An Error asking the client to come back later: the Status's RetryInfo says when, and the edge's own answers
+    (Envoy's local rate limit, the gateway unreachable) say it in Retry-After too, for a client reading no JSON."""
+    error = _error_response()
+    return {
+        **error,
+        "description": "Come back later: RESOURCE_EXHAUSTED → 429 (rate limited), UNAVAILABLE → 503 (the gateway "
+        "or a service behind it away). The google.rpc.Status's RetryInfo, when it has one, says how long to wait.",
+        "headers": {
+            RETRY_AFTER: {
+                "description": "On the edge's own answers (Envoy's: the gateway unreachable, a local rate limit): "
+                "the seconds to wait before trying again, as their RetryInfo says. The gateway's own say it in "
+                "the RetryInfo only.",
+                "schema": {"type": "integer", "minimum": 0},
+            },
+            **error["headers"],
+        },
     }
 
 
