@@ -114,15 +114,22 @@ def edge_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
 
 @contextmanager
 def running_edge(
-    folder: Path, configure: Callable[[dict[str, Any]], None] | None = None, *, gateway_away: bool = False
+    folder: Path,
+    configure: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    gateway_away: bool = False,
+    gateway_port: int | None = None,
 ) -> Iterator[Edge]:
     """Envoy of `bootstrap()` in front of a RecordingShop, its files in `folder`; `configure` may change the
     edge's connection manager first (a test's own setting, such as a shorter timeout than the edge's);
-    `gateway_away`: nothing listens where the edge calls the gateway (the RecordingShop gets no call)."""
+    `gateway_away`: nothing listens where the edge calls the gateway (the RecordingShop gets no call);
+    `gateway_port`: the edge calls a test's own server on this port of 127.0.0.1 instead."""
     shop = RecordingShop()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
-    if gateway_away:
+    if gateway_port is not None:
+        gateway = gateway_port
+    elif gateway_away:
         # A port free_ports handed out: not one a server of another test, asking for any port, gets meanwhile.
         [gateway] = free_ports(1)
     else:

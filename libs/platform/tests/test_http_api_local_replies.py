@@ -5,9 +5,11 @@ the gateway's errors (`details` there, empty or not), with a message a client ca
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -330,6 +332,78 @@ def one_request_an_hour(manager: dict[str, Any]) -> None:
         },
     }
     manager["http_filters"].insert(0, limit)
+
+
+def read_until_a_request(connection: socket.socket) -> None:
+    """Read HTTP/2 from the edge until a request's HEADERS frame has come (after the client preface, 24 bytes,
+    each frame is its 9-byte header, its type at [3], then its payload)."""
+    received = b""
+    while True:
+        while len(received) >= 24 + 9:
+            length = int.from_bytes(received[24:27], "big")
+            if received[27] == 0x1:
+                return
+            if len(received) < 24 + 9 + length:
+                break
+            received = received[:24] + received[24 + 9 + length :]
+        chunk = connection.recv(65536)
+        if not chunk:
+            return
+        received += chunk
+
+
+@pytest.fixture(scope="module")
+def edge_whose_gateway_hangs_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    """The edge in front of a gateway that takes each connection, reads the request on it, and closes it without
+    an answer (a gateway killed during a call): Envoy's own 503, after the request reached the gateway."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stopped = threading.Event()
+
+    def hang_up() -> None:
+        while not stopped.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(10)
+                with contextlib.suppress(OSError):
+                    read_until_a_request(connection)
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        with running_edge(
+            tmp_path_factory.mktemp("edge-gateway-hangs-up"), gateway_port=listener.getsockname()[1]
+        ) as edge:
+            yield edge
+    finally:
+        stopped.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_503_after_the_request_reached_the_gateway_does_not_say_come_back(
+    edge_whose_gateway_hangs_up: Edge,
+) -> None:
+    # The gateway may have carried the call out before its connection closed (an order placed, a card charged):
+    # "retry in 1s" would invite a second one. The client decides, by the method and its idempotency key.
+    answer = httpx.post(edge_whose_gateway_hangs_up.url + "/v1/orders", json={}, timeout=10)
+    assert answer.status_code == 503, answer.text
+    status = status_in(answer.headers["content-type"], answer.content)
+    assert (status["code"], status["details"]) == (grpc_code.UNAVAILABLE, []), status
+    assert "connection termination" in status["message"], status
+    assert "retry-after" not in answer.headers, answer.headers
+    with (
+        grpc.insecure_channel(urlsplit(edge_whose_gateway_hangs_up.url).netloc) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        shop_pb2_grpc.ShopServiceStub(channel).PlaceOrder(shop_pb2.PlaceOrderRequest(), timeout=10)
+    call = refused.value
+    assert call.code() == grpc.StatusCode.UNAVAILABLE, call
+    assert "connection termination" in call.details(), call  # type: ignore[attr-defined]
+    assert "grpc-status-details-bin" not in dict(call.trailing_metadata()), call  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

@@ -190,11 +190,12 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         explained(details, status, message)
                         for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()
                     ),
-                    *(local_reply(status, code) for status, code in LOCAL_REPLY_CODES.items()),
+                    *(mapper for status, code in LOCAL_REPLY_CODES.items() for mapper in local_reply(status, code)),
                     *(
-                        local_reply(status, code)
+                        mapper
                         for status, code in GRPC_HTTP_STATUS_CODES.items()
                         if status not in LOCAL_REPLY_CODES
+                        for mapper in local_reply(status, code)
                     ),
                     # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 and
                     # 503 are theirs.

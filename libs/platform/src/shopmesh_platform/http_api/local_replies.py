@@ -90,8 +90,8 @@ REQUEST_TIMEOUT_MESSAGE = (
     "the request did not arrive whole in time: the edge stopped waiting for the rest of it and called nothing; "
     "send it again, whole"
 )
-# Envoy's own answers asking the client to come back later (a local rate limit's 429; a 503: the gateway away, its
-# connections overflowing, none of it healthy) carry how long to wait, as the gateway's own do: a RetryInfo in the
+# Envoy's own answers asking the client to come back later that made no call of the gateway (a local rate limit's
+# 429; a 503 for one of NO_CALL_503_DETAILS) carry how long to wait, as the gateway's own do: a RetryInfo in the
 # Status and HTTP's Retry-After, which takes whole seconds. One second: the least Retry-After can say short of
 # "at once", which every client refused at the same moment would take together; the edge's own bound on a
 # connection to the gateway (mesh.envoy.CONNECT_TIMEOUT), so a retry comes after an attempt that failed has ended;
@@ -99,11 +99,28 @@ REQUEST_TIMEOUT_MESSAGE = (
 # The gateway's own 429s and 503s are not Envoy's local replies: they pass with the RetryInfo the gateway chose.
 RETRY_AFTER_SECONDS = 1
 COME_BACK_LATER_STATUSES = frozenset({429, 503})
-# The message of Envoy's own 503 to a gRPC or gRPC-Web client (the gateway unreachable, its connections
-# overflowing, none of it healthy), in grpc-message and in the Status of grpc-status-details-bin alike: the two
-# must agree, and the Status is fixed in the configuration, so Envoy's own text (which names the reset's
-# reason) cannot be its message. The access log keeps Envoy's reason (its `details` and `flags`).
-GATEWAY_UNAVAILABLE_MESSAGE = f"the edge cannot reach the gateway now: try again in {RETRY_AFTER_SECONDS}s"
+# Envoy's reasons (its response code details, as the access log's `details` has them) for a 503 whose request
+# never reached the gateway: none of it healthy, the edge itself overloaded, a connection to it that failed or
+# that its circuit breakers kept from being made or used (an upstream reset's reason, its transport failure after
+# a '|'), and a stream the gateway refused (HTTP/2's REFUSED_STREAM: not processed, RFC 9113 8.7). Another 503
+# (the gateway's connection closed, its stream reset, after the request was sent: "connection_termination",
+# "remote_reset") may come after the call was carried out, so a "come back in a second" would invite a second
+# order or payment, and is not said: the client decides, by the method and its idempotency key, as for a 502.
+NO_CALL_503_DETAILS = ("no_healthy_upstream", "overload")
+NO_CALL_503_RESETS = (
+    "connection_failure",
+    "local_connection_failure",
+    "remote_connection_failure",
+    "overflow",
+    "remote_refused_stream_reset",
+)
+_UPSTREAM_RESET = "upstream_reset_before_response_started{"
+# The message of such a 503 to a gRPC or gRPC-Web client, in grpc-message and in the Status of
+# grpc-status-details-bin alike: the two must agree, and the Status is fixed in the configuration, so Envoy's own
+# text (which names the reset's reason) cannot be its message. The access log keeps Envoy's reason.
+GATEWAY_UNAVAILABLE_MESSAGE = (
+    f"the edge did not reach the gateway, so no call was made: try again in {RETRY_AFTER_SECONDS}s"
+)
 
 
 def error_info(reason: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
@@ -144,38 +161,70 @@ def status_is(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
     }
 
 
-def local_reply(status: int, code: int) -> dict[str, Any]:
-    """Envoy's local reply with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
+def local_reply(status: int, code: int) -> list[dict[str, Any]]:
+    """Envoy's local replies with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
     grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>, "details": []}: the
     shape the transcoder gives the gateway's errors, whose `details` is there when empty too. One of
-    COME_BACK_LATER_STATUSES says when: a RetryInfo in `details` and a Retry-After header."""
+    COME_BACK_LATER_STATUSES that made no call (made_no_call) says when: a RetryInfo in `details` and a
+    Retry-After header; a 503 that may have (after the request reached the gateway) does not."""
     mapper = _as_status(status_is(status, f"local_reply_{status}"), code)
-    if status in COME_BACK_LATER_STATUSES:
-        mapper["body_format_override"] = _status_json(code, [_RETRY_INFO])
-        mapper["headers_to_add"] = [set_header("retry-after", str(RETRY_AFTER_SECONDS))]
-    return mapper
+    if status not in COME_BACK_LATER_STATUSES:
+        return [mapper]
+    come_back_later = _as_status(status_is(status, f"local_reply_{status}_no_call"), code, made_no_call(status))
+    come_back_later["body_format_override"] = _status_json(code, [_RETRY_INFO])
+    come_back_later["headers_to_add"] = [set_header("retry-after", str(RETRY_AFTER_SECONDS))]
+    return [come_back_later] if status == 429 else [come_back_later, mapper]
+
+
+def made_no_call(status: int) -> list[dict[str, Any]]:
+    """The filters telling, among Envoy's local replies of this status in COME_BACK_LATER_STATUSES, those that
+    made no call of the gateway: every 429 (a local rate limit refuses before any call), a 503 by its reason
+    (NO_CALL_503_DETAILS, NO_CALL_503_RESETS)."""
+    if status == 429:
+        return []
+    details = " || ".join(
+        [
+            *(f"response.code_details == '{reason}'" for reason in NO_CALL_503_DETAILS),
+            *(f"response.code_details.startsWith('{_UPSTREAM_RESET}{reset}')" for reset in NO_CALL_503_RESETS),
+        ]
+    )
+    return [_cel(details)]
 
 
 def grpc_gateway_unavailable() -> dict[str, Any]:
-    """Envoy's own 503 to a gRPC or gRPC-Web client as UNAVAILABLE (what Envoy answers it already) saying when to
-    come back, as the HTTP/JSON client's 503 does: GATEWAY_UNAVAILABLE_MESSAGE and a RetryInfo of
-    RETRY_AFTER_SECONDS in grpc-status-details-bin. After local_reply's mappers: a transcoded HTTP/JSON request's
-    content type is gRPC's by then, and its 503 is theirs. (A 429 of Envoy's own stays as Envoy answers a gRPC
-    client: its local rate limit chooses the code, UNAVAILABLE or RESOURCE_EXHAUSTED, which a Status fixed here
-    could contradict.)"""
+    """Envoy's own 503 that made no call (made_no_call), to a gRPC or gRPC-Web client, as UNAVAILABLE (what Envoy
+    answers it already) saying when to come back, as the HTTP/JSON client's does: GATEWAY_UNAVAILABLE_MESSAGE and
+    a RetryInfo of RETRY_AFTER_SECONDS in grpc-status-details-bin. Another 503 stays Envoy's bare UNAVAILABLE.
+    After local_reply's mappers: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 503 is
+    theirs. (A 429 of Envoy's own stays as Envoy answers a gRPC client: its local rate limit chooses the code,
+    UNAVAILABLE or RESOURCE_EXHAUSTED, which a Status fixed here could contradict.)"""
     retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_SECONDS))
-    return answered_over_grpc(503, "local_reply_503_grpc", grpc_code.UNAVAILABLE, GATEWAY_UNAVAILABLE_MESSAGE, [retry])
+    return answered_over_grpc(
+        503,
+        "local_reply_503_grpc",
+        grpc_code.UNAVAILABLE,
+        GATEWAY_UNAVAILABLE_MESSAGE,
+        [retry],
+        only=made_no_call(503),
+    )
 
 
 def answered_over_grpc(
-    status: int, runtime_key: str, code: int, message: str, details: list[Message]
+    status: int,
+    runtime_key: str,
+    code: int,
+    message: str,
+    details: list[Message],
+    *,
+    only: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Envoy's local reply of HTTP `status` to a gRPC or gRPC-Web client (runtime_key: Envoy requires one per
-    filter) as `code` with this message, and these details in grpc-status-details-bin, as the services give
-    theirs: the whole trailers-only answer, in headers, with no body. For gRPC alone, a grpc-status added here
-    would do (Envoy keeps one its local reply has); but Envoy decides a reply is gRPC's by the request as it
-    came, and gRPC-Web's is not: its reply goes out as HTTP, and the gRPC-Web filter makes the HTTP status its
-    grpc-status, over this one. Answered as gRPC (200, gRPC's content type), the filter passes the status on."""
+    filter; `only`: more filters, each to match too) as `code` with this message, and these details in
+    grpc-status-details-bin, as the services give theirs: the whole trailers-only answer, in headers, with no
+    body. For gRPC alone, a grpc-status added here would do (Envoy keeps one its local reply has); but Envoy
+    decides a reply is gRPC's by the request as it came, and gRPC-Web's is not: its reply goes out as HTTP, and
+    the gRPC-Web filter makes the HTTP status its grpc-status, over this one. Answered as gRPC (200, gRPC's
+    content type), the filter passes the status on."""
     if not (message.isascii() and message.isprintable()) or "%" in message:
         raise ValueError(f"grpc-message is sent as it is: printable ASCII without '%' only, not {message!r}")
     packed = []
@@ -185,7 +234,11 @@ def answered_over_grpc(
         packed.append(any_detail)
     status_details = status_pb2.Status(code=code, message=message, details=packed)
     return {
-        "filter": {"and_filter": {"filters": [status_is(status, runtime_key), {"header_filter": {"header": GRPC}}]}},
+        "filter": {
+            "and_filter": {
+                "filters": [status_is(status, runtime_key), *(only or []), {"header_filter": {"header": GRPC}}]
+            }
+        },
         "status_code": 200,
         "headers_to_add": [
             set_header("content-type", "application/grpc"),
@@ -213,10 +266,11 @@ def any_other_error() -> dict[str, Any]:
     return {"filter": status_is(FIRST_ERROR_STATUS, "local_reply_other", op="GE")}
 
 
-def _as_status(status_filter: dict[str, Any], code: int) -> dict[str, Any]:
-    """A mapper of the local replies `status_filter` matches, to an HTTP/JSON client, to a Status of `code`."""
+def _as_status(status_filter: dict[str, Any], code: int, only: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A mapper of the local replies `status_filter` (and each of `only`) matches, to an HTTP/JSON client, to a
+    Status of `code`."""
     return {
-        "filter": {"and_filter": {"filters": [status_filter, http_json()]}},
+        "filter": {"and_filter": {"filters": [status_filter, *(only or []), http_json()]}},
         "body_format_override": _status_json(code),
     }
 
