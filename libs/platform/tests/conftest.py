@@ -24,19 +24,25 @@ from grpc_status import rpc_status
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh_chassis.grpc_errors import ErrorDetails, details_from
+from shopmesh_chassis.grpc_errors import FINAL_ANSWER, RETRY_PUSHBACK, SHED_ANSWER, ErrorDetails, details_from
 from shopmesh_chassis.testing import accepts_connections, free_ports
 from shopmesh_platform.http_api import HttpApi, bootstrap, descriptor_set
 from shopmesh_platform.stack import envoy_binary
 
 # GetOrder of an id with this prefix answers NOT_FOUND.
 MISSING = "ord_missing"
+# GetOrder of an id with this prefix answers the order with INTERNAL_TRAILERS in its trailers.
+MARKED = "ord_marked"
 # SearchProducts for a query of these answers the gateway's own error, whose Status (with a RetryInfo) the
 # edge must pass on as it is: UNAVAILABLE (a dependency away, 503) and RESOURCE_EXHAUSTED (rate limited, 429).
 COME_BACK_LATER = {
     "dependency away": (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
     "rate limited": (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
 }
+# SearchProducts for this query answers a final, shed UNAVAILABLE with the trailers the chassis sends with one
+# (the services' markers, gRPC's "do not retry" pushback), as the gateway relays a dependency's such answer.
+MARKED_FINAL_AND_SHED = "marked final and shed"
+INTERNAL_TRAILERS = ((RETRY_PUSHBACK, "-1"), (FINAL_ANSWER, "1"), (SHED_ANSWER, "1"))
 # The RetryInfo of those answers: not the edge's own delay, so that the test tells them apart.
 GATEWAY_RETRY_DELAY = duration_pb2.Duration(seconds=7)
 
@@ -55,6 +61,13 @@ def gateway_error(code: grpc.StatusCode, reason: str) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=f"the gateway's own {code.name}", details=details)
 
 
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
 class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -69,6 +82,9 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         self.calls.append(("GetOrder", request.order_id))
         if request.order_id.startswith(MISSING):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no order {request.order_id}")
+        if request.order_id.startswith(MARKED):
+            # An answer with a body: its metadata goes in trailers, not in the headers of a trailers-only error.
+            context.set_trailing_metadata(INTERNAL_TRAILERS)
         return shop_pb2.GetOrderResponse()
 
     def ListProducts(
@@ -88,6 +104,12 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
         self.calls.append(("SearchProducts", request.query))
         if request.query in COME_BACK_LATER:
             context.abort_with_status(rpc_status.to_status(gateway_error(*COME_BACK_LATER[request.query])))
+        if request.query == MARKED_FINAL_AND_SHED:
+            status = rpc_status.to_status(gateway_error(*COME_BACK_LATER["dependency away"]))
+            # abort_with_status sends the status' trailing metadata as the answer's: the markers go there.
+            context.abort_with_status(
+                _Status(status.code, status.details, (*status.trailing_metadata, *INTERNAL_TRAILERS))
+            )
         return shop_pb2.SearchProductsResponse()
 
 

@@ -21,7 +21,8 @@ Browsers and plain HTTP clients cannot speak gRPC (HTTP/2 trailers). This Envoy 
   HTTP/JSON API from a browser, answered by Envoy itself from the files in `shopmesh_platform/storefront`.
 
 Request headers go to the gateway as gRPC metadata (`authorization`, `idempotency-key`, `traceparent`);
-the gateway's response metadata comes back as response headers (`idempotency-key`). Only ShopService is
+the gateway's response metadata comes back as response headers (`idempotency-key`), but for the
+services' internal markers (`shopmesh-*`), and gRPC's retry pushback to an HTTP/JSON client. Only ShopService is
 reachable through it: health, reflection and every internal service stay off the public port. CORS admits
 any origin: the API authenticates with a bearer token, which a browser never attaches by itself, so a
 foreign page gains nothing a script of its own could not do.

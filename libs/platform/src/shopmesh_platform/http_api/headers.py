@@ -1,9 +1,12 @@
-"""Header hygiene: request headers dropped before anything reads them, and gRPC's own headers dropped from an
-HTTP/JSON request, which the gateway's gRPC server would otherwise answer with INTERNAL."""
+"""Header hygiene: request headers dropped before anything reads them, gRPC's own headers dropped from an
+HTTP/JSON request, which the gateway's gRPC server would otherwise answer with INTERNAL, and the services'
+internal markers dropped from every answer."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from shopmesh_chassis.grpc_errors import RETRY_PUSHBACK
 
 _HEADER_MUTATION_PER_ROUTE = (
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
@@ -20,12 +23,21 @@ BINARY_METADATA_NAME = r".+-bin"
 # gRPC's own headers, meaningless in an HTTP/JSON request (the transcoder frames the call itself), and
 # refused by the gRPC server when malformed (INTERNAL): `grpc-timeout: soon`, `grpc-encoding: zip`.
 GRPC_HEADER_NAME = r"grpc-.*"
+# The services' markers among themselves (the chassis' `shopmesh-final-answer`, `shopmesh-shed`): the gateway
+# relays a dependency's error with them, and they are no part of the public API, whose clients read the status.
+INTERNAL_HEADER_NAME = r"shopmesh-.*"
 
 
 def no_grpc_headers() -> dict[str, Any]:
     return {
         "@type": _HEADER_MUTATION_PER_ROUTE,
-        "mutations": {"request_mutations": [_remove_matching(GRPC_HEADER_NAME)]},
+        "mutations": {
+            "request_mutations": [_remove_matching(GRPC_HEADER_NAME)],
+            # gRPC's "do not retry" (or "retry after") for its channel's own retries: an HTTP client has no
+            # such retries, and reads when to come back from the Status' RetryInfo (or Retry-After) instead. A
+            # gRPC or gRPC-Web client of the edge keeps it: its channel honours it.
+            "response_mutations": [{"remove": RETRY_PUSHBACK}],
+        },
     }
 
 
@@ -35,7 +47,8 @@ def header_hygiene() -> dict[str, Any]:
     access log read it), cookies (the API reads none, but a browser sends every cookie of the host, of any
     app on it, with the storefront's calls: kilobytes of metadata for the gateway), and what would reach the
     gateway as metadata its gRPC server refuses with INTERNAL instead of a client's error (a name gRPC does
-    not allow, binary metadata that may not be base64)."""
+    not allow, binary metadata that may not be base64). And the services' internal markers dropped from every
+    answer, its headers and its trailers, whatever the client's protocol."""
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
@@ -55,8 +68,12 @@ def header_hygiene() -> dict[str, Any]:
                             "header": {"key": "vary", "value": "Origin"},
                             "append_action": "APPEND_IF_EXISTS_OR_ADD",
                         }
-                    }
+                    },
+                    _remove_matching(INTERNAL_HEADER_NAME),
                 ],
+                # A gRPC answer with a body has its metadata in trailers (the chassis' errors are trailers-only,
+                # in headers, but a relay's marker may come either way).
+                "response_trailers_mutations": [_remove_matching(INTERNAL_HEADER_NAME)],
             },
         },
     }
