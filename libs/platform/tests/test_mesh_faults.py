@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,13 +54,35 @@ def test_the_local_admin_ports_are_the_sidecars_of_make_run() -> None:
     assert local_admin_url("catalog-canary") == "http://127.0.0.1:15332"
 
 
-def test_no_sidecar_is_said_in_one_line_and_nonsense_is_refused_by_the_parser() -> None:
+def test_no_sidecar_at_an_admin_url_given_by_hand_is_said_in_one_line_without_make_run_advice() -> None:
+    """`--admin URL` names some sidecar, not make run's: "is `make run MESH=envoy` running?" was wrong advice
+    there, as make shoppers gives none for a --target of the user's."""
     out, err = io.StringIO(), io.StringIO()
     admin = f"http://127.0.0.1:{free_port()}"
     assert main(["catalog", "--delay", "1s", "--admin", admin], out, err) == 1
-    assert err.getvalue().startswith(f"error: no sidecar answers at {admin} (")
-    assert err.getvalue().endswith("is `make run MESH=envoy` running?\n")
-    assert err.getvalue().count("\n") == 1
+    said = err.getvalue()
+    assert re.fullmatch(rf"error: no sidecar answers at {re.escape(admin)} \([^\n]+\)\n", said), said
+
+
+def test_no_sidecar_of_the_running_stack_is_said_without_make_run_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The line before names the running stack whose sidecar it is: asking whether `make run MESH=envoy` runs
+    contradicts it (its sidecar is gone, or not serving yet)."""
+    monkeypatch.chdir(tmp_path)
+    admin = f"http://127.0.0.1:{free_port()}"
+    stack = LocalStack(
+        path=stack_file(Path(".data")), pid=os.getpid(), nats_url="nats://127.0.0.1:1", sidecar_admin={"catalog": admin}
+    )
+    write_stack_file(stack)
+    err = io.StringIO()
+    assert main(["catalog", "--delay", "1s"], io.StringIO(), err) == 1
+    said, error = err.getvalue().splitlines()
+    assert said == f"sidecars of {stack.said()}"
+    assert re.fullmatch(rf"error: no sidecar answers at {re.escape(admin)} \([^\n]+\)", error), error
+
+
+def test_nonsense_is_refused_by_the_parser() -> None:
     nonsense = (
         ["catalog"],
         ["catalog", "--abort", "OK"],
@@ -145,4 +168,6 @@ def test_without_a_running_stack_the_default_sidecars_are_said_to_be_make_runs_a
         "sidecars at 127.0.0.1:15000-15007 (canaries': 15331-15337): make run MESH=envoy's admin ports, as no local "
         f"stack runs: {why}",
     ]
+    # make run's own ports, no stack running: the one case where starting it is the advice.
     assert error.startswith(f"error: no sidecar answers at {admin} (")
+    assert error.endswith("): is `make run MESH=envoy` running?")

@@ -62,6 +62,10 @@ class FaultError(RuntimeError):
     """A sidecar could not be reached or refused the change."""
 
 
+class NoSidecar(FaultError):
+    """Nothing answers at a sidecar's admin URL."""
+
+
 @dataclass(frozen=True)
 class Fault:
     """What a sidecar does to the calls it forwards to its service; percent: of the calls, 0 to 100."""
@@ -124,9 +128,7 @@ def _request(admin_url: str, path: str, method: str = "GET") -> str:
             f"the sidecar at {admin_url} refused {path}: {exc.code} {exc.read().decode().strip()}"
         ) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise FaultError(
-            f"no sidecar answers at {admin_url} ({getattr(exc, 'reason', exc)}): is `make run MESH=envoy` running?"
-        ) from None
+        raise NoSidecar(f"no sidecar answers at {admin_url} ({getattr(exc, 'reason', exc)})") from None
 
 
 # What a fault can name: a service (its sidecar, and its canary's when one runs) or a canary alone; not the
@@ -242,6 +244,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         "local ports)",
     )
     args = parser.parse_args(argv)
+    # Only make run's own admin ports, taken as no running stack named any (said on stderr), are answered by
+    # starting it: an --admin URL the user gave, or the running stack's sidecar (named on stderr), gets no such
+    # advice, as `make shoppers` gives none for a --target of the user's.
+    make_runs_ports = False
     try:
         if args.show:
             rows = []
@@ -273,6 +279,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             urls = {args.service: args.admin}
         else:
             admins = SidecarAdmins(err)
+            make_runs_ports = admins.stack is None
             urls = {args.service: admins.required(args.service)}
         if not args.admin and args.service in SERVICES:
             canary = canary_name(args.service)
@@ -284,6 +291,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
             set_fault(url, fault)
             print(f"{name}: {current_fault(url)}", file=out)
         return 0
+    except NoSidecar as exc:
+        hint = ": is `make run MESH=envoy` running?" if make_runs_ports else ""
+        print(f"error: {exc}{hint}", file=err)
+        return 1
     except FaultError as exc:
         print(f"error: {exc}", file=err)
         return 1
