@@ -81,6 +81,24 @@ def test_a_stack_without_that_address_leaves_the_default_and_says_so(
     assert err.getvalue() == f"{said} runs no trace sink (why); using default\n"
 
 
+def test_a_default_taken_past_a_stack_without_that_address_is_told_from_one_taken_as_no_stack_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both took the default, not the running stack's: a tool whose default then does not answer asked "is `make
+    run` running?" of a stack started without the gateway (`--services`), which was running. The answer says
+    which, so that its hint can say the stack runs none."""
+    monkeypatch.chdir(tmp_path)
+    alone = local_address(io.StringIO(), "the gateway", lambda s: s.gateway, "default", runs_no="gateway")
+    written(tmp_path / ".data", os.getpid())
+    without = local_address(io.StringIO(), "the gateway", lambda s: None, "default", runs_no="gateway")
+    with_it = local_address(io.StringIO(), "the gateway", lambda s: s.gateway, "default", runs_no="gateway")
+    assert [(found.of_running_stack, found.stack_runs_without_it) for found in (alone, without, with_it)] == [
+        (False, False),
+        (False, True),
+        (True, False),
+    ]
+
+
 def test_without_a_stack_a_tool_takes_the_default_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     err = io.StringIO()

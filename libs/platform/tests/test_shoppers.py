@@ -105,6 +105,37 @@ def test_without_a_running_stack_a_default_gateway_that_does_not_answer_is_said_
     ]
 
 
+@pytest.mark.parametrize("mode", ["gateway", "HTTP/JSON edge"])
+def test_a_default_that_does_not_answer_past_a_stack_running_without_it_is_blamed_on_that_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """`make run RUN_ARGS="--services catalog,inventory"` runs a stack without the gateway: `make shoppers` took
+    make run's default and, when it did not answer, asked "is `make run` running?", although the line before had
+    named the running stack that runs none. make run's addresses move to free ports: nothing may answer there."""
+    monkeypatch.chdir(tmp_path)
+    gateway, edge = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(shoppers, "LOCAL_GATEWAY", gateway)
+    monkeypatch.setattr(shoppers, "LOCAL_HTTP_URL", edge)
+    stack = LocalStack(stack_file(Path(".data")), os.getpid(), "nats://127.0.0.1:1")  # no gateway, no edge
+    write_stack_file(stack)
+    http = ["--http"] if mode != "gateway" else []
+    code, _, err = ran(*http, *FAST, "--connect-timeout", "0.5")
+    assert code == 1
+    expected = {
+        "gateway": [
+            f"{stack.said()} runs no gateway (--services); using {gateway}",
+            f"error: cannot reach the gateway at {gateway} (the local stack runs no gateway: start it, or give "
+            "--target)",
+        ],
+        "HTTP/JSON edge": [
+            f"{stack.said()} runs no HTTP/JSON edge (--http-port 0, or no gateway); using {edge}",
+            f"error: cannot reach the HTTP/JSON API at {edge} (the local stack runs no HTTP/JSON edge: start it, or "
+            "give --http URL)",
+        ],
+    }[mode]
+    assert err.splitlines() == expected
+
+
 @pytest.mark.parametrize("stack", ["edge", "no-edge", "none"])
 def test_http_without_a_url_shops_at_the_running_stacks_edge_and_says_which(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: str

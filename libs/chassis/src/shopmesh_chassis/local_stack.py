@@ -143,6 +143,9 @@ class LocalAddress:
     # A stack file was there but was ignored (said on stderr): unreadable, its launcher gone, or a copy of
     # another directory's. A hint must not say there is none.
     file_ignored: bool
+    # The default was taken although a local stack runs: one started without this address (said on stderr,
+    # `... runs no <what>`). A hint must not ask whether one runs, but say that it runs none.
+    stack_runs_without_it: bool
 
 
 def local_address(
@@ -161,19 +164,20 @@ def local_address(
     without it. `shown` is how a line may show an address (a NATS URL's credentials masked). Without a running
     stack nothing is said, unless `without` says whose `default` is: `<name> at <default>: <without>, as no
     local stack runs: <why>` (`no_running_stack`), so that a default that does not answer reads as what it is.
-    Returned with whether the address is the running stack's and whether a file was there and ignored."""
+    Returned with whether the address is the running stack's, whether a file was there and ignored, and whether
+    a stack runs without it."""
     read = _read(DEFAULT_DATA_DIR, err)
     stack = read.stack
     if stack is None:
         if without is not None:
             _say_default(err, name, shown(default), without, read.ignored)
-        return LocalAddress(default, of_running_stack=False, file_ignored=read.ignored)
+        return LocalAddress(default, of_running_stack=False, file_ignored=read.ignored, stack_runs_without_it=False)
     found = address(stack)
     if found is None:
         _say(err, f"{stack.said()} runs no {runs_no}; using {shown(default)}")
-        return LocalAddress(default, of_running_stack=False, file_ignored=False)
+        return LocalAddress(default, of_running_stack=False, file_ignored=False, stack_runs_without_it=True)
     _say(err, f"{name} at {shown(found)}: {stack.said()}")
-    return LocalAddress(found, of_running_stack=True, file_ignored=False)
+    return LocalAddress(found, of_running_stack=True, file_ignored=False, stack_runs_without_it=False)
 
 
 def running_stack_or_default(err: TextIO, name: str, default: str, *, without: str) -> LocalStack | None:

@@ -19,7 +19,8 @@ sign-ups from one address) is waited out, jittered, and the step asked again. Th
 answers why the shoppers waited: per cause (the status code and ErrorInfo reason: RESOURCE_EXHAUSTED
 RATE_LIMITED, a dependency's UNAVAILABLE, or a DEADLINE_EXCEEDED they waited out to the end), how many calls
 waited and how long in all. Exit 1 when the gateway cannot be reached (in one line, which asks whether `make run`
-runs only for make run's own address, taken as no running stack named one), or, with `--strict`, when any call
+runs only for make run's own address, taken as no running stack named one, and says that the running stack runs
+no gateway, or no edge, when it took make run's past one started without it), or, with `--strict`, when any call
 got a server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed
 price is an answer, a fault is a bug.
 """
@@ -392,23 +393,20 @@ class Shopper:
 
 
 async def shop(args: argparse.Namespace, out: TextIO) -> Tally:
-    # Only make run's own address, taken because no running stack named one, is answered by starting it: an
-    # address the user gave, or the one the running stack named (said on stderr), gets no such advice.
-    hint = " (is `make run` running?)" if args.make_runs_address else ""
     if args.http:
         async with aiohttp.ClientSession(args.http) as session:
             try:
                 async with asyncio.timeout(args.connect_timeout), session.get("/healthz") as ready:
                     ready.raise_for_status()
             except (TimeoutError, aiohttp.ClientError):
-                raise ConnectionError(f"cannot reach the HTTP/JSON API at {args.http}{hint}") from None
+                raise ConnectionError(f"cannot reach the HTTP/JSON API at {args.http}{args.unreachable_hint}") from None
             # HttpShop answers the stub's calls (same names, requests, metadata, timeout and replies).
             return await crowd(cast("ShopServiceAsyncStub", HttpShop(session)), args, out)
     async with grpc.aio.insecure_channel(args.target) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         except TimeoutError:
-            raise ConnectionError(f"cannot reach the gateway at {args.target}{hint}") from None
+            raise ConnectionError(f"cannot reach the gateway at {args.target}{args.unreachable_hint}") from None
         return await crowd(shop_pb2_grpc.ShopServiceStub(channel), args, out)
 
 
@@ -483,17 +481,27 @@ def arguments(argv: Sequence[str] | None = None, err: TextIO = sys.stderr) -> ar
         help='print the answers as JSON ({"METHOD": {"CODE": n}}, CODE a status or PRICE_CHANGED), progress to stderr',
     )
     args = parser.parse_args(argv)
-    # Whether the shoppers go to make run's default address, which no running stack named (`shop`'s hint).
-    args.make_runs_address = False
+    # What `shop` adds to the line saying the address does not answer: nothing for one the user gave.
+    args.unreachable_hint = ""
     if args.http is _STACKS_EDGE:
         edge = local_http_url(err)
-        args.http, args.make_runs_address = edge.address, not edge.of_running_stack
+        args.http, args.unreachable_hint = edge.address, unreachable_hint(edge, "HTTP/JSON edge", "--http URL")
     if args.target is None and args.http:
         args.target = LOCAL_GATEWAY  # not called: the edge is
     elif args.target is None:
         gateway = local_gateway(err)
-        args.target, args.make_runs_address = gateway.address, not gateway.of_running_stack
+        args.target, args.unreachable_hint = gateway.address, unreachable_hint(gateway, "gateway", "--target")
     return args
+
+
+def unreachable_hint(local: LocalAddress, what: str, option: str) -> str:
+    """The advice for a `local` address that does not answer. Starting `make run` only for make run's own address,
+    taken as no running stack named one: the running stack's own (named on stderr) gets none, and make run's
+    taken past a stack started without `what` (its `runs no` line on stderr) is that stack's to start, or
+    `option`'s to name."""
+    if local.stack_runs_without_it:
+        return f" (the local stack runs no {what}: start it, or give {option})"
+    return "" if local.of_running_stack else " (is `make run` running?)"
 
 
 def local_http_url(err: TextIO) -> LocalAddress:
