@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 import uvloop
 from opentelemetry.sdk.trace import TracerProvider
 
-from shopmesh_chassis import early_signals
 from shopmesh_chassis.config import ConfigError, RuntimeSettings, ServiceSettings, StartupFailed, load_settings
 from shopmesh_chassis.logs import configure_logging
 from shopmesh_chassis.metrics import ServerMetrics
@@ -217,12 +216,7 @@ async def _stopped_by_signal(main: Coroutine[Any, Any, None], stopped_by: list[s
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-    # One that came before these handlers replaced early_signals' (during the imports, or just now).
-    if (early := early_signals.received()) is not None:
-        stopped_by.append(early)
-        log.info("received %s while starting: stopping", early.name)
-        main.close()
-        return
+    # One that came before these handlers replaced early_signals' ended the process there and then.
     try:
         await main
     except asyncio.CancelledError:
