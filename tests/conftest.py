@@ -112,28 +112,40 @@ def local_ports_held() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# The addresses a walk-through's user sets at its top, read from the stack's port plan.
+WalkthroughAddresses = Callable[[PortPlan], dict[str, str]]
+
+
 @pytest.fixture
 def readme_walkthrough(
     tmp_path: Path,
-) -> Callable[[str, PortPlan], contextlib.AbstractAsyncContextManager[subprocess.CompletedProcess[str]]]:
+) -> Callable[..., contextlib.AbstractAsyncContextManager[subprocess.CompletedProcess[str]]]:
     """Run the ```bash block after `marker` in README.md verbatim, as a user runs it beside `make run`:
     from a working directory laid out like the repository's (`.venv/` as in a checkout, `.data/` as the
     launcher's), against a stack on `ports`, which keeps running inside the `async with` (its data in
-    tmp_path/.data); yields bash's result."""
+    tmp_path/.data); yields bash's result. `addresses`: as a user of `--free-ports` runs it, each `NAME=...`
+    line of the block it names set to the stack's address instead (the rest verbatim)."""
 
     @contextlib.asynccontextmanager
-    async def run(marker: str, ports: PortPlan) -> AsyncIterator[subprocess.CompletedProcess[str]]:
+    async def run(
+        marker: str, ports: PortPlan, addresses: WalkthroughAddresses | None = None
+    ) -> AsyncIterator[subprocess.CompletedProcess[str]]:
         readme = (ROOT / "README.md").read_text()
         assert marker in readme, f"README.md lost its marker {marker}"
         block = re.search(r"```bash\n(.*?)```", readme.split(marker, 1)[1], re.DOTALL)
         assert block, f"no ```bash block after {marker} in README.md"
+        script = block.group(1)
+        for name, value in (addresses(ports) if addresses is not None else {}).items():
+            script, found = re.subn(rf"^{name}=.*$", f"{name}={value}", script, count=1, flags=re.MULTILINE)
+            assert found, f"README.md's block after {marker} has no {name}= line for a stack on other ports"
         (tmp_path / ".venv").symlink_to(ROOT / ".venv")
         with contextlib.ExitStack() as held:
-            await asyncio.to_thread(held.enter_context, local_ports_held())
+            if addresses is None:  # on the local ports, which another walk-through's stack may hold
+                await asyncio.to_thread(held.enter_context, local_ports_held())
             async with Stack(tmp_path / ".data", ports=ports, log_format="json"):
                 result = await asyncio.to_thread(
                     subprocess.run,
-                    ["bash", "-euo", "pipefail", "-c", block.group(1)],
+                    ["bash", "-euo", "pipefail", "-c", script],
                     cwd=tmp_path,
                     capture_output=True,
                     text=True,

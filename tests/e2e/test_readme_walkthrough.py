@@ -1,9 +1,11 @@
-"""README's grpcurl walk-through runs verbatim against the launcher on the local ports, as a user runs it
-beside `make run` — through the gateway, with every service, NATS and the SMTP sink."""
+"""README's grpcurl and HTTP/JSON walk-throughs run verbatim against the launcher on the local ports, as a user
+runs them beside `make run` — through the gateway, with every service, NATS and the SMTP sink — and on free
+ports with only their address lines set, as README tells a user of `RUN_ARGS=--free-ports`."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from shopmesh_chassis.testing import eventually
 from shopmesh_platform.ports import PortPlan
 
 MARKER = "<!-- walkthrough -->"
+HTTP_MARKER = "<!-- http walkthrough -->"
 
 
 @pytest.mark.asyncio(loop_scope="function")
@@ -22,45 +25,81 @@ MARKER = "<!-- walkthrough -->"
 @pytest.mark.timeout(300)
 async def test_readme_walkthrough_runs_verbatim(tmp_path: Path, readme_walkthrough: Callable[..., Any]) -> None:
     async with readme_walkthrough(MARKER, PortPlan.local()) as result:
-        out, err = result.stdout, result.stderr
-        assert "shopmesh.gateway.v1.ShopService.PlaceOrder" in out
-        assert '"id": "prod_chef_knife"' in out
-        assert '"recommendations"' in out
-        assert "placed ord_" in out
-        assert '"state": "ORDER_STATE_CONFIRMED"' in out
-        # The order was placed at the total the product page showed; one 1.00 less was refused, naming it.
-        price = re.search(r'"id": "prod_chef_knife",.*?"price": \{\s*"amount_minor": "(\d+)"', out, re.DOTALL)
-        assert price is not None, "the knife's price"
-        assert re.search(rf'"total": \{{\s*"amount_minor": "{price.group(1)}",\s*"currency": "USD"', out)
-        assert "PRICE_CHANGED" in err
-        assert f'"current_total_minor":"{price.group(1)}"' in err, "grpcurl prints the details as compact JSON"
-        assert "CARD_DECLINED" in err
-        assert "Unauthenticated" in err
-        # Both checkouts counted on orders' metrics endpoint, the declined one under its reason.
-        exposed = "\n".join(line for line in out.splitlines() if line.startswith("shopmesh_orders_finished"))
-        finished = {
-            (sample.labels["state"], sample.labels["reason"]): sample.value
-            for family in text_string_to_metric_families(exposed)
-            for sample in family.samples
+        await _assert_walked_through(result, tmp_path / ".data" / "mail")
+
+
+@pytest.mark.asyncio(loop_scope="function")
+@pytest.mark.timeout(300)
+async def test_readme_walkthrough_runs_on_free_ports_with_only_its_addresses_set(
+    tmp_path: Path, readme_walkthrough: Callable[..., Any]
+) -> None:
+    def addresses(ports: PortPlan) -> dict[str, str]:
+        return {
+            "GW": ports.address("gateway"),
+            "ORDERS_METRICS": f"http://{ports.host}:{ports.ports_of('orders').metrics}",
         }
-        assert finished[("CONFIRMED", "")] >= 1
-        assert finished[("CANCELLED", "CARD_DECLINED")] >= 1
-        order_id = re.search(r"placed (ord_\w+)", out)
-        assert order_id is not None
 
-        # The confirmation e-mail reaches the SMTP sink, as the README says.
-        def mailed() -> bool:
-            mails = [p.read_text(errors="replace") for p in (tmp_path / ".data" / "mail").glob("*.eml")]
-            return any(order_id.group(1) in mail for mail in mails)
+    async with readme_walkthrough(MARKER, PortPlan.free(), addresses) as result:
+        await _assert_walked_through(result, tmp_path / ".data" / "mail")
 
-        await eventually(mailed, f"an e-mail for {order_id.group(1)} in the SMTP sink")
+
+async def _assert_walked_through(result: subprocess.CompletedProcess[str], mail_dir: Path) -> None:
+    """What the grpcurl walk-through shows, while its stack still runs (the e-mail comes after)."""
+    out, err = result.stdout, result.stderr
+    assert "shopmesh.gateway.v1.ShopService.PlaceOrder" in out
+    assert '"id": "prod_chef_knife"' in out
+    assert '"recommendations"' in out
+    assert "placed ord_" in out
+    assert '"state": "ORDER_STATE_CONFIRMED"' in out
+    # The order was placed at the total the product page showed; one 1.00 less was refused, naming it.
+    price = re.search(r'"id": "prod_chef_knife",.*?"price": \{\s*"amount_minor": "(\d+)"', out, re.DOTALL)
+    assert price is not None, "the knife's price"
+    assert re.search(rf'"total": \{{\s*"amount_minor": "{price.group(1)}",\s*"currency": "USD"', out)
+    assert "PRICE_CHANGED" in err
+    assert f'"current_total_minor":"{price.group(1)}"' in err, "grpcurl prints the details as compact JSON"
+    assert "CARD_DECLINED" in err
+    assert "Unauthenticated" in err
+    # Both checkouts counted on orders' metrics endpoint, the declined one under its reason.
+    exposed = "\n".join(line for line in out.splitlines() if line.startswith("shopmesh_orders_finished"))
+    finished = {
+        (sample.labels["state"], sample.labels["reason"]): sample.value
+        for family in text_string_to_metric_families(exposed)
+        for sample in family.samples
+    }
+    assert finished[("CONFIRMED", "")] >= 1
+    assert finished[("CANCELLED", "CARD_DECLINED")] >= 1
+    order_id = re.search(r"placed (ord_\w+)", out)
+    assert order_id is not None
+
+    # The confirmation e-mail reaches the SMTP sink, as the README says.
+    def mailed() -> bool:
+        mails = [p.read_text(errors="replace") for p in mail_dir.glob("*.eml")]
+        return any(order_id.group(1) in mail for mail in mails)
+
+    await eventually(mailed, f"an e-mail for {order_id.group(1)} in the SMTP sink")
 
 
 @pytest.mark.asyncio(loop_scope="function")
 @pytest.mark.timeout(300)
 async def test_readme_http_walkthrough_runs_verbatim(readme_walkthrough: Callable[..., Any]) -> None:
-    async with readme_walkthrough("<!-- http walkthrough -->", PortPlan.local()) as result:
-        out = result.stdout
+    async with readme_walkthrough(HTTP_MARKER, PortPlan.local()) as result:
+        _assert_walked_through_over_http(result)
+
+
+@pytest.mark.asyncio(loop_scope="function")
+@pytest.mark.timeout(300)
+async def test_readme_http_walkthrough_runs_on_free_ports_with_only_its_address_set(
+    readme_walkthrough: Callable[..., Any],
+) -> None:
+    def addresses(ports: PortPlan) -> dict[str, str]:
+        return {"API": f"http://{ports.host}:{ports.http}"}
+
+    async with readme_walkthrough(HTTP_MARKER, PortPlan.free(http=True), addresses) as result:
+        _assert_walked_through_over_http(result)
+
+
+def _assert_walked_through_over_http(result: subprocess.CompletedProcess[str]) -> None:
+    out = result.stdout
     assert '"id":"prod_french_press"' in out, "a search with a '+' for its space"
     assert '"product":{"id":"prod_chef_knife"' in out
     assert '"displayName":"Lin"' in out

@@ -1,8 +1,10 @@
 """README's mesh walk-through runs verbatim against the launcher's mesh on the local ports, as a user runs
-it beside `make run MESH=envoy`."""
+it beside `make run MESH=envoy`, and on free ports with only its addresses set, as README tells a user of
+`RUN_ARGS=--free-ports`."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,33 @@ MARKER = "<!-- mesh walkthrough -->"
 @pytest.mark.timeout(300)
 async def test_readme_mesh_walkthrough_runs_verbatim(readme_walkthrough: Callable[..., Any]) -> None:
     async with readme_walkthrough(MARKER, PortPlan.local(mesh=True)) as result:
-        out, err = result.stdout, result.stderr
+        _assert_walked_through(result)
+
+
+def _addresses_of(ports: PortPlan) -> dict[str, str]:
+    """What README says to take from the launcher's table for each of the block's addresses."""
+    assert ports.http is not None
+    return {
+        "GW": ports.address("gateway"),
+        "API": f"http://{ports.host}:{ports.http}",
+        "PAYMENTS": ports.address("payments"),
+        "PAYMENTS_ADMIN": f"http://{ports.host}:{ports.sidecar_of('payments').admin}",
+    }
+
+
+@pytest.mark.asyncio(loop_scope="function")
+@pytest.mark.timeout(300)
+async def test_readme_mesh_walkthrough_runs_on_free_ports_with_only_its_addresses_set(
+    readme_walkthrough: Callable[..., Any],
+) -> None:
+    # No port of the block but its four addresses: a user of --free-ports changes those lines and nothing else.
+    ports = PortPlan.free(mesh=True, http=True)
+    async with readme_walkthrough(MARKER, ports, _addresses_of) as result:
+        _assert_walked_through(result)
+
+
+def _assert_walked_through(result: subprocess.CompletedProcess[str]) -> None:
+    out, err = result.stdout, result.stderr
     assert '"products"' in out
     assert '"products":[{"id":' in out, "the HTTP/JSON edge reaches the gateway through its sidecar"
     assert "payments: no answer without a certificate" in out
