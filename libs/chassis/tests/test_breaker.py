@@ -478,7 +478,7 @@ async def test_a_call_refused_while_a_probe_runs_is_not_told_to_retry_at_once(
 ) -> None:
     """Half-open, one probe out (users' Login may hold it for 5 s, orders' PlaceOrder for 15 s): every other
     call is refused with CIRCUIT_OPEN, and its RetryInfo must not say 0 s. The gateway passes that delay on
-    to its clients (downstream.translate), so clients that honour RetryInfo came straight back, to be
+    to its clients (grpc_errors.relayed), so clients that honour RetryInfo came straight back, to be
     refused again, for as long as the probe ran."""
     clock = FakeClock()
     breaker = CircuitBreaker(BreakerConfig(failure_threshold=2, reset_timeout_seconds=30), clock)

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import answered_final, answered_shed, details_of
+from shopmesh_chassis.grpc_errors import answered_shed, details_of, relaying
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.server_interceptor import SHED_RETRY_AFTER_SECONDS
 from shopmesh_chassis.testing import eventually, health_status, serve_in_process
@@ -50,19 +50,12 @@ class Refusing(SampleServicer):
 
 
 class Relaying(SampleServicer):
-    """Relay passes the target's failed answer on unchanged, as a proxy does (the gateway's `translate`)."""
+    """Relay passes the target's failed answer on unchanged, as a proxy does (the gateway, by the same rule)."""
 
     async def Relay(self, request: sample_pb2.RelayRequest, context: Any) -> sample_pb2.RelayResponse:
         async with grpc.aio.insecure_channel(request.target) as channel:
-            try:
+            with relaying("sample"):
                 echo = await sample_pb2_grpc.SampleServiceStub(channel).Echo(request.echo, timeout=30)
-            except grpc.aio.AioRpcError as error:
-                details = details_of(error)
-                if details.raw_status is None:
-                    raise  # no chassis answer: the relay answers INTERNAL, which the test would show
-                raise errors.ReplayedError(
-                    details.raw_status, details.message, final=answered_final(error), shed=answered_shed(error)
-                ) from None
         return sample_pb2.RelayResponse(echo=echo)
 
 

@@ -1,5 +1,6 @@
-"""The guard's pieces (bearer header, client address, acting for a user, rate limit) and the translation
-of internal services' failures, without a server."""
+"""The guard's pieces (bearer header, client address, acting for a user, rate limit) and the outbound
+timeouts' bounds, without a server. How internal services' failures are relayed is the chassis' rule
+(grpc_errors.relayed, libs/chassis/tests/test_relaying.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,13 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import grpc
 import pytest
-from grpc.aio import Metadata
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import ConfigError, load_settings
-from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, to_rpc_status
 from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_chassis.token_buckets import TokenBuckets
 from shopmesh_gateway import guard as guard_module
-from shopmesh_gateway.downstream import calling, translate
 from shopmesh_gateway.guard import (
     MAX_FORWARDED_HOPS,
     UNIX_PEERS,
@@ -328,84 +325,6 @@ async def test_calls_whose_token_cannot_be_checked_yet_count_against_the_address
         except errors.DomainError as error:
             outcomes.append(type(error).__name__)
     assert "ResourceExhausted" in outcomes, f"10 calls from one address, burst 2: {outcomes}, {fetches} fetches"
-
-
-def rpc_error(code: grpc.StatusCode, error: errors.DomainError | None, domain: str) -> grpc.aio.AioRpcError:
-    trailing = Metadata()
-    if error is not None:
-        status = to_rpc_status(error, domain)
-        status.code = code.value[0]
-        trailing.add("grpc-status-details-bin", status.SerializeToString())
-    return grpc.aio.AioRpcError(code, Metadata(), trailing, details="failed")
-
-
-def test_an_internal_services_error_is_replayed_unchanged() -> None:
-    declined = rpc_error(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        errors.FailedPrecondition("declined", reason="CARD_DECLINED", metadata={"order_id": "ord_1"}),
-        "shopmesh.orders",
-    )
-    replayed = translate("orders", declined)
-    assert isinstance(replayed, errors.ReplayedError)
-    assert replayed.status == dict(declined.trailing_metadata())["grpc-status-details-bin"]
-
-
-def test_a_dependency_that_reported_unavailable_itself_is_passed_through() -> None:
-    busy = rpc_error(
-        grpc.StatusCode.UNAVAILABLE,
-        errors.Unavailable("payments down", reason="DEPENDENCY_UNAVAILABLE", retry_after_seconds=2),
-        "shopmesh.orders",
-    )
-    assert isinstance(translate("orders", busy), errors.ReplayedError)
-
-
-@pytest.mark.parametrize(
-    "code",
-    [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED],
-)
-def test_a_failure_no_service_reported_is_the_gateways_dependency_unavailable(code: grpc.StatusCode) -> None:
-    translated = translate("catalog", rpc_error(code, None, ""))
-    assert isinstance(translated, errors.Unavailable)
-    assert (translated.reason, translated.metadata, translated.domain) == (
-        "DEPENDENCY_UNAVAILABLE",
-        {"dependency": "catalog"},
-        None,
-    )
-    assert translated.retry_after_seconds == 1.0
-
-
-def test_an_open_circuit_of_the_gateways_own_channel_is_its_dependency_unavailable() -> None:
-    circuit_open = rpc_error(
-        grpc.StatusCode.UNAVAILABLE,
-        errors.Unavailable("circuit open", reason="CIRCUIT_OPEN", retry_after_seconds=3.5),
-        "shopmesh.chassis",
-    )
-    translated = translate("catalog", circuit_open)
-    assert isinstance(translated, errors.Unavailable)
-    assert (translated.reason, translated.retry_after_seconds) == ("DEPENDENCY_UNAVAILABLE", 3.5)
-
-
-@pytest.mark.parametrize(("asked", "passed_on"), [(0.2, 1.0), (3600, MAX_DEPENDENCY_RETRY_AFTER_SECONDS)])
-def test_a_wait_the_gateway_passes_on_is_at_least_the_default_and_at_most_the_bound(
-    asked: float, passed_on: float
-) -> None:
-    """Through the chassis' dependency_unavailable, as every service's: a circuit's last 0.2 s is about that
-    breaker, not the chain a retry goes through, and an hour would keep clients away for that long."""
-    circuit_open = rpc_error(
-        grpc.StatusCode.UNAVAILABLE,
-        errors.Unavailable("circuit open", reason="CIRCUIT_OPEN", retry_after_seconds=asked),
-        "shopmesh.chassis",
-    )
-    translated = translate("catalog", circuit_open)
-    assert isinstance(translated, errors.Unavailable)
-    assert translated.retry_after_seconds == pytest.approx(passed_on)
-
-
-def test_an_undocumented_status_without_details_is_left_to_the_chassis() -> None:
-    broken = rpc_error(grpc.StatusCode.INTERNAL, None, "")
-    with pytest.raises(grpc.aio.AioRpcError) as caught, calling("catalog"):
-        raise broken
-    assert caught.value is broken
 
 
 @pytest.mark.parametrize(

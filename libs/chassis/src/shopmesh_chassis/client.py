@@ -26,7 +26,7 @@ from opentelemetry.trace import TracerProvider
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from shopmesh_chassis.db_errors import DATABASE_UNAVAILABLE
-from shopmesh_chassis.grpc_errors import details_from, to_rpc_status
+from shopmesh_chassis.grpc_errors import CHASSIS_DOMAIN, details_from, to_rpc_status
 
 IDEMPOTENCY_KEY = "idempotency-key"
 
@@ -40,9 +40,6 @@ BREAKER_FAILURES = frozenset(
         grpc.StatusCode.UNKNOWN,
     }
 )
-# The ErrorInfo domain of the errors the chassis' client side makes up itself (CIRCUIT_OPEN,
-# INBOUND_DEADLINE_EXCEEDED); a server's chassis answers in its service's domain (`shopmesh.<service>`).
-_CHASSIS_DOMAIN = "shopmesh.chassis"
 
 # Set by OutboundContextInterceptor for the breaker inside it (one task runs the chain): the call's own
 # timeout when the inbound call's deadline cut it shorter, else None. Missing a deadline its caller cut
@@ -122,7 +119,7 @@ def service_config(services: Iterable[ServiceDescriptor], retry: RetryPolicy | N
 
 
 def _local_error(code: grpc.StatusCode, message: str, error: errors.DomainError) -> grpc.aio.AioRpcError:
-    status = to_rpc_status(error, _CHASSIS_DOMAIN)
+    status = to_rpc_status(error, CHASSIS_DOMAIN)
     status.code = code.value[0]
     return grpc.aio.AioRpcError(
         code=code,
@@ -140,7 +137,7 @@ async def _answered_by_the_target(call: grpc.aio.UnaryUnaryCall[Any, Any], code:
     is the target's own answer about itself, though: every call it gets fails so, and failing fast gives its
     database room to come back."""
     info = details_from(code, await call.details() or "", await call.trailing_metadata()).error_info
-    return info is not None and info.domain != _CHASSIS_DOMAIN and info.reason != DATABASE_UNAVAILABLE
+    return info is not None and info.domain != CHASSIS_DOMAIN and info.reason != DATABASE_UNAVAILABLE
 
 
 Continuation = Callable[[ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]]

@@ -6,8 +6,9 @@ trailers-only: gRPC's own retries and a mesh's outlier detection see the status.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -30,6 +31,10 @@ STATUS_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
+
+# The ErrorInfo domain of the errors the chassis' client side makes up itself (CIRCUIT_OPEN,
+# INBOUND_DEADLINE_EXCEEDED); a server's chassis answers in its service's domain (`shopmesh.<service>`).
+CHASSIS_DOMAIN = "shopmesh.chassis"
 
 # gRFC A6's trailer telling a gRPC client how long to wait before retrying (milliseconds; negative: never).
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"
@@ -236,6 +241,42 @@ def answered_shed(error: grpc.aio.AioRpcError) -> bool:
     """Whether the failed call's server counted it as shed (marked by SHED_ANSWER): a proxy relaying the
     answer counts its own call as shed too (`errors.ReplayedError(..., shed=True)`), whatever the reason."""
     return any(key == SHED_ANSWER for key, _ in error.trailing_metadata() or ())
+
+
+def relayed(dependency: str, error: grpc.aio.AioRpcError) -> Exception:
+    """What a server relaying `dependency`'s answers (a backend-for-frontend, a proxy: the gateway) raises
+    for a failed call to it: a replay of the dependency's status byte for byte, UNAVAILABLE
+    (`dependency_unavailable`) for a transient failure no dependency reported, or `error` itself (a status
+    without details that no contract promises, which the server interceptor logs and answers as INTERNAL)."""
+    details = details_of(error)
+    # The caller's own channel made it up (circuit open, inbound deadline passed): the dependency said nothing.
+    made_here = details.error_info is not None and details.error_info.domain == CHASSIS_DOMAIN
+    if details.raw_status is not None and details.status_code == error.code().value[0] and not made_here:
+        # Final for the call only if the dependency answered final (orders' accepted cancellation): relayed
+        # without its pushback, the status would be retried by the relay's caller's channel, redoing what it says
+        # is under way. A -1 alone is not final: it may only say the wait did not fit the relay's own short call
+        # (the gateway's 2 s), and the interceptor weighs the status' RetryInfo against its caller's deadline.
+        # Shed if the dependency counted it shed (its GRPC_MAX_CONCURRENT_RPCS, users' PASSWORD_HASHING_BUSY):
+        # the relay's caller was refused for want of capacity, which the relay's availability SLO counts.
+        return errors.ReplayedError(
+            details.raw_status, details.message, final=answered_final(error), shed=answered_shed(error)
+        )
+    if error.code() in TRANSIENT_CODES:
+        return dependency_unavailable(dependency, error)
+    return error
+
+
+@contextlib.contextmanager
+def relaying(dependency: str) -> Iterator[None]:
+    """Wraps calls to `dependency` so that a failed call raises what `relayed` says, for the server
+    interceptor to answer."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        answer = relayed(dependency, error)
+        if answer is error:
+            raise
+        raise answer from None
 
 
 def details_from(

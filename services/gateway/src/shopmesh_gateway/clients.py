@@ -1,5 +1,10 @@
-"""gRPC adapters for the internal services: deadlines, the caller's identity, and failed calls translated
-(`downstream.calling`).
+"""gRPC adapters for the internal services: deadlines, the caller's identity, and failed calls relayed
+(the chassis' `grpc_errors.relaying`).
+
+What the gateway answers when an internal service's call fails: its error reaches the client with its status
+code and details unchanged (its ErrorInfo domain says where it comes from). A failure that no internal service
+reported — the connection failed, the deadline passed, or the gateway's own circuit breaker refused the call —
+is the gateway's: UNAVAILABLE, reason DEPENDENCY_UNAVAILABLE, domain "shopmesh.gateway", with RetryInfo.
 
 The identity is always given explicitly (`x-user-id` = the verified token subject): the chassis' client
 interceptor would otherwise take it from the inbound call, whose metadata the client wrote.
@@ -19,8 +24,7 @@ from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
 from shopmesh_chassis import call_context
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_chassis.grpc_errors import dependency_unavailable
-from shopmesh_gateway.downstream import calling
+from shopmesh_chassis.grpc_errors import dependency_unavailable, relaying
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -35,16 +39,16 @@ class UsersClient:
         self._timeout = timeout
 
     async def register(self, request: users_pb2.RegisterRequest) -> users_pb2.User:
-        with calling("users"):
+        with relaying("users"):
             response = await self._stub.Register(request, timeout=self._timeout)
         return response.user
 
     async def login(self, request: users_pb2.LoginRequest) -> users_pb2.LoginResponse:
-        with calling("users"):
+        with relaying("users"):
             return await self._stub.Login(request, timeout=self._timeout)
 
     async def email_of(self, user_id: str) -> str:
-        with calling("users"):
+        with relaying("users"):
             response = await self._stub.GetUser(
                 users_pb2.GetUserRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
             )
@@ -67,7 +71,7 @@ class CatalogClient:
         self._timeout = timeout
 
     async def get_product(self, product_id: str) -> catalog_pb2.Product:
-        with calling("catalog"):
+        with relaying("catalog"):
             response = await self._stub.GetProduct(
                 catalog_pb2.GetProductRequest(product_id=product_id), timeout=self._timeout
             )
@@ -77,7 +81,7 @@ class CatalogClient:
         """For the product page's fallback recommendations, which are optional: every failure is a domain
         error (as with RecommendationsClient), a status without details too."""
         try:
-            with calling("catalog"):
+            with relaying("catalog"):
                 response = await self._stub.ListProducts(
                     catalog_pb2.ListProductsRequest(category=category, page_size=limit), timeout=self._timeout
                 )
@@ -86,11 +90,11 @@ class CatalogClient:
         return list(response.products)
 
     async def list_products(self, request: catalog_pb2.ListProductsRequest) -> catalog_pb2.ListProductsResponse:
-        with calling("catalog"):
+        with relaying("catalog"):
             return await self._stub.ListProducts(request, timeout=self._timeout)
 
     async def search_products(self, request: catalog_pb2.SearchProductsRequest) -> catalog_pb2.SearchProductsResponse:
-        with calling("catalog"):
+        with relaying("catalog"):
             return await self._stub.SearchProducts(request, timeout=self._timeout)
 
 
@@ -100,7 +104,7 @@ class InventoryClient:
         self._timeout = timeout
 
     async def available(self, product_id: str) -> int:
-        with calling("inventory"):
+        with relaying("inventory"):
             response = await self._stub.GetStock(
                 inventory_pb2.GetStockRequest(product_ids=[product_id]), timeout=self._timeout
             )
@@ -115,7 +119,7 @@ class RecommendationsClient:
         self, product_id: str, limit: int, timeout: float
     ) -> list[recommendations_pb2.RecommendedProduct]:
         try:
-            with calling("recommendations"):
+            with relaying("recommendations"):
                 response = await self._stub.ListRecommendations(
                     recommendations_pb2.ListRecommendationsRequest(product_id=product_id, max_results=limit),
                     timeout=timeout,
@@ -134,7 +138,7 @@ class OrdersClient:
         self._timeout = timeout
 
     async def place(self, request: orders_pb2.PlaceOrderRequest, idempotency_key: str) -> orders_pb2.Order:
-        with calling("orders"):
+        with relaying("orders"):
             response = await self._stub.PlaceOrder(
                 request,
                 timeout=self._timeout,
@@ -143,20 +147,20 @@ class OrdersClient:
         return response.order
 
     async def get(self, user_id: str, order_id: str) -> orders_pb2.Order:
-        with calling("orders"):
+        with relaying("orders"):
             response = await self._stub.GetOrder(
                 orders_pb2.GetOrderRequest(order_id=order_id), timeout=self._timeout, metadata=acting_for(user_id)
             )
         return response.order
 
     async def list(self, request: orders_pb2.ListOrdersRequest) -> orders_pb2.ListOrdersResponse:
-        with calling("orders"):
+        with relaying("orders"):
             return await self._stub.ListOrders(request, timeout=self._timeout, metadata=acting_for(request.user_id))
 
     async def cancel(
         self, user_id: str, request: orders_pb2.CancelOrderRequest, idempotency_key: str
     ) -> orders_pb2.Order:
-        with calling("orders"):
+        with relaying("orders"):
             response = await self._stub.CancelOrder(
                 request, timeout=self._timeout, metadata=idempotency_metadata(idempotency_key, acting_for(user_id))
             )
@@ -171,7 +175,7 @@ class NotificationsClient:
     async def list(
         self, request: notifications_pb2.ListNotificationsRequest
     ) -> notifications_pb2.ListNotificationsResponse:
-        with calling("notifications"):
+        with relaying("notifications"):
             return await self._stub.ListNotifications(
                 request, timeout=self._timeout, metadata=acting_for(request.user_id)
             )
