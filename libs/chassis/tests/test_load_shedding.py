@@ -38,12 +38,15 @@ QUEUE_FULL = "QUEUE_FULL"
 
 
 class Refusing(SampleServicer):
-    """Echo refuses "shed" as a handler whose own queue is full does (shed, reason QUEUE_FULL) and "limited" as
-    a rate limit does (RATE_LIMITED, not shed)."""
+    """Echo refuses "shed" as a handler whose own queue is full does (shed, reason QUEUE_FULL), "limited" as
+    a rate limit does (RATE_LIMITED, not shed), and "overloaded" as a server of a release before the shed
+    marker shed calls (SERVER_OVERLOADED, not marked)."""
 
     async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
         if request.message == "shed":
             raise errors.Overloaded("queue full", reason=QUEUE_FULL, retry_after_seconds=1)
+        if request.message == "overloaded":
+            raise errors.ResourceExhausted("server overloaded", reason=errors.SERVER_OVERLOADED, retry_after_seconds=1)
         if request.message == "limited":
             raise errors.ResourceExhausted("slow down", reason="RATE_LIMITED", retry_after_seconds=1)
         return await super().Echo(request, context)
@@ -284,3 +287,31 @@ async def test_a_server_relaying_a_shed_answer_counts_it_shed_whatever_its_reaso
         "shed": (grpc.StatusCode.RESOURCE_EXHAUSTED, QUEUE_FULL, True),
         "limited": (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", False),
     }
+
+
+async def test_a_server_relaying_an_unmarked_server_overloaded_of_an_older_release_counts_it_shed() -> None:
+    """A dependency of a release before the shed marker answers its shedding RESOURCE_EXHAUSTED SERVER_OVERLOADED
+    without it; while a rollout runs the relay still counts it shed, by that reason, and marks its own answer."""
+    async with (
+        serve_in_process(sample_settings(), [binding(Refusing())]) as refusing,
+        serve_in_process(sample_settings(), [binding(Relaying())]) as relaying,
+        grpc.aio.insecure_channel(relaying.address) as channel,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(channel)
+        relay = sample_pb2.RelayRequest(target=refusing.address, echo=sample_pb2.EchoRequest(message="overloaded"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Relay(relay, timeout=30)
+
+        def counts() -> tuple[float, float, float]:
+            return (
+                sample(refusing, "shopmesh_grpc_server_shed_total"),
+                sample(relaying, "grpc_server_handled_total", RELAY, grpc_code="RESOURCE_EXHAUSTED"),
+                sample(relaying, "shopmesh_grpc_server_shed_total", RELAY),
+            )
+
+        await eventually(lambda: counts() == (0, 1, 1), "the unmarked SERVER_OVERLOADED counted shed by the relay")
+    assert (refused.value.code(), details_of(refused.value).reason, answered_shed(refused.value)) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors.SERVER_OVERLOADED,
+        True,
+    )

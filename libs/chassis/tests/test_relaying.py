@@ -9,7 +9,13 @@ import pytest
 from grpc.aio import Metadata
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, relayed, relaying, to_rpc_status
+from shopmesh_chassis.grpc_errors import (
+    MAX_DEPENDENCY_RETRY_AFTER_SECONDS,
+    answered_shed,
+    relayed,
+    relaying,
+    to_rpc_status,
+)
 
 
 def rpc_error(code: grpc.StatusCode, error: errors.DomainError | None, domain: str) -> grpc.aio.AioRpcError:
@@ -88,3 +94,28 @@ def test_an_undocumented_status_without_details_is_left_to_the_server_intercepto
     with pytest.raises(grpc.aio.AioRpcError) as caught, relaying("catalog"):
         raise broken
     assert caught.value is broken
+
+
+def test_a_relayed_server_overloaded_without_the_shed_marker_counts_shed() -> None:
+    """A dependency of a release before the shopmesh-shed marker sheds with RESOURCE_EXHAUSTED SERVER_OVERLOADED
+    and no marker: during a rollout the relay still counts it shed, as it did before the marker."""
+    overloaded = rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors.ResourceExhausted("server overloaded", reason=errors.SERVER_OVERLOADED, retry_after_seconds=0.1),
+        "shopmesh.catalog",
+    )
+    assert not answered_shed(overloaded)
+    answer = relayed("catalog", overloaded)
+    assert isinstance(answer, errors.ReplayedError)
+    assert answer.shed
+
+
+def test_a_relayed_rate_limit_without_the_shed_marker_is_not_shed() -> None:
+    limited = rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        errors.ResourceExhausted("slow down", reason="RATE_LIMITED", retry_after_seconds=1),
+        "shopmesh.gateway",
+    )
+    answer = relayed("gateway", limited)
+    assert isinstance(answer, errors.ReplayedError)
+    assert not answer.shed

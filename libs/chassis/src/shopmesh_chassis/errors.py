@@ -180,7 +180,8 @@ class ReplayedError(DomainError):
     proxy relaying a dependency's answer that was final, `grpc_errors.answered_final`, as the gateway relays
     orders' accepted cancellation; a -1 without the marker is not final). `shed`: the dependency shed the call
     (`grpc_errors.answered_shed`: the chassis' SHED_ANSWER marker, whatever the status' reason, users'
-    PASSWORD_HASHING_BUSY as well as SERVER_OVERLOADED); the relaying server failed its caller for want of
+    PASSWORD_HASHING_BUSY as well as SERVER_OVERLOADED; unmarked, SERVER_OVERLOADED still, as a release before
+    the marker sends it: `grpc_errors.relayed`); the relaying server failed its caller for want of
     capacity all the same, so it counts the call as shed and marks its answer so in turn.
     """
 

@@ -259,11 +259,21 @@ def relayed(dependency: str, error: grpc.aio.AioRpcError) -> Exception:
         # Shed if the dependency counted it shed (its GRPC_MAX_CONCURRENT_RPCS, users' PASSWORD_HASHING_BUSY):
         # the relay's caller was refused for want of capacity, which the relay's availability SLO counts.
         return errors.ReplayedError(
-            details.raw_status, details.message, final=answered_final(error), shed=answered_shed(error)
+            details.raw_status, details.message, final=answered_final(error), shed=_shed(error, details)
         )
     if error.code() in TRANSIENT_CODES:
         return dependency_unavailable(dependency, error)
     return error
+
+
+def _shed(error: grpc.aio.AioRpcError, details: ErrorDetails) -> bool:
+    """Whether a relayed answer was shed: marked so (SHED_ANSWER), or the chassis' own shedding status.
+    A dependency of a release before the marker sends none, so during a rollout its shedding would go
+    uncounted; its RESOURCE_EXHAUSTED SERVER_OVERLOADED still says so, as the relay read it before the
+    marker, since no release ever answered that reason for anything but shedding."""
+    if answered_shed(error):
+        return True
+    return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and details.reason == errors.SERVER_OVERLOADED
 
 
 @contextlib.contextmanager
