@@ -2,9 +2,17 @@
 
 Each attempt is claimed first (a conditional UPDATE moves the notification's next attempt to the end of
 the claim), then sent, then its outcome recorded. An order confirmation whose order's cancellation is
-recorded by the time it is claimed is not sent but SUPERSEDED. A sender killed after the mail server accepted an
-e-mail but before SENT was recorded sends it again once the claim runs out: at least once, with the
-same Message-ID, which mail servers, mail clients and the local SMTP sink recognise as one message.
+recorded by the time it is claimed is not sent but SUPERSEDED.
+
+Once the mail server has answered, a database that is unavailable (a dropped connection, a failover, a
+full pool) does not lose the outcome: its write is retried, from the wait the chassis' mapping of the
+error names and doubling, until half of what is left of the claim has passed (about SMTP_TIMEOUT_SECONDS
+after a quick send; the other half keeps another sender from claiming it meanwhile). So an e-mail is sent
+a second time only when SENT could not be recorded before its claim ran out: the sender killed (or its stop's
+grace ended) between the mail server's acceptance and that write, or the database away for all of the
+retries (an error names the notification). Then it goes out again once the claim runs out: at least
+once, with the same Message-ID, which mail servers, mail clients and the local SMTP sink recognise as one
+message. A failed attempt's outcome is retried alike; one not recorded is attempted again, uncounted.
 
 Each attempt is a CLIENT span, "smtp send", in the trace the notification was recorded in (the consumer
 span's context is stored with it; notifications recorded before that start a trace of their own): its
@@ -25,6 +33,8 @@ from typing import Protocol
 from opentelemetry import trace
 
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
+from shopmesh_chassis.errors import Unavailable
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.tracing import stored_context
 from shopmesh_notifications.domain.events import EventKind
@@ -42,6 +52,14 @@ def _without_recipient(text: str, recipient: str) -> str:
     """A failure's text for the span and the log lines: a mail server's refusal names the recipient, which
     logs and traces (kept longer and read more widely than the database) must not carry."""
     return re.sub(re.escape(recipient), "<recipient>", text, flags=re.IGNORECASE) if recipient else text
+
+
+def _retry_after(error: Exception, *, otherwise: float) -> float:
+    """The wait the chassis names for a database that is unavailable (its RetryInfo to callers), or
+    `otherwise` if it named none."""
+    mapped = error if isinstance(error, Unavailable) else as_domain_error(error)
+    waited = mapped.retry_after_seconds if isinstance(mapped, Unavailable) else None
+    return waited if waited else otherwise
 
 
 class Mailer(Protocol):
@@ -143,6 +161,8 @@ class NotificationSender:
 
     async def _attempt(self, notification_id: str) -> int:
         now = self._clock()
+        # Taken before the claim, so the claim (until `now` + its length) ends no sooner than this says.
+        claim_ends = asyncio.get_running_loop().time() + self._claim.total_seconds()
         async with self._db.transaction() as session:
             repository = NotificationRepository(session)
             notification = await repository.claim(notification_id, now, now + self._claim)
@@ -195,11 +215,65 @@ class NotificationSender:
                 span.set_status(
                     trace.Status(trace.StatusCode.ERROR, _without_recipient(outcome.last_error, notification.recipient))
                 )
-            async with self._db.transaction() as session:
-                await NotificationRepository(session).record_delivery(outcome)
-            self._log(outcome)
-            self._on_attempt(outcome)
+            if await self._record(outcome, claim_ends):
+                self._log(outcome)
+                self._on_attempt(outcome)
         return 1
+
+    async def _record(self, outcome: Notification, claim_ends: float) -> bool:
+        """Store the attempt's outcome; False when the database stayed unavailable until the bound.
+
+        Raised to the loop, a database blip here left the notification PENDING, to be attempted again once its
+        claim ran out: an e-mail the mail server had accepted was sent twice. Retried until half of what is
+        left of the claim has passed, never up to its end: another sender may claim it then."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + max(claim_ends - loop.time(), 0.0) / 2
+        delay: float | None = None
+        while True:
+            try:
+                async with self._db.transaction() as session:
+                    # Safe to repeat: a write whose COMMIT went through before its connection dropped
+                    # left the notification as this one would, and SENT is no longer PENDING to update.
+                    await NotificationRepository(session).record_delivery(outcome)
+                return True
+            except Exception as error:
+                if not database_unavailable(error):
+                    raise
+                reason = _without_recipient(f"{type(error).__name__}: {error}", outcome.recipient)
+                left = give_up_at - loop.time()
+                if left <= 0:
+                    self._not_recorded(outcome, reason)
+                    return False
+                delay = _retry_after(error, otherwise=left) if delay is None else delay * 2
+                log.warning(
+                    "recording notification %s as %s failed, the database is unavailable; retrying in %.1fs: %s",
+                    outcome.id,
+                    outcome_of(outcome),
+                    min(delay, left),
+                    reason,
+                    extra={"order_id": outcome.order_id, "event_id": outcome.event_id},
+                )
+                await asyncio.sleep(min(delay, left))
+
+    @staticmethod
+    def _not_recorded(outcome: Notification, reason: str) -> None:
+        extra = {"order_id": outcome.order_id, "event_id": outcome.event_id}
+        if outcome.state is State.SENT:
+            log.error(
+                "notification %s was accepted by the mail server but SENT could not be recorded, the database "
+                "is unavailable: it may be sent again once its claim runs out: %s",
+                outcome.id,
+                reason,
+                extra=extra,
+            )
+        else:
+            log.error(
+                "notification %s: its failed attempt could not be recorded, the database is unavailable: it is "
+                "attempted again once its claim runs out, this attempt not counted: %s",
+                outcome.id,
+                reason,
+                extra=extra,
+            )
 
     @staticmethod
     def _log(notification: Notification) -> None:

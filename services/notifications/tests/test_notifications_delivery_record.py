@@ -1,0 +1,201 @@
+"""Recording an attempt's outcome once the mail server has answered: the real sender and SMTP mailer, a
+real SMTP server (the sink's handler, counting what it accepts or refuses), SQLite whose write transactions fail as
+a dropped connection would, for as long as a test says."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import exc
+
+from shopmesh.common.v1 import money_pb2
+from shopmesh.orders.v1 import events_pb2
+from shopmesh_chassis.consumer import Event
+from shopmesh_chassis.db import Database, DbConnection, sqlite_url
+from shopmesh_chassis.migrations import migrate
+from shopmesh_notifications.codec import ORDER_CONFIRMED
+from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
+from shopmesh_notifications.intake import NotificationIntake
+from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
+from shopmesh_notifications.sender import NotificationSender
+from shopmesh_notifications.store.repository import NotificationRepository
+from shopmesh_notifications.store.tables import metadata
+from shopmesh_notifications.wiring import VERSIONS
+from shopmesh_platform.smtp_sink import MailFolder
+
+
+class CountingFolder(MailFolder):
+    """The sink's handler, counting the messages it accepted: the sink stores a re-sent e-mail (same
+    Message-ID) over the first, so its files cannot tell one delivery from two."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.accepted = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        answer = await super().handle_DATA(server, session, envelope)
+        self.accepted += 1
+        return answer
+
+
+class RefusingFolder(MailFolder):
+    """A mail server that refuses every recipient for good, counting the refusals."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.refused = 0
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        self.refused += 1
+        return "550 5.1.1 no such user"
+
+
+class BlippingDatabase(Database):
+    """SQLite whose write transactions fail at COMMIT, as on a dropped PostgreSQL connection (rolled back,
+    nothing written), while `blipping()` says so."""
+
+    def __init__(self, url: str, blipping: Callable[[], bool]) -> None:
+        super().__init__(url)
+        self._blipping = blipping
+        self.failed = 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[DbConnection]:
+        async with super().transaction() as connection:
+            yield connection
+            if self._blipping():
+                self.failed += 1
+                raise exc.OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+
+
+@pytest.fixture
+async def mail_server(tmp_path: Path) -> AsyncIterator[tuple[CountingFolder, int]]:
+    folder = CountingFolder(tmp_path / "mail")
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(folder), "127.0.0.1", 0)
+    yield folder, int(server.sockets[0].getsockname()[1])
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return sqlite_url(tmp_path, "notifications")
+
+
+async def _with_one_pending(database: Database) -> None:
+    await migrate(database, VERSIONS, metadata)
+    total = money_pb2.Money(amount_minor=1000, currency="USD")
+    confirmed = events_pb2.OrderConfirmed(order_id="ord_1", user_id="usr_1", email="ada@example.com", total=total)
+    payload = confirmed.SerializeToString()
+    async with database.transaction() as session:
+        await NotificationIntake()(session, Event("evt_1", ORDER_CONFIRMED, payload, {}, 1))
+
+
+async def _stored(database: Database) -> Notification:
+    async with database.read() as session:
+        (stored,) = await NotificationRepository(session).list_for_user("usr_1", 10, None)
+    return stored
+
+
+async def test_a_database_blip_after_the_mail_server_accepted_still_sends_the_email_once(
+    url: str, mail_server: tuple[CountingFolder, int]
+) -> None:
+    """Audit finding: the write recording SENT failed on a database blip (a dropped connection, a failover,
+    a full pool) and went up to the sender's loop, which only logs and backs off. The notification stayed
+    PENDING, and once its claim ran out this sender (or another replica) sent the e-mail again. The
+    sender now retries that write while the database is unavailable, within the claim."""
+    folder, port = mail_server
+    blips = [1]  # the first write after the mail server accepted the e-mail fails
+
+    def blipping() -> bool:
+        if folder.accepted and blips[0]:
+            blips[0] -= 1
+            return True
+        return False
+
+    database = BlippingDatabase(url, blipping)
+    try:
+        await _with_one_pending(database)
+        now = [datetime.now(UTC)]
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+        sender = NotificationSender(database, mailer, RetryPolicy(3, 1.0, 10.0), claim_seconds=10, clock=lambda: now[0])
+
+        assert await sender.send_due() == 1
+        # Past the claim: a notification still PENDING would be claimed and sent again now.
+        now[0] += timedelta(seconds=11)
+        await sender.send_due()
+
+        assert database.failed == 1  # the blip did happen
+        assert (await _stored(database)).state is State.SENT
+        assert folder.accepted == 1, f"the mail server accepted the same e-mail {folder.accepted} times"
+    finally:
+        await database.dispose()
+
+
+async def test_a_database_blip_while_recording_a_refusal_still_fails_the_notification_after_one_attempt(
+    url: str, tmp_path: Path
+) -> None:
+    """The failed attempt's outcome goes through the same write: lost to a blip, the notification was
+    attempted again once the claim ran out, that first attempt never counted."""
+    folder = RefusingFolder(tmp_path / "refused")
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(folder), "127.0.0.1", 0)
+    blips = [1]
+
+    def blipping() -> bool:
+        if folder.refused and blips[0]:
+            blips[0] -= 1
+            return True
+        return False
+
+    database = BlippingDatabase(url, blipping)
+    try:
+        await _with_one_pending(database)
+        now = [datetime.now(UTC)]
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", int(server.sockets[0].getsockname()[1]), "shop@example.com", 5.0))
+        sender = NotificationSender(database, mailer, RetryPolicy(3, 1.0, 10.0), claim_seconds=10, clock=lambda: now[0])
+
+        assert await sender.send_due() == 1
+        now[0] += timedelta(seconds=11)
+        await sender.send_due()
+
+        assert database.failed == 1
+        stored = await _stored(database)
+        assert (stored.state, stored.attempts) == (State.FAILED, 1)
+        assert folder.refused == 1
+    finally:
+        await database.dispose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_database_outage_outlasting_the_claims_margin_is_logged_and_leaves_the_notification_pending(
+    url: str, mail_server: tuple[CountingFolder, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retries end well inside the claim (another sender may take it once it runs out): an outage that
+    lasts past them is an error naming the notification, which stays PENDING, and the sender goes on."""
+    folder, port = mail_server
+    database = BlippingDatabase(url, lambda: folder.accepted > 0)
+    try:
+        await _with_one_pending(database)
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+        # A short claim, so that the retries (half of what is left of it) give up soon.
+        sender = NotificationSender(database, mailer, RetryPolicy(3, 1.0, 10.0), claim_seconds=1)
+
+        assert await sender.send_due() == 1  # no exception: the sender's loop goes on
+
+        stored = await _stored(database)
+        assert stored.state is State.PENDING
+        (line,) = [r for r in caplog.records if r.levelno == logging.ERROR and stored.id in r.getMessage()]
+        assert "may be sent again" in line.getMessage()
+        assert folder.accepted == 1
+    finally:
+        await database.dispose()
