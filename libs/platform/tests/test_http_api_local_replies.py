@@ -307,6 +307,51 @@ def test_the_gateway_away_tells_a_grpc_web_client_when_to_come_back_in_status_de
     assert status_in_headers(answer.headers).retry_delay_seconds == 1.0
 
 
+@pytest.fixture(scope="module")
+def edge_whose_gateway_never_accepts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    """The edge in front of a hung gateway: a listener whose accept queue is full (`listen(0)`, holding a
+    connection nobody accepts), so the kernel drops the edge's SYN and Envoy's connect times out (its reason
+    `connection_timeout`, flag UF). No connection was made, so no call."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    with contextlib.ExitStack() as held:
+        held.enter_context(listener)
+        # One connection fills a queue of listen(0); a second, never completed, makes sure of it.
+        held.enter_context(socket.create_connection(address, timeout=10))
+        waiting = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        waiting.setblocking(False)
+        waiting.connect_ex(address)
+        with running_edge(tmp_path_factory.mktemp("edge-gateway-never-accepts"), gateway_port=address[1]) as edge:
+            yield edge
+
+
+def test_a_connect_timeout_to_the_gateway_is_a_503_saying_when_to_come_back(
+    edge_whose_gateway_never_accepts: Edge,
+) -> None:
+    # The connection was never made, so neither was the call: coming back is safe, a POST's too.
+    answer = httpx.post(edge_whose_gateway_never_accepts.url + "/v1/orders", json={}, timeout=10)
+    assert_come_back_later(answer, 503)
+    assert "connection timeout" in answer.json()["message"], answer.text
+
+
+def test_a_connect_timeout_to_the_gateway_tells_a_grpc_client_when_to_come_back(
+    edge_whose_gateway_never_accepts: Edge,
+) -> None:
+    with (
+        grpc.insecure_channel(urlsplit(edge_whose_gateway_never_accepts.url).netloc) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        shop_pb2_grpc.ShopServiceStub(channel).PlaceOrder(shop_pb2.PlaceOrderRequest(), timeout=10)
+    call = refused.value
+    assert call.code() == grpc.StatusCode.UNAVAILABLE, call
+    assert call.details() == GATEWAY_UNAVAILABLE_MESSAGE, call
+    status = rpc_status.from_call(call)  # type: ignore[arg-type]
+    assert status is not None, call.trailing_metadata()  # type: ignore[attr-defined]
+    assert_edge_retry_info(status)
+
+
 def assert_edge_retry_info(status: status_pb2.Status) -> None:
     """The Status of a gRPC client's answer from the edge itself asking it to come back later: the HTTP/JSON
     client's RetryInfo of 1s, and its message and code those of grpc-message and grpc-status."""

@@ -100,17 +100,19 @@ REQUEST_TIMEOUT_MESSAGE = (
 RETRY_AFTER_SECONDS = 1
 COME_BACK_LATER_STATUSES = frozenset({429, 503})
 # Envoy's reasons (its response code details, as the access log's `details` has them) for a 503 whose request
-# never reached the gateway: none of it healthy, the edge itself overloaded, a connection to it that failed or
-# that its circuit breakers kept from being made or used (an upstream reset's reason, its transport failure after
-# a '|'), and a stream the gateway refused (HTTP/2's REFUSED_STREAM: not processed, RFC 9113 8.7). Another 503
-# (the gateway's connection closed, its stream reset, after the request was sent: "connection_termination",
-# "remote_reset") may come after the call was carried out, so a "come back in a second" would invite a second
-# order or payment, and is not said: the client decides, by the method and its idempotency key, as for a 502.
-NO_CALL_503_DETAILS = ("no_healthy_upstream", "overload")
+# never reached the gateway: none of it healthy, a connection to it that failed, timed out (a hung gateway whose
+# accept queue is full) or that its circuit breakers kept from being made or used (an upstream reset's reason, its
+# transport failure after a '|'), and a stream the gateway refused (HTTP/2's REFUSED_STREAM: not processed, RFC
+# 9113 8.7). Another 503 (the gateway's connection closed, its stream reset, after the request was sent:
+# "connection_termination", "remote_reset") may come after the call was carried out, so a "come back in a second"
+# would invite a second order or payment, and is not said: the client decides, by the method and its idempotency
+# key, as for a 502. (The overload manager's 503, "overload", cannot happen: mesh.envoy's has no actions.)
+NO_CALL_503_DETAILS = ("no_healthy_upstream",)
 NO_CALL_503_RESETS = (
     "connection_failure",
     "local_connection_failure",
     "remote_connection_failure",
+    "connection_timeout",
     "overflow",
     "remote_refused_stream_reset",
 )
@@ -118,9 +120,7 @@ _UPSTREAM_RESET = "upstream_reset_before_response_started{"
 # The message of such a 503 to a gRPC or gRPC-Web client, in grpc-message and in the Status of
 # grpc-status-details-bin alike: the two must agree, and the Status is fixed in the configuration, so Envoy's own
 # text (which names the reset's reason) cannot be its message. The access log keeps Envoy's reason.
-GATEWAY_UNAVAILABLE_MESSAGE = (
-    f"the edge did not reach the gateway, so no call was made: try again in {RETRY_AFTER_SECONDS}s"
-)
+GATEWAY_UNAVAILABLE_MESSAGE = f"the gateway did not take the call, so none was made: try again in {RETRY_AFTER_SECONDS}s"
 
 
 def error_info(reason: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
