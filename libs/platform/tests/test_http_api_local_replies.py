@@ -531,3 +531,25 @@ def test_the_edges_own_refusals_are_readable_by_a_page_of_any_origin(
     assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed, answer.headers
     # The answer depends on the origin: a shared cache keeps one copy per origin (docs/http-api.md, CORS).
     assert answer.headers.get_list("vary") == ["Origin"], answer.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "http_status"),
+    [
+        # A method the path does not take: a cross-origin HEAD or GET comes without a preflight.
+        ("DELETE", "/v1/orders", 405),
+        # A query naming a path variable: a cross-origin GET comes without a preflight.
+        ("GET", "/v1/orders/ord_1?orderId=ord_2", 400),
+        # A query on a POST whose body is the whole request: so may a form's POST.
+        ("POST", "/v1/orders?card.number=4242", 400),
+    ],
+)
+def test_the_edges_direct_responses_are_readable_by_a_page_of_any_origin(
+    edge_process: Edge, method: str, path: str, http_status: int
+) -> None:
+    # Answered by a route itself, which the CORS filter skips: the edge's answers carry
+    # Access-Control-Allow-Origin all the same, once.
+    answer = httpx.request(method, edge_process.url + path, headers={"origin": ORIGIN}, json={}, timeout=10)
+    assert answer.status_code == http_status, (answer.headers, answer.content)
+    assert answer.headers.get_list("access-control-allow-origin") == ["*"], answer.headers
+    assert answer.headers.get_list("vary") == ["Origin"], answer.headers

@@ -26,12 +26,10 @@ from .local_replies import (
     EXPLAINED_LOCAL_REPLIES,
     GRPC_HTTP_STATUS_CODES,
     LOCAL_REPLY_CODES,
-    any_other_error,
     explained,
     grpc_gateway_unavailable,
     local_reply,
     query_without_content_type,
-    readable_by_any_origin,
     request_timed_out,
     status_as_it_is,
     unlisted_local_reply,
@@ -177,35 +175,29 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         # What Envoy answers itself to an HTTP client (a path or parameter the API does not have, a body too
         # large, the gateway unreachable) is a google.rpc.Status in JSON too, as the gateway's answers are.
         "local_reply_config": {
-            # Each readable cross-origin: the CORS filter does not see a reply made before it read the request.
             "mappers": [
-                readable_by_any_origin(mapper)
-                for mapper in (
-                    status_as_it_is(PATH_VARIABLE_IN_QUERY_ROUTE),
-                    status_as_it_is(QUERY_WITH_BODY_ROUTE),
-                    query_without_content_type(),
-                    http_too_large(),
-                    request_timed_out(),
-                    *(
-                        explained(details, status, message)
-                        for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()
-                    ),
-                    *(mapper for status, code in LOCAL_REPLY_CODES.items() for mapper in local_reply(status, code)),
-                    *(
-                        mapper
-                        for status, code in GRPC_HTTP_STATUS_CODES.items()
-                        if status not in LOCAL_REPLY_CODES
-                        for mapper in local_reply(status, code)
-                    ),
-                    # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 and
-                    # 503 are theirs.
-                    grpc_too_large(),
-                    grpc_gateway_unavailable(),
-                    # Last: whatever error Envoy answers an HTTP/JSON client with that none of the above names.
-                    unlisted_local_reply(),
-                    # And a gRPC or gRPC-Web client's, as Envoy answers it.
-                    any_other_error(),
-                )
+                status_as_it_is(PATH_VARIABLE_IN_QUERY_ROUTE),
+                status_as_it_is(QUERY_WITH_BODY_ROUTE),
+                query_without_content_type(),
+                http_too_large(),
+                request_timed_out(),
+                *(
+                    explained(details, status, message)
+                    for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()
+                ),
+                *(mapper for status, code in LOCAL_REPLY_CODES.items() for mapper in local_reply(status, code)),
+                *(
+                    mapper
+                    for status, code in GRPC_HTTP_STATUS_CODES.items()
+                    if status not in LOCAL_REPLY_CODES
+                    for mapper in local_reply(status, code)
+                ),
+                # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 and
+                # 503 are theirs.
+                grpc_too_large(),
+                grpc_gateway_unavailable(),
+                # Last: whatever error Envoy answers an HTTP/JSON client with that none of the above names.
+                unlisted_local_reply(),
             ]
         },
         # Every request: the HTTP one as the client sent it, and the gRPC method it became.

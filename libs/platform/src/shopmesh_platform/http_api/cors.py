@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .matching import set_header
-
 CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 _CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 
@@ -16,14 +14,17 @@ _EXPOSED_HEADERS = ("idempotency-key", "grpc-status", "grpc-message", "grpc-stat
 
 
 def readable_cross_origin() -> list[dict[str, Any]]:
-    """The CORS headers of a forwarded answer, for an answer of Envoy's own that the CORS filter may not see: a
-    route's direct response (which it skips), and a local reply made before the filter read the request (a
-    request the codec refuses, headers too large, a local rate limit or the overload manager ahead of it). A
-    gRPC-Web status comes in headers (a trailers-only answer), which a page reads only when they are exposed.
-    Where the CORS filter does see the answer, its own headers replace these."""
+    """The CORS headers of a forwarded answer, for every answer the CORS filter gave none (header_hygiene adds
+    them on the way out): a route's direct response (which the filter skips), and a local reply made before the
+    filter read the request (a request the codec refuses, headers too large, a local rate limit ahead of it).
+    A gRPC-Web status comes in headers (a trailers-only answer), which a page reads only when they are exposed.
+    Added only where absent: where the CORS filter ran, its own (the origin echoed) stay, the one copy."""
     return [
-        set_header("access-control-allow-origin", "*"),
-        set_header("access-control-expose-headers", ", ".join(_EXPOSED_HEADERS)),
+        {"header": {"key": name, "value": value}, "append_action": "ADD_IF_ABSENT"}
+        for name, value in (
+            ("access-control-allow-origin", "*"),
+            ("access-control-expose-headers", ", ".join(_EXPOSED_HEADERS)),
+        )
     ]
 
 

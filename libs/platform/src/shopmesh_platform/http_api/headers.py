@@ -8,6 +8,8 @@ from typing import Any
 
 from shopmesh_chassis.grpc_errors import RETRY_PUSHBACK
 
+from .cors import readable_cross_origin
+
 _HEADER_MUTATION_PER_ROUTE = (
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute"
 )
@@ -61,7 +63,8 @@ def header_hygiene() -> dict[str, Any]:
                 ],
                 # The answer's CORS headers depend on the request's origin: a shared cache keeps one copy per
                 # origin. Added here, before the CORS filter, to its answers to preflights too (which a virtual
-                # host's response_headers_to_add never reaches), and to every other answer on the way out.
+                # host's response_headers_to_add never reaches), and to every other answer on the way out, the
+                # edge's own included: so are the CORS headers of an answer the CORS filter gave none.
                 "response_mutations": [
                     {
                         "append": {
@@ -69,6 +72,7 @@ def header_hygiene() -> dict[str, Any]:
                             "append_action": "APPEND_IF_EXISTS_OR_ADD",
                         }
                     },
+                    *({"append": header} for header in readable_cross_origin()),
                     _remove_matching(INTERNAL_HEADER_NAME),
                 ],
                 # A gRPC answer with a body has its metadata in trailers (the chassis' errors are trailers-only,

@@ -13,7 +13,6 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2 as grpc_code
 from google.rpc import error_details_pb2, status_pb2
 
-from .cors import readable_cross_origin
 from .matching import GRPC, NOT_GRPC, set_header
 
 _CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
@@ -120,7 +119,9 @@ _UPSTREAM_RESET = "upstream_reset_before_response_started{"
 # The message of such a 503 to a gRPC or gRPC-Web client, in grpc-message and in the Status of
 # grpc-status-details-bin alike: the two must agree, and the Status is fixed in the configuration, so Envoy's own
 # text (which names the reset's reason) cannot be its message. The access log keeps Envoy's reason.
-GATEWAY_UNAVAILABLE_MESSAGE = f"the gateway did not take the call, so none was made: try again in {RETRY_AFTER_SECONDS}s"
+GATEWAY_UNAVAILABLE_MESSAGE = (
+    f"the gateway did not take the call, so none was made: try again in {RETRY_AFTER_SECONDS}s"
+)
 
 
 def error_info(reason: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
@@ -131,13 +132,6 @@ def error_info(reason: str, metadata: dict[str, str] | None = None) -> dict[str,
         "domain": ERROR_DOMAIN,
         "metadata": metadata or {},
     }
-
-
-def readable_by_any_origin(mapper: dict[str, Any]) -> dict[str, Any]:
-    """A local-reply mapper whose replies a page of any origin may read (readable_cross_origin): without
-    Access-Control-Allow-Origin, a browser hands a cross-origin page a network error instead of the edge's
-    answer, its 429 and 503 saying when to come back included."""
-    return {**mapper, "headers_to_add": [*mapper.get("headers_to_add", []), *readable_cross_origin()]}
 
 
 def validation_failed(message: str, violation: dict[str, str]) -> str:
@@ -257,13 +251,6 @@ def unlisted_local_reply() -> dict[str, Any]:
     LOCAL_REPLY_CODES nor GRPC_HTTP_STATUS_CODES) as a Status of UNLISTED_LOCAL_REPLY_CODE with Envoy's text:
     a client reads every error of the edge's in one shape, whatever Envoy adds or a release of it sends."""
     return _as_status(status_is(FIRST_ERROR_STATUS, "local_reply_unlisted", op="GE"), UNLISTED_LOCAL_REPLY_CODE)
-
-
-def any_other_error() -> dict[str, Any]:
-    """Any other error of Envoy's own (from 400 on) that no mapper before this one took: a gRPC or gRPC-Web
-    client's, answered as Envoy makes it (its status is gRPC's already), to be given the headers every mapper adds
-    (readable_by_any_origin): a gRPC-Web 429 of a local rate limit ahead of the CORS filter, say."""
-    return {"filter": status_is(FIRST_ERROR_STATUS, "local_reply_other", op="GE")}
 
 
 def _as_status(status_filter: dict[str, Any], code: int, only: list[dict[str, Any]] | None = None) -> dict[str, Any]:

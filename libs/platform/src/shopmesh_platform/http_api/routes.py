@@ -9,7 +9,6 @@ from typing import Any
 
 from ..openapi import PATH_VARIABLE
 from .contract import PUBLIC_SERVICE, api_paths, body_methods
-from .cors import readable_cross_origin
 from .head import HEAD_AS_GET, LUA_PER_ROUTE
 from .headers import no_grpc_headers
 from .local_replies import validation_failed
@@ -103,9 +102,8 @@ def unknown_method_forwarded() -> dict[str, Any]:
     """gRPC or gRPC-Web for a method of ShopService's that this edge's descriptor set does not have
     (`/shopmesh.gateway.v1.ShopService/NoSuchMethod`): forwarded to the gateway with the buffer filter off, so
     the gateway's gRPC server answers it on its headers. Through the buffer, a streaming call whose client
-    keeps its side open waited for its deadline (or ROUTE_TIMEOUT) instead of the gateway's UNIMPLEMENTED. A
-    forwarded answer, not Envoy's own: the CORS filter skips a direct response, and a browser shown no
-    Access-Control-Allow-Origin reads a network error, not the status. And a gateway newer than this edge's
+    keeps its side open waited for its deadline (or ROUTE_TIMEOUT) instead of the gateway's UNIMPLEMENTED. And
+    a gateway newer than this edge's
     descriptor set (a canary under the same chart) is reached over gRPC for its new methods. An HTTP/JSON
     request on such a path takes the routes after this one, to the transcoder, which refuses it (404)."""
     return {
@@ -121,16 +119,14 @@ def other_grpc_refused() -> dict[str, Any]:
     UNIMPLEMENTED (Envoy's gRPC answer to a 404), with a message saying why. Without this route no route
     matched, but only once the buffer filter had the whole request: a streaming call whose client keeps its
     side open (grpcurl's reflection `list`) waited for its deadline instead. The buffer is off here: the call is
-    refused on its headers. Readable cross-origin: the CORS filter skips a direct response, and a browser shown
-    no Access-Control-Allow-Origin hands its gRPC-Web client a network error instead of this status; the
-    refusal is the same text for everyone, so any origin may read it."""
+    refused on its headers. Readable cross-origin (the CORS filter skips a direct response, so header_hygiene
+    gives it readable_cross_origin's headers): the refusal is the same text for everyone."""
     return {
         "match": {"prefix": "/", "headers": [GRPC]},
         "direct_response": {
             "status": 404,
             "body": {"inline_string": f"only {PUBLIC_SERVICE} is served on this port"},
         },
-        "response_headers_to_add": readable_cross_origin(),
         "typed_per_filter_config": {
             **TRANSCODER_OFF,
             "envoy.filters.http.buffer": {"@type": FILTER_CONFIG, "disabled": True},
@@ -168,8 +164,6 @@ def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
                         ],
                     },
                     "direct_response": {"status": 400, "body": {"inline_string": body}},
-                    # A cross-origin GET comes without a preflight: its page may read the answer.
-                    "response_headers_to_add": [set_header("access-control-allow-origin", "*")],
                     "typed_per_filter_config": TRANSCODER_OFF,
                 }
             )
@@ -197,8 +191,6 @@ def _query_with_body(template: str, regex: str, method: str) -> dict[str, Any]:
             ],
         },
         "direct_response": {"status": 400, "body": {"inline_string": body}},
-        # A cross-origin POST of a form comes without a preflight: its page may read the answer.
-        "response_headers_to_add": [set_header("access-control-allow-origin", "*")],
         "typed_per_filter_config": TRANSCODER_OFF,
     }
 
@@ -235,10 +227,6 @@ def method_not_allowed(template: str, regex: str, methods: list[str]) -> dict[st
             "headers": [{**method_in([*methods, "OPTIONS"]), "invert_match": True}],
         },
         "direct_response": {"status": 405, "body": {"inline_string": f"{template} takes {' and '.join(methods)} only"}},
-        "response_headers_to_add": [
-            set_header("allow", ", ".join(methods)),
-            # A cross-origin HEAD or GET comes without a preflight: its page may read the 405 too.
-            set_header("access-control-allow-origin", "*"),
-        ],
+        "response_headers_to_add": [set_header("allow", ", ".join(methods))],
         "typed_per_filter_config": TRANSCODER_OFF,
     }
