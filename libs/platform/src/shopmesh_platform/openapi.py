@@ -41,10 +41,10 @@ STATUS = "google.rpc.Status"
 ERROR_DETAILS_FILE = "google/rpc/error_details.proto"
 SECURITY_SCHEME = "bearerAuth"
 IDEMPOTENCY_KEY = "idempotency-key"
-# The statuses asking a client to come back later (RESOURCE_EXHAUSTED, UNAVAILABLE; the edge's own 429s and 503s),
-# declared apart from the other errors for the header the edge's own carry: HTTP's Retry-After, in seconds.
+# The statuses asking a client to come back later (RESOURCE_EXHAUSTED, UNAVAILABLE; the edge's own 429s and 503s:
+# come_back_later_statuses), declared apart from the other errors for the header the edge's own carry when they
+# made no call: HTTP's Retry-After, in seconds.
 COME_BACK_LATER = "ComeBackLater"
-COME_BACK_LATER_STATUSES = ("429", "503")
 RETRY_AFTER = "Retry-After"
 
 _NOT_A_NUMBER = ["NaN", "Infinity", "-Infinity"]
@@ -322,7 +322,7 @@ def _operation(
     come_back_later = {"$ref": f"#/components/responses/{COME_BACK_LATER}"}
     operation["responses"] = {
         "200": success,
-        **dict.fromkeys(COME_BACK_LATER_STATUSES, come_back_later),
+        **dict.fromkeys(come_back_later_statuses(), come_back_later),
         "default": {"$ref": "#/components/responses/Error"},
     }
     operation["security"] = [] if access_name == ACCESS_PUBLIC else [{SECURITY_SCHEME: []}]
@@ -368,19 +368,31 @@ def _error_response() -> dict[str, Any]:
     }
 
 
+def come_back_later_statuses() -> list[str]:
+    """The statuses declared ComeBackLater, as the document's response keys: the edge's COME_BACK_LATER_STATUSES
+    (http_api/local_replies.py), the statuses of RESOURCE_EXHAUSTED and UNAVAILABLE too."""
+    # Imported here: the edge's package imports this module (its routes read PATH_VARIABLE).
+    from .http_api.local_replies import COME_BACK_LATER_STATUSES
+
+    return [str(status) for status in sorted(COME_BACK_LATER_STATUSES)]
+
+
 def _come_back_later_response() -> dict[str, Any]:
     """An Error asking the client to come back later: the Status's RetryInfo says when, and the edge's own answers
-    (Envoy's local rate limit, the gateway unreachable) say it in Retry-After too, for a client reading no JSON."""
+    that made no call (Envoy's local rate limit, the gateway not taking the call) say it in Retry-After too, for
+    a client reading no JSON. A 503 saying neither may come after the call was carried out."""
     error = _error_response()
     return {
         **error,
         "description": "Come back later: RESOURCE_EXHAUSTED → 429 (rate limited), UNAVAILABLE → 503 (the gateway "
-        "or a service behind it away). The google.rpc.Status's RetryInfo, when it has one, says how long to wait.",
+        "or a service behind it away). The google.rpc.Status's RetryInfo, when it has one, says how long to wait. "
+        "A 503 with neither a RetryInfo nor Retry-After (the gateway's connection lost after the request reached "
+        "it) may have been carried out: send a change again only with the same idempotency-key.",
         "headers": {
             RETRY_AFTER: {
-                "description": "On the edge's own answers (Envoy's: the gateway unreachable, a local rate limit): "
-                "the seconds to wait before trying again, as their RetryInfo says. The gateway's own say it in "
-                "the RetryInfo only.",
+                "description": "On the edge's own answers that made no call (Envoy's: a local rate limit, the "
+                "gateway not taking the call): the seconds to wait before trying again, as their RetryInfo says. "
+                "The gateway's own say it in the RetryInfo only.",
                 "schema": {"type": "integer", "minimum": 0},
             },
             **error["headers"],
