@@ -51,7 +51,7 @@ INTERNAL = {
     # card, and CancelOrder (no card) only drives a CONFIRMED order, past the charge.
     "CHARGE_IN_DOUBT",
     # The chassis' client channel (client.py): local errors in domain "shopmesh.chassis", which the gateway
-    # (downstream.translate) and every other server's interceptor answer as their own UNAVAILABLE
+    # (grpc_errors.relayed) and every other server's interceptor answer as their own UNAVAILABLE
     # DEPENDENCY_UNAVAILABLE or INTERNAL, never with this reason.
     "INBOUND_DEADLINE_EXCEEDED",
     "UNSENDABLE_METADATA",
