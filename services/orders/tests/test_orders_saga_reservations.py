@@ -8,6 +8,7 @@ answers on the wire decides, these run orders' own InventoryClient over real gRP
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -19,13 +20,14 @@ from shopmesh_chassis.db import Database
 from shopmesh_orders import codec
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, OrderState, SagaStep
-from shopmesh_orders.domain.validation import CartLine
+from shopmesh_orders.domain.ports import DependencyDown
+from shopmesh_orders.domain.validation import Card, CartLine
 from shopmesh_orders.saga import RESERVATION_IN_DOUBT, SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 
 from .conftest import FakeInventory, FakePayments
 from .inventory_on_the_wire import A_NEWER_RELEASES_STATE, InventoryOnTheWire, _with_inventory_over_grpc
-from .saga_kit import Clocked, _crash_at, command, events, place
+from .saga_kit import Clocked, _crash_at, _late_capture, command, events, place
 
 
 async def test_reservation_expired_after_charge_refunds_and_cancels(
@@ -377,3 +379,45 @@ async def test_compensation_that_finds_the_reservation_lapsed_still_cancels(
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
     assert inventory.reservations["res_9"][2] == lapsed
     assert inventory.reserved("prod_a") == 0
+
+
+async def test_a_charge_sent_after_a_slow_reservation_check_is_dated_when_sent_so_its_late_capture_is_refunded(
+    clocked: Clocked,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the order's deadline the charge step first asks inventory whether the stock is still held, which can
+    take a whole step timeout (inventory slow: its deadline passes, and the saga charges as without asking). The
+    charge's mark must say when the charge was sent, not when the step began: the mark opens the window in which
+    the charge may still land (2 x STEP_TIMEOUT_SECONDS), and a mark one step timeout early closes it when the
+    charge's own deadline does. Compensation then finds no capture, leaves no recheck, and a capture landing
+    just after its deadline stays on the card of an order told "cancelled, nothing was charged"."""
+    step_timeout = timedelta(seconds=5)  # Clocked.app()'s
+    app, order_id, _ = await _reserved_by_recovery_while_payments_is_down(clocked, inventory, payments)
+    clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 1)
+
+    async def reserve_waits_out_its_deadline(order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+        clocked.clock.ahead += step_timeout
+        raise DependencyDown("inventory: deadline exceeded")
+
+    async def charge_waits_out_its_deadline(order_id: str, amount: int, currency: str, card: Card, key: str) -> str:
+        # Its commit on payments is still under way when the deadline passes: it lands later (below).
+        payments.charge_calls += 1
+        clocked.clock.ahead += step_timeout
+        raise DependencyDown("payments: deadline exceeded", reason="PAYMENT_UNAVAILABLE")
+
+    monkeypatch.setattr(inventory, "reserve", reserve_waits_out_its_deadline)
+    monkeypatch.setattr(payments, "charge", charge_waits_out_its_deadline)
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    assert caught.value.reason == CancelCode.PAYMENT_UNAVAILABLE.value
+    order = await app.get_order(order_id)
+    assert (order.state, payments.charge_calls) == (OrderState.CANCELLED, settings.step_attempts)
+    assert order.charge_recheck_at is not None, "compensation asked while the last charge was in doubt"
+    monkeypatch.undo()
+    await _late_capture(payments, order_id)
+    clocked.clock.ahead += timedelta(minutes=5)
+    assert await app.recheck_charges() == 1
+    assert (payments.captured(), len(payments.refunds)) == (0, 1)

@@ -368,22 +368,25 @@ class SagaDriver:
         return charge_attempted_at + timedelta(seconds=self._settings.step_timeout_seconds * 2)
 
     async def _step(self, order: Order, card: Card | None, owner: str) -> Order:
-        now = self._clock()
+        # Each mark and transition reads the clock when it is written, not when the step began: a remote call
+        # in between (up to a step timeout) would date it that much early. For the charge's mark that is the
+        # in-doubt window closing when the charge's own deadline does (`_charge_settled_at`).
         match order.step:
             case SagaStep.RESERVE:
                 if not order.reserve_attempted:
-                    order = await self._transition(owner, order.reserving(now))
+                    order = await self._transition(owner, order.reserving(self._clock()))
                 try:
                     reservation_id = await self._reserve(order)
                 except InsufficientStock as short:
-                    failed = order.failed_before_pivot(CancelCode.INSUFFICIENT_STOCK, now)
+                    failed = order.failed_before_pivot(CancelCode.INSUFFICIENT_STOCK, self._clock())
                     # Inventory records nothing when it refuses: there is no stock to release.
                     return await self._transition(owner, failed.nothing_reserved(short.product_ids, short.short_count))
                 except ReservationExpired:
                     # An earlier Reserve for this order went through, and its reservation lapsed before this
                     # driver came by: the stock is gone, so cancel before the pivot instead of charging a card
                     # for an order the commit would refuse.
-                    return await self._transition(owner, order.failed_before_pivot(CancelCode.RESERVATION_EXPIRED, now))
+                    expired = order.failed_before_pivot(CancelCode.RESERVATION_EXPIRED, self._clock())
+                    return await self._transition(owner, expired)
                 reserved = order.reserved(reservation_id, self._clock())
                 if card is not None:
                     # The charge follows at once: mark it attempted in the same transaction.
@@ -396,9 +399,12 @@ class SagaDriver:
                 if self._expired(order) and not await self._still_reserved(order, owner):
                     # The stock is gone and the commit would refuse it: charging now would only take the
                     # customer's money to refund it. Compensation still refunds an earlier attempt's capture.
-                    return await self._transition(owner, order.failed_before_pivot(CancelCode.RESERVATION_EXPIRED, now))
-                if order.charge_attempted_at is None or now - order.charge_attempted_at > _FRESH:
-                    order = await self._transition(owner, order.charging(now))
+                    expired = order.failed_before_pivot(CancelCode.RESERVATION_EXPIRED, self._clock())
+                    return await self._transition(owner, expired)
+                # After the reservation check, which may have waited out inventory's deadline.
+                sent = self._clock()
+                if order.charge_attempted_at is None or sent - order.charge_attempted_at > _FRESH:
+                    order = await self._transition(owner, order.charging(sent))
                 try:
                     payment_id = await self._payments.charge(
                         order.id, order.total_minor, order.currency, card, charge_key(order.id)
@@ -413,7 +419,8 @@ class SagaDriver:
                 try:
                     await self._inventory.commit(order.reservation_id)
                 except ReservationExpired:
-                    return await self._transition(owner, order.failed_after_pivot(CancelCode.RESERVATION_EXPIRED, now))
+                    expired = order.failed_after_pivot(CancelCode.RESERVATION_EXPIRED, self._clock())
+                    return await self._transition(owner, expired)
                 return await self._finish(owner, order.committed(self._clock()))
 
             case SagaStep.COMPENSATE | SagaStep.REFUND:
