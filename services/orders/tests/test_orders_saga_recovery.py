@@ -1,7 +1,7 @@
 """The recovery loop resumes what a driver left unfinished (a PlaceOrder that gave up while inventory was down,
 orders killed mid-saga): without the card it never charges, and cancels as CHECKOUT_INTERRUPTED, not as
-a payments failure; an order it cannot move on waits longer each time, up to a limit, without keeping newer
-orders or the customer's own retry waiting."""
+a payments failure; an order it cannot move on (it waits on a dependency, or fails with an error) waits longer
+each time, up to a limit, without keeping newer orders or the customer's own retry waiting."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.testing import eventually
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
+from shopmesh_orders.domain.ports import DependencyDown
 from shopmesh_orders.domain.validation import CartLine
-from shopmesh_orders.saga import SagaDriver
+from shopmesh_orders.saga import SagaDriver, refund_key
 from shopmesh_orders.store.repository import OrderRepository
 
 from .conftest import FakeInventory, FakePayments
@@ -119,6 +120,45 @@ async def test_orders_that_wait_for_good_do_not_keep_the_recovery_loop_from_newe
     assert [(await app.get_order(o)).state for o in waiting] == [OrderState.PENDING, OrderState.PENDING]
     order = await app.get_order(newer)
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
+
+
+async def test_orders_failing_with_an_unexpected_error_do_not_keep_the_recovery_loop_from_a_charged_order(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders whose resumption fails with an error other than UNAVAILABLE (here: payments answering a refund
+    with a status the adapter does not expect, as PAYMENT_NOT_FOUND after a restore of payments) fail the same
+    way on every pass. Released with no wait, they were due since they last changed, so once `limit` of them
+    failed they took every pass's batch, and an order whose customer was charged stayed PENDING for good."""
+    inventory.on_hand["prod_a"] = 100
+    failing = [await place(app, command(), key=f"failing-{n}") for n in range(2)]
+    refund = payments.refund
+
+    async def refund_meets_an_unexpected_answer(payment_id: str, reason: str, idempotency_key: str) -> None:
+        if any(idempotency_key == refund_key(order_id) for order_id in failing):
+            raise RuntimeError("payments answered NOT_FOUND (PAYMENT_NOT_FOUND)")
+        await refund(payment_id, reason, idempotency_key)
+
+    monkeypatch.setattr(payments, "refund", refund_meets_an_unexpected_answer)
+    for order_id in failing:
+        with pytest.raises(RuntimeError):
+            await app.cancel_order(order_id, "changed my mind", f"cancel-{order_id}", f"fingerprint-{order_id}")
+    # A newer customer, charged; inventory's commit was unavailable, so PlaceOrder left the order to recovery.
+    commit = inventory.commit
+
+    async def commit_unavailable(reservation_id: str) -> None:
+        raise DependencyDown("inventory down")
+
+    monkeypatch.setattr(inventory, "commit", commit_unavailable)
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command(), key="charged")
+    charged = caught.value.metadata["order_id"]
+    assert ((await app.get_order(charged)).step, payments.captured()) == (SagaStep.COMMIT, 3)
+    monkeypatch.setattr(inventory, "commit", commit)
+
+    for _ in range(5):
+        await app.resume_unfinished(limit=2)
+    assert (await app.get_order(charged)).state is OrderState.CONFIRMED
+    assert [(await app.get_order(o)).step for o in failing] == [SagaStep.REFUND, SagaStep.REFUND]
 
 
 async def test_an_order_the_recovery_loop_could_not_move_on_waits_longer_each_time_up_to_a_limit(

@@ -1,23 +1,27 @@
 """The recovery loop meeting faults of its own: a race lost on orders' database, or the database going away,
 is one warning and the next pass resumes the order (PostgreSQL's own errors, raised through asyncpg); a bug
-is an error with its traceback, each pass, and the loop goes on."""
+is an error with its traceback, each pass, counted on orders' metrics, and the loop goes on."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.testing import eventually
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import OrderState
+from shopmesh_orders.metrics import OrderMetrics
+from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.store.repository import OrderRepository
 
-from .conftest import FakeInventory, FakePayments
+from .conftest import FakeCatalog, FakeInventory, FakePayments
 from .saga_kit import CancelledInDoubt, command, place
 
 _SERIALIZATION_FAILURE = text(
@@ -67,6 +71,23 @@ async def test_a_race_lost_on_orders_database_while_resuming_is_a_warning_and_th
     assert warned.exc_info is None
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
     # Still due: the next pass resumes it.
+    assert (await app.get_order(order_id)).state is OrderState.PENDING
+    assert await app.resume_unfinished() == 1
+    assert (await app.get_order(order_id)).state is OrderState.CANCELLED
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_race_lost_on_orders_database_mid_saga_is_not_put_off_and_the_next_pass_resumes_the_order(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An order whose resumption fails is put off with a growing wait (it would likely fail alike on the next
+    pass), but a race lost while saving a step is over once lost: the very next pass resumes the order."""
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+    raced = _first_call_meets(monkeypatch, "save", _SERIALIZATION_FAILURE)
+    assert await app.resume_unfinished() == 1
+    assert raced
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and order_id in r.getMessage()]
+    assert "concurrent update" in warned.getMessage()
     assert (await app.get_order(order_id)).state is OrderState.PENDING
     assert await app.resume_unfinished() == 1
     assert (await app.get_order(order_id)).state is OrderState.CANCELLED
@@ -156,6 +177,39 @@ async def test_a_fault_that_is_no_race_while_resuming_is_still_an_error_with_its
     assert await app.resume_unfinished() == 1
     [failed] = [r for r in caplog.records if r.levelname == "ERROR" and order_id in r.getMessage()]
     assert failed.exc_info is not None
+
+
+async def test_orders_a_recovery_pass_fails_on_with_an_error_are_counted_by_pass(
+    database: Database,
+    catalog: FakeCatalog,
+    saga: SagaDriver,
+    inventory: FakeInventory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An order that fails on every pass (put off each time, failing again) would be seen only in the logs:
+    each failure is counted on orders' metrics, by pass, for a dashboard or an alert."""
+    registry = CollectorRegistry()
+    app = OrdersApplication(database, catalog, saga, on_recovery_error=OrderMetrics(registry).recovery_error)
+    order_id = await _left_pending_while_inventory_was_down(app, inventory)
+
+    async def has_a_bug(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OrderRepository, "claim", has_a_bug)
+    assert await app.resume_unfinished() == 1
+
+    async def due_for_a_recheck(self: OrderRepository, now: datetime, limit: int) -> list[str]:
+        return [order_id]
+
+    monkeypatch.setattr(OrderRepository, "charges_to_recheck", due_for_a_recheck)
+    monkeypatch.setattr(saga, "recheck_charge", has_a_bug)
+    assert await app.recheck_charges() == 1
+    assert await app.recheck_charges() == 1
+    counted = {
+        recovery_pass: registry.get_sample_value("shopmesh_orders_recovery_errors_total", {"pass": recovery_pass})
+        for recovery_pass in ("resume", "recheck")
+    }
+    assert counted == {"resume": 1, "recheck": 2}
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)

@@ -8,12 +8,13 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 
 from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
+from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
@@ -32,7 +33,7 @@ from shopmesh_orders.domain.validation import (
     validate_place_order,
     validate_totals,
 )
-from shopmesh_orders.saga import LeaseHeld, RecheckPostponed, SagaDriver
+from shopmesh_orders.saga import LeaseHeld, RecheckPostponed, SagaDriver, lost_race
 from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository
 
 log = logging.getLogger("shopmesh.orders")
@@ -41,21 +42,12 @@ log = logging.getLogger("shopmesh.orders")
 _WAIT_FOR_OTHER_DRIVER_SECONDS = 5.0
 
 
-def _lost_race(error: Exception) -> errors.Aborted | None:
-    """The ABORTED a concurrency race lost on orders' database (a PostgreSQL serialization failure or
-    deadlock) stands for, or None for anything else. The recovery loop meets such a race raw (only the
-    server maps it for callers); it is no bug but a transient conflict with another transaction, and the
-    order stays due, so the next pass simply tries again: a warning, not an error with a traceback. Not put
-    off like an order waiting on a dependency (`SagaDriver._retry_at`): the race is over once it is lost."""
-    mapped = as_domain_error(error)
-    return mapped if isinstance(mapped, errors.Aborted) and mapped.reason == "CONCURRENT_UPDATE" else None
-
-
-def _pass_stops_at(exc: Exception, what: str, order_id: str) -> bool:
+def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[[], None]) -> bool:
     """Log what went wrong with one order of a recovery pass (`what`: "resuming order X", ...), and whether the
-    pass stops there. Orders' own database going away (met raw, as `_lost_race` says) is no bug, and the other
+    pass stops there. Orders' own database going away (met raw, as `lost_race` says) is no bug, and the other
     orders due would fare no better: one warning, and the pass stops; they stay due for the next. A lost race
-    is a warning too, the pass going on; anything else is an error with its traceback."""
+    is a warning too, the pass going on; anything else is an error with its traceback, also reported to
+    `on_error` (counted: an order that fails on every pass is otherwise seen only in the logs)."""
     if database_unavailable(exc):
         log.warning(
             "%s %s: orders' database is unavailable; this pass stops, the next tries again",
@@ -64,8 +56,9 @@ def _pass_stops_at(exc: Exception, what: str, order_id: str) -> bool:
             extra={"order_id": order_id},
         )
         return True
-    if (race := _lost_race(exc)) is None:
+    if (race := lost_race(exc)) is None:
         log.exception("%s %s failed", what, order_id, extra={"order_id": order_id})
+        on_error()
     else:
         log.warning(
             "%s %s: %s; the next pass tries it again", what, order_id, race.message, extra={"order_id": order_id}
@@ -113,11 +106,14 @@ class OrdersApplication:
         saga: SagaDriver,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_recovery_error: Callable[[str], None] = lambda recovery_pass: None,
     ) -> None:
         self._db = database
         self._catalog = catalog
         self._saga = saga
         self._clock = clock
+        # Called with "resume" or "recheck" for each order a recovery pass failed on with an error.
+        self._on_recovery_error = on_recovery_error
         self._running: set[asyncio.Task[Order]] = set()
 
     # --- PlaceOrder -------------------------------------------------------------------------------
@@ -319,7 +315,7 @@ class OrdersApplication:
             except (LeaseHeld, errors.Unavailable) as exc:
                 log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
             except Exception as exc:
-                if _pass_stops_at(exc, "resuming order", order_id):
+                if _pass_stops_at(exc, "resuming order", order_id, partial(self._on_recovery_error, "resume")):
                     break
         return len(order_ids)
 
@@ -342,7 +338,9 @@ class OrdersApplication:
                 log.warning("order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id})
                 break
             except Exception as exc:
-                if _pass_stops_at(exc, "checking the charge of order", order_id):
+                if _pass_stops_at(
+                    exc, "checking the charge of order", order_id, partial(self._on_recovery_error, "recheck")
+                ):
                     break
         return len(order_ids)
 

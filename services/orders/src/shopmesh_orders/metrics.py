@@ -4,7 +4,9 @@ A rise in one cancel reason is what an on-call engineer looks for first (PAYMENT
 its processor is down; RESERVATION_EXPIRED: steps are too slow; CHECKOUT_INTERRUPTED: checkouts gave up
 before charging, mostly on inventory; CARD_DECLINED: customers, or a fraud rule upstream). Any late
 capture refunded is a customer charged for an order they were told was cancelled (refunded by the
-recovery loop once the charge could no longer land): it should stay at zero.
+recovery loop once the charge could no longer land): it should stay at zero. So should the orders a recovery
+pass fails on with an error (a bug, or an answer orders does not expect: logged at ERROR with its traceback);
+such an order is tried again with a growing wait, and keeps failing until someone looks.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ class OrderMetrics:
             "Charges captured after their order was cancelled, found and refunded by the recovery loop.",
             registry=registry,
         )
+        self._recovery_errors = Counter(
+            "shopmesh_orders_recovery_errors",
+            "Orders a recovery pass failed on with an error, by pass: resume (unfinished sagas), recheck "
+            "(charges of cancelled orders).",
+            ("pass",),
+            registry=registry,
+        )
+        for recovery_pass in ("resume", "recheck"):
+            self._recovery_errors.labels(recovery_pass)
 
     def finished(self, order: Order) -> None:
         reason = order.cancel_code.value if order.cancel_code is not None else ""
@@ -40,3 +51,6 @@ class OrderMetrics:
 
     def late_capture_refunded(self, order: Order) -> None:
         self._late_refunds.inc()
+
+    def recovery_error(self, recovery_pass: str) -> None:
+        self._recovery_errors.labels(recovery_pass).inc()

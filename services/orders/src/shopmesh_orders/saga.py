@@ -38,6 +38,7 @@ from typing import TypeVar
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
 from shopmesh_chassis.outbox import add_event, new_event_id
 from shopmesh_orders import codec
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
@@ -103,6 +104,23 @@ async def _for_this_order(call: Awaitable[_T]) -> _T:
         raise
     except errors.Unavailable as exc:
         raise _OrderWaits(exc) from exc
+
+
+def lost_race(error: Exception) -> errors.Aborted | None:
+    """The ABORTED a concurrency race lost on orders' database (a PostgreSQL serialization failure or
+    deadlock) stands for, or None for anything else. The recovery loop meets such a race raw (only the
+    server maps it for callers); it is no bug but a transient conflict with another transaction, and the
+    order stays due, so the next pass simply tries again: a warning, not an error with a traceback. Not put
+    off like an order that waits or fails (`SagaDriver._retry_at`): the race is over once it is lost."""
+    mapped = as_domain_error(error)
+    return mapped if isinstance(mapped, errors.Aborted) and mapped.reason == "CONCURRENT_UPDATE" else None
+
+
+def _fails_again(error: Exception) -> bool:
+    """Whether a resumed order's failure is its own and likely met again on the next pass, so the recovery
+    loop puts the order off: not another driver holding it, not a race lost on orders' database (over once
+    lost), not that database away (no order's own, and the order could not even be reloaded to put it off)."""
+    return not isinstance(error, LeaseHeld) and lost_race(error) is None and not database_unavailable(error)
 
 
 def _charge_in_doubt(order: Order, remaining: timedelta) -> errors.Unavailable:
@@ -181,8 +199,9 @@ class SagaDriver:
 
     async def resume(self, order_id: str) -> Order:
         """`drive` for the recovery loop: an order no live driver holds, without the card. When the order
-        must wait (`errors.Unavailable`), the loop leaves it alone for a while (`_retry_at`), so that orders
-        which wait for long, or for good, do not lead every pass and keep it from the others."""
+        must wait (`errors.Unavailable`) or fails with any other error, the loop leaves it alone for a while
+        (`_retry_at`), so that orders which wait or fail for long, or for good, do not lead every pass and keep
+        it from the others."""
         return await self._drive(order_id, None, None, None, resumed=True)
 
     async def _drive(
@@ -200,30 +219,32 @@ class SagaDriver:
             while not order.is_terminal:
                 order = await self._attempt(order, card, owner)
             return order
-        except errors.Unavailable as exc:
-            if resumed:
-                # Reloaded: a step saved before the wait is progress, and restarts the backoff.
+        except Exception as exc:
+            if isinstance(exc, errors.Aborted) and exc.reason == "CONCURRENT_MODIFICATION":
+                # Our lease ran out during a slow step and another driver took the order over: it finishes it.
+                raise LeaseHeld(order_id) from exc
+            if resumed and _fails_again(exc):
+                # Not only an order that waits (`errors.Unavailable`): one that fails with anything else (an
+                # answer the adapter does not expect, a bug) likely fails alike on every pass, and released with
+                # no wait it would be due first, so enough of them would take every pass's batch and no other
+                # order would be resumed. Reloaded: a step saved before the failure is progress, and restarts
+                # the backoff.
                 not_before = self._retry_at(await self._load(order_id), exc)
             raise
-        except errors.Aborted as exc:
-            if exc.reason != "CONCURRENT_MODIFICATION":
-                raise
-            # Our lease ran out during a slow step and another driver took the order over: it finishes it.
-            raise LeaseHeld(order_id) from exc
         finally:
             # The terminal transition gave the lease up in its own transaction.
             if order is None or not order.is_terminal:
                 await self._release(order_id, owner, not_before)
 
-    def _retry_at(self, order: Order, waiting: errors.Unavailable) -> datetime:
-        """When the recovery loop tries again an order it could not move on: after half as long as the order
-        has gone without changing (so the wait grows by half each time), at least one recovery interval and
-        the wait the dependency asked for, at most RECOVERY_BACKOFF_MAX_SECONDS. No attempt count is stored:
-        `updated_at` moves only with progress."""
+    def _retry_at(self, order: Order, failure: Exception) -> datetime:
+        """When the recovery loop tries again an order it could not move on (it waits, or it failed): after
+        half as long as the order has gone without changing (so the wait grows by half each time), at least one
+        recovery interval and the wait a dependency asked for, at most RECOVERY_BACKOFF_MAX_SECONDS. No attempt
+        count is stored: `updated_at` moves only with progress."""
         now = self._clock()
         interval = self._settings.recovery_interval_seconds
         longest = self._settings.recovery_backoff_max_seconds
-        asked = waiting.retry_after_seconds or 0.0
+        asked = (failure.retry_after_seconds if isinstance(failure, errors.Unavailable) else None) or 0.0
         waited = max((now - order.updated_at).total_seconds(), 0.0)
         delay = min(max(waited / 2, interval, asked), max(longest, interval))
         return now + timedelta(seconds=delay)
