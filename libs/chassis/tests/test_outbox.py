@@ -327,6 +327,33 @@ async def test_a_relay_whose_lock_connection_dies_takes_the_lock_again_and_goes_
     assert holders_after_stop == 0  # a stopped relay lets the next replica lead at once
 
 
+async def test_the_relay_lock_connection_asks_the_server_to_drop_it_within_about_a_minute_after_a_network_break(
+    postgres: PostgresServer, client: Client, tmp_path: Path
+) -> None:
+    """The lock's connection is idle between passes. Cut off without a FIN or RST (the replica's node gone, a
+    network partition), it is a session PostgreSQL keeps, the lock with it, for the kernel's default TCP
+    keepalive, about two hours: no replica publishes meanwhile. The connection has the server probe it (TCP
+    keepalives after 30 s idle, every 10 s, 3 unanswered), so the lock is free about a minute after the break."""
+    url = postgres.create_database()
+    database = Database(url)
+    (tmp_path / "versions").mkdir()
+    await migrate(database, tmp_path / "versions")
+    relay = OutboxRelay(database, JetStreamPublisher(client))
+    try:
+        await relay.publish_pending()
+        leader = relay._leader
+        assert leader is not None
+        # The relay's own session (the test server is reached over TCP: on a Unix socket they read 0).
+        settings = {
+            name: await leader.scalar(text(f"SHOW {name}"))
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+        }
+    finally:
+        await relay.stop()
+        await database.dispose()
+    assert settings == {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+
+
 AGE = "shopmesh_outbox_oldest_unpublished_age_seconds"
 
 

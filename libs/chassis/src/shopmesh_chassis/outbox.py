@@ -33,6 +33,14 @@ from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
 log = logging.getLogger("shopmesh.outbox")
 
 _PG_RELAY_LOCK = 0x5350_4F42  # "SPOB": one publishing relay per database, so order holds across replicas
+# The relay lock's session has the server probe its client after 30 s idle, every 10 s, and drop it after 3
+# probes unanswered: a lock whose holder was cut off is free about a minute later, not after the server's
+# default (7200 s, then 9 probes 75 s apart). Set on the session (SET, not a startup parameter, which a
+# connection pooler in front of PostgreSQL may refuse); ignored on a Unix socket, where no network can break.
+_SERVER_KEEPALIVES = text(
+    "SELECT set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', false),"
+    " set_config('tcp_keepalives_count', '3', false)"
+)
 
 
 # Built once: the relay and every state change run these (see db.py on the cost of building statements).
@@ -259,10 +267,15 @@ class OutboxRelay:
         The lock is a session-level advisory lock, kept across passes on a connection of its own: taking
         and releasing it every pass cost four round trips per event. The leader reads and marks events on
         that same connection, so losing it (and the lock with it) fails the pass instead of going unseen.
+        Cut off without a word (a node gone, a partition), that session would hold the lock on the server for
+        its TCP keepalive's default, about two hours: the connection has the server probe it sooner
+        (`_SERVER_KEEPALIVES`), for this session only (it never returns to the pool, `_step_down`).
         """
         if self._leader is None:
             self._leader = await self._db.postgres_engine.connect()
             self._leading = False
+            async with self._on_leader() as connection:
+                await connection.execute(_SERVER_KEEPALIVES)
         if not self._leading:
             async with self._on_leader() as connection:
                 self._leading = bool(
