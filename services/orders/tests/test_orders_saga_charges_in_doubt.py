@@ -402,6 +402,33 @@ async def _cancelled_in_doubt(app: OrdersApplication, count: int) -> list[str]:
     return cancelled
 
 
+async def test_rechecks_failing_with_an_unexpected_error_do_not_keep_the_pass_from_another_orders_late_capture(
+    clocked: Clocked, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recheck that fails with an error other than UNAVAILABLE (payments answering a status the adapter does
+    not expect, or a bug) fails alike on every pass. Left due as it was, it stayed first due (the oldest
+    `charge_recheck_at`), so once a pass's `limit` of them failed, no other order's late capture was ever
+    refunded: it is put off, as an order the recovery loop cannot move on is."""
+    app = clocked.app()
+    *failing, other = await _cancelled_in_doubt(app, 3)
+    payments_for = payments.payments_for
+
+    async def unexpected_answer_for_some(order_id: str) -> list[Any]:
+        if order_id in failing:
+            raise RuntimeError("payments answered INTERNAL: ...")
+        return await payments_for(order_id)
+
+    monkeypatch.setattr(payments, "payments_for", unexpected_answer_for_some)
+    late = await _late_capture(payments, other)
+    clocked.clock.ahead = timedelta(seconds=11)
+    for _ in range(3):
+        await app.recheck_charges(limit=2)
+    assert payments.refunds == [late]
+    order = await app.get_order(other)
+    assert (order.refunded, order.charge_recheck_at) == (True, None)
+    assert [(await app.get_order(o)).charge_recheck_at is not None for o in failing] == [True, True]
+
+
 async def test_payments_down_stops_the_recheck_pass_and_leaves_every_order_due(
     clocked: Clocked, payments: FakePayments
 ) -> None:

@@ -17,9 +17,9 @@ compensation that asks payments while the charge is in doubt, and finds no captu
 a recheck due when the charge can no longer land (`charge_recheck_at`). The recovery loop then asks payments
 again (`recheck_charge`): a capture that landed late is refunded (logged at ERROR and counted), and the
 order is marked checked (a recheck payments cannot answer for this order alone, as opposed to payments
-being down, is put off like an order the recovery loop could not move on). It stays CANCELLED and emits no
-second event: the customer was told "cancelled, nothing was charged", which the refund makes true again
-(payments publishes PaymentRefunded itself).
+being down, or one that fails with an error, is put off like an order the recovery loop could not move on).
+It stays CANCELLED and emits no second event: the customer was told "cancelled, nothing was charged", which
+the refund makes true again (payments publishes PaymentRefunded itself).
 
 Only one driver works on an order at a time: it holds a lease in the database (renewed with every saved
 transition, before every retry of a step and before every remote call of compensation or a recheck that
@@ -538,15 +538,17 @@ class SagaDriver:
         Raises LeaseHeld when another driver is checking it (or it is not due); RecheckPostponed when payments
         answered but cannot be acted on for this order alone (its recheck is put off: `_postpone_recheck`);
         `errors.Unavailable` while payments (`DependencyDown`) or the database cannot answer at all: the order
-        stays due, and the recovery loop comes back to it.
+        stays due, and the recovery loop comes back to it. Any other error is raised as it is, the recheck put
+        off too.
         """
         owner = self.new_lease_owner()
         async with self._db.transaction() as session:
             if not await OrderRepository(session).claim_recheck(order_id, owner, self._clock(), self.lease_until()):
                 raise LeaseHeld(order_id)
         released = False
+        loaded: Order | None = None
         try:
-            order = await self._load(order_id)
+            order = loaded = await self._load(order_id)
             to_refund, refunded_before = await _for_this_order(self._captures(order))
             for payment_id in to_refund:
                 # Two remote calls outlast the lease taken for one: renew, or another replica's recovery pass
@@ -569,16 +571,21 @@ class SagaDriver:
             if not released:
                 raise LeaseHeld(order_id) from waits.cause
             raise RecheckPostponed(order_id, waits.cause) from waits.cause
-        except errors.Aborted as exc:
-            if exc.reason != "CONCURRENT_MODIFICATION":
-                raise
-            raise LeaseHeld(order_id) from exc
+        except Exception as exc:
+            if isinstance(exc, errors.Aborted) and exc.reason == "CONCURRENT_MODIFICATION":
+                raise LeaseHeld(order_id) from exc
+            if loaded is not None and not isinstance(exc, errors.Unavailable) and _fails_again(exc):
+                # An error of this order's own (an answer the adapter does not expect, a bug) likely fails alike
+                # on every pass: left due, it would lead each one, and enough of them would keep every other
+                # order's late capture from being refunded. Put off as an order that waits is.
+                released = await self._postpone_recheck(loaded, owner, exc)
+            raise
         finally:
             if not released:
                 await self._release(order_id, owner)
         return order
 
-    async def _postpone_recheck(self, order: Order, owner: str, waiting: errors.Unavailable) -> bool:
+    async def _postpone_recheck(self, order: Order, owner: str, waiting: Exception) -> bool:
         """Put the order's charge recheck off (`_retry_at`), giving the lease up; False when the lease was
         lost meanwhile (another driver has the order: it is its to check)."""
         postponed = order.charge_recheck_postponed(self._retry_at(order, waiting))
