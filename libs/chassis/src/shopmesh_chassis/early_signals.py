@@ -9,9 +9,9 @@ before it imports anything else, and a signal then ends the process at once; onc
 
 At once, not once the imports are done: they take over 30 s on a busy machine (a whole `make run` starting
 on two cores), and whoever sent the signal waited that long, `make run`'s Ctrl-C up to its stop timeout
-(stack.DEFAULT_STOP_TIMEOUT) and then SIGKILL, a pod its grace period. Until the event loop runs, the process has started nothing
-to stop or to flush (no socket, no database, no thread of its own): ending it is the signal's default action,
-only with a handler PID 1 does not drop.
+(stack.DEFAULT_STOP_TIMEOUT) and then SIGKILL, a pod its grace period. Until the event loop runs, the process
+has started nothing to stop or to flush (no socket, no database, no thread of its own): ending it is the
+signal's default action, only with a handler PID 1 does not drop.
 """
 
 from __future__ import annotations
