@@ -1,12 +1,13 @@
 """Recording an attempt's outcome once the mail server has answered: the real sender and SMTP mailer, a
 real SMTP server (the sink's handler, counting what it accepts or refuses), SQLite whose write transactions fail as
-a dropped connection would, for as long as a test says."""
+a dropped connection would, for as long as a test says; and, on SQLite and PostgreSQL, a write whose COMMIT
+goes through but whose reply is lost, with another sender's claim taken in between."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from shopmesh_chassis.migrations import migrate
 from shopmesh_notifications.codec import ORDER_CONFIRMED
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
 from shopmesh_notifications.intake import NotificationIntake
-from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
+from shopmesh_notifications.mailer import DeliveryFailed, SmtpMailer, SmtpOptions
 from shopmesh_notifications.sender import NotificationSender
 from shopmesh_notifications.store.repository import NotificationRepository
 from shopmesh_notifications.store.tables import metadata
@@ -197,5 +198,225 @@ async def test_a_database_outage_outlasting_the_claims_margin_is_logged_and_leav
         (line,) = [r for r in caplog.records if r.levelno == logging.ERROR and stored.id in r.getMessage()]
         assert "may be sent again" in line.getMessage()
         assert folder.accepted == 1
+    finally:
+        await database.dispose()
+
+
+class CommitThenDrop(Database):
+    """A database whose write transaction, once armed, commits and then fails as a connection dropped
+    before COMMIT's reply would: the write is stored, the writer told the database is unavailable.
+    `meanwhile` runs between the two, as another replica would."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.armed = False
+        self.dropped = 0
+        self.meanwhile: Callable[[], Awaitable[None]] = _nothing
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[DbConnection]:
+        async with super().transaction() as connection:
+            yield connection
+        if self.armed:
+            self.armed = False
+            self.dropped += 1
+            await self.meanwhile()
+            raise exc.OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+
+
+async def _nothing() -> None:
+    pass
+
+
+class FailingOnce:
+    """A mail server that is unreachable (a failed attempt, retried later); `during` runs in the attempt."""
+
+    def __init__(self, during: Callable[[], Awaitable[None]] = _nothing) -> None:
+        self.during = during
+        self.sends = 0
+
+    async def send(self, notification: Notification) -> None:
+        self.sends += 1
+        await self.during()
+        raise DeliveryFailed("connection refused", permanent=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request: pytest.FixtureRequest, url: str) -> str:
+    """The claim tests run on SQLite and on a real PostgreSQL: the claim is a timestamp compared for
+    equality, which must come back from either exactly as written."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres").create_database())
+    return url
+
+
+POLICY = RetryPolicy(3, 1.0, 10.0)
+
+
+async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_senders_claim_standing(any_url: str) -> None:
+    """Review finding: the failed attempt's outcome (PENDING, due again in a second) was committed but its
+    reply lost, so the sender repeated the write. Meanwhile, its outcome due, a second sender claimed the
+    notification and was sending it. The repeat wrote the old outcome back: the next attempt in the past,
+    the second claim gone, a third sender free to send it beside the second. The write is now conditional
+    on the claim it was made under."""
+    database = CommitThenDrop(any_url)
+    try:
+        await _with_one_pending(database)
+        now = datetime.now(UTC)
+        later = now + timedelta(seconds=2)  # past the first outcome's retry (POLICY: 1 s)
+        second_claim: list[Notification | None] = []
+
+        async def second_sender_claims() -> None:
+            async with database.transaction() as session:
+                second_claim.append(
+                    await NotificationRepository(session).claim(
+                        (await _stored(database)).id, later, later + timedelta(seconds=10)
+                    )
+                )
+
+        async def arm() -> None:
+            database.armed = True
+            database.meanwhile = second_sender_claims
+
+        first = NotificationSender(database, FailingOnce(arm), POLICY, claim_seconds=10, clock=lambda: now)
+        assert await first.send_due() == 1
+
+        assert database.dropped == 1  # the reply was lost
+        (claimed,) = second_claim
+        assert claimed is not None, "the second sender could not claim the notification"
+        stored = await _stored(database)
+        assert (stored.state, stored.attempts, stored.next_attempt_at) == (
+            State.PENDING,
+            1,
+            later + timedelta(seconds=10),
+        ), "the first sender's repeated write took the second sender's claim away"
+        async with database.read() as session:
+            assert await NotificationRepository(session).due(later + timedelta(seconds=1), 10) == []
+    finally:
+        await database.dispose()
+
+
+async def test_a_repeated_record_after_a_lost_commit_reply_does_not_rewind_another_senders_attempt(
+    any_url: str,
+) -> None:
+    """As above, but the second sender's attempt failed too and was recorded before the first one's repeat:
+    the repeat counted the attempts from its own again (2 back to 1) and moved the next attempt back."""
+    database = CommitThenDrop(any_url)
+    try:
+        await _with_one_pending(database)
+        now = datetime.now(UTC)
+        later = now + timedelta(seconds=2)
+        second = NotificationSender(database, FailingOnce(), POLICY, claim_seconds=10, clock=lambda: later)
+
+        async def second_sender_attempts() -> None:
+            assert await second.send_due() == 1
+
+        async def arm() -> None:
+            database.armed = True
+            database.meanwhile = second_sender_attempts
+
+        first = NotificationSender(database, FailingOnce(arm), POLICY, claim_seconds=10, clock=lambda: now)
+        assert await first.send_due() == 1
+
+        assert database.dropped == 1
+        stored = await _stored(database)
+        assert (stored.state, stored.attempts, stored.next_attempt_at) == (
+            State.PENDING,
+            2,
+            later + POLICY.delay_after(2),
+        ), "the first sender's repeated write rewound the second sender's recorded attempt"
+    finally:
+        await database.dispose()
+
+
+async def test_a_failed_attempt_whose_claim_was_taken_meanwhile_is_not_recorded_over_the_new_claim(
+    any_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first write too: an attempt that outlasted its claim (the mail server slow to fail) found another
+    sender's claim on the notification, and its outcome moved the next attempt back over it."""
+    database = Database(any_url)
+    try:
+        await _with_one_pending(database)
+        now = datetime.now(UTC)
+        later = now + timedelta(seconds=11)  # past the first sender's claim
+
+        async def claim_runs_out_and_is_taken() -> None:
+            async with database.transaction() as session:
+                taken = await NotificationRepository(session).claim(
+                    (await _stored(database)).id, later, later + timedelta(seconds=10)
+                )
+            assert taken is not None
+
+        first = NotificationSender(
+            database, FailingOnce(claim_runs_out_and_is_taken), POLICY, claim_seconds=10, clock=lambda: now
+        )
+        assert await first.send_due() == 1
+
+        stored = await _stored(database)
+        assert (stored.state, stored.attempts, stored.next_attempt_at) == (
+            State.PENDING,
+            0,
+            later + timedelta(seconds=10),
+        )
+        assert any("was not recorded" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    finally:
+        await database.dispose()
+
+
+async def test_an_email_accepted_after_its_claim_was_taken_is_sent_counting_every_recorded_attempt(
+    any_url: str, mail_server: tuple[CountingFolder, int]
+) -> None:
+    """The mail server accepted the e-mail after the claim ran out and another sender's attempt was
+    recorded meanwhile: the e-mail is delivered, so SENT is recorded (nobody sends it again), its
+    attempts counted on from the stored ones; it was written with the first claim's count, rewinding them."""
+    folder, port = mail_server
+    database = Database(any_url)
+    try:
+        await _with_one_pending(database)
+        now = datetime.now(UTC)
+        later = now + timedelta(seconds=11)
+        second = NotificationSender(database, FailingOnce(), POLICY, claim_seconds=10, clock=lambda: later)
+        smtp = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+
+        class SlowMailer:
+            async def send(self, notification: Notification) -> None:
+                assert await second.send_due() == 1  # the claim ran out: another sender's attempt failed
+                await smtp.send(notification)
+
+        first = NotificationSender(database, SlowMailer(), POLICY, claim_seconds=10, clock=lambda: now)
+        assert await first.send_due() == 1
+
+        stored = await _stored(database)
+        assert (stored.state, stored.attempts, stored.next_attempt_at) == (State.SENT, 2, None)
+        assert folder.accepted == 1
+    finally:
+        await database.dispose()
+
+
+async def test_a_repeated_record_that_finds_its_own_lost_commit_counts_the_attempt_once(any_url: str) -> None:
+    """No other sender meanwhile: the repeat writes nothing (the claim's next attempt is gone) but finds
+    its first try's outcome stored, so the attempt is logged and counted, once."""
+    database = CommitThenDrop(any_url)
+    try:
+        await _with_one_pending(database)
+        now = datetime.now(UTC)
+        counted: list[Notification] = []
+
+        async def arm() -> None:
+            database.armed = True
+
+        first = NotificationSender(
+            database, FailingOnce(arm), POLICY, claim_seconds=10, clock=lambda: now, on_attempt=counted.append
+        )
+        assert await first.send_due() == 1
+
+        assert database.dropped == 1
+        stored = await _stored(database)
+        assert (stored.state, stored.attempts, stored.next_attempt_at) == (
+            State.PENDING,
+            1,
+            now + POLICY.delay_after(1),
+        )
+        assert counted == [stored]
     finally:
         await database.dispose()

@@ -9,10 +9,18 @@ full pool) does not lose the outcome: its write is retried, from the wait the ch
 error names and doubling, until half of what is left of the claim has passed (about SMTP_TIMEOUT_SECONDS
 after a quick send; the other half keeps another sender from claiming it meanwhile). So an e-mail is sent
 a second time only when SENT could not be recorded before its claim ran out: the sender killed (or its stop's
-grace ended) between the mail server's acceptance and that write, or the database away for all of the
-retries (an error names the notification). Then it goes out again once the claim runs out: at least
+grace ended) between the mail server's acceptance and that write, the database away for all of the
+retries (an error names the notification), or the send itself outlasting the claim and another sender
+claiming it meanwhile. Then it goes out again once the claim runs out: at least
 once, with the same Message-ID, which mail servers, mail clients and the local SMTP sink recognise as one
 message. A failed attempt's outcome is retried alike; one not recorded is attempted again, uncounted.
+
+Each outcome is written only while nobody has claimed the notification since (its next attempt is still
+the claim's end), so a write that lands late (its claim ran out during the send, or a try waited for a
+connection or a lost reply) or is repeated (its first COMMIT went through) never moves another sender's
+claim back nor rewinds its attempts: nothing is written, and a warning says so. SENT alone is written
+over a later claim while the notification is PENDING, its attempts counted on from the stored ones: the
+e-mail is delivered (the other sender's copy, if it still goes out, is the one second e-mail).
 
 Each attempt is a CLIENT span, "smtp send", in the trace the notification was recorded in (the consumer
 span's context is stored with it; notifications recorded before that start a trace of their own): its
@@ -163,9 +171,10 @@ class NotificationSender:
         now = self._clock()
         # Taken before the claim, so the claim (until `now` + its length) ends no sooner than this says.
         claim_ends = asyncio.get_running_loop().time() + self._claim.total_seconds()
+        until = now + self._claim
         async with self._db.transaction() as session:
             repository = NotificationRepository(session)
-            notification = await repository.claim(notification_id, now, now + self._claim)
+            notification = await repository.claim(notification_id, now, until)
             if notification is None:
                 return 0  # another sender took it, or it is no longer due
             # The intake records no confirmation applied after its order's cancellation, but one recorded
@@ -175,7 +184,7 @@ class NotificationSender:
                 notification.order_id
             )
             if superseded:
-                await repository.record_delivery(notification.superseded())
+                await repository.record_delivery(notification.superseded(), until)
         parent = stored_context(notification.trace_context)
         if superseded:
             # No attempt, so no span; the line still carries the trace id of the checkout it belongs to.
@@ -215,27 +224,35 @@ class NotificationSender:
                 span.set_status(
                     trace.Status(trace.StatusCode.ERROR, _without_recipient(outcome.last_error, notification.recipient))
                 )
-            if await self._record(outcome, claim_ends):
+            if await self._record(outcome, until, claim_ends):
                 self._log(outcome)
                 self._on_attempt(outcome)
         return 1
 
-    async def _record(self, outcome: Notification, claim_ends: float) -> bool:
-        """Store the attempt's outcome; False when the database stayed unavailable until the bound.
+    async def _record(self, outcome: Notification, claimed_until: datetime, claim_ends: float) -> bool:
+        """Store the attempt's outcome; False when it was not: the database stayed unavailable until the
+        bound, or the notification is no longer this claim's (see `NotificationRepository.record_delivery`).
 
         Raised to the loop, a database blip here left the notification PENDING, to be attempted again once its
         claim ran out: an e-mail the mail server had accepted was sent twice. Retried until half of what is
-        left of the claim has passed, never up to its end: another sender may claim it then."""
+        left of the claim has passed, never up to its end: another sender may claim it then. A try can still
+        end later (it waits for a connection, or for its reply), and the claim may have run out during the
+        send: the write's condition on the claim keeps such a late write off another sender's claim."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + max(claim_ends - loop.time(), 0.0) / 2
         delay: float | None = None
         while True:
             try:
                 async with self._db.transaction() as session:
-                    # Safe to repeat: a write whose COMMIT went through before its connection dropped
-                    # left the notification as this one would, and SENT is no longer PENDING to update.
-                    await NotificationRepository(session).record_delivery(outcome)
-                return True
+                    repository = NotificationRepository(session)
+                    if await repository.record_delivery(outcome, claimed_until):
+                        return True
+                    # Repeated, the write finds what its first try wrote if that one's COMMIT went through
+                    # and only the reply was lost: recorded, by this sender.
+                    if delay is not None and await repository.already_recorded(outcome):
+                        return True
+                self._not_ours(outcome)
+                return False
             except Exception as error:
                 if not database_unavailable(error):
                     raise
@@ -254,6 +271,17 @@ class NotificationSender:
                     extra={"order_id": outcome.order_id, "event_id": outcome.event_id},
                 )
                 await asyncio.sleep(min(delay, left))
+
+    @staticmethod
+    def _not_ours(outcome: Notification) -> None:
+        # A warning, not an error: the state stored is another attempt's (or its sender's claim), and stands.
+        log.warning(
+            "notification %s: its attempt's outcome (%s) was not recorded: the notification is no longer PENDING "
+            "or another sender claimed it after this one's claim ran out",
+            outcome.id,
+            outcome_of(outcome),
+            extra={"order_id": outcome.order_id, "event_id": outcome.event_id},
+        )
 
     @staticmethod
     def _not_recorded(outcome: Notification, reason: str) -> None:

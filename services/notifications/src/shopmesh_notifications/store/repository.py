@@ -170,11 +170,33 @@ class NotificationRepository:
             return None
         return await self.get(notification_id)
 
-    async def record_delivery(self, notification: Notification) -> bool:
-        """Store the outcome of an attempt; False when the notification was no longer PENDING."""
-        result = await self._session.execute(
-            update(notifications)
-            .where(notifications.c.id == notification.id, notifications.c.state == State.PENDING.value)
-            .values(**_delivery_values(notification))
+    async def record_delivery(self, outcome: Notification, claimed_until: datetime) -> bool:
+        """Store the outcome of an attempt made under the claim that ran until `claimed_until`; False when
+        nothing was written: it was already (a repeated write whose first COMMIT went through), or the
+        notification is no longer PENDING, or (for an outcome other than SENT) no longer this claim's.
+
+        Each claim moves the next attempt to a later `until` than the one before (it takes only a due
+        notification, and claims last a positive time), so `next_attempt_at = claimed_until` says nobody has
+        claimed it since, and nobody has recorded an outcome since. Another sender's claim, taken once ours
+        ran out, stands: a late or repeated write of a retry or of FAILED would move its next attempt back
+        (a third sender could take it while the second still sends) and count its attempts from ours.
+
+        SENT is the exception: the mail server accepted the e-mail, which no later attempt can undo. Still
+        PENDING, whoever's claim it is under, it becomes SENT, so that nobody sends it again; its attempts
+        are counted on from the stored ones, never rewound. The claimant's own outcome then finds it SENT."""
+        values = _delivery_values(outcome)
+        query = update(notifications).where(
+            notifications.c.id == outcome.id, notifications.c.state == State.PENDING.value
         )
+        if outcome.state is State.SENT:
+            values["attempts"] = notifications.c.attempts + 1
+        else:
+            query = query.where(notifications.c.next_attempt_at == claimed_until)
+        result = await self._session.execute(query.values(**values))
         return bool(result.rowcount == 1)
+
+    async def already_recorded(self, outcome: Notification) -> bool:
+        """Whether the stored delivery state is `outcome`'s: a write whose COMMIT went through though its
+        reply was lost, found when repeated."""
+        stored = await self.get(outcome.id)
+        return stored is not None and _delivery_values(stored) == _delivery_values(outcome)
