@@ -327,31 +327,53 @@ async def test_a_relay_whose_lock_connection_dies_takes_the_lock_again_and_goes_
     assert holders_after_stop == 0  # a stopped relay lets the next replica lead at once
 
 
+_KEEPALIVES = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+
+
+async def _keepalives(relay: OutboxRelay) -> dict[str, str]:
+    """The TCP keepalives of the relay's own lock session (the test server is reached over TCP: on a Unix
+    socket they read 0)."""
+    leader = relay._leader
+    assert leader is not None
+    return {name: await leader.scalar(text(f"SHOW {name}")) for name in _KEEPALIVES}
+
+
 async def test_the_relay_lock_connection_asks_the_server_to_drop_it_within_about_a_minute_after_a_network_break(
-    postgres: PostgresServer, client: Client, tmp_path: Path
+    two_replicas: tuple[Database, Database], client: Client
 ) -> None:
     """The lock's connection is idle between passes. Cut off without a FIN or RST (the replica's node gone, a
     network partition), it is a session PostgreSQL keeps, the lock with it, for the kernel's default TCP
     keepalive, about two hours: no replica publishes meanwhile. The connection has the server probe it (TCP
-    keepalives after 30 s idle, every 10 s, 3 unanswered), so the lock is free about a minute after the break."""
-    url = postgres.create_database()
-    database = Database(url)
-    (tmp_path / "versions").mkdir()
-    await migrate(database, tmp_path / "versions")
-    relay = OutboxRelay(database, JetStreamPublisher(client))
+    keepalives after 30 s idle, every 10 s, 3 unanswered), so the lock is free about a minute after the break.
+    Also the session of a replica whose lock connection's backend was killed while it did not lead (a
+    PostgreSQL restart or failover): its connection was reopened unseen, and took the lock with the server's
+    defaults (7200 s idle)."""
+    a_db, b_db = two_replicas
+    a = OutboxRelay(a_db, JetStreamPublisher(client))
+    b = OutboxRelay(b_db, JetStreamPublisher(client))
     try:
-        await relay.publish_pending()
-        leader = relay._leader
-        assert leader is not None
-        # The relay's own session (the test server is reached over TCP: on a Unix socket they read 0).
-        settings = {
-            name: await leader.scalar(text(f"SHOW {name}"))
-            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
-        }
+        await a.publish_pending()
+        first_leader = await _keepalives(a)
+        assert await b.publish_pending() == 0  # b does not lead, and keeps its connection for the next try
+        assert b._leader is not None
+        async with b._on_leader() as connection:
+            b_backend = await connection.scalar(text("SELECT pg_backend_pid()"))
+        async with a_db.transaction() as session:
+            assert await session.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": b_backend})
+        await a.stop()  # the lock is free: b takes it on a pass that gets through
+        for _ in range(3):
+            with contextlib.suppress(Exception):  # the attempt on the killed session fails
+                await b.publish_pending()
+            if b._leading:
+                break
+        assert b._leading
+        after_reconnect = await _keepalives(b)
     finally:
-        await relay.stop()
-        await database.dispose()
-    assert settings == {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+        await a.stop()
+        await b.stop()
+    expected = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+    assert first_leader == expected
+    assert after_reconnect == expected, "the lock was taken on a session without the keepalives"
 
 
 AGE = "shopmesh_outbox_oldest_unpublished_age_seconds"

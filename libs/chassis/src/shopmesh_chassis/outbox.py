@@ -37,9 +37,12 @@ _PG_RELAY_LOCK = 0x5350_4F42  # "SPOB": one publishing relay per database, so or
 # probes unanswered: a lock whose holder was cut off is free about a minute later, not after the server's
 # default (7200 s, then 9 probes 75 s apart). Set on the session (SET, not a startup parameter, which a
 # connection pooler in front of PostgreSQL may refuse); ignored on a Unix socket, where no network can break.
-_SERVER_KEEPALIVES = text(
+# In the statement that takes the lock, every attempt: the connection object may have reopened its session
+# unseen (its backend killed by a restart or failover while it did not lead), and a session set up only when
+# the object was made would then take the lock with the server's defaults.
+_TRY_LOCK = text(
     "SELECT set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', false),"
-    " set_config('tcp_keepalives_count', '3', false)"
+    " set_config('tcp_keepalives_count', '3', false), pg_try_advisory_lock(:k) AS locked"
 )
 
 
@@ -268,19 +271,22 @@ class OutboxRelay:
         and releasing it every pass cost four round trips per event. The leader reads and marks events on
         that same connection, so losing it (and the lock with it) fails the pass instead of going unseen.
         Cut off without a word (a node gone, a partition), that session would hold the lock on the server for
-        its TCP keepalive's default, about two hours: the connection has the server probe it sooner
-        (`_SERVER_KEEPALIVES`), for this session only (it never returns to the pool, `_step_down`).
+        its TCP keepalive's default, about two hours: the session that takes the lock has the server probe it
+        sooner, set in the same statement (`_TRY_LOCK`), for this session only (it never returns to the pool,
+        `_step_down`). A failed attempt closes the connection, as a failed pass does.
         """
         if self._leader is None:
             self._leader = await self._db.postgres_engine.connect()
             self._leading = False
-            async with self._on_leader() as connection:
-                await connection.execute(_SERVER_KEEPALIVES)
         if not self._leading:
-            async with self._on_leader() as connection:
-                self._leading = bool(
-                    await connection.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_RELAY_LOCK})
-                )
+            try:
+                async with self._on_leader() as connection:
+                    result = await connection.execute(_TRY_LOCK, {"k": _PG_RELAY_LOCK})
+                    self._leading = bool(result.one().locked)
+            except BaseException:
+                # The connection may be broken (its backend gone): a fresh one next pass, not this one reopened.
+                await self._step_down()
+                raise
         return self._leading
 
     @contextlib.asynccontextmanager
