@@ -6,9 +6,11 @@ each time, up to a limit, without keeping newer orders or the customer's own ret
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select, update
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
@@ -19,6 +21,7 @@ from shopmesh_orders.domain.ports import DependencyDown
 from shopmesh_orders.domain.validation import CartLine
 from shopmesh_orders.saga import SagaDriver, refund_key
 from shopmesh_orders.store.repository import OrderRepository
+from shopmesh_orders.store.tables import orders
 
 from .conftest import FakeInventory, FakePayments
 from .saga_kit import Clocked, _crash_at, command, place
@@ -159,6 +162,47 @@ async def test_orders_failing_with_an_unexpected_error_do_not_keep_the_recovery_
         await app.resume_unfinished(limit=2)
     assert (await app.get_order(charged)).state is OrderState.CONFIRMED
     assert [(await app.get_order(o)).step for o in failing] == [SagaStep.REFUND, SagaStep.REFUND]
+
+
+async def test_orders_that_cannot_be_loaded_do_not_keep_the_recovery_loop_from_a_charged_order(
+    app: OrdersApplication,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Orders whose rows this release cannot load (an address a newer release stored with a field this one does
+    not know) fail on every pass. Putting them off reloaded the order, which failed again: they were released
+    with no wait, stayed due since they last changed, and once `limit` of them failed they took every pass's
+    batch, an order whose customer was charged left PENDING for good."""
+    inventory.down = True
+    unloadable = []
+    for n in range(2):
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command(), key=f"unloadable-{n}")
+        unloadable.append(caught.value.metadata["order_id"])
+    inventory.down = False
+    async with database.transaction() as session:
+        for order_id in unloadable:
+            address = json.loads(await session.scalar(select(orders.c.address).where(orders.c.id == order_id)))
+            address["delivery_notes"] = "leave at the door"
+            await session.execute(update(orders).where(orders.c.id == order_id).values(address=json.dumps(address)))
+    # A newer customer, charged; inventory's commit was unavailable, so PlaceOrder left the order to recovery.
+    commit = inventory.commit
+
+    async def commit_unavailable(reservation_id: str) -> None:
+        raise DependencyDown("inventory down")
+
+    monkeypatch.setattr(inventory, "commit", commit_unavailable)
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command(), key="charged")
+    charged = caught.value.metadata["order_id"]
+    assert ((await app.get_order(charged)).step, payments.captured()) == (SagaStep.COMMIT, 1)
+    monkeypatch.setattr(inventory, "commit", commit)
+
+    for _ in range(5):
+        await app.resume_unfinished(limit=2)
+    assert (await app.get_order(charged)).state is OrderState.CONFIRMED
 
 
 async def test_an_order_the_recovery_loop_could_not_move_on_waits_longer_each_time_up_to_a_limit(

@@ -227,14 +227,24 @@ class SagaDriver:
                 # Not only an order that waits (`errors.Unavailable`): one that fails with anything else (an
                 # answer the adapter does not expect, a bug) likely fails alike on every pass, and released with
                 # no wait it would be due first, so enough of them would take every pass's batch and no other
-                # order would be resumed. Reloaded: a step saved before the failure is progress, and restarts
-                # the backoff.
-                not_before = self._retry_at(await self._load(order_id), exc)
+                # order would be resumed.
+                not_before = await self._resume_at(order_id, exc)
             raise
         finally:
             # The terminal transition gave the lease up in its own transaction.
             if order is None or not order.is_terminal:
                 await self._release(order_id, owner, not_before)
+
+    async def _resume_at(self, order_id: str, failure: Exception) -> datetime:
+        """When the recovery loop tries again a resumed order that failed (`_retry_at`). Reloaded: a step saved
+        before the failure is progress, and restarts the backoff. An order that cannot be loaded (the failure
+        may have been its loading: a row a newer release wrote) waits one recovery interval: put off all the
+        same, or it would stay first due and lead every pass."""
+        try:
+            order = await self._load(order_id)
+        except Exception:
+            return self._clock() + timedelta(seconds=self._settings.recovery_interval_seconds)
+        return self._retry_at(order, failure)
 
     def _retry_at(self, order: Order, failure: Exception) -> datetime:
         """When the recovery loop tries again an order it could not move on (it waits, or it failed): after
