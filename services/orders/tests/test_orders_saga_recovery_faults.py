@@ -230,3 +230,22 @@ async def test_a_race_lost_on_orders_database_while_rechecking_a_charge_is_a_war
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
     assert await app.recheck_charges() == 1
     assert (await app.get_order(order_id)).charge_recheck_at is None
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_race_lost_saving_a_checked_charge_does_not_put_the_recheck_off_and_the_next_pass_checks_it(
+    cancelled_in_doubt: CancelledInDoubt, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A recheck that fails on an error of the order's own is put off (it would likely fail alike on every
+    pass), but a race lost on orders' database once the order was loaded (here: saving it checked) is over
+    once lost: the order stays due, and the very next pass checks it, the clock not moved."""
+    app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
+    clock.ahead = timedelta(seconds=11)
+    raced = _first_call_meets(monkeypatch, "save", _SERIALIZATION_FAILURE)
+    assert await app.recheck_charges() == 1
+    assert raced
+    [warned] = [r for r in caplog.records if r.levelname == "WARNING" and order_id in r.getMessage()]
+    assert "concurrent update" in warned.getMessage()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert await app.recheck_charges() == 1, "the recheck was put off"
+    assert (await app.get_order(order_id)).charge_recheck_at is None
