@@ -30,6 +30,27 @@ _SERIALIZATION_FAILURE = text(
 )
 
 
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def app(database: Database, catalog: FakeCatalog, saga: SagaDriver, registry: CollectorRegistry) -> OrdersApplication:
+    """Orders' application counting the errors of its recovery passes, as the service wires it."""
+    return OrdersApplication(database, catalog, saga, on_recovery_error=OrderMetrics(registry).recovery_error)
+
+
+def _errors_counted(registry: CollectorRegistry) -> dict[str, float | None]:
+    return {
+        recovery_pass: registry.get_sample_value("shopmesh_orders_recovery_errors_total", {"pass": recovery_pass})
+        for recovery_pass in ("resume", "recheck")
+    }
+
+
+_NONE_COUNTED = {"resume": 0, "recheck": 0}
+
+
 async def _left_pending_while_inventory_was_down(
     app: OrdersApplication, inventory: FakeInventory, key: str = "key-1"
 ) -> str:
@@ -59,7 +80,11 @@ def _first_call_meets(monkeypatch: pytest.MonkeyPatch, method: str, statement: A
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_a_race_lost_on_orders_database_while_resuming_is_a_warning_and_the_next_pass_resumes_the_order(
-    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    app: OrdersApplication,
+    inventory: FakeInventory,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     order_id = await _left_pending_while_inventory_was_down(app, inventory)
     # PostgreSQL's own serialization_failure (SQLSTATE 40001), as a lost race raises it.
@@ -74,6 +99,7 @@ async def test_a_race_lost_on_orders_database_while_resuming_is_a_warning_and_th
     assert (await app.get_order(order_id)).state is OrderState.PENDING
     assert await app.resume_unfinished() == 1
     assert (await app.get_order(order_id)).state is OrderState.CANCELLED
+    assert _errors_counted(registry) == _NONE_COUNTED, "a lost race was counted as an error"
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
@@ -100,7 +126,11 @@ _TOO_MANY_CONNECTIONS = text(
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_orders_database_going_away_while_resuming_stops_the_pass_with_one_warning_and_the_next_resumes(
-    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    app: OrdersApplication,
+    inventory: FakeInventory,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The other orders due would fare no better: one warning, no traceback per order, and all stay due."""
     order_ids = [await _left_pending_while_inventory_was_down(app, inventory, key) for key in ("away-1", "away-2")]
@@ -113,11 +143,16 @@ async def test_orders_database_going_away_while_resuming_stops_the_pass_with_one
     assert [(await app.get_order(i)).state for i in order_ids] == [OrderState.PENDING] * 2, "the pass stopped"
     assert await app.resume_unfinished() == 2
     assert [(await app.get_order(i)).state for i in order_ids] == [OrderState.CANCELLED] * 2
+    assert _errors_counted(registry) == _NONE_COUNTED, "the database away was counted as an error"
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_and_the_loop_goes_on(
-    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    app: OrdersApplication,
+    inventory: FakeInventory,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The query of the orders due fails before any order is reached: it was swallowed unseen."""
     order_id = await _left_pending_while_inventory_was_down(app, inventory)
@@ -138,11 +173,18 @@ async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_a
     assert "resume_unfinished" in warned.getMessage()
     assert warned.exc_info is None
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert _errors_counted(registry) == _NONE_COUNTED, "the database away was counted as an error"
 
 
-async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_its_traceback_each_pass_and_the_loop_goes_on(
-    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_its_traceback_each_pass_counted_and_the_loop_goes_on(
+    app: OrdersApplication,
+    inventory: FakeInventory,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A pass whose query of the orders due fails on every pass reaches no order: logged only, it hid every
+    order it would have failed on from the errors counter too. Counted by pass, as the orders' errors are."""
     order_id = await _left_pending_while_inventory_was_down(app, inventory)
     calls: list[bool] = []
 
@@ -163,6 +205,8 @@ async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_its_traceback_
     assert len(failed) >= 2
     assert all("recheck_charges" in r.getMessage() and r.exc_info is not None for r in failed)
     assert all(isinstance(r.exc_info[1], RuntimeError) for r in failed if r.exc_info)
+    # Counted as logged (the loop stopped after the last one's log, and before another pass's).
+    assert _errors_counted(registry) == {"resume": 0, "recheck": len(failed)}
 
 
 async def test_a_fault_that_is_no_race_while_resuming_is_still_an_error_with_its_traceback(
@@ -180,16 +224,14 @@ async def test_a_fault_that_is_no_race_while_resuming_is_still_an_error_with_its
 
 
 async def test_orders_a_recovery_pass_fails_on_with_an_error_are_counted_by_pass(
-    database: Database,
-    catalog: FakeCatalog,
+    app: OrdersApplication,
     saga: SagaDriver,
     inventory: FakeInventory,
+    registry: CollectorRegistry,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An order that fails on every pass (put off each time, failing again) would be seen only in the logs:
     each failure is counted on orders' metrics, by pass, for a dashboard or an alert."""
-    registry = CollectorRegistry()
-    app = OrdersApplication(database, catalog, saga, on_recovery_error=OrderMetrics(registry).recovery_error)
     order_id = await _left_pending_while_inventory_was_down(app, inventory)
 
     async def has_a_bug(*args: Any) -> Any:
@@ -205,11 +247,7 @@ async def test_orders_a_recovery_pass_fails_on_with_an_error_are_counted_by_pass
     monkeypatch.setattr(saga, "recheck_charge", has_a_bug)
     assert await app.recheck_charges() == 1
     assert await app.recheck_charges() == 1
-    counted = {
-        recovery_pass: registry.get_sample_value("shopmesh_orders_recovery_errors_total", {"pass": recovery_pass})
-        for recovery_pass in ("resume", "recheck")
-    }
-    assert counted == {"resume": 1, "recheck": 2}
+    assert _errors_counted(registry) == {"resume": 1, "recheck": 2}
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)

@@ -66,15 +66,17 @@ def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[
     return False
 
 
-def _pass_failed(name: str, exc: Exception) -> None:
+def _pass_failed(name: str, exc: Exception, on_error: Callable[[], None]) -> None:
     """Log a recovery pass that failed before reaching any order (its query of the orders due), the loop going
     on. Orders' own database being away is no bug, and the loop only waits for it: a warning without a
     traceback, once a pass. Anything else is one, and would otherwise fail every pass unseen: an error with
-    its traceback."""
+    its traceback, also reported to `on_error` (counted with the errors on its orders: a pass that never
+    reaches one hides them all)."""
     if database_unavailable(exc):
         log.warning("recovery pass %s did not run: orders' database is unavailable; the next pass tries again", name)
     else:
         log.exception("recovery pass %s failed", name)
+        on_error()
 
 
 def _cancellation_accepted(order_id: str, retry_after_seconds: float | None) -> errors.Unavailable:
@@ -112,7 +114,8 @@ class OrdersApplication:
         self._catalog = catalog
         self._saga = saga
         self._clock = clock
-        # Called with "resume" or "recheck" for each order a recovery pass failed on with an error.
+        # Called with "resume" or "recheck" for each order a recovery pass failed on with an error, and for each
+        # pass that failed so before reaching any order.
         self._on_recovery_error = on_recovery_error
         self._running: set[asyncio.Task[Order]] = set()
 
@@ -347,11 +350,11 @@ class OrdersApplication:
     async def run_recovery(self, interval: float) -> None:
         while True:
             # Looked up on each pass, not bound once: the loop must outlive whatever one pass raises.
-            for recovery_pass in (self.resume_unfinished, self.recheck_charges):
+            for label, recovery_pass in (("resume", self.resume_unfinished), ("recheck", self.recheck_charges)):
                 try:
                     await recovery_pass()
                 except Exception as exc:
-                    _pass_failed(recovery_pass.__name__, exc)
+                    _pass_failed(recovery_pass.__name__, exc, partial(self._on_recovery_error, label))
             await asyncio.sleep(interval)
 
     async def wait_running(self, timeout: float) -> None:

@@ -37,8 +37,8 @@ class OrderMetrics:
         )
         self._recovery_errors = Counter(
             "shopmesh_orders_recovery_errors",
-            "Orders a recovery pass failed on with an error, by pass: resume (unfinished sagas), recheck "
-            "(charges of cancelled orders).",
+            "Orders a recovery pass failed on with an error, and passes that failed so before reaching any, by "
+            "pass: resume (unfinished sagas), recheck (charges of cancelled orders).",
             ("pass",),
             registry=registry,
         )

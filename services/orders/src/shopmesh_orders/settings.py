@@ -37,11 +37,13 @@ class OrdersSettings(IdempotencySettings, EventSettings):
     saga_lease_seconds: Interval = 10.0
     # How often in-flight sagas are looked for (startup, then periodically).
     recovery_interval_seconds: Interval = 2.0
-    # An order the recovery loop could not move on (a dependency down, or a state only a newer release of
-    # it knows) waits before the loop tries it again: half as long as it has gone without progress, at
-    # least one recovery interval and at most this. Otherwise the orders that wait for good would lead
-    # every pass, and newer ones behind them (each pass takes the first 50 due) would never be resumed.
-    # The same goes for a charge recheck payments cannot answer for that one order.
+    # An order the recovery loop could not move on (a dependency down, a state only a newer release of it
+    # knows, or any error of the order's own: an answer the adapter does not expect, a bug) waits before the
+    # loop tries it again: half as long as it has gone without progress, at least one recovery interval and
+    # at most this (one interval when the order cannot even be loaded). Otherwise the orders that wait or
+    # fail for good would lead every pass, and newer ones behind them (each pass takes the first 50 due)
+    # would never be resumed. The same goes for a charge recheck payments cannot answer for that one order,
+    # or that fails with an error of its own. Not a race lost on orders' database, nor the database away.
     recovery_backoff_max_seconds: Interval = 60.0
     # Deadline of each outbound saga call; a charge whose outcome is unknown is verified only after it.
     step_timeout_seconds: OutboundTimeout = 5.0
