@@ -253,18 +253,25 @@ def any_url(request: pytest.FixtureRequest, url: str) -> str:
 POLICY = RetryPolicy(3, 1.0, 10.0)
 
 
-async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_senders_claim_standing(any_url: str) -> None:
+async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_senders_claim_standing_and_counts_its_own(
+    any_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Review finding: the failed attempt's outcome (PENDING, due again in a second) was committed but its
     reply lost, so the sender repeated the write. Meanwhile, its outcome due, a second sender claimed the
     notification and was sending it. The repeat wrote the old outcome back: the next attempt in the past,
     the second claim gone, a third sender free to send it beside the second. The write is now conditional
-    on the claim it was made under."""
+    on the claim it was made under.
+
+    Second review finding: the repeat, writing nothing, looked for its first try's outcome with the next
+    attempt too, which the second claim had moved: the recorded attempt was neither logged nor counted,
+    and a warning said, falsely, that it was not recorded."""
     database = CommitThenDrop(any_url)
     try:
         await _with_one_pending(database)
         now = datetime.now(UTC)
         later = now + timedelta(seconds=2)  # past the first outcome's retry (POLICY: 1 s)
         second_claim: list[Notification | None] = []
+        counted: list[Notification] = []
 
         async def second_sender_claims() -> None:
             async with database.transaction() as session:
@@ -278,7 +285,9 @@ async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_sender
             database.armed = True
             database.meanwhile = second_sender_claims
 
-        first = NotificationSender(database, FailingOnce(arm), POLICY, claim_seconds=10, clock=lambda: now)
+        first = NotificationSender(
+            database, FailingOnce(arm), POLICY, claim_seconds=10, clock=lambda: now, on_attempt=counted.append
+        )
         assert await first.send_due() == 1
 
         assert database.dropped == 1  # the reply was lost
@@ -292,6 +301,8 @@ async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_sender
         ), "the first sender's repeated write took the second sender's claim away"
         async with database.read() as session:
             assert await NotificationRepository(session).due(later + timedelta(seconds=1), 10) == []
+        assert [(n.state, n.attempts) for n in counted] == [(State.PENDING, 1)], "the recorded attempt was not counted"
+        assert not [r for r in caplog.records if "was not recorded" in r.getMessage()]
     finally:
         await database.dispose()
 

@@ -197,6 +197,16 @@ class NotificationRepository:
 
     async def already_recorded(self, outcome: Notification) -> bool:
         """Whether the stored delivery state is `outcome`'s: a write whose COMMIT went through though its
-        reply was lost, found when repeated."""
+        reply was lost, found when repeated.
+
+        A retry's next attempt is left out: once it is due, another sender may claim the notification
+        between the two tries, which moves it. What stays is the attempts and the error, and no other
+        sender's outcome can carry both while ours went unwritten: it would have had to claim the
+        notification before our claim ran out, which our tries never outlast."""
         stored = await self.get(outcome.id)
-        return stored is not None and _delivery_values(stored) == _delivery_values(outcome)
+        if stored is None:
+            return False
+        found, ours = _delivery_values(stored), _delivery_values(outcome)
+        if outcome.state is State.PENDING:
+            del found["next_attempt_at"], ours["next_attempt_at"]
+        return found == ours
