@@ -202,6 +202,51 @@ async def test_a_database_outage_outlasting_the_claims_margin_is_logged_and_leav
         await database.dispose()
 
 
+class StalledDatabase(Database):
+    """A database whose write transactions, while `stalled()` says so, wait for a connection that never
+    comes (a full pool's checkout, a connect that is never answered)."""
+
+    def __init__(self, url: str, stalled: Callable[[], bool]) -> None:
+        super().__init__(url)
+        self._stalled = stalled
+        self.stalls = 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[DbConnection]:
+        if self._stalled():
+            self.stalls += 1
+            await asyncio.Event().wait()
+        async with super().transaction() as connection:
+            yield connection
+
+
+async def test_a_record_write_stalled_past_the_claims_margin_is_cut_off_and_logged(
+    url: str, mail_server: tuple[CountingFolder, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: the retries bounded only when a try started; one try could wait out the pool's
+    checkout (30 s) or asyncpg's connect (60 s), longer than a whole claim, and land SENT after another
+    sender had claimed and sent the e-mail again, with no error. Each try now ends at the bound: an error
+    names the notification, which stays PENDING, and the sender goes on."""
+    folder, port = mail_server
+    database = StalledDatabase(url, lambda: folder.accepted > 0)
+    try:
+        await _with_one_pending(database)
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+        sender = NotificationSender(database, mailer, POLICY, claim_seconds=1)
+
+        # Bounds the test alone (the write gives up within half a second): before, it waited for good.
+        async with asyncio.timeout(30):
+            assert await sender.send_due() == 1
+
+        assert database.stalls >= 1
+        stored = await _stored(database)
+        assert stored.state is State.PENDING
+        (line,) = [r for r in caplog.records if r.levelno == logging.ERROR and stored.id in r.getMessage()]
+        assert "may be sent again" in line.getMessage()
+    finally:
+        await database.dispose()
+
+
 class CommitThenDrop(Database):
     """A database whose write transaction, once armed, commits and then fails as a connection dropped
     before COMMIT's reply would: the write is stored, the writer told the database is unavailable.

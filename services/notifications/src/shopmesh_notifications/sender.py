@@ -7,17 +7,25 @@ recorded by the time it is claimed is not sent but SUPERSEDED.
 Once the mail server has answered, a database that is unavailable (a dropped connection, a failover, a
 full pool) does not lose the outcome: its write is retried, from the wait the chassis' mapping of the
 error names and doubling, until half of what is left of the claim has passed (about SMTP_TIMEOUT_SECONDS
-after a quick send; the other half keeps another sender from claiming it meanwhile). So an e-mail is sent
-a second time only when SENT could not be recorded before its claim ran out: the sender killed (or its stop's
-grace ended) between the mail server's acceptance and that write, the database away for all of the
-retries (an error names the notification), or the send itself outlasting the claim and another sender
-claiming it meanwhile. Then it goes out again once the claim runs out: at least
-once, with the same Message-ID, which mail servers, mail clients and the local SMTP sink recognise as one
-message. A failed attempt's outcome is retried alike; one not recorded is attempted again, uncounted.
+after a quick send; the other half keeps another sender from claiming it meanwhile), each try cut off
+there too (one waiting for a connection, or for its reply, is the database unavailable). So an e-mail is
+sent a second time only when:
+- SENT could not be recorded before its claim ran out: the sender killed (or its stop's grace ended)
+  between the mail server's acceptance and that write, the database away for all of the retries (an
+  error names the notification), or the send itself outlasting the claim and another sender claiming it
+  meanwhile;
+- the write of SENT failed with a database error other than unavailable (a serialization failure or
+  deadlock, 40001 / 40P01, or a cancelled statement, 57014): raised to the loop, it leaves the
+  notification PENDING;
+- the mail server received the end of the message's DATA but the attempt's timeout or a dropped
+  connection came before its 250 reply: a failed attempt, retried.
+Then it goes out again once the claim (or the retry's wait) runs out: at least once, with the same
+Message-ID, which mail servers, mail clients and the local SMTP sink recognise as one message. A failed
+attempt's outcome is retried alike; one not recorded is attempted again, uncounted.
 
 Each outcome is written only while nobody has claimed the notification since (its next attempt is still
-the claim's end), so a write that lands late (its claim ran out during the send, or a try waited for a
-connection or a lost reply) or is repeated (its first COMMIT went through) never moves another sender's
+the claim's end), so a write that lands late (its claim ran out during the send, or a try cut off in its
+COMMIT) or is repeated (its first COMMIT went through) never moves another sender's
 claim back nor rewinds its attempts: nothing is written, and a warning says so. SENT alone is written
 over a later claim while the notification is PENDING, its attempts counted on from the stored ones: the
 e-mail is delivered (the other sender's copy, if it still goes out, is the one second e-mail).
@@ -39,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from opentelemetry import trace
+from sqlalchemy import exc
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
@@ -62,12 +71,12 @@ def _without_recipient(text: str, recipient: str) -> str:
     return re.sub(re.escape(recipient), "<recipient>", text, flags=re.IGNORECASE) if recipient else text
 
 
-def _retry_after(error: Exception, *, otherwise: float) -> float:
-    """The wait the chassis names for a database that is unavailable (its RetryInfo to callers), or
-    `otherwise` if it named none."""
-    mapped = error if isinstance(error, Unavailable) else as_domain_error(error)
-    waited = mapped.retry_after_seconds if isinstance(mapped, Unavailable) else None
-    return waited if waited else otherwise
+def _retry_after(error: Exception) -> float:
+    """The wait the chassis names for a database that is unavailable (its RetryInfo to callers): every
+    error `database_unavailable` accepts maps to an UNAVAILABLE that names one."""
+    mapped = as_domain_error(error)
+    assert isinstance(mapped, Unavailable) and mapped.retry_after_seconds is not None
+    return mapped.retry_after_seconds
 
 
 class Mailer(Protocol):
@@ -235,22 +244,21 @@ class NotificationSender:
 
         Raised to the loop, a database blip here left the notification PENDING, to be attempted again once its
         claim ran out: an e-mail the mail server had accepted was sent twice. Retried until half of what is
-        left of the claim has passed, never up to its end: another sender may claim it then. A try can still
-        end later (it waits for a connection, or for its reply), and the claim may have run out during the
-        send: the write's condition on the claim keeps such a late write off another sender's claim."""
+        left of the claim has passed, never up to its end: another sender may claim it then. Each try is cut
+        off at that bound too: it could wait out the pool's checkout (30 s) or a connect (asyncpg: 60 s),
+        longer than a whole claim, and land SENT after another sender had claimed and sent it, with no error.
+        The claim may still have run out during the send: the write's condition on the claim keeps such a
+        late write off another sender's claim."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + max(claim_ends - loop.time(), 0.0) / 2
         delay: float | None = None
         while True:
             try:
-                async with self._db.transaction() as session:
-                    repository = NotificationRepository(session)
-                    if await repository.record_delivery(outcome, claimed_until):
-                        return True
-                    # Repeated, the write finds what its first try wrote if that one's COMMIT went through
-                    # and only the reply was lost: recorded, by this sender.
-                    if delay is not None and await repository.already_recorded(outcome):
-                        return True
+                # At least a moment: a try started at the bound still gets its chance to answer.
+                if await self._write(
+                    outcome, claimed_until, repeated=delay is not None, within=max(give_up_at - loop.time(), 0.1)
+                ):
+                    return True
                 self._not_ours(outcome)
                 return False
             except Exception as error:
@@ -261,7 +269,7 @@ class NotificationSender:
                 if left <= 0:
                     self._not_recorded(outcome, reason)
                     return False
-                delay = _retry_after(error, otherwise=left) if delay is None else delay * 2
+                delay = _retry_after(error) if delay is None else delay * 2
                 log.warning(
                     "recording notification %s as %s failed, the database is unavailable; retrying in %.1fs: %s",
                     outcome.id,
@@ -271,6 +279,22 @@ class NotificationSender:
                     extra={"order_id": outcome.order_id, "event_id": outcome.event_id},
                 )
                 await asyncio.sleep(min(delay, left))
+
+    async def _write(self, outcome: Notification, claimed_until: datetime, *, repeated: bool, within: float) -> bool:
+        """One try of `_record`'s write, cut off after `within` seconds as the pool's own checkout timeout
+        would be (the database unavailable). A try cut off in its COMMIT may have written: the next one
+        writes nothing (the notification is no longer PENDING, or its next attempt no longer the claim's
+        end) and finds the outcome stored."""
+        try:
+            async with asyncio.timeout(within), self._db.transaction() as session:
+                repository = NotificationRepository(session)
+                if await repository.record_delivery(outcome, claimed_until):
+                    return True
+                # Repeated, the write finds what its first try wrote if that one's COMMIT went through and
+                # only the reply was lost: recorded, by this sender.
+                return repeated and await repository.already_recorded(outcome)
+        except TimeoutError as cut_off:
+            raise exc.TimeoutError(f"no answer from the database within {within:.1f}s") from cut_off
 
     @staticmethod
     def _not_ours(outcome: Notification) -> None:
