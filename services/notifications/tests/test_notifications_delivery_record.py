@@ -60,22 +60,47 @@ class RefusingFolder(MailFolder):
         return "550 5.1.1 no such user"
 
 
-class BlippingDatabase(Database):
-    """SQLite whose write transactions fail at COMMIT, as on a dropped PostgreSQL connection (rolled back,
-    nothing written), while `blipping()` says so."""
+class DroppingDatabase(Database):
+    """A database whose write transactions, while `dropping()` says so, fail as a connection dropped at
+    COMMIT would: before it (`committed` False: rolled back, nothing written) or after it, before its reply
+    (`committed` True: written, the writer told otherwise). `meanwhile` runs after such a COMMIT, as another
+    replica would."""
 
-    def __init__(self, url: str, blipping: Callable[[], bool]) -> None:
+    def __init__(self, url: str, dropping: Callable[[], bool], *, committed: bool = False) -> None:
         super().__init__(url)
-        self._blipping = blipping
-        self.failed = 0
+        self.dropping = dropping
+        self._committed = committed
+        self.dropped = 0
+        self.meanwhile: Callable[[], Awaitable[None]] = _nothing
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[DbConnection]:
         async with super().transaction() as connection:
             yield connection
-            if self._blipping():
-                self.failed += 1
-                raise exc.OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+            if not self._committed and self.dropping():
+                self._drop()
+        if self._committed and self.dropping():
+            await self.meanwhile()
+            self._drop()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        raise exc.OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _once() -> Callable[[], bool]:
+    """True the first time it is asked, then never."""
+    left = [1]
+
+    def once() -> bool:
+        taken, left[0] = left[0], 0
+        return bool(taken)
+
+    return once
 
 
 @pytest.fixture
@@ -123,7 +148,7 @@ async def test_a_database_blip_after_the_mail_server_accepted_still_sends_the_em
             return True
         return False
 
-    database = BlippingDatabase(url, blipping)
+    database = DroppingDatabase(url, blipping)
     try:
         await _with_one_pending(database)
         now = [datetime.now(UTC)]
@@ -135,7 +160,7 @@ async def test_a_database_blip_after_the_mail_server_accepted_still_sends_the_em
         now[0] += timedelta(seconds=11)
         await sender.send_due()
 
-        assert database.failed == 1  # the blip did happen
+        assert database.dropped == 1  # the blip did happen
         assert (await _stored(database)).state is State.SENT
         assert folder.accepted == 1, f"the mail server accepted the same e-mail {folder.accepted} times"
     finally:
@@ -157,7 +182,7 @@ async def test_a_database_blip_while_recording_a_refusal_still_fails_the_notific
             return True
         return False
 
-    database = BlippingDatabase(url, blipping)
+    database = DroppingDatabase(url, blipping)
     try:
         await _with_one_pending(database)
         now = [datetime.now(UTC)]
@@ -168,7 +193,7 @@ async def test_a_database_blip_while_recording_a_refusal_still_fails_the_notific
         now[0] += timedelta(seconds=11)
         await sender.send_due()
 
-        assert database.failed == 1
+        assert database.dropped == 1
         stored = await _stored(database)
         assert (stored.state, stored.attempts) == (State.FAILED, 1)
         assert folder.refused == 1
@@ -184,7 +209,7 @@ async def test_a_database_outage_outlasting_the_claims_margin_is_logged_and_leav
     """The retries end well inside the claim (another sender may take it once it runs out): an outage that
     lasts past them is an error naming the notification, which stays PENDING, and the sender goes on."""
     folder, port = mail_server
-    database = BlippingDatabase(url, lambda: folder.accepted > 0)
+    database = DroppingDatabase(url, lambda: folder.accepted > 0)
     try:
         await _with_one_pending(database)
         mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
@@ -247,32 +272,6 @@ async def test_a_record_write_stalled_past_the_claims_margin_is_cut_off_and_logg
         await database.dispose()
 
 
-class CommitThenDrop(Database):
-    """A database whose write transaction, once armed, commits and then fails as a connection dropped
-    before COMMIT's reply would: the write is stored, the writer told the database is unavailable.
-    `meanwhile` runs between the two, as another replica would."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.armed = False
-        self.dropped = 0
-        self.meanwhile: Callable[[], Awaitable[None]] = _nothing
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[DbConnection]:
-        async with super().transaction() as connection:
-            yield connection
-        if self.armed:
-            self.armed = False
-            self.dropped += 1
-            await self.meanwhile()
-            raise exc.OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
-
-
-async def _nothing() -> None:
-    pass
-
-
 class FailingOnce:
     """A mail server that is unreachable (a failed attempt, retried later); `during` runs in the attempt."""
 
@@ -286,20 +285,11 @@ class FailingOnce:
         raise DeliveryFailed("connection refused", permanent=False)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_url(request: pytest.FixtureRequest, url: str) -> str:
-    """The claim tests run on SQLite and on a real PostgreSQL: the claim is a timestamp compared for
-    equality, which must come back from either exactly as written."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("postgres").create_database())
-    return url
-
-
 POLICY = RetryPolicy(3, 1.0, 10.0)
 
 
 async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_senders_claim_standing_and_counts_its_own(
-    any_url: str, caplog: pytest.LogCaptureFixture
+    database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Review finding: the failed attempt's outcome (PENDING, due again in a second) was committed but its
     reply lost, so the sender repeated the write. Meanwhile, its outcome due, a second sender claimed the
@@ -310,7 +300,7 @@ async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_sender
     Second review finding: the repeat, writing nothing, looked for its first try's outcome with the next
     attempt too, which the second claim had moved: the recorded attempt was neither logged nor counted,
     and a warning said, falsely, that it was not recorded."""
-    database = CommitThenDrop(any_url)
+    database = DroppingDatabase(database_url, lambda: False, committed=True)
     try:
         await _with_one_pending(database)
         now = datetime.now(UTC)
@@ -327,7 +317,7 @@ async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_sender
                 )
 
         async def arm() -> None:
-            database.armed = True
+            database.dropping = _once()
             database.meanwhile = second_sender_claims
 
         first = NotificationSender(
@@ -353,11 +343,11 @@ async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_sender
 
 
 async def test_a_repeated_record_after_a_lost_commit_reply_does_not_rewind_another_senders_attempt(
-    any_url: str,
+    database_url: str,
 ) -> None:
     """As above, but the second sender's attempt failed too and was recorded before the first one's repeat:
     the repeat counted the attempts from its own again (2 back to 1) and moved the next attempt back."""
-    database = CommitThenDrop(any_url)
+    database = DroppingDatabase(database_url, lambda: False, committed=True)
     try:
         await _with_one_pending(database)
         now = datetime.now(UTC)
@@ -368,7 +358,7 @@ async def test_a_repeated_record_after_a_lost_commit_reply_does_not_rewind_anoth
             assert await second.send_due() == 1
 
         async def arm() -> None:
-            database.armed = True
+            database.dropping = _once()
             database.meanwhile = second_sender_attempts
 
         first = NotificationSender(database, FailingOnce(arm), POLICY, claim_seconds=10, clock=lambda: now)
@@ -386,11 +376,11 @@ async def test_a_repeated_record_after_a_lost_commit_reply_does_not_rewind_anoth
 
 
 async def test_a_failed_attempt_whose_claim_was_taken_meanwhile_is_not_recorded_over_the_new_claim(
-    any_url: str, caplog: pytest.LogCaptureFixture
+    database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The first write too: an attempt that outlasted its claim (the mail server slow to fail) found another
     sender's claim on the notification, and its outcome moved the next attempt back over it."""
-    database = Database(any_url)
+    database = Database(database_url)
     try:
         await _with_one_pending(database)
         now = datetime.now(UTC)
@@ -420,13 +410,13 @@ async def test_a_failed_attempt_whose_claim_was_taken_meanwhile_is_not_recorded_
 
 
 async def test_an_email_accepted_after_its_claim_was_taken_is_sent_counting_every_recorded_attempt(
-    any_url: str, mail_server: tuple[CountingFolder, int]
+    database_url: str, mail_server: tuple[CountingFolder, int]
 ) -> None:
     """The mail server accepted the e-mail after the claim ran out and another sender's attempt was
     recorded meanwhile: the e-mail is delivered, so SENT is recorded (nobody sends it again), its
     attempts counted on from the stored ones; it was written with the first claim's count, rewinding them."""
     folder, port = mail_server
-    database = Database(any_url)
+    database = Database(database_url)
     try:
         await _with_one_pending(database)
         now = datetime.now(UTC)
@@ -449,17 +439,17 @@ async def test_an_email_accepted_after_its_claim_was_taken_is_sent_counting_ever
         await database.dispose()
 
 
-async def test_a_repeated_record_that_finds_its_own_lost_commit_counts_the_attempt_once(any_url: str) -> None:
+async def test_a_repeated_record_that_finds_its_own_lost_commit_counts_the_attempt_once(database_url: str) -> None:
     """No other sender meanwhile: the repeat writes nothing (the claim's next attempt is gone) but finds
     its first try's outcome stored, so the attempt is logged and counted, once."""
-    database = CommitThenDrop(any_url)
+    database = DroppingDatabase(database_url, lambda: False, committed=True)
     try:
         await _with_one_pending(database)
         now = datetime.now(UTC)
         counted: list[Notification] = []
 
         async def arm() -> None:
-            database.armed = True
+            database.dropping = _once()
 
         first = NotificationSender(
             database, FailingOnce(arm), POLICY, claim_seconds=10, clock=lambda: now, on_attempt=counted.append

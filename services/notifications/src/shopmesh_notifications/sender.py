@@ -75,7 +75,8 @@ def _retry_after(error: Exception) -> float:
     """The wait the chassis names for a database that is unavailable (its RetryInfo to callers): every
     error `database_unavailable` accepts maps to an UNAVAILABLE that names one."""
     mapped = as_domain_error(error)
-    assert isinstance(mapped, Unavailable) and mapped.retry_after_seconds is not None
+    assert isinstance(mapped, Unavailable)
+    assert mapped.retry_after_seconds is not None
     return mapped.retry_after_seconds
 
 
