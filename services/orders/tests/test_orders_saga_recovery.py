@@ -145,18 +145,8 @@ async def test_orders_failing_with_an_unexpected_error_do_not_keep_the_recovery_
     for order_id in failing:
         with pytest.raises(RuntimeError):
             await app.cancel_order(order_id, "changed my mind", f"cancel-{order_id}", f"fingerprint-{order_id}")
-    # A newer customer, charged; inventory's commit was unavailable, so PlaceOrder left the order to recovery.
-    commit = inventory.commit
-
-    async def commit_unavailable(reservation_id: str) -> None:
-        raise DependencyDown("inventory down")
-
-    monkeypatch.setattr(inventory, "commit", commit_unavailable)
-    with pytest.raises(errors.Unavailable) as caught:
-        await place(app, command(), key="charged")
-    charged = caught.value.metadata["order_id"]
+    charged = await charged_and_left_to_recovery(app, inventory, monkeypatch)
     assert ((await app.get_order(charged)).step, payments.captured()) == (SagaStep.COMMIT, 3)
-    monkeypatch.setattr(inventory, "commit", commit)
 
     for _ in range(5):
         await app.resume_unfinished(limit=2)
@@ -187,18 +177,8 @@ async def test_orders_that_cannot_be_loaded_do_not_keep_the_recovery_loop_from_a
             address = json.loads(await session.scalar(select(orders.c.address).where(orders.c.id == order_id)))
             address["delivery_notes"] = "leave at the door"
             await session.execute(update(orders).where(orders.c.id == order_id).values(address=json.dumps(address)))
-    # A newer customer, charged; inventory's commit was unavailable, so PlaceOrder left the order to recovery.
-    commit = inventory.commit
-
-    async def commit_unavailable(reservation_id: str) -> None:
-        raise DependencyDown("inventory down")
-
-    monkeypatch.setattr(inventory, "commit", commit_unavailable)
-    with pytest.raises(errors.Unavailable) as caught:
-        await place(app, command(), key="charged")
-    charged = caught.value.metadata["order_id"]
+    charged = await charged_and_left_to_recovery(app, inventory, monkeypatch)
     assert ((await app.get_order(charged)).step, payments.captured()) == (SagaStep.COMMIT, 1)
-    monkeypatch.setattr(inventory, "commit", commit)
 
     for _ in range(5):
         await app.resume_unfinished(limit=2)
@@ -260,3 +240,21 @@ async def test_an_order_the_recovery_loop_left_waiting_is_not_kept_from_a_retrie
     inventory.down = False
     assert await place(app, command()) == order_id
     assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
+
+
+async def charged_and_left_to_recovery(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A newer customer's order, charged: inventory's commit was unavailable, so PlaceOrder left it to recovery
+    (at COMMIT), and inventory answers again from now on. Its id."""
+    commit = inventory.commit
+
+    async def commit_unavailable(reservation_id: str) -> None:
+        raise DependencyDown("inventory down")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(inventory, "commit", commit_unavailable)
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(app, command(), key="charged")
+    assert inventory.commit == commit
+    return str(caught.value.metadata["order_id"])
