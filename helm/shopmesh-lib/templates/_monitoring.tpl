@@ -307,7 +307,7 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
     "expr" (printf "sum(rate(envoy_http_downstream_rq_xx{__selector__, %s, envoy_response_code_class=\"5\"}[5m])) / sum(rate(envoy_http_downstream_rq_xx{__selector__, %s}[5m])) > %v" $edge $edge $m.errorRatio)
     "for" "5m" "severity" "critical"
     "summary" (printf "%s: HTTP/JSON requests failing" $c.name)
-    "description" (printf "More than %v%% of the requests to the http-api container have been answered 5xx for 5 minutes: the service behind it fails, or the container cannot reach it. HTTP/JSON requests only: gRPC-Web and gRPC calls through the port answer 200 with their status in grpc-status, the edge's own UNAVAILABLE too (ShopmeshServerErrors covers those the gateway answered; envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"gateway\"} shows the edge failing to reach it)." (mulf $m.errorRatio 100))) -}}
+    "description" (printf "More than %v%% of the requests to the http-api container have been answered 5xx for 5 minutes: the service behind it fails, or the container cannot reach it. HTTP/JSON requests, and gRPC-Web calls Envoy answered after the request reached the gateway (a reset's 503, a 502, a 504: they keep their HTTP status); gRPC calls, and gRPC-Web calls the gateway answered or the edge refused before any call (UNAVAILABLE), answer 200 with their status in grpc-status and do not count (ShopmeshServerErrors covers those the gateway answered; envoy_cluster_upstream_cx_connect_fail{envoy_cluster_name=\"gateway\"} shows the edge failing to reach it)." (mulf $m.errorRatio 100))) -}}
 {{- end -}}
 {{- if $c.calls -}}
 {{- $rules = append $rules (dict
