@@ -10,7 +10,6 @@ from google.rpc import code_pb2 as grpc_code
 from google.rpc import error_details_pb2
 
 from .contract import PUBLIC_SERVICE
-from .cors import readable_cross_origin
 from .local_replies import ERROR_DOMAIN, answered_over_grpc, answered_over_http, error_info
 from .matching import FILTER_CONFIG, GRPC, GRPC_WEB_TEXT, TRANSCODER_OFF
 
@@ -64,7 +63,6 @@ def _refused_as_too_large(headers: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "match": {"prefix": f"/{PUBLIC_SERVICE}/", "headers": headers},
         "direct_response": {"status": 413, "body": {"inline_string": "Payload Too Large"}},
-        "response_headers_to_add": readable_cross_origin(),
         "typed_per_filter_config": {
             **TRANSCODER_OFF,
             "envoy.filters.http.buffer": {"@type": FILTER_CONFIG, "disabled": True},
