@@ -1,6 +1,7 @@
 """Header hygiene: request headers dropped before anything reads them, gRPC's own headers dropped from an
-HTTP/JSON request, which the gateway's gRPC server would otherwise answer with INTERNAL, and the services'
-internal markers dropped from every answer."""
+HTTP/JSON request, which the gateway's gRPC server would otherwise answer with INTERNAL, and gRPC's retry pushback
+from its answer; the services' internal markers dropped from every answer, and the CORS headers added to every
+answer the CORS filter gave none."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ INTERNAL_HEADER_NAME = r"shopmesh-.*"
 
 
 def no_grpc_headers() -> dict[str, Any]:
+    """An HTTP/JSON route's header mutation: gRPC's own headers dropped from the request, and
+    grpc-retry-pushback-ms from the answer."""
     return {
         "@type": _HEADER_MUTATION_PER_ROUTE,
         "mutations": {

@@ -1,6 +1,7 @@
-"""Envoy's own answers (local replies) to HTTP/JSON clients as a google.rpc.Status in JSON, the shape the
-gateway's errors have through the transcoder: the gRPC code of each HTTP status, and the replies whose text is
-replaced by one saying what to send instead."""
+"""Envoy's own answers (local replies): to HTTP/JSON clients as a google.rpc.Status in JSON, the shape the
+gateway's errors have through the transcoder (the gRPC code of each HTTP status, and the replies whose text is
+replaced by one saying what to send instead); to gRPC and gRPC-Web clients, where the edge says more than Envoy's
+bare grpc-status, as a trailers-only answer with its Status in grpc-status-details-bin (answered_over_grpc)."""
 
 from __future__ import annotations
 
@@ -156,9 +157,11 @@ def status_is(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
 
 
 def local_reply(status: int, code: int) -> list[dict[str, Any]]:
-    """Envoy's local replies with this HTTP status, to an HTTP client (gRPC and gRPC-Web clients get a
-    grpc-status from Envoy as it is), as {"code": <gRPC code>, "message": <Envoy's text>, "details": []}: the
-    shape the transcoder gives the gateway's errors, whose `details` is there when empty too. One of
+    """Envoy's local replies with this HTTP status, to an HTTP client (a gRPC or gRPC-Web client's are
+    answered_over_grpc's where the edge has its own: the 503 that made no call, grpc_gateway_unavailable, and the
+    413, request_limits.grpc_too_large; else Envoy's grpc-status as it is), as {"code": <gRPC code>, "message":
+    <Envoy's text>, "details": []}: the shape the transcoder gives the gateway's errors, whose `details` is there
+    when empty too. One of
     COME_BACK_LATER_STATUSES that made no call (made_no_call) says when: a RetryInfo in `details` and a
     Retry-After header; a 503 that may have (after the request reached the gateway) does not."""
     mapper = _as_status(status_is(status, f"local_reply_{status}"), code)
@@ -266,7 +269,8 @@ def _as_status(status_filter: dict[str, Any], code: int, only: list[dict[str, An
 _BODY_AS_JSON = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"}
 
 
-# The RetryInfo of the edge's answers in COME_BACK_LATER_STATUSES, in proto3 JSON (a Duration is its seconds).
+# The RetryInfo of the edge's answers in COME_BACK_LATER_STATUSES that made no call (made_no_call), in proto3
+# JSON (a Duration is its seconds).
 _RETRY_INFO = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{RETRY_AFTER_SECONDS}s"}
 
 
