@@ -98,7 +98,6 @@ REQUEST_TIMEOUT_MESSAGE = (
 # and what a service asks its caller to wait for a dependency that did not say (DEPENDENCY_RETRY_AFTER_SECONDS).
 # The gateway's own 429s and 503s are not Envoy's local replies: they pass with the RetryInfo the gateway chose.
 RETRY_AFTER_SECONDS = 1
-COME_BACK_LATER_STATUSES = frozenset({429, 503})
 # Envoy's reasons (its response code details, as the access log's `details` has them) for a 503 whose request
 # never reached the gateway: none of it healthy, a connection to it that failed, timed out (a hung gateway whose
 # accept queue is full) or that its circuit breakers kept from being made or used (an upstream reset's reason, its
@@ -117,6 +116,19 @@ NO_CALL_503_RESETS = (
     "remote_refused_stream_reset",
 )
 _UPSTREAM_RESET = "upstream_reset_before_response_started{"
+# Envoy's own answers asking the client to come back later, by HTTP status → the CEL condition telling those of
+# that status that made no call of the gateway, None when none of them did (a local rate limit's 429 refuses
+# before any call).
+_NO_CALL_CONDITIONS: dict[int, str | None] = {
+    429: None,
+    503: " || ".join(
+        [
+            *(f"response.code_details == '{reason}'" for reason in NO_CALL_503_DETAILS),
+            *(f"response.code_details.startsWith('{_UPSTREAM_RESET}{reset}')" for reset in NO_CALL_503_RESETS),
+        ]
+    ),
+}
+COME_BACK_LATER_STATUSES = frozenset(_NO_CALL_CONDITIONS)
 # The message of such a 503 to a gRPC or gRPC-Web client, in grpc-message and in the Status of
 # grpc-status-details-bin alike: the two must agree, and the Status is fixed in the configuration, so Envoy's own
 # text (which names the reset's reason) cannot be its message. The access log keeps Envoy's reason.
@@ -170,22 +182,16 @@ def local_reply(status: int, code: int) -> list[dict[str, Any]]:
     come_back_later = _as_status(status_is(status, f"local_reply_{status}_no_call"), code, made_no_call(status))
     come_back_later["body_format_override"] = _status_json(code, [_RETRY_INFO])
     come_back_later["headers_to_add"] = [set_header("retry-after", str(RETRY_AFTER_SECONDS))]
-    return [come_back_later] if status == 429 else [come_back_later, mapper]
+    # When every reply of the status made no call, there is no other to map.
+    return [come_back_later, mapper] if _NO_CALL_CONDITIONS[status] else [come_back_later]
 
 
 def made_no_call(status: int) -> list[dict[str, Any]]:
     """The filters telling, among Envoy's local replies of this status in COME_BACK_LATER_STATUSES, those that
     made no call of the gateway: every 429 (a local rate limit refuses before any call), a 503 by its reason
     (NO_CALL_503_DETAILS, NO_CALL_503_RESETS)."""
-    if status == 429:
-        return []
-    details = " || ".join(
-        [
-            *(f"response.code_details == '{reason}'" for reason in NO_CALL_503_DETAILS),
-            *(f"response.code_details.startsWith('{_UPSTREAM_RESET}{reset}')" for reset in NO_CALL_503_RESETS),
-        ]
-    )
-    return [_cel(details)]
+    condition = _NO_CALL_CONDITIONS[status]
+    return [] if condition is None else [_cel(condition)]
 
 
 def grpc_gateway_unavailable() -> dict[str, Any]:
