@@ -398,6 +398,29 @@ def test_the_command_says_how_to_reach_the_local_stacks_nats_when_it_does_not_an
     assert 'make deadletters ARGS="--nats-url URL list"' in line, line
 
 
+@pytest.mark.parametrize("given_by", ["--nats-url", "NATS_URL"])
+def test_a_nats_url_the_user_gave_gets_no_make_run_advice_though_it_is_the_local_stacks_default(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, given_by: str
+) -> None:
+    """The advice to start `make run` went by the URL: a --nats-url (or NATS_URL) the user gave that happened to
+    equal the local stack's default got it, though the user chose that NATS, not make run's default. Only a
+    default the command took because no stack runs gets it, as for make shoppers' --target."""
+    local = f"nats://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(cli, "LOCAL_NATS_URL", local)
+    monkeypatch.delenv("NATS_URL", raising=False)
+    monkeypatch.delenv("SECRETS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    if given_by == "NATS_URL":
+        monkeypatch.setenv("NATS_URL", local)
+        argv = ["list"]
+    else:
+        argv = ["--nats-url", local, "list"]
+    assert cli.main(argv) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: cannot reach NATS at {local}: ConnectionRefusedError"), line
+    assert "make run" not in line, line
+
+
 @pytest.mark.parametrize(
     ("stale", "said"),
     [

@@ -112,15 +112,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     discard = commands.add_parser("discard", help="remove messages for good")
     discard.add_argument("sequences", type=sequence_number, nargs="+", metavar="SEQ")
     args = parser.parse_args(argv)
-    # Whether the local stack's file was there but ignored (its launcher gone): the hint must not say there is none.
-    args.stack_file_ignored = False
-    # Whether the NATS is a running launcher's (named on stderr): no hint that no launcher is here, then.
-    args.nats_of_running_stack = False
+    # Where the command went when the user named no NATS (None when they did): whether to advise `make run`.
+    args.local = None
     if args.nats_url is None:
-        local = local_nats_url()
-        args.nats_url = local.address
-        args.stack_file_ignored = local.file_ignored
-        args.nats_of_running_stack = local.of_running_stack
+        args.local = local_nats_url()
+        args.nats_url = args.local.address
     try:
         parse_nats_url(args.nats_url)
     except InvalidNatsUrl as exc:
@@ -209,8 +205,9 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except Exception as exc:
         cause = seen[-1] if seen else exc
         said = f"error: cannot reach NATS at {shown_nats_url(args.nats_url)}: {type(cause).__name__}: {cause}"
-        default = args.nats_url == LOCAL_NATS_URL and not args.nats_of_running_stack
-        hint = local_stack_hint(args.stack_file_ignored) if default else ""
+        local: LocalAddress | None = args.local
+        # A NATS the user named (--nats-url, NATS_URL) is theirs, even at the default URL: no advice for it.
+        hint = local_stack_hint(local.file_ignored) if local is not None and local.took_make_runs_default else ""
         print(said + hint, file=err)
         return 1
     try:

@@ -147,6 +147,13 @@ class LocalAddress:
     # `... runs no <what>`). A hint must not ask whether one runs, but say that it runs none.
     stack_runs_without_it: bool
 
+    @property
+    def took_make_runs_default(self) -> bool:
+        """Whether the address is make run's default, taken because no local stack runs: the one address a tool
+        may advise starting `make run` for. Not the running stack's own (named on stderr), nor the default taken
+        past a stack started without it (that stack's to start)."""
+        return not self.of_running_stack and not self.stack_runs_without_it
+
 
 def local_address(
     err: TextIO,

@@ -501,7 +501,7 @@ def unreachable_hint(local: LocalAddress, what: str, option: str) -> str:
     `option`'s to name."""
     if local.stack_runs_without_it:
         return f" (the local stack runs no {what}: start it, or give {option})"
-    return "" if local.of_running_stack else " (is `make run` running?)"
+    return " (is `make run` running?)" if local.took_make_runs_default else ""
 
 
 def local_http_url(err: TextIO) -> LocalAddress:
