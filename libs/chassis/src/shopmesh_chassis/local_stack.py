@@ -173,11 +173,9 @@ def local_address(
     local stack runs: <why>` (`no_running_stack`), so that a default that does not answer reads as what it is.
     Returned with whether the address is the running stack's, whether a file was there and ignored, and whether
     a stack runs without it."""
-    read = _read(DEFAULT_DATA_DIR, err)
+    read = _read_or_say_default(err, name, shown(default), without)
     stack = read.stack
     if stack is None:
-        if without is not None:
-            _say_default(err, name, shown(default), without, read.ignored)
         return LocalAddress(default, of_running_stack=False, file_ignored=read.ignored, stack_runs_without_it=False)
     found = address(stack)
     if found is None:
@@ -187,18 +185,21 @@ def local_address(
     return LocalAddress(found, of_running_stack=True, file_ignored=False, stack_runs_without_it=False)
 
 
-def running_stack_or_default(err: TextIO, name: str, default: str, *, without: str) -> LocalStack | None:
+def running_stack_or_say_default(err: TextIO, name: str, default: str, *, without: str) -> LocalStack | None:
     """The running local stack, for a tool that takes several addresses of it (`make fault`'s sidecars); without
-    one, None, said on `err` as `local_address` says a default, whether a file was there and ignored or not:
-    `<name> at <default>: <without>, as no local stack runs: <why>`."""
+    one, None, and the default the tool takes instead (`default`, a description) said on `err` as `local_address`
+    says one, whether a file was there and ignored or not: `<name> at <default>: <without>, as no local stack
+    runs: <why>`."""
+    return _read_or_say_default(err, name, default, without).stack
+
+
+def _read_or_say_default(err: TextIO, name: str, default: str, without: str | None) -> _Read:
+    """`_read` of the default data directory; without a running stack, the default said on `err` unless
+    `without` is None (the tool says nothing of it)."""
     read = _read(DEFAULT_DATA_DIR, err)
-    if read.stack is None:
-        _say_default(err, name, default, without, read.ignored)
-    return read.stack
-
-
-def _say_default(err: TextIO, name: str, default: str, without: str, file_ignored: bool) -> None:
-    _say(err, f"{name} at {default}: {without}, as no local stack runs: {no_running_stack(file_ignored)}")
+    if read.stack is None and without is not None:
+        _say(err, f"{name} at {default}: {without}, as no local stack runs: {no_running_stack(read.ignored)}")
+    return read
 
 
 def no_running_stack(file_ignored: bool) -> str:

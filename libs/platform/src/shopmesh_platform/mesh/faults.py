@@ -37,7 +37,7 @@ from typing import TextIO
 import grpc
 from tabulate import tabulate
 
-from shopmesh_chassis.local_stack import running_stack_or_default
+from shopmesh_chassis.local_stack import running_stack_or_say_default
 
 from ..topology import (
     CANARY_SUFFIX,
@@ -157,7 +157,7 @@ class SidecarAdmins:
     sidecar that does not answer is not taken for the running stack's."""
 
     def __init__(self, err: TextIO) -> None:
-        self.stack = running_stack_or_default(
+        self.stack = running_stack_or_say_default(
             err, "sidecars", local_admin_ports(), without="make run MESH=envoy's admin ports"
         )
         if self.stack is not None:
