@@ -379,20 +379,22 @@ def come_back_later_statuses() -> list[str]:
 
 def _come_back_later_response() -> dict[str, Any]:
     """An Error asking the client to come back later: the Status's RetryInfo says when, and the edge's own answers
-    that made no call (Envoy's local rate limit, the gateway not taking the call) say it in Retry-After too, for
-    a client reading no JSON. A 503 saying neither may come after the call was carried out."""
+    that made no call (the gateway not taking the call; a 429 of the edge's own, which ships no rate limit) say it
+    in Retry-After too, for a client reading no JSON. A 503 saying neither may come after the call was carried
+    out."""
     error = _error_response()
     return {
         **error,
-        "description": "Come back later: RESOURCE_EXHAUSTED → 429 (rate limited), UNAVAILABLE → 503 (the gateway "
-        "or a service behind it away). The google.rpc.Status's RetryInfo, when it has one, says how long to wait. "
+        "description": "Come back later: RESOURCE_EXHAUSTED → 429 (the gateway's rate limit), UNAVAILABLE → 503 "
+        "(the gateway or a service behind it away); a 429 of the edge's own (none by default) carries UNAVAILABLE. "
+        "The google.rpc.Status's RetryInfo, when it has one, says how long to wait. "
         "A 503 with neither a RetryInfo nor Retry-After (the gateway's connection lost after the request reached "
         "it) may have been carried out: send a change again only with the same idempotency-key.",
         "headers": {
             RETRY_AFTER: {
-                "description": "On the edge's own answers that made no call (Envoy's: a local rate limit, the "
-                "gateway not taking the call): the seconds to wait before trying again, as their RetryInfo says. "
-                "The gateway's own say it in the RetryInfo only.",
+                "description": "On the edge's own answers that made no call (the gateway not taking the call; "
+                "a 429 of the edge's own, none by default): the seconds to wait before trying again, as their "
+                "RetryInfo says. The gateway's own say it in the RetryInfo only.",
                 "schema": {"type": "integer", "minimum": 0},
             },
             **error["headers"],
