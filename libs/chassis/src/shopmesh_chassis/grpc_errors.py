@@ -48,11 +48,11 @@ FINAL_ANSWER = "shopmesh-final-answer"
 
 # The chassis' trailer saying the server counted the call as shed (`shopmesh_grpc_server_shed_total`): refused
 # for want of its own capacity, by its GRPC_MAX_CONCURRENT_RPCS (SERVER_OVERLOADED) or a handler's full queue
-# (users' PASSWORD_HASHING_BUSY), or relaying a dependency's answer so marked. A relay reads it
-# (`answered_shed`) to count the call as shed too: the status alone cannot say so, since its code is the one
-# a rate limit answers and a handler's reason is its own. A trailer, not ErrorInfo metadata, as FINAL_ANSWER:
-# it is about this one call, not the status, which relays pass on byte for byte and clients read as the
-# contract.
+# (users' PASSWORD_HASHING_BUSY), or relaying a dependency's answer so marked or, unmarked, RESOURCE_EXHAUSTED
+# SERVER_OVERLOADED (a release before the marker: `_shed`). A relay reads it (`answered_shed`) to count the call
+# as shed too: the status alone cannot say so, since its code is the one a rate limit answers and a handler's
+# reason is its own. A trailer, not ErrorInfo metadata, as FINAL_ANSWER: it is about this one call, not the
+# status, which relays pass on byte for byte and clients read as the contract.
 SHED_ANSWER = "shopmesh-shed"
 
 # Statuses of an outbound call that say "not now" rather than "no": the dependency is down, too slow,

@@ -214,8 +214,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         start = time.perf_counter()
         admitted = not limited or self._admit()
         # Shed: here, by the handler (an errors.Overloaded), or by a dependency whose answer is
-        # relayed (a ReplayedError `shed=True`: it came marked SHED_ANSWER): the server's failure, under a code
-        # that a rate limit answers too, so counted apart (ServerMetrics' shed counter) and marked so for a
+        # relayed (a ReplayedError `shed=True`: it came marked SHED_ANSWER or, unmarked, RESOURCE_EXHAUSTED
+        # SERVER_OVERLOADED, a release before the marker: grpc_errors' `_shed`): the server's failure, under a
+        # code that a rate limit answers too, so counted apart (ServerMetrics' shed counter) and marked so for a
         # relay in turn. The span's error says why, by the refusal's own reason.
         shed = False
         shed_reason = ""
