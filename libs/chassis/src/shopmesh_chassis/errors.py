@@ -127,8 +127,6 @@ class ResourceExhausted(_Retryable):
     """A quota or rate limit is used up (RESOURCE_EXHAUSTED + RetryInfo)."""
 
     default_reason = "RESOURCE_EXHAUSTED"
-    # Whether what is used up is the server's own capacity (an Overloaded) rather than a quota of the caller's.
-    shed = False
 
 
 class Overloaded(ResourceExhausted):
@@ -137,8 +135,6 @@ class Overloaded(ResourceExhausted):
     so counted as shed (`shopmesh_grpc_server_shed_total`, which the server-errors alert and the availability
     SLO count) with an error status on the server span, whatever its reason, and marked shed for a relay
     (`grpc_errors.SHED_ANSWER`), which counts it too."""
-
-    shed = True
 
 
 class Unavailable(_Retryable):

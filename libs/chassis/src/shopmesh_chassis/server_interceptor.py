@@ -242,7 +242,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             await self._abort(context, to_grpc_status(stored), final=exc.final, shed=shed)
         except errors.DomainError as exc:
             code = status_code_for(exc)
-            shed = isinstance(exc, errors.ResourceExhausted) and exc.shed
+            shed = isinstance(exc, errors.Overloaded)
             shed_reason = exc.reason
             final = getattr(exc, "final", False)
             await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)), final=final, shed=shed)
