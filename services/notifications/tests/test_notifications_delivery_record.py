@@ -19,7 +19,7 @@ from sqlalchemy import exc
 from shopmesh.common.v1 import money_pb2
 from shopmesh.orders.v1 import events_pb2
 from shopmesh_chassis.consumer import Event
-from shopmesh_chassis.db import Database, DbConnection, sqlite_url
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.migrations import migrate
 from shopmesh_notifications.codec import ORDER_CONFIRMED
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
@@ -46,8 +46,8 @@ class CountingFolder(MailFolder):
         return answer
 
 
-class RefusingFolder(MailFolder):
-    """A mail server that refuses every recipient for good, counting the refusals."""
+class RefusingFolder(CountingFolder):
+    """A mail server that refuses every recipient for good, counting the refusals (so it accepts nothing)."""
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
@@ -103,18 +103,33 @@ def _once() -> Callable[[], bool]:
     return once
 
 
+def _blip_once(answered: Callable[[], int]) -> Callable[[], bool]:
+    """True the first time it is asked once the mail server has `answered` (the write recording that answer),
+    then never."""
+    once = _once()
+    return lambda: answered() > 0 and once()
+
+
+POLICY = RetryPolicy(3, 1.0, 10.0)
+
+# The tests whose faults are their wrappers' own (DroppingDatabase, StalledDatabase), whatever the backend.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
-async def mail_server(tmp_path: Path) -> AsyncIterator[tuple[CountingFolder, int]]:
-    folder = CountingFolder(tmp_path / "mail")
+async def mail_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[CountingFolder, int]]:
+    """A real SMTP server on a free port, its handler a CountingFolder, or the class a test picks
+    (indirect=True)."""
+    folder_class: type[CountingFolder] = getattr(request, "param", CountingFolder)
+    folder = folder_class(tmp_path / "mail")
     server = await asyncio.get_running_loop().create_server(lambda: SMTP(folder), "127.0.0.1", 0)
     yield folder, int(server.sockets[0].getsockname()[1])
     server.close()
     await server.wait_closed()
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return sqlite_url(tmp_path, "notifications")
+def _mailer(port: int) -> SmtpMailer:
+    return SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
 
 
 async def _with_one_pending(database: Database) -> None:
@@ -132,28 +147,21 @@ async def _stored(database: Database) -> Notification:
     return stored
 
 
+@sqlite_only
 async def test_a_database_blip_after_the_mail_server_accepted_still_sends_the_email_once(
-    url: str, mail_server: tuple[CountingFolder, int]
+    database_url: str, mail_server: tuple[CountingFolder, int]
 ) -> None:
     """Audit finding: the write recording SENT failed on a database blip (a dropped connection, a failover,
     a full pool) and went up to the sender's loop, which only logs and backs off. The notification stayed
     PENDING, and once its claim ran out this sender (or another replica) sent the e-mail again. The
     sender now retries that write while the database is unavailable, within the claim."""
     folder, port = mail_server
-    blips = [1]  # the first write after the mail server accepted the e-mail fails
-
-    def blipping() -> bool:
-        if folder.accepted and blips[0]:
-            blips[0] -= 1
-            return True
-        return False
-
-    database = DroppingDatabase(url, blipping)
+    # The first write after the mail server accepted the e-mail fails.
+    database = DroppingDatabase(database_url, _blip_once(lambda: folder.accepted))
     try:
         await _with_one_pending(database)
         now = [datetime.now(UTC)]
-        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
-        sender = NotificationSender(database, mailer, RetryPolicy(3, 1.0, 10.0), claim_seconds=10, clock=lambda: now[0])
+        sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=10, clock=lambda: now[0])
 
         assert await sender.send_due() == 1
         # Past the claim: a notification still PENDING would be claimed and sent again now.
@@ -167,27 +175,20 @@ async def test_a_database_blip_after_the_mail_server_accepted_still_sends_the_em
         await database.dispose()
 
 
+@sqlite_only
+@pytest.mark.parametrize("mail_server", [RefusingFolder], indirect=True)
 async def test_a_database_blip_while_recording_a_refusal_still_fails_the_notification_after_one_attempt(
-    url: str, tmp_path: Path
+    database_url: str, mail_server: tuple[CountingFolder, int]
 ) -> None:
     """The failed attempt's outcome goes through the same write: lost to a blip, the notification was
     attempted again once the claim ran out, that first attempt never counted."""
-    folder = RefusingFolder(tmp_path / "refused")
-    server = await asyncio.get_running_loop().create_server(lambda: SMTP(folder), "127.0.0.1", 0)
-    blips = [1]
-
-    def blipping() -> bool:
-        if folder.refused and blips[0]:
-            blips[0] -= 1
-            return True
-        return False
-
-    database = DroppingDatabase(url, blipping)
+    folder, port = mail_server
+    assert isinstance(folder, RefusingFolder)  # the class the test picked
+    database = DroppingDatabase(database_url, _blip_once(lambda: folder.refused))
     try:
         await _with_one_pending(database)
         now = [datetime.now(UTC)]
-        mailer = SmtpMailer(SmtpOptions("127.0.0.1", int(server.sockets[0].getsockname()[1]), "shop@example.com", 5.0))
-        sender = NotificationSender(database, mailer, RetryPolicy(3, 1.0, 10.0), claim_seconds=10, clock=lambda: now[0])
+        sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=10, clock=lambda: now[0])
 
         assert await sender.send_due() == 1
         now[0] += timedelta(seconds=11)
@@ -199,22 +200,20 @@ async def test_a_database_blip_while_recording_a_refusal_still_fails_the_notific
         assert folder.refused == 1
     finally:
         await database.dispose()
-        server.close()
-        await server.wait_closed()
 
 
+@sqlite_only
 async def test_a_database_outage_outlasting_the_claims_margin_is_logged_and_leaves_the_notification_pending(
-    url: str, mail_server: tuple[CountingFolder, int], caplog: pytest.LogCaptureFixture
+    database_url: str, mail_server: tuple[CountingFolder, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The retries end well inside the claim (another sender may take it once it runs out): an outage that
     lasts past them is an error naming the notification, which stays PENDING, and the sender goes on."""
     folder, port = mail_server
-    database = DroppingDatabase(url, lambda: folder.accepted > 0)
+    database = DroppingDatabase(database_url, lambda: folder.accepted > 0)
     try:
         await _with_one_pending(database)
-        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
         # A short claim, so that the retries (half of what is left of it) give up soon.
-        sender = NotificationSender(database, mailer, RetryPolicy(3, 1.0, 10.0), claim_seconds=1)
+        sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=1)
 
         assert await sender.send_due() == 1  # no exception: the sender's loop goes on
 
@@ -245,19 +244,19 @@ class StalledDatabase(Database):
             yield connection
 
 
+@sqlite_only
 async def test_a_record_write_stalled_past_the_claims_margin_is_cut_off_and_logged(
-    url: str, mail_server: tuple[CountingFolder, int], caplog: pytest.LogCaptureFixture
+    database_url: str, mail_server: tuple[CountingFolder, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Review finding: the retries bounded only when a try started; one try could wait out the pool's
     checkout (30 s) or asyncpg's connect (60 s), longer than a whole claim, and land SENT after another
     sender had claimed and sent the e-mail again, with no error. Each try now ends at the bound: an error
     names the notification, which stays PENDING, and the sender goes on."""
     folder, port = mail_server
-    database = StalledDatabase(url, lambda: folder.accepted > 0)
+    database = StalledDatabase(database_url, lambda: folder.accepted > 0)
     try:
         await _with_one_pending(database)
-        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
-        sender = NotificationSender(database, mailer, POLICY, claim_seconds=1)
+        sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=1)
 
         # Bounds the test alone (the write gives up within half a second): before, it waited for good.
         async with asyncio.timeout(30):
@@ -283,9 +282,6 @@ class FailingOnce:
         self.sends += 1
         await self.during()
         raise DeliveryFailed("connection refused", permanent=False)
-
-
-POLICY = RetryPolicy(3, 1.0, 10.0)
 
 
 async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_senders_claim_standing_and_counts_its_own(
@@ -422,7 +418,7 @@ async def test_an_email_accepted_after_its_claim_was_taken_is_sent_counting_ever
         now = datetime.now(UTC)
         later = now + timedelta(seconds=11)
         second = NotificationSender(database, FailingOnce(), POLICY, claim_seconds=10, clock=lambda: later)
-        smtp = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+        smtp = _mailer(port)
 
         class SlowMailer:
             async def send(self, notification: Notification) -> None:
