@@ -117,9 +117,9 @@ def lost_race(error: Exception) -> errors.Aborted | None:
 
 
 def _fails_again(error: Exception) -> bool:
-    """Whether a resumed order's failure is its own and likely met again on the next pass, so the recovery
-    loop puts the order off: not another driver holding it, not a race lost on orders' database (over once
-    lost), not that database away (no order's own, and the order could not even be reloaded to put it off)."""
+    """Whether an order's failure is its own and likely met again on the next pass, so the order is put off,
+    resumed (`_resume_at`) or rechecked (`_postpone_recheck`): not another driver holding it, not a race lost on
+    orders' database (over once lost), not that database away (no fault of the order's own)."""
     return not isinstance(error, LeaseHeld) and lost_race(error) is None and not database_unavailable(error)
 
 
@@ -595,10 +595,10 @@ class SagaDriver:
                 await self._release(order_id, owner)
         return order
 
-    async def _postpone_recheck(self, order: Order, owner: str, waiting: Exception) -> bool:
-        """Put the order's charge recheck off (`_retry_at`), giving the lease up; False when the lease was
-        lost meanwhile (another driver has the order: it is its to check)."""
-        postponed = order.charge_recheck_postponed(self._retry_at(order, waiting))
+    async def _postpone_recheck(self, order: Order, owner: str, failure: Exception) -> bool:
+        """Put the order's charge recheck off (`_retry_at`: it waits or failed), giving the lease up; False when
+        the lease was lost meanwhile (another driver has the order: it is its to check)."""
+        postponed = order.charge_recheck_postponed(self._retry_at(order, failure))
         try:
             async with self._db.transaction() as session:
                 await OrderRepository(session).save(postponed, Lease(owner, None))
