@@ -147,7 +147,7 @@ async def test_orders_database_going_away_while_resuming_stops_the_pass_with_one
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_and_the_loop_goes_on(
+async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_under_its_label_and_the_loop_goes_on(
     app: OrdersApplication,
     inventory: FakeInventory,
     registry: CollectorRegistry,
@@ -171,12 +171,13 @@ async def test_orders_database_away_when_a_recovery_pass_starts_is_one_warning_a
     assert away
     [warned] = [r for r in caplog.records if r.levelname == "WARNING" and "database is unavailable" in r.getMessage()]
     assert "resume_unfinished" in warned.getMessage()
+    assert getattr(warned, "recovery_pass", None) == "resume", "the line names the pass otherwise than its counter"
     assert warned.exc_info is None
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
     assert _errors_counted(registry) == _NONE_COUNTED, "the database away was counted as an error"
 
 
-async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_its_traceback_each_pass_counted_and_the_loop_goes_on(
+async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_traceback_under_its_label_counted_the_loop_going_on(
     app: OrdersApplication,
     inventory: FakeInventory,
     registry: CollectorRegistry,
@@ -204,6 +205,9 @@ async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_its_traceback_
     failed = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(failed) >= 2
     assert all("recheck_charges" in r.getMessage() and r.exc_info is not None for r in failed)
+    assert [getattr(r, "recovery_pass", None) for r in failed] == ["recheck"] * len(failed), (
+        "the line names the pass otherwise than its counter"
+    )
     assert all(isinstance(r.exc_info[1], RuntimeError) for r in failed if r.exc_info)
     # Counted as logged (the loop stopped after the last one's log, and before another pass's).
     assert _errors_counted(registry) == {"resume": 0, "recheck": len(failed)}

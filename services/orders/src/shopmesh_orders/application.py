@@ -66,16 +66,23 @@ def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[
     return False
 
 
-def _pass_failed(name: str, exc: Exception, on_error: Callable[[], None]) -> None:
+def _pass_failed(label: str, name: str, exc: Exception, on_error: Callable[[], None]) -> None:
     """Log a recovery pass that failed before reaching any order (its query of the orders due), the loop going
     on. Orders' own database being away is no bug, and the loop only waits for it: a warning without a
     traceback, once a pass. Anything else is one, and would otherwise fail every pass unseen: an error with
     its traceback, also reported to `on_error` (counted with the errors on its orders: a pass that never
-    reaches one hides them all)."""
+    reaches one hides them all). Logged under its metric label (`recovery_pass`) beside its method's name, so
+    that the line and the counter name the pass alike."""
+    extra = {"recovery_pass": label}
     if database_unavailable(exc):
-        log.warning("recovery pass %s did not run: orders' database is unavailable; the next pass tries again", name)
+        log.warning(
+            "recovery pass %s (%s) did not run: orders' database is unavailable; the next pass tries again",
+            label,
+            name,
+            extra=extra,
+        )
     else:
-        log.exception("recovery pass %s failed", name)
+        log.exception("recovery pass %s (%s) failed", label, name, extra=extra)
         on_error()
 
 
@@ -354,7 +361,7 @@ class OrdersApplication:
                 try:
                     await recovery_pass()
                 except Exception as exc:
-                    _pass_failed(recovery_pass.__name__, exc, partial(self._on_recovery_error, label))
+                    _pass_failed(label, recovery_pass.__name__, exc, partial(self._on_recovery_error, label))
             await asyncio.sleep(interval)
 
     async def wait_running(self, timeout: float) -> None:
