@@ -20,6 +20,7 @@ from shopmesh.common.v1 import money_pb2
 from shopmesh.orders.v1 import events_pb2
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.db_errors import as_domain_error
 from shopmesh_chassis.migrations import migrate
 from shopmesh_notifications.codec import ORDER_CONFIRMED
 from shopmesh_notifications.domain.model import Notification, RetryPolicy, State
@@ -64,12 +65,16 @@ class DroppingDatabase(Database):
     """A database whose write transactions, while `dropping()` says so, fail as a connection dropped at
     COMMIT would: before it (`committed` False: rolled back, nothing written) or after it, before its reply
     (`committed` True: written, the writer told otherwise). `meanwhile` runs after such a COMMIT, as another
-    replica would."""
+    replica would. `mapped`: the failure comes as the chassis' UNAVAILABLE, as a write wrapped in
+    `database_errors_as_domain_errors` raises it, rather than as the driver's error."""
 
-    def __init__(self, url: str, dropping: Callable[[], bool], *, committed: bool = False) -> None:
+    def __init__(
+        self, url: str, dropping: Callable[[], bool], *, committed: bool = False, mapped: bool = False
+    ) -> None:
         super().__init__(url)
         self.dropping = dropping
         self._committed = committed
+        self._mapped = mapped
         self.dropped = 0
         self.meanwhile: Callable[[], Awaitable[None]] = _nothing
 
@@ -85,7 +90,8 @@ class DroppingDatabase(Database):
 
     def _drop(self) -> None:
         self.dropped += 1
-        raise exc.OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+        dropped = exc.OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+        raise (as_domain_error(dropped) or dropped) if self._mapped else dropped
 
 
 async def _nothing() -> None:
@@ -169,6 +175,31 @@ async def test_a_database_blip_after_the_mail_server_accepted_still_sends_the_em
         await sender.send_due()
 
         assert database.dropped == 1  # the blip did happen
+        assert (await _stored(database)).state is State.SENT
+        assert folder.accepted == 1, f"the mail server accepted the same e-mail {folder.accepted} times"
+    finally:
+        await database.dispose()
+
+
+@sqlite_only
+async def test_a_database_blip_already_mapped_to_unavailable_is_retried_as_the_drivers_own_error_is(
+    database_url: str, mail_server: tuple[CountingFolder, int]
+) -> None:
+    """Review finding: `database_unavailable` accepts the chassis' UNAVAILABLE as well as the driver's error,
+    but the wait before the retry was read by mapping the error again, which a mapped one does not, and an
+    assert failed: the notification stayed PENDING, the e-mail sent again once its claim ran out."""
+    folder, port = mail_server
+    database = DroppingDatabase(database_url, _blip_once(lambda: folder.accepted), mapped=True)
+    try:
+        await _with_one_pending(database)
+        now = [datetime.now(UTC)]
+        sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=10, clock=lambda: now[0])
+
+        assert await sender.send_due() == 1
+        now[0] += timedelta(seconds=11)
+        await sender.send_due()
+
+        assert database.dropped == 1
         assert (await _stored(database)).state is State.SENT
         assert folder.accepted == 1, f"the mail server accepted the same e-mail {folder.accepted} times"
     finally:

@@ -51,7 +51,7 @@ from sqlalchemy import exc
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
-from shopmesh_chassis.errors import Unavailable
+from shopmesh_chassis.errors import DomainError, Unavailable
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.tracing import stored_context
 from shopmesh_notifications.domain.events import EventKind
@@ -72,11 +72,12 @@ def _without_recipient(text: str, recipient: str) -> str:
 
 
 def _retry_after(error: Exception) -> float:
-    """The wait the chassis names for a database that is unavailable (its RetryInfo to callers): every
-    error `database_unavailable` accepts maps to an UNAVAILABLE that names one."""
-    mapped = as_domain_error(error)
-    assert isinstance(mapped, Unavailable)
-    assert mapped.retry_after_seconds is not None
+    """The wait the chassis names for a database that is unavailable (its RetryInfo to callers). Only for an
+    `error` that `database_unavailable` accepts: a raw driver or pool error, or the UNAVAILABLE the chassis
+    mapped it to, which names one either way; a ValueError for anything else (a caller's bug)."""
+    mapped = error if isinstance(error, DomainError) else as_domain_error(error)
+    if not isinstance(mapped, Unavailable) or mapped.retry_after_seconds is None:
+        raise ValueError(f"not a database outage with a wait to name: {error!r}")
     return mapped.retry_after_seconds
 
 
