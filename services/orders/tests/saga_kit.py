@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tables import outbox_events
@@ -24,6 +25,7 @@ from shopmesh_orders.domain.validation import Card, CartLine, PlaceOrder
 from shopmesh_orders.saga import SagaDriver, charge_key
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import OrderRepository
+from shopmesh_orders.store.tables import orders
 
 if TYPE_CHECKING:
     # Annotations only: conftest.py builds its fixtures from this module.
@@ -69,6 +71,15 @@ async def _crash_at(database: Database, order_id: str, step: SagaStep, **fields:
         assert order is not None
         await repo.save(replace(order, step=step, state=OrderState.PENDING, **fields))  # type: ignore[arg-type]
         await repo.release(order_id, "nobody")
+
+
+async def _stored_by_a_newer_release(database: Database, order_ids: list[str]) -> None:
+    """Make the orders' rows ones this release cannot load: an address with a field a newer release added."""
+    async with database.transaction() as session:
+        for order_id in order_ids:
+            address = json.loads(await session.scalar(select(orders.c.address).where(orders.c.id == order_id)))
+            address["delivery_notes"] = "leave at the door"
+            await session.execute(update(orders).where(orders.c.id == order_id).values(address=json.dumps(address)))
 
 
 class Clock:

@@ -6,11 +6,9 @@ each time, up to a limit, without keeping newer orders or the customer's own ret
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
@@ -21,10 +19,9 @@ from shopmesh_orders.domain.ports import DependencyDown
 from shopmesh_orders.domain.validation import CartLine
 from shopmesh_orders.saga import SagaDriver, refund_key
 from shopmesh_orders.store.repository import OrderRepository
-from shopmesh_orders.store.tables import orders
 
 from .conftest import FakeInventory, FakePayments
-from .saga_kit import Clocked, _crash_at, command, place
+from .saga_kit import Clocked, _crash_at, _stored_by_a_newer_release, command, place
 
 
 async def test_inventory_down_leaves_the_order_pending_for_recovery(
@@ -172,11 +169,7 @@ async def test_orders_that_cannot_be_loaded_do_not_keep_the_recovery_loop_from_a
             await place(app, command(), key=f"unloadable-{n}")
         unloadable.append(caught.value.metadata["order_id"])
     inventory.down = False
-    async with database.transaction() as session:
-        for order_id in unloadable:
-            address = json.loads(await session.scalar(select(orders.c.address).where(orders.c.id == order_id)))
-            address["delivery_notes"] = "leave at the door"
-            await session.execute(update(orders).where(orders.c.id == order_id).values(address=json.dumps(address)))
+    await _stored_by_a_newer_release(database, unloadable)
     charged = await charged_and_left_to_recovery(app, inventory, monkeypatch)
     assert ((await app.get_order(charged)).step, payments.captured()) == (SagaStep.COMMIT, 1)
 
