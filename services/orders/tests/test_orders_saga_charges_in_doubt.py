@@ -12,16 +12,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis import errors
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, as_utc
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.domain.validation import Card, CartLine
 from shopmesh_orders.saga import charge_key
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import OrderRepository
+from shopmesh_orders.store.tables import orders
 
 from .conftest import FakeInventory, FakePayments
 from .saga_kit import (
@@ -33,6 +35,7 @@ from .saga_kit import (
     _crash_at,
     _hold_refunds,
     _late_capture,
+    _stored_by_a_newer_release,
     command,
     events,
     place,
@@ -427,6 +430,44 @@ async def test_rechecks_failing_with_an_unexpected_error_do_not_keep_the_pass_fr
     order = await app.get_order(other)
     assert (order.refunded, order.charge_recheck_at) == (True, None)
     assert [(await app.get_order(o)).charge_recheck_at is not None for o in failing] == [True, True]
+
+
+async def test_cancelled_in_doubt_orders_whose_rows_cannot_be_loaded_do_not_keep_another_orders_late_capture_unrefunded(
+    clocked: Clocked, payments: FakePayments
+) -> None:
+    """A recheck whose order this release cannot load (a row a newer release wrote) fails alike on every pass.
+    Only an order that was loaded was put off: these were released with `charge_recheck_at` as it was, led
+    every pass, and once a pass's `limit` of them failed no other order's late capture was ever refunded."""
+    app = clocked.app()
+    *unloadable, other = await _cancelled_in_doubt(app, 3)
+    await _stored_by_a_newer_release(clocked.database, unloadable)
+    due = await _recheck_due(clocked.database, unloadable)
+    late = await _late_capture(payments, other)
+    clocked.clock.ahead = timedelta(seconds=11)
+    for _ in range(3):
+        await app.recheck_charges(limit=2)
+    assert payments.refunds == [late]
+    order = await app.get_order(other)
+    assert (order.refunded, order.charge_recheck_at) == (True, None)
+    # Put off, not checked: still to be rechecked, later, and no longer held.
+    rows = await _recheck_rows(clocked.database, unloadable)
+    assert [row.lease_owner for row in rows] == [None, None]
+    put_off = await _recheck_due(clocked.database, unloadable)
+    assert all(after > before for after, before in zip(put_off, due, strict=True))
+
+
+async def _recheck_rows(database: Database, order_ids: list[str]) -> list[Any]:
+    # Read raw: these rows are ones `get_order` cannot load.
+    async with database.read() as session:
+        result = await session.execute(
+            select(orders.c.id, orders.c.charge_recheck_at, orders.c.lease_owner).where(orders.c.id.in_(order_ids))
+        )
+        by_id = {row.id: row for row in result}
+    return [by_id[order_id] for order_id in order_ids]
+
+
+async def _recheck_due(database: Database, order_ids: list[str]) -> list[datetime]:
+    return [as_utc(row.charge_recheck_at) for row in await _recheck_rows(database, order_ids)]
 
 
 async def test_payments_down_stops_the_recheck_pass_and_leaves_every_order_due(

@@ -584,11 +584,15 @@ class SagaDriver:
         except Exception as exc:
             if isinstance(exc, errors.Aborted) and exc.reason == "CONCURRENT_MODIFICATION":
                 raise LeaseHeld(order_id) from exc
-            if loaded is not None and not isinstance(exc, errors.Unavailable) and _fails_again(exc):
+            if not isinstance(exc, errors.Unavailable) and _fails_again(exc):
                 # An error of this order's own (an answer the adapter does not expect, a bug) likely fails alike
                 # on every pass: left due, it would lead each one, and enough of them would keep every other
-                # order's late capture from being refunded. Put off as an order that waits is.
-                released = await self._postpone_recheck(loaded, owner, exc)
+                # order's late capture from being refunded. Put off as an order that waits is; one that could
+                # not even be loaded (a row a newer release wrote) all the same, as `_resume_at` does.
+                if loaded is None:
+                    released = await self._postpone_unloaded_recheck(order_id, owner)
+                else:
+                    released = await self._postpone_recheck(loaded, owner, exc)
             raise
         finally:
             if not released:
@@ -613,6 +617,22 @@ class SagaDriver:
             extra={"order_id": order.id},
         )
         return True
+
+    async def _postpone_unloaded_recheck(self, order_id: str, owner: str) -> bool:
+        """Put off, by one recovery interval, the charge recheck of an order that could not be loaded, giving
+        the lease up: with no order there is no `updated_at` for `_retry_at` to grow the wait from. False when
+        the lease was lost meanwhile."""
+        until = self._clock() + timedelta(seconds=self._settings.recovery_interval_seconds)
+        async with self._db.transaction() as session:
+            postponed = await OrderRepository(session).postpone_recheck(order_id, owner, until)
+        if postponed:
+            log.info(
+                "order %s could not be loaded: its charge is checked again at %s",
+                order_id,
+                until,
+                extra={"order_id": order_id},
+            )
+        return postponed
 
     def _late_capture_refunded(self, order: Order, payment_ids: list[str]) -> None:
         # The customer was told the order was cancelled and nothing charged, and was charged after all.

@@ -281,6 +281,23 @@ class OrderRepository:
         )
         return bool(result.rowcount == 1)
 
+    async def postpone_recheck(self, order_id: str, owner: str, until: datetime) -> bool:
+        """Put off the charge recheck of an order `owner` holds with `claim_recheck`, giving the lease up, by id:
+        for an order this release cannot load (a row a newer release wrote), which `save` needs. Bumps `version`
+        as a save does, so a driver that loaded the order before fails its save. False when `owner` no longer
+        holds it."""
+        result = await self._session.execute(
+            update(orders)
+            .where(
+                orders.c.id == order_id,
+                orders.c.step == SagaStep.DONE.value,
+                orders.c.charge_recheck_at.is_not(None),
+                orders.c.lease_owner == owner,
+            )
+            .values(charge_recheck_at=until, lease_owner=None, lease_until=None, version=orders.c.version + 1)
+        )
+        return bool(result.rowcount == 1)
+
     async def _load(self, row: Any) -> Order:
         lines = (await self._session.execute(_LINES, {"b_id": row.id})).all()
         return Order(
