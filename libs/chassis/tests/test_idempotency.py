@@ -345,6 +345,76 @@ async def test_an_attempt_failing_transiently_after_its_key_was_taken_over_leave
     assert await count_effects(db) == 1
 
 
+class BeforeCommit:
+    """The database as one attempt sees it, with `then` happening in its `number`-th transaction just before
+    it commits, the locks it took still held: a retry's takeover caught between its UPDATE and its COMMIT."""
+
+    def __init__(self, db: Database, number: int, then: Callable[[], Awaitable[None]]) -> None:
+        self._db = db
+        self._countdown = number
+        self._then = then
+
+    def read(self) -> Any:
+        return self._db.read()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[DbConnection]:
+        self._countdown -= 1
+        async with self._db.transaction() as session:
+            yield session
+            if self._countdown == 0:
+                await self._then()
+
+
+# PostgreSQL only: on SQLite the retry's takeover holds the one writer lock, which every release waits for.
+@pytest.mark.parametrize("blank_db", ["postgresql"], indirect=True)
+async def test_an_attempt_failing_transiently_answers_without_waiting_for_the_retry_taking_its_key_over(
+    store: IdempotencyStore, db: Database, clock: Clock
+) -> None:
+    """The failed attempt's release meets its claim locked by the retry taking it over: it leaves the claim
+    to the retry instead of waiting for the retry's transactions (its release waited for the takeover's
+    commit and then for the retry's whole operation, holding the new claim: under load the test above hung
+    so, the retry waiting for the first attempt's answer)."""
+    first_started, fail_first = asyncio.Event(), asyncio.Event()
+    taking_over, take_over = asyncio.Event(), asyncio.Event()
+
+    async def fails(session: DbConnection) -> wrappers_pb2.StringValue:
+        await session.execute(insert(effects).values(what="first"))
+        first_started.set()
+        await fail_first.wait()
+        raise errors.Unavailable("processor down")
+
+    async def caught_taking_over() -> None:
+        taking_over.set()
+        await take_over.wait()
+
+    async def once_the_retry_is_taking_over() -> None:
+        await taking_over.wait()
+
+    # The first attempt releases its key once its operation rolled back and the retry holds the claim.
+    first = asyncio.create_task(
+        run(attempt_seeing(db, store, once_the_retry_is_taking_over, after_transaction=2), "k1", request("a"), fails)
+    )
+    await first_started.wait()
+    clock.now += timedelta(seconds=31)
+    retrying = IdempotencyStore(
+        BeforeCommit(db, 1, caught_taking_over),  # type: ignore[arg-type]
+        "shopmesh.test",
+        fingerprint=FINGERPRINT,
+        lease=timedelta(seconds=30),
+        clock=clock,
+    )
+    retry = asyncio.create_task(run(retrying, "k1", request("a"), effect("retry")))
+    fail_first.set()
+    with pytest.raises(errors.Unavailable):
+        # Bounded only so that the old behaviour fails rather than hangs: it waited for `take_over`.
+        await asyncio.wait_for(first, timeout=10)
+    take_over.set()
+    assert await retry == "retry"
+    assert await run(store, "k1", request("a"), effect("again")) == "retry"
+    assert await count_effects(db) == 1
+
+
 async def test_a_request_cancelled_as_its_claim_commits_leaves_the_key_free_for_a_retry(
     store: IdempotencyStore, db: Database
 ) -> None:

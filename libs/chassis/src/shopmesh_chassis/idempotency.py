@@ -11,7 +11,8 @@ nothing was committed, and a retry after the lease takes the key over and runs t
 A lease is only a guess that the first attempt died, so each claim carries a token and the operation's
 transaction first locks the claim holding its token: an attempt that outlives its lease either commits
 first (a retry taking over waits for the lock and replays the outcome) or finds itself taken over and
-rolls back; storing the outcome and releasing the key touch only the claim holding their token.
+rolls back; storing the outcome and releasing the key touch only the claim holding their token, and a
+release leaves a claim that a retry taking it over has locked rather than wait for the retry.
 Transient failures (UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED) and unexpected exceptions store nothing,
 so a retry tries again; every other domain error is stored and replayed.
 """
@@ -57,6 +58,9 @@ _FIND = select(records).where(*_THIS_KEY)
 _FIND_FOR_UPDATE = _FIND.with_for_update()
 # SQLite renders no FOR UPDATE: there the writer lock the transaction holds serialises it already.
 _HOLD_MY_CLAIM = select(records.c.key).where(*_MY_CLAIM).with_for_update()
+# A claim locked by another transaction is past its lease and being taken over (or is already another's, its
+# operation running): releasing it is not ours to wait for.
+_MY_UNLOCKED_CLAIM = select(records.c.key).where(*_MY_CLAIM).with_for_update(skip_locked=True)
 _INSERT = insert(records)
 _UPDATE = update(records).where(*_THIS_KEY)
 _UPDATE_MY_CLAIM = update(records).where(*_MY_CLAIM)
@@ -387,10 +391,16 @@ class IdempotencyStore:
         return bool(result.rowcount)
 
     async def _release(self, scope: str, key: str, token: str) -> None:
+        my_claim = {"b_scope": scope, "b_key": key, "b_token": token}
         try:
             async with self._db.transaction() as session:
-                # Only our claim: after a takeover the key is another attempt's, still running.
-                await session.execute(_DELETE_MY_CLAIM, {"b_scope": scope, "b_key": key, "b_token": token})
+                # Only our claim: after a takeover the key is another attempt's, still running. A plain
+                # DELETE that met the row while a retry was taking it over waited for that retry's commit,
+                # then for the lock its operation holds on the new claim: the failed caller's answer waited
+                # for the retry's whole work. Skipping a locked claim loses nothing: only a retry that
+                # found the lease run out locks it, and the key is its.
+                if (await session.execute(_MY_UNLOCKED_CLAIM, my_claim)).one_or_none() is not None:
+                    await session.execute(_DELETE_MY_CLAIM, my_claim)
         except Exception:
             # The lease still frees the key; a failed release only delays a retry.
             log.exception("could not release idempotency key")
