@@ -366,36 +366,52 @@ class BeforeCommit:
                 await self._then()
 
 
-# PostgreSQL only: on SQLite the retry's takeover holds the one writer lock, which every release waits for.
+# PostgreSQL only: on SQLite the retry's takeover holds the one writer lock, which every transaction waits for.
 @pytest.mark.parametrize("blank_db", ["postgresql"], indirect=True)
-async def test_an_attempt_failing_transiently_answers_without_waiting_for_the_retry_taking_its_key_over(
-    store: IdempotencyStore, db: Database, clock: Clock
+@pytest.mark.parametrize(
+    ("failure", "answer", "reason"),
+    [
+        # The release of the key, for the retry to run.
+        (errors.Unavailable("processor down"), errors.Unavailable, errors.Unavailable.default_reason),
+        # The error's outcome, not stored over the key the retry has taken over.
+        (
+            errors.FailedPrecondition("card declined", reason="CARD_DECLINED"),
+            errors.Aborted,
+            "IDEMPOTENCY_KEY_IN_USE",
+        ),
+    ],
+    ids=["released", "error_not_stored"],
+)
+async def test_a_failed_attempt_answers_without_waiting_for_the_retry_taking_its_key_over(
+    store: IdempotencyStore,
+    db: Database,
+    clock: Clock,
+    failure: errors.DomainError,
+    answer: type[errors.DomainError],
+    reason: str,
 ) -> None:
-    """The failed attempt's release meets its claim locked by the retry taking it over: it leaves the claim
-    to the retry instead of waiting for the retry's transactions (its release waited for the takeover's
-    commit and then for the retry's whole operation, holding the new claim: under load the test above hung
-    so, the retry waiting for the first attempt's answer)."""
-    first_started, fail_first = asyncio.Event(), asyncio.Event()
-    taking_over, take_over = asyncio.Event(), asyncio.Event()
+    """What the failed attempt writes after its operation rolled back meets its claim locked by the retry
+    taking it over: it leaves the claim to the retry instead of waiting for the retry's transactions. Its
+    statement waited for the takeover's commit and then for the retry's whole operation, which holds the new
+    claim: under load the transient test above hung so, its retry waiting for the first attempt's answer."""
+    failed, taking_over, take_over = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def fails(session: DbConnection) -> wrappers_pb2.StringValue:
         await session.execute(insert(effects).values(what="first"))
-        first_started.set()
-        await fail_first.wait()
-        raise errors.Unavailable("processor down")
+        raise failure
+
+    async def once_the_retry_is_taking_over() -> None:
+        failed.set()
+        await taking_over.wait()
 
     async def caught_taking_over() -> None:
         taking_over.set()
         await take_over.wait()
 
-    async def once_the_retry_is_taking_over() -> None:
-        await taking_over.wait()
-
-    # The first attempt releases its key once its operation rolled back and the retry holds the claim.
-    first = asyncio.create_task(
-        run(attempt_seeing(db, store, once_the_retry_is_taking_over, after_transaction=2), "k1", request("a"), fails)
-    )
-    await first_started.wait()
+    # The first attempt writes once its operation rolled back and the retry holds the claim, uncommitted.
+    first_attempt = attempt_seeing(db, store, once_the_retry_is_taking_over, after_transaction=2)
+    first = asyncio.create_task(run(first_attempt, "k1", request("a"), fails))
+    await failed.wait()
     clock.now += timedelta(seconds=31)
     retrying = IdempotencyStore(
         BeforeCommit(db, 1, caught_taking_over),  # type: ignore[arg-type]
@@ -405,10 +421,10 @@ async def test_an_attempt_failing_transiently_answers_without_waiting_for_the_re
         clock=clock,
     )
     retry = asyncio.create_task(run(retrying, "k1", request("a"), effect("retry")))
-    fail_first.set()
-    with pytest.raises(errors.Unavailable):
+    with pytest.raises(answer) as caught:
         # Bounded only so that the old behaviour fails rather than hangs: it waited for `take_over`.
         await asyncio.wait_for(first, timeout=10)
+    assert caught.value.reason == reason
     take_over.set()
     assert await retry == "retry"
     assert await run(store, "k1", request("a"), effect("again")) == "retry"

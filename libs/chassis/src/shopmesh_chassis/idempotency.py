@@ -11,8 +11,9 @@ nothing was committed, and a retry after the lease takes the key over and runs t
 A lease is only a guess that the first attempt died, so each claim carries a token and the operation's
 transaction first locks the claim holding its token: an attempt that outlives its lease either commits
 first (a retry taking over waits for the lock and replays the outcome) or finds itself taken over and
-rolls back; storing the outcome and releasing the key touch only the claim holding their token, and a
-release leaves a claim that a retry taking it over has locked rather than wait for the retry.
+rolls back; storing the outcome and releasing the key touch only the claim holding their token, and
+what an attempt writes after its operation's transaction (an error's outcome, the release) leaves a claim
+that a retry taking it over has locked rather than wait for the retry.
 Transient failures (UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED) and unexpected exceptions store nothing,
 so a retry tries again; every other domain error is stored and replayed.
 """
@@ -253,7 +254,8 @@ class IdempotencyStore:
                 raise
             status = to_rpc_status(exc, self._domain)
             async with self._db.transaction() as session:
-                stored_error = await self._complete(
+                # A claim locked by another is being taken over: not waited for (see _lock_unless_locked).
+                stored_error = await self._lock_unless_locked(session, scope, key, token) and await self._complete(
                     session, scope, key, token, status_code_for(exc).value[0], status=status.SerializeToString()
                 )
             if not stored_error:
@@ -365,6 +367,17 @@ class IdempotencyStore:
             raise _in_use()
 
     @staticmethod
+    async def _lock_unless_locked(session: DbConnection, scope: str, key: str, token: str) -> bool:
+        """Lock the claim holding `token` for the transaction; False if there is none or another transaction
+        has it locked, which only a retry taking it over after its lease does (the key is then the retry's).
+
+        For what an attempt writes after its operation's transaction ended: a plain statement that met the
+        row while a retry was taking it over waited for the retry's commit and then for the lock the retry's
+        operation holds on the new claim, so the caller's answer waited for the retry's whole work."""
+        mine = await session.execute(_MY_UNLOCKED_CLAIM, {"b_scope": scope, "b_key": key, "b_token": token})
+        return mine.one_or_none() is not None
+
+    @staticmethod
     async def _complete(
         session: DbConnection,
         scope: str,
@@ -391,16 +404,11 @@ class IdempotencyStore:
         return bool(result.rowcount)
 
     async def _release(self, scope: str, key: str, token: str) -> None:
-        my_claim = {"b_scope": scope, "b_key": key, "b_token": token}
         try:
             async with self._db.transaction() as session:
-                # Only our claim: after a takeover the key is another attempt's, still running. A plain
-                # DELETE that met the row while a retry was taking it over waited for that retry's commit,
-                # then for the lock its operation holds on the new claim: the failed caller's answer waited
-                # for the retry's whole work. Skipping a locked claim loses nothing: only a retry that
-                # found the lease run out locks it, and the key is its.
-                if (await session.execute(_MY_UNLOCKED_CLAIM, my_claim)).one_or_none() is not None:
-                    await session.execute(_DELETE_MY_CLAIM, my_claim)
+                # Only our claim: after a takeover the key is another attempt's, still running.
+                if await self._lock_unless_locked(session, scope, key, token):
+                    await session.execute(_DELETE_MY_CLAIM, {"b_scope": scope, "b_key": key, "b_token": token})
         except Exception:
             # The lease still frees the key; a failed release only delays a retry.
             log.exception("could not release idempotency key")
