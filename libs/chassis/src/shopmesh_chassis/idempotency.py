@@ -60,7 +60,9 @@ _FIND_FOR_UPDATE = _FIND.with_for_update()
 # SQLite renders no FOR UPDATE: there the writer lock the transaction holds serialises it already.
 _HOLD_MY_CLAIM = select(records.c.key).where(*_MY_CLAIM).with_for_update()
 # A claim locked by another transaction is past its lease and being taken over (or is already another's, its
-# operation running): releasing it is not ours to wait for.
+# operation running): releasing it is not ours to wait for. (A request for the same key that found no claim in its
+# unlocked look also locks it, for the moment it takes to answer IDEMPOTENCY_KEY_IN_USE: a release meeting that
+# leaves the claim to its lease, and a retry until then is answered IN_USE too. Slower, never wrong.)
 _MY_UNLOCKED_CLAIM = select(records.c.key).where(*_MY_CLAIM).with_for_update(skip_locked=True)
 _INSERT = insert(records)
 _UPDATE = update(records).where(*_THIS_KEY)
@@ -369,7 +371,8 @@ class IdempotencyStore:
     @staticmethod
     async def _lock_unless_locked(session: DbConnection, scope: str, key: str, token: str) -> bool:
         """Lock the claim holding `token` for the transaction; False if there is none or another transaction
-        has it locked, which only a retry taking it over after its lease does (the key is then the retry's).
+        has it locked: a retry taking it over after its lease (the key is then the retry's), or, for a moment, a
+        request for the same key on its way to IDEMPOTENCY_KEY_IN_USE (see _MY_UNLOCKED_CLAIM).
 
         For what an attempt writes after its operation's transaction ended: a plain statement that met the
         row while a retry was taking it over waited for the retry's commit and then for the lock the retry's
