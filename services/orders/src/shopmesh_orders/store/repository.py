@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
@@ -49,6 +50,16 @@ def _row_values(order: Order) -> dict[str, Any]:
 
 # The steps this release can drive: an order at a step a newer release added is left to that release.
 _DRIVABLE = orders.c.step.in_([step for step in known_values(SagaStep) if step != SagaStep.DONE.value])
+
+
+def _recheck_held(order_id: str, owner: str) -> tuple[ColumnElement[bool], ...]:
+    """A finished order still due a charge recheck, whose lease `owner` holds (`claim_recheck`)."""
+    return (
+        orders.c.id == order_id,
+        orders.c.step == SagaStep.DONE.value,
+        orders.c.charge_recheck_at.is_not(None),
+        orders.c.lease_owner == owner,
+    )
 
 
 _INSERT_ORDER = insert(orders)
@@ -213,14 +224,7 @@ class OrderRepository:
         """Extend the lease `owner` took with `claim_recheck` (a finished order's: `renew` matches unfinished
         ones only); False when it no longer holds it or the order is no longer due a recheck."""
         result = await self._session.execute(
-            update(orders)
-            .where(
-                orders.c.id == order_id,
-                orders.c.step == SagaStep.DONE.value,
-                orders.c.charge_recheck_at.is_not(None),
-                orders.c.lease_owner == owner,
-            )
-            .values(lease_until=until)
+            update(orders).where(*_recheck_held(order_id, owner)).values(lease_until=until)
         )
         return bool(result.rowcount == 1)
 
@@ -288,12 +292,7 @@ class OrderRepository:
         holds it."""
         result = await self._session.execute(
             update(orders)
-            .where(
-                orders.c.id == order_id,
-                orders.c.step == SagaStep.DONE.value,
-                orders.c.charge_recheck_at.is_not(None),
-                orders.c.lease_owner == owner,
-            )
+            .where(*_recheck_held(order_id, owner))
             .values(charge_recheck_at=until, lease_owner=None, lease_until=None, version=orders.c.version + 1)
         )
         return bool(result.rowcount == 1)
