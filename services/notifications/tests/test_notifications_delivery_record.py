@@ -147,6 +147,16 @@ async def _with_one_pending(database: Database) -> None:
         await NotificationIntake()(session, Event("evt_1", ORDER_CONFIRMED, payload, {}, 1))
 
 
+async def _attempt_and_again_past_the_claim(database: Database, port: int) -> None:
+    """One attempt at the pending notification, then a second pass once its claim (10 s) has run out: a
+    notification still PENDING then would be claimed and sent again."""
+    now = [datetime.now(UTC)]
+    sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=10, clock=lambda: now[0])
+    assert await sender.send_due() == 1
+    now[0] += timedelta(seconds=11)
+    await sender.send_due()
+
+
 async def _stored(database: Database) -> Notification:
     async with database.read() as session:
         (stored,) = await NotificationRepository(session).list_for_user("usr_1", 10, None)
@@ -166,13 +176,7 @@ async def test_a_database_blip_after_the_mail_server_accepted_still_sends_the_em
     database = DroppingDatabase(database_url, _blip_once(lambda: folder.accepted))
     try:
         await _with_one_pending(database)
-        now = [datetime.now(UTC)]
-        sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=10, clock=lambda: now[0])
-
-        assert await sender.send_due() == 1
-        # Past the claim: a notification still PENDING would be claimed and sent again now.
-        now[0] += timedelta(seconds=11)
-        await sender.send_due()
+        await _attempt_and_again_past_the_claim(database, port)
 
         assert database.dropped == 1  # the blip did happen
         assert (await _stored(database)).state is State.SENT
@@ -192,12 +196,7 @@ async def test_a_database_blip_already_mapped_to_unavailable_is_retried_as_the_d
     database = DroppingDatabase(database_url, _blip_once(lambda: folder.accepted), mapped=True)
     try:
         await _with_one_pending(database)
-        now = [datetime.now(UTC)]
-        sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=10, clock=lambda: now[0])
-
-        assert await sender.send_due() == 1
-        now[0] += timedelta(seconds=11)
-        await sender.send_due()
+        await _attempt_and_again_past_the_claim(database, port)
 
         assert database.dropped == 1
         assert (await _stored(database)).state is State.SENT
@@ -218,12 +217,7 @@ async def test_a_database_blip_while_recording_a_refusal_still_fails_the_notific
     database = DroppingDatabase(database_url, _blip_once(lambda: folder.refused))
     try:
         await _with_one_pending(database)
-        now = [datetime.now(UTC)]
-        sender = NotificationSender(database, _mailer(port), POLICY, claim_seconds=10, clock=lambda: now[0])
-
-        assert await sender.send_due() == 1
-        now[0] += timedelta(seconds=11)
-        await sender.send_due()
+        await _attempt_and_again_past_the_claim(database, port)
 
         assert database.dropped == 1
         stored = await _stored(database)
