@@ -276,13 +276,7 @@ def test_the_gateway_away_tells_a_grpc_client_when_to_come_back_in_status_detail
         pytest.raises(grpc.RpcError) as refused,
     ):
         shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(page_size=1), timeout=10)
-    call = refused.value
-    assert call.code() == grpc.StatusCode.UNAVAILABLE, call
-    assert call.details() == GATEWAY_UNAVAILABLE_MESSAGE, call
-    # from_call refuses a Status whose code or message differs from grpc-status and grpc-message.
-    status = rpc_status.from_call(call)  # type: ignore[arg-type]
-    assert status is not None, call.trailing_metadata()  # type: ignore[attr-defined]
-    assert_edge_retry_info(status)
+    assert_grpc_client_told_to_come_back(refused.value)
 
 
 @pytest.mark.parametrize("content_type", ["application/grpc-web+proto", "application/grpc-web-text"])
@@ -344,9 +338,15 @@ def test_a_connect_timeout_to_the_gateway_tells_a_grpc_client_when_to_come_back(
         pytest.raises(grpc.RpcError) as refused,
     ):
         shop_pb2_grpc.ShopServiceStub(channel).PlaceOrder(shop_pb2.PlaceOrderRequest(), timeout=10)
-    call = refused.value
+    assert_grpc_client_told_to_come_back(refused.value)
+
+
+def assert_grpc_client_told_to_come_back(call: grpc.RpcError) -> None:
+    """A gRPC client's refusal by the edge itself: UNAVAILABLE with the edge's message, and a Status in
+    grpc-status-details-bin agreeing with both and saying when to come back (assert_edge_retry_info)."""
     assert call.code() == grpc.StatusCode.UNAVAILABLE, call
     assert call.details() == GATEWAY_UNAVAILABLE_MESSAGE, call
+    # from_call refuses a Status whose code or message differs from grpc-status and grpc-message.
     status = rpc_status.from_call(call)  # type: ignore[arg-type]
     assert status is not None, call.trailing_metadata()  # type: ignore[attr-defined]
     assert_edge_retry_info(status)
