@@ -345,17 +345,9 @@ async def test_an_attempt_failing_transiently_after_its_key_was_taken_over_leave
     assert await count_effects(db) == 1
 
 
-class BeforeCommit:
-    """The database as one attempt sees it, with `then` happening in its `number`-th transaction just before
-    it commits, the locks it took still held: a retry's takeover caught between its UPDATE and its COMMIT."""
-
-    def __init__(self, db: Database, number: int, then: Callable[[], Awaitable[None]]) -> None:
-        self._db = db
-        self._countdown = number
-        self._then = then
-
-    def read(self) -> Any:
-        return self._db.read()
+class BeforeCommit(AfterTransaction):
+    """AfterTransaction's `then` happening in the `number`-th transaction just before it commits, the locks it
+    took still held: a retry's takeover caught between its UPDATE and its COMMIT."""
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[DbConnection]:
