@@ -3,9 +3,10 @@ on SQLite (or PostgreSQL), and helpers to read errors and JWKS documents."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
+from shopmesh_users.passwords import Passwords
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.wiring import Users, build
 
@@ -148,3 +150,23 @@ async def jwks_document(stub: UsersServiceAsyncStub) -> dict[str, Any]:
 
 async def published_kids(stub: UsersServiceAsyncStub) -> list[str]:
     return [key.kid for key in (await stub.GetJwks(users_pb2.GetJwksRequest())).keys]
+
+
+@dataclass
+class HeldHashing:
+    """Password checks held once `hold` is called: each sets `hashing` as it starts and then waits until the
+    test sets `finish` (30 s at most) before checking: an argon2id check at production cost on a busy node,
+    lasting as long as the test needs, from one thread of the hashing pool."""
+
+    hashing: threading.Event = field(default_factory=threading.Event)
+    finish: threading.Event = field(default_factory=threading.Event)
+
+    def hold(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        verify = Passwords._verify
+
+        def held_verify(passwords: Passwords, password_hash: str | None, password: str) -> bool:
+            self.hashing.set()
+            self.finish.wait(30)
+            return verify(passwords, password_hash, password)
+
+        monkeypatch.setattr(Passwords, "_verify", held_verify)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually
 from shopmesh_users.application import UsersApplication
 from shopmesh_users.domain.failed_logins import Attempts, email_key
-from shopmesh_users.passwords import Passwords
 from shopmesh_users.store.repository import LoginAttemptRepository, UserRepository
 from shopmesh_users.wiring import build
 
-from .conftest import PASSWORD, FakeClock, login, register, running, serving, stop, users_settings
+from .conftest import PASSWORD, FakeClock, HeldHashing, login, register, running, serving, stop, users_settings
 
 LOGIN = users_pb2.LoginRequest(email="ann@example.com", password=PASSWORD)
 CANCELLED_LOGINS = {
@@ -48,17 +46,12 @@ async def test_the_shutdown_waits_for_the_attempt_a_login_cancelled_twice_is_giv
     caller gets its cancellation and not the write's. Cancelled again while that write waits for the database,
     the login ends and nothing awaits the write: the shutdown hooks must, before the database closes and the
     event loop ends, or the attempt stays taken. With one attempt, the right password is then refused."""
-    hashing, finish = threading.Event(), threading.Event()
+    held = HeldHashing()
+    hashing, finish = held.hashing, held.finish
     give_back_waits, database_answers = asyncio.Event(), asyncio.Event()
     handlers: list[asyncio.Task[Any]] = []
-    verify = Passwords._verify
     locked = LoginAttemptRepository.locked
     account_by_email = UserRepository.account_by_email
-
-    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
-        hashing.set()
-        finish.wait(30)
-        return verify(self, password_hash, password)
 
     async def handler_account_by_email(self: UserRepository, email: str) -> Any:
         task = asyncio.current_task()
@@ -76,7 +69,7 @@ async def test_the_shutdown_waits_for_the_attempt_a_login_cancelled_twice_is_giv
     try:
         async with serving(settings, clock) as (users, server, stub):
             await register(stub)
-            monkeypatch.setattr(Passwords, "_verify", held_verify)
+            held.hold(monkeypatch)
             monkeypatch.setattr(UserRepository, "account_by_email", handler_account_by_email)
             monkeypatch.setattr(LoginAttemptRepository, "locked", slow_give_back_lock)
             call = stub.Login(LOGIN)
@@ -154,19 +147,14 @@ async def test_a_give_back_cut_off_at_shutdown_unwinds_before_the_database_close
     """A give-back still waiting for the database when the shutdown hooks' budget runs out is cancelled: its
     transaction rolls back, which takes a round trip to the database. The hook must wait for that (within the
     time the hooks' runner leaves it to unwind) before the next hook closes the database under it."""
-    hashing, finish = threading.Event(), threading.Event()
+    held = HeldHashing()
+    hashing, finish = held.hashing, held.finish
     give_back_waits, never = asyncio.Event(), asyncio.Event()
     unwound: list[str] = []
     disposed_after: list[list[str]] = []
-    verify = Passwords._verify
     locked = LoginAttemptRepository.locked
     give_back = UsersApplication._give_back
     dispose = Database.dispose
-
-    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
-        hashing.set()
-        finish.wait(30)
-        return verify(self, password_hash, password)
 
     async def stuck_give_back_lock(self: LoginAttemptRepository, key: str) -> Attempts | None:
         if hashing.is_set():  # the take came before the hash; only the give-back comes after
@@ -192,7 +180,7 @@ async def test_a_give_back_cut_off_at_shutdown_unwinds_before_the_database_close
     users = await build(settings, clock)
     try:
         await users.application.register("ann@example.com", PASSWORD, "Ann")
-        monkeypatch.setattr(Passwords, "_verify", held_verify)
+        held.hold(monkeypatch)
         monkeypatch.setattr(LoginAttemptRepository, "locked", stuck_give_back_lock)
         monkeypatch.setattr(UsersApplication, "_give_back", recorded_give_back)
         monkeypatch.setattr(Database, "dispose", recorded_dispose)

@@ -42,6 +42,7 @@ from shopmesh_users.wiring import Users, build, key_policy, passwords
 from .conftest import (
     PASSWORD,
     FakeClock,
+    HeldHashing,
     error_of,
     jwks_document,
     login,
@@ -417,13 +418,8 @@ async def test_logins_given_up_while_waiting_for_or_running_their_hash_spend_no_
 ) -> None:
     """A deadline (a client's own, which the gateway passes on) or a cancellation ends a login without an
     answer about the password: the attempt is given back, whether its hash had started or not."""
-    hashing, finish = threading.Event(), threading.Event()
-    verify = Passwords._verify
-
-    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
-        hashing.set()
-        finish.wait(30)
-        return verify(self, password_hash, password)
+    held = HeldHashing()
+    hashing, finish = held.hashing, held.finish
 
     settings = users_settings(
         tmp_path, login_failure_burst=2, login_failure_refill_seconds=3600, password_hash_concurrency=1
@@ -432,7 +428,7 @@ async def test_logins_given_up_while_waiting_for_or_running_their_hash_spend_no_
     try:
         async with running(settings, clock) as (_, stub):
             user = await register(stub)
-            monkeypatch.setattr(Passwords, "_verify", held_verify)
+            held.hold(monkeypatch)
             first = stub.Login(wrong_password)
             await eventually(hashing.is_set, "the first login's hash started")
             first.cancel()
@@ -615,13 +611,8 @@ async def test_a_login_refused_for_a_full_hashing_queue_counts_as_shed_and_a_thr
     counted in shopmesh_grpc_server_shed_total, which the server-errors alert and the availability SLO read
     beside the server error codes. TOO_MANY_LOGIN_ATTEMPTS, the same code, is a throttle the caller brought on
     itself: not shed."""
-    hashing, finish = threading.Event(), threading.Event()
-    verify = Passwords._verify
-
-    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
-        hashing.set()
-        finish.wait(30)
-        return verify(self, password_hash, password)
+    held = HeldHashing()
+    hashing, finish = held.hashing, held.finish
 
     settings = users_settings(
         tmp_path,
@@ -633,7 +624,7 @@ async def test_a_login_refused_for_a_full_hashing_queue_counts_as_shed_and_a_thr
     try:
         async with serving(settings, clock) as (_, server, stub):
             user = await register(stub)
-            monkeypatch.setattr(Passwords, "_verify", held_verify)
+            held.hold(monkeypatch)
             holding = asyncio.ensure_future(login(stub))
             await eventually(hashing.is_set, "the first login's hash started")
             busy = await error_of(login(stub, email="bob@example.com"))
@@ -665,13 +656,8 @@ async def test_a_login_refused_for_a_full_hashing_queue_has_an_error_span_that_n
     """Shed, the busy login's server span is an error, as a call the chassis sheds is; its status says why by
     the reason the caller got, PASSWORD_HASHING_BUSY, not the chassis' SERVER_OVERLOADED, which sends whoever
     reads the trace to GRPC_MAX_CONCURRENT_RPCS instead of the hashing queue."""
-    hashing, finish = threading.Event(), threading.Event()
-    verify = Passwords._verify
-
-    def held_verify(self: Passwords, password_hash: str | None, password: str) -> bool:
-        hashing.set()
-        finish.wait(30)
-        return verify(self, password_hash, password)
+    held = HeldHashing()
+    hashing, finish = held.hashing, held.finish
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -685,7 +671,7 @@ async def test_a_login_refused_for_a_full_hashing_queue_has_an_error_span_that_n
         ):
             stub = UsersServiceStub(channel)
             await register(stub)
-            monkeypatch.setattr(Passwords, "_verify", held_verify)
+            held.hold(monkeypatch)
             holding = asyncio.ensure_future(login(stub))
             await eventually(hashing.is_set, "the first login's hash started")
             assert (await error_of(login(stub, email="bob@example.com"))).reason == BUSY_REASON
