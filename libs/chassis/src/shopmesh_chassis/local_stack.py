@@ -13,6 +13,7 @@ chassis because `shopmesh-deadletters` does, and the chassis imports nothing of 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import tempfile
@@ -133,26 +134,46 @@ def _read(data_dir: Path, err: TextIO | None) -> _Read:
     return _Read(stack)
 
 
+class AddressSource(enum.Enum):
+    """Where a tool's address came from (`local_address`); said on the tool's stderr either way."""
+
+    # The running local stack's.
+    RUNNING_STACK = "running stack"
+    # The default, although a local stack runs: one started without this address (`... runs no <what>`).
+    STACK_WITHOUT_IT = "stack without it"
+    # The default: no stack file was here.
+    NO_STACK = "no stack"
+    # The default: a stack file was here but ignored (unreadable, its launcher gone, or a copy of another
+    # directory's). A hint must not say there is none.
+    IGNORED_FILE = "ignored file"
+
+
 @dataclass(frozen=True)
 class LocalAddress:
     """Where a tool given no address of its own goes (`local_address`), and why."""
 
     address: str
-    # The running local stack's (named on the tool's stderr); else the default.
-    of_running_stack: bool
-    # A stack file was there but was ignored (said on stderr): unreadable, its launcher gone, or a copy of
-    # another directory's. A hint must not say there is none.
-    file_ignored: bool
-    # The default was taken although a local stack runs: one started without this address (said on stderr,
-    # `... runs no <what>`). A hint must not ask whether one runs, but say that it runs none.
-    stack_runs_without_it: bool
+    source: AddressSource
+
+    @property
+    def of_running_stack(self) -> bool:
+        return self.source is AddressSource.RUNNING_STACK
+
+    @property
+    def file_ignored(self) -> bool:
+        return self.source is AddressSource.IGNORED_FILE
+
+    @property
+    def stack_runs_without_it(self) -> bool:
+        """A hint must not ask whether a stack runs, but say that it runs none."""
+        return self.source is AddressSource.STACK_WITHOUT_IT
 
     @property
     def took_make_runs_default(self) -> bool:
         """Whether the address is make run's default, taken because no local stack runs: the one address a tool
         may advise starting `make run` for. Not the running stack's own (named on stderr), nor the default taken
         past a stack started without it (that stack's to start)."""
-        return not self.of_running_stack and not self.stack_runs_without_it
+        return self.source in (AddressSource.NO_STACK, AddressSource.IGNORED_FILE)
 
 
 def local_address(
@@ -176,13 +197,13 @@ def local_address(
     read = _read_or_say_default(err, name, shown(default), without)
     stack = read.stack
     if stack is None:
-        return LocalAddress(default, of_running_stack=False, file_ignored=read.ignored, stack_runs_without_it=False)
+        return LocalAddress(default, AddressSource.IGNORED_FILE if read.ignored else AddressSource.NO_STACK)
     found = address(stack)
     if found is None:
         _say(err, f"{stack.said()} runs no {runs_no}; using {shown(default)}")
-        return LocalAddress(default, of_running_stack=False, file_ignored=False, stack_runs_without_it=True)
+        return LocalAddress(default, AddressSource.STACK_WITHOUT_IT)
     _say(err, f"{name} at {shown(found)}: {stack.said()}")
-    return LocalAddress(found, of_running_stack=True, file_ignored=False, stack_runs_without_it=False)
+    return LocalAddress(found, AddressSource.RUNNING_STACK)
 
 
 def running_stack_or_say_default(err: TextIO, name: str, default: str, *, without: str) -> LocalStack | None:
