@@ -77,6 +77,11 @@ class LeaseHeld(Exception):
     """Another driver is working on this order right now."""
 
 
+def _lease_lost(error: Exception) -> bool:
+    """Whether `error` is a save refused because another driver took the order's lease meanwhile."""
+    return isinstance(error, errors.Aborted) and error.reason == "CONCURRENT_MODIFICATION"
+
+
 class RecheckPostponed(Exception):
     """Payments answered about a cancelled order's charge, but nothing can be done with the answer yet (a
     payment in a state only a newer release of payments knows): the order's recheck was put off. Unlike
@@ -220,7 +225,7 @@ class SagaDriver:
                 order = await self._attempt(order, card, owner)
             return order
         except Exception as exc:
-            if isinstance(exc, errors.Aborted) and exc.reason == "CONCURRENT_MODIFICATION":
+            if _lease_lost(exc):
                 # Our lease ran out during a slow step and another driver took the order over: it finishes it.
                 raise LeaseHeld(order_id) from exc
             if resumed and _fails_again(exc):
@@ -243,8 +248,13 @@ class SagaDriver:
         try:
             order = await self._load(order_id)
         except Exception:
-            return self._clock() + timedelta(seconds=self._settings.recovery_interval_seconds)
+            return self._one_interval_on()
         return self._retry_at(order, failure)
+
+    def _one_interval_on(self) -> datetime:
+        """One recovery interval from now: how long an order that cannot be loaded is put off, with no
+        `updated_at` for `_retry_at` to grow the wait from."""
+        return self._clock() + timedelta(seconds=self._settings.recovery_interval_seconds)
 
     def _retry_at(self, order: Order, failure: Exception) -> datetime:
         """When the recovery loop tries again an order it could not move on (it waits, or it failed): after
@@ -582,7 +592,7 @@ class SagaDriver:
                 raise LeaseHeld(order_id) from waits.cause
             raise RecheckPostponed(order_id, waits.cause) from waits.cause
         except Exception as exc:
-            if isinstance(exc, errors.Aborted) and exc.reason == "CONCURRENT_MODIFICATION":
+            if _lease_lost(exc):
                 raise LeaseHeld(order_id) from exc
             if not isinstance(exc, errors.Unavailable) and _fails_again(exc):
                 # An error of this order's own (an answer the adapter does not expect, a bug) likely fails alike
@@ -607,7 +617,7 @@ class SagaDriver:
             async with self._db.transaction() as session:
                 await OrderRepository(session).save(postponed, Lease(owner, None))
         except errors.Aborted as exc:
-            if exc.reason != "CONCURRENT_MODIFICATION":
+            if not _lease_lost(exc):
                 raise
             return False
         log.info(
@@ -622,7 +632,7 @@ class SagaDriver:
         """Put off, by one recovery interval, the charge recheck of an order that could not be loaded, giving
         the lease up: with no order there is no `updated_at` for `_retry_at` to grow the wait from. False when
         the lease was lost meanwhile."""
-        until = self._clock() + timedelta(seconds=self._settings.recovery_interval_seconds)
+        until = self._one_interval_on()
         async with self._db.transaction() as session:
             postponed = await OrderRepository(session).postpone_recheck(order_id, owner, until)
         if postponed:
