@@ -1,4 +1,5 @@
-"""`cancel_and_wait` stops a background task, swallowing its cancellation but never its caller's."""
+"""`cancel_and_wait` stops a background task, swallowing its cancellation but never its caller's; `Detached` keeps
+tasks that outlive their call for shutdown to wait for."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from shopmesh_chassis.tasks import cancel_and_wait
+from shopmesh_chassis.tasks import Detached, cancel_and_wait
 
 
 async def test_the_task_is_cancelled_and_its_cancellation_swallowed() -> None:
@@ -66,3 +67,36 @@ async def test_the_callers_own_cancellation_propagates() -> None:
     assert stopping.cancelled(), "the caller's cancellation was swallowed"
     assert carried_on == []
     assert background.cancelled()
+
+
+async def test_settle_waits_for_the_tasks_the_detached_tasks_start_meanwhile() -> None:
+    detached = Detached()
+    waited: list[int] = []
+
+    async def then_another() -> None:
+        await asyncio.sleep(0)
+        detached.start(asyncio.sleep(0))
+
+    detached.start(then_another())
+    await detached.settle(waited.append)
+    assert (len(detached), waited) == (0, [1, 1])
+
+
+async def test_settle_cut_off_cancels_what_is_left_and_waits_for_it_to_unwind() -> None:
+    detached = Detached()
+    unwound = asyncio.Event()
+
+    async def holds() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)  # a rollback's round trip
+            unwound.set()
+
+    detached.start(holds())
+    settling = asyncio.create_task(detached.settle(lambda count: None))
+    await asyncio.sleep(0.01)
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    assert (unwound.is_set(), len(detached)) == (True, 0)

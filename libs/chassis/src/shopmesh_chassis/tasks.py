@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextvars
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
@@ -41,3 +45,50 @@ def stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+class Detached:
+    """Tasks that outlive the call that started them (a saga driven for a caller, a write shielded from its
+    caller's cancellation), kept until they end so that shutdown can wait for them: the event loop's end would
+    cut them off ("Task was destroyed but it is pending") and leave their work half-done."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, work: Coroutine[Any, Any, T], *, context: contextvars.Context | None = None) -> asyncio.Task[T]:
+        """`work` as a task of its own, kept until it ends."""
+        task = asyncio.get_running_loop().create_task(work, context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(set(self._tasks))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def wait(self, timeout: float) -> None:
+        """Give the tasks running now up to `timeout` seconds to end (what they leave undone, something else
+        finishes: a lease, a retry)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def settle(self, waiting: Callable[[int], None]) -> None:
+        """Wait until none runs, those the tasks start meanwhile included, telling `waiting` how many it waits
+        for each time (the owner's log line).
+        Cut off (its caller cancelled: a shutdown hook at its budget), cancel those left and wait for them to
+        unwind (a transaction rolling back) before the cancellation goes on, so that what they use (the
+        database) is not closed under them."""
+        try:
+            while self._tasks:
+                waiting(len(self._tasks))
+                await asyncio.wait(set(self._tasks))
+        except asyncio.CancelledError:
+            # Again while any is left: one ending meanwhile may have started another.
+            while self._tasks:
+                left = set(self._tasks)
+                for task in left:
+                    task.cancel()
+                await asyncio.wait(left)
+            raise

@@ -17,6 +17,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
+from shopmesh_chassis.tasks import Detached
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
 from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
@@ -124,7 +125,7 @@ class OrdersApplication:
         # Called with "resume" or "recheck" for each order a recovery pass failed on with an error, and for each
         # pass that failed so before reaching any order.
         self._on_recovery_error = on_recovery_error
-        self._running: set[asyncio.Task[Order]] = set()
+        self._running = Detached()
 
     # --- PlaceOrder -------------------------------------------------------------------------------
 
@@ -234,11 +235,9 @@ class OrdersApplication:
     ) -> Order:
         """Drive the saga in a task of its own, which shutdown waits for (`wait_running`), and answer with
         where it ended (or with the outcome of another driver that holds the order)."""
-        task = asyncio.get_running_loop().create_task(
+        task = self._running.start(
             self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context()
         )
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
         try:
             return await asyncio.shield(task)
         except LeaseHeld:
@@ -366,8 +365,7 @@ class OrdersApplication:
 
     async def wait_running(self, timeout: float) -> None:
         """On shutdown: give sagas driven for callers a moment to finish (leases cover the rest)."""
-        if self._running:
-            await asyncio.wait(set(self._running), timeout=timeout)
+        await self._running.wait(timeout)
 
     # --- helpers ----------------------------------------------------------------------------------
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import DatabaseUnreachable, database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted, ResourceExhausted
+from shopmesh_chassis.tasks import Detached
 from shopmesh_users.domain import keys as key_schedule
 from shopmesh_users.domain.errors import (
     email_already_registered,
@@ -46,8 +46,6 @@ Clock = Callable[[], datetime]
 KeyCondition = Callable[[Sequence[SigningKey], datetime], bool]
 # The change: the key to add and those to retire or delete.
 KeyPlan = Callable[[Sequence[SigningKey], KeyMaterial, datetime], Rotation]
-
-T = TypeVar("T")
 
 
 class KeysKeptChanging(RuntimeError):
@@ -94,7 +92,7 @@ class UsersApplication:
         self._login_throttle = login_throttle
         # Takes and give-backs of login attempts while they run. Shielded, they outlive a login cancelled while it
         # awaits them, and then nothing else awaits them: `settle_login_attempts` does, at shutdown.
-        self._attempt_writes: set[asyncio.Task[Any]] = set()
+        self._attempt_writes = Detached()
 
     # --- accounts ----------------------------------------------------------------------------------
 
@@ -159,7 +157,7 @@ class UsersApplication:
         Shielded: a deadline or cancellation can come while the transaction commits, after the database has
         applied the COMMIT and before its answer is back (PostgreSQL), and the attempt would stay taken by a call
         that failed. The take runs on instead, and once it has ended an attempt it took is given back."""
-        taking = self._attempt_write(self._take(key))
+        taking = self._attempt_writes.start(self._take(key))
         try:
             return await asyncio.shield(taking)
         except asyncio.CancelledError:
@@ -195,12 +193,12 @@ class UsersApplication:
             log.warning("login attempt of a cancelled login not taken (%s)", type(error).__name__)
             return
         if taking.result() == 0.0:
-            self._attempt_write(self._give_back(key))
+            self._attempt_writes.start(self._give_back(key))
 
     async def _give_back_login_attempt(self, key: str) -> None:
         """Shielded: it runs while the login unwinds from its own error or cancellation, which is what the caller
         must get, not a failure (or a second cancel) of this write."""
-        await asyncio.shield(self._attempt_write(self._give_back(key)))
+        await asyncio.shield(self._attempt_writes.start(self._give_back(key)))
 
     async def _give_back(self, key: str) -> None:
         """Best effort: lost, the attempt stays taken until the bucket refills."""
@@ -215,32 +213,16 @@ class UsersApplication:
             # The type only: a database error's text may carry the statement's parameters.
             log.warning("login attempt not given back (%s); it stays taken until it refills", type(error).__name__)
 
-    def _attempt_write(self, write: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """`write` as a task of its own, kept in `_attempt_writes` until it ends."""
-        task = asyncio.get_running_loop().create_task(write)
-        self._attempt_writes.add(task)
-        task.add_done_callback(self._attempt_writes.discard)
-        return task
-
     async def settle_login_attempts(self) -> None:
         """At shutdown, once the server has stopped and before the database closes: wait for the takes and
         give-backs that logins cancelled meanwhile left running, so that the event loop's end does not cut them
         off (an attempt left taken, or "Task was destroyed but it is pending"). Bounded by the shutdown hooks'
         budget (SHUTDOWN_HOOKS_BUDGET_SECONDS): cut off there, the writes still running are cancelled, their
         attempts left taken until they refill, and waited for while they roll back (the time the hooks leave a
-        hook cut off to unwind): the database closes after them."""
-        try:
-            while self._attempt_writes:
-                log.info("waiting for %d login attempt write(s) of ended logins", len(self._attempt_writes))
-                await asyncio.wait(set(self._attempt_writes))
-        except asyncio.CancelledError:
-            # Again while any is left: a take ending meanwhile may have started its give-back.
-            while self._attempt_writes:
-                writes = set(self._attempt_writes)
-                for task in writes:
-                    task.cancel()
-                await asyncio.wait(writes)
-            raise
+        hook cut off to unwind): the database closes after them (`tasks.Detached.settle`)."""
+        await self._attempt_writes.settle(
+            lambda count: log.info("waiting for %d login attempt write(s) of ended logins", count)
+        )
 
     async def _forget_login_attempts(self, key: str) -> None:
         """After the right password. Best effort, as the hash upgrade: the password was checked and right, so a
