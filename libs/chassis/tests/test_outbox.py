@@ -327,15 +327,15 @@ async def test_a_relay_whose_lock_connection_dies_takes_the_lock_again_and_goes_
     assert holders_after_stop == 0  # a stopped relay lets the next replica lead at once
 
 
-_KEEPALIVES = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+_DEAD_PEER_SETTINGS = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout")
 
 
-async def _keepalives(relay: OutboxRelay) -> dict[str, str]:
-    """The TCP keepalives of the relay's own lock session (the test server is reached over TCP: on a Unix
-    socket they read 0)."""
+async def _dead_peer_settings(relay: OutboxRelay) -> dict[str, str]:
+    """The TCP keepalives and user timeout of the relay's own lock session, read on that session (the test
+    server is reached over TCP: on a Unix socket they read 0)."""
     leader = relay._leader
     assert leader is not None
-    return {name: await leader.scalar(text(f"SHOW {name}")) for name in _KEEPALIVES}
+    return {name: await leader.scalar(text(f"SHOW {name}")) for name in _DEAD_PEER_SETTINGS}
 
 
 async def test_the_relay_lock_connection_asks_the_server_to_drop_it_within_about_a_minute_after_a_network_break(
@@ -345,6 +345,9 @@ async def test_the_relay_lock_connection_asks_the_server_to_drop_it_within_about
     network partition), it is a session PostgreSQL keeps, the lock with it, for the kernel's default TCP
     keepalive, about two hours: no replica publishes meanwhile. The connection has the server probe it (TCP
     keepalives after 30 s idle, every 10 s, 3 unanswered), so the lock is free about a minute after the break.
+    Cut off while the server was sending it rows, it is past keepalives' reach (they probe only an idle
+    connection) and the server would retransmit for about 15 minutes: its TCP user timeout (60 s) drops it
+    once data has gone unacknowledged that long.
     Also the session of a replica whose lock connection's backend was killed while it did not lead (a
     PostgreSQL restart or failover): its connection was reopened unseen, and took the lock with the server's
     defaults (7200 s idle)."""
@@ -353,7 +356,7 @@ async def test_the_relay_lock_connection_asks_the_server_to_drop_it_within_about
     b = OutboxRelay(b_db, JetStreamPublisher(client))
     try:
         await a.publish_pending()
-        first_leader = await _keepalives(a)
+        first_leader = await _dead_peer_settings(a)
         assert await b.publish_pending() == 0  # b does not lead, and keeps its connection for the next try
         assert b._leader is not None
         async with b._on_leader() as connection:
@@ -367,11 +370,16 @@ async def test_the_relay_lock_connection_asks_the_server_to_drop_it_within_about
             if b._leading:
                 break
         assert b._leading
-        after_reconnect = await _keepalives(b)
+        after_reconnect = await _dead_peer_settings(b)
     finally:
         await a.stop()
         await b.stop()
-    expected = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+    expected = {
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "60000",  # milliseconds
+    }
     assert first_leader == expected
     assert after_reconnect == expected, "the lock was taken on a session without the keepalives"
 

@@ -340,6 +340,41 @@ def _without_postgres_detail(context: ExceptionContext) -> None:
         cause.detail = None  # type: ignore[union-attr]
 
 
+# A session-level advisory lock (the outbox relay's) is held until the server ends its session.
+# Cut off without a FIN or RST (the holder's node gone, a network partition), that session lives on the server
+# for as long as its TCP takes to give up on the peer: about two hours idle (keepalives after 7200 s, then 9
+# probes 75 s apart), about 15 minutes with rows in flight (tcp_retries2; keepalives probe only an idle
+# connection). A lock session has the server probe it after 30 s idle, every 10 s, 3 probes unanswered, and
+# give up on data unacknowledged for 60 s (tcp_user_timeout, PostgreSQL 12 and later). 60 s is what the
+# keepalives add up to: on Linux a user timeout also decides when unanswered keepalives drop the connection
+# (their count no longer does), so a shorter one would drop a session after fewer probes, a longer one keep
+# the lock past the minute. A live client's kernel acknowledges within milliseconds, busy or not.
+# Set on the session (SET, not a startup parameter, which a connection pooler in front of PostgreSQL may
+# refuse); ignored on a Unix socket, where no network can break. In the statement that takes the lock, every
+# attempt: a connection object may have reopened its session unseen (its backend killed by a restart or
+# failover between attempts), and a session set up only when the object was made would then take the lock
+# with the server's defaults.
+_KEEPALIVE_IDLE_SECONDS = 30
+_KEEPALIVE_INTERVAL_SECONDS = 10
+_KEEPALIVE_COUNT = 3
+_USER_TIMEOUT_MS = (_KEEPALIVE_IDLE_SECONDS + _KEEPALIVE_INTERVAL_SECONDS * _KEEPALIVE_COUNT) * 1000
+_TRY_SESSION_LOCK = sqlalchemy.text(
+    f"SELECT set_config('tcp_keepalives_idle', '{_KEEPALIVE_IDLE_SECONDS}', false),"
+    f" set_config('tcp_keepalives_interval', '{_KEEPALIVE_INTERVAL_SECONDS}', false),"
+    f" set_config('tcp_keepalives_count', '{_KEEPALIVE_COUNT}', false),"
+    f" set_config('tcp_user_timeout', '{_USER_TIMEOUT_MS}', false),"
+    " pg_try_advisory_lock(:key) AS locked"
+)
+
+
+async def try_session_lock(connection: AsyncConnection, key: int) -> bool:
+    """Take the session-level advisory lock `key` on PostgreSQL if it is free, on a session the server drops
+    about a minute after its client is cut off (above). Whether this session holds it now. The session must
+    not return to the pool: it would go on holding the lock, with these settings."""
+    result = await connection.execute(_TRY_SESSION_LOCK, {"key": key})
+    return bool(result.one().locked)
+
+
 @asynccontextmanager
 async def _connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A pooled connection. asyncpg reports a server it cannot reach as a plain OSError; only that one,

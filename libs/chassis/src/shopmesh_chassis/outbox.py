@@ -19,11 +19,11 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 from opentelemetry import propagate
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.config import EventSettings
-from shopmesh_chassis.db import Database, DbConnection
+from shopmesh_chassis.db import Database, DbConnection, try_session_lock
 from shopmesh_chassis.events import EVENT_TYPE
 from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
@@ -33,17 +33,6 @@ from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
 log = logging.getLogger("shopmesh.outbox")
 
 _PG_RELAY_LOCK = 0x5350_4F42  # "SPOB": one publishing relay per database, so order holds across replicas
-# The relay lock's session has the server probe its client after 30 s idle, every 10 s, and drop it after 3
-# probes unanswered: a lock whose holder was cut off is free about a minute later, not after the server's
-# default (7200 s, then 9 probes 75 s apart). Set on the session (SET, not a startup parameter, which a
-# connection pooler in front of PostgreSQL may refuse); ignored on a Unix socket, where no network can break.
-# In the statement that takes the lock, every attempt: the connection object may have reopened its session
-# unseen (its backend killed by a restart or failover while it did not lead), and a session set up only when
-# the object was made would then take the lock with the server's defaults.
-_TRY_LOCK = text(
-    "SELECT set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', false),"
-    " set_config('tcp_keepalives_count', '3', false), pg_try_advisory_lock(:k) AS locked"
-)
 
 
 # Built once: the relay and every state change run these (see db.py on the cost of building statements).
@@ -271,9 +260,10 @@ class OutboxRelay:
         and releasing it every pass cost four round trips per event. The leader reads and marks events on
         that same connection, so losing it (and the lock with it) fails the pass instead of going unseen.
         Cut off without a word (a node gone, a partition), that session would hold the lock on the server for
-        its TCP keepalive's default, about two hours: the session that takes the lock has the server probe it
-        sooner, set in the same statement (`_TRY_LOCK`), for this session only (it never returns to the pool,
-        `_step_down`). A failed attempt closes the connection, as a failed pass does.
+        its TCP's defaults, up to about two hours: the attempt has the server give up on it within about a
+        minute (`db.try_session_lock`), for this session only (it never returns to the pool, `_step_down`),
+        on every attempt, its connection reopened unseen (its backend killed while it did not lead) included.
+        A failed attempt closes the connection, as a failed pass does.
         """
         if self._leader is None:
             self._leader = await self._db.postgres_engine.connect()
@@ -281,8 +271,7 @@ class OutboxRelay:
         if not self._leading:
             try:
                 async with self._on_leader() as connection:
-                    result = await connection.execute(_TRY_LOCK, {"k": _PG_RELAY_LOCK})
-                    self._leading = bool(result.one().locked)
+                    self._leading = await try_session_lock(connection, _PG_RELAY_LOCK)
             except BaseException:
                 # The connection may be broken (its backend gone): a fresh one next pass, not this one reopened.
                 await self._step_down()
