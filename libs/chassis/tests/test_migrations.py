@@ -20,6 +20,7 @@ from shopmesh_chassis import app
 from shopmesh_chassis.config import StartupFailed
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import (
+    _PG_MIGRATION_LOCK,
     DatabaseRefusedAtStart,
     DatabaseUnreachableAtStart,
     MigrationBlocked,
@@ -150,6 +151,55 @@ async def test_a_migration_stuck_behind_a_transaction_fails_the_start_and_runs_a
         # The timeout was the migration's alone: the service's own transactions wait for locks as before.
         assert await connection.scalar(text("SHOW lock_timeout")) == "0"
     assert "colour" in columns
+
+
+RECORD_LOCK_SESSION = '''"""records the settings of the session that migrates"""
+
+from alembic import op
+
+revision = "svc_0002"
+down_revision = "svc_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute(
+        "CREATE TABLE lock_session AS SELECT name, current_setting(name) AS setting,"
+        " EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = {lock} AND granted"
+        " AND pid = pg_backend_pid()) AS holds_lock"
+        " FROM unnest(ARRAY['tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count',"
+        " 'tcp_user_timeout']) AS name"
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("lock_session")
+'''
+
+
+async def test_the_migration_lock_session_asks_the_server_to_drop_it_within_about_a_minute_after_a_network_break(
+    pg_database: Database, tmp_path: Path
+) -> None:
+    """A replica cut off mid-migration without a FIN or RST (its node gone, a network partition) leaves a
+    session PostgreSQL keeps, the migration lock with it, for the kernel's default TCP keepalive, about two
+    hours, and every other replica's start waits for that lock meanwhile. The session that takes the lock has
+    the server probe it (TCP keepalives after 30 s idle, every 10 s, 3 unanswered) and give up on data left
+    unacknowledged for 60 s (TCP user timeout: keepalives probe only an idle connection), as the outbox relay's
+    lock session does. Read by a migration, on the session that holds the lock."""
+    await migrate(pg_database, release(tmp_path / "v1", ["widgets"]))
+    v2 = release(tmp_path / "v2", ["widgets"])
+    (v2 / "svc_0002.py").write_text(RECORD_LOCK_SESSION.replace("{lock}", str(_PG_MIGRATION_LOCK)))
+    await migrate(pg_database, v2)
+    async with pg_database.read() as connection:
+        rows = (await connection.execute(text("SELECT name, setting, holds_lock FROM lock_session"))).all()
+    assert all(row.holds_lock for row in rows), "read on a session other than the lock's"
+    assert {row.name: row.setting for row in rows} == {
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "60000",  # milliseconds
+    }
 
 
 def test_a_start_that_failed_for_now_exits_1_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:

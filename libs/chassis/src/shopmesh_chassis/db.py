@@ -340,7 +340,7 @@ def _without_postgres_detail(context: ExceptionContext) -> None:
         cause.detail = None  # type: ignore[union-attr]
 
 
-# A session-level advisory lock (the outbox relay's) is held until the server ends its session.
+# A session-level advisory lock (the outbox relay's, the migrations') is held until the server ends its session.
 # Cut off without a FIN or RST (the holder's node gone, a network partition), that session lives on the server
 # for as long as its TCP takes to give up on the peer: about two hours idle (keepalives after 7200 s, then 9
 # probes 75 s apart), about 15 minutes with rows in flight (tcp_retries2; keepalives probe only an idle

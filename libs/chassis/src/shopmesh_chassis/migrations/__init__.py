@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from shopmesh_chassis.config import StartupFailed
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, try_session_lock
 from shopmesh_chassis.db_errors import DatabaseUnreachable
 
 log = logging.getLogger("shopmesh.migrations")
@@ -203,8 +203,9 @@ async def migrate(
             # lock, to outlive the migrations' own commits. Polled with a try, never waited for in a statement:
             # a replica blocked in pg_advisory_lock() holds a snapshot, which CREATE INDEX CONCURRENTLY in
             # the one migrating waits for, while it waits for the lock: a deadlock PostgreSQL breaks by
-            # failing one of them.
-            while not await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK}):
+            # failing one of them. A session the server drops about a minute after its client is cut off (its
+            # node gone mid-migration): kept for hours, it would stall every replica's start meanwhile.
+            while not await try_session_lock(connection, _PG_MIGRATION_LOCK):
                 await connection.commit()  # no transaction held between tries
                 await asyncio.sleep(_LOCK_POLL_SECONDS)
             await connection.commit()
