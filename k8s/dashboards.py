@@ -248,6 +248,20 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     )
                 ],
             ),
+            (
+                "Recovery errors",
+                "short",
+                "Errors per second of orders' recovery loop, by pass: resume (unfinished sagas) and recheck "
+                "(charges of cancelled orders), each an order that failed with an error of its own or a whole "
+                "pass that failed before reaching any. Should be 0: such an order keeps failing until someone "
+                "looks (alert ShopmeshOrderRecoveryFailing).",
+                [
+                    (
+                        f"sum by (pass) (rate(shopmesh_orders_recovery_errors_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{pass}}",
+                    )
+                ],
+            ),
         ],
     ),
     (

@@ -52,7 +52,10 @@ PROXY_METRICS = {
 }
 SCRAPERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 # Alerts a service chart adds of its own (helm/<service>/values.yaml `alerts:`).
-OWN_ALERTS = {"notifications": {"ShopmeshEmailsFailed"}, "orders": {"ShopmeshCheckoutsCancelledByOutages"}}
+OWN_ALERTS = {
+    "notifications": {"ShopmeshEmailsFailed"},
+    "orders": {"ShopmeshCheckoutsCancelledByOutages", "ShopmeshOrderRecoveryFailing"},
+}
 # The burn-rate alerts on the SLOs of the public API (helm/gateway/values.yaml `slo:`; tests/k8s/test_slo.py).
 SLO_ALERTS = {"ShopmeshErrorBudgetBurnFast", "ShopmeshErrorBudgetBurnSlow"}
 SLO_SERVICES = {"gateway"}
@@ -873,3 +876,81 @@ def test_consumer_cut_off_fires_when_no_replica_reads_nats(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
     assert_stamp_alert(rendered, tmp_path, "ShopmeshConsumerCutOff", scenario, CONSUMER_CUT_OFF[scenario], fires=True)
+
+
+RECOVERY_FOR = 1800
+RECOVERY_FAILS_FROM = 120
+
+
+def recovery_scenario(
+    name: str, recovery_pass: str, errors: Callable[[int], int], expected: Expected, until: int = RECOVERY_FOR
+) -> Scenario:
+    """One orders pod's real OrderMetrics, its recovery loop's `recovery_pass` failing errors(t) times at second
+    t; the other pass's series stays at 0 beside it (ShopmeshOrderRecoveryFailing is per pass)."""
+    registry = CollectorRegistry()
+    metrics = OrderMetrics(registry)
+
+    def world(t: float) -> None:
+        for _ in range(errors(int(t))):
+            metrics.recovery_error(recovery_pass)
+
+    def scrape() -> list[Sample]:
+        return [s._replace(labels={**s.labels, "pod": "orders-0"}) for f in registry.collect() for s in f.samples]
+
+    return Scenario(name, world, scrape, until, expected, {"pass": recovery_pass})
+
+
+def every(period: int, start: int = RECOVERY_FAILS_FROM, stop: float = math.inf) -> Callable[[int], int]:
+    return lambda t: int(start <= t < stop and (t - start) % period == 0)
+
+
+@pytest.mark.parametrize("recovery_pass", ["resume", "recheck"])
+@pytest.mark.parametrize(
+    "period",
+    # A whole pass failing at each RECOVERY_INTERVAL_SECONDS (2 s); one order failing at each try, at the longest
+    # backoff (RECOVERY_BACKOFF_MAX_SECONDS, 60 s) and at a slower loop's 150 s.
+    [2, 60, 150],
+)
+def test_order_recovery_failing_fires_while_a_pass_keeps_failing(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, recovery_pass: str, period: int
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshOrderRecoveryFailing")
+    hold = seconds_of(alert["for"])
+    expected = silent_between(0, RECOVERY_FAILS_FROM + hold) | firing_between(
+        fires_by(RECOVERY_FAILS_FROM, hold), RECOVERY_FOR
+    )
+    scenario = recovery_scenario(f"{recovery_pass} fails every {period} s", recovery_pass, every(period), expected)
+    assert_promtool_passes(alert, "orders", [scenario], tmp_path)
+
+
+def test_order_recovery_failing_resolves_once_the_errors_stop(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """An order failing at every try for 15 minutes, then a deploy that fixes it: firing while it fails, silent
+    once the last error has left the rule's 5-minute window."""
+    alert = alert_named(rendered, "orders", "ShopmeshOrderRecoveryFailing")
+    hold, fixed, window = seconds_of(alert["for"]), RECOVERY_FAILS_FROM + 900, 300
+    last = fixed - 60
+    expected = (
+        silent_between(0, RECOVERY_FAILS_FROM + hold)
+        | firing_between(fires_by(RECOVERY_FAILS_FROM, hold), last)
+        | silent_between(last + window + SCRAPE_INTERVAL + EVALUATION_INTERVAL, RECOVERY_FOR)
+    )
+    scenario = recovery_scenario("resume fails every 60 s until a fix", "resume", every(60, stop=fixed), expected)
+    assert_promtool_passes(alert, "orders", [scenario], tmp_path)
+
+
+# Errors that come once, not at every try: a pass that met a passing fault, an order fixed by its next try.
+RECOVERY_BURSTS: dict[str, Callable[[int], int]] = {
+    "one pass fails on 5 orders at once": lambda t: 5 * (t == 300),
+    "two such bursts 8 minutes apart": lambda t: 5 * (t in (300, 780)),
+}
+
+
+@pytest.mark.parametrize("scenario", list(RECOVERY_BURSTS))
+def test_order_recovery_failing_ignores_a_burst_that_does_not_recur(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshOrderRecoveryFailing")
+    simulated = recovery_scenario(scenario, "recheck", RECOVERY_BURSTS[scenario], silent_between(0, RECOVERY_FOR))
+    assert_promtool_passes(alert, "orders", [simulated], tmp_path)
