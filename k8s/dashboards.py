@@ -262,6 +262,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     )
                 ],
             ),
+            (
+                "Late captures refunded",
+                "short",
+                "Charges payments captured after their order was cancelled, which the recovery loop's recheck "
+                "found and refunded, per second: customers charged for an order they were told was cancelled "
+                "(each also logged at ERROR). Should be 0.",
+                [
+                    (
+                        f"sum (rate(shopmesh_orders_late_captures_refunded_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "late captures refunded",
+                    )
+                ],
+            ),
         ],
     ),
     (
@@ -314,6 +327,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "growing: nothing leaves the outbox, and the oldest unpublished age beside is that old "
                 "(alert ShopmeshOutboxRelayStalled).",
                 [(f"time() - max by (job) (shopmesh_outbox_relay_pass_timestamp_seconds{{{SELECTOR}}})", "{{job}}")],
+            ),
+            (
+                "Outbox relay failures",
+                "short",
+                "Relay passes that failed per second (NATS or the database away), per service; their events wait, "
+                "in order, for the next pass. Rising while no relay passes: its passes fail; flat: it hangs (alert "
+                "ShopmeshOutboxRelayStalled).",
+                [
+                    (
+                        f"sum by (job) (rate(shopmesh_outbox_relay_failures_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{job}}",
+                    )
+                ],
             ),
             (
                 "Consumer backlog",

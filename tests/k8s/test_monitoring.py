@@ -291,6 +291,26 @@ def test_every_alert_selects_its_own_services_series_by_exported_names(rendered:
     assert not problems, "\n".join(problems)
 
 
+# The services' own metrics (Envoy's aside) that no alert or panel reads, and why. Any other must be read by one:
+# a failure counter nothing reads is one an operator never learns of.
+UNREAD = {
+    "grpc_server_started_total": "calls are counted as they end (grpc_server_handled_total)",
+    "grpc_server_handling_seconds_sum": "latency is read from the buckets",
+    "shopmesh_client_breaker_opened_total": "the breaker's state and failed probes are what alert and panel read",
+}
+
+
+def test_every_metric_the_services_export_is_read_by_an_alert_or_a_panel(
+    rendered: dict[tuple[str, str], Docs],
+) -> None:
+    read = {s.name for query in dashboards.queries() for s in selectors(query.replace("$__rate_interval", "5m"))}
+    for name in SERVICES:
+        docs = rendered[MONITORING, name]
+        read |= {s.name for rule in alerts_of(docs, name) + records_of(docs, name) for s in selectors(rule["expr"])}
+    ours = {metric for metric in exported_metric_names() if not metric.startswith("envoy_")}
+    assert ours - read == set(UNREAD), "read by no alert nor panel (or listed in UNREAD but read)"
+
+
 def test_the_checks_see_a_misspelled_metric_and_a_missing_selector() -> None:
     [selector] = selectors('max(shopmesh_outbox_oldest_unpublished_age{job="orders"}) > 60')
     assert selector.name not in exported_metric_names()
