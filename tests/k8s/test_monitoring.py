@@ -77,7 +77,7 @@ def expected_alerts(name: str) -> set[str]:
     service = SERVICES[name]
     alerts = {"ShopmeshServiceDown", "ShopmeshServerErrors", "ShopmeshSlowCalls"}
     if service.publishes:
-        alerts |= {"ShopmeshOutboxStuck", "ShopmeshOutboxRelayStalled"}
+        alerts |= {"ShopmeshOutboxStuck", "ShopmeshOutboxRelayStalled", "ShopmeshOutboxEventsSetAside"}
     if service.consumes:
         alerts |= {"ShopmeshDeadLetters", "ShopmeshConsumerBacklog", "ShopmeshConsumerCutOff"}
     if service.calls:

@@ -279,6 +279,12 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
     "for" "3m" "severity" "critical"
     "summary" (printf "%s: no outbox relay completes a pass" $c.name)
     "description" "No replica's outbox relay has completed a pass for {{ $value | humanizeDuration }} (a healthy one passes every few seconds): nothing leaves the outbox, and the oldest-unpublished age (ShopmeshOutboxStuck) is that old, 0 if its last pass had sent everything. The relay lock's holder hangs, or every pass fails (its log: outbox relay pass failed). Nothing is lost.") -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshOutboxEventsSetAside"
+    "expr" "max(shopmesh_outbox_set_aside_events{__selector__}) > 0"
+    "for" "1m" "severity" "warning"
+    "summary" (printf "%s: events set aside in the outbox" $c.name)
+    "description" "{{ $value }} event(s) wait in the outbox, set aside: NATS refuses them for good (larger than the server's max_payload or the stream's max message size; the relay's ERROR log names each). They are not published; the events behind them were. Find them, fix the limit, then re-send or delete them (docs/operations.md, 'An event set aside in the outbox').") -}}
 {{- end -}}
 {{- if $c.nats.consumes -}}
 {{- $rules = append $rules (dict

@@ -1,4 +1,4 @@
-"""The outbox relay publishes every event to JetStream exactly once, in order, even across crashes."""
+"""The outbox relay publishes every event to JetStream exactly once, in the order written, even across crashes."""
 
 from __future__ import annotations
 

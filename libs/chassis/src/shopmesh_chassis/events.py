@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 
 import nats
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 
 from shopmesh_chassis.config import EventSettings
 
@@ -158,6 +159,25 @@ async def ensure_stream(
         await js.update_stream(wanted)
     except BadRequestError as exc:
         raise StreamUpdateRefused(name, exc.description or str(exc)) from exc
+
+
+# JetStream's refusals of one message for what it is, not for the state of NATS: sent again, the same message
+# is refused the same way (nats-server's errors.json; an outage is a timeout, no responders, a 503).
+_REFUSED_FOR_GOOD = {
+    10054: "message size exceeds the stream's max message size",  # JSStreamMessageExceedsMaximumErr
+    10097: "headers exceed the server's maximum (64 KiB)",  # JSStreamHeaderExceedsMaximumErr
+}
+
+
+def refused_for_good(exc: BaseException) -> str | None:
+    """Why NATS will never take the message whose publish raised `exc`; None when sending it again may work
+    (an outage, a stream missing for now, anything not known to be permanent)."""
+    if isinstance(exc, MaxPayloadError):
+        # nats-py refuses it before sending: larger than the max_payload the server announced.
+        return "message larger than the NATS server's max_payload"
+    if isinstance(exc, APIError) and exc.err_code in _REFUSED_FOR_GOOD:
+        return f"{_REFUSED_FOR_GOOD[exc.err_code]}: {exc.description}"
+    return None
 
 
 class JetStreamPublisher:

@@ -148,7 +148,7 @@ class EventMetrics:
         )
         self.relay_failures = Counter(
             "shopmesh_outbox_relay_failures",
-            "Relay passes that failed (NATS or the database away); their events wait, in order, for the next.",
+            "Relay passes that failed (NATS or the database away); their events wait for the next.",
             registry=registry,
         )
         self.oldest_unpublished = Gauge(
@@ -164,6 +164,14 @@ class EventMetrics:
             f"({OUTBOX_COUNT_CAP}: at least that many); 0 when it has caught up, and on a replica that does not "
             "hold the relay lock. Growing: events are written faster than the relay publishes them, or it "
             "cannot publish (with the oldest-unpublished age growing).",
+            registry=registry,
+        )
+        self.set_aside = Gauge(
+            "shopmesh_outbox_set_aside_events",
+            "Events the outbox relay set aside because NATS refuses them for good (larger than the server's "
+            "max_payload or the stream's max message size), as the relay holding the lock counted them at its "
+            "last pass; 0 on a replica that does not hold it. They are not published, and wait in the outbox "
+            "for an operator to re-send or delete them (docs/operations.md); the events behind them went on.",
             registry=registry,
         )
         self.relay_pass = Gauge(

@@ -1,8 +1,22 @@
 """The transactional outbox: events are rows written in the same transaction as the state change they
-announce; a relay publishes them to JetStream in order, with the event id as de-duplication id, and
-marks them published only after the stream acknowledged them. A relay killed between publishing and
-marking publishes again after restart, and JetStream drops the duplicate. Published rows are deleted
-once older than the relay's retention (EventSettings.outbox_retention_seconds); unpublished ones never.
+announce; a relay publishes them to JetStream, with the event id as de-duplication id, and marks them
+published only after the stream acknowledged them. A relay killed between publishing and marking
+publishes again after restart, and JetStream drops the duplicate. Published rows are deleted once older
+than the relay's retention (EventSettings.outbox_retention_seconds); unpublished ones never.
+
+The order kept: the relay publishes in the order the events were written (`seq`, taken at INSERT). So the
+events of one transaction go out in the order it added them, and an event goes out after every event of a
+transaction that had committed before it was written: a change that follows another (the next step of a
+saga, a change to a row the previous one locked first) is announced after it. Not commit order between
+transactions that overlap: on PostgreSQL one that took its seq first and commits last is published after
+events written later by another (they were not visible when the relay passed them); on SQLite writers are
+serialised, so the two coincide. Nothing is lost either way. A consumer that needs a total order across
+aggregates must not rely on the stream's.
+
+An event NATS refuses for good (larger than the server's max_payload or the stream's max message size) is
+set aside (`failed_at`, `error`), logged at ERROR and counted (shopmesh_outbox_set_aside_events): the
+events behind it go on, and it waits for an operator (docs/operations.md). Set aside, it goes out of order
+if re-sent.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.db import Database, DbConnection, try_session_lock
-from shopmesh_chassis.events import EVENT_TYPE
+from shopmesh_chassis.events import EVENT_TYPE, refused_for_good
 from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
@@ -32,7 +46,8 @@ from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
 
 log = logging.getLogger("shopmesh.outbox")
 
-_PG_RELAY_LOCK = 0x5350_4F42  # "SPOB": one publishing relay per database, so order holds across replicas
+# "SPOB": one publishing relay per database, so that each event goes out once, in seq order, across replicas.
+_PG_RELAY_LOCK = 0x5350_4F42
 
 
 # Built once: the relay and every state change run these (see db.py on the cost of building statements).
@@ -40,6 +55,13 @@ _INSERT = insert(outbox)
 _MARK_PUBLISHED = (
     update(outbox).where(outbox.c.seq.in_(bindparam("b_seqs", expanding=True))).values(attempts=outbox.c.attempts + 1)
 )
+_SET_ASIDE = (
+    update(outbox)
+    .where(outbox.c.seq == bindparam("b_seq"))
+    .values(failed_at=bindparam("b_failed_at"), error=bindparam("b_error"), attempts=outbox.c.attempts + 1)
+)
+# On ix_chassis_outbox_failed: only the set-aside rows are read.
+_COUNT_SET_ASIDE = select(func.count()).select_from(outbox).where(outbox.c.failed_at.is_not(None))
 
 
 # The last pass a stopping relay makes: part of SHUTDOWN_HOOKS_MARGIN_SECONDS (config.py).
@@ -108,6 +130,8 @@ class OutboxRelay:
         self._metrics = metrics
         # When the oldest event read and not yet published was created (None: caught up, or not known).
         self._oldest_unpublished: datetime | None = None
+        # How many rows are set aside, as the last pass counted them (None: not known, count at the next pass).
+        self._set_aside: int | None = None
         if metrics is not None:
             metrics.oldest_unpublished.set_function(self.oldest_unpublished_age)
             # From the start, not the first pass: a relay that never completes one must show it too.
@@ -121,7 +145,7 @@ class OutboxRelay:
                 outbox.c.headers,
                 outbox.c.created_at,
             )
-            .where(outbox.c.published_at.is_(None))
+            .where(outbox.c.published_at.is_(None), outbox.c.failed_at.is_(None))
             .order_by(outbox.c.seq)
             .limit(batch_size)
         )
@@ -131,7 +155,7 @@ class OutboxRelay:
         self._beyond_cap = max(0, OUTBOX_COUNT_CAP - batch_size)
         waiting_beyond = (
             select(outbox.c.seq)
-            .where(outbox.c.published_at.is_(None), outbox.c.seq > bindparam("b_after"))
+            .where(outbox.c.published_at.is_(None), outbox.c.failed_at.is_(None), outbox.c.seq > bindparam("b_after"))
             .limit(self._beyond_cap)
             .subquery()
         )
@@ -212,7 +236,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # NATS away or the database busy: keep the events, try again later, in order.
+                # NATS away or the database busy: keep the events, try again later from the same one.
                 log.warning("outbox relay pass failed, retrying in %.1fs: %s", backoff, exc)
                 if self._metrics is not None:
                     self._metrics.relay_failures.inc()
@@ -228,7 +252,8 @@ class OutboxRelay:
             stop_if_cancelled()
 
     async def publish_pending(self) -> int:
-        """One pass: publish the oldest unpublished events in order; returns how many were sent."""
+        """One pass: publish the oldest unpublished events in seq order, setting aside those NATS refuses for
+        good; returns how many were sent."""
         if self._db.dialect != "postgresql":
             # SQLite: one process owns the file, and this relay is its only publisher.
             sent = await self._publish_batch(self._db.read, self._db.transaction)
@@ -238,8 +263,10 @@ class OutboxRelay:
                 # report (the age gauge's alert would fire on an outbox another replica has emptied). Nor is
                 # this a pass over the outbox: counted as one, it would hide a leader that hangs.
                 self._oldest_unpublished = None
+                self._set_aside = None  # the leader may set rows aside meanwhile: count again when leading
                 if self._metrics is not None:
                     self._metrics.unpublished.set(0)
+                    self._metrics.set_aside.set(0)
                 return 0
             try:
                 sent = await self._publish_batch(self._on_leader, self._on_leader)
@@ -289,6 +316,7 @@ class OutboxRelay:
         """Close the lock's connection for good: the server releases the lock with it (returned to the
         pool instead, the connection would go on holding it)."""
         leader, self._leader, self._leading = self._leader, None, False
+        self._set_aside = None  # another replica may lead, and set rows aside, before this one leads again
         if leader is not None:
             with contextlib.suppress(Exception):
                 await leader.invalidate()
@@ -309,13 +337,37 @@ class OutboxRelay:
             beyond = 0
             if self._metrics is not None and len(rows) >= self._batch_size and self._beyond_cap:
                 beyond = await session.scalar(self._count_beyond, {"b_after": rows[-1].seq}) or 0
+            # Counted while any are known to be set aside (an operator may re-send or delete them) or after a
+            # change of leader; else set aside only by this relay, which adds its own below: no read a pass.
+            set_aside_before = self._set_aside
+            if self._metrics is not None and set_aside_before != 0:
+                set_aside_before = await session.scalar(_COUNT_SET_ASIDE) or 0
         sent: list[int] = []
+        refused: list[dict[str, object]] = []
         try:
             # Not inside a transaction: publishing waits on the network and must not hold database locks.
             for row in rows:
-                await self._publisher.publish(
-                    row.subject, row.payload, msg_id=row.event_id, headers=json.loads(row.headers)
-                )
+                headers = json.loads(row.headers)
+                try:
+                    await self._publisher.publish(row.subject, row.payload, msg_id=row.event_id, headers=headers)
+                except Exception as exc:
+                    why = refused_for_good(exc)
+                    if why is None:
+                        raise  # an outage: this event and those behind it wait for the next pass
+                    # Retried, it would be refused again every pass, and every event behind it never sent.
+                    log.error(
+                        "outbox: event %s (%s, subject %s, %d bytes) set aside, NATS refuses it for good: %s; "
+                        "the events behind it go on. Re-send or delete it (docs/operations.md, 'An event set "
+                        "aside in the outbox')",
+                        row.event_id,
+                        headers.get(EVENT_TYPE, "unknown type"),
+                        row.subject,
+                        len(row.payload),
+                        why,
+                    )
+                    refused.append({"b_seq": row.seq, "b_failed_at": datetime.now(UTC), "b_error": why})
+                    stop_if_cancelled()
+                    continue
                 sent.append(row.seq)
                 if self._metrics is not None:
                     self._metrics.published.labels(row.subject).inc()
@@ -324,16 +376,23 @@ class OutboxRelay:
                 # Stopping, though the publish lost the cancel: the rows sent are marked below, the rest wait.
                 stop_if_cancelled()
         finally:
-            # The first row not sent is the oldest still waiting; a batch sent whole leaves none known.
-            self._oldest_unpublished = rows[len(sent)].created_at if len(sent) < len(rows) else None
+            # The first row neither sent nor set aside is the oldest still waiting; a batch gone through whole
+            # leaves none known.
+            done = len(sent) + len(refused)
+            self._oldest_unpublished = rows[done].created_at if done < len(rows) else None
             if self._metrics is not None:
                 # Set by the relay that read the outbox (the lock's holder on PostgreSQL), as the age is:
                 # a pass that failed before its read keeps the last value, and RelayStalled says so.
-                self._metrics.unpublished.set(min(OUTBOX_COUNT_CAP, len(rows) - len(sent) + beyond))
-            if sent:
+                self._metrics.unpublished.set(min(OUTBOX_COUNT_CAP, len(rows) - done + beyond))
+            if sent or refused:
                 async with write() as session:
-                    await session.execute(
-                        _MARK_PUBLISHED,
-                        {"b_seqs": sent, "published_at": datetime.now(UTC)},
-                    )
+                    if sent:
+                        await session.execute(_MARK_PUBLISHED, {"b_seqs": sent, "published_at": datetime.now(UTC)})
+                    if refused:
+                        await session.execute(_SET_ASIDE, refused)
+            if set_aside_before is not None:
+                # Only once marked: a mark that failed leaves the rows to be refused and set aside again.
+                self._set_aside = set_aside_before + len(refused)
+                if self._metrics is not None:
+                    self._metrics.set_aside.set(self._set_aside)
         return len(sent)

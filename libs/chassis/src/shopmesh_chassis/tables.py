@@ -50,7 +50,13 @@ outbox_events = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
+    # Set aside by the relay: NATS refuses this event for good (too large); it waits for an operator, and the
+    # events behind it go on (docs/operations.md). NULL on every other row.
+    Column("failed_at", DateTime(timezone=True), nullable=True),
+    Column("error", Text, nullable=True),  # why it was refused, as NATS said it
     Index("ix_chassis_outbox_unpublished", "published_at", "seq"),
+    # The set-aside rows' count reads only them: NULLs are the rest.
+    Index("ix_chassis_outbox_failed", "failed_at"),
 )
 
 # Events a consumer has applied: the consumer-side half of exactly-once effects.

@@ -1,0 +1,195 @@
+"""An outbox event NATS refuses for good is set aside, said and counted, and the events behind it go on; an
+operator re-sends or deletes it with the SQL of docs/operations.md. And the order the relay keeps on
+PostgreSQL, where it is the order events were written, not the order their transactions committed."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from google.protobuf import wrappers_pb2
+from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select, text
+
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.events import JetStreamPublisher, ensure_stream
+from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.outbox import OutboxRelay, add_event
+from shopmesh_chassis.tables import outbox_events
+from shopmesh_chassis.testing import free_port
+from shopmesh_chassis.testing.nats_server import nats_server, nats_server_binary, wait_for_port
+from shopmesh_chassis.testing.postgres import PostgresServer
+
+from .test_outbox import SUBJECT, add, client, db, stream_contents
+
+__all__ = ["client", "db"]
+
+# docs/operations.md, "ShopmeshOutboxEventsSetAside": what an operator runs, run here as written there.
+FIND = (
+    "SELECT seq, event_id, subject, length(payload) AS bytes, failed_at, error FROM chassis_outbox_events"
+    " WHERE failed_at IS NOT NULL ORDER BY seq"
+)
+RESEND = "UPDATE chassis_outbox_events SET failed_at = NULL, error = NULL WHERE event_id = :event_id"
+DISCARD = "DELETE FROM chassis_outbox_events WHERE event_id = :event_id AND failed_at IS NOT NULL"
+
+
+@pytest.fixture
+def small_payload_nats(tmp_path: Path) -> Iterator[str]:
+    """A NATS whose max_payload is 4 KiB (an operator's setting; the default is 1 MiB)."""
+    port = free_port()
+    store = tmp_path / "nats-small"
+    store.mkdir()
+    conf = tmp_path / "small.conf"
+    conf.write_text(f'listen: "127.0.0.1:{port}"\nmax_payload: 4096\njetstream {{ store_dir: "{store}" }}\n')
+    process = subprocess.Popen(
+        [nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+async def pg(postgres: PostgresServer, tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(postgres.create_database())
+    (tmp_path / "versions").mkdir()
+    await migrate(database, tmp_path / "versions")
+    yield database
+    await database.dispose()
+
+
+async def set_aside_rows(database: Database) -> list[tuple[str, str]]:
+    async with database.read() as session:
+        rows = (await session.execute(text(FIND))).all()
+    return [(row.event_id, row.error) for row in rows]
+
+
+async def test_an_event_over_the_servers_max_payload_is_set_aside_and_the_events_behind_it_are_published(
+    db: Database, small_payload_nats: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    nc = await nats.connect(small_payload_nats)
+    try:
+        await ensure_stream(nc.jetstream(), "TESTS", ["tests.v1.>"], duplicate_window=600)
+        [big] = await add(db, "x" * 8000)
+        [small] = await add(db, "small")
+        metrics = EventMetrics(CollectorRegistry())
+        relay = OutboxRelay(db, JetStreamPublisher(nc), metrics=metrics)
+        with caplog.at_level(logging.ERROR, logger="shopmesh.outbox"):
+            assert await relay.publish_pending() == 1
+        assert await stream_contents(nc) == [(small, "small")]
+        [(event_id, error)] = await set_aside_rows(db)
+        assert event_id == big
+        assert "max_payload" in error
+        [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+        said = record.getMessage()
+        for named in (big, SUBJECT, "google.protobuf.StringValue", "max_payload"):
+            assert named in said
+        assert metrics.set_aside._value.get() == 1
+        assert metrics.unpublished._value.get() == 0
+        assert relay.oldest_unpublished_age() == 0.0
+        # Set aside for good: later passes neither try it again nor say it again, and the next event goes on.
+        caplog.clear()
+        [later] = await add(db, "later")
+        with caplog.at_level(logging.ERROR, logger="shopmesh.outbox"):
+            assert await relay.publish_pending() == 1
+        assert caplog.records == []
+        assert await stream_contents(nc) == [(small, "small"), (later, "later")]
+        assert metrics.set_aside._value.get() == 1
+    finally:
+        await nc.close()
+
+
+async def test_an_event_the_stream_refuses_as_too_large_is_set_aside_then_resent_by_the_operators_sql(
+    pg: Database, client: Client
+) -> None:
+    js = client.jetstream()
+    config = (await js.stream_info("TESTS")).config
+    await js.update_stream(dataclasses.replace(config, max_msg_size=2000))
+    [big] = await add(pg, "x" * 4000)
+    [small] = await add(pg, "small")
+    metrics = EventMetrics(CollectorRegistry())
+    relay = OutboxRelay(pg, JetStreamPublisher(client), metrics=metrics)
+    try:
+        assert await relay.publish_pending() == 1
+        assert await stream_contents(client) == [(small, "small")]
+        [(event_id, error)] = await set_aside_rows(pg)
+        assert event_id == big
+        assert "max message size" in error
+        assert metrics.set_aside._value.get() == 1
+        # The operator raises the limit and re-sends it: the next pass publishes it and the count falls to 0.
+        await js.update_stream(dataclasses.replace(config, max_msg_size=-1))
+        async with pg.transaction() as session:
+            await session.execute(text(RESEND), {"event_id": big})
+        assert await relay.publish_pending() == 1
+        assert [value[:1] for _, value in await stream_contents(client)] == ["s", "x"]
+        assert await set_aside_rows(pg) == []
+        assert metrics.set_aside._value.get() == 0
+    finally:
+        await relay.stop()
+
+
+async def test_an_event_set_aside_is_deleted_by_the_operators_sql_and_no_longer_counted(
+    db: Database, client: Client
+) -> None:
+    js = client.jetstream()
+    config = (await js.stream_info("TESTS")).config
+    await js.update_stream(dataclasses.replace(config, max_msg_size=2000))
+    [big] = await add(db, "x" * 4000)
+    metrics = EventMetrics(CollectorRegistry())
+    relay = OutboxRelay(db, JetStreamPublisher(client), metrics=metrics)
+    assert await relay.publish_pending() == 0
+    assert metrics.set_aside._value.get() == 1
+    async with db.transaction() as session:
+        assert (await session.execute(text(DISCARD), {"event_id": big})).rowcount == 1
+    assert await relay.publish_pending() == 0
+    assert metrics.set_aside._value.get() == 0
+    async with db.read() as session:
+        assert (await session.execute(select(outbox_events.c.event_id))).all() == []
+    assert await stream_contents(client) == []
+
+
+async def test_a_relay_that_cannot_reach_nats_sets_nothing_aside(db: Database, tmp_path: Path) -> None:
+    """An outage is not a refusal: the pass fails, and every event waits for the next one."""
+    await add(db, "a")
+    with nats_server(tmp_path / "nats") as server:
+        nc = await nats.connect(server.url)
+        await ensure_stream(nc.jetstream(), "TESTS", ["tests.v1.>"], duplicate_window=600)
+    # Stopped: the publish times out waiting for the stream's acknowledgement.
+    relay = OutboxRelay(db, JetStreamPublisher(nc, timeout=0.5))
+    try:
+        with pytest.raises(nats.errors.TimeoutError):
+            await relay.publish_pending()
+        assert await set_aside_rows(db) == []
+    finally:
+        await nc.close()
+
+
+async def test_on_postgresql_an_event_is_published_after_every_event_committed_before_it_was_written(
+    pg: Database, client: Client
+) -> None:
+    """The order the relay keeps (outbox.py's docstring): an event written after another transaction committed
+    goes out after that one's events. Not commit order between overlapping transactions: one that took its
+    seq first and commits last goes out after events written later, and nothing is lost."""
+    relay = OutboxRelay(pg, JetStreamPublisher(client))
+    try:
+        async with pg.transaction() as slow:
+            message = wrappers_pb2.StringValue(value="slow")
+            await add_event(slow, subject=SUBJECT, message=message, event_id="evt_slow")
+            await add(pg, "a")  # commits while `slow` is open, with a later seq
+            await add(pg, "b")  # written after "a" committed: after it, whatever the relay does meanwhile
+            assert await relay.publish_pending() == 2
+        await add(pg, "c")
+        assert await relay.publish_pending() == 2
+        assert [value for _, value in await stream_contents(client)] == ["a", "b", "slow", "c"]
+    finally:
+        await relay.stop()
