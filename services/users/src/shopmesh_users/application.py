@@ -120,13 +120,18 @@ class UsersApplication:
             # Before any hashing: a throttled guess costs the service nothing.
             raise too_many_login_attempts(wait)
         try:
-            account, matched, matched_as_sent = await self._check_password(credentials)
+            account, matched = await self._check_password(credentials)
         except BaseException:
             # No answer about the password (hashing busy, database down, the caller's deadline or cancellation):
             # not a guess, so the attempt is not spent.
             if throttled:
                 await self._give_back_login_attempt(attempts_key)
             raise
+        # From here the attempt stays spent, whatever ends the login: the password has been checked, and a wrong
+        # one is known to be wrong (a right one goes on to its token). Given back when the check as sent below is
+        # cut (a deadline between the two checks, its hashing busy), every guess that normalizing changes would
+        # be checked for free.
+        matched_as_sent = not matched and await self._check_password_as_sent(account, credentials)
         if account is None or not (matched or matched_as_sent):
             # The attempt stays taken: this is what the throttle counts.
             raise invalid_credentials()
@@ -240,19 +245,21 @@ class UsersApplication:
             return 0
         return await prune_login_attempts(self._database, self._login_throttle.full_since(self._clock()))
 
-    async def _check_password(self, credentials: Credentials) -> tuple[Account | None, bool, bool]:
-        """The account, and whether the password matched as normalized and as sent."""
+    async def _check_password(self, credentials: Credentials) -> tuple[Account | None, bool]:
+        """The account, and whether the password matched as normalized."""
         # The same read and the same hashing for a known and an unknown e-mail: both take about as long.
         async with self._database.transaction() as session:
             account = await UserRepository(session).account_by_email(credentials.email)
-        stored_hash = account.password_hash if account else None
-        matched = await self._passwords.verify(stored_hash, credentials.password)
-        matched_as_sent = False
-        if not matched and credentials.password_as_sent is not None:
-            # Accounts registered before passwords were normalized hold a hash of the password as it was
-            # sent. Checked for an unknown e-mail too, so that both still cost the same hashing.
-            matched_as_sent = await self._passwords.verify(stored_hash, credentials.password_as_sent)
-        return account, matched, matched_as_sent
+        matched = await self._passwords.verify(account.password_hash if account else None, credentials.password)
+        return account, matched
+
+    async def _check_password_as_sent(self, account: Account | None, credentials: Credentials) -> bool:
+        """Whether the password matched as sent, when normalizing changed it."""
+        if credentials.password_as_sent is None:
+            return False
+        # Accounts registered before passwords were normalized hold a hash of the password as it was
+        # sent. Checked for an unknown e-mail too, so that both still cost the same hashing.
+        return await self._passwords.verify(account.password_hash if account else None, credentials.password_as_sent)
 
     async def _upgrade_password_hash(self, user_id: str, old_hash: str, password: str) -> None:
         """Best effort: the password was right and the old hash still works, so a full hashing queue or a
