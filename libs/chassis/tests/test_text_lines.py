@@ -10,6 +10,7 @@ from shopmesh_chassis.text_lines import (
     characters_violation,
     line_violation,
     normalized_line,
+    too_long_to_normalize,
 )
 
 
@@ -117,3 +118,11 @@ def test_the_one_line_rule_alone_refuses_a_control_character_or_line_break(value
 @pytest.mark.parametrize("value", ["", "   ", "\u200b", "too slow"])
 def test_the_one_line_rule_alone_accepts_empty_and_blank_text(value: str) -> None:
     assert characters_violation("reason", value) is None
+
+
+def test_a_line_is_too_long_to_normalize_only_past_eight_characters_as_sent_per_character_allowed() -> None:
+    """Eight per character: room for a name sent decomposed (three code points a character at most) inside
+    blanks, and a bound on what `normalized_line` and `line_violation` go through character by character."""
+    assert not too_long_to_normalize(" " * 397 + "Ann", 50)
+    assert normalized_line(" " * 397 + "Ann") == "Ann"
+    assert too_long_to_normalize(" " * 398 + "Ann", 50)

@@ -13,7 +13,10 @@ stored and answered back to every screen, log and label that shows the value. Fo
 visible ones stay: a zero-width joiner or non-joiner belongs to some names (Persian, emoji sequences), and
 direction marks to mixed-script ones.
 
-Lengths remain each field's own rule (the service's reasons and limits), counted on the normalized value.
+Lengths remain each field's own rule (the service's reasons and limits), counted on the normalized value. But a
+value longer than any line of its field's limit could be as sent (`too_long_to_normalize`) is refused as too long
+before it is normalized or scanned: both go character by character, and a megabyte of text (what a request may
+carry) held the event loop ~70 ms per call.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ _DEFAULT_IGNORABLE = (
 )  # fmt: skip
 _BLANK_PATTERN = "\u2800"  # BRAILLE PATTERN BLANK: a symbol (So) that draws nothing
 _NOT_ON_ONE_LINE = frozenset({"Cc", "Zl", "Zp"})
+# How many characters as sent a line may have per character it has once normalized: decomposed (a letter and
+# its marks, Hangul jamo) a character takes up to three, and blanks and invisible characters around it are
+# trimmed. As users' passwords are bounded before NFKC.
+AS_SENT_PER_CHARACTER = 8
 
 
 # Invisible characters that are kept at an edge of a line, for they belong to the text: direction marks,
@@ -45,6 +52,12 @@ _NOT_ON_ONE_LINE = frozenset({"Cc", "Zl", "Zp"})
 # (a byte-order mark pasted from a file, a zero-width space, a blank filler) is trimmed with the whitespace.
 _DIRECTIONAL = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _ATTACHING = ((0x180B, 0x180F), (0xFE00, 0xFE0F), (0xE0020, 0xE007F), (0xE0100, 0xE01EF))
+
+
+def too_long_to_normalize(value: str, max_length: int) -> bool:
+    """Whether `value` is longer than any line of at most `max_length` characters could be as sent: too long,
+    to be refused before `normalized_line` or `line_violation` runs over it."""
+    return len(value) > AS_SENT_PER_CHARACTER * max_length
 
 
 def normalized_line(value: str) -> str:

@@ -10,7 +10,7 @@ from shopmesh_chassis import errors, pagination
 from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
 from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.errors import FieldViolation
-from shopmesh_chassis.text_lines import characters_violation, line_violation, normalized_line
+from shopmesh_chassis.text_lines import characters_violation, line_violation, normalized_line, too_long_to_normalize
 from shopmesh_orders.domain.model import Address, OrderLine
 
 MAX_ITEMS = 50
@@ -83,13 +83,21 @@ def _text(violations: list[FieldViolation], field: str, value: str, low: int, hi
         violations.append(FieldViolation(field, f"must have {low} to {high} characters", "INVALID_LENGTH"))
 
 
-def _line(violations: list[FieldViolation], field: str, value: str, high: int) -> None:
-    """A line of the shipping label (`text_lines`), 1 to `high` characters once normalized."""
-    violation = line_violation(field, value)
+def _line(violations: list[FieldViolation], field: str, value: str, high: int) -> str:
+    """A line of the shipping label (`text_lines`), 1 to `high` characters once normalized: the line as kept.
+    One longer than any could be as sent is neither normalized nor scanned (`text_lines.too_long_to_normalize`):
+    it comes back as it is, with its INVALID_LENGTH."""
+    too_long = FieldViolation(field, f"must have 1 to {high} characters", "INVALID_LENGTH")
+    if too_long_to_normalize(value, high):
+        violations.append(too_long)
+        return value
+    line = normalized_line(value)
+    violation = line_violation(field, line)
     if violation is not None:
         violations.append(violation)
-    elif len(value) > high:
-        violations.append(FieldViolation(field, f"must have 1 to {high} characters", "INVALID_LENGTH"))
+    elif len(line) > high:
+        violations.append(too_long)
+    return line
 
 
 def validate_card(card: Card | None, today: date, violations: list[FieldViolation]) -> None:
@@ -144,17 +152,14 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
             )
     if not CURRENCY.fullmatch(command.currency):
         violations.append(FieldViolation("currency", "an upper-case ISO 4217 code, e.g. USD", "INVALID_FORMAT"))
+    sent = command.address
     address = Address(
-        full_name=normalized_line(command.address.full_name),
-        street=normalized_line(command.address.street),
-        city=normalized_line(command.address.city),
-        postal_code=normalized_line(command.address.postal_code),
-        country=command.address.country,
+        full_name=_line(violations, "shipping_address.full_name", sent.full_name, 100),
+        street=_line(violations, "shipping_address.street", sent.street, 200),
+        city=_line(violations, "shipping_address.city", sent.city, 100),
+        postal_code=_line(violations, "shipping_address.postal_code", sent.postal_code, 20),
+        country=sent.country,
     )
-    _line(violations, "shipping_address.full_name", address.full_name, 100)
-    _line(violations, "shipping_address.street", address.street, 200)
-    _line(violations, "shipping_address.city", address.city, 100)
-    _line(violations, "shipping_address.postal_code", address.postal_code, 20)
     if not COUNTRY.fullmatch(address.country):
         violations.append(
             FieldViolation("shipping_address.country", "an upper-case ISO 3166-1 alpha-2 code", "INVALID_FORMAT")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
-from shopmesh_chassis.text_lines import line_violation, normalized_line
+from shopmesh_chassis.text_lines import line_violation, normalized_line, too_long_to_normalize
 from shopmesh_users.domain.models import Credentials, Registration
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
@@ -62,18 +62,22 @@ def _password_violation(password: str) -> FieldViolation | None:
     return None
 
 
-def _display_name_violation(display_name: str) -> FieldViolation | None:
-    violation = line_violation("display_name", display_name)
-    if violation is not None:
-        return violation
-    if len(display_name) > MAX_DISPLAY_NAME_LENGTH:
-        return FieldViolation("display_name", f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters", "TOO_LONG")
-    return None
+def _display_name(display_name: str) -> tuple[str, FieldViolation | None]:
+    """The display name as kept, and its violation. One longer than any could be as sent is neither normalized
+    nor scanned (`text_lines.too_long_to_normalize`): it comes back as it is, TOO_LONG."""
+    too_long = FieldViolation("display_name", f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters", "TOO_LONG")
+    if too_long_to_normalize(display_name, MAX_DISPLAY_NAME_LENGTH):
+        return display_name, too_long
+    name = normalized_line(display_name)
+    violation = line_violation("display_name", name)
+    if violation is None and len(name) > MAX_DISPLAY_NAME_LENGTH:
+        violation = too_long
+    return name, violation
 
 
 def validate_registration(email: str, password: str, display_name: str) -> Registration:
     normalized = normalize_email(email)
-    name = normalized_line(display_name)
+    name, name_violation = _display_name(display_name)
     # The limits apply to what is hashed: normalizing may lengthen a password (a ligature becomes letters).
     password, too_long = normalize_password(password)
     violations = [
@@ -81,7 +85,7 @@ def validate_registration(email: str, password: str, display_name: str) -> Regis
         for v in (
             _email_violation(normalized),
             too_long or _password_violation(password),
-            _display_name_violation(name),
+            name_violation,
         )
         if v is not None
     ]
