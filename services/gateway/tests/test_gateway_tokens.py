@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from shopmesh_chassis import errors
-from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
+from shopmesh_gateway.tokens import MAX_TOKEN_CHARS, JwksCache, TokenRules, TokenVerifier
 
 from .gateway_keys import AUDIENCE, ISSUER, SigningKey, tampered
 
@@ -208,3 +208,45 @@ async def test_published_keys_that_cannot_verify_eddsa_are_ignored(
     cache = JwksCache(users.jwks)
     strict = TokenVerifier(cache, TokenRules(ISSUER, AUDIENCE))
     assert await strict.subject(key.token("usr_alice")) == "usr_alice"
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens PyJWT is asked to read, header or whole, from now on."""
+    seen: list[str] = []
+    read_header, decode = jwt.get_unverified_header, jwt.decode
+
+    def counting_header(token: str) -> dict[str, object]:
+        seen.append(token)
+        return read_header(token)
+
+    def counting_decode(token: str, *args: object, **kwargs: object) -> dict[str, object]:
+        seen.append(token)
+        return decode(token, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt, "get_unverified_header", counting_header)
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    return seen
+
+
+def around(key: SigningKey, bound: int) -> tuple[str, str]:
+    """The longest token `key` signs for usr_alice within `bound` characters, and the shortest beyond it (a
+    filler claim makes them up; base64url never ends a part on some lengths, so each is within 2 of the bound)."""
+    filler = max(0, (bound - len(key.token(filler=""))) * 3 // 4 - 4)
+    within = key.token(filler="x" * filler)
+    while len(beyond := key.token(filler="x" * (filler + 1))) <= bound:
+        filler, within = filler + 1, beyond
+    return within, beyond
+
+
+async def test_a_token_over_the_length_bound_is_token_invalid_without_being_parsed(
+    verifier: TokenVerifier, key: SigningKey, parses: list[str]
+) -> None:
+    """gRPC metadata takes 256 KiB; PyJWT read such a token whole (~40 ms of the event loop) before the
+    address's rate limit could refuse it. Signed by a published key, it even verified."""
+    within, beyond = around(key, MAX_TOKEN_CHARS)
+    assert await verifier.subject(within) == "usr_alice", f"a token of {len(within)} characters verifies"
+    parses.clear()
+    assert await reason_of(verifier, beyond) == "TOKEN_INVALID"
+    assert await reason_of(verifier, around(key, 200_000)[1]) == "TOKEN_INVALID"
+    assert parses == []

@@ -238,7 +238,11 @@ class Guard:
         except (errors.Unauthenticated, errors.Unavailable):
             # Failed attempts count against the address, so guessing tokens is rate-limited too; and so are
             # calls whose token cannot be checked yet (no key set fetched so far), which no user bucket
-            # limits, the user being unknown.
+            # limits, the user being unknown. Charged after the verification, not before, though before
+            # would refuse a flood of forged tokens unparsed once the address is spent: a shopper's calls
+            # take from their own bucket only, so shoppers behind one NAT or proxy do not share its address's,
+            # and anonymous browsing from that address cannot lock its signed-in shoppers out. What a refused
+            # forgery costs is bounded instead, by MAX_TOKEN_CHARS (tokens.py).
             self.admit_anonymous(context)
             raise
         self.limit(f"user:{user_id}")

@@ -28,6 +28,12 @@ TOKEN_INVALID = "TOKEN_INVALID"
 TOKEN_EXPIRED = "TOKEN_EXPIRED"
 # The subject is a user id, which no id of the contracts exceeds.
 SUBJECT = re.compile(rf"[\x21-\x7e]{{1,{MAX_ID_LENGTH}}}")
+# The longest access token verified; a longer one is refused TOKEN_INVALID unread. users' tokens are under
+# 500 characters (a 64-character subject included), and this leaves room for claims to come. gRPC metadata
+# takes 256 KiB: a forged token that size cost ~40 ms of the event loop to parse, for every call, before
+# the rate limit (charged after the verification fails) could refuse it. At this bound the worst a forged
+# token costs is a few times a real token's verification.
+MAX_TOKEN_CHARS = 4096
 
 # Fetches the published keys, each in JWK form ({"kid", "kty", "crv", "alg", "x", "use"}); raises
 # shopmesh_chassis.errors.Unavailable when the key set cannot be had now.
@@ -147,6 +153,8 @@ class TokenVerifier:
         self._rules = rules
 
     async def subject(self, token: str) -> str:
+        if len(token) > MAX_TOKEN_CHARS:
+            raise _invalid(f"the access token is longer than {MAX_TOKEN_CHARS} characters")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
