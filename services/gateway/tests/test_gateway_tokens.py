@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from shopmesh_chassis import errors
-from shopmesh_gateway.tokens import MAX_TOKEN_CHARS, JwksCache, TokenRules, TokenVerifier
+from shopmesh_gateway.tokens import MAX_TOKEN_CHARS, STALE_KEYS_WAIT_SECONDS, JwksCache, TokenRules, TokenVerifier
 
 from .gateway_keys import AUDIENCE, ISSUER, SigningKey, tampered
 
@@ -250,3 +250,88 @@ async def test_a_token_over_the_length_bound_is_token_invalid_without_being_pars
     assert await reason_of(verifier, beyond) == "TOKEN_INVALID"
     assert await reason_of(verifier, around(key, 200_000)[1]) == "TOKEN_INVALID"
     assert parses == []
+
+
+class HangingUsers(FakeUsers):
+    """GetJwks that, once `hang` is set, is in flight until the test sets `answer`."""
+
+    def __init__(self, *keys: SigningKey) -> None:
+        super().__init__(*keys)
+        self.hang = False
+        self.answer = asyncio.Event()
+        self.hanging = asyncio.Event()
+
+    async def jwks(self) -> Sequence[Mapping[str, str]]:
+        if self.hang:
+            self.fetches += 1
+            self.hanging.set()
+            await self.answer.wait()
+            return [key.jwk for key in self.keys]
+        return await super().jwks()
+
+
+async def test_a_cached_kid_is_verified_while_a_refetch_due_to_age_hangs_and_not_once_it_answers(
+    key: SigningKey, clock: FakeClock
+) -> None:
+    users = HangingUsers(key)
+    verifier = TokenVerifier(
+        JwksCache(users.jwks, max_age_seconds=300, min_refetch_interval_seconds=30, clock=clock),
+        TokenRules(ISSUER, AUDIENCE),
+    )
+    await verifier.subject(key.token())
+    users.hang, users.keys = True, [SigningKey()]  # revoke-keys, learnt by a refetch that hangs
+    clock.now += 300
+    for _ in range(3):
+        # Bounds a hang only: the refetch is never answered while these wait.
+        assert await asyncio.wait_for(verifier.subject(key.token("usr_alice")), timeout=30) == "usr_alice"
+    assert users.fetches == 2, "one refetch at a time"
+    users.answer.set()
+    await asyncio.wait_for(_refused(verifier, key), timeout=30)
+
+
+async def _refused(verifier: TokenVerifier, key: SigningKey) -> None:
+    """Returns once a token of `key` is refused; the refetch's answer is a few loop turns away."""
+    while True:
+        try:
+            await verifier.subject(key.token())
+        except errors.Unauthenticated:
+            return
+        await asyncio.sleep(0)
+
+
+async def test_an_unknown_kid_waits_for_the_refetch_it_needs_however_long_it_hangs(
+    key: SigningKey, clock: FakeClock
+) -> None:
+    users = HangingUsers(key)
+    verifier = TokenVerifier(JwksCache(users.jwks, clock=clock), TokenRules(ISSUER, AUDIENCE))
+    await verifier.subject(key.token())
+    rotated = SigningKey()
+    users.hang, users.keys = True, [rotated, key]
+    clock.now += 300  # past the max age too: the kid's being unknown decides
+    verifying = asyncio.ensure_future(verifier.subject(rotated.token("usr_bob")))
+    await asyncio.wait_for(users.hanging.wait(), timeout=30)
+    # Well past STALE_KEYS_WAIT_SECONDS, on the wall clock that bound runs on: gave up after it, the call
+    # would be answered TOKEN_INVALID now, its kid unknown to the keys cached.
+    done, _ = await asyncio.wait((verifying,), timeout=10 * STALE_KEYS_WAIT_SECONDS)
+    assert not done, "a call whose kid is unknown gave up on the refetch that could know its key"
+    users.answer.set()
+    assert await verifying == "usr_bob"
+
+
+async def test_past_the_hard_max_age_tokens_are_unavailable_until_users_gives_a_key_set(
+    key: SigningKey, users: FakeUsers, clock: FakeClock
+) -> None:
+    cache = JwksCache(
+        users.jwks, max_age_seconds=300, min_refetch_interval_seconds=30, hard_max_age_seconds=900, clock=clock
+    )
+    verifier = TokenVerifier(cache, TokenRules(ISSUER, AUDIENCE))
+    await verifier.subject(key.token())
+    users.down = True
+    clock.now += 899
+    assert await verifier.subject(key.token("usr_alice")) == "usr_alice", "stale keys serve up to the hard age"
+    clock.now += 1
+    for _ in range(2):
+        with pytest.raises(errors.Unavailable):
+            await verifier.subject(key.token("usr_alice"))
+    users.down = False
+    assert await verifier.subject(key.token("usr_alice")) == "usr_alice", "recovers at users' first answer"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from shopmesh_chassis.config import (
     GrpcPort,
@@ -96,6 +96,19 @@ class GatewaySettings(ServiceSettings):
     # The users contract: cache the key set up to 5 minutes, refetch on an unknown kid at most every 30 s.
     jwks_max_age_seconds: Interval = 300.0
     jwks_min_refetch_interval_seconds: RetryDelay = 30.0
+    # The oldest key set verified with, counted from the last fetch that succeeded; 0: no limit. While users
+    # cannot give a key set, the cached one keeps serving, a revoked key included; past this age every signed-in
+    # call is refused UNAVAILABLE instead, until users answers. Off by default: signed-in shoppers keep
+    # shopping through a users outage, and a revocation is made sure by restarting the gateways.
+    jwks_hard_max_age_seconds: RetryDelay = 0.0
+
+    @model_validator(mode="after")
+    def _hard_max_age_after_max_age(self) -> GatewaySettings:
+        if 0 < self.jwks_hard_max_age_seconds <= self.jwks_max_age_seconds:
+            # Below the max age, the keys would be dropped before a refetch was due, and every call past it
+            # would fetch them.
+            raise ValueError("JWKS_HARD_MAX_AGE_SECONDS must be 0 (no limit) or more than JWKS_MAX_AGE_SECONDS")
+        return self
 
 
 def _parse_networks(value: str) -> tuple[TrustedProxy, ...]:

@@ -54,13 +54,26 @@ def _usable_keys(jwks: Sequence[Mapping[str, str]]) -> dict[str, jwt.PyJWK]:
     return keys
 
 
+# How long a call whose key is cached waits for a refetch that the key set's age made due, before it verifies
+# with the keys it has while the refetch goes on. Long enough for a users replica that answers to replace a
+# revoked key before the call that fetched is verified; short enough that a hanging users (a black-holed
+# route, a stalled replica) does not hold every signed-in call for USERS_TIMEOUT_SECONDS, again and again.
+STALE_KEYS_WAIT_SECONDS = 0.2
+
+
 class JwksCache:
     """The verification keys by kid, refetched when older than `max_age` or when a kid is unknown.
 
     Once a key set is known, refetches are at least `min_refetch_interval` apart, so neither forged kids
     nor an unreachable users service cause a fetch per request. When a refetch fails the keys already
     known keep serving: a key stays published until every token it signed has expired, so stale keys can
-    only miss new ones. Only while no key set was ever obtained does a failure fail the verification
+    only miss new ones (and a revoked key keeps verifying until a refetch succeeds). A call whose kid is
+    known waits for a refetch due to the key set's age at most `stale_keys_wait`, then verifies with the keys
+    it has; a call whose kid is unknown waits for the refetch's answer, the only one that can know its key.
+
+    Past `hard_max_age` (0: never), counted from the last fetch that succeeded, the keys are no longer
+    used: a revoked key is then sure to stop verifying, at the price of refusing every token while users
+    cannot give a key set. Only while no usable key set is had does a failure fail the verification
     (UNAVAILABLE), and then every verification that finds no fetch running starts one, whatever the
     interval: nothing can be verified without it. While users is unreachable, the gateway's breaker of
     GetJwks caps them (open after five failed fetches, it fails them without a call until its probe); while
@@ -79,26 +92,39 @@ class JwksCache:
         *,
         max_age_seconds: float = 300.0,
         min_refetch_interval_seconds: float = 30.0,
+        hard_max_age_seconds: float = 0.0,
+        stale_keys_wait_seconds: float = STALE_KEYS_WAIT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch
         self._max_age = max_age_seconds
         self._min_interval = min_refetch_interval_seconds
+        self._hard_max_age = hard_max_age_seconds
+        self._stale_keys_wait = stale_keys_wait_seconds
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] | None = None
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
         self._fetching: asyncio.Task[None] | None = None
 
+    def _usable(self) -> dict[str, jwt.PyJWK] | None:
+        """The keys, unless none were ever fetched or the last fetch that succeeded is past `hard_max_age`."""
+        if self._keys is not None and self._hard_max_age and self._clock() - self._fetched_at >= self._hard_max_age:
+            return None
+        return self._keys
+
     async def key(self, kid: str) -> jwt.PyJWK | None:
         """The key with this kid, or None when the key set does not have it."""
-        if self._keys is None:
+        keys = self._usable()
+        if keys is None:
             await self._refetch(required=True)
-        elif kid not in self._keys or self._clock() - self._fetched_at >= self._max_age:
+        elif kid not in keys:
             await self._refetch(required=False)
+        elif self._clock() - self._fetched_at >= self._max_age:
+            await self._refetch(required=False, wait_at_most=self._stale_keys_wait)
         return (self._keys or {}).get(kid)
 
-    async def _refetch(self, *, required: bool) -> None:
+    async def _refetch(self, *, required: bool, wait_at_most: float | None = None) -> None:
         fetching = self._fetching
         if fetching is None:
             if (
@@ -114,18 +140,25 @@ class JwksCache:
             # Retrieved here, so that a failure nobody waited for to the end is not reported as unseen.
             fetching.add_done_callback(lambda task: task.cancelled() or task.exception())
             self._fetching = fetching
+        if wait_at_most is not None:
+            # asyncio.wait neither cancels the fetch when the time is up nor raises its error.
+            await asyncio.wait((fetching,), timeout=wait_at_most)
+            if not fetching.done():
+                return
         try:
             await asyncio.shield(fetching)
         except errors.Unavailable:
-            if self._keys is None:
+            if self._usable() is None:
                 raise
 
     async def _fetch_keys(self) -> None:
         try:
             jwks = await self._fetch()
         except errors.Unavailable:
-            if self._keys is not None:
+            if self._usable() is not None:
                 log.warning("could not refetch the key set; verifying with the keys already known")
+            elif self._keys is not None:
+                log.warning("could not refetch the key set, past JWKS_HARD_MAX_AGE_SECONDS; refusing every token")
             raise
         else:
             self._keys = _usable_keys(jwks)

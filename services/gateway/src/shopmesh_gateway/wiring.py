@@ -83,6 +83,7 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
             users.jwks,
             max_age_seconds=settings.jwks_max_age_seconds,
             min_refetch_interval_seconds=settings.jwks_min_refetch_interval_seconds,
+            hard_max_age_seconds=settings.jwks_hard_max_age_seconds,
         ),
         TokenRules(settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway_seconds),
     )
