@@ -460,8 +460,9 @@ async def test_an_interrupted_consumer_does_not_leak_its_old_subscriptions(
     try:
         await publish(client, "e0")
         await until_applied(db, Counter({"e0": 1}))
-        assert running._client is not None
-        before = len(running._client._subs)
+        connection = running._connection.current()
+        assert connection is not None
+        before = len(connection._subs)
         for round_ in range(1, 4):
             caplog.clear()
             await client.jetstream().delete_stream("REPLAY")  # interrupts one pull loop, as in test_consumer
@@ -470,7 +471,8 @@ async def test_an_interrupted_consumer_does_not_leak_its_old_subscriptions(
             )
             await publish(client, f"e{round_}")
             await until_applied(db, Counter({f"e{i}": 1 for i in range(round_ + 1)}))
-        after = len(running._client._subs)
+        assert running._connection.current() is connection, "a pull loop's failure is no reason for a new connection"
+        after = len(connection._subs)
     finally:
         await running.stop()
     assert after == before, (

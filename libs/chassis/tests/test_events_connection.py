@@ -122,7 +122,7 @@ async def test_a_publisher_closes_without_an_error_while_the_broker_is_away(tmp_
         ready = asyncio.Event()
         publisher.start(on_ready=ready.set)
         await asyncio.wait_for(ready.wait(), 15)
-    client = publisher._client
+    client = publisher._connection.current()
     assert client is not None
     await eventually(lambda: client.is_reconnecting, "the client lost the broker", interval=0.05)
     await publisher.close()

@@ -41,7 +41,6 @@ from typing import TypeVar
 import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError, Message
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -66,7 +65,13 @@ from shopmesh_chassis.deadletters import (
     replay_filter,
     waiting_event_ids,
 )
-from shopmesh_chassis.events import DEFAULT_STREAM_MAX_AGE_SECONDS, MSG_ID, connect, ensure_stream, parse_nats_url
+from shopmesh_chassis.events import (
+    DEFAULT_STREAM_MAX_AGE_SECONDS,
+    MSG_ID,
+    NatsConnection,
+    ensure_stream,
+    parse_nats_url,
+)
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import processed_events
@@ -341,7 +346,8 @@ class EventConsumer:
         # Since when (monotonic) the database has been away, and when that was last logged.
         self._database_away_since: float | None = None
         self._database_away_said = 0.0
-        self._client: Client | None = None
+        # Replaced when the server closed it for good: _run's next _consume connects anew.
+        self._connection = NatsConnection(nats_url, name=durable)
         self._tasks: list[asyncio.Task[None]] = []
         # Set by stop() before it cancels _run: see _stop_if_stopping.
         self._stopping = False
@@ -359,10 +365,8 @@ class EventConsumer:
         for task in self._tasks:
             await cancel_and_wait(task)
         self._tasks = []
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.close()
-            self._client = None
+        with contextlib.suppress(Exception):
+            await self._connection.close()
 
     async def _run(self) -> None:
         delay = _RECONNECT_DELAYS[0]
@@ -398,9 +402,7 @@ class EventConsumer:
         return self._delivered_since_subscribing or ran_for >= _RECONNECT_DELAYS[1]
 
     async def _consume(self) -> None:
-        if self._client is None:
-            self._client = await connect(self._url, name=self._durable)
-        js = self._client.jetstream()
+        js = (await self._connection.open()).jetstream()
         await ensure_stream(
             js, self._stream, self._stream_subjects, self._duplicate_window, max_age=self._stream_max_age, update=False
         )
@@ -606,7 +608,7 @@ class EventConsumer:
     async def _read_waiting_event_ids(self) -> set[str] | None:
         """The ids of the events parked or replayed for this consumer; None when they cannot be read (NATS
         away), or are too many to keep by name: the purge then forgets nothing."""
-        client = self._client
+        client = self._connection.current()
         if client is None or not client.is_connected:
             return None
         try:
@@ -625,7 +627,7 @@ class EventConsumer:
 
     async def _read_stream_max_age(self) -> float | None:
         """The stream's max age as NATS says now; None when it cannot be read (not connected yet, NATS away)."""
-        client = self._client
+        client = self._connection.current()
         if client is None or not client.is_connected:
             return None
         try:
@@ -764,7 +766,7 @@ class EventConsumer:
         if read is not None and now - read[0] < self._slots_read_seconds:
             return read[1]
         pending: int | None = None
-        client = self._client
+        client = self._connection.current()
         if client is not None and client.is_connected:
             try:
                 pending = (await client.jetstream().consumer_info(stream, durable)).num_ack_pending or 0
@@ -936,7 +938,10 @@ class EventConsumer:
                 error,
                 extra={"event_id": event.event_id},
             )
-        assert self._client is not None
+        client = self._connection.current()
+        if client is None:
+            # The server closed the connection: _run connects anew, and the message comes back after its ack wait.
+            raise nats.errors.ConnectionClosedError
         # The park's id names the delivery that failed (stream and sequence): the same delivery parked
         # twice (a crash before the ack) is one dead letter, while the same event parked again after a
         # replay within the duplicate window is a new one, not dropped as a duplicate.
@@ -949,7 +954,7 @@ class EventConsumer:
             ERROR: error_header(error),
             ATTEMPTS: str(attempts),
         }
-        await self._client.jetstream().publish(where, event.payload, headers=headers)
+        await client.jetstream().publish(where, event.payload, headers=headers)
         await message.ack()
         self._forget(message)
         self._count(event, "dead_lettered")

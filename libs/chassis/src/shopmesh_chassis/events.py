@@ -79,9 +79,16 @@ class ConnectionLog:
         log.info("reconnected to NATS at %s", self._url, extra={"nats_url": self._url})
 
 
-async def connect(url: str, *, name: str, on_reconnected: Callable[[], None] | None = None) -> Client:
+async def connect(
+    url: str,
+    *,
+    name: str,
+    on_reconnected: Callable[[], None] | None = None,
+    on_closed: Callable[[], None] | None = None,
+) -> Client:
     """A connection that keeps reconnecting forever: the outbox keeps events while NATS is away.
-    `on_reconnected` runs after each reconnect (in nats-py's reconnect loop: start a task for any request).
+    `on_reconnected` runs after each reconnect (in nats-py's reconnect loop: start a task for any request);
+    `on_closed` once the connection is closed, on purpose or by the server (see NatsConnection).
     Raises InvalidNatsUrl, before any connection attempt, when `url`'s credentials cannot be read as meant."""
     target = parse_nats_url(url)
     said = ConnectionLog(url)
@@ -90,6 +97,10 @@ async def connect(url: str, *, name: str, on_reconnected: Callable[[], None] | N
         await said.reconnected()
         if on_reconnected is not None:
             on_reconnected()
+
+    async def closed() -> None:
+        if on_closed is not None:
+            on_closed()
 
     client = await nats.connect(
         **target.connect_options(),
@@ -101,9 +112,100 @@ async def connect(url: str, *, name: str, on_reconnected: Callable[[], None] | N
         error_cb=said.error,
         disconnected_cb=said.disconnected,
         reconnected_cb=reconnected,
+        closed_cb=closed,
     )
     said.watch(client)
     return client
+
+
+async def drain_or_close(client: Client) -> None:
+    """Drain (what was published is flushed first) when connected; else, or if the drain fails, close:
+    nats-py refuses to drain a connection that is (re)connecting, and a connection left open keeps its
+    reconnect loop going past the shutdown. Nothing is lost either way: a publish the stream did not
+    acknowledge stays in the outbox."""
+    if client.is_connected:
+        try:
+            await client.drain()
+        except Exception as exc:
+            log.debug("NATS at %s: drain failed, closing instead: %s", client.connected_url, exc)
+    if not client.is_closed:
+        await client.close()
+
+
+class NatsConnection:
+    """The NATS connection of one consumer or publisher, connected anew once the server closed it for good.
+
+    nats-py reconnects for ever after a connection is lost, but closes it for good, whatever
+    max_reconnect_attempts says, when the server sends most `-ERR`s on an open connection ("Authorization
+    Violation" after a configuration reload with other credentials, say). A client kept after that fails
+    every request with ConnectionClosedError until the process restarts, even once the credentials are good
+    again, and nothing in the pod shows why. So the closure is said once, at ERROR with the server's reason,
+    the client dropped, and the owner's next `open` connects anew (retrying until NATS takes it)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        on_reconnected: Callable[[], None] | None = None,
+        on_closed: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_closed` runs when the server closed the connection (not when `close` does): time to `open`."""
+        self._url = url
+        self._name = name
+        self._on_reconnected = on_reconnected
+        self._on_closed = on_closed
+        self._client: Client | None = None
+
+    def current(self) -> Client | None:
+        """The connection while it is open or reconnecting; None before the first `open`, after `close`, and
+        once the server closed it."""
+        client = self._client
+        if client is not None and client.is_closed:
+            # Its closed callback may not have come (nats-py skips it for a closure while connecting).
+            self._closed_by_server(client)
+            return None
+        return client
+
+    async def open(self) -> Client:
+        """The connection, connected first if there is none (events.connect: retried until NATS takes it)."""
+        client = self.current()
+        if client is None:
+            client = await connect(
+                self._url, name=self._name, on_reconnected=self._on_reconnected, on_closed=self._closed
+            )
+            self._client = client
+        return client
+
+    def _closed(self) -> None:
+        # Ours is dropped before `close` closes it, and one replaced since is not ours any more: neither says so.
+        client = self._client
+        if client is not None and client.is_closed:
+            self._closed_by_server(client)
+
+    def _closed_by_server(self, client: Client) -> None:
+        self._client = None
+        url = shown_nats_url(self._url)
+        why = client.last_error
+        log.error(
+            "NATS at %s closed the connection for good (%s); %s connects anew",
+            url,
+            f"{type(why).__name__}: {why}" if why is not None else "no reason given",
+            self._name,
+            extra={"nats_url": url},
+        )
+        if self._on_closed is not None:
+            self._on_closed()
+
+    async def close(self, *, drain: bool = False) -> None:
+        """Close it (`drain`: drain_or_close); dropped first, so that its closure is not taken for the server's."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if drain:
+            await drain_or_close(client)
+        elif not client.is_closed:
+            await client.close()
 
 
 class StreamUpdateRefused(Exception):
@@ -201,24 +303,14 @@ class JetStreamPublisher:
         return await self._js.publish(subject, payload, timeout=self._timeout, headers={**headers, MSG_ID: msg_id})
 
     async def close(self) -> None:
-        """Drain (what was published is flushed first) when connected; else, or if the drain fails, close:
-        nats-py refuses to drain a connection that is (re)connecting, and a connection left open keeps its
-        reconnect loop going past the shutdown. Nothing is lost either way: a publish the stream did not
-        acknowledge stays in the outbox."""
-        client = self._client
-        if client.is_connected:
-            try:
-                await client.drain()
-            except Exception as exc:
-                log.debug("NATS at %s: drain failed, closing instead: %s", client.connected_url, exc)
-        if not client.is_closed:
-            await client.close()
+        await drain_or_close(self._client)
 
 
 # A publisher that connects in the background, so that a service starts and serves while NATS is away:
 # the outbox keeps the events, and the relay's passes fail and back off until the stream exists.
 class NotConnected(ConnectionError):
-    """NATS has not been reached yet; the relay keeps the event and tries again."""
+    """NATS has not been reached yet (or the server closed the connection, and it is being replaced); the relay
+    keeps the event and tries again."""
 
 
 class DeferredJetStream:
@@ -249,9 +341,11 @@ class DeferredJetStream:
         self._duplicate_window = duplicate_window_seconds
         self._max_age = max_age_seconds
         self._max_retry_delay = max_retry_delay
-        self._client: Client | None = None
+        self._connection = NatsConnection(url, name=name, on_reconnected=self._reconnected, on_closed=self._closed)
+        # Set once connected and the stream declared; None again while connecting anew (publish: NotConnected).
         self._publisher: JetStreamPublisher | None = None
         self._task: asyncio.Task[None] | None = None
+        self._on_ready: Callable[[], None] = lambda: None
         # The declaration started by a reconnect or a stream that started over, while it retries.
         self._redeclaring: asyncio.Task[None] | None = None
         # The stream sequence of the last event this publisher stored: a stream created anew starts from 1.
@@ -272,17 +366,21 @@ class DeferredJetStream:
         )
 
     def start(self, on_ready: Callable[[], None] = lambda: None) -> None:
-        """Connect and declare the stream in the background; `on_ready` runs once both are done."""
-        self._task = asyncio.get_running_loop().create_task(self._connect(on_ready), name="jetstream-connect")
+        """Connect and declare the stream in the background; `on_ready` runs once both are done, and again
+        each time the publisher connected anew after the server closed its connection for good."""
+        self._on_ready = on_ready
+        self._task = asyncio.get_running_loop().create_task(self._connect(), name="jetstream-connect")
 
-    async def _connect(self, on_ready: Callable[[], None]) -> None:
+    async def _connect(self) -> None:
         delay = 0.5
         while True:
             try:
-                if self._client is None:
-                    self._client = await connect(self._url, name=self._name, on_reconnected=self._reconnected)
+                client = await self._connection.open()
                 await self._declare_stream()
-                break
+                if self._connection.current() is client:
+                    break
+                # Closed by the server during the declaration: its callback found this connect under way.
+                raise NotConnected(f"NATS at {shown_nats_url(self._url)} closed the connection")
             except Exception as exc:
                 # A request that failed as the cancel came, and lost it (Python 3.11's wait_for, in nats-py):
                 # else it retries for ever, and close() with it.
@@ -291,21 +389,31 @@ class DeferredJetStream:
                 log.warning("NATS stream %s not ready, retrying in %.1fs: %s", self._stream, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_delay)
-        self._publisher = JetStreamPublisher(self._client)
+        self._publisher = JetStreamPublisher(client)
         log.info("connected to NATS; stream %s is ready", self._stream)
-        on_ready()
+        self._on_ready()
+
+    def _closed(self) -> None:
+        # The server closed the connection for good: connect anew, with the start's backoff, unless a
+        # connect is under way already (its next try opens a new connection).
+        self._publisher = None
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.get_running_loop().create_task(self._connect(), name="jetstream-connect")
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]) -> bool:
-        if self._publisher is None or self._client is None:
+        publisher = self._publisher
+        # current(): a closure whose callback has not come yet starts the new connection too.
+        if publisher is None or self._connection.current() is None:
             raise NotConnected(f"not connected to NATS at {shown_nats_url(self._url)} yet")
         try:
-            ack = await self._publisher.send(subject, payload, msg_id=msg_id, headers=headers)
+            ack = await publisher.send(subject, payload, msg_id=msg_id, headers=headers)
         except NoStreamResponseError:
             # No stream takes the subject any more: NATS restarted without its JetStream store, or the stream
             # was deleted, and no consumer has created it again yet: declare it, then send once more.
             log.warning("NATS stream %s is gone; declaring it again", self._stream)
             await self._declare_stream()
-            ack = await self._publisher.send(subject, payload, msg_id=msg_id, headers=headers)
+            ack = await publisher.send(subject, payload, msg_id=msg_id, headers=headers)
         if not ack.duplicate:  # a duplicate's acknowledgement names the sequence of the event it repeats
             if ack.seq <= self._sequence:
                 # The stream started over since this publisher's last event: lost and created again, perhaps
@@ -343,11 +451,14 @@ class DeferredJetStream:
         """Declare the stream; False when it exists but JetStream refused for good to bring it to this
         configuration. Asking again would be refused again (retried, it was an unending WARNING at the
         longest backoff, and a start that never got ready): the stream takes the events as it is, and an
-        ERROR says once why and what to do. Errors of an outage (timeouts, no JetStream yet) propagate."""
-        assert self._client is not None
+        ERROR says once why and what to do. Errors of an outage (timeouts, no JetStream yet) propagate, and
+        NotConnected while there is no connection (the server closed it: it is being replaced)."""
+        client = self._connection.current()
+        if client is None:
+            raise NotConnected(f"not connected to NATS at {shown_nats_url(self._url)}")
         try:
             await ensure_stream(
-                self._client.jetstream(), self._stream, self._subjects, self._duplicate_window, max_age=self._max_age
+                client.jetstream(), self._stream, self._subjects, self._duplicate_window, max_age=self._max_age
             )
         except StreamUpdateRefused as exc:
             if exc.reason != self._refused:
@@ -375,13 +486,7 @@ class DeferredJetStream:
         if self._redeclaring is not None:
             await cancel_and_wait(self._redeclaring)
             self._redeclaring = None
-        try:
-            if self._publisher is not None:
-                await self._publisher.close()
-            elif self._client is not None:
-                await self._client.close()
-        finally:
-            # A close that failed must not leave a publisher that looks connected to a next start.
-            self._publisher = None
-            self._client = None
-            self._sequence = 0
+        # Dropped first: a close that fails must not leave a publisher that looks connected to a next start.
+        self._publisher = None
+        self._sequence = 0
+        await self._connection.close(drain=True)
