@@ -7,6 +7,7 @@ decorator does the same at a use case's boundary, for code that must react to it
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
@@ -25,6 +26,24 @@ _CONFLICT_SQLSTATES = {"40001", "40P01"}
 # failover). Each comes as a plain DBAPIError, not an OperationalError.
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
 _UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "25006"}
+# SQLite's primary result codes (the low byte of an extended one) that say the database file cannot serve
+# now, and will once the lock is released, the disk or memory freed, the volume back or writable again:
+# locked by another writer (BUSY, LOCKED), out of memory, not writable (READONLY: a read-only file or
+# directory, a file moved away), an I/O error, a full disk (FULL), a file that cannot be opened (a missing or
+# unmounted directory: CANTOPEN), its locking protocol failing (PROTOCOL). Every other code is the
+# statement's or the schema's (SQLITE_ERROR: no such table or column, a syntax error, too many columns;
+# RANGE, MISMATCH, TOOBIG...), or a file that is no database or a damaged one, which waiting does not mend.
+# sqlite3 raises OperationalError for most of either kind: its class says nothing here.
+_SQLITE_UNAVAILABLE_CODES = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_NOMEM,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+}
 _RETRY_AFTER_SECONDS = 0.5
 # The ErrorInfo reason of an unreachable, locked or exhausted database.
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
@@ -38,25 +57,39 @@ class DatabaseUnreachable(ConnectionError):
 
 def as_domain_error(error: BaseException) -> DomainError | None:
     """ABORTED for a lost concurrency race, UNAVAILABLE for an unreachable, locked or exhausted database."""
+    if isinstance(error, sqlite3.Error):
+        # Unwrapped: `Database` begins SQLite transactions on the sqlite3 connection itself, past SQLAlchemy,
+        # and BEGIN IMMEDIATE is where a writer finds the database locked.
+        return _unavailable() if _sqlite_unavailable(error) else None
     if isinstance(error, exc.DBAPIError):
         sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
         if sqlstate in _CONFLICT_SQLSTATES:
             return Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
-        if (
-            isinstance(error, exc.OperationalError | exc.InterfaceError)
-            or error.connection_invalidated
-            or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
-            or sqlstate in _UNAVAILABLE_SQLSTATES
-        ):
-            return Unavailable(
-                "database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS
+        if isinstance(error.orig, sqlite3.Error):
+            unavailable = _sqlite_unavailable(error.orig)
+        else:
+            unavailable = (
+                isinstance(error, exc.OperationalError | exc.InterfaceError)
+                or error.connection_invalidated
+                or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+                or sqlstate in _UNAVAILABLE_SQLSTATES
             )
-        return None
+        return _unavailable() if unavailable else None
     if isinstance(error, exc.TimeoutError | DatabaseUnreachable):  # connection pool exhausted; cannot connect
-        return Unavailable(
-            "database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS
-        )
+        return _unavailable()
     return None
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable("database unavailable", reason=DATABASE_UNAVAILABLE, retry_after_seconds=_RETRY_AFTER_SECONDS)
+
+
+def _sqlite_unavailable(error: sqlite3.Error) -> bool:
+    """By the result code, which SQLite sets on every error it reports (an extended one: SQLITE_BUSY_SNAPSHOT,
+    SQLITE_IOERR_WRITE...). An error without one is the sqlite3 module refusing the call itself (a value it
+    cannot bind, a closed connection): the caller's bug, as a missing table is."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _SQLITE_UNAVAILABLE_CODES
 
 
 def database_unavailable(error: BaseException) -> bool:
@@ -73,7 +106,7 @@ def database_errors_as_domain_errors(operation: Callable[P, Awaitable[R]]) -> Ca
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await operation(*args, **kwargs)
-        except (exc.DBAPIError, exc.TimeoutError, DatabaseUnreachable) as error:
+        except (exc.DBAPIError, sqlite3.Error, exc.TimeoutError, DatabaseUnreachable) as error:
             mapped = as_domain_error(error)
             if mapped is None:
                 raise
