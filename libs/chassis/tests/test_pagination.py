@@ -123,3 +123,20 @@ def test_an_instant_keyed_token_names_a_bad_instant_as_a_bad_token_beside_the_ot
     assert instant_page_key(forged(["2026-03-01T12:30:00+05:00", "ord_1"]), FILTERS, violations) is None
     failed = invalid_request(violations)
     assert (failed.reason, [v.field for v in failed.violations]) == (INVALID_PAGE_TOKEN, ["user_id", "page_token"])
+
+
+@pytest.mark.parametrize("token", [encode_page_token(("a", 1), FILTERS), "!!!"], ids=["issued", "malformed"])
+def test_a_token_is_not_judged_while_a_field_it_is_bound_to_is_invalid(token: str) -> None:
+    """A bad filter field (one the token is bound to) is the request's error, not the token's: blaming the token
+    too made the reason INVALID_PAGE_TOKEN, which tells a client to restart paging instead of fixing the field."""
+    violations = [FieldViolation("category", "must be at most 64 characters", "TOO_LONG")]
+    assert page_token_key(token, FILTERS, (str, int), violations) is None
+    failed = invalid_request(violations)
+    assert (failed.reason, [v.field for v in failed.violations]) == (VALIDATION_FAILED, ["category"])
+
+
+def test_a_bad_instant_keyed_token_is_not_judged_while_a_field_it_is_bound_to_is_invalid() -> None:
+    filters = {"rpc": "ListThings", "user_id": ""}
+    violations = [FieldViolation("user_id", "required", "REQUIRED")]
+    assert instant_page_key(forged(["2026-03-01T12:30:00+05:00", "ord_1"], filters), filters, violations) is None
+    assert [v.field for v in violations] == ["user_id"]

@@ -82,8 +82,13 @@ def page_token_key(
 ) -> Key | None:
     """`decode_page_token` for a request validated field by field: None for the first page (no token),
     and for a bad token, whose violation is added to `violations` so that the request names it with
-    every other bad field (`invalid_request`)."""
-    if not token:
+    every other bad field (`invalid_request`).
+
+    The keys of `filters` are the names of the request fields the token is bound to. While one of them
+    already has a violation the token is not judged (None, nothing added): it cannot be checked against a
+    filter the request will not run, and blaming it as well would make the reason INVALID_PAGE_TOKEN, telling
+    a client to restart paging when correcting the field lets the same token go on."""
+    if not token or any(violation.field in filters for violation in violations):
         return None
     try:
         return decode_page_token(token, filters, shape)
