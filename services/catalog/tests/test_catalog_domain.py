@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import unicodedata
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ from shopmesh_catalog.domain.lookup import batch_in_request_order, product_not_f
 from shopmesh_catalog.domain.models import CategoryData, Money, Product, ProductData
 from shopmesh_catalog.domain.search import fold, relevance, search_terms
 from shopmesh_catalog.domain.validation import (
+    MAX_QUERY_LENGTH,
+    MAX_QUERY_TERMS,
     catalog_data_violations,
     validate_list_products,
     validate_product_id,
@@ -119,6 +123,70 @@ def test_a_search_query_longer_than_any_could_be_is_refused_before_it_is_folded(
 
 def test_search_query_of_200_characters_surrounded_by_whitespace_is_accepted() -> None:
     assert validate_search_products("  " + "x" * 200 + "  ", "", 0, "").terms == ("x" * 200,)
+
+
+def many_terms(count: int) -> str:
+    """`count` distinct one-character terms (CJK ideographs): 2 * count - 1 characters."""
+    return " ".join(chr(code) for code in range(0x4E00, 0x4E00 + count))
+
+
+def test_a_search_of_more_than_10_distinct_terms_is_refused_as_too_many_terms() -> None:
+    """Each term is matched against every product, so a short query of a hundred one-character terms cost
+    tens of ordinary searches; it fits in 200 characters, so only a bound on the terms refuses it."""
+    assert validate_search_products(many_terms(MAX_QUERY_TERMS), "", 0, "").terms == tuple(
+        many_terms(MAX_QUERY_TERMS).split()
+    )
+    for count in (MAX_QUERY_TERMS + 1, 100):
+        with pytest.raises(InvalidArgument) as caught:
+            validate_search_products(many_terms(count), "", 0, "")
+        assert caught.value.reason == "VALIDATION_FAILED"
+        assert fields_of(caught.value) == [("query", "TOO_MANY_TERMS")]
+
+
+def test_a_repeated_term_counts_once_toward_the_bound() -> None:
+    query = " ".join(["Wool", "wool", "WOOL"] * 5)
+    assert validate_search_products(query, "", 0, "").terms == ("wool",)
+
+
+def test_a_bad_query_with_its_valid_page_token_blames_the_query_alone() -> None:
+    """A token is bound to the query: with the query refused it cannot be judged, and blaming it as well made
+    the reason INVALID_PAGE_TOKEN, which tells the client to restart paging instead of fixing the query."""
+    token = validate_search_products("wool", "", 1, "").next_page_token(2, "prod_a")
+    for query, reason in (("wool " + "x" * 300, "TOO_LONG"), ("   ", "REQUIRED"), (many_terms(11), "TOO_MANY_TERMS")):
+        with pytest.raises(InvalidArgument) as caught:
+            validate_search_products(query, "", 1, token)
+        assert caught.value.reason == "VALIDATION_FAILED"
+        assert fields_of(caught.value) == [("query", reason)]
+
+
+def test_a_bad_category_with_a_page_token_blames_the_category_alone() -> None:
+    token = validate_list_products(1, "", "").next_page_token("Apron", "prod_apron")
+    with pytest.raises(InvalidArgument) as caught:
+        validate_list_products(1, token, "c" * 65)
+    assert caught.value.reason == "VALIDATION_FAILED"
+    assert fields_of(caught.value) == [("category", "TOO_LONG")]
+
+
+PROTOS = Path(__file__).resolve().parents[3] / "protos" / "shopmesh"
+
+
+def query_comment(proto: str) -> str:
+    match = re.search(r"((?:[ \t]*//[^\n]*\n)+)[ \t]*string query = 1;", (PROTOS / proto).read_text())
+    assert match, f"{proto} lost SearchProductsRequest.query"
+    return " ".join(line.strip().removeprefix("//").strip() for line in match.group(1).splitlines())
+
+
+@pytest.mark.parametrize("proto", ["catalog/v1/catalog.proto", "gateway/v1/shop.proto"])
+def test_the_query_bounds_are_the_ones_the_contracts_state(proto: str) -> None:
+    """The gateway passes the query on as it is: both contracts state catalog's bounds, so neither the comments
+    nor the numbers can change alone."""
+    comment = query_comment(proto)
+    length = re.search(r"Search text, 1-(\d+) characters", comment)
+    terms = re.search(r"At most (\d+) distinct terms", comment)
+    assert length, comment
+    assert terms, comment
+    assert (int(length.group(1)), int(terms.group(1))) == (MAX_QUERY_LENGTH, MAX_QUERY_TERMS)
+    assert "TOO_MANY_TERMS on `query`" in comment, comment
 
 
 def test_every_bad_field_of_a_search_is_reported_at_once() -> None:

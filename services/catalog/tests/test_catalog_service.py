@@ -354,6 +354,49 @@ async def test_search_rejects_an_empty_or_too_long_query(
     assert violations_of(details) == [("query", reason)]
 
 
+async def test_search_refuses_a_query_of_more_than_10_distinct_terms(stub: CatalogServiceAsyncStub) -> None:
+    """199 characters, 100 one-character terms: within the length bound, but each term is matched against
+    every product (hundreds of LIKEs), so it is refused before the store builds anything."""
+    query = " ".join(chr(code) for code in range(0x4E00, 0x4E00 + 100))
+    assert len(query) <= 200
+    details = await error_of(stub.SearchProducts(catalog_pb2.SearchProductsRequest(query=query)))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "VALIDATION_FAILED"
+    assert violations_of(details) == [("query", "TOO_MANY_TERMS")]
+    ten = await stub.SearchProducts(catalog_pb2.SearchProductsRequest(query=" ".join(query.split()[:10])))
+    assert list(ten.products) == []
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [("wool " + "x" * 300, "TOO_LONG"), ("   ", "REQUIRED"), (" ".join(f"w{i}" for i in range(11)), "TOO_MANY_TERMS")],
+)
+async def test_a_bad_query_with_a_valid_page_token_blames_the_query_not_the_token(
+    stub: CatalogServiceAsyncStub, query: str, reason: str
+) -> None:
+    """INVALID_PAGE_TOKEN tells a client to restart paging; the token is fine and goes on once the query is."""
+    first = await stub.SearchProducts(catalog_pb2.SearchProductsRequest(query="wool", page_size=1))
+    assert first.next_page_token
+    request = catalog_pb2.SearchProductsRequest(query=query, page_size=1, page_token=first.next_page_token)
+    details = await error_of(stub.SearchProducts(request))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "VALIDATION_FAILED"
+    assert violations_of(details) == [("query", reason)]
+    corrected = catalog_pb2.SearchProductsRequest(query="wool", page_size=1, page_token=first.next_page_token)
+    second = await stub.SearchProducts(corrected)
+    assert [p.id for p in second.products] == expected_search("wool")[1:2]
+
+
+async def test_a_too_long_category_with_a_page_token_blames_the_category_not_the_token(
+    stub: CatalogServiceAsyncStub,
+) -> None:
+    first = await stub.ListProducts(catalog_pb2.ListProductsRequest(page_size=1))
+    request = catalog_pb2.ListProductsRequest(page_size=1, page_token=first.next_page_token, category="c" * 65)
+    details = await error_of(stub.ListProducts(request))
+    assert details.reason == "VALIDATION_FAILED"
+    assert violations_of(details) == [("category", "TOO_LONG")]
+
+
 async def test_search_rejects_a_negative_page_size(stub: CatalogServiceAsyncStub) -> None:
     details = await error_of(stub.SearchProducts(catalog_pb2.SearchProductsRequest(query="wool", page_size=-3)))
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT

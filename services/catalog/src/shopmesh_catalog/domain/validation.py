@@ -25,6 +25,10 @@ from shopmesh_chassis.pagination import (
 
 MAX_BATCH_IDS = 100
 MAX_QUERY_LENGTH = 200
+# Distinct terms of a search. Each term adds a LIKE on the name and on the description to the filter and to
+# the score of every row, so a 200-character query of a hundred one-character terms cost tens of ordinary
+# searches on the catalog's event loop, stalling every other call; a shopper's query has a few words.
+MAX_QUERY_TERMS = 10
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 5000
 MAX_CATEGORIES = 100
@@ -98,6 +102,10 @@ def validate_search_products(query: str, category: str, page_size: int, page_tok
         violations.append(FieldViolation("query", f"must be at most {MAX_QUERY_LENGTH} characters", "TOO_LONG"))
     else:
         terms = search_terms(text)
+        if len(terms) > MAX_QUERY_TERMS:
+            violations.append(
+                FieldViolation("query", f"must have at most {MAX_QUERY_TERMS} distinct terms", "TOO_MANY_TERMS")
+            )
     _check_id(category, "category", violations, required=False)
     limit = page_limit(page_size, violations)
     after = page_token_key(page_token, _search_filters(terms, category), (int, str), violations)

@@ -290,7 +290,10 @@ class SearchProductsRequest(_message.Message):
     """Search text, 1-200 characters after trimming whitespace. Matching is
     case-insensitive and token based: a product matches when its name or
     description contains every term. Required: an empty or whitespace-only
-    query is INVALID_ARGUMENT (REQUIRED on `query`).
+    query is INVALID_ARGUMENT (REQUIRED on `query`), a longer one TOO_LONG.
+    At most 10 distinct terms (compared case-insensitively: a repeated term
+    counts once); more is INVALID_ARGUMENT (TOO_MANY_TERMS on `query`), as
+    every term is matched against every product.
     Terms are split on whitespace only and matched literally, punctuation
     included ("%" and "_" are plain characters, not wildcards): a query of
     punctuation only, such as "!!!" or "--", is a valid search for products

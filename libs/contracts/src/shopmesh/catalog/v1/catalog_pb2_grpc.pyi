@@ -77,8 +77,9 @@ class CatalogServiceStub:
     one category. Results are ordered by relevance (descending), ties broken
     by `id` ascending.
 
-    Errors: INVALID_ARGUMENT (empty or too long query, negative page_size,
-    ErrorInfo reason INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty or too long query, a query of more than
+    10 distinct terms, negative page_size, ErrorInfo reason
+    INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -134,8 +135,9 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     one category. Results are ordered by relevance (descending), ties broken
     by `id` ascending.
 
-    Errors: INVALID_ARGUMENT (empty or too long query, negative page_size,
-    ErrorInfo reason INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty or too long query, a query of more than
+    10 distinct terms, negative page_size, ErrorInfo reason
+    INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -212,8 +214,9 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         one category. Results are ordered by relevance (descending), ties broken
         by `id` ascending.
 
-        Errors: INVALID_ARGUMENT (empty or too long query, negative page_size,
-        ErrorInfo reason INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty or too long query, a query of more than
+        10 distinct terms, negative page_size, ErrorInfo reason
+        INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
 
         No side effects: safe to retry and to cache.
         """

@@ -271,10 +271,13 @@ class SearchProductsRequest(_message.Message):
     query: _builtins.str
     """Search text, 1-200 characters after trimming whitespace. Required: an
     empty or whitespace-only query is INVALID_ARGUMENT (REQUIRED on
-    `query`). Matched as CatalogService.SearchProducts does: every
-    whitespace-separated term, punctuation included, must occur in the
-    name or description, so a query of punctuation only ("!!!") is a valid
-    search and answers an empty list when no product contains it.
+    `query`), a longer one TOO_LONG. At most 10 distinct terms (compared
+    case-insensitively: a repeated term counts once); more is
+    INVALID_ARGUMENT (TOO_MANY_TERMS on `query`). Matched as
+    CatalogService.SearchProducts does: every whitespace-separated term,
+    punctuation included, must occur in the name or description, so a
+    query of punctuation only ("!!!") is a valid search and answers an
+    empty list when no product contains it.
     """
     category: _builtins.str
     """Optional filter: only products in this category (a Category.id slug)."""
