@@ -10,7 +10,8 @@ from sqlalchemy import func, select, update
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh_catalog import seed
-from shopmesh_catalog.domain.models import Money, ProductData
+from shopmesh_catalog.domain.models import CategoryData, Money, ProductData
+from shopmesh_catalog.domain.validation import MAX_CATEGORIES
 from shopmesh_catalog.settings import CatalogSettings
 from shopmesh_catalog.store.tables import categories, products
 from shopmesh_catalog.wiring import Catalog, build
@@ -101,3 +102,19 @@ async def test_invalid_catalog_data_is_rejected_before_anything_is_written(catal
         await catalog.application.load(seed.CATEGORIES, [*seed.PRODUCTS, bad])
     assert [v.field for v in caught.value.violations] == [f"products[{len(seed.PRODUCTS)}].price.amount_minor"]
     assert await counts(catalog) == (0, 0)
+
+
+@pytest.mark.parametrize("seed_catalog", [False])
+async def test_loads_cannot_add_up_past_the_bound_on_categories(catalog: Catalog) -> None:
+    """ListCategories is not paginated because the contract promises at most 100 categories; a stored category
+    is never deleted, so the bound is on what a load leaves stored, not on one load: two loads of 100 each
+    (a seed changed between releases) stored 200."""
+    first = [CategoryData(f"a-{i}", f"A {i}") for i in range(MAX_CATEGORIES)]
+    await catalog.application.load(first, [])
+    # Stored categories sent again count once: a restart reloads the same seed.
+    await catalog.application.load(first, [])
+    with pytest.raises(InvalidArgument) as caught:
+        await catalog.application.load([*first[1:], CategoryData("b-0", "B 0")], [])
+    assert [(v.field, v.reason) for v in caught.value.violations] == [("categories", "TOO_MANY")]
+    assert await counts(catalog) == (MAX_CATEGORIES, 0)
+    assert len(await catalog.application.list_categories()) == MAX_CATEGORIES

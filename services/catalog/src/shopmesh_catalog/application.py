@@ -65,13 +65,19 @@ class CatalogApplication:
 
     async def load(self, categories: Sequence[CategoryData], products: Sequence[ProductData]) -> None:
         """Add the categories and products that are not in the catalog yet (by id); stored ones are kept
-        as they are. Invalid data stops here, before anything is written."""
+        as they are. Invalid data stops here, before anything is written, and so does data that would leave
+        more than MAX_CATEGORIES categories stored (counted in the transaction that adds them)."""
         violations = validation.catalog_data_violations(categories, products)
         if violations:
             raise InvalidArgument(f"invalid catalog data: {violations}", violations)
         async with self._database.transaction() as session:
-            added_categories, added_products = await CatalogRepository(session).insert_missing(
-                categories, products, self._clock()
+            repository = CatalogRepository(session)
+            stored = await repository.category_ids()
+            violations = validation.stored_categories_violations(stored, categories)
+            if violations:
+                raise InvalidArgument(f"invalid catalog data: {violations}", violations)
+            added_categories, added_products = await repository.insert_missing(
+                categories, products, stored, self._clock()
             )
         log.info(
             "catalog data loaded: %d of %d categories and %d of %d products were missing and are added",

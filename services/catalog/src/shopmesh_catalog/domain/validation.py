@@ -180,6 +180,17 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
     return violations
 
 
+def stored_categories_violations(stored: set[str], categories: Sequence[CategoryData]) -> list[FieldViolation]:
+    """The bound on categories for what a load leaves stored: ListCategories is not paginated because the
+    contract promises at most MAX_CATEGORIES, and loads only add (a stored category is never deleted), so
+    loads each within the bound could add up past it."""
+    adding = {c.id for c in categories} - stored
+    if len(stored) + len(adding) <= MAX_CATEGORIES:
+        return []
+    description = f"at most {MAX_CATEGORIES} categories in all: {len(stored)} stored, {len(adding)} more to add"
+    return [FieldViolation("categories", description, "TOO_MANY")]
+
+
 def catalog_data_violations(
     categories: Sequence[CategoryData], products: Sequence[ProductData]
 ) -> list[FieldViolation]:

@@ -110,14 +110,21 @@ class CatalogRepository:
         rows = await self._session.execute(statement)
         return [Category(row.id, row.display_name, int(row.product_count)) for row in rows]
 
+    async def category_ids(self) -> set[str]:
+        return set(await self._session.scalars(select(categories.c.id)))
+
     async def insert_missing(
-        self, new_categories: Sequence[CategoryData], new_products: Sequence[ProductData], now: datetime
+        self,
+        new_categories: Sequence[CategoryData],
+        new_products: Sequence[ProductData],
+        stored_categories: set[str],
+        now: datetime,
     ) -> tuple[int, int]:
-        """Insert the categories and products whose ids are not stored yet; returns how many of each.
+        """Insert the categories and products whose ids are not stored yet (`stored_categories`, read by
+        `category_ids` in this transaction); returns how many of each.
 
         Replicas starting together on PostgreSQL may both find an id missing: the loser's row is skipped
         instead of failing its startup, and a stored row is never overwritten."""
-        stored_categories = set(await self._session.scalars(select(categories.c.id)))
         missing_categories = [c for c in new_categories if c.id not in stored_categories]
         if missing_categories:
             await self._session.execute(
