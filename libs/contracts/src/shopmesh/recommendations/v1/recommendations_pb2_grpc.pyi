@@ -3,10 +3,13 @@
 isort:skip_file
 Product recommendations.
 
-Recommendations are precomputed and returned as product ids with a score
-and a small display summary (name, price, image), so callers can render
-them without a catalog round trip. The summary is a snapshot and may lag
-the catalog; the catalog stays authoritative (orders always re-price).
+Recommendations are ranked on each request from co-purchase and
+popularity counts learned from order events, and returned as product ids
+with a score and a small display summary (name, price, image), so callers
+can render them without a catalog round trip. The summary comes from the
+catalog, whose answers the service reuses for a while
+(CATALOG_CACHE_SECONDS, 30 s by default): it may lag the catalog by that
+much; the catalog stays authoritative (orders always re-price).
 
 Internal service (called by the gateway); no `x-user-id` checks.
 Error domain: "shopmesh.recommendations". Metadata and error conventions:
