@@ -51,13 +51,13 @@ def invalid_page_token(description: str) -> InvalidArgument:
     )
 
 
-def decode_page_token(token: str, filters: Mapping[str, str], shape: Sequence[type]) -> Key:
+def decode_page_token(token: str, filters: Mapping[str, str] | None, shape: Sequence[type]) -> Key:
     """The last key carried by `token`, whose items must have the types in `shape` (str or int).
 
     Raises InvalidArgument (reason INVALID_PAGE_TOKEN) for anything this module did not produce for the
-    same filters, so a client mistake never becomes INTERNAL. Tokens are not signed: anyone can write one
-    that passes, so every item must also be something a query can take (an integer a bigint holds, text
-    PostgreSQL can store); a service checks its own narrower ranges.
+    same filters (for any filters when `filters` is None), so a client mistake never becomes INTERNAL.
+    Tokens are not signed: anyone can write one that passes, so every item must also be something a query
+    can take (an integer a bigint holds, text PostgreSQL can store); a service checks its own narrower ranges.
     """
     if len(token) > MAX_PAGE_TOKEN_LENGTH:
         raise invalid_page_token("not a page token issued by this service")
@@ -69,7 +69,7 @@ def decode_page_token(token: str, filters: Mapping[str, str], shape: Sequence[ty
         raise invalid_page_token("not a page token issued by this service") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("k"), list) or "f" not in payload:
         raise invalid_page_token("not a page token issued by this service")
-    if payload["f"] != _filters_hash(filters):
+    if filters is not None and payload["f"] != _filters_hash(filters):
         raise invalid_page_token("the page token belongs to a request with other filters")
     key = payload["k"]
     if len(key) != len(shape) or not all(_fits(item, kind) for item, kind in zip(key, shape, strict=True)):
@@ -85,16 +85,19 @@ def page_token_key(
     every other bad field (`invalid_request`).
 
     The keys of `filters` are the names of the request fields the token is bound to. While one of them
-    already has a violation the token is not judged (None, nothing added): it cannot be checked against a
-    filter the request will not run, and blaming it as well would make the reason INVALID_PAGE_TOKEN, telling
-    a client to restart paging when correcting the field lets the same token go on."""
-    if not token or any(violation.field in filters for violation in violations):
+    already has a violation the token is not compared with the filters, and None is returned (the request
+    fails anyway): a filter the request will not run says nothing of the token, and blaming the token as
+    well would make the reason INVALID_PAGE_TOKEN, telling a client to restart paging when correcting the
+    field lets the same token go on. A token no filters could have issued (malformed, forged) is still one."""
+    if not token:
         return None
+    bound_field_invalid = any(violation.field in filters for violation in violations)
     try:
-        return decode_page_token(token, filters, shape)
+        key = decode_page_token(token, None if bound_field_invalid else filters, shape)
     except InvalidArgument as exc:
         violations.extend(exc.violations)
         return None
+    return None if bound_field_invalid else key
 
 
 def instant_page_key(

@@ -29,10 +29,10 @@ Pagination (Google AIP-158)
     the previous response. Tokens are opaque and bound to the other request
     fields: changing a filter while passing a token, or passing a malformed
     or expired token, fails with INVALID_ARGUMENT, ErrorInfo reason
-    INVALID_PAGE_TOKEN. A token is not judged while a field it is bound to
-    is itself invalid (a too long query, say): the request fails for that
-    field alone (VALIDATION_FAILED), and the same token, sent again with
-    the field corrected, goes on paging.
+    INVALID_PAGE_TOKEN. A well-formed token is not compared with a field it
+    is bound to while that field is itself invalid (a too long query, say):
+    the request fails for that field (VALIDATION_FAILED), and the same
+    token, sent again with the field corrected, goes on paging.
   - next_page_token: empty when there are no more results.
 
 Request metadata (gRPC headers)
