@@ -176,36 +176,7 @@ spec:
             # 0440: readable by the service's group (fsGroup 10001), by nobody else.
             defaultMode: 288
             sources:
-              {{- if and $c.database.enabled (eq $c.database.mode "postgres") }}
-              - secret:
-                  name: {{ $c.database.existingSecret }}
-                  items:
-                    - key: {{ $c.database.secretKey }}
-                      path: DATABASE_URL
-              {{- if $c.idempotency.enabled }}
-              - secret:
-                  name: {{ $c.idempotency.existingSecret }}
-                  items:
-                    - key: {{ $c.idempotency.secretKey }}
-                      path: IDEMPOTENCY_FINGERPRINT_KEY
-              {{- end }}
-              {{- end }}
-              {{- if and $c.nats.enabled $c.nats.existingSecret }}
-              - secret:
-                  name: {{ $c.nats.existingSecret }}
-                  items:
-                    - key: {{ $c.nats.secretKey }}
-                      path: NATS_URL
-              {{- end }}
-              {{- if and $c.email.enabled $c.email.existingSecret }}
-              - secret:
-                  name: {{ $c.email.existingSecret }}
-                  items:
-                    - key: SMTP_USERNAME
-                      path: SMTP_USERNAME
-                    - key: SMTP_PASSWORD
-                      path: SMTP_PASSWORD
-              {{- end }}
+              {{- include "shopmesh-lib.secretSources" $c | nindent 14 }}
         {{- end }}
 {{- end -}}
 

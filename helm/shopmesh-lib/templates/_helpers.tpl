@@ -52,9 +52,29 @@ checkov.io/skip-readiness: CKV_K8S_9=A helm test pod runs one health check and e
 
 {{/* Non-empty when the container reads Secrets (DATABASE_URL and the fingerprint key, NATS_URL, SMTP credentials) as files. */}}
 {{- define "shopmesh-lib.secretFiles" -}}
-{{- if or (and .database.enabled (eq .database.mode "postgres")) (and .nats.enabled .nats.existingSecret) (and .email.enabled .email.existingSecret) -}}
+{{- if include "shopmesh-lib.secretSources" . | fromYamlArray -}}
 true
 {{- end -}}
+{{- end -}}
+
+{{/* The projected volume's sources: each Secret the container reads and the variable (file, `path`) each key
+becomes. Also the variables an env: entry may not replace (shopmesh-lib.configmap): the environment would win
+over the file. */}}
+{{- define "shopmesh-lib.secretSources" -}}
+{{- $sources := list -}}
+{{- if and .database.enabled (eq .database.mode "postgres") -}}
+{{- $sources = append $sources (dict "secret" (dict "name" .database.existingSecret "items" (list (dict "key" .database.secretKey "path" "DATABASE_URL")))) -}}
+{{- if .idempotency.enabled -}}
+{{- $sources = append $sources (dict "secret" (dict "name" .idempotency.existingSecret "items" (list (dict "key" .idempotency.secretKey "path" "IDEMPOTENCY_FINGERPRINT_KEY")))) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .nats.enabled .nats.existingSecret -}}
+{{- $sources = append $sources (dict "secret" (dict "name" .nats.existingSecret "items" (list (dict "key" .nats.secretKey "path" "NATS_URL")))) -}}
+{{- end -}}
+{{- if and .email.enabled .email.existingSecret -}}
+{{- $sources = append $sources (dict "secret" (dict "name" .email.existingSecret "items" (list (dict "key" "SMTP_USERNAME" "path" "SMTP_USERNAME") (dict "key" "SMTP_PASSWORD" "path" "SMTP_PASSWORD")))) -}}
+{{- end -}}
+{{- toYaml $sources -}}
 {{- end -}}
 
 {{/* metadata: of one more object of the service (mesh policy, ingress routes); .name is the object's name,

@@ -51,10 +51,12 @@ spec:
 {{- end -}}
 
 {{/* Non-secret settings, as the chassis reads them (docs/chassis.md). Secrets come as files from SECRETS_DIR.
-     The chart's settings first, then the service chart's env: over them, so an env: entry for a variable the
-     chart sets (env.LOG_LEVEL) replaces its value: one key each, as a ConfigMap must have (a duplicate key is
-     refused by strict validation, and other tools keep either one). By set, not mergeOverwrite, which would skip
-     an empty env: value. Keys in sorted order. */}}
+     The chart's settings, then the service chart's env: for the service's own settings. An env: entry may not
+     name a variable the chart sets (here, or as a Secret's file): the rest of the pod is built on the chart's
+     value (the probes, Service and policies on GRPC_PORT, the drain's sums within terminationGracePeriodSeconds
+     on DRAIN_DELAY_SECONDS...), which the entry would replace unchecked; the render fails naming the value to
+     set instead. The variables refused are those the chart renders, so a new one is refused with no list to
+     keep. By set, not mergeOverwrite, which would skip an empty env: value. Keys in sorted order. */}}
 {{- define "shopmesh-lib.configmap" -}}
 {{- $c := .c -}}
 {{- $data := dict
@@ -90,7 +92,48 @@ spec:
 {{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
 {{- $_ := set $data "OTEL_TRACES_SAMPLER_RATIO" $c.otel.samplerRatio -}}
 {{- end -}}
+{{- /* What each variable comes from, for the refusal's message; one not here gets a general one. */ -}}
+{{- $from := dict
+    "DRAIN_DELAY_SECONDS" "drain.drainDelaySeconds"
+    "SHUTDOWN_GRACE_SECONDS" "drain.shutdownGraceSeconds"
+    "SHUTDOWN_HOOKS_BUDGET_SECONDS" "drain.shutdownHooksBudgetSeconds"
+    "LOG_LEVEL" "logLevel (or global.logLevel)"
+    "LOG_FORMAT" "logFormat (or global.logFormat)"
+    "NATS_URL" "global.nats.url (credentials: global.nats.existingSecret)"
+    "SMTP_HOST" "global.smtp.host"
+    "SMTP_PORT" "global.smtp.port"
+    "SMTP_USE_TLS" "global.smtp.useTLS"
+    "OTEL_EXPORTER_OTLP_ENDPOINT" "global.otel.endpoint"
+    "OTEL_TRACES_SAMPLER_RATIO" "global.otel.samplerRatio" -}}
+{{- $fixed := dict
+    "SERVICE_NAME" "the service's name, which its metrics, spans and errors carry"
+    "GRPC_HOST" "the pod's addresses, where the kubelet's probes and the Service reach it"
+    "METRICS_HOST" "the pod's addresses, where Prometheus scrapes it"
+    "GRPC_PORT" "the port of the probes, the Service, the NetworkPolicy and the mesh policy"
+    "METRICS_PORT" "the port of the Service, the NetworkPolicy and Prometheus' scrape"
+    "DATA_DIR" "where the pod's data volume is mounted"
+    "SECRETS_DIR" "where the pod's Secrets are mounted" -}}
+{{- range $callee := $c.calls -}}
+{{- $_ := set $fixed (include "shopmesh-lib.addressVariable" $callee) (printf "the address of the %s Service, from calls:" $callee) -}}
+{{- end -}}
+{{- $files := dict -}}
+{{- range $source := include "shopmesh-lib.secretSources" $c | fromYamlArray -}}
+{{- range $source.secret.items -}}
+{{- $_ := set $files .path (printf "the Secret %s, key %s" $source.secret.name .key) -}}
+{{- end -}}
+{{- end -}}
 {{- range $key, $value := $c.env -}}
+{{- $setting := printf "env.%s for %s" $key $c.name -}}
+{{- if hasKey $files $key -}}
+{{- fail (printf "%s: the pod reads %s from %s, mounted as a file, and an environment variable would win over it; put the value in that Secret, not in values" $setting $key (get $files $key)) -}}
+{{- else if not (hasKey $data $key) -}}
+{{- else if hasKey $from $key -}}
+{{- fail (printf "%s: the chart sets %s itself, from %s, and checks it against the rest of the pod; an env: entry would replace it unchecked. Set %s instead" $setting $key (get $from $key) (get $from $key)) -}}
+{{- else if hasKey $fixed $key -}}
+{{- fail (printf "%s: the chart sets %s itself, to %q (%s), and the rest of the pod is built on that value; remove the entry" $setting $key (toString (get $data $key)) (get $fixed $key)) -}}
+{{- else -}}
+{{- fail (printf "%s: the chart sets %s itself (to %q) from its own values; set that value instead of the env: entry" $setting $key (toString (get $data $key))) -}}
+{{- end -}}
 {{- $_ := set $data $key $value -}}
 {{- end -}}
 apiVersion: v1
