@@ -30,10 +30,36 @@ SCHEMA = "values.schema.json"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
+sys.path.insert(0, str(ROOT / "libs" / "chassis" / "src"))
+sys.path.insert(0, str(ROOT / "services" / "notifications" / "src"))
+from pydantic import BaseModel  # noqa: E402
+
+from shopmesh_chassis.config import ServiceSettings  # noqa: E402
+from shopmesh_notifications.settings import NotificationsSettings  # noqa: E402
 from shopmesh_platform.generated_files import stale, write_or_check  # noqa: E402
 from shopmesh_platform.topology import SERVICES  # noqa: E402
 
 Schema = dict[str, Any]
+
+# What a settings field's JSON schema says about its values (not its title, default or description).
+CONSTRAINTS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern", "minLength")
+
+
+def setting(field: str, settings: type[BaseModel] = ServiceSettings) -> Schema:
+    """A value the chart hands the service as this settings field (LOG_LEVEL, DRAIN_DELAY_SECONDS...): the
+    field's own constraints, from the service's settings class, so that the chart refuses what the service
+    would refuse at start (exit 2 in every pod, a crash loop) and the two cannot drift apart."""
+    field_schema: Schema = settings.model_json_schema()["properties"][field]
+    schema = {key: value for key, value in field_schema.items() if key in CONSTRAINTS}
+    # An enum says the type; without "type" nullable() adds null to the enum, where null can pass.
+    return {key: value for key, value in schema.items() if key != "type"} if "enum" in schema else schema
+
+
+def either_case(schema: Schema) -> Schema:
+    """An enum of names also taken in upper or lower case (`debug` for DEBUG): the template folds the value to
+    the case the service takes (_config.tpl)."""
+    names: list[str] = schema["enum"]
+    return {**schema, "enum": list(dict.fromkeys([*names, *(n.upper() for n in names), *(n.lower() for n in names)]))}
 
 
 def nullable(schema: Schema) -> Schema:
@@ -94,9 +120,9 @@ AUTOSCALING: Schema = strict(
 PDB: Schema = strict(enabled=BOOLEAN, minAvailable={"type": ["integer", "string"]})
 # Seconds: the render adds them up and checks them (_config.tpl), so not necessarily whole.
 DRAIN: Schema = strict(
-    drainDelaySeconds=NUMBER,
-    shutdownGraceSeconds=NUMBER,
-    shutdownHooksBudgetSeconds=NUMBER,
+    drainDelaySeconds=setting("drain_delay_seconds"),
+    shutdownGraceSeconds=setting("shutdown_grace_seconds"),
+    shutdownHooksBudgetSeconds=setting("shutdown_hooks_budget_seconds"),
     terminationGracePeriodSeconds=NUMBER,
 )
 CANARY: Schema = strict(enabled=BOOLEAN, weight=NUMBER, replicaCount=INTEGER, image=strict(tag=TEXT, digest=STRING))
@@ -124,8 +150,8 @@ SHARED: dict[str, Schema] = {
     "autoscaling": AUTOSCALING,
     "podDisruptionBudget": PDB,
     "drain": DRAIN,
-    "logLevel": STRING,
-    "logFormat": STRING,
+    "logLevel": either_case(setting("log_level")),
+    "logFormat": either_case(setting("log_format")),
     "podAnnotations": STRING_MAP,
     "podLabels": STRING_MAP,
     "tests": strict(enabled=BOOLEAN),
@@ -144,7 +170,13 @@ GLOBAL: Schema = strict(
     resources=map_of(RESOURCES, "per service: the environment's sizing of it"),
     database=strict(mode=DATABASE_MODE, port=INTEGER, peers=PEERS),
     nats=strict(url=STRING, existingSecret=STRING, secretKey=STRING, port=INTEGER, peers=PEERS),
-    smtp=strict(host=STRING, port=INTEGER, useTLS=BOOLEAN, existingSecret=STRING, peers=PEERS),
+    smtp=strict(
+        host=STRING,
+        port=setting("smtp_port", NotificationsSettings),
+        useTLS=BOOLEAN,
+        existingSecret=STRING,
+        peers=PEERS,
+    ),
     networkPolicy=strict(
         enabled=BOOLEAN,
         clients=PEERS,
@@ -164,7 +196,7 @@ GLOBAL: Schema = strict(
     canary=map_of(CANARY, "per service: its canary"),
     faults=map_of(FAULT, "per service: a fault injected into its calls"),
     httpApi=strict(image=STRING, resources=RESOURCES),
-    otel=strict(endpoint=STRING, port=INTEGER, samplerRatio=NUMBER, peers=PEERS),
+    otel=strict(endpoint=STRING, port=INTEGER, samplerRatio=setting("otel_traces_sampler_ratio"), peers=PEERS),
     monitoring=strict(
         enabled=BOOLEAN,
         interval=STRING,
@@ -183,7 +215,7 @@ GLOBAL: Schema = strict(
 LIBRARY: dict[str, Schema] = {
     "global": GLOBAL,
     "enabled": BOOLEAN,
-    "service": strict(name=STRING, grpcServices=list_of(STRING)),
+    "service": strict(name=setting("service_name"), grpcServices=list_of(STRING)),
     "image": strict(registry=STRING, repository=STRING, tag=TEXT, digest=STRING, pullPolicy=PULL_POLICY),
     "resources": RESOURCES,
     "defaultResources": RESOURCES,

@@ -78,7 +78,6 @@ def test_without_an_endpoint_nothing_is_exported_nor_let_out(helm_dir: Path) -> 
             {"endpoint": "http://collector.observability:4317"},
             "is not the dev infrastructure's, but global.otel.peers still selects its pods",
         ),
-        ({"samplerRatio": 1.5}, "global.otel.samplerRatio (1.5): a fraction of traces, 0 to 1"),
     ],
 )
 def test_spans_the_network_policy_would_drop_fail_the_render(

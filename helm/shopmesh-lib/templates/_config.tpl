@@ -363,8 +363,9 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- end -}}
 
 {{- /* Observability and other settings. */ -}}
-{{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v) -}}
-{{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v) -}}
+{{- /* The values schema takes the chassis' names in either case (k8s/values_schema.py); the chassis takes one. */ -}}
+{{- $_ := set $c "logLevel" (dig "logLevel" (dig "logLevel" "INFO" $g) $v | toString | upper) -}}
+{{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v | toString | lower) -}}
 {{- /* Spans: OTLP/gRPC to the dev Jaeger of k8s/infra unless global.otel says otherwise ("" = nowhere);
 the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint's. */ -}}
 {{- $devOtel := "http://jaeger.shopmesh-infra.svc.cluster.local:4317" -}}
@@ -408,10 +409,7 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- if $c.otel.endpoint -}}
 {{- include "shopmesh-lib.checkEgress" (dict "setting" "otel" "url" $c.otel.endpoint "port" $c.otel.port "peers" $c.otel.peers "devUrl" $devOtel "devPeers" $devOtelPeers "enforced" $c.networkPolicy.enabled) -}}
 {{- end -}}
-{{- /* The service would refuse it too (OTEL_TRACES_SAMPLER_RATIO), but in a crash loop; the render says it. */ -}}
-{{- if or (lt (float64 $c.otel.samplerRatio) 0.0) (gt (float64 $c.otel.samplerRatio) 1.0) -}}
-{{- fail (printf "global.otel.samplerRatio (%v): a fraction of traces, 0 to 1" $c.otel.samplerRatio) -}}
-{{- end -}}
+{{- /* global.otel.samplerRatio: the values schema takes the chassis' bounds (k8s/values_schema.py). */ -}}
 {{- /* Prometheus Operator objects (_monitoring.tpl); alerts: the service chart's own, beside the library's. */ -}}
 {{- $mon := dig "monitoring" dict $g -}}
 {{- $_ := set $c "monitoring" (dict
