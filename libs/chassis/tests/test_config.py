@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from pydantic import Field
+from sqlalchemy.pool import QueuePool
 
 from shopmesh_chassis.app import HOOK_RESERVE_SECONDS, HOOK_UNWIND_SECONDS
 from shopmesh_chassis.config import (
     SHUTDOWN_HOOKS_MARGIN_SECONDS,
     ConfigError,
     ConsumerSettings,
+    DatabaseSettings,
     GrpcPort,
     IdempotencySettings,
     ServiceSettings,
     load_settings,
 )
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.testing.sample_service import SampleSettings
 
 
@@ -312,3 +316,29 @@ def test_the_grpc_server_binds_the_unix_socket_when_one_is_given_else_host_and_p
     assert load_settings(SampleSettings).grpc_listen_address == "[::1]:6000"
     monkeypatch.setenv("GRPC_UNIX_SOCKET", "/run/shopmesh/sample.sock")
     assert load_settings(SampleSettings).grpc_listen_address == "unix:/run/shopmesh/sample.sock"
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"DATABASE_POOL_SIZE": "0"}, "DATABASE_POOL_SIZE='0'"),
+        ({"DATABASE_MAX_OVERFLOW": "-1"}, "DATABASE_MAX_OVERFLOW='-1'"),
+        ({"DATABASE_POOL_SIZE": "1", "DATABASE_MAX_OVERFLOW": "0"}, "POOL_SIZE (1) + DATABASE_MAX_OVERFLOW (0)"),
+    ],
+)
+def test_a_database_pool_that_cannot_serve_calls_beside_the_relay_stops_startup_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(DatabaseSettings, service_name="svc")
+
+
+def test_the_database_pool_settings_reach_the_postgresql_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "3")
+    monkeypatch.setenv("DATABASE_MAX_OVERFLOW", "7")
+    settings = load_settings(DatabaseSettings, service_name="svc", database_url="postgresql://u:p@localhost:1/x")
+    pool = Database.from_settings(settings).postgres_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert (pool.size(), pool._max_overflow) == (3, 7)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 
 from shopmesh_chassis.app import run_shutdown_hooks
-from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS
+from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, DatabaseSettings, ServiceName, load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import DeferredJetStream, JetStreamPublisher, ensure_stream
 from shopmesh_chassis.metrics import EventMetrics
@@ -685,3 +685,45 @@ async def test_only_the_relay_holding_the_lock_reports_unpublished_events_on_pos
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_replica_never_holds_more_postgresql_connections_than_its_pool_its_relay_lock_included(
+    postgres: PostgresServer, client: Client, tmp_path: Path
+) -> None:
+    """DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW is all a replica takes of the server's max_connections: the
+    relay's lock connection, held while it leads, comes out of the same pool (the Helm charts' budget counts
+    nothing beside it), and calls still get the other connection."""
+    settings = load_settings(
+        PooledSettings, database_url=postgres.create_database(), database_pool_size=1, database_max_overflow=1
+    )
+    database = Database.from_settings(settings)
+    (tmp_path / "versions").mkdir()
+    await migrate(database, tmp_path / "versions")
+    relay = OutboxRelay(database, JetStreamPublisher(client))
+    seen: list[int] = []
+
+    async def a_call() -> None:
+        async with database.transaction() as session:
+            await session.execute(text("SELECT pg_sleep(0.05)"))
+            # Every backend of this database is one of the replica's: nothing else connects to it.
+            seen.append(await session.scalar(_BACKENDS) or 0)
+
+    try:
+        await add(database, "one")
+        assert await relay.publish_pending() == 1  # it leads, and keeps the lock's connection
+        await asyncio.wait_for(asyncio.gather(*(a_call() for _ in range(6))), timeout=60)
+        async with database.read() as session:
+            holders = await session.scalar(_LOCK_HOLDERS, {"k": _PG_RELAY_LOCK})
+    finally:
+        await relay.stop()
+        await database.dispose()
+    assert holders == 1
+    assert len(seen) == 6
+    assert max(seen) <= 2, f"the replica held {max(seen)} connections with a pool of 1 + 1"
+
+
+class PooledSettings(DatabaseSettings):
+    service_name: ServiceName = "pooled"
+
+
+_BACKENDS = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")

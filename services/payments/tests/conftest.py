@@ -144,7 +144,7 @@ async def running_payments(data_dir: Path, *, background: bool = False, **overri
     """The service as wiring builds it, with the processor spied on; `background` starts the NATS
     connection, the outbox relay and the purge, as the process does."""
     settings = payments_settings(data_dir, **overrides)
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     await migrate(database, VERSIONS, metadata)
     spy = ProcessorSpy()
     runtime = PaymentsRuntime(settings, database, processor_for=spy)

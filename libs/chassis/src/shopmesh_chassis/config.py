@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shopmesh_chassis.db import normalize_url
+from shopmesh_chassis.db import POSTGRES_MAX_OVERFLOW, POSTGRES_POOL_SIZE, normalize_url
 from shopmesh_chassis.nats_urls import InvalidNatsUrl, parse_nats_url, shown_nats_url
 
 
@@ -235,6 +235,24 @@ class DatabaseSettings(ServiceSettings):
     data_dir: str = ".data"
     # e.g. postgresql://catalog:secret@db:5432/catalog ; empty = sqlite file <DATA_DIR>/<SERVICE_NAME>.db
     database_url: str = ""
+    # PostgreSQL only (SQLite's pool never waits): the connections a replica keeps open, and how many more it
+    # opens under load. Its calls, the outbox relay's lock connection and the migrations' all take from this
+    # pool, so a replica holds at most their sum: times the replicas of every service, it must fit the
+    # server's max_connections (docs/operations.md), or pods fail to start ("too many clients").
+    database_pool_size: int = Field(default=POSTGRES_POOL_SIZE, ge=1, le=1000)
+    database_max_overflow: int = Field(default=POSTGRES_MAX_OVERFLOW, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _a_connection_beside_the_relays(self) -> DatabaseSettings:
+        # The outbox relay keeps one connection for as long as it leads: with a single one in all, every call
+        # would wait for the pool's timeout and fail.
+        if self.database_pool_size + self.database_max_overflow < 2:
+            raise ValueError(
+                f"DATABASE_POOL_SIZE ({self.database_pool_size}) + DATABASE_MAX_OVERFLOW "
+                f"({self.database_max_overflow}) must be at least 2: the outbox relay holds one connection while "
+                "it leads, and calls need another"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

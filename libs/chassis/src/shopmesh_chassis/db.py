@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
     from sqlalchemy.util.typing import TupleAny
 
+    from shopmesh_chassis.config import DatabaseSettings
+
 # How long SQLite waits for a lock another process holds. Calls run on the event loop, so the whole
 # service waits with it: this bounds that. Inside a service, writers queue on an asyncio lock.
 _SQLITE_BUSY_SECONDS = 5.0
@@ -315,13 +317,26 @@ def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
     return engine
 
 
-def create_postgres_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+# A replica's PostgreSQL connections: `pool_size` kept open, up to `max_overflow` more under load (closed when
+# returned). Everything of the replica takes from this one pool: its calls, the outbox relay's lock connection
+# while it leads, the migrations' connection at start. So the replica never holds more than their sum, and the
+# sum times the replicas of every service on one server must fit its max_connections (docs/operations.md). The
+# defaults, 6 a replica, let the seven services that own a database run one replica each through a rolling
+# update of all of them (one more pod each) on a stock PostgreSQL: 7 x 2 x 6 = 84 of its 97 (100, 3 kept for
+# superusers). One event loop per replica overlaps a few round trips at most; more connections only queue.
+POSTGRES_POOL_SIZE = 4
+POSTGRES_MAX_OVERFLOW = 2
+
+
+def create_postgres_engine(
+    url: str, *, pool_size: int = POSTGRES_POOL_SIZE, max_overflow: int = POSTGRES_MAX_OVERFLOW
+) -> AsyncEngine:
     engine_url, connect_args = asyncpg_connect_args(make_url(url))
     engine = create_async_engine(
         engine_url,
         connect_args=connect_args,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=max_overflow,
         pool_pre_ping=True,
         hide_parameters=HIDE_PARAMETERS,
     )
@@ -424,7 +439,11 @@ class Database:
     (tables and statements, no mapped classes), and a session's bookkeeping cost ~0.2 ms per transaction
     for nothing (docs/benchmarks.md)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = POSTGRES_POOL_SIZE, max_overflow: int = POSTGRES_MAX_OVERFLOW
+    ) -> None:
+        """`pool_size` and `max_overflow` size the PostgreSQL pool (see POSTGRES_POOL_SIZE); SQLite's never waits
+        for a connection and ignores them."""
         self.url = normalize_url(url)
         self._sqlite: Engine | None = None
         self._postgres: AsyncEngine | None = None
@@ -432,7 +451,7 @@ class Database:
         if is_sqlite(self.url):
             self._sqlite = create_sqlite_engine(self.url)
         else:
-            self._postgres = create_postgres_engine(self.url, pool_size=pool_size)
+            self._postgres = create_postgres_engine(self.url, pool_size=pool_size, max_overflow=max_overflow)
             # PostgreSQL's default, READ COMMITTED, gives each statement its own snapshot; a read-only
             # REPEATABLE READ transaction gives a whole `read()` one, as WAL does on SQLite, and never
             # fails to serialize. Same pool: the BEGIN carries the settings (no extra round trip), and a
@@ -443,6 +462,16 @@ class Database:
         # SQLite has one writer at a time. Waiting for it in SQLite's busy handler means sleeping in
         # growing steps (long tails under load); queueing here is FIFO and wakes at once.
         self._writer = asyncio.Lock() if self._sqlite is not None else None
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings) -> Database:
+        """The service's database as its settings give it (DATABASE_URL, the pool's DATABASE_POOL_SIZE and
+        DATABASE_MAX_OVERFLOW): how every service opens it, so that a setting of the chassis reaches them all."""
+        return cls(
+            settings.resolved_database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
 
     @property
     def dialect(self) -> str:

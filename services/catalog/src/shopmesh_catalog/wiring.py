@@ -31,7 +31,7 @@ class Catalog:
 
 async def build(settings: CatalogSettings) -> Catalog:
     """Migrate the database, load the seed when SEED_CATALOG is true, and build the servicer."""
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     try:
         await migrate(database, VERSIONS, metadata)
         application = CatalogApplication(database)

@@ -30,7 +30,7 @@ def binding(inventory: Inventory) -> ServiceBinding:
 async def _main() -> None:
     settings = load_settings(InventorySettings)
     provider = app.setup_observability(settings)
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     await migrate(database, VERSIONS, metadata)
     inventory = Inventory(database, sweep_batch_size=settings.reservation_sweep_batch_size)
     if settings.seed_stock:

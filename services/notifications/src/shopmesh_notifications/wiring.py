@@ -84,7 +84,7 @@ def build_consumer(
 async def _main() -> None:
     settings = load_settings(NotificationsSettings)
     tracer_provider = app.setup_observability(settings)
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     await migrate(database, VERSIONS, metadata)
 
     metrics = ServerMetrics()

@@ -48,7 +48,7 @@ async def _main() -> None:
             settings.saga_lease_seconds,
             settings.lease_needed_seconds,
         )
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     await migrate(database, VERSIONS, metadata)
 
     client_options = ClientOptions(default_timeout_seconds=settings.step_timeout_seconds, caller="orders")

@@ -82,7 +82,7 @@ class PaymentsRuntime:
 async def _main() -> None:
     settings = load_settings(PaymentsSettings)
     tracer_provider = app.setup_observability(settings)
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     await migrate(database, VERSIONS, metadata)
     runtime = PaymentsRuntime(settings, database)
     runtime.start()

@@ -51,7 +51,7 @@ class Recommendations:
 
 async def build(settings: RecommendationsSettings) -> Recommendations:
     """Migrate the database and assemble the service; the event consumer is built but not started."""
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     try:
         await migrate(database, VERSIONS, metadata)
     except BaseException:

@@ -82,7 +82,7 @@ def login_throttle(settings: UsersSettings) -> LoginThrottle:
 
 
 async def _migrated(settings: UsersSettings, hashing: Passwords, clock: Clock) -> tuple[Database, UsersApplication]:
-    database = Database(settings.resolved_database_url)
+    database = Database.from_settings(settings)
     try:
         await migrate(database, VERSIONS, metadata)
     except BaseException:
