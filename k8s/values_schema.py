@@ -131,6 +131,8 @@ FAULT: Schema = strict(delay=TEXT, abort=STRING, percent=TEXT)
 # Each is set in global: for every service and may be replaced in a service chart: one list, both places.
 PULL_POLICY: Schema = {"enum": ["Always", "IfNotPresent", "Never"]}
 DATABASE_MODE: Schema = {"enum": ["sqlite", "postgres"]}
+# Each pod's PostgreSQL pool (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW); _config.tpl checks their sum too.
+DATABASE_POOL: Schema = strict(size={"type": "integer", "minimum": 1}, maxOverflow={"type": "integer", "minimum": 0})
 ROUTE: Schema = strict(parentRefs=list_of(OBJECT), hostnames=list_of(STRING))
 ALERT: Schema = {
     **strict(alert=STRING, expr=STRING, severity=STRING, summary=STRING, description=STRING, **{"for": STRING}),
@@ -168,7 +170,13 @@ GLOBAL: Schema = strict(
     imageTag=TEXT,
     imagePullPolicy=PULL_POLICY,
     resources=map_of(RESOURCES, "per service: the environment's sizing of it"),
-    database=strict(mode=DATABASE_MODE, port=INTEGER, peers=PEERS),
+    database=strict(
+        mode=DATABASE_MODE,
+        port=INTEGER,
+        peers=PEERS,
+        pool=DATABASE_POOL,
+        maxConnections={"type": "integer", "minimum": 1},
+    ),
     nats=strict(url=STRING, existingSecret=STRING, secretKey=STRING, port=INTEGER, peers=PEERS),
     smtp=strict(
         host=STRING,
@@ -231,6 +239,7 @@ LIBRARY: dict[str, Schema] = {
         existingSecret=STRING,
         secretKey=STRING,
         dataSizeLimit=STRING,
+        pool=DATABASE_POOL,
     ),
     "idempotency": strict(enabled=BOOLEAN, existingSecret=STRING, secretKey=STRING),
     "events": strict(publishes=list_of(STRING), consumes=list_of(STRING)),

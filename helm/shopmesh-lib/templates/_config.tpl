@@ -124,7 +124,16 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "secretKey" (dig "database" "secretKey" "DATABASE_URL" $v)
     "dataSizeLimit" (dig "database" "dataSizeLimit" "1Gi" $v)
     "port" (dig "database" "port" 5432 $g)
-    "peers" (dig "database" "peers" (include "shopmesh-lib.devInfraPeers" "postgresql" | fromYamlArray) $g)) -}}
+    "peers" (dig "database" "peers" (include "shopmesh-lib.devInfraPeers" "postgresql" | fromYamlArray) $g)
+    "pool" (dict
+      "size" (dig "database" "pool" "size" (dig "database" "pool" "size" 4 $g) $v)
+      "maxOverflow" (dig "database" "pool" "maxOverflow" (dig "database" "pool" "maxOverflow" 2 $g) $v))
+    "maxConnections" (dig "database" "maxConnections" 97 $g)) -}}
+{{- /* The chassis refuses these too (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW), but in a crash loop. */ -}}
+{{- $pool := $c.database.pool -}}
+{{- if or (lt (float64 $pool.size) 1.0) (lt (float64 $pool.maxOverflow) 0.0) (lt (addf $pool.size $pool.maxOverflow) 2.0) (ne (floor $pool.size) (float64 $pool.size)) (ne (floor $pool.maxOverflow) (float64 $pool.maxOverflow)) -}}
+{{- fail (printf "database.pool for %s: size (%v) must be a whole number, 1 or more, and maxOverflow (%v) one of 0 or more, together at least 2 (the outbox relay holds one connection while it leads, and calls need another)" $name $pool.size $pool.maxOverflow) -}}
+{{- end -}}
 
 {{- /* SQLite's database is the pod's own (an emptyDir): a second pod behind the Service would be a second
      database, splitting accounts, stock and orders between them (the canary below is refused likewise). */ -}}
@@ -492,7 +501,43 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
     "tolerations" (dig "tolerations" (dig "tolerations" list $g) $v)
     "affinity" (dig "affinity" (dig "affinity" dict $g) $v)
     "priorityClassName" (dig "priorityClassName" (dig "priorityClassName" "" $g) $v)) -}}
+{{- /* What this service's pods may hold of its PostgreSQL's connections, against global.database.maxConnections:
+     its own share only (a service chart alone cannot see the others'); the umbrella checks their sum
+     (helm/shopmesh/templates/validate-database.yaml). */ -}}
+{{- $_ := set $c.database "connections" (include "shopmesh-lib.databaseConnections" $c | fromYaml) -}}
+{{- if gt (int $c.database.connections.total) (int $c.database.maxConnections) -}}
+{{- fail (printf "database.pool for %s: %s = %d connections, more than global.database.maxConnections (%v) allows; lower database.pool.size / maxOverflow or the replicas, or raise PostgreSQL's max_connections and the budget with it (docs/operations.md)" $name $c.database.connections.formula (int $c.database.connections.total) $c.database.maxConnections) -}}
+{{- end -}}
 {{- toYaml $c -}}
+{{- end -}}
+
+
+{{/*
+shopmesh-lib.databaseConnections — the most PostgreSQL connections one service's pods may hold at once, from
+its resolved config (shopmesh-lib.config), as YAML: {total, formula}; 0 without a PostgreSQL database.
+Every pod's connections come from its one pool (the chassis: calls, the outbox relay's lock connection and
+the migrations' take from it), so a pod holds at most size + maxOverflow. The most pods: the stable
+Deployment's (maxReplicas under autoscaling, else replicaCount) and the canary's, each with the one pod more a
+rolling update starts (maxSurge 1) before it stops an old one.
+*/}}
+{{- define "shopmesh-lib.databaseConnections" -}}
+{{- $db := .database -}}
+{{- if and $db.enabled (eq $db.mode "postgres") -}}
+{{- $perPod := add (int $db.pool.size) (int $db.pool.maxOverflow) -}}
+{{- $stable := ternary (int .autoscaling.maxReplicas) (int .replicas) .autoscaling.enabled -}}
+{{- $pods := add1 $stable -}}
+{{- $formula := printf "(%s %d + 1 surge" (ternary "maxReplicas" "replicaCount" .autoscaling.enabled) $stable -}}
+{{- if .canary.enabled -}}
+{{- $pods = add $pods (add1 (int .canary.replicas)) -}}
+{{- $formula = printf "%s + canary %d + 1 surge" $formula (int .canary.replicas) -}}
+{{- end -}}
+{{- $formula = printf "%s) pods x (pool size %d + maxOverflow %d)" $formula (int $db.pool.size) (int $db.pool.maxOverflow) -}}
+total: {{ mul $pods $perPod }}
+formula: {{ $formula | quote }}
+{{- else -}}
+total: 0
+formula: ""
+{{- end -}}
 {{- end -}}
 
 

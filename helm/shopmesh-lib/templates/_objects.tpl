@@ -72,6 +72,10 @@ spec:
     "LOG_FORMAT" $c.logFormat -}}
 {{- if $c.database.enabled -}}
 {{- $_ := set $data "DATA_DIR" "/data" -}}
+{{- if eq $c.database.mode "postgres" -}}
+{{- $_ := set $data "DATABASE_POOL_SIZE" $c.database.pool.size -}}
+{{- $_ := set $data "DATABASE_MAX_OVERFLOW" $c.database.pool.maxOverflow -}}
+{{- end -}}
 {{- end -}}
 {{- if include "shopmesh-lib.secretFiles" $c -}}
 {{- $_ := set $data "SECRETS_DIR" $c.secretsDir -}}

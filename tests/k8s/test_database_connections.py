@@ -1,0 +1,127 @@
+"""The PostgreSQL connections the services' pods may hold fit what their server accepts, and a release whose
+pools would not fails to render, naming the numbers. Staging's pods could once open 980 connections against
+k8s/infra's PostgreSQL's 97: new pods were refused (SQLSTATE 53300), migrations failed, pods crash-looped."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shopmesh_chassis.config import DatabaseSettings, load_settings
+from shopmesh_chassis.db import Database
+from shopmesh_platform.topology import SERVICES
+
+from .k8skit import ROOT, Docs, objects_of, render
+
+SUPERUSER_RESERVED = 3  # PostgreSQL's superuser_reserved_connections: not for the services' users
+OWNERS = sorted(name for name in SERVICES if SERVICES[name].has_database)
+
+
+def infra_max_connections() -> int:
+    """The max_connections k8s/infra's PostgreSQL runs with (values-staging.yaml's, for rehearsing on kind)."""
+    (statefulset,) = [
+        d
+        for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / "postgresql.yaml").read_text())
+        if d and d["kind"] == "StatefulSet"
+    ]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    found = re.fullmatch(r"max_connections=(\d+)", container["args"][container["args"].index("-c") + 1])
+    assert found, container["args"]
+    return int(found.group(1))
+
+
+def pool_of(configmap: dict[str, str]) -> tuple[int, int]:
+    """The pool the chassis opens from a pod's ConfigMap: (kept, most) connections."""
+    settings = load_settings(
+        DatabaseSettings,
+        service_name=configmap["SERVICE_NAME"],
+        database_url="postgresql://u:p@localhost:1/x",
+        **{key.lower(): value for key, value in configmap.items() if key.startswith("DATABASE_")},
+    )
+    pool: Any = Database.from_settings(settings).postgres_engine.pool
+    return pool.size(), pool.size() + pool._max_overflow
+
+
+def staging(helm_dir: Path, **database: Any) -> Docs:
+    values = render.merged_values(render.values_for("staging", helm_dir), {"global": {"database": database}})
+    return objects_of(helm_dir, "shopmesh", values)
+
+
+def test_staging_pools_fit_the_postgresql_k8s_infra_runs(helm_dir: Path) -> None:
+    docs = staging(helm_dir)
+    configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    hpas = {d["spec"]["scaleTargetRef"]["name"]: d["spec"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    surge = {
+        d["metadata"]["name"]: d["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    kept_at_min = most_at_max = 0
+    for owner in OWNERS:
+        kept, most = pool_of(configmaps[owner])
+        kept_at_min += (hpas[owner]["minReplicas"] + surge[owner]) * kept
+        most_at_max += (hpas[owner]["maxReplicas"] + surge[owner]) * most
+    usable = infra_max_connections() - SUPERUSER_RESERVED
+    budget = render.values_for("staging", helm_dir)["global"]["database"]["maxConnections"]
+    assert kept_at_min <= most_at_max <= budget <= usable, (kept_at_min, most_at_max, budget, usable)
+
+
+def test_pools_over_the_budget_fail_the_umbrellas_render_naming_each_services_share(helm_dir: Path) -> None:
+    # Staging's 196 (7 services x 7 pods x 4) against less: each share alone fits, only their sum does not.
+    with pytest.raises(Exception, match="may open 196 connections together, more than its 150") as refused:
+        staging(helm_dir, maxConnections=150)
+    for owner in OWNERS:
+        assert f"{owner} (maxReplicas 6 + 1 surge) pods x (pool size 2 + maxOverflow 2) = 28" in str(refused.value)
+
+
+def test_the_default_pools_at_stagings_replicas_do_not_fit_a_stock_postgresql(helm_dir: Path) -> None:
+    """The pools as the chassis sizes them by default (4 + 2), at staging's replicas, against the budget of a
+    PostgreSQL left at its 100 connections: refused at render time, not found in a crash loop."""
+    with pytest.raises(Exception, match="may open 294 connections together, more than its 97"):
+        staging(helm_dir, pool={"size": 4, "maxOverflow": 2}, maxConnections=97)
+
+
+def test_a_service_chart_alone_fails_when_its_own_pods_exceed_the_budget(helm_dir: Path) -> None:
+    values = render.merged_values(
+        render.values_for("staging", helm_dir), {"global": {"database": {"maxConnections": 20}}}
+    )
+    refusal = (
+        "database.pool for catalog: (maxReplicas 6 + 1 surge) pods x (pool size 2 + maxOverflow 2) = 28 connections, "
+        "more than global.database.maxConnections (20)"
+    )
+    with pytest.raises(Exception, match=re.escape(refusal)):
+        objects_of(helm_dir, "catalog", values)
+
+
+def test_a_canarys_pods_count_toward_the_budget(helm_dir: Path) -> None:
+    values = render.merged_values(
+        render.values_for("staging", helm_dir),
+        {"global": {"mesh": "istio", "database": {"maxConnections": 36}, "canary": {"catalog": {"enabled": True}}}},
+    )
+    # 7 stable pods and a canary's 1 + 1 surge, 4 connections each: 36 fits, 35 does not.
+    objects_of(helm_dir, "catalog", values)
+    values["global"]["database"]["maxConnections"] = 35
+    with pytest.raises(
+        Exception,
+        match=re.escape("(maxReplicas 6 + 1 surge + canary 1 + 1 surge) pods x (pool size 2 + maxOverflow 2) = 36"),
+    ):
+        objects_of(helm_dir, "catalog", values)
+
+
+@pytest.mark.parametrize(
+    "pool", [{"size": 1, "maxOverflow": 0}, {"size": 0, "maxOverflow": 4}], ids=["one-in-all", "none-kept"]
+)
+def test_a_pool_the_chassis_would_refuse_fails_the_render(helm_dir: Path, pool: dict[str, int]) -> None:
+    # The render's own check, or the values' schema before it.
+    with pytest.raises(Exception, match=r"database\.pool for catalog|/database/pool/size"):
+        objects_of(helm_dir, "catalog", {"global": {"database": {"mode": "postgres", "pool": pool}}})
+
+
+def test_each_postgresql_pods_configmap_gives_the_chassis_its_pool(helm_dir: Path) -> None:
+    docs = staging(helm_dir, pool={"size": 3, "maxOverflow": 1}, maxConnections=1000)
+    configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    assert {owner: pool_of(configmaps[owner]) for owner in OWNERS} == dict.fromkeys(OWNERS, (3, 4))
