@@ -342,6 +342,15 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 ],
             ),
             (
+                "Events set aside",
+                "short",
+                "Events NATS refuses for good (over the server's max_payload or the stream's max message size) that "
+                "the relay holding each outbox's lock set aside, as it counted them at its last pass: not published, "
+                "they wait in the outbox for an operator to re-send or delete them; the events behind them went on. "
+                "Should be 0 (alert ShopmeshOutboxEventsSetAside).",
+                [(f"max by (job) (shopmesh_outbox_set_aside_events{{{SELECTOR}}})", "{{job}}")],
+            ),
+            (
                 "Consumer backlog",
                 "short",
                 "Events each consumer has not applied yet (alert ShopmeshConsumerBacklog).",

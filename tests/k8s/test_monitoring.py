@@ -710,6 +710,19 @@ def test_emails_failed_sees_the_first_failed_email() -> None:
     assert samples.get("failed") == 0.0, f"before any attempt the endpoint shows only {samples}"
 
 
+# Alerts no dashboard panel shows, and why. Any other is named in the description of a panel that draws what it
+# reads: an on-call engineer paged by it finds there how it came to fire, and since when.
+NO_PANEL = {"ShopmeshServiceDown": "`up` is Prometheus' own; a service down shows as its calls stopping"}
+
+
+def test_every_alert_has_a_dashboard_panel(rendered: dict[tuple[str, str], Docs]) -> None:
+    described = " ".join(description for _title, row in dashboards.ROWS for _panel, _unit, description, _q in row)
+    alerts = {a["alert"] for name in SERVICES for a in alerts_of(rendered[MONITORING, name], name)}
+    assert NO_PANEL.keys() <= alerts
+    missing = sorted(alert for alert in alerts - NO_PANEL.keys() if alert not in described)
+    assert not missing, f"no dashboard panel shows {missing}"
+
+
 def test_every_label_a_dashboard_or_an_alert_names_is_on_its_series(rendered: dict[tuple[str, str], Docs]) -> None:
     """A label the series lack fails quietly: a matcher on it selects nothing (a panel flat at zero, an alert
     that never fires), a `by` on it sums every series into one, a legend or annotation shows it empty."""
@@ -974,3 +987,77 @@ def test_order_recovery_failing_ignores_a_burst_that_does_not_recur(
     alert = alert_named(rendered, "orders", "ShopmeshOrderRecoveryFailing")
     simulated = recovery_scenario(scenario, "recheck", RECOVERY_BURSTS[scenario], silent_between(0, RECOVERY_FOR))
     assert_promtool_passes(alert, "orders", [simulated], tmp_path)
+
+
+SET_ASIDE_FOR = 1800
+SET_ASIDE_AT = 300
+# An operator re-sends or deletes the events set aside (docs/operations.md): the relay's next pass counts 0.
+SET_ASIDE_CLEARED_AT = 1200
+
+
+def set_aside_scenario(name: str, counts: list[Callable[[int], int]], expected: Expected) -> Scenario:
+    """A replica per entry of `counts`, each with the real event metrics, its relay counting counts(t) events set
+    aside at second t (the lock's holder; a standby reports 0)."""
+    metrics = [ServerMetrics(CollectorRegistry()) for _ in counts]
+
+    def world(t: float) -> None:
+        for count, metric in zip(counts, metrics, strict=True):
+            metric.events.set_aside.set(count(int(t)))
+
+    def scrape() -> list[Sample]:
+        return [
+            sample._replace(labels={**sample.labels, "pod": f"pod-{index}"})
+            for index, metric in enumerate(metrics)
+            for family in metric.registry.collect()
+            for sample in family.samples
+        ]
+
+    return Scenario(name, world, scrape, SET_ASIDE_FOR, expected)
+
+
+def set_aside_between(start: int, stop: int, count: int = 1) -> Callable[[int], int]:
+    return lambda t: count if start <= t < stop else 0
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "one replica sets an event aside",
+        "the leader sets two aside, a standby reports 0",
+        "the leader sets one aside at a time, cleared one at a time",
+    ],
+)
+def test_outbox_events_set_aside_fires_while_one_waits_and_resolves_once_cleared(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshOutboxEventsSetAside")
+    hold = seconds_of(alert["for"])
+    assert fires_by(SET_ASIDE_AT, hold) < SET_ASIDE_CLEARED_AT, "the scenario clears them before it could fire"
+    expected = (
+        silent_between(0, SET_ASIDE_AT + hold)
+        | firing_between(fires_by(SET_ASIDE_AT, hold), SET_ASIDE_CLEARED_AT)
+        | silent_between(SET_ASIDE_CLEARED_AT + SCRAPE_INTERVAL + EVALUATION_INTERVAL, SET_ASIDE_FOR)
+    )
+    counts = {
+        "one replica sets an event aside": [set_aside_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT)],
+        "the leader sets two aside, a standby reports 0": [
+            set_aside_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT, 2),
+            lambda t: 0,
+        ],
+        "the leader sets one aside at a time, cleared one at a time": [
+            lambda t: (
+                set_aside_between(SET_ASIDE_AT, SET_ASIDE_CLEARED_AT)(t)
+                + set_aside_between(SET_ASIDE_AT + 400, SET_ASIDE_CLEARED_AT - 200)(t)
+            ),
+            lambda t: 0,
+        ],
+    }[scenario]
+    assert_promtool_passes(alert, "orders", [set_aside_scenario(scenario, counts, expected)], tmp_path)
+
+
+def test_outbox_events_set_aside_stays_silent_while_nothing_is_set_aside(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshOutboxEventsSetAside")
+    scenario = set_aside_scenario("nothing set aside", [lambda t: 0, lambda t: 0], silent_between(0, SET_ASIDE_FOR))
+    assert_promtool_passes(alert, "orders", [scenario], tmp_path)
