@@ -267,7 +267,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "short",
                 "Charges payments captured after their order was cancelled, which the recovery loop's recheck "
                 "found and refunded, per second: customers charged for an order they were told was cancelled "
-                "(each also logged at ERROR). Should be 0.",
+                "(each also logged at ERROR). Should be 0 (alert ShopmeshLateCapturesRefunded).",
                 [
                     (
                         f"sum (rate(shopmesh_orders_late_captures_refunded_total{{{SELECTOR}}}[$__rate_interval]))",

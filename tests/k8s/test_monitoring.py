@@ -12,6 +12,7 @@ import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from prometheus_client.samples import Sample
 from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, ServerMetrics
 from shopmesh_notifications.metrics import NotificationMetrics
+from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_platform.topology import SERVICES, is_edge
 
@@ -54,7 +56,7 @@ SCRAPERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name"
 # Alerts a service chart adds of its own (helm/<service>/values.yaml `alerts:`).
 OWN_ALERTS = {
     "notifications": {"ShopmeshEmailsFailed"},
-    "orders": {"ShopmeshCheckoutsCancelledByOutages", "ShopmeshOrderRecoveryFailing"},
+    "orders": {"ShopmeshCheckoutsCancelledByOutages", "ShopmeshOrderRecoveryFailing", "ShopmeshLateCapturesRefunded"},
 }
 # The burn-rate alerts on the SLOs of the public API (helm/gateway/values.yaml `slo:`; tests/k8s/test_slo.py).
 SLO_ALERTS = {"ShopmeshErrorBudgetBurnFast", "ShopmeshErrorBudgetBurnSlow"}
@@ -987,6 +989,72 @@ def test_order_recovery_failing_ignores_a_burst_that_does_not_recur(
     alert = alert_named(rendered, "orders", "ShopmeshOrderRecoveryFailing")
     simulated = recovery_scenario(scenario, "recheck", RECOVERY_BURSTS[scenario], silent_between(0, RECOVERY_FOR))
     assert_promtool_passes(alert, "orders", [simulated], tmp_path)
+
+
+LATE_CAPTURES_FOR = 3600
+LATE_CAPTURE_AT = 600
+LATE_CAPTURES_WINDOW = 900  # the rule's increase() window (helm/orders/values.yaml)
+
+
+def a_cancelled_order() -> Order:
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    return Order(
+        id="ord_1",
+        user_id="usr_1",
+        email="a@example.com",
+        currency="EUR",
+        lines=(OrderLine("prd_1", "Mug", 1, 1200),),
+        address=Address("A B", "1 Road", "Town", "1000", "BE"),
+        created_at=now,
+        updated_at=now,
+        state=OrderState.CANCELLED,
+        step=SagaStep.DONE,
+        cancel_code=CancelCode.PAYMENT_UNAVAILABLE,
+        refunded=True,
+    )
+
+
+def late_captures_scenario(name: str, refunds: Callable[[int], int], expected: Expected) -> Scenario:
+    """One orders pod's real OrderMetrics, its recheck refunding refunds(t) late captures at second t."""
+    registry = CollectorRegistry()
+    metrics = OrderMetrics(registry)
+    order = a_cancelled_order()
+
+    def world(t: float) -> None:
+        for _ in range(refunds(int(t))):
+            metrics.late_capture_refunded(order)
+
+    def scrape() -> list[Sample]:
+        return [s._replace(labels={**s.labels, "pod": "orders-0"}) for f in registry.collect() for s in f.samples]
+
+    return Scenario(name, world, scrape, LATE_CAPTURES_FOR, expected)
+
+
+@pytest.mark.parametrize("at", [LATE_CAPTURE_AT, LATE_CAPTURE_AT + 7])
+def test_late_captures_refunded_fires_for_a_single_late_capture_and_resolves_after_its_window(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, at: int
+) -> None:
+    """Each late capture is a customer charged for an order they were told was cancelled: the first of a
+    pod (its counter exported at 0 from the start) fires the alert at once, and it resolves once that
+    refund has left the rule's window, nothing else refunded since."""
+    alert = alert_named(rendered, "orders", "ShopmeshLateCapturesRefunded")
+    hold = seconds_of(alert["for"])
+    assert fires_by(at, hold) < at + LATE_CAPTURES_WINDOW - SCRAPE_INTERVAL, "it could not fire for one refund"
+    expected = (
+        silent_between(0, at)
+        | firing_between(fires_by(at, hold), at + LATE_CAPTURES_WINDOW - SCRAPE_INTERVAL)
+        | silent_between(at + LATE_CAPTURES_WINDOW + SCRAPE_INTERVAL + EVALUATION_INTERVAL, LATE_CAPTURES_FOR)
+    )
+    scenario = late_captures_scenario(f"one late capture refunded at {at} s", lambda t: int(t == at), expected)
+    assert_promtool_passes(alert, "orders", [scenario], tmp_path)
+
+
+def test_late_captures_refunded_stays_silent_while_none_is_refunded(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshLateCapturesRefunded")
+    scenario = late_captures_scenario("no late capture", lambda t: 0, silent_between(0, LATE_CAPTURES_FOR))
+    assert_promtool_passes(alert, "orders", [scenario], tmp_path)
 
 
 SET_ASIDE_FOR = 1800
