@@ -284,7 +284,7 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
     "expr" "max(shopmesh_outbox_set_aside_events{__selector__}) > 0"
     "for" "1m" "severity" "warning"
     "summary" (printf "%s: events set aside in the outbox" $c.name)
-    "description" "{{ $value }} event(s) wait in the outbox, set aside: NATS refuses them for good (larger than the server's max_payload or the stream's max message size; the relay's ERROR log names each). They are not published; the events behind them were. Find them, fix the limit, then re-send or delete them (docs/operations.md, 'An event set aside in the outbox').") -}}
+    "description" "{{ $value }} event(s) wait in the outbox, set aside: NATS refuses them for good (larger than the server's max_payload or the stream's max message size; the relay's ERROR log names each). They are not published; the events behind them were. Find them, fix the limit, then re-send or delete them (docs/operations.md, ShopmeshOutboxEventsSetAside).") -}}
 {{- end -}}
 {{- if $c.nats.consumes -}}
 {{- $rules = append $rules (dict

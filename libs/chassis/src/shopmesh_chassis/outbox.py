@@ -357,8 +357,8 @@ class OutboxRelay:
                     # Retried, it would be refused again every pass, and every event behind it never sent.
                     log.error(
                         "outbox: event %s (%s, subject %s, %d bytes) set aside, NATS refuses it for good: %s; "
-                        "the events behind it go on. Re-send or delete it (docs/operations.md, 'An event set "
-                        "aside in the outbox')",
+                        "the events behind it go on. Re-send or delete it (docs/operations.md, "
+                        "ShopmeshOutboxEventsSetAside)",
                         row.event_id,
                         headers.get(EVENT_TYPE, "unknown type"),
                         row.subject,
