@@ -746,3 +746,76 @@ async def test_with_the_gateway_down_the_page_says_the_shop_is_unavailable_not_e
         await expect(alert).not_to_contain_text("reset reason")
     finally:
         await stack.start_service("gateway")
+
+
+CHECKOUT_FIELDS = {
+    "Full name": "Ada Lovelace",
+    "Street": "1 Analytical Way",
+    "City": "London",
+    "Postal code": "N1 7AA",
+    "Country (two letters)": "GB",
+    "Card number": GOOD_CARD,
+    "Expiry month": "12",
+    "Expiry year (four digits)": "2031",
+    "CVV": "123",
+}
+
+
+async def test_a_cart_changed_in_another_tab_is_shown_before_it_is_charged(
+    stack: Stack, browser: Browser, http: httpx.AsyncClient
+) -> None:
+    """docs/storefront.md: "The customer pays the total they were shown". Two tabs of one browser share the cart
+    (localStorage): the first shows one knife at $89.00; the second adds three. The first's "Place order" had
+    charged four knives, $356.00, a total that page never showed. Now the first tab shows the cart as it is
+    (four, $356.00) and says it changed in another tab, keeping what was typed; placing then charges that."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Grace")
+        await first.add_to_cart("prod_chef_knife")
+        await first.open("#/cart")
+        await expect(page.get_by_text("Total: $89.00")).to_be_visible()
+        await first.fill(CHECKOUT_FIELDS)
+        second = Tab(first.context, await first.context.new_page(), first.base_url)
+        await second.add_to_cart("prod_chef_knife", 3)
+        assert second.problems == []
+
+        await expect(page.locator("#flash")).to_contain_text("Your cart was changed in another tab")
+        await expect(page.get_by_text("Total: $356.00")).to_be_visible()
+        await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).to_have_value("4")
+        await expect(page.get_by_label("Card number", exact=True)).to_have_value(GOOD_CARD)
+        await first.press("Place order")
+        await first.placed()
+        [order] = await orders_of(http, await first.token())
+        assert [(item["productId"], item["quantity"]) for item in order["items"]] == [("prod_chef_knife", 4)]
+        assert order["total"]["amountMinor"] == "35600", order
+
+
+async def test_a_cart_changed_unseen_before_place_order_is_refused_and_shown(tab: Tab, http: httpx.AsyncClient) -> None:
+    """The page orders the cart it shows, never one it has not shown. A change it has not heard of yet (another
+    tab's `storage` event may come after the press; here the same tab writes, which fires none) is refused at
+    "Place order": nothing is ordered, the cart is shown as it now is and the customer told; pressing again
+    orders that."""
+    page = tab.page
+    await tab.register("Hedy")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.open("#/cart")
+    await expect(page.get_by_text("Total: $89.00")).to_be_visible()
+    await tab.fill(CHECKOUT_FIELDS)
+    await page.evaluate(
+        """() => {
+            const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
+            items[0].quantity = 2;
+            localStorage.setItem("shopmesh.cart", JSON.stringify(items));
+        }"""
+    )
+    await expect(page.get_by_text("Total: $89.00")).to_be_visible()
+    await tab.press("Place order")
+    await expect(page.locator("#flash")).to_contain_text("Nothing was ordered", timeout=SLOW)
+    await expect(page.get_by_text("Total: $178.00")).to_be_visible()
+    await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).to_have_value("2")
+    assert await orders_of(http, await tab.token()) == [], "nothing is placed for a cart the page did not show"
+
+    await tab.press("Place order")
+    await tab.placed()
+    [order] = await orders_of(http, await tab.token())
+    assert order["total"]["amountMinor"] == "17800", order

@@ -207,6 +207,44 @@ const cart = {
   clear: () => cart.save([]),
 };
 
+// The cart's lines as the cart page shows them (null on any other page): what its checkout orders, at their
+// total. Another tab shares the cart (localStorage) and may change it at any time; the page orders only a
+// cart it has shown.
+let cartShown = null;
+
+// What of a line the customer sees and pays for.
+const cartLine = ({ productId, name, unitPrice, quantity }) => [
+  productId,
+  name,
+  unitPrice?.amountMinor,
+  unitPrice?.currency,
+  quantity,
+];
+
+function sameCart(one, other) {
+  return JSON.stringify(one.map(cartLine)) === JSON.stringify(other.map(cartLine));
+}
+
+const CHANGED_ELSEWHERE = "Your cart was changed in another tab: it is shown here as it now is.";
+const CHANGED_BEFORE_ORDER =
+  "Your cart was changed in another tab: it is shown here as it now is. Nothing was ordered or charged; " +
+  "check it, then place the order again.";
+
+// The cart page again, with the cart as stored now, told why; what was typed into the checkout form stays
+// (the card too: it never left the page).
+async function showCartChanged(message) {
+  // The form's own inputs: the quantities outside it (their `form` attribute) are the cart's, shown anew.
+  const fieldsOf = (form) => [...(form?.querySelectorAll("input") ?? [])];
+  const typed = fieldsOf(document.getElementById(CHECKOUT_FORM)).map((input) => [input.name, input.value]);
+  flash(message);
+  await route();
+  const fields = fieldsOf(document.getElementById(CHECKOUT_FORM));
+  for (const [name, value] of typed) {
+    const input = fields.find((field) => field.name === name);
+    if (input) input.value = value;
+  }
+}
+
 // `count` random bytes in hex (crypto.randomUUID needs a secure context; an http:// host other than
 // localhost is none).
 function randomHex(count) {
@@ -545,6 +583,7 @@ function cartTotal(items) {
 
 function cartView() {
   const items = cart.items();
+  cartShown = items;
   if (!items.length) return [h("h1", {}, "Your cart"), h("p", {}, "Your cart is empty.")];
   // A quantity changed updates the total in place (the lines' currencies stay what they were). A cart of
   // several currencies has no one total to check out with: it shows each currency's, as no single amount
@@ -552,14 +591,14 @@ function cartView() {
   const total = cartTotal(items);
   const estimate = h("strong", {});
   const showTotal = () => {
-    estimate.textContent = cartTotals(cart.items()).map(money).join(" and ");
+    estimate.textContent = cartTotals(cartShown).map(money).join(" and ");
   };
   showTotal();
   const prices = items.map((item) => h("td", { class: NUMBER }, money(item.unitPrice)));
   // The prices refreshed after a checkout refused for a price change: shown in place, so that what the
   // customer typed into the form stays.
   const showPrices = () => {
-    cart.items().forEach((item, index) => {
+    cartShown.forEach((item, index) => {
       if (prices[index]) prices[index].textContent = money(item.unitPrice);
     });
     showTotal();
@@ -582,8 +621,15 @@ function cartView() {
           value: item.quantity,
           "aria-label": `Quantity of ${item.name}`,
           onchange: (event) => {
+            // A change of another tab not heard of yet: this quantity is not set on a cart the page does not
+            // show; the page shows that cart first.
+            if (!sameCart(cart.items(), cartShown)) {
+              showCartChanged(CHANGED_ELSEWHERE);
+              return;
+            }
             const quantity = int32(Math.max(0, Number.parseInt(event.target.value, 10) || 0));
             cart.setQuantity(item.productId, quantity);
+            cartShown = cart.items();
             // A line taken out changes the rows; otherwise what was typed into the form stays.
             if (quantity === 0) route();
             else showTotal();
@@ -624,6 +670,13 @@ function checkoutForm(currency, session, showPrices) {
     { name: "card.cvv", label: "CVV", inputmode: "numeric", autocomplete: "cc-csc" },
   ];
   const submit = async (values) => {
+    // The cart the page shows is the one ordered, at the total it shows: a cart another tab changed since
+    // (its `storage` event not heard yet) is shown first, and nothing is sent.
+    const items = cartShown;
+    if (!sameCart(cart.items(), items)) {
+      await showCartChanged(CHANGED_BEFORE_ORDER);
+      return;
+    }
     const whole = (text) => (/^\d+$/.test(text.trim()) ? int32(Number(text)) : 0);
     const card = {
       number: values["card.number"].replaceAll(/\s/g, ""),
@@ -632,11 +685,11 @@ function checkoutForm(currency, session, showPrices) {
       cvv: values["card.cvv"],
     };
     const order = {
-      items: cart.items().map((item) => ({ productId: item.productId, quantity: item.quantity })),
+      items: items.map((item) => ({ productId: item.productId, quantity: item.quantity })),
       currency,
       // The total the cart shows is the one the customer agrees to: orders refuses the order (PRICE_CHANGED)
       // rather than charge another.
-      expectedTotal: cartTotal(cart.items()),
+      expectedTotal: cartTotal(items),
       email: values.email,
       shippingAddress: {
         fullName: values["shipping_address.full_name"],
@@ -648,15 +701,24 @@ function checkoutForm(currency, session, showPrices) {
     };
     // The same order to the same card is the same checkout; the card's number and CVV are not kept for it.
     const what = { ...order, card: { last4: card.number.slice(-4), expMonth: card.expMonth, expYear: card.expYear } };
-    const answer = await idempotently(CHECKOUT, what, (key) => api.placeOrder({ ...order, card }, key)).catch(
-      async (error) => {
-        if (error instanceof ApiError && error.info?.reason === "PRICE_CHANGED") {
-          await refreshPrices(error, order.expectedTotal);
-          showPrices();
+    let answer;
+    try {
+      answer = await idempotently(CHECKOUT, what, (key) => api.placeOrder({ ...order, card }, key));
+    } catch (error) {
+      if (error instanceof ApiError && error.info?.reason === "PRICE_CHANGED") {
+        await refreshPrices(error, order.expectedTotal);
+        // Only the prices are new, shown in place; lines another tab changed meanwhile need the whole page.
+        const refreshed = cart.items();
+        const lines = (cartItems) => JSON.stringify(cartItems.map((item) => [item.productId, item.quantity]));
+        if (lines(refreshed) !== lines(items)) {
+          await showCartChanged(CHANGED_BEFORE_ORDER);
+          return;
         }
-        throw withGoneProducts(error, order.items);
-      },
-    );
+        cartShown = refreshed;
+        showPrices();
+      }
+      throw withGoneProducts(error, order.items);
+    }
     cart.clear();
     flash(`Thank you! Order ${answer.order.id} is ${enumName(answer.order.state, "ORDER_STATE_")}.`, {
       acrossNavigation: true,
@@ -932,6 +994,7 @@ async function route() {
   const found = ROUTES.find((candidate) => candidate.pattern.test(path));
   const parts = found ? decoded(found.pattern.exec(path)) : null;
   const mine = ++shown;
+  cartShown = null;
   let content;
   if (!parts) {
     content = [h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the shop"))];
@@ -1003,8 +1066,13 @@ window.addEventListener("hashchange", () => {
   else flash("");
   route();
 });
-// Another tab changed the cart.
-window.addEventListener("storage", showCartSize);
+// Another tab changed the cart (`key` null: it cleared the storage). The cart page shows it as it now is: what
+// it shows is what its checkout orders.
+window.addEventListener("storage", (event) => {
+  if (event.storageArea !== localStorage || (event.key !== CART && event.key !== null)) return;
+  showCartSize();
+  if (cartShown && !sameCart(cart.items(), cartShown)) showCartChanged(CHANGED_ELSEWHERE);
+});
 
 showSession();
 showCartSize();
