@@ -819,3 +819,120 @@ async def test_a_cart_changed_unseen_before_place_order_is_refused_and_shown(tab
     await tab.placed()
     [order] = await orders_of(http, await tab.token())
     assert order["total"]["amountMinor"] == "17800", order
+
+
+@contextlib.asynccontextmanager
+async def checkout_held(page: Page) -> AsyncIterator[tuple[asyncio.Event, asyncio.Event]]:
+    """The page's checkout request (POST /v1/orders) held at the browser until `release` is set; `held` is set
+    once it is. Released on the way out, whatever happened."""
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        held.set()
+        await release.wait()
+        await route.continue_()
+
+    await page.route(re.compile(r"/v1/orders$"), hold)
+    try:
+        yield held, release
+    finally:
+        release.set()
+
+
+async def test_a_cart_changed_in_another_tab_during_checkout_does_not_offer_place_order_again(
+    stack: Stack, browser: Browser, http: httpx.AsyncClient
+) -> None:
+    """While "Place order" is out, another tab adds to the cart. Its storage event redrew the cart page, with
+    "Place order" enabled again: a second press ordered the newly shown cart under a new idempotency key while
+    the first order was still going through. The redraw waits for the answer: the button stays disabled, and
+    the checkout ends as one order, of what the page showed when it was pressed."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Barbara")
+        await first.add_to_cart("prod_chef_knife")
+        await first.open("#/cart")
+        await first.fill(CHECKOUT_FIELDS)
+        place_order = page.get_by_role("button", name="Place order", exact=True)
+        async with checkout_held(page) as (held, release):
+            await place_order.click()
+            await asyncio.wait_for(held.wait(), SLOW / 1000)
+            second = Tab(first.context, await first.context.new_page(), first.base_url)
+            await second.add_to_cart("prod_chef_knife", 3)
+            assert second.problems == []
+            # The first tab has heard of the change (the header counts the cart anew)...
+            await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
+            # ...and still offers no second order, nor a quantity to change under the one out.
+            await expect(place_order).to_be_disabled()
+            await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).not_to_be_editable()
+            release.set()
+            await first.placed()
+        [order] = await orders_of(http, await first.token())
+        assert [(item["productId"], item["quantity"]) for item in order["items"]] == [("prod_chef_knife", 1)]
+        assert order["total"]["amountMinor"] == "8900", order
+
+
+async def test_lines_another_tab_added_during_checkout_stay_in_the_cart_after_it(
+    stack: Stack, browser: Browser, http: httpx.AsyncClient
+) -> None:
+    """A checkout takes what it ordered out of the shared cart, not the whole cart: it had emptied it, losing
+    the knives and the board another tab added while the order was out."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Radia")
+        await first.add_to_cart("prod_chef_knife")
+        await first.open("#/cart")
+        await first.fill(CHECKOUT_FIELDS)
+        async with checkout_held(page) as (held, release):
+            await first.press("Place order")
+            await asyncio.wait_for(held.wait(), SLOW / 1000)
+            second = Tab(first.context, await first.context.new_page(), first.base_url)
+            await second.add_to_cart("prod_chef_knife", 2)
+            await second.add_to_cart("prod_cutting_board")
+            assert second.problems == []
+            await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
+            release.set()
+            await first.placed()
+        [order] = await orders_of(http, await first.token())
+        assert [(item["productId"], item["quantity"]) for item in order["items"]] == [("prod_chef_knife", 1)]
+
+        await expect(page.locator("#cart-link")).to_have_text("Cart (3)")
+        await first.open("#/cart")
+        await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).to_have_value("2")
+        await expect(page.get_by_label("Quantity of End-Grain Walnut Cutting Board")).to_have_value("1")
+        await expect(page.get_by_text("Total: $252.50")).to_be_visible()
+
+
+async def test_a_checkout_refused_while_another_tab_changed_the_cart_shows_both(
+    stack: Stack, browser: Browser, http: httpx.AsyncClient
+) -> None:
+    """The redraw held during a checkout is made when its answer is a refusal: the cart as it now is, said to
+    have changed in another tab, with the refusal's own message and the form as typed; placing again then
+    orders what is shown."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Frances")
+        await first.add_to_cart("prod_chef_knife")
+        await first.open("#/cart")
+        await first.fill(CHECKOUT_FIELDS | {"Card number": DECLINED_CARD})
+        async with checkout_held(page) as (held, release):
+            await first.press("Place order")
+            await asyncio.wait_for(held.wait(), SLOW / 1000)
+            second = Tab(first.context, await first.context.new_page(), first.base_url)
+            await second.add_to_cart("prod_chef_knife", 3)
+            assert second.problems == []
+            await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
+            release.set()
+            await expect(page.get_by_role("alert")).to_contain_text("Your card was declined.", timeout=SLOW)
+        await expect(page.locator("#flash")).to_contain_text("Your cart was changed in another tab")
+        await expect(page.get_by_text("Total: $356.00")).to_be_visible()
+        await expect(page.get_by_label("Card number", exact=True)).to_have_value(DECLINED_CARD)
+        await expect(page.get_by_role("button", name="Place order", exact=True)).to_be_enabled()
+
+        await first.fill({"Card number": GOOD_CARD})
+        await first.press("Place order")
+        await first.placed()
+        placed = [order for order in await orders_of(http, await first.token()) if "CONFIRMED" in order["state"]]
+        assert [(item["productId"], item["quantity"]) for item in placed[0]["items"]] == [("prod_chef_knife", 4)]

@@ -204,7 +204,17 @@ const cart = {
         .filter((item) => item.quantity > 0),
     );
   },
-  clear: () => cart.save([]),
+  // What an order took: its quantities come out of the cart, product by product. Not the whole cart: another
+  // tab may have added to it while the order was out, and that stays for the next one.
+  takeOut(ordered) {
+    const taken = new Map(ordered.map((item) => [item.productId, item.quantity]));
+    cart.save(
+      cart
+        .items()
+        .map((item) => ({ ...item, quantity: item.quantity - (taken.get(item.productId) ?? 0) }))
+        .filter((item) => item.quantity > 0),
+    );
+  },
 };
 
 // The cart's lines as the cart page shows them (null on any other page): what its checkout orders, at their
@@ -225,24 +235,41 @@ function sameCart(one, other) {
   return JSON.stringify(one.map(cartLine)) === JSON.stringify(other.map(cartLine));
 }
 
+// A checkout request is out (from "Place order" until its answer is handled). The cart page is not redrawn
+// under it: the redraw enabled "Place order" again, and a second press ordered the cart as it then was under
+// a new idempotency key while the first order could still go through. The redraw is held and made once
+// the answer is in (after a success the page goes to the order instead).
+const checkout = { out: false, redrawDue: false };
+
 const CHANGED_ELSEWHERE = "Your cart was changed in another tab: it is shown here as it now is.";
 const CHANGED_BEFORE_ORDER =
   "Your cart was changed in another tab: it is shown here as it now is. Nothing was ordered or charged; " +
   "check it, then place the order again.";
 
 // The cart page again, with the cart as stored now, told why; what was typed into the checkout form stays
-// (the card too: it never left the page).
-async function showCartChanged(message) {
+// (the card too: it never left the page), and so does the answer to a checkout that failed (`error`).
+async function showCartChanged(message, error = null) {
   // The form's own inputs: the quantities outside it (their `form` attribute) are the cart's, shown anew.
   const fieldsOf = (form) => [...(form?.querySelectorAll("input") ?? [])];
   const typed = fieldsOf(document.getElementById(CHECKOUT_FORM)).map((input) => [input.name, input.value]);
   flash(message);
   await route();
-  const fields = fieldsOf(document.getElementById(CHECKOUT_FORM));
+  const form = document.getElementById(CHECKOUT_FORM);
+  const fields = fieldsOf(form);
   for (const [name, value] of typed) {
     const input = fields.find((field) => field.name === name);
     if (input) input.value = value;
   }
+  if (!error) return;
+  // A cart left with no checkout form (emptied, or of two currencies) still tells what became of the order.
+  if (form) showProblems(form, error);
+  else document.getElementById("view").append(errorBox(error));
+}
+
+// A change of another tab heard of on the cart page: shown now, or once the checkout request out has ended.
+function cartChangedElsewhere() {
+  if (checkout.out) checkout.redrawDue = true;
+  else showCartChanged(CHANGED_ELSEWHERE);
 }
 
 // `count` random bytes in hex (crypto.randomUUID needs a secure context; an http:// host other than
@@ -450,20 +477,27 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
         signInAndReturn();
         return;
       }
-      for (const violation of error.violations) {
-        const input = inputFor(inputs(), violation.field);
-        if (!input) continue;
-        input.setAttribute("aria-invalid", "true");
-        input.setAttribute("aria-describedby", problemOf(input).id);
-        problemOf(input).textContent = violation.description;
-        violation.shown = true;
-      }
-      status.after(errorBox(error));
+      showProblems(form, error);
     } finally {
       button.disabled = false;
     }
   });
   return form;
+}
+
+// A refused request's answer on the form (of fieldsForm): each field violation beside the input it names, the
+// rest in a box below the button.
+function showProblems(form, error) {
+  const inputs = [...form.elements].filter((element) => element.tagName === "INPUT");
+  for (const violation of error.violations) {
+    const input = inputFor(inputs, violation.field);
+    if (!input) continue;
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-describedby", problemOf(input).id);
+    problemOf(input).textContent = violation.description;
+    violation.shown = true;
+  }
+  form.querySelector(".actions").after(errorBox(error));
 }
 
 // Where the service's complaint about a request field goes: its input, else the first input of the nearest
@@ -624,7 +658,7 @@ function cartView() {
             // A change of another tab not heard of yet: this quantity is not set on a cart the page does not
             // show; the page shows that cart first.
             if (!sameCart(cart.items(), cartShown)) {
-              showCartChanged(CHANGED_ELSEWHERE);
+              cartChangedElsewhere();
               return;
             }
             const quantity = int32(Math.max(0, Number.parseInt(event.target.value, 10) || 0));
@@ -701,6 +735,12 @@ function checkoutForm(currency, session, showPrices) {
     };
     // The same order to the same card is the same checkout; the card's number and CVV are not kept for it.
     const what = { ...order, card: { last4: card.number.slice(-4), expMonth: card.expMonth, expYear: card.expYear } };
+    // The lines being ordered are not changed here meanwhile (the button is disabled; so are they).
+    const quantities = [...document.querySelectorAll(`input[form="${CHECKOUT_FORM}"]`)];
+    const hold = (held) => quantities.forEach((input) => (input.readOnly = held));
+    checkout.out = true;
+    checkout.redrawDue = false;
+    hold(true);
     let answer;
     try {
       answer = await idempotently(CHECKOUT, what, (key) => api.placeOrder({ ...order, card }, key));
@@ -717,9 +757,25 @@ function checkoutForm(currency, session, showPrices) {
         cartShown = refreshed;
         showPrices();
       }
-      throw withGoneProducts(error, order.items);
+      const failure = withGoneProducts(error, order.items);
+      // The redraw held while the request was out, with its answer (signing in again leaves the page anyway).
+      if (
+        checkout.redrawDue &&
+        cartShown &&
+        !sameCart(cart.items(), cartShown) &&
+        failure instanceof ApiError &&
+        !failure.needsSignIn
+      ) {
+        await showCartChanged(CHANGED_ELSEWHERE, onLinesShown(failure, order.items));
+        return;
+      }
+      throw failure;
+    } finally {
+      checkout.out = false;
+      checkout.redrawDue = false;
+      hold(false);
     }
-    cart.clear();
+    cart.takeOut(order.items);
     flash(`Thank you! Order ${answer.order.id} is ${enumName(answer.order.state, "ORDER_STATE_")}.`, {
       acrossNavigation: true,
     });
@@ -752,6 +808,20 @@ async function refreshPrices(error, shown) {
   error.message =
     `The prices changed since you put them in your cart: the total is now ${money(now)}, not ${money(shown)}. ` +
     "Nothing was ordered or charged. Check the prices above, then place the order again to pay the new total.";
+}
+
+// The services' complaints about the lines ordered (`items[1].quantity`), put on those lines as the cart page
+// now shows them: another tab may have moved them, or taken them out (then the complaint names the product).
+function onLinesShown(error, ordered) {
+  const shownAt = new Map(cart.items().map((item, index) => [item.productId, index]));
+  error.violations = error.violations.map((violation) => {
+    const [, index, rest] = /^items\[(\d+)\](.*)$/.exec(violation.field) ?? [];
+    const line = index === undefined ? null : ordered[Number(index)];
+    if (!line) return violation;
+    const at = shownAt.get(line.productId);
+    return { ...violation, field: at === undefined ? line.productId : `items[${at}]${rest}` };
+  });
+  return error;
 }
 
 // PRODUCT_NOT_FOUND names the products by id (ErrorInfo metadata `product_ids`, comma-separated), not as field
@@ -1071,7 +1141,7 @@ window.addEventListener("hashchange", () => {
 window.addEventListener("storage", (event) => {
   if (event.storageArea !== localStorage || (event.key !== CART && event.key !== null)) return;
   showCartSize();
-  if (cartShown && !sameCart(cart.items(), cartShown)) showCartChanged(CHANGED_ELSEWHERE);
+  if (cartShown && !sameCart(cart.items(), cartShown)) cartChangedElsewhere();
 });
 
 showSession();
