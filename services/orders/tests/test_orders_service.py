@@ -182,6 +182,37 @@ async def test_a_cancellation_accepted_while_inventory_is_down_shows_as_pending_
     assert not cancelled.HasField("pending_cancellation")
 
 
+async def test_a_place_order_retry_during_the_customers_cancellation_answers_the_confirmed_order_without_refunding(
+    stub: orders_pb2_grpc.OrdersServiceStub, payments: FakePayments
+) -> None:
+    """A PlaceOrder retry (same key) while the customer's cancellation waited for payments drove the refund and
+    answered UNAVAILABLE "waiting at step REFUND", which the caller's channel retried, each attempt calling
+    payments' Refund again. The placement it retries is over: the order as stored, CONFIRMED with its pending
+    cancellation; once cancelled, the order CANCELLED (CUSTOMER_REQUESTED), also OK."""
+    placed = (await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))).order
+    payments.down = True
+    cancel = orders_pb2.CancelOrderRequest(order_id=placed.id, reason="too slow")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CancelOrder(cancel, metadata=idempotency_metadata("c1"))
+    assert details_of(caught.value).reason == "DEPENDENCY_UNAVAILABLE"
+    refunds_tried = payments.refund_calls
+
+    again = (await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"), timeout=30)).order
+    assert (again.id, again.state, again.pending_cancellation.message) == (
+        placed.id,
+        orders_pb2.ORDER_STATE_CONFIRMED,
+        "too slow",
+    )
+    assert payments.refund_calls == refunds_tried
+    payments.down = False
+    await stub.CancelOrder(cancel, metadata=idempotency_metadata("c1"))
+    again = (await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))).order
+    assert (again.state, again.cancel_reason.code) == (
+        orders_pb2.ORDER_STATE_CANCELLED,
+        orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED,
+    )
+
+
 class _CountingCancels(OrdersServicer):
     """Orders' servicer noting each CancelOrder call that reaches it."""
 

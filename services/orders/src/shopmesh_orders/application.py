@@ -226,7 +226,10 @@ class OrdersApplication:
         must not leave an order half-done. The task is shielded, so it goes on after the RPC ends.
         """
         order = recorded or await self._load(order_id)
-        if not order.is_terminal:
+        # CONFIRMED and unfinished: the customer's cancellation runs (the only way back from DONE). The
+        # placement this call retries is over; driving the refund here would answer a PlaceOrder with the
+        # cancellation's waits, and have a channel's retries of them call payments again and again.
+        if not order.is_terminal and order.state is not OrderState.CONFIRMED:
             order = await self._drive_detached(order_id, card, owner, recorded)
         return _outcome(order)
 

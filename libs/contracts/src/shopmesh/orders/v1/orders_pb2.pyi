@@ -498,7 +498,10 @@ class PlaceOrderResponse(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def order(self) -> Global___Order:
-        """The placed order, CONFIRMED."""
+        """The placed order: CONFIRMED. A retry's may show what came of it since
+        (see PlaceOrder): pending_cancellation set, or CANCELLED after the
+        customer cancelled it.
+        """
 
     def __init__(
         self,

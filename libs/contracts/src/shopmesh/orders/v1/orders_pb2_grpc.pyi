@@ -60,8 +60,11 @@ class OrdersServiceStub:
     Requires the `idempotency-key` request header, scoped to user_id. A retry
     with the same key and request returns the outcome of the first call
     (the same order, or the same error), or resumes its saga if it was
-    interrupted. The saga runs to completion or compensation even when the
-    caller cancels or its deadline expires.
+    interrupted. Once the order was CONFIRMED, a retry returns it as it is
+    now, without waiting for anything: CONFIRMED with pending_cancellation set
+    while the customer's cancellation runs, CANCELLED (cancel_reason
+    CUSTOMER_REQUESTED) after it. The saga runs to completion or compensation
+    even when the caller cancels or its deadline expires.
 
     Errors (ErrorInfo metadata includes {"order_id": ...} whenever an order
     was recorded, so it can be read with GetOrder):
@@ -189,8 +192,11 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     Requires the `idempotency-key` request header, scoped to user_id. A retry
     with the same key and request returns the outcome of the first call
     (the same order, or the same error), or resumes its saga if it was
-    interrupted. The saga runs to completion or compensation even when the
-    caller cancels or its deadline expires.
+    interrupted. Once the order was CONFIRMED, a retry returns it as it is
+    now, without waiting for anything: CONFIRMED with pending_cancellation set
+    while the customer's cancellation runs, CANCELLED (cancel_reason
+    CUSTOMER_REQUESTED) after it. The saga runs to completion or compensation
+    even when the caller cancels or its deadline expires.
 
     Errors (ErrorInfo metadata includes {"order_id": ...} whenever an order
     was recorded, so it can be read with GetOrder):
@@ -321,8 +327,11 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         Requires the `idempotency-key` request header, scoped to user_id. A retry
         with the same key and request returns the outcome of the first call
         (the same order, or the same error), or resumes its saga if it was
-        interrupted. The saga runs to completion or compensation even when the
-        caller cancels or its deadline expires.
+        interrupted. Once the order was CONFIRMED, a retry returns it as it is
+        now, without waiting for anything: CONFIRMED with pending_cancellation set
+        while the customer's cancellation runs, CANCELLED (cancel_reason
+        CUSTOMER_REQUESTED) after it. The saga runs to completion or compensation
+        even when the caller cancels or its deadline expires.
 
         Errors (ErrorInfo metadata includes {"order_id": ...} whenever an order
         was recorded, so it can be read with GetOrder):
