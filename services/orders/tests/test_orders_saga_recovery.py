@@ -158,8 +158,8 @@ async def test_orders_that_cannot_be_loaded_do_not_keep_the_recovery_loop_from_a
     database: Database,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Orders whose rows this release cannot load (an address a newer release stored with a field this one does
-    not know) fail on every pass. Putting them off reloaded the order, which failed again: they were released
+    """Orders whose rows this release cannot load (an address a newer release stored without a field this one
+    needs) fail on every pass. Putting them off reloaded the order, which failed again: they were released
     with no wait, stayed due since they last changed, and once `limit` of them failed they took every pass's
     batch, an order whose customer was charged left PENDING for good."""
     inventory.down = True

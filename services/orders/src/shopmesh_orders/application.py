@@ -35,7 +35,7 @@ from shopmesh_orders.domain.validation import (
     validate_totals,
 )
 from shopmesh_orders.saga import LeaseHeld, RecheckPostponed, SagaDriver, lost_race
-from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository
+from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository, UnreadableOrder
 
 log = logging.getLogger("shopmesh.orders")
 
@@ -104,6 +104,25 @@ def _cancellation_accepted(order_id: str, retry_after_seconds: float | None) -> 
     )
 
 
+# The ErrorInfo reason of the UNAVAILABLE answered for an order this release cannot read.
+ORDER_FROM_NEWER_RELEASE = "ORDER_FROM_NEWER_RELEASE"
+
+
+def _from_newer_release(unreadable: UnreadableOrder) -> errors.Unavailable:
+    """The answer about an order whose row this release cannot read. Such a row exists while a newer release
+    runs beside this one (a rolling update, a canary), or after a rollback from it. UNAVAILABLE, not
+    FAILED_PRECONDITION: nothing the client can change about its request would help, and during a rollout a
+    mesh balances each call over the replicas (docs/mesh.md), so a retry may reach one of the newer release
+    that reads it (1 s, as `_outcome` asks for a state a newer release stored); once the rollout is done every
+    replica does. Not final: the retry is a read, nothing was changed for this call."""
+    return errors.Unavailable(
+        f"order {unreadable.id} was stored by a newer release of orders, in a form this one cannot read; retry",
+        reason=ORDER_FROM_NEWER_RELEASE,
+        retry_after_seconds=1.0,
+        metadata={"order_id": unreadable.id},
+    )
+
+
 def new_order_id() -> str:
     return f"ord_{uuid.uuid4().hex}"
 
@@ -117,6 +136,7 @@ class OrdersApplication:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_recovery_error: Callable[[str], None] = lambda recovery_pass: None,
+        on_unreadable: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = database
         self._catalog = catalog
@@ -125,6 +145,8 @@ class OrdersApplication:
         # Called with "resume" or "recheck" for each order a recovery pass failed on with an error, and for each
         # pass that failed so before reaching any order.
         self._on_recovery_error = on_recovery_error
+        # Called for each order a call met that this release cannot read (UnreadableOrder).
+        self._on_unreadable = on_unreadable
         self._running = Detached()
 
     # --- PlaceOrder -------------------------------------------------------------------------------
@@ -182,8 +204,14 @@ class OrdersApplication:
         return await self._settle(order.id, command.card, owner, order)
 
     async def _by_origin(self, origin: IdempotentOrigin) -> Order | None:
-        async with self._db.read() as session:
-            found = await OrderRepository(session).get_by_origin(origin.scope, origin.key)
+        try:
+            async with self._db.read() as session:
+                found = await OrderRepository(session).get_by_origin(origin.scope, origin.key)
+        except UnreadableOrder as unreadable:
+            # Its request is still known: another body under the key is refused as for any order.
+            if unreadable.request_hash != origin.request_hash:
+                raise key_reused({"order_id": unreadable.id}) from None
+            raise self._unreadable(unreadable) from unreadable
         if found is None:
             return None
         order, request_hash = found
@@ -268,12 +296,22 @@ class OrdersApplication:
         query = validate_list_orders(user_id, page_size, page_token)
         check_owner(user_id, _caller_user())
         async with self._db.read() as session:
-            page = await OrderRepository(session).list_for_user(user_id, query.limit + 1, query.after)
+            rows = await OrderRepository(session).list_for_user(user_id, query.limit + 1, query.after)
         token = ""
-        if len(page) > query.limit:
-            page = page[: query.limit]
-            last = page[-1]
+        if len(rows) > query.limit:
+            rows = rows[: query.limit]
+            # From the last row, read or not: the next page starts after it either way.
+            last = rows[-1]
             token = encode_page_token([last.created_at.isoformat(), last.id], list_filters(user_id))
+        page: list[Order] = []
+        for row in rows:
+            if isinstance(row, UnreadableOrder):
+                # Left out, not failing the page: the user's other orders stay listed. A release that reads
+                # it lists it again; GetOrder of it answers UNAVAILABLE (orders.proto, ListOrders).
+                log.warning("%s: left out of a ListOrders page", row, extra={"order_id": row.id})
+                self._on_unreadable()
+            else:
+                page.append(row)
         return page, token
 
     # --- CancelOrder ------------------------------------------------------------------------------
@@ -285,7 +323,7 @@ class OrdersApplication:
             repository = OrderRepository(session)
             # Locked: a concurrent cancellation waits, then finds this one's key or its outcome, and answers
             # as the contract says (the order, IDEMPOTENCY_KEY_IN_USE or ORDER_NOT_CANCELLABLE).
-            order = await self._visible(await repository.get(order_id, for_update=True), order_id)
+            order = await self._visible(await self._get(repository, order_id, for_update=True), order_id)
             cancel_key, cancel_hash = await repository.cancel_origin(order_id)
             if cancel_key == key:
                 if cancel_hash != fingerprint:
@@ -374,22 +412,47 @@ class OrdersApplication:
 
     async def _load(self, order_id: str, owner_check: bool = False) -> Order:
         async with self._db.read() as session:
-            order = await OrderRepository(session).get(order_id)
+            order = await self._get(OrderRepository(session), order_id, owner_check=owner_check)
         return await self._visible(order, order_id) if owner_check else _require(order, order_id)
+
+    async def _get(
+        self, repository: OrderRepository, order_id: str, *, for_update: bool = False, owner_check: bool = True
+    ) -> Order | None:
+        """`repository.get`, an order this release cannot read answered UNAVAILABLE (`_from_newer_release`); to its
+        owner only, with `owner_check`: to anyone else it is reported as missing, as any order is."""
+        try:
+            return await repository.get(order_id, for_update=for_update)
+        except UnreadableOrder as unreadable:
+            if owner_check:
+                _check_visible(unreadable.user_id, order_id)
+            raise self._unreadable(unreadable) from unreadable
+
+    def _unreadable(self, unreadable: UnreadableOrder) -> errors.Unavailable:
+        log.warning("%s: answered UNAVAILABLE", unreadable, extra={"order_id": unreadable.id})
+        self._on_unreadable()
+        return _from_newer_release(unreadable)
 
     async def _visible(self, order: Order | None, order_id: str) -> Order:
         """Another user's order is reported exactly like a missing one."""
-        caller = _caller_user()
-        if order is None or (caller is not None and order.user_id != caller):
-            raise errors.NotFound(
-                f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id}
-            )
+        if order is None:
+            raise _not_found(order_id)
+        _check_visible(order.user_id, order_id)
         return order
+
+
+def _not_found(order_id: str) -> errors.NotFound:
+    return errors.NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id})
+
+
+def _check_visible(user_id: str, order_id: str) -> None:
+    caller = _caller_user()
+    if caller is not None and user_id != caller:
+        raise _not_found(order_id)
 
 
 def _require(order: Order | None, order_id: str) -> Order:
     if order is None:
-        raise errors.NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id})
+        raise _not_found(order_id)
     return order
 
 

@@ -6,7 +6,8 @@ before charging, mostly on inventory; CARD_DECLINED: customers, or a fraud rule 
 capture refunded is a customer charged for an order they were told was cancelled (refunded by the
 recovery loop once the charge could no longer land): it should stay at zero. So should the orders a recovery
 pass fails on with an error (a bug, or an answer orders does not expect: logged at ERROR with its traceback);
-such an order is tried again with a growing wait, and keeps failing until someone looks.
+such an order is tried again with a growing wait, and keeps failing until someone looks. Orders this release
+cannot read (rows a newer release wrote) are met only during a rollout or after a rollback from it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class OrderMetrics:
         )
         for recovery_pass in ("resume", "recheck"):
             self._recovery_errors.labels(recovery_pass)
+        self._unreadable = Counter(
+            "shopmesh_orders_unreadable_orders",
+            "Orders a call met whose rows this release cannot read (a newer release wrote them): left out of a "
+            "ListOrders page, or answered UNAVAILABLE (ORDER_FROM_NEWER_RELEASE).",
+            registry=registry,
+        )
 
     def finished(self, order: Order) -> None:
         reason = order.cancel_code.value if order.cancel_code is not None else ""
@@ -54,3 +61,6 @@ class OrderMetrics:
 
     def recovery_error(self, recovery_pass: str) -> None:
         self._recovery_errors.labels(recovery_pass).inc()
+
+    def unreadable_order(self) -> None:
+        self._unreadable.inc()

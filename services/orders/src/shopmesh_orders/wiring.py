@@ -88,7 +88,13 @@ async def _main() -> None:
     pricing: Catalog = CatalogClient(catalog.channel, settings.step_timeout_seconds)
     if settings.catalog_price_cache_seconds > 0:
         pricing = CachedCatalog(pricing, settings.catalog_price_cache_seconds, settings.catalog_price_cache_products)
-    application = OrdersApplication(database, pricing, saga, on_recovery_error=order_metrics.recovery_error)
+    application = OrdersApplication(
+        database,
+        pricing,
+        saga,
+        on_recovery_error=order_metrics.recovery_error,
+        on_unreadable=order_metrics.unreadable_order,
+    )
     recovery = asyncio.get_running_loop().create_task(application.run_recovery(settings.recovery_interval_seconds))
 
     async def stop_background() -> None:

@@ -128,6 +128,10 @@ class OrdersServiceServicer:
         got a state this release does not know (a newer inventory's). Nothing
         was charged; the order stays PENDING (metadata "order_id") until an
         inventory release that knows the state can release the stock.
+        - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+        "order_id"): a retry found its order stored by a newer release of
+        orders in a form this one cannot read (during a rollout of it, or after
+        a rollback from it). Retry: a replica of the newer release answers it.
 
         IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
         creates a second order or a second charge).
@@ -142,7 +146,10 @@ class OrdersServiceServicer:
         Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
         violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
         ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
-        UNAVAILABLE.
+        UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
+        (metadata "order_id"): the order was stored by a newer release of orders
+        in a form this one cannot read (during a rollout of it, or after a
+        rollback from it); retry, a replica of the newer release answers it.
 
         No side effects: safe to retry.
         """
@@ -159,6 +166,13 @@ class OrdersServiceServicer:
         INVALID_PAGE_TOKEN whenever page_token is one of them, else
         VALIDATION_FAILED; PERMISSION_DENIED (reason USER_MISMATCH); UNAVAILABLE.
         A user without orders yields an empty list.
+
+        Every order listed is whole. An order stored by a newer release of orders
+        in a form the answering release cannot read (during a rollout of it, or
+        after a rollback from it) is left out of the page rather than failing it:
+        a page may then hold fewer than page_size orders, even none, while
+        next_page_token goes on past it. A release that reads it lists it; GetOrder
+        of it answers UNAVAILABLE, reason ORDER_FROM_NEWER_RELEASE, until then.
 
         No side effects: safe to retry.
         """
@@ -195,6 +209,11 @@ class OrdersServiceServicer:
         the same key returns the cancelled order once it is done. Any other
         UNAVAILABLE (orders itself could not answer): the cancellation may not
         have been recorded; retry with the same key.
+        - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+        {"order_id": ...}): the order was stored by a newer release of orders
+        in a form this one cannot read (during a rollout of it, or after a
+        rollback from it). Nothing was recorded; retry with the same key, a
+        replica of the newer release answers it.
 
         IDEMPOTENT: the required idempotency-key makes retries safe, and the
         refund and release steps are themselves idempotent.

@@ -120,6 +120,10 @@ class OrdersServiceStub:
       got a state this release does not know (a newer inventory's). Nothing
       was charged; the order stays PENDING (metadata "order_id") until an
       inventory release that knows the state can release the stock.
+    - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+      "order_id"): a retry found its order stored by a newer release of
+      orders in a form this one cannot read (during a rollout of it, or after
+      a rollback from it). Retry: a replica of the newer release answers it.
 
     IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
     creates a second order or a second charge).
@@ -130,7 +134,10 @@ class OrdersServiceStub:
     Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
     violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
     ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
-    UNAVAILABLE.
+    UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
+    (metadata "order_id"): the order was stored by a newer release of orders
+    in a form this one cannot read (during a rollout of it, or after a
+    rollback from it); retry, a replica of the newer release answers it.
 
     No side effects: safe to retry.
     """
@@ -143,6 +150,13 @@ class OrdersServiceStub:
     INVALID_PAGE_TOKEN whenever page_token is one of them, else
     VALIDATION_FAILED; PERMISSION_DENIED (reason USER_MISMATCH); UNAVAILABLE.
     A user without orders yields an empty list.
+
+    Every order listed is whole. An order stored by a newer release of orders
+    in a form the answering release cannot read (during a rollout of it, or
+    after a rollback from it) is left out of the page rather than failing it:
+    a page may then hold fewer than page_size orders, even none, while
+    next_page_token goes on past it. A release that reads it lists it; GetOrder
+    of it answers UNAVAILABLE, reason ORDER_FROM_NEWER_RELEASE, until then.
 
     No side effects: safe to retry.
     """
@@ -175,6 +189,11 @@ class OrdersServiceStub:
       the same key returns the cancelled order once it is done. Any other
       UNAVAILABLE (orders itself could not answer): the cancellation may not
       have been recorded; retry with the same key.
+    - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+      {"order_id": ...}): the order was stored by a newer release of orders
+      in a form this one cannot read (during a rollout of it, or after a
+      rollback from it). Nothing was recorded; retry with the same key, a
+      replica of the newer release answers it.
 
     IDEMPOTENT: the required idempotency-key makes retries safe, and the
     refund and release steps are themselves idempotent.
@@ -252,6 +271,10 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       got a state this release does not know (a newer inventory's). Nothing
       was charged; the order stays PENDING (metadata "order_id") until an
       inventory release that knows the state can release the stock.
+    - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+      "order_id"): a retry found its order stored by a newer release of
+      orders in a form this one cannot read (during a rollout of it, or after
+      a rollback from it). Retry: a replica of the newer release answers it.
 
     IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
     creates a second order or a second charge).
@@ -262,7 +285,10 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
     violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
     ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
-    UNAVAILABLE.
+    UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
+    (metadata "order_id"): the order was stored by a newer release of orders
+    in a form this one cannot read (during a rollout of it, or after a
+    rollback from it); retry, a replica of the newer release answers it.
 
     No side effects: safe to retry.
     """
@@ -275,6 +301,13 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     INVALID_PAGE_TOKEN whenever page_token is one of them, else
     VALIDATION_FAILED; PERMISSION_DENIED (reason USER_MISMATCH); UNAVAILABLE.
     A user without orders yields an empty list.
+
+    Every order listed is whole. An order stored by a newer release of orders
+    in a form the answering release cannot read (during a rollout of it, or
+    after a rollback from it) is left out of the page rather than failing it:
+    a page may then hold fewer than page_size orders, even none, while
+    next_page_token goes on past it. A release that reads it lists it; GetOrder
+    of it answers UNAVAILABLE, reason ORDER_FROM_NEWER_RELEASE, until then.
 
     No side effects: safe to retry.
     """
@@ -307,6 +340,11 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       the same key returns the cancelled order once it is done. Any other
       UNAVAILABLE (orders itself could not answer): the cancellation may not
       have been recorded; retry with the same key.
+    - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+      {"order_id": ...}): the order was stored by a newer release of orders
+      in a form this one cannot read (during a rollout of it, or after a
+      rollback from it). Nothing was recorded; retry with the same key, a
+      replica of the newer release answers it.
 
     IDEMPOTENT: the required idempotency-key makes retries safe, and the
     refund and release steps are themselves idempotent.
@@ -387,6 +425,10 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           got a state this release does not know (a newer inventory's). Nothing
           was charged; the order stays PENDING (metadata "order_id") until an
           inventory release that knows the state can release the stock.
+        - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+          "order_id"): a retry found its order stored by a newer release of
+          orders in a form this one cannot read (during a rollout of it, or after
+          a rollback from it). Retry: a replica of the newer release answers it.
 
         IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
         creates a second order or a second charge).
@@ -403,7 +445,10 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
         violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
         ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
-        UNAVAILABLE.
+        UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
+        (metadata "order_id"): the order was stored by a newer release of orders
+        in a form this one cannot read (during a rollout of it, or after a
+        rollback from it); retry, a replica of the newer release answers it.
 
         No side effects: safe to retry.
         """
@@ -422,6 +467,13 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_PAGE_TOKEN whenever page_token is one of them, else
         VALIDATION_FAILED; PERMISSION_DENIED (reason USER_MISMATCH); UNAVAILABLE.
         A user without orders yields an empty list.
+
+        Every order listed is whole. An order stored by a newer release of orders
+        in a form the answering release cannot read (during a rollout of it, or
+        after a rollback from it) is left out of the page rather than failing it:
+        a page may then hold fewer than page_size orders, even none, while
+        next_page_token goes on past it. A release that reads it lists it; GetOrder
+        of it answers UNAVAILABLE, reason ORDER_FROM_NEWER_RELEASE, until then.
 
         No side effects: safe to retry.
         """
@@ -460,6 +512,11 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           the same key returns the cancelled order once it is done. Any other
           UNAVAILABLE (orders itself could not answer): the cancellation may not
           have been recorded; retry with the same key.
+        - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+          {"order_id": ...}): the order was stored by a newer release of orders
+          in a form this one cannot read (during a rollout of it, or after a
+          rollback from it). Nothing was recorded; retry with the same key, a
+          replica of the newer release answers it.
 
         IDEMPOTENT: the required idempotency-key makes retries safe, and the
         refund and release steps are themselves idempotent.
