@@ -275,6 +275,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     )
                 ],
             ),
+            (
+                "Orders a newer release wrote",
+                "short",
+                "Order rows this release cannot read (written by a newer release), met per second: left out of a "
+                "ListOrders page, or answered UNAVAILABLE ORDER_FROM_NEWER_RELEASE to GetOrder, CancelOrder or a "
+                "PlaceOrder retry. Non-zero only while a rollout runs, or after a rollback; at rest it is 0.",
+                [
+                    (
+                        f"sum (rate(shopmesh_orders_unreadable_orders_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "unreadable orders",
+                    )
+                ],
+            ),
         ],
     ),
     (
