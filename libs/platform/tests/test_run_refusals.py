@@ -53,10 +53,12 @@ def sockets_folder_held(data: Path, exits: contextlib.ExitStack, plan: PortPlan,
     return plan
 
 
-def stack_file_of_a_running_launcher(
-    data: Path, exits: contextlib.ExitStack, plan: PortPlan, _: pytest.MonkeyPatch
-) -> PortPlan:
-    """Another launcher on `data` that serves: its stack.json names a process that runs."""
+def data_dir_held(data: Path, exits: contextlib.ExitStack, plan: PortPlan, _: pytest.MonkeyPatch) -> PortPlan:
+    """Another launcher on `data` that serves: it holds the data directory's lock, its stack.json names it."""
+    data.mkdir(parents=True)
+    held = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+    exits.callback(os.close, held)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     exits.callback(other.wait)
     exits.callback(other.kill)
@@ -97,9 +99,9 @@ EDGE_WAY_OUT = "choose another --http-port (0: no HTTP/JSON edge)"
         ),
         (sockets_folder_held, True, "another launcher is using", "stop it, or choose another --data-dir"),
         (
-            stack_file_of_a_running_launcher,
+            data_dir_held,
             False,
-            "a launcher still runs on",
+            "a launcher (pid ",
             "stop it (Ctrl-C in its terminal), or choose another --data-dir",
         ),
         # --free-ports refuses a --http-port: the way out is another --http-port.
@@ -111,7 +113,7 @@ EDGE_WAY_OUT = "choose another --http-port (0: no HTTP/JSON edge)"
             EDGE_WAY_OUT,
         ),
     ],
-    ids=["socket-served", "sockets-folder-held", "stack-json", "http-port-of-nats", "http-port-not-allowed"],
+    ids=["socket-served", "sockets-folder-held", "data-dir-held", "http-port-of-nats", "http-port-not-allowed"],
 )
 def test_each_refusal_gives_the_way_out_that_fits_its_cause(
     tmp_path: Path,

@@ -24,7 +24,7 @@ def test_reset_wipes_a_data_directory_but_refuses_the_working_directory(
     monkeypatch.chdir(tmp_path)
 
     run.reset_data_dir(Path("data"))
-    assert not data.exists()
+    assert list(data.iterdir()) == []
     with pytest.raises(StackError, match="refusing to --reset"):
         run.reset_data_dir(Path("."))
     assert tmp_path.exists()
@@ -41,7 +41,7 @@ def test_reset_also_removes_the_sockets_folder_a_killed_launcher_left_outside_th
         (data / "mesh").mkdir(parents=True)
         (data / "mesh" / "sockets").symlink_to(left)
         run.reset_data_dir(data)
-        assert not data.exists()
+        assert list(data.iterdir()) == []
         assert not left.exists()
     finally:
         shutil.rmtree(left, ignore_errors=True)
@@ -56,11 +56,12 @@ def test_reset_says_what_it_deleted(tmp_path: Path) -> None:
         (data / name).write_bytes(b"")
 
     said = run.reset_data_dir(data)
-    assert not data.exists()
+    assert list(data.iterdir()) == []
     assert said == (
         f"--reset: deleted {data} (the SQLite databases of catalog, orders; the idempotency keys of orders; "
         "mail, nats, stack.json, traces)"
     )
+    data.rmdir()
     assert run.reset_data_dir(data) == f"--reset: {data} does not exist yet; nothing to delete"
 
 

@@ -66,7 +66,7 @@ async def test_no_child_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) 
     assert err == f"ignoring .data/stack.json: its launcher (pid {process.pid}) is gone; using the local ports\n"
     # It is the stack's own: --reset takes it with the rest.
     run.reset_data_dir(tmp_path / ".data")
-    assert not (tmp_path / ".data").exists()
+    assert list((tmp_path / ".data").iterdir()) == []
 
 
 async def test_no_throwaway_postgres_outlives_a_launcher_killed_with_sigkill(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX
-from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, running_stack, stack_file, write_stack_file
+from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, stack_file, write_stack_file
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server, server_argv
 
@@ -68,6 +68,7 @@ from .stack import (
     Stack,
     existing_services,
     fits_unix_socket,
+    hold_data_dir,
     postgres_env,
     remove_stale_sockets,
     sidecar_name,
@@ -211,7 +212,8 @@ def reset_data_dir(data_dir: Path) -> str:
     anything more: `--data-dir docs`, or `/tmp` typed for `/tmp/shop`, is someone's folder, not the stack's
     data. Nothing is deleted then, not even the stack's own entries, so the message is the whole effect.
     Returns the line that says what was deleted: data deleted without a word (the orders, accounts and
-    e-mails of earlier runs) looked like a bug to whoever had forgotten the flag."""
+    e-mails of earlier runs) looked like a bug to whoever had forgotten the flag. The directory itself stays:
+    the launcher holds its lock (`hold_data_dir`), which a new directory of the same name would not have."""
     target = data_dir.resolve()
     cwd = Path.cwd().resolve()
     if target in (cwd, *cwd.parents, Path.home().resolve()) or (target / ".git").exists():
@@ -229,9 +231,16 @@ def reset_data_dir(data_dir: Path) -> str:
             f"refusing to --reset {data_dir}: it holds what the stack does not write there ({shown}); "
             "move those away, or choose another --data-dir"
         )
+    if not entries:
+        return f"--reset: {data_dir} is empty; nothing to delete"
     # A killed launcher's sockets' folder lies outside the data directory, behind the link to it.
     remove_stale_sockets(target / MESH / SOCKETS_FOLDER)
-    shutil.rmtree(target)
+    for entry in entries:
+        path = target / entry
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     return f"--reset: deleted {data_dir} ({removed(entries)})"
 
 
@@ -778,8 +787,6 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         startup_timeout=args.startup_timeout,
         canary=args.canary,
     )
-    # Before --reset too: under --free-ports no port collides with a launcher that still runs on this data.
-    refuse_a_running_launcher(stack.data_dir)
     # Each with its own way out, before the port check's PortInUse, whose way out (--free-ports) is not theirs.
     refuse_a_served_data_dir(stack)
     refuse_an_http_port_of_the_table(stack)
@@ -803,20 +810,6 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         # Whatever the outcome, nothing of the stack serves any more (a killed launcher leaves the file:
         # the tools see that its pid is gone).
         remove_stack_file(written, os.getpid())
-
-
-def refuse_a_running_launcher(data_dir: Path) -> None:
-    """Refuse a data directory whose stack.json names a launcher that still runs. Under --free-ports nothing
-    else stops a second launcher there: it shared the first one's NATS store and SQLite files, wrote its own
-    stack.json over the first's (and removed it when it stopped, leaving the tools none for a stack that still
-    ran), and its --reset deleted that data under the running stack. A file whose launcher is gone is no
-    obstacle (it is overwritten)."""
-    other = running_stack(data_dir)
-    if other is not None and other.pid != os.getpid():
-        raise StackError(
-            f"a launcher still runs on {data_dir} (pid {other.pid}, named by {other.path}): stop it (Ctrl-C in "
-            "its terminal), or choose another --data-dir"
-        )
 
 
 def refuse_a_served_data_dir(stack: Stack) -> None:
@@ -926,7 +919,13 @@ async def _stop_or_crash(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return asyncio.run(run(args))
+        # Before anything starts (the throwaway PostgreSQL, --reset) and until everything stopped: under
+        # --free-ports no port stops a second launcher on this data, started while the first still starts.
+        held = hold_data_dir(args.data_dir)
+        try:
+            return asyncio.run(run(args))
+        finally:
+            os.close(held)
     except PortInUse as exc:
         # The README's way out when one of the table's ports is taken (by another stack, or anything else, a
         # server or a client connection's end). Refusals whose way out this is not (a data directory another

