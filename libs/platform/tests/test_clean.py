@@ -22,6 +22,8 @@ import pytest
 from shopmesh_platform import clean
 from shopmesh_platform.stack import SOCKETS_PREFIX
 
+from .run_kit import launched
+
 REPOSITORY = Path(__file__).resolve().parents[3]
 
 
@@ -85,6 +87,22 @@ def test_make_clean_refuses_while_a_launcher_holds_the_sockets_folder_and_remove
         f"error: a launcher still uses {link.relative_to(tmp_path)} ({left}, its services' sockets): stop it "
         "(Ctrl-C in its terminal), then make clean again"
     ) in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(300)
+async def test_make_clean_refuses_while_a_launcher_without_the_mesh_runs_and_removes_nothing(tmp_path: Path) -> None:
+    """Only the MESH=envoy sockets' lock told a running launcher before: `make clean` under a plain `make run`
+    got status 0 and went on to `rm -rf .venv .data` under it. The launcher's data directory lock says it now."""
+    data = tmp_path / ".data"
+    async with launched(data, "--services", "catalog", "--http-port", "0") as (process, _):
+        assert (data / "catalog.db").exists()
+        done = make_clean(tmp_path)
+        assert done.returncode != 0, done.stdout
+        assert (
+            f"error: a launcher (pid {process.pid}) still uses .data: stop it (Ctrl-C in its terminal), then make "
+            "clean again\n"
+        ) in done.stderr, done.stderr
+        assert {"catalog.db", "nats", "stack.json"} <= {path.name for path in data.iterdir()}
 
 
 def test_make_clean_leaves_a_linked_folder_that_is_not_a_launchers_sockets_folder(tmp_path: Path) -> None:
