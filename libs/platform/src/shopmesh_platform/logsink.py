@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, TextIO
+
+from . import console
 
 # Bright, distinguishable foreground colours; a service keeps its colour for the whole run.
 _COLOURS = ("36", "33", "35", "32", "34", "91", "96", "93", "95", "92")
@@ -27,12 +28,17 @@ def _colour_wanted(stream: TextIO) -> bool:
     return bool(isatty and isatty())
 
 
+def _console_of(stream: TextIO) -> console.Console:
+    return console.Console(lambda: stream)
+
+
 class ConsoleSink:
     """Writes `<name padded> | <line>`, coloured per process when the stream is a terminal."""
 
     def __init__(self, names: Iterable[str] = (), *, stream: TextIO | None = None, colour: bool | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdout
-        self._colour = _colour_wanted(self._stream) if colour is None else colour
+        # The launcher's own writer on stdout: once its reader is gone, neither writes (`console`).
+        self._console = console.stdout if stream is None else _console_of(stream)
+        self._colour = _colour_wanted(self._console.stream()) if colour is None else colour
         self._colours: dict[str, str] = {}
         self._width = 0
         for name in names:
@@ -49,9 +55,7 @@ class ConsoleSink:
         prefix = f"{name:<{self._width}} |"
         if self._colour:
             prefix = f"\033[{colour}m{prefix}{_RESET}"
-        # Flushed per line: the output is often a pipe (`make run | tee`), where it would sit in a buffer.
-        self._stream.write(f"{prefix} {line}\n")
-        self._stream.flush()
+        self._console.say(f"{prefix} {line}")
 
 
 class FileLogSink:

@@ -50,7 +50,9 @@ from shopmesh_chassis.local_stack import LocalStack, remove_stack_file, stack_fi
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing.postgres import PostgresServer, initialized_server, server_argv
 
+from . import console
 from .arguments import seconds
+from .console import say
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.protoset import PROTOSET_FILE, methods_of
 from .ports import Canary, PortInUse, PortPlan, bind_error
@@ -515,7 +517,7 @@ def _alive(pid: int) -> bool:
 
 async def _initialized(resources: contextlib.AsyncExitStack) -> PostgresServer:
     for folder in await asyncio.to_thread(remove_orphaned_data_dirs):
-        print(f"Removed {folder}, left by a launcher that was killed.", flush=True)
+        say(f"Removed {folder}, left by a launcher that was killed.")
     # initdb runs in a thread: a signal meanwhile waits for it, so the folder is removed after it finished.
     prefix = f"{_DATA_DIR_PREFIX}{os.getpid()}-"
     init = asyncio.ensure_future(asyncio.to_thread(resources.enter_context, initialized_server(prefix)))
@@ -717,16 +719,18 @@ class _Signals:
         return f"killing {' and '.join(killed)} now"
 
     def _on_signal(self, sig: signal.Signals) -> None:
+        # Acting before saying: the terminal may be what went away (SIGHUP, or `| tee` ended by the same
+        # Ctrl-C), and the stop must not hang on the line about it.
         if self.requested.is_set():
-            print(f"\n{sig.name} again: {self._kill_now()}", flush=True)
+            say(f"\n{sig.name} again: {self._kill_now()}")
             return
         self.requested.set()
-        if self.stack is None:
-            print(f"\n{sig.name}: stopping {POSTGRES} ...", flush=True)
-        else:
-            print(f"\n{sig.name}: stopping the services (callers first), then NATS ...", flush=True)
         if self.starting:
             self._main_task.cancel()
+        if self.stack is None:
+            say(f"\n{sig.name}: stopping {POSTGRES} ...")
+        else:
+            say(f"\n{sig.name}: stopping the services (callers first), then NATS ...")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -734,12 +738,12 @@ async def run(args: argparse.Namespace) -> int:
         try:
             if not args.postgres:
                 return await run_stack(args, None, signals)
-            print("starting a throwaway PostgreSQL server ...", flush=True)
+            say("starting a throwaway PostgreSQL server ...")
             async with throwaway_postgres(spawned=signals.postgres_spawned, failed=signals.start_failed) as database:
                 return await run_stack(args, database, signals)
         except asyncio.CancelledError:
             # Only the first signal cancels, and only while starting: the start has undone itself by now.
-            print(f"stopped while starting {POSTGRES if signals.stack is None else 'the stack'}", flush=True)
+            say(f"stopped while starting {POSTGRES if signals.stack is None else 'the stack'}")
             return 0
 
 
@@ -794,17 +798,17 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         if args.reset:
             # Not under a stack that still runs on this data: its ports would be taken.
             stack.check_ports()
-            print(reset_data_dir(args.data_dir), flush=True)
+            say(reset_data_dir(args.data_dir))
         signals.stack = stack
         names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
-        print(f"starting {names} (data in {stack.data_dir}) ...", flush=True)
+        say(f"starting {names} (data in {stack.data_dir}) ...")
         # Cancelled by a signal, Stack.start stops what it had started.
-        await stack.start(failed=signals.start_failed, progress=lambda line: print(line, flush=True))
+        await stack.start(failed=signals.start_failed, progress=say)
     signals.starting = False
     # For the tools (make deadletters, traces, shoppers, fault): under --free-ports they could not know where.
     written = write_stack_file(local_stack(stack))
     try:
-        print(banner(stack, args.services, database), flush=True)
+        say(banner(stack, args.services, database))
         return await _run_until_stopped(stack, postgres, signals)
     finally:
         # Whatever the outcome, nothing of the stack serves any more (a killed launcher leaves the file:
@@ -880,7 +884,7 @@ async def _run_until_stopped(stack: Stack, postgres: ThrowawayPostgres | None, s
         # As a process manager does: no stack runs on around a dead part of it. A signal from here on
         # kills what is left, as a second Ctrl-C does.
         signals.requested.set()
-        print(f"\n{crash.summary}: stopping the services (callers first), then NATS ...", flush=True)
+        say(f"\n{crash.summary}: stopping the services (callers first), then NATS ...")
     codes = await stack.stop()
     crashed_before_stopped = list(stack.crashed_before_stopped)
     if postgres is not None:
@@ -893,7 +897,7 @@ async def _run_until_stopped(stack: Stack, postgres: ThrowawayPostgres | None, s
     if crash is not None:
         raise crash
     failed = {name: code for name, code in codes.items() if code not in (0, None)}
-    print("stopped" + (f"; exit statuses other than 0: {failed}" if failed else " cleanly"), flush=True)
+    say("stopped" + (f"; exit statuses other than 0: {failed}" if failed else " cleanly"))
     return 0
 
 
@@ -933,7 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         way_out = "; or start beside it on ports the OS picks: make run RUN_ARGS=--free-ports"
         if args.free_ports:
             way_out = ""
-        print(f"error: {exc}{way_out}", file=sys.stderr, flush=True)
+        console.stderr.say(f"error: {exc}{way_out}")
         return 1
     except NotReady as exc:
         # Mostly a machine too busy to import a service's packages within the timeout (it then printed
@@ -942,10 +946,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(each process has --startup-timeout, {args.startup_timeout:g} s, to get ready; on a busy machine "
             'give it longer: make run RUN_ARGS="--startup-timeout 180", beside your other RUN_ARGS)'
         )
-        print(f"error: {exc}\n{way_out}", file=sys.stderr, flush=True)
+        console.stderr.say(f"error: {exc}\n{way_out}")
         return 1
     except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        console.stderr.say(f"error: {exc}")
         return 1
 
 
