@@ -16,7 +16,6 @@ could not be reached, 2 a usage error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import importlib
 import json
@@ -44,6 +43,7 @@ from shopmesh_chassis.deadletters import (
     is_consumer_name,
 )
 from shopmesh_chassis.events import EVENT_TYPE, InvalidNatsUrl, parse_nats_url, shown_nats_url
+from shopmesh_chassis.interrupts import Interrupted, run_interruptible
 from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, LocalAddress, local_address, no_running_stack, stack_file
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
@@ -279,7 +279,12 @@ def local_stack_hint(stack_file_ignored: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv), sys.stdout, sys.stderr))
+    try:
+        return run_interruptible(run(parse_args(argv), sys.stdout, sys.stderr))
+    except Interrupted as stop:
+        # What was replayed or discarded before it has been said, a line each; the rest was not touched.
+        print(stop, file=sys.stderr)
+        return stop.exit_status
 
 
 if __name__ == "__main__":

@@ -11,18 +11,18 @@ the answer names, once, and places the order again. Through the public API only,
 channel; every call has a deadline), or with `--http` over the HTTP/JSON edge in front of the gateway, each
 call on its `google.api.http` route (`http_client`). Given no address, either mode reads the running local
 stack's from `.data/stack.json` (any ports, `--free-ports` too) and says which it used. It is traffic, not a
-benchmark (`make bench-checkout` measures). Every `--report-every` seconds and at the end it prints what each
-method answered: its status code, or PRICE_CHANGED for a checkout refused at a total that was no longer the
-current one (a FAILED_PRECONDITION the client acts on, told apart from a declined card). A refusal that asks
-to come back later (RESOURCE_EXHAUSTED or UNAVAILABLE with a RetryInfo: the gateway's password bucket refusing
-sign-ups from one address) is waited out, jittered, and the step asked again. The summary says apart from the
-answers why the shoppers waited: per cause (the status code and ErrorInfo reason: RESOURCE_EXHAUSTED
-RATE_LIMITED, a dependency's UNAVAILABLE, or a DEADLINE_EXCEEDED they waited out to the end), how many calls
-waited and how long in all. Exit 1 when the gateway cannot be reached (in one line, which asks whether `make run`
-runs only for make run's own address, taken as no running stack named one, and says that the running stack runs
-no gateway, or no edge, when it took make run's past one started without it), or, with `--strict`, when any call
-got a server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a declined card or a changed
-price is an answer, a fault is a bug.
+benchmark (`make bench-checkout` measures). Every `--report-every` seconds and at the end (Ctrl-C or SIGTERM ends it
+early: the end is then, and the exit status 130 or 143) it prints what each method answered: its status code, or
+PRICE_CHANGED for a checkout refused at a total that was no longer the current one (a FAILED_PRECONDITION the client
+acts on, told apart from a declined card). A refusal that asks to come back later (RESOURCE_EXHAUSTED or UNAVAILABLE
+with a RetryInfo: the gateway's password bucket refusing sign-ups from one address) is waited out, jittered, and the
+step asked again. The summary says apart from the answers why the shoppers waited: per cause (the status code and
+ErrorInfo reason: RESOURCE_EXHAUSTED RATE_LIMITED, a dependency's UNAVAILABLE, or a DEADLINE_EXCEEDED they waited
+out to the end), how many calls waited and how long in all. Exit 1 when the gateway cannot be reached (in one line,
+which asks whether `make run` runs only for make run's own address, taken as no running stack named one, and says
+that the running stack runs no gateway, or no edge, when it took make run's past one started without it), or, with
+`--strict`, when any call got a server fault (UNKNOWN, INTERNAL, DATA_LOSS, UNIMPLEMENTED): a client's mistake, a
+declined card or a changed price is an answer, a fault is a bug.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.interrupts import Interrupted, run_interruptible
 from shopmesh_chassis.local_stack import LocalAddress, local_address
 
 from .arguments import seconds, whole_number
@@ -147,6 +148,12 @@ class Tally:
         self.causes: dict[str, Waits] = {}
         # The calls that waited, for one cause or several (each cause counts them apart).
         self.calls_waited = 0
+        # When the shoppers set out (time.monotonic); None until they do.
+        self.started: float | None = None
+
+    def elapsed(self) -> float:
+        """Seconds since the shoppers set out (0 before)."""
+        return 0.0 if self.started is None else time.monotonic() - self.started
 
     async def call(
         self,
@@ -392,7 +399,10 @@ class Shopper:
         )
 
 
-async def shop(args: argparse.Namespace, out: TextIO) -> Tally:
+async def shop(args: argparse.Namespace, out: TextIO, tally: Tally | None = None) -> Tally:
+    """Shop as `args` say into `tally` (a new one by default), which holds what was answered so far if this is
+    cancelled (`main`: Ctrl-C)."""
+    tally = Tally() if tally is None else tally
     if args.http:
         async with aiohttp.ClientSession(args.http) as session:
             try:
@@ -401,28 +411,34 @@ async def shop(args: argparse.Namespace, out: TextIO) -> Tally:
             except (TimeoutError, aiohttp.ClientError):
                 raise ConnectionError(f"cannot reach the HTTP/JSON API at {args.http}{args.unreachable_hint}") from None
             # HttpShop answers the stub's calls (same names, requests, metadata, timeout and replies).
-            return await crowd(cast("ShopServiceAsyncStub", HttpShop(session)), args, out)
+            return await crowd(cast("ShopServiceAsyncStub", HttpShop(session)), args, out, tally)
     async with grpc.aio.insecure_channel(args.target) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         except TimeoutError:
             raise ConnectionError(f"cannot reach the gateway at {args.target}{args.unreachable_hint}") from None
-        return await crowd(shop_pb2_grpc.ShopServiceStub(channel), args, out)
+        return await crowd(shop_pb2_grpc.ShopServiceStub(channel), args, out, tally)
 
 
-async def crowd(stub: ShopServiceAsyncStub, args: argparse.Namespace, out: TextIO) -> Tally:
+async def crowd(stub: ShopServiceAsyncStub, args: argparse.Namespace, out: TextIO, tally: Tally | None = None) -> Tally:
     """Every shopper at once until the duration is over, a progress line every report period."""
-    tally = Tally()
+    tally = Tally() if tally is None else tally
     rng = random.Random(args.seed)
-    start = time.monotonic()
-    until = start + args.duration
+    tally.started = time.monotonic()
+    until = tally.started + args.duration
     shoppers = [Shopper(stub, tally, random.Random(rng.random()), args.think) for _ in range(args.shoppers)]
     tasks = [asyncio.create_task(s.run(until)) for s in shoppers]
-    while True:
-        _, pending = await asyncio.wait(tasks, timeout=args.report_every)
-        if not pending:
-            break
-        print(tally.line(time.monotonic() - start), file=out, flush=True)
+    try:
+        while True:
+            _, pending = await asyncio.wait(tasks, timeout=args.report_every)
+            if not pending:
+                break
+            print(tally.line(tally.elapsed()), file=out, flush=True)
+    finally:
+        # Cancelled (Ctrl-C): the shoppers stop before the channel they call on closes under them.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     for task in tasks:
         task.result()  # a shopper's own bug surfaces here, not as a silent gap in the traffic
     return tally
@@ -532,16 +548,23 @@ def local_gateway(err: TextIO) -> LocalAddress:
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = arguments(argv, err)
+    tally = Tally()
+    interrupted = None
     try:
-        tally = asyncio.run(shop(args, err if args.json else out))
+        run_interruptible(shop(args, err if args.json else out, tally))
     except ConnectionError as exc:
         print(f"error: {exc}", file=err)
         return 1
+    except Interrupted as stop:
+        # Ctrl-C before the duration was over: what the shoppers had been answered is still the point.
+        interrupted = stop
+        print(f"{stop}: the tally of {tally.elapsed():.0f} s", file=err)
     if args.json:
         print(json.dumps(tally.by_method(), sort_keys=True), file=out)
     else:
+        took = args.duration if interrupted is None else tally.elapsed()
         print(
-            f"{tally.total} calls in {args.duration:.0f} s by {args.shoppers} shopper(s):",
+            f"{tally.total} calls in {took:.0f} s by {args.shoppers} shopper(s):",
             tally.table(),
             sep="\n",
             file=out,
@@ -550,6 +573,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         # Beside the answers, not among them: a refusal waited out was no answer the shopper kept. With --json,
         # on stderr with the progress, so that stdout stays the answers alone.
         print(tally.waited(), file=err if args.json else out)
+    if interrupted is not None:
+        return interrupted.exit_status
     if args.strict and tally.faults:
         print(f"error: {tally.faults} call(s) got a server fault", file=err)
         return 1

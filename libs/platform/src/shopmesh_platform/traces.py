@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
+from shopmesh_chassis.interrupts import exit_status_on_interrupt
 from shopmesh_chassis.local_stack import local_address
 
 from .arguments import whole_number
@@ -233,7 +234,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        sys.exit(exit_status_on_interrupt(main))
     except BrokenPipeError:
         # `make traces ID=... | head`: the reader left early. Python's documented idiom, so that the
         # interpreter's final flush does not fail again with a traceback.

@@ -37,6 +37,7 @@ from typing import TextIO
 import grpc
 from tabulate import tabulate
 
+from shopmesh_chassis.interrupts import exit_status_on_interrupt
 from shopmesh_chassis.local_stack import running_stack_or_say_default
 
 from ..topology import (
@@ -301,4 +302,4 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status_on_interrupt(main))
