@@ -237,7 +237,9 @@ async def test_a_postgresql_url_giving_its_user_and_password_as_query_parameters
     SQLAlchemy passed them to asyncpg.connect() and such a DATABASE_URL connected. Refused since as "not
     supported on PostgreSQL", though asyncpg_connect_args refuses only "a parameter with no asyncpg meaning"."""
     url = make_url(postgres.create_database())
-    database = Database(f"postgresql://{url.host}:{url.port}/{url.database}?user={url.username}")
+    database = Database(
+        f"postgresql://{url.host}:{url.port}/{url.database}?user={url.username}&password={url.password}"
+    )
     try:
         async with database.read() as connection:
             assert (await connection.scalar(text("SELECT current_user"))) == url.username
@@ -248,7 +250,7 @@ async def test_a_postgresql_url_giving_its_user_and_password_as_query_parameters
 async def test_libpqs_dbname_query_parameter_names_the_database_asyncpg_connects_to(postgres: Any) -> None:
     """libpq's `?dbname=` is asyncpg's `database`: passed as it is, asyncpg.connect() refused the keyword."""
     url = make_url(postgres.create_database())
-    database = Database(f"postgresql://{url.username}@{url.host}:{url.port}/postgres?dbname={url.database}")
+    database = Database(f"{postgres.url(driver='postgresql')}?dbname={url.database}")
     try:
         async with database.read() as connection:
             assert (await connection.scalar(text("SELECT current_database()"))) == url.database

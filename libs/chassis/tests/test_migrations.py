@@ -236,7 +236,8 @@ async def test_a_database_that_cannot_be_reached_fails_the_start_in_one_line_wit
 @pytest.mark.parametrize(
     ("user", "name", "said"),
     [
-        ("nosuchrole", "postgres", 'role "nosuchrole" does not exist'),
+        # Under password authentication PostgreSQL does not say whether the role exists.
+        ("nosuchrole", "postgres", 'password authentication failed for user "nosuchrole"'),
         ("postgres", "nosuchdb", 'database "nosuchdb" does not exist'),
     ],
 )
@@ -245,10 +246,12 @@ async def test_a_database_that_refuses_the_service_fails_the_start_in_one_line_n
 ) -> None:
     # A wrong password, a role or a database not created yet: the Secret or the database is fixed, and the
     # pod's next start works. It was a traceback of some 130 lines ending in a DBAPIError.
-    url = f"postgresql://{user}:s3cret@127.0.0.1:{postgres.port}/{name}"
+    password = "s3cret" if user != "postgres" else None  # the superuser's own: only the database is wrong
+    url = postgres.url(name, user=user, password=password, driver="postgresql")
     line = await start_failure(url, tmp_path, DatabaseRefusedAtStart)
     assert line.startswith(f"the database at 127.0.0.1:{postgres.port} refused this service (DATABASE_URL): {said}")
     assert "s3cret" not in line
+    assert postgres.password not in line
 
 
 async def test_a_database_with_no_connection_slot_for_the_service_fails_the_start_in_one_line(
@@ -259,12 +262,12 @@ async def test_a_database_with_no_connection_slot_for_the_service_fails_the_star
     more "database that refuses the service" for now, and the next start may work. The refused check looks
     at classes 28 and 3D only, so this start still ends in the ~130-line traceback of a DBAPIError."""
     role = f"crowded_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{postgres.port}/postgres")
+    admin = await asyncpg.connect(postgres.url(driver="postgresql"))
     try:
         await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 's3cret' CONNECTION LIMIT 0")
     finally:
         await admin.close()
-    url = f"postgresql://{role}:s3cret@127.0.0.1:{postgres.port}/postgres"
+    url = postgres.url(user=role, password="s3cret", driver="postgresql")
     line = await start_failure(url, tmp_path, StartupFailed)
     assert f'too many connections for role "{role}"' in line, line
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -160,6 +161,12 @@ def stop_left_behind(launcher: int, port: int) -> None:
 def database_port(lines: list[str]) -> int:
     [said] = [line for line in lines if line.startswith("Databases: ")]
     return int(said.split("127.0.0.1:")[1].split()[0])
+
+
+def database_passfile(lines: list[str]) -> Path:
+    """The file with the throwaway server's superuser password, as the banner's psql command names it."""
+    [said] = [line for line in lines if line.startswith("  PGPASSFILE=")]
+    return Path(shlex.split(said)[0].removeprefix("PGPASSFILE="))
 
 
 def throwaway_folders(launcher: int) -> list[Path]:

@@ -20,6 +20,7 @@ from .run_kit import (
     _stat,
     assert_nothing_left,
     ctrl_c_until_it_stops,
+    database_passfile,
     database_port,
     descendants,
     launched,
@@ -69,7 +70,9 @@ async def test_a_second_ctrl_c_kills_the_throwaway_postgresql_too_rather_than_wa
         await asyncio.wait_for(read_until_ready(process.stdout, lines), 120)
         port = database_port(lines)
         postmaster = postmaster_of(process.pid)
-        client = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres")
+        client = await asyncpg.connect(
+            host="127.0.0.1", port=port, user="postgres", database="postgres", passfile=str(database_passfile(lines))
+        )
         backend = await client.fetchval("SELECT pg_backend_pid()")
         started = descendants(process.pid)
         assert backend in started, "the client's backend is not the server's child"

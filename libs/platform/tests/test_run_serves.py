@@ -13,18 +13,20 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import nats
 from grpc_health.v1 import health_pb2
 
+from shopmesh_chassis.local_stack import STACK_FILE
 from shopmesh_chassis.testing import eventually, health_status
 from shopmesh_platform import run
 from shopmesh_platform.topology import SERVICES
 from shopmesh_platform.traces import load
 
-from .run_kit import REPOSITORY, accepting, ctrl_c, gone, launched, said_by, table_rows
+from .run_kit import REPOSITORY, accepting, ctrl_c, database_port, gone, launched, said_by, table_rows
 
 CATALOG_INSTALLED = importlib.util.find_spec("shopmesh_catalog") is not None
 
@@ -36,6 +38,8 @@ HEALTH_CALL_SECONDS = 30
 
 
 NATS_CONNECT_SECONDS = 30
+# libpq reads no password from a file that is not there (/dev/null: it warns "not a plain file").
+NO_PASSFILE = "/nonexistent/shopmesh.pgpass"
 
 
 def printed_commands(lines: list[str]) -> list[str]:
@@ -168,3 +172,35 @@ async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_serv
         assert not (tmp_path / "data" / "catalog.db").exists(), "the catalog used SQLite"
         await ctrl_c(process)
     assert not accepting(port), "the throwaway PostgreSQL outlived the launcher"
+
+
+async def test_run_on_postgres_lets_in_only_who_has_the_password_and_prints_where_psql_reads_it_not_it(
+    tmp_path: Path,
+) -> None:
+    """The throwaway server listens on 127.0.0.1, for every account of the machine: a connection without its
+    password is refused (it had trust authentication: any account was its superuser). The service connects with
+    the password in its DATABASE_URL; the banner's psql command gets in by the file it names; the password is
+    neither in the launcher's output nor in stack.json."""
+    data = tmp_path / "data"
+    async with launched(data, "--services", "catalog", "--postgres", ready_within=120) as (process, lines):
+        port = database_port(lines)
+        assert table_rows(lines)["catalog"]["state"] == "SERVING", "the catalog did not get in"
+        clean = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
+        psql = ["psql", "-w", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres"]
+        query = ["-c", "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"]
+        refused = await run_with(psql + query, {**clean, "PGPASSFILE": NO_PASSFILE})
+        assert refused.returncode != 0, f"got in as the superuser with no password: {refused.stdout}"
+        assert "no password supplied" in refused.stderr, refused.stderr
+        [printed] = [shlex.split(line) for line in lines if line.startswith("  PGPASSFILE=")]
+        assignment, *argv = printed
+        name, _, passfile = assignment.partition("=")
+        accepted = await run_with([*argv, "-w", "-At", "-d", "postgres", *query], {**clean, name: passfile})
+        assert accepted.stdout.strip() == "t", accepted.stderr
+        password = (await asyncio.to_thread(Path(passfile).read_text)).strip().rsplit(":", 1)[1]
+        assert password not in await asyncio.to_thread((data / STACK_FILE).read_text)
+        said = "\n".join(lines) + await ctrl_c(process)
+    assert password not in said, "the launcher printed the password"
+
+
+async def run_with(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, argv, env=env, capture_output=True, text=True, timeout=30)

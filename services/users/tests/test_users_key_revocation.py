@@ -152,15 +152,15 @@ def test_revoke_keys_as_a_role_the_database_refuses_is_one_error_line_and_exit_1
     url = postgres.create_database()
     name = url.rsplit("/", 1)[1]
     statements = [
-        "CREATE ROLE catalog LOGIN",
+        "CREATE ROLE catalog LOGIN PASSWORD 's3cret'",
         f"REVOKE ALL ON DATABASE {name} FROM PUBLIC",
     ]
     for statement in statements:
         subprocess.run(
-            [str(postgres.bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres"],
+            [str(postgres.bin_dir / "psql"), postgres.url(name, driver="postgresql")],
             input=statement, capture_output=True, text=True, check=True, timeout=30,
         )  # fmt: skip
-    result = run_revoke_keys(cwd=tmp_path, DATABASE_URL=url.replace("://postgres@", "://catalog@"))
+    result = run_revoke_keys(cwd=tmp_path, DATABASE_URL=postgres.url(name, user="catalog", password="s3cret"))
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()

@@ -19,7 +19,8 @@ own while it runs (or while Ctrl-C stops the rest, before its turn): the launche
 Ctrl-C does and names that process with its last output lines (no restart: a crash is a bug to see, not to
 paper over). With --postgres every service that owns data gets a database of its own on a throwaway
 PostgreSQL server started from the installed binaries (as in a cluster, one database per service), removed
-when the stack stops; without it, SQLite files under the data directory.
+when the stack stops, its superuser's password random (each service has it in its DATABASE_URL, the banner
+names the file a psql reads it from); without it, SQLite files under the data directory.
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
 call graph as policy (docs/mesh.md); --canary adds a second instance of one service that its callers'
 sidecars send a share of their calls.
@@ -434,8 +435,11 @@ def banner(stack: Stack, selected: Sequence[str] | None, database: PostgresServe
     if database is not None:
         lines += [
             "",
-            f"Databases: one per service on PostgreSQL at 127.0.0.1:{database.port} (user postgres, no password);"
-            " a throwaway server, removed when this stops",
+            f"Databases: one per service on PostgreSQL at 127.0.0.1:{database.port} (user postgres, with a random"
+            " password: each service has it in its DATABASE_URL); a throwaway server, removed when this stops."
+            " psql reads the password from a file:",
+            # Not the password itself: the output ends up in terminals' scrollback and CI logs.
+            f"  PGPASSFILE={shlex.quote(str(database.passfile))} psql -h 127.0.0.1 -p {database.port} -U postgres",
         ]
     if stack.smtp_address is not None:
         lines += ["", f"E-mails are not delivered: the SMTP sink stores each one as a file in {stack.smtp_dir}"]

@@ -3,6 +3,12 @@
 pytest-postgresql cannot be used as root (PostgreSQL refuses to run as root and the library does not
 switch users), and CI here runs as root: so as root every server command runs as the `postgres` system
 user, in a data folder that user owns.
+
+The server listens on 127.0.0.1, where every account of the machine reaches it: its superuser `postgres` has a
+random password (scram-sha-256), which only the PostgresServer object and the URLs it hands out carry, so another
+account (`nobody`) gets nothing of its data nor, as superuser, a shell as the server's account (COPY TO PROGRAM).
+The Unix socket, in the server's 0700 data folder, is `peer`: only the server's own account (`postgres` under
+root) gets in there without the password, and that account owns the data files anyway.
 """
 
 from __future__ import annotations
@@ -10,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from sqlalchemy.engine import URL
 
 from shopmesh_chassis.testing import free_port
 
@@ -42,24 +51,53 @@ def postgres_bin() -> Path:
 LANGUAGE_COLLATION = "en-US-u-ka-shifted"
 
 
+SUPERUSER = "postgres"
+# The superuser's password in libpq's password file format, beside the data (removed with it), for a person or
+# a test that connects to a server it did not start (`make run --postgres`'s): `PGPASSFILE=<it> psql ...`.
+PASSFILE_NAME = "shopmesh.pgpass"
+
+
 @dataclass(frozen=True)
 class PostgresServer:
     port: int
     data_dir: Path
     bin_dir: Path
+    # The superuser's; kept out of the repr, which test failures and logs may show.
+    password: str = field(repr=False)
+
+    def url(
+        self,
+        database: str = "postgres",
+        *,
+        user: str = SUPERUSER,
+        password: str | None = None,
+        driver: str = "postgresql+asyncpg",
+    ) -> str:
+        """The URL of `database` on this server, as `user` (default: the superuser, with its password; another
+        role's `password` is the caller's), for `driver` (`postgresql` for asyncpg.connect or libpq)."""
+        if password is None and user == SUPERUSER:
+            password = self.password
+        url = URL.create(driver, username=user, password=password, host="127.0.0.1", port=self.port, database=database)
+        return url.render_as_string(hide_password=False)
+
+    @property
+    def passfile(self) -> Path:
+        """The superuser's password as libpq and asyncpg read it (`PGPASSFILE`, asyncpg's `passfile`)."""
+        return self.data_dir / PASSFILE_NAME
 
     def create_database(self, icu_locale: str = LANGUAGE_COLLATION) -> str:
         """A new empty database on this server, sorting text by `icu_locale`; returns its SQLAlchemy
-        (asyncpg) URL."""
+        (asyncpg) URL, the superuser's password in it."""
         name = f"test_{uuid.uuid4().hex[:12]}"
         _run(
             self.bin_dir,
             "createdb",
-            *("-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"),
+            *("-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "--no-password"),
             *("--template=template0", "--locale=C.UTF-8", "--locale-provider=icu", f"--icu-locale={icu_locale}"),
             name,
+            password=self.password,
         )
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+        return self.url(name)
 
     def stop(self) -> None:
         """Shut the server down at once, cutting its connections, as a crash or a failover would."""
@@ -86,17 +124,41 @@ def server_argv(server: PostgresServer) -> list[str]:
     return [str(server.bin_dir / "postgres"), "-D", str(server.data_dir), *server_options(server.data_dir, server.port)]
 
 
-def _run(bin_dir: Path, tool: str, *args: str) -> None:
+def _run(bin_dir: Path, tool: str, *args: str, password: str | None = None) -> None:
     command = [str(bin_dir / tool), *args]
     if os.geteuid() == 0:
         command = ["runuser", "-u", "postgres", "--", *command]
-    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    # In the environment (runuser keeps it), which only this account and root may read: not on the command
+    # line, which `ps` shows every account.
+    env = None if password is None else {**os.environ, "PGPASSWORD": password}
+    subprocess.run(command, check=True, capture_output=True, timeout=60, env=env)
+
+
+def _initdb(bin_dir: Path, data_dir: Path, password: str) -> None:
+    """initdb with `password` for the superuser, read from a file of the server's account, 0600, removed after
+    (initdb takes it from a file or a prompt only)."""
+    fd, name = tempfile.mkstemp(prefix="shopmesh-pg-password-")
+    pwfile = Path(name)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        if os.geteuid() == 0:
+            account = pwd.getpwnam("postgres")
+            os.chown(pwfile, account.pw_uid, account.pw_gid)
+        _run(
+            bin_dir,
+            "initdb",
+            *("-D", str(data_dir), "-U", SUPERUSER, f"--pwfile={pwfile}", "--no-sync"),
+            *("--auth-host=scram-sha-256", "--auth-local=peer"),
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def initialized_server(prefix: str = "shopmesh-pg-") -> Iterator[PostgresServer]:
-    """A server's data folder (initdb, trust auth, fsync off: it is thrown away) on a free port, not
-    started; removed afterwards. The folder's name starts with `prefix`."""
+    """A server's data folder (initdb, a random password for the superuser, fsync off: it is thrown away) on a
+    free port, not started; removed afterwards. The folder's name starts with `prefix`."""
     bin_dir = postgres_bin()
     # Under /tmp rather than pytest's tmp_path, whose root-only parents the postgres user cannot enter.
     data_dir = Path(tempfile.mkdtemp(prefix=prefix))
@@ -105,20 +167,35 @@ def initialized_server(prefix: str = "shopmesh-pg-") -> Iterator[PostgresServer]
         os.chown(data_dir, account.pw_uid, account.pw_gid)
     data_dir.chmod(0o700)
     port = free_port()
+    password = secrets.token_urlsafe(24)
     try:
-        _run(bin_dir, "initdb", "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--no-sync")
+        _initdb(bin_dir, data_dir, password)
+        server = PostgresServer(port=port, data_dir=data_dir, bin_dir=bin_dir, password=password)
+        _write_passfile(server)
     except subprocess.CalledProcessError as error:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise RuntimeError(f"cannot initialise PostgreSQL: {error.stderr.decode(errors='replace')}") from None
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
     try:
-        yield PostgresServer(port=port, data_dir=data_dir, bin_dir=bin_dir)
+        yield server
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def _write_passfile(server: PostgresServer) -> None:
+    # This account's, 0600 from its creation (libpq ignores a password file others may read), in the data folder
+    # whose 0700 keeps other accounts out as well.
+    fd = os.open(server.passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"127.0.0.1:{server.port}:*:{SUPERUSER}:{server.password}\n")
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[PostgresServer]:
-    """Start a server (initdb, trust auth, fsync off: it is thrown away) and remove it afterwards."""
+    """Start a server (initdb, a random superuser password, fsync off: it is thrown away) and remove it
+    afterwards."""
     with initialized_server() as server:
         try:
             _start(server.bin_dir, server.data_dir, server.port)
