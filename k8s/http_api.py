@@ -9,6 +9,8 @@
 - `http-api-traced.json`: the same, with a span per request (the edge's, which the gateway's join) sent to the
   `traces` cluster, which it leaves out: the chart adds it when Envoy starts (`--config-yaml`), where
   `global.otel` says, with the sampling ratio (Envoy has no environment variables in its configuration).
+- Both leave out the monitor of Envoy's heap their overload actions name: the chart adds it at start, bounded
+  under the container's memory limit (`max_heap_bytes`), which the values may change.
 - `shop.binpb`: the API's descriptor set, as `make proto` generates it beside the stubs.
 - `shop.openapi.json`: the API's OpenAPI document, likewise, which the edge serves at /openapi.json.
 - `index.html`, `app.js`, `app.css`: the storefront the edge serves at / (shopmesh_platform/storefront).
@@ -60,6 +62,8 @@ def kubernetes_api(*, traced: bool = False) -> HttpApi:
         storefront=MOUNT,
         metrics_port=METRICS_PORT,
         traces_cluster_at_start=traced,
+        # The chart bounds Envoy's heap under the container's memory limit, whatever the values make it.
+        heap_bound_at_start=True,
     )
 
 

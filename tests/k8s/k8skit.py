@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from shopmesh_chassis.testing import free_ports
-from shopmesh_platform.http_api import METRICS_PATH
+from shopmesh_platform.http_api import MAX_HEAP_BYTES, METRICS_PATH
+from shopmesh_platform.mesh.envoy import heap_monitor_of
 from shopmesh_platform.stack import envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,12 +112,24 @@ def validate_custom_resources(objects: Docs) -> list[str]:
     return problems
 
 
+# The untraced configuration with what the chart merges into it by default (--config-yaml): the monitor of
+# Envoy's heap its overload actions name, bounded as `make run` bounds it (test_http_api checks the chart's is
+# the same).
+UNTRACED_ARGS = [
+    "--config-path",
+    http_api.CONFIG,
+    "--config-yaml",
+    json.dumps({"overload_manager": {"resource_monitors": [heap_monitor_of(MAX_HEAP_BYTES)]}}),
+]
+
+
 @contextlib.contextmanager
 def running_http_api(
     files: dict[str, bytes], scratch: Path, args: list[str] | None = None, *, gateway: int | None = None
 ) -> Iterator[dict[int, int]]:
     """The gateway pod's `http-api` Envoy as rendered, run here: `files` are its ConfigMap's (file name →
-    contents), put where `args` (the container's; by default the untraced configuration alone) name them; the
+    contents), put where `args` (the container's; by default the untraced configuration with the heap bound the
+    chart gives it by default, UNTRACED_ARGS) name them; the
     configuration's listeners and admin interface moved from the pod's ports to free loopback ones (yields pod
     port → local port), what a --config-yaml in `args` adds used as it is; the gateway it calls on loopback at
     the local port `gateway` if given, else at a free one where nothing listens (not the pod's gateway port,
@@ -124,7 +137,7 @@ def running_http_api(
     there). Ready once its admin interface says so. Its output goes to `scratch`/ENVOY_LOG."""
     for name, content in files.items():
         (scratch / name).write_bytes(content)
-    args = [arg.replace(f"{http_api.MOUNT}/", f"{scratch}/") for arg in args or ["--config-path", http_api.CONFIG]]
+    args = [arg.replace(f"{http_api.MOUNT}/", f"{scratch}/") for arg in args or UNTRACED_ARGS]
     config = scratch / Path(args[args.index("--config-path") + 1]).name
     moved = json.loads(config.read_text().replace(f"{http_api.MOUNT}/", f"{scratch}/"))
     addresses = [listener["address"]["socket_address"] for listener in moved["static_resources"]["listeners"]]

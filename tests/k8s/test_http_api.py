@@ -32,7 +32,9 @@ from shopmesh_chassis.testing import refused_with_the_stream_held_open
 from shopmesh_gateway.guard import client_address
 from shopmesh_platform.http_api import (
     DESCRIPTOR_FILE,
+    EDGE_MEMORY_LIMIT_MIB,
     HEALTH_PATH,
+    MAX_HEAP_BYTES,
     METRICS_PATH,
     OPENAPI_FILE,
     OPENAPI_PATH,
@@ -42,10 +44,11 @@ from shopmesh_platform.http_api import (
     STOREFRONT_FILES,
     bootstrap,
     descriptor_set,
+    max_heap_bytes,
     openapi_document,
     storefront_folder,
 )
-from shopmesh_platform.mesh.envoy import TRACES_CLUSTER, cluster
+from shopmesh_platform.mesh.envoy import TRACES_CLUSTER, cluster, heap_monitor_of
 from shopmesh_platform.stack import envoy_binary
 from shopmesh_platform.topology import SERVICES, is_edge
 from shopmesh_platform.traces import load
@@ -509,6 +512,52 @@ def test_a_call_the_gateway_never_answers_ends_at_the_edges_bound_or_the_clients
     assert SHORT_BOUND - 1 < took < 60 - 10, "the edge's bound, not the client's 60 s"
 
 
+# The edge's memory: its heap bounded under the container's limit.
+
+
+def heap_bound_of(docs: Docs) -> int:
+    """The bound on Envoy's heap the container merges into its configuration at start."""
+    [monitor] = overlay_of(docs)["overload_manager"]["resource_monitors"]
+    assert monitor == heap_monitor_of(monitor["typed_config"]["max_heap_size_bytes"])
+    bound: int = monitor["typed_config"]["max_heap_size_bytes"]
+    return bound
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+def test_the_edges_heap_is_bounded_under_its_containers_memory_limit_as_make_run_bounds_it(
+    rendered: dict[tuple[str, str], Docs], value_set: str
+) -> None:
+    docs = rendered[value_set, EDGE]
+    assert container(docs)["resources"]["limits"]["memory"] == f"{EDGE_MEMORY_LIMIT_MIB}Mi"
+    assert heap_bound_of(docs) == MAX_HEAP_BYTES == max_heap_bytes(EDGE_MEMORY_LIMIT_MIB * 2**20)
+    # The overload actions the configuration names act on that monitor, which the file leaves to the start.
+    config = config_of(docs)["overload_manager"]
+    assert "envoy.resource_monitors.fixed_heap" not in json.dumps(config["resource_monitors"])
+    assert {trigger["name"] for action in config["actions"] for trigger in action["triggers"]} == {
+        "envoy.resource_monitors.fixed_heap"
+    }
+
+
+@pytest.mark.parametrize(
+    ("limit", "limit_bytes"),
+    [("256Mi", 256 * 2**20), ("1Gi", 2**30), ("300M", 300 * 10**6), (200_000_000, 200_000_000)],
+)
+def test_a_memory_limit_the_values_give_the_edge_bounds_its_heap_under_it(
+    helm_dir: Path, limit: str | int, limit_bytes: int
+) -> None:
+    docs = objects_of(helm_dir, EDGE, {"httpApi": {"resources": {"limits": {"memory": limit}}}})
+    assert container(docs)["resources"]["limits"]["memory"] == limit
+    assert heap_bound_of(docs) == max_heap_bytes(limit_bytes)
+
+
+@pytest.mark.parametrize("limit", ["0.5Gi", "1e9", None])
+def test_a_memory_limit_the_edge_cannot_bound_its_heap_under_fails_the_render(
+    helm_dir: Path, limit: str | None
+) -> None:
+    with pytest.raises(Exception, match=r"httpApi\.resources\.limits\.memory.*the edge's Envoy bounds its heap"):
+        objects_of(helm_dir, EDGE, {"httpApi": {"resources": {"limits": {"memory": limit}}}})
+
+
 # The edge's spans: where the services' go (global.otel), with their sampling.
 
 
@@ -559,7 +608,7 @@ def test_another_collector_and_ratio_reach_the_edges_configuration(
 def test_without_an_endpoint_the_edge_makes_no_spans(helm_dir: Path) -> None:
     docs = objects_of(helm_dir, EDGE, {"global": {"otel": {"endpoint": ""}}})
     assert container(docs)["args"][:2] == ["--config-path", f"{MOUNT}/{http_api.CONFIG}"]
-    assert "--config-yaml" not in container(docs)["args"]
+    assert set(overlay_of(docs)) == {"overload_manager"}, "no traces cluster, no sampling"
     assert "tracing" not in json.dumps(config_of(docs)), "the untraced configuration"
 
 

@@ -45,17 +45,18 @@ binaryData:
 - name: http-api
   image: {{ $c.httpApi.image | quote }}
   imagePullPolicy: {{ $c.imagePullPolicy }}
+  {{- /* What the file cannot know, which Envoy merges into it: the bound on its heap, under this container's
+       memory limit, and where its spans go and how many requests start a trace. */}}
+  {{- $overlay := include "shopmesh-lib.httpApi-heap" $c.httpApi.resources | fromJson }}
+  {{- if $c.otel.endpoint }}
+  {{- $overlay = mergeOverwrite $overlay (include "shopmesh-lib.httpApi-traces" $c.otel | fromJson) }}
+  {{- end }}
   args:
     - --config-path
-    {{- if $c.otel.endpoint }}
-    - /etc/shopmesh/http-api/http-api-traced.json
-    # Where its spans go and how many requests start a trace, which the file cannot know: Envoy merges
-    # this into it.
+    - /etc/shopmesh/http-api/{{ ternary "http-api-traced.json" "http-api.json" (not (empty $c.otel.endpoint)) }}
+    # The bound on Envoy's heap (under the memory limit below){{ if $c.otel.endpoint }}, where its spans go and how many requests start a trace{{ end }}: Envoy merges this into the file.
     - --config-yaml
-    - {{ include "shopmesh-lib.httpApi-traces" $c.otel | quote }}
-    {{- else }}
-    - /etc/shopmesh/http-api/http-api.json
-    {{- end }}
+    - {{ toJson $overlay | quote }}
     - --log-level
     - warn
     # No shared memory for hot restarts: a pod restarts the container instead.
@@ -154,4 +155,32 @@ DNS, over HTTP/2), and the share of requests that start a trace, as the services
 {{- $sampling := dict "numerator" $perTenThousand "denominator" "TEN_THOUSAND" -}}
 {{- $runtime := dict "layers" (list (dict "name" "sampling" "static_layer" (dict "tracing.random_sampling" $sampling))) -}}
 {{- toJson (dict "static_resources" (dict "clusters" (list $cluster)) "layered_runtime" $runtime) -}}
+{{- end -}}
+
+
+{{/* The monitor of Envoy's heap that the edge's configuration (files/http-api.json) leaves to its start, bounded
+under the container's memory limit (the `resources` given): half of it, as
+shopmesh_platform.http_api.max_heap_bytes computes it; the rest is for the binary's own pages, which the
+container's memory counts too. Its overload actions (resetting the largest streams, refusing requests, closing
+connections that send more) keep unfinished requests from taking Envoy past the limit, into an OOM kill of every
+client's connection. As JSON, for --config-yaml. */}}
+{{- define "shopmesh-lib.httpApi-heap" -}}
+{{- $raw := dig "limits" "memory" "" . -}}
+{{- /* A number of bytes (`--set ...memory=134217728`) reaches the template as a float: written out whole. */ -}}
+{{- $limit := toString $raw -}}
+{{- if and (kindIs "float64" $raw) (eq (floor $raw) (float64 $raw)) -}}
+{{- $limit = printf "%.0f" $raw -}}
+{{- end -}}
+{{- if not $limit -}}
+{{- fail "httpApi.resources.limits.memory: the edge's Envoy bounds its heap under its container's memory limit; give one (128Mi by default)" -}}
+{{- end -}}
+{{- if not (regexMatch "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$" $limit) -}}
+{{- fail (printf "httpApi.resources.limits.memory (%s): the edge's Envoy bounds its heap under it, and reads a whole number with a unit of Ki, Mi, Gi, Ti, k, M, G or T (or none: bytes), such as 128Mi" $limit) -}}
+{{- end -}}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- $bytes := mul (regexFind "^[0-9]+" $limit | int64) (get $units (regexReplaceAll "^[0-9]+" $limit "")) -}}
+{{- $monitor := dict
+    "name" "envoy.resource_monitors.fixed_heap"
+    "typed_config" (dict "@type" "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig" "max_heap_size_bytes" (div $bytes 2)) -}}
+{{- toJson (dict "overload_manager" (dict "resource_monitors" (list $monitor))) -}}
 {{- end -}}

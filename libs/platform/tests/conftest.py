@@ -4,6 +4,7 @@ the edge's own routing, without the rest of the stack."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 import time
@@ -141,11 +142,13 @@ def running_edge(
     *,
     gateway_away: bool = False,
     gateway_port: int | None = None,
+    max_heap_bytes: int | None = None,
 ) -> Iterator[Edge]:
     """Envoy of `bootstrap()` in front of a RecordingShop, its files in `folder`; `configure` may change the
     edge's connection manager first (a test's own setting, such as a shorter timeout than the edge's);
     `gateway_away`: nothing listens where the edge calls the gateway (the RecordingShop gets no call);
-    `gateway_port`: the edge calls a test's own server on this port of 127.0.0.1 instead."""
+    `gateway_port`: the edge calls a test's own server on this port of 127.0.0.1 instead; `max_heap_bytes`: a
+    bound on Envoy's heap of the test's own in place of the edge's."""
     shop = RecordingShop()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     shop_pb2_grpc.add_ShopServiceServicer_to_server(shop, server)
@@ -166,6 +169,8 @@ def running_edge(
         gateway=f"127.0.0.1:{gateway}",
         descriptor=descriptor_set(),
     )
+    if max_heap_bytes is not None:
+        api = dataclasses.replace(api, max_heap_bytes=max_heap_bytes)
     config = bootstrap(api)
     if configure is not None:
         [public] = [item for item in config["static_resources"]["listeners"] if item["name"] == "http-api"]

@@ -38,8 +38,14 @@ from .log_fields import HTTP_LOG_FIELDS, SPAN_URL, gateway_status
 from .matching import NOT_GRPC
 from .request_limits import (
     BUFFER,
+    INITIAL_CONNECTION_WINDOW_BYTES,
+    INITIAL_STREAM_WINDOW_BYTES,
+    MAX_CONCURRENT_STREAMS,
+    MAX_HEAP_BYTES,
     MAX_REQUEST_BYTES,
     MAX_REQUEST_HEADERS_KIB,
+    PER_CONNECTION_BUFFER_BYTES,
+    REQUEST_HEADERS_TIMEOUT,
     declared_too_large,
     grpc_too_large,
     http_too_large,
@@ -48,6 +54,7 @@ from .routes import (
     PATH_VARIABLE_IN_QUERY_ROUTE,
     QUERY_WITH_BODY_ROUTE,
     ROUTE_BOUND,
+    ROUTE_TIMEOUT,
     http_json_route,
     method_routes,
     other_grpc_refused,
@@ -94,6 +101,12 @@ class HttpApi:
     # as its proxy and no other client on the machine (`make run`: a loopback address of its own); None:
     # the one the OS picks.
     gateway_source: str | None = None
+    # The bound on Envoy's heap, under its container's memory limit (request_limits.max_heap_bytes), which the
+    # overload manager acts on; a test's own may be smaller.
+    max_heap_bytes: int = MAX_HEAP_BYTES
+    # The heap's monitor, with the bound, left to Envoy's start: on Kubernetes the chart adds it (--config-yaml),
+    # from the container's memory limit. `max_heap_bytes` is then unused.
+    heap_bound_at_start: bool = False
 
 
 def bootstrap(api: HttpApi) -> dict[str, Any]:
@@ -125,6 +138,17 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         # sidecar, every client would be the pod to the gateway. The route configuration appends the peer.
         "skip_xff_append": True,
         "max_request_headers_kb": MAX_REQUEST_HEADERS_KIB,
+        "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
+        # The whole request, body and all, within the bound of the call it makes (ROUTE_TIMEOUT, above
+        # checkout's 25 s), or 408 (request_timed_out) and no call: without it, a body that stops short of its
+        # content-length held its buffer (up to MAX_REQUEST_BYTES) until the 5 min stream idle timeout, which
+        # each byte it trickles restarts.
+        "request_timeout": ROUTE_TIMEOUT,
+        "http2_protocol_options": {
+            "max_concurrent_streams": MAX_CONCURRENT_STREAMS,
+            "initial_stream_window_size": INITIAL_STREAM_WINDOW_BYTES,
+            "initial_connection_window_size": INITIAL_CONNECTION_WINDOW_BYTES,
+        },
         "route_config": {
             "name": "public-api",
             "max_direct_response_body_size_bytes": MAX_DOCUMENT_BYTES,
@@ -225,7 +249,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     }
     if span_config is not None:
         manager["tracing"] = span_config
-    listeners = [listener("http-api", api.host, api.port, "INBOUND", manager)]
+    public = listener("http-api", api.host, api.port, "INBOUND", manager)
+    public["per_connection_buffer_limit_bytes"] = PER_CONNECTION_BUFFER_BYTES
+    listeners = [public]
     if api.metrics_port is not None:
         listeners.append(listener("metrics", api.host, api.metrics_port, "INBOUND", _metrics_manager()))
         # The admin interface speaks HTTP/1.1.
@@ -234,7 +260,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "node": {"id": api.name, "cluster": api.name},
         "admin": {"address": socket_address(api.admin_host, api.admin_port)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
-        "overload_manager": overload_manager(),
+        "overload_manager": overload_manager(api.max_heap_bytes, heap_monitor=not api.heap_bound_at_start),
     }
 
 

@@ -35,6 +35,36 @@ REQUEST_TOO_LARGE_MESSAGE = f"the request is larger than the edge takes: {MAX_RE
 # metadata: these headers and the transcoder's copy of the path (x-envoy-original-path), so at most about twice
 # this (shopmesh_chassis.server.MAX_METADATA_BYTES).
 MAX_REQUEST_HEADERS_KIB = 60
+# A request's headers must have arrived whole within this of their first byte (Envoy's edge guidance), or the
+# edge answers 408 and calls nothing: a client trickling them holds a stream for no call.
+REQUEST_HEADERS_TIMEOUT = "10s"
+# HTTP/2: the streams one connection may have open at once, and how much a client may send ahead of what the
+# edge has read, per stream and per connection (Envoy's edge guidance; its defaults, 2^31 - 1 streams and a
+# 256 MiB window per stream, let one connection hold any number of bodies and more than the buffer filter's
+# limit of each). A body still reaches MAX_REQUEST_BYTES: the window reopens as the edge reads it.
+MAX_CONCURRENT_STREAMS = 100
+INITIAL_STREAM_WINDOW_BYTES = 64 * 1024
+INITIAL_CONNECTION_WINDOW_BYTES = 1024 * 1024
+# How much a connection's socket buffers hold before Envoy stops reading from it (Envoy's edge guidance; its
+# default is 1 MiB each way): what the buffer filter keeps of a body is the stream's, up to MAX_REQUEST_BYTES.
+PER_CONNECTION_BUFFER_BYTES = 32 * 1024
+# The memory limit of the edge's container on Kubernetes by default (the gateway's chart:
+# helm/shopmesh-lib/templates/_config.tpl, httpApi.resources), and the bound on Envoy's heap `make run` gives
+# it, as the chart derives it from whatever limit the container has (max_heap_bytes).
+EDGE_MEMORY_LIMIT_MIB = 128
+# The share of its container's memory limit Envoy's heap is bounded to: the rest is for what is not heap, above
+# all the binary's own pages (about 54 MiB resident, which the container's memory counts), and for the heap's
+# growth between two readings of it. The overload manager acts on the bound (mesh.envoy.overload_manager).
+HEAP_SHARE_DIVISOR = 2
+
+
+def max_heap_bytes(memory_limit_bytes: int) -> int:
+    """The bound on the edge's Envoy's heap in a container of this memory limit (the chart's
+    shopmesh-lib.httpApi-heap computes the same)."""
+    return memory_limit_bytes // HEAP_SHARE_DIVISOR
+
+
+MAX_HEAP_BYTES = max_heap_bytes(EDGE_MEMORY_LIMIT_MIB * 1024 * 1024)
 
 
 def declared_too_large() -> list[dict[str, Any]]:

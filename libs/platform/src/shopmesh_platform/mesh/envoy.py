@@ -44,6 +44,8 @@ _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProt
 _CONNECTIONS_MONITOR = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
+_HEAP_CONFIG = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
+HEAP_MONITOR = "envoy.resource_monitors.fixed_heap"
 _OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 # The cluster the spans go to.
 TRACES_CLUSTER = "traces"
@@ -58,6 +60,13 @@ HEALTH_POLICY = "health"
 HEALTH_PATH_PREFIX = "/grpc.health.v1.Health/"
 CALLER_POLICY_PREFIX = "caller-"
 MAX_DOWNSTREAM_CONNECTIONS = 10000
+# Shares of a heap bound (overload_manager) at which Envoy starts resetting the streams holding the most memory,
+# gives freed memory back to the OS, and refuses new requests and closes connections that send more (and has
+# reset every stream it tracks); how often it reads the heap.
+HEAP_RESET_FROM = 0.85
+HEAP_SHRINK_AT = 0.9
+HEAP_SATURATED = 0.95
+HEAP_REFRESH_INTERVAL = "0.25s"
 
 # One JSON line per call that did not end OK, in the stack's log stream. (A connection refused in the TLS
 # handshake is no call: it shows in the listener's ssl.* statistics, not here.)
@@ -131,9 +140,17 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
     }
 
 
-def overload_manager() -> dict[str, Any]:
-    """A bound on downstream connections (Envoy warns without one); a sidecar sees a handful."""
-    return {
+def overload_manager(max_heap_bytes: int | None = None, *, heap_monitor: bool = True) -> dict[str, Any]:
+    """A bound on downstream connections (Envoy warns without one); a sidecar sees a handful. With
+    `max_heap_bytes` (the edge, whose clients are anyone), a bound on Envoy's heap too, under its container's
+    memory limit, acted on as Envoy's overload manager documents: as the heap nears it, the streams holding the
+    most buffered memory are reset (HTTP/2), freed memory is given back to the OS, and at HEAP_SATURATED new
+    requests are refused (503) and a connection that sends more is closed (HTTP/1.1 and HTTP/2 alike), so that
+    bodies that never finish (each held up to the edge's 1 MiB until the request timeout) end in refusals, not
+    in the container's OOM kill, which would drop every client at once. `heap_monitor` False: the heap's monitor
+    (which the actions name) is left to whoever starts Envoy, who knows the memory limit (the gateway's chart,
+    with --config-yaml: heap_monitor())."""
+    config: dict[str, Any] = {
         "resource_monitors": [
             {
                 "name": "envoy.resource_monitors.global_downstream_max_connections",
@@ -144,6 +161,45 @@ def overload_manager() -> dict[str, Any]:
             }
         ]
     }
+    if max_heap_bytes is None:
+        return config
+    if heap_monitor:
+        config["resource_monitors"].append(heap_monitor_of(max_heap_bytes))
+    saturated = [{"name": HEAP_MONITOR, "threshold": {"value": HEAP_SATURATED}}]
+    config["refresh_interval"] = HEAP_REFRESH_INTERVAL
+    config["actions"] = [
+        {
+            # From HEAP_RESET_FROM of the bound on, the more of the largest streams the fuller the heap.
+            "name": "envoy.overload_actions.reset_high_memory_stream",
+            "triggers": [
+                {
+                    "name": HEAP_MONITOR,
+                    "scaled": {"scaling_threshold": HEAP_RESET_FROM, "saturation_threshold": HEAP_SATURATED},
+                }
+            ],
+        },
+        {
+            "name": "envoy.overload_actions.shrink_heap",
+            "triggers": [{"name": HEAP_MONITOR, "threshold": {"value": HEAP_SHRINK_AT}}],
+        },
+        {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": saturated},
+    ]
+    # Requests already accepted go on reading their bodies: without these, a burst of them (each read into
+    # the heap before the next reading of it, HEAP_REFRESH_INTERVAL) took the heap past its bound, and
+    # reset_high_memory_stream tracks no HTTP/1.1 stream's memory.
+    config["loadshed_points"] = [
+        {"name": "envoy.load_shed_points.http1_server_abort_dispatch", "triggers": saturated},
+        {"name": "envoy.load_shed_points.http2_server_go_away_and_close_on_dispatch", "triggers": saturated},
+    ]
+    # reset_high_memory_stream picks among the streams whose buffers Envoy accounts for: every one holding
+    # 2^16 bytes (64 KiB) or more, so a body held whole (up to the edge's 1 MiB) is one of them.
+    config["buffer_factory_config"] = {"minimum_account_to_track_power_of_two": 16}
+    return config
+
+
+def heap_monitor_of(max_heap_bytes: int) -> dict[str, Any]:
+    """The overload manager's monitor of Envoy's heap against this bound (HEAP_MONITOR, which its actions name)."""
+    return {"name": HEAP_MONITOR, "typed_config": {"@type": _HEAP_CONFIG, "max_heap_size_bytes": max_heap_bytes}}
 
 
 def write_bootstrap(sidecar: Sidecar, identities: MeshIdentities, path: Path) -> Path:

@@ -1,0 +1,169 @@
+"""What a request may hold of the edge while it is unfinished, at the real Envoy of `bootstrap()`: a request
+must arrive whole (headers, then the rest) within the edge's timeouts or be answered 408 with no call made, an
+HTTP/2 connection is offered a bounded number of streams and window, and Envoy's heap is watched against a bound
+beyond which it refuses requests. The timeouts are the edge's own, shortened in the test's configuration."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from shopmesh_platform.http_api import (
+    INITIAL_CONNECTION_WINDOW_BYTES,
+    INITIAL_STREAM_WINDOW_BYTES,
+    MAX_CONCURRENT_STREAMS,
+    REQUEST_HEADERS_TIMEOUT,
+    ROUTE_TIMEOUT,
+    HttpApi,
+    bootstrap,
+    descriptor_set,
+)
+
+from .conftest import Edge, running_edge
+
+# The test's own timeouts, in place of the edge's (which are tens of seconds).
+SHORT = 1
+# How long the test waits for the edge's answer: far past SHORT, far short of the edge's own timeouts (the 5 min
+# stream idle timeout, which answered a held body before the request timeout existed).
+WAIT = 20
+
+
+def shortened(setting: str, value: str) -> Any:
+    """A `configure` for running_edge: the connection manager's `setting`, which the edge must have, shortened."""
+
+    def configure(manager: dict[str, Any]) -> None:
+        assert setting in manager, f"the edge sets no {setting}"
+        manager[setting] = value
+
+    return configure
+
+
+def connect(edge: Edge) -> socket.socket:
+    host, port = urlsplit(edge.url).netloc.split(":")
+    return socket.create_connection((host, int(port)), timeout=WAIT)
+
+
+def answer_of(connection: socket.socket) -> bytes:
+    """Everything the edge sends before it closes the connection (or WAIT ends)."""
+    chunks = []
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            chunk = connection.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_and_body(answer: bytes) -> tuple[str, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].decode()
+    return status, json.loads(body) if body else {}
+
+
+def test_the_edge_bounds_a_whole_request_by_the_calls_own_bound() -> None:
+
+    api = HttpApi(
+        host="127.0.0.1",
+        port=1,
+        admin_host="127.0.0.1",
+        admin_port=2,
+        gateway="127.0.0.1:3",
+        descriptor=descriptor_set(),
+    )
+    [public] = [item for item in bootstrap(api)["static_resources"]["listeners"] if item["name"] == "http-api"]
+    manager = public["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["request_timeout"] == ROUTE_TIMEOUT
+    assert manager["request_headers_timeout"] == REQUEST_HEADERS_TIMEOUT
+
+
+def test_a_body_that_never_arrives_whole_is_answered_408_at_the_request_timeout_and_calls_nothing(
+    tmp_path: Path,
+) -> None:
+    with running_edge(tmp_path, shortened("request_timeout", f"{SHORT}s")) as edge, connect(edge) as connection:
+        connection.sendall(
+            b"POST /v1/orders HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n" + b" " * 500
+        )
+        status, body = status_and_body(answer_of(connection))
+        assert status == "HTTP/1.1 408 Request Timeout", status
+        assert body["details"][0]["reason"] == "REQUEST_TIMEOUT", body
+        assert edge.shop.calls == []
+
+
+def test_headers_that_never_arrive_whole_are_answered_408_at_the_headers_timeout(tmp_path: Path) -> None:
+    with running_edge(tmp_path, shortened("request_headers_timeout", f"{SHORT}s")) as edge, connect(edge) as connection:
+        connection.sendall(b"GET /v1/products HTTP/1.1\r\nhost: shop\r\n")
+        status, _ = status_and_body(answer_of(connection))
+        assert status == "HTTP/1.1 408 Request Timeout", status
+        assert edge.shop.calls == []
+
+
+def http2_settings(connection: socket.socket) -> tuple[dict[int, int], int]:
+    """The server's SETTINGS and its connection window's first WINDOW_UPDATE (0: none) on an HTTP/2 connection
+    opened with prior knowledge, as a gRPC client opens one."""
+    connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + bytes([4, 0]) + bytes(4))
+    data = b""
+    settings: dict[int, int] | None = None
+    window = 0
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and (settings is None or not window):
+        while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+            length, kind, flags, stream = int.from_bytes(data[:3], "big"), data[3], data[4], data[5:9]
+            payload, data = data[9 : 9 + length], data[9 + length :]
+            if kind == 4 and not flags & 1:
+                settings = dict(struct.unpack(">HI", payload[i : i + 6]) for i in range(0, length, 6))
+            elif kind == 8 and stream == bytes(4):
+                window = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+        if settings is not None and window:
+            break
+        try:
+            chunk = connection.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    assert settings is not None, "no SETTINGS from the edge"
+    return settings, window
+
+
+def test_an_http2_client_is_offered_a_bounded_number_of_streams_and_window(tmp_path: Path) -> None:
+    with running_edge(tmp_path) as edge, connect(edge) as connection:
+        settings, window_update = http2_settings(connection)
+    # SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE; the connection's window opens from HTTP/2's
+    # 65535 by the update.
+    assert settings[3] == MAX_CONCURRENT_STREAMS, settings
+    assert settings[4] == INITIAL_STREAM_WINDOW_BYTES, settings
+    assert 65535 + window_update == INITIAL_CONNECTION_WINDOW_BYTES, window_update
+
+
+def test_past_its_heap_bound_the_edge_refuses_requests_and_calls_nothing(tmp_path: Path) -> None:
+    # A bound Envoy's heap is past from its start: the overload manager's actions are on from its first reading.
+    with running_edge(tmp_path, max_heap_bytes=1024 * 1024) as edge:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{edge.admin_url}/stats?filter=overload", timeout=5) as stats:
+                text = stats.read().decode()
+            if "overload.envoy.overload_actions.stop_accepting_requests.active: 1" in text:
+                break
+            time.sleep(0.25)
+        assert "overload.envoy.overload_actions.stop_accepting_requests.active: 1" in text, text
+        assert "overload.envoy.overload_actions.reset_high_memory_stream.scale_percent: 100" in text, text
+        for point in ("http1_server_abort_dispatch", "http2_server_go_away_and_close_on_dispatch"):
+            assert f"overload.envoy.load_shed_points.{point}.scale_percent: 100" in text, text
+        with connect(edge) as connection:
+            connection.sendall(b"GET /v1/products HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n")
+            answer = answer_of(connection)
+        # Refused (stop_accepting_requests), or the connection closed as it sent (the load shed points).
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503 Service Unavailable"), answer[:200]
+        assert edge.shop.calls == []
