@@ -84,7 +84,7 @@ from .request_limits import (
     REQUEST_TOO_LARGE_MESSAGE,
     max_heap_bytes,
 )
-from .routes import PATH_VARIABLE_IN_QUERY, QUERY_WITH_BODY, ROUTE_TIMEOUT, allowed_methods
+from .routes import PATH_VARIABLE_IN_QUERY, QUERY_WITH_BODY, REPEATED_QUERY_PARAMETER, ROUTE_TIMEOUT, allowed_methods
 from .served_files import (
     MAX_DOCUMENT_BYTES,
     OPENAPI_PATH,
@@ -126,6 +126,7 @@ __all__ = [
     "PUBLIC_SERVICE",
     "QUERY_WITHOUT_CONTENT_TYPE",
     "QUERY_WITH_BODY",
+    "REPEATED_QUERY_PARAMETER",
     "REQUEST_HEADERS_TIMEOUT",
     "REQUEST_TOO_LARGE",
     "REQUEST_TOO_LARGE_MESSAGE",

@@ -51,8 +51,10 @@ from .request_limits import (
     http_too_large,
 )
 from .routes import (
+    MAX_REGEX_PROGRAM_SIZE,
     PATH_VARIABLE_IN_QUERY_ROUTE,
     QUERY_WITH_BODY_ROUTE,
+    REPEATED_QUERY_PARAMETER_ROUTE,
     ROUTE_BOUND,
     ROUTE_TIMEOUT,
     http_json_route,
@@ -202,6 +204,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             "mappers": [
                 status_as_it_is(PATH_VARIABLE_IN_QUERY_ROUTE),
                 status_as_it_is(QUERY_WITH_BODY_ROUTE),
+                status_as_it_is(REPEATED_QUERY_PARAMETER_ROUTE),
                 query_without_content_type(),
                 http_too_large(),
                 request_timed_out(),
@@ -261,6 +264,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "admin": {"address": socket_address(api.admin_host, api.admin_port)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         "overload_manager": overload_manager(api.max_heap_bytes, heap_monitor=not api.heap_bound_at_start),
+        "layered_runtime": {
+            "layers": [{"name": "regex", "static_layer": {"re2.max_program_size.error_level": MAX_REGEX_PROGRAM_SIZE}}]
+        },
     }
 
 

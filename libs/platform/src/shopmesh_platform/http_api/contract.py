@@ -50,6 +50,21 @@ def body_methods() -> dict[str, list[str]]:
     }
 
 
+def singular_query_parameters() -> dict[str, list[str]]:
+    """The API's paths → the query parameters of their GET (by the JSON names the OpenAPI document gives them)
+    that take one value: every one whose schema is not an array (a repeated field's)."""
+    document = json.loads(openapi_document().read_text())
+    return {
+        path: sorted(
+            parameter["name"]
+            for parameter in verbs["get"].get("parameters", [])
+            if parameter["in"] == "query" and parameter.get("schema", {}).get("type") != "array"
+        )
+        for path, verbs in document["paths"].items()
+        if "get" in verbs
+    }
+
+
 def api_methods() -> list[str]:
     """ShopService's methods, by name, from the descriptor set the transcoder reads."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set().read_bytes())

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from ..openapi import PATH_VARIABLE
-from .contract import PUBLIC_SERVICE, api_paths, body_methods
+from .contract import PUBLIC_SERVICE, api_paths, body_methods, singular_query_parameters
 from .head import HEAD_AS_GET, LUA_PER_ROUTE
 from .headers import no_grpc_headers
 from .local_replies import validation_failed
@@ -34,6 +34,14 @@ PATH_VARIABLE_IN_QUERY_ROUTE = "path-variable-in-query"
 # field: the query is none of the body's).
 QUERY_WITH_BODY = "QUERY_WITH_BODY"
 QUERY_WITH_BODY_ROUTE = "query-with-body"
+# The same for a query parameter of a singular field given more than once (`?pageSize=1&pageSize=7`).
+REPEATED_QUERY_PARAMETER = "REPEATED_QUERY_PARAMETER"
+REPEATED_QUERY_PARAMETER_ROUTE = "repeated-query-parameter"
+# The largest RE2 program (Envoy's measure of a regex's size) the edge's configuration may hold, in place of
+# Envoy's 100: a repeated parameter's regex spells its name twice, each of its characters as written or
+# percent-escaped (up to about 330, `maxRecommendations`). RE2 matches in linear time whatever the size; this bounds
+# the memory of the few compiled regexes, not the work of a request.
+MAX_REGEX_PROGRAM_SIZE = 1024
 
 
 def http_json_route(match: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +85,9 @@ def method_routes() -> list[dict[str, Any]]:
         regex = _path_regex(template)
         routes.append(method_not_allowed(template, regex, allowed_methods(methods)))
         routes.extend(_path_variables_in_query(template, regex))
+        routes.extend(
+            _repeated_query_parameter(template, regex, name) for name in singular_query_parameters().get(template, [])
+        )
         routes.extend(_query_with_body(template, regex, method) for method in body_methods().get(template, []))
         if "GET" in methods:
             routes.append(_head_route(regex))
@@ -195,12 +206,48 @@ def _query_with_body(template: str, regex: str, method: str) -> dict[str, Any]:
     }
 
 
+def _repeated_query_parameter(template: str, regex: str, name: str) -> dict[str, Any]:
+    """400 for a query parameter of a singular field given twice or more (`/v1/products?pageSize=1&pageSize=7`),
+    by its JSON or its proto name alike (the transcoder binds both to the one field), spelled with
+    percent-escapes or not: the transcoder keeps the last value silently, so the call would be made with
+    another value than the one an access log, a WAF or a cache in front reads (commonly the first). GET and
+    the HEAD called as it; a preflight goes on to the CORS filter."""
+    field = _proto_name(name)
+    body = validation_failed(
+        f"{name}: given more than once in the query; {template} takes one value of it",
+        {"field": field, "description": "one value only, given once", "reason": REPEATED_QUERY_PARAMETER},
+    )
+    spelled = "|".join(_spelled(spelling) for spelling in sorted({name, field}))
+    parameter = rf"(?:{spelled})(?:=[^&]*)?"
+    return {
+        "name": REPEATED_QUERY_PARAMETER_ROUTE,
+        "match": {
+            "safe_regex": {"regex": regex},
+            "headers": [
+                method_in(["GET", "HEAD"]),
+                {
+                    "name": ":path",
+                    "string_match": {
+                        "safe_regex": {"regex": rf"[^?]*\?(?:.*&)?{parameter}&(?:.*&)?{parameter}(?:&.*)?"}
+                    },
+                },
+            ],
+        },
+        "direct_response": {"status": 400, "body": {"inline_string": body}},
+        "typed_per_filter_config": TRANSCODER_OFF,
+    }
+
+
 def _query_naming(name: str) -> str:
     """A path and query (`:path`) whose query has a parameter of this name as the transcoder reads it: it
     decodes a name's percent-escapes before it binds it, so `product%5Fid` is `product_id` (Envoy's own
     query_parameters matcher compares the name as written)."""
-    spelled = "".join(f"(?:{re.escape(char)}|{_percent_escaped(char)})" for char in name)
-    return rf"[^?]*\?(?:.*&)?{spelled}(?:[=&].*)?"
+    return rf"[^?]*\?(?:.*&)?{_spelled(name)}(?:[=&].*)?"
+
+
+def _spelled(name: str) -> str:
+    """A regex of this name as the transcoder reads it: each character as it is or percent-escaped."""
+    return "".join(f"(?:{re.escape(char)}|{_percent_escaped(char)})" for char in name)
 
 
 def _percent_escaped(char: str) -> str:
@@ -208,6 +255,11 @@ def _percent_escaped(char: str) -> str:
     return "%" + "".join(
         f"[{digit.upper()}{digit.lower()}]" if digit.isalpha() else digit for digit in f"{ord(char):02X}"
     )
+
+
+def _proto_name(json_name: str) -> str:
+    """A field's proto name from its proto3 JSON name (the OpenAPI document's): `pageSize` is `page_size`."""
+    return re.sub(r"[A-Z]", lambda found: "_" + found.group(0).lower(), json_name)
 
 
 def _json_name(field: str) -> str:
