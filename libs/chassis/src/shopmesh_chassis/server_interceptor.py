@@ -396,27 +396,32 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
 
 def _parsed(parse: Callable[[bytes], Any], body: bytes) -> Any:
     """The request message from its bytes; a body that is none is the client's mistake, and a text field that
-    is not UTF-8 is named (a page token's as the paging contract has it: INVALID_PAGE_TOKEN)."""
+    is not UTF-8 is named (a page token's as the paging contract has it: INVALID_PAGE_TOKEN), the first
+    MAX_NAMED_FIELDS of them (text_fields' bounds)."""
     try:
         return parse(body)
     except DecodeError:
         descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
-        paths = invalid_utf8_fields(body, descriptor) if isinstance(descriptor, Descriptor) else []
-        if paths:
-            violations = [
-                FieldViolation(
-                    path,
-                    "must be UTF-8 text",
-                    INVALID_PAGE_TOKEN if path.rpartition(".")[2] == "page_token" else NOT_UTF8,
-                )
-                for path in paths
-            ]
-            reasons = {violation.reason for violation in violations}
-            raise errors.InvalidArgument(
-                f"text fields must be UTF-8: {', '.join(paths)}",
-                violations,
-                reason=reasons.pop() if len(reasons) == 1 else NOT_UTF8,
-            ) from None
+        if isinstance(descriptor, Descriptor):
+            found = invalid_utf8_fields(body, descriptor)
+            if found.paths:
+                violations = [
+                    FieldViolation(
+                        path,
+                        "must be UTF-8 text",
+                        INVALID_PAGE_TOKEN if path.rpartition(".")[2] == "page_token" else NOT_UTF8,
+                    )
+                    for path in found.paths
+                ]
+                reasons = {violation.reason for violation in violations}
+                # Cut short, the fields not looked at may be any: only NOT_UTF8 says so for them all.
+                single = len(reasons) == 1 and not found.cut_short
+                raise errors.InvalidArgument(
+                    f"text fields must be UTF-8: {found.listed()}",
+                    violations,
+                    reason=reasons.pop() if single else NOT_UTF8,
+                ) from None
+        # Also a body whose first MAX_FIELDS_VISITED fields hold no bad text: what is wrong past them is unknown.
         raise errors.InvalidArgument(
             "the request body is not a valid message of this method's request type", reason="MALFORMED_REQUEST"
         ) from None

@@ -15,7 +15,8 @@ Time
 Text
   String fields are UTF-8 and never contain U+0000 (NUL): a request with one
   in any field, at any depth, fails with INVALID_ARGUMENT, ErrorInfo reason
-  NUL_CHARACTER and one BadRequest violation per field that holds it.
+  NUL_CHARACTER and one BadRequest violation per field that holds it (the
+  first 20).
 
 Pagination (Google AIP-158)
   List and search requests carry `int32 page_size` and `string page_token`;
