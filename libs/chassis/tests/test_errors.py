@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_from, details_of, to_rpc_status
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.server import ChassisServer
-from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import SampleServicer, binding
 
 from .conftest import sample_settings
@@ -263,3 +264,97 @@ def test_details_that_do_not_decode_read_as_none_keeping_the_calls_status(raw: b
     falls back on that code must do so, not fail on a DecodeError (the gateway answered its product page INTERNAL)."""
     details = details_from(grpc.StatusCode.UNAVAILABLE, "connect failed", [("grpc-status-details-bin", raw)])
     assert details == ErrorDetails(code=grpc.StatusCode.UNAVAILABLE, message="connect failed")
+
+
+class Mistaken(SampleServicer):
+    """Fail's mistakes a service can make: a domain error the chassis cannot turn into a status (ErrorInfo
+    metadata that is not text, a violation's path that is not a string), and a handler returning no
+    response, or another method's."""
+
+    async def Fail(self, request: sample_pb2.FailRequest, context: Any) -> Any:
+        if request.kind == sample_pb2.ERROR_KIND_NOT_FOUND:
+            raise errors.NotFound("order o_1 not in /srv/app/orders.db", metadata={"attempts": 3})  # type: ignore[dict-item]
+        if request.kind == sample_pb2.ERROR_KIND_INVALID_ARGUMENT:
+            raise errors.InvalidArgument("bad", [errors.FieldViolation(("items", 2), "bad")])  # type: ignore[arg-type]
+        if request.kind == sample_pb2.ERROR_KIND_ALREADY_EXISTS:
+            return sample_pb2.EchoResponse(message="not a FailResponse")
+        return None
+
+
+def _handled(server: ChassisServer, method: str) -> dict[str, float]:
+    return {
+        sample.labels["grpc_code"]: sample.value
+        for metric in server.metrics.registry.collect()
+        if metric.name == "grpc_server_handled"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["grpc_method"] == method
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        sample_pb2.ERROR_KIND_NOT_FOUND,
+        sample_pb2.ERROR_KIND_INVALID_ARGUMENT,
+        sample_pb2.ERROR_KIND_ALREADY_EXISTS,
+        sample_pb2.ERROR_KIND_UNSPECIFIED,
+    ],
+    ids=["metadata-not-text", "path-not-text", "wrong-response-type", "no-response"],
+)
+async def test_a_handler_whose_outcome_cannot_be_answered_is_answered_and_counted_internal_with_a_trace_id(
+    kind: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """These escaped the interceptor: the caller got UNKNOWN "Unexpected <class ...>: ..." (the exception's
+    text, a path on the server), and the metrics counted the code the mapping was to send, or OK."""
+    caplog.handler.addFilter(TraceContextFilter("sample"))
+    async with (
+        serve_in_process(sample_settings(), [binding(Mistaken())]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sample_pb2_grpc.SampleServiceStub(channel).Fail(sample_pb2.FailRequest(kind=kind), timeout=5)
+        # Counted as the handler ends, which may be just after the caller has its answer.
+        await eventually(lambda: sum(_handled(server, "Fail").values()) == 1, "the call counted")
+        counted = _handled(server, "Fail")
+    error = caught.value
+    details = error.details() or ""
+    assert (error.code(), details.partition(" (")[0]) == (grpc.StatusCode.INTERNAL, "internal error"), details
+    assert counted == {"INTERNAL": 1.0}
+    # The log holds what went wrong under the trace id the caller was given.
+    trace_id = details.split("trace_id=")[1].rstrip(")")
+    assert trace_id in {getattr(r, "trace_id", None) for r in caplog.records if r.exc_info}
+
+
+class Outlived(SampleServicer):
+    """Fail waits until its call is cancelled (its deadline passed), then raises a domain error all the same:
+    an answer the chassis builds but cannot send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = asyncio.Event()
+
+    async def Fail(self, request: sample_pb2.FailRequest, context: Any) -> sample_pb2.FailResponse:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.ended.set()
+            raise errors.NotFound("thing_1 not found", reason="THING_NOT_FOUND") from None
+        return sample_pb2.FailResponse()
+
+
+async def test_an_error_of_a_call_that_ended_before_its_answer_went_out_is_not_logged_as_a_failure_to_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sending the answer fails when the call is over; only a failure to build one is answered INTERNAL and
+    logged at ERROR (the contract tests' deadlines made such calls, and no service may log an error for them)."""
+    servicer = Outlived()
+    async with (
+        serve_in_process(sample_settings(), [binding(servicer)]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sample_pb2_grpc.SampleServiceStub(channel).Fail(sample_pb2.FailRequest(), timeout=0.3)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await eventually(servicer.ended.is_set, "the handler seeing its call end")
+        await eventually(lambda: sum(_handled(server, "Fail").values()) == 1, "the call counted")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

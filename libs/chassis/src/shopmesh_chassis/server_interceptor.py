@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -164,6 +165,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         limited = self._max_in_flight is not None and not method.startswith(_HEALTH)
         traced = not method.startswith(_HEALTH)
         parse = handler.request_deserializer
+        response_type = _response_type(method)
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata: tuple[Any, ...] = tuple(context.invocation_metadata() or ())
@@ -182,7 +184,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if span.is_recording():
                     span.set_attributes(_peer_attributes(context.peer()))
-                return await self._handle(behavior, metrics, method, parse, request, context, metadata, span, limited)
+                return await self._handle(
+                    behavior, metrics, method, parse, request, context, metadata, span, limited, response_type
+                )
             finally:
                 otel_context.detach(token)
                 span.end()
@@ -206,6 +210,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         metadata: tuple[Any, ...],
         span: trace.Span,
         limited: bool,
+        response_type: type[Message] | None,
     ) -> Any:
         token = call_context.enter(context.time_remaining(), metadata)
         metrics.started.inc()
@@ -221,64 +226,90 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         shed = False
         shed_reason = ""
         try:
-            if not admitted:
-                raise errors.Overloaded(
-                    f"the server is handling its limit of {self._max_in_flight} calls; retry shortly",
-                    reason=errors.SERVER_OVERLOADED,
-                    retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
-                )
-            if parse is not None:
-                request = _parsed(parse, request)
-            check_no_nul(request)
-            return await behavior(request, context)
-        except errors.ReplayedError as exc:
-            stored = status_pb2.Status.FromString(exc.status)
-            code = _CODES.get(stored.code, grpc.StatusCode.UNKNOWN)
-            # Only as RESOURCE_EXHAUSTED, as every shed call is: the alert's and the SLO's queries count a shed
-            # call once because its code is no server error code.
-            shed = exc.shed and code is grpc.StatusCode.RESOURCE_EXHAUSTED
-            if shed:
-                shed_reason = _reason_of(stored) or code.name
-            await self._abort(context, to_grpc_status(stored), final=exc.final, shed=shed)
-        except errors.DomainError as exc:
-            code = status_code_for(exc)
-            shed = isinstance(exc, errors.Overloaded)
-            shed_reason = exc.reason
-            final = getattr(exc, "final", False)
-            await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)), final=final, shed=shed)
+            try:
+                if not admitted:
+                    raise errors.Overloaded(
+                        f"the server is handling its limit of {self._max_in_flight} calls; retry shortly",
+                        reason=errors.SERVER_OVERLOADED,
+                        retry_after_seconds=SHED_RETRY_AFTER_SECONDS,
+                    )
+                if parse is not None:
+                    request = _parsed(parse, request)
+                check_no_nul(request)
+                response = await behavior(request, context)
+                if response_type is not None and not isinstance(response, response_type):
+                    # grpcio's serializer would fail on it after this counted OK: the caller got UNKNOWN
+                    # naming the exception, while the metrics and the span said OK.
+                    raise TypeError(f"{method} returned {type(response).__name__}, not {response_type.__name__}")
+                return response
+            except errors.ReplayedError as exc:
+                stored = status_pb2.Status.FromString(exc.status)
+                code = _CODES.get(stored.code, grpc.StatusCode.UNKNOWN)
+                # Only as RESOURCE_EXHAUSTED, as every shed call is: the alert's and the SLO's queries count a shed
+                # call once because its code is no server error code.
+                shed = exc.shed and code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                if shed:
+                    shed_reason = _reason_of(stored) or code.name
+                await self._abort(context, to_grpc_status(stored), final=exc.final, shed=shed)
+            except errors.DomainError as exc:
+                code = status_code_for(exc)
+                shed = isinstance(exc, errors.Overloaded)
+                shed_reason = exc.reason
+                final = getattr(exc, "final", False)
+                await self._abort(context, to_grpc_status(to_rpc_status(exc, self._domain)), final=final, shed=shed)
+            except grpc.aio.AbortError:
+                # The handler aborted by itself (e.g. a library servicer); keep its status.
+                code = _code_of(context)
+                raise
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not context.cancelled() and (task is None or not task.cancelling()):
+                    # Not the call's cancellation: the handler awaited something another party cancelled (a call on
+                    # a channel being closed at shutdown, a shared task stopped). Re-raised, grpc.aio would take it
+                    # for the caller's and send no status: the caller would wait until its deadline, or for ever.
+                    log.warning("work of %s was cancelled inside the server", method, exc_info=True)
+                    interrupted = errors.Unavailable("the call's work was interrupted; retry", reason="INTERRUPTED")
+                    code = grpc.StatusCode.UNAVAILABLE
+                    await self._abort(context, to_grpc_status(to_rpc_status(interrupted, self._domain)))
+                    return None
+                code = cancelled_call_code(context.time_remaining())
+                raise
+            except grpc.aio.AioRpcError as exc:
+                code = await self._dependency_failed(context, method, exc)
+            except Exception as exc:
+                mapped = as_domain_error(exc)
+                if mapped is not None:
+                    # The database is away or lost a race: say so (UNAVAILABLE / ABORTED), as the contracts do.
+                    log.warning("database trouble in %s: %s", method, exc, extra={"grpc_method": method})
+                    code = status_code_for(mapped)
+                    await self._abort(context, to_grpc_status(to_rpc_status(mapped, self._domain)))
+                    return None
+                code = grpc.StatusCode.INTERNAL
+                trace_id = current_trace_id()
+                log.exception("unexpected error in %s", method, extra={"grpc_method": method})
+                if span.is_recording():
+                    span.record_exception(exc)
+                await self._abort(context, to_grpc_status(internal_status(trace_id)))
         except grpc.aio.AbortError:
-            # The handler aborted by itself (e.g. a library servicer); keep its status.
-            code = _code_of(context)
             raise
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not context.cancelled() and (task is None or not task.cancelling()):
-                # Not the call's cancellation: the handler awaited something another party cancelled (a call on
-                # a channel being closed at shutdown, a shared task stopped). Re-raised, grpc.aio would take it
-                # for the caller's and send no status: the caller would wait until its deadline, or for ever.
-                log.warning("work of %s was cancelled inside the server", method, exc_info=True)
-                interrupted = errors.Unavailable("the call's work was interrupted; retry", reason="INTERRUPTED")
-                code = grpc.StatusCode.UNAVAILABLE
-                await self._abort(context, to_grpc_status(to_rpc_status(interrupted, self._domain)))
-                return None
-            code = cancelled_call_code(context.time_remaining())
-            raise
-        except grpc.aio.AioRpcError as exc:
-            code = await self._dependency_failed(context, method, exc)
-        except Exception as exc:
-            mapped = as_domain_error(exc)
-            if mapped is not None:
-                # The database is away or lost a race: say so (UNAVAILABLE / ABORTED), as the contracts do.
-                log.warning("database trouble in %s: %s", method, exc, extra={"grpc_method": method})
-                code = status_code_for(mapped)
-                await self._abort(context, to_grpc_status(to_rpc_status(mapped, self._domain)))
-                return None
+        except _Unsent as unsent:
+            # The call ended before its answer went out (its deadline passed, its caller cancelled): nothing to
+            # answer, and grpcio takes the failure quietly, as it always had it.
+            raise unsent.failure from None
+        except Exception as failure:
+            # The answer itself could not be built (a domain error with metadata that is not text, a garbled
+            # relayed status): escaping, grpcio would answer UNKNOWN naming the exception, and the metrics
+            # would count the code the mapping was to send.
             code = grpc.StatusCode.INTERNAL
+            shed = False
             trace_id = current_trace_id()
-            log.exception("unexpected error in %s", method, extra={"grpc_method": method})
+            log.exception(
+                "could not answer the error of %s (trace_id=%s)", method, trace_id, extra={"grpc_method": method}
+            )
             if span.is_recording():
-                span.record_exception(exc)
-            await self._abort(context, to_grpc_status(internal_status(trace_id)))
+                span.record_exception(failure)
+            status = to_grpc_status(internal_status(trace_id))
+            await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
             if limited and admitted:
                 self._in_flight -= 1
@@ -330,7 +361,23 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
         handler_set = tuple(context.trailing_metadata() or ())
         pushback = _FINAL if final else _retry_pushback(status, context.time_remaining())
         marked = _SHED if shed else ()
-        await context.abort(status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback, *marked))
+        try:
+            await context.abort(
+                status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback, *marked)
+            )
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            raise _Unsent(exc) from exc
+
+
+class _Unsent(Exception):
+    """An answer built but not sent (`context.abort` failed: the call had ended), which is no failure to build
+    one: the interceptor passes `failure` on to grpcio as it came."""
+
+    def __init__(self, failure: Exception) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
 
 
 # How much later than its caller's the server's deadline may run. gRPC starts the server's count of the
@@ -392,6 +439,17 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.UNKNOWN
+
+
+def _response_type(method: str) -> type[Message] | None:
+    """The response message class of `/package.Service/Method`, from the default descriptor pool, where the
+    generated code of every servicer registers it; None for a method the pool does not know."""
+    service, _, name = method.lstrip("/").partition("/")
+    try:
+        output = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name].output_type
+    except KeyError:
+        return None
+    return message_factory.GetMessageClass(output)
 
 
 def _parsed(parse: Callable[[bytes], Any], body: bytes) -> Any:
