@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -32,6 +32,58 @@ MAX_METADATA_BYTES = 256 * 1024
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_LAST_WORDS = frozenset({NOT_SERVING, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN})
+
+
+class _Telling:
+    """A Watch call as the library's Watch writes to it, saying when it wrote a status that a draining server
+    never changes: NOT_SERVING, or SERVICE_UNKNOWN for a name it does not serve."""
+
+    def __init__(self, context: Any, told: asyncio.Event) -> None:
+        self._context = context
+        self._told = told
+
+    async def write(self, response: health_pb2.HealthCheckResponse) -> None:
+        await self._context.write(response)
+        if response.status in _LAST_WORDS:
+            self._told.set()
+
+
+class _HealthServicer(HealthServicer):
+    """grpcio-health-checking's servicer, whose Watch streams the drain can end (`end_watches`).
+
+    The library's Watch never returns, not even after `enter_graceful_shutdown`'s NOT_SERVING: an open one (a
+    client-side health checker, a mesh's probe) held every drain for the whole grace, server.stop's wait for
+    its calls to end. It offers no way to end them, so each runs here as a task of its own, ended when the
+    drain asks, once NOT_SERVING (or SERVICE_UNKNOWN) has gone out on it: the stream then ends with OK and the
+    watcher, told the server is going, watches another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ending = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        told = asyncio.Event()
+        # The library's Watch only writes to its call: _Telling is all of the context it uses.
+        watching = asyncio.ensure_future(super().Watch(request, cast(Any, _Telling(context, told))))
+        ending = asyncio.ensure_future(self._until_told_to_end(told))
+        try:
+            await asyncio.wait((watching, ending), return_when=asyncio.FIRST_COMPLETED)
+            if watching.done():
+                watching.result()  # a failed write: the library's own exception, as without this wrapper
+        finally:
+            for task in (watching, ending):
+                task.cancel()
+            await asyncio.gather(watching, ending, return_exceptions=True)
+
+    async def _until_told_to_end(self, told: asyncio.Event) -> None:
+        await self._ending.wait()
+        await told.wait()
+
+    def end_watches(self) -> None:
+        """End every open Watch stream once it has sent NOT_SERVING (SERVICE_UNKNOWN for a name not served), and
+        each one opened later likewise."""
+        self._ending.set()
 
 
 @dataclass(frozen=True)
@@ -56,7 +108,7 @@ class ChassisServer:
         self.bindings = tuple(bindings)
         # A service's own metrics object when it has event metrics to serve too (see metrics.py).
         self.metrics = metrics or ServerMetrics()
-        self.health = HealthServicer()
+        self.health = _HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
@@ -172,6 +224,9 @@ class ChassisServer:
         await self.health.enter_graceful_shutdown()
         if self.settings.drain_delay_seconds:
             await asyncio.sleep(self.settings.drain_delay_seconds)
+        # Past the delay the watchers have heard NOT_SERVING; open, their streams would hold the stop for the
+        # whole grace, as a call in flight does.
+        self.health.end_watches()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         self.metrics.close()
         log.info("stopped")

@@ -1,0 +1,50 @@
+"""An open health Watch stream (a client-side health checker, a mesh's probe) tells its watcher the server is
+going, then ends with the drain: the library's Watch never ended, and held every drain for the whole grace."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis.testing import serve_in_process
+from shopmesh_chassis.testing.sample_service import binding
+
+from .conftest import sample_settings
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+# Far longer than the test's own bounds: a drain that waited for it would fail the test, not slow it.
+GRACE_SECONDS = 600.0
+BOUND_SECONDS = 60.0
+
+
+async def test_an_open_watch_hears_not_serving_then_ends_with_the_drain_instead_of_holding_it() -> None:
+    settings = sample_settings(
+        shutdown_grace_seconds=GRACE_SECONDS, shutdown_hooks_budget_seconds=GRACE_SECONDS + 10, drain_delay_seconds=0
+    )
+    async with (
+        serve_in_process(settings, [binding()]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed types the sync stub only
+        overall = health.Watch(health_pb2.HealthCheckRequest(), timeout=BOUND_SECONDS * 2)
+        sample = health.Watch(
+            health_pb2.HealthCheckRequest(service="shopmesh.sample.v1.SampleService"), timeout=BOUND_SECONDS * 2
+        )
+        unknown = health.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=BOUND_SECONDS * 2)
+        assert [(await w.read()).status for w in (overall, sample, unknown)] == [SERVING, SERVING, SERVICE_UNKNOWN]
+        # A watch still serves its purpose: another call on the same server is answered as before.
+        echoed = await sample_pb2_grpc.SampleServiceStub(channel).Echo(sample_pb2.EchoRequest(message="hi"))
+        assert echoed.message == "hi"
+        drain = asyncio.create_task(server.drain())
+        async with asyncio.timeout(BOUND_SECONDS):
+            assert [(await w.read()).status for w in (overall, sample)] == [NOT_SERVING, NOT_SERVING]
+            # A name the server does not serve stays unknown: the watcher heard all it will.
+            assert [await w.read() for w in (overall, sample, unknown)] == [grpc.aio.EOF] * 3
+            assert [await w.code() for w in (overall, sample, unknown)] == [grpc.StatusCode.OK] * 3
+            await drain
