@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import pytest
 
-from shopmesh_chassis import errors, text_lines
+from shopmesh_chassis import errors
 from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR
+from shopmesh_chassis.testing.text_reads import characters_read
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.domain.validation import (
     Card,
@@ -244,29 +244,13 @@ def test_an_address_line_with_control_characters_is_refused_not_stored(part: str
     assert [v.field for v in caught.value.violations] == [f"shipping_address.{part}"]
 
 
-class CharactersRead:
-    """Stands in for `unicodedata` in `text_lines`: counts the characters it normalizes or looks up."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def normalize(self, form: unicodedata._NormalizationForm, text: str) -> str:
-        self.count += len(text)
-        return unicodedata.normalize(form, text)
-
-    def category(self, char: str) -> str:
-        self.count += 1
-        return unicodedata.category(char)
-
-
 @pytest.mark.parametrize("part", ["full_name", "street", "city", "postal_code"])
 def test_an_address_line_longer_than_any_could_be_as_sent_is_refused_without_being_read(
     part: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An address line of a megabyte (what a request may carry) was NFC-normalized and looked up character by
     character before its length was checked, on the event loop; the other lines still are."""
-    read = CharactersRead()
-    monkeypatch.setattr(text_lines, "unicodedata", read)
+    read = characters_read(monkeypatch)
     with pytest.raises(errors.InvalidArgument) as caught:
         validate_place_order(command(address=replace(ADDRESS, **{part: "a" * 1_000_000})), date(2026, 11, 25))
     assert [(v.field, v.reason) for v in caught.value.violations] == [(f"shipping_address.{part}", "INVALID_LENGTH")]

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shopmesh_chassis import text_lines
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.text_reads import characters_read
 from shopmesh_users.domain.failed_logins import Attempts, LoginThrottle, Taken, email_key
 from shopmesh_users.domain.keys import (
     LONGEST_TOKEN_LIFETIME,
@@ -139,28 +139,12 @@ def test_a_display_name_is_the_same_name_and_length_whether_sent_composed_or_dec
     assert registration.display_name == composed
 
 
-class CharactersRead:
-    """Stands in for `unicodedata` in `text_lines`: counts the characters it normalizes or looks up."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def normalize(self, form: unicodedata._NormalizationForm, text: str) -> str:
-        self.count += len(text)
-        return unicodedata.normalize(form, text)
-
-    def category(self, char: str) -> str:
-        self.count += 1
-        return unicodedata.category(char)
-
-
 def test_a_display_name_longer_than_any_could_be_as_sent_is_refused_too_long_without_being_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A display name of a megabyte (what a request may carry) was NFC-normalized and looked up character by
     character before its 50-character limit was checked: ~70 ms of the event loop per Register."""
-    read = CharactersRead()
-    monkeypatch.setattr(text_lines, "unicodedata", read)
+    read = characters_read(monkeypatch)
     name = "a" + "\u0301" * 499_999
     with pytest.raises(InvalidArgument) as error:
         validate_registration("ann@example.com", PASSWORD, name)
