@@ -14,11 +14,12 @@ import nats
 import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.events import JetStreamPublisher, ensure_stream
+from shopmesh_chassis.events import EVENT_TYPE, MSG_ID, JetStreamPublisher, ensure_stream, header_block_size
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event
@@ -105,6 +106,57 @@ async def test_an_event_over_the_servers_max_payload_is_set_aside_and_the_events
         assert caplog.records == []
         assert await stream_contents(nc) == [(small, "small"), (later, "later")]
         assert metrics.set_aside._value.get() == 1
+    finally:
+        await nc.close()
+
+
+async def test_an_event_whose_headers_push_it_over_the_servers_max_payload_is_set_aside_and_the_connection_kept(
+    db: Database, small_payload_nats: str
+) -> None:
+    """nats-py measures only the payload against max_payload; the server counts the header block too, and
+    answers a message over it with -ERR and a closed connection: an outage to the relay, for ever."""
+    nc = await nats.connect(small_payload_nats)
+    try:
+        await ensure_stream(nc.jetstream(), "TESTS", ["tests.v1.>"], duplicate_window=600)
+        # A StringValue of n < 16384 characters encodes to n + 3 bytes: exactly max_payload, which nats-py lets by.
+        value = "x" * (nc.max_payload - 3)
+        assert len(wrappers_pb2.StringValue(value=value).SerializeToString()) == nc.max_payload
+        [big] = await add(db, value)
+        [small] = await add(db, "small")
+        relay = OutboxRelay(db, JetStreamPublisher(nc, timeout=2.0), metrics=EventMetrics(CollectorRegistry()))
+        assert await relay.publish_pending() == 1
+        assert await stream_contents(nc) == [(small, "small")]
+        [(event_id, error)] = await set_aside_rows(db)
+        assert event_id == big
+        assert "max_payload" in error
+        assert nc.is_connected
+    finally:
+        await nc.close()
+
+
+async def test_a_message_is_refused_before_sending_only_when_payload_and_headers_exceed_max_payload(
+    small_payload_nats: str,
+) -> None:
+    """The header block is counted as nats-py encodes it: a message exactly at max_payload goes out and is
+    stored; one byte more is refused (MaxPayloadError) with the connection kept."""
+    nc = await nats.connect(small_payload_nats)
+    try:
+        await ensure_stream(nc.jetstream(), "TESTS", ["tests.v1.>"], duplicate_window=600)
+        publisher = JetStreamPublisher(nc, timeout=2.0)
+        headers = {
+            EVENT_TYPE: "google.protobuf.StringValue",
+            "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        }
+        room = nc.max_payload - header_block_size({**headers, MSG_ID: "evt_fits"})
+        assert not (await publisher.send(SUBJECT, b"x" * room, msg_id="evt_fits", headers=headers)).duplicate
+        with pytest.raises(MaxPayloadError):
+            await publisher.send(SUBJECT, b"x" * (room + 1), msg_id="evt_over", headers=headers)
+        assert nc.is_connected
+        stored = await nc.jetstream().get_msg("TESTS", 1)
+        assert stored.headers is not None
+        assert stored.headers[MSG_ID] == "evt_fits"
+        assert len(stored.data or b"") == room
+        assert (await nc.jetstream().stream_info("TESTS")).state.messages == 1
     finally:
         await nc.close()
 

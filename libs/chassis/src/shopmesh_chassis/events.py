@@ -275,11 +275,23 @@ def refused_for_good(exc: BaseException) -> str | None:
     """Why NATS will never take the message whose publish raised `exc`; None when sending it again may work
     (an outage, a stream missing for now, anything not known to be permanent)."""
     if isinstance(exc, MaxPayloadError):
-        # nats-py refuses it before sending: larger than the max_payload the server announced.
-        return "message larger than the NATS server's max_payload"
+        # Refused before sending (by nats-py, or JetStreamPublisher.send counting the headers): larger than the
+        # max_payload the server announced.
+        return "message (payload and headers) larger than the NATS server's max_payload"
     if isinstance(exc, APIError) and exc.err_code in _REFUSED_FOR_GOOD:
         return f"{_REFUSED_FOR_GOOD[exc.err_code]}: {exc.description}"
     return None
+
+
+def header_block_size(headers: Mapping[str, str]) -> int:
+    """The bytes of `headers` on the wire, as nats-py's Client._send_publish encodes them: a `NATS/1.0` line,
+    `key: value` lines (both stripped, newlines in a value made spaces, empty keys skipped), a blank line."""
+    size = len(b"NATS/1.0\r\n") + len(b"\r\n")
+    for key, value in headers.items():
+        if key.strip():
+            # Newlines become spaces, byte for byte: stripping is what may shorten a value.
+            size += len(key.strip().encode()) + len(b": ") + len(value.strip().encode()) + len(b"\r\n")
+    return size
 
 
 class JetStreamPublisher:
@@ -299,8 +311,15 @@ class JetStreamPublisher:
         return not (await self.send(subject, payload, msg_id=msg_id, headers=headers)).duplicate
 
     async def send(self, subject: str, payload: bytes, *, msg_id: str, headers: Mapping[str, str]) -> PubAck:
-        """Publish once; the stream's acknowledgement as it is."""
-        return await self._js.publish(subject, payload, timeout=self._timeout, headers={**headers, MSG_ID: msg_id})
+        """Publish once; the stream's acknowledgement as it is. Raises MaxPayloadError, before sending, when
+        the payload and its header block together exceed the server's max_payload."""
+        sent_headers = {**headers, MSG_ID: msg_id}
+        # nats-py checks only the payload's length; the server counts the header block too, and answers a
+        # message over its max_payload with -ERR and a closed connection, which the relay would take for an
+        # outage and send again after each reconnect, holding back every event behind it.
+        if len(payload) + header_block_size(sent_headers) > self._client.max_payload:
+            raise MaxPayloadError
+        return await self._js.publish(subject, payload, timeout=self._timeout, headers=sent_headers)
 
     async def close(self) -> None:
         await drain_or_close(self._client)
