@@ -48,3 +48,31 @@ async def test_an_open_watch_hears_not_serving_then_ends_with_the_drain_instead_
             assert [await w.read() for w in (overall, sample, unknown)] == [grpc.aio.EOF] * 3
             assert [await w.code() for w in (overall, sample, unknown)] == [grpc.StatusCode.OK] * 3
             await drain
+
+
+async def test_a_watch_that_heard_unknown_then_serving_is_ended_only_after_it_heard_not_serving() -> None:
+    """SERVICE_UNKNOWN is a last word only while it is the last status written: a name registered after its
+    Watch opened is served, and end_watches must leave its stream open until NOT_SERVING went out on it."""
+    settings = sample_settings(
+        shutdown_grace_seconds=GRACE_SECONDS, shutdown_hooks_budget_seconds=GRACE_SECONDS + 10, drain_delay_seconds=0
+    )
+    async with (
+        serve_in_process(settings, [binding()]) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed types the sync stub only
+        late = health.Watch(health_pb2.HealthCheckRequest(service="late.Service"), timeout=BOUND_SECONDS * 2)
+        async with asyncio.timeout(BOUND_SECONDS):
+            assert (await late.read()).status == SERVICE_UNKNOWN
+            await server.health.set("late.Service", SERVING)
+            assert (await late.read()).status == SERVING
+            # Asked to end before the drain's NOT_SERVING: a stream that last said SERVING stays open meanwhile
+            # (the call answered here gives a wrongly ended stream all the time it needs to end).
+            server.health.end_watches()
+            echoed = await sample_pb2_grpc.SampleServiceStub(channel).Echo(sample_pb2.EchoRequest(message="hi"))
+            assert echoed.message == "hi"
+            drain = asyncio.create_task(server.drain())
+            assert (await late.read()).status == NOT_SERVING
+            assert await late.read() == grpc.aio.EOF
+            assert await late.code() == grpc.StatusCode.OK
+            await drain

@@ -36,8 +36,8 @@ _LAST_WORDS = frozenset({NOT_SERVING, health_pb2.HealthCheckResponse.SERVICE_UNK
 
 
 class _Telling:
-    """A Watch call as the library's Watch writes to it, saying when it wrote a status that a draining server
-    never changes: NOT_SERVING, or SERVICE_UNKNOWN for a name it does not serve."""
+    """A Watch call as the library's Watch writes to it, saying whether the last status it wrote is one that a
+    draining server never changes: NOT_SERVING, or SERVICE_UNKNOWN for a name it does not serve."""
 
     def __init__(self, context: Any, told: asyncio.Event) -> None:
         self._context = context
@@ -47,6 +47,9 @@ class _Telling:
         await self._context.write(response)
         if response.status in _LAST_WORDS:
             self._told.set()
+        else:
+            # SERVICE_UNKNOWN for a name registered after the Watch opened was no last word: it is served now.
+            self._told.clear()
 
 
 class _HealthServicer(HealthServicer):
