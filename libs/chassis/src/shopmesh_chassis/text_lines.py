@@ -40,8 +40,8 @@ _DEFAULT_IGNORABLE = (
 _BLANK_PATTERN = "\u2800"  # BRAILLE PATTERN BLANK: a symbol (So) that draws nothing
 _NOT_ON_ONE_LINE = frozenset({"Cc", "Zl", "Zp"})
 # How many characters as sent a line may have per character it has once normalized: decomposed (a letter and
-# its marks, Hangul jamo) a character takes up to three, and blanks and invisible characters around it are
-# trimmed. As users' passwords are bounded before NFKC.
+# its marks, Hangul jamo) a character takes up to four (NFD's most: U+1F82, say, alpha with three marks), and
+# blanks and invisible characters around it are trimmed. Users' passwords are bounded by it before NFKC too.
 AS_SENT_PER_CHARACTER = 8
 
 

@@ -16,10 +16,6 @@ VALIDATION_FAILED = "VALIDATION_FAILED"
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 128
-# Longer than any password of MAX_PASSWORD_LENGTH typed in any normal form (a decomposed one is longer),
-# and checked before normalizing: NFKC can lengthen a text eighteenfold (U+FDFA), and a request of
-# megabytes normalized would hold the event loop for seconds and take hundreds of MiB.
-MAX_PASSWORD_LENGTH_AS_SENT = 8 * MAX_PASSWORD_LENGTH
 MAX_DISPLAY_NAME_LENGTH = 50
 
 
@@ -32,7 +28,10 @@ def normalize_password(password: str) -> tuple[str, FieldViolation | None]:
     decomposed as macOS pastes it; full-width, a ligature) is the same password. Spaces are kept.
     A password longer than any could be as sent is not normalized: it comes back as it is, with its TOO_LONG
     violation, for the caller to report beside the other fields' (one violation per invalid field)."""
-    if len(password) > MAX_PASSWORD_LENGTH_AS_SENT:
+    # Checked before normalizing, with the chassis' bound of any text typed in any normal form (a decomposed
+    # one is longer): NFKC can lengthen a text eighteenfold (U+FDFA), and a request of megabytes normalized
+    # would hold the event loop for seconds and take hundreds of MiB.
+    if too_long_to_normalize(password, MAX_PASSWORD_LENGTH):
         return password, FieldViolation("password", f"must be at most {MAX_PASSWORD_LENGTH} characters", "TOO_LONG")
     return unicodedata.normalize("NFKC", password), None
 
