@@ -149,3 +149,12 @@ def test_an_instant_keyed_token_is_not_compared_with_filters_while_a_field_it_is
     violations = [FieldViolation("user_id", "must be at most 64 characters", "TOO_LONG")]
     assert instant_page_key(token, {"rpc": "ListThings", "user_id": "u" * 65}, violations) is None
     assert [v.field for v in violations] == ["user_id"]
+
+
+def test_an_instant_keyed_token_with_a_forged_instant_is_named_even_while_a_field_it_is_bound_to_is_invalid() -> None:
+    """An instant not issued here is a token no filters could have issued, like a malformed one."""
+    violations = [FieldViolation("user_id", "must be at most 64 characters", "TOO_LONG")]
+    token = forged(["2026-03-01T12:30:00+05:00", "ord_1"])
+    assert instant_page_key(token, {"rpc": "ListThings", "user_id": "u" * 65}, violations) is None
+    failed = invalid_request(violations)
+    assert (failed.reason, [v.field for v in failed.violations]) == (INVALID_PAGE_TOKEN, ["user_id", "page_token"])

@@ -89,30 +89,40 @@ def page_token_key(
     fails anyway): a filter the request will not run says nothing of the token, and blaming the token as
     well would make the reason INVALID_PAGE_TOKEN, telling a client to restart paging when correcting the
     field lets the same token go on. A token no filters could have issued (malformed, forged) is still one."""
+    key, compared = _token_key(token, filters, shape, violations)
+    return key if compared else None
+
+
+def _token_key(
+    token: str, filters: Mapping[str, str], shape: Sequence[type], violations: list[FieldViolation]
+) -> tuple[Key | None, bool]:
+    """`page_token_key`'s key, returned even when it was not compared with the filters (a bound field is
+    invalid), so that what the key carries can still be checked; and whether it was compared."""
     if not token:
-        return None
-    bound_field_invalid = any(violation.field in filters for violation in violations)
+        return None, True
+    compared = not any(violation.field in filters for violation in violations)
     try:
-        key = decode_page_token(token, None if bound_field_invalid else filters, shape)
+        return decode_page_token(token, filters if compared else None, shape), compared
     except InvalidArgument as exc:
         violations.extend(exc.violations)
-        return None
-    return None if bound_field_invalid else key
+        return None, compared
 
 
 def instant_page_key(
     token: str, filters: Mapping[str, str], violations: list[FieldViolation]
 ) -> tuple[datetime, str] | None:
     """`page_token_key` for pages keyed by (created_at, id), the instant as `datetime.isoformat()` writes
-    it (`decode_instant`): a bad instant is a bad token, named with the other bad fields."""
-    key = page_token_key(token, filters, (str, str), violations)
+    it (`decode_instant`): a bad instant is a bad token, named with the other bad fields (while a field the
+    token is bound to is invalid too: no filters could have issued it)."""
+    key, compared = _token_key(token, filters, (str, str), violations)
     if key is None:
         return None
     try:
-        return decode_instant(str(key[0])), str(key[1])
+        instant = decode_instant(str(key[0]))
     except InvalidArgument as exc:
         violations.extend(exc.violations)
         return None
+    return (instant, str(key[1])) if compared else None
 
 
 def invalid_request(violations: Sequence[FieldViolation]) -> InvalidArgument:
