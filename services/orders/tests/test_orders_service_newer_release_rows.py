@@ -136,6 +136,27 @@ async def test_an_order_this_release_cannot_read_is_unavailable_to_its_owner_and
     assert details_of(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
 
 
+@pytest.mark.parametrize("damaged", ["{not json", "[]", "null"], ids=["not-json", "a-list", "null"])
+async def test_an_order_whose_address_is_damaged_fails_internal_and_is_not_taken_for_a_newer_releases(
+    stub: orders_pb2_grpc.OrdersServiceStub, database: Database, damaged: str
+) -> None:
+    """An address no release writes (not JSON, not an object) passed for a newer release's order: UNAVAILABLE
+    ORDER_FROM_NEWER_RELEASE, retried for ever, and left out of ListOrders unseen. A damaged row is INTERNAL,
+    on every call that loads it, ListOrders included."""
+    placed = (await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))).order
+    async with database.transaction() as session:
+        await session.execute(update(orders).where(orders.c.id == placed.id).values(address=damaged))
+
+    for call in (
+        stub.GetOrder(orders_pb2.GetOrderRequest(order_id=placed.id), timeout=30),
+        stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"), timeout=30),
+        stub.ListOrders(orders_pb2.ListOrdersRequest(user_id="usr_1"), timeout=30),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INTERNAL, details_of(caught.value)
+
+
 async def test_list_orders_leaves_out_an_order_this_release_cannot_read_and_lists_every_other_once(
     stub: orders_pb2_grpc.OrdersServiceStub, database: Database
 ) -> None:
