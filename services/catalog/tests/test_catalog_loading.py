@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh_catalog import seed
@@ -17,6 +18,8 @@ from shopmesh_catalog.store.tables import categories, products
 from shopmesh_catalog.wiring import Catalog, build
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.errors import InvalidArgument
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.postgres import PostgresServer
 
 from .conftest import catalog_settings
 
@@ -118,3 +121,40 @@ async def test_loads_cannot_add_up_past_the_bound_on_categories(catalog: Catalog
     assert [(v.field, v.reason) for v in caught.value.violations] == [("categories", "TOO_MANY")]
     assert await counts(catalog) == (MAX_CATEGORIES, 0)
     assert len(await catalog.application.list_categories()) == MAX_CATEGORIES
+
+
+# Sessions of this database waiting on a lock another transaction holds.
+_WAITING_ON_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+
+
+async def test_concurrent_loads_on_postgresql_cannot_add_up_past_the_bound_on_categories(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Two replicas loading different seeds at once: under READ COMMITTED each counted the stored categories
+    without the other's and both passed the bound (121 stored). A load waits for the other's transaction, so
+    the second counts what the first added and is refused. Both loads also send one category that a
+    transaction of the test's is adding: they wait for it at the latest at their first write (before the
+    fix, after counting), and the test lets them go on only once both wait."""
+    settings = catalog_settings(tmp_path, database_url=postgres.create_database(), seed_catalog=False)
+    catalog = await build(settings)
+    both_send = CategoryData("shared", "Shared")
+    loads = [[*(CategoryData(f"{side}-{i}", f"{side} {i}") for i in range(60)), both_send] for side in "ab"]
+    try:
+        async with catalog.database.transaction() as session:
+            await session.execute(insert(categories).values(id=both_send.id, display_name=both_send.display_name))
+            running = [asyncio.create_task(catalog.application.load(load, [])) for load in loads]
+
+            async def both_waiting() -> bool:
+                async with catalog.database.read() as reader:
+                    return await reader.scalar(_WAITING_ON_A_LOCK) == len(running)
+
+            await eventually(both_waiting, "both loads waiting on the test's transaction")
+        outcomes = await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), timeout=60)
+        refused = [outcome for outcome in outcomes if isinstance(outcome, InvalidArgument)]
+        assert len(refused) == 1, outcomes
+        assert [(v.field, v.reason) for v in refused[0].violations] == [("categories", "TOO_MANY")]
+        assert await counts(catalog) == (61, 0)
+    finally:
+        await catalog.database.dispose()

@@ -66,13 +66,14 @@ class CatalogApplication:
     async def load(self, categories: Sequence[CategoryData], products: Sequence[ProductData]) -> None:
         """Add the categories and products that are not in the catalog yet (by id); stored ones are kept
         as they are. Invalid data stops here, before anything is written, and so does data that would leave
-        more than MAX_CATEGORIES categories stored (counted in the transaction that adds them)."""
+        more than MAX_CATEGORIES categories stored (counted in the transaction that adds them, one load at a
+        time)."""
         violations = validation.catalog_data_violations(categories, products)
         if violations:
             raise InvalidArgument(f"invalid catalog data: {violations}", violations)
         async with self._database.transaction() as session:
             repository = CatalogRepository(session)
-            stored = await repository.category_ids()
+            stored = await repository.category_ids_for_adding()
             violations = validation.stored_categories_violations(stored, categories)
             if violations:
                 raise InvalidArgument(f"invalid catalog data: {violations}", violations)

@@ -1,4 +1,4 @@
-"""Reading and loading the catalog. Portable SQL only: every statement runs on SQLite and PostgreSQL."""
+"""Reading and loading the catalog. Portable SQL (every statement runs on SQLite and PostgreSQL) but one lock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_, select, text
 
 from shopmesh_catalog.domain.models import Category, CategoryData, Money, Product, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, fold
@@ -25,6 +25,8 @@ _PRODUCT_COLUMNS = (
     products.c.created_at,
 )
 
+# PostgreSQL only (`category_ids_for_adding`), the one statement here that is not portable.
+_LOCK_CATEGORIES_FOR_A_LOAD = text(f"LOCK TABLE {categories.name} IN SHARE ROW EXCLUSIVE MODE")
 # Built once: orders prices every checkout with it (building a statement costs more than running it).
 _BY_IDS = select(*_PRODUCT_COLUMNS).where(products.c.id.in_(bindparam("b_ids", expanding=True)))
 
@@ -110,7 +112,14 @@ class CatalogRepository:
         rows = await self._session.execute(statement)
         return [Category(row.id, row.display_name, int(row.product_count)) for row in rows]
 
-    async def category_ids(self) -> set[str]:
+    async def category_ids_for_adding(self) -> set[str]:
+        """The stored category ids, for a load that adds to them in this transaction and is bounded by how many
+        are stored. On PostgreSQL under READ COMMITTED two loads would each count without the other's rows and
+        together pass the bound: the count waits first for a lock that conflicts with itself (SHARE ROW
+        EXCLUSIVE: reads go on), held to the end of the transaction, so the second load counts what the
+        first added. SQLite serialises writers already (one writer lock per transaction)."""
+        if self._session.dialect.name == "postgresql":
+            await self._session.execute(_LOCK_CATEGORIES_FOR_A_LOAD)
         return set(await self._session.scalars(select(categories.c.id)))
 
     async def insert_missing(
@@ -121,7 +130,7 @@ class CatalogRepository:
         now: datetime,
     ) -> tuple[int, int]:
         """Insert the categories and products whose ids are not stored yet (`stored_categories`, read by
-        `category_ids` in this transaction); returns how many of each.
+        `category_ids_for_adding` in this transaction); returns how many of each.
 
         Replicas starting together on PostgreSQL may both find an id missing: the loser's row is skipped
         instead of failing its startup, and a stored row is never overwritten."""
