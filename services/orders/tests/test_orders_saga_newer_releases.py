@@ -110,7 +110,8 @@ async def test_a_retry_of_an_order_a_newer_release_finished_in_a_state_this_one_
     """PlaceOrder retried for an order a newer release finished (step DONE) in a state this release cannot name:
     nothing is being processed, and the saga is not driven. It was told "still being processed", which sent
     clients looking for a checkout that had ended. A replica of the newer release answers the retry: 1 s,
-    not final (see `_outcome`)."""
+    not final (see `_outcome`), with the reason of every answer about a newer release's order (it was
+    DEPENDENCY_UNAVAILABLE, which names no dependency here)."""
     from sqlalchemy import update
 
     from shopmesh_orders.store.tables import orders
@@ -123,7 +124,8 @@ async def test_a_retry_of_an_order_a_newer_release_finished_in_a_state_this_one_
         await place(app, command())
     assert "still being processed" not in caught.value.message
     assert "finished by a newer release" in caught.value.message
-    assert (caught.value.metadata, caught.value.retry_after_seconds, caught.value.final) == (
+    assert (caught.value.reason, caught.value.metadata, caught.value.retry_after_seconds, caught.value.final) == (
+        "ORDER_FROM_NEWER_RELEASE",
         {"order_id": order_id},
         1.0,
         False,

@@ -108,18 +108,16 @@ def _cancellation_accepted(order_id: str, retry_after_seconds: float | None) -> 
 ORDER_FROM_NEWER_RELEASE = "ORDER_FROM_NEWER_RELEASE"
 
 
-def _from_newer_release(unreadable: UnreadableOrder) -> errors.Unavailable:
-    """The answer about an order whose row this release cannot read. Such a row exists while a newer release
-    runs beside this one (a rolling update, a canary), or after a rollback from it. UNAVAILABLE, not
+def _from_newer_release(order_id: str, message: str) -> errors.Unavailable:
+    """The answer about an order a newer release stored in a form or state this release cannot read: its row
+    (UnreadableOrder), or a state it finished the order in (`_outcome`). Such an order exists while a newer
+    release runs beside this one (a rolling update, a canary), or after a rollback from it. UNAVAILABLE, not
     FAILED_PRECONDITION: nothing the client can change about its request would help, and during a rollout a
     mesh balances each call over the replicas (docs/mesh.md), so a retry may reach one of the newer release
-    that reads it (1 s, as `_outcome` asks for a state a newer release stored); once the rollout is done every
-    replica does. Not final: the retry is a read, nothing was changed for this call."""
+    that reads it (1 s); once the rollout is done every replica does. Not final: the retry is a read, nothing
+    was changed for this call. One reason for both, so that a client tells this wait from a dependency's."""
     return errors.Unavailable(
-        f"order {unreadable.id} was stored by a newer release of orders, in a form this one cannot read; retry",
-        reason=ORDER_FROM_NEWER_RELEASE,
-        retry_after_seconds=1.0,
-        metadata={"order_id": unreadable.id},
+        message, reason=ORDER_FROM_NEWER_RELEASE, retry_after_seconds=1.0, metadata={"order_id": order_id}
     )
 
 
@@ -430,7 +428,10 @@ class OrdersApplication:
     def _unreadable(self, unreadable: UnreadableOrder) -> errors.Unavailable:
         log.warning("%s: answered UNAVAILABLE", unreadable, extra={"order_id": unreadable.id})
         self._on_unreadable()
-        return _from_newer_release(unreadable)
+        return _from_newer_release(
+            unreadable.id,
+            f"order {unreadable.id} was stored by a newer release of orders, in a form this one cannot read; retry",
+        )
 
     async def _visible(self, order: Order | None, order_id: str) -> Order:
         """Another user's order is reported exactly like a missing one."""
@@ -475,12 +476,10 @@ def _outcome(order: Order) -> Order:
     # state is one a newer release stored: not "still being processed", and none of the saga's waits (a
     # step's backoff, the order's deadline, the recovery loop's next pass) says when it can be answered, as
     # the loop never takes a finished order again. A replica of that newer release answers the retry, and
-    # during a rollout a mesh balances each call over the replicas (docs/mesh.md), so the next may reach one:
-    # 1 s. The retry is a read that replays the order, so neither a longer wait nor a final one spares anything.
-    raise errors.Unavailable(
+    # during a rollout a mesh balances each call over the replicas (docs/mesh.md), so the next may reach one
+    # (`_from_newer_release`). The retry is a read that replays the order, so a final answer spares nothing.
+    raise _from_newer_release(
+        order.id,
         f"order {order.id} was finished by a newer release of orders, in a state this one cannot name; retry "
         "with the same idempotency key",
-        reason=errors.DEPENDENCY_UNAVAILABLE,
-        retry_after_seconds=1.0,
-        metadata={"order_id": order.id},
     )

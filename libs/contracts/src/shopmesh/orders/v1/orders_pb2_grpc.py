@@ -130,8 +130,9 @@ class OrdersServiceServicer:
         inventory release that knows the state can release the stock.
         - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
         "order_id"): a retry found its order stored by a newer release of
-        orders in a form this one cannot read (during a rollout of it, or after
-        a rollback from it). Retry: a replica of the newer release answers it.
+        orders in a form this one cannot read, or finished by it in a state
+        this one cannot name (during a rollout of it, or after a rollback from
+        it). Retry: a replica of the newer release answers it.
 
         IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
         creates a second order or a second charge).

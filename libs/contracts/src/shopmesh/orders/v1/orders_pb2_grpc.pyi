@@ -122,8 +122,9 @@ class OrdersServiceStub:
       inventory release that knows the state can release the stock.
     - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
       "order_id"): a retry found its order stored by a newer release of
-      orders in a form this one cannot read (during a rollout of it, or after
-      a rollback from it). Retry: a replica of the newer release answers it.
+      orders in a form this one cannot read, or finished by it in a state
+      this one cannot name (during a rollout of it, or after a rollback from
+      it). Retry: a replica of the newer release answers it.
 
     IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
     creates a second order or a second charge).
@@ -273,8 +274,9 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       inventory release that knows the state can release the stock.
     - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
       "order_id"): a retry found its order stored by a newer release of
-      orders in a form this one cannot read (during a rollout of it, or after
-      a rollback from it). Retry: a replica of the newer release answers it.
+      orders in a form this one cannot read, or finished by it in a state
+      this one cannot name (during a rollout of it, or after a rollback from
+      it). Retry: a replica of the newer release answers it.
 
     IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
     creates a second order or a second charge).
@@ -427,8 +429,9 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           inventory release that knows the state can release the stock.
         - UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
           "order_id"): a retry found its order stored by a newer release of
-          orders in a form this one cannot read (during a rollout of it, or after
-          a rollback from it). Retry: a replica of the newer release answers it.
+          orders in a form this one cannot read, or finished by it in a state
+          this one cannot name (during a rollout of it, or after a rollback from
+          it). Retry: a replica of the newer release answers it.
 
         IDEMPOTENT: the required idempotency-key makes retries safe (a retry never
         creates a second order or a second charge).
