@@ -490,7 +490,10 @@ class PlaceOrderResponse(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def order(self) -> _orders_pb2.Order:
-        """The placed order, CONFIRMED."""
+        """The placed order: CONFIRMED. A retry's may show what came of it since
+        (see PlaceOrder): pending_cancellation set, or CANCELLED after the
+        customer cancelled it.
+        """
 
     def __init__(
         self,
@@ -590,7 +593,9 @@ class ListOrdersResponse(_message.Message):
     ORDERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when this is the last page."""
+    """Token for the next page; empty when this is the last page. A page may be
+    short, even empty, while this goes on (see ListOrders).
+    """
     @_builtins.property
     def orders(self) -> _containers.RepeatedCompositeFieldContainer[_orders_pb2.Order]:
         """The page of the caller's orders, newest first."""

@@ -117,7 +117,12 @@ class ShopServiceStub:
     RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, or
     PRICE_CHANGED when expected_total no longer matches the prices (no order
     recorded; metadata current_total_minor and currency), ABORTED,
-    UNAVAILABLE) plus UNAUTHENTICATED.
+    UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
+    when a retry's order was stored or finished by a newer release of orders
+    than the one answering: retry, a replica of that release answers it)
+    plus UNAUTHENTICATED. A retry of a placed order returns it as it is now:
+    CONFIRMED, with pending_cancellation set while the customer's
+    cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
     Idempotency: the client should send an `idempotency-key` request header
     (for example a UUID per checkout attempt): 1-255 printable ASCII
@@ -140,7 +145,11 @@ class ShopServiceStub:
     """Returns one of the caller's orders (protected: requires `authorization`).
     Another user's order is reported as NOT_FOUND (reason ORDER_NOT_FOUND).
 
-    Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE;
+    UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+    "order_id"): the order was stored by a newer release of orders in a form
+    the answering one cannot read (during a rollout, or after a rollback);
+    retry, a replica of the newer release answers it.
 
     No side effects: safe to retry.
     """
@@ -151,6 +160,12 @@ class ShopServiceStub:
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT (negative page_size, reason
     INVALID_PAGE_TOKEN), UNAVAILABLE.
 
+    An order stored by a newer release of orders in a form the answering one
+    cannot read (during a rollout, or after a rollback) is left out of the
+    page (see OrdersService.ListOrders): a page may hold fewer than page_size
+    orders, even none, while next_page_token goes on. Read on until
+    next_page_token is empty, not until a page is short.
+
     No side effects: safe to retry.
     """
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_shop_pb2.CancelOrderRequest, _shop_pb2.CancelOrderResponse]
@@ -159,9 +174,12 @@ class ShopServiceStub:
     as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
     NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
     UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
-    ErrorInfo metadata has "order_id") says the cancellation is accepted and
-    completes on its own, the order showing CONFIRMED with
-    pending_cancellation set until then.
+    ErrorInfo metadata has "order_id") with reason DEPENDENCY_UNAVAILABLE says
+    the cancellation is accepted and completes on its own, the order showing
+    CONFIRMED with pending_cancellation set until then. With reason
+    ORDER_FROM_NEWER_RELEASE (RetryInfo) the order was stored by a newer
+    release of orders in a form the answering one cannot read: nothing was
+    recorded; retry with the same key, a replica of that release answers it.
 
     Idempotency: as for PlaceOrder, the client should send an
     `idempotency-key` header (INVALID_ARGUMENT, reason
@@ -245,7 +263,12 @@ class ShopServiceAsyncStub(ShopServiceStub):
     RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, or
     PRICE_CHANGED when expected_total no longer matches the prices (no order
     recorded; metadata current_total_minor and currency), ABORTED,
-    UNAVAILABLE) plus UNAUTHENTICATED.
+    UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
+    when a retry's order was stored or finished by a newer release of orders
+    than the one answering: retry, a replica of that release answers it)
+    plus UNAUTHENTICATED. A retry of a placed order returns it as it is now:
+    CONFIRMED, with pending_cancellation set while the customer's
+    cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
     Idempotency: the client should send an `idempotency-key` request header
     (for example a UUID per checkout attempt): 1-255 printable ASCII
@@ -268,7 +291,11 @@ class ShopServiceAsyncStub(ShopServiceStub):
     """Returns one of the caller's orders (protected: requires `authorization`).
     Another user's order is reported as NOT_FOUND (reason ORDER_NOT_FOUND).
 
-    Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE;
+    UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+    "order_id"): the order was stored by a newer release of orders in a form
+    the answering one cannot read (during a rollout, or after a rollback);
+    retry, a replica of the newer release answers it.
 
     No side effects: safe to retry.
     """
@@ -279,6 +306,12 @@ class ShopServiceAsyncStub(ShopServiceStub):
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT (negative page_size, reason
     INVALID_PAGE_TOKEN), UNAVAILABLE.
 
+    An order stored by a newer release of orders in a form the answering one
+    cannot read (during a rollout, or after a rollback) is left out of the
+    page (see OrdersService.ListOrders): a page may hold fewer than page_size
+    orders, even none, while next_page_token goes on. Read on until
+    next_page_token is empty, not until a page is short.
+
     No side effects: safe to retry.
     """
     CancelOrder: _aio.UnaryUnaryMultiCallable[_shop_pb2.CancelOrderRequest, _shop_pb2.CancelOrderResponse]  # type: ignore[assignment]
@@ -287,9 +320,12 @@ class ShopServiceAsyncStub(ShopServiceStub):
     as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
     NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
     UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
-    ErrorInfo metadata has "order_id") says the cancellation is accepted and
-    completes on its own, the order showing CONFIRMED with
-    pending_cancellation set until then.
+    ErrorInfo metadata has "order_id") with reason DEPENDENCY_UNAVAILABLE says
+    the cancellation is accepted and completes on its own, the order showing
+    CONFIRMED with pending_cancellation set until then. With reason
+    ORDER_FROM_NEWER_RELEASE (RetryInfo) the order was stored by a newer
+    release of orders in a form the answering one cannot read: nothing was
+    recorded; retry with the same key, a replica of that release answers it.
 
     Idempotency: as for PlaceOrder, the client should send an
     `idempotency-key` header (INVALID_ARGUMENT, reason
@@ -406,7 +442,12 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         RESERVATION_EXPIRED / CHECKOUT_INTERRUPTED / CARD_EXPIRED, or
         PRICE_CHANGED when expected_total no longer matches the prices (no order
         recorded; metadata current_total_minor and currency), ABORTED,
-        UNAVAILABLE) plus UNAUTHENTICATED.
+        UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
+        when a retry's order was stored or finished by a newer release of orders
+        than the one answering: retry, a replica of that release answers it)
+        plus UNAUTHENTICATED. A retry of a placed order returns it as it is now:
+        CONFIRMED, with pending_cancellation set while the customer's
+        cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
         Idempotency: the client should send an `idempotency-key` request header
         (for example a UUID per checkout attempt): 1-255 printable ASCII
@@ -435,7 +476,11 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns one of the caller's orders (protected: requires `authorization`).
         Another user's order is reported as NOT_FOUND (reason ORDER_NOT_FOUND).
 
-        Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE;
+        UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE (metadata
+        "order_id"): the order was stored by a newer release of orders in a form
+        the answering one cannot read (during a rollout, or after a rollback);
+        retry, a replica of the newer release answers it.
 
         No side effects: safe to retry.
         """
@@ -452,6 +497,12 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT (negative page_size, reason
         INVALID_PAGE_TOKEN), UNAVAILABLE.
 
+        An order stored by a newer release of orders in a form the answering one
+        cannot read (during a rollout, or after a rollback) is left out of the
+        page (see OrdersService.ListOrders): a page may hold fewer than page_size
+        orders, even none, while next_page_token goes on. Read on until
+        next_page_token is empty, not until a page is short.
+
         No side effects: safe to retry.
         """
 
@@ -466,9 +517,12 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         as NOT_FOUND. Delegates to OrdersService.CancelOrder: INVALID_ARGUMENT,
         NOT_FOUND, FAILED_PRECONDITION (reason ORDER_NOT_CANCELLABLE), ABORTED,
         UNAVAILABLE, plus UNAUTHENTICATED. An UNAVAILABLE naming the order (its
-        ErrorInfo metadata has "order_id") says the cancellation is accepted and
-        completes on its own, the order showing CONFIRMED with
-        pending_cancellation set until then.
+        ErrorInfo metadata has "order_id") with reason DEPENDENCY_UNAVAILABLE says
+        the cancellation is accepted and completes on its own, the order showing
+        CONFIRMED with pending_cancellation set until then. With reason
+        ORDER_FROM_NEWER_RELEASE (RetryInfo) the order was stored by a newer
+        release of orders in a form the answering one cannot read: nothing was
+        recorded; retry with the same key, a replica of that release answers it.
 
         Idempotency: as for PlaceOrder, the client should send an
         `idempotency-key` header (INVALID_ARGUMENT, reason

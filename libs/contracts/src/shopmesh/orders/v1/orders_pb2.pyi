@@ -607,7 +607,9 @@ class ListOrdersResponse(_message.Message):
     ORDERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when this is the last page."""
+    """Token for the next page; empty when this is the last page. A page may be
+    short, even empty, while this goes on (see ListOrders).
+    """
     @_builtins.property
     def orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Order]:
         """The page of orders, newest first."""

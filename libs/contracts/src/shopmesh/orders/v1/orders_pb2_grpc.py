@@ -62,8 +62,8 @@ class OrdersServiceServicer:
     """
 
     def PlaceOrder(self, request, context):
-        """Places an order and pays for it synchronously. On success the returned
-        order is CONFIRMED.
+        """Places an order and pays for it synchronously. The first call's order,
+        on success, is CONFIRMED; a retry's is the order as it is now (below).
 
         Requires the `idempotency-key` request header, scoped to user_id. A retry
         with the same key and request returns the outcome of the first call

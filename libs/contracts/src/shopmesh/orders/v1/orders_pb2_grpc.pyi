@@ -54,8 +54,8 @@ class OrdersServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrdersServiceAsyncStub: ...
     PlaceOrder: _grpc.UnaryUnaryMultiCallable[_orders_pb2.PlaceOrderRequest, _orders_pb2.PlaceOrderResponse]
-    """Places an order and pays for it synchronously. On success the returned
-    order is CONFIRMED.
+    """Places an order and pays for it synchronously. The first call's order,
+    on success, is CONFIRMED; a retry's is the order as it is now (below).
 
     Requires the `idempotency-key` request header, scoped to user_id. A retry
     with the same key and request returns the outcome of the first call
@@ -206,8 +206,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PlaceOrder: _aio.UnaryUnaryMultiCallable[_orders_pb2.PlaceOrderRequest, _orders_pb2.PlaceOrderResponse]  # type: ignore[assignment]
-    """Places an order and pays for it synchronously. On success the returned
-    order is CONFIRMED.
+    """Places an order and pays for it synchronously. The first call's order,
+    on success, is CONFIRMED; a retry's is the order as it is now (below).
 
     Requires the `idempotency-key` request header, scoped to user_id. A retry
     with the same key and request returns the outcome of the first call
@@ -361,8 +361,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_pb2.PlaceOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orders_pb2.PlaceOrderResponse, _abc.Awaitable[_orders_pb2.PlaceOrderResponse]]:
-        """Places an order and pays for it synchronously. On success the returned
-        order is CONFIRMED.
+        """Places an order and pays for it synchronously. The first call's order,
+        on success, is CONFIRMED; a retry's is the order as it is now (below).
 
         Requires the `idempotency-key` request header, scoped to user_id. A retry
         with the same key and request returns the outcome of the first call
