@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 
 import jwt
@@ -335,3 +336,38 @@ async def test_past_the_hard_max_age_tokens_are_unavailable_until_users_gives_a_
             await verifier.subject(key.token("usr_alice"))
     users.down = False
     assert await verifier.subject(key.token("usr_alice")) == "usr_alice", "recovers at users' first answer"
+
+
+async def test_past_the_hard_max_age_refusing_every_token_is_logged_once_as_it_begins_and_once_as_it_ends(
+    key: SigningKey, users: FakeUsers, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past the hard age every signed-in call that finds no fetch running starts one: a warning per failed
+    fetch was a warning per call through a users outage. One says the gateway refuses every token, one that
+    it verifies again; another outage past the hard age is said again."""
+    cache = JwksCache(
+        users.jwks, max_age_seconds=300, min_refetch_interval_seconds=30, hard_max_age_seconds=900, clock=clock
+    )
+    verifier = TokenVerifier(cache, TokenRules(ISSUER, AUDIENCE))
+    await verifier.subject(key.token())
+    caplog.set_level(logging.INFO, logger="shopmesh.gateway.tokens")
+    for _ in range(2):
+        users.down = True
+        clock.now += 900
+        fetches = users.fetches
+        for _ in range(5):
+            with pytest.raises(errors.Unavailable):
+                await verifier.subject(key.token("usr_alice"))
+        assert users.fetches - fetches == 5, "each call past the hard age asks users (the breaker caps them)"
+        users.down = False
+        assert await verifier.subject(key.token("usr_alice")) == "usr_alice"
+        await verifier.subject(key.token("usr_alice"))
+    said = [record.getMessage() for record in caplog.records if "JWKS_HARD_MAX_AGE_SECONDS" in record.getMessage()]
+    assert sum("refusing every token" in message for message in said) == 2, said
+    assert (
+        said
+        == [
+            "could not refetch the key set, past JWKS_HARD_MAX_AGE_SECONDS; refusing every token until a fetch succeeds",
+            "refetched the key set past JWKS_HARD_MAX_AGE_SECONDS; verifying tokens again",
+        ]
+        * 2
+    )

@@ -75,10 +75,12 @@ class JwksCache:
     used: a revoked key is then sure to stop verifying, at the price of refusing every token while users
     cannot give a key set. Only while no usable key set is had does a failure fail the verification
     (UNAVAILABLE), and then every verification that finds no fetch running starts one, whatever the
-    interval: nothing can be verified without it. While users is unreachable, the gateway's breaker of
+    interval: nothing can be verified without it, and held to the interval the gateway would go on refusing
+    every token for up to that long after users is back. While users is unreachable, the gateway's breaker of
     GetJwks caps them (open after five failed fetches, it fails them without a call until its probe); while
     users answers but has no key set to give, each such verification asks it once. Such calls are charged
-    to their address's rate limit (guard.admit_user), after the fetch.
+    to their address's rate limit (guard.admit_user), after the fetch. Refusing every token past the hard
+    age is logged once as it begins and once as it ends, not per failed fetch (so not per call).
 
     A refetch is one task for everyone, run without the deadline of the call that started it: callers wait
     for it and may give up, the fetch goes on. Tied to the first caller, a client sending short deadlines
@@ -106,6 +108,9 @@ class JwksCache:
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
         self._fetching: asyncio.Task[None] | None = None
+        # Every token is being refused: past `hard_max_age`, a fetch failed. Logged as it begins and ends only:
+        # while it lasts every signed-in call that finds no fetch running starts one, and each fails.
+        self._refusing = False
 
     def _usable(self) -> dict[str, jwt.PyJWK] | None:
         """The keys, unless none were ever fetched or the last fetch that succeeded is past `hard_max_age`."""
@@ -157,12 +162,19 @@ class JwksCache:
         except errors.Unavailable:
             if self._usable() is not None:
                 log.warning("could not refetch the key set; verifying with the keys already known")
-            elif self._keys is not None:
-                log.warning("could not refetch the key set, past JWKS_HARD_MAX_AGE_SECONDS; refusing every token")
+            elif self._keys is not None and not self._refusing:
+                self._refusing = True
+                log.warning(
+                    "could not refetch the key set, past JWKS_HARD_MAX_AGE_SECONDS; refusing every token until "
+                    "a fetch succeeds"
+                )
             raise
         else:
             self._keys = _usable_keys(jwks)
             self._fetched_at = self._clock()
+            if self._refusing:
+                self._refusing = False
+                log.warning("refetched the key set past JWKS_HARD_MAX_AGE_SECONDS; verifying tokens again")
         finally:
             self._fetching = None
 
