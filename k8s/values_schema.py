@@ -133,6 +133,8 @@ PULL_POLICY: Schema = {"enum": ["Always", "IfNotPresent", "Never"]}
 DATABASE_MODE: Schema = {"enum": ["sqlite", "postgres"]}
 # Each pod's PostgreSQL pool (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW); _config.tpl checks their sum too.
 DATABASE_POOL: Schema = strict(size={"type": "integer", "minimum": 1}, maxOverflow={"type": "integer", "minimum": 0})
+# The old pods a rolling update may have draining at once, each holding its pool (_config.tpl counts them).
+DRAINING_PODS: Schema = {"type": "integer", "minimum": 0}
 ROUTE: Schema = strict(parentRefs=list_of(OBJECT), hostnames=list_of(STRING))
 ALERT: Schema = {
     **strict(alert=STRING, expr=STRING, severity=STRING, summary=STRING, description=STRING, **{"for": STRING}),
@@ -175,6 +177,7 @@ GLOBAL: Schema = strict(
         port=INTEGER,
         peers=PEERS,
         pool=DATABASE_POOL,
+        drainingPods=DRAINING_PODS,
         maxConnections={"type": "integer", "minimum": 1},
     ),
     nats=strict(url=STRING, existingSecret=STRING, secretKey=STRING, port=INTEGER, peers=PEERS),
@@ -240,6 +243,7 @@ LIBRARY: dict[str, Schema] = {
         secretKey=STRING,
         dataSizeLimit=STRING,
         pool=DATABASE_POOL,
+        drainingPods=DRAINING_PODS,
     ),
     "idempotency": strict(enabled=BOOLEAN, existingSecret=STRING, secretKey=STRING),
     "events": strict(publishes=list_of(STRING), consumes=list_of(STRING)),

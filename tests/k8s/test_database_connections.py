@@ -19,6 +19,9 @@ from .k8skit import ROOT, Docs, objects_of, render
 
 SUPERUSER_RESERVED = 3  # PostgreSQL's superuser_reserved_connections: not for the services' users
 OWNERS = sorted(name for name in SERVICES if SERVICES[name].has_database)
+# One service's share at staging's values: 6 replicas, a rolling update's surge pod and the 3 old pods it may
+# have draining at once (global.database.drainingPods), 4 connections each.
+STAGING_SHARE = "(maxReplicas 6 + 1 surge + 3 draining) pods x (pool size 2 + maxOverflow 2) = 40"
 
 
 def infra_max_connections() -> int:
@@ -60,28 +63,33 @@ def test_staging_pools_fit_the_postgresql_k8s_infra_runs(helm_dir: Path) -> None
         for d in docs
         if d["kind"] == "Deployment"
     }
+    database = render.merged_values(
+        yaml.safe_load((helm_dir / "shopmesh" / "values.yaml").read_text()), render.values_for("staging", helm_dir)
+    )["global"]["database"]
     kept_at_min = most_at_max = 0
     for owner in OWNERS:
         kept, most = pool_of(configmaps[owner])
         kept_at_min += (hpas[owner]["minReplicas"] + surge[owner]) * kept
-        most_at_max += (hpas[owner]["maxReplicas"] + surge[owner]) * most
+        # A rolling update's surge pod, and the old pods it deleted that still hold their pools as they drain.
+        beyond = min(surge[owner] + database["drainingPods"], hpas[owner]["maxReplicas"])
+        most_at_max += (hpas[owner]["maxReplicas"] + beyond) * most
     usable = infra_max_connections() - SUPERUSER_RESERVED
-    budget = render.values_for("staging", helm_dir)["global"]["database"]["maxConnections"]
+    budget = database["maxConnections"]
     assert kept_at_min <= most_at_max <= budget <= usable, (kept_at_min, most_at_max, budget, usable)
 
 
 def test_pools_over_the_budget_fail_the_umbrellas_render_naming_each_services_share(helm_dir: Path) -> None:
-    # Staging's 196 (7 services x 7 pods x 4) against less: each share alone fits, only their sum does not.
-    with pytest.raises(Exception, match="may open 196 connections together, more than its 150") as refused:
+    # Staging's 280 (7 services x 10 pods x 4) against less: each share alone fits, only their sum does not.
+    with pytest.raises(Exception, match="may open 280 connections together, more than its 150") as refused:
         staging(helm_dir, maxConnections=150)
     for owner in OWNERS:
-        assert f"{owner} (maxReplicas 6 + 1 surge) pods x (pool size 2 + maxOverflow 2) = 28" in str(refused.value)
+        assert f"{owner} {STAGING_SHARE}" in str(refused.value)
 
 
 def test_the_default_pools_at_stagings_replicas_do_not_fit_a_stock_postgresql(helm_dir: Path) -> None:
     """The pools as the chassis sizes them by default (4 + 2), at staging's replicas, against the budget of a
     PostgreSQL left at its 100 connections: refused at render time, not found in a crash loop."""
-    with pytest.raises(Exception, match="may open 294 connections together, more than its 97"):
+    with pytest.raises(Exception, match="may open 420 connections together, more than its 97"):
         staging(helm_dir, pool={"size": 4, "maxOverflow": 2}, maxConnections=97)
 
 
@@ -89,10 +97,7 @@ def test_a_service_chart_alone_fails_when_its_own_pods_exceed_the_budget(helm_di
     values = render.merged_values(
         render.values_for("staging", helm_dir), {"global": {"database": {"maxConnections": 20}}}
     )
-    refusal = (
-        "database.pool for catalog: (maxReplicas 6 + 1 surge) pods x (pool size 2 + maxOverflow 2) = 28 connections, "
-        "more than global.database.maxConnections (20)"
-    )
+    refusal = f"database.pool for catalog: {STAGING_SHARE} connections, more than global.database.maxConnections (20)"
     with pytest.raises(Exception, match=re.escape(refusal)):
         objects_of(helm_dir, "catalog", values)
 
@@ -102,14 +107,55 @@ def test_a_canarys_pods_count_toward_the_budget(helm_dir: Path) -> None:
         render.values_for("staging", helm_dir),
         {"global": {"mesh": "istio", "database": {"maxConnections": 36}, "canary": {"catalog": {"enabled": True}}}},
     )
-    # 7 stable pods and a canary's 1 + 1 surge, 4 connections each: 36 fits, 35 does not.
+    # 10 stable pods and a canary's 1 + 1 (its surge pod, then its old one draining), 4 connections each: 48
+    # fits, 47 does not.
+    values["global"]["database"]["maxConnections"] = 48
     objects_of(helm_dir, "catalog", values)
-    values["global"]["database"]["maxConnections"] = 35
-    with pytest.raises(
-        Exception,
-        match=re.escape("(maxReplicas 6 + 1 surge + canary 1 + 1 surge) pods x (pool size 2 + maxOverflow 2) = 36"),
-    ):
+    values["global"]["database"]["maxConnections"] = 47
+    formula = (
+        "(maxReplicas 6 + 1 surge + 3 draining + canary 1 + 1 surge or draining) pods x (pool size 2 + maxOverflow 2)"
+    )
+    with pytest.raises(Exception, match=re.escape(f"{formula} = 48")):
         objects_of(helm_dir, "catalog", values)
+
+
+def test_old_pods_draining_through_a_rolling_update_count_toward_the_budget(helm_dir: Path) -> None:
+    """A rolling update deletes an old pod once its replacement is ready and starts the next one, while the
+    deleted pod keeps its pool open through its drain: counted at 6 + 1 surge alone, 28 passed where 40 may be
+    open."""
+    values = render.merged_values(
+        render.values_for("staging", helm_dir), {"global": {"database": {"maxConnections": 39}}}
+    )
+    with pytest.raises(Exception, match=re.escape(f"database.pool for catalog: {STAGING_SHARE} connections")):
+        objects_of(helm_dir, "catalog", values)
+    # The allowance is the service's to give: its own wins over global's.
+    values["database"] = {"drainingPods": 1}
+    refusal = "(maxReplicas 6 + 1 surge + 1 draining) pods x (pool size 2 + maxOverflow 2) = 32 connections"
+    values["global"]["database"]["maxConnections"] = 31
+    with pytest.raises(Exception, match=re.escape(refusal)):
+        objects_of(helm_dir, "catalog", values)
+    values["global"]["database"]["maxConnections"] = 32
+    objects_of(helm_dir, "catalog", values)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "pods", "beyond"),
+    [(1, 2, "1 surge or draining"), (3, 6, "3 surge or draining"), (4, 8, "1 surge + 3 draining")],
+)
+def test_the_pods_beyond_the_replicas_are_never_more_than_the_replicas(
+    helm_dir: Path, replicas: int, pods: int, beyond: str
+) -> None:
+    """Only old pods drain, and the surge pod runs only while an old one does: one replica is 2 pods through
+    a rolling update (its new one, then its old one draining), so the defaults still fit a stock PostgreSQL."""
+    values = {
+        "global": {"database": {"mode": "postgres", "maxConnections": pods * 6 - 1}},
+        "replicaCount": replicas,
+    }
+    refusal = f"(replicaCount {replicas} + {beyond}) pods x (pool size 4 + maxOverflow 2) = {pods * 6} connections"
+    with pytest.raises(Exception, match=re.escape(refusal)):
+        objects_of(helm_dir, "catalog", values)
+    values["global"]["database"]["maxConnections"] = pods * 6
+    objects_of(helm_dir, "catalog", values)
 
 
 @pytest.mark.parametrize(

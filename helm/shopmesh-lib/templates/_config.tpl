@@ -128,6 +128,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "pool" (dict
       "size" (dig "database" "pool" "size" (dig "database" "pool" "size" 4 $g) $v)
       "maxOverflow" (dig "database" "pool" "maxOverflow" (dig "database" "pool" "maxOverflow" 2 $g) $v))
+    "drainingPods" (dig "database" "drainingPods" (dig "database" "drainingPods" 3 $g) $v)
     "maxConnections" (dig "database" "maxConnections" 97 $g)) -}}
 {{- /* The chassis refuses these too (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW), but in a crash loop. */ -}}
 {{- $pool := $c.database.pool -}}
@@ -516,20 +517,27 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 shopmesh-lib.databaseConnections — the most PostgreSQL connections one service's pods may hold at once, from
 its resolved config (shopmesh-lib.config), as YAML: {total, formula}; 0 without a PostgreSQL database.
 Every pod's connections come from its one pool (the chassis: calls, the outbox relay's lock connection and
-the migrations' take from it), so a pod holds at most size + maxOverflow. The most pods: the stable
-Deployment's (maxReplicas under autoscaling, else replicaCount) and the canary's, each with the one pod more a
-rolling update starts (maxSurge 1) before it stops an old one.
+the migrations' take from it), so a pod holds at most size + maxOverflow. The most pods, for the stable
+Deployment (maxReplicas under autoscaling, else replicaCount) and the canary's alike: its replicas, the one pod
+more a rolling update starts (maxSurge 1), and the old pods still draining. A rolling update deletes an old pod
+as soon as its replacement is ready and starts the next one at once, while the deleted pod keeps its pool open
+through its drain (database.dispose is its last shutdown hook): database.drainingPods of them are counted
+(values.yaml says why 3). Only old pods drain, and the surge pod is started only while an old one still runs,
+so the pods beyond the replicas are never more than the replicas themselves: one replica through a rolling
+update is 2 pods, a surge pod and then a draining one.
 */}}
 {{- define "shopmesh-lib.databaseConnections" -}}
 {{- $db := .database -}}
 {{- if and $db.enabled (eq $db.mode "postgres") -}}
 {{- $perPod := add (int $db.pool.size) (int $db.pool.maxOverflow) -}}
+{{- $draining := int $db.drainingPods -}}
 {{- $stable := ternary (int .autoscaling.maxReplicas) (int .replicas) .autoscaling.enabled -}}
-{{- $pods := add1 $stable -}}
-{{- $formula := printf "(%s %d + 1 surge" (ternary "maxReplicas" "replicaCount" .autoscaling.enabled) $stable -}}
+{{- $pods := add $stable (min (add1 $draining) $stable) -}}
+{{- $formula := printf "(%s %d + %s" (ternary "maxReplicas" "replicaCount" .autoscaling.enabled) $stable (include "shopmesh-lib.podsBeyondReplicas" (list $stable $draining)) -}}
 {{- if .canary.enabled -}}
-{{- $pods = add $pods (add1 (int .canary.replicas)) -}}
-{{- $formula = printf "%s + canary %d + 1 surge" $formula (int .canary.replicas) -}}
+{{- $canary := int .canary.replicas -}}
+{{- $pods = add $pods $canary (min (add1 $draining) $canary) -}}
+{{- $formula = printf "%s + canary %d + %s" $formula $canary (include "shopmesh-lib.podsBeyondReplicas" (list $canary $draining)) -}}
 {{- end -}}
 {{- $formula = printf "%s) pods x (pool size %d + maxOverflow %d)" $formula (int $db.pool.size) (int $db.pool.maxOverflow) -}}
 total: {{ mul $pods $perPod }}
@@ -537,6 +545,18 @@ formula: {{ $formula | quote }}
 {{- else -}}
 total: 0
 formula: ""
+{{- end -}}
+{{- end -}}
+
+{{/* The pods a Deployment of (index . 0) replicas runs beyond them through a rolling update, as the formula
+says it: 1 surge and (index . 1) draining, or all of its old pods when it has no more than that. */}}
+{{- define "shopmesh-lib.podsBeyondReplicas" -}}
+{{- $replicas := index . 0 -}}
+{{- $draining := index . 1 -}}
+{{- if le $replicas $draining -}}
+{{- printf "%d surge or draining" $replicas -}}
+{{- else -}}
+{{- printf "1 surge + %d draining" $draining -}}
 {{- end -}}
 {{- end -}}
 

@@ -237,8 +237,9 @@ class DatabaseSettings(ServiceSettings):
     database_url: str = ""
     # PostgreSQL only (SQLite's pool never waits): the connections a replica keeps open, and how many more it
     # opens under load. Its calls, the outbox relay's lock connection and the migrations' all take from this
-    # pool, so a replica holds at most their sum: times the replicas of every service, it must fit the
-    # server's max_connections (docs/operations.md), or pods fail to start ("too many clients").
+    # pool, so a replica holds at most their sum, until its last shutdown hook: times the pods of every service
+    # (their replicas, a rolling update's surge pod and the old pods still draining), it must fit the server's
+    # max_connections (docs/operations.md), or pods fail to start ("too many clients").
     database_pool_size: int = Field(default=POSTGRES_POOL_SIZE, ge=1, le=1000)
     database_max_overflow: int = Field(default=POSTGRES_MAX_OVERFLOW, ge=0, le=1000)
 
