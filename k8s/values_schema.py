@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "libs" / "chassis" / "src"))
 sys.path.insert(0, str(ROOT / "services" / "notifications" / "src"))
 from pydantic import BaseModel  # noqa: E402
 
-from shopmesh_chassis.config import ServiceSettings  # noqa: E402
+from shopmesh_chassis.config import DatabaseSettings, ServiceSettings  # noqa: E402
 from shopmesh_notifications.settings import NotificationsSettings  # noqa: E402
 from shopmesh_platform.generated_files import stale, write_or_check  # noqa: E402
 from shopmesh_platform.topology import SERVICES  # noqa: E402
@@ -131,8 +131,12 @@ FAULT: Schema = strict(delay=TEXT, abort=STRING, percent=TEXT)
 # Each is set in global: for every service and may be replaced in a service chart: one list, both places.
 PULL_POLICY: Schema = {"enum": ["Always", "IfNotPresent", "Never"]}
 DATABASE_MODE: Schema = {"enum": ["sqlite", "postgres"]}
-# Each pod's PostgreSQL pool (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW); _config.tpl checks their sum too.
-DATABASE_POOL: Schema = strict(size={"type": "integer", "minimum": 1}, maxOverflow={"type": "integer", "minimum": 0})
+# Each pod's PostgreSQL pool (DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW); _config.tpl checks their sum, which a
+# schema cannot say.
+DATABASE_POOL: Schema = strict(
+    size=setting("database_pool_size", DatabaseSettings),
+    maxOverflow=setting("database_max_overflow", DatabaseSettings),
+)
 # The old pods a rolling update may have draining at once, each holding its pool (_config.tpl counts them).
 DRAINING_PODS: Schema = {"type": "integer", "minimum": 0}
 ROUTE: Schema = strict(parentRefs=list_of(OBJECT), hostnames=list_of(STRING))

@@ -159,12 +159,24 @@ def test_the_pods_beyond_the_replicas_are_never_more_than_the_replicas(
 
 
 @pytest.mark.parametrize(
-    "pool", [{"size": 1, "maxOverflow": 0}, {"size": 0, "maxOverflow": 4}], ids=["one-in-all", "none-kept"]
+    ("pool", "refusal"),
+    [
+        (
+            {"size": 1, "maxOverflow": 0},
+            r"database\.pool for catalog: size \(1\) \+ maxOverflow \(0\) must be at least 2",
+        ),
+        ({"size": 0, "maxOverflow": 4}, r"/database/pool/size.*minimum"),
+        # The chassis' own limits (DatabaseSettings' le=1000), which the schema takes from it.
+        ({"size": 1001, "maxOverflow": 0}, r"/database/pool/size.*maximum"),
+        ({"size": 4, "maxOverflow": 1001}, r"/database/pool/maxOverflow.*maximum"),
+    ],
+    ids=["one-in-all", "none-kept", "size-over-the-chassis-limit", "overflow-over-the-chassis-limit"],
 )
-def test_a_pool_the_chassis_would_refuse_fails_the_render(helm_dir: Path, pool: dict[str, int]) -> None:
-    # The render's own check, or the values' schema before it.
-    with pytest.raises(Exception, match=r"database\.pool for catalog|/database/pool/size"):
-        objects_of(helm_dir, "catalog", {"global": {"database": {"mode": "postgres", "pool": pool}}})
+def test_a_pool_the_chassis_would_refuse_fails_the_render(helm_dir: Path, pool: dict[str, int], refusal: str) -> None:
+    with pytest.raises(Exception, match=refusal):
+        objects_of(
+            helm_dir, "catalog", {"global": {"database": {"mode": "postgres", "pool": pool, "maxConnections": 10000}}}
+        )
 
 
 def test_each_postgresql_pods_configmap_gives_the_chassis_its_pool(helm_dir: Path) -> None:
