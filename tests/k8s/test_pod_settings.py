@@ -136,15 +136,19 @@ def test_an_env_entry_for_any_variable_the_chart_sets_fails_the_render_naming_it
         ("SHUTDOWN_GRACE_SECONDS", "drain.shutdownGraceSeconds"),
         ("SHUTDOWN_HOOKS_BUDGET_SECONDS", "drain.shutdownHooksBudgetSeconds"),
         ("LOG_LEVEL", "logLevel"),
+        ("DATABASE_POOL_SIZE", "database.pool.size"),
+        ("DATABASE_MAX_OVERFLOW", "database.pool.maxOverflow"),
     ],
 )
-def test_an_env_entry_for_a_drain_or_log_variable_fails_the_render_naming_the_value_to_set(
+def test_an_env_entry_for_a_drain_log_or_pool_variable_fails_the_render_naming_the_value_to_set(
     helm_dir: Path, variable: str, setting: str
 ) -> None:
     """SHUTDOWN_GRACE_SECONDS=60 through env: escaped the drain's checks (the stop must fit
-    terminationGracePeriodSeconds) that drain.shutdownGraceSeconds: 60 fails: a 126 s stop in a 40 s grace."""
+    terminationGracePeriodSeconds) that drain.shutdownGraceSeconds: 60 fails: a 126 s stop in a 40 s grace.
+    DATABASE_POOL_SIZE=60 likewise escaped the connection budget's."""
+    values = {"global": {"database": {"mode": "postgres"}}, "env": {variable: "60"}}
     with pytest.raises(Exception, match=rf"env\.{variable} for catalog: .* Set {re.escape(setting)}"):
-        objects_of(helm_dir, "catalog", {"env": {variable: "60"}})
+        objects_of(helm_dir, "catalog", values)
 
 
 @pytest.mark.parametrize(("variable", "port"), [("GRPC_PORT", 50051), ("METRICS_PORT", 9464)])

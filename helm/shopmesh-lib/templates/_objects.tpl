@@ -103,6 +103,8 @@ spec:
     "SHUTDOWN_HOOKS_BUDGET_SECONDS" "drain.shutdownHooksBudgetSeconds"
     "LOG_LEVEL" "logLevel (or global.logLevel)"
     "LOG_FORMAT" "logFormat (or global.logFormat)"
+    "DATABASE_POOL_SIZE" "database.pool.size (or global.database.pool.size)"
+    "DATABASE_MAX_OVERFLOW" "database.pool.maxOverflow (or global.database.pool.maxOverflow)"
     "NATS_URL" "global.nats.url (credentials: global.nats.existingSecret)"
     "SMTP_HOST" "global.smtp.host"
     "SMTP_PORT" "global.smtp.port"
