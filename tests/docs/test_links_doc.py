@@ -50,3 +50,34 @@ def test_the_anchor_rule_is_githubs() -> None:
     assert anchor("The local mesh: `make run MESH=envoy`") == "the-local-mesh-make-run-meshenvoy"
     assert anchor("Ingress (Gateway API)") == "ingress-gateway-api"
     assert anchor("Settings (environment variables)") == "settings-environment-variables"
+
+
+# Where the code, charts and docs cite a section in words, `docs/<file>.md, "<heading>"` (a comment, a render
+# failure's message, a table cell): no link for the test above to follow, and a reader sent there finds no
+# such heading. A heading cited across a line break is matched by the part on the first line.
+CITING = [
+    *DOCS,
+    *sorted(ROOT.glob("helm/**/*.yaml")),
+    *sorted(ROOT.glob("helm/**/*.tpl")),
+    *sorted(ROOT.glob("k8s/**/*.py")),
+    *sorted(ROOT.glob("k8s/**/*.yaml")),
+    *sorted(ROOT.glob("libs/*/src/**/*.py")),
+    *sorted(ROOT.glob("services/*/src/**/*.py")),
+]
+CITATION = re.compile(r'docs/([\w-]+\.md), \\?"([^"\\\n]+)')
+
+
+def sections(doc: Path) -> list[str]:
+    """Its headings, and the bold run-in titles opening a paragraph (`**Load shedding.** With ...`)."""
+    prose = re.sub(r"(?s)```.*?```", "", doc.read_text())
+    return re.findall(r"(?m)^#{1,6}\s+(.+?)\s*#*$", prose) + re.findall(r"(?m)^\*\*(.+?)\*\*", prose)
+
+
+def test_every_section_cited_by_name_is_a_heading_of_that_doc() -> None:
+    wrong = []
+    for path in CITING:
+        for name, title in CITATION.findall(path.read_text()):
+            doc = ROOT / "docs" / name
+            if not doc.exists() or not any(section.startswith(title.strip()) for section in sections(doc)):
+                wrong.append(f'{path.relative_to(ROOT)}: docs/{name}, "{title.strip()}"')
+    assert not wrong, wrong

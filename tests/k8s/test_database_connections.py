@@ -22,6 +22,8 @@ OWNERS = sorted(name for name in SERVICES if SERVICES[name].has_database)
 # One service's share at staging's values: 6 replicas, a rolling update's surge pod and the 3 old pods it may
 # have draining at once (global.database.drainingPods), 4 connections each.
 STAGING_SHARE = "(maxReplicas 6 + 1 surge + 3 draining) pods x (pool size 2 + maxOverflow 2) = 40"
+# Where a refusal sends its reader: the section that explains the budget.
+SECTION = 'docs/kubernetes.md, "PostgreSQL connections"'
 
 
 def infra_max_connections() -> int:
@@ -84,6 +86,7 @@ def test_pools_over_the_budget_fail_the_umbrellas_render_naming_each_services_sh
         staging(helm_dir, maxConnections=150)
     for owner in OWNERS:
         assert f"{owner} {STAGING_SHARE}" in str(refused.value)
+    assert SECTION in str(refused.value)
 
 
 def test_the_default_pools_at_stagings_replicas_do_not_fit_a_stock_postgresql(helm_dir: Path) -> None:
@@ -98,8 +101,9 @@ def test_a_service_chart_alone_fails_when_its_own_pods_exceed_the_budget(helm_di
         render.values_for("staging", helm_dir), {"global": {"database": {"maxConnections": 20}}}
     )
     refusal = f"database.pool for catalog: {STAGING_SHARE} connections, more than global.database.maxConnections (20)"
-    with pytest.raises(Exception, match=re.escape(refusal)):
+    with pytest.raises(Exception, match=re.escape(refusal)) as refused:
         objects_of(helm_dir, "catalog", values)
+    assert SECTION in str(refused.value)
 
 
 def test_a_canarys_pods_count_toward_the_budget(helm_dir: Path) -> None:

@@ -509,7 +509,7 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
      (helm/shopmesh/templates/validate-database.yaml). */ -}}
 {{- $_ := set $c.database "connections" (include "shopmesh-lib.databaseConnections" $c | fromYaml) -}}
 {{- if gt (int $c.database.connections.total) (int $c.database.maxConnections) -}}
-{{- fail (printf "database.pool for %s: %s = %d connections, more than global.database.maxConnections (%v) allows; lower database.pool.size / maxOverflow or the replicas, or raise PostgreSQL's max_connections and the budget with it (docs/operations.md)" $name $c.database.connections.formula (int $c.database.connections.total) $c.database.maxConnections) -}}
+{{- fail (printf "database.pool for %s: %s = %d connections, more than global.database.maxConnections (%v) allows; lower database.pool.size / maxOverflow or the replicas, or raise PostgreSQL's max_connections and the budget with it (docs/kubernetes.md, \"PostgreSQL connections\")" $name $c.database.connections.formula (int $c.database.connections.total) $c.database.maxConnections) -}}
 {{- end -}}
 {{- toYaml $c -}}
 {{- end -}}

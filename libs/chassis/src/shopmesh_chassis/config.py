@@ -239,7 +239,7 @@ class DatabaseSettings(ServiceSettings):
     # opens under load. Its calls, the outbox relay's lock connection and the migrations' all take from this
     # pool, so a replica holds at most their sum, until its last shutdown hook: times the pods of every service
     # (their replicas, a rolling update's surge pod and the old pods still draining), it must fit the server's
-    # max_connections (docs/operations.md), or pods fail to start ("too many clients").
+    # max_connections (docs/kubernetes.md, "PostgreSQL connections"), or pods fail to start ("too many clients").
     database_pool_size: int = Field(default=POSTGRES_POOL_SIZE, ge=1, le=1000)
     database_max_overflow: int = Field(default=POSTGRES_MAX_OVERFLOW, ge=0, le=1000)
 

@@ -322,10 +322,10 @@ def create_sqlite_engine(url: str, *, pool_size: int = 5) -> Engine:
 # while it leads, the migrations' connection at start, until the last shutdown hook disposes of it. So the
 # replica never holds more than their sum, and the sum times the pods of every service on one server (their
 # replicas, a rolling update's surge pod and the old pods still draining) must fit its max_connections
-# (docs/operations.md). The defaults, 6 a replica, let the seven services that own a database run one replica
-# each through a rolling update of all of them (one more pod each, the new one or the draining old one) on a
-# stock PostgreSQL: 7 x 2 x 6 = 84 of its 97 (100, 3 kept for superusers). One event loop per replica overlaps
-# a few round trips at most; more connections only queue.
+# (docs/kubernetes.md, "PostgreSQL connections"). The defaults, 6 a replica, let the seven services that own a
+# database run one replica each through a rolling update of all of them (one more pod each, the new one or the
+# draining old one) on a stock PostgreSQL: 7 x 2 x 6 = 84 of its 97 (100, 3 kept for superusers). One event
+# loop per replica overlaps a few round trips at most; more connections only queue.
 POSTGRES_POOL_SIZE = 4
 POSTGRES_MAX_OVERFLOW = 2
 
