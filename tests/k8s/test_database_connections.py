@@ -26,14 +26,20 @@ STAGING_SHARE = "(maxReplicas 6 + 1 surge + 3 draining) pods x (pool size 2 + ma
 SECTION = 'docs/kubernetes.md, "PostgreSQL connections"'
 
 
-def infra_max_connections() -> int:
-    """The max_connections k8s/infra's PostgreSQL runs with (values-staging.yaml's, for rehearsing on kind)."""
+def infra_postgresql() -> dict[str, Any]:
+    """k8s/infra's PostgreSQL container (values-staging.yaml's server, for rehearsing on kind)."""
     (statefulset,) = [
         d
         for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / "postgresql.yaml").read_text())
         if d and d["kind"] == "StatefulSet"
     ]
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def infra_max_connections() -> int:
+    """The max_connections k8s/infra's PostgreSQL runs with."""
+    container = infra_postgresql()
     found = re.fullmatch(r"max_connections=(\d+)", container["args"][container["args"].index("-c") + 1])
     assert found, container["args"]
     return int(found.group(1))
@@ -78,6 +84,25 @@ def test_staging_pools_fit_the_postgresql_k8s_infra_runs(helm_dir: Path) -> None
     usable = infra_max_connections() - SUPERUSER_RESERVED
     budget = database["maxConnections"]
     assert kept_at_min <= most_at_max <= budget <= usable, (kept_at_min, most_at_max, budget, usable)
+
+
+# What one PostgreSQL connection costs the server: its backend process, after the services' simple statements
+# (2.0 MiB private at the median over 100 connections to PostgreSQL 15, 2026-12-05), and what the server
+# holds whatever its connections: shared_buffers (128 MiB by default) and its own processes.
+MIB_PER_CONNECTION = 2
+MIB_OF_THE_SERVER = 128 + 30
+
+
+def test_k8s_infra_postgresql_has_memory_for_every_connection_it_accepts() -> None:
+    """max_connections went from 100 to 300 while the memory limit stayed at 512Mi, sized for 100: all of
+    them open is ~760 MiB, and the kernel kills the server (every service's connections with it) past the
+    limit, the rollout it was raised for being the moment they are all open."""
+    container = infra_postgresql()
+    limit = container["resources"]["limits"]["memory"]
+    found = re.fullmatch(r"(\d+)(Mi|Gi)", limit)
+    assert found, limit
+    limit_mib = int(found.group(1)) * (1024 if found.group(2) == "Gi" else 1)
+    assert infra_max_connections() * MIB_PER_CONNECTION + MIB_OF_THE_SERVER <= limit_mib, limit
 
 
 def test_pools_over_the_budget_fail_the_umbrellas_render_naming_each_services_share(helm_dir: Path) -> None:
