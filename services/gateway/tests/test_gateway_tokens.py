@@ -366,7 +366,8 @@ async def test_past_the_hard_max_age_refusing_every_token_is_logged_once_as_it_b
     assert (
         said
         == [
-            "could not refetch the key set, past JWKS_HARD_MAX_AGE_SECONDS; refusing every token until a fetch succeeds",
+            "could not refetch the key set, past JWKS_HARD_MAX_AGE_SECONDS; refusing every token until a fetch "
+            "succeeds",
             "refetched the key set past JWKS_HARD_MAX_AGE_SECONDS; verifying tokens again",
         ]
         * 2
