@@ -43,6 +43,10 @@ COME_BACK_LATER = {
 # SearchProducts for this query answers a final, shed UNAVAILABLE with the trailers the chassis sends with one
 # (the services' markers, gRPC's "do not retry" pushback), as the gateway relays a dependency's such answer.
 MARKED_FINAL_AND_SHED = "marked final and shed"
+# ListProducts of this category answers products whose descriptions are as long as the catalog takes
+# (shopmesh_catalog's MAX_DESCRIPTION_LENGTH): a page of them is the largest answer the API gives.
+LONG_DESCRIPTIONS = "long-descriptions"
+LONGEST_DESCRIPTION = 5000
 INTERNAL_TRAILERS = ((RETRY_PUSHBACK, "-1"), (FINAL_ANSWER, "1"), (SHED_ANSWER, "1"))
 # The RetryInfo of those answers: not the edge's own delay, so that the test tells them apart.
 GATEWAY_RETRY_DELAY = duration_pb2.Duration(seconds=7)
@@ -93,8 +97,11 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
     ) -> shop_pb2.ListProductsResponse:
         self.calls.append(("ListProducts", str(request.page_size)))
         # Long enough from a few products on for the edge to gzip a GET's answer (COMPRESS_FROM_BYTES).
+        description = "A thing to buy. " * 10
+        if request.category == LONG_DESCRIPTIONS:
+            description = "d" * LONGEST_DESCRIPTION
         products = [
-            catalog_pb2.Product(id=f"prod_{n}", name=f"Product {n}", description="A thing to buy. " * 10)
+            catalog_pb2.Product(id=f"prod_{n}", name=f"Product {n}", description=description)
             for n in range(request.page_size)
         ]
         return shop_pb2.ListProductsResponse(products=products)

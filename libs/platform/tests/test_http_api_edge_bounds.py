@@ -18,6 +18,7 @@ from shopmesh_platform.http_api import (
     INITIAL_CONNECTION_WINDOW_BYTES,
     INITIAL_STREAM_WINDOW_BYTES,
     MAX_CONCURRENT_STREAMS,
+    PER_CONNECTION_BUFFER_BYTES,
     REQUEST_HEADERS_TIMEOUT,
     ROUTE_TIMEOUT,
     HttpApi,
@@ -25,7 +26,7 @@ from shopmesh_platform.http_api import (
     descriptor_set,
 )
 
-from .conftest import Edge, running_edge
+from .conftest import LONG_DESCRIPTIONS, LONGEST_DESCRIPTION, Edge, running_edge
 
 # The test's own timeouts, in place of the edge's (which are tens of seconds).
 SHORT = 1
@@ -106,6 +107,21 @@ def test_headers_that_never_arrive_whole_are_answered_408_at_the_headers_timeout
         status, _ = status_and_body(answer_of(connection))
         assert status == "HTTP/1.1 408 Request Timeout", status
         assert edge.shop.calls == []
+
+
+def test_a_transcoded_answer_far_larger_than_a_connections_buffer_comes_back_whole(tmp_path: Path) -> None:
+    # The transcoder holds a unary answer whole to turn it into JSON: bounded by the connection's buffer limit
+    # (PER_CONNECTION_BUFFER_BYTES), a page of 100 products was Envoy's 500 "Response not transcoded".
+    with running_edge(tmp_path) as edge:
+        url = f"{edge.url}/v1/products?pageSize=100&category={LONG_DESCRIPTIONS}"
+        with urllib.request.urlopen(url, timeout=WAIT) as answer:
+            body = answer.read()
+            status = answer.status
+    assert len(body) > 10 * PER_CONNECTION_BUFFER_BYTES
+    assert status == 200
+    products = json.loads(body)["products"]
+    assert len(products) == 100
+    assert all(len(product["description"]) == LONGEST_DESCRIPTION for product in products)
 
 
 def http2_settings(connection: socket.socket) -> tuple[dict[int, int], int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .contract import PUBLIC_SERVICE
+from .request_limits import MAX_RESPONSE_BYTES
 
 _TRANSCODER = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 GRPC_WEB = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
@@ -77,4 +78,7 @@ def transcoder(descriptor: Path) -> dict[str, Any]:
         },
         # `?query=french+press` is "french press", as HTML forms and URLSearchParams encode a space.
         "query_param_unescape_plus": True,
+        # Its own bound on the answer it holds whole (MAX_RESPONSE_BYTES): without one it is the stream's buffer
+        # limit, which is the connection's (PER_CONNECTION_BUFFER_BYTES, 32 KiB).
+        "max_response_body_size": MAX_RESPONSE_BYTES,
     }

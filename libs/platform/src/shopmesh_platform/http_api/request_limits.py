@@ -48,6 +48,14 @@ INITIAL_CONNECTION_WINDOW_BYTES = 1024 * 1024
 # How much a connection's socket buffers hold before Envoy stops reading from it (Envoy's edge guidance; its
 # default is 1 MiB each way): what the buffer filter keeps of a body is the stream's, up to MAX_REQUEST_BYTES.
 PER_CONNECTION_BUFFER_BYTES = 32 * 1024
+# That limit is also each stream's own, and the transcoder holds a unary answer whole to turn it into JSON: it
+# is given its own bound, so a page of products (up to 100 of 5000-character descriptions, about 0.5 MiB) is not
+# Envoy's 500 "Response not transcoded". The bound is the largest answer a gRPC client of the API reads at
+# gRPC's defaults (its 4 MiB limit of a received message), which is also the most the gateway takes from a
+# service (its channels keep that default): an HTTP/JSON client gets whatever a gRPC one would. It is a bound
+# on a stream's buffer, not on the connection's: a slow reader still holds PER_CONNECTION_BUFFER_BYTES of its
+# socket's, and the heap's bound (below) covers many such answers at once.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 # The memory limit of the edge's container on Kubernetes by default (the gateway's chart:
 # helm/shopmesh-lib/templates/_config.tpl, httpApi.resources), and the bound on Envoy's heap `make run` gives
 # it, as the chart derives it from whatever limit the container has (max_heap_bytes).
