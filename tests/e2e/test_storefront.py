@@ -822,18 +822,25 @@ async def test_a_cart_changed_unseen_before_place_order_is_refused_and_shown(tab
 
 
 @contextlib.asynccontextmanager
-async def checkout_held(page: Page) -> AsyncIterator[tuple[asyncio.Event, asyncio.Event]]:
+async def checkout_held(page: Page, *, answer_lost: bool = False) -> AsyncIterator[tuple[asyncio.Event, asyncio.Event]]:
     """The page's checkout request (POST /v1/orders) held at the browser until `release` is set; `held` is set
-    once it is. Released on the way out, whatever happened."""
+    once it is. Released on the way out, whatever happened. `answer_lost`: once released, the first checkout
+    request is placed but its answer lost (the connection reset); later ones pass."""
     held, release = asyncio.Event(), asyncio.Event()
+    sent: list[Route] = []
 
     async def hold(route: Route) -> None:
         if route.request.method != "POST":
             await route.continue_()
             return
+        sent.append(route)
         held.set()
         await release.wait()
-        await route.continue_()
+        if answer_lost and len(sent) == 1:
+            await route.fetch(timeout=SLOW)
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
 
     await page.route(re.compile(r"/v1/orders$"), hold)
     try:
@@ -936,3 +943,77 @@ async def test_a_checkout_refused_while_another_tab_changed_the_cart_shows_both(
         await first.placed()
         placed = [order for order in await orders_of(http, await first.token()) if "CONFIRMED" in order["state"]]
         assert [(item["productId"], item["quantity"]) for item in placed[0]["items"]] == [("prod_chef_knife", 4)]
+
+
+async def test_a_checkout_of_unknown_outcome_keeps_its_cart_shown_so_placing_it_again_is_the_same_order(
+    stack: Stack, browser: Browser, http: httpx.AsyncClient
+) -> None:
+    """The order is placed but its answer lost while another tab adds to the cart. The held redraw showed the
+    changed cart under "trying again is safe": placing it again ordered that cart under a new idempotency key,
+    a second order. The page keeps the cart it ordered, says the changed one comes once the outcome is known,
+    and placing again is the same request: one order, of what was first shown."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Grace")
+        await first.add_to_cart("prod_chef_knife")
+        await first.open("#/cart")
+        await first.fill(CHECKOUT_FIELDS)
+        async with checkout_held(page, answer_lost=True) as (held, release):
+            await first.press("Place order")
+            await asyncio.wait_for(held.wait(), SLOW / 1000)
+            second = Tab(first.context, await first.context.new_page(), first.base_url)
+            await second.add_to_cart("prod_chef_knife", 3)
+            assert second.problems == []
+            await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
+            release.set()
+            await expect(page.get_by_role("alert")).to_contain_text("trying again is safe", timeout=SLOW)
+            await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).to_have_value("1")
+            await expect(page.get_by_text("Total: $89.00")).to_be_visible()
+            await expect(page.locator("#flash")).to_contain_text("once the outcome of this order is known")
+
+            await first.press("Place order")
+            await first.placed()
+        [order] = await orders_of(http, await first.token())
+        assert [(item["productId"], item["quantity"]) for item in order["items"]] == [("prod_chef_knife", 1)]
+        # The lines the other tab added are the cart's now.
+        await expect(page.locator("#cart-link")).to_have_text("Cart (3)")
+
+
+async def test_a_price_change_answered_after_leaving_the_cart_page_does_not_redraw_the_page_shown(
+    stack: Stack, browser: Browser
+) -> None:
+    """The customer leaves the cart page while the checkout is out, and it is refused PRICE_CHANGED: the page
+    took the refreshed cart as the one it shows, so another tab's change then redrew the page the customer had
+    gone to, saying the cart "is shown here"."""
+    async with open_tab(stack, browser) as first:
+        page = first.page
+        await first.register("Katherine")
+        await first.add_to_cart("prod_chef_knife")
+        # Put in the cart at an older price: orders refuses the total the page sends.
+        await page.evaluate(
+            """() => {
+                const items = JSON.parse(localStorage.getItem("shopmesh.cart"));
+                items[0].unitPrice = { amountMinor: "7900", currency: "USD" };
+                localStorage.setItem("shopmesh.cart", JSON.stringify(items));
+            }"""
+        )
+        await first.open("#/cart")
+        await first.fill(CHECKOUT_FIELDS)
+        async with checkout_held(page) as (held, release):
+            await first.press("Place order")
+            await asyncio.wait_for(held.wait(), SLOW / 1000)
+            await page.evaluate("location.hash = '#/orders'")
+            await first.shown()
+            await expect(page.get_by_role("heading", level=1)).to_have_text("Your orders")
+            release.set()
+            # The cart's price is refreshed from the refusal (nothing more to see on this page).
+            await page.wait_for_function(
+                "() => JSON.parse(localStorage.getItem('shopmesh.cart'))[0].unitPrice.amountMinor === '8900'",
+                timeout=SLOW,
+            )
+        second = Tab(first.context, await first.context.new_page(), first.base_url)
+        await second.add_to_cart("prod_chef_knife", 3)
+        assert second.problems == []
+        await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
+        await expect(page.locator("#flash")).not_to_contain_text("changed in another tab")
+        await expect(page.get_by_role("heading", level=1)).to_have_text("Your orders")

@@ -239,12 +239,20 @@ function sameCart(one, other) {
 // under it: the redraw enabled "Place order" again, and a second press ordered the cart as it then was under
 // a new idempotency key while the first order could still go through. The redraw is held and made once
 // the answer is in (after a success the page goes to the order instead).
-const checkout = { out: false, redrawDue: false };
+// `unknown`: the checkout's outcome is unknown (no answer, a 5xx), and the page says placing it again is safe.
+// That holds only for the same request, under the same key: the page keeps showing the cart it ordered, and
+// holds a change of another tab as while the request was out. Redrawn into the changed cart, "Place order"
+// ordered that cart under a new key while the first order may have gone through. The redraw is made once an
+// answer settles the outcome (a refusal; a success goes to the order), or on leaving the page.
+const checkout = { out: false, redrawDue: false, unknown: false };
 
 const CHANGED_ELSEWHERE = "Your cart was changed in another tab: it is shown here as it now is.";
 const CHANGED_BEFORE_ORDER =
   "Your cart was changed in another tab: it is shown here as it now is. Nothing was ordered or charged; " +
   "check it, then place the order again.";
+const CHANGED_WHILE_UNKNOWN =
+  "Your cart was changed in another tab. It is shown here once the outcome of this order is known: until " +
+  "then the cart below is the one it ordered, so that placing it again is the same order, never a second one.";
 
 // The cart page again, with the cart as stored now, told why; what was typed into the checkout form stays
 // (the card too: it never left the page), and so does the answer to a checkout that failed (`error`).
@@ -268,7 +276,8 @@ async function showCartChanged(message, error = null) {
 
 // A change of another tab heard of on the cart page: shown now, or once the checkout request out has ended.
 function cartChangedElsewhere() {
-  if (checkout.out) checkout.redrawDue = true;
+  if (checkout.unknown) flash(CHANGED_WHILE_UNKNOWN);
+  if (checkout.out || checkout.unknown) checkout.redrawDue = true;
   else showCartChanged(CHANGED_ELSEWHERE);
 }
 
@@ -705,9 +714,10 @@ function checkoutForm(currency, session, showPrices) {
   ];
   const submit = async (values) => {
     // The cart the page shows is the one ordered, at the total it shows: a cart another tab changed since
-    // (its `storage` event not heard yet) is shown first, and nothing is sent.
+    // (its `storage` event not heard yet) is shown first, and nothing is sent. After an unknown outcome the
+    // page shows the cart that was ordered, whatever the cart is now: placing it again is the same request.
     const items = cartShown;
-    if (!sameCart(cart.items(), items)) {
+    if (!checkout.unknown && !sameCart(cart.items(), items)) {
       await showCartChanged(CHANGED_BEFORE_ORDER);
       return;
     }
@@ -739,14 +749,18 @@ function checkoutForm(currency, session, showPrices) {
     const quantities = [...document.querySelectorAll(`input[form="${CHECKOUT_FORM}"]`)];
     const hold = (held) => quantities.forEach((input) => (input.readOnly = held));
     checkout.out = true;
-    checkout.redrawDue = false;
+    checkout.unknown = false;
     hold(true);
     let answer;
     try {
       answer = await idempotently(CHECKOUT, what, (key) => api.placeOrder({ ...order, card }, key));
     } catch (error) {
-      if (error instanceof ApiError && error.info?.reason === "PRICE_CHANGED") {
-        await refreshPrices(error, order.expectedTotal);
+      const priceChanged = error instanceof ApiError && error.info?.reason === "PRICE_CHANGED";
+      if (priceChanged) await refreshPrices(error, order.expectedTotal);
+      // The page that placed the order may be gone (the customer went elsewhere meanwhile): there is no cart
+      // shown to put the prices on, and none to hold for a retry.
+      const onThisPage = cartShown === items;
+      if (priceChanged && onThisPage) {
         // Only the prices are new, shown in place; lines another tab changed meanwhile need the whole page.
         const refreshed = cart.items();
         const lines = (cartItems) => JSON.stringify(cartItems.map((item) => [item.productId, item.quantity]));
@@ -758,6 +772,11 @@ function checkoutForm(currency, session, showPrices) {
         showPrices();
       }
       const failure = withGoneProducts(error, order.items);
+      checkout.unknown = onThisPage && failure instanceof ApiError && Boolean(failure.retrySafe);
+      if (checkout.unknown) {
+        if (checkout.redrawDue) flash(CHANGED_WHILE_UNKNOWN);
+        throw failure;
+      }
       // The redraw held while the request was out, with its answer (signing in again leaves the page anyway).
       if (
         checkout.redrawDue &&
@@ -772,8 +791,11 @@ function checkoutForm(currency, session, showPrices) {
       throw failure;
     } finally {
       checkout.out = false;
-      checkout.redrawDue = false;
-      hold(false);
+      // The lines of an order whose outcome is unknown stay as they were ordered, for placing it again.
+      if (!checkout.unknown) {
+        checkout.redrawDue = false;
+        hold(false);
+      }
     }
     cart.takeOut(order.items);
     flash(`Thank you! Order ${answer.order.id} is ${enumName(answer.order.state, "ORDER_STATE_")}.`, {
@@ -1065,6 +1087,9 @@ async function route() {
   const parts = found ? decoded(found.pattern.exec(path)) : null;
   const mine = ++shown;
   cartShown = null;
+  // Whatever was held for the page left is not for the one shown now.
+  checkout.unknown = false;
+  checkout.redrawDue = false;
   let content;
   if (!parts) {
     content = [h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the shop"))];
