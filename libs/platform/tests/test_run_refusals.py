@@ -8,7 +8,6 @@ import errno
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,6 @@ FREE_PORTS_ADVICE = "make run RUN_ARGS=--free-ports"
 # What a cause of refusal sets up: given the data directory, what to undo afterwards, the free plan the launcher
 # gets and the test's monkeypatch; returns the plan the launcher is to get.
 Cause = Callable[[Path, contextlib.ExitStack, PortPlan, pytest.MonkeyPatch], PortPlan]
-
-
-def socket_served(data: Path, exits: contextlib.ExitStack, plan: PortPlan, _: pytest.MonkeyPatch) -> PortPlan:
-    """Another launcher on `data` (MESH=envoy) that serves catalog's socket, behind the data directory's link."""
-    folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir="/tmp"))
-    exits.callback(shutil.rmtree, folder, ignore_errors=True)
-    server = exits.enter_context(socket.socket(socket.AF_UNIX))
-    server.bind(str(folder / "catalog.sock"))
-    server.listen()
-    (data / "mesh").mkdir(parents=True)
-    (data / "mesh" / "sockets").symlink_to(folder)
-    return plan
 
 
 def sockets_folder_held(data: Path, exits: contextlib.ExitStack, plan: PortPlan, _: pytest.MonkeyPatch) -> PortPlan:
@@ -90,13 +77,7 @@ EDGE_WAY_OUT = "choose another --http-port (0: no HTTP/JSON edge)"
 @pytest.mark.parametrize(
     ("cause", "mesh", "said", "advice"),
     [
-        # --free-ports cannot help: the sockets are the data directory's, whatever the ports.
-        (
-            socket_served,
-            True,
-            "catalog's socket, behind its sidecar) is already served by another launcher on",
-            "stop it (Ctrl-C in its terminal), or choose another --data-dir",
-        ),
+        # --free-ports cannot help: the sockets and the lock are the data directory's, whatever the ports.
         (sockets_folder_held, True, "another launcher is using", "stop it, or choose another --data-dir"),
         (
             data_dir_held,
@@ -113,7 +94,7 @@ EDGE_WAY_OUT = "choose another --http-port (0: no HTTP/JSON edge)"
             EDGE_WAY_OUT,
         ),
     ],
-    ids=["socket-served", "sockets-folder-held", "data-dir-held", "http-port-of-nats", "http-port-not-allowed"],
+    ids=["sockets-folder-held", "data-dir-held", "http-port-of-nats", "http-port-not-allowed"],
 )
 def test_each_refusal_gives_the_way_out_that_fits_its_cause(
     tmp_path: Path,
@@ -125,7 +106,7 @@ def test_each_refusal_gives_the_way_out_that_fits_its_cause(
     advice: str,
 ) -> None:
     """Every refusal to start said "make run RUN_ARGS=--free-ports" when it was a PortInUse, whatever the cause:
-    for a socket another launcher on the same data directory serves, or a --http-port of another process of the
+    for another launcher on the same data directory, or a --http-port of another process of the
     table or one that cannot be listened on, that way out led nowhere (the socket is the data directory's;
     --free-ports refuses a --http-port). Each says the way out of its own cause now, in one line. (A taken TCP
     port, where --free-ports is the way out: test_a_taken_port_says_how_to_start_beside_it_on_free_ports.)"""

@@ -41,7 +41,7 @@ import signal
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from tabulate import tabulate
@@ -795,19 +795,16 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         startup_timeout=args.startup_timeout,
         canary=args.canary,
     )
-    # Each with its own way out, before the port check's PortInUse, whose way out (--free-ports) is not theirs.
-    refuse_a_served_data_dir(stack)
+    # With its own way out, before the port check's PortInUse, whose way out (--free-ports) is not its. (A
+    # launcher still on this data directory was refused before: main holds the directory's lock.)
     refuse_an_http_port_of_the_table(stack)
-    with _served_data_dir_refused(stack):
-        if args.reset:
-            # Not under a stack that still runs on this data: its ports would be taken.
-            stack.check_ports()
-            say(reset_data_dir(args.data_dir))
-        signals.stack = stack
-        names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
-        say(f"starting {names} (data in {stack.data_dir}) ...")
-        # Cancelled by a signal, Stack.start stops what it had started.
-        await stack.start(failed=signals.start_failed, progress=say)
+    if args.reset:
+        say(reset_data_dir(args.data_dir))
+    signals.stack = stack
+    names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
+    say(f"starting {names} (data in {stack.data_dir}) ...")
+    # Cancelled by a signal, Stack.start stops what it had started.
+    await stack.start(failed=signals.start_failed, progress=say)
     signals.starting = False
     # For the tools (make deadletters, traces, shoppers, fault): under --free-ports they could not know where.
     written = write_stack_file(local_stack(stack))
@@ -818,30 +815,6 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         # Whatever the outcome, nothing of the stack serves any more (a killed launcher leaves the file:
         # the tools see that its pid is gone).
         remove_stack_file(written, os.getpid())
-
-
-def refuse_a_served_data_dir(stack: Stack) -> None:
-    """Refuse a data directory whose services' sockets (MESH=envoy) another launcher serves: one still starting,
-    which wrote no stack.json yet, or one whose file is gone. The sockets are the data directory's, on any
-    ports: stopping that launcher, or another data directory, is the way out, never --free-ports."""
-    served = stack.served_socket()
-    if served is not None:
-        name, socket_path = served
-        raise StackError(
-            f"{socket_path} ({name}'s socket, behind its sidecar) is already served by another launcher on "
-            f"{stack.data_dir}: stop it (Ctrl-C in its terminal), or choose another --data-dir"
-        )
-
-
-@contextlib.contextmanager
-def _served_data_dir_refused(stack: Stack) -> Iterator[None]:
-    """A launcher that began serving this data directory's sockets after `refuse_a_served_data_dir` looked is
-    found by the port check (`Stack.check_ports`), as a PortInUse: refused as that one is, with its way out."""
-    try:
-        yield
-    except PortInUse:
-        refuse_a_served_data_dir(stack)
-        raise
 
 
 def refuse_an_http_port_of_the_table(stack: Stack) -> None:
