@@ -211,18 +211,17 @@ def port_plan(
 
 
 def reset_data_dir(data_dir: Path) -> str:
-    """Delete `data_dir` if it holds nothing but what a stack writes there (`written_by_stack`); refuse
+    """Empty `data_dir` if it holds nothing but what a stack writes there (`written_by_stack`); refuse
     anything more: `--data-dir docs`, or `/tmp` typed for `/tmp/shop`, is someone's folder, not the stack's
     data. Nothing is deleted then, not even the stack's own entries, so the message is the whole effect.
     Returns the line that says what was deleted: data deleted without a word (the orders, accounts and
     e-mails of earlier runs) looked like a bug to whoever had forgotten the flag. The directory itself stays:
-    the launcher holds its lock (`hold_data_dir`), which a new directory of the same name would not have."""
+    the launcher holds its lock (`hold_data_dir`), which a new directory of the same name would not have, and
+    which made it: it exists by the time this runs."""
     target = data_dir.resolve()
     cwd = Path.cwd().resolve()
     if target in (cwd, *cwd.parents, Path.home().resolve()) or (target / ".git").exists():
         raise StackError(f"refusing to --reset {data_dir}: it is not a data directory")
-    if not target.exists():
-        return f"--reset: {data_dir} does not exist yet; nothing to delete"
     try:
         entries = sorted(entry.name for entry in target.iterdir())
         foreign = [entry for entry in entries if not written_by_stack(entry)]

@@ -149,7 +149,7 @@ def overload_manager(max_heap_bytes: int | None = None, *, heap_monitor: bool = 
     bodies that never finish (each held up to the edge's 1 MiB until the request timeout) end in refusals, not
     in the container's OOM kill, which would drop every client at once. `heap_monitor` False: the heap's monitor
     (which the actions name) is left to whoever starts Envoy, who knows the memory limit (the gateway's chart,
-    with --config-yaml: heap_monitor())."""
+    with --config-yaml: heap_monitor_of())."""
     config: dict[str, Any] = {
         "resource_monitors": [
             {
