@@ -45,6 +45,7 @@ from shopmesh_chassis.deadletters import (
 from shopmesh_chassis.events import EVENT_TYPE, InvalidNatsUrl, parse_nats_url, shown_nats_url
 from shopmesh_chassis.interrupts import Interrupted, run_interruptible
 from shopmesh_chassis.local_stack import DEFAULT_DATA_DIR, LocalAddress, local_address, no_running_stack, stack_file
+from shopmesh_chassis.tasks import stop_if_cancelled
 
 LOCAL_NATS_URL: str = EventSettings.model_fields["nats_url"].default
 
@@ -203,6 +204,8 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             error_cb=remember,
         )
     except Exception as exc:
+        # A connect that failed as Ctrl-C came, and lost its cancel (nats-py's wait_for): stopped, not refused.
+        stop_if_cancelled()
         cause = seen[-1] if seen else exc
         said = f"error: cannot reach NATS at {shown_nats_url(args.nats_url)}: {type(cause).__name__}: {cause}"
         local: LocalAddress | None = args.local
@@ -248,6 +251,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"error: {exc}", file=err)
         return 1
     except nats.errors.Error as exc:  # JetStream not enabled, a timeout, a refused request
+        stop_if_cancelled()  # as after the connect
         print(f"error: NATS at {shown_nats_url(args.nats_url)}: {type(exc).__name__}: {exc}", file=err)
         return 1
     finally:
