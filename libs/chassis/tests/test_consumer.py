@@ -431,14 +431,16 @@ async def test_a_message_held_for_the_database_before_a_restart_still_gets_all_i
     """What one process held for the database, the next does not know: it counts the handler's own failures,
     so after a restart a message is parked late (all its attempts counted again), never early."""
     handler = PoisonAfterOutage()
-    first = consumer(db, nats_srv.url, handler, max_attempts=3)
+    # A pull the first left open as it stopped may still take the message for it: back only after the ack wait
+    # (30 s by default, as long as the wait below; seen once on a loaded machine).
+    first = consumer(db, nats_srv.url, handler, max_attempts=3, ack_wait_seconds=5.0)
     first.start()
     await publish(client, "bad", b"poison")
     await eventually(lambda: handler.calls >= 5, "five deliveries held for the database")
     await first.stop()
     registry = CollectorRegistry()
     count = outcome_counter(registry)
-    second = consumer(db, nats_srv.url, handler, max_attempts=3, metrics=EventMetrics(registry))
+    second = consumer(db, nats_srv.url, handler, max_attempts=3, ack_wait_seconds=5.0, metrics=EventMetrics(registry))
     second.start()
     await eventually(lambda: count("dead_lettered") == 1, "the poison message parked")
     await second.stop()
