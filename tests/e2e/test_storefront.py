@@ -775,9 +775,7 @@ async def test_a_cart_changed_in_another_tab_is_shown_before_it_is_charged(
         await first.open("#/cart")
         await expect(page.get_by_text("Total: $89.00")).to_be_visible()
         await first.fill(CHECKOUT_FIELDS)
-        second = Tab(first.context, await first.context.new_page(), first.base_url)
-        await second.add_to_cart("prod_chef_knife", 3)
-        assert second.problems == []
+        await another_tab_adds(first, ("prod_chef_knife", 3))
 
         await expect(page.locator("#flash")).to_contain_text("Your cart was changed in another tab")
         await expect(page.get_by_text("Total: $356.00")).to_be_visible()
@@ -819,6 +817,14 @@ async def test_a_cart_changed_unseen_before_place_order_is_refused_and_shown(tab
     await tab.placed()
     [order] = await orders_of(http, await tab.token())
     assert order["total"]["amountMinor"] == "17800", order
+
+
+async def another_tab_adds(first: Tab, *lines: tuple[str, int]) -> None:
+    """A second tab of `first`'s browser (the same localStorage) puts `lines` (product id, quantity) in the cart."""
+    second = Tab(first.context, await first.context.new_page(), first.base_url)
+    for product_id, quantity in lines:
+        await second.add_to_cart(product_id, quantity)
+    assert second.problems == []
 
 
 @contextlib.asynccontextmanager
@@ -866,9 +872,7 @@ async def test_a_cart_changed_in_another_tab_during_checkout_does_not_offer_plac
         async with checkout_held(page) as (held, release):
             await place_order.click()
             await asyncio.wait_for(held.wait(), SLOW / 1000)
-            second = Tab(first.context, await first.context.new_page(), first.base_url)
-            await second.add_to_cart("prod_chef_knife", 3)
-            assert second.problems == []
+            await another_tab_adds(first, ("prod_chef_knife", 3))
             # The first tab has heard of the change (the header counts the cart anew)...
             await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
             # ...and still offers no second order, nor a quantity to change under the one out.
@@ -895,10 +899,7 @@ async def test_lines_another_tab_added_during_checkout_stay_in_the_cart_after_it
         async with checkout_held(page) as (held, release):
             await first.press("Place order")
             await asyncio.wait_for(held.wait(), SLOW / 1000)
-            second = Tab(first.context, await first.context.new_page(), first.base_url)
-            await second.add_to_cart("prod_chef_knife", 2)
-            await second.add_to_cart("prod_cutting_board")
-            assert second.problems == []
+            await another_tab_adds(first, ("prod_chef_knife", 2), ("prod_cutting_board", 1))
             await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
             release.set()
             await first.placed()
@@ -927,9 +928,7 @@ async def test_a_checkout_refused_while_another_tab_changed_the_cart_shows_both(
         async with checkout_held(page) as (held, release):
             await first.press("Place order")
             await asyncio.wait_for(held.wait(), SLOW / 1000)
-            second = Tab(first.context, await first.context.new_page(), first.base_url)
-            await second.add_to_cart("prod_chef_knife", 3)
-            assert second.problems == []
+            await another_tab_adds(first, ("prod_chef_knife", 3))
             await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
             release.set()
             await expect(page.get_by_role("alert")).to_contain_text("Your card was declined.", timeout=SLOW)
@@ -961,9 +960,7 @@ async def test_a_checkout_of_unknown_outcome_keeps_its_cart_shown_so_placing_it_
         async with checkout_held(page, answer_lost=True) as (held, release):
             await first.press("Place order")
             await asyncio.wait_for(held.wait(), SLOW / 1000)
-            second = Tab(first.context, await first.context.new_page(), first.base_url)
-            await second.add_to_cart("prod_chef_knife", 3)
-            assert second.problems == []
+            await another_tab_adds(first, ("prod_chef_knife", 3))
             await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
             release.set()
             await expect(page.get_by_role("alert")).to_contain_text("trying again is safe", timeout=SLOW)
@@ -1011,9 +1008,7 @@ async def test_a_price_change_answered_after_leaving_the_cart_page_does_not_redr
                 "() => JSON.parse(localStorage.getItem('shopmesh.cart'))[0].unitPrice.amountMinor === '8900'",
                 timeout=SLOW,
             )
-        second = Tab(first.context, await first.context.new_page(), first.base_url)
-        await second.add_to_cart("prod_chef_knife", 3)
-        assert second.problems == []
+        await another_tab_adds(first, ("prod_chef_knife", 3))
         await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
         await expect(page.locator("#flash")).not_to_contain_text("changed in another tab")
         await expect(page.get_by_role("heading", level=1)).to_have_text("Your orders")

@@ -4,12 +4,15 @@ going, then ends with the drain: the library's Watch never ended, and held every
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_chassis.testing.sample_service import binding
 
@@ -23,7 +26,9 @@ GRACE_SECONDS = 600.0
 BOUND_SECONDS = 60.0
 
 
-async def test_an_open_watch_hears_not_serving_then_ends_with_the_drain_instead_of_holding_it() -> None:
+@contextlib.asynccontextmanager
+async def served_for_a_drain() -> AsyncIterator[tuple[ChassisServer, grpc.aio.Channel, Any]]:
+    """The sample service with no drain delay and a grace no test waits out; a channel to it and its health stub."""
     settings = sample_settings(
         shutdown_grace_seconds=GRACE_SECONDS, shutdown_hooks_budget_seconds=GRACE_SECONDS + 10, drain_delay_seconds=0
     )
@@ -31,7 +36,11 @@ async def test_an_open_watch_hears_not_serving_then_ends_with_the_drain_instead_
         serve_in_process(settings, [binding()]) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
-        health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed types the sync stub only
+        yield server, channel, health_pb2_grpc.HealthStub(channel)  # typeshed types the sync stub only
+
+
+async def test_an_open_watch_hears_not_serving_then_ends_with_the_drain_instead_of_holding_it() -> None:
+    async with served_for_a_drain() as (server, channel, health):
         overall = health.Watch(health_pb2.HealthCheckRequest(), timeout=BOUND_SECONDS * 2)
         sample = health.Watch(
             health_pb2.HealthCheckRequest(service="shopmesh.sample.v1.SampleService"), timeout=BOUND_SECONDS * 2
@@ -53,14 +62,7 @@ async def test_an_open_watch_hears_not_serving_then_ends_with_the_drain_instead_
 async def test_a_watch_that_heard_unknown_then_serving_is_ended_only_after_it_heard_not_serving() -> None:
     """SERVICE_UNKNOWN is a last word only while it is the last status written: a name registered after its
     Watch opened is served, and end_watches must leave its stream open until NOT_SERVING went out on it."""
-    settings = sample_settings(
-        shutdown_grace_seconds=GRACE_SECONDS, shutdown_hooks_budget_seconds=GRACE_SECONDS + 10, drain_delay_seconds=0
-    )
-    async with (
-        serve_in_process(settings, [binding()]) as server,
-        grpc.aio.insecure_channel(server.address) as channel,
-    ):
-        health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed types the sync stub only
+    async with served_for_a_drain() as (server, channel, health):
         late = health.Watch(health_pb2.HealthCheckRequest(service="late.Service"), timeout=BOUND_SECONDS * 2)
         async with asyncio.timeout(BOUND_SECONDS):
             assert (await late.read()).status == SERVICE_UNKNOWN

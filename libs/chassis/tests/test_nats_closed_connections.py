@@ -7,8 +7,6 @@ again."""
 from __future__ import annotations
 
 import logging
-import signal
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,8 @@ import pytest
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import DeferredJetStream, NotConnected, ensure_stream
-from shopmesh_chassis.testing import eventually, free_port
-from shopmesh_chassis.testing.nats_server import nats_server_binary, wait_for_port
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
 
 from .consumer_kit import consumer, db, publish, record, until_applied
 
@@ -29,51 +27,30 @@ TOKEN = "s3cr3t-token"
 CLOSED = "closed the connection for good"
 
 
+def authorization(token: str) -> str:
+    return f'authorization {{ token: "{token}" }}\n'
+
+
 class ReloadableNats:
     """A nats-server with JetStream and a token, whose configuration a test changes and reloads (SIGHUP), as
     an operator rotating credentials does."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
-        self.store = tmp_path / "nats"
-        self.store.mkdir()
-        self.conf = tmp_path / "nats.conf"
-        self.write(TOKEN)
-        with (tmp_path / "nats-server.log").open("wb") as log:
-            self.process = subprocess.Popen([nats_server_binary(), "-c", str(self.conf)], stdout=log, stderr=log)
-        wait_for_port("127.0.0.1", self.port)
-
-    def write(self, token: str) -> None:
-        self.conf.write_text(
-            f'listen: "127.0.0.1:{self.port}"\nauthorization {{ token: "{token}" }}\n'
-            f'jetstream {{ store_dir: "{self.store}" }}\n'
-        )
+    def __init__(self, server: NatsServer) -> None:
+        self.server = server
 
     def reload(self, token: str) -> None:
         """The server takes `token` alone from now on, and closes the connections that gave another."""
-        self.write(token)
-        self.process.send_signal(signal.SIGHUP)
+        self.server.reload(authorization(token))
 
     @property
     def url(self) -> str:
-        return f"nats://{TOKEN}@127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        return f"nats://{TOKEN}@127.0.0.1:{self.server.port}"
 
 
 @pytest.fixture
 def reloadable(tmp_path: Path) -> Iterator[ReloadableNats]:
-    server = ReloadableNats(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
+    with nats_server(tmp_path / "nats", config=authorization(TOKEN)) as server:
+        yield ReloadableNats(server)
 
 
 def closures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

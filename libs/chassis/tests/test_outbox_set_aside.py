@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,8 +23,7 @@ from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event
 from shopmesh_chassis.tables import outbox_events
-from shopmesh_chassis.testing import free_port
-from shopmesh_chassis.testing.nats_server import nats_server, nats_server_binary, wait_for_port
+from shopmesh_chassis.testing.nats_server import nats_server
 from shopmesh_chassis.testing.postgres import PostgresServer
 
 from .test_outbox import SUBJECT, add, client, db, stream_contents
@@ -44,20 +42,8 @@ DISCARD = "DELETE FROM chassis_outbox_events WHERE event_id = :event_id AND fail
 @pytest.fixture
 def small_payload_nats(tmp_path: Path) -> Iterator[str]:
     """A NATS whose max_payload is 4 KiB (an operator's setting; the default is 1 MiB)."""
-    port = free_port()
-    store = tmp_path / "nats-small"
-    store.mkdir()
-    conf = tmp_path / "small.conf"
-    conf.write_text(f'listen: "127.0.0.1:{port}"\nmax_payload: 4096\njetstream {{ store_dir: "{store}" }}\n')
-    process = subprocess.Popen(
-        [nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    try:
-        wait_for_port("127.0.0.1", port)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with nats_server(tmp_path / "nats-small", config="max_payload: 4096\n") as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,10 +36,19 @@ class NatsServer:
     process: subprocess.Popen[bytes]
     port: int
     store_dir: Path
+    config_file: Path | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def reload(self, config: str) -> None:
+        """Replace the configuration file's text with `config` and have the server reload it (SIGHUP), as an
+        operator does: it closes the connections the new settings refuse (another token, say)."""
+        if self.config_file is None:
+            raise ValueError("started without a configuration file: pass config= to nats_server")
+        self.config_file.write_text(config)
+        self.process.send_signal(signal.SIGHUP)
 
 
 @contextlib.contextmanager
@@ -49,12 +59,20 @@ def nats_server(
     token: str | None = None,
     user: str | None = None,
     password: str | None = None,
+    config: str | None = None,
 ) -> Iterator[NatsServer]:
     """Start nats-server with JetStream storing under `store_dir`; stopped (not killed) on exit. With `token`,
-    or `user` and `password`, clients must give them (its `url` has none: add them as a test needs)."""
+    or `user` and `password`, clients must give them (its `url` has none: add them as a test needs). With
+    `config`, the text of a configuration file the server reads too (settings no flag has: max_payload; or an
+    authorization block that `NatsServer.reload` changes later, which flags would override)."""
     port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     auth: list[str] = []
+    config_file = None
+    if config is not None:
+        config_file = store_dir / "nats-server.conf"
+        config_file.write_text(config)
+        auth += ["-c", str(config_file)]
     if token is not None:
         auth += ["--auth", token]
     if user is not None or password is not None:
@@ -68,7 +86,7 @@ def nats_server(
     log.close()
     try:
         wait_for_port("127.0.0.1", port)
-        yield NatsServer(process, port, store_dir)
+        yield NatsServer(process, port, store_dir, config_file)
     finally:
         process.terminate()
         try:
