@@ -18,6 +18,7 @@ affinity, tolerations, parentRefs) take any key; every other map refuses a key i
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -49,10 +50,17 @@ def setting(field: str, settings: type[BaseModel] = ServiceSettings) -> Schema:
     """A value the chart hands the service as this settings field (LOG_LEVEL, DRAIN_DELAY_SECONDS...): the
     field's own constraints, from the service's settings class, so that the chart refuses what the service
     would refuse at start (exit 2 in every pod, a crash loop) and the two cannot drift apart."""
-    field_schema: Schema = settings.model_json_schema()["properties"][field]
+    field_schema: Schema = _settings_properties(settings)[field]
     schema = {key: value for key, value in field_schema.items() if key in CONSTRAINTS}
     # An enum says the type; without "type" nullable() adds null to the enum, where null can pass.
     return {key: value for key, value in schema.items() if key != "type"} if "enum" in schema else schema
+
+
+@functools.cache
+def _settings_properties(settings: type[BaseModel]) -> dict[str, Schema]:
+    """Each field's JSON schema, built once per settings class (pydantic builds the whole class's each call)."""
+    properties: dict[str, Schema] = settings.model_json_schema()["properties"]
+    return properties
 
 
 def either_case(schema: Schema) -> Schema:

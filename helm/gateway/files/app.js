@@ -197,21 +197,20 @@ const cart = {
     cart.save(items);
   },
   setQuantity(productId, quantity) {
-    cart.save(
-      cart
-        .items()
-        .map((item) => (item.productId === productId ? { ...item, quantity } : item))
-        .filter((item) => item.quantity > 0),
-    );
+    cart.update((item) => (item.productId === productId ? { ...item, quantity } : item));
   },
   // What an order took: its quantities come out of the cart, product by product. Not the whole cart: another
   // tab may have added to it while the order was out, and that stays for the next one.
   takeOut(ordered) {
     const taken = new Map(ordered.map((item) => [item.productId, item.quantity]));
+    cart.update((item) => ({ ...item, quantity: item.quantity - (taken.get(item.productId) ?? 0) }));
+  },
+  // Each line changed by `change`; a line left with no quantity leaves the cart.
+  update(change) {
     cart.save(
       cart
         .items()
-        .map((item) => ({ ...item, quantity: item.quantity - (taken.get(item.productId) ?? 0) }))
+        .map(change)
         .filter((item) => item.quantity > 0),
     );
   },
@@ -467,10 +466,9 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
   const button = h("button", { type: "submit" }, submitLabel);
   const status = h("div", { class: "actions" }, button);
   form.append(status);
-  const inputs = () => [...form.elements].filter((element) => element.tagName === "INPUT");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    for (const input of inputs()) {
+    for (const input of inputsOf(form)) {
       input.removeAttribute("aria-invalid");
       input.removeAttribute("aria-describedby");
       problemOf(input).textContent = "";
@@ -494,10 +492,13 @@ function fieldsForm(fields, submitLabel, onSubmit, { id: formId } = {}) {
   return form;
 }
 
+// A form's text inputs (of fieldsForm), its button left out.
+const inputsOf = (form) => [...form.elements].filter((element) => element.tagName === "INPUT");
+
 // A refused request's answer on the form (of fieldsForm): each field violation beside the input it names, the
 // rest in a box below the button.
 function showProblems(form, error) {
-  const inputs = [...form.elements].filter((element) => element.tagName === "INPUT");
+  const inputs = inputsOf(form);
   for (const violation of error.violations) {
     const input = inputFor(inputs, violation.field);
     if (!input) continue;

@@ -165,12 +165,8 @@ container's memory counts too. Its overload actions (resetting the largest strea
 connections that send more) keep unfinished requests from taking Envoy past the limit, into an OOM kill of every
 client's connection. As JSON, for --config-yaml. */}}
 {{- define "shopmesh-lib.httpApi-heap" -}}
-{{- $raw := dig "limits" "memory" "" . -}}
 {{- /* A number of bytes (`--set ...memory=134217728`) reaches the template as a float: written out whole. */ -}}
-{{- $limit := toString $raw -}}
-{{- if and (kindIs "float64" $raw) (eq (floor $raw) (float64 $raw)) -}}
-{{- $limit = printf "%.0f" $raw -}}
-{{- end -}}
+{{- $limit := include "shopmesh-lib.string" (dict "setting" "httpApi.resources.limits.memory" "value" (dig "limits" "memory" "" .)) -}}
 {{- if not $limit -}}
 {{- fail "httpApi.resources.limits.memory: the edge's Envoy bounds its heap under its container's memory limit; give one (128Mi by default)" -}}
 {{- end -}}

@@ -14,6 +14,7 @@ import uvloop
 from opentelemetry.sdk.trace import TracerProvider
 
 from shopmesh_chassis.config import ConfigError, RuntimeSettings, ServiceSettings, StartupFailed, load_settings
+from shopmesh_chassis.interrupts import exit_status
 from shopmesh_chassis.logs import configure_logging
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
@@ -193,7 +194,7 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
         log.error("exiting with status %d: %s", EXIT_SHUTDOWN_INCOMPLETE, exc)
         sys.exit(EXIT_SHUTDOWN_INCOMPLETE)
     if stopped_by:
-        sys.exit(128 + stopped_by[0])
+        sys.exit(exit_status(stopped_by[0]))
     sys.exit(0)
 
 

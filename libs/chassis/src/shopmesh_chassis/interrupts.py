@@ -24,6 +24,11 @@ T = TypeVar("T")
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def exit_status(sig: int) -> int:
+    """As a shell reports a process the signal `sig` ended: 128 + its number."""
+    return 128 + sig
+
+
 class Interrupted(Exception):
     """The tool's main was stopped by `signal` (and has unwound)."""
 
@@ -33,8 +38,7 @@ class Interrupted(Exception):
 
     @property
     def exit_status(self) -> int:
-        """As a shell reports a process the signal ended: 128 + its number."""
-        return 128 + self.signal
+        return exit_status(self.signal)
 
 
 def run_interruptible(main: Coroutine[Any, Any, T]) -> T:
@@ -82,7 +86,7 @@ def _exit_now(sig: signal.Signals) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(128 + sig)
+    os._exit(exit_status(sig))
 
 
 def exit_status_on_interrupt(main: Callable[[], int]) -> int:
@@ -91,4 +95,4 @@ def exit_status_on_interrupt(main: Callable[[], int]) -> int:
     try:
         return main()
     except KeyboardInterrupt:
-        return 128 + signal.SIGINT
+        return exit_status(signal.SIGINT)

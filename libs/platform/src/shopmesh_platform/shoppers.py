@@ -420,9 +420,8 @@ async def shop(args: argparse.Namespace, out: TextIO, tally: Tally | None = None
         return await crowd(shop_pb2_grpc.ShopServiceStub(channel), args, out, tally)
 
 
-async def crowd(stub: ShopServiceAsyncStub, args: argparse.Namespace, out: TextIO, tally: Tally | None = None) -> Tally:
+async def crowd(stub: ShopServiceAsyncStub, args: argparse.Namespace, out: TextIO, tally: Tally) -> Tally:
     """Every shopper at once until the duration is over, a progress line every report period."""
-    tally = Tally() if tally is None else tally
     rng = random.Random(args.seed)
     tally.started = time.monotonic()
     until = tally.started + args.duration
