@@ -82,7 +82,6 @@ async def run(
     key: str | None,
     req: wrappers_pb2.StringValue,
     op: object,
-    check: Callable[[], object] | None = None,
 ) -> str:
     response = await store.run(
         method="Charge",
@@ -90,7 +89,6 @@ async def run(
         request=req,
         response_type=wrappers_pb2.StringValue,
         operation=op,  # type: ignore[arg-type]
-        check=check,
     )
     return response.value
 
@@ -528,22 +526,6 @@ def test_a_database_url_without_a_fingerprint_key_stops_startup_naming_the_varia
     )
     with pytest.raises(ConfigError, match="IDEMPOTENCY_FINGERPRINT_KEY"):
         load_settings(IdempotencySettings, service_name="svc", idempotency_fingerprint_key="too-short")
-
-
-async def test_the_check_runs_only_without_an_outcome_and_what_it_raises_is_not_stored(
-    store: IdempotencyStore, db: Database
-) -> None:
-    def refuse() -> None:
-        raise errors.InvalidArgument("too late", [errors.FieldViolation("when", "too late", "EXPIRED")])
-
-    with pytest.raises(errors.InvalidArgument):
-        await run(store, "k1", request("a"), effect("first"), refuse)
-    assert await count_effects(db) == 0
-    # Nothing was stored under the key: the same request runs once the check passes...
-    assert await run(store, "k1", request("a"), effect("first"), lambda: None) == "first"
-    # ...and a retry replays that outcome without asking the check again (a card that has expired since).
-    assert await run(store, "k1", request("a"), effect("first"), refuse) == "first"
-    assert await count_effects(db) == 1
 
 
 # Only SQLite kept an over-long scope before the upgrade (PostgreSQL refused it: the column is VARCHAR(300)).

@@ -10,12 +10,14 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import delete
 
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import call_context
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.periodic import Periodic
+from shopmesh_chassis.tables import idempotency_records
 from shopmesh_payments.settings import PaymentsSettings
 
 from .conftest import BACKENDS, DECLINES, UNAVAILABLE, Payments, charge_request
@@ -297,6 +299,43 @@ async def test_a_retry_after_the_card_expired_replays_the_capture_its_first_call
     now[0] = datetime(2031, 1, 1, 0, 0, 5, tzinfo=UTC)
     again = await payments.charge(request, key="ord_1:charge")
     assert again == first
+    assert payments.processor.charges == 1
+
+
+@BACKENDS
+async def test_a_retry_after_the_card_expired_and_the_key_was_purged_is_order_already_charged(
+    payments: Payments,
+) -> None:
+    """payments.proto: ORDER_ALREADY_CHARGED is met "under the same key once its stored outcome is gone": the
+    expiry was checked before the order's claim, so that retry was told CARD_EXPIRED (nothing charged, by the
+    contract) while the first call had captured the amount."""
+    servicer: Any = payments.runtime.binding.servicer
+    now = [datetime(2030, 12, 31, 23, 0, tzinfo=UTC)]
+    servicer._app._clock = lambda: now[0]
+    request = charge_request("ord_1", exp_month=12, exp_year=2030)
+    first = (await payments.charge(request, key="ord_1:charge")).payment
+    async with payments.database.transaction() as session:
+        await session.execute(delete(idempotency_records))  # the key's retention has passed
+    now[0] = datetime(2031, 1, 3, tzinfo=UTC)
+    details = await failure(payments.charge(request, key="ord_1:charge"))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ORDER_ALREADY_CHARGED")
+    assert details.error_info is not None
+    assert details.error_info.metadata["payment_id"] == first.id
+    assert payments.processor.charges == 1
+
+
+async def test_an_expired_card_stores_nothing_under_its_key(payments: Payments) -> None:
+    """CARD_EXPIRED is no outcome of the key: the order is not claimed, and the same key may carry the charge
+    once the card is current (the customer's clock was wrong, or the renewed card has the same number)."""
+    servicer: Any = payments.runtime.binding.servicer
+    now = [datetime(2031, 1, 1, tzinfo=UTC)]
+    servicer._app._clock = lambda: now[0]
+    request = charge_request("ord_1", exp_month=12, exp_year=2030)
+    details = await failure(payments.charge(request, key="ord_1:charge"))
+    assert details.reason == "CARD_EXPIRED"
+    now[0] = datetime(2030, 12, 31, tzinfo=UTC)
+    charged = await payments.charge(request, key="ord_1:charge")
+    assert charged.payment.state == payments_pb2.PAYMENT_STATE_CAPTURED
     assert payments.processor.charges == 1
 
 

@@ -26,8 +26,9 @@ class DomainError(Exception):
     `message` is for humans; `metadata` adds machine-readable context (ErrorInfo.metadata).
     `domain` defaults to the serving service's error domain (`shopmesh.<service>`).
     `outcome=False`: a refusal that is no outcome of the request, as a transient error is not: a state only a
-    newer release can act on, which the contract says to retry once that release serves. An idempotency store
-    keeps no record of it, so that retry, under the same key, runs the request again.
+    newer release can act on, which the contract says to retry once that release serves, or a rule that depends
+    on the time (a card's expiry), which a retry of a request accepted earlier must not fail. An idempotency
+    store keeps no record of it, so a retry under the same key runs the request again.
     """
 
     default_reason = "DOMAIN_ERROR"
@@ -62,8 +63,9 @@ class InvalidArgument(DomainError):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
         domain: str | None = None,
+        outcome: bool = True,
     ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata, domain=domain)
+        super().__init__(message, reason=reason, metadata=metadata, domain=domain, outcome=outcome)
         self.violations = tuple(violations)
 
 

@@ -211,14 +211,8 @@ class IdempotencyStore:
         request: Message,
         response_type: type[ResponseT],
         operation: Operation[ResponseT],
-        check: Callable[[], object] | None = None,
     ) -> ResponseT:
-        """Run `operation` at most once per (scope, key); replay its outcome to every retry.
-
-        `check` runs only when there is no outcome to replay, before `operation`, and what it raises is not
-        stored: for rules that depend on the time (a card's expiry), which a retry of a request accepted
-        earlier must not fail, and which reject a request rather than give the key an outcome.
-        """
+        """Run `operation` at most once per (scope, key); replay its outcome to every retry."""
         key = validate_key(key)
         scope = await self._scope_of(method, key)
         fingerprint = self._fingerprint(request)
@@ -234,12 +228,6 @@ class IdempotencyStore:
             raise
         if stored is not None:
             return self._replay(stored, response_type)
-        if check is not None:
-            try:
-                check()
-            except BaseException:
-                await self._release(scope, key, token)
-                raise
         try:
             async with self._db.transaction() as session:
                 await self._hold(session, scope, key, token)

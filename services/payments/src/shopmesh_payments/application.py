@@ -45,12 +45,9 @@ class PaymentsApplication:
         self._clock = clock
 
     def validate_charge(self, order_id: str, amount: Money | None, card: Card | None) -> ChargeCommand:
-        """Every rule, but an expiry that is all that is wrong waits for `check_card_current`, after the
-        idempotency lookup, so that a retry of a charge made before the card expired replays it."""
+        """Every rule, but an expiry that is all that is wrong waits for `charge`, after the idempotency lookup
+        and the order's claim, so that a retry of a charge made before the card expired reads that charge."""
         return validate_charge_before_lookup(order_id, amount, card, self._clock().date())
-
-    def check_card_current(self, command: ChargeCommand) -> None:
-        check_card_current(command.card, self._clock().date())
 
     def validate_refund(self, payment_id: str, reason: str) -> RefundCommand:
         return validate_refund(payment_id, reason)
@@ -64,6 +61,7 @@ class PaymentsApplication:
         holder = await repository.claim_order(command.order_id, payment_id, now)
         if holder is not None:
             raise rules.order_already_charged(command.order_id, holder)
+        check_card_current(command.card, now.date())
         result = await self._processor_for(session).charge(command.card, command.amount, reference=command.order_id)
         payment = rules.record_attempt(payment_id, command.order_id, command.amount, command.card, result, now)
         await repository.add(payment)

@@ -76,8 +76,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
 
     async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> payments_pb2.ChargeResponse:
         # Validated before the key is claimed: a malformed request is not an outcome worth storing. An expiry
-        # that is all that is wrong is checked once no outcome is stored (`check`): a retry after the month
-        # ended replays it.
+        # that is all that is wrong is checked by the charge itself, after the key's outcome and the order's
+        # claim are looked up: a retry after the month ended reads the charge its first call made.
         command = self._app.validate_charge(request.order_id, _money(request), _card(request))
 
         async def operation(session: DbConnection) -> payments_pb2.ChargeResponse:
@@ -89,7 +89,6 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             request=request,
             response_type=payments_pb2.ChargeResponse,
             operation=operation,
-            check=lambda: self._app.check_card_current(command),
         )
         self._events_committed()
         # chassis-candidate: a decline must commit its DECLINED payment, but the idempotency store rolls

@@ -68,11 +68,11 @@ def _list_filters(order_id: str) -> dict[str, str]:
     return {"rpc": "ListPayments", "order_id": order_id}
 
 
-def _fail(violations: Sequence[FieldViolation]) -> InvalidArgument:
+def _fail(violations: Sequence[FieldViolation], *, outcome: bool = True) -> InvalidArgument:
     reasons = {v.reason for v in violations}
     reason = reasons.pop() if len(reasons) == 1 and reasons <= _SPECIFIC_REASONS else VALIDATION_FAILED
     summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return InvalidArgument(f"invalid request: {summary}", violations, reason=reason)
+    return InvalidArgument(f"invalid request: {summary}", violations, reason=reason, outcome=outcome)
 
 
 def _check_id(value: str, field: str, violations: list[FieldViolation]) -> None:
@@ -152,12 +152,14 @@ def validate_charge_before_lookup(order_id: str, amount: Money | None, card: Car
 
 
 def check_card_current(card: Card, today: date) -> None:
-    """The one rule that depends on the date, checked apart from the others: a retry of a charge made before
-    the card's expiry month ended must replay that charge's outcome, not fail CARD_EXPIRED."""
+    """The one rule that depends on the date, checked apart from the others, once the charge knows the order
+    is not charged already: a retry of a charge made before the card's expiry month ended must read that
+    charge (its replay, or ORDER_ALREADY_CHARGED once the key's record is purged), not fail CARD_EXPIRED.
+    The refusal is no outcome of the key (`outcome=False`): nothing is stored, as for the rules above."""
     violations: list[FieldViolation] = []
     _check_card(card, today, violations)
     if violations:
-        raise _fail(violations)
+        raise _fail(violations, outcome=False)
 
 
 def validate_refund(payment_id: str, reason: str) -> RefundCommand:
