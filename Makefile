@@ -186,6 +186,6 @@ include k8s/k8s.mk
 # .data/mesh/sockets), unless a launcher still runs on .data (its lock, with the mesh or without) or holds that
 # folder: then nothing is removed (status 3). Any other failure of
 # that step (no or a broken virtualenv) does not stop a clean: it is what one runs to start over.
-clean: ## Remove tools, the virtualenv and local data (with the sockets' folder a killed `make run MESH=envoy` left in /tmp)
+clean: ## Remove tools, the virtualenv, local data and ./render/ (with the sockets' folder a killed `make run MESH=envoy` left in /tmp)
 	@if [ -x $(VENV_BIN)/python ]; then $(VENV_BIN)/python -m shopmesh_platform.clean --data-dir .data || [ $$? -ne 3 ]; fi
-	rm -rf $(TOOLS) .venv .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(TOOLS) .venv .data render .pytest_cache .mypy_cache .ruff_cache
