@@ -96,7 +96,7 @@ mesh-linkerd: ## Install Linkerd (with CNI) into the kind cluster (needs the lin
 	k8s/scripts/mesh-linkerd.sh
 
 .PHONY: skaffold-dev
-skaffold-dev: helm-deps ## Build, deploy to kind, port-forward the gateway (gRPC :50051, HTTP/JSON and the storefront :8080) and Jaeger (:16686), rebuild on change (PROFILE=istio|linkerd, istio,ingress)
+skaffold-dev: helm-deps ## Build, deploy to kind, port-forward the gateway (gRPC :50051, HTTP/JSON and the storefront :8080) and Jaeger (:16686), rebuild and redeploy on a change (after editing a chart other than helm/shopmesh: make helm-deps) (PROFILE=istio|linkerd, istio,ingress)
 	k8s/scripts/skaffold-dev.sh
 
 .PHONY: deploy-staging

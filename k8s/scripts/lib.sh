@@ -32,7 +32,7 @@ install_gateway_api() {
 HINT_DOCKER="a container engine with the docker CLI: https://docs.docker.com/engine/install/"
 HINT_KIND="kind >= 0.27 (k8s/kind/cluster.yaml runs its node image, kindest/node:v1.32.2): https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
 HINT_KUBECTL="kubectl 1.32: https://kubernetes.io/docs/tasks/tools/"
-HINT_HELM="helm >= 3.14 (or 4): https://helm.sh/docs/intro/install/"
+HINT_HELM="helm >= 3.14 (Helm 4 only with a skaffold released after 2026-04-15): https://helm.sh/docs/intro/install/"
 HINT_SKAFFOLD="skaffold >= 2.16 (schema skaffold/v4beta13): https://skaffold.dev/docs/install/"
 HINT_ISTIOCTL="istioctl: https://istio.io/latest/docs/setup/getting-started/#download"
 HINT_LINKERD="the linkerd CLI: https://linkerd.io/2/getting-started/#step-1-install-the-cli"

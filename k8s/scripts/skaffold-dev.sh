@@ -9,5 +9,7 @@ if ! kind get clusters | grep -qx "$KIND_CLUSTER"; then
   echo "error: no kind cluster '$KIND_CLUSTER': run make kind-up first" >&2
   exit 1
 fi
+# --port-forward=user: skaffold.yaml's forwards only. A bare --port-forward adds "services", every port of
+# every Service (users, payments, ... callable on localhost past the gateway, ~20 local ports).
 exec skaffold dev --kube-context "kind-${KIND_CLUSTER}" --default-repo "localhost:${REGISTRY_PORT}" \
-  --port-forward ${PROFILE:+--profile "$PROFILE"}
+  --port-forward=user ${PROFILE:+--profile "$PROFILE"}
