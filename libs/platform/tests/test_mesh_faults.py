@@ -49,6 +49,34 @@ def test_durations_read_as_people_write_them() -> None:
             duration_ms(bad)
 
 
+def test_a_delay_longer_than_an_hour_is_refused_saying_the_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    """A delay no caller would wait out is a typo (3000s for 3000ms), not a fault to set."""
+    assert duration_ms("3600s") == 3600 * 1000
+    for absurd in ("3601s", "99999999999999s"):
+        with pytest.raises(argparse.ArgumentTypeError, match="at most 1 hour"):
+            duration_ms(absurd)
+    with pytest.raises(SystemExit) as refused:
+        main(["catalog", "--delay", "100000s", "--admin", "http://127.0.0.1:1"], io.StringIO(), io.StringIO())
+    assert refused.value.code == 2
+    # argparse's own error line, on stderr.
+    assert "argument --delay: '100000s': want a delay of at most 1 hour (3600s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given", ["localhost:15002", "127.0.0.1:15002", "ftp://127.0.0.1:15002"])
+def test_an_admin_url_without_its_http_scheme_is_refused_in_one_line_asking_for_one(
+    given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """urllib read `localhost:15002` as a URL of the scheme "localhost": "unknown url type", which said nothing
+    of what to give instead."""
+    with pytest.raises(SystemExit) as refused:
+        main(["catalog", "--delay", "1s", "--admin", given], io.StringIO(), io.StringIO())
+    assert refused.value.code == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert error.endswith(
+        f"argument --admin: {given!r}: want the sidecar's admin URL with its scheme, like http://127.0.0.1:15002"
+    )
+
+
 def test_the_local_admin_ports_are_the_sidecars_of_make_run() -> None:
     assert local_admin_url("catalog") == "http://127.0.0.1:15002"
     assert local_admin_url("catalog-canary") == "http://127.0.0.1:15332"

@@ -200,13 +200,31 @@ def _running(url: str) -> bool:
     return True
 
 
+# The longest delay a fault may hold a call: longer than any caller waits (a call's deadline ends it first),
+# short enough that a typo (`--delay 3000s` for 3000ms) is refused rather than set.
+MAX_DELAY_MS = 60 * 60 * 1000
+
+
 def duration_ms(value: str) -> int:
-    """`3s`, `250ms`, `1.5s` → milliseconds."""
+    """`3s`, `250ms`, `1.5s` → milliseconds, at most MAX_DELAY_MS."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", value.strip())
     if match is None or float(match.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"{value!r}: want a duration like 3s or 250ms")
     number, unit = float(match.group(1)), match.group(2)
-    return max(1, round(number * (1000 if unit == "s" else 1)))
+    milliseconds = max(1, round(number * (1000 if unit == "s" else 1)))
+    if milliseconds > MAX_DELAY_MS:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a delay of at most 1 hour ({MAX_DELAY_MS // 1000}s)")
+    return milliseconds
+
+
+def admin_url(value: str) -> str:
+    """A sidecar's admin URL as `make fault` lists them: http://host:port (urllib reads no other)."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: want the sidecar's admin URL with its scheme, like {local_admin_url('catalog')}"
+        )
+    return value.rstrip("/")
 
 
 def status_code(value: str) -> grpc.StatusCode:
@@ -240,6 +258,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
     parser.add_argument("--show", action="store_true", help="print every running sidecar's faults")
     parser.add_argument(
         "--admin",
+        type=admin_url,
         default=None,
         help="the sidecar's admin URL (default: the running local stack's, named by .data/stack.json, else the "
         "local ports)",
