@@ -437,6 +437,23 @@ def test_no_sidecar_refuses_headers_its_service_would_take(
             assert limit >= 2 * MAX_REQUEST_HEADERS_KIB, (service, item["name"], limit)
 
 
+def test_under_the_mesh_a_service_is_handed_the_addresses_of_its_callees_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each callee's address is its own sidecar's outbound listener for it; a service it does not call gets no
+    address at all (not the other's inbound listener, nor one the launcher's environment had), as docs/mesh.md
+    says: it has no route there."""
+    monkeypatch.setenv("PAYMENTS_ADDRESS", "127.0.0.1:1")
+    stack = Stack(tmp_path, ports=PortPlan.free(list(SERVICES), mesh=True))
+    for service in SERVICES:
+        env = stack._children[service].env
+        handed = {name: value for name, value in env.items() if name.endswith("_ADDRESS")}
+        outbound = stack.ports.sidecar_of(service).outbound
+        assert handed == {
+            f"{callee.upper()}_ADDRESS": f"{stack.ports.host}:{outbound[callee]}" for callee in SERVICES[service].calls
+        }, service
+
+
 async def test_the_real_envoy_accepts_every_sidecar_configuration(
     configurations: tuple[Stack, dict[str, dict[str, Any]]],
 ) -> None:

@@ -51,7 +51,8 @@ class ServicePorts:
 @dataclass(frozen=True)
 class PortPlan:
     """Where everything listens. Every service the stack starts needs an entry; every entry is published
-    to every service as `<NAME>_ADDRESS`, so a caller finds a callee even if it is started later."""
+    to every service as `<NAME>_ADDRESS`, so a caller finds a callee even if it is started later (under the
+    mesh, each service gets its callees' alone: its sidecar's outbound listeners for them)."""
 
     nats: int
     nats_monitor: int | None

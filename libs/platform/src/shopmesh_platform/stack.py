@@ -795,15 +795,20 @@ class Stack:
             SHUTDOWN_GRACE_SECONDS=f"{LOCAL_SHUTDOWN_GRACE_SECONDS:g}",
             SHUTDOWN_HOOKS_BUDGET_SECONDS=f"{LOCAL_SHUTDOWN_HOOKS_BUDGET_SECONDS:g}",
         )
-        for name in self.ports.services:
-            env[address_variable(name)] = self.ports.address(name)
         socket_path = self.app_socket(spec.name)
         if self.ports.mesh is not None:
             # Behind its sidecar: it listens on its Unix socket, and reaches each callee through its own
-            # sidecar's outbound listener for it, as a pod's traffic goes through its proxy.
+            # sidecar's outbound listener for it, as a pod's traffic goes through its proxy. It is handed those
+            # addresses alone: none of a service it does not call (its inbound listener would refuse it
+            # anyway), so a call outside the call graph finds no address, as it finds no route in a pod.
+            for name in self.ports.services:
+                env.pop(address_variable(name), None)  # nor one the launcher's own environment has
             sidecar = self.ports.sidecar_of(spec.name)
             for callee, port in sidecar.outbound.items():
                 env[address_variable(callee)] = f"{self.ports.host}:{port}"
+        else:
+            for name in self.ports.services:
+                env[address_variable(name)] = self.ports.address(name)
         if self.ports.smtp is not None:
             env.update(SMTP_HOST=self.ports.host, SMTP_PORT=str(self.ports.smtp))
         if self.ports.traces is not None:
