@@ -61,6 +61,8 @@ def kubernetes_api(*, traced: bool = False) -> HttpApi:
         openapi=MOUNT / OPENAPI_FILE,
         storefront=MOUNT,
         metrics_port=METRICS_PORT,
+        # Alone in its pod's network namespace: Envoy's workers each get a socket of the port.
+        reuse_port=True,
         traces_cluster_at_start=traced,
         # The chart bounds Envoy's heap under the container's memory limit, whatever the values make it.
         heap_bound_at_start=True,

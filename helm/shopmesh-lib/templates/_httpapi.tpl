@@ -144,13 +144,16 @@ DNS, over HTTP/2), and the share of requests that start a trace, as the services
 {{- /* The host without its port, an IPv6 address without its brackets. */ -}}
 {{- $host := regexReplaceAll ":[0-9]+$" $hostPort "" | trimPrefix "[" | trimSuffix "]" -}}
 {{- $address := dict "socket_address" (dict "address" $host "port_value" (int .port)) -}}
-{{- $http2 := dict "@type" "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions" "explicit_http_config" (dict "http2_protocol_options" dict) -}}
+{{- /* As every cluster of shopmesh_platform.mesh.envoy.cluster: MAX_HEADERS_COUNT, and its circuit breakers. */ -}}
+{{- $http2 := dict "@type" "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions" "common_http_protocol_options" (dict "max_headers_count" 8192) "explicit_http_config" (dict "http2_protocol_options" dict) -}}
+{{- $breakers := dict "thresholds" (list (dict "priority" "DEFAULT" "max_pending_requests" 1024 "max_requests" 1024 "max_retries" 1024)) -}}
 {{- $cluster := dict
     "name" "traces"
     "type" "STRICT_DNS"
     "dns_lookup_family" "V4_PREFERRED"
     "connect_timeout" "1s"
     "typed_extension_protocol_options" (dict "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" $http2)
+    "circuit_breakers" $breakers
     "load_assignment" (dict "cluster_name" "traces" "endpoints" (list (dict "lb_endpoints" (list (dict "endpoint" (dict "address" $address)))))) -}}
 {{- $sampling := dict "numerator" $perTenThousand "denominator" "TEN_THOUSAND" -}}
 {{- $runtime := dict "layers" (list (dict "name" "sampling" "static_layer" (dict "tracing.random_sampling" $sampling))) -}}

@@ -23,7 +23,7 @@ from shopmesh_chassis.config import UNIX_SOCKET_PATH_MAX_BYTES
 from shopmesh_chassis.server import MAX_METADATA_BYTES
 from shopmesh_chassis.testing import free_port
 from shopmesh_platform import stack as stack_module
-from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_KIB
+from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_COUNT, MAX_REQUEST_HEADERS_KIB
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRY_ON, Sidecar, bootstrap
 from shopmesh_platform.mesh.identity import dns_name, issue, spiffe_id
 from shopmesh_platform.ports import Canary, PortInUse, PortPlan
@@ -437,6 +437,44 @@ def test_no_sidecar_refuses_headers_its_service_would_take(
             assert limit >= 2 * MAX_REQUEST_HEADERS_KIB, (service, item["name"], limit)
 
 
+def test_no_sidecar_refuses_a_count_of_headers_its_service_would_take(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    """gRPC bounds metadata by size alone (each entry counted as its name, its value and 32 bytes): Envoy's
+    default of 100 headers at a sidecar reset calls of more (INTERNAL to a gRPC client), which the service
+    takes, though the HTTP edge lets 100 through and adds its own. Each way: requests at every listener, answers
+    at every HTTP/2 cluster."""
+    _, configs = configurations
+    fewest_the_services_take = MAX_METADATA_BYTES // 32
+    for service, config in configs.items():
+        for item in config["static_resources"]["listeners"]:
+            [chain] = item["filter_chains"]
+            [manager] = chain["filters"]
+            count = manager["typed_config"].get("common_http_protocol_options", {}).get("max_headers_count", 100)
+            assert count >= fewest_the_services_take, (service, item["name"], count)
+            assert count > MAX_REQUEST_HEADERS_COUNT, (service, item["name"], count)
+        for cluster in config["static_resources"]["clusters"]:
+            options = cluster["typed_extension_protocol_options"][
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+            ]
+            count = options.get("common_http_protocol_options", {}).get("max_headers_count", 100)
+            assert count >= fewest_the_services_take, (service, cluster["name"], count)
+
+
+def test_every_sidecar_cluster_lets_each_open_call_have_its_retry_under_way(
+    configurations: tuple[Stack, dict[str, dict[str, Any]]],
+) -> None:
+    """Envoy's default circuit breaker lets a cluster have 3 retries under way at once: under concurrency, the
+    outbound route's retries of calls that never reached the callee (Register's and Login's only ones) were
+    dropped (upstream_rq_retry_overflow). tests/mesh/test_sidecar_limits.py shows it with a callee gone."""
+    _, configs = configurations
+    for service, config in configs.items():
+        for cluster in config["static_resources"]["clusters"]:
+            [thresholds] = cluster["circuit_breakers"]["thresholds"]
+            assert thresholds["priority"] == "DEFAULT", (service, cluster["name"])
+            assert thresholds["max_retries"] >= thresholds["max_requests"] >= 1024, (service, cluster["name"])
+
+
 def test_under_the_mesh_a_service_is_handed_the_addresses_of_its_callees_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -452,6 +490,48 @@ def test_under_the_mesh_a_service_is_handed_the_addresses_of_its_callees_alone(
         assert handed == {
             f"{callee.upper()}_ADDRESS": f"{stack.ports.host}:{outbound[callee]}" for callee in SERVICES[service].calls
         }, service
+
+
+async def test_a_sidecar_refuses_to_start_on_a_port_another_process_holds_with_so_reuseport(tmp_path: Path) -> None:
+    """Between the launcher's port check and a sidecar's start another process may bind a planned port; with
+    SO_REUSEPORT (Envoy's default for its listeners, and anyone's who asks for it) both would listen, the kernel
+    spreading connections among them. Without it, Envoy cannot bind, and exits saying so."""
+    stack = Stack(tmp_path, ports=PortPlan.free(["catalog"], mesh=True, http=True), services=["catalog"])
+    config = stack.write_mesh()["catalog"]
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        host, port = stack.address("catalog").rsplit(":", 1)
+        squatter.bind((host, int(port)))
+        squatter.listen()
+        process = await asyncio.create_subprocess_exec(
+            str(envoy_binary()),
+            *("--config-path", str(config), "--disable-hot-restart", "--log-level", "warn"),
+            *("--base-id-path", str(tmp_path / "base-id")),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            # Envoy with the port to itself runs until stopped: that is the failure, bounded here.
+            out, _ = await asyncio.wait_for(process.communicate(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            pytest.fail("the sidecar started on a port another process listens on")
+    finally:
+        squatter.close()
+    assert process.returncode != 0
+    assert "Address already in use" in out.decode(), out.decode()
+
+
+def test_every_envoy_of_the_launcher_binds_its_ports_alone(tmp_path: Path) -> None:
+    """The sidecars' listeners and the HTTP edge's: none with SO_REUSEPORT (above). (In its pod the chart's
+    edge is alone anyway, and keeps it: each of Envoy's workers gets a socket of its port.)"""
+    stack = Stack(tmp_path, ports=PortPlan.free(list(SERVICES), mesh=True, http=True))
+    paths = [*stack.write_mesh().values(), stack.write_http_api()]
+    for path in paths:
+        for item in json.loads(path.read_text())["static_resources"]["listeners"]:
+            assert item["enable_reuse_port"] is False, (path.name, item["name"])
 
 
 async def test_the_real_envoy_accepts_every_sidecar_configuration(

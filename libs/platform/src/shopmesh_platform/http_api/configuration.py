@@ -43,6 +43,7 @@ from .request_limits import (
     MAX_CONCURRENT_STREAMS,
     MAX_HEAP_BYTES,
     MAX_REQUEST_BYTES,
+    MAX_REQUEST_HEADERS_COUNT,
     MAX_REQUEST_HEADERS_KIB,
     PER_CONNECTION_BUFFER_BYTES,
     REQUEST_HEADERS_TIMEOUT,
@@ -109,6 +110,9 @@ class HttpApi:
     # The heap's monitor, with the bound, left to Envoy's start: on Kubernetes the chart adds it (--config-yaml),
     # from the container's memory limit. `max_heap_bytes` is then unused.
     heap_bound_at_start: bool = False
+    # The listeners bind with SO_REUSEPORT (envoy.listener): only where nothing else can bind their ports, a
+    # pod's network namespace. Locally, a process on a planned port must make the start fail, not share it.
+    reuse_port: bool = False
 
 
 def bootstrap(api: HttpApi) -> dict[str, Any]:
@@ -140,6 +144,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         # sidecar, every client would be the pod to the gateway. The route configuration appends the peer.
         "skip_xff_append": True,
         "max_request_headers_kb": MAX_REQUEST_HEADERS_KIB,
+        "common_http_protocol_options": {"max_headers_count": MAX_REQUEST_HEADERS_COUNT},
         "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
         # The whole request, body and all, within the bound of the call it makes (ROUTE_TIMEOUT, above
         # checkout's 25 s), or 408 (request_timed_out) and no call: without it, a body that stops short of its
@@ -252,11 +257,14 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     }
     if span_config is not None:
         manager["tracing"] = span_config
-    public = listener("http-api", api.host, api.port, "INBOUND", manager)
+    public = listener("http-api", api.host, api.port, "INBOUND", manager, reuse_port=api.reuse_port)
     public["per_connection_buffer_limit_bytes"] = PER_CONNECTION_BUFFER_BYTES
     listeners = [public]
     if api.metrics_port is not None:
-        listeners.append(listener("metrics", api.host, api.metrics_port, "INBOUND", _metrics_manager()))
+        metrics = listener(
+            "metrics", api.host, api.metrics_port, "INBOUND", _metrics_manager(), reuse_port=api.reuse_port
+        )
+        listeners.append(metrics)
         # The admin interface speaks HTTP/1.1.
         clusters.append(cluster("admin", api.admin_host, api.admin_port, http2=False))
     return {

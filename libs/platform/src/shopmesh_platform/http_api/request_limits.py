@@ -35,6 +35,11 @@ REQUEST_TOO_LARGE_MESSAGE = f"the request is larger than the edge takes: {MAX_RE
 # metadata: these headers and the transcoder's copy of the path (x-envoy-original-path), so at most about twice
 # this (shopmesh_chassis.server.MAX_METADATA_BYTES).
 MAX_REQUEST_HEADERS_KIB = 60
+# A request with more headers than this is refused too, here rather than past the edge: 431 to HTTP/1.1 (a
+# browser, curl), a reset stream to HTTP/2 (Envoy's answer to either limit). Envoy's own default, stated: what the
+# edge forwards has a few more (x-forwarded-for, x-request-id, traceparent, its copy of the path...), which the
+# gateway's sidecar and the gateway take (shopmesh_platform.mesh.envoy.MAX_HEADERS_COUNT).
+MAX_REQUEST_HEADERS_COUNT = 100
 # A request's headers must have arrived whole within this of their first byte (Envoy's edge guidance), or the
 # edge answers 408 and calls nothing: a client trickling them holds a stream for no call.
 REQUEST_HEADERS_TIMEOUT = "10s"

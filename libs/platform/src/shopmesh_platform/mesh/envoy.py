@@ -55,6 +55,25 @@ _STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.Std
 OUTBOUND_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 OUTBOUND_RETRIES = 2
 CONNECT_TIMEOUT = "1s"
+# The most headers a message may have through a sidecar, each way (Envoy's default is 100: a call of more, which
+# the service takes, was reset, INTERNAL to a gRPC client and a 503 retried in vain through the HTTP edge). gRPC
+# counts each metadata entry as its name, its value and 32 bytes (RFC 7541's entry size) against
+# MAX_METADATA_BYTES, so no call within that can have more entries than this: the size, not the count, is the
+# services' limit, and the sidecars keep it.
+MAX_HEADERS_COUNT = MAX_METADATA_BYTES // 32
+# The calls (HTTP/2 streams) a cluster may have open at once, and waiting for a connection (Envoy's defaults,
+# 1024 each, stated): past them Envoy answers 503 (UNAVAILABLE, "upstream_rq_pending_overflow") and makes no
+# call, which a caller retries as any unavailable callee. A sidecar carries one service's calls, so this bounds
+# what a flood of callers can pile onto it, the inbound app cluster's included; the services bound their own
+# concurrency far below.
+MAX_REQUESTS = 1024
+MAX_PENDING_REQUESTS = 1024
+# How many retries a cluster may have under way at once (Envoy's default is 3: with a callee's sidecar gone,
+# every call past the third got no retry, upstream_rq_retry_overflow, and failed at once though the route
+# promises OUTBOUND_RETRIES of what never reached the callee). A call has at most one retry under way, so as
+# many as calls may be open: no call loses its retries to others'. Nothing is amplified by it: the route
+# retries only what never reached the callee, and the calls themselves are bounded by MAX_REQUESTS.
+MAX_RETRIES = MAX_REQUESTS
 # The inbound RBAC's policies: health for any identity, and one per caller (`caller-<service>`).
 HEALTH_POLICY = "health"
 HEALTH_PATH_PREFIX = "/grpc.health.v1.Health/"
@@ -306,6 +325,8 @@ def _http_manager(
         # its copy of the path) may be more than Envoy's default 60 KiB: a sidecar must not refuse (431, a
         # reset) a call its service would take.
         "max_request_headers_kb": MAX_METADATA_BYTES // 1024,
+        # Nor refuse one for its count of headers (Envoy's default 100): the HTTP edge adds some to what it took.
+        "common_http_protocol_options": {"max_headers_count": MAX_HEADERS_COUNT},
         "access_log": [access_log(operation or name)],
         "http_filters": [
             *(http_filters or []),
@@ -325,14 +346,27 @@ def listener(
     direction: str,
     manager: dict[str, Any],
     transport_socket: dict[str, Any] | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> dict[str, Any]:
+    """A listener of one HTTP connection manager. Not `reuse_port` (Envoy's default is to bind with
+    SO_REUSEPORT): a process that took the planned port first, with SO_REUSEPORT too, would share it silently
+    and take part of the calls; without it, Envoy refuses to start, the port in use. `reuse_port`: where nothing
+    else can bind the port (a pod's own network namespace), each of Envoy's workers gets its own socket, the
+    kernel spreading connections among them."""
     chain: dict[str, Any] = {
         "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]
     }
     if transport_socket is not None:
         chain["transport_socket"] = transport_socket
     address = socket_address(host, port)
-    return {"name": name, "address": address, "traffic_direction": direction, "filter_chains": [chain]}
+    return {
+        "name": name,
+        "address": address,
+        "traffic_direction": direction,
+        "filter_chains": [chain],
+        "enable_reuse_port": reuse_port,
+    }
 
 
 def _policy(callers: Mapping[str, Sequence[str]]) -> dict[str, Any]:
@@ -410,9 +444,22 @@ def cluster(
         result["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _HTTP_OPTIONS,
+                # An answer's headers (and trailers) are counted too: as many as a call's, both ways.
+                "common_http_protocol_options": {"max_headers_count": MAX_HEADERS_COUNT},
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
+    # Stated, not Envoy's defaults (3 retries at once per cluster): see MAX_RETRIES.
+    result["circuit_breakers"] = {
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_pending_requests": MAX_PENDING_REQUESTS,
+                "max_requests": MAX_REQUESTS,
+                "max_retries": MAX_RETRIES,
+            }
+        ]
+    }
     address = socket_address(host, port) if pipe is None else {"pipe": {"path": str(pipe)}}
     result["load_assignment"] = {
         "cluster_name": name,
