@@ -5,7 +5,8 @@
     .venv/bin/python k8s/render.py secrets [-f FILE ...]    the Secrets the umbrella's pods read (as helm -f FILE...),
                                                            which no chart creates (deploy-staging.sh checks them)
     .venv/bin/python k8s/render.py istio-tracing [-f FILE ...]
-                                                           the mesh config k8s/scripts/mesh-istio.sh installs, from
+                                                           the mesh config k8s/scripts/mesh-istio.sh installs (the
+                                                           sidecars' tracing provider, the default retry policy), from
                                                            the istio value set (each FILE over it, as helm -f)
 
 Charts: the library chart (helm/shopmesh-lib), one chart per topology service (helm/<service>), the
@@ -134,11 +135,23 @@ def infra_manifests() -> dict[str, str]:
     return files
 
 
+# What Istio retries on a route that sets no retry policy of its own: the ingress gateway's routes to the edge
+# (the charts' HTTPRoute and GRPCRoute: Gateway API v1.2's standard channel has no retry field), and any
+# service's when global.meshPolicy.enabled=false leaves out the VirtualServices. Unset, Istio's own default
+# retries UNAVAILABLE, CANCELLED and 503 twice (istio/istio pilot/pkg/networking/core/route/retry/retry.go),
+# so one client call could run three times: the gateway mints an idempotency key per call when the client
+# sends none, three orders and three charges of one checkout, Register and Login three times. Only what never
+# reached the callee is retried, the policy the charts' VirtualServices give calls between the services
+# (helm/shopmesh-lib/templates/_mesh.tpl; tests/k8s/test_ingress.py holds them equal).
+ISTIO_DEFAULT_HTTP_RETRY_POLICY: dict[str, Any] = {"attempts": 2, "retryOn": "connect-failure,refused-stream"}
+
+
 def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The IstioOperator overlay that gives the sidecars the tracing provider the charts' Telemetry objects
-    select, at the collector the services export to (global.otel.endpoint), both read from the umbrella as
-    the istio value set (or `values`) renders it: the chart is the one place they are written. No Telemetry
-    (no endpoint): an overlay that adds nothing."""
+    """The IstioOperator overlay k8s/scripts/mesh-istio.sh installs: the mesh's default retry policy
+    (ISTIO_DEFAULT_HTTP_RETRY_POLICY, always), and the tracing provider the charts' Telemetry objects select,
+    at the collector the services export to (global.otel.endpoint), both read from the umbrella as the istio
+    value set (or `values`) renders it: the chart is the one place they are written. No Telemetry (no
+    endpoint): no provider."""
     texts = render(helm_dir, UMBRELLA, "istio", values=values).values()
     docs = [d for text in texts for d in yaml.safe_load_all(text) if d]
     providers = {
@@ -151,7 +164,7 @@ def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[
     endpoints = {
         d["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] for d in docs if "OTEL_EXPORTER_OTLP_ENDPOINT" in d.get("data", {})
     }
-    spec: dict[str, Any] = {}
+    mesh_config: dict[str, Any] = {"defaultHttpRetryPolicy": dict(ISTIO_DEFAULT_HTTP_RETRY_POLICY)}
     if providers:
         if len(providers) != 1 or len(endpoints) != 1:
             raise ValueError(f"expected one tracing provider and one collector, not {providers} and {endpoints}")
@@ -164,8 +177,8 @@ def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[
                 f"global.otel.endpoint {endpoint}: Istio needs the collector's full name (svc.cluster.local)"
             )
         provider = {"name": providers.pop(), "opentelemetry": {"service": collector.hostname, "port": collector.port}}
-        spec = {"meshConfig": {"extensionProviders": [provider]}}
-    return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": spec}
+        mesh_config["extensionProviders"] = [provider]
+    return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {"meshConfig": mesh_config}}
 
 
 def secrets_read(helm_dir: Path, values: dict[str, Any]) -> list[str]:
@@ -240,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     _values_files_option(secrets_cmd, "a values file the release is deployed with (repeatable, later wins, as helm -f)")
     tracing_cmd = sub.add_parser(
         "istio-tracing",
-        help="print the IstioOperator overlay for the sidecars' spans (JSON, which istioctl reads as YAML)",
+        help="print the IstioOperator overlay for the sidecars' spans and the mesh's default retry policy "
+        "(JSON, which istioctl reads as YAML)",
     )
     _values_files_option(
         tracing_cmd,

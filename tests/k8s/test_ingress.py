@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from shopmesh_platform.http_api import PUBLIC_SERVICE, ROUTE_TIMEOUT
-from shopmesh_platform.topology import SERVICES, is_edge
+from shopmesh_platform.topology import SERVICES, is_edge, service_callers
 
 from .k8skit import KUBERNETES_VERSION, ROOT, Docs, find, objects_of, render, validate_custom_resources
 
@@ -125,3 +125,35 @@ def test_the_example_gateway_and_values_meet(helm_dir: Path) -> None:
     # An HTTPRoute and a GRPCRoute are not both accepted with overlapping host names on one listener.
     attached = {(r["spec"]["parentRefs"][0]["sectionName"], h) for r in found for h in r["spec"]["hostnames"]}
     assert len(attached) == len(found)
+
+
+# Envoy retry conditions under which the request never reached the edge: safe for every method.
+NEVER_REACHED = {"connect-failure", "refused-stream", "reset-before-request"}
+
+
+def test_istio_retries_the_gateways_calls_to_the_edge_only_where_they_never_reached_it(
+    helm_dir: Path, rendered: dict[tuple[str, str], Docs]
+) -> None:
+    """The routes can set no retry policy (Gateway API v1.2's standard channel has none), so Istio gives them its
+    mesh-wide default; unset, that is Istio's own, which retries UNAVAILABLE and CANCELLED twice: a checkout sent
+    without an idempotency key (the gateway mints one per call) would place three orders. mesh-istio.sh installs
+    the mesh config `k8s/render.py istio-tracing` prints (tests/mesh/test_ingress_retries.py runs the route
+    Istio builds from it in a real Envoy)."""
+    policy = render.istio_tracing(helm_dir)["spec"]["meshConfig"]["defaultHttpRetryPolicy"]
+    conditions = set(policy["retryOn"].split(","))
+    assert conditions <= NEVER_REACHED, conditions - NEVER_REACHED
+    assert 1 <= policy["attempts"] <= 3
+    assert set(policy) == {"attempts", "retryOn"}, "no perTryTimeout: the edge's own bound and the deadline decide"
+    # The policy calls between the services get, where the charts' VirtualServices set it.
+    callee = next(name for name in SERVICES if service_callers(name))
+    assert find(rendered["istio", callee], "VirtualService", callee)["spec"]["http"][0]["retries"] == policy
+
+
+def test_the_mesh_default_retry_policy_comes_without_the_sidecars_spans_too(helm_dir: Path) -> None:
+    values = {"global": {"mesh": "istio", "otel": {"endpoint": ""}}}
+    mesh_config = render.istio_tracing(helm_dir, values)["spec"]["meshConfig"]
+    assert "extensionProviders" not in mesh_config
+    assert (
+        mesh_config["defaultHttpRetryPolicy"]
+        == render.istio_tracing(helm_dir)["spec"]["meshConfig"]["defaultHttpRetryPolicy"]
+    )

@@ -216,11 +216,13 @@ class Mesh:
         retry_policy: dict[str, Any] | None = None,
         outlier_detection: dict[str, Any] | None = None,
         http_filters: Sequence[dict[str, Any]] = (),
+        gone: Sequence[str] = (),
     ) -> Envoy:
+        """`gone`: addresses in the cluster with nothing listening (a pod that is gone: connections refused)."""
         for backend in backends:
             await self.serve(backend)
         config = bootstrap(
-            [b.address for b in backends],
+            [*(b.address for b in backends), *gone],
             retry_policy=retry_policy,
             outlier_detection=outlier_detection,
             http_filters=http_filters,
