@@ -3,6 +3,8 @@
 # stays Pod Security "restricted") into the kind cluster. The shopmesh mesh resources (mTLS,
 # authorization from the call graph) come with the charts (global.mesh=istio); deploy with `make skaffold-dev PROFILE=istio`.
 source "$(dirname "$0")/lib.sh"
+# istioctl 1.24 or later: the first Istio whose injector reads the charts' sidecar.istio.io/nativeSidecar
+# (docs/mesh.md, "Versions").
 require istioctl "$HINT_ISTIOCTL" kubectl "$HINT_KUBECTL"
 context="kind-${KIND_CLUSTER}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"

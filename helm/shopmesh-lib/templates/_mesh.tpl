@@ -444,7 +444,8 @@ someone turned a mesh on for the whole namespace anyway: a proxy this release wa
 NetworkPolicy egress to its control plane, so it never gets its configuration and the pod never becomes
 ready (and a test pod with a plain sidecar never completes).
 
-The proxy runs as a native sidecar (Kubernetes >= 1.29: shopmesh-lib.config fails the render below), which the kubelet stops only after the pod's
+The proxy runs as a native sidecar (Kubernetes >= 1.29: shopmesh-lib.config fails the render below; Istio >= 1.24,
+the first to read sidecar.istio.io/nativeSidecar per pod, istio/istio#53490), which the kubelet stops only after the pod's
 containers have exited. A plain sidecar gets SIGTERM with the service: Istio's drains 5 s then exits,
 Linkerd's refuses new connections at once, while the chassis serves for the drain delay, finishes calls
 and runs its hooks (which call out: the saga's steps, relays) for up to 30 s; and a `helm test` pod's
