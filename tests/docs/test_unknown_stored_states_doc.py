@@ -1,5 +1,5 @@
-"""Payments and inventory now answer a state a newer release stored as the enum's UNSPECIFIED (e6da471,
-64c227a; docs/operations.md). The contracts must not promise clients that value is never returned."""
+"""Payments, inventory and notifications answer a state a newer release stored as the enum's UNSPECIFIED
+(e6da471, 64c227a; docs/operations.md). The contracts must not promise clients that value is never returned."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def comment_above(proto: Path, value: str) -> str:
     [
         ("payments/v1/payments.proto", "PAYMENT_STATE_UNSPECIFIED"),
         ("inventory/v1/inventory.proto", "RESERVATION_STATE_UNSPECIFIED"),
+        # ListNotifications lists a channel, state or kind a newer release stored as the enum's 0 value.
+        ("notifications/v1/notifications.proto", "NOTIFICATION_CHANNEL_UNSPECIFIED"),
+        ("notifications/v1/notifications.proto", "NOTIFICATION_STATE_UNSPECIFIED"),
+        ("notifications/v1/notifications.proto", "NOTIFICATION_KIND_UNSPECIFIED"),
     ],
 )
 def test_an_unspecified_state_the_server_now_answers_is_not_documented_as_never_returned(

@@ -42,7 +42,9 @@ class _NotificationChannel:
 class _NotificationChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationChannel.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     NOTIFICATION_CHANNEL_UNSPECIFIED: _NotificationChannel.ValueType  # 0
-    """Not set. Never returned by the server."""
+    """A channel a newer release of notifications stored, which this one cannot
+    name (during a rollout, a canary or after a rollback); never set otherwise.
+    """
     NOTIFICATION_CHANNEL_EMAIL: _NotificationChannel.ValueType  # 1
     """E-mail to Notification.recipient."""
 
@@ -50,7 +52,9 @@ class NotificationChannel(_NotificationChannel, metaclass=_NotificationChannelEn
     """How a notification is delivered."""
 
 NOTIFICATION_CHANNEL_UNSPECIFIED: NotificationChannel.ValueType  # 0
-"""Not set. Never returned by the server."""
+"""A channel a newer release of notifications stored, which this one cannot
+name (during a rollout, a canary or after a rollback); never set otherwise.
+"""
 NOTIFICATION_CHANNEL_EMAIL: NotificationChannel.ValueType  # 1
 """E-mail to Notification.recipient."""
 Global___NotificationChannel: _TypeAlias = NotificationChannel  # noqa: Y015
@@ -62,7 +66,9 @@ class _NotificationState:
 class _NotificationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     NOTIFICATION_STATE_UNSPECIFIED: _NotificationState.ValueType  # 0
-    """Not set. Never returned by the server."""
+    """A state a newer release of notifications stored, which this one cannot
+    name (during a rollout, a canary or after a rollback); never set otherwise.
+    """
     NOTIFICATION_STATE_PENDING: _NotificationState.ValueType  # 1
     """Recorded, delivery not attempted or being retried."""
     NOTIFICATION_STATE_SENT: _NotificationState.ValueType  # 2
@@ -80,7 +86,9 @@ class NotificationState(_NotificationState, metaclass=_NotificationStateEnumType
     """Delivery state of a notification."""
 
 NOTIFICATION_STATE_UNSPECIFIED: NotificationState.ValueType  # 0
-"""Not set. Never returned by the server."""
+"""A state a newer release of notifications stored, which this one cannot
+name (during a rollout, a canary or after a rollback); never set otherwise.
+"""
 NOTIFICATION_STATE_PENDING: NotificationState.ValueType  # 1
 """Recorded, delivery not attempted or being retried."""
 NOTIFICATION_STATE_SENT: NotificationState.ValueType  # 2
@@ -102,7 +110,9 @@ class _NotificationKind:
 class _NotificationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     NOTIFICATION_KIND_UNSPECIFIED: _NotificationKind.ValueType  # 0
-    """Not set. Never returned by the server."""
+    """A kind a newer release of notifications stored, which this one cannot
+    name (during a rollout, a canary or after a rollback); never set otherwise.
+    """
     NOTIFICATION_KIND_ORDER_CONFIRMED: _NotificationKind.ValueType  # 1
     """Sent for an OrderConfirmed event."""
     NOTIFICATION_KIND_ORDER_CANCELLED: _NotificationKind.ValueType  # 2
@@ -112,7 +122,9 @@ class NotificationKind(_NotificationKind, metaclass=_NotificationKindEnumTypeWra
     """What a notification is about."""
 
 NOTIFICATION_KIND_UNSPECIFIED: NotificationKind.ValueType  # 0
-"""Not set. Never returned by the server."""
+"""A kind a newer release of notifications stored, which this one cannot
+name (during a rollout, a canary or after a rollback); never set otherwise.
+"""
 NOTIFICATION_KIND_ORDER_CONFIRMED: NotificationKind.ValueType  # 1
 """Sent for an OrderConfirmed event."""
 NOTIFICATION_KIND_ORDER_CANCELLED: NotificationKind.ValueType  # 2
