@@ -5,7 +5,9 @@ ListNotifications over a real gRPC socket."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -17,6 +19,10 @@ import aiosmtplib
 import nats
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from nats.aio.client import Client
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -562,9 +568,39 @@ async def test_a_confirmation_applied_after_its_orders_cancellation_sends_no_con
     assert to_send == ["Your shopmesh order ord_9 was cancelled"]
 
 
+@pytest.fixture
+def relay_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A relay's server-side TLS context, its self-signed certificate for 127.0.0.1 the only one the
+    client trusts (SSL_CERT_FILE: OpenSSL's default verify paths, which aiosmtplib's context loads)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.test")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "relay.pem", tmp_path / "relay.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 @sqlite_only
 async def test_a_mail_server_refusing_our_credentials_is_retried_not_failed_for_good(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, relay_tls: ssl.SSLContext
 ) -> None:
     """535 to AUTH says nothing about the e-mail: the relay's credentials are wrong or being rotated, and
     every e-mail is refused alike until they are fixed. Failing each one for good at its first attempt
@@ -575,8 +611,9 @@ async def test_a_mail_server_refusing_our_credentials_is_retried_not_failed_for_
         return AuthResult(success=False, handled=False)
 
     folder = MailFolder(tmp_path / "mail")
+    # Credentials go only over TLS: the relay offers STARTTLS, with a certificate the client trusts.
     server = await asyncio.get_running_loop().create_server(
-        lambda: SMTP(folder, authenticator=refuse, auth_require_tls=False), "127.0.0.1", 0
+        lambda: SMTP(folder, authenticator=refuse, tls_context=relay_tls), "127.0.0.1", 0
     )
     port = int(server.sockets[0].getsockname()[1])
     try:
@@ -838,3 +875,36 @@ async def test_a_stored_recipient_that_is_not_one_address_fails_for_good_and_nob
         server.close()
         await server.wait_closed()
     assert recorder.recipients == [["ada@example.com"]]
+
+
+def notification_to(recipient: str = "ada@example.com") -> Notification:
+    kind, now = EventKind.ORDER_CONFIRMED, datetime.now(UTC)
+    return Notification("ntf_1", "usr_1", "ord_1", Channel.EMAIL, recipient, "Hi", "", "<e@x>", kind, "evt", now)
+
+
+async def test_credentials_are_never_sent_to_a_relay_that_does_not_offer_starttls(tmp_path: Path) -> None:
+    """With SMTP_USE_TLS false, STARTTLS was used only when offered: a relay (or whoever strips its EHLO)
+    that does not offer it received the relay's password in plain text. A username requires STARTTLS; a
+    relay without it is a settings problem, retried like a refused login, and no AUTH is ever sent."""
+    presented: list[tuple[str, object]] = []
+
+    def record(_server: SMTP, _session: Session, _envelope: Envelope, mechanism: str, data: object) -> AuthResult:
+        presented.append((mechanism, data))
+        return AuthResult(success=True)
+
+    folder = MailFolder(tmp_path / "mail")
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(folder, authenticator=record, auth_require_tls=False), "127.0.0.1", 0
+    )
+    port = int(server.sockets[0].getsockname()[1])
+    options = SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0, username="relay-user", password="s3cret")
+    try:
+        with pytest.raises(DeliveryFailed) as caught:
+            await SmtpMailer(options).send(notification_to())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert presented == []
+    assert not caught.value.permanent
+    assert "STARTTLS" in caught.value.reason
+    assert read_mail(tmp_path / "mail") == []

@@ -31,9 +31,17 @@ class SmtpOptions:
     sender: str
     # For the whole attempt (connect, greeting, envelope, data), not per step.
     timeout_seconds: float
+    # Implicit TLS (port 465). Otherwise STARTTLS: required when there are credentials to send (a relay
+    # that does not offer it, or a man in the middle stripping it from EHLO, would read them in plain
+    # text), used when offered without them.
     use_tls: bool = False
     username: str = ""
     password: str = ""
+
+    @property
+    def start_tls(self) -> bool | None:
+        """aiosmtplib's `start_tls`: True requires STARTTLS, None uses it when the server offers it."""
+        return True if self.username and not self.use_tls else None
 
 
 def build_message(notification: Notification, sender: str) -> EmailMessage:
@@ -75,6 +83,13 @@ def _failure(error: Exception) -> DeliveryFailed:
         return DeliveryFailed(
             f"SMTP {error.code}: {error.message}", permanent=about_this_email and _refused_for_good(error.code)
         )
+    if type(error) is aiosmtplib.SMTPException and "STARTTLS" in str(error):
+        # Only with credentials to send: about our settings or the relay's, like a refused login.
+        return DeliveryFailed(
+            "the SMTP server does not offer STARTTLS, and the credentials are never sent unencrypted: "
+            "enable STARTTLS on the relay, or set SMTP_USE_TLS for implicit TLS",
+            permanent=False,
+        )
     if isinstance(error, TimeoutError):
         return DeliveryFailed("SMTP server did not answer in time", permanent=False)
     return DeliveryFailed(f"{type(error).__name__}: {error}", permanent=False)
@@ -99,6 +114,7 @@ class SmtpMailer:
                     port=options.port,
                     timeout=options.timeout_seconds,
                     use_tls=options.use_tls,
+                    start_tls=options.start_tls,
                     username=options.username or None,
                     password=options.password or None,
                 )

@@ -13,7 +13,8 @@ class NotificationsSettings(DatabaseSettings, ConsumerSettings):
     # The mail server (`make run` starts a local SMTP sink on 127.0.0.1:8025).
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=8025, ge=1, le=65535)
-    # Implicit TLS (port 465); otherwise STARTTLS is used when the server offers it.
+    # Implicit TLS (port 465); otherwise STARTTLS, required when SMTP_USERNAME is set (a relay that does not
+    # offer it never gets the credentials: each attempt fails and is retried), used when offered without.
     smtp_use_tls: bool = False
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
