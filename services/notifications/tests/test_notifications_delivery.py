@@ -49,7 +49,7 @@ from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
 from shopmesh_notifications.domain.events import EventKind
-from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy, State
+from shopmesh_notifications.domain.model import Channel, Notification, Refusal, RetryPolicy, State
 from shopmesh_notifications.intake import NotificationIntake
 from shopmesh_notifications.mailer import DeliveryFailed, SmtpMailer, SmtpOptions
 from shopmesh_notifications.metrics import NotificationMetrics
@@ -304,7 +304,9 @@ async def test_a_failed_attempt_is_an_error_span_of_its_trace_that_does_not_name
 
     class RefusingMailer:
         async def send(self, notification: Notification) -> None:
-            raise DeliveryFailed("recipient refused: Ada@Example.com: 550 <ada@example.com> unknown", permanent=True)
+            raise DeliveryFailed(
+                "recipient refused: Ada@Example.com: 550 <ada@example.com> unknown", refusal=Refusal.RECIPIENT
+            )
 
     # Recorded under a consumer span of a known trace, as the chassis' consumer runs the intake.
     with provider.get_tracer("test").start_as_current_span("consume orders.v1.order_confirmed") as consumed:
@@ -440,7 +442,7 @@ async def test_a_recipient_the_mail_server_refuses_for_good_fails_at_once(
             return listed if listed and listed[0].state == FAILED else []
 
         (notification,) = await eventually(failed, "FAILED")
-        assert "550" in notification.failure_reason
+        assert notification.failure_reason == "not delivered: the recipient's mail server refused the address"
         # The refusal names the address ("recipient refused: bounce@example.com: 550 ..."): logs never do.
         logged = [r.getMessage() for r in caplog.records if r.name == "shopmesh.notifications.sender"]
         assert any("failed after 1 attempt(s): recipient refused: <recipient>: 550" in m for m in logged), logged
@@ -651,6 +653,13 @@ async def test_the_migrations_build_the_tables_and_indexes_the_store_declares(da
         (aiosmtplib.SMTPSenderRefused(553, "sender not allowed", "shop@example.com"), False),
         (aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(530, "auth first", "a@b.c")]), False),
         (aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(550, "no such user", "a@b.c")]), True),
+        # The relay's policy (RFC 3463 5.7.x), not the recipient: its settings or ours, retried.
+        (
+            aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(554, "5.7.1 Relay denied", "a@b.c")]),
+            False,
+        ),
+        (aiosmtplib.SMTPRecipientRefused(554, "5.7.1 <a@b.c>: Relay access denied", "a@b.c"), False),
+        (aiosmtplib.SMTPRecipientRefused(550, "5.1.1 <a@b.c>: no such user", "a@b.c"), True),
         (aiosmtplib.SMTPDataError(554, "message rejected as spam"), True),
         (aiosmtplib.SMTPDataError(451, "try again later"), False),
     ],
@@ -693,7 +702,7 @@ async def _latin1_refuser(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 async def test_a_refusal_worded_in_latin_1_fails_the_notification_instead_of_breaking_the_sender(
     database: Database,
 ) -> None:
-    """The refusal's text goes into last_error and failure_reason. With the bytes kept as surrogate escapes
+    """The refusal's text goes into last_error. With the bytes kept as surrogate escapes
     it cannot be stored, the attempt's outcome is never recorded, and the notification is claimed and sent
     again every claim period, forever: never FAILED, never counted, ShopmeshEmailsFailed never fires."""
     server = await asyncio.start_server(_latin1_refuser, "127.0.0.1", 0)
@@ -709,7 +718,7 @@ async def test_a_refusal_worded_in_latin_1_fails_the_notification_instead_of_bre
         async with database.transaction() as session:
             (stored,) = await NotificationRepository(session).list_for_user("usr_1", 10, None)
         assert (stored.state, stored.attempts) == (State.FAILED, 1)
-        assert "550" in stored.failure_reason
+        assert "550" in stored.last_error
     finally:
         server.close()
         await server.wait_closed()
@@ -735,7 +744,7 @@ async def test_a_confirmation_still_being_retried_when_its_order_is_cancelled_is
         async def send(self, notification: Notification) -> None:
             self.calls += 1
             if self.calls == 1:
-                raise DeliveryFailed("SMTP server did not answer in time", permanent=False)
+                raise DeliveryFailed("SMTP server did not answer in time")
             sent.append(notification.kind)
 
     intake = NotificationIntake(clock=lambda: now[0])
@@ -908,3 +917,94 @@ async def test_credentials_are_never_sent_to_a_relay_that_does_not_offer_starttl
     assert not caught.value.permanent
     assert "STARTTLS" in caught.value.reason
     assert read_mail(tmp_path / "mail") == []
+
+
+RELAY_DENIED = "554 5.7.1 <{}>: Relay access denied (client host [10.42.3.17] not in mynetworks)"
+
+
+class PolicyRefuser(MailFolder):
+    """A relay whose own policy refuses every recipient (our pod's network is not in its mynetworks)."""
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        return RELAY_DENIED.format(address)
+
+
+@sqlite_only
+async def test_a_relays_policy_refusal_at_rcpt_is_retried_as_a_settings_problem_not_failed_for_good(
+    database: Database, tmp_path: Path
+) -> None:
+    """An enhanced status 5.7.x (RFC 3463: security or policy) at RCPT is the relay refusing us, not the
+    recipient: every e-mail gets it until the relay's settings are fixed. Failed for good at its first
+    attempt, each was lost, and the relay's reply (its internal addresses) was the customer's failure_reason."""
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(PolicyRefuser(tmp_path / "mail")), "127.0.0.1", 0
+    )
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+        sender = NotificationSender(database, mailer, RetryPolicy(10, 60.0, 120.0), claim_seconds=10)
+        event = Event("evt_relay", ORDER_CONFIRMED, confirmed_event("evt_relay", "ord_relay"), {}, 1)
+        async with database.transaction() as session:
+            await NotificationIntake()(session, event)
+
+        assert await sender.send_due() == 1
+        async with database.transaction() as session:
+            (stored,) = await NotificationRepository(session).list_for_user("usr_1", 10, None)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (stored.state, stored.attempts, stored.failure_reason) == (State.PENDING, 1, "")
+    # For operators: the relay's own words.
+    assert "5.7.1 <ada@example.com>: Relay access denied" in stored.last_error
+
+
+class CategoryRefuser(MailFolder):
+    """A mail server refusing for good by address: an unknown recipient at RCPT, spam at DATA."""
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.startswith("bounce@"):
+            return "550 5.1.1 <bounce@example.com>: user unknown in virtual mailbox table on mx-7.internal"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "554 5.6.0 message rejected by filter-3.internal (score 9.1)"
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    ("email", "public", "relays_words"),
+    [
+        ("bounce@example.com", "not delivered: the recipient's mail server refused the address", "mx-7.internal"),
+        ("ada@example.com", "not delivered: the mail server refused the message", "filter-3.internal"),
+    ],
+)
+async def test_list_notifications_gives_a_fixed_reason_per_refusal_never_the_mail_servers_reply(
+    running: Running, tmp_path: Path, email: str, public: str, relays_words: str
+) -> None:
+    """failure_reason is the customer's (ListNotifications): a fixed text per kind of refusal. The server's
+    reply names its hosts (and a relay's, its networks): it stays in last_error and the logs, for operators."""
+    port = running.sink.port
+    await running.sink.close()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(CategoryRefuser(tmp_path / "refused")), "127.0.0.1", port
+    )
+    try:
+        await running.publish(ORDER_CONFIRMED, confirmed_event("evt_r", "ord_r", email=email), "evt_r")
+
+        async def failed() -> list[notifications_pb2.Notification]:
+            listed = await running.listed()
+            return listed if listed and listed[0].state == FAILED else []
+
+        (notification,) = await eventually(failed, "FAILED")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert notification.failure_reason == public
+    stored = await running.stored("evt_r")
+    assert stored is not None
+    assert relays_words in stored.last_error

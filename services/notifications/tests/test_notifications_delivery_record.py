@@ -306,7 +306,7 @@ class FailingOnce:
     async def send(self, notification: Notification) -> None:
         self.sends += 1
         await self.during()
-        raise DeliveryFailed("connection refused", permanent=False)
+        raise DeliveryFailed("connection refused")
 
 
 async def test_a_repeated_record_after_a_lost_commit_reply_leaves_another_senders_claim_standing_and_counts_its_own(

@@ -11,7 +11,7 @@ import pytest
 from shopmesh_chassis import errors
 from shopmesh_notifications.domain.emails import message_id_for, render
 from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent, validate_event
-from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy, State
+from shopmesh_notifications.domain.model import Channel, Notification, Refusal, RetryPolicy, State
 from shopmesh_notifications.domain.money import format_money
 from shopmesh_notifications.domain.validation import check_owner, validate_list_request
 
@@ -120,10 +120,10 @@ def test_a_sent_notification_records_when_and_counts_the_attempt() -> None:
 
 
 def test_a_failed_attempt_is_retried_after_a_growing_delay_capped_by_the_policy() -> None:
-    first = pending().delivery_failed("connection refused", NOW, POLICY, permanent=False)
+    first = pending().delivery_failed("connection refused", NOW, POLICY)
     assert (first.state, first.attempts, first.next_attempt_at) == (State.PENDING, 1, NOW + timedelta(seconds=1))
     assert (first.last_error, first.failure_reason) == ("connection refused", "")
-    second = first.delivery_failed("connection refused", NOW, POLICY, permanent=False)
+    second = first.delivery_failed("connection refused", NOW, POLICY)
     assert second.next_attempt_at == NOW + timedelta(seconds=2)
     assert RetryPolicy(10, 1.0, 3.0).delay_after(5) == timedelta(seconds=3)
 
@@ -131,7 +131,7 @@ def test_a_failed_attempt_is_retried_after_a_growing_delay_capped_by_the_policy(
 def test_the_last_allowed_attempt_failing_makes_the_notification_failed_with_its_reason() -> None:
     notification = pending()
     for _ in range(POLICY.max_attempts):
-        notification = notification.delivery_failed("connection refused", NOW, POLICY, permanent=False)
+        notification = notification.delivery_failed("connection refused", NOW, POLICY)
     assert (notification.state, notification.attempts) == (State.FAILED, 3)
     # The customer reads failure_reason: what failed on our side (a relay's address, a reply about our
     # credentials) is for operators, in last_error.
@@ -140,9 +140,14 @@ def test_the_last_allowed_attempt_failing_makes_the_notification_failed_with_its
     assert notification.next_attempt_at is None
 
 
-def test_a_permanent_refusal_fails_the_notification_at_once() -> None:
-    failed = pending().delivery_failed("SMTP 550: no such user", NOW, POLICY, permanent=True)
-    assert (failed.state, failed.attempts, failed.failure_reason) == (State.FAILED, 1, "SMTP 550: no such user")
+def test_a_permanent_refusal_fails_the_notification_at_once_telling_the_customer_a_fixed_reason() -> None:
+    failed = pending().delivery_failed(
+        "SMTP 550: no such user on mx-7.internal", NOW, POLICY, refusal=Refusal.RECIPIENT
+    )
+    assert (failed.state, failed.attempts) == (State.FAILED, 1)
+    # The server's reply is for operators; the customer reads what kind of refusal it was.
+    assert failed.failure_reason == "not delivered: the recipient's mail server refused the address"
+    assert failed.last_error == "SMTP 550: no such user on mx-7.internal"
 
 
 @pytest.mark.parametrize(
@@ -156,13 +161,13 @@ def test_a_permanent_refusal_fails_the_notification_at_once() -> None:
     ],
 )
 def test_a_failure_reason_is_kept_as_text_every_database_stores(reply: str, stored: str) -> None:
-    failed = pending().delivery_failed(reply, NOW, POLICY, permanent=True)
-    assert (failed.failure_reason, failed.last_error) == (stored, stored)
-    failed.failure_reason.encode()
+    failed = pending().delivery_failed(reply, NOW, POLICY, refusal=Refusal.RECIPIENT)
+    assert failed.last_error == stored
+    failed.last_error.encode()
 
 
 def test_a_superseded_confirmation_is_final_without_an_attempt_or_a_failure() -> None:
-    retrying = pending().delivery_failed("connection refused", NOW, POLICY, permanent=False)
+    retrying = pending().delivery_failed("connection refused", NOW, POLICY)
     superseded = retrying.superseded()
     assert (superseded.state, superseded.attempts, superseded.next_attempt_at) == (State.SUPERSEDED, 1, None)
     assert (superseded.failure_reason, superseded.sent_at) == ("", None)
@@ -177,14 +182,18 @@ def test_only_a_confirmation_is_superseded() -> None:
 
 @pytest.mark.parametrize(
     "final",
-    [pending().sent(NOW), pending().delivery_failed("x", NOW, POLICY, permanent=True), pending().superseded()],
+    [
+        pending().sent(NOW),
+        pending().delivery_failed("x", NOW, POLICY, refusal=Refusal.RECIPIENT),
+        pending().superseded(),
+    ],
 )
 def test_a_final_notification_takes_no_further_delivery_outcome(final: Notification) -> None:
     with pytest.raises(errors.FailedPrecondition) as caught:
         final.sent(NOW)
     assert caught.value.reason == "NOTIFICATION_NOT_PENDING"
     with pytest.raises(errors.FailedPrecondition):
-        final.delivery_failed("again", NOW, POLICY, permanent=False)
+        final.delivery_failed("again", NOW, POLICY)
     with pytest.raises(errors.FailedPrecondition):
         final.superseded()
 

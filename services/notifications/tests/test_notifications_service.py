@@ -16,7 +16,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.domain.events import EventKind
-from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy
+from shopmesh_notifications.domain.model import Channel, Notification, Refusal, RetryPolicy
 from shopmesh_notifications.settings import NotificationsSettings
 from shopmesh_notifications.store.repository import NotificationRepository
 from shopmesh_notifications.transport import DESCRIPTOR, NotificationsServicer
@@ -69,7 +69,9 @@ def listing(
 
 async def test_a_users_notifications_are_listed_newest_first_with_every_field(stub: Stub, database: Database) -> None:
     sent = notification(2).sent(START + timedelta(minutes=1))
-    failed = notification(3).delivery_failed("SMTP 550: no such user", START, RetryPolicy(3, 1, 1), permanent=True)
+    failed = notification(3).delivery_failed(
+        "SMTP 550: no such user", START, RetryPolicy(3, 1, 1), refusal=Refusal.RECIPIENT
+    )
     await seed(database, notification(1), sent, failed, notification(4, user_id="usr_2"))
 
     response = await stub.ListNotifications(listing())
@@ -78,7 +80,7 @@ async def test_a_users_notifications_are_listed_newest_first_with_every_field(st
     assert response.next_page_token == ""
     newest, middle, oldest = response.notifications
     assert newest.state == notifications_pb2.NOTIFICATION_STATE_FAILED
-    assert newest.failure_reason == "SMTP 550: no such user"
+    assert newest.failure_reason == "not delivered: the recipient's mail server refused the address"
     assert not newest.HasField("sent_at")
     assert middle.state == notifications_pb2.NOTIFICATION_STATE_SENT
     assert middle.sent_at.ToDatetime(tzinfo=UTC) == START + timedelta(minutes=1)

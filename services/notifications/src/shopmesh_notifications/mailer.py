@@ -4,6 +4,7 @@ attempt sends the same message: same Message-ID, same Date, same body."""
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -11,17 +12,21 @@ from email.utils import format_datetime
 import aiosmtplib
 
 from shopmesh_chassis.email_addresses import is_email_address
-from shopmesh_notifications.domain.model import Notification
+from shopmesh_notifications.domain.model import Notification, Refusal
 
 
 class DeliveryFailed(Exception):
-    """An attempt failed; `permanent` when the mail server refused this message for good (a 5xx reply to
-    its recipient or its data)."""
+    """An attempt failed, `reason` saying how (for operators); `refusal` when the mail server refused this
+    e-mail for good (a 5xx reply to its recipient or its data, not about us), None when it is retried."""
 
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+    def __init__(self, reason: str, *, refusal: Refusal | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.permanent = permanent
+        self.refusal = refusal
+
+    @property
+    def permanent(self) -> bool:
+        return self.refusal is not None
 
 
 @dataclass(frozen=True)
@@ -65,34 +70,49 @@ def build_message(notification: Notification, sender: str) -> EmailMessage:
 _SESSION_REFUSALS = frozenset({530, 534, 535, 538})
 
 
+# RFC 3463's enhanced status 5.7.x, "security or policy status", at the head of a reply's text: at RCPT a
+# relay refusing us (`554 5.7.1 Relay access denied`: our address not in its networks, authentication
+# needed), not the recipient. Every e-mail gets it until the relay's settings or ours are fixed.
+_POLICY_REFUSAL = re.compile(r"\s*5\.7\.\d{1,3}(?!\S)")
+
+
 def _refused_for_good(code: int) -> bool:
     return 500 <= code < 600 and code not in _SESSION_REFUSALS
 
 
+def _recipient_refused_for_good(code: int, message: str) -> bool:
+    return _refused_for_good(code) and not _POLICY_REFUSAL.match(message)
+
+
 def _failure(error: Exception) -> DeliveryFailed:
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
-        codes = [refused.code for refused in error.recipients]
         detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in error.recipients)
-        return DeliveryFailed(f"recipient refused: {detail}", permanent=all(_refused_for_good(code) for code in codes))
+        if any(_POLICY_REFUSAL.match(r.message) for r in error.recipients):
+            # Said so in the log line: the relay's settings or ours to fix, not the address.
+            return DeliveryFailed(f"recipient refused by the relay's policy: {detail}")
+        for_good = all(_refused_for_good(r.code) for r in error.recipients)
+        return DeliveryFailed(f"recipient refused: {detail}", refusal=Refusal.RECIPIENT if for_good else None)
     if isinstance(error, aiosmtplib.SMTPResponseException):
         # Only a refusal of this e-mail's recipient or content is for good. One of the greeting, EHLO,
         # STARTTLS, AUTH or MAIL FROM is about the relay or our settings (credentials being rotated, TLS
-        # required, the sender address not allowed): it refuses every e-mail alike until fixed, and failing
-        # each at its first attempt would lose them all; retried, they go out once it is fixed.
-        about_this_email = isinstance(error, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError)
-        return DeliveryFailed(
-            f"SMTP {error.code}: {error.message}", permanent=about_this_email and _refused_for_good(error.code)
-        )
+        # required, the sender address not allowed), and so is a policy refusal at RCPT: it refuses every
+        # e-mail alike until fixed, and failing each at its first attempt would lose them all; retried, they
+        # go out once it is fixed.
+        refusal = None
+        if isinstance(error, aiosmtplib.SMTPRecipientRefused):
+            refusal = Refusal.RECIPIENT if _recipient_refused_for_good(error.code, error.message) else None
+        elif isinstance(error, aiosmtplib.SMTPDataError):
+            refusal = Refusal.MESSAGE if _refused_for_good(error.code) else None
+        return DeliveryFailed(f"SMTP {error.code}: {error.message}", refusal=refusal)
     if type(error) is aiosmtplib.SMTPException and "STARTTLS" in str(error):
         # Only with credentials to send: about our settings or the relay's, like a refused login.
         return DeliveryFailed(
             "the SMTP server does not offer STARTTLS, and the credentials are never sent unencrypted: "
             "enable STARTTLS on the relay, or set SMTP_USE_TLS for implicit TLS",
-            permanent=False,
         )
     if isinstance(error, TimeoutError):
-        return DeliveryFailed("SMTP server did not answer in time", permanent=False)
-    return DeliveryFailed(f"{type(error).__name__}: {error}", permanent=False)
+        return DeliveryFailed("SMTP server did not answer in time")
+    return DeliveryFailed(f"{type(error).__name__}: {error}")
 
 
 class SmtpMailer:
@@ -105,7 +125,7 @@ class SmtpMailer:
         if not is_email_address(notification.recipient):
             # Stored under an older release's looser check (`root,ada@example.com`): the SMTP library would
             # read the To header as other recipients than the customer (`root` at the relay's domain).
-            raise DeliveryFailed("recipient is not an e-mail address", permanent=True)
+            raise DeliveryFailed("recipient is not an e-mail address", refusal=Refusal.NOT_AN_ADDRESS)
         try:
             async with asyncio.timeout(options.timeout_seconds):
                 await aiosmtplib.send(

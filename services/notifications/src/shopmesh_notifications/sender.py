@@ -219,15 +219,13 @@ class NotificationSender:
                 await self._mailer.send(notification)
             except DeliveryFailed as failure:
                 outcome = notification.delivery_failed(
-                    failure.reason, self._clock(), self._policy, permanent=failure.permanent
+                    failure.reason, self._clock(), self._policy, refusal=failure.refusal
                 )
             except Exception as error:
                 # Not the mail server's answer but our own fault: counted like any failed attempt, so that it
                 # ends FAILED instead of being claimed again forever.
                 log.exception("sending notification %s broke", notification.id)
-                outcome = notification.delivery_failed(
-                    f"{type(error).__name__}: {error}", self._clock(), self._policy, permanent=False
-                )
+                outcome = notification.delivery_failed(f"{type(error).__name__}: {error}", self._clock(), self._policy)
             else:
                 outcome = notification.sent(self._clock())
             span.set_attribute("shopmesh.outcome", outcome_of(outcome))

@@ -54,6 +54,16 @@ class State(Enum):
     UNSPECIFIED = "UNSPECIFIED"
 
 
+class Refusal(Enum):
+    """How the mail server refused an e-mail for good, as the customer reads it (failure_reason, in
+    ListNotifications): one fixed text per kind. Never the server's own reply, which names its hosts and
+    networks: that is kept in last_error and the logs, for operators."""
+
+    RECIPIENT = "not delivered: the recipient's mail server refused the address"
+    MESSAGE = "not delivered: the mail server refused the message"
+    NOT_AN_ADDRESS = "not delivered: the recipient is not an e-mail address"
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Delivery attempts: the first at once, then after base, 2 * base, 4 * base, ... at most `max_delay`."""
@@ -118,17 +128,19 @@ class Notification:
             )
         return replace(self, state=State.SUPERSEDED, next_attempt_at=None)
 
-    def delivery_failed(self, reason: str, at: datetime, policy: RetryPolicy, *, permanent: bool) -> Notification:
-        """One attempt failed: try again after the policy's delay, or give up for good."""
+    def delivery_failed(
+        self, reason: str, at: datetime, policy: RetryPolicy, *, refusal: Refusal | None = None
+    ) -> Notification:
+        """One attempt failed, `reason` saying how (for operators): try again after the policy's delay, or
+        give up for good, at once when the mail server refused this e-mail for good (`refusal`)."""
         self._require_pending()
         attempts = self.attempts + 1
         error = storable_reason(reason) or "delivery failed"
-        if permanent or attempts >= policy.max_attempts:
-            # failure_reason goes to the customer (ListNotifications): a mail server's refusal of this e-mail
-            # is theirs to read (a mistyped address); what failed on our side (the relay's address in a
-            # connection error, its replies about our credentials) stays in last_error, for operators.
+        if refusal is not None or attempts >= policy.max_attempts:
+            # failure_reason goes to the customer (ListNotifications): a fixed text, never a server's reply
+            # (a relay's names its hosts and networks) nor what failed on our side; those stay in last_error.
             tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-            public = error if permanent else f"not delivered: the mail service failed {tries}"
+            public = refusal.value if refusal is not None else f"not delivered: the mail service failed {tries}"
             return replace(
                 self,
                 state=State.FAILED,

@@ -170,7 +170,11 @@ class Notification(_message.Message):
     i.e. its `Nats-Msg-Id`).
     """
     failure_reason: _builtins.str
-    """Why delivery failed. Empty unless state is FAILED."""
+    """Why delivery failed, for the customer: a fixed text per kind of failure
+    (the address refused, the message refused, not an e-mail address, or the
+    mail service failing until it gave up), never the mail server's own reply.
+    Empty unless state is FAILED.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the notification was recorded."""
