@@ -116,7 +116,7 @@ def _blip_once(answered: Callable[[], int]) -> Callable[[], bool]:
     return lambda: answered() > 0 and once()
 
 
-POLICY = RetryPolicy(3, 1.0, 10.0)
+POLICY = RetryPolicy(base_delay_seconds=1.0, max_delay_seconds=10.0, give_up_after_seconds=3600)
 
 # The tests whose faults are their wrappers' own (DroppingDatabase, StalledDatabase), whatever the backend.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

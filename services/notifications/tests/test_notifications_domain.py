@@ -16,7 +16,7 @@ from shopmesh_notifications.domain.money import format_money
 from shopmesh_notifications.domain.validation import check_owner, validate_list_request
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-POLICY = RetryPolicy(max_attempts=3, base_delay_seconds=1.0, max_delay_seconds=3.0)
+POLICY = RetryPolicy(base_delay_seconds=1.0, max_delay_seconds=3.0, give_up_after_seconds=3600)
 
 
 def confirmed(**changes: object) -> OrderEvent:
@@ -125,17 +125,22 @@ def test_a_failed_attempt_is_retried_after_a_growing_delay_capped_by_the_policy(
     assert (first.last_error, first.failure_reason) == ("connection refused", "")
     second = first.delivery_failed("connection refused", NOW, POLICY)
     assert second.next_attempt_at == NOW + timedelta(seconds=2)
-    assert RetryPolicy(10, 1.0, 3.0).delay_after(5) == timedelta(seconds=3)
+    assert RetryPolicy(base_delay_seconds=1.0, max_delay_seconds=3.0, give_up_after_seconds=3600).delay_after(
+        5
+    ) == timedelta(seconds=3)
 
 
-def test_the_last_allowed_attempt_failing_makes_the_notification_failed_with_its_reason() -> None:
+def test_attempts_are_retried_until_one_fails_past_the_policys_window_after_the_notification_was_recorded() -> None:
     notification = pending()
-    for _ in range(POLICY.max_attempts):
-        notification = notification.delivery_failed("connection refused", NOW, POLICY)
-    assert (notification.state, notification.attempts) == (State.FAILED, 3)
+    window = timedelta(seconds=POLICY.give_up_after_seconds)
+    for _ in range(50):  # far more attempts than the waits double over: a count does not give up
+        notification = notification.delivery_failed("connection refused", NOW + window - timedelta(seconds=1), POLICY)
+    assert (notification.state, notification.attempts) == (State.PENDING, 50)
+    notification = notification.delivery_failed("connection refused", NOW + window, POLICY)
+    assert (notification.state, notification.attempts) == (State.FAILED, 51)
     # The customer reads failure_reason: what failed on our side (a relay's address, a reply about our
     # credentials) is for operators, in last_error.
-    assert notification.failure_reason == "not delivered: the mail service failed 3 attempts"
+    assert notification.failure_reason == "not delivered: the mail service could not send it"
     assert notification.last_error == "connection refused"
     assert notification.next_attempt_at is None
 

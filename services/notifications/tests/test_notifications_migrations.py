@@ -86,7 +86,12 @@ async def test_notifications_of_the_previous_release_are_sent_each_in_a_trace_of
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     sender = NotificationSender(
-        blank_db, Accepting(), RetryPolicy(3, 1, 10), claim_seconds=10, clock=lambda: now, tracer_provider=provider
+        blank_db,
+        Accepting(),
+        RetryPolicy(base_delay_seconds=1, max_delay_seconds=10, give_up_after_seconds=3600),
+        claim_seconds=10,
+        clock=lambda: now,
+        tracer_provider=provider,
     )
     assert await sender.send_due() == 2
     spans = [span for span in exporter.get_finished_spans() if span.name == SEND_SPAN]

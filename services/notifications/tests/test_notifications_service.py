@@ -70,7 +70,10 @@ def listing(
 async def test_a_users_notifications_are_listed_newest_first_with_every_field(stub: Stub, database: Database) -> None:
     sent = notification(2).sent(START + timedelta(minutes=1))
     failed = notification(3).delivery_failed(
-        "SMTP 550: no such user", START, RetryPolicy(3, 1, 1), refusal=Refusal.RECIPIENT
+        "SMTP 550: no such user",
+        START,
+        RetryPolicy(base_delay_seconds=1, max_delay_seconds=1, give_up_after_seconds=3600),
+        refusal=Refusal.RECIPIENT,
     )
     await seed(database, notification(1), sent, failed, notification(4, user_id="usr_2"))
 
@@ -246,7 +249,7 @@ async def test_list_notifications_answers_while_another_connection_holds_the_wri
     sender = NotificationSender(
         database,
         Accepting(),
-        RetryPolicy(3, 1, 10),
+        RetryPolicy(base_delay_seconds=1, max_delay_seconds=10, give_up_after_seconds=3600),
         claim_seconds=10,
         idle_poll_seconds=1.0,
         on_attempt=lambda outcome: sent.set(),

@@ -23,8 +23,10 @@ class NotificationsSettings(DatabaseSettings, ConsumerSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
     mail_from: str = "shopmesh <orders@shopmesh.example>"
 
-    # Delivery attempts per notification: the first at once, then after 1, 2, 4, ... seconds (at most
-    # SEND_MAX_BACKOFF_SECONDS); FAILED after the last one, or at once when the server refuses for good.
-    send_max_attempts: int = Field(default=10, ge=1, le=100)
+    # Delivery attempts: the first at once, then after 1, 2, 4, ... seconds (at most
+    # SEND_MAX_BACKOFF_SECONDS), until one fails SEND_GIVE_UP_AFTER_SECONDS after the notification was
+    # recorded: FAILED then, or at once when the server refuses the e-mail for good. A time window, not a
+    # count of attempts: a relay outage (or wrong credentials) shorter than it loses no e-mail.
     send_backoff_seconds: Interval = 1.0
     send_max_backoff_seconds: Interval = 600.0
+    send_give_up_after_seconds: float = Field(default=86400.0, gt=0, le=30 * 86400, allow_inf_nan=False)

@@ -32,6 +32,14 @@ STREAM = "ORDERS"
 STREAM_SUBJECTS = ["orders.v1.>"]
 
 
+def retry_policy(settings: NotificationsSettings) -> RetryPolicy:
+    return RetryPolicy(
+        base_delay_seconds=settings.send_backoff_seconds,
+        max_delay_seconds=settings.send_max_backoff_seconds,
+        give_up_after_seconds=settings.send_give_up_after_seconds,
+    )
+
+
 def build_sender(
     settings: NotificationsSettings,
     database: Database,
@@ -50,11 +58,10 @@ def build_sender(
             password=settings.smtp_password.get_secret_value(),
         )
     )
-    policy = RetryPolicy(settings.send_max_attempts, settings.send_backoff_seconds, settings.send_max_backoff_seconds)
     return NotificationSender(
         database,
         mailer,
-        policy,
+        retry_policy(settings),
         claim_seconds=2 * settings.smtp_timeout_seconds,
         on_attempt=metrics.attempted,
         tracer_provider=tracer_provider,

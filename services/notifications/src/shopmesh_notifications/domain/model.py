@@ -1,7 +1,7 @@
-"""A notification and its delivery state machine: PENDING → SENT, or PENDING → FAILED after the last
-attempt (or at once when the mail server refuses it for good), or PENDING → SUPERSEDED for an order
-confirmation not sent before its order's cancellation was recorded. SENT, FAILED and SUPERSEDED are
-final."""
+"""A notification and its delivery state machine: PENDING → SENT, or PENDING → FAILED once an attempt
+fails past the retry policy's window (or at once when the mail server refuses it for good), or PENDING →
+SUPERSEDED for an order confirmation not sent before its order's cancellation was recorded. SENT, FAILED
+and SUPERSEDED are final."""
 
 from __future__ import annotations
 
@@ -64,13 +64,21 @@ class Refusal(Enum):
     NOT_AN_ADDRESS = "not delivered: the recipient is not an e-mail address"
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Delivery attempts: the first at once, then after base, 2 * base, 4 * base, ... at most `max_delay`."""
+# The customer's failure_reason when the attempts failed until the retry policy's window ran out: what
+# failed was on our side (the relay's address in a connection error, its replies about our credentials).
+GAVE_UP = "not delivered: the mail service could not send it"
 
-    max_attempts: int
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Delivery attempts: the first at once, then after base, 2 * base, 4 * base, ... at most `max_delay`,
+    until one fails `give_up_after` past the notification's recording. A window, not a count: a relay
+    down (or its credentials wrong) for longer than a few doubled waits must not lose the e-mails that
+    wait meanwhile; they go out once it is fixed, unless that takes longer than the window."""
+
     base_delay_seconds: float
     max_delay_seconds: float
+    give_up_after_seconds: float
 
     def delay_after(self, attempts: int) -> timedelta:
         seconds = self.base_delay_seconds * 2 ** max(attempts - 1, 0)
@@ -136,11 +144,11 @@ class Notification:
         self._require_pending()
         attempts = self.attempts + 1
         error = storable_reason(reason) or "delivery failed"
-        if refusal is not None or attempts >= policy.max_attempts:
+        given_up = at >= self.created_at + timedelta(seconds=policy.give_up_after_seconds)
+        if refusal is not None or given_up:
             # failure_reason goes to the customer (ListNotifications): a fixed text, never a server's reply
             # (a relay's names its hosts and networks) nor what failed on our side; those stay in last_error.
-            tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-            public = refusal.value if refusal is not None else f"not delivered: the mail service failed {tries}"
+            public = refusal.value if refusal is not None else GAVE_UP
             return replace(
                 self,
                 state=State.FAILED,
