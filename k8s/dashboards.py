@@ -410,7 +410,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
             (
                 "E-mail delivery attempts",
                 "reqps",
-                "What each attempt to send an e-mail ended as: sent, retrying, failed (alert ShopmeshEmailsFailed).",
+                "What each attempt to send an e-mail ended as: sent, retrying, failed (alert ShopmeshEmailsFailed). "
+                "Retrying with nothing sent is the relay down or refusing our settings (alert "
+                "ShopmeshEmailsNotGoingOut).",
                 [
                     (
                         f"sum by (outcome) (rate(shopmesh_notifications_delivery_attempts_total{{{SELECTOR}}}"

@@ -26,6 +26,8 @@ from prometheus_client.samples import Sample
 
 from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, ServerMetrics
+from shopmesh_notifications.domain.events import EventKind
+from shopmesh_notifications.domain.model import Channel, Notification
 from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.metrics import OrderMetrics
@@ -55,7 +57,7 @@ PROXY_METRICS = {
 SCRAPERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 # Alerts a service chart adds of its own (helm/<service>/values.yaml `alerts:`).
 OWN_ALERTS = {
-    "notifications": {"ShopmeshEmailsFailed"},
+    "notifications": {"ShopmeshEmailsFailed", "ShopmeshEmailsNotGoingOut"},
     "orders": {"ShopmeshCheckoutsCancelledByOutages", "ShopmeshOrderRecoveryFailing", "ShopmeshLateCapturesRefunded"},
 }
 # The burn-rate alerts on the SLOs of the public API (helm/gateway/values.yaml `slo:`; tests/k8s/test_slo.py).
@@ -1129,3 +1131,103 @@ def test_outbox_events_set_aside_stays_silent_while_nothing_is_set_aside(
     alert = alert_named(rendered, "orders", "ShopmeshOutboxEventsSetAside")
     scenario = set_aside_scenario("nothing set aside", [lambda t: 0, lambda t: 0], silent_between(0, SET_ASIDE_FOR))
     assert_promtool_passes(alert, "orders", [scenario], tmp_path)
+
+
+EMAILS_FOR = 3600
+RELAY_DOWN_AT = 300
+RELAY_BACK_AT = 2700
+# At most SEND_MAX_BACKOFF_SECONDS (its default) between two attempts at one e-mail while the relay is down.
+RETRY_CAP = 600
+
+
+def email_attempts_scenario(
+    name: str, sent: Callable[[int], int], retried: Callable[[int], int], expected: Expected
+) -> Scenario:
+    """One notifications pod's real NotificationMetrics: sent(t) e-mails sent and retried(t) attempts failing
+    (retried later) at second t."""
+    registry = CollectorRegistry()
+    metrics = NotificationMetrics(registry)
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    pending = Notification(
+        "ntf_1",
+        "usr_1",
+        "ord_1",
+        Channel.EMAIL,
+        "a@example.com",
+        "Hi",
+        "",
+        "<e@x>",
+        EventKind.ORDER_CONFIRMED,
+        "evt",
+        at,
+    )
+    delivered = pending.sent(at)
+
+    def world(t: float) -> None:
+        for _ in range(sent(int(t))):
+            metrics.attempted(delivered)
+        for _ in range(retried(int(t))):
+            metrics.attempted(pending)
+
+    def scrape() -> list[Sample]:
+        return [
+            s._replace(labels={**s.labels, "pod": "notifications-0"}) for f in registry.collect() for s in f.samples
+        ]
+
+    return Scenario(name, world, scrape, EMAILS_FOR, expected)
+
+
+def relay_down(t: int) -> bool:
+    return RELAY_DOWN_AT <= t < RELAY_BACK_AT
+
+
+def sent_while_up(t: int) -> int:
+    """An e-mail every 20 s while the relay is up (two waiting for it go out at once when it is back)."""
+    return 2 if t == RELAY_BACK_AT else int(not relay_down(t) and t % 20 == 0)
+
+
+def retried_while_down(t: int) -> int:
+    """Two e-mails caught by the outage, their waits doubling from 1 s to the cap, then one every RETRY_CAP."""
+    if not relay_down(t):
+        return 0
+    since = t - RELAY_DOWN_AT
+    doubling = {2**n - 1 for n in range(10)}
+    return 2 * int(since in doubling or (since > 511 and (since - 511) % RETRY_CAP == 0))
+
+
+def test_emails_not_going_out_fires_while_the_relay_is_down_long_before_any_is_given_up(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    """The relay down from 300 s to 2700 s: the e-mails caught are retried, none is sent. Silent while the
+    e-mails sent before the outage are in the 15-minute window, firing once the condition has held for the
+    rule's `for` (long before SEND_GIVE_UP_AFTER_SECONDS, a day), silent again once e-mails go out."""
+    alert = alert_named(rendered, "notifications", "ShopmeshEmailsNotGoingOut")
+    hold, window = seconds_of(alert["for"]), 900
+    expected = (
+        silent_between(0, RELAY_DOWN_AT + window)
+        | firing_between(fires_by(RELAY_DOWN_AT + window + SCRAPE_INTERVAL, hold), RELAY_BACK_AT)
+        | silent_between(RELAY_BACK_AT + SCRAPE_INTERVAL + EVALUATION_INTERVAL, EMAILS_FOR)
+    )
+    scenario = email_attempts_scenario("the relay down for 40 minutes", sent_while_up, retried_while_down, expected)
+    assert_promtool_passes(alert, "notifications", [scenario], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "sent", "retried"),
+    [
+        ("e-mails sent, nothing retried", lambda t: int(t % 20 == 0), lambda t: 0),
+        # A recipient's server greylisting one e-mail (4xx, retried) while the others go out.
+        ("e-mails sent, one retried all along", lambda t: int(t % 20 == 0), lambda t: int(t % 300 == 0)),
+        ("nothing to send", lambda t: 0, lambda t: 0),
+    ],
+)
+def test_emails_not_going_out_stays_silent_while_emails_are_sent_or_none_wait(
+    rendered: dict[tuple[str, str], Docs],
+    tmp_path: Path,
+    name: str,
+    sent: Callable[[int], int],
+    retried: Callable[[int], int],
+) -> None:
+    alert = alert_named(rendered, "notifications", "ShopmeshEmailsNotGoingOut")
+    scenario = email_attempts_scenario(name, sent, retried, silent_between(0, EMAILS_FOR))
+    assert_promtool_passes(alert, "notifications", [scenario], tmp_path)

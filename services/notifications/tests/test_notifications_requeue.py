@@ -1,0 +1,81 @@
+"""E-mails given up while the relay was down are re-queued with the SQL of docs/operations.md
+("ShopmeshEmailsFailed"), run here as written there, and go out once it is back; those the mail server
+refused stay FAILED."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+
+from shopmesh_chassis.consumer import Event
+from shopmesh_chassis.db import Database
+from shopmesh_notifications.codec import ORDER_CONFIRMED
+from shopmesh_notifications.domain.events import EventKind
+from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy, State
+from shopmesh_notifications.intake import NotificationIntake
+from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
+from shopmesh_notifications.sender import NotificationSender
+from shopmesh_notifications.store.repository import NotificationRepository
+from shopmesh_platform.smtp_sink import read_mail, start_sink
+
+from .test_notifications_delivery import confirmed_event
+
+RUNBOOK = Path(__file__).resolve().parents[3] / "docs" / "operations.md"
+# Every attempt that fails is past this window: given up at its first failure.
+GIVE_UP_AT_ONCE = RetryPolicy(base_delay_seconds=1.0, max_delay_seconds=600.0, give_up_after_seconds=0.001)
+
+
+def runbook_sql() -> list[str]:
+    """The SQL blocks of the runbook's ShopmeshEmailsFailed section, in order: find, re-queue."""
+    section = RUNBOOK.read_text().split("\n### ShopmeshEmailsFailed\n")[1].split("\n### ")[0]
+    return [block.strip().rstrip(";") for block in re.findall(r"```sql\n(.*?)```", section, re.DOTALL)]
+
+
+async def stored(database: Database) -> dict[str, Notification]:
+    async with database.read() as session:
+        return {n.recipient: n for n in await NotificationRepository(session).list_for_user("usr_1", 10, None)}
+
+
+async def test_emails_given_up_while_the_relay_was_down_go_out_once_requeued_with_the_runbooks_sql(
+    database: Database, tmp_path: Path
+) -> None:
+    find, requeue = runbook_sql()
+    sink = await start_sink(tmp_path / "mail")
+    port = sink.port
+    await sink.close()  # the relay down
+    async with database.transaction() as session:
+        await NotificationIntake()(session, Event("evt_q", ORDER_CONFIRMED, confirmed_event("evt_q", "ord_q"), {}, 1))
+        # An address an older release stored: refused for good, never re-queued.
+        now = datetime.now(UTC)
+        refused = Notification(
+            "ntf_bad", "usr_1", "ord_b", Channel.EMAIL, "root,ada@example.com", "Hi", "body", "<b@x>",
+            EventKind.ORDER_CONFIRMED, "evt_b", now, next_attempt_at=now,
+        )  # fmt: skip
+        await NotificationRepository(session).add(refused)
+    mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+    sender = NotificationSender(database, mailer, GIVE_UP_AT_ONCE, claim_seconds=10)
+    assert await sender.send_due() == 2
+    before = await stored(database)
+    assert {recipient: n.state for recipient, n in before.items()} == {
+        "ada@example.com": State.FAILED,
+        "root,ada@example.com": State.FAILED,
+    }
+
+    async with database.transaction() as session:
+        found = (await session.execute(text(find))).all()
+        assert [row.id for row in found] == [before["ada@example.com"].id]
+        assert "ord_q" in [row.order_id for row in found]
+        await session.execute(text(requeue))
+
+    back = await start_sink(tmp_path / "mail", port=port)
+    try:
+        assert await sender.send_due() == 1
+    finally:
+        await back.close()
+    after = await stored(database)
+    assert (after["ada@example.com"].state, after["ada@example.com"].failure_reason) == (State.SENT, "")
+    assert after["root,ada@example.com"].state is State.FAILED
+    assert [m["X-Shopmesh-Order-Id"] for m in read_mail(tmp_path / "mail")] == ["ord_q"]
