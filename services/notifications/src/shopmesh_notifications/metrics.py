@@ -23,7 +23,7 @@ class NotificationMetrics:
         self._attempts = Counter(
             "shopmesh_notifications_delivery_attempts",
             "E-mail delivery attempts, by outcome: sent; retrying (failed, another attempt is due later); "
-            "failed (given up after the last attempt or a permanent refusal).",
+            "failed (given up: attempts failed for SEND_GIVE_UP_AFTER_SECONDS, or a permanent refusal).",
             ("outcome",),
             registry=registry,
         )
