@@ -6,6 +6,7 @@ queue drops spans when full: a missing or slow collector never blocks or fails a
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -131,3 +132,21 @@ def stored_context(carrier: Mapping[str, str]) -> Context:
     """The parent for work continuing a trace stored by `stored_trace_context`; a stored context that is
     missing or unreadable gives an empty one, and the work's span starts a trace of its own."""
     return _W3C.extract(carrier, context=Context())
+
+
+def stored_context_column(carrier: Mapping[str, str]) -> str | None:
+    """`carrier` (a `stored_trace_context`) as a row keeps it: a JSON object in an unbounded text column, so
+    that no caller's `tracestate` can make the write fail; None (NULL) for an empty one."""
+    return json.dumps(dict(carrier)) if carrier else None
+
+
+def stored_context_from_column(stored: str | None) -> dict[str, str]:
+    """The carrier `stored_context_column` kept; none for a value that is not one (a stored trace context is
+    never a reason for the work to fail)."""
+    try:
+        carrier = json.loads(stored) if stored else {}
+    except ValueError:
+        return {}
+    if not isinstance(carrier, dict):
+        return {}
+    return {key: value for key, value in carrier.items() if isinstance(key, str) and isinstance(value, str)}

@@ -3,14 +3,13 @@ sending side by side never both send one notification, on SQLite and PostgreSQL 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, text, update
 
 from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
+from shopmesh_chassis.tracing import stored_context_column, stored_context_from_column
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.store.tables import notifications
@@ -39,17 +38,6 @@ def _delivery_values(notification: Notification) -> dict[str, Any]:
     }
 
 
-def _trace_context(stored: str | None) -> Mapping[str, str]:
-    """The stored trace context, or none for a value that is not one (never a reason not to send)."""
-    try:
-        carrier = json.loads(stored) if stored else {}
-    except ValueError:
-        return {}
-    if not isinstance(carrier, dict):
-        return {}
-    return {key: value for key, value in carrier.items() if isinstance(key, str) and isinstance(value, str)}
-
-
 def _from_row(row: Any) -> Notification:
     return Notification(
         id=row.id,
@@ -69,7 +57,7 @@ def _from_row(row: Any) -> Notification:
         sent_at=as_utc(row.sent_at),
         last_error=row.last_error,
         failure_reason=row.failure_reason,
-        trace_context=_trace_context(row.trace_context),
+        trace_context=stored_context_from_column(row.trace_context),
     )
 
 
@@ -91,7 +79,7 @@ class NotificationRepository:
                 kind=notification.kind.value,
                 event_id=notification.event_id,
                 created_at=notification.created_at,
-                trace_context=json.dumps(dict(notification.trace_context)) if notification.trace_context else None,
+                trace_context=stored_context_column(notification.trace_context),
                 **_delivery_values(notification),
             )
         )
