@@ -19,7 +19,7 @@ from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import OrderState
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_orders.saga import SagaDriver
-from shopmesh_orders.store.repository import OrderRepository
+from shopmesh_orders.store.repository import Due, OrderRepository
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
 from .saga_kit import CancelledInDoubt, command, place
@@ -189,7 +189,7 @@ async def test_a_bug_when_a_recovery_pass_starts_is_an_error_with_traceback_unde
     order_id = await _left_pending_while_inventory_was_down(app, inventory)
     calls: list[bool] = []
 
-    async def query_has_a_bug(self: OrderRepository, *args: Any) -> list[str]:
+    async def query_has_a_bug(self: OrderRepository, *args: Any) -> list[Due]:
         calls.append(True)
         raise RuntimeError("a bug")
 
@@ -244,8 +244,8 @@ async def test_orders_a_recovery_pass_fails_on_with_an_error_are_counted_by_pass
     monkeypatch.setattr(OrderRepository, "claim", has_a_bug)
     assert await app.resume_unfinished() == 1
 
-    async def due_for_a_recheck(self: OrderRepository, now: datetime, limit: int) -> list[str]:
-        return [order_id]
+    async def due_for_a_recheck(self: OrderRepository, now: datetime, limit: int) -> list[Due]:
+        return [Due(order_id, {})]
 
     monkeypatch.setattr(OrderRepository, "charges_to_recheck", due_for_a_recheck)
     monkeypatch.setattr(saga, "recheck_charge", has_a_bug)

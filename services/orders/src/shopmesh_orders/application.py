@@ -4,12 +4,14 @@ saga driver does the cross-service work; this layer sequences them and owns idem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 
+from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis import call_context, errors
@@ -18,6 +20,7 @@ from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
 from shopmesh_chassis.tasks import Detached
+from shopmesh_chassis.tracing import stored_context, stored_trace_context
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
 from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
@@ -35,9 +38,14 @@ from shopmesh_orders.domain.validation import (
     validate_totals,
 )
 from shopmesh_orders.saga import LeaseHeld, RecheckPostponed, SagaDriver, lost_race
-from shopmesh_orders.store.repository import IdempotentOrigin, OrderRepository, UnreadableOrder
+from shopmesh_orders.store.repository import Due, IdempotentOrigin, OrderRepository, UnreadableOrder
 
 log = logging.getLogger("shopmesh.orders")
+
+# The INTERNAL span a recovery pass works on each order in, a child of the span of the PlaceOrder that
+# recorded the order (its stored trace context): the order's event, its calls and its log lines stay in the
+# checkout's trace however long after PlaceOrder the loop finishes it.
+RECOVER_SPAN = "recover order"
 
 # How long a retried PlaceOrder waits for another driver to finish the same order before saying so.
 _WAIT_FOR_OTHER_DRIVER_SECONDS = 5.0
@@ -65,6 +73,13 @@ def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[
             "%s %s: %s; the next pass tries it again", what, order_id, race.message, extra={"order_id": order_id}
         )
     return False
+
+
+def _failed_in_span(exc: Exception) -> None:
+    """Mark the current RECOVER_SPAN failed with `exc`, which the pass handles (logs, counts) itself."""
+    span = trace.get_current_span()
+    span.record_exception(exc)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
 
 
 def _pass_failed(label: str, name: str, exc: Exception, on_error: Callable[[], None]) -> None:
@@ -135,6 +150,7 @@ class OrdersApplication:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_recovery_error: Callable[[str], None] = lambda recovery_pass: None,
         on_unreadable: Callable[[], None] = lambda: None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._db = database
         self._catalog = catalog
@@ -146,6 +162,7 @@ class OrdersApplication:
         # Called for each order a call met that this release cannot read (UnreadableOrder).
         self._on_unreadable = on_unreadable
         self._running = Detached()
+        self._tracer = trace.get_tracer("shopmesh.orders.recovery", tracer_provider=tracer_provider)
 
     # --- PlaceOrder -------------------------------------------------------------------------------
 
@@ -189,7 +206,10 @@ class OrdersApplication:
         owner = self._saga.new_lease_owner()
         try:
             async with self._db.transaction() as session:
-                await OrderRepository(session).add(order, origin, owner, self._saga.lease_until())
+                # The checkout's trace, for the recovery loop should it be the one to finish the order.
+                await OrderRepository(session).add(
+                    order, origin, owner, self._saga.lease_until(), trace_context=stored_trace_context()
+                )
         except IntegrityError:
             # The same key arrived twice at once; the other request recorded the order first.
             existing = await self._by_origin(origin)
@@ -354,43 +374,62 @@ class OrdersApplication:
     async def resume_unfinished(self, limit: int = 50) -> int:
         """Drive every saga no live driver holds (after a crash, or one that waited on a dependency)."""
         async with self._db.read() as session:
-            order_ids = await OrderRepository(session).unfinished(self._clock(), limit)
-        for order_id in order_ids:
-            try:
-                # Not `drive`: an order that must wait is left alone for a while, not tried first next pass.
-                order = await self._saga.resume(order_id)
-                log.info("resumed order %s: %s", order_id, order.state.value, extra={"order_id": order_id})
-            except (LeaseHeld, errors.Unavailable) as exc:
-                log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
-            except Exception as exc:
-                if _pass_stops_at(exc, "resuming order", order_id, partial(self._on_recovery_error, "resume")):
-                    break
-        return len(order_ids)
+            due = await OrderRepository(session).unfinished(self._clock(), limit)
+        for order_due in due:
+            order_id = order_due.order_id
+            with self._recovering(order_due, "resume"):
+                try:
+                    # Not `drive`: an order that must wait is left alone for a while, not tried first next pass.
+                    order = await self._saga.resume(order_id)
+                    log.info("resumed order %s: %s", order_id, order.state.value, extra={"order_id": order_id})
+                except (LeaseHeld, errors.Unavailable) as exc:
+                    log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
+                except Exception as exc:
+                    _failed_in_span(exc)
+                    if _pass_stops_at(exc, "resuming order", order_id, partial(self._on_recovery_error, "resume")):
+                        break
+        return len(due)
 
     async def recheck_charges(self, limit: int = 50) -> int:
         """Ask payments again about the charges of cancelled orders that were in doubt when they were
         cancelled, now that they can no longer land, and refund any that did (saga.recheck_charge)."""
         async with self._db.read() as session:
-            order_ids = await OrderRepository(session).charges_to_recheck(self._clock(), limit)
-        for order_id in order_ids:
-            try:
-                await self._saga.recheck_charge(order_id)
-            except LeaseHeld:
-                continue
-            except RecheckPostponed as exc:
-                # About this order alone (payments answered; the saga put the recheck off): go on with the others.
-                log.warning("%s; its charge is checked again later", exc, extra={"order_id": order_id})
-            except errors.Unavailable as exc:
-                # Payments (DependencyDown) or the database does not answer: the others would fare no better.
-                # They stay due; the next pass asks.
-                log.warning("order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id})
-                break
-            except Exception as exc:
-                if _pass_stops_at(
-                    exc, "checking the charge of order", order_id, partial(self._on_recovery_error, "recheck")
-                ):
+            due = await OrderRepository(session).charges_to_recheck(self._clock(), limit)
+        for order_due in due:
+            order_id = order_due.order_id
+            with self._recovering(order_due, "recheck"):
+                try:
+                    await self._saga.recheck_charge(order_id)
+                except LeaseHeld:
+                    continue
+                except RecheckPostponed as exc:
+                    # About this order alone (payments answered; the saga put the recheck off): go on with the others.
+                    log.warning("%s; its charge is checked again later", exc, extra={"order_id": order_id})
+                except errors.Unavailable as exc:
+                    # Payments (DependencyDown) or the database does not answer: the others would fare no better.
+                    # They stay due; the next pass asks.
+                    log.warning(
+                        "order %s: its charge is not checked yet: %s", order_id, exc, extra={"order_id": order_id}
+                    )
                     break
-        return len(order_ids)
+                except Exception as exc:
+                    _failed_in_span(exc)
+                    if _pass_stops_at(
+                        exc, "checking the charge of order", order_id, partial(self._on_recovery_error, "recheck")
+                    ):
+                        break
+        return len(due)
+
+    @contextlib.contextmanager
+    def _recovering(self, due: Due, recovery_pass: str) -> Iterator[None]:
+        """A recovery pass's work on one order, in a RECOVER_SPAN under the trace context its PlaceOrder stored
+        (a trace of its own for an order recorded before orders kept one): what the saga does meanwhile, its
+        event written to the outbox, its calls to inventory and payments, its log lines, is in that trace."""
+        attributes = {"shopmesh.order_id": due.order_id, "shopmesh.recovery_pass": recovery_pass}
+        with self._tracer.start_as_current_span(
+            RECOVER_SPAN, context=stored_context(due.trace_context), kind=trace.SpanKind.INTERNAL, attributes=attributes
+        ):
+            yield
 
     async def run_recovery(self, interval: float) -> None:
         while True:

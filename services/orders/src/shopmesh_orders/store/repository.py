@@ -8,6 +8,7 @@ a statement object that is reused also reuses its compiled form.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
+from shopmesh_chassis.tracing import stored_context_column, stored_context_from_column
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.store.tables import order_lines, orders
 
@@ -84,6 +86,19 @@ class Lease:
     until: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Due:
+    """An order a recovery pass is to work on, with the W3C trace context its PlaceOrder stored (empty for an
+    order recorded before orders kept it): the pass works on it in that trace."""
+
+    order_id: str
+    trace_context: Mapping[str, str]
+
+
+def _due(rows: Any) -> list[Due]:
+    return [Due(row.id, stored_context_from_column(row.trace_context)) for row in rows]
+
+
 class UnreadableOrder(Exception):
     """A row this release cannot load: a newer release wrote it (its address without a field this one needs),
     during a rollout or before a rollback. Carries the columns every release reads alike, so that a caller can
@@ -128,13 +143,23 @@ class OrderRepository:
     def __init__(self, session: DbConnection) -> None:
         self._session = session
 
-    async def add(self, order: Order, origin: IdempotentOrigin, lease_owner: str, lease_until: datetime) -> None:
-        """Insert a new order, its saga lease already held by the driver that will run it."""
+    async def add(
+        self,
+        order: Order,
+        origin: IdempotentOrigin,
+        lease_owner: str,
+        lease_until: datetime,
+        trace_context: Mapping[str, str],
+    ) -> None:
+        """Insert a new order, its saga lease already held by the driver that will run it, with the trace context
+        of the call that placed it (`tracing.stored_trace_context`; what `unfinished` and `charges_to_recheck`
+        hand the recovery loop)."""
         await self._session.execute(
             _INSERT_ORDER,
             {
                 "lease_owner": lease_owner,
                 "lease_until": lease_until,
+                "trace_context": stored_context_column(trace_context),
                 "id": order.id,
                 "user_id": order.user_id,
                 "email": order.email,
@@ -279,14 +304,14 @@ class OrderRepository:
             .values(lease_owner=None, lease_until=not_before)
         )
 
-    async def unfinished(self, now: datetime, limit: int) -> list[str]:
+    async def unfinished(self, now: datetime, limit: int) -> list[Due]:
         """Orders whose saga is not done, that no live driver holds and that are due: the `limit` due
         longest. An order released to wait (`release(not_before=)`) is due when that time comes; one whose
         driver died, when its lease ran out; any other free one since it last changed. (Oldest-created first,
         orders that wait for good would take every pass's batch and starve the newer ones.)"""
         due = func.coalesce(orders.c.lease_until, orders.c.updated_at)
         rows = await self._session.execute(
-            select(orders.c.id)
+            select(orders.c.id, orders.c.trace_context)
             .where(
                 _DRIVABLE,
                 # A lease is never held without `lease_until`: a null one is a free order with no wait.
@@ -295,12 +320,12 @@ class OrderRepository:
             .order_by(due, orders.c.created_at, orders.c.id)
             .limit(limit)
         )
-        return [row.id for row in rows]
+        return _due(rows)
 
-    async def charges_to_recheck(self, now: datetime, limit: int) -> list[str]:
+    async def charges_to_recheck(self, now: datetime, limit: int) -> list[Due]:
         """Cancelled orders whose charge is due to be checked again, and that no live driver holds."""
         rows = await self._session.execute(
-            select(orders.c.id)
+            select(orders.c.id, orders.c.trace_context)
             .where(
                 orders.c.charge_recheck_at <= now,
                 orders.c.step == SagaStep.DONE.value,
@@ -309,7 +334,7 @@ class OrderRepository:
             .order_by(orders.c.charge_recheck_at)
             .limit(limit)
         )
-        return [row.id for row in rows]
+        return _due(rows)
 
     async def claim_recheck(self, order_id: str, owner: str, now: datetime, until: datetime) -> bool:
         """Take the lease of a finished order whose charge is due to be checked again, unless another live

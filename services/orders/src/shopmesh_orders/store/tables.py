@@ -54,6 +54,9 @@ orders = Table(
     # Which saga driver works on the order, until when.
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),
+    # The W3C trace context of the PlaceOrder that recorded the order (JSON; tracing.stored_context_column):
+    # the recovery loop drives the order in that trace. NULL for orders recorded before orders kept it.
+    Column("trace_context", Text, nullable=True),
     UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_orders_idempotency"),
     Index("ix_orders_user_created", "user_id", "created_at", "id"),
     Index("ix_orders_step", "step"),
