@@ -53,6 +53,38 @@ def test_a_line_is_json_with_the_callers_trace_and_span_ids() -> None:
     assert line["span_id"] == format(span.get_span_context().span_id, "016x")
 
 
+@pytest.fixture
+def away_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process in a zone 5 h 30 min east of UTC (a POSIX TZ string: no zone database needed)."""
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+# 2026-12-05T14:39:33.904 UTC, 20:09:33.904 in the zone above.
+_CREATED = 1_796_481_573.904
+
+
+@pytest.mark.usefixtures("away_from_utc")
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_lines_time_is_iso_8601_in_utc_with_its_marker_whatever_the_local_zone(fmt: str) -> None:
+    """The logging module writes local time without an offset: off UTC, lines disagreed with `make traces`
+    and the tracing backend (UTC), and across pods set to different zones, with nothing to say so."""
+    out = io.StringIO()
+    configure_logging("sample", fmt=fmt, stream=out)
+    record = logging.makeLogRecord(
+        {"name": "shopmesh.test", "levelno": logging.INFO, "levelname": "INFO", "msg": "order confirmed"}
+    )
+    record.created, record.msecs = _CREATED, 904.0
+    logging.getLogger("shopmesh.test").handle(record)
+    flush_logs()
+    line = out.getvalue().strip()
+    written = json.loads(line)["time"] if fmt == "json" else line.split()[0]
+    assert written == "2026-12-05T14:39:33.904Z"
+
+
 def test_a_blocked_stderr_does_not_block_the_caller_and_lost_lines_are_counted() -> None:
     read_end, write_end = os.pipe()
     blocked = os.fdopen(write_end, "w", buffering=1)

@@ -138,6 +138,16 @@ class _Writer(QueueListener):
 _listener: _Writer | None = None
 
 
+def _in_utc(formatter: logging.Formatter) -> logging.Formatter:
+    """`formatter` writing `asctime` as ISO 8601 in UTC with its marker ("2026-12-05T14:39:33.904Z"), not the
+    logging module's local time without an offset: a pod's or a laptop's zone would otherwise shift its lines
+    against the other services', against `make traces` and against the tracing backend, with nothing to say so."""
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
+
+
 def configure_logging(service_name: str, level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Route the root logger to `stream` (stderr) in the chosen format; replaces handlers set earlier."""
     global _listener
@@ -148,6 +158,7 @@ def configure_logging(service_name: str, level: str = "INFO", fmt: str = "json",
         )
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(trace_id)s] %(message)s")
+    formatter = _in_utc(formatter)
     pending: queue.Queue[logging.LogRecord | None] = queue.Queue(MAX_PENDING_LINES)
     handler = _NonBlockingQueueHandler(pending)
     handler.addFilter(TraceContextFilter(service_name))
