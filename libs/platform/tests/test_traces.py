@@ -7,7 +7,11 @@ import json
 import shlex
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from shopmesh_platform.trace_sink import SPANS_FILE
 from shopmesh_platform.traces import main
@@ -47,7 +51,7 @@ def test_a_trace_is_shown_as_a_tree_with_offsets_and_failures(tmp_path: Path) ->
     code, out, _ = ran("aa", "--dir", str(directory))
     assert code == 0
     assert out.splitlines() == [
-        "trace aa11: 3 spans, 50.0 ms, started 1970-01-01 00:00:01 UTC",
+        "trace aa11: 3 spans, 50.0 ms, started 1970-01-01T00:00:01.000Z",
         "    +0.0 ms    50.0 ms  orders  server  /o/PlaceOrder",
         "   +10.0 ms    12.5 ms    orders  client  /p/Charge",
         "   +12.0 ms     8.0 ms      payments  server  /p/Charge  ERROR declined",
@@ -67,6 +71,29 @@ def test_the_list_shows_the_latest_traces_with_their_root_and_errors(tmp_path: P
     assert (first.split()[0], second.split()[0]) == ("aa11", "bb22")  # oldest first
     assert first.endswith("orders: /o/PlaceOrder  ERROR")
     assert second.endswith("catalog: /c/ListProducts")
+
+
+@pytest.fixture
+def away_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process in a zone 5 h 30 min east of UTC (a POSIX TZ string: no zone database needed)."""
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("away_from_utc")
+def test_a_traces_start_is_iso_8601_in_utc_with_its_marker_in_the_list_and_the_tree(tmp_path: Path) -> None:
+    """As the services' log lines write their time: a trace's start is found among them as shown, whatever
+    the zone `make traces` runs in."""
+    directory = write(
+        tmp_path, span("aa11", "01", "", "orders", "/o/PlaceOrder", 1_796_481_573_904.0, 1_796_481_574_000.0)
+    )
+    _, listed, _ = ran("--dir", str(directory))
+    _, tree, _ = ran("aa11", "--dir", str(directory))
+    assert listed.splitlines()[1].split()[:2] == ["aa11", "2026-12-05T14:39:33.904Z"]
+    assert tree.splitlines()[0] == "trace aa11: 1 spans, 96.0 ms, started 2026-12-05T14:39:33.904Z"
 
 
 def test_an_envoy_span_is_shown_with_the_grpc_method_it_carried(tmp_path: Path) -> None:

@@ -117,7 +117,10 @@ def _ms(nanoseconds: int) -> str:
 
 
 def _when(nanoseconds: int) -> str:
-    return datetime.fromtimestamp(nanoseconds / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """ISO 8601 in UTC with its marker, to the millisecond, as the services' log lines write their `time`: a
+    trace's start is found among them as it is written."""
+    started = datetime.fromtimestamp(nanoseconds // 1_000_000_000, UTC)
+    return f"{started:%Y-%m-%dT%H:%M:%S}.{nanoseconds // 1_000_000 % 1000:03d}Z"
 
 
 def _what(span: dict[str, Any]) -> str:
@@ -149,14 +152,14 @@ def print_list(traces: list[Trace], out: TextIO) -> None:
                 f"{root['service']}: {_what(root)}" + ("  ERROR" if trace.failed else ""),
             )
         )
-    header = ("TRACE ID", "STARTED (UTC)", "DURATION", "SPANS", "SERVICES", "ROOT")
+    header = ("TRACE ID", "STARTED", "DURATION", "SPANS", "SERVICES", "ROOT")
     print(tabulate(rows, headers=header, tablefmt="plain", disable_numparse=True), file=out)
 
 
 def print_tree(trace: Trace, out: TextIO) -> None:
     print(
         f"trace {trace.trace_id}: {len(trace.spans)} spans, {_ms(trace.end_ns - trace.start_ns)}, "
-        f"started {_when(trace.start_ns)} UTC",
+        f"started {_when(trace.start_ns)}",
         file=out,
     )
     children: dict[str, list[dict[str, Any]]] = defaultdict(list)
