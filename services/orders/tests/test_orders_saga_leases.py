@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
@@ -20,6 +21,7 @@ from shopmesh_orders.domain.validation import CartLine
 from shopmesh_orders.saga import LeaseHeld, SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import OrderRepository
+from shopmesh_orders.store.tables import orders
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
 from .saga_kit import CancelledInDoubt, Clocked, _crash_at, _late_capture, command, place
@@ -242,3 +244,60 @@ async def test_a_recheck_keeps_its_lease_across_its_remote_calls(
         await checking
     assert payments.refund_calls == 1, "another driver refunded the order while its driver was refunding it"
     assert reported == {"first": [order_id], "other": []}
+
+
+async def _left_by_a_dead_driver(
+    app: OrdersApplication, inventory: FakeInventory, database: Database, clock: HeldClock, lease: timedelta
+) -> str:
+    """An order whose PlaceOrder driver was killed (a rollout, an OOM) just after reserving its stock and marking
+    its charge, its lease still running: as the pod left it, with the customer's client about to retry."""
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    order_id: str = caught.value.metadata["order_id"]
+    inventory.down = False
+    reservation_id = await inventory.reserve(order_id, (CartLine("prod_a", 2),), 120)
+    await _crash_at(database, order_id, SagaStep.CHARGE, reservation_id=reservation_id, charge_attempted_at=clock.now)
+    async with database.transaction() as session:
+        await session.execute(
+            update(orders).where(orders.c.id == order_id).values(lease_owner="saga-dead", lease_until=clock.now + lease)
+        )
+    return order_id
+
+
+async def test_a_place_order_retry_waiting_on_a_dead_drivers_lease_takes_the_order_when_it_lapses(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Audit finding: a retry that found the lease held only read the order until another driver finished it.
+    When the dead driver's lease lapsed, the recovery loop (no card) took the order and, the charge's window
+    over with it (as deployed: lease 10 s = 2 x the 5 s step timeout), found no payment and cancelled it as
+    CHECKOUT_INTERRUPTED, which the waiting retry then answered: a customer whose client retried with the card,
+    as the contract says, was told the order could not be completed because an orders pod died."""
+    settings = settings.model_copy(update={"saga_lease_seconds": 10.0, "step_timeout_seconds": 5.0})
+    clock = HeldClock()
+    saga = SagaDriver(database, inventory, payments, settings, clock=clock)
+    app = OrdersApplication(database, catalog, saga, clock=clock)
+    order_id = await _left_by_a_dead_driver(app, inventory, database, clock, timedelta(seconds=10))
+    claim, refused = saga._claim, asyncio.Event()
+
+    async def claiming(order_id: str, owner: str) -> bool:
+        claimed = await claim(order_id, owner)
+        if not claimed:
+            refused.set()
+        return claimed
+
+    monkeypatch.setattr(saga, "_claim", claiming)
+    retrying = asyncio.create_task(place(app, command()))
+    await asyncio.wait_for(refused.wait(), 30)
+    # The retry is waiting on the dead driver's lease, which now lapses.
+    clock.now += timedelta(seconds=11)
+    assert await asyncio.wait_for(retrying, 30) == order_id
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code) == (OrderState.CONFIRMED, None)
+    assert payments.captured() == 1
+    assert inventory.reservations[order.reservation_id][2] == "COMMITTED"

@@ -284,20 +284,38 @@ class OrdersApplication:
     ) -> Order:
         """Drive the saga in a task of its own, which shutdown waits for (`wait_running`), and answer with
         where it ended (or with the outcome of another driver that holds the order)."""
+        try:
+            return await self._drive_shielded(order_id, card, owner, recorded)
+        except LeaseHeld:
+            return await self._wait_for_other_driver(order_id, card)
+
+    async def _drive_shielded(
+        self, order_id: str, card: Card | None, owner: str | None = None, recorded: Order | None = None
+    ) -> Order:
         task = self._running.start(
             self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context()
         )
-        try:
-            return await asyncio.shield(task)
-        except LeaseHeld:
-            return await self._wait_for_other_driver(order_id)
+        return await asyncio.shield(task)
 
-    async def _wait_for_other_driver(self, order_id: str) -> Order:
-        deadline = asyncio.get_running_loop().time() + _WAIT_FOR_OTHER_DRIVER_SECONDS
-        while asyncio.get_running_loop().time() < deadline:
+    async def _wait_for_other_driver(self, order_id: str, card: Card | None) -> Order:
+        """Wait a while for the driver holding the order to finish it. A caller with the card (a PlaceOrder
+        retry) also tries to take the order on each poll: the holder may be a driver that died (its pod killed
+        mid-checkout), and when its lease lapses the recovery loop, which has no card, would otherwise take
+        the order, find no charge and cancel it as CHECKOUT_INTERRUPTED under this very retry. Taking it is
+        safe: the charge is keyed by the order, its mark is written before it is sent, and one sent by the
+        dead driver is handled as any charge in doubt. An order already CONFIRMED is only read: what runs on
+        it is the customer's cancellation, not this placement's to drive (`_settle`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _WAIT_FOR_OTHER_DRIVER_SECONDS
+        while loop.time() < deadline:
             order = await self._load(order_id)
             if order.is_terminal:
                 return order
+            if card is not None and order.state is not OrderState.CONFIRMED:
+                try:
+                    return await self._drive_shielded(order_id, card)
+                except LeaseHeld:
+                    pass  # still held: its driver is alive, or its lease has not lapsed yet
             await asyncio.sleep(0.1)
         raise errors.Aborted(
             "this order is still being processed; retry with the same idempotency key",
