@@ -20,7 +20,7 @@ from shopmesh_orders.domain.model import CancelCode, OrderState, SagaStep
 from shopmesh_orders.domain.validation import CartLine
 from shopmesh_orders.saga import LeaseHeld, SagaDriver
 from shopmesh_orders.settings import OrdersSettings
-from shopmesh_orders.store.repository import OrderRepository
+from shopmesh_orders.store.repository import CARD_HOLDER_GRACE, OrderRepository
 from shopmesh_orders.store.tables import orders
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
@@ -247,13 +247,18 @@ async def test_a_recheck_keeps_its_lease_across_its_remote_calls(
 
 
 async def _left_by_a_dead_driver(
-    app: OrdersApplication, inventory: FakeInventory, database: Database, clock: HeldClock, lease: timedelta
+    app: OrdersApplication,
+    inventory: FakeInventory,
+    database: Database,
+    clock: HeldClock,
+    lease: timedelta,
+    key: str = "key-1",
 ) -> str:
     """An order whose PlaceOrder driver was killed (a rollout, an OOM) just after reserving its stock and marking
     its charge, its lease still running: as the pod left it, with the customer's client about to retry."""
     inventory.down = True
     with pytest.raises(errors.Unavailable) as caught:
-        await place(app, command())
+        await place(app, command(), key)
     order_id: str = caught.value.metadata["order_id"]
     inventory.down = False
     reservation_id = await inventory.reserve(order_id, (CartLine("prod_a", 2),), 120)
@@ -301,3 +306,39 @@ async def test_a_place_order_retry_waiting_on_a_dead_drivers_lease_takes_the_ord
     assert (order.state, order.cancel_code) == (OrderState.CONFIRMED, None)
     assert payments.captured() == 1
     assert inventory.reservations[order.reservation_id][2] == "COMMITTED"
+
+
+async def test_the_recovery_loop_leaves_a_dead_drivers_order_before_its_charge_to_a_card_holder_for_a_grace(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+) -> None:
+    """A retry with the card that arrives just after the dead driver's lease lapsed (or polls just then) gets
+    the order, not another replica's recovery pass, which would cancel it as CHECKOUT_INTERRUPTED; the loop
+    takes an order nobody retries once the grace is over."""
+    settings = settings.model_copy(update={"saga_lease_seconds": 10.0, "step_timeout_seconds": 5.0})
+    clock = HeldClock()
+
+    def replica() -> OrdersApplication:
+        return OrdersApplication(
+            database, catalog, SagaDriver(database, inventory, payments, settings, clock=clock), clock=clock
+        )
+
+    placing, other = replica(), replica()
+    retried = await _left_by_a_dead_driver(placing, inventory, database, clock, timedelta(seconds=10))
+    clock.now += timedelta(seconds=10.5)
+    await other.resume_unfinished()
+    assert await place(placing, command()) == retried
+    order = await placing.get_order(retried)
+    assert (order.state, order.cancel_code, payments.captured()) == (OrderState.CONFIRMED, None, 1)
+
+    abandoned = await _left_by_a_dead_driver(placing, inventory, database, clock, timedelta(seconds=10), "key-2")
+    clock.now += timedelta(seconds=10.5)
+    await other.resume_unfinished()
+    assert (await other.get_order(abandoned)).state is OrderState.PENDING
+    clock.now += CARD_HOLDER_GRACE
+    await other.resume_unfinished()
+    order = await other.get_order(abandoned)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
@@ -51,6 +51,10 @@ def _row_values(order: Order) -> dict[str, Any]:
 
 
 # The steps this release can drive: an order at a step a newer release added is left to that release.
+# How long after a driver's lease lapsed the recovery loop leaves its order alone while no charge is known
+# captured (steps RESERVE and CHARGE), so that a PlaceOrder retried with the card gets it first (`unfinished`).
+CARD_HOLDER_GRACE = timedelta(seconds=5)
+
 _DRIVABLE = orders.c.step.in_([step for step in known_values(SagaStep) if step != SagaStep.DONE.value])
 
 
@@ -307,15 +311,25 @@ class OrderRepository:
     async def unfinished(self, now: datetime, limit: int) -> list[Due]:
         """Orders whose saga is not done, that no live driver holds and that are due: the `limit` due
         longest. An order released to wait (`release(not_before=)`) is due when that time comes; one whose
-        driver died, when its lease ran out; any other free one since it last changed. (Oldest-created first,
-        orders that wait for good would take every pass's batch and starve the newer ones.)"""
+        driver died, when its lease ran out (CARD_HOLDER_GRACE later before the pivot); any other free one since
+        it last changed. (Oldest-created first, orders that wait for good would take every pass's batch and
+        starve the newer ones.)"""
         due = func.coalesce(orders.c.lease_until, orders.c.updated_at)
+        # A lease that lapsed while held (its owner still set: the driver died, or lost it mid-step) on an order
+        # with no charge known captured is left to a PlaceOrder retried with the card for CARD_HOLDER_GRACE:
+        # the loop has no card, and finding no capture it cancels the order (CHECKOUT_INTERRUPTED).
+        before_the_pivot = orders.c.step.in_([SagaStep.RESERVE.value, SagaStep.CHARGE.value])
+        card_holders = and_(orders.c.lease_owner.is_not(None), before_the_pivot)
         rows = await self._session.execute(
             select(orders.c.id, orders.c.trace_context)
             .where(
                 _DRIVABLE,
                 # A lease is never held without `lease_until`: a null one is a free order with no wait.
-                or_(orders.c.lease_until.is_(None), orders.c.lease_until < now),
+                or_(
+                    orders.c.lease_until.is_(None),
+                    and_(orders.c.lease_until < now, ~card_holders),
+                    orders.c.lease_until < now - CARD_HOLDER_GRACE,
+                ),
             )
             .order_by(due, orders.c.created_at, orders.c.id)
             .limit(limit)
