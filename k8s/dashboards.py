@@ -249,6 +249,20 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 ],
             ),
             (
+                "Confirmed orders cancelled",
+                "reqps",
+                "Confirmed orders their customers cancelled (CancelOrder), refunded and restocked. Not in "
+                "'Checkouts finished', where each checkout counts once, confirmed: a customer's cancellation "
+                "is no outage, and would swell ShopmeshCheckoutsCancelledByOutages' denominator.",
+                [
+                    (
+                        f"sum (rate(shopmesh_orders_cancelled_after_confirmation_total{{{SELECTOR}}}"
+                        "[$__rate_interval]))",
+                        "cancelled after confirmation",
+                    )
+                ],
+            ),
+            (
                 "Recovery errors",
                 "short",
                 "Errors per second of orders' recovery loop, by pass: resume (unfinished sagas) and recheck "

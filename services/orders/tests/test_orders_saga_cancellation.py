@@ -11,16 +11,19 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.testing import eventually
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
+from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_orders.saga import SagaDriver
+from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.repository import OrderRepository
 
-from .conftest import FakeInventory, FakePayments
+from .conftest import FakeCatalog, FakeInventory, FakePayments
 from .saga_kit import Clocked, _hold_refunds, command, events, place
 
 
@@ -252,3 +255,26 @@ async def test_a_customers_cancel_reason_is_kept_as_given_when_the_payment_is_re
     cancelled = await app.cancel_order(order_id, reason, "cancel-1", "f1")
     assert (cancelled.state, cancelled.cancel_message) == (OrderState.CANCELLED, reason)
     assert len(payments.refunds) == 1
+
+
+async def test_a_customers_cancellation_of_a_confirmed_order_is_not_counted_as_a_second_finished_checkout(
+    database: Database, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    """Audit finding: the cancellation's terminal transition was counted on shopmesh_orders_finished_total beside
+    the confirmation, so each checkout a customer cancelled counted twice, inflating the denominator of
+    ShopmeshCheckoutsCancelledByOutages ("over 5 % of finished checkouts"). It is counted on its own."""
+    registry = CollectorRegistry()
+    metrics = OrderMetrics(registry)
+    saga = SagaDriver(database, inventory, payments, settings, on_finished=metrics.finished)
+    app = OrdersApplication(database, catalog, saga)
+    order_id = await place(app, command())
+    await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    finished = {
+        (sample.labels["state"], sample.labels["reason"]): sample.value
+        for family in registry.collect()
+        if family.name == "shopmesh_orders_finished"
+        for sample in family.samples
+        if sample.name == "shopmesh_orders_finished_total" and sample.value
+    }
+    assert finished == {("CONFIRMED", ""): 1.0}
+    assert registry.get_sample_value("shopmesh_orders_cancelled_after_confirmation_total") == 1.0

@@ -1,9 +1,10 @@
 """Orders' own metrics, beside the chassis' gRPC and event ones on the same endpoint: how checkouts end.
 
-A rise in one cancel reason is what an on-call engineer looks for first (PAYMENT_UNAVAILABLE: payments or
-its processor is down; RESERVATION_EXPIRED: steps are too slow; CHECKOUT_INTERRUPTED: checkouts gave up
-before charging, mostly on inventory; CARD_DECLINED: customers, or a fraud rule upstream). Any late
-capture refunded is a customer charged for an order they were told was cancelled (refunded by the
+A rise in one cancel reason is what an on-call engineer looks for first (PAYMENT_UNAVAILABLE: payments or its
+processor is down; RESERVATION_EXPIRED: steps are too slow; CHECKOUT_INTERRUPTED: checkouts gave up before
+charging, mostly on inventory; CARD_DECLINED: customers, or a fraud rule upstream). A customer's cancellation
+of a confirmed order is no ending of its checkout (that was counted, confirmed): it has a counter of its own.
+Any late capture refunded is a customer charged for an order they were told was cancelled (refunded by the
 recovery loop once the charge could no longer land): it should stay at zero. So should the orders a recovery
 pass fails on with an error (a bug, or an answer orders does not expect: logged at ERROR with its traceback);
 such an order is tried again with a growing wait, and keeps failing until someone looks. Orders this release
@@ -29,8 +30,14 @@ class OrderMetrics:
         # increase() over it reads 0, so the first cancellation of a reason in a pod would count for nothing.
         self._finished.labels(OrderState.CONFIRMED.value, "")
         for code in CancelCode:
-            if code is not CancelCode.UNSPECIFIED:
+            if code not in (CancelCode.UNSPECIFIED, CancelCode.CUSTOMER_REQUESTED):
                 self._finished.labels(OrderState.CANCELLED.value, code.value)
+        self._cancelled_after_confirmation = Counter(
+            "shopmesh_orders_cancelled_after_confirmation",
+            "Confirmed orders their customers cancelled (CancelOrder), refunded and restocked: not counted again "
+            "in shopmesh_orders_finished_total, where the checkout was counted once, confirmed.",
+            registry=registry,
+        )
         self._late_refunds = Counter(
             "shopmesh_orders_late_captures_refunded",
             "Charges captured after their order was cancelled, found and refunded by the recovery loop.",
@@ -53,6 +60,12 @@ class OrderMetrics:
         )
 
     def finished(self, order: Order) -> None:
+        if order.cancel_code is CancelCode.CUSTOMER_REQUESTED:
+            # Only a CONFIRMED order can be cancelled by its customer (`Order.cancellation_requested`): its
+            # checkout finished already, counted CONFIRMED. Counted there again, every cancelled purchase would
+            # add a second finished checkout to the share ShopmeshCheckoutsCancelledByOutages divides by.
+            self._cancelled_after_confirmation.inc()
+            return
         reason = order.cancel_code.value if order.cancel_code is not None else ""
         self._finished.labels(order.state.value, reason).inc()
 
