@@ -299,6 +299,46 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_releases_a_reservati
         assert (made_anew.state, inventory.held("prod_a")) == (inventory_pb2.RESERVATION_STATE_RELEASED, 0)
 
 
+async def test_giving_back_a_reservation_made_anew_renews_the_lease_after_the_reserve_call(
+    clocked: Clocked, payments: FakePayments, settings: OrdersSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit finding: the Reserve that finds the order's reservation made anew and the Release that gives the new
+    hold back are two remote calls with no step saved between them, and no renewal either: two calls each within
+    STEP_TIMEOUT_SECONDS outlast a lease that covers one (lease_needed_seconds), and another replica's recovery
+    pass could take the order beside its driver. The lease is renewed before the Release, as compensation does
+    before each of its calls."""
+    async with _with_inventory_over_grpc(clocked) as (clocked, inventory):
+        app, _, reservation_id = await _reserved_by_recovery_while_payments_is_down(
+            clocked, clocked.inventory, payments
+        )
+        clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds + 10)
+        del inventory.reservations[reservation_id]  # Its row is gone.
+        timeline: list[str] = []
+        saga, port = app._saga, clocked.inventory
+        keep_lease, reserve, release = saga._keep_lease, port.reserve, port.release
+
+        async def renewing(order_id: str, owner: str) -> None:
+            timeline.append("renew")
+            await keep_lease(order_id, owner)
+
+        async def reserving(order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+            timeline.append("reserve")
+            return await reserve(order_id, items, ttl_seconds)
+
+        async def releasing(released_id: str) -> None:
+            timeline.append(f"release {'own' if released_id == reservation_id else 'made anew'}")
+            await release(released_id)
+
+        monkeypatch.setattr(saga, "_keep_lease", renewing)
+        monkeypatch.setattr(port, "reserve", reserving)
+        monkeypatch.setattr(port, "release", releasing)
+        with pytest.raises(errors.FailedPrecondition) as caught:
+            await place(app, command())
+        assert caught.value.reason == "RESERVATION_EXPIRED"
+        given_back = timeline.index("release made anew")
+        assert timeline[given_back - 2 : given_back + 1] == ["reserve", "renew", "release made anew"], timeline
+
+
 async def test_a_charged_order_whose_reservation_inventory_no_longer_has_is_refunded_once_and_cancelled(
     clocked: Clocked, payments: FakePayments, database: Database
 ) -> None:

@@ -22,8 +22,9 @@ It stays CANCELLED and emits no second event: the customer was told "cancelled, 
 the refund makes true again (payments publishes PaymentRefunded itself).
 
 Only one driver works on an order at a time: it holds a lease in the database (renewed with every saved
-transition, before every retry of a step and before every remote call of compensation or a recheck that
-follows another with no step saved between them; a driver that finds it lost stops); a driver that dies leaves
+transition, before every retry of a step and before every remote call of compensation, a recheck or the
+give-back of a reservation made anew that follows another with no step saved between them; a driver that finds
+it lost stops); a driver that dies leaves
 the lease to run out, and the recovery loop takes the order over.
 """
 
@@ -374,6 +375,10 @@ class SagaDriver:
                 order.reservation_id,
                 extra={"order_id": order.id},
             )
+            # A second remote call with no step saved since the Reserve: renew first (as compensation does), or
+            # two slow calls outlast the lease and another driver takes the order beside this one. Outside the
+            # try: a lease lost (LeaseHeld) or orders' database away is not inventory's answer to tidying up.
+            await self._keep_lease(order.id, owner)
             try:
                 await self._inventory.release(reservation_id)
             except errors.Unavailable as exc:
