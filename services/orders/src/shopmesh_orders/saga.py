@@ -24,8 +24,8 @@ the refund makes true again (payments publishes PaymentRefunded itself).
 Only one driver works on an order at a time: it holds a lease in the database (renewed with every saved
 transition, before every retry of a step and before every remote call of compensation, a recheck or the
 give-back of a reservation made anew that follows another with no step saved between them; a driver that finds
-it lost stops); a driver that dies leaves
-the lease to run out, and the recovery loop takes the order over.
+it lost stops); a driver that dies leaves the lease to run out, and a PlaceOrder retried with the card or the
+recovery loop takes the order over (the loop a little later before the pivot: `OrderRepository.unfinished`).
 """
 
 from __future__ import annotations
