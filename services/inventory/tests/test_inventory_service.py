@@ -257,6 +257,36 @@ async def test_reserve_succeeds_when_the_sweeper_frees_the_units_just_after_the_
     assert await stock(stub, "prod_a") == (0, 3, 3)
 
 
+async def test_reserve_frees_expired_units_of_a_product_that_fell_short_only_on_the_second_try(
+    stub: Stub, inventory: Inventory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both products hold units of overdue, unswept reservations. The first hold is short of prod_a only;
+    # while Reserve frees overdue units, another order takes prod_b's one free unit, so the second try is
+    # short of prod_b, whose other unit is still held by an overdue reservation: that unit is free too.
+    await set_stock(stub, "prod_a", 1)
+    await set_stock(stub, "prod_b", 2)
+    await reserve(stub, "ord_old_a", {"prod_a": 1}, ttl_seconds=1)
+    await reserve(stub, "ord_old_b", {"prod_b": 1}, ttl_seconds=1)
+    clock.advance(5)
+    expire_overdue = inventory._expire_overdue
+    other_order_reserved = False
+
+    async def another_order_takes_the_free_unit(product_ids):  # type: ignore[no-untyped-def]
+        nonlocal other_order_reserved
+        expired = await expire_overdue(product_ids)
+        if product_ids is not None and not other_order_reserved:
+            other_order_reserved = True
+            await reserve(stub, "ord_other", {"prod_b": 1}, ttl_seconds=60)
+        return expired
+
+    monkeypatch.setattr(inventory, "_expire_overdue", another_order_takes_the_free_unit)
+    mine = await reserve(stub, "ord_mine", {"prod_a": 1, "prod_b": 1})
+    assert mine.state == PENDING
+    assert other_order_reserved
+    assert await stock(stub, "prod_a") == (0, 1, 1)
+    assert await stock(stub, "prod_b") == (0, 2, 2)
+
+
 # --- CommitReservation --------------------------------------------------------------------------
 
 

@@ -83,10 +83,13 @@ class Inventory:
     async def _reserve(self, command: validation.ReserveCommand) -> Reservation:
         try:
             return await self._reserve_once(command)
-        except _ShortOfStock as short:
+        except _ShortOfStock:
             # The units may be held by reservations that expired but were not swept yet: free them first.
             # Tried again even when this look expired nothing: a sweep may have freed them since the hold.
-            await self._expire_overdue(short.product_ids)
+            # Freed for every product of the request, not only the short ones: meanwhile another order may
+            # take the free units of a product that had enough, and the retry would then be short of it
+            # while its overdue units, really free, still counted as reserved.
+            await self._expire_overdue([item.product_id for item in command.items])
         try:
             return await self._reserve_once(command)
         except _ShortOfStock as short:
