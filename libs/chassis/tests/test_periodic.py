@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import pytest
+from sqlalchemy import text
+
+from shopmesh_chassis import periodic
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import database_errors_as_domain_errors
 from shopmesh_chassis.periodic import Periodic
-from shopmesh_chassis.testing import cut_off_midway
+from shopmesh_chassis.testing import cut_off_midway, eventually
 
 
 async def test_job_sweeps_repeatedly_and_stops_cleanly() -> None:
@@ -116,3 +126,74 @@ async def test_a_run_asked_for_comes_at_once_and_one_asked_for_during_a_run_afte
         assert runs == [0, 1, 2]
     finally:
         await job.stop()
+
+
+def _logged(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == periodic.log.name and r.levelno == level]
+
+
+@pytest.mark.parametrize(
+    "mapped", [False, True], ids=["driver-error", "mapped-to-unavailable-by-the-decorator-services-use"]
+)
+async def test_an_unavailable_database_is_one_warning_per_outage_without_traceback_and_a_line_when_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mapped: bool
+) -> None:
+    # A real SQLite database whose directory goes away (an unmounted volume: SQLITE_CANTOPEN) and comes back.
+    # A job running every second would otherwise log an ERROR with its traceback every second of an outage.
+    database = Database(f"sqlite:///{tmp_path}/db/service.db")
+    outcomes: list[bool] = []
+
+    async def sweep() -> None:
+        try:
+            async with database.read() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            outcomes.append(False)
+            raise
+        outcomes.append(True)
+
+    job: Callable[[], Awaitable[None]] = database_errors_as_domain_errors(sweep) if mapped else sweep
+
+    def failed_runs_after(start: int, count: int) -> bool:
+        return outcomes[start:].count(False) >= count
+
+    runner = Periodic("sweeper", 0.01, job)
+    caplog.set_level(logging.DEBUG, logger=periodic.log.name)
+    try:
+        shutil.rmtree(tmp_path / "db")
+        runner.start()
+        await eventually(lambda: failed_runs_after(0, 3), "three runs failed on the unavailable database")
+        (tmp_path / "db").mkdir()
+        await eventually(lambda: outcomes[-1:] == [True], "a run reached the database again")
+        back = len(outcomes)
+        shutil.rmtree(tmp_path / "db")
+        # The pool's open connection still reads the deleted file: dropped, as a lost volume drops it.
+        database.sync_engine.dispose()
+        await eventually(lambda: failed_runs_after(back, 3), "three runs failed in the second outage")
+    finally:
+        await runner.stop()
+        await database.dispose()
+    warnings = _logged(caplog, logging.WARNING)
+    assert [w.exc_info for w in warnings] == [None, None]  # one line each outage, no traceback
+    # Each names the driver's error, also under the UNAVAILABLE the decorator raised from it.
+    assert all("unavailable" in w.getMessage() and "unable to open database file" in w.getMessage() for w in warnings)
+    assert _logged(caplog, logging.ERROR) == []
+    assert len([r for r in _logged(caplog, logging.INFO) if "database again" in r.getMessage()]) == 1
+
+
+async def test_a_failure_that_is_no_database_outage_is_an_error_with_its_traceback_every_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def sweep() -> None:
+        raise ValueError("a bug in the job")
+
+    runner = Periodic("sweeper", 0.01, sweep)
+    caplog.set_level(logging.WARNING, logger=periodic.log.name)
+    runner.start()
+    try:
+        await eventually(lambda: len(_logged(caplog, logging.ERROR)) >= 2, "two failed runs logged")
+    finally:
+        await runner.stop()
+    errors = _logged(caplog, logging.ERROR)
+    assert all(e.exc_info is not None and e.exc_info[0] is ValueError for e in errors)
+    assert _logged(caplog, logging.WARNING) == []

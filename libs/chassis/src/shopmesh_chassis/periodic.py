@@ -1,6 +1,9 @@
 """Background housekeeping: a job run now and then every `interval_seconds` until stopped.
 
-A failing run is logged and the next one comes on schedule. Stopping lets a run in progress finish its
+A failing run is logged and the next one comes on schedule: an error with its traceback, except when the
+database is unavailable (`database_unavailable`), which is no bug and would otherwise fill the logs with one
+traceback a run for as long as the outage lasts; then one warning when the outage starts and one line when a
+run succeeds again, as the event consumers and orders' recovery say it. Stopping lets a run in progress finish its
 transaction (cancelling it only past a timeout), so shutdown never leaves half a sweep behind.
 `delete_in_batches` is the purge such a job runs over a table that grows.
 """
@@ -10,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import Column, ColumnElement, Table, delete, select, tuple_
 
 from shopmesh_chassis.db import Database
+from shopmesh_chassis.db_errors import database_unavailable
+from shopmesh_chassis.errors import DomainError
 from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.periodic")
@@ -29,6 +35,8 @@ class Periodic:
         # Set to end the wait between runs: by stop, or by run_soon.
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # When a run first found the database unavailable; None while it is not known to be away.
+        self._database_away_since: float | None = None
 
     @property
     def running(self) -> bool:
@@ -67,11 +75,46 @@ class Periodic:
             self._wake.clear()
             try:
                 result = await self._job()
+            except Exception as error:
+                if database_unavailable(error):
+                    self._database_away(error)
+                else:
+                    log.exception("%s failed; next run in %.1fs", self.name, self._interval)
+            else:
                 log.debug("%s done: %s", self.name, result)
-            except Exception:
-                log.exception("%s failed; next run in %.1fs", self.name, self._interval)
+                self._database_back()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
+
+    def _database_away(self, error: Exception) -> None:
+        """One warning an outage, without the traceback; the runs that fail during it only at DEBUG."""
+        if self._database_away_since is None:
+            self._database_away_since = time.monotonic()
+            log.warning(
+                "%s failed: the database is unavailable; it runs every %.1fs until it is back, "
+                "without a line each time: %s",
+                self.name,
+                self._interval,
+                _cause(error),
+            )
+        else:
+            log.debug("%s failed: the database is still unavailable: %s", self.name, _cause(error))
+
+    def _database_back(self) -> None:
+        if self._database_away_since is not None:
+            log.info(
+                "%s reached its database again after %.0fs",
+                self.name,
+                time.monotonic() - self._database_away_since,
+            )
+            self._database_away_since = None
+
+
+def _cause(error: Exception) -> str:
+    """The driver's error on one line: also under the UNAVAILABLE a service's decorator raised from it (which
+    says only "database unavailable"). SQLAlchemy's message spans several lines."""
+    cause = error.__cause__ if isinstance(error, DomainError) and isinstance(error.__cause__, Exception) else error
+    return " ".join(f"{type(cause).__name__}: {cause}".split())
 
 
 async def delete_in_batches(
