@@ -86,18 +86,19 @@ def unknown_revisions(connection: Connection, config: Config) -> set[str]:
     return set(MigrationContext.configure(connection).get_current_heads()) - known
 
 
-def create_index_concurrently(name: str, table: str, columns: Sequence[str]) -> None:
+def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, where: str | None = None) -> None:
     """For a migration: on PostgreSQL, build an index without holding writes to a busy table, outside the
     migration's transaction. Safe to run again: a build that failed half-way leaves an INVALID index under
     the name, dropped first. It runs without migrate()'s lock timeout: a concurrent build blocks nobody, but
     waits for every older snapshot in the database (a backup, a long report), and with the timeout such a
-    transaction would fail every start until it ended. Elsewhere (SQLite), a plain CREATE INDEX.
+    transaction would fail every start until it ended. Elsewhere (SQLite), a plain CREATE INDEX. `where`, SQL
+    both dialects read alike, makes it a partial index of the rows it holds for.
 
     The build says IF NOT EXISTS though the drop before it already made sure: squawk (the migration linter,
     tests/contract/test_migrations_safe.py) reads each statement outside a transaction on its own, and refuses
     one that a rerun would fail on."""
     if op.get_bind().dialect.name != "postgresql":
-        op.create_index(name, table, list(columns))
+        op.create_index(name, table, list(columns), sqlite_where=text(where) if where is not None else None)
         return
     with op.get_context().autocommit_block():
         bind = op.get_bind()
@@ -105,7 +106,10 @@ def create_index_concurrently(name: str, table: str, columns: Sequence[str]) -> 
         timeout = bind.scalar(text("SHOW lock_timeout"))
         bind.execute(text("SET lock_timeout = 0"))
         try:
-            bind.execute(text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({', '.join(columns)})"))
+            partial = f" WHERE {where}" if where is not None else ""
+            bind.execute(
+                text(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({', '.join(columns)}){partial}")
+            )
         finally:
             bind.execute(text("SELECT set_config('lock_timeout', :timeout, false)"), {"timeout": timeout})
 

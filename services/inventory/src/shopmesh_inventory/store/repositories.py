@@ -11,13 +11,18 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, func, insert, select, update
+from sqlalchemy import BigInteger, bindparam, case, exists, func, insert, literal_column, select, update
 
 from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing, stored_enum
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
 from shopmesh_inventory.domain.reservations import StockEffect, Transition
 from shopmesh_inventory.domain.validation import MAX_ON_HAND
 from shopmesh_inventory.store.tables import reservation_items, reservations, stock
+
+# The state as a literal, not a bound parameter: the planner then knows that the partial index of pending
+# reservations (ix_reservations_pending_expires_at) holds every row the query wants. With a parameter it
+# cannot (SQLite never; PostgreSQL not in the generic plan of asyncpg's prepared statement).
+_PENDING = reservations.c.state == literal_column(f"'{ReservationState.PENDING.value}'")
 
 # The statements of Reserve / Commit / Release are built once, with bound parameters: building one costs
 # SQLAlchemy more than running it, and a reused statement also reuses its compiled form.
@@ -156,12 +161,15 @@ class ReservationRepository:
 
     async def overdue_ids(self, now: datetime, limit: int, product_ids: Collection[str] | None = None) -> list[str]:
         """Ids of PENDING reservations past expires_at, oldest first; only those holding `product_ids` if given."""
-        statement = select(reservations.c.id).where(
-            reservations.c.state == ReservationState.PENDING.value, reservations.c.expires_at <= now
-        )
+        statement = select(reservations.c.id).where(_PENDING, reservations.c.expires_at <= now)
         if product_ids is not None:
-            holding = select(reservation_items.c.reservation_id).where(reservation_items.c.product_id.in_(product_ids))
-            statement = statement.where(reservations.c.id.in_(holding))
+            # Asked of each overdue reservation (its items' primary key), not as `id IN (the product's
+            # reservations)`: SQLite builds that list first, every reservation of a popular product ever made.
+            holding = exists().where(
+                reservation_items.c.reservation_id == reservations.c.id,
+                reservation_items.c.product_id.in_(product_ids),
+            )
+            statement = statement.where(holding)
         rows = await self._session.execute(statement.order_by(reservations.c.expires_at).limit(limit))
         return [row.id for row in rows]
 
@@ -171,7 +179,7 @@ class ReservationRepository:
             select(reservation_items.c.product_id, func.sum(reservation_items.c.quantity).label("units"))
             .join(reservations, reservations.c.id == reservation_items.c.reservation_id)
             .where(
-                reservations.c.state == ReservationState.PENDING.value,
+                _PENDING,
                 reservations.c.expires_at <= now,
                 reservation_items.c.product_id.in_(product_ids),
             )
