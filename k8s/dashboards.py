@@ -323,7 +323,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Events consumed",
                 "reqps",
                 "What each consumer did with the events it took: applied, duplicate, retried, dead_lettered, "
-                "handed_back (a newer release's subject, left for its replicas), retired.",
+                "dropped (not even parkable), handed_back (a newer release's subject, left for its replicas), retired.",
                 [
                     (
                         f"sum by (consumer, outcome) (rate(shopmesh_events_consumed_total{{{SELECTOR}}}"

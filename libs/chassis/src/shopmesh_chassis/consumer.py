@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+import nats.aio.client
 import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError, Message
@@ -53,13 +54,16 @@ from shopmesh_chassis.deadletters import (
     ATTEMPTS,
     BOOKKEEPING_HEADERS,
     DEAD_LETTER_STREAM,
-    ERROR,
     ORIGINAL_EVENT_ID,
+    ORIGINAL_SEQUENCE,
+    ORIGINAL_STREAM,
     ORIGINAL_SUBJECT,
+    PAYLOAD_OMITTED,
     REPLAY_STREAM,
     REPLAYED_FROM,
     ensure_dead_letter_streams,
-    error_header,
+    fits,
+    fitted_letter,
     parked_subject,
     replay_durable,
     replay_filter,
@@ -71,6 +75,7 @@ from shopmesh_chassis.events import (
     NatsConnection,
     ensure_stream,
     parse_nats_url,
+    refused_for_good,
 )
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
@@ -945,20 +950,87 @@ class EventConsumer:
         # The park's id names the delivery that failed (stream and sequence): the same delivery parked
         # twice (a crash before the ack) is one dead letter, while the same event parked again after a
         # replay within the duplicate window is a new one, not dropped as a duplicate.
-        delivery = f"{message.metadata.stream}:{message.metadata.sequence.stream}" if message.metadata else ""
+        stored_at = (message.metadata.stream, message.metadata.sequence.stream) if message.metadata else None
+        delivery = f"{stored_at[0]}:{stored_at[1]}" if stored_at is not None else ""
         headers = {
             **{k: v for k, v in event.headers.items() if k != MSG_ID},
             MSG_ID: f"{self._durable}:{event.event_id}:{delivery}",
             ORIGINAL_SUBJECT: event.subject,
             ORIGINAL_EVENT_ID: event.event_id,
-            ERROR: error_header(error),
             ATTEMPTS: str(attempts),
         }
-        await client.jetstream().publish(where, event.payload, headers=headers)
+        # A letter over the server's max_payload would be answered with -ERR and a closed connection: the
+        # message back after its ack wait, parked in vain again, for ever, and the poison behind it never parked.
+        letter = fitted_letter(event.payload, headers, error, client.max_payload, stored_at=stored_at)
+        if letter is not None:
+            try:
+                await client.jetstream().publish(where, letter[0], headers=letter[1])
+            except Exception as exc:
+                refused = refused_for_good(exc)
+                if refused is None:
+                    raise  # an outage: the message comes back after its ack wait, and is parked then
+                letter = await self._park_without_payload(client, where, letter, stored_at, refused)
+        if letter is None:
+            await self._drop(message, event, where)
+            return
+        if PAYLOAD_OMITTED in letter[1]:
+            log.error(
+                "event %s parked on %s without its payload: %s",
+                event.event_id,
+                where,
+                letter[1][PAYLOAD_OMITTED],
+                extra={"event_id": event.event_id},
+            )
         await message.ack()
         self._forget(message)
         self._count(event, "dead_lettered")
         self._parked.set()
+
+    async def _park_without_payload(
+        self,
+        client: nats.aio.client.Client,
+        where: str,
+        letter: tuple[bytes, dict[str, str]],
+        stored_at: tuple[str, int] | None,
+        refused: str,
+    ) -> tuple[bytes, dict[str, str]] | None:
+        """JetStream refused the letter for good (`refused`: the dead-letter stream's max message size, say):
+        park it without its payload, saying where the event is stored; None when that is refused too."""
+        if PAYLOAD_OMITTED in letter[1]:
+            return None
+        where_stored = f"{stored_at[0]} sequence {stored_at[1]}" if stored_at is not None else "an unknown stream"
+        headers = {
+            **letter[1],
+            PAYLOAD_OMITTED: f"{len(letter[0])} bytes refused by JetStream ({refused}); the event is stored as "
+            f"{where_stored}",
+        }
+        if stored_at is not None:
+            headers |= {ORIGINAL_STREAM: stored_at[0], ORIGINAL_SEQUENCE: str(stored_at[1])}
+        if not fits(b"", headers, client.max_payload):
+            return None
+        try:
+            await client.jetstream().publish(where, b"", headers=headers)
+        except Exception as exc:
+            if refused_for_good(exc) is None:
+                raise
+            return None
+        return b"", headers
+
+    async def _drop(self, message: Msg, event: Event, where: str) -> None:
+        """Not even a letter without its payload is taken: acknowledged unparked, said and counted, rather than
+        delivered, refused and delivered again for ever (holding a slot of the durable)."""
+        stored = f"{message.metadata.stream} sequence {message.metadata.sequence.stream}" if message.metadata else "?"
+        log.error(
+            "event %s could not be parked on %s (NATS refuses even a letter without its payload); acknowledged "
+            "unapplied, it is stored as %s while that stream keeps it",
+            event.event_id,
+            where,
+            stored,
+            extra={"event_id": event.event_id},
+        )
+        await message.ack()
+        self._forget(message)
+        self._count(event, "dropped")
 
     async def _failed(self, message: Msg, event: Event, error: Exception) -> None:
         # Deliveries that met an unreachable database were no attempt of the handler's on this message.

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg, RetentionPolicy
 from nats.js.errors import NotFoundError
 
-from shopmesh_chassis.events import MSG_ID, ensure_stream
+from shopmesh_chassis.events import MSG_ID, ensure_stream, header_block_size
 
 DEAD_LETTER_STREAM = "DEADLETTER"
 DEAD_LETTER_PREFIX = "deadletter"
@@ -38,7 +38,24 @@ ERROR = "Shopmesh-Error"
 ATTEMPTS = "Shopmesh-Attempts"
 # On a replayed message: the dead-letter sequence it was replayed from (for logs and traces).
 REPLAYED_FROM = "Shopmesh-Replayed-From"
-BOOKKEEPING_HEADERS = frozenset({MSG_ID, ORIGINAL_SUBJECT, ORIGINAL_EVENT_ID, ERROR, ATTEMPTS, REPLAYED_FROM})
+# On a letter parked without its payload (the payload and the letter's headers together were more than NATS
+# takes): why, and where the event is stored (its stream and sequence there, while that stream keeps it).
+PAYLOAD_OMITTED = "Shopmesh-Payload-Omitted"
+ORIGINAL_STREAM = "Shopmesh-Original-Stream"
+ORIGINAL_SEQUENCE = "Shopmesh-Original-Sequence"
+BOOKKEEPING_HEADERS = frozenset(
+    {
+        MSG_ID,
+        ORIGINAL_SUBJECT,
+        ORIGINAL_EVENT_ID,
+        ERROR,
+        ATTEMPTS,
+        REPLAYED_FROM,
+        PAYLOAD_OMITTED,
+        ORIGINAL_STREAM,
+        ORIGINAL_SEQUENCE,
+    }
+)
 # JetStream's sequences: unsigned 64-bit, the first message 1.
 MIN_SEQUENCE = 1
 MAX_SEQUENCE = 2**64 - 1
@@ -114,6 +131,34 @@ async def waiting_event_ids(js: JetStreamContext, consumer: str, *, limit: int |
     return found
 
 
+class ReplayRefused(ValueError):
+    """The letter cannot be replayed as it is; it stays parked."""
+
+
+class PayloadNotParked(ReplayRefused):
+    """The letter was parked without its payload (too large with its headers): a replay would apply no event."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        where = letter.headers.get(ORIGINAL_STREAM, "?"), letter.headers.get(ORIGINAL_SEQUENCE, "?")
+        super().__init__(
+            f"dead letter {letter.sequence} not replayed: it was parked without its payload "
+            f"({letter.headers.get(PAYLOAD_OMITTED, '')}); the event is on stream {where[0]}, sequence {where[1]}, "
+            "while that stream keeps it; it stays parked: fix or discard it"
+        )
+        self.letter = letter
+
+
+class ReplayTooLarge(ReplayRefused):
+    """The replay (the letter's payload and headers, and the replay's own) is more than NATS takes."""
+
+    def __init__(self, letter: DeadLetter, max_payload: int) -> None:
+        super().__init__(
+            f"dead letter {letter.sequence} not replayed: its payload ({len(letter.payload)} bytes) and headers "
+            f"are over NATS' max_payload ({max_payload}); it stays parked"
+        )
+        self.letter = letter
+
+
 class NoSuchDeadLetter(LookupError):
     def __init__(self, sequence: int) -> None:
         super().__init__(f"no dead letter with sequence {sequence} (`list` shows what is parked)")
@@ -175,21 +220,59 @@ ERROR_HEADER_LIMIT = 500
 _CUT = "…"
 
 
-def error_header(error: str) -> str:
+def error_header(error: str, limit: int = ERROR_HEADER_LIMIT) -> str:
     """The error as its header holds it: JSON-quoted (a header value cannot hold every character), cut to
-    ERROR_HEADER_LIMIT with its text cut first, so that the header stays JSON `list` can read back."""
+    `limit` with its text cut first, so that the header stays JSON `list` can read back."""
     quoted = json.dumps(error)
-    if len(quoted) <= ERROR_HEADER_LIMIT:
+    if len(quoted) <= limit:
         return quoted
     # Escapes take up to 12 characters each (a surrogate pair): find the longest prefix whose quoting fits.
-    low, high = 0, min(len(error), ERROR_HEADER_LIMIT)
+    low, high = 0, min(len(error), limit)
     while low < high:
         middle = (low + high + 1) // 2
-        if len(json.dumps(error[:middle] + _CUT)) <= ERROR_HEADER_LIMIT:
+        if len(json.dumps(error[:middle] + _CUT)) <= limit:
             low = middle
         else:
             high = middle - 1
     return json.dumps(error[:low] + _CUT)
+
+
+# The shortest error header a letter is cut to before its payload is left out instead: the exception's type
+# and the start of its message, enough to tell one failure from another in `list`.
+MIN_ERROR_HEADER = 100
+
+
+def fits(payload: bytes, headers: Mapping[str, str], max_payload: int) -> bool:
+    """Whether NATS takes the message: the server counts the header block with the payload against its
+    max_payload, and answers one over it with -ERR and a closed connection (nats-py checks the payload alone)."""
+    return len(payload) + header_block_size(headers) <= max_payload
+
+
+def fitted_letter(
+    payload: bytes, headers: Mapping[str, str], error: str, max_payload: int, *, stored_at: tuple[str, int] | None
+) -> tuple[bytes, dict[str, str]] | None:
+    """The letter of a message NATS takes (`headers` and the error header made of `error`, with `payload`),
+    made to fit under `max_payload`: as it is; else with its error cut (to no less than MIN_ERROR_HEADER);
+    else without its payload, saying so and where the event is stored (`stored_at`: its stream and sequence),
+    so that an operator finds it there while that stream keeps it. None when not even that fits."""
+    whole = {**headers, ERROR: error_header(error)}
+    if fits(payload, whole, max_payload):
+        return payload, whole
+    others = {k: v for k, v in headers.items() if k != ERROR}
+    room = max_payload - len(payload) - header_block_size({**others, ERROR: ""})
+    if room >= MIN_ERROR_HEADER:
+        return payload, {**others, ERROR: error_header(error, room)}
+    where = f"{stored_at[0]} sequence {stored_at[1]}" if stored_at is not None else "an unknown stream"
+    omitted = {
+        **whole,
+        PAYLOAD_OMITTED: f"{len(payload)} bytes with the letter's headers are over NATS' max_payload "
+        f"({max_payload}); the event is stored as {where}",
+    }
+    if stored_at is not None:
+        omitted |= {ORIGINAL_STREAM: stored_at[0], ORIGINAL_SEQUENCE: str(stored_at[1])}
+    if fits(b"", omitted, max_payload):
+        return b"", omitted
+    return None
 
 
 def _error_text(header: str) -> str:
@@ -219,9 +302,14 @@ def _cut_quote_text(header: str) -> str:
 class DeadLetters:
     """List, replay and discard parked messages."""
 
-    def __init__(self, js: JetStreamContext, *, duplicate_window_seconds: float = 900.0) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, duplicate_window_seconds: float = 900.0, max_payload: int | None = None
+    ) -> None:
+        """`max_payload`: the NATS server's (a replay over it is refused before sending); by default what the
+        server announced to `js`'s connection."""
         self._js = js
         self._duplicate_window = duplicate_window_seconds
+        self._max_payload = max_payload
 
     async def list(self, consumer: str | None = None) -> list[DeadLetter]:
         """Every parked message (of one consumer if given), oldest first."""
@@ -258,6 +346,8 @@ class DeadLetters:
         Publish first, delete second: a command that dies in between leaves the message parked, and
         running it again publishes under the same message id, which `REPLAY` drops as a duplicate."""
         letter = await self.get(sequence)
+        if PAYLOAD_OMITTED in letter.headers:
+            raise PayloadNotParked(letter)
         # Create-only: the consumers declared the streams with their NATS_DUPLICATE_WINDOW_SECONDS, which
         # this command does not know.
         await ensure_dead_letter_streams(self._js, self._duplicate_window, update=False)
@@ -269,6 +359,10 @@ class DeadLetters:
         # parked again after a failed replay gets a new replay id, while a repeated command does not.
         parked_id = letter.headers.get(MSG_ID, f"{letter.consumer}:{letter.event_id}:{sequence}")
         headers = {**letter.headers, MSG_ID: f"replay:{parked_id}", REPLAYED_FROM: str(sequence)}
+        # Sent over the server's max_payload, it would close the connection and leave the operator guessing.
+        max_payload = self._max_payload if self._max_payload is not None else self._js._nc.max_payload
+        if not fits(letter.payload, headers, max_payload):
+            raise ReplayTooLarge(letter, max_payload)
         await self._js.publish(replay_subject(letter.consumer, letter.subject), letter.payload, headers=headers)
         await self._delete(sequence)
         return letter

@@ -40,6 +40,7 @@ from shopmesh_chassis.deadletters import (
     NoReplayConsumer,
     NoSuchDeadLetter,
     NotAConsumerName,
+    ReplayRefused,
     is_consumer_name,
 )
 from shopmesh_chassis.events import EVENT_TYPE, InvalidNatsUrl, parse_nats_url, shown_nats_url
@@ -240,7 +241,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for sequence in sequences:
             try:
                 letter = await act(sequence)
-            except (NoSuchDeadLetter, NoReplayConsumer) as exc:
+            except (NoSuchDeadLetter, NoReplayConsumer, ReplayRefused) as exc:
                 print(f"error: {exc}", file=err)
                 status = 1
                 continue

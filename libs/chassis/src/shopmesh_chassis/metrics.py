@@ -187,9 +187,10 @@ class EventMetrics:
             "shopmesh_events_consumed",
             "Events a consumer took off its stream, by outcome: applied; duplicate (applied before, "
             "acknowledged again); retried (the handler failed, redelivered later); dead_lettered (parked "
-            "after its last attempt); handed_back (a subject this release does not consume, a newer one's: "
-            "redelivered later for a replica that does); retired (a subject this release retired: "
-            "acknowledged unapplied).",
+            "after its last attempt); dropped (after its last attempt, NATS refused even a dead letter without "
+            "its payload: acknowledged unparked, logged at ERROR); handed_back (a subject this release does "
+            "not consume, a newer one's: redelivered later for a replica that does); retired (a subject this "
+            "release retired: acknowledged unapplied).",
             ("consumer", "subject", "outcome"),
             registry=registry,
         )
