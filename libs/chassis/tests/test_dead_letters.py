@@ -144,6 +144,38 @@ async def test_a_payload_that_does_not_decode_is_listed_as_an_invalid_event_nami
     assert said in listed.stdout
 
 
+async def test_an_event_whose_type_header_names_another_message_is_parked_as_invalid_not_applied(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """An OrderCancelled published on the confirmed subject decodes cleanly as an OrderConfirmed (the same
+    fields): only the type header add_event writes tells them apart."""
+
+    async def decoding(session: DbConnection, event: Event) -> None:
+        decode_event(events_pb2.OrderConfirmed, event)
+        await record(session, event)
+
+    running = consumer(db, nats_srv.url, decoding, max_attempts=1)
+    running.start()
+    cancelled = events_pb2.OrderCancelled(order_id="ord_1").SerializeToString()
+    await client.jetstream().publish(
+        SUBJECT, cancelled, headers={MSG_ID: "e1", EVENT_TYPE: "shopmesh.orders.v1.OrderCancelled"}
+    )
+    confirmed = events_pb2.OrderConfirmed(order_id="ord_2").SerializeToString()
+    await client.jetstream().publish(
+        SUBJECT, confirmed, headers={MSG_ID: "e2", EVENT_TYPE: "shopmesh.orders.v1.OrderConfirmed"}
+    )
+    await publish(client, "e3", confirmed)  # no type header (published before it was written): decoded as ever
+    [letter] = await parked(client, 1)
+    await until_applied(db, Counter({"e2": 1, "e3": 1}))
+    await running.stop()
+    assert letter.event_id == "e1"
+    assert letter.error == (
+        f"InvalidEvent: {SUBJECT} e1: the event is a shopmesh.orders.v1.OrderCancelled (its {EVENT_TYPE} "
+        "header), not the shopmesh.orders.v1.OrderConfirmed this subject carries"
+    )
+    assert await applied(db) == Counter({"e2": 1, "e3": 1})
+
+
 @pytest.mark.parametrize("character", ["x", "\n", "é", "\U0001f600"])
 def test_an_error_header_stays_json_within_its_bound_whatever_it_escapes(character: str) -> None:
     error = "E: " + character * 1000

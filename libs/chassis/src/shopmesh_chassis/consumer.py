@@ -71,6 +71,7 @@ from shopmesh_chassis.deadletters import (
 )
 from shopmesh_chassis.events import (
     DEFAULT_STREAM_MAX_AGE_SECONDS,
+    EVENT_TYPE,
     MSG_ID,
     NatsConnection,
     ensure_stream,
@@ -186,7 +187,17 @@ def decode_event(message_type: type[MessageT], event: Event) -> MessageT:
     """The event's payload as the contract message its subject carries. Bytes that do not decode raise
     InvalidEvent naming the subject, the event id and the expected message, for every consumer alike: a bare
     protobuf DecodeError parked as `DecodeError: Error parsing message` tells an operator reading
-    `shopmesh-deadletters list` neither what was expected nor that the payload, not the code, is at fault."""
+    `shopmesh-deadletters list` neither what was expected nor that the payload, not the code, is at fault.
+    So does an event whose `Shopmesh-Event-Type` header (add_event writes it) names another message: protobuf
+    decodes most messages as most others (an OrderCancelled reads as an OrderConfirmed), so the bytes alone
+    cannot tell, and applying it would act on an event that never happened."""
+    expected = message_type.DESCRIPTOR.full_name
+    declared = event.headers.get(EVENT_TYPE)
+    if declared is not None and declared != expected:
+        raise InvalidEvent(
+            f"{event.subject} {event.event_id or '?'}: the event is a {declared} (its {EVENT_TYPE} header), "
+            f"not the {expected} this subject carries"
+        )
     try:
         return message_type.FromString(event.payload)
     except DecodeError as exc:
