@@ -342,3 +342,12 @@ def test_a_cancel_reason_with_a_control_character_or_a_line_break_is_refused_nam
 @pytest.mark.parametrize("reason", ["", "  ", "too slow", "Commande annulée : délai trop long 😞", "נמצא זול יותר"])
 def test_a_cancel_reason_on_one_line_or_none_at_all_is_accepted(reason: str) -> None:
     validate_cancel_reason(reason)
+
+
+@pytest.mark.parametrize("user_id", ["alice smith", "usr\t1", "usr_1\u200b", "usr\n1", " usr_1"])
+def test_a_user_id_with_whitespace_or_unprintable_characters_is_refused_as_notifications_would_refuse_its_events(
+    user_id: str,
+) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validate_place_order(command(user_id=user_id), date(2026, 11, 25))
+    assert [(v.field, v.reason) for v in caught.value.violations] == [("user_id", "INVALID_FORMAT")]

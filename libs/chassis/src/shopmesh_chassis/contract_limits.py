@@ -10,6 +10,15 @@ from __future__ import annotations
 # "An id field is at most 64 characters": a longer id cannot exist, so one is refused before any lookup.
 MAX_ID_LENGTH = 64
 
+
+def is_printable_id(value: str) -> bool:
+    """Whether an id that travels onward (in events, mail headers, subject lines) has only printable characters
+    and no whitespace: what notifications requires of the ids an order event carries. A service that takes
+    such an id from a caller checks it with this same rule, or an id it accepts (an order charged and
+    confirmed) is one the next service along refuses (its e-mail parked for ever)."""
+    return value.isprintable() and not any(character.isspace() for character in value)
+
+
 # Money.amount_minor's bound, 10^15 - 1: a JSON client reading the amount as a double still gets it exactly,
 # and the sum of an order's lines stays far from int64's limit.
 MAX_AMOUNT_MINOR = 10**15 - 1

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, is_printable_id
 from shopmesh_chassis.email_addresses import is_email_address
 
 CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -58,7 +58,7 @@ def validate_event(event: OrderEvent) -> OrderEvent:
             problems.append(f"{name} is empty")
         elif len(value) > MAX_ID_LENGTH:
             problems.append(f"{name} is longer than {MAX_ID_LENGTH} characters")
-        elif not value.isprintable() or any(char.isspace() for char in value):
+        elif not is_printable_id(value):
             # An id goes into a subject line and mail headers, where a line break would forge headers.
             problems.append(f"{name} has spaces or control characters")
     if not event.email:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from shopmesh_chassis import errors, pagination
-from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
+from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH, is_printable_id
 from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.text_lines import characters_violation, line_violation, normalized_line, too_long_to_normalize
@@ -136,6 +136,10 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
     address lines normalized)."""
     violations: list[FieldViolation] = []
     _text(violations, "user_id", command.user_id, 1, MAX_ID_LENGTH)
+    if command.user_id.strip() and len(command.user_id) <= MAX_ID_LENGTH and not is_printable_id(command.user_id):
+        # The OrderConfirmed event carries it to notifications, which refuses it: the order would be charged
+        # and confirmed, and its e-mail parked for ever.
+        violations.append(FieldViolation("user_id", "printable characters only, no spaces", "INVALID_FORMAT"))
     if not command.items:
         violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
     elif len(command.items) > MAX_ITEMS:

@@ -424,8 +424,11 @@ class PlaceOrderRequest(_message.Message):
     CARD_FIELD_NUMBER: _builtins.int
     EXPECTED_TOTAL_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The user placing the order. Required; must equal `x-user-id` when that
-    header is present.
+    """The user placing the order. Required; at most 64 characters, all
+    printable, with no whitespace (no space, tab or line break; no control or
+    zero-width character), otherwise INVALID_ARGUMENT with an INVALID_FORMAT
+    violation on `user_id`: the order's events carry it to notifications,
+    which takes no other. Must equal `x-user-id` when that header is present.
     """
     currency: _builtins.str
     """The currency the customer expects to pay in (ISO 4217, upper case).
