@@ -175,7 +175,13 @@ async def test_an_event_no_letter_of_fits_is_acknowledged_said_and_counted_not_r
         finally:
             await running.stop()
     assert await DeadLetters(js).list() == []
-    assert any("could not be parked" in record.getMessage() for record in caplog.records)
+    # What the runbook finds the lost events by: each one's id, subject, stream and sequence, and why.
+    said = sorted(r.getMessage() for r in caplog.records if "dropped event" in r.getMessage())
+    assert len(said) == 2
+    for sequence, (event_id, line) in enumerate(zip(["evt-1", "evt-2"], said, strict=True), start=1):
+        assert f"consumer tester dropped event {event_id} (subject things.v1.happened" in line
+        assert f"stored as stream THINGS sequence {sequence} " in line
+        assert "exceeds the stream's max message size" in line, line
     info = await js.consumer_info("THINGS", "tester")
     assert info.num_ack_pending == 0
     assert info.num_pending == 0

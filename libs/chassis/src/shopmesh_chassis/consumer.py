@@ -973,16 +973,19 @@ class EventConsumer:
         # A letter over the server's max_payload would be answered with -ERR and a closed connection: the
         # message back after its ack wait, parked in vain again, for ever, and the poison behind it never parked.
         letter = fitted_letter(event.payload, headers, error, client.max_payload, stored_at=stored_at)
+        # Why no letter went out, for the drop's log line: what the operator must change before it recurs.
+        refused = f"not even its headers fit under NATS' max_payload ({client.max_payload} bytes)"
         if letter is not None:
             try:
                 await client.jetstream().publish(where, letter[0], headers=letter[1])
             except Exception as exc:
-                refused = refused_for_good(exc)
-                if refused is None:
+                why = refused_for_good(exc)
+                if why is None:
                     raise  # an outage: the message comes back after its ack wait, and is parked then
-                letter = await self._park_without_payload(client, where, letter, stored_at, refused)
+                refused = why
+                letter = await self._park_without_payload(client, where, letter, stored_at, why)
         if letter is None:
-            await self._drop(message, event, where)
+            await self._drop(message, event, where, refused)
             return
         if PAYLOAD_OMITTED in letter[1]:
             log.error(
@@ -1027,17 +1030,34 @@ class EventConsumer:
             return None
         return b"", headers
 
-    async def _drop(self, message: Msg, event: Event, where: str) -> None:
+    async def _drop(self, message: Msg, event: Event, where: str, refused: str) -> None:
         """Not even a letter without its payload is taken: acknowledged unparked, said and counted, rather than
-        delivered, refused and delivered again for ever (holding a slot of the durable)."""
-        stored = f"{message.metadata.stream} sequence {message.metadata.sequence.stream}" if message.metadata else "?"
+        delivered, refused and delivered again for ever (holding a slot of the durable).
+
+        The event is lost to this consumer: the log line is the only record of it, so it carries all the
+        runbook (docs/operations.md) needs to find it (`nats stream get <stream>
+        <sequence>` while the stream keeps it) and to stop the next: consumer, event id, subject, stream,
+        sequence, and why NATS refused (`refused`, its last refusal). In the message and as JSON fields."""
+        stream, sequence = (
+            (message.metadata.stream, message.metadata.sequence.stream) if message.metadata else ("?", "?")
+        )
         log.error(
-            "event %s could not be parked on %s (NATS refuses even a letter without its payload); acknowledged "
-            "unapplied, it is stored as %s while that stream keeps it",
+            "consumer %s dropped event %s (subject %s, stored as stream %s sequence %s while that stream keeps "
+            "it): after its last attempt it could not be parked on %s (%s); acknowledged unapplied",
+            self._durable,
             event.event_id,
+            event.subject,
+            stream,
+            sequence,
             where,
-            stored,
-            extra={"event_id": event.event_id},
+            refused,
+            extra={
+                "event_id": event.event_id,
+                "consumer": self._durable,
+                "subject": event.subject,
+                "stream": stream,
+                "stream_sequence": sequence,
+            },
         )
         await message.ack()
         self._forget(message)
