@@ -391,6 +391,20 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 [(f"max by (consumer) (shopmesh_events_dead_letters{{{SELECTOR}}})", "{{consumer}}")],
             ),
             (
+                "Events dropped",
+                "short",
+                "Events each consumer lost in the last 15 minutes: after the last attempt NATS refused even a dead "
+                "letter without the payload, so they were acknowledged unapplied and are on no dead-letter stream; "
+                "each logged at ERROR with its event id, subject, stream and sequence. Should be 0 (alert "
+                "ShopmeshEventsDropped).",
+                [
+                    (
+                        f"sum by (consumer) (increase(shopmesh_events_dropped_total{{{SELECTOR}}}[15m]))",
+                        "{{consumer}}",
+                    )
+                ],
+            ),
+            (
                 "Since a consumer last reached NATS",
                 "s",
                 "Seconds since any replica of each consumer last read its state from NATS (every 30 s); growing: "

@@ -25,6 +25,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from shopmesh_chassis.breaker import CircuitBreaker
+from shopmesh_chassis.consumer import EventConsumer
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, ServerMetrics
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification
@@ -83,7 +85,7 @@ def expected_alerts(name: str) -> set[str]:
     if service.publishes:
         alerts |= {"ShopmeshOutboxStuck", "ShopmeshOutboxRelayStalled", "ShopmeshOutboxEventsSetAside"}
     if service.consumes:
-        alerts |= {"ShopmeshDeadLetters", "ShopmeshConsumerBacklog", "ShopmeshConsumerCutOff"}
+        alerts |= {"ShopmeshDeadLetters", "ShopmeshEventsDropped", "ShopmeshConsumerBacklog", "ShopmeshConsumerCutOff"}
     if service.calls:
         alerts.add("ShopmeshCircuitOpen")
     if is_edge(name):
@@ -1131,6 +1133,104 @@ def test_outbox_events_set_aside_stays_silent_while_nothing_is_set_aside(
     alert = alert_named(rendered, "orders", "ShopmeshOutboxEventsSetAside")
     scenario = set_aside_scenario("nothing set aside", [lambda t: 0, lambda t: 0], silent_between(0, SET_ASIDE_FOR))
     assert_promtool_passes(alert, "orders", [scenario], tmp_path)
+
+
+DROPPED_FOR = 3600
+DROP_AT = 600
+DROPPED_WINDOW = 900  # the rule's increase() window (helm/shopmesh-lib/templates/_monitoring.tpl)
+
+
+@dataclass(frozen=True)
+class ConsumerPod:
+    """A replica of a consumer, scraped from `start` until `stop`, dropping an event at each of `drops`."""
+
+    start: int
+    stop: float = math.inf
+    drops: tuple[int, ...] = ()
+
+
+async def never_called(session: object, event: object) -> None:
+    raise AssertionError("the scenario's consumers are never started")
+
+
+def dropped_scenario(name: str, pods: list[ConsumerPod], tmp_path: Path, expected: Expected) -> Scenario:
+    """`pods`, each a real EventConsumer made with its own real event metrics at its start (as the service's
+    wiring makes it: never started here, nothing reached), counting a drop as its _drop does."""
+    now = [0.0]
+    metrics = [ServerMetrics(CollectorRegistry()) for _ in pods]
+
+    def world(t: float) -> None:
+        now[0] = t
+        for index, (pod, metric) in enumerate(zip(pods, metrics, strict=True)):
+            if t == pod.start:
+                EventConsumer(
+                    Database(f"sqlite:///{tmp_path / f'pod-{index}.db'}"),
+                    "nats://127.0.0.1:1",
+                    durable=CONSUMER,
+                    stream="ORDERS",
+                    stream_subjects=["orders.v1.>"],
+                    subjects=["orders.v1.placed"],
+                    handler=never_called,
+                    metrics=metric.events,
+                )
+            if t in pod.drops:
+                metric.events.dropped.labels(CONSUMER).inc()
+
+    def scrape() -> list[Sample]:
+        return [
+            sample._replace(labels={**sample.labels, "pod": f"pod-{index}"})
+            for index, (pod, metric) in enumerate(zip(pods, metrics, strict=True))
+            if pod.start <= now[0] < pod.stop
+            for family in metric.registry.collect()
+            for sample in family.samples
+        ]
+
+    return Scenario(name, world, scrape, DROPPED_FOR, expected, {"consumer": CONSUMER})
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "the only replica drops its first event",
+        "a replica started 30 s before drops its first event, the other none",
+        "a replica of a rolling update drops its first event right after the first scrape after its start",
+    ],
+)
+def test_events_dropped_pages_at_the_first_drop_and_resolves_after_its_window(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
+) -> None:
+    """An event dropped is lost for good: the first of a pod must page. Its counter made on first use, the
+    series appeared with that drop already at 1 and increase() saw no rise: the alert stayed silent."""
+    alert = alert_named(rendered, "notifications", "ShopmeshEventsDropped")
+    hold = seconds_of(alert["for"])
+    assert alert["labels"]["severity"] == "critical"
+    pods = {
+        "the only replica drops its first event": [ConsumerPod(0, drops=(DROP_AT,))],
+        "a replica started 30 s before drops its first event, the other none": [
+            ConsumerPod(0),
+            ConsumerPod(DROP_AT - 30, drops=(DROP_AT,)),
+        ],
+        "a replica of a rolling update drops its first event right after the first scrape after its start": [
+            ConsumerPod(0, stop=DROP_AT + 60),
+            ConsumerPod(DROP_AT - 14, drops=(DROP_AT + 1,)),
+        ],
+    }[scenario]
+    at = max(drop for pod in pods for drop in pod.drops)
+    expected = (
+        silent_between(0, at)
+        | firing_between(fires_by(at, hold), at + DROPPED_WINDOW - SCRAPE_INTERVAL)
+        | silent_between(at + DROPPED_WINDOW + SCRAPE_INTERVAL + EVALUATION_INTERVAL, DROPPED_FOR)
+    )
+    assert_promtool_passes(alert, "notifications", [dropped_scenario(scenario, pods, tmp_path, expected)], tmp_path)
+
+
+def test_events_dropped_stays_silent_while_none_is_dropped_through_a_rolling_update(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path
+) -> None:
+    alert = alert_named(rendered, "notifications", "ShopmeshEventsDropped")
+    pods = [ConsumerPod(0, stop=1200), ConsumerPod(1190), ConsumerPod(1195)]
+    scenario = dropped_scenario("no drop, pods replaced", pods, tmp_path, silent_between(0, DROPPED_FOR))
+    assert_promtool_passes(alert, "notifications", [scenario], tmp_path)
 
 
 EMAILS_FOR = 3600

@@ -305,6 +305,14 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
     "for" "1m" "severity" "warning"
     "summary" (printf "%s: events parked on the dead-letter stream" $c.name)
     "description" "{{ $value }} event(s) that consumer {{ $labels.consumer }} could not apply wait on DEADLETTER: list them with shopmesh-deadletters, fix the cause, then replay or discard them.") -}}
+{{- /* An event lost for good: paged at the first. The counter is exported at 0 from each consumer's start, so
+increase() sees the first drop of a pod; 15m keeps it firing long enough to be seen, then it resolves. */ -}}
+{{- $rules = append $rules (dict
+    "alert" "ShopmeshEventsDropped"
+    "expr" "sum by (consumer) (increase(shopmesh_events_dropped_total{__selector__}[15m])) > 0"
+    "for" "0m" "severity" "critical"
+    "summary" (printf "%s: a consumer lost events it could not park" $c.name)
+    "description" "Consumer {{ $labels.consumer }} dropped {{ $value | humanize }} event(s) in the last 15 minutes: after its last attempt NATS refused even a dead letter without the payload (DEADLETTER's max message size, or the letter's headers over max_payload), so each was acknowledged unapplied and is on no dead-letter stream. Each is logged at ERROR (`dropped event`) with its event id, subject, stream and sequence: fetch it from its stream before that stream's max age removes it, fix the limit, and have it applied (docs/operations.md, ShopmeshEventsDropped).") -}}
 {{- end -}}
 {{- if $c.httpApi.enabled -}}
 {{- $edge := `envoy_http_conn_manager_prefix="http_api"` -}}

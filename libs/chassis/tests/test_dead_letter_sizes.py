@@ -83,6 +83,11 @@ def counted(registry: CollectorRegistry, outcome: str) -> float:
     return registry.get_sample_value("shopmesh_events_consumed_total", labels) or 0.0
 
 
+def dropped(registry: CollectorRegistry) -> float | None:
+    """The consumer's lost-event counter (ShopmeshEventsDropped reads it); None when it has no series."""
+    return registry.get_sample_value("shopmesh_events_dropped_total", {"consumer": "tester"})
+
+
 async def test_an_event_near_max_payload_is_parked_without_its_payload_and_the_poison_behind_it_too(
     db: Database, small_client: Client, small_nats: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -175,6 +180,7 @@ async def test_an_event_no_letter_of_fits_is_acknowledged_said_and_counted_not_r
         finally:
             await running.stop()
     assert await DeadLetters(js).list() == []
+    assert dropped(registry) == 2
     # What the runbook finds the lost events by: each one's id, subject, stream and sequence, and why.
     said = sorted(r.getMessage() for r in caplog.records if "dropped event" in r.getMessage())
     assert len(said) == 2
@@ -249,3 +255,22 @@ def test_a_letter_is_cut_no_further_than_its_shortest_error_then_left_without_it
     assert reduced[0] == b""
     assert (reduced[1][ORIGINAL_STREAM], reduced[1][ORIGINAL_SEQUENCE]) == ("S", "7")
     assert fitted_letter(b"p", headers, error, 100, stored_at=("S", 7)) is None
+
+
+async def test_the_dropped_counter_is_exported_at_0_from_the_consumers_start_before_any_drop(
+    db: Database, small_client: Client, small_nats: str
+) -> None:
+    """ShopmeshEventsDropped pages on increase() of shopmesh_events_dropped_total, which sees no rise in a
+    series' first sample: made on first use, the series appeared with the first lost event already at 1, and
+    the first drop of each pod never paged. A consumer that has run, parked an event and dropped none shows it
+    at 0."""
+    registry = CollectorRegistry()
+    running = consumer(db, small_nats, always_fails, max_attempts=1, metrics=EventMetrics(registry))
+    await publish(small_client, "evt-1", b"x")
+    running.start()
+    try:
+        await parked(small_client, 1)
+        await eventually(lambda: counted(registry, "dead_lettered") == 1, "the event counted as parked")
+    finally:
+        await running.stop()
+    assert dropped(registry) == 0.0

@@ -338,6 +338,10 @@ class EventConsumer:
         if metrics is not None:
             # From the start, not the first read: a replica that never reaches NATS must show it too.
             metrics.consumer_nats_read.labels(durable).set(time.time())
+            # At 0 before any drop: prometheus-client makes a labelled series on first use, already at 1, and
+            # increase() (ShopmeshEventsDropped) sees no rise in a series' first sample: the first lost event
+            # of each pod would never page.
+            metrics.dropped.labels(durable)
         # Only what a missing stream is created with: the purge goes by the stream's own max age, read from NATS.
         self._stream_max_age = stream_max_age_seconds
         # 0: applied event ids are kept for ever.
@@ -1035,7 +1039,7 @@ class EventConsumer:
         delivered, refused and delivered again for ever (holding a slot of the durable).
 
         The event is lost to this consumer: the log line is the only record of it, so it carries all the
-        runbook (docs/operations.md) needs to find it (`nats stream get <stream>
+        runbook (docs/operations.md, ShopmeshEventsDropped) needs to find it (`nats stream get <stream>
         <sequence>` while the stream keeps it) and to stop the next: consumer, event id, subject, stream,
         sequence, and why NATS refused (`refused`, its last refusal). In the message and as JSON fields."""
         stream, sequence = (
@@ -1062,6 +1066,8 @@ class EventConsumer:
         await message.ack()
         self._forget(message)
         self._count(event, "dropped")
+        if self._metrics is not None:
+            self._metrics.dropped.labels(self._durable).inc()
 
     async def _failed(self, message: Msg, event: Event, error: Exception) -> None:
         # Deliveries that met an unreachable database were no attempt of the handler's on this message.

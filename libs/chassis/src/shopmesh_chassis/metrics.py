@@ -194,6 +194,15 @@ class EventMetrics:
             ("consumer", "subject", "outcome"),
             registry=registry,
         )
+        self.dropped = Counter(
+            "shopmesh_events_dropped",
+            "Events a consumer lost for good: after its last attempt NATS refused even a dead letter without "
+            "the payload, so the event was acknowledged unparked and is on no stream of ours but its own "
+            "(while that keeps it); each logged at ERROR with its event id, subject, stream and sequence. "
+            "One series per consumer, at 0 from the consumer's start, so that increase() sees the first.",
+            ("consumer",),
+            registry=registry,
+        )
         self.consumer_backlog = Gauge(
             "shopmesh_events_consumer_backlog",
             "Events on the stream this consumer has not applied yet: not delivered, or delivered and not "
