@@ -1,7 +1,8 @@
-"""The gateway's admission of each call: who the caller is, whether it may call now, and for whom the
-internal calls it makes are made.
+"""The gateway's admission of each call: whether its deadline leaves time to answer, who the caller is,
+whether it may call now, and for whom the internal calls it makes are made.
 
-`public`, `hashes_password` and `protected` decorate the ShopService methods. All rate-limit per client;
+`public`, `hashes_password` and `protected` decorate the ShopService methods. All first refuse a call whose
+deadline is shorter than the gateway's floor (`Guard.admit_deadline`), then rate-limit per client;
 `hashes_password` (Register, Login) also takes from the address's far smaller password bucket, and
 `protected` first verifies the bearer token and hands the handler the token's subject. All replace the
 inbound call context the chassis made from the client's metadata: a client-sent `x-user-id` must never be
@@ -28,6 +29,10 @@ from shopmesh_gateway.tokens import TOKEN_INVALID, TOKEN_MISSING, TokenVerifier
 AUTHORIZATION = "authorization"
 FORWARDED_FOR = "x-forwarded-for"
 RATE_LIMITED = "RATE_LIMITED"
+# The reason (ErrorInfo and field violation) of the refusal of a call whose deadline is below the floor, and
+# the violation's field: the gRPC header that carries the deadline.
+DEADLINE_TOO_SHORT = "DEADLINE_TOO_SHORT"
+DEADLINE_FIELD = "grpc-timeout"
 _BEARER = "bearer"
 
 Context = Any  # grpc.aio.ServicerContext; its stubs are generic in ways the servicer base class is not
@@ -203,11 +208,38 @@ class Guard:
         trusted_proxies: Sequence[TrustedProxy] = (),
         *,
         password_buckets: TokenBuckets[str],
+        min_deadline_seconds: float = 0.0,
     ) -> None:
         self._verifier = verifier
+        self._min_deadline_seconds = min_deadline_seconds
         self._buckets = buckets
         self._password_buckets = password_buckets
         self._trusted_proxies = tuple(trusted_proxies)
+
+    def admit_deadline(self, context: Context) -> None:
+        """INVALID_ARGUMENT for a call with less time left than the floor (MIN_CLIENT_DEADLINE_SECONDS), before
+        any work. A deadline that runs out while the gateway works is counted DEADLINE_EXCEEDED, here and in
+        each service it called, and that is a server error the availability SLO and ShopmeshServerErrors
+        count: any client could page on-call by sending deadlines shorter than any answer takes. With the floor
+        at the latency SLO's threshold, a deadline miss the availability SLO counts is a call that was too slow
+        for the latency SLO as well, not a client's choice."""
+        remaining = context.time_remaining()
+        # grpcio gives None, or an enormous number, for a call without a deadline: neither is below the floor.
+        if remaining is None or remaining >= self._min_deadline_seconds:
+            return
+        floor_ms = round(self._min_deadline_seconds * 1000)
+        raise errors.InvalidArgument(
+            f"the call's deadline is too short: send a deadline ({DEADLINE_FIELD}) of at least {floor_ms} ms",
+            [
+                errors.FieldViolation(
+                    DEADLINE_FIELD,
+                    f"must leave at least {floor_ms} ms when the gateway gets the call",
+                    DEADLINE_TOO_SHORT,
+                )
+            ],
+            reason=DEADLINE_TOO_SHORT,
+            metadata={"min_deadline_ms": str(floor_ms)},
+        )
 
     def limit(self, client: str, buckets: TokenBuckets[str] | None = None) -> None:
         retry_after = (self._buckets if buckets is None else buckets).take(client)
@@ -278,6 +310,7 @@ def _anonymous(
 
     @functools.wraps(method)
     async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
+        self.guard.admit_deadline(context)
         admit(self.guard, context)
         with acting_for(context, None):
             return await method(self, request, context)
@@ -292,6 +325,7 @@ def protected(
 
     @functools.wraps(method)
     async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
+        self.guard.admit_deadline(context)
         # Fetching the key set is an internal call too: made for nobody, like a public method's.
         with acting_for(context, None):
             user_id = await self.guard.admit_user(context)

@@ -50,6 +50,15 @@ class GatewaySettings(ServiceSettings):
     orders_timeout_seconds: OutboundTimeout = 15.0
     notifications_timeout_seconds: OutboundTimeout = 2.0
 
+    # The shortest deadline a client may send, as the time left when the gateway gets the call: one shorter is
+    # refused INVALID_ARGUMENT (DEADLINE_TOO_SHORT) before any work. A deadline that runs out while the gateway
+    # and its services work is counted DEADLINE_EXCEEDED, a server error for the availability SLO and
+    # ShopmeshServerErrors, so without a floor any client could page on-call with tiny deadlines. The default
+    # is the latency SLO's threshold (the chart's slo.latency.thresholdSeconds, 0.25 s): a deadline miss the
+    # availability SLO counts is then a call too slow for the latency SLO too. 0: no floor. At most 30 s, the
+    # HTTP edge's bound of every call (its longer grpc-timeout is cut to it): above, it would refuse them all.
+    min_client_deadline_seconds: float = Field(default=0.25, ge=0, le=30, allow_inf_nan=False)
+
     # Token bucket per client (the token's subject, else the peer address), in memory per replica.
     rate_limit_per_second: float = Field(default=20.0, gt=0)
     rate_limit_burst: int = Field(default=40, ge=1)

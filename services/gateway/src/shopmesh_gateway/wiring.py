@@ -94,7 +94,13 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
         settings.password_rate_limit_per_second, settings.password_rate_limit_burst, settings.rate_limit_max_clients
     )
     return ShopServicer(
-        Guard(verifier, buckets, settings.trusted_proxy_networks, password_buckets=password_buckets),
+        Guard(
+            verifier,
+            buckets,
+            settings.trusted_proxy_networks,
+            password_buckets=password_buckets,
+            min_deadline_seconds=settings.min_client_deadline_seconds,
+        ),
         users=users,
         catalog=catalog,
         orders=orders,

@@ -1,0 +1,135 @@
+"""A client's deadline shorter than the gateway's floor (MIN_CLIENT_DEADLINE_SECONDS) is its own mistake: the
+gateway refuses it INVALID_ARGUMENT at once, before any call of its own, so that no DEADLINE_EXCEEDED is
+counted, in the gateway or behind it. Counted, such calls were server errors for the availability SLO and
+ShopmeshServerErrors: any anonymous client could page on-call with tiny deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.gateway.v1 import shop_pb2
+from shopmesh_chassis.config import ConfigError, ServiceSettings, load_settings
+from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.server import ChassisServer, ServiceBinding
+from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_gateway.settings import GatewaySettings
+
+from .gateway_fakes import fakes_serving
+from .gateway_serving import ServedGateway, served_gateway
+
+LIST = {"grpc_type": "unary", "grpc_method": "ListProducts"}
+CATALOG_LIST = {**LIST, "grpc_service": "shopmesh.catalog.v1.CatalogService"}
+SHOP_LIST = {**LIST, "grpc_service": "shopmesh.gateway.v1.ShopService"}
+# Below the default floor (0.25 s), yet long enough for the refusal to reach the client on a loaded machine
+# before the client's own timer ends the call; the catalog's work takes longer, so that without the floor
+# every call missed its deadline in the gateway and in the catalog.
+SHORT_DEADLINE = 0.2
+WORK_SECONDS = 0.3
+CALLS = 20
+
+
+@dataclass
+class SlowCatalog(catalog_pb2_grpc.CatalogServiceServicer):
+    """ListProducts takes WORK_SECONDS, longer than SHORT_DEADLINE."""
+
+    calls: int = 0
+
+    async def ListProducts(
+        self, request: catalog_pb2.ListProductsRequest, context: Any
+    ) -> catalog_pb2.ListProductsResponse:
+        self.calls += 1
+        await asyncio.sleep(WORK_SECONDS)
+        return catalog_pb2.ListProductsResponse()
+
+
+def handled(server: ChassisServer, method: dict[str, str]) -> dict[str, float]:
+    """grpc_server_handled_total of `method` by code, the codes counted at all."""
+    counts = {}
+    for metric in server.metrics.registry.collect():
+        for sample in metric.samples:
+            if sample.name == "grpc_server_handled_total" and all(sample.labels.get(k) == v for k, v in method.items()):
+                counts[sample.labels["grpc_code"]] = sample.value
+    return {code: count for code, count in counts.items() if count}
+
+
+@contextlib.asynccontextmanager
+async def slow_catalog_behind_gateway(
+    **overrides: Any,
+) -> AsyncIterator[tuple[SlowCatalog, ChassisServer, ServedGateway]]:
+    catalog = SlowCatalog()
+    bound = ServiceBinding(
+        catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+        catalog,
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
+    )
+    settings = ServiceSettings(service_name="catalog", grpc_port=0, metrics_port=-1)
+    async with (
+        fakes_serving() as fakes,
+        serve_in_process(settings, [bound]) as catalog_server,
+        served_gateway({**fakes.addresses, "catalog": catalog_server.address}, **overrides) as gateway,
+    ):
+        yield catalog, catalog_server, gateway
+
+
+async def test_calls_with_deadlines_below_the_floor_are_refused_invalid_argument_and_no_deadline_miss_is_counted() -> (
+    None
+):
+    async with slow_catalog_behind_gateway() as (catalog, catalog_server, gateway):
+        for _ in range(CALLS):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=SHORT_DEADLINE)
+            details = details_of(refused.value)
+            assert details.code == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            assert details.reason == "DEADLINE_TOO_SHORT"
+            assert [(v.field, v.reason) for v in details.field_violations] == [("grpc-timeout", "DEADLINE_TOO_SHORT")]
+            assert "250 ms" in details.field_violations[0].description
+            # Trailers-only: the refusal came before the handler sent anything.
+            assert not refused.value.initial_metadata()
+
+        assert catalog.calls == 0, "no call made behind the refusal"
+        # Counted once the answer is sent: a moment after the client has it.
+        await eventually(
+            lambda: handled(gateway.server, SHOP_LIST) == {"INVALID_ARGUMENT": CALLS},
+            "every refusal counted INVALID_ARGUMENT, and nothing else",
+        )
+        assert handled(catalog_server, CATALOG_LIST) == {}
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["no deadline", "a long deadline"])
+async def test_a_call_without_a_deadline_or_with_a_long_one_is_answered(timeout: float | None) -> None:
+    async with slow_catalog_behind_gateway() as (catalog, _, gateway):
+        await gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=timeout)
+        assert catalog.calls == 1
+        await eventually(lambda: handled(gateway.server, SHOP_LIST) == {"OK": 1}, "the call counted OK")
+
+
+async def test_a_signed_in_method_refuses_a_short_deadline_before_checking_the_token() -> None:
+    async with slow_catalog_behind_gateway() as (_, _, gateway):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            # No token at all: the deadline is refused first, not the missing authorization.
+            await gateway.shop.ListOrders(shop_pb2.ListOrdersRequest(), timeout=SHORT_DEADLINE)
+        assert (refused.value.code(), details_of(refused.value).reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DEADLINE_TOO_SHORT",
+        )
+
+
+async def test_a_floor_of_zero_lets_any_deadline_through() -> None:
+    async with slow_catalog_behind_gateway(min_client_deadline_seconds=0.0) as (_, _, gateway):
+        with pytest.raises(grpc.aio.AioRpcError) as missed:
+            await gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=SHORT_DEADLINE)
+        assert missed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize("value", ["-0.1", "inf", "31"])
+def test_a_negative_endless_or_huge_floor_is_refused_at_startup(value: str) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(GatewaySettings, min_client_deadline_seconds=value)
