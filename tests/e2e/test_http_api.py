@@ -619,6 +619,39 @@ async def test_grpc_web_and_grpc_reach_the_same_api_on_the_same_port(stack: Stac
         assert not (caught.value.details() or "").startswith("{"), "Envoy's own grpc-message, not a JSON body"
 
 
+async def test_a_deadline_below_the_gateways_floor_is_refused_through_the_edge_as_the_clients_mistake(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    # gRPC-Web: a browser's client may send grpc-timeout (CORS allows it); 20 ms is below the 250 ms floor.
+    message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
+    refused = await http.post(
+        "/shopmesh.gateway.v1.ShopService/ListProducts",
+        content=struct.pack(">BI", 0, len(message)) + message,
+        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "grpc-timeout": "20m"},
+    )
+    assert refused.status_code == 200
+    assert refused.headers["grpc-status"] == str(INVALID_ARGUMENT), refused.headers
+    details = status_pb2.Status.FromString(base64.b64decode(refused.headers["grpc-status-details-bin"] + "=="))
+    violations = []
+    for packed in details.details:
+        bad_request = error_details_pb2.BadRequest()
+        if packed.Unpack(bad_request):
+            violations += [(v.field, v.reason) for v in bad_request.field_violations]
+    assert violations == [("grpc-timeout", "DEADLINE_TOO_SHORT")]
+
+    # gRPC through the edge: the same refusal.
+    assert stack.http_url is not None
+    async with grpc.aio.insecure_channel(stack.http_url.removeprefix("http://")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(shop_pb2.ListProductsRequest(), timeout=0.2)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # HTTP/JSON sends no deadline of its own: the edge drops gRPC's headers from it and bounds the call at 30 s,
+    # so a grpc-timeout header changes nothing and the call is answered.
+    answered = await http.get("/v1/products", params={"pageSize": 1}, headers={"grpc-timeout": "20m"})
+    assert answered.status_code == 200, answered.text
+
+
 async def test_a_browser_preflight_is_answered_and_responses_expose_the_idempotency_key(
     http: httpx.AsyncClient,
 ) -> None:
