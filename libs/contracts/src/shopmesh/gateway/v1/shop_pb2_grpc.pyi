@@ -18,7 +18,10 @@ details unchanged (their ErrorInfo domain, for example "shopmesh.orders",
 tells where they come from). Errors raised by the gateway itself use the
 domain "shopmesh.gateway". The gateway may also fail with
 RESOURCE_EXHAUSTED (reason RATE_LIMITED, with RetryInfo: retry after its
-delay). The HTTP/gRPC-Web edge in front of it also answers
+delay), and with INVALID_ARGUMENT (reason DEADLINE_TOO_SHORT, a BadRequest
+field violation of field "grpc-timeout") at once, before any work, for a
+call whose deadline leaves less than its floor, 250 ms by default (the
+latency SLO's threshold): send a longer deadline. The HTTP/gRPC-Web edge in front of it also answers
 RESOURCE_EXHAUSTED, to a request over 1 MiB: reason REQUEST_TOO_LARGE,
 domain "shopmesh.gateway", metadata max_request_bytes, no RetryInfo. The
 same request is refused again, so it must not be retried.
