@@ -18,8 +18,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.metrics import LATENCY_BUCKETS, ServerMetrics
 from shopmesh_chassis.server_interceptor import _SERVER_ERRORS
+from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_platform.topology import SERVICES
 
 from .k8skit import Docs, dashboards, find, objects_of, render
@@ -622,3 +624,22 @@ def test_the_dashboards_budget_counts_every_call_alike(rendered: dict[tuple[str,
         (end, f"({budget}) < bool 0.99", [("availability", "", 1.0), ("latency", "", 0.0)]),
     ]
     promtool_test(rendered, [scenario], tmp_path)
+
+
+@pytest.mark.parametrize(("threshold", "floor"), [(None, 0.25), (0.5, 0.5), (1, 1.0)])
+def test_the_gateways_deadline_floor_is_the_latency_threshold(
+    helm_dir: Path, threshold: float | None, floor: float
+) -> None:
+    """The gateway refuses a client's deadline below MIN_CLIENT_DEADLINE_SECONDS; at the latency threshold, a
+    DEADLINE_EXCEEDED the availability SLO counts is a call that missed the latency SLO too, and no client can
+    burn the availability budget with deadlines no answer could meet. A threshold changed in values moves the
+    floor with it."""
+    values: dict[str, Any] = {} if threshold is None else {"slo": {"latency": {"thresholdSeconds": threshold}}}
+    data = find(objects_of(helm_dir, SERVICE, values), "ConfigMap", SERVICE)["data"]
+    settings = load_settings(GatewaySettings, min_client_deadline_seconds=data["MIN_CLIENT_DEADLINE_SECONDS"])
+    assert settings.min_client_deadline_seconds == floor
+
+
+def test_the_deadline_floor_is_not_set_beside_the_threshold_it_follows(helm_dir: Path) -> None:
+    with pytest.raises(Exception, match=r"slo\.latency\.thresholdSeconds"):
+        objects_of(helm_dir, SERVICE, {"env": {"MIN_CLIENT_DEADLINE_SECONDS": "0.1"}})

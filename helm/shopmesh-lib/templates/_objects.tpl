@@ -92,6 +92,12 @@ spec:
 {{- $_ := set $data "SMTP_PORT" $c.email.port -}}
 {{- $_ := set $data "SMTP_USE_TLS" $c.email.useTLS -}}
 {{- end -}}
+{{- /* The public API's service (the gateway, whose SLOs these are) refuses a client's deadline below its
+     floor: at the latency threshold, a DEADLINE_EXCEEDED the availability SLO counts is a latency miss too,
+     and no client burns the availability budget with deadlines no answer could meet (docs/operations.md). */ -}}
+{{- if $c.monitoring.slo.enabled -}}
+{{- $_ := set $data "MIN_CLIENT_DEADLINE_SECONDS" $c.monitoring.slo.thresholdSeconds -}}
+{{- end -}}
 {{- with $c.otel.endpoint -}}
 {{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
 {{- $_ := set $data "OTEL_TRACES_SAMPLER_RATIO" $c.otel.samplerRatio -}}
@@ -110,7 +116,8 @@ spec:
     "SMTP_PORT" "global.smtp.port"
     "SMTP_USE_TLS" "global.smtp.useTLS"
     "OTEL_EXPORTER_OTLP_ENDPOINT" "global.otel.endpoint"
-    "OTEL_TRACES_SAMPLER_RATIO" "global.otel.samplerRatio" -}}
+    "OTEL_TRACES_SAMPLER_RATIO" "global.otel.samplerRatio"
+    "MIN_CLIENT_DEADLINE_SECONDS" "slo.latency.thresholdSeconds" -}}
 {{- $fixed := dict
     "SERVICE_NAME" "the service's name, which its metrics, spans and errors carry"
     "GRPC_HOST" "the pod's addresses, where the kubelet's probes and the Service reach it"
