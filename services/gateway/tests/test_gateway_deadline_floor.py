@@ -28,25 +28,29 @@ from .gateway_serving import ServedGateway, served_gateway
 LIST = {"grpc_type": "unary", "grpc_method": "ListProducts"}
 CATALOG_LIST = {**LIST, "grpc_service": "shopmesh.catalog.v1.CatalogService"}
 SHOP_LIST = {**LIST, "grpc_service": "shopmesh.gateway.v1.ShopService"}
-# Below the default floor (0.25 s), yet long enough for the refusal to reach the client on a loaded machine
-# before the client's own timer ends the call; the catalog's work takes longer, so that without the floor
-# every call missed its deadline in the gateway and in the catalog.
-SHORT_DEADLINE = 0.2
-WORK_SECONDS = 0.3
+# A floor of the test's own, far above the default (0.25 s), and a deadline below it: long enough that the
+# refusal reaches the client before the client's own timer ends the call, however loaded the machine. The
+# catalog's work takes longer than the deadline, so that without the floor every call missed its deadline in
+# the gateway and in the catalog (the gateway's own budget for catalog longer still).
+FLOOR = 5.0
+SHORT_DEADLINE = 3.0
+WORK_SECONDS = 4.0
+BELOW_THE_FLOOR = {"min_client_deadline_seconds": FLOOR, "catalog_timeout_seconds": 10.0}
 CALLS = 20
 
 
 @dataclass
 class SlowCatalog(catalog_pb2_grpc.CatalogServiceServicer):
-    """ListProducts takes WORK_SECONDS, longer than SHORT_DEADLINE."""
+    """ListProducts takes `work_seconds`."""
 
+    work_seconds: float = WORK_SECONDS
     calls: int = 0
 
     async def ListProducts(
         self, request: catalog_pb2.ListProductsRequest, context: Any
     ) -> catalog_pb2.ListProductsResponse:
         self.calls += 1
-        await asyncio.sleep(WORK_SECONDS)
+        await asyncio.sleep(self.work_seconds)
         return catalog_pb2.ListProductsResponse()
 
 
@@ -62,9 +66,9 @@ def handled(server: ChassisServer, method: dict[str, str]) -> dict[str, float]:
 
 @contextlib.asynccontextmanager
 async def slow_catalog_behind_gateway(
-    **overrides: Any,
+    work_seconds: float = WORK_SECONDS, **overrides: Any
 ) -> AsyncIterator[tuple[SlowCatalog, ChassisServer, ServedGateway]]:
-    catalog = SlowCatalog()
+    catalog = SlowCatalog(work_seconds)
     bound = ServiceBinding(
         catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
         catalog,
@@ -82,17 +86,21 @@ async def slow_catalog_behind_gateway(
 async def test_calls_with_deadlines_below_the_floor_are_refused_invalid_argument_and_no_deadline_miss_is_counted() -> (
     None
 ):
-    async with slow_catalog_behind_gateway() as (catalog, catalog_server, gateway):
-        for _ in range(CALLS):
+    async with slow_catalog_behind_gateway(**BELOW_THE_FLOOR) as (catalog, catalog_server, gateway):
+
+        async def call() -> grpc.aio.AioRpcError:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=SHORT_DEADLINE)
-            details = details_of(refused.value)
-            assert details.code == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            return refused.value
+
+        for refusal in await asyncio.gather(*(call() for _ in range(CALLS))):
+            details = details_of(refusal)
+            assert details.code == grpc.StatusCode.INVALID_ARGUMENT, refusal
             assert details.reason == "DEADLINE_TOO_SHORT"
             assert [(v.field, v.reason) for v in details.field_violations] == [("grpc-timeout", "DEADLINE_TOO_SHORT")]
-            assert "250 ms" in details.field_violations[0].description
+            assert "5000 ms" in details.field_violations[0].description
             # Trailers-only: the refusal came before the handler sent anything.
-            assert not refused.value.initial_metadata()
+            assert not refusal.initial_metadata()
 
         assert catalog.calls == 0, "no call made behind the refusal"
         # Counted once the answer is sent: a moment after the client has it.
@@ -105,14 +113,14 @@ async def test_calls_with_deadlines_below_the_floor_are_refused_invalid_argument
 
 @pytest.mark.parametrize("timeout", [None, 5.0], ids=["no deadline", "a long deadline"])
 async def test_a_call_without_a_deadline_or_with_a_long_one_is_answered(timeout: float | None) -> None:
-    async with slow_catalog_behind_gateway() as (catalog, _, gateway):
+    async with slow_catalog_behind_gateway(work_seconds=0.3) as (catalog, _, gateway):
         await gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=timeout)
         assert catalog.calls == 1
         await eventually(lambda: handled(gateway.server, SHOP_LIST) == {"OK": 1}, "the call counted OK")
 
 
 async def test_a_signed_in_method_refuses_a_short_deadline_before_checking_the_token() -> None:
-    async with slow_catalog_behind_gateway() as (_, _, gateway):
+    async with slow_catalog_behind_gateway(**BELOW_THE_FLOOR) as (_, _, gateway):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             # No token at all: the deadline is refused first, not the missing authorization.
             await gateway.shop.ListOrders(shop_pb2.ListOrdersRequest(), timeout=SHORT_DEADLINE)
@@ -125,7 +133,7 @@ async def test_a_signed_in_method_refuses_a_short_deadline_before_checking_the_t
 async def test_a_floor_of_zero_lets_any_deadline_through() -> None:
     async with slow_catalog_behind_gateway(min_client_deadline_seconds=0.0) as (_, _, gateway):
         with pytest.raises(grpc.aio.AioRpcError) as missed:
-            await gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=SHORT_DEADLINE)
+            await gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=0.2)
         assert missed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -133,3 +141,8 @@ async def test_a_floor_of_zero_lets_any_deadline_through() -> None:
 def test_a_negative_endless_or_huge_floor_is_refused_at_startup(value: str) -> None:
     with pytest.raises(ConfigError):
         load_settings(GatewaySettings, min_client_deadline_seconds=value)
+
+
+def test_the_default_floor_is_the_latency_slos_threshold() -> None:
+    # The charts' slo.latency.thresholdSeconds (0.25 s), which they set the floor from in turn.
+    assert load_settings(GatewaySettings).min_client_deadline_seconds == 0.25
