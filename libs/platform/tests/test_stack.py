@@ -525,6 +525,56 @@ async def test_a_service_that_sends_email_gets_an_smtp_sink_that_stores_mail_and
     assert codes == {"mailer": 0, SMTP: 0, NATS: 0}
 
 
+# A service with a database: it writes its SQLite file under the data directory, as the shop's services do
+# (users.db holds the users' signing keys), then serves and sends e-mail like MAILER.
+DB_MAILER = (
+    sys.executable,
+    "-c",
+    "import os, runpy, sqlite3\n"
+    "db = sqlite3.connect(os.path.join(os.environ['DATA_DIR'], 'mailer.db'))\n"
+    "db.execute('CREATE TABLE secrets (key TEXT)')\n"
+    "db.commit()\n"
+    "db.close()\n"
+    "print('db written', flush=True)\n"
+    "runpy.run_module('shopmesh_chassis.testing.sample_service', run_name='__main__', alter_sys=True)\n",
+)
+
+
+def shared_with_others(path: Path) -> int:
+    """The permission bits of `path` its group and other accounts have: 0 when only its owner may use it."""
+    return path.stat().st_mode & 0o077
+
+
+async def test_the_data_directory_and_the_files_the_stack_writes_in_it_are_private_to_this_user(
+    tmp_path: Path,
+) -> None:
+    # The usual umask (022), under which a plain mkdir or open leaves everything readable by every account,
+    # and a data directory made earlier with it: the stack must not rely on either.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    old_umask = os.umask(0o022)
+    try:
+        spec = ServiceSpec("mailer", DB_MAILER, env={"SERVICE_NAME": "mailer"}, uses_smtp=True)
+        stack = Stack.for_tests(data_dir, specs=[spec])
+        await stack.start()
+        try:
+            assert stack.smtp_address is not None
+            await send_email(stack.smtp_address, "<evt_1@shopmesh.notifications>")
+            assert stack.logs is not None
+            logs = stack.logs
+            await eventually(lambda: any("db written" in line for line in logs.lines["mailer"]), "the db's line")
+            assert len(read_mail(stack.smtp_dir)) == 1
+        finally:
+            await stack.stop()
+    finally:
+        os.umask(old_umask)
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    [mail] = stack.smtp_dir.glob("*.eml")
+    written = [data_dir / "mailer.db", stack.logs.path("mailer"), mail, stack.smtp_dir, stack.logs.directory]
+    assert {str(path): shared_with_others(path) for path in written} == {str(path): 0 for path in written}
+
+
 def test_database_url_is_the_given_one_else_the_sqlite_file_under_the_data_dir(tmp_path: Path) -> None:
     url = "postgresql+asyncpg://shop@db:5432/orders"
     stack = Stack(tmp_path, ports=PortPlan.free(list(SERVICES)), env={"orders": {"DATABASE_URL": url}})

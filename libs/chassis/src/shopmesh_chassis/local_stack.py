@@ -24,6 +24,20 @@ from typing import Any, TextIO
 
 STACK_FILE = "stack.json"
 DEFAULT_DATA_DIR = Path(".data")
+# The local stack's folders hold what no other account on the machine may read: users.db has every user's
+# token-signing key (whoever reads it signs tokens for anyone) and password hashes, the logs and e-mails
+# their addresses and shipping details. Its folders are this user's alone, and its children start with a
+# umask that keeps the files they make (SQLite files, NATS' store, e-mails, spans) this user's alone too.
+PRIVATE_FOLDER_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_UMASK = 0o077
+
+
+def make_private_folder(folder: Path) -> None:
+    """Make `folder` (and its parents) and leave it PRIVATE_FOLDER_MODE: chmod'ed too when it exists, as one
+    made earlier under the usual umask (0755) is readable by every account. OSError when it cannot be."""
+    folder.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
+    folder.chmod(PRIVATE_FOLDER_MODE)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from shopmesh_chassis.local_stack import PRIVATE_FILE_MODE, PRIVATE_FOLDER_MODE
+
 from . import console
 
 # Bright, distinguishable foreground colours; a service keeps its colour for the whole run.
@@ -73,7 +75,9 @@ class FileLogSink:
 
     def __call__(self, name: str, line: str) -> None:
         self.lines.setdefault(name, []).append(line)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # This user's alone, as the rest of the data directory (`make_private_folder`): logs name customers.
+        self.directory.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
         # Opened per line: no handle outlives a test, and a restarted process appends to the same file.
-        with self.path(name).open("a", encoding="utf-8") as file:
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+        with open(fd, "a", encoding="utf-8") as file:
             file.write(line + "\n")

@@ -18,6 +18,8 @@ import sys
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 
+from shopmesh_chassis.local_stack import PRIVATE_UMASK
+
 # How many of a process's last output lines a StackError shows (`failure_message`).
 FAILURE_LINES = 40
 # Chassis services log one line per event, but a traceback or a JSON record can be long.
@@ -111,7 +113,9 @@ async def spawn(
     """Start a child of the stack: output piped to the launcher, its own process group (a terminal's
     Ctrl-C reaches only the launcher, which stops the children in order; SIGKILL takes a child's own
     children with it, those that stay in its group: PostgreSQL's leave it), and on Linux SIGTERM when the
-    launcher dies without stopping it (`kill -9`, a crashed test run), through util-linux's setpriv.
+    launcher dies without stopping it (`kill -9`, a crashed test run), through util-linux's setpriv. Its umask
+    is PRIVATE_UMASK, whatever the launcher's: the files it makes (databases, e-mails, NATS' store) are this
+    user's alone.
 
     No preexec_fn: with one, Python starts children with fork(), which runs gRPC's fork handlers in the
     child, and those crash it (SIGSEGV, SIGABRT) about once in ten while the launcher's own gRPC calls
@@ -127,6 +131,8 @@ async def spawn(
         stderr=asyncio.subprocess.STDOUT,
         limit=_LINE_LIMIT,
         process_group=0,
+        # Set in the child between vfork and exec, as process_group is: no preexec_fn (above).
+        umask=PRIVATE_UMASK,
     )
     _hold_pidfd(process)
     return process

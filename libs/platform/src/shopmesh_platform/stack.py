@@ -52,7 +52,7 @@ from grpc_health.v1 import health_pb2
 from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, UNIX_SOCKET_PATH_MAX_BYTES
 from shopmesh_chassis.db import sqlite_url
 from shopmesh_chassis.idempotency import FINGERPRINT_KEY_SUFFIX, FINGERPRINT_STAGING_PREFIX
-from shopmesh_chassis.local_stack import STACK_FILE, running_stack
+from shopmesh_chassis.local_stack import STACK_FILE, make_private_folder, running_stack
 from shopmesh_chassis.tasks import cancel_and_wait
 from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
@@ -352,10 +352,11 @@ def hold_folder(folder: Path) -> int | None:
 
 
 def make_data_dir(data_dir: Path) -> None:
-    """Make the data directory (and its parents): one that cannot be made (a file, under a file, under /proc) is
-    a StackError naming it and the OS's reason, not an OSError's traceback."""
+    """Make the data directory (and its parents), private to this user (`make_private_folder`, also when it
+    exists: one made before under the usual umask is 0755): one that cannot be made (a file, under a file,
+    under /proc) is a StackError naming it and the OS's reason, not an OSError's traceback."""
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_folder(data_dir)
     except FileExistsError:
         raise StackError(f"cannot use {data_dir} as the data directory: it exists and is not a directory") from None
     except OSError as exc:

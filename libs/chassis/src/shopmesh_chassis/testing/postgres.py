@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from shopmesh_chassis.local_stack import make_private_folder
 from shopmesh_chassis.testing import free_port
 
 
@@ -165,7 +166,7 @@ def initialized_server(prefix: str = "shopmesh-pg-") -> Iterator[PostgresServer]
     if os.geteuid() == 0:
         account = pwd.getpwnam("postgres")
         os.chown(data_dir, account.pw_uid, account.pw_gid)
-    data_dir.chmod(0o700)
+    make_private_folder(data_dir)  # PostgreSQL refuses to start on a data folder others may read
     port = free_port()
     password = secrets.token_urlsafe(24)
     try:
