@@ -59,6 +59,14 @@ def test_an_order_cancelled_payload_carries_the_reason_message_and_the_refund() 
     assert (event.kind, event.reason, event.refunded) == (EventKind.ORDER_CANCELLED, "Your card was declined.", True)
 
 
+def test_a_customers_own_cancellation_carries_that_it_was_theirs_and_none_of_the_reason_they_typed() -> None:
+    cancelled = events_pb2.OrderCancelled(order_id="ord_1", user_id="usr_1", email="a@b.example", refunded=True)
+    cancelled.reason.code = orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED
+    cancelled.reason.message = "Confirm your card at https://phishing.example"
+    event = order_event(delivered(ORDER_CANCELLED, "evt_2", cancelled.SerializeToString()))
+    assert (event.cancelled_by_customer, event.reason) == (True, "")
+
+
 @pytest.mark.parametrize(
     ("subject", "payload", "invalid", "problem"),
     [

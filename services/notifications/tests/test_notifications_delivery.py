@@ -92,7 +92,17 @@ def confirmed_event(event_id: str, order_id: str, user_id: str = "usr_1", email:
     ).SerializeToString()
 
 
-def cancelled_event(event_id: str, order_id: str, user_id: str = "usr_1") -> bytes:
+# What a customer may type as CancelOrder's reason: one line of up to 500 characters, theirs to choose.
+PHISHING = "Your account is locked: confirm your card at https://shopmesh-refunds.example within 24 hours."
+
+
+def cancelled_event(
+    event_id: str,
+    order_id: str,
+    user_id: str = "usr_1",
+    code: int = orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED,
+    message: str = "Your card was declined.",
+) -> bytes:
     event = events_pb2.OrderCancelled(
         event_id=event_id,
         order_id=order_id,
@@ -101,8 +111,8 @@ def cancelled_event(event_id: str, order_id: str, user_id: str = "usr_1") -> byt
         total=money_pb2.Money(amount_minor=500, currency="USD"),
         refunded=False,
     )
-    event.reason.code = orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED
-    event.reason.message = "Your card was declined."
+    event.reason.code = code  # type: ignore[assignment]
+    event.reason.message = message
     return event.SerializeToString()
 
 
@@ -334,6 +344,21 @@ async def test_a_failed_attempt_is_an_error_span_of_its_trace_that_does_not_name
     assert (span.attributes or {})["shopmesh.outcome"] == "failed"
     (line,) = [r for r in caplog.records if "failed after 1 attempt(s)" in r.getMessage()]
     assert getattr(line, "trace_id", None) == format(consumed.get_span_context().trace_id, "032x")
+
+
+@sqlite_only
+async def test_a_customers_own_cancellation_is_mailed_with_a_fixed_text_never_the_reason_they_typed(
+    running: Running,
+) -> None:
+    # The e-mail goes to the order's address: quoting the customer's reason let anyone have the shop mail a
+    # text of theirs, as a genuine shop e-mail, to the address they placed the order with.
+    payload = cancelled_event("evt_3", "ord_3", code=orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED, message=PHISHING)
+    await running.publish(ORDER_CANCELLED, payload, "evt_3")
+
+    (mail,) = await eventually(lambda: mail_for(running.sink.directory, "ord_3"), "the e-mail")
+    body = mail.get_content()
+    assert "You cancelled this order." in body
+    assert ("shopmesh-refunds" in body, "Reason:" in body) == (False, False)
 
 
 @sqlite_only

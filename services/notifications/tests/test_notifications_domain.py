@@ -91,6 +91,12 @@ def test_a_cancellation_gives_the_reason_and_says_whether_money_was_refunded() -
     assert "Your payment of USD 212.50 was refunded to your card." in refunded.body
 
 
+def test_a_customers_own_cancellation_says_so_in_a_fixed_text() -> None:
+    email = render(confirmed(kind=EventKind.ORDER_CANCELLED, cancelled_by_customer=True, refunded=True))
+    assert "Your order ord_1 was cancelled.\nYou cancelled this order.\n" in email.body
+    assert "Reason:" not in email.body
+
+
 def test_a_sendable_event_passes_its_checks() -> None:
     assert validate_event(confirmed()) == confirmed()
 

@@ -52,6 +52,7 @@ def order_event(event: Event) -> OrderEvent:
 
     A payload that is not the subject's message raises the chassis' InvalidEvent (decode_event: the reason
     every consumer parks such an event with); a subject not consumed here, notifications' InvalidEvent."""
+    by_customer = False
     if event.subject == ORDER_CONFIRMED:
         decoded: events_pb2.OrderConfirmed | events_pb2.OrderCancelled = decode_event(events_pb2.OrderConfirmed, event)
         kind, reason, refunded = EventKind.ORDER_CONFIRMED, "", False
@@ -59,6 +60,9 @@ def order_event(event: Event) -> OrderEvent:
         cancelled = decode_event(events_pb2.OrderCancelled, event)
         decoded = cancelled
         kind, reason, refunded = EventKind.ORDER_CANCELLED, cancelled.reason.message, cancelled.refunded
+        by_customer = cancelled.reason.code == orders_pb2.CANCEL_REASON_CODE_CUSTOMER_REQUESTED
+        if by_customer:
+            reason = ""  # the customer's own text (CancelOrder's reason): never into an e-mail
     else:
         raise InvalidEvent(f"{event.subject} {event.event_id or '?'}: not an event notifications consumes")
     return OrderEvent(
@@ -72,6 +76,7 @@ def order_event(event: Event) -> OrderEvent:
         total_minor=decoded.total.amount_minor,
         reason=reason,
         refunded=refunded,
+        cancelled_by_customer=by_customer,
     )
 
 

@@ -9,6 +9,8 @@ from shopmesh_notifications.domain.events import EventKind, OrderEvent
 from shopmesh_notifications.domain.money import format_money
 
 MESSAGE_ID_DOMAIN = "shopmesh.notifications"
+# A customer's own cancellation says this, not the reason they gave CancelOrder.
+CANCELLED_BY_CUSTOMER = "You cancelled this order."
 # RFC 5322 dot-atom text: what may stand left of the @ of a Message-ID without quoting.
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
 
@@ -54,7 +56,10 @@ def render(event: OrderEvent) -> Email:
         closing = [f"Total charged: {total}"]
     else:
         opening = [f"Your order {event.order_id} was cancelled."]
-        if event.reason:
+        # Never the customer's own words (`OrderEvent.cancelled_by_customer`): only the shop's text goes out.
+        if event.cancelled_by_customer:
+            opening.append(CANCELLED_BY_CUSTOMER)
+        elif event.reason:
             opening.append(f"Reason: {event.reason}")
         opening.append("")
         closing = [f"Order total: {total}"]

@@ -46,9 +46,13 @@ class OrderEvent:
     currency: str
     lines: tuple[Line, ...]
     total_minor: int
-    # Cancellations only: the customer-facing explanation, and whether a captured payment was refunded.
+    # Cancellations only: the shop's explanation, and whether a captured payment was refunded.
     reason: str = ""
     refunded: bool = False
+    # A cancellation the customer asked for (CancelOrder). Its e-mail says so in a fixed text and `reason` is
+    # empty: the reason they typed is their own free text, and quoted, it let anyone have the shop mail a
+    # text of theirs to the address an order names.
+    cancelled_by_customer: bool = False
 
 
 def validate_event(event: OrderEvent) -> OrderEvent:

@@ -266,8 +266,9 @@ def validate_cancel(order_id: str, reason: str) -> None:
 
 def validate_cancel_reason(reason: str) -> None:
     """A new cancellation's reason is one line of text (`text_lines`), as a name or an address line: it is
-    stored, answered on every read of the order, and written into the cancellation e-mail as its "Reason:"
-    line, where a line break would let a customer's text pass for lines of the shop's own, and a control
+    stored and answered on every read of the order (never mailed: notifications' cancellation e-mail says
+    "You cancelled this order." instead), where a line break would let a customer's text pass for lines of
+    the shop's own, and a control
     character (a terminal escape, BEL, DEL, a C1 control) or a line or paragraph separator would reach every
     screen and log that shows it. Optional: an empty one is fine. Not part of `validate_cancel`: a retry of a
     cancellation an earlier release accepted is answered with its order, as PlaceOrder's retries are."""

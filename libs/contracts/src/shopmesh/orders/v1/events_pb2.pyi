@@ -127,7 +127,10 @@ class OrderCancelled(_message.Message):
 
     @_builtins.property
     def reason(self) -> _orders_pb2.CancelReason:
-        """Why the order was cancelled (same as Order.cancel_reason)."""
+        """Why the order was cancelled (same as Order.cancel_reason). For
+        CUSTOMER_REQUESTED its message is the customer's own text, which
+        notifications never puts into an e-mail.
+        """
 
     def __init__(
         self,
