@@ -155,8 +155,8 @@ async def test_a_customer_registers_browses_orders_and_gets_the_confirmation_ema
 
 
 async def test_a_declined_card_reaches_the_client_with_the_orders_error(shop: Any) -> None:
-    _, _, auth = await signed_up(shop, "declined")
-    request = order_for("prod_chef_knife", email="declined@example.com")
+    _, email, auth = await signed_up(shop, "declined")
+    request = order_for("prod_chef_knife", email=email)
     request.card.number = "4000000000000002"
     details = await failure(shop.PlaceOrder(request, metadata=auth, timeout=30))
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED")

@@ -702,7 +702,6 @@ function cartView() {
 
 function checkoutForm(currency, session, showPrices) {
   const fields = [
-    { name: "email", label: "E-mail for the receipt", type: "email", value: session.email, autocomplete: "email" },
     { name: "shipping_address.full_name", label: "Full name", autocomplete: "name" },
     { name: "shipping_address.street", label: "Street", autocomplete: "street-address" },
     { name: "shipping_address.city", label: "City", autocomplete: "address-level2" },
@@ -735,7 +734,7 @@ function checkoutForm(currency, session, showPrices) {
       // The total the cart shows is the one the customer agrees to: orders refuses the order (PRICE_CHANGED)
       // rather than charge another.
       expectedTotal: cartTotal(items),
-      email: values.email,
+      // No e-mail: the order's e-mails go to the account's own address, the only one the gateway takes.
       shippingAddress: {
         fullName: values["shipping_address.full_name"],
         street: values["shipping_address.street"],
@@ -804,7 +803,9 @@ function checkoutForm(currency, session, showPrices) {
     });
     location.hash = `#/orders/${encodeURIComponent(answer.order.id)}`;
   };
-  return fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM });
+  const form = fieldsForm(fields, "Place order", submit, { id: CHECKOUT_FORM });
+  form.prepend(h("p", {}, "The order's e-mails go to your account's address, ", session.email, "."));
+  return form;
 }
 
 // A checkout refused because prices changed since they were put in the cart: the cart takes the current

@@ -252,13 +252,21 @@ def shop_order(email: str = "") -> shop_pb2.PlaceOrderRequest:
 async def test_checkout_places_the_order_for_the_token_subject_with_the_given_key() -> None:
     orders = FakeOrders()
     accounts = FakeAccounts()
-    await Checkout(accounts, orders).place("usr_alice", shop_order("alice@example.com"), "key-1")
+    await Checkout(accounts, orders).place("usr_alice", shop_order("usr_alice@accounts.example"), "key-1")
     (sent, key), *_ = orders.placed
-    assert (sent.user_id, sent.email, key) == ("usr_alice", "alice@example.com", "key-1")
+    assert (sent.user_id, sent.email, key) == ("usr_alice", "usr_alice@accounts.example", "key-1")
     assert (sent.items[0].product_id, sent.items[0].quantity, sent.currency) == ("prod_a", 2, "USD")
     assert sent.shipping_address.country == "DE"
     assert sent.card.number == "4242424242424242"
-    assert accounts.looked_up == [], "an e-mail given is not looked up"
+
+
+async def test_checkout_to_another_address_than_the_accounts_is_refused_before_orders_is_called() -> None:
+    orders = FakeOrders()
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await Checkout(FakeAccounts(), orders).place("usr_alice", shop_order("victim@other.example"), "key-1")
+    assert caught.value.reason == "EMAIL_NOT_ACCOUNTS"
+    assert [(v.field, v.reason) for v in caught.value.violations] == [("email", "EMAIL_NOT_ACCOUNTS")]
+    assert orders.placed == []
 
 
 async def test_checkout_without_an_email_uses_the_accounts_address() -> None:

@@ -448,10 +448,10 @@ async def test_a_token_of_an_unpublished_key_is_token_invalid(shop: Shop) -> Non
 
 
 async def test_place_order_acts_for_the_token_subject_and_returns_the_clients_key(shop: Shop, fakes: Fakes) -> None:
-    call = await place(shop, token_for(fakes, "usr_ada"), key="checkout-ada-1", email="ada@example.com")
+    call = await place(shop, token_for(fakes, "usr_ada"), key="checkout-ada-1", email="usr_ada@users.example")
     response = await call
     assert response.order.state == orders_pb2.ORDER_STATE_CONFIRMED
-    assert (response.order.user_id, response.order.email) == ("usr_ada", "ada@example.com")
+    assert (response.order.user_id, response.order.email) == ("usr_ada", "usr_ada@users.example")
     assert ("idempotency-key", "checkout-ada-1") in list(await call.trailing_metadata())
 
 
@@ -477,6 +477,24 @@ async def await_call(call: Any) -> Any:
 async def test_place_order_without_an_email_uses_the_accounts_address(shop: Shop, fakes: Fakes) -> None:
     response = await await_call(place(shop, token_for(fakes, "usr_grace")))
     assert response.order.email == "usr_grace@users.example"
+
+
+async def test_place_order_to_another_address_than_the_accounts_is_refused_and_places_nothing(
+    shop: Shop, fakes: Fakes
+) -> None:
+    # The order's e-mails go to it: any address let a signed-in user have the shop mail anyone.
+    auth = token_for(fakes, "usr_mallory")
+    details = await failure(await place(shop, auth, key="elsewhere-1", email="victim@other-company.example"))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "EMAIL_NOT_ACCOUNTS")
+    assert [(v.field, v.reason) for v in details.field_violations] == [("email", "EMAIL_NOT_ACCOUNTS")]
+    assert not (await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth, timeout=30)).orders
+
+
+async def test_place_order_to_the_accounts_address_in_other_letter_case_is_mailed_to_the_accounts(
+    shop: Shop, fakes: Fakes
+) -> None:
+    response = await await_call(place(shop, token_for(fakes, "usr_ada"), email="USR_Ada@Users.Example"))
+    assert response.order.email == "usr_ada@users.example"
 
 
 async def test_a_declined_card_reaches_the_client_as_orders_said_it_with_the_key(shop: Shop, fakes: Fakes) -> None:

@@ -146,14 +146,33 @@ def idempotency_key(sent: str | None) -> str:
     return validate_key(sent)
 
 
+# PlaceOrder's `email` names another address than the caller's account's (ErrorInfo and field violation).
+EMAIL_NOT_ACCOUNTS = "EMAIL_NOT_ACCOUNTS"
+
+
+def is_accounts_address(sent: str, account: str) -> bool:
+    """Whether a PlaceOrder `email` is the account's address: the same letters in any case (the addresses the
+    shop takes are ASCII, `email_addresses`; mail servers match host names in any case, and users' own sign-up
+    address in the case they typed it at sign-up is no other mailbox)."""
+    return sent.lower() == account.lower()
+
+
 class Checkout:
     def __init__(self, accounts: AccountSource, orders: OrderPlacer) -> None:
         self._accounts = accounts
         self._orders = orders
 
     async def place(self, user_id: str, request: shop_pb2.PlaceOrderRequest, key: str) -> orders_pb2.Order:
-        # The contract: an empty e-mail means the address of the caller's account.
-        email = request.email or await self._accounts.email_of(user_id)
+        # The order's e-mails go to the caller's own account address, whatever the request says: any address
+        # let a signed-in user have the shop mail anyone (a cancellation costs nothing once refunded). Empty
+        # means the account's; the account's in other letter case is it (`is_accounts_address`).
+        email = await self._accounts.email_of(user_id)
+        if request.email and not is_accounts_address(request.email, email):
+            raise errors.InvalidArgument(
+                "email must be your account's e-mail address, or empty",
+                [errors.FieldViolation("email", "must be your account's e-mail address, or empty", EMAIL_NOT_ACCOUNTS)],
+                reason=EMAIL_NOT_ACCOUNTS,
+            )
         order_request = orders_pb2.PlaceOrderRequest(
             user_id=user_id,
             items=request.items,

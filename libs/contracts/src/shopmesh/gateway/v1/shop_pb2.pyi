@@ -428,8 +428,12 @@ class PlaceOrderRequest(_message.Message):
     example "USD"). Required; must be the products' price currency.
     """
     email: _builtins.str
-    """E-mail address for order notifications, at most 254 characters.
-    Optional: empty means the e-mail address of the caller's account.
+    """E-mail address for order notifications: the order's e-mails go only to
+    the caller's account's address. Optional: empty means that address;
+    any other (compared in any letter case) is refused with
+    INVALID_ARGUMENT, ErrorInfo reason EMAIL_NOT_ACCOUNTS and a field
+    violation on `email` of that reason (the shop would otherwise mail
+    anyone a signed-in user names). The order records the account's address.
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_orders_pb2.CartItem]:

@@ -172,7 +172,9 @@ class ShopServiceServicer:
         UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
         when a retry's order was stored or finished by a newer release of orders
         than the one answering: retry, a replica of that release answers it)
-        plus UNAUTHENTICATED. A retry of a placed order returns it as it is now:
+        plus UNAUTHENTICATED, and the gateway's own INVALID_ARGUMENT, reason
+        EMAIL_NOT_ACCOUNTS, for an `email` other than the caller's account's
+        (nothing placed). A retry of a placed order returns it as it is now:
         CONFIRMED, with pending_cancellation set while the customer's
         cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
