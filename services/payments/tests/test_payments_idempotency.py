@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, insert, select
 
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import call_context
 from shopmesh_chassis.config import ConfigError, load_settings
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
-from shopmesh_chassis.periodic import Periodic
+from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.tables import idempotency_records
+from shopmesh_chassis.testing import eventually
+from shopmesh_payments.migrations import VERSIONS
 from shopmesh_payments.settings import PaymentsSettings
+from shopmesh_payments.store.tables import metadata
+from shopmesh_payments.wiring import PaymentsRuntime
 
-from .conftest import BACKENDS, DECLINES, UNAVAILABLE, Payments, charge_request
+from .conftest import BACKENDS, DECLINES, UNAVAILABLE, Payments, charge_request, payments_settings
 
 
 async def failure(call: Awaitable[Any]) -> ErrorDetails:
@@ -274,17 +280,40 @@ def test_keys_are_kept_at_least_24_hours() -> None:
         load_settings(PaymentsSettings, idempotency_retention_hours=23)
 
 
-async def test_the_purge_runs_in_the_background_until_stopped() -> None:
-    ran = asyncio.Event()
+async def test_the_runtime_purges_expired_keys_in_the_background_until_stopped(tmp_path: Path) -> None:
+    """The purge the wiring builds is the one its start() sets going: a key past its retention disappears
+    without anyone calling purge_expired, while a key within it stays."""
+    settings = payments_settings(tmp_path, idempotency_purge_interval_seconds=0.05)
+    database = Database.from_settings(settings)
+    await migrate(database, VERSIONS, metadata)
+    now = datetime.now(UTC)
+    expired = now - timedelta(hours=settings.idempotency_retention_hours + 1)
+    async with database.transaction() as session:
+        for key, created_at in (("expired", expired), ("fresh", now)):
+            await session.execute(
+                insert(idempotency_records).values(
+                    scope="orders||/shopmesh.payments.v1.PaymentsService/Charge",
+                    key=key,
+                    request_hash="0" * 64,
+                    state="completed",
+                    status_code=0,
+                    locked_until=created_at,
+                    created_at=created_at,
+                )
+            )
 
-    async def purge() -> int:
-        ran.set()
-        return 0
+    async def only_the_fresh_key_left() -> bool:
+        async with database.transaction() as session:
+            return set((await session.execute(select(idempotency_records.c.key))).scalars()) == {"fresh"}
 
-    periodic = Periodic("purge", 3600, purge)
-    periodic.start()
-    await asyncio.wait_for(ran.wait(), timeout=5)
-    await periodic.stop()
+    runtime = PaymentsRuntime(settings, database)
+    runtime.start()
+    try:
+        await eventually(only_the_fresh_key_left, "the expired key purged and the fresh one kept")
+    finally:
+        await runtime.stop()
+        await database.dispose()
+    assert not runtime.purge.running
 
 
 async def test_a_retry_after_the_card_expired_replays_the_capture_its_first_call_made(payments: Payments) -> None:
