@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import app, errors
@@ -40,9 +41,23 @@ _ERRORS: dict[int, errors.DomainError] = {
 }
 
 
+@dataclass(frozen=True)
+class EchoEnding:
+    """How a call of Echo ended, seen from the server: what cut off a call is only visible here, since its
+    caller's own deadline ends it for the caller in any case."""
+
+    # The time the call had left when it arrived (its propagated deadline); None for a call without one.
+    deadline_seconds: float | None
+    # "cancelled" covers a passed deadline as well: gRPC cancels the handler either way, and a caller whose
+    # deadline passes cancels its call at the same moment, so the two cannot be told apart reliably.
+    outcome: Literal["completed", "cancelled"]
+
+
 class SampleServicer(sample_pb2_grpc.SampleServiceServicer):
     def __init__(self, client_options: ClientOptions | None = None) -> None:
         self.attempts: Counter[str] = Counter()
+        # The last call of Echo with each message that completed or was cancelled (an injected failure is not kept).
+        self.echo_endings: dict[str, EchoEnding] = {}
         # Relay's channel: the process takes its CLIENT_DEFAULT_TIMEOUT_SECONDS, as a service's wiring does.
         self._client_options = client_options or ClientOptions(breaker=None)
 
@@ -59,7 +74,12 @@ class SampleServicer(sample_pb2_grpc.SampleServiceServicer):
 
     async def Echo(self, request: sample_pb2.EchoRequest, context: Any) -> sample_pb2.EchoResponse:
         remaining = context.time_remaining()
-        attempt = await self._behave(request.behaviour)
+        try:
+            attempt = await self._behave(request.behaviour)
+        except asyncio.CancelledError:
+            self.echo_endings[request.message] = EchoEnding(remaining, "cancelled")
+            raise
+        self.echo_endings[request.message] = EchoEnding(remaining, "completed")
         return sample_pb2.EchoResponse(
             message=request.message,
             attempt=attempt,
