@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import grpc
@@ -168,12 +167,11 @@ async def test_a_handler_ending_with_a_cancellation_of_its_own_answers_the_calle
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         stub = sample_pb2_grpc.SampleServiceStub(channel)
-        started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Echo(sample_pb2.EchoRequest(message="m"), timeout=5)
-        waited = time.monotonic() - started
-    assert caught.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED
-    assert waited < 2
+    # A caller left without a status sees DEADLINE_EXCEEDED at its deadline: an answer is one the server sent.
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "INTERRUPTED")
 
 
 def _wire_size(status: status_pb2.Status) -> int:
