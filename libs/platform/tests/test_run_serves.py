@@ -28,9 +28,6 @@ from shopmesh_platform.traces import load
 
 from .run_kit import REPOSITORY, accepting, ctrl_c, database_port, gone, launched, said_by, table_rows
 
-CATALOG_INSTALLED = importlib.util.find_spec("shopmesh_catalog") is not None
-
-
 # Only bound a hang: a loaded machine may take seconds to connect and answer, more than health_status's 1 s
 # default. One health call, not a poll: nothing listening refuses it at once, so it still reads the state the
 # launcher's "ready" claims.
@@ -65,9 +62,10 @@ async def run_printed_command(command: str) -> str:
 
 
 async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    # Only the catalog (when installed), so that services still being written do not decide this test.
-    selected = "catalog" if CATALOG_INSTALLED else ""
-    async with launched(tmp_path / "data", "--services", selected) as (process, lines):
+    # Only the catalog, so that the other services do not decide this test. It is part of the workspace: a
+    # missing package is a broken environment, not a variant of this test (which would then prove nothing).
+    assert importlib.util.find_spec("shopmesh_catalog") is not None, "shopmesh_catalog is not importable"
+    async with launched(tmp_path / "data", "--services", "catalog") as (process, lines):
         rows = table_rows(lines)
 
         assert rows["nats"]["state"] == "ready"
@@ -80,28 +78,24 @@ async def test_run_serves_prints_table_and_working_commands_and_stops_cleanly_on
         assert rows["traces"]["state"] == "ready"
 
         commands = printed_commands(lines)
-        if CATALOG_INSTALLED:
-            assert rows["catalog"]["state"] == "SERVING"
-            status = await health_status(rows["catalog"]["grpc"], timeout=HEALTH_CALL_SECONDS)
-            assert status == health_pb2.HealthCheckResponse.SERVING
-            assert any(line.split(" | ")[0].strip() == "catalog" for line in lines)
-            assert len(commands) == 3
-            outputs = [await run_printed_command(command) for command in commands]
-            assert "shopmesh.catalog.v1.CatalogService" in outputs[0].split()
-            assert json.loads(outputs[1]) == {"status": "SERVING"}
-            assert 1 <= len(json.loads(outputs[2])["products"]) <= 3
-            # Every service exports its spans to the launcher's trace sink.
-            list_products = "/shopmesh.catalog.v1.CatalogService/ListProducts"
-            await eventually(
-                lambda: any(t.roots[0]["name"] == list_products for t in load(tmp_path / "data" / "traces")),
-                "the ListProducts span in the trace sink",
-            )
-        else:
-            assert commands == []
-            assert rows["catalog"]["state"].startswith("absent (no package shopmesh_catalog)")
-        for name, service in SERVICES.items():
-            if name != "catalog" or not CATALOG_INSTALLED:
-                assert rows[name]["state"] in ("not started (--services)", f"absent (no package {service.module})")
+        assert rows["catalog"]["state"] == "SERVING"
+        status = await health_status(rows["catalog"]["grpc"], timeout=HEALTH_CALL_SECONDS)
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert any(line.split(" | ")[0].strip() == "catalog" for line in lines)
+        assert len(commands) == 3
+        outputs = [await run_printed_command(command) for command in commands]
+        assert "shopmesh.catalog.v1.CatalogService" in outputs[0].split()
+        assert json.loads(outputs[1]) == {"status": "SERVING"}
+        assert 1 <= len(json.loads(outputs[2])["products"]) <= 3
+        # Every service exports its spans to the launcher's trace sink.
+        list_products = "/shopmesh.catalog.v1.CatalogService/ListProducts"
+        await eventually(
+            lambda: any(t.roots[0]["name"] == list_products for t in load(tmp_path / "data" / "traces")),
+            "the ListProducts span in the trace sink",
+        )
+        for name in SERVICES:
+            if name != "catalog":
+                assert rows[name]["state"] == "not started (--services)"
 
         assert "stopped cleanly" in await ctrl_c(process)
     pids = [int(row["pid"]) for row in rows.values() if row["pid"] != "-"]
