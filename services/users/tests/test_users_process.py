@@ -3,15 +3,18 @@ drain on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import grpc
+import pytest
 
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
-from shopmesh_chassis.testing import PYTHON, start_process_serving
+from shopmesh_chassis.testing import PYTHON, eventually, start_process_serving
 from shopmesh_users.token_verifier import verify_access_token
 
-from .conftest import PASSWORD, jwks_document
+from .conftest import PASSWORD, jwks_document, published_kids
 
 
 async def test_service_process_registers_and_logs_in_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -39,3 +42,49 @@ async def test_service_process_registers_and_logs_in_and_exits_cleanly_on_sigter
     assert exit_code == 0, service.output()
     assert "shutdown hook failed" not in service.output()
     assert PASSWORD not in service.output()
+
+
+async def test_service_process_rotates_its_signing_key_and_prunes_refilled_login_attempts(tmp_path: Path) -> None:
+    """The rotator and the pruner are started by the process, not only built: with a key due after 2 s and
+    attempts refilled after a millisecond, a second key is published and the stored attempt disappears."""
+    env = {
+        "METRICS_PORT": "-1",
+        "DATA_DIR": str(tmp_path),
+        "DATABASE_URL": "",
+        "PASSWORD_HASH_TIME_COST": "1",
+        "PASSWORD_HASH_MEMORY_KIB": "8192",
+        "PASSWORD_HASH_PARALLELISM": "1",
+        "KEY_ROTATION_INTERVAL_SECONDS": "2",
+        "KEY_PUBLISH_AHEAD_SECONDS": "1",
+        "KEY_ROTATION_CHECK_SECONDS": "0.1",
+        "LOGIN_FAILURE_REFILL_SECONDS": "0.001",
+        "LOGIN_FAILURE_PRUNE_SECONDS": "0.1",
+    }
+    service = await start_process_serving([PYTHON, "-m", "shopmesh_users"], log_path=tmp_path / "users.log", env=env)
+    try:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = users_pb2_grpc.UsersServiceStub(channel)
+            first = await published_kids(stub)
+            await stub.Register(
+                users_pb2.RegisterRequest(email="ann@example.com", password=PASSWORD, display_name="Ann")
+            )
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Login(users_pb2.LoginRequest(email="ann@example.com", password=PASSWORD + "wrong"))
+            # A login writes its attempt before the answer; the pruner may already have taken it, so the
+            # attempt is not looked for: only its going (or having gone) for good.
+            await eventually(lambda: login_attempts_stored(tmp_path / "users.db") == 0, "the refilled attempt pruned")
+
+            async def rotated() -> bool:
+                return bool(set(await published_kids(stub)) - set(first))
+
+            await eventually(rotated, "a second signing key published")
+    finally:
+        service.signal()
+        exit_code = service.wait()
+    assert exit_code == 0, service.output()
+
+
+def login_attempts_stored(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection:
+        (count,) = connection.execute("SELECT count(*) FROM login_attempts").fetchone()
+    return int(count)
