@@ -213,7 +213,16 @@ async def test_a_client_claiming_another_user_id_still_acts_only_as_its_token_sa
     assert cancel.code == grpc.StatusCode.NOT_FOUND
     own = (await shop.PlaceOrder(order_for("prod_soy_candle"), metadata=spoofed, timeout=30)).order
     assert own.user_id != victim_id
+
+    # Notifications come from events, after the order: until the victim's exists, the spoofed list could not
+    # show it even were the spoof honoured, and the check below would prove nothing.
+    async def victims_notifications() -> list[str] | None:
+        page = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=victim)
+        return [n.id for n in page.notifications if n.order_id == victims_order.id] or None
+
+    victims = await eventually(victims_notifications, f"the notification of the victim's {victims_order.id}")
     notifications = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=spoofed)
+    assert not {n.id for n in notifications.notifications} & set(victims)
     assert all(n.user_id != victim_id for n in notifications.notifications)
 
 
