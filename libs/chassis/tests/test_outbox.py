@@ -204,8 +204,20 @@ async def test_a_stopping_relay_sends_what_was_committed_since_its_last_pass(db:
     """A shutdown lets running sagas finish, and they commit their events just before the relay stops:
     those go out with it, not at the next start."""
     relay = OutboxRelay(db, JetStreamPublisher(client), batch_size=2, poll_interval=600)
+    # Its first pass, seen to end before the events are committed (a fixed sleep could end before it on a
+    # loaded machine, and that pass would send them): it found nothing, and the next is ten minutes away.
+    first_pass_done = asyncio.Event()
+    publish_pending = relay.publish_pending
+
+    async def seen_pass() -> int:
+        try:
+            return await publish_pending()
+        finally:
+            first_pass_done.set()
+
+    relay.publish_pending = seen_pass  # type: ignore[method-assign]
     relay.start()
-    await asyncio.sleep(0.1)  # its first pass found nothing; the next is ten minutes away
+    await asyncio.wait_for(first_pass_done.wait(), 30)
     ids = await add(db, "a", "b", "c")
     await relay.stop()
     assert await stream_contents(client) == list(zip(ids, ["a", "b", "c"], strict=True))
