@@ -65,7 +65,7 @@ SERVICES: dict[str, Service] = {
             metrics_port=9460,
             calls=("users", "catalog", "inventory", "orders", "recommendations", "notifications"),
             has_database=False,
-            owns=("nothing: stateless; rate-limit buckets in memory per replica",),
+            owns=("nothing (stateless; rate-limit buckets in memory per replica)",),
         ),
         Service(
             name="users",
@@ -73,7 +73,7 @@ SERVICES: dict[str, Service] = {
             grpc_services=("shopmesh.users.v1.UsersService",),
             grpc_port=50051,
             metrics_port=9461,
-            owns=("accounts", "password hashes", "signing keys"),
+            owns=("accounts", "password hashes", "signing keys", "login attempts per e-mail"),
         ),
         Service(
             name="catalog",
