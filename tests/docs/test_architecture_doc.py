@@ -48,7 +48,8 @@ def test_row_matches_the_topology(name: str) -> None:
 
 def owned(cell: str) -> list[str]:
     """The owns cell split at top-level commas (a comma inside parentheses belongs to its item)."""
-    items, depth, current = [], 0, ""
+    items: list[str] = []
+    depth, current = 0, ""
     for char in cell:
         depth += {"(": 1, ")": -1}.get(char, 0)
         if char == "," and depth == 0:
