@@ -31,6 +31,10 @@ SERVER_FAULTS = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
 }
+# Answers the contract tells a client to retry (money.proto's Errors section), so they carry a RetryInfo saying
+# how soon: every ABORTED ("safe to retry"), whatever its reason, and UNAVAILABLE DATABASE_UNAVAILABLE.
+RETRY_CODES = {grpc.StatusCode.ABORTED}
+RETRY_REASONS = {"DATABASE_UNAVAILABLE", "IDEMPOTENCY_KEY_IN_USE", "CONCURRENT_UPDATE"}
 # Request metadata a field violation may name instead of a field of the message.
 METADATA_KEYS = {"authorization", "idempotency-key", "x-user-id"}
 REASON = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
@@ -96,8 +100,14 @@ def error_contract_violations(service: str, method: MethodDescriptor, error: grp
         # The gateway passes a downstream service's error through (a declined card is orders' answer).
         if not (info.domain == own or (service == "gateway" and info.domain.startswith("shopmesh."))):
             problems.append(f"domain {info.domain!r}, expected {own!r}")
+    reason = info.reason if info is not None else None
+    if code in RETRY_CODES or reason in RETRY_REASONS:
+        delay = decoded.retry_delay_seconds
+        if delay is None:
+            problems.append(f"{code.name} {reason} without RetryInfo, though the contract says to retry it")
+        elif delay <= 0:
+            problems.append(f"{code.name} {reason} with a RetryInfo of {delay}s: no delay to wait")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        reason = info.reason if info is not None else None
         if not violations and reason != "IDEMPOTENCY_KEY_REUSED":
             problems.append(f"INVALID_ARGUMENT {reason} without field violations ({status.message!r})")
         for violation in violations:

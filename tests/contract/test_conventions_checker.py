@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 import pytest_asyncio
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -29,6 +29,7 @@ def _status(
     reason: str = "PRODUCT_NOT_FOUND",
     domain: str = "shopmesh.catalog",
     field: str | None = None,
+    retry_seconds: int | None = None,
 ) -> grpc.Status:
     details = []
     if reason:
@@ -39,6 +40,10 @@ def _status(
         bad = any_pb2.Any()
         bad.Pack(error_details_pb2.BadRequest(field_violations=[{"field": field, "description": "required"}]))
         details.append(bad)
+    if retry_seconds is not None:
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_seconds)))
+        details.append(retry)
     return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
 
 
@@ -61,6 +66,19 @@ BEHAVIOURS: dict[str, tuple[grpc.Status | None, str]] = {
         "not a field of GetProductRequest",
     ),
     "no-violations": (_status(code_pb2.INVALID_ARGUMENT, "bad", reason="INVALID"), "without field violations"),
+    "conforming-abort": (_status(code_pb2.ABORTED, "busy", reason="IDEMPOTENCY_KEY_IN_USE", retry_seconds=1), ""),
+    "abort-no-retry": (
+        _status(code_pb2.ABORTED, "busy", reason="IDEMPOTENCY_KEY_IN_USE"),
+        "ABORTED IDEMPOTENCY_KEY_IN_USE without RetryInfo",
+    ),
+    "abort-zero-retry": (
+        _status(code_pb2.ABORTED, "busy", reason="CONCURRENT_UPDATE", retry_seconds=0),
+        "no delay to wait",
+    ),
+    "database-no-retry": (
+        _status(code_pb2.UNAVAILABLE, "database down", reason="DATABASE_UNAVAILABLE"),
+        "UNAVAILABLE DATABASE_UNAVAILABLE without RetryInfo",
+    ),
 }
 
 

@@ -13,7 +13,7 @@ from shopmesh_chassis.db_errors import (
     as_domain_error,
     database_unavailable,
 )
-from shopmesh_chassis.errors import Aborted, Unavailable
+from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, Aborted, Unavailable
 from shopmesh_chassis.testing import free_port
 
 
@@ -50,8 +50,12 @@ def test_a_database_that_cannot_serve_now_is_unavailable(sqlstate: str) -> None:
 
 
 @pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
-def test_a_lost_race_is_aborted(sqlstate: str) -> None:
-    assert isinstance(as_domain_error(failed(sqlstate)), Aborted)
+def test_a_lost_race_is_aborted_with_a_short_retry_delay(sqlstate: str) -> None:
+    mapped = as_domain_error(failed(sqlstate))
+    assert isinstance(mapped, Aborted)
+    # money.proto: CONCURRENT_UPDATE is safe to retry; the RetryInfo says how soon.
+    assert mapped.reason == "CONCURRENT_UPDATE"
+    assert mapped.retry_after_seconds == CONFLICT_RETRY_AFTER_SECONDS
 
 
 @pytest.mark.parametrize("sqlstate", ["23505", "22P02", "42P01"])

@@ -18,6 +18,7 @@ from shopmesh_chassis import call_context
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
+from shopmesh_chassis.idempotency import IN_USE_RETRY_AFTER_SECONDS
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.tables import idempotency_records
 from shopmesh_chassis.testing import eventually
@@ -143,7 +144,11 @@ async def test_the_client_channel_retries_an_unavailable_charge_with_the_same_ke
     assert await payments.ledger("ord_1") == [("CAPTURED", "")]
 
 
-async def test_a_duplicate_while_the_first_still_runs_is_aborted_idempotency_key_in_use(payments: Payments) -> None:
+async def test_a_duplicate_while_the_first_still_runs_is_aborted_idempotency_key_in_use_with_a_retry_delay(
+    payments: Payments, plain_stub: payments_pb2_grpc.PaymentsServiceAsyncStub
+) -> None:
+    """The contract says the duplicate is safe to retry after a short delay: the answer says how short, in a
+    RetryInfo, trailers-only as every error of the contract."""
     running, release = asyncio.Event(), asyncio.Event()
 
     async def first_attempt(session: object) -> payments_pb2.ChargeResponse:
@@ -166,8 +171,12 @@ async def test_a_duplicate_while_the_first_still_runs_is_aborted_idempotency_key
     finally:
         call_context.leave(token)
     await running.wait()
-    details = await failure(payments.charge(charge_request("ord_1"), key="ord_1:charge"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await plain_stub.Charge(charge_request("ord_1"), metadata=as_orders("ord_1:charge"))
+    details = details_of(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_IN_USE")
+    assert details.retry_delay_seconds == IN_USE_RETRY_AFTER_SECONDS
+    assert not caught.value.initial_metadata(), "not trailers-only"
     release.set()
     await first
     assert payments.processor.charges == 0

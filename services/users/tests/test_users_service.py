@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 from shopmesh.users.v1 import users_pb2
 from shopmesh.users.v1.users_pb2_grpc import UsersServiceStub, add_UsersServiceServicer_to_server
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.errors import ResourceExhausted
+from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, ResourceExhausted
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 from shopmesh_chassis.testing import eventually, free_port, serve_in_process
@@ -394,7 +394,8 @@ async def test_a_login_whose_attempt_loses_three_races_is_aborted_concurrent_upd
 ) -> None:
     """Each round another replica stores the address's first bucket between this one's read and its insert (and
     a success forgets it again): after three, ABORTED CONCURRENT_UPDATE with ErrorInfo, as the chassis answers
-    a lost race (ABORTED: retry the whole call; no RetryInfo), nothing taken and no password hashed."""
+    a lost race (ABORTED: retry the whole call, with the chassis' RetryInfo for a lost race), nothing taken and
+    no password hashed."""
     settings = users_settings(tmp_path, login_failure_burst=1, login_failure_refill_seconds=3600)
     async with running(settings, clock) as (_, stub):
         user = await register(stub)
@@ -408,7 +409,7 @@ async def test_a_login_whose_attempt_loses_three_races_is_aborted_concurrent_upd
             grpc.StatusCode.ABORTED,
             "CONCURRENT_UPDATE",
             "shopmesh.users",
-            None,
+            CONFLICT_RETRY_AFTER_SECONDS,
         )
         assert (await login(stub)).user_id == user.id, "the one attempt was not taken"
 

@@ -13,7 +13,7 @@ from typing import ParamSpec, TypeVar
 
 from sqlalchemy import exc
 
-from shopmesh_chassis.errors import Aborted, DomainError, Unavailable
+from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, Aborted, DomainError, Unavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,7 +64,11 @@ def as_domain_error(error: BaseException) -> DomainError | None:
     if isinstance(error, exc.DBAPIError):
         sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
         if sqlstate in _CONFLICT_SQLSTATES:
-            return Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
+            return Aborted(
+                "concurrent update of the same records; retry",
+                reason="CONCURRENT_UPDATE",
+                retry_after_seconds=CONFLICT_RETRY_AFTER_SECONDS,
+            )
         if isinstance(error.orig, sqlite3.Error):
             unavailable = _sqlite_unavailable(error.orig)
         else:

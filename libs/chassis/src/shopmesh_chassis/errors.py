@@ -88,9 +88,32 @@ class FailedPrecondition(DomainError):
 
 
 class Aborted(DomainError):
-    """A concurrency conflict; the client may retry the whole operation (ABORTED)."""
+    """A concurrency conflict; the client may retry the whole operation (ABORTED + RetryInfo).
+
+    `retry_after_seconds` goes out as RetryInfo, as for the retryable errors: the contract (money.proto) tells
+    a client that ABORTED is safe to retry, and the delay says how soon it is worth it. Unlike Unavailable it
+    is never `final`: a conflict says nothing about how long the caller's own deadline allows."""
 
     default_reason = "ABORTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        domain: str | None = None,
+        outcome: bool = True,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata, domain=domain, outcome=outcome)
+        self.retry_after_seconds = retry_after_seconds
+
+
+# The RetryInfo of an ABORTED for a lost race on the same records (CONCURRENT_UPDATE): the race is over once the
+# winner's transaction commits, milliseconds later, so a retry a tenth of a second on finds the records free,
+# while clients refused together come back a little apart rather than at once into the same race.
+CONFLICT_RETRY_AFTER_SECONDS = 0.1
 
 
 class Unauthenticated(DomainError):

@@ -176,10 +176,17 @@ def fingerprint_key(settings: IdempotencySettings) -> bytes:
         return stored.read().strip().encode()
 
 
+# The RetryInfo of IDEMPOTENCY_KEY_IN_USE. The first request under the key is still running: most answer within
+# a few hundred milliseconds, so half a second on the retry usually finds the stored outcome to replay, without
+# the client polling the key every few milliseconds (each poll a read of the idempotency store) meanwhile.
+IN_USE_RETRY_AFTER_SECONDS = 0.5
+
+
 def _in_use() -> errors.Aborted:
     return errors.Aborted(
         "a request with this idempotency key is still in progress; retry shortly",
         reason="IDEMPOTENCY_KEY_IN_USE",
+        retry_after_seconds=IN_USE_RETRY_AFTER_SECONDS,
     )
 
 

@@ -49,6 +49,8 @@ RECOVER_SPAN = "recover order"
 
 # How long a retried PlaceOrder waits for another driver to finish the same order before saying so.
 _WAIT_FOR_OTHER_DRIVER_SECONDS = 5.0
+# The RetryInfo of the IDEMPOTENCY_KEY_IN_USE it then answers (a second; why: at the raise).
+_IN_USE_RETRY_AFTER_SECONDS = 1.0
 
 
 def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[[], None]) -> bool:
@@ -321,6 +323,9 @@ class OrdersApplication:
             "this order is still being processed; retry with the same idempotency key",
             reason="IDEMPOTENCY_KEY_IN_USE",
             metadata={"order_id": order_id},
+            # The other driver has already outlasted this call's wait: it is in a slow step (a charge in doubt,
+            # a dependency's retries), so a retry sooner than a second would most likely find it still there.
+            retry_after_seconds=_IN_USE_RETRY_AFTER_SECONDS,
         )
 
     # --- reads ------------------------------------------------------------------------------------
