@@ -76,7 +76,7 @@ helm-deps: setup ## Resolve chart dependencies in place (service charts, then th
 	$(VENV_BIN)/python k8s/render.py deps
 
 .PHONY: render
-render: setup ## Render every chart x value set (default, staging, istio, linkerd, monitoring) and the dev infra into ./render/
+render: setup ## Render every chart x value set (default, staging+istio, staging+linkerd, istio, linkerd, monitoring) and the dev infra into ./render/
 	$(VENV_BIN)/python k8s/render.py render --out render
 
 .PHONY: kind-up

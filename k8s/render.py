@@ -38,7 +38,10 @@ INFRA = ROOT / "k8s" / "infra"
 LIBRARY = "shopmesh-lib"
 UMBRELLA = "shopmesh"
 NAMESPACE = "shopmesh"
-VALUE_SETS = ("default", "staging", "istio", "linkerd", "monitoring")
+# A value set is `default` or one or more values files beside the umbrella chart, joined by "+" and given in
+# that order (`staging+istio`: -f values-staging.yaml -f values-istio.yaml). Staging renders only behind a mesh.
+VALUE_SETS = ("default", "staging+istio", "staging+linkerd", "istio", "linkerd", "monitoring")
+MESHES = ("istio", "linkerd")
 
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
 from shopmesh_platform.topology import SERVICES  # noqa: E402
@@ -52,13 +55,22 @@ def all_charts() -> list[str]:
     return [*service_charts(), UMBRELLA]
 
 
-def values_file(value_set: str, helm_dir: Path = HELM) -> Path | None:
-    return None if value_set == "default" else helm_dir / UMBRELLA / f"values-{value_set}.yaml"
+def layer_names(value_set: str) -> list[str]:
+    """The values files' names a value set is made of, in order (`staging+istio`: staging, istio)."""
+    return [] if value_set == "default" else value_set.split("+")
+
+
+def mesh_of(value_set: str) -> str:
+    """The mesh a value set renders under ("" for none)."""
+    return next((layer for layer in layer_names(value_set) if layer in MESHES), "")
+
+
+def values_files(value_set: str, helm_dir: Path = HELM) -> list[Path]:
+    return [helm_dir / UMBRELLA / f"values-{layer}.yaml" for layer in layer_names(value_set)]
 
 
 def values_for(value_set: str, helm_dir: Path = HELM) -> dict[str, Any]:
-    path = values_file(value_set, helm_dir)
-    return {} if path is None else helm.values_from_yaml(path.read_text())
+    return merged_values(*(helm.values_from_yaml(path.read_text()) for path in values_files(value_set, helm_dir)))
 
 
 def merged_values(*layers: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,12 @@
 # (e.g. registry.example.com/shopmesh), IMAGE_TAG (the tag CI pushed); the <service>-database Secrets
 # and the orders-idempotency / payments-idempotency Secrets (docs/kubernetes.md). STAGING_VALUES (optional):
 # your cluster's own values files (relative to the repository root, or absolute), separated by spaces,
-# each given after values-staging.yaml (a later file wins, as helm -f): your database's, NATS', the SMTP relay's and the collector's peers, values-monitoring.yaml,
-# a mesh's value set.
+# each given after values-staging.yaml (a later file wins, as helm -f): the mesh's value set, which staging must
+# have (helm/shopmesh/values-istio.yaml or helm/shopmesh/values-linkerd.yaml, for the mesh the cluster runs:
+# without one the render below stops the deploy, naming them), your database's, NATS', the SMTP relay's and
+# the collector's peers, values-monitoring.yaml.
+# No mesh is assumed: this script cannot tell which one the cluster runs (or whether a file of yours sets
+# global.mesh), and the wrong one's proxies would never become ready.
 source "$(dirname "$0")/lib.sh"
 require helm "$HINT_HELM" kubectl "$HINT_KUBECTL"
 cd "$(dirname "$0")/../.."

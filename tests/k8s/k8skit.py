@@ -250,6 +250,8 @@ def _answers(url: str) -> bool:
 
 
 DEPLOY_STAGING = ROOT / "k8s" / "scripts" / "deploy-staging.sh"
+# The mesh's values file every staging deploy gives (STAGING_VALUES), relative to the repository root.
+STAGING_MESH_VALUES = "helm/shopmesh/values-istio.yaml"
 # A kubectl that finds every Secret the pods read (`kubectl get secret ... --output name` prints it).
 EVERY_SECRET_FOUND = "#!/bin/sh\necho secret/found\n"
 
@@ -273,6 +275,8 @@ def run_deploy_staging(
         "STAGING_CONTEXT": "staging",
         "REGISTRY": "registry.example.com/shopmesh",
         "IMAGE_TAG": "1234567",
+        # Staging renders only behind a mesh (docs/kubernetes.md, "Deploy to staging").
+        "STAGING_VALUES": STAGING_MESH_VALUES,
         **settings,
     }
     result = subprocess.run([str(DEPLOY_STAGING)], env=env, capture_output=True, text=True, timeout=120, check=False)

@@ -58,7 +58,7 @@ def pool_of(configmap: dict[str, str]) -> tuple[int, int]:
 
 
 def staging(helm_dir: Path, **database: Any) -> Docs:
-    values = render.merged_values(render.values_for("staging", helm_dir), {"global": {"database": database}})
+    values = render.merged_values(render.values_for("staging+istio", helm_dir), {"global": {"database": database}})
     return objects_of(helm_dir, "shopmesh", values)
 
 
@@ -72,7 +72,8 @@ def test_staging_pools_fit_the_postgresql_k8s_infra_runs(helm_dir: Path) -> None
         if d["kind"] == "Deployment"
     }
     database = render.merged_values(
-        yaml.safe_load((helm_dir / "shopmesh" / "values.yaml").read_text()), render.values_for("staging", helm_dir)
+        yaml.safe_load((helm_dir / "shopmesh" / "values.yaml").read_text()),
+        render.values_for("staging+istio", helm_dir),
     )["global"]["database"]
     kept_at_min = most_at_max = 0
     for owner in OWNERS:
@@ -123,7 +124,7 @@ def test_the_default_pools_at_stagings_replicas_do_not_fit_a_stock_postgresql(he
 
 def test_a_service_chart_alone_fails_when_its_own_pods_exceed_the_budget(helm_dir: Path) -> None:
     values = render.merged_values(
-        render.values_for("staging", helm_dir), {"global": {"database": {"maxConnections": 20}}}
+        render.values_for("staging+istio", helm_dir), {"global": {"database": {"maxConnections": 20}}}
     )
     refusal = f"database.pool for catalog: {STAGING_SHARE} connections, more than global.database.maxConnections (20)"
     with pytest.raises(Exception, match=re.escape(refusal)) as refused:
@@ -133,7 +134,7 @@ def test_a_service_chart_alone_fails_when_its_own_pods_exceed_the_budget(helm_di
 
 def test_a_canarys_pods_count_toward_the_budget(helm_dir: Path) -> None:
     values = render.merged_values(
-        render.values_for("staging", helm_dir),
+        render.values_for("staging+istio", helm_dir),
         {"global": {"mesh": "istio", "database": {"maxConnections": 36}, "canary": {"catalog": {"enabled": True}}}},
     )
     # 10 stable pods and a canary's 1 + 1 (its surge pod, then its old one draining), 4 connections each: 48
@@ -153,7 +154,7 @@ def test_old_pods_draining_through_a_rolling_update_count_toward_the_budget(helm
     deleted pod keeps its pool open through its drain: counted at 6 + 1 surge alone, 28 passed where 40 may be
     open."""
     values = render.merged_values(
-        render.values_for("staging", helm_dir), {"global": {"database": {"maxConnections": 39}}}
+        render.values_for("staging+istio", helm_dir), {"global": {"database": {"maxConnections": 39}}}
     )
     with pytest.raises(Exception, match=re.escape(f"database.pool for catalog: {STAGING_SHARE} connections")):
         objects_of(helm_dir, "catalog", values)

@@ -19,7 +19,7 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES, is_edge, methods_called, service_callers
 
-from .k8skit import ROOT, Docs, find, objects_of, render, validate_custom_resources
+from .k8skit import ROOT, Docs, find, objects_of, render, run_deploy_staging, validate_custom_resources
 
 # Linkerd's injector reads the proxy's CPU request from this pod annotation.
 PROXY_CPU = "config.linkerd.io/proxy-cpu-request"
@@ -185,7 +185,7 @@ def test_istio_namespace_allows_nothing_that_no_service_policy_admits(rendered: 
     assert umbrella["spec"] == {}
     assert umbrella["metadata"]["namespace"] == NS
     for value_set in render.VALUE_SETS:
-        if value_set != "istio":
+        if render.mesh_of(value_set) != "istio":
             assert not istio(rendered[value_set, render.UMBRELLA]), value_set
 
 
@@ -311,7 +311,7 @@ def linkerd_problems(objects: Docs) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("mesh", ["none", "istio", "linkerd"])
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
 def test_every_hpa_measures_the_service_container_alone_so_a_proxy_needs_no_request(helm_dir: Path, mesh: str) -> None:
     """Staging, a canary too: each HPA scales on its service container's CPU against that container's request
     (a ContainerResource metric), not the pod's (a Resource metric), which divides every container's use by the
@@ -320,10 +320,9 @@ def test_every_hpa_measures_the_service_container_alone_so_a_proxy_needs_no_requ
     request for cpu in container linkerd-proxy") stopped it. So the charts ask no request for Linkerd's proxy;
     a platform's own podAnnotations still reach the pods."""
     values = render.merged_values(
-        render.values_for("staging", helm_dir),
-        {} if mesh == "none" else render.values_for(mesh, helm_dir),
-        # A canary splits traffic only under a mesh.
-        {} if mesh == "none" else {"global": {"canary": {"catalog": {"enabled": True}}}},
+        # Staging renders only under a mesh.
+        render.values_for(f"staging+{mesh}", helm_dir),
+        {"global": {"canary": {"catalog": {"enabled": True}}}},
     )
     own = render.merged_values(values, {"global": {"podAnnotations": {PROXY_CPU: "250m"}}})
     for settings, proxy_cpu in ((values, None), (own, "250m")):
@@ -338,7 +337,7 @@ def test_every_hpa_measures_the_service_container_alone_so_a_proxy_needs_no_requ
             assert (source["name"], source["container"]) == ("cpu", name)
             assert source["target"]["type"] == "Utilization"
             deployments = [find(docs, "Deployment", name)]
-            if name == "catalog" and mesh != "none":
+            if name == "catalog":
                 deployments.append(find(docs, "Deployment", "catalog-canary"))
             for deployment in deployments:
                 template = deployment["spec"]["template"]
@@ -525,7 +524,7 @@ def test_helm_test_goes_through_the_mesh_under_an_identity_of_its_own(
     )
 
 
-@pytest.mark.parametrize("value_set", ["default", "staging", "monitoring"])
+@pytest.mark.parametrize("value_set", ["default", "monitoring"])
 def test_without_a_mesh_no_mesh_object_is_rendered(rendered: dict[tuple[str, str], Docs], value_set: str) -> None:
     for chart in render.all_charts():
         docs = rendered[value_set, chart]
@@ -546,7 +545,14 @@ def pod_templates(docs: Docs) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.mark.parametrize(
-    ("value_set", "mesh"), [("default", ""), ("staging", ""), ("istio", "istio"), ("linkerd", "linkerd")]
+    ("value_set", "mesh"),
+    [
+        ("default", ""),
+        ("staging+istio", "istio"),
+        ("staging+linkerd", "linkerd"),
+        ("istio", "istio"),
+        ("linkerd", "linkerd"),
+    ],
 )
 def test_every_pod_asks_for_its_releases_mesh_and_refuses_the_other(
     rendered: dict[tuple[str, str], Docs], value_set: str, mesh: str
@@ -565,7 +571,7 @@ def test_every_pod_asks_for_its_releases_mesh_and_refuses_the_other(
 @pytest.mark.parametrize("script", ["mesh-istio.sh", "mesh-linkerd.sh"])
 def test_installing_a_mesh_leaves_the_namespaces_injection_alone(script: str) -> None:
     """The charts ask for their proxies pod by pod: a namespace-wide switch would give a proxy to every pod of
-    a release rendered without that mesh (`make skaffold-dev` without PROFILE, the staging value set)."""
+    a release rendered without that mesh (`make skaffold-dev` without PROFILE, or under the other mesh)."""
     text = (ROOT / "k8s" / "scripts" / script).read_text()
     commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     assert not [c for c in commands if re.search(r"\b(label|annotate)\b.*\bnamespace", c)], script
@@ -698,7 +704,7 @@ def test_meshed_calls_pass_the_network_policies(
     for rule in grpc_rules:
         # The edge's rule for clients admits its HTTP/JSON API too.
         ports = {p["port"] for p in rule["ports"]} - ({HTTP_PORT} if is_edge(name) else set())
-        assert ports == ({GRPC_PORT, 4143} if value_set == "linkerd" else {GRPC_PORT}), rule
+        assert ports == ({GRPC_PORT, 4143} if render.mesh_of(value_set) == "linkerd" else {GRPC_PORT}), rule
     assert all(4143 not in {p["port"] for p in rule.get("ports", [])} for rule, _ in rules if rule not in grpc_rules)
 
 
@@ -902,3 +908,60 @@ def test_a_service_no_caller_is_listed_for_admits_nobody_but_health_and_metrics(
         }
         grants = linkerd_grants(docs)
         assert grants == {"inventory-health": {"any network"}, "inventory-metrics": {"any network"}}
+
+
+# --- staging runs behind a mesh ------------------------------------------------------------------------------
+
+# What the refusal of a staging release without a mesh must name: the two value sets that add one.
+MESH_FILES = ("helm/shopmesh/values-istio.yaml", "helm/shopmesh/values-linkerd.yaml")
+
+
+@pytest.mark.parametrize("chart", render.all_charts())
+def test_staging_without_a_mesh_refuses_to_render_naming_the_mesh_values_files(helm_dir: Path, chart: str) -> None:
+    """The services trust the gateway's x-user-id (and x-caller) because the mesh's mTLS and its policy admit
+    only the call graph's callers (money.proto). Staging rendered with values-staging.yaml alone had no mesh:
+    no PeerAuthentication or AuthorizationPolicy, every pod labelled sidecar.istio.io/inject "false", so any
+    pod in the cluster could call payments as orders. The umbrella and each service chart alone refuse it."""
+    with pytest.raises(Exception, match=r'global\.mesh: environment "staging" runs every pod behind') as refused:
+        objects_of(helm_dir, chart, render.values_for("staging", helm_dir))
+    message = " ".join(str(refused.value).split())
+    for mesh_file in MESH_FILES:
+        assert mesh_file in message, message
+
+
+def test_dev_renders_without_a_mesh(rendered: dict[tuple[str, str], Docs]) -> None:
+    # Only outside dev is a mesh required: `make skaffold-dev` without PROFILE runs on kind without one.
+    docs = rendered["default", render.UMBRELLA]
+    assert not istio(docs)
+    assert not linkerd(docs)
+
+
+@pytest.mark.parametrize("mesh", ["istio", "linkerd"])
+def test_staging_with_either_meshs_values_file_renders_the_mesh_policy_and_it_validates(
+    rendered: dict[tuple[str, str], Docs], mesh: str
+) -> None:
+    docs = rendered[f"staging+{mesh}", render.UMBRELLA]
+    kinds = {d["kind"] for d in (istio(docs) if mesh == "istio" else linkerd(docs))}
+    if mesh == "istio":
+        assert {"PeerAuthentication", "AuthorizationPolicy"} <= kinds
+        assert validate_custom_resources(istio(docs)) == []
+    else:
+        assert {"Server", "MeshTLSAuthentication", "AuthorizationPolicy"} <= kinds
+        assert linkerd_problems(linkerd(docs)) == []
+    for name, metadata in pod_templates(docs):
+        assert metadata["labels"]["sidecar.istio.io/inject"] == ("true" if mesh == "istio" else "false"), name
+        assert metadata["annotations"]["linkerd.io/inject"] == ("enabled" if mesh == "linkerd" else "disabled"), name
+
+
+def test_deploy_staging_without_a_mesh_values_file_stops_before_helm_naming_them(tmp_path: Path) -> None:
+    result, capture = run_deploy_staging(
+        tmp_path,
+        helm='#!/bin/sh\necho helm "$@" >> "$CAPTURE"\n',
+        kubectl='#!/bin/sh\necho kubectl "$@" >> "$CAPTURE"\n',
+        STAGING_VALUES="",
+    )
+    assert result.returncode != 0
+    message = " ".join(result.stderr.split())
+    for mesh_file in MESH_FILES:
+        assert mesh_file in message, message
+    assert not capture.exists(), "helm or kubectl ran"

@@ -181,7 +181,7 @@ def test_without_an_endpoint_the_sidecars_report_nothing_either(helm_dir: Path) 
     assert "extensionProviders" not in render.istio_tracing(helm_dir, values)["spec"]["meshConfig"], "no provider"
 
 
-@pytest.mark.parametrize("value_set", [s for s in render.VALUE_SETS if s != "istio"])
+@pytest.mark.parametrize("value_set", [s for s in render.VALUE_SETS if render.mesh_of(s) != "istio"])
 def test_no_telemetry_without_istio(rendered: dict[tuple[str, str], Docs], value_set: str) -> None:
     for chart in render.all_charts():
         assert not telemetries(rendered[value_set, chart]), (value_set, chart)

@@ -66,7 +66,7 @@ def loaded(service: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
     return load_settings(settings_class(service))
 
 
-@pytest.mark.parametrize("value_set", ["default", "staging"])
+@pytest.mark.parametrize("value_set", ["default", "staging+istio"])
 def test_each_service_starts_with_the_settings_its_pod_is_given(
     helm_dir: Path, value_set: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,7 +120,7 @@ def test_an_env_entry_for_any_variable_the_chart_sets_fails_the_render_naming_it
 ) -> None:
     """A service chart's env: is for the service's own settings: one that replaced a variable the chart sets
     would run the pod against what the rest of it was built on (ports, drain, addresses, Secrets)."""
-    values = render.merged_values(render.values_for("staging"), WITH_EVERY_SECRET)
+    values = render.merged_values(render.values_for("staging+istio"), WITH_EVERY_SECRET)
     docs = objects_of(helm_dir, service, values)
     variables = variables_the_chart_sets(docs, service)
     assert among_them <= set(variables), variables

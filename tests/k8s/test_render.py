@@ -51,7 +51,7 @@ def test_chart_renders_every_object(rendered: dict[tuple[str, str], Docs], value
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for name in names:
         expected = {"ServiceAccount", "ConfigMap", "Service", "Deployment", "NetworkPolicy"}
-        if value_set == "staging":
+        if "staging" in render.layer_names(value_set):
             expected |= {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
         for kind in expected:
             assert (kind, name) in kinds, f"{chart} ({value_set}) renders no {kind}/{name}"
@@ -139,7 +139,9 @@ def test_checkov_finds_nothing_once_the_images_are_pinned(helm_dir: Path, tmp_pa
     digest = "sha256:" + "0" * 64
     pinned = {"service": {}, "both": {"httpApi": {"image": f"envoyproxy/envoy-distroless:v1.40.0@{digest}"}}}
     for name, extra in pinned.items():
-        values = render.merged_values(render.values_for("staging", helm_dir), {"image": {"digest": digest}}, extra)
+        values = render.merged_values(
+            render.values_for("staging+istio", helm_dir), {"image": {"digest": digest}}, extra
+        )
         target = tmp_path / "render" / name / "gateway.yaml"
         target.parent.mkdir(parents=True)
         target.write_text("\n---\n".join(render.render(helm_dir, "gateway", "custom", values=values).values()))

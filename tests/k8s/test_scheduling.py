@@ -183,7 +183,7 @@ def is_ours(image: str) -> bool:
     return image.rpartition("/")[2].startswith("shopmesh-")
 
 
-@pytest.mark.parametrize("value_set", ["default", "staging", "istio"])
+@pytest.mark.parametrize("value_set", ["default", "staging+linkerd", "istio"])
 def test_with_both_registries_every_rendered_image_comes_from_them(helm_dir: Path, value_set: str) -> None:
     """An air-gapped cluster: global.imageRegistry for our images (the services', their canaries' and the
     `helm test` pods'), global.thirdPartyRegistry for the mirrored third-party ones (the edge's Envoy,

@@ -11,7 +11,7 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, find, objects_of, render
+from .k8skit import find, objects_of, render
 
 
 def values(text: str) -> dict:
@@ -115,7 +115,7 @@ def test_a_service_charts_own_resources_win_over_the_environments_sizing(helm_di
     """shopmesh-lib.config: "the service chart's value (.Values.x), else the environment's (.Values.global.x)".
     An on-call engineer raising an OOM-killed service's memory limit in staging (`--set catalog.resources...`,
     or `resources:` on the catalog chart alone) must get it, not the environment's sizing."""
-    staging = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values-staging.yaml").read_text())
+    staging = render.values_for("staging+istio")
     raised = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
     for chart, chosen in (
         ("shopmesh", staging | {"catalog": {"resources": raised}}),
@@ -274,7 +274,7 @@ def test_sizing_for_a_service_the_release_does_not_have_fails_the_render(helm_di
     the umbrella refuses (templates/validate-global.yaml: "a misspelt name would silently leave the canary or
     the fault out"). A misspelt sizing is left out as silently: catalog keeps the dev sizing (25m CPU), and
     under staging's autoscaler (70 % of the request) it scales to its maximum at once."""
-    staging = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values-staging.yaml").read_text())
+    staging = render.values_for("staging+istio")
     sizing = staging["global"]["resources"]
     sizing["catlog"] = sizing.pop("catalog")
     with pytest.raises(Exception, match=r'global\.resources\.catlog: no service "catlog"'):

@@ -13,7 +13,7 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, Docs, find, objects_of, peers_by_port, render, run_deploy_staging
+from .k8skit import ROOT, STAGING_MESH_VALUES, Docs, find, objects_of, peers_by_port, render, run_deploy_staging
 from .test_scheduling import deploy_staging_values
 
 # The staging cluster's own PostgreSQL, outside k8s/infra (values-staging.yaml's peers are k8s/infra's).
@@ -30,7 +30,9 @@ def test_make_deploy_staging_takes_the_clusters_own_values_on_every_upgrade(helm
     own = tmp_path / "staging-cluster.yaml"
     own.write_text(yaml.safe_dump({"global": {"database": {"peers": CLUSTER_DATABASE}}}))
     monitoring = ROOT / "helm" / "shopmesh" / "values-monitoring.yaml"
-    values = deploy_staging_values(tmp_path, STAGING_VALUES=f"{own} {monitoring.relative_to(ROOT)}")
+    values = deploy_staging_values(
+        tmp_path, STAGING_VALUES=f"{STAGING_MESH_VALUES} {own} {monitoring.relative_to(ROOT)}"
+    )
     docs = objects_of(helm_dir, "shopmesh", values)
     owners = [name for name, service in SERVICES.items() if service.has_database]
     assert owners
@@ -69,7 +71,7 @@ def deploy_staging_with_a_secret_missing(
             f'#!/bin/sh\necho "$@" >> "$CAPTURE.kubectl"\n'
             f'case " $* " in *" {missing} "*) ;; *) echo secret/found ;; esac\n'
         ),
-        STAGING_VALUES=str(own),
+        STAGING_VALUES=f"{STAGING_MESH_VALUES} {own}",
     )
     assert not Path(f"{capture}.helm").exists(), ("helm ran", result.stderr)
     return result, [line.split() for line in Path(f"{capture}.kubectl").read_text().splitlines()]
@@ -195,8 +197,8 @@ def test_an_upgrade_restarts_the_pods_of_a_changed_configuration_and_no_others(h
     new settings) and with nothing else: rendering the same values again gives the same manifests byte for byte
     (no random or time value, which would restart every pod on every `helm upgrade`), and a setting of one
     service restarts none of the others."""
-    staging = render.values_for("staging", helm_dir)
-    first, again = (render.render(helm_dir, "shopmesh", "staging") for _ in range(2))
+    staging = render.values_for("staging+istio", helm_dir)
+    first, again = (render.render(helm_dir, "shopmesh", "staging+istio") for _ in range(2))
     assert first == again
     before = objects_of(helm_dir, "shopmesh", staging)
     after = objects_of(helm_dir, "shopmesh", render.merged_values(staging, {"catalog": {"logLevel": "DEBUG"}}))

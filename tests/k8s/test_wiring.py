@@ -232,7 +232,7 @@ def test_network_policy_allows_exactly_the_call_graph(
         assert policy["policyTypes"] == ["Ingress", "Egress"]
         ingress = peers_by_port(policy["ingress"], "from")
         egress = peers_by_port(policy["egress"], "to")
-        if value_set == "linkerd":
+        if render.mesh_of(value_set) == "linkerd":
             # Meshed calls arrive on the Linkerd proxy's inbound port, from the same peers (test_mesh_policy.py).
             assert ingress.pop(LINKERD_INBOUND_PORT) == ingress[GRPC_PORT]
             assert egress.pop(LINKERD_INBOUND_PORT, None) == egress.get(GRPC_PORT)
@@ -249,7 +249,7 @@ def test_network_policy_allows_exactly_the_call_graph(
         assert service_names(egress.get(GRPC_PORT, [])) == set(service.calls)
 
         assert (NATS_PORT in egress) == service.uses_nats
-        postgres = service.has_database and value_set == "staging"
+        postgres = service.has_database and "staging" in render.layer_names(value_set)
         assert (POSTGRES_PORT in egress) == postgres, "PostgreSQL egress only for its own database there"
         assert (SMTP_PORT in egress) == service.sends_email
         assert 53 in egress, "DNS"
@@ -338,7 +338,7 @@ def test_environment_ports_and_probes_agree(rendered: dict[tuple[str, str], Docs
     # Secrets reach the chassis as files in SECRETS_DIR (a projected volume), never as environment.
     assert not [e for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
     secret_files = secret_files_of(pod["spec"], container, env)
-    if service.has_database and value_set == "staging":
+    if service.has_database and "staging" in render.layer_names(value_set):
         assert secret_files["DATABASE_URL"] == (f"{name}-database", "DATABASE_URL")
         assert mounts == {"/tmp", env["SECRETS_DIR"]}
     elif service.has_database:
@@ -509,7 +509,7 @@ def test_with_a_nats_secret_global_nats_url_names_the_servers_for_the_network_po
 
 @pytest.mark.parametrize("name", NAMES)
 def test_staging_runs_two_replicas_with_budget_and_autoscaler(rendered: dict[tuple[str, str], Docs], name: str) -> None:
-    docs = rendered["staging", render.UMBRELLA]
+    docs = rendered["staging+istio", render.UMBRELLA]
     hpa = find(docs, "HorizontalPodAutoscaler", name)["spec"]
     assert hpa["minReplicas"] >= 2
     assert hpa["maxReplicas"] > hpa["minReplicas"]
@@ -775,7 +775,7 @@ def test_staging_says_where_its_postgresql_and_smtp_relay_are(rendered: dict[tup
     NetworkPolicy still admits only k8s/infra's pods: staging's values file names the peers, and the docs'
     staging prerequisites say to set them (and the SMTP relay's)."""
     staging = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values-staging.yaml").read_text())["global"]
-    policy = find(rendered["staging", "orders"], "NetworkPolicy", "orders")["spec"]
+    policy = find(rendered["staging+istio", "orders"], "NetworkPolicy", "orders")["spec"]
     assert peers_by_port(policy["egress"], "to")[POSTGRES_PORT] == staging["database"]["peers"]
     assert staging["database"]["port"] == POSTGRES_PORT
     text = (ROOT / "docs" / "kubernetes.md").read_text()
@@ -786,7 +786,7 @@ def test_staging_says_where_its_postgresql_and_smtp_relay_are(rendered: dict[tup
 
 @pytest.mark.parametrize("name", [n for n in NAMES if SERVICES[n].has_database])
 def test_postgresql_outside_dev_without_its_peers_fails_the_render(helm_dir: Path, name: str) -> None:
-    staging = {"environment": "staging", "database": {"mode": "postgres"}}
+    staging = {"environment": "staging", "mesh": "istio", "database": {"mode": "postgres"}}
     with pytest.raises(
         Exception, match=re.escape('global.database.peers: with database.mode postgres in environment "staging"')
     ):

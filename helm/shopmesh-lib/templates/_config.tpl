@@ -242,6 +242,13 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- fail (printf "global.mesh must be empty, istio or linkerd, not %q" $mesh) -}}
 {{- end -}}
 {{- $_ := set $c "mesh" $mesh -}}
+{{- /* Outside dev every pod runs behind a mesh (docs/kubernetes.md, "Deploy to staging"): the services trust the
+     gateway's x-user-id and x-caller because the mesh's mTLS and its policy from the call graph admit no other
+     caller (money.proto, docs/mesh.md). Without one any pod in the cluster could call payments as orders or
+     read an order as its user, so the render fails instead of installing such a release. */ -}}
+{{- if and (eq $mesh "") (ne $c.environment "dev") -}}
+{{- fail (printf "global.mesh: environment %q runs every pod behind a service mesh (the services trust x-user-id and x-caller because its mTLS and policy admit only the call graph's callers), and none is set. Add -f helm/shopmesh/values-istio.yaml or -f helm/shopmesh/values-linkerd.yaml after values-staging.yaml (make deploy-staging: STAGING_VALUES=\"helm/shopmesh/values-istio.yaml ...\"; the mesh installed first: make mesh-istio / make mesh-linkerd on kind); docs/kubernetes.md, \"Deploy to staging\"" $c.environment) -}}
+{{- end -}}
 {{- /* The proxy is asked for as a native sidecar (shopmesh-lib.mesh.injection): an init container with
      restartPolicy: Always, which an API server before 1.29 drops (or keeps behind a gate that is off), so the
      injected pod is refused (probes on a plain init container) or never leaves Init (a proxy that never
