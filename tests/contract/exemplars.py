@@ -62,7 +62,8 @@ TEMPLATES: dict[str, str] = {
     ),
     "shopmesh.payments.v1.PaymentsService.Refund": 'payment_id: "{payment}" reason: "returned"',
     "shopmesh.payments.v1.PaymentsService.GetPayment": 'payment_id: "{payment}"',
-    "shopmesh.payments.v1.PaymentsService.ListPayments": 'order_id: "{order}" page_size: 5',
+    # {charged_order}: an order with two payments (a declined card's, then a capture), so the list has pages.
+    "shopmesh.payments.v1.PaymentsService.ListPayments": 'order_id: "{charged_order}" page_size: 5',
     "shopmesh.notifications.v1.NotificationsService.ListNotifications": 'user_id: "{user}" page_size: 5',
     "shopmesh.recommendations.v1.RecommendationsService.ListRecommendations": 'product_id: "{product}" max_results: 3',
 }

@@ -140,6 +140,7 @@ def test_every_rpc_of_the_contracts_has_an_exemplar_that_parses() -> None:
     values = {"run": "r", "password": "p", "email": "e", "user": "u", "product": "p1", "other_product": "p2"}
     values |= {"product_price": "1299"}
     values |= {"category": "c", "page_token": "t", "order": "o", "payment": "pay", "reservation": "res"}
+    values |= {"charged_order": "o2"}
     for method in methods:
         request = exemplar(method, values)
         assert not re.search(r"\{[a-z_]+\}", str(request)), f"{method.full_name}: a placeholder left: {request}"

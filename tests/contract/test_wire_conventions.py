@@ -19,6 +19,7 @@ is repeatable; `CONTRACT_EXAMPLES=1200 CONTRACT_RANDOM=1 pytest tests/contract` 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -43,6 +44,7 @@ from sqlalchemy.engine import make_url
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2_grpc
+from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis.client import idempotency_metadata
@@ -75,6 +77,8 @@ ENV = {
 PASSWORD = "correct horse battery staple"
 REUSED_KEY = "contract-reused-key"
 METHODS = contract_methods()
+# The test card payments declines (docs/storefront.md).
+DECLINED_CARD = "4000000000000002"
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,8 @@ async def stack(module_dir: Path, request: pytest.FixtureRequest) -> AsyncIterat
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def known(stack: Stack) -> Known:
-    return await entities(stack)
+    found = await entities(stack)
+    return await with_a_second_page_of_every_list(stack, found)
 
 
 async def entities(stack: Stack) -> Known:
@@ -154,6 +159,53 @@ async def entities(stack: Stack) -> Known:
         *(c.id for c in categories),
     )
     return Known(strings=strings, user_id=login.user_id, access_token=login.access_token, values=values)
+
+
+async def with_a_second_page_of_every_list(stack: Stack, known: Known) -> Known:
+    """`known` with two items in every list an exemplar pages through, so that a page of one has a next
+    page token to check, whatever ran before: a second order of the user (two orders, and in time two
+    notifications, one for each confirmation) and an order payments holds two payments for, a declined
+    card's and then a captured one (`{charged_order}`). That order is payments' alone: orders never
+    placed it, so no saga rechecks or refunds it, and it is none of the known user's orders."""
+    by_name = {method.full_name: method for _, method in METHODS}
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        shop = shop_pb2_grpc.ShopServiceStub(channel)
+        await shop.PlaceOrder(
+            exemplar(by_name["shopmesh.gateway.v1.ShopService.PlaceOrder"], known.values),
+            metadata=(("authorization", f"Bearer {known.access_token}"), *idempotency_metadata(str(uuid.uuid4()))),
+            timeout=30,
+        )
+    charged_order = f"ord_contract_{known.values['run']}_paged"
+    # Charge's exemplar (a valid amount and card) for that order.
+    charge, declined = payments_pb2.ChargeRequest(), payments_pb2.ChargeRequest()
+    charge.CopyFrom(exemplar(by_name["shopmesh.payments.v1.PaymentsService.Charge"], known.values))
+    charge.order_id = charged_order
+    declined.CopyFrom(charge)
+    declined.card.number = DECLINED_CARD
+    async with grpc.aio.insecure_channel(stack.address("payments")) as channel:
+        payments = payments_pb2_grpc.PaymentsServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await payments.Charge(declined, metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value
+        await payments.Charge(charge, metadata=idempotency_metadata(str(uuid.uuid4())), timeout=30)
+    async with grpc.aio.insecure_channel(stack.address("notifications")) as channel:
+        notifications = notifications_pb2_grpc.NotificationsServiceStub(channel)
+
+        async def both_confirmations_noted() -> bool:
+            listed = await notifications.ListNotifications(
+                notifications_pb2.ListNotificationsRequest(user_id=known.user_id, page_size=MAX_PAGE_SIZE),
+                metadata=(("x-user-id", known.user_id),),
+                timeout=30,
+            )
+            return len(listed.notifications) >= 2
+
+        await eventually(
+            both_confirmations_noted, "a notification for each of the known user's two orders", interval=0.2
+        )
+    values = known.values | {"charged_order": charged_order}
+    return Known(
+        strings=(*known.strings, charged_order), user_id=known.user_id, access_token=known.access_token, values=values
+    )
 
 
 def valid_metadata(known: Known, service: str, key: str) -> tuple[tuple[str, str], ...]:
@@ -324,6 +376,15 @@ def page_request(first: Any, size: int, token: str) -> Any:
     return request
 
 
+def forged(token: str) -> str:
+    """`token` as a client could write it from one it was given: well-formed, the same last key, but bound
+    to other filters (the chassis' token is unsigned base64url JSON, `shopmesh_chassis.pagination`). A
+    service that takes it pages a list the token was never issued for."""
+    payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    payload["f"] = "0" * len(payload["f"])
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
 async def walk(
     channel: grpc.aio.Channel, method: MethodDescriptor, first: Any, meta: tuple[tuple[str, str], ...], size: int
 ) -> tuple[list[list[str]], list[str]]:
@@ -350,8 +411,9 @@ async def test_paging_through_a_list_gives_each_item_once_and_refuses_a_broken_t
     """For every RPC that pages (AIP-158 in the conventions): small pages hold at most page_size items,
     the walk ends, and no item comes twice or goes missing against whole-list reads before and after
     (the list may grow meanwhile: notifications arrive, sagas finish; nothing is ever deleted). A token
-    cut short is INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN, naming page_token. Runs after the
-    generated calls, so the known user has orders, payments and notifications to page through."""
+    cut short, or forged for other filters, is INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN, naming
+    page_token. Every exemplar lists at least two items (the `known` fixture sees to it), so pages of one
+    always give a token to check, run alone or after the generated calls."""
     first = exemplar(method, known.values)
     meta = valid_metadata(known, service, str(uuid.uuid4()))
     async with grpc.aio.insecure_channel(stack.address(service)) as channel:
@@ -360,22 +422,24 @@ async def test_paging_through_a_list_gives_each_item_once_and_refuses_a_broken_t
             return flat((await walk(channel, method, first, meta, MAX_PAGE_SIZE))[0])
 
         before = await whole_list()
+        assert len(before) >= 2, f"{method.full_name} listed {before} for the exemplar: no second page to turn to"
         size = max(1, len(before) // 3)
         pages, tokens = await walk(channel, method, first, meta, size)
         after = await whole_list()
-        broken = None
-        if tokens:
-            broken = await outcome(channel, service, method, page_request(first, size, tokens[0][:-2]), meta)
-    assert before, f"{method.full_name} listed nothing for the exemplar: nothing to page through"
+        assert tokens, f"{method.full_name} gave no next_page_token for pages of {size} of {len(before)} items"
+        refusals = {
+            "cut short": await outcome(channel, service, method, page_request(first, size, tokens[0][:-2]), meta),
+            "forged": await outcome(channel, service, method, page_request(first, size, forged(tokens[0])), meta),
+        }
     assert all(len(page) <= size for page in pages), [len(page) for page in pages]
     walked = flat(pages)
     assert len(walked) == len(set(walked)), f"an item on two pages of {size}: {walked}"
     assert len(before) == len(set(before))
     assert len(after) == len(set(after))
     assert set(before) <= set(walked) <= set(after), (before, walked, after)
-    if broken is not None:
-        refused = (grpc.StatusCode.INVALID_ARGUMENT, INVALID_PAGE_TOKEN, ())
-        assert (broken.code, broken.reason, broken.problems) == refused
+    refused = (grpc.StatusCode.INVALID_ARGUMENT, INVALID_PAGE_TOKEN, ())
+    answers = {name: (answer.code, answer.reason, answer.problems) for name, answer in refusals.items()}
+    assert answers == {name: refused for name in refusals}, answers
 
 
 async def test_every_service_still_serves_after_the_generated_requests(stack: Stack) -> None:
