@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -16,7 +17,7 @@ from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.domain.events import EventKind
-from shopmesh_notifications.domain.model import Channel, Notification, Refusal, RetryPolicy
+from shopmesh_notifications.domain.model import GAVE_UP, REFUSED, Channel, Notification, Refusal, RetryPolicy, State
 from shopmesh_notifications.settings import NotificationsSettings
 from shopmesh_notifications.store.repository import NotificationRepository
 from shopmesh_notifications.transport import DESCRIPTOR, NotificationsServicer
@@ -214,6 +215,42 @@ async def test_a_notification_state_a_newer_release_added_stays_listable(stub: S
     response = await stub.ListNotifications(listing())
     assert [n.id for n in response.notifications] == ["ntf_002", "ntf_001"]
     assert response.notifications[0].state == notifications_pb2.NOTIFICATION_STATE_UNSPECIFIED
+
+
+async def test_failure_reasons_an_older_release_stored_are_listed_as_this_releases_fixed_texts(
+    stub: Stub, database: Database
+) -> None:
+    """The release before stored the mail server's reply as the customer's failure_reason for a refusal
+    (its pods still do during a rollout), and its give-up text named a count of attempts: the customer is
+    shown a fixed text for both, never the relay's hosts and networks, which the column still holds."""
+    relay_reply = (
+        "recipient refused: ada@example.com: 554 5.7.1 <ada@example.com>: Relay access denied (mx1.internal 10.0.3.7)"
+    )
+    old_rows = {
+        "ntf_001": relay_reply,
+        "ntf_002": "not delivered: the mail service failed 10 attempts",
+        "ntf_003": "not delivered: the mail service failed 1 attempt",
+        "ntf_004": Refusal.RECIPIENT.value,
+    }
+    await seed(
+        database,
+        *(
+            replace(notification(int(id_[-3:])), state=State.FAILED, failure_reason=reason, last_error=reason)
+            for id_, reason in old_rows.items()
+        ),
+    )
+    response = await stub.ListNotifications(listing())
+    assert {n.id: n.failure_reason for n in response.notifications} == {
+        "ntf_001": REFUSED,
+        "ntf_002": GAVE_UP,
+        "ntf_003": GAVE_UP,
+        "ntf_004": Refusal.RECIPIENT.value,
+    }
+    async with database.read() as session:
+        [stored] = [
+            n for n in await NotificationRepository(session).list_for_user("usr_1", 10, None) if n.id == "ntf_001"
+        ]
+    assert stored.failure_reason == relay_reply
 
 
 @sqlite_only

@@ -10,7 +10,7 @@ from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis.consumer import Event, decode_event
 from shopmesh_notifications.domain.events import EventKind, InvalidEvent, Line, OrderEvent
-from shopmesh_notifications.domain.model import Notification
+from shopmesh_notifications.domain.model import Notification, customer_failure_reason
 
 ORDER_CONFIRMED = "orders.v1.order_confirmed"
 ORDER_CANCELLED = "orders.v1.order_cancelled"
@@ -97,7 +97,7 @@ def notification_to_proto(notification: Notification) -> notifications_pb2.Notif
         state=_STATES[notification.state.value],
         kind=_KINDS[notification.kind],
         event_id=notification.event_id,
-        failure_reason=notification.failure_reason,
+        failure_reason=customer_failure_reason(notification.failure_reason),
         created_at=_timestamp(notification.created_at),
     )
     if notification.sent_at is not None:

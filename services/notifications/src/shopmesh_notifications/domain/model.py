@@ -5,6 +5,7 @@ and SUPERSEDED are final."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -67,6 +68,29 @@ class Refusal(Enum):
 # The customer's failure_reason when the attempts failed until the retry policy's window ran out: what
 # failed was on our side (the relay's address in a connection error, its replies about our credentials).
 GAVE_UP = "not delivered: the mail service could not send it"
+
+# Shown for a stored failure_reason that is none of this release's texts: the release before stored the
+# mail server's own reply for a refusal (its hosts and networks), and its pods still do during a rollout.
+REFUSED = "not delivered: the mail server refused it"
+
+_PUBLIC_REASONS = frozenset({GAVE_UP, REFUSED, *(refusal.value for refusal in Refusal)})
+# The release before's give-up text, which named its count of attempts: the same failure as GAVE_UP.
+_OLD_GAVE_UP = re.compile(r"not delivered: the mail service failed \d+ attempts?")
+# The release before's text for an address it stored under a looser check: the same as NOT_AN_ADDRESS.
+_OLD_NOT_AN_ADDRESS = "recipient is not an e-mail address"
+
+
+def customer_failure_reason(stored: str) -> str:
+    """The failure_reason the customer reads (ListNotifications) for the one stored: always a fixed text of
+    this release, whoever wrote the row. The column is kept as stored: operators find the rows an older
+    release wrote by it (docs/operations.md, ShopmeshEmailsFailed), and its replies stay in last_error."""
+    if not stored or stored in _PUBLIC_REASONS:
+        return stored
+    if _OLD_GAVE_UP.fullmatch(stored):
+        return GAVE_UP
+    if stored == _OLD_NOT_AN_ADDRESS:
+        return Refusal.NOT_AN_ADDRESS.value
+    return REFUSED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

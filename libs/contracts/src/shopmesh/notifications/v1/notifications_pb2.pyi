@@ -173,7 +173,9 @@ class Notification(_message.Message):
     """Why delivery failed, for the customer: a fixed text per kind of failure
     (the address refused, the message refused, not an e-mail address, or the
     mail service failing until it gave up), never the mail server's own reply.
-    Empty unless state is FAILED.
+    A notification an older release failed with the server's reply is listed
+    as "not delivered: the mail server refused it". Empty unless state is
+    FAILED.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
