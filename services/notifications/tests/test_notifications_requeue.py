@@ -5,7 +5,7 @@ refused stay FAILED."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import text
@@ -29,7 +29,8 @@ GIVE_UP_AT_ONCE = RetryPolicy(base_delay_seconds=1.0, max_delay_seconds=600.0, g
 
 
 def runbook_sql() -> list[str]:
-    """The SQL blocks of the runbook's ShopmeshEmailsFailed section, in order: find, re-queue."""
+    """The SQL blocks of the runbook's ShopmeshEmailsFailed section, in order: find and re-queue the e-mails
+    given up, then find and re-queue those the release before failed at once on a relay's 5.7.x policy."""
     section = RUNBOOK.read_text().split("\n### ShopmeshEmailsFailed\n")[1].split("\n### ")[0]
     return [block.strip().rstrip(";") for block in re.findall(r"```sql\n(.*?)```", section, re.DOTALL)]
 
@@ -42,7 +43,7 @@ async def stored(database: Database) -> dict[str, Notification]:
 async def test_emails_given_up_while_the_relay_was_down_go_out_once_requeued_with_the_runbooks_sql(
     database: Database, tmp_path: Path
 ) -> None:
-    find, requeue = runbook_sql()
+    find, requeue, _, _ = runbook_sql()
     sink = await start_sink(tmp_path / "mail")
     port = sink.port
     await sink.close()  # the relay down
@@ -79,3 +80,58 @@ async def test_emails_given_up_while_the_relay_was_down_go_out_once_requeued_wit
     assert (after["ada@example.com"].state, after["ada@example.com"].failure_reason) == (State.SENT, "")
     assert after["root,ada@example.com"].state is State.FAILED
     assert [m["X-Shopmesh-Order-Id"] for m in read_mail(tmp_path / "mail")] == ["ord_q"]
+
+
+def failed_by_the_release_before(number: int, reason: str, attempts: int, last_error: str) -> Notification:
+    """A FAILED row as the release before wrote it: its failure_reason, its attempts, no next attempt."""
+    created = datetime.now(UTC) - timedelta(days=2)
+    return Notification(
+        f"ntf_old{number}", "usr_1", f"ord_old{number}", Channel.EMAIL, f"user{number}@example.com", "Hi", "body",
+        f"<old{number}@x>", EventKind.ORDER_CONFIRMED, f"evt_old{number}", created, state=State.FAILED,
+        attempts=attempts, last_error=last_error, failure_reason=reason,
+    )  # fmt: skip
+
+
+async def test_emails_the_release_before_gave_up_or_failed_on_a_relay_policy_are_requeued_with_the_runbooks_sql(
+    database: Database, tmp_path: Path
+) -> None:
+    """The release before gave up with "the mail service failed N attempts" (and its pods still do during a
+    rollout), and failed at once on a relay's 5.7.x refusal at RCPT, storing the reply: the runbook's SQL
+    finds both kinds and their e-mails go out once re-queued; a refusal of the address itself stays FAILED."""
+    find, requeue, find_policy, requeue_policy = runbook_sql()
+    gave_up = failed_by_the_release_before(
+        1, "not delivered: the mail service failed 10 attempts", 10, "SMTP server did not answer in time"
+    )
+    relay = "recipient refused: user2@example.com: 554 5.7.1 <user2@example.com>: Relay access denied"
+    relay_policy = failed_by_the_release_before(2, relay, 1, relay)
+    rejected = (
+        "recipient refused: user3@example.com: 554 5.7.1 <user3@example.com>: Recipient address rejected: Access denied"
+    )
+    recipients_own = failed_by_the_release_before(3, rejected, 1, rejected)
+    unknown = "recipient refused: user4@example.com: 550 5.1.1 <user4@example.com>: no such user"
+    no_such_user = failed_by_the_release_before(4, unknown, 1, unknown)
+    async with database.transaction() as session:
+        for row in (gave_up, relay_policy, recipients_own, no_such_user):
+            await NotificationRepository(session).add(row)
+
+    async with database.transaction() as session:
+        assert [row.id for row in (await session.execute(text(find))).all()] == [gave_up.id]
+        assert [row.id for row in (await session.execute(text(find_policy))).all()] == [relay_policy.id]
+        await session.execute(text(requeue))
+        await session.execute(text(requeue_policy))
+
+    sink = await start_sink(tmp_path / "mail")
+    mailer = SmtpMailer(SmtpOptions("127.0.0.1", sink.port, "shop@example.com", 5.0))
+    sender = NotificationSender(database, mailer, GIVE_UP_AT_ONCE, claim_seconds=10)
+    try:
+        assert await sender.send_due() == 2
+    finally:
+        await sink.close()
+    after = await stored(database)
+    assert {recipient: n.state for recipient, n in after.items()} == {
+        "user1@example.com": State.SENT,
+        "user2@example.com": State.SENT,
+        "user3@example.com": State.FAILED,
+        "user4@example.com": State.FAILED,
+    }
+    assert sorted(m["X-Shopmesh-Order-Id"] for m in read_mail(tmp_path / "mail")) == ["ord_old1", "ord_old2"]
