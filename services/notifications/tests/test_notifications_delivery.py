@@ -8,7 +8,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -766,6 +766,52 @@ async def test_a_refusal_worded_in_latin_1_fails_the_notification_instead_of_bre
     finally:
         server.close()
         await server.wait_closed()
+
+
+def _rcpt_refuser(reply: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A mail server that answers every RCPT with `reply` (and everything else with 250)."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 relay.example ESMTP\r\n")
+        while line := await reader.readline():
+            command = line[:4].upper()
+            answers = {b"RCPT": reply, b"QUIT": b"221 bye"}
+            writer.write(answers.get(command, b"250 OK") + b"\r\n")
+            await writer.drain()
+            if command == b"QUIT":
+                break
+        writer.close()
+
+    return refuse
+
+
+@pytest.mark.parametrize(
+    ("reply", "refusal"),
+    [
+        # Postfix's per-recipient access rule: this address is refused, not us.
+        (b"554 5.7.1 <ada@example.com>: Recipient address rejected: Access denied", Refusal.RECIPIENT),
+        # Postfix's reject_unauth_destination: the relay refuses to relay for us, whatever the recipient.
+        (b"554 5.7.1 <ada@example.com>: Relay access denied", None),
+    ],
+)
+async def test_a_5_7_refusal_at_rcpt_fails_the_email_for_good_only_when_it_names_the_recipient_as_rejected(
+    reply: bytes, refusal: Refusal | None
+) -> None:
+    server = await asyncio.start_server(_rcpt_refuser(reply), "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        mailer = SmtpMailer(SmtpOptions("127.0.0.1", port, "shop@example.com", 5.0))
+        kind, now = EventKind.ORDER_CONFIRMED, datetime.now(UTC)
+        notification = Notification(
+            "ntf_1", "usr_1", "ord_1", Channel.EMAIL, "ada@example.com", "Hi", "", "<e@x>", kind, "evt", now
+        )
+        with pytest.raises(DeliveryFailed) as caught:
+            await mailer.send(notification)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert caught.value.refusal is refusal
+    assert reply.decode()[4:] in caught.value.reason
 
 
 @sqlite_only

@@ -74,6 +74,16 @@ _SESSION_REFUSALS = frozenset({530, 534, 535, 538})
 # relay refusing us (`554 5.7.1 Relay access denied`: our address not in its networks, authentication
 # needed), not the recipient. Every e-mail gets it until the relay's settings or ours are fixed.
 _POLICY_REFUSAL = re.compile(r"\s*5\.7\.\d{1,3}(?!\S)")
+# ... unless the reply says the recipient is what the policy refused: a relay's per-recipient access rule
+# uses the same code (Postfix: `554 5.7.1 <x@blocked>: Recipient address rejected: Access denied`). That is
+# this e-mail's refusal, for good: retried for a day, it would be given up all the same, and meanwhile
+# count as the relay refusing us (ShopmeshEmailsNotGoingOut).
+_RECIPIENT_REJECTED = re.compile(r"recipient address rejected", re.IGNORECASE)
+
+
+def _relay_policy_refusal(message: str) -> bool:
+    """A 5.7.x reply at RCPT that is about us (the relay's policy), not about the recipient."""
+    return bool(_POLICY_REFUSAL.match(message)) and not _RECIPIENT_REJECTED.search(message)
 
 
 def _refused_for_good(code: int) -> bool:
@@ -81,13 +91,13 @@ def _refused_for_good(code: int) -> bool:
 
 
 def _recipient_refused_for_good(code: int, message: str) -> bool:
-    return _refused_for_good(code) and not _POLICY_REFUSAL.match(message)
+    return _refused_for_good(code) and not _relay_policy_refusal(message)
 
 
 def _failure(error: Exception) -> DeliveryFailed:
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
         detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in error.recipients)
-        if any(_POLICY_REFUSAL.match(r.message) for r in error.recipients):
+        if any(_relay_policy_refusal(r.message) for r in error.recipients):
             # Said so in the log line: the relay's settings or ours to fix, not the address.
             return DeliveryFailed(f"recipient refused by the relay's policy: {detail}")
         for_good = all(_refused_for_good(r.code) for r in error.recipients)
