@@ -248,7 +248,7 @@ async def test_orders_a_recovery_pass_fails_on_with_an_error_are_counted_by_pass
         return [Due(order_id, {})]
 
     monkeypatch.setattr(OrderRepository, "charges_to_recheck", due_for_a_recheck)
-    monkeypatch.setattr(saga, "recheck_charge", has_a_bug)
+    monkeypatch.setattr(saga, "claim_recheck", has_a_bug)
     assert await app.recheck_charges() == 1
     assert await app.recheck_charges() == 1
     assert _errors_counted(registry) == {"resume": 1, "recheck": 2}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -26,6 +27,7 @@ from shopmesh_chassis.tracing import current_trace_id
 from shopmesh_orders.application import RECOVER_SPAN, OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, OrderState
 from shopmesh_orders.saga import SagaDriver
+from shopmesh_orders.store.repository import OrderRepository
 from shopmesh_orders.store.tables import orders
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
@@ -77,10 +79,10 @@ def _traced_calls(inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch) -> 
     return calls
 
 
-async def _placed_while_inventory_is_down(app: OrdersApplication, inventory: FakeInventory) -> str:
+async def _placed_while_inventory_is_down(app: OrdersApplication, inventory: FakeInventory, key: str = "key-1") -> str:
     inventory.down = True
     with pytest.raises(errors.Unavailable) as caught:
-        await place(app, command())
+        await place(app, command(), key)
     inventory.down = False
     return str(caught.value.metadata["order_id"])
 
@@ -128,6 +130,46 @@ async def test_an_order_the_recovery_loop_finishes_is_in_its_checkouts_trace(
         order_id,
         "resume",
     )
+
+
+async def test_an_order_another_driver_took_before_the_loop_claimed_it_adds_no_span_to_its_checkouts_trace(
+    database: Database,
+    catalog: FakeCatalog,
+    saga: SagaDriver,
+    inventory: FakeInventory,
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attempt that does not act on the order (another driver holds it: "not resumed yet") opens no span:
+    an order passed over on every pass would otherwise grow its checkout's trace by one span a pass."""
+    tracer_provider, exporter = provider
+    app = OrdersApplication(database, catalog, saga, tracer_provider=tracer_provider)
+    with tracer_provider.get_tracer("test").start_as_current_span("PlaceOrder"):
+        placed = {await _placed_while_inventory_is_down(app, inventory, key) for key in ("key-1", "key-2")}
+    reserve, taken = inventory.reserve, []
+
+    async def another_driver_takes_the_other_order(order_id: str, items: Any, ttl_seconds: float) -> str:
+        # While the pass works on its first order, another replica's driver takes the second one (listed
+        # in the same pass), its lease live.
+        if not taken:
+            [other] = placed - {order_id}
+            async with database.transaction() as session:
+                now = datetime.now(UTC)
+                assert await OrderRepository(session).claim(other, "saga-other", now, now + timedelta(minutes=1))
+            taken.append(other)
+        return await reserve(order_id, items, ttl_seconds)
+
+    monkeypatch.setattr(inventory, "reserve", another_driver_takes_the_other_order)
+
+    assert await app.resume_unfinished() == 2
+
+    assert len(taken) == 1
+    recovered = _spans_named(exporter, RECOVER_SPAN)
+    assert [span.attributes["shopmesh.order_id"] for span in recovered if span.attributes] == [
+        order_id for order_id in placed if order_id not in taken
+    ]
+    [order_taken] = taken
+    assert (await app.get_order(order_taken)).state is OrderState.PENDING
 
 
 async def test_an_order_recorded_without_a_trace_context_is_recovered_in_a_trace_of_its_own(

@@ -400,16 +400,29 @@ class OrdersApplication:
             due = await OrderRepository(session).unfinished(self._clock(), limit)
         for order_due in due:
             order_id = order_due.order_id
+            on_error = partial(self._on_recovery_error, "resume")
+            try:
+                owner = await self._saga.claim_to_resume(order_id)
+            except LeaseHeld as exc:
+                # Another driver took it since the query: nothing was done, so nothing goes into its trace.
+                log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
+                continue
+            except Exception as exc:
+                if _pass_stops_at(exc, "resuming order", order_id, on_error):
+                    break
+                continue
+            # Only once claimed: an attempt that finds the order taken must not add a span to its checkout's
+            # trace, which a busy order would otherwise grow by one a pass.
             with self._recovering(order_due, "resume"):
                 try:
                     # Not `drive`: an order that must wait is left alone for a while, not tried first next pass.
-                    order = await self._saga.resume(order_id)
+                    order = await self._saga.resume(order_id, owner)
                     log.info("resumed order %s: %s", order_id, order.state.value, extra={"order_id": order_id})
                 except (LeaseHeld, errors.Unavailable) as exc:
                     log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
                 except Exception as exc:
                     _failed_in_span(exc)
-                    if _pass_stops_at(exc, "resuming order", order_id, partial(self._on_recovery_error, "resume")):
+                    if _pass_stops_at(exc, "resuming order", order_id, on_error):
                         break
         return len(due)
 
@@ -420,9 +433,18 @@ class OrdersApplication:
             due = await OrderRepository(session).charges_to_recheck(self._clock(), limit)
         for order_due in due:
             order_id = order_due.order_id
+            on_error = partial(self._on_recovery_error, "recheck")
+            try:
+                owner = await self._saga.claim_recheck(order_id)
+            except LeaseHeld:
+                continue
+            except Exception as exc:
+                if _pass_stops_at(exc, "checking the charge of order", order_id, on_error):
+                    break
+                continue
             with self._recovering(order_due, "recheck"):
                 try:
-                    await self._saga.recheck_charge(order_id)
+                    await self._saga.recheck_charge(order_id, owner)
                 except LeaseHeld:
                     continue
                 except RecheckPostponed as exc:
@@ -437,17 +459,16 @@ class OrdersApplication:
                     break
                 except Exception as exc:
                     _failed_in_span(exc)
-                    if _pass_stops_at(
-                        exc, "checking the charge of order", order_id, partial(self._on_recovery_error, "recheck")
-                    ):
+                    if _pass_stops_at(exc, "checking the charge of order", order_id, on_error):
                         break
         return len(due)
 
     @contextlib.contextmanager
     def _recovering(self, due: Due, recovery_pass: str) -> Iterator[None]:
-        """A recovery pass's work on one order, in a RECOVER_SPAN under the trace context its PlaceOrder stored
-        (a trace of its own for an order recorded before orders kept one): what the saga does meanwhile, its
-        event written to the outbox, its calls to inventory and payments, its log lines, is in that trace."""
+        """A recovery pass's work on one order it claimed, in a RECOVER_SPAN under the trace context its
+        PlaceOrder stored (a trace of its own for an order recorded before orders kept one): what the saga does
+        meanwhile, its event written to the outbox, its calls to inventory and payments, its log lines, is in
+        that trace."""
         attributes = {"shopmesh.order_id": due.order_id, "shopmesh.recovery_pass": recovery_pass}
         with self._tracer.start_as_current_span(
             RECOVER_SPAN, context=stored_context(due.trace_context), kind=trace.SpanKind.INTERNAL, attributes=attributes

@@ -203,18 +203,34 @@ class SagaDriver:
         """
         return await self._drive(order_id, card, owner, order, resumed=False)
 
-    async def resume(self, order_id: str) -> Order:
-        """`drive` for the recovery loop: an order no live driver holds, without the card. When the order
-        must wait (`errors.Unavailable`) or fails with any other error, the loop leaves it alone for a while
-        (`_retry_at`), so that orders which wait or fail for long, or for good, do not lead every pass and keep
-        it from the others."""
-        return await self._drive(order_id, None, None, None, resumed=True)
+    async def claim_to_resume(self, order_id: str) -> str:
+        """Take the saga lease of an order no live driver holds, for `resume`: its lease owner. Raises LeaseHeld
+        when another driver holds it (or it is no longer drivable). Apart from `resume` so that the recovery
+        loop starts its work on the order (its span in the checkout's trace) only once it has the order."""
+        owner = self.new_lease_owner()
+        if not await self._claim(order_id, owner):
+            raise LeaseHeld(order_id)
+        return owner
+
+    async def resume(self, order_id: str, owner: str) -> Order:
+        """`drive` for the recovery loop: an order it claimed (`claim_to_resume`, `owner`), without the card.
+        When the order must wait (`errors.Unavailable`) or fails with any other error, the loop leaves it alone
+        for a while (`_retry_at`), so that orders which wait or fail for long, or for good, do not lead every
+        pass and keep it from the others. The lease is given up however it ends."""
+        return await self._drive(order_id, None, owner, None, resumed=True, claimed=True)
 
     async def _drive(
-        self, order_id: str, card: Card | None, owner: str | None, order: Order | None, *, resumed: bool
+        self,
+        order_id: str,
+        card: Card | None,
+        owner: str | None,
+        order: Order | None,
+        *,
+        resumed: bool,
+        claimed: bool = False,
     ) -> Order:
         not_before: datetime | None = None
-        if owner is None or order is None:
+        if not claimed and (owner is None or order is None):
             owner = owner or self.new_lease_owner()
             if not await self._claim(order_id, owner):
                 raise LeaseHeld(order_id)
@@ -556,20 +572,26 @@ class SagaDriver:
         reason = order.cancel_message or (order.cancel_code.value if order.cancel_code else "cancelled")
         await self._payments.refund(payment_id, reason, refund_key(order.id))
 
-    async def recheck_charge(self, order_id: str) -> Order:
-        """Ask payments again about a cancelled order's charge, now that it can no longer land, and refund
-        a capture that landed after compensation asked. Marks the order checked.
+    async def claim_recheck(self, order_id: str) -> str:
+        """Take the lease of a cancelled order due its charge recheck, for `recheck_charge`: its lease owner.
+        Raises LeaseHeld when another driver is checking it (or it is not due)."""
+        owner = self.new_lease_owner()
+        async with self._db.transaction() as session:
+            if not await OrderRepository(session).claim_recheck(order_id, owner, self._clock(), self.lease_until()):
+                raise LeaseHeld(order_id)
+        return owner
 
-        Raises LeaseHeld when another driver is checking it (or it is not due); RecheckPostponed when payments
+    async def recheck_charge(self, order_id: str, owner: str) -> Order:
+        """Ask payments again about a cancelled order's charge, now that it can no longer land, and refund
+        a capture that landed after compensation asked. Marks the order checked. `owner`: the lease
+        `claim_recheck` took, given up however it ends.
+
+        Raises LeaseHeld when another driver took the order over meanwhile; RecheckPostponed when payments
         answered but cannot be acted on for this order alone (its recheck is put off: `_postpone_recheck`);
         `errors.Unavailable` while payments (`DependencyDown`) or the database cannot answer at all: the order
         stays due, and the recovery loop comes back to it. Any other error is raised as it is, the recheck put
         off too.
         """
-        owner = self.new_lease_owner()
-        async with self._db.transaction() as session:
-            if not await OrderRepository(session).claim_recheck(order_id, owner, self._clock(), self.lease_until()):
-                raise LeaseHeld(order_id)
         released = False
         loaded: Order | None = None
         try:
