@@ -174,7 +174,9 @@ class ShopServiceServicer:
         than the one answering: retry, a replica of that release answers it)
         plus UNAUTHENTICATED, and the gateway's own INVALID_ARGUMENT, reason
         EMAIL_NOT_ACCOUNTS, for an `email` other than the caller's account's
-        (nothing placed). A retry of a placed order returns it as it is now:
+        (nothing placed). The gateway asks users for the account's address on
+        every call: while users does not answer, UNAVAILABLE, for a retry of a
+        placed order too. A retry of a placed order returns it as it is now:
         CONFIRMED, with pending_cancellation set while the customer's
         cancellation runs, or CANCELLED (cancel_reason CUSTOMER_REQUESTED) after.
 
