@@ -230,7 +230,7 @@ class SagaDriver:
         claimed: bool = False,
     ) -> Order:
         not_before: datetime | None = None
-        if not claimed and (owner is None or order is None):
+        if owner is None or (order is None and not claimed):
             owner = owner or self.new_lease_owner()
             if not await self._claim(order_id, owner):
                 raise LeaseHeld(order_id)
