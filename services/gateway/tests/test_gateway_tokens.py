@@ -10,7 +10,14 @@ import jwt
 import pytest
 
 from shopmesh_chassis import errors
-from shopmesh_gateway.tokens import MAX_TOKEN_CHARS, STALE_KEYS_WAIT_SECONDS, JwksCache, TokenRules, TokenVerifier
+from shopmesh_gateway.tokens import (
+    FAILED_REFETCH_INTERVAL_SECONDS,
+    MAX_TOKEN_CHARS,
+    STALE_KEYS_WAIT_SECONDS,
+    JwksCache,
+    TokenRules,
+    TokenVerifier,
+)
 
 from .gateway_keys import AUDIENCE, ISSUER, SigningKey, tampered
 
@@ -372,3 +379,54 @@ async def test_past_the_hard_max_age_refusing_every_token_is_logged_once_as_it_b
         ]
         * 2
     )
+
+
+async def test_a_new_key_verifies_a_second_after_a_failed_refetch_once_users_answers_again(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers, clock: FakeClock
+) -> None:
+    """users publishes a key ahead of signing with it; the refetch due to age that should have learnt it
+    failed (a users replica restarting). Held to JWKS_MIN_REFETCH_INTERVAL_SECONDS, the unknown kid's refetch
+    waited 30 s and every fresh login's token was refused TOKEN_INVALID meanwhile, users answering again."""
+    await verifier.subject(key.token())
+    clock.now = 1
+    rotated = SigningKey()
+    users.keys.insert(0, rotated)  # published now, signing from t=301
+    clock.now = 300
+    users.down = True
+    assert await verifier.subject(key.token("usr_alice")) == "usr_alice", "the refetch due to age fails"
+    users.down = False
+    clock.now = 301
+    assert await verifier.subject(rotated.token("usr_bob")) == "usr_bob"
+
+
+async def test_an_unknown_kid_is_unavailable_while_the_key_set_cannot_be_fetched_and_asks_users_once_a_second(
+    verifier: TokenVerifier, key: SigningKey, users: FakeUsers, clock: FakeClock
+) -> None:
+    """After a failed fetch the gateway cannot know whether an unknown kid is users' newest key: it answers
+    UNAVAILABLE with a retry hint, not TOKEN_INVALID, which would send a shopper back to log in. A flood of
+    unknown kids meanwhile costs users one fetch per FAILED_REFETCH_INTERVAL_SECONDS, not one per token."""
+    await verifier.subject(key.token())
+    users.down = True
+    clock.now = 300
+    await verifier.subject(key.token())  # the refetch due to age fails
+    fetches = users.fetches
+    for _ in range(5):
+        with pytest.raises(errors.Unavailable) as caught:
+            await verifier.subject(SigningKey().token())
+        assert caught.value.retry_after_seconds == pytest.approx(FAILED_REFETCH_INTERVAL_SECONDS)
+    assert users.fetches == fetches, "no fetch within the backoff"
+    clock.now += FAILED_REFETCH_INTERVAL_SECONDS / 2
+    with pytest.raises(errors.Unavailable) as caught:
+        await verifier.subject(SigningKey().token())
+    assert caught.value.retry_after_seconds == pytest.approx(FAILED_REFETCH_INTERVAL_SECONDS / 2)
+    clock.now += FAILED_REFETCH_INTERVAL_SECONDS / 2
+    with pytest.raises(errors.Unavailable):
+        await verifier.subject(SigningKey().token())
+    assert users.fetches == fetches + 1, "one more fetch once the backoff is over, which fails too"
+    users.down = False
+    clock.now += FAILED_REFETCH_INTERVAL_SECONDS
+    assert await reason_of(verifier, SigningKey().token()) == "TOKEN_INVALID", "users answered: truly unknown"
+    for _ in range(5):
+        clock.now += FAILED_REFETCH_INTERVAL_SECONDS
+        assert await reason_of(verifier, SigningKey().token()) == "TOKEN_INVALID"
+    assert users.fetches == fetches + 2, "once a fetch succeeds, unknown kids wait the 30 s interval again"

@@ -2,7 +2,8 @@
 
 The users contract fixes the rules: the key whose kid matches the token's, the "iss", "aud" and "exp"
 claims (and "nbf" when present); the key set is cached up to 5 minutes and refetched on an unknown kid
-at most every 30 seconds, so that a key rotation is picked up without a refetch per forged token.
+at most every 30 seconds, so that a key rotation is picked up without a refetch per forged token (a second
+after a fetch that failed, so that one failure does not hold back the key users just published).
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def _usable_keys(jwks: Sequence[Mapping[str, str]]) -> dict[str, jwt.PyJWK]:
 # revoked key before the call that fetched is verified; short enough that a hanging users (a black-holed
 # route, a stalled replica) does not hold every signed-in call for USERS_TIMEOUT_SECONDS, again and again.
 STALE_KEYS_WAIT_SECONDS = 0.2
+# How soon after a fetch that failed an unknown kid may ask users again. The 30 s minimum interval is there so
+# that forged kids cannot turn into a fetch each while users answers; after a failure it held back the fetch
+# that would learn a new key (published ahead, the age refetch that should have brought it having failed)
+# and fresh logins were refused TOKEN_INVALID for up to 30 s though users answered again. One fetch a second
+# per replica still bounds what a flood of unknown kids costs users (and the breaker on GetJwks caps it
+# further while users stays unreachable).
+FAILED_REFETCH_INTERVAL_SECONDS = 1.0
 
 
 class JwksCache:
@@ -70,6 +78,10 @@ class JwksCache:
     only miss new ones (and a revoked key keeps verifying until a refetch succeeds). A call whose kid is
     known waits for a refetch due to the key set's age at most `stale_keys_wait`, then verifies with the keys
     it has; a call whose kid is unknown waits for the refetch's answer, the only one that can know its key.
+
+    After a fetch that failed, an unknown kid may refetch once `failed_refetch_interval` has passed instead:
+    the new key users published ahead may be the one missing. Until a fetch succeeds such a kid is answered
+    UNAVAILABLE with a retry hint (the gateway cannot tell a new key from a forged one), not TOKEN_INVALID.
 
     Past `hard_max_age` (0: never), counted from the last fetch that succeeded, the keys are no longer
     used: a revoked key is then sure to stop verifying, at the price of refusing every token while users
@@ -96,6 +108,7 @@ class JwksCache:
         min_refetch_interval_seconds: float = 30.0,
         hard_max_age_seconds: float = 0.0,
         stale_keys_wait_seconds: float = STALE_KEYS_WAIT_SECONDS,
+        failed_refetch_interval_seconds: float = FAILED_REFETCH_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch
@@ -103,11 +116,14 @@ class JwksCache:
         self._min_interval = min_refetch_interval_seconds
         self._hard_max_age = hard_max_age_seconds
         self._stale_keys_wait = stale_keys_wait_seconds
+        self._failed_interval = failed_refetch_interval_seconds
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] | None = None
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
         self._fetching: asyncio.Task[None] | None = None
+        # The last fetch that ended failed: the keys known may lack one users publishes now.
+        self._last_fetch_failed = False
         # Every token is being refused: past `hard_max_age`, a fetch failed. Logged as it begins and ends only:
         # while it lasts every signed-in call that finds no fetch running starts one, and each fails.
         self._refusing = False
@@ -119,24 +135,36 @@ class JwksCache:
         return self._keys
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
-        """The key with this kid, or None when the key set does not have it."""
+        """The key with this kid, or None when the key set does not have it; UNAVAILABLE when the kid is unknown
+        and the last fetch failed, so that the set users publishes now may have it."""
         keys = self._usable()
         if keys is None:
             await self._refetch(required=True)
         elif kid not in keys:
-            await self._refetch(required=False)
+            await self._refetch(required=False, interval=self._failed_interval if self._last_fetch_failed else None)
+            if kid not in (self._keys or {}) and self._last_fetch_failed:
+                raise errors.Unavailable(
+                    "the access token's key is not among those known, and the key set cannot be fetched now",
+                    reason=errors.DEPENDENCY_UNAVAILABLE,
+                    retry_after_seconds=self._until_refetch(self._failed_interval),
+                )
         elif self._clock() - self._fetched_at >= self._max_age:
             await self._refetch(required=False, wait_at_most=self._stale_keys_wait)
         return (self._keys or {}).get(kid)
 
-    async def _refetch(self, *, required: bool, wait_at_most: float | None = None) -> None:
+    def _until_refetch(self, interval: float) -> float:
+        """Seconds until a refetch held to `interval` may start (0: it may now)."""
+        if self._attempted_at is None:
+            return 0.0
+        return max(0.0, interval - (self._clock() - self._attempted_at))
+
+    async def _refetch(
+        self, *, required: bool, interval: float | None = None, wait_at_most: float | None = None
+    ) -> None:
+        """`interval`: the least time since the last attempt, unless `required` (default: the minimum one)."""
         fetching = self._fetching
         if fetching is None:
-            if (
-                not required
-                and self._attempted_at is not None
-                and self._clock() - self._attempted_at < self._min_interval
-            ):
+            if not required and self._until_refetch(self._min_interval if interval is None else interval) > 0:
                 return
             self._attempted_at = self._clock()
             fetching = asyncio.get_running_loop().create_task(
@@ -160,6 +188,7 @@ class JwksCache:
         try:
             jwks = await self._fetch()
         except errors.Unavailable:
+            self._last_fetch_failed = True
             if self._usable() is not None:
                 log.warning("could not refetch the key set; verifying with the keys already known")
             elif self._keys is not None and not self._refusing:
@@ -172,6 +201,7 @@ class JwksCache:
         else:
             self._keys = _usable_keys(jwks)
             self._fetched_at = self._clock()
+            self._last_fetch_failed = False
             if self._refusing:
                 self._refusing = False
                 log.warning("refetched the key set past JWKS_HARD_MAX_AGE_SECONDS; verifying tokens again")
