@@ -477,7 +477,7 @@ def test_settings_defaults_follow_the_topology_and_the_contract() -> None:
     settings = UsersSettings()
     assert (settings.service_name, settings.grpc_port, settings.metrics_port) == ("users", 50051, 9461)
     assert settings.token_lifetime_seconds == 3600
-    assert settings.key_publish_ahead_seconds == 300
+    assert settings.key_publish_ahead_seconds == 600
     assert settings.key_rotation_interval_seconds == 7 * 24 * 3600
 
 

@@ -23,7 +23,7 @@ from .conftest import FakeClock, jwks_document, login, published_kids, register,
 if TYPE_CHECKING:
     from shopmesh.users.v1.users_pb2_grpc import UsersServiceAsyncStub
 
-PUBLISH_AHEAD = 300
+PUBLISH_AHEAD = 600  # the default
 LIFETIME = 3600
 
 

@@ -20,9 +20,11 @@ class UsersSettings(DatabaseSettings):
     # 9999 (every Login INTERNAL). Changing it later is safe: each signing key records the longest lifetime
     # it signed with and stays published until such tokens expire (docs/auth.md).
     token_lifetime_seconds: int = Field(default=3600, ge=60, le=int(LONGEST_TOKEN_LIFETIME.total_seconds()))
-    # How long a new signing key is published before it signs. The contract promises at least one
-    # verifier cache period (5 minutes); less is only for tests.
-    key_publish_ahead_seconds: int = Field(default=300, ge=0, le=30 * _DAY_SECONDS)
+    # How long a new signing key is published before it signs: at least a verifier's cache period plus its
+    # refetch interval, with a margin (the gateway: JWKS_MAX_AGE_SECONDS 300 + JWKS_MIN_REFETCH_INTERVAL_SECONDS
+    # 30 + 270). At just the cache period, a gateway whose refetch at the period's end failed (a users replica
+    # restarting) met the key's first tokens before it could refetch, and refused them. Less only for tests.
+    key_publish_ahead_seconds: int = Field(default=600, ge=0, le=30 * _DAY_SECONDS)
     # Periodic rotation: a new key when the newest one is this old; 0 turns it off.
     key_rotation_interval_seconds: int = Field(default=7 * _DAY_SECONDS, ge=0, le=3650 * _DAY_SECONDS)
     # How often the background task checks whether rotation is due.

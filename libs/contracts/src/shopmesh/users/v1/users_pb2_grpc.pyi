@@ -98,10 +98,11 @@ class UsersServiceStub:
     document ({"keys": [...]}).
 
     Key rotation: a new key is published here at least one cache period
-    (5 minutes) before it signs tokens, and a retired key stays published
-    until every token it signed has expired. Verifiers cache the set for up
-    to 5 minutes and refetch it (at most once per 30 seconds) when they see
-    an unknown kid.
+    plus one refetch interval, with a margin (10 minutes by default), before
+    it signs tokens, and a retired key stays published until every token it
+    signed has expired. Verifiers cache the set for up to 5 minutes and
+    refetch it (at most once per 30 seconds; after a failed fetch, sooner)
+    when they see an unknown kid.
 
     Errors: UNAVAILABLE.
 
@@ -166,10 +167,11 @@ class UsersServiceAsyncStub(UsersServiceStub):
     document ({"keys": [...]}).
 
     Key rotation: a new key is published here at least one cache period
-    (5 minutes) before it signs tokens, and a retired key stays published
-    until every token it signed has expired. Verifiers cache the set for up
-    to 5 minutes and refetch it (at most once per 30 seconds) when they see
-    an unknown kid.
+    plus one refetch interval, with a margin (10 minutes by default), before
+    it signs tokens, and a retired key stays published until every token it
+    signed has expired. Verifiers cache the set for up to 5 minutes and
+    refetch it (at most once per 30 seconds; after a failed fetch, sooner)
+    when they see an unknown kid.
 
     Errors: UNAVAILABLE.
 
@@ -255,10 +257,11 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         document ({"keys": [...]}).
 
         Key rotation: a new key is published here at least one cache period
-        (5 minutes) before it signs tokens, and a retired key stays published
-        until every token it signed has expired. Verifiers cache the set for up
-        to 5 minutes and refetch it (at most once per 30 seconds) when they see
-        an unknown kid.
+        plus one refetch interval, with a margin (10 minutes by default), before
+        it signs tokens, and a retired key stays published until every token it
+        signed has expired. Verifiers cache the set for up to 5 minutes and
+        refetch it (at most once per 30 seconds; after a failed fetch, sooner)
+        when they see an unknown kid.
 
         Errors: UNAVAILABLE.
 
