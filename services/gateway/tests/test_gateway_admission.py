@@ -150,7 +150,13 @@ def test_the_client_address_is_the_first_one_no_trusted_proxy_vouches_for(
 
 async def test_clients_behind_a_trusted_sidecar_get_a_bucket_each() -> None:
     verifier = TokenVerifier(JwksCache(StaticKeys(SigningKey()).jwks), TokenRules(ISSUER, AUDIENCE))
-    guard = Guard(verifier, TokenBuckets(rate=0.001, burst=1, max_keys=100), SIDECAR, password_buckets=unlimited())
+    guard = Guard(
+        verifier,
+        TokenBuckets(rate=0.001, burst=1, max_keys=100),
+        SIDECAR,
+        password_buckets=unlimited(),
+        password_site_buckets=unlimited(),
+    )
     via_sidecar = "ipv4:127.0.0.6:5000"
     guard.admit_anonymous(FakeContext([("x-forwarded-for", "198.51.100.1")], via_sidecar))
     guard.admit_anonymous(FakeContext([("x-forwarded-for", "198.51.100.2")], via_sidecar))
@@ -256,6 +262,7 @@ def guard_with(key: SigningKey, burst: int, password_burst: int = 1) -> Guard:
         verifier,
         TokenBuckets(rate=0.001, burst=burst, max_keys=100, clock=lambda: 0.0),
         password_buckets=TokenBuckets(rate=0.001, burst=password_burst, max_keys=100, clock=lambda: 0.0),
+        password_site_buckets=unlimited(),
     )
 
 
@@ -316,7 +323,12 @@ async def test_calls_whose_token_cannot_be_checked_yet_count_against_the_address
         raise errors.Unavailable("users is down")
 
     verifier = TokenVerifier(JwksCache(users_down), TokenRules(ISSUER, AUDIENCE))
-    guard = Guard(verifier, TokenBuckets(rate=0.001, burst=2, max_keys=100), password_buckets=unlimited())
+    guard = Guard(
+        verifier,
+        TokenBuckets(rate=0.001, burst=2, max_keys=100),
+        password_buckets=unlimited(),
+        password_site_buckets=unlimited(),
+    )
     forged = FakeContext([("authorization", f"Bearer {SigningKey().token('usr_mallory')}")])
     outcomes = []
     for _ in range(10):
@@ -345,3 +357,85 @@ def test_an_outbound_timeout_no_call_can_have_is_refused_at_startup(variable: st
     kind of call, still take inf and 1e10: gRPC then answers DEADLINE_EXCEEDED at once on every call."""
     with pytest.raises(ConfigError, match=variable.upper()):
         load_settings(GatewaySettings, **{variable: value})
+
+
+# users' places for a password hash: PASSWORD_HASH_CONCURRENCY (2) running + PASSWORD_HASH_QUEUE (32) waiting,
+# shared by every shopper (docs/auth.md, "Login throttling").
+USERS_HASHING_PLACES = 34
+
+
+def guard_of_default_limits() -> Guard:
+    """A Guard with the gateway's default buckets, on a stopped clock: nothing refills between the calls."""
+    settings = GatewaySettings()
+
+    def buckets(rate: float, burst: int) -> TokenBuckets[str]:
+        return TokenBuckets(rate, burst, settings.rate_limit_max_clients, clock=lambda: 0.0)
+
+    return Guard(
+        TokenVerifier(JwksCache(StaticKeys(SigningKey()).jwks), TokenRules(ISSUER, AUDIENCE)),
+        buckets(settings.rate_limit_per_second, settings.rate_limit_burst),
+        password_buckets=buckets(settings.password_rate_limit_per_second, settings.password_rate_limit_burst),
+        password_site_buckets=buckets(
+            settings.password_site_rate_limit_per_second, settings.password_site_rate_limit_burst
+        ),
+    )
+
+
+def hashing_calls_admitted(guard: Guard, peers: Sequence[str], each: int) -> int:
+    admitted, refusals = 0, set()
+    for peer in peers:
+        for _ in range(each):
+            try:
+                guard.admit_password_hashing(FakeContext(peer_address=peer))
+            except errors.ResourceExhausted as refused:
+                refusals.add(refused.reason)
+            else:
+                admitted += 1
+    assert refusals <= {"RATE_LIMITED"}
+    return admitted
+
+
+def test_one_ipv6_site_cannot_take_most_of_users_hashing_places_with_the_64s_of_its_56() -> None:
+    """Tunnel brokers give a /48 free and ISPs a /56: a password bucket per /64 alone gave one customer 256
+    (or 65,536) buckets of 5 hashing calls each, enough to fill users' 34 places, and every other shopper's
+    Login and Register failed PASSWORD_HASHING_BUSY."""
+    guard = guard_of_default_limits()
+    site = ipaddress.ip_network("2001:db8:abcd:ef00::/56")
+    peers = [f"ipv6:[{subnet[1]}]:40000" for subnet in site.subnets(new_prefix=64)]
+    admitted = hashing_calls_admitted(guard, peers, each=6)
+    assert 0 < admitted < USERS_HASHING_PLACES / 2, f"{admitted} hashing calls of one /48 admitted at once"
+    assert hashing_calls_admitted(guard, ["ipv6:[2001:db8:abce::1]:40000"], each=1) == 1, "another /48 is not"
+
+
+def test_an_ipv6_64_keeps_its_own_password_bucket_within_its_48() -> None:
+    guard = guard_of_default_limits()
+    burst = GatewaySettings().password_rate_limit_burst
+    assert hashing_calls_admitted(guard, ["ipv6:[2001:db8:1:2::1]:40000", "ipv6:[2001:db8:1:2::2]:1"], 4) == burst
+
+
+def test_ipv4_addresses_keep_a_password_bucket_each_with_no_wider_one() -> None:
+    """IPv4 addresses are scarce and shared (NAT): neighbours in a /24 are other customers."""
+    guard = guard_of_default_limits()
+    burst = GatewaySettings().password_rate_limit_burst
+    peers = [f"ipv4:10.1.2.{host}:40000" for host in range(1, 21)]
+    assert hashing_calls_admitted(guard, peers, each=burst + 1) == 20 * burst
+
+
+def test_a_64_refused_by_its_full_48_keeps_its_own_password_tokens() -> None:
+    """Both buckets must admit; a /64 whose calls the /48 refuses has not had users hash anything, so those
+    calls do not spend the /64's own tokens (a neighbour filling the /48 would otherwise drain them too)."""
+    site_clock = [0.0]
+    guard = Guard(
+        TokenVerifier(JwksCache(StaticKeys(SigningKey()).jwks), TokenRules(ISSUER, AUDIENCE)),
+        unlimited(),
+        password_buckets=TokenBuckets(rate=0.001, burst=2, max_keys=100, clock=lambda: 0.0),
+        password_site_buckets=TokenBuckets(rate=1.0, burst=1, max_keys=100, clock=lambda: site_clock[0]),
+    )
+    neighbour, mine = "ipv6:[2001:db8:7:1::1]:1", "ipv6:[2001:db8:7:2::1]:1"
+    assert hashing_calls_admitted(guard, [neighbour], each=1) == 1
+    assert hashing_calls_admitted(guard, [mine], each=3) == 0, "the /48 is full"
+    for _ in range(2):
+        site_clock[0] += 1.0
+        assert hashing_calls_admitted(guard, [mine], each=1) == 1, "the /64's two tokens are still there"
+    site_clock[0] += 1.0
+    assert hashing_calls_admitted(guard, [mine], each=1) == 0, "and now spent"

@@ -170,6 +170,9 @@ def client_address(peer: str, forwarded_for: Sequence[str] = (), trusted_proxies
 
 # One IPv6 subscriber gets a /64 at least (RFC 6177) and may use any address in it.
 IPV6_CLIENT_PREFIX = 64
+# And often far more: ISPs hand out /56s, tunnel brokers a /48 free, every /64 of it the customer's to pick. The
+# password-hashing admission limits a /48 as a whole too, besides each /64 (Guard.admit_password_hashing).
+IPV6_SITE_PREFIX = 48
 
 
 def address_bucket(address: str) -> str:
@@ -184,6 +187,18 @@ def address_bucket(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
     return str(ip)
+
+
+def address_site(address: str) -> str | None:
+    """The IPv6 /48 a client address is in; None for IPv4 (an IPv4-mapped address included) and other
+    transports, whose addresses are scarce and shared: neighbours are other customers, not one with many."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if not isinstance(ip, ipaddress.IPv6Address) or ip.ipv4_mapped is not None:
+        return None
+    return str(ipaddress.ip_network(f"{ip}/{IPV6_SITE_PREFIX}", strict=False))
 
 
 # chassis-candidate: the chassis' server interceptor takes `x-user-id` from any caller, which is right
@@ -208,12 +223,14 @@ class Guard:
         trusted_proxies: Sequence[TrustedProxy] = (),
         *,
         password_buckets: TokenBuckets[str],
+        password_site_buckets: TokenBuckets[str],
         min_deadline_seconds: float = 0.0,
     ) -> None:
         self._verifier = verifier
         self._min_deadline_seconds = min_deadline_seconds
         self._buckets = buckets
         self._password_buckets = password_buckets
+        self._password_site_buckets = password_site_buckets
         self._trusted_proxies = tuple(trusted_proxies)
 
     def admit_deadline(self, context: Context) -> None:
@@ -248,9 +265,12 @@ class Guard:
                 "too many requests; retry later", reason=RATE_LIMITED, retry_after_seconds=retry_after
             )
 
-    def _address(self, context: Context) -> str:
+    def _client_address(self, context: Context) -> str:
         forwarded = _metadata_values(context, FORWARDED_FOR) if self._trusted_proxies else []
-        return f"addr:{address_bucket(client_address(context.peer(), forwarded, self._trusted_proxies))}"
+        return client_address(context.peer(), forwarded, self._trusted_proxies)
+
+    def _address(self, context: Context) -> str:
+        return f"addr:{address_bucket(self._client_address(context))}"
 
     def admit_anonymous(self, context: Context) -> None:
         self.limit(self._address(context))
@@ -259,10 +279,23 @@ class Guard:
         """A call that has users hash a password: one of the address's ordinary tokens, then one of its
         password bucket's. users hashes a few at a time behind a short queue, shared by every client, so
         the ordinary bucket alone let one address fill that queue and every other shopper's login was
-        refused PASSWORD_HASHING_BUSY."""
-        client = self._address(context)
+        refused PASSWORD_HASHING_BUSY.
+
+        An IPv6 client takes one of its /48's password bucket as well: per /64 alone, a customer with a /56
+        (or a tunnel broker's free /48) had 256 (or 65,536) buckets and filled users' places by itself. The
+        /64's token is given back when the /48 refuses, so that a site's full bucket does not drain it."""
+        address = self._client_address(context)
+        client = f"addr:{address_bucket(address)}"
         self.limit(client)
         self.limit(client, self._password_buckets)
+        site = address_site(address)
+        if site is None:
+            return
+        try:
+            self.limit(f"site:{site}", self._password_site_buckets)
+        except errors.ResourceExhausted:
+            self._password_buckets.give_back(client)
+            raise
 
     async def admit_user(self, context: Context) -> str:
         try:

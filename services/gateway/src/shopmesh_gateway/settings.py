@@ -71,6 +71,12 @@ class GatewaySettings(ServiceSettings):
     # never meets it.
     password_rate_limit_per_second: float = Field(default=0.5, gt=0)
     password_rate_limit_burst: int = Field(default=5, ge=1)
+    # The same for an IPv6 client's /48 as a whole (IPv4 addresses have none), taken besides its /64's: a
+    # customer with a /56 has 256 /64s, one with a tunnel broker's free /48 65,536, and per /64 alone they held
+    # 5 places each, all 34 of them. 8 at once is under a quarter of the places (two gateway replicas: under
+    # half), one a second a quarter of the hashing, per gateway replica; a site's shoppers share it.
+    password_site_rate_limit_per_second: float = Field(default=1.0, gt=0)
+    password_site_rate_limit_burst: int = Field(default=8, ge=1)
     # Buckets kept at once, of each kind; the least recently used is dropped beyond it, so memory stays bounded.
     rate_limit_max_clients: int = Field(default=100_000, ge=1)
     # Comma-separated networks of proxies in front of the gateway (a sidecar: 127.0.0.0/8,::1/128; an

@@ -93,12 +93,18 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
     password_buckets: TokenBuckets[str] = TokenBuckets(
         settings.password_rate_limit_per_second, settings.password_rate_limit_burst, settings.rate_limit_max_clients
     )
+    password_site_buckets: TokenBuckets[str] = TokenBuckets(
+        settings.password_site_rate_limit_per_second,
+        settings.password_site_rate_limit_burst,
+        settings.rate_limit_max_clients,
+    )
     return ShopServicer(
         Guard(
             verifier,
             buckets,
             settings.trusted_proxy_networks,
             password_buckets=password_buckets,
+            password_site_buckets=password_site_buckets,
             min_deadline_seconds=settings.min_client_deadline_seconds,
         ),
         users=users,
