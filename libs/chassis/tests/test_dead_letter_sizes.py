@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import RawStreamMsg, StreamConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 
@@ -23,6 +24,8 @@ from shopmesh_chassis.deadletters import (
     ATTEMPTS,
     DEAD_LETTER_STREAM,
     ERROR,
+    ERROR_HEADER_LIMIT,
+    MIN_ERROR_HEADER,
     ORIGINAL_EVENT_ID,
     ORIGINAL_SEQUENCE,
     ORIGINAL_STREAM,
@@ -32,14 +35,16 @@ from shopmesh_chassis.deadletters import (
     DeadLetters,
     PayloadNotParked,
     ReplayTooLarge,
+    fits,
     fitted_letter,
+    replay_headers,
 )
 from shopmesh_chassis.events import ensure_stream, header_block_size
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import nats_server
 
-from .consumer_kit import consumer, db, publish
+from .consumer_kit import consumer, db, publish, record, until_applied
 from .nats_kit import deadletters_cli
 
 __all__ = ["db"]  # a fixture, used by name
@@ -142,6 +147,65 @@ async def test_a_letter_over_max_payload_by_its_error_alone_keeps_its_payload_wi
     assert letter.error.endswith("…")
     assert len(letter.headers[ERROR]) == 200
     assert len(body) + header_block_size(letter.headers) <= MAX_PAYLOAD
+
+
+async def test_a_letter_parked_with_its_error_cut_is_replayed_and_applied(
+    db: Database, small_client: Client, small_nats: str
+) -> None:
+    """Its error cut so the letter filled max_payload exactly, the replay (which re-sent the error and attempts,
+    and added its own id and Shopmesh-Replayed-From) was over it: every such letter was refused ReplayTooLarge.
+    A replay sends only what the consumer reads, so it is smaller than the letter."""
+    letter_headers = {
+        "Nats-Msg-Id": "tester:evt-1:THINGS:1",
+        ORIGINAL_SUBJECT: "things.v1.happened",
+        ORIGINAL_EVENT_ID: "evt-1",
+        ATTEMPTS: "1",
+        ERROR: "",
+    }
+    body = b"x" * (MAX_PAYLOAD - header_block_size(letter_headers) - MIN_ERROR_HEADER)
+    fixed = False
+
+    async def fails_until_fixed(session: DbConnection, event: Event) -> None:
+        if not fixed:
+            await always_fails(session, event)
+        await record(session, event)
+
+    running = consumer(db, small_nats, fails_until_fixed, max_attempts=1)
+    await publish(small_client, "evt-1", body)
+    running.start()
+    try:
+        [letter] = await parked(small_client, 1)
+        assert len(body) + header_block_size(letter.headers) == MAX_PAYLOAD  # the cut-error case, filled exactly
+        assert len(letter.headers[ERROR]) == MIN_ERROR_HEADER
+        fixed = True  # the fix is deployed
+        await DeadLetters(small_client.jetstream()).replay(letter.sequence)
+        await until_applied(db, Counter({"evt-1": 1}))
+    finally:
+        await running.stop()
+    assert await DeadLetters(small_client.jetstream()).list() == []
+
+
+def test_a_replay_of_any_letter_parked_with_its_payload_fits_where_the_letter_did() -> None:
+    """The reviewer's case at NATS' default max_payload: payloads from 700 to 400 bytes under it, parked with
+    their error cut to 422..122 characters, were all too large to replay."""
+    limit = 1024 * 1024
+    headers = {
+        "Nats-Msg-Id": "tester:evt-1:THINGS:123456789",
+        ORIGINAL_SUBJECT: "things.v1.happened",
+        ORIGINAL_EVENT_ID: "evt-1",
+        ATTEMPTS: "10",
+        "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+    }
+    for size in range(limit - 700, limit - 399, 25):
+        fitted = fitted_letter(b"x" * size, headers, "ValueError: " + "z" * 1000, limit, stored_at=("THINGS", 1))
+        assert fitted is not None, size
+        assert fitted[0], size
+        assert len(fitted[1][ERROR]) < ERROR_HEADER_LIMIT, size  # the cut-error case
+        stored = RawStreamMsg(subject="deadletter.tester.things.v1.happened", seq=2**64 - 1, data=fitted[0])
+        stored.headers = fitted[1]
+        letter = DeadLetter.from_message(stored)
+        assert ERROR in letter.headers
+        assert fits(fitted[0], replay_headers(letter), limit), size
 
 
 async def test_a_letter_the_dead_letter_stream_refuses_for_its_size_is_parked_without_its_payload(

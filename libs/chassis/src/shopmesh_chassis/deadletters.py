@@ -299,6 +299,25 @@ def _cut_quote_text(header: str) -> str:
     return header
 
 
+# What a replay carries of the letter's bookkeeping: what the consumer reads of it (the event's id, under
+# which it applies the event and which waiting_event_ids reads on REPLAY, and its subject).
+REPLAY_KEEPS = (ORIGINAL_EVENT_ID, ORIGINAL_SUBJECT)
+
+
+def replay_headers(letter: DeadLetter) -> dict[str, str]:
+    """The headers a replay of `letter` is sent with: the event's own, what the consumer reads of the letter's
+    (REPLAY_KEEPS), the replay's id and Shopmesh-Replayed-From. The error and attempts stay behind: the consumer
+    reads neither, and a letter parked with its error cut to fill max_payload (fitted_letter) fits only
+    without them. They take at least 16 + MIN_ERROR_HEADER + 2 and 17 + 1 + 2 bytes (`key: value` lines),
+    more than the replay adds: "replay:" (7) and a `Shopmesh-Replayed-From: <sequence>` line (24 + at most 20
+    + 2), so the replay of any letter parked with its payload is smaller than the letter."""
+    # The parked message's own id is unique per park (it names the delivery that failed), so a message
+    # parked again after a failed replay gets a new replay id, while a repeated command does not.
+    parked_id = letter.headers.get(MSG_ID, f"{letter.consumer}:{letter.event_id}:{letter.sequence}")
+    kept = {k: v for k, v in letter.headers.items() if k not in BOOKKEEPING_HEADERS or k in REPLAY_KEEPS}
+    return {**kept, MSG_ID: f"replay:{parked_id}", REPLAYED_FROM: str(letter.sequence)}
+
+
 class DeadLetters:
     """List, replay and discard parked messages."""
 
@@ -355,10 +374,7 @@ class DeadLetters:
             await self._js.consumer_info(REPLAY_STREAM, replay_durable(letter.consumer))
         except NotFoundError:
             raise NoReplayConsumer(letter) from None
-        # The parked message's own id is unique per park (it names the delivery that failed), so a message
-        # parked again after a failed replay gets a new replay id, while a repeated command does not.
-        parked_id = letter.headers.get(MSG_ID, f"{letter.consumer}:{letter.event_id}:{sequence}")
-        headers = {**letter.headers, MSG_ID: f"replay:{parked_id}", REPLAYED_FROM: str(sequence)}
+        headers = replay_headers(letter)
         # Sent over the server's max_payload, it would close the connection and leave the operator guessing.
         max_payload = self._max_payload if self._max_payload is not None else self._js._nc.max_payload
         if not fits(letter.payload, headers, max_payload):
