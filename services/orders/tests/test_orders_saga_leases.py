@@ -41,12 +41,19 @@ async def test_a_second_driver_cannot_take_a_held_order(
 
 
 async def test_a_driver_whose_lease_was_taken_over_reports_the_other_drivers_outcome(
-    app: OrdersApplication, saga: SagaDriver, inventory: FakeInventory, payments: FakePayments, database: Database
+    app: OrdersApplication,
+    saga: SagaDriver,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    database: Database,
 ) -> None:
+    # Another replica's recovery loop: this process's own leaves an order it drives with the card.
+    other_replica = OrdersApplication(database, catalog, saga)
     original_reserve = inventory.reserve
 
     async def slow_reserve(order_id: str, items: object, ttl_seconds: float) -> str:
-        # While this step is slow, the lease runs out and the recovery loop drives the order itself.
+        # While this step is slow, the lease runs out and another replica's recovery loop drives the order itself.
         inventory.reserve = original_reserve  # type: ignore[method-assign]
         async with database.transaction() as session:
             await OrderRepository(session).release(order_id, "expired")
@@ -57,7 +64,7 @@ async def test_a_driver_whose_lease_was_taken_over_reports_the_other_drivers_out
             await session.execute(
                 update(orders).where(orders.c.id == order_id).values(lease_until=None, lease_owner=None)
             )
-        await app.resume_unfinished()
+        await other_replica.resume_unfinished()
         return await original_reserve(order_id, items, ttl_seconds)  # type: ignore[arg-type]
 
     inventory.reserve = slow_reserve  # type: ignore[method-assign]
@@ -342,3 +349,63 @@ async def test_the_recovery_loop_leaves_a_dead_drivers_order_before_its_charge_t
     await other.resume_unfinished()
     order = await other.get_order(abandoned)
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
+
+
+async def test_the_recovery_loop_leaves_an_order_its_own_process_still_drives_with_the_card_past_its_lease(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Audit finding: the orders process paused (a GC pause, CPU throttling, a VM freeze) while its PlaceOrder
+    drive was inside the charge call, for longer than the lease and the card holder's grace. On waking, its own
+    recovery pass found the lease lapsed, took the order without the card, found no capture and cancelled it
+    CHECKOUT_INTERRUPTED under the very PlaceOrder still charging the card. The process knows it drives that
+    order with the card: its recovery leaves it to that drive."""
+    settings = settings.model_copy(update={"saga_lease_seconds": 10.0, "step_timeout_seconds": 5.0})
+    clock = HeldClock()
+    saga = SagaDriver(database, inventory, payments, settings, clock=clock)
+    app = OrdersApplication(database, catalog, saga, clock=clock)
+    charge, in_charge, let_it_end = payments.charge, asyncio.Event(), asyncio.Event()
+    charged_orders: list[str] = []
+
+    async def held_charge(order_id: str, amount_minor: int, currency: str, card: Any, idempotency_key: str) -> str:
+        charged_orders.append(order_id)
+        in_charge.set()
+        await let_it_end.wait()
+        return await charge(order_id, amount_minor, currency, card, idempotency_key)
+
+    monkeypatch.setattr(payments, "charge", held_charge)
+    placing = asyncio.create_task(place(app, command()))
+    waiting = asyncio.create_task(in_charge.wait())
+    await asyncio.wait([placing, waiting], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    assert in_charge.is_set(), f"the PlaceOrder never sent the charge: {placing}"
+    (order_id,) = charged_orders
+
+    async def lease_owner() -> str | None:
+        async with database.read() as session:
+            owner: str | None = (
+                await session.execute(
+                    orders.select().with_only_columns(orders.c.lease_owner).where(orders.c.id == order_id)
+                )
+            ).scalar_one()
+        return owner
+
+    driving_owner = await lease_owner()
+    assert driving_owner is not None
+    # The process stood still past the lease and the grace: by the database alone, the order is the loop's.
+    clock.now += timedelta(seconds=settings.saga_lease_seconds) + CARD_HOLDER_GRACE + timedelta(seconds=1)
+    async with database.read() as session:
+        assert order_id in [due.order_id for due in await OrderRepository(session).unfinished(clock.now, 50)]
+    await app.resume_unfinished()
+    assert await lease_owner() == driving_owner
+    left = await app.get_order(order_id)
+    assert (left.state, left.step) == (OrderState.PENDING, SagaStep.CHARGE)
+    let_it_end.set()
+    assert await asyncio.wait_for(placing, 30) == order_id
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code) == (OrderState.CONFIRMED, None)
+    assert payments.captured() == 1

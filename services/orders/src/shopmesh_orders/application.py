@@ -164,6 +164,12 @@ class OrdersApplication:
         # Called for each order a call met that this release cannot read (UnreadableOrder).
         self._on_unreadable = on_unreadable
         self._running = Detached()
+        # The orders this process drives with the customer's card (PlaceOrder), as a count per order: a retry's
+        # drive may start while the one it retries is still unwinding. The recovery pass leaves them alone even
+        # when their lease looks lapsed: the process was paused (a GC pause, CPU throttling, a VM freeze) longer
+        # than lease and grace, its drive is still in the charge call, and the pass, which has no card, would
+        # find no capture and cancel the order CHECKOUT_INTERRUPTED under the customer's PlaceOrder.
+        self._driving_with_card: dict[str, int] = {}
         self._tracer = trace.get_tracer("shopmesh.orders.recovery", tracer_provider=tracer_provider)
 
     # --- PlaceOrder -------------------------------------------------------------------------------
@@ -297,7 +303,18 @@ class OrdersApplication:
         task = self._running.start(
             self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context()
         )
+        if card is not None:
+            # Counted for as long as the task runs, not the caller's wait: the drive outlives a caller gone.
+            self._driving_with_card[order_id] = self._driving_with_card.get(order_id, 0) + 1
+            task.add_done_callback(lambda _: self._card_drive_ended(order_id))
         return await asyncio.shield(task)
+
+    def _card_drive_ended(self, order_id: str) -> None:
+        left = self._driving_with_card[order_id] - 1
+        if left:
+            self._driving_with_card[order_id] = left
+        else:
+            del self._driving_with_card[order_id]
 
     async def _wait_for_other_driver(self, order_id: str, card: Card | None) -> Order:
         """Wait a while for the driver holding the order to finish it. A caller with the card (a PlaceOrder
@@ -400,6 +417,13 @@ class OrdersApplication:
             due = await OrderRepository(session).unfinished(self._clock(), limit)
         for order_due in due:
             order_id = order_due.order_id
+            if order_id in self._driving_with_card:
+                # Its lease lapsed while this process stood still, but the drive holding the card is alive here
+                # and renews the lease with its next step: not claimed, so no span in its checkout's trace.
+                log.info(
+                    "order %s not resumed: this process drives it with the card", order_id, extra={"order_id": order_id}
+                )
+                continue
             on_error = partial(self._on_recovery_error, "resume")
             try:
                 owner = await self._saga.claim_to_resume(order_id)
@@ -428,7 +452,11 @@ class OrdersApplication:
 
     async def recheck_charges(self, limit: int = 50) -> int:
         """Ask payments again about the charges of cancelled orders that were in doubt when they were
-        cancelled, now that they can no longer land, and refund any that did (saga.recheck_charge)."""
+        cancelled, now that they can no longer land, and refund any that did (saga.recheck_charge).
+
+        Unlike `resume_unfinished`, it needs no check of the orders this process drives with the card: it takes
+        only finished orders (step DONE), and a drive with the card stops at the transition that finishes one
+        (giving up its lease), before any recheck of it is due (the charge's settle time, in the future then)."""
         async with self._db.read() as session:
             due = await OrderRepository(session).charges_to_recheck(self._clock(), limit)
         for order_due in due:
