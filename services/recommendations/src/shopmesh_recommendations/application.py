@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shopmesh_chassis.db import Database, DbConnection
@@ -25,6 +25,9 @@ USER_CATEGORY_SOURCES = 3
 # was read, again this many times deeper, up to MAX_POOL rows: one request never scans without bound.
 POOL_GROWTH = 4
 MAX_POOL = 1000
+# Ranked products not at hand are looked up this many at a time: BatchGetProducts' limit (catalog.proto).
+# Asking only for the places left took one round trip per 5 products that left the catalog.
+LOOKUP_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +65,14 @@ class RecommendationsApplication:
         else:
             subject = await self._for_user(query.subject.user_id, query.limit)
         pool = subject.pool
+        # What this request learned from the catalog, kept across deeper reads: found summaries, and ids it
+        # does not have (the client's cache may remember nothing: a zero time to live).
+        summaries: dict[str, CatalogProduct] = dict(subject.known)
+        gone: set[str] = set()
         while True:
             candidates = await self._candidates(subject, pool)
-            chosen = await self._summarized(rank(candidates.tiers, candidates.exclude), subject.known, query.limit)
+            ranked = rank(candidates.tiers, candidates.exclude)
+            chosen = await self._summarized(ranked, summaries, gone, query.limit)
             if pool >= MAX_POOL or not _may_miss(candidates, chosen, query.limit):
                 return chosen
             # Products that left the catalog (or are excluded) took the places read: read deeper. The
@@ -111,21 +119,26 @@ class RecommendationsApplication:
         return _Candidates(tiers, exclude, [len(together) == pool, False, len(popular) == pool])
 
     async def _summarized(
-        self, ranked: Sequence[Ranked], known: Mapping[str, CatalogProduct], limit: int
+        self, ranked: Sequence[Ranked], summaries: dict[str, CatalogProduct], gone: set[str], limit: int
     ) -> list[Recommendation]:
         """The first `limit` ranked products the catalog still has, with their summaries. Products that
         left the catalog are skipped and the next ones move up (`recommend` reads deeper when they used up
-        a tier read only in part)."""
-        summaries = dict(known)
+        a tier read only in part). Looks up what is in neither `summaries` nor `gone`, and adds it there."""
         chosen: list[Recommendation] = []
-        cursor = 0
-        while len(chosen) < limit and cursor < len(ranked):
-            batch = ranked[cursor : cursor + limit - len(chosen)]
-            cursor += len(batch)
-            unknown = [r.product_id for r in batch if r.product_id not in summaries]
-            if unknown:
-                summaries.update(await self._catalog.products(unknown))
-            chosen.extend(Recommendation(summaries[r.product_id], r.score) for r in batch if r.product_id in summaries)
+        for index, ranked_product in enumerate(ranked):
+            if len(chosen) == limit:
+                break
+            product_id = ranked_product.product_id
+            if product_id not in summaries and product_id not in gone:
+                # The next ranked ids not looked up yet, a whole catalog batch: when the top of the ranking
+                # left the catalog, asking for the places left only walked it 5 ids per round trip.
+                unknown = [r.product_id for r in ranked[index:] if r.product_id not in summaries]
+                wanted = list(dict.fromkeys(p for p in unknown if p not in gone))[:LOOKUP_BATCH]
+                found = await self._catalog.products(wanted)
+                summaries.update(found)
+                gone.update(p for p in wanted if p not in found)
+            if product_id in summaries:
+                chosen.append(Recommendation(summaries[product_id], ranked_product.score))
         return chosen
 
     async def record_order(self, session: DbConnection, order: ConfirmedOrder) -> None:
