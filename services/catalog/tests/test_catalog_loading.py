@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,11 +13,17 @@ from sqlalchemy import func, insert, select, text, update
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh_catalog import seed
 from shopmesh_catalog.domain.models import CategoryData, Money, ProductData
-from shopmesh_catalog.domain.validation import MAX_CATEGORIES
+from shopmesh_catalog.domain.validation import (
+    MAX_CATEGORIES,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_IMAGE_URL_LENGTH,
+    MAX_NAME_LENGTH,
+)
 from shopmesh_catalog.settings import CatalogSettings
 from shopmesh_catalog.store.tables import categories, products
 from shopmesh_catalog.wiring import Catalog, build
 from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.errors import InvalidArgument
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.postgres import PostgresServer
@@ -158,3 +165,68 @@ async def test_concurrent_loads_on_postgresql_cannot_add_up_past_the_bound_on_ca
         assert await counts(catalog) == (61, 0)
     finally:
         await catalog.database.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def empty_catalog(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Catalog]:
+    database_url = request.getfixturevalue("postgres").create_database() if request.param == "postgresql" else ""
+    built = await build(catalog_settings(tmp_path, database_url=database_url, seed_catalog=False))
+    try:
+        yield built
+    finally:
+        await built.database.dispose()
+
+
+def _image_url(length: int) -> str:
+    start = "https://img.example/"
+    return start + "a" * (length - len(start))
+
+
+def test_every_length_bound_of_loaded_data_is_its_columns_length() -> None:
+    """A bound above its column is data PostgreSQL refuses at startup with a raw DBAPIError (SQLite stores it)."""
+    bounds = {
+        categories.c.id: MAX_ID_LENGTH,
+        categories.c.display_name: MAX_NAME_LENGTH,
+        products.c.id: MAX_ID_LENGTH,
+        products.c.name: MAX_NAME_LENGTH,
+        products.c.category_id: MAX_ID_LENGTH,
+        products.c.image_url: MAX_IMAGE_URL_LENGTH,
+    }
+    assert {column.name: getattr(column.type, "length", None) for column in bounds} == {
+        column.name: bound for column, bound in bounds.items()
+    }
+
+
+async def test_data_at_every_bound_loads_on_sqlite_and_postgresql(empty_catalog: Catalog) -> None:
+    category = CategoryData("c" * 63, "D" * MAX_NAME_LENGTH)  # CATEGORY_ID allows 63 characters
+    product = ProductData(
+        "prod_" + "p" * (MAX_ID_LENGTH - 5),
+        "N" * MAX_NAME_LENGTH,
+        "d" * MAX_DESCRIPTION_LENGTH,
+        category.id,
+        Money(1000, "USD"),
+        _image_url(MAX_IMAGE_URL_LENGTH),
+    )
+    await empty_catalog.application.load([category], [product])
+    stored = await empty_catalog.application.get_product(product.id)
+    assert (stored.name, stored.description, stored.image_url) == (product.name, product.description, product.image_url)
+
+
+async def test_data_past_a_bound_or_holding_nul_is_refused_with_violations_on_sqlite_and_postgresql(
+    empty_catalog: Catalog,
+) -> None:
+    """An image URL longer than its column, or U+0000 in a text: PostgreSQL failed startup with a raw DBAPIError,
+    SQLite loaded it. Both refuse it now, naming the fields, before anything is written."""
+    category = CategoryData("kitchen", "Kitch\x00en")
+    long_url = ProductData("prod_a", "A", "", "kitchen", Money(1000, "USD"), _image_url(MAX_IMAGE_URL_LENGTH + 1))
+    nul = ProductData("prod_b", "B\x00", "so\x00ft", "kitchen", Money(1000, "USD"), "https://img.example/\x00")
+    with pytest.raises(InvalidArgument) as caught:
+        await empty_catalog.application.load([category], [long_url, nul])
+    assert [(v.field, v.reason) for v in caught.value.violations] == [
+        ("categories[0].display_name", "NUL_CHARACTER"),
+        ("products[0].image_url", "TOO_LONG"),
+        ("products[1].name", "NUL_CHARACTER"),
+        ("products[1].description", "NUL_CHARACTER"),
+        ("products[1].image_url", "NUL_CHARACTER"),
+    ]
+    assert await counts(empty_catalog) == (0, 0)

@@ -77,6 +77,12 @@ class _Stop(Exception):
     pass
 
 
+def nul_violation(path: str) -> FieldViolation:
+    """The violation for a text field holding U+0000: what a request gets, and what a service checking text
+    that does not come in a request (data it loads at startup) reports the same way."""
+    return FieldViolation(path, _DESCRIPTION, NUL_CHARACTER)
+
+
 def check_no_nul(request: Message) -> None:
     """Raise InvalidArgument naming the string fields of `request` (at any depth) that hold U+0000: the first
     MAX_NAMED_FIELDS; past MAX_FIELDS_VISITED values, the request is refused with those found so far (perhaps
@@ -96,7 +102,7 @@ def check_no_nul(request: Message) -> None:
         if not walk.found:
             return
         found = BadTextFields(tuple(walk.found), cut_short=False)
-    violations = [FieldViolation(path, _DESCRIPTION, NUL_CHARACTER) for path in found.paths]
+    violations = [nul_violation(path) for path in found.paths]
     message = "text fields must not contain NUL characters"
     if found.cut_short:
         message += f" (looked for in the first {MAX_FIELDS_VISITED} fields, until {MAX_NAMED_FIELDS} were found)"

@@ -22,6 +22,7 @@ from shopmesh_chassis.pagination import (
     page_limit,
     page_token_key,
 )
+from shopmesh_chassis.text_fields import nul_violation
 
 MAX_BATCH_IDS = 100
 MAX_QUERY_LENGTH = 200
@@ -32,6 +33,9 @@ MAX_QUERY_TERMS = 10
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 5000
 MAX_CATEGORIES = 100
+# The image_url column's length (store/tables.py): PostgreSQL refuses a longer one with a raw DBAPIError
+# and fails startup, SQLite stores it; refused here on both.
+MAX_IMAGE_URL_LENGTH = 2048
 
 PRODUCT_ID = re.compile(r"^prod_[a-z0-9_]+$")
 CATEGORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -150,7 +154,14 @@ def _category_violations(index: int, category: CategoryData) -> list[FieldViolat
         violations.append(FieldViolation(f"{path}.id", f"must match {CATEGORY_ID.pattern}", "INVALID_FORMAT"))
     if not category.display_name.strip() or len(category.display_name) > MAX_NAME_LENGTH:
         violations.append(FieldViolation(f"{path}.display_name", f"must be 1-{MAX_NAME_LENGTH} characters", "LENGTH"))
+    violations.extend(_nul_violations(path, display_name=category.display_name))
     return violations
+
+
+def _nul_violations(path: str, **texts: str) -> list[FieldViolation]:
+    """The chassis' rule for request text (text_fields), on loaded data: PostgreSQL cannot store U+0000 in
+    text at all (startup failed with a raw DBAPIError), SQLite can, and no reader means anything by it."""
+    return [nul_violation(f"{path}.{field}") for field, value in texts.items() if "\x00" in value]
 
 
 def _product_violations(index: int, product: ProductData, category_ids: set[str]) -> list[FieldViolation]:
@@ -173,10 +184,17 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
         )
     if not CURRENCY.fullmatch(product.price.currency):
         violations.append(FieldViolation(f"{path}.price.currency", f"must match {CURRENCY.pattern}", "INVALID_FORMAT"))
-    if product.image_url:
+    if len(product.image_url) > MAX_IMAGE_URL_LENGTH:
+        violations.append(
+            FieldViolation(f"{path}.image_url", f"must be at most {MAX_IMAGE_URL_LENGTH} characters", "TOO_LONG")
+        )
+    elif product.image_url:
         url = urlsplit(product.image_url)
         if url.scheme != "https" or not url.netloc:
             violations.append(FieldViolation(f"{path}.image_url", "must be an absolute https URL", "INVALID_FORMAT"))
+    violations.extend(
+        _nul_violations(path, name=product.name, description=product.description, image_url=product.image_url)
+    )
     return violations
 
 
