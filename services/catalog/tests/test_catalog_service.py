@@ -260,6 +260,26 @@ async def test_batch_get_rejects_empty_and_overlong_ids_by_index(stub: CatalogSe
     assert violations_of(details) == [("product_ids[1]", "REQUIRED"), ("product_ids[2]", "TOO_LONG")]
 
 
+async def test_batch_get_refuses_ids_no_product_can_have_rather_than_list_them_as_missing(
+    stub: CatalogServiceAsyncStub,
+) -> None:
+    """NOT_FOUND lists the missing ids comma-separated: "prod_gone,prod_chef_knife" was listed as the one
+    missing id, and a caller splitting the list took prod_chef_knife (which exists) for gone."""
+    ids = ["prod_chef_knife", "prod_gone,prod_chef_knife", "prod a", "prod_\x07"]
+    details = await error_of(stub.BatchGetProducts(catalog_pb2.BatchGetProductsRequest(product_ids=ids)))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations_of(details) == [
+        ("product_ids[1]", "INVALID_FORMAT"),
+        ("product_ids[2]", "INVALID_FORMAT"),
+        ("product_ids[3]", "INVALID_FORMAT"),
+    ]
+    details = await error_of(stub.GetProduct(catalog_pb2.GetProductRequest(product_id="prod_a,prod_b")))
+    assert (details.code, violations_of(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        [("product_id", "INVALID_FORMAT")],
+    )
+
+
 # --- SearchProducts --------------------------------------------------------------------------------
 
 

@@ -108,6 +108,18 @@ def test_stock_query_rejects_no_ids_too_many_ids_and_empty_ids() -> None:
     assert violations_of(empty.value) == [("product_ids[1]", "REQUIRED"), ("product_ids[2]", "TOO_LONG")]
 
 
+def test_a_reserved_product_id_no_product_can_have_is_refused() -> None:
+    """INSUFFICIENT_STOCK names the short products comma-separated: a reservation of "prod_x,prod_a" read as
+    two ids, and the caller took prod_a (another line) for short."""
+    items = [ReservationItem("prod_a", 1), ReservationItem("prod_x,prod_a", 1), ReservationItem("prod b", 1)]
+    with pytest.raises(InvalidArgument) as caught:
+        validation.reserve_command("ord_1", items, None)
+    assert [(v.field, v.reason) for v in caught.value.violations] == [
+        ("items[1].product_id", "INVALID_FORMAT"),
+        ("items[2].product_id", "INVALID_FORMAT"),
+    ]
+
+
 def test_reservation_id_is_required_and_at_most_64_characters() -> None:
     assert validation.reservation_id("res_1") == "res_1"
     for bad, reason in [("", "REQUIRED"), ("r" * 65, "TOO_LONG")]:

@@ -164,6 +164,17 @@ def test_each_bad_field_gets_its_own_violation() -> None:
     ]
 
 
+def test_an_item_product_id_no_product_can_have_is_refused() -> None:
+    """Catalog and inventory name product ids in comma-separated lists: an item "prod_gone,prod_a" read as
+    two ids, and prod_a (another line of the order) was taken for missing or short."""
+    items = (CartLine("prod_a", 1), CartLine("prod_gone,prod_a", 1), CartLine("prod b", 1))
+    caught = invalid(command(items=items))
+    assert [(v.field, v.reason) for v in caught.violations] == [
+        ("items[1].product_id", "INVALID_FORMAT"),
+        ("items[2].product_id", "INVALID_FORMAT"),
+    ]
+
+
 def test_empty_cart_and_missing_card_are_rejected() -> None:
     assert violations(command(items=(), card=None)) == ["card", "items"]
 

@@ -19,6 +19,18 @@ def is_printable_id(value: str) -> bool:
     return value.isprintable() and not any(character.isspace() for character in value)
 
 
+# What is_listable_id refuses beyond is_printable_id, and how a violation describes the rule.
+LISTABLE_ID_RULE = "printable characters only, no spaces or commas"
+
+
+def is_listable_id(value: str) -> bool:
+    """is_printable_id, and no comma: an id an error may name in a list (`errors.listed_ids` joins them with
+    commas), product ids in catalog's NOT_FOUND and inventory's INSUFFICIENT_STOCK. An id holding a comma
+    read as several: BatchGetProducts of "prod_gone,prod_chef_knife" named it missing, and the caller,
+    splitting the list, took prod_chef_knife for gone. No such id can exist, so it is refused up front."""
+    return is_printable_id(value) and "," not in value
+
+
 # Money.amount_minor's bound, 10^15 - 1: a JSON client reading the amount as a double still gets it exactly,
 # and the sum of an order's lines stays far from int64's limit.
 MAX_AMOUNT_MINOR = 10**15 - 1

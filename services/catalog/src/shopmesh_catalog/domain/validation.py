@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from shopmesh_catalog.domain.models import CategoryData, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
-from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
+from shopmesh_chassis.contract_limits import LISTABLE_ID_RULE, MAX_AMOUNT_MINOR, MAX_ID_LENGTH, is_listable_id
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import (
     encode_page_token,
@@ -82,6 +82,14 @@ def _check_id(value: str, field: str, violations: list[FieldViolation], *, requi
         violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
 
 
+def _check_product_id(value: str, field: str, violations: list[FieldViolation]) -> None:
+    """A product id that cannot exist (none loaded has a comma or a space) is refused rather than looked up:
+    NOT_FOUND lists missing ids comma-separated, so one with a comma read as several."""
+    _check_id(value, field, violations, required=True)
+    if value and len(value) <= MAX_ID_LENGTH and not is_listable_id(value):
+        violations.append(FieldViolation(field, LISTABLE_ID_RULE, "INVALID_FORMAT"))
+
+
 def validate_list_products(page_size: int, page_token: str, category: str) -> ListProductsQuery:
     violations: list[FieldViolation] = []
     limit = page_limit(page_size, violations)
@@ -128,7 +136,7 @@ def validate_search_products(query: str, category: str, page_size: int, page_tok
 
 def validate_product_id(product_id: str) -> str:
     violations: list[FieldViolation] = []
-    _check_id(product_id, "product_id", violations, required=True)
+    _check_product_id(product_id, "product_id", violations)
     if violations:
         raise invalid_request(violations)
     return product_id
@@ -141,7 +149,7 @@ def validate_product_ids(product_ids: Sequence[str]) -> tuple[str, ...]:
     elif len(product_ids) > MAX_BATCH_IDS:
         violations.append(FieldViolation("product_ids", f"at most {MAX_BATCH_IDS} ids are allowed", "TOO_MANY"))
     for index, product_id in enumerate(product_ids):
-        _check_id(product_id, f"product_ids[{index}]", violations, required=True)
+        _check_product_id(product_id, f"product_ids[{index}]", violations)
     if violations:
         raise invalid_request(violations)
     return tuple(product_ids)

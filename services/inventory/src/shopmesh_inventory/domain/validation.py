@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
+from shopmesh_chassis.contract_limits import LISTABLE_ID_RULE, MAX_ID_LENGTH, is_listable_id
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_inventory.domain.models import ReservationItem
 
@@ -50,6 +50,16 @@ def _id_violation(path: str, value: str) -> FieldViolation | None:
     return None
 
 
+def _product_id_violation(path: str, value: str) -> FieldViolation | None:
+    """A reserved product id is named in INSUFFICIENT_STOCK's comma-separated list (errors.listed_ids): one
+    holding a comma would read as several, and the caller take another line for short. Only Reserve lists
+    ids; reads (GetStock) and SetStock answer an id that names nothing as they always did."""
+    found = _id_violation(path, value)
+    if found is None and not is_listable_id(value):
+        return FieldViolation(path, LISTABLE_ID_RULE, "INVALID_FORMAT")
+    return found
+
+
 def _collect(*found: FieldViolation | None) -> list[FieldViolation]:
     return [v for v in found if v is not None]
 
@@ -91,7 +101,7 @@ def reserve_command(
         violations.append(FieldViolation("items", f"at most {MAX_RESERVATION_ITEMS} items", "TOO_MANY"))
     seen: set[str] = set()
     for i, item in enumerate(items):
-        bad_id = _id_violation(f"items[{i}].product_id", item.product_id)
+        bad_id = _product_id_violation(f"items[{i}].product_id", item.product_id)
         if bad_id is not None:
             violations.append(bad_id)
         elif item.product_id in seen:

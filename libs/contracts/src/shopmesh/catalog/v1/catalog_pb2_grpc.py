@@ -83,8 +83,9 @@ class CatalogServiceServicer:
     def GetProduct(self, request, context):
         """Returns one product by id.
 
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (ErrorInfo reason
-        PRODUCT_NOT_FOUND, metadata {"product_id": id}), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty id; an id no product can have: with
+        whitespace, a comma or an unprintable character), NOT_FOUND (ErrorInfo
+        reason PRODUCT_NOT_FOUND, metadata {"product_id": id}), UNAVAILABLE.
 
         No side effects: safe to retry and to cache.
         """
@@ -102,8 +103,10 @@ class CatalogServiceServicer:
         "missing_count": "<how many ids are missing>"}; product_ids holds the
         first ones whose list fits in 1,000 characters (all of them unless they
         are many and long), so that the error fits in a client's trailers.
-        Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id),
-        NOT_FOUND as above, UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id, an id
+        no product can have: with whitespace, a comma, which would read as two
+        ids in the list above, or an unprintable character), NOT_FOUND as above,
+        UNAVAILABLE.
 
         No side effects: safe to retry and to cache.
         """

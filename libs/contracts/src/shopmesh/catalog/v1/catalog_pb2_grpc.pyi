@@ -52,8 +52,9 @@ class CatalogServiceStub:
     GetProduct: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetProductRequest, _catalog_pb2.GetProductResponse]
     """Returns one product by id.
 
-    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (ErrorInfo reason
-    PRODUCT_NOT_FOUND, metadata {"product_id": id}), UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty id; an id no product can have: with
+    whitespace, a comma or an unprintable character), NOT_FOUND (ErrorInfo
+    reason PRODUCT_NOT_FOUND, metadata {"product_id": id}), UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -67,8 +68,10 @@ class CatalogServiceStub:
      "missing_count": "<how many ids are missing>"}; product_ids holds the
     first ones whose list fits in 1,000 characters (all of them unless they
     are many and long), so that the error fits in a client's trailers.
-    Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id),
-    NOT_FOUND as above, UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id, an id
+    no product can have: with whitespace, a comma, which would read as two
+    ids in the list above, or an unprintable character), NOT_FOUND as above,
+    UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -110,8 +113,9 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     GetProduct: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetProductRequest, _catalog_pb2.GetProductResponse]  # type: ignore[assignment]
     """Returns one product by id.
 
-    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (ErrorInfo reason
-    PRODUCT_NOT_FOUND, metadata {"product_id": id}), UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty id; an id no product can have: with
+    whitespace, a comma or an unprintable character), NOT_FOUND (ErrorInfo
+    reason PRODUCT_NOT_FOUND, metadata {"product_id": id}), UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -125,8 +129,10 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
      "missing_count": "<how many ids are missing>"}; product_ids holds the
     first ones whose list fits in 1,000 characters (all of them unless they
     are many and long), so that the error fits in a client's trailers.
-    Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id),
-    NOT_FOUND as above, UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id, an id
+    no product can have: with whitespace, a comma, which would read as two
+    ids in the list above, or an unprintable character), NOT_FOUND as above,
+    UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -177,8 +183,9 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_catalog_pb2.GetProductResponse, _abc.Awaitable[_catalog_pb2.GetProductResponse]]:
         """Returns one product by id.
 
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (ErrorInfo reason
-        PRODUCT_NOT_FOUND, metadata {"product_id": id}), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty id; an id no product can have: with
+        whitespace, a comma or an unprintable character), NOT_FOUND (ErrorInfo
+        reason PRODUCT_NOT_FOUND, metadata {"product_id": id}), UNAVAILABLE.
 
         No side effects: safe to retry and to cache.
         """
@@ -198,8 +205,10 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
          "missing_count": "<how many ids are missing>"}; product_ids holds the
         first ones whose list fits in 1,000 characters (all of them unless they
         are many and long), so that the error fits in a client's trailers.
-        Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id),
-        NOT_FOUND as above, UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (no ids, more than 100 ids, an empty id, an id
+        no product can have: with whitespace, a comma, which would read as two
+        ids in the list above, or an unprintable character), NOT_FOUND as above,
+        UNAVAILABLE.
 
         No side effects: safe to retry and to cache.
         """

@@ -99,7 +99,9 @@ class InventoryServiceServicer:
 
         Errors:
         - INVALID_ARGUMENT with BadRequest: empty order_id, no items, more than 50
-        items, an empty or duplicate product_id, quantity outside 1-1000, ttl
+        items, an empty or duplicate product_id or one with whitespace, a comma
+        (it would read as two ids in INSUFFICIENT_STOCK's list) or an
+        unprintable character, quantity outside 1-1000, ttl
         outside 1s-1h; or reason IDEMPOTENCY_KEY_REUSED as above.
         - FAILED_PRECONDITION, ErrorInfo reason INSUFFICIENT_STOCK, metadata
         {"product_ids": "<comma-separated ids short of stock, sorted>",

@@ -184,7 +184,8 @@ class CartItem(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     """The product to buy (a catalog Product.id). Required; unique within an
-    order.
+    order; printable characters only, no whitespace or comma (no product has
+    such an id, and errors list product ids comma-separated).
     """
     quantity: _builtins.int
     """Number of units, 1-100."""

@@ -53,8 +53,9 @@ class RecommendationsServiceStub:
     included. An unknown product or user is not an error: the result is a
     best-effort list (for example popular products) and may be empty.
 
-    Errors: INVALID_ARGUMENT (no subject set, empty subject id, max_results
-    negative), UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (no subject set, empty subject id, a product_id
+    no product can have: with whitespace, a comma or an unprintable
+    character; max_results negative), UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -71,8 +72,9 @@ class RecommendationsServiceAsyncStub(RecommendationsServiceStub):
     included. An unknown product or user is not an error: the result is a
     best-effort list (for example popular products) and may be empty.
 
-    Errors: INVALID_ARGUMENT (no subject set, empty subject id, max_results
-    negative), UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (no subject set, empty subject id, a product_id
+    no product can have: with whitespace, a comma or an unprintable
+    character; max_results negative), UNAVAILABLE.
 
     No side effects: safe to retry and to cache.
     """
@@ -92,8 +94,9 @@ class RecommendationsServiceServicer(metaclass=_abc_1.ABCMeta):
         included. An unknown product or user is not an error: the result is a
         best-effort list (for example popular products) and may be empty.
 
-        Errors: INVALID_ARGUMENT (no subject set, empty subject id, max_results
-        negative), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (no subject set, empty subject id, a product_id
+        no product can have: with whitespace, a comma or an unprintable
+        character; max_results negative), UNAVAILABLE.
 
         No side effects: safe to retry and to cache.
         """
