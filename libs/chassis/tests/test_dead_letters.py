@@ -683,6 +683,48 @@ async def test_replaying_an_event_applied_longer_ago_than_the_id_retention_still
     assert purged == 1
 
 
+async def test_a_services_own_purge_gets_the_cutoff_only_while_no_dead_letter_waits(
+    db: Database, client: Client, nats_srv: NatsServer
+) -> None:
+    """`on_purge` lets a service forget what it keeps against events coming again (recommendations' marks of
+    cancelled orders) by the event ids' cutoff. A dead letter may be replayed any time later, and which of
+    the service's records it needs the consumer cannot tell: while one waits, no cutoff is handed on."""
+    from datetime import UTC, datetime, timedelta
+
+    from shopmesh_chassis.events import ensure_stream
+
+    cutoffs: list[datetime] = []
+
+    async def forget(cutoff: datetime) -> None:
+        cutoffs.append(cutoff)
+
+    # The stream as its publisher declares it by default: events kept 7 days.
+    await ensure_stream(client.jetstream(), "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * 86400)
+    running = consumer(db, nats_srv.url, record, on_purge=forget)
+    running.start()
+    try:
+        await publish(client, "e0")
+        await until_applied(db, Counter({"e0": 1}))
+        # The purge run once connected (its next an hour away) first: then only the test's own purges run.
+        await eventually(lambda: len(cutoffs) == 1, "the purge run at connection")
+        cutoffs.clear()
+        before = datetime.now(UTC)
+        await running.purge_processed()
+        # The event ids' own cutoff: the stream's max age and a day.
+        assert len(cutoffs) == 1
+        assert before - timedelta(days=8) <= cutoffs[0] <= datetime.now(UTC) - timedelta(days=8)
+        await client.jetstream().publish(
+            f"deadletter.tester.{SUBJECT}",
+            b"x",
+            headers={MSG_ID: "a-park", ORIGINAL_SUBJECT: SUBJECT, ORIGINAL_EVENT_ID: "e0", ERROR: '"boom"'},
+        )
+        await parked(client, 1)
+        await running.purge_processed()
+        assert len(cutoffs) == 1
+    finally:
+        await running.stop()
+
+
 async def test_the_ids_kept_for_dead_letters_are_those_parked_or_replayed_for_that_consumer(client: Client) -> None:
     """A replayed message waits on `REPLAY` until its consumer acknowledges it: its id is kept as a parked one's."""
     js = client.jetstream()

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ import nats
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
 from shopmesh.orders.v1 import events_pb2, orders_pb2
@@ -38,6 +39,7 @@ from shopmesh_chassis.testing import (
 )
 from shopmesh_chassis.testing.nats_server import NatsServer
 from shopmesh_recommendations.settings import RecommendationsSettings
+from shopmesh_recommendations.store.tables import counted_orders
 from shopmesh_recommendations.wiring import Recommendations, build
 
 if TYPE_CHECKING:
@@ -309,6 +311,43 @@ async def test_an_order_cancelled_before_confirmation_changes_nothing(live: Runn
     declined = confirmed("usr_2", "prod_chef_knife", "prod_headlamp")  # never published as confirmed
     await learn(live, nats_srv.url, cancelled(declined))
     assert await for_product(live, "prod_chef_knife", max_results=10) == before
+
+
+async def test_orders_cancelled_past_the_event_retention_are_forgotten_but_counted_ones_stay(
+    live: Running, nats_srv: NatsServer
+) -> None:
+    """Every order cancelled before its confirmation left a CANCELLED row for ever. The consumer's purge now
+    deletes those older than the applied event ids' retention (no confirmation can come for them any more),
+    as orders publishes the stream: with a max age. A COUNTED row stays however old: a confirmed order may
+    be cancelled any time later, and its cancellation must find what to take back."""
+    kept = confirmed("usr_1", "prod_chef_knife", "prod_headlamp")
+    declined_long_ago = confirmed("usr_2", "prod_chef_knife")  # never published as confirmed
+    returned_long_ago = confirmed("usr_3", "prod_chef_knife", "prod_headlamp")
+    declined_lately = confirmed("usr_4", "prod_chef_knife")
+    await learn(live, nats_srv.url, kept, returned_long_ago)
+    await learn(
+        live, nats_srv.url, cancelled(declined_long_ago), cancelled(returned_long_ago), cancelled(declined_lately)
+    )
+    client = await nats.connect(nats_srv.url)
+    try:  # as orders (the publisher) declares the stream: 7 days' max age
+        await ensure_stream(client.jetstream(), "ORDERS", ["orders.v1.>"], 900, max_age=7 * 86400)
+    finally:
+        await client.close()
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    old = [kept.order_id, declined_long_ago.order_id, returned_long_ago.order_id]
+    async with live.service.database.transaction() as session:
+        await session.execute(
+            update(counted_orders).where(counted_orders.c.order_id.in_(old)).values(counted_at=long_ago)
+        )
+    await live.service.consumer.purge_processed()
+    async with live.service.database.read() as session:
+        rows = dict((await session.execute(select(counted_orders.c.order_id, counted_orders.c.state))).all())
+    assert {order_id: rows.get(order_id) for order_id in [*old, declined_lately.order_id]} == {
+        kept.order_id: "COUNTED",
+        declined_long_ago.order_id: None,
+        returned_long_ago.order_id: None,
+        declined_lately.order_id: "CANCELLED",
+    }
 
 
 async def test_a_co_purchased_product_the_catalog_no_longer_has_is_skipped(live: Running, nats_srv: NatsServer) -> None:

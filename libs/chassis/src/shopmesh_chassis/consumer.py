@@ -23,7 +23,9 @@ subject is acknowledged unapplied.
 Applied event ids are forgotten once older than `processed_retention_seconds`, which must be at least the
 stream's `stream_max_age_seconds` (EventSettings checks it): while a message is on the stream it may be
 delivered again, and its id is what keeps that from having a second effect. The ids of events waiting as
-this consumer's dead letters (or replays) are kept however old: a replay may come any time later.
+this consumer's dead letters (or replays) are kept however old: a replay may come any time later. A service
+that remembers more of the events it applied (recommendations: orders cancelled before their confirmation)
+forgets it in the same purge (`on_purge`), by the same cutoff.
 """
 
 from __future__ import annotations
@@ -229,6 +231,7 @@ class EventConsumer:
         metrics: EventMetrics,
         on_applied: Callable[[Event], None] | None = None,
         retired_subjects: Sequence[str] = (),
+        on_purge: Callable[[datetime], Awaitable[object]] | None = None,
     ) -> EventConsumer:
         """A consumer as a service runs it: NATS, retries, parking and retention from its settings."""
         return cls(
@@ -251,6 +254,7 @@ class EventConsumer:
             stream_max_age_seconds=settings.nats_stream_max_age_seconds,
             processed_retention_seconds=settings.processed_events_retention_seconds,
             purge_interval_seconds=settings.event_purge_interval_seconds,
+            on_purge=on_purge,
         )
 
     def __init__(
@@ -282,6 +286,7 @@ class EventConsumer:
         processed_retention_seconds: float = DEFAULT_STREAM_MAX_AGE_SECONDS + 86400.0,
         purge_interval_seconds: float = 3600.0,
         purge_batch_size: int = 500,
+        on_purge: Callable[[datetime], Awaitable[object]] | None = None,
     ) -> None:
         self._db = database
         parse_nats_url(nats_url)  # a URL whose credentials cannot be read fails here, not in retries for ever
@@ -347,6 +352,8 @@ class EventConsumer:
         # 0: applied event ids are kept for ever.
         self._processed_retention = processed_retention_seconds
         self._purge_batch_size = purge_batch_size
+        # Run by a purge with its cutoff when no dead letter waits: see purge_processed.
+        self._on_purge = on_purge
         self._purge = Periodic(f"processed-events-purge-{durable}", purge_interval_seconds, self.purge_processed)
         # Whether no purge has read the stream's max age since the last one that did (none has at start).
         self._purge_skipped = True
@@ -623,6 +630,11 @@ class EventConsumer:
                 deleted,
                 cutoff.isoformat(timespec="seconds"),
             )
+        if self._on_purge is not None and not waiting:
+            # No event applied before the cutoff can come again, nor be replayed: the service may forget what
+            # it keeps only against such an event. Not while dead letters wait: which of its records a
+            # replay needs is the service's to know, not this consumer's (replay or discard them).
+            await self._on_purge(cutoff)
         return deleted
 
     async def _read_waiting_event_ids(self) -> set[str] | None:

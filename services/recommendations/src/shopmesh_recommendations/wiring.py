@@ -26,6 +26,7 @@ from shopmesh_recommendations.order_events import (
     order_events_handler,
 )
 from shopmesh_recommendations.settings import RecommendationsSettings
+from shopmesh_recommendations.store.repository import forget_cancelled_orders
 from shopmesh_recommendations.store.tables import metadata
 from shopmesh_recommendations.transport import DESCRIPTOR, RecommendationsServicer
 
@@ -80,6 +81,8 @@ async def build(settings: RecommendationsSettings) -> Recommendations:
         subjects=SUBJECTS,
         handler=order_events_handler(application),
         metrics=metrics.events,
+        # Orders cancelled before their confirmation are remembered only until no confirmation can come.
+        on_purge=lambda cutoff: forget_cancelled_orders(database, cutoff),
     )
     servicer = with_fault_injection(
         RecommendationsServicer(application), settings.fault_mode, settings.fault_delay_seconds

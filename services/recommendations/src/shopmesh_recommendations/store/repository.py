@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, func, select, update
 
-from shopmesh_chassis.db import DbConnection, code_point_order, dialect_insert, insert_skipping_existing
+from shopmesh_chassis.db import Database, DbConnection, code_point_order, dialect_insert, insert_skipping_existing
+from shopmesh_chassis.periodic import delete_in_batches
 from shopmesh_recommendations.domain.copurchase import PurchaseEffects
 from shopmesh_recommendations.store.tables import (
     CANCELLED,
@@ -19,12 +21,29 @@ from shopmesh_recommendations.store.tables import (
     user_purchases,
 )
 
+log = logging.getLogger("shopmesh.recommendations")
+
 # Bound as b_<column>: SQLAlchemy reserves a table's column names for its own binds in UPDATE.
 _FORGET_ORDER = (
     update(counted_orders)
     .where(counted_orders.c.order_id == bindparam("b_order_id"), counted_orders.c.state == COUNTED)
     .values(state=CANCELLED)
 )
+
+
+async def forget_cancelled_orders(database: Database, before: datetime, *, batch_size: int = 500) -> int:
+    """Delete the CANCELLED marks recorded before `before`, in batches; how many, logged. A mark only keeps
+    a confirmation that comes after its cancellation from being counted (its counted_at is when it was
+    counted or cancelled, after the confirmation was published): past the consumer's purge cutoff no
+    event can come again, so it keeps nothing. COUNTED marks stay: a confirmed order may be cancelled any
+    time later, and its cancellation must find what to take back."""
+    old_cancelled = (counted_orders.c.state == CANCELLED) & (counted_orders.c.counted_at < before)
+    deleted = await delete_in_batches(
+        database, counted_orders, counted_orders.c.order_id, old_cancelled, batch_size=batch_size
+    )
+    if deleted:
+        log.info("forgot %d cancelled orders recorded before %s", deleted, before.isoformat(timespec="seconds"))
+    return deleted
 
 
 class RecommendationsRepository:
