@@ -3,8 +3,10 @@
 isort:skip_file
 The product catalog: products, their prices and categories.
 
-The catalog is read-only over gRPC (it is seeded from data files). All
-methods are public to internal callers and need no `x-user-id`.
+The catalog is read-only over gRPC: it is seeded at startup from the
+service's built-in seed (SEED_CATALOG), products missing by id added and
+stored ones kept as they are. All methods are public to internal callers
+and need no `x-user-id`.
 Error domain: "shopmesh.catalog". Pagination, metadata and error conventions:
 see shopmesh/common/v1/money.proto.
 """
