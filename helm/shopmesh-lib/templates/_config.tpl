@@ -247,7 +247,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
      caller (money.proto, docs/mesh.md). Without one any pod in the cluster could call payments as orders or
      read an order as its user, so the render fails instead of installing such a release. */ -}}
 {{- if and (eq $mesh "") (ne $c.environment "dev") -}}
-{{- fail (printf "global.mesh: environment %q runs every pod behind a service mesh (the services trust x-user-id and x-caller because its mTLS and policy admit only the call graph's callers), and none is set. Add -f helm/shopmesh/values-istio.yaml or -f helm/shopmesh/values-linkerd.yaml after values-staging.yaml (make deploy-staging: STAGING_VALUES=\"helm/shopmesh/values-istio.yaml ...\"; the mesh installed first: make mesh-istio / make mesh-linkerd on kind); docs/kubernetes.md, \"Deploy to staging\"" $c.environment) -}}
+{{- fail (printf "global.mesh: environment %q runs every pod behind a service mesh (the services trust x-user-id and x-caller because its mTLS and policy admit only the call graph's callers), and none is set. Add -f helm/shopmesh/values-istio.yaml or -f helm/shopmesh/values-linkerd.yaml after values-staging.yaml (make deploy-staging: STAGING_VALUES=\"helm/shopmesh/values-istio.yaml ...\"; the mesh installed first: make mesh-istio / make mesh-linkerd on kind). A release already running without a mesh takes it in two upgrades, the first with --set global.meshPolicy.enabled=false: docs/kubernetes.md, \"Deploy to staging\"" $c.environment) -}}
 {{- end -}}
 {{- /* The proxy is asked for as a native sidecar (shopmesh-lib.mesh.injection): an init container with
      restartPolicy: Always, which an API server before 1.29 drops (or keeps behind a gate that is off), so the
