@@ -399,6 +399,26 @@ async def test_a_new_key_verifies_a_second_after_a_failed_refetch_once_users_ans
     assert await verifier.subject(rotated.token("usr_bob")) == "usr_bob"
 
 
+async def test_after_a_failed_fetch_an_unknown_kid_waits_no_longer_than_the_configured_refetch_interval(
+    users: FakeUsers, key: SigningKey, clock: FakeClock
+) -> None:
+    """JWKS_MIN_REFETCH_INTERVAL_SECONDS may be set below the second a failed fetch holds an unknown kid to
+    (the e2e key-revocation test runs at 1 s): "sooner after a failure" must not become later than that."""
+    verifier = TokenVerifier(
+        JwksCache(users.jwks, max_age_seconds=300, min_refetch_interval_seconds=0.2, clock=clock),
+        TokenRules(ISSUER, AUDIENCE),
+    )
+    await verifier.subject(key.token())
+    rotated = SigningKey()
+    users.keys.insert(0, rotated)
+    clock.now = 300
+    users.down = True
+    await verifier.subject(key.token("usr_alice"))  # the refetch due to age fails
+    users.down = False
+    clock.now += 0.5
+    assert await verifier.subject(rotated.token("usr_bob")) == "usr_bob"
+
+
 async def test_an_unknown_kid_is_unavailable_while_the_key_set_cannot_be_fetched_and_asks_users_once_a_second(
     verifier: TokenVerifier, key: SigningKey, users: FakeUsers, clock: FakeClock
 ) -> None:

@@ -116,7 +116,8 @@ class JwksCache:
         self._min_interval = min_refetch_interval_seconds
         self._hard_max_age = hard_max_age_seconds
         self._stale_keys_wait = stale_keys_wait_seconds
-        self._failed_interval = failed_refetch_interval_seconds
+        # Never later than the interval that holds after a success (a setting, which may be shorter).
+        self._failed_interval = min(failed_refetch_interval_seconds, min_refetch_interval_seconds)
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] | None = None
         self._fetched_at = 0.0

@@ -33,10 +33,12 @@ _FORGET_ORDER = (
 
 async def forget_cancelled_orders(database: Database, before: datetime, *, batch_size: int = 500) -> int:
     """Delete the CANCELLED marks recorded before `before`, in batches; how many, logged. A mark only keeps
-    a confirmation that comes after its cancellation from being counted (its counted_at is when it was
-    counted or cancelled, after the confirmation was published): past the consumer's purge cutoff no
-    event can come again, so it keeps nothing. COUNTED marks stay: a confirmed order may be cancelled any
-    time later, and its cancellation must find what to take back."""
+    a confirmation that comes after its cancellation from being counted. Its counted_at is when it was
+    recorded: a cancellation before any confirmation, or the confirmation of an order cancelled since (the
+    cancellation keeps the time; that mark may go at the next purge, harmlessly: its confirmation came
+    already, and the cancellation's event id is kept by the consumer's own retention). Past the consumer's
+    purge cutoff no event can come again, so it keeps nothing. COUNTED marks stay: a confirmed order may be
+    cancelled any time later, and its cancellation must find what to take back."""
     old_cancelled = (counted_orders.c.state == CANCELLED) & (counted_orders.c.counted_at < before)
     deleted = await delete_in_batches(
         database, counted_orders, counted_orders.c.order_id, old_cancelled, batch_size=batch_size
