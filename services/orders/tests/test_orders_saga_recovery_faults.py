@@ -9,13 +9,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from shopmesh_chassis import errors
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.testing import eventually
-from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.application import RECOVER_SPAN, OrdersApplication
 from shopmesh_orders.domain.model import OrderState
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_orders.saga import SagaDriver
@@ -252,6 +256,48 @@ async def test_orders_a_recovery_pass_fails_on_with_an_error_are_counted_by_pass
     assert await app.recheck_charges() == 1
     assert await app.recheck_charges() == 1
     assert _errors_counted(registry) == {"resume": 1, "recheck": 2}
+
+
+async def test_an_error_rechecking_a_claimed_charge_is_counted_and_marks_its_recover_span_failed(
+    database: Database,
+    catalog: FakeCatalog,
+    saga: SagaDriver,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claim taken, a bug inside `recheck_charge` (in the order's RECOVER_SPAN, not at the claim before it)
+    is counted on the recheck pass and leaves the span an error, so the checkout's trace shows the failure."""
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = OrdersApplication(
+        database,
+        catalog,
+        saga,
+        on_recovery_error=OrderMetrics(registry).recovery_error,
+        tracer_provider=tracer_provider,
+    )
+
+    async def due_for_a_recheck(self: OrderRepository, now: datetime, limit: int) -> list[Due]:
+        return [Due("order-1", {})]
+
+    async def claimed(order_id: str) -> str:
+        return "owner-1"
+
+    async def has_a_bug(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OrderRepository, "charges_to_recheck", due_for_a_recheck)
+    monkeypatch.setattr(saga, "claim_recheck", claimed)
+    monkeypatch.setattr(saga, "recheck_charge", has_a_bug)
+    try:
+        assert await app.recheck_charges() == 1
+    finally:
+        tracer_provider.shutdown()
+    assert _errors_counted(registry) == {"resume": 0, "recheck": 1}
+    [recovered] = [span for span in exporter.get_finished_spans() if span.name == RECOVER_SPAN]
+    assert recovered.status.status_code is StatusCode.ERROR
+    assert [event.attributes["exception.type"] for event in recovered.events if event.attributes] == ["RuntimeError"]
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
