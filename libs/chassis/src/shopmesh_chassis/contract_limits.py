@@ -7,6 +7,8 @@ the numbers the proto's comments state.
 
 from __future__ import annotations
 
+from shopmesh_chassis.errors import FieldViolation
+
 # "An id field is at most 64 characters": a longer id cannot exist, so one is refused before any lookup.
 MAX_ID_LENGTH = 64
 
@@ -29,6 +31,15 @@ def is_listable_id(value: str) -> bool:
     read as several: BatchGetProducts of "prod_gone,prod_chef_knife" named it missing, and the caller,
     splitting the list, took prod_chef_knife for gone. No such id can exist, so it is refused up front."""
     return is_printable_id(value) and "," not in value
+
+
+def listable_id_violation(field: str, value: str) -> FieldViolation | None:
+    """`field`'s INVALID_FORMAT violation when `value` is no listable id (is_listable_id), else None. An empty
+    or over-long id is none of its business: each service states its own REQUIRED / TOO_LONG rule for those,
+    so one field is not refused twice over."""
+    if value and len(value) <= MAX_ID_LENGTH and not is_listable_id(value):
+        return FieldViolation(field, LISTABLE_ID_RULE, "INVALID_FORMAT")
+    return None
 
 
 # Money.amount_minor's bound, 10^15 - 1: a JSON client reading the amount as a double still gets it exactly,

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from shopmesh_catalog.domain.models import CategoryData, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
-from shopmesh_chassis.contract_limits import LISTABLE_ID_RULE, MAX_AMOUNT_MINOR, MAX_ID_LENGTH, is_listable_id
+from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH, listable_id_violation
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import (
     encode_page_token,
@@ -86,8 +86,8 @@ def _check_product_id(value: str, field: str, violations: list[FieldViolation]) 
     """A product id that cannot exist (none loaded has a comma or a space) is refused rather than looked up:
     NOT_FOUND lists missing ids comma-separated, so one with a comma read as several."""
     _check_id(value, field, violations, required=True)
-    if value and len(value) <= MAX_ID_LENGTH and not is_listable_id(value):
-        violations.append(FieldViolation(field, LISTABLE_ID_RULE, "INVALID_FORMAT"))
+    if (found := listable_id_violation(field, value)) is not None:
+        violations.append(found)
 
 
 def validate_list_products(page_size: int, page_token: str, category: str) -> ListProductsQuery:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from shopmesh_chassis.contract_limits import LISTABLE_ID_RULE, MAX_ID_LENGTH, is_listable_id
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_inventory.domain.models import ReservationItem
 
@@ -54,10 +54,7 @@ def _product_id_violation(path: str, value: str) -> FieldViolation | None:
     """A reserved product id is named in INSUFFICIENT_STOCK's comma-separated list (errors.listed_ids): one
     holding a comma would read as several, and the caller take another line for short. Only Reserve lists
     ids; reads (GetStock) and SetStock answer an id that names nothing as they always did."""
-    found = _id_violation(path, value)
-    if found is None and not is_listable_id(value):
-        return FieldViolation(path, LISTABLE_ID_RULE, "INVALID_FORMAT")
-    return found
+    return _id_violation(path, value) or listable_id_violation(path, value)
 
 
 def _collect(*found: FieldViolation | None) -> list[FieldViolation]:

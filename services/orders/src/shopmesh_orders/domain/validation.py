@@ -8,11 +8,10 @@ from datetime import date, datetime
 
 from shopmesh_chassis import errors, pagination
 from shopmesh_chassis.contract_limits import (
-    LISTABLE_ID_RULE,
     MAX_AMOUNT_MINOR,
     MAX_ID_LENGTH,
-    is_listable_id,
     is_printable_id,
+    listable_id_violation,
 )
 from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.errors import FieldViolation
@@ -153,10 +152,11 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
     seen: set[str] = set()
     for index, item in enumerate(command.items):
         _text(violations, f"items[{index}].product_id", item.product_id, 1, MAX_ID_LENGTH)
-        if item.product_id.strip() and len(item.product_id) <= MAX_ID_LENGTH and not is_listable_id(item.product_id):
-            # No product has such an id, and catalog and inventory name ids in comma-separated lists: one
-            # with a comma read as several, another line of the order taken for missing or short.
-            violations.append(FieldViolation(f"items[{index}].product_id", LISTABLE_ID_RULE, "INVALID_FORMAT"))
+        # No product has such an id, and catalog and inventory name ids in comma-separated lists: one with a
+        # comma read as several, another line of the order taken for missing or short. A blank one is only
+        # REQUIRED (`_text`), not also malformed.
+        if item.product_id.strip() and (found := listable_id_violation(f"items[{index}].product_id", item.product_id)):
+            violations.append(found)
         if item.product_id in seen:
             violations.append(FieldViolation(f"items[{index}].product_id", "appears twice", "DUPLICATE"))
         seen.add(item.product_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shopmesh_chassis.contract_limits import LISTABLE_ID_RULE, MAX_ID_LENGTH, is_listable_id
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
@@ -48,10 +48,10 @@ def validate_request(product_id: str | None, user_id: str | None, max_results: i
     subject: Subject | None = None
     if product_id is not None:
         _check_id(product_id, "product_id", violations)
-        if product_id and len(product_id) <= MAX_ID_LENGTH and not is_listable_id(product_id):
-            # Catalog refuses an id no product can have (one with a comma read as several in its lists):
-            # refused here too, as the caller's mistake, not looked up and failed as catalog's INTERNAL.
-            violations.append(FieldViolation("product_id", LISTABLE_ID_RULE, "INVALID_FORMAT"))
+        # Catalog refuses an id no product can have (one with a comma read as several in its lists): refused
+        # here too, as the caller's mistake, not looked up and failed as catalog's INTERNAL.
+        if (found := listable_id_violation("product_id", product_id)) is not None:
+            violations.append(found)
         subject = ProductSubject(product_id)
     elif user_id is not None:
         _check_id(user_id, "user_id", violations)
