@@ -57,8 +57,6 @@ from shopmesh_chassis.deadletters import (
     BOOKKEEPING_HEADERS,
     DEAD_LETTER_STREAM,
     ORIGINAL_EVENT_ID,
-    ORIGINAL_SEQUENCE,
-    ORIGINAL_STREAM,
     ORIGINAL_SUBJECT,
     PAYLOAD_OMITTED,
     REPLAY_STREAM,
@@ -70,6 +68,7 @@ from shopmesh_chassis.deadletters import (
     replay_durable,
     replay_filter,
     waiting_event_ids,
+    without_payload,
 )
 from shopmesh_chassis.events import (
     DEFAULT_STREAM_MAX_AGE_SECONDS,
@@ -1028,14 +1027,7 @@ class EventConsumer:
         park it without its payload, saying where the event is stored; None when that is refused too."""
         if PAYLOAD_OMITTED in letter[1]:
             return None
-        where_stored = f"{stored_at[0]} sequence {stored_at[1]}" if stored_at is not None else "an unknown stream"
-        headers = {
-            **letter[1],
-            PAYLOAD_OMITTED: f"{len(letter[0])} bytes refused by JetStream ({refused}); the event is stored as "
-            f"{where_stored}",
-        }
-        if stored_at is not None:
-            headers |= {ORIGINAL_STREAM: stored_at[0], ORIGINAL_SEQUENCE: str(stored_at[1])}
+        headers = without_payload(letter[1], f"{len(letter[0])} bytes refused by JetStream ({refused})", stored_at)
         if not fits(b"", headers, client.max_payload):
             return None
         try:

@@ -248,6 +248,17 @@ def fits(payload: bytes, headers: Mapping[str, str], max_payload: int) -> bool:
     return len(payload) + header_block_size(headers) <= max_payload
 
 
+def without_payload(headers: Mapping[str, str], why: str, stored_at: tuple[str, int] | None) -> dict[str, str]:
+    """The headers of a letter parked without its payload: `headers`, PAYLOAD_OMITTED saying `why` and where
+    the event is stored (`stored_at`: its stream and sequence), and that stream and sequence as headers of
+    their own, so that an operator (or `list`) finds the event there while that stream keeps it."""
+    where = f"{stored_at[0]} sequence {stored_at[1]}" if stored_at is not None else "an unknown stream"
+    omitted = {**headers, PAYLOAD_OMITTED: f"{why}; the event is stored as {where}"}
+    if stored_at is not None:
+        omitted |= {ORIGINAL_STREAM: stored_at[0], ORIGINAL_SEQUENCE: str(stored_at[1])}
+    return omitted
+
+
 def fitted_letter(
     payload: bytes, headers: Mapping[str, str], error: str, max_payload: int, *, stored_at: tuple[str, int] | None
 ) -> tuple[bytes, dict[str, str]] | None:
@@ -262,14 +273,8 @@ def fitted_letter(
     room = max_payload - len(payload) - header_block_size({**others, ERROR: ""})
     if room >= MIN_ERROR_HEADER:
         return payload, {**others, ERROR: error_header(error, room)}
-    where = f"{stored_at[0]} sequence {stored_at[1]}" if stored_at is not None else "an unknown stream"
-    omitted = {
-        **whole,
-        PAYLOAD_OMITTED: f"{len(payload)} bytes with the letter's headers are over NATS' max_payload "
-        f"({max_payload}); the event is stored as {where}",
-    }
-    if stored_at is not None:
-        omitted |= {ORIGINAL_STREAM: stored_at[0], ORIGINAL_SEQUENCE: str(stored_at[1])}
+    why = f"{len(payload)} bytes with the letter's headers are over NATS' max_payload ({max_payload})"
+    omitted = without_payload(whole, why, stored_at)
     if fits(b"", omitted, max_payload):
         return b"", omitted
     return None
