@@ -1,6 +1,7 @@
 """A real Envoy (the local mesh's binary) in front of chassis servers of the sample service, for tests of
 what a mesh's proxy does with shopmesh's calls: a static bootstrap with one listener, one cluster of the
-backends, the filters a test adds; the `mesh` fixture (tests/mesh/conftest.py) stops everything."""
+backends, the filters a test adds; the `mesh` fixture (tests/mesh/conftest.py) stops everything. Also what
+the tests of a whole local mesh (a `Stack`) read off its processes: `handled`."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from shopmesh.sample.v1 import sample_pb2
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import SampleServicer, SampleSettings, binding
-from shopmesh_platform.stack import envoy_binary
+from shopmesh_platform.stack import Stack, envoy_binary
 
 CLUSTER = "backends"
 
@@ -234,3 +237,19 @@ class Mesh:
         [listener] = json.loads(envoy.get("/listeners?format=json"))["listener_statuses"]
         envoy.address = _address(listener["local_address"]["socket_address"])
         return envoy
+
+
+def handled(stack: Stack, process: str, method: str) -> int:
+    """Calls of `method` that `process` answered, from its own metrics (a canary's too: "catalog-canary")."""
+    url = stack.metrics_url(process)
+    assert url is not None
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "grpc_server_handled_total" and sample.labels.get("grpc_method") == method
+        )
+    )

@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh_chassis.testing.postgres import PostgresServer
@@ -22,6 +21,8 @@ from shopmesh_platform.mesh import faults
 from shopmesh_platform.mesh.identity import channel_as
 from shopmesh_platform.ports import Canary
 from shopmesh_platform.stack import Stack, postgres_env
+
+from .envoykit import handled
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -41,22 +42,6 @@ async def stack(module_dir: Path, postgres: PostgresServer) -> AsyncIterator[Sta
     canary = Canary("catalog", WEIGHT)
     async with Stack.for_tests(module_dir, services=SERVICES, env=env, mesh=True, canary=canary) as running:
         yield running
-
-
-def handled(stack: Stack, process: str, method: str) -> int:
-    """Calls of `method` that `process` (catalog or catalog-canary) answered, from its own metrics."""
-    url = stack.metrics_url(process)
-    assert url is not None
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "grpc_server_handled_total" and sample.labels.get("grpc_method") == method
-        )
-    )
 
 
 def sidecar_stats(stack: Stack, service: str) -> dict[str, int]:

@@ -18,7 +18,6 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
@@ -27,6 +26,8 @@ from shopmesh_platform.http_api import MAX_REQUEST_HEADERS_COUNT
 from shopmesh_platform.mesh.envoy import OUTBOUND_RETRIES
 from shopmesh_platform.mesh.identity import channel_as
 from shopmesh_platform.stack import Stack, sidecar_name
+
+from .envoykit import handled
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -111,22 +112,6 @@ async def test_the_http_edge_forwards_as_many_headers_as_it_takes_and_refuses_mo
     # Refused at the edge: the gateway handled no second call (its sidecar takes 8192 headers, so its resets
     # said nothing about whether the request got past the edge).
     assert handled(stack, "gateway", "ListProducts") == before + 1
-
-
-def handled(stack: Stack, process: str, method: str) -> int:
-    """Calls of `method` that `process` answered, from its own metrics."""
-    url = stack.metrics_url(process)
-    assert url is not None
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "grpc_server_handled_total" and sample.labels.get("grpc_method") == method
-        )
-    )
 
 
 async def test_every_one_of_many_concurrent_calls_to_a_gone_callee_gets_the_outbound_retries(stack: Stack) -> None:
