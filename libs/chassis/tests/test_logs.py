@@ -53,16 +53,6 @@ def test_a_line_is_json_with_the_callers_trace_and_span_ids() -> None:
     assert line["span_id"] == format(span.get_span_context().span_id, "016x")
 
 
-@pytest.fixture
-def away_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The process in a zone 5 h 30 min east of UTC (a POSIX TZ string: no zone database needed)."""
-    monkeypatch.setenv("TZ", "IST-5:30")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
 # 2026-12-05T14:39:33.904 UTC, 20:09:33.904 in the zone above.
 _CREATED = 1_796_481_573.904
 

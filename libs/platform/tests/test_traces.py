@@ -7,8 +7,6 @@ import json
 import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,16 +69,6 @@ def test_the_list_shows_the_latest_traces_with_their_root_and_errors(tmp_path: P
     assert (first.split()[0], second.split()[0]) == ("aa11", "bb22")  # oldest first
     assert first.endswith("orders: /o/PlaceOrder  ERROR")
     assert second.endswith("catalog: /c/ListProducts")
-
-
-@pytest.fixture
-def away_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The process in a zone 5 h 30 min east of UTC (a POSIX TZ string: no zone database needed)."""
-    monkeypatch.setenv("TZ", "IST-5:30")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 @pytest.mark.usefixtures("away_from_utc")

@@ -5,7 +5,9 @@
   it with `postgres.create_database()`;
 - `nats_srv`: a nats-server with JetStream of the test's own, on a free port, its store under tmp_path;
 - `blank_db`: an empty database of each kind the services run on (the test runs once on each): SQLite in
-  tmp_path, and one on the throwaway PostgreSQL; disposed after.
+  tmp_path, and one on the throwaway PostgreSQL; disposed after;
+- `away_from_utc`: the process in a zone off UTC for the test, so that a time written in local time, not
+  UTC, shows (log lines, `make traces`).
 
 A skipped or xfailed test fails the run: a test that cannot run here (a tool missing) must say so loudly,
 not turn the suite green without it.
@@ -13,6 +15,7 @@ not turn the suite green without it.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -93,3 +96,14 @@ async def blank_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         database = Database(f"sqlite:///{tmp_path}/blank.db")
     yield database
     await database.dispose()
+
+
+@pytest.fixture
+def away_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process in a zone 5 h 30 min east of UTC (a POSIX TZ string: no zone database needed), its
+    own zone again after (tzset once TZ is restored: the C library keeps the zone it read last)."""
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
