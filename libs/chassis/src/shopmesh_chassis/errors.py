@@ -87,14 +87,9 @@ class FailedPrecondition(DomainError):
     default_reason = "FAILED_PRECONDITION"
 
 
-class Aborted(DomainError):
-    """A concurrency conflict; the client may retry the whole operation (ABORTED + RetryInfo).
-
-    `retry_after_seconds` goes out as RetryInfo, as for the retryable errors: the contract (money.proto) tells
-    a client that ABORTED is safe to retry, and the delay says how soon it is worth it. Unlike Unavailable it
-    is never `final`: a conflict says nothing about how long the caller's own deadline allows."""
-
-    default_reason = "ABORTED"
+class RetryHinted(DomainError):
+    """An error that may tell its caller how soon another try is worth it: `retry_after_seconds` goes out as
+    RetryInfo (`grpc_errors.to_rpc_status`)."""
 
     def __init__(
         self,
@@ -108,6 +103,16 @@ class Aborted(DomainError):
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata, domain=domain, outcome=outcome)
         self.retry_after_seconds = retry_after_seconds
+
+
+class Aborted(RetryHinted):
+    """A concurrency conflict; the client may retry the whole operation (ABORTED + RetryInfo).
+
+    `retry_after_seconds` goes out as RetryInfo, as for the retryable errors: the contract (money.proto) tells
+    a client that ABORTED is safe to retry, and the delay says how soon it is worth it. Unlike Unavailable it
+    is never `final`: a conflict says nothing about how long the caller's own deadline allows."""
+
+    default_reason = "ABORTED"
 
 
 # The RetryInfo of an ABORTED for a lost race on the same records (CONCURRENT_UPDATE): the race is over once the
@@ -128,7 +133,7 @@ class PermissionDenied(DomainError):
     default_reason = "PERMISSION_DENIED"
 
 
-class _Retryable(DomainError):
+class _Retryable(RetryHinted):
     """`final=True`: the answer is final for this call, though a later call may fare better. gRPC's own
     retries (the chassis' service config retries idempotent methods on UNAVAILABLE, reading no details) must
     not send the call again at once: each attempt would redo the work the answer says is under way."""
@@ -143,8 +148,9 @@ class _Retryable(DomainError):
         domain: str | None = None,
         final: bool = False,
     ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata, domain=domain)
-        self.retry_after_seconds = retry_after_seconds
+        super().__init__(
+            message, retry_after_seconds=retry_after_seconds, reason=reason, metadata=metadata, domain=domain
+        )
         self.final = final
 
 

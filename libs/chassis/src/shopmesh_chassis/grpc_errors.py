@@ -169,7 +169,7 @@ def to_rpc_status(error: errors.DomainError, default_domain: str) -> status_pb2.
     says how many there were."""
     code = status_code_for(error)
     details = [_pack(_error_info(error, default_domain))]
-    retry_after = getattr(error, "retry_after_seconds", None)
+    retry_after = error.retry_after_seconds if isinstance(error, errors.RetryHinted) else None
     if retry_after is not None:
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(retry_after))))
     message = _shortened(error.message, MAX_MESSAGE_BYTES)
