@@ -217,7 +217,7 @@ class SagaDriver:
         When the order must wait (`errors.Unavailable`) or fails with any other error, the loop leaves it alone
         for a while (`_retry_at`), so that orders which wait or fail for long, or for good, do not lead every
         pass and keep it from the others. The lease is given up however it ends."""
-        return await self._drive(order_id, None, owner, None, resumed=True, claimed=True)
+        return await self._drive(order_id, None, owner, None, resumed=True)
 
     async def _drive(
         self,
@@ -227,11 +227,12 @@ class SagaDriver:
         order: Order | None,
         *,
         resumed: bool,
-        claimed: bool = False,
     ) -> Order:
         not_before: datetime | None = None
-        if owner is None or (order is None and not claimed):
-            owner = owner or self.new_lease_owner()
+        # An owner comes with the lease held: PlaceOrder's, which recorded the order (and brings it), or the
+        # recovery loop's, which claimed it (`claim_to_resume`).
+        if owner is None:
+            owner = self.new_lease_owner()
             if not await self._claim(order_id, owner):
                 raise LeaseHeld(order_id)
             order = None
