@@ -35,11 +35,10 @@ from shopmesh_chassis.deadletters import (
     DeadLetters,
     PayloadNotParked,
     ReplayTooLarge,
-    fits,
     fitted_letter,
     replay_headers,
 )
-from shopmesh_chassis.events import ensure_stream, header_block_size
+from shopmesh_chassis.events import ensure_stream, fits, header_block_size
 from shopmesh_chassis.metrics import EventMetrics
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import nats_server

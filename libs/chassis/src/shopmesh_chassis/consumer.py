@@ -62,7 +62,6 @@ from shopmesh_chassis.deadletters import (
     REPLAY_STREAM,
     REPLAYED_FROM,
     ensure_dead_letter_streams,
-    fits,
     fitted_letter,
     parked_subject,
     replay_durable,
@@ -76,6 +75,7 @@ from shopmesh_chassis.events import (
     MSG_ID,
     NatsConnection,
     ensure_stream,
+    fits,
     parse_nats_url,
     refused_for_good,
 )

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg, RetentionPolicy
 from nats.js.errors import NotFoundError
 
-from shopmesh_chassis.events import MSG_ID, ensure_stream, header_block_size
+from shopmesh_chassis.events import MSG_ID, ensure_stream, fits, header_block_size
 
 DEAD_LETTER_STREAM = "DEADLETTER"
 DEAD_LETTER_PREFIX = "deadletter"
@@ -240,12 +240,6 @@ def error_header(error: str, limit: int = ERROR_HEADER_LIMIT) -> str:
 # The shortest error header a letter is cut to before its payload is left out instead: the exception's type
 # and the start of its message, enough to tell one failure from another in `list`.
 MIN_ERROR_HEADER = 100
-
-
-def fits(payload: bytes, headers: Mapping[str, str], max_payload: int) -> bool:
-    """Whether NATS takes the message: the server counts the header block with the payload against its
-    max_payload, and answers one over it with -ERR and a closed connection (nats-py checks the payload alone)."""
-    return len(payload) + header_block_size(headers) <= max_payload
 
 
 def without_payload(headers: Mapping[str, str], why: str, stored_at: tuple[str, int] | None) -> dict[str, str]:

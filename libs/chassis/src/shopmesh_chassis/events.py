@@ -294,6 +294,12 @@ def header_block_size(headers: Mapping[str, str]) -> int:
     return size
 
 
+def fits(payload: bytes, headers: Mapping[str, str], max_payload: int) -> bool:
+    """Whether NATS takes the message: the server counts the header block with the payload against its
+    max_payload, and answers one over it with -ERR and a closed connection (nats-py checks the payload alone)."""
+    return len(payload) + header_block_size(headers) <= max_payload
+
+
 class JetStreamPublisher:
     """Publishes to JetStream and waits for the stream's acknowledgement."""
 
@@ -317,7 +323,7 @@ class JetStreamPublisher:
         # nats-py checks only the payload's length; the server counts the header block too, and answers a
         # message over its max_payload with -ERR and a closed connection, which the relay would take for an
         # outage and send again after each reconnect, holding back every event behind it.
-        if len(payload) + header_block_size(sent_headers) > self._client.max_payload:
+        if not fits(payload, sent_headers, self._client.max_payload):
             raise MaxPayloadError
         return await self._js.publish(subject, payload, timeout=self._timeout, headers=sent_headers)
 
