@@ -64,10 +64,10 @@ from shopmesh_chassis.deadletters import (
     ensure_dead_letter_streams,
     fitted_letter,
     parked_subject,
+    payload_omitted,
     replay_durable,
     replay_filter,
     waiting_event_ids,
-    without_payload,
 )
 from shopmesh_chassis.events import (
     DEFAULT_STREAM_MAX_AGE_SECONDS,
@@ -75,7 +75,6 @@ from shopmesh_chassis.events import (
     MSG_ID,
     NatsConnection,
     ensure_stream,
-    fits,
     parse_nats_url,
     refused_for_good,
 )
@@ -1000,7 +999,7 @@ class EventConsumer:
                 refused = why
                 letter = await self._park_without_payload(client, where, letter, stored_at, why)
         if letter is None:
-            await self._drop(message, event, where, refused)
+            await self._drop(message, event, where, stored_at, refused)
             return
         if PAYLOAD_OMITTED in letter[1]:
             log.error(
@@ -1027,28 +1026,30 @@ class EventConsumer:
         park it without its payload, saying where the event is stored; None when that is refused too."""
         if PAYLOAD_OMITTED in letter[1]:
             return None
-        headers = without_payload(letter[1], f"{len(letter[0])} bytes refused by JetStream ({refused})", stored_at)
-        if not fits(b"", headers, client.max_payload):
+        why = f"{len(letter[0])} bytes refused by JetStream ({refused})"
+        omitted = payload_omitted(letter[1], why, stored_at, client.max_payload)
+        if omitted is None:
             return None
         try:
-            await client.jetstream().publish(where, b"", headers=headers)
+            await client.jetstream().publish(where, omitted[0], headers=omitted[1])
         except Exception as exc:
             if refused_for_good(exc) is None:
                 raise
             return None
-        return b"", headers
+        return omitted
 
-    async def _drop(self, message: Msg, event: Event, where: str, refused: str) -> None:
+    async def _drop(
+        self, message: Msg, event: Event, where: str, stored_at: tuple[str, int] | None, refused: str
+    ) -> None:
         """Not even a letter without its payload is taken: acknowledged unparked, said and counted, rather than
         delivered, refused and delivered again for ever (holding a slot of the durable).
 
         The event is lost to this consumer: the log line is the only record of it, so it carries all the
         runbook (docs/operations.md, ShopmeshEventsDropped) needs to find it (`nats stream get <stream>
         <sequence>` while the stream keeps it) and to stop the next: consumer, event id, subject, stream,
-        sequence, and why NATS refused (`refused`, its last refusal). In the message and as JSON fields."""
-        stream, sequence = (
-            (message.metadata.stream, message.metadata.sequence.stream) if message.metadata else ("?", "?")
-        )
+        sequence (`stored_at`, None when the message carried no metadata), and why NATS refused (`refused`, its
+        last refusal). In the message and as JSON fields."""
+        stream, sequence = stored_at if stored_at is not None else ("?", "?")
         log.error(
             "consumer %s dropped event %s (subject %s, stored as stream %s sequence %s while that stream keeps "
             "it): after its last attempt it could not be parked on %s (%s); acknowledged unapplied",

@@ -253,6 +253,15 @@ def without_payload(headers: Mapping[str, str], why: str, stored_at: tuple[str, 
     return omitted
 
 
+def payload_omitted(
+    headers: Mapping[str, str], why: str, stored_at: tuple[str, int] | None, max_payload: int
+) -> tuple[bytes, dict[str, str]] | None:
+    """The letter parked without its payload (see without_payload), if NATS takes it under `max_payload`;
+    None when not even its headers fit."""
+    omitted = without_payload(headers, why, stored_at)
+    return (b"", omitted) if fits(b"", omitted, max_payload) else None
+
+
 def fitted_letter(
     payload: bytes, headers: Mapping[str, str], error: str, max_payload: int, *, stored_at: tuple[str, int] | None
 ) -> tuple[bytes, dict[str, str]] | None:
@@ -268,10 +277,7 @@ def fitted_letter(
     if room >= MIN_ERROR_HEADER:
         return payload, {**others, ERROR: error_header(error, room)}
     why = f"{len(payload)} bytes with the letter's headers are over NATS' max_payload ({max_payload})"
-    omitted = without_payload(whole, why, stored_at)
-    if fits(b"", omitted, max_payload):
-        return b"", omitted
-    return None
+    return payload_omitted(whole, why, stored_at, max_payload)
 
 
 def _error_text(header: str) -> str:
