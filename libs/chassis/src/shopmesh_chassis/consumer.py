@@ -51,7 +51,7 @@ from opentelemetry import propagate, trace
 
 from shopmesh_chassis.config import ConsumerSettings
 from shopmesh_chassis.db import Database, DbConnection, insert_skipping_existing
-from shopmesh_chassis.db_errors import database_unavailable
+from shopmesh_chassis.db_errors import OutageReport, cause_line, database_unavailable
 from shopmesh_chassis.deadletters import (
     ATTEMPTS,
     BOOKKEEPING_HEADERS,
@@ -205,13 +205,6 @@ def decode_event(message_type: type[MessageT], event: Event) -> MessageT:
             f"{event.subject} {event.event_id or '?'}: the payload does not decode as "
             f"{message_type.DESCRIPTOR.full_name} ({exc})"
         ) from None
-
-
-def _cause(error: Exception) -> str:
-    """What went wrong, also when it happened inside the TaskGroup of pull loops (which wraps it)."""
-    if isinstance(error, BaseExceptionGroup):
-        return "; ".join(_cause(inner) if isinstance(inner, Exception) else repr(inner) for inner in error.exceptions)
-    return f"{type(error).__name__}: {error}"
 
 
 class EventConsumer:
@@ -368,9 +361,15 @@ class EventConsumer:
         # restart, another replica or a forgotten entry would then park a message early. Counted here, a
         # restart can only park one late.
         self._failures: OrderedDict[tuple[str, int], int] = OrderedDict()
-        # Since when (monotonic) the database has been away, and when that was last logged.
-        self._database_away_since: float | None = None
-        self._database_away_said = 0.0
+        # One line when the database goes away, then one a minute while it stays away: not one per event.
+        self._outage = OutageReport(
+            log,
+            f"consumer {durable}",
+            gone="%(name)s cannot reach its database; events wait and are retried until it is back, "
+            "none is parked: %(cause)s",
+            still="%(name)s: database still unreachable after %(seconds).0fs; events keep waiting: %(cause)s",
+            say_again_seconds=_SAY_AGAIN_SECONDS,
+        )
         # Replaced when the server closed it for good: _run's next _consume connects anew.
         self._connection = NatsConnection(nats_url, name=durable)
         self._tasks: list[asyncio.Task[None]] = []
@@ -409,7 +408,7 @@ class EventConsumer:
                     # It consumed again since the last interruption: this is a new one.
                     delay = _RECONNECT_DELAYS[0]
                 # NATS away, or the stream not there yet: keep trying; JetStream keeps the messages.
-                log.warning("consumer %s interrupted, retrying in %.1fs: %s", self._durable, delay, _cause(exc))
+                log.warning("consumer %s interrupted, retrying in %.1fs: %s", self._durable, delay, cause_line(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_DELAYS[1])
 
@@ -694,12 +693,12 @@ class EventConsumer:
                 if database_unavailable(exc):
                     await self._hold(message, event, exc)
                     return False
-                self._database_back()
+                self._outage.back()
                 await self._failed(message, event, exc)
                 return True
             if not applied:  # in the span: the line carries the event's trace id
                 log.info("event %s was already processed by %s", event.event_id, self._durable)
-        self._database_back()
+        self._outage.back()
         await message.ack()
         self._forget(message)
         self._count(event, "applied" if applied else "duplicate")
@@ -750,7 +749,7 @@ class EventConsumer:
         for), and never while the database is away (a newer replica waits the outage out with it, and this
         one, which never touches the database for it, would park what that one is about to apply): neither
         while its own events fail for it, nor when it does not answer a check (_database_answers)."""
-        if handed_back < len(self._handback) or self._database_away_since is not None:
+        if handed_back < len(self._handback) or self._outage.ongoing:
             return False
         stream, durable = (REPLAY_STREAM, replay_durable(self._durable)) if replayed else (self._stream, self._durable)
         pending = await self._ack_pending(stream, durable)
@@ -779,7 +778,7 @@ class EventConsumer:
                     "consumer %s hands overdue events back instead of parking them: its database does not "
                     "answer, and a replica that consumes them would apply them once it does: %s",
                     self._durable,
-                    _cause(exc),
+                    cause_line(exc),
                 )
         else:
             answered = True
@@ -915,7 +914,7 @@ class EventConsumer:
         self._remember(self._held, key, held)
         delay = self._backoff[min(held - 1, len(self._backoff) - 1)]
         if error is not None:
-            self._database_away(error)
+            self._outage.away(error)
         log.debug(
             "event %s waits %.1fs for the database (delivery %d)",
             event.event_id,
@@ -925,35 +924,6 @@ class EventConsumer:
         )
         await message.nak(delay=delay)
         self._count(event, "retried")
-
-    def _database_away(self, error: Exception) -> None:
-        """One line when the database goes away, then one a minute while it stays away: not one per event."""
-        now = time.monotonic()
-        if self._database_away_since is None:
-            self._database_away_since = self._database_away_said = now
-            log.warning(
-                "consumer %s cannot reach its database; events wait and are retried until it is back, "
-                "none is parked: %s",
-                self._durable,
-                _cause(error),
-            )
-        elif now - self._database_away_said >= _SAY_AGAIN_SECONDS:
-            self._database_away_said = now
-            log.warning(
-                "consumer %s: database still unreachable after %.0fs; events keep waiting: %s",
-                self._durable,
-                now - self._database_away_since,
-                _cause(error),
-            )
-
-    def _database_back(self) -> None:
-        if self._database_away_since is not None:
-            log.info(
-                "consumer %s reached its database again after %.0fs",
-                self._durable,
-                time.monotonic() - self._database_away_since,
-            )
-            self._database_away_since = None
 
     async def _park(self, message: Msg, event: Event, error: str, *, attempts: int, say: bool = True) -> None:
         """Move the message to the dead-letter stream with why (`error`) and the handler's attempts on it,

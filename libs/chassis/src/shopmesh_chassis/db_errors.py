@@ -7,7 +7,9 @@ decorator does the same at a use case's boundary, for code that must react to it
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
@@ -117,3 +119,61 @@ def database_errors_as_domain_errors(operation: Callable[P, Awaitable[R]]) -> Ca
             raise mapped from error
 
     return wrapper
+
+
+def cause_line(error: BaseException) -> str:
+    """What went wrong, on one line: each error inside an exception group (the TaskGroup of a consumer's pull
+    loops wraps what it raised); the driver's error under the UNAVAILABLE a service's decorator raised from it
+    (which says only "database unavailable"); SQLAlchemy's message, which spans several lines, joined."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(
+            cause_line(inner) if isinstance(inner, Exception) else repr(inner) for inner in error.exceptions
+        )
+    cause = error.__cause__ if isinstance(error, DomainError) and isinstance(error.__cause__, Exception) else error
+    return " ".join(f"{type(cause).__name__}: {cause}".split())
+
+
+class OutageReport:
+    """The log lines of a database outage as a loop meets it, not one per failure: `gone` as a warning when it
+    starts; while it lasts `still` again as a warning at most every `say_again_seconds`, or at DEBUG on every
+    failure when that is None; "<name> reached its database again after N s" at INFO when it is back.
+
+    `gone` and `still` are logging formats over a mapping: %(name)s, %(cause)s (cause_line of the error) and,
+    for `still`, %(seconds)f since the outage started."""
+
+    def __init__(
+        self, log: logging.Logger, name: str, *, gone: str, still: str, say_again_seconds: float | None
+    ) -> None:
+        self._log = log
+        self._name = name
+        self._gone = gone
+        self._still = still
+        self._say_again = say_again_seconds
+        # Since when (monotonic) the database has been away, and when that was last said at WARNING.
+        self._since: float | None = None
+        self._said = 0.0
+
+    @property
+    def ongoing(self) -> bool:
+        """Whether the last word on the database was that it is away."""
+        return self._since is not None
+
+    def away(self, error: BaseException) -> None:
+        """A failure that found the database away (`error`)."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = self._said = now
+            self._log.warning(self._gone, {"name": self._name, "cause": cause_line(error)})
+            return
+        said = {"name": self._name, "seconds": now - self._since, "cause": cause_line(error)}
+        if self._say_again is None:
+            self._log.debug(self._still, said)
+        elif now - self._said >= self._say_again:
+            self._said = now
+            self._log.warning(self._still, said)
+
+    def back(self) -> None:
+        """A success that reached the database: said once, if it was away."""
+        if self._since is not None:
+            self._log.info("%s reached its database again after %.0fs", self._name, time.monotonic() - self._since)
+            self._since = None

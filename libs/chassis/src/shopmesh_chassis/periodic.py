@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import Column, ColumnElement, Table, delete, select, tuple_
 
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.db_errors import database_unavailable
-from shopmesh_chassis.errors import DomainError
+from shopmesh_chassis.db_errors import OutageReport, database_unavailable
 from shopmesh_chassis.tasks import cancel_and_wait
 
 log = logging.getLogger("shopmesh.periodic")
@@ -35,8 +33,15 @@ class Periodic:
         # Set to end the wait between runs: by stop, or by run_soon.
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # When a run first found the database unavailable; None while it is not known to be away.
-        self._database_away_since: float | None = None
+        # One warning an outage, without the traceback; the runs that fail during it only at DEBUG.
+        self._outage = OutageReport(
+            log,
+            name,
+            gone=f"%(name)s failed: the database is unavailable; it runs every {interval_seconds:.1f}s until it "
+            "is back, without a line each time: %(cause)s",
+            still="%(name)s failed: the database is still unavailable: %(cause)s",
+            say_again_seconds=None,
+        )
 
     @property
     def running(self) -> bool:
@@ -77,44 +82,14 @@ class Periodic:
                 result = await self._job()
             except Exception as error:
                 if database_unavailable(error):
-                    self._database_away(error)
+                    self._outage.away(error)
                 else:
                     log.exception("%s failed; next run in %.1fs", self.name, self._interval)
             else:
                 log.debug("%s done: %s", self.name, result)
-                self._database_back()
+                self._outage.back()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
-
-    def _database_away(self, error: Exception) -> None:
-        """One warning an outage, without the traceback; the runs that fail during it only at DEBUG."""
-        if self._database_away_since is None:
-            self._database_away_since = time.monotonic()
-            log.warning(
-                "%s failed: the database is unavailable; it runs every %.1fs until it is back, "
-                "without a line each time: %s",
-                self.name,
-                self._interval,
-                _cause(error),
-            )
-        else:
-            log.debug("%s failed: the database is still unavailable: %s", self.name, _cause(error))
-
-    def _database_back(self) -> None:
-        if self._database_away_since is not None:
-            log.info(
-                "%s reached its database again after %.0fs",
-                self.name,
-                time.monotonic() - self._database_away_since,
-            )
-            self._database_away_since = None
-
-
-def _cause(error: Exception) -> str:
-    """The driver's error on one line: also under the UNAVAILABLE a service's decorator raised from it (which
-    says only "database unavailable"). SQLAlchemy's message spans several lines."""
-    cause = error.__cause__ if isinstance(error, DomainError) and isinstance(error.__cause__, Exception) else error
-    return " ".join(f"{type(cause).__name__}: {cause}".split())
 
 
 async def delete_in_batches(
