@@ -285,11 +285,7 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                     await self._abort(context, to_grpc_status(to_rpc_status(mapped, self._domain)))
                     return None
                 code = grpc.StatusCode.INTERNAL
-                trace_id = current_trace_id()
-                log.exception("unexpected error in %s", method, extra={"grpc_method": method})
-                if span.is_recording():
-                    span.record_exception(exc)
-                await self._abort(context, to_grpc_status(internal_status(trace_id)))
+                await self._abort(context, _internal(span, exc, method, "unexpected error in %(method)s"))
         except grpc.aio.AbortError:
             raise
         except _Unsent as unsent:
@@ -302,13 +298,10 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             # would count the code the mapping was to send.
             code = grpc.StatusCode.INTERNAL
             shed = False
-            trace_id = current_trace_id()
-            log.exception(
-                "could not answer the error of %s (trace_id=%s)", method, trace_id, extra={"grpc_method": method}
+            status = _internal(
+                span, failure, method, "could not answer the error of %(method)s (trace_id=%(trace_id)s)"
             )
-            if span.is_recording():
-                span.record_exception(failure)
-            status = to_grpc_status(internal_status(trace_id))
+            # Straight to grpcio, not through _abort: it is what failed to build or send the first answer.
             await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
             if limited and admitted:
@@ -369,6 +362,17 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
             raise
         except Exception as exc:
             raise _Unsent(exc) from exc
+
+
+def _internal(span: trace.Span, error: Exception, method: str, line: str) -> grpc.Status:
+    """The INTERNAL answer to an unexpected `error` in `method`: the status naming the call's trace id, so that
+    the caller can quote it, and the error logged (`line`, a format over %(method)s and %(trace_id)s) with its
+    traceback and recorded on the span, where that id finds it."""
+    trace_id = current_trace_id()
+    log.exception(line, {"method": method, "trace_id": trace_id}, exc_info=error, extra={"grpc_method": method})
+    if span.is_recording():
+        span.record_exception(error)
+    return to_grpc_status(internal_status(trace_id))
 
 
 class _Unsent(Exception):
