@@ -280,3 +280,51 @@ async def test_a_ping_of_a_postgresql_server_that_never_answers_gives_up_at_its_
             ping.cancel()
             await asyncio.gather(ping, return_exceptions=True)
             await database.dispose()
+
+
+async def test_writers_wait_then_see_what_the_lock_holder_committed_whatever_the_servers_default_isolation(
+    postgres: Any,
+) -> None:
+    """The services' guards lock, then look (notifications locks an order, then looks for its cancellation;
+    orders for a cancel key used elsewhere): that needs READ COMMITTED, where the look after the wait sees the
+    rows the lock holder committed. A DBA's or a managed server's default of REPEATABLE READ would take the
+    snapshot before the wait and miss them (one cancel key cancelled two orders and refunded twice): writers
+    pin READ COMMITTED, readers keep their REPEATABLE READ READ ONLY snapshot."""
+    url = postgres.create_database()
+    setup = Database(url)
+    async with setup.transaction() as session:
+        await session.execute(text("CREATE TABLE guard (id int PRIMARY KEY)"))
+        await session.execute(text("CREATE TABLE seen (id int PRIMARY KEY)"))
+        await session.execute(text("INSERT INTO guard VALUES (1)"))
+        await session.execute(
+            text(f"ALTER DATABASE \"{make_url(url).database}\" SET default_transaction_isolation TO 'repeatable read'")
+        )
+    await setup.dispose()
+    database = Database(url)
+    holding, waiting = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with database.transaction() as session:
+            await session.execute(text("SELECT id FROM guard FOR UPDATE"))
+            holding.set()
+            await asyncio.wait_for(waiting.wait(), timeout=30)
+            await session.execute(text("INSERT INTO seen VALUES (1)"))
+
+    async def follower() -> int:
+        await asyncio.wait_for(holding.wait(), timeout=30)
+        async with database.transaction() as session:
+            await session.execute(text("SELECT 1"))  # the transaction's first statement: a snapshot if RR
+            waiting.set()
+            await session.execute(text("SELECT id FROM guard FOR UPDATE"))
+            return int((await session.execute(text("SELECT count(*) FROM seen"))).scalar_one())
+
+    try:
+        _, found = await asyncio.wait_for(asyncio.gather(holder(), follower()), timeout=60)
+        async with database.transaction() as session:
+            writers = (await session.execute(text("SHOW transaction_isolation"))).scalar_one()
+        async with database.read() as session:
+            readers = (await session.execute(text("SHOW transaction_isolation"))).scalar_one()
+    finally:
+        await database.dispose()
+    assert found == 1, "the writer looked at a snapshot taken before it waited for the lock"
+    assert (writers, readers) == ("read committed", "repeatable read")

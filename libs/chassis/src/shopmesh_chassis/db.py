@@ -341,6 +341,11 @@ def create_postgres_engine(
         max_overflow=max_overflow,
         pool_pre_ping=True,
         hide_parameters=HIDE_PARAMETERS,
+        # Pinned, not the server's default: the services' guards lock, then look (a cancel key used by another
+        # order, an order's cancellation), and only READ COMMITTED lets the look after the lock wait see what
+        # the lock holder committed. A database or role set to REPEATABLE READ (a DBA's choice, a managed
+        # server's parameter group) would take the snapshot before the wait. Part of BEGIN: no round trip.
+        isolation_level="READ COMMITTED",
     )
     event.listen(engine.sync_engine, "handle_error", _without_postgres_detail)
     return engine
@@ -454,7 +459,7 @@ class Database:
             self._sqlite = create_sqlite_engine(self.url)
         else:
             self._postgres = create_postgres_engine(self.url, pool_size=pool_size, max_overflow=max_overflow)
-            # PostgreSQL's default, READ COMMITTED, gives each statement its own snapshot; a read-only
+            # Writers' READ COMMITTED gives each statement its own snapshot; a read-only
             # REPEATABLE READ transaction gives a whole `read()` one, as WAL does on SQLite, and never
             # fails to serialize. Same pool: the BEGIN carries the settings (no extra round trip), and a
             # connection returned to the pool is reset to the defaults for writers.
