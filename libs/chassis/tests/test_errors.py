@@ -59,7 +59,7 @@ async def test_invalid_argument_carries_field_violations(stub: sample_pb2_grpc.S
     [
         (sample_pb2.ERROR_KIND_RESOURCE_EXHAUSTED, 1.5),
         (sample_pb2.ERROR_KIND_UNAVAILABLE, 0.25),
-        (sample_pb2.ERROR_KIND_ABORTED, 0.1),
+        (sample_pb2.ERROR_KIND_ABORTED, errors.CONFLICT_RETRY_AFTER_SECONDS),
     ],
 )
 async def test_retryable_errors_carry_retry_info(

@@ -15,7 +15,7 @@ from typing import ParamSpec, TypeVar
 
 from sqlalchemy import exc
 
-from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, Aborted, DomainError, Unavailable
+from shopmesh_chassis.errors import Aborted, DomainError, Unavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,11 +66,7 @@ def as_domain_error(error: BaseException) -> DomainError | None:
     if isinstance(error, exc.DBAPIError):
         sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
         if sqlstate in _CONFLICT_SQLSTATES:
-            return Aborted(
-                "concurrent update of the same records; retry",
-                reason="CONCURRENT_UPDATE",
-                retry_after_seconds=CONFLICT_RETRY_AFTER_SECONDS,
-            )
+            return Aborted("concurrent update of the same records; retry", reason="CONCURRENT_UPDATE")
         if isinstance(error.orig, sqlite3.Error):
             unavailable = _sqlite_unavailable(error.orig)
         else:

@@ -89,7 +89,9 @@ class FailedPrecondition(DomainError):
 
 class RetryHinted(DomainError):
     """An error that may tell its caller how soon another try is worth it: `retry_after_seconds` goes out as
-    RetryInfo (`grpc_errors.to_rpc_status`)."""
+    RetryInfo (`grpc_errors.to_rpc_status`); left out, it is the class' `default_retry_after_seconds`."""
+
+    default_retry_after_seconds: float | None = None
 
     def __init__(
         self,
@@ -102,23 +104,27 @@ class RetryHinted(DomainError):
         outcome: bool = True,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata, domain=domain, outcome=outcome)
-        self.retry_after_seconds = retry_after_seconds
-
-
-class Aborted(RetryHinted):
-    """A concurrency conflict; the client may retry the whole operation (ABORTED + RetryInfo).
-
-    `retry_after_seconds` goes out as RetryInfo, as for the retryable errors: the contract (money.proto) tells
-    a client that ABORTED is safe to retry, and the delay says how soon it is worth it. Unlike Unavailable it
-    is never `final`: a conflict says nothing about how long the caller's own deadline allows."""
-
-    default_reason = "ABORTED"
+        self.retry_after_seconds = (
+            self.default_retry_after_seconds if retry_after_seconds is None else retry_after_seconds
+        )
 
 
 # The RetryInfo of an ABORTED for a lost race on the same records (CONCURRENT_UPDATE): the race is over once the
 # winner's transaction commits, milliseconds later, so a retry a tenth of a second on finds the records free,
 # while clients refused together come back a little apart rather than at once into the same race.
 CONFLICT_RETRY_AFTER_SECONDS = 0.1
+
+
+class Aborted(RetryHinted):
+    """A concurrency conflict; the client may retry the whole operation (ABORTED + RetryInfo).
+
+    `retry_after_seconds` goes out as RetryInfo, as for the retryable errors: the contract (money.proto) tells
+    a client that ABORTED is safe to retry, and the delay says how soon it is worth it, so every ABORTED has
+    one: a lost race's (CONFLICT_RETRY_AFTER_SECONDS) unless the raiser knows better. Unlike Unavailable it
+    is never `final`: a conflict says nothing about how long the caller's own deadline allows."""
+
+    default_reason = "ABORTED"
+    default_retry_after_seconds = CONFLICT_RETRY_AFTER_SECONDS
 
 
 class Unauthenticated(DomainError):

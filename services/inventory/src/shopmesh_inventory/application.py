@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import database_errors_as_domain_errors
-from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, Aborted
+from shopmesh_chassis.errors import Aborted
 from shopmesh_inventory.domain import reservations as rules
 from shopmesh_inventory.domain import validation
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, StockLevel
@@ -216,7 +216,5 @@ class Inventory:
                     await StockRepository(session).move(current.items, plan.transition.effect)
                     return changed, plan
         raise Aborted(
-            f"reservation {reservation_id!r} is being changed concurrently; retry",
-            reason="CONCURRENT_UPDATE",
-            retry_after_seconds=CONFLICT_RETRY_AFTER_SECONDS,
+            f"reservation {reservation_id!r} is being changed concurrently; retry", reason="CONCURRENT_UPDATE"
         )

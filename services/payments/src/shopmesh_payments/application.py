@@ -89,11 +89,7 @@ class PaymentsApplication:
         if not await repository.mark_refunded(done):
             # The row lock above makes this unreachable; should a database ever allow it, the refund is
             # not applied twice, and a retry (ABORTED is not stored under the key) returns the refund.
-            raise errors.Aborted(
-                f"payment {payment.id} changed concurrently; retry",
-                reason="CONCURRENT_UPDATE",
-                retry_after_seconds=errors.CONFLICT_RETRY_AFTER_SECONDS,
-            )
+            raise errors.Aborted(f"payment {payment.id} changed concurrently; retry", reason="CONCURRENT_UPDATE")
         event_id = new_event_id()
         await add_event(
             session,

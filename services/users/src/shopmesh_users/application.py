@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import DatabaseUnreachable, database_errors_as_domain_errors
-from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, Aborted, ResourceExhausted
+from shopmesh_chassis.errors import Aborted, ResourceExhausted
 from shopmesh_chassis.tasks import Detached
 from shopmesh_users.domain import keys as key_schedule
 from shopmesh_users.domain.errors import (
@@ -185,11 +185,7 @@ class UsersApplication:
                     return 0.0
                 if await attempts.add(key, taken.stored):
                     return 0.0
-        raise Aborted(
-            "concurrent logins for this e-mail address; retry",
-            reason="CONCURRENT_UPDATE",
-            retry_after_seconds=CONFLICT_RETRY_AFTER_SECONDS,
-        )
+        raise Aborted("concurrent logins for this e-mail address; retry", reason="CONCURRENT_UPDATE")
 
     def _give_back_if_taken(self, key: str, taking: asyncio.Task[float]) -> None:
         """The end of a take whose login was cancelled meanwhile: the attempt goes back if it was taken. Once, and

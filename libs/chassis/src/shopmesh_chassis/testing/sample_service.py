@@ -31,7 +31,7 @@ _ERRORS: dict[int, errors.DomainError] = {
     ),
     sample_pb2.ERROR_KIND_ALREADY_EXISTS: errors.AlreadyExists("thing_1 exists", reason="THING_EXISTS"),
     sample_pb2.ERROR_KIND_FAILED_PRECONDITION: errors.FailedPrecondition("thing_1 is closed", reason="THING_CLOSED"),
-    sample_pb2.ERROR_KIND_ABORTED: errors.Aborted("concurrent update", reason="CONFLICT", retry_after_seconds=0.1),
+    sample_pb2.ERROR_KIND_ABORTED: errors.Aborted("concurrent update", reason="CONFLICT"),
     sample_pb2.ERROR_KIND_UNAUTHENTICATED: errors.Unauthenticated("no credentials"),
     sample_pb2.ERROR_KIND_PERMISSION_DENIED: errors.PermissionDenied("not yours"),
     sample_pb2.ERROR_KIND_RESOURCE_EXHAUSTED: errors.ResourceExhausted(

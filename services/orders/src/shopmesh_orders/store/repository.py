@@ -205,11 +205,7 @@ class OrderRepository:
                 values["lease_owner"] = None
         result = await self._session.execute(statement, values)
         if result.rowcount != 1:
-            raise errors.Aborted(
-                f"order {order.id} changed concurrently",
-                reason="CONCURRENT_MODIFICATION",
-                retry_after_seconds=errors.CONFLICT_RETRY_AFTER_SECONDS,
-            )
+            raise errors.Aborted(f"order {order.id} changed concurrently", reason="CONCURRENT_MODIFICATION")
         return saved
 
     async def get(self, order_id: str, *, for_update: bool = False) -> Order | None:
