@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 
@@ -75,6 +76,33 @@ def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[
             "%s %s: %s; the next pass tries it again", what, order_id, race.message, extra={"order_id": order_id}
         )
     return False
+
+
+class _Unclaimed(enum.Enum):
+    """A recovery pass's claim of an order due that it did not get (`_claim`)."""
+
+    SKIP = "skip"  # on to the next order
+    STOP = "stop"  # the pass stops here
+
+
+async def _claim(
+    claim: Callable[[str], Awaitable[str]],
+    order_id: str,
+    what: str,
+    on_error: Callable[[], None],
+    held: str | None = None,
+) -> str | _Unclaimed:
+    """A recovery pass's `claim` of one order due: its lease owner, or SKIP when another driver holds it (logged
+    at INFO as "order X `held`: ..." when `held` is given) or it failed there (`_pass_stops_at`), STOP when the
+    pass stops."""
+    try:
+        return await claim(order_id)
+    except LeaseHeld as exc:
+        if held is not None:
+            log.info("order %s %s: %s", order_id, held, exc, extra={"order_id": order_id})
+        return _Unclaimed.SKIP
+    except Exception as exc:
+        return _Unclaimed.STOP if _pass_stops_at(exc, what, order_id, on_error) else _Unclaimed.SKIP
 
 
 def _failed_in_span(exc: Exception) -> None:
@@ -425,15 +453,11 @@ class OrdersApplication:
                 )
                 continue
             on_error = partial(self._on_recovery_error, "resume")
-            try:
-                owner = await self._saga.claim_to_resume(order_id)
-            except LeaseHeld as exc:
-                # Another driver took it since the query: nothing was done, so nothing goes into its trace.
-                log.info("order %s not resumed yet: %s", order_id, exc, extra={"order_id": order_id})
-                continue
-            except Exception as exc:
-                if _pass_stops_at(exc, "resuming order", order_id, on_error):
-                    break
+            # Another driver took it since the query: nothing was done, so nothing goes into its trace.
+            owner = await _claim(self._saga.claim_to_resume, order_id, "resuming order", on_error, "not resumed yet")
+            if owner is _Unclaimed.STOP:
+                break
+            if owner is _Unclaimed.SKIP:
                 continue
             # Only once claimed: an attempt that finds the order taken must not add a span to its checkout's
             # trace, which a busy order would otherwise grow by one a pass.
@@ -462,13 +486,10 @@ class OrdersApplication:
         for order_due in due:
             order_id = order_due.order_id
             on_error = partial(self._on_recovery_error, "recheck")
-            try:
-                owner = await self._saga.claim_recheck(order_id)
-            except LeaseHeld:
-                continue
-            except Exception as exc:
-                if _pass_stops_at(exc, "checking the charge of order", order_id, on_error):
-                    break
+            owner = await _claim(self._saga.claim_recheck, order_id, "checking the charge of order", on_error)
+            if owner is _Unclaimed.STOP:
+                break
+            if owner is _Unclaimed.SKIP:
                 continue
             with self._recovering(order_due, "recheck"):
                 try:
