@@ -21,7 +21,7 @@ from shopmesh_gateway.guard import (
     Guard,
     TrustedProxy,
     acting_for,
-    address_bucket,
+    address_buckets,
     bearer_token,
     client_address,
     is_trusted_proxy,
@@ -85,18 +85,20 @@ def test_the_client_address_is_the_peer_ip_without_the_port(peer: str, address: 
 
 
 @pytest.mark.parametrize(
-    ("address", "bucket"),
+    ("address", "bucket", "site"),
     [
-        ("203.0.113.9", "203.0.113.9"),
-        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-        ("2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:db8:1:2::/64"),
-        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
-        ("::ffff:203.0.113.9", "203.0.113.9"),
-        ("unix:/tmp/sock", "unix:/tmp/sock"),
+        ("203.0.113.9", "203.0.113.9", None),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64", "2001:db8:1::/48"),
+        ("2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:db8:1:2::/64", "2001:db8:1::/48"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64", "2001:db8:1::/48"),
+        ("::ffff:203.0.113.9", "203.0.113.9", None),
+        ("unix:/tmp/sock", "unix:/tmp/sock", None),
     ],
 )
-def test_an_ipv6_client_is_limited_by_its_64_not_by_each_address_it_can_pick(address: str, bucket: str) -> None:
-    assert address_bucket(address) == bucket
+def test_an_ipv6_client_is_limited_by_its_64_not_by_each_address_it_can_pick(
+    address: str, bucket: str, site: str | None
+) -> None:
+    assert address_buckets(address) == (bucket, site)
 
 
 SIDECAR = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]

@@ -175,30 +175,22 @@ IPV6_CLIENT_PREFIX = 64
 IPV6_SITE_PREFIX = 48
 
 
-def address_bucket(address: str) -> str:
-    """The rate-limit bucket of a client address: the address itself, but for IPv6 its /64, since a client
-    holding a /64 would otherwise have 2^64 buckets to itself (an IPv4-mapped address is its IPv4 one)."""
+def address_buckets(address: str) -> tuple[str, str | None]:
+    """The rate-limit buckets of a client address: its own, the address itself but for IPv6 its /64, since a
+    client holding a /64 would otherwise have 2^64 buckets to itself (an IPv4-mapped address is its IPv4 one);
+    and its IPv6 /48, None for IPv4 and other transports, whose addresses are scarce and shared: neighbours
+    are other customers, not one with many."""
     try:
-        ip = ipaddress.ip_address(address)
+        ip = _unmapped(ipaddress.ip_address(address))
     except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
-    return str(ip)
+        return address, None
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip), None
+    return _network(ip, IPV6_CLIENT_PREFIX), _network(ip, IPV6_SITE_PREFIX)
 
 
-def address_site(address: str) -> str | None:
-    """The IPv6 /48 a client address is in; None for IPv4 (an IPv4-mapped address included) and other
-    transports, whose addresses are scarce and shared: neighbours are other customers, not one with many."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    if not isinstance(ip, ipaddress.IPv6Address) or ip.ipv4_mapped is not None:
-        return None
-    return str(ipaddress.ip_network(f"{ip}/{IPV6_SITE_PREFIX}", strict=False))
+def _network(ip: ipaddress.IPv6Address, prefix: int) -> str:
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 # chassis-candidate: the chassis' server interceptor takes `x-user-id` from any caller, which is right
@@ -270,7 +262,8 @@ class Guard:
         return client_address(context.peer(), forwarded, self._trusted_proxies)
 
     def _address(self, context: Context) -> str:
-        return f"addr:{address_bucket(self._client_address(context))}"
+        bucket, _ = address_buckets(self._client_address(context))
+        return f"addr:{bucket}"
 
     def admit_anonymous(self, context: Context) -> None:
         self.limit(self._address(context))
@@ -284,11 +277,10 @@ class Guard:
         An IPv6 client takes one of its /48's password bucket as well: per /64 alone, a customer with a /56
         (or a tunnel broker's free /48) had 256 (or 65,536) buckets and filled users' places by itself. The
         /64's token is given back when the /48 refuses, so that a site's full bucket does not drain it."""
-        address = self._client_address(context)
-        client = f"addr:{address_bucket(address)}"
+        bucket, site = address_buckets(self._client_address(context))
+        client = f"addr:{bucket}"
         self.limit(client)
         self.limit(client, self._password_buckets)
-        site = address_site(address)
         if site is None:
             return
         try:
