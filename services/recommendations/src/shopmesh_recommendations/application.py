@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_recommendations.domain.copurchase import purchase_effects
 from shopmesh_recommendations.domain.models import CancelledOrder, CatalogProduct, ConfirmedOrder, Recommendation
-from shopmesh_recommendations.domain.ports import Catalog
+from shopmesh_recommendations.domain.ports import BATCH_LIMIT, Catalog
 from shopmesh_recommendations.domain.ranking import Candidate, Ranked, by_count, by_popularity, interleave, rank
 from shopmesh_recommendations.domain.validation import ProductSubject, validate_request
 from shopmesh_recommendations.store.repository import RecommendationsRepository
@@ -25,9 +25,6 @@ USER_CATEGORY_SOURCES = 3
 # was read, again this many times deeper, up to MAX_POOL rows: one request never scans without bound.
 POOL_GROWTH = 4
 MAX_POOL = 1000
-# Ranked products not at hand are looked up this many at a time: BatchGetProducts' limit (catalog.proto).
-# Asking only for the places left took one round trip per 5 products that left the catalog.
-LOOKUP_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +130,7 @@ class RecommendationsApplication:
                 # The next ranked ids not looked up yet, a whole catalog batch: when the top of the ranking
                 # left the catalog, asking for the places left only walked it 5 ids per round trip.
                 unknown = [r.product_id for r in ranked[index:] if r.product_id not in summaries]
-                wanted = list(dict.fromkeys(p for p in unknown if p not in gone))[:LOOKUP_BATCH]
+                wanted = list(dict.fromkeys(p for p in unknown if p not in gone))[:BATCH_LIMIT]
                 found = await self._catalog.products(wanted)
                 summaries.update(found)
                 gone.update(p for p in wanted if p not in found)

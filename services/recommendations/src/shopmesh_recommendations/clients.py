@@ -12,10 +12,10 @@ from cachetools import TTLCache
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of
 from shopmesh_recommendations.domain.models import CatalogProduct
+from shopmesh_recommendations.domain.ports import BATCH_LIMIT
 
-# Catalog limits (catalog.proto): ListProducts pages hold at most 100, BatchGetProducts takes at most 100.
+# ListProducts pages hold at most 100 (catalog.proto).
 CATEGORY_PAGE_SIZE = 100
-BATCH_LIMIT = 100
 
 # Reads only: a lost race (ABORTED) on the catalog's side is worth another try as well.
 _TRANSIENT = TRANSIENT_CODES | {grpc.StatusCode.ABORTED}

@@ -11,6 +11,10 @@ from typing import Protocol
 
 from shopmesh_recommendations.domain.models import CatalogProduct
 
+# How many products one catalog call looks up: BatchGetProducts' limit (catalog.proto). `Catalog.products`
+# splits a longer list into calls of this many; a caller that wants one round trip asks for this many at most.
+BATCH_LIMIT = 100
+
 
 class Catalog(Protocol):
     async def product(self, product_id: str) -> CatalogProduct | None:
