@@ -11,7 +11,7 @@ import math
 import re
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from shopmesh_chassis.consumer import EventConsumer
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, ServerMetrics
 from shopmesh_notifications.domain.events import EventKind
-from shopmesh_notifications.domain.model import Channel, Notification
+from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.metrics import NotificationMetrics
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.metrics import OrderMetrics
@@ -1142,11 +1142,13 @@ DROPPED_WINDOW = 900  # the rule's increase() window (helm/shopmesh-lib/template
 
 @dataclass(frozen=True)
 class ConsumerPod:
-    """A replica of a consumer, scraped from `start` until `stop`, dropping an event at each of `drops`."""
+    """A replica of a consumer, scraped from `start` until `stop`, dropping an event at each of `drops`, its
+    container restarted (a new process, its counter back at 0, the same pod) at each of `restarts`."""
 
     start: int
     stop: float = math.inf
     drops: tuple[int, ...] = ()
+    restarts: tuple[int, ...] = ()
 
 
 async def never_called(session: object, event: object) -> None:
@@ -1162,7 +1164,8 @@ def dropped_scenario(name: str, pods: list[ConsumerPod], tmp_path: Path, expecte
     def world(t: float) -> None:
         now[0] = t
         for index, (pod, metric) in enumerate(zip(pods, metrics, strict=True)):
-            if t == pod.start:
+            if t == pod.start or t in pod.restarts:
+                metrics[index] = metric = ServerMetrics(CollectorRegistry())
                 EventConsumer(
                     Database(f"sqlite:///{tmp_path / f'pod-{index}.db'}"),
                     "nats://127.0.0.1:1",
@@ -1194,13 +1197,17 @@ def dropped_scenario(name: str, pods: list[ConsumerPod], tmp_path: Path, expecte
         "the only replica drops its first event",
         "a replica started 30 s before drops its first event, the other none",
         "a replica of a rolling update drops its first event right after the first scrape after its start",
+        "a replica of a rolling update drops its first event before its first scrape",
+        "a restarted replica drops an event before the first scrape after its restart",
     ],
 )
 def test_events_dropped_pages_at_the_first_drop_and_resolves_after_its_window(
     rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
 ) -> None:
     """An event dropped is lost for good: the first of a pod must page. Its counter made on first use, the
-    series appeared with that drop already at 1 and increase() saw no rise: the alert stayed silent."""
+    series appeared with that drop already at 1 and increase() saw no rise: the alert stayed silent. Exported
+    at 0 from the start, it still does for a drop before the pod's first scrape: the rule counts the whole
+    value of a series that had no sample a window ago."""
     alert = alert_named(rendered, "notifications", "ShopmeshEventsDropped")
     hold = seconds_of(alert["for"])
     assert alert["labels"]["severity"] == "critical"
@@ -1213,6 +1220,13 @@ def test_events_dropped_pages_at_the_first_drop_and_resolves_after_its_window(
         "a replica of a rolling update drops its first event right after the first scrape after its start": [
             ConsumerPod(0, stop=DROP_AT + 60),
             ConsumerPod(DROP_AT - 14, drops=(DROP_AT + 1,)),
+        ],
+        "a replica of a rolling update drops its first event before its first scrape": [
+            ConsumerPod(0, stop=DROP_AT + 60),
+            ConsumerPod(DROP_AT - 9, drops=(DROP_AT - 4,)),
+        ],
+        "a restarted replica drops an event before the first scrape after its restart": [
+            ConsumerPod(0, restarts=(DROP_AT - 9,), drops=(DROP_AT - 4,)),
         ],
     }[scenario]
     at = max(drop for pod in pods for drop in pod.drops)
@@ -1241,10 +1255,14 @@ RETRY_CAP = 600
 
 
 def email_attempts_scenario(
-    name: str, sent: Callable[[int], int], retried: Callable[[int], int], expected: Expected
+    name: str,
+    sent: Callable[[int], int],
+    retried: Callable[[int], int],
+    expected: Expected,
+    failed: Callable[[int], int] = lambda t: 0,
 ) -> Scenario:
-    """One notifications pod's real NotificationMetrics: sent(t) e-mails sent and retried(t) attempts failing
-    (retried later) at second t."""
+    """One notifications pod's real NotificationMetrics: sent(t) e-mails sent, retried(t) attempts failing
+    (retried later) and failed(t) e-mails given up at second t."""
     registry = CollectorRegistry()
     metrics = NotificationMetrics(registry)
     at = datetime(2025, 1, 1, tzinfo=UTC)
@@ -1262,12 +1280,15 @@ def email_attempts_scenario(
         at,
     )
     delivered = pending.sent(at)
+    given_up = replace(pending, state=State.FAILED, failure_reason="could not be delivered")
 
     def world(t: float) -> None:
         for _ in range(sent(int(t))):
             metrics.attempted(delivered)
         for _ in range(retried(int(t))):
             metrics.attempted(pending)
+        for _ in range(failed(int(t))):
+            metrics.attempted(given_up)
 
     def scrape() -> list[Sample]:
         return [
@@ -1331,3 +1352,56 @@ def test_emails_not_going_out_stays_silent_while_emails_are_sent_or_none_wait(
     alert = alert_named(rendered, "notifications", "ShopmeshEmailsNotGoingOut")
     scenario = email_attempts_scenario(name, sent, retried, silent_between(0, EMAILS_FOR))
     assert_promtool_passes(alert, "notifications", [scenario], tmp_path)
+
+
+def started_at(start: int, scenario: Scenario) -> Scenario:
+    """`scenario` with its pod started at second `start`: scraped from then on, its metrics at 0 until then."""
+    now = [0.0]
+
+    def world(t: float) -> None:
+        now[0] = t
+        scenario.world(t)
+
+    def scrape() -> list[Sample]:
+        return scenario.scrape() if now[0] >= start else []
+
+    return replace(scenario, world=world, scrape=scrape)
+
+
+# The alerts that fire at the first event a counter counts, and their rules' increase() windows.
+FIRST_EVENT_ALERTS = {
+    ("notifications", "ShopmeshEventsDropped"): DROPPED_WINDOW,
+    ("orders", "ShopmeshLateCapturesRefunded"): LATE_CAPTURES_WINDOW,
+    ("notifications", "ShopmeshEmailsFailed"): 900,
+}
+FIRST_EVENT_FOR = 3600
+
+
+@pytest.mark.parametrize(("service", "name"), list(FIRST_EVENT_ALERTS))
+def test_an_alert_on_the_first_event_fires_for_one_counted_before_a_new_pods_first_scrape(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, service: str, name: str
+) -> None:
+    """A pod's counter is exported at 0 from its start, but an event counted before the pod's first scrape makes
+    the series' first sample 1 already: increase() reads a rise between two samples, sees none, and the alert
+    stayed silent. It must fire for that one as for one counted later, and resolve after its window."""
+    alert = alert_named(rendered, service, name)
+    window, hold = FIRST_EVENT_ALERTS[service, name], seconds_of(alert["for"])
+    # Started between two scrapes, counting one 6 s later: the first scrape of it, at 615 s, reads 1.
+    start, at = 601, 607
+    assert (start // SCRAPE_INTERVAL + 1) * SCRAPE_INTERVAL > at, "the event is after the first scrape"
+    expected = (
+        silent_between(0, at)
+        | firing_between(fires_by(at, hold), at + window - SCRAPE_INTERVAL)
+        | silent_between(at + window + SCRAPE_INTERVAL + EVALUATION_INTERVAL, FIRST_EVENT_FOR)
+    )
+    once: Callable[[int], int] = lambda t: int(t == at)  # noqa: E731
+    title = f"a pod started at {start} s counts one at {at} s"
+    scenario = {
+        "ShopmeshEventsDropped": lambda: dropped_scenario(title, [ConsumerPod(start, drops=(at,))], tmp_path, expected),
+        "ShopmeshLateCapturesRefunded": lambda: started_at(start, late_captures_scenario(title, once, expected)),
+        "ShopmeshEmailsFailed": lambda: started_at(
+            start, email_attempts_scenario(title, lambda t: 0, lambda t: 0, expected, failed=once)
+        ),
+    }[name]()
+    assert scenario.until == FIRST_EVENT_FOR
+    assert_promtool_passes(alert, service, [scenario], tmp_path)

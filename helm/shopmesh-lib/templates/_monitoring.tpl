@@ -242,6 +242,20 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
   {{- end }}
 {{- end -}}
 
+{{/*
+What a counter .series counted over .window, per series, for an alert on the first event it counts: its
+increase(), or, for a series that had no sample .window ago (a new pod's), its whole value. A pod's counter is
+exported at 0 from its start, but an event counted before the pod's first scrape makes that first sample 1
+already, and increase() reads only a rise between two samples. A restarted container keeps its pod's series,
+and increase() counts its value after the reset. `or` matches series without their metric name, so a new
+series that has risen too counts once, by its increase(). A target unscraped for over 5 minutes reads as new
+for a window after: its whole value counts again (a pod that never counted anything stays at 0, silent).
+helm/orders and helm/notifications write this form out in their own alerts.
+*/}}
+{{- define "shopmesh-lib.counted" -}}
+{{- printf "increase(%s[%s]) > 0 or (%s > 0 unless %s offset %s)" .series .window .series .series .window -}}
+{{- end -}}
+
 {{- define "shopmesh-lib.prometheusrule" -}}
 {{- $c := .c -}}
 {{- $m := $c.monitoring -}}
@@ -305,11 +319,11 @@ A window without calls has no error ratio (not 0/0, NaN): nothing fires for a se
     "for" "1m" "severity" "warning"
     "summary" (printf "%s: events parked on the dead-letter stream" $c.name)
     "description" "{{ $value }} event(s) that consumer {{ $labels.consumer }} could not apply wait on DEADLETTER: list them with shopmesh-deadletters, fix the cause, then replay or discard them.") -}}
-{{- /* An event lost for good: paged at the first. The counter is exported at 0 from each consumer's start, so
-increase() sees the first drop of a pod; 15m keeps it firing long enough to be seen, then it resolves. */ -}}
+{{- /* An event lost for good: paged at the first, a pod's first too (shopmesh-lib.counted); 15m keeps it firing
+long enough to be seen, then it resolves. */ -}}
 {{- $rules = append $rules (dict
     "alert" "ShopmeshEventsDropped"
-    "expr" "sum by (consumer) (increase(shopmesh_events_dropped_total{__selector__}[15m])) > 0"
+    "expr" (printf "sum by (consumer) (%s) > 0" (include "shopmesh-lib.counted" (dict "series" "shopmesh_events_dropped_total{__selector__}" "window" "15m")))
     "for" "0m" "severity" "critical"
     "summary" (printf "%s: a consumer lost events it could not park" $c.name)
     "description" "Consumer {{ $labels.consumer }} dropped {{ $value | humanize }} event(s) in the last 15 minutes: after its last attempt NATS refused even a dead letter without the payload (DEADLETTER's max message size, or the letter's headers over max_payload), so each was acknowledged unapplied and is on no dead-letter stream. Each is logged at ERROR (`dropped event`) with its event id, subject, stream and sequence: fetch it from its stream before that stream's max age removes it, fix the limit, and have it applied (docs/operations.md, ShopmeshEventsDropped).") -}}
