@@ -5,7 +5,8 @@ database is unavailable (`database_unavailable`), which is no bug and would othe
 traceback a run for as long as the outage lasts; then one warning when the outage starts and one line when a
 run succeeds again, as the event consumers and orders' recovery say it. Stopping lets a run in progress finish its
 transaction (cancelling it only past a timeout), so shutdown never leaves half a sweep behind.
-`delete_in_batches` is the purge such a job runs over a table that grows.
+`delete_in_batches` is the purge such a job runs over a table that grows; `in_batches` the same loop for a
+purge whose batch is more than one DELETE (rows of several tables, or rows kept elsewhere as they go).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import Column, ColumnElement, Table, delete, select, tuple_
 
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import OutageReport, database_unavailable
 from shopmesh_chassis.tasks import cancel_and_wait
 
@@ -110,12 +111,21 @@ async def delete_in_batches(
     columns = key if isinstance(key, tuple) else (key,)
     named = tuple_(*columns) if len(columns) > 1 else columns[0]
     statement = delete(table).where(condition, named.in_(select(*columns).where(condition).limit(batch_size)))
-    deleted = 0
+
+    async def batch(session: DbConnection) -> int:
+        return int((await session.execute(statement)).rowcount or 0)
+
+    return await in_batches(database, batch, batch_size=batch_size)
+
+
+async def in_batches(database: Database, batch: Callable[[DbConnection], Awaitable[int]], *, batch_size: int) -> int:
+    """Run `batch` (which handles at most `batch_size` rows and says how many) in a transaction of its own,
+    again until one handles fewer; how many in all. Short transactions, as `delete_in_batches` says why."""
+    handled = 0
     while True:
         async with database.transaction() as session:
-            result = await session.execute(statement)
-        count = int(result.rowcount or 0)
-        deleted += count
+            count = await batch(session)
+        handled += count
         if count < batch_size:
-            return deleted
+            return handled
         await asyncio.sleep(0)  # let writers queued behind this batch go first
