@@ -59,14 +59,17 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
     call over a real gRPC socket: Reserve replays the order's reservation whatever its state (the number stored,
     even one this release cannot name) and reserves anew only for an order it has none for; Commit and Release
     refuse what inventory refuses (FAILED_PRECONDITION, by state), and an id it does not have is NOT_FOUND,
-    RESERVATION_NOT_FOUND. Stock levels and expiry are left out: the tests set the states. Every Release is
-    recorded. The next `reserve_races_to_lose` Reserves (and `release_races_to_lose` Releases) answer ABORTED, as
-    inventory does when its write lost a concurrency race (a serialization failure, or a state change that lost
-    its retries). While `asks_to_wait` is set, every call answers UNAVAILABLE with RetryInfo asking for that many
-    seconds, as an inventory draining or shedding load does (`asked_to_wait` counts them)."""
+    RESERVATION_NOT_FOUND. A reservation `purge`d (as inventory deletes finished ones past its retention) is
+    NOT_FOUND too, its metadata naming the state it ended in, and a Reserve for its order is refused
+    (FAILED_PRECONDITION, RESERVATION_PURGED). Stock levels and expiry are left out: the tests set the states.
+    Every Release is recorded. The next `reserve_races_to_lose` Reserves (and `release_races_to_lose` Releases)
+    answer ABORTED, as inventory does when its write lost a concurrency race (a serialization failure, or a state
+    change that lost its retries). While `asks_to_wait` is set, every call answers UNAVAILABLE with RetryInfo
+    asking for that many seconds, as an inventory draining or shedding load does (`asked_to_wait` counts them)."""
 
     def __init__(self) -> None:
         self.reservations: dict[str, inventory_pb2.Reservation] = {}
+        self.purged: dict[str, inventory_pb2.Reservation] = {}
         self.released: list[str] = []
         self.reserve_races_to_lose = 0
         self.release_races_to_lose = 0
@@ -95,12 +98,27 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
             if i.product_id == product_id
         )
 
+    def purge(self, reservation_id: str) -> None:
+        """Delete a finished reservation, as inventory does past RESERVATION_RETENTION_SECONDS."""
+        reservation = self.reservations.pop(reservation_id)
+        assert reservation.state != inventory_pb2.RESERVATION_STATE_PENDING, "only finished ones are purged"
+        self.purged[reservation_id] = reservation
+
+    @staticmethod
+    def _purged_metadata(reservation: inventory_pb2.Reservation) -> dict[str, str]:
+        return {
+            "reservation_id": reservation.id,
+            "purged_state": inventory_pb2.ReservationState.Name(reservation.state),
+            "ended_at": "2026-11-01T00:00:00+00:00",
+        }
+
     def _get(self, reservation_id: str) -> inventory_pb2.Reservation:
         if reservation_id not in self.reservations:
+            purged = self.purged.get(reservation_id)
             raise errors.NotFound(
                 f"reservation {reservation_id!r} not found",
                 reason="RESERVATION_NOT_FOUND",
-                metadata={"reservation_id": reservation_id},
+                metadata={"reservation_id": reservation_id} if purged is None else self._purged_metadata(purged),
             )
         return self.reservations[reservation_id]
 
@@ -120,6 +138,13 @@ class InventoryOnTheWire(inventory_pb2_grpc.InventoryServiceServicer):
             self.reserve_races_to_lose -= 1
             raise self._lost_race()
         reservation = self.of_order(request.order_id)
+        purged = next((r for r in self.purged.values() if r.order_id == request.order_id), None)
+        if reservation is None and purged is not None:
+            raise errors.FailedPrecondition(
+                f"order {request.order_id!r} had reservation {purged.id!r}, deleted past its retention",
+                reason="RESERVATION_PURGED",
+                metadata={"order_id": request.order_id, **self._purged_metadata(purged)},
+            )
         if reservation is None:
             reservation = inventory_pb2.Reservation(
                 id=f"res_{uuid.uuid4().hex}",  # never an id it had before, as inventory

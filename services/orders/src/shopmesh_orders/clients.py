@@ -15,7 +15,7 @@ from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of
+from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, ErrorDetails, dependency_unavailable, details_of
 from shopmesh_orders.domain.model import CancelCode
 from shopmesh_orders.domain.ports import (
     Catalog,
@@ -59,6 +59,15 @@ def _unexpected(service: str, error: grpc.aio.AioRpcError) -> Exception:
 
 
 _RESERVATION_STATE_UNKNOWN = "RESERVATION_STATE_UNKNOWN"
+# Inventory's answers about a reservation it deleted past its retention (RESERVATION_RETENTION_SECONDS): a
+# Reserve for the order is refused with this reason; Commit and Release answer RESERVATION_NOT_FOUND, whose
+# metadata names the state it ended in.
+_RESERVATION_PURGED = "RESERVATION_PURGED"
+_COMMITTED = inventory_pb2.ReservationState.Name(inventory_pb2.RESERVATION_STATE_COMMITTED)
+
+
+def _metadata(details: ErrorDetails) -> dict[str, str]:
+    return dict(details.error_info.metadata) if details.error_info is not None else {}
 
 
 def _state_unknown(service: str, what: str, state: int, order_id: str, reason: str, wait: float) -> errors.Unavailable:
@@ -183,6 +192,12 @@ class InventoryClient:
                 # An inventory from before short_count listed every short id.
                 count = info.get("short_count", "")
                 raise InsufficientStock(ids, int(count) if count.isdigit() else None) from None
+            if details.reason == _RESERVATION_PURGED:
+                # The order's reservation ended (committed, released or expired) longer ago than inventory keeps
+                # reservations, and inventory refuses to reserve for the order again: it holds no stock, as a
+                # lapsed one. Only an order this saga could not move on for that long meets it.
+                log.warning("reservation of order %s was purged by inventory: %s", order_id, details.message)
+                raise ReservationExpired(_metadata(details).get("reservation_id", "")) from None
             if error.code() in _TRANSIENT:
                 raise _unavailable("inventory", error) from None
             raise _unexpected("inventory", error) from None
@@ -212,11 +227,18 @@ class InventoryClient:
                 inventory_pb2.CommitReservationRequest(reservation_id=reservation_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            reason = details_of(error).reason
+            details = details_of(error)
+            reason = details.reason
             if reason == "RESERVATION_NOT_FOUND":
-                # Inventory no longer has it (its row was removed: a restore, a manual clean-up), so it holds
-                # no stock to commit, as a lapsed one. (Raised as a bug, the saga would answer INTERNAL for ever
-                # and keep the customer's capture; as lapsed, the capture is refunded and the order cancelled.)
+                if _metadata(details).get("purged_state") == _COMMITTED:
+                    # Committed (by this order's earlier driver, whose save was lost) and purged past inventory's
+                    # retention since: the commit is done, as a repeated commit of a COMMITTED one answers.
+                    log.warning("reservation %s was committed, then purged by inventory", reservation_id)
+                    return
+                # Inventory no longer has it (its row was removed: a restore, a manual clean-up; or it lapsed and
+                # was purged past inventory's retention), so it holds no stock to commit, as a lapsed one. (Raised
+                # as a bug, the saga would answer INTERNAL for ever and keep the customer's capture; as lapsed, the
+                # capture is refunded and the order cancelled.)
                 log.warning("reservation %s is unknown to inventory: it cannot be committed", reservation_id)
                 raise ReservationExpired(reservation_id) from None
             if reason in ("RESERVATION_EXPIRED", "RESERVATION_RELEASED"):
@@ -235,10 +257,21 @@ class InventoryClient:
                 inventory_pb2.ReleaseReservationRequest(reservation_id=reservation_id), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            reason = details_of(error).reason
+            details = details_of(error)
+            reason = details.reason
             if reason == "RESERVATION_NOT_FOUND":
-                # Inventory no longer has it (its row was removed: a restore, a manual clean-up), so it holds
-                # no stock: nothing is left to release. (Raised, compensation would answer INTERNAL for ever.)
+                if _metadata(details).get("purged_state") == _COMMITTED:
+                    # A confirmed order cancelled longer after its commit than inventory keeps reservations: the
+                    # units cannot be restocked (inventory no longer knows them), the refund goes ahead all the
+                    # same. An operator restocks them by hand (SetStock) if they come back.
+                    log.warning(
+                        "reservation %s was committed and purged by inventory: its units are not restocked",
+                        reservation_id,
+                    )
+                    return
+                # Inventory no longer has it (its row was removed: a restore, a manual clean-up; or it ended and
+                # was purged past inventory's retention), so it holds no stock: nothing is left to release.
+                # (Raised, compensation would answer INTERNAL for ever.)
                 log.warning("reservation %s is unknown to inventory: nothing to release", reservation_id)
                 return
             if reason == _RESERVATION_STATE_UNKNOWN:
