@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted
+from shopmesh_chassis.periodic import in_batches
 from shopmesh_inventory.domain import reservations as rules
 from shopmesh_inventory.domain import validation
 from shopmesh_inventory.domain.models import Reservation, ReservationItem, StockLevel
@@ -40,10 +41,21 @@ class _ShortOfStock(Exception):
 
 
 class Inventory:
-    def __init__(self, database: Database, *, clock: Clock = utc_now, sweep_batch_size: int = 100) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Clock = utc_now,
+        sweep_batch_size: int = 100,
+        retention: timedelta | None = None,
+        purge_batch_size: int = 500,
+    ) -> None:
+        """`retention`: how long a finished reservation is kept after it ended (None: for ever)."""
         self._db = database
         self._clock = clock
         self._sweep_batch_size = sweep_batch_size
+        self._retention = retention
+        self._purge_batch_size = purge_batch_size
 
     @database_errors_as_domain_errors
     async def get_stock(self, product_ids: Sequence[str]) -> list[StockLevel]:
@@ -102,6 +114,10 @@ class Inventory:
             existing = await reservations.get_by_order(command.order_id)
             if existing is not None:
                 return rules.replayed(existing, command, now)
+            # Asked only when the order has no reservation: one key lookup more for a new order's Reserve.
+            purged = await reservations.purged_for_order(command.order_id)
+            if purged is not None:
+                raise rules.reservation_purged(purged)
             reservation = rules.new_reservation(command, rules.mint_reservation_id(), now)
             # The reservation row first: a concurrent duplicate waits on its order_id before holding stock.
             await reservations.add(reservation)
@@ -127,9 +143,10 @@ class Inventory:
     async def get_reservation(self, reservation_id: str) -> Reservation:
         reservation_id = validation.reservation_id(reservation_id)
         async with self._db.read() as session:
-            reservation = await ReservationRepository(session).get(reservation_id)
-        if reservation is None:
-            raise rules.reservation_not_found(reservation_id)
+            repository = ReservationRepository(session)
+            reservation = await repository.get(reservation_id)
+            if reservation is None:
+                raise rules.reservation_not_found(reservation_id, await repository.purged(reservation_id))
         return reservation.as_seen_at(self._clock())
 
     @database_errors_as_domain_errors
@@ -167,6 +184,30 @@ class Inventory:
     async def sweep_expired(self) -> int:
         """Record the expiry of every PENDING reservation past expires_at; returns how many."""
         return await self._expire_overdue(None)
+
+    @database_errors_as_domain_errors
+    async def purge_finished(self) -> int:
+        """Delete the reservations that ended more than the retention ago, in batches; returns how many.
+
+        Each batch in a transaction of its own, as the chassis' purges: a month's reservations at once would
+        hold SQLite's one writer (on the event loop) for seconds, and every Reserve with it."""
+        if self._retention is None:
+            return 0
+        now = self._clock()
+        before = now - self._retention
+
+        async def batch(session: DbConnection) -> int:
+            return await ReservationRepository(session).purge_finished(before, self._purge_batch_size, now)
+
+        purged = await in_batches(self._db, batch, batch_size=self._purge_batch_size)
+        if purged:
+            log.info(
+                "purged %d reservations that ended before %s",
+                purged,
+                before.isoformat(timespec="seconds"),
+                extra={"purged": purged},
+            )
+        return purged
 
     async def _expire_overdue(self, product_ids: Collection[str] | None) -> int:
         # Small batches, one transaction per reservation: a sweep never holds many locks for long.
@@ -207,7 +248,7 @@ class Inventory:
                 reservations = ReservationRepository(session)
                 current = await reservations.get(reservation_id)
                 if current is None:
-                    raise rules.reservation_not_found(reservation_id)
+                    raise rules.reservation_not_found(reservation_id, await reservations.purged(reservation_id))
                 plan = planner(current, now)
                 if plan.transition is None:
                     return current.as_seen_at(now), plan

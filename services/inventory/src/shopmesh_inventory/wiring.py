@@ -1,8 +1,10 @@
-"""Composition root: settings, database and migrations, seed stock, the expiry sweeper, the server."""
+"""Composition root: settings, database and migrations, seed stock, the expiry sweeper, the retention's purge,
+the server."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from shopmesh.inventory.v1 import inventory_pb2_grpc
 from shopmesh_chassis import app
@@ -27,25 +29,42 @@ def binding(inventory: Inventory) -> ServiceBinding:
     )
 
 
+def inventory_of(settings: InventorySettings, database: Database) -> Inventory:
+    retention = settings.reservation_retention_seconds
+    return Inventory(
+        database,
+        sweep_batch_size=settings.reservation_sweep_batch_size,
+        retention=timedelta(seconds=retention) if retention else None,
+    )
+
+
 async def _main() -> None:
     settings = load_settings(InventorySettings)
     provider = app.setup_observability(settings)
     database = Database.from_settings(settings)
     await migrate(database, VERSIONS, metadata)
-    inventory = Inventory(database, sweep_batch_size=settings.reservation_sweep_batch_size)
+    inventory = inventory_of(settings, database)
     if settings.seed_stock:
         created = await inventory.seed_stock(SEED_STOCK)
         log.info("seeded stock of %d products", created, extra={"seeded": created})
     sweeper = Periodic(
         "reservation-expiry-sweeper", settings.reservation_sweep_interval_seconds, inventory.sweep_expired
     )
+    purge = Periodic("reservation-purge", settings.reservation_purge_interval_seconds, inventory.purge_finished)
     sweeper.start()
+    purge.start()
+
+    async def stop_purge() -> None:
+        # Not the sweeper's 10 s: the first run after an upgrade may meet months of reservations, and a purge
+        # cut short loses nothing (each batch is a transaction of its own; the next run goes on).
+        await purge.stop(timeout=1.0)
+
     await app.serve(
         settings,
         [binding(inventory)],
         tracer_provider=provider,
-        # The sweeper first: it must finish its transaction before the database closes.
-        on_shutdown=[sweeper.stop, database.dispose],
+        # The sweeper and the purge first: they must finish their transaction before the database closes.
+        on_shutdown=[sweeper.stop, stop_purge, database.dispose],
     )
 
 

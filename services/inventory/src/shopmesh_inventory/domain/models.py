@@ -72,3 +72,14 @@ class Reservation:
 
     def holds_same_items(self, items: tuple[ReservationItem, ...]) -> bool:
         return self.items == tuple(sorted(items))
+
+
+@dataclass(frozen=True, slots=True)
+class PurgedReservation:
+    """What is kept of a finished reservation deleted past its retention: no items, so no stock it moves."""
+
+    reservation_id: str
+    order_id: str
+    # The state it ended in: COMMITTED, RELEASED or EXPIRED.
+    state: ReservationState
+    ended_at: datetime

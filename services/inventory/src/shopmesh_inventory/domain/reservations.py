@@ -26,13 +26,16 @@ from shopmesh_chassis.errors import (
     NotFound,
     listed_ids,
 )
-from shopmesh_inventory.domain.models import Reservation, ReservationState
+from shopmesh_inventory.domain.models import PurgedReservation, Reservation, ReservationState
 from shopmesh_inventory.domain.validation import ReserveCommand
 
 PENDING = ReservationState.PENDING
 COMMITTED = ReservationState.COMMITTED
 RELEASED = ReservationState.RELEASED
 EXPIRED = ReservationState.EXPIRED
+# The states no transition leaves but a restock (COMMITTED -> RELEASED): what the retention purges. Not
+# PENDING, nor a state a newer release stored, which may still hold stock.
+FINISHED = (COMMITTED, RELEASED, EXPIRED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +140,40 @@ def replayed(existing: Reservation, command: ReserveCommand, now: datetime) -> R
     return existing.as_seen_at(now)
 
 
-def reservation_not_found(reservation_id: str) -> NotFound:
+def reservation_not_found(reservation_id: str, purged: PurgedReservation | None = None) -> NotFound:
+    """Still NOT_FOUND when the reservation was purged (what every caller already handles as "holds no
+    stock"), saying so: `purged_state` tells a late Commit of a COMMITTED one that it was committed."""
+    if purged is None:
+        return NotFound(
+            f"reservation {reservation_id!r} not found",
+            reason="RESERVATION_NOT_FOUND",
+            metadata={"reservation_id": reservation_id},
+        )
     return NotFound(
-        f"reservation {reservation_id!r} not found",
+        f"reservation {reservation_id!r} ended {purged.state.value} at {purged.ended_at.isoformat()} and was "
+        "deleted past its retention (RESERVATION_RETENTION_SECONDS)",
         reason="RESERVATION_NOT_FOUND",
-        metadata={"reservation_id": reservation_id},
+        metadata=_purged_metadata(purged),
     )
+
+
+def reservation_purged(purged: PurgedReservation) -> FailedPrecondition:
+    """A Reserve for an order whose reservation was purged: never a second reservation for the order."""
+    return FailedPrecondition(
+        f"order {purged.order_id!r} had reservation {purged.reservation_id!r}, which ended "
+        f"{purged.state.value} at {purged.ended_at.isoformat()} and was deleted past its retention "
+        "(RESERVATION_RETENTION_SECONDS); it holds no stock, and none is reserved for the order again",
+        reason="RESERVATION_PURGED",
+        metadata={"order_id": purged.order_id, **_purged_metadata(purged)},
+    )
+
+
+def _purged_metadata(purged: PurgedReservation) -> dict[str, str]:
+    return {
+        "reservation_id": purged.reservation_id,
+        "purged_state": f"RESERVATION_STATE_{purged.state.value}",
+        "ended_at": purged.ended_at.isoformat(),
+    }
 
 
 def reservation_expired(reservation_id: str) -> FailedPrecondition:

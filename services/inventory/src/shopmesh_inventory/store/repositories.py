@@ -11,13 +11,19 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, exists, func, insert, literal_column, select, update
+from sqlalchemy import BigInteger, bindparam, case, delete, exists, func, insert, literal_column, select, update
 
 from shopmesh_chassis.db import DbConnection, as_utc, insert_skipping_existing, stored_enum
-from shopmesh_inventory.domain.models import Reservation, ReservationItem, ReservationState, StockLevel
-from shopmesh_inventory.domain.reservations import StockEffect, Transition
+from shopmesh_inventory.domain.models import (
+    PurgedReservation,
+    Reservation,
+    ReservationItem,
+    ReservationState,
+    StockLevel,
+)
+from shopmesh_inventory.domain.reservations import FINISHED, StockEffect, Transition
 from shopmesh_inventory.domain.validation import MAX_ON_HAND
-from shopmesh_inventory.store.tables import reservation_items, reservations, stock
+from shopmesh_inventory.store.tables import purged_reservations, reservation_items, reservations, stock
 
 # The state as a literal, not a bound parameter: the planner then knows that the partial index of pending
 # reservations (ix_reservations_pending_expires_at) holds every row the query wants. With a parameter it
@@ -63,6 +69,21 @@ _BY_ORDER = select(reservations).where(reservations.c.order_id == bindparam("b_k
 # one with other items.
 _ITEMS = select(reservation_items.c.product_id, reservation_items.c.quantity).where(
     reservation_items.c.reservation_id == bindparam("b_id")
+)
+_PURGED_BY_ORDER = select(purged_reservations).where(purged_reservations.c.order_id == bindparam("b_key"))
+_PURGED_BY_ID = select(purged_reservations).where(purged_reservations.c.reservation_id == bindparam("b_key"))
+# The finished reservations that ended before the cutoff, through ix_reservations_updated_at. Locked (FOR
+# UPDATE; SQLite's one writer needs no lock): a Release restocking a COMMITTED one meanwhile either goes
+# first, and the row no longer matches once the lock is had, or waits and then finds it gone. Rows another
+# replica's purge holds are skipped, not waited for: it deletes them.
+_FINISHED_BEFORE = (
+    select(reservations.c.id, reservations.c.order_id, reservations.c.state, reservations.c.updated_at)
+    .where(
+        reservations.c.state.in_([literal_column(f"'{state.value}'") for state in FINISHED]),
+        reservations.c.updated_at < bindparam("b_before"),
+    )
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
 )
 
 
@@ -187,11 +208,57 @@ class ReservationRepository:
         )
         return {row.product_id: int(row.units) for row in await self._session.execute(statement)}
 
+    async def purged_for_order(self, order_id: str) -> PurgedReservation | None:
+        return await self._purged(_PURGED_BY_ORDER, order_id)
+
+    async def purged(self, reservation_id: str) -> PurgedReservation | None:
+        return await self._purged(_PURGED_BY_ID, reservation_id)
+
+    async def purge_finished(self, before: datetime, limit: int, now: datetime) -> int:
+        """Delete up to `limit` reservations that ended (COMMITTED, RELEASED, EXPIRED) before `before`, with
+        their items, keeping each one's order, id and final state in purged_reservations; how many."""
+        rows = (await self._session.execute(_FINISHED_BEFORE, {"b_before": before, "b_limit": limit})).all()
+        if not rows:
+            return 0
+        ids = [row.id for row in rows]
+        await self._session.execute(
+            insert_skipping_existing(self._session.dialect.name, purged_reservations),
+            [
+                {
+                    "order_id": row.order_id,
+                    "reservation_id": row.id,
+                    "state": row.state,
+                    "ended_at": row.updated_at,
+                    "purged_at": now,
+                }
+                for row in rows
+            ],
+        )
+        # The items first: they refer to their reservation.
+        await self._session.execute(delete(reservation_items).where(reservation_items.c.reservation_id.in_(ids)))
+        await self._session.execute(delete(reservations).where(reservations.c.id.in_(ids)))
+        return len(rows)
+
+    async def _purged(self, query: Any, key: str) -> PurgedReservation | None:
+        row = (await self._session.execute(query, {"b_key": key})).one_or_none()
+        if row is None:
+            return None
+        return PurgedReservation(
+            reservation_id=row.reservation_id,
+            order_id=row.order_id,
+            state=stored_enum(ReservationState, row.state),
+            ended_at=as_utc(row.ended_at),
+        )
+
     async def _one(self, query: Any, key: str) -> Reservation | None:
         row = (await self._session.execute(query, {"b_key": key})).one_or_none()
         if row is None:
             return None
-        items = await self._session.execute(_ITEMS, {"b_id": row.id})
+        items = (await self._session.execute(_ITEMS, {"b_id": row.id})).all()
+        if not items:
+            # Every reservation has items: these were purged with it between the two reads (PostgreSQL reads
+            # each statement's own snapshot outside a write transaction).
+            return None
         return Reservation(
             id=row.id,
             order_id=row.order_id,

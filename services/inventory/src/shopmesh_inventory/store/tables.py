@@ -54,6 +54,8 @@ reservations = Table(
     ),
     # The previous release's index for that question, left for its pods during a rollout; a later one drops it.
     Index("ix_reservations_state_expires_at", "state", "expires_at"),
+    # Which finished reservations ended before the retention's cutoff (the purge, inventory_0003)?
+    Index("ix_reservations_updated_at", "updated_at"),
 )
 
 reservation_items = Table(
@@ -63,4 +65,19 @@ reservation_items = Table(
     Column("product_id", String(64), primary_key=True),
     Column("quantity", Integer, nullable=False),
     Index("ix_reservation_items_product_id", "product_id"),
+)
+
+# What is left of a reservation the purge deleted past RESERVATION_RETENTION_SECONDS: its order (Reserve is
+# idempotent by order, and must never reserve for it again), its id and the state it ended in (a late Commit,
+# Release or GetReservation is told it was purged, and how it ended). One narrow row per order, none per item:
+# a product's history of items is what the purge bounds.
+purged_reservations = Table(
+    "purged_reservations",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("reservation_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=False),
+    Column("purged_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("reservation_id", name="uq_purged_reservations_reservation_id"),
 )

@@ -110,9 +110,16 @@ class InventoryServiceServicer:
         are many and long), so that the error fits in a client's trailers.
         Nothing is reserved and nothing is recorded, so a later call for the
         same order may succeed.
+        - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_PURGED: the order's
+        reservation ended (COMMITTED, RELEASED or EXPIRED) longer ago than
+        inventory keeps reservations (RESERVATION_RETENTION_SECONDS) and was
+        deleted; it holds no stock, and none is reserved for the order again.
+        Metadata {"order_id": ..., "reservation_id": ..., "purged_state":
+        "<the ReservationState name it ended in>", "ended_at": "<ISO 8601>"}.
         - ABORTED (concurrent update of the same stock rows; retry), UNAVAILABLE.
 
-        IDEMPOTENT: keyed by order_id, so automatic retries cannot reserve twice.
+        IDEMPOTENT: keyed by order_id, so automatic retries cannot reserve twice,
+        not even after the reservation was deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +133,10 @@ class InventoryServiceServicer:
         Committing a COMMITTED reservation returns it unchanged.
         Errors:
         - INVALID_ARGUMENT: empty reservation_id.
-        - NOT_FOUND, ErrorInfo reason RESERVATION_NOT_FOUND.
+        - NOT_FOUND, ErrorInfo reason RESERVATION_NOT_FOUND; for a reservation
+        deleted past its retention, metadata {"reservation_id": ...,
+        "purged_state": "<the ReservationState name it ended in>", "ended_at":
+        ...}: RESERVATION_STATE_COMMITTED says this commit was done before.
         - FAILED_PRECONDITION, ErrorInfo reason RESERVATION_EXPIRED (PENDING past
         expires_at, or already EXPIRED) or RESERVATION_RELEASED (already
         RELEASED); metadata {"reservation_id": ...}.
@@ -152,9 +162,11 @@ class InventoryServiceServicer:
         So a release never fails because of a state this release knows.
 
         Errors: INVALID_ARGUMENT (empty reservation_id), NOT_FOUND (ErrorInfo
-        reason RESERVATION_NOT_FOUND), FAILED_PRECONDITION (ErrorInfo reason
-        RESERVATION_STATE_UNKNOWN: a state a newer release stored, left as it
-        is), ABORTED, UNAVAILABLE.
+        reason RESERVATION_NOT_FOUND; with "purged_state" in its metadata, as for
+        CommitReservation, for one deleted past its retention: a COMMITTED one's
+        units can then no longer be restocked), FAILED_PRECONDITION (ErrorInfo
+        reason RESERVATION_STATE_UNKNOWN: a state a newer release stored, left as
+        it is), ABORTED, UNAVAILABLE.
 
         IDEMPOTENT: keyed by reservation_id; repeating a release has no further
         effect.
@@ -165,10 +177,12 @@ class InventoryServiceServicer:
 
     def GetReservation(self, request, context):
         """Returns a reservation by id. A PENDING reservation past its expires_at is
-        reported as EXPIRED.
+        reported as EXPIRED. A finished one is kept RESERVATION_RETENTION_SECONDS
+        (30 days by default) after it ended, then deleted with its items.
 
         Errors: INVALID_ARGUMENT (empty reservation_id), NOT_FOUND (ErrorInfo
-        reason RESERVATION_NOT_FOUND), UNAVAILABLE.
+        reason RESERVATION_NOT_FOUND; with "purged_state" in its metadata, as for
+        CommitReservation, for one deleted past its retention), UNAVAILABLE.
 
         No side effects: safe to retry.
         """
