@@ -269,6 +269,17 @@ async def test_checkout_to_another_address_than_the_accounts_is_refused_before_o
     assert orders.placed == []
 
 
+async def test_checkout_sends_orders_the_accounts_address_in_the_letter_case_the_client_typed() -> None:
+    # Orders fingerprints the whole request under the idempotency key, and gateways before EMAIL_NOT_ACCOUNTS
+    # passed `email` on as typed: a retry through this gateway of an order placed through one of those must
+    # reach orders as the same request, or it is IDEMPOTENCY_KEY_REUSED and the client, following the
+    # contract, places (and pays for) a second order under a new key.
+    orders = FakeOrders()
+    await Checkout(FakeAccounts(), orders).place("usr_alice", shop_order("USR_Alice@Accounts.Example"), "key-1")
+    (sent, key), *_ = orders.placed
+    assert (sent.email, key) == ("USR_Alice@Accounts.Example", "key-1")
+
+
 async def test_checkout_without_an_email_uses_the_accounts_address() -> None:
     orders = FakeOrders()
     accounts = FakeAccounts()

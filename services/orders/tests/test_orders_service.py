@@ -118,6 +118,21 @@ async def test_a_bad_card_number_on_an_expired_card_names_both(stub: orders_pb2_
     }
 
 
+async def test_a_retry_with_the_email_in_the_letter_case_first_sent_replays_the_order_and_another_case_is_refused(
+    stub: orders_pb2_grpc.OrdersServiceStub, payments: FakePayments
+) -> None:
+    # Why the gateway passes on the account's address in the case the client typed it: the key's request is
+    # compared as sent, letter case included, and gateways of earlier releases sent the client's `email`.
+    typed = request()
+    typed.email = "Ada@Example.com"
+    placed = await stub.PlaceOrder(typed, metadata=idempotency_metadata("k1"))
+    again = await stub.PlaceOrder(typed, metadata=idempotency_metadata("k1"))
+    assert (again.order.id, again.order.email, payments.charge_calls) == (placed.order.id, "Ada@Example.com", 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PlaceOrder(request(), metadata=idempotency_metadata("k1"))
+    assert details_of(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
+
+
 async def test_declined_card_is_failed_precondition_naming_the_order(stub: orders_pb2_grpc.OrdersServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PlaceOrder(request("4000000000000002"), metadata=idempotency_metadata("k1"))

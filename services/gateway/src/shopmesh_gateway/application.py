@@ -166,8 +166,8 @@ class Checkout:
         # The order's e-mails go to the caller's own account address, whatever the request says: any address
         # let a signed-in user have the shop mail anyone (a cancellation costs nothing once refunded). Empty
         # means the account's; the account's in other letter case is it (`is_accounts_address`).
-        email = await self._accounts.email_of(user_id)
-        if request.email and not is_accounts_address(request.email, email):
+        account = await self._accounts.email_of(user_id)
+        if request.email and not is_accounts_address(request.email, account):
             raise errors.InvalidArgument(
                 "email must be your account's e-mail address, or empty",
                 [errors.FieldViolation("email", "must be your account's e-mail address, or empty", EMAIL_NOT_ACCOUNTS)],
@@ -177,7 +177,10 @@ class Checkout:
             user_id=user_id,
             items=request.items,
             currency=request.currency,
-            email=email,
+            # As the client typed it: orders fingerprints the whole request for its idempotency key, and
+            # gateways before EMAIL_NOT_ACCOUNTS sent it so, so a retry through this one of an order placed
+            # through one of those (a rolling upgrade) must send the same letters to find that order.
+            email=request.email or account,
         )
         if request.HasField("shipping_address"):
             order_request.shipping_address.CopyFrom(request.shipping_address)

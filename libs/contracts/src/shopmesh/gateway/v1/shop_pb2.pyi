@@ -433,7 +433,8 @@ class PlaceOrderRequest(_message.Message):
     any other (compared in any letter case) is refused with
     INVALID_ARGUMENT, ErrorInfo reason EMAIL_NOT_ACCOUNTS and a field
     violation on `email` of that reason (the shop would otherwise mail
-    anyone a signed-in user names). The order records the account's address.
+    anyone a signed-in user names). The order records the address as sent
+    (the account's when empty).
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_orders_pb2.CartItem]:
