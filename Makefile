@@ -97,7 +97,7 @@ buf-lint: $(BUF_STAMP) ## buf lint (STANDARD) and the buf format check
 
 BREAKING_AGAINST ?= .git\#branch=main,subdir=protos
 .PHONY: breaking
-breaking: $(BUF_STAMP) ## Check protos/ for breaking changes against main (FILE rules)
+breaking: $(BUF_STAMP) ## Check the working tree's protos/ for breaking changes against main (FILE rules); make test checks committed ones
 	@case '$(BREAKING_AGAINST)' in .git\#branch=main,*) git rev-parse --verify --quiet main >/dev/null || \
 	  { echo "error: no local branch main to compare with (a CI checkout, a fork): git fetch origin main:main, or BREAKING_AGAINST='.git#branch=<branch>,subdir=protos'"; exit 1; };; esac
 	$(BUF) breaking protos --against '$(BREAKING_AGAINST)'

@@ -1,0 +1,226 @@
+"""No committed change to protos/ broke the contracts: for every commit that touched protos/, `buf breaking`
+(the FILE rules of that commit's protos/buf.yaml) finds nothing between its protos/ and its parent's.
+
+`make breaking` compares the working tree with the branch main, which catches a breaking change before it is
+committed, on a branch; once it is on main, main compared with itself is clean. This walks the history
+instead, so a breaking change is caught after it is committed too, wherever it was committed. Each distinct
+protos/ tree is compiled once into a buf image (`buf build -o`), and each commit's image is compared with its
+parent's, a few at a time.
+
+The walk starts after VERIFIED_THROUGH: every commit up to it, all 61 that touched protos/, was verified once
+(no breaking change) by this same check over the whole history. Walking it all takes about 15 s of CPU (123
+buf runs; 35 s on a 2-core machine at load 13) and grows with every proto change, too much for `make test`;
+`SHOPMESH_PROTO_HISTORY=all` walks it all again. VERIFIED_THROUGH not being in HEAD's history (history
+rewritten) fails, as does a shallow clone (never a skip), naming how to deepen it. The last tests hold the
+check to a breaking change it must find, committed in a clone, and to the shallow clone's failure.
+
+Alone: `.venv/bin/pytest tests/contract/test_proto_history.py`."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / ".tools" / "node_modules"
+# A bound on one git or buf run, against a hang only (a build or comparison takes about a second).
+RUN_BOUND_SECONDS = 60
+# The last commit that touched protos/ when the whole history was verified (catalog.proto's seed, 2026-12-05).
+VERIFIED_THROUGH = "c218e232c640e112e0af8f896c5726ecbef5dc25"
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def buf_binary(tools: Path = TOOLS) -> Path:
+    """The Makefile's buf (`BUF`). npm installs the binary of this platform only beside its Node launcher,
+    `.bin/buf`, which costs a Node start per call: the binary itself when it is there, else the launcher."""
+    native = sorted(tools.glob("@bufbuild/buf-*/bin/buf"))
+    if len(native) == 1:
+        return native[0]
+    launcher = tools / ".bin" / "buf"
+    if not launcher.is_file():
+        pytest.fail(f"buf is missing ({launcher}): run `make setup`; without it no proto change is checked")
+    return launcher
+
+
+def git(repo: Path, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND_SECONDS,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"git {' '.join(args)} failed in {repo}: {done.stderr.strip()}", pytrace=False)
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Change:
+    """A commit's protos/ (its tree id) and its parent's."""
+
+    commit: str
+    tree: str | None
+    parent_tree: str
+
+
+def walked_from() -> str | None:
+    """Where the walk starts: after VERIFIED_THROUGH, or at the first commit for `SHOPMESH_PROTO_HISTORY=all`."""
+    return None if os.environ.get("SHOPMESH_PROTO_HISTORY") == "all" else VERIFIED_THROUGH
+
+
+def proto_changes(repo: Path, since: str | None) -> list[Change]:
+    """Every (commit, parent) of HEAD's history after `since` (all of it: None) where protos/ differs,
+    protos/ being in the parent."""
+    if git(repo, "rev-parse", "--is-shallow-repository").strip() != "false":
+        pytest.fail(
+            f"{repo} is a shallow clone: the commits that changed protos/ before its cut are unknown, so a "
+            "breaking change among them would pass. Deepen it: `git fetch --unshallow` (in CI, check out "
+            "with the whole history, e.g. actions/checkout's `fetch-depth: 0`)",
+            pytrace=False,
+        )
+    if (
+        since is not None
+        and subprocess.run(
+            ["git", "-C", str(repo), "merge-base", "--is-ancestor", since, "HEAD"],
+            timeout=RUN_BOUND_SECONDS,
+            check=False,
+        ).returncode
+    ):
+        pytest.fail(
+            f"{since}, the commit through which protos/ were verified, is not in HEAD's history (was it "
+            "rewritten?): verify all of it, `SHOPMESH_PROTO_HISTORY=all pytest tests/contract/test_proto_history.py`, "
+            "then set VERIFIED_THROUGH to its last commit that touched protos/",
+            pytrace=False,
+        )
+    walked = f"{since}..HEAD" if since is not None else "HEAD"
+    pairs = [
+        (commit, parent)
+        for line in git(repo, "log", "--format=%H %P", walked, "--", "protos").splitlines()
+        for commit, *parents in [line.split()]
+        for parent in parents
+    ]
+    # One git for every tree id: `<commit>:protos` answers "<id> tree <size>", or "... missing".
+    asked = sorted({rev for pair in pairs for rev in pair})
+    answers = git(repo, "cat-file", "--batch-check", stdin="".join(f"{rev}:protos\n" for rev in asked))
+    trees = {
+        rev: fields[0] if fields[1] == "tree" else None
+        for rev, fields in zip(asked, (line.split() for line in answers.splitlines()), strict=True)
+    }
+    changes = []
+    for commit, parent in pairs:
+        parent_tree = trees[parent]
+        # No protos/ before: the commit created them, and there is nothing for them to break.
+        if parent_tree is not None and trees[commit] != parent_tree:
+            changes.append(Change(commit, trees[commit], parent_tree))
+    return changes
+
+
+def in_parallel(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    # A buf run mostly waits to be scheduled on a busy machine, and uses a fraction of a core when it is.
+    with ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1)) as pool:
+        return list(pool.map(work, items))
+
+
+def run_buf(buf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(buf), *args], capture_output=True, text=True, timeout=RUN_BOUND_SECONDS, check=False, cwd=ROOT
+    )
+
+
+def build_images(repo: Path, buf: Path, trees: Iterable[str], into: Path) -> None:
+    """Each protos/ tree, extracted into `into/<tree>/` and compiled into `into/<tree>.binpb`."""
+
+    def build(tree: str) -> None:
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", "--format=tar", tree],
+            capture_output=True,
+            timeout=RUN_BOUND_SECONDS,
+            check=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(into / tree, filter="data")
+        built = run_buf(buf, "build", str(into / tree), "-o", str(into / f"{tree}.binpb"))
+        if built.returncode != 0:
+            pytest.fail(f"buf build of protos/ tree {tree} failed:\n{built.stderr}", pytrace=False)
+
+    in_parallel(build, trees)
+
+
+def breaking_findings(buf: Path, change: Change, images: Path) -> str:
+    """buf's report of what `change` breaks (FILE rules, as its protos/buf.yaml says); "" when nothing."""
+    if change.tree is None:
+        return "protos/ removed"
+    config = images / change.tree / "buf.yaml"
+    compared = run_buf(
+        buf,
+        "breaking",
+        str(images / f"{change.tree}.binpb"),
+        "--against",
+        str(images / f"{change.parent_tree}.binpb"),
+        *(["--config", str(config)] if config.is_file() else []),
+    )
+    if compared.returncode == 0:
+        return ""
+    return (compared.stdout + compared.stderr).strip() or f"buf breaking exited {compared.returncode}"
+
+
+def breaking_changes(repo: Path, buf: Path, images: Path, since: str | None) -> dict[str, str]:
+    """Each commit of HEAD's history after `since` whose protos/ change breaks its parent's, with buf's findings."""
+    changes = proto_changes(repo, since)
+    build_images(repo, buf, {tree for c in changes for tree in (c.tree, c.parent_tree) if tree is not None}, images)
+    findings = in_parallel(lambda change: breaking_findings(buf, change, images), changes)
+    return {
+        git(repo, "log", "-1", "--format=%h %s", change.commit).strip()[:100]: found
+        for change, found in zip(changes, findings, strict=True)
+        if found
+    }
+
+
+def test_no_commit_changed_protos_in_a_way_that_breaks_the_previous_commits(tmp_path: Path) -> None:
+    broken = breaking_changes(ROOT, buf_binary(), tmp_path, walked_from())
+    assert not broken, "commits whose protos/ change breaks the contracts (buf breaking, FILE rules):\n" + "\n".join(
+        f"{commit}\n{found}" for commit, found in broken.items()
+    )
+
+
+def test_a_committed_breaking_change_is_found_naming_its_commit(tmp_path: Path) -> None:
+    """The check above in a clone of the repository with one more commit, which changes a field's type."""
+    clone = tmp_path / "clone"
+    git(ROOT, "clone", "--quiet", "--shared", "--no-checkout", str(ROOT), str(clone))
+    git(clone, "reset", "--quiet")  # the index of HEAD, for a commit of one file changed; no files checked out
+    git(clone, "checkout", "HEAD", "--", "protos/shopmesh/payments/v1/payments.proto")
+    proto = clone / "protos" / "shopmesh" / "payments" / "v1" / "payments.proto"
+    text = proto.read_text()
+    assert "int32 exp_month = 2;" in text
+    proto.write_text(text.replace("int32 exp_month = 2;", "string exp_month = 2;", 1))
+    git(clone, "add", str(proto))
+    git(clone, "-c", "user.name=t", "-c", "user.email=t@t.example", "commit", "--quiet", "-m", "exp_month a string")
+
+    broken = breaking_changes(clone, buf_binary(), tmp_path / "images", VERIFIED_THROUGH)
+    [(commit, found)] = broken.items()
+    assert commit.endswith(" exp_month a string"), broken
+    assert 'Field "2" with name "exp_month" on message "PaymentCard" changed type' in found, found
+
+
+def test_a_shallow_clone_fails_naming_how_to_deepen_it(tmp_path: Path) -> None:
+    clone = tmp_path / "shallow"
+    git(ROOT, "clone", "--quiet", "--no-checkout", "--depth", "1", f"file://{ROOT}", str(clone))
+    with pytest.raises(pytest.fail.Exception, match="git fetch --unshallow"):
+        proto_changes(clone, VERIFIED_THROUGH)
+
+
+def test_a_verified_commit_outside_the_history_fails_naming_how_to_verify_it_all(tmp_path: Path) -> None:
+    with pytest.raises(pytest.fail.Exception, match="SHOPMESH_PROTO_HISTORY=all"):
+        proto_changes(ROOT, git(ROOT, "commit-tree", "-m", "elsewhere", "HEAD^{tree}").strip())
