@@ -686,6 +686,25 @@ async def test_a_browser_preflight_is_answered_and_responses_expose_the_idempote
     assert "Origin" in listed.headers["vary"], "a shared cache keeps an answer per origin"
 
 
+async def test_api_answers_are_kept_by_no_cache_and_never_sniffed(http: httpx.AsyncClient) -> None:
+    # A shopper's orders, refusals, the edge's own 404 and the catalog: personal or not, none may stay
+    # in a browser's disk cache after sign-out (Chromium kept GET /v1/orders there), nor be read as HTML.
+    _, auth = await signed_up(http, "Hedy")
+    answers = {
+        "orders": await http.get("/v1/orders", headers=auth),
+        "an order not found": await http.get("/v1/orders/ord_nope", headers=auth),
+        "unauthenticated": await http.get("/v1/orders"),
+        "the edge's 404": await http.get("/v1/nothing"),
+        "products": await http.get("/v1/products", params={"pageSize": 1}),
+    }
+    for what, answer in answers.items():
+        assert answer.headers.get("cache-control") == "no-store", (what, answer.status_code, dict(answer.headers))
+        assert answer.headers.get("x-content-type-options") == "nosniff", (what, dict(answer.headers))
+    # The storefront's files keep their own policy (revalidated, not unstored).
+    page = await http.get("/")
+    assert page.headers["cache-control"] == "no-cache", dict(page.headers)
+
+
 async def test_an_http_request_is_one_trace_from_the_edge_through_the_gateway(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:

@@ -1,7 +1,7 @@
 """Header hygiene: request headers dropped before anything reads them, gRPC's own headers dropped from an
 HTTP/JSON request, which the gateway's gRPC server would otherwise answer with INTERNAL, and gRPC's retry pushback
-from its answer; the services' internal markers dropped from every answer, and the CORS headers added to every
-answer the CORS filter gave none."""
+from its answer; the services' internal markers dropped from every answer, the CORS headers added to every
+answer the CORS filter gave none, and no-store and nosniff to every answer without its own."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ GRPC_HEADER_NAME = r"grpc-.*"
 # The services' markers among themselves (the chassis' `shopmesh-final-answer`, `shopmesh-shed`): the gateway
 # relays a dependency's error with them, and they are no part of the public API, whose clients read the status.
 INTERNAL_HEADER_NAME = r"shopmesh-.*"
+# Response headers every answer of the edge carries unless it has its own (header_hygiene).
+ANSWER_DEFAULTS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 
 
 def no_grpc_headers() -> dict[str, Any]:
@@ -53,7 +55,8 @@ def header_hygiene() -> dict[str, Any]:
     app on it, with the storefront's calls: kilobytes of metadata for the gateway), and what would reach the
     gateway as metadata its gRPC server refuses with INTERNAL instead of a client's error (a name gRPC does
     not allow, binary metadata that may not be base64). And the services' internal markers dropped from every
-    answer, its headers and its trailers, whatever the client's protocol."""
+    answer, its headers and its trailers, whatever the client's protocol; ANSWER_DEFAULTS added to every answer
+    that has none of its own."""
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
@@ -76,6 +79,14 @@ def header_hygiene() -> dict[str, Any]:
                         }
                     },
                     *({"append": header} for header in readable_cross_origin()),
+                    # Unless an answer has its own (the storefront's files: no-cache), none is kept by any
+                    # cache: the API's answers are a shopper's (orders, e-mails), and Chromium kept them in its
+                    # disk cache after sign-out. Nor is one read as anything but its content type (a JSON
+                    # error echoing a path with markup in it, opened as a page).
+                    *(
+                        {"append": {"header": {"key": key, "value": value}, "append_action": "ADD_IF_ABSENT"}}
+                        for key, value in ANSWER_DEFAULTS.items()
+                    ),
                     _remove_matching(INTERNAL_HEADER_NAME),
                 ],
                 # A gRPC answer with a body has its metadata in trailers (the chassis' errors are trailers-only,
