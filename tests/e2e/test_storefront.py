@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
+import struct
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -1012,3 +1014,132 @@ async def test_a_price_change_answered_after_leaving_the_cart_page_does_not_redr
         await expect(page.locator("#cart-link")).to_have_text("Cart (4)")
         await expect(page.locator("#flash")).not_to_contain_text("changed in another tab")
         await expect(page.get_by_role("heading", level=1)).to_have_text("Your orders")
+
+
+@contextlib.asynccontextmanager
+async def cutting_proxy(edge_url: str, cut: bytes) -> AsyncIterator[str]:
+    """A TCP proxy in front of the edge, its URL: the answer to the first request that starts with `cut`
+    passes its headers and five bytes of its body, then the connection is reset (a dropped link, a proxy's
+    idle timeout), as no route of Playwright's can (it loses a whole answer, never half of one)."""
+    edge = httpx.URL(edge_url)
+    assert edge.host
+    assert edge.port
+    first = [True]
+    transports: list[asyncio.WriteTransport] = []
+
+    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(edge.host, edge.port)
+        transports.extend([client_writer.transport, server_writer.transport])
+        cutting = asyncio.Event()
+
+        async def up() -> None:
+            while data := await client_reader.read(65536):
+                if data.startswith(cut) and first[0]:
+                    first[0] = False
+                    cutting.set()
+                server_writer.write(data)
+                await server_writer.drain()
+
+        async def down() -> None:
+            answer = b""
+            while data := await server_reader.read(65536):
+                if not cutting.is_set():
+                    client_writer.write(data)
+                    await client_writer.drain()
+                    continue
+                answer += data
+                headers_end = answer.find(b"\r\n\r\n")
+                if headers_end < 0:
+                    continue
+                client_writer.write(answer[: headers_end + 4 + 5])
+                await client_writer.drain()
+                # abort() after SO_LINGER 0 sends a RST, not a FIN: the browser reads the body as failed.
+                client_writer.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                client_writer.transport.abort()
+                server_writer.transport.abort()
+                return
+            client_writer.close()
+
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.gather(up(), down())
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for transport in transports:
+            transport.abort()
+
+
+async def test_a_checkout_whose_answer_is_reset_mid_body_placed_again_is_one_order_charged_once(
+    stack: Stack, browser: Browser, shop: Shop, http: httpx.AsyncClient
+) -> None:
+    assert stack.http_url is not None
+    async with cutting_proxy(stack.http_url, b"POST /v1/orders ") as proxied:
+        context = await browser.new_context(locale="en-US")
+        try:
+            tab = Tab(context, await context.new_page(), proxied)
+            keys = tab.idempotency_keys("/v1/orders")
+            await tab.register("Grace")
+            await tab.add_to_cart("prod_chef_knife")
+            await tab.check_out()
+            # The order was placed; its answer's headers came, its body did not. (The page had read the body
+            # outside its network-failure handling: nothing was said, the key was dropped, and pressing again
+            # placed and charged a second order under a new one.)
+            alert = tab.page.get_by_role("alert")
+            await expect(alert).to_contain_text("could not be reached", timeout=SLOW)
+            await expect(alert).to_contain_text("trying again is safe")
+            await tab.press("Place order")
+            await tab.placed()
+            orders = await orders_of(http, await tab.token())
+        finally:
+            await context.close()
+    assert len(keys) == 2, keys
+    assert keys[0] == keys[1], "the same checkout, the same idempotency key"
+    assert len(orders) == 1, orders
+    assert len(await shop.payments_for(orders[0]["id"])) == 1
+    assert not tab.problems, tab.problems
+
+
+# The answer's headers come, its body is lost: Chromium's response.text() rejects with a TypeError then.
+LOSE_THE_PRODUCTS_BODY = """
+(() => {
+  const real = window.fetch;
+  window.fetch = async (url, init) => {
+    const response = await real(url, init);
+    if (!new URL(url).pathname.startsWith("/v1/products")) return response;
+    const body = new ReadableStream({ start: (controller) => controller.error(new TypeError("network error")) });
+    return new Response(body, { status: response.status, headers: response.headers });
+  };
+})();
+"""
+
+
+async def test_a_page_whose_answer_loses_its_body_says_the_shop_could_not_be_reached(tab: Tab) -> None:
+    await tab.page.add_init_script(LOSE_THE_PRODUCTS_BODY)
+    # It had been left busy for good (aria-busy), with an uncaught TypeError.
+    await tab.open("#/")
+    await expect(tab.page.get_by_role("alert")).to_contain_text("The shop could not be reached.")
+
+
+async def test_a_proxys_html_error_page_is_told_by_its_status_not_shown_as_markup(tab: Tab) -> None:
+    page = tab.page
+
+    def proxys_page(status: int) -> Callable[[Route], Awaitable[None]]:
+        html = f"<html><head><title>{status}</title></head><body><h1>{status} Error</h1><hr>nginx</body></html>"
+
+        async def answer(route: Route) -> None:
+            await route.fulfill(status=status, content_type="text/html", body=html)
+
+        return answer
+
+    for status in (413, 431, 500):
+        await page.route(re.compile(r"/v1/products\?"), proxys_page(status))
+        await tab.open(f"#/?category=c{status}")
+        alert = page.get_by_role("alert")
+        await expect(alert).to_contain_text(f"The shop answered {status}.")
+        await expect(alert).not_to_contain_text("<")
+        await page.unroute(re.compile(r"/v1/products\?"))

@@ -101,8 +101,15 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
     headers.authorization = `Bearer ${session.token}`;
   }
   let response;
+  let text;
   try {
-    response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    // no-store: the answers are the shopper's (orders, e-mails); the browser's disk cache kept them after
+    // sign-out. The edge says the same (Cache-Control: no-store).
+    const sent = body === undefined ? undefined : JSON.stringify(body);
+    response = await fetch(url, { method, headers, body: sent, cache: "no-store" });
+    // The body can be lost after the headers came (a reset mid-answer, a proxy's idle timeout): the request
+    // may have been carried out all the same, so its outcome is unknown, as with no answer at all.
+    text = await response.text();
   } catch {
     throw new ApiError(
       0,
@@ -110,13 +117,17 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
       { authRequired: auth, traceId },
     );
   }
-  const text = await response.text();
   let data;
   try {
     data = text ? JSON.parse(text) : {};
   } catch {
-    data = { message: text };
+    data = null;
   }
+  // An error that is no google.rpc.Status (a proxy's HTML page for a 413, 431 or 500) is told by its status
+  // alone ("The shop answered 413."): its markup is no message for a shopper.
+  const isStatus = data !== null && typeof data === "object" && !Array.isArray(data);
+  if (!response.ok && !(isStatus && Number.isInteger(data.code))) data = {};
+  else if (!isStatus) data = { message: text };
   if (!response.ok) {
     // The token was refused (expired, or its key revoked): a wrong password at sign-in is no session's end.
     if (response.status === 401 && auth) endSession();
@@ -314,8 +325,10 @@ async function idempotently(slot, what, send) {
     sessionStorage.removeItem(slot);
     return answer;
   } catch (error) {
-    if (!(error instanceof ApiError) || error.settled) sessionStorage.removeItem(slot);
-    else if (error.outcomeUnknown) error.retrySafe = true;
+    // Only an answer settles the request: anything else (an error that is no ApiError) says nothing of
+    // whether it was carried out, and the key stays for sending it again.
+    if (error instanceof ApiError && error.settled) sessionStorage.removeItem(slot);
+    else if (error instanceof ApiError && error.outcomeUnknown) error.retrySafe = true;
     throw error;
   }
 }
@@ -1103,7 +1116,15 @@ async function route() {
     try {
       content = await found.view(parts, query);
     } catch (error) {
-      if (!(error instanceof ApiError)) throw error;
+      if (!(error instanceof ApiError)) {
+        // A fault of the page's own: said as one (the script error is still reported), not a page left
+        // busy for good, which assistive technology announces as loading.
+        if (mine === shown) {
+          view.removeAttribute("aria-busy");
+          view.replaceChildren(errorBox(new ApiError(0, { code: UNKNOWN, message: "Something went wrong." })));
+        }
+        throw error;
+      }
       if (mine !== shown) return;
       if (error.needsSignIn) {
         signInAndReturn();
