@@ -1143,3 +1143,49 @@ async def test_a_proxys_html_error_page_is_told_by_its_status_not_shown_as_marku
         await expect(alert).to_contain_text(f"The shop answered {status}.")
         await expect(alert).not_to_contain_text("<")
         await page.unroute(re.compile(r"/v1/products\?"))
+
+
+async def test_signing_out_leaves_no_pending_checkout_nor_cart_in_the_browser(
+    tab: Tab, http: httpx.AsyncClient
+) -> None:
+    page = tab.page
+    await tab.register("Joan")
+    await tab.add_to_cart("prod_chef_knife")
+    await check_out_losing_the_answer(tab, http)
+    # The kept key's slot names the checkout by its shipping address and card's last four and expiry.
+    assert "Analytical Way" in await page.evaluate("sessionStorage.getItem('shopmesh.checkout')")
+    await tab.press("Sign out")
+    await expect(page.get_by_role("link", name="Sign in")).to_be_visible()
+    stored = await page.evaluate("[Object.keys(sessionStorage), Object.keys(localStorage)]")
+    assert stored == [[], []], stored
+    await expect(page.locator("#cart-link")).to_have_text("Cart")
+
+
+async def test_a_shoppers_answers_are_not_in_the_browsers_disk_cache_after_sign_out(
+    stack: Stack, tmp_path: Path
+) -> None:
+    profile = tmp_path / "profile"
+    async with async_playwright() as playwright:
+        # A profile on disk, as a shared computer's browser keeps it.
+        context = await playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, locale="en-US"
+        )
+        try:
+            assert stack.http_url is not None
+            tab = Tab(context, await context.new_page(), stack.http_url)
+            await tab.register("Ida")
+            await tab.add_to_cart("prod_chef_knife")
+            await tab.check_out(Street="42 Secret Lane MARKOFTHEADDRESS")
+            await tab.placed()
+            await tab.open("#/orders")
+            await tab.press("Sign out")
+            await expect(tab.page.get_by_role("link", name="Sign in")).to_be_visible()
+        finally:
+            await context.close()
+    cached = [
+        str(file.relative_to(profile))
+        for file in profile.rglob("*")
+        if "Cache" in str(file.relative_to(profile)) and file.is_file() and b"MARKOFTHEADDRESS" in file.read_bytes()
+    ]
+    assert not cached, f"the shipping address is in the browser's cache after sign-out: {cached}"
+    assert not tab.problems, tab.problems

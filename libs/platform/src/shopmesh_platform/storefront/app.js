@@ -1,7 +1,7 @@
 // The storefront (docs/storefront.md): the shop in a browser, over the public HTTP/JSON API that the edge
 // serves on the same origin. Every call is one of ShopService's routes, as /openapi.json describes them;
-// the page keeps no data the API does not give it, except the cart (localStorage, until checkout) and the
-// session's token (sessionStorage: gone with the tab).
+// the page keeps no data the API does not give it, except the cart (localStorage, until checkout or sign-out)
+// and the session's token (sessionStorage: gone with the tab or at sign-out).
 //
 // Elements are built from data as text (textContent), never as HTML: a product name cannot become markup.
 // The edge's Content-Security-Policy refuses any script but this file besides.
@@ -1174,8 +1174,21 @@ document.getElementById("search").addEventListener("submit", (event) => {
   const query = document.getElementById("search-query").value.trim();
   location.hash = query ? `#/?${new URLSearchParams({ query })}` : "#/";
 });
-document.getElementById("sign-out").addEventListener("click", () => {
+// Signing out leaves nothing of the shopper's in a shared browser: the token, the kept keys of checkouts and
+// cancellations (what identifies a checkout is its shipping address and card's last four and expiry) and the
+// cart, which the next person at this browser would see and could order. (A session that merely expired
+// keeps them: signing in again sends the same checkout with the same key.)
+function signOut() {
+  for (const slot of Object.keys(sessionStorage)) {
+    if (slot === CHECKOUT || slot.startsWith(CANCEL)) sessionStorage.removeItem(slot);
+  }
+  localStorage.removeItem(CART);
+  showCartSize();
   endSession();
+}
+
+document.getElementById("sign-out").addEventListener("click", () => {
+  signOut();
   location.hash = "#/";
 });
 window.addEventListener("hashchange", () => {
