@@ -93,6 +93,14 @@ class ServiceSettings(RuntimeSettings):
     grpc_unix_socket: str = ""
     # Calls admitted into handlers at once; more are shed with RESOURCE_EXHAUSTED (health checks never are).
     grpc_max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    # Calls (HTTP/2 streams) one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    # GRPC_MAX_CONCURRENT_RPCS counts calls in handlers only: a call whose request never comes is held below
+    # them, 10-18 KB apiece until the connection's max age, so without this bound one connection could take the
+    # server to its memory limit. Callers are not starved by it: gRPC clients queue their calls past it on the
+    # connection (in order, within their deadlines) and Envoy opens another connection. 100, as the HTTP edge
+    # offers (docs/http-api.md), is far above what one caller has in flight to one replica in this system (a
+    # service's handlers wait on a pool of 6 database connections).
+    grpc_max_concurrent_streams: int = Field(default=100, ge=1, le=2**31 - 1)
     # gRPC takes these in milliseconds as a C int: at most about 24.8 days (GRPC_DURATION_MAX_SECONDS).
     grpc_keepalive_time_seconds: float = Field(default=30.0, gt=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False)
     grpc_keepalive_timeout_seconds: float = Field(default=10.0, gt=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False)
@@ -102,6 +110,12 @@ class ServiceSettings(RuntimeSettings):
     )
     grpc_max_connection_age_grace_seconds: float = Field(
         default=30.0, ge=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False
+    )
+    # A connection with no call for this long is closed (GOAWAY): no keepalive ping goes out on a connection
+    # without calls, so a vanished client's idle connection (~17 KB) stayed until its max age. A client that
+    # still wants it connects again on its next call, as after a max-age GOAWAY.
+    grpc_max_connection_idle_seconds: float = Field(
+        default=60.0, gt=0, le=GRPC_DURATION_MAX_SECONDS, allow_inf_nan=False
     )
 
     # The largest request message the server reads (gRPC's default, 4 MiB); a larger one is refused with

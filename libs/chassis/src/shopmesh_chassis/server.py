@@ -131,6 +131,9 @@ class ChassisServer:
                 ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time_seconds * ms)),
                 ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout_seconds * ms)),
                 ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_seconds * ms)),
+                ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_seconds * ms)),
+                # What one connection may hold open (config.py); a call past it waits in its client, unserved.
+                ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
                 (
                     "grpc.max_connection_age_grace_ms",
                     int(settings.grpc_max_connection_age_grace_seconds * ms),
