@@ -342,3 +342,22 @@ def test_the_database_pool_settings_reach_the_postgresql_engine(monkeypatch: pyt
     pool = Database.from_settings(settings).postgres_engine.pool
     assert isinstance(pool, QueuePool)
     assert (pool.size(), pool._max_overflow) == (3, 7)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        # gRPC would take 0 streams as "refuse every call", and a count or duration past a C int as garbage.
+        ("GRPC_MAX_CONCURRENT_STREAMS", "0"),
+        ("GRPC_MAX_CONCURRENT_STREAMS", str(2**31)),
+        ("GRPC_MAX_CONNECTION_IDLE_SECONDS", "0"),
+        ("GRPC_MAX_CONNECTION_IDLE_SECONDS", "inf"),
+        ("GRPC_MAX_CONNECTION_IDLE_SECONDS", "2592000"),
+    ],
+)
+def test_a_connection_bound_grpc_cannot_take_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"^invalid configuration: {variable}="):
+        load_settings(SampleSettings, grpc_port=0, metrics_port=-1)
