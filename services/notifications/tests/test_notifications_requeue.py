@@ -97,7 +97,8 @@ async def test_emails_the_release_before_gave_up_or_failed_on_a_relay_policy_are
 ) -> None:
     """The release before gave up with "the mail service failed N attempts" (and its pods still do during a
     rollout), and failed at once on a relay's 5.7.x refusal at RCPT, storing the reply: the runbook's SQL
-    finds both kinds and their e-mails go out once re-queued; a refusal of the address itself stays FAILED."""
+    finds both kinds and their e-mails go out once re-queued; a refusal of the address itself, in any letter
+    case, stays FAILED."""
     find, requeue, find_policy, requeue_policy = runbook_sql()
     gave_up = failed_by_the_release_before(
         1, "not delivered: the mail service failed 10 attempts", 10, "SMTP server did not answer in time"
@@ -108,10 +109,14 @@ async def test_emails_the_release_before_gave_up_or_failed_on_a_relay_policy_are
         "recipient refused: user3@example.com: 554 5.7.1 <user3@example.com>: Recipient address rejected: Access denied"
     )
     recipients_own = failed_by_the_release_before(3, rejected, 1, rejected)
+    # Worded in another case, as relays do; the mailer matches it ignoring case, so must the SQL (PostgreSQL's
+    # LIKE does not ignore case, SQLite's does for ASCII).
+    rejected_lower = "recipient refused: user5@example.com: 550 5.7.1 <user5@example.com>: recipient address rejected"
+    recipients_own_lower = failed_by_the_release_before(5, rejected_lower, 1, rejected_lower)
     unknown = "recipient refused: user4@example.com: 550 5.1.1 <user4@example.com>: no such user"
     no_such_user = failed_by_the_release_before(4, unknown, 1, unknown)
     async with database.transaction() as session:
-        for row in (gave_up, relay_policy, recipients_own, no_such_user):
+        for row in (gave_up, relay_policy, recipients_own, no_such_user, recipients_own_lower):
             await NotificationRepository(session).add(row)
 
     async with database.transaction() as session:
@@ -133,5 +138,6 @@ async def test_emails_the_release_before_gave_up_or_failed_on_a_relay_policy_are
         "user2@example.com": State.SENT,
         "user3@example.com": State.FAILED,
         "user4@example.com": State.FAILED,
+        "user5@example.com": State.FAILED,
     }
     assert sorted(m["X-Shopmesh-Order-Id"] for m in read_mail(tmp_path / "mail")) == ["ord_old1", "ord_old2"]
