@@ -124,6 +124,10 @@ values-schema: setup ## Write every chart's values.schema.json (helm/<service>/,
 check-values-schema: setup
 	$(VENV_BIN)/python k8s/values_schema.py --check
 
+.PHONY: release-objects
+release-objects: setup ## Write tests/k8s/release_objects.yaml (what each chart x value set renders; the upgrade test fails when one is gone)
+	$(VENV_BIN)/python k8s/release_objects.py
+
 # `make lint` fails when the committed dashboard, the gateway chart's files or the charts' values schemas are
 # not what k8s/ writes.
 lint: check-dashboards check-http-api check-values-schema

@@ -13,7 +13,17 @@ import yaml
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, STAGING_MESH_VALUES, Docs, find, objects_of, peers_by_port, render, run_deploy_staging
+from .k8skit import (
+    ROOT,
+    STAGING_MESH_VALUES,
+    Docs,
+    find,
+    objects_of,
+    peers_by_port,
+    release_objects,
+    render,
+    run_deploy_staging,
+)
 from .test_scheduling import deploy_staging_values
 
 # The staging cluster's own PostgreSQL, outside k8s/infra (values-staging.yaml's peers are k8s/infra's).
@@ -130,9 +140,29 @@ IMMUTABLE = {
 def every_rendering(rendered: dict[tuple[str, str], Docs], helm_dir: Path) -> dict[str, Docs]:
     """Every chart with every value set, and the umbrella with a canary (its own Deployment)."""
     result = {f"{value_set}/{chart}": docs for (value_set, chart), docs in rendered.items()}
-    canary = {"mesh": "istio", "database": {"mode": "postgres"}, "canary": {"catalog": {"enabled": True}}}
-    result["canary/shopmesh"] = objects_of(helm_dir, "shopmesh", {"global": canary})
+    result["canary/shopmesh"] = objects_of(helm_dir, "shopmesh", release_objects.CANARY_VALUES)
     return result
+
+
+def test_no_object_of_an_earlier_release_is_renamed_or_removed(
+    rendered: dict[tuple[str, str], Docs], helm_dir: Path
+) -> None:
+    """`helm upgrade` deletes what the deployed release has and the new chart no longer renders, after creating
+    the rest: a Service, NetworkPolicy or mesh policy renamed is gone, or not there yet, for part of the upgrade
+    (and of a rollback). tests/k8s/release_objects.yaml holds every object each chart x value set rendered when
+    it was last written (k8s/release_objects.py); each must still be rendered. Objects added are fine."""
+    committed = release_objects.load()
+    assert committed, "tests/k8s/release_objects.yaml is empty"
+    missing = release_objects.gone(committed, release_objects.inventory(every_rendering(rendered, helm_dir)))
+    assert not missing, (
+        f"{len(missing)} object(s) of tests/k8s/release_objects.yaml no longer rendered, which `helm upgrade` "
+        "would delete from a release made before this change (a renamed one: deleted and created again):\n  "
+        + "\n  ".join(missing[:20])
+        + ("\n  ..." if len(missing) > 20 else "")
+        + '\nIf that is intended, say what an upgrade needs in docs/kubernetes.md ("Upgrades and rollbacks"), '
+        "add a line to HISTORY in k8s/release_objects.py and rewrite the inventory: "
+        ".venv/bin/python k8s/release_objects.py (make release-objects)"
+    )
 
 
 def test_every_deployment_selects_by_the_fixed_documented_labels(
