@@ -11,6 +11,7 @@ from shopmesh_chassis.text_lines import (
     line_violation,
     normalized_line,
     too_long_to_normalize,
+    without_default_ignorable,
 )
 
 
@@ -126,3 +127,10 @@ def test_a_line_is_too_long_to_normalize_only_past_eight_characters_as_sent_per_
     assert not too_long_to_normalize(" " * 397 + "Ann", 50)
     assert normalized_line(" " * 397 + "Ann") == "Ann"
     assert too_long_to_normalize(" " * 398 + "Ann", 50)
+
+
+def test_text_compared_as_people_see_it_loses_every_character_drawn_as_nothing() -> None:
+    invisible = "\u00ad\u200b\u200c\u200d\u200e\u2060\ufe0f\ufeff\u3164\U000e0001"
+    assert without_default_ignorable(f"{invisible}wo{invisible}ol{invisible}") == "wool"
+    # Blanks that take room on the line are spacing, not invisible: a search splits on them.
+    assert without_default_ignorable("a\u00a0b c\u3000d\u2800") == "a\u00a0b c\u3000d\u2800"

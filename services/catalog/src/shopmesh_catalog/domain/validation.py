@@ -23,6 +23,7 @@ from shopmesh_chassis.pagination import (
     page_token_key,
 )
 from shopmesh_chassis.text_fields import nul_violation
+from shopmesh_chassis.text_lines import normalized_line, too_long_to_normalize
 
 MAX_BATCH_IDS = 100
 MAX_QUERY_LENGTH = 200
@@ -102,22 +103,37 @@ def validate_list_products(page_size: int, page_token: str, category: str) -> Li
     )
 
 
+def _query_terms(query: str, violations: list[FieldViolation]) -> tuple[str, ...]:
+    """The query's terms; a violation of the query is added to `violations`.
+
+    The length is counted on the query as people see it, composed (NFC) and trimmed (the chassis'
+    `text_lines`): one typed on macOS arrives decomposed, a letter and its marks, and is the same query of the
+    same length. One longer than any query could be as sent is refused before anything goes through it: NFKC
+    (in `fold`) expands some characters eighteenfold, so folding megabytes a client sent holds the loop and the
+    memory of a pod."""
+    too_long = FieldViolation("query", f"must be at most {MAX_QUERY_LENGTH} characters", "TOO_LONG")
+    if too_long_to_normalize(query, MAX_QUERY_LENGTH):
+        violations.append(too_long)
+        return ()
+    text = normalized_line(query)
+    if len(text) > MAX_QUERY_LENGTH:
+        violations.append(too_long)
+        return ()
+    terms = search_terms(text)
+    if not terms:
+        # Whitespace and characters drawn as nothing only (a zero-width space, a byte-order mark): `fold` leaves
+        # nothing to look for.
+        violations.append(FieldViolation("query", "must not be empty", "REQUIRED"))
+    elif len(terms) > MAX_QUERY_TERMS:
+        violations.append(
+            FieldViolation("query", f"must have at most {MAX_QUERY_TERMS} distinct terms", "TOO_MANY_TERMS")
+        )
+    return terms
+
+
 def validate_search_products(query: str, category: str, page_size: int, page_token: str) -> SearchProductsQuery:
     violations: list[FieldViolation] = []
-    text = query.strip()
-    # The length is checked before folding, and a refused query is never folded: NFKC expands some
-    # characters eighteenfold, so folding megabytes a client sent holds the loop and the memory of a pod.
-    terms: tuple[str, ...] = ()
-    if not text:
-        violations.append(FieldViolation("query", "must not be empty", "REQUIRED"))
-    elif len(text) > MAX_QUERY_LENGTH:
-        violations.append(FieldViolation("query", f"must be at most {MAX_QUERY_LENGTH} characters", "TOO_LONG"))
-    else:
-        terms = search_terms(text)
-        if len(terms) > MAX_QUERY_TERMS:
-            violations.append(
-                FieldViolation("query", f"must have at most {MAX_QUERY_TERMS} distinct terms", "TOO_MANY_TERMS")
-            )
+    terms = _query_terms(query, violations)
     _check_id(category, "category", violations, required=False)
     limit = page_limit(page_size, violations)
     after = page_token_key(page_token, _search_filters(terms, category), (int, str), violations)

@@ -289,10 +289,13 @@ class SearchProductsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """Search text, 1-200 characters after trimming whitespace. Matching is
+    """Search text, 1-200 characters once composed (NFC: a query sent
+    decomposed counts as its composed form) and trimmed. Matching is
     case-insensitive and token based: a product matches when its name or
-    description contains every term. Required: an empty or whitespace-only
-    query is INVALID_ARGUMENT (REQUIRED on `query`), a longer one TOO_LONG.
+    description contains every term; characters drawn as nothing (soft
+    hyphens, zero-width spaces, byte-order marks) are ignored on both sides.
+    Required: an empty query, or one of whitespace and such characters only,
+    is INVALID_ARGUMENT (REQUIRED on `query`), a longer one TOO_LONG.
     At most 10 distinct terms (compared case-insensitively: a repeated term
     counts once); more is INVALID_ARGUMENT (TOO_MANY_TERMS on `query`), as
     every term is matched against every product.

@@ -272,8 +272,9 @@ class SearchProductsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """Search text, 1-200 characters after trimming whitespace. Required: an
-    empty or whitespace-only query is INVALID_ARGUMENT (REQUIRED on
+    """Search text, 1-200 characters once composed (NFC) and trimmed.
+    Required: an empty query, or one of whitespace and characters drawn as
+    nothing (zero-width spaces...) only, is INVALID_ARGUMENT (REQUIRED on
     `query`), a longer one TOO_LONG. At most 10 distinct terms (compared
     case-insensitively: a repeated term counts once); more is
     INVALID_ARGUMENT (TOO_MANY_TERMS on `query`). Matched as
