@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from sqlalchemy import insert, select
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh_catalog import seed
 from shopmesh_catalog.domain.models import Money, ProductData
-from shopmesh_catalog.wiring import Catalog, build
+from shopmesh_catalog.store.tables import categories, metadata, products
+from shopmesh_catalog.wiring import VERSIONS, Catalog, build
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import details_of
+from shopmesh_chassis.migrations import migrate
+from shopmesh_chassis.testing import migrate_to
 
 from .conftest import catalog_settings
 
@@ -105,3 +111,61 @@ async def test_a_query_is_too_long_by_its_composed_length_and_past_eight_times_t
     assert await refused(stub, unicodedata.normalize("NFD", "é" * 201)) == [("query", "TOO_LONG")]
     assert await found(stub, " " * 1400 + "wool" + " " * 196) == await found(stub, "wool")
     assert await refused(stub, " " * 1400 + "wool" + " " * 197) == [("query", "TOO_LONG")]
+
+
+async def test_a_product_loaded_decomposed_is_stored_and_answered_composed(stub: Stub, catalog: Catalog) -> None:
+    """150 letters with an accent are 300 code points decomposed: refused as longer than 200 before, and
+    answered in a form no composed query or comparison of names took for the same text."""
+    name, description = "é" * 150, "Café crème, servi chaud."
+    await catalog.application.load(
+        seed.CATEGORIES,
+        [product("prod_nfd", unicodedata.normalize("NFD", name), unicodedata.normalize("NFD", description))],
+    )
+    answered = await stub.GetProduct(catalog_pb2.GetProductRequest(product_id="prod_nfd"))
+    assert (answered.product.name, answered.product.description) == (name, description)
+    assert await found(stub, "crème") == ["prod_nfd"]
+
+
+# What catalog_0001's release stored: the old fold, and names as the data had them.
+def previous_fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+async def test_the_refold_migration_recomputes_what_an_earlier_release_stored(blank_db: Database) -> None:
+    await migrate_to(blank_db, VERSIONS, "catalog_0001")
+    rows = [
+        ("prod_ist", "İSTANBUL Tea Glass Set", "Tulip glasses."),
+        ("prod_nfd", unicodedata.normalize("NFD", "Crème Brûlée Torch"), "Butane torch\u200b."),
+        ("prod_plain", "Wool Throw", "Warm."),
+    ] + [(f"prod_{i:04}", f"İ{i}", "") for i in range(1200)]  # more than one batch
+    async with blank_db.transaction() as connection:
+        await connection.execute(insert(categories), [{"id": "kitchen", "display_name": "Kitchen"}])
+        await connection.execute(
+            insert(products),
+            [
+                {
+                    "id": product_id,
+                    "name": name,
+                    "description": description,
+                    "category_id": "kitchen",
+                    "price_amount_minor": 100,
+                    "price_currency": "USD",
+                    "image_url": "",
+                    "created_at": datetime.now(UTC),
+                    "search_name": previous_fold(name),
+                    "search_description": previous_fold(description),
+                }
+                for product_id, name, description in rows
+            ],
+        )
+    await migrate(blank_db, VERSIONS, metadata)
+    async with blank_db.read() as connection:
+        stored = {row.id: row for row in await connection.execute(select(products))}
+    assert (stored["prod_ist"].search_name, stored["prod_ist"].search_description) == (
+        "istanbul tea glass set",
+        "tulip glasses.",
+    )
+    assert (stored["prod_nfd"].name, stored["prod_nfd"].search_name) == ("Crème Brûlée Torch", "crème brûlée torch")
+    assert stored["prod_nfd"].search_description == "butane torch."
+    assert stored["prod_plain"].search_name == "wool throw"
+    assert stored["prod_1199"].search_name == "i1199"

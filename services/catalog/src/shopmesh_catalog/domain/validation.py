@@ -7,8 +7,9 @@ INVALID_PAGE_TOKEN when the page token is bad. Each `validate_*` returns the que
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from shopmesh_catalog.domain.models import CategoryData, ProductData
@@ -231,6 +232,17 @@ def stored_categories_violations(stored: set[str], categories: Sequence[Category
         return []
     description = f"at most {MAX_CATEGORIES} categories in all: {len(stored)} stored, {len(adding)} more to add"
     return [FieldViolation("categories", description, "TOO_MANY")]
+
+
+def composed_products(products: Sequence[ProductData]) -> list[ProductData]:
+    """The products with their names and descriptions composed (NFC), as they are stored, validated and
+    answered: a name written decomposed in the data (a file saved on macOS) is the same name, of the same
+    length, as the one typed composed, and GetProduct answers it in the form every other text in the shop
+    has."""
+    return [
+        replace(p, name=unicodedata.normalize("NFC", p.name), description=unicodedata.normalize("NFC", p.description))
+        for p in products
+    ]
 
 
 def catalog_data_violations(
