@@ -156,10 +156,18 @@ async def test_a_running_consumer_keeps_ids_by_a_max_age_raised_since_it_connect
     keep its ids by it from its next purge, not only after its next reconnect."""
     js = client.jetstream()
     await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=7 * DAY)
-    running = consumer(either_db, nats_srv.url, record, processed_retention_seconds=8 * DAY)
+    cutoffs: list[datetime] = []
+
+    async def purged(cutoff: datetime) -> None:
+        cutoffs.append(cutoff)
+
+    running = consumer(either_db, nats_srv.url, record, processed_retention_seconds=8 * DAY, on_purge=purged)
     running.start()
     try:
         await _subscribed(client)
+        # The purge run once connected (its next an hour away) first: late, under load, it would purge the ids
+        # below itself, and read the max age before the raise, or after it and leave the test's purge nothing.
+        await eventually(lambda: cutoffs, "the purge run at connection")
         await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=10 * DAY)
         await remember(either_db, [("tester", "old", ago(11.5)), ("tester", "kept", ago(9))])
         assert await running.purge_processed() == 1
