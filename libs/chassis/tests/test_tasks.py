@@ -1,5 +1,6 @@
 """`cancel_and_wait` stops a background task, swallowing its cancellation but never its caller's; `Detached` keeps
-tasks that outlive their call for shutdown to wait for."""
+tasks that outlive their call for shutdown to wait for; `finish_despite_one_cancel` lets a short write finish
+through one cancel, not two."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 import pytest
 
-from shopmesh_chassis.tasks import Detached, cancel_and_wait
+from shopmesh_chassis.tasks import Detached, cancel_and_wait, finish_despite_one_cancel
 
 
 async def test_the_task_is_cancelled_and_its_cancellation_swallowed() -> None:
@@ -100,3 +101,45 @@ async def test_settle_cut_off_cancels_what_is_left_and_waits_for_it_to_unwind() 
     with pytest.raises(asyncio.CancelledError):
         await settling
     assert (unwound.is_set(), len(detached)) == (True, 0)
+
+
+async def test_a_work_cancelled_once_finishes_then_the_cancel_goes_on() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    done: list[str] = []
+
+    async def write() -> None:
+        started.set()
+        await release.wait()
+        done.append("written")
+
+    caller = asyncio.create_task(finish_despite_one_cancel(write()))
+    await started.wait()
+    caller.cancel()
+    await asyncio.sleep(0)
+    assert not caller.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert done == ["written"]
+
+
+async def test_a_work_cancelled_twice_is_cut_off() -> None:
+    started = asyncio.Event()
+    cut_off: list[bool] = []
+
+    async def stuck() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cut_off.append(True)
+            raise
+
+    caller = asyncio.create_task(finish_despite_one_cancel(stuck()))
+    await started.wait()
+    caller.cancel()
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(caller, timeout=30)
+    assert cut_off == [True]

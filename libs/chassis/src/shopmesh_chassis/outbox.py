@@ -42,7 +42,7 @@ from shopmesh_chassis.events import EVENT_TYPE, refused_for_good
 from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, EventMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
-from shopmesh_chassis.tasks import cancel_and_wait, stop_if_cancelled
+from shopmesh_chassis.tasks import cancel_and_wait, finish_despite_one_cancel, stop_if_cancelled
 
 log = logging.getLogger("shopmesh.outbox")
 
@@ -385,14 +385,24 @@ class OutboxRelay:
                 # a pass that failed before its read keeps the last value, and RelayStalled says so.
                 self._metrics.unpublished.set(min(OUTBOX_COUNT_CAP, len(rows) - done + beyond))
             if sent or refused:
-                async with write() as session:
-                    if sent:
-                        await session.execute(_MARK_PUBLISHED, {"b_seqs": sent, "published_at": datetime.now(UTC)})
-                    if refused:
-                        await session.execute(_SET_ASIDE, refused)
+                # Not cut off by a stop's cancel (landing here, it would roll the mark back, and the stop's last
+                # pass or another replica send the batch again, up to batch_size events JetStream must drop).
+                await finish_despite_one_cancel(self._mark(write, sent, refused))
             if set_aside_before is not None:
                 # Only once marked: a mark that failed leaves the rows to be refused and set aside again.
                 self._set_aside = set_aside_before + len(refused)
                 if self._metrics is not None:
                     self._metrics.set_aside.set(self._set_aside)
         return len(sent)
+
+    @staticmethod
+    async def _mark(
+        write: Callable[[], contextlib.AbstractAsyncContextManager[DbConnection]],
+        sent: list[int],
+        refused: list[dict[str, object]],
+    ) -> None:
+        async with write() as session:
+            if sent:
+                await session.execute(_MARK_PUBLISHED, {"b_seqs": sent, "published_at": datetime.now(UTC)})
+            if refused:
+                await session.execute(_SET_ASIDE, refused)

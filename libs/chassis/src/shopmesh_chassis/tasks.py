@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -28,6 +29,23 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+async def finish_despite_one_cancel(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`; cancelled once meanwhile, let it finish first, then raise the cancel. Cancelled again
+    (the stop that cancelled it is itself cut off at its budget), cut it off too: never unbounded.
+
+    For a short write that records what was already done outside the database (the outbox relay marking the
+    events JetStream acknowledged): rolled back by a stop's cancel, the work would be done again after it."""
+    task = asyncio.get_running_loop().create_task(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # Awaited without the shield: a second cancel reaches the task. Its own failure is the caller's
+        # outcome either way (the work is done again); the cancel is what must go on.
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 def stop_if_cancelled() -> None:
