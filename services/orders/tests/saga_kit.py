@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import select, update
 
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_orders.application import OrdersApplication
@@ -84,6 +85,11 @@ async def _stored_by_a_newer_release(database: Database, order_ids: list[str]) -
             await session.execute(update(orders).where(orders.c.id == order_id).values(address=json.dumps(address)))
 
 
+# How long after it was sent a charge is in doubt with `Clocked`'s step timeout: two of them (10 s), and the
+# clock skew the project assumes (a replica's clock ahead of the sender's must not see it over early).
+IN_DOUBT = timedelta(seconds=10) + MAX_CLOCK_SKEW
+
+
 class Clock:
     """The saga's and recovery's clock, moved forward by the test."""
 
@@ -98,7 +104,8 @@ class Clock:
 class Clocked:
     """Builds orders' application on the test's fakes and database, with a clock the test moves.
 
-    The step timeout is 5 s, so a charge is in doubt for 10 s after it was sent."""
+    The step timeout is 5 s, so a charge is in doubt for 10 s after it was sent, and the clock skew the project
+    assumes more (`IN_DOUBT`)."""
 
     database: Database
     catalog: FakeCatalog

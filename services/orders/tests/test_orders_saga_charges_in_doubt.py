@@ -7,7 +7,7 @@ out a payments that cannot answer, without holding up the other orders."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from shopmesh_orders.store.tables import orders
 from .conftest import FakeInventory, FakePayments
 from .saga_kit import (
     GOOD,
+    IN_DOUBT,
     PROCESSOR_DOWN,
     CancelledInDoubt,
     Clock,
@@ -100,7 +101,7 @@ async def test_a_charge_in_doubt_is_not_given_up_and_a_late_capture_confirms_the
     assert inventory.reserved("prod_a") == 2
     # The earlier driver's charge commits on payments after all.
     payment_id = await payments.charge(order_id, 2500, "USD", GOOD, charge_key(order_id))
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     await app.resume_unfinished()
     order = await app.get_order(order_id)
     assert (order.state, order.payment_id) == (OrderState.CONFIRMED, payment_id)
@@ -118,7 +119,7 @@ async def test_a_charge_in_doubt_that_lands_while_payments_is_down_is_refunded_o
     payments.down = True
     # Past the charge's window payments still cannot say: the saga gives up and cancels, but nothing is
     # concluded about the charge until payments answers (the order waits at COMPENSATE, not stuck at CHARGE).
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     await app.resume_unfinished()
     order = await app.get_order(order_id)
     assert (order.state, order.step, order.cancel_code) == (
@@ -127,7 +128,7 @@ async def test_a_charge_in_doubt_that_lands_while_payments_is_down_is_refunded_o
         CancelCode.PAYMENT_UNAVAILABLE,
     )
     payments.down = False
-    clock.ahead = timedelta(seconds=13)
+    clock.ahead = IN_DOUBT + timedelta(seconds=3)
     await app.resume_unfinished()
     order = await app.get_order(order_id)
     assert (order.state, order.refunded) == (OrderState.CANCELLED, True)
@@ -146,7 +147,7 @@ async def test_a_charge_in_doubt_that_never_landed_cancels_as_checkout_interrupt
     app, clock, order_id = in_doubt.app, in_doubt.clock, in_doubt.order_id
     await app.resume_unfinished()
     assert (await app.get_order(order_id)).step is SagaStep.CHARGE
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     await app.resume_unfinished()
     order = await app.get_order(order_id)
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
@@ -173,7 +174,7 @@ async def test_a_capture_that_lands_after_place_order_cancelled_is_refunded_once
     assert await app.recheck_charges() == 0
     assert (payments.captured(), payments.refund_calls) == (1, 0)
     # Past it, the recovery loop finds the capture and refunds it.
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     recheck_charges, refunding_pass_done = app.recheck_charges, asyncio.Event()
 
     async def recheck_pass(limit: int = 50) -> int:
@@ -204,6 +205,29 @@ async def test_a_capture_that_lands_after_place_order_cancelled_is_refunded_once
     assert (payments.refund_calls, cancelled_in_doubt.late_refunds) == (1, [order_id])
 
 
+async def test_a_replica_whose_clock_is_ahead_does_not_recheck_before_a_late_capture_can_land(
+    cancelled_in_doubt: CancelledInDoubt, clocked: Clocked, payments: FakePayments
+) -> None:
+    """The recheck is due by the cancelling replica's clock and judged by any replica's. One a few seconds ahead
+    (an NTP step, a VM resumed) had found the window over while the last charge call was still inside its
+    deadline, found no capture, marked the order checked, and the capture landing just after stayed charged on a
+    cancelled order for good. The clock audit's finding (its scratch test failed so on the old code)."""
+    # True time: 4.9 s after the last charge was sent, inside that call's 5 s deadline.
+    clocked.clock.ahead = timedelta(seconds=4.9)
+    assert await cancelled_in_doubt.app.recheck_charges() == 0
+    # Another replica, its clock 6 s ahead: more than the step timeout, within the skew the project assumes.
+    ahead = Clock()
+    ahead.ahead = timedelta(seconds=4.9 + 6)
+    assert await replace(clocked, clock=ahead).app().recheck_charges() == 0
+    # The charge's commit lands now, inside its deadline; a pass past the window (any replica's) refunds it.
+    payment_id = await _late_capture(payments, cancelled_in_doubt.order_id)
+    clocked.clock.ahead = timedelta(seconds=120)
+    assert await cancelled_in_doubt.app.recheck_charges() == 1
+    assert (payments.captured(), payments.refunds) == (0, [payment_id])
+    order = await cancelled_in_doubt.app.get_order(cancelled_in_doubt.order_id)
+    assert (order.state, order.refunded, order.charge_recheck_at) == (OrderState.CANCELLED, True, None)
+
+
 async def test_two_drivers_refund_a_late_capture_once(
     cancelled_in_doubt: CancelledInDoubt,
     clocked: Clocked,
@@ -214,7 +238,7 @@ async def test_two_drivers_refund_a_late_capture_once(
     other_late_refunds: list[str] = []
     other = clocked.app(on_late_refund=lambda order: other_late_refunds.append(order.id))
     payment_id = await _late_capture(payments, order_id)
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     refunding, release = _hold_refunds(payments, monkeypatch)
     first = asyncio.create_task(app.recheck_charges())
     await refunding.wait()
@@ -232,7 +256,7 @@ async def test_a_cancelled_order_whose_charge_never_landed_is_checked_once_and_n
 ) -> None:
     app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
     listed = payments.list_calls
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     assert await app.recheck_charges() == 1
     assert (payments.list_calls, payments.refund_calls) == (listed + 1, 0)
     order = await app.get_order(order_id)
@@ -249,14 +273,14 @@ async def test_a_late_capture_is_refunded_once_payments_answers_again(
     app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
     payment_id = await _late_capture(payments, order_id)
     payments.down = True
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     # Payments cannot answer: the check waits, it is not given up, and the pass does not fail.
     assert await app.recheck_charges() == 1
     order = await app.get_order(order_id)
     assert (order.refunded, order.charge_recheck_at is not None) == (False, True)
     assert await app.recheck_charges() == 1
     payments.down = False
-    clock.ahead = timedelta(seconds=15)
+    clock.ahead = IN_DOUBT + timedelta(seconds=5)
     assert await app.recheck_charges() == 1
     assert payments.refunds == [payment_id]
     order = await app.get_order(order_id)
@@ -343,7 +367,7 @@ async def test_a_recheck_that_refunded_a_late_capture_but_failed_to_save_still_r
 ) -> None:
     app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
     payment_id = await _late_capture(payments, order_id)
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     save, failed = OrderRepository.save, []
 
     async def save_fails_once_after_the_refund(self: OrderRepository, order: Order, lease: Any = None) -> Order:
@@ -388,7 +412,7 @@ async def test_a_recheck_payments_cannot_answer_for_one_order_does_not_hold_up_t
 
     monkeypatch.setattr(payments, "payments_for", state_unknown_for_one)
     late = await _late_capture(payments, other)
-    clocked.clock.ahead = timedelta(seconds=11)
+    clocked.clock.ahead = IN_DOUBT + timedelta(seconds=1)
     for _ in range(3):
         await app.recheck_charges()
     assert payments.refunds == [late]
@@ -423,7 +447,7 @@ async def test_rechecks_failing_with_an_unexpected_error_do_not_keep_the_pass_fr
 
     monkeypatch.setattr(payments, "payments_for", unexpected_answer_for_some)
     late = await _late_capture(payments, other)
-    clocked.clock.ahead = timedelta(seconds=11)
+    clocked.clock.ahead = IN_DOUBT + timedelta(seconds=1)
     for _ in range(3):
         await app.recheck_charges(limit=2)
     assert payments.refunds == [late]
@@ -443,7 +467,7 @@ async def test_cancelled_in_doubt_orders_whose_rows_cannot_be_loaded_do_not_keep
     await _stored_by_a_newer_release(clocked.database, unloadable)
     due = await _recheck_due(clocked.database, unloadable)
     late = await _late_capture(payments, other)
-    clocked.clock.ahead = timedelta(seconds=11)
+    clocked.clock.ahead = IN_DOUBT + timedelta(seconds=1)
     for _ in range(3):
         await app.recheck_charges(limit=2)
     assert payments.refunds == [late]
@@ -477,7 +501,7 @@ async def test_payments_down_stops_the_recheck_pass_and_leaves_every_order_due(
     cancelled = await _cancelled_in_doubt(app, 2)
     due = [(await app.get_order(o)).charge_recheck_at for o in cancelled]
     payments.down = True
-    clocked.clock.ahead = timedelta(seconds=11)
+    clocked.clock.ahead = IN_DOUBT + timedelta(seconds=1)
     listed = payments.list_calls
     assert await app.recheck_charges() == 2
     # The first order's question failed for payments as a whole: the second is not asked about.
@@ -505,7 +529,9 @@ async def test_a_recheck_payments_cannot_answer_for_one_order_is_put_off_longer_
         assert order.charge_recheck_at is not None
         return order.charge_recheck_at - clocked.clock()
 
-    assert timedelta(seconds=1) < await put_off_at(11) <= timedelta(seconds=6)
+    # Put off by half the time it has waited since it was cancelled.
+    first = IN_DOUBT + timedelta(seconds=1)
+    assert timedelta(seconds=1) < await put_off_at(first.total_seconds()) <= first / 2 + timedelta(seconds=0.5)
     # Not due again at once: the next pass leaves it alone.
     assert await app.recheck_charges() == 0
     assert timedelta(seconds=59) < await put_off_at(1000) <= timedelta(seconds=60)

@@ -24,7 +24,7 @@ from shopmesh_orders.store.repository import CARD_HOLDER_GRACE, OrderRepository
 from shopmesh_orders.store.tables import orders
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
-from .saga_kit import CancelledInDoubt, Clocked, _crash_at, _late_capture, command, place
+from .saga_kit import IN_DOUBT, CancelledInDoubt, Clocked, _crash_at, _late_capture, command, place
 
 
 async def test_a_second_driver_cannot_take_a_held_order(
@@ -224,7 +224,7 @@ async def test_a_recheck_keeps_its_lease_across_its_remote_calls(
 
     first, other = build("first"), build("other")
     await _late_capture(payments, order_id)
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     payments_for, refund = payments.payments_for, payments.refund
     refunding, release = asyncio.Event(), asyncio.Event()
 

@@ -26,7 +26,7 @@ from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.store.repository import Due, OrderRepository
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
-from .saga_kit import CancelledInDoubt, command, place
+from .saga_kit import IN_DOUBT, CancelledInDoubt, command, place
 
 _SERIALIZATION_FAILURE = text(
     "DO $$ BEGIN RAISE EXCEPTION 'could not serialize access due to concurrent update'"
@@ -308,7 +308,7 @@ async def test_a_race_lost_on_orders_database_while_rechecking_a_charge_is_a_war
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     raced = _first_call_meets(monkeypatch, "claim_recheck", _SERIALIZATION_FAILURE)
     assert await app.recheck_charges() == 1
     assert raced
@@ -328,7 +328,7 @@ async def test_a_race_lost_saving_a_checked_charge_does_not_put_the_recheck_off_
     pass), but a race lost on orders' database once the order was loaded (here: saving it checked) is over
     once lost: the order stays due, and the very next pass checks it, the clock not moved."""
     app, clock, order_id = cancelled_in_doubt.app, cancelled_in_doubt.clock, cancelled_in_doubt.order_id
-    clock.ahead = timedelta(seconds=11)
+    clock.ahead = IN_DOUBT + timedelta(seconds=1)
     raced = _first_call_meets(monkeypatch, "save", _SERIALIZATION_FAILURE)
     assert await app.recheck_charges() == 1
     assert raced

@@ -31,7 +31,7 @@ from shopmesh_orders.store.repository import OrderRepository
 from shopmesh_orders.store.tables import orders
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
-from .saga_kit import PROCESSOR_DOWN, Clocked, _late_capture, command, place
+from .saga_kit import IN_DOUBT, PROCESSOR_DOWN, Clocked, _late_capture, command, place
 
 
 @pytest.fixture
@@ -215,7 +215,7 @@ async def test_a_late_capture_the_recovery_refunds_is_reported_in_its_checkouts_
         await place(app, command(PROCESSOR_DOWN))
     order_id = caught.value.metadata["order_id"]
     await _late_capture(payments, order_id)
-    clocked.clock.ahead = timedelta(seconds=11)
+    clocked.clock.ahead = IN_DOUBT + timedelta(seconds=1)
     trace_logs.clear()
 
     assert await app.recheck_charges() == 1

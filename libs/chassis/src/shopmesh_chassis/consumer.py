@@ -49,6 +49,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
 
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW_SECONDS
 from shopmesh_chassis.config import ConsumerSettings
 from shopmesh_chassis.db import Database, DbConnection, insert_skipping_existing
 from shopmesh_chassis.db_errors import OutageReport, cause_line, database_unavailable
@@ -119,9 +120,9 @@ _DATABASE_CHECK_TIMEOUT = 5.0
 # Short of slots: at least this share of max_ack_pending unsettled. Half leaves the rest for the replicas'
 # own events while parking starts well before the stall.
 _SHORT_OF_SLOTS = 0.5
-# A stream timestamp this far ahead of the replica's clock is skew (the replica's or NATS'): the hand-back
-# bound is measured across the two clocks.
-_SKEW_SECONDS = 5.0
+# A stream timestamp further ahead of the replica's clock than the skew the project assumes is worth saying
+# (the replica's clock or NATS' is off): the hand-back bound is measured across the two clocks.
+_SKEW_SECONDS = MAX_CLOCK_SKEW_SECONDS
 
 
 def _utcnow() -> datetime:

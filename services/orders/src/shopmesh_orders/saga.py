@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import as_domain_error, database_unavailable
 from shopmesh_chassis.outbox import add_event, new_event_id
@@ -427,8 +428,11 @@ class SagaDriver:
         return await self._reserve(order)
 
     def _charge_settled_at(self, charge_attempted_at: datetime) -> datetime:
-        """When a charge sent at `charge_attempted_at` can no longer land: its call's deadline bounds it."""
-        return charge_attempted_at + timedelta(seconds=self._settings.step_timeout_seconds * 2)
+        """When a charge sent at `charge_attempted_at` can no longer land: its call's deadline bounds it. The
+        mark is the sending replica's clock and the judge any replica's: one whose clock is ahead would see the
+        window over while the charge may still commit, find no capture, and leave it unrefunded for good. So
+        the window also counts the clock skew the project assumes (docs/architecture.md, "Clocks")."""
+        return charge_attempted_at + timedelta(seconds=self._settings.step_timeout_seconds * 2) + MAX_CLOCK_SKEW
 
     async def _step(self, order: Order, card: Card | None, owner: str) -> Order:
         # Each mark and transition reads the clock when it is written, not when the step began: a remote call
