@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import update
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import Database
 from shopmesh_orders.application import OrdersApplication
 from shopmesh_orders.domain.model import CancelCode, OrderState, SagaStep
@@ -253,6 +254,55 @@ async def test_a_recheck_keeps_its_lease_across_its_remote_calls(
     assert reported == {"first": [order_id], "other": []}
 
 
+def _clock_ahead(seconds: float) -> Callable[[], datetime]:
+    return lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("ahead", [14.0, 16.0, 19.0])
+async def test_a_replica_whose_clock_is_ahead_does_not_take_over_a_live_checkout(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+    ahead: float,
+) -> None:
+    """The lease's end is written by its driver's clock and judged by the recovering replica's. With the
+    defaults (10 s lease, 5 s grace before the charge), one whose clock was more than 15 s ahead (an NTP step, a
+    VM resumed) took a checkout whose lease had 10 s left and cancelled it CHECKOUT_INTERRUPTED under the
+    customer's PlaceOrder: the clock audit's finding, failing so on the old code at 16 and 19 s. Within the
+    assumed skew (5 s) more, the order is left to its driver."""
+    defaults = settings.model_copy(
+        update={
+            "saga_lease_seconds": 10.0,
+            "step_timeout_seconds": 5.0,
+            "step_attempts": 3,
+            "step_backoff_seconds": 0.2,
+        }
+    )
+    placing = OrdersApplication(
+        database, catalog, SagaDriver(database, inventory, payments, defaults), clock=_clock_ahead(0)
+    )
+    recovering = OrdersApplication(
+        database,
+        catalog,
+        SagaDriver(database, inventory, payments, defaults, clock=_clock_ahead(ahead)),
+        clock=_clock_ahead(ahead),
+    )
+    reserve, resumed = inventory.reserve, []
+
+    async def reserve_while_the_other_replica_recovers(order_id: str, items: Any, ttl_seconds: float) -> str:
+        # The placing driver renewed its lease just now, and its Reserve is in flight.
+        inventory.reserve = reserve  # type: ignore[method-assign]
+        resumed.append(await recovering.resume_unfinished())
+        return await reserve(order_id, items, ttl_seconds)
+
+    inventory.reserve = reserve_while_the_other_replica_recovers  # type: ignore[method-assign]
+    order = await placing.get_order(await place(placing, command()))
+    assert resumed == [0]
+    assert (order.state, payments.captured()) == (OrderState.CONFIRMED, 1)
+
+
 async def _left_by_a_dead_driver(
     app: OrdersApplication,
     inventory: FakeInventory,
@@ -345,7 +395,8 @@ async def test_the_recovery_loop_leaves_a_dead_drivers_order_before_its_charge_t
     clock.now += timedelta(seconds=10.5)
     await other.resume_unfinished()
     assert (await other.get_order(abandoned)).state is OrderState.PENDING
-    clock.now += CARD_HOLDER_GRACE
+    # The lapse by the dead driver's clock, judged by another's: the clock skew the project assumes later.
+    clock.now += CARD_HOLDER_GRACE + MAX_CLOCK_SKEW
     await other.resume_unfinished()
     order = await other.get_order(abandoned)
     assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)
@@ -397,7 +448,8 @@ async def test_the_recovery_loop_leaves_an_order_its_own_process_still_drives_wi
     driving_owner = await lease_owner()
     assert driving_owner is not None
     # The process stood still past the lease and the grace: by the database alone, the order is the loop's.
-    clock.now += timedelta(seconds=settings.saga_lease_seconds) + CARD_HOLDER_GRACE + timedelta(seconds=1)
+    lapsed = timedelta(seconds=settings.saga_lease_seconds) + CARD_HOLDER_GRACE + MAX_CLOCK_SKEW
+    clock.now += lapsed + timedelta(seconds=1)
     async with database.read() as session:
         assert order_id in [due.order_id for due in await OrderRepository(session).unfinished(clock.now, 50)]
     await app.resume_unfinished()

@@ -71,11 +71,11 @@ def _first_call_meets(monkeypatch: pytest.MonkeyPatch, method: str, statement: A
     error through asyncpg, as the database would raise it); the list it returns is non-empty once it did."""
     original, met = getattr(OrderRepository, method), []
 
-    async def first_call_meets_it(self: OrderRepository, *args: Any) -> bool:
+    async def first_call_meets_it(self: OrderRepository, *args: Any, **kwargs: Any) -> bool:
         if not met:
             met.append(True)
             await self._session.execute(statement)
-        result: bool = await original(self, *args)
+        result: bool = await original(self, *args, **kwargs)
         return result
 
     monkeypatch.setattr(OrderRepository, method, first_call_meets_it)

@@ -209,7 +209,10 @@ class SagaDriver:
         when another driver holds it (or it is no longer drivable). Apart from `resume` so that the recovery
         loop starts its work on the order (its span in the checkout's trace) only once it has the order."""
         owner = self.new_lease_owner()
-        if not await self._claim(order_id, owner):
+        # Another driver's lease is by its clock: the loop, which has no card and would cancel a checkout still
+        # running, takes it as lapsed only the assumed clock skew later. (A PlaceOrder retried with the card
+        # takes it on time: it goes on with the checkout, charging under the same key.)
+        if not await self._claim(order_id, owner, MAX_CLOCK_SKEW):
             raise LeaseHeld(order_id)
         return owner
 
@@ -728,9 +731,9 @@ class SagaDriver:
     def _lease(self) -> timedelta:
         return timedelta(seconds=self._settings.saga_lease_seconds)
 
-    async def _claim(self, order_id: str, owner: str) -> bool:
+    async def _claim(self, order_id: str, owner: str, skew: timedelta = timedelta()) -> bool:
         async with self._db.transaction() as session:
-            return await OrderRepository(session).claim(order_id, owner, self._clock(), self.lease_until())
+            return await OrderRepository(session).claim(order_id, owner, self._clock(), self.lease_until(), skew=skew)
 
     async def _keep_lease(self, order_id: str, owner: str, *, recheck: bool = False) -> None:
         """Renew the lease before a remote call that follows another with no step saved between them;

@@ -17,6 +17,7 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from shopmesh_chassis import errors
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import DbConnection, as_utc, known_values, stored_enum
 from shopmesh_chassis.tracing import stored_context_column, stored_context_from_column
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
@@ -268,14 +269,21 @@ class OrderRepository:
                 listed.append(unreadable)
         return listed
 
-    async def claim(self, order_id: str, owner: str, now: datetime, until: datetime) -> bool:
-        """Take the saga lease of an unfinished order unless another live driver holds it."""
+    async def claim(
+        self, order_id: str, owner: str, now: datetime, until: datetime, *, skew: timedelta = timedelta()
+    ) -> bool:
+        """Take the saga lease of an unfinished order unless another live driver holds it. `skew`: how much
+        longer a lease another driver holds is taken as still live (its `lease_until` is by that driver's clock)."""
         result = await self._session.execute(
             update(orders)
             .where(
                 orders.c.id == order_id,
                 _DRIVABLE,
-                or_(orders.c.lease_owner.is_(None), orders.c.lease_owner == owner, orders.c.lease_until < now),
+                or_(
+                    orders.c.lease_owner.is_(None),
+                    orders.c.lease_owner == owner,
+                    orders.c.lease_until < now - skew,
+                ),
             )
             .values(lease_owner=owner, lease_until=until)
         )
@@ -319,7 +327,11 @@ class OrderRepository:
         # with no charge known captured is left to a PlaceOrder retried with the card for CARD_HOLDER_GRACE:
         # the loop has no card, and finding no capture it cancels the order (CHECKOUT_INTERRUPTED).
         before_the_pivot = orders.c.step.in_([SagaStep.RESERVE.value, SagaStep.CHARGE.value])
-        card_holders = and_(orders.c.lease_owner.is_not(None), before_the_pivot)
+        held = orders.c.lease_owner.is_not(None)
+        # A held lease's end is by its driver's clock: taken as lapsed only MAX_CLOCK_SKEW later, or a replica
+        # whose clock is ahead would take over (and cancel) a checkout still running. A wait an order was
+        # released with (no owner) is no one's to lose: due on time.
+        lapsed = now - MAX_CLOCK_SKEW
         rows = await self._session.execute(
             select(orders.c.id, orders.c.trace_context)
             .where(
@@ -327,8 +339,9 @@ class OrderRepository:
                 # A lease is never held without `lease_until`: a null one is a free order with no wait.
                 or_(
                     orders.c.lease_until.is_(None),
-                    and_(orders.c.lease_until < now, ~card_holders),
-                    orders.c.lease_until < now - CARD_HOLDER_GRACE,
+                    and_(~held, orders.c.lease_until < now),
+                    and_(held, ~before_the_pivot, orders.c.lease_until < lapsed),
+                    orders.c.lease_until < lapsed - CARD_HOLDER_GRACE,
                 ),
             )
             .order_by(due, orders.c.created_at, orders.c.id)
@@ -343,7 +356,8 @@ class OrderRepository:
             .where(
                 orders.c.charge_recheck_at <= now,
                 orders.c.step == SagaStep.DONE.value,
-                or_(orders.c.lease_owner.is_(None), orders.c.lease_until < now),
+                # Another driver's lease, by its clock (`unfinished`).
+                or_(orders.c.lease_owner.is_(None), orders.c.lease_until < now - MAX_CLOCK_SKEW),
             )
             .order_by(orders.c.charge_recheck_at)
             .limit(limit)
@@ -359,7 +373,11 @@ class OrderRepository:
                 orders.c.id == order_id,
                 orders.c.step == SagaStep.DONE.value,
                 orders.c.charge_recheck_at <= now,
-                or_(orders.c.lease_owner.is_(None), orders.c.lease_owner == owner, orders.c.lease_until < now),
+                or_(
+                    orders.c.lease_owner.is_(None),
+                    orders.c.lease_owner == owner,
+                    orders.c.lease_until < now - MAX_CLOCK_SKEW,
+                ),
             )
             .values(lease_owner=owner, lease_until=until)
         )
