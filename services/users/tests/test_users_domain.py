@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_chassis.testing import eventually
@@ -580,13 +581,29 @@ def test_an_attempt_given_back_may_be_taken_again_and_never_beyond_the_burst() -
 
 
 def test_a_replica_whose_clock_is_behind_the_stored_time_refills_nothing_and_keeps_that_time() -> None:
-    """Replicas share the buckets but not a clock: one a few seconds behind must neither take away attempts
-    nor move the time back, which would credit the next replica with the same seconds twice."""
+    """Replicas share the buckets but not a clock: one a few seconds behind (within the assumed skew) must
+    neither take away attempts nor move the time back, which would credit the next replica with the same
+    seconds twice. It says to wait until the stored time and the refill after it."""
     rule = throttle(burst=3)
     stored = Attempts(0.5, T0)
-    behind = T0 - timedelta(seconds=15)
-    assert rule.take(stored, behind) == Taken(None, pytest.approx(15))
+    behind = T0 - MAX_CLOCK_SKEW
+    assert rule.take(stored, behind) == Taken(None, pytest.approx(MAX_CLOCK_SKEW.total_seconds() + 15))
     assert rule.give_back(stored, behind) == Attempts(1.5, T0)
+
+
+def test_a_stored_time_further_ahead_than_the_assumed_skew_counts_as_that_far_ahead_and_is_stored_so() -> None:
+    """A replica whose clock jumped an hour ahead stored its bucket an hour ahead: the others refilled nothing
+    for the hour, saying "retry after 30 s" each time. The stored time is capped at the assumed skew ahead, and
+    the cap is stored with the refusal (else each refusal would cap it anew from its own `now`)."""
+    rule = throttle(burst=3)
+    stored = Attempts(0.0, T0 + timedelta(hours=1))
+    skew = MAX_CLOCK_SKEW.total_seconds()
+    refused = rule.take(stored, T0)
+    assert refused == Taken(Attempts(0.0, T0 + MAX_CLOCK_SKEW), pytest.approx(skew + 30))
+    assert refused.stored is not None
+    assert rule.take(refused.stored, T0 + timedelta(seconds=skew + 29)).retry_after_seconds == pytest.approx(1)
+    taken = rule.take(refused.stored, T0 + timedelta(seconds=skew + 30))
+    assert taken == Taken(Attempts(0.0, T0 + timedelta(seconds=skew + 30)), 0.0)
 
 
 def test_a_bucket_unchanged_since_full_since_is_as_good_as_none() -> None:

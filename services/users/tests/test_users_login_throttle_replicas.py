@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,3 +130,26 @@ async def test_the_prune_deletes_the_buckets_that_have_refilled_and_keeps_the_ot
         assert await outcome(stub, PASSWORD) == "OK"
         # A success leaves no bucket behind.
         assert await stored_buckets(users) == 1
+
+
+async def test_a_bucket_stamped_by_a_replica_whose_clock_jumped_ahead_refills_on_the_others_after_the_skew(
+    tmp_path: Path, clock: FakeClock, database_url: str
+) -> None:
+    """A replica whose clock jumped an hour ahead (an NTP step, a VM resumed) stored its guesses' bucket with a
+    time an hour ahead: the right-clocked replicas refilled nothing for that hour, each refusal saying "retry
+    after 30 s" (the clock audit's finding, failing so on the old code). They take a stored time as at most the
+    assumed clock skew ahead (5 s), and say to wait that too; no attempt more than the refill is handed out."""
+    settings = users_settings(
+        tmp_path, database_url=database_url, login_failure_burst=3, login_failure_refill_seconds=30
+    )
+    jumped = FakeClock(clock.now + timedelta(hours=1))
+    async with AsyncExitStack() as stack:
+        _, right = await started(stack, settings, clock)
+        _, ahead = await started(stack, settings, jumped)
+        await register(right)
+        assert [await outcome(ahead) for _ in range(3)] == ["INVALID_CREDENTIALS"] * 3
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await login(right, password=WRONG)
+        assert details_of(refused.value).retry_delay_seconds == 5 + 30
+        clock.advance(5 + 30)
+        assert [await outcome(right), await outcome(right)] == ["INVALID_CREDENTIALS", THROTTLED]

@@ -180,11 +180,12 @@ class UsersApplication:
                 taken = self._login_throttle.take(stored, self._clock())
                 if taken.stored is None:
                     return taken.retry_after_seconds
+                # Stored for a refusal too: one whose bucket's time was capped (LoginThrottle.take).
                 if stored is not None:
                     await attempts.replace(key, taken.stored)
-                    return 0.0
+                    return taken.retry_after_seconds
                 if await attempts.add(key, taken.stored):
-                    return 0.0
+                    return taken.retry_after_seconds
         raise Aborted("concurrent logins for this e-mail address; retry", reason="CONCURRENT_UPDATE")
 
     def _give_back_if_taken(self, key: str, taking: asyncio.Task[float]) -> None:

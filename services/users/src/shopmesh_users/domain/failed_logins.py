@@ -21,6 +21,8 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
+
 
 def email_key(email: str) -> str:
     """The key an e-mail's bucket is stored under: a digest, not the text. Login does not bound the e-mail's
@@ -39,7 +41,8 @@ class Attempts:
 @dataclass(frozen=True, slots=True)
 class Taken:
     """A `LoginThrottle.take`: `stored` is what to store (None: nothing changed), `retry_after_seconds` 0.0
-    when an attempt was taken, else the seconds until one may be."""
+    when an attempt was taken, else the seconds until one may be. A refusal stores something only when it
+    capped a stored time too far ahead (`_refilled`)."""
 
     stored: Attempts | None
     retry_after_seconds: float
@@ -59,8 +62,13 @@ class LoginThrottle:
         bucket = self._refilled(stored, now)
         if bucket.tokens >= 1.0:
             return Taken(Attempts(bucket.tokens - 1.0, bucket.updated_at), 0.0)
-        # Nothing to write: refilling is arithmetic on the stored row, which gives the same later.
-        return Taken(None, (1.0 - bucket.tokens) * self.refill.total_seconds())
+        # The next attempt comes a refill's share after the bucket's time, which may be ahead of `now` (another
+        # replica's clock): that remainder is waited too, or a client retrying when told finds it still refused.
+        ahead = max(0.0, (bucket.updated_at - now).total_seconds())
+        retry_after = ahead + (1.0 - bucket.tokens) * self.refill.total_seconds()
+        # Nothing to write: refilling is arithmetic on the stored row, which gives the same later. Unless its
+        # time was capped: stored as it was, every later refusal would cap it anew and refill nothing.
+        return Taken(bucket if stored is not None and bucket.updated_at < stored.updated_at else None, retry_after)
 
     def give_back(self, stored: Attempts, now: datetime) -> Attempts:
         """Return an attempt `take` granted, never beyond the burst."""
@@ -80,7 +88,10 @@ class LoginThrottle:
         if stored is None:
             return Attempts(float(self.burst), now)
         # Replicas' clocks disagree a little: a `now` behind the stored time refills nothing and leaves that
-        # time as it is, so that no replica is credited the same interval twice.
-        elapsed = max(0.0, (now - stored.updated_at).total_seconds())
+        # time as it is, so that no replica is credited the same interval twice. But by no more than the skew
+        # the project assumes: a time further ahead was written by a clock that jumped (an NTP step, a VM
+        # resumed), and kept, it would refill nothing on every other replica for the whole jump.
+        updated_at = min(stored.updated_at, now + MAX_CLOCK_SKEW)
+        elapsed = max(0.0, (now - updated_at).total_seconds())
         tokens = min(float(self.burst), stored.tokens + elapsed / self.refill.total_seconds())
-        return Attempts(tokens, max(stored.updated_at, now))
+        return Attempts(tokens, max(updated_at, now))
