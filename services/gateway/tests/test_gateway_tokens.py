@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 import jwt
@@ -13,6 +14,7 @@ from shopmesh_chassis import errors
 from shopmesh_gateway.tokens import (
     FAILED_REFETCH_INTERVAL_SECONDS,
     MAX_TOKEN_CHARS,
+    NOT_BEFORE_LEEWAY_SECONDS,
     STALE_KEYS_WAIT_SECONDS,
     JwksCache,
     TokenRules,
@@ -83,6 +85,33 @@ async def test_an_expired_token_is_token_expired(verifier: TokenVerifier, key: S
 
 async def test_a_token_expired_within_the_leeway_still_passes(verifier: TokenVerifier, key: SigningKey) -> None:
     assert await verifier.subject(key.token("usr_alice", expires_in=-2)) == "usr_alice"
+
+
+@pytest.mark.parametrize("users_ahead", [4, 6, 50])
+async def test_a_fresh_token_from_users_whose_clock_is_ahead_passes(
+    verifier: TokenVerifier, key: SigningKey, users_ahead: int
+) -> None:
+    """A gateway replica more than JWT_LEEWAY_SECONDS behind users refused the token users had just issued
+    TOKEN_INVALID ("not yet valid (iat)"), and its client threw it away and logged in again, to be refused
+    alike, in a loop (the clock audit's finding: failing so on the old code at 6 and 50 s). nbf and iat take
+    a minute's tolerance: a token stamped ahead is a clock off, and accepting it extends no token's life."""
+    now = int(time.time()) + users_ahead
+    assert await verifier.subject(key.token(iat=now, nbf=now, exp=now + 3600)) == "usr_alice"
+
+
+async def test_a_token_not_valid_for_more_than_the_not_before_leeway_is_token_invalid(
+    verifier: TokenVerifier, key: SigningKey
+) -> None:
+    later = int(time.time() + NOT_BEFORE_LEEWAY_SECONDS) + 60
+    assert await reason_of(verifier, key.token(nbf=later)) == "TOKEN_INVALID"
+    assert await reason_of(verifier, key.token(iat=later)) == "TOKEN_INVALID"
+    assert await reason_of(verifier, key.token(iat="yesterday")) == "TOKEN_INVALID"
+
+
+async def test_the_longer_tolerance_of_nbf_and_iat_leaves_exp_to_the_leeway(
+    verifier: TokenVerifier, key: SigningKey
+) -> None:
+    assert await reason_of(verifier, key.token(expires_in=-6)) == "TOKEN_EXPIRED"
 
 
 async def test_a_tampered_payload_is_token_invalid(verifier: TokenVerifier, key: SigningKey) -> None:

@@ -106,7 +106,8 @@ class GatewaySettings(ServiceSettings):
     jwt_issuer: str = "shopmesh-users"
     jwt_audience: str = "shopmesh"
     # Tolerated clock skew between users (which stamps iat/nbf/exp) and the gateway. A token is accepted this
-    # long past its exp, so more than minutes is no skew but tokens that never expire.
+    # long past its exp, so more than minutes is no skew but tokens that never expire. (nbf and iat take
+    # tokens.NOT_BEFORE_LEEWAY_SECONDS, or this if longer.)
     jwt_leeway_seconds: float = Field(default=5.0, ge=0, le=300, allow_inf_nan=False)
     # The users contract: cache the key set up to 5 minutes, refetch on an unknown kid at most every 30 s (a
     # second after a failed fetch, tokens.FAILED_REFETCH_INTERVAL_SECONDS). users' KEY_PUBLISH_AHEAD_SECONDS

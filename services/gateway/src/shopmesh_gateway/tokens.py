@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -210,10 +211,19 @@ class JwksCache:
             self._fetching = None
 
 
+# How far in the future a token's nbf and iat may be by this replica's clock. A token users stamped ahead of it
+# is a clock off, not a forgery (only users' key signs): refused TOKEN_INVALID, its client threw it away and
+# logged in again, to get another refused alike, in a loop for as long as the clocks stayed apart. Accepting it
+# extends no token's life (`exp` keeps JWT_LEEWAY_SECONDS), so this tolerance is well beyond the clock skew the
+# project assumes (chassis clocks.MAX_CLOCK_SKEW), which PyJWT's one leeway would also have stretched `exp` by.
+NOT_BEFORE_LEEWAY_SECONDS = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class TokenRules:
     issuer: str
     audience: str
+    # For `exp`; `nbf` and `iat` take NOT_BEFORE_LEEWAY_SECONDS, or this if longer.
     leeway_seconds: float = 0.0
 
 
@@ -251,16 +261,27 @@ class TokenVerifier:
 
     def _decode(self, token: str, key: jwt.PyJWK) -> dict[str, Any]:
         try:
-            return jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[ALGORITHM],
                 issuer=self._rules.issuer,
                 audience=self._rules.audience,
                 leeway=self._rules.leeway_seconds,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                # nbf and iat are checked below, with their own tolerance (PyJWT has one leeway for all three).
+                options={"require": ["exp", "iss", "aud", "sub"], "verify_nbf": False, "verify_iat": False},
             )
         except jwt.ExpiredSignatureError:
             raise errors.Unauthenticated("the access token has expired", reason=TOKEN_EXPIRED) from None
         except jwt.InvalidTokenError as exc:
             raise _invalid(f"the access token is invalid: {exc}") from None
+        latest = time.time() + max(self._rules.leeway_seconds, NOT_BEFORE_LEEWAY_SECONDS)
+        for claim in ("nbf", "iat"):
+            value = claims.get(claim)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise _invalid(f"the access token is invalid: its {claim} is not a number")
+            if value > latest:
+                raise _invalid(f"the access token is invalid: it is not yet valid ({claim})")
+        return claims
