@@ -16,6 +16,7 @@ import pytest
 from shopmesh.inventory.v1 import inventory_pb2
 from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis import errors
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import Database
 from shopmesh_orders import codec
 from shopmesh_orders.application import OrdersApplication
@@ -109,6 +110,22 @@ async def test_a_retry_with_the_card_past_the_saga_deadline_does_not_charge_for_
         CancelCode.RESERVATION_EXPIRED,
         False,
     )
+    assert (payments.charge_calls, payments.refunds) == (0, [])
+
+
+async def test_a_retry_with_the_card_just_before_the_saga_deadline_asks_inventory_before_charging(
+    clocked: Clocked, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
+) -> None:
+    """A reservation's expiry is written by the clock of the inventory replica that made it: one behind orders'
+    lapses it earlier than orders counts. Orders charged without asking until its own deadline had passed, the
+    commit was refused, and the customer was charged and refunded (the clock audit's finding: failing so on the
+    old code). Within the assumed clock skew of the deadline it asks inventory first."""
+    app, order_id, reservation_id = await _reserved_by_recovery_while_payments_is_down(clocked, inventory, payments)
+    clocked.clock.ahead = timedelta(seconds=settings.reservation_ttl_seconds) - MAX_CLOCK_SKEW / 2
+    inventory.reservations[reservation_id] = (order_id, (CartLine("prod_a", 2),), "EXPIRED")
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await place(app, command())
+    assert caught.value.reason == "RESERVATION_EXPIRED"
     assert (payments.charge_calls, payments.refunds) == (0, [])
 
 

@@ -355,18 +355,19 @@ class SagaDriver:
             final=last.final,
         )
 
-    def _expired(self, order: Order) -> bool:
-        return self._clock() > order.created_at + timedelta(seconds=self._settings.reservation_ttl_seconds)
+    def _expired(self, order: Order, *, early: timedelta = timedelta()) -> bool:
+        return self._clock() > order.created_at + timedelta(seconds=self._settings.reservation_ttl_seconds) - early
 
     async def _reserve(self, order: Order) -> str:
         """Inventory's Reserve for the order's lines, keyed by the order: a repeat replays its reservation."""
         return await self._inventory.reserve(order.id, cart_of(order.lines), self._settings.reservation_ttl_seconds)
 
     async def _still_reserved(self, order: Order, owner: str) -> bool:
-        """Whether inventory still holds the order's stock. Asked only past the order's deadline, when the
-        reservation may have lapsed (it may also outlive that deadline: the recovery loop can reserve long
-        after the order was placed). Reserve is keyed by the order: it replays the reservation as inventory
-        sees it now, an overdue one EXPIRED. Short of stock means inventory holds none for the order either.
+        """Whether inventory still holds the order's stock. Asked only past the order's deadline (or within the
+        assumed clock skew of it), when the reservation may have lapsed (it may also outlive that deadline: the
+        recovery loop can reserve long after the order was placed). Reserve is keyed by the order: it replays the
+        reservation as inventory sees it now, an overdue one EXPIRED. Short of stock means inventory holds none
+        for the order either.
 
         Inventory answering for this order alone that it cannot say (a state a newer release stored; a race
         lost on every one of STEP_ATTEMPTS tries) raises `errors.Unavailable` with RESERVATION_IN_DOUBT:
@@ -466,7 +467,9 @@ class SagaDriver:
             case SagaStep.CHARGE:
                 if card is None:
                     return await self._settle_charge_without_card(order, owner)
-                if self._expired(order) and not await self._still_reserved(order, owner):
+                # Also just before the deadline: the reservation's expiry is by the clock of the inventory
+                # replica that made it, which may be behind orders' by the skew the project assumes.
+                if self._expired(order, early=MAX_CLOCK_SKEW) and not await self._still_reserved(order, owner):
                     # The stock is gone and the commit would refuse it: charging now would only take the
                     # customer's money to refund it. Compensation still refunds an earlier attempt's capture.
                     expired = order.failed_before_pivot(CancelCode.RESERVATION_EXPIRED, self._clock())
