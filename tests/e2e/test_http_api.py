@@ -33,6 +33,7 @@ from shopmesh_platform.http_api import (
     PATH_VARIABLE_IN_QUERY,
     QUERY_WITH_BODY,
     REQUEST_TOO_LARGE_MESSAGE,
+    UNREADABLE_BODY_MESSAGE,
     allowed_methods,
     api_paths,
 )
@@ -765,3 +766,27 @@ async def test_a_downstream_outage_is_a_503_the_client_may_retry(stack: Stack, h
 
     # Polled gently, as a client backing off would.
     await testing.eventually(answered, "the products listed again once catalog is back", timeout=30, interval=0.5)
+
+
+# Bodies the JSON parser or the transcoder cannot read, each with a secret in it: their messages quoted the
+# value or the text around the error ("card.number: invalid value 4111111111111111 for type TYPE_STRING").
+UNREADABLE_BODIES = [
+    ("/v1/orders", '{"card": {"cvv": "737", "number": "4111111111111111"x}}', "4111111111111111"),
+    ("/v1/orders", '{"card": {"number": 4111111111111111, "cvv": "737"}}', "4111111111111111"),
+    ("/v1/orders", '{"card": {"number": ["4111111111111111"]}}', "4111111111111111"),
+    ("/v1/orders", '{"card": {"number": "4242424242424242", "cvv": 737, "expMonth": "twelve"}}', "737"),
+    ("/v1/login", '{"email": "leak@example.com", "password": "Zq9-secret-PW"x}', "Zq9-secret-PW"),
+    ("/v1/login", '{"email": "leak@example.com", "password": 12345678}', "12345678"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "secret"), UNREADABLE_BODIES)
+async def test_a_body_the_edge_cannot_read_is_refused_without_quoting_it(
+    http: httpx.AsyncClient, path: str, body: str, secret: str
+) -> None:
+    # The storefront shows an error's message: the card number or password was put on the screen.
+    refused = await http.post(path, content=body, headers={"content-type": "application/json"})
+    code, status = status_of(refused)
+    assert (code, status["code"]) == (400, INVALID_ARGUMENT), status
+    assert status["message"] == UNREADABLE_BODY_MESSAGE
+    assert secret not in refused.text

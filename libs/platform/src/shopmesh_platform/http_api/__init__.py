@@ -67,6 +67,7 @@ from .local_replies import (
     LOCAL_REPLY_CODES,
     QUERY_WITHOUT_CONTENT_TYPE,
     UNLISTED_LOCAL_REPLY_CODE,
+    UNREADABLE_BODY_MESSAGE,
 )
 from .log_fields import LOGGED_GRPC_STATUS, LOGGED_PATH
 from .matching import GRPC_CONTENT_TYPE
@@ -141,6 +142,7 @@ __all__ = [
     "STOREFRONT_FILES",
     "STOREFRONT_HEADERS",
     "UNLISTED_LOCAL_REPLY_CODE",
+    "UNREADABLE_BODY_MESSAGE",
     "HttpApi",
     "allowed_methods",
     "api_method_paths",

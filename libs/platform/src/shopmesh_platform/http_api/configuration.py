@@ -33,6 +33,7 @@ from .local_replies import (
     request_timed_out,
     status_as_it_is,
     unlisted_local_reply,
+    unreadable_body,
 )
 from .log_fields import HTTP_LOG_FIELDS, SPAN_URL, gateway_status
 from .matching import NOT_GRPC
@@ -213,6 +214,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 query_without_content_type(),
                 http_too_large(),
                 request_timed_out(),
+                unreadable_body(),
                 *(
                     explained(details, status, message)
                     for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()

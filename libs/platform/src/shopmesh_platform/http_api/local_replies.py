@@ -74,6 +74,14 @@ EXPLAINED_LOCAL_REPLIES = {
     "absolute_path_rejected": (404, "the request's target must be a path, such as /v1/products"),
 }
 
+# The message of the transcoder's 400 for a body it cannot read: not JSON, or JSON not of the request message's
+# shape. The parser's and the transcoder's own quote the body (the text around a syntax error; "card.number:
+# invalid value 4111111111111111 for type TYPE_STRING"): a card number or a password, which a client shows.
+UNREADABLE_BODY_MESSAGE = "the body is not valid JSON for this request"
+# Envoy's reason for that 400 (its response code details, 1.40): the transcoder's failure with the code it
+# answers. Its failures in the request's headers (a path or method the API lacks) are "early_..." and kept.
+_UNREADABLE_BODY_DETAILS = "grpc_json_transcode_failure{INVALID_ARGUMENT}"
+
 # The field violation's reason, in the 400 for a `QUERY` without a content type (RFC 10008, The HTTP QUERY
 # Method: its content says what to query, so it must say what the content is). Envoy refuses it in its
 # connection manager, before any route or filter, with an empty body: its local reply is given this Status.
@@ -301,6 +309,13 @@ def explained(details: str, status: int, message: str) -> dict[str, Any]:
         "body": {"inline_string": message},
         "body_format_override": _status_json(LOCAL_REPLY_CODES[status]),
     }
+
+
+def unreadable_body() -> dict[str, Any]:
+    """The transcoder's 400 for a body it cannot read, to an HTTP client, with UNREADABLE_BODY_MESSAGE in its
+    Status instead of the parser's text, which quotes the body. The field's path cannot be kept without its
+    value: the reply's formatter takes Envoy's text whole or not at all."""
+    return explained(_UNREADABLE_BODY_DETAILS, 400, UNREADABLE_BODY_MESSAGE)
 
 
 def status_as_it_is(route: str) -> dict[str, Any]:
