@@ -9,11 +9,12 @@ import importlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import helm_python as helm
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from shopmesh_chassis.config import ConfigError, ServiceSettings, load_settings
 from shopmesh_platform.topology import SERVICES
@@ -167,6 +168,47 @@ def test_an_env_entry_for_a_secrets_file_fails_the_render_naming_the_secret(helm
         Exception, match=r"env\.DATABASE_URL for catalog: .* the Secret catalog-database, key DATABASE_URL"
     ):
         objects_of(helm_dir, "catalog", values)
+
+
+# The settings a Secret holds (the chart mounts them as files) → the value naming that Secret. Their values
+# in an env: entry would sit in the service's ConfigMap.
+SECRET_SETTINGS = {
+    "DATABASE_URL": "database.existingSecret",
+    "IDEMPOTENCY_FINGERPRINT_KEY": "idempotency.existingSecret",
+    "NATS_URL": "global.nats.existingSecret",
+    "SMTP_USERNAME": "global.smtp.existingSecret",
+    "SMTP_PASSWORD": "global.smtp.existingSecret",
+}
+
+
+def test_every_secret_setting_of_the_services_is_one_the_chart_keeps_out_of_env() -> None:
+    # A SecretStr setting a service adds, unknown to the chart, would be let through env: to its ConfigMap.
+    for service in SERVICES:
+        for name, field in settings_class(service).model_fields.items():
+            if field.annotation is SecretStr or SecretStr in get_args(field.annotation):
+                assert name.upper() in SECRET_SETTINGS, (service, name)
+
+
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [
+        # The default values: SQLite, no NATS or SMTP Secret, so none of these is a Secret's file.
+        ("catalog", "DATABASE_URL"),
+        ("orders", "IDEMPOTENCY_FINGERPRINT_KEY"),
+        ("catalog", "NATS_URL"),
+        ("notifications", "SMTP_USERNAME"),
+        ("notifications", "SMTP_PASSWORD"),
+    ],
+)
+def test_an_env_entry_for_a_secret_fails_the_render_naming_the_secret_value(
+    helm_dir: Path, service: str, variable: str
+) -> None:
+    """Without the Secret the chart would mount, the entry went into the ConfigMap: a password there."""
+    with pytest.raises(
+        Exception, match=rf"env\.{variable} for {service}: .*{re.escape(SECRET_SETTINGS[variable])}"
+    ) as refused:
+        objects_of(helm_dir, service, {"env": {variable: "s3cret-value-0123456789abcdef0123456789"}})
+    assert "s3cret" not in str(refused.value)
 
 
 def test_a_service_setting_of_its_own_still_reaches_the_pod_through_env(

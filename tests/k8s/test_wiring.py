@@ -507,6 +507,24 @@ def test_with_a_nats_secret_global_nats_url_names_the_servers_for_the_network_po
     assert "s3cr" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://s3cr%2Fet@nats-0.messaging:4222",
+        "nats://shop:s3cret@nats-0.messaging:4222,nats://nats-1.messaging:4222",
+        "s3cret@nats-0.messaging:4222",
+    ],
+)
+def test_credentials_in_global_nats_url_fail_the_render_without_a_nats_secret_too(helm_dir: Path, url: str) -> None:
+    """Without global.nats.existingSecret the URL went into every ConfigMap, password and all."""
+    with pytest.raises(
+        Exception, match=r"global\.nats\.url: \S*\*\*\*@nats-0\.messaging:4222\S* has credentials"
+    ) as refused:
+        with_nats(helm_dir, "orders", url=url)
+    assert "s3cr" not in str(refused.value)
+    assert "global.nats.existingSecret" in str(refused.value)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_staging_runs_two_replicas_with_budget_and_autoscaler(rendered: dict[tuple[str, str], Docs], name: str) -> None:
     docs = rendered["staging+istio", render.UMBRELLA]

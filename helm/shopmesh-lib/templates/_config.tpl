@@ -394,9 +394,14 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
     "port" (dig "otel" "port" 4317 $g)
     "samplerRatio" (dig "otel" "samplerRatio" 1.0 $g)
     "peers" (dig "otel" "peers" $devOtelPeers $g)) -}}
-{{- /* Credentials in url with the Secret set would be ignored: the service reads the Secret's URL. */ -}}
-{{- if and $c.nats.existingSecret (contains "@" $c.nats.url) -}}
+{{- /* Credentials in url never serve: with the Secret set they would be ignored (the service reads the Secret's
+     URL); without it they would sit in every ConfigMap, and in the values file. */ -}}
+{{- if contains "@" $c.nats.url -}}
+{{- if $c.nats.existingSecret -}}
 {{- fail (printf "global.nats.url: %s has credentials, but NATS_URL comes from the Secret global.nats.existingSecret (%s): put them in its URL, and leave global.nats.url the servers without them (the NetworkPolicy's checks read it)" (include "shopmesh-lib.shownUrl" $c.nats.url) $c.nats.existingSecret) -}}
+{{- else -}}
+{{- fail (printf "global.nats.url: %s has credentials, which would be in every service's ConfigMap: put the URL, credentials and all, in a Secret, name it in global.nats.existingSecret (its key: global.nats.secretKey, default NATS_URL), and leave global.nats.url the servers without them (the NetworkPolicy's checks read it)" (include "shopmesh-lib.shownUrl" $c.nats.url)) -}}
+{{- end -}}
 {{- end -}}
 {{- if $c.nats.enabled -}}
 {{- include "shopmesh-lib.checkEgress" (dict "setting" "nats" "url" $c.nats.url "port" $c.nats.port "peers" $c.nats.peers "devUrl" $devNats "devPeers" $devNatsPeers "enforced" $c.networkPolicy.enabled) -}}

@@ -135,10 +135,20 @@ spec:
 {{- $_ := set $files .path (printf "the Secret %s, key %s" $source.secret.name .key) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The secret settings, whether or not this pod mounts their Secret: an env: entry would put the value in
+     the ConfigMap (and the values file). Each → where it comes from instead. */ -}}
+{{- $secrets := dict
+    "DATABASE_URL" (printf "the Secret database.existingSecret (%s, key database.secretKey) with database.mode postgres (or global.database.mode)" $c.database.existingSecret)
+    "IDEMPOTENCY_FINGERPRINT_KEY" (printf "the Secret idempotency.existingSecret (%s, key idempotency.secretKey) with idempotency.enabled and database.mode postgres; with SQLite the service keeps a key of its own in /data" $c.idempotency.existingSecret)
+    "NATS_URL" "a Secret named by global.nats.existingSecret (key global.nats.secretKey), global.nats.url naming the servers"
+    "SMTP_USERNAME" "the Secret global.smtp.existingSecret (keys SMTP_USERNAME and SMTP_PASSWORD)"
+    "SMTP_PASSWORD" "the Secret global.smtp.existingSecret (keys SMTP_USERNAME and SMTP_PASSWORD)" -}}
 {{- range $key, $value := $c.env -}}
 {{- $setting := printf "env.%s for %s" $key $c.name -}}
 {{- if hasKey $files $key -}}
 {{- fail (printf "%s: the pod reads %s from %s, mounted as a file, and an environment variable would win over it; put the value in that Secret, not in values" $setting $key (get $files $key)) -}}
+{{- else if hasKey $secrets $key -}}
+{{- fail (printf "%s: %s is a secret, and an env: entry would put it in the service's ConfigMap; give it in %s, not in values" $setting $key (get $secrets $key)) -}}
 {{- else if not (hasKey $data $key) -}}
 {{- else if hasKey $from $key -}}
 {{- fail (printf "%s: the chart sets %s itself, from %s, and checks it against the rest of the pod; an env: entry would replace it unchecked. Set %s instead" $setting $key (get $from $key) (get $from $key)) -}}
