@@ -256,8 +256,9 @@ class ReservationRepository:
             return None
         items = (await self._session.execute(_ITEMS, {"b_id": row.id})).all()
         if not items:
-            # Every reservation has items: these were purged with it between the two reads (PostgreSQL reads
-            # each statement's own snapshot outside a write transaction).
+            # Every reservation has items: these were purged with it between the two reads. Only a writer
+            # sees that on PostgreSQL: its READ COMMITTED gives each statement its own snapshot, while
+            # Database.read() is one REPEATABLE READ snapshot for both.
             return None
         return Reservation(
             id=row.id,
