@@ -99,15 +99,19 @@ def load(path: Path = INVENTORY) -> Inventory:
     return loaded
 
 
-def renderings(helm_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """`<value set>/<chart>` -> its objects: every chart with every value set, and `canary/shopmesh`."""
+def renderings(
+    helm_dir: Path, rendered: Mapping[tuple[str, str], list[dict[str, Any]]] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """`<value set>/<chart>` -> its objects: every chart with every value set, and `canary/shopmesh`;
+    `rendered` ((value set, chart) -> its objects, as tests/k8s renders them once for all its tests), if
+    given, in place of rendering each pair again."""
 
     def docs(chart: str, value_set: str, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         texts = render.render(helm_dir, chart, value_set, values=values).values()
         return [doc for manifest in texts for doc in yaml.safe_load_all(manifest) if doc]
 
     result = {
-        f"{value_set}/{chart}": docs(chart, value_set)
+        f"{value_set}/{chart}": docs(chart, value_set) if rendered is None else rendered[value_set, chart]
         for value_set in render.VALUE_SETS
         for chart in render.all_charts()
     }

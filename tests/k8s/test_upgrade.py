@@ -137,13 +137,6 @@ IMMUTABLE = {
 }
 
 
-def every_rendering(rendered: dict[tuple[str, str], Docs], helm_dir: Path) -> dict[str, Docs]:
-    """Every chart with every value set, and the umbrella with a canary (its own Deployment)."""
-    result = {f"{value_set}/{chart}": docs for (value_set, chart), docs in rendered.items()}
-    result["canary/shopmesh"] = objects_of(helm_dir, "shopmesh", release_objects.CANARY_VALUES)
-    return result
-
-
 def test_no_object_of_an_earlier_release_is_renamed_or_removed(
     rendered: dict[tuple[str, str], Docs], helm_dir: Path
 ) -> None:
@@ -153,7 +146,7 @@ def test_no_object_of_an_earlier_release_is_renamed_or_removed(
     it was last written (k8s/release_objects.py); each must still be rendered. Objects added are fine."""
     committed = release_objects.load()
     assert committed, "tests/k8s/release_objects.yaml is empty"
-    missing = release_objects.gone(committed, release_objects.inventory(every_rendering(rendered, helm_dir)))
+    missing = release_objects.gone(committed, release_objects.inventory(release_objects.renderings(helm_dir, rendered)))
     assert not missing, (
         f"{len(missing)} object(s) of tests/k8s/release_objects.yaml no longer rendered, which `helm upgrade` "
         "would delete from a release made before this change (a renamed one: deleted and created again):\n  "
@@ -172,7 +165,7 @@ def test_every_deployment_selects_by_the_fixed_documented_labels(
     every upgrade of an earlier release with "field is immutable". The set is fixed here and in
     docs/kubernetes.md ("Upgrades and rollbacks"); change neither without a way over it for existing releases."""
     canaries = 0
-    for where, docs in every_rendering(rendered, helm_dir).items():
+    for where, docs in release_objects.renderings(helm_dir, rendered).items():
         for deployment in (d for d in docs if d["kind"] == "Deployment"):
             name = deployment["metadata"]["name"]
             selector = deployment["spec"]["selector"]
@@ -192,7 +185,7 @@ def test_nothing_rendered_has_fields_an_upgrade_could_not_change(
     """Beyond the Deployments' selectors (above), no object has a field Kubernetes refuses to change: no kind of
     IMMUTABLE, no ConfigMap or Secret marked immutable (its next change would fail the upgrade), no Service
     with an address or a type of its own (clusterIP is the API's to assign and cannot change)."""
-    for where, docs in every_rendering(rendered, helm_dir).items():
+    for where, docs in release_objects.renderings(helm_dir, rendered).items():
         for doc in docs:
             kind, name = doc["kind"], doc["metadata"]["name"]
             assert kind not in IMMUTABLE, f"{where}: {kind}/{name} has immutable fields ({IMMUTABLE.get(kind)})"
