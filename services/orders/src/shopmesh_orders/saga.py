@@ -209,10 +209,7 @@ class SagaDriver:
         when another driver holds it (or it is no longer drivable). Apart from `resume` so that the recovery
         loop starts its work on the order (its span in the checkout's trace) only once it has the order."""
         owner = self.new_lease_owner()
-        # Another driver's lease is by its clock: the loop, which has no card and would cancel a checkout still
-        # running, takes it as lapsed only the assumed clock skew later. (A PlaceOrder retried with the card
-        # takes it on time: it goes on with the checkout, charging under the same key.)
-        if not await self._claim(order_id, owner, MAX_CLOCK_SKEW):
+        if not await self._claim(order_id, owner, with_card=False):
             raise LeaseHeld(order_id)
         return owner
 
@@ -237,7 +234,8 @@ class SagaDriver:
         # recovery loop's, which claimed it (`claim_to_resume`).
         if owner is None:
             owner = self.new_lease_owner()
-            if not await self._claim(order_id, owner):
+            # Only `drive`, a PlaceOrder with the card, comes here without an owner.
+            if not await self._claim(order_id, owner, with_card=True):
                 raise LeaseHeld(order_id)
             order = None
         try:
@@ -734,9 +732,11 @@ class SagaDriver:
     def _lease(self) -> timedelta:
         return timedelta(seconds=self._settings.saga_lease_seconds)
 
-    async def _claim(self, order_id: str, owner: str, skew: timedelta = timedelta()) -> bool:
+    async def _claim(self, order_id: str, owner: str, *, with_card: bool) -> bool:
         async with self._db.transaction() as session:
-            return await OrderRepository(session).claim(order_id, owner, self._clock(), self.lease_until(), skew=skew)
+            return await OrderRepository(session).claim(
+                order_id, owner, self._clock(), self.lease_until(), with_card=with_card
+            )
 
     async def _keep_lease(self, order_id: str, owner: str, *, recheck: bool = False) -> None:
         """Renew the lease before a remote call that follows another with no step saved between them;

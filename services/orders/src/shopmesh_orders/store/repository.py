@@ -59,6 +59,14 @@ CARD_HOLDER_GRACE = timedelta(seconds=5)
 _DRIVABLE = orders.c.step.in_([step for step in known_values(SagaStep) if step != SagaStep.DONE.value])
 
 
+def _lease_lapsed(now: datetime, *, with_card: bool = False, grace: timedelta = timedelta()) -> ColumnElement[bool]:
+    """Another driver's lease ran out (`grace` before `now`). Its `lease_until` is by that driver's clock: taken
+    as lapsed only MAX_CLOCK_SKEW later, or a replica whose clock is ahead would take over (and, having no card,
+    cancel) a checkout still running. A caller `with_card` (a PlaceOrder retried) takes it on time: it goes on
+    with the checkout, charging under the same key."""
+    return orders.c.lease_until < now - (timedelta() if with_card else MAX_CLOCK_SKEW) - grace
+
+
 def _recheck_held(order_id: str, owner: str) -> tuple[ColumnElement[bool], ...]:
     """A finished order still due a charge recheck, whose lease `owner` holds (`claim_recheck`)."""
     return (
@@ -269,11 +277,9 @@ class OrderRepository:
                 listed.append(unreadable)
         return listed
 
-    async def claim(
-        self, order_id: str, owner: str, now: datetime, until: datetime, *, skew: timedelta = timedelta()
-    ) -> bool:
-        """Take the saga lease of an unfinished order unless another live driver holds it. `skew`: how much
-        longer a lease another driver holds is taken as still live (its `lease_until` is by that driver's clock)."""
+    async def claim(self, order_id: str, owner: str, now: datetime, until: datetime, *, with_card: bool) -> bool:
+        """Take the saga lease of an unfinished order unless another live driver holds it (`_lease_lapsed`:
+        `with_card`, the caller has the customer's card)."""
         result = await self._session.execute(
             update(orders)
             .where(
@@ -282,7 +288,7 @@ class OrderRepository:
                 or_(
                     orders.c.lease_owner.is_(None),
                     orders.c.lease_owner == owner,
-                    orders.c.lease_until < now - skew,
+                    _lease_lapsed(now, with_card=with_card),
                 ),
             )
             .values(lease_owner=owner, lease_until=until)
@@ -328,10 +334,7 @@ class OrderRepository:
         # the loop has no card, and finding no capture it cancels the order (CHECKOUT_INTERRUPTED).
         before_the_pivot = orders.c.step.in_([SagaStep.RESERVE.value, SagaStep.CHARGE.value])
         held = orders.c.lease_owner.is_not(None)
-        # A held lease's end is by its driver's clock: taken as lapsed only MAX_CLOCK_SKEW later, or a replica
-        # whose clock is ahead would take over (and cancel) a checkout still running. A wait an order was
-        # released with (no owner) is no one's to lose: due on time.
-        lapsed = now - MAX_CLOCK_SKEW
+        # A wait an order was released with (no owner) is no one's lease to lose: due on time.
         rows = await self._session.execute(
             select(orders.c.id, orders.c.trace_context)
             .where(
@@ -340,8 +343,8 @@ class OrderRepository:
                 or_(
                     orders.c.lease_until.is_(None),
                     and_(~held, orders.c.lease_until < now),
-                    and_(held, ~before_the_pivot, orders.c.lease_until < lapsed),
-                    orders.c.lease_until < lapsed - CARD_HOLDER_GRACE,
+                    and_(held, ~before_the_pivot, _lease_lapsed(now)),
+                    _lease_lapsed(now, grace=CARD_HOLDER_GRACE),
                 ),
             )
             .order_by(due, orders.c.created_at, orders.c.id)
@@ -356,8 +359,7 @@ class OrderRepository:
             .where(
                 orders.c.charge_recheck_at <= now,
                 orders.c.step == SagaStep.DONE.value,
-                # Another driver's lease, by its clock (`unfinished`).
-                or_(orders.c.lease_owner.is_(None), orders.c.lease_until < now - MAX_CLOCK_SKEW),
+                or_(orders.c.lease_owner.is_(None), _lease_lapsed(now)),
             )
             .order_by(orders.c.charge_recheck_at)
             .limit(limit)
@@ -376,7 +378,7 @@ class OrderRepository:
                 or_(
                     orders.c.lease_owner.is_(None),
                     orders.c.lease_owner == owner,
-                    orders.c.lease_until < now - MAX_CLOCK_SKEW,
+                    _lease_lapsed(now),
                 ),
             )
             .values(lease_owner=owner, lease_until=until)
