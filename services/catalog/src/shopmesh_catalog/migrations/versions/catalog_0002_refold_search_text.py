@@ -14,6 +14,11 @@ product the new release's pods have not loaded) keeps the old fold.
 On PostgreSQL in batches by id, each its own transaction (no row locked longer than its batch, reads go on),
 safe to run again after a start that failed half-way; SQLite in the migration's transaction.
 
+It imports the live `fold`, not a copy frozen at this release's: a later change to `fold` comes with its own
+migration that refolds the stored text again, and a database replaying this one with that later fold (a new
+install, one upgraded across both) gets the later fold's text at once, which the later migration then leaves
+as it is. That is intended.
+
 Revision ID: catalog_0002
 Revises: catalog_0001
 Create Date: 2026-12-05
