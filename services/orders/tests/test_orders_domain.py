@@ -305,6 +305,19 @@ def test_a_saga_duration_no_call_or_lease_can_have_is_refused_at_startup(variabl
         load_settings(OrdersSettings, **{variable: float("inf")})
 
 
+@pytest.mark.parametrize("ttl", [1.0, 5.0])
+def test_a_reservation_ttl_within_the_assumed_clock_skew_is_refused_at_startup(ttl: float) -> None:
+    """Review finding: within MAX_CLOCK_SKEW of its deadline the saga asks inventory whether the reservation
+    still holds before charging, so with RESERVATION_TTL_SECONDS at most that skew (5 s) every PlaceOrder
+    asked again. Nothing sets it that low; the minimum is now above it."""
+    from shopmesh_chassis.config import ConfigError, load_settings
+    from shopmesh_orders.settings import OrdersSettings
+
+    with pytest.raises(ConfigError, match="RESERVATION_TTL_SECONDS"):
+        load_settings(OrdersSettings, reservation_ttl_seconds=ttl)
+    assert load_settings(OrdersSettings, reservation_ttl_seconds=6.0).reservation_ttl_seconds == 6.0
+
+
 def test_a_place_order_commands_repr_never_shows_the_card_number_or_cvv() -> None:
     shown = repr(command(card=Card("4242424242424242", 12, 2030, "987")))
     assert "4242424242424242" not in shown
