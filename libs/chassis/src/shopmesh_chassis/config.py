@@ -40,14 +40,15 @@ class StartupFailed(Exception):
 SHUTDOWN_HOOKS_MARGIN_SECONDS = 3.0
 # The longest duration gRPC's channel arguments take: milliseconds in a C int.
 GRPC_DURATION_MAX_SECONDS = (2**31 - 1) // 1000
-# No wait or timeout of the chassis needs more; larger ones are typing mistakes (or inf).
-_DAY_SECONDS = 86400.0
+# No wait or timeout of the chassis needs more; larger ones are typing mistakes (or inf). An `Interval`'s bound,
+# which services' own limits build on.
+DAY_SECONDS = 86400.0
 # Nor does any retention; it also keeps JetStream's max_age (nanoseconds in an int64) in range.
-_RETENTION_MAX_SECONDS = 3650 * _DAY_SECONDS
+_RETENTION_MAX_SECONDS = 3650 * DAY_SECONDS
 
 # A period, lease or backoff of a service: positive and finite, at most a day (inf overflows a timedelta,
 # and asyncio would wait for ever).
-Interval = Annotated[float, Field(gt=0, le=_DAY_SECONDS, allow_inf_nan=False)]
+Interval = Annotated[float, Field(gt=0, le=DAY_SECONDS, allow_inf_nan=False)]
 # The `timeout=` of an outbound gRPC call (CLIENT_DEFAULT_TIMEOUT_SECONDS, each service's per-dependency and
 # step timeouts): gRPC's deadline arithmetic overflows on a huge one (inf, 1e10), and every call then fails
 # at once with DEADLINE_EXCEEDED. Bounded as an Interval, named for what it guards.
@@ -128,14 +129,14 @@ class ServiceSettings(RuntimeSettings):
 
     # Drain: health turns NOT_SERVING for `drain_delay_seconds` (load balancers notice and stop
     # sending), then the server refuses new calls and gives in-flight ones `shutdown_grace_seconds`.
-    drain_delay_seconds: float = Field(default=0.0, ge=0, le=_DAY_SECONDS, allow_inf_nan=False)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=_DAY_SECONDS, allow_inf_nan=False)
+    drain_delay_seconds: float = Field(default=0.0, ge=0, le=DAY_SECONDS, allow_inf_nan=False)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=DAY_SECONDS, allow_inf_nan=False)
     # Then the service's shutdown hooks run, in order, within `shutdown_hooks_budget_seconds` altogether
     # (app.run_shutdown_hooks cancels the one that overruns). Some hooks wait for their own work in flight
     # up to `shutdown_grace_seconds` (notifications' e-mail being sent, orders' sagas), so the budget must
     # be at least the grace and SHUTDOWN_HOOKS_MARGIN_SECONDS more; the default leaves 5 s beyond it for
     # stopping relays and consumers and closing NATS, channels and the database.
-    shutdown_hooks_budget_seconds: float = Field(default=15.0, gt=0, le=_DAY_SECONDS, allow_inf_nan=False)
+    shutdown_hooks_budget_seconds: float = Field(default=15.0, gt=0, le=DAY_SECONDS, allow_inf_nan=False)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -367,7 +368,7 @@ class EventSettings(ServiceSettings):
 
 
 # A delay JetStream can take (it gets nanoseconds): finite, and at most a day.
-RetryDelay = Annotated[float, Field(ge=0, le=_DAY_SECONDS, allow_inf_nan=False)]
+RetryDelay = Annotated[float, Field(ge=0, le=DAY_SECONDS, allow_inf_nan=False)]
 
 
 class ConsumerSettings(EventSettings):

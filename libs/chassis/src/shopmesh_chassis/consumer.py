@@ -120,9 +120,6 @@ _DATABASE_CHECK_TIMEOUT = 5.0
 # Short of slots: at least this share of max_ack_pending unsettled. Half leaves the rest for the replicas'
 # own events while parking starts well before the stall.
 _SHORT_OF_SLOTS = 0.5
-# A stream timestamp further ahead of the replica's clock than the skew the project assumes is worth saying
-# (the replica's clock or NATS' is off): the hand-back bound is measured across the two clocks.
-_SKEW_SECONDS = MAX_CLOCK_SKEW_SECONDS
 
 
 def _utcnow() -> datetime:
@@ -812,7 +809,9 @@ class EventConsumer:
         if message.metadata is None or message.metadata.timestamp is None:
             return None
         waited = (self._clock() - message.metadata.timestamp).total_seconds()
-        if waited < -_SKEW_SECONDS:
+        # A stream timestamp further ahead of the replica's clock than the skew the project assumes is worth
+        # saying (the replica's clock or NATS' is off): the hand-back bound is measured across the two clocks.
+        if waited < -MAX_CLOCK_SKEW_SECONDS:
             now = time.monotonic()
             if self._skew_said is None or now - self._skew_said >= _SAY_AGAIN_SECONDS:
                 self._skew_said = now

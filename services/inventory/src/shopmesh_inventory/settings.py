@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from shopmesh_chassis.config import DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
+from shopmesh_chassis.config import DAY_SECONDS, DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
 
-_DAY_SECONDS = 86400.0
 # The longest orders leaves an unfinished order alone between two tries (RECOVERY_BACKOFF_MAX_SECONDS, an
 # interval: at most a day) plus the longest saga deadline (RESERVATION_TTL_SECONDS, at most an hour, which is
 # also the longest a reservation stays PENDING): a saga that waits through one full backoff, with no outage
 # at all, may still replay a call about a reservation that ended that long ago. No retention may be shorter.
-MIN_RESERVATION_RETENTION_SECONDS = _DAY_SECONDS + 3600.0
+MIN_RESERVATION_RETENTION_SECONDS = DAY_SECONDS + 3600.0
 
 
 class InventorySettings(DatabaseSettings):
@@ -34,7 +33,7 @@ class InventorySettings(DatabaseSettings):
     # stock. 30 days: several times the longest outage the rest of the system survives (a week: events older
     # than NATS_STREAM_MAX_AGE_SECONDS are dropped), plus orders' longest backoff and saga deadline.
     reservation_retention_seconds: float = Field(
-        default=30 * _DAY_SECONDS, ge=0, le=3650 * _DAY_SECONDS, allow_inf_nan=False
+        default=30 * DAY_SECONDS, ge=0, le=3650 * DAY_SECONDS, allow_inf_nan=False
     )
     # How often reservations past the retention are deleted, 500 per transaction.
     reservation_purge_interval_seconds: Interval = 3600.0
