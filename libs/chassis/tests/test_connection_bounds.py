@@ -83,11 +83,16 @@ async def test_calls_whose_request_never_comes_hold_a_bounded_memory_of_the_serv
     """The transport audit's attack on one connection: thousands of calls that send their headers and never their
     request, without a deadline. Unbounded, 5,000 of them grew the server by 80-90 MiB (10-18 KB apiece) within
     seconds and held it until the connection's max age; bounded, the server holds GRPC_MAX_CONCURRENT_STREAMS
-    (100) of them, about 1-2 MiB, and the rest wait in the client. Watched for a while, failing at once past the
-    bound: growth comes as the server reads the headers, so a loaded machine only makes it later."""
-    calls_sent, bound_mib, watch_seconds = 5000, 30.0, 12.0
+    (100) of them, about 1-2 MiB, and the rest wait in the client. Judged only once the client has sent every
+    call the connection takes (a call's headers written: `wait_for_connection`), and for a while after the last
+    one went, failing at once past the bound: growth comes as the server reads the headers, so a loaded machine
+    only makes it later. (Review finding: watched from the start, a loaded machine could end the watch before
+    the unbounded server had the calls, and pass.)"""
+    calls_sent, streams, bound_mib, watch_seconds = 5000, 100, 30.0, 12.0
     proc = await start_process_serving(
-        SAMPLE, log_path=tmp_path / "sample.log", env={"METRICS_PORT": "-1", "GRPC_MAX_CONCURRENT_RPCS": "10"}
+        SAMPLE,
+        log_path=tmp_path / "sample.log",
+        env={"METRICS_PORT": "-1", "GRPC_MAX_CONCURRENT_RPCS": "10", "GRPC_MAX_CONCURRENT_STREAMS": str(streams)},
     )
     try:
         pid = proc.process.pid
@@ -101,16 +106,34 @@ async def test_calls_whose_request_never_comes_hold_a_bounded_memory_of_the_serv
         async with grpc.aio.insecure_channel(proc.address) as channel:
             echo = channel.stream_unary(ECHO_PATH)
             calls = [echo(request_that_never_comes()) for _ in range(calls_sent)]
-            grown = 0.0
+            # Done once the call's headers are written (or it ended): what the server was sent.
+            headers = [asyncio.ensure_future(call.wait_for_connection()) for call in calls]
+
+            def sent() -> int:
+                return sum(written.done() for written in headers)
+
+            grown, last_sent = 0.0, 0
             try:
+                # At least the bound goes whatever the server; the watch runs until `watch_seconds` after the
+                # last call sent, so every call the server took has had that long to weigh on it.
+                await eventually(lambda: sent() >= streams, f"{streams} calls sent", timeout=60)
                 watch_until = time.monotonic() + watch_seconds
-                while time.monotonic() < watch_until and grown <= bound_mib:
+                give_up = watch_until + 60
+                while time.monotonic() < min(watch_until, give_up) and grown <= bound_mib:
                     await asyncio.sleep(0.25)
                     grown = _rss_mib(pid) - before
+                    if sent() > last_sent:
+                        last_sent, watch_until = sent(), time.monotonic() + watch_seconds
             finally:
                 for call in calls:
                     call.cancel()
-        assert grown <= bound_mib, f"{calls_sent} held-open calls on one connection grew the server by {grown:.0f} MiB"
+                for written in headers:
+                    written.cancel()
+                await asyncio.gather(*headers, return_exceptions=True)
+        assert grown <= bound_mib, (
+            f"{calls_sent} held-open calls on one connection ({last_sent} sent) grew the server by {grown:.0f} MiB"
+        )
+        assert last_sent == streams, f"{last_sent} calls sent on one connection, not {streams}: the rest wait"
         assert proc.process.poll() is None, proc.output()
     finally:
         proc.stop()
