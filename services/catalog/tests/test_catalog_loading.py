@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,5 +229,38 @@ async def test_data_past_a_bound_or_holding_nul_is_refused_with_violations_on_sq
         ("products[1].name", "NUL_CHARACTER"),
         ("products[1].description", "NUL_CHARACTER"),
         ("products[1].image_url", "NUL_CHARACTER"),
+    ]
+    assert await counts(empty_catalog) == (0, 0)
+
+
+async def test_a_category_loaded_decomposed_is_stored_and_listed_composed_on_sqlite_and_postgresql(
+    empty_catalog: Catalog,
+) -> None:
+    """As products' names are: 150 accented letters written decomposed (a file saved on macOS) are 300 code
+    points, refused as longer than 200 before, and a shorter name was listed decomposed."""
+    names = ["Café & Crème", "é" * 150]
+    await empty_catalog.application.load(
+        [CategoryData(f"c-{i}", unicodedata.normalize("NFD", name)) for i, name in enumerate(names)], []
+    )
+    assert [c.display_name for c in await empty_catalog.application.list_categories()] == names
+
+
+async def test_a_name_that_shows_nothing_or_is_not_one_line_is_refused_at_load_on_sqlite_and_postgresql(
+    empty_catalog: Catalog,
+) -> None:
+    """The chassis' rule for a line of text (text_lines): zero-width spaces, joiners and byte-order marks print
+    as nothing and passed `str.strip()`, so a product or a category listed with no name at all loaded; a line
+    break or a terminal escape went to every screen and log showing the name."""
+    loaded_categories = [CategoryData("kitchen", "Kitchen"), CategoryData("blank", "\u200b\u2060\ufeff")]
+    invisible = ProductData("prod_a", "\u200b \u200d", "", "kitchen", Money(1000, "USD"), "")
+    two_lines = ProductData("prod_b", "Wool\nSocks", "", "kitchen", Money(1000, "USD"), "")
+    escape = CategoryData("escape", "\x1b[31mRed")
+    with pytest.raises(InvalidArgument) as caught:
+        await empty_catalog.application.load([*loaded_categories, escape], [invisible, two_lines])
+    assert [(v.field, v.reason) for v in caught.value.violations] == [
+        ("categories[1].display_name", "REQUIRED"),
+        ("categories[2].display_name", "INVALID_CHARACTERS"),
+        ("products[0].name", "REQUIRED"),
+        ("products[1].name", "INVALID_CHARACTERS"),
     ]
     assert await counts(empty_catalog) == (0, 0)

@@ -68,6 +68,7 @@ class CatalogApplication:
         as they are. Invalid data stops here, before anything is written, and so does data that would leave
         more than MAX_CATEGORIES categories stored (counted in the transaction that adds them, one load at a
         time)."""
+        categories = validation.composed_categories(categories)
         products = validation.composed_products(products)
         violations = validation.catalog_data_violations(categories, products)
         if violations:

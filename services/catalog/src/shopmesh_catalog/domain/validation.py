@@ -24,7 +24,7 @@ from shopmesh_chassis.pagination import (
     page_token_key,
 )
 from shopmesh_chassis.text_fields import nul_violation
-from shopmesh_chassis.text_lines import normalized_line, too_long_to_normalize
+from shopmesh_chassis.text_lines import line_violation, normalized_line, too_long_to_normalize
 
 MAX_BATCH_IDS = 100
 MAX_QUERY_LENGTH = 200
@@ -177,10 +177,23 @@ def _category_violations(index: int, category: CategoryData) -> list[FieldViolat
     violations = []
     if not CATEGORY_ID.fullmatch(category.id):
         violations.append(FieldViolation(f"{path}.id", f"must match {CATEGORY_ID.pattern}", "INVALID_FORMAT"))
-    if not category.display_name.strip() or len(category.display_name) > MAX_NAME_LENGTH:
-        violations.append(FieldViolation(f"{path}.display_name", f"must be 1-{MAX_NAME_LENGTH} characters", "LENGTH"))
-    violations.extend(_nul_violations(path, display_name=category.display_name))
+    if (found := _name_violation(f"{path}.display_name", category.display_name)) is not None:
+        violations.append(found)
     return violations
+
+
+def _name_violation(field: str, name: str) -> FieldViolation | None:
+    """A loaded name (composed) is a line of text as the chassis' `text_lines` has it: one of invisible
+    characters only (zero-width spaces, byte-order marks, which `str.strip()` keeps) shows nothing in a listing
+    and is REQUIRED, and a control character or line break is INVALID_CHARACTERS; U+0000 is the one
+    NUL_CHARACTER, as in every other loaded text. The length is the column's, on the composed name."""
+    if "\x00" in name:
+        return nul_violation(field)
+    if (found := line_violation(field, name)) is not None:
+        return found
+    if len(name) > MAX_NAME_LENGTH:
+        return FieldViolation(field, f"must be 1-{MAX_NAME_LENGTH} characters", "LENGTH")
+    return None
 
 
 def _nul_violations(path: str, **texts: str) -> list[FieldViolation]:
@@ -195,8 +208,8 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
     if len(product.id) > MAX_ID_LENGTH or not PRODUCT_ID.fullmatch(product.id):
         description = f"must match {PRODUCT_ID.pattern}, at most {MAX_ID_LENGTH} characters"
         violations.append(FieldViolation(f"{path}.id", description, "INVALID_FORMAT"))
-    if not product.name.strip() or len(product.name) > MAX_NAME_LENGTH:
-        violations.append(FieldViolation(f"{path}.name", f"must be 1-{MAX_NAME_LENGTH} characters", "LENGTH"))
+    if (found := _name_violation(f"{path}.name", product.name)) is not None:
+        violations.append(found)
     if len(product.description) > MAX_DESCRIPTION_LENGTH:
         violations.append(
             FieldViolation(f"{path}.description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters", "TOO_LONG")
@@ -217,9 +230,7 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
         url = urlsplit(product.image_url)
         if url.scheme != "https" or not url.netloc:
             violations.append(FieldViolation(f"{path}.image_url", "must be an absolute https URL", "INVALID_FORMAT"))
-    violations.extend(
-        _nul_violations(path, name=product.name, description=product.description, image_url=product.image_url)
-    )
+    violations.extend(_nul_violations(path, description=product.description, image_url=product.image_url))
     return violations
 
 
@@ -243,6 +254,12 @@ def composed_products(products: Sequence[ProductData]) -> list[ProductData]:
         replace(p, name=unicodedata.normalize("NFC", p.name), description=unicodedata.normalize("NFC", p.description))
         for p in products
     ]
+
+
+def composed_categories(categories: Sequence[CategoryData]) -> list[CategoryData]:
+    """The categories with their display names composed (NFC), as products' names are (`composed_products`):
+    stored, validated, listed and sorted in the form every other text in the shop has."""
+    return [replace(c, display_name=unicodedata.normalize("NFC", c.display_name)) for c in categories]
 
 
 def catalog_data_violations(
