@@ -169,3 +169,19 @@ async def test_the_refold_migration_recomputes_what_an_earlier_release_stored(bl
     assert stored["prod_nfd"].search_description == "butane torch."
     assert stored["prod_plain"].search_name == "wool throw"
     assert stored["prod_1199"].search_name == "i1199"
+
+
+async def test_the_compose_migration_composes_the_category_names_an_earlier_release_stored(blank_db: Database) -> None:
+    """Loads compose category names now; the ones stored decomposed before were listed and sorted apart from
+    the same name typed composed."""
+    await migrate_to(blank_db, VERSIONS, "catalog_0002")
+    decomposed = unicodedata.normalize("NFD", "Café & Crème")
+    async with blank_db.transaction() as connection:
+        await connection.execute(
+            insert(categories),
+            [{"id": "cafe", "display_name": decomposed}, {"id": "kitchen", "display_name": "Kitchen"}],
+        )
+    await migrate(blank_db, VERSIONS, metadata)
+    async with blank_db.read() as connection:
+        stored = {row.id: row.display_name for row in await connection.execute(select(categories))}
+    assert stored == {"cafe": "Café & Crème", "kitchen": "Kitchen"}
