@@ -34,6 +34,7 @@ from shopmesh_platform.http_api import (
     QUERY_WITH_BODY,
     REQUEST_TOO_LARGE_MESSAGE,
     UNREADABLE_BODY_MESSAGE,
+    UNREADABLE_QUERY_MESSAGE,
     allowed_methods,
     api_paths,
 )
@@ -789,4 +790,29 @@ async def test_a_body_the_edge_cannot_read_is_refused_without_quoting_it(
     code, status = status_of(refused)
     assert (code, status["code"]) == (400, INVALID_ARGUMENT), status
     assert status["message"] == UNREADABLE_BODY_MESSAGE
+    assert secret not in refused.text
+
+
+# Query parameters the transcoder cannot bind, each with a secret in it: for a value not of its field's type its
+# message quoted the value ('page_size: invalid value "..." for type TYPE_INT32'), a secret pasted into a URL.
+# A name the request has no field for shares Envoy's reason, so its message (which named it) is the same one.
+UNREADABLE_QUERIES = [
+    ("/v1/products", {"password": "Zq9-secret-PW"}, "Zq9-secret-PW"),
+    ("/v1/products", {"pageSize": "Zq9-secret-PW"}, "Zq9-secret-PW"),
+    ("/v1/products", {"pageSize": "4111111111111111"}, "4111111111111111"),
+    ("/v1/products", {"category": "kitchen", "pageSize": "2.5e-secret"}, "2.5e-secret"),
+    ("/v1/products/prod_french_press", {"maxRecommendations": "leak@example.com"}, "leak@example.com"),
+    ("/v1/orders", {"pageSize": "hunter2-secret"}, "hunter2-secret"),
+]
+
+
+@pytest.mark.parametrize(("path", "params", "secret"), UNREADABLE_QUERIES)
+async def test_a_query_parameter_the_edge_cannot_read_is_refused_without_quoting_it(
+    http: httpx.AsyncClient, path: str, params: dict[str, str], secret: str
+) -> None:
+    # The storefront shows an error's message: the secret in the link was put on the screen.
+    refused = await http.get(path, params=params)
+    code, status = status_of(refused)
+    assert (code, status["code"]) == (400, INVALID_ARGUMENT), status
+    assert status["message"] == UNREADABLE_QUERY_MESSAGE
     assert secret not in refused.text

@@ -68,6 +68,7 @@ from .local_replies import (
     QUERY_WITHOUT_CONTENT_TYPE,
     UNLISTED_LOCAL_REPLY_CODE,
     UNREADABLE_BODY_MESSAGE,
+    UNREADABLE_QUERY_MESSAGE,
 )
 from .log_fields import LOGGED_GRPC_STATUS, LOGGED_PATH
 from .matching import GRPC_CONTENT_TYPE
@@ -143,6 +144,7 @@ __all__ = [
     "STOREFRONT_HEADERS",
     "UNLISTED_LOCAL_REPLY_CODE",
     "UNREADABLE_BODY_MESSAGE",
+    "UNREADABLE_QUERY_MESSAGE",
     "HttpApi",
     "allowed_methods",
     "api_method_paths",

@@ -34,6 +34,7 @@ from .local_replies import (
     status_as_it_is,
     unlisted_local_reply,
     unreadable_body,
+    unreadable_query,
 )
 from .log_fields import HTTP_LOG_FIELDS, SPAN_URL, gateway_status
 from .matching import NOT_GRPC
@@ -215,6 +216,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 http_too_large(),
                 request_timed_out(),
                 unreadable_body(),
+                unreadable_query(),
                 *(
                     explained(details, status, message)
                     for details, (status, message) in EXPLAINED_LOCAL_REPLIES.items()

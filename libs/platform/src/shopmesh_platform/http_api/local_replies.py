@@ -79,8 +79,17 @@ EXPLAINED_LOCAL_REPLIES = {
 # invalid value 4111111111111111 for type TYPE_STRING"): a card number or a password, which a client shows.
 UNREADABLE_BODY_MESSAGE = "the body is not valid JSON for this request"
 # Envoy's reason for that 400 (its response code details, 1.40): the transcoder's failure with the code it
-# answers. Its failures in the request's headers (a path or method the API lacks) are "early_..." and kept.
+# answers. Its failures in the request's headers are "early_..." (UNREADABLE_QUERY_MESSAGE; a path or method the
+# API lacks, NOT_FOUND, is kept).
 _UNREADABLE_BODY_DETAILS = "grpc_json_transcode_failure{INVALID_ARGUMENT}"
+# The message of the transcoder's 400 for a query parameter it cannot bind: a value not of its field's type
+# (its own text quotes it: 'page_size: invalid value "..." for type TYPE_INT32', a secret pasted into a URL,
+# which a client shows), or a name the request has no field for. Envoy 1.40 gives both one reason, so the name
+# of the second goes too: the formatter cannot keep part of Envoy's text.
+UNREADABLE_QUERY_MESSAGE = (
+    "a query parameter is not valid for this request: a name it does not take, or a value not of its type"
+)
+_UNREADABLE_QUERY_DETAILS = "early_grpc_json_transcode_failure{INVALID_ARGUMENT}"
 
 # The field violation's reason, in the 400 for a `QUERY` without a content type (RFC 10008, The HTTP QUERY
 # Method: its content says what to query, so it must say what the content is). Envoy refuses it in its
@@ -316,6 +325,12 @@ def unreadable_body() -> dict[str, Any]:
     Status instead of the parser's text, which quotes the body. The field's path cannot be kept without its
     value: the reply's formatter takes Envoy's text whole or not at all."""
     return explained(_UNREADABLE_BODY_DETAILS, 400, UNREADABLE_BODY_MESSAGE)
+
+
+def unreadable_query() -> dict[str, Any]:
+    """The transcoder's 400 for a query parameter it cannot bind, to an HTTP client, with
+    UNREADABLE_QUERY_MESSAGE in its Status instead of the transcoder's text, which quotes the value."""
+    return explained(_UNREADABLE_QUERY_DETAILS, 400, UNREADABLE_QUERY_MESSAGE)
 
 
 def status_as_it_is(route: str) -> dict[str, Any]:
