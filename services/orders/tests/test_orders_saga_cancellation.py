@@ -115,7 +115,7 @@ async def test_a_cancellation_whose_order_another_driver_holds_is_accepted_not_a
     original = saga.drive
 
     async def recovery_took_it_first(order_id: str, *args: Any) -> Order:
-        assert await saga._claim(order_id, saga.new_lease_owner(), with_card=True)
+        assert await saga._claim(order_id, saga.new_lease_owner(), for_customer=False)
         return await original(order_id, *args)
 
     monkeypatch.setattr(saga, "drive", recovery_took_it_first)

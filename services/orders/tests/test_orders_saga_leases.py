@@ -36,7 +36,7 @@ async def test_a_second_driver_cannot_take_a_held_order(
         await place(app, command())
     order_id = caught.value.metadata["order_id"]
     owner = saga.new_lease_owner()
-    assert await saga._claim(order_id, owner, with_card=True)
+    assert await saga._claim(order_id, owner, for_customer=True)
     with pytest.raises(LeaseHeld):
         await saga.drive(order_id, None)
 
@@ -347,8 +347,8 @@ async def test_a_place_order_retry_waiting_on_a_dead_drivers_lease_takes_the_ord
     order_id = await _left_by_a_dead_driver(app, inventory, database, clock, timedelta(seconds=10))
     claim, refused = saga._claim, asyncio.Event()
 
-    async def claiming(order_id: str, owner: str, *, with_card: bool) -> bool:
-        claimed = await claim(order_id, owner, with_card=with_card)
+    async def claiming(order_id: str, owner: str, *, for_customer: bool) -> bool:
+        claimed = await claim(order_id, owner, for_customer=for_customer)
         if not claimed:
             refused.set()
         return claimed

@@ -156,7 +156,7 @@ async def test_an_order_another_driver_took_before_the_loop_claimed_it_adds_no_s
             async with database.transaction() as session:
                 now = datetime.now(UTC)
                 assert await OrderRepository(session).claim(
-                    other, "saga-other", now, now + timedelta(minutes=1), with_card=True
+                    other, "saga-other", now, now + timedelta(minutes=1), for_customer=True
                 )
             taken.append(other)
         return await reserve(order_id, items, ttl_seconds)

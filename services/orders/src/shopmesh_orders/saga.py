@@ -209,7 +209,7 @@ class SagaDriver:
         when another driver holds it (or it is no longer drivable). Apart from `resume` so that the recovery
         loop starts its work on the order (its span in the checkout's trace) only once it has the order."""
         owner = self.new_lease_owner()
-        if not await self._claim(order_id, owner, with_card=False):
+        if not await self._claim(order_id, owner, for_customer=False):
             raise LeaseHeld(order_id)
         return owner
 
@@ -234,8 +234,8 @@ class SagaDriver:
         # recovery loop's, which claimed it (`claim_to_resume`).
         if owner is None:
             owner = self.new_lease_owner()
-            # Only `drive`, a PlaceOrder with the card, comes here without an owner.
-            if not await self._claim(order_id, owner, with_card=True):
+            # Only `drive` comes here without an owner: a PlaceOrder with the card, or a CancelOrder (no card).
+            if not await self._claim(order_id, owner, for_customer=True):
                 raise LeaseHeld(order_id)
             order = None
         try:
@@ -732,10 +732,10 @@ class SagaDriver:
     def _lease(self) -> timedelta:
         return timedelta(seconds=self._settings.saga_lease_seconds)
 
-    async def _claim(self, order_id: str, owner: str, *, with_card: bool) -> bool:
+    async def _claim(self, order_id: str, owner: str, *, for_customer: bool) -> bool:
         async with self._db.transaction() as session:
             return await OrderRepository(session).claim(
-                order_id, owner, self._clock(), self.lease_until(), with_card=with_card
+                order_id, owner, self._clock(), self.lease_until(), for_customer=for_customer
             )
 
     async def _keep_lease(self, order_id: str, owner: str, *, recheck: bool = False) -> None:

@@ -59,12 +59,12 @@ CARD_HOLDER_GRACE = timedelta(seconds=5)
 _DRIVABLE = orders.c.step.in_([step for step in known_values(SagaStep) if step != SagaStep.DONE.value])
 
 
-def _lease_lapsed(now: datetime, *, with_card: bool = False, grace: timedelta = timedelta()) -> ColumnElement[bool]:
+def _lease_lapsed(now: datetime, *, for_customer: bool = False, grace: timedelta = timedelta()) -> ColumnElement[bool]:
     """Another driver's lease ran out (`grace` before `now`). Its `lease_until` is by that driver's clock: taken
     as lapsed only MAX_CLOCK_SKEW later, or a replica whose clock is ahead would take over (and, having no card,
-    cancel) a checkout still running. A caller `with_card` (a PlaceOrder retried) takes it on time: it goes on
-    with the checkout, charging under the same key."""
-    return orders.c.lease_until < now - (timedelta() if with_card else MAX_CLOCK_SKEW) - grace
+    cancel) a checkout still running. A caller `for_customer` takes it on time: a PlaceOrder retried with the card
+    goes on with the checkout, charging under the same key; a CancelOrder does what the customer asked."""
+    return orders.c.lease_until < now - (timedelta() if for_customer else MAX_CLOCK_SKEW) - grace
 
 
 def _recheck_held(order_id: str, owner: str) -> tuple[ColumnElement[bool], ...]:
@@ -277,9 +277,9 @@ class OrderRepository:
                 listed.append(unreadable)
         return listed
 
-    async def claim(self, order_id: str, owner: str, now: datetime, until: datetime, *, with_card: bool) -> bool:
+    async def claim(self, order_id: str, owner: str, now: datetime, until: datetime, *, for_customer: bool) -> bool:
         """Take the saga lease of an unfinished order unless another live driver holds it (`_lease_lapsed`:
-        `with_card`, the caller has the customer's card)."""
+        `for_customer`: a PlaceOrder with the card or a CancelOrder, not the recovery loop)."""
         result = await self._session.execute(
             update(orders)
             .where(
@@ -288,7 +288,7 @@ class OrderRepository:
                 or_(
                     orders.c.lease_owner.is_(None),
                     orders.c.lease_owner == owner,
-                    _lease_lapsed(now, with_card=with_card),
+                    _lease_lapsed(now, for_customer=for_customer),
                 ),
             )
             .values(lease_owner=owner, lease_until=until)
