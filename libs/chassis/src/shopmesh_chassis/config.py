@@ -44,7 +44,7 @@ GRPC_DURATION_MAX_SECONDS = (2**31 - 1) // 1000
 # which services' own limits build on.
 DAY_SECONDS = 86400.0
 # Nor does any retention; it also keeps JetStream's max_age (nanoseconds in an int64) in range.
-_RETENTION_MAX_SECONDS = 3650 * DAY_SECONDS
+RETENTION_MAX_SECONDS = 3650 * DAY_SECONDS
 
 # A period, lease or backoff of a service: positive and finite, at most a day (inf overflows a timedelta,
 # and asyncio would wait for ever).
@@ -328,14 +328,12 @@ class EventSettings(ServiceSettings):
     # or its database away, for longer loses events. The publisher's start brings the stream to this value;
     # a consumer creates a missing stream with its own but never changes an existing one (it keeps processed
     # event ids for the stream's actual max age), so give both the same value.
-    nats_stream_max_age_seconds: float = Field(
-        default=7 * 86400.0, ge=0, le=_RETENTION_MAX_SECONDS, allow_inf_nan=False
-    )
+    nats_stream_max_age_seconds: float = Field(default=7 * 86400.0, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False)
     # Published outbox rows are deleted this long after JetStream acknowledged them (0 = kept for ever).
     # Nothing reads a published row again: it is kept for inspection, and so that an operator could set
     # events of the last day unpublished for the relay to send again (a NATS store lost). Unpublished
     # events are never deleted. A day is far beyond the duplicate window the relay's retries rely on.
-    outbox_retention_seconds: float = Field(default=86400.0, ge=0, le=_RETENTION_MAX_SECONDS, allow_inf_nan=False)
+    outbox_retention_seconds: float = Field(default=86400.0, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False)
     # A consumer forgets an applied event id this long after applying it (0 = never). JetStream may
     # deliver a message again for as long as its stream holds it (a durable deleted and created anew
     # starts from the first stored message; an acknowledgement lost): the id is what makes that a
@@ -343,7 +341,7 @@ class EventSettings(ServiceSettings):
     # it was stored, and was applied after that, so ids must be kept at least that long: the default
     # keeps them a day more, for clocks of NATS and the service that disagree.
     processed_events_retention_seconds: float = Field(
-        default=8 * 86400.0, ge=0, le=_RETENTION_MAX_SECONDS, allow_inf_nan=False
+        default=8 * 86400.0, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False
     )
     # How often the outbox relay and the consumers delete what is past their retention.
     event_purge_interval_seconds: Interval = 3600.0

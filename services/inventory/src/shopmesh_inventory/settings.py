@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from shopmesh_chassis.config import DAY_SECONDS, DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
+from shopmesh_chassis.config import (
+    DAY_SECONDS,
+    RETENTION_MAX_SECONDS,
+    DatabaseSettings,
+    GrpcPort,
+    Interval,
+    MetricsPort,
+    ServiceName,
+)
 
 # The longest orders leaves an unfinished order alone between two tries (RECOVERY_BACKOFF_MAX_SECONDS, an
 # interval: at most a day) plus the longest saga deadline (RESERVATION_TTL_SECONDS, at most an hour, which is
@@ -33,7 +41,7 @@ class InventorySettings(DatabaseSettings):
     # stock. 30 days: several times the longest outage the rest of the system survives (a week: events older
     # than NATS_STREAM_MAX_AGE_SECONDS are dropped), plus orders' longest backoff and saga deadline.
     reservation_retention_seconds: float = Field(
-        default=30 * DAY_SECONDS, ge=0, le=3650 * DAY_SECONDS, allow_inf_nan=False
+        default=30 * DAY_SECONDS, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False
     )
     # How often reservations past the retention are deleted, 500 per transaction.
     reservation_purge_interval_seconds: Interval = 3600.0
