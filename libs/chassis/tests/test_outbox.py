@@ -25,7 +25,7 @@ from shopmesh_chassis.outbox import _PG_RELAY_LOCK, OutboxRelay, add_event, new_
 from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_chassis.testing.nats_server import NatsServer, nats_server
-from shopmesh_chassis.testing.postgres import PostgresServer
+from shopmesh_chassis.testing.postgres import WAITING_ON_A_LOCK, PostgresServer
 
 from .nats_kit import LostCancel
 
@@ -325,10 +325,7 @@ async def test_a_relay_stopped_while_it_marks_what_was_acknowledged_sends_none_o
             async def marking() -> bool:
                 async with other.read() as session:
                     waiting = await session.scalar(
-                        text(
-                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                            "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE chassis_outbox_events%'"
-                        )
+                        text(f"{WAITING_ON_A_LOCK} AND query LIKE 'UPDATE chassis_outbox_events%'")
                     )
                 return bool(waiting)
 

@@ -27,7 +27,7 @@ from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.errors import InvalidArgument
 from shopmesh_chassis.testing import eventually
-from shopmesh_chassis.testing.postgres import PostgresServer
+from shopmesh_chassis.testing.postgres import WAITING_ON_A_LOCK, PostgresServer
 
 from .conftest import catalog_settings
 
@@ -131,10 +131,7 @@ async def test_loads_cannot_add_up_past_the_bound_on_categories(catalog: Catalog
     assert len(await catalog.application.list_categories()) == MAX_CATEGORIES
 
 
-# Sessions of this database waiting on a lock another transaction holds.
-_WAITING_ON_A_LOCK = text(
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-)
+_WAITING_ON_A_LOCK = text(WAITING_ON_A_LOCK)
 
 
 async def test_concurrent_loads_on_postgresql_cannot_add_up_past_the_bound_on_categories(

@@ -46,6 +46,7 @@ from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import cut_off_midway, eventually, schema_differences, serve_in_process
 from shopmesh_chassis.testing.nats_server import NatsServer
+from shopmesh_chassis.testing.postgres import WAITING_ON_A_LOCK
 from shopmesh_notifications.application import NotificationsApplication
 from shopmesh_notifications.codec import ORDER_CANCELLED, ORDER_CONFIRMED
 from shopmesh_notifications.domain.events import EventKind
@@ -858,12 +859,6 @@ async def test_a_confirmation_still_being_retried_when_its_order_is_cancelled_is
     await sender.send_due()  # the confirmation's retry
     assert sent[0] is EventKind.ORDER_CANCELLED
     assert sent == [EventKind.ORDER_CANCELLED], f"e-mails in the order sent: {sent}"
-
-
-# Sessions of this database waiting on a lock another transaction holds.
-WAITING_ON_A_LOCK = (
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-)
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.postgres import WAITING_ON_A_LOCK
 from shopmesh_recommendations.domain.copurchase import purchase_effects
 from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
 from shopmesh_recommendations.store.repository import RecommendationsRepository
@@ -158,10 +159,7 @@ async def test_a_confirmed_order_taken_back_is_not_counted_again_by_a_redelivere
     assert await counts(database) == before
 
 
-# Sessions of this database waiting on a lock another transaction holds.
-WAITING_ON_A_LOCK = text(
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-)
+_WAITING_ON_A_LOCK = text(WAITING_ON_A_LOCK)
 
 
 async def waited_for_or_decided(db: Database, other: asyncio.Task[bool]) -> None:
@@ -173,7 +171,7 @@ async def waited_for_or_decided(db: Database, other: asyncio.Task[bool]) -> None
             if other.done():
                 return True
             async with db.read() as reader:
-                return bool(await reader.scalar(WAITING_ON_A_LOCK))
+                return bool(await reader.scalar(_WAITING_ON_A_LOCK))
 
         await eventually(decided_or_waiting, "the other transaction waiting on a lock, or decided")
     else:

@@ -52,6 +52,12 @@ def postgres_bin() -> Path:
 LANGUAGE_COLLATION = "en-US-u-ka-shifted"
 
 
+# Sessions of the current database waiting on a lock another transaction holds: how a test knows a concurrent
+# transaction has reached the point where it waits (append "AND query LIKE ..." to name which).
+WAITING_ON_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+
 SUPERUSER = "postgres"
 # The superuser's password in libpq's password file format, beside the data (removed with it), for a person or
 # a test that connects to a server it did not start (`make run --postgres`'s): `PGPASSFILE=<it> psql ...`.
