@@ -111,7 +111,6 @@ spec:
     "LOG_FORMAT" "logFormat (or global.logFormat)"
     "DATABASE_POOL_SIZE" "database.pool.size (or global.database.pool.size)"
     "DATABASE_MAX_OVERFLOW" "database.pool.maxOverflow (or global.database.pool.maxOverflow)"
-    "NATS_URL" "global.nats.url (credentials: global.nats.existingSecret)"
     "SMTP_HOST" "global.smtp.host"
     "SMTP_PORT" "global.smtp.port"
     "SMTP_USE_TLS" "global.smtp.useTLS"
