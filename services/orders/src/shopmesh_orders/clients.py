@@ -111,7 +111,7 @@ def _products_not_found(error: grpc.aio.AioRpcError) -> errors.NotFound:
     """Catalog's PRODUCT_NOT_FOUND, relayed with its metadata: the missing ids it listed (only the first ones
     when their list is long) and how many are missing, which alone says whether that list is whole."""
     details = details_of(error)
-    info = details.error_info.metadata if details.error_info else {}
+    info = _metadata(details)
     listed = info.get("product_ids", "")
     # A catalog from before missing_count listed every missing id.
     count = info.get("missing_count") or str(len([p for p in listed.split(",") if p]))
@@ -187,7 +187,7 @@ class InventoryClient:
         except grpc.aio.AioRpcError as error:
             details = details_of(error)
             if details.reason == "INSUFFICIENT_STOCK":
-                info = details.error_info.metadata if details.error_info else {}
+                info = _metadata(details)
                 ids = [p for p in info.get("product_ids", "").split(",") if p]
                 # An inventory from before short_count listed every short id.
                 count = info.get("short_count", "")
@@ -311,7 +311,7 @@ class PaymentsClient:
             )
         except grpc.aio.AioRpcError as error:
             details = details_of(error)
-            payment_id = details.error_info.metadata.get("payment_id", "") if details.error_info else ""
+            payment_id = _metadata(details).get("payment_id", "")
             refusal = _REFUSALS.get(details.reason or "")
             if refusal is not None:
                 raise PaymentRefused(refusal, payment_id) from None
@@ -384,7 +384,7 @@ class PaymentsClient:
             )
         except grpc.aio.AioRpcError as error:
             details = details_of(error)
-            info = details.error_info.metadata if details.error_info else {}
+            info = _metadata(details)
             unknown = details.reason == "PAYMENT_NOT_REFUNDABLE" and info.get("state") == "UNSPECIFIED"
             if unknown:
                 # UNSPECIFIED: a state a newer payments stored, which this payments leaves alone; the refund

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
+from shopmesh_chassis.clocks import MAX_CLOCK_SKEW_SECONDS
 from shopmesh_chassis.config import (
     EventSettings,
     GrpcPort,
@@ -31,9 +31,7 @@ class OrdersSettings(IdempotencySettings, EventSettings):
     # How long inventory holds the stock while payment runs; also the deadline of the whole saga. Within
     # MAX_CLOCK_SKEW of that deadline the saga asks inventory again before charging: a TTL no longer than the
     # skew would have every PlaceOrder ask.
-    reservation_ttl_seconds: float = Field(
-        default=120.0, gt=MAX_CLOCK_SKEW.total_seconds(), le=3600, allow_inf_nan=False
-    )
+    reservation_ttl_seconds: float = Field(default=120.0, gt=MAX_CLOCK_SKEW_SECONDS, le=3600, allow_inf_nan=False)
     # Saga-level attempts of a step whose dependency stays UNAVAILABLE after gRPC's own retries.
     step_attempts: int = Field(default=3, ge=1, le=20)
     step_backoff_seconds: Interval = 0.2
