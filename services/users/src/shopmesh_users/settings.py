@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from shopmesh_chassis.config import DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
+from shopmesh_chassis.config import DAY_SECONDS, DatabaseSettings, GrpcPort, Interval, MetricsPort, ServiceName
 from shopmesh_users.domain.keys import LONGEST_TOKEN_LIFETIME
 
-_DAY_SECONDS = 86400
+_DAY_SECONDS = int(DAY_SECONDS)  # its fields are whole seconds
 
 
 class UsersSettings(DatabaseSettings):
