@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.js.api import StreamConfig
+from nats.js.api import DiscardPolicy, StreamConfig
+from nats.js.errors import ServiceUnavailableError
 
 from shopmesh_chassis.events import ensure_stream
 from shopmesh_chassis.testing import eventually
@@ -119,3 +120,39 @@ async def test_an_update_jetstream_refuses_for_good_is_said_once_and_publishing_
     assert "subjects overlap" in errors[0]
     assert "nats stream edit" in errors[0], "it says what to do"
     assert not [r for r in ours if r.levelno == logging.WARNING], "no retry lines"
+
+
+async def test_an_operators_size_limits_are_kept_with_discard_new_said_once(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JetStream's default discard policy (old) makes a size limit delete the oldest messages, read or not."""
+    caplog.set_level(logging.INFO, logger="shopmesh.events")
+    js = client.jetstream()
+    await js.add_stream(operators(["things.v1.>"], max_age=DAY))
+    for _ in range(2):  # a start, then a reconnect
+        await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=30 * DAY)
+    config = (await js.stream_info("THINGS")).config
+    assert config.discard == DiscardPolicy.NEW
+    assert kept_by_the_operator(config) == OPERATORS
+    said = [r for r in caplog.records if r.name == "shopmesh.events"]
+    assert [r.levelno for r in said] == [logging.WARNING], [r.getMessage() for r in said]
+    assert "max_bytes 67108864" in said[0].getMessage()
+
+
+async def test_a_per_subject_limit_refuses_its_subjects_next_message_and_is_an_error(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A per-subject limit deletes its subject's oldest messages under discard new too, unless JetStream is told
+    to discard new per subject; that holds back every subject once one is full, so it must not be set."""
+    caplog.set_level(logging.INFO, logger="shopmesh.events")
+    js = client.jetstream()
+    await js.add_stream(StreamConfig(name="THINGS", subjects=["things.v1.>"], max_msgs_per_subject=1))
+    for _ in range(2):
+        await ensure_stream(js, "THINGS", ["things.v1.>"], duplicate_window=600, max_age=30 * DAY)
+    await js.publish("things.v1.happened", b"1", headers={"Nats-Msg-Id": "e1"})
+    with pytest.raises(ServiceUnavailableError, match="maximum messages per subject exceeded"):
+        await js.publish("things.v1.happened", b"2", headers={"Nats-Msg-Id": "e2"})
+    assert (await js.get_last_msg("THINGS", "things.v1.happened")).data == b"1", "e1 kept"
+    said = [r for r in caplog.records if r.name == "shopmesh.events"]
+    assert [r.levelno for r in said] == [logging.ERROR], [r.getMessage() for r in said]
+    assert "must not be set" in said[0].getMessage()

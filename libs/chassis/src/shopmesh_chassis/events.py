@@ -20,7 +20,7 @@ import nats
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck, RetentionPolicy, StreamConfig
+from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StreamConfig
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 
 from shopmesh_chassis.config import EventSettings
@@ -240,6 +240,8 @@ async def ensure_stream(
     already holds), so a stream created before it had one stops growing with the release that sets it.
     Only the stream's publisher updates it: consumers with other settings (or of an older release) would
     otherwise set the max age back and forth at every restart; they create it when it is missing.
+    One thing of the operator's is changed, when they set a size limit: its discard policy (see
+    `keeping_unread_messages`), so that the limit refuses new messages instead of dropping unread ones.
     Raises StreamUpdateRefused when JetStream refuses the update for good (e.g. a subject another stream
     holds): asking again changes nothing until someone changes the streams.
     """
@@ -254,13 +256,68 @@ async def ensure_stream(
         if not update:
             return
     found = (await js.stream_info(name)).config
-    wanted = dataclasses.replace(found, subjects=subjects, duplicate_window=duplicate_window, max_age=max_age)
+    owned = dataclasses.replace(found, subjects=subjects, duplicate_window=duplicate_window, max_age=max_age)
+    wanted = keeping_unread_messages(owned)
     if wanted == found:
         return
     try:
         await js.update_stream(wanted)
     except BadRequestError as exc:
         raise StreamUpdateRefused(name, exc.description or str(exc)) from exc
+    if wanted != owned:
+        _say_discard_changed(found)
+
+
+def _size_limited(config: StreamConfig) -> bool:
+    # JetStream says "no limit" with -1 (and nats-py may leave a field None); 0 is no limit either.
+    return any((limit or 0) > 0 for limit in (config.max_msgs, config.max_bytes, config.max_msgs_per_subject))
+
+
+def keeping_unread_messages(config: StreamConfig) -> StreamConfig:
+    """`config` with a discard policy under which its size limits never drop a message.
+
+    JetStream's default, discard old, makes room in a full stream by deleting its oldest messages, whether a
+    durable consumer has read them or not: with a consumer down, the events it has not read yet are gone, and
+    nothing says so (the outbox relay marked them published). Discard new refuses the publish instead: the
+    event stays in the outbox, the relay retries it, and the oldest-unpublished alert fires until there is
+    room (messages age out, or an operator raises the limit). A per-subject limit drops its subject's oldest
+    messages even under discard new, unless `discard_new_per_subject` is set too."""
+    if not _size_limited(config):
+        return config
+    per_subject = (config.max_msgs_per_subject or 0) > 0
+    return dataclasses.replace(
+        config, discard=DiscardPolicy.NEW, discard_new_per_subject=per_subject or config.discard_new_per_subject
+    )
+
+
+def _say_discard_changed(found: StreamConfig) -> None:
+    limits = ", ".join(
+        f"{field} {value}"
+        for field in ("max_msgs", "max_bytes", "max_msgs_per_subject")
+        if ((value := getattr(found, field)) or 0) > 0
+    )
+    if (found.max_msgs_per_subject or 0) > 0:
+        # Kept, it holds back every subject's events once one subject is full; dropped, it lost them.
+        log.error(
+            "NATS stream %s has a per-subject limit (%s), which must not be set on an events stream: unless "
+            "discard new applies per subject, it deletes its subject's oldest messages, read or not. Its discard "
+            "policy is now new, per subject too, so nothing is lost, but once one subject is full the outbox relay "
+            "retries that event and holds back every event behind it, of every subject. Remove the limit "
+            "(`nats stream edit %s --max-msgs-per-subject=-1`)",
+            found.name,
+            limits,
+            found.name,
+        )
+        return
+    log.warning(
+        "NATS stream %s: discard policy changed from %s to new, its size limits (%s) kept. Under discard old a "
+        "full stream deletes its oldest messages, read by every consumer or not; under discard new it refuses "
+        "the publish, the event waits in the outbox and the relay retries it (ShopmeshOutboxStuck fires) "
+        "until there is room",
+        found.name,
+        getattr(found.discard, "value", found.discard),
+        limits,
+    )
 
 
 # JetStream's refusals of one message for what it is, not for the state of NATS: sent again, the same message

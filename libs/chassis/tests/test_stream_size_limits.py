@@ -1,0 +1,96 @@
+"""A size limit an operator set on an events stream by hand (`nats stream edit --max-msgs`) refuses new events
+once the stream is full; it never drops events a durable consumer has not read yet."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections import Counter
+
+import pytest
+from google.protobuf import wrappers_pb2
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+from sqlalchemy import select
+
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.outbox import OutboxRelay, add_event
+from shopmesh_chassis.tables import outbox_events
+from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.nats_server import NatsServer
+
+from .consumer_kit import applied, client, consumer, db, record, until_applied
+from .nats_kit import a_month_publisher
+
+__all__ = ["client", "db"]  # fixtures
+
+
+async def set_max_msgs(client: Client, max_msgs: int) -> None:
+    """What `nats stream edit THINGS --max-msgs N` does: the rest of the stream as it is."""
+    js = client.jetstream()
+    found = (await js.stream_info("THINGS")).config
+    await js.update_stream(dataclasses.replace(found, max_msgs=max_msgs))
+
+
+async def unpublished(db: Database) -> list[str]:
+    async with db.read() as session:
+        query = select(outbox_events.c.event_id).where(outbox_events.c.published_at.is_(None))
+        return list((await session.execute(query.order_by(outbox_events.c.seq))).scalars())
+
+
+async def test_a_full_stream_keeps_the_events_its_stopped_consumer_has_not_read(
+    db: Database, client: Client, nats_srv: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under JetStream's default discard policy (old), the stream made room for e4 and e5 by deleting e1 and
+    e2, which the stopped consumer had not read: its confirmation e-mails were never sent, and the relay had
+    marked them published."""
+    caplog.set_level(logging.WARNING, logger="shopmesh.events")
+    await set_max_msgs(client, 3)
+    stopped = consumer(db, nats_srv.url, record)  # the durable exists; then notifications are down
+    stopped.start()
+
+    async def durable_exists() -> bool:
+        try:
+            await client.jetstream().consumer_info("THINGS", "tester")
+        except NotFoundError:
+            return False
+        return True
+
+    await eventually(durable_exists, "the consumer's durable")
+    await stopped.stop()
+
+    publisher = await a_month_publisher(nats_srv.url)
+    try:
+        relay = OutboxRelay(db, publisher)
+        for i in range(1, 6):
+            async with db.transaction() as session:
+                message = wrappers_pb2.StringValue(value=str(i))
+                await add_event(session, subject="things.v1.happened", message=message, event_id=f"e{i}")
+        # The full stream refuses e4 (503 "maximum messages exceeded"): the relay's next pass tries it again.
+        with contextlib.suppress(ServiceUnavailableError):
+            await relay.publish_pending()
+
+        running = consumer(db, nats_srv.url, record)
+        running.start()
+        try:
+
+            async def three_applied() -> Counter[str]:
+                got = await applied(db)
+                return got if got.total() >= 3 else Counter()
+
+            got = await eventually(three_applied, "three events applied")
+            assert got == Counter({"e1": 1, "e2": 1, "e3": 1}), "events e1, e2 lost without a word"
+            assert await unpublished(db) == ["e4", "e5"], "the events the full stream refused wait in the outbox"
+
+            await set_max_msgs(client, 10)  # the operator, told by ShopmeshOutboxStuck
+            await relay.publish_pending()
+            await until_applied(db, Counter({f"e{i}": 1 for i in range(1, 6)}))
+        finally:
+            await running.stop()
+    finally:
+        await publisher.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "shopmesh.events" and r.levelno >= logging.WARNING]
+    assert len(said) == 1, said
+    assert "NATS stream THINGS: discard policy changed from old to new" in said[0]
+    assert "max_msgs 3" in said[0], "the limit is kept, and said"
