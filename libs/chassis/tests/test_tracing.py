@@ -3,6 +3,7 @@ attributes and status, and records nothing when nothing would export it."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
+from shopmesh_chassis.breaker import BreakerConfig, CircuitBreaker
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.server import ChassisServer
@@ -25,7 +27,7 @@ from shopmesh_chassis.testing import eventually, serve_in_process
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleSettings, binding
 from shopmesh_chassis.tracing import UNVOUCHED_PARENT, configure_tracing, sampler, shutdown_tracing
 
-from .conftest import sample_settings
+from .conftest import Holding, sample_settings
 
 ECHO = "/shopmesh.sample.v1.SampleService/Echo"
 FAIL = "/shopmesh.sample.v1.SampleService/Fail"
@@ -209,3 +211,51 @@ async def test_an_internal_service_asks_nothing_of_a_callers_peer_and_an_edge_se
     edge_settings = load_settings(_EdgeSettings, grpc_port=0, metrics_port=-1)
     edge = ChassisServer(edge_settings, [binding()])
     assert edge.interceptor.follows_trace_decision_of == edge_settings.follows_trace_decision_of
+
+
+async def test_a_call_its_caller_cancels_still_exports_its_client_span_and_the_server_span_hangs_off_it(
+    exported: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    # As the gateway's TaskGroup cancels a page's other calls when one fails: the trace must stay whole
+    # exactly when someone reads it, with the server's span under the client's, not a root of its own.
+    provider, exporter = exported
+    holding = Holding("hold")  # released never: held until its caller cancels it
+    async with (
+        serve_in_process(sample_settings(), [binding(holding)], tracer_provider=provider) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], ClientOptions(breaker=None), tracer_provider=provider) as ch,
+    ):
+        stub = sample_pb2_grpc.SampleServiceStub(ch.channel)
+        held = asyncio.ensure_future(stub.Echo(sample_pb2.EchoRequest(message="hold"), timeout=120))
+        async with asyncio.timeout(30):
+            await holding.arrived.wait()
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+        [client] = [s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.CLIENT]
+        [server_span] = await eventually(lambda: _server_spans(exporter), "the server span of the cancelled call")
+    assert client.name == ECHO
+    assert client.attributes is not None
+    assert client.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    assert server_span.parent is not None
+    assert server_span.parent.span_id == client.context.span_id
+
+
+async def test_a_call_its_open_breaker_refuses_still_exports_its_client_span(
+    exported: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    # The breaker, inside OpenTelemetry's interceptor, raises its CIRCUIT_OPEN before any call is made.
+    provider, exporter = exported
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1, reset_timeout_seconds=3600))
+    breaker.record_failure()
+    async with (
+        serve_in_process(sample_settings(), [binding()], tracer_provider=provider) as server,
+        ResilientChannel(server.address, [DESCRIPTOR], breaker=breaker, tracer_provider=provider) as ch,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sample_pb2_grpc.SampleServiceStub(ch.channel).Echo(sample_pb2.EchoRequest(message="hi"))
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    [client] = exporter.get_finished_spans()
+    assert client.kind is trace.SpanKind.CLIENT
+    assert client.attributes is not None
+    assert client.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert client.status.status_code is trace.StatusCode.ERROR

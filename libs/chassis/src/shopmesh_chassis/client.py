@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.descriptor_pb2 import MethodOptions
 from grpc.aio import ClientCallDetails, Metadata
+from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
 
@@ -224,6 +225,48 @@ class CancelAtTheTargetInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return call
 
 
+class SpanEndingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Wraps OpenTelemetry's unary client interceptor so that its CLIENT span ends however the call ends.
+
+    That interceptor opens the span with end_on_exit=False and ends it only in a done-callback it adds once
+    `await call.code()` returned (open-telemetry/opentelemetry-python-contrib#3271). A call its caller cancels
+    (the gateway's TaskGroup and budget timeouts, a caller that hangs up) raises CancelledError from that await,
+    and an error raised inside the chain (the breaker's CIRCUIT_OPEN) passes it by: the span was never ended, so
+    never exported, and the target's server span, whose parent it is, became a root of a broken trace."""
+
+    def __init__(self, traced: grpc.aio.UnaryUnaryClientInterceptor) -> None:
+        self._traced = traced
+
+    async def intercept_unary_unary(
+        self, continuation: Continuation, client_call_details: ClientCallDetails, request: Any
+    ) -> Any:
+        outside = trace.get_current_span()
+        opened: list[trace.Span] = []
+
+        async def within_the_span(details: ClientCallDetails, request: Any) -> grpc.aio.UnaryUnaryCall[Any, Any]:
+            # OpenTelemetry calls this with its span current; a call it does not trace keeps the caller's.
+            span = trace.get_current_span()
+            if span is not outside:
+                opened.append(span)
+            return await continuation(details, request)
+
+        try:
+            return await self._traced.intercept_unary_unary(within_the_span, client_call_details, request)
+        except BaseException as failure:
+            for span in opened:
+                if not span.is_recording():  # ended already, or never sampled
+                    continue
+                if isinstance(failure, asyncio.CancelledError):
+                    # As the server counts a call its caller stopped waiting for: CANCELLED, not an error of
+                    # the target's.
+                    span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.CANCELLED.value[0])
+                elif not isinstance(failure, grpc.RpcError):  # an RpcError's status is on the span already
+                    span.record_exception(failure)
+                    span.set_status(trace.StatusCode.ERROR, f"{type(failure).__name__}: {failure}")
+                span.end()
+            raise
+
+
 @dataclass
 class _MethodBreaker:
     breaker: CircuitBreaker
@@ -374,7 +417,12 @@ class ResilientChannel:
             OutboundContextInterceptor(options.default_timeout_seconds, options.caller)
         ]
         if options.tracing:
-            interceptors.extend(aio_client_interceptors(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
+            # The contracts declare unary methods only: the unary-unary interceptor is the one whose span
+            # can leak, and the one wrapped.
+            interceptors.extend(
+                SpanEndingInterceptor(traced) if isinstance(traced, grpc.aio.UnaryUnaryClientInterceptor) else traced
+                for traced in aio_client_interceptors(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+            )
         if breaker is not None or config is not None:
             interceptors.append(BreakerInterceptor(target, self.breakers, new_breaker))
         # Last: grpc.aio runs the interceptors in order, the last one nearest the call.
