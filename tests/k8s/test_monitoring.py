@@ -27,7 +27,7 @@ from prometheus_client.samples import Sample
 from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.consumer import EventConsumer
 from shopmesh_chassis.db import Database
-from shopmesh_chassis.metrics import BreakerCollector, EventMetrics, ServerMetrics
+from shopmesh_chassis.metrics import BreakerCollector, ServerMetrics
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.metrics import NotificationMetrics
@@ -101,7 +101,8 @@ def exported_metric_labels() -> dict[str, frozenset[str]]:
     running its rendered configuration."""
     registry = RecordingRegistry()
     metrics = ServerMetrics(registry)
-    metrics.events  # noqa: B018 - made on first use, as services that publish or consume do
+    metrics.outbox  # noqa: B018 - made on first use, as services that run an outbox relay do
+    metrics.events  # noqa: B018 - made on first use, as services that consume do
     metrics.watch_breakers("dependency", {"/shopmesh.x.v1.XService/Get": CircuitBreaker()})
     OrderMetrics(registry)
     NotificationMetrics(registry)
@@ -776,7 +777,7 @@ class Replica:
 
 
 def replicas_scenario(
-    name: str, replicas: list[Replica], stamp: Callable[[EventMetrics, float], None], expected: Expected
+    name: str, replicas: list[Replica], stamp: Callable[[ServerMetrics, float], None], expected: Expected
 ) -> Scenario:
     """`replicas`, each with the real event metrics, `stamp` setting its timestamp."""
     now = [0.0]
@@ -788,7 +789,7 @@ def replicas_scenario(
             leads = replica.start if replica.leads is None else replica.leads
             passing = leads <= t < min(replica.cut_off, replica.stop) and (t - leads) % replica.every == 0
             if t == replica.start or passing:
-                stamp(metric.events, t)
+                stamp(metric, t)
 
     def scrape() -> list[Sample]:
         return [
@@ -843,12 +844,12 @@ CONSUMER_CUT_OFF = {
 CONSUMER = "notifications"
 
 
-def stamp_relay_pass(events: EventMetrics, t: float) -> None:
-    events.relay_pass.set(t)
+def stamp_relay_pass(metrics: ServerMetrics, t: float) -> None:
+    metrics.outbox.relay_pass.set(t)
 
 
-def stamp_nats_read(events: EventMetrics, t: float) -> None:
-    events.consumer_nats_read.labels(CONSUMER).set(t)
+def stamp_nats_read(metrics: ServerMetrics, t: float) -> None:
+    metrics.events.consumer_nats_read.labels(CONSUMER).set(t)
 
 
 def fires_while_stamps_stop(threshold: int, hold: int) -> Expected:
@@ -862,7 +863,7 @@ def fires_while_stamps_stop(threshold: int, hold: int) -> Expected:
 
 # The timestamp alerts: alert -> the service whose rules hold it, how a replica sets its timestamp, how old the
 # newest stamp gets before it is pending, and the labels it fires with beside the rule's.
-STAMP_ALERTS: dict[str, tuple[str, Callable[[EventMetrics, float], None], int, dict[str, str]]] = {
+STAMP_ALERTS: dict[str, tuple[str, Callable[[ServerMetrics, float], None], int, dict[str, str]]] = {
     "ShopmeshOutboxRelayStalled": ("orders", stamp_relay_pass, RELAY_STALLED_AFTER, {}),
     "ShopmeshConsumerCutOff": ("notifications", stamp_nats_read, CONSUMER_CUT_OFF_AFTER, {"consumer": CONSUMER}),
 }
@@ -1074,7 +1075,7 @@ def set_aside_scenario(name: str, counts: list[Callable[[int], int]], expected: 
 
     def world(t: float) -> None:
         for count, metric in zip(counts, metrics, strict=True):
-            metric.events.set_aside.set(count(int(t)))
+            metric.outbox.set_aside.set(count(int(t)))
 
     def scrape() -> list[Sample]:
         return [

@@ -6,12 +6,17 @@ import asyncio
 import contextlib
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.consumer import EventConsumer
+from shopmesh_chassis.db import Database
+from shopmesh_chassis.metrics import ServerMetrics
+from shopmesh_chassis.outbox import OutboxRelay
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.testing import eventually, serve_in_process
@@ -186,3 +191,51 @@ async def test_a_call_its_caller_cancels_long_before_its_deadline_is_counted_as_
         )
         assert handled(server, "CANCELLED") == 1
         assert handled(server, "DEADLINE_EXCEEDED") == 0
+
+
+OUTBOX_SERIES = [
+    "shopmesh_outbox_oldest_unpublished_age_seconds",
+    "shopmesh_outbox_relay_failures_created",
+    "shopmesh_outbox_relay_failures_total",
+    "shopmesh_outbox_relay_pass_timestamp_seconds",
+    "shopmesh_outbox_set_aside_events",
+    "shopmesh_outbox_unpublished_events",
+]
+
+
+def scraped_outbox_series(metrics: ServerMetrics) -> list[str]:
+    port = metrics.serve("127.0.0.1", 0)
+    try:
+        text = scrape(port)
+    finally:
+        metrics.close()
+    return sorted({line.split(" ")[0] for line in text.splitlines() if line.startswith("shopmesh_outbox_")})
+
+
+class _NeverPublishes:
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str]) -> bool:
+        raise AssertionError("the relay is never started")
+
+
+async def _never_handles(session: object, event: object) -> None:
+    raise AssertionError("the consumer is never started")
+
+
+def test_a_consume_only_service_exports_no_outbox_series_and_a_publisher_does(tmp_path: Path) -> None:
+    # A relay-pass gauge at 0 in a service with no relay drew "last passed 56 years ago" on the dashboard.
+    consumer_only = ServerMetrics()
+    EventConsumer(
+        Database(f"sqlite:///{tmp_path / 'consumer.db'}"),
+        "nats://127.0.0.1:1",
+        durable="notifications",
+        stream="ORDERS",
+        stream_subjects=["orders.v1.>"],
+        subjects=["orders.v1.placed"],
+        handler=_never_handles,
+        metrics=consumer_only.events,
+    )
+    assert scraped_outbox_series(consumer_only) == []
+
+    publisher = ServerMetrics()
+    OutboxRelay(Database(f"sqlite:///{tmp_path / 'publisher.db'}"), _NeverPublishes(), metrics=publisher.outbox)
+    assert scraped_outbox_series(publisher) == OUTBOX_SERIES

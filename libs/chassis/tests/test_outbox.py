@@ -19,7 +19,7 @@ from shopmesh_chassis.app import run_shutdown_hooks
 from shopmesh_chassis.config import SHUTDOWN_HOOKS_MARGIN_SECONDS, DatabaseSettings, ServiceName, load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import DeferredJetStream, JetStreamPublisher, ensure_stream
-from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.metrics import OutboxMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import _PG_RELAY_LOCK, OutboxRelay, add_event, new_event_id
 from shopmesh_chassis.tables import outbox_events
@@ -138,7 +138,7 @@ async def test_relay_keeps_events_while_nats_is_down_sends_them_later_and_its_me
     # NATS is down. The relay runs, fails its passes, and keeps the event.
     registry = CollectorRegistry()
     relay = OutboxRelay(
-        db, JetStreamPublisher(nc, timeout=0.5), poll_interval=0.05, max_backoff=0.2, metrics=EventMetrics(registry)
+        db, JetStreamPublisher(nc, timeout=0.5), poll_interval=0.05, max_backoff=0.2, metrics=OutboxMetrics(registry)
     )
     relay.start()
     ids = await add(db, "while down")
@@ -471,8 +471,8 @@ async def test_a_replica_that_lost_the_relay_lock_does_not_report_a_stuck_outbox
     (> 60 s) fire on an empty outbox."""
     a_db, b_db = two_replicas
     a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
-    a = OutboxRelay(a_db, FailsOnce(JetStreamPublisher(client)), metrics=EventMetrics(a_registry))
-    b = OutboxRelay(b_db, JetStreamPublisher(client), metrics=EventMetrics(b_registry))
+    a = OutboxRelay(a_db, FailsOnce(JetStreamPublisher(client)), metrics=OutboxMetrics(a_registry))
+    b = OutboxRelay(b_db, JetStreamPublisher(client), metrics=OutboxMetrics(b_registry))
     try:
         ids = await add(a_db, "one")
         with contextlib.suppress(TimeoutError):
@@ -499,7 +499,7 @@ async def test_a_relay_that_stops_passing_shows_its_last_pass_falling_behind(db:
     from its start, and stay put through the stall."""
     registry = CollectorRegistry()
     relay = OutboxRelay(
-        db, JetStreamPublisher(client), poll_interval=0.05, max_backoff=0.1, metrics=EventMetrics(registry)
+        db, JetStreamPublisher(client), poll_interval=0.05, max_backoff=0.1, metrics=OutboxMetrics(registry)
     )
 
     def last_pass() -> float:
@@ -540,8 +540,8 @@ async def test_only_the_relay_holding_the_lock_counts_its_passes(
     leader hangs with the lock held, and no alert would say that nothing leaves the outbox."""
     a_db, b_db = two_replicas
     a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
-    a = OutboxRelay(a_db, JetStreamPublisher(client), metrics=EventMetrics(a_registry))
-    b = OutboxRelay(b_db, JetStreamPublisher(client), metrics=EventMetrics(b_registry))
+    a = OutboxRelay(a_db, JetStreamPublisher(client), metrics=OutboxMetrics(a_registry))
+    b = OutboxRelay(b_db, JetStreamPublisher(client), metrics=OutboxMetrics(b_registry))
     try:
         a_started, b_started = a_registry.get_sample_value(LAST_PASS), b_registry.get_sample_value(LAST_PASS)
         assert a_started is not None
@@ -662,7 +662,7 @@ async def test_the_unpublished_count_follows_inserts_and_publishes_and_is_0_once
     the count does, past the relay's batch too (here 3), counted by the relay's passes."""
     registry = CollectorRegistry()
     publisher = Switchable(JetStreamPublisher(client))
-    relay = OutboxRelay(db, publisher, batch_size=3, metrics=EventMetrics(registry))
+    relay = OutboxRelay(db, publisher, batch_size=3, metrics=OutboxMetrics(registry))
 
     def waiting() -> float | None:
         return registry.get_sample_value(WAITING)
@@ -699,7 +699,7 @@ async def test_the_unpublished_count_stops_at_its_cap_and_says_at_least(
     registry = CollectorRegistry()
     publisher = Switchable(JetStreamPublisher(client))
     publisher.down = True
-    relay = OutboxRelay(db, publisher, batch_size=2, metrics=EventMetrics(registry))
+    relay = OutboxRelay(db, publisher, batch_size=2, metrics=OutboxMetrics(registry))
     await add(db, *"abcdefghi")
     with pytest.raises(TimeoutError):
         await relay.publish_pending()
@@ -723,8 +723,8 @@ async def test_only_the_relay_holding_the_lock_reports_unpublished_events_on_pos
     a_db, b_db = two_replicas
     a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
     a_publisher = Switchable(JetStreamPublisher(client))
-    a = OutboxRelay(a_db, a_publisher, batch_size=3, metrics=EventMetrics(a_registry))
-    b = OutboxRelay(b_db, JetStreamPublisher(client), batch_size=3, metrics=EventMetrics(b_registry))
+    a = OutboxRelay(a_db, a_publisher, batch_size=3, metrics=OutboxMetrics(a_registry))
+    b = OutboxRelay(b_db, JetStreamPublisher(client), batch_size=3, metrics=OutboxMetrics(b_registry))
     try:
         await add(a_db, "first")
         assert await a.publish_pending() == 1  # a leads from now on

@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import EVENT_TYPE, MSG_ID, JetStreamPublisher, ensure_stream, header_block_size
-from shopmesh_chassis.metrics import EventMetrics
+from shopmesh_chassis.metrics import OutboxMetrics
 from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.outbox import OutboxRelay, add_event
 from shopmesh_chassis.tables import outbox_events
@@ -69,7 +69,7 @@ async def test_an_event_over_the_servers_max_payload_is_set_aside_and_the_events
         await ensure_stream(nc.jetstream(), "TESTS", ["tests.v1.>"], duplicate_window=600)
         [big] = await add(db, "x" * 8000)
         [small] = await add(db, "small")
-        metrics = EventMetrics(CollectorRegistry())
+        metrics = OutboxMetrics(CollectorRegistry())
         relay = OutboxRelay(db, JetStreamPublisher(nc), metrics=metrics)
         with caplog.at_level(logging.ERROR, logger="shopmesh.outbox"):
             assert await relay.publish_pending() == 1
@@ -109,7 +109,7 @@ async def test_an_event_whose_headers_push_it_over_the_servers_max_payload_is_se
         assert len(wrappers_pb2.StringValue(value=value).SerializeToString()) == nc.max_payload
         [big] = await add(db, value)
         [small] = await add(db, "small")
-        relay = OutboxRelay(db, JetStreamPublisher(nc, timeout=2.0), metrics=EventMetrics(CollectorRegistry()))
+        relay = OutboxRelay(db, JetStreamPublisher(nc, timeout=2.0), metrics=OutboxMetrics(CollectorRegistry()))
         assert await relay.publish_pending() == 1
         assert await stream_contents(nc) == [(small, "small")]
         [(event_id, error)] = await set_aside_rows(db)
@@ -155,7 +155,7 @@ async def test_an_event_the_stream_refuses_as_too_large_is_set_aside_then_resent
     await js.update_stream(dataclasses.replace(config, max_msg_size=2000))
     [big] = await add(pg, "x" * 4000)
     [small] = await add(pg, "small")
-    metrics = EventMetrics(CollectorRegistry())
+    metrics = OutboxMetrics(CollectorRegistry())
     relay = OutboxRelay(pg, JetStreamPublisher(client), metrics=metrics)
     try:
         assert await relay.publish_pending() == 1
@@ -183,7 +183,7 @@ async def test_an_event_set_aside_is_deleted_by_the_operators_sql_and_no_longer_
     config = (await js.stream_info("TESTS")).config
     await js.update_stream(dataclasses.replace(config, max_msg_size=2000))
     [big] = await add(db, "x" * 4000)
-    metrics = EventMetrics(CollectorRegistry())
+    metrics = OutboxMetrics(CollectorRegistry())
     relay = OutboxRelay(db, JetStreamPublisher(client), metrics=metrics)
     assert await relay.publish_pending() == 0
     assert metrics.set_aside._value.get() == 1

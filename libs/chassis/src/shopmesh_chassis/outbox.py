@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.db import Database, DbConnection, try_session_lock
 from shopmesh_chassis.events import EVENT_TYPE, refused_for_good
-from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, EventMetrics
+from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, OutboxMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
 from shopmesh_chassis.tasks import cancel_and_wait, finish_despite_one_cancel, stop_if_cancelled
@@ -96,7 +96,7 @@ class Publisher(Protocol):
 class OutboxRelay:
     @classmethod
     def from_settings(
-        cls, settings: EventSettings, database: Database, publisher: Publisher, metrics: EventMetrics
+        cls, settings: EventSettings, database: Database, publisher: Publisher, metrics: OutboxMetrics
     ) -> OutboxRelay:
         """A relay as a service runs it: retention of published rows from its settings."""
         return cls(
@@ -116,7 +116,7 @@ class OutboxRelay:
         poll_interval: float = 0.5,
         max_backoff: float = 5.0,
         on_published: Callable[[str], None] | None = None,
-        metrics: EventMetrics | None = None,
+        metrics: OutboxMetrics | None = None,
         retention_seconds: float = 86400.0,
         purge_interval_seconds: float = 3600.0,
         purge_batch_size: int = 500,

@@ -67,7 +67,7 @@ async def _main() -> None:
     metrics = ServerMetrics()
     for dependency, resilient in (("catalog", catalog), ("inventory", inventory), ("payments", payments)):
         metrics.watch_breakers(dependency, resilient.breakers)
-    relay = OutboxRelay.from_settings(settings, database, publisher, metrics.events)
+    relay = OutboxRelay.from_settings(settings, database, publisher, metrics.outbox)
     publisher.start(on_ready=relay.wake)
     relay.start()
 

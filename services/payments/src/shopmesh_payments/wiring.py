@@ -59,7 +59,7 @@ class PaymentsRuntime:
             settings, stream=event_messages.STREAM, subjects=event_messages.STREAM_SUBJECTS
         )
         self.metrics = ServerMetrics()
-        self.relay = OutboxRelay.from_settings(settings, database, self.jetstream, self.metrics.events)
+        self.relay = OutboxRelay.from_settings(settings, database, self.jetstream, self.metrics.outbox)
         self.purge = Periodic(
             "idempotency-purge", settings.idempotency_purge_interval_seconds, self.idempotency.purge_expired
         )
