@@ -33,7 +33,7 @@ from shopmesh_platform.logsink import ConsoleSink
 from shopmesh_platform.ports import PortInUse, PortPlan
 from shopmesh_platform.processes import NotReady, StackError, signal_child, spawn
 from shopmesh_platform.smtp_sink import read_mail
-from shopmesh_platform.stack import NATS, SMTP, ServiceSpec, Stack, start_waves
+from shopmesh_platform.stack import HTTP_API, NATS, SMTP, ServiceSpec, Stack, start_waves
 from shopmesh_platform.topology import SERVICES
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -825,3 +825,19 @@ async def test_before_linux_6_9_sigkill_still_takes_the_group_of_a_child_not_yet
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(grandchild, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("inherited", [None, "12345"], ids=["unset", "set-in-the-launchers-environment"])
+def test_only_a_service_has_a_metrics_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inherited: str | None
+) -> None:
+    # The stack's other processes inherit the launcher's environment: a METRICS_PORT there is nobody's.
+    if inherited is None:
+        monkeypatch.delenv("METRICS_PORT", raising=False)
+    else:
+        monkeypatch.setenv("METRICS_PORT", inherited)
+    stack = Stack.for_tests(tmp_path / "data", http=True)
+    assert (
+        stack.metrics_url("gateway") == f"http://{stack.ports.host}:{stack.ports.ports_of('gateway').metrics}/metrics"
+    )
+    assert [stack.metrics_url(name) for name in (NATS, HTTP_API)] == [None, None]

@@ -1019,7 +1019,12 @@ class Stack:
         return None if port <= 0 else f"http://{self.ports.host}:{port}/metrics"
 
     def _metrics_port(self, name: str) -> int:
-        return _metrics_port_of(self._child(name).env)
+        child = self._child(name)  # an unknown name still fails, naming the stack's processes
+        # Only the services serve /metrics. The stack's other processes (NATS, the sinks, sidecars, the
+        # HTTP/JSON edge) run with the launcher's environment, where a METRICS_PORT would be nobody's port.
+        if name not in self._children:
+            return -1
+        return _metrics_port_of(child.env)
 
     def pid(self, name: str) -> int | None:
         """The pid of the current (or last) process of `name` ("nats" included)."""
