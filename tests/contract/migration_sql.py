@@ -7,7 +7,8 @@ database to answer ('MockConnection' object has no attribute 'scalar'). So each 
 through `migrate()` (the chassis' own environment, lock timeout and transaction per migration), on a
 throwaway PostgreSQL, and every statement the driver sends is kept: which migration ran it and whether it ran
 inside the migration's transaction or in an autocommit block. squawk then reads one file per migration, with
-the real BEGIN / COMMIT around what ran in a transaction.
+the real BEGIN / COMMIT around what ran in a transaction (but for what an autocommit block committed before
+it: a start that ends in the block runs it again, so squawk reads it as outside a transaction).
 
 A statement belongs to the migration whose record in `alembic_version` follows it: migrations run one after
 the other on the one connection, and Alembic records each as soon as it has run. Not the call stack: a
@@ -67,11 +68,24 @@ class MigrationSql:
             lines += ["-- the connection's session settings, made by migrate() before any migration", *self.session]
         # Consecutive statements in a transaction were in one: a migration's transaction ends only where an
         # autocommit block commits it (Alembic's transaction_per_migration, which migrate() sets on PostgreSQL).
+        # What ran in a transaction before an autocommit block is committed by it, though the migration is not
+        # recorded as done: a start that ends in the block (a pod killed during a concurrent index build, which
+        # waits for every older snapshot) runs those statements again at the next start. So squawk reads them
+        # as outside a transaction, where prefer-robust-stmts refuses an ADD COLUMN or a CREATE TABLE that a
+        # rerun would fail on; only the transaction after the last autocommit statement is rolled back whole.
+        last_autocommit = max((i for i, s in enumerate(self.statements) if not s.in_transaction), default=-1)
         in_transaction = False
-        for statement in self.statements:
-            if statement.in_transaction != in_transaction:
-                lines.append("BEGIN;" if statement.in_transaction else "COMMIT;")
-                in_transaction = statement.in_transaction
+        for index, statement in enumerate(self.statements):
+            transactional = statement.in_transaction and index > last_autocommit
+            if transactional != in_transaction:
+                lines.append("BEGIN;" if transactional else "COMMIT;")
+                in_transaction = transactional
+            if (
+                statement.in_transaction
+                and not transactional
+                and (index == 0 or not self.statements[index - 1].in_transaction)
+            ):
+                lines.append("-- committed before the autocommit block below: run again if the start ends in it")
             lines.append(statement.sql.strip().rstrip(";") + ";")
         if in_transaction:
             lines.append("COMMIT;")

@@ -124,6 +124,14 @@ UNSAFE = {
         "op.run_async(drop)",
         "ban-drop-column",
     ),
+    # The index build's autocommit block commits the column first; a start that ends during the build (its pod
+    # killed while the build waits for an old snapshot) leaves the column without the migration recorded, and
+    # every later start fails on "column already exists": the service crash-loops.
+    "add-column-before-an-autocommit-block": (
+        'op.add_column("widgets", sa.Column("colour", sa.Text, nullable=True))\n'
+        'create_index_concurrently("ix_widgets_colour", "widgets", ["colour"])',
+        "prefer-robust-stmts",
+    ),
 }
 
 
@@ -158,10 +166,11 @@ async def test_an_unsafe_migration_is_refused_naming_its_file_and_the_rule(
 
 
 async def test_the_safe_way_to_make_each_change_passes(postgres: PostgresServer, tmp_path: Path) -> None:
-    """The expand-only way to do what the unsafe migrations did: a nullable column, a concurrent index (the
-    drop waits a release: the previous one still reads the column). The check refuses changes, not all."""
+    """The expand-only way to do what the unsafe migrations did: a nullable column, added only if a start that
+    ended in the index build after it has not added it already, a concurrent index (the drop waits a release:
+    the previous one still reads the column). The check refuses changes, not all."""
     body = (
-        'op.add_column("widgets", sa.Column("colour", sa.Text, nullable=True))\n'
+        'op.add_column("widgets", sa.Column("colour", sa.Text, nullable=True), if_not_exists=True)\n'
         'create_index_concurrently("ix_widgets_name", "widgets", ["name"])'
     )
     assert await checked(postgres, versions_with(tmp_path / "versions", "expand", body)) == {

@@ -25,8 +25,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("chassis_outbox_events", sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True))
-    op.add_column("chassis_outbox_events", sa.Column("error", sa.Text, nullable=True))
+    # On PostgreSQL the index build below commits the columns first, and a start that ends during the build
+    # (which waits for every older snapshot) runs this again: IF NOT EXISTS, or every later start fails on
+    # "column already exists". SQLite runs it all in one transaction (and knows no ADD COLUMN IF NOT EXISTS).
+    rerun = op.get_bind().dialect.name == "postgresql"
+    failed_at = sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True)
+    op.add_column("chassis_outbox_events", failed_at, if_not_exists=rerun)
+    op.add_column("chassis_outbox_events", sa.Column("error", sa.Text, nullable=True), if_not_exists=rerun)
     # Concurrently: the outbox takes every state change's events while it builds.
     create_index_concurrently("ix_chassis_outbox_failed", "chassis_outbox_events", ["failed_at"])
 

@@ -6,7 +6,8 @@ instead of reserving again. `ix_reservations_updated_at` finds the finished rese
 the cutoff, a batch at a time.
 
 Expand-only: a new table, and an index the previous release does not use. On PostgreSQL built CONCURRENTLY:
-the previous release's pods keep reserving meanwhile; safe to run again after a start that failed half-way.
+the previous release's pods keep reserving meanwhile; safe to run again after a start that failed half-way
+(the table is created IF NOT EXISTS: the build's autocommit block commits it first).
 
 Revision ID: inventory_0003
 Revises: inventory_0002
@@ -35,6 +36,10 @@ def upgrade() -> None:
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("purged_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("reservation_id", name="uq_purged_reservations_reservation_id"),
+        # On PostgreSQL the index build below commits the table first, and a start that ends during the build
+        # (which waits for every older snapshot) runs this again: without it every later start would fail
+        # on "relation already exists".
+        if_not_exists=True,
     )
     create_index_concurrently("ix_reservations_updated_at", "reservations", ["updated_at"])
 
