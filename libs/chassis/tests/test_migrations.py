@@ -23,6 +23,7 @@ from shopmesh_chassis.migrations import (
     _PG_MIGRATION_LOCK,
     DatabaseRefusedAtStart,
     DatabaseUnreachableAtStart,
+    ForeignSchemaAtStart,
     MigrationBlocked,
     alembic_config,
     migrate,
@@ -51,13 +52,13 @@ def downgrade() -> None:
 '''
 
 
-def release(folder: Path, tables: list[str]) -> Path:
+def release(folder: Path, tables: list[str], service: str = "svc") -> Path:
     """A service's versions folder holding one revision per table, in order (a release's migrations)."""
     folder.mkdir()
     down = None
     for number, table in enumerate(tables, start=1):
-        revision = f"svc_{number:04d}"
-        labels = ("svc",) if down is None else None
+        revision = f"{service}_{number:04d}"
+        labels = (service,) if down is None else None
         text = REVISION.format(doc=f"create {table}", revision=revision, down=down, labels=labels, table=table)
         (folder / f"{revision}.py").write_text(text)
         down = revision
@@ -103,6 +104,21 @@ async def test_an_older_release_starts_on_a_schema_a_newer_one_migrated(
     assert {"widgets", "gadgets"} <= await tables(database), "the newer schema stays as it is"
     await migrate(database, newer)  # and the newer release finds nothing left to do
     assert {"widgets", "gadgets"} <= await tables(database)
+
+
+async def test_a_service_on_another_services_database_fails_the_start_naming_whose_it_is(
+    database: Database, tmp_path: Path
+) -> None:
+    """A Secret copied from another service, a shared DATABASE_URL: the other service's revisions are not a
+    newer release of this one. Taken for one, the service skipped its migrations and started "healthy" with
+    none of its tables (every call failing), beside the other's outbox it would relay."""
+    await migrate(database, release(tmp_path / "orders", ["orders"], service="orders"))
+    with pytest.raises(ForeignSchemaAtStart) as refused:
+        await migrate(database, release(tmp_path / "catalog", ["products"], service="catalog"))
+    message = str(refused.value)
+    assert "holds the orders service's schema (revisions orders_0001), not catalog's" in message, message
+    assert database.address in message, message
+    assert "products" not in await tables(database), "nothing of the catalog's was made in the orders' database"
 
 
 ADD_COLUMN = '''"""widgets get a colour"""

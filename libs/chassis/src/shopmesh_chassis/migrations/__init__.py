@@ -29,6 +29,7 @@ log = logging.getLogger("shopmesh.migrations")
 
 HERE = Path(__file__).resolve().parent
 CHASSIS_VERSIONS = HERE / "versions"
+CHASSIS_BRANCH = "chassis"
 # Any constant works; it only has to be the same for every replica of every service.
 _PG_MIGRATION_LOCK = 0x5350_4D49  # "SHMI"
 # How long a migration's statement waits for a table lock on PostgreSQL. ALTER TABLE queues behind a long
@@ -52,6 +53,13 @@ class DatabaseUnreachableAtStart(StartupFailed):
 class DatabaseRefusedAtStart(StartupFailed):
     """The database answered but refused this service: a wrong password, a role or a database that does
     not exist (yet: the next start tries again, after a Secret's rotation or the database's creation)."""
+
+
+class ForeignSchemaAtStart(StartupFailed):
+    """The database holds another service's schema (a Secret copied from another service, a shared
+    DATABASE_URL): migrating it would mix two services' tables, and running on it without migrating would
+    serve with none of this service's tables (and relay the other's outbox). Nothing to retry until the URL
+    is fixed, but a start that fails, as for a wrong password, says what to fix."""
 
 
 # PostgreSQL's classes for a refused login (28: invalid authorization, a wrong password) and a database that
@@ -81,9 +89,22 @@ def alembic_config(versions_dir: Path, metadata: MetaData | None = None) -> Conf
 
 def unknown_revisions(connection: Connection, config: Config) -> set[str]:
     """The database's revisions that this release's migrations do not contain: a newer release (a canary,
-    or the release a rollback came from) migrated it."""
+    or the release a rollback came from) migrated it, or another service did (see `branch_of`)."""
     known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
     return set(MigrationContext.configure(connection).get_current_heads()) - known
+
+
+def _branches(config: Config) -> list[str]:
+    """The branch labels of this release's migrations: `chassis` and the service's own (`orders`)."""
+    scripts = ScriptDirectory.from_config(config).walk_revisions()
+    return sorted({label for script in scripts for label in script.branch_labels})
+
+
+def branch_of(revision: str) -> str:
+    """The branch a revision belongs to by its id, known or not: revisions are named `<branch label>_<NNNN>`
+    (chassis_0004, orders_0002); a revision named otherwise is no branch's."""
+    branch, _, number = revision.rpartition("_")
+    return branch if branch and number.isdigit() else revision
 
 
 def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, where: str | None = None) -> None:
@@ -114,8 +135,20 @@ def create_index_concurrently(name: str, table: str, columns: Sequence[str], *, 
             bind.execute(text("SELECT set_config('lock_timeout', :timeout, false)"), {"timeout": timeout})
 
 
-def _newer_schema(connection: Connection, config: Config) -> bool:
+def _newer_schema(connection: Connection, config: Config, address: str) -> bool:
     newer = unknown_revisions(connection, config)
+    ours = _branches(config)
+    # An unknown revision of another branch is not a newer release of this service: its database is another
+    # service's, and this one would start "healthy" on it without any of its tables.
+    foreign = sorted(revision for revision in newer if branch_of(revision) not in ours)
+    if foreign:
+        service = [label for label in ours if label != CHASSIS_BRANCH]
+        holds = " and ".join(sorted({f"the {branch_of(revision)} service's" for revision in foreign}))
+        raise ForeignSchemaAtStart(
+            f"the database at {address} (DATABASE_URL) holds {holds} schema (revisions {', '.join(foreign)}), "
+            f"not {' and '.join(service) or 'this service'}'s: each service has a database of its own; check "
+            "DATABASE_URL (or the database Secret the service reads it from); this start fails"
+        )
     if newer:
         # Alembic would stop here ("Can't locate revision"), and the pod would crash-loop: an aborted
         # canary or a rollback could never start again. Migrations are expand-only across a release
@@ -127,10 +160,10 @@ def _newer_schema(connection: Connection, config: Config) -> bool:
     return bool(newer)
 
 
-def _upgrade_postgres(connection: Connection, config: Config, lock_timeout: float) -> bool:
+def _upgrade_postgres(connection: Connection, config: Config, lock_timeout: float, address: str) -> bool:
     try:
         connection.execute(text(f"SET lock_timeout = {int(lock_timeout * 1000)}"))
-        newer = _newer_schema(connection, config)
+        newer = _newer_schema(connection, config, address)
         # Alembic runs each migration in its own transaction only on a connection outside one.
         connection.commit()
         if newer:
@@ -147,8 +180,8 @@ def _upgrade_postgres(connection: Connection, config: Config, lock_timeout: floa
         raise
 
 
-def _upgrade_sqlite(connection: Connection, config: Config) -> bool:
-    if _newer_schema(connection, config):
+def _upgrade_sqlite(connection: Connection, config: Config, address: str) -> bool:
+    if _newer_schema(connection, config, address):
         return False
     return _run_upgrade(connection, config)
 
@@ -213,9 +246,9 @@ async def migrate(
                 await connection.commit()  # no transaction held between tries
                 await asyncio.sleep(_LOCK_POLL_SECONDS)
             await connection.commit()
-            upgraded = await connection.run_sync(_upgrade_postgres, config, lock_timeout_seconds)
+            upgraded = await connection.run_sync(_upgrade_postgres, config, lock_timeout_seconds, database.address)
     else:
         async with database.transaction() as connection:
-            upgraded = await connection.run_sync(_upgrade_sqlite, config)
+            upgraded = await connection.run_sync(_upgrade_sqlite, config, database.address)
     if upgraded:
         log.info("database schema is up to date", extra={"versions": str(versions_dir)})
