@@ -18,7 +18,7 @@ from sqlalchemy import Connection, inspect, text
 
 from shopmesh_chassis import app
 from shopmesh_chassis.config import StartupFailed
-from shopmesh_chassis.db import Database
+from shopmesh_chassis.db import Database, ForeignKeysViolated
 from shopmesh_chassis.migrations import (
     _PG_MIGRATION_LOCK,
     DatabaseRefusedAtStart,
@@ -119,6 +119,92 @@ async def test_a_service_on_another_services_database_fails_the_start_naming_who
     assert "holds the orders service's schema (revisions orders_0001), not catalog's" in message, message
     assert database.address in message, message
     assert "products" not in await tables(database), "nothing of the catalog's was made in the orders' database"
+
+
+ORDERS_WITH_LINES = '''"""orders and their lines, deleted with them"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "svc_0001"
+down_revision = None
+branch_labels = ("svc",)
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.Text))
+    op.create_table(
+        "lines",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id", ondelete="CASCADE"), nullable=False),
+    )
+'''
+
+ORDERS_CHANGE = '''"""orders: {doc}"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "svc_0002"
+down_revision = "svc_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+{body}
+'''
+
+
+async def _orders_with_lines(database: Database, tmp_path: Path) -> Path:
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    (versions / "svc_0001.py").write_text(ORDERS_WITH_LINES)
+    await migrate(database, versions)
+    async with database.transaction() as connection:
+        await connection.execute(text("INSERT INTO orders (id, note) VALUES (1, 'n')"))
+        await connection.execute(text("INSERT INTO lines (id, order_id) VALUES (10, 1), (11, 1)"))
+    return versions
+
+
+async def _count(database: Database, table: str) -> int:
+    async with database.read() as connection:
+        return int(await connection.scalar(text(f"SELECT count(*) FROM {table}")))
+
+
+async def test_a_batch_rebuild_of_a_referenced_table_on_sqlite_keeps_the_rows_referencing_it(tmp_path: Path) -> None:
+    """Batch mode (how a migration drops a column on SQLite, docs/chassis.md) copies the table and drops the
+    old one: with foreign keys enforced, as on every connection of the service, that DROP TABLE deleted every
+    order first, and ON DELETE CASCADE every line with it."""
+    database = Database(f"sqlite:///{tmp_path}/svc.db")
+    try:
+        versions = await _orders_with_lines(database, tmp_path)
+        body = '    with op.batch_alter_table("orders") as batch:\n        batch.drop_column("note")'
+        (versions / "svc_0002.py").write_text(ORDERS_CHANGE.format(doc="no note", body=body))
+        await migrate(database, versions)
+        assert (await _count(database, "orders"), await _count(database, "lines")) == (1, 2)
+        async with database.transaction() as connection:
+            await connection.execute(text("DELETE FROM orders"))
+        assert await _count(database, "lines") == 0, "foreign keys enforced again after the migration"
+    finally:
+        await database.dispose()
+
+
+async def test_a_sqlite_migration_that_leaves_a_row_referencing_nothing_is_rolled_back(tmp_path: Path) -> None:
+    """Foreign keys are not enforced while the migrations run on SQLite: they are checked before the commit."""
+    database = Database(f"sqlite:///{tmp_path}/svc.db")
+    try:
+        versions = await _orders_with_lines(database, tmp_path)
+        body = '    op.execute("UPDATE orders SET note = \'m\'")\n    op.execute("DELETE FROM orders")'
+        (versions / "svc_0002.py").write_text(ORDERS_CHANGE.format(doc="gone", body=body))
+        with pytest.raises(ForeignKeysViolated, match=r"2 row\(s\) .* in lines \(referencing orders\)"):
+            await migrate(database, versions)
+        async with database.read() as connection:
+            assert await connection.scalar(text("SELECT note FROM orders")) == "n", "the migration rolled back"
+        assert await _count(database, "lines") == 2
+    finally:
+        await database.dispose()
 
 
 ADD_COLUMN = '''"""widgets get a colour"""

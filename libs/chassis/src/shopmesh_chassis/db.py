@@ -439,6 +439,19 @@ def _begin_sqlite(connection: sqlalchemy.Connection, statement: str) -> None:
     dbapi_connection.execute(statement)
 
 
+class ForeignKeysViolated(Exception):
+    """A change of a SQLite schema left rows whose foreign key matches no row (`PRAGMA foreign_key_check`):
+    rolled back."""
+
+    def __init__(self, violations: list[tuple[str, int, str, int]]) -> None:
+        tables = sorted({f"{table} (referencing {parent})" for table, _rowid, parent, _key in violations})
+        super().__init__(
+            f"{len(violations)} row(s) whose foreign key matches no row, in {', '.join(tables)}: the schema "
+            "change is rolled back"
+        )
+        self.violations = violations
+
+
 class Database:
     """A service's database; `transaction()` is the unit of work, `read()` a snapshot.
 
@@ -539,6 +552,40 @@ class Database:
         assert self._postgres is not None
         async with _connected(self._postgres) as async_connection, async_connection.begin():
             yield async_connection
+
+    @asynccontextmanager
+    async def sqlite_schema_transaction(self) -> AsyncIterator[DbConnection]:
+        """SQLite: a write transaction for changes of the schema (migrations), in which foreign keys are not
+        enforced, and checked before it commits (ForeignKeysViolated, rolled back, for a row whose key
+        matches no row).
+
+        Alembic's batch mode changes a table (a dropped column) by copying it into a new one and dropping the
+        old: with foreign keys enforced, as on every other connection, that DROP TABLE deletes its rows first
+        and cascades to every row that references them (a batch_alter_table on `orders` emptied
+        `order_lines`). SQLite ignores the pragma inside a transaction: it is switched before BEGIN, and back
+        after the end."""
+        if self._sqlite is None:
+            raise TypeError(f"{self.url} is not a SQLite database")
+        assert self._writer is not None
+        async with self._writer:
+            with self._sqlite.connect() as connection:
+                dbapi_connection = connection.connection.dbapi_connection
+                assert dbapi_connection is not None
+                dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+                try:
+                    with connection.begin():
+                        _begin_sqlite(connection, "BEGIN IMMEDIATE")
+                        yield SqliteConnection(connection)
+                        violations = dbapi_connection.execute("PRAGMA foreign_key_check").fetchall()
+                        if violations:
+                            raise ForeignKeysViolated(violations)
+                finally:
+                    try:
+                        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+                    except BaseException:
+                        # Never back in the pool without its foreign keys: the next caller would not know.
+                        connection.invalidate()
+                        raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[DbConnection]:

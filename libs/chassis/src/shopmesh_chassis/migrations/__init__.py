@@ -248,7 +248,9 @@ async def migrate(
             await connection.commit()
             upgraded = await connection.run_sync(_upgrade_postgres, config, lock_timeout_seconds, database.address)
     else:
-        async with database.transaction() as connection:
+        # Foreign keys off while it runs (checked before the commit): batch mode's table rebuilds would
+        # otherwise cascade their DROP TABLE to every row referencing the table.
+        async with database.sqlite_schema_transaction() as connection:
             upgraded = await connection.run_sync(_upgrade_sqlite, config, database.address)
     if upgraded:
         log.info("database schema is up to date", extra={"versions": str(versions_dir)})

@@ -252,7 +252,7 @@ async def migrate_to(database: Database, versions_dir: Path, service_revision: s
             await dedicated.run_sync(upgrade)
             await dedicated.commit()
     else:
-        async with database.transaction() as connection:
+        async with database.sqlite_schema_transaction() as connection:
             await connection.run_sync(upgrade)
 
 
