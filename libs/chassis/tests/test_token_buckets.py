@@ -87,6 +87,25 @@ def test_a_token_given_back_may_be_taken_again_but_never_beyond_the_burst(clock:
     assert [buckets.take("a") == 0.0 for _ in range(3)] == [True, True, False]
 
 
+def test_a_call_that_costs_several_tokens_takes_them_all_or_none(clock: FakeClock) -> None:
+    buckets: TokenBuckets[str] = TokenBuckets(rate=0.5, burst=5, max_keys=10, clock=clock)
+    assert [buckets.take("a", 2) for _ in range(2)] == [0.0, 0.0]
+    assert buckets.take("a", 2) == pytest.approx(2.0), "one token left: the second comes in 2 s"
+    assert buckets.take("a") == 0.0, "the refused call took nothing"
+    buckets.give_back("a", 2)
+    assert buckets.take("a", 2) == 0.0
+    assert buckets.take("a") == pytest.approx(2.0)
+
+
+def test_a_call_that_costs_more_than_the_burst_takes_a_full_bucket(clock: FakeClock) -> None:
+    """Refused for ever otherwise: no bucket ever holds more than its burst."""
+    buckets: TokenBuckets[str] = TokenBuckets(rate=1.0, burst=1, max_keys=10, clock=clock)
+    assert buckets.take("a", 2) == 0.0
+    assert buckets.take("a", 2) == pytest.approx(1.0)
+    clock.now += 1.0
+    assert buckets.take("a", 2) == 0.0
+
+
 def test_giving_back_to_a_key_without_a_bucket_makes_none(clock: FakeClock) -> None:
     buckets: TokenBuckets[str] = TokenBuckets(rate=1.0, burst=1, max_keys=10, clock=clock)
     buckets.take("a")

@@ -46,26 +46,28 @@ class TokenBuckets(Generic[K]):
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: K) -> float:
-        """Take one token for `key`: 0.0 when granted, else (taking nothing) the seconds until one will be
-        available."""
+    def take(self, key: K, tokens: int = 1) -> float:
+        """Take `tokens` tokens for `key` (a call that costs that much): 0.0 when granted, else (taking nothing)
+        the seconds until they will be available. More than the burst takes a whole bucket: a full one is all a
+        key can ever hold, and asking for more would refuse that call for ever."""
+        wanted = float(min(tokens, self._burst))
         bucket = self._refilled(key)
         if bucket is None:
             bucket = _Bucket(self._burst, self._clock())
             self._buckets[key] = bucket
             if len(self._buckets) > self._max_keys:
                 self._buckets.popitem(last=False)
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        if bucket.tokens >= wanted:
+            bucket.tokens -= wanted
             return 0.0
-        return (1.0 - bucket.tokens) / self._rate
+        return (wanted - bucket.tokens) / self._rate
 
-    def give_back(self, key: K) -> None:
-        """Return a token `take` granted, never beyond the burst. Nothing when the key has no bucket (forgotten,
-        or the least recently used): it would start full anyway."""
+    def give_back(self, key: K, tokens: int = 1) -> None:
+        """Return the tokens `take` granted, never beyond the burst. Nothing when the key has no bucket
+        (forgotten, or the least recently used): it would start full anyway."""
         bucket = self._refilled(key)
         if bucket is not None:
-            bucket.tokens = min(self._burst, bucket.tokens + 1.0)
+            bucket.tokens = min(self._burst, bucket.tokens + tokens)
 
     def forget(self, key: K) -> None:
         """Drop `key`'s bucket: its next `take` finds a full one."""
