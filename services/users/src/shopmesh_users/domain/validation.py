@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+from shopmesh_chassis.password_checks import MAX_PASSWORD_LENGTH, checked_as_sent, too_long_to_check
 from shopmesh_chassis.text_lines import line_violation, normalized_line, too_long_to_normalize
 from shopmesh_users.domain.models import Credentials, Registration
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
 
 MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 128
 MAX_DISPLAY_NAME_LENGTH = 50
 
 
@@ -31,7 +31,7 @@ def normalize_password(password: str) -> tuple[str, FieldViolation | None]:
     # Checked before normalizing, with the chassis' bound of any text typed in any normal form (a decomposed
     # one is longer): NFKC can lengthen a text eighteenfold (U+FDFA), and a request of megabytes normalized
     # would hold the event loop for seconds and take hundreds of MiB.
-    if too_long_to_normalize(password, MAX_PASSWORD_LENGTH):
+    if too_long_to_check(password):
         return password, FieldViolation("password", f"must be at most {MAX_PASSWORD_LENGTH} characters", "TOO_LONG")
     return unicodedata.normalize("NFKC", password), None
 
@@ -111,7 +111,9 @@ def validate_login(email: str, password: str) -> Credentials:
     return Credentials(
         email=normalized,
         password=normalized_password,
-        password_as_sent=password if password != normalized_password else None,
+        # The chassis' rule, the one the gateway charges a login's hashes by: a login checked as sent too costs
+        # users two, and a gateway counting it as one gave every client twice its share of the hashing.
+        password_as_sent=password if checked_as_sent(password) else None,
     )
 
 
