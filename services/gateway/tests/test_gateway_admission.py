@@ -7,9 +7,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import pytest
 
+from shopmesh.gateway.v1 import shop_pb2
+from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.server import MAX_METADATA_BYTES
@@ -28,6 +31,7 @@ from shopmesh_gateway.guard import (
 )
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
+from shopmesh_gateway.transport import ShopServicer
 
 from .gateway_keys import AUDIENCE, ISSUER, SigningKey
 
@@ -441,3 +445,83 @@ def test_a_64_refused_by_its_full_48_keeps_its_own_password_tokens() -> None:
         assert hashing_calls_admitted(guard, [mine], each=1) == 1, "the /64's two tokens are still there"
     site_clock[0] += 1.0
     assert hashing_calls_admitted(guard, [mine], each=1) == 0, "and now spent"
+
+
+class CountingUsers:
+    """Stands in for the users client: every login reaching it is wrong, and counted."""
+
+    def __init__(self) -> None:
+        self.logins: list[str] = []
+
+    async def login(self, request: users_pb2.LoginRequest) -> users_pb2.LoginResponse:
+        self.logins.append(request.password)
+        raise errors.Unauthenticated("invalid e-mail or password", reason="INVALID_CREDENTIALS")
+
+
+async def logins_reaching_users(peers: Sequence[str], password: str, each: int) -> int:
+    """How many of `each` logins from every one of `peers`, all at once, the gateway's default limits let
+    through to users."""
+    users = CountingUsers()
+    nothing = cast(Any, None)  # Login calls users only
+    servicer = ShopServicer(
+        guard_of_default_limits(),
+        users=cast(Any, users),
+        catalog=nothing,
+        orders=nothing,
+        notifications=nothing,
+        product_pages=nothing,
+        checkout=nothing,
+    )
+    for peer in peers:
+        for i in range(each):
+            request = shop_pb2.LoginRequest(email=f"guess-{i}@example.com", password=password)
+            with pytest.raises((errors.Unauthenticated, errors.ResourceExhausted)) as refused:
+                await servicer.Login(request, FakeContext(peer_address=peer))
+            assert refused.value.reason in ("INVALID_CREDENTIALS", "RATE_LIMITED")
+    return len(users.logins)
+
+
+# NFKC changes it (U+FF50, a full-width p): users checks it normalized and as sent, two argon2 checks a login.
+CHECKED_TWICE = "\uff50assword-guess"
+
+
+async def test_an_address_gets_half_as_many_logins_users_checks_twice_as_plain_ones() -> None:
+    """users checks a password that NFKC changes twice, for an unknown e-mail too (so that both take as long).
+    Counted as one hash a login, one full-width letter gave each address twice the hashing its password bucket
+    allows: four IPv4 addresses, not eight, kept users' hashing full."""
+    burst = GatewaySettings().password_rate_limit_burst
+    address = ["ipv4:203.0.113.9:40000"]
+    assert await logins_reaching_users(address, "password-guess", each=2 * burst) == burst
+    assert await logins_reaching_users(address, CHECKED_TWICE, each=2 * burst) == burst // 2
+
+
+async def test_an_ipv6_site_gets_half_as_many_logins_users_checks_twice_as_plain_ones() -> None:
+    """The /48's bucket is charged per hash too: one /48 held half of users' hashing, not a quarter."""
+    site = ipaddress.ip_network("2001:db8:abcd:ef00::/56")
+    peers = [f"ipv6:[{subnet[1]}]:40000" for subnet in site.subnets(new_prefix=64)][:16]
+    plain = await logins_reaching_users(peers, "password-guess", each=2)
+    assert plain == GatewaySettings().password_site_rate_limit_burst
+    assert await logins_reaching_users(peers, CHECKED_TWICE, each=2) == plain // 2
+
+
+async def test_a_64_refused_by_its_full_48_gets_back_every_token_of_a_login_checked_twice() -> None:
+    site_clock = [0.0]
+    guard = Guard(
+        TokenVerifier(JwksCache(StaticKeys(SigningKey()).jwks), TokenRules(ISSUER, AUDIENCE)),
+        unlimited(),
+        password_buckets=TokenBuckets(rate=0.001, burst=4, max_keys=100, clock=lambda: 0.0),
+        password_site_buckets=TokenBuckets(rate=1.0, burst=2, max_keys=100, clock=lambda: site_clock[0]),
+    )
+    neighbour, mine = (
+        FakeContext(peer_address="ipv6:[2001:db8:7:1::1]:1"),
+        FakeContext(peer_address="ipv6:[2001:db8:7:2::1]:1"),
+    )
+    guard.admit_password_hashing(neighbour, hashes=2)
+    with pytest.raises(errors.ResourceExhausted):
+        guard.admit_password_hashing(mine, hashes=2)
+    for _ in range(2):
+        site_clock[0] += 2.0
+        guard.admit_password_hashing(mine, hashes=2)  # the /64's four tokens are all still there
+    site_clock[0] += 2.0
+    with pytest.raises(errors.ResourceExhausted):
+        guard.admit_password_hashing(mine, hashes=1)

@@ -80,3 +80,44 @@ async def test_a_burst_of_logins_from_one_address_is_refused_at_the_gateway_and_
         for _, _, delay in refused:
             assert delay is not None
             assert 0 < delay <= 1 / limits.password_rate_limit_per_second
+
+
+# Cheap hashing: what is measured is how many logins reach users, not how long they take.
+CHEAP_HASHING = {"PASSWORD_HASH_TIME_COST": "1", "PASSWORD_HASH_MEMORY_KIB": "8192"}
+# NFKC changes it (U+FF50, a full-width p): users checks it normalized and then as sent, two argon2 checks.
+CHECKED_TWICE = "\uff50assword-guess"
+
+
+async def test_an_address_gets_half_as_many_logins_users_checks_twice_as_plain_ones(tmp_path: Path) -> None:
+    """users checks a password that NFKC changes twice, for an unknown e-mail too, so that both take as long. The
+    gateway counted such a login as one hash: "5 logins admitted for one address cost users 10 argon2 checks",
+    and four IPv4 addresses, not eight, kept users' hashing full."""
+    burst = GatewaySettings().password_rate_limit_burst
+    callees = dict.fromkeys(("catalog", "inventory", "orders", "notifications", "recommendations"), NOWHERE)
+    async with (
+        Stack.for_tests(tmp_path, services=["users"], env={"users": CHEAP_HASHING}) as stack,
+        serving_gateway(
+            {**callees, "users": stack.address("users")},
+            trusted_proxies="127.0.0.0/8,::1/128",
+            # No refill while the test runs, however slowly a loaded machine runs it: the burst is what counts.
+            password_rate_limit_per_second=0.001,
+            users_timeout_seconds=60,
+        ) as (shop, _),
+    ):
+
+        async def admitted(address: str, password: str) -> int:
+            answers = []
+            for i in range(2 * burst):
+                request = shop_pb2.LoginRequest(email=f"guess-{address}-{i}@example.com", password=password)
+                try:
+                    await shop.Login(request, metadata=(("x-forwarded-for", address),), timeout=60)
+                    answers.append(("OK", ""))
+                except grpc.aio.AioRpcError as error:
+                    details = details_of(error)
+                    answers.append((details.code.name, details.reason or ""))
+            checked = answers.count(("UNAUTHENTICATED", "INVALID_CREDENTIALS"))
+            assert checked + answers.count(("RESOURCE_EXHAUSTED", "RATE_LIMITED")) == len(answers), answers
+            return checked
+
+        assert await admitted(ATTACKER, "password-guess") == burst
+        assert await admitted(SHOPPER, CHECKED_TWICE) == burst // 2

@@ -3,7 +3,8 @@ whether it may call now, and for whom the internal calls it makes are made.
 
 `public`, `hashes_password` and `protected` decorate the ShopService methods. All first refuse a call whose
 deadline is shorter than the gateway's floor (`Guard.admit_deadline`), then rate-limit per client;
-`hashes_password` (Register, Login) also takes from the address's far smaller password bucket, and
+`hashes_password` (Register, Login) also takes from the address's far smaller password bucket, a token per
+password hash the call will cost users, and
 `protected` first verifies the bearer token and hands the handler the token's subject. All replace the
 inbound call context the chassis made from the client's metadata: a client-sent `x-user-id` must never be
 what the chassis' client interceptor forwards to internal services.
@@ -250,8 +251,8 @@ class Guard:
             metadata={"min_deadline_ms": str(floor_ms)},
         )
 
-    def limit(self, client: str, buckets: TokenBuckets[str] | None = None) -> None:
-        retry_after = (self._buckets if buckets is None else buckets).take(client)
+    def limit(self, client: str, buckets: TokenBuckets[str] | None = None, tokens: int = 1) -> None:
+        retry_after = (self._buckets if buckets is None else buckets).take(client, tokens)
         if retry_after > 0:
             raise errors.ResourceExhausted(
                 "too many requests; retry later", reason=RATE_LIMITED, retry_after_seconds=retry_after
@@ -268,25 +269,26 @@ class Guard:
     def admit_anonymous(self, context: Context) -> None:
         self.limit(self._address(context))
 
-    def admit_password_hashing(self, context: Context) -> None:
-        """A call that has users hash a password: one of the address's ordinary tokens, then one of its
-        password bucket's. users hashes a few at a time behind a short queue, shared by every client, so
-        the ordinary bucket alone let one address fill that queue and every other shopper's login was
-        refused PASSWORD_HASHING_BUSY.
+    def admit_password_hashing(self, context: Context, hashes: int = 1) -> None:
+        """A call that has users hash a password `hashes` times: one of the address's ordinary tokens, then
+        `hashes` of its password bucket's. users hashes a few at a time behind a short queue, shared by every
+        client, so the ordinary bucket alone let one address fill that queue and every other shopper's login
+        was refused PASSWORD_HASHING_BUSY. Per hash, not per call: a Login that users checks twice (its
+        password changed by NFKC, `password_checks`) counted as one gave every address twice its share.
 
-        An IPv6 client takes one of its /48's password bucket as well: per /64 alone, a customer with a /56
-        (or a tunnel broker's free /48) had 256 (or 65,536) buckets and filled users' places by itself. The
-        /64's token is given back when the /48 refuses, so that a site's full bucket does not drain it."""
+        An IPv6 client takes as many of its /48's password bucket as well: per /64 alone, a customer with a
+        /56 (or a tunnel broker's free /48) had 256 (or 65,536) buckets and filled users' places by itself.
+        The /64's tokens are given back when the /48 refuses, so that a site's full bucket does not drain it."""
         bucket, site = address_buckets(self._client_address(context))
         client = f"addr:{bucket}"
         self.limit(client)
-        self.limit(client, self._password_buckets)
+        self.limit(client, self._password_buckets, hashes)
         if site is None:
             return
         try:
-            self.limit(f"site:{site}", self._password_site_buckets)
+            self.limit(f"site:{site}", self._password_site_buckets, hashes)
         except errors.ResourceExhausted:
-            self._password_buckets.give_back(client)
+            self._password_buckets.give_back(client, hashes)
             raise
 
     async def admit_user(self, context: Context) -> str:
@@ -318,25 +320,32 @@ UserHandler = Callable[[ServicerT, RequestT, Context, str], Awaitable[ResponseT]
 def public(
     method: Handler[ServicerT, RequestT, ResponseT],
 ) -> Handler[ServicerT, RequestT, ResponseT]:
-    return _anonymous(method, Guard.admit_anonymous)
+    return _anonymous(method, lambda guard, _, context: guard.admit_anonymous(context))
 
 
 def hashes_password(
-    method: Handler[ServicerT, RequestT, ResponseT],
-) -> Handler[ServicerT, RequestT, ResponseT]:
-    """`public`, for a method that has users hash a password: limited by the client's password bucket too."""
-    return _anonymous(method, Guard.admit_password_hashing)
+    hashes: Callable[[RequestT], int],
+) -> Callable[[Handler[ServicerT, RequestT, ResponseT]], Handler[ServicerT, RequestT, ResponseT]]:
+    """`public`, for a method that has users hash a password `hashes(request)` times: limited by the client's
+    password buckets too, by that many tokens."""
+
+    def decorate(method: Handler[ServicerT, RequestT, ResponseT]) -> Handler[ServicerT, RequestT, ResponseT]:
+        return _anonymous(
+            method, lambda guard, request, context: guard.admit_password_hashing(context, hashes(request))
+        )
+
+    return decorate
 
 
 def _anonymous(
-    method: Handler[ServicerT, RequestT, ResponseT], admit: Callable[[Guard, Context], None]
+    method: Handler[ServicerT, RequestT, ResponseT], admit: Callable[[Guard, RequestT, Context], None]
 ) -> Handler[ServicerT, RequestT, ResponseT]:
     """`method` for callers without a token, admitted by `admit` (which limits by the client's address)."""
 
     @functools.wraps(method)
     async def handler(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
         self.guard.admit_deadline(context)
-        admit(self.guard, context)
+        admit(self.guard, request, context)
         with acting_for(context, None):
             return await method(self, request, context)
 

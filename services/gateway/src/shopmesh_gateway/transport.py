@@ -11,6 +11,7 @@ from shopmesh.notifications.v1 import notifications_pb2
 from shopmesh.orders.v1 import orders_pb2
 from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis.client import IDEMPOTENCY_KEY, idempotency_key_of
+from shopmesh_chassis.password_checks import login_password_hashes
 from shopmesh_gateway.application import Checkout, ProductPages, idempotency_key
 from shopmesh_gateway.clients import CatalogClient, NotificationsClient, OrdersClient, UsersClient
 from shopmesh_gateway.guard import Context, Guard, hashes_password, protected, public
@@ -18,6 +19,16 @@ from shopmesh_gateway.guard import Context, Guard, hashes_password, protected, p
 DESCRIPTOR = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
 
 T = TypeVar("T")
+
+
+def _register_hashes(request: shop_pb2.RegisterRequest) -> int:
+    """A new password is hashed once, normalized."""
+    return 1
+
+
+def _login_hashes(request: shop_pb2.LoginRequest) -> int:
+    """Two when users checks the password as sent too (NFKC changes it), for a known e-mail or not."""
+    return login_password_hashes(request.password)
 
 
 class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
@@ -40,14 +51,14 @@ class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
         self._product_pages = product_pages
         self._checkout = checkout
 
-    @hashes_password
+    @hashes_password(_register_hashes)
     async def Register(self, request: shop_pb2.RegisterRequest, context: Context) -> shop_pb2.RegisterResponse:
         user = await self._users.register(
             users_pb2.RegisterRequest(email=request.email, password=request.password, display_name=request.display_name)
         )
         return shop_pb2.RegisterResponse(user=user)
 
-    @hashes_password
+    @hashes_password(_login_hashes)
     async def Login(self, request: shop_pb2.LoginRequest, context: Context) -> shop_pb2.LoginResponse:
         login = await self._users.login(users_pb2.LoginRequest(email=request.email, password=request.password))
         return shop_pb2.LoginResponse(
