@@ -7,6 +7,8 @@ the numbers the proto's comments state.
 
 from __future__ import annotations
 
+import re
+
 from shopmesh_chassis.errors import FieldViolation
 
 # "An id field is at most 64 characters": a longer id cannot exist, so one is refused before any lookup.
@@ -19,6 +21,20 @@ def is_printable_id(value: str) -> bool:
     such an id from a caller checks it with this same rule, or an id it accepts (an order charged and
     confirmed) is one the next service along refuses (its e-mail parked for ever)."""
     return value.isprintable() and not any(character.isspace() for character in value)
+
+
+# How a violation describes is_printable_id's rule.
+PRINTABLE_ID_RULE = "printable characters only, no spaces"
+
+
+def printable_id_violation(field: str, value: str) -> FieldViolation | None:
+    """`field`'s INVALID_FORMAT violation when `value` is no printable id (is_printable_id), else None: the one
+    rule for every id a caller hands a service. An id of "\\n\\r" or "\\u202e" names nothing any service
+    issued, and stored (a payment for order "\\n\\r") it reaches logs, events and mail headers as it is. As
+    for listable_id_violation, an empty or over-long id is left to the service's REQUIRED / TOO_LONG rule."""
+    if value and len(value) <= MAX_ID_LENGTH and not is_printable_id(value):
+        return FieldViolation(field, PRINTABLE_ID_RULE, "INVALID_FORMAT")
+    return None
 
 
 # What is_listable_id refuses beyond is_printable_id, and how a violation describes the rule.
@@ -45,3 +61,20 @@ def listable_id_violation(field: str, value: str) -> FieldViolation | None:
 # Money.amount_minor's bound, 10^15 - 1: a JSON client reading the amount as a double still gets it exactly,
 # and the sum of an order's lines stays far from int64's limit.
 MAX_AMOUNT_MINOR = 10**15 - 1
+
+# Money.currency as money.proto states it: anything not matching ^[A-Z]{3}$ is refused. Only the shape is
+# checked, not ISO 4217's list (which changes, and no dependency here keeps it), so the rule says just that.
+CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+CURRENCY_RULE = "three upper-case letters, e.g. USD"
+
+
+def is_currency_code(value: str) -> bool:
+    # fullmatch: "^[A-Z]{3}$" with match() or search() would take "USD\n" ($ matches before a final newline).
+    return CURRENCY_CODE.fullmatch(value) is not None
+
+
+def currency_violation(field: str, value: str) -> FieldViolation | None:
+    """`field`'s INVALID_FORMAT violation when `value` is no currency code (is_currency_code), else None."""
+    if not is_currency_code(value):
+        return FieldViolation(field, CURRENCY_RULE, "INVALID_FORMAT")
+    return None
