@@ -131,6 +131,51 @@ async def test_charge_reports_every_invalid_field_with_a_violation(payments: Pay
     assert "4242" not in details.message
 
 
+# Ids no order or payment has: whitespace, a line break, a bidi override, a control character. Orders refuses
+# them ("printable characters only"); payments took them, and stored a payment for order "\n\r".
+UNPRINTABLE_IDS = [" ", "\n\r", "\u202e", "ord 1", "\x1b[2J"]
+
+
+@pytest.mark.parametrize("order_id", UNPRINTABLE_IDS)
+async def test_a_charge_for_an_unprintable_order_id_is_invalid_format_and_charges_nothing(
+    payments: Payments, order_id: str
+) -> None:
+    details = await failure(payments.charge(charge_request(order_id), key="k"))
+    assert (details.code, details.reason, fields(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "VALIDATION_FAILED",
+        {"order_id": "INVALID_FORMAT"},
+    )
+    assert await payments.ledger(order_id) == []
+    assert await payments.outbox() == []
+
+
+@pytest.mark.parametrize("payment_id", UNPRINTABLE_IDS)
+async def test_refund_and_get_payment_of_an_unprintable_payment_id_are_invalid_format(
+    payments: Payments, payment_id: str
+) -> None:
+    refused = await failure(payments.refund(payment_id, key="k"))
+    assert (refused.code, fields(refused)) == (grpc.StatusCode.INVALID_ARGUMENT, {"payment_id": "INVALID_FORMAT"})
+    read = await failure(payments.stub().GetPayment(payments_pb2.GetPaymentRequest(payment_id=payment_id)))
+    assert (read.code, fields(read)) == (grpc.StatusCode.INVALID_ARGUMENT, {"payment_id": "INVALID_FORMAT"})
+
+
+@pytest.mark.parametrize("order_id", UNPRINTABLE_IDS)
+async def test_list_payments_of_an_unprintable_order_id_is_invalid_format(payments: Payments, order_id: str) -> None:
+    details = await failure(payments.stub().ListPayments(payments_pb2.ListPaymentsRequest(order_id=order_id)))
+    assert (details.code, fields(details)) == (grpc.StatusCode.INVALID_ARGUMENT, {"order_id": "INVALID_FORMAT"})
+
+
+async def test_a_malformed_currency_is_refused_with_the_rule_that_is_checked(payments: Payments) -> None:
+    """money.proto's rule is the shape, ^[A-Z]{3}$, not ISO 4217's list ("XXX" and "ABC" pass): the violation
+    says so, as orders' and catalog's do, rather than claim an ISO 4217 check that is not made."""
+    details = await failure(payments.charge(charge_request("ord_1", currency="usd"), key="k"))
+    assert [(v.field, v.description, v.reason) for v in details.field_violations] == [
+        ("amount.currency", "three upper-case letters, e.g. USD", "INVALID_FORMAT")
+    ]
+    assert await payments.ledger("ord_1") == []
+
+
 @pytest.mark.parametrize("amount_minor", [10**15, 2**63 - 1])
 async def test_a_charge_above_moneys_bound_is_out_of_range_and_charges_nothing(
     payments: Payments, amount_minor: int

@@ -8,12 +8,16 @@ repeat a card number or CVV. Each `validate_*` returns what the use case runs wi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
+from shopmesh_chassis.contract_limits import (
+    MAX_AMOUNT_MINOR,
+    MAX_ID_LENGTH,
+    currency_violation,
+    printable_id_violation,
+)
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.pagination import (
     encode_page_token,
@@ -32,7 +36,6 @@ CARD_EXPIRED = "CARD_EXPIRED"
 _SPECIFIC_REASONS = frozenset({INVALID_CARD_NUMBER, CARD_EXPIRED})
 
 MAX_REFUND_REASON_LENGTH = 500
-CURRENCY = re.compile(r"[A-Z]{3}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -80,6 +83,9 @@ def _check_id(value: str, field: str, violations: list[FieldViolation]) -> None:
         violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
     elif len(value) > MAX_ID_LENGTH:
         violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+    elif (found := printable_id_violation(field, value)) is not None:
+        # No order or payment has such an id: refused, as orders refuses it, not stored (a charge for "\n\r").
+        violations.append(found)
 
 
 def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> None:
@@ -94,10 +100,8 @@ def _check_amount(amount: Money | None, violations: list[FieldViolation]) -> Non
         violations.append(
             FieldViolation("amount.amount_minor", f"must be at most {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
         )
-    if not CURRENCY.fullmatch(amount.currency):
-        violations.append(
-            FieldViolation("amount.currency", "must be a three-letter ISO 4217 code in upper case", "INVALID_FORMAT")
-        )
+    if (found := currency_violation("amount.currency", amount.currency)) is not None:
+        violations.append(found)
 
 
 def _check_card(card: Card | None, today: date | None, violations: list[FieldViolation]) -> None:
