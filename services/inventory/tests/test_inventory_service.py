@@ -186,6 +186,47 @@ async def test_reserve_rejects_each_invalid_field_with_a_violation(stub: Stub) -
     ]
 
 
+# Ids no order, reservation or product has: whitespace, a line break, a bidi override, a terminal escape.
+# Orders and payments refuse them ("printable characters only"); inventory reserved stock for order "\n\r".
+UNPRINTABLE_IDS = [" ", "\n\r", "\u202e", "ord 1", "\x1b[2J"]
+
+
+async def _stored_rows(database: Any) -> list[tuple[str, ...]]:
+    """The id of every stock record and the order id of every reservation, as stored."""
+    from sqlalchemy import select
+
+    from shopmesh_inventory.store.tables import reservations
+    from shopmesh_inventory.store.tables import stock as stock_table
+
+    async with database.transaction() as session:
+        stocked = (await session.execute(select(stock_table.c.product_id))).scalars().all()
+        ordered = (await session.execute(select(reservations.c.order_id))).scalars().all()
+    return [("stock", p) for p in stocked] + [("reservation", o) for o in ordered]
+
+
+@pytest.mark.parametrize("bad_id", UNPRINTABLE_IDS)
+async def test_reserve_for_an_unprintable_order_id_is_invalid_format_and_holds_nothing(
+    stub: Stub, database: Any, bad_id: str
+) -> None:
+    await set_stock(stub, "prod_a", 5)
+    details = await error_of(reserve(stub, bad_id, {"prod_a": 1}))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")
+    assert violations(details) == [("order_id", "INVALID_FORMAT")]
+    assert await stock(stub, "prod_a") == (5, 0, 5)
+    assert await _stored_rows(database) == [("stock", "prod_a")]
+
+
+@pytest.mark.parametrize("bad_id", UNPRINTABLE_IDS)
+async def test_set_stock_and_get_stock_of_an_unprintable_product_id_are_invalid_format(
+    stub: Stub, database: Any, bad_id: str
+) -> None:
+    details = await error_of(stub.SetStock(inventory_pb2.SetStockRequest(product_id=bad_id, on_hand=3)))
+    assert (details.code, violations(details)) == (grpc.StatusCode.INVALID_ARGUMENT, [("product_id", "INVALID_FORMAT")])
+    assert await _stored_rows(database) == []
+    read = await error_of(stub.GetStock(inventory_pb2.GetStockRequest(product_ids=["prod_a", bad_id])))
+    assert (read.code, violations(read)) == (grpc.StatusCode.INVALID_ARGUMENT, [("product_ids[1]", "INVALID_FORMAT")])
+
+
 async def test_reserve_rejects_duplicate_products_too_many_items_and_ttl_over_an_hour(stub: Stub) -> None:
     duplicate = inventory_pb2.ReserveRequest(
         order_id="ord_1",
@@ -407,6 +448,16 @@ async def test_reservation_id_must_be_given_and_fit_an_id(
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.reason == "VALIDATION_FAILED"
     assert violations(details) == [("reservation_id", reason)]
+
+
+@pytest.mark.parametrize("call", [commit, release, get_reservation])
+@pytest.mark.parametrize("bad_id", UNPRINTABLE_IDS)
+async def test_an_unprintable_reservation_id_is_invalid_format(stub: Stub, call: ReservationCall, bad_id: str) -> None:
+    details = await error_of(call(stub, bad_id))
+    assert (details.code, violations(details)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        [("reservation_id", "INVALID_FORMAT")],
+    )
 
 
 # --- GetReservation -----------------------------------------------------------------------------

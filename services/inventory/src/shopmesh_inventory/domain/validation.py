@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, printable_id_violation
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_inventory.domain.models import ReservationItem
 
@@ -47,14 +47,16 @@ def _id_violation(path: str, value: str) -> FieldViolation | None:
         return FieldViolation(path, "is required", "REQUIRED")
     if len(value) > MAX_ID_LENGTH:
         return FieldViolation(path, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG")
-    return None
+    # The rule orders and payments hold every id to: no order, reservation or product has an id of " " or
+    # "\u202e", and one taken would be stored (a reservation for order "\n\r", stock for product " ").
+    return printable_id_violation(path, value)
 
 
 def _product_id_violation(path: str, value: str) -> FieldViolation | None:
     """A reserved product id is named in INSUFFICIENT_STOCK's comma-separated list (errors.listed_ids): one
     holding a comma would read as several, and the caller take another line for short. Only Reserve lists
-    ids; reads (GetStock) and SetStock answer an id that names nothing as they always did."""
-    return _id_violation(path, value) or listable_id_violation(path, value)
+    ids; reads (GetStock) and SetStock take one with a comma (but printable, as every id) as they always did."""
+    return listable_id_violation(path, value) or _id_violation(path, value)
 
 
 def _collect(*found: FieldViolation | None) -> list[FieldViolation]:
