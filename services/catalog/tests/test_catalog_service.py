@@ -160,6 +160,15 @@ async def test_list_products_rejects_a_category_longer_than_an_id(stub: CatalogS
     assert violations_of(details) == [("category", "TOO_LONG")]
 
 
+@pytest.mark.parametrize("category", [" ", "\n\r", "\u202e", "home garden", "\x1b[2J"])
+async def test_list_and_search_refuse_an_unprintable_category(stub: CatalogServiceAsyncStub, category: str) -> None:
+    """No category has such an id: refused as every service refuses an id it is handed, not listed as empty."""
+    listed = await error_of(stub.ListProducts(catalog_pb2.ListProductsRequest(category=category)))
+    assert (listed.code, violations_of(listed)) == (grpc.StatusCode.INVALID_ARGUMENT, [("category", "INVALID_FORMAT")])
+    found = await error_of(stub.SearchProducts(catalog_pb2.SearchProductsRequest(query="knife", category=category)))
+    assert (found.code, violations_of(found)) == (grpc.StatusCode.INVALID_ARGUMENT, [("category", "INVALID_FORMAT")])
+
+
 # --- GetProduct ------------------------------------------------------------------------------------
 
 

@@ -336,6 +336,33 @@ async def test_an_order_id_too_long_is_named_too_long_not_missing(
     assert "required" not in details.message
 
 
+@pytest.mark.parametrize("method", ["GetOrder", "CancelOrder"])
+@pytest.mark.parametrize("order_id", [" ", "\n\r", "\u202e", "ord 1", "\x1b[2J"])
+async def test_an_unprintable_order_id_is_invalid_format(
+    stub: orders_pb2_grpc.OrdersServiceStub, method: str, order_id: str
+) -> None:
+    """No order has such an id: refused as every service refuses an id it is handed (the rule PlaceOrder holds
+    user_id to), not looked up and answered ORDER_NOT_FOUND with the id quoted back in its metadata."""
+    make = orders_pb2.GetOrderRequest if method == "GetOrder" else orders_pb2.CancelOrderRequest
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(stub, method)(make(order_id=order_id), metadata=idempotency_metadata("unprintable-1"))
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in details.field_violations] == [("order_id", "INVALID_FORMAT")]
+
+
+@pytest.mark.parametrize("user_id", ["usr\n1", "\u202e", "usr 1", "\x1b[2J"])
+async def test_list_orders_of_an_unprintable_user_id_is_invalid_format(
+    stub: orders_pb2_grpc.OrdersServiceStub, user_id: str
+) -> None:
+    """PlaceOrder refuses such a user_id, so no order has one: ListOrders refuses it too, not answering empty."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListOrders(orders_pb2.ListOrdersRequest(user_id=user_id))
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.reason) for v in details.field_violations] == [("user_id", "INVALID_FORMAT")]
+
+
 async def test_cancel_order_names_a_missing_order_id_and_an_over_long_reason_together(
     stub: orders_pb2_grpc.OrdersServiceStub,
 ) -> None:

@@ -496,8 +496,22 @@ async def test_a_co_purchase_below_ones_that_left_the_catalog_still_comes_before
             recommendations_pb2.ListRecommendationsRequest(user_id="usr_1", max_results=-1),
             [("max_results", "OUT_OF_RANGE")],
         ),
+        # No user has such an id: refused as every service refuses it, not looked up.
+        (recommendations_pb2.ListRecommendationsRequest(user_id="\n\r"), [("user_id", "INVALID_FORMAT")]),
+        (recommendations_pb2.ListRecommendationsRequest(user_id="usr 1"), [("user_id", "INVALID_FORMAT")]),
+        (recommendations_pb2.ListRecommendationsRequest(user_id="\u202e"), [("user_id", "INVALID_FORMAT")]),
     ],
-    ids=["no-subject", "empty-product-id", "empty-user-id", "too-long-id", "comma-in-id", "negative-max-results"],
+    ids=[
+        "no-subject",
+        "empty-product-id",
+        "empty-user-id",
+        "too-long-id",
+        "comma-in-id",
+        "negative-max-results",
+        "line-break-user-id",
+        "space-in-user-id",
+        "bidi-override-user-id",
+    ],
 )
 async def test_invalid_requests_are_invalid_argument_with_field_violations(
     offline: Running,

@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 
 from shopmesh_catalog.domain.models import CategoryData, ProductData
 from shopmesh_catalog.domain.search import DESCRIPTION_WEIGHT, NAME_WEIGHT, search_terms
-from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH, listable_id_violation
+from shopmesh_chassis.contract_limits import (
+    MAX_AMOUNT_MINOR,
+    MAX_ID_LENGTH,
+    currency_violation,
+    listable_id_violation,
+    printable_id_violation,
+)
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import (
     encode_page_token,
@@ -41,7 +47,6 @@ MAX_IMAGE_URL_LENGTH = 2048
 
 PRODUCT_ID = re.compile(r"^prod_[a-z0-9_]+$")
 CATEGORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +87,19 @@ def _check_id(value: str, field: str, violations: list[FieldViolation], *, requi
             violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
     elif len(value) > MAX_ID_LENGTH:
         violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+    elif (found := printable_id_violation(field, value)) is not None:
+        # Every service's rule for an id it is handed: no category has such an id.
+        violations.append(found)
 
 
 def _check_product_id(value: str, field: str, violations: list[FieldViolation]) -> None:
     """A product id that cannot exist (none loaded has a comma or a space) is refused rather than looked up:
     NOT_FOUND lists missing ids comma-separated, so one with a comma read as several."""
-    _check_id(value, field, violations, required=True)
+    # The listable rule first: it is the printable one and more, so an id with a space is refused once.
     if (found := listable_id_violation(field, value)) is not None:
         violations.append(found)
+    else:
+        _check_id(value, field, violations, required=True)
 
 
 def validate_list_products(page_size: int, page_token: str, category: str) -> ListProductsQuery:
@@ -220,8 +230,8 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
         violations.append(
             FieldViolation(f"{path}.price.amount_minor", f"must be 1 to {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
         )
-    if not CURRENCY.fullmatch(product.price.currency):
-        violations.append(FieldViolation(f"{path}.price.currency", f"must match {CURRENCY.pattern}", "INVALID_FORMAT"))
+    if (found := currency_violation(f"{path}.price.currency", product.price.currency)) is not None:
+        violations.append(found)
     if len(product.image_url) > MAX_IMAGE_URL_LENGTH:
         violations.append(
             FieldViolation(f"{path}.image_url", f"must be at most {MAX_IMAGE_URL_LENGTH} characters", "TOO_LONG")

@@ -10,8 +10,9 @@ from shopmesh_chassis import errors, pagination
 from shopmesh_chassis.contract_limits import (
     MAX_AMOUNT_MINOR,
     MAX_ID_LENGTH,
-    is_printable_id,
+    currency_violation,
     listable_id_violation,
+    printable_id_violation,
 )
 from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.errors import FieldViolation
@@ -20,7 +21,6 @@ from shopmesh_orders.domain.model import Address, OrderLine
 
 MAX_ITEMS = 50
 MAX_QUANTITY = 100
-CURRENCY = re.compile(r"^[A-Z]{3}$")
 COUNTRY = re.compile(r"^[A-Z]{2}$")
 # The card rules of payments' contract (ChargeRequest), checked here before any stock is reserved: a card
 # that orders let through and payments refused would be cancelled as a decline. [0-9], not \d or
@@ -141,10 +141,10 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
     address lines normalized)."""
     violations: list[FieldViolation] = []
     _text(violations, "user_id", command.user_id, 1, MAX_ID_LENGTH)
-    if command.user_id.strip() and len(command.user_id) <= MAX_ID_LENGTH and not is_printable_id(command.user_id):
-        # The OrderConfirmed event carries it to notifications, which refuses it: the order would be charged
-        # and confirmed, and its e-mail parked for ever.
-        violations.append(FieldViolation("user_id", "printable characters only, no spaces", "INVALID_FORMAT"))
+    # The OrderConfirmed event carries it to notifications, which refuses an unprintable one: the order would
+    # be charged and confirmed, and its e-mail parked for ever. A blank one is only REQUIRED (`_text`).
+    if command.user_id.strip() and (found := printable_id_violation("user_id", command.user_id)):
+        violations.append(found)
     if not command.items:
         violations.append(FieldViolation("items", "at least one item is required", "REQUIRED"))
     elif len(command.items) > MAX_ITEMS:
@@ -164,8 +164,8 @@ def validate_place_order(command: PlaceOrder, today: date) -> PlaceOrder:
             violations.append(
                 FieldViolation(f"items[{index}].quantity", f"must be 1 to {MAX_QUANTITY}", "OUT_OF_RANGE")
             )
-    if not CURRENCY.fullmatch(command.currency):
-        violations.append(FieldViolation("currency", "an upper-case ISO 4217 code, e.g. USD", "INVALID_FORMAT"))
+    if (found := currency_violation("currency", command.currency)) is not None:
+        violations.append(found)
     sent = command.address
     address = Address(
         full_name=_line(violations, "shipping_address.full_name", sent.full_name, 100),
@@ -196,10 +196,8 @@ def _expected_total(violations: list[FieldViolation], expected: ExpectedTotal | 
         violations.append(
             FieldViolation("expected_total.amount_minor", f"must be at most {MAX_AMOUNT_MINOR:,}", "OUT_OF_RANGE")
         )
-    if not CURRENCY.fullmatch(expected.currency):
-        violations.append(
-            FieldViolation("expected_total.currency", "an upper-case ISO 4217 code, e.g. USD", "INVALID_FORMAT")
-        )
+    if (found := currency_violation("expected_total.currency", expected.currency)) is not None:
+        violations.append(found)
     elif expected.currency != currency:
         # No conversion: a total in another currency cannot be compared with the order's, only refused.
         violations.append(
@@ -254,7 +252,9 @@ def order_id_violations(order_id: str) -> list[FieldViolation]:
         return [FieldViolation("order_id", "required", "REQUIRED")]
     if len(order_id) > MAX_ID_LENGTH:
         return [FieldViolation("order_id", f"at most {MAX_ID_LENGTH} characters", "INVALID_LENGTH")]
-    return []
+    # Every service's rule for an id it is handed: no order has such an id.
+    found = printable_id_violation("order_id", order_id)
+    return [] if found is None else [found]
 
 
 def validate_order_id(order_id: str) -> str:
@@ -306,6 +306,8 @@ def validate_list_orders(user_id: str, page_size: int, page_token: str) -> ListO
     client that pages learns to start again from the first page."""
     violations: list[FieldViolation] = []
     _text(violations, "user_id", user_id, 1, MAX_ID_LENGTH)
+    if user_id.strip() and (found := printable_id_violation("user_id", user_id)):
+        violations.append(found)
     limit = pagination.page_limit(page_size, violations)
     after = pagination.instant_page_key(page_token, list_filters(user_id), violations)
     if violations:

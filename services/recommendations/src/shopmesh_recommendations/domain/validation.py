@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, printable_id_violation
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
@@ -55,6 +55,9 @@ def validate_request(product_id: str | None, user_id: str | None, max_results: i
         subject = ProductSubject(product_id)
     elif user_id is not None:
         _check_id(user_id, "user_id", violations)
+        # Every service's rule for an id it is handed: no user has such an id.
+        if (found := printable_id_violation("user_id", user_id)) is not None:
+            violations.append(found)
         subject = UserSubject(user_id)
     else:
         violations.append(FieldViolation("subject", "set product_id or user_id", "REQUIRED"))

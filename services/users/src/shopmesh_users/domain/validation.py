@@ -6,7 +6,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.password_checks import MAX_PASSWORD_LENGTH, checked_as_sent, too_long_to_check
@@ -122,4 +122,7 @@ def validate_user_id(user_id: str) -> str:
         raise _fail([FieldViolation("user_id", "must not be empty", "REQUIRED")])
     if len(user_id) > MAX_ID_LENGTH:
         raise _fail([FieldViolation("user_id", f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG")])
+    # Every service's rule for an id it is handed: no user has such an id.
+    if (found := printable_id_violation("user_id", user_id)) is not None:
+        raise _fail([found])
     return user_id
