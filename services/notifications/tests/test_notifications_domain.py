@@ -111,7 +111,7 @@ def test_a_sendable_event_passes_its_checks() -> None:
         ({"user_id": "u" * 65}, "user_id is longer than 64 characters"),
         ({"order_id": "ord_1\nBcc: everyone@example.com"}, "order_id has spaces or control characters"),
         ({"event_id": ""}, "event id is empty"),
-        ({"currency": ""}, "total.currency is not an ISO 4217 code"),
+        ({"currency": ""}, "total.currency is not three upper-case letters"),
     ],
 )
 def test_an_event_that_cannot_become_an_email_is_invalid(changes: dict[str, str], problem: str) -> None:

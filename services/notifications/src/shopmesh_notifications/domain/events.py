@@ -6,14 +6,11 @@ An event that fails them is poison: no retry can make it valid, so the consumer 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, is_printable_id
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, is_currency_code, is_printable_id
 from shopmesh_chassis.email_addresses import is_email_address
-
-CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 class InvalidEvent(ValueError):
@@ -69,8 +66,8 @@ def validate_event(event: OrderEvent) -> OrderEvent:
         problems.append("email is empty")
     elif not is_email_address(event.email):
         problems.append("email is not an e-mail address")
-    if not CURRENCY.fullmatch(event.currency):
-        problems.append("total.currency is not an ISO 4217 code")
+    if not is_currency_code(event.currency):
+        problems.append("total.currency is not three upper-case letters")
     if problems:
         raise InvalidEvent(f"{event.kind.value} {event.event_id or '?'}: {'; '.join(problems)}")
     return event
