@@ -157,6 +157,10 @@ async def test_listing_another_users_notifications_is_permission_denied(stub: St
         (listing("u" * 65), [("user_id", "INVALID_LENGTH")]),
         (listing(page_size=-1), [("page_size", "OUT_OF_RANGE")]),
         (listing("", page_size=-5), [("user_id", "REQUIRED"), ("page_size", "OUT_OF_RANGE")]),
+        # No user has such an id (events with one are refused): refused as every service refuses it.
+        (listing("usr\n1"), [("user_id", "INVALID_FORMAT")]),
+        (listing("usr 1"), [("user_id", "INVALID_FORMAT")]),
+        (listing("\u202e"), [("user_id", "INVALID_FORMAT")]),
     ],
 )
 async def test_an_invalid_request_names_each_bad_field(

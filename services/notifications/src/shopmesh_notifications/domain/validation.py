@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import instant_page_key, invalid_request, page_limit
 
@@ -24,6 +24,10 @@ def validate_list_request(user_id: str, page_size: int, page_token: str) -> tupl
         violations.append(FieldViolation("user_id", "required", "REQUIRED"))
     elif len(user_id) > MAX_ID_LENGTH:
         violations.append(FieldViolation("user_id", f"must have at most {MAX_ID_LENGTH} characters", "INVALID_LENGTH"))
+    elif (found := printable_id_violation("user_id", user_id)) is not None:
+        # The rule every service holds ids to, and the one OrderEvent's user_id is held to: no notification
+        # can be stored for such a user.
+        violations.append(found)
     page_limit(page_size, violations)  # only its check here: the application takes the size itself
     after = instant_page_key(page_token, list_filters(user_id), violations)
     if violations:
