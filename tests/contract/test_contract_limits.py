@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
+from shopmesh_chassis.contract_limits import (
+    CURRENCY_CODE,
+    MAX_AMOUNT_MINOR,
+    MAX_ID_LENGTH,
+    is_currency_code,
+    printable_id_violation,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos" / "shopmesh"
@@ -27,6 +33,30 @@ def test_the_id_length_is_the_one_the_contract_states() -> None:
     stated = re.search(r"An id field is at most (\d+) characters", comment_text())
     assert stated, "money.proto no longer states the length of an id"
     assert int(stated.group(1)) == MAX_ID_LENGTH
+
+
+def test_the_id_characters_are_the_ones_the_contract_states() -> None:
+    """Every service refuses an id with whitespace or an unprintable character through this one rule; payments
+    and inventory took them (a payment stored for order "\\n\\r") while orders refused them."""
+    assert "No id holds whitespace or an unprintable character" in comment_text()
+    assert "INVALID_FORMAT violation on its field" in comment_text()
+    for refused in [" ", "\n\r", "\u202e", "ord 1", "ord\t1", "\x1b[2J", "ord_1\u2028"]:
+        found = printable_id_violation("order_id", refused)
+        assert found is not None, repr(refused)
+        assert (found.field, found.reason) == ("order_id", "INVALID_FORMAT")
+    for accepted in ["ord_1", "8b49eee7-5afe-415e-93c1-ec0d52e7d786", "prod_chef_knife", "ÜSD", "../../etc"]:
+        assert printable_id_violation("order_id", accepted) is None, repr(accepted)
+
+
+def test_the_currency_rule_is_the_one_the_contract_states() -> None:
+    """money.proto states the shape, not ISO 4217's list: "XXX" passes, as every service checks it."""
+    stated = re.search(r"anything not matching \^(\S+)\$ is rejected", comment_text())
+    assert stated, "money.proto no longer states the currency's pattern"
+    assert stated.group(1) == CURRENCY_CODE.pattern
+    assert [code for code in ["USD", "XXX", "usd", "US", "USDX", "USD\n", "ÜSD"] if is_currency_code(code)] == [
+        "USD",
+        "XXX",
+    ]
 
 
 def test_the_money_bound_is_the_one_the_contract_states() -> None:

@@ -7,6 +7,10 @@ Identifiers
   Resource ids are opaque strings. Servers mint prefixed ids ("prod_...",
   "res_...", "pay_...", "ord_...", "usr_...", "ntf_...", "evt_...") or
   UUIDs; clients must not parse them. An id field is at most 64 characters.
+  No id holds whitespace or an unprintable character: an id a request
+  names with one (" ", a line break, U+202E) is refused with
+  INVALID_ARGUMENT and an INVALID_FORMAT violation on its field, never
+  looked up or stored.
 
 Time
   Instants are google.protobuf.Timestamp (UTC); spans of time are
