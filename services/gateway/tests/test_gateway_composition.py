@@ -190,6 +190,12 @@ async def test_ranked_recommendations_never_show_the_product_itself_duplicates_o
         ("p" * 65, 0, ["product_id"]),
         ("prod_a", -1, ["max_recommendations"]),
         ("", -5, ["product_id", "max_recommendations"]),
+        # No product has such an id: refused here, before catalog and inventory are both asked and the page
+        # answers with whichever refusal came first (inventory's names `product_ids[0]`, no field of the page).
+        ("prod a", 0, ["product_id"]),
+        ("\n\r", 0, ["product_id"]),
+        ("\u202e", 0, ["product_id"]),
+        ("prod_a,prod_b", 0, ["product_id"]),
     ],
 )
 def test_invalid_page_requests_name_each_bad_field(product_id: str, maximum: int, fields: list[str]) -> None:
