@@ -139,6 +139,48 @@ def test_a_nats_cluster_url_renders_as_the_services_take_it(helm_dir: Path) -> N
     assert find(docs, "ConfigMap", "orders")["data"]["NATS_URL"] == url
 
 
+# Cluster DNS completes a Service's short name: the dev infrastructure written `nats.shopmesh-infra` (or with `.svc`,
+# in upper case, with a trailing dot) is the same pods the default peers select, and renders as the long form does.
+@pytest.mark.parametrize(
+    ("chart", "values", "setting"),
+    [
+        (
+            "orders",
+            {"nats": {"url": "nats://nats.shopmesh-infra:4222"}},
+            ("NATS_URL", "nats://nats.shopmesh-infra:4222"),
+        ),
+        ("orders", {"nats": {"url": "nats://NATS.shopmesh-infra.svc.:4222"}}, None),
+        (
+            "catalog",
+            {"otel": {"endpoint": "http://jaeger.shopmesh-infra.svc:4317"}},
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger.shopmesh-infra.svc:4317"),
+        ),
+        ("notifications", {"smtp": {"host": "mailpit.shopmesh-infra"}}, ("SMTP_HOST", "mailpit.shopmesh-infra")),
+    ],
+)
+def test_the_dev_infrastructure_by_a_short_name_renders_with_its_default_peers(
+    helm_dir: Path, chart: str, values: dict[str, Any], setting: tuple[str, str] | None
+) -> None:
+    docs = objects_of(helm_dir, chart, {"global": values})
+    if setting is not None:
+        name, value = setting
+        assert find(docs, "ConfigMap", chart)["data"][name] == value
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://nats:4222",  # the release's own namespace, not shopmesh-infra
+        "nats://nats.shopmesh-infra.example.com:4222",
+        "nats://nats.shopmesh-infra.svc.cluster.local.evil:4222",
+        "nats://nats.shopmesh-infra.svc.cluster.local:4222,nats://nats.messaging:4222",
+    ],
+)
+def test_only_a_spelling_of_the_dev_infrastructure_passes_with_its_peers(helm_dir: Path, url: str) -> None:
+    with pytest.raises(Exception, match=re.escape("is not the dev infrastructure's, but global.nats.peers still")):
+        objects_of(helm_dir, "orders", {"global": {"nats": {"url": url}}})
+
+
 # And the SMTP relay (global.smtp.host, port, peers).
 def test_an_smtp_relay_elsewhere_with_k8s_infras_peers_fails_the_render(helm_dir: Path) -> None:
     smtp = {"host": "smtp.example.com", "port": 465}

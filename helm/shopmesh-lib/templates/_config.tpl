@@ -649,9 +649,23 @@ urlParse: it fails on a server without a scheme, printing the server, token and 
 {{- fail (printf "global.%s: %s and global.%s.port (%v) disagree: the NetworkPolicy opens the port (give the URL its port explicitly)" $.setting $shown $.setting $.port) -}}
 {{- end -}}
 {{- end -}}
-{{- if and .enforced (ne .url .devUrl) (eq (toJson .peers) (toJson .devPeers)) -}}
+{{- if and .enforced (ne (include "shopmesh-lib.serviceAddresses" .url) (include "shopmesh-lib.serviceAddresses" .devUrl)) (eq (toJson .peers) (toJson .devPeers)) -}}
 {{- fail (printf "global.%s: %s is not the dev infrastructure's, but global.%s.peers still selects its pods: set the peers yours match, or the NetworkPolicy drops the connections" .setting $shown .setting) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* A URL's servers as the addresses of in-cluster Services they reach, for comparing two spellings of one: no
+scheme or user part, lower case, without the `.svc` / `.svc.cluster.local` suffix cluster DNS completes
+(`nats.shopmesh-infra:4222` is `nats.shopmesh-infra.svc.cluster.local:4222`). A one-label host stays as it is: it
+is in the release's own namespace, never the dev infrastructure's. */}}
+{{- define "shopmesh-lib.serviceAddresses" -}}
+{{- $addresses := list -}}
+{{- range $server := splitList "," . -}}
+{{- $hostPart := last (splitList "@" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" (trim $server) "")) -}}
+{{- $hostPort := regexReplaceAll "/.*$" $hostPart "" | lower -}}
+{{- $addresses = append $addresses (regexReplaceAll "^([^.:]+\\.[^.:]+)(\\.svc(\\.cluster\\.local)?)?\\.?(:[0-9]+)$" $hostPort "${1}${4}") -}}
+{{- end -}}
+{{- join "," $addresses -}}
 {{- end -}}
 
 {{/* NetworkPolicy peers: the pods of one dev-infrastructure app (k8s/infra) in shopmesh-infra, which the
