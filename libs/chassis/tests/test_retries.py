@@ -160,18 +160,19 @@ class _AsksToWait(SampleServicer):
     (a service whose database is away answers so), through the chassis' interceptor; then succeeds. It notes
     when each attempt came."""
 
-    def __init__(self, retry_after: float, failures: int, *, final: bool = False) -> None:
+    def __init__(self, retry_after: float, failures: int, *, final: bool = False, reason: str = "BACKEND_DOWN") -> None:
         super().__init__()
         self.retry_after = retry_after
         self.failures = failures
         self.final = final
+        self.reason = reason
         self.arrivals: list[float] = []
 
     async def Fail(self, request: sample_pb2.FailRequest, context: Any) -> sample_pb2.FailResponse:
         self.arrivals.append(time.monotonic())
         if len(self.arrivals) <= self.failures:
             raise errors.Unavailable(
-                "come back later", reason="BACKEND_DOWN", retry_after_seconds=self.retry_after, final=self.final
+                "come back later", reason=self.reason, retry_after_seconds=self.retry_after, final=self.final
             )
         return sample_pb2.FailResponse()
 
@@ -204,11 +205,34 @@ async def test_a_retry_info_longer_than_the_deadline_is_not_retried_and_reaches_
     assert (told_not_to_retry(caught.value), answered_final(caught.value)) == (True, False)
 
 
-async def test_a_retry_info_within_the_deadline_is_still_retried() -> None:
-    servicer = _AsksToWait(retry_after=0.25, failures=1)
+@pytest.mark.parametrize("reason", ["BACKEND_DOWN", "DATABASE_UNAVAILABLE"])
+async def test_a_retry_info_within_the_deadline_is_still_retried(reason: str) -> None:
+    """The server's own trouble, its database's included: no layer below retried it (the chassis does not retry
+    a query), so the caller's channel is the one retry in the chain, and its next attempt may reach another
+    pod, or a pool that has reconnected."""
+    servicer = _AsksToWait(retry_after=0.25, failures=1, reason=reason)
     async with asking_to_wait(servicer) as stub:
         await stub.Fail(sample_pb2.FailRequest(), timeout=30)
     assert len(servicer.arrivals) == 2
+
+
+async def test_an_answer_that_a_dependency_is_away_is_not_retried_whatever_its_wait() -> None:
+    """UNAVAILABLE DEPENDENCY_UNAVAILABLE says the server already called its dependency, its channel retrying,
+    and gave up: the caller's channel retrying it multiplied those attempts (the gateway's 4 PlaceOrder attempts
+    times orders' Reserve attempts, 20 of them for one checkout). It goes out with "do not retry" even when its
+    wait fits the deadline, not final (a later call may fare better), its RetryInfo kept for the caller."""
+    servicer = _AsksToWait(retry_after=0.25, failures=10, reason=errors.DEPENDENCY_UNAVAILABLE)
+    async with asking_to_wait(servicer) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Fail(sample_pb2.FailRequest(), timeout=30)
+    details = details_of(caught.value)
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        errors.DEPENDENCY_UNAVAILABLE,
+        0.25,
+    )
+    assert len(servicer.arrivals) == 1
+    assert (told_not_to_retry(caught.value), answered_final(caught.value)) == (True, False)
 
 
 @pytest.mark.parametrize("timeout", [30, None], ids=["within-the-deadline", "no-deadline"])
@@ -307,19 +331,14 @@ async def test_a_dependencys_retry_info_past_the_deadline_is_not_retried() -> No
     assert dependency.calls == 1
 
 
-@pytest.mark.parametrize(
-    ("caller_timeout", "relayed_do_not_retry", "dependency_calls"),
-    [(30, False, RetryPolicy().max_attempts), (4, True, 1)],
-    ids=["long-caller-deadline-retried", "short-caller-deadline-not-retried"],
-)
-async def test_a_dependencys_do_not_retry_for_the_relays_own_short_call_is_weighed_against_its_callers_deadline(
-    caller_timeout: float, relayed_do_not_retry: bool, dependency_calls: int
+@pytest.mark.parametrize("caller_timeout", [30, 4], ids=["long-caller-deadline", "short-caller-deadline"])
+async def test_a_dependencys_do_not_retry_for_the_relays_own_short_call_is_not_passed_on_final(
+    caller_timeout: float,
 ) -> None:
     """The dependency's "do not retry" (gRFC A6 pushback -1) said only that its 5 s wait did not fit the 2 s the
-    relay gave its own call, not the relay's caller's: the relay answers with the dependency's RetryInfo and
-    the pushback for that wait and its caller's deadline. Under 30 s the caller's channel retries (turned into
-    "final", the -1 reached it whatever its deadline, and a saga step with a short timeout gave up an order on
-    one transient answer); under 4 s, the wait does not fit that deadline either: -1, one call."""
+    relay gave its own call: the relay answers with the dependency's RetryInfo, and not final (turned into
+    "final", a saga step with a short timeout gave up an order on one transient answer). Its caller's channel
+    still does not retry it, under any deadline: the answer is DEPENDENCY_UNAVAILABLE, the relay's give-up."""
     dependency = _Dependency(errors.Unavailable("draining", reason="DRAINING", retry_after_seconds=5))
     async with relaying_to(dependency, relay_timeout=2) as (stub, target):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -333,5 +352,19 @@ async def test_a_dependencys_do_not_retry_for_the_relays_own_short_call_is_weigh
         "DEPENDENCY_UNAVAILABLE",
         5,
     )
-    assert (told_not_to_retry(caught.value), dependency.calls) == (relayed_do_not_retry, dependency_calls)
+    assert (told_not_to_retry(caught.value), dependency.calls) == (True, 1)
     assert not answered_final(caught.value)
+
+
+async def test_a_dependency_away_is_retried_by_the_relays_channel_alone() -> None:
+    """The retries of one layer, not the product of two: the relay's channel retries its dependency (a wait it
+    can afford), gives up, and answers DEPENDENCY_UNAVAILABLE, which its caller's channel does not send again,
+    so the dependency sees RetryPolicy().max_attempts calls, not that many squared."""
+    dependency = _Dependency(errors.Unavailable("down", reason="BACKEND_DOWN", retry_after_seconds=0.05))
+    async with relaying_to(dependency) as (stub, target):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Relay(
+                sample_pb2.RelayRequest(target=target, echo=sample_pb2.EchoRequest(message="x")), timeout=30
+            )
+    assert details_of(caught.value).reason == errors.DEPENDENCY_UNAVAILABLE
+    assert (dependency.calls, told_not_to_retry(caught.value)) == (RetryPolicy().max_attempts, True)

@@ -180,7 +180,10 @@ class Unavailable(_Retryable):
     default_reason = "UNAVAILABLE"
 
 
-# The reason of an UNAVAILABLE that a service answers because something it depends on is not answering.
+# The reason of an UNAVAILABLE that a service answers because something it depends on is not answering. Its
+# channel has retried the dependency already, so the server interceptor sends it with gRPC's "do not retry"
+# pushback: a caller's channel retrying it too would multiply the attempts (not final: RetryInfo still says
+# when to come back).
 DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
 # The reason of the RESOURCE_EXHAUSTED a server at its GRPC_MAX_CONCURRENT_RPCS sheds a call with: the server's
 # failure, unlike a rate limit's RESOURCE_EXHAUSTED, which the client brought on itself.

@@ -93,8 +93,9 @@ def dependency_unavailable(
     state only a newer release knows): that is final for the call we made, whose work the dependency says is
     under way or cannot change, not a verdict on ours, which may fare better through another path or later.
     Nor is a pushback -1 final: it may say only that the wait did not fit the deadline of the call we made
-    (perhaps a step's short timeout), not our caller's. The server interceptor sends our caller the pushback
-    for this RetryInfo and that caller's own deadline."""
+    (perhaps a step's short timeout), not our caller's. The server interceptor sends our caller gRPC's "do not
+    retry" pushback for it all the same, not final: our channel has retried the dependency already, and our
+    caller's retrying too would multiply those attempts."""
     name = dependency or "a dependency"
     code = failure.code() if failure is not None else None
     asked = details_of(failure).retry_delay_seconds if failure is not None else None

@@ -410,15 +410,27 @@ def cancelled_call_code(remaining: float | None) -> grpc.StatusCode:
 
 
 def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[tuple[str, str], ...]:
-    """gRFC A6's server pushback "do not retry" (-1) for a status whose RetryInfo asks for a wait that ends
-    past the call's deadline; nothing otherwise.
+    """gRFC A6's server pushback "do not retry" (-1) for a status that says a dependency is away
+    (DEPENDENCY_UNAVAILABLE), or whose RetryInfo asks for a wait that ends past the call's deadline; nothing
+    otherwise.
 
     gRPC's retries (the chassis' service config retries idempotent methods on UNAVAILABLE) back off 50 ms and
     read no RetryInfo, only this trailer: a service asking its caller to come back in 30 s got three more
     attempts within 350 ms, each a load on whatever it was waiting for, and the caller its answer and
     RetryInfo no sooner. A wait that fits in the deadline is not sent: waiting it would stretch every call
-    chain behind the retry (orders' saga retries its steps itself, within its lease)."""
-    delay = details_from(status.code, status.details, status.trailing_metadata).retry_delay_seconds
+    chain behind the retry (orders' saga retries its steps itself, within its lease).
+
+    DEPENDENCY_UNAVAILABLE, whatever its wait and whoever raised it (a handler, `dependency_unavailable`, a
+    relay replaying a dependency's): the server has already called that dependency through a channel that
+    retries, and given up. Retried by its caller's channel too, each layer multiplies the attempts of the one
+    below (the gateway's 4 PlaceOrder attempts times orders' Reserve attempts: 20 for one checkout while
+    inventory was down, and the answer seconds later). Only the layer next to the failure retries; the
+    RetryInfo still tells the caller when another call is worth it. Not final (no FINAL_ANSWER): a relay of it
+    is no more final than the answer itself, and a later call may fare better."""
+    details = details_from(status.code, status.details, status.trailing_metadata)
+    if details.reason == errors.DEPENDENCY_UNAVAILABLE:
+        return _DO_NOT_RETRY
+    delay = details.retry_delay_seconds
     if delay is None or time_remaining is None or delay < time_remaining:
         return ()
     return _DO_NOT_RETRY
