@@ -153,14 +153,21 @@ def test_istio_retries_only_requests_that_never_reached_the_service(
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if service_callers(n)])
-def test_istio_ejects_pods_answering_server_errors_and_panics_below_half_healthy(
+def test_istio_ejects_pods_for_their_own_transport_failures_and_panics_below_half_healthy(
     rendered: dict[tuple[str, str], Docs], name: str
 ) -> None:
+    """Not for the statuses a pod answers: gRPC UNAVAILABLE is a 503 to Envoy, and a healthy pod answers it
+    while a dependency (DEPENDENCY_UNAVAILABLE) or its database is away (tests/mesh/test_outlier_detection.py)."""
     spec = find(rendered["istio", name], "DestinationRule", name)["spec"]
     assert spec["host"] == f"{name}.{NS}.svc.cluster.local"
     assert "tls" not in spec["trafficPolicy"], "Istio's automatic mTLS, as the PeerAuthentication requires"
     outlier = spec["trafficPolicy"]["outlierDetection"]
-    assert outlier["consecutive5xxErrors"] == 5
+    assert outlier["splitExternalLocalOriginErrors"] is True
+    assert outlier["consecutiveLocalOriginFailures"] == 5
+    # 0 turns the 5xx detector off (Istio then sets Envoy's enforcing_consecutive_5xx to 0); left out, Istio's
+    # default of 5 would count the answers again.
+    assert outlier["consecutive5xxErrors"] == 0
+    assert "consecutiveGatewayErrors" not in outlier, "a 503 is a gateway error too"
     assert outlier["baseEjectionTime"] == "30s"
     assert outlier["interval"] == "10s"
     assert outlier["maxEjectionPercent"] == 50

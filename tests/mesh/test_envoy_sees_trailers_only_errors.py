@@ -41,8 +41,9 @@ SENT_FIRST = "x-sent-before-the-error"
 CALLS = 20
 
 CONSECUTIVE_5XX = 3
-# A DestinationRule's outlierDetection as Envoy gets it: eject a host after 3 consecutive 5xx, for longer
-# than the test lasts; at most one host of the two.
+# A DestinationRule's outlierDetection counting 5xx as Envoy gets it: eject a host after 3 consecutive 5xx, for
+# longer than the test lasts; at most one host of the two. (The charts' own counts a pod's transport failures
+# only, never the statuses it answers: test_outlier_detection.py.)
 OUTLIER_DETECTION: dict[str, Any] = {
     "consecutive_5xx": CONSECUTIVE_5XX,
     "interval": "1s",

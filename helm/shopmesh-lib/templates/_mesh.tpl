@@ -147,9 +147,16 @@ spec:
   trafficPolicy:
     # (mTLS: Istio's automatic mutual TLS, required by the PeerAuthentication above.)
     outlierDetection:
-      # gRPC INTERNAL, UNKNOWN, DATA_LOSS, UNIMPLEMENTED, UNAVAILABLE and DEADLINE_EXCEEDED map to 5xx;
-      # client mistakes (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...) to 4xx, which never eject.
-      consecutive5xxErrors: {{ $c.meshPolicy.ejectAfterConsecutiveErrors }}
+      # A pod is ejected for its own transport failures only (connect failures, resets, timeouts: Envoy's
+      # locally originated errors), never for the statuses it answers. Envoy maps gRPC UNAVAILABLE to 503:
+      # counted as 5xx, a healthy orders pod relaying a payments or inventory outage (DEPENDENCY_UNAVAILABLE),
+      # or any pod answering DATABASE_UNAVAILABLE, was ejected, half of the service out of rotation for a
+      # dependency's outage, and the rest taking everything for baseEjectionTime after it. The chassis'
+      # breaker does not count those answers either. A pod whose service is down behind a running sidecar
+      # answers the sidecar's 503 and is not ejected here: its readiness probe takes it out of the endpoints.
+      splitExternalLocalOriginErrors: true
+      consecutiveLocalOriginFailures: {{ $c.meshPolicy.ejectAfterConsecutiveErrors }}
+      consecutive5xxErrors: 0
       interval: 10s
       baseEjectionTime: {{ printf "%vs" $c.meshPolicy.ejectionSeconds }}
       maxEjectionPercent: 50
