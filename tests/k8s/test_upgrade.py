@@ -5,6 +5,7 @@ rendered and the scripts run against stand-ins for helm and kubectl."""
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from .k8skit import (
     run_deploy_staging,
 )
 from .test_scheduling import deploy_staging_values
+
+DOCS_KUBERNETES = ROOT / "docs" / "kubernetes.md"
 
 # The staging cluster's own PostgreSQL, outside k8s/infra (values-staging.yaml's peers are k8s/infra's).
 CLUSTER_DATABASE = [{"ipBlock": {"cidr": "10.20.0.5/32"}}]
@@ -338,3 +341,7 @@ def test_every_configmap_fits_what_the_api_server_takes(rendered: dict[tuple[str
             assert size <= CONFIGMAP_LIMIT, (value_set, chart, doc["metadata"]["name"], size)
             largest = max(largest, size)
     assert largest > CONFIGMAP_LIMIT // 4, "the http-api ConfigMap is not among them"
+    # docs/kubernetes.md ("Sizes") tells how much room is left: its figure must stay near the truth.
+    stated = re.search(r"and the storefront\) is about (\d+) KiB", DOCS_KUBERNETES.read_text())
+    assert stated, "docs/kubernetes.md no longer states the http-api ConfigMap's size"
+    assert abs(int(stated[1]) * 1024 - largest) <= largest / 10, (int(stated[1]), largest // 1024)
