@@ -638,6 +638,38 @@ async def test_processes_the_stack_restarts_together_are_not_crashes(
     assert crash.summary == "alpha exited unexpectedly (killed by SIGKILL)"
 
 
+async def test_a_crash_is_reported_while_another_process_still_holds_the_dead_ones_output(stack: Stack) -> None:
+    """The exit is the crash, not the end of its output: asyncio's `Process.wait()` (Python 3.11) returns only
+    once every copy of the child's stdout pipe is closed too, so a watch built on it stays quiet for as long as
+    anything else holds that pipe (a process the child started in a session of its own, which its group's
+    SIGKILL misses; here a copy opened through /proc), and `make run` runs on around a dead NATS."""
+    watching = asyncio.ensure_future(stack.crashed())
+    nats = stack.pid(NATS)
+    assert nats is not None
+    # A second writer of NATS' output pipe that outlives it.
+    holder = os.open(f"/proc/{nats}/fd/1", os.O_WRONLY)
+    try:
+        os.kill(nats, signal.SIGKILL)
+        crash = await asyncio.wait_for(asyncio.shield(watching), 30)
+    finally:
+        os.close(holder)
+    assert crash.summary == "nats exited unexpectedly (killed by SIGKILL)"
+
+
+async def test_a_stop_ends_once_the_process_exits_while_another_process_still_holds_its_output(stack: Stack) -> None:
+    """The same for a stop: waiting on `Process.wait()`, it took a process that had exited at once for one that
+    outlived its SIGTERM, waited out stop_timeout and sent a SIGKILL to a process already gone."""
+    nats = stack.pid(NATS)
+    assert nats is not None
+    holder = os.open(f"/proc/{nats}/fd/1", os.O_WRONLY)
+    try:
+        code = await asyncio.wait_for(stack.stop_service(NATS), stack.stop_timeout + 30)
+    finally:
+        os.close(holder)
+    assert code == 0
+    assert "still running" not in "\n".join(stack.recent_lines(NATS))
+
+
 # The kernel's last process number handed out in this pid namespace: the next process gets the one after.
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 # Holds SIGTERM blocked, so that one sent to it stays pending; says "ready" once it does, and at end of input

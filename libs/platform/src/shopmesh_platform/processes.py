@@ -1,6 +1,7 @@
 """The stack's children as processes: starting one (`spawn`: its own process group, output piped, a
 parent-death signal through util-linux's `setpriv`), signalling it and its process group through the pidfd
 held since its start (`signal_child`), telling whether it has exited and how (`has_exited`, `exit_status`),
+waiting for its exit whatever holds its output (`exited`),
 and the errors that name a process with its last output (`StackError`, `NotReady`, `Crashed`)."""
 
 from __future__ import annotations
@@ -123,19 +124,54 @@ async def spawn(
     if shutil.which(argv[0]) is None:
         # Checked here: through setpriv, a missing program would only show as exit status 127.
         raise FileNotFoundError(errno.ENOENT, "no such executable", argv[0])
-    process = await asyncio.create_subprocess_exec(
+    loop = asyncio.get_running_loop()
+    # asyncio.create_subprocess_exec, with a protocol that also tells when the process exits (`exited`).
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ExitProtocol(_LINE_LIMIT, loop),
         *_with_parent_death_signal(argv, parent_death_signal, user),
         env=dict(env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        limit=_LINE_LIMIT,
         process_group=0,
         # Set in the child between vfork and exec, as process_group is: no preexec_fn (above).
         umask=PRIVATE_UMASK,
     )
+    process = asyncio.subprocess.Process(transport, protocol, loop)
+    _exits[process] = protocol.exited
     _hold_pidfd(process)
     return process
+
+
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """create_subprocess_exec's protocol, plus `exited`: done once asyncio has the process's exit status."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit, loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+# Each child `spawn` started, with the future its exit completes (`exited`).
+_exits: weakref.WeakKeyDictionary[asyncio.subprocess.Process, asyncio.Future[None]] = weakref.WeakKeyDictionary()
+
+
+async def exited(process: asyncio.subprocess.Process) -> int:
+    """Wait until `process` has exited; its exit status. Not `process.wait()`: in Python 3.11 that returns only
+    once every copy of the process's stdout pipe is closed too, so a process it started in a session of its own
+    (which a SIGKILL to its group misses), or anything else holding that pipe, hid its exit for as long as it
+    lived: the launcher ran on around a dead NATS. A process `spawn` did not start: `process.wait()`."""
+    if process not in _exits:
+        return await process.wait()
+    # Shielded: a watcher cancelled (the stack's `crashed` rebuilds its watch) must not cancel the one future.
+    await asyncio.shield(_exits[process])
+    code = process.returncode
+    assert code is not None, "asyncio reports the exit after setting the exit status"
+    return code
 
 
 # Each child `spawn` started, with a pidfd opened as it started (None: it was gone by then), closed with its

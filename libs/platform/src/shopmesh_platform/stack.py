@@ -73,6 +73,7 @@ from .processes import (
     StackError,
     crash_at_stop,
     exit_status,
+    exited,
     failure_message,
     has_exited,
     signal_child,
@@ -1178,8 +1179,9 @@ class Stack:
         Waits for ever while every process runs: race it with what else ends the wait (`make run`'s Ctrl-C)."""
         while True:
             self._launched.clear()
+            # The exits themselves: `process.wait()` also waits for the output pipe, which a survivor may hold.
             exits = {
-                asyncio.ensure_future(child.process.wait()): child
+                asyncio.ensure_future(exited(child.process)): child
                 for child in self._every_child()
                 if child.process is not None and not child.stopping
             }
@@ -1409,11 +1411,11 @@ class Stack:
             _signal(child, process, sig)
             limit = self.stop_timeout if timeout is None else timeout
             try:
-                await asyncio.wait_for(process.wait(), limit)
+                await asyncio.wait_for(exited(process), limit)
             except TimeoutError:
                 self._emit(child, f"[launcher] still running {limit:g}s after {sig.name}: SIGKILL")
                 _signal(child, process, signal.SIGKILL)
-                await process.wait()
+                await exited(process)
         await self._finish_pump(child)
         return process.returncode
 
