@@ -28,6 +28,8 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis import testing
 from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_platform.http_api import (
+    MALFORMED_GRPC_TIMEOUT,
+    MALFORMED_GRPC_TIMEOUT_MESSAGE,
     MAX_REQUEST_BYTES,
     MAX_REQUEST_HEADERS_KIB,
     PATH_VARIABLE_IN_QUERY,
@@ -56,6 +58,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
@@ -663,6 +666,90 @@ async def test_a_deadline_below_the_gateways_floor_is_refused_through_the_edge_a
     # so a grpc-timeout header changes nothing and the call is answered.
     answered = await http.get("/v1/products", params={"pageSize": 1}, headers={"grpc-timeout": "20m"})  # 20 ms
     assert answered.status_code == 200, answered.text
+
+
+def grpc_web_list_products(timeout: str) -> tuple[bytes, dict[str, str]]:
+    """A gRPC-Web ListProducts (body, headers) with this grpc-timeout."""
+    message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "grpc-timeout": timeout}
+    return struct.pack(">BI", 0, len(message)) + message, headers
+
+
+def grpc_web_status(answer: httpx.Response) -> int:
+    """The grpc-status of a gRPC-Web answer: in its headers (trailers-only) or its trailer frame."""
+    if "grpc-status" in answer.headers:
+        return int(answer.headers["grpc-status"])
+    _, length = struct.unpack(">BI", answer.content[:5])
+    trailers = answer.content[5 + length + 5 :].decode()
+    [status] = [line.split(":", 1)[1].strip() for line in trailers.split("\r\n") if line.startswith("grpc-status:")]
+    return int(status)
+
+
+# A deadline the module's gateway takes (above its floor, MIN_CLIENT_DEADLINE_SECONDS).
+ACCEPTED_DEADLINE = "20S"
+
+
+async def test_a_malformed_grpc_timeout_is_refused_at_the_edge_and_never_reaches_another_clients_call(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    # The gateway's gRPC server answered `zzz` INTERNAL and kept its failed parse in the HPACK table of the one
+    # connection the edge shares for every client: after a short deadline and then `zzz`, every other client's
+    # call with a deadline was INTERNAL "Error parsing 'grpc-timeout' metadata".
+    for timeout in ("1m", "zzz", "1m", "1.5S", "123456789S", "5s"):
+        body, headers = grpc_web_list_products(timeout)
+        answer = await http.post("/shopmesh.gateway.v1.ShopService/ListProducts", content=body, headers=headers)
+        if timeout == "1m":
+            continue
+        assert answer.status_code == 200, (timeout, answer.status_code, answer.text)
+        assert answer.headers["grpc-status"] == str(INVALID_ARGUMENT), (timeout, answer.headers)
+        assert answer.headers["grpc-message"] == MALFORMED_GRPC_TIMEOUT_MESSAGE
+        details = status_pb2.Status.FromString(base64.b64decode(answer.headers["grpc-status-details-bin"] + "=="))
+        assert details.code == INVALID_ARGUMENT
+        reasons, violations = set(), []
+        for packed in details.details:
+            info, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+            if packed.Unpack(info):
+                reasons.add(info.reason)
+            if packed.Unpack(bad_request):
+                violations += [(v.field, v.reason) for v in bad_request.field_violations]
+        assert reasons == {"VALIDATION_FAILED"}
+        assert violations == [("grpc-timeout", MALFORMED_GRPC_TIMEOUT)]
+
+    # Another client, each protocol, a deadline the gateway takes: answered.
+    async with httpx.AsyncClient(base_url=http.base_url, timeout=60) as other:
+        body, headers = grpc_web_list_products(ACCEPTED_DEADLINE)
+        answered = await other.post("/shopmesh.gateway.v1.ShopService/ListProducts", content=body, headers=headers)
+        assert (answered.status_code, grpc_web_status(answered)) == (200, 0), answered.headers
+        json_answer = await other.get("/v1/products", params={"pageSize": 1})
+        assert json_answer.status_code == 200, json_answer.text
+    assert stack.http_url is not None
+    async with grpc.aio.insecure_channel(stack.http_url.removeprefix("http://")) as channel:
+        products = await shop_pb2_grpc.ShopServiceStub(channel).ListProducts(
+            shop_pb2.ListProductsRequest(page_size=1), timeout=float(ACCEPTED_DEADLINE.removesuffix("S"))
+        )
+        assert len(products.products) == 1
+
+
+@pytest.mark.parametrize("timeout", ["0n", "1n", "1u"])
+async def test_a_deadline_that_runs_out_at_the_edge_is_deadline_exceeded_not_a_status_to_retry(
+    http: httpx.AsyncClient, timeout: str
+) -> None:
+    # The edge's bound of the stream ran out before the gateway could answer: Envoy said UNAVAILABLE ("downstream
+    # duration timeout", gRPC's reading of its 504), which a client retries at once, or UNKNOWN (its 408, when
+    # the body had not been read yet). A call that reaches the gateway first (Envoy may take `0n` as no bound of
+    # its own) is refused below the gateway's floor (INVALID_ARGUMENT, DEADLINE_TOO_SHORT) or, already past,
+    # DEADLINE_EXCEEDED by its gRPC server. None is retried.
+    body, headers = grpc_web_list_products(timeout)
+    answer = await http.post("/shopmesh.gateway.v1.ShopService/ListProducts", content=body, headers=headers)
+    assert answer.status_code == 200, (answer.status_code, dict(answer.headers))
+    status = int(answer.headers["grpc-status"])
+    if status == INVALID_ARGUMENT:
+        details = status_pb2.Status.FromString(base64.b64decode(answer.headers["grpc-status-details-bin"] + "=="))
+        info = error_details_pb2.ErrorInfo()
+        assert any(packed.Unpack(info) and info.reason == "DEADLINE_TOO_SHORT" for packed in details.details)
+    else:
+        # The edge's (DEADLINE_RAN_OUT_MESSAGE), or the gateway's gRPC server's when the call reached it first.
+        assert status == DEADLINE_EXCEEDED, dict(answer.headers)
 
 
 async def test_a_browser_preflight_is_answered_and_responses_expose_the_idempotency_key(

@@ -38,6 +38,7 @@ Its modules, by what they hold:
 - `served_files`: the OpenAPI document and the storefront, answered by Envoy from files;
 - `local_replies`: Envoy's own answers as google.rpc.Status JSON, the gRPC code of each HTTP status;
 - `request_limits`: the body and header size limits, and how a request over them is answered;
+- `deadlines`: a client's grpc-timeout refused when not of gRPC's form, the edge's bound as DEADLINE_EXCEEDED;
 - `head`: HEAD as GET without the body (Lua); `cors`: the CORS policy; `headers`: header hygiene;
 - `filters`: health check, compression, the transcoder; `log_fields`: the access log's fields and the span's URL;
 - `matching`: the request matchers and header actions the others share.
@@ -57,6 +58,12 @@ from .contract import (
     body_methods,
     descriptor_set,
     openapi_document,
+)
+from .deadlines import (
+    DEADLINE_RAN_OUT_MESSAGE,
+    GRPC_TIMEOUT_FORM,
+    MALFORMED_GRPC_TIMEOUT,
+    MALFORMED_GRPC_TIMEOUT_MESSAGE,
 )
 from .filters import COMPRESS_FROM_BYTES, COMPRESSED_TYPES, HEALTH_PATH
 from .headers import BINARY_METADATA_NAME, GRPC_HEADER_NAME, INVALID_METADATA_NAME
@@ -103,6 +110,7 @@ __all__ = [
     "BINARY_METADATA_NAME",
     "COMPRESSED_TYPES",
     "COMPRESS_FROM_BYTES",
+    "DEADLINE_RAN_OUT_MESSAGE",
     "DESCRIPTOR_FILE",
     "DESCRIPTOR_PACKAGE",
     "EDGE_MEMORY_LIMIT_MIB",
@@ -111,6 +119,7 @@ __all__ = [
     "GRPC_CONTENT_TYPE",
     "GRPC_HEADER_NAME",
     "GRPC_HTTP_STATUS_CODES",
+    "GRPC_TIMEOUT_FORM",
     "HEALTH_PATH",
     "INITIAL_CONNECTION_WINDOW_BYTES",
     "INITIAL_STREAM_WINDOW_BYTES",
@@ -118,6 +127,8 @@ __all__ = [
     "LOCAL_REPLY_CODES",
     "LOGGED_GRPC_STATUS",
     "LOGGED_PATH",
+    "MALFORMED_GRPC_TIMEOUT",
+    "MALFORMED_GRPC_TIMEOUT_MESSAGE",
     "MAX_CONCURRENT_STREAMS",
     "MAX_DOCUMENT_BYTES",
     "MAX_HEAP_BYTES",

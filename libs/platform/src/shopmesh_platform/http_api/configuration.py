@@ -19,6 +19,7 @@ from ..mesh.envoy import (
 )
 from .contract import api_method_paths
 from .cors import CORS, cors_policy
+from .deadlines import grpc_deadline_exceeded, grpc_malformed_timeout, malformed_grpc_timeout_refused
 from .filters import GRPC_WEB, ROUTER, compressor, health_check, transcoder
 from .head import head_as_get
 from .headers import header_hygiene
@@ -179,6 +180,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         *openapi_routes(api.openapi),
                         *storefront_routes(api.storefront),
                         *method_routes(),
+                        # Before any route that forwards gRPC: what the gateway's gRPC server must never read.
+                        malformed_grpc_timeout_refused(),
                         # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's by the
                         # time the route is chosen: ShopService's methods are all there is. Each by its path,
                         # through the buffer filter; any other method's gRPC goes on to the gateway unbuffered.
@@ -228,10 +231,12 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                     if status not in LOCAL_REPLY_CODES
                     for mapper in local_reply(status, code)
                 ),
-                # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 413 and
-                # 503 are theirs.
+                # After them: a transcoded HTTP/JSON request's content type is gRPC's by then, and its 408,
+                # 413, 503 and 504 are theirs.
                 grpc_too_large(),
                 grpc_gateway_unavailable(),
+                grpc_malformed_timeout(),
+                *grpc_deadline_exceeded(),
                 # Last: whatever error Envoy answers an HTTP/JSON client with that none of the above names.
                 unlisted_local_reply(),
             ]

@@ -336,7 +336,12 @@ def unreadable_query() -> dict[str, Any]:
 def status_as_it_is(route: str) -> dict[str, Any]:
     """The direct responses of the routes of this name, whose body is a google.rpc.Status in JSON already,
     sent as JSON."""
-    return {"filter": _cel(f"xds.route_name == '{route}'"), "body_format_override": _BODY_AS_JSON}
+    return {"filter": route_named(route), "body_format_override": _BODY_AS_JSON}
+
+
+def route_named(route: str) -> dict[str, Any]:
+    """A local-reply filter matching the replies of the routes of this name (their direct responses)."""
+    return _cel(f"xds.route_name == '{route}'")
 
 
 def request_timed_out() -> dict[str, Any]:
