@@ -730,6 +730,18 @@ async def test_a_malformed_grpc_timeout_is_refused_at_the_edge_and_never_reaches
         assert len(products.products) == 1
 
 
+@pytest.mark.parametrize("name", ["grpc-status", "grpc-retry-pushback-ms"])
+async def test_a_grpc_header_of_an_answer_in_a_grpc_web_request_is_dropped_not_a_server_error(
+    http: httpx.AsyncClient, name: str
+) -> None:
+    # The gateway's gRPC server parses them from a request too: `zzz` was INTERNAL "Error parsing ... metadata".
+    body, headers = grpc_web_list_products(ACCEPTED_DEADLINE)
+    answer = await http.post(
+        "/shopmesh.gateway.v1.ShopService/ListProducts", content=body, headers={**headers, name: "zzz"}
+    )
+    assert (answer.status_code, grpc_web_status(answer)) == (200, 0), dict(answer.headers)
+
+
 @pytest.mark.parametrize("timeout", ["0n", "1n", "1u"])
 async def test_a_deadline_that_runs_out_at_the_edge_is_deadline_exceeded_not_a_status_to_retry(
     http: httpx.AsyncClient, timeout: str

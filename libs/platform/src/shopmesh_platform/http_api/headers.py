@@ -26,6 +26,10 @@ BINARY_METADATA_NAME = r".+-bin"
 # gRPC's own headers, meaningless in an HTTP/JSON request (the transcoder frames the call itself), and
 # refused by the gRPC server when malformed (INTERNAL): `grpc-timeout: soon`, `grpc-encoding: zip`.
 GRPC_HEADER_NAME = r"grpc-.*"
+# gRPC's headers of an answer, never of a request: from a client, the gRPC server parses them all the same and
+# answers a malformed one (`grpc-status: zzz`) INTERNAL, a server error for the client's mistake. The API reads
+# none. (grpc-status-details-bin goes as binary metadata.)
+ANSWER_ONLY_GRPC_HEADERS = ("grpc-status", "grpc-message", RETRY_PUSHBACK)
 # The services' markers among themselves (the chassis' `shopmesh-final-answer`, `shopmesh-shed`): the gateway
 # relays a dependency's error with them, and they are no part of the public API, whose clients read the status.
 INTERNAL_HEADER_NAME = r"shopmesh-.*"
@@ -54,9 +58,9 @@ def header_hygiene() -> dict[str, Any]:
     access log read it), cookies (the API reads none, but a browser sends every cookie of the host, of any
     app on it, with the storefront's calls: kilobytes of metadata for the gateway), and what would reach the
     gateway as metadata its gRPC server refuses with INTERNAL instead of a client's error (a name gRPC does
-    not allow, binary metadata that may not be base64). And the services' internal markers dropped from every
-    answer, its headers and its trailers, whatever the client's protocol; ANSWER_DEFAULTS added to every answer
-    that has none of its own."""
+    not allow, binary metadata that may not be base64, gRPC's headers of an answer). And the services'
+    internal markers dropped from every answer, its headers and its trailers, whatever the client's protocol;
+    ANSWER_DEFAULTS added to every answer that has none of its own."""
     return {
         "name": "envoy.filters.http.header_mutation",
         "typed_config": {
@@ -65,6 +69,7 @@ def header_hygiene() -> dict[str, Any]:
                 "request_mutations": [
                     {"remove": "x-envoy-original-path"},
                     {"remove": "cookie"},
+                    *({"remove": name} for name in ANSWER_ONLY_GRPC_HEADERS),
                     *(_remove_matching(regex) for regex in (INVALID_METADATA_NAME, BINARY_METADATA_NAME)),
                 ],
                 # The answer's CORS headers depend on the request's origin: a shared cache keeps one copy per
