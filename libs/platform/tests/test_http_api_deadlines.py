@@ -19,6 +19,7 @@ from shopmesh_platform.http_api import (
     MALFORMED_GRPC_TIMEOUT_MESSAGE,
     PUBLIC_SERVICE,
 )
+from shopmesh_platform.http_api.local_replies import REQUEST_TIMEOUT_MESSAGE
 
 from .conftest import Edge, RecordingShop, running_edge, status_in_headers
 
@@ -101,4 +102,5 @@ def test_a_deadline_that_ends_before_the_request_has_arrived_is_deadline_exceede
     headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
     assert status_line.split()[1] == "200", answer
     status = status_in_headers(headers)
-    assert (status.code, status.message) == (grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_RAN_OUT_MESSAGE)
+    assert (status.code, status.message) == (grpc.StatusCode.DEADLINE_EXCEEDED, REQUEST_TIMEOUT_MESSAGE)
+    assert status.reason == "REQUEST_TIMEOUT", "no call was made"

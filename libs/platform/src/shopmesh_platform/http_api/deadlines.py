@@ -9,7 +9,7 @@ from typing import Any
 from google.rpc import code_pb2 as grpc_code
 from google.rpc import error_details_pb2
 
-from .local_replies import ERROR_DOMAIN, answered_over_grpc, route_named
+from .local_replies import ERROR_DOMAIN, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MESSAGE, answered_over_grpc, route_named
 from .matching import FILTER_CONFIG, GRPC, TRANSCODER_OFF
 from .routes import ROUTE_TIMEOUT
 
@@ -25,7 +25,7 @@ MALFORMED_GRPC_TIMEOUT_MESSAGE = (
     "grpc-timeout is not a gRPC deadline: send 1 to 8 digits and a unit, H, M, S, m, u or n (such as 5S)"
 )
 # The message of the DEADLINE_EXCEEDED of a call the edge's bound ended before the gateway answered (the
-# client's deadline, or the edge's ROUTE_TIMEOUT on the call or on its request's arrival).
+# client's deadline, or the edge's ROUTE_TIMEOUT when that is shorter).
 DEADLINE_RAN_OUT_MESSAGE = (
     f"the call's deadline (its grpc-timeout, or the edge's bound of {ROUTE_TIMEOUT} on every call) "
     "ran out before the gateway answered"
@@ -83,21 +83,33 @@ def grpc_malformed_timeout() -> dict[str, Any]:
     )
 
 
-# Envoy's HTTP statuses for a stream its bound ended: 504, or 408 when the request had not all arrived yet (a
-# deadline of `0n` runs out before the body is read).
-DEADLINE_STATUSES = (408, 504)
-
-
 def grpc_deadline_exceeded() -> list[dict[str, Any]]:
-    """Envoy's 504 and 408 to a gRPC or gRPC-Web client (its bound of the stream, routes.ROUTE_BOUND: the
-    client's grpc-timeout or ROUTE_TIMEOUT, or of the request's arrival, ran out) as DEADLINE_EXCEEDED, what a
-    gRPC server answers a deadline that ran out, and what HTTP/JSON clients get for them (LOCAL_REPLY_CODES).
-    Envoy's own were UNAVAILABLE for the 504 (gRPC's reading of it), which a client retries at once, and
-    UNKNOWN for the 408, both "downstream duration timeout". After local_replies.local_reply's mappers: a
-    transcoded HTTP/JSON request's 408 and 504 are theirs."""
+    """Envoy's 504 to a gRPC or gRPC-Web client that sent a deadline (its bound of the stream, routes.ROUTE_BOUND:
+    the client's grpc-timeout, or ROUTE_TIMEOUT when that is shorter, ran out before the gateway answered), and
+    its 408 to any (the request had not all arrived, in ROUTE_TIMEOUT or before a deadline of `0n` ran out: no
+    call made, as the HTTP client's 408 says) as DEADLINE_EXCEEDED, what a gRPC server answers a deadline that
+    ran out, and what HTTP/JSON clients get for them (LOCAL_REPLY_CODES). Envoy's own, to gRPC-Web, were
+    UNAVAILABLE for the 504 (gRPC's reading of it), which a client retries at once, and UNKNOWN for the 408, both
+    "downstream duration timeout". The answer is gRPC's, HTTP 200 (answered_over_grpc): a gRPC-Web call without
+    a deadline of its own keeps Envoy's 504, the gateway too slow for the edge's bound, which the availability
+    SLO counts as a 5xx. After local_replies.local_reply's mappers: a transcoded HTTP/JSON request's 408 and 504
+    are theirs."""
+    with_deadline = {"header_filter": {"header": {"name": GRPC_TIMEOUT, "present_match": True}}}
     return [
         answered_over_grpc(
-            status, f"local_reply_{status}_grpc", grpc_code.DEADLINE_EXCEEDED, DEADLINE_RAN_OUT_MESSAGE, []
-        )
-        for status in DEADLINE_STATUSES
+            504,
+            "local_reply_504_grpc",
+            grpc_code.DEADLINE_EXCEEDED,
+            DEADLINE_RAN_OUT_MESSAGE,
+            [],
+            only=[with_deadline],
+        ),
+        # The HTTP client's message and ErrorInfo (local_replies.request_timed_out): no call was made.
+        answered_over_grpc(
+            408,
+            "local_reply_408_grpc",
+            grpc_code.DEADLINE_EXCEEDED,
+            REQUEST_TIMEOUT_MESSAGE,
+            [error_details_pb2.ErrorInfo(reason=REQUEST_TIMEOUT, domain=ERROR_DOMAIN)],
+        ),
     ]
