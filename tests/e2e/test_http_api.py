@@ -28,6 +28,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis import testing
 from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_platform.http_api import (
+    INCOMPLETE_GRPC_MESSAGE_TEXT,
     MALFORMED_GRPC_TIMEOUT,
     MALFORMED_GRPC_TIMEOUT_MESSAGE,
     MAX_REQUEST_BYTES,
@@ -740,6 +741,21 @@ async def test_a_grpc_header_of_an_answer_in_a_grpc_web_request_is_dropped_not_a
         "/shopmesh.gateway.v1.ShopService/ListProducts", content=body, headers={**headers, name: "zzz"}
     )
     assert (answer.status_code, grpc_web_status(answer)) == (200, 0), dict(answer.headers)
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"\x00\x00\x00", struct.pack(">BI", 0, 1000) + b"\x08\x01"], ids=["empty", "3 bytes", "cut short"]
+)
+async def test_a_grpc_web_body_that_is_not_one_whole_message_is_the_clients_mistake(
+    http: httpx.AsyncClient, body: bytes
+) -> None:
+    # The gateway's gRPC server (grpc.aio) never answered a unary call that ended without a whole message: it
+    # waited for the edge's 30 s bound, then UNAVAILABLE, which a client retries.
+    _, headers = grpc_web_list_products(ACCEPTED_DEADLINE)
+    answer = await http.post("/shopmesh.gateway.v1.ShopService/ListProducts", content=body, headers=headers)
+    assert answer.status_code == 200, dict(answer.headers)
+    assert answer.headers["grpc-status"] == str(INVALID_ARGUMENT), dict(answer.headers)
+    assert answer.headers["grpc-message"] == INCOMPLETE_GRPC_MESSAGE_TEXT
 
 
 @pytest.mark.parametrize("timeout", ["0n", "1n", "1u"])

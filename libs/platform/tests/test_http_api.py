@@ -12,6 +12,7 @@ import pytest
 
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_platform.http_api import GRPC_CONTENT_TYPE, PUBLIC_SERVICE, descriptor_set
+from shopmesh_platform.http_api.grpc_messages import ONE_MESSAGE_FILTER
 from shopmesh_platform.ports import PortPlan
 from shopmesh_platform.processes import StackError
 from shopmesh_platform.stack import HTTP_API, Stack
@@ -44,7 +45,9 @@ def test_only_the_public_service_is_routed_to_the_gateway(tmp_path: Path) -> Non
         f"/{PUBLIC_SERVICE}/{method}"
         for method in sorted(shop_pb2.DESCRIPTOR.services_by_name["ShopService"].methods_by_name)
     ]
-    assert all("headers" not in r["match"] and "typed_per_filter_config" not in r for r in grpc_routes)
+    assert all("headers" not in r["match"] for r in grpc_routes)
+    # Each with its one request message checked whole (every method of ShopService's is unary).
+    assert all(ONE_MESSAGE_FILTER in r["typed_per_filter_config"] for r in grpc_routes)
     prefixed = [r for r in host["routes"] if "route" in r and "prefix" in r["match"]]
     # Any other method of ShopService's, over gRPC only, goes to the gateway unbuffered: answered on its headers.
     [unknown] = [r for r in prefixed if r["match"]["prefix"] == f"/{PUBLIC_SERVICE}/"]

@@ -38,6 +38,7 @@ Its modules, by what they hold:
 - `served_files`: the OpenAPI document and the storefront, answered by Envoy from files;
 - `local_replies`: Envoy's own answers as google.rpc.Status JSON, the gRPC code of each HTTP status;
 - `request_limits`: the body and header size limits, and how a request over them is answered;
+- `grpc_messages`: a gRPC call's body refused unless it is one whole message;
 - `deadlines`: a client's grpc-timeout refused when not of gRPC's form, the edge's bound as DEADLINE_EXCEEDED;
 - `head`: HEAD as GET without the body (Lua); `cors`: the CORS policy; `headers`: header hygiene;
 - `filters`: health check, compression, the transcoder; `log_fields`: the access log's fields and the span's URL;
@@ -66,6 +67,7 @@ from .deadlines import (
     MALFORMED_GRPC_TIMEOUT_MESSAGE,
 )
 from .filters import COMPRESS_FROM_BYTES, COMPRESSED_TYPES, HEALTH_PATH
+from .grpc_messages import INCOMPLETE_GRPC_MESSAGE, INCOMPLETE_GRPC_MESSAGE_TEXT
 from .headers import BINARY_METADATA_NAME, GRPC_HEADER_NAME, INVALID_METADATA_NAME
 from .local_replies import (
     EXPLAINED_LOCAL_REPLIES,
@@ -121,6 +123,8 @@ __all__ = [
     "GRPC_HTTP_STATUS_CODES",
     "GRPC_TIMEOUT_FORM",
     "HEALTH_PATH",
+    "INCOMPLETE_GRPC_MESSAGE",
+    "INCOMPLETE_GRPC_MESSAGE_TEXT",
     "INITIAL_CONNECTION_WINDOW_BYTES",
     "INITIAL_STREAM_WINDOW_BYTES",
     "INVALID_METADATA_NAME",

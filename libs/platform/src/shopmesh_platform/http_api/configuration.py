@@ -17,10 +17,11 @@ from ..mesh.envoy import (
     socket_address,
     tracing,
 )
-from .contract import api_method_paths
+from .contract import PUBLIC_SERVICE, api_methods, single_request_methods
 from .cors import CORS, cors_policy
 from .deadlines import grpc_deadline_exceeded, grpc_malformed_timeout, malformed_grpc_timeout_refused
 from .filters import GRPC_WEB, ROUTER, compressor, health_check, transcoder
+from .grpc_messages import one_message_check, one_message_required
 from .head import head_as_get
 from .headers import header_hygiene
 from .local_replies import (
@@ -135,6 +136,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             "client_sampling": {"value": 0},
             "custom_tags": [{"tag": "http.url", "value": SPAN_URL}],
         }
+    single_request = set(single_request_methods())
     manager: dict[str, Any] = {
         "@type": _HCM,
         "stat_prefix": "http_api",
@@ -187,11 +189,16 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         # through the buffer filter; any other method's gRPC goes on to the gateway unbuffered.
                         *(
                             {
-                                "match": {"path": path},
+                                "match": {"path": f"/{PUBLIC_SERVICE}/{method}"},
                                 "route": {"cluster": "gateway", **ROUTE_BOUND},
                                 "decorator": {"operation": "public API", "propagate": False},
+                                **(
+                                    {"typed_per_filter_config": one_message_required()}
+                                    if method in single_request
+                                    else {}
+                                ),
                             }
-                            for path in api_method_paths()
+                            for method in api_methods()
                         ),
                         *declared_too_large(),
                         unknown_method_forwarded(),
@@ -258,6 +265,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 "name": "envoy.filters.http.buffer",
                 "typed_config": {"@type": BUFFER, "max_request_bytes": MAX_REQUEST_BYTES},
             },
+            # After the buffer filter, which has the body whole by then; before the transcoder, whose HTTP/JSON
+            # request takes no route that enables it.
+            one_message_check(),
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder(api.descriptor)},
             # After the transcoder, so before it on the way out: the gateway's answer as it came.
             gateway_status(),

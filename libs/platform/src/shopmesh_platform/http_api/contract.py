@@ -79,6 +79,21 @@ def api_methods() -> list[str]:
     )
 
 
+def single_request_methods() -> list[str]:
+    """ShopService's methods whose client sends one message (unary, or server streaming), by name."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set().read_bytes())
+    package, service = PUBLIC_SERVICE.rsplit(".", 1)
+    return sorted(
+        method.name
+        for file in files.file
+        if file.package == package
+        for declared in file.service
+        if declared.name == service
+        for method in declared.method
+        if not method.client_streaming
+    )
+
+
 def api_method_paths() -> list[str]:
     """The gRPC paths of ShopService's methods (`/shopmesh.gateway.v1.ShopService/GetOrder`). Exact paths, one
     route each: a regex of them all is past the size Envoy allows an RE2 program."""

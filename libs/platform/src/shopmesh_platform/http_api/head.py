@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 
 # HEAD of a GET of the API (RFC 9110: a resource that takes GET takes HEAD, answered with GET's status and
@@ -45,7 +45,7 @@ def head_as_get() -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.lua",
         "typed_config": {
-            "@type": _LUA,
+            "@type": LUA,
             "default_source_code": {"inline_string": _HEAD_BODY_DROPPED_SCRIPT},
             "source_codes": {HEAD_AS_GET: {"inline_string": _HEAD_AS_GET_SCRIPT}},
         },
