@@ -506,7 +506,8 @@ class DeferredJetStream:
 
     def _reconnected(self) -> None:
         # NATS may be back without its store, the stream already created again by a consumer reconnecting
-        # first (every 0.5 s) with that consumer's settings. Before the start's declaration, that one will do.
+        # first (0.5 s after an interruption, doubling up to 10 s) with that consumer's settings. Before the
+        # start's declaration, that one will do.
         if self._publisher is not None:
             self._declare_again("reconnected")
 
