@@ -630,10 +630,10 @@ def test_the_dashboards_budget_counts_every_call_alike(rendered: dict[tuple[str,
 def test_the_gateways_deadline_floor_is_the_latency_threshold(
     helm_dir: Path, threshold: float | None, floor: float
 ) -> None:
-    """The gateway refuses a client's deadline below MIN_CLIENT_DEADLINE_SECONDS; at the latency threshold, a
-    DEADLINE_EXCEEDED the availability SLO counts is a call that missed the latency SLO too, and no client can
-    burn the availability budget with deadlines no answer could meet. A threshold changed in values moves the
-    floor with it."""
+    """The gateway refuses a client's deadline below MIN_CLIENT_DEADLINE_SECONDS plus the chassis' skew
+    tolerance; at the latency threshold, a DEADLINE_EXCEEDED the availability SLO counts is a call that missed
+    the latency SLO too, and no client can burn the availability budget with deadlines no answer could meet.
+    A threshold changed in values moves the floor with it."""
     values: dict[str, Any] = {} if threshold is None else {"slo": {"latency": {"thresholdSeconds": threshold}}}
     data = find(objects_of(helm_dir, SERVICE, values), "ConfigMap", SERVICE)["data"]
     settings = load_settings(GatewaySettings, min_client_deadline_seconds=data["MIN_CLIENT_DEADLINE_SECONDS"])

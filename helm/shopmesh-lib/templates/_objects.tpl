@@ -93,8 +93,9 @@ spec:
 {{- $_ := set $data "SMTP_USE_TLS" $c.email.useTLS -}}
 {{- end -}}
 {{- /* The public API's service (the gateway, whose SLOs these are) refuses a client's deadline below its
-     floor: at the latency threshold, a DEADLINE_EXCEEDED the availability SLO counts is a latency miss too,
-     and no client burns the availability budget with deadlines no answer could meet (docs/operations.md). */ -}}
+     floor, the latency threshold plus the chassis' skew tolerance (added by the gateway: guard.deadline_floor):
+     a DEADLINE_EXCEEDED the availability SLO counts is a latency miss too, and no client burns the
+     availability budget with deadlines no answer could meet (docs/operations.md). */ -}}
 {{- if $c.monitoring.slo.enabled -}}
 {{- $_ := set $data "MIN_CLIENT_DEADLINE_SECONDS" $c.monitoring.slo.thresholdSeconds -}}
 {{- end -}}

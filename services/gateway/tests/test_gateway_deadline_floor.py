@@ -1,7 +1,8 @@
-"""A client's deadline shorter than the gateway's floor (MIN_CLIENT_DEADLINE_SECONDS) is its own mistake: the
-gateway refuses it INVALID_ARGUMENT at once, before any call of its own, so that no DEADLINE_EXCEEDED is
-counted, in the gateway or behind it. Counted, such calls were server errors for the availability SLO and
-ShopmeshServerErrors: any anonymous client could page on-call with tiny deadlines."""
+"""A client's deadline shorter than the gateway's floor (MIN_CLIENT_DEADLINE_SECONDS, the latency threshold, plus
+the chassis' DEADLINE_SKEW_TOLERANCE_SECONDS) is its own mistake: the gateway refuses it INVALID_ARGUMENT at
+once, before any call of its own, so that no DEADLINE_EXCEEDED is counted, in the gateway or behind it.
+Counted, such calls were server errors for the availability SLO and ShopmeshServerErrors: any anonymous client
+could page on-call with tiny deadlines, or with one a little above the threshold that it cancelled itself."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_chassis.config import ConfigError, ServiceSettings, load_settings
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
+from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.testing import eventually, serve_in_process
+from shopmesh_gateway.guard import deadline_floor
 from shopmesh_gateway.settings import GatewaySettings
 
 from .gateway_fakes import fakes_serving
@@ -98,7 +101,7 @@ async def test_calls_with_deadlines_below_the_floor_are_refused_invalid_argument
             assert details.code == grpc.StatusCode.INVALID_ARGUMENT, refusal
             assert details.reason == "DEADLINE_TOO_SHORT"
             assert [(v.field, v.reason) for v in details.field_violations] == [("grpc-timeout", "DEADLINE_TOO_SHORT")]
-            assert "5000 ms" in details.field_violations[0].description
+            assert f"{round(deadline_floor(FLOOR) * 1000)} ms" in details.field_violations[0].description
             # Trailers-only: the refusal came before the handler sent anything.
             assert not refusal.initial_metadata()
 
@@ -146,3 +149,36 @@ def test_a_negative_endless_or_huge_floor_is_refused_at_startup(value: str) -> N
 def test_the_default_floor_is_the_latency_slos_threshold() -> None:
     # The charts' slo.latency.thresholdSeconds (0.25 s), which they set the floor from in turn.
     assert load_settings(GatewaySettings).min_client_deadline_seconds == 0.25
+
+
+def test_the_floor_is_the_threshold_plus_the_chassis_skew_tolerance() -> None:
+    # What the chassis counts DEADLINE_EXCEEDED when its caller cancels: at most the tolerance left.
+    assert deadline_floor(0.25) == 0.25 + DEADLINE_SKEW_TOLERANCE_SECONDS
+    assert deadline_floor(0.0) == 0.0
+
+
+async def test_a_client_cancelling_in_its_deadlines_last_stretch_under_the_floor_is_no_deadline_miss() -> None:
+    """The audit's case: at the default threshold (0.25 s), a client sending 0.3 s and cancelling after 0.21 s,
+    within the latency SLO, left the chassis at most its skew tolerance, and the gateway and catalog behind it
+    counted DEADLINE_EXCEEDED: the availability budget spent by the client's choice. Now the deadline is
+    below the floor, refused before any work."""
+    async with slow_catalog_behind_gateway(work_seconds=2.0) as (catalog, catalog_server, gateway):
+
+        async def call() -> None:
+            answer = gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=0.3)
+            await asyncio.sleep(0.21)
+            answer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await answer
+
+        for _ in range(CALLS):
+            await call()
+        await eventually(
+            lambda: sum(handled(gateway.server, SHOP_LIST).values()) == CALLS, "every call counted by the gateway"
+        )
+        assert "DEADLINE_EXCEEDED" not in handled(gateway.server, SHOP_LIST), handled(gateway.server, SHOP_LIST)
+        await eventually(
+            lambda: sum(handled(catalog_server, CATALOG_LIST).values()) == catalog.calls,
+            "every call catalog got counted",
+        )
+        assert "DEADLINE_EXCEEDED" not in handled(catalog_server, CATALOG_LIST), handled(catalog_server, CATALOG_LIST)

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.token_buckets import TokenBuckets
 from shopmesh_gateway.tokens import TOKEN_INVALID, TOKEN_MISSING, TokenVerifier
 
@@ -208,6 +209,24 @@ def acting_for(context: Context, user_id: str | None) -> Iterator[None]:
         call_context.leave(token)
 
 
+def deadline_floor(latency_threshold_seconds: float) -> float:
+    """The shortest deadline the gateway admits for a latency threshold (MIN_CLIENT_DEADLINE_SECONDS, the
+    latency SLO's): the threshold plus the chassis' DEADLINE_SKEW_TOLERANCE_SECONDS; 0 (no threshold): no floor.
+
+    Not the threshold alone: every service's chassis counts a caller's own cancel that leaves it at most the
+    tolerance of its deadline as DEADLINE_EXCEEDED (`cancelled_call_code`), a server error. With the floor at
+    the threshold, a client sending 0.3 s and cancelling after 0.21 s was counted DEADLINE_EXCEEDED by the
+    gateway and by catalog behind it (whose deadline is the gateway's, read later, so it ends no sooner),
+    though answered within the latency SLO: anyone could spend the availability budget and page. With the
+    tolerance added, a call any of them counts DEADLINE_EXCEEDED, its deadline passed or its client cancelling
+    in the deadline's last stretch, had at least the threshold of its deadline run: a latency miss too.
+    Raising the floor here, not narrowing the chassis' rule: a service behind the gateway knows no SLO
+    threshold, and the rule is for its loaded servers' misses (see the constant)."""
+    if latency_threshold_seconds <= 0:
+        return 0.0
+    return latency_threshold_seconds + DEADLINE_SKEW_TOLERANCE_SECONDS
+
+
 class Guard:
     def __init__(
         self,
@@ -217,22 +236,20 @@ class Guard:
         *,
         password_buckets: TokenBuckets[str],
         password_site_buckets: TokenBuckets[str],
-        min_deadline_seconds: float = 0.0,
+        latency_threshold_seconds: float = 0.0,
     ) -> None:
         self._verifier = verifier
-        self._min_deadline_seconds = min_deadline_seconds
+        self._min_deadline_seconds = deadline_floor(latency_threshold_seconds)
         self._buckets = buckets
         self._password_buckets = password_buckets
         self._password_site_buckets = password_site_buckets
         self._trusted_proxies = tuple(trusted_proxies)
 
     def admit_deadline(self, context: Context) -> None:
-        """INVALID_ARGUMENT for a call with less time left than the floor (MIN_CLIENT_DEADLINE_SECONDS), before
-        any work. A deadline that runs out while the gateway works is counted DEADLINE_EXCEEDED, here and in
-        each service it called, and that is a server error the availability SLO and ShopmeshServerErrors
-        count: any client could page on-call by sending deadlines shorter than any answer takes. With the floor
-        at the latency SLO's threshold, a deadline miss the availability SLO counts is a call that was too slow
-        for the latency SLO as well, not a client's choice."""
+        """INVALID_ARGUMENT for a call with less time left than the floor (`deadline_floor`), before any work.
+        A deadline that runs out while the gateway works is counted DEADLINE_EXCEEDED, here and in each service
+        it called, and that is a server error the availability SLO and ShopmeshServerErrors count: any client
+        could page on-call by sending deadlines shorter than any answer takes."""
         remaining = context.time_remaining()
         # grpcio gives None, or an enormous number, for a call without a deadline: neither is below the floor.
         if remaining is None or remaining >= self._min_deadline_seconds:

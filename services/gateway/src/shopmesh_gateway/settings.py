@@ -19,6 +19,7 @@ from shopmesh_chassis.config import (
     ServiceName,
     ServiceSettings,
 )
+from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_gateway.guard import UNIX_PEERS, TrustedProxy, is_trusted_proxy
 
 
@@ -50,14 +51,18 @@ class GatewaySettings(ServiceSettings):
     orders_timeout_seconds: OutboundTimeout = 15.0
     notifications_timeout_seconds: OutboundTimeout = 2.0
 
-    # The shortest deadline a client may send, as the time left when the gateway gets the call: one shorter is
-    # refused INVALID_ARGUMENT (DEADLINE_TOO_SHORT) before any work. A deadline that runs out while the gateway
-    # and its services work is counted DEADLINE_EXCEEDED, a server error for the availability SLO and
-    # ShopmeshServerErrors, so without a floor any client could page on-call with tiny deadlines. The default
-    # is the latency SLO's threshold (the chart's slo.latency.thresholdSeconds, 0.25 s): a deadline miss the
-    # availability SLO counts is then a call too slow for the latency SLO too. 0: no floor. At most 30 s, the
-    # HTTP edge's bound of every call (its longer grpc-timeout is cut to it): above, it would refuse them all.
-    min_client_deadline_seconds: float = Field(default=0.25, ge=0, le=30, allow_inf_nan=False)
+    # The latency SLO's threshold (the chart's slo.latency.thresholdSeconds, 0.25 s), from which the gateway's
+    # deadline floor is made: a client's deadline shorter than it plus the chassis' skew tolerance (0.1 s),
+    # as the time left when the gateway gets the call, is refused INVALID_ARGUMENT (DEADLINE_TOO_SHORT) before
+    # any work (guard.deadline_floor says why the tolerance). A deadline that runs out while the gateway and its
+    # services work is counted DEADLINE_EXCEEDED, a server error for the availability SLO and
+    # ShopmeshServerErrors, so without a floor any client could page on-call with tiny deadlines; with it, a
+    # call counted so had at least the threshold, and missed the latency SLO too. 0: no floor. The floor at most
+    # 30 s, the HTTP edge's bound of every call (its longer grpc-timeout is cut to it): above, it would refuse
+    # them all.
+    min_client_deadline_seconds: float = Field(
+        default=0.25, ge=0, le=30 - DEADLINE_SKEW_TOLERANCE_SECONDS, allow_inf_nan=False
+    )
 
     # Token bucket per client (the token's subject, else the peer address), in memory per replica.
     rate_limit_per_second: float = Field(default=20.0, gt=0)

@@ -105,7 +105,7 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
             settings.trusted_proxy_networks,
             password_buckets=password_buckets,
             password_site_buckets=password_site_buckets,
-            min_deadline_seconds=settings.min_client_deadline_seconds,
+            latency_threshold_seconds=settings.min_client_deadline_seconds,
         ),
         users=users,
         catalog=catalog,

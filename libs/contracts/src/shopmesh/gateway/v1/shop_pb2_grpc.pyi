@@ -20,8 +20,8 @@ domain "shopmesh.gateway". The gateway may also fail with
 RESOURCE_EXHAUSTED (reason RATE_LIMITED, with RetryInfo: retry after its
 delay), and with INVALID_ARGUMENT (reason DEADLINE_TOO_SHORT, a BadRequest
 field violation of field "grpc-timeout") at once, before any work, for a
-call whose deadline leaves less than its floor, 250 ms by default (the
-latency SLO's threshold): send a longer deadline. The HTTP/gRPC-Web edge in front of it also answers
+call whose deadline leaves less than its floor, 350 ms by default (the
+latency SLO's threshold plus 100 ms): send a longer deadline. The HTTP/gRPC-Web edge in front of it also answers
 RESOURCE_EXHAUSTED, to a request over 1 MiB: reason REQUEST_TOO_LARGE,
 domain "shopmesh.gateway", metadata max_request_bytes, no RetryInfo. The
 same request is refused again, so it must not be retried.
