@@ -15,6 +15,8 @@ not turn the suite green without it.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -76,10 +78,34 @@ def _tracing() -> None:
     configure_tracing("shopmesh-tests", endpoint=None)
 
 
+# The session's `postgres` server, once a test has asked for it.
+_session_postgres: list[PostgresServer] = []
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     with postgres_server() as server:
-        yield server
+        _session_postgres.append(server)
+        try:
+            yield server
+        finally:
+            _session_postgres.remove(server)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_the_modules_databases() -> Iterator[None]:
+    """Drops the databases a test module made on the session's `postgres` once the module is done (its own
+    module-scoped fixtures, set up after this one, are torn down before it), so that a worker's server holds
+    one module's databases, not the whole run's. No fixture wider than a module makes one."""
+    before = len(_session_postgres[0].created) if _session_postgres else 0
+    yield
+    if not _session_postgres:
+        return
+    server = _session_postgres[0]
+    # A test that stopped the server and left it stopped: its databases go with the server's folder.
+    with contextlib.suppress(subprocess.CalledProcessError):
+        server.drop_databases(server.created[before:])
+    del server.created[before:]
 
 
 @pytest.fixture
