@@ -108,7 +108,7 @@ def renderings(
 
     def docs(chart: str, value_set: str, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         texts = render.render(helm_dir, chart, value_set, values=values).values()
-        return [doc for manifest in texts for doc in yaml.safe_load_all(manifest) if doc]
+        return [doc for manifest in texts for doc in render.documents(manifest)]
 
     result = {
         f"{value_set}/{chart}": docs(chart, value_set) if rendered is None else rendered[value_set, chart]

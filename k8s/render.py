@@ -47,6 +47,13 @@ sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
 from shopmesh_platform.topology import SERVICES  # noqa: E402
 
 
+def documents(text: str) -> list[Any]:
+    """The non-empty YAML documents of `text`, parsed by libyaml when PyYAML has it: the pure-Python parser
+    took over a minute of the Kubernetes tests (a minute and more on a loaded machine) to read the renders."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [doc for doc in yaml.load_all(text, Loader=loader) if doc]
+
+
 def service_charts() -> list[str]:
     return list(SERVICES)
 
@@ -165,7 +172,7 @@ def istio_tracing(helm_dir: Path, values: dict[str, Any] | None = None) -> dict[
     value set (or `values`) renders it: the chart is the one place they are written. No Telemetry (no
     endpoint): no provider."""
     texts = render(helm_dir, UMBRELLA, "istio", values=values).values()
-    docs = [d for text in texts for d in yaml.safe_load_all(text) if d]
+    docs = [d for text in texts for d in documents(text)]
     providers = {
         provider["name"]
         for d in docs
@@ -200,7 +207,7 @@ def secrets_read(helm_dir: Path, values: dict[str, Any]) -> list[str]:
     one its predecessor did not."""
     texts = render(helm_dir, UMBRELLA, "custom", values=values).values()
     names: set[str] = set()
-    for doc in (d for text in texts for d in yaml.safe_load_all(text) if d):
+    for doc in (d for text in texts for d in documents(text)):
         if doc["kind"] not in ("Deployment", "Pod"):
             continue
         pod = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc.get("spec", {})

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from .k8skit import Docs, render, tool
 
@@ -102,6 +101,6 @@ def rendered(render_dir: Path) -> dict[tuple[str, str], Docs]:
         for chart in render.all_charts():
             docs: Docs = []
             for path in sorted((render_dir / value_set / chart).rglob("*.yaml")):
-                docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+                docs.extend(render.documents(path.read_text()))
             result[value_set, chart] = docs
     return result

@@ -21,7 +21,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 
 from shopmesh_chassis.testing import free_ports
 from shopmesh_platform.http_api import MAX_HEAP_BYTES, METRICS_PATH
@@ -72,7 +71,7 @@ def tool(name: str) -> str:
 def objects_of(helm_dir: Path, chart: str, values: dict[str, Any]) -> Docs:
     """Every object `chart` renders with `values` (in place of a value set's file), hooks included."""
     texts = render.render(helm_dir, chart, "custom", values=values).values()
-    return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+    return [doc for text in texts for doc in render.documents(text)]
 
 
 def peers_by_port(rules: list[dict[str, Any]], key: str) -> dict[int, list[dict[str, Any]]]:

@@ -72,7 +72,7 @@ def test_each_service_starts_with_the_settings_its_pod_is_given(
     helm_dir: Path, value_set: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     texts = render.render(helm_dir, "shopmesh", value_set).values()
-    docs = [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+    docs = [doc for text in texts for doc in render.documents(text)]
     for service in SERVICES:
         settings = loaded(service, pod_environment(docs, service, tmp_path / service), monkeypatch)
         pod = find(docs, "Deployment", service)["spec"]["template"]["spec"]

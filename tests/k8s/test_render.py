@@ -13,7 +13,6 @@ from typing import Any
 import helm_python as helm
 import kubernetes_validate
 import pytest
-import yaml
 from kubernetes_validate import utils as kv_utils
 
 from shopmesh_platform.topology import SERVICES
@@ -76,9 +75,8 @@ def _unique_objects(render_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     """Every rendered object once (the umbrella and a service chart alone render many identical ones)."""
     seen: dict[str, tuple[str, dict[str, Any]]] = {}
     for path in sorted(render_dir.rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                seen.setdefault(json.dumps(doc, sort_keys=True), (str(path.relative_to(render_dir)), doc))
+        for doc in render.documents(path.read_text()):
+            seen.setdefault(json.dumps(doc, sort_keys=True), (str(path.relative_to(render_dir)), doc))
     return list(seen.values())
 
 

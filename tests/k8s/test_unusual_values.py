@@ -218,7 +218,7 @@ def test_the_edges_prestop_sleep_is_not_rendered_for_a_kubernetes_that_drops_it(
     if refusal:
         assert "1.30" in refusal, refusal
         return
-    docs = [doc for text in out.values() for doc in yaml.safe_load_all(text) if doc]
+    docs = [doc for text in out.values() for doc in render.documents(text)]
     containers = find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
     hooks = [c["lifecycle"]["preStop"] for c in containers if "preStop" in c.get("lifecycle", {})]
     assert not [hook for hook in hooks if "sleep" in hook], hooks

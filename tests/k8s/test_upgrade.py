@@ -312,7 +312,7 @@ def test_the_dev_infrastructure_applies_over_an_earlier_one() -> None:
     fields an update cannot change."""
     seen = set()
     for text in render.infra_manifests().values():
-        for doc in (d for d in yaml.safe_load_all(text) if d):
+        for doc in render.documents(text):
             kind, name = doc["kind"], doc["metadata"]["name"]
             if (kind, name) in INFRA_FIXED:
                 seen.add((kind, name))

@@ -15,7 +15,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.sample.v1 import sample_pb2
@@ -63,8 +62,8 @@ def _render_module() -> ModuleType:
 def _test_pod_command(render: ModuleType, helm_dir: Path, chart: str, value_set: str) -> list[str]:
     """The command of the chart's `helm test` pod, as rendered."""
     for text in render.render(helm_dir, chart, value_set).values():
-        for doc in yaml.safe_load_all(text):
-            if doc and doc["kind"] == "Pod" and doc["metadata"]["name"] == f"{chart}-health-test":
+        for doc in render.documents(text):
+            if doc["kind"] == "Pod" and doc["metadata"]["name"] == f"{chart}-health-test":
                 command: list[str] = doc["spec"]["containers"][0]["command"]
                 return command
     raise AssertionError(f"the {chart} chart renders no test pod for {value_set}")
