@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry
 
-from shopmesh_chassis.consumer import Event, EventConsumer, filter_of
+from shopmesh_chassis.consumer import SLOTS_READ_SECONDS, Event, EventConsumer, filter_of
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import REPLAY_STREAM, DeadLetters, replay_durable
 from shopmesh_chassis.metrics import EventMetrics
@@ -86,8 +86,9 @@ class OverdueReplica(NamedTuple):
 
 def overdue_older_replica(db: Database, nats_srv: NatsServer, **options: Any) -> OverdueReplica:
     """A replica of the older release (OLD subjects) for the bounded hand-back: it hands back at once (0.05 s),
-    an event is overdue 120 s after it was stored by its held clock, and a lost delivery comes back after
-    SHORT_ACK_WAIT; its outcomes counted in its own registry. `options` override or add to these."""
+    an event is overdue 120 s after it was stored by its held clock, its durable's slots are read at each
+    overdue delivery, and a lost delivery comes back after SHORT_ACK_WAIT; its outcomes counted in its own
+    registry. `options` override or add to these."""
     clock = HeldClock()
     registry = CollectorRegistry()
     settings: dict[str, Any] = {
@@ -97,6 +98,9 @@ def overdue_older_replica(db: Database, nats_srv: NatsServer, **options: Any) ->
         "handback_max_seconds": 120,
         "clock": clock,
         "ack_wait_seconds": SHORT_ACK_WAIT,
+        # Not the count read before the clock was moved on (no slot taken then), good for SLOTS_READ_SECONDS:
+        # each park waited those 5 s out, in every test of a park.
+        "slots_read_seconds": 0,
         "metrics": EventMetrics(registry),
     }
     settings |= options
@@ -334,7 +338,11 @@ async def test_events_handed_back_past_the_bound_do_not_stall_the_replicas_own_e
 ) -> None:
     # A full rollback while the newer subject is still published, with max_ack_pending 5 standing for 1000.
     await run_newer_release_once(db, nats_srv)
-    older, clock, registry = overdue_older_replica(db, nats_srv, max_ack_pending=5)
+    # The count read once per SLOTS_READ_SECONDS, as a replica reads it: several overdue deliveries judged by one
+    # read, which the other tests of a park (reading it at each) do not go through.
+    older, clock, registry = overdue_older_replica(
+        db, nats_srv, max_ack_pending=5, slots_read_seconds=SLOTS_READ_SECONDS
+    )
     older.start()
     await subscribed(older)
     assert (await client.jetstream().consumer_info("THINGS", "tester")).config.max_ack_pending == 5
