@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,8 @@ def helm_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def render_dir(helm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("render") / "render"
+    # In a folder of its own beside PINNED, which checkov reads as a whole (checked_dir), its output kept out.
+    out = tmp_path_factory.mktemp("render") / "checked" / "render"
     render.write_all(helm_dir, out)
     yield out
     run = _checkov["run"]
@@ -51,22 +53,48 @@ _checkov: dict[str, CheckovRun | None] = {"run": None}
 
 
 @pytest.fixture(scope="session")
-def checkov_report(render_dir: Path) -> CheckovRun:
-    """checkov over the whole render folder, once. Started as soon as the manifests exist (see
-    `start_checkov`), so that its half minute overlaps the other tests."""
-    return start_checkov(render_dir)
+def checkov_report(render_dir: Path, helm_dir: Path) -> CheckovRun:
+    """checkov over the whole render folder and the pinned renders, once. Started as soon as the manifests
+    exist (see `start_checkov`), so that its half minute overlaps the other tests."""
+    return start_checkov(render_dir, helm_dir)
 
 
-def start_checkov(render_dir: Path) -> CheckovRun:
+# Beside the render in the folder checkov reads: the gateway of the staging+istio set with its image pinned by
+# digest, and with the edge's Envoy image pinned too (test_checkov_finds_nothing_once_the_images_are_pinned).
+PINNED = "pinned"
+DIGEST = "sha256:" + "0" * 64
+PINNINGS: dict[str, dict[str, Any]] = {
+    "service": {},
+    "both": {"httpApi": {"image": f"envoyproxy/envoy-distroless:v1.40.0@{DIGEST}"}},
+}
+
+
+def checked_dir(render_dir: Path) -> Path:
+    """The folder checkov reads: the render and the pinned renders (its report's paths start /render/, /pinned/)."""
+    return render_dir.parent
+
+
+def write_pinned(helm_dir: Path, render_dir: Path) -> None:
+    for name, extra in PINNINGS.items():
+        pin = {"image": {"digest": DIGEST}}
+        values = render.merged_values(render.values_for("staging+istio", helm_dir), pin, extra)
+        target = checked_dir(render_dir) / PINNED / name / "gateway.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("\n---\n".join(render.render(helm_dir, "gateway", "custom", values=values).values()))
+
+
+def start_checkov(render_dir: Path, helm_dir: Path) -> CheckovRun:
     if _checkov["run"] is None:
-        # Beside the render folder, not in it: checkov reads every file there.
-        stdout, stderr = render_dir.parent / "checkov.json", render_dir.parent / "checkov.err"
+        # One checkov run for both tests: each start of checkov alone costs ~6 s of CPU.
+        write_pinned(helm_dir, render_dir)
+        # Outside the folder it reads: checkov reads every file there.
+        stdout, stderr = checked_dir(render_dir).parent / "checkov.json", checked_dir(render_dir).parent / "checkov.err"
         with stdout.open("wb") as out, stderr.open("wb") as err:
             process = subprocess.Popen(
                 [
                     tool("checkov"),
                     "--directory",
-                    str(render_dir),
+                    str(checked_dir(render_dir)),
                     "--framework",
                     "kubernetes",
                     "--output",
@@ -90,7 +118,7 @@ def _checkov_early(request: pytest.FixtureRequest) -> None:
     if "PYTEST_XDIST_WORKER" in os.environ:
         return
     if any(item.name == "test_checkov_finds_nothing" for item in request.session.items):
-        start_checkov(request.getfixturevalue("render_dir"))
+        start_checkov(request.getfixturevalue("render_dir"), request.getfixturevalue("helm_dir"))
 
 
 @pytest.fixture(scope="session")

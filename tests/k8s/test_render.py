@@ -17,7 +17,7 @@ from kubernetes_validate import utils as kv_utils
 
 from shopmesh_platform.topology import SERVICES
 
-from .conftest import CheckovRun
+from .conftest import PINNED, PINNINGS, CheckovRun
 from .k8skit import KUBERNETES_VERSION, ROOT, Docs, dockerfiles, render, tool
 
 # Custom resources (Prometheus Operator, Istio, Linkerd): not in Kubernetes' own schemas.
@@ -105,13 +105,18 @@ def test_kubernetes_validate_rejects_an_unknown_field() -> None:
         kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
 
 
-def test_checkov_finds_nothing(checkov_report: CheckovRun) -> None:
-    """One checkov run over every rendered set and the dev infra: no failed check, and every skipped
-    check carries its reason (the charts' `checkov.io/skip-*: ID=reason` annotations)."""
+def checkov_reports(checkov_report: CheckovRun) -> list[dict[str, Any]]:
     returncode, stdout, stderr = checkov_report.finished(timeout=600)
     assert returncode == 0, stderr[-3000:]
     reports = json.loads(stdout)
-    reports = reports if isinstance(reports, list) else [reports]
+    return reports if isinstance(reports, list) else [reports]
+
+
+def test_checkov_finds_nothing(checkov_report: CheckovRun) -> None:
+    """One checkov run over every rendered set, the dev infra and the pinned renders (the test below): no
+    failed check, and every skipped check carries its reason (the charts' `checkov.io/skip-*: ID=reason`
+    annotations)."""
+    reports = checkov_reports(checkov_report)
     failed = [
         f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
         for r in reports
@@ -129,42 +134,23 @@ def test_checkov_finds_nothing(checkov_report: CheckovRun) -> None:
     assert sum(r["summary"]["parsing_errors"] for r in reports) == 0
 
 
-def test_checkov_finds_nothing_once_the_images_are_pinned(helm_dir: Path, tmp_path: Path) -> None:
+def test_checkov_finds_nothing_once_the_images_are_pinned(checkov_report: CheckovRun) -> None:
     """skaffold pins each service's image by its digest (image.digest), and the tag-only skip of CKV_K8S_43
     goes away with it. The gateway's pod has a second image, the edge's Envoy (httpApi.image, by tag unless
     given with its digest): pinning the service's image alone must leave a skip that says so, not a failed
-    check; pinning both, none is needed."""
-    digest = "sha256:" + "0" * 64
-    pinned = {"service": {}, "both": {"httpApi": {"image": f"envoyproxy/envoy-distroless:v1.40.0@{digest}"}}}
-    for name, extra in pinned.items():
-        values = render.merged_values(
-            render.values_for("staging+istio", helm_dir), {"image": {"digest": digest}}, extra
-        )
-        target = tmp_path / "render" / name / "gateway.yaml"
-        target.parent.mkdir(parents=True)
-        target.write_text("\n---\n".join(render.render(helm_dir, "gateway", "custom", values=values).values()))
-    proc = subprocess.run(
-        [
-            tool("checkov"),
-            *("--directory", str(tmp_path / "render"), "--framework", "kubernetes", "--output", "json"),
-            *("--compact", "--skip-download", "--soft-fail"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = json.loads(proc.stdout)
-    reports = reports if isinstance(reports, list) else [reports]
-    results = [r["results"] for r in reports]
-    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']})" for r in results for c in r["failed_checks"]]
+    check; pinning both, none is needed. The gateway renders so pinned (conftest's PINNINGS) are in the
+    session's checkov run, under /pinned/<pinning>/."""
+    results = [r["results"] for r in checkov_reports(checkov_report)]
+
+    def pinned(outcome: str) -> list[dict[str, Any]]:
+        return [c for r in results for c in r[outcome] if c["file_path"].startswith(f"/{PINNED}/")]
+
+    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']})" for c in pinned("failed_checks")]
     assert not failed, "\n".join(failed)
-    digest_skips = {
-        c["file_path"].split("/")[1] for r in results for c in r["skipped_checks"] if c["check_id"] == "CKV_K8S_43"
-    }
+    digest_skips = {c["file_path"].split("/")[2] for c in pinned("skipped_checks") if c["check_id"] == "CKV_K8S_43"}
     assert digest_skips == {"service"}, digest_skips
-    assert sum(r["summary"]["passed"] for r in reports) > 100
+    assert {c["file_path"].split("/")[2] for c in pinned("passed_checks")} == set(PINNINGS)
+    assert len(pinned("passed_checks")) > 100
 
 
 def test_dockerfiles_exist_and_follow_the_template() -> None:
