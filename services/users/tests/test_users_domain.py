@@ -223,6 +223,17 @@ def test_login_names_an_empty_email_beside_a_password_too_long() -> None:
     assert violations(error) == [("email", "REQUIRED"), ("password", "TOO_LONG")]
 
 
+def test_a_password_too_long_is_refused_with_the_bound_each_rpc_states() -> None:
+    """users.proto: Login refuses a password of more than 1,024 characters as sent (a longer one is checked and
+    fails as a wrong password), Register one of more than 128: each violation names its own RPC's number."""
+    with pytest.raises(InvalidArgument) as error:
+        validate_login("a@b.io", "p" * 1025)
+    assert [v.description for v in error.value.violations] == ["must be at most 1,024 characters as sent"]
+    with pytest.raises(InvalidArgument) as error:
+        validate_registration("a@b.io", "p" * 1025, "Ann")
+    assert [v.description for v in error.value.violations] == ["must be at most 128 characters"]
+
+
 @pytest.mark.parametrize(("user_id", "reason"), [("", "REQUIRED"), ("u" * 65, "TOO_LONG")])
 def test_user_id_must_be_present_and_at_most_64_characters(user_id: str, reason: str) -> None:
     with pytest.raises(InvalidArgument) as error:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import unicodedata
 
-from shopmesh_chassis.text_lines import too_long_to_normalize
+from shopmesh_chassis.text_lines import AS_SENT_PER_CHARACTER, too_long_to_normalize
 
 # The most characters a password has once normalized (NIST SP 800-63B asks for at least 64).
 MAX_PASSWORD_LENGTH = 128
+# The most characters a password may have as sent (too_long_to_check): the bound a Login states (users.proto),
+# named here so that a refusal says the number it applies, not MAX_PASSWORD_LENGTH's.
+MAX_PASSWORD_LENGTH_AS_SENT = AS_SENT_PER_CHARACTER * MAX_PASSWORD_LENGTH
 
 
 def too_long_to_check(password: str) -> bool:

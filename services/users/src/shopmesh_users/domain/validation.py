@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
-from shopmesh_chassis.password_checks import MAX_PASSWORD_LENGTH, checked_as_sent, too_long_to_check
+from shopmesh_chassis.password_checks import (
+    MAX_PASSWORD_LENGTH,
+    MAX_PASSWORD_LENGTH_AS_SENT,
+    checked_as_sent,
+    too_long_to_check,
+)
 from shopmesh_chassis.text_lines import line_violation, normalized_line, too_long_to_normalize
 from shopmesh_users.domain.models import Credentials, Registration
 
@@ -30,9 +35,11 @@ def normalize_password(password: str) -> tuple[str, FieldViolation | None]:
     violation, for the caller to report beside the other fields' (one violation per invalid field)."""
     # Checked before normalizing, with the chassis' bound of any text typed in any normal form (a decomposed
     # one is longer): NFKC can lengthen a text eighteenfold (U+FDFA), and a request of megabytes normalized
-    # would hold the event loop for seconds and take hundreds of MiB.
+    # would hold the event loop for seconds and take hundreds of MiB. The description names that bound: a
+    # Login of 1,024 characters is checked (and fails as a wrong password), so "at most 128" would misstate it.
     if too_long_to_check(password):
-        return password, FieldViolation("password", f"must be at most {MAX_PASSWORD_LENGTH} characters", "TOO_LONG")
+        description = f"must be at most {MAX_PASSWORD_LENGTH_AS_SENT:,} characters as sent"
+        return password, FieldViolation("password", description, "TOO_LONG")
     return unicodedata.normalize("NFKC", password), None
 
 
@@ -78,12 +85,14 @@ def validate_registration(email: str, password: str, display_name: str) -> Regis
     normalized = normalize_email(email)
     name, name_violation = _display_name(display_name)
     # The limits apply to what is hashed: normalizing may lengthen a password (a ligature becomes letters).
-    password, too_long = normalize_password(password)
+    # A password too long to normalize comes back as sent, over MAX_PASSWORD_LENGTH whatever its form, so
+    # `_password_violation` refuses it with Register's own rule (8-128 characters), not Login's bound as sent.
+    password, _ = normalize_password(password)
     violations = [
         v
         for v in (
             _email_violation(normalized),
-            too_long or _password_violation(password),
+            _password_violation(password),
             name_violation,
         )
         if v is not None
