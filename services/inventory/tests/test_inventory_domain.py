@@ -135,6 +135,19 @@ def test_set_stock_rejects_empty_product_and_negative_on_hand() -> None:
     assert violations_of(caught.value) == [("product_id", "REQUIRED"), ("on_hand", "OUT_OF_RANGE")]
 
 
+def test_set_stock_refuses_a_product_id_reserve_refuses() -> None:
+    """Stock set for "kit,large" could never be reserved: Reserve refuses an id with a comma (INVALID_FORMAT),
+    for INSUFFICIENT_STOCK lists ids comma-separated. SetStock holds the id to the same rule."""
+    for bad in ("kit,large", "kit, large"):
+        with pytest.raises(InvalidArgument) as reserved:
+            validation.reserve_command("ord_1", [ReservationItem(bad, 1)], None)
+        with pytest.raises(InvalidArgument) as set_:
+            validation.set_stock_command(bad, 5)
+        assert violations_of(reserved.value) == [("items[0].product_id", "INVALID_FORMAT")]
+        assert violations_of(set_.value) == [("product_id", "INVALID_FORMAT")]
+        assert set_.value.violations[0].description == reserved.value.violations[0].description
+
+
 # --- stock levels -------------------------------------------------------------------------------
 
 

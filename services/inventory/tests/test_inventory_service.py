@@ -227,6 +227,21 @@ async def test_set_stock_and_get_stock_of_an_unprintable_product_id_are_invalid_
     assert (read.code, violations(read)) == (grpc.StatusCode.INVALID_ARGUMENT, [("product_ids[1]", "INVALID_FORMAT")])
 
 
+async def test_set_stock_of_a_product_id_with_a_comma_is_invalid_format_as_reserve_of_it_is(
+    stub: Stub, database: Any
+) -> None:
+    """Reserve refuses "kit,large" (INSUFFICIENT_STOCK lists ids comma-separated): stock set for it could never
+    be reserved, so SetStock refuses it too, and stores nothing."""
+    details = await error_of(stub.SetStock(inventory_pb2.SetStockRequest(product_id="kit,large", on_hand=5)))
+    assert (details.code, violations(details)) == (grpc.StatusCode.INVALID_ARGUMENT, [("product_id", "INVALID_FORMAT")])
+    assert await _stored_rows(database) == []
+    refused = await error_of(reserve(stub, "ord_1", {"kit,large": 1}))
+    assert (refused.code, violations(refused)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        [("items[0].product_id", "INVALID_FORMAT")],
+    )
+
+
 async def test_reserve_rejects_duplicate_products_too_many_items_and_ttl_over_an_hour(stub: Stub) -> None:
     duplicate = inventory_pb2.ReserveRequest(
         order_id="ord_1",

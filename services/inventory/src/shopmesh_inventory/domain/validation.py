@@ -54,8 +54,9 @@ def _id_violation(path: str, value: str) -> FieldViolation | None:
 
 def _product_id_violation(path: str, value: str) -> FieldViolation | None:
     """A reserved product id is named in INSUFFICIENT_STOCK's comma-separated list (errors.listed_ids): one
-    holding a comma would read as several, and the caller take another line for short. Only Reserve lists
-    ids; reads (GetStock) and SetStock take one with a comma (but printable, as every id) as they always did."""
+    holding a comma would read as several, and the caller take another line for short. Reserve and SetStock
+    hold a product id to it: stock set for an id Reserve refuses could never be reserved. Reads (GetStock)
+    take one with a comma (but printable, as every id): they store nothing, and answer it as unknown."""
     return listable_id_violation(path, value) or _id_violation(path, value)
 
 
@@ -133,7 +134,7 @@ def reservation_id(value: str) -> str:
 
 
 def set_stock_command(product_id: str, on_hand: int) -> SetStockCommand:
-    violations = _collect(_id_violation("product_id", product_id))
+    violations = _collect(_product_id_violation("product_id", product_id))
     if on_hand < 0:
         violations.append(FieldViolation("on_hand", "must not be negative", "OUT_OF_RANGE"))
     _check("SetStock request", violations)
