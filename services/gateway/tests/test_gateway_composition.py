@@ -204,6 +204,14 @@ def test_invalid_page_requests_name_each_bad_field(product_id: str, maximum: int
     assert [v.field for v in caught.value.violations] == fields
 
 
+def test_a_negative_max_recommendations_is_out_of_range_as_every_count_is() -> None:
+    """shop.proto: a negative max_recommendations is violation reason OUT_OF_RANGE, the reason of every other
+    count's bound (page_size, quantity), so a client handles them alike."""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        recommendation_limit("prod_a", -1)
+    assert [(v.field, v.reason) for v in caught.value.violations] == [("max_recommendations", "OUT_OF_RANGE")]
+
+
 @pytest.mark.parametrize(("asked", "limit"), [(0, 4), (1, 1), (20, 20), (21, 20), (1000, 20)])
 def test_the_number_of_recommendations_defaults_to_4_and_is_capped_at_20(asked: int, limit: int) -> None:
     assert recommendation_limit("prod_a", asked) == limit

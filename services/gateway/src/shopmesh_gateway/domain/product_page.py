@@ -26,7 +26,8 @@ def recommendation_limit(product_id: str, max_recommendations: int) -> int:
         # field named, rather than by whichever of catalog and inventory (asked at once) answered first.
         violations.append(found)
     if max_recommendations < 0:
-        violations.append(FieldViolation("max_recommendations", "must not be negative", "NEGATIVE"))
+        # OUT_OF_RANGE, as every other count's bound in the contracts (page_size, quantity, on_hand).
+        violations.append(FieldViolation("max_recommendations", "must not be negative", "OUT_OF_RANGE"))
     if violations:
         raise InvalidArgument("invalid product page request", violations, reason="VALIDATION_FAILED")
     if max_recommendations == 0:
