@@ -137,7 +137,8 @@ class ListProductsRequest(_message.Message):
     """
     category: _builtins.str
     """Optional filter: only products whose `category` equals this Category.id.
-    Empty means all categories.
+    Empty means all categories. At most 64 characters, no whitespace or
+    unprintable characters (INVALID_ARGUMENT otherwise).
     """
     def __init__(
         self,
@@ -306,7 +307,10 @@ class SearchProductsRequest(_message.Message):
     that matches nothing.
     """
     category: _builtins.str
-    """Optional filter: only products in this Category.id. Empty means all."""
+    """Optional filter: only products in this Category.id. Empty means all. At
+    most 64 characters, no whitespace or unprintable characters
+    (INVALID_ARGUMENT otherwise).
+    """
     page_size: _builtins.int
     """Maximum number of products to return: 0 means 20, values above 100 are
     coerced to 100, negative values are rejected.

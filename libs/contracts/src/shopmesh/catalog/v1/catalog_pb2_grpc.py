@@ -70,9 +70,11 @@ class CatalogServiceServicer:
         """Lists products, optionally restricted to one category, ordered by `name`
         ascending then `id` ascending.
 
-        Errors: INVALID_ARGUMENT (negative page_size; ErrorInfo reason
+        Errors: INVALID_ARGUMENT (negative page_size; a `category` no category
+        can have: longer than 64 characters, violation reason TOO_LONG, or with
+        whitespace or an unprintable character, INVALID_FORMAT; ErrorInfo reason
         INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
-        An unknown `category` is not an error: the result is empty.
+        Any other unknown `category` is not an error: the result is empty.
 
         No side effects: safe to retry and to cache.
         """
@@ -120,8 +122,11 @@ class CatalogServiceServicer:
         by `id` ascending.
 
         Errors: INVALID_ARGUMENT (empty or too long query, a query of more than
-        10 distinct terms, negative page_size, ErrorInfo reason
-        INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
+        10 distinct terms, negative page_size, a `category` no category can
+        have: longer than 64 characters, violation reason TOO_LONG, or with
+        whitespace or an unprintable character, INVALID_FORMAT; ErrorInfo reason
+        INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE. Any other unknown
+        `category` is not an error: the result is empty.
 
         No side effects: safe to retry and to cache.
         """

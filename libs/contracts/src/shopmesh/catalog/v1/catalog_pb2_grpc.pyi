@@ -45,9 +45,11 @@ class CatalogServiceStub:
     """Lists products, optionally restricted to one category, ordered by `name`
     ascending then `id` ascending.
 
-    Errors: INVALID_ARGUMENT (negative page_size; ErrorInfo reason
+    Errors: INVALID_ARGUMENT (negative page_size; a `category` no category
+    can have: longer than 64 characters, violation reason TOO_LONG, or with
+    whitespace or an unprintable character, INVALID_FORMAT; ErrorInfo reason
     INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
-    An unknown `category` is not an error: the result is empty.
+    Any other unknown `category` is not an error: the result is empty.
 
     No side effects: safe to retry and to cache.
     """
@@ -83,8 +85,11 @@ class CatalogServiceStub:
     by `id` ascending.
 
     Errors: INVALID_ARGUMENT (empty or too long query, a query of more than
-    10 distinct terms, negative page_size, ErrorInfo reason
-    INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
+    10 distinct terms, negative page_size, a `category` no category can
+    have: longer than 64 characters, violation reason TOO_LONG, or with
+    whitespace or an unprintable character, INVALID_FORMAT; ErrorInfo reason
+    INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE. Any other unknown
+    `category` is not an error: the result is empty.
 
     No side effects: safe to retry and to cache.
     """
@@ -106,9 +111,11 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """Lists products, optionally restricted to one category, ordered by `name`
     ascending then `id` ascending.
 
-    Errors: INVALID_ARGUMENT (negative page_size; ErrorInfo reason
+    Errors: INVALID_ARGUMENT (negative page_size; a `category` no category
+    can have: longer than 64 characters, violation reason TOO_LONG, or with
+    whitespace or an unprintable character, INVALID_FORMAT; ErrorInfo reason
     INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
-    An unknown `category` is not an error: the result is empty.
+    Any other unknown `category` is not an error: the result is empty.
 
     No side effects: safe to retry and to cache.
     """
@@ -144,8 +151,11 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     by `id` ascending.
 
     Errors: INVALID_ARGUMENT (empty or too long query, a query of more than
-    10 distinct terms, negative page_size, ErrorInfo reason
-    INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
+    10 distinct terms, negative page_size, a `category` no category can
+    have: longer than 64 characters, violation reason TOO_LONG, or with
+    whitespace or an unprintable character, INVALID_FORMAT; ErrorInfo reason
+    INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE. Any other unknown
+    `category` is not an error: the result is empty.
 
     No side effects: safe to retry and to cache.
     """
@@ -170,9 +180,11 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists products, optionally restricted to one category, ordered by `name`
         ascending then `id` ascending.
 
-        Errors: INVALID_ARGUMENT (negative page_size; ErrorInfo reason
+        Errors: INVALID_ARGUMENT (negative page_size; a `category` no category
+        can have: longer than 64 characters, violation reason TOO_LONG, or with
+        whitespace or an unprintable character, INVALID_FORMAT; ErrorInfo reason
         INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
-        An unknown `category` is not an error: the result is empty.
+        Any other unknown `category` is not an error: the result is empty.
 
         No side effects: safe to retry and to cache.
         """
@@ -226,8 +238,11 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         by `id` ascending.
 
         Errors: INVALID_ARGUMENT (empty or too long query, a query of more than
-        10 distinct terms, negative page_size, ErrorInfo reason
-        INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE.
+        10 distinct terms, negative page_size, a `category` no category can
+        have: longer than 64 characters, violation reason TOO_LONG, or with
+        whitespace or an unprintable character, INVALID_FORMAT; ErrorInfo reason
+        INVALID_PAGE_TOKEN for a bad page_token), UNAVAILABLE. Any other unknown
+        `category` is not an error: the result is empty.
 
         No side effects: safe to retry and to cache.
         """

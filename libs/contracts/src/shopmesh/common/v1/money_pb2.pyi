@@ -53,8 +53,10 @@ Request metadata (gRPC headers)
     IDEMPOTENCY_KEY_INVALID (a BadRequest violation on "idempotency-key",
     INVALID_FORMAT) and is not stored. The server stores the
     outcome under the key (scoped to the method and caller) for at least 24
-    hours: a retry with the same key and the same request returns the stored
-    outcome, the same key with a different request fails with
+    hours; which outcomes, each RPC that takes a key states (an
+    INVALID_ARGUMENT is never stored: a retry is judged again). A retry
+    with the same key and the same request returns the stored outcome, the
+    same key with a different request fails with
     INVALID_ARGUMENT reason IDEMPOTENCY_KEY_REUSED, a missing key fails with
     INVALID_ARGUMENT reason IDEMPOTENCY_KEY_MISSING, and a retry that races
     the still-running original fails with ABORTED reason

@@ -95,7 +95,11 @@ class RegisterRequest(_message.Message):
     password: _builtins.str
     """Password: 8-128 characters. Required."""
     display_name: _builtins.str
-    """Name shown in the shop: 1-50 characters. Required."""
+    """Name shown in the shop: one line of text, 1-50 characters once composed
+    (NFC) and trimmed. Required: one that shows nothing is REQUIRED, one
+    longer TOO_LONG; one holding a control character (a tab, a line break of
+    any kind) or a line or paragraph separator is INVALID_CHARACTERS.
+    """
     def __init__(
         self,
         *,
@@ -217,7 +221,10 @@ class ListProductsRequest(_message.Message):
     first page. Must be used with the same category.
     """
     category: _builtins.str
-    """Optional filter: only products in this category (a Category.id slug)."""
+    """Optional filter: only products in this category (a Category.id slug). At
+    most 64 characters, no whitespace or unprintable characters
+    (INVALID_ARGUMENT otherwise).
+    """
     def __init__(
         self,
         *,
@@ -284,7 +291,10 @@ class SearchProductsRequest(_message.Message):
     empty list when no product contains it.
     """
     category: _builtins.str
-    """Optional filter: only products in this category (a Category.id slug)."""
+    """Optional filter: only products in this category (a Category.id slug). At
+    most 64 characters, no whitespace or unprintable characters
+    (INVALID_ARGUMENT otherwise).
+    """
     page_size: _builtins.int
     """Maximum number of products to return: 0 means 20, values above 100 are
     coerced to 100, negative values are rejected.

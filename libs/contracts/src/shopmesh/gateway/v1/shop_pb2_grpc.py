@@ -122,7 +122,12 @@ class ShopServiceServicer:
 
     def ListProducts(self, request, context):
         """Lists products, optionally in one category, ordered by name (public).
-        Delegates to CatalogService.ListProducts and returns its errors.
+        Delegates to CatalogService.ListProducts and returns its errors:
+        INVALID_ARGUMENT (negative page_size; a category longer than 64
+        characters, violation reason TOO_LONG, or with whitespace or an
+        unprintable character, INVALID_FORMAT; reason INVALID_PAGE_TOKEN),
+        UNAVAILABLE. Any other unknown category is not an error: the list is
+        empty.
 
         No side effects: safe to retry and to cache.
         """
@@ -132,7 +137,12 @@ class ShopServiceServicer:
 
     def SearchProducts(self, request, context):
         """Searches products by text, most relevant first (public). Delegates to
-        CatalogService.SearchProducts and returns its errors.
+        CatalogService.SearchProducts and returns its errors: INVALID_ARGUMENT
+        (empty or too long query, more than 10 distinct terms, negative
+        page_size; a category longer than 64 characters, violation reason
+        TOO_LONG, or with whitespace or an unprintable character,
+        INVALID_FORMAT; reason INVALID_PAGE_TOKEN), UNAVAILABLE. Any other
+        unknown category is not an error: the result is empty.
 
         No side effects: safe to retry and to cache.
         """
@@ -151,8 +161,10 @@ class ShopServiceServicer:
         returns a fallback list (other products of the same category from the
         catalog, with score 0) and sets recommendations_degraded.
 
-        Errors: INVALID_ARGUMENT (empty product_id, negative max_recommendations),
-        NOT_FOUND, UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty product_id, violation reason REQUIRED,
+        or one no product can have: longer than 64 characters, TOO_LONG, with
+        whitespace, a comma or an unprintable character, INVALID_FORMAT;
+        negative max_recommendations, OUT_OF_RANGE), NOT_FOUND, UNAVAILABLE.
 
         No side effects: safe to retry.
         """
@@ -255,8 +267,13 @@ class ShopServiceServicer:
         if absent the gateway generates one, and the key used is returned in the
         `idempotency-key` response trailer (and header).
 
-        IDEMPOTENT: retries with the same idempotency-key return the first
-        outcome; refund and stock release are idempotent downstream.
+        IDEMPOTENT: the key stores an accepted cancellation: retries with the
+        same idempotency-key return the cancelled order (or, while it completes,
+        the UNAVAILABLE naming it); refund and stock release are idempotent
+        downstream. A refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+        ORDER_NOT_CANCELLABLE) is not stored: a retry with the same key is judged
+        again on the order's current state (a PENDING order refused may be
+        cancelled by the retry once it is CONFIRMED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -85,13 +85,23 @@ class ShopServiceStub:
     """
     ListProducts: _grpc.UnaryUnaryMultiCallable[_shop_pb2.ListProductsRequest, _shop_pb2.ListProductsResponse]
     """Lists products, optionally in one category, ordered by name (public).
-    Delegates to CatalogService.ListProducts and returns its errors.
+    Delegates to CatalogService.ListProducts and returns its errors:
+    INVALID_ARGUMENT (negative page_size; a category longer than 64
+    characters, violation reason TOO_LONG, or with whitespace or an
+    unprintable character, INVALID_FORMAT; reason INVALID_PAGE_TOKEN),
+    UNAVAILABLE. Any other unknown category is not an error: the list is
+    empty.
 
     No side effects: safe to retry and to cache.
     """
     SearchProducts: _grpc.UnaryUnaryMultiCallable[_shop_pb2.SearchProductsRequest, _shop_pb2.SearchProductsResponse]
     """Searches products by text, most relevant first (public). Delegates to
-    CatalogService.SearchProducts and returns its errors.
+    CatalogService.SearchProducts and returns its errors: INVALID_ARGUMENT
+    (empty or too long query, more than 10 distinct terms, negative
+    page_size; a category longer than 64 characters, violation reason
+    TOO_LONG, or with whitespace or an unprintable character,
+    INVALID_FORMAT; reason INVALID_PAGE_TOKEN), UNAVAILABLE. Any other
+    unknown category is not an error: the result is empty.
 
     No side effects: safe to retry and to cache.
     """
@@ -106,8 +116,10 @@ class ShopServiceStub:
     returns a fallback list (other products of the same category from the
     catalog, with score 0) and sets recommendations_degraded.
 
-    Errors: INVALID_ARGUMENT (empty product_id, negative max_recommendations),
-    NOT_FOUND, UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty product_id, violation reason REQUIRED,
+    or one no product can have: longer than 64 characters, TOO_LONG, with
+    whitespace, a comma or an unprintable character, INVALID_FORMAT;
+    negative max_recommendations, OUT_OF_RANGE), NOT_FOUND, UNAVAILABLE.
 
     No side effects: safe to retry.
     """
@@ -194,8 +206,13 @@ class ShopServiceStub:
     if absent the gateway generates one, and the key used is returned in the
     `idempotency-key` response trailer (and header).
 
-    IDEMPOTENT: retries with the same idempotency-key return the first
-    outcome; refund and stock release are idempotent downstream.
+    IDEMPOTENT: the key stores an accepted cancellation: retries with the
+    same idempotency-key return the cancelled order (or, while it completes,
+    the UNAVAILABLE naming it); refund and stock release are idempotent
+    downstream. A refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+    ORDER_NOT_CANCELLABLE) is not stored: a retry with the same key is judged
+    again on the order's current state (a PENDING order refused may be
+    cancelled by the retry once it is CONFIRMED).
     """
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_shop_pb2.ListNotificationsRequest, _shop_pb2.ListNotificationsResponse]
     """Lists the notifications sent to the caller, newest first (protected:
@@ -235,13 +252,23 @@ class ShopServiceAsyncStub(ShopServiceStub):
     """
     ListProducts: _aio.UnaryUnaryMultiCallable[_shop_pb2.ListProductsRequest, _shop_pb2.ListProductsResponse]  # type: ignore[assignment]
     """Lists products, optionally in one category, ordered by name (public).
-    Delegates to CatalogService.ListProducts and returns its errors.
+    Delegates to CatalogService.ListProducts and returns its errors:
+    INVALID_ARGUMENT (negative page_size; a category longer than 64
+    characters, violation reason TOO_LONG, or with whitespace or an
+    unprintable character, INVALID_FORMAT; reason INVALID_PAGE_TOKEN),
+    UNAVAILABLE. Any other unknown category is not an error: the list is
+    empty.
 
     No side effects: safe to retry and to cache.
     """
     SearchProducts: _aio.UnaryUnaryMultiCallable[_shop_pb2.SearchProductsRequest, _shop_pb2.SearchProductsResponse]  # type: ignore[assignment]
     """Searches products by text, most relevant first (public). Delegates to
-    CatalogService.SearchProducts and returns its errors.
+    CatalogService.SearchProducts and returns its errors: INVALID_ARGUMENT
+    (empty or too long query, more than 10 distinct terms, negative
+    page_size; a category longer than 64 characters, violation reason
+    TOO_LONG, or with whitespace or an unprintable character,
+    INVALID_FORMAT; reason INVALID_PAGE_TOKEN), UNAVAILABLE. Any other
+    unknown category is not an error: the result is empty.
 
     No side effects: safe to retry and to cache.
     """
@@ -256,8 +283,10 @@ class ShopServiceAsyncStub(ShopServiceStub):
     returns a fallback list (other products of the same category from the
     catalog, with score 0) and sets recommendations_degraded.
 
-    Errors: INVALID_ARGUMENT (empty product_id, negative max_recommendations),
-    NOT_FOUND, UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty product_id, violation reason REQUIRED,
+    or one no product can have: longer than 64 characters, TOO_LONG, with
+    whitespace, a comma or an unprintable character, INVALID_FORMAT;
+    negative max_recommendations, OUT_OF_RANGE), NOT_FOUND, UNAVAILABLE.
 
     No side effects: safe to retry.
     """
@@ -344,8 +373,13 @@ class ShopServiceAsyncStub(ShopServiceStub):
     if absent the gateway generates one, and the key used is returned in the
     `idempotency-key` response trailer (and header).
 
-    IDEMPOTENT: retries with the same idempotency-key return the first
-    outcome; refund and stock release are idempotent downstream.
+    IDEMPOTENT: the key stores an accepted cancellation: retries with the
+    same idempotency-key return the cancelled order (or, while it completes,
+    the UNAVAILABLE naming it); refund and stock release are idempotent
+    downstream. A refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+    ORDER_NOT_CANCELLABLE) is not stored: a retry with the same key is judged
+    again on the order's current state (a PENDING order refused may be
+    cancelled by the retry once it is CONFIRMED).
     """
     ListNotifications: _aio.UnaryUnaryMultiCallable[_shop_pb2.ListNotificationsRequest, _shop_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """Lists the notifications sent to the caller, newest first (protected:
@@ -400,7 +434,12 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shop_pb2.ListProductsResponse, _abc.Awaitable[_shop_pb2.ListProductsResponse]]:
         """Lists products, optionally in one category, ordered by name (public).
-        Delegates to CatalogService.ListProducts and returns its errors.
+        Delegates to CatalogService.ListProducts and returns its errors:
+        INVALID_ARGUMENT (negative page_size; a category longer than 64
+        characters, violation reason TOO_LONG, or with whitespace or an
+        unprintable character, INVALID_FORMAT; reason INVALID_PAGE_TOKEN),
+        UNAVAILABLE. Any other unknown category is not an error: the list is
+        empty.
 
         No side effects: safe to retry and to cache.
         """
@@ -412,7 +451,12 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_shop_pb2.SearchProductsResponse, _abc.Awaitable[_shop_pb2.SearchProductsResponse]]:
         """Searches products by text, most relevant first (public). Delegates to
-        CatalogService.SearchProducts and returns its errors.
+        CatalogService.SearchProducts and returns its errors: INVALID_ARGUMENT
+        (empty or too long query, more than 10 distinct terms, negative
+        page_size; a category longer than 64 characters, violation reason
+        TOO_LONG, or with whitespace or an unprintable character,
+        INVALID_FORMAT; reason INVALID_PAGE_TOKEN), UNAVAILABLE. Any other
+        unknown category is not an error: the result is empty.
 
         No side effects: safe to retry and to cache.
         """
@@ -433,8 +477,10 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         returns a fallback list (other products of the same category from the
         catalog, with score 0) and sets recommendations_degraded.
 
-        Errors: INVALID_ARGUMENT (empty product_id, negative max_recommendations),
-        NOT_FOUND, UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty product_id, violation reason REQUIRED,
+        or one no product can have: longer than 64 characters, TOO_LONG, with
+        whitespace, a comma or an unprintable character, INVALID_FORMAT;
+        negative max_recommendations, OUT_OF_RANGE), NOT_FOUND, UNAVAILABLE.
 
         No side effects: safe to retry.
         """
@@ -545,8 +591,13 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         if absent the gateway generates one, and the key used is returned in the
         `idempotency-key` response trailer (and header).
 
-        IDEMPOTENT: retries with the same idempotency-key return the first
-        outcome; refund and stock release are idempotent downstream.
+        IDEMPOTENT: the key stores an accepted cancellation: retries with the
+        same idempotency-key return the cancelled order (or, while it completes,
+        the UNAVAILABLE naming it); refund and stock release are idempotent
+        downstream. A refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+        ORDER_NOT_CANCELLABLE) is not stored: a retry with the same key is judged
+        again on the order's current state (a PENDING order refused may be
+        cancelled by the retry once it is CONFIRMED).
         """
 
     @_abc_1.abstractmethod

@@ -458,7 +458,9 @@ class SetStockRequest(_message.Message):
     PRODUCT_ID_FIELD_NUMBER: _builtins.int
     ON_HAND_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
-    """The product whose stock is set. Required."""
+    """The product whose stock is set. Required; at most 64 characters,
+    printable, no whitespace or comma (as Reserve's product ids).
+    """
     on_hand: _builtins.int
     """New number of units on hand, >= 0 and >= the units currently reserved."""
     def __init__(

@@ -151,7 +151,10 @@ class InventoryServiceStub:
     seeding; not exposed by the gateway). Creates the stock record if needed.
 
     Errors:
-    - INVALID_ARGUMENT: empty product_id, negative on_hand.
+    - INVALID_ARGUMENT: empty product_id, one longer than 64 characters
+      (TOO_LONG), or one Reserve refuses: with whitespace, a comma or an
+      unprintable character (INVALID_FORMAT; no stock is set that could
+      never be reserved); negative on_hand.
     - FAILED_PRECONDITION, ErrorInfo reason STOCK_BELOW_RESERVED: on_hand
       would be lower than the units currently reserved; metadata
       {"product_id": ..., "reserved": "<n>"}.
@@ -269,7 +272,10 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     seeding; not exposed by the gateway). Creates the stock record if needed.
 
     Errors:
-    - INVALID_ARGUMENT: empty product_id, negative on_hand.
+    - INVALID_ARGUMENT: empty product_id, one longer than 64 characters
+      (TOO_LONG), or one Reserve refuses: with whitespace, a comma or an
+      unprintable character (INVALID_FORMAT; no stock is set that could
+      never be reserved); negative on_hand.
     - FAILED_PRECONDITION, ErrorInfo reason STOCK_BELOW_RESERVED: on_hand
       would be lower than the units currently reserved; metadata
       {"product_id": ..., "reserved": "<n>"}.
@@ -420,7 +426,10 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         seeding; not exposed by the gateway). Creates the stock record if needed.
 
         Errors:
-        - INVALID_ARGUMENT: empty product_id, negative on_hand.
+        - INVALID_ARGUMENT: empty product_id, one longer than 64 characters
+          (TOO_LONG), or one Reserve refuses: with whitespace, a comma or an
+          unprintable character (INVALID_FORMAT; no stock is set that could
+          never be reserved); negative on_hand.
         - FAILED_PRECONDITION, ErrorInfo reason STOCK_BELOW_RESERVED: on_hand
           would be lower than the units currently reserved; metadata
           {"product_id": ..., "reserved": "<n>"}.

@@ -184,7 +184,8 @@ class CartItem(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     """The product to buy (a catalog Product.id). Required; unique within an
-    order; printable characters only, no whitespace or comma (no product has
+    order (DUPLICATE); at most 64 characters (INVALID_LENGTH); printable
+    characters only, no whitespace or comma (INVALID_FORMAT: no product has
     such an id, and errors list product ids comma-separated).
     """
     quantity: _builtins.int
@@ -205,7 +206,15 @@ Global___CartItem: _TypeAlias = CartItem  # noqa: Y015
 
 @_typing.final
 class ShippingAddress(_message.Message):
-    """Where an order is shipped."""
+    """Where an order is shipped.
+
+    full_name, street, city and postal_code are each one line of the shipping
+    label: composed (NFC) and trimmed before their lengths are counted, and
+    kept so. One that shows nothing (blanks and invisible characters only) is
+    INVALID_ARGUMENT, violation reason REQUIRED; one longer than its limit,
+    INVALID_LENGTH; one holding a control character (a tab, a line break of
+    any kind, an escape) or a line or paragraph separator, INVALID_CHARACTERS.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -425,11 +434,13 @@ class PlaceOrderRequest(_message.Message):
     CARD_FIELD_NUMBER: _builtins.int
     EXPECTED_TOTAL_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The user placing the order. Required; at most 64 characters, all
-    printable, with no whitespace (no space, tab or line break; no control or
-    zero-width character), otherwise INVALID_ARGUMENT with an INVALID_FORMAT
-    violation on `user_id`: the order's events carry it to notifications,
-    which takes no other. Must equal `x-user-id` when that header is present.
+    """The user placing the order. Required (empty or blank: a REQUIRED
+    violation on `user_id`); at most 64 characters, otherwise an
+    INVALID_LENGTH violation (the reason orders gives every length, as for
+    order_id); all printable, with no whitespace (no space, tab or line
+    break; no control or zero-width character), otherwise an INVALID_FORMAT
+    violation: the order's events carry it to notifications, which takes no
+    other. Must equal `x-user-id` when that header is present.
     """
     currency: _builtins.str
     """The currency the customer expects to pay in (ISO 4217, upper case).
@@ -576,8 +587,9 @@ class ListOrdersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The user whose orders are listed. Required; must equal `x-user-id` when
-    that header is present.
+    """The user whose orders are listed. Required; at most 64 characters
+    (INVALID_LENGTH), printable, no whitespace (INVALID_FORMAT); must equal
+    `x-user-id` when that header is present.
     """
     page_size: _builtins.int
     """Maximum number of orders to return: 0 means 20, values above 100 are

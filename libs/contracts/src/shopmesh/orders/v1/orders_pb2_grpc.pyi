@@ -57,14 +57,19 @@ class OrdersServiceStub:
     """Places an order and pays for it synchronously. The first call's order,
     on success, is CONFIRMED; a retry's is the order as it is now (below).
 
-    Requires the `idempotency-key` request header, scoped to user_id. A retry
-    with the same key and request returns the outcome of the first call
-    (the same order, or the same error), or resumes its saga if it was
-    interrupted. Once the order was CONFIRMED, a retry returns it as it is
-    now, without waiting for anything: CONFIRMED with pending_cancellation set
-    while the customer's cancellation runs, CANCELLED (cancel_reason
-    CUSTOMER_REQUESTED) after it. The saga runs to completion or compensation
-    even when the caller cancels or its deadline expires.
+    Requires the `idempotency-key` request header, scoped to user_id. The key
+    stores the order the first call recorded under it: a retry with the same
+    key and request returns that order's outcome (the order, or the error
+    naming it, metadata "order_id"), or resumes its saga if it was
+    interrupted. A refusal before any order was recorded (INVALID_ARGUMENT,
+    PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION PRICE_CHANGED, an
+    UNAVAILABLE without "order_id") is not stored: a retry with the same key
+    is judged again, and may place the order. Once the order was CONFIRMED,
+    a retry returns it as it is now, without waiting for anything: CONFIRMED
+    with pending_cancellation set while the customer's cancellation runs,
+    CANCELLED (cancel_reason CUSTOMER_REQUESTED) after it. The saga runs to
+    completion or compensation even when the caller cancels or its deadline
+    expires.
 
     Errors (ErrorInfo metadata includes {"order_id": ...} whenever an order
     was recorded, so it can be read with GetOrder):
@@ -166,8 +171,14 @@ class OrdersServiceStub:
     releases (restocks) the reservation, and sets state CANCELLED with
     cancel_reason CUSTOMER_REQUESTED. Returns the cancelled order.
 
-    Requires the `idempotency-key` request header; a retry with the same key
-    returns the same outcome.
+    Requires the `idempotency-key` request header. The key stores an accepted
+    cancellation only: a retry with the same key and request returns the
+    cancelled order (or, while it completes, the UNAVAILABLE naming it,
+    below). A refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+    ORDER_NOT_CANCELLABLE) is not stored: it is about the request or the
+    order's state, so a retry with the same key is judged again on the
+    order's current state (a PENDING order refused may be cancelled by the
+    retry once it is CONFIRMED).
 
     Errors:
     - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
@@ -209,14 +220,19 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     """Places an order and pays for it synchronously. The first call's order,
     on success, is CONFIRMED; a retry's is the order as it is now (below).
 
-    Requires the `idempotency-key` request header, scoped to user_id. A retry
-    with the same key and request returns the outcome of the first call
-    (the same order, or the same error), or resumes its saga if it was
-    interrupted. Once the order was CONFIRMED, a retry returns it as it is
-    now, without waiting for anything: CONFIRMED with pending_cancellation set
-    while the customer's cancellation runs, CANCELLED (cancel_reason
-    CUSTOMER_REQUESTED) after it. The saga runs to completion or compensation
-    even when the caller cancels or its deadline expires.
+    Requires the `idempotency-key` request header, scoped to user_id. The key
+    stores the order the first call recorded under it: a retry with the same
+    key and request returns that order's outcome (the order, or the error
+    naming it, metadata "order_id"), or resumes its saga if it was
+    interrupted. A refusal before any order was recorded (INVALID_ARGUMENT,
+    PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION PRICE_CHANGED, an
+    UNAVAILABLE without "order_id") is not stored: a retry with the same key
+    is judged again, and may place the order. Once the order was CONFIRMED,
+    a retry returns it as it is now, without waiting for anything: CONFIRMED
+    with pending_cancellation set while the customer's cancellation runs,
+    CANCELLED (cancel_reason CUSTOMER_REQUESTED) after it. The saga runs to
+    completion or compensation even when the caller cancels or its deadline
+    expires.
 
     Errors (ErrorInfo metadata includes {"order_id": ...} whenever an order
     was recorded, so it can be read with GetOrder):
@@ -318,8 +334,14 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     releases (restocks) the reservation, and sets state CANCELLED with
     cancel_reason CUSTOMER_REQUESTED. Returns the cancelled order.
 
-    Requires the `idempotency-key` request header; a retry with the same key
-    returns the same outcome.
+    Requires the `idempotency-key` request header. The key stores an accepted
+    cancellation only: a retry with the same key and request returns the
+    cancelled order (or, while it completes, the UNAVAILABLE naming it,
+    below). A refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+    ORDER_NOT_CANCELLABLE) is not stored: it is about the request or the
+    order's state, so a retry with the same key is judged again on the
+    order's current state (a PENDING order refused may be cancelled by the
+    retry once it is CONFIRMED).
 
     Errors:
     - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
@@ -364,14 +386,19 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         """Places an order and pays for it synchronously. The first call's order,
         on success, is CONFIRMED; a retry's is the order as it is now (below).
 
-        Requires the `idempotency-key` request header, scoped to user_id. A retry
-        with the same key and request returns the outcome of the first call
-        (the same order, or the same error), or resumes its saga if it was
-        interrupted. Once the order was CONFIRMED, a retry returns it as it is
-        now, without waiting for anything: CONFIRMED with pending_cancellation set
-        while the customer's cancellation runs, CANCELLED (cancel_reason
-        CUSTOMER_REQUESTED) after it. The saga runs to completion or compensation
-        even when the caller cancels or its deadline expires.
+        Requires the `idempotency-key` request header, scoped to user_id. The key
+        stores the order the first call recorded under it: a retry with the same
+        key and request returns that order's outcome (the order, or the error
+        naming it, metadata "order_id"), or resumes its saga if it was
+        interrupted. A refusal before any order was recorded (INVALID_ARGUMENT,
+        PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION PRICE_CHANGED, an
+        UNAVAILABLE without "order_id") is not stored: a retry with the same key
+        is judged again, and may place the order. Once the order was CONFIRMED,
+        a retry returns it as it is now, without waiting for anything: CONFIRMED
+        with pending_cancellation set while the customer's cancellation runs,
+        CANCELLED (cancel_reason CUSTOMER_REQUESTED) after it. The saga runs to
+        completion or compensation even when the caller cancels or its deadline
+        expires.
 
         Errors (ErrorInfo metadata includes {"order_id": ...} whenever an order
         was recorded, so it can be read with GetOrder):
@@ -491,8 +518,14 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         releases (restocks) the reservation, and sets state CANCELLED with
         cancel_reason CUSTOMER_REQUESTED. Returns the cancelled order.
 
-        Requires the `idempotency-key` request header; a retry with the same key
-        returns the same outcome.
+        Requires the `idempotency-key` request header. The key stores an accepted
+        cancellation only: a retry with the same key and request returns the
+        cancelled order (or, while it completes, the UNAVAILABLE naming it,
+        below). A refusal (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+        ORDER_NOT_CANCELLABLE) is not stored: it is about the request or the
+        order's state, so a retry with the same key is judged again on the
+        order's current state (a PENDING order refused may be cancelled by the
+        retry once it is CONFIRMED).
 
         Errors:
         - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation

@@ -56,11 +56,14 @@ class PaymentsServiceStub:
     """Charges a card and captures the amount immediately.
 
     Requires the `idempotency-key` request header (orders sends
-    "<order_id>:charge"). The outcome of a completed attempt, success or
-    decline, is stored under the key and replayed on retries with the same
-    request; transient failures (UNAVAILABLE) are not stored, so a retry with
-    the same key tries the processor again. The request fingerprint compared
-    on reuse covers all fields (card fields only as a hash).
+    "<order_id>:charge"). The outcome of a completed attempt is stored under
+    the key and replayed on retries with the same request: the CAPTURED
+    payment, a decline (CARD_DECLINED, INSUFFICIENT_FUNDS) or
+    ORDER_ALREADY_CHARGED. Transient failures (UNAVAILABLE, ABORTED) are not
+    stored, so a retry with the same key tries the processor again; nor is
+    an INVALID_ARGUMENT (CARD_EXPIRED included: a retry of a charge made
+    before the card expired reads that charge). The request fingerprint
+    compared on reuse covers all fields (card fields only as a hash).
 
     Errors:
     - INVALID_ARGUMENT with BadRequest: empty order_id; amount missing, not
@@ -93,6 +96,11 @@ class PaymentsServiceStub:
     Requires the `idempotency-key` request header (orders sends
     "<order_id>:refund"). Refunding an already REFUNDED payment returns it
     unchanged, whatever the key, so compensation can always be repeated.
+    Stored under the key and replayed on retries with the same request: the
+    REFUNDED payment, NOT_FOUND, and PAYMENT_NOT_REFUNDABLE for a DECLINED
+    payment. Not stored (a retry with the same key runs again):
+    INVALID_ARGUMENT, ABORTED, UNAVAILABLE, and PAYMENT_NOT_REFUNDABLE for a
+    newer release's state.
 
     Errors:
     - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;
@@ -140,11 +148,14 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     """Charges a card and captures the amount immediately.
 
     Requires the `idempotency-key` request header (orders sends
-    "<order_id>:charge"). The outcome of a completed attempt, success or
-    decline, is stored under the key and replayed on retries with the same
-    request; transient failures (UNAVAILABLE) are not stored, so a retry with
-    the same key tries the processor again. The request fingerprint compared
-    on reuse covers all fields (card fields only as a hash).
+    "<order_id>:charge"). The outcome of a completed attempt is stored under
+    the key and replayed on retries with the same request: the CAPTURED
+    payment, a decline (CARD_DECLINED, INSUFFICIENT_FUNDS) or
+    ORDER_ALREADY_CHARGED. Transient failures (UNAVAILABLE, ABORTED) are not
+    stored, so a retry with the same key tries the processor again; nor is
+    an INVALID_ARGUMENT (CARD_EXPIRED included: a retry of a charge made
+    before the card expired reads that charge). The request fingerprint
+    compared on reuse covers all fields (card fields only as a hash).
 
     Errors:
     - INVALID_ARGUMENT with BadRequest: empty order_id; amount missing, not
@@ -177,6 +188,11 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     Requires the `idempotency-key` request header (orders sends
     "<order_id>:refund"). Refunding an already REFUNDED payment returns it
     unchanged, whatever the key, so compensation can always be repeated.
+    Stored under the key and replayed on retries with the same request: the
+    REFUNDED payment, NOT_FOUND, and PAYMENT_NOT_REFUNDABLE for a DECLINED
+    payment. Not stored (a retry with the same key runs again):
+    INVALID_ARGUMENT, ABORTED, UNAVAILABLE, and PAYMENT_NOT_REFUNDABLE for a
+    newer release's state.
 
     Errors:
     - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;
@@ -227,11 +243,14 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Charges a card and captures the amount immediately.
 
         Requires the `idempotency-key` request header (orders sends
-        "<order_id>:charge"). The outcome of a completed attempt, success or
-        decline, is stored under the key and replayed on retries with the same
-        request; transient failures (UNAVAILABLE) are not stored, so a retry with
-        the same key tries the processor again. The request fingerprint compared
-        on reuse covers all fields (card fields only as a hash).
+        "<order_id>:charge"). The outcome of a completed attempt is stored under
+        the key and replayed on retries with the same request: the CAPTURED
+        payment, a decline (CARD_DECLINED, INSUFFICIENT_FUNDS) or
+        ORDER_ALREADY_CHARGED. Transient failures (UNAVAILABLE, ABORTED) are not
+        stored, so a retry with the same key tries the processor again; nor is
+        an INVALID_ARGUMENT (CARD_EXPIRED included: a retry of a charge made
+        before the card expired reads that charge). The request fingerprint
+        compared on reuse covers all fields (card fields only as a hash).
 
         Errors:
         - INVALID_ARGUMENT with BadRequest: empty order_id; amount missing, not
@@ -270,6 +289,11 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         Requires the `idempotency-key` request header (orders sends
         "<order_id>:refund"). Refunding an already REFUNDED payment returns it
         unchanged, whatever the key, so compensation can always be repeated.
+        Stored under the key and replayed on retries with the same request: the
+        REFUNDED payment, NOT_FOUND, and PAYMENT_NOT_REFUNDABLE for a DECLINED
+        payment. Not stored (a retry with the same key runs again):
+        INVALID_ARGUMENT, ABORTED, UNAVAILABLE, and PAYMENT_NOT_REFUNDABLE for a
+        newer release's state.
 
         Errors:
         - INVALID_ARGUMENT: empty payment_id, reason longer than 500 characters;

@@ -6,9 +6,10 @@ User accounts, login and the public keys that verify access tokens.
 Access tokens are JWTs (RFC 7519) signed with EdDSA over Ed25519
 (RFC 8037). Header: {"alg": "EdDSA", "typ": "JWT", "kid": <signing key id>}.
 Claims: "iss" = "shopmesh-users", "aud" = "shopmesh", "sub" = User.id,
-"iat", "exp" (default lifetime 1 hour) and a unique "jti". Verifiers (the
-gateway) check the signature with the key from GetJwks whose kid matches,
-plus iss, aud and exp; no shared secret is needed.
+"iat", "nbf" (equal to "iat"), "exp" (default lifetime 1 hour) and a
+unique "jti". Verifiers (the gateway) check the signature with the key from
+GetJwks whose kid matches, plus iss, aud, exp, and nbf and iat (not in the
+future beyond a small clock-skew tolerance); no shared secret is needed.
 
 Internal service (called by the gateway); no `x-user-id` checks.
 Error domain: "shopmesh.users". Metadata and error conventions: see
@@ -131,7 +132,12 @@ class RegisterRequest(_message.Message):
     password: _builtins.str
     """Password: 8-128 characters. Never logged or returned. Required."""
     display_name: _builtins.str
-    """Name shown in the shop: 1-50 characters after trimming. Required."""
+    """Name shown in the shop: one line of text, 1-50 characters once composed
+    (NFC) and trimmed (it is kept so). Required: one that shows nothing
+    (blanks and invisible characters only) is REQUIRED, one longer TOO_LONG;
+    one holding a control character (a tab, a line break of any kind, an
+    escape) or a line or paragraph separator is INVALID_CHARACTERS.
+    """
     def __init__(
         self,
         *,

@@ -6,9 +6,10 @@ User accounts, login and the public keys that verify access tokens.
 Access tokens are JWTs (RFC 7519) signed with EdDSA over Ed25519
 (RFC 8037). Header: {"alg": "EdDSA", "typ": "JWT", "kid": <signing key id>}.
 Claims: "iss" = "shopmesh-users", "aud" = "shopmesh", "sub" = User.id,
-"iat", "exp" (default lifetime 1 hour) and a unique "jti". Verifiers (the
-gateway) check the signature with the key from GetJwks whose kid matches,
-plus iss, aud and exp; no shared secret is needed.
+"iat", "nbf" (equal to "iat"), "exp" (default lifetime 1 hour) and a
+unique "jti". Verifiers (the gateway) check the signature with the key from
+GetJwks whose kid matches, plus iss, aud, exp, and nbf and iat (not in the
+future beyond a small clock-skew tolerance); no shared secret is needed.
 
 Internal service (called by the gateway); no `x-user-id` checks.
 Error domain: "shopmesh.users". Metadata and error conventions: see
