@@ -43,6 +43,28 @@ async def test_customer_cancellation_refunds_and_restocks(
     assert caught.value.reason == "ORDER_NOT_CANCELLABLE"
 
 
+async def test_a_refused_cancellation_is_not_its_keys_outcome_a_retry_is_judged_on_the_current_state(
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    """orders.proto CancelOrder: the key stores an accepted cancellation only. ORDER_NOT_CANCELLABLE is about the
+    order's state (PENDING here), so the same request under the same key, once the order is CONFIRMED, is judged
+    again and cancels it, rather than replaying the refusal."""
+    inventory.down = True
+    with pytest.raises(errors.Unavailable) as placing:
+        await place(app, command())
+    order_id: str = placing.value.metadata["order_id"]
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert (refused.value.reason, refused.value.metadata["state"]) == ("ORDER_NOT_CANCELLABLE", "ORDER_STATE_PENDING")
+    inventory.down = False
+    # PlaceOrder's retry under its key resumes the order, which is CONFIRMED now.
+    assert await place(app, command()) == order_id
+    assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
+    cancelled = await app.cancel_order(order_id, "changed my mind", "cancel-1", "f1")
+    assert (cancelled.state, cancelled.cancel_code) == (OrderState.CANCELLED, CancelCode.CUSTOMER_REQUESTED)
+    assert (payments.captured(), len(payments.refunds)) == (0, 1)
+
+
 async def test_a_cancellation_while_another_runs_is_refused_as_already_being_cancelled(
     app: OrdersApplication, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
 ) -> None:
