@@ -24,7 +24,15 @@ call whose deadline leaves less than its floor, 350 ms by default (the
 latency SLO's threshold plus 100 ms): send a longer deadline. The HTTP/gRPC-Web edge in front of it also answers
 RESOURCE_EXHAUSTED, to a request over 1 MiB: reason REQUEST_TOO_LARGE,
 domain "shopmesh.gateway", metadata max_request_bytes, no RetryInfo. The
-same request is refused again, so it must not be retried.
+same request is refused again, so it must not be retried. It answers, before
+calling the gateway: INVALID_ARGUMENT (reason VALIDATION_FAILED, a
+BadRequest field violation of field "grpc-timeout", reason
+MALFORMED_GRPC_TIMEOUT) to a grpc-timeout header not of gRPC's form (1 to 8
+digits and a unit, H M S m u n), or sent twice; INVALID_ARGUMENT (reason
+VALIDATION_FAILED, a field violation of reason INCOMPLETE_GRPC_MESSAGE) to a
+gRPC or gRPC-Web body that is not one whole request message; and
+DEADLINE_EXCEEDED (reason REQUEST_TIMEOUT) to a request that did not arrive
+whole in time, of which no call was made (sent again whole, it may succeed).
 
 Tracing: the gateway continues the client's W3C `traceparent` or starts a
 new trace, and propagates it to every internal call.
