@@ -20,6 +20,7 @@ from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import database_unavailable
 from shopmesh_chassis.idempotency import key_reused, validate_key
 from shopmesh_chassis.pagination import encode_page_token
+from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.tasks import Detached
 from shopmesh_chassis.tracing import stored_context, stored_trace_context
 from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
@@ -52,6 +53,16 @@ RECOVER_SPAN = "recover order"
 _WAIT_FOR_OTHER_DRIVER_SECONDS = 5.0
 # The RetryInfo of the IDEMPOTENCY_KEY_IN_USE it then answers (a second; why: at the raise).
 _IN_USE_RETRY_AFTER_SECONDS = 1.0
+
+# How long before the inbound call's deadline PlaceOrder and CancelOrder stop waiting for the saga and answer
+# that it goes on without them (`_answer_in_time`). The saga may wait longer for a step (STEP_ATTEMPTS x
+# STEP_TIMEOUT_SECONDS and the backoff, 15.2 s) than its caller waits for orders (the gateway's
+# ORDERS_TIMEOUT_SECONDS, 15 s): waiting to the deadline, orders' answer naming the order came too late, and
+# the caller answered its own UNAVAILABLE, which the contract reads as "maybe nothing was recorded". Three
+# skew tolerances: the server's deadline runs up to one later than its caller's (the chassis' rule, where it
+# is defined), and the answer then needs a read of the order (the step it waits at) and its trip back through
+# the same loaded I/O threads and sidecars, each bounded alike. 0.3 s of a 15 s wait.
+_ANSWER_MARGIN_SECONDS = 3 * DEADLINE_SKEW_TOLERANCE_SECONDS
 
 
 def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[[], None]) -> bool:
@@ -130,6 +141,22 @@ def _pass_failed(label: str, name: str, exc: Exception, on_error: Callable[[], N
     else:
         log.exception("recovery pass %s (%s) failed", label, name, extra=extra)
         on_error()
+
+
+def _log_detached_end(order_id: str, task: asyncio.Task[Order]) -> None:
+    """How a saga that its caller stopped waiting for (`_answer_in_time`) ended, when it did not finish the
+    order: the saga logs the outcomes it reaches itself. A wait (the recovery loop goes on with it) or another
+    driver taking over is no error; anything else is, and its caller never saw it."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    extra = {"order_id": order_id}
+    if isinstance(error, errors.Unavailable | LeaseHeld):
+        log.info(
+            "order %s, driven after its caller stopped waiting, is not finished yet: %s", order_id, error, extra=extra
+        )
+    elif error is not None:
+        log.error("order %s, driven after its caller stopped waiting, failed", order_id, exc_info=error, extra=extra)
 
 
 def _cancellation_accepted(order_id: str, retry_after_seconds: float | None) -> errors.Unavailable:
@@ -335,7 +362,32 @@ class OrdersApplication:
             # Counted for as long as the task runs, not the caller's wait: the drive outlives a caller gone.
             self._driving_with_card[order_id] = self._driving_with_card.get(order_id, 0) + 1
             task.add_done_callback(lambda _: self._card_drive_ended(order_id))
-        return await asyncio.shield(task)
+        return await self._answer_in_time(order_id, task)
+
+    async def _answer_in_time(self, order_id: str, task: asyncio.Task[Order]) -> Order:
+        """Where the saga `task` ended, or, when it is still driving as the inbound call's deadline nears
+        (`_ANSWER_MARGIN_SECONDS`), UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the order and its step, as the
+        saga's own give-up does: the caller learns the order was recorded and goes on, and can read it. The
+        task is not cancelled (nor by the caller's cancellation: `asyncio.wait` leaves it running), so the
+        saga finishes detached, as it does for a caller gone."""
+        remaining = call_context.inbound_time_remaining()
+        budget = None if remaining is None else max(remaining - _ANSWER_MARGIN_SECONDS, 0.0)
+        done, _ = await asyncio.wait({task}, timeout=budget)
+        if task in done:
+            return task.result()
+        # Nobody awaits it any more: its end is logged here, not as asyncio's "exception never retrieved".
+        task.add_done_callback(partial(_log_detached_end, order_id))
+        order = await self._load(order_id)
+        if order.is_terminal:
+            return order  # finished since the wait ended
+        raise errors.Unavailable(
+            f"order {order_id} is waiting for a dependency at step {order.step.value}; it goes on without this "
+            "call, which could wait no longer",
+            reason=errors.DEPENDENCY_UNAVAILABLE,
+            # The saga's own answer when a dependency names no wait: the outcome is seconds away at most.
+            retry_after_seconds=1.0,
+            metadata={"order_id": order_id, "step": order.step.value},
+        )
 
     def _card_drive_ended(self, order_id: str) -> None:
         left = self._driving_with_card[order_id] - 1
