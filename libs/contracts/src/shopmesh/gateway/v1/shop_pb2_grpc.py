@@ -183,7 +183,12 @@ class ShopServiceServicer:
         recorded; metadata current_total_minor and currency), ABORTED,
         UNAVAILABLE, among them reason ORDER_FROM_NEWER_RELEASE with RetryInfo
         when a retry's order was stored or finished by a newer release of orders
-        than the one answering: retry, a replica of that release answers it)
+        than the one answering: retry, a replica of that release answers it, and
+        reason DEPENDENCY_UNAVAILABLE naming the order (ErrorInfo metadata
+        "order_id" and "step") while its checkout waits for inventory or
+        payments: the order is recorded, PENDING, and completes on its own;
+        orders answers so before the gateway stops waiting for it, and an
+        UNAVAILABLE without "order_id" may not have recorded one)
         plus UNAUTHENTICATED, and the gateway's own INVALID_ARGUMENT, reason
         EMAIL_NOT_ACCOUNTS, for an `email` other than the caller's account's
         (nothing placed). The gateway asks users for the account's address on

@@ -116,7 +116,10 @@ class OrdersServiceStub:
       retry shortly.
     - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
       not price the order (no order recorded), or the saga is waiting for
-      inventory or payments (the order stays PENDING, metadata "order_id").
+      inventory or payments (the order stays PENDING, metadata "order_id"
+      and "step"): after its retries of the step, or when the call's
+      deadline is 0.3 s away, the saga going on without the call (it
+      answers before its caller's deadline, so that the order is named).
       Retry with the same key to get its outcome; the server also resumes it
       by itself, and cancels it if it cannot finish before the reservation
       would expire.
@@ -192,8 +195,10 @@ class OrdersServiceStub:
       another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
     - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
     - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
-      {"order_id": ...}): the refund or the release could not be done yet,
-      or another attempt or orders' recovery is completing it. The
+      {"order_id": ...}): the refund or the release could not be done yet
+      (also when they still wait as the call's deadline is 0.3 s away: the
+      answer comes before it), or another attempt or orders' recovery is
+      completing it. The
       cancellation is accepted all the same: orders completes it on its own
       once payments and inventory answer (the payment refunded once, the
       stock restocked, one OrderCancelled event), no retry needed; until then
@@ -279,7 +284,10 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       retry shortly.
     - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
       not price the order (no order recorded), or the saga is waiting for
-      inventory or payments (the order stays PENDING, metadata "order_id").
+      inventory or payments (the order stays PENDING, metadata "order_id"
+      and "step"): after its retries of the step, or when the call's
+      deadline is 0.3 s away, the saga going on without the call (it
+      answers before its caller's deadline, so that the order is named).
       Retry with the same key to get its outcome; the server also resumes it
       by itself, and cancels it if it cannot finish before the reservation
       would expire.
@@ -355,8 +363,10 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
     - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
     - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
-      {"order_id": ...}): the refund or the release could not be done yet,
-      or another attempt or orders' recovery is completing it. The
+      {"order_id": ...}): the refund or the release could not be done yet
+      (also when they still wait as the call's deadline is 0.3 s away: the
+      answer comes before it), or another attempt or orders' recovery is
+      completing it. The
       cancellation is accepted all the same: orders completes it on its own
       once payments and inventory answer (the payment refunded once, the
       stock restocked, one OrderCancelled event), no retry needed; until then
@@ -445,7 +455,10 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           retry shortly.
         - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
           not price the order (no order recorded), or the saga is waiting for
-          inventory or payments (the order stays PENDING, metadata "order_id").
+          inventory or payments (the order stays PENDING, metadata "order_id"
+          and "step"): after its retries of the step, or when the call's
+          deadline is 0.3 s away, the saga going on without the call (it
+          answers before its caller's deadline, so that the order is named).
           Retry with the same key to get its outcome; the server also resumes it
           by itself, and cancels it if it cannot finish before the reservation
           would expire.
@@ -539,8 +552,10 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           another key (state still ORDER_STATE_CONFIRMED), or already CANCELLED.
         - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
         - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
-          {"order_id": ...}): the refund or the release could not be done yet,
-          or another attempt or orders' recovery is completing it. The
+          {"order_id": ...}): the refund or the release could not be done yet
+          (also when they still wait as the call's deadline is 0.3 s away: the
+          answer comes before it), or another attempt or orders' recovery is
+          completing it. The
           cancellation is accepted all the same: orders completes it on its own
           once payments and inventory answer (the payment refunded once, the
           stock restocked, one OrderCancelled event), no retry needed; until then
