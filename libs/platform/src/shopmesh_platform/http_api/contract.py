@@ -65,33 +65,28 @@ def singular_query_parameters() -> dict[str, list[str]]:
     }
 
 
-def api_methods() -> list[str]:
-    """ShopService's methods, by name, from the descriptor set the transcoder reads."""
+def _public_methods() -> list[descriptor_pb2.MethodDescriptorProto]:
+    """ShopService's methods, from the descriptor set the transcoder reads."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set().read_bytes())
     package, service = PUBLIC_SERVICE.rsplit(".", 1)
-    return sorted(
-        method.name
+    return [
+        method
         for file in files.file
         if file.package == package
         for declared in file.service
         if declared.name == service
         for method in declared.method
-    )
+    ]
+
+
+def api_methods() -> list[str]:
+    """ShopService's methods, by name."""
+    return sorted(method.name for method in _public_methods())
 
 
 def single_request_methods() -> list[str]:
     """ShopService's methods whose client sends one message (unary, or server streaming), by name."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set().read_bytes())
-    package, service = PUBLIC_SERVICE.rsplit(".", 1)
-    return sorted(
-        method.name
-        for file in files.file
-        if file.package == package
-        for declared in file.service
-        if declared.name == service
-        for method in declared.method
-        if not method.client_streaming
-    )
+    return sorted(method.name for method in _public_methods() if not method.client_streaming)
 
 
 def api_method_paths() -> list[str]:
