@@ -52,7 +52,9 @@ class NotificationsServiceStub:
     """Lists a user's notifications, newest first (`created_at` descending, then
     `id` descending).
 
-    Errors: INVALID_ARGUMENT (empty user_id, negative page_size, ErrorInfo
+    Errors: INVALID_ARGUMENT (empty user_id, or one with whitespace or
+    unprintable characters: violation reason INVALID_FORMAT; negative
+    page_size; ErrorInfo
     reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
     UNAVAILABLE. A user without notifications yields an empty list.
 
@@ -68,7 +70,9 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """Lists a user's notifications, newest first (`created_at` descending, then
     `id` descending).
 
-    Errors: INVALID_ARGUMENT (empty user_id, negative page_size, ErrorInfo
+    Errors: INVALID_ARGUMENT (empty user_id, or one with whitespace or
+    unprintable characters: violation reason INVALID_FORMAT; negative
+    page_size; ErrorInfo
     reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
     UNAVAILABLE. A user without notifications yields an empty list.
 
@@ -87,7 +91,9 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists a user's notifications, newest first (`created_at` descending, then
         `id` descending).
 
-        Errors: INVALID_ARGUMENT (empty user_id, negative page_size, ErrorInfo
+        Errors: INVALID_ARGUMENT (empty user_id, or one with whitespace or
+        unprintable characters: violation reason INVALID_FORMAT; negative
+        page_size; ErrorInfo
         reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
         UNAVAILABLE. A user without notifications yields an empty list.
 

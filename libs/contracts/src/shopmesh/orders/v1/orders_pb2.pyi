@@ -539,7 +539,9 @@ class GetOrderRequest(_message.Message):
 
     ORDER_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
-    """Id of the order to return. Required, at most 64 characters."""
+    """Id of the order to return. Required, at most 64 printable characters, no
+    whitespace.
+    """
     def __init__(
         self,
         *,
@@ -653,7 +655,9 @@ class CancelOrderRequest(_message.Message):
     ORDER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
-    """Id of the order to cancel. Required, at most 64 characters."""
+    """Id of the order to cancel. Required, at most 64 printable characters, no
+    whitespace.
+    """
     reason: _builtins.str
     """Why the customer cancels, free text up to 500 characters on one line: no
     control characters (tabs, line breaks, escapes, C1 controls) and no

@@ -152,8 +152,9 @@ class OrdersServiceServicer:
     def GetOrder(self, request, context):
         """Returns an order by id.
 
-        Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
-        violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
+        Errors: INVALID_ARGUMENT (order_id empty, longer than 64 characters, or
+        with whitespace or unprintable characters: violation reason REQUIRED,
+        INVALID_LENGTH or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
         ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
         UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
         (metadata "order_id"): the order was stored by a newer release of orders
@@ -204,8 +205,9 @@ class OrdersServiceServicer:
         retry once it is CONFIRMED).
 
         Errors:
-        - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
-        reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
+        - INVALID_ARGUMENT: order_id empty, longer than 64 characters, or with
+        whitespace or unprintable characters (violation reason REQUIRED,
+        INVALID_LENGTH or INVALID_FORMAT), reason longer than 500 characters;
         ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
         IDEMPOTENCY_KEY_REUSED (see common/v1).
         - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).

@@ -140,8 +140,9 @@ class OrdersServiceStub:
     GetOrder: _grpc.UnaryUnaryMultiCallable[_orders_pb2.GetOrderRequest, _orders_pb2.GetOrderResponse]
     """Returns an order by id.
 
-    Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
-    violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
+    Errors: INVALID_ARGUMENT (order_id empty, longer than 64 characters, or
+    with whitespace or unprintable characters: violation reason REQUIRED,
+    INVALID_LENGTH or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
     ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
     UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
     (metadata "order_id"): the order was stored by a newer release of orders
@@ -184,8 +185,9 @@ class OrdersServiceStub:
     retry once it is CONFIRMED).
 
     Errors:
-    - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
-      reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
+    - INVALID_ARGUMENT: order_id empty, longer than 64 characters, or with
+      whitespace or unprintable characters (violation reason REQUIRED,
+      INVALID_LENGTH or INVALID_FORMAT), reason longer than 500 characters;
       ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
       IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
@@ -308,8 +310,9 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     GetOrder: _aio.UnaryUnaryMultiCallable[_orders_pb2.GetOrderRequest, _orders_pb2.GetOrderResponse]  # type: ignore[assignment]
     """Returns an order by id.
 
-    Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
-    violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
+    Errors: INVALID_ARGUMENT (order_id empty, longer than 64 characters, or
+    with whitespace or unprintable characters: violation reason REQUIRED,
+    INVALID_LENGTH or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
     ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
     UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
     (metadata "order_id"): the order was stored by a newer release of orders
@@ -352,8 +355,9 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     retry once it is CONFIRMED).
 
     Errors:
-    - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
-      reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
+    - INVALID_ARGUMENT: order_id empty, longer than 64 characters, or with
+      whitespace or unprintable characters (violation reason REQUIRED,
+      INVALID_LENGTH or INVALID_FORMAT), reason longer than 500 characters;
       ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
       IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
@@ -485,8 +489,9 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orders_pb2.GetOrderResponse, _abc.Awaitable[_orders_pb2.GetOrderResponse]]:
         """Returns an order by id.
 
-        Errors: INVALID_ARGUMENT (order_id empty or longer than 64 characters:
-        violation reason REQUIRED or INVALID_LENGTH), NOT_FOUND (ErrorInfo reason
+        Errors: INVALID_ARGUMENT (order_id empty, longer than 64 characters, or
+        with whitespace or unprintable characters: violation reason REQUIRED,
+        INVALID_LENGTH or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
         ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
         UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
         (metadata "order_id"): the order was stored by a newer release of orders
@@ -541,8 +546,9 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         retry once it is CONFIRMED).
 
         Errors:
-        - INVALID_ARGUMENT: order_id empty or longer than 64 characters (violation
-          reason REQUIRED or INVALID_LENGTH), reason longer than 500 characters;
+        - INVALID_ARGUMENT: order_id empty, longer than 64 characters, or with
+          whitespace or unprintable characters (violation reason REQUIRED,
+          INVALID_LENGTH or INVALID_FORMAT), reason longer than 500 characters;
           ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
           IDEMPOTENCY_KEY_REUSED (see common/v1).
         - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).

@@ -86,7 +86,9 @@ class ListRecommendationsRequest(_message.Message):
     product_id: _builtins.str
     """Recommend products related to this product (a catalog Product.id)."""
     user_id: _builtins.str
-    """Recommend products for this user (a users User.id)."""
+    """Recommend products for this user (a users User.id): printable
+    characters, no whitespace (else INVALID_FORMAT).
+    """
     max_results: _builtins.int
     """Maximum number of recommendations: 0 means 5, values above 20 are
     coerced to 20, negative values are rejected.
