@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -202,6 +203,22 @@ async def test_a_sqlite_migration_that_leaves_a_row_referencing_nothing_is_rolle
             await migrate(database, versions)
         async with database.read() as connection:
             assert await connection.scalar(text("SELECT note FROM orders")) == "n", "the migration rolled back"
+        assert await _count(database, "lines") == 2
+    finally:
+        await database.dispose()
+
+
+async def test_a_row_orphaned_before_the_migrations_fails_no_start_on_sqlite(tmp_path: Path) -> None:
+    """The check before the commit judges what the migrations did: a line whose order was deleted with foreign
+    keys off (by the sqlite3 shell, which has them off by default) must not fail every later start."""
+    database = Database(f"sqlite:///{tmp_path}/svc.db")
+    try:
+        versions = await _orders_with_lines(database, tmp_path)
+        with sqlite3.connect(tmp_path / "svc.db") as shell:  # foreign keys off, as in the sqlite3 shell
+            shell.execute("DELETE FROM orders")
+        await migrate(database, versions)  # nothing to migrate: a start
+        (versions / "svc_0002.py").write_text(ORDERS_CHANGE.format(doc="a note", body='    op.execute("SELECT 1")'))
+        await migrate(database, versions)
         assert await _count(database, "lines") == 2
     finally:
         await database.dispose()
