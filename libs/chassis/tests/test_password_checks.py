@@ -8,7 +8,11 @@ from types import SimpleNamespace
 import pytest
 
 from shopmesh_chassis import password_checks
-from shopmesh_chassis.password_checks import MAX_PASSWORD_LENGTH, checked_as_sent, login_password_hashes
+from shopmesh_chassis.password_checks import (
+    MAX_PASSWORD_LENGTH_AS_SENT,
+    checked_as_sent,
+    login_password_hashes,
+)
 
 
 @pytest.mark.parametrize(
@@ -32,5 +36,5 @@ def test_a_password_too_long_to_check_is_not_normalized_and_costs_one(monkeypatc
     looked_at: list[str] = []
     reader = SimpleNamespace(is_normalized=lambda form, text: looked_at.append(text) or True)
     monkeypatch.setattr(password_checks, "unicodedata", reader)
-    assert login_password_hashes("\uff50" * (8 * MAX_PASSWORD_LENGTH + 1)) == 1
+    assert login_password_hashes("\uff50" * (MAX_PASSWORD_LENGTH_AS_SENT + 1)) == 1
     assert looked_at == []

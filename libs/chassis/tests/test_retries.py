@@ -217,10 +217,11 @@ async def test_a_retry_info_within_the_deadline_is_still_retried(reason: str) ->
 
 
 async def test_an_answer_that_a_dependency_is_away_is_not_retried_whatever_its_wait() -> None:
-    """UNAVAILABLE DEPENDENCY_UNAVAILABLE says the server already called its dependency, its channel retrying,
-    and gave up: the caller's channel retrying it multiplied those attempts (the gateway's 4 PlaceOrder attempts
-    times orders' Reserve attempts, 20 of them for one checkout). It goes out with "do not retry" even when its
-    wait fits the deadline, not final (a later call may fare better), its RetryInfo kept for the caller."""
+    """UNAVAILABLE DEPENDENCY_UNAVAILABLE says the server already called its dependency, its channel retrying, and
+    gave up: the caller's channel retrying it multiplied those attempts (each of the gateway's PlaceOrder retries
+    drove orders' saga again: 20 Reserve calls for one checkout, where orders' breaker stopped them). It goes out
+    with "do not retry" even when its wait fits the deadline, not final (a later call may fare better), its
+    RetryInfo kept for the caller."""
     servicer = _AsksToWait(retry_after=0.25, failures=10, reason=errors.DEPENDENCY_UNAVAILABLE)
     async with asking_to_wait(servicer) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -421,11 +421,11 @@ def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[
     chain behind the retry (orders' saga retries its steps itself, within its lease).
 
     DEPENDENCY_UNAVAILABLE, whatever its wait and whoever raised it (a handler, `dependency_unavailable`, a
-    relay replaying a dependency's): the server has already called that dependency through a channel that
-    retries, and given up. Retried by its caller's channel too, each layer multiplies the attempts of the one
-    below (the gateway's 4 PlaceOrder attempts times orders' Reserve attempts: 20 for one checkout while
-    inventory was down, and the answer seconds later). Only the layer next to the failure retries; the
-    RetryInfo still tells the caller when another call is worth it. Not final (no FINAL_ANSWER): a relay of it
+    relay replaying a dependency's): the server has given up on that dependency, as a rule after its channel retried
+    it. Retried by its caller's channel too, each layer multiplies the attempts of the one below (the gateway's
+    PlaceOrder retries each drove orders' saga again: 20 Reserve calls for one checkout while inventory was down,
+    where orders' breaker stopped them, and the answer seconds later). Only the layer next to the failure retries;
+    the RetryInfo still tells the caller when another call is worth it. Not final (no FINAL_ANSWER): a relay of it
     is no more final than the answer itself, and a later call may fare better."""
     details = details_from(status.code, status.details, status.trailing_metadata)
     if details.reason == errors.DEPENDENCY_UNAVAILABLE:

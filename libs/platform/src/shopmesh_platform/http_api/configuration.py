@@ -185,8 +185,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         # Before any route that forwards gRPC: what the gateway's gRPC server must never read.
                         malformed_grpc_timeout_refused(),
                         # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's by the
-                        # time the route is chosen: ShopService's methods are all there is. Each by its path,
-                        # through the buffer filter; any other method's gRPC goes on to the gateway unbuffered.
+                        # time the route is chosen: ShopService's methods are all there is. Each by its exact path
+                        # (a regex of them all is past the size Envoy allows an RE2 program), through the buffer
+                        # filter; any other method's gRPC goes on to the gateway unbuffered.
                         *(
                             {
                                 "match": {"path": f"/{PUBLIC_SERVICE}/{method}"},

@@ -87,9 +87,3 @@ def api_methods() -> list[str]:
 def single_request_methods() -> list[str]:
     """ShopService's methods whose client sends one message (unary, or server streaming), by name."""
     return sorted(method.name for method in _public_methods() if not method.client_streaming)
-
-
-def api_method_paths() -> list[str]:
-    """The gRPC paths of ShopService's methods (`/shopmesh.gateway.v1.ShopService/GetOrder`). Exact paths, one
-    route each: a regex of them all is past the size Envoy allows an RE2 program."""
-    return [f"/{PUBLIC_SERVICE}/{method}" for method in api_methods()]
