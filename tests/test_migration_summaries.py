@@ -4,9 +4,11 @@ prefix but no time or level, which read as a stray message."""
 
 from __future__ import annotations
 
+import re
+
 from alembic.script import ScriptDirectory
 
-from shopmesh_chassis.migrations import alembic_config
+from shopmesh_chassis.migrations import alembic_config, branch_of
 
 from .contract.migration_sql import SERVICE_VERSIONS
 
@@ -23,3 +25,19 @@ def test_every_migration_summary_is_one_line() -> None:
         if "\n" in script.doc.strip()
     }
     assert not multi_line
+
+
+def test_every_revision_is_named_after_its_branch() -> None:
+    """The chassis reads a revision's branch from its id, `<branch label>_NNNN` (migrations.branch_of), to tell a
+    newer release's revision from another service's schema: a revision named otherwise would count as another
+    service's, and the release before it, started on the database after a rollback, would refuse to run."""
+    misnamed = set()
+    for versions in SERVICE_VERSIONS:
+        scripts = list(ScriptDirectory.from_config(alembic_config(versions)).walk_revisions())
+        labels = {label for script in scripts for label in script.branch_labels}
+        misnamed |= {
+            script.revision
+            for script in scripts
+            if not re.fullmatch(r"[a-z]+_\d{4}", script.revision) or branch_of(script.revision) not in labels
+        }
+    assert not misnamed
