@@ -63,6 +63,14 @@ _IN_USE_RETRY_AFTER_SECONDS = 1.0
 # is defined), and the answer then needs a read of the order (the step it waits at) and its trip back through
 # the same loaded I/O threads and sidecars, each bounded alike. 0.3 s of a 15 s wait.
 _ANSWER_MARGIN_SECONDS = 3 * DEADLINE_SKEW_TOLERANCE_SECONDS
+# The least wait that the early answer may leave the saga: with less (a short but legal deadline, the gateway
+# lets 0.35 s through), the call waits to its deadline as it did before the early answer. A saga whose
+# dependencies answer ends in tens of milliseconds; answering UNAVAILABLE (a server error) after a few of them
+# failed checkouts that succeed, and let any client spend the availability budget at will. A second is far
+# beyond a healthy saga, and the saga's own wait when a dependency names none (the answer's RetryInfo): a
+# saga still driving then is waiting for a dependency indeed. Not the step timeout: it is the settings' (5 s
+# by default) and would keep the answer from every caller with less than 5.3 s, the gateway's 15 s aside.
+_EARLY_ANSWER_MIN_WAIT_SECONDS = 1.0
 
 
 def _pass_stops_at(exc: Exception, what: str, order_id: str, on_error: Callable[[], None]) -> bool:
@@ -141,6 +149,23 @@ def _pass_failed(label: str, name: str, exc: Exception, on_error: Callable[[], N
     else:
         log.exception("recovery pass %s (%s) failed", label, name, extra=extra)
         on_error()
+
+
+def _early_answer_budget() -> float | None:
+    """How long PlaceOrder and CancelOrder wait for a saga (or another driver) before answering that it goes on
+    without them: to `_ANSWER_MARGIN_SECONDS` before the inbound deadline, when that leaves at least
+    `_EARLY_ANSWER_MIN_WAIT_SECONDS`; None (to the deadline, which ends the call) otherwise, or without one."""
+    remaining = call_context.inbound_time_remaining()
+    if remaining is None or remaining - _ANSWER_MARGIN_SECONDS < _EARLY_ANSWER_MIN_WAIT_SECONDS:
+        return None
+    return remaining - _ANSWER_MARGIN_SECONDS
+
+
+def _answered(order: Order, placement: bool) -> bool:
+    """Whether the call has its answer in `order` as read: a finished order; for PlaceOrder also a CONFIRMED
+    one, a cancellation pending on it or not (`_settle` answers it as it is, the cancellation being not the
+    placement's to wait for)."""
+    return order.is_terminal or (placement and order.state is OrderState.CONFIRMED)
 
 
 def _log_detached_end(order_id: str, task: asyncio.Task[Order]) -> None:
@@ -339,21 +364,34 @@ class OrdersApplication:
         # placement this call retries is over; driving the refund here would answer a PlaceOrder with the
         # cancellation's waits, and have a channel's retries of them call payments again and again.
         if not order.is_terminal and order.state is not OrderState.CONFIRMED:
-            order = await self._drive_detached(order_id, card, owner, recorded)
+            order = await self._drive_detached(order_id, card, owner, recorded, placement=True)
         return _outcome(order)
 
     async def _drive_detached(
-        self, order_id: str, card: Card | None, owner: str | None = None, recorded: Order | None = None
+        self,
+        order_id: str,
+        card: Card | None,
+        owner: str | None = None,
+        recorded: Order | None = None,
+        *,
+        placement: bool,
     ) -> Order:
         """Drive the saga in a task of its own, which shutdown waits for (`wait_running`), and answer with
-        where it ended (or with the outcome of another driver that holds the order)."""
+        where it ended (or with the outcome of another driver that holds the order). `placement`: for
+        PlaceOrder, which a CONFIRMED order answers (`_answered`)."""
         try:
-            return await self._drive_shielded(order_id, card, owner, recorded)
+            return await self._drive_shielded(order_id, card, owner, recorded, placement=placement)
         except LeaseHeld:
-            return await self._wait_for_other_driver(order_id, card)
+            return await self._wait_for_other_driver(order_id, card, placement=placement)
 
     async def _drive_shielded(
-        self, order_id: str, card: Card | None, owner: str | None = None, recorded: Order | None = None
+        self,
+        order_id: str,
+        card: Card | None,
+        owner: str | None = None,
+        recorded: Order | None = None,
+        *,
+        placement: bool,
     ) -> Order:
         task = self._running.start(
             self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context()
@@ -362,24 +400,33 @@ class OrdersApplication:
             # Counted for as long as the task runs, not the caller's wait: the drive outlives a caller gone.
             self._driving_with_card[order_id] = self._driving_with_card.get(order_id, 0) + 1
             task.add_done_callback(lambda _: self._card_drive_ended(order_id))
-        return await self._answer_in_time(order_id, task)
+        return await self._answer_in_time(order_id, task, placement=placement)
 
-    async def _answer_in_time(self, order_id: str, task: asyncio.Task[Order]) -> Order:
+    async def _answer_in_time(self, order_id: str, task: asyncio.Task[Order], *, placement: bool) -> Order:
         """Where the saga `task` ended, or, when it is still driving as the inbound call's deadline nears
-        (`_ANSWER_MARGIN_SECONDS`), UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the order and its step, as the
+        (`_early_answer_budget`), UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the order and its step, as the
         saga's own give-up does: the caller learns the order was recorded and goes on, and can read it. The
         task is not cancelled (nor by the caller's cancellation: `asyncio.wait` leaves it running), so the
         saga finishes detached, as it does for a caller gone."""
-        remaining = call_context.inbound_time_remaining()
-        budget = None if remaining is None else max(remaining - _ANSWER_MARGIN_SECONDS, 0.0)
-        done, _ = await asyncio.wait({task}, timeout=budget)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=_early_answer_budget())
+        except asyncio.CancelledError:
+            # The caller gave up: nobody awaits the task any more either.
+            task.add_done_callback(partial(_log_detached_end, order_id))
+            raise
         if task in done:
             return task.result()
         # Nobody awaits it any more: its end is logged here, not as asyncio's "exception never retrieved".
         task.add_done_callback(partial(_log_detached_end, order_id))
+        return await self._answer_still_driven(order_id, placement)
+
+    async def _answer_still_driven(self, order_id: str, placement: bool) -> Order:
+        """The early answer (`_early_answer_budget`) for an order still driven: the order as re-read when that
+        answers the call (`_answered`: finished since, or CONFIRMED for PlaceOrder), else UNAVAILABLE
+        DEPENDENCY_UNAVAILABLE naming it and its step."""
         order = await self._load(order_id)
-        if order.is_terminal:
-            return order  # finished since the wait ended
+        if _answered(order, placement):
+            return order
         raise errors.Unavailable(
             f"order {order_id} is waiting for a dependency at step {order.step.value}; it goes on without this "
             "call, which could wait no longer",
@@ -396,26 +443,32 @@ class OrdersApplication:
         else:
             del self._driving_with_card[order_id]
 
-    async def _wait_for_other_driver(self, order_id: str, card: Card | None) -> Order:
+    async def _wait_for_other_driver(self, order_id: str, card: Card | None, *, placement: bool) -> Order:
         """Wait a while for the driver holding the order to finish it. A caller with the card (a PlaceOrder
         retry) also tries to take the order on each poll: the holder may be a driver that died (its pod killed
         mid-checkout), and when its lease lapses the recovery loop, which has no card, would otherwise take
         the order, find no charge and cancel it as CHECKOUT_INTERRUPTED under this very retry. Taking it is
         safe: the charge is keyed by the order, its mark is written before it is sent, and one sent by the
         dead driver is handled as any charge in doubt. An order already CONFIRMED is only read: what runs on
-        it is the customer's cancellation, not this placement's to drive (`_settle`)."""
+        it is the customer's cancellation, not this placement's to drive (`_settle`). The wait ends at the
+        early-answer point too (`_early_answer_budget`), answered as a saga still driving is: past it, the
+        caller would give up before the poll's end and name no order."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + _WAIT_FOR_OTHER_DRIVER_SECONDS
+        budget = _early_answer_budget()
+        answer_early = budget is not None and budget < _WAIT_FOR_OTHER_DRIVER_SECONDS
+        deadline = loop.time() + min(budget or _WAIT_FOR_OTHER_DRIVER_SECONDS, _WAIT_FOR_OTHER_DRIVER_SECONDS)
         while loop.time() < deadline:
             order = await self._load(order_id)
             if order.is_terminal:
                 return order
             if card is not None and order.state is not OrderState.CONFIRMED:
                 try:
-                    return await self._drive_shielded(order_id, card)
+                    return await self._drive_shielded(order_id, card, placement=placement)
                 except LeaseHeld:
                     pass  # still held: its driver is alive, or its lease has not lapsed yet
             await asyncio.sleep(0.1)
+        if answer_early:
+            return await self._answer_still_driven(order_id, placement)
         raise errors.Aborted(
             "this order is still being processed; retry with the same idempotency key",
             reason="IDEMPOTENCY_KEY_IN_USE",
@@ -477,7 +530,7 @@ class OrdersApplication:
         order = await self._load(order_id)
         if not order.is_terminal:
             try:
-                order = await self._drive_detached(order_id, None)
+                order = await self._drive_detached(order_id, None, placement=False)
             except errors.Unavailable as exc:
                 raise _cancellation_accepted(order_id, exc.retry_after_seconds) from exc
             except errors.Aborted as exc:

@@ -1,0 +1,135 @@
+"""PlaceOrder's and CancelOrder's answer before their caller's deadline (`_answer_in_time`): only a deadline
+with real room left is answered early; a caller's cancellation leaves the saga's end logged, not lost; an order
+PlaceOrder would answer when re-read is answered; a wait for another driver ends at the same point."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+from shopmesh_chassis import call_context, errors
+from shopmesh_chassis.db import Database
+from shopmesh_orders.application import OrdersApplication
+from shopmesh_orders.domain.model import Order, OrderState, SagaStep
+from shopmesh_orders.domain.validation import Card, CartLine
+from shopmesh_orders.saga import LeaseHeld, SagaDriver
+from shopmesh_orders.store.repository import OrderRepository
+
+from .conftest import FakeInventory
+from .saga_kit import command, place
+
+
+@contextmanager
+def _inbound_deadline(seconds: float) -> Iterator[None]:
+    """As the chassis' server interceptor enters each call: the inbound call's deadline `seconds` away."""
+    token = call_context.enter(seconds, None)
+    try:
+        yield
+    finally:
+        call_context.leave(token)
+
+
+async def test_a_short_legal_deadline_waits_for_the_saga_rather_than_answer_unavailable_at_once(
+    app: OrdersApplication, inventory: FakeInventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway lets a client through with 0.35 s left: a reservation slower than what is left of it after
+    the answer margin, yet well within the deadline, is waited for and the order answered CONFIRMED; answered
+    early, a checkout that succeeds got UNAVAILABLE (a server error) after a few milliseconds."""
+    reserve = inventory.reserve
+
+    async def slow_reserve(order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+        await asyncio.sleep(0.2)
+        return await reserve(order_id, items, ttl_seconds)
+
+    monkeypatch.setattr(inventory, "reserve", slow_reserve)
+    with _inbound_deadline(0.35):
+        order_id = await place(app, command())
+    assert (await app.get_order(order_id)).state is OrderState.CONFIRMED
+
+
+async def test_a_saga_whose_caller_cancelled_has_its_failure_logged(
+    app: OrdersApplication, saga: SagaDriver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller gives up (its RPC cancelled) while the saga drives: the saga's later failure is logged as one
+    of a saga nobody waits for, not left to asyncio's "Task exception was never retrieved"."""
+    driving, fail = asyncio.Event(), asyncio.Event()
+
+    async def failing_drive(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+    ) -> Order:
+        driving.set()
+        await fail.wait()
+        raise RuntimeError("the saga broke")
+
+    monkeypatch.setattr(saga, "drive", failing_drive)
+    caller = asyncio.create_task(place(app, command()))
+    await driving.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    with caplog.at_level(logging.ERROR, logger="shopmesh.orders"):
+        fail.set()
+        await app.wait_running(10)
+    logged = [r for r in caplog.records if r.name == "shopmesh.orders"]
+    assert [(r.getMessage().endswith("failed"), type(r.exc_info and r.exc_info[1])) for r in logged] == [
+        (True, RuntimeError)
+    ]
+
+
+async def test_place_order_reading_its_order_confirmed_with_a_cancellation_pending_answers_the_order(
+    app: OrdersApplication, saga: SagaDriver, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saga confirms the order, and the customer's cancellation arrives while its task is still under way
+    at the early-answer point: PlaceOrder answers the CONFIRMED order, as it does for any CONFIRMED order
+    (`_settle`), not UNAVAILABLE at the cancellation's step REFUND."""
+    drive, release = saga.drive, asyncio.Event()
+
+    async def confirm_then_linger(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+    ) -> Order:
+        confirmed = await drive(order_id, card, owner, order)
+        cancelling = confirmed.cancellation_requested("changed my mind", confirmed.updated_at)
+        async with database.transaction() as session:
+            await OrderRepository(session).save(cancelling)
+        await release.wait()
+        return confirmed
+
+    monkeypatch.setattr(saga, "drive", confirm_then_linger)
+    try:
+        with _inbound_deadline(1.5):
+            order_id = await place(app, command())
+    finally:
+        release.set()
+        await app.wait_running(10)
+    order = await app.get_order(order_id)
+    assert (order.state, order.step) == (OrderState.CONFIRMED, SagaStep.REFUND)
+
+
+async def test_a_wait_for_another_driver_ends_before_the_callers_deadline_naming_the_order(
+    app: OrdersApplication, saga: SagaDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another driver holds the order past the early-answer point of PlaceOrder's retry: the retry answers
+    UNAVAILABLE naming the order before its deadline, as the wait for a saga does, not after the poll's own 5 s
+    (when its caller has long given up)."""
+
+    async def inventory_away(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+    ) -> Order:
+        raise errors.Unavailable("inventory is away", reason=errors.DEPENDENCY_UNAVAILABLE)
+
+    async def held(order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None) -> Order:
+        raise LeaseHeld(order_id)
+
+    # The first PlaceOrder records the order (at step RESERVE) and its drive waits on inventory; the retry's
+    # drives all find the order held.
+    monkeypatch.setattr(saga, "drive", inventory_away)
+    with pytest.raises(errors.Unavailable):
+        await place(app, command())
+    monkeypatch.setattr(saga, "drive", held)
+    with _inbound_deadline(1.5), pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    assert (caught.value.reason, caught.value.metadata["step"]) == (errors.DEPENDENCY_UNAVAILABLE, "RESERVE")
