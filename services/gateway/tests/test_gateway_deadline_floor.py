@@ -164,15 +164,24 @@ async def test_a_client_cancelling_in_its_deadlines_last_stretch_under_the_floor
     below the floor, refused before any work."""
     async with slow_catalog_behind_gateway(work_seconds=2.0) as (catalog, catalog_server, gateway):
 
-        async def call() -> None:
+        async def call() -> tuple[grpc.StatusCode, str] | str:
             answer = gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=0.3)
             await asyncio.sleep(0.21)
-            answer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            cancelled = answer.cancel()
+            try:
                 await answer
+            except grpc.aio.AioRpcError as refused:
+                return details_of(refused).code, details_of(refused).reason
+            except asyncio.CancelledError:
+                if not cancelled:
+                    raise  # the test's own cancellation, not the call's
+            return "cancelled by the client before any answer" if cancelled else "answered"
 
-        for _ in range(CALLS):
-            await call()
+        # Every call refused at once, not cancelled by its client: otherwise the counts below hold for no call.
+        assert [await call() for _ in range(CALLS)] == [
+            (grpc.StatusCode.INVALID_ARGUMENT, "DEADLINE_TOO_SHORT")
+        ] * CALLS
+        assert catalog.calls == 0, "no call made behind the refusal"
         await eventually(
             lambda: sum(handled(gateway.server, SHOP_LIST).values()) == CALLS, "every call counted by the gateway"
         )
