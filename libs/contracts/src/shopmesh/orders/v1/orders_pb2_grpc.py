@@ -126,8 +126,9 @@ class OrdersServiceServicer:
         not price the order (no order recorded), or the saga is waiting for
         inventory or payments (the order stays PENDING, metadata "order_id"
         and "step"): after its retries of the step, or when the call's
-        deadline is 0.3 s away, the saga going on without the call (it
-        answers before its caller's deadline, so that the order is named).
+        deadline is 0.3 s away (a deadline of 1.3 s or more; a shorter one is
+        waited to its end), the saga going on without the call (it answers
+        before its caller's deadline, so that the order is named).
         Retry with the same key to get its outcome; the server also resumes it
         by itself, and cancels it if it cannot finish before the reservation
         would expire.
@@ -218,8 +219,9 @@ class OrdersServiceServicer:
         - ABORTED (reason IDEMPOTENCY_KEY_IN_USE).
         - UNAVAILABLE naming the order (reason DEPENDENCY_UNAVAILABLE, metadata
         {"order_id": ...}): the refund or the release could not be done yet
-        (also when they still wait as the call's deadline is 0.3 s away: the
-        answer comes before it), or another attempt or orders' recovery is
+        (also when they still wait as the call's deadline is 0.3 s away, of a
+        deadline of 1.3 s or more: the answer comes before it), or another
+        attempt or orders' recovery is
         completing it. The
         cancellation is accepted all the same: orders completes it on its own
         once payments and inventory answer (the payment refunded once, the
