@@ -130,6 +130,40 @@ async def test_a_wait_for_another_driver_ends_before_the_callers_deadline_naming
     with pytest.raises(errors.Unavailable):
         await place(app, command())
     monkeypatch.setattr(saga, "drive", held)
+    # The caller's deadline enforced as its channel does: an answer after it would be no answer.
     with _inbound_deadline(1.5), pytest.raises(errors.Unavailable) as caught:
-        await place(app, command())
+        async with asyncio.timeout(1.5):
+            await place(app, command())
     assert (caught.value.reason, caught.value.metadata["step"]) == (errors.DEPENDENCY_UNAVAILABLE, "RESERVE")
+
+
+async def test_a_retry_waiting_for_another_driver_answers_the_order_it_reads_confirmed_with_a_cancellation_pending(
+    app: OrdersApplication, saga: SagaDriver, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PlaceOrder's retry finds the order held; while it waits, the other driver confirms it and the customer's
+    cancellation is saved (CONFIRMED, step REFUND): the retry answers the CONFIRMED order, as `_settle` does, not
+    ABORTED IDEMPOTENCY_KEY_IN_USE after waiting on the cancellation for the poll's 5 s."""
+    drive, first_owner = saga.drive, []
+
+    async def inventory_away(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+    ) -> Order:
+        first_owner.append(owner)  # its lease stays held: the other driver, which the retry finds
+        raise errors.Unavailable("inventory is away", reason=errors.DEPENDENCY_UNAVAILABLE)
+
+    async def confirmed_by_another_then_cancelling(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+    ) -> Order:
+        confirmed = await drive(order_id, card, first_owner[0])  # the other driver goes on, and confirms
+        cancelling = confirmed.cancellation_requested("changed my mind", confirmed.updated_at)
+        async with database.transaction() as session:
+            await OrderRepository(session).save(cancelling)
+        raise LeaseHeld(order_id)
+
+    monkeypatch.setattr(saga, "drive", inventory_away)
+    with pytest.raises(errors.Unavailable):
+        await place(app, command())
+    monkeypatch.setattr(saga, "drive", confirmed_by_another_then_cancelling)
+    order_id = await place(app, command())
+    order = await app.get_order(order_id)
+    assert (order.state, order.step) == (OrderState.CONFIRMED, SagaStep.REFUND)

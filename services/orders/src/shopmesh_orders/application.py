@@ -459,7 +459,7 @@ class OrdersApplication:
         deadline = loop.time() + min(budget or _WAIT_FOR_OTHER_DRIVER_SECONDS, _WAIT_FOR_OTHER_DRIVER_SECONDS)
         while loop.time() < deadline:
             order = await self._load(order_id)
-            if order.is_terminal:
+            if _answered(order, placement):
                 return order
             if card is not None and order.state is not OrderState.CONFIRMED:
                 try:
