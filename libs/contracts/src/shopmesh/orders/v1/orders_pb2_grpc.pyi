@@ -112,15 +112,18 @@ class OrdersServiceStub:
       order's currency>"}. Show the customer the new total and, once they
       confirm, place the order again with it as expected_total (the same
       idempotency key may be used: no order was recorded under it).
-    - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed;
-      retry shortly.
+    - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed
+      (another call or the server's recovery drives the order) and did not
+      finish within 5 s; retry shortly.
     - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
       not price the order (no order recorded), or the saga is waiting for
       inventory or payments (the order stays PENDING, metadata "order_id"
       and "step"): after its retries of the step, or when the call's
       deadline is 0.3 s away (a deadline of 1.3 s or more; a shorter one is
       waited to its end), the saga going on without the call (it answers
-      before its caller's deadline, so that the order is named).
+      before its caller's deadline, so that the order is named). The same
+      answer, instead of ABORTED, when another driver still holds the order
+      at that point of the deadline.
       Retry with the same key to get its outcome; the server also resumes it
       by itself, and cancels it if it cannot finish before the reservation
       would expire.
@@ -284,15 +287,18 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
       order's currency>"}. Show the customer the new total and, once they
       confirm, place the order again with it as expected_total (the same
       idempotency key may be used: no order was recorded under it).
-    - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed;
-      retry shortly.
+    - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed
+      (another call or the server's recovery drives the order) and did not
+      finish within 5 s; retry shortly.
     - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
       not price the order (no order recorded), or the saga is waiting for
       inventory or payments (the order stays PENDING, metadata "order_id"
       and "step"): after its retries of the step, or when the call's
       deadline is 0.3 s away (a deadline of 1.3 s or more; a shorter one is
       waited to its end), the saga going on without the call (it answers
-      before its caller's deadline, so that the order is named).
+      before its caller's deadline, so that the order is named). The same
+      answer, instead of ABORTED, when another driver still holds the order
+      at that point of the deadline.
       Retry with the same key to get its outcome; the server also resumes it
       by itself, and cancels it if it cannot finish before the reservation
       would expire.
@@ -459,15 +465,18 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
           order's currency>"}. Show the customer the new total and, once they
           confirm, place the order again with it as expected_total (the same
           idempotency key may be used: no order was recorded under it).
-        - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed;
-          retry shortly.
+        - ABORTED, reason IDEMPOTENCY_KEY_IN_USE: the same key is being processed
+          (another call or the server's recovery drives the order) and did not
+          finish within 5 s; retry shortly.
         - UNAVAILABLE with RetryInfo, reason DEPENDENCY_UNAVAILABLE: catalog could
           not price the order (no order recorded), or the saga is waiting for
           inventory or payments (the order stays PENDING, metadata "order_id"
           and "step"): after its retries of the step, or when the call's
           deadline is 0.3 s away (a deadline of 1.3 s or more; a shorter one is
           waited to its end), the saga going on without the call (it answers
-          before its caller's deadline, so that the order is named).
+          before its caller's deadline, so that the order is named). The same
+          answer, instead of ABORTED, when another driver still holds the order
+          at that point of the deadline.
           Retry with the same key to get its outcome; the server also resumes it
           by itself, and cancels it if it cannot finish before the reservation
           would expire.
