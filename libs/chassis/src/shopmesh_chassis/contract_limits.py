@@ -8,6 +8,7 @@ the numbers the proto's comments state.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from shopmesh_chassis.errors import FieldViolation
 
@@ -32,9 +33,7 @@ def printable_id_violation(field: str, value: str) -> FieldViolation | None:
     rule for every id a caller hands a service. An id of "\\n\\r" or "\\u202e" names nothing any service
     issued, and stored (a payment for order "\\n\\r") it reaches logs, events and mail headers as it is. As
     for listable_id_violation, an empty or over-long id is left to the service's REQUIRED / TOO_LONG rule."""
-    if value and len(value) <= MAX_ID_LENGTH and not is_printable_id(value):
-        return FieldViolation(field, PRINTABLE_ID_RULE, "INVALID_FORMAT")
-    return None
+    return _id_format_violation(field, value, is_printable_id, PRINTABLE_ID_RULE)
 
 
 # What is_listable_id refuses beyond is_printable_id, and how a violation describes the rule.
@@ -53,8 +52,12 @@ def listable_id_violation(field: str, value: str) -> FieldViolation | None:
     """`field`'s INVALID_FORMAT violation when `value` is no listable id (is_listable_id), else None. An empty
     or over-long id is none of its business: each service states its own REQUIRED / TOO_LONG rule for those,
     so one field is not refused twice over."""
-    if value and len(value) <= MAX_ID_LENGTH and not is_listable_id(value):
-        return FieldViolation(field, LISTABLE_ID_RULE, "INVALID_FORMAT")
+    return _id_format_violation(field, value, is_listable_id, LISTABLE_ID_RULE)
+
+
+def _id_format_violation(field: str, value: str, valid: Callable[[str], bool], rule: str) -> FieldViolation | None:
+    if value and len(value) <= MAX_ID_LENGTH and not valid(value):
+        return FieldViolation(field, rule, "INVALID_FORMAT")
     return None
 
 

@@ -4,14 +4,13 @@ mistake, instead of reaching the gateway."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from google.rpc import code_pb2 as grpc_code
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
 from .head import LUA, LUA_PER_ROUTE
-from .local_replies import ERROR_DOMAIN
+from .local_replies import ERROR_DOMAIN, grpc_answer_headers
 from .matching import FILTER_CONFIG
 
 # The field violation's reason in the refusal, and its message.
@@ -32,16 +31,10 @@ def _refusal_headers() -> dict[str, str]:
     violation = error_details_pb2.BadRequest.FieldViolation(
         description="one request message, whole", reason=INCOMPLETE_GRPC_MESSAGE
     )
-    status = status_pb2.Status(code=grpc_code.INVALID_ARGUMENT, message=INCOMPLETE_GRPC_MESSAGE_TEXT)
-    for detail in (info, error_details_pb2.BadRequest(field_violations=[violation])):
-        status.details.add().Pack(detail)
+    details = [info, error_details_pb2.BadRequest(field_violations=[violation])]
     return {
         ":status": "200",
-        "content-type": "application/grpc",
-        "grpc-status": str(grpc_code.INVALID_ARGUMENT),
-        # Printable ASCII without '%': its own percent-encoding.
-        "grpc-message": INCOMPLETE_GRPC_MESSAGE_TEXT,
-        "grpc-status-details-bin": base64.b64encode(status.SerializeToString()).decode(),
+        **dict(grpc_answer_headers(grpc_code.INVALID_ARGUMENT, INCOMPLETE_GRPC_MESSAGE_TEXT, details)),
     }
 
 

@@ -245,6 +245,22 @@ def answered_over_grpc(
     decides a reply is gRPC's by the request as it came, and gRPC-Web's is not: its reply goes out as HTTP, and
     the gRPC-Web filter makes the HTTP status its grpc-status, over this one. Answered as gRPC (200, gRPC's
     content type), the filter passes the status on."""
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [status_is(status, runtime_key), *(only or []), {"header_filter": {"header": GRPC}}]
+            }
+        },
+        "status_code": 200,
+        "headers_to_add": [set_header(name, value) for name, value in grpc_answer_headers(code, message, details)],
+        # No body: with one, Envoy would send it as the answer's data, which no gRPC client reads as a message.
+        "body": {"inline_string": ""},
+    }
+
+
+def grpc_answer_headers(code: int, message: str, details: list[Message]) -> list[tuple[str, str]]:
+    """A trailers-only gRPC answer's headers: `code`, `message` and these details in grpc-status-details-bin, as
+    the services give theirs."""
     if not (message.isascii() and message.isprintable()) or "%" in message:
         raise ValueError(f"grpc-message is sent as it is: printable ASCII without '%' only, not {message!r}")
     packed = []
@@ -253,23 +269,13 @@ def answered_over_grpc(
         any_detail.Pack(detail)
         packed.append(any_detail)
     status_details = status_pb2.Status(code=code, message=message, details=packed)
-    return {
-        "filter": {
-            "and_filter": {
-                "filters": [status_is(status, runtime_key), *(only or []), {"header_filter": {"header": GRPC}}]
-            }
-        },
-        "status_code": 200,
-        "headers_to_add": [
-            set_header("content-type", "application/grpc"),
-            set_header("grpc-status", str(code)),
-            # As it is: printable ASCII without '%' is its own percent-encoding.
-            set_header("grpc-message", message),
-            set_header("grpc-status-details-bin", base64.b64encode(status_details.SerializeToString()).decode()),
-        ],
-        # No body: with one, Envoy would send it as the answer's data, which no gRPC client reads as a message.
-        "body": {"inline_string": ""},
-    }
+    return [
+        ("content-type", "application/grpc"),
+        ("grpc-status", str(code)),
+        # As it is: printable ASCII without '%' is its own percent-encoding.
+        ("grpc-message", message),
+        ("grpc-status-details-bin", base64.b64encode(status_details.SerializeToString()).decode()),
+    ]
 
 
 def unlisted_local_reply() -> dict[str, Any]:
