@@ -328,12 +328,14 @@ class EventSettings(ServiceSettings):
     # or its database away, for longer loses events. The publisher's start brings the stream to this value;
     # a consumer creates a missing stream with its own but never changes an existing one (it keeps processed
     # event ids for the stream's actual max age), so give both the same value.
-    nats_stream_max_age_seconds: float = Field(default=7 * 86400.0, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False)
+    nats_stream_max_age_seconds: float = Field(
+        default=7 * DAY_SECONDS, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False
+    )
     # Published outbox rows are deleted this long after JetStream acknowledged them (0 = kept for ever).
     # Nothing reads a published row again: it is kept for inspection, and so that an operator could set
     # events of the last day unpublished for the relay to send again (a NATS store lost). Unpublished
     # events are never deleted. A day is far beyond the duplicate window the relay's retries rely on.
-    outbox_retention_seconds: float = Field(default=86400.0, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False)
+    outbox_retention_seconds: float = Field(default=DAY_SECONDS, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False)
     # A consumer forgets an applied event id this long after applying it (0 = never). JetStream may
     # deliver a message again for as long as its stream holds it (a durable deleted and created anew
     # starts from the first stored message; an acknowledgement lost): the id is what makes that a
@@ -341,7 +343,7 @@ class EventSettings(ServiceSettings):
     # it was stored, and was applied after that, so ids must be kept at least that long: the default
     # keeps them a day more, for clocks of NATS and the service that disagree.
     processed_events_retention_seconds: float = Field(
-        default=8 * 86400.0, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False
+        default=8 * DAY_SECONDS, ge=0, le=RETENTION_MAX_SECONDS, allow_inf_nan=False
     )
     # How often the outbox relay and the consumers delete what is past their retention.
     event_purge_interval_seconds: Interval = 3600.0
@@ -380,13 +382,13 @@ class ConsumerSettings(EventSettings):
     consumer_backoff_seconds: tuple[RetryDelay, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
     # Messages handed to a consumer that dies unacknowledged come back after this long; it must exceed
     # the time a batch of 20 events takes to handle.
-    consumer_ack_wait_seconds: float = Field(default=30.0, ge=1, le=86400, allow_inf_nan=False)
+    consumer_ack_wait_seconds: float = Field(default=30.0, ge=1, le=DAY_SECONDS, allow_inf_nan=False)
     # An event of a subject this release does not consume (a newer release's, mid-rollout) is handed back
     # for a replica that does for at least this long after it was stored; past it, it is parked as a dead
     # letter once the durable is short of slots: each one handed back stays ack-pending on the durable, and
     # a full rollback would otherwise fill the durable's max_ack_pending with them and stall the events this
     # release does consume.
-    consumer_handback_max_seconds: float = Field(default=120.0, ge=1, le=86400, allow_inf_nan=False)
+    consumer_handback_max_seconds: float = Field(default=120.0, ge=1, le=DAY_SECONDS, allow_inf_nan=False)
     # The most messages the durable holds delivered and unsettled (JetStream's max_ack_pending): past it the
     # server delivers nothing more. Overdue handed-back events are parked once half of it is taken. Set it to
     # what the account's JetStream limits allow when they cap it below 1000.
