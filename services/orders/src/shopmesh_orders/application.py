@@ -454,9 +454,10 @@ class OrdersApplication:
         early-answer point too (`_early_answer_budget`), answered as a saga still driving is: past it, the
         caller would give up before the poll's end and name no order."""
         loop = asyncio.get_running_loop()
-        budget = _early_answer_budget()
-        answer_early = budget is not None and budget < _WAIT_FOR_OTHER_DRIVER_SECONDS
-        deadline = loop.time() + min(budget or _WAIT_FOR_OTHER_DRIVER_SECONDS, _WAIT_FOR_OTHER_DRIVER_SECONDS)
+        wait, answer_early = _WAIT_FOR_OTHER_DRIVER_SECONDS, False
+        if (budget := _early_answer_budget()) is not None and budget < wait:
+            wait, answer_early = budget, True
+        deadline = loop.time() + wait
         while loop.time() < deadline:
             order = await self._load(order_id)
             if _answered(order, placement):
