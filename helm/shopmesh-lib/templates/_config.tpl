@@ -636,20 +636,17 @@ masked. */}}
 not global.<setting>.port (the port the egress rule opens), or it left the dev infrastructure while
 global.<setting>.peers still selects the dev pods. Renders nothing. */}}
 {{- define "shopmesh-lib.checkEgress" -}}
-{{- /* A NATS cluster is its servers comma-separated, as NATS_URL takes it: each must use the port. Each server
-is read as the chassis reads it, with or without a scheme: its user part (a NATS token, user:password) is what
-comes before the last '@', and is masked wherever the URL is shown (helm install prints a refusal). Not
-urlParse: it fails on a server without a scheme, printing the server, token and all. */ -}}
+{{- /* A NATS cluster is its servers comma-separated, as NATS_URL takes it: each must use the port. The user part
+of a server is masked wherever the URL is shown (helm install prints a refusal). */ -}}
 {{- $shown := include "shopmesh-lib.shownUrl" .url -}}
-{{- range $server := splitList "," .url -}}
-{{- $hostPart := last (splitList "@" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" (trim $server) "")) -}}
-{{- $hostPort := regexReplaceAll "/.*$" $hostPart "" -}}
+{{- $addresses := include "shopmesh-lib.serviceAddresses" .url -}}
+{{- range $hostPort := splitList "," $addresses -}}
 {{- $port := regexFind ":[0-9]+$" $hostPort | trimPrefix ":" -}}
 {{- if ne $port (toString $.port) -}}
 {{- fail (printf "global.%s: %s and global.%s.port (%v) disagree: the NetworkPolicy opens the port (give the URL its port explicitly)" $.setting $shown $.setting $.port) -}}
 {{- end -}}
 {{- end -}}
-{{- if and .enforced (ne (include "shopmesh-lib.serviceAddresses" .url) (include "shopmesh-lib.serviceAddresses" .devUrl)) (eq (toJson .peers) (toJson .devPeers)) -}}
+{{- if and .enforced (ne $addresses (include "shopmesh-lib.serviceAddresses" .devUrl)) (eq (toJson .peers) (toJson .devPeers)) -}}
 {{- fail (printf "global.%s: %s is not the dev infrastructure's, but global.%s.peers still selects its pods: set the peers yours match, or the NetworkPolicy drops the connections" .setting $shown .setting) -}}
 {{- end -}}
 {{- end -}}
@@ -657,7 +654,9 @@ urlParse: it fails on a server without a scheme, printing the server, token and 
 {{/* A URL's servers as the addresses of in-cluster Services they reach, for comparing two spellings of one: no
 scheme or user part, lower case, without the `.svc` / `.svc.cluster.local` suffix cluster DNS completes
 (`nats.shopmesh-infra:4222` is `nats.shopmesh-infra.svc.cluster.local:4222`). A one-label host stays as it is: it
-is in the release's own namespace, never the dev infrastructure's. */}}
+is in the release's own namespace, never the dev infrastructure's. Each server is read as the chassis reads it,
+with or without a scheme: its user part (a NATS token, user:password) is what comes before the last '@'. Not
+urlParse: it fails on a server without a scheme, printing the server, token and all. */}}
 {{- define "shopmesh-lib.serviceAddresses" -}}
 {{- $addresses := list -}}
 {{- range $server := splitList "," . -}}
