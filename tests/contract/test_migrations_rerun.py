@@ -40,16 +40,16 @@ def _recorded(statement: str) -> bool:
     return statement.lstrip().startswith(("INSERT INTO alembic_version", "UPDATE alembic_version"))
 
 
-async def _start(database: Database, versions: Path, cut: bool) -> list[str]:
-    """migrate() as a pod's start runs it; with `cut`, ended at the first autocommit statement of a migration
-    after the first one it records (the one a previous cut start left half-done runs through this time)."""
+async def _start(database: Database, versions: Path) -> list[str]:
+    """migrate() as a pod's start runs it, ended at the first autocommit statement of a migration after the
+    first one it records (the one a previous cut start left half-done runs through this time)."""
     seen: list[str] = []
     armed = False
 
     def before_execute(connection: Connection, _cursor: Any, statement: str, *_: Any) -> None:
         nonlocal armed
         if _recorded(statement):
-            armed = cut
+            armed = True
         elif armed and connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
             seen.append(statement)
             raise StartEnded(statement)
@@ -73,10 +73,10 @@ async def test_a_start_ended_in_a_migrations_autocommit_block_is_finished_by_the
         # The first start: cut at the first autocommit step after the first migration recorded (chassis_0001
         # creates alembic_version, and has none); each next start finishes that migration and is cut at the
         # next one's. Every start that fails must fail by the cut, never on what an earlier start left.
-        cut_at = await _start(database, versions, cut=True)
+        cut_at = await _start(database, versions)
         starts = 1
         while cut_at:
-            cut_at = await _start(database, versions, cut=True)
+            cut_at = await _start(database, versions)
             starts += 1
             assert starts < 100, "the starts never got past the autocommit steps"
         # The last start ran to the end: every migration recorded.

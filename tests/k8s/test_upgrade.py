@@ -177,7 +177,7 @@ def test_every_deployment_selects_by_the_fixed_documented_labels(
             canaries += name.endswith("-canary")
             assert selector == {"matchLabels": {k: v.format(name=service) for k, v in fixed.items()}}, (where, name)
     assert canaries, "no canary rendered: its selector is not covered"
-    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    docs = DOCS_KUBERNETES.read_text()
     for label in CANARY_SELECTOR:
         assert f"`{label}`" in docs, f"docs/kubernetes.md does not name the selector label {label}"
 

@@ -12,6 +12,7 @@ gets ejected for.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -19,7 +20,6 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-import yaml
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
@@ -46,16 +46,18 @@ def _render_module() -> ModuleType:
     return sys.modules[name]
 
 
+@functools.cache
 def rendered_outlier_detection() -> dict[str, Any]:
-    """The outlierDetection of SERVICE's DestinationRule as the chart renders it under Istio."""
+    """The outlierDetection of SERVICE's DestinationRule as the chart renders it under Istio (once: it is
+    read only, and a render copies the charts and resolves their dependencies)."""
     render = _render_module()
     with render.prepared_copy() as copy:
         texts = render.render(copy, SERVICE, "istio")
     [rule] = [
         doc
         for text in texts.values()
-        for doc in yaml.safe_load_all(text)
-        if doc and doc["kind"] == "DestinationRule" and doc["metadata"]["name"] == SERVICE
+        for doc in render.documents(text)
+        if doc["kind"] == "DestinationRule" and doc["metadata"]["name"] == SERVICE
     ]
     outlier: dict[str, Any] = rule["spec"]["trafficPolicy"]["outlierDetection"]
     return outlier
