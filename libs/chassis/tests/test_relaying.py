@@ -11,6 +11,7 @@ from grpc.aio import Metadata
 from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import (
     MAX_DEPENDENCY_RETRY_AFTER_SECONDS,
+    RETRIED_ANSWER,
     answered_shed,
     relayed,
     relaying,
@@ -18,8 +19,13 @@ from shopmesh_chassis.grpc_errors import (
 )
 
 
-def rpc_error(code: grpc.StatusCode, error: errors.DomainError | None, domain: str) -> grpc.aio.AioRpcError:
+def rpc_error(
+    code: grpc.StatusCode, error: errors.DomainError | None, domain: str, *, retried: bool = False
+) -> grpc.aio.AioRpcError:
+    """A failed call's error as the channel raises it; `retried`: answered to a retry attempt (its marker)."""
     trailing = Metadata()
+    if retried:
+        trailing.add(RETRIED_ANSWER, "1")
     if error is not None:
         status = to_rpc_status(error, domain)
         status.code = code.value[0]
@@ -119,3 +125,29 @@ def test_a_relayed_rate_limit_without_the_shed_marker_is_not_shed() -> None:
     answer = relayed("gateway", limited)
     assert isinstance(answer, errors.ReplayedError)
     assert not answer.shed
+
+
+@pytest.mark.parametrize(
+    ("code", "retried", "spent"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, True, True),
+        (grpc.StatusCode.UNAVAILABLE, False, False),
+        (grpc.StatusCode.NOT_FOUND, True, False),
+    ],
+    ids=["transient-after-retries", "transient-first-attempt", "not-transient-after-retries"],
+)
+def test_a_relayed_transient_answer_to_a_retry_attempt_has_its_retries_spent(
+    code: grpc.StatusCode, retried: bool, spent: bool
+) -> None:
+    """Whatever its reason: catalog's DATABASE_UNAVAILABLE, which the relay's channel retried, goes out "do not
+    retry" as a DEPENDENCY_UNAVAILABLE does. A first attempt's answer is still the caller's to retry (no layer
+    below did), and "do not retry" means nothing for a status no channel retries."""
+    failed = rpc_error(
+        code,
+        errors.Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE", retry_after_seconds=0.5),
+        "shopmesh.catalog",
+        retried=retried,
+    )
+    answer = relayed("catalog", failed)
+    assert isinstance(answer, errors.ReplayedError)
+    assert (answer.retries_spent, answer.final) == (spent, False)

@@ -17,7 +17,12 @@ import pytest
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis import errors
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy, is_idempotent, service_config
-from shopmesh_chassis.grpc_errors import MAX_DEPENDENCY_RETRY_AFTER_SECONDS, answered_final, details_of
+from shopmesh_chassis.grpc_errors import (
+    MAX_DEPENDENCY_RETRY_AFTER_SECONDS,
+    answered_a_retry,
+    answered_final,
+    details_of,
+)
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import eventually, serve_in_process, told_not_to_retry
 from shopmesh_chassis.testing.sample_service import DESCRIPTOR, SampleServicer, binding
@@ -61,6 +66,21 @@ async def test_retries_give_up_after_max_attempts(
         await stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert servicer.attempts["echo-2"] == 4
+
+
+async def test_an_answer_to_a_retry_attempt_is_marked_for_a_relay_and_a_first_attempts_is_not(
+    stub: sample_pb2_grpc.SampleServiceStub,
+) -> None:
+    """A relay tells "my channel retried this" (its dependency's retries spent) from the marker on the answer to
+    a retry attempt; the answer to a call its channel did not retry (Record has no retry policy) has none."""
+    retried = sample_pb2.Behaviour(attempt_key="echo-marked", fail_first_attempts=10)
+    with pytest.raises(grpc.aio.AioRpcError) as after_retries:
+        await stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=retried))
+    once = sample_pb2.Behaviour(attempt_key="record-unmarked", fail_first_attempts=1)
+    with pytest.raises(grpc.aio.AioRpcError) as first_attempt:
+        await stub.Record(sample_pb2.RecordRequest(message="x", behaviour=once))
+    assert (after_retries.value.code(), answered_a_retry(after_retries.value)) == (grpc.StatusCode.UNAVAILABLE, True)
+    assert (first_attempt.value.code(), answered_a_retry(first_attempt.value)) == (grpc.StatusCode.UNAVAILABLE, False)
 
 
 def test_service_config_retries_cancelled_for_idempotent_methods_and_nothing_for_the_others() -> None:

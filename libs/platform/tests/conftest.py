@@ -25,7 +25,14 @@ from grpc_status import rpc_status
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh_chassis.grpc_errors import FINAL_ANSWER, RETRY_PUSHBACK, SHED_ANSWER, ErrorDetails, details_from
+from shopmesh_chassis.grpc_errors import (
+    FINAL_ANSWER,
+    RETRIED_ANSWER,
+    RETRY_PUSHBACK,
+    SHED_ANSWER,
+    ErrorDetails,
+    details_from,
+)
 from shopmesh_chassis.testing import accepts_connections, free_ports
 from shopmesh_platform.http_api import HttpApi, bootstrap, descriptor_set
 from shopmesh_platform.stack import envoy_binary
@@ -47,7 +54,7 @@ MARKED_FINAL_AND_SHED = "marked final and shed"
 # (shopmesh_catalog's MAX_DESCRIPTION_LENGTH): a page of them is the largest answer the API gives.
 LONG_DESCRIPTIONS = "long-descriptions"
 LONGEST_DESCRIPTION = 5000
-INTERNAL_TRAILERS = ((RETRY_PUSHBACK, "-1"), (FINAL_ANSWER, "1"), (SHED_ANSWER, "1"))
+INTERNAL_TRAILERS = ((RETRY_PUSHBACK, "-1"), (FINAL_ANSWER, "1"), (SHED_ANSWER, "1"), (RETRIED_ANSWER, "1"))
 # The RetryInfo of those answers: not the edge's own delay, so that the test tells them apart.
 GATEWAY_RETRY_DELAY = duration_pb2.Duration(seconds=7)
 

@@ -1,8 +1,9 @@
 """What of the services' internal trailers reaches a client of the edge, with the real Envoy of `bootstrap()`
 (docs/http-api.md, "What the edge removes from answers"): the gateway relays a dependency's error with the
-chassis' markers (`shopmesh-final-answer`, `shopmesh-shed`) and gRPC's `grpc-retry-pushback-ms`, trailers-only,
-so in the answer's headers. The markers reach no client; the pushback reaches the gRPC and gRPC-Web clients,
-whose channels read it, and not the HTTP/JSON one, which reads the Status' RetryInfo."""
+chassis' markers (`shopmesh-final-answer`, `shopmesh-shed`, `shopmesh-retried`) and gRPC's
+`grpc-retry-pushback-ms`, trailers-only, so in the answer's headers. The markers reach no client; the pushback
+reaches the gRPC and gRPC-Web clients, whose channels read it, and not the HTTP/JSON one, which reads the
+Status' RetryInfo."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh_chassis.grpc_errors import FINAL_ANSWER, RETRY_PUSHBACK, SHED_ANSWER
+from shopmesh_chassis.grpc_errors import FINAL_ANSWER, RETRIED_ANSWER, RETRY_PUSHBACK, SHED_ANSWER
 from shopmesh_platform.http_api import PUBLIC_SERVICE
 
 from .conftest import MARKED, MARKED_FINAL_AND_SHED, RecordingShop, status_in_headers
 
-MARKERS = {FINAL_ANSWER, SHED_ANSWER}
+MARKERS = {FINAL_ANSWER, SHED_ANSWER, RETRIED_ANSWER}
 
 
 def test_an_http_json_client_gets_neither_the_services_markers_nor_grpcs_pushback(

@@ -1,4 +1,5 @@
-"""A dependency's "do not retry" for the gateway's own short call is not relayed to a shopper as final.
+"""A dependency's "do not retry" for the gateway's own short call is not relayed to a shopper as final; a
+dependency's transient answer the gateway's channel has retried already is relayed as "do not retry".
 
 The chassis sends gRFC A6's pushback -1 both for an answer final for the call and for a RetryInfo wait ending
 past that call's deadline. The gateway gives catalog 2 s: catalog asking for 5 s is -1 for that call, and says
@@ -36,17 +37,16 @@ CATALOG_WAIT = 5.0
 
 @dataclass
 class CatalogAskingToWait(catalog_pb2_grpc.CatalogServiceServicer):
-    """ListProducts answers as a catalog whose database is away: UNAVAILABLE asking for CATALOG_WAIT."""
+    """ListProducts answers as a catalog whose database is away: UNAVAILABLE asking for `wait`."""
 
+    wait: float = CATALOG_WAIT
     calls: int = 0
 
     async def ListProducts(
         self, request: catalog_pb2.ListProductsRequest, context: Any
     ) -> catalog_pb2.ListProductsResponse:
         self.calls += 1
-        raise errors.Unavailable(
-            "the database is away", reason="DATABASE_UNAVAILABLE", retry_after_seconds=CATALOG_WAIT
-        )
+        raise errors.Unavailable("the database is away", reason="DATABASE_UNAVAILABLE", retry_after_seconds=self.wait)
 
 
 @contextlib.asynccontextmanager
@@ -88,4 +88,26 @@ async def test_a_dependencys_wait_past_the_gateways_own_deadline_is_weighed_agai
         do_not_retry,
         False,
         catalog_calls,
+    )
+
+
+async def test_a_dependencys_answer_the_gateways_channel_retried_is_not_retried_by_the_shoppers() -> None:
+    """catalog's database is away and its wait fits the gateway's 2 s: the gateway's channel tries catalog
+    RetryPolicy().max_attempts times and relays the last answer. Retried by the shopper's channel too, each of its
+    attempts tried catalog as often again: 16 calls for one ListProducts. The gateway's channel spent catalog's
+    retries, so the relay goes out "do not retry" (not final, catalog's status and RetryInfo unchanged)."""
+    catalog = CatalogAskingToWait(wait=0.5)
+    async with shop_in_front_of(catalog) as shop:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=30)
+    details = details_of(caught.value)
+    assert (details.code, details.reason, details.retry_delay_seconds) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        0.5,
+    )
+    assert (told_not_to_retry(caught.value), answered_final(caught.value), catalog.calls) == (
+        True,
+        False,
+        RetryPolicy().max_attempts,
     )

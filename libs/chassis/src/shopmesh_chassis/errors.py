@@ -218,14 +218,20 @@ class ReplayedError(DomainError):
     (`grpc_errors.answered_shed`: the chassis' SHED_ANSWER marker, whatever the status' reason, users'
     PASSWORD_HASHING_BUSY as well as SERVER_OVERLOADED; unmarked, SERVER_OVERLOADED still, as a release before
     the marker sends it: `grpc_errors.relayed`); the relaying server failed its caller for want of
-    capacity all the same, so it counts the call as shed and marks its answer so in turn.
+    capacity all the same, so it counts the call as shed and marks its answer so in turn. `retries_spent`: the
+    relay's channel retried the dependency's transient answer already (`grpc_errors.answered_a_retry`), so it
+    goes out with gRPC's "do not retry" pushback, not final (RetryInfo still says when to come back), whatever
+    its reason, as DEPENDENCY_UNAVAILABLE does.
     """
 
-    def __init__(self, status: bytes, message: str, *, final: bool = False, shed: bool = False) -> None:
+    def __init__(
+        self, status: bytes, message: str, *, final: bool = False, shed: bool = False, retries_spent: bool = False
+    ) -> None:
         super().__init__(message, reason="REPLAYED")
         self.status = status
         self.final = final
         self.shed = shed
+        self.retries_spent = retries_spent
 
 
 # Errors after which a retry with the same idempotency key should run the operation again.

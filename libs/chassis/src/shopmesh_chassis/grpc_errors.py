@@ -55,6 +55,15 @@ FINAL_ANSWER = "shopmesh-final-answer"
 # status, which relays pass on byte for byte and clients read as the contract.
 SHED_ANSWER = "shopmesh-shed"
 
+# The header gRPC's retries send with each retry attempt (gRFC A6): how many attempts of the call came before.
+PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"
+
+# The chassis' trailer saying the error answers a retry attempt (the call came with PREVIOUS_ATTEMPTS): the
+# caller's channel has retried the call, and a relay reads it (`answered_a_retry`) to tell its own caller not to
+# retry the answer too, whatever its reason. A trailer, not ErrorInfo metadata, as FINAL_ANSWER: it is about
+# this one call, not the status.
+RETRIED_ANSWER = "shopmesh-retried"
+
 # Statuses of an outbound call that say "not now" rather than "no": the dependency is down, too slow,
 # shedding load, or cancelled the call on its side (a cancellation of our own call reaches the handler
 # as asyncio.CancelledError instead).
@@ -244,9 +253,19 @@ def answered_shed(error: grpc.aio.AioRpcError) -> bool:
     return any(key == SHED_ANSWER for key, _ in error.trailing_metadata() or ())
 
 
+def answered_a_retry(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the failed call's answer came from a retry attempt (marked by RETRIED_ANSWER): the channel
+    retried the call and stopped (its attempts, its deadline or the server's pushback spent), so a relay of a
+    transient answer sends it with "do not retry". Unmarked (the first attempt's answer, as when the channel
+    retries nothing for the method, or a server of a release before the marker), the relay's caller may retry
+    it: no layer below did."""
+    return any(key == RETRIED_ANSWER for key, _ in error.trailing_metadata() or ())
+
+
 def relayed(dependency: str, error: grpc.aio.AioRpcError) -> Exception:
     """What a server relaying `dependency`'s answers (a backend-for-frontend, a proxy: the gateway) raises
-    for a failed call to it: a replay of the dependency's status byte for byte, UNAVAILABLE
+    for a failed call to it: a replay of the dependency's status byte for byte (its retries spent when
+    `answered_a_retry`), UNAVAILABLE
     (`dependency_unavailable`) for a transient failure no dependency reported, or `error` itself (a status
     without details that no contract promises, which the server interceptor logs and answers as INTERNAL)."""
     details = details_of(error)
@@ -259,8 +278,15 @@ def relayed(dependency: str, error: grpc.aio.AioRpcError) -> Exception:
         # (the gateway's 2 s), and the interceptor weighs the status' RetryInfo against its caller's deadline.
         # Shed if the dependency counted it shed (its GRPC_MAX_CONCURRENT_RPCS, users' PASSWORD_HASHING_BUSY):
         # the relay's caller was refused for want of capacity, which the relay's availability SLO counts.
+        # Retries spent if the relay's channel retried a transient answer (catalog's DATABASE_UNAVAILABLE as
+        # much as a DEPENDENCY_UNAVAILABLE): its caller's channel retrying the relay too multiplied the attempts,
+        # 16 calls to the dependency for one call.
         return errors.ReplayedError(
-            details.raw_status, details.message, final=answered_final(error), shed=_shed(error, details)
+            details.raw_status,
+            details.message,
+            final=answered_final(error),
+            shed=_shed(error, details),
+            retries_spent=error.code() in TRANSIENT_CODES and answered_a_retry(error),
         )
     if error.code() in TRANSIENT_CODES:
         return dependency_unavailable(dependency, error)

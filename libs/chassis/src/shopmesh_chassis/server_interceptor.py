@@ -36,6 +36,8 @@ from shopmesh_chassis.db_errors import as_domain_error
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.grpc_errors import (
     FINAL_ANSWER,
+    PREVIOUS_ATTEMPTS,
+    RETRIED_ANSWER,
     RETRY_PUSHBACK,
     SHED_ANSWER,
     TRANSIENT_CODES,
@@ -107,6 +109,9 @@ _DO_NOT_RETRY = ((RETRY_PUSHBACK, "-1"),)
 _FINAL = (*_DO_NOT_RETRY, (FINAL_ANSWER, "1"))
 # A shed answer goes out with the marker a relay reads (`answered_shed`) to count its own call as shed.
 _SHED = ((SHED_ANSWER, "1"),)
+# An answer to a retry attempt goes out with the marker a relay reads (`answered_a_retry`): its channel's retries
+# of the call are spent.
+_RETRIED = ((RETRIED_ANSWER, "1"),)
 
 # How long a shed caller is asked to wait: about the time a busy server needs to finish a call or two.
 SHED_RETRY_AFTER_SECONDS = 0.1
@@ -250,7 +255,9 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
                 shed = exc.shed and code is grpc.StatusCode.RESOURCE_EXHAUSTED
                 if shed:
                     shed_reason = _reason_of(stored) or code.name
-                await self._abort(context, to_grpc_status(stored), final=exc.final, shed=shed)
+                await self._abort(
+                    context, to_grpc_status(stored), final=exc.final, shed=shed, retries_spent=exc.retries_spent
+                )
             except errors.DomainError as exc:
                 code = status_code_for(exc)
                 shed = isinstance(exc, errors.Overloaded)
@@ -347,13 +354,26 @@ class ChassisServerInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     async def _abort(
-        context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status, *, final: bool = False, shed: bool = False
+        context: grpc.aio.ServicerContext[Any, Any],
+        status: grpc.Status,
+        *,
+        final: bool = False,
+        shed: bool = False,
+        retries_spent: bool = False,
     ) -> None:
+        """Answer `status`, trailers-only. `retries_spent`: a relayed transient answer that the relay's channel
+        retried already goes out with "do not retry", whatever its reason or wait (see _retry_pushback)."""
         # Nothing was sent yet, so the response is trailers-only.
         # Trailers the handler set (e.g. the idempotency key used) go out with the error too.
         handler_set = tuple(context.trailing_metadata() or ())
-        pushback = _FINAL if final else _retry_pushback(status, context.time_remaining())
-        marked = _SHED if shed else ()
+        pushback: tuple[tuple[str, str], ...]
+        if final:
+            pushback = _FINAL
+        elif retries_spent:
+            pushback = _DO_NOT_RETRY
+        else:
+            pushback = _retry_pushback(status, context.time_remaining())
+        marked = (*(_SHED if shed else ()), *(_RETRIED if _a_retry(context) else ()))
         try:
             await context.abort(
                 status.code, status.details, (*handler_set, *status.trailing_metadata, *pushback, *marked)
@@ -426,7 +446,14 @@ def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[
     PlaceOrder retries each drove orders' saga again: 20 Reserve calls for one checkout while inventory was down,
     where orders' breaker stopped them, and the answer seconds later). Only the layer next to the failure retries;
     the RetryInfo still tells the caller when another call is worth it. Not final (no FINAL_ANSWER): a relay of it
-    is no more final than the answer itself, and a later call may fare better."""
+    is no more final than the answer itself, and a later call may fare better.
+
+    A relay's replay of a dependency's transient answer that its channel retried already (`retries_spent`, read
+    from the dependency's RETRIED_ANSWER marker) gets -1 in `_abort` by the same rule, whatever its reason: a
+    catalog whose database is away answers DATABASE_UNAVAILABLE, which the gateway's channel tried 4 times, and
+    the gateway's caller retrying the relay made it 16. Unmarked (the first attempt's answer: the channel retries
+    nothing for the method, or the dependency's wait did not fit), it is weighed as the server's own trouble is:
+    no layer below retried it, and the next attempt may reach another replica."""
     details = details_from(status.code, status.details, status.trailing_metadata)
     if details.reason == errors.DEPENDENCY_UNAVAILABLE:
         return _DO_NOT_RETRY
@@ -434,6 +461,11 @@ def _retry_pushback(status: grpc.Status, time_remaining: float | None) -> tuple[
     if delay is None or time_remaining is None or delay < time_remaining:
         return ()
     return _DO_NOT_RETRY
+
+
+def _a_retry(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """Whether the call is a retry attempt of its caller's channel (gRPC sends PREVIOUS_ATTEMPTS with each)."""
+    return any(key == PREVIOUS_ATTEMPTS for key, _ in context.invocation_metadata() or ())
 
 
 def _reason_of(status: status_pb2.Status) -> str | None:
