@@ -38,7 +38,8 @@ Its modules, by what they hold:
 - `served_files`: the OpenAPI document and the storefront, answered by Envoy from files;
 - `local_replies`: Envoy's own answers as google.rpc.Status JSON, the gRPC code of each HTTP status;
 - `request_limits`: the body and header size limits, and how a request over them is answered;
-- `grpc_messages`: a gRPC call's body refused unless it is one whole message;
+- `grpc_messages`: a gRPC call's body refused unless it is one whole message, of a flag a request may have;
+- `grpc_encodings`: a grpc-encoding refused when malformed, or not one the gateway reads;
 - `deadlines`: a client's grpc-timeout refused when not of gRPC's form, the edge's bound as DEADLINE_EXCEEDED;
 - `head`: HEAD as GET without the body (Lua); `cors`: the CORS policy; `headers`: header hygiene;
 - `filters`: health check, compression, the transcoder; `log_fields`: the access log's fields and the span's URL;
@@ -66,7 +67,23 @@ from .deadlines import (
     MALFORMED_GRPC_TIMEOUT_MESSAGE,
 )
 from .filters import COMPRESS_FROM_BYTES, COMPRESSED_TYPES, HEALTH_PATH
-from .grpc_messages import INCOMPLETE_GRPC_MESSAGE, INCOMPLETE_GRPC_MESSAGE_TEXT
+from .grpc_encodings import (
+    ACCEPTED_GRPC_ENCODINGS,
+    MALFORMED_GRPC_ENCODING,
+    MALFORMED_GRPC_ENCODING_MESSAGE,
+    UNSUPPORTED_GRPC_ENCODING,
+    UNSUPPORTED_GRPC_ENCODING_MESSAGE,
+)
+from .grpc_messages import (
+    INCOMPLETE_GRPC_MESSAGE,
+    INCOMPLETE_GRPC_MESSAGE_TEXT,
+    INVALID_GRPC_FRAME_FLAG,
+    INVALID_GRPC_FRAME_FLAG_MESSAGE,
+    MALFORMED_GRPC_WEB_TEXT,
+    MALFORMED_GRPC_WEB_TEXT_MESSAGE,
+    MISSING_GRPC_ENCODING,
+    MISSING_GRPC_ENCODING_MESSAGE,
+)
 from .headers import BINARY_METADATA_NAME, GRPC_HEADER_NAME, INVALID_METADATA_NAME
 from .local_replies import (
     EXPLAINED_LOCAL_REPLIES,
@@ -108,6 +125,7 @@ from .served_files import (
 )
 
 __all__ = [
+    "ACCEPTED_GRPC_ENCODINGS",
     "BINARY_METADATA_NAME",
     "COMPRESSED_TYPES",
     "COMPRESS_FROM_BYTES",
@@ -126,12 +144,18 @@ __all__ = [
     "INCOMPLETE_GRPC_MESSAGE_TEXT",
     "INITIAL_CONNECTION_WINDOW_BYTES",
     "INITIAL_STREAM_WINDOW_BYTES",
+    "INVALID_GRPC_FRAME_FLAG",
+    "INVALID_GRPC_FRAME_FLAG_MESSAGE",
     "INVALID_METADATA_NAME",
     "LOCAL_REPLY_CODES",
     "LOGGED_GRPC_STATUS",
     "LOGGED_PATH",
+    "MALFORMED_GRPC_ENCODING",
+    "MALFORMED_GRPC_ENCODING_MESSAGE",
     "MALFORMED_GRPC_TIMEOUT",
     "MALFORMED_GRPC_TIMEOUT_MESSAGE",
+    "MALFORMED_GRPC_WEB_TEXT",
+    "MALFORMED_GRPC_WEB_TEXT_MESSAGE",
     "MAX_CONCURRENT_STREAMS",
     "MAX_DOCUMENT_BYTES",
     "MAX_HEAP_BYTES",
@@ -141,6 +165,8 @@ __all__ = [
     "MAX_REQUEST_HEADERS_KIB",
     "MAX_RESPONSE_BYTES",
     "METRICS_PATH",
+    "MISSING_GRPC_ENCODING",
+    "MISSING_GRPC_ENCODING_MESSAGE",
     "OPENAPI_FILE",
     "OPENAPI_PATH",
     "PATH_VARIABLE_IN_QUERY",
@@ -159,6 +185,8 @@ __all__ = [
     "UNLISTED_LOCAL_REPLY_CODE",
     "UNREADABLE_BODY_MESSAGE",
     "UNREADABLE_QUERY_MESSAGE",
+    "UNSUPPORTED_GRPC_ENCODING",
+    "UNSUPPORTED_GRPC_ENCODING_MESSAGE",
     "HttpApi",
     "allowed_methods",
     "api_methods",

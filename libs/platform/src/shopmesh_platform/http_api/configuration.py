@@ -21,7 +21,8 @@ from .contract import PUBLIC_SERVICE, api_methods, single_request_methods
 from .cors import CORS, cors_policy
 from .deadlines import grpc_deadline_exceeded, grpc_malformed_timeout, malformed_grpc_timeout_refused
 from .filters import GRPC_WEB, ROUTER, compressor, health_check, transcoder
-from .grpc_messages import one_message_check, one_message_required
+from .grpc_encodings import grpc_encoding_refused, grpc_encoding_replies
+from .grpc_messages import grpc_web_text_not_base64, one_message_check, one_message_required
 from .head import head_as_get
 from .headers import header_hygiene
 from .local_replies import (
@@ -184,6 +185,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                         *method_routes(),
                         # Before any route that forwards gRPC: what the gateway's gRPC server must never read.
                         malformed_grpc_timeout_refused(),
+                        *grpc_encoding_refused(),
                         # The transcoder has rewritten an HTTP/JSON request's path to the gRPC method's by the
                         # time the route is chosen: ShopService's methods are all there is. Each by its exact path
                         # (a regex of them all is past the size Envoy allows an RE2 program), through the buffer
@@ -244,6 +246,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 grpc_too_large(),
                 grpc_gateway_unavailable(),
                 grpc_malformed_timeout(),
+                *grpc_encoding_replies(),
+                grpc_web_text_not_base64(),
                 *grpc_deadline_exceeded(),
                 # Last: whatever error Envoy answers an HTTP/JSON client with that none of the above names.
                 unlisted_local_reply(),

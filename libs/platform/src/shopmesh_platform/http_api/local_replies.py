@@ -388,6 +388,11 @@ def query_without_content_type() -> dict[str, Any]:
     }
 
 
+def code_details_start(prefix: str) -> dict[str, Any]:
+    """A local-reply filter matching Envoy's replies whose reason (its response code details) begins so."""
+    return _cel(f"response.code_details.startsWith('{prefix}')")
+
+
 def _cel(expression: str) -> dict[str, Any]:
     """A local-reply filter matching a CEL expression over the request, the response and its route."""
     return {

@@ -30,7 +30,20 @@ BadRequest field violation of field "grpc-timeout", reason
 MALFORMED_GRPC_TIMEOUT) to a grpc-timeout header not of gRPC's form (1 to 8
 digits and a unit, H M S m u n), or sent twice; INVALID_ARGUMENT (reason
 VALIDATION_FAILED, a field violation of reason INCOMPLETE_GRPC_MESSAGE) to a
-gRPC or gRPC-Web body that is not one whole request message; and
+gRPC or gRPC-Web body that is not one whole request message;
+INVALID_ARGUMENT (reason VALIDATION_FAILED, a field violation of reason
+INVALID_GRPC_FRAME_FLAG) to a frame whose flag is neither 0 nor 1 (a
+trailers frame, 0x80); INVALID_ARGUMENT (reason VALIDATION_FAILED, a field
+violation of field "grpc-encoding", reason MISSING_GRPC_ENCODING) to a
+message flagged compressed with no grpc-encoding, or identity;
+INVALID_ARGUMENT (reason VALIDATION_FAILED, a field violation of field
+"grpc-encoding", reason MALFORMED_GRPC_ENCODING) to a grpc-encoding that is
+not one content coding (empty, with parameters, a list); UNIMPLEMENTED
+(reason UNSUPPORTED_GRPC_ENCODING, metadata grpc_accept_encoding, and a
+grpc-accept-encoding header) to one the gateway does not read (it reads
+identity, deflate and gzip); INVALID_ARGUMENT (reason VALIDATION_FAILED, a
+field violation of reason MALFORMED_GRPC_WEB_TEXT) to a gRPC-Web text body
+that is not base64; and
 DEADLINE_EXCEEDED (reason REQUEST_TIMEOUT) to a request that did not arrive
 whole in time, of which no call was made (sent again whole, it may succeed).
 
