@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import struct
 import uuid
@@ -29,6 +30,8 @@ from shopmesh_chassis import testing
 from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_platform.http_api import (
     INCOMPLETE_GRPC_MESSAGE_TEXT,
+    INVALID_GRPC_FRAME_FLAG_MESSAGE,
+    MALFORMED_GRPC_ENCODING_MESSAGE,
     MALFORMED_GRPC_TIMEOUT,
     MALFORMED_GRPC_TIMEOUT_MESSAGE,
     MAX_REQUEST_BYTES,
@@ -38,6 +41,7 @@ from shopmesh_platform.http_api import (
     REQUEST_TOO_LARGE_MESSAGE,
     UNREADABLE_BODY_MESSAGE,
     UNREADABLE_QUERY_MESSAGE,
+    UNSUPPORTED_GRPC_ENCODING_MESSAGE,
     allowed_methods,
     api_paths,
 )
@@ -741,6 +745,50 @@ async def test_a_grpc_header_of_an_answer_in_a_grpc_web_request_is_dropped_not_a
         "/shopmesh.gateway.v1.ShopService/ListProducts", content=body, headers={**headers, name: "zzz"}
     )
     assert (answer.status_code, grpc_web_status(answer)) == (200, 0), dict(answer.headers)
+
+
+async def test_a_bad_grpc_encoding_is_refused_at_the_edge_and_never_fails_another_clients_gzip_call(
+    http: httpx.AsyncClient,
+) -> None:
+    # The gateway's gRPC server answered each INTERNAL "Error parsing 'grpc-encoding' metadata" and kept its
+    # failed parse in the HPACK table of the one connection the edge shares for every client: the next gzip
+    # call, anyone's, was INTERNAL too.
+    message = gzip.compress(shop_pb2.ListProductsRequest(page_size=1).SerializeToString())
+    body = struct.pack(">BI", 1, len(message)) + message
+    _, headers = grpc_web_list_products(ACCEPTED_DEADLINE)
+    refusals = {
+        "GZIP": UNSUPPORTED_GRPC_ENCODING_MESSAGE,
+        "zzz": UNSUPPORTED_GRPC_ENCODING_MESSAGE,
+        "gzip;q=1": MALFORMED_GRPC_ENCODING_MESSAGE,
+        "": MALFORMED_GRPC_ENCODING_MESSAGE,
+    }
+    for encoding, refusal in refusals.items():
+        answer = await http.post(
+            "/shopmesh.gateway.v1.ShopService/ListProducts",
+            content=body,
+            headers={**headers, "grpc-encoding": encoding},
+        )
+        assert answer.status_code == 200, (encoding, answer.status_code, answer.text)
+        assert answer.headers["grpc-message"] == refusal, (encoding, answer.headers)
+    async with httpx.AsyncClient(base_url=http.base_url, timeout=60) as other:
+        answered = await other.post(
+            "/shopmesh.gateway.v1.ShopService/ListProducts", content=body, headers={**headers, "grpc-encoding": "gzip"}
+        )
+        assert (answered.status_code, grpc_web_status(answered)) == (200, 0), answered.headers
+
+
+async def test_a_grpc_web_trailers_frame_as_a_request_is_refused_not_called(http: httpx.AsyncClient) -> None:
+    # The gateway's gRPC server read a frame flagged 0x80 (gRPC-Web's trailers) as the request and answered it.
+    message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
+    _, headers = grpc_web_list_products(ACCEPTED_DEADLINE)
+    answer = await http.post(
+        "/shopmesh.gateway.v1.ShopService/ListProducts",
+        content=struct.pack(">BI", 0x80, len(message)) + message,
+        headers=headers,
+    )
+    assert answer.status_code == 200, dict(answer.headers)
+    assert answer.headers["grpc-status"] == str(INVALID_ARGUMENT), dict(answer.headers)
+    assert answer.headers["grpc-message"] == INVALID_GRPC_FRAME_FLAG_MESSAGE
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from shopmesh_platform.http_api import (
     MISSING_GRPC_ENCODING,
     MISSING_GRPC_ENCODING_MESSAGE,
     PUBLIC_SERVICE,
+    UNREADABLE_BODY_MESSAGE,
     UNSUPPORTED_GRPC_ENCODING,
     UNSUPPORTED_GRPC_ENCODING_MESSAGE,
 )
@@ -196,3 +197,39 @@ def test_a_grpc_client_compressing_its_messages_is_served(edge: tuple[str, Recor
         answer = channel.unary_unary(f"/{PUBLIC_SERVICE}/ListProducts")(MESSAGE, timeout=30)
     assert len(shop_pb2.ListProductsResponse.FromString(answer).products) == 1
     assert shop.calls[-1] == ("ListProducts", "1")
+
+
+@pytest.mark.parametrize("body", [gzip.compress(b"{}"), b"not gzip"], ids=["gzip", "not gzip"])
+def test_a_gzipped_json_body_is_the_clients_mistake_not_a_server_error(
+    edge: tuple[str, RecordingShop], body: bytes
+) -> None:
+    """HTTP/JSON's Content-Encoding is not decoded: the body, whatever it holds, is no JSON (400, INVALID_ARGUMENT)."""
+    url, shop = edge
+    before = list(shop.calls)
+    answer = httpx.post(
+        f"{url}/v1/orders/ord_1:cancel",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {
+        "code": grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "message": UNREADABLE_BODY_MESSAGE,
+        "details": [],
+    }
+    assert shop.calls == before
+
+
+@pytest.mark.parametrize("encoding", ["zzz", "gzip;q=1", ""])
+def test_a_grpc_encoding_sent_with_http_json_is_dropped(edge: tuple[str, RecordingShop], encoding: str) -> None:
+    """The transcoder frames an HTTP/JSON call itself: a client's grpc-encoding says nothing of it."""
+    url, shop = edge
+    answer = httpx.post(
+        f"{url}/v1/orders/ord_1:cancel",
+        content=b"{}",
+        headers={"content-type": "application/json", "grpc-encoding": encoding},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert shop.calls[-1] == ("CancelOrder", "ord_1")
