@@ -9,7 +9,14 @@ from typing import Any
 from google.rpc import code_pb2 as grpc_code
 from google.rpc import error_details_pb2
 
-from .local_replies import ERROR_DOMAIN, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MESSAGE, answered_over_grpc, route_named
+from .local_replies import (
+    ERROR_DOMAIN,
+    REQUEST_TIMEOUT,
+    REQUEST_TIMEOUT_MESSAGE,
+    answered_over_grpc,
+    route_named,
+    validation_failed_details,
+)
 from .matching import FILTER_CONFIG, GRPC, TRANSCODER_OFF
 from .routes import ROUTE_TIMEOUT
 
@@ -67,7 +74,6 @@ def grpc_malformed_timeout() -> dict[str, Any]:
     """malformed_grpc_timeout_refused's 400, to a gRPC or gRPC-Web client, as INVALID_ARGUMENT with the details
     of the services' validation errors (and the edge's HTTP/JSON refusals, local_replies.validation_failed): an
     ErrorInfo VALIDATION_FAILED and a field violation of grpc-timeout."""
-    info = error_details_pb2.ErrorInfo(reason="VALIDATION_FAILED", domain=ERROR_DOMAIN)
     violation = error_details_pb2.BadRequest.FieldViolation(
         field=GRPC_TIMEOUT,
         description="1 to 8 digits and a unit: H, M, S, m, u or n",
@@ -78,7 +84,7 @@ def grpc_malformed_timeout() -> dict[str, Any]:
         "local_reply_400_grpc_timeout",
         grpc_code.INVALID_ARGUMENT,
         MALFORMED_GRPC_TIMEOUT_MESSAGE,
-        [info, error_details_pb2.BadRequest(field_violations=[violation])],
+        validation_failed_details(violation),
         only=[route_named(MALFORMED_GRPC_TIMEOUT_ROUTE)],
     )
 

@@ -13,7 +13,7 @@ from typing import Any
 from google.rpc import code_pb2 as grpc_code
 from google.rpc import error_details_pb2
 
-from .local_replies import ERROR_DOMAIN, answered_over_grpc, route_named
+from .local_replies import ERROR_DOMAIN, answered_over_grpc, route_named, validation_failed_details
 from .matching import FILTER_CONFIG, GRPC, TRANSCODER_OFF, set_header
 
 # The header, as the field violation names it.
@@ -84,7 +84,6 @@ def grpc_encoding_replies() -> list[dict[str, Any]]:
     services' validation errors (an ErrorInfo VALIDATION_FAILED, a field violation of grpc-encoding) for one
     that is malformed; UNIMPLEMENTED with an ErrorInfo UNSUPPORTED_GRPC_ENCODING and gRPC's
     grpc-accept-encoding for one the gateway does not read."""
-    info = error_details_pb2.ErrorInfo(reason="VALIDATION_FAILED", domain=ERROR_DOMAIN)
     violation = error_details_pb2.BadRequest.FieldViolation(
         field=GRPC_ENCODING,
         description=f"one content coding: {', '.join(ACCEPTED_GRPC_ENCODINGS)}",
@@ -95,7 +94,7 @@ def grpc_encoding_replies() -> list[dict[str, Any]]:
         "local_reply_400_grpc_encoding",
         grpc_code.INVALID_ARGUMENT,
         MALFORMED_GRPC_ENCODING_MESSAGE,
-        [info, error_details_pb2.BadRequest(field_violations=[violation])],
+        validation_failed_details(violation),
         only=[route_named(MALFORMED_GRPC_ENCODING_ROUTE)],
     )
     accepted = ",".join(ACCEPTED_GRPC_ENCODINGS)

@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 
 from .grpc_encodings import ACCEPTED_GRPC_ENCODINGS, GRPC_ENCODING
 from .head import LUA, LUA_PER_ROUTE
-from .local_replies import ERROR_DOMAIN, answered_over_grpc, code_details_start, grpc_answer_headers
+from .local_replies import answered_over_grpc, code_details_start, grpc_answer_headers, validation_failed_details
 from .matching import FILTER_CONFIG
 
 # The field violation's reason in the refusal, and its message.
@@ -58,8 +58,7 @@ COMPRESSIONS = tuple(name for name in ACCEPTED_GRPC_ENCODINGS if name != "identi
 
 def _refusal_headers(message: str, violation: error_details_pb2.BadRequest.FieldViolation) -> dict[str, str]:
     """The trailers-only gRPC answer of a refusal, with the details the services give a client's mistake."""
-    info = error_details_pb2.ErrorInfo(reason="VALIDATION_FAILED", domain=ERROR_DOMAIN)
-    details = [info, error_details_pb2.BadRequest(field_violations=[violation])]
+    details = validation_failed_details(violation)
     return {":status": "200", **dict(grpc_answer_headers(grpc_code.INVALID_ARGUMENT, message, details))}
 
 
@@ -155,7 +154,6 @@ def grpc_web_text_not_base64() -> dict[str, Any]:
     """The gRPC-Web filter's 400 for a text body that is not base64 (its reasons grpc_base_64_decode_failed and
     ..._bad_size, for a length not of 4-character groups), which gRPC-Web reads as INTERNAL, answered
     INVALID_ARGUMENT with the details of the services' validation errors."""
-    info = error_details_pb2.ErrorInfo(reason="VALIDATION_FAILED", domain=ERROR_DOMAIN)
     violation = error_details_pb2.BadRequest.FieldViolation(
         description="the base64 of the binary gRPC-Web body", reason=MALFORMED_GRPC_WEB_TEXT
     )
@@ -164,6 +162,6 @@ def grpc_web_text_not_base64() -> dict[str, Any]:
         "local_reply_400_grpc_web_text",
         grpc_code.INVALID_ARGUMENT,
         MALFORMED_GRPC_WEB_TEXT_MESSAGE,
-        [info, error_details_pb2.BadRequest(field_violations=[violation])],
+        validation_failed_details(violation),
         only=[code_details_start(_BASE64_DECODE_FAILED)],
     )

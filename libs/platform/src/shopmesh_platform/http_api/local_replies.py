@@ -177,6 +177,15 @@ def validation_failed(message: str, violation: dict[str, str]) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
+def validation_failed_details(violation: error_details_pb2.BadRequest.FieldViolation) -> list[Message]:
+    """The details of an edge refusal of a client's mistake in gRPC's grpc-status-details-bin, as the services
+    give theirs: an ErrorInfo VALIDATION_FAILED and a BadRequest of this one field violation."""
+    return [
+        error_details_pb2.ErrorInfo(reason="VALIDATION_FAILED", domain=ERROR_DOMAIN),
+        error_details_pb2.BadRequest(field_violations=[violation]),
+    ]
+
+
 def status_is(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
     """A local-reply filter matching Envoy's HTTP status `status` (op "GE": that status or above; runtime_key:
     Envoy requires one per filter)."""
