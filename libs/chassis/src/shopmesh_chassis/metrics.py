@@ -126,6 +126,16 @@ class ServerMetrics:
             _labels=labels,
         )
 
+    def in_flight(self) -> dict[str, int]:
+        """The unary calls being handled now, by `/service/method`, read from the in-flight gauge (the drain's
+        log line names the calls its grace cut off, counted as the dashboards count them)."""
+        return {
+            f"/{sample.labels['grpc_service']}/{sample.labels['grpc_method']}": int(sample.value)
+            for family in self._in_flight.collect()
+            for sample in family.samples
+            if sample.value > 0
+        }
+
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (a daemon thread); returns the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
