@@ -1,6 +1,6 @@
 """`cancel_and_wait` stops a background task, swallowing its cancellation but never its caller's; `Detached` keeps
-tasks that outlive their call for shutdown to wait for; `finish_despite_one_cancel` lets a short write finish
-through one cancel, not two."""
+tasks that outlive their call for shutdown to wait for, and says which outlived the wait; `finish_despite_one_cancel`
+lets a short write finish through one cancel, not two."""
 
 from __future__ import annotations
 
@@ -68,6 +68,18 @@ async def test_the_callers_own_cancellation_propagates() -> None:
     assert stopping.cancelled(), "the caller's cancellation was swallowed"
     assert carried_on == []
     assert background.cancelled()
+
+
+async def test_wait_returns_the_tasks_still_running_when_its_time_is_up() -> None:
+    detached = Detached()
+    quick = detached.start(asyncio.sleep(0), name="quick")
+    stuck = detached.start(asyncio.Event().wait(), name="stuck")
+    try:
+        left = await detached.wait(0.05)
+    finally:
+        stuck.cancel()
+    assert (left, quick.done(), stuck.get_name()) == ({stuck}, True, "stuck")
+    assert await detached.wait(0.05) == set()
 
 
 async def test_settle_waits_for_the_tasks_the_detached_tasks_start_meanwhile() -> None:

@@ -73,9 +73,12 @@ class Detached:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def start(self, work: Coroutine[Any, Any, T], *, context: contextvars.Context | None = None) -> asyncio.Task[T]:
-        """`work` as a task of its own, kept until it ends."""
-        task = asyncio.get_running_loop().create_task(work, context=context)
+    def start(
+        self, work: Coroutine[Any, Any, T], *, context: contextvars.Context | None = None, name: str | None = None
+    ) -> asyncio.Task[T]:
+        """`work` as a task of its own, kept until it ends; `name` (the task's) says what it works on, in the
+        owner's log of those `wait` left running."""
+        task = asyncio.get_running_loop().create_task(work, context=context, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -86,11 +89,14 @@ class Detached:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def wait(self, timeout: float) -> None:
-        """Give the tasks running now up to `timeout` seconds to end (what they leave undone, something else
-        finishes: a lease, a retry)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+    async def wait(self, timeout: float) -> set[asyncio.Task[Any]]:
+        """Give the tasks running now up to `timeout` seconds to end, and return those still running then (what
+        they leave undone, something else finishes: a lease, a retry; the owner logs them, or nobody can tell a
+        stop that left work to it from a clean one)."""
+        if not self._tasks:
+            return set()
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        return pending
 
     async def settle(self, waiting: Callable[[int], None]) -> None:
         """Wait until none runs, those the tasks start meanwhile included, telling `waiting` how many it waits

@@ -394,7 +394,7 @@ class OrdersApplication:
         placement: bool,
     ) -> Order:
         task = self._running.start(
-            self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context()
+            self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context(), name=order_id
         )
         if card is not None:
             # Counted for as long as the task runs, not the caller's wait: the drive outlives a caller gone.
@@ -641,8 +641,18 @@ class OrdersApplication:
             await asyncio.sleep(interval)
 
     async def wait_running(self, timeout: float) -> None:
-        """On shutdown: give sagas driven for callers a moment to finish (leases cover the rest)."""
-        await self._running.wait(timeout)
+        """On shutdown: give sagas driven for callers a moment to finish (leases cover the rest), and name those
+        left (their tasks are named by order id): nothing else says which orders the stop left half-way."""
+        left = sorted({task.get_name() for task in await self._running.wait(timeout)})
+        if left:
+            log.warning(
+                "stopping after a %gs wait with %d orders still driven: %s; their leases hand them to the recovery "
+                "loop (this service's after a restart, or another replica's)",
+                timeout,
+                len(left),
+                ", ".join(left),
+                extra={"order_ids": left},
+            )
 
     # --- helpers ----------------------------------------------------------------------------------
 
