@@ -20,7 +20,7 @@ def rpc_comment(name: str) -> str:
 
 @pytest.mark.parametrize("rpc", ["GetOrder", "CancelOrder"])
 def test_a_too_long_order_id_is_documented(rpc: str) -> None:
-    """Since 122c670 an order_id over MAX_ID_LENGTH characters is its own INVALID_ARGUMENT (violation INVALID_LENGTH,
+    """Since 122c670 an order_id over MAX_ID_LENGTH characters is its own INVALID_ARGUMENT (violation TOO_LONG,
     relayed unchanged by the gateway), but the contract names only an empty order_id, and GetOrderRequest /
     CancelOrderRequest say only "Required." with no maximum."""
     comment = rpc_comment(rpc)

@@ -723,7 +723,7 @@ async def test_the_largest_order_the_gateway_takes_is_refused_by_orders_for_its_
     details = await failure(shop.PlaceOrder(request, metadata=token_for(fakes), timeout=30))
     assert details.retry_delay_seconds is None, f"told to retry: {details.code.name} {details.reason}"
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert [(v.field, v.reason) for v in details.field_violations] == [("items[0].product_id", "INVALID_LENGTH")]
+    assert [(v.field, v.reason) for v in details.field_violations] == [("items[0].product_id", "TOO_LONG")]
 
 
 async def test_an_order_larger_than_the_gateway_takes_is_refused_as_too_large_without_a_retry_hint(

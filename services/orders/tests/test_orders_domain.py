@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR
+from shopmesh_chassis.contract_limits import MAX_AMOUNT_MINOR, MAX_ID_LENGTH
 from shopmesh_chassis.testing.text_reads import characters_read
 from shopmesh_orders.domain.model import Address, CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.domain.validation import (
@@ -17,7 +17,10 @@ from shopmesh_orders.domain.validation import (
     ExpectedTotal,
     PlaceOrder,
     luhn_ok,
+    validate_cancel,
     validate_cancel_reason,
+    validate_list_orders,
+    validate_order_id,
     validate_place_order,
     validate_totals,
 )
@@ -264,9 +267,56 @@ def test_an_address_line_longer_than_any_could_be_as_sent_is_refused_without_bei
     read = characters_read(monkeypatch)
     with pytest.raises(errors.InvalidArgument) as caught:
         validate_place_order(command(address=replace(ADDRESS, **{part: "a" * 1_000_000})), date(2026, 11, 25))
-    assert [(v.field, v.reason) for v in caught.value.violations] == [(f"shipping_address.{part}", "INVALID_LENGTH")]
+    assert [(v.field, v.reason) for v in caught.value.violations] == [(f"shipping_address.{part}", "TOO_LONG")]
     # The other lines' few dozen characters, each read a few times; not the million.
     assert read.count < 1_000
+
+
+def _too_long_place_order(field: str) -> None:
+    long_id = "x" * (MAX_ID_LENGTH + 1)
+    if field == "user_id":
+        validate_place_order(command(user_id=long_id), date(2026, 11, 25))
+    elif field == "items[0].product_id":
+        validate_place_order(command(items=(CartLine(long_id, 1),)), date(2026, 11, 25))
+    else:
+        part = field.removeprefix("shipping_address.")
+        validate_place_order(command(address=replace(ADDRESS, **{part: "a" * 201})), date(2026, 11, 25))
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "user_id",
+        "items[0].product_id",
+        "shipping_address.full_name",
+        "shipping_address.street",
+        "shipping_address.city",
+        "shipping_address.postal_code",
+    ],
+)
+def test_a_place_order_field_over_its_maximum_length_is_too_long_as_in_every_other_service(field: str) -> None:
+    """Orders answered INVALID_LENGTH where catalog, users, inventory and the gateway answer TOO_LONG: a client
+    branching on the reason needed a second case for one service."""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        _too_long_place_order(field)
+    assert [(v.field, v.reason) for v in caught.value.violations] == [(field, "TOO_LONG")]
+
+
+def test_an_order_id_user_id_or_cancel_reason_over_its_maximum_length_is_too_long() -> None:
+    long_id = "x" * (MAX_ID_LENGTH + 1)
+    with pytest.raises(errors.InvalidArgument) as by_id:
+        validate_order_id(long_id)
+    with pytest.raises(errors.InvalidArgument) as cancelled:
+        validate_cancel(long_id, "r" * 501)
+    with pytest.raises(errors.InvalidArgument) as listed:
+        validate_list_orders(long_id, 0, "")
+    found = [(v.field, v.reason) for e in (by_id, cancelled, listed) for v in e.value.violations]
+    assert found == [
+        ("order_id", "TOO_LONG"),
+        ("order_id", "TOO_LONG"),
+        ("reason", "TOO_LONG"),
+        ("user_id", "TOO_LONG"),
+    ]
 
 
 def test_a_trailing_line_break_is_not_a_valid_email_country_or_currency() -> None:

@@ -184,7 +184,7 @@ class CartItem(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     """The product to buy (a catalog Product.id). Required; unique within an
-    order (DUPLICATE); at most 64 characters (INVALID_LENGTH); printable
+    order (DUPLICATE); at most 64 characters (TOO_LONG); printable
     characters only, no whitespace or comma (INVALID_FORMAT: no product has
     such an id, and errors list product ids comma-separated).
     """
@@ -212,7 +212,7 @@ class ShippingAddress(_message.Message):
     label: composed (NFC) and trimmed before their lengths are counted, and
     kept so. One that shows nothing (blanks and invisible characters only) is
     INVALID_ARGUMENT, violation reason REQUIRED; one longer than its limit,
-    INVALID_LENGTH; one holding a control character (a tab, a line break of
+    TOO_LONG; one holding a control character (a tab, a line break of
     any kind, an escape) or a line or paragraph separator, INVALID_CHARACTERS.
     """
 
@@ -436,8 +436,8 @@ class PlaceOrderRequest(_message.Message):
     user_id: _builtins.str
     """The user placing the order. Required (empty or blank: a REQUIRED
     violation on `user_id`); at most 64 characters, otherwise an
-    INVALID_LENGTH violation (the reason orders gives every length, as for
-    order_id); all printable, with no whitespace (no space, tab or line
+    TOO_LONG violation (the reason every service gives a field over its
+    maximum, as for order_id); all printable, with no whitespace (no space, tab or line
     break; no control or zero-width character), otherwise an INVALID_FORMAT
     violation: the order's events carry it to notifications, which takes no
     other. Must equal `x-user-id` when that header is present.
@@ -590,7 +590,7 @@ class ListOrdersRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user whose orders are listed. Required; at most 64 characters
-    (INVALID_LENGTH), printable, no whitespace (INVALID_FORMAT); must equal
+    (TOO_LONG), printable, no whitespace (INVALID_FORMAT); must equal
     `x-user-id` when that header is present.
     """
     page_size: _builtins.int

@@ -146,7 +146,7 @@ class OrdersServiceStub:
 
     Errors: INVALID_ARGUMENT (order_id empty, longer than 64 characters, or
     with whitespace or unprintable characters: violation reason REQUIRED,
-    INVALID_LENGTH or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
+    TOO_LONG or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
     ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
     UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
     (metadata "order_id"): the order was stored by a newer release of orders
@@ -191,7 +191,8 @@ class OrdersServiceStub:
     Errors:
     - INVALID_ARGUMENT: order_id empty, longer than 64 characters, or with
       whitespace or unprintable characters (violation reason REQUIRED,
-      INVALID_LENGTH or INVALID_FORMAT), reason longer than 500 characters;
+      TOO_LONG or INVALID_FORMAT), reason longer than 500 characters
+      (TOO_LONG);
       ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
       IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
@@ -321,7 +322,7 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
 
     Errors: INVALID_ARGUMENT (order_id empty, longer than 64 characters, or
     with whitespace or unprintable characters: violation reason REQUIRED,
-    INVALID_LENGTH or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
+    TOO_LONG or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
     ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
     UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
     (metadata "order_id"): the order was stored by a newer release of orders
@@ -366,7 +367,8 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     Errors:
     - INVALID_ARGUMENT: order_id empty, longer than 64 characters, or with
       whitespace or unprintable characters (violation reason REQUIRED,
-      INVALID_LENGTH or INVALID_FORMAT), reason longer than 500 characters;
+      TOO_LONG or INVALID_FORMAT), reason longer than 500 characters
+      (TOO_LONG);
       ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
       IDEMPOTENCY_KEY_REUSED (see common/v1).
     - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
@@ -505,7 +507,7 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (order_id empty, longer than 64 characters, or
         with whitespace or unprintable characters: violation reason REQUIRED,
-        INVALID_LENGTH or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
+        TOO_LONG or INVALID_FORMAT), NOT_FOUND (ErrorInfo reason
         ORDER_NOT_FOUND; also for another user's order when x-user-id is set),
         UNAVAILABLE. UNAVAILABLE with RetryInfo, reason ORDER_FROM_NEWER_RELEASE
         (metadata "order_id"): the order was stored by a newer release of orders
@@ -562,7 +564,8 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
         - INVALID_ARGUMENT: order_id empty, longer than 64 characters, or with
           whitespace or unprintable characters (violation reason REQUIRED,
-          INVALID_LENGTH or INVALID_FORMAT), reason longer than 500 characters;
+          TOO_LONG or INVALID_FORMAT), reason longer than 500 characters
+          (TOO_LONG);
           ErrorInfo reason IDEMPOTENCY_KEY_MISSING / IDEMPOTENCY_KEY_INVALID /
           IDEMPOTENCY_KEY_REUSED (see common/v1).
         - NOT_FOUND, reason ORDER_NOT_FOUND (also for another user's order).
