@@ -57,7 +57,7 @@ from .console import say
 from .mesh.identity import bundle_file, dns_name, svid_files
 from .mesh.protoset import PROTOSET_FILE, methods_of
 from .ports import Canary, PortInUse, PortPlan, bind_error
-from .processes import Crashed, NotReady, StackError, crash_at_stop, has_exited, signal_child, spawn
+from .processes import Crashed, NotReady, StackError, crash_at_stop, exited, has_exited, signal_child, spawn
 from .stack import (
     DEFAULT_STARTUP_TIMEOUT,
     EDGE_LABEL,
@@ -545,8 +545,10 @@ class ThrowawayPostgres:
     _killed: bool = dataclasses.field(default=False, init=False)
 
     async def crashed(self) -> Crashed:
-        """Wait until the server exits (the launcher stops it only after the stack): the error saying so."""
-        return Crashed(POSTGRES, await self.process.wait(), self.output)
+        """Wait until the server exits (the launcher stops it only after the stack): the error saying so. Its
+        exit, not `process.wait()`, which also waits for the server's backends, each holding its output pipe
+        (`processes.exited`)."""
+        return Crashed(POSTGRES, await exited(self.process), self.output)
 
     def kill(self) -> None:
         """SIGKILL the server at once, without waiting (a second Ctrl-C; its backends end as they see it gone:
@@ -561,7 +563,7 @@ class ThrowawayPostgres:
         had exited before (a crash around Ctrl-C that `crashed` had not reported) or died as it stopped."""
         on_its_own = self._look_whether_exited_on_its_own()
         took_sigkill = await _stop_postgres(self.process)
-        code = await self.process.wait()
+        code = await exited(self.process)
         # Read after the wait: a `kill` may come while the stop waits for the fast shutdown.
         killed = took_sigkill or self._killed
         crash = crash_at_stop(
@@ -653,10 +655,12 @@ async def _stop_postgres(process: asyncio.subprocess.Process) -> bool:
 
 
 async def _stop_postgres_now(process: asyncio.subprocess.Process) -> bool:
+    # `exited`, not `process.wait()`: a server that shut down at once, its output pipe still held (a backend
+    # that has not ended yet), would be waited for until the SIGKILL's bound.
     if process.returncode is None:
         signal_child(process, signal.SIGINT)
         try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), _POSTGRES_STOP_SECONDS)
+            await asyncio.wait_for(asyncio.shield(exited(process)), _POSTGRES_STOP_SECONDS)
             return False
         except TimeoutError:
             pass
@@ -664,9 +668,9 @@ async def _stop_postgres_now(process: asyncio.subprocess.Process) -> bool:
         # checkpointer, ...) in a session of its own (setsid). They end by themselves once it is gone, as after
         # any postmaster crash: each watches it in all its waits, a backend busy with a query at its next check.
         signal_child(process, signal.SIGKILL)
-        await process.wait()
+        await exited(process)
         return True
-    await process.wait()
+    await exited(process)
     return False
 
 
