@@ -224,6 +224,54 @@ async def test_a_row_orphaned_before_the_migrations_fails_no_start_on_sqlite(tmp
         await database.dispose()
 
 
+async def test_a_sqlite_migration_that_orphans_rows_names_only_those_not_the_rows_orphaned_before(
+    tmp_path: Path,
+) -> None:
+    """An orphan left before (a line whose order was never there, written with foreign keys off) is not the
+    migration's doing: the error named it with the two lines the migration orphaned, as every violation of the
+    same (table, referenced table) was taken for new, and sent whoever fixed the migration after a third row."""
+    database = Database(f"sqlite:///{tmp_path}/svc.db")
+    try:
+        versions = await _orders_with_lines(database, tmp_path)
+        with sqlite3.connect(tmp_path / "svc.db") as shell:  # foreign keys off, as in the sqlite3 shell
+            shell.execute("INSERT INTO lines (id, order_id) VALUES (20, 99)")
+        (versions / "svc_0002.py").write_text(
+            ORDERS_CHANGE.format(doc="gone", body='    op.execute("DELETE FROM orders")')
+        )
+        with pytest.raises(ForeignKeysViolated, match=r"^2 row\(s\) ") as caught:
+            await migrate(database, versions)
+        assert sorted((table, rowid, parent) for table, rowid, parent, _key in caught.value.violations) == [
+            ("lines", 10, "orders"),
+            ("lines", 11, "orders"),
+        ]
+    finally:
+        await database.dispose()
+
+
+async def test_a_row_orphaned_before_is_still_known_as_old_after_a_batch_rebuild_renumbers_its_table(
+    tmp_path: Path,
+) -> None:
+    """Batch mode copies a table without an INTEGER PRIMARY KEY with new rowids: an old orphan is known by its
+    table and the key that matches nothing, not by its rowid, or every such rebuild failed the start."""
+    database = Database(f"sqlite:///{tmp_path}/svc.db")
+    try:
+        versions = await _orders_with_lines(database, tmp_path)
+        with sqlite3.connect(tmp_path / "svc.db") as shell:  # foreign keys off, as in the sqlite3 shell
+            shell.execute("CREATE TABLE tags (name TEXT PRIMARY KEY, order_id INTEGER REFERENCES orders (id))")
+            shell.execute("INSERT INTO tags (name, order_id) VALUES ('gift', 1), ('gone', 2), ('stale', 99)")
+            shell.execute("DELETE FROM tags WHERE name = 'gone'")
+        body = (
+            '    with op.batch_alter_table("tags", recreate="always") as batch:\n'
+            '        batch.add_column(sa.Column("n", sa.Text))'
+        )
+        (versions / "svc_0002.py").write_text(ORDERS_CHANGE.format(doc="tags get a note", body=body))
+        await migrate(database, versions)
+        with sqlite3.connect(tmp_path / "svc.db") as shell:
+            assert shell.execute("SELECT rowid FROM tags WHERE name = 'stale'").fetchone() == (2,), "renumbered"
+    finally:
+        await database.dispose()
+
+
 ADD_COLUMN = '''"""widgets get a colour"""
 
 import sqlalchemy as sa

@@ -431,12 +431,55 @@ def _configure_sqlite_connections(engine: Engine) -> None:
         cursor.close()
 
 
-def _foreign_key_violations(dbapi_connection: Any) -> Counter[tuple[str, str]]:
-    """SQLite's rows whose foreign key matches no row, counted by (table, referenced table): a table rebuilt in
-    batch mode gets new rowids, so rows are compared by count, not by rowid."""
-    return Counter(
-        (table, parent) for table, _rowid, parent, _key in dbapi_connection.execute("PRAGMA foreign_key_check")
-    )
+# A row `PRAGMA foreign_key_check` reports: (table, rowid, referenced table, the foreign key's id in the table).
+ForeignKeyViolation = tuple[str, int | None, str, int]
+
+
+def _foreign_key_orphans(dbapi_connection: Any) -> list[tuple[ForeignKeyViolation, tuple[object, ...]]]:
+    """SQLite's rows whose foreign key matches no row, each with what names it across a rebuild of its table:
+    the table, the referenced table, the key's columns and the values that match nothing there. Not the rowid
+    alone: batch mode's copy of a table without an INTEGER PRIMARY KEY may number its rows anew, and the key's
+    id is its place in the table's definition, which the copy may change."""
+    columns: dict[tuple[str, int], list[str]] = {}
+    orphans: list[tuple[ForeignKeyViolation, tuple[object, ...]]] = []
+    for table, rowid, parent, key_id in dbapi_connection.execute("PRAGMA foreign_key_check").fetchall():
+        if (table, key_id) not in columns:
+            for found_id, column in dbapi_connection.execute(
+                'SELECT id, "from" FROM pragma_foreign_key_list(?) ORDER BY id, seq', (table,)
+            ):
+                columns.setdefault((table, found_id), []).append(column)
+        key = columns[(table, key_id)]
+        # A WITHOUT ROWID table's rows have no rowid to look the values up by: such a row is known by its key.
+        values = None
+        if rowid is not None:
+            listed = ", ".join(_quoted(column) for column in key)
+            values = dbapi_connection.execute(
+                f"SELECT {listed} FROM {_quoted(table)} WHERE rowid = ?", (rowid,)
+            ).fetchone()
+        orphans.append(((table, rowid, parent, key_id), (table, parent, tuple(key), values)))
+    return orphans
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _added_orphans(
+    before: list[tuple[ForeignKeyViolation, tuple[object, ...]]],
+    after: list[tuple[ForeignKeyViolation, tuple[object, ...]]],
+) -> list[ForeignKeyViolation]:
+    """The rows of `after` that were no orphans `before`: each old orphan accounts for one row of the same
+    table, referenced table and dangling key, the row with its old rowid first (a row the migration orphaned
+    may dangle from the same missing parent as an old one)."""
+    unclaimed = Counter(name for _violation, name in before)
+    old_rows = {(violation[0], violation[1]) for violation, _name in before}
+    claimed: set[int] = set()
+    for index in sorted(range(len(after)), key=lambda i: (after[i][0][0], after[i][0][1]) not in old_rows):
+        name = after[index][1]
+        if unclaimed[name] > 0:
+            unclaimed[name] -= 1
+            claimed.add(index)
+    return [violation for index, (violation, _name) in enumerate(after) if index not in claimed]
 
 
 def _begin_sqlite(connection: sqlalchemy.Connection, statement: str) -> None:
@@ -450,9 +493,9 @@ def _begin_sqlite(connection: sqlalchemy.Connection, statement: str) -> None:
 
 class ForeignKeysViolated(Exception):
     """A change of a SQLite schema left rows whose foreign key matches no row (`PRAGMA foreign_key_check`):
-    rolled back."""
+    rolled back. `violations` names the rows it orphaned, not those orphaned before it ran."""
 
-    def __init__(self, violations: list[tuple[str, int, str, int]]) -> None:
+    def __init__(self, violations: list[ForeignKeyViolation]) -> None:
         tables = sorted({f"{table} (referencing {parent})" for table, _rowid, parent, _key in violations})
         super().__init__(
             f"{len(violations)} row(s) whose foreign key matches no row, in {', '.join(tables)}: the schema "
@@ -586,17 +629,11 @@ class Database:
                         _begin_sqlite(connection, "BEGIN IMMEDIATE")
                         # Only what this transaction adds is its doing: a row left orphaned before (a database
                         # written with foreign keys off by a tool) must not fail every later start.
-                        found = _foreign_key_violations(dbapi_connection)
+                        found = _foreign_key_orphans(dbapi_connection)
                         yield SqliteConnection(connection)
-                        added = _foreign_key_violations(dbapi_connection) - found
+                        added = _added_orphans(found, _foreign_key_orphans(dbapi_connection))
                         if added:
-                            raise ForeignKeysViolated(
-                                [
-                                    violation
-                                    for violation in dbapi_connection.execute("PRAGMA foreign_key_check")
-                                    if (violation[0], violation[2]) in added
-                                ]
-                            )
+                            raise ForeignKeysViolated(added)
                 finally:
                     try:
                         dbapi_connection.execute("PRAGMA foreign_keys=ON")
