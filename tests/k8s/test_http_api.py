@@ -655,12 +655,20 @@ def envoy_counter(ports: dict[int, int], name: str) -> int:
     return int(line.removeprefix(f"{name}: "))
 
 
+# A collector's full Service name, which the chart requires with Istio (its provider finds the collector by it).
+MESH_COLLECTOR = "collector.observability.svc.cluster.local"
+
+
 def run_traced_edge(helm_dir: Path, scratch: Path, sink_port: int, ratio: float, mesh: str = "") -> Any:
-    """The edge's Envoy as the chart renders it with a collector at `sink_port` on loopback."""
-    otel = {"endpoint": f"http://127.0.0.1:{sink_port}", "port": sink_port, "samplerRatio": ratio}
+    """The edge's Envoy as the chart renders it with a collector at `sink_port` on loopback. With Istio the chart
+    takes only a Service's full name: rendered with one, which the edge's `traces` cluster then reaches on
+    loopback instead (no cluster DNS here)."""
+    host = MESH_COLLECTOR if mesh == "istio" else "127.0.0.1"
+    otel = {"endpoint": f"http://{host}:{sink_port}", "port": sink_port, "samplerRatio": ratio}
     otel["peers"] = [{"podSelector": {}}]
     docs = objects_of(helm_dir, EDGE, {"global": {"otel": otel, "mesh": mesh}})
-    return running_http_api(files_of(docs), scratch, container(docs)["args"])
+    args = [arg.replace(f'"{MESH_COLLECTOR}"', '"127.0.0.1"') for arg in container(docs)["args"]]
+    return running_http_api(files_of(docs), scratch, args)
 
 
 def test_the_rendered_edge_exports_a_span_per_request_to_the_collector(helm_dir: Path, tmp_path: Path) -> None:

@@ -169,10 +169,25 @@ def test_another_collector_is_the_one_the_provider_points_at(helm_dir: Path) -> 
     assert provider["opentelemetry"] == {"service": "collector.observability.svc.cluster.local", "port": 4319}
 
 
-def test_a_collector_istio_cannot_find_by_its_short_name_is_refused(helm_dir: Path) -> None:
-    otel = {"endpoint": "http://otel:4317", "peers": [{"podSelector": {}}]}
-    with pytest.raises(ValueError, match="Istio needs the collector's full name"):
-        render.istio_tracing(helm_dir, {"global": {"mesh": "istio", "otel": otel}})
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://otel:4317",
+        # Dotted, yet not a Service's full name: the render's dot check let these through to an Istio that
+        # looks the provider's service up in its registry by the full name, and finds none.
+        "http://jaeger.shopmesh-infra:4317",
+        "http://jaeger.shopmesh-infra.svc:4317",
+        "jaeger.shopmesh-infra.svc.cluster:4317",
+        "http://collector.example.com:4317",
+    ],
+)
+def test_a_collector_istio_cannot_find_by_its_name_is_refused_by_the_chart(helm_dir: Path, endpoint: str) -> None:
+    otel = {"endpoint": endpoint, "peers": [{"podSelector": {}}]}
+    values = {"global": {"mesh": "istio", "otel": otel}}
+    with pytest.raises(Exception, match=r"Istio needs the collector's full name, <service>\.<namespace>\.svc"):
+        objects_of(helm_dir, render.UMBRELLA, values)
+    with pytest.raises(Exception, match="Istio needs the collector's full name"):
+        render.istio_tracing(helm_dir, values)
 
 
 def test_without_an_endpoint_the_sidecars_report_nothing_either(helm_dir: Path) -> None:
@@ -455,7 +470,8 @@ def test_the_documented_istio_tracing_command_gives_the_provider_of_the_values_f
 @pytest.mark.parametrize(
     ("values_text", "named"),
     [
-        # docs/mesh.md: "Istio wants the collector's full name ..., and the render refuses a short one".
+        # docs/mesh.md: "Istio wants the collector's full name ...: with `global.mesh: istio` the chart refuses
+        # any other"; the render passes the chart's refusal on.
         (
             "global:\n  otel:\n    endpoint: http://otel:4317\n    peers:\n      - podSelector: {}\n",
             "Istio needs the collector's full name",

@@ -417,6 +417,15 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- end -}}
 {{- /* Istio's sidecars report spans too (_mesh.tpl), with its policy objects and a collector. */ -}}
 {{- $_ := set $c.otel "sidecarSpans" (and (eq $c.mesh "istio") $c.meshPolicy.enabled (ne $c.otel.endpoint "")) -}}
+{{- /* Their provider (k8s/render.py istio-tracing) names the collector's Service by its host, which Istio looks up
+     in its registry under the full name only: a shorter one (`jaeger.shopmesh-infra`), which cluster DNS
+     completes for the services, names nothing there, and the sidecars' spans go nowhere. */ -}}
+{{- if $c.otel.sidecarSpans -}}
+{{- $collector := include "shopmesh-lib.serviceHost" $c.otel.endpoint -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?\\.svc\\.cluster\\.local$" $collector) -}}
+{{- fail (printf "global.otel.endpoint (%s): with mesh istio its sidecars send their spans there too, and Istio needs the collector's full name, <service>.<namespace>.svc.cluster.local (e.g. jaeger.shopmesh-infra.svc.cluster.local), to find it; %q is not one" (include "shopmesh-lib.shownUrl" $c.otel.endpoint) $collector) -}}
+{{- end -}}
+{{- end -}}
 {{- /* ...and so does Istio's ingress proxy in front of the edge (_mesh.tpl), which then decides for the trace:
      each Gateway the routes attach to, once ("<namespace>/<name>"), in the release's namespace when the
      parentRef names none, as Gateway API reads it. A parentRef of another kind (a Service) has no proxy
@@ -665,6 +674,12 @@ urlParse: it fails on a server without a scheme, printing the server, token and 
 {{- $addresses = append $addresses (regexReplaceAll "^([^.:]+\\.[^.:]+)(\\.svc(\\.cluster\\.local)?)?\\.?(:[0-9]+)$" $hostPort "${1}${4}") -}}
 {{- end -}}
 {{- join "," $addresses -}}
+{{- end -}}
+
+{{/* A URL's host as written, lower case: no scheme, user part, port or path (as serviceAddresses reads them). */}}
+{{- define "shopmesh-lib.serviceHost" -}}
+{{- $hostPart := last (splitList "@" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" (trim .) "")) -}}
+{{- regexReplaceAll "(:[0-9]*)?$" (regexReplaceAll "/.*$" $hostPart "") "" | lower -}}
 {{- end -}}
 
 {{/* NetworkPolicy peers: the pods of one dev-infrastructure app (k8s/infra) in shopmesh-infra, which the
