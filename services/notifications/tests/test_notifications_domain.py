@@ -219,7 +219,7 @@ def test_list_request_validation_reports_every_bad_field() -> None:
     ]
     with pytest.raises(errors.InvalidArgument) as too_long:
         validate_list_request("u" * 65, 0, "")
-    assert [(v.field, v.reason) for v in too_long.value.violations] == [("user_id", "INVALID_LENGTH")]
+    assert [(v.field, v.reason) for v in too_long.value.violations] == [("user_id", "TOO_LONG")]
     assert validate_list_request("usr_1", 0, "") is None
 
 

@@ -154,7 +154,7 @@ async def test_listing_another_users_notifications_is_permission_denied(stub: St
     ("request_", "violations"),
     [
         (listing(""), [("user_id", "REQUIRED")]),
-        (listing("u" * 65), [("user_id", "INVALID_LENGTH")]),
+        (listing("u" * 65), [("user_id", "TOO_LONG")]),
         (listing(page_size=-1), [("page_size", "OUT_OF_RANGE")]),
         (listing("", page_size=-5), [("user_id", "REQUIRED"), ("page_size", "OUT_OF_RANGE")]),
         # No user has such an id (events with one are refused): refused as every service refuses it.

@@ -23,7 +23,7 @@ def validate_list_request(user_id: str, page_size: int, page_token: str) -> tupl
     if not user_id.strip():
         violations.append(FieldViolation("user_id", "required", "REQUIRED"))
     elif len(user_id) > MAX_ID_LENGTH:
-        violations.append(FieldViolation("user_id", f"must have at most {MAX_ID_LENGTH} characters", "INVALID_LENGTH"))
+        violations.append(FieldViolation("user_id", f"must have at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
     elif (found := printable_id_violation("user_id", user_id)) is not None:
         # The rule every service holds ids to, and the one OrderEvent's user_id is held to: no notification
         # can be stored for such a user.

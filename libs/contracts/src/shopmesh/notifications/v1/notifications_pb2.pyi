@@ -221,8 +221,9 @@ class ListNotificationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The user whose notifications are listed. Required, printable characters
-    and no whitespace; must equal `x-user-id` when that header is present.
+    """The user whose notifications are listed. Required, at most 64
+    characters, printable characters and no whitespace; must equal
+    `x-user-id` when that header is present.
     """
     page_size: _builtins.int
     """Maximum number of notifications to return: 0 means 20, values above 100

@@ -52,9 +52,9 @@ class NotificationsServiceStub:
     """Lists a user's notifications, newest first (`created_at` descending, then
     `id` descending).
 
-    Errors: INVALID_ARGUMENT (empty user_id, or one with whitespace or
-    unprintable characters: violation reason INVALID_FORMAT; negative
-    page_size; ErrorInfo
+    Errors: INVALID_ARGUMENT (empty or blank user_id: violation reason
+    REQUIRED; one over 64 characters: TOO_LONG; one with whitespace or
+    unprintable characters: INVALID_FORMAT; negative page_size; ErrorInfo
     reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
     UNAVAILABLE. A user without notifications yields an empty list.
 
@@ -70,9 +70,9 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """Lists a user's notifications, newest first (`created_at` descending, then
     `id` descending).
 
-    Errors: INVALID_ARGUMENT (empty user_id, or one with whitespace or
-    unprintable characters: violation reason INVALID_FORMAT; negative
-    page_size; ErrorInfo
+    Errors: INVALID_ARGUMENT (empty or blank user_id: violation reason
+    REQUIRED; one over 64 characters: TOO_LONG; one with whitespace or
+    unprintable characters: INVALID_FORMAT; negative page_size; ErrorInfo
     reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
     UNAVAILABLE. A user without notifications yields an empty list.
 
@@ -91,9 +91,9 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists a user's notifications, newest first (`created_at` descending, then
         `id` descending).
 
-        Errors: INVALID_ARGUMENT (empty user_id, or one with whitespace or
-        unprintable characters: violation reason INVALID_FORMAT; negative
-        page_size; ErrorInfo
+        Errors: INVALID_ARGUMENT (empty or blank user_id: violation reason
+        REQUIRED; one over 64 characters: TOO_LONG; one with whitespace or
+        unprintable characters: INVALID_FORMAT; negative page_size; ErrorInfo
         reason INVALID_PAGE_TOKEN), PERMISSION_DENIED (reason USER_MISMATCH),
         UNAVAILABLE. A user without notifications yields an empty list.
 
