@@ -176,7 +176,7 @@ bench-http: setup ## What the HTTP/JSON edge costs: the same call over gRPC and 
 	$(VENV_BIN)/python tests/bench/bench_http.py --write docs/benchmarks.md
 
 .PHONY: bench-db
-bench-db: setup ## CPU per transaction of the chassis' Database on SQLite (write, write + read, snapshot read)
+bench-db: setup ## CPU per transaction of the chassis' Database on SQLite (write, write + read, snapshot read, a ListOrders page)
 	$(VENV_BIN)/python tests/bench/bench_db.py --write docs/benchmarks.md
 
 include k8s/k8s.mk

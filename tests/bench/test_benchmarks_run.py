@@ -94,7 +94,12 @@ def _cmdline(process: Path) -> str:
 def test_database_benchmark_runs_and_reports_every_transaction_shape() -> None:
     out = run(str(HERE / "bench_db.py"), "--transactions", "50", "--repeats", "1")
     assert "## Database transactions (`make bench-db`)" in out
-    for shape in ("write transaction, one UPDATE", "write transaction, INSERT + SELECT", "read snapshot, one SELECT"):
+    for shape in (
+        "write transaction, one UPDATE",
+        "write transaction, INSERT + SELECT",
+        "read snapshot, one SELECT",
+        "read snapshot, a ListOrders page of 20 orders",
+    ):
         assert f"| {shape} |" in out
 
 
