@@ -114,7 +114,14 @@ from .request_limits import (
     REQUEST_TOO_LARGE_MESSAGE,
     max_heap_bytes,
 )
-from .routes import PATH_VARIABLE_IN_QUERY, QUERY_WITH_BODY, REPEATED_QUERY_PARAMETER, ROUTE_TIMEOUT, allowed_methods
+from .routes import (
+    MALFORMED_QUERY_PARAMETER,
+    PATH_VARIABLE_IN_QUERY,
+    QUERY_WITH_BODY,
+    REPEATED_QUERY_PARAMETER,
+    ROUTE_TIMEOUT,
+    allowed_methods,
+)
 from .served_files import (
     MAX_DOCUMENT_BYTES,
     OPENAPI_PATH,
@@ -156,6 +163,7 @@ __all__ = [
     "MALFORMED_GRPC_TIMEOUT_MESSAGE",
     "MALFORMED_GRPC_WEB_TEXT",
     "MALFORMED_GRPC_WEB_TEXT_MESSAGE",
+    "MALFORMED_QUERY_PARAMETER",
     "MAX_CONCURRENT_STREAMS",
     "MAX_DOCUMENT_BYTES",
     "MAX_HEAP_BYTES",

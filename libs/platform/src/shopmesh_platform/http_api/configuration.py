@@ -57,6 +57,7 @@ from .request_limits import (
     http_too_large,
 )
 from .routes import (
+    MALFORMED_QUERY_PARAMETER_ROUTE,
     MAX_REGEX_PROGRAM_SIZE,
     PATH_VARIABLE_IN_QUERY_ROUTE,
     QUERY_WITH_BODY_ROUTE,
@@ -225,6 +226,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 status_as_it_is(PATH_VARIABLE_IN_QUERY_ROUTE),
                 status_as_it_is(QUERY_WITH_BODY_ROUTE),
                 status_as_it_is(REPEATED_QUERY_PARAMETER_ROUTE),
+                status_as_it_is(MALFORMED_QUERY_PARAMETER_ROUTE),
                 query_without_content_type(),
                 http_too_large(),
                 request_timed_out(),

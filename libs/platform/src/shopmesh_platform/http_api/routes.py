@@ -37,6 +37,10 @@ QUERY_WITH_BODY_ROUTE = "query-with-body"
 # The same for a query parameter of a singular field given more than once (`?pageSize=1&pageSize=7`).
 REPEATED_QUERY_PARAMETER = "REPEATED_QUERY_PARAMETER"
 REPEATED_QUERY_PARAMETER_ROUTE = "repeated-query-parameter"
+# The same for a query parameter that is not `name=value` with a name (`?=secret`, a bare `?pageSize`; the
+# field violation names no field: the transcoder would have bound it to none).
+MALFORMED_QUERY_PARAMETER = "MALFORMED_QUERY_PARAMETER"
+MALFORMED_QUERY_PARAMETER_ROUTE = "malformed-query-parameter"
 # The largest RE2 program (Envoy's measure of a regex's size) the edge's configuration may hold, in place of
 # Envoy's 100: a repeated parameter's regex spells its name twice, each of its characters as written or
 # percent-escaped (up to about 330, `maxRecommendations`). RE2 matches in linear time whatever the size; this bounds
@@ -90,6 +94,7 @@ def method_routes() -> list[dict[str, Any]]:
         )
         routes.extend(_query_with_body(template, regex, method) for method in body_methods().get(template, []))
         if "GET" in methods:
+            routes.append(_malformed_query_parameter(template, regex))
             routes.append(_head_route(regex))
         if _has_custom_verb(template):
             match = {"safe_regex": {"regex": regex}, "headers": [method_in(methods), NOT_GRPC]}
@@ -231,6 +236,34 @@ def _repeated_query_parameter(template: str, regex: str, name: str) -> dict[str,
                         "safe_regex": {"regex": rf"[^?]*\?(?:.*&)?{parameter}&(?:.*&)?{parameter}(?:&.*)?"}
                     },
                 },
+            ],
+        },
+        "direct_response": {"status": 400, "body": {"inline_string": body}},
+        "typed_per_filter_config": TRANSCODER_OFF,
+    }
+
+
+def _malformed_query_parameter(template: str, regex: str) -> dict[str, Any]:
+    """400 for a query parameter that is not `name=value` with a name: an empty name (`?=secret&pageSize=1`) or
+    no `=` (`?pageSize`). The transcoder ignored both, so the first was a 200 with a value bound to nothing, and
+    a bare `?pageSize` a call with the default page size while `?pageSize=` is refused: a name the request has no
+    field for is refused (docs/http-api.md), and these are no fields either. An empty parameter (`?`, `&&`, a
+    trailing `&`) holds neither a name nor a value and is left alone: a browser's form with no fields sends `?`.
+    The message quotes none of the query (a secret pasted into a URL is what a client shows). GET and the HEAD
+    called as it; a preflight goes on to the CORS filter."""
+    body = validation_failed(
+        f"a query parameter of {template} is not name=value: each needs a name and an '='",
+        {"description": "a query parameter is name=value, with a name", "reason": MALFORMED_QUERY_PARAMETER},
+    )
+    # A parameter starting with `=` (no name) or with no `=` in it, anywhere in the query.
+    malformed = r"[^?]*\?(?:.*&)?(?:=.*|[^&=]+(?:&.*)?)"
+    return {
+        "name": MALFORMED_QUERY_PARAMETER_ROUTE,
+        "match": {
+            "safe_regex": {"regex": regex},
+            "headers": [
+                method_in(["GET", "HEAD"]),
+                {"name": ":path", "string_match": {"safe_regex": {"regex": malformed}}},
             ],
         },
         "direct_response": {"status": 400, "body": {"inline_string": body}},
