@@ -1189,3 +1189,35 @@ async def test_a_shoppers_answers_are_not_in_the_browsers_disk_cache_after_sign_
     ]
     assert not cached, f"the shipping address is in the browser's cache after sign-out: {cached}"
     assert not tab.problems, tab.problems
+
+
+# Each paged view: its fragment, the API path it lists (as a regex of the request's URL), the list's key in the
+# answer, and whether it needs a session.
+PAGED_VIEWS = [
+    ("#/orders", r"/v1/orders\?", "orders", True),
+    ("#/notifications", r"/v1/notifications\?", "notifications", True),
+    ("#/", r"/v1/products\?", "products", False),
+    ("#/?query=knife", r"/v1/products:search\?", "products", False),
+]
+
+
+@pytest.mark.parametrize(("fragment", "listed", "key", "signed_in"), PAGED_VIEWS)
+async def test_an_empty_page_whose_list_goes_on_offers_the_next_page_not_none_yet(
+    tab: Tab, fragment: str, listed: str, key: str, signed_in: bool
+) -> None:
+    # The contract lets a page hold none while next_page_token goes on (ListOrders leaves out the orders a
+    # newer release wrote): the page said "No orders yet." with no way on.
+    page = tab.page
+    if signed_in:
+        await tab.register("Paula")
+
+    async def empty_page_going_on(route: Route) -> None:
+        await route.fulfill(status=200, content_type="application/json", json={key: [], "nextPageToken": "t0k"})
+
+    await page.route(re.compile(listed), empty_page_going_on)
+    await tab.open(fragment)
+    await expect(page.get_by_text("Nothing to show on this page; the next page may have more.")).to_be_visible()
+    await expect(page.get_by_text(re.compile("yet|Nothing found"))).to_have_count(0)
+    await expect(page.get_by_role("link", name="Next page", exact=True)).to_have_attribute(
+        "href", re.compile(r"pageToken=t0k")
+    )

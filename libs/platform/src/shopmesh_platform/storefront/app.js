@@ -444,6 +444,13 @@ function errorBox(error) {
   return box;
 }
 
+// A page of a list may hold nothing while its nextPageToken goes on (ListOrders leaves out the orders a newer
+// release of orders wrote): "none yet" only for an empty page that is the last, or the customer is told the
+// list is empty and given no way to the rest of it.
+function emptyPage(page, none) {
+  return h("p", {}, page.nextPageToken ? "Nothing to show on this page; the next page may have more." : none);
+}
+
 function nextPageLink(token, query) {
   if (!token) return null;
   const params = new URLSearchParams({ ...query, pageToken: token });
@@ -566,7 +573,7 @@ async function productsView(query) {
     h("h1", {}, title),
     products.length
       ? h("ul", { class: "products", "aria-label": "Products" }, products.map(productCard))
-      : h("p", {}, "Nothing found."),
+      : emptyPage(page, "Nothing found."),
     nextPageLink(page.nextPageToken, { query: query.query ?? "", category: query.category ?? "" }),
   ];
 }
@@ -901,25 +908,28 @@ function cancellationAccepted(error, orderId) {
 async function ordersView(query) {
   const page = await api.orders({ pageToken: query.pageToken });
   const orders = page.orders ?? [];
-  if (!orders.length) return [h("h1", {}, "Your orders"), h("p", {}, "No orders yet.")];
   return [
     h("h1", {}, "Your orders"),
-    table(
-      { class: "panel" },
-      [["Order"], ["Placed"], ["State"], ["Total", NUMBER]],
-      orders.map((order) =>
-        h(
-          "tr",
-          {},
-          h("td", {}, h("a", { href: `#/orders/${encodeURIComponent(order.id)}` }, order.id)),
-          h("td", {}, when(order.createdAt)),
-          h("td", {}, orderState(order)),
-          h("td", { class: NUMBER }, money(order.total)),
-        ),
-      ),
-    ),
+    orders.length ? ordersTable(orders) : emptyPage(page, "No orders yet."),
     nextPageLink(page.nextPageToken, {}),
   ];
+}
+
+function ordersTable(orders) {
+  return table(
+    { class: "panel" },
+    [["Order"], ["Placed"], ["State"], ["Total", NUMBER]],
+    orders.map((order) =>
+      h(
+        "tr",
+        {},
+        h("td", {}, h("a", { href: `#/orders/${encodeURIComponent(order.id)}` }, order.id)),
+        h("td", {}, when(order.createdAt)),
+        h("td", {}, orderState(order)),
+        h("td", { class: NUMBER }, money(order.total)),
+      ),
+    ),
+  );
 }
 
 async function orderView(orderId) {
@@ -1005,7 +1015,7 @@ async function notificationsView(query) {
             ),
           ),
         )
-      : h("p", {}, "No notifications yet: an order's e-mail appears here once it is sent."),
+      : emptyPage(page, "No notifications yet: an order's e-mail appears here once it is sent."),
     nextPageLink(page.nextPageToken, {}),
   ];
 }
