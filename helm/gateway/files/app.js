@@ -24,6 +24,8 @@ const KEY_LIFETIME_MS = 24 * 60 * 60 * 1000;
 const BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest";
 const ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo";
 const RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo";
+// ErrorInfo's reason for a page token the services refuse: the client must start again from the first page.
+const INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN";
 // gRPC codes the page tells apart (google.rpc.Code).
 const UNKNOWN = 2;
 const INVALID_ARGUMENT = 3;
@@ -1138,6 +1140,17 @@ async function route() {
       if (mine !== shown) return;
       if (error.needsSignIn) {
         signInAndReturn();
+        return;
+      }
+      if (error.info?.reason === INVALID_PAGE_TOKEN && query.pageToken) {
+        // The paging contract's answer to a token the services refuse (one from before a release, another
+        // user's, cut short): start again from the first page. A shop shows that page, saying so, in place of
+        // an error with no way on; replace(), so that Back does not lead to the refused page again.
+        const params = new URLSearchParams(search);
+        params.delete("pageToken");
+        flash("That page can no longer be shown: here is the first page.", { acrossNavigation: true });
+        const rest = params.toString();
+        location.replace(`#${path}${rest ? `?${rest}` : ""}`);
         return;
       }
       content = [errorBox(error)];
