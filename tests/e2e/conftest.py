@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 import httpx
 import pytest_asyncio
 
+from shopmesh.gateway.v1 import shop_pb2_grpc
 from shopmesh_platform.stack import Stack
 
 from .shop import Shop, shop_client
@@ -14,10 +16,17 @@ from .shop import Shop, shop_client
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def shop(stack: Stack) -> AsyncIterator[Shop]:
-    """A client of the checkout services of the module's stack (modules that talk to the gateway
-    define their own `shop`)."""
+    """A client of the checkout services of the module's stack."""
     async with shop_client(stack) as client:
         yield client
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gateway(stack: Stack) -> AsyncIterator[shop_pb2_grpc.ShopServiceStub]:
+    """A client of the module's stack's gateway over a plain channel: what a front-end has, nothing of the
+    chassis (no retries, no breaker, no deadline of its own)."""
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        yield shop_pb2_grpc.ShopServiceStub(channel)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

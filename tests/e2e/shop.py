@@ -15,6 +15,7 @@ import nats
 from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import events_pb2, orders_pb2, orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -34,21 +35,56 @@ PASSWORD = "correct horse battery staple"
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
 PROCESSOR_DOWN_CARD = "4000000000000119"
+# The gateway's settings that let a module sign up (Register, Login: the password limit) and call (the other
+# limit) as often as it likes: each module's calls come from one address (the test's, or the edge's), test
+# after test, and runs of the shoppers one after another would leave the next run's sign-ups RESOURCE_EXHAUSTED.
+NO_PASSWORD_RATE_LIMIT = {"PASSWORD_RATE_LIMIT_PER_SECOND": "100000", "PASSWORD_RATE_LIMIT_BURST": "100000"}
+NO_RATE_LIMITS = {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000", **NO_PASSWORD_RATE_LIMIT}
+
+
+# What a checkout sends besides its items, the same to orders and to the gateway.
+SHIPPING_ADDRESS = orders_pb2.ShippingAddress(
+    full_name="Grace Hopper", street="1 Compiler Road", city="Arlington", postal_code="22201", country="US"
+)
+
+
+def card(number: str = GOOD_CARD) -> payments_pb2.PaymentCard:
+    return payments_pb2.PaymentCard(number=number, exp_month=12, exp_year=2031, cvv="123")
 
 
 def place_request(
-    user_id: str, product_id: str, quantity: int = 1, card: str = GOOD_CARD
+    user_id: str, product_id: str, quantity: int = 1, card_number: str = GOOD_CARD
 ) -> orders_pb2.PlaceOrderRequest:
     return orders_pb2.PlaceOrderRequest(
         user_id=user_id,
         items=[orders_pb2.CartItem(product_id=product_id, quantity=quantity)],
         currency="USD",
-        shipping_address=orders_pb2.ShippingAddress(
-            full_name="Grace Hopper", street="1 Compiler Road", city="Arlington", postal_code="22201", country="US"
-        ),
+        shipping_address=SHIPPING_ADDRESS,
         email="grace@example.com",
-        card=payments_pb2.PaymentCard(number=card, exp_month=12, exp_year=2031, cvv="123"),
+        card=card(card_number),
     )
+
+
+def order_for(product_id: str, email: str = "") -> shop_pb2.PlaceOrderRequest:
+    """One of `product_id` through the gateway, to the signed-in user's address unless `email` names another."""
+    return shop_pb2.PlaceOrderRequest(
+        items=[orders_pb2.CartItem(product_id=product_id, quantity=1)],
+        currency="USD",
+        shipping_address=SHIPPING_ADDRESS,
+        email=email,
+        card=card(),
+    )
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def signed_up(gateway: shop_pb2_grpc.ShopServiceStub, name: str) -> tuple[str, str, Metadata]:
+    """A new account, through the gateway: (user id, e-mail, authorization metadata)."""
+    email = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
+    await gateway.Register(shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name=name.title()))
+    login = await gateway.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD))
+    return login.user_id, email, (("authorization", f"Bearer {login.access_token}"),)
 
 
 @dataclass

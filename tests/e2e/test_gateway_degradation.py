@@ -13,7 +13,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.stack import Stack
@@ -40,26 +40,20 @@ async def stack(module_dir: Path) -> AsyncIterator[Stack]:
         yield running
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shop(stack: Stack) -> AsyncIterator[Any]:
-    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
-        yield shop_pb2_grpc.ShopServiceStub(channel)
-
-
-async def product_page(shop: Any) -> shop_pb2.GetProductPageResponse:
-    page: shop_pb2.GetProductPageResponse = await shop.GetProductPage(
+async def product_page(gateway: Any) -> shop_pb2.GetProductPageResponse:
+    page: shop_pb2.GetProductPageResponse = await gateway.GetProductPage(
         shop_pb2.GetProductPageRequest(product_id=PRODUCT, max_recommendations=3), timeout=PAGE_DEADLINE
     )
     return page
 
 
-async def ranked_page(shop: Any) -> shop_pb2.GetProductPageResponse:
+async def ranked_page(gateway: Any) -> shop_pb2.GetProductPageResponse:
     """Awaits a page with ranked recommendations: the gateway's breaker to recommendations closed and its
     channel connected. The previous test's outage can leave the breaker open, or the channel backing off its
     reconnects, and a page then falls back at once, never putting the budget or the fail-fast to the test."""
 
     async def ranked() -> shop_pb2.GetProductPageResponse | None:
-        page = await product_page(shop)
+        page = await product_page(gateway)
         return None if page.recommendations_degraded else page
 
     # A freshly started recommendations service may miss its first budgets (cold caches); bounded wait.
@@ -89,22 +83,24 @@ def assert_fallback(page: shop_pb2.GetProductPageResponse) -> None:
     assert {r.score for r in page.recommendations} == {0.0}
 
 
-async def test_the_page_shows_ranked_recommendations_while_the_service_is_healthy(shop: Any) -> None:
-    page = await ranked_page(shop)
+async def test_the_page_shows_ranked_recommendations_while_the_service_is_healthy(gateway: Any) -> None:
+    page = await ranked_page(gateway)
     assert PRODUCT not in [r.product_id for r in page.recommendations]
 
 
-async def test_with_recommendations_stopped_the_page_answers_with_the_fallback(stack: Stack, shop: Any) -> None:
+async def test_with_recommendations_stopped_the_page_answers_with_the_fallback(stack: Stack, gateway: Any) -> None:
     await stack.stop_service("recommendations")
     try:
         for _ in range(3):
-            assert_fallback(await product_page(shop))
+            assert_fallback(await product_page(gateway))
     finally:
         await stack.start_service("recommendations")
 
 
-async def test_with_recommendations_slower_than_their_budget_the_page_answers_in_time(stack: Stack, shop: Any) -> None:
-    await ranked_page(shop)
+async def test_with_recommendations_slower_than_their_budget_the_page_answers_in_time(
+    stack: Stack, gateway: Any
+) -> None:
+    await ranked_page(gateway)
     await stack.stop_service("recommendations")
     await stack.start_service("recommendations", env=SLOW)
     try:
@@ -112,7 +108,7 @@ async def test_with_recommendations_slower_than_their_budget_the_page_answers_in
         # breaker, or its channel still reconnecting to the restarted service) falls back at once regardless.
         async def sat_out_by_the_slow_service() -> shop_pb2.GetProductPageResponse | None:
             asked = await recommendations_asked(stack)
-            page = await product_page(shop)
+            page = await product_page(gateway)
             return page if await recommendations_asked(stack) > asked else None
 
         page = await eventually(sat_out_by_the_slow_service, "a page that asked the slow service", timeout=60)
@@ -122,9 +118,9 @@ async def test_with_recommendations_slower_than_their_budget_the_page_answers_in
         await stack.start_service("recommendations", env={"FAULT_MODE": "none"})
 
 
-async def test_with_the_catalog_stopped_the_page_fails_fast_with_unavailable(stack: Stack, shop: Any) -> None:
+async def test_with_the_catalog_stopped_the_page_fails_fast_with_unavailable(stack: Stack, gateway: Any) -> None:
     # Slow recommendations as well: the page must fail on the catalog without sitting out their budget.
-    await ranked_page(shop)
+    await ranked_page(gateway)
     await stack.stop_service("recommendations")
     await stack.start_service("recommendations", env=SLOW)
     await stack.stop_service("catalog")
@@ -134,7 +130,7 @@ async def test_with_the_catalog_stopped_the_page_fails_fast_with_unavailable(sta
         missed_before = await recommendations_ended(stack, "DEADLINE_EXCEEDED")
         for _ in range(7):  # the first failures, then through the gateway's open circuit breaker
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await product_page(shop)
+                await product_page(gateway)
             details = details_of(caught.value)
             assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
         # Each recommendations call that reached the slow service was cancelled by the gateway as the catalog

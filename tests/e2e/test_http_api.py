@@ -49,6 +49,8 @@ from shopmesh_platform.stack import HTTP_API, Stack
 
 from .shop import (
     FAST_RECOVERY,
+    GOOD_CARD,
+    NO_RATE_LIMITS,
     PASSWORD,
     assert_answered_but_for_checkouts,
     assert_each_checkout_kept,
@@ -67,15 +69,10 @@ DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
-# No rate limit: every call of the module reaches the gateway from the edge's one address, and the shoppers'
-# runs one after another would leave the next run's sign-ups RESOURCE_EXHAUSTED.
 ENV = {
     "orders": FAST_RECOVERY,
     "gateway": {
-        "RATE_LIMIT_PER_SECOND": "100000",
-        "RATE_LIMIT_BURST": "100000",
-        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
-        "PASSWORD_RATE_LIMIT_BURST": "100000",
+        **NO_RATE_LIMITS,
         # A deadline floor far above the default 250 ms, so that a call below it (DEADLINE_BELOW_THE_FLOOR) is
         # refused by the gateway long before the call's own deadline ends it, however loaded the machine. No
         # other call of the module sends a deadline shorter than this (HTTP/JSON sends none).
@@ -101,7 +98,7 @@ def address(full_name: str = "Grace Hopper") -> dict[str, str]:
     }
 
 
-def order(product_id: str, card: str = "4242424242424242") -> dict[str, Any]:
+def order(product_id: str, card: str = GOOD_CARD) -> dict[str, Any]:
     return {
         "items": [{"productId": product_id, "quantity": 1}],
         "currency": "USD",

@@ -23,14 +23,13 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2
-from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_platform.stack import Stack
 
-from .shop import PASSWORD, eventually, scraped
+from .shop import NO_RATE_LIMITS, eventually, order_for, scraped, signed_up
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,11 +41,7 @@ CLIENT_DEADLINE = 30.0
 ENV = {
     "gateway": {
         "ORDERS_TIMEOUT_SECONDS": str(ORDERS_TIMEOUT_SECONDS),
-        # Every call of the module comes from one address.
-        "RATE_LIMIT_PER_SECOND": "100000",
-        "RATE_LIMIT_BURST": "100000",
-        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
-        "PASSWORD_RATE_LIMIT_BURST": "100000",
+        **NO_RATE_LIMITS,
     }
 }
 SERVICES = ["users", "catalog", "inventory", "payments", "orders", "gateway"]
@@ -56,30 +51,6 @@ SERVICES = ["users", "catalog", "inventory", "payments", "orders", "gateway"]
 async def stack(module_dir: Path) -> AsyncIterator[Stack]:
     async with Stack.for_tests(module_dir, services=SERVICES, env=ENV) as running:
         yield running
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shop(stack: Stack) -> AsyncIterator[Any]:
-    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
-        yield shop_pb2_grpc.ShopServiceStub(channel)
-
-
-async def signed_in(shop: Any) -> tuple[tuple[str, str], ...]:
-    email = f"waits-{uuid.uuid4().hex[:8]}@example.com"
-    await shop.Register(shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name="Waits"))
-    login = await shop.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD))
-    return (("authorization", f"Bearer {login.access_token}"),)
-
-
-def order_for(product_id: str) -> shop_pb2.PlaceOrderRequest:
-    return shop_pb2.PlaceOrderRequest(
-        items=[orders_pb2.CartItem(product_id=product_id, quantity=1)],
-        currency="USD",
-        shipping_address=orders_pb2.ShippingAddress(
-            full_name="Grace Hopper", street="1 Compiler Road", city="Arlington", postal_code="22201", country="US"
-        ),
-        card=payments_pb2.PaymentCard(number="4242424242424242", exp_month=12, exp_year=2031, cvv="123"),
-    )
 
 
 @contextmanager
@@ -116,29 +87,29 @@ async def started(stack: Stack, method: str) -> float:
     return await asyncio.to_thread(scraped, stack, "orders", "grpc_server_started_total", labels)
 
 
-async def state_of(shop: Any, auth: tuple[tuple[str, str], ...], order_id: str) -> orders_pb2.Order:
-    answer = await shop.GetOrder(shop_pb2.GetOrderRequest(order_id=order_id), metadata=auth)
+async def state_of(gateway: Any, auth: tuple[tuple[str, str], ...], order_id: str) -> orders_pb2.Order:
+    answer = await gateway.GetOrder(shop_pb2.GetOrderRequest(order_id=order_id), metadata=auth)
     order: orders_pb2.Order = answer.order
     return order
 
 
 async def test_a_checkout_waiting_for_a_hung_inventory_names_its_order_and_completes_once_it_is_back(
-    stack: Stack, shop: Any
+    stack: Stack, gateway: Any
 ) -> None:
-    auth = await signed_in(shop)
+    _, _, auth = await signed_up(gateway, "waits")
     before = await started(stack, "PlaceOrder")
     with hung(stack, "inventory"), pytest.raises(grpc.aio.AioRpcError) as caught:
-        await shop.PlaceOrder(order_for("prod_chef_knife"), metadata=keyed(auth), timeout=CLIENT_DEADLINE)
+        await gateway.PlaceOrder(order_for("prod_chef_knife"), metadata=keyed(auth), timeout=CLIENT_DEADLINE)
     assert await started(stack, "PlaceOrder") == before + 1
     details = details_of(caught.value)
     order_id = naming_the_order(details)
     assert details.error_info is not None
     assert details.error_info.metadata["step"] == "RESERVE"
-    listed = await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth)
+    listed = await gateway.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth)
     assert [order.id for order in listed.orders] == [order_id]
 
     async def confirmed() -> orders_pb2.Order | None:
-        order = await state_of(shop, auth, order_id)
+        order = await state_of(gateway, auth, order_id)
         return order if order.state != orders_pb2.ORDER_STATE_PENDING else None
 
     # The drive that holds the card goes on detached, and finishes the checkout once inventory answers.
@@ -147,25 +118,25 @@ async def test_a_checkout_waiting_for_a_hung_inventory_names_its_order_and_compl
 
 
 async def test_a_cancellation_waiting_for_a_hung_payments_is_accepted_naming_its_order_and_completes(
-    stack: Stack, shop: Any
+    stack: Stack, gateway: Any
 ) -> None:
-    auth = await signed_in(shop)
-    placed = await shop.PlaceOrder(order_for("prod_cutting_board"), metadata=keyed(auth), timeout=CLIENT_DEADLINE)
+    _, _, auth = await signed_up(gateway, "waits")
+    placed = await gateway.PlaceOrder(order_for("prod_cutting_board"), metadata=keyed(auth), timeout=CLIENT_DEADLINE)
     order_id = placed.order.id
     before = await started(stack, "CancelOrder")
     with hung(stack, "payments"):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await shop.CancelOrder(
+            await gateway.CancelOrder(
                 shop_pb2.CancelOrderRequest(order_id=order_id), metadata=keyed(auth), timeout=CLIENT_DEADLINE
             )
-        waiting = await state_of(shop, auth, order_id)
+        waiting = await state_of(gateway, auth, order_id)
     assert naming_the_order(details_of(caught.value)) == order_id
     assert await started(stack, "CancelOrder") == before + 1
     assert waiting.state == orders_pb2.ORDER_STATE_CONFIRMED
     assert waiting.HasField("pending_cancellation")
 
     async def cancelled() -> orders_pb2.Order | None:
-        order = await state_of(shop, auth, order_id)
+        order = await state_of(gateway, auth, order_id)
         return order if order.state == orders_pb2.ORDER_STATE_CANCELLED else None
 
     order = await eventually(cancelled, "the cancellation completed", timeout=60)

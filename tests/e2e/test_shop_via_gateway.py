@@ -21,9 +21,8 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
+from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.orders.v1 import orders_pb2
-from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_platform.smtp_sink import read_mail
@@ -31,12 +30,14 @@ from shopmesh_platform.stack import Stack
 
 from .shop import (
     FAST_RECOVERY,
-    PASSWORD,
+    NO_RATE_LIMITS,
     assert_answered_but_for_checkouts,
     assert_each_checkout_kept,
     eventually,
+    order_for,
     scraped,
     shop_client,
+    signed_up,
     stock_levels,
 )
 
@@ -45,16 +46,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 ENV = {
     "orders": FAST_RECOVERY,
     "notifications": {"SEND_BACKOFF_SECONDS": "0.1", "SEND_MAX_BACKOFF_SECONDS": "0.5"},
-    # Room for a cold recommendations service on a busy machine: this module is about the happy path. And no
-    # rate limit: every call of the module comes from one address, and the shoppers' runs one after another
-    # would leave the next run's sign-ups RESOURCE_EXHAUSTED.
-    "gateway": {
-        "RECOMMENDATIONS_TIMEOUT_SECONDS": "2",
-        "RATE_LIMIT_PER_SECOND": "100000",
-        "RATE_LIMIT_BURST": "100000",
-        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
-        "PASSWORD_RATE_LIMIT_BURST": "100000",
-    },
+    # Room for a cold recommendations service on a busy machine: this module is about the happy path.
+    "gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": "2", **NO_RATE_LIMITS},
 }
 
 
@@ -64,37 +57,10 @@ async def stack(module_dir: Path) -> AsyncIterator[Stack]:
         yield running
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shop(stack: Stack) -> AsyncIterator[Any]:
-    # A plain channel: what a front-end has, nothing of the chassis.
-    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
-        yield shop_pb2_grpc.ShopServiceStub(channel)
-
-
 async def failure(call: Awaitable[Any]) -> ErrorDetails:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     return details_of(caught.value)
-
-
-async def signed_up(shop: Any, name: str) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    """A new account: (user id, e-mail, authorization metadata)."""
-    email = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
-    await shop.Register(shop_pb2.RegisterRequest(email=email, password=PASSWORD, display_name=name.title()))
-    login = await shop.Login(shop_pb2.LoginRequest(email=email, password=PASSWORD))
-    return login.user_id, email, (("authorization", f"Bearer {login.access_token}"),)
-
-
-def order_for(product_id: str, email: str = "") -> shop_pb2.PlaceOrderRequest:
-    return shop_pb2.PlaceOrderRequest(
-        items=[orders_pb2.CartItem(product_id=product_id, quantity=1)],
-        currency="USD",
-        shipping_address=orders_pb2.ShippingAddress(
-            full_name="Grace Hopper", street="1 Compiler Road", city="Arlington", postal_code="22201", country="US"
-        ),
-        email=email,
-        card=payments_pb2.PaymentCard(number="4242424242424242", exp_month=12, exp_year=2031, cvv="123"),
-    )
 
 
 def confirmation_to(stack: Stack, order_id: str) -> EmailMessage | None:
@@ -104,19 +70,21 @@ def confirmation_to(stack: Stack, order_id: str) -> EmailMessage | None:
     return None
 
 
-async def test_a_customer_registers_browses_orders_and_gets_the_confirmation_email(stack: Stack, shop: Any) -> None:
-    user_id, email, auth = await signed_up(shop, "grace")
+async def test_a_customer_registers_browses_orders_and_gets_the_confirmation_email(stack: Stack, gateway: Any) -> None:
+    user_id, email, auth = await signed_up(gateway, "grace")
 
-    kitchen = await shop.ListProducts(shop_pb2.ListProductsRequest(category="kitchen", page_size=5))
+    kitchen = await gateway.ListProducts(shop_pb2.ListProductsRequest(category="kitchen", page_size=5))
     assert kitchen.products
     assert {p.category for p in kitchen.products} == {"kitchen"}
-    found = await shop.SearchProducts(shop_pb2.SearchProductsRequest(query="french press"))
+    found = await gateway.SearchProducts(shop_pb2.SearchProductsRequest(query="french press"))
     product = found.products[0]
     assert product.id == "prod_french_press"
 
     async def ranked_page() -> Any:
         # A freshly started recommendations service may miss its first budgets (cold caches).
-        page = await shop.GetProductPage(shop_pb2.GetProductPageRequest(product_id=product.id, max_recommendations=3))
+        page = await gateway.GetProductPage(
+            shop_pb2.GetProductPageRequest(product_id=product.id, max_recommendations=3)
+        )
         return None if page.recommendations_degraded else page
 
     page = await eventually(ranked_page, "a product page with ranked recommendations", timeout=10)
@@ -127,16 +95,16 @@ async def test_a_customer_registers_browses_orders_and_gets_the_confirmation_ema
     assert len(page.recommendations) <= 3
 
     key = str(uuid.uuid4())
-    call = shop.PlaceOrder(order_for(product.id), metadata=(*auth, ("idempotency-key", key)), timeout=30)
+    call = gateway.PlaceOrder(order_for(product.id), metadata=(*auth, ("idempotency-key", key)), timeout=30)
     placed = (await call).order
     assert placed.state == orders_pb2.ORDER_STATE_CONFIRMED
     assert (placed.user_id, placed.email) == (user_id, email), "the account's address when none is given"
     assert ("idempotency-key", key) in list(await call.trailing_metadata())
     assert ("idempotency-key", key) in list(await call.initial_metadata()), "where an HTTP/JSON client reads it"
 
-    fetched = await shop.GetOrder(shop_pb2.GetOrderRequest(order_id=placed.id), metadata=auth)
+    fetched = await gateway.GetOrder(shop_pb2.GetOrderRequest(order_id=placed.id), metadata=auth)
     assert fetched.order.state == orders_pb2.ORDER_STATE_CONFIRMED
-    listed = await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth)
+    listed = await gateway.ListOrders(shop_pb2.ListOrdersRequest(), metadata=auth)
     assert [o.id for o in listed.orders] == [placed.id]
 
     async def mail() -> EmailMessage | None:
@@ -147,30 +115,30 @@ async def test_a_customer_registers_browses_orders_and_gets_the_confirmation_ema
     assert placed.id in str(message["Subject"])
 
     async def notified() -> list[Any] | None:
-        page = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=auth)
+        page = await gateway.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=auth)
         return [n for n in page.notifications if n.order_id == placed.id] or None
 
     (notification,) = await eventually(notified, f"the notification of {placed.id} listed")
     assert notification.recipient == email
 
 
-async def test_a_declined_card_reaches_the_client_with_the_orders_error(shop: Any) -> None:
-    _, email, auth = await signed_up(shop, "declined")
+async def test_a_declined_card_reaches_the_client_with_the_orders_error(gateway: Any) -> None:
+    _, email, auth = await signed_up(gateway, "declined")
     request = order_for("prod_chef_knife", email=email)
     request.card.number = "4000000000000002"
-    details = await failure(shop.PlaceOrder(request, metadata=auth, timeout=30))
+    details = await failure(gateway.PlaceOrder(request, metadata=auth, timeout=30))
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CARD_DECLINED")
     assert details.error_info is not None
     assert details.error_info.domain == "shopmesh.orders"
 
 
-async def test_protected_methods_need_a_token(shop: Any) -> None:
-    details = await failure(shop.ListOrders(shop_pb2.ListOrdersRequest()))
+async def test_protected_methods_need_a_token(gateway: Any) -> None:
+    details = await failure(gateway.ListOrders(shop_pb2.ListOrdersRequest()))
     assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
 
 
-async def test_a_users_token_with_a_tampered_payload_is_token_invalid(shop: Any) -> None:
-    _, _, auth = await signed_up(shop, "mallory")
+async def test_a_users_token_with_a_tampered_payload_is_token_invalid(gateway: Any) -> None:
+    _, _, auth = await signed_up(gateway, "mallory")
     genuine = auth[0][1].removeprefix("Bearer ")
     header, _payload, signature = genuine.split(".")
     claims = jwt.decode(genuine, options={"verify_signature": False})
@@ -178,13 +146,13 @@ async def test_a_users_token_with_a_tampered_payload_is_token_invalid(shop: Any)
     forged_payload = jwt.encode(claims, "x" * 32, algorithm="HS256").split(".")[1]
     forged = f"{header}.{forged_payload}.{signature}"
     details = await failure(
-        shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=(("authorization", f"Bearer {forged}"),))
+        gateway.ListOrders(shop_pb2.ListOrdersRequest(), metadata=(("authorization", f"Bearer {forged}"),))
     )
     assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
 
 
-async def test_a_token_signed_by_another_key_under_the_users_kid_is_token_invalid(shop: Any) -> None:
-    user_id, _, auth = await signed_up(shop, "eve")
+async def test_a_token_signed_by_another_key_under_the_users_kid_is_token_invalid(gateway: Any) -> None:
+    user_id, _, auth = await signed_up(gateway, "eve")
     genuine = auth[0][1].removeprefix("Bearer ")
     claims = jwt.decode(genuine, options={"verify_signature": False})
     forged = jwt.encode(
@@ -195,56 +163,60 @@ async def test_a_token_signed_by_another_key_under_the_users_kid_is_token_invali
     )
     assert jwt.decode(forged, options={"verify_signature": False})["sub"] == user_id
     details = await failure(
-        shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=(("authorization", f"Bearer {forged}"),))
+        gateway.ListOrders(shop_pb2.ListOrdersRequest(), metadata=(("authorization", f"Bearer {forged}"),))
     )
     assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
 
 
-async def test_a_client_claiming_another_user_id_still_acts_only_as_its_token_says(shop: Any) -> None:
-    victim_id, _, victim = await signed_up(shop, "victim")
-    _, _, attacker = await signed_up(shop, "attacker")
-    victims_order = (await shop.PlaceOrder(order_for("prod_soy_candle"), metadata=victim, timeout=30)).order
+async def test_a_client_claiming_another_user_id_still_acts_only_as_its_token_says(gateway: Any) -> None:
+    victim_id, _, victim = await signed_up(gateway, "victim")
+    _, _, attacker = await signed_up(gateway, "attacker")
+    victims_order = (await gateway.PlaceOrder(order_for("prod_soy_candle"), metadata=victim, timeout=30)).order
     spoofed = (*attacker, ("x-user-id", victim_id))
 
-    missing = await failure(shop.GetOrder(shop_pb2.GetOrderRequest(order_id=victims_order.id), metadata=spoofed))
+    missing = await failure(gateway.GetOrder(shop_pb2.GetOrderRequest(order_id=victims_order.id), metadata=spoofed))
     assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
-    assert list((await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=spoofed)).orders) == []
-    cancel = await failure(shop.CancelOrder(shop_pb2.CancelOrderRequest(order_id=victims_order.id), metadata=spoofed))
+    assert list((await gateway.ListOrders(shop_pb2.ListOrdersRequest(), metadata=spoofed)).orders) == []
+    cancel = await failure(
+        gateway.CancelOrder(shop_pb2.CancelOrderRequest(order_id=victims_order.id), metadata=spoofed)
+    )
     assert cancel.code == grpc.StatusCode.NOT_FOUND
-    own = (await shop.PlaceOrder(order_for("prod_soy_candle"), metadata=spoofed, timeout=30)).order
+    own = (await gateway.PlaceOrder(order_for("prod_soy_candle"), metadata=spoofed, timeout=30)).order
     assert own.user_id != victim_id
 
     # Notifications come from events, after the order: until the victim's exists, the spoofed list could not
     # show it even were the spoof honoured, and the check below would prove nothing.
     async def victims_notifications() -> list[str] | None:
-        page = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=victim)
+        page = await gateway.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=victim)
         return [n.id for n in page.notifications if n.order_id == victims_order.id] or None
 
     victims = await eventually(victims_notifications, f"the notification of the victim's {victims_order.id}")
-    notifications = await shop.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=spoofed)
+    notifications = await gateway.ListNotifications(shop_pb2.ListNotificationsRequest(), metadata=spoofed)
     assert not {n.id for n in notifications.notifications} & set(victims)
     assert all(n.user_id != victim_id for n in notifications.notifications)
 
 
-async def test_a_page_token_of_list_orders_is_an_invalid_page_token_for_list_notifications(shop: Any) -> None:
+async def test_a_page_token_of_list_orders_is_an_invalid_page_token_for_list_notifications(gateway: Any) -> None:
     # The conventions (common/v1): a page token is the next_page_token of the previous response of the same
     # request, else INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN. Orders and notifications both bind their
     # tokens to the user alone, so one list's token pages the other list silently from a foreign position.
-    _, _, auth = await signed_up(shop, "pager")
+    _, _, auth = await signed_up(gateway, "pager")
     for _ in range(2):
-        call = shop.PlaceOrder(order_for("prod_soy_candle"), metadata=(*auth, ("idempotency-key", str(uuid.uuid4()))))
+        call = gateway.PlaceOrder(
+            order_for("prod_soy_candle"), metadata=(*auth, ("idempotency-key", str(uuid.uuid4())))
+        )
         assert (await call).order.state == orders_pb2.ORDER_STATE_CONFIRMED
-    orders_page = await shop.ListOrders(shop_pb2.ListOrdersRequest(page_size=1), metadata=auth)
+    orders_page = await gateway.ListOrders(shop_pb2.ListOrdersRequest(page_size=1), metadata=auth)
     assert orders_page.next_page_token
     foreign = shop_pb2.ListNotificationsRequest(page_size=1, page_token=orders_page.next_page_token)
-    details = await failure(shop.ListNotifications(foreign, metadata=auth))
+    details = await failure(gateway.ListNotifications(foreign, metadata=auth))
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
     assert [v.field for v in details.field_violations] == ["page_token"]
 
 
-async def test_every_service_on_the_event_path_shows_it_in_its_metrics(stack: Stack, shop: Any) -> None:
-    _, _, auth = await signed_up(shop, "ada")
-    call = shop.PlaceOrder(order_for("prod_chef_knife"), metadata=(*auth, ("idempotency-key", str(uuid.uuid4()))))
+async def test_every_service_on_the_event_path_shows_it_in_its_metrics(stack: Stack, gateway: Any) -> None:
+    _, _, auth = await signed_up(gateway, "ada")
+    call = gateway.PlaceOrder(order_for("prod_chef_knife"), metadata=(*auth, ("idempotency-key", str(uuid.uuid4()))))
     assert (await call).order.state == orders_pb2.ORDER_STATE_CONFIRMED
     confirmed = "orders.v1.order_confirmed"
     expectations = [

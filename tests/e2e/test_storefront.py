@@ -39,7 +39,16 @@ from shopmesh_notifications.domain import money
 from shopmesh_platform.http_api import STOREFRONT_CSP, STOREFRONT_FILES, storefront_folder
 from shopmesh_platform.stack import HTTP_API, Stack
 
-from .shop import DECLINED_CARD, FAST_RECOVERY, GOOD_CARD, PASSWORD, Shop, eventually, spans_of_trace
+from .shop import (
+    DECLINED_CARD,
+    FAST_RECOVERY,
+    GOOD_CARD,
+    NO_PASSWORD_RATE_LIMIT,
+    PASSWORD,
+    Shop,
+    eventually,
+    spans_of_trace,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -59,8 +68,7 @@ ENV = {
         # Room for a cold recommendations service on a busy machine: its fallback has a test of its own.
         "RECOMMENDATIONS_TIMEOUT_SECONDS": "2",
         # Every tab signs up from the edge's one address (a Register and a Login each), test after test.
-        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
-        "PASSWORD_RATE_LIMIT_BURST": "100000",
+        **NO_PASSWORD_RATE_LIMIT,
     },
 }
 
