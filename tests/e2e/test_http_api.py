@@ -9,10 +9,8 @@ and the google.rpc.Status, details included, as the JSON body.
 from __future__ import annotations
 
 import asyncio
-import base64
 import gzip
 import json
-import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,11 +20,12 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis import testing
+from shopmesh_chassis.testing.grpc_web import GRPC_WEB_HEADERS, TRAILERS_FLAG, frame, frames, status_details
 from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_platform.http_api import (
     INCOMPLETE_GRPC_MESSAGE_TEXT,
@@ -508,8 +507,8 @@ async def test_json_answers_are_gzipped_for_a_client_that_accepts_it(http: httpx
     message = shop_pb2.ListProductsRequest(page_size=20).SerializeToString()
     grpc_web = await http.post(
         "/shopmesh.gateway.v1.ShopService/ListProducts",
-        content=struct.pack(">BI", 0, len(message)) + message,
-        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "accept-encoding": "gzip"},
+        content=frame(message),
+        headers={**GRPC_WEB_HEADERS, "accept-encoding": "gzip"},
     )
     assert grpc_web.status_code == 200
     assert "content-encoding" not in grpc_web.headers
@@ -554,8 +553,8 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_parsed(http: httpx.
     message = shop_pb2.LoginRequest(email="x@example.com", password="p" * (MAX_REQUEST_BYTES + 1)).SerializeToString()
     grpc_web = await http.post(
         "/shopmesh.gateway.v1.ShopService/Login",
-        content=struct.pack(">BI", 0, len(message)) + message,
-        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        content=frame(message),
+        headers=GRPC_WEB_HEADERS,
     )
     assert grpc_web.headers["content-type"] == "application/grpc-web+proto"
     assert (grpc_web.headers["grpc-status"], grpc_web.headers["grpc-message"]) == (
@@ -576,7 +575,7 @@ async def test_a_grpc_web_type_envoy_does_not_take_is_refused_in_a_form_the_clie
     message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
     response = await http.post(
         "/shopmesh.gateway.v1.ShopService/ListProducts",
-        content=struct.pack(">BI", 0, len(message)) + message,
+        content=frame(message),
         headers={"content-type": content_type, "x-grpc-web": "1"},
     )
     readable = "grpc-status" in response.headers or response.headers.get("content-type") == "application/json"
@@ -584,33 +583,32 @@ async def test_a_grpc_web_type_envoy_does_not_take_is_refused_in_a_form_the_clie
 
 
 async def test_grpc_web_and_grpc_reach_the_same_api_on_the_same_port(stack: Stack, http: httpx.AsyncClient) -> None:
-    message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
-    framed = struct.pack(">BI", 0, len(message)) + message
+    request = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
+    framed = frame(request)
     response = await http.post(
         "/shopmesh.gateway.v1.ShopService/ListProducts",
         content=framed,
-        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        headers=GRPC_WEB_HEADERS,
     )
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/grpc-web+proto"
-    body = response.content
-    flags, length = struct.unpack(">BI", body[:5])
+    [(flags, answered), (last, trailers)] = frames(response.content)
     assert flags == 0
-    assert len(shop_pb2.ListProductsResponse.FromString(body[5 : 5 + length]).products) == 1
-    # gRPC-Web sends the trailers as a last frame (flag 0x80) in the body.
-    assert body[5 + length] == 0x80
-    assert b"grpc-status:0" in body[5 + length + 5 :]
+    assert len(shop_pb2.ListProductsResponse.FromString(answered).products) == 1
+    # gRPC-Web sends the trailers as a last frame in the body.
+    assert last == TRAILERS_FLAG
+    assert b"grpc-status:0" in trailers
 
     # An error reaches a browser's gRPC-Web client whole: trailers-only, so status and details are headers.
     missing = shop_pb2.GetProductPageRequest(product_id="prod_no_such_thing").SerializeToString()
     failed = await http.post(
         "/shopmesh.gateway.v1.ShopService/GetProductPage",
-        content=struct.pack(">BI", 0, len(missing)) + missing,
-        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        content=frame(missing),
+        headers=GRPC_WEB_HEADERS,
     )
     assert failed.status_code == 200
     assert failed.headers["grpc-status"] == str(grpc.StatusCode.NOT_FOUND.value[0])
-    details = status_pb2.Status.FromString(base64.b64decode(failed.headers["grpc-status-details-bin"] + "=="))
+    details = status_details(failed.headers)
     reasons = set()
     for detail in details.details:
         info = error_details_pb2.ErrorInfo()
@@ -638,7 +636,7 @@ async def test_a_deadline_below_the_gateways_floor_is_refused_through_the_edge_a
     message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
     refused = await http.post(
         "/shopmesh.gateway.v1.ShopService/ListProducts",
-        content=struct.pack(">BI", 0, len(message)) + message,
+        content=frame(message),
         headers={
             "content-type": "application/grpc-web+proto",
             "x-grpc-web": "1",
@@ -647,7 +645,7 @@ async def test_a_deadline_below_the_gateways_floor_is_refused_through_the_edge_a
     )
     assert refused.status_code == 200
     assert refused.headers["grpc-status"] == str(INVALID_ARGUMENT), refused.headers
-    details = status_pb2.Status.FromString(base64.b64decode(refused.headers["grpc-status-details-bin"] + "=="))
+    details = status_details(refused.headers)
     violations = []
     for packed in details.details:
         bad_request = error_details_pb2.BadRequest()
@@ -673,16 +671,15 @@ async def test_a_deadline_below_the_gateways_floor_is_refused_through_the_edge_a
 def grpc_web_list_products(timeout: str) -> tuple[bytes, dict[str, str]]:
     """A gRPC-Web ListProducts (body, headers) with this grpc-timeout."""
     message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
-    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "grpc-timeout": timeout}
-    return struct.pack(">BI", 0, len(message)) + message, headers
+    headers = {**GRPC_WEB_HEADERS, "grpc-timeout": timeout}
+    return frame(message), headers
 
 
 def grpc_web_status(answer: httpx.Response) -> int:
     """The grpc-status of a gRPC-Web answer: in its headers (trailers-only) or its trailer frame."""
     if "grpc-status" in answer.headers:
         return int(answer.headers["grpc-status"])
-    _, length = struct.unpack(">BI", answer.content[:5])
-    trailers = answer.content[5 + length + 5 :].decode()
+    [trailers] = [payload.decode() for flags, payload in frames(answer.content) if flags == TRAILERS_FLAG]
     [status] = [line.split(":", 1)[1].strip() for line in trailers.split("\r\n") if line.startswith("grpc-status:")]
     return int(status)
 
@@ -705,7 +702,7 @@ async def test_a_malformed_grpc_timeout_is_refused_at_the_edge_and_never_reaches
         assert answer.status_code == 200, (timeout, answer.status_code, answer.text)
         assert answer.headers["grpc-status"] == str(INVALID_ARGUMENT), (timeout, answer.headers)
         assert answer.headers["grpc-message"] == MALFORMED_GRPC_TIMEOUT_MESSAGE
-        details = status_pb2.Status.FromString(base64.b64decode(answer.headers["grpc-status-details-bin"] + "=="))
+        details = status_details(answer.headers)
         assert details.code == INVALID_ARGUMENT
         reasons, violations = set(), []
         for packed in details.details:
@@ -751,7 +748,7 @@ async def test_a_bad_grpc_encoding_is_refused_at_the_edge_and_never_fails_anothe
     # failed parse in the HPACK table of the one connection the edge shares for every client: the next gzip
     # call, anyone's, was INTERNAL too.
     message = gzip.compress(shop_pb2.ListProductsRequest(page_size=1).SerializeToString())
-    body = struct.pack(">BI", 1, len(message)) + message
+    body = frame(message, flags=1)
     _, headers = grpc_web_list_products(ACCEPTED_DEADLINE)
     refusals = {
         "GZIP": UNSUPPORTED_GRPC_ENCODING_MESSAGE,
@@ -780,7 +777,7 @@ async def test_a_grpc_web_trailers_frame_as_a_request_is_refused_not_called(http
     _, headers = grpc_web_list_products(ACCEPTED_DEADLINE)
     answer = await http.post(
         "/shopmesh.gateway.v1.ShopService/ListProducts",
-        content=struct.pack(">BI", 0x80, len(message)) + message,
+        content=frame(message, flags=TRAILERS_FLAG),
         headers=headers,
     )
     assert answer.status_code == 200, dict(answer.headers)
@@ -789,7 +786,7 @@ async def test_a_grpc_web_trailers_frame_as_a_request_is_refused_not_called(http
 
 
 @pytest.mark.parametrize(
-    "body", [b"", b"\x00\x00\x00", struct.pack(">BI", 0, 1000) + b"\x08\x01"], ids=["empty", "3 bytes", "cut short"]
+    "body", [b"", b"\x00\x00\x00", frame(b"\x08\x01", length=1000)], ids=["empty", "3 bytes", "cut short"]
 )
 async def test_a_grpc_web_body_that_is_not_one_whole_message_is_the_clients_mistake(
     http: httpx.AsyncClient, body: bytes
@@ -817,7 +814,7 @@ async def test_a_deadline_that_runs_out_at_the_edge_is_deadline_exceeded_not_a_s
     assert answer.status_code == 200, (answer.status_code, dict(answer.headers))
     status = int(answer.headers["grpc-status"])
     if status == INVALID_ARGUMENT:
-        details = status_pb2.Status.FromString(base64.b64decode(answer.headers["grpc-status-details-bin"] + "=="))
+        details = status_details(answer.headers)
         info = error_details_pb2.ErrorInfo()
         assert any(packed.Unpack(info) and info.reason == "DEADLINE_TOO_SHORT" for packed in details.details)
     else:

@@ -11,7 +11,6 @@ import ipaddress
 import json
 import math
 import re
-import struct
 import subprocess
 import threading
 import time
@@ -29,6 +28,7 @@ import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.testing import refused_with_the_stream_held_open
+from shopmesh_chassis.testing.grpc_web import GRPC_WEB_HEADERS, frame
 from shopmesh_gateway.guard import client_address
 from shopmesh_platform.http_api import (
     DESCRIPTOR_FILE,
@@ -416,8 +416,8 @@ def grpc_web_list_products(url: str, headers: dict[str, str] | None = None) -> h
     message = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
     return httpx.post(
         f"{url}/{PUBLIC_SERVICE}/ListProducts",
-        content=struct.pack(">BI", 0, len(message)) + message,
-        headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **(headers or {})},
+        content=frame(message),
+        headers={**GRPC_WEB_HEADERS, **(headers or {})},
         timeout=BOUND + 10,
     )
 

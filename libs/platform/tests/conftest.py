@@ -3,19 +3,17 @@ the edge's own routing, without the rest of the stack."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import grpc
 import pytest
@@ -25,14 +23,7 @@ from grpc_status import rpc_status
 
 from shopmesh.catalog.v1 import catalog_pb2
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
-from shopmesh_chassis.grpc_errors import (
-    FINAL_ANSWER,
-    RETRIED_ANSWER,
-    RETRY_PUSHBACK,
-    SHED_ANSWER,
-    ErrorDetails,
-    details_from,
-)
+from shopmesh_chassis.grpc_errors import FINAL_ANSWER, RETRIED_ANSWER, RETRY_PUSHBACK, SHED_ANSWER
 from shopmesh_chassis.testing import accepts_connections, free_ports
 from shopmesh_platform.http_api import HttpApi, bootstrap, descriptor_set
 from shopmesh_platform.stack import envoy_binary
@@ -221,11 +212,3 @@ def running_edge(
             envoy.terminate()
             envoy.wait(10)
             server.stop(0)
-
-
-def status_in_headers(headers: Mapping[str, str]) -> ErrorDetails:
-    """The status of a trailers-only answer (in its headers), as details_of reads a gRPC call's."""
-    code = {status.value[0]: status for status in grpc.StatusCode}[int(headers["grpc-status"])]
-    raw = headers.get("grpc-status-details-bin")
-    metadata = [] if raw is None else [("grpc-status-details-bin", base64.b64decode(raw + "=" * (-len(raw) % 4)))]
-    return details_from(code, unquote(headers.get("grpc-message", "")), metadata)

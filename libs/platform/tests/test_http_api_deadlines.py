@@ -5,7 +5,6 @@ is DEADLINE_EXCEEDED, not a status a client retries at once."""
 from __future__ import annotations
 
 import socket
-import struct
 from collections.abc import Iterator
 
 import grpc
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2
+from shopmesh_chassis.testing.grpc_web import GRPC_WEB_HEADERS, frame, status_in_headers
 from shopmesh_platform.http_api import (
     DEADLINE_RAN_OUT_MESSAGE,
     MALFORMED_GRPC_TIMEOUT,
@@ -21,11 +21,10 @@ from shopmesh_platform.http_api import (
 )
 from shopmesh_platform.http_api.local_replies import REQUEST_TIMEOUT_MESSAGE
 
-from .conftest import Edge, RecordingShop, running_edge, status_in_headers
+from .conftest import Edge, RecordingShop, running_edge
 
 MESSAGE = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
-FRAME = struct.pack(">BI", 0, len(MESSAGE)) + MESSAGE
-GRPC_WEB = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+FRAME = frame(MESSAGE)
 
 
 @pytest.mark.parametrize("timeout", ["zzz", "1.5S", "123456789S", "5s", "-1S", "S", "5S,5S"])
@@ -35,7 +34,7 @@ def test_a_grpc_timeout_not_of_grpcs_form_is_refused_before_any_call(
     url, shop = edge
     before = list(shop.calls)
     answer = httpx.post(
-        f"{url}/{PUBLIC_SERVICE}/ListProducts", content=FRAME, headers={**GRPC_WEB, "grpc-timeout": timeout}
+        f"{url}/{PUBLIC_SERVICE}/ListProducts", content=FRAME, headers={**GRPC_WEB_HEADERS, "grpc-timeout": timeout}
     )
     assert answer.status_code == 200, answer.headers
     status = status_in_headers(answer.headers)
@@ -49,7 +48,7 @@ def test_a_grpc_timeout_not_of_grpcs_form_is_refused_before_any_call(
 def test_a_grpc_timeout_of_grpcs_form_is_forwarded(edge: tuple[str, RecordingShop]) -> None:
     url, shop = edge
     answer = httpx.post(
-        f"{url}/{PUBLIC_SERVICE}/ListProducts", content=FRAME, headers={**GRPC_WEB, "grpc-timeout": "20S"}
+        f"{url}/{PUBLIC_SERVICE}/ListProducts", content=FRAME, headers={**GRPC_WEB_HEADERS, "grpc-timeout": "20S"}
     )
     assert answer.status_code == 200, answer.headers
     assert b"grpc-status:0" in answer.content, (answer.headers, answer.content)
@@ -74,7 +73,7 @@ def test_a_deadline_the_edge_ends_is_deadline_exceeded(edge_whose_gateway_never_
     answer = httpx.post(
         f"{edge_whose_gateway_never_answers.url}/{PUBLIC_SERVICE}/ListProducts",
         content=FRAME,
-        headers={**GRPC_WEB, "grpc-timeout": "100m"},
+        headers={**GRPC_WEB_HEADERS, "grpc-timeout": "100m"},
         timeout=30,
     )
     assert answer.status_code == 200, answer.headers

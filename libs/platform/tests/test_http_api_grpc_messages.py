@@ -5,22 +5,18 @@ at once, INVALID_ARGUMENT, with the real Envoy of `bootstrap()` (docs/http-api.m
 from __future__ import annotations
 
 import base64
-import struct
 
 import grpc
 import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2
+from shopmesh_chassis.testing.grpc_web import frame, status_in_headers
 from shopmesh_platform.http_api import INCOMPLETE_GRPC_MESSAGE, INCOMPLETE_GRPC_MESSAGE_TEXT, PUBLIC_SERVICE
 
-from .conftest import RecordingShop, status_in_headers
+from .conftest import RecordingShop
 
 MESSAGE = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
-
-
-def frame(message: bytes, length: int | None = None) -> bytes:
-    return struct.pack(">BI", 0, len(message) if length is None else length) + message
 
 
 @pytest.mark.parametrize(

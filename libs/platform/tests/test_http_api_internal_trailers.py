@@ -8,7 +8,6 @@ Status' RetryInfo."""
 from __future__ import annotations
 
 import base64
-import struct
 from urllib.parse import urlsplit
 
 import grpc
@@ -17,9 +16,10 @@ import pytest
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.grpc_errors import FINAL_ANSWER, RETRIED_ANSWER, RETRY_PUSHBACK, SHED_ANSWER
+from shopmesh_chassis.testing.grpc_web import frame, status_in_headers
 from shopmesh_platform.http_api import PUBLIC_SERVICE
 
-from .conftest import MARKED, MARKED_FINAL_AND_SHED, RecordingShop, status_in_headers
+from .conftest import MARKED, MARKED_FINAL_AND_SHED, RecordingShop
 
 MARKERS = {FINAL_ANSWER, SHED_ANSWER, RETRIED_ANSWER}
 
@@ -42,10 +42,10 @@ def test_a_grpc_web_client_gets_the_pushback_but_not_the_services_markers(
 ) -> None:
     url, _ = edge
     message = shop_pb2.SearchProductsRequest(query=MARKED_FINAL_AND_SHED).SerializeToString()
-    frame = struct.pack(">BI", 0, len(message)) + message
+    framed = frame(message)
     answer = httpx.post(
         f"{url}/{PUBLIC_SERVICE}/SearchProducts",
-        content=base64.b64encode(frame) if content_type.endswith("-text") else frame,
+        content=base64.b64encode(framed) if content_type.endswith("-text") else framed,
         headers={"content-type": content_type, "x-grpc-web": "1"},
         timeout=10,
     )

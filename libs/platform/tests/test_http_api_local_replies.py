@@ -8,7 +8,6 @@ import base64
 import contextlib
 import json
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from grpc_status import rpc_status
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.testing import eventually
+from shopmesh_chassis.testing.grpc_web import GRPC_WEB_HEADERS, frame, status_details, status_in_headers
 from shopmesh_platform.http_api import (
     GATEWAY_UNAVAILABLE_MESSAGE,
     MAX_REQUEST_BYTES,
@@ -38,7 +38,6 @@ from .conftest import (
     Edge,
     RecordingShop,
     running_edge,
-    status_in_headers,
 )
 
 
@@ -284,10 +283,10 @@ def test_the_gateway_away_tells_a_grpc_web_client_when_to_come_back_in_status_de
     edge_without_gateway: Edge, content_type: str
 ) -> None:
     # Envoy's own answer was HTTP 503 with the gRPC-Web filter's UNAVAILABLE and no details.
-    frame = struct.pack(">BI", 0, 0)
+    framed = frame(b"")
     answer = httpx.post(
         f"{edge_without_gateway.url}/{PUBLIC_SERVICE}/ListProducts",
-        content=base64.b64encode(frame) if content_type.endswith("-text") else frame,
+        content=base64.b64encode(framed) if content_type.endswith("-text") else framed,
         headers={"content-type": content_type, "x-grpc-web": "1"},
         timeout=10,
     )
@@ -296,8 +295,7 @@ def test_the_gateway_away_tells_a_grpc_web_client_when_to_come_back_in_status_de
     assert answer.headers["content-type"] == "application/grpc-web+proto", answer.headers
     assert answer.headers["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0]), answer.headers
     assert unquote(answer.headers["grpc-message"]) == GATEWAY_UNAVAILABLE_MESSAGE, answer.headers
-    raw = answer.headers["grpc-status-details-bin"]
-    assert_edge_retry_info(status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4))))
+    assert_edge_retry_info(status_details(answer.headers))
     assert status_in_headers(answer.headers).retry_delay_seconds == 1.0
 
 
@@ -488,7 +486,6 @@ def test_the_gateways_own_come_back_later_passes_with_its_own_retry_info_untouch
 
 
 ORIGIN = "https://shop.example"
-GRPC_WEB = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
 
 
 @pytest.fixture
@@ -518,10 +515,10 @@ def test_the_edges_own_refusals_are_readable_by_a_page_of_any_origin(
     # Without Access-Control-Allow-Origin a browser hands the page a network error, not the edge's answer: its
     # 429 or 503 saying when to come back, its gRPC-Web status.
     edge: Edge = request.getfixturevalue(edge_fixture)
-    headers = {"origin": ORIGIN, **headers, **(GRPC_WEB if grpc_web else {})}
+    headers = {"origin": ORIGIN, **headers, **(GRPC_WEB_HEADERS if grpc_web else {})}
     if grpc_web:
         answer = httpx.post(
-            f"{edge.url}/{PUBLIC_SERVICE}/ListProducts", content=struct.pack(">BI", 0, 0), headers=headers, timeout=10
+            f"{edge.url}/{PUBLIC_SERVICE}/ListProducts", content=frame(b""), headers=headers, timeout=10
         )
     else:
         answer = httpx.get(edge.url + "/v1/products", headers=headers, timeout=10)
