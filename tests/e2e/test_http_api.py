@@ -47,6 +47,7 @@ from shopmesh_platform.http_api import (
 from shopmesh_platform.stack import HTTP_API, Stack
 
 from .shop import (
+    CHEAP_PASSWORD_HASHING,
     FAST_RECOVERY,
     GOOD_CARD,
     NO_RATE_LIMITS,
@@ -70,6 +71,7 @@ ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 ENV = {
     "orders": FAST_RECOVERY,
+    "users": CHEAP_PASSWORD_HASHING,
     "gateway": {
         **NO_RATE_LIMITS,
         # A deadline floor far above the default 250 ms, so that a call below it (DEADLINE_BELOW_THE_FLOOR) is

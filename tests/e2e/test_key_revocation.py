@@ -18,7 +18,7 @@ from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_platform.stack import Stack
 
-from .shop import PASSWORD
+from .shop import CHEAP_PASSWORD_HASHING, PASSWORD
 
 # The gateway refetches the key set on an unknown kid at most this often (default 30 s: shortened so
 # that the test need not wait out the window docs/auth.md describes).
@@ -47,7 +47,10 @@ def revoke_keys(data_dir: Path) -> str:
 
 
 async def test_after_revoke_keys_the_gateway_refuses_earlier_tokens_and_accepts_new_logins(tmp_path: Path) -> None:
-    env = {"gateway": {"JWKS_MIN_REFETCH_INTERVAL_SECONDS": str(REFETCH_INTERVAL_SECONDS)}}
+    env = {
+        "gateway": {"JWKS_MIN_REFETCH_INTERVAL_SECONDS": str(REFETCH_INTERVAL_SECONDS)},
+        "users": CHEAP_PASSWORD_HASHING,
+    }
     async with (
         Stack.for_tests(tmp_path, env=env) as stack,
         grpc.aio.insecure_channel(stack.address("gateway")) as channel,

@@ -29,7 +29,7 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_platform.stack import Stack
 
-from .shop import NO_RATE_LIMITS, eventually, order_for, scraped, signed_up
+from .shop import CHEAP_PASSWORD_HASHING, NO_RATE_LIMITS, eventually, order_for, scraped, signed_up
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,7 +42,8 @@ ENV = {
     "gateway": {
         "ORDERS_TIMEOUT_SECONDS": str(ORDERS_TIMEOUT_SECONDS),
         **NO_RATE_LIMITS,
-    }
+    },
+    "users": CHEAP_PASSWORD_HASHING,
 }
 SERVICES = ["users", "catalog", "inventory", "payments", "orders", "gateway"]
 

@@ -29,6 +29,7 @@ from shopmesh_platform.smtp_sink import read_mail
 from shopmesh_platform.stack import Stack
 
 from .shop import (
+    CHEAP_PASSWORD_HASHING,
     FAST_RECOVERY,
     NO_RATE_LIMITS,
     assert_answered_but_for_checkouts,
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ENV = {
     "orders": FAST_RECOVERY,
+    "users": CHEAP_PASSWORD_HASHING,
     "notifications": {"SEND_BACKOFF_SECONDS": "0.1", "SEND_MAX_BACKOFF_SECONDS": "0.5"},
     # Room for a cold recommendations service on a busy machine: this module is about the happy path.
     "gateway": {"RECOMMENDATIONS_TIMEOUT_SECONDS": "2", **NO_RATE_LIMITS},

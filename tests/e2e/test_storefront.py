@@ -40,6 +40,7 @@ from shopmesh_platform.http_api import STOREFRONT_CSP, STOREFRONT_FILES, storefr
 from shopmesh_platform.stack import HTTP_API, Stack
 
 from .shop import (
+    CHEAP_PASSWORD_HASHING,
     DECLINED_CARD,
     FAST_RECOVERY,
     GOOD_CARD,
@@ -64,6 +65,7 @@ WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 
 ENV = {
     "orders": FAST_RECOVERY,
+    "users": CHEAP_PASSWORD_HASHING,
     "gateway": {
         # Room for a cold recommendations service on a busy machine: its fallback has a test of its own.
         "RECOMMENDATIONS_TIMEOUT_SECONDS": "2",
