@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import struct
 import zlib
 
 import grpc
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from shopmesh.gateway.v1 import shop_pb2
+from shopmesh_chassis.testing.grpc_web import GRPC_WEB_HEADERS, frame, status_in_headers
 from shopmesh_platform.http_api import (
     ACCEPTED_GRPC_ENCODINGS,
     INVALID_GRPC_FRAME_FLAG,
@@ -31,14 +31,10 @@ from shopmesh_platform.http_api import (
     UNSUPPORTED_GRPC_ENCODING_MESSAGE,
 )
 
-from .conftest import RecordingShop, status_in_headers
+from .conftest import RecordingShop
 
 MESSAGE = shop_pb2.ListProductsRequest(page_size=1).SerializeToString()
 COMPRESSED = 1
-
-
-def frame(message: bytes, flag: int = 0) -> bytes:
-    return struct.pack(">BI", flag, len(message)) + message
 
 
 def call(url: str, body: bytes, *, text: bool = False, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -47,8 +43,8 @@ def call(url: str, body: bytes, *, text: bool = False, headers: dict[str, str] |
         f"{url}/{PUBLIC_SERVICE}/ListProducts",
         content=base64.b64encode(body) if text else body,
         headers={
-            "content-type": "application/grpc-web-text" if text else "application/grpc-web+proto",
-            "x-grpc-web": "1",
+            **GRPC_WEB_HEADERS,
+            **({"content-type": "application/grpc-web-text"} if text else {}),
             **(headers or {}),
         },
         timeout=30,
@@ -78,7 +74,7 @@ def test_a_message_flagged_compressed_without_a_compression_is_invalid_argument(
     url, shop = edge
     before = list(shop.calls)
     headers = {} if encoding is None else {"grpc-encoding": encoding}
-    answer = call(url, frame(gzip.compress(MESSAGE), COMPRESSED), text=text, headers=headers)
+    answer = call(url, frame(gzip.compress(MESSAGE), flags=COMPRESSED), text=text, headers=headers)
     assert_refused(
         answer, grpc.StatusCode.INVALID_ARGUMENT, MISSING_GRPC_ENCODING_MESSAGE, MISSING_GRPC_ENCODING, "grpc-encoding"
     )
@@ -93,7 +89,7 @@ def test_a_malformed_grpc_encoding_is_invalid_argument(
     # The gateway's gRPC server answered INTERNAL "Error parsing 'grpc-encoding' metadata".
     url, shop = edge
     before = list(shop.calls)
-    answer = call(url, frame(gzip.compress(MESSAGE), COMPRESSED), text=text, headers={"grpc-encoding": encoding})
+    answer = call(url, frame(gzip.compress(MESSAGE), flags=COMPRESSED), text=text, headers={"grpc-encoding": encoding})
     assert_refused(
         answer,
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -112,7 +108,7 @@ def test_an_encoding_the_gateway_does_not_read_is_unimplemented_naming_those_it_
     # As a gRPC server answers one (PROTOCOL-HTTP2.md, "Compression"); the gateway's answered INTERNAL.
     url, shop = edge
     before = list(shop.calls)
-    answer = call(url, frame(gzip.compress(MESSAGE), COMPRESSED), text=text, headers={"grpc-encoding": encoding})
+    answer = call(url, frame(gzip.compress(MESSAGE), flags=COMPRESSED), text=text, headers={"grpc-encoding": encoding})
     assert_refused(
         answer, grpc.StatusCode.UNIMPLEMENTED, UNSUPPORTED_GRPC_ENCODING_MESSAGE, UNSUPPORTED_GRPC_ENCODING, None
     )
@@ -123,8 +119,8 @@ def test_an_encoding_the_gateway_does_not_read_is_unimplemented_naming_those_it_
 @pytest.mark.parametrize(
     ("encoding", "body"),
     [
-        ("gzip", frame(gzip.compress(MESSAGE), COMPRESSED)),
-        ("deflate", frame(zlib.compress(MESSAGE), COMPRESSED)),
+        ("gzip", frame(gzip.compress(MESSAGE), flags=COMPRESSED)),
+        ("deflate", frame(zlib.compress(MESSAGE), flags=COMPRESSED)),
         ("gzip", frame(MESSAGE)),
         ("identity", frame(MESSAGE)),
     ],
@@ -147,8 +143,8 @@ def test_a_refused_encoding_leaves_the_next_clients_compressed_call_served(
     # Forwarded, the gateway's gRPC server kept its failed parse in the HPACK table of the one connection the
     # edge keeps to it: the next gzip call, anyone's, was INTERNAL "Error parsing 'grpc-encoding' metadata".
     url, shop = edge
-    call(url, frame(gzip.compress(MESSAGE), COMPRESSED), headers={"grpc-encoding": refused})
-    answer = call(url, frame(gzip.compress(MESSAGE), COMPRESSED), headers={"grpc-encoding": "gzip"})
+    call(url, frame(gzip.compress(MESSAGE), flags=COMPRESSED), headers={"grpc-encoding": refused})
+    answer = call(url, frame(gzip.compress(MESSAGE), flags=COMPRESSED), headers={"grpc-encoding": "gzip"})
     assert answer.status_code == 200, answer.headers
     assert b"grpc-status:0" in answer.content, (answer.headers, answer.content)
     assert shop.calls[-1] == ("ListProducts", "1")
@@ -162,7 +158,7 @@ def test_a_frame_neither_a_message_nor_a_compressed_one_is_invalid_argument(
     # A trailers frame (0x80) is the server's alone: the gateway's gRPC server carried the call out all the same.
     url, shop = edge
     before = list(shop.calls)
-    answer = call(url, frame(MESSAGE, flag), text=text)
+    answer = call(url, frame(MESSAGE, flags=flag), text=text)
     assert_refused(
         answer, grpc.StatusCode.INVALID_ARGUMENT, INVALID_GRPC_FRAME_FLAG_MESSAGE, INVALID_GRPC_FRAME_FLAG, ""
     )
