@@ -83,6 +83,25 @@ async def test_an_answer_to_a_retry_attempt_is_marked_for_a_relay_and_a_first_at
     assert (first_attempt.value.code(), answered_a_retry(first_attempt.value)) == (grpc.StatusCode.UNAVAILABLE, False)
 
 
+async def test_a_channel_allowed_one_attempt_sends_an_idempotent_call_once(
+    server: ChassisServer, servicer: SampleServicer
+) -> None:
+    """RetryPolicy(max_attempts=1): the channel of a caller that is itself the one retry layer (orders' saga
+    steps) sends each call once, and the call goes through; gRPC refuses a retry policy of one attempt."""
+    one_attempt = ClientOptions(breaker=None, retry=RetryPolicy(max_attempts=1))
+    behaviour = sample_pb2.Behaviour(attempt_key="echo-once", fail_first_attempts=1)
+    async with ResilientChannel(server.address, [DESCRIPTOR], one_attempt) as channel:
+        stub = sample_pb2_grpc.SampleServiceStub(channel.channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour), timeout=5)
+        answered = await stub.Echo(sample_pb2.EchoRequest(message="x", behaviour=behaviour), timeout=5)
+    assert (caught.value.code(), servicer.attempts["echo-once"], answered.attempt) == (
+        grpc.StatusCode.UNAVAILABLE,
+        2,
+        2,
+    )
+
+
 def test_service_config_retries_cancelled_for_idempotent_methods_and_nothing_for_the_others() -> None:
     config = json.loads(service_config([DESCRIPTOR]))
     (method_config,) = config["methodConfig"]

@@ -63,6 +63,7 @@ _AT_THE_DEADLINE = 0.05
 class RetryPolicy:
     """gRPC's retry policy (gRFC A6), applied to idempotent methods only."""
 
+    # 1: no retries, for a caller that is itself the one layer retrying its calls (orders' saga steps).
     max_attempts: int = 4
     initial_backoff_seconds: float = 0.05
     max_backoff_seconds: float = 1.0
@@ -103,7 +104,9 @@ def service_config(services: Iterable[ServiceDescriptor], retry: RetryPolicy | N
             "tokenRatio": retry.throttle_token_ratio,
         }
     }
-    if names:
+    # gRPC refuses a retry policy of fewer than 2 attempts (the channel fails every call): one attempt is
+    # no policy at all.
+    if names and retry.max_attempts > 1:
         config["methodConfig"] = [
             {
                 "name": names,
