@@ -13,12 +13,13 @@ from typing import Any
 
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh_chassis import errors
-from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.client import ResilientChannel
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_orders.clients import InventoryClient
 from shopmesh_orders.domain.ports import DependencyDown
 from shopmesh_orders.domain.validation import CartLine
+from shopmesh_orders.wiring import step_client_options
 
 from .saga_kit import Clocked
 
@@ -197,7 +198,10 @@ async def _with_inventory_over_grpc(
     binding = ServiceBinding(INVENTORY_SERVICE, inventory, inventory_pb2_grpc.add_InventoryServiceServicer_to_server)
     async with (
         serve_in_process(clocked.settings, [binding]) as server,
-        ResilientChannel(server.address, [INVENTORY_SERVICE], ClientOptions(breaker=None, caller="orders")) as channel,
+        # orders' channel to inventory as its wiring builds it (no retries under the saga's), breaker aside.
+        ResilientChannel(
+            server.address, [INVENTORY_SERVICE], replace(step_client_options(clocked.settings), breaker=None)
+        ) as channel,
     ):
         port = Reachable(
             InventoryClient(

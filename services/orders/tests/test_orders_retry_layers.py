@@ -1,7 +1,8 @@
-"""Which layer retries a checkout while inventory is down: orders (its saga's step attempts, each through a
-channel retrying Reserve), not also the gateway's channel retrying PlaceOrder on top. Orders' answer,
-UNAVAILABLE DEPENDENCY_UNAVAILABLE, goes out with gRPC's "do not retry" pushback (the chassis' rule), so one
-checkout is one PlaceOrder at orders however long inventory stays away."""
+"""Which layer retries a checkout while a dependency is down: orders' saga alone, by its step attempts. Not
+also the channel under them (gRPC's retry policy would send each attempt up to 4 times: 12 Reserve calls for one
+checkout), nor the gateway's channel retrying PlaceOrder on top: orders' answer, UNAVAILABLE
+DEPENDENCY_UNAVAILABLE, goes out with gRPC's "do not retry" pushback (the chassis' rule), so one checkout is one
+PlaceOrder at orders, and STEP_ATTEMPTS calls of the step, however long the dependency stays away."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pytest
 
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
-from shopmesh.payments.v1 import payments_pb2
+from shopmesh.payments.v1 import payments_pb2, payments_pb2_grpc
 from shopmesh_chassis import errors
-from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy, idempotency_metadata
+from shopmesh_chassis.client import ClientOptions, ResilientChannel, idempotency_metadata
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import details_of
@@ -25,17 +26,20 @@ from shopmesh_chassis.migrations import migrate
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process, told_not_to_retry
 from shopmesh_orders.application import OrdersApplication
-from shopmesh_orders.clients import InventoryClient
+from shopmesh_orders.clients import InventoryClient, PaymentsClient
 from shopmesh_orders.domain.ports import PricedProduct
 from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.settings import OrdersSettings
 from shopmesh_orders.store.tables import metadata
 from shopmesh_orders.transport import DESCRIPTOR, OrdersServicer
-from shopmesh_orders.wiring import VERSIONS
+from shopmesh_orders.wiring import VERSIONS, step_client_options
 
-from .conftest import FakeCatalog, FakePayments
+from .conftest import FakeCatalog, FakeInventory, FakePayments
+from .saga_kit import command, place
 
 INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"]
+PAYMENTS_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
+BARE_UNAVAILABLE = "upstream connect error or disconnect/reset before headers"
 
 
 class DownInventory(inventory_pb2_grpc.InventoryServiceServicer):
@@ -46,7 +50,27 @@ class DownInventory(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def Reserve(self, request: inventory_pb2.ReserveRequest, context: Any) -> inventory_pb2.ReserveResponse:
         self.reserve_calls += 1
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "upstream connect error or disconnect/reset before headers")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, BARE_UNAVAILABLE)
+        raise AssertionError("unreachable")
+
+
+class DownPayments(payments_pb2_grpc.PaymentsServiceServicer):
+    """Payments' pod gone behind its sidecar, as `DownInventory`."""
+
+    def __init__(self) -> None:
+        self.charge_calls = 0
+        self.list_calls = 0
+
+    async def Charge(self, request: payments_pb2.ChargeRequest, context: Any) -> payments_pb2.ChargeResponse:
+        self.charge_calls += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, BARE_UNAVAILABLE)
+        raise AssertionError("unreachable")
+
+    async def ListPayments(
+        self, request: payments_pb2.ListPaymentsRequest, context: Any
+    ) -> payments_pb2.ListPaymentsResponse:
+        self.list_calls += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, BARE_UNAVAILABLE)
         raise AssertionError("unreachable")
 
 
@@ -71,7 +95,7 @@ async def down_inventory() -> AsyncIterator[tuple[DownInventory, str]]:
         await server.stop(None)
 
 
-async def test_a_checkout_while_inventory_is_down_is_retried_by_orders_alone(
+async def test_a_checkout_while_inventory_is_down_sends_one_reserve_per_saga_attempt(
     tmp_path: Path, down_inventory: tuple[DownInventory, str]
 ) -> None:
     inventory, address = down_inventory
@@ -81,7 +105,7 @@ async def test_a_checkout_while_inventory_is_down_is_retried_by_orders_alone(
         grpc_port=0,
         metrics_port=-1,
         data_dir=str(tmp_path),
-        step_attempts=2,
+        step_attempts=3,
         step_backoff_seconds=0.01,
         step_timeout_seconds=5,
     )
@@ -89,9 +113,8 @@ async def test_a_checkout_while_inventory_is_down_is_retried_by_orders_alone(
     await migrate(db, VERSIONS, metadata)
     catalog = FakeCatalog({"prod_a": PricedProduct("prod_a", "Product A", 1250, "USD")})
     try:
-        async with ResilientChannel(
-            address, [INVENTORY_SERVICE], ClientOptions(default_timeout_seconds=settings.step_timeout_seconds)
-        ) as to_inventory:
+        # orders' own channel to inventory, as its wiring builds it.
+        async with ResilientChannel(address, [INVENTORY_SERVICE], step_client_options(settings)) as to_inventory:
             wait = settings.recovery_interval_seconds
             inventory_client = InventoryClient(
                 to_inventory.channel, settings.step_timeout_seconds, unknown_state_wait=wait
@@ -111,13 +134,40 @@ async def test_a_checkout_while_inventory_is_down_is_retried_by_orders_alone(
     finally:
         await db.dispose()
     assert details_of(caught.value).reason == errors.DEPENDENCY_UNAVAILABLE
-    # One PlaceOrder (the gateway's channel did not send it again), so Reserve is tried by orders' layers only;
-    # before, the gateway's 4 attempts each ran the saga's, 20 Reserve calls for one checkout in production.
-    assert (servicer.placed, inventory.reserve_calls <= settings.step_attempts * RetryPolicy().max_attempts) == (
-        1,
-        True,
-    ), inventory.reserve_calls
+    # One PlaceOrder (the gateway's channel did not send it again), and one Reserve per saga attempt: before,
+    # orders' channel sent each attempt up to 4 times (12 Reserve calls by default), and before that the
+    # gateway's 4 attempts each ran the saga's too.
+    assert (servicer.placed, inventory.reserve_calls) == (1, settings.step_attempts)
     assert told_not_to_retry(caught.value)
+
+
+async def test_a_checkout_while_payments_is_down_sends_one_charge_and_one_listing_per_saga_attempt(
+    database: Database, catalog: FakeCatalog, inventory: FakeInventory, settings: OrdersSettings
+) -> None:
+    """The saga's payments calls go through a channel of the same options: each Charge attempt, and each attempt
+    of compensation's question whether a charge went through (ListPayments), reaches payments once."""
+    payments = DownPayments()
+    server = grpc.aio.server()
+    payments_pb2_grpc.add_PaymentsServiceServicer_to_server(payments, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    # Long enough for every call's answer: the counts are the retries', not the clock's.
+    settings = settings.model_copy(update={"step_attempts": 3, "step_timeout_seconds": 5.0})
+    await server.start()
+    try:
+        async with ResilientChannel(
+            f"127.0.0.1:{port}", [PAYMENTS_SERVICE], step_client_options(settings)
+        ) as to_payments:
+            wait = settings.recovery_interval_seconds
+            client = PaymentsClient(to_payments.channel, settings.step_timeout_seconds, unknown_state_wait=wait)
+            app = OrdersApplication(database, catalog, SagaDriver(database, inventory, client, settings))
+            # Charged in vain, cancelled as PAYMENT_UNAVAILABLE, then compensation waits for payments to say
+            # whether a charge got through.
+            with pytest.raises(errors.Unavailable) as caught:
+                await place(app, command())
+    finally:
+        await server.stop(None)
+    assert (caught.value.reason, caught.value.metadata["step"]) == (errors.DEPENDENCY_UNAVAILABLE, "COMPENSATE")
+    assert (payments.charge_calls, payments.list_calls) == (settings.step_attempts, settings.step_attempts)
 
 
 def _checkout() -> orders_pb2.PlaceOrderRequest:

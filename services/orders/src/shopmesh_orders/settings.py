@@ -32,7 +32,8 @@ class OrdersSettings(IdempotencySettings, EventSettings):
     # MAX_CLOCK_SKEW of that deadline the saga asks inventory again before charging: a TTL no longer than the
     # skew would have every PlaceOrder ask.
     reservation_ttl_seconds: float = Field(default=120.0, gt=MAX_CLOCK_SKEW_SECONDS, le=3600, allow_inf_nan=False)
-    # Saga-level attempts of a step whose dependency stays UNAVAILABLE after gRPC's own retries.
+    # Attempts of a step whose dependency answers UNAVAILABLE, one call each: the saga is the one layer that
+    # retries its steps (its channels to inventory and payments have no retry policy: wiring.step_client_options).
     step_attempts: int = Field(default=3, ge=1, le=20)
     step_backoff_seconds: Interval = 0.2
     # A saga driver holds a lease on its order; another driver (a replica, or this process after a
