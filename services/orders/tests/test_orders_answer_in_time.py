@@ -167,3 +167,65 @@ async def test_a_retry_waiting_for_another_driver_answers_the_order_it_reads_con
     order_id = await place(app, command())
     order = await app.get_order(order_id)
     assert (order.state, order.step) == (OrderState.CONFIRMED, SagaStep.REFUND)
+
+
+async def _recorded_and_left_held(app: OrdersApplication, saga: SagaDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first PlaceOrder records the order (at step RESERVE, its lease held) and its drive waits on inventory."""
+
+    async def inventory_away(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+    ) -> Order:
+        raise errors.Unavailable("inventory is away", reason=errors.DEPENDENCY_UNAVAILABLE)
+
+    monkeypatch.setattr(saga, "drive", inventory_away)
+    with pytest.raises(errors.Unavailable):
+        await place(app, command())
+
+
+async def test_a_wait_for_another_driver_under_a_deadline_too_short_to_answer_early_still_answers_before_it(
+    app: OrdersApplication, saga: SagaDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry with 1 s left (too little for a first call's early answer, which waits to the deadline) finds the
+    order held by another driver: it answers UNAVAILABLE naming the order before its deadline, not after the
+    poll's own 5 s, when its caller has given up and got DEADLINE_EXCEEDED naming no order."""
+
+    async def held(order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None) -> Order:
+        raise LeaseHeld(order_id)
+
+    await _recorded_and_left_held(app, saga, monkeypatch)
+    monkeypatch.setattr(saga, "drive", held)
+    with _inbound_deadline(1.0), pytest.raises(errors.Unavailable) as caught:
+        async with asyncio.timeout(1.0):
+            await place(app, command())
+    assert (caught.value.reason, caught.value.metadata["step"]) == (errors.DEPENDENCY_UNAVAILABLE, "RESERVE")
+
+
+async def test_a_retry_taking_over_a_lapsed_lease_mid_wait_answers_by_its_first_early_answer_point(
+    app: OrdersApplication, saga: SagaDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry with 2 s left polls while another driver holds the order; a second in, that lease lapses and the
+    retry takes the order, whose dependency is still away. It answers UNAVAILABLE naming the order by the point
+    it set out with (0.3 s before its deadline), not to the deadline, as it did when the take-over's own early
+    answer was reckoned anew from the second then left (too little for one): DEADLINE_EXCEEDED naming no order."""
+    loop = asyncio.get_running_loop()
+    dependency_back = asyncio.Event()
+    takes_over_at = loop.time() + 1.0
+
+    async def held_then_taken_over(
+        order_id: str, card: Card | None, owner: str | None = None, order: Order | None = None
+    ) -> Order:
+        if loop.time() < takes_over_at:
+            raise LeaseHeld(order_id)
+        await dependency_back.wait()
+        raise errors.Unavailable("inventory is away", reason=errors.DEPENDENCY_UNAVAILABLE)
+
+    await _recorded_and_left_held(app, saga, monkeypatch)
+    monkeypatch.setattr(saga, "drive", held_then_taken_over)
+    try:
+        with _inbound_deadline(2.0), pytest.raises(errors.Unavailable) as caught:
+            async with asyncio.timeout(2.0):
+                await place(app, command())
+    finally:
+        dependency_back.set()
+        await app.wait_running(10)
+    assert (caught.value.reason, caught.value.metadata["step"]) == (errors.DEPENDENCY_UNAVAILABLE, "RESERVE")

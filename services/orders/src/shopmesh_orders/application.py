@@ -151,14 +151,27 @@ def _pass_failed(label: str, name: str, exc: Exception, on_error: Callable[[], N
         on_error()
 
 
-def _early_answer_budget() -> float | None:
-    """How long PlaceOrder and CancelOrder wait for a saga (or another driver) before answering that it goes on
-    without them: to `_ANSWER_MARGIN_SECONDS` before the inbound deadline, when that leaves at least
-    `_EARLY_ANSWER_MIN_WAIT_SECONDS`; None (to the deadline, which ends the call) otherwise, or without one."""
+def _early_answer_at() -> float | None:
+    """When (the event loop's time) PlaceOrder and CancelOrder stop waiting for the saga they drive and answer
+    that it goes on without them: `_ANSWER_MARGIN_SECONDS` before the inbound deadline, when that leaves at
+    least `_EARLY_ANSWER_MIN_WAIT_SECONDS`; None (to the deadline, which ends the call) otherwise, or without
+    one. Reckoned once per call: reckoned again later, what is left may be under that least wait, and a drive
+    started then (a retry taking over a lapsed lease mid-wait) would wait to the deadline and name no order."""
     remaining = call_context.inbound_time_remaining()
     if remaining is None or remaining - _ANSWER_MARGIN_SECONDS < _EARLY_ANSWER_MIN_WAIT_SECONDS:
         return None
-    return remaining - _ANSWER_MARGIN_SECONDS
+    return asyncio.get_running_loop().time() + remaining - _ANSWER_MARGIN_SECONDS
+
+
+def _held_order_answer_at() -> float | None:
+    """When a call that found its order held by another driver answers (`_wait_for_other_driver`): the margin
+    before the inbound deadline, however short; None without one. No least wait here: it keeps the early
+    answer from a healthy saga's first call, which ends in milliseconds, and this call has met a driver
+    that already outlasted that (or died). Waited to its deadline, it would end naming no order."""
+    remaining = call_context.inbound_time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + max(remaining - _ANSWER_MARGIN_SECONDS, 0.0)
 
 
 def _answered(order: Order, placement: bool) -> bool:
@@ -380,7 +393,9 @@ class OrdersApplication:
         where it ended (or with the outcome of another driver that holds the order). `placement`: for
         PlaceOrder, which a CONFIRMED order answers (`_answered`)."""
         try:
-            return await self._drive_shielded(order_id, card, owner, recorded, placement=placement)
+            return await self._drive_shielded(
+                order_id, card, owner, recorded, placement=placement, answer_at=_early_answer_at()
+            )
         except LeaseHeld:
             return await self._wait_for_other_driver(order_id, card, placement=placement)
 
@@ -392,6 +407,7 @@ class OrdersApplication:
         recorded: Order | None = None,
         *,
         placement: bool,
+        answer_at: float | None,
     ) -> Order:
         task = self._running.start(
             self._saga.drive(order_id, card, owner, recorded), context=call_context.detached_context(), name=order_id
@@ -400,16 +416,19 @@ class OrdersApplication:
             # Counted for as long as the task runs, not the caller's wait: the drive outlives a caller gone.
             self._driving_with_card[order_id] = self._driving_with_card.get(order_id, 0) + 1
             task.add_done_callback(lambda _: self._card_drive_ended(order_id))
-        return await self._answer_in_time(order_id, task, placement=placement)
+        return await self._answer_in_time(order_id, task, placement=placement, answer_at=answer_at)
 
-    async def _answer_in_time(self, order_id: str, task: asyncio.Task[Order], *, placement: bool) -> Order:
-        """Where the saga `task` ended, or, when it is still driving as the inbound call's deadline nears
-        (`_early_answer_budget`), UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the order and its step, as the
+    async def _answer_in_time(
+        self, order_id: str, task: asyncio.Task[Order], *, placement: bool, answer_at: float | None
+    ) -> Order:
+        """Where the saga `task` ended, or, when it is still driving at `answer_at` (as the inbound call's deadline
+        nears: `_early_answer_at`), UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the order and its step, as the
         saga's own give-up does: the caller learns the order was recorded and goes on, and can read it. The
         task is not cancelled (nor by the caller's cancellation: `asyncio.wait` leaves it running), so the
         saga finishes detached, as it does for a caller gone."""
         try:
-            done, _ = await asyncio.wait({task}, timeout=_early_answer_budget())
+            timeout = None if answer_at is None else max(answer_at - asyncio.get_running_loop().time(), 0.0)
+            done, _ = await asyncio.wait({task}, timeout=timeout)
         except asyncio.CancelledError:
             # The caller gave up: nobody awaits the task any more either.
             task.add_done_callback(partial(_log_detached_end, order_id))
@@ -421,7 +440,7 @@ class OrdersApplication:
         return await self._answer_still_driven(order_id, placement)
 
     async def _answer_still_driven(self, order_id: str, placement: bool) -> Order:
-        """The early answer (`_early_answer_budget`) for an order still driven: the order as re-read when that
+        """The early answer (`_early_answer_at`) for an order still driven: the order as re-read when that
         answers the call (`_answered`: finished since, or CONFIRMED for PlaceOrder), else UNAVAILABLE
         DEPENDENCY_UNAVAILABLE naming it and its step."""
         order = await self._load(order_id)
@@ -450,24 +469,28 @@ class OrdersApplication:
         the order, find no charge and cancel it as CHECKOUT_INTERRUPTED under this very retry. Taking it is
         safe: the charge is keyed by the order, its mark is written before it is sent, and one sent by the
         dead driver is handled as any charge in doubt. An order already CONFIRMED is only read: what runs on
-        it is the customer's cancellation, not this placement's to drive (`_settle`). The wait ends at the
-        early-answer point too (`_early_answer_budget`), answered as a saga still driving is: past it, the
-        caller would give up before the poll's end and name no order."""
+        it is the customer's cancellation, not this placement's to drive (`_settle`). The wait ends before the
+        inbound deadline too, however short (`_held_order_answer_at`), answered as a saga still driving is:
+        past it, the caller would give up before the poll's end and name no order. A drive taken over
+        mid-wait answers by that same point."""
         loop = asyncio.get_running_loop()
-        wait, answer_early = _WAIT_FOR_OTHER_DRIVER_SECONDS, False
-        if (budget := _early_answer_budget()) is not None and budget < wait:
-            wait, answer_early = budget, True
-        deadline = loop.time() + wait
-        while loop.time() < deadline:
+        answer_at = _held_order_answer_at()
+        ends, answer_early = loop.time() + _WAIT_FOR_OTHER_DRIVER_SECONDS, False
+        if answer_at is not None and answer_at < ends:
+            ends, answer_early = answer_at, True
+        while True:
             order = await self._load(order_id)
             if _answered(order, placement):
                 return order
             if card is not None and order.state is not OrderState.CONFIRMED:
                 try:
-                    return await self._drive_shielded(order_id, card, placement=placement)
+                    return await self._drive_shielded(order_id, card, placement=placement, answer_at=answer_at)
                 except LeaseHeld:
                     pass  # still held: its driver is alive, or its lease has not lapsed yet
-            await asyncio.sleep(0.1)
+            left = ends - loop.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(0.1, left))
         if answer_early:
             return await self._answer_still_driven(order_id, placement)
         raise errors.Aborted(
