@@ -14,6 +14,9 @@ const CART = "shopmesh.cart";
 const INT32_MAX = 2147483647;
 const int32 = (number) => Math.min(number, INT32_MAX);
 const SESSION = "shopmesh.session";
+// localStorage: when this browser last signed out (ms). sessionStorage is the tab's, copied into a tab opened
+// from it or duplicated: a sign-out in one tab must end the copies too, live or restored later.
+const SIGNED_OUT = "shopmesh.signedOut";
 // sessionStorage slots of requests whose outcome is not settled yet: their idempotency keys.
 const CHECKOUT = "shopmesh.checkout";
 const CANCEL = "shopmesh.cancel.";
@@ -177,6 +180,13 @@ function readJson(storage, key, fallback) {
 function currentSession() {
   const session = readJson(sessionStorage, SESSION, null);
   if (!session || Date.parse(session.expiresAt) <= Date.now()) return null;
+  // A copy of a session from before a sign-out in another tab (a tab restored or duplicated since, or one
+  // that did not hear of it): signed out with it. A session without `since` predates the field.
+  const signedOut = localStorage.getItem(SIGNED_OUT);
+  if (signedOut !== null && !(Number(session.since) > Number(signedOut))) {
+    forgetSession();
+    return null;
+  }
   return session;
 }
 
@@ -185,7 +195,13 @@ function startSession(login, email) {
   const account = email.trim().toLowerCase();
   sessionStorage.setItem(
     SESSION,
-    JSON.stringify({ token: login.accessToken, userId: login.userId, expiresAt: login.expiresAt, email: account }),
+    JSON.stringify({
+      token: login.accessToken,
+      userId: login.userId,
+      expiresAt: login.expiresAt,
+      email: account,
+      since: Date.now(),
+    }),
   );
 }
 
@@ -194,6 +210,14 @@ function startSession(login, email) {
 function endSession() {
   sessionStorage.removeItem(SESSION);
   showSession();
+}
+
+// What signing out removes from this tab's storage: the token and the kept keys of checkouts and
+// cancellations (what identifies a checkout is its shipping address and card's last four and expiry).
+function forgetSession() {
+  for (const slot of Object.keys(sessionStorage)) {
+    if (slot === SESSION || slot === CHECKOUT || slot.startsWith(CANCEL)) sessionStorage.removeItem(slot);
+  }
 }
 
 const cart = {
@@ -1198,13 +1222,12 @@ document.getElementById("search").addEventListener("submit", (event) => {
   location.hash = query ? `#/?${new URLSearchParams({ query })}` : "#/";
 });
 // Signing out leaves nothing of the shopper's in a shared browser: the token, the kept keys of checkouts and
-// cancellations (what identifies a checkout is its shipping address and card's last four and expiry) and the
-// cart, which the next person at this browser would see and could order. (A session that merely expired
-// keeps them: signing in again sends the same checkout with the same key.)
+// cancellations, and the cart, which the next person at this browser would see and could order; in every
+// tab, as the other tabs hold copies of the session (SIGNED_OUT). (A session that merely expired keeps them:
+// signing in again sends the same checkout with the same key.)
 function signOut() {
-  for (const slot of Object.keys(sessionStorage)) {
-    if (slot === CHECKOUT || slot.startsWith(CANCEL)) sessionStorage.removeItem(slot);
-  }
+  forgetSession();
+  localStorage.setItem(SIGNED_OUT, String(Date.now()));
   localStorage.removeItem(CART);
   showCartSize();
   endSession();
@@ -1223,7 +1246,16 @@ window.addEventListener("hashchange", () => {
 // Another tab changed the cart (`key` null: it cleared the storage). The cart page shows it as it now is: what
 // it shows is what its checkout orders.
 window.addEventListener("storage", (event) => {
-  if (event.storageArea !== localStorage || (event.key !== CART && event.key !== null)) return;
+  if (event.storageArea !== localStorage) return;
+  if (event.key === SIGNED_OUT) {
+    // Another tab signed out: this one's session, its pending checkout's key with it, ends now, and a page
+    // of the shopper's (orders, the checkout form) is not left showing.
+    forgetSession();
+    showSession();
+    route();
+    return;
+  }
+  if (event.key !== CART && event.key !== null) return;
   showCartSize();
   if (cartShown && !sameCart(cart.items(), cartShown)) cartChangedElsewhere();
 });
