@@ -1292,3 +1292,16 @@ async def test_signing_out_in_one_tab_ends_the_session_and_its_pending_checkout_
         await expect(second.page.get_by_role("heading", level=1)).to_have_text("Sign in")
         await expect(second.page.locator("#who")).to_have_text("")
         assert second.problems == []
+
+
+async def test_back_from_the_sign_in_page_goes_to_the_page_before_the_protected_one(tab: Tab) -> None:
+    """The protected page redirected to sign-in as a new history entry: Back returned to it, and it redirected
+    forward again, so Back could never leave the sign-in page."""
+    page = tab.page
+    await tab.open("#/products/prod_chef_knife")
+    await tab.follow("Cart")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Your cart")
+    await page.evaluate("location.hash = '#/orders'")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
+    await page.go_back()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Your cart")

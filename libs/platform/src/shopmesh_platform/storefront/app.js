@@ -1114,9 +1114,10 @@ const ROUTES = [
 
 let shown = 0;
 
-// To the sign-in page, which comes back here once signed in.
+// To the sign-in page, which comes back here once signed in. It takes the place of this page in the history:
+// a new entry led Back to the page that asks to sign in, which came forward again, so Back never left.
 function signInAndReturn() {
-  location.hash = `#/login?next=${encodeURIComponent(location.hash || "#/")}`;
+  location.replace(`#/login?next=${encodeURIComponent(location.hash || "#/")}`);
 }
 
 // A path's parts decoded, or null for a malformed one (`%E0%A4%A`).
