@@ -1305,3 +1305,23 @@ async def test_back_from_the_sign_in_page_goes_to_the_page_before_the_protected_
     await expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
     await page.go_back()
     await expect(page.get_by_role("heading", level=1)).to_have_text("Your cart")
+
+
+async def test_a_dot_id_is_a_page_not_found_never_another_route(tab: Tab) -> None:
+    """`.` and `..` (also as %2e) as an id were path steps in the API's URL: /v1/products/.. is /v1/, which the
+    edge refused as no method ("Could not resolve /v1/ to a method.")."""
+    page = tab.page
+
+    async def not_found(fragment: str) -> None:
+        await tab.open(fragment)
+        await expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
+        await expect(page.get_by_role("link", name="Back to the shop")).to_be_visible()
+        await expect(page.locator("main")).not_to_contain_text("resolve")
+
+    for fragment in ["#/products/..", "#/products/.", "#/products/%2e%2E", "#/products/nope"]:
+        await not_found(fragment)
+    await tab.register("Dot")
+    for fragment in ["#/orders/.", "#/orders/%2e%2e", "#/orders/ord_nope"]:
+        await not_found(fragment)
+        # No link to the order that was just not found.
+        await expect(page.locator("main a[href^='#/orders/']")).to_have_count(0)

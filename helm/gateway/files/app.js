@@ -464,7 +464,8 @@ function errorBox(error) {
   if (error.retrySafe) {
     box.append(h("p", {}, "It may or may not have gone through: trying again is safe (it is never done twice)."));
   }
-  const orderId = error.info?.metadata?.order_id;
+  // (Not for NOT_FOUND: the order named is the one that was not found.)
+  const orderId = error.code === NOT_FOUND ? null : error.info?.metadata?.order_id;
   if (orderId) box.append(h("p", {}, h("a", { href: `#/orders/${encodeURIComponent(orderId)}` }, `Order ${orderId}`)));
   if (error.traceId) box.append(h("p", { class: "muted" }, `Reference: ${error.traceId}`));
   return box;
@@ -1114,16 +1115,24 @@ const ROUTES = [
 
 let shown = 0;
 
+// A page for what does not exist (no route, or the product or order the API did not find), with the API's
+// answer if there was one.
+function notFound(answer = null) {
+  return [h("h1", {}, "Not found"), answer, h("p", {}, h("a", { href: "#/" }, "Back to the shop"))];
+}
+
 // To the sign-in page, which comes back here once signed in. It takes the place of this page in the history:
 // a new entry led Back to the page that asks to sign in, which came forward again, so Back never left.
 function signInAndReturn() {
   location.replace(`#/login?next=${encodeURIComponent(location.hash || "#/")}`);
 }
 
-// A path's parts decoded, or null for a malformed one (`%E0%A4%A`).
+// A path's parts decoded, or null for a malformed one (`%E0%A4%A`) or a dot segment: `.` and `..` (`%2e`)
+// as an id are path steps in the API's URL (/v1/products/.. is /v1/), another call than the one meant.
 function decoded(match) {
   try {
-    return match.map((part) => decodeURIComponent(part));
+    const parts = match.map((part) => decodeURIComponent(part));
+    return parts.slice(1).some((part) => part === "." || part === "..") ? null : parts;
   } catch {
     return null;
   }
@@ -1144,7 +1153,7 @@ async function route() {
   checkout.redrawDue = false;
   let content;
   if (!parts) {
-    content = [h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the shop"))];
+    content = notFound();
   } else if (found.needsSession && !currentSession()) {
     signInAndReturn();
     return;
@@ -1178,7 +1187,7 @@ async function route() {
         location.replace(`#${path}${rest ? `?${rest}` : ""}`);
         return;
       }
-      content = [errorBox(error)];
+      content = error.code === NOT_FOUND ? notFound(errorBox(error)) : [errorBox(error)];
     }
   }
   // An older navigation that answers late does not overwrite a newer one.
