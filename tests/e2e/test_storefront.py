@@ -1327,3 +1327,24 @@ async def test_a_dot_id_is_a_page_not_found_never_another_route(tab: Tab) -> Non
         await not_found(fragment)
         # No link to the order that was just not found.
         await expect(page.locator("main a[href^='#/orders/']")).to_have_count(0)
+
+
+async def test_focus_goes_to_the_new_pages_heading_and_to_what_a_refused_form_names(tab: Tab) -> None:
+    """A keyboard or screen reader user is taken to what changed: the heading of the page navigated to (focus
+    had stayed on the link, gone with the old page), the first field refused, else the alert."""
+    page = tab.page
+    await tab.open("#/")
+    await page.get_by_role("link", name="8-inch Chef's Knife").press("Enter")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("8-inch Chef's Knife")
+    await expect(page.get_by_role("heading", level=1)).to_be_focused()
+
+    await tab.open("#/login")
+    await tab.fill({"E-mail": "nobody@example.com", "Password": "not the password"})
+    await page.get_by_label("Password", exact=True).press("Enter")
+    await expect(page.get_by_role("alert")).to_be_focused()
+
+    await tab.register("Keys")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.check_out(**{"City": "", "Card number": ""})
+    await expect(page.get_by_role("alert")).to_be_visible(timeout=SLOW)
+    await expect(page.get_by_label("City", exact=True)).to_be_focused()

@@ -554,7 +554,16 @@ function showProblems(form, error) {
     problemOf(input).textContent = violation.description;
     violation.shown = true;
   }
-  form.querySelector(".actions").after(errorBox(error));
+  const box = errorBox(error);
+  form.querySelector(".actions").after(box);
+  // Focus goes to what to fix (the first field refused), else to what was said: left on the button, a
+  // keyboard or screen reader user heard nothing of the answer.
+  const invalid = inputs.find((input) => input.getAttribute("aria-invalid") === "true");
+  if (invalid) invalid.focus();
+  else {
+    box.tabIndex = -1;
+    box.focus();
+  }
 }
 
 // Where the service's complaint about a request field goes: its input, else the first input of the nearest
@@ -1114,6 +1123,8 @@ const ROUTES = [
 ];
 
 let shown = 0;
+// The page shown next was navigated to (not redrawn in place): focus goes to its heading.
+let headingDue = false;
 
 // A page for what does not exist (no route, or the product or order the API did not find), with the API's
 // answer if there was one.
@@ -1194,6 +1205,16 @@ async function route() {
   if (mine !== shown) return;
   view.removeAttribute("aria-busy");
   view.replaceChildren(...[content].flat().filter(Boolean));
+  if (headingDue) {
+    // Focus had stayed on the link followed, gone with the old page: the next Tab started over at the top,
+    // and a screen reader said nothing of the new page.
+    headingDue = false;
+    const heading = view.querySelector("h1");
+    if (heading) {
+      heading.tabIndex = -1;
+      heading.focus();
+    }
+  }
   document.title = `${view.querySelector("h1")?.textContent ?? "Shop"} · shopmesh`;
   document.getElementById("search-query").value = query.query ?? "";
 }
@@ -1251,6 +1272,7 @@ window.addEventListener("hashchange", () => {
   // A message belongs to the page it was said on, or to the one it led to.
   if (keepFlash) keepFlash = false;
   else flash("");
+  headingDue = true;
   route();
 });
 // Another tab changed the cart (`key` null: it cleared the storage). The cart page shows it as it now is: what
