@@ -1348,3 +1348,21 @@ async def test_focus_goes_to_the_new_pages_heading_and_to_what_a_refused_form_na
     await tab.check_out(**{"City": "", "Card number": ""})
     await expect(page.get_by_role("alert")).to_be_visible(timeout=SLOW)
     await expect(page.get_by_label("City", exact=True)).to_be_focused()
+
+
+async def test_a_cart_line_short_of_stock_is_told_beside_that_line(tab: Tab, http: httpx.AsyncClient) -> None:
+    """INSUFFICIENT_STOCK names the short products by id (ErrorInfo metadata `product_ids`), as
+    PRODUCT_NOT_FOUND does: the line short is marked, not only the message above."""
+    page = tab.page
+    await tab.register("Stocky")
+    await tab.add_to_cart("prod_chef_knife")
+    await tab.add_to_cart("prod_camp_stove")
+    await tab.open("#/cart")
+    stove = page.get_by_label("Quantity of Compact Camp Stove")
+    await stove.fill("100")
+    await stove.press("Tab")
+    await tab.check_out()
+    await expect(page.get_by_role("alert")).to_be_visible(timeout=SLOW)
+    await expect(stove).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator(f"#{await stove.get_attribute('aria-describedby')}")).to_have_text("not enough in stock")
+    await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).not_to_have_attribute("aria-invalid", "true")

@@ -904,17 +904,23 @@ function onLinesShown(error, ordered) {
   return error;
 }
 
-// PRODUCT_NOT_FOUND names the products by id (ErrorInfo metadata `product_ids`, comma-separated), not as field
-// violations: each becomes one on its cart line, so the shopper sees which line to take out, by its name.
+// What is wrong with the lines an ErrorInfo names by product id, by its reason.
+const LINE_PROBLEMS = {
+  PRODUCT_NOT_FOUND: "no longer sold: take it out of your cart",
+  INSUFFICIENT_STOCK: "not enough in stock",
+};
+
+// PRODUCT_NOT_FOUND and INSUFFICIENT_STOCK name the products by id (ErrorInfo metadata `product_ids`,
+// comma-separated), not as field violations: each becomes one on its cart line, so the shopper sees which
+// line to take out or lower, by its name.
 function withGoneProducts(error, items) {
-  if (!(error instanceof ApiError) || error.info?.reason !== "PRODUCT_NOT_FOUND") return error;
-  const gone = new Set(String(error.info.metadata?.product_ids ?? "").split(","));
+  const description = error instanceof ApiError ? LINE_PROBLEMS[error.info?.reason] : undefined;
+  if (!description) return error;
+  const named = new Set(String(error.info.metadata?.product_ids ?? "").split(","));
   error.violations = [
     ...error.violations,
     ...items.flatMap((item, index) =>
-      gone.has(item.productId)
-        ? [{ field: `items[${index}].product_id`, description: "no longer sold: take it out of your cart" }]
-        : [],
+      named.has(item.productId) ? [{ field: `items[${index}].product_id`, description }] : [],
     ),
   ];
   return error;
