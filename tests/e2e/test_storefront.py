@@ -1366,3 +1366,14 @@ async def test_a_cart_line_short_of_stock_is_told_beside_that_line(tab: Tab, htt
     await expect(stove).to_have_attribute("aria-invalid", "true")
     await expect(page.locator(f"#{await stove.get_attribute('aria-describedby')}")).to_have_text("not enough in stock")
     await expect(page.get_by_label("Quantity of 8-inch Chef's Knife")).not_to_have_attribute("aria-invalid", "true")
+
+
+async def test_the_add_to_cart_form_leaves_checks_to_the_page_not_the_browser(tab: Tab) -> None:
+    """docs/storefront.md: the forms are novalidate. The browser refused a quantity of 0 with its own bubble and
+    added nothing; the page takes it as 1."""
+    page = tab.page
+    await tab.open("#/products/prod_chef_knife")
+    await page.get_by_label("Quantity").fill("0")
+    await tab.press("Add to cart")
+    await expect(page.get_by_role("status").filter(has_text="to your cart")).to_have_text("Added 1 to your cart.")
+    await expect(page.get_by_role("link", name="Cart (1)")).to_be_visible()

@@ -620,10 +620,13 @@ async function productView(productId) {
   const available = page.availability?.availableQuantity ?? 0;
   const quantity = h("input", { id: "quantity", type: "number", min: 1, max: Math.max(available, 1), value: 1 });
   const added = h("span", { role: "status" });
+  // novalidate, as every form (docs/storefront.md): the browser's own check refused 0 or more than in stock
+  // with a bubble of its own; the page takes what it can (at least 1) and orders tells what is short.
   const buy = h(
     "form",
     {
       class: "actions",
+      novalidate: true,
       onsubmit: (event) => {
         event.preventDefault();
         const count = int32(Math.max(1, Number.parseInt(quantity.value, 10) || 1));
