@@ -1377,3 +1377,30 @@ async def test_the_add_to_cart_form_leaves_checks_to_the_page_not_the_browser(ta
     await tab.press("Add to cart")
     await expect(page.get_by_role("status").filter(has_text="to your cart")).to_have_text("Added 1 to your cart.")
     await expect(page.get_by_role("link", name="Cart (1)")).to_be_visible()
+
+
+async def test_a_cart_stored_in_another_shape_is_read_as_its_well_formed_lines(tab: Tab) -> None:
+    """The cart is localStorage, which anything on the origin (an older page, an extension, a person) may have
+    written: '{}' broke every page (a script error), a line without its price broke the cart page."""
+    page = tab.page
+    await tab.open("#/")
+    await page.evaluate("localStorage.setItem('shopmesh.cart', '{}')")
+    await page.reload()
+    await tab.shown()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("All products")
+    await expect(page.locator("#cart-link")).to_have_text("Cart")
+    await tab.open("#/cart")
+    await expect(page.get_by_text("Your cart is empty.")).to_be_visible()
+    await page.evaluate(
+        """() => localStorage.setItem("shopmesh.cart", JSON.stringify([
+            {productId: "prod_chef_knife", name: "Knife", quantity: 1},
+            null,
+            {productId: "prod_soy_candle", name: "Candle", quantity: 2,
+             unitPrice: {amountMinor: "1800", currency: "USD"}},
+        ]))"""
+    )
+    await page.reload()
+    await tab.shown()
+    await expect(page.get_by_role("link", name="Cart (2)")).to_be_visible()
+    await expect(page.get_by_label("Quantity of Candle")).to_have_value("2")
+    await expect(page.get_by_label("Quantity of Knife")).to_have_count(0)

@@ -220,8 +220,23 @@ function forgetSession() {
   }
 }
 
+// A cart line as the page stores it. The cart is localStorage, which anything on this origin (an older page,
+// an extension, a person) may have written in another shape: '{}' broke every page, a line without its price
+// the cart page.
+const wellFormed = (item) =>
+  typeof item?.productId === "string" &&
+  typeof item.name === "string" &&
+  Number.isSafeInteger(item.quantity) &&
+  item.quantity > 0 &&
+  /^-?\d+$/.test(String(item.unitPrice?.amountMinor)) &&
+  typeof item.unitPrice.currency === "string";
+
 const cart = {
-  items: () => readJson(localStorage, CART, []),
+  // Only its well-formed lines: the rest is dropped when the cart is next saved.
+  items: () => {
+    const items = readJson(localStorage, CART, []);
+    return Array.isArray(items) ? items.filter(wellFormed) : [];
+  },
   save(items) {
     localStorage.setItem(CART, JSON.stringify(items));
     showCartSize();
