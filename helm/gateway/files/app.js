@@ -922,17 +922,18 @@ function onLinesShown(error, ordered) {
   return error;
 }
 
-// What is wrong with the lines an ErrorInfo names by product id, by its reason.
-const LINE_PROBLEMS = {
-  PRODUCT_NOT_FOUND: "no longer sold: take it out of your cart",
-  INSUFFICIENT_STOCK: "not enough in stock",
-};
+// What is wrong with the lines an ErrorInfo names by product id, by its reason (a Map: a reason is the
+// server's text, and an object's lookup would find "constructor" too).
+const LINE_PROBLEMS = new Map([
+  ["PRODUCT_NOT_FOUND", "no longer sold: take it out of your cart"],
+  ["INSUFFICIENT_STOCK", "not enough in stock"],
+]);
 
 // PRODUCT_NOT_FOUND and INSUFFICIENT_STOCK name the products by id (ErrorInfo metadata `product_ids`,
 // comma-separated), not as field violations: each becomes one on its cart line, so the shopper sees which
 // line to take out or lower, by its name.
 function withGoneProducts(error, items) {
-  const description = error instanceof ApiError ? LINE_PROBLEMS[error.info?.reason] : undefined;
+  const description = error instanceof ApiError ? LINE_PROBLEMS.get(error.info?.reason) : undefined;
   if (!description) return error;
   const named = new Set(String(error.info.metadata?.product_ids ?? "").split(","));
   error.violations = [
