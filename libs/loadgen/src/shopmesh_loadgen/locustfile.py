@@ -1,0 +1,285 @@
+"""Shoppers on the public HTTP/JSON API, through the edge (docs/http-api.md), for Locust.
+
+    locust -f libs/loadgen/src/shopmesh_loadgen/locustfile.py --host http://127.0.0.1:8080 --headless -u 10 -r 2
+    python -m shopmesh_loadgen ...   (the same, with this file, after checking that the edge answers)
+
+Each shopper signs up and logs in once, then does what a shop's visitors mostly do: opens product pages (the
+gateway's composed page: catalog, stock and recommendations), browses the catalogue by page and category, searches,
+and now and then checks out what it looked at (one card in ten declined, `--declined-share`), reads its orders and
+its e-mails. A checkout carries an idempotency key and the total the shopper saw; refused PRICE_CHANGED it agrees
+to the new total once and checks out again under the same key, as the storefront does. An answer the shop states
+as the checkout's outcome (FAILED_PRECONDITION: a declined card, too little stock, a changed price) is a success
+in Locust's stats, as it is for the storefront; a 5xx, a malformed request's 400 or anything unexpected is a
+failure. A "come back later" (429 with a RetryInfo: the gateway's rate limits, users' hashing queue) is waited out
+as asked and the same request sent again; an expired token is renewed by logging in again. Requests are named by
+route (`/v1/products/{product_id}`), so Locust's stats group them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from locust import HttpUser, events, task
+from locust.argument_parser import LocustArgumentParser
+
+from shopmesh_loadgen.answers import Refusal, refusal
+
+PASSWORD = "load generator password 1234"
+GOOD_CARD = "4242424242424242"
+# docs/storefront.md's test card that payments declines: the order is cancelled CARD_DECLINED.
+DECLINED_CARD = "4000000000000002"
+SEARCHES = ("coffee", "knife", "lamp", "charger", "kettle", "bag", "book", "wool")
+PAGE_SIZE = 12
+# A RetryInfo asking for longer is an outage, not a pause: the answer counts as it is.
+MAX_RETRY_WAIT_SECONDS = 30.0
+MAX_RETRY_WAITS = 3
+# Waits are stretched by up to this share, so that shoppers refused together do not all come back at once.
+RETRY_JITTER = 0.25
+# Gives way to a request's answer, which a gateway waiting on a saga takes up to its own 30 s bound to send.
+REQUEST_TIMEOUT_SECONDS = 35.0
+
+Settles = Callable[[Refusal], bool]
+
+
+def _options(parser: LocustArgumentParser) -> None:
+    parser.add_argument(
+        "--think",
+        type=str,
+        default="1,5",
+        env_var="LOCUST_THINK",
+        help="MIN,MAX seconds a shopper pauses between steps (default 1,5)",
+    )
+    parser.add_argument(
+        "--declined-share",
+        type=float,
+        default=0.1,
+        env_var="LOCUST_DECLINED_SHARE",
+        help="share of checkouts paid with a card that is declined (default 0.1)",
+    )
+
+
+events.init_command_line_parser.add_listener(_options)  # type: ignore[no-untyped-call]  # Locust leaves it unannotated
+
+
+def think_range(value: str) -> tuple[float, float]:
+    low, _, high = value.partition(",")
+    pause = (float(low), float(high or low))
+    if not 0 <= pause[0] <= pause[1]:
+        raise ValueError(f"--think {value!r}: want MIN,MAX seconds with 0 <= MIN <= MAX")
+    return pause
+
+
+def never(_: Refusal) -> bool:
+    return False
+
+
+def checkout_settled(refused: Refusal) -> bool:
+    return refused.settles_checkout
+
+
+class Shopper(HttpUser):
+    """A visitor of the shop: signed up once, then browsing, searching, reading product pages, sometimes buying."""
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self._think = think_range(options.think if options is not None else "1,5")
+        self._declined_share: float = options.declined_share if options is not None else 0.1
+        self._email = f"load-{uuid.uuid4().hex[:12]}@example.com"
+        self._token = ""
+        # Each product's price as the shopper last read it (id: the Money in JSON): what it expects to pay.
+        self._prices: dict[str, dict[str, str]] = {}
+        self._categories: set[str] = set()
+        self._orders: list[str] = []
+        registered, _ = self._send(
+            "POST",
+            "/v1/users",
+            json={"email": self._email, "password": PASSWORD, "displayName": "Load Shopper"},
+            signed_in=False,
+        )
+        if registered is not None:
+            self._log_in()
+
+    def wait_time(self) -> float:
+        return random.uniform(*self._think)
+
+    @task(15)
+    def product_page(self) -> None:
+        if not self._prices:
+            self.browse()
+            return
+        product_id = random.choice(list(self._prices))
+        page, _ = self._send(
+            "GET",
+            f"/v1/products/{product_id}",
+            name="/v1/products/{product_id}",
+            params={"maxRecommendations": 4},
+            signed_in=False,
+        )
+        if page is not None:
+            self._remember([page.get("product", {})])
+
+    @task(10)
+    def browse(self) -> None:
+        params: dict[str, str | int] = {"pageSize": PAGE_SIZE}
+        if self._categories and random.random() < 0.5:
+            params["category"] = random.choice(sorted(self._categories))
+        page, _ = self._send("GET", "/v1/products", params=params, signed_in=False)
+        if page is not None:
+            self._remember(page.get("products", []))
+            token = page.get("nextPageToken", "")
+            if token and random.random() < 0.3:
+                following, _ = self._send("GET", "/v1/products", params={**params, "pageToken": token}, signed_in=False)
+                if following is not None:
+                    self._remember(following.get("products", []))
+
+    @task(5)
+    def search(self) -> None:
+        params = {"query": random.choice(SEARCHES), "pageSize": PAGE_SIZE}
+        found, _ = self._send("GET", "/v1/products:search", params=params, signed_in=False)
+        if found is not None:
+            self._remember(found.get("products", []))
+
+    @task(3)
+    def checkout(self) -> None:
+        if not self._prices or not self._signed_in():
+            self.browse()
+            return
+        first = random.choice(list(self._prices))
+        currency = self._prices[first]["currency"]
+        same_currency = [p for p, price in self._prices.items() if price["currency"] == currency and p != first]
+        cart = [first, *random.sample(same_currency, min(len(same_currency), random.randint(0, 2)))]
+        lines = [(product_id, random.randint(1, 2)) for product_id in cart]
+        total = sum(int(self._prices[product_id]["amountMinor"]) * quantity for product_id, quantity in lines)
+        declined = random.random() < self._declined_share
+        order: dict[str, Any] = {
+            "items": [{"productId": product_id, "quantity": quantity} for product_id, quantity in lines],
+            "currency": currency,
+            "shippingAddress": {
+                "fullName": "Load Shopper",
+                "street": "1 Market Street",
+                "city": "Springfield",
+                "postalCode": "12345",
+                "country": "US",
+            },
+            "card": {"number": DECLINED_CARD if declined else GOOD_CARD, "expMonth": 12, "expYear": 2031, "cvv": "123"},
+            # The total the shopper saw: it agrees to pay that, not whatever the prices are by now.
+            "expectedTotal": {"amountMinor": str(total), "currency": currency},
+        }
+        # One key for the checkout and its retries: a retry must not place a second order.
+        key = {"idempotency-key": f"load-{uuid.uuid4().hex}"}
+        placed, refused = self._send("POST", "/v1/orders", json=order, headers=key, settles=checkout_settled)
+        new_total = refused.new_total_minor if refused is not None else None
+        if new_total is not None:
+            # As the storefront: tell the shopper the new total; it agrees once, under the same key (nothing was
+            # recorded under it).
+            order["expectedTotal"]["amountMinor"] = str(new_total)
+            placed, _ = self._send("POST", "/v1/orders", json=order, headers=key, settles=checkout_settled)
+        order_id = placed.get("order", {}).get("id", "") if placed is not None else ""
+        if order_id:
+            self._orders.append(order_id)
+
+    @task(2)
+    def orders(self) -> None:
+        if not self._signed_in():
+            return
+        self._send("GET", "/v1/orders", params={"pageSize": 10})
+        if self._orders:
+            order_id = random.choice(self._orders)
+            self._send("GET", f"/v1/orders/{order_id}", name="/v1/orders/{order_id}")
+
+    @task(1)
+    def notifications(self) -> None:
+        if self._signed_in():
+            self._send("GET", "/v1/notifications", params={"pageSize": 10})
+
+    def _remember(self, products: list[dict[str, Any]]) -> None:
+        for product in products:
+            price = product.get("price", {})
+            if product.get("id") and price.get("currency"):
+                self._prices[product["id"]] = {
+                    "amountMinor": str(price.get("amountMinor", "0")),
+                    "currency": price["currency"],
+                }
+            if product.get("category"):
+                self._categories.add(product["category"])
+
+    def _signed_in(self) -> bool:
+        """Whether the shopper holds a token; one whose sign-up or login was refused (its waits ran out) tries
+        again."""
+        if not self._token:
+            self._log_in()
+        return bool(self._token)
+
+    def _log_in(self) -> None:
+        login, _ = self._send("POST", "/v1/login", json={"email": self._email, "password": PASSWORD}, signed_in=False)
+        self._token = login.get("accessToken", "") if login is not None else ""
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        name: str | None = None,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        signed_in: bool = True,
+        settles: Settles = never,
+    ) -> tuple[dict[str, Any] | None, Refusal | None]:
+        """One call of the API, named by its route (`name`, else the path), and its answer: the JSON body on
+        success, else the refusal. An error is a failure in Locust's stats unless `settles` takes it for the
+        shop's answer, or it is a "come back later" (waited out, then sent again) or, on a call with the token,
+        an expired token (logged in again, then sent again)."""
+        renewed = False
+        pause = 0.0
+        for attempt in range(MAX_RETRY_WAITS + 1):
+            sent = dict(headers or {})
+            if signed_in:
+                sent["authorization"] = f"Bearer {self._token}"
+            with self.client.request(
+                method,
+                path,
+                name=name or path,
+                params=params,
+                json=json,
+                headers=sent,
+                timeout=REQUEST_TIMEOUT_SECONDS,
+                catch_response=True,
+            ) as response:
+                try:
+                    body = response.json() if response.content else None
+                except ValueError:
+                    body = None
+                if response.status_code == 200 and isinstance(body, dict):
+                    return body, None
+                refused = refusal(response.status_code, body)
+                delay = refused.retry_delay
+                if response.status_code == 200:
+                    response.failure("200 without a JSON object")
+                    return None, refused
+                if settles(refused):
+                    response.success()
+                    return None, refused
+                if response.status_code == 429 and delay is not None and delay <= MAX_RETRY_WAIT_SECONDS:
+                    if attempt < MAX_RETRY_WAITS:
+                        # The documented answer to a client coming too fast, which a shop's page waits out.
+                        response.success()
+                        pause = delay * random.uniform(1, 1 + RETRY_JITTER)
+                    else:
+                        response.failure(f"{refused}: still refused after {MAX_RETRY_WAITS} waits")
+                        return None, refused
+                elif response.status_code == 401 and signed_in and not renewed:
+                    # The token expired: the page signs the shopper in again and repeats the request.
+                    response.success()
+                    renewed = True
+                    self._log_in()
+                    continue
+                else:
+                    response.failure(str(refused) if response.status_code else f"no answer: {response.error}")
+                    return None, refused
+            time.sleep(pause)
+        return None, None
