@@ -113,7 +113,7 @@ lint: setup buf-lint check-generated js-lint ## ruff, mypy --strict on libs/ and
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy
-	$(VENV_BIN)/mypy --strict -p shopmesh_platform $(addprefix -p ,$(SERVICE_PACKAGES))
+	$(VENV_BIN)/mypy --strict -p shopmesh_platform -p shopmesh_loadgen $(addprefix -p ,$(SERVICE_PACKAGES))
 
 .PHONY: js-lint
 js-lint: $(JS_TOOLS)
@@ -150,6 +150,17 @@ fault: setup ## Faults at the sidecars of `make run MESH=envoy` (FAULT_ARGS="rec
 SHOPPERS_ARGS ?=
 shoppers: setup ## Simulated shoppers against the local gateway for a minute (SHOPPERS_ARGS="--shoppers 20 --duration 300 --target HOST:PORT", "--http" or "--http URL")
 	$(VENV_BIN)/python -m shopmesh_platform.shoppers $(SHOPPERS_ARGS)
+
+.PHONY: load
+# Locust's shoppers (libs/loadgen) against the running stack's edge: USERS at once, SPAWN_RATE new ones a second,
+# for DURATION (Locust's 30s, 5m, 1h30m). Locust prints its stats as it goes and at the end, and exits 1 when any
+# request failed; nothing listening at LOAD_URL is said in one line before Locust starts.
+USERS      ?= 10
+SPAWN_RATE ?= 2
+DURATION   ?= 1m
+LOAD_URL   ?= http://127.0.0.1:8080
+load: setup ## Locust shoppers on the HTTP/JSON API of `make run` (USERS=10, SPAWN_RATE=2, DURATION=1m; LOAD_URL, default http://127.0.0.1:8080)
+	$(VENV_BIN)/python -m shopmesh_loadgen --host $(LOAD_URL) --headless --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION)
 
 .PHONY: traces
 ID ?=
