@@ -41,6 +41,8 @@ MAX_RETRY_WAITS = 3
 RETRY_JITTER = 0.25
 # Gives way to a request's answer, which a gateway waiting on a saga takes up to its own 30 s bound to send.
 REQUEST_TIMEOUT_SECONDS = 35.0
+# The orders a shopper remembers, to read one back.
+RECENT_ORDERS = 20
 
 Settles = Callable[[Refusal], bool]
 
@@ -180,7 +182,8 @@ class Shopper(HttpUser):
             placed, _ = self._send("POST", "/v1/orders", json=order, headers=key, settles=checkout_settled)
         order_id = placed.get("order", {}).get("id", "") if placed is not None else ""
         if order_id:
-            self._orders.append(order_id)
+            # The latest few, as a customer's order list shows first: a pod shops for days.
+            self._orders = [*self._orders[-(RECENT_ORDERS - 1) :], order_id]
 
     @task(2)
     def orders(self) -> None:
