@@ -1,4 +1,5 @@
-"""Write (or check) services/<name>/Dockerfile from k8s/docker/Dockerfile.template.
+"""Write (or check) services/<name>/Dockerfile from k8s/docker/Dockerfile.template, and the load generator's
+libs/loadgen/Dockerfile from k8s/docker/Dockerfile.loadgen.template.
 
     .venv/bin/python k8s/dockerfiles.py          write the Dockerfile of every topology service that exists
     .venv/bin/python k8s/dockerfiles.py --check  exit 1 if one is missing or differs from the template
@@ -15,6 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "k8s" / "docker" / "Dockerfile.template"
+LOADGEN_TEMPLATE = ROOT / "k8s" / "docker" / "Dockerfile.loadgen.template"
+LOADGEN_DOCKERFILE = ROOT / "libs" / "loadgen" / "Dockerfile"
+SOURCE = "k8s/docker/Dockerfile*.template"
 
 sys.path.insert(0, str(ROOT / "libs" / "platform" / "src"))
 from shopmesh_platform.generated_files import stale, write_or_check  # noqa: E402
@@ -30,16 +34,16 @@ def dockerfile(name: str) -> str:
 
 
 def dockerfiles() -> dict[Path, str]:
-    return {ROOT / "services" / name / "Dockerfile": dockerfile(name) for name in existing()}
+    services = {ROOT / "services" / name / "Dockerfile": dockerfile(name) for name in existing()}
+    return {**services, LOADGEN_DOCKERFILE: LOADGEN_TEMPLATE.read_text()}
 
 
 def problems() -> list[str]:
-    return stale(dockerfiles(), ROOT, str(TEMPLATE.relative_to(ROOT)))
+    return stale(dockerfiles(), ROOT, SOURCE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    source = str(TEMPLATE.relative_to(ROOT))
-    return write_or_check(argv, __doc__, dockerfiles, root=ROOT, source=source, remedy="make dockerfiles")
+    return write_or_check(argv, __doc__, dockerfiles, root=ROOT, source=SOURCE, remedy="make dockerfiles")
 
 
 if __name__ == "__main__":

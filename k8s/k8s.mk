@@ -64,12 +64,12 @@ k8s-tools: setup $(CHECKOV_STAMP) $(CRD_MODELS_STAMP) $(PROMTOOL_STAMP) ## Insta
 test: k8s-tools
 
 .PHONY: dockerfiles
-dockerfiles: setup ## Write services/<name>/Dockerfile from k8s/docker/Dockerfile.template for every service that exists
+dockerfiles: setup ## Write services/<name>/Dockerfile from k8s/docker/Dockerfile.template for every service that exists, and libs/loadgen/Dockerfile
 	$(VENV_BIN)/python k8s/dockerfiles.py
 
 .PHONY: hadolint
-hadolint: setup ## Lint every service's Dockerfile
-	$(VENV_BIN)/hadolint services/*/Dockerfile
+hadolint: setup ## Lint every service's Dockerfile and the load generator's
+	$(VENV_BIN)/hadolint services/*/Dockerfile libs/loadgen/Dockerfile
 
 .PHONY: helm-deps
 helm-deps: setup ## Resolve chart dependencies in place (service charts, then the umbrella; charts/ is gitignored)

@@ -9,10 +9,10 @@
                                                            sidecars' tracing provider, the default retry policy), from
                                                            the istio value set (each FILE over it, as helm -f)
 
-Charts: the library chart (helm/shopmesh-lib), one chart per topology service (helm/<service>), the
-umbrella (helm/shopmesh). Value sets: `default` (the charts' own values) and one per environment file
-beside the umbrella chart (helm/shopmesh/values-<set>.yaml), which hold only `global:` settings and so
-apply to the umbrella and to each service chart alone. tests/k8s imports this module.
+Charts: the library chart (helm/shopmesh-lib), one chart per topology service (helm/<service>), the load
+generator (helm/loadgenerator), the umbrella (helm/shopmesh). Value sets: `default` (the charts' own values)
+and one per environment file beside the umbrella chart (helm/shopmesh/values-<set>.yaml), which hold only
+`global:` settings and so apply to the umbrella and to each service chart alone. tests/k8s imports this module.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ HELM = ROOT / "helm"
 INFRA = ROOT / "k8s" / "infra"
 LIBRARY = "shopmesh-lib"
 UMBRELLA = "shopmesh"
+LOADGENERATOR = "loadgenerator"
 NAMESPACE = "shopmesh"
 # A value set is `default` or one or more values files beside the umbrella chart, joined by "+" and given in
 # that order (`staging+istio`: -f values-staging.yaml -f values-istio.yaml). Staging renders only behind a mesh.
@@ -60,6 +61,16 @@ def service_charts() -> list[str]:
 
 def all_charts() -> list[str]:
     return [*service_charts(), UMBRELLA]
+
+
+def tool_charts() -> list[str]:
+    """Charts of no service that the umbrella can include (off by default): the load generator."""
+    return [LOADGENERATOR]
+
+
+def rendered_charts() -> list[str]:
+    """Every chart a render writes: the services', the tools', the umbrella."""
+    return [*service_charts(), *tool_charts(), UMBRELLA]
 
 
 def layer_names(value_set: str) -> list[str]:
@@ -98,8 +109,8 @@ def values_with_files(value_set: str, files: list[Path], helm_dir: Path = HELM) 
 
 
 def update_dependencies(helm_dir: Path = HELM) -> None:
-    """`helm dependency update` for every service chart, then the umbrella (it packages them)."""
-    for chart in all_charts():
+    """`helm dependency update` for every service and tool chart, then the umbrella (it packages them)."""
+    for chart in rendered_charts():
         helm.dependency_update(helm_dir / chart, skip_refresh=True)
 
 
@@ -242,7 +253,7 @@ def write_all(helm_dir: Path, out: Path) -> list[Path]:
         target.write_text(text)
         written.append(target)
     for value_set in VALUE_SETS:
-        for chart in all_charts():
+        for chart in rendered_charts():
             for path, text in render(helm_dir, chart, value_set).items():
                 target = out / value_set / chart / path
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Write (or check) every chart's values.schema.json: helm/<service>/ and the umbrella helm/shopmesh/.
+"""Write (or check) every chart's values.schema.json: helm/<service>/, helm/loadgenerator/ and the umbrella
+helm/shopmesh/.
 
     .venv/bin/python k8s/values_schema.py          write them
     .venv/bin/python k8s/values_schema.py --check  exit 1 if one is missing or differs from what this writes
@@ -27,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 HELM = ROOT / "helm"
 UMBRELLA = "shopmesh"
+LOADGENERATOR = "loadgenerator"
 SCHEMA = "values.schema.json"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -286,18 +288,32 @@ OWN: dict[str, dict[str, Schema]] = {
         name: {"shopmesh-lib": {"type": "object", "description": "Helm's scope of the library chart"}}
         for name in SERVICES
     },
+    # Locust's shoppers (helm/loadgenerator): none of a service's keys, which the library reads in _config.tpl.
+    LOADGENERATOR: {
+        "global": GLOBAL,
+        "enabled": BOOLEAN,
+        "shopmesh-lib": {"type": "object", "description": "Helm's scope of the library chart"},
+        "image": strict(repository=STRING, tag=TEXT, digest=STRING),
+        "target": strict("the gateway's Service and its HTTP/JSON port", service=STRING, port=INTEGER),
+        "shoppers": {"type": "integer", "minimum": 1},
+        "spawnRate": {"type": "number", "exclusiveMinimum": 0},
+        "think": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)?$"},
+        "declinedShare": {"type": "number", "minimum": 0, "maximum": 1},
+        "resources": RESOURCES,
+    },
     UMBRELLA: {
         "global": GLOBAL,
         "defaultDenyNetworkPolicy": strict(enabled=BOOLEAN),
         # Each service's own values: its chart's schema checks them (Helm validates every subchart).
         **{name: {"type": "object", "description": f"the {name} chart's values"} for name in SERVICES},
+        LOADGENERATOR: {"type": "object", "description": "the loadgenerator chart's values (enabled: false: off)"},
     },
 }
 
 
 def schema(chart: str) -> Schema:
     properties = {
-        key: nullable(value) for key, value in {**(LIBRARY if chart != UMBRELLA else {}), **OWN.get(chart, {})}.items()
+        key: nullable(value) for key, value in {**(LIBRARY if chart in SERVICES else {}), **OWN.get(chart, {})}.items()
     }
     return {
         "$schema": DRAFT,
@@ -310,7 +326,7 @@ def schema(chart: str) -> Schema:
 
 
 def charts() -> list[str]:
-    return [*SERVICES, UMBRELLA]
+    return [*SERVICES, LOADGENERATOR, UMBRELLA]
 
 
 def rendered(chart: str) -> str:

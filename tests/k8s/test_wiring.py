@@ -120,13 +120,14 @@ def test_every_topology_service_has_a_chart_on_the_library() -> None:
         templates = list((ROOT / "helm" / name / "templates").iterdir())
         assert [t.name for t in templates] == ["service.yaml"], "a service chart holds only values"
     charts = {p.name for p in (ROOT / "helm").iterdir() if (p / "Chart.yaml").is_file()}
-    assert charts == {*NAMES, render.LIBRARY, render.UMBRELLA}
+    assert charts == {*NAMES, *render.tool_charts(), render.LIBRARY, render.UMBRELLA}
 
 
 def test_umbrella_depends_on_every_service_chart() -> None:
     chart = yaml.safe_load((ROOT / "helm" / "shopmesh" / "Chart.yaml").read_text())
+    # Then the tools' charts (the load generator), each off unless enabled (test_loadgenerator.py).
     assert [(d["name"], d["repository"], d["condition"]) for d in chart["dependencies"]] == [
-        (name, f"file://../{name}", f"{name}.enabled") for name in NAMES
+        (name, f"file://../{name}", f"{name}.enabled") for name in [*NAMES, *render.tool_charts()]
     ]
 
 
@@ -577,7 +578,8 @@ def test_skaffold_has_an_artifact_per_service_matching_the_charts() -> None:
     assert config["apiVersion"].startswith("skaffold/v4")
     assert config["kind"] == "Config"
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
-    assert set(artifacts) == {f"shopmesh-{n}" for n in NAMES}
+    # Every service's, and the load generator's (test_loadgenerator.py checks its own).
+    assert set(artifacts) == {f"shopmesh-{n}" for n in NAMES} | {"shopmesh-loadgen"}
     (release,) = config["deploy"]["helm"]["releases"]
     assert release["chartPath"] == "helm/shopmesh"
     templates = release["setValueTemplates"]

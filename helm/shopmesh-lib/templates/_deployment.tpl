@@ -67,12 +67,7 @@ spec:
       enableServiceLinks: false
       terminationGracePeriodSeconds: {{ $c.drain.terminationGracePeriodSeconds }}
       securityContext:
-        runAsNonRoot: true
-        runAsUser: 10001
-        runAsGroup: 10001
-        fsGroup: 10001
-        seccompProfile:
-          type: RuntimeDefault
+        {{- include "shopmesh-lib.podSecurityContext" . | nindent 8 }}
       {{- with include "shopmesh-lib.scheduling" (dict "c" $c) | trim }}
       {{- . | nindent 6 }}
       {{- end }}
@@ -129,16 +124,7 @@ spec:
           resources:
             {{- toYaml $c.resources | nindent 12 }}
           securityContext:
-            allowPrivilegeEscalation: false
-            privileged: false
-            readOnlyRootFilesystem: true
-            runAsNonRoot: true
-            runAsUser: 10001
-            runAsGroup: 10001
-            capabilities:
-              drop: ["ALL"]
-            seccompProfile:
-              type: RuntimeDefault
+            {{- include "shopmesh-lib.containerSecurityContext" . | nindent 12 }}
           volumeMounts:
             - name: tmp
               mountPath: /tmp
@@ -281,4 +267,29 @@ affinity:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+
+{{/* The pod's and the container's security contexts of our images (user 10001, made by their Dockerfiles): a
+service's pods and the load generator's (helm/loadgenerator) alike. Pod Security `restricted` admits them. */}}
+{{- define "shopmesh-lib.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "shopmesh-lib.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
 {{- end -}}

@@ -11,7 +11,7 @@ app.kubernetes.io/part-of: shopmesh
 
 {{- define "shopmesh-lib.labels" -}}
 {{ include "shopmesh-lib.selectorLabels" .c }}
-app.kubernetes.io/component: grpc-service
+app.kubernetes.io/component: {{ .component | default "grpc-service" }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | default .root.Chart.Version | quote }}
 app.kubernetes.io/managed-by: {{ .root.Release.Service }}
@@ -43,6 +43,10 @@ rendering is skipped; tests/k8s fails on any skip without a reason.
 checkov.io/skip-image-digest: CKV_K8S_43=Image referenced by tag in this rendering; skaffold and CI set image.digest to pin it
 {{- else if and .edgeImage (not (contains "@" .edgeImage)) }}
 checkov.io/skip-image-digest: CKV_K8S_43=The http-api container's Envoy image is referenced by tag; httpApi.image (or global.httpApi.image) with @sha256:... pins it
+{{- end }}
+{{- if .servesNothing }}
+checkov.io/skip-liveness: CKV_K8S_8=The load generator serves no port to probe; Locust exits on a fault and the kubelet restarts it
+checkov.io/skip-readiness: CKV_K8S_9=The load generator is no Service's endpoint; nothing routes to it to need readiness
 {{- end }}
 {{- if .testPod }}
 checkov.io/skip-liveness: CKV_K8S_8=A helm test pod runs one health check and exits; a liveness probe does not apply
