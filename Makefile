@@ -159,8 +159,10 @@ USERS      ?= 10
 SPAWN_RATE ?= 2
 DURATION   ?= 1m
 LOAD_URL   ?= http://127.0.0.1:8080
-load: setup ## Locust shoppers on the HTTP/JSON API of `make run` (USERS=10, SPAWN_RATE=2, DURATION=1m; LOAD_URL, default http://127.0.0.1:8080)
-	$(VENV_BIN)/python -m shopmesh_loadgen --host $(LOAD_URL) --headless --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION)
+# More of Locust's options, and the locustfile's (--think 0.5,2, --declined-share 0.2, --csv out, --html out.html).
+LOAD_ARGS  ?=
+load: setup ## Locust shoppers on the HTTP/JSON API of `make run` (USERS=10, SPAWN_RATE=2, DURATION=1m; LOAD_URL, default http://127.0.0.1:8080; LOAD_ARGS)
+	$(VENV_BIN)/python -m shopmesh_loadgen --host $(LOAD_URL) --headless --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) $(LOAD_ARGS)
 
 .PHONY: traces
 ID ?=
