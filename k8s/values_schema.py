@@ -174,6 +174,8 @@ SHARED: dict[str, Schema] = {
     "podLabels": STRING_MAP,
     "tests": strict(enabled=BOOLEAN),
     "topologySpread": BOOLEAN,
+    # A cloud's workload identity (IRSA, GKE, Azure) is an annotation on the ServiceAccount, key by key.
+    "serviceAccount": strict(annotations=STRING_MAP),
     **SCHEDULING,
 }
 

@@ -497,6 +497,9 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- $_ := set $c "env" $env -}}
 {{- $_ := set $c "podAnnotations" (merge (dig "podAnnotations" dict $v) (dig "podAnnotations" dict $g)) -}}
 {{- $_ := set $c "podLabels" (merge (dig "podLabels" dict $v) (dig "podLabels" dict $g)) -}}
+{{- /* The ServiceAccount's annotations (a cloud's workload identity: IRSA's role, GKE's or Azure's client), key by
+     key, the service's own winning. Its name stays the service's: the mesh's identity is built on it. */ -}}
+{{- $_ := set $c "serviceAccount" (dict "annotations" (merge (dig "serviceAccount" "annotations" dict $v) (dig "serviceAccount" "annotations" dict $g))) -}}
 {{- $_ := set $c "tests" (dict "enabled" (dig "tests" "enabled" (dig "tests" "enabled" true $g) $v)) -}}
 {{- $_ := set $c "topologySpread" (dig "topologySpread" (dig "topologySpread" true $g) $v) -}}
 {{- /* Where the pods may run and how their images are pulled: a platform's node pools and their taints, its

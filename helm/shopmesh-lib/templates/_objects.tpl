@@ -7,6 +7,10 @@ metadata:
   namespace: {{ $c.namespace }}
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
+  {{- with $c.serviceAccount.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 # No token unless a pod asks for one: the services never call the Kubernetes API.
 automountServiceAccountToken: false
 {{- end -}}
