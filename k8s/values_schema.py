@@ -211,6 +211,8 @@ GLOBAL: Schema = strict(
         scrapers=PEERS,
         extraEgress=list_of(OBJECT),
         extraIngress=list_of(OBJECT),
+        # Where the mesh's control plane runs (each mesh's own install's namespace when unset).
+        meshControlPlane=strict(namespace={"type": "string", "minLength": 1}, podLabels=STRING_MAP),
     ),
     mesh={"enum": ["", "istio", "linkerd"]},
     meshPolicy=strict(

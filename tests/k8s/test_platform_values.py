@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shopmesh_platform.topology import SERVICES
 
 from .k8skit import Docs, find, objects_of
@@ -36,3 +38,54 @@ def test_service_account_annotations_stay_off_the_helm_test_account(helm_dir: Pa
     docs = objects_of(helm_dir, "catalog", {"serviceAccount": {"annotations": {IRSA: "arn:aws:iam::1:role/c"}}})
     assert IRSA not in find(docs, "ServiceAccount", "catalog-health-test")["metadata"]["annotations"]
     assert find(docs, "ServiceAccount", "catalog")["metadata"]["annotations"] == {IRSA: "arn:aws:iam::1:role/c"}
+
+
+def control_plane_peers(policy: dict[str, Any], port: int) -> list[dict[str, Any]]:
+    rules = [rule for rule in policy["spec"]["egress"] if port in [p["port"] for p in rule["ports"]]]
+    return [peer for rule in rules for peer in rule["to"]]
+
+
+@pytest.mark.parametrize(
+    ("mesh", "port", "default"),
+    [
+        ("istio", 15012, {"namespace": "istio-system", "labels": {"app": "istiod"}}),
+        ("linkerd", 8086, {"namespace": "linkerd", "labels": {}}),
+    ],
+)
+def test_the_mesh_control_planes_namespace_and_labels_open_egress_from_service_and_test_pods(
+    helm_dir: Path, mesh: str, port: int, default: dict[str, Any]
+) -> None:
+    """A managed mesh (AKS's add-on runs istiod in aks-istio-system, revision-labelled): the one value reaches the
+    service's policy and its `helm test` pod's (a meshed pod without it never gets its config, nor starts)."""
+    plane = {"namespace": "aks-istio-system", "podLabels": {"app": "istiod", "istio.io/rev": "asm-1-24"}}
+    expected = [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "aks-istio-system"}},
+            "podSelector": {"matchLabels": {"app": "istiod", "istio.io/rev": "asm-1-24"}},
+        }
+    ]
+    docs = objects_of(helm_dir, "catalog", {"global": {"mesh": mesh, "networkPolicy": {"meshControlPlane": plane}}})
+    for name in ("catalog", "catalog-health-test"):
+        assert control_plane_peers(find(docs, "NetworkPolicy", name), port) == expected, name
+    # Unset: each mesh's own install's namespace, as before.
+    docs = objects_of(helm_dir, "catalog", {"global": {"mesh": mesh}})
+    peer: dict[str, Any] = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": default["namespace"]}}}
+    if default["labels"]:
+        peer["podSelector"] = {"matchLabels": default["labels"]}
+    for name in ("catalog", "catalog-health-test"):
+        assert control_plane_peers(find(docs, "NetworkPolicy", name), port) == [peer], name
+
+
+def test_the_environments_extra_egress_reaches_the_helm_test_pods_policy_too(helm_dir: Path) -> None:
+    """global.networkPolicy.extraEgress is the environment's (a proxy, a control plane elsewhere): the `helm test`
+    pod runs in the same environment; a service's own extraEgress (its callees') is not the test pod's."""
+    environment = {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}], "ports": [{"protocol": "TCP", "port": 3128}]}
+    own = {"to": [{"ipBlock": {"cidr": "10.8.0.0/16"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+    docs = objects_of(
+        helm_dir,
+        "catalog",
+        {"global": {"networkPolicy": {"extraEgress": [environment]}}, "networkPolicy": {"extraEgress": [own]}},
+    )
+    assert environment in find(docs, "NetworkPolicy", "catalog-health-test")["spec"]["egress"]
+    assert own not in find(docs, "NetworkPolicy", "catalog-health-test")["spec"]["egress"]
+    assert [environment, own] == find(docs, "NetworkPolicy", "catalog")["spec"]["egress"][-2:]

@@ -233,6 +233,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "dns" (dig "dns" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "kube-system")) "podSelector" (dict "matchLabels" (dict "k8s-app" "kube-dns")))) $np)
     "scrapers" (dig "scrapers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "monitoring")))) $np)
     "extraEgress" (concat (dig "extraEgress" list $np) (dig "networkPolicy" "extraEgress" list $v))
+    "environmentEgress" (dig "extraEgress" list $np)
     "extraIngress" (concat (dig "extraIngress" list $np) (dig "networkPolicy" "extraIngress" list $v))) -}}
 
 {{- /* Service mesh: "" (none), istio or linkerd: the proxy in every pod, and (unless
@@ -242,6 +243,13 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- fail (printf "global.mesh must be empty, istio or linkerd, not %q" $mesh) -}}
 {{- end -}}
 {{- $_ := set $c "mesh" $mesh -}}
+{{- /* Where the mesh's control plane runs, which every meshed pod's proxy reaches (its config, its certificates):
+     each mesh's own install by default; a managed mesh elsewhere (AKS's add-on: aks-istio-system, its istiod
+     labelled by revision) names its namespace and pods' labels. No labels: any pod of the namespace. */ -}}
+{{- $plane := dig "meshControlPlane" dict $np -}}
+{{- $_ := set $c.networkPolicy "meshControlPlane" (dict
+    "namespace" (dig "namespace" (ternary "istio-system" "linkerd" (eq $mesh "istio")) $plane)
+    "podLabels" (dig "podLabels" (ternary (dict "app" "istiod") dict (eq $mesh "istio")) $plane)) -}}
 {{- /* Outside dev every pod runs behind a mesh (docs/kubernetes.md, "Deploy to staging"): the services trust the
      gateway's x-user-id and x-caller because the mesh's mTLS and its policy from the call graph admit no other
      caller (money.proto, docs/mesh.md). Without one any pod in the cluster could call payments as orders or

@@ -137,15 +137,11 @@ spec:
 {{/* Egress from a meshed pod's proxy to the mesh's control plane (nothing without a mesh). */}}
 {{- define "shopmesh-lib.meshEgress" -}}
 {{- $c := . -}}
+    {{- $plane := $c.networkPolicy.meshControlPlane }}
     {{- if eq $c.mesh "istio" }}
-    # Istio: the sidecar fetches config and certificates from istiod.
+    # Istio: the sidecar fetches config and certificates from istiod (global.networkPolicy.meshControlPlane).
     - to:
-        - namespaceSelector:
-            matchLabels:
-              kubernetes.io/metadata.name: istio-system
-          podSelector:
-            matchLabels:
-              app: istiod
+        {{- include "shopmesh-lib.meshControlPlanePeer" $plane | nindent 8 }}
       ports:
         - protocol: TCP
           port: 15012
@@ -153,9 +149,7 @@ spec:
     {{- if eq $c.mesh "linkerd" }}
     # Linkerd: the proxy talks to the destination, identity and policy controllers.
     - to:
-        - namespaceSelector:
-            matchLabels:
-              kubernetes.io/metadata.name: linkerd
+        {{- include "shopmesh-lib.meshControlPlanePeer" $plane | nindent 8 }}
       ports:
         - protocol: TCP
           port: 8080
@@ -164,6 +158,18 @@ spec:
         - protocol: TCP
           port: 8090
     {{- end }}
+{{- end -}}
+
+{{/* The peer of the mesh's control plane: its namespace, and its pods' labels when given. */}}
+{{- define "shopmesh-lib.meshControlPlanePeer" -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .namespace | quote }}
+  {{- with .podLabels }}
+  podSelector:
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+  {{- end }}
 {{- end -}}
 
 {{/*

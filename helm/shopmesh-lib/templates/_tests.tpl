@@ -123,6 +123,11 @@ spec:
           port: {{ $c.httpApi.port }}
         {{- end }}
     {{- include "shopmesh-lib.meshEgress" $c }}
+    {{- /* The environment's (a proxy, a control plane elsewhere): the test pod runs there too. Not a service's
+         own extraEgress, which is for what that service reaches. */}}
+    {{- with $c.networkPolicy.environmentEgress }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{/*
