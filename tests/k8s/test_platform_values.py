@@ -89,3 +89,13 @@ def test_the_environments_extra_egress_reaches_the_helm_test_pods_policy_too(hel
     assert environment in find(docs, "NetworkPolicy", "catalog-health-test")["spec"]["egress"]
     assert own not in find(docs, "NetworkPolicy", "catalog-health-test")["spec"]["egress"]
     assert [environment, own] == find(docs, "NetworkPolicy", "catalog")["spec"]["egress"][-2:]
+
+
+@pytest.mark.parametrize("endpoint", ["http://user:s3cret@otel.observability:4317", "s3cret@otel.observability:4317"])
+def test_credentials_in_the_otel_endpoint_fail_the_render_without_showing_them(helm_dir: Path, endpoint: str) -> None:
+    """The endpoint goes into every service's ConfigMap (and the edge's Envoy config), which anyone who may read
+    the namespace's ConfigMaps reads: refused as a NATS URL with credentials is, the user part masked."""
+    values = {"global": {"otel": {"endpoint": endpoint, "peers": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}}}
+    with pytest.raises(Exception, match=r"global\.otel\.endpoint: .*\*\*\*@otel\.observability:4317") as refused:
+        objects_of(helm_dir, "catalog", values)
+    assert "s3cret" not in str(refused.value)

@@ -402,6 +402,13 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
     "port" (dig "otel" "port" 4317 $g)
     "samplerRatio" (dig "otel" "samplerRatio" 1.0 $g)
     "peers" (dig "otel" "peers" $devOtelPeers $g)) -}}
+{{- /* The endpoint is in every service's ConfigMap and the edge's Envoy config, which whoever may read the
+     namespace's ConfigMaps reads: a user part (user:password, a token) there is refused, as in global.nats.url,
+     and masked in the refusal (helm install prints it). A collector that wants credentials sits behind one in
+     the cluster that needs none (an OpenTelemetry Collector holding the backend's credentials). */ -}}
+{{- if contains "@" $c.otel.endpoint -}}
+{{- fail (printf "global.otel.endpoint: %s has credentials, which would be in every service's ConfigMap and the edge's Envoy config; export to a collector in the cluster that needs none (an OpenTelemetry Collector that holds the backend's credentials in a Secret of its own), and give its endpoint without them" (include "shopmesh-lib.shownUrl" $c.otel.endpoint)) -}}
+{{- end -}}
 {{- /* Credentials in url never serve: with the Secret set they would be ignored (the service reads the Secret's
      URL); without it they would sit in every ConfigMap, and in the values file. */ -}}
 {{- if contains "@" $c.nats.url -}}
