@@ -122,8 +122,27 @@ PEERS: Schema = list_of(OBJECT)
 QUANTITIES: Schema = map_of({"type": ["string", "number"]})
 RESOURCES: Schema = strict("requests and limits, key by key over the defaults", requests=QUANTITIES, limits=QUANTITIES)
 IMAGE_PULL_SECRETS: Schema = list_of({"anyOf": [STRING, strict(name=STRING)]})
-NODE_SELECTOR: Schema = map_of({"type": ["string", "number", "boolean"]})
-STRING_MAP: Schema = map_of(STRING)
+# Kubernetes' own forms (apimachinery's validation): a label's or annotation's key is a qualified name, an
+# optional DNS-subdomain prefix and "/" before a name of up to 63 characters; a label's value is such a name or
+# empty. The render passes what does not match and the API server refuses the object, the release with it. (The
+# prefix's 253 characters are not counted: Helm's schema regexes have no lookahead.)
+QUALIFIED_NAME = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+DNS_SUBDOMAIN = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+KEY = f"^({DNS_SUBDOMAIN}/)?{QUALIFIED_NAME}$"
+LABEL_VALUE: Schema = {"type": "string", "pattern": f"^({QUALIFIED_NAME})?$"}
+
+
+def keyed(values: Schema) -> Schema:
+    """A map of Kubernetes labels or annotations: keys the API takes, each value `values` (or null). By pattern,
+    not propertyNames: Helm then names the map a wrong key is in (`at '/podLabels': additional properties ...`)."""
+    return {"type": "object", "patternProperties": {KEY: nullable(values)}, "additionalProperties": False}
+
+
+NODE_SELECTOR: Schema = keyed({"type": ["string", "number", "boolean"], "pattern": LABEL_VALUE["pattern"]})
+LABELS: Schema = keyed(LABEL_VALUE)
+ANNOTATIONS: Schema = keyed(STRING)
+# A Secret's name or key: "" names none, and the API server refuses the pod that mounts it.
+NAME: Schema = {"type": "string", "minLength": 1}
 AUTOSCALING: Schema = strict(
     enabled=BOOLEAN, minReplicas=INTEGER, maxReplicas=INTEGER, targetCPUUtilizationPercentage=INTEGER
 )
@@ -170,12 +189,12 @@ SHARED: dict[str, Schema] = {
     "drain": DRAIN,
     "logLevel": either_case(setting("log_level")),
     "logFormat": either_case(setting("log_format")),
-    "podAnnotations": STRING_MAP,
-    "podLabels": STRING_MAP,
+    "podAnnotations": ANNOTATIONS,
+    "podLabels": LABELS,
     "tests": strict(enabled=BOOLEAN),
     "topologySpread": BOOLEAN,
     # A cloud's workload identity (IRSA, GKE, Azure) is an annotation on the ServiceAccount, key by key.
-    "serviceAccount": strict(annotations=STRING_MAP),
+    "serviceAccount": strict(annotations=ANNOTATIONS),
     **SCHEDULING,
 }
 
@@ -196,7 +215,7 @@ GLOBAL: Schema = strict(
         drainingPods=DRAINING_PODS,
         maxConnections={"type": "integer", "minimum": 1},
     ),
-    nats=strict(url=STRING, existingSecret=STRING, secretKey=STRING, port=INTEGER, peers=PEERS),
+    nats=strict(url=STRING, existingSecret=STRING, secretKey=NAME, port=INTEGER, peers=PEERS),
     smtp=strict(
         host=STRING,
         port=setting("smtp_port", NotificationsSettings),
@@ -212,7 +231,7 @@ GLOBAL: Schema = strict(
         extraEgress=list_of(OBJECT),
         extraIngress=list_of(OBJECT),
         # Where the mesh's control plane runs (each mesh's own install's namespace when unset).
-        meshControlPlane=strict(namespace={"type": "string", "minLength": 1}, podLabels=STRING_MAP),
+        meshControlPlane=strict(namespace=NAME, podLabels=LABELS),
     ),
     mesh={"enum": ["", "istio", "linkerd"]},
     meshPolicy=strict(
@@ -229,7 +248,7 @@ GLOBAL: Schema = strict(
     monitoring=strict(
         enabled=BOOLEAN,
         interval=STRING,
-        labels=STRING_MAP,
+        labels=LABELS,
         dashboards=strict(enabled=BOOLEAN, namespace=STRING),
         errorRatio=NUMBER,
         latencyP99Seconds=NUMBER,
@@ -257,13 +276,13 @@ LIBRARY: dict[str, Schema] = {
     "database": strict(
         enabled=BOOLEAN,
         mode=DATABASE_MODE,
-        existingSecret=STRING,
-        secretKey=STRING,
+        existingSecret=NAME,
+        secretKey=NAME,
         dataSizeLimit=STRING,
         pool=DATABASE_POOL,
         drainingPods=DRAINING_PODS,
     ),
-    "idempotency": strict(enabled=BOOLEAN, existingSecret=STRING, secretKey=STRING),
+    "idempotency": strict(enabled=BOOLEAN, existingSecret=NAME, secretKey=NAME),
     "events": strict(publishes=list_of(STRING), consumes=list_of(STRING)),
     "email": strict(enabled=BOOLEAN),
     "callers": list_of(STRING),

@@ -11,7 +11,7 @@ import pytest
 
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import Docs, find, objects_of
+from .k8skit import Docs, find, objects_of, render
 
 IRSA = "eks.amazonaws.com/role-arn"
 
@@ -99,3 +99,96 @@ def test_credentials_in_the_otel_endpoint_fail_the_render_without_showing_them(h
     with pytest.raises(Exception, match=r"global\.otel\.endpoint: .*\*\*\*@otel\.observability:4317") as refused:
         objects_of(helm_dir, "catalog", values)
     assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("chart", "values", "path"),
+    [
+        ("users", {"database": {"existingSecret": ""}}, "/database/existingSecret"),
+        ("users", {"database": {"secretKey": ""}}, "/database/secretKey"),
+        ("orders", {"idempotency": {"existingSecret": ""}}, "/idempotency/existingSecret"),
+        ("orders", {"idempotency": {"secretKey": ""}}, "/idempotency/secretKey"),
+        (
+            "orders",
+            {"global": {"nats": {"existingSecret": "nats-credentials", "secretKey": ""}}},
+            "/global/nats/secretKey",
+        ),
+    ],
+)
+def test_an_empty_secret_name_or_key_is_refused_by_the_schema(
+    helm_dir: Path, chart: str, values: dict[str, Any], path: str
+) -> None:
+    """ "" names no Secret and no key: the render would pass and the API server refuse the pod (or the kubelet
+    never mount its volume). Where "" means "none" (global.nats.existingSecret, global.smtp.existingSecret) it
+    stays allowed."""
+    with pytest.raises(Exception, match=f"at '{path}'"):
+        objects_of(helm_dir, chart, values)
+
+
+def test_the_secrets_command_refuses_an_empty_secret_name_instead_of_printing_an_empty_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """deploy-staging.sh checks each printed name with kubectl; its loop would skip an empty line silently."""
+    values = tmp_path / "values.yaml"
+    values.write_text('users:\n  database:\n    existingSecret: ""\n')
+    status = render.main(["secrets", "-f", str(values)])
+    out = capsys.readouterr()
+    assert status != 0
+    assert "" not in out.out.splitlines()
+    assert "existingSecret" in out.err
+
+
+@pytest.mark.parametrize(
+    ("chart", "values", "named"),
+    [
+        (
+            "catalog",
+            {"resources": {"requests": {"memory": "512Mi"}}},
+            r"catalog: memory: the limit \(\d+Mi\) is below the request \(512Mi\)",
+        ),
+        ("catalog", {"resources": {"requests": {"cpu": "1500m"}, "limits": {"cpu": 1}}}, r"catalog.*cpu.*1500m"),
+        ("users", {"resources": {"requests": {"memory": "1G"}, "limits": {"memory": "900Mi"}}}, r"users.*memory"),
+        ("gateway", {"httpApi": {"resources": {"requests": {"cpu": "2"}}}}, r"gateway.*httpApi.*cpu"),
+    ],
+)
+def test_a_limit_below_its_request_fails_the_render_naming_the_service_and_resource(
+    helm_dir: Path, chart: str, values: dict[str, Any], named: str
+) -> None:
+    """The API server refuses such a pod (a request above its limit), the whole release with it."""
+    with pytest.raises(Exception, match=named):
+        objects_of(helm_dir, chart, values)
+
+
+def test_a_limit_equal_to_its_request_in_another_unit_renders(helm_dir: Path) -> None:
+    sizing = {"requests": {"cpu": "0.5", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "1024Mi"}}
+    docs = objects_of(helm_dir, "catalog", {"resources": sizing})
+    assert find(docs, "Deployment", "catalog")["spec"]["template"]["spec"]["containers"][0]["resources"] == sizing
+
+
+@pytest.mark.parametrize(
+    ("values", "path"),
+    [
+        ({"global": {"podAnnotations": {"bad key with spaces": "x"}}}, "/global/podAnnotations"),
+        ({"podLabels": {"team": "has spaces"}}, "/podLabels/team"),
+        ({"podLabels": {"-team": "shop"}}, "/podLabels"),
+        ({"podLabels": {"team": "x" * 64}}, "/podLabels/team"),
+        ({"serviceAccount": {"annotations": {"role arn": "x"}}}, "/serviceAccount/annotations"),
+        ({"nodeSelector": {"pool/": "apps"}}, "/nodeSelector"),
+        ({"global": {"monitoring": {"labels": {"release": "kube prometheus"}}}}, "/global/monitoring/labels"),
+    ],
+)
+def test_a_label_or_annotation_the_api_server_would_refuse_is_refused_by_the_schema(
+    helm_dir: Path, values: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(Exception, match=f"at '{path}"):
+        objects_of(helm_dir, "catalog", values)
+
+
+def test_valid_labels_and_annotations_with_prefixes_and_any_annotation_value_render(helm_dir: Path) -> None:
+    values = {
+        "podLabels": {"example.com/team": "shop", "cost-center": "42", "empty": ""},
+        "podAnnotations": {"ad.datadoghq.com/tags": '{"env": "staging"}'},
+    }
+    pod = find(objects_of(helm_dir, "catalog", values), "Deployment", "catalog")["spec"]["template"]["metadata"]
+    assert pod["labels"]["example.com/team"] == "shop"
+    assert pod["annotations"]["ad.datadoghq.com/tags"] == '{"env": "staging"}'

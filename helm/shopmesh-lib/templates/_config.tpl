@@ -49,6 +49,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $resources := mergeOverwrite (dict) (dig "defaultResources" dict $v) (dig "resources" $name dict $g) (dig "resources" dict $v) -}}
 {{- include "shopmesh-lib.dropNullQuantities" $resources -}}
 {{- $_ := set $c "resources" $resources -}}
+{{- include "shopmesh-lib.checkLimits" (dict "resources" $resources "setting" (printf "resources for %s" $name)) -}}
 {{- /* The autoscaler scales on CPU use relative to the request (a limit alone is also the request). */ -}}
 {{- if and $c.autoscaling.enabled (not (or (dig "requests" "cpu" "" $resources) (dig "limits" "cpu" "" $resources))) -}}
 {{- fail (printf "autoscaling for %s: the HorizontalPodAutoscaler scales on CPU use relative to the container's CPU request, and its resources set none (a null removed it?); give resources.requests.cpu" $name) -}}
@@ -358,6 +359,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "resources" (mergeOverwrite (dict "requests" (dict "cpu" "10m" "memory" "32Mi") "limits" (dict "cpu" "500m" "memory" "128Mi")) (dig "resources" dict $ha) (dig "httpApi" "resources" dict $v))) -}}
 {{- /* Key by key, nulls removing a key, as the service container's sizing. */ -}}
 {{- include "shopmesh-lib.dropNullQuantities" $c.httpApi.resources -}}
+{{- include "shopmesh-lib.checkLimits" (dict "resources" $c.httpApi.resources "setting" (printf "httpApi.resources for %s (its edge container)" $name)) -}}
 {{- /* Its preStop hook is a `sleep` (the image has no shell): PodLifecycleSleepAction, on by default from
      Kubernetes 1.30; before, the API server drops the sleep and refuses the hook left without a handler. */ -}}
 {{- if and $c.httpApi.enabled (not (semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version)) -}}
@@ -727,4 +729,35 @@ settings that reach it (database, nats, smtp, otel) default to. */}}
 {{- $_ := unset $resources $section -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+
+{{- /* Fails the render when a container's limit is below its request (.resources, of .setting), which the API
+     server refuses, failing the whole release: a key by key merge makes one easily (a raised request over the
+     environment's limit). Renders nothing. */ -}}
+{{- define "shopmesh-lib.checkLimits" -}}
+{{- $resources := .resources -}}
+{{- $requests := dig "requests" dict $resources -}}
+{{- range $key, $limit := dig "limits" dict $resources -}}
+{{- if hasKey $requests $key -}}
+{{- $request := get $requests $key -}}
+{{- $what := printf "%s: %s" $.setting $key -}}
+{{- if lt (float64 (include "shopmesh-lib.quantity" (dict "setting" (printf "%s limit" $what) "value" $limit))) (float64 (include "shopmesh-lib.quantity" (dict "setting" (printf "%s request" $what) "value" $request))) -}}
+{{- fail (printf "%s: the limit (%s) is below the request (%s), which the API server refuses; raise the limit (resources.limits.%s) or lower the request" $what (include "shopmesh-lib.string" (dict "setting" $what "value" $limit)) (include "shopmesh-lib.string" (dict "setting" $what "value" $request)) $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* A Kubernetes quantity (.value: 500m, 1.5, 2Gi, 1e3, 128M; of .setting) as a plain number, for comparing two
+     of them: its number times its suffix's multiple, binary (Ki...Ei) or decimal (n, u, m, k...E). */ -}}
+{{- define "shopmesh-lib.quantity" -}}
+{{- $text := include "shopmesh-lib.string" . | trim -}}
+{{- $multiples := dict "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 "n" 1e-9 "u" 1e-6 "m" 1e-3 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 -}}
+{{- $suffix := regexFind "(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)$" $text -}}
+{{- $number := trimSuffix $suffix $text -}}
+{{- if not (regexMatch "^[+-]?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][+-]?[0-9]+)?$" $number) -}}
+{{- fail (printf "%s: %q is not a Kubernetes quantity (500m, 1.5, 256Mi, 1G)" .setting $text) -}}
+{{- end -}}
+{{- mulf (float64 $number) (ternary (get $multiples $suffix) 1.0 (ne $suffix "")) -}}
 {{- end -}}
