@@ -173,6 +173,14 @@ ALERT: Schema = {
     **strict(alert=STRING, expr=STRING, severity=STRING, summary=STRING, description=STRING, **{"for": STRING}),
     "required": ["alert", "expr"],
 }
+# One of the pods' spread constraints (per node, per zone), key by key over the chart's (maxSkew 1, ScheduleAnyway).
+SPREAD: Schema = strict(
+    maxSkew={"type": "integer", "minimum": 1},
+    whenUnsatisfiable={"enum": ["ScheduleAnyway", "DoNotSchedule"]},
+    minDomains={"type": "integer", "minimum": 1},
+)
+# On or off, or on with the constraints' settings.
+TOPOLOGY_SPREAD: Schema = {"anyOf": [BOOLEAN, strict(enabled=BOOLEAN, hostname=SPREAD, zone=SPREAD)]}
 # The scheduling and pull settings: in global: for every pod, in a service chart to replace the global one.
 SCHEDULING: dict[str, Schema] = {
     "imagePullSecrets": IMAGE_PULL_SECRETS,
@@ -192,7 +200,7 @@ SHARED: dict[str, Schema] = {
     "podAnnotations": ANNOTATIONS,
     "podLabels": LABELS,
     "tests": strict(enabled=BOOLEAN),
-    "topologySpread": BOOLEAN,
+    "topologySpread": TOPOLOGY_SPREAD,
     # A cloud's workload identity (IRSA, GKE, Azure) is an annotation on the ServiceAccount, key by key.
     "serviceAccount": strict(annotations=ANNOTATIONS),
     **SCHEDULING,

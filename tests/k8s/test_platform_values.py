@@ -192,3 +192,37 @@ def test_valid_labels_and_annotations_with_prefixes_and_any_annotation_value_ren
     pod = find(objects_of(helm_dir, "catalog", values), "Deployment", "catalog")["spec"]["template"]["metadata"]
     assert pod["labels"]["example.com/team"] == "shop"
     assert pod["annotations"]["ad.datadoghq.com/tags"] == '{"env": "staging"}'
+
+
+def spread_of(docs: Docs, name: str) -> list[dict[str, Any]]:
+    spec = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+    return [{k: v for k, v in c.items() if k != "labelSelector"} for c in spec.get("topologySpreadConstraints", [])]
+
+
+HOSTNAME = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+ZONE = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+
+
+def test_topology_spread_takes_a_platforms_hard_zone_spread_and_keeps_the_default_otherwise(helm_dir: Path) -> None:
+    """A platform that must survive a zone's loss asks DoNotSchedule over at least 3 zones (minDomains); the rest
+    of the default spread (per node, ScheduleAnyway) stays, and a service's own value wins key by key."""
+    assert spread_of(objects_of(helm_dir, "catalog", {}), "catalog") == [HOSTNAME, ZONE]
+    hard = {"zone": {"whenUnsatisfiable": "DoNotSchedule", "minDomains": 3}}
+    docs = objects_of(helm_dir, "catalog", {"global": {"topologySpread": hard}})
+    assert spread_of(docs, "catalog") == [HOSTNAME, {**ZONE, "whenUnsatisfiable": "DoNotSchedule", "minDomains": 3}]
+    own = {"zone": {"maxSkew": 2}, "hostname": {"whenUnsatisfiable": "DoNotSchedule"}}
+    docs = objects_of(helm_dir, "catalog", {"global": {"topologySpread": hard}, "topologySpread": own})
+    assert spread_of(docs, "catalog") == [
+        {**HOSTNAME, "whenUnsatisfiable": "DoNotSchedule"},
+        {**ZONE, "maxSkew": 2, "whenUnsatisfiable": "DoNotSchedule", "minDomains": 3},
+    ]
+    docs = objects_of(helm_dir, "catalog", {"global": {"topologySpread": hard}, "topologySpread": False})
+    assert spread_of(docs, "catalog") == []
+    docs = objects_of(helm_dir, "catalog", {"global": {"topologySpread": False}, "topologySpread": {"enabled": True}})
+    assert spread_of(docs, "catalog") == [HOSTNAME, ZONE]
+
+
+def test_min_domains_without_do_not_schedule_fails_the_render(helm_dir: Path) -> None:
+    """The API server refuses minDomains unless whenUnsatisfiable is DoNotSchedule."""
+    with pytest.raises(Exception, match=r"topologySpread\.zone for catalog: minDomains .*DoNotSchedule"):
+        objects_of(helm_dir, "catalog", {"topologySpread": {"zone": {"minDomains": 3}}})

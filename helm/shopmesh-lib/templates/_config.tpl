@@ -518,7 +518,32 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
      key, the service's own winning. Its name stays the service's: the mesh's identity is built on it. */ -}}
 {{- $_ := set $c "serviceAccount" (dict "annotations" (merge (dig "serviceAccount" "annotations" dict $v) (dig "serviceAccount" "annotations" dict $g))) -}}
 {{- $_ := set $c "tests" (dict "enabled" (dig "tests" "enabled" (dig "tests" "enabled" true $g) $v)) -}}
-{{- $_ := set $c "topologySpread" (dig "topologySpread" (dig "topologySpread" true $g) $v) -}}
+{{- /* Each pod spread over nodes and zones: by default at most one pod more in any than in another, preferred only
+     (ScheduleAnyway). true/false turns it on or off; a map sets each constraint's maxSkew, whenUnsatisfiable and
+     minDomains, key by key: global:'s over the default, the service's over both. */ -}}
+{{- $spread := dict "enabled" true -}}
+{{- range $key := list "hostname" "zone" -}}
+{{- $_ := set $spread $key (dict "maxSkew" 1 "whenUnsatisfiable" "ScheduleAnyway") -}}
+{{- end -}}
+{{- range $layer := list (dig "topologySpread" true $g) (dig "topologySpread" "" $v) -}}
+{{- if kindIs "bool" $layer -}}
+{{- $_ := set $spread "enabled" $layer -}}
+{{- else if kindIs "map" $layer -}}
+{{- if kindIs "bool" $layer.enabled }}{{ $_ := set $spread "enabled" $layer.enabled }}{{ end -}}
+{{- range $key := list "hostname" "zone" -}}
+{{- range $field, $value := get $layer $key | default dict -}}
+{{- if not (kindIs "invalid" $value) }}{{ $_ := set (get $spread $key) $field $value }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "hostname" "zone" -}}
+{{- $constraint := get $spread $key -}}
+{{- if and (hasKey $constraint "minDomains") (ne $constraint.whenUnsatisfiable "DoNotSchedule") -}}
+{{- fail (printf "topologySpread.%s for %s: minDomains (%v) needs whenUnsatisfiable DoNotSchedule (the API server refuses it with %s)" $key $name $constraint.minDomains $constraint.whenUnsatisfiable) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $c "topologySpread" $spread -}}
 {{- /* Where the pods may run and how their images are pulled: a platform's node pools and their taints, its
      priority classes, a private registry's credentials. A service chart's value replaces the environment's
      (global.*) whole, never merged into it: a service that needs another pool names all of its labels, and

@@ -71,20 +71,20 @@ spec:
       {{- with include "shopmesh-lib.scheduling" (dict "c" $c) | trim }}
       {{- . | nindent 6 }}
       {{- end }}
-      {{- if $c.topologySpread }}
+      {{- if $c.topologySpread.enabled }}
       topologySpreadConstraints:
-        - maxSkew: 1
-          topologyKey: kubernetes.io/hostname
-          whenUnsatisfiable: ScheduleAnyway
+        {{- range $key, $topologyKey := dict "hostname" "kubernetes.io/hostname" "zone" "topology.kubernetes.io/zone" }}
+        {{- $spread := get $c.topologySpread $key }}
+        - maxSkew: {{ $spread.maxSkew }}
+          topologyKey: {{ $topologyKey }}
+          whenUnsatisfiable: {{ $spread.whenUnsatisfiable }}
+          {{- with $spread.minDomains }}
+          minDomains: {{ . }}
+          {{- end }}
           labelSelector:
             matchLabels:
               {{- include "shopmesh-lib.selectorLabels" $c | nindent 14 }}
-        - maxSkew: 1
-          topologyKey: topology.kubernetes.io/zone
-          whenUnsatisfiable: ScheduleAnyway
-          labelSelector:
-            matchLabels:
-              {{- include "shopmesh-lib.selectorLabels" $c | nindent 14 }}
+        {{- end }}
       {{- end }}
       containers:
         - name: {{ $c.name }}
