@@ -146,7 +146,10 @@ NAME: Schema = {"type": "string", "minLength": 1}
 AUTOSCALING: Schema = strict(
     enabled=BOOLEAN, minReplicas=INTEGER, maxReplicas=INTEGER, targetCPUUtilizationPercentage=INTEGER
 )
-PDB: Schema = strict(enabled=BOOLEAN, minAvailable={"type": ["integer", "string"]})
+# One of minAvailable and maxUnavailable (_config.tpl refuses both in one place).
+PDB: Schema = strict(
+    enabled=BOOLEAN, minAvailable={"type": ["integer", "string"]}, maxUnavailable={"type": ["integer", "string"]}
+)
 # Seconds: the render adds them up and checks them (_config.tpl), so not necessarily whole.
 DRAIN: Schema = strict(
     drainDelaySeconds=setting("drain_delay_seconds"),

@@ -226,3 +226,40 @@ def test_min_domains_without_do_not_schedule_fails_the_render(helm_dir: Path) ->
     """The API server refuses minDomains unless whenUnsatisfiable is DoNotSchedule."""
     with pytest.raises(Exception, match=r"topologySpread\.zone for catalog: minDomains .*DoNotSchedule"):
         objects_of(helm_dir, "catalog", {"topologySpread": {"zone": {"minDomains": 3}}})
+
+
+POSTGRES = {"database": {"mode": "postgres"}}
+
+
+@pytest.mark.parametrize(("layer", "unavailable"), [("service", 1), ("service", "25%"), ("global", "50%")])
+def test_a_budget_of_max_unavailable_replaces_min_available(helm_dir: Path, layer: str, unavailable: Any) -> None:
+    """maxUnavailable keeps a budget right as the HPA scales (min-available counts stay fixed); given where
+    staging's minAvailable is (global:), or a service's own, it is the budget's only bound."""
+    budget = {"enabled": True, "maxUnavailable": unavailable}
+    staging = {**POSTGRES, "podDisruptionBudget": {"enabled": True, "minAvailable": 1}}
+    values: dict[str, Any] = {"replicaCount": 3}
+    if layer == "service":
+        values |= {"global": staging, "podDisruptionBudget": budget}
+    else:
+        values |= {"global": {**POSTGRES, "podDisruptionBudget": budget}}
+    spec = find(objects_of(helm_dir, "catalog", values), "PodDisruptionBudget", "catalog")["spec"]
+    assert spec["maxUnavailable"] == unavailable
+    assert "minAvailable" not in spec
+
+
+def test_min_available_and_max_unavailable_together_fail_the_render(helm_dir: Path) -> None:
+    budget = {"enabled": True, "minAvailable": 1, "maxUnavailable": 1}
+    values = {"replicaCount": 3, "global": POSTGRES, "podDisruptionBudget": budget}
+    with pytest.raises(Exception, match=r"podDisruptionBudget for catalog: .*both minAvailable .* and maxUnavailable"):
+        objects_of(helm_dir, "catalog", values)
+
+
+@pytest.mark.parametrize("unavailable", [0, "0%"])
+def test_a_max_unavailable_that_would_block_every_drain_fails_the_render(helm_dir: Path, unavailable: Any) -> None:
+    values = {
+        "replicaCount": 3,
+        "global": POSTGRES,
+        "podDisruptionBudget": {"enabled": True, "maxUnavailable": unavailable},
+    }
+    with pytest.raises(Exception, match="would block every node drain"):
+        objects_of(helm_dir, "catalog", values)

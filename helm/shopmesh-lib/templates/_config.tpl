@@ -35,9 +35,20 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "minReplicas" (dig "autoscaling" "minReplicas" (dig "autoscaling" "minReplicas" 2 $g) $v)
     "maxReplicas" (dig "autoscaling" "maxReplicas" (dig "autoscaling" "maxReplicas" 4 $g) $v)
     "targetCPUUtilizationPercentage" (dig "autoscaling" "targetCPUUtilizationPercentage" (dig "autoscaling" "targetCPUUtilizationPercentage" 75 $g) $v)) -}}
-{{- $_ := set $c "pdb" (dict
-    "enabled" (dig "podDisruptionBudget" "enabled" (dig "podDisruptionBudget" "enabled" false $g) $v)
-    "minAvailable" (dig "podDisruptionBudget" "minAvailable" (dig "podDisruptionBudget" "minAvailable" 1 $g) $v)) -}}
+{{- /* The budget's one bound, minAvailable or maxUnavailable (a PodDisruptionBudget takes one): the service's
+     own if it gives either, else global:'s, else minAvailable 1. Both in one place fail: which was meant? */ -}}
+{{- $_ := set $c "pdb" (dict "enabled" (dig "podDisruptionBudget" "enabled" (dig "podDisruptionBudget" "enabled" false $g) $v)) -}}
+{{- range $layer := list (dict "setting" "podDisruptionBudget" "min" (dig "podDisruptionBudget" "minAvailable" nil $v) "max" (dig "podDisruptionBudget" "maxUnavailable" nil $v)) (dict "setting" "global.podDisruptionBudget" "min" (dig "podDisruptionBudget" "minAvailable" nil $g) "max" (dig "podDisruptionBudget" "maxUnavailable" nil $g)) (dict "min" 1) -}}
+{{- $min := not (kindIs "invalid" $layer.min) -}}
+{{- $max := not (kindIs "invalid" $layer.max) -}}
+{{- if and $min $max -}}
+{{- fail (printf "podDisruptionBudget for %s: %s sets both minAvailable (%v) and maxUnavailable (%v), and a budget takes one; remove one (--set %s.minAvailable=null)" $name $layer.setting $layer.min $layer.max $layer.setting) -}}
+{{- end -}}
+{{- if and (not (hasKey $c.pdb "bound")) (or $min $max) -}}
+{{- $_ := set $c.pdb "bound" (ternary "minAvailable" "maxUnavailable" $min) -}}
+{{- $_ := set $c.pdb "value" (ternary $layer.min $layer.max $min) -}}
+{{- end -}}
+{{- end -}}
 
 {{- /* Resources, key by key (requests.memory, limits.cpu, ...): the service chart's own (`resources`, empty in
      its values.yaml: an operator's), else the environment's sizing for this service (global.resources.<name>),

@@ -216,19 +216,24 @@ spec:
 {{- define "shopmesh-lib.pdb" -}}
 {{- $c := .c -}}
 {{- $replicas := int (ternary $c.autoscaling.minReplicas $c.replicas $c.autoscaling.enabled) -}}
-{{- /* The pods the budget keeps, as the disruption controller counts them: a percentage of the replicas,
-     rounded up (50% of one pod is that pod). */ -}}
-{{- $min := toString $c.pdb.minAvailable -}}
-{{- $kept := 0 -}}
-{{- if regexMatch "^[0-9]+%$" $min -}}
-{{- $kept = div (add (mul (trimSuffix "%" $min | int) $replicas) 99) 100 -}}
-{{- else if regexMatch "^[0-9]+$" $min -}}
-{{- $kept = int $min -}}
+{{- /* The pods the bound counts (kept for minAvailable, let go for maxUnavailable), as the disruption controller
+     counts them: a percentage of the replicas rounded up (minAvailable 50% of one pod is that pod,
+     maxUnavailable 25% of 2 pods is 1). */ -}}
+{{- $bound := toString $c.pdb.value -}}
+{{- $count := 0 -}}
+{{- if regexMatch "^[0-9]+%$" $bound -}}
+{{- $count = div (add (mul (trimSuffix "%" $bound | int) $replicas) 99) 100 -}}
+{{- else if regexMatch "^[0-9]+$" $bound -}}
+{{- $count = int $bound -}}
 {{- else -}}
-{{- fail (printf "podDisruptionBudget: minAvailable %q is neither a number of pods nor a percentage (50%%)" $min) -}}
+{{- fail (printf "podDisruptionBudget: %s %q is neither a number of pods nor a percentage (50%%)" $c.pdb.bound $bound) -}}
 {{- end -}}
-{{- if le $replicas (int $kept) -}}
-{{- fail (printf "podDisruptionBudget: minAvailable %v with %v replica(s) keeps %v pod(s) and would block every node drain; raise replicaCount / autoscaling.minReplicas, or lower minAvailable" $min $replicas $kept) -}}
+{{- if eq $c.pdb.bound "minAvailable" -}}
+{{- if le $replicas (int $count) -}}
+{{- fail (printf "podDisruptionBudget: minAvailable %v with %v replica(s) keeps %v pod(s) and would block every node drain; raise replicaCount / autoscaling.minReplicas, or lower minAvailable" $bound $replicas $count) -}}
+{{- end -}}
+{{- else if lt (int $count) 1 -}}
+{{- fail (printf "podDisruptionBudget: maxUnavailable %v lets no pod go and would block every node drain; give 1 or more (or a percentage of at least one pod)" $bound) -}}
 {{- end -}}
 apiVersion: policy/v1
 kind: PodDisruptionBudget
@@ -238,7 +243,7 @@ metadata:
   labels:
     {{- include "shopmesh-lib.labels" . | nindent 4 }}
 spec:
-  minAvailable: {{ $c.pdb.minAvailable }}
+  {{ $c.pdb.bound }}: {{ $c.pdb.value }}
   unhealthyPodEvictionPolicy: AlwaysAllow
   selector:
     matchLabels:
