@@ -263,3 +263,18 @@ def test_a_max_unavailable_that_would_block_every_drain_fails_the_render(helm_di
     }
     with pytest.raises(Exception, match="would block every node drain"):
         objects_of(helm_dir, "catalog", values)
+
+
+def test_helm_test_pods_carry_pod_labels_and_annotations_the_charts_own_winning(helm_dir: Path) -> None:
+    """An admission policy that asks every pod for a team label refuses a `helm test` pod without it; the chart's
+    labels (its NetworkPolicy selects them) and its hook annotations stay the chart's."""
+    values = {
+        "global": {"podLabels": {"team": "shop", "app.kubernetes.io/component": "mine"}, "podAnnotations": {"a": "1"}},
+        "podLabels": {"cost-center": "42"},
+        "podAnnotations": {"helm.sh/hook": "pre-install", "b": "2"},
+    }
+    meta = find(objects_of(helm_dir, "catalog", values), "Pod", "catalog-health-test")["metadata"]
+    assert {"team": "shop", "cost-center": "42", "app.kubernetes.io/component": "helm-test"}.items() <= meta[
+        "labels"
+    ].items()
+    assert {"a": "1", "b": "2", "helm.sh/hook": "test"}.items() <= meta["annotations"].items()

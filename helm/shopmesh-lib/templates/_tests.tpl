@@ -159,21 +159,19 @@ metadata:
   name: {{ $c.name }}-health-test
   namespace: {{ $c.namespace }}
   {{- $injection := include "shopmesh-lib.mesh.injection" . | fromYaml }}
+  {{- /* podLabels and podAnnotations too (a platform's admission policies ask every pod for its team, its cost
+       centre), the chart's own winning: its NetworkPolicies select these labels, Helm reads the hook's. */}}
   labels:
-    {{- include "shopmesh-lib.test-labels" . | nindent 4 }}
-    {{- toYaml $injection.labels | nindent 4 }}
+    {{- toYaml (merge (include "shopmesh-lib.test-labels" . | fromYaml) $injection.labels $c.podLabels) | nindent 4 }}
+  {{- /* Kept after it passes, until the next `helm test` replaces it: `helm test --logs` (docs, make
+       deploy-staging) reads the pods' logs after Helm has run the hooks' delete policies, so Helm 3 fails
+       on a pod that hook-succeeded already deleted ("unable to get pod logs ... not found").
+       Meshed, so the check goes over the mesh's mTLS as the services' calls do; the proxy is a native
+       sidecar (shopmesh-lib.mesh.injection), which stops when the check exits. */}}
+  {{- $annotations := dict "helm.sh/hook" "test" "helm.sh/hook-delete-policy" "before-hook-creation" }}
+  {{- $skips := include "shopmesh-lib.checkovSkips" (dict "imageDigest" $c.imageDigest "testPod" true) | fromYaml }}
   annotations:
-    helm.sh/hook: test
-    {{- /* Kept after it passes, until the next `helm test` replaces it: `helm test --logs` (docs, make
-         deploy-staging) reads the pods' logs after Helm has run the hooks' delete policies, so Helm 3 fails
-         on a pod that hook-succeeded already deleted ("unable to get pod logs ... not found"). */}}
-    helm.sh/hook-delete-policy: before-hook-creation
-    {{- /* Meshed, so the check goes over the mesh's mTLS as the services' calls do; the proxy is a native
-         sidecar (shopmesh-lib.mesh.injection), which stops when the check exits. */}}
-    {{- toYaml $injection.annotations | nindent 4 }}
-    {{- with include "shopmesh-lib.checkovSkips" (dict "imageDigest" $c.imageDigest "testPod" true) }}
-    {{- . | trim | nindent 4 }}
-    {{- end }}
+    {{- toYaml (merge $annotations $injection.annotations $skips $c.podAnnotations) | nindent 4 }}
 spec:
   restartPolicy: Never
   serviceAccountName: {{ $c.name }}-health-test
