@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from shopmesh_chassis.config import ServiceSettings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.grpc_errors import RETRY_PUSHBACK
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.migrations import alembic_config
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 from shopmesh_chassis.sockets import connected_to_a_server
@@ -273,10 +274,15 @@ async def cut_off_midway(stop: Coroutine[Any, Any, object], *, after: float = 0.
 
 @contextlib.asynccontextmanager
 async def serve_in_process(
-    settings: ServiceSettings, bindings: Sequence[ServiceBinding], *, tracer_provider: TracerProvider | None = None
+    settings: ServiceSettings,
+    bindings: Sequence[ServiceBinding],
+    *,
+    tracer_provider: TracerProvider | None = None,
+    metrics: ServerMetrics | None = None,
 ) -> AsyncIterator[ChassisServer]:
-    """A started ChassisServer in this event loop; drained on exit."""
-    server = ChassisServer(settings, bindings, tracer_provider=tracer_provider)
+    """A started ChassisServer in this event loop; drained on exit. `metrics`: the service's own, as `app.serve`
+    takes them (else the server makes its own)."""
+    server = ChassisServer(settings, bindings, tracer_provider=tracer_provider, metrics=metrics)
     await server.start()
     try:
         yield server
