@@ -71,10 +71,12 @@ class FakeUsers(users_pb2_grpc.UsersServiceServicer):
 class FakeRecommendations(recommendations_pb2_grpc.RecommendationsServiceServicer):
     mode: str = "ok"  # ok | fail | hang
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: int = 0
 
     async def ListRecommendations(
         self, request: recommendations_pb2.ListRecommendationsRequest, context: Any
     ) -> recommendations_pb2.ListRecommendationsResponse:
+        self.calls += 1
         if self.mode == "fail":
             raise errors.Unavailable("injected", reason="FAULT_INJECTED")
         if self.mode == "hang":

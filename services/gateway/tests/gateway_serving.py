@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis.client import service_config
 from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ChassisServer
 from shopmesh_chassis.testing import serve_in_process
 from shopmesh_gateway.settings import GatewaySettings
@@ -51,10 +52,14 @@ async def served_gateway(
     named = {f"{name}_address": address for name, address in addresses.items()}
     settings = load_settings(GatewaySettings, grpc_port=0, metrics_port=-1, **{**named, **overrides})
     channels = Channels(settings, tracer_provider)
+    metrics = ServerMetrics()
     try:
         async with (
             serve_in_process(
-                settings, [binding(build_servicer(settings, channels))], tracer_provider=tracer_provider
+                settings,
+                [binding(build_servicer(settings, channels, metrics))],
+                tracer_provider=tracer_provider,
+                metrics=metrics,
             ) as server,
             grpc.aio.insecure_channel(server.address, options=client_options) as channel,
         ):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +20,7 @@ from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.client import new_idempotency_key
 from shopmesh_chassis.idempotency import key_invalid, validate_key
 from shopmesh_gateway.domain.product_page import recommendation_limit, shown
+from shopmesh_gateway.metrics import Cause, Fallback
 
 log = logging.getLogger("shopmesh.gateway")
 
@@ -63,10 +66,14 @@ def _as_recommendation(product: catalog_pb2.Product) -> RecommendedProduct:
 
 # How long past the recommendations' budget the page stops waiting if gRPC's deadline has not ended the call.
 _BUDGET_BACKSTOP_SECONDS = 0.05
-# The share of the client's remaining time the page may spend waiting for recommendations: the rest is for
-# the fallback and the answer. Waited for up to the client's whole deadline, a hanging recommendations
-# service failed the page (DEADLINE_EXCEEDED) though product and stock were there.
+# The share of the client's remaining time the page may spend on the optional part (recommendations, and the
+# fallback when they fail): the rest is for the answer. Waited for up to the client's whole deadline, a hanging
+# recommendations service failed the page (DEADLINE_EXCEEDED) though product and stock were there.
 _RECOMMENDATIONS_SHARE_OF_DEADLINE = 0.5
+# The optional part ends within this many recommendations' budgets: one for the ranked call, the rest for the
+# fallback's listing. With no end of its own the fallback had catalog's whole timeout (2 s) after the ranked
+# call's budget, and a page whose product and stock were there ended DEADLINE_EXCEEDED.
+_OPTIONAL_PART_BUDGETS = 2
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -78,7 +85,8 @@ class ProductPages:
     """Product, stock and recommendations fetched at once. Product and stock are required: the first of
     them to fail fails the page and cancels the rest, so a dead catalog answers at once instead of after
     the recommendations' budget. Recommendations are optional: past their budget, or failed, the page
-    shows other products of the same category instead and says so."""
+    shows other products of the same category instead and says so; with no time left for those either
+    (the optional part has one window: `_OPTIONAL_PART_BUDGETS`), it shows none and says so."""
 
     def __init__(
         self,
@@ -86,11 +94,13 @@ class ProductPages:
         inventory: StockSource,
         recommendations: RecommendationSource,
         recommendations_budget_seconds: float,
+        on_degraded: Callable[[Cause, Fallback], None] = lambda cause, fallback: None,
     ) -> None:
         self._catalog = catalog
         self._inventory = inventory
         self._recommendations = recommendations
         self._budget = recommendations_budget_seconds
+        self._on_degraded = on_degraded
 
     async def page(self, product_id: str, max_recommendations: int) -> ProductPage:
         limit = recommendation_limit(product_id, max_recommendations)
@@ -107,6 +117,13 @@ class ProductPages:
     async def _recommended(
         self, product_id: str, limit: int, product: asyncio.Task[catalog_pb2.Product]
     ) -> tuple[list[RecommendedProduct], bool]:
+        # The backstop too, so that a ranked call the backstop ends still leaves the fallback its budget.
+        window = self._budget * _OPTIONAL_PART_BUDGETS + _BUDGET_BACKSTOP_SECONDS
+        remaining = call_context.inbound_time_remaining()
+        if remaining is not None:
+            window = min(window, remaining * _RECOMMENDATIONS_SHARE_OF_DEADLINE)
+        ends = time.monotonic() + window
+        cause: Cause
         try:
             # gRPC's deadline ends the call at the budget, as DEADLINE_EXCEEDED, which the client's circuit
             # breaker counts (a hung service then fails fast); cut short here instead, the call would end
@@ -114,23 +131,42 @@ class ProductPages:
             # The client's deadline may leave less than the budget: then the call gets its share of it as its
             # deadline (deadline_within), not a timer of the page's only, which would end it cancelled before
             # gRPC's deadline and never count a hung service: the breaker judges whether the share was ample.
-            wait = self._budget + _BUDGET_BACKSTOP_SECONDS
-            remaining = call_context.inbound_time_remaining()
-            share = wait if remaining is None else remaining * _RECOMMENDATIONS_SHARE_OF_DEADLINE
-            with call_context.deadline_within(share):
-                async with asyncio.timeout(min(wait, share + _BUDGET_BACKSTOP_SECONDS)):
+            with call_context.deadline_within(window):
+                async with asyncio.timeout(min(self._budget, window) + _BUDGET_BACKSTOP_SECONDS):
                     ranked = await self._recommendations.for_product(product_id, limit, self._budget)
             return shown(ranked, product_id, limit, lambda r: r.product_id), False
-        except (errors.DomainError, TimeoutError) as exc:
-            log.warning("recommendations failed, showing the fallback: %r", exc, extra={"product_id": product_id})
-        category = (await product).category
-        try:
-            # One more than shown: the product itself is usually among its category's first page.
-            candidates = await self._catalog.products_in_category(category, limit + 1)
         except errors.DomainError as exc:
+            cause = "recommendations_failed"
+            log.warning("recommendations failed, showing the fallback: %s", exc, extra={"product_id": product_id})
+        except TimeoutError as exc:
+            cause = "recommendations_timed_out"
+            log.warning(
+                "recommendations missed their budget, showing the fallback: %s", exc, extra={"product_id": product_id}
+            )
+        picks = await self._fallback(product_id, limit, product, ends)
+        self._on_degraded(cause, "shown" if picks else "empty")
+        return picks, True
+
+    async def _fallback(
+        self, product_id: str, limit: int, product: asyncio.Task[catalog_pb2.Product], ends: float
+    ) -> list[RecommendedProduct]:
+        """Other products of the same category, or none when the optional part's time ends first."""
+        category = (await product).category
+        left = ends - time.monotonic()
+        if left <= 0:
+            log.warning("no time left for the fallback recommendations", extra={"product_id": product_id})
+            return []
+        try:
+            # As for the ranked call: gRPC's deadline ends the listing (which the breaker judges), the timer is
+            # a backstop.
+            with call_context.deadline_within(left):
+                async with asyncio.timeout(left + _BUDGET_BACKSTOP_SECONDS):
+                    # One more than shown: the product itself is usually among its category's first page.
+                    candidates = await self._catalog.products_in_category(category, limit + 1)
+        except (errors.DomainError, TimeoutError) as exc:
             log.warning("fallback recommendations failed: %r", exc, extra={"product_id": product_id})
-            return [], True
-        return [_as_recommendation(p) for p in shown(candidates, product_id, limit, lambda p: p.id)], True
+            return []
+        return [_as_recommendation(p) for p in shown(candidates, product_id, limit, lambda p: p.id)]
 
 
 def idempotency_key(sent: str | None) -> str:

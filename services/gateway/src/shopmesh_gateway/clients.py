@@ -12,6 +12,7 @@ interceptor would otherwise take it from the inbound call, whose metadata the cl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import grpc
@@ -22,10 +23,11 @@ from shopmesh.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from shopmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from shopmesh.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from shopmesh.users.v1 import users_pb2, users_pb2_grpc
-from shopmesh_chassis import call_context
+from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.client import idempotency_metadata
-from shopmesh_chassis.grpc_errors import dependency_unavailable, relaying
+from shopmesh_chassis.grpc_errors import dependency_unavailable, details_of, relaying
 
+log = logging.getLogger("shopmesh.gateway")
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -118,17 +120,27 @@ class RecommendationsClient:
     async def for_product(
         self, product_id: str, limit: int, timeout: float
     ) -> list[recommendations_pb2.RecommendedProduct]:
+        """Raises TimeoutError past `timeout` (or the share of the inbound deadline the caller gave), a domain
+        error for any other failure."""
         try:
-            with relaying("recommendations"):
-                response = await self._stub.ListRecommendations(
-                    recommendations_pb2.ListRecommendationsRequest(product_id=product_id, max_results=limit),
-                    timeout=timeout,
-                )
+            response = await self._stub.ListRecommendations(
+                recommendations_pb2.ListRecommendationsRequest(product_id=product_id, max_results=limit),
+                timeout=timeout,
+            )
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(f"recommendations took more than {timeout} s") from error
             # Optional, so every failure means the fallback, a status without details too (an Envoy fault
-            # abort, a mesh's RBAC denial, a peer without the method), which `calling` leaves as it is for
-            # the services a page cannot do without.
-            raise dependency_unavailable("recommendations", error) from error
+            # abort, a mesh's RBAC denial, a peer without the method), which `relaying` leaves as it is for
+            # the services a page cannot do without. Never sent to the client: its message is for the log,
+            # so it names the status and reason recommendations (or the channel's breaker) answered.
+            details = details_of(error)
+            answered = " ".join(filter(None, (error.code().name, details.reason)))
+            raise errors.Unavailable(
+                f"recommendations answered {answered}: {error.details() or ''}",
+                reason=errors.DEPENDENCY_UNAVAILABLE,
+                metadata={"dependency": "recommendations"},
+            ) from error
         return list(response.recommendations)
 
 

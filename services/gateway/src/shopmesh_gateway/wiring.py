@@ -3,6 +3,8 @@ verifier, the rate limiter, the servicer, serve(). No database: the gateway keep
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from google.protobuf.descriptor import FileDescriptor
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -14,7 +16,7 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2
 from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis import app
-from shopmesh_chassis.client import ClientOptions, ResilientChannel
+from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
@@ -29,6 +31,7 @@ from shopmesh_gateway.clients import (
     UsersClient,
 )
 from shopmesh_gateway.guard import Guard
+from shopmesh_gateway.metrics import GatewayMetrics
 from shopmesh_gateway.settings import GatewaySettings
 from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
 from shopmesh_gateway.transport import DESCRIPTOR, ShopServicer
@@ -40,7 +43,9 @@ class Channels:
     def __init__(self, settings: GatewaySettings, tracer_provider: TracerProvider | None = None) -> None:
         options = ClientOptions(default_timeout_seconds=settings.client_default_timeout_seconds, caller="gateway")
 
-        def channel(address: str, contract: FileDescriptor, service: str) -> ResilientChannel:
+        def channel(
+            address: str, contract: FileDescriptor, service: str, options: ClientOptions = options
+        ) -> ResilientChannel:
             return ResilientChannel(
                 address, [contract.services_by_name[service]], options, tracer_provider=tracer_provider
             )
@@ -52,8 +57,14 @@ class Channels:
         self.notifications = channel(
             settings.notifications_address, notifications_pb2.DESCRIPTOR, "NotificationsService"
         )
+        # One attempt: recommendations are optional and have a budget of a few hundred ms, which the channel's
+        # retries of a fast UNAVAILABLE spent (three calls per page, each page waiting out the budget and
+        # failing DEADLINE_EXCEEDED instead of the status answered); the page's fallback is their retry.
         self.recommendations = channel(
-            settings.recommendations_address, recommendations_pb2.DESCRIPTOR, "RecommendationsService"
+            settings.recommendations_address,
+            recommendations_pb2.DESCRIPTOR,
+            "RecommendationsService",
+            replace(options, retry=RetryPolicy(max_attempts=1)),
         )
 
     def by_dependency(self) -> dict[str, ResilientChannel]:
@@ -71,7 +82,9 @@ class Channels:
             await channel.close()
 
 
-def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopServicer:
+def build_servicer(settings: GatewaySettings, channels: Channels, metrics: ServerMetrics) -> ShopServicer:
+    """The servicer; `metrics`: the server's, which the gateway's own metrics join."""
+    gateway_metrics = GatewayMetrics(metrics.registry)
     users = UsersClient(channels.users.channel, settings.users_timeout_seconds)
     catalog = CatalogClient(channels.catalog.channel, settings.catalog_timeout_seconds)
     inventory = InventoryClient(channels.inventory.channel, settings.inventory_timeout_seconds)
@@ -111,7 +124,13 @@ def build_servicer(settings: GatewaySettings, channels: Channels) -> ShopService
         catalog=catalog,
         orders=orders,
         notifications=notifications,
-        product_pages=ProductPages(catalog, inventory, recommendations, settings.recommendations_timeout_seconds),
+        product_pages=ProductPages(
+            catalog,
+            inventory,
+            recommendations,
+            settings.recommendations_timeout_seconds,
+            on_degraded=gateway_metrics.degraded_page,
+        ),
         checkout=Checkout(users, orders),
     )
 
@@ -129,7 +148,7 @@ async def _main() -> None:
         metrics.watch_breakers(dependency, channel.breakers)
     await app.serve(
         settings,
-        [binding(build_servicer(settings, channels))],
+        [binding(build_servicer(settings, channels, metrics))],
         tracer_provider=tracer_provider,
         on_shutdown=[channels.close],
         metrics=metrics,
