@@ -1,7 +1,7 @@
 """How the product page degrades, with the gateway in this process in front of in-process catalog and inventory
 stand-ins served over real gRPC (so a test can make one method hang or answer wrongly) and the recommendations
 fake of gateway_fakes: the optional part never costs the page its deadline, a failing recommendations service
-costs one call, and each degraded page is counted.
+costs one call, an inventory answer about another product is no stock level, and each degraded page is counted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import pytest
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -20,6 +21,7 @@ from shopmesh.common.v1 import money_pb2
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from shopmesh_chassis.config import ServiceSettings
+from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.testing import serve_in_process
 
@@ -51,11 +53,15 @@ class Catalog(catalog_pb2_grpc.CatalogServiceServicer):
 
 @dataclass
 class Inventory(inventory_pb2_grpc.InventoryServiceServicer):
-    """7 available of the product asked for."""
+    """7 available of the product asked for, or of the products `answers_for` names when set (a broken answer)."""
+
+    answers_for: list[str] | None = None
 
     async def GetStock(self, request: inventory_pb2.GetStockRequest, context: Any) -> inventory_pb2.GetStockResponse:
-        level = inventory_pb2.StockLevel(product_id=request.product_ids[0], available=7)
-        return inventory_pb2.GetStockResponse(stock_levels=[level])
+        named = list(request.product_ids) if self.answers_for is None else self.answers_for
+        return inventory_pb2.GetStockResponse(
+            stock_levels=[inventory_pb2.StockLevel(product_id=p, available=7) for p in named]
+        )
 
 
 def product(product_id: str) -> catalog_pb2.Product:
@@ -143,6 +149,23 @@ async def test_failing_recommendations_cost_one_call_per_page_and_the_log_names_
     said = [m for m in logged if "recommendations" in m]
     assert said
     assert all("UNAVAILABLE" in m and "FAULT_INJECTED" in m and "DEADLINE_EXCEEDED" not in m for m in said), said
+
+
+@pytest.mark.parametrize("answers_for", [["prod_other"], []], ids=["another-product", "no-level"])
+async def test_a_stock_level_for_another_product_is_no_stock_of_this_one_and_the_page_is_unavailable(
+    answers_for: list[str],
+) -> None:
+    """inventory.proto: one stock level per requested id. A level naming another product (or none) is a broken
+    answer, as much inventory trouble as its being away: the page answers UNAVAILABLE naming inventory (it
+    showed the other product's stock as this one's, and no level as none in stock)."""
+    async with page_in_front_of_stand_ins() as page:
+        page.inventory.answers_for = answers_for
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await page.get(timeout=5.0)
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    assert details.error_info is not None
+    assert dict(details.error_info.metadata) == {"dependency": "inventory"}
 
 
 async def test_every_degraded_page_series_starts_at_zero_and_a_healthy_page_counts_none() -> None:

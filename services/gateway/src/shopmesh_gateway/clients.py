@@ -110,7 +110,16 @@ class InventoryClient:
             response = await self._stub.GetStock(
                 inventory_pb2.GetStockRequest(product_ids=[product_id]), timeout=self._timeout
             )
-        return max(0, response.stock_levels[0].available) if response.stock_levels else 0
+        # inventory.proto: one level per requested id. A level for another product (or none) is a broken answer:
+        # shown, it would be another product's stock as this one's, so the page treats it as inventory trouble.
+        for level in response.stock_levels:
+            if level.product_id == product_id:
+                return max(0, level.available)
+        log.warning(
+            "inventory answered no stock level for the product asked for",
+            extra={"product_id": product_id, "answered_for": [level.product_id for level in response.stock_levels]},
+        )
+        raise dependency_unavailable("inventory")
 
 
 class RecommendationsClient:
