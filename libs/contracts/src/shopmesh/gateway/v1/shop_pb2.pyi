@@ -409,7 +409,7 @@ class GetProductPageResponse(_message.Message):
     recommendations_degraded: _builtins.bool
     """True when the recommendations service could not answer in time and
     `recommendations` is the gateway's fallback list (same-category products,
-    score 0).
+    score 0), or empty when the fallback could not be had in time either.
     """
     @_builtins.property
     def product(self) -> _catalog_pb2.Product:

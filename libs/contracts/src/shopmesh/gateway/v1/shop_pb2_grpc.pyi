@@ -135,7 +135,8 @@ class ShopServiceStub:
     UNAVAILABLE otherwise). Recommendations are optional: if the
     recommendations service fails or exceeds its time budget, the gateway
     returns a fallback list (other products of the same category from the
-    catalog, with score 0) and sets recommendations_degraded.
+    catalog, with score 0; empty when that listing fails or does not fit the
+    page's time either) and sets recommendations_degraded.
 
     Errors: INVALID_ARGUMENT (empty product_id, violation reason REQUIRED,
     or one no product can have: longer than 64 characters, TOO_LONG, with
@@ -307,7 +308,8 @@ class ShopServiceAsyncStub(ShopServiceStub):
     UNAVAILABLE otherwise). Recommendations are optional: if the
     recommendations service fails or exceeds its time budget, the gateway
     returns a fallback list (other products of the same category from the
-    catalog, with score 0) and sets recommendations_degraded.
+    catalog, with score 0; empty when that listing fails or does not fit the
+    page's time either) and sets recommendations_degraded.
 
     Errors: INVALID_ARGUMENT (empty product_id, violation reason REQUIRED,
     or one no product can have: longer than 64 characters, TOO_LONG, with
@@ -506,7 +508,8 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
         UNAVAILABLE otherwise). Recommendations are optional: if the
         recommendations service fails or exceeds its time budget, the gateway
         returns a fallback list (other products of the same category from the
-        catalog, with score 0) and sets recommendations_degraded.
+        catalog, with score 0; empty when that listing fails or does not fit the
+        page's time either) and sets recommendations_degraded.
 
         Errors: INVALID_ARGUMENT (empty product_id, violation reason REQUIRED,
         or one no product can have: longer than 64 characters, TOO_LONG, with
