@@ -845,7 +845,7 @@ function checkoutForm(currency, session, showPrices) {
         cartShown = refreshed;
         showPrices();
       }
-      const failure = withGoneProducts(error, order.items);
+      const failure = withLineProblems(error, order.items);
       checkout.unknown = onThisPage && failure instanceof ApiError && Boolean(failure.retrySafe);
       if (checkout.unknown) {
         if (checkout.redrawDue) flash(CHANGED_WHILE_UNKNOWN);
@@ -932,7 +932,7 @@ const LINE_PROBLEMS = new Map([
 // PRODUCT_NOT_FOUND and INSUFFICIENT_STOCK name the products by id (ErrorInfo metadata `product_ids`,
 // comma-separated), not as field violations: each becomes one on its cart line, so the shopper sees which
 // line to take out or lower, by its name.
-function withGoneProducts(error, items) {
+function withLineProblems(error, items) {
   const description = error instanceof ApiError ? LINE_PROBLEMS.get(error.info?.reason) : undefined;
   if (!description) return error;
   const named = new Set(String(error.info.metadata?.product_ids ?? "").split(","));

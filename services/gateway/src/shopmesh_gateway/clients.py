@@ -138,7 +138,8 @@ class RecommendationsClient:
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError(f"recommendations took more than {timeout} s") from error
+                # Its deadline was the budget or the page's share of the client's deadline, whichever came first.
+                raise TimeoutError("recommendations did not answer within their deadline") from error
             # Optional, so every failure means the fallback, a status without details too (an Envoy fault
             # abort, a mesh's RBAC denial, a peer without the method), which `relaying` leaves as it is for
             # the services a page cannot do without. Never sent to the client: its message is for the log,

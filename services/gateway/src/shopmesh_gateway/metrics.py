@@ -3,19 +3,20 @@
 A degraded page still answers OK, so the server's status counts never show it. The cause says which side to
 look at (recommendations answering an error: their own alerts and logs; missing their budget: their latency,
 or catalog's behind them), the fallback whether shoppers still saw other products (shown) or none (empty: the
-fallback's catalog listing failed too, or the budget was spent before it could answer).
+fallback's catalog listing failed too, the budget was spent before it could answer, or the product's category
+holds no other product).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter
 
 Cause = Literal["recommendations_failed", "recommendations_timed_out"]
 Fallback = Literal["shown", "empty"]
-CAUSES: tuple[Cause, ...] = ("recommendations_failed", "recommendations_timed_out")
-FALLBACKS: tuple[Fallback, ...] = ("shown", "empty")
+CAUSES: tuple[Cause, ...] = get_args(Cause)
+FALLBACKS: tuple[Fallback, ...] = get_args(Fallback)
 
 
 class GatewayMetrics:

@@ -409,7 +409,8 @@ class GetProductPageResponse(_message.Message):
     recommendations_degraded: _builtins.bool
     """True when the recommendations service could not answer in time and
     `recommendations` is the gateway's fallback list (same-category products,
-    score 0), or empty when the fallback could not be had in time either.
+    score 0), which may be empty (that listing failed too, did not fit the
+    page's time, or found no other product of the category).
     """
     @_builtins.property
     def product(self) -> _catalog_pb2.Product:
