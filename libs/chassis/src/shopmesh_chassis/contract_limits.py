@@ -16,6 +16,12 @@ from shopmesh_chassis.errors import FieldViolation
 MAX_ID_LENGTH = 64
 
 
+def too_long(field: str, limit: int) -> FieldViolation:
+    """`field`'s violation for a value over `limit` characters: one reason (TOO_LONG) and one wording in every
+    service, so that a client branches on the reason and shows the text alike whoever refused it."""
+    return FieldViolation(field, f"must be at most {limit} characters", "TOO_LONG")
+
+
 def is_printable_id(value: str) -> bool:
     """Whether an id that travels onward (in events, mail headers, subject lines) has only printable characters
     and no whitespace: what notifications requires of the ids an order event carries. A service that takes

@@ -20,6 +20,7 @@ from shopmesh_chassis.contract_limits import (
     currency_violation,
     listable_id_violation,
     printable_id_violation,
+    too_long,
 )
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import (
@@ -86,7 +87,7 @@ def _check_id(value: str, field: str, violations: list[FieldViolation], *, requi
         if required:
             violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
     elif len(value) > MAX_ID_LENGTH:
-        violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+        violations.append(too_long(field, MAX_ID_LENGTH))
     elif (found := printable_id_violation(field, value)) is not None:
         # Every service's rule for an id it is handed: no category has such an id.
         violations.append(found)
@@ -122,10 +123,10 @@ def _query_terms(query: str, violations: list[FieldViolation]) -> tuple[str, ...
     same length. One longer than any query could be as sent is refused before anything goes through it: NFKC
     (in `fold`) expands some characters eighteenfold, so folding megabytes a client sent holds the loop and the
     memory of a pod."""
-    too_long = FieldViolation("query", f"must be at most {MAX_QUERY_LENGTH} characters", "TOO_LONG")
+    over = too_long("query", MAX_QUERY_LENGTH)
     # Short-circuited: a query too long as sent is never normalized.
     if too_long_to_normalize(query, MAX_QUERY_LENGTH) or len(text := normalized_line(query)) > MAX_QUERY_LENGTH:
-        violations.append(too_long)
+        violations.append(over)
         return ()
     terms = search_terms(text)
     if not terms:
@@ -218,9 +219,7 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
     if (found := _name_violation(f"{path}.name", product.name)) is not None:
         violations.append(found)
     if len(product.description) > MAX_DESCRIPTION_LENGTH:
-        violations.append(
-            FieldViolation(f"{path}.description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters", "TOO_LONG")
-        )
+        violations.append(too_long(f"{path}.description", MAX_DESCRIPTION_LENGTH))
     if product.category not in category_ids:
         violations.append(FieldViolation(f"{path}.category", "must be the id of a category", "UNKNOWN_CATEGORY"))
     if not 0 < product.price.amount_minor <= MAX_AMOUNT_MINOR:
@@ -230,9 +229,7 @@ def _product_violations(index: int, product: ProductData, category_ids: set[str]
     if (found := currency_violation(f"{path}.price.currency", product.price.currency)) is not None:
         violations.append(found)
     if len(product.image_url) > MAX_IMAGE_URL_LENGTH:
-        violations.append(
-            FieldViolation(f"{path}.image_url", f"must be at most {MAX_IMAGE_URL_LENGTH} characters", "TOO_LONG")
-        )
+        violations.append(too_long(f"{path}.image_url", MAX_IMAGE_URL_LENGTH))
     elif product.image_url:
         url = urlsplit(product.image_url)
         if url.scheme != "https" or not url.netloc:

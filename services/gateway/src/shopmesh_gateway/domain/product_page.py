@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, too_long
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 
 DEFAULT_RECOMMENDATIONS = 4
@@ -20,7 +20,7 @@ def recommendation_limit(product_id: str, max_recommendations: int) -> int:
     if not product_id:
         violations.append(FieldViolation("product_id", "required", "REQUIRED"))
     elif len(product_id) > MAX_ID_LENGTH:
-        violations.append(FieldViolation("product_id", f"at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+        violations.append(too_long("product_id", MAX_ID_LENGTH))
     elif (found := listable_id_violation("product_id", product_id)) is not None:
         # Catalog's rule for a product id: no product has one that breaks it. Refused here, the page's own
         # field named, rather than by whichever of catalog and inventory (asked at once) answered first.

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, printable_id_violation
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, printable_id_violation, too_long
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_inventory.domain.models import ReservationItem
 
@@ -46,7 +46,7 @@ def _id_violation(path: str, value: str) -> FieldViolation | None:
     if not value:
         return FieldViolation(path, "is required", "REQUIRED")
     if len(value) > MAX_ID_LENGTH:
-        return FieldViolation(path, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG")
+        return too_long(path, MAX_ID_LENGTH)
     # The rule orders and payments hold every id to: no order, reservation or product has an id of " " or
     # "\u202e", and one taken would be stored (a reservation for order "\n\r", stock for product " ").
     return printable_id_violation(path, value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from shopmesh_chassis import errors
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation, too_long
 from shopmesh_chassis.errors import FieldViolation
 from shopmesh_chassis.pagination import instant_page_key, invalid_request, page_limit
 
@@ -23,7 +23,7 @@ def validate_list_request(user_id: str, page_size: int, page_token: str) -> tupl
     if not user_id.strip():
         violations.append(FieldViolation("user_id", "required", "REQUIRED"))
     elif len(user_id) > MAX_ID_LENGTH:
-        violations.append(FieldViolation("user_id", f"must have at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+        violations.append(too_long("user_id", MAX_ID_LENGTH))
     elif (found := printable_id_violation("user_id", user_id)) is not None:
         # The rule every service holds ids to, and the one OrderEvent's user_id is held to: no notification
         # can be stored for such a user.

@@ -13,6 +13,7 @@ from shopmesh_chassis.contract_limits import (
     currency_violation,
     listable_id_violation,
     printable_id_violation,
+    too_long,
 )
 from shopmesh_chassis.email_addresses import is_email_address
 from shopmesh_chassis.errors import FieldViolation
@@ -81,33 +82,27 @@ def luhn_ok(number: str) -> bool:
     return total % 10 == 0
 
 
-def _too_long(field: str, high: int) -> FieldViolation:
-    # TOO_LONG, as every other service answers a field over its maximum: a client branching on the reason
-    # needs no case of its own for orders.
-    return FieldViolation(field, f"must be at most {high} characters", "TOO_LONG")
-
-
 def _text(violations: list[FieldViolation], field: str, value: str, high: int) -> None:
     if not value.strip():
         violations.append(FieldViolation(field, "required", "REQUIRED"))
     elif len(value) > high:
-        violations.append(_too_long(field, high))
+        violations.append(too_long(field, high))
 
 
 def _line(violations: list[FieldViolation], field: str, value: str, high: int) -> str:
     """A line of the shipping label (`text_lines`), 1 to `high` characters once normalized: the line as kept.
     One longer than any could be as sent is neither normalized nor scanned (`text_lines.too_long_to_normalize`):
     it comes back as it is, TOO_LONG."""
-    too_long = _too_long(field, high)
+    over = too_long(field, high)
     if too_long_to_normalize(value, high):
-        violations.append(too_long)
+        violations.append(over)
         return value
     line = normalized_line(value)
     violation = line_violation(field, line)
     if violation is not None:
         violations.append(violation)
     elif len(line) > high:
-        violations.append(too_long)
+        violations.append(over)
     return line
 
 
@@ -257,7 +252,7 @@ def order_id_violations(order_id: str) -> list[FieldViolation]:
     if not order_id:
         return [FieldViolation("order_id", "required", "REQUIRED")]
     if len(order_id) > MAX_ID_LENGTH:
-        return [_too_long("order_id", MAX_ID_LENGTH)]
+        return [too_long("order_id", MAX_ID_LENGTH)]
     # Every service's rule for an id it is handed: no order has such an id.
     found = printable_id_violation("order_id", order_id)
     return [] if found is None else [found]
@@ -274,7 +269,7 @@ def validate_cancel(order_id: str, reason: str) -> None:
     """CancelOrder's fields, every invalid one named at once."""
     violations = order_id_violations(order_id)
     if len(reason) > 500:
-        violations.append(_too_long("reason", 500))
+        violations.append(too_long("reason", 500))
     if violations:
         fields = ", ".join(v.field for v in violations)
         raise errors.InvalidArgument(f"invalid {fields}", violations, reason="VALIDATION_FAILED")

@@ -17,6 +17,7 @@ from shopmesh_chassis.contract_limits import (
     MAX_ID_LENGTH,
     currency_violation,
     printable_id_violation,
+    too_long,
 )
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.pagination import (
@@ -82,7 +83,7 @@ def _check_id(value: str, field: str, violations: list[FieldViolation]) -> None:
     if not value:
         violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
     elif len(value) > MAX_ID_LENGTH:
-        violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+        violations.append(too_long(field, MAX_ID_LENGTH))
     elif (found := printable_id_violation(field, value)) is not None:
         # No order or payment has such an id: refused, as orders refuses it, not stored (a charge for "\n\r").
         violations.append(found)
@@ -170,9 +171,7 @@ def validate_refund(payment_id: str, reason: str) -> RefundCommand:
     violations: list[FieldViolation] = []
     _check_id(payment_id, "payment_id", violations)
     if len(reason) > MAX_REFUND_REASON_LENGTH:
-        violations.append(
-            FieldViolation("reason", f"must be at most {MAX_REFUND_REASON_LENGTH} characters", "TOO_LONG")
-        )
+        violations.append(too_long("reason", MAX_REFUND_REASON_LENGTH))
     if violations:
         raise _fail(violations)
     return RefundCommand(payment_id=payment_id, reason=reason)

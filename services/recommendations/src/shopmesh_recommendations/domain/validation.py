@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, printable_id_violation
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, printable_id_violation, too_long
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
@@ -39,7 +39,7 @@ def _check_id(value: str, field: str, violations: list[FieldViolation]) -> None:
     if not value:
         violations.append(FieldViolation(field, "must not be empty", "REQUIRED"))
     elif len(value) > MAX_ID_LENGTH:
-        violations.append(FieldViolation(field, f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG"))
+        violations.append(too_long(field, MAX_ID_LENGTH))
 
 
 def validate_request(product_id: str | None, user_id: str | None, max_results: int) -> RecommendationQuery:

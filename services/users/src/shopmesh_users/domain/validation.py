@@ -6,7 +6,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation
+from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation, too_long
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
 from shopmesh_chassis.password_checks import (
@@ -52,7 +52,7 @@ def _email_violation(email: str) -> FieldViolation | None:
     if not email:
         return FieldViolation("email", "must not be empty", "REQUIRED")
     if len(email) > MAX_EMAIL_LENGTH:
-        return FieldViolation("email", f"must be at most {MAX_EMAIL_LENGTH} characters", "TOO_LONG")
+        return too_long("email", MAX_EMAIL_LENGTH)
     if not is_email_address(email):
         return FieldViolation("email", "must be a valid e-mail address", "INVALID_FORMAT")
     return None
@@ -64,20 +64,20 @@ def _password_violation(password: str) -> FieldViolation | None:
     if len(password) < MIN_PASSWORD_LENGTH:
         return FieldViolation("password", f"must be at least {MIN_PASSWORD_LENGTH} characters", "TOO_SHORT")
     if len(password) > MAX_PASSWORD_LENGTH:
-        return FieldViolation("password", f"must be at most {MAX_PASSWORD_LENGTH} characters", "TOO_LONG")
+        return too_long("password", MAX_PASSWORD_LENGTH)
     return None
 
 
 def _display_name(display_name: str) -> tuple[str, FieldViolation | None]:
     """The display name as kept, and its violation. One longer than any could be as sent is neither normalized
     nor scanned (`text_lines.too_long_to_normalize`): it comes back as it is, TOO_LONG."""
-    too_long = FieldViolation("display_name", f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters", "TOO_LONG")
+    over = too_long("display_name", MAX_DISPLAY_NAME_LENGTH)
     if too_long_to_normalize(display_name, MAX_DISPLAY_NAME_LENGTH):
-        return display_name, too_long
+        return display_name, over
     name = normalized_line(display_name)
     violation = line_violation("display_name", name)
     if violation is None and len(name) > MAX_DISPLAY_NAME_LENGTH:
-        violation = too_long
+        violation = over
     return name, violation
 
 
@@ -130,7 +130,7 @@ def validate_user_id(user_id: str) -> str:
     if not user_id:
         raise _fail([FieldViolation("user_id", "must not be empty", "REQUIRED")])
     if len(user_id) > MAX_ID_LENGTH:
-        raise _fail([FieldViolation("user_id", f"must be at most {MAX_ID_LENGTH} characters", "TOO_LONG")])
+        raise _fail([too_long("user_id", MAX_ID_LENGTH)])
     # Every service's rule for an id it is handed: no user has such an id.
     if (found := printable_id_violation("user_id", user_id)) is not None:
         raise _fail([found])
