@@ -239,10 +239,14 @@ class ChassisServer:
         # UNAVAILABLE) and says so only at debug level, and the cancelled handlers see their caller's
         # cancellation: without this line "stopped" reads the same whether the stop was clean or cut calls off.
         # Read as the grace ends, before the cancelled calls unwind and leave the gauge.
-        done, _ = await asyncio.wait({stopping}, timeout=grace)
-        if not done:
-            self._log_cut_off(grace)
-        await stopping
+        try:
+            done, _ = await asyncio.wait({stopping}, timeout=grace)
+            if not done:
+                self._log_cut_off(grace)
+            await stopping
+        except asyncio.CancelledError:
+            stopping.cancel()  # as the plain `await` of the stop was: a drain cancelled does not stop on alone
+            raise
         self.metrics.close()
         log.info("stopped")
         self._stopped.set()
