@@ -145,10 +145,31 @@ async def test_failing_recommendations_cost_one_call_per_page_and_the_log_names_
             assert [r.product_id for r in answer.recommendations] == ["prod_0", "prod_1", "prod_2"]
             assert page.fakes.recommendations.calls == pages
         assert page.degraded("recommendations_failed", "shown") == 3
-    logged = [r.getMessage() for r in caplog.records if r.name == "shopmesh.gateway"]
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("shopmesh.gateway")]
     said = [m for m in logged if "recommendations" in m]
     assert said
     assert all("UNAVAILABLE" in m and "FAULT_INJECTED" in m and "DEADLINE_EXCEEDED" not in m for m in said), said
+
+
+async def test_an_outage_of_recommendations_logs_one_warning_per_message_a_minute_and_counts_every_page(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every page degraded by the outage wrote a WARNING (about 3 lines a second at 20 shoppers, for as long as it
+    lasted): now one line per message in the window, while the counter still counts each page."""
+    caplog.set_level(logging.WARNING, logger="shopmesh.gateway")
+    pages = 4
+    async with page_in_front_of_stand_ins() as page:
+        page.fakes.recommendations.mode = "fail"
+        page.catalog.listing_hangs = True  # the fallback fails too: its own message
+        for _ in range(pages):
+            answer = await page.get(timeout=5.0)
+            assert answer.recommendations_degraded
+        assert page.degraded("recommendations_failed", "empty") == pages
+    templates = [str(r.msg) for r in caplog.records if r.name.startswith("shopmesh.gateway")]
+    assert sorted(templates) == [
+        "fallback recommendations failed: %r",
+        "recommendations failed, showing the fallback: %s",
+    ], templates
 
 
 @pytest.mark.parametrize("answers_for", [["prod_other"], []], ids=["another-product", "no-level"])

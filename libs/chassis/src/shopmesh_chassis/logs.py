@@ -178,8 +178,14 @@ def configure_logging(service_name: str, level: str = "INFO", fmt: str = "json",
     # (the gateway's HTTP edge takes trace context from the public): a log line per call, worded by a stranger.
     # The propagator drops such a tracestate all the same, and the call keeps its traceparent.
     logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
-    limit = RepeatLimitFilter()
-    for name in PROPAGATION_LOGGERS:
+    limit_repeats(*PROPAGATION_LOGGERS)
+
+
+def limit_repeats(*names: str, window: float = REPEAT_WINDOW_SECONDS) -> None:
+    """Holds the loggers `names` to one line per message template a `window` (one RepeatLimitFilter for them all),
+    replacing a limit they had: for warnings that a lasting condition would repeat on every call."""
+    limit = RepeatLimitFilter(window)
+    for name in names:
         logger = logging.getLogger(name)
         for earlier in [f for f in logger.filters if isinstance(f, RepeatLimitFilter)]:
             logger.removeFilter(earlier)  # configured again (tests, a restart in-process): one limit, not two

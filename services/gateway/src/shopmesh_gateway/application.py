@@ -22,7 +22,11 @@ from shopmesh_chassis.idempotency import key_invalid, validate_key
 from shopmesh_gateway.domain.product_page import recommendation_limit, shown
 from shopmesh_gateway.metrics import Cause, Fallback
 
-log = logging.getLogger("shopmesh.gateway")
+# The product page's degradation warnings, a logger of their own: while recommendations are slow or down every
+# page would write one (a few a second under load, for as long as the outage lasts), so the composition root holds
+# it to one line per message a minute (`limit_repeats`); shopmesh_gateway_degraded_product_pages_total counts them all.
+DEGRADED_PAGE_LOGGER = "shopmesh.gateway.product_page"
+log = logging.getLogger(DEGRADED_PAGE_LOGGER)
 
 RecommendedProduct = recommendations_pb2.RecommendedProduct
 

@@ -18,10 +18,11 @@ from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis import app
 from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy
 from shopmesh_chassis.config import load_settings
+from shopmesh_chassis.logs import limit_repeats
 from shopmesh_chassis.metrics import ServerMetrics
 from shopmesh_chassis.server import ServiceBinding
 from shopmesh_chassis.token_buckets import TokenBuckets
-from shopmesh_gateway.application import Checkout, ProductPages
+from shopmesh_gateway.application import DEGRADED_PAGE_LOGGER, Checkout, ProductPages
 from shopmesh_gateway.clients import (
     CatalogClient,
     InventoryClient,
@@ -111,6 +112,7 @@ def build_servicer(settings: GatewaySettings, channels: Channels, metrics: Serve
         settings.password_site_rate_limit_burst,
         settings.rate_limit_max_clients,
     )
+    limit_repeats(DEGRADED_PAGE_LOGGER)
     return ShopServicer(
         Guard(
             verifier,
