@@ -333,6 +333,7 @@ OWN: dict[str, dict[str, Schema]] = {
         "spawnRate": {"type": "number", "exclusiveMinimum": 0},
         "think": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)?$"},
         "declinedShare": {"type": "number", "minimum": 0, "maximum": 1},
+        "cancelShare": {"type": "number", "minimum": 0, "maximum": 1},
         "resources": RESOURCES,
     },
     UMBRELLA: {

@@ -17,6 +17,7 @@ RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 # price changed since the shopper read it) is FAILED_PRECONDITION, a 400 like a malformed request, which only
 # the code tells apart (INVALID_ARGUMENT would be this generator's own bug).
 FAILED_PRECONDITION = 9
+ALREADY_EXISTS = 6
 PRICE_CHANGED = "PRICE_CHANGED"
 
 
@@ -35,6 +36,15 @@ class Refusal:
         """A checkout answer the storefront shows as the outcome (docs/storefront.md: FAILED_PRECONDITION settles
         the request), not a fault to count."""
         return self.code == FAILED_PRECONDITION
+
+    @property
+    def already_exists(self) -> bool:
+        return self.code == ALREADY_EXISTS
+
+    @property
+    def accepted_for_later(self) -> bool:
+        """A 503 naming the order: a cancellation accepted, which completes on its own (docs/http-api.md)."""
+        return self.status == 503 and bool(self.metadata.get("order_id"))
 
     @property
     def new_total_minor(self) -> int | None:

@@ -6,13 +6,18 @@
 Each shopper signs up and logs in once, then does what a shop's visitors mostly do: opens product pages (the
 gateway's composed page: catalog, stock and recommendations), browses the catalogue by page and category, searches,
 and now and then checks out what it looked at (one card in ten declined, `--declined-share`), reads its orders and
-its e-mails. A checkout carries an idempotency key and the total the shopper saw; refused PRICE_CHANGED it agrees
-to the new total once and checks out again under the same key, as the storefront does. An answer the shop states
-as the checkout's outcome (FAILED_PRECONDITION: a declined card, too little stock, a changed price) is a success
-in Locust's stats, as it is for the storefront; a 5xx, a malformed request's 400 or anything unexpected is a
-failure. A "come back later" (429 with a RetryInfo: the gateway's rate limits, users' hashing queue) is waited out
-as asked and the same request sent again; an expired token is renewed by logging in again. Requests are named by
-route (`/v1/products/{product_id}`), so Locust's stats group them.
+its e-mails, and cancels most of its confirmed orders some steps later (`--cancel-share`, nine in ten; all of them
+while the stock it last saw of one of their products was low): CancelOrder restocks through the cancellation saga,
+and without it a pod shopping for days sold the seeded stock out (two products at 0 after 8 minutes at 20 shoppers,
+then every checkout of them INSUFFICIENT_STOCK). A shopper whose sign-up failed (users starting, its waits run out)
+signs up again before its next signed-in step; a 409 ALREADY_EXISTS (an earlier try got through and its answer was
+lost) counts as signed up. A checkout carries an idempotency key and the total the shopper saw; refused
+PRICE_CHANGED it agrees to the new total once and checks out again under the same key, as the storefront does. An
+answer the shop states as the checkout's outcome (FAILED_PRECONDITION: a declined card, too little stock, a changed
+price) is a success in Locust's stats, as it is for the storefront; a 5xx, a malformed request's 400 or anything
+unexpected is a failure. A "come back later" (429 with a RetryInfo: the gateway's rate limits, users' hashing
+queue) is waited out as asked and the same request sent again; an expired token is renewed by logging in again.
+Requests are named by route (`/v1/products/{product_id}`), so Locust's stats group them.
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ MAX_RETRY_WAITS = 3
 RETRY_JITTER = 0.25
 # Gives way to a request's answer, which a gateway waiting on a saga takes up to its own 30 s bound to send.
 REQUEST_TIMEOUT_SECONDS = 35.0
-# The orders a shopper remembers, to read one back.
+# The orders a shopper remembers, to read one back, and at most as many waiting for their cancellation.
 RECENT_ORDERS = 20
+# Below this many units (as the product page last showed them) an order of the product is always cancelled: the
+# share alone only slows the drain (nine in ten cancelled still sells a tenth for good), this keeps a floor.
+LOW_STOCK = 20
+CANCEL_REASON = "changed my mind (load generator)"
 
 Settles = Callable[[Refusal], bool]
 
@@ -61,6 +70,13 @@ def _options(parser: LocustArgumentParser) -> None:
         default=0.1,
         env_var="LOCUST_DECLINED_SHARE",
         help="share of checkouts paid with a card that is declined (default 0.1)",
+    )
+    parser.add_argument(
+        "--cancel-share",
+        type=float,
+        default=0.9,
+        env_var="LOCUST_CANCEL_SHARE",
+        help="share of confirmed orders the shopper cancels some steps later, which restocks them (default 0.9)",
     )
 
 
@@ -83,6 +99,23 @@ def checkout_settled(refused: Refusal) -> bool:
     return refused.settles_checkout
 
 
+def signed_up(refused: Refusal) -> bool:
+    """409 ALREADY_EXISTS for the shopper's own new address: an earlier sign-up got through, its answer did not."""
+    return refused.already_exists
+
+
+def cancellation_settled(refused: Refusal) -> bool:
+    """The order cannot be cancelled (FAILED_PRECONDITION: cancelled already), or the cancellation is accepted and
+    completes on its own (503 naming the order, docs/http-api.md)."""
+    return refused.settles_checkout or refused.accepted_for_later
+
+
+def cancels(share: float, draw: float, stock_seen: list[int | None]) -> bool:
+    """Whether a confirmed order is to be cancelled: a `share` of them (`draw` uniform in [0, 1)), and every one
+    with a product the shopper last saw below LOW_STOCK."""
+    return draw < share or any(seen is not None and seen < LOW_STOCK for seen in stock_seen)
+
+
 class Shopper(HttpUser):
     """A visitor of the shop: signed up once, then browsing, searching, reading product pages, sometimes buying."""
 
@@ -90,20 +123,19 @@ class Shopper(HttpUser):
         options = self.environment.parsed_options
         self._think = think_range(options.think if options is not None else "1,5")
         self._declined_share: float = options.declined_share if options is not None else 0.1
+        self._cancel_share: float = options.cancel_share if options is not None else 0.9
         self._email = f"load-{uuid.uuid4().hex[:12]}@example.com"
         self._token = ""
+        self._registered = False
+        # Each product's stock as its page last showed it.
+        self._stock: dict[str, int] = {}
         # Each product's price as the shopper last read it (id: the Money in JSON): what it expects to pay.
         self._prices: dict[str, dict[str, str]] = {}
         self._categories: set[str] = set()
         self._orders: list[str] = []
-        registered, _ = self._send(
-            "POST",
-            "/v1/users",
-            json={"email": self._email, "password": PASSWORD, "displayName": "Load Shopper"},
-            signed_in=False,
-        )
-        if registered is not None:
-            self._log_in()
+        # Confirmed orders to cancel at the shopper's next look at its orders, each with its idempotency key.
+        self._to_cancel: list[tuple[str, str]] = []
+        self._signed_in()
 
     def wait_time(self) -> float:
         return random.uniform(*self._think)
@@ -123,6 +155,9 @@ class Shopper(HttpUser):
         )
         if page is not None:
             self._remember([page.get("product", {})])
+            available = page.get("availability", {}).get("availableQuantity", 0)
+            if isinstance(available, int):
+                self._stock[product_id] = available
 
     @task(10)
     def browse(self) -> None:
@@ -180,10 +215,16 @@ class Shopper(HttpUser):
             # recorded under it).
             order["expectedTotal"]["amountMinor"] = str(new_total)
             placed, _ = self._send("POST", "/v1/orders", json=order, headers=key, settles=checkout_settled)
-        order_id = placed.get("order", {}).get("id", "") if placed is not None else ""
+        placed_order = placed.get("order", {}) if placed is not None else {}
+        order_id = placed_order.get("id", "")
         if order_id:
             # The latest few, as a customer's order list shows first: a pod shops for days.
             self._orders = [*self._orders[-(RECENT_ORDERS - 1) :], order_id]
+        stock_seen = [self._stock.get(product_id) for product_id in cart]
+        if placed_order.get("state") == "ORDER_STATE_CONFIRMED" and cancels(
+            self._cancel_share, random.random(), stock_seen
+        ):
+            self._to_cancel = [*self._to_cancel[-(RECENT_ORDERS - 1) :], (order_id, f"load-{uuid.uuid4().hex}")]
 
     @task(2)
     def orders(self) -> None:
@@ -193,6 +234,19 @@ class Shopper(HttpUser):
         if self._orders:
             order_id = random.choice(self._orders)
             self._send("GET", f"/v1/orders/{order_id}", name="/v1/orders/{order_id}")
+        waiting, self._to_cancel = self._to_cancel, []
+        for order_id, key in waiting:
+            cancelled, refused = self._send(
+                "POST",
+                f"/v1/orders/{order_id}:cancel",
+                name="/v1/orders/{order_id}:cancel",
+                json={"reason": CANCEL_REASON},
+                headers={"idempotency-key": key},
+                settles=cancellation_settled,
+            )
+            if cancelled is None and refused is not None and not cancellation_settled(refused):
+                # Not recorded, as far as the answer says: tried again at the next look, under the same key.
+                self._to_cancel.append((order_id, key))
 
     @task(1)
     def notifications(self) -> None:
@@ -211,11 +265,19 @@ class Shopper(HttpUser):
                 self._categories.add(product["category"])
 
     def _signed_in(self) -> bool:
-        """Whether the shopper holds a token; one whose sign-up or login was refused (its waits ran out) tries
-        again."""
-        if not self._token:
+        """Whether the shopper holds a token; one whose sign-up or login was refused (its waits ran out, users was
+        starting) tries again, signing up first until that gets through: logging in without an account only
+        fails."""
+        if not self._registered:
+            self._sign_up()
+        if self._registered and not self._token:
             self._log_in()
         return bool(self._token)
+
+    def _sign_up(self) -> None:
+        account = {"email": self._email, "password": PASSWORD, "displayName": "Load Shopper"}
+        registered, refused = self._send("POST", "/v1/users", json=account, signed_in=False, settles=signed_up)
+        self._registered = registered is not None or (refused is not None and refused.already_exists)
 
     def _log_in(self) -> None:
         login, _ = self._send("POST", "/v1/login", json={"email": self._email, "password": PASSWORD}, signed_in=False)

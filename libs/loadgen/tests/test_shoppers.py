@@ -1,0 +1,158 @@
+"""The shoppers (Locust, as its own process: importing Locust here would patch this process for gevent) against a
+small stand-in of the edge on a real socket, which records what they ask and can refuse the first sign-up."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+PRODUCT = {"id": "prod_a", "name": "A", "category": "kitchen", "price": {"amountMinor": "100", "currency": "USD"}}
+
+
+@dataclass
+class Edge:
+    """The public API's routes the shoppers use, answered at once; `first_sign_up` is the status of the first
+    POST /v1/users (200, or an error as users or the gateway sends it)."""
+
+    first_sign_up: int = 200
+    available: int = 90
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    orders: Iterator[int] = field(default_factory=itertools.count)
+
+    def answer(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.requests.append((method, path))
+            sign_ups = self.requests.count(("POST", "/v1/users"))
+            order = next(self.orders) if (method, path) == ("POST", "/v1/orders") else 0
+        if (method, path) == ("POST", "/v1/users"):
+            if sign_ups == 1 and self.first_sign_up == 503:
+                return 503, {"code": 14, "message": "users unavailable", "details": []}
+            if sign_ups == 1 and self.first_sign_up == 409:
+                return 409, {"code": 6, "message": "email already registered", "details": []}
+            return 200, {"user": {"id": "usr_1"}}
+        if (method, path) == ("POST", "/v1/login"):
+            return 200, {"accessToken": "token"}
+        if (method, path) == ("POST", "/v1/orders"):
+            return 200, {"order": {"id": f"ord_{order}", "state": "ORDER_STATE_CONFIRMED"}}
+        if path.startswith("/v1/orders/") and path.endswith(":cancel"):
+            return 200, {"order": {"id": path.split("/")[3].removesuffix(":cancel"), "state": "ORDER_STATE_CANCELLED"}}
+        if path == "/v1/products/prod_a":
+            return 200, {"product": PRODUCT, "availability": {"availableQuantity": self.available}}
+        if path in ("/v1/products", "/v1/products:search"):
+            return 200, {"products": [PRODUCT]}
+        return 200, {}
+
+    def sent(self, method: str, path: str) -> list[int]:
+        """The positions of the requests of `method` on `path` (a prefix when it ends with '*')."""
+        with self.lock:
+            return [
+                i
+                for i, (m, p) in enumerate(self.requests)
+                if m == method and (p.startswith(path[:-1]) if path.endswith("*") else p == path)
+            ]
+
+
+@contextlib.contextmanager
+def serving(edge: Edge) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            if length:
+                self.rfile.read(length)
+            status, body = edge.answer(self.command, self.path.split("?")[0])
+            out = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def do_GET(self) -> None:  # the standard library's names
+            self._answer()
+
+        def do_POST(self) -> None:
+            self._answer()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def shop(host: str, *options: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """One shopper for 3 s with no pause between steps: Locust's stats by (method, name)."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "shopmesh_loadgen", "--host", host, "--headless", "--users", "1"),
+            *("--spawn-rate", "1", "--run-time", "3s", "--stop-timeout", "5", "--think", "0,0.01", "--json"),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.stdout, done.stderr[-3000:]
+    return {(entry["method"], entry["name"]): entry for entry in json.loads(done.stdout)}
+
+
+def test_a_shopper_whose_sign_up_failed_signs_up_again_before_it_logs_in() -> None:
+    """It never signed up again: every signed-in step then sent a login that failed, for the pod's life."""
+    edge = Edge(first_sign_up=503)
+    with serving(edge) as host:
+        shop(host)
+    sign_ups, logins = edge.sent("POST", "/v1/users"), edge.sent("POST", "/v1/login")
+    assert len(sign_ups) == 2, edge.requests[:20]
+    assert logins, edge.requests[:20]
+    assert logins[0] > sign_ups[1], edge.requests[:20]
+
+
+def test_a_sign_up_answered_already_exists_counts_as_signed_up() -> None:
+    """A 409 for the shopper's own new address means an earlier try got through: it logs in, signs up no more,
+    and Locust does not count the 409 as a failure."""
+    edge = Edge(first_sign_up=409)
+    with serving(edge) as host:
+        stats = shop(host)
+    assert len(edge.sent("POST", "/v1/users")) == 1
+    assert edge.sent("POST", "/v1/login")
+    assert stats["POST", "/v1/users"]["num_failures"] == 0
+
+
+@pytest.mark.parametrize(
+    ("share", "available", "cancelling"),
+    [("1", 90, True), ("0", 90, False), ("0", 5, True)],
+    ids=["share-1", "share-0", "share-0-low-stock"],
+)
+def test_shoppers_cancel_their_confirmed_orders_at_the_cancel_share_and_all_of_them_when_stock_runs_low(
+    share: str, available: int, cancelling: bool
+) -> None:
+    """Every confirmed order stayed sold, and a pod shopping for days sold the seeded stock out; cancelled, an
+    order is restocked. At share 1 each is cancelled (at a later look at the orders), at 0 none while the stock
+    its page showed is ample, and each while it is below LOW_STOCK."""
+    edge = Edge(available=available)
+    with serving(edge) as host:
+        stats = shop(host, "--cancel-share", share)
+    placed, cancelled = edge.sent("POST", "/v1/orders"), edge.sent("POST", "/v1/orders/*")
+    assert placed, edge.requests[:20]
+    assert bool(cancelled) is cancelling, edge.requests[:40]
+    if cancelling:
+        assert stats["POST", "/v1/orders/{order_id}:cancel"]["num_failures"] == 0
+        assert cancelled[0] > placed[0]
