@@ -52,6 +52,29 @@ async def test_each_email_is_stored_as_a_file_named_after_its_message_id(sink: S
     assert first.get_content().rstrip() == "Grüße"
 
 
+@pytest.mark.parametrize("sent", [3, 4], ids=["at-the-cap", "one-past-it"])
+async def test_the_folder_keeps_the_newest_emails_up_to_its_cap_and_deletes_the_oldest(
+    tmp_path: Path, sent: int
+) -> None:
+    """Every e-mail stayed for ever (one file each, some 43,000 a day under `make load`)."""
+    cap = 3
+    async with smtp_sink(tmp_path / "mail", max_mails=cap) as capped:
+        for i in range(sent):
+            await send(capped, email(f"<evt_{i}@shopmesh.notifications>"))
+        kept = sorted(p.name for p in capped.directory.iterdir())
+    assert kept == [f"evt_{i}@shopmesh.notifications.eml" for i in range(sent - cap, sent)]
+
+
+async def test_a_restarted_sink_counts_the_emails_already_there_and_deletes_the_oldest(tmp_path: Path) -> None:
+    async with smtp_sink(tmp_path / "mail", max_mails=3) as first:
+        for i in range(3):
+            await send(first, email(f"<evt_{i}@shopmesh.notifications>"))
+    async with smtp_sink(tmp_path / "mail", max_mails=3) as second:
+        await send(second, email("<evt_3@shopmesh.notifications>"))
+        kept = sorted(p.name for p in second.directory.iterdir())
+    assert kept == [f"evt_{i}@shopmesh.notifications.eml" for i in (1, 2, 3)]
+
+
 async def test_the_same_message_id_sent_again_replaces_the_file(sink: SmtpSink) -> None:
     await send(sink, email("<evt_1@shopmesh.notifications>", "first copy"))
     await send(sink, email("<evt_1@shopmesh.notifications>", "second copy"))

@@ -6,7 +6,9 @@ of the tests, in place of a real mail provider.
 Each message is stored as `<dir>/<Message-ID>.eml` (the Message-ID made safe for a file name), written
 atomically; a message whose Message-ID was stored before replaces that file. A sender that re-sends an
 e-mail after a crash (same Message-ID) therefore leaves one file, as a mail client would show one
-message. One log line per message on stdout. Nothing is relayed anywhere.
+message. One log line per message on stdout. Nothing is relayed anywhere. The folder keeps the newest
+MAX_MAILS e-mails: past that the oldest file is deleted as each new one is stored (a stack left running under
+`make load` sends some 43,000 a day), as the trace sink caps its spans at MAX_FILE_BYTES.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ log = logging.getLogger("shopmesh.smtp_sink")
 HOSTNAME = "shopmesh-smtp-sink"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
 _MAX_NAME = 200
+# How many e-mails the folder keeps: days of a developer's checkouts, about an hour of `make load`.
+MAX_MAILS = 2000
 
 
 def file_name(message_id: str, content: bytes) -> str:
@@ -54,11 +58,24 @@ def read_mail(directory: Path) -> list[EmailMessage]:
 
 
 class MailFolder:
-    """The aiosmtpd handler: accept every message and store it under `directory`."""
+    """The aiosmtpd handler: accept every message and store it under `directory`, which keeps the newest
+    `max_mails` (the files there before, by their modification time, count too)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_mails: int = MAX_MAILS) -> None:
         self.directory = directory
+        self._max_mails = max_mails
         directory.mkdir(parents=True, exist_ok=True)
+        # The stored names, oldest first (a dict as an ordered set): listing the folder at every message would
+        # cost as much as the folder holds.
+        stored = sorted(directory.glob("*.eml"), key=lambda path: (path.stat().st_mtime_ns, path.name))
+        self._stored = dict.fromkeys(path.name for path in stored)
+        self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        while len(self._stored) > self._max_mails:
+            oldest = next(iter(self._stored))
+            del self._stored[oldest]
+            (self.directory / oldest).unlink(missing_ok=True)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
@@ -69,6 +86,9 @@ class MailFolder:
         partial = self.directory / f".{name}.{uuid.uuid4().hex}.tmp"
         partial.write_bytes(content)
         os.replace(partial, target)
+        self._stored.pop(name, None)  # a replaced message is the newest now
+        self._stored[name] = None
+        self._forget_oldest()
         log.info(
             "%s %s from %s to %s: %s",
             "replaced" if replaced else "stored",
@@ -94,9 +114,9 @@ class SmtpSink:
         await self.server.wait_closed()
 
 
-async def start_sink(directory: Path, host: str = "127.0.0.1", port: int = 0) -> SmtpSink:
+async def start_sink(directory: Path, host: str = "127.0.0.1", port: int = 0, max_mails: int = MAX_MAILS) -> SmtpSink:
     """Listen on host:port (0: a free port) in the running event loop."""
-    handler = MailFolder(directory)
+    handler = MailFolder(directory, max_mails)
     server = await asyncio.get_running_loop().create_server(
         lambda: SMTP(handler, hostname=HOSTNAME, enable_SMTPUTF8=True), host, port
     )
@@ -105,8 +125,10 @@ async def start_sink(directory: Path, host: str = "127.0.0.1", port: int = 0) ->
 
 
 @contextlib.asynccontextmanager
-async def smtp_sink(directory: Path, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[SmtpSink]:
-    sink = await start_sink(directory, host, port)
+async def smtp_sink(
+    directory: Path, host: str = "127.0.0.1", port: int = 0, max_mails: int = MAX_MAILS
+) -> AsyncIterator[SmtpSink]:
+    sink = await start_sink(directory, host, port, max_mails)
     try:
         yield sink
     finally:
