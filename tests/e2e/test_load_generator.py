@@ -78,6 +78,7 @@ async def test_locust_shoppers_browse_sign_up_and_confirm_orders_without_a_failu
     confirmed = await asyncio.to_thread(
         metric, stack, "orders", "shopmesh_orders_finished_total", state="CONFIRMED", reason=""
     )
+    cancelled = await asyncio.to_thread(metric, stack, "orders", "shopmesh_orders_cancelled_after_confirmation_total")
     code, out, err = await load(
         "--host",
         stack.http_url,
@@ -93,6 +94,9 @@ async def test_locust_shoppers_browse_sign_up_and_confirm_orders_without_a_failu
         "30",
         "--think",
         THINK,
+        # Every confirmed order cancelled at the shopper's next look at its orders, so that a few seconds hold one.
+        "--cancel-share",
+        "1",
         "--json",
     )
     assert code == 0, err[-3000:]
@@ -107,6 +111,7 @@ async def test_locust_shoppers_browse_sign_up_and_confirm_orders_without_a_failu
         ("GET", "/v1/products"),
         ("GET", "/v1/products/{product_id}"),
         ("POST", "/v1/orders"),
+        ("POST", "/v1/orders/{order_id}:cancel"),
     ):
         assert requests.get(route, {}).get("num_requests", 0) > 0, (route, sorted(requests))
 
@@ -114,6 +119,11 @@ async def test_locust_shoppers_browse_sign_up_and_confirm_orders_without_a_failu
     assert (
         await asyncio.to_thread(metric, stack, "orders", "shopmesh_orders_finished_total", state="CONFIRMED", reason="")
         > confirmed
+    )
+    # Cancelled after their confirmation, which restocks them: the load keeps the seeded stock.
+    assert (
+        await asyncio.to_thread(metric, stack, "orders", "shopmesh_orders_cancelled_after_confirmation_total")
+        > cancelled
     )
     pages = await asyncio.to_thread(
         metric, stack, "gateway", "grpc_server_handled_total", grpc_method="GetProductPage", grpc_code="OK"
