@@ -18,7 +18,7 @@ import pytest_asyncio
 from shopmesh_chassis.testing import free_ports
 from shopmesh_platform.stack import Stack
 
-from .shop import scraped
+from .shop import CHEAP_PASSWORD_HASHING, NO_RATE_LIMITS, scraped
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -26,13 +26,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 # seconds' run spend most of its time waiting out RESOURCE_EXHAUSTED (which it does, as asked) instead of shopping.
 ENV = {
     "gateway": {
-        "RATE_LIMIT_PER_SECOND": "100000",
-        "RATE_LIMIT_BURST": "100000",
-        "PASSWORD_RATE_LIMIT_PER_SECOND": "100000",
-        "PASSWORD_RATE_LIMIT_BURST": "100000",
+        **NO_RATE_LIMITS,
         "PASSWORD_SITE_RATE_LIMIT_PER_SECOND": "100000",
         "PASSWORD_SITE_RATE_LIMIT_BURST": "100000",
     },
+    "users": CHEAP_PASSWORD_HASHING,
 }
 USERS = 4
 RUN_SECONDS = 8

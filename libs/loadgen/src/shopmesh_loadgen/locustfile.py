@@ -337,7 +337,7 @@ class Shopper(HttpUser):
                     else:
                         response.failure(f"{refused}: still refused after {MAX_RETRY_WAITS} waits")
                         return None, refused
-                elif response.status_code == 401 and signed_in and not renewed:
+                elif response.status_code == 401 and signed_in and not renewed and attempt < MAX_RETRY_WAITS:
                     # The token expired: the page signs the shopper in again and repeats the request.
                     response.success()
                     renewed = True
@@ -347,4 +347,5 @@ class Shopper(HttpUser):
                     response.failure(str(refused) if response.status_code else f"no answer: {response.error}")
                     return None, refused
             time.sleep(pause)
-        return None, None
+        # Every attempt ends in a return but a wait or a renewal, and the last attempt neither waits nor renews.
+        raise AssertionError("unreachable: the last attempt answers")
