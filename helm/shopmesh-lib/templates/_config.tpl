@@ -523,8 +523,6 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- $_ := set $env $key (include "shopmesh-lib.string" (dict "setting" (printf "env.%s" $key) "value" $value)) -}}
 {{- end -}}
 {{- $_ := set $c "env" $env -}}
-{{- $_ := set $c "podAnnotations" (merge (dig "podAnnotations" dict $v) (dig "podAnnotations" dict $g)) -}}
-{{- $_ := set $c "podLabels" (merge (dig "podLabels" dict $v) (dig "podLabels" dict $g)) -}}
 {{- /* The ServiceAccount's annotations (a cloud's workload identity: IRSA's role, GKE's or Azure's client), key by
      key, the service's own winning. Its name stays the service's: the mesh's identity is built on it. */ -}}
 {{- $_ := set $c "serviceAccount" (dict "annotations" (merge (dig "serviceAccount" "annotations" dict $v) (dig "serviceAccount" "annotations" dict $g))) -}}
@@ -555,6 +553,40 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- end -}}
 {{- end -}}
 {{- $_ := set $c "topologySpread" $spread -}}
+{{- /* Where its pods run, how their images are pulled, their labels and annotations: what the load generator's
+     pod (helm/loadgenerator) takes from global: as well. */ -}}
+{{- $placement := include "shopmesh-lib.placement" (dict "Values" $v "name" $name) | fromYaml -}}
+{{- range $key := list "podAnnotations" "podLabels" "imagePullSecrets" "scheduling" -}}
+{{- $_ := set $c $key (get $placement $key) -}}
+{{- end -}}
+{{- /* What this service's pods may hold of its PostgreSQL's connections, against global.database.maxConnections:
+     its own share only (a service chart alone cannot see the others'); the umbrella checks their sum
+     (helm/shopmesh/templates/validate-database.yaml). */ -}}
+{{- $_ := set $c.database "connections" (include "shopmesh-lib.databaseConnections" $c | fromYaml) -}}
+{{- if gt (int $c.database.connections.total) (int $c.database.maxConnections) -}}
+{{- fail (printf "database.pool for %s: %s = %d connections, more than global.database.maxConnections (%v) allows; lower database.pool.size / maxOverflow or the replicas, or raise PostgreSQL's max_connections and the budget with it (docs/kubernetes.md, \"PostgreSQL connections\")" $name $c.database.connections.formula (int $c.database.connections.total) $c.database.maxConnections) -}}
+{{- end -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+
+{{/*
+shopmesh-lib.placement — a pod's placement and pulling, labels and annotations, from a chart's values (.Values,
+as plain maps: `.Values | toYaml | fromYaml`) and the environment's in them (global:), as YAML: podAnnotations
+and podLabels (the chart's key by key over the environment's), imagePullSecrets (a pod spec's list) and
+scheduling (nodeSelector, tolerations, affinity, priorityClassName; shopmesh-lib.scheduling writes them). .name
+is the chart's, for the messages. The argument is named .Values as a chart's own is, so that
+tests/k8s/test_values_schema.py follows what it reads into the schemas. A service's config (shopmesh-lib.config) and the load generator's pod
+(helm/loadgenerator) both take theirs from here, so that no pod of the release is left off a node pool, a
+taint's toleration or a private registry's credentials.
+*/}}
+{{- define "shopmesh-lib.placement" -}}
+{{- $v := .Values -}}
+{{- $g := $v.global | default dict -}}
+{{- $name := .name -}}
+{{- /* Merged into a dict of their own: merge writes into its first map, which is the caller's values. */ -}}
+{{- $annotations := merge (dict) (dig "podAnnotations" dict $v) (dig "podAnnotations" dict $g) -}}
+{{- $labels := merge (dict) (dig "podLabels" dict $v) (dig "podLabels" dict $g) -}}
 {{- /* Where the pods may run and how their images are pulled: a platform's node pools and their taints, its
      priority classes, a private registry's credentials. A service chart's value replaces the environment's
      (global.*) whole, never merged into it: a service that needs another pool names all of its labels, and
@@ -569,26 +601,18 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- end -}}
 {{- $pullSecrets = append $pullSecrets (dict "name" $secret) -}}
 {{- end -}}
-{{- $_ := set $c "imagePullSecrets" $pullSecrets -}}
 {{- /* nodeSelector's values are text to the API, which refuses a pod whose selector holds `true` or 1 as YAML
      reads them (--set global.nodeSelector.spot=false): each becomes the text that was written. */ -}}
 {{- $nodeSelector := dict -}}
 {{- range $key, $value := dig "nodeSelector" (dig "nodeSelector" dict $g) $v -}}
 {{- $_ := set $nodeSelector $key (include "shopmesh-lib.string" (dict "setting" (printf "nodeSelector.%s" $key) "value" $value)) -}}
 {{- end -}}
-{{- $_ := set $c "scheduling" (dict
+{{- $scheduling := dict
     "nodeSelector" $nodeSelector
     "tolerations" (dig "tolerations" (dig "tolerations" list $g) $v)
     "affinity" (dig "affinity" (dig "affinity" dict $g) $v)
-    "priorityClassName" (dig "priorityClassName" (dig "priorityClassName" "" $g) $v)) -}}
-{{- /* What this service's pods may hold of its PostgreSQL's connections, against global.database.maxConnections:
-     its own share only (a service chart alone cannot see the others'); the umbrella checks their sum
-     (helm/shopmesh/templates/validate-database.yaml). */ -}}
-{{- $_ := set $c.database "connections" (include "shopmesh-lib.databaseConnections" $c | fromYaml) -}}
-{{- if gt (int $c.database.connections.total) (int $c.database.maxConnections) -}}
-{{- fail (printf "database.pool for %s: %s = %d connections, more than global.database.maxConnections (%v) allows; lower database.pool.size / maxOverflow or the replicas, or raise PostgreSQL's max_connections and the budget with it (docs/kubernetes.md, \"PostgreSQL connections\")" $name $c.database.connections.formula (int $c.database.connections.total) $c.database.maxConnections) -}}
-{{- end -}}
-{{- toYaml $c -}}
+    "priorityClassName" (dig "priorityClassName" (dig "priorityClassName" "" $g) $v) -}}
+{{- toYaml (dict "podAnnotations" $annotations "podLabels" $labels "imagePullSecrets" $pullSecrets "scheduling" $scheduling) -}}
 {{- end -}}
 
 
