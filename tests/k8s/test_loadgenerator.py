@@ -118,3 +118,55 @@ def test_its_image_runs_the_package_that_waits_for_the_edge() -> None:
     assert "USER 10001:10001" in text
     assert "EXPOSE" not in text, "it serves nothing"
     assert text.count("\nFROM ") == 2
+
+
+PLACEMENT = {
+    "imagePullSecrets": ["regcred", {"name": "mirror"}],
+    "podLabels": {"team": "shop", "app.kubernetes.io/name": "not-ours", "sidecar.istio.io/inject": "true"},
+    "podAnnotations": {"cost-center": "42", "linkerd.io/inject": "enabled"},
+    "nodeSelector": {"pool": "batch", "spot": False},
+    "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "arch", "operator": "In", "values": ["amd64"]}]}]
+            }
+        }
+    },
+    "priorityClassName": "low",
+}
+PLACEMENT_FIELDS = ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName")
+
+
+def test_its_pod_is_placed_and_pulled_as_the_environments_global_values_say(helm_dir: Path) -> None:
+    # The services' pods take these from global:, and so must this one: a private registry's image without its
+    # pull secret is ImagePullBackOff, a tainted pool's nodes refuse a pod without the toleration.
+    values = render.merged_values(render.values_for("default", helm_dir), ENABLED, {"global": PLACEMENT})
+    docs = objects_of(helm_dir, render.UMBRELLA, values)
+    template = find(docs, "Deployment", NAME)["spec"]["template"]
+    pod = template["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert pod["nodeSelector"] == {"pool": "batch", "spot": "false"}
+    assert pod["tolerations"] == PLACEMENT["tolerations"]
+    assert pod["affinity"] == PLACEMENT["affinity"]
+    assert pod["priorityClassName"] == "low"
+    service_pod = find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    assert {key: pod[key] for key in PLACEMENT_FIELDS} == {key: service_pod[key] for key in PLACEMENT_FIELDS}
+    labels = template["metadata"]["labels"]
+    assert labels["team"] == "shop"
+    # The chart's own labels win: the Deployment selects by its name, and its pod stays out of the mesh.
+    assert labels["app.kubernetes.io/name"] == NAME
+    assert labels["sidecar.istio.io/inject"] == "false"
+    annotations = template["metadata"]["annotations"]
+    assert annotations["cost-center"] == "42"
+    assert annotations["linkerd.io/inject"] == "disabled"
+    kubernetes_validate.validate(find(docs, "Deployment", NAME), KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("entry", [{}, ""], ids=["empty-map", "empty-name"])
+def test_a_pull_secret_entry_that_names_no_secret_fails_its_render_as_a_services_does(
+    helm_dir: Path, entry: object
+) -> None:
+    # Checked as a service chart checks it: the API would take `[{}]` and the kubelet pull without credentials.
+    with pytest.raises(Exception, match="imagePullSecrets for loadgenerator: each entry is a Secret's name"):
+        objects_of(helm_dir, NAME, {"global": {"imagePullSecrets": [entry]}})
