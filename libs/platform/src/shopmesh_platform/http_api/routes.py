@@ -224,23 +224,8 @@ def _repeated_query_parameter(template: str, regex: str, name: str) -> dict[str,
     )
     spelled = "|".join(_spelled(spelling) for spelling in sorted({name, field}))
     parameter = rf"(?:{spelled})(?:=[^&]*)?"
-    return {
-        "name": REPEATED_QUERY_PARAMETER_ROUTE,
-        "match": {
-            "safe_regex": {"regex": regex},
-            "headers": [
-                method_in(["GET", "HEAD"]),
-                {
-                    "name": ":path",
-                    "string_match": {
-                        "safe_regex": {"regex": rf"[^?]*\?(?:.*&)?{parameter}&(?:.*&)?{parameter}(?:&.*)?"}
-                    },
-                },
-            ],
-        },
-        "direct_response": {"status": 400, "body": {"inline_string": body}},
-        "typed_per_filter_config": TRANSCODER_OFF,
-    }
+    twice = rf"[^?]*\?(?:.*&)?{parameter}&(?:.*&)?{parameter}(?:&.*)?"
+    return _query_refused(REPEATED_QUERY_PARAMETER_ROUTE, regex, twice, body)
 
 
 def _malformed_query_parameter(template: str, regex: str) -> dict[str, Any]:
@@ -257,13 +242,19 @@ def _malformed_query_parameter(template: str, regex: str) -> dict[str, Any]:
     )
     # A parameter starting with `=` (no name) or with no `=` in it, anywhere in the query.
     malformed = r"[^?]*\?(?:.*&)?(?:=.*|[^&=]+(?:&.*)?)"
+    return _query_refused(MALFORMED_QUERY_PARAMETER_ROUTE, regex, malformed, body)
+
+
+def _query_refused(route: str, regex: str, query: str, body: str) -> dict[str, Any]:
+    """A GET (or HEAD) route of the path `regex` whose whole :path matches `query`, answered 400 `body` by the
+    edge itself."""
     return {
-        "name": MALFORMED_QUERY_PARAMETER_ROUTE,
+        "name": route,
         "match": {
             "safe_regex": {"regex": regex},
             "headers": [
                 method_in(["GET", "HEAD"]),
-                {"name": ":path", "string_match": {"safe_regex": {"regex": malformed}}},
+                {"name": ":path", "string_match": {"safe_regex": {"regex": query}}},
             ],
         },
         "direct_response": {"status": 400, "body": {"inline_string": body}},
