@@ -242,7 +242,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $_ := set $c "networkPolicy" (dict
     "enabled" (dig "networkPolicy" "enabled" (dig "enabled" true $np) $v)
     "clients" (dig "clients" list $np)
-    "dns" (dig "dns" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "kube-system")) "podSelector" (dict "matchLabels" (dict "k8s-app" "kube-dns")))) $np)
+    "dns" (dig "dns" (include "shopmesh-lib.defaultDnsPeers" . | fromYamlArray) $np)
     "scrapers" (dig "scrapers" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "monitoring")))) $np)
     "extraEgress" (concat (dig "extraEgress" list $np) (dig "networkPolicy" "extraEgress" list $v))
     "environmentEgress" (dig "extraEgress" list $np)

@@ -90,3 +90,11 @@ metadata:
   labels:
     {{- include "shopmesh-lib.labels" .ctx | nindent 4 }}
 {{- end -}}
+
+
+{{/* The peers a pod's NetworkPolicy lets it ask DNS when global.networkPolicy.dns does not name them (NodeLocal
+     DNSCache's address, say), as YAML: kube-dns in kube-system. Every pod's egress, a service's and the load
+     generator's alike. */}}
+{{- define "shopmesh-lib.defaultDnsPeers" -}}
+{{- list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" "kube-system")) "podSelector" (dict "matchLabels" (dict "k8s-app" "kube-dns"))) | toYaml -}}
+{{- end -}}

@@ -63,7 +63,7 @@ _AT_THE_DEADLINE = 0.05
 class RetryPolicy:
     """gRPC's retry policy (gRFC A6), applied to idempotent methods only."""
 
-    # 1: no retries, for a caller that is itself the one layer retrying its calls (orders' saga steps).
+    # 1: no retries (NO_RETRIES).
     max_attempts: int = 4
     initial_backoff_seconds: float = 0.05
     max_backoff_seconds: float = 1.0
@@ -87,6 +87,11 @@ class RetryPolicy:
 def is_idempotent(method: MethodDescriptor) -> bool:
     level = method.GetOptions().idempotency_level
     return level in (MethodOptions.NO_SIDE_EFFECTS, MethodOptions.IDEMPOTENT)
+
+
+# A channel that retries nothing: for a caller that is itself the one layer retrying its calls (orders' saga
+# steps), or whose call has a fallback instead (the gateway's optional recommendations).
+NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
 def service_config(services: Iterable[ServiceDescriptor], retry: RetryPolicy | None = None) -> str:

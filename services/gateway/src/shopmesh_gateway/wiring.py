@@ -16,7 +16,7 @@ from shopmesh.orders.v1 import orders_pb2
 from shopmesh.recommendations.v1 import recommendations_pb2
 from shopmesh.users.v1 import users_pb2
 from shopmesh_chassis import app
-from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy
+from shopmesh_chassis.client import NO_RETRIES, ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.logs import limit_repeats
 from shopmesh_chassis.metrics import ServerMetrics
@@ -65,7 +65,7 @@ class Channels:
             settings.recommendations_address,
             recommendations_pb2.DESCRIPTOR,
             "RecommendationsService",
-            replace(options, retry=RetryPolicy(max_attempts=1)),
+            replace(options, retry=NO_RETRIES),
         )
 
     def by_dependency(self) -> dict[str, ResilientChannel]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from shopmesh.catalog.v1 import catalog_pb2
@@ -11,7 +12,7 @@ from shopmesh.inventory.v1 import inventory_pb2
 from shopmesh.orders.v1 import orders_pb2_grpc
 from shopmesh.payments.v1 import payments_pb2
 from shopmesh_chassis import app
-from shopmesh_chassis.client import ClientOptions, ResilientChannel, RetryPolicy
+from shopmesh_chassis.client import NO_RETRIES, ClientOptions, ResilientChannel
 from shopmesh_chassis.config import load_settings
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.events import DeferredJetStream
@@ -37,14 +38,17 @@ SUBJECTS = ["orders.v1.>"]
 log = logging.getLogger("shopmesh.orders")
 
 
+def client_options(settings: OrdersSettings) -> ClientOptions:
+    """The options of orders' channels: each call's deadline the saga's step timeout."""
+    return ClientOptions(default_timeout_seconds=settings.step_timeout_seconds, caller="orders")
+
+
 def step_client_options(settings: OrdersSettings) -> ClientOptions:
     """The options of orders' channels to inventory and payments, which carry the saga's steps alone: one
     attempt per call. The saga retries each step itself (STEP_ATTEMPTS, keyed so a repeat is harmless, renewing
     its lease between attempts); a channel retrying under it multiplied the two, 12 Reserve calls for one
     checkout while inventory was down. Catalog's channel keeps gRPC's retries: pricing is no step."""
-    return ClientOptions(
-        default_timeout_seconds=settings.step_timeout_seconds, caller="orders", retry=RetryPolicy(max_attempts=1)
-    )
+    return replace(client_options(settings), retry=NO_RETRIES)
 
 
 async def _main() -> None:
@@ -61,9 +65,8 @@ async def _main() -> None:
     database = Database.from_settings(settings)
     await migrate(database, VERSIONS, metadata)
 
-    client_options = ClientOptions(default_timeout_seconds=settings.step_timeout_seconds, caller="orders")
     catalog = ResilientChannel(
-        settings.catalog_address, [catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]], client_options
+        settings.catalog_address, [catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]], client_options(settings)
     )
     step_options = step_client_options(settings)
     inventory = ResilientChannel(
