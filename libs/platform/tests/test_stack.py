@@ -697,9 +697,9 @@ def until_reaped(pidfd: int) -> None:
         time.sleep(0.01)
 
 
-def signal_recorder_with_pid(pid: int) -> subprocess.Popen[str]:
+def signal_recorder_with_pid(pid: int) -> subprocess.Popen[str] | None:
     """A process of the test's own, leading its own process group, given the number `pid`, once it holds
-    SIGTERM blocked."""
+    SIGTERM blocked; None when another process or thread on the machine holds the number now."""
     for _ in range(50):
         try:
             NS_LAST_PID.write_text(str(pid - 1))
@@ -719,6 +719,8 @@ def signal_recorder_with_pid(pid: int) -> subprocess.Popen[str]:
         # Another process on the machine took the number first: that one is not ours to wait for.
         recorder.kill()
         recorder.wait()
+        if Path(f"/proc/{pid}").exists():  # and keeps it (threads have numbers and /proc entries too)
+            return None
     raise AssertionError(f"the number {pid} was taken by other processes 50 times over")
 
 
@@ -746,23 +748,30 @@ async def test_a_signal_for_a_reaped_child_never_reaches_a_process_given_its_num
     on a kernel that cannot signal a group through a pidfd too."""
     if kernel == "before 6.9":
         kernel_before_6_9(monkeypatch)
-    child = await spawn(["sleep", "60"], os.environ)
-    pidfd = os.pidfd_open(child.pid)
-    try:
-        os.kill(child.pid, signal.SIGKILL)  # from outside the launcher, as a crash
-        # No await from here on: the event loop must not hear of the exit before the signal.
-        until_reaped(pidfd)
-        assert child.returncode is None
-        recorder = signal_recorder_with_pid(child.pid)
+    # A number another process took between the reaping and the recorder's start (in CI, the other test
+    # worker's) stays taken: the scenario starts over with a new child.
+    for _ in range(10):
+        child = await spawn(["sleep", "60"], os.environ)
+        pidfd = os.pidfd_open(child.pid)
         try:
-            signal_child(child, sig)
+            os.kill(child.pid, signal.SIGKILL)  # from outside the launcher, as a crash
+            # No await from here on: the event loop must not hear of the exit before the signal.
+            until_reaped(pidfd)
+            assert child.returncode is None
+            recorder = signal_recorder_with_pid(child.pid)
+            if recorder is not None:
+                try:
+                    signal_child(child, sig)
+                finally:
+                    said, _ = recorder.communicate("", timeout=30)
+                assert recorder.returncode == 0, f"the process given the child's number died ({recorder.returncode})"
+                assert said.splitlines()[-1] == "[]", f"the process given the child's number was sent {said}"
         finally:
-            said, _ = recorder.communicate("", timeout=30)
-        assert recorder.returncode == 0, f"the process given the child's number died ({recorder.returncode})"
-        assert said.splitlines()[-1] == "[]", f"the process given the child's number was sent {said}"
-    finally:
-        os.close(pidfd)
-    assert await child.wait() == -signal.SIGKILL
+            os.close(pidfd)
+        assert await child.wait() == -signal.SIGKILL
+        if recorder is not None:
+            return
+    raise AssertionError("other processes took the killed child's number before the recorder, 10 times over")
 
 
 def ended(pid: int) -> bool:

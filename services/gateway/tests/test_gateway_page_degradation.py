@@ -36,9 +36,11 @@ DEGRADED = "shopmesh_gateway_degraded_product_pages_total"
 
 @dataclass
 class Catalog(catalog_pb2_grpc.CatalogServiceServicer):
-    """Answers GetProduct at once; ListProducts (the page's fallback) hangs while `listing_hangs`."""
+    """Answers GetProduct at once; ListProducts (the page's fallback) hangs while `listing_hangs`, answers
+    UNAVAILABLE while `listing_fails`."""
 
     listing_hangs: bool = False
+    listing_fails: bool = False
 
     async def GetProduct(self, request: catalog_pb2.GetProductRequest, context: Any) -> catalog_pb2.GetProductResponse:
         return catalog_pb2.GetProductResponse(product=product(request.product_id))
@@ -48,6 +50,8 @@ class Catalog(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.ListProductsResponse:
         if self.listing_hangs:
             await asyncio.Event().wait()
+        if self.listing_fails:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "catalog stand-in: listing fails")
         return catalog_pb2.ListProductsResponse(products=[product(f"prod_{i}") for i in range(request.page_size)])
 
 
@@ -90,8 +94,14 @@ class Page:
         return self.registry.get_sample_value(DEGRADED, {"cause": cause, "fallback": fallback})
 
 
+# A budget a failing answer always comes within, on a loaded machine too: with the default 0.3 s an UNAVAILABLE
+# that took longer (CI, two test workers on two cores) counted the page as recommendations_timed_out.
+FAILURES_IN_TIME = {"recommendations_timeout_seconds": 2.0}
+
+
 @contextlib.asynccontextmanager
-async def page_in_front_of_stand_ins() -> AsyncIterator[Page]:
+async def page_in_front_of_stand_ins(**overrides: Any) -> AsyncIterator[Page]:
+    """`overrides`: the gateway's settings."""
     catalog, inventory = Catalog(), Inventory()
     stand_ins = [
         ("catalog", catalog, catalog_pb2, "CatalogService", catalog_pb2_grpc.add_CatalogServiceServicer_to_server),
@@ -110,7 +120,7 @@ async def page_in_front_of_stand_ins() -> AsyncIterator[Page]:
             settings = ServiceSettings(service_name=name, grpc_port=0, metrics_port=-1)
             binding = ServiceBinding(module.DESCRIPTOR.services_by_name[service], servicer, register)
             addresses[name] = (await stack.enter_async_context(serve_in_process(settings, [binding]))).address
-        gateway = await stack.enter_async_context(served_gateway(addresses))
+        gateway = await stack.enter_async_context(served_gateway(addresses, **overrides))
         yield Page(gateway, fakes, catalog, inventory)
 
 
@@ -137,7 +147,7 @@ async def test_failing_recommendations_cost_one_call_per_page_and_the_log_names_
     """The optional call is made once: the channel retried an UNAVAILABLE inside the 0.3 s budget, three calls
     per page, each page waited out the budget and the log blamed DEADLINE_EXCEEDED instead of the real status."""
     caplog.set_level(logging.WARNING, logger="shopmesh.gateway")
-    async with page_in_front_of_stand_ins() as page:
+    async with page_in_front_of_stand_ins(**FAILURES_IN_TIME) as page:
         page.fakes.recommendations.mode = "fail"
         for pages in (1, 2, 3):
             answer = await page.get(timeout=5.0)
@@ -158,9 +168,9 @@ async def test_an_outage_of_recommendations_logs_one_warning_per_message_a_minut
     lasted): now one line per message in the window, while the counter still counts each page."""
     caplog.set_level(logging.WARNING, logger="shopmesh.gateway")
     pages = 4
-    async with page_in_front_of_stand_ins() as page:
+    async with page_in_front_of_stand_ins(**FAILURES_IN_TIME) as page:
         page.fakes.recommendations.mode = "fail"
-        page.catalog.listing_hangs = True  # the fallback fails too: its own message
+        page.catalog.listing_fails = True  # the fallback fails too: its own message
         for _ in range(pages):
             answer = await page.get(timeout=5.0)
             assert answer.recommendations_degraded
