@@ -9,8 +9,10 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,19 +24,37 @@ PRODUCT = {"id": "prod_a", "name": "A", "category": "kitchen", "price": {"amount
 @dataclass
 class Edge:
     """The public API's routes the shoppers use, answered at once; `first_sign_up` is the status of the first
-    POST /v1/users (200, or an error as users or the gateway sends it)."""
+    POST /v1/users (200, or an error as users or the gateway sends it). With a `token_lifetime` (seconds), each
+    login gets a token of its own that expires then, and a signed-in route refuses an expired or unknown one 401
+    as the gateway does."""
 
     first_sign_up: int = 200
     available: int = 90
+    token_lifetime: float | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     orders: Iterator[int] = field(default_factory=itertools.count)
+    # Each token issued, with when it expires (time.time()), and each signed-in request's token and answer.
+    tokens: dict[str, float] = field(default_factory=dict)
+    signed_in: list[tuple[str, int]] = field(default_factory=list)
 
-    def answer(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    def answer(self, method: str, path: str, authorization: str = "") -> tuple[int, dict[str, Any]]:
         with self.lock:
             self.requests.append((method, path))
             sign_ups = self.requests.count(("POST", "/v1/users"))
             order = next(self.orders) if (method, path) == ("POST", "/v1/orders") else 0
+            if self.token_lifetime is not None:
+                if (method, path) == ("POST", "/v1/login"):
+                    token, expires_at = f"token-{len(self.tokens)}", time.time() + self.token_lifetime
+                    self.tokens[token] = expires_at
+                    moment = datetime.fromtimestamp(expires_at, UTC).isoformat().replace("+00:00", "Z")
+                    return 200, {"accessToken": token, "tokenType": "Bearer", "expiresAt": moment}
+                if path.startswith(("/v1/orders", "/v1/notifications")):
+                    token = authorization.removeprefix("Bearer ")
+                    good = time.time() < self.tokens.get(token, 0.0)
+                    self.signed_in.append((token, 200 if good else 401))
+                    if not good:
+                        return 401, {"code": 16, "message": "token expired", "details": []}
         if (method, path) == ("POST", "/v1/users"):
             if sign_ups == 1 and self.first_sign_up == 503:
                 return 503, {"code": 14, "message": "users unavailable", "details": []}
@@ -70,7 +90,7 @@ def serving(edge: Edge) -> Iterator[str]:
             length = int(self.headers.get("content-length") or 0)
             if length:
                 self.rfile.read(length)
-            status, body = edge.answer(self.command, self.path.split("?")[0])
+            status, body = edge.answer(self.command, self.path.split("?")[0], self.headers.get("authorization", ""))
             out = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
@@ -97,12 +117,12 @@ def serving(edge: Edge) -> Iterator[str]:
         server.server_close()
 
 
-def shop(host: str, *options: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """One shopper for 3 s with no pause between steps: Locust's stats by (method, name)."""
+def shop(host: str, *options: str, seconds: int = 3) -> dict[tuple[str, str], dict[str, Any]]:
+    """One shopper for `seconds` with no pause between steps: Locust's stats by (method, name)."""
     done = subprocess.run(
         [
             *(sys.executable, "-m", "shopmesh_loadgen", "--host", host, "--headless", "--users", "1"),
-            *("--spawn-rate", "1", "--run-time", "3s", "--stop-timeout", "5", "--think", "0,0.01", "--json"),
+            *("--spawn-rate", "1", "--run-time", f"{seconds}s", "--stop-timeout", "5", "--think", "0,0.01", "--json"),
             *options,
         ],
         capture_output=True,
@@ -156,3 +176,19 @@ def test_shoppers_cancel_their_confirmed_orders_at_the_cancel_share_and_all_of_t
     if cancelling:
         assert stats["POST", "/v1/orders/{order_id}:cancel"]["num_failures"] == 0
         assert cancelled[0] > placed[0]
+
+
+def test_a_shopper_renews_its_token_before_it_expires() -> None:
+    """Kept until the gateway refused it, every shopper's token expired in the same seconds (all log in at the
+    run's start): each signed-in step then failed 401 or logged in again, in one burst. The shopper logs in again
+    before expiry (MIN_RENEWAL_SECONDS, 10 s, after the login here, where 60 to 90 % of the lifetime is less),
+    sends the new token from then on and is refused nothing."""
+    edge = Edge(token_lifetime=12)
+    with serving(edge) as host:
+        shop(host, seconds=14)
+    logins = edge.sent("POST", "/v1/login")
+    assert len(logins) >= 2, edge.requests[-20:]
+    assert [status for _, status in edge.signed_in if status != 200] == [], edge.signed_in[-20:]
+    used = [token for token, _ in edge.signed_in]
+    assert used[0] == "token-0"
+    assert used[-1] != "token-0", used[-20:]

@@ -16,7 +16,9 @@ PRICE_CHANGED it agrees to the new total once and checks out again under the sam
 answer the shop states as the checkout's outcome (FAILED_PRECONDITION: a declined card, too little stock, a changed
 price) is a success in Locust's stats, as it is for the storefront; a 5xx, a malformed request's 400 or anything
 unexpected is a failure. A "come back later" (429 with a RetryInfo: the gateway's rate limits, users' hashing
-queue) is waited out as asked and the same request sent again; an expired token is renewed by logging in again.
+queue) is waited out as asked and the same request sent again. A shopper logs in again at a random point of its
+token's lifetime (60 to 90 % of it, from the login answer's `expiresAt`), so that shoppers who started together do
+not renew together; a token refused all the same (401) is renewed by logging in again once.
 Requests are named by route (`/v1/products/{product_id}`), so Locust's stats group them.
 """
 
@@ -32,6 +34,7 @@ from locust import HttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 
 from shopmesh_loadgen.answers import Refusal, refusal
+from shopmesh_loadgen.credentials import Credentials
 
 PASSWORD = "load generator password 1234"
 GOOD_CARD = "4242424242424242"
@@ -125,7 +128,7 @@ class Shopper(HttpUser):
         self._declined_share: float = options.declined_share if options is not None else 0.1
         self._cancel_share: float = options.cancel_share if options is not None else 0.9
         self._email = f"load-{uuid.uuid4().hex[:12]}@example.com"
-        self._token = ""
+        self._credentials = Credentials()
         self._registered = False
         # Each product's stock as its page last showed it.
         self._stock: dict[str, int] = {}
@@ -265,14 +268,14 @@ class Shopper(HttpUser):
                 self._categories.add(product["category"])
 
     def _signed_in(self) -> bool:
-        """Whether the shopper holds a token; one whose sign-up or login was refused (its waits ran out, users was
-        starting) tries again, signing up first until that gets through: logging in without an account only
-        fails."""
+        """Whether the shopper holds a token, renewed first when it is due; one whose sign-up or login was refused
+        (its waits ran out, users was starting) tries again, signing up first until that gets through: logging in
+        without an account only fails."""
         if not self._registered:
             self._sign_up()
-        if self._registered and not self._token:
+        if self._registered and self._credentials.due():
             self._log_in()
-        return bool(self._token)
+        return bool(self._credentials.token)
 
     def _sign_up(self) -> None:
         account = {"email": self._email, "password": PASSWORD, "displayName": "Load Shopper"}
@@ -281,7 +284,7 @@ class Shopper(HttpUser):
 
     def _log_in(self) -> None:
         login, _ = self._send("POST", "/v1/login", json={"email": self._email, "password": PASSWORD}, signed_in=False)
-        self._token = login.get("accessToken", "") if login is not None else ""
+        self._credentials.logged_in(login)
 
     def _send(
         self,
@@ -304,7 +307,7 @@ class Shopper(HttpUser):
         for attempt in range(MAX_RETRY_WAITS + 1):
             sent = dict(headers or {})
             if signed_in:
-                sent["authorization"] = f"Bearer {self._token}"
+                sent["authorization"] = f"Bearer {self._credentials.token}"
             with self.client.request(
                 method,
                 path,
@@ -341,6 +344,7 @@ class Shopper(HttpUser):
                     # The token expired: the page signs the shopper in again and repeats the request.
                     response.success()
                     renewed = True
+                    self._credentials.refused()
                     self._log_in()
                     continue
                 else:
