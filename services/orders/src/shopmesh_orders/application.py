@@ -151,27 +151,26 @@ def _pass_failed(label: str, name: str, exc: Exception, on_error: Callable[[], N
         on_error()
 
 
-def _early_answer_at() -> float | None:
-    """When (the event loop's time) PlaceOrder and CancelOrder stop waiting for the saga they drive and answer
-    that it goes on without them: `_ANSWER_MARGIN_SECONDS` before the inbound deadline, when that leaves at
-    least `_EARLY_ANSWER_MIN_WAIT_SECONDS`; None (to the deadline, which ends the call) otherwise, or without
-    one. Reckoned once per call: reckoned again later, what is left may be under that least wait, and a drive
-    started then (a retry taking over a lapsed lease mid-wait) would wait to the deadline and name no order."""
-    remaining = call_context.inbound_time_remaining()
-    if remaining is None or remaining - _ANSWER_MARGIN_SECONDS < _EARLY_ANSWER_MIN_WAIT_SECONDS:
-        return None
-    return asyncio.get_running_loop().time() + remaining - _ANSWER_MARGIN_SECONDS
+def _answer_at(*, least_wait: float | None) -> float | None:
+    """When (the event loop's time) a call stops waiting for the saga its order is in and answers that it goes on
+    without it: `_ANSWER_MARGIN_SECONDS` before the inbound deadline; None without one (the call waits to the
+    deadline, which ends it, as before the early answer). Reckoned once per call: reckoned again later, what is
+    left may be under the least wait, and a drive started then (a retry taking over a lapsed lease mid-wait) would
+    wait to the deadline and name no order.
 
-
-def _held_order_answer_at() -> float | None:
-    """When a call that found its order held by another driver answers (`_wait_for_other_driver`): the margin
-    before the inbound deadline, however short; None without one. No least wait here: it keeps the early
-    answer from a healthy saga's first call, which ends in milliseconds, and this call has met a driver
-    that already outlasted that (or died). Waited to its deadline, it would end naming no order."""
+    `least_wait`: the least wait the early answer may leave the saga; with less, None (the call waits to its
+    deadline). A call driving the saga itself (PlaceOrder, CancelOrder) passes `_EARLY_ANSWER_MIN_WAIT_SECONDS`,
+    which keeps the early answer from a healthy saga's first call, ending in milliseconds. A call that found its
+    order held by another driver (`_wait_for_other_driver`) passes None, no least wait: it answers at the margin
+    however short, at once when that is past, for it has met a driver that already outlasted a healthy saga's
+    call (or died), and waited to its deadline it would end naming no order."""
     remaining = call_context.inbound_time_remaining()
     if remaining is None:
         return None
-    return asyncio.get_running_loop().time() + max(remaining - _ANSWER_MARGIN_SECONDS, 0.0)
+    left = remaining - _ANSWER_MARGIN_SECONDS
+    if least_wait is not None and left < least_wait:
+        return None
+    return asyncio.get_running_loop().time() + max(left, 0.0)
 
 
 def _answered(order: Order, placement: bool) -> bool:
@@ -394,7 +393,12 @@ class OrdersApplication:
         PlaceOrder, which a CONFIRMED order answers (`_answered`)."""
         try:
             return await self._drive_shielded(
-                order_id, card, owner, recorded, placement=placement, answer_at=_early_answer_at()
+                order_id,
+                card,
+                owner,
+                recorded,
+                placement=placement,
+                answer_at=_answer_at(least_wait=_EARLY_ANSWER_MIN_WAIT_SECONDS),
             )
         except LeaseHeld:
             return await self._wait_for_other_driver(order_id, card, placement=placement)
@@ -422,7 +426,7 @@ class OrdersApplication:
         self, order_id: str, task: asyncio.Task[Order], *, placement: bool, answer_at: float | None
     ) -> Order:
         """Where the saga `task` ended, or, when it is still driving at `answer_at` (as the inbound call's deadline
-        nears: `_early_answer_at`), UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the order and its step, as the
+        nears: `_answer_at`), UNAVAILABLE DEPENDENCY_UNAVAILABLE naming the order and its step, as the
         saga's own give-up does: the caller learns the order was recorded and goes on, and can read it. The
         task is not cancelled (nor by the caller's cancellation: `asyncio.wait` leaves it running), so the
         saga finishes detached, as it does for a caller gone."""
@@ -440,7 +444,7 @@ class OrdersApplication:
         return await self._answer_still_driven(order_id, placement)
 
     async def _answer_still_driven(self, order_id: str, placement: bool) -> Order:
-        """The early answer (`_early_answer_at`) for an order still driven: the order as re-read when that
+        """The early answer (`_answer_at`) for an order still driven: the order as re-read when that
         answers the call (`_answered`: finished since, or CONFIRMED for PlaceOrder), else UNAVAILABLE
         DEPENDENCY_UNAVAILABLE naming it and its step."""
         order = await self._load(order_id)
@@ -470,11 +474,11 @@ class OrdersApplication:
         safe: the charge is keyed by the order, its mark is written before it is sent, and one sent by the
         dead driver is handled as any charge in doubt. An order already CONFIRMED is only read: what runs on
         it is the customer's cancellation, not this placement's to drive (`_settle`). The wait ends before the
-        inbound deadline too, however short (`_held_order_answer_at`), answered as a saga still driving is:
+        inbound deadline too, however short (`_answer_at` with no least wait), answered as a saga still driving is:
         past it, the caller would give up before the poll's end and name no order. A drive taken over
         mid-wait answers by that same point."""
         loop = asyncio.get_running_loop()
-        answer_at = _held_order_answer_at()
+        answer_at = _answer_at(least_wait=None)
         ends, answer_early = loop.time() + _WAIT_FOR_OTHER_DRIVER_SECONDS, False
         if answer_at is not None and answer_at < ends:
             ends, answer_early = answer_at, True
