@@ -3,8 +3,9 @@
     locust -f libs/loadgen/src/shopmesh_loadgen/locustfile.py --host http://127.0.0.1:8080 --headless -u 10 -r 2
     python -m shopmesh_loadgen ...   (the same, with this file, after checking that the edge answers)
 
-Each shopper signs up and logs in once, then does what a shop's visitors mostly do: opens product pages (the
-gateway's composed page: catalog, stock and recommendations), browses the catalogue by page and category, searches,
+Each shopper signs up and logs in (again before its token expires), then does what a shop's visitors mostly do:
+opens product pages (the gateway's composed page: catalog, stock and recommendations), browses the catalogue by
+page and category, searches,
 and now and then checks out what it looked at (one card in ten declined, `--declined-share`), reads its orders and
 its e-mails, and cancels most of its confirmed orders some steps later (`--cancel-share`, nine in ten; all of them
 while the stock it last saw of one of their products was low): CancelOrder restocks through the cancellation saga,
