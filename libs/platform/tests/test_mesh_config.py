@@ -372,8 +372,8 @@ def test_the_ports_a_child_is_started_again_for_are_the_ones_the_stack_plans_for
         env={"catalog": {"METRICS_PORT": value}},
     )
     listeners = stack._listeners()
-    assert {owner for owner, _, _ in listeners} <= {child.name for child in stack._every_child()}
-    catalogs = [port for owner, _, port in listeners if owner == "catalog"]
+    assert {owner for owner, _, _, _ in listeners} <= {child.name for child in stack._every_child()}
+    catalogs = [port for owner, _, _, port in listeners if owner == "catalog"]
     assert catalogs == ([int(value)] if metrics == "moved" else [])
 
 

@@ -114,6 +114,7 @@ def test_help_names_the_default_of_every_option_that_takes_a_value(capsys: pytes
         "--mesh",
         "--canary",
         "--http-port",
+        "--host",
         "--log-format",
         "--startup-timeout",
     }, "a new option: say its default in its help, then add it here"
@@ -123,6 +124,7 @@ def test_help_names_the_default_of_every_option_that_takes_a_value(capsys: pytes
         "--mesh": "(default: none)",
         "--canary": "(default: none)",
         "--http-port": "(default: 8080; 0: not served)",
+        "--host": "(default: 127.0.0.1)",
         "--log-format": "(default: text)",
         "--startup-timeout": "(default: 60)",
     }.items():

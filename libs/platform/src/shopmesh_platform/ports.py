@@ -3,6 +3,7 @@ a service's ports in it, a canary's place in the local mesh, and the check that 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .topology import (
     SERVICES,
     SidecarPorts,
     canary_name,
+    is_edge,
     local_canary_ports,
     local_sidecar_ports,
 )
@@ -73,6 +75,11 @@ class PortPlan:
     # The IP address the edge connects to the gateway from (`make run`: LOCAL_EDGE_SOURCE, which the gateway
     # trusts as its proxy); None: the one the OS picks, the plan's host, as any local client's.
     edge_source: str | None = None
+    # Where the public entry points listen (`make run HOST=`, for a browser or client outside a VM or container):
+    # the HTTP edge and the gateway's gRPC, under the mesh the gateway's sidecar's inbound listener (it takes
+    # plaintext from clients, as an ingress). None: on `host`. Everything else (the other services, NATS, the
+    # sinks, metrics, admin interfaces) stays on `host`: only the edge is meant for clients.
+    public_host: str | None = None
 
     @classmethod
     def local(cls, *, mesh: bool = False, canary: str | None = None) -> PortPlan:
@@ -152,7 +159,27 @@ class PortPlan:
 
     def address(self, name: str) -> str:
         """Where callers reach `name`: its gRPC server, or in the mesh its sidecar's inbound listener."""
-        return f"{self.host}:{self.ports_of(name).grpc}"
+        return f"{self.reachable(self.bind_host(name))}:{self.ports_of(name).grpc}"
+
+    def bind_host(self, name: str) -> str:
+        """Where `name`'s gRPC port (in the mesh its sidecar's inbound listener) is bound: the public host for
+        the edge service, the plan's host for the rest."""
+        return self.public_bind if name in SERVICES and is_edge(name) else self.host
+
+    @property
+    def public_bind(self) -> str:
+        """Where the public entry points are bound (`public_host`, else the plan's host)."""
+        return self.public_host or self.host
+
+    @property
+    def public_reach(self) -> str:
+        """Where a local client reaches the public entry points."""
+        return self.reachable(self.public_bind)
+
+    def reachable(self, bound: str) -> str:
+        """The address a local client connects to for a listener bound on `bound`: the plan's host for the
+        wildcard (0.0.0.0 is no destination, and the edge's own source address reaches loopback only)."""
+        return self.host if ipaddress.ip_address(bound).is_unspecified else bound
 
     def sidecar_of(self, name: str) -> SidecarPorts:
         if self.mesh is None:

@@ -3,6 +3,7 @@ until Ctrl-C.
 
     python -m shopmesh_platform.run [--data-dir .data] [--services catalog,inventory] [--reset] [--free-ports]
                                     [--postgres] [--mesh envoy [--canary SERVICE[:WEIGHT]]] [--http-port PORT]
+                                    [--host ADDRESS]
 
 With the gateway, the public API is also served over HTTP/JSON and gRPC-Web (an Envoy at :8080, docs/http-api.md).
 Says which wave of services it starts and when that wave is SERVING, then prints a table of what runs where
@@ -24,6 +25,10 @@ names the file a psql reads it from); without it, SQLite files under the data di
 With --mesh envoy every service runs behind its own Envoy sidecar: mutual TLS with SPIFFE identities and the
 call graph as policy (docs/mesh.md); --canary adds a second instance of one service that its callers'
 sidecars send a share of their calls.
+Everything listens on 127.0.0.1; --host 0.0.0.0 (make run HOST=0.0.0.0) puts the public entry points alone, the
+HTTP edge and the gateway's gRPC (with --mesh envoy the gateway's sidecar, which clients call), on that
+address, for a browser or client outside the VM, container or WSL the stack runs in: plaintext, said in one
+warning line.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import ipaddress
 import os
 import pwd
 import shlex
@@ -81,6 +87,7 @@ from .stack import (
 )
 from .topology import (
     LOCAL_EDGE_SOURCE,
+    LOCAL_HOST,
     LOCAL_HTTP_PORT,
     SERVICES,
     canary_name,
@@ -146,6 +153,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="PORT",
         help="the gateway's API over HTTP/JSON and gRPC-Web (default: %(default)s; 0: not served)",
     )
+    parser.add_argument(
+        "--host",
+        type=parse_host,
+        default=LOCAL_HOST,
+        metavar="ADDRESS",
+        help="the IP address the public entry points listen on, the HTTP edge and the gateway's gRPC (with --mesh "
+        "envoy its sidecar): 0.0.0.0 for every interface, to reach them from outside a VM, container or WSL, "
+        "without TLS; the rest stays on 127.0.0.1 (default: %(default)s)",
+    )
     # Each option's default in its help ("%(default)s", filled in by argparse): --help is where a user looks
     # for what happens without the option, and --startup-timeout's 60 s was nowhere to be seen.
     parser.add_argument(
@@ -161,6 +177,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.free_ports and args.http_port not in (0, LOCAL_HTTP_PORT):
         parser.error("--http-port with --free-ports: the OS picks that port too (0 leaves the edge out)")
+    host_error = bind_error(args.host, 0)
+    if host_error is not None:
+        parser.error(f"argument --host: {args.host!r}: cannot listen there: {host_error.strerror}")
     # Here, not only where the stack is built: that comes after --postgres has started its server and run initdb.
     if args.canary is not None and args.mesh != ENVOY:
         parser.error("--canary needs --mesh envoy (make run MESH=envoy): only the callers' sidecars split the calls")
@@ -177,6 +196,23 @@ def parse_port(value: str) -> int:
     return port
 
 
+def parse_host(value: str) -> str:
+    """An IPv4 address, or localhost (127.0.0.1): a host name could resolve to anything, or to nothing on the
+    machine, and a server binds an address, not a name. IPv4 only: the local stack's other processes, its
+    port checks and its clients are on 127.0.0.1."""
+    if value == "localhost":
+        return LOCAL_HOST
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: not an IP address (0.0.0.0: every interface; 127.0.0.1 or localhost: this machine only)"
+        ) from None
+    if address.version != 4:
+        raise argparse.ArgumentTypeError(f"{value!r}: an IPv4 address, please (0.0.0.0: every interface)")
+    return str(address)
+
+
 def parse_canary(value: str) -> Canary:
     service, _, weight = (part.strip() for part in value.partition(":"))
     if service not in SERVICES:
@@ -188,7 +224,11 @@ def parse_canary(value: str) -> Canary:
 
 
 def port_plan(
-    free: bool, mesh: bool = False, canary: Canary | None = None, http_port: int = LOCAL_HTTP_PORT
+    free: bool,
+    mesh: bool = False,
+    canary: Canary | None = None,
+    http_port: int = LOCAL_HTTP_PORT,
+    host: str = LOCAL_HOST,
 ) -> PortPlan:
     service = None if canary is None else canary.service
     plan = (
@@ -196,6 +236,8 @@ def port_plan(
         if free
         else PortPlan.local(mesh=mesh, canary=service)
     )
+    if host != plan.host:
+        plan = dataclasses.replace(plan, public_host=host)
     if http_port == 0:
         plan = dataclasses.replace(plan, http=None, http_admin=None)
     elif not free:
@@ -781,13 +823,16 @@ def _edge_trusted(ports: PortPlan) -> dict[str, str]:
         return {"TRUSTED_PROXIES": "unix"}
     if ports.http is None:
         return {}
-    return {"TRUSTED_PROXIES": ports.edge_source or ports.host}
+    # Without an address of its own, the edge comes from where it calls the gateway (`--host 192.0.2.2`: there).
+    return {"TRUSTED_PROXIES": ports.edge_source or ports.public_reach}
 
 
 async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None, signals: _Signals) -> int:
     database = None if postgres is None else postgres.server
     selected = args.services if args.services is not None else existing_services()
-    ports = port_plan(args.free_ports, mesh=args.mesh == ENVOY, canary=args.canary, http_port=args.http_port)
+    ports = port_plan(
+        args.free_ports, mesh=args.mesh == ENVOY, canary=args.canary, http_port=args.http_port, host=args.host
+    )
     env = local_env(selected, database, ports)
     stack = Stack(
         args.data_dir,
@@ -804,6 +849,9 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
     if args.reset:
         say(reset_data_dir(args.data_dir))
     signals.stack = stack
+    warning = public_warning(stack)
+    if warning is not None:
+        say(warning)
     names = ", ".join([NATS, *stack.sinks, *stack.sidecars, *stack.services])
     say(f"starting {names} (data in {stack.data_dir}) ...")
     # Cancelled by a signal, Stack.start stops what it had started.
@@ -820,6 +868,24 @@ async def run_stack(args: argparse.Namespace, postgres: ThrowawayPostgres | None
         remove_stack_file(written, os.getpid())
 
 
+def public_warning(stack: Stack) -> str | None:
+    """The one line that says what --host exposes, when that is more than this machine: plaintext, no TLS,
+    which on 127.0.0.1 only this machine's own accounts could reach."""
+    host = stack.ports.public_bind
+    if ipaddress.ip_address(host).is_loopback:
+        return None
+    endpoints = [
+        *([f"the HTTP edge (port {stack.ports.http})"] if stack.ports.http is not None else []),
+        *([f"the gateway's gRPC (port {stack.ports.ports_of('gateway').grpc})"] if "gateway" in stack.services else []),
+    ]
+    if not endpoints:
+        return None
+    return (
+        f"warning: --host {host}: {' and '.join(endpoints)} reachable from the network, without TLS; "
+        "anyone who can reach this machine can call them"
+    )
+
+
 def refuse_an_http_port_of_the_table(stack: Stack) -> None:
     """Refuse a --http-port that another process of the stack listens on (`--http-port 4222`), or that no server
     may listen on (`--http-port 80` without the privilege): the port check said "planned twice" or "cannot
@@ -833,9 +899,10 @@ def refuse_an_http_port_of_the_table(stack: Stack) -> None:
     others = [label for label, port in planned if port == edge and label != EDGE_LABEL]
     if others:
         raise StackError(f"--http-port {edge} is also {others[0]}'s port: {way_out}")
-    error = bind_error(stack.ports.host, edge)
+    host = stack.ports.public_bind
+    error = bind_error(host, edge)
     if error is not None and error.errno != errno.EADDRINUSE:
-        raise StackError(f"cannot listen on {stack.ports.host}:{edge} (--http-port): {error.strerror}: {way_out}")
+        raise StackError(f"cannot listen on {host}:{edge} (--http-port): {error.strerror}: {way_out}")
 
 
 def local_stack(stack: Stack) -> LocalStack:

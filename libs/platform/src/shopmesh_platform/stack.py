@@ -710,7 +710,7 @@ class Stack:
         assert self.ports.http is not None
         assert self.ports.http_admin is not None
         argv = _envoy_argv(self._http_api_bootstrap)
-        address = f"{self.ports.host}:{self.ports.http}"
+        address = f"{self.ports.public_reach}:{self.ports.http}"
         return _Child(HTTP_API, argv, dict(os.environ), None, address, (self.ports.http_admin, "/ready"))
 
     @property
@@ -722,7 +722,7 @@ class Stack:
         assert self.ports.http is not None
         assert self.ports.http_admin is not None
         api = HttpApi(
-            host=self.ports.host,
+            host=self.ports.public_bind,
             port=self.ports.http,
             admin_host=self.ports.host,
             admin_port=self.ports.http_admin,
@@ -759,6 +759,7 @@ class Stack:
                 # A canary's sidecar presents its service's SVID: callers' sidecars accept only that identity.
                 service=service,
                 host=self.ports.host,
+                inbound_host=self.ports.bind_host(name),
                 inbound_port=self.ports.ports_of(name).grpc,
                 ports=self.ports.sidecar_of(name),
                 upstreams={callee: self.ports.address(callee) for callee in outbound},
@@ -879,8 +880,8 @@ class Stack:
                 env.pop(variable, None)
             return _Child(spec.name, spec.argv, env, spec.health_service, f"unix:{socket_path}")
         env.pop("GRPC_UNIX_SOCKET", None)
-        env.update(GRPC_HOST=self.ports.host, GRPC_PORT=str(ports.grpc))
-        address = f"{self.ports.host}:{ports.grpc}"
+        env.update(GRPC_HOST=self.ports.bind_host(spec.name), GRPC_PORT=str(ports.grpc))
+        address = self.ports.address(spec.name)
         return _Child(spec.name, spec.argv, env, spec.health_service, address)
 
     # --- queries -----------------------------------------------------------------------------------
@@ -931,34 +932,39 @@ class Stack:
 
     def planned_ports(self) -> list[tuple[str, int]]:
         """The TCP ports this stack's processes listen on, each with whose it is (`<service> gRPC`)."""
-        return [(label, port) for _, label, port in self._listeners()]
+        return [(label, port) for _, label, _, port in self._listeners()]
 
-    def _listeners(self) -> list[tuple[str, str, int]]:
-        """planned_ports, each with the name of the process that binds it: read from the plan and each
-        service's environment as it is now (a restart's `env` may move its METRICS_PORT)."""
+    def _listeners(self) -> list[tuple[str, str, str, int]]:
+        """planned_ports, each with the name of the process that binds it and the address it binds it on: read
+        from the plan and each service's environment as it is now (a restart's `env` may move its METRICS_PORT)."""
         plan = self.ports
-        planned: list[tuple[str, str, int | None]] = [
-            (NATS, "NATS", plan.nats),
-            (NATS, "NATS monitoring", plan.nats_monitor),
+        host = plan.host
+        planned: list[tuple[str, str, str, int | None]] = [
+            (NATS, "NATS", host, plan.nats),
+            (NATS, "NATS monitoring", host, plan.nats_monitor),
         ]
-        planned += [(name, f"the {name} sink", port) for name, port in self._sink_ports.items()]
+        planned += [(name, f"the {name} sink", host, port) for name, port in self._sink_ports.items()]
         if self._http_api is not None:
-            planned += [(HTTP_API, EDGE_LABEL, plan.http), (HTTP_API, f"{EDGE_LABEL}'s admin", plan.http_admin)]
+            planned += [
+                (HTTP_API, EDGE_LABEL, plan.public_bind, plan.http),
+                (HTTP_API, f"{EDGE_LABEL}'s admin", host, plan.http_admin),
+            ]
         for spec in self.specs:
             metrics = self._metrics_port(spec.name)
             # Behind a sidecar, the service's gRPC port is the sidecar's inbound listener.
             sidecar_child = self._sidecars.get(spec.name)
             grpc_owner = spec.name if sidecar_child is None else sidecar_child.name
-            planned.append((grpc_owner, f"{spec.name} gRPC", plan.ports_of(spec.name).grpc))
-            planned.append((spec.name, f"{spec.name} metrics", metrics if metrics > 0 else None))
+            grpc = plan.ports_of(spec.name).grpc
+            planned.append((grpc_owner, f"{spec.name} gRPC", plan.bind_host(spec.name), grpc))
+            planned.append((spec.name, f"{spec.name} metrics", host, metrics if metrics > 0 else None))
             if sidecar_child is not None:
                 sidecar = plan.sidecar_of(spec.name)
-                planned.append((sidecar_child.name, f"{spec.name} sidecar admin", sidecar.admin))
+                planned.append((sidecar_child.name, f"{spec.name} sidecar admin", host, sidecar.admin))
                 planned += [
-                    (sidecar_child.name, f"{spec.name} sidecar to {callee}", port)
+                    (sidecar_child.name, f"{spec.name} sidecar to {callee}", host, port)
                     for callee, port in sidecar.outbound.items()
                 ]
-        return [(owner, label, port) for owner, label, port in planned if port is not None]
+        return [(owner, label, bound, port) for owner, label, bound, port in planned if port is not None]
 
     def app_address(self, name: str) -> str:
         """Where a service itself listens, as a gRPC target: its gRPC address; behind a sidecar `unix:<path>`,
@@ -1262,18 +1268,18 @@ class Stack:
             )
         seen: dict[int, str] = {}
         held: list[tuple[str, int]] = []
-        for label, port in self.planned_ports():
+        for _, label, bound, port in self._listeners():
             if port in seen:
                 raise PortInUse(f"port {port} is planned twice: {seen[port]} and {label}")
             seen[port] = label
-            error = bind_error(self.ports.host, port)
+            error = bind_error(bound, port)
             if error is None:
                 continue
             if error.errno != errno.EADDRINUSE:
-                raise PortInUse(f"cannot listen on {self.ports.host}:{port} ({label}): {error.strerror}")
-            if listening(self.ports.host, port):
+                raise PortInUse(f"cannot listen on {bound}:{port} ({label}): {error.strerror}")
+            if listening(self.ports.reachable(bound), port):
                 raise PortInUse(
-                    f"port {port} ({label}) is already in use on {self.ports.host}: is another `make run` "
+                    f"port {port} ({label}) is already in use on {bound}: is another `make run` "
                     f"still running? See who holds it: ss -ltnp 'sport = :{port}'"
                 )
             # Not listening, yet not bindable: an outgoing connection's local port (the fixed local
@@ -1285,11 +1291,11 @@ class Stack:
         """The ports of `child` that a client connection holds (no server listens there, yet none can bind)."""
         return [
             (child.name, port)
-            for owner, _, port in self._listeners()
+            for owner, _, bound, port in self._listeners()
             if owner == child.name
-            and (error := bind_error(self.ports.host, port)) is not None
+            and (error := bind_error(bound, port)) is not None
             and error.errno == errno.EADDRINUSE
-            and not listening(self.ports.host, port)
+            and not listening(self.ports.reachable(bound), port)
         ]
 
     async def _wait_for_closing_connections(

@@ -123,6 +123,9 @@ class Sidecar:
     app_socket: Path
     # host:port of an OTLP/gRPC receiver (the local trace sink) for the sidecar's own spans; None: none.
     traces: str | None = None
+    # Where the inbound listener is bound; None: `host`, as the sidecar's other listeners and its admin interface.
+    # The edge's sidecar takes clients' calls, and `make run HOST=` publishes it alone.
+    inbound_host: str | None = None
     # "canary": the sidecar of a canary of `service` (same identity, a name of its own: `<service>-canary-sidecar`).
     track: str = "stable"
     # Callee → (its canary's inbound address, the canary's share of the calls in percent): the outbound
@@ -259,7 +262,8 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, spans: dict[
         **settings,
     )
     # The traffic direction is also the kind of the sidecar's spans: server here, client outbound.
-    return listener("inbound", sidecar.host, sidecar.inbound_port, "INBOUND", manager, transport_socket)
+    inbound_host = sidecar.inbound_host or sidecar.host
+    return listener("inbound", inbound_host, sidecar.inbound_port, "INBOUND", manager, transport_socket)
 
 
 def _outbound_listener(sidecar: Sidecar, callee: str, port: int, spans: dict[str, Any] | None) -> dict[str, Any]:
