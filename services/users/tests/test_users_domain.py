@@ -4,19 +4,22 @@ beside it (JWK thumbprints, argon2 hashing, settings)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shopmesh_chassis import call_context
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.config import ConfigError, load_settings
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.text_reads import characters_read
+from shopmesh_users import passwords as passwords_module
 from shopmesh_users.domain.failed_logins import Attempts, LoginThrottle, Taken, email_key
 from shopmesh_users.domain.keys import (
     LONGEST_TOKEN_LIFETIME,
@@ -466,6 +469,68 @@ async def test_a_hash_whose_caller_gave_up_keeps_its_turn_and_its_queue_place_un
     assert counting.most == 1
     assert await passwords.hash("again") == "hashed", "the turns were given back"
     await passwords.close()
+
+
+class SlowHasher:
+    """In place of argon2: each hash takes `seconds` of a clock the test owns (the one Passwords measures hashes
+    by); once `hold` is called, hashes are counted as they start and wait for `release` before finishing."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.now = 0.0
+        self.started = 0
+        self.release = threading.Event()
+        self.release.set()  # the hash Passwords makes at start finishes at once
+
+    def hold(self) -> None:
+        self.started = 0
+        self.release.clear()
+
+    def clock(self) -> float:
+        return self.now
+
+    def hash(self, password: str) -> str:
+        self.started += 1
+        self.release.wait(10)
+        self.now += self.seconds
+        return "hashed"
+
+
+def slow_passwords(monkeypatch: pytest.MonkeyPatch, hasher: SlowHasher, concurrency: int, queue: int) -> Passwords:
+    monkeypatch.setattr(passwords_module, "PasswordHasher", lambda **_costs: hasher)
+    return Passwords(
+        time_cost=1, memory_kib=8192, parallelism=1, concurrency=concurrency, queue=queue, clock=hasher.clock
+    )
+
+
+async def within(seconds: float | None, check: Callable[[], Awaitable[str]]) -> str:
+    """`check` as in a call whose deadline is `seconds` away (None: a call without one)."""
+    token = call_context.enter(seconds, None)
+    try:
+        return await check()
+    finally:
+        call_context.leave(token)
+
+
+async def test_a_password_check_that_could_not_finish_before_its_deadline_is_refused_at_once_not_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hashes take 100 s here, two at a time: a caller with 250 s left and four ahead of it would finish after
+    300 s at worst, so it is told to retry (as when the queue is full) instead of waiting out its deadline and
+    ending DEADLINE_EXCEEDED; with two or three ahead (200 s) it waits, and a call without a deadline is
+    admitted while the queue has room, as before."""
+    hasher = SlowHasher(seconds=100)
+    passwords = slow_passwords(monkeypatch, hasher, concurrency=2, queue=8)
+    hasher.hold()
+    calls = [asyncio.create_task(within(250, functools.partial(passwords.hash, f"pw{i}"))) for i in range(4)]
+    await eventually(lambda: hasher.started == 2, "two hashes running, two waiting for a turn")
+    with pytest.raises(ResourceExhausted) as caught:
+        await within(250, functools.partial(passwords.hash, "four ahead"))
+    assert (caught.value.reason, caught.value.retry_after_seconds) == (BUSY_REASON, 1.0)
+    without_deadline = asyncio.create_task(within(None, functools.partial(passwords.hash, "no deadline")))
+    hasher.release.set()
+    assert await asyncio.gather(*calls, without_deadline) == ["hashed"] * 5
+    assert await within(250, functools.partial(passwords.hash, "again")) == "hashed"
 
 
 async def test_closing_the_passwords_waits_for_the_hashes_still_running_and_refuses_new_ones() -> None:

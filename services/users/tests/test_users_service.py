@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,7 @@ from shopmesh_chassis.errors import CONFLICT_RETRY_AFTER_SECONDS, ResourceExhaus
 from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.server import ChassisServer, ServiceBinding
 from shopmesh_chassis.testing import eventually, free_port, serve_in_process
+from shopmesh_users import passwords as passwords_module
 from shopmesh_users.application import UsersApplication
 from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.signing import jwk_thumbprint
@@ -649,6 +651,42 @@ async def test_a_login_refused_for_a_full_hashing_queue_counts_as_shed_and_a_thr
             await eventually(lambda: counts() == (2, 1), "both refusals counted handled, the busy one shed")
     finally:
         finish.set()
+
+
+SLOW_HASH_SECONDS = 2.5
+
+
+class SlowToHash(PasswordHasher):
+    """argon2 on a node where a hash takes at least SLOW_HASH_SECONDS: the hash users makes at start is its
+    first measure of how long one takes."""
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        time.sleep(SLOW_HASH_SECONDS)
+        return super().hash(password, salt=salt)
+
+
+async def test_a_login_whose_hash_could_not_finish_before_its_deadline_is_refused_busy_not_deadline_exceeded(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one hash running and one at a time, a login with 4.5 s left would finish after two hashes of 2.5 s:
+    it is refused PASSWORD_HASHING_BUSY at once, which the client can retry, though the queue has room. Queued,
+    it waited out its deadline and ended DEADLINE_EXCEEDED, a server error at users and at the gateway."""
+    monkeypatch.setattr(passwords_module, "PasswordHasher", SlowToHash)
+    held = HeldHashing()
+    settings = users_settings(tmp_path, password_hash_concurrency=1, password_hash_queue=32)
+    try:
+        async with serving(settings, clock) as (_, server, stub):
+            held.hold(monkeypatch)
+            holding = asyncio.ensure_future(login(stub, email="ann@example.com"))
+            await eventually(held.hashing.is_set, "the first login's hash started")
+            request = users_pb2.LoginRequest(email="bob@example.com", password=PASSWORD)
+            busy = await error_of(stub.Login(request, timeout=2 * SLOW_HASH_SECONDS - 0.5))
+            assert (busy.code, busy.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY_REASON)
+            held.finish.set()
+            assert (await error_of(holding)).reason == "INVALID_CREDENTIALS"
+            await eventually(lambda: login_sample(server, "shopmesh_grpc_server_shed_total") == 1, "counted as shed")
+    finally:
+        held.finish.set()
 
 
 async def test_a_login_refused_for_a_full_hashing_queue_has_an_error_span_that_names_its_reason(

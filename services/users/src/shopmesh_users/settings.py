@@ -39,7 +39,10 @@ class UsersSettings(DatabaseSettings):
     password_hash_parallelism: int = Field(default=4, ge=1)
     # Hashes at once (each holds PASSWORD_HASH_MEMORY_KIB while it runs: 2 x 64 MiB fits the pod's 384 MiB
     # beside the service's ~170 MB), and how many more may wait for a turn before a caller is told to
-    # retry (RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY).
+    # retry (RESOURCE_EXHAUSTED, reason PASSWORD_HASHING_BUSY). The queue is the hard cap: a call with a
+    # deadline is told so sooner, when those ahead of it and its own hash, at the hash time measured here,
+    # would not be done by then (docs/auth.md, "Password hashing admission"); at the defaults ~20 fit the
+    # gateway's 5 s, not 34 (~8.5 s).
     password_hash_concurrency: int = Field(default=2, ge=1)
     password_hash_queue: int = Field(default=32, ge=0)
 
