@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -531,6 +532,31 @@ async def test_a_password_check_that_could_not_finish_before_its_deadline_is_ref
     hasher.release.set()
     assert await asyncio.gather(*calls, without_deadline) == ["hashed"] * 5
     assert await within(250, functools.partial(passwords.hash, "again")) == "hashed"
+
+
+async def test_a_password_check_whose_deadline_passed_while_it_waited_is_not_hashed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The call's cancellation comes through grpcio's poller, late on a busy node: a check that gets its turn
+    after its deadline, not yet cancelled, is refused, not hashed for no one while it holds the turn."""
+    hasher = SlowHasher(seconds=0.001)
+    passwords = slow_passwords(monkeypatch, hasher, concurrency=1, queue=8)
+    hasher.hold()
+    running = asyncio.create_task(passwords.hash("running"))
+    await eventually(lambda: hasher.started == 1, "the first hash running")
+    late = asyncio.create_task(within(0.2, functools.partial(passwords.hash, "late")))
+    # One pass of the event loop: the task enters its call, deadline 0.2 s from then, and waits for a turn.
+    await asyncio.sleep(0)
+    passes_at = time.monotonic() + 0.2
+    await eventually(lambda: time.monotonic() > passes_at, "the waiting check's deadline passed")
+    assert not late.done(), "admitted, waiting for a turn"
+    hasher.release.set()
+    with pytest.raises(ResourceExhausted) as caught:
+        await late
+    assert caught.value.reason == BUSY_REASON
+    assert await running == "hashed"
+    assert hasher.started == 1, "the late check was not hashed"
+    assert await passwords.hash("again") == "hashed", "its turn was given back"
 
 
 async def test_closing_the_passwords_waits_for_the_hashes_still_running_and_refuses_new_ones() -> None:

@@ -102,6 +102,12 @@ class Passwords:
         except BaseException:
             self._admitted -= 1
             raise
+        remaining = call_context.inbound_time_remaining()
+        if remaining is not None and remaining <= 0:
+            # Its deadline passed while it waited, but the call's cancellation has not reached this task (it comes
+            # through grpcio's poller, late on a busy node): its hash would run for no one, holding a turn.
+            self._give_back()
+            raise _busy("the call's deadline passed while its password check waited for a turn")
         try:
             loop = asyncio.get_running_loop()
             running = loop.run_in_executor(self._threads, functools.partial(self._timed, work, *args, **kwargs))
