@@ -161,12 +161,22 @@ async def test_a_client_cancelling_in_its_deadlines_last_stretch_under_the_floor
     """The audit's case: at the default threshold (0.25 s), a client sending 0.3 s and cancelling after 0.21 s,
     within the latency SLO, left the chassis at most its skew tolerance, and the gateway and catalog behind it
     counted DEADLINE_EXCEEDED: the availability budget spent by the client's choice. Now the deadline is
-    below the floor, refused before any work."""
-    async with slow_catalog_behind_gateway(work_seconds=2.0) as (catalog, catalog_server, gateway):
+    below the floor, refused before any work. The same stretch at the test's own threshold (FLOOR): at 0.25 s a
+    refusal that took the loaded machine more than 0.21 s was cancelled by the client first."""
+    deadline = FLOOR + DEADLINE_SKEW_TOLERANCE_SECONDS / 2  # above the threshold, below the floor
+    cancel_after = deadline - 0.9 * DEADLINE_SKEW_TOLERANCE_SECONDS  # less than the tolerance left
+    async with slow_catalog_behind_gateway(work_seconds=2 * FLOOR, **BELOW_THE_FLOOR) as (
+        catalog,
+        catalog_server,
+        gateway,
+    ):
 
         async def call() -> tuple[grpc.StatusCode, str] | str:
-            answer = gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=0.3)
-            await asyncio.sleep(0.21)
+            answer = gateway.shop.ListProducts(shop_pb2.ListProductsRequest(), timeout=deadline)
+            answered = asyncio.Event()
+            answer.add_done_callback(lambda _: answered.set())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), cancel_after)
             cancelled = answer.cancel()
             try:
                 await answer
