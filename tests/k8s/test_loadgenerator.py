@@ -170,3 +170,16 @@ def test_a_pull_secret_entry_that_names_no_secret_fails_its_render_as_a_services
     # Checked as a service chart checks it: the API would take `[{}]` and the kubelet pull without credentials.
     with pytest.raises(Exception, match="imagePullSecrets for loadgenerator: each entry is a Secret's name"):
         objects_of(helm_dir, NAME, {"global": {"imagePullSecrets": [entry]}})
+
+
+@pytest.mark.parametrize("chart", [NAME, render.UMBRELLA])
+def test_its_network_policy_is_left_out_with_the_services_when_global_network_policy_is_off(
+    helm_dir: Path, chart: str
+) -> None:
+    # global.networkPolicy.enabled false is a cluster whose policies someone else writes (or whose CNI enforces
+    # none): the services render none then, and a policy of the load generator's alone would be the one left.
+    off = {"global": {"networkPolicy": {"enabled": False}}}
+    values = render.merged_values(render.values_for("default", helm_dir), ENABLED, off) if chart != NAME else off
+    docs = objects_of(helm_dir, chart, values)
+    assert find(docs, "Deployment", NAME)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"] == []
