@@ -19,15 +19,15 @@ from pydantic import SecretStr
 from shopmesh_chassis.config import ConfigError, ServiceSettings, load_settings
 from shopmesh_platform.topology import SERVICES
 
-from .k8skit import ROOT, Docs, find, objects_of, render
+from .k8skit import ROOT, Docs, dockerfiles, find, objects_of, render
 
 # Fakes the Secrets' files stand for, where the service checks their form (any other file holds "x").
 SECRET_FILES = {"IDEMPOTENCY_FINGERPRINT_KEY": "k" * 40}
 
 
 def image_env() -> dict[str, str]:
-    """The variables the services' image sets (the Dockerfile template's last ENV), under the ConfigMap's."""
-    text = (ROOT / "k8s" / "docker" / "Dockerfile.template").read_text()
+    """The variables the services' image sets (their Dockerfile's last ENV), under the ConfigMap's."""
+    text = dockerfiles.dockerfile("gateway")
     last = text[text.rindex("\nENV ") + len("\nENV ") :]
     assignments = re.match(r"(?:[^\n]*\\\n)*[^\n]*", last)
     assert assignments is not None
