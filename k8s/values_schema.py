@@ -213,6 +213,9 @@ SHARED: dict[str, Schema] = {
 GLOBAL: Schema = strict(
     "environment-wide settings, the same for the umbrella chart and any service chart alone",
     environment=STRING,
+    # The cluster's DNS domain, in every Service name the charts build (<service>.<namespace>.svc.<domain>): a
+    # DNS name, no trailing dot (the names are written with a dot after it nowhere).
+    clusterDomain={"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
     imageRegistry=STRING,
     thirdPartyRegistry=STRING,
     imageTag=TEXT,

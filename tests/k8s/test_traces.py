@@ -181,6 +181,24 @@ def test_only_a_spelling_of_the_dev_infrastructure_passes_with_its_peers(helm_di
         objects_of(helm_dir, "orders", {"global": {"nats": {"url": url}}})
 
 
+@pytest.mark.parametrize(
+    ("url", "dev"),
+    [
+        ("nats://nats.shopmesh-infra.svc.corp.example:4222", True),
+        ("nats://nats.shopmesh-infra:4222", True),
+        # Another cluster's domain is not this one's: a name there is not k8s/infra's NATS.
+        ("nats://nats.shopmesh-infra.svc.cluster.local:4222", False),
+    ],
+)
+def test_the_dev_infrastructure_is_spelt_in_the_clusters_own_domain(helm_dir: Path, url: str, dev: bool) -> None:
+    values = {"global": {"clusterDomain": "corp.example", "nats": {"url": url}}}
+    if dev:
+        assert find(objects_of(helm_dir, "orders", values), "ConfigMap", "orders")["data"]["NATS_URL"] == url
+    else:
+        with pytest.raises(Exception, match=re.escape("is not the dev infrastructure's, but global.nats.peers still")):
+            objects_of(helm_dir, "orders", values)
+
+
 # And the SMTP relay (global.smtp.host, port, peers).
 def test_an_smtp_relay_elsewhere_with_k8s_infras_peers_fails_the_render(helm_dir: Path) -> None:
     smtp = {"host": "smtp.example.com", "port": 465}

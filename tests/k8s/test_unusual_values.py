@@ -279,3 +279,20 @@ def test_sizing_for_a_service_the_release_does_not_have_fails_the_render(helm_di
     sizing["catlog"] = sizing.pop("catalog")
     with pytest.raises(Exception, match=r'global\.resources\.catlog: no service "catlog"'):
         objects_of(helm_dir, "shopmesh", staging)
+
+
+@pytest.mark.parametrize("value_set", render.VALUE_SETS)
+def test_a_cluster_domain_other_than_cluster_local_is_in_every_name_the_charts_build(
+    helm_dir: Path, value_set: str
+) -> None:
+    # A cluster whose DNS domain is not cluster.local resolves no <service>.<namespace>.svc.cluster.local: every
+    # address, the dev infrastructure's default URLs, the mesh's names and identities must take its domain.
+    domain = {"global": {"clusterDomain": "corp.example"}, "loadgenerator": {"enabled": True}}
+    texts = render.render(
+        helm_dir, render.UMBRELLA, "custom", values=render.merged_values(render.values_for(value_set, helm_dir), domain)
+    )
+    assert [path for path, text in texts.items() if "cluster.local" in text] == []
+    docs = [doc for text in texts.values() for doc in render.documents(text)]
+    assert find(docs, "ConfigMap", "orders")["data"]["PAYMENTS_ADDRESS"] == "payments.shopmesh.svc.corp.example:50051"
+    container = find(docs, "Deployment", "loadgenerator")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "LOCUST_HOST", "value": "http://gateway.shopmesh.svc.corp.example:8080"} in container["env"]

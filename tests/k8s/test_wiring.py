@@ -669,11 +669,14 @@ def test_dev_infra_has_a_fingerprint_key_for_each_service_that_keeps_idempotency
     assert "idempotency-secrets.yaml" in kustomization["resources"]
 
 
-def test_dev_infra_matches_the_charts_defaults() -> None:
-    values = yaml.safe_load((ROOT / "helm" / "shopmesh" / "values.yaml").read_text())["global"]
-    assert values["nats"]["url"] == "nats://nats.shopmesh-infra.svc.cluster.local:4222"
-    assert values["smtp"]["host"] == "mailpit.shopmesh-infra.svc.cluster.local"
-    assert values["smtp"]["port"] == SMTP_PORT
+def test_dev_infra_matches_the_charts_defaults(helm_dir: Path) -> None:
+    # The dev URLs are the library chart's defaults, built with global.clusterDomain (cluster.local here).
+    config = find(
+        objects_of(helm_dir, render.UMBRELLA, render.values_for("default", helm_dir)), "ConfigMap", "notifications"
+    )
+    assert config["data"]["NATS_URL"] == "nats://nats.shopmesh-infra.svc.cluster.local:4222"
+    assert config["data"]["SMTP_HOST"] == "mailpit.shopmesh-infra.svc.cluster.local"
+    assert config["data"]["SMTP_PORT"] == str(SMTP_PORT)
     kustomization = yaml.safe_load((ROOT / "k8s" / "infra" / "kustomization.yaml").read_text())
     objects = [
         d for f in kustomization["resources"] for d in yaml.safe_load_all((ROOT / "k8s" / "infra" / f).read_text()) if d

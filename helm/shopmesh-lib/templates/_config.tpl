@@ -14,6 +14,9 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $_ := set $c "grpcServices" (dig "service" "grpcServices" list $v) -}}
 {{- $_ := set $c "module" (printf "shopmesh_%s" $name) -}}
 {{- $_ := set $c "environment" (dig "environment" "dev" $g) -}}
+{{- /* The cluster's DNS domain: in every Service name built here, the dev infrastructure's URLs among them. */ -}}
+{{- $domain := dig "clusterDomain" "cluster.local" $g -}}
+{{- $_ := set $c "clusterDomain" $domain -}}
 
 {{- /* Ports: the same in every pod (docs/chassis.md: GRPC_PORT, METRICS_PORT). */ -}}
 {{- $_ := set $c "grpcPort" 50051 -}}
@@ -172,7 +175,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
      below (the render cannot read the Secret). */ -}}
 {{- $publishes := dig "events" "publishes" list $v -}}
 {{- $consumes := dig "events" "consumes" list $v -}}
-{{- $devNats := "nats://nats.shopmesh-infra.svc.cluster.local:4222" -}}
+{{- $devNats := printf "nats://%s:4222" (include "shopmesh-lib.host" (dict "service" "nats" "namespace" "shopmesh-infra" "domain" $domain)) -}}
 {{- $devNatsPeers := include "shopmesh-lib.devInfraPeers" "nats" | fromYamlArray -}}
 {{- $_ := set $c "nats" (dict
     "enabled" (or (gt (len $publishes) 0) (gt (len $consumes) 0))
@@ -186,7 +189,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 
 {{- /* E-mail over SMTP (topology: sends_email). Dev: the Mailpit sink of k8s/infra. */ -}}
 {{- $smtp := dig "smtp" dict $g -}}
-{{- $devSmtpHost := "mailpit.shopmesh-infra.svc.cluster.local" -}}
+{{- $devSmtpHost := include "shopmesh-lib.host" (dict "service" "mailpit" "namespace" "shopmesh-infra" "domain" $domain) -}}
 {{- $devSmtpPeers := include "shopmesh-lib.devInfraPeers" "mailpit" | fromYamlArray -}}
 {{- $_ := set $c "email" (dict
     "enabled" (dig "email" "enabled" false $v)
@@ -278,9 +281,11 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- fail (printf "global.mesh %s: the proxy runs as a native sidecar, which needs Kubernetes 1.29 or later, and this is %s; before 1.29 the API server refuses the injected pods or they never leave Init (offline, give helm template --kube-version)" $mesh .Capabilities.KubeVersion.Version) -}}
 {{- end -}}
 {{- $mp := dig "meshPolicy" dict $g -}}
+{{- /* The trust domain is the cluster domain unless said: Linkerd's default (identityTrustDomain); Istio's is
+     meshConfig.trustDomain, which an install on a cluster of another domain is given alike (docs/mesh.md). */ -}}
 {{- $_ := set $c "meshPolicy" (dict
     "enabled" (and (ne $mesh "") (dig "enabled" true $mp))
-    "trustDomain" (dig "trustDomain" "cluster.local" $mp)
+    "trustDomain" (dig "trustDomain" $domain $mp)
     "ejectAfterConsecutiveErrors" (dig "ejectAfterConsecutiveErrors" 5 $mp)
     "ejectionSeconds" (dig "ejectionSeconds" 30 $mp)
     "linkerdInboundPort" (dig "linkerdInboundPort" 4143 $mp)) -}}
@@ -408,7 +413,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $_ := set $c "logFormat" (dig "logFormat" (dig "logFormat" "json" $g) $v | toString | lower) -}}
 {{- /* Spans: OTLP/gRPC to the dev Jaeger of k8s/infra unless global.otel says otherwise ("" = nowhere);
 the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint's. */ -}}
-{{- $devOtel := "http://jaeger.shopmesh-infra.svc.cluster.local:4317" -}}
+{{- $devOtel := printf "http://%s:4317" (include "shopmesh-lib.host" (dict "service" "jaeger" "namespace" "shopmesh-infra" "domain" $domain)) -}}
 {{- $devOtelPeers := include "shopmesh-lib.devInfraPeers" "jaeger" | fromYamlArray -}}
 {{- $_ := set $c "otel" (dict
     "endpoint" (dig "otel" "endpoint" $devOtel $g)
@@ -432,7 +437,7 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- end -}}
 {{- end -}}
 {{- if $c.nats.enabled -}}
-{{- include "shopmesh-lib.checkEgress" (dict "setting" "nats" "url" $c.nats.url "port" $c.nats.port "peers" $c.nats.peers "devUrl" $devNats "devPeers" $devNatsPeers "enforced" $c.networkPolicy.enabled) -}}
+{{- include "shopmesh-lib.checkEgress" (dict "setting" "nats" "url" $c.nats.url "port" $c.nats.port "peers" $c.nats.peers "devUrl" $devNats "devPeers" $devNatsPeers "enforced" $c.networkPolicy.enabled "domain" $domain) -}}
 {{- end -}}
 {{- /* PostgreSQL's URL is in a Secret, so no URL check as above: outside dev its peers must be said. */ -}}
 {{- if and $c.database.enabled (eq $c.database.mode "postgres") (ne $c.environment "dev") $c.networkPolicy.enabled (not (hasKey (dig "database" dict $g) "peers")) -}}
@@ -441,7 +446,7 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- if $c.email.enabled -}}
 {{- $smtpAt := printf "%s:%v" $c.email.host $c.email.port -}}
 {{- $devSmtpAt := printf "%s:%v" $devSmtpHost $c.email.port -}}
-{{- include "shopmesh-lib.checkEgress" (dict "setting" "smtp" "url" $smtpAt "port" $c.email.port "peers" $c.email.peers "devUrl" $devSmtpAt "devPeers" $devSmtpPeers "enforced" $c.networkPolicy.enabled) -}}
+{{- include "shopmesh-lib.checkEgress" (dict "setting" "smtp" "url" $smtpAt "port" $c.email.port "peers" $c.email.peers "devUrl" $devSmtpAt "devPeers" $devSmtpPeers "enforced" $c.networkPolicy.enabled "domain" $domain) -}}
 {{- end -}}
 {{- /* Istio's sidecars report spans too (_mesh.tpl), with its policy objects and a collector. */ -}}
 {{- $_ := set $c.otel "sidecarSpans" (and (eq $c.mesh "istio") $c.meshPolicy.enabled (ne $c.otel.endpoint "")) -}}
@@ -450,8 +455,8 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
      completes for the services, names nothing there, and the sidecars' spans go nowhere. */ -}}
 {{- if $c.otel.sidecarSpans -}}
 {{- $collector := include "shopmesh-lib.serviceHost" $c.otel.endpoint -}}
-{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?\\.svc\\.cluster\\.local$" $collector) -}}
-{{- fail (printf "global.otel.endpoint (%s): with mesh istio its sidecars send their spans there too, and Istio needs the collector's full name, <service>.<namespace>.svc.cluster.local (e.g. jaeger.shopmesh-infra.svc.cluster.local), to find it; %q is not one" (include "shopmesh-lib.shownUrl" $c.otel.endpoint) $collector) -}}
+{{- if not (regexMatch (printf "^[a-z0-9]([-a-z0-9]*[a-z0-9])?\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?\\.svc\\.%s$" (regexQuoteMeta $domain)) $collector) -}}
+{{- fail (printf "global.otel.endpoint (%s): with mesh istio its sidecars send their spans there too, and Istio needs the collector's full name, <service>.<namespace>.svc.%s (global.clusterDomain; e.g. %s), to find it; %q is not one" (include "shopmesh-lib.shownUrl" $c.otel.endpoint) $domain (include "shopmesh-lib.host" (dict "service" "jaeger" "namespace" "shopmesh-infra" "domain" $domain)) $collector) -}}
 {{- end -}}
 {{- end -}}
 {{- /* ...and so does Istio's ingress proxy in front of the edge (_mesh.tpl), which then decides for the trace:
@@ -468,7 +473,7 @@ the NetworkPolicy lets them out to `peers` on `port`, which must be the endpoint
 {{- $_ := set $c.ingress "traces" (and $c.otel.sidecarSpans (dig "ingress" "traces" true $v) (gt (len $gateways) 0)) -}}
 {{- $_ := set $c.ingress "gateways" (ternary $gateways (dict) $c.ingress.traces) -}}
 {{- if $c.otel.endpoint -}}
-{{- include "shopmesh-lib.checkEgress" (dict "setting" "otel" "url" $c.otel.endpoint "port" $c.otel.port "peers" $c.otel.peers "devUrl" $devOtel "devPeers" $devOtelPeers "enforced" $c.networkPolicy.enabled) -}}
+{{- include "shopmesh-lib.checkEgress" (dict "setting" "otel" "url" $c.otel.endpoint "port" $c.otel.port "peers" $c.otel.peers "devUrl" $devOtel "devPeers" $devOtelPeers "enforced" $c.networkPolicy.enabled "domain" $domain) -}}
 {{- end -}}
 {{- /* global.otel.samplerRatio: the values schema takes the chassis' bounds (k8s/values_schema.py). */ -}}
 {{- /* Prometheus Operator objects (_monitoring.tpl); alerts: the service chart's own, beside the library's. */ -}}
@@ -723,35 +728,37 @@ masked. */}}
 
 {{/* Fails the render when the NetworkPolicy would drop what a global.<setting> URL (SMTP: host:port) leads to: its port is
 not global.<setting>.port (the port the egress rule opens), or it left the dev infrastructure while
-global.<setting>.peers still selects the dev pods. Renders nothing. */}}
+global.<setting>.peers still selects the dev pods (.domain: the cluster's, which a full name ends with). Renders
+nothing. */}}
 {{- define "shopmesh-lib.checkEgress" -}}
 {{- /* A NATS cluster is its servers comma-separated, as NATS_URL takes it: each must use the port. The user part
 of a server is masked wherever the URL is shown (helm install prints a refusal). */ -}}
 {{- $shown := include "shopmesh-lib.shownUrl" .url -}}
-{{- $addresses := include "shopmesh-lib.serviceAddresses" .url -}}
+{{- $addresses := include "shopmesh-lib.serviceAddresses" (dict "url" .url "domain" .domain) -}}
 {{- range $hostPort := splitList "," $addresses -}}
 {{- $port := regexFind ":[0-9]+$" $hostPort | trimPrefix ":" -}}
 {{- if ne $port (toString $.port) -}}
 {{- fail (printf "global.%s: %s and global.%s.port (%v) disagree: the NetworkPolicy opens the port (give the URL its port explicitly)" $.setting $shown $.setting $.port) -}}
 {{- end -}}
 {{- end -}}
-{{- if and .enforced (ne $addresses (include "shopmesh-lib.serviceAddresses" .devUrl)) (eq (toJson .peers) (toJson .devPeers)) -}}
+{{- if and .enforced (ne $addresses (include "shopmesh-lib.serviceAddresses" (dict "url" .devUrl "domain" .domain))) (eq (toJson .peers) (toJson .devPeers)) -}}
 {{- fail (printf "global.%s: %s is not the dev infrastructure's, but global.%s.peers still selects its pods: set the peers yours match, or the NetworkPolicy drops the connections" .setting $shown .setting) -}}
 {{- end -}}
 {{- end -}}
 
-{{/* A URL's servers as the addresses of in-cluster Services they reach, for comparing two spellings of one: no
-scheme or user part, lower case, without the `.svc` / `.svc.cluster.local` suffix cluster DNS completes
+{{/* A URL's servers (.url) as the addresses of in-cluster Services they reach, for comparing two spellings of one:
+no scheme or user part, lower case, without the `.svc` / `.svc.<.domain>` (the cluster's) suffix cluster DNS completes
 (`nats.shopmesh-infra:4222` is `nats.shopmesh-infra.svc.cluster.local:4222`). A one-label host stays as it is: it
 is in the release's own namespace, never the dev infrastructure's. Each server is read as the chassis reads it,
 with or without a scheme: its user part (a NATS token, user:password) is what comes before the last '@'. Not
 urlParse: it fails on a server without a scheme, printing the server, token and all. */}}
 {{- define "shopmesh-lib.serviceAddresses" -}}
 {{- $addresses := list -}}
-{{- range $server := splitList "," . -}}
+{{- $suffix := printf "^([^.:]+\\.[^.:]+)(\\.svc(\\.%s)?)?\\.?(:[0-9]+)$" (regexQuoteMeta .domain) -}}
+{{- range $server := splitList "," .url -}}
 {{- $hostPart := last (splitList "@" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" (trim $server) "")) -}}
 {{- $hostPort := regexReplaceAll "/.*$" $hostPart "" | lower -}}
-{{- $addresses = append $addresses (regexReplaceAll "^([^.:]+\\.[^.:]+)(\\.svc(\\.cluster\\.local)?)?\\.?(:[0-9]+)$" $hostPort "${1}${4}") -}}
+{{- $addresses = append $addresses (regexReplaceAll $suffix $hostPort "${1}${4}") -}}
 {{- end -}}
 {{- join "," $addresses -}}
 {{- end -}}

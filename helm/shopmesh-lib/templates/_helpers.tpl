@@ -1,6 +1,6 @@
 {{/*
 Names and labels. Every object of a service is named after the service itself (catalog, orders, ...),
-not after the release, so that a caller finds `<service>.<namespace>.svc.cluster.local:50051` whether
+not after the release, so that a caller finds `<service>.<namespace>.svc.<cluster domain>:50051` whether
 the service came with the umbrella release or with its own. One copy of a service per namespace.
 */}}
 
@@ -18,12 +18,13 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end -}}
 
-{{/* A service's host name in the cluster: <service>.<namespace>.svc.cluster.local. */}}
+{{/* A service's host name in the cluster: <service>.<namespace>.svc.<domain> (global.clusterDomain: not every
+cluster's is Kubernetes' default, cluster.local, and a name in another resolves nowhere). */}}
 {{- define "shopmesh-lib.host" -}}
-{{ .service }}.{{ .namespace }}.svc.cluster.local
+{{ .service }}.{{ .namespace }}.svc.{{ .domain }}
 {{- end -}}
 
-{{/* The address callers use: <service>.<namespace>.svc.cluster.local:50051. */}}
+{{/* The address callers use: <service>.<namespace>.svc.<domain>:50051. */}}
 {{- define "shopmesh-lib.address" -}}
 {{ include "shopmesh-lib.host" . }}:50051
 {{- end -}}

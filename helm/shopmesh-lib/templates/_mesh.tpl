@@ -32,7 +32,7 @@ The same rules as the local mesh (`make run MESH=envoy`, shopmesh_platform.mesh.
 {{- $c := .c -}}
 {{- $edge := $c.edge -}}
 {{- $callers := $c.serviceCallers -}}
-{{- $host := include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace) -}}
+{{- $host := include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace "domain" $c.clusterDomain) -}}
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 {{ include "shopmesh-lib.metadata" (dict "ctx" . "name" $c.name) }}
@@ -268,7 +268,7 @@ shopmesh-otel
 {{/* The destinations and retries of the service's VirtualService routes (_mesh.tpl, Istio). */}}
 {{- define "shopmesh-lib.mesh.istio-route" -}}
 {{- $c := .c -}}
-{{- $host := include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace) -}}
+{{- $host := include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace "domain" $c.clusterDomain) -}}
 route:
   {{- range $track, $weight := ternary (dict "stable" (sub 100 $c.canary.weight) "canary" $c.canary.weight) (dict "" 100) $c.canary.enabled }}
   - destination:

@@ -89,7 +89,7 @@ spec:
 {{- $_ := set $data "NATS_URL" $c.nats.url -}}
 {{- end -}}
 {{- range $callee := $c.calls -}}
-{{- $_ := set $data (include "shopmesh-lib.addressVariable" $callee) (include "shopmesh-lib.address" (dict "service" $callee "namespace" $c.namespace)) -}}
+{{- $_ := set $data (include "shopmesh-lib.addressVariable" $callee) (include "shopmesh-lib.address" (dict "service" $callee "namespace" $c.namespace "domain" $c.clusterDomain)) -}}
 {{- end -}}
 {{- if $c.email.enabled -}}
 {{- $_ := set $data "SMTP_HOST" $c.email.host -}}

@@ -202,9 +202,9 @@ spec:
         {{- end }}
         {{- if $c.httpApi.enabled }}
         - --http
-        - {{ printf "http://%s:%v" (include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace)) $c.httpApi.port | quote }}
+        - {{ printf "http://%s:%v" (include "shopmesh-lib.host" (dict "service" $c.name "namespace" $c.namespace "domain" $c.clusterDomain)) $c.httpApi.port | quote }}
         {{- end }}
-        - {{ include "shopmesh-lib.address" (dict "service" $c.name "namespace" $c.namespace) | quote }}
+        - {{ include "shopmesh-lib.address" (dict "service" $c.name "namespace" $c.namespace "domain" $c.clusterDomain) | quote }}
         {{- range $c.grpcServices }}
         - {{ . | quote }}
         {{- end }}
