@@ -42,7 +42,8 @@ class Image:
     installs: str  # the second uv sync's comment
     sources: str  # the COPY lines of the workspace sources it installs
     description: str  # org.opencontainers.image.description
-    environment: str  # the runtime stage's ENV, with why
+    runtime: str  # why the runtime stage's root filesystem can be read-only, what the environment is for
+    environment: str  # the variables of its own in the runtime stage's ENV, after those every image sets
     start: str  # EXPOSE (if any) and the ENTRYPOINT, with why
 
 
@@ -63,13 +64,10 @@ COPY libs/contracts/ libs/contracts/
 COPY libs/chassis/ libs/chassis/
 COPY services/@SERVICE@/ services/@SERVICE@/""",
     description="shopmesh @SERVICE@ gRPC service",
-    environment="""\
+    runtime="""\
 # Read-only root filesystem: bytecode was compiled in the builder; writable paths are mounted volumes
-# (/tmp, and /data for SQLite when DATABASE_URL is unset). Container ports: gRPC 50051, metrics 9464.
-ENV PATH=/app/.venv/bin:$PATH \\
-    PYTHONUNBUFFERED=1 \\
-    PYTHONDONTWRITEBYTECODE=1 \\
-    HOME=/tmp \\
+# (/tmp, and /data for SQLite when DATABASE_URL is unset). Container ports: gRPC 50051, metrics 9464.""",
+    environment="""\
     GRPC_HOST=0.0.0.0 \\
     GRPC_PORT=50051 \\
     METRICS_HOST=0.0.0.0 \\
@@ -93,15 +91,11 @@ Locust's shoppers (libs/loadgen), which the
     installs="The package itself, as a wheel",
     sources="COPY libs/loadgen/ libs/loadgen/",
     description="shopmesh load generator: Locust shoppers on the HTTP/JSON API",
-    environment="""\
+    runtime="""\
 # Read-only root filesystem: bytecode was compiled in the builder; /tmp is a mounted volume. No port: headless
 # Locust serves nothing. The chart sets Locust's LOCUST_HOST, LOCUST_USERS, LOCUST_SPAWN_RATE and the shoppers'
-# LOCUST_THINK, LOCUST_DECLINED_SHARE, LOCUST_CANCEL_SHARE.
-ENV PATH=/app/.venv/bin:$PATH \\
-    PYTHONUNBUFFERED=1 \\
-    PYTHONDONTWRITEBYTECODE=1 \\
-    HOME=/tmp \\
-    LOCUST_HEADLESS=true""",
+# LOCUST_THINK, LOCUST_DECLINED_SHARE, LOCUST_CANCEL_SHARE.""",
+    environment="    LOCUST_HEADLESS=true",
     start="""\
 # Exec form: the interpreter is PID 1 (it becomes Locust) and gets SIGTERM itself. --wait: a pod started before
 # the gateway waits for its edge instead of crash-looping.
