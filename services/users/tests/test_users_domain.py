@@ -32,12 +32,15 @@ from shopmesh_users.domain.keys import (
     rotation_due,
     signing_key,
 )
+from shopmesh_users.domain.models import Registration
 from shopmesh_users.domain.tokens import AUDIENCE, ISSUER, build_access_claims
 from shopmesh_users.domain.validation import (
+    PASSWORD_TOO_COMMON,
     validate_login,
     validate_registration,
     validate_user_id,
 )
+from shopmesh_users.password_strength import ESTIMATED_CHARACTERS, too_guessable
 from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.signing import jwk_thumbprint
@@ -52,11 +55,22 @@ def violations(error: pytest.ExceptionInfo[InvalidArgument]) -> list[tuple[str, 
     return [(v.field, v.reason) for v in error.value.violations]
 
 
+def registration_of(email: str, password: str, display_name: str) -> Registration:
+    """Register's validation with zxcvbn's estimate as the service asks it."""
+    return validate_registration(email, password, display_name, too_guessable=too_guessable)
+
+
+def registration_of_any_password(email: str, password: str, display_name: str) -> Registration:
+    """Register's validation with every password taken as hard to guess: for the rules of the other fields and of
+    a password's form and length ("p" * 128 is as guessable as it is long)."""
+    return validate_registration(email, password, display_name, too_guessable=lambda _password, _words: False)
+
+
 # --- validation ------------------------------------------------------------------------------------
 
 
 def test_registration_normalizes_email_and_trims_display_name_but_keeps_the_spaces_of_the_password() -> None:
-    registration = validate_registration("  Ann.Lee+shop@Example.COM ", " pass word ", "  Ann Lee ")
+    registration = registration_of("  Ann.Lee+shop@Example.COM ", " pass word ", "  Ann Lee ")
     assert registration.email == "ann.lee+shop@example.com"
     assert registration.display_name == "Ann Lee"
     assert registration.password == " pass word "
@@ -65,9 +79,9 @@ def test_registration_normalizes_email_and_trims_display_name_but_keeps_the_spac
 def test_registration_accepts_the_limits_of_every_field() -> None:
     email = f"{'a' * 64}@{'b' * 63}.{'c' * 63}.{'d' * 58}.io"
     assert len(email) == 254
-    registration = validate_registration(email, "p" * 128, "n" * 50)
+    registration = registration_of_any_password(email, "p" * 128, "n" * 50)
     assert registration.email == email
-    assert validate_registration("a@b.io", "p" * 8, "n").display_name == "n"
+    assert registration_of_any_password("a@b.io", "p" * 8, "n").display_name == "n"
 
 
 @pytest.mark.parametrize(
@@ -95,7 +109,7 @@ def test_registration_rejects_each_bad_field_with_one_violation(
     email: str, password: str, display_name: str, expected: list[tuple[str, str]]
 ) -> None:
     with pytest.raises(InvalidArgument) as error:
-        validate_registration(email, password, display_name)
+        registration_of(email, password, display_name)
     assert error.value.reason == "VALIDATION_FAILED"
     assert violations(error) == expected
 
@@ -114,7 +128,7 @@ def test_a_display_name_of_invisible_characters_only_is_required_as_an_empty_one
     a name of format characters only (Unicode category Cf, which str.strip() keeps) shows as nothing at all
     and was accepted and stored."""
     with pytest.raises(InvalidArgument) as error:
-        validate_registration("ann@example.com", PASSWORD, display_name)
+        registration_of("ann@example.com", PASSWORD, display_name)
     assert violations(error) == [("display_name", "REQUIRED")]
 
 
@@ -124,7 +138,7 @@ def test_a_display_name_with_control_characters_is_refused_not_stored(display_na
     in it is no part of anybody's name, and was stored and answered back as given (only U+0000 is refused,
     by the chassis)."""
     with pytest.raises(InvalidArgument) as error:
-        validate_registration("ann@example.com", PASSWORD, display_name)
+        registration_of("ann@example.com", PASSWORD, display_name)
     assert [field for field, _ in violations(error)] == ["display_name"]
 
 
@@ -140,7 +154,7 @@ def test_a_display_name_is_the_same_name_and_length_whether_sent_composed_or_dec
     composed = unicodedata.normalize("NFC", VIETNAMESE_NAME)
     decomposed = unicodedata.normalize("NFD", VIETNAMESE_NAME)
     assert (len(composed), len(decomposed)) == (48, 62)
-    registration = validate_registration("a@b.io", PASSWORD, decomposed)
+    registration = registration_of("a@b.io", PASSWORD, decomposed)
     assert registration.display_name == composed
 
 
@@ -152,9 +166,71 @@ def test_a_display_name_longer_than_any_could_be_as_sent_is_refused_too_long_wit
     read = characters_read(monkeypatch)
     name = "a" + "\u0301" * 499_999
     with pytest.raises(InvalidArgument) as error:
-        validate_registration("ann@example.com", PASSWORD, name)
+        registration_of("ann@example.com", PASSWORD, name)
     assert violations(error) == [("display_name", "TOO_LONG")]
-    assert read.count == 0
+    # The password's characters are looked up (is one of them visible?), none of the name's.
+    assert read.count <= len(PASSWORD)
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        " " * 8,
+        "\u3000" * 8,  # IDEOGRAPHIC SPACE: eight spaces once NFKC-normalized
+        " \t" * 4,
+        "\u200b" * 8,  # ZERO WIDTH SPACE: not whitespace to str.strip(), nothing on screen
+    ],
+)
+def test_a_password_with_no_visible_character_is_refused_as_blank(password: str) -> None:
+    """An audit created an account with a password of eight spaces: only its length was checked."""
+    with pytest.raises(InvalidArgument) as error:
+        registration_of("ann@example.com", password, "Ann")
+    assert violations(error) == [("password", "REQUIRED")]
+    assert error.value.violations[0].description == "must not be blank: it needs a visible character"
+
+
+@pytest.mark.parametrize("password", ["12345678", "abc12345", "password1", "qwertyuiop", "iloveyou", "P@ssw0rd!"])
+def test_a_common_password_is_refused_with_what_to_do_and_without_the_password(password: str) -> None:
+    """NIST SP 800-63B 5.1.1.2 (docs/auth.md): a new password on a list of commonly used values is refused. An
+    audit created an account with "12345678"."""
+    with pytest.raises(InvalidArgument) as error:
+        registration_of("ann@example.com", password, "Ann")
+    assert violations(error) == [("password", PASSWORD_TOO_COMMON)]
+    (violation,) = error.value.violations
+    assert "choose a longer or less common password" in violation.description
+    assert password not in violation.description
+    assert password not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "Zorblequint.Vantaxel@Example.com",  # the address, in any letter case
+        "zorblequint.vantaxel",  # its local part
+        "vantaxelzorblequint",  # the words of its local part
+        "Quessimordant",  # the display name
+    ],
+)
+def test_a_password_made_of_the_accounts_own_email_or_name_is_refused(password: str) -> None:
+    """Context-specific words (NIST SP 800-63B 5.1.1.2): none of these passwords is common, but each is the
+    first guess at this account's; another account may choose it."""
+    with pytest.raises(InvalidArgument) as error:
+        registration_of("zorblequint.vantaxel@example.com", password, "Quessimordant")
+    assert violations(error) == [("password", PASSWORD_TOO_COMMON)]
+    assert registration_of("ann@example.com", password, "Ann").password == password
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "correct horse battery staple", "Crème brûlée 2024", "Zq9-secret-PW"])
+def test_a_password_hard_to_guess_is_accepted(password: str) -> None:
+    assert registration_of("ann@example.com", password, "Ann").password == unicodedata.normalize("NFKC", password)
+
+
+def test_the_guessability_of_a_password_is_estimated_on_its_first_characters_only() -> None:
+    """zxcvbn's estimate grows faster than the password: 128 characters of l33t symbols held the event loop for
+    seconds. A password hard to guess in its first characters is no easier whole."""
+    passphrase = ("correct horse battery staple " * 5)[:128]
+    assert not too_guessable(passphrase, [])
+    assert too_guessable("a" * ESTIMATED_CHARACTERS + passphrase[ESTIMATED_CHARACTERS:], [])
 
 
 def test_login_normalizes_the_email_as_registration_does() -> None:
@@ -170,8 +246,8 @@ def test_registration_and_login_normalize_the_password_to_nfkc_whatever_form_the
     nfc = unicodedata.normalize("NFC", CREME_BRULEE)
     decomposed = unicodedata.normalize("NFD", CREME_BRULEE)
     full_width = "".join(chr(0xFEE0 + ord(c)) for c in "password")  # U+FF50...
-    assert validate_registration("a@b.io", decomposed, "Ann").password == nfc
-    assert validate_registration("a@b.io", full_width, "Ann").password == "password"
+    assert registration_of_any_password("a@b.io", decomposed, "Ann").password == nfc
+    assert registration_of_any_password("a@b.io", full_width, "Ann").password == "password"
     credentials = validate_login("a@b.io", decomposed)
     assert (credentials.password, credentials.password_as_sent) == (nfc, decomposed)
     credentials = validate_login("a@b.io", nfc)
@@ -180,14 +256,15 @@ def test_registration_and_login_normalize_the_password_to_nfkc_whatever_form_the
 
 def test_password_length_limits_apply_to_the_normalized_password() -> None:
     # U+FB01, the "fi" ligature: one character typed, two once normalized.
-    assert validate_registration("a@b.io", "\ufb01" * 4, "Ann").password == "fi" * 4
+    assert registration_of_any_password("a@b.io", "\ufb01" * 4, "Ann").password == "fi" * 4
     with pytest.raises(InvalidArgument) as error:
-        validate_registration("a@b.io", "\ufb01" * 65, "Ann")
+        registration_of_any_password("a@b.io", "\ufb01" * 65, "Ann")
     assert violations(error) == [("password", "TOO_LONG")]
 
 
 @pytest.mark.parametrize(
-    "validate", [lambda p: validate_registration("a@b.io", p, "Ann"), lambda p: validate_login("a@b.io", p)]
+    "validate",
+    [lambda p: registration_of_any_password("a@b.io", p, "Ann"), lambda p: validate_login("a@b.io", p)],
 )
 def test_a_password_longer_than_any_could_be_is_refused_before_it_is_normalized(
     validate: Callable[[str], object], monkeypatch: pytest.MonkeyPatch
@@ -234,7 +311,7 @@ def test_a_password_too_long_is_refused_with_the_bound_each_rpc_states() -> None
         validate_login("a@b.io", "p" * 1025)
     assert [v.description for v in error.value.violations] == ["must be at most 1,024 characters as sent"]
     with pytest.raises(InvalidArgument) as error:
-        validate_registration("a@b.io", "p" * 1025, "Ann")
+        registration_of("a@b.io", "p" * 1025, "Ann")
     assert [v.description for v in error.value.violations] == ["must be at most 128 characters"]
 
 

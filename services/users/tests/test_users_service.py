@@ -116,6 +116,9 @@ async def test_register_of_an_email_taken_in_another_case_fails_with_already_exi
         ("ann@example.com", "", "Ann", [("password", "REQUIRED")]),
         ("ann@example.com", "short", "Ann", [("password", "TOO_SHORT")]),
         ("ann@example.com", "p" * 129, "Ann", [("password", "TOO_LONG")]),
+        ("ann@example.com", " " * 8, "Ann", [("password", "REQUIRED")]),
+        ("ann@example.com", "12345678", "Ann", [("password", "PASSWORD_TOO_COMMON")]),
+        ("weak@example.com", "weak@example.com", "Ann", [("password", "PASSWORD_TOO_COMMON")]),
         ("ann@example.com", PASSWORD, " ", [("display_name", "REQUIRED")]),
         ("ann@example.com", PASSWORD, "n" * 51, [("display_name", "TOO_LONG")]),
         ("bad", "short", "", [("email", "INVALID_FORMAT"), ("password", "TOO_SHORT"), ("display_name", "REQUIRED")]),
@@ -507,6 +510,20 @@ async def test_an_account_hashed_before_passwords_were_normalized_logs_in_and_ge
     await login(stub, password=unicodedata.normalize("NFC", typed))
     details = await error_of(login(stub, password=decomposed.upper()))
     assert details.reason == "INVALID_CREDENTIALS"
+
+
+async def test_an_account_whose_password_register_now_refuses_still_logs_in(
+    users: Users, stub: UsersServiceAsyncStub
+) -> None:
+    """Only a new password is checked for being common (NIST SP 800-63B 5.1.1.2): accounts registered with one
+    before the check (the audit's "12345678") keep logging in with it."""
+    await register(stub)
+    common = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("12345678")
+    async with users.database.transaction() as session:
+        await session.execute(update(users_table).values(password_hash=common))
+    details = await error_of(register(stub, email="bob@example.com", password="12345678"))
+    assert violations_of(details) == [("password", "PASSWORD_TOO_COMMON")]
+    assert (await login(stub, password="12345678")).access_token
 
 
 async def hashing_busy(_self: Passwords, _password: str) -> str:

@@ -91,9 +91,15 @@ def _belongs_at_the_end(char: str) -> bool:
 def line_violation(field: str, value: str) -> FieldViolation | None:
     """REQUIRED when the (normalized) `value` shows nothing, INVALID_CHARACTERS when it holds a control
     character or a line break of any kind; None otherwise."""
-    if not any(_visible(char) for char in value):
+    if not shows_something(value):
         return FieldViolation(field, "must not be empty", REQUIRED)
     return characters_violation(field, value)
+
+
+def shows_something(value: str) -> bool:
+    """Whether `value` holds a visible character: not only blanks, format characters (zero-width spaces,
+    joiners) and characters drawn as nothing."""
+    return any(_visible(char) for char in value)
 
 
 def characters_violation(field: str, value: str) -> FieldViolation | None:

@@ -28,7 +28,13 @@ from shopmesh_users.domain.failed_logins import LoginThrottle, email_key
 from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
 from shopmesh_users.domain.models import Account, Credentials, User, new_user_id
 from shopmesh_users.domain.tokens import build_access_claims, new_token_id
-from shopmesh_users.domain.validation import validate_login, validate_registration, validate_user_id
+from shopmesh_users.domain.validation import (
+    GuessableCheck,
+    validate_login,
+    validate_registration,
+    validate_user_id,
+)
+from shopmesh_users.password_strength import too_guessable
 from shopmesh_users.passwords import Passwords
 from shopmesh_users.signing import generate_key_material, sign_access_token
 from shopmesh_users.store.repository import (
@@ -83,6 +89,7 @@ class UsersApplication:
         policy: KeyPolicy,
         clock: Clock = utc_now,
         login_throttle: LoginThrottle | None = None,
+        password_guessable: GuessableCheck = too_guessable,
     ) -> None:
         self._database = database
         self._passwords = passwords
@@ -90,6 +97,8 @@ class UsersApplication:
         self._clock = clock
         # None: logins are not throttled per e-mail (the revoke-keys command, which logs nobody in).
         self._login_throttle = login_throttle
+        # Asked of a new password only: an account whose password it would refuse still logs in.
+        self._password_guessable = password_guessable
         # Takes and give-backs of login attempts while they run. Shielded, they outlive a login cancelled while it
         # awaits them, and then nothing else awaits them: `settle_login_attempts` does, at shutdown.
         self._attempt_writes = Detached()
@@ -98,7 +107,7 @@ class UsersApplication:
 
     @database_errors_as_domain_errors
     async def register(self, email: str, password: str, display_name: str) -> User:
-        registration = validate_registration(email, password, display_name)
+        registration = validate_registration(email, password, display_name, too_guessable=self._password_guessable)
         password_hash = await self._passwords.hash(registration.password)
         user = User(new_user_id(), registration.email, registration.display_name, self._clock())
         try:

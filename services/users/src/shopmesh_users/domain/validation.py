@@ -3,8 +3,9 @@ VALIDATION_FAILED. Each `validate_*` returns the normalized command the applicat
 
 from __future__ import annotations
 
+import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, printable_id_violation, too_long
 from shopmesh_chassis.email_addresses import MAX_EMAIL_LENGTH, is_email_address
@@ -15,13 +16,20 @@ from shopmesh_chassis.password_checks import (
     checked_as_sent,
     too_long_to_check,
 )
-from shopmesh_chassis.text_lines import line_violation, normalized_line, too_long_to_normalize
+from shopmesh_chassis.text_lines import line_violation, normalized_line, shows_something, too_long_to_normalize
 from shopmesh_users.domain.models import Credentials, Registration
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
+PASSWORD_TOO_COMMON = "PASSWORD_TOO_COMMON"
 
 MIN_PASSWORD_LENGTH = 8
 MAX_DISPLAY_NAME_LENGTH = 50
+
+# Whether a new password is too easy to guess, given the words of its account (its e-mail address, the parts of
+# it, the display name): a common password, or one made of those words. A pure function, given to Register's
+# validation by the application (shopmesh_users.password_strength).
+GuessableCheck = Callable[[str, Sequence[str]], bool]
+_WORD_SEPARATORS = re.compile(r"[\W_]+")
 
 
 def normalize_email(email: str) -> str:
@@ -58,14 +66,38 @@ def _email_violation(email: str) -> FieldViolation | None:
     return None
 
 
-def _password_violation(password: str) -> FieldViolation | None:
+def _password_violation(
+    password: str, account_words: Sequence[str], too_guessable: GuessableCheck
+) -> FieldViolation | None:
     if not password:
         return FieldViolation("password", "must not be empty", "REQUIRED")
+    # Eight spaces are a password anyone can guess, and none that a person can see they typed.
+    if not shows_something(password):
+        return FieldViolation("password", "must not be blank: it needs a visible character", "REQUIRED")
     if len(password) < MIN_PASSWORD_LENGTH:
         return FieldViolation("password", f"must be at least {MIN_PASSWORD_LENGTH} characters", "TOO_SHORT")
     if len(password) > MAX_PASSWORD_LENGTH:
         return too_long("password", MAX_PASSWORD_LENGTH)
+    # NIST SP 800-63B 5.1.1.2: not a commonly used or compromised value, nor a context-specific word. The
+    # description says what to do, never the password.
+    if too_guessable(password, account_words):
+        description = (
+            "is too easy to guess (a common password, or one made of your e-mail address or name): "
+            "choose a longer or less common password"
+        )
+        return FieldViolation("password", description, PASSWORD_TOO_COMMON)
     return None
+
+
+def _account_words(email: str, display_name: str) -> list[str]:
+    """The words a guess at this account's password starts from: the e-mail address, its local part, the words
+    of the local part and of the display name ("ann.lee+shop" is "ann", "lee", "shop"). Each cut to its field's
+    limit: either may be far longer, refused as TOO_LONG beside the password's own violation."""
+    email, display_name = email[:MAX_EMAIL_LENGTH], display_name[:MAX_DISPLAY_NAME_LENGTH]
+    local_part = email.rpartition("@")[0]
+    words = [email, local_part, display_name]
+    words += _WORD_SEPARATORS.split(local_part) + _WORD_SEPARATORS.split(display_name)
+    return list(dict.fromkeys(word for word in words if word))
 
 
 def _display_name(display_name: str) -> tuple[str, FieldViolation | None]:
@@ -81,7 +113,9 @@ def _display_name(display_name: str) -> tuple[str, FieldViolation | None]:
     return name, violation
 
 
-def validate_registration(email: str, password: str, display_name: str) -> Registration:
+def validate_registration(
+    email: str, password: str, display_name: str, *, too_guessable: GuessableCheck
+) -> Registration:
     normalized = normalize_email(email)
     name, name_violation = _display_name(display_name)
     # The limits apply to what is hashed: normalizing may lengthen a password (a ligature becomes letters).
@@ -92,7 +126,7 @@ def validate_registration(email: str, password: str, display_name: str) -> Regis
         v
         for v in (
             _email_violation(normalized),
-            _password_violation(password),
+            _password_violation(password, _account_words(normalized, name), too_guessable),
             name_violation,
         )
         if v is not None
