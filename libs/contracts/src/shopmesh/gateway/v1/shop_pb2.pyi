@@ -114,7 +114,10 @@ class RegisterRequest(_message.Message):
     email: _builtins.str
     """E-mail address: syntactically valid, at most 254 characters. Required."""
     password: _builtins.str
-    """Password: 8-128 characters. Required."""
+    """Password: 8-128 characters, at least one visible (blanks only are
+    REQUIRED); one common or made of the e-mail address or display name
+    (too easy to guess) is PASSWORD_TOO_COMMON. Required.
+    """
     display_name: _builtins.str
     """Name shown in the shop: one line of text, 1-50 characters once composed
     (NFC) and trimmed. Required: one that shows nothing is REQUIRED, one

@@ -130,7 +130,10 @@ class RegisterRequest(_message.Message):
     (trimmed, lower-cased) before the uniqueness check. Required.
     """
     password: _builtins.str
-    """Password: 8-128 characters. Never logged or returned. Required."""
+    """Password: 8-128 characters, at least one visible (blanks only are
+    REQUIRED); one common or made of the e-mail address or display name
+    (too easy to guess) is PASSWORD_TOO_COMMON. Never logged or returned. Required.
+    """
     display_name: _builtins.str
     """Name shown in the shop: one line of text, 1-50 characters once composed
     (NFC) and trimmed (it is kept so). Required: one that shows nothing
