@@ -17,7 +17,7 @@ from shopmesh_chassis import errors
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.db import Database
 from shopmesh_orders.application import OrdersApplication
-from shopmesh_orders.domain.model import CancelCode, OrderState, SagaStep
+from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
 from shopmesh_orders.domain.validation import CartLine
 from shopmesh_orders.saga import LeaseHeld, SagaDriver
 from shopmesh_orders.settings import OrdersSettings
@@ -461,3 +461,65 @@ async def test_the_recovery_loop_leaves_an_order_its_own_process_still_drives_wi
     order = await app.get_order(order_id)
     assert (order.state, order.cancel_code) == (OrderState.CONFIRMED, None)
     assert payments.captured() == 1
+
+
+async def test_the_recovery_loop_leaves_an_order_its_own_process_has_a_card_holder_waiting_for(
+    database: Database,
+    catalog: FakeCatalog,
+    inventory: FakeInventory,
+    payments: FakePayments,
+    settings: OrdersSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Audit finding (crash chaos, inventory killed): a PlaceOrder retried with the card polled for the order
+    its first call's drive held at RESERVE; that drive gave up on inventory and released the order, and the
+    process's own recovery pass, which counted only drives as holding the card, took it before the retry's
+    next poll and, inventory back, cancelled it CHECKOUT_INTERRUPTED under the retry. A retry waiting with the
+    card keeps the order from its process's recovery loop as a drive does, however long it waits (the process
+    here stands still past any grace the order was released with, between two of the retry's polls)."""
+    settings = settings.model_copy(update={"saga_lease_seconds": 10.0, "step_timeout_seconds": 5.0})
+    clock = HeldClock()
+    saga = SagaDriver(database, inventory, payments, settings, clock=clock)
+    app = OrdersApplication(database, catalog, saga, clock=clock)
+    reserve, claim, load = inventory.reserve, saga._claim, app._load
+    in_reserve, let_reserve_fail, retry_refused, pass_done = (asyncio.Event() for _ in range(4))
+
+    async def held_reserve(order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
+        if not in_reserve.is_set():
+            in_reserve.set()
+            await let_reserve_fail.wait()
+        return await reserve(order_id, items, ttl_seconds)
+
+    async def claiming(order_id: str, owner: str, *, for_customer: bool) -> bool:
+        claimed = await claim(order_id, owner, for_customer=for_customer)
+        if for_customer and not claimed:
+            retry_refused.set()
+        return claimed
+
+    async def loading(order_id: str, owner_check: bool = False) -> Order:
+        if retry_refused.is_set():
+            # The retry's next poll (it reads the order first) comes only after the recovery pass below.
+            await pass_done.wait()
+        return await load(order_id, owner_check)
+
+    monkeypatch.setattr(inventory, "reserve", held_reserve)
+    monkeypatch.setattr(saga, "_claim", claiming)
+    monkeypatch.setattr(app, "_load", loading)
+    inventory.down = True
+    placing = asyncio.create_task(place(app, command()))
+    await asyncio.wait_for(in_reserve.wait(), 30)
+    retrying = asyncio.create_task(place(app, command()))
+    await asyncio.wait_for(retry_refused.wait(), 30)
+    let_reserve_fail.set()
+    with pytest.raises(errors.Unavailable) as caught:
+        await asyncio.wait_for(placing, 30)
+    order_id = caught.value.metadata["order_id"]
+    # The first drive gave the order up; inventory is back, and a recovery pass runs before the retry's next poll.
+    inventory.down = False
+    clock.now += CARD_HOLDER_GRACE + MAX_CLOCK_SKEW + timedelta(seconds=settings.saga_lease_seconds)
+    await app.resume_unfinished()
+    pass_done.set()
+    assert await asyncio.wait_for(retrying, 30) == order_id
+    order = await app.get_order(order_id)
+    assert (order.state, order.cancel_code, payments.captured()) == (OrderState.CONFIRMED, None, 1)
+    assert inventory.reservations[order.reservation_id][2] == "COMMITTED"

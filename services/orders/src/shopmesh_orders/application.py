@@ -256,11 +256,13 @@ class OrdersApplication:
         # Called for each order a call met that this release cannot read (UnreadableOrder).
         self._on_unreadable = on_unreadable
         self._running = Detached()
-        # The orders this process drives with the customer's card (PlaceOrder), as a count per order: a retry's
-        # drive may start while the one it retries is still unwinding. The recovery pass leaves them alone even
-        # when their lease looks lapsed: the process was paused (a GC pause, CPU throttling, a VM freeze) longer
-        # than lease and grace, its drive is still in the charge call, and the pass, which has no card, would
-        # find no capture and cancel the order CHECKOUT_INTERRUPTED under the customer's PlaceOrder.
+        # The orders this process drives with the customer's card (PlaceOrder), or has a retry with the card
+        # waiting for (`_wait_for_other_driver`), as a count per order: a retry's drive may start while the one
+        # it retries is still unwinding. The recovery pass leaves them alone even when their lease looks lapsed
+        # or they were released with no owner: the process was paused (a GC pause, CPU throttling, a VM freeze)
+        # longer than lease and grace, its drive is still in the charge call, or a retry is between two polls;
+        # the pass, which has no card, would find no capture and cancel the order CHECKOUT_INTERRUPTED under the
+        # customer's PlaceOrder.
         self._driving_with_card: dict[str, int] = {}
         self._tracer = trace.get_tracer("shopmesh.orders.recovery", tracer_provider=tracer_provider)
 
@@ -418,8 +420,8 @@ class OrdersApplication:
         )
         if card is not None:
             # Counted for as long as the task runs, not the caller's wait: the drive outlives a caller gone.
-            self._driving_with_card[order_id] = self._driving_with_card.get(order_id, 0) + 1
-            task.add_done_callback(lambda _: self._card_drive_ended(order_id))
+            self._card_held(order_id)
+            task.add_done_callback(lambda _: self._card_released(order_id))
         return await self._answer_in_time(order_id, task, placement=placement, answer_at=answer_at)
 
     async def _answer_in_time(
@@ -459,7 +461,10 @@ class OrdersApplication:
             metadata={"order_id": order_id, "step": order.step.value},
         )
 
-    def _card_drive_ended(self, order_id: str) -> None:
+    def _card_held(self, order_id: str) -> None:
+        self._driving_with_card[order_id] = self._driving_with_card.get(order_id, 0) + 1
+
+    def _card_released(self, order_id: str) -> None:
         left = self._driving_with_card[order_id] - 1
         if left:
             self._driving_with_card[order_id] = left
@@ -476,7 +481,23 @@ class OrdersApplication:
         it is the customer's cancellation, not this placement's to drive (`_settle`). The wait ends before the
         inbound deadline too, however short (`_answer_at` with no least wait), answered as a saga still driving is:
         past it, the caller would give up before the poll's end and name no order. A drive taken over
-        mid-wait answers by that same point."""
+        mid-wait answers by that same point.
+
+        A caller with the card counts as driving the order (`_driving_with_card`) for the whole wait, between its
+        polls too: the driver it waits for may release the order with no owner (a drive giving up on a
+        dependency) just before this process's recovery pass, which would otherwise take it first and, the
+        dependency back, cancel it CHECKOUT_INTERRUPTED under this retry. Another replica's pass does not see
+        this count."""
+        if card is None:
+            return await self._poll_other_driver(order_id, None, placement=placement)
+        self._card_held(order_id)
+        try:
+            return await self._poll_other_driver(order_id, card, placement=placement)
+        finally:
+            self._card_released(order_id)
+
+    async def _poll_other_driver(self, order_id: str, card: Card | None, *, placement: bool) -> Order:
+        """`_wait_for_other_driver`'s polls."""
         loop = asyncio.get_running_loop()
         answer_at = _answer_at(least_wait=None)
         ends, answer_early = loop.time() + _WAIT_FOR_OTHER_DRIVER_SECONDS, False
