@@ -71,7 +71,17 @@ async def _crash_at(database: Database, order_id: str, step: SagaStep, **fields:
         order = await repo.get(order_id)
         assert order is not None
         await repo.save(replace(order, step=step, state=OrderState.PENDING, **fields))  # type: ignore[arg-type]
-        await repo.release(order_id, "nobody")
+        # Free and due at once, whatever wait the drive that placed it released it with.
+        await session.execute(update(orders).where(orders.c.id == order_id).values(lease_owner=None, lease_until=None))
+
+
+async def _not_retried(database: Database, *order_ids: str) -> None:
+    """Make orders a PlaceOrder drive with the card released to wait due for the recovery loop now, as once the
+    grace it kept them for the card holder's retry is over with no retry (`SagaDriver._kept_for_the_card`)."""
+    async with database.transaction() as session:
+        await session.execute(
+            update(orders).where(orders.c.id.in_(order_ids), orders.c.lease_owner.is_(None)).values(lease_until=None)
+        )
 
 
 async def _stored_by_a_newer_release(database: Database, order_ids: list[str]) -> None:

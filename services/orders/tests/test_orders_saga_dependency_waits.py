@@ -15,7 +15,7 @@ from shopmesh_orders.domain.model import CancelCode, OrderState, SagaStep
 
 from .conftest import FakePayments
 from .inventory_on_the_wire import _with_inventory_over_grpc
-from .saga_kit import Clock, Clocked, command, place
+from .saga_kit import Clock, Clocked, _not_retried, command, place
 
 
 class StillClock(Clock):
@@ -85,6 +85,7 @@ async def test_a_step_whose_dependency_answers_final_is_asked_once_by_place_orde
         inventory.answers.retry_after_seconds,
         True,
     )
+    await _not_retried(clocked.database, caught.value.metadata["order_id"])
     assert await app.resume_unfinished() == 1
     assert inventory.calls == ["reserve", "reserve"]
     order = await app.get_order(caught.value.metadata["order_id"])
@@ -149,6 +150,7 @@ async def test_the_recovery_loop_leaves_an_order_alone_as_long_as_inventory_aske
         with pytest.raises(errors.Unavailable) as caught:
             await place(app, command())
         order_id = caught.value.metadata["order_id"]
+        await _not_retried(clocked.database, order_id)
         assert await app.resume_unfinished() == 1
         inventory.asks_to_wait = None
         clocked.clock.ahead = timedelta(seconds=10)

@@ -90,6 +90,47 @@ class HeldClock:
 
 
 @dataclass
+class Deployed:
+    """Orders' replicas as deployed (lease 10 s = 2 x the 5 s step timeout) on the test's fakes and database,
+    sharing one clock that stands still until the test moves it."""
+
+    database: Database
+    catalog: FakeCatalog
+    inventory: FakeInventory
+    payments: FakePayments
+    settings: OrdersSettings
+    clock: HeldClock = field(default_factory=HeldClock)
+
+    def __post_init__(self) -> None:
+        self.settings = self.settings.model_copy(update={"saga_lease_seconds": 10.0, "step_timeout_seconds": 5.0})
+
+    def replica(self) -> tuple[SagaDriver, OrdersApplication]:
+        saga = SagaDriver(self.database, self.inventory, self.payments, self.settings, clock=self.clock)
+        return saga, OrdersApplication(self.database, self.catalog, saga, clock=self.clock)
+
+
+@pytest.fixture
+def deployed(
+    database: Database, catalog: FakeCatalog, inventory: FakeInventory, payments: FakePayments, settings: OrdersSettings
+) -> Deployed:
+    return Deployed(database, catalog, inventory, payments, settings)
+
+
+def _claims_refused(saga: SagaDriver, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set once `saga` is refused a claim for a customer (a PlaceOrder retry finding the order held)."""
+    claim, refused = saga._claim, asyncio.Event()
+
+    async def claiming(order_id: str, owner: str, *, for_customer: bool) -> bool:
+        claimed = await claim(order_id, owner, for_customer=for_customer)
+        if for_customer and not claimed:
+            refused.set()
+        return claimed
+
+    monkeypatch.setattr(saga, "_claim", claiming)
+    return refused
+
+
+@dataclass
 class HungInventory:
     """Inventory whose first `slow_calls` Reserve calls each end at their deadline, `latency` on `clock`, and
     then fail UNAVAILABLE (a hung inventory); the last of them stays in flight from `in_last_slow_call` until
@@ -345,15 +386,7 @@ async def test_a_place_order_retry_waiting_on_a_dead_drivers_lease_takes_the_ord
     saga = SagaDriver(database, inventory, payments, settings, clock=clock)
     app = OrdersApplication(database, catalog, saga, clock=clock)
     order_id = await _left_by_a_dead_driver(app, inventory, database, clock, timedelta(seconds=10))
-    claim, refused = saga._claim, asyncio.Event()
-
-    async def claiming(order_id: str, owner: str, *, for_customer: bool) -> bool:
-        claimed = await claim(order_id, owner, for_customer=for_customer)
-        if not claimed:
-            refused.set()
-        return claimed
-
-    monkeypatch.setattr(saga, "_claim", claiming)
+    refused = _claims_refused(saga, monkeypatch)
     retrying = asyncio.create_task(place(app, command()))
     await asyncio.wait_for(refused.wait(), 30)
     # The retry is waiting on the dead driver's lease, which now lapses.
@@ -464,12 +497,7 @@ async def test_the_recovery_loop_leaves_an_order_its_own_process_still_drives_wi
 
 
 async def test_the_recovery_loop_leaves_an_order_its_own_process_has_a_card_holder_waiting_for(
-    database: Database,
-    catalog: FakeCatalog,
-    inventory: FakeInventory,
-    payments: FakePayments,
-    settings: OrdersSettings,
-    monkeypatch: pytest.MonkeyPatch,
+    deployed: Deployed, inventory: FakeInventory, payments: FakePayments, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Audit finding (crash chaos, inventory killed): a PlaceOrder retried with the card polled for the order
     its first call's drive held at RESERVE; that drive gave up on inventory and released the order, and the
@@ -477,12 +505,9 @@ async def test_the_recovery_loop_leaves_an_order_its_own_process_has_a_card_hold
     next poll and, inventory back, cancelled it CHECKOUT_INTERRUPTED under the retry. A retry waiting with the
     card keeps the order from its process's recovery loop as a drive does, however long it waits (the process
     here stands still past any grace the order was released with, between two of the retry's polls)."""
-    settings = settings.model_copy(update={"saga_lease_seconds": 10.0, "step_timeout_seconds": 5.0})
-    clock = HeldClock()
-    saga = SagaDriver(database, inventory, payments, settings, clock=clock)
-    app = OrdersApplication(database, catalog, saga, clock=clock)
-    reserve, claim, load = inventory.reserve, saga._claim, app._load
-    in_reserve, let_reserve_fail, retry_refused, pass_done = (asyncio.Event() for _ in range(4))
+    saga, app = deployed.replica()
+    reserve, load = inventory.reserve, app._load
+    in_reserve, let_reserve_fail, pass_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def held_reserve(order_id: str, items: Sequence[CartLine], ttl_seconds: float) -> str:
         if not in_reserve.is_set():
@@ -490,20 +515,14 @@ async def test_the_recovery_loop_leaves_an_order_its_own_process_has_a_card_hold
             await let_reserve_fail.wait()
         return await reserve(order_id, items, ttl_seconds)
 
-    async def claiming(order_id: str, owner: str, *, for_customer: bool) -> bool:
-        claimed = await claim(order_id, owner, for_customer=for_customer)
-        if for_customer and not claimed:
-            retry_refused.set()
-        return claimed
-
     async def loading(order_id: str, owner_check: bool = False) -> Order:
         if retry_refused.is_set():
             # The retry's next poll (it reads the order first) comes only after the recovery pass below.
             await pass_done.wait()
         return await load(order_id, owner_check)
 
+    retry_refused = _claims_refused(saga, monkeypatch)
     monkeypatch.setattr(inventory, "reserve", held_reserve)
-    monkeypatch.setattr(saga, "_claim", claiming)
     monkeypatch.setattr(app, "_load", loading)
     inventory.down = True
     placing = asyncio.create_task(place(app, command()))
@@ -516,10 +535,46 @@ async def test_the_recovery_loop_leaves_an_order_its_own_process_has_a_card_hold
     order_id = caught.value.metadata["order_id"]
     # The first drive gave the order up; inventory is back, and a recovery pass runs before the retry's next poll.
     inventory.down = False
-    clock.now += CARD_HOLDER_GRACE + MAX_CLOCK_SKEW + timedelta(seconds=settings.saga_lease_seconds)
+    deployed.clock.now += CARD_HOLDER_GRACE + MAX_CLOCK_SKEW + timedelta(seconds=deployed.settings.saga_lease_seconds)
     await app.resume_unfinished()
     pass_done.set()
     assert await asyncio.wait_for(retrying, 30) == order_id
     order = await app.get_order(order_id)
     assert (order.state, order.cancel_code, payments.captured()) == (OrderState.CONFIRMED, None, 1)
     assert inventory.reservations[order.reservation_id][2] == "COMMITTED"
+
+
+async def test_another_replicas_recovery_loop_leaves_an_order_a_card_drive_released_on_a_dependency_for_a_grace(
+    deployed: Deployed, inventory: FakeInventory, payments: FakePayments
+) -> None:
+    """Audit finding (crash chaos, inventory killed): a PlaceOrder drive with the card gave up on inventory and
+    released the order with no wait, its caller told to come back in a second. Inventory back, a recovery pass
+    (another replica's, which cannot know of the retry) took the order before the retry with the card and
+    cancelled it CHECKOUT_INTERRUPTED. The retry gets it, however its replica was chosen: the loop leaves it the
+    wait the answer asked for and the card holder's grace, judged by a clock up to the assumed skew ahead; an
+    order nobody retries is taken after that."""
+    clock = deployed.clock
+    (_, placing), (_, other) = deployed.replica(), deployed.replica()
+
+    async def placed_while_inventory_is_down(key: str) -> tuple[str, timedelta]:
+        inventory.down = True
+        with pytest.raises(errors.Unavailable) as caught:
+            await place(placing, command(), key)
+        inventory.down = False
+        assert caught.value.retry_after_seconds is not None
+        return caught.value.metadata["order_id"], timedelta(seconds=caught.value.retry_after_seconds)
+
+    retried, asked = await placed_while_inventory_is_down("key-1")
+    # The retry arrives when it was told to (plus a slow network), the other replica's clock ahead by the skew.
+    clock.now += asked + CARD_HOLDER_GRACE
+    await other.resume_unfinished()
+    clock.now -= MAX_CLOCK_SKEW
+    assert await place(placing, command()) == retried
+    order = await placing.get_order(retried)
+    assert (order.state, order.cancel_code, payments.captured()) == (OrderState.CONFIRMED, None, 1)
+
+    abandoned, asked = await placed_while_inventory_is_down("key-2")
+    clock.now += asked + CARD_HOLDER_GRACE + MAX_CLOCK_SKEW + timedelta(seconds=0.5)
+    assert await other.resume_unfinished() == 1
+    order = await other.get_order(abandoned)
+    assert (order.state, order.cancel_code) == (OrderState.CANCELLED, CancelCode.CHECKOUT_INTERRUPTED)

@@ -21,11 +21,11 @@ from shopmesh_orders.saga import SagaDriver, refund_key
 from shopmesh_orders.store.repository import OrderRepository
 
 from .conftest import FakeInventory, FakePayments
-from .saga_kit import Clocked, _crash_at, _stored_by_a_newer_release, command, place
+from .saga_kit import Clocked, _crash_at, _not_retried, _stored_by_a_newer_release, command, place
 
 
 async def test_inventory_down_leaves_the_order_pending_for_recovery(
-    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments
+    app: OrdersApplication, inventory: FakeInventory, payments: FakePayments, database: Database
 ) -> None:
     inventory.down = True
     with pytest.raises(errors.Unavailable) as caught:
@@ -33,6 +33,7 @@ async def test_inventory_down_leaves_the_order_pending_for_recovery(
     order_id = caught.value.metadata["order_id"]
     assert (await app.get_order(order_id)).state is OrderState.PENDING
     inventory.down = False
+    await _not_retried(database, order_id)
     assert await app.resume_unfinished() == 1
     # Resumed without the card (never stored): no charge was ever sent, so the order is cancelled; for the
     # interruption, not PAYMENT_UNAVAILABLE (payments was up: its alert would blame the wrong service).
@@ -113,6 +114,7 @@ async def test_orders_that_wait_for_good_do_not_keep_the_recovery_loop_from_newe
     with pytest.raises(errors.Unavailable) as caught:
         await place(app, command(), key="newer")
     newer = caught.value.metadata["order_id"]
+    await _not_retried(database, newer)
     inventory.down = False
 
     for _ in range(5):
@@ -169,6 +171,7 @@ async def test_orders_that_cannot_be_loaded_do_not_keep_the_recovery_loop_from_a
             await place(app, command(), key=f"unloadable-{n}")
         unloadable.append(caught.value.metadata["order_id"])
     inventory.down = False
+    await _not_retried(database, *unloadable)
     await _stored_by_a_newer_release(database, unloadable)
     charged = await charged_and_left_to_recovery(app, inventory, monkeypatch)
     assert ((await app.get_order(charged)).step, payments.captured()) == (SagaStep.COMMIT, 1)

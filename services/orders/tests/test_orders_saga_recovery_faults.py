@@ -26,7 +26,7 @@ from shopmesh_orders.saga import SagaDriver
 from shopmesh_orders.store.repository import Due, OrderRepository
 
 from .conftest import FakeCatalog, FakeInventory, FakePayments
-from .saga_kit import IN_DOUBT, CancelledInDoubt, command, place
+from .saga_kit import IN_DOUBT, CancelledInDoubt, _not_retried, command, place
 
 _SERIALIZATION_FAILURE = text(
     "DO $$ BEGIN RAISE EXCEPTION 'could not serialize access due to concurrent update'"
@@ -58,12 +58,14 @@ _NONE_COUNTED = {"resume": 0, "recheck": 0}
 async def _left_pending_while_inventory_was_down(
     app: OrdersApplication, inventory: FakeInventory, key: str = "key-1"
 ) -> str:
-    """An order placed while inventory was down: PENDING, due for the recovery loop. Its id."""
+    """An order placed while inventory was down, and not retried: PENDING, due for the recovery loop. Its id."""
     inventory.down = True
     with pytest.raises(errors.Unavailable) as caught:
         await place(app, command(), key=key)
     inventory.down = False
-    return caught.value.metadata["order_id"]
+    order_id: str = caught.value.metadata["order_id"]
+    await _not_retried(app._db, order_id)
+    return order_id
 
 
 def _first_call_meets(monkeypatch: pytest.MonkeyPatch, method: str, statement: Any) -> list[bool]:

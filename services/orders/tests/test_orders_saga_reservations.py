@@ -28,7 +28,7 @@ from shopmesh_orders.settings import OrdersSettings
 
 from .conftest import FakeInventory, FakePayments
 from .inventory_on_the_wire import A_NEWER_RELEASES_STATE, InventoryOnTheWire, _with_inventory_over_grpc
-from .saga_kit import Clocked, _crash_at, _late_capture, command, events, place
+from .saga_kit import Clocked, _crash_at, _late_capture, _not_retried, command, events, place
 
 
 async def test_reservation_expired_after_charge_refunds_and_cancels(
@@ -75,13 +75,14 @@ async def test_a_retry_reaching_a_reservation_that_expired_cancels_without_charg
 async def _reserved_by_recovery_while_payments_is_down(
     clocked: Clocked, inventory: FakeInventory, payments: FakePayments
 ) -> tuple[OrdersApplication, str, str]:
-    """An order whose PlaceOrder gave up on inventory, then reserved by the recovery loop (no card) while
-    payments could not say whether a charge exists: left PENDING at CHARGE, nothing charged."""
+    """An order whose PlaceOrder gave up on inventory, not retried, then reserved by the recovery loop (no card)
+    while payments could not say whether a charge exists: left PENDING at CHARGE, nothing charged."""
     app = clocked.app()
     inventory.down = True
     with pytest.raises(errors.Unavailable) as caught:
         await place(app, command())
     order_id = caught.value.metadata["order_id"]
+    await _not_retried(clocked.database, order_id)
     inventory.down = False
     payments.down = True
     clocked.clock.ahead = timedelta(seconds=5)

@@ -487,7 +487,8 @@ class OrdersApplication:
         polls too: the driver it waits for may release the order with no owner (a drive giving up on a
         dependency) just before this process's recovery pass, which would otherwise take it first and, the
         dependency back, cancel it CHECKOUT_INTERRUPTED under this retry. Another replica's pass does not see
-        this count."""
+        this count: a drive with the card that gives up on a dependency keeps the order from every replica's
+        loop for a while (`SagaDriver._kept_for_the_card`)."""
         if card is None:
             return await self._poll_other_driver(order_id, None, placement=placement)
         self._card_held(order_id)

@@ -56,7 +56,7 @@ from shopmesh_orders.domain.ports import (
 )
 from shopmesh_orders.domain.validation import Card
 from shopmesh_orders.settings import OrdersSettings
-from shopmesh_orders.store.repository import Lease, OrderRepository
+from shopmesh_orders.store.repository import CARD_HOLDER_GRACE, Lease, OrderRepository
 
 log = logging.getLogger("shopmesh.orders.saga")
 
@@ -70,6 +70,9 @@ RESERVATION_IN_DOUBT = "RESERVATION_IN_DOUBT"
 
 
 _T = TypeVar("_T")
+
+# The steps at which an order has no charge known captured: the recovery loop, with no card, cancels it there.
+_BEFORE_THE_PIVOT = (SagaStep.RESERVE, SagaStep.CHARGE)
 
 # A charge mark younger than this was written by this driver just before (with the reservation).
 _FRESH = timedelta(seconds=1)
@@ -200,7 +203,8 @@ class SagaDriver:
         `owner` and `order` come from the PlaceOrder that just recorded the order with its lease held:
         then there is nothing to claim or load.
         Raises `errors.Unavailable` when the saga must wait; the order stays PENDING with its lease
-        released, and the recovery loop (or a retried PlaceOrder) continues it.
+        released, and the recovery loop (or a retried PlaceOrder) continues it: with the card before the
+        pivot, the loop only after a while the retry has to itself (`_kept_for_the_card`).
         """
         return await self._drive(order_id, card, owner, order, resumed=False)
 
@@ -254,6 +258,9 @@ class SagaDriver:
                 # no wait it would be due first, so enough of them would take every pass's batch and no other
                 # order would be resumed.
                 not_before = await self._resume_at(order_id, exc)
+            elif card is not None and isinstance(exc, errors.Unavailable) and order is not None:
+                # Its caller was answered UNAVAILABLE and retries with the card: it, not the loop, gets the order.
+                not_before = self._kept_for_the_card(order, exc)
             raise
         finally:
             # The terminal transition gave the lease up in its own transaction.
@@ -270,6 +277,21 @@ class SagaDriver:
         except Exception:
             return self._one_interval_on()
         return self._retry_at(order, failure)
+
+    def _kept_for_the_card(self, order: Order, waits: errors.Unavailable) -> datetime | None:
+        """Until when the recovery loop leaves an order that a drive with the card released to wait at `order`'s
+        step (`waits`: it gave up on a dependency). Its caller was answered UNAVAILABLE, or is polling for it (a
+        retry), and comes back with the card after the wait the answer asked for; released with no wait, the
+        order was any replica's recovery pass's at once, and that pass, which has no card, cancels it
+        CHECKOUT_INTERRUPTED once the dependency is back. As for a lease that lapsed before the pivot
+        (`OrderRepository.unfinished`): CARD_HOLDER_GRACE past that wait, and the clock skew the project assumes,
+        as another replica's clock reads this time. A retry claims the order at once all the same
+        (`OrderRepository.release`). None (no wait) past the pivot: the card is of no more use there, and the
+        loop finishes the order as the retry would."""
+        if order.step not in _BEFORE_THE_PIVOT:
+            return None
+        asked = timedelta(seconds=waits.retry_after_seconds or 0.0)
+        return self._clock() + asked + CARD_HOLDER_GRACE + MAX_CLOCK_SKEW
 
     def _one_interval_on(self) -> datetime:
         """One recovery interval from now: how long an order that cannot be loaded is put off, with no
