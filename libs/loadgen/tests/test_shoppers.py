@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -37,10 +38,32 @@ class Edge:
     # Each token issued, with when it expires (time.time()), and each signed-in request's token and answer.
     tokens: dict[str, float] = field(default_factory=dict)
     signed_in: list[tuple[str, int]] = field(default_factory=list)
+    # Set at the shopper's first login, and at its first signed-in request with a token of a later login.
+    logged_in: threading.Event = field(default_factory=threading.Event)
+    renewed: threading.Event = field(default_factory=threading.Event)
+    # Set once the shopper has read the product's page, then checked out, then looked at its orders, and moved
+    # on from that look (its next request is no follow-up of it): by then any cancellation it meant to send at
+    # that look has come. `_order_looked_at` is where the shopper is on that way.
+    looked_at_an_order_after_its_page: threading.Event = field(default_factory=threading.Event)
+    _order_looked_at: str = ""
+
+    def _follow(self, method: str, path: str) -> None:
+        if (method, path) == ("POST", "/v1/login"):
+            self.logged_in.set()
+        stage = self._order_looked_at
+        if stage == "" and path == "/v1/products/prod_a":
+            self._order_looked_at = "page read"
+        elif stage == "page read" and (method, path) == ("POST", "/v1/orders"):
+            self._order_looked_at = "ordered"
+        elif stage == "ordered" and (method, path) == ("GET", "/v1/orders"):
+            self._order_looked_at = "looked"
+        elif stage == "looked" and not path.startswith("/v1/orders/"):
+            self.looked_at_an_order_after_its_page.set()
 
     def answer(self, method: str, path: str, authorization: str = "") -> tuple[int, dict[str, Any]]:
         with self.lock:
             self.requests.append((method, path))
+            self._follow(method, path)
             sign_ups = self.requests.count(("POST", "/v1/users"))
             order = next(self.orders) if (method, path) == ("POST", "/v1/orders") else 0
             if self.token_lifetime is not None:
@@ -53,6 +76,8 @@ class Edge:
                     token = authorization.removeprefix("Bearer ")
                     good = time.time() < self.tokens.get(token, 0.0)
                     self.signed_in.append((token, 200 if good else 401))
+                    if token != "token-0":
+                        self.renewed.set()
                     if not good:
                         return 401, {"code": 16, "message": "token expired", "details": []}
         if (method, path) == ("POST", "/v1/users"):
@@ -117,28 +142,31 @@ def serving(edge: Edge) -> Iterator[str]:
         server.server_close()
 
 
-def shop(host: str, *options: str, seconds: int = 3) -> dict[tuple[str, str], dict[str, Any]]:
-    """One shopper for `seconds` with no pause between steps: Locust's stats by (method, name)."""
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "shopmesh_loadgen", "--host", host, "--headless", "--users", "1"),
-            *("--spawn-rate", "1", "--run-time", f"{seconds}s", "--stop-timeout", "5", "--think", "0,0.01", "--json"),
-            *options,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.stdout, done.stderr[-3000:]
-    return {(entry["method"], entry["name"]): entry for entry in json.loads(done.stdout)}
+def shop_until(edge: Edge, host: str, seen: threading.Event, *options: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """One shopper with no pause between steps until the edge has `seen` what the test asks about (at most 90 s),
+    then stopped as an operator stops Locust (SIGTERM: its stats printed all the same): Locust's stats by
+    (method, name). Not for a fixed few seconds: a loaded machine fit a few dozen steps in 3 s, at times only the
+    sign-up, not always the ones the test is about."""
+    command = [
+        *(sys.executable, "-m", "shopmesh_loadgen", "--host", host, "--headless", "--users", "1"),
+        *("--spawn-rate", "1", "--run-time", "120s", "--stop-timeout", "5", "--think", "0,0.01", "--json"),
+        *options,
+    ]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert seen.wait(90), f"not seen in 90 s of shopping: {edge.requests[-40:]}"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = process.communicate(timeout=60)
+    assert stdout, stderr[-3000:]
+    return {(entry["method"], entry["name"]): entry for entry in json.loads(stdout)}
 
 
 def test_a_shopper_whose_sign_up_failed_signs_up_again_before_it_logs_in() -> None:
     """It never signed up again: every signed-in step then sent a login that failed, for the pod's life."""
     edge = Edge(first_sign_up=503)
     with serving(edge) as host:
-        shop(host)
+        shop_until(edge, host, edge.logged_in)
     sign_ups, logins = edge.sent("POST", "/v1/users"), edge.sent("POST", "/v1/login")
     assert len(sign_ups) == 2, edge.requests[:20]
     assert logins, edge.requests[:20]
@@ -150,7 +178,7 @@ def test_a_sign_up_answered_already_exists_counts_as_signed_up() -> None:
     and Locust does not count the 409 as a failure."""
     edge = Edge(first_sign_up=409)
     with serving(edge) as host:
-        stats = shop(host)
+        stats = shop_until(edge, host, edge.logged_in)
     assert len(edge.sent("POST", "/v1/users")) == 1
     assert edge.sent("POST", "/v1/login")
     assert stats["POST", "/v1/users"]["num_failures"] == 0
@@ -169,7 +197,7 @@ def test_shoppers_cancel_their_confirmed_orders_at_the_cancel_share_and_all_of_t
     its page showed is ample, and each while it is below LOW_STOCK."""
     edge = Edge(available=available)
     with serving(edge) as host:
-        stats = shop(host, "--cancel-share", share)
+        stats = shop_until(edge, host, edge.looked_at_an_order_after_its_page, "--cancel-share", share)
     placed, cancelled = edge.sent("POST", "/v1/orders"), edge.sent("POST", "/v1/orders/*")
     assert placed, edge.requests[:20]
     assert bool(cancelled) is cancelling, edge.requests[:40]
@@ -185,7 +213,7 @@ def test_a_shopper_renews_its_token_before_it_expires() -> None:
     sends the new token from then on and is refused nothing."""
     edge = Edge(token_lifetime=12)
     with serving(edge) as host:
-        shop(host, seconds=14)
+        shop_until(edge, host, edge.renewed)
     logins = edge.sent("POST", "/v1/login")
     assert len(logins) >= 2, edge.requests[-20:]
     assert [status for _, status in edge.signed_in if status != 200] == [], edge.signed_in[-20:]
