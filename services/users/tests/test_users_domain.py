@@ -8,19 +8,22 @@ import functools
 import threading
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from shopmesh_chassis import call_context
 from shopmesh_chassis.clocks import MAX_CLOCK_SKEW
 from shopmesh_chassis.config import ConfigError, load_settings
+from shopmesh_chassis.db import Database
 from shopmesh_chassis.errors import InvalidArgument, ResourceExhausted
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.text_reads import characters_read
 from shopmesh_users import passwords as passwords_module
+from shopmesh_users.application import UsersApplication
 from shopmesh_users.domain.failed_logins import Attempts, LoginThrottle, Taken, email_key
 from shopmesh_users.domain.keys import (
     LONGEST_TOKEN_LIFETIME,
@@ -44,6 +47,7 @@ from shopmesh_users.password_strength import ESTIMATED_CHARACTERS, too_guessable
 from shopmesh_users.passwords import BUSY_REASON, Passwords
 from shopmesh_users.settings import UsersSettings
 from shopmesh_users.signing import jwk_thumbprint
+from shopmesh_users.wiring import key_policy
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -209,6 +213,8 @@ def test_a_common_password_is_refused_with_what_to_do_and_without_the_password(p
         "zorblequint.vantaxel",  # its local part
         "vantaxelzorblequint",  # the words of its local part
         "Quessimordant",  # the display name
+        "zorblequintvantaxel12",  # the words of its local part run together, and digits
+        "ZorblequintVantaxel!!",
     ],
 )
 def test_a_password_made_of_the_accounts_own_email_or_name_is_refused(password: str) -> None:
@@ -634,6 +640,35 @@ async def test_a_password_check_whose_deadline_passed_while_it_waited_is_not_has
     assert await running == "hashed"
     assert hasher.started == 1, "the late check was not hashed"
     assert await passwords.hash("again") == "hashed", "its turn was given back"
+
+
+async def test_a_register_the_hashing_queue_has_no_room_for_is_refused_before_its_password_is_estimated(
+    tmp_path: Path,
+) -> None:
+    """The guessability estimate holds the event loop (its bindings keep the GIL, up to ~0.1 s): a Register that
+    is refused PASSWORD_HASHING_BUSY is refused before it, as cheaply as a Login, not after it."""
+    passwords = cheap_passwords(concurrency=1, queue=0)
+    counting = CountingHasher()
+    passwords._hasher = counting  # type: ignore[assignment]
+    estimated: list[str] = []
+
+    def guessable(password: str, words: Sequence[str]) -> bool:
+        estimated.append(password)
+        return False
+
+    database = Database(f"sqlite:///{tmp_path / 'users.db'}")
+    application = UsersApplication(database, passwords, key_policy(UsersSettings()), password_guessable=guessable)
+    holding = asyncio.create_task(passwords.hash("holds the only turn"))
+    try:
+        await eventually(lambda: counting.running == 1, "the hash running in its thread")
+        with pytest.raises(ResourceExhausted) as caught:
+            await application.register("ann@example.com", "a fine passphrase", "Ann")
+        assert caught.value.reason == BUSY_REASON
+        assert estimated == []
+    finally:
+        counting.release.set()
+        await holding
+        await database.dispose()
 
 
 async def test_closing_the_passwords_waits_for_the_hashes_still_running_and_refuses_new_ones() -> None:

@@ -93,7 +93,7 @@ class Passwords:
         return matched and password_hash is not None
 
     async def _in_turn(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        self._admit()
+        self.admit()
         # The event loop is one thread: counting needs no lock.
         self._admitted += 1
         try:
@@ -119,7 +119,10 @@ class Passwords:
         result, _seconds = await asyncio.shield(running)
         return result
 
-    def _admit(self) -> None:
+    def admit(self) -> None:
+        """Raises PASSWORD_HASHING_BUSY now when a check would be refused now: for a caller to shed before work of
+        its own that comes first (Register's guessability estimate, which holds the event loop). Nothing is
+        taken: the check itself is admitted again, and with no await between the two the answer is the same."""
         if self._admitted >= self._limit:
             raise _busy("too many password checks at once; retry shortly")
         remaining = call_context.inbound_time_remaining()

@@ -91,12 +91,16 @@ def _password_violation(
 
 def _account_words(email: str, display_name: str) -> list[str]:
     """The words a guess at this account's password starts from: the e-mail address, its local part, the words
-    of the local part and of the display name ("ann.lee+shop" is "ann", "lee", "shop"). Each cut to its field's
-    limit: either may be far longer, refused as TOO_LONG beside the password's own violation."""
+    of the local part and of the display name ("ann.lee+shop" is "ann", "lee", "shop"), and those words run
+    together ("annleeshop", "AnnLee": zxcvbn matches a caller's word whole, so "annlee12" passed with the parts
+    alone). Each cut to its field's limit: either may be far longer, refused as TOO_LONG beside the password's
+    own violation."""
     email, display_name = email[:MAX_EMAIL_LENGTH], display_name[:MAX_DISPLAY_NAME_LENGTH]
     local_part = email.rpartition("@")[0]
     words = [email, local_part, display_name]
-    words += _WORD_SEPARATORS.split(local_part) + _WORD_SEPARATORS.split(display_name)
+    for text in (local_part, display_name):
+        parts = _WORD_SEPARATORS.split(text)
+        words += [*parts, "".join(parts)]
     return list(dict.fromkeys(word for word in words if word))
 
 
