@@ -286,11 +286,25 @@ def test_a_cluster_domain_other_than_cluster_local_is_in_every_name_the_charts_b
     helm_dir: Path, value_set: str
 ) -> None:
     # A cluster whose DNS domain is not cluster.local resolves no <service>.<namespace>.svc.cluster.local: every
-    # address, the dev infrastructure's default URLs, the mesh's names and identities must take its domain.
+    # address, the dev infrastructure's default URLs and the mesh's names must take its domain. Istio's trust
+    # domain is Istio's own setting, cluster.local on any cluster unless Istio was installed otherwise: it stays
+    # (principals of another domain would deny every call), and here it is given as such an install's.
     domain = {"global": {"clusterDomain": "corp.example"}, "loadgenerator": {"enabled": True}}
-    texts = render.render(
-        helm_dir, render.UMBRELLA, "custom", values=render.merged_values(render.values_for(value_set, helm_dir), domain)
-    )
+    values = render.merged_values(render.values_for(value_set, helm_dir), domain)
+    principals = [
+        principal
+        for doc in render.documents(
+            "\n---\n".join(render.render(helm_dir, render.UMBRELLA, "custom", values=values).values())
+        )
+        if doc.get("kind") == "AuthorizationPolicy"
+        for rule in doc["spec"].get("rules", [])
+        for source in rule.get("from", [])
+        for principal in source["source"].get("principals", [])
+    ]
+    assert all(p.startswith("cluster.local/ns/") for p in principals), principals
+    assert principals or "istio" not in value_set
+    trusted = render.merged_values(values, {"global": {"meshPolicy": {"trustDomain": "corp.example"}}})
+    texts = render.render(helm_dir, render.UMBRELLA, "custom", values=trusted)
     assert [path for path, text in texts.items() if "cluster.local" in text] == []
     docs = [doc for text in texts.values() for doc in render.documents(text)]
     assert find(docs, "ConfigMap", "orders")["data"]["PAYMENTS_ADDRESS"] == "payments.shopmesh.svc.corp.example:50051"

@@ -281,11 +281,12 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- fail (printf "global.mesh %s: the proxy runs as a native sidecar, which needs Kubernetes 1.29 or later, and this is %s; before 1.29 the API server refuses the injected pods or they never leave Init (offline, give helm template --kube-version)" $mesh .Capabilities.KubeVersion.Version) -}}
 {{- end -}}
 {{- $mp := dig "meshPolicy" dict $g -}}
-{{- /* The trust domain is the cluster domain unless said: Linkerd's default (identityTrustDomain); Istio's is
-     meshConfig.trustDomain, which an install on a cluster of another domain is given alike (docs/mesh.md). */ -}}
+{{- /* Istio's trust domain (meshConfig.trustDomain), cluster.local unless Istio was installed with another:
+     not the cluster's DNS domain, which an install leaves it at cluster.local on any cluster, so following
+     global.clusterDomain would write principals no sidecar has and the policy would deny every call. */ -}}
 {{- $_ := set $c "meshPolicy" (dict
     "enabled" (and (ne $mesh "") (dig "enabled" true $mp))
-    "trustDomain" (dig "trustDomain" $domain $mp)
+    "trustDomain" (dig "trustDomain" "cluster.local" $mp)
     "ejectAfterConsecutiveErrors" (dig "ejectAfterConsecutiveErrors" 5 $mp)
     "ejectionSeconds" (dig "ejectionSeconds" 30 $mp)
     "linkerdInboundPort" (dig "linkerdInboundPort" 4143 $mp)) -}}
