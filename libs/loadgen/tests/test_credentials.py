@@ -112,6 +112,17 @@ def test_a_clock_ahead_of_the_expiry_renews_at_most_every_min_renewal_seconds_no
     assert renewal_time(clock, credentials, LOGIN_AT + HOUR) == MIN_RENEWAL_SECONDS
 
 
+def test_a_clock_ahead_of_the_expiry_keeps_the_token_through_a_failed_renewal() -> None:
+    """The gateway still takes a token whose `expiresAt` this clock reads as past: a renewal refused (a 429) keeps
+    it until the next renewal, not drops it at once."""
+    clock = Clock()
+    credentials = Credentials(clock, lambda: 0.5)
+    credentials.logged_in(login("a", LOGIN_AT - 5))
+    clock.now += MIN_RENEWAL_SECONDS
+    credentials.logged_in(None)
+    assert credentials.token == "a"
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [

@@ -70,7 +70,9 @@ class Credentials:
         low, high = RENEW_AFTER
         share = low + (high - low) * self._draw()
         self._renew_at = now + max(MIN_RENEWAL_SECONDS, (expires_at - now) * share)
-        self._expires_at = expires_at
+        # An expiry already past says this clock is ahead of users' (the gateway took the token a moment ago): the
+        # token is good for as long as the gateway takes it, and a failed renewal would otherwise drop it.
+        self._expires_at = expires_at if expires_at > now else math.inf
 
     def refused(self) -> None:
         """The gateway refused the token (401) or it expired: the shopper has none until it logs in again."""
