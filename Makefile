@@ -142,7 +142,7 @@ MESH ?=
 # outside the VM, devcontainer or WSL; the rest stays on 127.0.0.1. Only from make's command line: a shell or
 # container may export HOST (a host name, or 0.0.0.0 for a dev server), which must not publish the stack unasked.
 run: setup ## Run nats-server + every service locally, SQLite under .data/; Ctrl-C stops (RUN_ARGS="--reset", MESH=envoy, MESH=envoy RUN_ARGS="--postgres --canary catalog:20", HOST=0.0.0.0: the edge and gateway reachable from outside a VM)
-	$(VENV_BIN)/python -m shopmesh_platform.run $(if $(MESH),--mesh $(MESH)) $(if $(filter command line,$(origin HOST)),--host $(HOST)) $(RUN_ARGS)
+	$(VENV_BIN)/python -m shopmesh_platform.run $(if $(MESH),--mesh $(MESH)) $(if $(and $(filter command line,$(origin HOST)),$(HOST)),--host $(HOST)) $(RUN_ARGS)
 
 .PHONY: fault
 FAULT_ARGS ?= --show

@@ -106,6 +106,10 @@ ENTRYPOINT ["/app/.venv/bin/python", "-m", "shopmesh_loadgen", "--wait", "600"]"
 def fill(image: Image) -> str:
     """The template with `image`'s parts in: every @FIELD@ filled (a slot left over fails), then @NAME@."""
     text = TEMPLATE.read_text()
+    if not image.environment.strip():
+        # The template's ENV instruction ends in a line continuation: with nothing after it, WORKDIR would be read
+        # as part of it.
+        raise ValueError(f"{SOURCE}: image {image.name} sets no environment of its own; the ENV line needs one")
     for field in fields(Image):
         if field.name != "name":
             text = text.replace(f"@{field.name.upper()}@", getattr(image, field.name))
@@ -123,9 +127,16 @@ def dockerfile(name: str) -> str:
     return fill(SERVICE).replace("@SERVICE@", name)
 
 
+def loadgen_dockerfile(image: Image = LOADGEN) -> str:
+    text = fill(image)
+    if "@SERVICE@" in text:  # the one slot `fill` leaves, for the services' images only
+        raise ValueError(f"{SOURCE}: the load generator's image has no service to fill @SERVICE@ with")
+    return text
+
+
 def dockerfiles() -> dict[Path, str]:
     services = {ROOT / "services" / name / "Dockerfile": dockerfile(name) for name in existing()}
-    return {**services, LOADGEN_DOCKERFILE: fill(LOADGEN)}
+    return {**services, LOADGEN_DOCKERFILE: loadgen_dockerfile()}
 
 
 def existing() -> list[str]:

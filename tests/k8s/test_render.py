@@ -4,6 +4,7 @@ against the Kubernetes 1.32 schemas in strict mode; checkov finds nothing; hadol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import subprocess
@@ -155,6 +156,18 @@ def test_checkov_finds_nothing_once_the_images_are_pinned(checkov_report: Checko
 
 def test_dockerfiles_exist_and_follow_the_template() -> None:
     assert not dockerfiles.problems(), dockerfiles.problems()
+
+
+def test_an_image_with_no_environment_of_its_own_is_refused_not_written_with_workdir_inside_its_env() -> None:
+    """The template's ENV instruction ends in a line continuation: an image filling nothing after it would have
+    its WORKDIR read as a variable, a Dockerfile hadolint may pass and the image gets no working directory."""
+    with pytest.raises(ValueError, match="no environment of its own"):
+        dockerfiles.fill(dataclasses.replace(dockerfiles.LOADGEN, environment=""))
+
+
+def test_a_service_slot_left_in_the_load_generators_dockerfile_is_refused() -> None:
+    with pytest.raises(ValueError, match="@SERVICE@"):
+        dockerfiles.loadgen_dockerfile(dataclasses.replace(dockerfiles.LOADGEN, about="for @SERVICE@"))
 
 
 def test_hadolint_finds_nothing() -> None:
