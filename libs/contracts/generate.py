@@ -37,8 +37,10 @@ VENDORED = PROTOS / "google"
 PUBLIC_API = "shopmesh/gateway/v1/shop.proto"
 DESCRIPTOR_SET = "shopmesh/gateway/v1/shop.binpb"
 OPENAPI = "shopmesh/gateway/v1/shop.openapi.json"
-# Where `make run` serves the HTTP API (and `make skaffold-dev` port-forwards it).
-OPENAPI_SERVERS = [{"url": "http://localhost:8080", "description": "make run, or make skaffold-dev's port-forward"}]
+# Where the HTTP API is: wherever the document itself was fetched from (OpenAPI resolves a relative server URL
+# against the document's own address). A fixed http://localhost:8080 sent a Swagger UI or a generated client on
+# another machine (a stack in a VM, `make run HOST=`), or beside a --free-ports stack, to an address with nothing.
+OPENAPI_SERVERS = [{"url": "/", "description": "the edge that served this document (make run, port-forward, ingress)"}]
 # The error details the services send, so the transcoder can print them as JSON.
 ERROR_DETAILS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 
