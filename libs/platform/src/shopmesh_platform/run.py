@@ -44,6 +44,7 @@ import pwd
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections import deque
@@ -880,10 +881,29 @@ def public_warning(stack: Stack) -> str | None:
     ]
     if not endpoints:
         return None
-    return (
+    said = (
         f"warning: --host {host}: {' and '.join(endpoints)} reachable from the network, without TLS; "
         "anyone who can reach this machine can call them"
     )
+    if not ipaddress.ip_address(host).is_unspecified:
+        return said
+    # The banner names 127.0.0.1, which another machine cannot open; and gRPC binds the wildcard as [::].
+    outside = primary_address()
+    opened = f"; from another machine: http://{outside}:{stack.ports.http}/" if outside and stack.ports.http else ""
+    ipv6 = " (the gateway's gRPC on IPv6 too)" if "gateway" in stack.services else ""
+    return said + ipv6 + opened
+
+
+def primary_address() -> str | None:
+    """The IPv4 address this machine reaches other networks from (its default route's), which a browser on the
+    host of a VM usually opens; None without a route. A UDP socket's connect sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never a real peer, only a route to look up
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
 
 
 def refuse_an_http_port_of_the_table(stack: Stack) -> None:
