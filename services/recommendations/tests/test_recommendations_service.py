@@ -364,6 +364,24 @@ async def test_a_co_purchased_product_the_catalog_no_longer_has_is_skipped(live:
     assert len(ids) == 3
 
 
+async def test_an_order_event_naming_a_product_id_no_product_can_have_is_invalid_and_counts_nothing(
+    live: Running, nats_srv: NatsServer
+) -> None:
+    # Counted, "prod bad" was ranked for ever and sent to catalog, which refused every answer reaching it.
+    await learn(live, nats_srv.url, confirmed("usr_1", "prod_chef_knife", "prod_headlamp"))
+    bad = confirmed("usr_2", "prod_chef_knife", "prod bad")
+    event = Event(bad.event_id, "orders.v1.order_confirmed", bad.SerializeToString(), {}, attempt=1)
+    with pytest.raises(InvalidEvent) as raised:
+        await live.service.consumer._apply(event)
+    assert str(raised.value) == (
+        f"orders.v1.order_confirmed {bad.event_id}: items[1].product_id has spaces, commas or control characters"
+    )
+    async with live.service.database.read() as session:
+        recorded = set((await session.execute(select(counted_orders.c.order_id))).scalars())
+    assert bad.order_id not in recorded
+    assert (await for_product(live, "prod_chef_knife"))[0] == "prod_headlamp"
+
+
 async def test_an_unknown_product_gets_popular_products(live: Running, nats_srv: NatsServer) -> None:
     await learn(
         live,

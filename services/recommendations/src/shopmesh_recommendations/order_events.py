@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import TypeVar
 
 from shopmesh.orders.v1 import events_pb2
-from shopmesh_chassis.consumer import Event, Handler, decode_event
+from shopmesh_chassis.consumer import Event, Handler, InvalidEvent, decode_event
 from shopmesh_chassis.db import DbConnection
 from shopmesh_recommendations.application import RecommendationsApplication
 from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
+from shopmesh_recommendations.domain.validation import order_problems
 
 STREAM = "ORDERS"
 # The whole stream's subjects, as orders declares them: whoever starts first creates the stream.
@@ -27,24 +28,30 @@ DURABLE = "recommendations"
 
 
 def confirmed_order(event: Event) -> ConfirmedOrder:
-    """Decode the event; a payload that is not an OrderConfirmed raises the chassis' InvalidEvent (retried,
-    then dead-lettered with a reason that says so)."""
-    return _order(ConfirmedOrder, decode_event(events_pb2.OrderConfirmed, event))
+    """Decode and check the event; a payload that is not an OrderConfirmed, or one with an id no order, user
+    or product can have, raises the chassis' InvalidEvent (retried, then dead-lettered with a reason that
+    says so)."""
+    return _order(ConfirmedOrder, event, decode_event(events_pb2.OrderConfirmed, event))
 
 
 def cancelled_order(event: Event) -> CancelledOrder:
-    """Decode the event; a payload that is not an OrderCancelled raises the chassis' InvalidEvent (retried,
-    then dead-lettered with a reason that says so)."""
-    return _order(CancelledOrder, decode_event(events_pb2.OrderCancelled, event))
+    """Decode and check the event, as confirmed_order does, for an OrderCancelled."""
+    return _order(CancelledOrder, event, decode_event(events_pb2.OrderCancelled, event))
 
 
 OrderT = TypeVar("OrderT", ConfirmedOrder, CancelledOrder)
 
 
-def _order(model: type[OrderT], event: events_pb2.OrderConfirmed | events_pb2.OrderCancelled) -> OrderT:
-    return model(
-        order_id=event.order_id, user_id=event.user_id, product_ids=tuple(item.product_id for item in event.items)
+def _order(model: type[OrderT], event: Event, message: events_pb2.OrderConfirmed | events_pb2.OrderCancelled) -> OrderT:
+    order = model(
+        order_id=message.order_id,
+        user_id=message.user_id,
+        product_ids=tuple(item.product_id for item in message.items),
     )
+    # Both kinds: a cancellation taking back ids its confirmation could not have counted is as broken.
+    if problems := order_problems(order):
+        raise InvalidEvent(f"{event.subject} {event.event_id or '?'}: {'; '.join(problems)}")
+    return order
 
 
 def order_events_handler(application: RecommendationsApplication) -> Handler:

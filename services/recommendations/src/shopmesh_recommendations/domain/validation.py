@@ -1,14 +1,24 @@
-"""Validation of ListRecommendations: exactly one subject, a non-empty id, a sane max_results.
+"""Validation of ListRecommendations (exactly one subject, a non-empty id, a sane max_results) and of the
+order events counted.
 
-INVALID_ARGUMENT with one FieldViolation per bad field and ErrorInfo reason VALIDATION_FAILED.
+A bad request is INVALID_ARGUMENT with one FieldViolation per bad field and ErrorInfo reason VALIDATION_FAILED.
+A bad event is a list of problems, which the event handler turns into the consumer's InvalidEvent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, listable_id_violation, printable_id_violation, too_long
+from shopmesh_chassis.contract_limits import (
+    MAX_ID_LENGTH,
+    is_listable_id,
+    is_printable_id,
+    listable_id_violation,
+    printable_id_violation,
+    too_long,
+)
 from shopmesh_chassis.errors import FieldViolation, InvalidArgument
+from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
 
 VALIDATION_FAILED = "VALIDATION_FAILED"
 
@@ -68,3 +78,36 @@ def validate_request(product_id: str | None, user_id: str | None, max_results: i
         raise InvalidArgument(f"invalid request: {summary}", violations, reason=VALIDATION_FAILED)
     limit = DEFAULT_MAX_RESULTS if max_results == 0 else min(max_results, MAX_RESULTS)
     return RecommendationQuery(subject=subject, limit=limit)
+
+
+def is_product_id(value: str) -> bool:
+    """Whether some catalog product could have this id: catalog refuses a whole BatchGetProducts naming one
+    that could not (empty, over-long, or not listable) as INVALID_ARGUMENT."""
+    return 0 < len(value) <= MAX_ID_LENGTH and is_listable_id(value)
+
+
+def order_problems(order: ConfirmedOrder | CancelledOrder) -> list[str]:
+    """What makes an order event unfit to count, as notifications' checks word it; empty if nothing does.
+
+    orders issues none of these, so an event with one is forged or broken, and no retry mends it. Counted, a
+    product id no product can have would be ranked for ever (counts never decay) and sent to catalog, which
+    refuses the whole lookup; and an order with no id or no products teaches nothing."""
+    problems: list[str] = []
+    for name, value in (("order_id", order.order_id), ("user_id", order.user_id)):
+        if not value:
+            problems.append(f"{name} is empty")
+        elif len(value) > MAX_ID_LENGTH:
+            problems.append(f"{name} is longer than {MAX_ID_LENGTH} characters")
+        elif not is_printable_id(value):
+            problems.append(f"{name} has spaces or control characters")
+    if not order.product_ids:
+        problems.append("items is empty")
+    for index, product_id in enumerate(order.product_ids):
+        field = f"items[{index}].product_id"
+        if not product_id:
+            problems.append(f"{field} is empty")
+        elif len(product_id) > MAX_ID_LENGTH:
+            problems.append(f"{field} is longer than {MAX_ID_LENGTH} characters")
+        elif not is_listable_id(product_id):
+            problems.append(f"{field} has spaces, commas or control characters")
+    return problems
