@@ -38,7 +38,10 @@ from shopmesh_chassis.testing import (
     start_process_serving,
 )
 from shopmesh_chassis.testing.nats_server import NatsServer
+from shopmesh_recommendations.domain.copurchase import purchase_effects
+from shopmesh_recommendations.domain.models import ConfirmedOrder
 from shopmesh_recommendations.settings import RecommendationsSettings
+from shopmesh_recommendations.store.repository import RecommendationsRepository
 from shopmesh_recommendations.store.tables import counted_orders
 from shopmesh_recommendations.wiring import Recommendations, build
 
@@ -380,6 +383,25 @@ async def test_an_order_event_naming_a_product_id_no_product_can_have_is_invalid
         recorded = set((await session.execute(select(counted_orders.c.order_id))).scalars())
     assert bad.order_id not in recorded
     assert (await for_product(live, "prod_chef_knife"))[0] == "prod_headlamp"
+
+
+@pytest.mark.parametrize("stored", ["prod bad", "prod_a,prod_b", "p" * 105])
+async def test_a_product_id_catalog_refuses_stored_by_an_earlier_release_is_skipped_not_internal(
+    live: Running, stored: str
+) -> None:
+    # An earlier release counted event ids unchecked: catalog's BatchGetProducts refuses a whole batch naming
+    # such an id (INVALID_ARGUMENT), which made every answer reaching it INTERNAL, the popular tier's too.
+    async with live.service.database.transaction() as session:
+        repository = RecommendationsRepository(session)
+        for n in range(3):
+            await repository.record(purchase_effects(ConfirmedOrder(f"ord_old_{n}", "usr_old", (stored,))))
+            await repository.record(
+                purchase_effects(ConfirmedOrder(f"ord_pair_{n}", f"usr_{n}", ("prod_chef_knife", stored)))
+            )
+        await repository.record(purchase_effects(ConfirmedOrder("ord_lamp", "usr_9", ("prod_headlamp",))))
+    assert stored not in await for_product(live, "prod_chef_knife")
+    assert await for_user(live, "usr_nobody", max_results=2) == ["prod_chef_knife", "prod_headlamp"]
+    assert await for_product(live, "prod_does_not_exist", max_results=2) == ["prod_chef_knife", "prod_headlamp"]
 
 
 async def test_an_unknown_product_gets_popular_products(live: Running, nats_srv: NatsServer) -> None:

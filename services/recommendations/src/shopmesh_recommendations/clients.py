@@ -13,6 +13,7 @@ from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh_chassis.grpc_errors import TRANSIENT_CODES, dependency_unavailable, details_of
 from shopmesh_recommendations.domain.models import CatalogProduct
 from shopmesh_recommendations.domain.ports import BATCH_LIMIT
+from shopmesh_recommendations.domain.validation import is_product_id
 
 # ListProducts pages hold at most 100 (catalog.proto).
 CATEGORY_PAGE_SIZE = 100
@@ -60,6 +61,8 @@ class CatalogClient:
         self._categories: TTLCache[str, tuple[CatalogProduct, ...]] = TTLCache(cache_entries, cache_seconds, timer)
 
     async def product(self, product_id: str) -> CatalogProduct | None:
+        if not is_product_id(product_id):
+            return None  # As in products(): catalog would refuse the lookup, and no product has such an id.
         with contextlib.suppress(KeyError):  # a cached None ("the catalog does not know it") is a hit
             return self._products[product_id]
         try:
@@ -96,6 +99,10 @@ class CatalogClient:
         found: dict[str, CatalogProduct] = {}
         wanted: list[str] = []
         for product_id in dict.fromkeys(product_ids):
+            if not is_product_id(product_id):
+                # Gone, as no product has it: a count an earlier release stored for an id catalog refuses
+                # (events were not checked) would otherwise fail every batch that reaches it, for ever.
+                continue
             try:
                 cached = self._products[product_id]
             except KeyError:
