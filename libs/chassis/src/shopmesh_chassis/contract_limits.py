@@ -67,6 +67,21 @@ def _id_format_violation(field: str, value: str, valid: Callable[[str], bool], r
     return None
 
 
+def event_id_problem(name: str, value: str, *, listable: bool = False) -> str | None:
+    """What is wrong with id `name` of a consumed event, worded alike by every consumer for its dead letter's
+    reason, or None: empty, over MAX_ID_LENGTH, or no printable id (no listable one, if `listable`: a product
+    id, which catalog looks up in lists)."""
+    if not value:
+        return f"{name} is empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{name} is longer than {MAX_ID_LENGTH} characters"
+    if listable and not is_listable_id(value):
+        return f"{name} has spaces, commas or control characters"
+    if not is_printable_id(value):
+        return f"{name} has spaces or control characters"
+    return None
+
+
 # Money.amount_minor's bound, 10^15 - 1: a JSON client reading the amount as a double still gets it exactly,
 # and the sum of an order's lines stays far from int64's limit.
 MAX_AMOUNT_MINOR = 10**15 - 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from shopmesh_chassis.contract_limits import MAX_ID_LENGTH, is_currency_code, is_printable_id
+from shopmesh_chassis.contract_limits import event_id_problem, is_currency_code
 from shopmesh_chassis.email_addresses import is_email_address
 
 
@@ -55,13 +55,9 @@ class OrderEvent:
 def validate_event(event: OrderEvent) -> OrderEvent:
     problems: list[str] = []
     for name, value in (("event id", event.event_id), ("order_id", event.order_id), ("user_id", event.user_id)):
-        if not value:
-            problems.append(f"{name} is empty")
-        elif len(value) > MAX_ID_LENGTH:
-            problems.append(f"{name} is longer than {MAX_ID_LENGTH} characters")
-        elif not is_printable_id(value):
-            # An id goes into a subject line and mail headers, where a line break would forge headers.
-            problems.append(f"{name} has spaces or control characters")
+        # An id goes into a subject line and mail headers, where a line break would forge headers.
+        if (problem := event_id_problem(name, value)) is not None:
+            problems.append(problem)
     if not event.email:
         problems.append("email is empty")
     elif not is_email_address(event.email):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from shopmesh_chassis.contract_limits import (
     MAX_ID_LENGTH,
+    event_id_problem,
     is_listable_id,
-    is_printable_id,
     listable_id_violation,
     printable_id_violation,
     too_long,
@@ -87,27 +87,21 @@ def is_product_id(value: str) -> bool:
 
 
 def order_problems(order: ConfirmedOrder | CancelledOrder) -> list[str]:
-    """What makes an order event unfit to count, as notifications' checks word it; empty if nothing does.
+    """What makes an order event unfit to count, worded as every consumer words it; empty if nothing does.
 
     orders issues none of these, so an event with one is forged or broken, and no retry mends it. Counted, a
     product id no product can have would be ranked for ever (counts never decay) and sent to catalog, which
     refuses the whole lookup; and an order with no id or no products teaches nothing."""
-    problems: list[str] = []
-    for name, value in (("order_id", order.order_id), ("user_id", order.user_id)):
-        if not value:
-            problems.append(f"{name} is empty")
-        elif len(value) > MAX_ID_LENGTH:
-            problems.append(f"{name} is longer than {MAX_ID_LENGTH} characters")
-        elif not is_printable_id(value):
-            problems.append(f"{name} has spaces or control characters")
+    problems = [
+        problem
+        for name, value in (("order_id", order.order_id), ("user_id", order.user_id))
+        if (problem := event_id_problem(name, value)) is not None
+    ]
     if not order.product_ids:
         problems.append("items is empty")
-    for index, product_id in enumerate(order.product_ids):
-        field = f"items[{index}].product_id"
-        if not product_id:
-            problems.append(f"{field} is empty")
-        elif len(product_id) > MAX_ID_LENGTH:
-            problems.append(f"{field} is longer than {MAX_ID_LENGTH} characters")
-        elif not is_listable_id(product_id):
-            problems.append(f"{field} has spaces, commas or control characters")
+    problems.extend(
+        problem
+        for index, product_id in enumerate(order.product_ids)
+        if (problem := event_id_problem(f"items[{index}].product_id", product_id, listable=True)) is not None
+    )
     return problems
