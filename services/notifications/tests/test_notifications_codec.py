@@ -49,7 +49,7 @@ def test_an_order_confirmed_payload_becomes_an_order_event_with_the_message_id_a
         "usr_1",
     )
     assert (event.email, event.currency, event.total_minor) == ("ada@example.com", "USD", 17800)
-    assert event.lines == (Line("Chef knife", 2, 8900, 17800),)
+    assert event.lines == (Line("Chef knife", 2, 8900, 17800, "USD", "USD"),)
 
 
 def test_an_order_cancelled_payload_carries_the_reason_message_and_the_refund() -> None:

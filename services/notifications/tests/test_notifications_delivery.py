@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nats.aio.client import Client
+from nats.js.api import RawStreamMsg
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -179,6 +180,15 @@ class Running:
     async def listed(self, user_id: str = "usr_1") -> list[notifications_pb2.Notification]:
         response = await self.stub.ListNotifications(notifications_pb2.ListNotificationsRequest(user_id=user_id))
         return list(response.notifications)
+
+    async def dead_letters(self) -> list[RawStreamMsg]:
+        """The messages parked so far (none before the first: parking creates the stream)."""
+        js = self.js.jetstream()
+        try:
+            info = await js.stream_info(DEAD_LETTER_STREAM)
+        except Exception:
+            return []
+        return [await js.get_msg(DEAD_LETTER_STREAM, n) for n in range(1, info.state.messages + 1)]
 
     async def stored(self, event_id: str) -> Notification | None:
         async with self.database.transaction() as session:
@@ -493,25 +503,54 @@ async def test_poison_messages_are_dead_lettered_and_later_messages_still_flow(r
 
     await eventually(lambda: mail_for(running.sink.directory, "ord_7"), "the later e-mail")
 
-    js = running.js.jetstream()
+    async def parked() -> list[RawStreamMsg]:
+        letters = await running.dead_letters()
+        return letters if len(letters) == 2 else []
 
-    async def parked() -> bool:
-        try:
-            info = await js.stream_info(DEAD_LETTER_STREAM)
-        except Exception:
-            return False
-        return info.state.messages == 2
-
-    await eventually(parked, "two dead-lettered messages")
     originals = set()
-    for sequence in (1, 2):
-        message = await js.get_msg(DEAD_LETTER_STREAM, sequence)
+    for message in await eventually(parked, "two dead-lettered messages"):
         assert message.subject == f"deadletter.notifications.{ORDER_CONFIRMED}"
         assert message.headers is not None
         assert message.headers["Shopmesh-Attempts"] == "3"
         originals.add(message.headers["Shopmesh-Original-Event-Id"])
     assert originals == {"evt_garbage", "evt_noemail"}
     assert [n.event_id for n in await running.listed()] == ["evt_7"]
+
+
+def confirmed_with(order_id: str, quantity: int, price: int, item_currency: str, total_minor: int) -> bytes:
+    """A confirmation of one Widget line: `quantity` x `price` in `item_currency` (its line total `price`
+    too, as the audit's event had it), the total in USD."""
+    each = money_pb2.Money(amount_minor=price, currency=item_currency)
+    item = orders_pb2.OrderItem(product_name="Widget", quantity=quantity, unit_price=each, line_total=each)
+    total = money_pb2.Money(amount_minor=total_minor, currency="USD")
+    return events_pb2.OrderConfirmed(
+        order_id=order_id, user_id="usr_1", email="ada@example.com", items=[item], total=total
+    ).SerializeToString()
+
+
+@sqlite_only
+async def test_an_event_with_impossible_amounts_is_dead_lettered_and_never_mailed(running: Running) -> None:
+    """Audit finding: "-3 x Widget -USD 5.00 each ... Total charged: -USD 5.00" was mailed, and an item
+    priced in another currency than the total was mailed in the total's. No retry makes such an event
+    right: it is poison, parked like an event without an e-mail address."""
+    impossible = {
+        "evt_negative": confirmed_with("ord_negative", -3, -500, "USD", -500),
+        "evt_euros": confirmed_with("ord_euros", 1, 500, "EUR", 500),
+        "evt_refund": confirmed_with("ord_refund", 1, 500, "USD", -500),
+    }
+    for event_id, payload in impossible.items():
+        await running.publish(ORDER_CONFIRMED, payload, event_id)
+    await running.publish(ORDER_CONFIRMED, confirmed_event("evt_after", "ord_after"), "evt_after")
+    await eventually(lambda: mail_for(running.sink.directory, "ord_after"), "the later e-mail")
+
+    async def all_parked() -> bool:
+        letters = await running.dead_letters()
+        return {m.headers["Shopmesh-Original-Event-Id"] for m in letters if m.headers} == set(impossible)
+
+    await eventually(all_parked, "every impossible event parked")
+    assert [n.event_id for n in await running.listed()] == ["evt_after"]
+    for event_id in impossible:
+        assert not mail_for(running.sink.directory, event_id.replace("evt_", "ord_"))
 
 
 @sqlite_only

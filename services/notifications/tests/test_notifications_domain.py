@@ -27,7 +27,7 @@ def confirmed(**changes: object) -> OrderEvent:
         user_id="usr_1",
         email="ada@example.com",
         currency="USD",
-        lines=(Line("Chef knife", 2, 8900, 17800), Line("French press", 1, 3450, 3450)),
+        lines=(Line("Chef knife", 2, 8900, 17800, "USD", "USD"), Line("French press", 1, 3450, 3450, "USD", "USD")),
         total_minor=21250,
     )
     return replace(event, **changes)  # type: ignore[arg-type]
@@ -99,6 +99,9 @@ def test_a_customers_own_cancellation_says_so_in_a_fixed_text() -> None:
 
 def test_a_sendable_event_passes_its_checks() -> None:
     assert validate_event(confirmed()) == confirmed()
+    # A free item, and a cancellation of an order that cost nothing, are amounts an order can have.
+    free = confirmed(lines=(Line("Sample", 1, 0, 0, "USD", "USD"),), total_minor=0)
+    assert validate_event(free) == free
 
 
 @pytest.mark.parametrize(
@@ -112,9 +115,19 @@ def test_a_sendable_event_passes_its_checks() -> None:
         ({"order_id": "ord_1\nBcc: everyone@example.com"}, "order_id has spaces or control characters"),
         ({"event_id": ""}, "event id is empty"),
         ({"currency": ""}, "total.currency is not three upper-case letters"),
+        ({"total_minor": -500}, "total is negative"),
+        ({"lines": (Line("Widget", -3, 500, 500, "USD", "USD"),)}, r"items\[0\]\.quantity is less than 1"),
+        ({"lines": (Line("Widget", 0, 500, 0, "USD", "USD"),)}, r"items\[0\]\.quantity is less than 1"),
+        ({"lines": (Line("Widget", 1, -500, 500, "USD", "USD"),)}, r"items\[0\]\.unit_price is negative"),
+        ({"lines": (Line("Widget", 1, 500, -500, "USD", "USD"),)}, r"items\[0\]\.line_total is negative"),
+        (
+            {"lines": (Line("Mug", 1, 500, 500, "USD", "USD"), Line("Widget", 1, 500, 500, "EUR", "USD"))},
+            r"items\[1\]\.unit_price\.currency is not total\.currency",
+        ),
+        ({"lines": (Line("Widget", 1, 500, 500, "USD", ""),)}, r"items\[0\]\.line_total\.currency is not total"),
     ],
 )
-def test_an_event_that_cannot_become_an_email_is_invalid(changes: dict[str, str], problem: str) -> None:
+def test_an_event_that_cannot_become_an_email_is_invalid(changes: dict[str, object], problem: str) -> None:
     with pytest.raises(InvalidEvent, match=problem):
         validate_event(confirmed(**changes))
 

@@ -42,6 +42,8 @@ def _lines(items: list[orders_pb2.OrderItem]) -> tuple[Line, ...]:
             quantity=item.quantity,
             unit_price_minor=item.unit_price.amount_minor,
             line_total_minor=item.line_total.amount_minor,
+            unit_price_currency=item.unit_price.currency,
+            line_total_currency=item.line_total.currency,
         )
         for item in items
     )

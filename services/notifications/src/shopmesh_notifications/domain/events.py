@@ -31,6 +31,9 @@ class Line:
     quantity: int
     unit_price_minor: int
     line_total_minor: int
+    # The event's currencies of the two amounts: the e-mail writes every amount in the total's currency.
+    unit_price_currency: str
+    line_total_currency: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,28 @@ def validate_event(event: OrderEvent) -> OrderEvent:
         problems.append("email is not an e-mail address")
     if not is_currency_code(event.currency):
         problems.append("total.currency is not three upper-case letters")
+    if event.total_minor < 0:
+        problems.append("total is negative")
+    problems.extend(_line_problems(event))
     if problems:
         raise InvalidEvent(f"{event.kind.value} {event.event_id or '?'}: {'; '.join(problems)}")
     return event
+
+
+def _line_problems(event: OrderEvent) -> list[str]:
+    """An e-mail telling the customer "-3 x Widget -USD 5.00 each" or an item's price in a currency it was
+    not charged in: no order is like that, so no such e-mail goes out."""
+    problems: list[str] = []
+    for index, line in enumerate(event.lines):
+        item = f"items[{index}]"
+        if line.quantity < 1:
+            problems.append(f"{item}.quantity is less than 1")
+        for name, amount, currency in (
+            ("unit_price", line.unit_price_minor, line.unit_price_currency),
+            ("line_total", line.line_total_minor, line.line_total_currency),
+        ):
+            if amount < 0:
+                problems.append(f"{item}.{name} is negative")
+            if currency != event.currency:
+                problems.append(f"{item}.{name}.currency is not total.currency")
+    return problems
