@@ -70,6 +70,10 @@ PENDING, SENT, FAILED = (
     notifications_pb2.NOTIFICATION_STATE_FAILED,
 )
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+KINDS = {
+    EventKind.ORDER_CONFIRMED: notifications_pb2.NOTIFICATION_KIND_ORDER_CONFIRMED,
+    EventKind.ORDER_CANCELLED: notifications_pb2.NOTIFICATION_KIND_ORDER_CANCELLED,
+}
 # The sender's span of one delivery attempt.
 SEND_SPAN = "smtp send"
 
@@ -644,6 +648,39 @@ async def test_a_confirmation_applied_after_its_orders_cancellation_sends_no_con
     assert to_send == ["Your shopmesh order ord_9 was cancelled"]
 
 
+@sqlite_only
+@pytest.mark.parametrize(
+    ("subject", "payload", "kind"),
+    [
+        (ORDER_CONFIRMED, confirmed_event, EventKind.ORDER_CONFIRMED),
+        (ORDER_CANCELLED, cancelled_event, EventKind.ORDER_CANCELLED),
+    ],
+)
+async def test_a_second_event_of_the_same_kind_for_an_order_is_applied_without_a_second_email(
+    running: Running,
+    caplog: pytest.LogCaptureFixture,
+    subject: str,
+    payload: Callable[[str, str], bytes],
+    kind: EventKind,
+) -> None:
+    """Audit finding: the only uniqueness was per event id, so an order's confirmation (or cancellation)
+    published again under a new event id was mailed again. The second is applied (acknowledged, never
+    retried nor parked) and mails nothing; the log says why."""
+    caplog.set_level(logging.INFO, logger="shopmesh.notifications")
+    first = Event("evt_once", subject, payload("evt_once", "ord_once"), {"Nats-Msg-Id": "evt_once"}, 1)
+    again = Event("evt_again", subject, payload("evt_again", "ord_once"), {"Nats-Msg-Id": "evt_again"}, 1)
+    assert await running.consumer._apply(first)
+    assert await running.consumer._apply(again)
+
+    await eventually(lambda: mail_for(running.sink.directory, "ord_once"), "the first e-mail")
+    listed = await running.listed()
+    assert [(n.event_id, n.kind) for n in listed] == [("evt_once", KINDS[kind])]
+    assert len(mail_for(running.sink.directory, "ord_once")) == 1
+    (line,) = [r for r in caplog.records if "evt_again" in r.getMessage()]
+    assert line.levelno == logging.INFO
+    assert "already" in line.getMessage()
+
+
 @pytest.fixture
 def relay_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
     """A relay's server-side TLS context, its self-signed certificate for 127.0.0.1 the only one the
@@ -900,6 +937,35 @@ async def test_a_confirmation_still_being_retried_when_its_order_is_cancelled_is
     assert sent == [EventKind.ORDER_CANCELLED], f"e-mails in the order sent: {sent}"
 
 
+async def apply_beside_an_open_one(database: Database, first: Event, second: Event) -> None:
+    """Apply `first` in a transaction left open while another applies `second`, which must wait for the
+    first's outcome (its lock) rather than be decided beside it; then commit the first and let it finish."""
+    intake = NotificationIntake()
+
+    async def apply_second() -> None:
+        async with database.transaction() as other:
+            await intake(other, second)
+
+    applying = database.transaction()
+    session = await applying.__aenter__()
+    try:
+        await intake(session, first)
+        beside = asyncio.create_task(apply_second())
+
+        async def decided_or_waiting() -> bool:
+            if beside.done():
+                return True
+            async with database.read() as reader:
+                return bool(await reader.scalar(text(WAITING_ON_A_LOCK)))
+
+        # Until the second waits on a lock (the first's), or was decided without waiting.
+        await eventually(decided_or_waiting, f"{second.event_id} waiting or decided")
+        assert not beside.done(), f"{second.event_id} was decided before {first.event_id}'s outcome"
+    finally:
+        await applying.__aexit__(None, None, None)
+    await asyncio.wait_for(beside, 10)
+
+
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_a_confirmation_applied_while_its_orders_cancellation_is_being_applied_is_not_recorded(
     database: Database,
@@ -909,37 +975,29 @@ async def test_a_confirmation_applied_while_its_orders_cancellation_is_being_app
     still open does not see it, and both e-mails are recorded: the "concurrently consumed" case the fix
     names is not covered on PostgreSQL. The confirmation cannot be decided while the cancellation's
     transaction is open (it may still roll back): it waits for its outcome, then finds it."""
-    intake = NotificationIntake()
     cancellation = Event("evt_x3", ORDER_CANCELLED, cancelled_event("evt_x3", "ord_p"), {}, 2)
     confirmation = Event("evt_c3", ORDER_CONFIRMED, confirmed_event("evt_c3", "ord_p"), {}, 1)
-
-    async def apply_confirmation() -> None:
-        async with database.transaction() as other:
-            await intake(other, confirmation)
-
-    cancelling = database.transaction()
-    session = await cancelling.__aenter__()
-    try:
-        await intake(session, cancellation)
-        # Meanwhile another consumer applies the (retried) confirmation; it must not outlive the cancellation.
-        confirming = asyncio.create_task(apply_confirmation())
-
-        async def decided_or_waiting() -> bool:
-            if confirming.done():
-                return True
-            async with database.read() as reader:
-                return bool(await reader.scalar(text(WAITING_ON_A_LOCK)))
-
-        # Until the confirmation waits on a lock (the cancellation's), or was decided without waiting.
-        await eventually(decided_or_waiting, "the confirmation waiting or decided")
-        assert not confirming.done(), "the confirmation was decided before the cancellation's outcome"
-    finally:
-        await cancelling.__aexit__(None, None, None)
-    await asyncio.wait_for(confirming, 10)
+    # Meanwhile another consumer applies the (retried) confirmation; it must not outlive the cancellation.
+    await apply_beside_an_open_one(database, cancellation, confirmation)
     async with database.transaction() as session:
         listed = await NotificationRepository(session).list_for_user("usr_1", 100, None)
     kinds = sorted(n.kind.value for n in listed if n.order_id == "ord_p" and n.state is State.PENDING)
     assert kinds == ["ORDER_CANCELLED"], kinds
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_two_confirmations_of_an_order_applied_at_once_by_two_replicas_record_one_notification(
+    database: Database,
+) -> None:
+    """The per-order lock, not a unique constraint, keeps an order to one e-mail of a kind: a replica that
+    applies the order's second confirmation while another's transaction with the first is still open
+    waits for its outcome, then finds the first's notification."""
+    first = Event("evt_r1", ORDER_CONFIRMED, confirmed_event("evt_r1", "ord_r"), {}, 1)
+    second = Event("evt_r2", ORDER_CONFIRMED, confirmed_event("evt_r2", "ord_r"), {}, 1)
+    await apply_beside_an_open_one(database, first, second)
+    async with database.transaction() as session:
+        listed = await NotificationRepository(session).list_for_user("usr_1", 100, None)
+    assert [n.event_id for n in listed if n.order_id == "ord_r"] == ["evt_r1"]
 
 
 async def test_a_pending_notification_a_newer_release_added_is_left_to_that_releases_senders(

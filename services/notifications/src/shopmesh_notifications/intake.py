@@ -1,6 +1,7 @@
 """The consumer's handler: an order event becomes a PENDING notification, in the transaction in which
 the chassis records the event id — so each event yields at most one notification, however often it is
-delivered (none for a confirmation applied after its order's cancellation). Nothing is sent here: the
+delivered, and each order at most one of each kind per channel, whatever its events' ids (none for a
+confirmation applied after its order's cancellation). Nothing is sent here: the
 sender delivers it after the commit, outside any transaction, in a span of the trace the notification
 was recorded in (its consumer span's context is stored with it)."""
 
@@ -43,8 +44,20 @@ class NotificationIntake:
         # Orders publishes a confirmation before its cancellation, but a retried, replayed or concurrently
         # consumed confirmation can be applied after it: the customer, told the order is cancelled, must
         # not be told next that it is confirmed. The event is still recorded as applied, with no e-mail.
-        # The lock makes a confirmation applied while its cancellation is being applied wait, then see it.
+        # The lock makes a confirmation applied while its cancellation is being applied wait, then see it,
+        # and a second event of an order's kind wait for the first's outcome.
         await repository.lock_order(order.order_id)
+        # The same confirmation (or cancellation) published again under a new event id (a republish, a
+        # replayed copy) is a duplicate the event id does not catch: the customer has that e-mail already.
+        if await repository.order_notified(order.order_id, order.kind, Channel.EMAIL):
+            log.info(
+                "no %s e-mail for %s: order %s was notified of it already",
+                order.kind.value,
+                event.event_id,
+                order.order_id,
+                extra={"order_id": order.order_id},
+            )
+            return
         if order.kind is EventKind.ORDER_CONFIRMED and await repository.order_cancelled(order.order_id):
             log.info(
                 "no confirmation for %s: the order's cancellation came first",

@@ -106,12 +106,17 @@ class NotificationRepository:
 
     async def order_cancelled(self, order_id: str) -> bool:
         """Whether the order's cancellation e-mail is recorded (ix_notifications_order)."""
-        found = await self._session.scalar(
-            select(notifications.c.id)
-            .where(notifications.c.order_id == order_id, notifications.c.kind == EventKind.ORDER_CANCELLED.value)
-            .limit(1)
+        return await self.order_notified(order_id, EventKind.ORDER_CANCELLED)
+
+    async def order_notified(self, order_id: str, kind: EventKind, channel: Channel | None = None) -> bool:
+        """Whether a notification of the order of this kind (on this channel, or any) is recorded, in any
+        state (ix_notifications_order)."""
+        query = select(notifications.c.id).where(
+            notifications.c.order_id == order_id, notifications.c.kind == kind.value
         )
-        return found is not None
+        if channel is not None:
+            query = query.where(notifications.c.channel == channel.value)
+        return await self._session.scalar(query.limit(1)) is not None
 
     async def list_for_user(self, user_id: str, limit: int, after: tuple[datetime, str] | None) -> list[Notification]:
         """Newest first; `after` is the (created_at, id) of the last notification of the previous page."""

@@ -10,7 +10,9 @@ its order's cancellation is recorded: an OrderConfirmed applied after it (a
 retried or replayed confirmation) records no notification, and one recorded
 before it but not yet sent (waiting for its first attempt or a retry) ends
 SUPERSEDED. It is idempotent per event: at most one Notification exists per
-(event_id, channel), so redelivered events send nothing new.
+(event_id, channel), so redelivered events send nothing new; and per order:
+at most one per (order_id, kind, channel), so an order's confirmation or
+cancellation published again under a new event_id sends nothing new either.
 
 Ownership: when the `x-user-id` header is present, user_id must equal it
 (otherwise PERMISSION_DENIED, ErrorInfo reason USER_MISMATCH).
