@@ -13,6 +13,8 @@ SUPERSEDED. It is idempotent per event: at most one Notification exists per
 (event_id, channel), so redelivered events send nothing new; and per order:
 at most one per (order_id, kind, channel), so an order's confirmation or
 cancellation published again under a new event_id sends nothing new either.
+An event whose items have a quantity below 1, a negative amount or another
+currency than its total sends nothing (it is dead-lettered).
 
 Ownership: when the `x-user-id` header is present, user_id must equal it
 (otherwise PERMISSION_DENIED, ErrorInfo reason USER_MISMATCH).
