@@ -13,22 +13,36 @@ import pytest
 from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_platform.http_api import GRPC_CONTENT_TYPE, PUBLIC_SERVICE, descriptor_set
 from shopmesh_platform.http_api.grpc_messages import ONE_MESSAGE_FILTER
+from shopmesh_platform.mesh.envoy import EDGE_LISTENER
 from shopmesh_platform.ports import PortPlan
 from shopmesh_platform.processes import StackError
 from shopmesh_platform.stack import HTTP_API, Stack
 
 
 def gateway_endpoint(config: dict[str, Any]) -> str:
+    """The edge's gateway cluster's endpoint: host:port, or `unix:<path>` for a Unix socket."""
     [gateway] = [c for c in config["static_resources"]["clusters"] if c["name"] == "gateway"]
-    address = gateway["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    return f"{address['address']}:{address['port_value']}"
+    address = gateway["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    if "pipe" in address:
+        return f"unix:{address['pipe']['path']}"
+    return f"{address['socket_address']['address']}:{address['socket_address']['port_value']}"
 
 
-def test_in_the_mesh_the_edge_calls_the_gateways_sidecar_not_the_gateway(tmp_path: Path) -> None:
+def test_in_the_mesh_the_edge_calls_the_gateways_sidecar_on_a_socket_of_its_own_that_appends_no_address(
+    tmp_path: Path,
+) -> None:
+    """Through the sidecar's published listener, which appends its peer to x-forwarded-for, the edge (a loopback
+    peer, written as the machine's own address by Envoy) made every HTTP client one address to the gateway."""
     plan = PortPlan.free(mesh=True, http=True)
     stack = Stack(tmp_path, ports=plan, services=["gateway"])
+    sidecar = json.loads(stack.write_mesh()["gateway"].read_text())
     config = json.loads(stack.write_http_api().read_text())
-    assert gateway_endpoint(config) == plan.address("gateway")
+    assert gateway_endpoint(config) == f"unix:{stack.edge_socket}"
+    listeners = {listener["name"]: listener for listener in sidecar["static_resources"]["listeners"]}
+    assert listeners[EDGE_LISTENER]["address"] == {"pipe": {"path": str(stack.edge_socket)}}
+    managers = {name: entry["filter_chains"][0]["filters"][0]["typed_config"] for name, entry in listeners.items()}
+    assert managers[EDGE_LISTENER]["use_remote_address"] is False, "the edge's x-forwarded-for goes on as it wrote it"
+    assert managers["inbound"]["use_remote_address"] is True, "a direct client's peer address is appended"
     assert stack.app_address("gateway").startswith("unix:"), "the gateway itself is on its socket, behind"
     assert stack.http_url == f"http://{plan.host}:{plan.http}"
 

@@ -19,6 +19,7 @@ import pytest
 
 from shopmesh_chassis.local_stack import running_stack
 from shopmesh_platform import run
+from shopmesh_platform.mesh.envoy import EDGE_LISTENER
 from shopmesh_platform.stack import Stack
 
 from .run_kit import ctrl_c, launched, table_rows
@@ -110,18 +111,25 @@ def test_under_the_mesh_only_the_gateways_sidecar_takes_clients_on_the_public_ho
             config: dict[str, Any] = json.loads(path.read_text())
             bound[(name, "admin")] = config["admin"]["address"]["socket_address"]["address"]
             for listener in config["static_resources"]["listeners"]:
-                bound[(name, listener["name"])] = listener["address"]["socket_address"]["address"]
+                # The HTTP edge's own listener is a Unix socket in the private folder: on no host at all.
+                address = listener["address"]
+                bound[(name, listener["name"])] = "unix" if "pipe" in address else address["socket_address"]["address"]
         edge = json.loads(stack.write_http_api().read_text())
     finally:
         stack.remove_sockets()
-    public = {where for where, address in bound.items() if address != "127.0.0.1"}
+    assert bound[("gateway", EDGE_LISTENER)] == "unix"
+    public = {where for where, address in bound.items() if address not in {"127.0.0.1", "unix"}}
     assert public == {("gateway", "inbound")}, bound
     assert bound[("gateway", "inbound")] == "0.0.0.0"
     [api] = edge["static_resources"]["listeners"]
     assert api["address"]["socket_address"]["address"] == "0.0.0.0"
     assert edge["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
-    # The edge calls the gateway's sidecar where it listens for clients (0.0.0.0 is no destination).
+    # Clients find the gateway's sidecar on loopback too (0.0.0.0 is no destination); the edge calls it on the
+    # socket of its own, whatever the host: through the published listener every HTTP client was one address.
     assert stack.ports.address("gateway").startswith("127.0.0.1:")
+    [gateway] = [cluster for cluster in edge["static_resources"]["clusters"] if cluster["name"] == "gateway"]
+    [endpoint] = gateway["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"] == {"pipe": {"path": str(stack.edge_socket)}}
 
 
 def test_on_loopback_no_warning_is_said(tmp_path: Path) -> None:

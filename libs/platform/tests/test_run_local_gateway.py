@@ -77,18 +77,21 @@ def _get_through_edge(url: str, path: str, source: str, headers: dict[str, str])
 
 
 @pytest.mark.timeout(420)  # the start's bound (ready_within), which decides first
+@pytest.mark.parametrize("mesh", [(), ("--mesh", "envoy")], ids=["direct", "mesh-envoy"])
 async def test_make_run_believes_the_edges_x_forwarded_for_and_not_a_local_client_calling_the_gateway_directly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mesh: tuple[str, ...]
 ) -> None:
     """The launcher trusted 127.0.0.1, where the edge came from, and so every local client: a gRPC client on
     the gateway's port was believed whatever X-Forwarded-For (and traceparent) it sent, and took a fresh
     rate-limit bucket with each address it made up. The edge now connects from an address of its own, the only
     one the gateway trusts. One token per address, refilled after a quarter of an hour: a second call in the
-    same bucket is refused whatever the machine's speed."""
+    same bucket is refused whatever the machine's speed. Under MESH=envoy the edge called the gateway's
+    sidecar on its published listener, which appended the machine's own address for its loopback peer: every
+    HTTP client was that address, one bucket; the edge now has a listener of its own that appends nothing."""
     monkeypatch.setenv("RATE_LIMIT_BURST", "1")
     monkeypatch.setenv("RATE_LIMIT_PER_SECOND", "0.001")
     # Bounds for a loaded machine, where three Python processes, NATS and Envoy take minutes to start.
-    args = ("--services", "catalog,gateway", "--startup-timeout", "240")
+    args = ("--services", "catalog,gateway", "--startup-timeout", "240", *mesh)
     async with launched(tmp_path / "data", *args, ready_within=300) as (process, _):
         stack = running_stack(tmp_path / "data")
         assert stack is not None

@@ -819,7 +819,8 @@ def _edge_trusted(ports: PortPlan) -> dict[str, str]:
     left only the edge's span. The edge reaches the gateway from its own address (`edge_source`), which no
     other local client comes from: trusting the plan's host believed the X-Forwarded-For and traceparent of
     any client calling the gateway directly. Under MESH=envoy the sidecar is the only peer of the gateway's
-    Unix socket (the HTTP edge calls the sidecar), so `unix` trusts it and nothing else."""
+    Unix socket (the HTTP edge calls the sidecar, on a socket of its own where the sidecar appends nothing to
+    the edge's x-forwarded-for), so `unix` trusts it and nothing else."""
     if ports.mesh is not None:
         return {"TRUSTED_PROXIES": "unix"}
     if ports.http is None:

@@ -733,6 +733,7 @@ class Stack:
             storefront=storefront_folder(),
             traces=None if self.ports.traces is None else f"{self.ports.host}:{self.ports.traces}",
             gateway_source=self.ports.edge_source,
+            gateway_socket=self.edge_socket,
         )
         return write_http_api_bootstrap(api, self._http_api_bootstrap)
 
@@ -768,6 +769,7 @@ class Stack:
                 track="stable" if name == service else "canary",
                 splits={callee: split for callee, split in splits.items() if callee in outbound},
                 app_socket=self._sockets / f"{name}.sock",
+                edge_socket=self.edge_socket if is_edge(name) else None,
             )
             write_bootstrap(sidecar, identities, self._bootstrap_path(name))
         return {name: self._bootstrap_path(name) for name in self._sidecars}
@@ -779,7 +781,8 @@ class Stack:
         self.remove_sockets()  # this stack's own, of an earlier start
         link = self.sockets_link
         remove_stale_sockets(link)
-        base = sockets_base(self._sidecars)
+        names = [*self._sidecars, *([HTTP_API] if self._http_api is not None else [])]
+        base = sockets_base(names)
         folder = Path(tempfile.mkdtemp(prefix=SOCKETS_PREFIX, dir=base))
         self._sockets_made = folder
         # Nobody else knows the new folder yet: the lock is free.
@@ -788,7 +791,7 @@ class Stack:
         atexit.register(self.remove_sockets)
         too_long = [
             f"{name}'s socket {folder / f'{name}.sock'}"
-            for name in self._sidecars
+            for name in names
             if not fits_unix_socket(folder / f"{name}.sock")
         ]
         if too_long:
@@ -979,6 +982,14 @@ class Stack:
         if self.ports.mesh is None:
             return None
         return self._sockets / f"{name}.sock"
+
+    @property
+    def edge_socket(self) -> Path | None:
+        """Where the HTTP edge calls the gateway's sidecar (its listener for the edge alone, envoy.Sidecar.edge_socket),
+        in the sockets' folder as `http-api.sock`; None without a mesh or without the edge."""
+        if self.ports.mesh is None or self._http_api is None:
+            return None
+        return self._sockets / f"{HTTP_API}.sock"
 
     def socket_link(self, name: str) -> Path | None:
         """The same socket through the data directory's link, `<mesh_dir>/sockets/<name>.sock`, as README

@@ -110,6 +110,9 @@ class HttpApi:
     # as its proxy and no other client on the machine (`make run`: a loopback address of its own); None:
     # the one the OS picks.
     gateway_source: str | None = None
+    # The Unix socket the edge calls the gateway on instead of `gateway` (`make run MESH=envoy`: the gateway's
+    # sidecar's listener for the edge alone, which passes on its x-forwarded-for as written); None: `gateway`.
+    gateway_socket: Path | None = None
     # The bound on Envoy's heap, under its container's memory limit (request_limits.max_heap_bytes), which the
     # overload manager acts on; a test's own may be smaller.
     max_heap_bytes: int = MAX_HEAP_BYTES
@@ -126,7 +129,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
     if api.traces is not None and api.traces_cluster_at_start:
         raise ValueError("traces names the spans' receiver here; traces_cluster_at_start leaves it to Envoy's start")
     gateway_host, gateway_port = api.gateway.rsplit(":", 1)
-    clusters = [cluster("gateway", gateway_host, int(gateway_port), source=api.gateway_source)]
+    if api.gateway_socket is not None and api.gateway_source is not None:
+        raise ValueError("gateway_source is an IP address to connect from; gateway_socket is no IP connection")
+    clusters = [cluster("gateway", gateway_host, int(gateway_port), source=api.gateway_source, pipe=api.gateway_socket)]
     span_config = None
     if api.traces is not None:
         sink_host, sink_port = api.traces.rsplit(":", 1)

@@ -10,6 +10,8 @@ Each sidecar has, like an Istio or Linkerd proxy in a pod:
   edge service (the gateway) takes plaintext from clients instead, as behind an ingress gateway. It
   forwards to the service over plaintext HTTP/2 on the service's Unix socket, in a folder only the user
   can open (the service has no TCP port of its own), telling it who called in `x-forwarded-client-cert`.
+  The edge's sidecar has a second inbound listener, for the HTTP edge alone, on a Unix socket in that
+  folder: it passes the edge's `x-forwarded-for` on as the edge wrote it (see `edge_socket`).
 - one **outbound** listener per service it calls, on loopback (the service finds it in
   `<CALLEE>_ADDRESS`, as it would find a Kubernetes Service's name). It originates mutual TLS to the
   callee's inbound listener, presenting this service's SVID and accepting only the callee's SPIFFE
@@ -74,6 +76,8 @@ MAX_PENDING_REQUESTS = 1024
 # many as calls may be open: no call loses its retries to others'. Nothing is amplified by it: the route
 # retries only what never reached the callee, and the calls themselves are bounded by MAX_REQUESTS.
 MAX_RETRIES = MAX_REQUESTS
+# The edge's sidecar's listener for the HTTP edge (Sidecar.edge_socket).
+EDGE_LISTENER = "inbound-edge"
 # The inbound RBAC's policies: health for any identity, and one per caller (`caller-<service>`).
 HEALTH_POLICY = "health"
 HEALTH_PATH_PREFIX = "/grpc.health.v1.Health/"
@@ -131,6 +135,12 @@ class Sidecar:
     # Callee → (its canary's inbound address, the canary's share of the calls in percent): the outbound
     # route splits by weight between the callee and its canary, as Istio's VirtualService on Kubernetes.
     splits: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    # The edge's sidecar: a Unix socket (beside `app_socket`, in the folder only the user can open) where the
+    # HTTP edge calls it; None: no HTTP edge. Through the published listener, which appends its peer to
+    # x-forwarded-for, the edge was no client of its own: for a loopback peer Envoy appends the host's own
+    # address instead, so every HTTP client was that one address to the gateway, which trusts only its
+    # sidecar (`unix`), and all of them shared one rate-limit bucket.
+    edge_socket: Path | None = None
 
     @property
     def name(self) -> str:
@@ -142,6 +152,8 @@ def bootstrap(sidecar: Sidecar, identities: MeshIdentities) -> dict[str, Any]:
     """The sidecar's whole static configuration (Envoy's v3 bootstrap), as JSON-ready data."""
     spans = tracing(sidecar.name) if sidecar.traces is not None else None
     listeners = [_inbound_listener(sidecar, identities, spans)]
+    if sidecar.edge_socket is not None:
+        listeners.append(_edge_listener(sidecar, spans))
     clusters = [_app_cluster(sidecar)]
     for callee, port in sidecar.ports.outbound.items():
         listeners.append(_outbound_listener(sidecar, callee, port, spans))
@@ -249,21 +261,39 @@ def _inbound_listener(sidecar: Sidecar, identities: MeshIdentities, spans: dict[
         filters.append(_policy(sidecar.allowed_callers))
     else:
         settings["forward_client_cert_details"] = "SANITIZE"
-        # The edge: the client's own address goes into x-forwarded-for (the gateway believes it only from
-        # proxies it is told to trust, TRUSTED_PROXIES), and Envoy's internal headers from outside are dropped.
+        # The edge's published listener, for clients calling the gateway directly (the HTTP edge has its own,
+        # `edge_socket`): the peer's address goes into x-forwarded-for (a loopback peer's as the host's own,
+        # Envoy's rule; the gateway believes the header only from TRUSTED_PROXIES), and Envoy's internal
+        # headers from outside are dropped.
         settings["use_remote_address"] = True
-    filters.append(_faults())
-    manager = _http_manager(
-        "inbound",
-        virtual_host=sidecar.service,
-        route={"cluster": "app", **GRPC_TIMEOUTS},
-        http_filters=filters,
-        spans=spans,
-        **settings,
-    )
+    manager = _to_app(sidecar, filters, spans, **settings)
     # The traffic direction is also the kind of the sidecar's spans: server here, client outbound.
     inbound_host = sidecar.inbound_host or sidecar.host
     return listener("inbound", inbound_host, sidecar.inbound_port, "INBOUND", manager, transport_socket)
+
+
+def _to_app(
+    sidecar: Sidecar, filters: list[dict[str, Any]], spans: dict[str, Any] | None, **settings: Any
+) -> dict[str, Any]:
+    """An inbound connection manager: `filters`, then the faults, then the service (`settings`: its fields)."""
+    return _http_manager(
+        "inbound",
+        virtual_host=sidecar.service,
+        route={"cluster": "app", **GRPC_TIMEOUTS},
+        http_filters=[*filters, _faults()],
+        spans=spans,
+        **settings,
+    )
+
+
+def _edge_listener(sidecar: Sidecar, spans: dict[str, Any] | None) -> dict[str, Any]:
+    """The HTTP edge's own way into the edge's sidecar, on `edge_socket`: only the user's processes can
+    connect to it, and the edge has already appended its client's address to x-forwarded-for, so this hop
+    appends nothing (use_remote_address off: Envoy neither appends nor replaces it) and the gateway, walking
+    the header past its sidecar, finds the edge's client. Its statistics are the inbound listener's."""
+    assert sidecar.edge_socket is not None
+    manager = _to_app(sidecar, [], spans, forward_client_cert_details="SANITIZE", use_remote_address=False)
+    return listener(EDGE_LISTENER, sidecar.host, 0, "INBOUND", manager, pipe=sidecar.edge_socket)
 
 
 def _outbound_listener(sidecar: Sidecar, callee: str, port: int, spans: dict[str, Any] | None) -> dict[str, Any]:
@@ -352,18 +382,19 @@ def listener(
     transport_socket: dict[str, Any] | None = None,
     *,
     reuse_port: bool = False,
+    pipe: Path | None = None,
 ) -> dict[str, Any]:
     """A listener of one HTTP connection manager. Not `reuse_port` (Envoy's default is to bind with
     SO_REUSEPORT): a process that took the planned port first, with SO_REUSEPORT too, would share it silently
     and take part of the calls; without it, Envoy refuses to start, the port in use. `reuse_port`: where nothing
     else can bind the port (a pod's own network namespace), each of Envoy's workers gets its own socket, the
-    kernel spreading connections among them."""
+    kernel spreading connections among them. `pipe`: on that Unix socket, not host:port."""
     chain: dict[str, Any] = {
         "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]
     }
     if transport_socket is not None:
         chain["transport_socket"] = transport_socket
-    address = socket_address(host, port)
+    address = endpoint_address(host, port, pipe)
     return {
         "name": name,
         "address": address,
@@ -464,7 +495,7 @@ def cluster(
             }
         ]
     }
-    address = socket_address(host, port) if pipe is None else {"pipe": {"path": str(pipe)}}
+    address = endpoint_address(host, port, pipe)
     result["load_assignment"] = {
         "cluster_name": name,
         "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
@@ -540,3 +571,8 @@ def _outbound_name(callee: str, track: str = "stable") -> str:
 
 def socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
+
+
+def endpoint_address(host: str, port: int, pipe: Path | None = None) -> dict[str, Any]:
+    """host:port as Envoy's Address, or with `pipe` that Unix socket (Envoy's `pipe`) instead."""
+    return socket_address(host, port) if pipe is None else {"pipe": {"path": str(pipe)}}
