@@ -72,6 +72,24 @@ MAILER = (
 )
 
 
+# A caller that keeps its channel to alpha open until alpha closes it as idle (GOAWAY), then serves: gRPC core
+# logs that GOAWAY on the client side, at INFO unless GRPC_VERBOSITY says otherwise.
+IDLE_CALLER = (
+    sys.executable,
+    "-c",
+    "import asyncio, os, runpy, grpc\n"
+    "from grpc_health.v1 import health_pb2, health_pb2_grpc\n"
+    "async def idle() -> None:\n"
+    "    async with grpc.aio.insecure_channel(os.environ['ALPHA_ADDRESS']) as channel:\n"
+    "        health = health_pb2_grpc.HealthStub(channel)\n"
+    f"        await health.Check(health_pb2.HealthCheckRequest(), timeout={HEALTH_CALL_SECONDS})\n"
+    "        await asyncio.wait_for(channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 60)\n"
+    "    print('closed as idle', channel.get_state(), flush=True)\n"
+    "asyncio.run(idle())\n"
+    "runpy.run_module('shopmesh_chassis.testing.sample_service', run_name='__main__', alter_sys=True)\n",
+)
+
+
 def sample_specs() -> list[ServiceSpec]:
     return [
         ServiceSpec("alpha", SAMPLE, env={"SERVICE_NAME": "alpha"}),
@@ -224,6 +242,23 @@ async def test_a_service_exiting_during_startup_fails_start_with_its_prefixed_ou
     assert "alpha | " in console.getvalue()
     assert gone(stack.pid("alpha"))
     assert gone(stack.pid(NATS))
+
+
+async def test_a_service_writes_no_grpc_core_info_line_when_a_callee_closes_its_idle_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gRPC core writes its INFO lines as plain text to stderr: in a JSON log stream, each is a line no log
+    # pipeline parses. The launcher sets GRPC_VERBOSITY=ERROR for every service, as the images do.
+    specs = [
+        ServiceSpec("alpha", SAMPLE, env={"SERVICE_NAME": "alpha", "GRPC_MAX_CONNECTION_IDLE_SECONDS": "0.2"}),
+        ServiceSpec("caller", IDLE_CALLER, calls=("alpha",), env={"SERVICE_NAME": "caller"}),
+    ]
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    async with Stack.for_tests(tmp_path / "data", specs=specs) as stack:
+        assert stack.logs is not None
+        caller = stack.logs.lines["caller"]
+    assert any(line.startswith("closed as idle") for line in caller), caller
+    assert not [line for line in caller if "chttp2_transport" in line or "goaway" in line.lower()]
 
 
 async def test_a_taken_port_fails_start_naming_it_before_anything_runs(tmp_path: Path) -> None:

@@ -844,6 +844,9 @@ class Stack:
     def _service_child(self, spec: ServiceSpec, shared: Mapping[str, str], extra: Mapping[str, str]) -> _Child:
         ports = self.ports.ports_of(spec.name)
         env = {k: v for k, v in os.environ.items() if k not in _PER_SERVICE_VARIABLES}
+        # gRPC core writes its INFO lines (a callee's idle GOAWAY, every minute) as plain text to stderr, into
+        # the service's JSON log stream; as in the images, only its errors, unless the operator asks for more.
+        env.setdefault("GRPC_VERBOSITY", "ERROR")
         env.update(
             PYTHONUNBUFFERED="1",  # lines reach the launcher as they are written, not when a buffer fills
             DATA_DIR=str(self.data_dir),
