@@ -108,6 +108,70 @@ async def test_a_failed_handling_is_an_error_span_with_the_exception_recorded(
     ]
 
 
+def delivery_of(span: ReadableSpan) -> dict[str, object]:
+    """What a consume span says of its delivery: where from, which one, and how it ended."""
+    names = ("messaging.system", "messaging.destination.name", "messaging.consumer.group.name")
+    attributes = dict(span.attributes or {})
+    return {name: attributes.get(name) for name in (*names, "shopmesh.attempt", "shopmesh.outcome")}
+
+
+def delivered(attempt: int, outcome: str) -> dict[str, object]:
+    return {
+        "messaging.system": "nats",
+        "messaging.destination.name": SUBJECT,
+        "messaging.consumer.group.name": "tester",
+        "shopmesh.attempt": attempt,
+        "shopmesh.outcome": outcome,
+    }
+
+
+async def test_a_redelivery_span_says_its_attempt_and_each_delivery_span_its_outcome(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
+) -> None:
+    failures = 1
+
+    async def broken_once(session: DbConnection, event: Event) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("the handler broke")
+        await record(session, event)
+
+    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": "e1"})
+    running = consumer(db, nats_srv.url, broken_once, max_attempts=3)
+    running.start()
+    try:
+        await until_applied(db, Counter({"e1": 1}))
+        await eventually(lambda: len(consume_spans(exporter)) == 2, "the second delivery's span ended")
+    finally:
+        await running.stop()
+    assert [delivery_of(span) for span in consume_spans(exporter)] == [delivered(1, "retried"), delivered(2, "applied")]
+
+
+async def test_the_span_of_a_parked_event_and_of_a_duplicate_say_so(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
+) -> None:
+    async def broken_for_e2(session: DbConnection, event: Event) -> None:
+        if event.event_id == "e2":
+            raise RuntimeError("the handler broke")
+        await record(session, event)
+
+    running = consumer(db, nats_srv.url, broken_for_e2, max_attempts=1)
+    # As after a crash between the commit and the ack: e1 was applied, and arrives again.
+    assert await running._apply(Event("e1", SUBJECT, b"x", {"Nats-Msg-Id": "e1"}, attempt=1))
+    for event_id in ("e1", "e2"):
+        await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": event_id})
+    running.start()
+    try:
+        await eventually(lambda: len(consume_spans(exporter)) == 2, "both deliveries' spans ended")
+    finally:
+        await running.stop()
+    assert [delivery_of(span) for span in consume_spans(exporter)] == [
+        delivered(1, "duplicate"),
+        delivered(1, "dead_lettered"),
+    ]
+
+
 class Recorded(logging.Handler):
     def __init__(self) -> None:
         super().__init__()

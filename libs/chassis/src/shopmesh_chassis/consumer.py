@@ -672,10 +672,18 @@ class EventConsumer:
             await self._not_handled(message, event, replayed=replayed)
             return True
         context = propagate.extract(event.headers)
+        # OpenTelemetry's messaging attributes, and the delivery's attempt (1: its first delivery) as the
+        # smtp spans say theirs; its outcome is set by _count, within this span.
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.destination.name": event.subject,
+            "messaging.consumer.group.name": self._durable,
+            "messaging.message.id": event.event_id,
+            "shopmesh.attempt": event.attempt,
+        }
         with tracer.start_as_current_span(
-            f"consume {event.subject}", context=context, kind=trace.SpanKind.CONSUMER
+            f"consume {event.subject}", context=context, kind=trace.SpanKind.CONSUMER, attributes=attributes
         ) as span:
-            span.set_attribute("messaging.message.id", event.event_id)
             if replayed:
                 dead_letter = (message.headers or {}).get(REPLAYED_FROM, "")
                 span.set_attribute("shopmesh.replayed_from", dead_letter)
@@ -696,10 +704,10 @@ class EventConsumer:
                 return True
             if not applied:  # in the span: the line carries the event's trace id
                 log.info("event %s was already processed by %s", event.event_id, self._durable)
-        self._outage.back()
-        await message.ack()
-        self._forget(message)
-        self._count(event, "applied" if applied else "duplicate")
+            self._outage.back()
+            await message.ack()
+            self._forget(message)
+            self._count(event, "applied" if applied else "duplicate")
         return True
 
     async def _not_handled(self, message: Msg, event: Event, *, replayed: bool) -> None:
@@ -856,6 +864,11 @@ class EventConsumer:
         return Event(event_id, subject, message.data, original, attempt)
 
     def _count(self, event: Event, outcome: str) -> None:
+        """Count the delivery's outcome, and say it on its consume span: the current one while it is handled
+        (a subject this release does not handle gets none, and no span is current then)."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("shopmesh.outcome", outcome)
         if self._metrics is not None:
             self._metrics.consumed.labels(self._durable, event.subject, outcome).inc()
 
