@@ -94,6 +94,21 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     )
                 ],
             ),
+            (
+                "Degraded product pages",
+                "reqps",
+                "Product pages the gateway answered OK with recommendations_degraded, per second, by cause "
+                "(recommendations_failed: they answered an error; recommendations_timed_out: they missed their "
+                "budget) and fallback (shown: same-category products instead; empty: none). They answer OK, so "
+                "no SLO or status count above shows them (docs/operations.md).",
+                [
+                    (
+                        "sum by (cause, fallback) "
+                        f"(rate(shopmesh_gateway_degraded_product_pages_total{{{SELECTOR}}}[$__rate_interval]))",
+                        "{{cause}} {{fallback}}",
+                    )
+                ],
+            ),
         ],
     ),
     (

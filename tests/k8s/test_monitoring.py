@@ -28,6 +28,7 @@ from shopmesh_chassis.breaker import CircuitBreaker
 from shopmesh_chassis.consumer import EventConsumer
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.metrics import BreakerCollector, ServerMetrics
+from shopmesh_gateway.metrics import GatewayMetrics
 from shopmesh_notifications.domain.events import EventKind
 from shopmesh_notifications.domain.model import Channel, Notification, State
 from shopmesh_notifications.metrics import NotificationMetrics
@@ -104,6 +105,7 @@ def exported_metric_labels() -> dict[str, frozenset[str]]:
     metrics.outbox  # noqa: B018 - made on first use, as services that run an outbox relay do
     metrics.events  # noqa: B018 - made on first use, as services that consume do
     metrics.watch_breakers("dependency", {"/shopmesh.x.v1.XService/Get": CircuitBreaker()})
+    GatewayMetrics(registry)
     OrderMetrics(registry)
     NotificationMetrics(registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
