@@ -261,6 +261,16 @@ async def test_a_service_writes_no_grpc_core_info_line_when_a_callee_closes_its_
     assert not [line for line in caller if "chttp2_transport" in line or "goaway" in line.lower()]
 
 
+def test_an_operators_own_grpc_verbosity_reaches_every_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # To debug a connection, GRPC_VERBOSITY=INFO `make run` must show gRPC core's lines again.
+    monkeypatch.setenv("GRPC_VERBOSITY", "INFO")
+    stack = Stack.for_tests(tmp_path / "data", specs=sample_specs())
+    assert {name: child.env["GRPC_VERBOSITY"] for name, child in stack._children.items()} == {
+        "alpha": "INFO",
+        "beta": "INFO",
+    }
+
+
 async def test_a_taken_port_fails_start_naming_it_before_anything_runs(tmp_path: Path) -> None:
     plan = PortPlan.free(["alpha", "beta"])
     stack = Stack(tmp_path / "data", ports=plan, specs=sample_specs(), log_sink=lambda name, line: None)
