@@ -9,6 +9,7 @@ durable): a cancellation applied first marks the order cancelled, and its confir
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TypeVar
 
 from shopmesh.orders.v1 import events_pb2
@@ -16,7 +17,7 @@ from shopmesh_chassis.consumer import Event, Handler, InvalidEvent, decode_event
 from shopmesh_chassis.db import DbConnection
 from shopmesh_recommendations.application import RecommendationsApplication
 from shopmesh_recommendations.domain.models import CancelledOrder, ConfirmedOrder
-from shopmesh_recommendations.domain.validation import order_problems
+from shopmesh_recommendations.domain.validation import is_product_id, order_problems
 
 STREAM = "ORDERS"
 # The whole stream's subjects, as orders declares them: whoever starts first creates the stream.
@@ -35,21 +36,31 @@ def confirmed_order(event: Event) -> ConfirmedOrder:
 
 
 def cancelled_order(event: Event) -> CancelledOrder:
-    """Decode and check the event, as confirmed_order does, for an OrderCancelled."""
-    return _order(CancelledOrder, event, decode_event(events_pb2.OrderCancelled, event))
+    """Decode and check the event, as confirmed_order does, for an OrderCancelled; except that a product id no
+    product can have is left out rather than refused: an earlier release counted confirmations carrying such ids
+    (("prod_a", "prod bad")), and parking their cancellations would leave the good ids' counts of a cancelled
+    order for ever (counts never decay). The ids left out stay counted, and catalog lookups skip them."""
+    message = decode_event(events_pb2.OrderCancelled, event)
+    order = _order(CancelledOrder, event, message, products_checked=False)
+    return dataclasses.replace(order, product_ids=tuple(p for p in order.product_ids if is_product_id(p)))
 
 
 OrderT = TypeVar("OrderT", ConfirmedOrder, CancelledOrder)
 
 
-def _order(model: type[OrderT], event: Event, message: events_pb2.OrderConfirmed | events_pb2.OrderCancelled) -> OrderT:
+def _order(
+    model: type[OrderT],
+    event: Event,
+    message: events_pb2.OrderConfirmed | events_pb2.OrderCancelled,
+    *,
+    products_checked: bool = True,
+) -> OrderT:
     order = model(
         order_id=message.order_id,
         user_id=message.user_id,
         product_ids=tuple(item.product_id for item in message.items),
     )
-    # Both kinds: a cancellation taking back ids its confirmation could not have counted is as broken.
-    if problems := order_problems(order):
+    if problems := order_problems(order, products_checked=products_checked):
         raise InvalidEvent(f"{event.subject} {event.event_id or '?'}: {'; '.join(problems)}")
     return order
 

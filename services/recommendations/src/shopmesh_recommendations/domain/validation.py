@@ -86,7 +86,7 @@ def is_product_id(value: str) -> bool:
     return 0 < len(value) <= MAX_ID_LENGTH and is_listable_id(value)
 
 
-def order_problems(order: ConfirmedOrder | CancelledOrder) -> list[str]:
+def order_problems(order: ConfirmedOrder | CancelledOrder, *, products_checked: bool = True) -> list[str]:
     """What makes an order event unfit to count, worded as every consumer words it; empty if nothing does.
 
     orders issues none of these, so an event with one is forged or broken, and no retry mends it. Counted, a
@@ -99,9 +99,10 @@ def order_problems(order: ConfirmedOrder | CancelledOrder) -> list[str]:
     ]
     if not order.product_ids:
         problems.append("items is empty")
-    problems.extend(
-        problem
-        for index, product_id in enumerate(order.product_ids)
-        if (problem := event_id_problem(f"items[{index}].product_id", product_id, listable=True)) is not None
-    )
+    if products_checked:
+        problems.extend(
+            problem
+            for index, product_id in enumerate(order.product_ids)
+            if (problem := event_id_problem(f"items[{index}].product_id", product_id, listable=True)) is not None
+        )
     return problems
