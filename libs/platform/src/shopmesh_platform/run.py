@@ -891,16 +891,18 @@ def public_warning(stack: Stack) -> str | None:
     # The banner names 127.0.0.1, which another machine cannot open; and gRPC binds the wildcard as [::].
     outside = primary_address()
     opened = f"; from another machine: http://{outside}:{stack.ports.http}/" if outside and stack.ports.http else ""
-    ipv6 = " (the gateway's gRPC on IPv6 too)" if "gateway" in stack.services else ""
+    # Under the mesh the gateway's sidecar, an Envoy listener on 0.0.0.0 alone, takes the clients' gRPC.
+    ipv6 = " (the gateway's gRPC on IPv6 too)" if "gateway" in stack.services and stack.ports.mesh is None else ""
     return said + ipv6 + opened
 
 
 def primary_address() -> str | None:
-    """The IPv4 address this machine reaches other networks from (its default route's), which a browser on the
-    host of a VM usually opens; None without a route. A UDP socket's connect sends nothing."""
+    """The source address the kernel picks towards 203.0.113.1 (TEST-NET-3, which only a default route usually
+    reaches): the address a browser on the host of a VM usually opens; None without such a route. A UDP
+    socket's connect sends nothing. A host with a route of its own for that network gets that route's address."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never a real peer, only a route to look up
+            probe.connect(("203.0.113.1", 9))
         except OSError:
             return None
         address: str = probe.getsockname()[0]
