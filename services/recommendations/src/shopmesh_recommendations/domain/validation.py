@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from shopmesh_chassis.contract_limits import (
     MAX_ID_LENGTH,
     event_id_problem,
-    is_listable_id,
     listable_id_violation,
     printable_id_violation,
     too_long,
@@ -82,8 +81,9 @@ def validate_request(product_id: str | None, user_id: str | None, max_results: i
 
 def is_product_id(value: str) -> bool:
     """Whether some catalog product could have this id: catalog refuses a whole BatchGetProducts naming one
-    that could not (empty, over-long, or not listable) as INVALID_ARGUMENT."""
-    return 0 < len(value) <= MAX_ID_LENGTH and is_listable_id(value)
+    that could not (empty, over-long, or not listable) as INVALID_ARGUMENT: the rule an event's product id is
+    checked by."""
+    return event_id_problem("product_id", value, listable=True) is None
 
 
 def order_problems(order: ConfirmedOrder | CancelledOrder, *, products_checked: bool = True) -> list[str]:
