@@ -101,6 +101,17 @@ def test_an_instant_not_issued_here_is_an_invalid_page_token(text: str) -> None:
     assert caught.value.reason == INVALID_PAGE_TOKEN
 
 
+def test_a_token_of_other_filters_says_to_start_again_not_only_that_filters_differ() -> None:
+    """A token an earlier release issued for the same request (bound to fewer fields) is refused with the
+    same words: a client told only "other filters" after an upgrade hunted for a change it never made."""
+    earlier_release = encode_page_token(("a", 1), {"user_id": "u1"})
+    with pytest.raises(InvalidArgument) as caught:
+        decode_page_token(earlier_release, {"rpc": "ListOrders", "user_id": "u1"}, (str, int))
+    assert caught.value.reason == INVALID_PAGE_TOKEN
+    assert "earlier release" in caught.value.violations[0].description
+    assert "start again from the first page" in caught.value.violations[0].description
+
+
 def test_a_request_validated_field_by_field_collects_a_bad_tokens_violation_with_the_others() -> None:
     violations = [FieldViolation("page_size", "must be >= 0", "OUT_OF_RANGE")]
     assert page_token_key("", FILTERS, (str, int), violations) is None

@@ -70,7 +70,13 @@ def decode_page_token(token: str, filters: Mapping[str, str] | None, shape: Sequ
     if not isinstance(payload, dict) or not isinstance(payload.get("k"), list) or "f" not in payload:
         raise invalid_page_token("not a page token issued by this service")
     if filters is not None and payload["f"] != _filters_hash(filters):
-        raise invalid_page_token("the page token belongs to a request with other filters")
+        # Not "other filters" only: a release that changes what a token is bound to (2026-12-03: the RPC)
+        # refuses the tokens of the release before, and a client told it changed filters that it did not
+        # change would look for a bug of its own instead of starting again.
+        raise invalid_page_token(
+            "the page token belongs to another request (other filters, or an earlier release): "
+            "start again from the first page"
+        )
     key = payload["k"]
     if len(key) != len(shape) or not all(_fits(item, kind) for item, kind in zip(key, shape, strict=True)):
         raise invalid_page_token("not a page token issued by this service")
