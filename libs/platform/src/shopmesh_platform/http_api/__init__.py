@@ -41,6 +41,7 @@ Its modules, by what they hold:
 - `grpc_messages`: a gRPC call's body refused unless it is one whole message, of a flag a request may have;
 - `grpc_encodings`: a grpc-encoding refused when malformed, or not one the gateway reads;
 - `deadlines`: a client's grpc-timeout refused when not of gRPC's form, the edge's bound as DEADLINE_EXCEEDED;
+- `get_body`: a GET or HEAD with a body refused (Lua);
 - `head`: HEAD as GET without the body (Lua); `cors`: the CORS policy; `headers`: header hygiene;
 - `filters`: health check, compression, the transcoder; `log_fields`: the access log's fields and the span's URL;
 - `matching`: the request matchers and header actions the others share.
@@ -67,6 +68,7 @@ from .deadlines import (
     MALFORMED_GRPC_TIMEOUT_MESSAGE,
 )
 from .filters import COMPRESS_FROM_BYTES, COMPRESSED_TYPES, HEALTH_PATH
+from .get_body import BODY_ON_GET, BODY_ON_GET_MESSAGE
 from .grpc_encodings import (
     ACCEPTED_GRPC_ENCODINGS,
     MALFORMED_GRPC_ENCODING,
@@ -134,6 +136,8 @@ from .served_files import (
 __all__ = [
     "ACCEPTED_GRPC_ENCODINGS",
     "BINARY_METADATA_NAME",
+    "BODY_ON_GET",
+    "BODY_ON_GET_MESSAGE",
     "COMPRESSED_TYPES",
     "COMPRESS_FROM_BYTES",
     "DEADLINE_RAN_OUT_MESSAGE",

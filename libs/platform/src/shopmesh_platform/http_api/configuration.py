@@ -21,6 +21,7 @@ from .contract import PUBLIC_SERVICE, api_methods, single_request_methods
 from .cors import CORS, cors_policy
 from .deadlines import grpc_deadline_exceeded, grpc_malformed_timeout, malformed_grpc_timeout_refused
 from .filters import GRPC_WEB, ROUTER, compressor, health_check, transcoder
+from .get_body import body_on_get_check, body_on_get_refusal
 from .grpc_encodings import grpc_encoding_refused, grpc_encoding_replies
 from .grpc_messages import grpc_web_text_not_base64, one_message_check, one_message_required
 from .head import head_as_get
@@ -232,6 +233,7 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
                 status_as_it_is(QUERY_WITH_BODY_ROUTE),
                 status_as_it_is(REPEATED_QUERY_PARAMETER_ROUTE),
                 status_as_it_is(MALFORMED_QUERY_PARAMETER_ROUTE),
+                body_on_get_refusal(),
                 query_without_content_type(),
                 http_too_large(),
                 request_timed_out(),
@@ -265,6 +267,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "http_filters": [
             health_check(),
             header_hygiene(),
+            # Before the HEAD filter, which makes a HEAD the GET.
+            body_on_get_check(),
             # Before the compressor, so after it on the way out: the body it drops is never gzipped.
             head_as_get(),
             # Early in the chain, so late on the way out: it sees the JSON the transcoder made.

@@ -351,7 +351,14 @@ def unreadable_query() -> dict[str, Any]:
 def status_as_it_is(route: str) -> dict[str, Any]:
     """The direct responses of the routes of this name, whose body is a google.rpc.Status in JSON already,
     sent as JSON."""
-    return {"filter": route_named(route), "body_format_override": _BODY_AS_JSON}
+    return body_as_it_is(route_named(route))
+
+
+def body_as_it_is(reply_filter: dict[str, Any]) -> dict[str, Any]:
+    """The local replies this filter matches, whose body is a google.rpc.Status in JSON already (a route's direct
+    response, a Lua filter's refusal), sent as JSON: without it a mapper of their status makes the body the
+    message of a Status of its own."""
+    return {"filter": reply_filter, "body_format_override": _BODY_AS_JSON}
 
 
 def route_named(route: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..openapi import PATH_VARIABLE
 from .contract import PUBLIC_SERVICE, api_paths, body_methods, singular_query_parameters
+from .get_body import body_on_get_refused
 from .head import HEAD_AS_GET, LUA_PER_ROUTE
 from .headers import no_grpc_headers
 from .local_replies import validation_failed
@@ -51,11 +52,15 @@ MAX_REGEX_PROGRAM_SIZE = 1024
 def http_json_route(match: dict[str, Any]) -> dict[str, Any]:
     """A route an HTTP/JSON request takes before the transcoder rewrites it into a call of the API (then it
     is routed again, as gRPC). Nothing is forwarded by it: the transcoder refuses a path the API does not
-    have. gRPC's own headers are dropped from it: the transcoder frames the call itself."""
+    have. gRPC's own headers are dropped from it: the transcoder frames the call itself. A GET or HEAD with a
+    body is refused (get_body)."""
     return {
         "match": match,
         "route": {"cluster": "gateway", "timeout": ROUTE_TIMEOUT},
-        "typed_per_filter_config": {"envoy.filters.http.header_mutation": no_grpc_headers()},
+        "typed_per_filter_config": {
+            "envoy.filters.http.header_mutation": no_grpc_headers(),
+            **body_on_get_refused(),
+        },
     }
 
 
