@@ -64,6 +64,19 @@ def gateway_error(code: grpc.StatusCode, reason: str) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=f"the gateway's own {code.name}", details=details)
 
 
+# ListOrders answers UNAUTHENTICATED with the reason the gateway gives for its `authorization` header: none,
+# TOKEN_MISSING; `Bearer <EXPIRED>`, TOKEN_EXPIRED; any other, TOKEN_INVALID. Login answers it with
+# INVALID_CREDENTIALS, a password refused.
+EXPIRED = "expired-token"
+
+
+def unauthenticated(reason: str) -> status_pb2.Status:
+    """The gateway's UNAUTHENTICATED of this reason: an ErrorInfo, and nothing else."""
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="shopmesh.gateway"))
+    return status_pb2.Status(code=grpc.StatusCode.UNAUTHENTICATED.value[0], message=reason.lower(), details=[packed])
+
+
 @dataclass(frozen=True)
 class _Status(grpc.Status):
     code: grpc.StatusCode
@@ -89,6 +102,23 @@ class RecordingShop(shop_pb2_grpc.ShopServiceServicer):
             # An answer with a body: its metadata goes in trailers, not in the headers of a trailers-only error.
             context.set_trailing_metadata(INTERNAL_TRAILERS)
         return shop_pb2.GetOrderResponse()
+
+    def ListOrders(
+        self, request: shop_pb2.ListOrdersRequest, context: grpc.ServicerContext
+    ) -> shop_pb2.ListOrdersResponse:
+        self.calls.append(("ListOrders", ""))
+        token = dict(context.invocation_metadata()).get("authorization")
+        if token is None:
+            reason = "TOKEN_MISSING"
+        elif token == f"Bearer {EXPIRED}":
+            reason = "TOKEN_EXPIRED"
+        else:
+            reason = "TOKEN_INVALID"
+        context.abort_with_status(rpc_status.to_status(unauthenticated(reason)))
+
+    def Login(self, request: shop_pb2.LoginRequest, context: grpc.ServicerContext) -> shop_pb2.LoginResponse:
+        self.calls.append(("Login", request.email))
+        context.abort_with_status(rpc_status.to_status(unauthenticated("INVALID_CREDENTIALS")))
 
     def ListProducts(
         self, request: shop_pb2.ListProductsRequest, context: grpc.ServicerContext

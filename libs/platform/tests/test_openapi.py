@@ -15,7 +15,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from shopmesh.gateway.v1 import shop_pb2
-from shopmesh_platform.http_api import openapi_document
+from shopmesh_platform.http_api import BEARER_CHALLENGE, INVALID_TOKEN_CHALLENGE, openapi_document
 from shopmesh_platform.openapi import SECURITY_SCHEME, ContractError, document
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -150,6 +150,21 @@ def test_the_served_document_declares_retry_after_on_every_operations_429_and_50
             assert declared["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 0}, declared
             assert declared["content"] == responses["Error"]["content"], "a google.rpc.Status like every error"
         assert operation["responses"]["default"] == {"$ref": "#/components/responses/Error"}
+
+
+def test_the_served_document_declares_the_bearer_challenge_on_every_operations_401() -> None:
+    # The edge adds WWW-Authenticate to every 401 (RFC 6750; docs/http-api.md): declared where the 401 is.
+    served = json.loads(openapi_document().read_text())
+    responses = served["components"]["responses"]
+    operations = [operation for methods in served["paths"].values() for operation in methods.values()]
+    assert operations
+    for operation in operations:
+        ref = operation["responses"]["401"]["$ref"]
+        declared = responses[ref.removeprefix("#/components/responses/")]
+        challenge = declared["headers"]["WWW-Authenticate"]
+        assert challenge["required"] is True, declared
+        assert challenge["schema"]["enum"] == [BEARER_CHALLENGE, INVALID_TOKEN_CHALLENGE], declared
+        assert declared["content"] == responses["Error"]["content"], "a google.rpc.Status like every error"
 
 
 PUBLIC = "option (shopmesh.common.v1.access) = ACCESS_PUBLIC;"

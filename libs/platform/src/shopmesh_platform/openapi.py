@@ -19,7 +19,8 @@ What it states, as the transcoder behaves (`transcoder()` in http_api/filters.py
 - every error as a google.rpc.Status with its details (ErrorInfo, BadRequest, RetryInfo, ...), the HTTP
   status being gRPC's mapping of the code;
 - the `idempotency-key` request and response header on IDEMPOTENT methods;
-- the 429 and 503 a client may come back after, with the edge's `Retry-After` header.
+- the 429 and 503 a client may come back after, with the edge's `Retry-After` header;
+- the 401 with the edge's `WWW-Authenticate` bearer challenge.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ IDEMPOTENCY_KEY = "idempotency-key"
 # made no call: HTTP's Retry-After, in seconds.
 COME_BACK_LATER = "ComeBackLater"
 RETRY_AFTER = "Retry-After"
+# A 401 (UNAUTHENTICATED), declared apart from the other errors for the bearer challenge the edge adds to every one
+# (http_api/challenges.py, RFC 6750 section 3).
+UNAUTHENTICATED = "Unauthenticated"
+WWW_AUTHENTICATE = "WWW-Authenticate"
 
 _NOT_A_NUMBER = ["NaN", "Infinity", "-Infinity"]
 _INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
@@ -158,7 +163,11 @@ def document(descriptor_set: bytes, service: str, *, servers: list[dict[str, str
         "paths": paths,
         "components": {
             "schemas": schemas.all(),
-            "responses": {"Error": _error_response(), COME_BACK_LATER: _come_back_later_response()},
+            "responses": {
+                "Error": _error_response(),
+                UNAUTHENTICATED: _unauthenticated_response(),
+                COME_BACK_LATER: _come_back_later_response(),
+            },
             "securitySchemes": {
                 SECURITY_SCHEME: {
                     "type": "http",
@@ -322,6 +331,7 @@ def _operation(
     come_back_later = {"$ref": f"#/components/responses/{COME_BACK_LATER}"}
     operation["responses"] = {
         "200": success,
+        "401": {"$ref": f"#/components/responses/{UNAUTHENTICATED}"},
         **dict.fromkeys(come_back_later_statuses(), come_back_later),
         "default": {"$ref": "#/components/responses/Error"},
     }
@@ -396,6 +406,32 @@ def _come_back_later_response() -> dict[str, Any]:
                 "a 429 of the edge's own, none by default): the seconds to wait before trying again, as their "
                 "RetryInfo says. The gateway's own say it in the RetryInfo only.",
                 "schema": {"type": "integer", "minimum": 0},
+            },
+            **error["headers"],
+        },
+    }
+
+
+def _unauthenticated_response() -> dict[str, Any]:
+    """An Error of UNAUTHENTICATED (401), with the bearer challenge the edge adds to every one: any operation may
+    answer it (a protected one without a valid token; Login for a wrong password), and a 401 of any carries the
+    challenge: every operation declares it."""
+    # Imported here: the edge's package imports this module (its routes read PATH_VARIABLE).
+    from .http_api.challenges import BEARER_CHALLENGE, INVALID_TOKEN_CHALLENGE, INVALID_TOKEN_REASONS
+
+    error = _error_response()
+    return {
+        **error,
+        "description": "UNAUTHENTICATED: a protected operation's token missing (ErrorInfo reason TOKEN_MISSING), "
+        f"or refused ({', '.join(INVALID_TOKEN_REASONS)}); Login's e-mail or password refused "
+        "(INVALID_CREDENTIALS).",
+        "headers": {
+            WWW_AUTHENTICATE: {
+                "description": f"The bearer challenge (RFC 6750): `{INVALID_TOKEN_CHALLENGE}` when the token sent "
+                f"was refused ({', '.join(INVALID_TOKEN_REASONS)}), else `{BEARER_CHALLENGE}` (no token sent, "
+                "or no token's refusal).",
+                "required": True,
+                "schema": {"type": "string", "enum": [BEARER_CHALLENGE, INVALID_TOKEN_CHALLENGE]},
             },
             **error["headers"],
         },

@@ -41,7 +41,7 @@ Its modules, by what they hold:
 - `grpc_messages`: a gRPC call's body refused unless it is one whole message, of a flag a request may have;
 - `grpc_encodings`: a grpc-encoding refused when malformed, or not one the gateway reads;
 - `deadlines`: a client's grpc-timeout refused when not of gRPC's form, the edge's bound as DEADLINE_EXCEEDED;
-- `get_body`: a GET or HEAD with a body refused (Lua);
+- `get_body`: a GET or HEAD with a body refused (Lua); `challenges`: WWW-Authenticate on a 401 (Lua);
 - `head`: HEAD as GET without the body (Lua); `cors`: the CORS policy; `headers`: header hygiene;
 - `filters`: health check, compression, the transcoder; `log_fields`: the access log's fields and the span's URL;
 - `matching`: the request matchers and header actions the others share.
@@ -49,6 +49,12 @@ Its modules, by what they hold:
 
 from __future__ import annotations
 
+from .challenges import (
+    BEARER_CHALLENGE,
+    INVALID_TOKEN_CHALLENGE,
+    INVALID_TOKEN_REASONS,
+    WWW_AUTHENTICATE,
+)
 from .configuration import METRICS_PATH, HttpApi, bootstrap, write_bootstrap
 from .contract import (
     DESCRIPTOR_FILE,
@@ -135,6 +141,7 @@ from .served_files import (
 
 __all__ = [
     "ACCEPTED_GRPC_ENCODINGS",
+    "BEARER_CHALLENGE",
     "BINARY_METADATA_NAME",
     "BODY_ON_GET",
     "BODY_ON_GET_MESSAGE",
@@ -158,6 +165,8 @@ __all__ = [
     "INVALID_GRPC_FRAME_FLAG",
     "INVALID_GRPC_FRAME_FLAG_MESSAGE",
     "INVALID_METADATA_NAME",
+    "INVALID_TOKEN_CHALLENGE",
+    "INVALID_TOKEN_REASONS",
     "LOCAL_REPLY_CODES",
     "LOGGED_GRPC_STATUS",
     "LOGGED_PATH",
@@ -199,6 +208,7 @@ __all__ = [
     "UNREADABLE_QUERY_MESSAGE",
     "UNSUPPORTED_GRPC_ENCODING",
     "UNSUPPORTED_GRPC_ENCODING_MESSAGE",
+    "WWW_AUTHENTICATE",
     "HttpApi",
     "allowed_methods",
     "api_methods",

@@ -17,6 +17,7 @@ from ..mesh.envoy import (
     socket_address,
     tracing,
 )
+from .challenges import bearer_challenge
 from .contract import PUBLIC_SERVICE, api_methods, single_request_methods
 from .cors import CORS, cors_policy
 from .deadlines import grpc_deadline_exceeded, grpc_malformed_timeout, malformed_grpc_timeout_refused
@@ -273,6 +274,8 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             head_as_get(),
             # Early in the chain, so late on the way out: it sees the JSON the transcoder made.
             compressor(),
+            # After the compressor, so before it on the way out: it reads a 401's JSON as the transcoder made it.
+            bearer_challenge(),
             {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS}},
             {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": GRPC_WEB}},
             # After gRPC-Web, whose request it then sees as gRPC: its 413 reaches a gRPC-Web client as a

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from .challenges import WWW_AUTHENTICATE
+
 CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 _CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 
 _REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "traceparent", "tracestate")
 _GRPC_WEB_HEADERS = ("x-grpc-web", "x-user-agent", "grpc-timeout")
-_EXPOSED_HEADERS = ("idempotency-key", "grpc-status", "grpc-message", "grpc-status-details-bin")
+# WWW-Authenticate: a page's fetch reads a 401's challenge (why its token was refused) only when it is exposed.
+_EXPOSED_HEADERS = (
+    "idempotency-key",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    WWW_AUTHENTICATE,
+)
 
 
 def readable_cross_origin() -> list[dict[str, Any]]:
