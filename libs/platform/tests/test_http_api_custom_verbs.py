@@ -63,3 +63,17 @@ def test_a_slash_after_a_custom_verb_makes_the_verb_part_of_the_order_id_and_nev
     assert shop.calls == []
     httpx.get(url + "/v1/orders/ord_1:cancel/", timeout=10)
     assert shop.calls == [("GetOrder", "ord_1:cancel")]
+
+
+@pytest.mark.parametrize(("query", "named"), [("orderId", "order_id (orderId in the query)"), ("order_id", "order_id")])
+def test_a_path_variable_in_the_query_is_named_in_the_message_as_its_field(
+    edge: tuple[str, RecordingShop], query: str, named: str
+) -> None:
+    # The field violation names the field by its proto name (as every field path of the API's errors): so does
+    # the message, with the query's own spelling beside it when that is another.
+    url, _ = edge
+    response = httpx.get(f"{url}/v1/orders/ord_1?{query}=ord_2", timeout=10)
+    assert response.status_code == 400, response.text
+    status = response.json()
+    assert status["details"][1]["fieldViolations"][0]["field"] == "order_id", status
+    assert status["message"] == f"{named}: given by the path (/v1/orders/{{order_id}}), not as a query parameter"

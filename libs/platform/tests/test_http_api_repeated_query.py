@@ -52,6 +52,12 @@ def test_a_singular_query_parameter_given_twice_is_refused_by_either_of_its_name
             assert info["reason"] == "VALIDATION_FAILED"
             [violation] = bad_request["fieldViolations"]
             assert (violation["field"], violation["reason"]) == (field, REPEATED_QUERY_PARAMETER), query
+            # The message names what the violation names (`page_size`, as every field path of the API's
+            # errors), not only the query's spelling (`pageSize`), which a client could not match to the field.
+            message = response.json()["message"]
+            assert message.startswith(f"{field} ") or message.startswith(f"{field}:"), message
+            if name != field:
+                assert f"({name} in the query)" in message, message
 
 
 def test_different_parameters_and_a_name_that_only_ends_like_one_are_not_taken_for_a_repetition(

@@ -167,6 +167,20 @@ def test_the_served_document_declares_the_bearer_challenge_on_every_operations_4
         assert declared["content"] == responses["Error"]["content"], "a google.rpc.Status like every error"
 
 
+def test_a_field_violations_field_is_said_to_be_the_proto_name_in_json_too(shop: dict[str, Any]) -> None:
+    # The services name fields by their proto names, and the transcoder passes the Status on as it is: an
+    # HTTP/JSON client reads `shipping_address.full_name`. googleapis' comment on the field promised the JSON
+    # name (`fullName`) "in JSON", which this API never sends.
+    served = json.loads(openapi_document().read_text())
+    for document_ in (shop, served):
+        field = document_["components"]["schemas"]["google.rpc.BadRequest.FieldViolation"]["properties"]["field"]
+        text = field["description"]
+        assert "proto names (snake_case) in JSON too" in text, text
+        assert "`shipping_address.full_name`" in text, text
+        assert "In JSON, the same values are represented as" not in text, text
+        assert "`fullName` for a violation" not in text, text
+
+
 PUBLIC = "option (shopmesh.common.v1.access) = ACCESS_PUBLIC;"
 ROUTE = f'option (google.api.http) = {{post: "/v1/things" body: "*"}}; {PUBLIC}'
 CONTRACT = """

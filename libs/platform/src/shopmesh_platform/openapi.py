@@ -20,7 +20,8 @@ What it states, as the transcoder behaves (`transcoder()` in http_api/filters.py
   status being gRPC's mapping of the code;
 - the `idempotency-key` request and response header on IDEMPOTENT methods;
 - the 429 and 503 a client may come back after, with the edge's `Retry-After` header;
-- the 401 with the edge's `WWW-Authenticate` bearer challenge.
+- the 401 with the edge's `WWW-Authenticate` bearer challenge;
+- a field violation's `field` as the proto name the services give (not the JSON name Google's comment promises).
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ RETRY_AFTER = "Retry-After"
 # (http_api/challenges.py, RFC 6750 section 3).
 UNAUTHENTICATED = "Unauthenticated"
 WWW_AUTHENTICATE = "WWW-Authenticate"
+# Field descriptions of the descriptor set's that do not hold for this API, by message and field: what the
+# document says instead. google.rpc.BadRequest.FieldViolation.field's comment has a JSON client read `fullName`
+# where proto has `full_name`; the services name fields by their proto names, and the transcoder passes the
+# Status through as it is, so an HTTP/JSON client reads the proto name as a gRPC client does (the storefront
+# finds its inputs by them).
+_DESCRIPTIONS = {
+    ("google.rpc.BadRequest.FieldViolation", "field"): (
+        "The path of the field that is bad: dot-separated proto field names, with an index for a repeated one "
+        "(`shipping_address.full_name`, `items[0].product_id`). In this API they are the proto names "
+        "(snake_case) in JSON too, not the JSON names of the request's schema (`shippingAddress.fullName`): the "
+        "same path a gRPC client reads. Empty or absent when the violation is of no one field."
+    ),
+}
 
 _NOT_A_NUMBER = ["NaN", "Infinity", "-Infinity"]
 _INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
@@ -479,7 +493,9 @@ class _Schemas:
         properties = {}
         for proto_field in fields:
             schema = self.field(proto_field)
-            text = _field_comment(self._contract, type_name, proto, proto_field.name)
+            text = _DESCRIPTIONS.get((type_name, proto_field.name)) or _field_comment(
+                self._contract, type_name, proto, proto_field.name
+            )
             properties[proto_field.json_name] = {**schema, "description": text} if text else schema
         # proto3 JSON ignores a key it does not know, but not an empty one ("Proto fields must have a name").
         schema = {"type": "object", "properties": properties, "propertyNames": {"minLength": 1}}

@@ -164,7 +164,7 @@ def _path_variables_in_query(template: str, regex: str) -> list[dict[str, Any]]:
     for variable in PATH_VARIABLE.findall(template):
         for name in sorted({variable, _json_name(variable)}):
             body = validation_failed(
-                f"{name}: given by the path ({template}), not as a query parameter",
+                f"{_field_named(variable, [name])}: given by the path ({template}), not as a query parameter",
                 {
                     "field": variable,
                     "description": "given by the path, not as a query parameter",
@@ -224,7 +224,7 @@ def _repeated_query_parameter(template: str, regex: str, name: str) -> dict[str,
     the HEAD called as it; a preflight goes on to the CORS filter."""
     field = _proto_name(name)
     body = validation_failed(
-        f"{name}: given more than once in the query; {template} takes one value of it",
+        f"{_field_named(field, [name, field])}: given more than once; {template} takes one value of it",
         {"field": field, "description": "one value only, given once", "reason": REPEATED_QUERY_PARAMETER},
     )
     spelled = "|".join(_spelled(spelling) for spelling in sorted({name, field}))
@@ -284,6 +284,14 @@ def _percent_escaped(char: str) -> str:
     return "%" + "".join(
         f"[{digit.upper()}{digit.lower()}]" if digit.isalpha() else digit for digit in f"{ord(char):02X}"
     )
+
+
+def _field_named(field: str, spellings: list[str]) -> str:
+    """A refusal's message names the field as its field violation does (the proto name, as every field path of
+    the API's errors: docs/http-api.md, "Errors"), and the query's other spellings of it that it matched:
+    `page_size (pageSize in the query)`."""
+    others = sorted(set(spellings) - {field})
+    return f"{field} ({' or '.join(others)} in the query)" if others else field
 
 
 def _proto_name(json_name: str) -> str:
