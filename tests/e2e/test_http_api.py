@@ -28,8 +28,11 @@ from shopmesh_chassis import testing
 from shopmesh_chassis.testing.grpc_web import GRPC_WEB_HEADERS, TRAILERS_FLAG, frame, frames, status_details
 from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_platform.http_api import (
+    BEARER_CHALLENGE,
+    BODY_ON_GET,
     INCOMPLETE_GRPC_MESSAGE_TEXT,
     INVALID_GRPC_FRAME_FLAG_MESSAGE,
+    INVALID_TOKEN_CHALLENGE,
     MALFORMED_GRPC_ENCODING_MESSAGE,
     MALFORMED_GRPC_TIMEOUT,
     MALFORMED_GRPC_TIMEOUT_MESSAGE,
@@ -41,6 +44,7 @@ from shopmesh_platform.http_api import (
     UNREADABLE_BODY_MESSAGE,
     UNREADABLE_QUERY_MESSAGE,
     UNSUPPORTED_GRPC_ENCODING_MESSAGE,
+    WWW_AUTHENTICATE,
     allowed_methods,
     api_paths,
 )
@@ -441,6 +445,37 @@ async def test_a_post_whose_body_is_the_request_refuses_its_fields_as_query_para
     assert placed.status_code == 400, placed.text
     assert status_of(placed)[1]["code"] == INVALID_ARGUMENT
     assert (await http.get("/v1/orders", headers=auth)).json().get("orders", []) == []
+
+
+async def test_a_get_with_a_body_is_refused_not_read_as_the_request(http: httpx.AsyncClient) -> None:
+    # The transcoder read a GET's body into the call and bound the query over it: `GET /v1/products` with this
+    # body listed two kitchen products, while the edge's access log (and a WAF or a cache in front) saw an
+    # unfiltered list.
+    body = {"category": "kitchen", "pageSize": 2}
+    refused = await http.request("GET", "/v1/products", json=body)
+    code, status = status_of(refused)
+    assert (code, status["code"]) == (400, INVALID_ARGUMENT), status
+    assert detail(status, ERROR_INFO)["reason"] == "VALIDATION_FAILED"
+    assert [v["reason"] for v in detail(status, BAD_REQUEST)["fieldViolations"]] == [BODY_ON_GET]
+    # The same fields as the query parameters they are.
+    listed = await http.get("/v1/products", params=body)
+    assert listed.status_code == 200, listed.text
+    assert [product["category"] for product in listed.json()["products"]] == ["kitchen", "kitchen"], listed.text
+
+
+async def test_every_401_carries_the_bearer_challenge_its_reason_asks_for(http: httpx.AsyncClient) -> None:
+    # RFC 6750 section 3: a 401 of a bearer-protected resource carries WWW-Authenticate; `invalid_token` for a
+    # token the gateway refused, no error code for a request that sent none (section 3.1).
+    anonymous = await http.get("/v1/orders")
+    assert (anonymous.status_code, detail(anonymous.json(), ERROR_INFO)["reason"]) == (401, "TOKEN_MISSING")
+    assert anonymous.headers.get_list(WWW_AUTHENTICATE) == [BEARER_CHALLENGE], anonymous.headers
+    forged = await http.get("/v1/orders", headers={"authorization": "Bearer not.a.token"})
+    assert (forged.status_code, detail(forged.json(), ERROR_INFO)["reason"]) == (401, "TOKEN_INVALID")
+    assert forged.headers.get_list(WWW_AUTHENTICATE) == [INVALID_TOKEN_CHALLENGE], forged.headers
+    email, _ = await signed_up(http, "challenged")
+    wrong = await http.post("/v1/login", json={"email": email, "password": PASSWORD + "-not"})
+    assert (wrong.status_code, detail(wrong.json(), ERROR_INFO)["reason"]) == (401, "INVALID_CREDENTIALS")
+    assert wrong.headers.get_list(WWW_AUTHENTICATE) == [BEARER_CHALLENGE], wrong.headers
 
 
 async def test_a_refused_query_is_neither_logged_nor_traced_by_the_edge(stack: Stack, http: httpx.AsyncClient) -> None:
