@@ -121,3 +121,16 @@ def test_a_get_with_a_body_of_no_declared_length_over_http2_is_refused(edge: tup
     assert "content-length" not in sent_headers.lower(), answer.stdout
     assert f'"{BODY_ON_GET}"' in answer.stdout, answer.stdout
     assert shop.calls == []
+
+
+def test_a_body_longer_than_a_connections_buffer_is_refused_as_a_body_on_a_get(
+    edge: tuple[str, RecordingShop],
+) -> None:
+    # Longer than the connection's 32 KiB buffer, shorter than the edge's 1 MiB: a GET's body, not a request
+    # too large (which would tell the client it was over 1 MiB).
+    url, shop = edge
+    shop.calls.clear()
+    refused = httpx.request("GET", url + "/v1/products", content=b" " * 40_000, timeout=10)
+    assert refused.status_code == 400, refused.text
+    assert f'"{BODY_ON_GET}"' in refused.text, refused.text
+    assert shop.calls == []

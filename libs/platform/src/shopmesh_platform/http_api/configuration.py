@@ -268,8 +268,6 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
         "http_filters": [
             health_check(),
             header_hygiene(),
-            # Before the HEAD filter, which makes a HEAD the GET.
-            body_on_get_check(),
             # Before the compressor, so after it on the way out: the body it drops is never gzipped.
             head_as_get(),
             # Early in the chain, so late on the way out: it sees the JSON the transcoder made.
@@ -287,6 +285,9 @@ def bootstrap(api: HttpApi) -> dict[str, Any]:
             # After the buffer filter, which has the body whole by then; before the transcoder, whose HTTP/JSON
             # request takes no route that enables it.
             one_message_check(),
+            # After the buffer filter too: a GET's body, whole (or the buffer's 413), refused before the
+            # transcoder reads it into the call.
+            body_on_get_check(),
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder(api.descriptor)},
             # After the transcoder, so before it on the way out: the gateway's answer as it came.
             gateway_status(),

@@ -27,9 +27,10 @@ _LUA_RESPONSE = "lua_response"
 # category) and binds the query over it, so an access log, a WAF or a cache in front read another request than
 # the one called. Any body, however it is framed: a content-length, chunks (Envoy's HTTP/1.1 codec keeps no
 # transfer-encoding for a route to match), or HTTP/2 DATA frames with no length at all; so the body itself, not
-# a header. A request that ended with its headers (no body, `content-length: 0`) has none to wait for: body()
-# is nil at once, and it goes on unbuffered. One with a body is held only until it is refused, and at most the
-# connection's buffer limit (over it, Envoy's 413). A HEAD's refusal has no body (its codec sends none).
+# a header. After the buffer filter, which holds every HTTP/JSON request whole anyway (over 1 MiB, its 413): the
+# body is there, and reading it costs nothing more (before it, a body over the connection's 32 KiB buffer was
+# Envoy's 413, told as over 1 MiB). A request that ended with its headers (no body, `content-length: 0`) has
+# none: body() is nil. A HEAD is the GET by then (head.py), and its refusal's body is dropped as a GET's would be.
 _SCRIPT = f"""
 local refusal = [==[{_REFUSAL}]==]
 
@@ -39,14 +40,8 @@ function envoy_on_request(request)
     return
   end
   local body = request:body()
-  if body == nil or body:length() == 0 then
-    return
-  end
-  local headers = {{[":status"] = "400", ["content-type"] = "application/json"}}
-  if method == "HEAD" then
-    request:respond(headers, nil)
-  else
-    request:respond(headers, refusal)
+  if body ~= nil and body:length() > 0 then
+    request:respond({{[":status"] = "400", ["content-type"] = "application/json"}}, refusal)
   end
 end
 """
@@ -54,7 +49,7 @@ end
 
 def body_on_get_check() -> dict[str, Any]:
     """The Lua filter refusing a GET or HEAD with a body, disabled but where a route enables it
-    (body_on_get_refused). Before the HEAD filter, which makes a HEAD the GET."""
+    (body_on_get_refused). After the buffer filter, which has the body whole by then."""
     return {
         "name": BODY_ON_GET_FILTER,
         "disabled": True,
