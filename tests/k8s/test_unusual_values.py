@@ -281,6 +281,29 @@ def test_sizing_for_a_service_the_release_does_not_have_fails_the_render(helm_di
         objects_of(helm_dir, "shopmesh", staging)
 
 
+def test_a_service_switched_off_may_keep_its_entries_in_the_environments_global_maps(helm_dir: Path) -> None:
+    """values.yaml: `<name>.enabled` picks the services. values-staging.yaml sizes every service in
+    global.resources (and an environment's file may give canaries and faults too), and a user's null cannot take
+    the key out: with catalog switched off the umbrella refused the release ("no service catalog in this
+    release"). Such entries are ignored with their service; a name that is no service's still fails
+    (test_sizing_for_a_service_the_release_does_not_have_fails_the_render)."""
+    staging = render.values_for("staging+istio", helm_dir)
+    assert "catalog" in staging["global"]["resources"]
+    off = {
+        "catalog": {"enabled": False},
+        "global": {
+            "canary": {"catalog": {"enabled": True, "weight": 0}},
+            "faults": {"catalog": {"delay": "1s"}},
+            "resources": {"catalog": None},
+        },
+    }
+    docs = objects_of(helm_dir, render.UMBRELLA, render.merged_values(staging, off))
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    assert "catalog" not in deployments
+    assert "catalog-canary" not in deployments
+    assert "inventory" in deployments
+
+
 @pytest.mark.parametrize("value_set", render.VALUE_SETS)
 def test_a_cluster_domain_other_than_cluster_local_is_in_every_name_the_charts_build(
     helm_dir: Path, value_set: str
