@@ -236,6 +236,51 @@ def test_autoscaling_without_a_cpu_request_is_refused(helm_dir: Path) -> None:
         objects_of(helm_dir, "inventory", nulled)
 
 
+DIGEST = "sha256:" + "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("image", "registry", "stable", "canary"),
+    [
+        # skaffold's default-repo, or an operator's own: global.imageRegistry is for images named without one.
+        (
+            {"repository": "ghcr.io/org/shopmesh-catalog", "tag": "1.0"},
+            "reg.example.com",
+            "ghcr.io/org/shopmesh-catalog:1.0",
+            "ghcr.io/org/shopmesh-catalog:0.2.0-rc1",
+        ),
+        (
+            {"repository": "localhost:5001/shopmesh-catalog", "tag": "1.0"},
+            "reg.example.com",
+            "localhost:5001/shopmesh-catalog:1.0",
+            "localhost:5001/shopmesh-catalog:0.2.0-rc1",
+        ),
+        # A registry with a port and a path (its trailing "/" trimmed), a tag of Docker's characters, a digest.
+        (
+            {"repository": "shopmesh-catalog", "tag": "v1.2_rc-1", "digest": DIGEST},
+            "reg.example.com:5000/team/",
+            f"reg.example.com:5000/team/shopmesh-catalog:v1.2_rc-1@{DIGEST}",
+            "reg.example.com:5000/team/shopmesh-catalog:0.2.0-rc1",
+        ),
+    ],
+    ids=["registry-host", "localhost", "registry-path"],
+)
+def test_global_image_registry_prefixes_only_a_repository_that_names_no_registry(
+    helm_dir: Path, image: dict, registry: str, stable: str, canary: str
+) -> None:
+    """A repository that already names a registry (a first component with a "." or ":", or localhost) is pulled
+    from it, as the third-party images' references are (shopmesh-lib.inRegistry): prefixing it rendered
+    reg.example.com/ghcr.io/org/..., which no registry serves. The canary's image likewise."""
+    settings = {
+        "image": image,
+        "global": {"imageRegistry": registry, "mesh": "istio", "database": {"mode": "postgres"}},
+        "canary": {"enabled": True, "weight": 0, "image": {"tag": "0.2.0-rc1"}},
+    }
+    docs = objects_of(helm_dir, "catalog", settings)
+    assert image_of(docs, "catalog") == stable
+    assert image_of(docs, "catalog-canary") == canary
+
+
 def test_autoscaling_below_kubernetes_1_27_is_refused(helm_dir: Path) -> None:
     """The HPA measures the service's container alone (ContainerResource), on by default from 1.27: before, the
     API server drops the metric's source and refuses the HPA, mid-install. A provider's 1.27 build renders."""

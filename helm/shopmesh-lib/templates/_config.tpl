@@ -692,10 +692,11 @@ already 1.1 once YAML has read it: quote it, or --set-string.
 {{- end -}}
 {{- end -}}
 
-{{/* An image reference: <registry>/<repository>:<tag>[@<digest>], each part only when set. */}}
+{{/* An image reference: <registry>/<repository>:<tag>[@<digest>], each part only when set; a repository that
+already names a registry (ghcr.io/org/shopmesh-catalog, skaffold's default-repo) keeps it, as shopmesh-lib.inRegistry's
+references do: global.imageRegistry is where CI pushed images named without one. */}}
 {{- define "shopmesh-lib.imageRef" -}}
-{{- $ref := .repository -}}
-{{- if .registry }}{{ $ref = printf "%s/%s" (trimSuffix "/" .registry) .repository }}{{ end -}}
+{{- $ref := include "shopmesh-lib.inRegistry" (dict "registry" .registry "reference" .repository) -}}
 {{- if .tag }}{{ $ref = printf "%s:%s" $ref .tag }}{{ end -}}
 {{- if .digest }}{{ $ref = printf "%s@%s" $ref .digest }}{{ end -}}
 {{- $ref -}}
