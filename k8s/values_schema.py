@@ -143,13 +143,22 @@ LABELS: Schema = keyed(LABEL_VALUE)
 ANNOTATIONS: Schema = keyed(STRING)
 # A Secret's name or key: "" names none, and the API server refuses the pod that mounts it.
 NAME: Schema = {"type": "string", "minLength": 1}
+# Counts and percentages have the API server's bounds: a render that passes them would be refused with the
+# whole release (a Deployment's replicas below 0, an HPA's replicas below 1 or its target 0). That minReplicas is
+# at most maxReplicas is beyond a schema: _config.tpl checks it.
+REPLICAS: Schema = {"type": "integer", "minimum": 0}
+PERCENT: Schema = {"type": "integer", "minimum": 0, "maximum": 100}
+PORT: Schema = {"type": "integer", "minimum": 1, "maximum": 65535}
 AUTOSCALING: Schema = strict(
-    enabled=BOOLEAN, minReplicas=INTEGER, maxReplicas=INTEGER, targetCPUUtilizationPercentage=INTEGER
+    enabled=BOOLEAN,
+    minReplicas={"type": "integer", "minimum": 1},
+    maxReplicas={"type": "integer", "minimum": 1},
+    targetCPUUtilizationPercentage={**PERCENT, "minimum": 1},
 )
+# A number of pods or a percentage of them ("50%": the API takes none above 100 %).
+PODS_OR_PERCENT: Schema = {"type": ["integer", "string"], "minimum": 0, "pattern": "^([0-9]|[1-9][0-9]|100)%$"}
 # One of minAvailable and maxUnavailable (_config.tpl refuses both in one place).
-PDB: Schema = strict(
-    enabled=BOOLEAN, minAvailable={"type": ["integer", "string"]}, maxUnavailable={"type": ["integer", "string"]}
-)
+PDB: Schema = strict(enabled=BOOLEAN, minAvailable=PODS_OR_PERCENT, maxUnavailable=PODS_OR_PERCENT)
 # Seconds: the render adds them up and checks them (_config.tpl), so not necessarily whole.
 DRAIN: Schema = strict(
     drainDelaySeconds=setting("drain_delay_seconds"),
@@ -157,7 +166,21 @@ DRAIN: Schema = strict(
     shutdownHooksBudgetSeconds=setting("shutdown_hooks_budget_seconds"),
     terminationGracePeriodSeconds=NUMBER,
 )
-CANARY: Schema = strict(enabled=BOOLEAN, weight=NUMBER, replicaCount=INTEGER, image=strict(tag=TEXT, digest=STRING))
+# Image references as Docker reads them. A registry is a host with an optional port and path, no scheme
+# (https://reg.example.com would render https://reg.example.com/shopmesh-catalog, which no runtime pulls); a tag
+# is Docker's (no ":" or "@": a digest has its own key, image.digest); "" for none, the chart's default. A tag
+# written as a number (an all-digit build number) is printed back as its digits.
+REGISTRY: Schema = {
+    "type": "string",
+    "pattern": r"^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*/?)?$",
+}
+TAG: Schema = {"type": ["string", "number"], "pattern": "^([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"}
+DIGEST: Schema = {
+    "type": "string",
+    "pattern": "^([A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+}
+# The weight is a whole percentage (Istio's and the Gateway API's weights are integers).
+CANARY: Schema = strict(enabled=BOOLEAN, weight=PERCENT, replicaCount=REPLICAS, image=strict(tag=TAG, digest=DIGEST))
 # _config.tpl checks each one's form (a duration, a gRPC status, a percentage) with its own message.
 FAULT: Schema = strict(delay=TEXT, abort=STRING, percent=TEXT)
 # Each is set in global: for every service and may be replaced in a service chart: one list, both places.
@@ -194,7 +217,7 @@ SCHEDULING: dict[str, Schema] = {
 }
 # Settings a service chart may give and global: gives every service (the service's value wins).
 SHARED: dict[str, Schema] = {
-    "replicaCount": INTEGER,
+    "replicaCount": REPLICAS,
     "autoscaling": AUTOSCALING,
     "podDisruptionBudget": PDB,
     "drain": DRAIN,
@@ -216,20 +239,20 @@ GLOBAL: Schema = strict(
     # The cluster's DNS domain, in every Service name the charts build (<service>.<namespace>.svc.<domain>): a
     # DNS name, no trailing dot (the names are written with a dot after it nowhere).
     clusterDomain={"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
-    imageRegistry=STRING,
-    thirdPartyRegistry=STRING,
-    imageTag=TEXT,
+    imageRegistry=REGISTRY,
+    thirdPartyRegistry=REGISTRY,
+    imageTag=TAG,
     imagePullPolicy=PULL_POLICY,
     resources=map_of(RESOURCES, "per service: the environment's sizing of it"),
     database=strict(
         mode=DATABASE_MODE,
-        port=INTEGER,
+        port=PORT,
         peers=PEERS,
         pool=DATABASE_POOL,
         drainingPods=DRAINING_PODS,
         maxConnections={"type": "integer", "minimum": 1},
     ),
-    nats=strict(url=STRING, existingSecret=STRING, secretKey=NAME, port=INTEGER, peers=PEERS),
+    nats=strict(url=STRING, existingSecret=STRING, secretKey=NAME, port=PORT, peers=PEERS),
     smtp=strict(
         host=STRING,
         port=setting("smtp_port", NotificationsSettings),
@@ -251,22 +274,22 @@ GLOBAL: Schema = strict(
     meshPolicy=strict(
         enabled=BOOLEAN,
         trustDomain=STRING,
-        ejectAfterConsecutiveErrors=INTEGER,
-        ejectionSeconds=INTEGER,
-        linkerdInboundPort=INTEGER,
+        ejectAfterConsecutiveErrors={"type": "integer", "minimum": 0},
+        ejectionSeconds={"type": "integer", "minimum": 1},
+        linkerdInboundPort=PORT,
     ),
     canary=map_of(CANARY, "per service: its canary"),
     faults=map_of(FAULT, "per service: a fault injected into its calls"),
     httpApi=strict(image=STRING, resources=RESOURCES),
-    otel=strict(endpoint=STRING, port=INTEGER, samplerRatio=setting("otel_traces_sampler_ratio"), peers=PEERS),
+    otel=strict(endpoint=STRING, port=PORT, samplerRatio=setting("otel_traces_sampler_ratio"), peers=PEERS),
     monitoring=strict(
         enabled=BOOLEAN,
         interval=STRING,
         labels=LABELS,
         dashboards=strict(enabled=BOOLEAN, namespace=STRING),
-        errorRatio=NUMBER,
-        latencyP99Seconds=NUMBER,
-        consumerBacklog=INTEGER,
+        errorRatio={"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        latencyP99Seconds={"type": "number", "exclusiveMinimum": 0},
+        consumerBacklog={"type": "integer", "minimum": 0},
         runbookUrl=STRING,
     ),
     **SHARED,
@@ -278,14 +301,14 @@ LIBRARY: dict[str, Schema] = {
     "global": GLOBAL,
     "enabled": BOOLEAN,
     "service": strict(name=setting("service_name"), grpcServices=list_of(STRING)),
-    "image": strict(registry=STRING, repository=STRING, tag=TEXT, digest=STRING, pullPolicy=PULL_POLICY),
+    "image": strict(registry=REGISTRY, repository=STRING, tag=TAG, digest=DIGEST, pullPolicy=PULL_POLICY),
     "resources": RESOURCES,
     "defaultResources": RESOURCES,
     "probes": strict(
         readinessPeriodSeconds=NUMBER,
         readinessFailureThreshold=NUMBER,
-        livenessPeriodSeconds=INTEGER,
-        startupFailureThreshold=INTEGER,
+        livenessPeriodSeconds={"type": "integer", "minimum": 1},
+        startupFailureThreshold={"type": "integer", "minimum": 1},
     ),
     "database": strict(
         enabled=BOOLEAN,
@@ -330,8 +353,8 @@ OWN: dict[str, dict[str, Schema]] = {
         "global": GLOBAL,
         "enabled": BOOLEAN,
         "shopmesh-lib": {"type": "object", "description": "Helm's scope of the library chart"},
-        "image": strict(repository=STRING, tag=TEXT, digest=STRING),
-        "target": strict("the gateway's Service and its HTTP/JSON port", service=STRING, port=INTEGER),
+        "image": strict(repository=STRING, tag=TAG, digest=DIGEST),
+        "target": strict("the gateway's Service and its HTTP/JSON port", service=STRING, port=PORT),
         "shoppers": {"type": "integer", "minimum": 1},
         "spawnRate": {"type": "number", "exclusiveMinimum": 0},
         "think": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)?$"},

@@ -236,6 +236,23 @@ def test_autoscaling_without_a_cpu_request_is_refused(helm_dir: Path) -> None:
         objects_of(helm_dir, "inventory", nulled)
 
 
+@pytest.mark.parametrize(
+    "autoscaling",
+    [
+        {"autoscaling": {"enabled": True, "minReplicas": 4, "maxReplicas": 3}},
+        # Each bound from its own place: the environment's minimum over a service's lowered maximum.
+        {"autoscaling": {"enabled": True, "maxReplicas": 3}, "global": {"autoscaling": {"minReplicas": 4}}},
+    ],
+    ids=["service", "global-and-service"],
+)
+def test_autoscaling_whose_minimum_is_above_its_maximum_fails_the_render(helm_dir: Path, autoscaling: dict) -> None:
+    """The API server refuses the HorizontalPodAutoscaler (minReplicas above maxReplicas), failing the release
+    after the render passed it; a schema cannot compare the two keys, the template does."""
+    settings = render.merged_values({"global": {"database": {"mode": "postgres"}}}, autoscaling)
+    with pytest.raises(Exception, match=r"autoscaling for catalog: minReplicas \(4\) is above maxReplicas \(3\)"):
+        objects_of(helm_dir, "catalog", settings)
+
+
 DIGEST = "sha256:" + "0" * 64
 
 

@@ -75,6 +75,41 @@ def test_a_wrong_type_is_refused_naming_the_key(helm_dir: Path, values: dict[str
     assert refused in refusal(helm_dir, "catalog", values)
 
 
+@pytest.mark.parametrize(
+    ("values", "refused"),
+    [
+        # Each renders, and the API server then refuses its object, failing the whole release.
+        ({"replicaCount": -1}, "- at '/replicaCount': minimum: got -1, want 0"),
+        ({"global": {"replicaCount": -1}}, "- at '/global/replicaCount': minimum: got -1, want 0"),
+        ({"autoscaling": {"minReplicas": 0}}, "- at '/autoscaling/minReplicas': minimum: got 0, want 1"),
+        ({"autoscaling": {"maxReplicas": 0}}, "- at '/autoscaling/maxReplicas': minimum: got 0, want 1"),
+        (
+            {"autoscaling": {"targetCPUUtilizationPercentage": 0}},
+            "- at '/autoscaling/targetCPUUtilizationPercentage': minimum: got 0, want 1",
+        ),
+        ({"podDisruptionBudget": {"minAvailable": -1}}, "- at '/podDisruptionBudget/minAvailable': minimum"),
+        ({"podDisruptionBudget": {"maxUnavailable": "150%"}}, "- at '/podDisruptionBudget/maxUnavailable': '150%'"),
+        ({"probes": {"livenessPeriodSeconds": 0}}, "- at '/probes/livenessPeriodSeconds': minimum: got 0, want 1"),
+        ({"global": {"database": {"port": 0}}}, "- at '/global/database/port': minimum: got 0, want 1"),
+        # Weights are whole percentages: 0.5 rendered as 0, 10.5 as 10.
+        ({"canary": {"weight": 0.5}}, "- at '/canary/weight': got number, want null or integer"),
+        ({"canary": {"weight": 10.5}}, "- at '/canary/weight': got number, want null or integer"),
+        ({"canary": {"weight": 101}}, "- at '/canary/weight': maximum: got 101, want 100"),
+        ({"canary": {"replicaCount": -1}}, "- at '/canary/replicaCount': minimum: got -1, want 0"),
+        # Image references no runtime pulls: a registry with a scheme, a tag with a ":" or a digest in it.
+        ({"global": {"imageRegistry": "https://reg.example.com"}}, "- at '/global/imageRegistry': 'https://"),
+        ({"image": {"tag": "v1:2"}}, "- at '/image/tag': 'v1:2' does not match pattern"),
+        ({"global": {"imageTag": "latest@sha256:00"}}, "- at '/global/imageTag': 'latest@sha256:00'"),
+        ({"canary": {"image": {"tag": "-rc1"}}}, "- at '/canary/image/tag': '-rc1' does not match pattern"),
+        ({"image": {"digest": "0" * 64}}, "- at '/image/digest': '" + "0" * 64 + "' does not match pattern"),
+    ],
+)
+def test_a_value_the_api_server_refuses_is_refused_by_the_schema_naming_the_key(
+    helm_dir: Path, values: dict[str, Any], refused: str
+) -> None:
+    assert refused in refusal(helm_dir, "catalog", values)
+
+
 @pytest.mark.parametrize("chart", SERVICES)
 def test_every_service_chart_has_the_schema(helm_dir: Path, chart: str) -> None:
     assert f"{chart}:\n- at '': additional properties 'replica' not allowed" in refusal(helm_dir, chart, {"replica": 2})

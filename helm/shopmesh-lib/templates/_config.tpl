@@ -38,6 +38,11 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
     "minReplicas" (dig "autoscaling" "minReplicas" (dig "autoscaling" "minReplicas" 2 $g) $v)
     "maxReplicas" (dig "autoscaling" "maxReplicas" (dig "autoscaling" "maxReplicas" 4 $g) $v)
     "targetCPUUtilizationPercentage" (dig "autoscaling" "targetCPUUtilizationPercentage" (dig "autoscaling" "targetCPUUtilizationPercentage" 75 $g) $v)) -}}
+{{- /* The API server refuses an HPA whose minReplicas is above its maxReplicas, and the release with it; each
+     bound's own range is the values' schema's. Either may come from global:, the other from the service. */ -}}
+{{- if and $c.autoscaling.enabled (gt (int $c.autoscaling.minReplicas) (int $c.autoscaling.maxReplicas)) -}}
+{{- fail (printf "autoscaling for %s: minReplicas (%v) is above maxReplicas (%v), which the API server refuses; raise maxReplicas or lower minReplicas (autoscaling.*, or global.autoscaling.* for every service)" $name $c.autoscaling.minReplicas $c.autoscaling.maxReplicas) -}}
+{{- end -}}
 {{- /* The budget's one bound, minAvailable or maxUnavailable (a PodDisruptionBudget takes one): the service's
      own if it gives either, else global:'s, else minAvailable 1. Both in one place fail: which was meant? */ -}}
 {{- $_ := set $c "pdb" (dict "enabled" (dig "podDisruptionBudget" "enabled" (dig "podDisruptionBudget" "enabled" false $g) $v)) -}}
