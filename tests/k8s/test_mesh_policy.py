@@ -853,13 +853,16 @@ def test_canary_objects_validate_against_their_schemas(with_canary: tuple[str, D
         ),
         # The schema's bound (k8s/values_schema.py), before the template's own check.
         (canary_values("linkerd", weight=120), "/global/canary/catalog/weight': maximum: got 120, want 100"),
+        # A share of the calls routed to no pod: each of them UNAVAILABLE (no healthy upstream).
+        (canary_values("istio", replicaCount=0), r"weight 20 sends 20% of its callers' calls .* replicaCount \(0\)"),
+        (canary_values("linkerd", replicaCount=0), "runs no pod to answer them"),
         ({"global": {"mesh": "istio", "canary": {"gateway": {"enabled": True}}}}, "split at your ingress"),
         (
             {"global": canary_values("istio")["global"] | {"meshPolicy": {"enabled": False}}},
             "needs a mesh and its policy objects",
         ),
     ],
-    ids=["no-mesh", "sqlite", "weight", "edge", "no-mesh-policy"],
+    ids=["no-mesh", "sqlite", "weight", "no-canary-pod-istio", "no-canary-pod-linkerd", "edge", "no-mesh-policy"],
 )
 def test_a_canary_that_cannot_work_fails_the_render_saying_why(
     helm_dir: Path, values: dict[str, Any], message: str

@@ -302,6 +302,7 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- $cv := dig "canary" (dig "canary" $name dict $g) $v -}}
 {{- $canaryEnabled := dig "enabled" false $cv -}}
 {{- $weight := dig "weight" 10 $cv -}}
+{{- $canaryReplicas := dig "replicaCount" 1 $cv -}}
 {{- $canaryTag := include "shopmesh-lib.string" (dict "setting" "canary.image.tag" "value" (dig "image" "tag" "" $cv | default $tag)) -}}
 {{- $canaryDigest := include "shopmesh-lib.string" (dict "setting" "canary.image.digest" "value" (dig "image" "digest" "" $cv)) -}}
 {{- if $canaryEnabled -}}
@@ -317,11 +318,16 @@ service could never turn a default `true` off. `dig` looks at key presence, so `
 {{- if and $dbEnabled (eq $dbMode "sqlite") -}}
 {{- fail (printf "canary for %s: with database.mode sqlite the canary would have a database of its own (an emptyDir); use postgres" $name) -}}
 {{- end -}}
+{{- /* A share of the calls sent to no pod is that share failed (UNAVAILABLE: no healthy upstream), unretried
+     for methods that are not idempotent. */ -}}
+{{- if and (gt (int $weight) 0) (lt (int $canaryReplicas) 1) -}}
+{{- fail (printf "canary for %s: weight %v sends %v%% of its callers' calls to the canary, and its replicaCount (%v) runs no pod to answer them; give canary.replicaCount 1 or more, or weight 0 (to scale the canary down, set its weight to 0 first)" $name $weight $weight $canaryReplicas) -}}
+{{- end -}}
 {{- end -}}
 {{- $_ := set $c "canary" (dict
     "enabled" $canaryEnabled
     "weight" (int $weight)
-    "replicas" (dig "replicaCount" 1 $cv)
+    "replicas" $canaryReplicas
     "image" (include "shopmesh-lib.imageRef" (dict "registry" $registry "repository" $repository "tag" $canaryTag "digest" $canaryDigest))
     "imageDigest" $canaryDigest) -}}
 
