@@ -1,29 +1,38 @@
-"""Traces across the event path: a trace goes on from the transaction that wrote an event, through the outbox
-and JetStream, into the consumer's CONSUMER span; that span tells a failed handling from a successful one."""
+"""Traces across the event path: a trace goes on from the transaction that wrote an event, through its create
+span, into the consumer's CONSUMER span; the relay's send span, a trace of its own, links to the create span and
+says how long the event waited and how its publish ended; the consume span tells a failed handling from a
+successful one."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
+import nats
 import pytest
 from google.protobuf import wrappers_pb2
 from nats.aio.client import Client
+from nats.errors import ConnectionClosedError
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import update
 
 from shopmesh_chassis import consumer as consumer_module
+from shopmesh_chassis import outbox as outbox_module
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.deadletters import DeadLetters
 from shopmesh_chassis.events import JetStreamPublisher
 from shopmesh_chassis.logs import TraceContextFilter
 from shopmesh_chassis.outbox import OutboxRelay, add_event, new_event_id
+from shopmesh_chassis.tables import outbox_events
 from shopmesh_chassis.testing import eventually
 from shopmesh_chassis.testing.nats_server import NatsServer
+from shopmesh_chassis.tracing import sampler
 
 from .consumer_kit import client, consumer, db, record, until_applied
 
@@ -34,11 +43,13 @@ SUBJECT = "things.v1.happened"
 
 @pytest.fixture
 def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    """Spans of the consumer recorded in memory (the process-wide provider is whichever a test set first)."""
+    """Spans of the consumer and of the outbox recorded in memory (the process-wide provider is whichever a test
+    set first), sampled as a service samples them."""
     recorded = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=sampler(1.0))
     provider.add_span_processor(SimpleSpanProcessor(recorded))
     monkeypatch.setattr(consumer_module, "tracer", provider.get_tracer("shopmesh.consumer"))
+    monkeypatch.setattr(outbox_module, "tracer", provider.get_tracer("shopmesh.outbox"))
     yield recorded
     provider.shutdown()
 
@@ -47,14 +58,50 @@ def consume_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.kind is trace.SpanKind.CONSUMER]
 
 
-async def test_an_event_written_in_a_span_is_consumed_in_a_child_of_that_span(
-    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
-) -> None:
+def spans_of(exporter: InMemorySpanExporter, kind: trace.SpanKind) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind is kind]
+
+
+def messaging(span: ReadableSpan) -> dict[str, object]:
+    attributes = dict(span.attributes or {})
+    return {name: value for name, value in attributes.items() if name.startswith("messaging.")}
+
+
+async def write_event(db: Database, message: wrappers_pb2.StringValue | None = None) -> tuple[str, ReadableSpan]:
+    """An event written in a transaction within a server span of its own; its id and that span."""
     tracer = TracerProvider().get_tracer("test")
     event_id = new_event_id()
-    with tracer.start_as_current_span("rpc") as rpc:
+    with tracer.start_as_current_span("rpc", kind=trace.SpanKind.SERVER) as rpc:
         async with db.transaction() as session:
-            await add_event(session, subject=SUBJECT, message=wrappers_pb2.StringValue(value="x"), event_id=event_id)
+            await add_event(
+                session, subject=SUBJECT, message=message or wrappers_pb2.StringValue(value="x"), event_id=event_id
+            )
+    assert isinstance(rpc, ReadableSpan)
+    return event_id, rpc
+
+
+async def test_an_event_is_created_in_a_producer_span_of_the_writers_trace_with_its_messaging_attributes(
+    db: Database, exporter: InMemorySpanExporter
+) -> None:
+    event_id, rpc = await write_event(db)
+    [create] = spans_of(exporter, trace.SpanKind.PRODUCER)
+    assert create.name == f"create {SUBJECT}"
+    assert create.parent is not None
+    assert create.parent.span_id == rpc.context.span_id
+    assert create.context.trace_id == rpc.context.trace_id
+    assert messaging(create) == {
+        "messaging.system": "nats",
+        "messaging.destination.name": SUBJECT,
+        "messaging.message.id": event_id,
+        "messaging.operation.type": "create",
+        "messaging.operation.name": "create",
+    }
+
+
+async def test_an_event_is_consumed_in_a_child_of_its_create_span(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
+) -> None:
+    event_id, rpc = await write_event(db)
     await OutboxRelay(db, JetStreamPublisher(client)).publish_pending()
     running = consumer(db, nats_srv.url, record)
     running.start()
@@ -62,11 +109,95 @@ async def test_an_event_written_in_a_span_is_consumed_in_a_child_of_that_span(
         await until_applied(db, Counter({event_id: 1}))
     finally:
         await running.stop()
+    [create] = spans_of(exporter, trace.SpanKind.PRODUCER)
     [span] = consume_spans(exporter)
     assert span.parent is not None
-    assert span.parent.span_id == rpc.get_span_context().span_id
-    assert span.context is not None
-    assert span.context.trace_id == rpc.get_span_context().trace_id
+    assert span.parent.span_id == create.context.span_id
+    assert span.context.trace_id == rpc.context.trace_id
+
+
+async def test_the_relay_sends_each_event_in_a_trace_of_its_own_linked_to_its_create_span(
+    db: Database, client: Client, exporter: InMemorySpanExporter
+) -> None:
+    first, rpc = await write_event(db)
+    second, _ = await write_event(db)
+    assert await OutboxRelay(db, JetStreamPublisher(client)).publish_pending() == 2
+    creates = {span.attributes["messaging.message.id"]: span for span in spans_of(exporter, trace.SpanKind.PRODUCER)}
+    sends = spans_of(exporter, trace.SpanKind.CLIENT)
+    assert [span.name for span in sends] == [f"send {SUBJECT}"] * 2
+    for send, event_id in zip(sends, (first, second), strict=True):
+        assert send.parent is None
+        assert send.context.trace_id != rpc.context.trace_id
+        assert [link.context.span_id for link in send.links] == [creates[event_id].context.span_id]
+        assert messaging(send) == {
+            "messaging.system": "nats",
+            "messaging.destination.name": SUBJECT,
+            "messaging.message.id": event_id,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.message.body.size": len(wrappers_pb2.StringValue(value="x").SerializeToString()),
+        }
+        assert send.attributes["shopmesh.outcome"] == "published"
+        assert send.status.status_code is trace.StatusCode.UNSET
+
+
+async def test_a_send_span_says_how_long_its_event_waited_in_the_outbox(
+    db: Database, client: Client, exporter: InMemorySpanExporter
+) -> None:
+    await write_event(db)
+    # As after an hour with NATS away: the event was written an hour before the relay could send it.
+    async with db.transaction() as session:
+        await session.execute(update(outbox_events).values(created_at=datetime.now(UTC) - timedelta(hours=1)))
+    await OutboxRelay(db, JetStreamPublisher(client)).publish_pending()
+    [send] = spans_of(exporter, trace.SpanKind.CLIENT)
+    assert 3600 <= send.attributes["shopmesh.outbox.wait_seconds"] < 7200
+
+
+async def test_a_send_span_of_an_event_jetstream_already_had_says_it_was_a_duplicate(
+    db: Database, client: Client, exporter: InMemorySpanExporter
+) -> None:
+    event_id, _ = await write_event(db)
+    # As after a relay killed between publishing and marking the event published.
+    await client.jetstream().publish(SUBJECT, b"x", headers={"Nats-Msg-Id": event_id})
+    await OutboxRelay(db, JetStreamPublisher(client)).publish_pending()
+    [send] = spans_of(exporter, trace.SpanKind.CLIENT)
+    assert send.attributes["shopmesh.outcome"] == "duplicate"
+    assert send.status.status_code is trace.StatusCode.UNSET
+
+
+async def test_an_event_nats_refuses_for_good_is_an_error_send_span_that_says_it_was_set_aside(
+    db: Database, client: Client, exporter: InMemorySpanExporter
+) -> None:
+    # Over the server's max_payload (1 MiB by default): nats-py refuses it before sending, for good.
+    big, _ = await write_event(db, wrappers_pb2.StringValue(value="x" * (client.max_payload + 1)))
+    small, _ = await write_event(db)
+    assert await OutboxRelay(db, JetStreamPublisher(client)).publish_pending() == 1
+    refused, sent = spans_of(exporter, trace.SpanKind.CLIENT)
+    assert refused.attributes["messaging.message.id"] == big
+    assert refused.attributes["shopmesh.outcome"] == "set_aside"
+    assert refused.attributes["error.type"] == "nats.errors.MaxPayloadError"
+    assert refused.status.status_code is trace.StatusCode.ERROR
+    assert "max_payload" in (refused.status.description or "")
+    assert [e.name for e in refused.events] == ["exception"]
+    assert refused.links, "linked to its create span, set aside or not"
+    assert sent.attributes["messaging.message.id"] == small
+    assert sent.attributes["shopmesh.outcome"] == "published"
+
+
+async def test_a_publish_that_fails_for_now_is_an_error_send_span_and_the_event_waits(
+    db: Database, nats_srv: NatsServer, exporter: InMemorySpanExporter
+) -> None:
+    event_id, _ = await write_event(db)
+    gone = await nats.connect(nats_srv.url)
+    await gone.close()  # as NATS away: the publish raises, and the event waits for the next pass
+    with pytest.raises(ConnectionClosedError):
+        await OutboxRelay(db, JetStreamPublisher(gone)).publish_pending()
+    [send] = spans_of(exporter, trace.SpanKind.CLIENT)
+    assert send.attributes["messaging.message.id"] == event_id
+    assert send.attributes["shopmesh.outcome"] == "failed"
+    assert send.status.status_code is trace.StatusCode.ERROR
+    assert send.attributes["error.type"] == "nats.errors.ConnectionClosedError"
+    assert [e.name for e in send.events] == ["exception"]
 
 
 @pytest.mark.parametrize(

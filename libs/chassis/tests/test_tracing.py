@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 
 from shopmesh.sample.v1 import sample_pb2, sample_pb2_grpc
 from shopmesh_chassis.breaker import BreakerConfig, CircuitBreaker
@@ -259,3 +259,24 @@ async def test_a_call_its_open_breaker_refuses_still_exports_its_client_span(
     assert client.attributes is not None
     assert client.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
     assert client.status.status_code is trace.StatusCode.ERROR
+
+
+def _linked(sampled: bool) -> list[Link]:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    return [Link(SpanContext(0xABC, 0x1, is_remote=True, trace_flags=flags))]
+
+
+@pytest.mark.parametrize(
+    ("ratio", "links", "decision"),
+    [
+        (0.0, _linked(sampled=True), Decision.RECORD_AND_SAMPLE),
+        (1.0, _linked(sampled=False), Decision.DROP),
+        (1.0, _linked(sampled=False) + _linked(sampled=True), Decision.RECORD_AND_SAMPLE),
+    ],
+)
+def test_a_trace_started_with_links_is_recorded_as_the_linked_traces_were_whatever_the_ratio(
+    ratio: float, links: list[Link], decision: Decision
+) -> None:
+    # The outbox relay's send span: a trace of its own, linked to its event's create span in the writer's trace.
+    result = sampler(ratio).should_sample(None, 0xDEF << 64, "send", trace.SpanKind.CLIENT, links=links)
+    assert result.decision is decision

@@ -17,6 +17,12 @@ An event NATS refuses for good (larger than the server's max_payload or the stre
 set aside (`failed_at`, `error`), logged at ERROR and counted (shopmesh_outbox_set_aside_events): the
 events behind it go on, and it waits for an operator (docs/operations.md). Set aside, it goes out of order
 if re-sent.
+
+Traced as OpenTelemetry's messaging conventions (v1.26 and on) trace a message created in one place and sent
+later from another: `add_event` records a PRODUCER span `create <subject>` in the writer's trace, and the
+event's stored `traceparent` is that span's, its creation context, which the consumers' spans continue. The
+relay sends each event in a CLIENT span `send <subject>` of a trace of its own (it runs outside any request),
+linked to the event's create span, with how long the event waited in the outbox and how its publish ended.
 """
 
 from __future__ import annotations
@@ -32,8 +38,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from google.protobuf.message import Message
-from opentelemetry import propagate
-from sqlalchemy import bindparam, func, insert, select, update
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.util.types import AttributeValue
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.config import EventSettings
@@ -43,8 +52,10 @@ from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, OutboxMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
 from shopmesh_chassis.tasks import cancel_and_wait, finish_despite_one_cancel, stop_if_cancelled
+from shopmesh_chassis.tracing import stored_context
 
 log = logging.getLogger("shopmesh.outbox")
+tracer = trace.get_tracer("shopmesh.outbox")
 
 # "SPOB": one publishing relay per database, so that each event goes out once, in seq order, across replicas.
 _PG_RELAY_LOCK = 0x5350_4F42
@@ -72,20 +83,76 @@ def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
 
 
+def _messaging(subject: str, event_id: str, operation: str) -> dict[str, AttributeValue]:
+    """OpenTelemetry's messaging attributes of an event's create or send span, as the consumer's span has them."""
+    return {
+        "messaging.system": "nats",
+        "messaging.destination.name": subject,
+        "messaging.message.id": event_id,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+    }
+
+
 async def add_event(session: DbConnection, *, subject: str, message: Message, event_id: str) -> None:
     """Record `message` for publication; commits or rolls back with the caller's transaction."""
     headers: dict[str, str] = {"Content-Type": "application/protobuf", EVENT_TYPE: message.DESCRIPTOR.full_name}
-    propagate.inject(headers)  # the trace continues in whoever consumes the event
-    await session.execute(
-        _INSERT,
-        {
-            "event_id": event_id,
-            "subject": subject,
-            "payload": message.SerializeToString(),
-            "headers": json.dumps(headers),
-            "created_at": datetime.now(UTC),
-            "attempts": 0,
-        },
+    with tracer.start_as_current_span(
+        f"create {subject}", kind=SpanKind.PRODUCER, attributes=_messaging(subject, event_id, "create")
+    ):
+        # This span's context, not the writer's: the event's creation context, which its consumers' spans
+        # continue and its send span links to, whenever and by whichever replica it goes out.
+        propagate.inject(headers)
+        await session.execute(
+            _INSERT,
+            {
+                "event_id": event_id,
+                "subject": subject,
+                "payload": message.SerializeToString(),
+                "headers": json.dumps(headers),
+                "created_at": datetime.now(UTC),
+                "attempts": 0,
+            },
+        )
+
+
+def _waited(created_at: datetime) -> float:
+    """Seconds since an event was written."""
+    if created_at.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+        created_at = created_at.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - created_at).total_seconds())
+
+
+def _failed(span: Span, exc: BaseException, why: str | None) -> None:
+    """Say on a send span that its publish failed: set aside (`why` NATS refuses the event for good), or
+    failed for now (an outage, a stop's cancel: the event waits for a later pass)."""
+    span.set_attribute("shopmesh.outcome", "failed" if why is None else "set_aside")
+    kind = type(exc)
+    # Named as the span's exception event names it (nats.errors.MaxPayloadError).
+    named = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    span.set_attribute("error.type", named)
+    span.record_exception(exc)
+    span.set_status(trace.StatusCode.ERROR, why or f"{type(exc).__name__}: {exc}")
+
+
+def _send_span(subject: str, event_id: str, headers: dict[str, str], created_at: datetime, size: int) -> Span:
+    """The span of one event's publish. CLIENT, not PRODUCER: the conventions make a send span PRODUCER only
+    when its own context is the message's creation context, and an outbox event's is its create span's, stored
+    with it. A trace of its own (the relay runs outside any request; a parent would make every consumer a
+    sibling of the publish), linked to that creation context, which the sampler follows (tracing.sampler).
+    One span per event, not per pass: each publish is a request of its own that JetStream acknowledges."""
+    created = trace.get_current_span(stored_context(headers)).get_span_context()
+    attributes = _messaging(subject, event_id, "send")
+    attributes["messaging.message.body.size"] = size
+    # The outbox's part in the event's delay (a relay lagging, NATS away): shown on the span, where the
+    # create span, in another trace, is not beside it.
+    attributes["shopmesh.outbox.wait_seconds"] = _waited(created_at)
+    return tracer.start_span(
+        f"send {subject}",
+        context=Context(),
+        kind=SpanKind.CLIENT,
+        links=[Link(created)] if created.is_valid else None,
+        attributes=attributes,
     )
 
 
@@ -174,11 +241,7 @@ class OutboxRelay:
         """Seconds since the oldest event this relay read but could not publish yet was written; 0 when
         its last pass published everything it read."""
         oldest = self._oldest_unpublished
-        if oldest is None:
-            return 0.0
-        if oldest.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-            oldest = oldest.replace(tzinfo=UTC)
-        return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        return 0.0 if oldest is None else _waited(oldest)
 
     def wake(self) -> None:
         """Publish soon: call after committing a transaction that added events."""
@@ -347,24 +410,8 @@ class OutboxRelay:
         try:
             # Not inside a transaction: publishing waits on the network and must not hold database locks.
             for row in rows:
-                headers = json.loads(row.headers)
-                try:
-                    await self._publisher.publish(row.subject, row.payload, msg_id=row.event_id, headers=headers)
-                except Exception as exc:
-                    why = refused_for_good(exc)
-                    if why is None:
-                        raise  # an outage: this event and those behind it wait for the next pass
-                    # Retried, it would be refused again every pass, and every event behind it never sent.
-                    log.error(
-                        "outbox: event %s (%s, subject %s, %d bytes) set aside, NATS refuses it for good: %s; "
-                        "the events behind it go on. Re-send or delete it (docs/operations.md, "
-                        "ShopmeshOutboxEventsSetAside)",
-                        row.event_id,
-                        headers.get(EVENT_TYPE, "unknown type"),
-                        row.subject,
-                        len(row.payload),
-                        why,
-                    )
+                why = await self._send(row)
+                if why is not None:
                     refused.append({"b_seq": row.seq, "b_failed_at": datetime.now(UTC), "b_error": why})
                     stop_if_cancelled()
                     continue
@@ -394,6 +441,38 @@ class OutboxRelay:
                 if self._metrics is not None:
                     self._metrics.set_aside.set(self._set_aside)
         return len(sent)
+
+    async def _send(self, row: Row[int, str, str, bytes, str, datetime]) -> str | None:
+        """Publish one event, in its send span; returns why NATS refuses it for good (to set it aside), None
+        once JetStream has it; raises on an outage."""
+        headers = json.loads(row.headers)
+        span = _send_span(row.subject, row.event_id, headers, row.created_at, len(row.payload))
+        # The outcome and error are set here, once known: the span's own handling would record a set-aside
+        # event, caught below, as a success.
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                fresh = await self._publisher.publish(row.subject, row.payload, msg_id=row.event_id, headers=headers)
+            except BaseException as exc:
+                why = refused_for_good(exc)
+                _failed(span, exc, why)
+                if why is None:
+                    raise  # an outage: this event and those behind it wait for the next pass
+                # Retried, it would be refused again every pass, and every event behind it never sent. In the
+                # span: the line carries the send's trace id, whose link leads to the event's own trace.
+                log.error(
+                    "outbox: event %s (%s, subject %s, %d bytes) set aside, NATS refuses it for good: %s; "
+                    "the events behind it go on. Re-send or delete it (docs/operations.md, "
+                    "ShopmeshOutboxEventsSetAside)",
+                    row.event_id,
+                    headers.get(EVENT_TYPE, "unknown type"),
+                    row.subject,
+                    len(row.payload),
+                    why,
+                )
+                return why
+            # A duplicate: JetStream had it already (sent before a crash kept it from being marked published).
+            span.set_attribute("shopmesh.outcome", "published" if fresh else "duplicate")
+            return None
 
     @staticmethod
     async def _mark(

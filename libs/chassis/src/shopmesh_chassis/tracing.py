@@ -72,11 +72,40 @@ class _CallersDecision(Sampler):
         return f"CallersDecision{{unvouched drawn at {self._ratio}}}"
 
 
+class _LinkedDecision(Sampler):
+    """For a trace started with links (the outbox relay's send span, linked to its event's create span): as the
+    linked traces were decided, recorded when any of them is; without links, drawn at the ratio. Else, below
+    1, the send of a recorded checkout's event would be drawn apart from it, and mostly missing."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if not links:
+            return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        if any(link.context.trace_flags.sampled for link in links):
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        return SamplingResult(Decision.DROP)
+
+    def get_description(self) -> str:
+        return f"LinkedDecision{{else {self._ratio.get_description()}}}"
+
+
 def sampler(ratio: float) -> Sampler:
-    """What a service records when it exports: a trace it starts, at `ratio`; a call whose caller sent a
-    traceparent, as the caller decided (its "not sampled" always; its "sampled" drawn again at `ratio` when
-    the caller is not trusted to decide, see UNVOUCHED_PARENT)."""
-    return ParentBased(TraceIdRatioBased(ratio), remote_parent_sampled=_CallersDecision(ratio))
+    """What a service records when it exports: a trace it starts, at `ratio` (one started with links, as the
+    linked traces were decided); a call whose caller sent a traceparent, as the caller decided (its "not
+    sampled" always; its "sampled" drawn again at `ratio` when the caller is not trusted to decide, see
+    UNVOUCHED_PARENT)."""
+    return ParentBased(_LinkedDecision(ratio), remote_parent_sampled=_CallersDecision(ratio))
 
 
 def configure_tracing(service_name: str, endpoint: str | None, sampler_ratio: float = 1.0) -> TracerProvider:
