@@ -68,3 +68,18 @@ async def test_a_sink_started_after_one_killed_mid_write_keeps_its_own_spans_who
     [trace] = load(tmp_path)
     assert trace.trace_id == (7).to_bytes(16, "big").hex()
     assert len(trace.spans) == 2
+
+
+async def test_a_spans_links_are_kept_with_it(tmp_path: Path) -> None:
+    request = export(1, 1)
+    [sent] = request.resource_spans[0].scope_spans[0].spans
+    sent.links.add(trace_id=(9).to_bytes(16, "big"), span_id=(99).to_bytes(8, "big"))
+    sink = SpanFile(tmp_path)
+    try:
+        await sink.Export(request, cast(Any, None))
+    finally:
+        sink.close()
+    [trace] = load(tmp_path)
+    assert [span["links"] for span in trace.spans] == [
+        [{"trace_id": (9).to_bytes(16, "big").hex(), "span_id": (99).to_bytes(8, "big").hex()}]
+    ]

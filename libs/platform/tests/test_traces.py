@@ -16,13 +16,18 @@ from shopmesh_platform.traces import main
 
 
 def span(trace: str, span_id: str, parent: str, service: str, name: str, start: float, end: float, **kw: str) -> str:
-    """One line of spans.jsonl; start and end in milliseconds since the epoch."""
+    """One line of spans.jsonl; start and end in milliseconds since the epoch; `links`: "trace/span" ones, comma
+    separated (a line the sink wrote before it kept links has none)."""
     record = {
         "trace_id": trace, "span_id": span_id, "parent_span_id": parent, "service": service, "name": name,
         "kind": kw.get("kind", "server"), "start_ns": int(start * 1e6), "end_ns": int(end * 1e6),
         "status": kw.get("status", "unset"), "status_message": kw.get("message", ""),
         "attributes": {"grpc.path": kw["grpc_path"]} if "grpc_path" in kw else {},
     }  # fmt: skip
+    if "links" in kw:
+        record["links"] = [
+            dict(zip(("trace_id", "span_id"), link.split("/"), strict=True)) for link in kw["links"].split(",")
+        ]
     return json.dumps(record) + "\n"
 
 
@@ -183,3 +188,42 @@ def test_last_0_lists_no_trace(tmp_path: Path) -> None:
     directory = write(tmp_path, span("aa11", "01", "", "orders", "/o/PlaceOrder", 1000.0, 1050.0))
     assert ran("--dir", str(directory), "--last", "0") == (0, "", "")
     assert ran("--dir", str(directory), "--last", "1")[1].splitlines()[1].startswith("aa11")
+
+
+# A checkout whose event the relay sent later, in a trace of its own linked to the event's create span.
+CHECKOUT_AND_ITS_SEND = (
+    span("aa11", "01", "", "orders", "/o/PlaceOrder", 1000.0, 1050.0),
+    span("aa11", "02", "01", "orders", "create orders.v1.order_confirmed", 1040.0, 1041.0, kind="producer"),
+    span("aa11", "03", "02", "notifications", "consume orders.v1.order_confirmed", 1060.0, 1062.0, kind="consumer"),
+    span("cc33", "07", "", "orders", "send orders.v1.order_confirmed", 1055.0, 1056.5, kind="client", links="aa11/02"),
+)
+
+
+def test_an_events_send_span_is_shown_under_its_create_span_marked_as_linked(tmp_path: Path) -> None:
+    code, out, _ = ran("aa", "--dir", str(write(tmp_path, *CHECKOUT_AND_ITS_SEND)))
+    assert code == 0
+    assert out.splitlines() == [
+        "trace aa11: 3 spans, 62.0 ms, started 1970-01-01T00:00:01.000Z",
+        "    +0.0 ms    50.0 ms  orders  server  /o/PlaceOrder",
+        "   +40.0 ms     1.0 ms    orders  producer  create orders.v1.order_confirmed",
+        "   +55.0 ms     1.5 ms      orders  client  send orders.v1.order_confirmed  (linked, trace cc33)",
+        "   +60.0 ms     2.0 ms      notifications  consumer  consume orders.v1.order_confirmed",
+    ]
+
+
+def test_a_send_trace_shown_by_its_id_says_which_trace_it_links_to(tmp_path: Path) -> None:
+    code, out, _ = ran("cc", "--dir", str(write(tmp_path, *CHECKOUT_AND_ITS_SEND)))
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "    +0.0 ms     1.5 ms  orders  client  send orders.v1.order_confirmed  (links to trace aa11)"
+    ]
+
+
+def test_a_send_trace_is_listed_only_when_the_trace_it_links_to_is_not_there(tmp_path: Path) -> None:
+    code, out, _ = ran("--dir", str(write(tmp_path, *CHECKOUT_AND_ITS_SEND)))
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["aa11"]
+    # The checkout's spans rotated away, or never recorded: the send is all there is to see of it.
+    code, out, _ = ran("--dir", str(write(tmp_path / "alone", CHECKOUT_AND_ITS_SEND[-1])))
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["cc33"]

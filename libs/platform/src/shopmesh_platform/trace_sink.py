@@ -5,7 +5,7 @@ in place of a tracing backend (Jaeger, Tempo) that would need a container engine
 
 It answers OTLP/gRPC `TraceService/Export` (what the services' exporter sends) and appends each span as
 one JSON line to `<dir>/spans.jsonl`: trace and span ids, parent, service, name, kind, start and end
-(Unix nanoseconds), status and attributes. `python -m shopmesh_platform.traces` (`make traces`) reads them,
+(Unix nanoseconds), status, attributes and links. `python -m shopmesh_platform.traces` (`make traces`) reads them,
 skipping a line that a sink killed mid-write left half written (a new sink ends that line before appending).
 When the file reaches MAX_FILE_BYTES it becomes `spans.jsonl.1` (replacing the one before) and a new file
 starts, so a stack left running under `make shoppers` keeps the latest spans in at most twice that.
@@ -69,6 +69,9 @@ def span_records(request: trace_service_pb2.ExportTraceServiceRequest) -> Iterat
                     "status": Status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_").lower(),
                     "status_message": span.status.message,
                     "attributes": {a.key: _value(a.value) for a in span.attributes},
+                    # The spans of other traces this one is linked to (the outbox relay's send span, to its
+                    # event's create span): what `make traces` shows it under.
+                    "links": [{"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()} for link in span.links],
                 }
 
 

@@ -7,7 +7,10 @@ A trace id is in every JSON log line (`trace_id`) and in the message of an INTER
 (`trace_id=...`). Each span line shows its offset from the trace's start, its duration, the service,
 the span's kind and name (an Envoy span's, the HTTP edge's or a sidecar's, with the gRPC method it carried),
 and its status when it is not OK; children are indented under their parent.
-Events carry the trace on: a consumer's span sits under the span that published the event.
+Events carry the trace on: a consumer's span sits under the event's `create` span, in the trace that wrote
+the event. The outbox relay sends it later in a trace of its own, linked to that span: its `send` span is
+shown under the create span too, marked `(linked, trace ...)`, and such a trace is not listed on its own
+while the trace it links to is there (`make traces ID=` of its id shows it, marked `(links to trace ...)`).
 Without --dir it reads the folder of the running local stack's trace sink (named by `.data/stack.json`, which
 the launcher writes while it runs; said on stderr), else `.data/traces`.
 """
@@ -56,6 +59,25 @@ class Trace:
     @property
     def failed(self) -> bool:
         return any(s["status"] == "error" for s in self.spans)
+
+
+def links(span: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (trace id, span id) of each span `span` links to; none in a line written before the sink kept links."""
+    found = span.get("links")
+    if not isinstance(found, list):
+        return []
+    return [
+        (link["trace_id"], link["span_id"])
+        for link in found
+        if isinstance(link, dict) and isinstance(link.get("trace_id"), str) and isinstance(link.get("span_id"), str)
+    ]
+
+
+def shown_within(trace: Trace, ids: set[str]) -> bool:
+    """Whether `trace` is shown in the tree of another trace of `ids` rather than listed: every root of it is
+    linked into one (the relay's send traces, under their events' create spans)."""
+    roots = trace.roots
+    return bool(roots) and all(any(t != trace.trace_id and t in ids for t, _ in links(root)) for root in roots)
 
 
 # What the list and the tree read of a span (every line the sink writes has them).
@@ -156,7 +178,9 @@ def print_list(traces: list[Trace], out: TextIO) -> None:
     print(tabulate(rows, headers=header, tablefmt="plain", disable_numparse=True), file=out)
 
 
-def print_tree(trace: Trace, out: TextIO) -> None:
+def print_tree(trace: Trace, out: TextIO, others: Sequence[Trace] = ()) -> None:
+    """`trace` as a tree, and under each of its spans the spans of `others` linked to it (a send span under
+    its event's create span)."""
     print(
         f"trace {trace.trace_id}: {len(trace.spans)} spans, {_ms(trace.end_ns - trace.start_ns)}, "
         f"started {_when(trace.start_ns)}",
@@ -165,17 +189,30 @@ def print_tree(trace: Trace, out: TextIO) -> None:
     children: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for span in trace.spans:
         children[span["parent_span_id"]].append(span)
+    # Span ids of other traces are not this one's: a linked span is shown alone, without its trace's children.
+    linked: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for other in others:
+        if other.trace_id != trace.trace_id:
+            for span in other.spans:
+                for trace_id, span_id in links(span):
+                    if trace_id == trace.trace_id:
+                        linked[span_id].append(span)
 
-    def show(span: dict[str, Any], depth: int) -> None:
+    def show(span: dict[str, Any], depth: int, note: str = "") -> None:
         offset = _ms(int(span["start_ns"]) - trace.start_ns)
         duration = _ms(int(span["end_ns"]) - int(span["start_ns"]))
         status = ""
         if span["status"] == "error":
             status = f"  ERROR {span['status_message']}".rstrip()
-        what = f"{span['service']}  {span['kind']}  {_what(span)}{status}"
+        if not note:
+            elsewhere = sorted({t[:8] for t, _ in links(span) if t != trace.trace_id})
+            note = f"  (links to trace {', '.join(elsewhere)})" if elsewhere else ""
+        what = f"{span['service']}  {span['kind']}  {_what(span)}{status}{note}"
         print(f"{'+' + offset:>11} {duration:>10}  {'  ' * depth}{what}", file=out)
-        for child in sorted(children[span["span_id"]], key=lambda s: int(s["start_ns"])):
-            show(child, depth + 1)
+        below = [(child, "") for child in children[span["span_id"]]]
+        below += [(other, f"  (linked, trace {other['trace_id'][:8]})") for other in linked[span["span_id"]]]
+        for child, child_note in sorted(below, key=lambda pair: int(pair[0]["start_ns"])):
+            show(child, depth + 1, child_note)
 
     for root in trace.roots:
         show(root, 0)
@@ -216,9 +253,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         args.dir = sink_dir(err)
     traces = load(args.dir, err)
     if args.trace_id is None:
-        # Not traces[-last:]: -0 is 0, and --last 0 listed every trace.
-        newest = traces[len(traces) - min(args.last, len(traces)) :]
-        if newest or not traces:
+        ids = {t.trace_id for t in traces}
+        listed = [t for t in traces if not shown_within(t, ids)]
+        # Not listed[-last:]: -0 is 0, and --last 0 listed every trace.
+        newest = listed[len(listed) - min(args.last, len(listed)) :]
+        if newest or not listed:
             print_list(newest, out)
         return 0
     wanted = args.trace_id.lower()
@@ -231,7 +270,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         which = f": give more of the id ({', '.join(shown)}{more})" if matches else ""
         print(f"error: {said} with an id starting {wanted!r} in {args.dir / SPANS_FILE}{which}", file=err)
         return 1
-    print_tree(matches[0], out)
+    print_tree(matches[0], out, traces)
     return 0
 
 
