@@ -1,8 +1,9 @@
 """Traces end to end, as `make run` records them: every service exports its spans over OTLP to the
 local trace sink, and one checkout is one trace, from orders' PlaceOrder through inventory and payments
-to the consumers that got the order's event over NATS (notifications, recommendations), and on to the
-e-mail's delivery to the stack's SMTP sink; the consumers' log lines about the order carry its trace id.
-`make traces` shows it as a tree.
+to its event's create span, the consumers that got that event over NATS (notifications, recommendations)
+under it, and on to the e-mail's delivery to the stack's SMTP sink; the consumers' log lines about the order
+carry its trace id. The outbox relay's publish of the event is a trace of its own linked to the create span.
+`make traces` shows it as a tree, the linked send span under the create span.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PLACE_ORDER = "shopmesh.orders.v1.OrdersService/PlaceOrder"
 SMTP_SEND = "smtp send"
+CONFIRMED = "orders.v1.order_confirmed"
 # The services consuming a confirmed order's event, each in the checkout's trace.
 CONSUMERS = ("notifications", "recommendations")
 # What a checkout calls (service, method): a server span each, all in the checkout's trace.
@@ -81,6 +84,25 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
         return checkout_trace()
 
     trace = await eventually(arrived, "the checkout's server spans and its e-mail in one trace")
+    [create] = [s for s in trace.spans if s["kind"] == "producer"]
+    assert (create["service"], create["name"]) == ("orders", f"create {CONFIRMED}")
+    assert create["attributes"]["messaging.operation.type"] == "create"
+
+    async def send_arrived() -> dict[str, Any] | None:
+        linked = [
+            s
+            for t in load(stack.traces_dir)
+            for s in t.spans
+            if {"trace_id": trace.trace_id, "span_id": create["span_id"]} in s.get("links", [])
+        ]
+        return linked[0] if linked else None
+
+    send = await eventually(send_arrived, "the relay's send span, linked to the event's create span")
+    assert (send["service"], send["kind"], send["name"]) == ("orders", "client", f"send {CONFIRMED}")
+    assert send["trace_id"] != trace.trace_id
+    assert send["attributes"]["messaging.message.id"] == create["attributes"]["messaging.message.id"]
+    assert send["attributes"]["shopmesh.outcome"] == "published"
+    assert send["attributes"]["shopmesh.outbox.wait_seconds"] >= 0
     by_id = {s["span_id"]: s for s in trace.spans}
     [root] = trace.roots
     assert (root["service"], root["kind"]) == ("orders", "server")
@@ -96,7 +118,8 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
     assert servers == CHECKOUT_SERVER_SPANS
     for consumer in CONSUMERS:
         [span] = [s for s in trace.spans if s["service"] == consumer and s["kind"] == "consumer"]
-        assert span["name"] == "consume orders.v1.order_confirmed", consumer
+        assert span["name"] == f"consume {CONFIRMED}", consumer
+        assert span["parent_span_id"] == create["span_id"], consumer  # the event's creation context, stored with it
         assert chain(span)[-1] == "orders:server", consumer  # under the checkout, through the outbox and NATS
     [consumed] = [s for s in trace.spans if s["service"] == "notifications" and s["kind"] == "consumer"]
     # The e-mail, sent by the sender's loop after the consumer's span ended, under the span that recorded it.
@@ -129,5 +152,7 @@ async def test_a_checkout_is_one_trace_across_grpc_and_nats(stack: Stack) -> Non
     header, first, *rest = shown.stdout.splitlines()
     assert header.startswith(f"trace {trace.trace_id}: {len(trace.spans)} spans")
     assert f"orders  server  {root['name']}" in first
-    assert any("notifications  consumer  consume orders.v1.order_confirmed" in line for line in rest)
+    assert any(f"orders  producer  create {CONFIRMED}" in line for line in rest)
+    assert any(f"orders  client  send {CONFIRMED}  (linked, trace {send['trace_id'][:8]})" in line for line in rest)
+    assert any(f"notifications  consumer  consume {CONFIRMED}" in line for line in rest)
     assert any(f"notifications  client  {SMTP_SEND}" in line for line in rest)
