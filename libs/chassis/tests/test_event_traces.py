@@ -380,3 +380,21 @@ async def test_the_log_line_of_a_replayed_dead_letter_carries_the_events_trace_i
         await running.stop()
     [line] = [r for r in consumer_lines if r.getMessage().startswith("replaying event e1")]
     assert line.trace_id == TRACE_ID  # type: ignore[attr-defined]
+
+
+async def test_the_log_line_of_an_event_set_aside_carries_its_send_spans_trace_id(
+    db: Database, client: Client, exporter: InMemorySpanExporter
+) -> None:
+    capture = Recorded()
+    capture.addFilter(TraceContextFilter("tester"))
+    logger = logging.getLogger("shopmesh.outbox")
+    logger.addHandler(capture)
+    try:
+        await write_event(db, wrappers_pb2.StringValue(value="x" * (client.max_payload + 1)))
+        await OutboxRelay(db, JetStreamPublisher(client)).publish_pending()
+    finally:
+        logger.removeHandler(capture)
+    [send] = spans_of(exporter, trace.SpanKind.CLIENT)
+    [line] = [r for r in capture.records if "set aside" in r.getMessage()]
+    # The send's trace, whose link leads to the trace that wrote the event.
+    assert line.trace_id == format(send.context.trace_id, "032x")  # type: ignore[attr-defined]
