@@ -31,11 +31,13 @@ from shopmesh_chassis.deadletters import (
     ORIGINAL_STREAM,
     ORIGINAL_SUBJECT,
     PAYLOAD_OMITTED,
+    REPLAY_STREAM,
     DeadLetter,
     DeadLetters,
     PayloadNotParked,
     ReplayTooLarge,
     fitted_letter,
+    replay_durable,
     replay_headers,
 )
 from shopmesh_chassis.events import ensure_stream, fits, header_block_size
@@ -283,6 +285,9 @@ async def test_a_replay_over_max_payload_is_refused_with_a_clear_error_and_the_l
     running.start()
     try:
         await eventually(lambda: _has_stream(js, DEAD_LETTER_STREAM), "the dead-letter stream declared")
+        # The replay durable comes after the streams: a replay before it is NoReplayConsumer, not the size
+        # refusal this test is about (seen on a loaded machine).
+        await eventually(lambda: _has_consumer(js, REPLAY_STREAM, replay_durable("tester")), "the replay durable")
         headers = {"Nats-Msg-Id": "tester:e1:THINGS:1", "Shopmesh-Original-Event-Id": "e1"}
         body = b"x" * (MAX_PAYLOAD - header_block_size(headers))
         await js.publish("deadletter.tester.things.v1.happened", body, headers=headers)
@@ -296,6 +301,14 @@ async def test_a_replay_over_max_payload_is_refused_with_a_clear_error_and_the_l
     assert replayed.returncode == 1
     assert "over NATS' max_payload" in replayed.stderr
     assert len(await DeadLetters(js).list()) == 1
+
+
+async def _has_consumer(js: JetStreamContext, stream: str, durable: str) -> bool:
+    try:
+        await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return False
+    return True
 
 
 async def _has_stream(js: JetStreamContext, name: str) -> bool:
