@@ -38,6 +38,8 @@ TEMPLATES: dict[str, str] = {
     "shopmesh.users.v1.UsersService.Login": 'email: "{email}" password: "{password}"',
     "shopmesh.users.v1.UsersService.GetUser": 'user_id: "{user}"',
     "shopmesh.users.v1.UsersService.GetJwks": "",
+    "shopmesh.users.v1.UsersService.SignOut": 'user_id: "{user}"',
+    "shopmesh.users.v1.UsersService.GetTokenCutoff": 'user_id: "{user}"',
     "shopmesh.catalog.v1.CatalogService.ListProducts": 'page_size: 3 page_token: "{page_token}"',
     "shopmesh.catalog.v1.CatalogService.GetProduct": 'product_id: "{product}"',
     "shopmesh.catalog.v1.CatalogService.BatchGetProducts": 'product_ids: ["{product}", "{other_product}"]',

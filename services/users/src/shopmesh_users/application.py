@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from shopmesh_chassis import call_context
 from shopmesh_chassis.db import Database
 from shopmesh_chassis.db_errors import DatabaseUnreachable, database_errors_as_domain_errors
 from shopmesh_chassis.errors import Aborted, ResourceExhausted
@@ -27,9 +28,10 @@ from shopmesh_users.domain.errors import (
 from shopmesh_users.domain.failed_logins import LoginThrottle, email_key
 from shopmesh_users.domain.keys import KeyMaterial, Rotation, SigningKey
 from shopmesh_users.domain.models import Account, Credentials, User, new_user_id
-from shopmesh_users.domain.tokens import build_access_claims, new_token_id
+from shopmesh_users.domain.tokens import build_access_claims, new_token_id, next_cutoff
 from shopmesh_users.domain.validation import (
     GuessableCheck,
+    check_acting_for,
     validate_login,
     validate_registration,
     validate_user_id,
@@ -166,7 +168,9 @@ class UsersApplication:
             # the lifetime is raised, not per login.
             async with self._database.transaction() as session:
                 await SigningKeyRepository(session).record_token_lifetime(key.kid, lifetime)
-        claims = build_access_claims(account.user.id, now, lifetime, new_token_id())
+        # The cutoff as the account was read, before the password check: a sign-out while the password was
+        # being checked is one the token may fall under (refused as revoked), as it raced it.
+        claims = build_access_claims(account.user.id, now, lifetime, new_token_id(), account.tokens_valid_after)
         return IssuedToken(sign_access_token(claims, key), claims.expires_at, account.user.id)
 
     async def _take_login_attempt(self, key: str) -> float:
@@ -300,6 +304,38 @@ class UsersApplication:
         if user is None:
             raise user_not_found(user_id)
         return user
+
+    @database_errors_as_domain_errors
+    async def sign_out(self, user_id: str) -> datetime:
+        """Revoke every token of the user issued so far: the cutoff moves to now (never back). The new cutoff."""
+        user_id = self._acting_for(user_id)
+        async with self._database.transaction() as session:
+            repository = UserRepository(session)
+            exists, stored = await repository.locked_token_cutoff(user_id)
+            if not exists:
+                raise user_not_found(user_id)
+            cutoff = next_cutoff(stored, self._clock())
+            if cutoff != stored:
+                await repository.set_token_cutoff(user_id, cutoff)
+        log.info("user signed out; tokens issued so far revoked", extra={"user_id": user_id})
+        return cutoff
+
+    @database_errors_as_domain_errors
+    async def token_cutoff(self, user_id: str) -> datetime | None:
+        """The user's cutoff: tokens issued at or before it are revoked. None: the user never signed out."""
+        user_id = self._acting_for(user_id)
+        async with self._database.read() as session:
+            exists, cutoff = await UserRepository(session).token_cutoff(user_id)
+        if not exists:
+            raise user_not_found(user_id)
+        return cutoff
+
+    @staticmethod
+    def _acting_for(user_id: str) -> str:
+        user_id = validate_user_id(user_id)
+        inbound = call_context.current()
+        check_acting_for(user_id, inbound.user_id if inbound else None)
+        return user_id
 
     # --- signing keys ------------------------------------------------------------------------------
 

@@ -48,6 +48,18 @@ class UsersServicer(users_pb2_grpc.UsersServiceServicer):
         user = await self._application.get_user(request.user_id)
         return users_pb2.GetUserResponse(user=user_message(user))
 
+    async def SignOut(self, request: users_pb2.SignOutRequest, context: Any) -> users_pb2.SignOutResponse:
+        cutoff = await self._application.sign_out(request.user_id)
+        return users_pb2.SignOutResponse(tokens_valid_after=_timestamp(cutoff))
+
+    async def GetTokenCutoff(
+        self, request: users_pb2.GetTokenCutoffRequest, context: Any
+    ) -> users_pb2.GetTokenCutoffResponse:
+        cutoff = await self._application.token_cutoff(request.user_id)
+        if cutoff is None:
+            return users_pb2.GetTokenCutoffResponse()
+        return users_pb2.GetTokenCutoffResponse(tokens_valid_after=_timestamp(cutoff))
+
     async def GetJwks(self, request: users_pb2.GetJwksRequest, context: Any) -> users_pb2.GetJwksResponse:
         jwks = await self._application.published_jwks()
         return users_pb2.GetJwksResponse(

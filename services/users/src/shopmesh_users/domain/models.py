@@ -23,6 +23,8 @@ class Account:
 
     user: User
     password_hash: str = field(repr=False)
+    # When the user last signed out: the token Login issues must be stamped after it (`domain.tokens`).
+    tokens_valid_after: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

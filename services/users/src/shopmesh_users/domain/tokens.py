@@ -38,13 +38,34 @@ def new_token_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def build_access_claims(user_id: str, now: datetime, lifetime: timedelta, token_id: str) -> AccessClaims:
+def issued_at(now: datetime, tokens_valid_after: datetime | None = None) -> datetime:
+    """The "iat" of a token issued at `now`, in whole seconds (NumericDate): `now` truncated, but after the
+    user's sign-out cutoff, which is kept to the microsecond. Truncated alone, a Login in the second of a
+    sign-out (out at 100.7, in at 100.8) stamped 100, not after 100.7, and its brand-new token was refused as
+    revoked; the cutoff's next whole second instead (101) is after it, a token at most a second ahead, and
+    never one a token from before the sign-out can have. A cutoff stamped by a replica whose clock is ahead
+    is honoured the same way (the gateway takes an iat up to a minute ahead)."""
+    whole = datetime.fromtimestamp(int(now.timestamp()), UTC)
+    if tokens_valid_after is None or whole > tokens_valid_after:
+        return whole
+    return datetime.fromtimestamp(int(tokens_valid_after.timestamp()) + 1, UTC)
+
+
+def next_cutoff(stored: datetime | None, now: datetime) -> datetime:
+    """The cutoff a sign-out at `now` leaves: now, but never earlier than the stored one (a replica whose clock
+    is behind must not bring back tokens another's sign-out revoked)."""
+    return now if stored is None or now > stored else stored
+
+
+def build_access_claims(
+    user_id: str, now: datetime, lifetime: timedelta, token_id: str, tokens_valid_after: datetime | None = None
+) -> AccessClaims:
     """Claims of a token for `user_id` issued at `now`. NumericDate has whole seconds, so the times are
-    truncated to the second: `expires_at` is exactly the token's "exp"."""
-    issued_at = datetime.fromtimestamp(int(now.timestamp()), UTC)
+    whole seconds (`issued_at`: after the user's cutoff too): `expires_at` is exactly the token's "exp"."""
+    issued = issued_at(now, tokens_valid_after)
     return AccessClaims(
         subject=user_id,
-        issued_at=issued_at,
-        expires_at=issued_at + lifetime,
+        issued_at=issued,
+        expires_at=issued + lifetime,
         token_id=token_id,
     )

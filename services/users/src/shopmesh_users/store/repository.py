@@ -39,6 +39,10 @@ def is_duplicate_email(error: IntegrityError) -> bool:
     return "email" in str(error.orig)
 
 
+def _cutoff(row: Any) -> datetime | None:
+    return as_utc(row.tokens_valid_after) if row.tokens_valid_after is not None else None
+
+
 def _user(row: Any) -> User:
     return User(id=row.id, email=row.email, display_name=row.display_name, created_at=as_utc(row.created_at))
 
@@ -87,7 +91,27 @@ class UserRepository:
 
     async def account_by_email(self, email: str) -> Account | None:
         row = (await self._session.execute(select(users).where(users.c.email == email))).first()
-        return Account(user=_user(row), password_hash=row.password_hash) if row is not None else None
+        if row is None:
+            return None
+        return Account(user=_user(row), password_hash=row.password_hash, tokens_valid_after=_cutoff(row))
+
+    async def token_cutoff(self, user_id: str) -> tuple[bool, datetime | None]:
+        """Whether the user exists, and its cutoff (None: never signed out)."""
+        row = (await self._session.execute(select(users.c.tokens_valid_after).where(users.c.id == user_id))).first()
+        return (False, None) if row is None else (True, _cutoff(row))
+
+    async def locked_token_cutoff(self, user_id: str) -> tuple[bool, datetime | None]:
+        """`token_cutoff`, the row locked until the transaction ends (PostgreSQL: SELECT ... FOR UPDATE; SQLite:
+        its one writer): sign-outs of one user on two replicas take turns, and the later one's cutoff stays."""
+        row = (
+            await self._session.execute(
+                select(users.c.tokens_valid_after).where(users.c.id == user_id).with_for_update()
+            )
+        ).first()
+        return (False, None) if row is None else (True, _cutoff(row))
+
+    async def set_token_cutoff(self, user_id: str, cutoff: datetime) -> None:
+        await self._session.execute(update(users).where(users.c.id == user_id).values(tokens_valid_after=cutoff))
 
     async def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> None:
         # Conditional: a hash changed in between (by another login's upgrade) is left alone.

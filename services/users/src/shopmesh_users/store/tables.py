@@ -15,6 +15,9 @@ users = Table(
     Column("display_name", String(50), nullable=False),
     Column("password_hash", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Tokens issued at or before it are revoked (SignOut sets it; docs/auth.md, "Signing out"). NULL: the user
+    # never signed out (users_0004).
+    Column("tokens_valid_after", DateTime(timezone=True), nullable=True),
     # The one guard against duplicate accounts, also when two registrations race.
     UniqueConstraint("email", name="uq_users_email"),
 )

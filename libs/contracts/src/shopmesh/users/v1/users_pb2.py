@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshopmesh/users/v1/users.proto\x12\x11shopmesh.users.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x03Jwk\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0b\n\x03kty\x18\x02 \x01(\t\x12\x0b\n\x03\x63rv\x18\x03 \x01(\t\x12\x0b\n\x03\x61lg\x18\x04 \x01(\t\x12\t\n\x01x\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t\"H\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"9\n\x10RegisterResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.shopmesh.users.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"z\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"8\n\x0fGetUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.shopmesh.users.v1.User\"\x10\n\x0eGetJwksRequest\"7\n\x0fGetJwksResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.shopmesh.users.v1.Jwk2\xdd\x02\n\x0cUsersService\x12S\n\x08Register\x12\".shopmesh.users.v1.RegisterRequest\x1a#.shopmesh.users.v1.RegisterResponse\x12J\n\x05Login\x12\x1f.shopmesh.users.v1.LoginRequest\x1a .shopmesh.users.v1.LoginResponse\x12U\n\x07GetUser\x12!.shopmesh.users.v1.GetUserRequest\x1a\".shopmesh.users.v1.GetUserResponse\"\x03\x90\x02\x01\x12U\n\x07GetJwks\x12!.shopmesh.users.v1.GetJwksRequest\x1a\".shopmesh.users.v1.GetJwksResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshopmesh/users/v1/users.proto\x12\x11shopmesh.users.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x03Jwk\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0b\n\x03kty\x18\x02 \x01(\t\x12\x0b\n\x03\x63rv\x18\x03 \x01(\t\x12\x0b\n\x03\x61lg\x18\x04 \x01(\t\x12\t\n\x01x\x18\x05 \x01(\t\x12\x0b\n\x03use\x18\x06 \x01(\t\"H\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"9\n\x10RegisterResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.shopmesh.users.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"z\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"8\n\x0fGetUserResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.shopmesh.users.v1.User\"\x10\n\x0eGetJwksRequest\"7\n\x0fGetJwksResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.shopmesh.users.v1.Jwk\"!\n\x0eSignOutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"I\n\x0fSignOutResponse\x12\x36\n\x12tokens_valid_after\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x15GetTokenCutoffRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"P\n\x16GetTokenCutoffResponse\x12\x36\n\x12tokens_valid_after\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9b\x04\n\x0cUsersService\x12S\n\x08Register\x12\".shopmesh.users.v1.RegisterRequest\x1a#.shopmesh.users.v1.RegisterResponse\x12J\n\x05Login\x12\x1f.shopmesh.users.v1.LoginRequest\x1a .shopmesh.users.v1.LoginResponse\x12U\n\x07GetUser\x12!.shopmesh.users.v1.GetUserRequest\x1a\".shopmesh.users.v1.GetUserResponse\"\x03\x90\x02\x01\x12P\n\x07SignOut\x12!.shopmesh.users.v1.SignOutRequest\x1a\".shopmesh.users.v1.SignOutResponse\x12j\n\x0eGetTokenCutoff\x12(.shopmesh.users.v1.GetTokenCutoffRequest\x1a).shopmesh.users.v1.GetTokenCutoffResponse\"\x03\x90\x02\x01\x12U\n\x07GetJwks\x12!.shopmesh.users.v1.GetJwksRequest\x1a\".shopmesh.users.v1.GetJwksResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USERSSERVICE'].methods_by_name['GetUser']._loaded_options = None
   _globals['_USERSSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\002\001'
+  _globals['_USERSSERVICE'].methods_by_name['GetTokenCutoff']._loaded_options = None
+  _globals['_USERSSERVICE'].methods_by_name['GetTokenCutoff']._serialized_options = b'\220\002\001'
   _globals['_USERSSERVICE'].methods_by_name['GetJwks']._loaded_options = None
   _globals['_USERSSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\220\002\001'
   _globals['_USER']._serialized_start=85
@@ -56,6 +58,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJWKSREQUEST']._serialized_end=688
   _globals['_GETJWKSRESPONSE']._serialized_start=690
   _globals['_GETJWKSRESPONSE']._serialized_end=745
-  _globals['_USERSSERVICE']._serialized_start=748
-  _globals['_USERSSERVICE']._serialized_end=1097
+  _globals['_SIGNOUTREQUEST']._serialized_start=747
+  _globals['_SIGNOUTREQUEST']._serialized_end=780
+  _globals['_SIGNOUTRESPONSE']._serialized_start=782
+  _globals['_SIGNOUTRESPONSE']._serialized_end=855
+  _globals['_GETTOKENCUTOFFREQUEST']._serialized_start=857
+  _globals['_GETTOKENCUTOFFREQUEST']._serialized_end=897
+  _globals['_GETTOKENCUTOFFRESPONSE']._serialized_start=899
+  _globals['_GETTOKENCUTOFFRESPONSE']._serialized_end=979
+  _globals['_USERSSERVICE']._serialized_start=982
+  _globals['_USERSSERVICE']._serialized_end=1521
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,10 @@ unique "jti". Verifiers (the gateway) check the signature with the key from
 GetJwks whose kid matches, plus iss, aud, exp, and nbf and iat (not in the
 future beyond a small clock-skew tolerance); no shared secret is needed.
 
-Internal service (called by the gateway); no `x-user-id` checks.
+Internal service (called by the gateway). SignOut and GetTokenCutoff act
+for one user: when the `x-user-id` header is present, their user_id must
+equal it (otherwise PERMISSION_DENIED, ErrorInfo reason USER_MISMATCH); the
+other methods read no `x-user-id`.
 Error domain: "shopmesh.users". Metadata and error conventions: see
 shopmesh/common/v1/money.proto.
 """
@@ -330,3 +333,103 @@ class GetJwksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
+
+@_typing.final
+class SignOutRequest(_message.Message):
+    """Request for UsersService.SignOut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Id of the user to sign out. Required; must equal `x-user-id` when that
+    header is present.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignOutRequest: _TypeAlias = SignOutRequest  # noqa: Y015
+
+@_typing.final
+class SignOutResponse(_message.Message):
+    """Response for UsersService.SignOut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_VALID_AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens_valid_after(self) -> _timestamp_pb2.Timestamp:
+        """The user's cutoff from now on: tokens whose "iat" is not after it are
+        revoked.
+        """
+
+    def __init__(
+        self,
+        *,
+        tokens_valid_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tokens_valid_after", b"tokens_valid_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens_valid_after", b"tokens_valid_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignOutResponse: _TypeAlias = SignOutResponse  # noqa: Y015
+
+@_typing.final
+class GetTokenCutoffRequest(_message.Message):
+    """Request for UsersService.GetTokenCutoff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Id of the user. Required; must equal `x-user-id` when that header is
+    present.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTokenCutoffRequest: _TypeAlias = GetTokenCutoffRequest  # noqa: Y015
+
+@_typing.final
+class GetTokenCutoffResponse(_message.Message):
+    """Response for UsersService.GetTokenCutoff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_VALID_AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens_valid_after(self) -> _timestamp_pb2.Timestamp:
+        """Tokens whose "iat" is not after this are revoked. Unset: the user never
+        signed out, and every token of theirs that verifies is good.
+        """
+
+    def __init__(
+        self,
+        *,
+        tokens_valid_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tokens_valid_after", b"tokens_valid_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens_valid_after", b"tokens_valid_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTokenCutoffResponse: _TypeAlias = GetTokenCutoffResponse  # noqa: Y015

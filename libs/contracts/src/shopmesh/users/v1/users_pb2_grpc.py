@@ -50,6 +50,16 @@ class UsersServiceStub:
                 request_serializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetUserResponse.FromString,
                 _registered_method=True)
+        self.SignOut = channel.unary_unary(
+                '/shopmesh.users.v1.UsersService/SignOut',
+                request_serializer=shopmesh_dot_users_dot_v1_dot_users__pb2.SignOutRequest.SerializeToString,
+                response_deserializer=shopmesh_dot_users_dot_v1_dot_users__pb2.SignOutResponse.FromString,
+                _registered_method=True)
+        self.GetTokenCutoff = channel.unary_unary(
+                '/shopmesh.users.v1.UsersService/GetTokenCutoff',
+                request_serializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetTokenCutoffRequest.SerializeToString,
+                response_deserializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetTokenCutoffResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/shopmesh.users.v1.UsersService/GetJwks',
                 request_serializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetJwksRequest.SerializeToString,
@@ -120,6 +130,40 @@ class UsersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignOut(self, request, context):
+        """Signs the user out everywhere: every access token issued to the user so
+        far stops being valid. Sets the user's tokens_valid_after to now (never
+        earlier than it was), and returns it. A Login after it, even within the
+        same second, gets a token whose "iat" is after it (Login stamps "iat" at
+        least one whole second past the cutoff), so it works at once.
+
+        Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
+        (reason USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND
+        (reason USER_NOT_FOUND), UNAVAILABLE.
+
+        Not idempotent (no idempotency_level), though safe to repeat: a repeat
+        signs out again, moving the cutoff to its own moment, so it revokes a
+        token a Login issued in between, and answers another cutoff. It is not
+        retried automatically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTokenCutoff(self, request, context):
+        """Returns the user's tokens_valid_after: tokens whose "iat" is not after it
+        are revoked. Unset when the user never signed out. Verifiers (the
+        gateway) cache it per user for a short while (30 seconds by default).
+
+        Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
+        (reason USER_MISMATCH), NOT_FOUND (reason USER_NOT_FOUND), UNAVAILABLE.
+
+        No side effects: safe to retry and to cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJwks(self, request, context):
         """Returns the JSON Web Key Set (RFC 7517) of the public keys that verify
         access tokens. The proto3 JSON form of GetJwksResponse is exactly a JWKS
@@ -157,6 +201,16 @@ def add_UsersServiceServicer_to_server(servicer, server):
                     servicer.GetUser,
                     request_deserializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetUserRequest.FromString,
                     response_serializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetUserResponse.SerializeToString,
+            ),
+            'SignOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignOut,
+                    request_deserializer=shopmesh_dot_users_dot_v1_dot_users__pb2.SignOutRequest.FromString,
+                    response_serializer=shopmesh_dot_users_dot_v1_dot_users__pb2.SignOutResponse.SerializeToString,
+            ),
+            'GetTokenCutoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTokenCutoff,
+                    request_deserializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetTokenCutoffRequest.FromString,
+                    response_serializer=shopmesh_dot_users_dot_v1_dot_users__pb2.GetTokenCutoffResponse.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -246,6 +300,60 @@ class UsersService:
             '/shopmesh.users.v1.UsersService/GetUser',
             shopmesh_dot_users_dot_v1_dot_users__pb2.GetUserRequest.SerializeToString,
             shopmesh_dot_users_dot_v1_dot_users__pb2.GetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shopmesh.users.v1.UsersService/SignOut',
+            shopmesh_dot_users_dot_v1_dot_users__pb2.SignOutRequest.SerializeToString,
+            shopmesh_dot_users_dot_v1_dot_users__pb2.SignOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenCutoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shopmesh.users.v1.UsersService/GetTokenCutoff',
+            shopmesh_dot_users_dot_v1_dot_users__pb2.GetTokenCutoffRequest.SerializeToString,
+            shopmesh_dot_users_dot_v1_dot_users__pb2.GetTokenCutoffResponse.FromString,
             options,
             channel_credentials,
             insecure,

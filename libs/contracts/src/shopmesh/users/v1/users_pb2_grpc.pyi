@@ -11,7 +11,10 @@ unique "jti". Verifiers (the gateway) check the signature with the key from
 GetJwks whose kid matches, plus iss, aud, exp, and nbf and iat (not in the
 future beyond a small clock-skew tolerance); no shared secret is needed.
 
-Internal service (called by the gateway); no `x-user-id` checks.
+Internal service (called by the gateway). SignOut and GetTokenCutoff act
+for one user: when the `x-user-id` header is present, their user_id must
+equal it (otherwise PERMISSION_DENIED, ErrorInfo reason USER_MISMATCH); the
+other methods read no `x-user-id`.
 Error domain: "shopmesh.users". Metadata and error conventions: see
 shopmesh/common/v1/money.proto.
 """
@@ -93,6 +96,32 @@ class UsersServiceStub:
 
     No side effects: safe to retry.
     """
+    SignOut: _grpc.UnaryUnaryMultiCallable[_users_pb2.SignOutRequest, _users_pb2.SignOutResponse]
+    """Signs the user out everywhere: every access token issued to the user so
+    far stops being valid. Sets the user's tokens_valid_after to now (never
+    earlier than it was), and returns it. A Login after it, even within the
+    same second, gets a token whose "iat" is after it (Login stamps "iat" at
+    least one whole second past the cutoff), so it works at once.
+
+    Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
+    (reason USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND
+    (reason USER_NOT_FOUND), UNAVAILABLE.
+
+    Not idempotent (no idempotency_level), though safe to repeat: a repeat
+    signs out again, moving the cutoff to its own moment, so it revokes a
+    token a Login issued in between, and answers another cutoff. It is not
+    retried automatically.
+    """
+    GetTokenCutoff: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetTokenCutoffRequest, _users_pb2.GetTokenCutoffResponse]
+    """Returns the user's tokens_valid_after: tokens whose "iat" is not after it
+    are revoked. Unset when the user never signed out. Verifiers (the
+    gateway) cache it per user for a short while (30 seconds by default).
+
+    Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
+    (reason USER_MISMATCH), NOT_FOUND (reason USER_NOT_FOUND), UNAVAILABLE.
+
+    No side effects: safe to retry and to cache.
+    """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetJwksRequest, _users_pb2.GetJwksResponse]
     """Returns the JSON Web Key Set (RFC 7517) of the public keys that verify
     access tokens. The proto3 JSON form of GetJwksResponse is exactly a JWKS
@@ -161,6 +190,32 @@ class UsersServiceAsyncStub(UsersServiceStub):
     USER_NOT_FOUND), UNAVAILABLE.
 
     No side effects: safe to retry.
+    """
+    SignOut: _aio.UnaryUnaryMultiCallable[_users_pb2.SignOutRequest, _users_pb2.SignOutResponse]  # type: ignore[assignment]
+    """Signs the user out everywhere: every access token issued to the user so
+    far stops being valid. Sets the user's tokens_valid_after to now (never
+    earlier than it was), and returns it. A Login after it, even within the
+    same second, gets a token whose "iat" is after it (Login stamps "iat" at
+    least one whole second past the cutoff), so it works at once.
+
+    Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
+    (reason USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND
+    (reason USER_NOT_FOUND), UNAVAILABLE.
+
+    Not idempotent (no idempotency_level), though safe to repeat: a repeat
+    signs out again, moving the cutoff to its own moment, so it revokes a
+    token a Login issued in between, and answers another cutoff. It is not
+    retried automatically.
+    """
+    GetTokenCutoff: _aio.UnaryUnaryMultiCallable[_users_pb2.GetTokenCutoffRequest, _users_pb2.GetTokenCutoffResponse]  # type: ignore[assignment]
+    """Returns the user's tokens_valid_after: tokens whose "iat" is not after it
+    are revoked. Unset when the user never signed out. Verifiers (the
+    gateway) cache it per user for a short while (30 seconds by default).
+
+    Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
+    (reason USER_MISMATCH), NOT_FOUND (reason USER_NOT_FOUND), UNAVAILABLE.
+
+    No side effects: safe to retry and to cache.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_users_pb2.GetJwksRequest, _users_pb2.GetJwksResponse]  # type: ignore[assignment]
     """Returns the JSON Web Key Set (RFC 7517) of the public keys that verify
@@ -245,6 +300,44 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         USER_NOT_FOUND), UNAVAILABLE.
 
         No side effects: safe to retry.
+        """
+
+    @_abc_1.abstractmethod
+    def SignOut(
+        self,
+        request: _users_pb2.SignOutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.SignOutResponse, _abc.Awaitable[_users_pb2.SignOutResponse]]:
+        """Signs the user out everywhere: every access token issued to the user so
+        far stops being valid. Sets the user's tokens_valid_after to now (never
+        earlier than it was), and returns it. A Login after it, even within the
+        same second, gets a token whose "iat" is after it (Login stamps "iat" at
+        least one whole second past the cutoff), so it works at once.
+
+        Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
+        (reason USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND
+        (reason USER_NOT_FOUND), UNAVAILABLE.
+
+        Not idempotent (no idempotency_level), though safe to repeat: a repeat
+        signs out again, moving the cutoff to its own moment, so it revokes a
+        token a Login issued in between, and answers another cutoff. It is not
+        retried automatically.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTokenCutoff(
+        self,
+        request: _users_pb2.GetTokenCutoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_users_pb2.GetTokenCutoffResponse, _abc.Awaitable[_users_pb2.GetTokenCutoffResponse]]:
+        """Returns the user's tokens_valid_after: tokens whose "iat" is not after it
+        are revoked. Unset when the user never signed out. Verifiers (the
+        gateway) cache it per user for a short while (30 seconds by default).
+
+        Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
+        (reason USER_MISMATCH), NOT_FOUND (reason USER_NOT_FOUND), UNAVAILABLE.
+
+        No side effects: safe to retry and to cache.
         """
 
     @_abc_1.abstractmethod
