@@ -26,6 +26,9 @@ _CONFIRMED = 'expected_total { amount_minor: {product_price} currency: "USD" }'
 TEMPLATES: dict[str, str] = {
     "shopmesh.gateway.v1.ShopService.Register": 'email: "new-{run}@example.com" ' + _SIGN_UP,
     "shopmesh.gateway.v1.ShopService.Login": 'email: "{email}" password: "{password}"',
+    # Signs the caller out: the test gives these calls a user of their own (`signing_out` in
+    # test_wire_conventions.py), whose tokens it may revoke.
+    "shopmesh.gateway.v1.ShopService.SignOut": "",
     "shopmesh.gateway.v1.ShopService.ListProducts": 'page_size: 5 category: "{category}"',
     "shopmesh.gateway.v1.ShopService.SearchProducts": 'query: "coffee" page_size: 5',
     "shopmesh.gateway.v1.ShopService.GetProductPage": 'product_id: "{product}" max_recommendations: 3',

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,10 @@ def user_id_header(context: Any) -> str | None:
 class FakeUsers(users_pb2_grpc.UsersServiceServicer):
     key: SigningKey = field(default_factory=SigningKey)
     accounts: dict[str, str] = field(default_factory=dict)  # e-mail → user id
+    # Sign-outs: user id → cutoff (seconds); GetTokenCutoff's calls, and what it does: answer, fail or hang.
+    cutoffs: dict[str, float] = field(default_factory=dict)
+    cutoff_calls: list[str] = field(default_factory=list)
+    cutoff_mode: str = "ok"  # ok | fail | hang
 
     async def Register(self, request: users_pb2.RegisterRequest, context: Any) -> users_pb2.RegisterResponse:
         if request.email in self.accounts:
@@ -62,6 +67,27 @@ class FakeUsers(users_pb2_grpc.UsersServiceServicer):
         return users_pb2.GetUserResponse(
             user=users_pb2.User(id=request.user_id, email=f"{request.user_id}@users.example")
         )
+
+    async def SignOut(self, request: users_pb2.SignOutRequest, context: Any) -> users_pb2.SignOutResponse:
+        if user_id_header(context) != request.user_id:
+            raise errors.PermissionDenied("not yours", reason="USER_MISMATCH")
+        self.cutoffs[request.user_id] = time.time()
+        response = users_pb2.SignOutResponse()
+        response.tokens_valid_after.FromNanoseconds(round(self.cutoffs[request.user_id] * 1e9))
+        return response
+
+    async def GetTokenCutoff(
+        self, request: users_pb2.GetTokenCutoffRequest, context: Any
+    ) -> users_pb2.GetTokenCutoffResponse:
+        self.cutoff_calls.append(request.user_id)
+        if self.cutoff_mode == "fail":
+            raise errors.Unavailable("injected", reason="FAULT_INJECTED")
+        if self.cutoff_mode == "hang":
+            await asyncio.Event().wait()
+        response = users_pb2.GetTokenCutoffResponse()
+        if request.user_id in self.cutoffs:
+            response.tokens_valid_after.FromNanoseconds(round(self.cutoffs[request.user_id] * 1e9))
+        return response
 
     async def GetJwks(self, request: users_pb2.GetJwksRequest, context: Any) -> users_pb2.GetJwksResponse:
         return users_pb2.GetJwksResponse(keys=[users_pb2.Jwk(**self.key.jwk)])

@@ -407,6 +407,7 @@ PROTECTED = {
     "ListOrders": shop_pb2.ListOrdersRequest(),
     "CancelOrder": shop_pb2.CancelOrderRequest(order_id="ord_x"),
     "ListNotifications": shop_pb2.ListNotificationsRequest(),
+    "SignOut": shop_pb2.SignOutRequest(),
 }
 
 

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from shopmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from shopmesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -33,6 +34,10 @@ Metadata = tuple[tuple[str, str], ...]
 
 def acting_for(user_id: str) -> Metadata:
     return ((call_context.USER_ID, user_id),)
+
+
+def _seconds(stamp: timestamp_pb2.Timestamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9
 
 
 class UsersClient:
@@ -55,6 +60,27 @@ class UsersClient:
                 users_pb2.GetUserRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
             )
         return response.user.email
+
+    async def sign_out(self, user_id: str) -> float:
+        """Revoke the user's tokens issued so far; the new cutoff (seconds since the epoch)."""
+        with relaying("users"):
+            response = await self._stub.SignOut(
+                users_pb2.SignOutRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
+            )
+        return _seconds(response.tokens_valid_after)
+
+    async def token_cutoff(self, user_id: str) -> float | None:
+        """The user's sign-out cutoff (None: never signed out); UNAVAILABLE for any failure, as for the key set:
+        whatever went wrong, the gateway has no cutoff now (sign_outs.TokenCutoffs decides what that means)."""
+        try:
+            response = await self._stub.GetTokenCutoff(
+                users_pb2.GetTokenCutoffRequest(user_id=user_id), timeout=self._timeout, metadata=acting_for(user_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise dependency_unavailable("users", error) from None
+        if not response.HasField("tokens_valid_after"):
+            return None
+        return _seconds(response.tokens_valid_after)
 
     async def jwks(self) -> Sequence[Mapping[str, str]]:
         try:

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.token_buckets import TokenBuckets
+from shopmesh_gateway.sign_outs import TokenCutoffs
 from shopmesh_gateway.tokens import TOKEN_INVALID, TOKEN_MISSING, TokenVerifier
 
 AUTHORIZATION = "authorization"
@@ -237,8 +238,12 @@ class Guard:
         password_buckets: TokenBuckets[str],
         password_site_buckets: TokenBuckets[str],
         latency_threshold_seconds: float = 0.0,
+        cutoffs: TokenCutoffs | None = None,
     ) -> None:
+        """`cutoffs`: the users' sign-outs, which revoke their earlier tokens (None: not checked, for tests of
+        the rest of the admission; the wiring always gives them)."""
         self._verifier = verifier
+        self.cutoffs = cutoffs
         self._min_deadline_seconds = deadline_floor(latency_threshold_seconds)
         self._buckets = buckets
         self._password_buckets = password_buckets
@@ -310,7 +315,7 @@ class Guard:
 
     async def admit_user(self, context: Context) -> str:
         try:
-            user_id = await self._verifier.subject(bearer_token(context))
+            token = await self._verifier.verify(bearer_token(context))
         except (errors.Unauthenticated, errors.Unavailable):
             # Failed attempts count against the address, so guessing tokens is rate-limited too; and so are
             # calls whose token cannot be checked yet (no key set fetched so far), which no user bucket
@@ -321,7 +326,12 @@ class Guard:
             # forgery costs is bounded instead, by MAX_TOKEN_CHARS (tokens.py).
             self.admit_anonymous(context)
             raise
+        user_id = token.subject
+        # The user's bucket before the cutoff is looked up: a flood of one user's revoked tokens costs users at
+        # most a read per TTL, and the user's calls what any calls of theirs cost.
         self.limit(f"user:{user_id}")
+        if self.cutoffs is not None:
+            await self.cutoffs.refuse_revoked(user_id, token.issued_at)
         return user_id
 
 
@@ -379,6 +389,7 @@ def protected(
         self.guard.admit_deadline(context)
         # Fetching the key set is an internal call too: made for nobody, like a public method's.
         with acting_for(context, None):
+            # The sign-out cutoff's fetch likewise.
             user_id = await self.guard.admit_user(context)
         with acting_for(context, user_id):
             return await method(self, request, context, user_id)

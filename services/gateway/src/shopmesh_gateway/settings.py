@@ -125,6 +125,17 @@ class GatewaySettings(ServiceSettings):
     # shopping through a users outage, and a revocation is made sure by restarting the gateways.
     jwks_hard_max_age_seconds: RetryDelay = 0.0
 
+    # Per-user revocation (docs/auth.md, "Signing out"): how long a user's sign-out cutoff, read from users
+    # (GetTokenCutoff), is used before it is asked again: a sign-out on another replica is honoured here within
+    # it (the replica that signed the user out, at once). Users kept at most; the least recently seen is
+    # dropped beyond it (about 200 bytes each).
+    token_cutoff_cache_seconds: Interval = 30.0
+    token_cutoff_cache_max_users: int = Field(default=100_000, ge=1)
+    # When users cannot give a cutoff not cached (or one aged past the TTL): false (the default), the token is
+    # taken as not revoked, a stale cutoff used, and signed-in shopping goes on through a users outage; true,
+    # the call is refused UNAVAILABLE instead, so that a sign-out is sure to hold on every replica.
+    token_cutoff_fail_closed: bool = False
+
     @model_validator(mode="after")
     def _hard_max_age_after_max_age(self) -> GatewaySettings:
         if 0 < self.jwks_hard_max_age_seconds <= self.jwks_max_age_seconds:

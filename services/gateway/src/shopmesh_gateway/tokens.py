@@ -231,6 +231,13 @@ def _invalid(message: str) -> errors.Unauthenticated:
     return errors.Unauthenticated(message, reason=TOKEN_INVALID)
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    subject: str
+    # Its iat (seconds since the epoch), None when it has none: what a sign-out's cutoff is compared with.
+    issued_at: float | None
+
+
 class TokenVerifier:
     """Turns an access token into the user id it was issued to, or UNAUTHENTICATED saying why not."""
 
@@ -239,6 +246,9 @@ class TokenVerifier:
         self._rules = rules
 
     async def subject(self, token: str) -> str:
+        return (await self.verify(token)).subject
+
+    async def verify(self, token: str) -> VerifiedToken:
         if len(token) > MAX_TOKEN_CHARS:
             raise _invalid(f"the access token is longer than {MAX_TOKEN_CHARS} characters")
         try:
@@ -257,7 +267,9 @@ class TokenVerifier:
         # issues is (a signed token with another one is a bug or a forgery, and gRPC could not send it).
         if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
             raise _invalid("the access token has no usable subject")
-        return subject
+        # A number by now, when present (`_decode`).
+        issued_at = claims.get("iat")
+        return VerifiedToken(subject, float(issued_at) if issued_at is not None else None)
 
     def _decode(self, token: str, key: jwt.PyJWK) -> dict[str, Any]:
         try:

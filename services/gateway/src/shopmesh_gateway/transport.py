@@ -68,6 +68,18 @@ class ShopServicer(shop_pb2_grpc.ShopServiceServicer):
             user_id=login.user_id,
         )
 
+    @protected
+    async def SignOut(
+        self, request: shop_pb2.SignOutRequest, context: Context, user_id: str
+    ) -> shop_pb2.SignOutResponse:
+        cutoff = await self._users.sign_out(user_id)
+        # This replica refuses the user's older tokens from now on; the others once their cached cutoff ages out.
+        if self.guard.cutoffs is not None:
+            self.guard.cutoffs.record(user_id, cutoff)
+        response = shop_pb2.SignOutResponse()
+        response.tokens_valid_after.FromNanoseconds(round(cutoff * 1e6) * 1000)
+        return response
+
     @public
     async def ListProducts(
         self, request: shop_pb2.ListProductsRequest, context: Context

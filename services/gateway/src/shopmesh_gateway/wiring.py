@@ -34,6 +34,8 @@ from shopmesh_gateway.clients import (
 from shopmesh_gateway.guard import Guard
 from shopmesh_gateway.metrics import GatewayMetrics
 from shopmesh_gateway.settings import GatewaySettings
+from shopmesh_gateway.sign_outs import LOGGER as SIGN_OUTS_LOGGER
+from shopmesh_gateway.sign_outs import TokenCutoffs
 from shopmesh_gateway.tokens import JwksCache, TokenRules, TokenVerifier
 from shopmesh_gateway.transport import DESCRIPTOR, ShopServicer
 
@@ -112,7 +114,14 @@ def build_servicer(settings: GatewaySettings, channels: Channels, metrics: Serve
         settings.password_site_rate_limit_burst,
         settings.rate_limit_max_clients,
     )
+    cutoffs = TokenCutoffs(
+        users.token_cutoff,
+        ttl_seconds=settings.token_cutoff_cache_seconds,
+        max_users=settings.token_cutoff_cache_max_users,
+        fail_closed=settings.token_cutoff_fail_closed,
+    )
     limit_repeats(DEGRADED_PAGE_LOGGER)
+    limit_repeats(SIGN_OUTS_LOGGER)
     return ShopServicer(
         Guard(
             verifier,
@@ -121,6 +130,7 @@ def build_servicer(settings: GatewaySettings, channels: Channels, metrics: Serve
             password_buckets=password_buckets,
             password_site_buckets=password_site_buckets,
             latency_threshold_seconds=settings.min_client_deadline_seconds,
+            cutoffs=cutoffs,
         ),
         users=users,
         catalog=catalog,

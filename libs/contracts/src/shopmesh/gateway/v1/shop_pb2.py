@@ -34,7 +34,7 @@ from shopmesh.recommendations.v1 import recommendations_pb2 as shopmesh_dot_reco
 from shopmesh.users.v1 import users_pb2 as shopmesh_dot_users_dot_v1_dot_users__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eshopmesh/gateway/v1/shop.proto\x12\x13shopmesh.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!shopmesh/catalog/v1/catalog.proto\x1a\x1fshopmesh/common/v1/access.proto\x1a\x1eshopmesh/common/v1/money.proto\x1a-shopmesh/notifications/v1/notifications.proto\x1a\x1fshopmesh/orders/v1/orders.proto\x1a#shopmesh/payments/v1/payments.proto\x1a\x31shopmesh/recommendations/v1/recommendations.proto\x1a\x1dshopmesh/users/v1/users.proto\"C\n\x13ProductAvailability\x12\x10\n\x08in_stock\x18\x01 \x01(\x08\x12\x1a\n\x12\x61vailable_quantity\x18\x02 \x01(\x05\"H\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"9\n\x10RegisterResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.shopmesh.users.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"z\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"N\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\"_\n\x14ListProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.shopmesh.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\x15SearchProductsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"a\n\x16SearchProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.shopmesh.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x15GetProductPageRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x1b\n\x13max_recommendations\x18\x02 \x01(\x05\"\xf3\x01\n\x16GetProductPageResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.shopmesh.catalog.v1.Product\x12>\n\x0c\x61vailability\x18\x02 \x01(\x0b\x32(.shopmesh.gateway.v1.ProductAvailability\x12H\n\x0frecommendations\x18\x03 \x03(\x0b\x32/.shopmesh.recommendations.v1.RecommendedProduct\x12 \n\x18recommendations_degraded\x18\x04 \x01(\x08\"\x84\x02\n\x11PlaceOrderRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.shopmesh.orders.v1.CartItem\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12=\n\x10shipping_address\x18\x03 \x01(\x0b\x32#.shopmesh.orders.v1.ShippingAddress\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12/\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32!.shopmesh.payments.v1.PaymentCard\x12\x31\n\x0e\x65xpected_total\x18\x06 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\">\n\x12PlaceOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"<\n\x10GetOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\":\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x12ListOrdersResponse\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.shopmesh.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x13\x43\x61ncelOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\"A\n\x18ListNotificationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"t\n\x19ListNotificationsResponse\x12>\n\rnotifications\x18\x01 \x03(\x0b\x32\'.shopmesh.notifications.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb3\n\n\x0bShopService\x12q\n\x08Register\x12$.shopmesh.gateway.v1.RegisterRequest\x1a%.shopmesh.gateway.v1.RegisterResponse\"\x18\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x0e\"\t/v1/users:\x01*\x12h\n\x05Login\x12!.shopmesh.gateway.v1.LoginRequest\x1a\".shopmesh.gateway.v1.LoginResponse\"\x18\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x0e\"\t/v1/login:\x01*\x12\x80\x01\n\x0cListProducts\x12(.shopmesh.gateway.v1.ListProductsRequest\x1a).shopmesh.gateway.v1.ListProductsResponse\"\x1b\x90\x02\x01\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/products\x12\x8d\x01\n\x0eSearchProducts\x12*.shopmesh.gateway.v1.SearchProductsRequest\x1a+.shopmesh.gateway.v1.SearchProductsResponse\"\"\x90\x02\x01\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/products:search\x12\x93\x01\n\x0eGetProductPage\x12*.shopmesh.gateway.v1.GetProductPageRequest\x1a+.shopmesh.gateway.v1.GetProductPageResponse\"(\x90\x02\x01\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/products/{product_id}\x12{\n\nPlaceOrder\x12&.shopmesh.gateway.v1.PlaceOrderRequest\x1a\'.shopmesh.gateway.v1.PlaceOrderResponse\"\x1c\x90\x02\x02\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12}\n\x08GetOrder\x12$.shopmesh.gateway.v1.GetOrderRequest\x1a%.shopmesh.gateway.v1.GetOrderResponse\"$\x90\x02\x01\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12x\n\nListOrders\x12&.shopmesh.gateway.v1.ListOrdersRequest\x1a\'.shopmesh.gateway.v1.ListOrdersResponse\"\x19\x90\x02\x01\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\x90\x01\n\x0b\x43\x61ncelOrder\x12\'.shopmesh.gateway.v1.CancelOrderRequest\x1a(.shopmesh.gateway.v1.CancelOrderResponse\".\x90\x02\x02\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:cancel:\x01*\x12\x94\x01\n\x11ListNotifications\x12-.shopmesh.gateway.v1.ListNotificationsRequest\x1a..shopmesh.gateway.v1.ListNotificationsResponse\" \x90\x02\x01\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/notificationsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eshopmesh/gateway/v1/shop.proto\x12\x13shopmesh.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!shopmesh/catalog/v1/catalog.proto\x1a\x1fshopmesh/common/v1/access.proto\x1a\x1eshopmesh/common/v1/money.proto\x1a-shopmesh/notifications/v1/notifications.proto\x1a\x1fshopmesh/orders/v1/orders.proto\x1a#shopmesh/payments/v1/payments.proto\x1a\x31shopmesh/recommendations/v1/recommendations.proto\x1a\x1dshopmesh/users/v1/users.proto\"\x10\n\x0eSignOutRequest\"I\n\x0fSignOutResponse\x12\x36\n\x12tokens_valid_after\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x13ProductAvailability\x12\x10\n\x08in_stock\x18\x01 \x01(\x08\x12\x1a\n\x12\x61vailable_quantity\x18\x02 \x01(\x05\"H\n\x0fRegisterRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"9\n\x10RegisterResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.shopmesh.users.v1.User\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"z\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"N\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\"_\n\x14ListProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.shopmesh.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\x15SearchProductsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"a\n\x16SearchProductsResponse\x12.\n\x08products\x18\x01 \x03(\x0b\x32\x1c.shopmesh.catalog.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x15GetProductPageRequest\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x1b\n\x13max_recommendations\x18\x02 \x01(\x05\"\xf3\x01\n\x16GetProductPageResponse\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x1c.shopmesh.catalog.v1.Product\x12>\n\x0c\x61vailability\x18\x02 \x01(\x0b\x32(.shopmesh.gateway.v1.ProductAvailability\x12H\n\x0frecommendations\x18\x03 \x03(\x0b\x32/.shopmesh.recommendations.v1.RecommendedProduct\x12 \n\x18recommendations_degraded\x18\x04 \x01(\x08\"\x84\x02\n\x11PlaceOrderRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.shopmesh.orders.v1.CartItem\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12=\n\x10shipping_address\x18\x03 \x01(\x0b\x32#.shopmesh.orders.v1.ShippingAddress\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12/\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32!.shopmesh.payments.v1.PaymentCard\x12\x31\n\x0e\x65xpected_total\x18\x06 \x01(\x0b\x32\x19.shopmesh.common.v1.Money\">\n\x12PlaceOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"<\n\x10GetOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\":\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x12ListOrdersResponse\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.shopmesh.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x13\x43\x61ncelOrderResponse\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.shopmesh.orders.v1.Order\"A\n\x18ListNotificationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"t\n\x19ListNotificationsResponse\x12>\n\rnotifications\x18\x01 \x03(\x0b\x32\'.shopmesh.notifications.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xad\x0b\n\x0bShopService\x12q\n\x08Register\x12$.shopmesh.gateway.v1.RegisterRequest\x1a%.shopmesh.gateway.v1.RegisterResponse\"\x18\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x0e\"\t/v1/users:\x01*\x12h\n\x05Login\x12!.shopmesh.gateway.v1.LoginRequest\x1a\".shopmesh.gateway.v1.LoginResponse\"\x18\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x0e\"\t/v1/login:\x01*\x12x\n\x07SignOut\x12#.shopmesh.gateway.v1.SignOutRequest\x1a$.shopmesh.gateway.v1.SignOutResponse\"\"\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x18\"\x13/v1/session:signout:\x01*\x12\x80\x01\n\x0cListProducts\x12(.shopmesh.gateway.v1.ListProductsRequest\x1a).shopmesh.gateway.v1.ListProductsResponse\"\x1b\x90\x02\x01\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/products\x12\x8d\x01\n\x0eSearchProducts\x12*.shopmesh.gateway.v1.SearchProductsRequest\x1a+.shopmesh.gateway.v1.SearchProductsResponse\"\"\x90\x02\x01\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/products:search\x12\x93\x01\n\x0eGetProductPage\x12*.shopmesh.gateway.v1.GetProductPageRequest\x1a+.shopmesh.gateway.v1.GetProductPageResponse\"(\x90\x02\x01\xc8\xda\x18\x01\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/products/{product_id}\x12{\n\nPlaceOrder\x12&.shopmesh.gateway.v1.PlaceOrderRequest\x1a\'.shopmesh.gateway.v1.PlaceOrderResponse\"\x1c\x90\x02\x02\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12}\n\x08GetOrder\x12$.shopmesh.gateway.v1.GetOrderRequest\x1a%.shopmesh.gateway.v1.GetOrderResponse\"$\x90\x02\x01\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12x\n\nListOrders\x12&.shopmesh.gateway.v1.ListOrdersRequest\x1a\'.shopmesh.gateway.v1.ListOrdersResponse\"\x19\x90\x02\x01\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\x90\x01\n\x0b\x43\x61ncelOrder\x12\'.shopmesh.gateway.v1.CancelOrderRequest\x1a(.shopmesh.gateway.v1.CancelOrderResponse\".\x90\x02\x02\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02!\"\x1c/v1/orders/{order_id}:cancel:\x01*\x12\x94\x01\n\x11ListNotifications\x12-.shopmesh.gateway.v1.ListNotificationsRequest\x1a..shopmesh.gateway.v1.ListNotificationsResponse\" \x90\x02\x01\xc8\xda\x18\x02\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/notificationsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHOPSERVICE'].methods_by_name['Register']._serialized_options = b'\310\332\030\001\202\323\344\223\002\016\"\t/v1/users:\001*'
   _globals['_SHOPSERVICE'].methods_by_name['Login']._loaded_options = None
   _globals['_SHOPSERVICE'].methods_by_name['Login']._serialized_options = b'\310\332\030\001\202\323\344\223\002\016\"\t/v1/login:\001*'
+  _globals['_SHOPSERVICE'].methods_by_name['SignOut']._loaded_options = None
+  _globals['_SHOPSERVICE'].methods_by_name['SignOut']._serialized_options = b'\310\332\030\002\202\323\344\223\002\030\"\023/v1/session:signout:\001*'
   _globals['_SHOPSERVICE'].methods_by_name['ListProducts']._loaded_options = None
   _globals['_SHOPSERVICE'].methods_by_name['ListProducts']._serialized_options = b'\220\002\001\310\332\030\001\202\323\344\223\002\016\022\014/v1/products'
   _globals['_SHOPSERVICE'].methods_by_name['SearchProducts']._loaded_options = None
@@ -61,48 +63,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHOPSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\220\002\002\310\332\030\002\202\323\344\223\002!\"\034/v1/orders/{order_id}:cancel:\001*'
   _globals['_SHOPSERVICE'].methods_by_name['ListNotifications']._loaded_options = None
   _globals['_SHOPSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\220\002\001\310\332\030\002\202\323\344\223\002\023\022\021/v1/notifications'
-  _globals['_PRODUCTAVAILABILITY']._serialized_start=417
-  _globals['_PRODUCTAVAILABILITY']._serialized_end=484
-  _globals['_REGISTERREQUEST']._serialized_start=486
-  _globals['_REGISTERREQUEST']._serialized_end=558
-  _globals['_REGISTERRESPONSE']._serialized_start=560
-  _globals['_REGISTERRESPONSE']._serialized_end=617
-  _globals['_LOGINREQUEST']._serialized_start=619
-  _globals['_LOGINREQUEST']._serialized_end=666
-  _globals['_LOGINRESPONSE']._serialized_start=668
-  _globals['_LOGINRESPONSE']._serialized_end=790
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=792
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=870
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=872
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=967
-  _globals['_SEARCHPRODUCTSREQUEST']._serialized_start=969
-  _globals['_SEARCHPRODUCTSREQUEST']._serialized_end=1064
-  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_start=1066
-  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_end=1163
-  _globals['_GETPRODUCTPAGEREQUEST']._serialized_start=1165
-  _globals['_GETPRODUCTPAGEREQUEST']._serialized_end=1237
-  _globals['_GETPRODUCTPAGERESPONSE']._serialized_start=1240
-  _globals['_GETPRODUCTPAGERESPONSE']._serialized_end=1483
-  _globals['_PLACEORDERREQUEST']._serialized_start=1486
-  _globals['_PLACEORDERREQUEST']._serialized_end=1746
-  _globals['_PLACEORDERRESPONSE']._serialized_start=1748
-  _globals['_PLACEORDERRESPONSE']._serialized_end=1810
-  _globals['_GETORDERREQUEST']._serialized_start=1812
-  _globals['_GETORDERREQUEST']._serialized_end=1847
-  _globals['_GETORDERRESPONSE']._serialized_start=1849
-  _globals['_GETORDERRESPONSE']._serialized_end=1909
-  _globals['_LISTORDERSREQUEST']._serialized_start=1911
-  _globals['_LISTORDERSREQUEST']._serialized_end=1969
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1971
-  _globals['_LISTORDERSRESPONSE']._serialized_end=2059
-  _globals['_CANCELORDERREQUEST']._serialized_start=2061
-  _globals['_CANCELORDERREQUEST']._serialized_end=2115
-  _globals['_CANCELORDERRESPONSE']._serialized_start=2117
-  _globals['_CANCELORDERRESPONSE']._serialized_end=2180
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=2182
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=2247
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=2249
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=2365
-  _globals['_SHOPSERVICE']._serialized_start=2368
-  _globals['_SHOPSERVICE']._serialized_end=3699
+  _globals['_SIGNOUTREQUEST']._serialized_start=417
+  _globals['_SIGNOUTREQUEST']._serialized_end=433
+  _globals['_SIGNOUTRESPONSE']._serialized_start=435
+  _globals['_SIGNOUTRESPONSE']._serialized_end=508
+  _globals['_PRODUCTAVAILABILITY']._serialized_start=510
+  _globals['_PRODUCTAVAILABILITY']._serialized_end=577
+  _globals['_REGISTERREQUEST']._serialized_start=579
+  _globals['_REGISTERREQUEST']._serialized_end=651
+  _globals['_REGISTERRESPONSE']._serialized_start=653
+  _globals['_REGISTERRESPONSE']._serialized_end=710
+  _globals['_LOGINREQUEST']._serialized_start=712
+  _globals['_LOGINREQUEST']._serialized_end=759
+  _globals['_LOGINRESPONSE']._serialized_start=761
+  _globals['_LOGINRESPONSE']._serialized_end=883
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=885
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=963
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=965
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1060
+  _globals['_SEARCHPRODUCTSREQUEST']._serialized_start=1062
+  _globals['_SEARCHPRODUCTSREQUEST']._serialized_end=1157
+  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_start=1159
+  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_end=1256
+  _globals['_GETPRODUCTPAGEREQUEST']._serialized_start=1258
+  _globals['_GETPRODUCTPAGEREQUEST']._serialized_end=1330
+  _globals['_GETPRODUCTPAGERESPONSE']._serialized_start=1333
+  _globals['_GETPRODUCTPAGERESPONSE']._serialized_end=1576
+  _globals['_PLACEORDERREQUEST']._serialized_start=1579
+  _globals['_PLACEORDERREQUEST']._serialized_end=1839
+  _globals['_PLACEORDERRESPONSE']._serialized_start=1841
+  _globals['_PLACEORDERRESPONSE']._serialized_end=1903
+  _globals['_GETORDERREQUEST']._serialized_start=1905
+  _globals['_GETORDERREQUEST']._serialized_end=1940
+  _globals['_GETORDERRESPONSE']._serialized_start=1942
+  _globals['_GETORDERRESPONSE']._serialized_end=2002
+  _globals['_LISTORDERSREQUEST']._serialized_start=2004
+  _globals['_LISTORDERSREQUEST']._serialized_end=2062
+  _globals['_LISTORDERSRESPONSE']._serialized_start=2064
+  _globals['_LISTORDERSRESPONSE']._serialized_end=2152
+  _globals['_CANCELORDERREQUEST']._serialized_start=2154
+  _globals['_CANCELORDERREQUEST']._serialized_end=2208
+  _globals['_CANCELORDERRESPONSE']._serialized_start=2210
+  _globals['_CANCELORDERRESPONSE']._serialized_end=2273
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=2275
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=2340
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=2342
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=2458
+  _globals['_SHOPSERVICE']._serialized_start=2461
+  _globals['_SHOPSERVICE']._serialized_end=3914
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,8 @@ users service's JWKS, plus "iss", "aud" and "exp") and then acts for the
 token's subject: it forwards the user id to internal services in the
 `x-user-id` header, and drops any `x-user-id` sent by the client. A missing,
 malformed or invalid token fails with UNAUTHENTICATED, ErrorInfo domain
-"shopmesh.gateway", reason TOKEN_MISSING, TOKEN_INVALID or TOKEN_EXPIRED.
+"shopmesh.gateway", reason TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED or
+TOKEN_REVOKED (its user signed out after it was issued: SignOut).
 
 Errors of internal services are passed through with their status code and
 details unchanged (their ErrorInfo domain, for example "shopmesh.orders",
@@ -75,6 +76,47 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class SignOutRequest(_message.Message):
+    """Request for ShopService.SignOut. Requires `authorization`; no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignOutRequest: _TypeAlias = SignOutRequest  # noqa: Y015
+
+@_typing.final
+class SignOutResponse(_message.Message):
+    """Response for ShopService.SignOut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_VALID_AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens_valid_after(self) -> _timestamp_pb2.Timestamp:
+        """Tokens of the caller issued at or before this moment are revoked."""
+
+    def __init__(
+        self,
+        *,
+        tokens_valid_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tokens_valid_after", b"tokens_valid_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens_valid_after", b"tokens_valid_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignOutResponse: _TypeAlias = SignOutResponse  # noqa: Y015
 
 @_typing.final
 class ProductAvailability(_message.Message):

@@ -45,6 +45,11 @@ class ShopServiceStub:
                 request_serializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.LoginRequest.SerializeToString,
                 response_deserializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.LoginResponse.FromString,
                 _registered_method=True)
+        self.SignOut = channel.unary_unary(
+                '/shopmesh.gateway.v1.ShopService/SignOut',
+                request_serializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.SignOutRequest.SerializeToString,
+                response_deserializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.SignOutResponse.FromString,
+                _registered_method=True)
         self.ListProducts = channel.unary_unary(
                 '/shopmesh.gateway.v1.ShopService/ListProducts',
                 request_serializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.ListProductsRequest.SerializeToString,
@@ -115,6 +120,29 @@ class ShopServiceServicer:
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignOut(self, request, context):
+        """Signs the caller out everywhere (protected: requires `authorization`):
+        the token sent, and every other token issued to the caller before this
+        call, stop working (UNAUTHENTICATED, reason TOKEN_REVOKED). Delegates to
+        UsersService.SignOut. The gateway replica that answers refuses them at
+        once; the others within their cache of the user's cutoff (30 seconds
+        by default, TOKEN_CUTOFF_CACHE_SECONDS). A Login after it, even within
+        the same second, gets a token that works.
+
+        Errors: UNAUTHENTICATED (a token already revoked, expired or invalid:
+        the session is over either way), UNAVAILABLE (users did not answer:
+        nothing is known to be revoked; retry).
+
+        Not idempotent (no idempotency_level), though safe to repeat: sent again
+        with the same token after a lost answer, it is refused TOKEN_REVOKED once
+        the first call took effect (the caller is signed out either way); a
+        repeat that reaches users signs out again, revoking a token a Login
+        issued in between. It is not retried automatically.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,6 +339,11 @@ def add_ShopServiceServicer_to_server(servicer, server):
                     request_deserializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.LoginRequest.FromString,
                     response_serializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.LoginResponse.SerializeToString,
             ),
+            'SignOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignOut,
+                    request_deserializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.SignOutRequest.FromString,
+                    response_serializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.SignOutResponse.SerializeToString,
+            ),
             'ListProducts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProducts,
                     request_deserializer=shopmesh_dot_gateway_dot_v1_dot_shop__pb2.ListProductsRequest.FromString,
@@ -407,6 +440,33 @@ class ShopService:
             '/shopmesh.gateway.v1.ShopService/Login',
             shopmesh_dot_gateway_dot_v1_dot_shop__pb2.LoginRequest.SerializeToString,
             shopmesh_dot_gateway_dot_v1_dot_shop__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shopmesh.gateway.v1.ShopService/SignOut',
+            shopmesh_dot_gateway_dot_v1_dot_shop__pb2.SignOutRequest.SerializeToString,
+            shopmesh_dot_gateway_dot_v1_dot_shop__pb2.SignOutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,8 @@ users service's JWKS, plus "iss", "aud" and "exp") and then acts for the
 token's subject: it forwards the user id to internal services in the
 `x-user-id` header, and drops any `x-user-id` sent by the client. A missing,
 malformed or invalid token fails with UNAUTHENTICATED, ErrorInfo domain
-"shopmesh.gateway", reason TOKEN_MISSING, TOKEN_INVALID or TOKEN_EXPIRED.
+"shopmesh.gateway", reason TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED or
+TOKEN_REVOKED (its user signed out after it was issued: SignOut).
 
 Errors of internal services are passed through with their status code and
 details unchanged (their ErrorInfo domain, for example "shopmesh.orders",
@@ -103,6 +104,25 @@ class ShopServiceStub:
 
     Not idempotent (no idempotency_level): each call mints a new token and
     counts towards login throttling, so it is not retried automatically.
+    """
+    SignOut: _grpc.UnaryUnaryMultiCallable[_shop_pb2.SignOutRequest, _shop_pb2.SignOutResponse]
+    """Signs the caller out everywhere (protected: requires `authorization`):
+    the token sent, and every other token issued to the caller before this
+    call, stop working (UNAUTHENTICATED, reason TOKEN_REVOKED). Delegates to
+    UsersService.SignOut. The gateway replica that answers refuses them at
+    once; the others within their cache of the user's cutoff (30 seconds
+    by default, TOKEN_CUTOFF_CACHE_SECONDS). A Login after it, even within
+    the same second, gets a token that works.
+
+    Errors: UNAUTHENTICATED (a token already revoked, expired or invalid:
+    the session is over either way), UNAVAILABLE (users did not answer:
+    nothing is known to be revoked; retry).
+
+    Not idempotent (no idempotency_level), though safe to repeat: sent again
+    with the same token after a lost answer, it is refused TOKEN_REVOKED once
+    the first call took effect (the caller is signed out either way); a
+    repeat that reaches users signs out again, revoking a token a Login
+    issued in between. It is not retried automatically.
     """
     ListProducts: _grpc.UnaryUnaryMultiCallable[_shop_pb2.ListProductsRequest, _shop_pb2.ListProductsResponse]
     """Lists products, optionally in one category, ordered by name (public).
@@ -276,6 +296,25 @@ class ShopServiceAsyncStub(ShopServiceStub):
 
     Not idempotent (no idempotency_level): each call mints a new token and
     counts towards login throttling, so it is not retried automatically.
+    """
+    SignOut: _aio.UnaryUnaryMultiCallable[_shop_pb2.SignOutRequest, _shop_pb2.SignOutResponse]  # type: ignore[assignment]
+    """Signs the caller out everywhere (protected: requires `authorization`):
+    the token sent, and every other token issued to the caller before this
+    call, stop working (UNAUTHENTICATED, reason TOKEN_REVOKED). Delegates to
+    UsersService.SignOut. The gateway replica that answers refuses them at
+    once; the others within their cache of the user's cutoff (30 seconds
+    by default, TOKEN_CUTOFF_CACHE_SECONDS). A Login after it, even within
+    the same second, gets a token that works.
+
+    Errors: UNAUTHENTICATED (a token already revoked, expired or invalid:
+    the session is over either way), UNAVAILABLE (users did not answer:
+    nothing is known to be revoked; retry).
+
+    Not idempotent (no idempotency_level), though safe to repeat: sent again
+    with the same token after a lost answer, it is refused TOKEN_REVOKED once
+    the first call took effect (the caller is signed out either way); a
+    repeat that reaches users signs out again, revoking a token a Login
+    issued in between. It is not retried automatically.
     """
     ListProducts: _aio.UnaryUnaryMultiCallable[_shop_pb2.ListProductsRequest, _shop_pb2.ListProductsResponse]  # type: ignore[assignment]
     """Lists products, optionally in one category, ordered by name (public).
@@ -458,6 +497,31 @@ class ShopServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Not idempotent (no idempotency_level): each call mints a new token and
         counts towards login throttling, so it is not retried automatically.
+        """
+
+    @_abc_1.abstractmethod
+    def SignOut(
+        self,
+        request: _shop_pb2.SignOutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shop_pb2.SignOutResponse, _abc.Awaitable[_shop_pb2.SignOutResponse]]:
+        """Signs the caller out everywhere (protected: requires `authorization`):
+        the token sent, and every other token issued to the caller before this
+        call, stop working (UNAUTHENTICATED, reason TOKEN_REVOKED). Delegates to
+        UsersService.SignOut. The gateway replica that answers refuses them at
+        once; the others within their cache of the user's cutoff (30 seconds
+        by default, TOKEN_CUTOFF_CACHE_SECONDS). A Login after it, even within
+        the same second, gets a token that works.
+
+        Errors: UNAUTHENTICATED (a token already revoked, expired or invalid:
+        the session is over either way), UNAVAILABLE (users did not answer:
+        nothing is known to be revoked; retry).
+
+        Not idempotent (no idempotency_level), though safe to repeat: sent again
+        with the same token after a lost answer, it is refused TOKEN_REVOKED once
+        the first call took effect (the caller is signed out either way); a
+        repeat that reaches users signs out again, revoking a token a Login
+        issued in between. It is not retried automatically.
         """
 
     @_abc_1.abstractmethod

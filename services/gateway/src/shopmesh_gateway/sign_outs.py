@@ -1,0 +1,155 @@
+"""Per-user revocation: a token issued at or before its user's last sign-out is refused, TOKEN_REVOKED.
+
+users keeps each user's cutoff (`tokens_valid_after`: SignOut sets it, GetTokenCutoff reads it); the gateway
+asks for it once per user per `ttl` and keeps the answer, so a signed-in call costs users a read per user every
+30 s (TOKEN_CUTOFF_CACHE_SECONDS), not one per call. The replica that signs a user out learns the new cutoff from
+SignOut's answer at once; the others when their cached one ages out, within the TTL.
+
+When users cannot answer, in the spirit of the key set's cache (tokens.JwksCache, docs/auth.md): a cutoff known
+keeps serving past its TTL (a cutoff only ever moves forward, so a stale one still refuses every token it
+refused), and a user whose cutoff was never learnt is taken as not signed out (fail open): signed-in shopping
+goes on through a users outage, and a sign-out made meanwhile takes effect on the other replicas once users
+answers again. `fail_closed` (TOKEN_CUTOFF_FAIL_CLOSED) trades that for certainty: a cutoff users has not
+confirmed within the TTL refuses the call UNAVAILABLE (DEPENDENCY_UNAVAILABLE, with RetryInfo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from shopmesh_chassis import call_context, errors
+
+# A logger of its own, held to a line per message a minute (wiring: `limit_repeats`): while users is away every
+# signed-in call of a user not cached would write one.
+LOGGER = "shopmesh.gateway.sign_outs"
+log = logging.getLogger(LOGGER)
+
+TOKEN_REVOKED = "TOKEN_REVOKED"
+# How long a call whose user's cached cutoff has aged out waits for users' fresh answer before it goes on with
+# the cached one (fail open), as a call with a stale key set waits (tokens.STALE_KEYS_WAIT_SECONDS): a hanging
+# users must not hold every signed-in call for USERS_TIMEOUT_SECONDS.
+STALE_CUTOFF_WAIT_SECONDS = 0.2
+# The RetryInfo of a call refused because its cutoff cannot be had now (fail closed).
+RETRY_AFTER_SECONDS = 1.0
+
+# The user's cutoff, seconds since the epoch (None: never signed out); raises shopmesh_chassis.errors.Unavailable
+# when users cannot say now.
+FetchCutoff = Callable[[str], Awaitable[float | None]]
+
+
+@dataclass(slots=True)
+class _Known:
+    cutoff: float | None
+    learnt_at: float  # the clock's time when users said it (or SignOut answered it)
+
+
+def _later(a: float | None, b: float | None) -> float | None:
+    """The later of two cutoffs (None: none)."""
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
+
+
+def revoked(issued_at: float | None, cutoff: float | None) -> bool:
+    """Whether a token issued at `issued_at` (its iat; None: it has none) is revoked: not after the cutoff. users
+    stamps iat in whole seconds, and a login after a sign-out at least a second past its cutoff (never in it)."""
+    if cutoff is None:
+        return False
+    return issued_at is None or issued_at <= cutoff
+
+
+class TokenCutoffs:
+    """Each user's sign-out cutoff, learnt from users and kept for `ttl_seconds`, at most `max_users` of them (the
+    least recently used is dropped beyond it). Concurrent calls of a user whose cutoff is not fresh share one
+    fetch, run without any caller's deadline (with the gateway's own, USERS_TIMEOUT_SECONDS, as the key set's
+    refetch): a client sending short deadlines cannot cut it short and keep a sign-out unseen."""
+
+    def __init__(
+        self,
+        fetch: FetchCutoff,
+        *,
+        ttl_seconds: float = 30.0,
+        max_users: int = 100_000,
+        fail_closed: bool = False,
+        stale_wait_seconds: float = STALE_CUTOFF_WAIT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._ttl = ttl_seconds
+        self._max_users = max_users
+        self._fail_closed = fail_closed
+        self._stale_wait = stale_wait_seconds
+        self._clock = clock
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._fetching: dict[str, asyncio.Task[None]] = {}
+
+    async def refuse_revoked(self, user_id: str, issued_at: float | None) -> None:
+        """UNAUTHENTICATED (TOKEN_REVOKED) when the user signed out after the token was issued; UNAVAILABLE when
+        failing closed and users cannot say."""
+        if revoked(issued_at, await self._cutoff(user_id)):
+            raise errors.Unauthenticated(
+                "the access token was revoked: its user signed out after it was issued; sign in again",
+                reason=TOKEN_REVOKED,
+            )
+
+    def record(self, user_id: str, cutoff: float) -> None:
+        """A cutoff this replica was told by SignOut's answer: in force here at once, fresh for a TTL."""
+        known = self._known.get(user_id)
+        self._remember(user_id, _later(known.cutoff if known else None, cutoff))
+
+    def _remember(self, user_id: str, cutoff: float | None) -> None:
+        self._known[user_id] = _Known(cutoff, self._clock())
+        self._known.move_to_end(user_id)
+        while len(self._known) > self._max_users:
+            self._known.popitem(last=False)
+
+    async def _cutoff(self, user_id: str) -> float | None:
+        known = self._known.get(user_id)
+        if known is not None:
+            self._known.move_to_end(user_id)
+            if self._clock() - known.learnt_at < self._ttl:
+                return known.cutoff
+        fetching = self._fetching.get(user_id)
+        if fetching is None:
+            fetching = asyncio.get_running_loop().create_task(
+                self._learn(user_id), name="token-cutoff-fetch", context=call_context.detached_context()
+            )
+            # Retrieved here, so that a failure nobody waited for to the end is not reported as unseen.
+            fetching.add_done_callback(lambda task: task.cancelled() or task.exception())
+            self._fetching[user_id] = fetching
+        if known is not None and not self._fail_closed:
+            # asyncio.wait neither cancels the fetch when the time is up nor raises its error.
+            await asyncio.wait((fetching,), timeout=self._stale_wait)
+            if not fetching.done():
+                return known.cutoff
+            if fetching.cancelled() or fetching.exception() is not None:
+                log.warning("could not refresh a user's sign-out cutoff from users; using the one known")
+                return known.cutoff
+        else:
+            try:
+                await asyncio.shield(fetching)
+            except errors.Unavailable:
+                if self._fail_closed:
+                    raise errors.Unavailable(
+                        "cannot learn whether this user signed out: users is unavailable",
+                        reason=errors.DEPENDENCY_UNAVAILABLE,
+                        retry_after_seconds=RETRY_AFTER_SECONDS,
+                    ) from None
+                log.warning("could not learn a user's sign-out cutoff from users; taking the token as not revoked")
+                return None
+        learnt = self._known.get(user_id)
+        return learnt.cutoff if learnt is not None else None
+
+    async def _learn(self, user_id: str) -> None:
+        try:
+            cutoff = await self._fetch(user_id)
+            known = self._known.get(user_id)
+            # A SignOut answered while the fetch ran may have recorded a later cutoff: the later one stays.
+            self._remember(user_id, _later(known.cutoff if known else None, cutoff))
+        finally:
+            self._fetching.pop(user_id, None)
