@@ -1174,6 +1174,35 @@ async def test_signing_out_leaves_no_pending_checkout_nor_cart_in_the_browser(
     await expect(page.locator("#cart-link")).to_have_text("Cart")
 
 
+async def test_sign_out_ends_the_token_on_the_server_so_a_copy_of_it_is_refused(
+    tab: Tab, http: httpx.AsyncClient
+) -> None:
+    page = tab.page
+    await tab.register("Hedy")
+    copied = await tab.token()  # taken before the sign-out: a shared computer, a leaked log
+    async with page.expect_response(lambda answer: answer.url.endswith("/v1/session:signout")) as signing_out:
+        await tab.press("Sign out")
+    assert (await signing_out.value).status == 200
+    await expect(page.get_by_role("link", name="Sign in")).to_be_visible()
+    refused = await http.get("/v1/orders", headers={"authorization": f"Bearer {copied}"})
+    assert refused.status_code == 401, refused.text
+    assert [d["reason"] for d in refused.json()["details"] if "reason" in d] == ["TOKEN_REVOKED"]
+
+
+async def test_sign_out_forgets_the_token_even_when_the_shop_cannot_be_reached(
+    tab: Tab, http: httpx.AsyncClient
+) -> None:
+    page = tab.page
+    await tab.register("Ida")
+    copied = await tab.token()
+    await page.route("**/v1/session:signout", lambda route: route.abort())
+    await tab.press("Sign out")
+    await expect(page.get_by_role("link", name="Sign in")).to_be_visible()
+    assert await page.evaluate("sessionStorage.getItem('shopmesh.session')") is None
+    # The server never heard of it: the copy still works (what the cutoff would have ended).
+    assert (await http.get("/v1/orders", headers={"authorization": f"Bearer {copied}"})).status_code == 200
+
+
 async def test_a_shoppers_answers_are_not_in_the_browsers_disk_cache_after_sign_out(
     stack: Stack, tmp_path: Path
 ) -> None:

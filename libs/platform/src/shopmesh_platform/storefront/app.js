@@ -86,7 +86,7 @@ class ApiError extends Error {
   }
 }
 
-async function call(method, path, { query = {}, body, auth = false, idempotencyKey } = {}) {
+async function call(method, path, { query = {}, body, auth = false, idempotencyKey, keepalive = false } = {}) {
   const url = new URL(path, location.origin);
   for (const [name, value] of Object.entries(query)) {
     if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
@@ -111,7 +111,7 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
     // no-store: the answers are the shopper's (orders, e-mails); the browser's disk cache kept them after
     // sign-out. The edge says the same (Cache-Control: no-store).
     const sent = body === undefined ? undefined : JSON.stringify(body);
-    response = await fetch(url, { method, headers, body: sent, cache: "no-store" });
+    response = await fetch(url, { method, headers, body: sent, cache: "no-store", keepalive });
     // The body can be lost after the headers came (a reset mid-answer, a proxy's idle timeout): the request
     // may have been carried out all the same, so its outcome is unknown, as with no answer at all.
     text = await response.text();
@@ -165,6 +165,8 @@ const api = {
       idempotencyKey,
     }),
   notifications: (query) => call("GET", "/v1/notifications", { query: { pageSize: PAGE_SIZE, ...query }, auth: true }),
+  // keepalive: the request outlives the page, so a tab closed right after its sign-out still ends the token.
+  signOut: () => call("POST", "/v1/session:signout", { body: {}, auth: true, keepalive: true }),
 };
 
 // ---- What the page keeps --------------------------------------------------------------------------------
@@ -1281,7 +1283,11 @@ document.getElementById("search").addEventListener("submit", (event) => {
 // cancellations, and the cart, which the next person at this browser would see and could order; in every
 // tab, as the other tabs hold copies of the session (SIGNED_OUT). (A session that merely expired keeps them:
 // signing in again sends the same checkout with the same key.)
+// The token ends on the server too (SignOut: a copy of it, taken before, is refused from now on). The call takes
+// the token as it starts, before the page forgets it; the page forgets it at once, not after the answer, and
+// whatever the answer: a shop that cannot be reached must not keep a shopper signed in at a shared computer.
 function signOut() {
+  if (currentSession()) api.signOut().catch(() => {});
   forgetSession();
   localStorage.setItem(SIGNED_OUT, String(Date.now()));
   localStorage.removeItem(CART);
