@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shopmesh.gateway.v1 import shop_pb2, shop_pb2_grpc
 from shopmesh_chassis import testing
+from shopmesh_chassis.grpc_errors import details_of
 from shopmesh_chassis.testing.grpc_web import GRPC_WEB_HEADERS, TRAILERS_FLAG, frame, frames, status_details
 from shopmesh_inventory.seed import SEED_STOCK
 from shopmesh_platform.http_api import (
@@ -132,6 +133,34 @@ def status_of(response: httpx.Response) -> tuple[int, dict[str, Any]]:
 def detail(status: dict[str, Any], kind: str) -> dict[str, Any]:
     [found] = [d for d in status.get("details", []) if d["@type"] == kind]
     return found
+
+
+async def test_signing_out_over_http_ends_the_token_over_http_and_grpc_and_a_new_login_works(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    email, auth = await signed_up(http, "sol")
+    copied = dict(auth)  # a copy taken before the sign-out: a shared computer, a leaked log
+    assert (await http.get("/v1/orders", headers=auth)).status_code == 200
+
+    signed_out = await http.post("/v1/session:signout", json={}, headers=auth)
+    assert signed_out.status_code == 200, signed_out.text
+    assert signed_out.json()["tokensValidAfter"]
+
+    refused, status = status_of(await http.get("/v1/orders", headers=copied))
+    assert (refused, detail(status, ERROR_INFO)["reason"]) == (401, "TOKEN_REVOKED")
+    async with grpc.aio.insecure_channel(stack.address("gateway")) as channel:
+        shop = shop_pb2_grpc.ShopServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=tuple(copied.items()), timeout=30)
+        revoked = details_of(caught.value)
+        assert (revoked.code, revoked.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
+
+        # At once, within the sign-out's second most likely: users stamps the new token after the cutoff.
+        login = await http.post("/v1/login", json={"email": email, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        fresh = {"authorization": f"Bearer {login.json()['accessToken']}"}
+        assert (await http.get("/v1/orders", headers=fresh)).status_code == 200
+        await shop.ListOrders(shop_pb2.ListOrdersRequest(), metadata=tuple(fresh.items()), timeout=30)
 
 
 async def test_a_shopper_browses_checks_out_and_cancels_over_http_json(http: httpx.AsyncClient) -> None:

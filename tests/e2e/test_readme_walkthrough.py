@@ -113,4 +113,6 @@ def _assert_walked_through_over_http(result: subprocess.CompletedProcess[str]) -
     assert '"reason":"PRODUCT_NOT_FOUND"' in out
     assert "HTTP/1.1 401 Unauthorized" in out
     assert '"reason":"TOKEN_MISSING"' in out
+    assert '"tokensValidAfter":' in out, "the sign-out's answer"
+    assert '"reason":"TOKEN_REVOKED"' in out, "the token refused after the sign-out"
     assert "'/v1/orders/{order_id}:cancel'" in out, "the OpenAPI document's paths"
