@@ -128,7 +128,7 @@ class GatewaySettings(ServiceSettings):
     # Per-user revocation (docs/auth.md, "Signing out"): how long a user's sign-out cutoff, read from users
     # (GetTokenCutoff), is used before it is asked again: a sign-out on another replica is honoured here within
     # it (the replica that signed the user out, at once). Users kept at most; the least recently seen is
-    # dropped beyond it (about 200 bytes each).
+    # dropped beyond it (about 250 bytes each with its user id, measured with tracemalloc: 25 MB full).
     token_cutoff_cache_seconds: Interval = 30.0
     token_cutoff_cache_max_users: int = Field(default=100_000, ge=1)
     # When users cannot give a cutoff not cached (or one aged past the TTL): false (the default), the token is

@@ -57,7 +57,7 @@ def _later(a: float | None, b: float | None) -> float | None:
 
 def revoked(issued_at: float | None, cutoff: float | None) -> bool:
     """Whether a token issued at `issued_at` (its iat; None: it has none) is revoked: not after the cutoff. users
-    stamps iat in whole seconds, and a login after a sign-out at least a second past its cutoff (never in it)."""
+    stamps iat in whole seconds, a Login's after its user's cutoff (docs/auth.md, "Signing out")."""
     if cutoff is None:
         return False
     return issued_at is None or issued_at <= cutoff
