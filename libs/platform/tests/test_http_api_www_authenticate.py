@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from shopmesh_gateway import tokens
+from shopmesh_gateway import sign_outs, tokens
 from shopmesh_platform.http_api import (
     BEARER_CHALLENGE,
     INVALID_TOKEN_CHALLENGE,
@@ -21,7 +21,7 @@ from .conftest import EXPIRED, RecordingShop
 
 def test_the_edges_invalid_token_reasons_are_the_gateways() -> None:
     # The edge restates them (it imports no service): a reason the gateway adds or renames must be told here.
-    assert set(INVALID_TOKEN_REASONS) == {tokens.TOKEN_INVALID, tokens.TOKEN_EXPIRED}
+    assert set(INVALID_TOKEN_REASONS) == {tokens.TOKEN_INVALID, tokens.TOKEN_EXPIRED, sign_outs.TOKEN_REVOKED}
     assert tokens.TOKEN_MISSING not in INVALID_TOKEN_REASONS
 
 

@@ -11,12 +11,12 @@ from .head import LUA
 WWW_AUTHENTICATE = "www-authenticate"
 REALM = "shopmesh"
 BEARER_CHALLENGE = f'Bearer realm="{REALM}"'
-# The gateway's ErrorInfo reasons for a token it was sent and refused (shopmesh_gateway.tokens; the edge does not
-# import the gateway, a test keeps the two in step): RFC 6750's `invalid_token`, "expired, revoked, malformed, or
-# invalid for other reasons". TOKEN_MISSING has no error code (RFC 6750 section 3.1: a request that carried no
-# authentication is told only the scheme), and neither has any other 401 (Login's INVALID_CREDENTIALS, a
-# password refused, is no token's).
-INVALID_TOKEN_REASONS = ("TOKEN_INVALID", "TOKEN_EXPIRED")
+# The gateway's ErrorInfo reasons for a token it was sent and refused (shopmesh_gateway.tokens and .sign_outs; the
+# edge does not import the gateway, a test keeps the two in step): RFC 6750's `invalid_token`, "expired, revoked,
+# malformed, or invalid for other reasons". TOKEN_MISSING has no error code (RFC 6750 section 3.1: a request that
+# carried no authentication is told only the scheme), and neither has any other 401 (Login's INVALID_CREDENTIALS,
+# a password refused, is no token's).
+INVALID_TOKEN_REASONS = ("TOKEN_INVALID", "TOKEN_EXPIRED", "TOKEN_REVOKED")
 INVALID_TOKEN_CHALLENGE = f'{BEARER_CHALLENGE}, error="invalid_token"'
 # The start of the Status' ErrorInfo in the transcoder's JSON (compact, `@type` first, then its fields in their
 # order: reason is field 1), as a Lua pattern: the reason that follows is the gateway's, never a message's (whose
