@@ -24,7 +24,9 @@ from shopmesh_chassis.breaker import BreakerState
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import eventually, free_port
 from shopmesh_gateway.clients import CatalogClient
+from shopmesh_gateway.guard import access_of
 from shopmesh_gateway.settings import GatewaySettings
+from shopmesh_gateway.transport import ShopServicer
 from shopmesh_platform.stack import Stack
 
 from .gateway_fakes import PASSWORD, Fakes, fakes_serving
@@ -411,16 +413,38 @@ PROTECTED = {
 }
 
 
-async def test_the_protected_methods_are_those_the_contract_says_need_a_token() -> None:
+async def test_every_handler_is_guarded_as_the_contract_states_its_access() -> None:
     """The contract states each method's access (shopmesh.common.v1.access; the OpenAPI document and the
-    HTTP API's fuzz test read it too): the gateway refuses exactly those without a token (below), and
-    serves the others to anyone (the public methods' tests here call without one)."""
+    HTTP API's fuzz test read it too), and each handler's guard decorator records the access it enforces:
+    they must agree. Calls alone cannot show a public method wrongly `@protected` (the tests below call
+    public methods without a token only where they test something else)."""
     service = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
-    access = {m.name: m.GetOptions().Extensions[access_pb2.access] for m in service.methods}
-    assert {name for name, level in access.items() if level == access_pb2.ACCESS_AUTHENTICATED} == set(PROTECTED)
-    assert {name for name, level in access.items() if level != access_pb2.ACCESS_AUTHENTICATED} == {
-        name for name, level in access.items() if level == access_pb2.ACCESS_PUBLIC
-    }, "every method states its access"
+    decorators = {
+        access_pb2.ACCESS_PUBLIC: "@public (or @hashes_password)",
+        access_pb2.ACCESS_AUTHENTICATED: "@protected",
+    }
+    wrong = []
+    for method in service.methods:
+        stated = method.GetOptions().Extensions[access_pb2.access]
+        enforced = access_of(getattr(ShopServicer, method.name))
+        if stated != enforced:
+            wrong.append(
+                f"ShopService.{method.name}: the contract states {access_pb2.Access.Name(stated)} but its handler "
+                f"enforces {access_pb2.Access.Name(enforced)}; decorate ShopServicer.{method.name} in "
+                f"shopmesh_gateway/transport.py with {decorators.get(stated, 'the guard its access needs')}"
+                + ("" if stated in decorators else " and state its access in protos/shopmesh/gateway/v1/shop.proto")
+            )
+    assert wrong == [], "\n".join(wrong)
+
+
+async def test_the_protected_requests_below_cover_every_method_that_needs_a_token() -> None:
+    service = shop_pb2.DESCRIPTOR.services_by_name["ShopService"]
+    authenticated = {
+        m.name
+        for m in service.methods
+        if m.GetOptions().Extensions[access_pb2.access] == access_pb2.ACCESS_AUTHENTICATED
+    }
+    assert authenticated == set(PROTECTED), "add a request for each ACCESS_AUTHENTICATED method to PROTECTED"
 
 
 @pytest.mark.parametrize("method", sorted(PROTECTED))

@@ -23,6 +23,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
+from shopmesh.common.v1 import access_pb2
 from shopmesh_chassis import call_context, errors
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.token_buckets import TokenBuckets
@@ -344,6 +345,23 @@ Handler = Callable[[ServicerT, RequestT, Context], Awaitable[ResponseT]]
 UserHandler = Callable[[ServicerT, RequestT, Context, str], Awaitable[ResponseT]]
 
 
+# The handler attribute where `public`, `hashes_password` and `protected` record the access they enforce (an
+# `access_pb2.Access`), so that a test can hold each handler to its method's `(shopmesh.common.v1.access)` option:
+# calls alone do not show a public method that was wrongly made `@protected` unless a test happens to call it
+# without a token.
+ACCESS_ATTRIBUTE = "shopmesh_access"
+
+
+def _enforcing(handler: Callable[..., Any], access: access_pb2.Access.ValueType) -> None:
+    setattr(handler, ACCESS_ATTRIBUTE, access)
+
+
+def access_of(handler: Callable[..., Any]) -> access_pb2.Access.ValueType:
+    """The access `handler`'s guard enforces: ACCESS_UNSPECIFIED when no guard decorates it."""
+    access: access_pb2.Access.ValueType = getattr(handler, ACCESS_ATTRIBUTE, access_pb2.ACCESS_UNSPECIFIED)
+    return access
+
+
 def public(
     method: Handler[ServicerT, RequestT, ResponseT],
 ) -> Handler[ServicerT, RequestT, ResponseT]:
@@ -376,6 +394,7 @@ def _anonymous(
         with acting_for(context, None):
             return await method(self, request, context)
 
+    _enforcing(handler, access_pb2.ACCESS_PUBLIC)
     return handler
 
 
@@ -394,4 +413,5 @@ def protected(
         with acting_for(context, user_id):
             return await method(self, request, context, user_id)
 
+    _enforcing(handler, access_pb2.ACCESS_AUTHENTICATED)
     return handler
