@@ -137,7 +137,11 @@ def test_chart_values_match_the_topology(name: str) -> None:
     assert values["service"]["name"] == name
     assert values["service"]["grpcServices"] == list(service.grpc_services)
     assert values["callers"] == list(callers_of(name))
-    assert values.get("callerMethods", {}) == {c: list(methods_called(c, name)) for c in service_callers(name)}
+    topology_methods = {c: list(methods_called(c, name)) for c in service_callers(name)}
+    assert values.get("callerMethods", {}) == topology_methods, (
+        f"helm/{name}/values.yaml `callerMethods` is a hand-kept copy of topology.METHODS_CALLED[<caller>][{name!r}] "
+        f"(libs/platform/src/shopmesh_platform/topology.py): set it to {topology_methods}"
+    )
     assert values["calls"] == list(service.calls)
     assert values["database"]["enabled"] == service.has_database
     assert values["events"]["publishes"] == list(service.publishes)
@@ -192,7 +196,17 @@ def test_the_methods_the_topology_grants_are_those_each_callers_code_calls(name:
     by_grpc_service = {grpc.rsplit(".", 1)[1]: s.name for s in SERVICES.values() for grpc in s.grpc_services}
     in_code = {by_grpc_service[grpc]: methods for grpc, methods in called.items()}
     assert set(in_code) == set(service.calls), "the topology's calls are what the code has stubs for"
-    assert {callee: set(methods) for callee, methods in METHODS_CALLED.get(name, {}).items()} == in_code
+    granted = {callee: set(methods) for callee, methods in METHODS_CALLED.get(name, {}).items()}
+    fixes = [
+        f"topology.METHODS_CALLED[{name!r}][{callee!r}] lists {sorted(granted.get(callee, ()))}, "
+        f"the code calls {sorted(in_code.get(callee, ()))}"
+        for callee in sorted(granted.keys() | in_code.keys())
+        if granted.get(callee, set()) != in_code.get(callee, set())
+    ]
+    assert fixes == [], (
+        "set these in libs/platform/src/shopmesh_platform/topology.py (the mesh admits a caller to those methods "
+        f"alone), then helm/<callee>/values.yaml `callerMethods` to match: {fixes}"
+    )
     for callee, methods in METHODS_CALLED.get(name, {}).items():
         assert len(set(methods)) == len(methods), (name, callee)
 
