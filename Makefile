@@ -92,7 +92,7 @@ proto: setup ## Regenerate Python messages, gRPC stubs, .pyi, the public API's d
 	$(VENV_BIN)/python k8s/http_api.py
 
 .PHONY: buf-lint
-buf-lint: $(BUF_STAMP) ## buf lint (STANDARD) and the buf format check
+buf-lint: $(BUF_STAMP) ## buf lint (STANDARD and COMMENTS) and the buf format check
 	cd protos && ../$(BUF) lint && ../$(BUF) format --diff --exit-code
 
 BREAKING_AGAINST ?= .git\#branch=main,subdir=protos
