@@ -9,10 +9,11 @@ The reasons are read from the services', the chassis' and the HTTP edge's source
 domain error, or of the ErrorInfo the edge answers itself:
 a string, a constant holding one, either branch of a conditional, or the `.value` of a field typed with an
 enum, such as orders' cancel code) and each must appear in a contract (protos/**/*.proto) or, for the
-chassis' own answers that every service shares, in docs/*.md. A `reason=` that passes a parameter on is
-checked where the parameter's value is written. A few reasons never leave the process that
-makes them (an internal state machine's guard, a client channel's local error that the caller translates);
-they are listed below with where they stay, so that the list is a decision and not a gap.
+chassis' own answers that every service shares, in docs/*.md; a service's (or the edge's) in its own contract,
+protos/shopmesh/<service>/ (the gateway's for the edge) or the common conventions, which its clients read.
+A `reason=` that passes a parameter on is checked where the parameter's value is written. A few reasons never
+leave the process that makes them (an internal state machine's guard, a client channel's local error that the
+caller translates); they are listed below with where they stay, so that the list is a decision and not a gap.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHASSIS = ROOT / "libs" / "chassis" / "src"
+EDGE = ROOT / "libs" / "platform" / "src"
 SOURCES = [
     *sorted((ROOT / "services").glob("*/src")),
     CHASSIS,
     # The HTTP/gRPC-Web edge in front of the gateway (http_api/): its own answers reach the gateway's clients.
-    ROOT / "libs" / "platform" / "src",
+    EDGE,
 ]
 # The chassis' conformance service and test helpers: not deployed, not a contract of the shop.
 EXCLUDED = ("testing",)
@@ -196,6 +198,38 @@ def test_a_reason_only_a_service_or_the_edge_answers_is_in_a_contract() -> None:
         and not re.search(rf"\b{reason}\b", written)
     }
     assert missing == {}, f"ErrorInfo reasons of a service or the edge that no contract (protos/) names: {missing}"
+
+
+def own_contract(file: str) -> str | None:
+    """The contract whose clients get the reasons `file` raises: its service's protos, the gateway's for the edge in
+    front of it (libs/platform), with the conventions every service shares (common/v1); None for the chassis."""
+    parts = Path(file).parts
+    if parts[0] == "services":
+        name = parts[1]
+    elif file.startswith(str(EDGE.relative_to(ROOT))):
+        name = "gateway"
+    else:
+        return None
+    protos = ROOT / "protos" / "shopmesh"
+    return "\n".join(
+        path.read_text() for folder in (name, "common") for path in sorted((protos / folder).rglob("*.proto"))
+    )
+
+
+def test_a_reason_is_written_in_the_contract_of_the_service_that_answers_it() -> None:
+    """A client of catalog reads catalog.proto (and the common conventions), not orders.proto: a reason a service
+    raises that only another service's contract names is one its own clients were never told of."""
+    elsewhere = sorted(
+        f"{reason} ({file})"
+        for reason, files in raised_reasons().items()
+        if reason not in INTERNAL
+        for file in files
+        if (contract := own_contract(file)) is not None and not re.search(rf"\b{reason}\b", contract)
+    )
+    assert elsewhere == [], (
+        "ErrorInfo reasons missing from the raising service's own proto (protos/shopmesh/<service>/, the gateway's "
+        f"for libs/platform): write each in the comment of the RPC that answers it: {elsewhere}"
+    )
 
 
 def test_the_internal_reasons_are_still_raised_and_no_contract_promises_them() -> None:
