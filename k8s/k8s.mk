@@ -128,11 +128,18 @@ check-values-schema: setup
 release-objects: setup ## Write tests/k8s/release_objects.yaml (what each chart x value set renders; the upgrade test fails when one is gone)
 	$(VENV_BIN)/python k8s/release_objects.py
 
+.PHONY: caller-methods check-caller-methods
+caller-methods: setup ## Write callerMethods in each helm/<service>/values.yaml (the methods the mesh admits per caller) from topology.METHODS_CALLED
+	$(VENV_BIN)/python k8s/caller_methods.py
+
+check-caller-methods: setup
+	$(VENV_BIN)/python k8s/caller_methods.py --check
+
 # An object added without `make release-objects` is not in the inventory, so the upgrade test would not notice
 # it renamed later.
 check-release-objects: setup
 	$(VENV_BIN)/python k8s/release_objects.py --check
 
-# `make lint` fails when the committed dashboard, the gateway chart's files, the charts' values schemas or the
-# release objects' inventory are not what k8s/ writes.
-lint: check-dashboards check-http-api check-values-schema check-release-objects
+# `make lint` fails when the committed dashboard, the gateway chart's files, the charts' values schemas and
+# callerMethods or the release objects' inventory are not what k8s/ writes.
+lint: check-dashboards check-http-api check-values-schema check-caller-methods check-release-objects

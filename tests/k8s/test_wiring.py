@@ -33,6 +33,7 @@ from .k8skit import (
     KUBERNETES_VERSION,
     ROOT,
     Docs,
+    caller_methods,
     find,
     objects_of,
     peers_by_port,
@@ -139,8 +140,8 @@ def test_chart_values_match_the_topology(name: str) -> None:
     assert values["callers"] == list(callers_of(name))
     topology_methods = {c: list(methods_called(c, name)) for c in service_callers(name)}
     assert values.get("callerMethods", {}) == topology_methods, (
-        f"helm/{name}/values.yaml `callerMethods` is a hand-kept copy of topology.METHODS_CALLED[<caller>][{name!r}] "
-        f"(libs/platform/src/shopmesh_platform/topology.py): set it to {topology_methods}"
+        f"helm/{name}/values.yaml `callerMethods` is a copy of topology.METHODS_CALLED[<caller>][{name!r}] "
+        "(libs/platform/src/shopmesh_platform/topology.py): run `make caller-methods` to write it"
     )
     assert values["calls"] == list(service.calls)
     assert values["database"]["enabled"] == service.has_database
@@ -148,6 +149,27 @@ def test_chart_values_match_the_topology(name: str) -> None:
     assert values["events"]["consumes"] == list(service.consumes)
     assert values.get("email", {}).get("enabled", False) == service.sends_email
     assert values.get("httpApi", {}).get("enabled", False) == is_edge(name), "the edge serves HTTP/JSON too"
+
+
+def test_the_committed_caller_methods_are_what_the_script_writes() -> None:
+    assert caller_methods.main(["--check"]) == 0, "run `make caller-methods` (make lint checks this too)"
+
+
+def test_a_method_added_to_the_topology_is_written_into_its_callees_chart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The script writes the block from METHODS_CALLED after `callers:`, and leaves the rest of values.yaml be."""
+    values = (ROOT / "helm" / "catalog" / "values.yaml").read_text()
+    assert caller_methods.written("catalog", values) == values
+    monkeypatch.setitem(METHODS_CALLED["gateway"], "catalog", (*METHODS_CALLED["gateway"]["catalog"], "GetCategory"))
+    changed = caller_methods.written("catalog", values)
+    assert yaml.safe_load(changed)["callerMethods"]["gateway"][-1] == "GetCategory"
+    assert yaml.safe_load(changed) | {"callerMethods": None} == yaml.safe_load(values) | {"callerMethods": None}
+    # A chart without the block (a new callee) gets it after its callers, and one no service calls gets none.
+    without = caller_methods.BLOCK.sub("", values)
+    assert "callerMethods" not in without
+    assert caller_methods.written("catalog", without) == changed
+    gateway = (ROOT / "helm" / "gateway" / "values.yaml").read_text()
+    assert caller_methods.written("gateway", gateway) == gateway
+    assert "callerMethods" not in gateway
 
 
 def stub_calls(package: Path) -> dict[str, set[str]]:

@@ -1,4 +1,5 @@
-"""The main of k8s/'s generators (dashboards.py, dockerfiles.py, http_api.py, values_schema.py): write the files
+"""The main of k8s/'s generators (caller_methods.py, dashboards.py, dockerfiles.py, http_api.py,
+values_schema.py): write the files
 they generate, or, with --check (`make lint`), exit 1 naming each one that is missing or stale.
 
 It lives here because those scripts already import the platform (its topology) from the checkout they run in;

@@ -137,7 +137,7 @@ SERVICES: dict[str, Service] = {
 
 # The gRPC methods each call in the graph uses: caller -> callee -> method names of the callee's gRPC service.
 # Under a mesh on Kubernetes a caller may call only these (least privilege per method: the charts'
-# `callerMethods`, which tests/k8s keep equal to this); tests/k8s also reads every stub call in each caller's
+# `callerMethods`, which k8s/caller_methods.py writes from this); tests/k8s also reads every stub call in each caller's
 # package, so a method a caller starts calling fails the tests until it is added here.
 METHODS_CALLED: dict[str, dict[str, tuple[str, ...]]] = {
     "gateway": {
