@@ -264,6 +264,14 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 ],
             ),
             (
+                "Orders waiting for a dependency",
+                "short",
+                "Unfinished orders whose saga gave up on inventory or payments and waits for it, by the step they "
+                "wait at (COMPENSATE: payments down, no cancellation counted yet). Every replica counts them all "
+                "(max, not sum). Should be 0 but for a moment (alert ShopmeshCheckoutsWaiting).",
+                [(f"max by (step) (shopmesh_orders_waiting_for_dependency{{{SELECTOR}}})", "{{step}}")],
+            ),
+            (
                 "Confirmed orders cancelled",
                 "reqps",
                 "Confirmed orders their customers cancelled (CancelOrder), refunded and restocked. Not in "

@@ -61,7 +61,12 @@ SCRAPERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name"
 # Alerts a service chart adds of its own (helm/<service>/values.yaml `alerts:`).
 OWN_ALERTS = {
     "notifications": {"ShopmeshEmailsFailed", "ShopmeshEmailsNotGoingOut"},
-    "orders": {"ShopmeshCheckoutsCancelledByOutages", "ShopmeshOrderRecoveryFailing", "ShopmeshLateCapturesRefunded"},
+    "orders": {
+        "ShopmeshCheckoutsCancelledByOutages",
+        "ShopmeshCheckoutsWaiting",
+        "ShopmeshOrderRecoveryFailing",
+        "ShopmeshLateCapturesRefunded",
+    },
 }
 # The burn-rate alerts on the SLOs of the public API (helm/gateway/values.yaml `slo:`; tests/k8s/test_slo.py).
 SLO_ALERTS = {"ShopmeshErrorBudgetBurnFast", "ShopmeshErrorBudgetBurnSlow"}
@@ -1062,6 +1067,86 @@ def test_late_captures_refunded_stays_silent_while_none_is_refunded(
     alert = alert_named(rendered, "orders", "ShopmeshLateCapturesRefunded")
     scenario = late_captures_scenario("no late capture", lambda t: 0, silent_between(0, LATE_CAPTURES_FOR))
     assert_promtool_passes(alert, "orders", [scenario], tmp_path)
+
+
+WAITING_FOR = 2400
+WAITING_FROM = 300
+
+
+def waiting_scenario(name: str, pods: list[Callable[[int], int]], expected: Expected) -> Scenario:
+    """An orders pod per entry of `pods`, each with the real OrderMetrics, its recovery loop counting pods[i](t)
+    orders waiting at COMPENSATE at second t (payments down). Every replica counts the same rows; one whose
+    count failed (its database away) or that has not counted yet (just started) reports its last value, 0."""
+    registries = [CollectorRegistry() for _ in pods]
+    metrics = [OrderMetrics(registry) for registry in registries]
+
+    def world(t: float) -> None:
+        for count, metric in zip(pods, metrics, strict=True):
+            metric.waiting_for_dependency({SagaStep.COMPENSATE: count(int(t))})
+
+    def scrape() -> list[Sample]:
+        return [
+            sample._replace(labels={**sample.labels, "pod": f"orders-{index}"})
+            for index, registry in enumerate(registries)
+            for family in registry.collect()
+            for sample in family.samples
+        ]
+
+    return Scenario(name, world, scrape, WAITING_FOR, expected, {"step": SagaStep.COMPENSATE.value})
+
+
+def waits_between(start: int, stop: int, count: int = 3) -> Callable[[int], int]:
+    return lambda t: count if start <= t < stop else 0
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "payments down for 20 minutes, one replica",
+        "payments down for 20 minutes, two replicas counting alike",
+        "payments down for 20 minutes, a replica started mid-outage reports 0 until its first count",
+    ],
+)
+def test_checkouts_waiting_fires_while_orders_wait_for_a_dependency_and_resolves_once_they_end(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, scenario: str
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshCheckoutsWaiting")
+    hold, back = seconds_of(alert["for"]), WAITING_FROM + 1200
+    expected = (
+        silent_between(0, WAITING_FROM + hold)
+        | firing_between(fires_by(WAITING_FROM, hold), back)
+        | silent_between(back + SCRAPE_INTERVAL + EVALUATION_INTERVAL, WAITING_FOR)
+    )
+    outage = waits_between(WAITING_FROM, back)
+    pods = {
+        "payments down for 20 minutes, one replica": [outage],
+        "payments down for 20 minutes, two replicas counting alike": [outage, outage],
+        "payments down for 20 minutes, a replica started mid-outage reports 0 until its first count": [
+            outage,
+            lambda t: 0 if t < WAITING_FROM + 400 else outage(t),
+        ],
+    }[scenario]
+    assert_promtool_passes(alert, "orders", [waiting_scenario(scenario, pods, expected)], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "pods"),
+    [
+        # A payments pod restarting: the orders of those minutes wait, then end once it serves again.
+        ("orders wait for 4 minutes", [waits_between(WAITING_FROM, WAITING_FROM + 240)]),
+        (
+            "two waits of 3 minutes, 2 minutes apart",
+            [lambda t: waits_between(300, 480)(t) + waits_between(600, 780)(t)],
+        ),
+        ("no order waits", [lambda t: 0, lambda t: 0]),
+    ],
+)
+def test_checkouts_waiting_stays_silent_on_a_wait_shorter_than_its_hold(
+    rendered: dict[tuple[str, str], Docs], tmp_path: Path, name: str, pods: list[Callable[[int], int]]
+) -> None:
+    alert = alert_named(rendered, "orders", "ShopmeshCheckoutsWaiting")
+    assert seconds_of(alert["for"]) > 240, "the scenarios' waits are not shorter than the hold"
+    assert_promtool_passes(alert, "orders", [waiting_scenario(name, pods, silent_between(0, WAITING_FOR))], tmp_path)
 
 
 SET_ASIDE_FOR = 1800

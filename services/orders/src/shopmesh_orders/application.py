@@ -8,7 +8,7 @@ import contextlib
 import enum
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import partial
 
@@ -23,7 +23,7 @@ from shopmesh_chassis.pagination import encode_page_token
 from shopmesh_chassis.server_interceptor import DEADLINE_SKEW_TOLERANCE_SECONDS
 from shopmesh_chassis.tasks import Detached
 from shopmesh_chassis.tracing import stored_context, stored_trace_context
-from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState
+from shopmesh_orders.domain.model import CancelCode, Order, OrderLine, OrderState, SagaStep
 from shopmesh_orders.domain.ports import Catalog
 from shopmesh_orders.domain.validation import (
     Card,
@@ -244,6 +244,7 @@ class OrdersApplication:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_recovery_error: Callable[[str], None] = lambda recovery_pass: None,
         on_unreadable: Callable[[], None] = lambda: None,
+        on_waiting: Callable[[Mapping[SagaStep, int]], None] = lambda waiting: None,
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._db = database
@@ -255,6 +256,8 @@ class OrdersApplication:
         self._on_recovery_error = on_recovery_error
         # Called for each order a call met that this release cannot read (UnreadableOrder).
         self._on_unreadable = on_unreadable
+        # Called after each round of recovery passes with how many orders wait for a dependency, by step.
+        self._on_waiting = on_waiting
         self._running = Detached()
         # The orders this process drives with the customer's card (PlaceOrder), or has a retry with the card
         # waiting for (`_wait_for_other_driver`), as a count per order: a retry's drive may start while the one
@@ -687,7 +690,27 @@ class OrdersApplication:
                     await recovery_pass()
                 except Exception as exc:
                     _pass_failed(label, recovery_pass.__name__, exc, partial(self._on_recovery_error, label))
+            await self._count_waiting()
             await asyncio.sleep(interval)
+
+    async def count_waiting(self) -> dict[SagaStep, int]:
+        """How many orders wait for a dependency, by the step they wait at (`OrderRepository.waiting_for_dependency`):
+        every replica counts them all, whichever replica's driver gave up on them."""
+        async with self._db.read() as session:
+            return await OrderRepository(session).waiting_for_dependency()
+
+    async def _count_waiting(self) -> None:
+        """`count_waiting` for `on_waiting`, once a round of passes. Counted from the database, not from what the
+        passes met: a pass meets a waiting order only when its backoff is over (up to RECOVERY_BACKOFF_MAX_SECONDS)
+        and in whichever replica claims it, so its own tally would flicker between passes and differ by replica.
+        With the database away the last count stays (the passes said so already)."""
+        try:
+            waiting = await self.count_waiting()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                log.exception("counting the orders that wait for a dependency failed")
+            return
+        self._on_waiting(waiting)
 
     async def wait_running(self, timeout: float) -> None:
         """On shutdown: give sagas driven for callers a moment to finish (leases cover the rest), and name those

@@ -9,13 +9,20 @@ recovery loop once the charge could no longer land): it should stay at zero. So 
 pass fails on with an error (a bug, or an answer orders does not expect: logged at ERROR with its traceback);
 such an order is tried again with a growing wait, and keeps failing until someone looks. Orders this release
 cannot read (rows a newer release wrote) are met only during a rollout or after a rollback from it.
+A dependency's outage shows first as orders waiting for it (the gauge by step), not as cancellations: those
+are counted only once the dependency answers again and the order ends.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from collections.abc import Mapping
 
-from shopmesh_orders.domain.model import CancelCode, Order, OrderState
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from shopmesh_orders.domain.model import CancelCode, Order, OrderState, SagaStep
+
+# The steps an order can wait for a dependency at: every step but the end.
+_WAITING_STEPS = tuple(step for step in SagaStep if step not in (SagaStep.DONE, SagaStep.UNSPECIFIED))
 
 
 class OrderMetrics:
@@ -58,6 +65,21 @@ class OrderMetrics:
             "ListOrders page, or answered UNAVAILABLE (ORDER_FROM_NEWER_RELEASE).",
             registry=registry,
         )
+        self._waiting = Gauge(
+            "shopmesh_orders_waiting_for_dependency",
+            "Unfinished orders whose saga gave up on a dependency (inventory, payments) at this step and waits for "
+            "it, counted from the database after each round of recovery passes: every replica reports them all "
+            "(max over replicas, not sum).",
+            ("step",),
+            registry=registry,
+        )
+        # Each step's series from the start, at 0: none waiting is a 0 on the dashboard, not a panel without data.
+        for step in _WAITING_STEPS:
+            self._waiting.labels(step.value)
+
+    def waiting_for_dependency(self, waiting: Mapping[SagaStep, int]) -> None:
+        for step in _WAITING_STEPS:
+            self._waiting.labels(step.value).set(waiting.get(step, 0))
 
     def finished(self, order: Order) -> None:
         if order.cancel_code is CancelCode.CUSTOMER_REQUESTED:

@@ -234,6 +234,9 @@ class SagaDriver:
         resumed: bool,
     ) -> Order:
         not_before: datetime | None = None
+        # Whether the drive gave up on a dependency (`OrderRepository.waiting_for_dependency`); None: it did not
+        # end on an exception of its own (cut off), and the mark stays as the last drive left it.
+        waiting: bool | None = None
         # An owner comes with the lease held: PlaceOrder's, which recorded the order (and brings it), or the
         # recovery loop's, which claimed it (`claim_to_resume`).
         if owner is None:
@@ -252,6 +255,7 @@ class SagaDriver:
             if _lease_lost(exc):
                 # Our lease ran out during a slow step and another driver took the order over: it finishes it.
                 raise LeaseHeld(order_id) from exc
+            waiting = isinstance(exc, errors.Unavailable)
             if resumed and _fails_again(exc):
                 # Not only an order that waits (`errors.Unavailable`): one that fails with anything else (an
                 # answer the adapter does not expect, a bug) likely fails alike on every pass, and released with
@@ -265,7 +269,7 @@ class SagaDriver:
         finally:
             # The terminal transition gave the lease up in its own transaction.
             if order is None or not order.is_terminal:
-                await self._release(order_id, owner, not_before)
+                await self._release(order_id, owner, not_before, waiting)
 
     async def _resume_at(self, order_id: str, failure: Exception) -> datetime:
         """When the recovery loop tries again a resumed order that failed (`_retry_at`). Reloaded: a step saved
@@ -771,9 +775,11 @@ class SagaDriver:
         if not renewed:
             raise LeaseHeld(order_id)
 
-    async def _release(self, order_id: str, owner: str, not_before: datetime | None = None) -> None:
+    async def _release(
+        self, order_id: str, owner: str, not_before: datetime | None = None, waiting: bool | None = None
+    ) -> None:
         async with self._db.transaction() as session:
-            await OrderRepository(session).release(order_id, owner, not_before)
+            await OrderRepository(session).release(order_id, owner, not_before, waiting=waiting)
 
     async def _load(self, order_id: str) -> Order:
         async with self._db.read() as session:

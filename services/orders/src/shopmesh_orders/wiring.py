@@ -108,6 +108,7 @@ async def _main() -> None:
         saga,
         on_recovery_error=order_metrics.recovery_error,
         on_unreadable=order_metrics.unreadable_order,
+        on_waiting=order_metrics.waiting_for_dependency,
         tracer_provider=tracer_provider,
     )
     recovery = asyncio.get_running_loop().create_task(application.run_recovery(settings.recovery_interval_seconds))

@@ -326,15 +326,33 @@ class OrderRepository:
         )
         return bool(result.rowcount == 1)
 
-    async def release(self, order_id: str, owner: str, not_before: datetime | None = None) -> None:
+    async def release(
+        self, order_id: str, owner: str, not_before: datetime | None = None, *, waiting: bool | None = None
+    ) -> None:
         """Give the lease up. `not_before`: the order must wait, and the recovery loop leaves it alone until
         then (kept in `lease_until` with no owner: `claim` takes it at once all the same, so a PlaceOrder
-        retried with the card does not wait; a release that ignores it merely resumes the order sooner)."""
+        retried with the card does not wait; a release that ignores it merely resumes the order sooner).
+        `waiting`: whether the driver gave up on a dependency (`waiting_for_dependency` counts the order until
+        its next save), or did not (an error of the order's own); None leaves the mark as it was (a drive cut
+        off, which knows nothing new)."""
+        values: dict[str, Any] = {"lease_owner": None, "lease_until": not_before}
+        if waiting is not None:
+            values["waiting_version"] = orders.c.version if waiting else None
         await self._session.execute(
-            update(orders)
-            .where(orders.c.id == order_id, orders.c.lease_owner == owner)
-            .values(lease_owner=None, lease_until=not_before)
+            update(orders).where(orders.c.id == order_id, orders.c.lease_owner == owner).values(**values)
         )
+
+    async def waiting_for_dependency(self) -> dict[SagaStep, int]:
+        """How many unfinished orders wait for a dependency, by the step they wait at: their last driver gave up
+        on inventory or payments (`release(waiting=True)`) and nothing was saved since, whoever holds them now
+        (a recovery pass retrying one holds it for the whole of its step's retries). Reads the unfinished
+        orders alone, through `ix_orders_step`: a few rows, however many orders are done."""
+        rows = await self._session.execute(
+            select(orders.c.step, func.count())
+            .where(_DRIVABLE, orders.c.waiting_version == orders.c.version)
+            .group_by(orders.c.step)
+        )
+        return {SagaStep(step): count for step, count in rows.all()}
 
     async def unfinished(self, now: datetime, limit: int) -> list[Due]:
         """Orders whose saga is not done, that no live driver holds and that are due: the `limit` due

@@ -54,6 +54,10 @@ orders = Table(
     # Which saga driver works on the order, until when.
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", DateTime(timezone=True), nullable=True),
+    # The order's `version` when its last driver gave up on a dependency (it waits for one at its step); any save
+    # bumps `version`, so the mark holds only until the order moves on, whichever release moves it. NULL when
+    # its last driver did not give up so (it finished a step, or failed with an error of the order's own).
+    Column("waiting_version", Integer, nullable=True),
     # The W3C trace context of the PlaceOrder that recorded the order (JSON; tracing.stored_context_column):
     # the recovery loop drives the order in that trace. NULL for orders recorded before orders kept it.
     Column("trace_context", Text, nullable=True),
