@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the kind cluster with a local registry (localhost:5001), the namespaces, and the dev
-# infrastructure (NATS JetStream, PostgreSQL with a database and user per service, Mailpit, Jaeger).
+# infrastructure (NATS JetStream and nats-box, its CLI, PostgreSQL with a database and user per service, Mailpit,
+# Jaeger).
 # Idempotent: an existing registry or cluster is reused. The kind docs' "local registry" recipe.
 source "$(dirname "$0")/lib.sh"
 require docker "$HINT_DOCKER" kind "$HINT_KIND" kubectl "$HINT_KUBECTL"
@@ -46,4 +47,5 @@ kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status statef
 kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status statefulset/postgresql --timeout=180s
 kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status deployment/mailpit --timeout=180s
 kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status deployment/jaeger --timeout=180s
+kubectl --context "kind-${KIND_CLUSTER}" -n shopmesh-infra rollout status deployment/nats-box --timeout=180s
 echo "kind cluster '${KIND_CLUSTER}' is up; registry localhost:${REGISTRY_PORT}. Next: make skaffold-dev"

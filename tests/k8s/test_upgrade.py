@@ -302,6 +302,7 @@ INFRA_FIXED = {
     },
     ("Deployment", "jaeger"): {"selector": _infra_selector("jaeger")},
     ("Deployment", "mailpit"): {"selector": _infra_selector("mailpit")},
+    ("Deployment", "nats-box"): {"selector": _infra_selector("nats-box")},
 }
 
 
