@@ -227,3 +227,17 @@ def test_a_send_trace_is_listed_only_when_the_trace_it_links_to_is_not_there(tmp
     code, out, _ = ran("--dir", str(write(tmp_path / "alone", CHECKOUT_AND_ITS_SEND[-1])))
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["cc33"]
+
+
+def test_a_failed_send_trace_is_listed_though_the_trace_it_links_to_is_there(tmp_path: Path) -> None:
+    # The checkout went well; the publish of its event did not (NATS away, or the event set aside).
+    failed_send = span(
+        "dd44", "08", "", "orders", "send orders.v1.order_confirmed", 1070.0, 1071.0,
+        kind="client", links="aa11/02", status="error", message="NoRespondersError",
+    )  # fmt: skip
+    code, out, _ = ran("--dir", str(write(tmp_path, *CHECKOUT_AND_ITS_SEND, failed_send)))
+    assert code == 0
+    rows = out.splitlines()[1:]
+    assert [line.split()[0] for line in rows] == ["aa11", "dd44"]
+    assert rows[1].endswith("orders: send orders.v1.order_confirmed  ERROR")
+    assert not rows[0].endswith("ERROR")

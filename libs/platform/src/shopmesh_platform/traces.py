@@ -10,7 +10,8 @@ and its status when it is not OK; children are indented under their parent.
 Events carry the trace on: a consumer's span sits under the event's `create` span, in the trace that wrote
 the event. The outbox relay sends it later in a trace of its own, linked to that span: its `send` span is
 shown under the create span too, marked `(linked, trace ...)`, and such a trace is not listed on its own
-while the trace it links to is there (`make traces ID=` of its id shows it, marked `(links to trace ...)`).
+while the trace it links to is there, unless it failed (`make traces ID=` of its id shows it, marked
+`(links to trace ...)`).
 Without --dir it reads the folder of the running local stack's trace sink (named by `.data/stack.json`, which
 the launcher writes while it runs; said on stderr), else `.data/traces`.
 """
@@ -75,9 +76,17 @@ def links(span: dict[str, Any]) -> list[tuple[str, str]]:
 
 def shown_within(trace: Trace, ids: set[str]) -> bool:
     """Whether `trace` is shown in the tree of another trace of `ids` rather than listed: every root of it is
-    linked into one (the relay's send traces, under their events' create spans)."""
+    linked into one (the relay's send traces, under their events' create spans).
+
+    A failed trace stays listed: a publish that failed or was set aside is found in the list at the time it
+    failed, marked ERROR, rather than only under a checkout that itself went well (and may be older than
+    --last reaches: the relay retries for as long as NATS is away)."""
     roots = trace.roots
-    return bool(roots) and all(any(t != trace.trace_id and t in ids for t, _ in links(root)) for root in roots)
+    return (
+        bool(roots)
+        and not trace.failed
+        and all(any(t != trace.trace_id and t in ids for t, _ in links(root)) for root in roots)
+    )
 
 
 # What the list and the tree read of a span (every line the sink writes has them).
