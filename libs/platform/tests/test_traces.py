@@ -219,7 +219,7 @@ def test_a_send_trace_shown_by_its_id_says_which_trace_it_links_to(tmp_path: Pat
     ]
 
 
-def test_a_send_trace_is_listed_only_when_the_trace_it_links_to_is_not_there(tmp_path: Path) -> None:
+def test_a_send_trace_that_went_through_is_listed_only_when_the_span_it_links_to_is_not_there(tmp_path: Path) -> None:
     code, out, _ = ran("--dir", str(write(tmp_path, *CHECKOUT_AND_ITS_SEND)))
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["aa11"]
@@ -241,3 +241,12 @@ def test_a_failed_send_trace_is_listed_though_the_trace_it_links_to_is_there(tmp
     assert [line.split()[0] for line in rows] == ["aa11", "dd44"]
     assert rows[1].endswith("orders: send orders.v1.order_confirmed  ERROR")
     assert not rows[0].endswith("ERROR")
+
+
+def test_a_send_trace_whose_linked_span_rotated_away_is_listed_though_its_trace_is_there(tmp_path: Path) -> None:
+    # spans.jsonl.1 held PlaceOrder and the create span; the consumer's span, written later, is all that is left
+    # of the checkout, and a send under a create span that is not there would be in no tree.
+    _, _, consumer, send = CHECKOUT_AND_ITS_SEND
+    code, out, _ = ran("--dir", str(write(tmp_path, consumer, send)))
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["cc33", "aa11"]

@@ -10,7 +10,7 @@ and its status when it is not OK; children are indented under their parent.
 Events carry the trace on: a consumer's span sits under the event's `create` span, in the trace that wrote
 the event. The outbox relay sends it later in a trace of its own, linked to that span: its `send` span is
 shown under the create span too, marked `(linked, trace ...)`, and such a trace is not listed on its own
-while the trace it links to is there, unless it failed (`make traces ID=` of its id shows it, marked
+while the span it links to is there, unless it failed (`make traces ID=` of its id shows it, marked
 `(links to trace ...)`).
 Without --dir it reads the folder of the running local stack's trace sink (named by `.data/stack.json`, which
 the launcher writes while it runs; said on stderr), else `.data/traces`.
@@ -74,10 +74,13 @@ def links(span: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def shown_within(trace: Trace, ids: set[str]) -> bool:
-    """Whether `trace` is shown in the tree of another trace of `ids` rather than listed: every root of it is
-    linked into one (the relay's send traces, under their events' create spans).
+def shown_within(trace: Trace, spans: set[tuple[str, str]]) -> bool:
+    """Whether `trace` is shown in the tree of another trace rather than listed: every root of it links to a
+    span of `spans` (the (trace id, span id) of each loaded span) in another trace, which print_tree shows it
+    under (the relay's send traces, under their events' create spans).
 
+    The linked span, not just its trace: rotation drops spans.jsonl.1, and with it a trace's older spans (the
+    create span) while its later ones (the consumers') stay; a send hidden for its trace was in no tree either.
     A failed trace stays listed: a publish that failed or was set aside is found in the list at the time it
     failed, marked ERROR, rather than only under a checkout that itself went well (and may be older than
     --last reaches: the relay retries for as long as NATS is away)."""
@@ -85,7 +88,7 @@ def shown_within(trace: Trace, ids: set[str]) -> bool:
     return (
         bool(roots)
         and not trace.failed
-        and all(any(t != trace.trace_id and t in ids for t, _ in links(root)) for root in roots)
+        and all(any(t != trace.trace_id and (t, s) in spans for t, s in links(root)) for root in roots)
     )
 
 
@@ -262,8 +265,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
         args.dir = sink_dir(err)
     traces = load(args.dir, err)
     if args.trace_id is None:
-        ids = {t.trace_id for t in traces}
-        listed = [t for t in traces if not shown_within(t, ids)]
+        spans = {(s["trace_id"], s["span_id"]) for t in traces for s in t.spans}
+        listed = [t for t in traces if not shown_within(t, spans)]
         # Not listed[-last:]: -0 is 0, and --last 0 listed every trace.
         newest = listed[len(listed) - min(args.last, len(listed)) :]
         if newest or not listed:
