@@ -19,7 +19,7 @@ from shopmesh_orders.domain.model import CancelCode, OrderState, SagaStep
 from shopmesh_orders.metrics import OrderMetrics
 from shopmesh_orders.saga import SagaDriver
 
-from .saga_kit import Clocked, command, place
+from .saga_kit import Clocked, _not_retried, command, place
 
 WAITING = "shopmesh_orders_waiting_for_dependency"
 STEPS = ("RESERVE", "CHARGE", "COMMIT", "COMPENSATE", "REFUND")
@@ -86,3 +86,30 @@ async def test_an_order_that_fails_with_an_error_of_its_own_is_not_counted_as_wa
     monkeypatch.setattr(clocked.payments, "payments_for", unexpected)
     assert await app.resume_unfinished() == 1
     assert await app.count_waiting() == {}
+
+
+async def test_an_order_waiting_for_a_newer_release_of_orders_is_not_counted_as_waiting_for_a_dependency(
+    clocked: Clocked,
+) -> None:
+    """After a rollback, inventory answers for a reservation a newer release stored a state this release of
+    orders cannot act on (final: clients._state_unknown). Inventory is healthy; the order waits for a release
+    of orders that knows the state, and ShopmeshCheckoutsWaiting (fix the dependency) must not fire for it."""
+    app = clocked.app()
+    clocked.inventory.answers = errors.Unavailable(
+        "inventory answered a state this release of orders does not know for the reservation (7)",
+        reason="RESERVATION_STATE_UNKNOWN",
+        retry_after_seconds=2,
+        final=True,
+    )
+    with pytest.raises(errors.Unavailable) as caught:
+        await place(app, command())
+    assert caught.value.final
+    assert await app.count_waiting() == {}
+    # Nor once the recovery loop has met the same answer (the card holder's grace over, within the deadline).
+    order_id = caught.value.metadata["order_id"]
+    await _not_retried(clocked.database, order_id)
+    assert await app.resume_unfinished() == 1
+    assert clocked.inventory.calls == ["reserve", "reserve"]
+    assert await app.count_waiting() == {}
+    order = await app.get_order(order_id)
+    assert (order.state, order.step) == (OrderState.PENDING, SagaStep.RESERVE), "it still waits, uncounted"

@@ -255,7 +255,11 @@ class SagaDriver:
             if _lease_lost(exc):
                 # Our lease ran out during a slow step and another driver took the order over: it finishes it.
                 raise LeaseHeld(order_id) from exc
-            waiting = isinstance(exc, errors.Unavailable)
+            # A final Unavailable is the adapter's answer for a state a newer release of inventory or payments
+            # stored (clients._state_unknown, _refused_for_unknown_state): the order waits for a newer release of
+            # orders to drive it, not for a dependency to come back, which both answer. Counted, a rollback with
+            # such orders left would fire ShopmeshCheckoutsWaiting (critical) with every dependency healthy.
+            waiting = isinstance(exc, errors.Unavailable) and not exc.final
             if resumed and _fails_again(exc):
                 # Not only an order that waits (`errors.Unavailable`): one that fails with anything else (an
                 # answer the adapter does not expect, a bug) likely fails alike on every pass, and released with
