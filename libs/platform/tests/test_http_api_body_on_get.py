@@ -63,6 +63,15 @@ def test_a_head_with_a_body_is_refused_too(edge: tuple[str, RecordingShop]) -> N
     shop.calls.clear()
     refused = httpx.request("HEAD", url + "/v1/products", content=BODY, timeout=10)
     assert refused.status_code == 400, refused.headers
+    # A HEAD's answer has no body to read the reason in: its headers are the same request's as a GET, whose
+    # refusal names BODY_ON_GET (the length of that body, not of the 400 any other check would answer).
+    as_get = httpx.request("GET", url + "/v1/products", content=BODY, timeout=10)
+    assert f'"{BODY_ON_GET}"' in as_get.text, as_get.text
+    assert refused.content == b""
+    assert (refused.headers["content-type"], refused.headers["content-length"]) == (
+        as_get.headers["content-type"],
+        str(len(as_get.content)),
+    ), refused.headers
     assert shop.calls == []
 
 
@@ -72,6 +81,7 @@ def test_a_query_does_not_win_over_a_body_any_more_the_request_is_refused(edge: 
     shop.calls.clear()
     refused = httpx.request("GET", url + "/v1/products?pageSize=3", content=b'{"pageSize":2}', timeout=10)
     assert refused.status_code == 400, refused.text
+    assert f'"{BODY_ON_GET}"' in refused.text, refused.text
     assert shop.calls == []
 
 
