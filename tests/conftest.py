@@ -21,6 +21,7 @@ import pytest
 from shopmesh_platform.ports import PortPlan
 from shopmesh_platform.shoppers import Checkout, arguments, server_fault, shop
 from shopmesh_platform.stack import Stack
+from shopmesh_platform.topology import LOCAL_NATS_PORT
 
 
 @pytest.fixture(scope="module")
@@ -116,43 +117,59 @@ def local_ports_held() -> Iterator[None]:
 WalkthroughAddresses = Callable[[PortPlan], dict[str, str]]
 
 
+@contextlib.asynccontextmanager
+async def walkthrough_stack(cwd: Path, ports: PortPlan) -> AsyncIterator[Stack]:
+    """A stack on `ports` as a user runs README's walk-throughs beside `make run`: from `cwd`, laid out like the
+    repository (`.venv/` as in a checkout, `.data/` as the launcher's, the stack's data there). On the local
+    ports, which another walk-through's stack may hold, it waits its turn for them first."""
+    (cwd / ".venv").symlink_to(ROOT / ".venv")
+    with contextlib.ExitStack() as held:
+        if ports.nats == LOCAL_NATS_PORT:  # make run's ports
+            await asyncio.to_thread(held.enter_context, local_ports_held())
+        async with Stack(cwd / ".data", ports=ports, log_format="json") as stack:
+            yield stack
+
+
+async def run_walkthrough(
+    cwd: Path, marker: str, ports: PortPlan, addresses: WalkthroughAddresses | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the ```bash block after `marker` in README.md verbatim from `cwd` (a walkthrough_stack's) against its
+    stack on `ports`; bash's result, which must have succeeded. `addresses`: as a user of `--free-ports` runs it,
+    each `NAME=...` line of the block it names set to the stack's address instead (the rest verbatim)."""
+    readme = (ROOT / "README.md").read_text()
+    assert marker in readme, f"README.md lost its marker {marker}"
+    block = re.search(r"```bash\n(.*?)```", readme.split(marker, 1)[1], re.DOTALL)
+    assert block, f"no ```bash block after {marker} in README.md"
+    script = block.group(1)
+    for name, value in (addresses(ports) if addresses is not None else {}).items():
+        script, found = re.subn(rf"^{name}=.*$", f"{name}={value}", script, count=1, flags=re.MULTILINE)
+        assert found, f"README.md's block after {marker} has no {name}= line for a stack on other ports"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 @pytest.fixture
 def readme_walkthrough(
     tmp_path: Path,
 ) -> Callable[..., contextlib.AbstractAsyncContextManager[subprocess.CompletedProcess[str]]]:
-    """Run the ```bash block after `marker` in README.md verbatim, as a user runs it beside `make run`:
-    from a working directory laid out like the repository's (`.venv/` as in a checkout, `.data/` as the
-    launcher's), against a stack on `ports`, which keeps running inside the `async with` (its data in
-    tmp_path/.data); yields bash's result. `addresses`: as a user of `--free-ports` runs it, each `NAME=...`
-    line of the block it names set to the stack's address instead (the rest verbatim)."""
+    """Run the ```bash block after `marker` in README.md verbatim (run_walkthrough) against a stack of its own on
+    `ports` (walkthrough_stack, from tmp_path), which keeps running inside the `async with` (its data in
+    tmp_path/.data); yields bash's result."""
 
     @contextlib.asynccontextmanager
     async def run(
         marker: str, ports: PortPlan, addresses: WalkthroughAddresses | None = None
     ) -> AsyncIterator[subprocess.CompletedProcess[str]]:
-        readme = (ROOT / "README.md").read_text()
-        assert marker in readme, f"README.md lost its marker {marker}"
-        block = re.search(r"```bash\n(.*?)```", readme.split(marker, 1)[1], re.DOTALL)
-        assert block, f"no ```bash block after {marker} in README.md"
-        script = block.group(1)
-        for name, value in (addresses(ports) if addresses is not None else {}).items():
-            script, found = re.subn(rf"^{name}=.*$", f"{name}={value}", script, count=1, flags=re.MULTILINE)
-            assert found, f"README.md's block after {marker} has no {name}= line for a stack on other ports"
-        (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-        with contextlib.ExitStack() as held:
-            if addresses is None:  # on the local ports, which another walk-through's stack may hold
-                await asyncio.to_thread(held.enter_context, local_ports_held())
-            async with Stack(tmp_path / ".data", ports=ports, log_format="json"):
-                result = await asyncio.to_thread(
-                    subprocess.run,
-                    ["bash", "-euo", "pipefail", "-c", script],
-                    cwd=tmp_path,
-                    capture_output=True,
-                    text=True,
-                    timeout=180,
-                    check=False,
-                )
-                assert result.returncode == 0, result.stdout + result.stderr
-                yield result
+        async with walkthrough_stack(tmp_path, ports):
+            yield await run_walkthrough(tmp_path, marker, ports, addresses)
 
     return run

@@ -1,46 +1,72 @@
 """README's grpcurl and HTTP/JSON walk-throughs run verbatim against the launcher on the local ports, as a user
 runs them beside `make run` — through the gateway, with every service, NATS and the SMTP sink — and on free
-ports with only their address lines set, as README tells a user of `RUN_ARGS=--free-ports`."""
+ports with only their address lines set, as README tells a user of `RUN_ARGS=--free-ports`. Both walk-throughs
+run against one stack on each (a user runs them beside the same `make run`; they register different users and
+use different idempotency keys), so that each stack is started once."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from shopmesh_chassis.testing import eventually
 from shopmesh_platform.ports import PortPlan
 
+from ..conftest import WalkthroughAddresses, run_walkthrough, walkthrough_stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
 MARKER = "<!-- walkthrough -->"
 HTTP_MARKER = "<!-- http walkthrough -->"
 
 
-@pytest.mark.asyncio(loop_scope="function")
+@dataclass(frozen=True)
+class Walked:
+    """A running stack the walk-throughs run against: from `cwd` (its data in cwd/.data), on `ports`, each
+    block verbatim (`free`: false) or with only its address lines set (true)."""
+
+    cwd: Path
+    ports: PortPlan
+    free: bool
+
+    async def run(self, marker: str, addresses: WalkthroughAddresses) -> subprocess.CompletedProcess[str]:
+        return await run_walkthrough(self.cwd, marker, self.ports, addresses if self.free else None)
+
+
+# Module-scoped and parametrized: pytest runs every test on the local ports' stack, stops it, then every test on
+# the free ports' stack.
+@pytest_asyncio.fixture(
+    scope="module",
+    loop_scope="module",
+    params=[False, True],
+    ids=["verbatim", "on free ports with only its addresses set"],
+)
+async def walked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Walked]:
+    free: bool = request.param
+    cwd = tmp_path_factory.mktemp("free" if free else "local")
+    ports = PortPlan.free(http=True) if free else PortPlan.local()
+    async with walkthrough_stack(cwd, ports):
+        yield Walked(cwd, ports, free)
+
+
 # Fixed ports: the launcher may first wait out a client connection holding one (up to a minute).
 @pytest.mark.timeout(300)
-async def test_readme_walkthrough_runs_verbatim(tmp_path: Path, readme_walkthrough: Callable[..., Any]) -> None:
-    async with readme_walkthrough(MARKER, PortPlan.local()) as result:
-        await _assert_walked_through(result, tmp_path / ".data" / "mail")
-
-
-@pytest.mark.asyncio(loop_scope="function")
-@pytest.mark.timeout(300)
-async def test_readme_walkthrough_runs_on_free_ports_with_only_its_addresses_set(
-    tmp_path: Path, readme_walkthrough: Callable[..., Any]
-) -> None:
+async def test_readme_walkthrough_runs(walked: Walked) -> None:
     def addresses(ports: PortPlan) -> dict[str, str]:
         return {
             "GW": ports.address("gateway"),
             "ORDERS_METRICS": f"http://{ports.host}:{ports.ports_of('orders').metrics}",
         }
 
-    async with readme_walkthrough(MARKER, PortPlan.free(), addresses) as result:
-        await _assert_walked_through(result, tmp_path / ".data" / "mail")
+    result = await walked.run(MARKER, addresses)
+    await _assert_walked_through(result, walked.cwd / ".data" / "mail")
 
 
 async def _assert_walked_through(result: subprocess.CompletedProcess[str], mail_dir: Path) -> None:
@@ -79,23 +105,12 @@ async def _assert_walked_through(result: subprocess.CompletedProcess[str], mail_
     await eventually(mailed, f"an e-mail for {order_id.group(1)} in the SMTP sink")
 
 
-@pytest.mark.asyncio(loop_scope="function")
 @pytest.mark.timeout(300)
-async def test_readme_http_walkthrough_runs_verbatim(readme_walkthrough: Callable[..., Any]) -> None:
-    async with readme_walkthrough(HTTP_MARKER, PortPlan.local()) as result:
-        _assert_walked_through_over_http(result)
-
-
-@pytest.mark.asyncio(loop_scope="function")
-@pytest.mark.timeout(300)
-async def test_readme_http_walkthrough_runs_on_free_ports_with_only_its_address_set(
-    readme_walkthrough: Callable[..., Any],
-) -> None:
+async def test_readme_http_walkthrough_runs(walked: Walked) -> None:
     def addresses(ports: PortPlan) -> dict[str, str]:
         return {"API": f"http://{ports.host}:{ports.http}"}
 
-    async with readme_walkthrough(HTTP_MARKER, PortPlan.free(http=True), addresses) as result:
-        _assert_walked_through_over_http(result)
+    _assert_walked_through_over_http(await walked.run(HTTP_MARKER, addresses))
 
 
 def _assert_walked_through_over_http(result: subprocess.CompletedProcess[str]) -> None:
