@@ -156,29 +156,21 @@ async def test_run_with_the_envoy_mesh_puts_the_service_behind_its_sidecar_and_p
     assert all(gone(int(row["pid"])) for row in rows.values() if row["pid"] != "-")
 
 
-async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_server(tmp_path: Path) -> None:
-    async with launched(tmp_path / "data", "--services", "catalog", "--postgres", ready_within=120) as (process, lines):
-        [said] = [line for line in lines if line.startswith("Databases: ")]
-        port = int(said.split("127.0.0.1:")[1].split()[0])
-        assert table_rows(lines)["catalog"]["state"] == "SERVING"
-        products = json.loads(await run_printed_command(printed_commands(lines)[2]))["products"]
-        assert products, "the catalog seeded its PostgreSQL database"
-        assert not (tmp_path / "data" / "catalog.db").exists(), "the catalog used SQLite"
-        await ctrl_c(process)
-    assert not accepting(port), "the throwaway PostgreSQL outlived the launcher"
-
-
-async def test_run_on_postgres_lets_in_only_who_has_the_password_and_prints_where_psql_reads_it_not_it(
+async def test_run_on_postgres_gives_each_service_a_database_on_a_throwaway_server_only_its_password_opens(
     tmp_path: Path,
 ) -> None:
-    """The throwaway server listens on 127.0.0.1, for every account of the machine: a connection without its
-    password is refused (it had trust authentication: any account was its superuser). The service connects with
-    the password in its DATABASE_URL; the banner's psql command gets in by the file it names; the password is
-    neither in the launcher's output nor in stack.json."""
+    """Each service gets a database on a throwaway PostgreSQL server, which ends with the launcher. The server
+    listens on 127.0.0.1, for every account of the machine: a connection without its password is refused (it had
+    trust authentication: any account was its superuser). The service connects with the password in its
+    DATABASE_URL; the banner's psql command gets in by the file it names; the password is neither in the
+    launcher's output nor in stack.json. One launch for all of it: each start on PostgreSQL runs initdb."""
     data = tmp_path / "data"
     async with launched(data, "--services", "catalog", "--postgres", ready_within=120) as (process, lines):
         port = database_port(lines)
         assert table_rows(lines)["catalog"]["state"] == "SERVING", "the catalog did not get in"
+        products = json.loads(await run_printed_command(printed_commands(lines)[2]))["products"]
+        assert products, "the catalog seeded its PostgreSQL database"
+        assert not (data / "catalog.db").exists(), "the catalog used SQLite"
         clean = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
         psql = ["psql", "-w", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres"]
         query = ["-c", "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"]
@@ -194,6 +186,7 @@ async def test_run_on_postgres_lets_in_only_who_has_the_password_and_prints_wher
         assert password not in await asyncio.to_thread((data / STACK_FILE).read_text)
         said = "\n".join(lines) + await ctrl_c(process)
     assert password not in said, "the launcher printed the password"
+    assert not accepting(port), "the throwaway PostgreSQL outlived the launcher"
 
 
 async def run_with(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
