@@ -64,11 +64,17 @@ def test_a_cutoff_stamped_ahead_of_this_clock_is_honoured_and_expiry_follows_the
     assert claims.expires_at == T + timedelta(hours=1, seconds=3)
 
 
-def test_a_sign_out_never_moves_the_cutoff_back() -> None:
+def test_a_sign_out_never_moves_the_cutoff_back_nor_below_the_iat_a_login_stamps_now() -> None:
     assert next_cutoff(None, T) == T
     assert next_cutoff(T, T + timedelta(seconds=1)) == T + timedelta(seconds=1)
-    # A replica whose clock is behind: the later cutoff stays.
-    assert next_cutoff(T + timedelta(seconds=3), T) == T + timedelta(seconds=3)
+    # Out at .7, in at .8 (iat: the next whole second), out at .9: the cutoff reaches that iat.
+    assert next_cutoff(T + timedelta(seconds=0.7), T + timedelta(seconds=0.9)) == T + timedelta(seconds=1)
+    # A replica whose clock is behind: past the stored cutoff, as far as a Login after it stamps.
+    assert next_cutoff(T + timedelta(seconds=3), T) == T + timedelta(seconds=4)
+    for stored in (None, T, T + timedelta(seconds=0.7), T + timedelta(seconds=3)):
+        for now in (T, T + timedelta(seconds=0.9), T + timedelta(seconds=2.5)):
+            cutoff = next_cutoff(stored, now)
+            assert issued_at(now, stored) <= cutoff < issued_at(now, cutoff)
 
 
 # --- over gRPC ------------------------------------------------------------------------------------------
@@ -104,8 +110,28 @@ async def test_signing_out_again_is_harmless_and_a_clock_behind_does_not_bring_t
     assert first is not None
     assert second == first + 2
     clock.advance(-10)
-    assert cutoff_of(await stub.SignOut(users_pb2.SignOutRequest(user_id=user.id))) == second
-    assert cutoff_of(await stub.GetTokenCutoff(users_pb2.GetTokenCutoffRequest(user_id=user.id))) == second
+    # Past the stored cutoff: to the iat a Login after it stamps on this clock behind (its next whole second).
+    behind = cutoff_of(await stub.SignOut(users_pb2.SignOutRequest(user_id=user.id)))
+    assert behind == int(second) + 1
+    assert cutoff_of(await stub.GetTokenCutoff(users_pb2.GetTokenCutoffRequest(user_id=user.id))) == behind
+
+
+async def test_a_sign_out_in_the_second_of_a_login_after_a_sign_out_revokes_that_token_and_a_login_still_works(
+    stub: UsersServiceAsyncStub, clock: FakeClock
+) -> None:
+    user = await register(stub)
+    whole = clock.now  # on a whole second
+    clock.now = whole + timedelta(seconds=0.7)
+    await stub.SignOut(users_pb2.SignOutRequest(user_id=user.id))
+    clock.now = whole + timedelta(seconds=0.8)
+    relogged = (await login(stub)).access_token
+    assert iat_of(relogged) == int(whole.timestamp()) + 1  # a second ahead of the clock
+    clock.now = whole + timedelta(seconds=0.9)
+    second = cutoff_of(await stub.SignOut(users_pb2.SignOutRequest(user_id=user.id)))
+    assert second is not None
+    assert iat_of(relogged) <= second
+    clock.now = whole + timedelta(seconds=0.95)
+    assert iat_of((await login(stub)).access_token) > second
 
 
 async def test_only_the_user_the_gateway_acts_for_can_be_signed_out_or_read(stub: UsersServiceAsyncStub) -> None:

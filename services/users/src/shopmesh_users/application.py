@@ -307,7 +307,8 @@ class UsersApplication:
 
     @database_errors_as_domain_errors
     async def sign_out(self, user_id: str) -> datetime:
-        """Revoke every token of the user issued so far: the cutoff moves to now (never back). The new cutoff."""
+        """Revoke every token of the user issued so far: the cutoff moves to now, or to the iat a Login would
+        stamp now when that is later (`next_cutoff`), never back. The new cutoff."""
         user_id = self._acting_for(user_id)
         async with self._database.transaction() as session:
             repository = UserRepository(session)

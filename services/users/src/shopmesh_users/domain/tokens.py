@@ -52,9 +52,13 @@ def issued_at(now: datetime, tokens_valid_after: datetime | None = None) -> date
 
 
 def next_cutoff(stored: datetime | None, now: datetime) -> datetime:
-    """The cutoff a sign-out at `now` leaves: now, but never earlier than the stored one (a replica whose clock
-    is behind must not bring back tokens another's sign-out revoked)."""
-    return now if stored is None or now > stored else stored
+    """The cutoff a sign-out at `now` leaves: now, but never below the iat a Login would stamp now. A Login
+    after the stored cutoff stamps its next whole second, up to a second ahead of now (out at 100.7, in at
+    100.8 with iat 101, out again at 100.9): a cutoff of now alone (100.9) spared that token, and keeping the
+    stored cutoff (a replica whose clock is behind) spared it too. `issued_at` only grows with time and with
+    the cutoff, so no token issued so far has an iat past `issued_at(now, stored)`; and whatever the cutoff, the
+    next Login stamps an iat after it (`issued_at`), so signing in again still works."""
+    return max(now, issued_at(now, stored))
 
 
 def build_access_claims(
