@@ -18,7 +18,7 @@ from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import eventually
-from shopmesh_gateway.sign_outs import TOKEN_REVOKED, TokenCutoffs
+from shopmesh_gateway.sign_outs import RETRY_AFTER_SECONDS, TOKEN_REVOKED, TokenCutoffs
 
 from .gateway_fakes import Fakes, fakes_serving
 from .gateway_serving import bearer, serving_gateway
@@ -122,12 +122,61 @@ async def test_concurrent_misses_for_one_user_are_one_call_to_users() -> None:
 
 
 async def test_users_down_and_no_cutoff_cached_takes_the_token_as_not_revoked_by_default() -> None:
-    users = Users(down=True)
-    cutoffs = cutoffs_of(users, Clock())
+    users, clock = Users(down=True), Clock()
+    cutoffs = cutoffs_of(users, clock)
     assert not await is_refused(cutoffs, "usr_ann", 100)
-    # Not remembered as "never signed out": the next call asks users again, who may answer by then.
+    # Not remembered as "never signed out": once the retry interval is up, the next call asks users again.
     users.down, users.cutoffs["usr_ann"] = False, 150.0
+    clock.now += RETRY_AFTER_SECONDS
     assert await is_refused(cutoffs, "usr_ann", 100)
+
+
+async def test_after_a_failed_fetch_a_users_calls_ask_users_nothing_for_the_retry_interval() -> None:
+    """During an outage, every signed-in call of a user not cached started a GetTokenCutoff of its own."""
+    users, clock = Users(down=True, cutoffs={"usr_cy": 150.0}), Clock()
+    cutoffs = cutoffs_of(users, clock)
+    for _ in range(5):
+        assert not await is_refused(cutoffs, "usr_ann", 100)
+    assert users.calls == ["usr_ann"]
+    # A cached user past its TTL: the cutoff known serves, users is asked once.
+    users.down = False
+    assert await is_refused(cutoffs, "usr_cy", 100)
+    users.down = True
+    clock.now += 30
+    for _ in range(5):
+        assert await is_refused(cutoffs, "usr_cy", 100)
+    assert users.calls == ["usr_ann", "usr_cy", "usr_cy"]
+    clock.now += RETRY_AFTER_SECONDS
+    assert not await is_refused(cutoffs, "usr_ann", 100)
+    assert await is_refused(cutoffs, "usr_cy", 100)
+    assert users.calls == ["usr_ann", "usr_cy", "usr_cy", "usr_ann", "usr_cy"]
+
+
+async def test_failing_closed_after_a_failed_fetch_refuses_at_once_without_asking_users_again() -> None:
+    users, clock = Users(down=True), Clock()
+    cutoffs = cutoffs_of(users, clock, fail_closed=True)
+    for _ in range(3):
+        with pytest.raises(errors.Unavailable) as refused:
+            await cutoffs.refuse_revoked("usr_ann", 100)
+        assert refused.value.reason == errors.DEPENDENCY_UNAVAILABLE
+        assert refused.value.retry_after_seconds == RETRY_AFTER_SECONDS
+    assert users.calls == ["usr_ann"]
+    users.down = False
+    clock.now += RETRY_AFTER_SECONDS
+    assert not await is_refused(cutoffs, "usr_ann", 100)
+    assert users.calls == ["usr_ann", "usr_ann"]
+
+
+async def test_a_hanging_users_holds_a_call_of_a_user_not_cached_only_briefly_and_its_answer_serves_later() -> None:
+    users, clock = Users(cutoffs={"usr_ann": 150.0}, gate=asyncio.Event()), Clock()
+    cutoffs = cutoffs_of(users, clock, stale_wait_seconds=0.01)
+    # Not signed out as far as this replica can tell (fail open) while the fetch goes on.
+    assert not await asyncio.wait_for(is_refused(cutoffs, "usr_ann", 100), 1)
+    assert not await asyncio.wait_for(is_refused(cutoffs, "usr_ann", 100), 1)
+    assert users.calls == ["usr_ann"]
+    users.gate.set()
+    await eventually(lambda: is_refused(cutoffs, "usr_ann", 100), "the fetch's answer serves the calls after it")
+    assert users.calls == ["usr_ann"]
 
 
 async def test_users_down_keeps_a_cached_cutoff_serving_past_its_ttl() -> None:
@@ -162,6 +211,7 @@ async def test_failing_closed_refuses_unavailable_while_users_cannot_confirm_a_c
         assert refused.value.reason == errors.DEPENDENCY_UNAVAILABLE
         assert (refused.value.retry_after_seconds or 0) > 0
     users.down = False
+    clock.now += RETRY_AFTER_SECONDS
     assert not await is_refused(cutoffs, "usr_bob", 151)
 
 

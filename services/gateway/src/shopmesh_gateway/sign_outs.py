@@ -9,8 +9,15 @@ When users cannot answer, in the spirit of the key set's cache (tokens.JwksCache
 keeps serving past its TTL (a cutoff only ever moves forward, so a stale one still refuses every token it
 refused), and a user whose cutoff was never learnt is taken as not signed out (fail open): signed-in shopping
 goes on through a users outage, and a sign-out made meanwhile takes effect on the other replicas once users
-answers again. `fail_closed` (TOKEN_CUTOFF_FAIL_CLOSED) trades that for certainty: a cutoff users has not
-confirmed within the TTL refuses the call UNAVAILABLE (DEPENDENCY_UNAVAILABLE, with RetryInfo).
+answers again. A call waits for users at most `stale_wait_seconds` then, cached user or not: the fetch goes on
+in the background and serves the calls after it. `fail_closed` (TOKEN_CUTOFF_FAIL_CLOSED) trades that for
+certainty: a cutoff users has not confirmed within the TTL refuses the call UNAVAILABLE (DEPENDENCY_UNAVAILABLE,
+with RetryInfo), after waiting for users' answer as long as users takes (USERS_TIMEOUT_SECONDS at most).
+
+After a fetch that failed, as the key set's cache after its (FAILED_REFETCH_INTERVAL_SECONDS), the user's calls
+ask users nothing for `retry_after_seconds`: they take what is known (fail open; "not signed out" for a user
+never learnt) or are refused UNAVAILABLE at once (fail closed). Without it, every signed-in call of an outage
+started its own GetTokenCutoff.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ TOKEN_REVOKED = "TOKEN_REVOKED"
 # the cached one (fail open), as a call with a stale key set waits (tokens.STALE_KEYS_WAIT_SECONDS): a hanging
 # users must not hold every signed-in call for USERS_TIMEOUT_SECONDS.
 STALE_CUTOFF_WAIT_SECONDS = 0.2
-# The RetryInfo of a call refused because its cutoff cannot be had now (fail closed).
+# How long after a fetch that failed a user's calls ask users nothing, and the RetryInfo of a call refused
+# meanwhile because its cutoff cannot be had (fail closed).
 RETRY_AFTER_SECONDS = 1.0
 
 # The user's cutoff, seconds since the epoch (None: never signed out); raises shopmesh_chassis.errors.Unavailable
@@ -45,7 +53,8 @@ FetchCutoff = Callable[[str], Awaitable[float | None]]
 @dataclass(slots=True)
 class _Known:
     cutoff: float | None
-    learnt_at: float  # the clock's time when users said it (or SignOut answered it)
+    learnt_at: float | None  # the clock's time when users said it (or SignOut answered it); None: never
+    failed_at: float | None = None  # the clock's time when a fetch last failed, if after `learnt_at`
 
 
 def _later(a: float | None, b: float | None) -> float | None:
@@ -77,6 +86,7 @@ class TokenCutoffs:
         max_users: int = 100_000,
         fail_closed: bool = False,
         stale_wait_seconds: float = STALE_CUTOFF_WAIT_SECONDS,
+        retry_after_seconds: float = RETRY_AFTER_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch
@@ -84,6 +94,7 @@ class TokenCutoffs:
         self._max_users = max_users
         self._fail_closed = fail_closed
         self._stale_wait = stale_wait_seconds
+        self._retry_after = retry_after_seconds
         self._clock = clock
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._fetching: dict[str, asyncio.Task[None]] = {}
@@ -103,16 +114,39 @@ class TokenCutoffs:
         self._remember(user_id, _later(known.cutoff if known else None, cutoff))
 
     def _remember(self, user_id: str, cutoff: float | None) -> None:
-        self._known[user_id] = _Known(cutoff, self._clock())
+        self._keep(user_id, _Known(cutoff, self._clock()))
+
+    def _remember_failure(self, user_id: str) -> None:
+        known = self._known.get(user_id)
+        if known is None:
+            self._keep(user_id, _Known(None, None, self._clock()))
+        else:
+            known.failed_at = self._clock()
+
+    def _keep(self, user_id: str, known: _Known) -> None:
+        self._known[user_id] = known
         self._known.move_to_end(user_id)
         while len(self._known) > self._max_users:
             self._known.popitem(last=False)
+
+    def _unavailable(self) -> errors.Unavailable:
+        return errors.Unavailable(
+            "cannot learn whether this user signed out: users is unavailable",
+            reason=errors.DEPENDENCY_UNAVAILABLE,
+            retry_after_seconds=self._retry_after,
+        )
 
     async def _cutoff(self, user_id: str) -> float | None:
         known = self._known.get(user_id)
         if known is not None:
             self._known.move_to_end(user_id)
-            if self._clock() - known.learnt_at < self._ttl:
+            now = self._clock()
+            if known.learnt_at is not None and now - known.learnt_at < self._ttl:
+                return known.cutoff
+            if known.failed_at is not None and now - known.failed_at < self._retry_after:
+                # users failed a moment ago: no new fetch yet.
+                if self._fail_closed:
+                    raise self._unavailable()
                 return known.cutoff
         fetching = self._fetching.get(user_id)
         if fetching is None:
@@ -122,32 +156,28 @@ class TokenCutoffs:
             # Retrieved here, so that a failure nobody waited for to the end is not reported as unseen.
             fetching.add_done_callback(lambda task: task.cancelled() or task.exception())
             self._fetching[user_id] = fetching
-        if known is not None and not self._fail_closed:
-            # asyncio.wait neither cancels the fetch when the time is up nor raises its error.
-            await asyncio.wait((fetching,), timeout=self._stale_wait)
-            if not fetching.done():
-                return known.cutoff
-            if fetching.cancelled() or fetching.exception() is not None:
-                log.warning("could not refresh a user's sign-out cutoff from users; using the one known")
-                return known.cutoff
-        else:
+        if self._fail_closed:
             try:
                 await asyncio.shield(fetching)
             except errors.Unavailable:
-                if self._fail_closed:
-                    raise errors.Unavailable(
-                        "cannot learn whether this user signed out: users is unavailable",
-                        reason=errors.DEPENDENCY_UNAVAILABLE,
-                        retry_after_seconds=RETRY_AFTER_SECONDS,
-                    ) from None
-                log.warning("could not learn a user's sign-out cutoff from users; taking the token as not revoked")
-                return None
+                raise self._unavailable() from None
+        else:
+            # asyncio.wait neither cancels the fetch when the time is up nor raises its error.
+            await asyncio.wait((fetching,), timeout=self._stale_wait)
+            if not fetching.done() or fetching.cancelled() or fetching.exception() is not None:
+                # The cutoff known, if any (a cutoff only moves forward); none: taken as not signed out.
+                log.warning("could not learn a user's sign-out cutoff from users now; using the one known, if any")
+                return known.cutoff if known is not None else None
         learnt = self._known.get(user_id)
         return learnt.cutoff if learnt is not None else None
 
     async def _learn(self, user_id: str) -> None:
         try:
             cutoff = await self._fetch(user_id)
+        except BaseException:
+            self._remember_failure(user_id)
+            raise
+        else:
             known = self._known.get(user_id)
             # A SignOut answered while the fetch ran may have recorded a later cutoff: the later one stays.
             self._remember(user_id, _later(known.cutoff if known else None, cutoff))
