@@ -195,7 +195,9 @@ async def test_a_hanging_users_holds_a_call_with_a_stale_cutoff_only_briefly() -
     assert await is_refused(cutoffs, "usr_ann", 100)
     users.gate = asyncio.Event()  # never set: users hangs
     clock.now += 31
-    assert await is_refused(cutoffs, "usr_ann", 100), "the stale cutoff answers while the fetch goes on"
+    # A bound, not a speed: waiting for the fetch would take the gate's 10 s.
+    refused = await asyncio.wait_for(is_refused(cutoffs, "usr_ann", 100), 1)
+    assert refused, "the stale cutoff answers while the fetch goes on"
     users.gate.set()
 
 
@@ -287,6 +289,16 @@ async def test_concurrent_calls_of_a_user_not_cached_make_one_call_to_users() ->
         token = fakes.users.key.token("usr_cy")
         await asyncio.gather(*(notifications(shop, token) for _ in range(10)))
         assert fakes.users.cutoff_calls == ["usr_cy"]
+
+
+async def test_a_hanging_users_holds_a_signed_in_call_of_a_user_not_cached_only_briefly() -> None:
+    async with fakes_serving() as fakes, gateway(fakes, users_timeout_seconds=10) as shop:
+        fakes.users.cutoff_mode = "hang"
+        token = fakes.users.key.token("usr_eve")
+        # A bound, not a speed: waiting for users' answer would take USERS_TIMEOUT_SECONDS, 10 s.
+        for _ in range(3):
+            await asyncio.wait_for(notifications(shop, token), 1)
+        assert fakes.users.cutoff_calls == ["usr_eve"], "the calls share the one fetch still hanging"
 
 
 async def test_users_unreachable_for_the_cutoff_fails_open_or_closed_as_set() -> None:
