@@ -132,10 +132,14 @@ class UsersServiceServicer:
 
     def SignOut(self, request, context):
         """Signs the user out everywhere: every access token issued to the user so
-        far stops being valid. Sets the user's tokens_valid_after to now (never
-        earlier than it was), and returns it. A Login after it, even within the
-        same second, gets a token whose "iat" is after it (Login stamps "iat" at
-        least one whole second past the cutoff), so it works at once.
+        far stops being valid. Sets the user's tokens_valid_after to now, or to
+        the "iat" a Login would stamp now when that is later (a token of a Login
+        in the second of an earlier sign-out is up to a second ahead of the
+        clock), so it never moves back; and returns it. A Login after it, even
+        within the same second, gets a token whose "iat" is after it (Login
+        stamps "iat" as its own time truncated to whole seconds, or, when that is
+        not after the cutoff, the cutoff's next whole second), so it works at
+        once.
 
         Errors: INVALID_ARGUMENT (empty or malformed user_id), PERMISSION_DENIED
         (reason USER_MISMATCH: `x-user-id` differs from user_id), NOT_FOUND
