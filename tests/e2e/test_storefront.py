@@ -1203,6 +1203,38 @@ async def test_sign_out_forgets_the_token_even_when_the_shop_cannot_be_reached(
     assert (await http.get("/v1/orders", headers={"authorization": f"Bearer {copied}"})).status_code == 200
 
 
+async def test_a_sign_outs_late_401_does_not_end_the_session_signed_in_after_it(tab: Tab) -> None:
+    """The sign-out's keepalive call answered 401 (its token revoked already, by a sign-out in another tab)
+    after the shopper signed in again: call() ended the session on any 401, the new one included."""
+    page = tab.page
+    email = await tab.register("Mary")
+    held: asyncio.Queue[Route] = asyncio.Queue()
+    await page.route("**/v1/session:signout", held.put_nowait)
+    await tab.press("Sign out")
+    route = await asyncio.wait_for(held.get(), 30)
+    await tab.open("#/login")
+    await tab.fill({"E-mail": email, "Password": PASSWORD})
+    await tab.press("Sign in")
+    await expect(page.locator("#who")).to_have_text(email)
+    revoked = {
+        "code": 16,
+        "message": "the access token was revoked",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "TOKEN_REVOKED",
+                "domain": "shopmesh.gateway",
+            }
+        ],
+    }
+    async with page.expect_request_finished(lambda request: request.url.endswith("/v1/session:signout")):
+        await route.fulfill(status=401, json=revoked)
+    # A call of the new session after the answer was read: still signed in.
+    await tab.open("#/orders")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Your orders")
+    await expect(page.locator("#who")).to_have_text(email)
+
+
 async def test_a_shoppers_answers_are_not_in_the_browsers_disk_cache_after_sign_out(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -86,7 +86,13 @@ class ApiError extends Error {
   }
 }
 
-async function call(method, path, { query = {}, body, auth = false, idempotencyKey, keepalive = false } = {}) {
+// endsSession: a 401 to this call ends the page's session. Not for the sign-out's own call: the page ended
+// that session as it sent it, and its answer may come after the shopper signed in again.
+async function call(
+  method,
+  path,
+  { query = {}, body, auth = false, idempotencyKey, keepalive = false, endsSession = true } = {},
+) {
   const url = new URL(path, location.origin);
   for (const [name, value] of Object.entries(query)) {
     if (value !== undefined && value !== "") url.searchParams.set(name, String(value));
@@ -135,7 +141,7 @@ async function call(method, path, { query = {}, body, auth = false, idempotencyK
   else if (!isStatus) data = { message: text };
   if (!response.ok) {
     // The token was refused (expired, or its key revoked): a wrong password at sign-in is no session's end.
-    if (response.status === 401 && auth) endSession();
+    if (response.status === 401 && auth && endsSession) endSession();
     const explained = Array.isArray(data.details) && data.details.some((detail) => detail["@type"] === ERROR_INFO);
     if (GATEWAY_AWAY.has(response.status) && !explained) {
       // The edge's own answer that the gateway is away or did not answer in time (a Status with no ErrorInfo:
@@ -166,7 +172,8 @@ const api = {
     }),
   notifications: (query) => call("GET", "/v1/notifications", { query: { pageSize: PAGE_SIZE, ...query }, auth: true }),
   // keepalive: the request outlives the page, so a tab closed right after its sign-out still ends the token.
-  signOut: () => call("POST", "/v1/session:signout", { body: {}, auth: true, keepalive: true }),
+  // A 401 (the token already revoked elsewhere) must not end the session the shopper may have started since.
+  signOut: () => call("POST", "/v1/session:signout", { body: {}, auth: true, keepalive: true, endsSession: false }),
 };
 
 // ---- What the page keeps --------------------------------------------------------------------------------
