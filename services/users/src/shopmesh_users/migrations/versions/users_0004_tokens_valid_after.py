@@ -6,6 +6,10 @@ after it (docs/auth.md, "Signing out").
 Expand-only: a nullable column (NULL: never signed out). The previous release neither reads nor writes it:
 during a rollout, its pods answer no SignOut (UNIMPLEMENTED, which the gateway relays) and their logins may
 stamp a token within the second of a sign-out, which the gateway then refuses as revoked (sign in again).
+Their GetTokenCutoff is UNIMPLEMENTED too, which the gateway takes as users unavailable: failing open (the
+default), the user is taken as not signed out; failing closed, the call is refused UNAVAILABLE. So turn
+TOKEN_CUTOFF_FAIL_CLOSED=true on only once every users pod runs this release, never during its rollout:
+every signed-in call whose cutoff fetch reached an old pod would be refused.
 
 Revision ID: users_0004
 Revises: users_0003
