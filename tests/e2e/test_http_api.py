@@ -9,6 +9,7 @@ and the google.rpc.Status, details included, as the JSON body.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 import uuid
@@ -510,25 +511,46 @@ async def test_every_401_carries_the_bearer_challenge_its_reason_asks_for(http: 
     assert wrong.headers.get_list(WWW_AUTHENTICATE) == [BEARER_CHALLENGE], wrong.headers
 
 
-async def test_a_refused_query_is_neither_logged_nor_traced_by_the_edge(stack: Stack, http: httpx.AsyncClient) -> None:
-    # The password in the URL is refused (QUERY_WITH_BODY); the edge's access log and its span keep the path only.
+async def test_no_query_is_logged_or_traced_by_the_edge_neither_a_gets_nor_a_refused_ones(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    # A GET's query is its fields: search terms, page tokens, an e-mail address a client searched for. A
+    # refused one's is anything: the password in the URL is refused (QUERY_WITH_BODY). The edge's access log
+    # and its span keep the path only (the GET's was logged whole, query and all).
     secret = f"hunter-{uuid.uuid4().hex[:8]}"
-    trace_id = uuid.uuid4().hex
-    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    searched = f"{secret}@example.com"
+    refused_trace, get_trace = uuid.uuid4().hex, uuid.uuid4().hex
+
+    def traceparent(trace_id: str) -> dict[str, str]:
+        return {"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"}
+
     query = {"email": "a@example.com", "password": secret}
-    refused = await http.post("/v1/login", params=query, json={}, headers={"traceparent": traceparent})
+    refused = await http.post("/v1/login", params=query, json={}, headers=traceparent(refused_trace))
     assert refused.status_code == 400, refused.text
     assert detail(status_of(refused)[1], BAD_REQUEST)["fieldViolations"][0]["reason"] == QUERY_WITH_BODY
+    search = {"query": searched, "pageSize": 2}
+    found = await http.get("/v1/products:search", params=search, headers=traceparent(get_trace))
+    assert found.status_code == 200, found.text
     assert stack.logs is not None
 
-    async def logged() -> dict[str, Any] | None:
-        lines = [json.loads(line) for line in stack.logs.text(HTTP_API).splitlines() if trace_id in line]
-        return lines[-1] if lines else None
+    def logged(trace_id: str) -> Callable[[], Awaitable[dict[str, Any] | None]]:
+        async def probe() -> dict[str, Any] | None:
+            lines = [json.loads(line) for line in stack.logs.text(HTTP_API).splitlines() if trace_id in line]
+            return lines[-1] if lines else None
 
-    line = await eventually(logged, "the edge's access log line of the refused login")
+        return probe
+
+    line = await eventually(logged(refused_trace), "the edge's access log line of the refused login")
     assert (line["http_path"], line["method"], line["http_status"]) == ("/v1/login", "/v1/login", 400)
-    spans = await eventually(lambda: _spans(stack, trace_id), "the edge's span of the refused login")
-    assert all(secret not in json.dumps(span) for span in spans)
+    line = await eventually(logged(get_trace), "the edge's access log line of the search")
+    assert (line["http_path"], line["method"], line["http_status"]) == (
+        "/v1/products:search",
+        "/shopmesh.gateway.v1.ShopService/SearchProducts",
+        200,
+    )
+    for trace_id in (refused_trace, get_trace):
+        spans = await eventually(functools.partial(_spans, stack, trace_id), "the edge's span of the request")
+        assert all(secret not in json.dumps(span) for span in spans)
     assert secret not in stack.logs.text(HTTP_API)
 
 
@@ -543,14 +565,15 @@ async def test_the_edges_access_log_states_the_grpc_status_the_gateway_answered(
     # JSON body, so Envoy derives the field from the HTTP status instead (400 -> Internal, 404 ->
     # Unimplemented): every client mistake was logged as the server fault INTERNAL, a missing product as
     # UNIMPLEMENTED.
-    path = f"/v1/products:search?query=&category=access-log-{uuid.uuid4().hex[:8]}"
-    refused = await http.get(path)
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    refused = await http.get("/v1/products:search?query=", headers={"traceparent": traceparent})
     assert refused.status_code == 400, refused.text
     assert refused.json()["code"] == INVALID_ARGUMENT
     assert stack.logs is not None
 
     async def logged() -> dict[str, Any] | None:
-        lines = [json.loads(line) for line in stack.logs.text(HTTP_API).splitlines() if path in line]
+        lines = [json.loads(line) for line in stack.logs.text(HTTP_API).splitlines() if trace_id in line]
         return lines[-1] if lines else None
 
     line = await eventually(logged, "the edge's access log line of the refused search")

@@ -11,16 +11,13 @@ from .local_replies import FIRST_ERROR_STATUS, LOCAL_REPLY_CODES_BY_STATUS, UNLI
 
 _HEADER_TO_METADATA = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
 
-# The path and query the transcoder took (it keeps them in x-envoy-original-path): only a GET's can have a query
-# by then (a query on any other route of the API is refused before it, QUERY_WITH_BODY), and a GET's fields are
-# page sizes, page tokens, categories and search terms, never a secret; worth keeping to see what a client
-# asked. Any other request's path without its query: a refused one's (`POST /v1/login?password=...`, `PUT
-# /v1/orders?card.number=...`: whatever a client put there, no call was made of it), the storefront's.
-LOGGED_PATH = (
-    "%CEL('x-envoy-original-path' in request.headers ? request.headers['x-envoy-original-path'] : request.url_path)%"
-)
-# The URL of the edge's span (`http.url`), without its query: Envoy's own has the query, a refused one's too.
-SPAN_URL = "%REQ(:SCHEME)%://%REQ(:AUTHORITY)%%PATH(NQ:ORIG_OR_PATH)%"
+# The path the transcoder took (it keeps it in x-envoy-original-path), else the request's (a refused one's, the
+# storefront's, a gRPC call's method), never its query: a GET's fields are search terms, page tokens and
+# whatever else a client puts in a URL (an e-mail address), and a refused request's query is anything
+# (`POST /v1/login?password=...`). Envoy's own operator, not CEL: it cuts at the first `?` of either path.
+LOGGED_PATH = "%PATH(NQ:ORIG_OR_PATH)%"
+# The URL of the edge's span (`http.url`): Envoy's own has the query, as the log would.
+SPAN_URL = f"%REQ(:SCHEME)%://%REQ(:AUTHORITY)%{LOGGED_PATH}"
 
 # Where the edge keeps the gateway's grpc-status as it came, before the transcoder turns it into an HTTP status and
 # drops it (dynamic metadata: namespace, key).
