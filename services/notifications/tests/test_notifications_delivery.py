@@ -681,6 +681,76 @@ async def test_a_second_event_of_the_same_kind_for_an_order_is_applied_without_a
     assert "already" in line.getMessage()
 
 
+@sqlite_only
+@pytest.mark.parametrize("overrides", [{"send_give_up_after_seconds": 0.15}])
+async def test_a_later_event_of_an_orders_kind_whose_email_failed_is_mailed_and_the_failed_one_stays_listed(
+    running: Running,
+) -> None:
+    """A FAILED notification counted as the order "notified of it already": the customer never had the
+    e-mail, yet every later event of its kind (a republish once the cause is fixed) was applied with
+    none. The later event gets its own notification and e-mail; the FAILED one stays listed as it was, and a
+    redelivery of either event records nothing more."""
+    port, directory = running.sink.port, running.sink.directory
+    await running.sink.close()  # the relay down until the first e-mail is given up
+    first = Event("evt_lost", ORDER_CONFIRMED, confirmed_event("evt_lost", "ord_lost"), {"Nats-Msg-Id": "evt_lost"}, 1)
+    assert await running.consumer._apply(first)
+
+    async def given_up() -> bool:
+        stored = await running.stored("evt_lost")
+        return stored is not None and stored.state is State.FAILED
+
+    await eventually(given_up, "the first e-mail FAILED")
+    back = await start_sink(directory, port=port)
+    try:
+        later = Event("evt_later", ORDER_CONFIRMED, confirmed_event("evt_later", "ord_lost"), {}, 1)
+        assert await running.consumer._apply(later)
+        (mail,) = await eventually(lambda: mail_for(directory, "ord_lost"), "the later event's e-mail")
+        assert mail["Message-ID"] == "<evt_later@shopmesh.notifications>"
+
+        async def later_sent() -> list[tuple[str, int]]:
+            listed = [(n.event_id, n.state) for n in await running.listed()]
+            return listed if ("evt_later", SENT) in listed else []
+
+        assert sorted(await eventually(later_sent, "the later one SENT")) == [("evt_later", SENT), ("evt_lost", FAILED)]
+        assert not await running.consumer._apply(replace(first, attempt=2))
+        assert not await running.consumer._apply(replace(later, attempt=2))
+        assert sorted((n.event_id, n.state) for n in await running.listed()) == [
+            ("evt_later", SENT),
+            ("evt_lost", FAILED),
+        ]
+        assert len(mail_for(directory, "ord_lost")) == 1
+    finally:
+        await back.close()
+
+
+async def test_an_orders_failed_email_stands_only_for_its_own_event(database: Database) -> None:
+    """On both databases: the FAILED notification's own event, applied again once the consumer has
+    forgotten its id, records nothing (its event id is unique per channel); a later event of its kind
+    records a notification to send; one after that finds it and records nothing."""
+    intake, now = NotificationIntake(), datetime.now(UTC)
+
+    def confirmation(event_id: str) -> Event:
+        return Event(event_id, ORDER_CONFIRMED, confirmed_event(event_id, "ord_f"), {}, 1)
+
+    async with database.transaction() as session:
+        await intake(session, confirmation("evt_f1"))
+    async with database.transaction() as session:
+        repository = NotificationRepository(session)
+        (due,) = await repository.due(now + timedelta(seconds=1), 10)
+        claimed = await repository.claim(due, now + timedelta(seconds=1), now + timedelta(seconds=5))
+        assert claimed is not None
+        policy = RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=0.2, give_up_after_seconds=3600)
+        refused = claimed.delivery_failed("550 no such user", now, policy, refusal=Refusal.RECIPIENT)
+        assert await repository.record_delivery(refused, now + timedelta(seconds=5))
+    for event_id in ("evt_f1", "evt_f2", "evt_f3"):
+        async with database.transaction() as session:
+            await intake(session, confirmation(event_id))
+
+    async with database.read() as session:
+        listed = await NotificationRepository(session).list_for_user("usr_1", 10, None)
+    assert sorted((n.event_id, n.state) for n in listed) == [("evt_f1", State.FAILED), ("evt_f2", State.PENDING)]
+
+
 @pytest.fixture
 def relay_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
     """A relay's server-side TLS context, its self-signed certificate for 127.0.0.1 the only one the

@@ -14,7 +14,7 @@ from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import Database
 from shopmesh_notifications.codec import ORDER_CONFIRMED
 from shopmesh_notifications.domain.events import EventKind
-from shopmesh_notifications.domain.model import Channel, Notification, RetryPolicy, State
+from shopmesh_notifications.domain.model import GAVE_UP, Channel, Notification, RetryPolicy, State
 from shopmesh_notifications.intake import NotificationIntake
 from shopmesh_notifications.mailer import SmtpMailer, SmtpOptions
 from shopmesh_notifications.sender import NotificationSender
@@ -141,3 +141,40 @@ async def test_emails_the_release_before_gave_up_or_failed_on_a_relay_policy_are
         "user5@example.com": State.FAILED,
     }
     assert sorted(m["X-Shopmesh-Order-Id"] for m in read_mail(tmp_path / "mail")) == ["ord_old1", "ord_old2"]
+
+
+async def test_the_runbooks_sql_requeues_only_an_orders_newest_failed_email_of_a_kind_and_none_once_one_stands(
+    database: Database,
+) -> None:
+    """A later event of an order's kind, applied after its e-mail FAILED, records an e-mail of its own:
+    re-queueing the FAILED one beside it (or beside another FAILED one of the kind) mails the customer twice."""
+    find, requeue, _, _ = runbook_sql()
+    created = datetime.now(UTC) - timedelta(hours=2)
+
+    def confirmation(order_id: str, number: int, state: State) -> Notification:
+        return Notification(
+            f"ntf_{order_id}{number}", "usr_1", order_id, Channel.EMAIL, f"{order_id}{number}@example.com", "Hi",
+            "body", f"<{order_id}{number}@x>", EventKind.ORDER_CONFIRMED, f"evt_{order_id}{number}",
+            created + timedelta(minutes=number), state=state, attempts=1,
+            failure_reason=GAVE_UP if state is State.FAILED else "",
+        )  # fmt: skip
+
+    rows = [
+        confirmation("ord_s", 1, State.FAILED),
+        confirmation("ord_s", 2, State.SENT),
+        confirmation("ord_t", 1, State.FAILED),
+        confirmation("ord_t", 2, State.FAILED),
+    ]
+    async with database.transaction() as session:
+        for row in rows:
+            await NotificationRepository(session).add(row)
+        assert [row.id for row in (await session.execute(text(find))).all()] == ["ntf_ord_t2"]
+        await session.execute(text(requeue))
+
+    after = await stored(database)
+    assert {n.id: n.state for n in after.values()} == {
+        "ntf_ord_s1": State.FAILED,
+        "ntf_ord_s2": State.SENT,
+        "ntf_ord_t1": State.FAILED,
+        "ntf_ord_t2": State.PENDING,
+    }

@@ -1,7 +1,7 @@
 """The consumer's handler: an order event becomes a PENDING notification, in the transaction in which
 the chassis records the event id — so each event yields at most one notification, however often it is
-delivered, and each order at most one of each kind per channel, whatever its events' ids (none for a
-confirmation applied after its order's cancellation). Nothing is sent here: the
+delivered, and each order at most one of each kind per channel that is not FAILED, whatever its events'
+ids (none for a confirmation applied after its order's cancellation). Nothing is sent here: the
 sender delivers it after the commit, outside any transaction, in a span of the trace the notification
 was recorded in (its consumer span's context is stored with it)."""
 
@@ -48,8 +48,9 @@ class NotificationIntake:
         # and a second event of an order's kind wait for the first's outcome.
         await repository.lock_order(order.order_id)
         # The same confirmation (or cancellation) published again under a new event id (a republish, a
-        # replayed copy) is a duplicate the event id does not catch: the customer has that e-mail already.
-        if await repository.order_notified(order.order_id, order.kind, Channel.EMAIL):
+        # replayed copy) is a duplicate the event id does not catch: the customer has that e-mail already,
+        # or will have. Not when it FAILED: then a later event of its kind is the customer's only e-mail.
+        if await repository.order_notified_of_event(order.order_id, order.kind, Channel.EMAIL, event.event_id):
             log.info(
                 "no %s e-mail for %s: order %s was notified of it already",
                 order.kind.value,

@@ -108,14 +108,25 @@ class NotificationRepository:
         """Whether the order's cancellation e-mail is recorded (ix_notifications_order)."""
         return await self.order_notified(order_id, EventKind.ORDER_CANCELLED)
 
-    async def order_notified(self, order_id: str, kind: EventKind, channel: Channel | None = None) -> bool:
-        """Whether a notification of the order of this kind (on this channel, or any) is recorded, in any
-        state (ix_notifications_order)."""
+    async def order_notified(self, order_id: str, kind: EventKind) -> bool:
+        """Whether a notification of the order of this kind, on any channel, is recorded, in any state
+        (ix_notifications_order)."""
         query = select(notifications.c.id).where(
             notifications.c.order_id == order_id, notifications.c.kind == kind.value
         )
-        if channel is not None:
-            query = query.where(notifications.c.channel == channel.value)
+        return await self._session.scalar(query.limit(1)) is not None
+
+    async def order_notified_of_event(self, order_id: str, kind: EventKind, channel: Channel, event_id: str) -> bool:
+        """Whether a notification of the order of this kind on this channel stands for `event_id`'s: one
+        the customer has, or will have (any state but FAILED), or the event's own, in any state (its
+        redelivery once the consumer has forgotten its id). A FAILED one gave the customer nothing: a later
+        event of its kind gets a notification of its own, beside it (ix_notifications_order)."""
+        query = select(notifications.c.id).where(
+            notifications.c.order_id == order_id,
+            notifications.c.kind == kind.value,
+            notifications.c.channel == channel.value,
+            or_(notifications.c.state != State.FAILED.value, notifications.c.event_id == event_id),
+        )
         return await self._session.scalar(query.limit(1)) is not None
 
     async def list_for_user(self, user_id: str, limit: int, after: tuple[datetime, str] | None) -> list[Notification]:
