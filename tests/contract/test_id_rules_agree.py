@@ -45,7 +45,7 @@ def notifications_accepts(user_id: str) -> bool:
         user_id=user_id,
         email="ada@example.com",
         currency="USD",
-        lines=(),
+        lines=(notifications.Line("Mug", 1, 100, 100, "USD", "USD"),),
         total_minor=100,
     )
     try:

@@ -109,12 +109,20 @@ def cancelled_event(
     code: int = orders_pb2.CANCEL_REASON_CODE_CARD_DECLINED,
     message: str = "Your card was declined.",
 ) -> bytes:
+    usd = money_pb2.Money
+    item = orders_pb2.OrderItem(
+        product_name="Mug",
+        quantity=1,
+        unit_price=usd(amount_minor=500, currency="USD"),
+        line_total=usd(amount_minor=500, currency="USD"),
+    )
     event = events_pb2.OrderCancelled(
         event_id=event_id,
         order_id=order_id,
         user_id=user_id,
         email="ada@example.com",
-        total=money_pb2.Money(amount_minor=500, currency="USD"),
+        items=[item],
+        total=usd(amount_minor=500, currency="USD"),
         refunded=False,
     )
     event.reason.code = code  # type: ignore[assignment]
@@ -624,6 +632,55 @@ async def test_a_stop_cut_off_before_the_grace_is_up_cancels_the_attempt_in_flig
     await cut_off_midway(sender.stop(grace_seconds=60))
     # The attempt the grace was waiting for (shielded from the wait's timeout) does not go on past the stop.
     assert cancelled.is_set()
+
+
+def confirmed_with_lines(order_id: str, lines: list[tuple[int, int, int]], total_minor: int) -> bytes:
+    """A confirmation of Widget lines, each (quantity, unit price, line total) in USD, and its total."""
+    usd = money_pb2.Money
+    items = [
+        orders_pb2.OrderItem(
+            product_name="Widget",
+            quantity=quantity,
+            unit_price=usd(amount_minor=price, currency="USD"),
+            line_total=usd(amount_minor=line_total, currency="USD"),
+        )
+        for quantity, price, line_total in lines
+    ]
+    total = usd(amount_minor=total_minor, currency="USD")
+    return events_pb2.OrderConfirmed(
+        order_id=order_id, user_id="usr_1", email="ada@example.com", items=items, total=total
+    ).SerializeToString()
+
+
+@sqlite_only
+async def test_an_event_whose_totals_do_not_add_up_is_dead_lettered_and_never_mailed(running: Running) -> None:
+    """A line total other than its quantity times its unit price, or a total other than the sum of the
+    line totals, was mailed as it came: the customer read "2 x Widget USD 5.00 each ... USD 1.00", or a
+    total charged that no line adds up to. Orders never publishes such an event (OrderItem, Order.total),
+    so no retry makes it right and no figure of it can be trusted: it is poison, parked with the reason
+    naming what does not add up."""
+    untrusted = {
+        "evt_line": confirmed_with_lines("ord_line", [(2, 500, 100)], 100),
+        "evt_total": confirmed_with_lines("ord_total", [(2, 500, 1000), (1, 300, 300)], 1000),
+    }
+    for event_id, payload in untrusted.items():
+        await running.publish(ORDER_CONFIRMED, payload, event_id)
+    await running.publish(
+        ORDER_CONFIRMED, confirmed_with_lines("ord_sums", [(2, 500, 1000), (1, 300, 300)], 1300), "evt_sums"
+    )
+    await eventually(lambda: mail_for(running.sink.directory, "ord_sums"), "the e-mail of the event that adds up")
+
+    async def all_parked() -> dict[str, str]:
+        letters = await running.dead_letters()
+        reasons = {m.headers["Shopmesh-Original-Event-Id"]: m.headers["Shopmesh-Error"] for m in letters if m.headers}
+        return reasons if set(reasons) == set(untrusted) else {}
+
+    reasons = await eventually(all_parked, "both events parked")
+    assert "items[0].line_total is not quantity x unit_price" in reasons["evt_line"]
+    assert "total is not the sum of the line totals" in reasons["evt_total"]
+    assert [n.event_id for n in await running.listed()] == ["evt_sums"]
+    assert not mail_for(running.sink.directory, "ord_line")
+    assert not mail_for(running.sink.directory, "ord_total")
 
 
 @sqlite_only

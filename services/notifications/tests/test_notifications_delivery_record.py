@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import exc
 
 from shopmesh.common.v1 import money_pb2
-from shopmesh.orders.v1 import events_pb2
+from shopmesh.orders.v1 import events_pb2, orders_pb2
 from shopmesh_chassis.consumer import Event
 from shopmesh_chassis.db import Database, DbConnection
 from shopmesh_chassis.db_errors import as_domain_error
@@ -141,7 +141,10 @@ def _mailer(port: int) -> SmtpMailer:
 async def _with_one_pending(database: Database) -> None:
     await migrate(database, VERSIONS, metadata)
     total = money_pb2.Money(amount_minor=1000, currency="USD")
-    confirmed = events_pb2.OrderConfirmed(order_id="ord_1", user_id="usr_1", email="ada@example.com", total=total)
+    item = orders_pb2.OrderItem(product_name="Mug", quantity=1, unit_price=total, line_total=total)
+    confirmed = events_pb2.OrderConfirmed(
+        order_id="ord_1", user_id="usr_1", email="ada@example.com", items=[item], total=total
+    )
     payload = confirmed.SerializeToString()
     async with database.transaction() as session:
         await NotificationIntake()(session, Event("evt_1", ORDER_CONFIRMED, payload, {}, 1))

@@ -125,6 +125,12 @@ def test_a_sendable_event_passes_its_checks() -> None:
             r"items\[1\]\.unit_price\.currency is not total\.currency",
         ),
         ({"lines": (Line("Widget", 1, 500, 500, "USD", ""),)}, r"items\[0\]\.line_total\.currency is not total"),
+        (
+            {"lines": (Line("Chef knife", 2, 8900, 8900, "USD", "USD"),), "total_minor": 8900},
+            r"items\[0\]\.line_total is not quantity x unit_price",
+        ),
+        ({"total_minor": 21000}, "total is not the sum of the line totals"),
+        ({"lines": (), "total_minor": 500}, "total is not the sum of the line totals"),
     ],
 )
 def test_an_event_that_cannot_become_an_email_is_invalid(changes: dict[str, object], problem: str) -> None:

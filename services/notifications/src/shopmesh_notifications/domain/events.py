@@ -70,19 +70,27 @@ def validate_event(event: OrderEvent) -> OrderEvent:
     if event.total_minor < 0:
         problems.append("total is negative")
     problems.extend(_line_problems(event))
+    if event.total_minor != sum(line.line_total_minor for line in event.lines):
+        # Order.total: the sum of the line totals, no taxes nor shipping.
+        problems.append("total is not the sum of the line totals")
     if problems:
         raise InvalidEvent(f"{event.kind.value} {event.event_id or '?'}: {'; '.join(problems)}")
     return event
 
 
 def _line_problems(event: OrderEvent) -> list[str]:
-    """An e-mail telling the customer "-3 x Widget -USD 5.00 each" or an item's price in a currency it was
-    not charged in: no order is like that, so no such e-mail goes out."""
+    """An e-mail telling the customer "-3 x Widget -USD 5.00 each", an item's price in a currency it was
+    not charged in, or "2 x Widget USD 5.00 each ... USD 1.00": no order is like that, so no such e-mail
+    goes out. One figure that does not add up leaves none of the others to trust: which of them was
+    charged, the e-mail cannot tell."""
     problems: list[str] = []
     for index, line in enumerate(event.lines):
         item = f"items[{index}]"
         if line.quantity < 1:
             problems.append(f"{item}.quantity is less than 1")
+        if line.line_total_minor != line.quantity * line.unit_price_minor:
+            # OrderItem.line_total: unit_price.amount_minor * quantity.
+            problems.append(f"{item}.line_total is not quantity x unit_price")
         for name, amount, currency in (
             ("unit_price", line.unit_price_minor, line.unit_price_currency),
             ("line_total", line.line_total_minor, line.line_total_currency),
