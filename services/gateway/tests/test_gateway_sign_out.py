@@ -18,7 +18,8 @@ from shopmesh.gateway.v1 import shop_pb2
 from shopmesh_chassis import errors
 from shopmesh_chassis.grpc_errors import ErrorDetails, details_of
 from shopmesh_chassis.testing import eventually
-from shopmesh_gateway.sign_outs import RETRY_AFTER_SECONDS, TOKEN_REVOKED, TokenCutoffs
+from shopmesh_gateway.coalesced import FAILED_FETCH_BACKOFF_SECONDS
+from shopmesh_gateway.sign_outs import TOKEN_REVOKED, TokenCutoffs
 
 from .gateway_fakes import Fakes, fakes_serving
 from .gateway_serving import bearer, serving_gateway
@@ -127,7 +128,7 @@ async def test_users_down_and_no_cutoff_cached_takes_the_token_as_not_revoked_by
     assert not await is_refused(cutoffs, "usr_ann", 100)
     # Not remembered as "never signed out": once the retry interval is up, the next call asks users again.
     users.down, users.cutoffs["usr_ann"] = False, 150.0
-    clock.now += RETRY_AFTER_SECONDS
+    clock.now += FAILED_FETCH_BACKOFF_SECONDS
     assert await is_refused(cutoffs, "usr_ann", 100)
 
 
@@ -146,7 +147,7 @@ async def test_after_a_failed_fetch_a_users_calls_ask_users_nothing_for_the_retr
     for _ in range(5):
         assert await is_refused(cutoffs, "usr_cy", 100)
     assert users.calls == ["usr_ann", "usr_cy", "usr_cy"]
-    clock.now += RETRY_AFTER_SECONDS
+    clock.now += FAILED_FETCH_BACKOFF_SECONDS
     assert not await is_refused(cutoffs, "usr_ann", 100)
     assert await is_refused(cutoffs, "usr_cy", 100)
     assert users.calls == ["usr_ann", "usr_cy", "usr_cy", "usr_ann", "usr_cy"]
@@ -159,10 +160,10 @@ async def test_failing_closed_after_a_failed_fetch_refuses_at_once_without_askin
         with pytest.raises(errors.Unavailable) as refused:
             await cutoffs.refuse_revoked("usr_ann", 100)
         assert refused.value.reason == errors.DEPENDENCY_UNAVAILABLE
-        assert refused.value.retry_after_seconds == RETRY_AFTER_SECONDS
+        assert refused.value.retry_after_seconds == FAILED_FETCH_BACKOFF_SECONDS
     assert users.calls == ["usr_ann"]
     users.down = False
-    clock.now += RETRY_AFTER_SECONDS
+    clock.now += FAILED_FETCH_BACKOFF_SECONDS
     assert not await is_refused(cutoffs, "usr_ann", 100)
     assert users.calls == ["usr_ann", "usr_ann"]
 
@@ -213,7 +214,7 @@ async def test_failing_closed_refuses_unavailable_while_users_cannot_confirm_a_c
         assert refused.value.reason == errors.DEPENDENCY_UNAVAILABLE
         assert (refused.value.retry_after_seconds or 0) > 0
     users.down = False
-    clock.now += RETRY_AFTER_SECONDS
+    clock.now += FAILED_FETCH_BACKOFF_SECONDS
     assert not await is_refused(cutoffs, "usr_bob", 151)
 
 

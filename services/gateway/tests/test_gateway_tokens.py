@@ -11,8 +11,8 @@ import jwt
 import pytest
 
 from shopmesh_chassis import errors
+from shopmesh_gateway.coalesced import FAILED_FETCH_BACKOFF_SECONDS
 from shopmesh_gateway.tokens import (
-    FAILED_REFETCH_INTERVAL_SECONDS,
     MAX_TOKEN_CHARS,
     NOT_BEFORE_LEEWAY_SECONDS,
     STALE_KEYS_WAIT_SECONDS,
@@ -453,7 +453,7 @@ async def test_an_unknown_kid_is_unavailable_while_the_key_set_cannot_be_fetched
 ) -> None:
     """After a failed fetch the gateway cannot know whether an unknown kid is users' newest key: it answers
     UNAVAILABLE with a retry hint, not TOKEN_INVALID, which would send a shopper back to log in. A flood of
-    unknown kids meanwhile costs users one fetch per FAILED_REFETCH_INTERVAL_SECONDS, not one per token."""
+    unknown kids meanwhile costs users one fetch per FAILED_FETCH_BACKOFF_SECONDS, not one per token."""
     await verifier.subject(key.token())
     users.down = True
     clock.now = 300
@@ -462,20 +462,20 @@ async def test_an_unknown_kid_is_unavailable_while_the_key_set_cannot_be_fetched
     for _ in range(5):
         with pytest.raises(errors.Unavailable) as caught:
             await verifier.subject(SigningKey().token())
-        assert caught.value.retry_after_seconds == pytest.approx(FAILED_REFETCH_INTERVAL_SECONDS)
+        assert caught.value.retry_after_seconds == pytest.approx(FAILED_FETCH_BACKOFF_SECONDS)
     assert users.fetches == fetches, "no fetch within the backoff"
-    clock.now += FAILED_REFETCH_INTERVAL_SECONDS / 2
+    clock.now += FAILED_FETCH_BACKOFF_SECONDS / 2
     with pytest.raises(errors.Unavailable) as caught:
         await verifier.subject(SigningKey().token())
-    assert caught.value.retry_after_seconds == pytest.approx(FAILED_REFETCH_INTERVAL_SECONDS / 2)
-    clock.now += FAILED_REFETCH_INTERVAL_SECONDS / 2
+    assert caught.value.retry_after_seconds == pytest.approx(FAILED_FETCH_BACKOFF_SECONDS / 2)
+    clock.now += FAILED_FETCH_BACKOFF_SECONDS / 2
     with pytest.raises(errors.Unavailable):
         await verifier.subject(SigningKey().token())
     assert users.fetches == fetches + 1, "one more fetch once the backoff is over, which fails too"
     users.down = False
-    clock.now += FAILED_REFETCH_INTERVAL_SECONDS
+    clock.now += FAILED_FETCH_BACKOFF_SECONDS
     assert await reason_of(verifier, SigningKey().token()) == "TOKEN_INVALID", "users answered: truly unknown"
     for _ in range(5):
-        clock.now += FAILED_REFETCH_INTERVAL_SECONDS
+        clock.now += FAILED_FETCH_BACKOFF_SECONDS
         assert await reason_of(verifier, SigningKey().token()) == "TOKEN_INVALID"
     assert users.fetches == fetches + 2, "once a fetch succeeds, unknown kids wait the 30 s interval again"

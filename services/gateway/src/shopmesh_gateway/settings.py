@@ -115,7 +115,7 @@ class GatewaySettings(ServiceSettings):
     # tokens.NOT_BEFORE_LEEWAY_SECONDS, or this if longer.)
     jwt_leeway_seconds: float = Field(default=5.0, ge=0, le=300, allow_inf_nan=False)
     # The users contract: cache the key set up to 5 minutes, refetch on an unknown kid at most every 30 s (a
-    # second after a failed fetch, tokens.FAILED_REFETCH_INTERVAL_SECONDS). users' KEY_PUBLISH_AHEAD_SECONDS
+    # second after a failed fetch, coalesced.FAILED_FETCH_BACKOFF_SECONDS). users' KEY_PUBLISH_AHEAD_SECONDS
     # must stay above their sum with a margin (docs/auth.md, "Rotation"): raise it when raising these.
     jwks_max_age_seconds: Interval = 300.0
     jwks_min_refetch_interval_seconds: RetryDelay = 30.0

@@ -14,22 +14,22 @@ in the background and serves the calls after it. `fail_closed` (TOKEN_CUTOFF_FAI
 certainty: a cutoff users has not confirmed within the TTL refuses the call UNAVAILABLE (DEPENDENCY_UNAVAILABLE,
 with RetryInfo), after waiting for users' answer as long as users takes (USERS_TIMEOUT_SECONDS at most).
 
-After a fetch that failed, as the key set's cache after its (FAILED_REFETCH_INTERVAL_SECONDS), the user's calls
-ask users nothing for `retry_after_seconds`: they take what is known (fail open; "not signed out" for a user
+After a fetch that failed, as the key set's cache after its (coalesced.FAILED_FETCH_BACKOFF_SECONDS), the user's
+calls ask users nothing for `retry_after_seconds`: they take what is known (fail open; "not signed out" for a user
 never learnt) or are refused UNAVAILABLE at once (fail closed). Without it, every signed-in call of an outage
 started its own GetTokenCutoff.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from shopmesh_chassis import call_context, errors
+from shopmesh_chassis import errors
+from shopmesh_gateway import coalesced
 
 # A logger of its own, held to a line per message a minute (wiring: `limit_repeats`): while users is away every
 # signed-in call of a user not cached would write one.
@@ -41,9 +41,6 @@ TOKEN_REVOKED = "TOKEN_REVOKED"
 # the cached one (fail open), as a call with a stale key set waits (tokens.STALE_KEYS_WAIT_SECONDS): a hanging
 # users must not hold every signed-in call for USERS_TIMEOUT_SECONDS.
 STALE_CUTOFF_WAIT_SECONDS = 0.2
-# How long after a fetch that failed a user's calls ask users nothing, and the RetryInfo of a call refused
-# meanwhile because its cutoff cannot be had (fail closed).
-RETRY_AFTER_SECONDS = 1.0
 
 # The user's cutoff, seconds since the epoch (None: never signed out); raises shopmesh_chassis.errors.Unavailable
 # when users cannot say now.
@@ -75,8 +72,9 @@ def revoked(issued_at: float | None, cutoff: float | None) -> bool:
 class TokenCutoffs:
     """Each user's sign-out cutoff, learnt from users and kept for `ttl_seconds`, at most `max_users` of them (the
     least recently used is dropped beyond it). Concurrent calls of a user whose cutoff is not fresh share one
-    fetch, run without any caller's deadline (with the gateway's own, USERS_TIMEOUT_SECONDS, as the key set's
-    refetch): a client sending short deadlines cannot cut it short and keep a sign-out unseen."""
+    fetch (coalesced.Fetches), run without any caller's deadline: a client sending short deadlines cannot cut it
+    short and keep a sign-out unseen. `retry_after_seconds`: how long after a fetch that failed a user's calls ask
+    users nothing, and the RetryInfo of a call refused meanwhile because its cutoff cannot be had (fail closed)."""
 
     def __init__(
         self,
@@ -86,7 +84,7 @@ class TokenCutoffs:
         max_users: int = 100_000,
         fail_closed: bool = False,
         stale_wait_seconds: float = STALE_CUTOFF_WAIT_SECONDS,
-        retry_after_seconds: float = RETRY_AFTER_SECONDS,
+        retry_after_seconds: float = coalesced.FAILED_FETCH_BACKOFF_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch
@@ -97,7 +95,7 @@ class TokenCutoffs:
         self._retry_after = retry_after_seconds
         self._clock = clock
         self._known: OrderedDict[str, _Known] = OrderedDict()
-        self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._fetches: coalesced.Fetches[str] = coalesced.Fetches("token-cutoff-fetch")
 
     async def refuse_revoked(self, user_id: str, issued_at: float | None) -> None:
         """UNAUTHENTICATED (TOKEN_REVOKED) when the user signed out after the token was issued; UNAVAILABLE when
@@ -148,26 +146,16 @@ class TokenCutoffs:
                 if self._fail_closed:
                     raise self._unavailable()
                 return known.cutoff
-        fetching = self._fetching.get(user_id)
-        if fetching is None:
-            fetching = asyncio.get_running_loop().create_task(
-                self._learn(user_id), name="token-cutoff-fetch", context=call_context.detached_context()
-            )
-            # Retrieved here, so that a failure nobody waited for to the end is not reported as unseen.
-            fetching.add_done_callback(lambda task: task.cancelled() or task.exception())
-            self._fetching[user_id] = fetching
+        fetching = self._fetches.start(user_id, lambda: self._learn(user_id))
         if self._fail_closed:
             try:
-                await asyncio.shield(fetching)
+                await coalesced.outcome(fetching)
             except errors.Unavailable:
                 raise self._unavailable() from None
-        else:
-            # asyncio.wait neither cancels the fetch when the time is up nor raises its error.
-            await asyncio.wait((fetching,), timeout=self._stale_wait)
-            if not fetching.done() or fetching.cancelled() or fetching.exception() is not None:
-                # The cutoff known, if any (a cutoff only moves forward); none: taken as not signed out.
-                log.warning("could not learn a user's sign-out cutoff from users now; using the one known, if any")
-                return known.cutoff if known is not None else None
+        elif not await coalesced.ended(fetching, within=self._stale_wait) or coalesced.failed(fetching):
+            # The cutoff known, if any (a cutoff only moves forward); none: taken as not signed out.
+            log.warning("could not learn a user's sign-out cutoff from users now; using the one known, if any")
+            return known.cutoff if known is not None else None
         learnt = self._known.get(user_id)
         return learnt.cutoff if learnt is not None else None
 
@@ -181,5 +169,3 @@ class TokenCutoffs:
             known = self._known.get(user_id)
             # A SignOut answered while the fetch ran may have recorded a later cutoff: the later one stays.
             self._remember(user_id, _later(known.cutoff if known else None, cutoff))
-        finally:
-            self._fetching.pop(user_id, None)

@@ -8,7 +8,6 @@ after a fetch that failed, so that one failure does not hold back the key users 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import re
@@ -19,8 +18,9 @@ from typing import Any
 
 import jwt
 
-from shopmesh_chassis import call_context, errors
+from shopmesh_chassis import errors
 from shopmesh_chassis.contract_limits import MAX_ID_LENGTH
+from shopmesh_gateway import coalesced
 
 log = logging.getLogger("shopmesh.gateway.tokens")
 
@@ -61,13 +61,8 @@ def _usable_keys(jwks: Sequence[Mapping[str, str]]) -> dict[str, jwt.PyJWK]:
 # revoked key before the call that fetched is verified; short enough that a hanging users (a black-holed
 # route, a stalled replica) does not hold every signed-in call for USERS_TIMEOUT_SECONDS, again and again.
 STALE_KEYS_WAIT_SECONDS = 0.2
-# How soon after a fetch that failed an unknown kid may ask users again. The 30 s minimum interval is there so
-# that forged kids cannot turn into a fetch each while users answers; after a failure it held back the fetch
-# that would learn a new key (published ahead, the age refetch that should have brought it having failed)
-# and fresh logins were refused TOKEN_INVALID for up to 30 s though users answered again. One fetch a second
-# per replica still bounds what a flood of unknown kids costs users (and the breaker on GetJwks caps it
-# further while users stays unreachable).
-FAILED_REFETCH_INTERVAL_SECONDS = 1.0
+# The one fetch of the key set (coalesced.Fetches holds it by this key).
+_KEY_SET = "jwks"
 
 
 class JwksCache:
@@ -81,7 +76,10 @@ class JwksCache:
     it has; a call whose kid is unknown waits for the refetch's answer, the only one that can know its key.
 
     After a fetch that failed, an unknown kid may refetch once `failed_refetch_interval` has passed instead:
-    the new key users published ahead may be the one missing. Until a fetch succeeds such a kid is answered
+    the new key users published ahead may be the one missing. (Held to the 30 s interval, the fetch that would
+    learn a new key, published ahead while the age refetch that should have brought it failed, was held back and
+    fresh logins were refused TOKEN_INVALID for up to 30 s though users answered again; the breaker on GetJwks
+    caps these further while users stays unreachable.) Until a fetch succeeds such a kid is answered
     UNAVAILABLE with a retry hint (the gateway cannot tell a new key from a forged one), not TOKEN_INVALID.
 
     Past `hard_max_age` (0: never), counted from the last fetch that succeeded, the keys are no longer
@@ -95,10 +93,8 @@ class JwksCache:
     to their address's rate limit (guard.admit_user), after the fetch. Refusing every token past the hard
     age is logged once as it begins and once as it ends, not per failed fetch (so not per call).
 
-    A refetch is one task for everyone, run without the deadline of the call that started it: callers wait
-    for it and may give up, the fetch goes on. Tied to the first caller, a client sending short deadlines
-    (or hanging up) would cancel every refetch due, each counted as an attempt, and keep a revoked key
-    accepted, or a new key refused, for as long as it liked.
+    A refetch is one task for everyone (coalesced.Fetches), run without the deadline of the call that started
+    it: a client sending short deadlines cannot cancel every refetch due, each counted as an attempt.
     """
 
     def __init__(
@@ -109,7 +105,7 @@ class JwksCache:
         min_refetch_interval_seconds: float = 30.0,
         hard_max_age_seconds: float = 0.0,
         stale_keys_wait_seconds: float = STALE_KEYS_WAIT_SECONDS,
-        failed_refetch_interval_seconds: float = FAILED_REFETCH_INTERVAL_SECONDS,
+        failed_refetch_interval_seconds: float = coalesced.FAILED_FETCH_BACKOFF_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch
@@ -123,7 +119,7 @@ class JwksCache:
         self._keys: dict[str, jwt.PyJWK] | None = None
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
-        self._fetching: asyncio.Task[None] | None = None
+        self._fetches: coalesced.Fetches[str] = coalesced.Fetches("jwks-refetch")
         # The last fetch that ended failed: the keys known may lack one users publishes now.
         self._last_fetch_failed = False
         # Every token is being refused: past `hard_max_age`, a fetch failed. Logged as it begins and ends only:
@@ -164,24 +160,16 @@ class JwksCache:
         self, *, required: bool, interval: float | None = None, wait_at_most: float | None = None
     ) -> None:
         """`interval`: the least time since the last attempt, unless `required` (default: the minimum one)."""
-        fetching = self._fetching
+        fetching = self._fetches.running(_KEY_SET)
         if fetching is None:
             if not required and self._until_refetch(self._min_interval if interval is None else interval) > 0:
                 return
             self._attempted_at = self._clock()
-            fetching = asyncio.get_running_loop().create_task(
-                self._fetch_keys(), name="jwks-refetch", context=call_context.detached_context()
-            )
-            # Retrieved here, so that a failure nobody waited for to the end is not reported as unseen.
-            fetching.add_done_callback(lambda task: task.cancelled() or task.exception())
-            self._fetching = fetching
-        if wait_at_most is not None:
-            # asyncio.wait neither cancels the fetch when the time is up nor raises its error.
-            await asyncio.wait((fetching,), timeout=wait_at_most)
-            if not fetching.done():
-                return
+            fetching = self._fetches.start(_KEY_SET, self._fetch_keys)
+        if wait_at_most is not None and not await coalesced.ended(fetching, within=wait_at_most):
+            return
         try:
-            await asyncio.shield(fetching)
+            await coalesced.outcome(fetching)
         except errors.Unavailable:
             if self._usable() is None:
                 raise
@@ -207,8 +195,6 @@ class JwksCache:
             if self._refusing:
                 self._refusing = False
                 log.warning("refetched the key set past JWKS_HARD_MAX_AGE_SECONDS; verifying tokens again")
-        finally:
-            self._fetching = None
 
 
 # How far in the future a token's nbf and iat may be by this replica's clock. A token users stamped ahead of it
