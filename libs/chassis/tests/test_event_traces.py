@@ -80,6 +80,19 @@ async def write_event(db: Database, message: wrappers_pb2.StringValue | None = N
     return event_id, rpc
 
 
+async def consumed_event(db: Database, client: Client, nats_srv: NatsServer) -> tuple[str, ReadableSpan]:
+    """An event written (as write_event), sent by the relay and applied by a consumer; its id and its writer's span."""
+    event_id, rpc = await write_event(db)
+    await OutboxRelay(db, JetStreamPublisher(client)).publish_pending()
+    running = consumer(db, nats_srv.url, record)
+    running.start()
+    try:
+        await until_applied(db, Counter({event_id: 1}))
+    finally:
+        await running.stop()
+    return event_id, rpc
+
+
 async def test_an_event_is_created_in_a_producer_span_of_the_writers_trace_with_its_messaging_attributes(
     db: Database, exporter: InMemorySpanExporter
 ) -> None:
@@ -101,19 +114,27 @@ async def test_an_event_is_created_in_a_producer_span_of_the_writers_trace_with_
 async def test_an_event_is_consumed_in_a_child_of_its_create_span(
     db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
 ) -> None:
-    event_id, rpc = await write_event(db)
-    await OutboxRelay(db, JetStreamPublisher(client)).publish_pending()
-    running = consumer(db, nats_srv.url, record)
-    running.start()
-    try:
-        await until_applied(db, Counter({event_id: 1}))
-    finally:
-        await running.stop()
+    _, rpc = await consumed_event(db, client, nats_srv)
     [create] = spans_of(exporter, trace.SpanKind.PRODUCER)
     [span] = consume_spans(exporter)
     assert span.parent is not None
     assert span.parent.span_id == create.context.span_id
     assert span.context.trace_id == rpc.context.trace_id
+
+
+async def test_the_create_send_and_consume_spans_of_an_event_name_it_alike(
+    db: Database, client: Client, nats_srv: NatsServer, exporter: InMemorySpanExporter
+) -> None:
+    """What ties an event's consume span to its send trace, whose trace it is not in: the same system,
+    destination and message id on all three."""
+    event_id, _ = await consumed_event(db, client, nats_srv)
+    [create] = spans_of(exporter, trace.SpanKind.PRODUCER)
+    [send] = spans_of(exporter, trace.SpanKind.CLIENT)
+    [consume] = consume_spans(exporter)
+    named = {"messaging.system": "nats", "messaging.destination.name": SUBJECT, "messaging.message.id": event_id}
+    for span in (create, send, consume):
+        assert {name: messaging(span).get(name) for name in named} == named, span.name
+    assert messaging(consume)["messaging.consumer.group.name"] == "tester"
 
 
 async def test_the_relay_sends_each_event_in_a_trace_of_its_own_linked_to_its_create_span(

@@ -76,6 +76,7 @@ from shopmesh_chassis.events import (
     MSG_ID,
     NatsConnection,
     ensure_stream,
+    messaging_attributes,
     parse_nats_url,
     refused_for_good,
 )
@@ -674,11 +675,9 @@ class EventConsumer:
         context = propagate.extract(event.headers)
         # OpenTelemetry's messaging attributes, and the delivery's attempt (1: its first delivery) as the
         # smtp spans say theirs; its outcome is set by _count, within this span.
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.destination.name": event.subject,
+        attributes = {
+            **messaging_attributes(event.subject, event.event_id),
             "messaging.consumer.group.name": self._durable,
-            "messaging.message.id": event.event_id,
             "shopmesh.attempt": event.attempt,
         }
         with tracer.start_as_current_span(

@@ -22,6 +22,7 @@ from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StreamConfig
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
+from opentelemetry.util.types import AttributeValue
 
 from shopmesh_chassis.config import EventSettings
 
@@ -40,6 +41,12 @@ MSG_ID = "Nats-Msg-Id"
 EVENT_TYPE = "Shopmesh-Event-Type"
 # EventSettings' default stream max age, for code that builds publishers and consumers without settings.
 DEFAULT_STREAM_MAX_AGE_SECONDS = 7 * 86400.0
+
+
+def messaging_attributes(subject: str, event_id: str) -> dict[str, AttributeValue]:
+    """OpenTelemetry's messaging attributes that every span of an event has (its create, send and consume spans),
+    each span adding its own: what a trace shows of the event, and how a send trace is tied to its consumers'."""
+    return {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.message.id": event_id}
 
 
 class ConnectionLog:

@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopmesh_chassis.config import EventSettings
 from shopmesh_chassis.db import Database, DbConnection, try_session_lock
-from shopmesh_chassis.events import EVENT_TYPE, refused_for_good
+from shopmesh_chassis.events import EVENT_TYPE, messaging_attributes, refused_for_good
 from shopmesh_chassis.metrics import OUTBOX_COUNT_CAP, OutboxMetrics
 from shopmesh_chassis.periodic import Periodic, delete_in_batches
 from shopmesh_chassis.tables import outbox_events as outbox
@@ -84,11 +84,9 @@ def new_event_id() -> str:
 
 
 def _messaging(subject: str, event_id: str, operation: str) -> dict[str, AttributeValue]:
-    """OpenTelemetry's messaging attributes of an event's create or send span, as the consumer's span has them."""
+    """OpenTelemetry's messaging attributes of an event's create or send span."""
     return {
-        "messaging.system": "nats",
-        "messaging.destination.name": subject,
-        "messaging.message.id": event_id,
+        **messaging_attributes(subject, event_id),
         "messaging.operation.type": operation,
         "messaging.operation.name": operation,
     }
